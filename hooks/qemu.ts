@@ -1,0 +1,72 @@
+// vmhook's single entry point.
+//
+// Installed as /etc/libvirt/hooks/qemu, libvirt runs it as
+//   qemu DOMAIN OPERATION SUB-OPERATION EXTRA   (domain XML on stdin)
+// and it runs in hook mode. Under any other name (vmhook) it is the CLI.
+//
+// Hook mode prints nothing on stdout, ever: libvirt reads stdout of migrate
+// and restore as replacement XML.
+import { existsSync, readFileSync } from "node:fs";
+import { basename, dirname, join } from "node:path";
+import type { EventAction, HookInvocation } from "../lib/hook.ts";
+import type { HookEvent } from "../lib/plugin.ts";
+
+// What happens on each libvirt event. `mayFail`: a failure aborts what libvirt
+// is doing (it then still runs stopped and release); otherwise vmhook logs
+// and exits 0 whatever happens.
+export const EVENTS: Record<string, { event: HookEvent; mayFail: boolean; action: EventAction }> = {
+  // Before libvirt sets up the VM: apply every plugin's steps as one
+  // transaction (hugepages, CPU isolation, mdevs, GPU handover), journaled.
+  "prepare begin": { event: "prepare", mayFail: true, action: (run) => run.prepare() },
+  // Around QEMU's launch: optional plugin handlers.
+  "start begin": { event: "start", mayFail: true, action: (run) => run.handlers("start") },
+  "started begin": { event: "started", mayFail: true, action: (run) => run.handlers("started") },
+  // QEMU has exited: optional handlers (stopped), then give everything back
+  // from the journal (release), whatever the metadata says now.
+  "stopped end": { event: "stopped", mayFail: false, action: (run) => run.handlers("stopped") },
+  "release end": { event: "release", mayFail: false, action: (run) => run.release() },
+  // Incoming migration or restore: check the config; print nothing (stdout
+  // would replace the XML). prepare follows as usual.
+  "migrate begin": { event: "migrate", mayFail: true, action: (run) => run.validate() },
+  "restore begin": { event: "restore", mayFail: true, action: (run) => run.validate() },
+  // The daemon restarted with the VM running: keep the journal, never fail
+  // (a failing reconnect hook makes libvirt kill the VM).
+  "reconnect begin": { event: "reconnect", mayFail: false, action: (run) => run.reconnect() },
+};
+
+const NAMESPACE_URI = "urn:vmhook:1"; // lib/paths.ts; repeated so the fast path loads nothing
+
+/** Hook mode when invoked as ".../qemu" or from libvirt's ".../qemu.d/" directory. */
+function isHookInvocation(argv0: string): boolean {
+  return basename(argv0) === "qemu" || basename(dirname(argv0)) === "qemu.d";
+}
+
+export async function hookMain(args: string[], root = process.env.VMHOOK_ROOT || "/"): Promise<number> {
+  let xml = "";
+  try {
+    xml = readFileSync(0, "utf8");
+  } catch {
+    // no stdin: treated like a domain without vmhook metadata
+  }
+  // The fast path: a domain that never mentions vmhook and holds no journal
+  // costs one string search and one stat.
+  if (!xml.includes(NAMESPACE_URI) && !holdsJournal(xml, root)) return 0;
+  const { runEvent } = await import("../lib/hook.ts");
+  const invocation: HookInvocation = { args, xml, root };
+  const known = EVENTS[`${args[1]} ${args[2]}`];
+  return runEvent(invocation, known?.event, known?.action, known?.mayFail ?? false);
+}
+
+function holdsJournal(xml: string, root: string): boolean {
+  const uuid = /<uuid>\s*([0-9a-fA-F-]{36})\s*<\/uuid>/.exec(xml)?.[1]?.toLowerCase();
+  return uuid !== undefined && /^[0-9a-f-]{36}$/.test(uuid) && existsSync(join(root, "run/vmhook", `${uuid}.json`));
+}
+
+if (import.meta.main) {
+  if (isHookInvocation(process.argv0)) {
+    process.exitCode = await hookMain(process.argv.slice(2));
+  } else {
+    const { runCli } = await import("../lib/cli/index.ts");
+    process.exitCode = await runCli(process.argv.slice(2));
+  }
+}

@@ -1,0 +1,53 @@
+// CLI mode: `vmhook COMMAND`. yargs and the commands load only here, never on
+// the hook's fast path.
+import yargs from "yargs";
+import type { CommandModule } from "yargs";
+import { describeError, VmhookError } from "../errors.ts";
+import { installCommands } from "./install.ts";
+import { inspectCommands } from "./inspect.ts";
+import { recoverCommand } from "./recover.ts";
+import { hookCommand } from "./hook.ts";
+
+export interface GlobalOptions {
+  root: string;
+  json: boolean;
+}
+
+const COMMANDS: CommandModule<GlobalOptions, any>[] = [...installCommands, ...inspectCommands, recoverCommand, hookCommand];
+
+export async function runCli(args: string[]): Promise<number> {
+  process.exitCode = 0;
+  try {
+    await yargs(args)
+      .scriptName("vmhook")
+      .usage("$0 COMMAND\n\nlibvirt QEMU hook framework. Installed as /etc/libvirt/hooks/qemu it runs the plugins a domain's <metadata> asks for.")
+      .option("root", {
+        type: "string",
+        default: process.env.VMHOOK_ROOT || "/",
+        defaultDescription: "$VMHOOK_ROOT or /",
+        describe: "treat this directory as the host's / (test trees, dry runs)",
+        global: true,
+      })
+      .option("json", { type: "boolean", default: false, describe: "print data as JSON", global: true })
+      .command(COMMANDS)
+      .demandCommand(1, "name a command; see vmhook --help")
+      .strict()
+      .recommendCommands()
+      .help()
+      .alias("h", "help")
+      .version()
+      .wrap(Math.min(100, process.stdout.columns || 100))
+      .fail((message, error) => {
+        if (error) throw error;
+        process.stderr.write(`vmhook: ${message}\nRun vmhook --help for usage.\n`);
+        process.exitCode = 2;
+      })
+      .parseAsync();
+  } catch (error) {
+    process.stderr.write(`vmhook: ${describeError(error)}\n`);
+    if (error instanceof VmhookError) for (const line of error.details) process.stderr.write(`  ${line}\n`);
+    else if (process.env.VMHOOK_DEBUG) process.stderr.write(`${(error as Error).stack}\n`);
+    return 1;
+  }
+  return Number(process.exitCode ?? 0);
+}

@@ -1,0 +1,111 @@
+// Read-only commands: validate, plan, status. None of them changes the host.
+import type { CommandModule } from "yargs";
+import { loadDomainPlugins } from "../config.ts";
+import { Deadline } from "../deadline.ts";
+import { parseDomain } from "../domain.ts";
+import { RootedHost, type Host } from "../host.ts";
+import { listJournals, newJournal, readJournal, type Journal } from "../journal.ts";
+import { createLogger } from "../log.ts";
+import type { HookEvent } from "../plugin.ts";
+import { loadSettings } from "../settings.ts";
+import { runHandlers, type PlannedStep } from "../transaction.ts";
+import type { GlobalOptions } from "./index.ts";
+import { print, printJson, readDomainFile } from "./output.ts";
+import { domainRunning } from "./recover.ts";
+
+interface DomainArgs extends GlobalOptions {
+  domain: string;
+}
+
+const validate: CommandModule<GlobalOptions, DomainArgs> = {
+  command: "validate <domain>",
+  describe: "check a domain XML's vmhook metadata without touching the host",
+  builder: (y) => y.positional("domain", { type: "string", demandOption: true, describe: "domain XML file, or - for stdin" }),
+  async handler(args) {
+    const host = new RootedHost(args.root);
+    const domain = parseDomain(readDomainFile(args.domain), args.domain);
+    const instances = await loadDomainPlugins(domain, host);
+    if (args.json) {
+      printJson({ ok: true, domain: { name: domain.name, uuid: domain.uuid }, plugins: instances.map((i) => ({ id: i.id, config: i.config })) });
+    } else if (instances.length === 0) {
+      print(`${args.domain}: ok; ${domain.name} has no vmhook metadata, so the hook leaves it alone`);
+    } else {
+      print(`${args.domain}: ok; ${domain.name} runs ${instances.map((i) => i.id).join(", ")}`);
+    }
+  },
+};
+
+interface PlanArgs extends DomainArgs {
+  event: string;
+}
+
+const PLANNABLE = ["prepare", "start", "started", "stopped", "release"] as const;
+
+const plan: CommandModule<GlobalOptions, PlanArgs> = {
+  command: "plan <domain>",
+  describe: "dry run: the steps the hook would take for an event, changing nothing",
+  builder: (y) =>
+    y
+      .positional("domain", { type: "string", demandOption: true, describe: "domain XML file, or - for stdin" })
+      .option("event", { type: "string", choices: PLANNABLE, default: "prepare", describe: "the libvirt event to plan" }),
+  async handler(args) {
+    const host = new RootedHost(args.root);
+    const domain = parseDomain(readDomainFile(args.domain), args.domain);
+    const instances = await loadDomainPlugins(domain, host);
+    const event = args.event as (typeof PLANNABLE)[number];
+    let steps: PlannedStep[];
+    if (event === "release") {
+      const journal = readJournal(host, domain.uuid);
+      steps = (journal?.entries ?? []).reverse().map((entry) => ({ plugin: entry.plugin, event: "release" as HookEvent, description: `undo: ${entry.description}`, undo: entry.undo }));
+    } else {
+      steps = [];
+      const log = createLogger(host, { domain: domain.name, event, echo: args.json ? "none" : "stderr", file: false });
+      const settings = loadSettings(host);
+      const journal = readJournal(host, domain.uuid) ?? newJournal(host, { name: domain.name, uuid: domain.uuid });
+      await runHandlers(event, instances, domain, journal, { host, log, settings, dryRun: { steps } }, new Deadline(host, settings.deadlineSeconds * 1000));
+    }
+    if (args.json) {
+      printJson({ domain: { name: domain.name, uuid: domain.uuid }, event, steps });
+      return;
+    }
+    if (steps.length === 0) {
+      print(`${event} of ${domain.name}: nothing to do`);
+      return;
+    }
+    print(`${event} of ${domain.name} would take ${steps.length} step(s):`);
+    steps.forEach((step, index) => print(`  ${index + 1}. ${step.plugin}: ${step.description}`));
+  },
+};
+
+function journalSummary(host: Host, journal: Journal) {
+  return {
+    domain: journal.domain,
+    phase: journal.phase,
+    running: domainRunning(host, journal.domain.name),
+    since: journal.createdAt,
+    holds: journal.entries.map((entry) => ({ plugin: entry.plugin, description: entry.description, state: entry.state, error: entry.error })),
+  };
+}
+
+const status: CommandModule<GlobalOptions, GlobalOptions> = {
+  command: "status",
+  describe: "which VM holds what, from the journals in /run/vmhook",
+  async handler(args) {
+    const host = new RootedHost(args.root);
+    const { journals, broken } = listJournals(host);
+    const summaries = journals.map((journal) => journalSummary(host, journal));
+    if (args.json) {
+      printJson({ domains: summaries, unreadable: broken });
+      return;
+    }
+    if (summaries.length === 0 && broken.length === 0) print("no VM holds anything (no journals in /run/vmhook)");
+    for (const summary of summaries) {
+      const state = summary.running ? "running" : "not running: run vmhook recover to give its changes back";
+      print(`${summary.domain.name} (${summary.domain.uuid}) ${summary.phase}, ${state}`);
+      for (const held of summary.holds) print(`  ${held.state === "applied" ? "-" : `[${held.state}]`} ${held.plugin}: ${held.description}${held.error ? `: ${held.error}` : ""}`);
+    }
+    for (const item of broken) print(`unreadable journal ${item.file}: ${item.error}`);
+  },
+};
+
+export const inspectCommands = [validate, plan, status] as CommandModule<GlobalOptions, any>[];

@@ -1,0 +1,180 @@
+// `vmhook install` / `vmhook uninstall`: put this binary in place as
+// libvirt's qemu hook, keeping any hook that was there (moved to qemu.d/,
+// which libvirt also runs) and giving it back on uninstall. Idempotent.
+import * as fs from "node:fs";
+import * as path from "node:path";
+import type { CommandModule } from "yargs";
+import { VmhookError } from "../errors.ts";
+import { RootedHost, type Host } from "../host.ts";
+import { listJournals } from "../journal.ts";
+import { paths } from "../paths.ts";
+import type { GlobalOptions } from "./index.ts";
+import { print, printJson } from "./output.ts";
+
+/** Found in every vmhook binary: tells our hook from someone else's. */
+const BINARY_MARKER = "vmhook-binary-marker:c0ffee-1";
+const HOOK = `${paths.libvirtHooksDir}/qemu`;
+const SAVED_HOOK = `${paths.libvirtHooksDir}/qemu.d/vmhook-saved-qemu-hook`;
+const CLI_LINK = "/usr/local/bin/vmhook";
+const INSTALL_RECORD = "/etc/vmhook/install.json";
+const LIBVIRT_DAEMONS = ["libvirtd", "virtqemud"];
+
+interface InstallRecord {
+  savedHook?: string;
+}
+
+function isVmhookBinary(file: string): boolean {
+  try {
+    return fs.readFileSync(file).includes(BINARY_MARKER);
+  } catch {
+    return false;
+  }
+}
+
+function sameFile(a: string, b: string): boolean {
+  try {
+    const [sa, sb] = [fs.statSync(a), fs.statSync(b)];
+    if (sa.size !== sb.size) return false;
+    return fs.readFileSync(a).equals(fs.readFileSync(b));
+  } catch {
+    return false;
+  }
+}
+
+/** The running binary, refusing a run from source (there is nothing to install then). */
+function ownBinary(): string {
+  const binary = process.execPath;
+  if (["bun", "node"].includes(path.basename(binary)) || !isVmhookBinary(binary)) {
+    throw new VmhookError(`vmhook install must run from the built binary, not from ${binary}; run npm run build, then dist/vmhook install (or ./install.sh)`);
+  }
+  return binary;
+}
+
+/** Makes running libvirt daemons re-read the hooks directory: SIGHUP resets libvirt's cache of hook scripts. */
+function reloadLibvirt(host: Host): string[] {
+  if (host.root !== "/") return [];
+  const reloaded: string[] = [];
+  for (const pid of host.list("/proc")) {
+    if (!/^\d+$/.test(pid)) continue;
+    const comm = host.readTrimmed(`/proc/${pid}/comm`);
+    if (comm && LIBVIRT_DAEMONS.includes(comm)) {
+      try {
+        process.kill(Number(pid), "SIGHUP");
+        reloaded.push(`${comm} (pid ${pid})`);
+      } catch {
+        // gone in the meantime
+      }
+    }
+  }
+  return reloaded;
+}
+
+function readRecord(host: Host): InstallRecord {
+  try {
+    return JSON.parse(host.read(INSTALL_RECORD)) as InstallRecord;
+  } catch {
+    return {};
+  }
+}
+
+export function install(host: Host, binary: string): string[] {
+  const notes: string[] = [];
+  const hook = host.resolve(HOOK);
+  fs.mkdirSync(path.dirname(hook), { recursive: true, mode: 0o755 });
+  fs.mkdirSync(host.resolve(paths.pluginsDir), { recursive: true, mode: 0o755 });
+  fs.mkdirSync(host.resolve(paths.stateDir), { recursive: true, mode: 0o755 });
+  const record = readRecord(host);
+
+  if (fs.existsSync(hook) && !isVmhookBinary(hook)) {
+    const saved = host.resolve(SAVED_HOOK);
+    if (fs.existsSync(saved)) throw new VmhookError(`${HOOK} is not vmhook and ${SAVED_HOOK} exists already; move one of them away by hand`);
+    fs.mkdirSync(path.dirname(saved), { recursive: true, mode: 0o755 });
+    fs.renameSync(hook, saved);
+    record.savedHook = SAVED_HOOK;
+    notes.push(`kept the existing hook: moved ${HOOK} to ${SAVED_HOOK} (libvirt runs both; vmhook uninstall puts it back)`);
+  }
+  fs.writeFileSync(host.resolve(INSTALL_RECORD), `${JSON.stringify(record, null, 2)}\n`);
+
+  if (sameFile(binary, hook)) {
+    notes.push(`${HOOK} is already this vmhook`);
+  } else {
+    const temporary = `${hook}.vmhook-new`;
+    fs.copyFileSync(binary, temporary);
+    fs.chmodSync(temporary, 0o755);
+    fs.renameSync(temporary, hook); // atomic: libvirt never runs half a binary
+    notes.push(`installed ${HOOK}`);
+  }
+
+  const link = host.resolve(CLI_LINK);
+  const current = host.readlink(CLI_LINK);
+  if (current === HOOK) {
+    // already linked
+  } else if (current === undefined && fs.existsSync(link)) {
+    notes.push(`left ${CLI_LINK} alone: it is not vmhook's link; run the CLI as ${HOOK} under another name`);
+  } else {
+    fs.mkdirSync(path.dirname(link), { recursive: true });
+    fs.rmSync(link, { force: true });
+    fs.symlinkSync(HOOK, link); // invoked as "vmhook", the same binary is the CLI
+    notes.push(`linked ${CLI_LINK} -> ${HOOK}`);
+  }
+  return notes;
+}
+
+export function uninstall(host: Host, force: boolean): string[] {
+  const notes: string[] = [];
+  const held = listJournals(host).journals;
+  if (held.length > 0 && !force) {
+    throw new VmhookError(`${held.length} domain(s) still hold changes (${held.map((j) => j.domain.name).join(", ")}); stop them or run vmhook recover first, or pass --force`);
+  }
+  const hook = host.resolve(HOOK);
+  if (isVmhookBinary(hook)) {
+    fs.rmSync(hook);
+    notes.push(`removed ${HOOK}`);
+  } else if (fs.existsSync(hook)) {
+    notes.push(`left ${HOOK} alone: it is not vmhook`);
+  }
+  const record = readRecord(host);
+  if (record.savedHook && fs.existsSync(host.resolve(record.savedHook)) && !fs.existsSync(hook)) {
+    fs.renameSync(host.resolve(record.savedHook), hook);
+    notes.push(`restored the previous hook from ${record.savedHook}`);
+  }
+  fs.rmSync(host.resolve(INSTALL_RECORD), { force: true });
+  if (host.readlink(CLI_LINK) === HOOK) {
+    fs.rmSync(host.resolve(CLI_LINK));
+    notes.push(`removed ${CLI_LINK}`);
+  }
+  return notes;
+}
+
+interface UninstallArgs extends GlobalOptions {
+  force: boolean;
+}
+
+function report(args: GlobalOptions, notes: string[], reloaded: string[]) {
+  const all = [...notes, reloaded.length > 0 ? `reloaded ${reloaded.join(", ")}` : "no libvirt daemon running here; it finds the hook when it starts"];
+  if (args.json) printJson({ notes: all });
+  else all.forEach((note) => print(note));
+}
+
+const installCommand: CommandModule<GlobalOptions, GlobalOptions> = {
+  command: "install",
+  describe: `install this binary as ${HOOK} (keeping an existing hook) and ${CLI_LINK}`,
+  handler(args) {
+    const host = new RootedHost(args.root);
+    const notes = install(host, ownBinary());
+    report(args, notes, reloadLibvirt(host));
+  },
+};
+
+const uninstallCommand: CommandModule<GlobalOptions, UninstallArgs> = {
+  command: "uninstall",
+  describe: "remove the hook and put back the one it replaced",
+  builder: (y) => y.option("force", { type: "boolean", default: false, describe: "even while domains hold changes" }),
+  handler(args) {
+    const host = new RootedHost(args.root);
+    const notes = uninstall(host, args.force);
+    report(args, notes, reloadLibvirt(host));
+  },
+};
+
+export const installCommands = [installCommand, uninstallCommand] as CommandModule<GlobalOptions, any>[];

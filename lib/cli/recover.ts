@@ -1,0 +1,59 @@
+// `vmhook recover`: give back what journals hold for domains that no longer
+// run (the hook was killed, the host crashed mid-release, an undo failed).
+// Whether a domain runs is read from libvirt's own state directory, never by
+// calling libvirt.
+import type { CommandModule } from "yargs";
+import { Deadline } from "../deadline.ts";
+import { VmhookError } from "../errors.ts";
+import { RootedHost, type Host } from "../host.ts";
+import { listJournals } from "../journal.ts";
+import { createLogger } from "../log.ts";
+import { paths } from "../paths.ts";
+import { loadSettings } from "../settings.ts";
+import { undoJournal } from "../transaction.ts";
+import type { GlobalOptions } from "./index.ts";
+import { print, printJson } from "./output.ts";
+
+/** libvirt keeps /run/libvirt/qemu/NAME.pid while the domain's QEMU runs. */
+export function domainRunning(host: Host, name: string): boolean {
+  if (name.includes("/") || name === "." || name === "..") return false;
+  const pid = Number(host.readTrimmed(`${paths.libvirtQemuRunDir}/${name}.pid`));
+  return Number.isSafeInteger(pid) && pid > 0 && host.processAlive(pid);
+}
+
+interface RecoverArgs extends GlobalOptions {
+  name?: string;
+  force: boolean;
+}
+
+export const recoverCommand: CommandModule<GlobalOptions, RecoverArgs> = {
+  command: "recover [name]",
+  describe: "undo the journals of domains that are no longer running (all, or the one named)",
+  builder: (y) =>
+    y
+      .positional("name", { type: "string", describe: "domain name or UUID" })
+      .option("force", { type: "boolean", default: false, describe: "undo even if libvirt's state says the domain still runs" }),
+  async handler(args) {
+    const host = new RootedHost(args.root);
+    const settings = loadSettings(host);
+    const { journals } = listJournals(host);
+    const chosen = journals.filter((j) => !args.name || j.domain.name === args.name || j.domain.uuid === args.name);
+    if (args.name && chosen.length === 0) throw new VmhookError(`no journal for ${args.name} in ${paths.stateDir}; vmhook status lists what is held`);
+    const results = [];
+    for (const journal of chosen) {
+      const { name, uuid } = journal.domain;
+      if (domainRunning(host, name) && !args.force) {
+        results.push({ domain: journal.domain, skipped: "running" });
+        if (!args.json) print(`${name}: still running; its changes are given back when it stops (use --force to undo now)`);
+        continue;
+      }
+      const log = createLogger(host, { domain: name, event: "recover", echo: args.json ? "none" : "stderr", file: true });
+      const { undone, failed } = await undoJournal(journal, { host, log, settings }, new Deadline(host, settings.undoDeadlineSeconds * 1000));
+      results.push({ domain: { name, uuid }, undone, failed: failed.map((e) => ({ plugin: e.plugin, description: e.description, error: e.error })) });
+      if (!args.json) print(failed.length === 0 ? `${name}: ${undone} change(s) undone` : `${name}: ${undone} undone, ${failed.length} still failing (see above); fix the cause and run vmhook recover again`);
+      if (failed.length > 0) process.exitCode = 1;
+    }
+    if (args.json) printJson({ recovered: results });
+    else if (chosen.length === 0) print("nothing to recover");
+  },
+};

@@ -1,0 +1,54 @@
+// The hook's hard deadline. libvirt waits for the hook without a timeout, so
+// every wait and every child process is bounded by what is left of it.
+import { VmhookError } from "./errors.ts";
+import type { Host } from "./host.ts";
+
+export class Deadline {
+  readonly at: number;
+  constructor(
+    private readonly host: Host,
+    readonly totalMs: number,
+  ) {
+    this.at = host.now() + totalMs;
+  }
+
+  remainingMs(): number {
+    return Math.max(0, this.at - this.host.now());
+  }
+
+  /** A timeout no longer than what is left. */
+  clamp(ms: number): number {
+    return Math.max(1, Math.min(ms, this.remainingMs()));
+  }
+
+  check(what: string): void {
+    if (this.remainingMs() <= 0) {
+      throw new VmhookError(
+        `vmhook ran out of time (deadline ${Math.round(this.totalMs / 1000)} s) while ${what}; raise "deadlineSeconds" in /etc/vmhook/vmhook.json if the host is just slow`,
+      );
+    }
+  }
+}
+
+export interface WaitOptions {
+  timeoutMs?: number;
+  intervalMs?: number;
+}
+
+/**
+ * Polls until `ready()` is true: no fixed sleeps. Throws naming `what` when the
+ * timeout (bounded by the deadline) passes.
+ */
+export function waitFor(host: Host, deadline: Deadline, what: string, ready: () => boolean, options: WaitOptions = {}): void {
+  const timeoutMs = deadline.clamp(options.timeoutMs ?? 10_000);
+  const until = host.now() + timeoutMs;
+  let interval = options.intervalMs ?? 10;
+  for (;;) {
+    if (ready()) return;
+    if (host.now() >= until) {
+      throw new VmhookError(`timed out after ${(timeoutMs / 1000).toFixed(1)} s waiting until ${what}`);
+    }
+    host.sleep(Math.min(interval, Math.max(1, until - host.now())));
+    interval = Math.min(interval * 2, 200);
+  }
+}

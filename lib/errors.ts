@@ -1,0 +1,30 @@
+// Errors that reach the user. The message's first line is what libvirt shows
+// ("Hook script execution failed: ... <first stderr line>"), so it says what
+// failed and what to do.
+
+export class VmhookError extends Error {
+  /** Lines shown after the first one: details, state of the host, remedies. */
+  readonly details: string[];
+  constructor(message: string, details: string[] = []) {
+    super(message);
+    this.name = "VmhookError";
+    this.details = details;
+  }
+}
+
+/** A problem in the domain XML or the vmhook metadata: found before anything on the host changes. */
+export class ConfigError extends VmhookError {
+  constructor(
+    readonly element: string,
+    message: string,
+    details: string[] = [],
+  ) {
+    super(`${element}: ${message}`, details);
+    this.name = "ConfigError";
+  }
+}
+
+export function describeError(error: unknown): string {
+  if (error instanceof Error) return error.message;
+  return String(error);
+}

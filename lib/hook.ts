@@ -1,0 +1,165 @@
+// Hook mode: what vmhook does for one libvirt event, given the domain XML on
+// stdin. hooks/qemu.ts decides which of these runs for which event.
+import { loadDomainPlugins, type PluginInstance } from "./config.ts";
+import { Deadline } from "./deadline.ts";
+import { parseDomain, type Domain } from "./domain.ts";
+import { describeError, VmhookError } from "./errors.ts";
+import { RootedHost, type Host } from "./host.ts";
+import { newJournal, readJournal, writeJournal } from "./journal.ts";
+import { createLogger, type Logger } from "./log.ts";
+import type { HookEvent } from "./plugin.ts";
+import { loadSettings, type HostSettings } from "./settings.ts";
+import { runHandlers, undoJournal, type RunEnvironment } from "./transaction.ts";
+import { PATTERNS } from "./validate.ts";
+
+export interface HookInvocation {
+  /** Domain name, operation, sub-operation and extra argument, as libvirt passes them. */
+  args: string[];
+  xml: string;
+  root: string;
+  /** Tests pass a simulated host; otherwise the host is the root directory. */
+  host?: Host;
+}
+
+/** The domain UUID found by a plain text search: enough to find a journal without parsing XML. */
+export function uuidFromXml(xml: string): string | undefined {
+  const uuid = /<uuid>\s*([0-9a-fA-F-]{36})\s*<\/uuid>/.exec(xml)?.[1]?.toLowerCase();
+  return uuid && PATTERNS.uuid.test(uuid) ? uuid : undefined;
+}
+
+export class HookRun {
+  readonly host: Host;
+  readonly log: Logger;
+  readonly name: string;
+  private settingsCache?: HostSettings;
+  private domainCache?: Domain;
+
+  constructor(readonly invocation: HookInvocation) {
+    this.host = invocation.host ?? new RootedHost(invocation.root);
+    this.name = invocation.args[0] ?? "?";
+    this.log = createLogger(this.host, { domain: this.name, event: invocation.args.slice(1, 3).join(" "), echo: "buffer", file: true });
+  }
+
+  get settings(): HostSettings {
+    return (this.settingsCache ??= loadSettings(this.host));
+  }
+
+  get domain(): Domain {
+    return (this.domainCache ??= parseDomain(this.invocation.xml, "the domain XML on stdin"));
+  }
+
+  private env(): RunEnvironment {
+    return { host: this.host, log: this.log, settings: this.settings };
+  }
+
+  private deadline(kind: "work" | "undo"): Deadline {
+    const seconds = kind === "work" ? this.settings.deadlineSeconds : this.settings.undoDeadlineSeconds;
+    return new Deadline(this.host, seconds * 1000);
+  }
+
+  private async plugins(): Promise<PluginInstance[]> {
+    return loadDomainPlugins(this.domain, this.host);
+  }
+
+  /** prepare: undo anything a crashed earlier run left, then apply every plugin's steps as one transaction. */
+  async prepare(): Promise<void> {
+    const instances = await this.plugins();
+    await this.undoLeftovers();
+    if (instances.length === 0) return;
+    const journal = newJournal(this.host, { name: this.domain.name, uuid: this.domain.uuid });
+    writeJournal(this.host, journal);
+    try {
+      await runHandlers("prepare", instances, this.domain, journal, this.env(), this.deadline("work"));
+    } catch (error) {
+      const steps = journal.entries.length;
+      const { failed } = await undoJournal(journal, this.env(), this.deadline("undo"));
+      throw withRollbackNote(error, steps, failed.length);
+    }
+    journal.phase = "running";
+    writeJournal(this.host, journal);
+  }
+
+  /** start, started, stopped: the plugins' optional handlers; their steps join the same journal. */
+  async handlers(event: "start" | "started" | "stopped"): Promise<void> {
+    const instances = await this.plugins();
+    if (!instances.some((instance) => instance.plugin[event])) return;
+    const journal = readJournal(this.host, this.domain.uuid) ?? newJournal(this.host, { name: this.domain.name, uuid: this.domain.uuid });
+    await runHandlers(event, instances, this.domain, journal, this.env(), this.deadline("work"));
+  }
+
+  /** release: undo what the journal holds (not what the metadata says now). Never fails the caller. */
+  async release(): Promise<void> {
+    const uuid = uuidFromXml(this.invocation.xml);
+    const journal = uuid ? readJournal(this.host, uuid) : undefined;
+    if (!journal) return;
+    const { undone, failed } = await undoJournal(journal, this.env(), this.deadline("undo"));
+    if (failed.length > 0) {
+      throw new VmhookError(`release of ${journal.domain.name}: ${failed.length} change(s) could not be undone; see /var/log/vmhook.log, then run vmhook recover ${journal.domain.name}`, [
+        ...failed.map((entry) => `${entry.plugin}: ${entry.description}: ${entry.error}`),
+      ]);
+    }
+    this.log.info(`released: ${undone} change(s) undone`);
+  }
+
+  /** migrate, restore: the incoming XML must carry a valid config; nothing is changed or printed. */
+  async validate(): Promise<void> {
+    await this.plugins();
+  }
+
+  /** reconnect: the daemon restarted while the VM runs. Keep the journal; let plugins check it. Never fails. */
+  async reconnect(): Promise<void> {
+    const journal = readJournal(this.host, this.domain.uuid);
+    if (!journal) return;
+    this.log.info(`reconnected: journal holds ${journal.entries.length} change(s), phase ${journal.phase}`);
+    const instances = await this.plugins();
+    await runHandlers("reconnect", instances, this.domain, journal, this.env(), this.deadline("work"));
+  }
+
+  private async undoLeftovers(): Promise<void> {
+    const leftover = readJournal(this.host, this.domain.uuid);
+    if (!leftover) return;
+    this.log.warn(`found a journal from an earlier run (phase ${leftover.phase}, ${leftover.entries.length} change(s)); undoing it first`);
+    const { failed } = await undoJournal(leftover, this.env(), this.deadline("undo"));
+    if (failed.length > 0) {
+      throw new VmhookError(`an earlier run of ${this.domain.name} left changes that cannot be undone; run vmhook recover ${this.domain.name} and check vmhook status`, failed.map((entry) => `${entry.plugin}: ${entry.description}: ${entry.error}`));
+    }
+  }
+}
+
+function withRollbackNote(error: unknown, steps: number, failed: number): VmhookError {
+  const note =
+    failed === 0
+      ? `the host was left as it was (${steps} change(s) undone)`
+      : `${failed} of ${steps} change(s) could not be undone: run vmhook recover and see vmhook status`;
+  const details = error instanceof VmhookError ? error.details : [];
+  return new VmhookError(describeError(error), [...details, note]);
+}
+
+export type EventAction = (run: HookRun) => Promise<void>;
+
+/**
+ * Runs one event and turns the outcome into libvirt's terms: the exit code,
+ * and on failure a stderr whose first line says what failed and what to do.
+ * `mayFail`: whether a failure should abort what libvirt is doing (prepare,
+ * start, started, migrate, restore); for the rest vmhook always exits 0.
+ */
+export async function runEvent(invocation: HookInvocation, event: HookEvent | undefined, action: EventAction | undefined, mayFail: boolean): Promise<number> {
+  const run = new HookRun(invocation);
+  if (!action) {
+    run.log.info(`event "${invocation.args.slice(1, 3).join(" ")}" is not one vmhook knows; nothing to do`);
+    return 0;
+  }
+  try {
+    await action(run);
+    return 0;
+  } catch (error) {
+    const headline = describeError(error);
+    run.log.error(headline);
+    const details = error instanceof VmhookError ? error.details : [String((error as Error)?.stack ?? "")];
+    for (const line of details) run.log.error(line);
+    process.stderr.write(
+      [`vmhook: ${headline}`, ...details.map((line) => `  ${line}`), `  (${event ?? "event"} of ${run.name}; log: /var/log/vmhook.log)`].join("\n") + "\n",
+    );
+    return mayFail ? 1 : 0;
+  }
+}

@@ -1,0 +1,196 @@
+// The host seam: every file and process a plugin touches goes through a Host.
+// Production uses RootedHost("/"); tests point the root at a temporary tree
+// (and SimHost adds simulated kernel behaviour on top), the way mdevctl's
+// environment root makes its sysfs code testable.
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { spawnSync } from "node:child_process";
+
+export interface ExecOptions {
+  /** Kill the child after this long. Always set: libvirt has no timeout of its own. */
+  timeoutMs: number;
+  input?: string;
+  env?: Record<string, string>;
+}
+
+export interface ExecResult {
+  /** Exit status; null when killed by a signal or not started. */
+  status: number | null;
+  signal: string | null;
+  stdout: string;
+  stderr: string;
+  timedOut: boolean;
+  /** Set when the program could not be started (not found, not executable). */
+  error?: string;
+}
+
+export interface FileStat {
+  uid: number;
+  mode: number;
+  isFile: boolean;
+  isDirectory: boolean;
+  isSymlink: boolean;
+}
+
+export interface Host {
+  /** "/" in production; a test tree otherwise. */
+  readonly root: string;
+  /** The real path of an absolute host path under the root. */
+  resolve(hostPath: string): string;
+  read(hostPath: string): string;
+  /** The file's content without surrounding white space, or undefined when it cannot be read. */
+  readTrimmed(hostPath: string): string | undefined;
+  /** Writes the whole value in one write(2), as sysfs wants; never creates parent directories. */
+  write(hostPath: string, data: string): void;
+  exists(hostPath: string): boolean;
+  /** Entry names, sorted; [] when the directory does not exist. */
+  list(hostPath: string): string[];
+  /** The link target, or undefined when the path is not a symlink. */
+  readlink(hostPath: string): string | undefined;
+  stat(hostPath: string): FileStat | undefined;
+  mkdir(hostPath: string): void;
+  remove(hostPath: string): void;
+  exec(command: string, args: string[], options: ExecOptions): ExecResult;
+  /** Blocks the whole process; hooks are sequential by design. */
+  sleep(ms: number): void;
+  now(): number;
+  /** Whether a process id is alive on this host. */
+  processAlive(pid: number): boolean;
+}
+
+const SEARCH_PATH = ["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"];
+const sleepCell = new Int32Array(new SharedArrayBuffer(4));
+
+export class RootedHost implements Host {
+  readonly root: string;
+
+  constructor(root = "/") {
+    this.root = path.resolve(root);
+  }
+
+  resolve(hostPath: string): string {
+    if (!hostPath.startsWith("/")) throw new Error(`internal: host path must be absolute: ${hostPath}`);
+    const normal = path.posix.normalize(hostPath);
+    return this.root === "/" ? normal : path.join(this.root, normal);
+  }
+
+  read(hostPath: string): string {
+    return fs.readFileSync(this.resolve(hostPath), "utf8");
+  }
+
+  readTrimmed(hostPath: string): string | undefined {
+    try {
+      return this.read(hostPath).trim();
+    } catch {
+      return undefined;
+    }
+  }
+
+  write(hostPath: string, data: string): void {
+    const fd = fs.openSync(this.resolve(hostPath), fs.constants.O_WRONLY | fs.constants.O_TRUNC);
+    try {
+      fs.writeSync(fd, data);
+    } finally {
+      fs.closeSync(fd);
+    }
+  }
+
+  exists(hostPath: string): boolean {
+    return fs.existsSync(this.resolve(hostPath));
+  }
+
+  list(hostPath: string): string[] {
+    try {
+      return fs.readdirSync(this.resolve(hostPath)).sort();
+    } catch {
+      return [];
+    }
+  }
+
+  readlink(hostPath: string): string | undefined {
+    try {
+      return fs.readlinkSync(this.resolve(hostPath));
+    } catch {
+      return undefined;
+    }
+  }
+
+  stat(hostPath: string): FileStat | undefined {
+    try {
+      const s = fs.lstatSync(this.resolve(hostPath));
+      return { uid: s.uid, mode: s.mode, isFile: s.isFile(), isDirectory: s.isDirectory(), isSymlink: s.isSymbolicLink() };
+    } catch {
+      return undefined;
+    }
+  }
+
+  mkdir(hostPath: string): void {
+    fs.mkdirSync(this.resolve(hostPath), { recursive: true });
+  }
+
+  remove(hostPath: string): void {
+    fs.rmSync(this.resolve(hostPath), { recursive: true, force: true });
+  }
+
+  exec(command: string, args: string[], options: ExecOptions): ExecResult {
+    const program = this.findProgram(command);
+    if (!program) {
+      return { status: null, signal: null, stdout: "", stderr: "", timedOut: false, error: `${command}: not found` };
+    }
+    const env: Record<string, string> = { PATH: SEARCH_PATH.join(":"), LC_ALL: "C", ...options.env };
+    if (this.root !== "/") env.VMHOOK_ROOT = this.root;
+    // Never hand libvirt's stdout/stderr pipes to a child: a child that outlives
+    // us while holding them would make libvirt wait forever.
+    const result = spawnSync(program, args, {
+      input: options.input ?? "",
+      stdio: ["pipe", "pipe", "pipe"],
+      env,
+      timeout: Math.max(1, Math.floor(options.timeoutMs)),
+      killSignal: "SIGKILL",
+      encoding: "utf8",
+      maxBuffer: 16 * 1024 * 1024,
+    });
+    const failure = result.error as NodeJS.ErrnoException | undefined;
+    const timedOut = failure?.code === "ETIMEDOUT";
+    return {
+      status: result.status,
+      signal: result.signal,
+      stdout: result.stdout ?? "",
+      stderr: result.stderr ?? "",
+      timedOut,
+      error: failure && !timedOut ? `${command}: ${failure.message}` : undefined,
+    };
+  }
+
+  /** Programs are looked up under the root too, so a test tree can provide fake ones. */
+  private findProgram(command: string): string | undefined {
+    const candidates = command.includes("/") ? [command] : SEARCH_PATH.map((dir) => `${dir}/${command}`);
+    for (const candidate of candidates) {
+      const real = this.resolve(candidate);
+      try {
+        fs.accessSync(real, fs.constants.X_OK);
+        if (fs.statSync(real).isFile()) return real;
+      } catch {
+        // try the next directory
+      }
+    }
+    return undefined;
+  }
+
+  sleep(ms: number): void {
+    if (ms > 0) Atomics.wait(sleepCell, 0, 0, ms);
+  }
+
+  now(): number {
+    return Date.now();
+  }
+
+  processAlive(pid: number): boolean {
+    try {
+      process.kill(pid, 0);
+      return true;
+    } catch (error) {
+      return (error as NodeJS.ErrnoException).code === "EPERM";
+    }
+  }
+}

@@ -1,0 +1,107 @@
+// The undo journal: /run/vmhook/<uuid>.json, one per domain that holds
+// anything. Every change is recorded here *before* it is made, so release,
+// `vmhook recover` and the next prepare undo what was really done, whatever
+// the metadata says now and even after a crash.
+import writeFileAtomic from "write-file-atomic";
+import type { Host } from "./host.ts";
+import { paths } from "./paths.ts";
+import { PATTERNS } from "./validate.ts";
+import type { UndoRecord } from "./plugin.ts";
+
+export const JOURNAL_VERSION = 1;
+
+export type EntryState = "pending" | "applied" | "failed";
+
+export interface JournalEntry {
+  /** Plugin id: a built-in name ("hugepages") or "plugin:NAME" for a custom one. */
+  plugin: string;
+  /** The event whose step made this change. */
+  event: string;
+  description: string;
+  undo: UndoRecord;
+  /** pending: journaled, the action may or may not have happened; failed: its undo failed. */
+  state: EntryState;
+  at: string;
+  error?: string;
+}
+
+export type JournalPhase = "preparing" | "running" | "releasing" | "release-failed";
+
+export interface Journal {
+  version: number;
+  domain: { name: string; uuid: string };
+  phase: JournalPhase;
+  /** The hook process that last wrote it. */
+  pid: number;
+  createdAt: string;
+  updatedAt: string;
+  entries: JournalEntry[];
+}
+
+export function newJournal(host: Host, domain: { name: string; uuid: string }): Journal {
+  const now = new Date(host.now()).toISOString();
+  return { version: JOURNAL_VERSION, domain, phase: "preparing", pid: process.pid, createdAt: now, updatedAt: now, entries: [] };
+}
+
+export function readJournal(host: Host, uuid: string): Journal | undefined {
+  const file = paths.journal(uuid);
+  let text: string;
+  try {
+    text = host.read(file);
+  } catch {
+    return undefined;
+  }
+  try {
+    const journal = JSON.parse(text) as Journal;
+    if (journal.version !== JOURNAL_VERSION || !Array.isArray(journal.entries)) throw new Error(`unsupported version ${journal.version}`);
+    return journal;
+  } catch (error) {
+    throw new Error(`journal ${file} cannot be read (${(error as Error).message}); inspect it, then remove it by hand`);
+  }
+}
+
+export function writeJournal(host: Host, journal: Journal): void {
+  host.mkdir(paths.stateDir);
+  journal.updatedAt = new Date(host.now()).toISOString();
+  journal.pid = process.pid;
+  writeFileAtomic.sync(host.resolve(paths.journal(journal.domain.uuid)), `${JSON.stringify(journal, null, 2)}\n`, { mode: 0o600 });
+}
+
+export function removeJournal(host: Host, uuid: string): void {
+  host.remove(paths.journal(uuid));
+}
+
+/** Every journal on the host, for shared resources and `vmhook status`. Unreadable ones are reported, not hidden. */
+export function listJournals(host: Host): { journals: Journal[]; broken: { file: string; error: string }[] } {
+  const journals: Journal[] = [];
+  const broken: { file: string; error: string }[] = [];
+  for (const name of host.list(paths.stateDir)) {
+    const uuid = name.replace(/\.json$/, "");
+    if (!name.endsWith(".json") || !PATTERNS.uuid.test(uuid)) continue;
+    try {
+      const journal = readJournal(host, uuid);
+      if (journal) journals.push(journal);
+    } catch (error) {
+      broken.push({ file: paths.journal(uuid), error: (error as Error).message });
+    }
+  }
+  return { journals, broken };
+}
+
+/** Host-wide state files of shared resources (/run/vmhook/shared/NAME.json). */
+export const sharedState = {
+  read<T>(host: Host, name: string): T | undefined {
+    try {
+      return JSON.parse(host.read(paths.sharedState(name))) as T;
+    } catch {
+      return undefined;
+    }
+  },
+  write(host: Host, name: string, value: unknown): void {
+    host.mkdir(`${paths.stateDir}/shared`);
+    writeFileAtomic.sync(host.resolve(paths.sharedState(name)), `${JSON.stringify(value, null, 2)}\n`, { mode: 0o600 });
+  },
+  remove(host: Host, name: string): void {
+    host.remove(paths.sharedState(name));
+  },
+};

@@ -1,0 +1,50 @@
+// One log line per action and undo, with time, domain, event and result:
+// appended to /var/log/vmhook.log and, depending on the mode, echoed on
+// stderr or kept for the failure report (libvirt shows the first stderr
+// line to the user, so in hook mode the cause must come first).
+import * as fs from "node:fs";
+import type { Host } from "./host.ts";
+import { paths } from "./paths.ts";
+
+export type LogLevel = "info" | "warn" | "error";
+
+export interface Logger {
+  info(message: string): void;
+  warn(message: string): void;
+  error(message: string): void;
+  /** The lines logged so far (without timestamps), for the report after a failure. */
+  readonly transcript: readonly string[];
+}
+
+export interface LoggerOptions {
+  domain?: string;
+  event?: string;
+  /** "stderr": print each line as it comes (CLI); "buffer": keep it for the end (hook mode); "none": file only. */
+  echo: "stderr" | "buffer" | "none";
+  /** Write to the log file under the host's root (off for dry runs). */
+  file: boolean;
+}
+
+export function createLogger(host: Host, options: LoggerOptions): Logger {
+  const transcript: string[] = [];
+  const context = [options.domain, options.event].filter(Boolean).join(" ");
+  let fileBroken = !options.file;
+  const emit = (level: LogLevel, message: string) => {
+    const line = `${level === "info" ? "" : `${level}: `}${message}`;
+    transcript.push(line);
+    if (options.echo === "stderr") process.stderr.write(`vmhook: ${line}\n`);
+    if (fileBroken) return;
+    try {
+      const logPath = host.resolve(paths.log);
+      fs.appendFileSync(logPath, `${new Date(host.now()).toISOString()} ${context ? `[${context}] ` : ""}${line}\n`, { mode: 0o640 });
+    } catch {
+      fileBroken = true; // a read-only /var/log must never fail a VM start
+    }
+  };
+  return {
+    info: (message) => emit("info", message),
+    warn: (message) => emit("warn", message),
+    error: (message) => emit("error", message),
+    transcript,
+  };
+}

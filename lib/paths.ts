@@ -1,0 +1,17 @@
+// Every path vmhook owns, in one place. They are host paths: a Host maps them
+// under its root, so tests and `--root` runs never touch the real ones.
+export const NAMESPACE_URI = "urn:vmhook:1";
+export const ROOT_ELEMENT = "hooks";
+
+export const paths = {
+  stateDir: "/run/vmhook",
+  journal: (uuid: string) => `/run/vmhook/${uuid}.json`,
+  /** Host-wide state of shared resources (e.g. the CPU set the host had before isolation). */
+  sharedState: (name: string) => `/run/vmhook/shared/${name}.json`,
+  hostLock: "/run/vmhook/host.lock",
+  log: "/var/log/vmhook.log",
+  hostConfig: "/etc/vmhook/vmhook.json",
+  pluginsDir: "/etc/vmhook/plugins.d",
+  libvirtHooksDir: "/etc/libvirt/hooks",
+  libvirtQemuRunDir: "/run/libvirt/qemu",
+};

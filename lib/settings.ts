@@ -1,0 +1,44 @@
+// Host-level settings: /etc/vmhook/vmhook.json, written by root. Per-VM
+// configuration lives in the domain's metadata; this file only holds what
+// belongs to the host (time limits, host-specific plugin defaults).
+import { VmhookError } from "./errors.ts";
+import type { Host } from "./host.ts";
+import { paths } from "./paths.ts";
+
+export interface HostSettings {
+  /** Hard limit for one hook invocation's work (prepare, start, ...). */
+  deadlineSeconds: number;
+  /** Separate budget for undoing, so a prepare that ran out of time can still roll back. */
+  undoDeadlineSeconds: number;
+  /** Per-plugin host settings, e.g. {"vfio": {"displayManagerUnits": ["gdm.service"]}}. */
+  plugins: Record<string, Record<string, unknown>>;
+}
+
+export const DEFAULT_SETTINGS: HostSettings = { deadlineSeconds: 120, undoDeadlineSeconds: 120, plugins: {} };
+
+export function loadSettings(host: Host): HostSettings {
+  let text: string;
+  try {
+    text = host.read(paths.hostConfig);
+  } catch {
+    return DEFAULT_SETTINGS;
+  }
+  let raw: Partial<HostSettings>;
+  try {
+    raw = JSON.parse(text);
+  } catch (error) {
+    throw new VmhookError(`${paths.hostConfig} is not valid JSON (${(error as Error).message}); fix or remove it`);
+  }
+  const seconds = (key: "deadlineSeconds" | "undoDeadlineSeconds") => {
+    const value = raw[key] ?? DEFAULT_SETTINGS[key];
+    if (typeof value !== "number" || !(value > 0 && value <= 3600)) {
+      throw new VmhookError(`${paths.hostConfig}: "${key}" is ${JSON.stringify(value)}; use a number of seconds from 1 to 3600`);
+    }
+    return value;
+  };
+  const plugins = raw.plugins ?? {};
+  if (typeof plugins !== "object" || Array.isArray(plugins)) {
+    throw new VmhookError(`${paths.hostConfig}: "plugins" must be an object keyed by plugin name`);
+  }
+  return { deadlineSeconds: seconds("deadlineSeconds"), undoDeadlineSeconds: seconds("undoDeadlineSeconds"), plugins };
+}

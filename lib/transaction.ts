@@ -1,0 +1,171 @@
+// Transactions in systemd's sense: the plugins' steps for one event are
+// applied in order, each journaled with its undo *before* it acts; when one
+// fails, what was done is undone in reverse and the host is as it was.
+import type { PluginInstance } from "./config.ts";
+import { Deadline, waitFor } from "./deadline.ts";
+import type { Domain } from "./domain.ts";
+import { describeError, VmhookError } from "./errors.ts";
+import type { Host } from "./host.ts";
+import { listJournals, removeJournal, sharedState, writeJournal, type Journal, type JournalEntry } from "./journal.ts";
+import { withHostLock } from "./lock.ts";
+import type { Logger } from "./log.ts";
+import type { BaseContext, HookEvent, Plugin, PluginContext, UndoRecord } from "./plugin.ts";
+import type { HostSettings } from "./settings.ts";
+import { loadPlugin } from "../plugins/index.ts";
+
+export interface RunEnvironment {
+  host: Host;
+  log: Logger;
+  settings: HostSettings;
+  /** `vmhook plan`: steps are collected here instead of being run. */
+  dryRun?: { steps: PlannedStep[] };
+}
+
+export interface PlannedStep {
+  plugin: string;
+  event: HookEvent;
+  description: string;
+  undo: UndoRecord;
+}
+
+function baseContext(env: RunEnvironment, pluginId: string, event: HookEvent, domain: { name: string; uuid: string }, deadline: Deadline): BaseContext {
+  const { host, log } = env;
+  const sharedName = pluginId.replace(/[^a-z0-9._-]/g, "_");
+  return {
+    host,
+    domain,
+    event,
+    log,
+    dryRun: env.dryRun !== undefined,
+    deadline,
+    settings: env.settings.plugins[pluginId] ?? {},
+    waitFor: (what, ready, options) => waitFor(host, deadline, what, ready, options),
+    run(command, args, options = {}) {
+      deadline.check(`starting ${command}`);
+      const result = host.exec(command, args, { timeoutMs: deadline.clamp(options.timeoutMs ?? 30_000), input: options.input });
+      if (!options.allowFailure) {
+        const cmdline = [command, ...args].join(" ");
+        if (result.error) throw new VmhookError(`could not run ${cmdline}: ${result.error}`);
+        if (result.timedOut) throw new VmhookError(`${cmdline} did not finish in time and was killed`);
+        if (result.status !== 0) {
+          const why = (result.stderr.trim() || result.stdout.trim()).split("\n")[0] || `exit status ${result.status ?? result.signal}`;
+          throw new VmhookError(`${cmdline} failed: ${why}`);
+        }
+      }
+      return result;
+    },
+    journals: () => listJournals(host).journals,
+    shared: {
+      read: <T>() => sharedState.read<T>(host, sharedName),
+      write: (value: unknown) => sharedState.write(host, sharedName, value),
+      remove: () => sharedState.remove(host, sharedName),
+    },
+  };
+}
+
+async function underLockIf<T>(plugin: Plugin<unknown>, env: RunEnvironment, deadline: Deadline, work: () => Promise<T>): Promise<T> {
+  // A dry run changes nothing, so it need not wait for a VM that is starting.
+  return plugin.shared && !env.dryRun ? withHostLock(env.host, deadline, work) : work();
+}
+
+/**
+ * Runs one event's handler of every plugin, in order. Steps go into `journal`.
+ * Throws at the first failure; the caller decides whether to roll back.
+ */
+export async function runHandlers(
+  event: Exclude<HookEvent, "release">,
+  instances: PluginInstance[],
+  domain: Domain,
+  journal: Journal,
+  env: RunEnvironment,
+  deadline: Deadline,
+): Promise<void> {
+  for (const instance of instances) {
+    const handler = instance.plugin[event as "prepare"];
+    if (!handler) continue;
+    deadline.check(`starting ${instance.id}`);
+    const ctx: PluginContext<unknown> = {
+      ...baseContext(env, instance.id, event, journal.domain, deadline),
+      config: instance.config,
+      domainXml: domain,
+      records: journal.entries.filter((entry) => entry.plugin === instance.id).map((entry) => entry.undo),
+      step: (description, undo, action) => step(env, journal, instance.id, event, description, undo, action),
+    };
+    await underLockIf(instance.plugin, env, deadline, async () => handler(ctx));
+  }
+}
+
+async function step(
+  env: RunEnvironment,
+  journal: Journal,
+  pluginId: string,
+  event: HookEvent,
+  description: string,
+  undo: UndoRecord,
+  action: (handle: { update(undo: UndoRecord): void }) => void | Promise<void>,
+): Promise<void> {
+  if (env.dryRun) {
+    env.dryRun.steps.push({ plugin: pluginId, event, description, undo });
+    return;
+  }
+  const entry: JournalEntry = { plugin: pluginId, event, description, undo, state: "pending", at: new Date(env.host.now()).toISOString() };
+  journal.entries.push(entry);
+  writeJournal(env.host, journal);
+  try {
+    await action({
+      update(next) {
+        entry.undo = next;
+        writeJournal(env.host, journal);
+      },
+    });
+  } catch (error) {
+    env.log.error(`${pluginId}: ${description}: ${describeError(error)}`);
+    throw error;
+  }
+  entry.state = "applied";
+  writeJournal(env.host, journal);
+  env.log.info(`${pluginId}: ${description}: done`);
+}
+
+export interface UndoResult {
+  undone: number;
+  failed: JournalEntry[];
+}
+
+/**
+ * Undoes a journal's entries in reverse order, best effort: each success is
+ * removed from the journal at once (so a crash here resumes where it stopped),
+ * each failure is logged and kept for `vmhook recover`. The journal file is
+ * deleted when nothing is left.
+ */
+export async function undoJournal(journal: Journal, env: RunEnvironment, deadline: Deadline): Promise<UndoResult> {
+  const { host, log } = env;
+  journal.phase = "releasing";
+  writeJournal(host, journal);
+  let undone = 0;
+  for (const entry of [...journal.entries].reverse()) {
+    try {
+      const plugin = await loadPlugin(entry.plugin, host);
+      await underLockIf(plugin, env, deadline, async () =>
+        plugin.undo(entry.undo, baseContext(env, entry.plugin, "release", journal.domain, deadline)),
+      );
+      journal.entries.splice(journal.entries.indexOf(entry), 1);
+      writeJournal(host, journal);
+      undone++;
+      log.info(`${entry.plugin}: undo ${entry.description}: done`);
+    } catch (error) {
+      entry.state = "failed";
+      entry.error = describeError(error);
+      writeJournal(host, journal);
+      log.error(`${entry.plugin}: undo ${entry.description}: ${entry.error}`);
+    }
+  }
+  const failed = journal.entries.filter((entry) => entry.state === "failed");
+  if (journal.entries.length === 0) {
+    removeJournal(host, journal.domain.uuid);
+  } else {
+    journal.phase = "release-failed";
+    writeJournal(host, journal);
+  }
+  return { undone, failed };
+}

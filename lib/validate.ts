@@ -1,0 +1,91 @@
+// Strict patterns for every value that may become part of a host path.
+// The domain XML can be written by users less trusted than root, so nothing
+// from it reaches a path before passing one of these.
+import { ConfigError } from "./errors.ts";
+
+export const PATTERNS = {
+  pciAddress: /^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$/,
+  uuid: /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/,
+  /** Kernel module and driver names. */
+  moduleName: /^[a-zA-Z0-9_-]{1,64}$/,
+  /** mdev type ids (i915-GVTg_V5_4, nvidia-63, mtty-2). */
+  mdevType: /^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$/,
+  /** Custom plugin names: never a path. */
+  pluginName: /^[a-z0-9][a-z0-9._-]*$/,
+  /** systemd unit names. */
+  unitName: /^[A-Za-z0-9:_.@\\-]{1,255}$/,
+};
+
+/** Accepts 0000:01:00.0, 01:00.0 (domain 0000) in any case; returns the canonical lower-case form. */
+export function parsePciAddress(value: string, element: string, attribute: string): string {
+  const raw = value.trim().toLowerCase();
+  const full = /^[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$/.test(raw) ? `0000:${raw}` : raw;
+  if (!PATTERNS.pciAddress.test(full)) {
+    throw new ConfigError(element, `${attribute}="${value}" is not a PCI address; write it as DDDD:BB:SS.F, e.g. 0000:01:00.0 (see lspci -D)`);
+  }
+  return full;
+}
+
+export function parseUuid(value: string, element: string, attribute: string): string {
+  const lower = value.trim().toLowerCase();
+  if (!PATTERNS.uuid.test(lower)) {
+    throw new ConfigError(element, `${attribute}="${value}" is not a UUID; write it as xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx (uuidgen makes one)`);
+  }
+  return lower;
+}
+
+export function checkPattern(value: string, pattern: RegExp, element: string, attribute: string, what: string): string {
+  if (!pattern.test(value)) {
+    throw new ConfigError(element, `${attribute}="${value}" is not a valid ${what} (allowed: ${pattern.source})`);
+  }
+  return value;
+}
+
+const YES = new Set(["yes", "true", "on", "1"]);
+const NO = new Set(["no", "false", "off", "0"]);
+
+/** yes/no attributes; "auto" only where the caller allows it. */
+export function parseYesNo(value: string | undefined, element: string, attribute: string, fallback: boolean): boolean {
+  if (value === undefined) return fallback;
+  const lower = value.trim().toLowerCase();
+  if (YES.has(lower)) return true;
+  if (NO.has(lower)) return false;
+  throw new ConfigError(element, `${attribute}="${value}" must be yes or no`);
+}
+
+export function parseInteger(value: string, element: string, attribute: string, min: number, max: number): number {
+  const trimmed = value.trim();
+  const number = /^\d+$/.test(trimmed) ? Number(trimmed) : NaN;
+  if (!Number.isSafeInteger(number) || number < min || number > max) {
+    throw new ConfigError(element, `${attribute}="${value}" must be a whole number from ${min} to ${max}`);
+  }
+  return number;
+}
+
+const SIZE_UNITS: Record<string, number> = {
+  "": 1, b: 1 / 1024, bytes: 1 / 1024, k: 1, kib: 1, kb: 1000 / 1024, m: 1024, mib: 1024, mb: 1e6 / 1024,
+  g: 1024 ** 2, gib: 1024 ** 2, gb: 1e9 / 1024, t: 1024 ** 3, tib: 1024 ** 3, tb: 1e12 / 1024,
+};
+
+/** A size as libvirt writes it (value + unit, default KiB), in KiB. */
+export function sizeToKiB(value: string, unit: string | undefined, element: string, attribute: string): number {
+  const factor = SIZE_UNITS[(unit ?? "").trim().toLowerCase()];
+  const number = Number(value.trim());
+  if (factor === undefined || !/^\d+$/.test(value.trim()) || !Number.isSafeInteger(number)) {
+    throw new ConfigError(element, `${attribute}="${value}${unit ? ` ${unit}` : ""}" is not a size (a whole number with unit KiB, MiB, GiB, k, M, G)`);
+  }
+  return Math.ceil(number * factor);
+}
+
+/** "2M", "1G", "2048k", "2MiB" → KiB. */
+export function parseSizeWithSuffix(value: string, element: string, attribute: string): number {
+  const match = /^(\d+)\s*([a-zA-Z]*)$/.exec(value.trim());
+  if (!match) throw new ConfigError(element, `${attribute}="${value}" is not a size; write e.g. 2M or 1G`);
+  return sizeToKiB(match[1]!, match[2] || "k", element, attribute);
+}
+
+export function formatKiB(kib: number): string {
+  if (kib % (1024 * 1024) === 0) return `${kib / (1024 * 1024)}G`;
+  if (kib % 1024 === 0) return `${kib / 1024}M`;
+  return `${kib}K`;
+}

@@ -1,0 +1,2 @@
+import { definePlugin } from "../lib/plugin.ts";
+export default definePlugin({ name: "hugepages", summary: "wip", parse: () => ({}), undo() {} });

@@ -1,0 +1,123 @@
+// A simulated host for unit tests: a temporary directory as the root (files,
+// symlinks, directories as sysfs/procfs would have them), plus simulated
+// kernel behaviour on writes and simulated programs on exec.
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import { RootedHost, type ExecOptions, type ExecResult } from "../../lib/host.ts";
+
+export type WriteHandler = (data: string, hostPath: string, sim: SimHost) => void;
+export type ExecHandler = (args: string[], sim: SimHost, options: ExecOptions) => Partial<ExecResult> | void;
+
+export class SimHost extends RootedHost {
+  /** Every write and exec, in order: what a test asserts on. */
+  readonly writes: { path: string; data: string }[] = [];
+  readonly execs: { command: string; args: string[] }[] = [];
+  private readonly writeHandlers: { match: string | RegExp; handler: WriteHandler }[] = [];
+  private readonly execHandlers = new Map<string, ExecHandler>();
+  private readonly failures: { match: string | RegExp; error: string }[] = [];
+
+  constructor() {
+    super(fs.mkdtempSync(path.join(os.tmpdir(), "vmhook-sim-")));
+  }
+
+  /** Creates a file (and its parent directories) with this content. */
+  file(hostPath: string, content: string | number = ""): this {
+    const real = this.resolve(hostPath);
+    fs.mkdirSync(path.dirname(real), { recursive: true });
+    fs.writeFileSync(real, `${content}`.endsWith("\n") || content === "" ? `${content}` : `${content}\n`);
+    return this;
+  }
+
+  dir(hostPath: string): this {
+    fs.mkdirSync(this.resolve(hostPath), { recursive: true });
+    return this;
+  }
+
+  link(hostPath: string, target: string): this {
+    const real = this.resolve(hostPath);
+    fs.mkdirSync(path.dirname(real), { recursive: true });
+    fs.rmSync(real, { force: true });
+    fs.symlinkSync(target, real);
+    return this;
+  }
+
+  /** Simulated kernel behaviour: instead of storing the value, run the handler. */
+  onWrite(match: string | RegExp, handler: WriteHandler): this {
+    this.writeHandlers.push({ match, handler });
+    return this;
+  }
+
+  /** Simulated program (modprobe, systemctl, ...). Unknown programs are "not found". */
+  onExec(command: string, handler: ExecHandler): this {
+    this.execHandlers.set(command, handler);
+    return this;
+  }
+
+  /** Makes writes to matching paths fail with this error (e.g. "EBUSY"). */
+  failWrite(match: string | RegExp, error: string): this {
+    this.failures.push({ match, error });
+    return this;
+  }
+
+  clearFailures(): void {
+    this.failures.length = 0;
+  }
+
+  /** Writes as the kernel would take them: the file must exist (sysfs never creates files). */
+  override write(hostPath: string, data: string): void {
+    const matches = (match: string | RegExp) => (typeof match === "string" ? match === hostPath : match.test(hostPath));
+    const failure = this.failures.find((f) => matches(f.match));
+    if (failure) {
+      const error = new Error(`${failure.error}: simulated failure writing ${hostPath}`) as NodeJS.ErrnoException;
+      error.code = failure.error;
+      throw error;
+    }
+    this.writes.push({ path: hostPath, data });
+    const handler = this.writeHandlers.find((h) => matches(h.match));
+    if (handler) return handler.handler(data.trim(), hostPath, this);
+    if (!fs.existsSync(this.resolve(hostPath))) {
+      const error = new Error(`ENOENT: no such file ${hostPath}`) as NodeJS.ErrnoException;
+      error.code = "ENOENT";
+      throw error;
+    }
+    super.write(hostPath, data);
+  }
+
+  override exec(command: string, args: string[], options: ExecOptions): ExecResult {
+    this.execs.push({ command, args });
+    const handler = this.execHandlers.get(command);
+    if (!handler) return { status: null, signal: null, stdout: "", stderr: "", timedOut: false, error: `${command}: not found` };
+    return { status: 0, signal: null, stdout: "", stderr: "", timedOut: false, ...(handler(args, this, options) ?? {}) };
+  }
+
+  /** Every file and link under the root except vmhook's own state and log: compare before/after. */
+  snapshot(): Record<string, string> {
+    const result: Record<string, string> = {};
+    const walk = (dir: string) => {
+      for (const entry of fs.readdirSync(dir, { withFileTypes: true })) {
+        const real = path.join(dir, entry.name);
+        const hostPath = `/${path.relative(this.root, real)}`;
+        if (hostPath.startsWith("/run/vmhook") || hostPath.startsWith("/var/log")) continue;
+        if (entry.isSymbolicLink()) result[hostPath] = `-> ${fs.readlinkSync(real)}`;
+        else if (entry.isDirectory()) {
+          result[hostPath] = "<dir>";
+          walk(real);
+        } else result[hostPath] = fs.readFileSync(real, "utf8");
+      }
+    };
+    walk(this.root);
+    return result;
+  }
+
+  /** Files under /run/vmhook (journals, shared state, lock excluded). */
+  stateFiles(): string[] {
+    const dir = this.resolve("/run/vmhook");
+    if (!fs.existsSync(dir)) return [];
+    return fs.readdirSync(dir, { recursive: true }).map(String).filter((f) => f.endsWith(".json")).sort();
+  }
+
+  cleanup(): void {
+    fs.rmSync(this.root, { recursive: true, force: true });
+  }
+}
