@@ -1,0 +1,67 @@
+// Read-only views of PCI devices in sysfs, shared by the vfio plugin and the
+// diagnostics. Addresses must already be validated (lib/validate.ts).
+import type { Host } from "./host.ts";
+
+export const PCI_DEVICES = "/sys/bus/pci/devices";
+
+export interface PciDevice {
+  address: string;
+  /** "0x030000" */
+  classCode: string;
+  vendor: string;
+  device: string;
+  /** Bound driver name, or undefined when unbound. */
+  driver?: string;
+  iommuGroup?: string;
+  bootVga: boolean;
+}
+
+export function pciPath(address: string, file = ""): string {
+  return `${PCI_DEVICES}/${address}${file ? `/${file}` : ""}`;
+}
+
+export function pciExists(host: Host, address: string): boolean {
+  return host.exists(pciPath(address));
+}
+
+/** The driver a device is bound to (basename of its driver link). */
+export function pciDriver(host: Host, address: string): string | undefined {
+  const target = host.readlink(pciPath(address, "driver"));
+  return target ? target.split("/").pop() : undefined;
+}
+
+export function pciIommuGroup(host: Host, address: string): string | undefined {
+  const target = host.readlink(pciPath(address, "iommu_group"));
+  return target ? target.split("/").pop() : undefined;
+}
+
+export function readPciDevice(host: Host, address: string): PciDevice {
+  return {
+    address,
+    classCode: host.readTrimmed(pciPath(address, "class")) ?? "0x000000",
+    vendor: host.readTrimmed(pciPath(address, "vendor")) ?? "0x0000",
+    device: host.readTrimmed(pciPath(address, "device")) ?? "0x0000",
+    driver: pciDriver(host, address),
+    iommuGroup: pciIommuGroup(host, address),
+    bootVga: host.readTrimmed(pciPath(address, "boot_vga")) === "1",
+  };
+}
+
+/** All PCI devices, sorted by address. */
+export function listPciDevices(host: Host): PciDevice[] {
+  return host.list(PCI_DEVICES).map((address) => readPciDevice(host, address));
+}
+
+/** Addresses in an IOMMU group (/sys/kernel/iommu_groups/N/devices). */
+export function iommuGroupMembers(host: Host, group: string): string[] {
+  return host.list(`/sys/kernel/iommu_groups/${group}/devices`);
+}
+
+/** The other functions of a device's slot (0000:01:00.1 for 0000:01:00.0's audio). */
+export function slotFunctions(host: Host, address: string): string[] {
+  const slot = address.slice(0, -2);
+  return host.list(PCI_DEVICES).filter((other) => other.startsWith(`${slot}.`));
+}
+
+export const isDisplayClass = (classCode: string) => classCode.startsWith("0x03");
+export const isBridgeClass = (classCode: string) => classCode.startsWith("0x0604") || classCode.startsWith("0x0600");
