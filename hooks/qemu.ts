@@ -6,8 +6,11 @@
 //
 // Hook mode prints nothing on stdout, ever: libvirt reads stdout of migrate
 // and restore as replacement XML.
-import { existsSync, readFileSync } from "node:fs";
-import { basename, dirname, join } from "node:path";
+//
+// The fast path (a domain without vmhook metadata) uses Bun's own file API:
+// loading node:fs alone costs about as much as starting the runtime (see
+// docs/bench.md), and everything else is loaded by dynamic import, which the
+// build (--splitting) keeps in chunks that are not even parsed on this path.
 import type { EventAction, HookInvocation } from "../lib/hook.ts";
 import type { HookEvent } from "../lib/plugin.ts";
 
@@ -38,35 +41,35 @@ const NAMESPACE_URI = "urn:vmhook:1"; // lib/paths.ts; repeated so the fast path
 
 /** Hook mode when invoked as ".../qemu" or from libvirt's ".../qemu.d/" directory. */
 function isHookInvocation(argv0: string): boolean {
-  return basename(argv0) === "qemu" || basename(dirname(argv0)) === "qemu.d";
+  const [name, directory] = argv0.split("/").reverse();
+  return name === "qemu" || directory === "qemu.d";
 }
 
 export async function hookMain(args: string[], root = process.env.VMHOOK_ROOT || "/"): Promise<number> {
   let xml = "";
   try {
-    xml = readFileSync(0, "utf8");
+    xml = await Bun.stdin.text();
   } catch {
     // no stdin: treated like a domain without vmhook metadata
   }
   // The fast path: a domain that never mentions vmhook and holds no journal
   // costs one string search and one stat.
-  if (!xml.includes(NAMESPACE_URI) && !holdsJournal(xml, root)) return 0;
+  if (!xml.includes(NAMESPACE_URI) && !(await holdsJournal(xml, root))) return 0;
   const { runEvent } = await import("../lib/hook.ts");
-  const invocation: HookInvocation = { args, xml, root };
+  const invocation: HookInvocation = { args, xml, root, watchdog: true };
   const known = EVENTS[`${args[1]} ${args[2]}`];
   return runEvent(invocation, known?.event, known?.action, known?.mayFail ?? false);
 }
 
-function holdsJournal(xml: string, root: string): boolean {
+async function holdsJournal(xml: string, root: string): Promise<boolean> {
   const uuid = /<uuid>\s*([0-9a-fA-F-]{36})\s*<\/uuid>/.exec(xml)?.[1]?.toLowerCase();
-  return uuid !== undefined && /^[0-9a-f-]{36}$/.test(uuid) && existsSync(join(root, "run/vmhook", `${uuid}.json`));
+  return uuid !== undefined && /^[0-9a-f-]{36}$/.test(uuid) && Bun.file(`${root.replace(/\/$/, "")}/run/vmhook/${uuid}.json`).exists();
 }
 
+// No top-level await: `vmhook hook` imports this module from the CLI, and an
+// import of a module still awaiting its own top level never resolves.
 if (import.meta.main) {
-  if (isHookInvocation(process.argv0)) {
-    process.exitCode = await hookMain(process.argv.slice(2));
-  } else {
-    const { runCli } = await import("../lib/cli/index.ts");
-    process.exitCode = await runCli(process.argv.slice(2));
-  }
+  const args = process.argv.slice(2);
+  const exitCode = isHookInvocation(process.argv0) ? hookMain(args) : import("../lib/cli/index.ts").then(({ runCli }) => runCli(args));
+  void exitCode.then((code) => (process.exitCode = code));
 }

@@ -11,3 +11,19 @@ interface ImportMeta {
   /** True in the module bun started with. */
   main: boolean;
 }
+
+/** Bun's file API (the hook's fast path uses it instead of node:fs, which is slow to load) and spawnSync (bench/). */
+declare const Bun: {
+  stdin: { text(): Promise<string> };
+  file(path: string): { exists(): Promise<boolean> };
+  spawnSync(
+    command: string[],
+    options: { stdin?: Uint8Array; stdout?: "ignore" | "pipe"; stderr?: "ignore" | "pipe"; env?: Record<string, string> },
+  ): {
+    exitCode: number | null;
+    stderr?: Uint8Array;
+    /** maxRSS in bytes, cpuTime in microseconds. */
+    resourceUsage: { maxRSS: number; cpuTime: { total: bigint } };
+  };
+};
+

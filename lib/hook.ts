@@ -11,6 +11,8 @@ import type { HookEvent } from "./plugin.ts";
 import { loadSettings, type HostSettings } from "./settings.ts";
 import { runHandlers, undoJournal, type RunEnvironment } from "./transaction.ts";
 import { PATTERNS } from "./validate.ts";
+import { paths } from "./paths.ts";
+import { startWatchdog } from "./watchdog.ts";
 
 export interface HookInvocation {
   /** Domain name, operation, sub-operation and extra argument, as libvirt passes them. */
@@ -19,6 +21,8 @@ export interface HookInvocation {
   root: string;
   /** Tests pass a simulated host; otherwise the host is the root directory. */
   host?: Host;
+  /** Kill the process when it outlives both deadlines (the real hook; not in-process tests). */
+  watchdog?: boolean;
 }
 
 /** The domain UUID found by a plain text search: enough to find a journal without parsing XML. */
@@ -150,6 +154,11 @@ export async function runEvent(invocation: HookInvocation, event: HookEvent | un
     return 0;
   }
   try {
+    if (invocation.watchdog) {
+      const { deadlineSeconds, undoDeadlineSeconds } = run.settings;
+      const budgetSeconds = deadlineSeconds + undoDeadlineSeconds + 5;
+      startWatchdog(budgetSeconds * 1000, `${invocation.args.slice(1, 3).join(" ")} of ${run.name} was killed after ${budgetSeconds} s (deadlineSeconds + undoDeadlineSeconds in ${paths.hostConfig}); run vmhook recover ${run.name} once it is stopped`, run.host.resolve(paths.log));
+    }
     await action(run);
     return 0;
   } catch (error) {

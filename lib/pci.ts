@@ -65,3 +65,28 @@ export function slotFunctions(host: Host, address: string): string[] {
 
 export const isDisplayClass = (classCode: string) => classCode.startsWith("0x03");
 export const isBridgeClass = (classCode: string) => classCode.startsWith("0x0604") || classCode.startsWith("0x0600");
+
+export const PCI_DRIVERS = "/sys/bus/pci/drivers";
+
+/** Whether a PCI driver is registered (its module is loaded or built in). */
+export function pciDriverRegistered(host: Host, driver: string): boolean {
+  return host.exists(`${PCI_DRIVERS}/${driver}`);
+}
+
+/** The driver_override value, or undefined when none is set (the kernel shows "(null)"). */
+export function pciDriverOverride(host: Host, address: string): string | undefined {
+  const value = host.readTrimmed(pciPath(address, "driver_override"));
+  return value && value !== "(null)" ? value : undefined;
+}
+
+/** How the kernel resets the device ("flr bus", ...), or undefined when the kernel does not say. */
+export function pciResetMethod(host: Host, address: string): string | undefined {
+  return host.readTrimmed(pciPath(address, "reset_method")) || undefined;
+}
+
+/** The device files a GPU's driver created: /dev/dri/card0, /dev/dri/renderD128, /dev/fb0. */
+export function pciDeviceNodes(host: Host, address: string): string[] {
+  const dri = host.list(pciPath(address, "drm")).filter((name) => /^(card|renderD)\d+$/.test(name)).map((name) => `/dev/dri/${name}`);
+  const fb = host.list(pciPath(address, "graphics")).filter((name) => /^fb\d+$/.test(name)).map((name) => `/dev/${name}`);
+  return [...dri, ...fb];
+}

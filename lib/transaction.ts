@@ -136,16 +136,17 @@ export interface UndoResult {
  * Undoes a journal's entries in reverse order, best effort: each success is
  * removed from the journal at once (so a crash here resumes where it stopped),
  * each failure is logged and kept for `vmhook recover`. The journal file is
- * deleted when nothing is left.
+ * deleted when nothing is left. Plugins in `loaded` (already loaded by the
+ * caller) are used as they are; the others are loaded by their journal id.
  */
-export async function undoJournal(journal: Journal, env: RunEnvironment, deadline: Deadline): Promise<UndoResult> {
+export async function undoJournal(journal: Journal, env: RunEnvironment, deadline: Deadline, loaded: PluginInstance[] = []): Promise<UndoResult> {
   const { host, log } = env;
   journal.phase = "releasing";
   writeJournal(host, journal);
   let undone = 0;
   for (const entry of [...journal.entries].reverse()) {
     try {
-      const plugin = await loadPlugin(entry.plugin, host);
+      const plugin = loaded.find((instance) => instance.id === entry.plugin)?.plugin ?? (await loadPlugin(entry.plugin, host));
       await underLockIf(plugin, env, deadline, async () =>
         plugin.undo(entry.undo, baseContext(env, entry.plugin, "release", journal.domain, deadline)),
       );

@@ -9,6 +9,10 @@ type Loader = () => Promise<Plugin<any>>;
 /** In this order in `vmhook plugins`; a domain's plugins run in its metadata's order. */
 const BUILTIN: Record<string, Loader> = {
   hugepages: async () => (await import("./hugepages.ts")).default,
+  isolate: async () => (await import("./isolate.ts")).default,
+  mdev: async () => (await import("./mdev.ts")).default,
+  vgpu: async () => (await import("./mdev.ts")).vgpu,
+  vfio: async () => (await import("./vfio/index.ts")).default,
 };
 
 /** The element <vmhook:plugin name="NAME"> names a custom plugin. */
@@ -19,12 +23,12 @@ export const builtinNames = (): string[] => Object.keys(BUILTIN);
 
 /** A plugin by its journal id: a built-in name or "plugin:NAME". */
 export async function loadPlugin(id: string, host: Host): Promise<Plugin<unknown>> {
-  if (id.startsWith(CUSTOM_PREFIX)) return loadCustomPlugin(id.slice(CUSTOM_PREFIX.length), host);
+  if (id.startsWith(CUSTOM_PREFIX)) {
+    const { loadCustomPlugin } = await import("../lib/custom-plugins.ts");
+    return loadCustomPlugin(id.slice(CUSTOM_PREFIX.length), host);
+  }
   const loader = BUILTIN[id];
   if (!loader) throw new VmhookError(`no built-in plugin "${id}"; built-in plugins are ${builtinNames().join(", ")}`);
   return loader();
 }
 
-async function loadCustomPlugin(name: string, _host: Host): Promise<Plugin<unknown>> {
-  throw new VmhookError(`custom plugin "${name}": custom plugins are not supported yet`);
-}

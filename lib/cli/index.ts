@@ -7,13 +7,19 @@ import { installCommands } from "./install.ts";
 import { inspectCommands } from "./inspect.ts";
 import { recoverCommand } from "./recover.ts";
 import { hookCommand } from "./hook.ts";
+import { pluginsCommand } from "./plugins.ts";
+import { iommuCommand } from "./iommu.ts";
+import { doctorCommand } from "./doctor.ts";
+
+/** Wrong words on the command line: exit 2, as is usual for usage errors. */
+class UsageError extends Error {}
 
 export interface GlobalOptions {
   root: string;
   json: boolean;
 }
 
-const COMMANDS: CommandModule<GlobalOptions, any>[] = [...installCommands, ...inspectCommands, recoverCommand, hookCommand];
+const COMMANDS: CommandModule<GlobalOptions, any>[] = [...installCommands, ...inspectCommands, recoverCommand, hookCommand, pluginsCommand, iommuCommand, doctorCommand];
 
 export async function runCli(args: string[]): Promise<number> {
   process.exitCode = 0;
@@ -38,12 +44,14 @@ export async function runCli(args: string[]): Promise<number> {
       .version()
       .wrap(Math.min(100, process.stdout.columns || 100))
       .fail((message, error) => {
-        if (error) throw error;
-        process.stderr.write(`vmhook: ${message}\nRun vmhook --help for usage.\n`);
-        process.exitCode = 2;
+        throw error ?? new UsageError(message);
       })
       .parseAsync();
   } catch (error) {
+    if (error instanceof UsageError) {
+      process.stderr.write(`vmhook: ${error.message}\nRun vmhook --help for usage.\n`);
+      return 2;
+    }
     process.stderr.write(`vmhook: ${describeError(error)}\n`);
     if (error instanceof VmhookError) for (const line of error.details) process.stderr.write(`  ${line}\n`);
     else if (process.env.VMHOOK_DEBUG) process.stderr.write(`${(error as Error).stack}\n`);

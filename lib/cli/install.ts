@@ -1,6 +1,12 @@
 // `vmhook install` / `vmhook uninstall`: put this binary in place as
-// libvirt's qemu hook, keeping any hook that was there (moved to qemu.d/,
-// which libvirt also runs) and giving it back on uninstall. Idempotent.
+// libvirt's qemu hook, keeping any hook that was there and giving it back on
+// uninstall. Idempotent.
+//
+// The kept hook stays in /etc/libvirt/hooks (renamed qemu.vmhook-saved) and a
+// two-line launcher in qemu.d/ (which libvirt also runs) executes it: the
+// common dispatcher hooks find their per-VM scripts relative to their own
+// path ($(dirname $0)/qemu.d/VM/...), which moving the file itself into
+// qemu.d/ would break.
 import * as fs from "node:fs";
 import * as path from "node:path";
 import type { CommandModule } from "yargs";
@@ -14,7 +20,8 @@ import { print, printJson } from "./output.ts";
 /** Found in every vmhook binary: tells our hook from someone else's. */
 const BINARY_MARKER = "vmhook-binary-marker:c0ffee-1";
 const HOOK = `${paths.libvirtHooksDir}/qemu`;
-const SAVED_HOOK = `${paths.libvirtHooksDir}/qemu.d/vmhook-saved-qemu-hook`;
+const SAVED_HOOK = `${paths.libvirtHooksDir}/qemu.vmhook-saved`;
+const SAVED_HOOK_LAUNCHER = `${paths.libvirtHooksDir}/qemu.d/vmhook-saved-qemu-hook`;
 const CLI_LINK = "/usr/local/bin/vmhook";
 const INSTALL_RECORD = "/etc/vmhook/install.json";
 const LIBVIRT_DAEMONS = ["libvirtd", "virtqemud"];
@@ -23,9 +30,19 @@ interface InstallRecord {
   savedHook?: string;
 }
 
-function isVmhookBinary(file: string): boolean {
+export function isVmhookBinary(file: string): boolean {
   try {
     return fs.readFileSync(file).includes(BINARY_MARKER);
+  } catch {
+    return false;
+  }
+}
+
+/** Whether anything is at the path, a dangling symlink included (existsSync follows links). */
+function present(file: string): boolean {
+  try {
+    fs.lstatSync(file);
+    return true;
   } catch {
     return false;
   }
@@ -85,13 +102,16 @@ export function install(host: Host, binary: string): string[] {
   fs.mkdirSync(host.resolve(paths.stateDir), { recursive: true, mode: 0o755 });
   const record = readRecord(host);
 
-  if (fs.existsSync(hook) && !isVmhookBinary(hook)) {
+  if (present(hook) && !isVmhookBinary(hook)) {
     const saved = host.resolve(SAVED_HOOK);
-    if (fs.existsSync(saved)) throw new VmhookError(`${HOOK} is not vmhook and ${SAVED_HOOK} exists already; move one of them away by hand`);
-    fs.mkdirSync(path.dirname(saved), { recursive: true, mode: 0o755 });
+    if (present(saved)) throw new VmhookError(`${HOOK} is not vmhook and ${SAVED_HOOK} exists already; move one of them away by hand`);
     fs.renameSync(hook, saved);
+    const launcher = host.resolve(SAVED_HOOK_LAUNCHER);
+    fs.mkdirSync(path.dirname(launcher), { recursive: true, mode: 0o755 });
+    // stdin (the domain XML) and stdout (replacement XML on migrate/restore) pass straight through exec
+    fs.writeFileSync(launcher, `#!/bin/sh\n# the hook that was ${HOOK} before vmhook install; vmhook uninstall puts it back\nexec ${SAVED_HOOK} "$@"\n`, { mode: 0o755 });
     record.savedHook = SAVED_HOOK;
-    notes.push(`kept the existing hook: moved ${HOOK} to ${SAVED_HOOK} (libvirt runs both; vmhook uninstall puts it back)`);
+    notes.push(`kept the existing hook: moved ${HOOK} to ${SAVED_HOOK}, run by ${SAVED_HOOK_LAUNCHER} (libvirt runs both; vmhook uninstall puts it back)`);
   }
   fs.writeFileSync(host.resolve(INSTALL_RECORD), `${JSON.stringify(record, null, 2)}\n`);
 
@@ -130,20 +150,29 @@ export function uninstall(host: Host, force: boolean): string[] {
   if (isVmhookBinary(hook)) {
     fs.rmSync(hook);
     notes.push(`removed ${HOOK}`);
-  } else if (fs.existsSync(hook)) {
+  } else if (present(hook)) {
     notes.push(`left ${HOOK} alone: it is not vmhook`);
   }
   const record = readRecord(host);
-  if (record.savedHook && fs.existsSync(host.resolve(record.savedHook)) && !fs.existsSync(hook)) {
-    fs.renameSync(host.resolve(record.savedHook), hook);
+  const saved = record.savedHook && host.resolve(record.savedHook);
+  if (saved && present(saved)) {
+    if (present(hook)) {
+      // someone put another hook in place since: keep both and the record, say so
+      notes.push(`kept ${record.savedHook} (the hook vmhook replaced) and its launcher: ${HOOK} is taken; sort them out by hand`);
+      return [...notes, ...removeCliLink(host)];
+    }
+    fs.renameSync(saved, hook);
+    fs.rmSync(host.resolve(SAVED_HOOK_LAUNCHER), { force: true });
     notes.push(`restored the previous hook from ${record.savedHook}`);
   }
   fs.rmSync(host.resolve(INSTALL_RECORD), { force: true });
-  if (host.readlink(CLI_LINK) === HOOK) {
-    fs.rmSync(host.resolve(CLI_LINK));
-    notes.push(`removed ${CLI_LINK}`);
-  }
-  return notes;
+  return [...notes, ...removeCliLink(host)];
+}
+
+function removeCliLink(host: Host): string[] {
+  if (host.readlink(CLI_LINK) !== HOOK) return [];
+  fs.rmSync(host.resolve(CLI_LINK));
+  return [`removed ${CLI_LINK}`];
 }
 
 interface UninstallArgs extends GlobalOptions {

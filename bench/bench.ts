@@ -1,0 +1,107 @@
+// Wall time of the hook binary, as a ratio to a bare compiled bun
+// hello-world built in the same run (bench/run.sh builds both):
+//  - the hook for a domain without vmhook metadata (bench/domain.xml, a
+//    realistic 5 KB domain): what every VM on the host pays;
+//  - hugepages prepare + release (two processes) for the same domain with
+//    <vmhook:hugepages size="2M"/>, against a test root (VMHOOK_ROOT) whose
+//    sysfs pool is a plain file: the hook's own cost, not the kernel's.
+// Each sample is one spawn-to-exit. The baseline and the no-metadata hook
+// are interleaved so that load from elsewhere hits them alike; hugepages
+// runs afterwards on its own (interleaved, its heavier runs slowed the
+// others' next start by a third). CPU time and peak RSS come from the
+// child's rusage (Bun.spawnSync); CPU time is the steadier number on a busy
+// machine.
+//   bun bench/bench.ts HELLO VMHOOK [ITERATIONS]
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+
+const TARGET_RATIO = 1.3;
+const POOL = "/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages";
+const METADATA = '<vmhook:hooks xmlns:vmhook="urn:vmhook:1"><vmhook:hugepages size="2M"/></vmhook:hooks>';
+
+const [hello, vmhook, iterationArg = "300"] = process.argv.slice(2);
+if (!hello || !vmhook) throw new Error("usage: bun bench/bench.ts HELLO VMHOOK [ITERATIONS]");
+const iterations = Number(iterationArg);
+
+const plainXml = fs.readFileSync(new URL("domain.xml", import.meta.url), "utf8");
+const hugepagesXml = plainXml.replace("<metadata>", `<metadata>\n    ${METADATA}`);
+const uuid = /<uuid>(.*)<\/uuid>/.exec(plainXml)![1];
+const pagesNeeded = Number(/<memory unit='KiB'>(\d+)</.exec(plainXml)![1]) / 2048;
+
+// The hook runs in hook mode when invoked as ".../qemu"; its root is a fake host.
+const work = fs.mkdtempSync(path.join(os.tmpdir(), "vmhook-bench-"));
+const hook = path.join(work, "hooks/qemu");
+const root = path.join(work, "root");
+fs.mkdirSync(path.dirname(hook));
+fs.symlinkSync(path.resolve(vmhook), hook);
+fs.mkdirSync(path.join(root, path.dirname(POOL)), { recursive: true });
+fs.mkdirSync(path.join(root, "var/log"), { recursive: true });
+fs.writeFileSync(path.join(root, POOL), "0\n");
+const pool = () => Number(fs.readFileSync(path.join(root, POOL), "utf8"));
+const journalExists = () => fs.existsSync(path.join(root, "run/vmhook", `${uuid}.json`));
+const env = { PATH: process.env.PATH ?? "/usr/bin:/bin", LC_ALL: "C", VMHOOK_ROOT: root };
+
+interface Sample {
+  wallMs: number;
+  cpuMs: number;
+  rssMiB: number;
+}
+
+/** One run, as libvirt does it: args, XML on stdin, a clean environment. */
+function measure(command: string[], input = ""): Sample {
+  const start = performance.now();
+  const result = Bun.spawnSync(command, { stdin: new TextEncoder().encode(input), stdout: "ignore", stderr: "pipe", env });
+  const wallMs = performance.now() - start;
+  if (result.exitCode !== 0) throw new Error(`${command.join(" ")} exited ${result.exitCode}: ${new TextDecoder().decode(result.stderr)}`);
+  const usage = result.resourceUsage;
+  return { wallMs, cpuMs: Number(usage.cpuTime.total) / 1000, rssMiB: usage.maxRSS / 2 ** 20 };
+}
+
+const event = (op: string, subop: string, xml: string) => measure([hook, "win11-gaming", op, subop, "-"], xml);
+
+function prepareAndRelease(): Sample {
+  const prepare = event("prepare", "begin", hugepagesXml);
+  if (pool() !== pagesNeeded || !journalExists()) {
+    throw new Error(`prepare did not take ${pagesNeeded} pages with a journal (pool: ${pool()}); see ${root}/var/log/vmhook.log`);
+  }
+  const release = event("release", "end", hugepagesXml);
+  if (pool() !== 0 || journalExists()) throw new Error(`release left ${pool()} pages in the pool, journal ${journalExists() ? "kept" : "removed"}`);
+  return { wallMs: prepare.wallMs + release.wallMs, cpuMs: prepare.cpuMs + release.cpuMs, rssMiB: Math.max(prepare.rssMiB, release.rssMiB) };
+}
+
+interface Case {
+  name: string;
+  run: () => Sample;
+  samples: Sample[];
+}
+const baseline: Case = { name: "baseline: bun hello-world", run: () => measure([hello]), samples: [] };
+const noMetadata: Case = { name: "hook, domain without metadata", run: () => event("prepare", "begin", plainXml), samples: [] };
+const hugepages: Case = { name: "hugepages prepare+release (2 runs)", run: prepareAndRelease, samples: [] };
+const cases = [baseline, noMetadata, hugepages];
+
+for (const { run } of cases) run(); // warm the page cache
+for (let i = 0; i < iterations; i++) for (const c of [baseline, noMetadata]) c.samples.push(c.run());
+for (let i = 0; i < iterations; i++) hugepages.samples.push(hugepages.run());
+fs.rmSync(work, { recursive: true, force: true });
+
+const quantile = (values: number[], q: number) => {
+  const sorted = [...values].sort((a, b) => a - b);
+  return sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))]!;
+};
+const medianOf = (samples: Sample[], key: keyof Sample) => quantile(samples.map((s) => s[key]), 0.5);
+const [baseWall, baseCpu] = [medianOf(baseline.samples, "wallMs"), medianOf(baseline.samples, "cpuMs")];
+
+const ms = (value: number) => `${value.toFixed(2)} ms`.padStart(10);
+const ratio = (value: number, base: number) => `${(value / base).toFixed(2)}x`.padStart(7);
+console.log(`vmhook bench: ${iterations} iterations each, spawn to exit; ${os.cpus().length} CPUs, load ${os.loadavg()[0]!.toFixed(1)}, Linux ${os.release()}`);
+console.log(`${"".padEnd(36)} wall median  wall p90   ratio    CPU median   ratio  peak RSS (median)`);
+for (const { name, samples } of cases) {
+  const [wall, cpu] = [medianOf(samples, "wallMs"), medianOf(samples, "cpuMs")];
+  const rss = medianOf(samples, "rssMiB");
+  const wallP90 = quantile(samples.map((s) => s.wallMs), 0.9);
+  console.log(`${name.padEnd(36)} ${ms(wall)} ${ms(wallP90)} ${ratio(wall, baseWall)}   ${ms(cpu)} ${ratio(cpu, baseCpu)}  ${rss.toFixed(0).padStart(4)} MiB`);
+}
+const noMetadataRatio = medianOf(noMetadata.samples, "wallMs") / baseWall;
+const verdict = noMetadataRatio <= TARGET_RATIO ? "met" : "MISSED";
+console.log(`target: domain without metadata within ${TARGET_RATIO}x of the baseline (wall median): ${verdict} (${noMetadataRatio.toFixed(2)}x)`);

@@ -1,0 +1,2 @@
+// The baseline: the smallest program the same runtime can compile.
+console.log("hello");

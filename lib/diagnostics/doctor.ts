@@ -1,0 +1,375 @@
+// `vmhook doctor`: the checks passthrough users otherwise run by hand from
+// blog posts. Host checks, then (given a domain XML) the checks of each
+// plugin the domain uses and advice on the XML itself. Every finding is
+// ok / warn / fail with a one-line reason and the fix. Reads sysfs, procfs,
+// files and the XML through the Host only; never libvirt.
+import type { Element, Node } from "@xmldom/xmldom";
+import * as xpath from "xpath";
+import { loadDomainPlugins, type PluginInstance } from "../config.ts";
+import { formatCpuList, parseCpuset, parseKernelCpuList } from "../cpuset.ts";
+import { attributes, metadataChildren, parseDomain, parseXmlDocument, type Domain, type PciHostdev } from "../domain.ts";
+import { describeError } from "../errors.ts";
+import type { Host } from "../host.ts";
+import { listJournals } from "../journal.ts";
+import { paths } from "../paths.ts";
+import { isDisplayClass, pciExists, readPciDevice } from "../pci.ts";
+import { formatKiB, parseSizeWithSuffix } from "../validate.ts";
+import { listInstalledPlugins } from "../custom-plugins.ts";
+import { isVmhookBinary } from "../cli/install.ts";
+import { domainRunning } from "../cli/recover.ts";
+import { readIommuGroups, type IommuReport } from "./iommu.ts";
+
+export type Status = "ok" | "warn" | "fail";
+
+export interface Finding {
+  check: string;
+  status: Status;
+  reason: string;
+  fix?: string;
+}
+
+export interface DoctorReport {
+  host: Finding[];
+  domain?: { name: string; file: string; findings: Finding[] };
+}
+
+const ok = (check: string, reason: string): Finding => ({ check, status: "ok", reason });
+const warn = (check: string, reason: string, fix: string): Finding => ({ check, status: "warn", reason, fix });
+const fail = (check: string, reason: string, fix: string): Finding => ({ check, status: "fail", reason, fix });
+/** Missing passthrough support is a warning in general and a failure when the domain passes a PCI device through. */
+const lacking = (needed: boolean) => (needed ? fail : warn);
+
+export async function runDoctor(host: Host, domainFile?: { file: string; xml: string }): Promise<DoctorReport> {
+  const iommu = readIommuGroups(host);
+  if (!domainFile) return { host: await hostChecks(host, iommu, false) };
+  let domain: Domain;
+  try {
+    domain = parseDomain(domainFile.xml, domainFile.file);
+  } catch (error) {
+    return {
+      host: await hostChecks(host, iommu, false),
+      domain: { name: "?", file: domainFile.file, findings: [fail("domain XML", describeError(error), "pass the XML from virsh dumpxml VM")] },
+    };
+  }
+  // PCI passthrough needs the IOMMU and VFIO; mdevs get IOMMU groups of their own.
+  const passthrough = domain.hostdevs.some((hostdev) => hostdev.type === "pci");
+  return {
+    host: await hostChecks(host, iommu, passthrough),
+    domain: { name: domain.name, file: domainFile.file, findings: await domainChecks(host, domain, domainFile.xml, iommu) },
+  };
+}
+
+// ---------------------------------------------------------------------------
+// Host
+
+async function hostChecks(host: Host, iommu: IommuReport, passthrough: boolean): Promise<Finding[]> {
+  return [
+    iommu.enabled
+      ? ok("iommu", `enabled: ${iommu.groups.length} IOMMU groups (vmhook iommu lists them)`)
+      : lacking(passthrough)("iommu", iommu.advice!.reason, iommu.advice!.fix),
+    vfioModules(host, passthrough),
+    ...hugepagePools(host),
+    cgroupCpuset(host),
+    libvirtHook(host),
+    ...leftovers(host),
+    ...(await customPlugins(host)),
+  ];
+}
+
+const VFIO_MODULES = ["vfio", "vfio_iommu_type1", "vfio_pci"];
+
+function vfioModules(host: Host, needed: boolean): Finding {
+  const release = host.readTrimmed("/proc/sys/kernel/osrelease") ?? "";
+  // modules.dep lists loadable modules, modules.builtin the ones built into the kernel; names use - or _.
+  const known = new Set(
+    ["modules.dep", "modules.builtin"].flatMap((list) =>
+      (host.readTrimmed(`/lib/modules/${release}/${list}`) ?? "").split("\n").map((line) => (/([^/:\s]+)\.ko(\.\w+)?:?/.exec(line)?.[1] ?? "").replace(/-/g, "_")),
+    ),
+  );
+  const loaded = VFIO_MODULES.filter((module) => host.exists(`/sys/module/${module}`));
+  const missing = VFIO_MODULES.filter((module) => !loaded.includes(module) && !known.has(module));
+  if (missing.length > 0) {
+    return lacking(needed)("vfio modules", `${missing.join(", ")} not found for kernel ${release || "?"} (neither loaded nor in /lib/modules/${release}/modules.dep or modules.builtin)`, "install the kernel's modules package (VFIO is in Debian's linux-image) or build the kernel with CONFIG_VFIO_PCI");
+  }
+  return ok("vfio modules", loaded.length === VFIO_MODULES.length ? "vfio, vfio_iommu_type1 and vfio_pci are loaded" : `available (loaded: ${loaded.join(", ") || "none yet"}; the rest load when a device is handed over)`);
+}
+
+/** /proc/meminfo or a node's meminfo ("Node 0 MemFree: 123 kB") as KiB by field name. */
+function meminfo(host: Host, file: string): Record<string, number> {
+  const fields: Record<string, number> = {};
+  for (const match of (host.readTrimmed(file) ?? "").matchAll(/^(?:Node \d+ )?(\w+):\s+(\d+)/gm)) fields[match[1]!] = Number(match[2]);
+  return fields;
+}
+
+const NODE_DIR = "/sys/devices/system/node";
+const hostNodes = (host: Host) => host.list(NODE_DIR).filter((entry) => /^node\d+$/.test(entry)).map((entry) => Number(entry.slice(4))).sort((a, b) => a - b);
+const nodeMemFree = (host: Host, node: number) => meminfo(host, `${NODE_DIR}/node${node}/meminfo`).MemFree ?? 0;
+const HUGEPAGE_DIR = "/sys/kernel/mm/hugepages";
+const poolSizes = (host: Host) => host.list(HUGEPAGE_DIR).map((entry) => Number(/^hugepages-(\d+)kB$/.exec(entry)?.[1])).filter((size) => size > 0).sort((a, b) => a - b);
+
+function hugepagePools(host: Host): Finding[] {
+  const sizes = poolSizes(host);
+  if (sizes.length === 0) return [warn("hugepages", `no pools in ${HUGEPAGE_DIR}: the kernel has no huge page support`, "use a kernel with CONFIG_HUGETLBFS (Debian's has it)")];
+  const pools = sizes.map((size) => {
+    const count = (file: string) => Number(host.readTrimmed(`${HUGEPAGE_DIR}/hugepages-${size}kB/${file}`) ?? 0);
+    return `${formatKiB(size)}: ${count("nr_hugepages")} reserved, ${count("free_hugepages")} free`;
+  });
+  const nodes = hostNodes(host);
+  const free = nodes.length > 0 ? nodes.map((node) => `node ${node} ${formatKiB(roundMiB(nodeMemFree(host, node)))}`).join(", ") : formatKiB(roundMiB(meminfo(host, "/proc/meminfo").MemFree ?? 0));
+  return [ok("hugepages", `pools ${pools.join("; ")}; free memory ${free}`)];
+}
+
+const roundMiB = (kib: number) => Math.floor(kib / 1024) * 1024;
+
+function cgroupCpuset(host: Host): Finding {
+  const controllers = host.readTrimmed("/sys/fs/cgroup/cgroup.controllers");
+  if (controllers === undefined) {
+    return warn("cgroup v2 cpuset", "/sys/fs/cgroup is not cgroup v2 (no cgroup.controllers): CPU isolation cannot fence the host off", "boot with systemd.unified_cgroup_hierarchy=1 (the default since Debian 11)");
+  }
+  return controllers.split(/\s+/).includes("cpuset")
+    ? ok("cgroup v2 cpuset", "cgroup v2 with the cpuset controller")
+    : warn("cgroup v2 cpuset", "cgroup v2 without the cpuset controller: CPU isolation cannot fence the host off", "use a kernel with CONFIG_CPUSETS and a systemd that delegates cpuset (systemd 244+)");
+}
+
+function libvirtHook(host: Host): Finding {
+  const hook = `${paths.libvirtHooksDir}/qemu`;
+  if (!host.exists(paths.libvirtHooksDir)) {
+    return warn("libvirt hook", `${paths.libvirtHooksDir} does not exist: libvirt is not installed here`, "apt install libvirt-daemon-system, then vmhook install");
+  }
+  const stat = host.stat(hook);
+  if (!stat) return warn("libvirt hook", `${hook} does not exist: libvirt will not run vmhook`, "run vmhook install");
+  if (!isVmhookBinary(host.resolve(hook))) return warn("libvirt hook", `${hook} is another program, not vmhook`, "run vmhook install (it keeps the existing hook running from qemu.d/)");
+  if ((stat.mode & 0o100) === 0) return fail("libvirt hook", `${hook} is vmhook but not executable: libvirt skips it`, `chmod 755 ${hook}`);
+  return ok("libvirt hook", `vmhook is installed as ${hook}`);
+}
+
+function leftovers(host: Host): Finding[] {
+  const { journals, broken } = listJournals(host);
+  const findings = [
+    ...broken.map((item) => fail("leftovers", `unreadable journal ${item.file}: ${item.error}`, `inspect ${item.file}, undo what it lists by hand, then remove it`)),
+    ...journals.flatMap((journal) => {
+      const { name } = journal.domain;
+      const failed = journal.entries.filter((entry) => entry.state === "failed");
+      if (failed.length > 0) {
+        return [fail("leftovers", `${name}: ${failed.length} change(s) could not be undone (${failed[0]!.plugin}: ${failed[0]!.error})`, `fix the cause, then run vmhook recover ${name}`)];
+      }
+      if (!domainRunning(host, name)) {
+        return [warn("leftovers", `${name} is not running but its journal in ${paths.stateDir} still holds ${journal.entries.length} change(s)`, `run vmhook recover ${name}`)];
+      }
+      return [];
+    }),
+  ];
+  return findings.length > 0 ? findings : [ok("leftovers", `nothing left behind in ${paths.stateDir}`)];
+}
+
+async function customPlugins(host: Host): Promise<Finding[]> {
+  // Only the ownership checks: doctor runs no plugin code.
+  const { directoryProblem, plugins } = await listInstalledPlugins(host, { describe: false });
+  if (directoryProblem) return [warn("custom plugins", directoryProblem, `chown root:root ${paths.pluginsDir} && chmod 755 ${paths.pluginsDir}`)];
+  const broken = plugins.filter((plugin) => plugin.problem);
+  return broken.length > 0
+    ? broken.map((plugin) => warn("custom plugins", `${plugin.name}: ${plugin.problem}`, "fix it as the message says, or remove the file"))
+    : plugins.length > 0
+      ? [ok("custom plugins", `${plugins.length} installed, all safe: ${plugins.map((plugin) => plugin.name).join(", ")}`)]
+      : [];
+}
+
+// ---------------------------------------------------------------------------
+// Domain
+
+interface DomainCheckContext {
+  host: Host;
+  domain: Domain;
+  /** This plugin's elements in the domain's metadata. */
+  elements: Element[];
+}
+
+/**
+ * What each plugin will need from the host, keyed by plugin id: a plugin
+ * contributes its checks here. (PCI <hostdev>s are checked for every domain.)
+ */
+const PLUGIN_CHECKS: Record<string, (ctx: DomainCheckContext) => Finding[]> = {
+  hugepages: hugepagesChecks,
+  mdev: mdevChecks,
+  isolate: isolateChecks,
+};
+
+async function domainChecks(host: Host, domain: Domain, xml: string, iommu: IommuReport): Promise<Finding[]> {
+  const findings: Finding[] = [];
+  try {
+    const instances: PluginInstance[] = await loadDomainPlugins(domain, host);
+    findings.push(ok("config", instances.length > 0 ? `vmhook metadata is valid: ${instances.map((instance) => instance.id).join(", ")}` : "no vmhook metadata: the hook leaves this VM alone"));
+  } catch (error) {
+    findings.push(fail("config", describeError(error), "fix the metadata as the message says; vmhook validate FILE checks it again"));
+  }
+  // The elements as written, so the checks run even when one element is invalid.
+  const elements = domain.metadata ? metadataChildren(domain.metadata) : [];
+  const used = new Set(elements.map((element) => element.localName!));
+  for (const name of used) {
+    findings.push(...(PLUGIN_CHECKS[name]?.({ host, domain, elements: elements.filter((element) => element.localName === name) }) ?? []));
+  }
+  findings.push(...hostdevChecks(host, domain, iommu));
+  findings.push(...xmlAdvice(host, domain, parseXmlDocument(xml, "domain XML"), used));
+  return findings;
+}
+
+const short = (address: string) => address.replace(/^0000:/, "");
+const slotOf = (address: string) => address.replace(/\.[0-7]$/, "");
+
+function hostdevChecks(host: Host, domain: Domain, iommu: IommuReport): Finding[] {
+  const addresses = new Set(domain.hostdevs.flatMap((hostdev) => (hostdev.type === "pci" ? [hostdev.address] : [])));
+  return [...addresses].map((address) => {
+    const check = `hostdev ${address}`;
+    if (!pciExists(host, address)) return fail(check, `${address} is not on this host`, "fix the <hostdev><source><address> (lspci -D lists this host's devices)");
+    const group = iommu.groups.find((candidate) => candidate.devices.some((device) => device.address === address));
+    if (!group) return fail(check, `${address} has no IOMMU group: ${iommu.advice?.reason ?? "the IOMMU does not cover it"}`, iommu.advice?.fix ?? "enable the IOMMU (vmhook iommu)");
+    const self = group.devices.find((device) => device.address === address)!;
+    const label = (device: (typeof group.devices)[number]) => `${short(device.address)} (${device.className ?? device.ids})`;
+    const outside = group.devices.filter((device) => !device.bridge && !addresses.has(device.address));
+    const otherCards = outside.filter((device) => slotOf(device.address) !== slotOf(address));
+    if (otherCards.length > 0) {
+      return fail(check, `IOMMU group ${group.id} also holds ${otherCards.map(label).join(", ")}, which the VM does not get; VFIO takes the whole group from the host`, "give the VM those devices too, or move the card to a slot with its own IOMMU group (vmhook iommu shows the groups)");
+    }
+    const sameCard = outside.filter((device) => slotOf(device.address) === slotOf(address));
+    if (sameCard.length > 0) {
+      return warn(check, `${sameCard.map(label).join(", ")} on the same card is not in the domain: the host loses it too, but the VM cannot use it`, `add a <hostdev> for ${sameCard.map((device) => short(device.address)).join(", ")} as well`);
+    }
+    return ok(check, `${label(self)} is in IOMMU group ${group.id} with nothing the VM does not get; driver now: ${self.driver ?? "none"}`);
+  });
+}
+
+function hugepagesChecks({ host, domain, elements }: DomainCheckContext): Finding[] {
+  const attrs = attributes(elements[0]!);
+  let sizeKiB: number;
+  try {
+    sizeKiB = attrs.size ? parseSizeWithSuffix(attrs.size, "<vmhook:hugepages>", "size") : (domain.hugepages?.pages[0]?.sizeKiB ?? 2048);
+  } catch {
+    return []; // reported by the config check
+  }
+  const size = formatKiB(sizeKiB);
+  if (!host.exists(`${HUGEPAGE_DIR}/hugepages-${sizeKiB}kB`)) {
+    return [fail("hugepages", `the kernel has no pool of ${size} pages (${HUGEPAGE_DIR}/hugepages-${sizeKiB}kB)`, sizeKiB === 1024 * 1024 ? 'use size="2M": 1G pages need a CPU with pdpe1gb' : `use one of the sizes in ${HUGEPAGE_DIR}`)];
+  }
+  const pages = Math.ceil(domain.memoryKiB / sizeKiB);
+  const needKiB = pages * sizeKiB;
+  const nodes = nodeList(attrs.node) ?? domain.numatuneMemory?.nodeset;
+  const where = nodes ? `on node ${nodes.join(",")}` : "on the host";
+  const free = nodes ? sum(nodes.map((node) => nodeMemFree(host, node))) : (meminfo(host, "/proc/meminfo").MemFree ?? 0);
+  const reclaimable = nodes ? free + sum(nodes.map((node) => meminfo(host, `${NODE_DIR}/node${node}/meminfo`).FilePages ?? 0)) : (meminfo(host, "/proc/meminfo").MemAvailable ?? free);
+  const wanted = `${pages} × ${size} pages (${formatKiB(needKiB)})`;
+  if (free >= needKiB) return [ok("hugepages", `${wanted} fit in the free memory ${where} (${formatKiB(roundMiB(free))})`)];
+  const bootFix = `reserve them at boot instead: hugepagesz=${size} hugepages=${pages} on the kernel command line`;
+  if (reclaimable >= needKiB) {
+    return [warn("hugepages", `${wanted} need more than the free memory ${where} (${formatKiB(roundMiB(free))}): the page cache must be dropped first, and fragmented memory may still fall short`, `start the VM early, or ${bootFix}`)];
+  }
+  return [fail("hugepages", `${wanted} cannot fit: only ${formatKiB(roundMiB(reclaimable))} can be freed ${where}`, `give the VM less <memory>, stop other VMs, or ${bootFix}`)];
+}
+
+const sum = (values: number[]) => values.reduce((total, value) => total + value, 0);
+
+function nodeList(value: string | undefined): number[] | undefined {
+  if (value === undefined) return undefined;
+  try {
+    return parseCpuset(value, "<vmhook:hugepages>", "node", 1023);
+  } catch {
+    return undefined; // reported by the config check
+  }
+}
+
+const MDEV_BUS = "/sys/class/mdev_bus";
+
+function mdevChecks({ host, domain, elements }: DomainCheckContext): Finding[] {
+  const gvtFix = "for Intel GVT-g boot with i915.enable_gvt=1 and load kvmgt; for NVIDIA vGPU install the vGPU host driver";
+  return elements.map((element) => {
+    const { type, parent: given, uuid } = attributes(element);
+    const check = `mdev ${type ?? "?"}`;
+    if (!type) return fail(check, "no type attribute", 'name an mdev type, e.g. type="i915-GVTg_V5_4"');
+    const parent = given && /^[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$/i.test(given) ? `0000:${given.toLowerCase()}` : given?.toLowerCase();
+    const parents = parent ? [parent] : host.list(MDEV_BUS).filter((candidate) => host.exists(`${MDEV_BUS}/${candidate}/mdev_supported_types/${type}`));
+    if (parents.length === 0) {
+      const offered = host.list(MDEV_BUS).flatMap((candidate) => host.list(`${MDEV_BUS}/${candidate}/mdev_supported_types`));
+      return fail(check, `no device offers mdev type ${type}${offered.length > 0 ? ` (offered: ${offered.join(", ")})` : ": no device offers mediated devices at all"}`, offered.length > 0 ? "use one of the offered types" : gvtFix);
+    }
+    const at = parents[0]!;
+    if (!host.exists(`${MDEV_BUS}/${at}`)) return fail(check, `${at} offers no mediated devices (not in ${MDEV_BUS})`, gvtFix);
+    const types = `${MDEV_BUS}/${at}/mdev_supported_types`;
+    if (!host.exists(`${types}/${type}`)) return fail(check, `${at} does not offer ${type}; it offers ${host.list(types).join(", ") || "nothing"}`, "use one of the types it offers");
+    const uuids = [uuid, ...domain.hostdevs.flatMap((hostdev) => (hostdev.type === "mdev" ? [hostdev.uuid] : []))].filter(Boolean) as string[];
+    const existing = uuids.find((candidate) => host.exists(`/sys/bus/mdev/devices/${candidate.toLowerCase()}`));
+    if (existing) return ok(check, `mdev ${existing} already exists on ${at}`);
+    const available = Number(host.readTrimmed(`${types}/${type}/available_instances`) ?? 0);
+    return available > 0
+      ? ok(check, `${at} offers ${type}: ${available} instance(s) available`)
+      : fail(check, `${at} has no ${type} instance left (available_instances is 0)`, "stop the VMs using them, or choose a smaller type");
+  });
+}
+
+function isolateChecks({ host, domain, elements }: DomainCheckContext): Finding[] {
+  const online = parseKernelCpuList(host.readTrimmed("/sys/devices/system/cpu/online") ?? "");
+  const pinned = [...new Set([...domain.cputune.vcpupins.flat(), ...(domain.cputune.emulatorpin ?? []), ...domain.cputune.iothreadpins.flat()])].sort((a, b) => a - b);
+  let hostCpus: number[] | undefined;
+  try {
+    const value = attributes(elements[0]!)["host-cpus"];
+    hostCpus = value !== undefined ? parseCpuset(value, "<vmhook:isolate>", "host-cpus") : undefined;
+  } catch {
+    return []; // reported by the config check
+  }
+  const offline = [...new Set([...pinned, ...(hostCpus ?? [])])].filter((cpu) => !online.includes(cpu));
+  if (offline.length > 0) {
+    return [fail("isolate", `CPU ${formatCpuList(offline)} is pinned or named in host-cpus but not online (online: ${formatCpuList(online)})`, "use online CPUs only (cat /sys/devices/system/cpu/online)")];
+  }
+  const kept = hostCpus ?? online.filter((cpu) => !pinned.includes(cpu));
+  if (kept.length === 0) return [fail("isolate", `no CPU would be left for the host (online: ${formatCpuList(online)})`, "leave at least one CPU out of the VM's pinning, or set host-cpus")];
+  return [ok("isolate", `VM CPUs ${formatCpuList(pinned) || "(none pinned)"} are online; the host keeps ${formatCpuList(kept)}`)];
+}
+
+const NVIDIA = "0x10de";
+
+function xmlAdvice(host: Host, domain: Domain, document: Node, plugins: Set<string>): Finding[] {
+  const select = (expression: string) => xpath.select(expression, document as never) as unknown as Element[];
+  const findings: Finding[] = [];
+  if (plugins.has("hugepages") && !domain.hugepages) {
+    findings.push(warn("memoryBacking", "the hugepages plugin reserves pages, but without <memoryBacking><hugepages/> the VM does not use them", "add <memoryBacking><hugepages/></memoryBacking> to the domain (virsh edit)"));
+  }
+  const pci = domain.hostdevs.filter((hostdev): hostdev is PciHostdev => hostdev.type === "pci");
+  if (pci.length > 0 && domain.currentMemoryKiB < domain.memoryKiB) {
+    findings.push(warn("currentMemory", `<currentMemory> (${formatKiB(domain.currentMemoryKiB)}) is below <memory> (${formatKiB(domain.memoryKiB)}) with a VFIO device: VFIO pins all guest memory, so ballooning cannot work`, "set <currentMemory> equal to <memory> (and <memballoon model='none'/>)"));
+  }
+  const nvidiaGpus = pci.filter((hostdev) => pciExists(host, hostdev.address)).map((hostdev) => readPciDevice(host, hostdev.address)).filter((device) => device.vendor === NVIDIA && isDisplayClass(device.classCode));
+  if (nvidiaGpus.length > 0) {
+    const missing = [
+      select("/domain/features/kvm/hidden[@state='on']").length === 0 ? "<kvm><hidden state='on'/>" : undefined,
+      select("/domain/features/hyperv/vendor_id[@state='on'][@value]").length === 0 ? "a <hyperv><vendor_id>" : undefined,
+    ].filter(Boolean);
+    const gpus = nvidiaGpus.map((device) => short(device.address)).join(", ");
+    findings.push(
+      missing.length > 0
+        ? warn("nvidia", `NVIDIA GPU ${gpus} without ${missing.join(" and ")}: drivers older than 465 stop with Error 43 when they see a hypervisor`, "add <features><kvm><hidden state='on'/></kvm><hyperv><vendor_id state='on' value='0123456789ab'/></hyperv></features>")
+        : ok("nvidia", `NVIDIA GPU ${gpus}: KVM hidden and a Hyper-V vendor_id set`),
+    );
+  }
+  findings.push(...virtioAdvice(select));
+  return findings;
+}
+
+function virtioAdvice(select: (expression: string) => Element[]): Finding[] {
+  const virtioScsi = select("/domain/devices/controller[@type='scsi'][@model='virtio-scsi']").length > 0;
+  const disks = select("/domain/devices/disk[not(@device) or @device='disk']").map((disk) => ({
+    name: xpath.select1("string(target/@dev)", disk as never) as string,
+    bus: xpath.select1("string(target/@bus)", disk as never) as string,
+  }));
+  const slowDisks = disks.filter((disk) => disk.bus !== "virtio" && !(disk.bus === "scsi" && virtioScsi));
+  const nics = select("/domain/devices/interface[not(@type='hostdev')]").map((nic) => ({
+    mac: xpath.select1("string(mac/@address)", nic as never) as string,
+    model: (xpath.select1("string(model/@type)", nic as never) as string) || "default",
+  }));
+  const slowNics = nics.filter((nic) => nic.model !== "virtio");
+  const findings: Finding[] = [];
+  if (slowDisks.length > 0) {
+    findings.push(warn("disks", `${slowDisks.map((disk) => `${disk.name || "disk"} on ${disk.bus || "the default bus"}`).join(", ")}: emulated controllers are much slower than virtio`, "use <target bus='virtio'/> (or a virtio-scsi controller); Windows guests need the virtio-win drivers first"));
+  } else if (disks.length > 0) findings.push(ok("disks", "all disks on virtio"));
+  if (slowNics.length > 0) {
+    findings.push(warn("nics", `${slowNics.map((nic) => `${nic.mac || "interface"} model ${nic.model}`).join(", ")}: an emulated NIC is much slower than virtio`, "use <model type='virtio'/>; Windows guests need the virtio-win drivers first"));
+  } else if (nics.length > 0) findings.push(ok("nics", "all network interfaces on virtio"));
+  return findings;
+}

@@ -1,0 +1,113 @@
+// <vmhook:vfio> → what to hand over: the per-VM attributes (metadata) and the
+// host-level settings (/etc/vmhook/vmhook.json, "plugins": {"vfio": {...}}).
+//
+//   <vmhook:vfio devices="0000:01:00.0,..." include-slot="yes" single-gpu="auto|yes|no"
+//                unload-modules="auto|none|mod,..." load-modules="mod,..." display-manager="unit,..."/>
+import type { Element } from "@xmldom/xmldom";
+import { readAttributes, single } from "../../lib/config.ts";
+import { describeElement, type Domain } from "../../lib/domain.ts";
+import { ConfigError, VmhookError } from "../../lib/errors.ts";
+import { paths } from "../../lib/paths.ts";
+import { checkPattern, parsePciAddress, parseYesNo, PATTERNS } from "../../lib/validate.ts";
+
+export interface VfioConfig {
+  /** The devices to hand over, as configured or from the domain's PCI <hostdev>s; slot functions are added at prepare. */
+  devices: string[];
+  /** Add the other functions of each GPU's slot (HDMI audio, USB-C, serial). */
+  includeSlot: boolean;
+  singleGpu: "auto" | "yes" | "no";
+  /** "auto": the vendor's defaults (NVIDIA's proprietary stack); otherwise exactly these, unloaded in dependency order. */
+  unloadModules: "auto" | string[];
+  /** Loaded once the devices are on vfio-pci (kvmfr, vendor-reset), unloaded at release. */
+  loadModules: string[];
+  /** systemd units of the display manager; undefined: the host setting or display-manager.service. */
+  displayManagerUnits?: string[];
+}
+
+export const ATTRIBUTES = ["devices", "include-slot", "single-gpu", "unload-modules", "load-modules", "display-manager"] as const;
+
+const list = (value: string) => value.split(/[\s,]+/).filter(Boolean);
+
+export function parseVfioConfig(elements: Element[], domain: Domain): VfioConfig {
+  const element = single(elements);
+  const where = describeElement(element);
+  const attrs = readAttributes(element, ATTRIBUTES);
+
+  const devices =
+    attrs.devices !== undefined
+      ? list(attrs.devices).map((address) => parsePciAddress(address, where, "devices"))
+      : domain.hostdevs.flatMap((hostdev) => (hostdev.type === "pci" ? [hostdev.address] : []));
+  if (devices.length === 0) {
+    throw new ConfigError(where, `has no devices: add the GPU as a PCI <hostdev> to the domain, or list it in devices="0000:01:00.0"`);
+  }
+
+  const singleGpu = (attrs["single-gpu"] ?? "auto").trim().toLowerCase();
+  if (singleGpu !== "auto" && singleGpu !== "yes" && singleGpu !== "no") {
+    throw new ConfigError(where, `single-gpu="${attrs["single-gpu"]}" must be auto, yes or no (auto: yes when the GPU shows the boot console and the host has no other GPU)`);
+  }
+
+  const modules = (attribute: string) => list(attrs[attribute] ?? "").map((name) => checkPattern(name, PATTERNS.moduleName, where, attribute, "kernel module name"));
+  const unload = attrs["unload-modules"]?.trim();
+  return {
+    devices: [...new Set(devices)],
+    includeSlot: parseYesNo(attrs["include-slot"], where, "include-slot", true),
+    singleGpu,
+    unloadModules: unload === undefined || unload === "auto" ? "auto" : unload === "none" ? [] : modules("unload-modules"),
+    loadModules: modules("load-modules"),
+    displayManagerUnits:
+      attrs["display-manager"] === undefined
+        ? undefined
+        : list(attrs["display-manager"]).map((unit) => checkPattern(unit, PATTERNS.unitName, where, "display-manager", "systemd unit name")),
+  };
+}
+
+/** Host settings of the vfio plugin, with defaults. */
+export interface VfioSettings {
+  /** systemd units stopped in single-GPU mode (default display-manager.service, the alias every display manager installs). */
+  displayManagerUnits: string[];
+  /** Without systemd: commands that stop and start the display manager, and the process names to wait for. */
+  displayManagerCommand?: { stop: string[]; start: string[]; processes: string[] };
+  /** Stopped while the devices are away when present and running (default nvidia-persistenced.service). */
+  helperServices: string[];
+  /** How long to wait for the display manager's processes and the GPU's users to be gone. */
+  stopTimeoutSeconds: number;
+  /** How long to wait for a device to appear on its driver. */
+  bindTimeoutSeconds: number;
+}
+
+const DEFAULT_SETTINGS: VfioSettings = {
+  displayManagerUnits: ["display-manager.service"],
+  helperServices: ["nvidia-persistenced.service"],
+  stopTimeoutSeconds: 20,
+  bindTimeoutSeconds: 10,
+};
+
+export function readVfioSettings(raw: Record<string, unknown>): VfioSettings {
+  const where = (key: string) => `${paths.hostConfig}: plugins.vfio.${key}`;
+  const strings = (key: string, value: unknown, pattern?: RegExp): string[] => {
+    if (!Array.isArray(value) || !value.every((item) => typeof item === "string" && (!pattern || pattern.test(item)))) {
+      throw new VmhookError(`${where(key)} must be a list of ${pattern ? "names" : "strings"}, e.g. ["gdm.service"]; it is ${JSON.stringify(value)}`);
+    }
+    return value as string[];
+  };
+  const seconds = (key: "stopTimeoutSeconds" | "bindTimeoutSeconds"): number => {
+    const value = raw[key] ?? DEFAULT_SETTINGS[key];
+    if (typeof value !== "number" || !(value > 0 && value <= 600)) throw new VmhookError(`${where(key)} must be a number of seconds from 1 to 600; it is ${JSON.stringify(value)}`);
+    return value;
+  };
+  const command = raw.displayManagerCommand as Record<string, unknown> | undefined;
+  if (command !== undefined && (typeof command !== "object" || command === null || !Array.isArray(command.stop) || !command.stop.length || !Array.isArray(command.start) || !command.start.length)) {
+    throw new VmhookError(`${where("displayManagerCommand")} must be {"stop": ["rc-service", "sddm", "stop"], "start": [...], "processes": ["sddm"]}`);
+  }
+  return {
+    displayManagerUnits: raw.displayManagerUnits === undefined ? DEFAULT_SETTINGS.displayManagerUnits : strings("displayManagerUnits", raw.displayManagerUnits, PATTERNS.unitName),
+    displayManagerCommand: command && {
+      stop: strings("displayManagerCommand.stop", command.stop),
+      start: strings("displayManagerCommand.start", command.start),
+      processes: command.processes === undefined ? [] : strings("displayManagerCommand.processes", command.processes),
+    },
+    helperServices: raw.helperServices === undefined ? DEFAULT_SETTINGS.helperServices : strings("helperServices", raw.helperServices, PATTERNS.unitName),
+    stopTimeoutSeconds: seconds("stopTimeoutSeconds"),
+    bindTimeoutSeconds: seconds("bindTimeoutSeconds"),
+  };
+}

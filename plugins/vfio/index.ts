@@ -1,0 +1,61 @@
+// The vfio plugin: hands a domain's PCI devices (typically a GPU and the other
+// functions of its slot) from their host drivers to vfio-pci before the VM
+// starts, and back when it stops. In single-GPU mode the host's display lets
+// go first (display manager, framebuffer consoles, firmware framebuffers).
+// Everything it changes is journaled, so release, rollback and `vmhook
+// recover` put back exactly what was taken. User docs: docs/vfio.md.
+//
+// libvirt's managed='yes' hostdevs: libvirt would detach them after prepare;
+// they are on vfio-pci already, so it has nothing to do. At shutdown libvirt
+// reattaches them before release, and each undo here checks what is already back.
+import { VmhookError } from "../../lib/errors.ts";
+import { definePlugin, type UndoRecord, type BaseContext } from "../../lib/plugin.ts";
+import { parseVfioConfig, readVfioSettings, type VfioConfig } from "./config.ts";
+import { bindFramebuffer, bindVtconsole, findDisplayManager, runStartCommand, stopDisplayManager, unbindConsoles, waitUntilGpuFree } from "./display.ts";
+import { helperServices, loadModule, rebindDevice, takeOverDevices, unloadModules } from "./driver.ts";
+import { describeHolders, survey } from "./survey.ts";
+import { startUnit, stopUnit, unitProcesses } from "./units.ts";
+
+const UNDO: Record<string, (ctx: BaseContext, record: UndoRecord) => void> = {
+  "start-unit": startUnit,
+  "run-start-command": runStartCommand,
+  "bind-vtconsole": bindVtconsole,
+  "bind-framebuffer": bindFramebuffer,
+  "load-module": loadModule,
+  "unload-modules": unloadModules,
+  "rebind-device": rebindDevice,
+};
+
+export default definePlugin<VfioConfig>({
+  name: "vfio",
+  summary: "hand PCI devices (a GPU and its slot's functions) to vfio-pci and back; single-GPU passthrough",
+  usage:
+    '<vmhook:vfio devices="0000:01:00.0,..." include-slot="yes|no" single-gpu="auto|yes|no" unload-modules="auto|none|mod,..." load-modules="mod,..." display-manager="unit,..."/>',
+  parse: parseVfioConfig,
+
+  async prepare(ctx) {
+    const settings = readVfioSettings(ctx.settings);
+    const found = survey(ctx.host, ctx.config);
+    const displayManager = found.singleGpu ? findDisplayManager(ctx, ctx.config, settings) : undefined;
+    const helpers = helperServices(ctx, found, settings);
+    // Users of the GPU fail the start now, unless they belong to what is stopped first.
+    const helperPids = new Set(helpers.flatMap((unit) => unitProcesses(ctx, unit)).map(Number));
+    const blocking = found.holders.filter((holder) => !helperPids.has(holder.pid));
+    if (blocking.length > 0 && !displayManager) {
+      throw new VmhookError(`vfio: the GPU is in use: ${describeHolders(blocking)}; close those programs (or stop the display manager) and start the VM again`);
+    }
+    ctx.log.info(`vfio: devices ${found.devices.map((device) => `${device.address} (${device.driver ?? "no driver"})`).join(", ")}; single-GPU mode ${found.singleGpu ? "on" : "off"}`);
+
+    if (found.singleGpu) await stopDisplayManager(ctx, displayManager, settings);
+    for (const unit of helpers) await stopUnit(ctx, unit, settings.stopTimeoutSeconds * 1000);
+    if (found.holders.length > 0) waitUntilGpuFree(ctx, found, settings);
+    if (found.singleGpu) await unbindConsoles(ctx);
+    await takeOverDevices(ctx, found, settings);
+  },
+
+  undo(record, ctx) {
+    const undo = UNDO[record.action];
+    if (!undo) throw new VmhookError(`vfio: the journal holds an unknown change "${record.action}"; was it written by a newer vmhook?`);
+    undo(ctx, record);
+  },
+});

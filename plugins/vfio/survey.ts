@@ -1,0 +1,158 @@
+// The checks before anything changes: which devices go, whether their IOMMU
+// groups let them go, who uses them, which modules must go first. Reads only,
+// so a refusal leaves the host exactly as it was (and `vmhook plan` shows it).
+import { VmhookError } from "../../lib/errors.ts";
+import type { Host } from "../../lib/host.ts";
+import {
+  iommuGroupMembers,
+  isBridgeClass,
+  isDisplayClass,
+  listPciDevices,
+  pciDeviceNodes,
+  pciDriverOverride,
+  pciExists,
+  readPciDevice,
+  slotFunctions,
+  type PciDevice,
+} from "../../lib/pci.ts";
+import type { VfioConfig } from "./config.ts";
+
+export const VFIO_DRIVER = "vfio-pci";
+const NVIDIA_VENDOR = "0x10de";
+/** NVIDIA's proprietary stack, users first. amdgpu, radeon and nouveau stay loaded: unbinding suffices. */
+const NVIDIA_MODULES = ["nvidia_drm", "nvidia_modeset", "nvidia_uvm", "nvidia"];
+/** Drivers that leave a device free for vfio-pci's group check. */
+const HARMLESS_DRIVERS = [VFIO_DRIVER, "pci-stub"];
+
+export interface Device extends PciDevice {
+  /** driver_override before vmhook, undefined when none. */
+  override?: string;
+}
+
+export interface Holder {
+  pid: number;
+  command: string;
+  file: string;
+}
+
+export interface Survey {
+  /** Every device to hand over (configured + slot functions), in address order. */
+  devices: Device[];
+  singleGpu: boolean;
+  /** The device files whose users block the handover. */
+  watched: (file: string) => boolean;
+  /** Processes holding them now. */
+  holders: Holder[];
+  /** Loaded modules to unload, users before what they use. */
+  unload: string[];
+}
+
+export function survey(host: Host, config: VfioConfig): Survey {
+  const devices = expandDevices(host, config);
+  checkIommuGroups(host, devices);
+  const singleGpu = isSingleGpu(host, config, devices);
+  const watched = watchedFiles(host, devices, singleGpu);
+  return { devices, singleGpu, watched, holders: processesHolding(host, watched), unload: unloadOrder(host, modulesToUnload(config, devices)) };
+}
+
+function expandDevices(host: Host, config: VfioConfig): Device[] {
+  const missing = config.devices.filter((address) => !pciExists(host, address));
+  if (missing.length > 0) {
+    throw new VmhookError(
+      `vfio: ${missing.map((address) => `PCI device ${address}`).join(", ")} ${missing.length === 1 ? "does" : "do"} not exist on this host; fix the <hostdev> address or devices= (lspci -D lists the devices)`,
+    );
+  }
+  const addresses = new Set(config.devices);
+  for (const address of config.devices) {
+    if (config.includeSlot && isDisplayClass(readPciDevice(host, address).classCode)) {
+      for (const sibling of slotFunctions(host, address)) addresses.add(sibling);
+    }
+  }
+  return [...addresses].sort().map((address) => ({ ...readPciDevice(host, address), override: pciDriverOverride(host, address) }));
+}
+
+function describeDevice(device: PciDevice): string {
+  return `${device.address} (class ${device.classCode}, ${device.driver ? `driver ${device.driver}` : "no driver"})`;
+}
+
+/** vfio hands over whole IOMMU groups: every other member must be a bridge or free. */
+function checkIommuGroups(host: Host, devices: Device[]): void {
+  const ours = new Set(devices.map((device) => device.address));
+  const problems: string[] = [];
+  for (const device of devices) {
+    if (device.iommuGroup === undefined) {
+      throw new VmhookError(
+        `vfio: ${device.address} has no IOMMU group: the IOMMU is off; enable VT-d/AMD-Vi in the firmware and add intel_iommu=on (Intel) to the kernel command line`,
+      );
+    }
+  }
+  for (const group of new Set(devices.map((device) => device.iommuGroup!))) {
+    const blocking = iommuGroupMembers(host, group)
+      .filter((address) => !ours.has(address))
+      .map((address) => readPciDevice(host, address))
+      .filter((other) => !isBridgeClass(other.classCode) && other.driver !== undefined && !HARMLESS_DRIVERS.includes(other.driver));
+    if (blocking.length > 0) {
+      const members = devices.filter((device) => device.iommuGroup === group).map((device) => device.address);
+      problems.push(`IOMMU group ${group} holds ${members.join(", ")} and also ${blocking.map(describeDevice).join(", ")}`);
+    }
+  }
+  if (problems.length > 0) {
+    throw new VmhookError(`vfio: ${problems[0]}; a group goes to the VM whole: add those devices to devices=, move the card to a slot with its own group, or use a kernel with the ACS override patch`, problems.slice(1));
+  }
+}
+
+function isSingleGpu(host: Host, config: VfioConfig, devices: Device[]): boolean {
+  if (config.singleGpu !== "auto") return config.singleGpu === "yes";
+  const ours = new Set(devices.map((device) => device.address));
+  const bootGpu = devices.some((device) => isDisplayClass(device.classCode) && device.bootVga);
+  const otherDisplays = listPciDevices(host).filter((device) => isDisplayClass(device.classCode) && !ours.has(device.address));
+  return bootGpu && otherDisplays.length === 0;
+}
+
+/** The GPUs' DRM and fbdev nodes, every framebuffer in single-GPU mode, NVIDIA's control nodes. */
+function watchedFiles(host: Host, devices: Device[], singleGpu: boolean): (file: string) => boolean {
+  const nodes = new Set(devices.flatMap((device) => pciDeviceNodes(host, device.address)));
+  const nvidia = devices.some((device) => device.vendor === NVIDIA_VENDOR);
+  return (file) => nodes.has(file) || (singleGpu && /^\/dev\/fb\d+$/.test(file)) || (nvidia && file.startsWith("/dev/nvidia"));
+}
+
+/** Every process with one of the files open (from /proc/PID/fd), named by pid and command. */
+export function processesHolding(host: Host, watched: (file: string) => boolean): Holder[] {
+  const holders: Holder[] = [];
+  for (const pid of host.list("/proc").filter((name) => /^\d+$/.test(name))) {
+    for (const fd of host.list(`/proc/${pid}/fd`)) {
+      const file = host.readlink(`/proc/${pid}/fd/${fd}`);
+      if (file && watched(file)) holders.push({ pid: Number(pid), command: host.readTrimmed(`/proc/${pid}/comm`) ?? "?", file });
+    }
+  }
+  return holders;
+}
+
+export function describeHolders(holders: Holder[]): string {
+  return holders.map((holder) => `pid ${holder.pid} (${holder.command}) holds ${holder.file}`).join(", ");
+}
+
+function modulesToUnload(config: VfioConfig, devices: Device[]): string[] {
+  if (config.unloadModules !== "auto") return config.unloadModules;
+  return devices.some((device) => device.driver === "nvidia") ? NVIDIA_MODULES : [];
+}
+
+export const moduleLoaded = (host: Host, module: string) => host.exists(`/sys/module/${module}/refcnt`);
+const moduleHolders = (host: Host, module: string) => host.list(`/sys/module/${module}/holders`);
+
+/** The loaded ones of `wanted`, each after every module that uses it; a user outside the list is an error. */
+function unloadOrder(host: Host, wanted: string[]): string[] {
+  const remaining = wanted.map((module) => module.replace(/-/g, "_")).filter((module) => moduleLoaded(host, module));
+  for (const module of remaining) {
+    const outsider = moduleHolders(host, module).find((holder) => !remaining.includes(holder));
+    if (outsider) {
+      throw new VmhookError(`vfio: cannot unload module ${module}: module ${outsider} uses it; add ${outsider} to unload-modules (before ${module}) or leave ${module} loaded`);
+    }
+  }
+  const order: string[] = [];
+  while (remaining.length > 0) {
+    const next = remaining.findIndex((module) => moduleHolders(host, module).every((holder) => order.includes(holder)));
+    order.push(...remaining.splice(next === -1 ? 0 : next, 1));
+  }
+  return order;
+}

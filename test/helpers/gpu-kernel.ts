@@ -1,0 +1,268 @@
+// A simulated kernel for GPU handover on a SimHost: PCI devices with IOMMU
+// groups, driver binding (driver_override, unbind, drivers_probe, bind),
+// loadable modules with holders (modprobe, rmmod), vtconsoles, firmware
+// framebuffers, /proc fds, and systemd units (systemctl) whose processes hold
+// the GPU. Behaves as the real sysfs files do for what the vfio plugin uses.
+import { SimHost } from "./simhost.ts";
+
+export interface SimPciDevice {
+  address: string;
+  classCode: string;
+  vendor: string;
+  /** The driver that claims it on a probe (without driver_override). */
+  nativeDriver?: string;
+  /** Bound now (default: nativeDriver when its module is loaded). */
+  bound?: boolean;
+  group: number;
+  bootVga?: boolean;
+  /** DRM and fbdev nodes its driver creates: ["card0", "renderD128", "fb0"]. */
+  nodes?: string[];
+  resetMethod?: string;
+}
+
+export interface SimModule {
+  name: string;
+  /** Modules this one uses (they list it as a holder). */
+  uses?: string[];
+  /** The PCI driver it registers. */
+  driver?: string;
+  loaded?: boolean;
+}
+
+export interface SimUnit {
+  name: string;
+  active: boolean;
+  /** Processes of the unit: pid → [comm, files held]. */
+  processes?: Record<number, [string, string[]]>;
+  /** Stopping it fails with this message. */
+  failStop?: string;
+}
+
+const DEV = "/sys/bus/pci/devices";
+const DRIVERS = "/sys/bus/pci/drivers";
+
+export class GpuKernel {
+  readonly sim = new SimHost();
+  readonly devices = new Map<string, SimPciDevice>();
+  readonly modules = new Map<string, SimModule>();
+  readonly units = new Map<string, SimUnit>();
+  /** Devices that never bind to this driver again (a GPU that does not reset). */
+  readonly stuck = new Set<string>();
+  /** modprobe of these fails. */
+  readonly brokenModules = new Set<string>();
+  /** rmmod of these fails: something the plugin cannot see uses them. */
+  readonly pinnedModules = new Set<string>();
+  /** vfio-pci's probe fails for these devices. */
+  readonly refuseVfio = new Set<string>();
+
+  constructor(options: { systemd?: boolean } = {}) {
+    const sim = this.sim;
+    sim.dir("/var/log").dir("/run/vmhook").dir("/proc").dir("/dev/vfio").dir(DRIVERS).file("/proc/modules", "");
+    if (options.systemd ?? true) sim.dir("/run/systemd/system");
+    this.module({ name: "vfio" }).module({ name: "vfio_pci_core", uses: ["vfio"] }).module({ name: "vfio_pci", uses: ["vfio_pci_core"], driver: "vfio-pci" });
+    sim.file("/sys/bus/pci/drivers_probe");
+    sim.onWrite("/sys/bus/pci/drivers_probe", (address) => this.probe(address));
+    sim.onWrite(/^\/sys\/bus\/pci\/devices\/[^/]+\/driver_override$/, (value, file) => {
+      sim.file(file, value === "" ? "(null)" : value);
+    });
+    sim.onWrite(/^\/sys\/bus\/pci\/devices\/[^/]+\/driver\/unbind$/, (address) => this.unbind(address));
+    sim.onWrite(/^\/sys\/bus\/pci\/drivers\/[^/]+\/unbind$/, (address, file) => {
+      if (this.driverOf(address) !== file.split("/")[5]) throw Object.assign(new Error("ENODEV"), { code: "ENODEV" });
+      this.unbind(address);
+    });
+    sim.onWrite(/^\/sys\/bus\/pci\/drivers\/[^/]+\/bind$/, (address, file) => this.bind(address, file.split("/")[5]!));
+    sim.onWrite(/^\/sys\/class\/vtconsole\/[^/]+\/bind$/, (value, file) => sim.file(file, value));
+    sim.onWrite(/^\/sys\/bus\/platform\/drivers\/[^/]+\/(un)?bind$/, (device, file) => {
+      const driverDir = file.slice(0, file.lastIndexOf("/"));
+      if (file.endsWith("/unbind")) sim.remove(`${driverDir}/${device}`);
+      else sim.link(`${driverDir}/${device}`, `../../../../devices/platform/${device}`);
+    });
+    sim.onExec("modprobe", ([name]) => {
+      const module = name!.replace(/-/g, "_");
+      if (this.brokenModules.has(module) || !this.modules.has(module)) return { status: 1, stderr: `modprobe: FATAL: Module ${name} not found in directory /lib/modules/6.1.0-sim` };
+      this.load(module);
+    });
+    sim.onExec("rmmod", ([name]) => {
+      const module = this.modules.get(name!);
+      if (!module?.loaded) return { status: 1, stderr: `rmmod: ERROR: Module ${name} is not currently loaded` };
+      if (this.holders(name!).length > 0 || this.busy(module) || this.pinnedModules.has(name!)) return { status: 1, stderr: `rmmod: ERROR: Module ${name} is in use` };
+      this.unload(module);
+    });
+    sim.onExec("systemctl", (args) => this.systemctl(args));
+  }
+
+  // ---- building the host ----
+
+  module(spec: SimModule): this {
+    this.modules.set(spec.name, { ...spec });
+    if (spec.loaded) this.load(spec.name);
+    return this;
+  }
+
+  device(spec: SimPciDevice): this {
+    const dir = `${DEV}/${spec.address}`;
+    this.devices.set(spec.address, spec);
+    this.sim
+      .file(`${dir}/class`, spec.classCode)
+      .file(`${dir}/vendor`, spec.vendor)
+      .file(`${dir}/device`, "0x1234")
+      .file(`${dir}/boot_vga`, spec.bootVga ? 1 : 0)
+      .file(`${dir}/driver_override`, "(null)")
+      .file(`${dir}/remove`)
+      .link(`${dir}/iommu_group`, `../../../kernel/iommu_groups/${spec.group}`)
+      .link(`/sys/kernel/iommu_groups/${spec.group}/devices/${spec.address}`, `../../../../bus/pci/devices/${spec.address}`);
+    if (spec.resetMethod) this.sim.file(`${dir}/reset_method`, spec.resetMethod);
+    if (spec.nativeDriver && (spec.bound ?? true) && this.sim.exists(`${DRIVERS}/${spec.nativeDriver}`)) this.bind(spec.address, spec.nativeDriver);
+    return this;
+  }
+
+  vtconsole(name: string, description: string, bound: boolean): this {
+    this.sim.file(`/sys/class/vtconsole/${name}/name`, description).file(`/sys/class/vtconsole/${name}/bind`, bound ? 1 : 0);
+    return this;
+  }
+
+  platformFramebuffer(driver: string, device: string): this {
+    this.sim
+      .file(`/sys/bus/platform/drivers/${driver}/bind`)
+      .file(`/sys/bus/platform/drivers/${driver}/unbind`)
+      .dir(`/sys/devices/platform/${device}`)
+      .link(`/sys/bus/platform/devices/${device}`, `../../../devices/platform/${device}`)
+      .link(`/sys/bus/platform/drivers/${driver}/${device}`, `../../../../devices/platform/${device}`);
+    return this;
+  }
+
+  /** A process with files open. */
+  process(pid: number, comm: string, files: string[]): this {
+    this.sim.file(`/proc/${pid}/comm`, comm).dir(`/proc/${pid}/fd`);
+    files.forEach((file, fd) => this.sim.link(`/proc/${pid}/fd/${fd}`, file));
+    return this;
+  }
+
+  unit(spec: SimUnit): this {
+    this.units.set(spec.name, spec);
+    const cgroup = `/sys/fs/cgroup/system.slice/${spec.name}/cgroup.procs`;
+    this.sim.file(cgroup, Object.keys(spec.processes ?? {}).join("\n"));
+    for (const [pid, [comm, files]] of Object.entries(spec.processes ?? {})) this.process(Number(pid), comm, files);
+    return this;
+  }
+
+  // ---- what the host looks like ----
+
+  driverOf(address: string): string | undefined {
+    return this.sim.readlink(`${DEV}/${address}/driver`)?.split("/").pop();
+  }
+
+  loaded(name: string): boolean {
+    return this.modules.get(name)?.loaded === true;
+  }
+
+  // ---- the kernel ----
+
+  private holders(name: string): string[] {
+    return [...this.modules.values()].filter((m) => m.loaded && m.uses?.includes(name)).map((m) => m.name);
+  }
+
+  /** A driver with bound devices whose files are open cannot go. */
+  private busy(module: SimModule): boolean {
+    if (!module.driver) return false;
+    const nodes = [...this.devices.values()].filter((d) => this.driverOf(d.address) === module.driver).flatMap((d) => (d.nodes ?? []).map((n) => (n.startsWith("fb") ? `/dev/${n}` : `/dev/dri/${n}`)));
+    const open = this.sim.list("/proc").flatMap((pid) => this.sim.list(`/proc/${pid}/fd`).map((fd) => this.sim.readlink(`/proc/${pid}/fd/${fd}`)));
+    return open.some((file) => file !== undefined && (nodes.includes(file) || (module.name === "nvidia" && file.startsWith("/dev/nvidia"))));
+  }
+
+  private writeProcModules(): void {
+    const lines = [...this.modules.values()].filter((m) => m.loaded).map((m) => `${m.name} 16384 ${this.holders(m.name).length} ${this.holders(m.name).join(",") || "-"} Live 0x0`);
+    this.sim.file("/proc/modules", lines.join("\n"));
+  }
+
+  private load(name: string): void {
+    const module = this.modules.get(name)!;
+    for (const dep of module.uses ?? []) if (!this.loaded(dep)) this.load(dep);
+    module.loaded = true;
+    this.sim.file(`/sys/module/${name}/refcnt`, 0).dir(`/sys/module/${name}/holders`);
+    for (const dep of module.uses ?? []) this.sim.link(`/sys/module/${dep}/holders/${name}`, `../../${name}`);
+    if (module.driver) {
+      this.sim.file(`${DRIVERS}/${module.driver}/bind`).file(`${DRIVERS}/${module.driver}/unbind`).link(`${DRIVERS}/${module.driver}/module`, `../../../../module/${name}`);
+      // A new driver probes the unbound devices it matches.
+      for (const device of this.devices.values()) if (this.driverOf(device.address) === undefined) this.probe(device.address);
+    }
+    this.writeProcModules();
+  }
+
+  private unload(module: SimModule): void {
+    if (module.driver) {
+      for (const device of this.devices.values()) if (this.driverOf(device.address) === module.driver) this.unbind(device.address);
+      this.sim.remove(`${DRIVERS}/${module.driver}`);
+    }
+    for (const dep of module.uses ?? []) this.sim.remove(`/sys/module/${dep}/holders/${module.name}`);
+    this.sim.remove(`/sys/module/${module.name}`);
+    module.loaded = false;
+    this.writeProcModules();
+  }
+
+  private bind(address: string, driver: string): void {
+    const device = this.devices.get(address)!;
+    if (!this.sim.exists(`${DRIVERS}/${driver}`) || this.driverOf(address)) throw Object.assign(new Error("ENODEV"), { code: "ENODEV" });
+    if (driver !== "vfio-pci" && (this.stuck.has(address) || driver !== device.nativeDriver)) throw Object.assign(new Error("ENODEV"), { code: "ENODEV" });
+    this.sim.link(`${DEV}/${address}/driver`, `../../../bus/pci/drivers/${driver}`).link(`${DRIVERS}/${driver}/${address}`, `../../../../devices/${address}`);
+    if (driver === "vfio-pci") this.sim.file(`/dev/vfio/${device.group}`);
+    else {
+      for (const node of device.nodes ?? []) {
+        if (node.startsWith("fb")) this.sim.file(`${DEV}/${address}/graphics/${node}/dev`).file(`/dev/${node}`);
+        else this.sim.file(`${DEV}/${address}/drm/${node}/dev`).file(`/dev/dri/${node}`);
+      }
+    }
+  }
+
+  private unbind(address: string): void {
+    const driver = this.driverOf(address);
+    if (!driver) return;
+    const device = this.devices.get(address)!;
+    this.sim.remove(`${DEV}/${address}/driver`);
+    this.sim.remove(`${DRIVERS}/${driver}/${address}`);
+    this.sim.remove(`${DEV}/${address}/drm`);
+    this.sim.remove(`${DEV}/${address}/graphics`);
+    for (const node of device.nodes ?? []) this.sim.remove(node.startsWith("fb") ? `/dev/${node}` : `/dev/dri/${node}`);
+    const groupStillUsed = [...this.devices.values()].some((d) => d.group === device.group && this.driverOf(d.address) === "vfio-pci");
+    if (driver === "vfio-pci" && !groupStillUsed) this.sim.remove(`/dev/vfio/${device.group}`);
+  }
+
+  /** drivers_probe: driver_override wins, else the native driver, if registered. */
+  private probe(address: string): void {
+    if (this.driverOf(address)) return;
+    const override = this.sim.readTrimmed(`${DEV}/${address}/driver_override`);
+    const driver = override && override !== "(null)" ? override : this.devices.get(address)?.nativeDriver;
+    if (!driver || !this.sim.exists(`${DRIVERS}/${driver}`)) return;
+    if (driver !== "vfio-pci" && this.stuck.has(address)) return;
+    if (driver === "vfio-pci" && this.refuseVfio.has(address)) return;
+    this.bind(address, driver);
+  }
+
+  private systemctl(args: string[]): { status: number; stdout?: string; stderr?: string } {
+    const [verb, ...rest] = args;
+    const name = rest[rest.length - 1]!;
+    const unit = this.units.get(name);
+    switch (verb) {
+      case "is-active":
+        return { status: unit?.active ? 0 : 3 };
+      case "show":
+        return { status: 0, stdout: unit ? `/system.slice/${name}\n` : "\n" };
+      case "stop":
+        if (unit?.failStop) return { status: 1, stderr: unit.failStop };
+        if (unit) {
+          unit.active = false;
+          for (const pid of Object.keys(unit.processes ?? {})) this.sim.remove(`/proc/${pid}`);
+          this.sim.file(`/sys/fs/cgroup/system.slice/${name}/cgroup.procs`, "");
+        }
+        return { status: 0 };
+      case "start":
+        if (unit) {
+          unit.active = true;
+          this.unit(unit);
+        }
+        return { status: 0 };
+      default:
+        return { status: 1, stderr: `unknown verb ${verb}` };
+    }
+  }
+}

@@ -1,0 +1,433 @@
+// The real-kernel test bench: boots Debian's kernel in QEMU (TCG, q35 with an
+// emulated Intel IOMMU and a std VGA on bochs-drm) from a busybox initramfs
+// that holds the compiled vmhook, and runs shell commands in it over a second
+// serial port. See test/kernel/README.md.
+//
+//   const guest = await bootGuest({ smp: 2 });
+//   const { code, stdout } = await guest.sh("vmhook status");
+//   await guest.shutdown();
+import { spawn, spawnSync, type ChildProcess } from "node:child_process";
+import * as fs from "node:fs";
+import * as net from "node:net";
+import * as os from "node:os";
+import * as path from "node:path";
+import { fileURLToPath } from "node:url";
+
+const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
+const KERNEL_CACHE = path.join(REPO, ".cache/kernel");
+const QEMU = "qemu-system-x86_64";
+const BUSYBOX = "/bin/busybox";
+
+/** In the initramfs on every boot; `loadModules` are loaded by init. */
+const BASE_MODULES = ["vfio", "vfio_iommu_type1", "vfio-pci", "bochs"];
+const BASE_LOADED = ["bochs"];
+
+export interface GuestOptions {
+  smp?: number;
+  memoryMiB?: number;
+  /** Module names from the kernel's tree or .ko files: added with their dependencies and loaded at boot. */
+  extraModules?: string[];
+  /** Module names added to the tree with their dependencies but not loaded (modprobe finds them). */
+  availableModules?: string[];
+  /** Host file → guest path, copied into the initramfs. */
+  files?: Record<string, string>;
+  /** The vmhook binary to install as /usr/bin/vmhook and /etc/libvirt/hooks/qemu (default $VMHOOK_GUEST_BINARY, else dist/vmhook). */
+  binary?: string;
+  /** Extra kernel command line. */
+  append?: string;
+  /** Extra QEMU arguments (devices). */
+  qemuArgs?: string[];
+  bootTimeoutMs?: number;
+}
+
+export interface ShResult {
+  code: number;
+  /** stdout and stderr of the command, interleaved. */
+  stdout: string;
+}
+
+export interface Guest {
+  /** Runs a busybox sh script in the guest; throws when the guest dies or the command times out. */
+  sh(script: string, options?: { timeoutMs?: number }): Promise<ShResult>;
+  /** Like sh, but throws with the output when the exit code is not 0. */
+  ok(script: string, options?: { timeoutMs?: number }): Promise<string>;
+  /** Powers the guest off and removes its temporary files. */
+  shutdown(): Promise<void>;
+  /** What the guest wrote on its console (ttyS0) so far. */
+  console(): string;
+  /** Milliseconds from starting QEMU until the guest took commands. */
+  readonly bootMs: number;
+  readonly kernelVersion: string;
+}
+
+/** Why the bench cannot run here, or undefined. Tests may skip for this only when not root. */
+export function guestUnavailable(): string | undefined {
+  const missing = [QEMU, "cpio", "apt-get", "dpkg-deb"].filter((program) => spawnSync("sh", ["-c", `command -v ${program}`]).status !== 0);
+  if (!fs.existsSync(BUSYBOX)) missing.push(BUSYBOX);
+  return missing.length > 0 ? `missing ${missing.join(", ")} (apt-get install qemu-system-x86 busybox-static cpio)` : undefined;
+}
+
+/** For test files: the reason to skip the kernel suite, or undefined when it must run (always as root). */
+export function skipReason(): string | undefined {
+  const unavailable = guestUnavailable();
+  if (!unavailable) return undefined;
+  if (process.getuid?.() === 0) throw new Error(`kernel bench: ${unavailable}; as root the kernel tests must run`);
+  return `not root and ${unavailable}`;
+}
+
+// ---- the kernel: Debian's linux-image-6.1 package, downloaded once ----------
+
+interface Kernel {
+  version: string;
+  vmlinuz: string;
+  /** lib/modules/VERSION with modules.dep. */
+  modulesDir: string;
+}
+
+function run(command: string, args: string[], cwd?: string): string {
+  const result = spawnSync(command, args, { cwd, encoding: "utf8", maxBuffer: 64 * 1024 * 1024 });
+  if (result.status !== 0) {
+    throw new Error(`${command} ${args.join(" ")} failed (${result.error?.message ?? `exit ${result.status}`}): ${(result.stderr ?? "").trim().split("\n").slice(-3).join(" | ")}`);
+  }
+  return result.stdout;
+}
+
+/** The package linux-image-amd64 currently points to, and its candidate version. */
+function currentKernelPackage(): { name: string; version: string } | undefined {
+  try {
+    const name = /Depends: (linux-image-6\.1\.\S+-amd64)\b/.exec(run("apt-cache", ["depends", "linux-image-amd64"]))?.[1];
+    const version = name && /Candidate: (\S+)/.exec(run("apt-cache", ["policy", name]))?.[1];
+    return name && version && version !== "(none)" ? { name, version } : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+function readKernel(dir: string): Kernel {
+  const version = fs.readFileSync(path.join(dir, "version"), "utf8").trim();
+  return { version, vmlinuz: path.join(dir, "vmlinuz"), modulesDir: path.join(dir, "modules") };
+}
+
+/** The kernel, from .cache/kernel/PACKAGE_VERSION or downloaded there (atomically: parallel runs are fine). */
+export function ensureKernel(): Kernel {
+  const wanted = currentKernelPackage();
+  if (!wanted) {
+    // No apt metadata (offline): the newest cached kernel will do.
+    const cached = fs.existsSync(KERNEL_CACHE) ? fs.readdirSync(KERNEL_CACHE).filter((d) => d.startsWith("linux-image-")).sort() : [];
+    if (cached.length === 0) throw new Error("kernel bench: apt-cache cannot name linux-image-amd64's kernel and nothing is cached; run apt-get update");
+    return readKernel(path.join(KERNEL_CACHE, cached[cached.length - 1]!));
+  }
+  const dir = path.join(KERNEL_CACHE, `${wanted.name}_${wanted.version.replace(/[^A-Za-z0-9.+~-]/g, "_")}`);
+  if (fs.existsSync(path.join(dir, "version"))) return readKernel(dir);
+
+  fs.mkdirSync(KERNEL_CACHE, { recursive: true });
+  const work = fs.mkdtempSync(path.join(KERNEL_CACHE, ".download-"));
+  try {
+    run("apt-get", ["download", "-q", `${wanted.name}=${wanted.version}`], work);
+    const deb = fs.readdirSync(work).find((f) => f.endsWith(".deb"));
+    if (!deb) throw new Error(`apt-get download ${wanted.name} produced no .deb`);
+    const tree = path.join(work, "tree");
+    run("dpkg-deb", ["-x", path.join(work, deb), tree]);
+    const version = fs.readdirSync(path.join(tree, "lib/modules"))[0]!;
+    // The package ships no modules.dep (depmod runs at install); busybox's depmod makes one.
+    run(BUSYBOX, ["depmod", "-b", tree, version]);
+    const staged = path.join(work, "kernel");
+    fs.mkdirSync(staged);
+    fs.renameSync(path.join(tree, "boot", `vmlinuz-${version}`), path.join(staged, "vmlinuz"));
+    fs.renameSync(path.join(tree, "lib/modules", version), path.join(staged, "modules"));
+    fs.writeFileSync(path.join(staged, "version"), `${version}\n`);
+    try {
+      fs.renameSync(staged, dir);
+    } catch (error) {
+      if (!fs.existsSync(path.join(dir, "version"))) throw error; // else another run won the race
+    }
+  } finally {
+    fs.rmSync(work, { recursive: true, force: true });
+  }
+  return readKernel(dir);
+}
+
+// ---- modules: names → .ko files with their dependencies (modules.dep) -------
+
+const moduleKey = (name: string) => name.replace(/\.ko(\.[a-z]+)?$/, "").replace(/-/g, "_");
+
+/** module key → [relative path, its dependencies' relative paths] */
+function readModulesDep(kernel: Kernel): Map<string, { file: string; deps: string[] }> {
+  const table = new Map<string, { file: string; deps: string[] }>();
+  for (const line of fs.readFileSync(path.join(kernel.modulesDir, "modules.dep"), "utf8").split("\n")) {
+    const [file, deps = ""] = line.split(":");
+    if (!file) continue;
+    table.set(moduleKey(path.basename(file)), { file, deps: deps.trim().split(/\s+/).filter(Boolean) });
+  }
+  return table;
+}
+
+/** The `depends=` list inside a .ko file's .modinfo section. */
+function koDependencies(koFile: string): string[] {
+  const match = /(?:^|\0)depends=([^\0]*)/.exec(fs.readFileSync(koFile, "latin1"));
+  return match?.[1] ? match[1].split(",").filter(Boolean) : [];
+}
+
+/** Relative paths of the in-tree modules these names need (themselves and all dependencies). */
+function moduleFiles(kernel: Kernel, names: string[]): Set<string> {
+  const table = readModulesDep(kernel);
+  const files = new Set<string>();
+  for (const name of names) {
+    const entry = table.get(moduleKey(name));
+    if (!entry) throw new Error(`kernel bench: no module "${name}" in ${kernel.version}'s tree (nor is it a .ko file)`);
+    files.add(entry.file);
+    for (const dep of entry.deps) files.add(dep);
+  }
+  return files;
+}
+
+// ---- the initramfs ----------------------------------------------------------
+
+// PID 1: mount the kernel's file systems, load modules, then serve commands on
+// ttyS1: each request is "ID BASE64-SCRIPT\n"; the reply is the combined
+// output in base64 between "@@BEGIN ID" and "@@END ID EXIT-CODE" lines.
+const INIT = `#!/bin/busybox sh
+/bin/busybox mkdir -p /proc /sys /dev /run /tmp /sbin /usr/bin /usr/sbin /root /var/log
+/bin/busybox mount -t proc proc /proc
+/bin/busybox --install -s /bin
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev 2>/dev/null
+mount -t tmpfs run /run
+mount -t tmpfs tmp /tmp
+mount -t cgroup2 cgroup2 /sys/fs/cgroup
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root
+mkdir -p /etc/libvirt/hooks /run/libvirt/qemu && ln -s /usr/bin/vmhook /etc/libvirt/hooks/qemu
+for module in $(cat /etc/guest-modules); do modprobe "$module" || echo "guest: modprobe $module failed"; done
+stty -F /dev/ttyS1 raw -echo
+exec 3<>/dev/ttyS1
+echo "@@READY" >&3
+while read -r id script <&3; do
+  [ "$id" = poweroff ] && poweroff -f
+  echo "$script" | base64 -d > /tmp/.guest-command
+  cd / && sh /tmp/.guest-command > /tmp/.guest-output 2>&1 < /dev/null
+  rc=$?
+  { echo "@@BEGIN $id"; base64 /tmp/.guest-output; echo "@@END $id $rc"; } >&3
+done
+poweroff -f
+`;
+
+function libraries(binary: string): string[] {
+  const out = run("ldd", [binary]);
+  return [...out.matchAll(/(\/\S+) \(0x/g)].map((m) => m[1]!);
+}
+
+function copyInto(staging: string, guestPath: string, source: string, mode?: number): void {
+  const target = path.join(staging, guestPath);
+  fs.mkdirSync(path.dirname(target), { recursive: true });
+  fs.copyFileSync(source, target);
+  if (mode !== undefined) fs.chmodSync(target, mode);
+}
+
+function buildInitramfs(kernel: Kernel, options: GuestOptions, dir: string): string {
+  const staging = path.join(dir, "root");
+  const binary = options.binary ?? process.env.VMHOOK_GUEST_BINARY ?? path.join(REPO, "dist/vmhook");
+  if (!fs.existsSync(binary)) throw new Error(`kernel bench: ${binary} is missing; run npm run build (test/run.sh does)`);
+
+  copyInto(staging, "/bin/busybox", BUSYBOX, 0o755);
+  copyInto(staging, "/init", writeTemp(dir, "init", INIT), 0o755);
+  copyInto(staging, "/usr/bin/vmhook", binary, 0o755);
+  for (const library of libraries(binary)) copyInto(staging, library, library);
+
+  const modules = path.join(`/lib/modules/${kernel.version}`);
+  const koFiles = (options.extraModules ?? []).filter((m) => m.endsWith(".ko"));
+  const named = [...(options.extraModules ?? []).filter((m) => !m.endsWith(".ko")), ...(options.availableModules ?? [])];
+  const needed = moduleFiles(kernel, [...BASE_MODULES, ...named, ...koFiles.flatMap(koDependencies)]);
+  for (const file of needed) copyInto(staging, `${modules}/${file}`, path.join(kernel.modulesDir, file));
+  for (const ko of koFiles) copyInto(staging, `${modules}/extra/${path.basename(ko)}`, ko);
+  fs.copyFileSync(path.join(kernel.modulesDir, "modules.builtin"), path.join(staging, modules, "modules.builtin"));
+  run(BUSYBOX, ["depmod", "-b", staging, kernel.version]);
+  const load = [...BASE_LOADED, ...(options.extraModules ?? []).map((m) => moduleKey(path.basename(m)))];
+  fs.mkdirSync(path.join(staging, "etc"), { recursive: true });
+  fs.writeFileSync(path.join(staging, "etc/guest-modules"), `${load.join("\n")}\n`);
+
+  for (const [source, guestPath] of Object.entries(options.files ?? {})) copyInto(staging, guestPath, source);
+
+  const image = path.join(dir, "initramfs.cpio");
+  const list = run("find", [".", "-mindepth", "1"], staging);
+  const cpio = spawnSync("cpio", ["-o", "-H", "newc", "--quiet", "-O", image], { cwd: staging, input: list, encoding: "utf8" });
+  if (cpio.status !== 0) throw new Error(`kernel bench: cpio failed: ${cpio.stderr}`);
+  fs.rmSync(staging, { recursive: true, force: true });
+  return image;
+}
+
+function writeTemp(dir: string, name: string, content: string): string {
+  const file = path.join(dir, name);
+  fs.writeFileSync(file, content);
+  return file;
+}
+
+// ---- the running guest ------------------------------------------------------
+
+export async function bootGuest(options: GuestOptions = {}): Promise<Guest> {
+  const kernel = ensureKernel();
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "vmhook-guest-"));
+  const started = Date.now();
+  const initramfs = buildInitramfs(kernel, options, dir);
+  const consoleLog = path.join(dir, "console.log");
+  const socketPath = path.join(dir, "cmd.sock");
+
+  // vmhook listens and QEMU connects: no race on who is first.
+  const server = net.createServer();
+  await new Promise<void>((resolve, reject) => server.once("error", reject).listen(socketPath, resolve));
+  const connection = new Promise<net.Socket>((resolve) => server.once("connection", resolve));
+
+  const qemu: ChildProcess = spawn(
+    QEMU,
+    [
+      "-accel", "tcg", "-machine", "q35", "-cpu", "max", "-device", "intel-iommu", "-vga", "std",
+      "-m", `${options.memoryMiB ?? 1024}M`, "-smp", `${options.smp ?? 2}`,
+      "-display", "none", "-monitor", "none", "-nic", "none", "-no-reboot",
+      "-kernel", kernel.vmlinuz, "-initrd", initramfs,
+      "-append", `intel_iommu=on console=ttyS0 panic=-1 quiet ${options.append ?? ""}`.trim(),
+      "-serial", `file:${consoleLog}`, "-chardev", `socket,id=cmd,path=${socketPath}`, "-serial", "chardev:cmd",
+      ...(options.qemuArgs ?? []),
+    ],
+    { stdio: ["ignore", "ignore", "pipe"] },
+  );
+  let qemuStderr = "";
+  qemu.stderr!.on("data", (chunk) => (qemuStderr += chunk));
+  const exited = new Promise<string>((resolve) => qemu.once("exit", (code, signal) => resolve(`QEMU exited (${signal ?? `status ${code}`})${qemuStderr ? `: ${qemuStderr.trim()}` : ""}`)));
+
+  const readConsole = () => (fs.existsSync(consoleLog) ? fs.readFileSync(consoleLog, "utf8") : "");
+  const tail = () => readConsole().split("\n").slice(-25).join("\n");
+  const cleanup = () => {
+    if (qemu.exitCode === null && qemu.signalCode === null) qemu.kill("SIGKILL");
+    server.close();
+    fs.rmSync(dir, { recursive: true, force: true });
+  };
+
+  const channel = new CommandChannel();
+  let dead: string | undefined;
+  void exited.then((why) => {
+    dead = why;
+    channel.fail(new Error(`guest died: ${why}\n--- console ---\n${tail()}`));
+  });
+
+  try {
+    const socket = await Promise.race([connection, exited.then((why) => Promise.reject(new Error(why)))]);
+    channel.attach(socket);
+    await channel.ready(options.bootTimeoutMs ?? 120_000);
+  } catch (error) {
+    const message = `kernel bench: the guest did not boot: ${(error as Error).message}\n--- console ---\n${tail()}`;
+    cleanup();
+    throw new Error(message);
+  }
+  const bootMs = Date.now() - started;
+
+  const guest: Guest = {
+    bootMs,
+    kernelVersion: kernel.version,
+    console: readConsole,
+    async sh(script, shOptions = {}) {
+      if (dead) throw new Error(`guest is dead: ${dead}`);
+      try {
+        return await channel.command(script, shOptions.timeoutMs ?? 60_000);
+      } catch (error) {
+        // A guest that stopped answering is in an unknown state: stop it.
+        if (!dead) cleanup();
+        throw new Error(`${(error as Error).message}\n--- console ---\n${tail()}`);
+      }
+    },
+    async ok(script, shOptions) {
+      const result = await guest.sh(script, shOptions);
+      if (result.code !== 0) throw new Error(`guest command failed with exit ${result.code}: ${script}\n${result.stdout}`);
+      return result.stdout;
+    },
+    async shutdown() {
+      if (!dead) {
+        channel.send("poweroff -");
+        let timer: NodeJS.Timeout | undefined;
+        await Promise.race([exited, new Promise((resolve) => (timer = setTimeout(resolve, 10_000)))]);
+        clearTimeout(timer);
+      }
+      cleanup();
+    },
+  };
+  return guest;
+}
+
+/** The host side of the ttyS1 protocol (see INIT). One command at a time. */
+class CommandChannel {
+  private socket?: net.Socket;
+  private buffer = "";
+  private nextId = 1;
+  private waiter?: { match: (line: string) => boolean; lines: string[]; resolve: (lines: string[]) => void; reject: (error: Error) => void };
+  private failure?: Error;
+  private queue: Promise<unknown> = Promise.resolve();
+  private readySeen = false;
+
+  attach(socket: net.Socket): void {
+    this.socket = socket;
+    socket.setEncoding("latin1");
+    socket.on("data", (chunk: string) => {
+      this.buffer += chunk;
+      let newline;
+      while ((newline = this.buffer.indexOf("\n")) >= 0) {
+        const line = this.buffer.slice(0, newline).replace(/\r$/, "");
+        this.buffer = this.buffer.slice(newline + 1);
+        this.onLine(line);
+      }
+    });
+  }
+
+  private onLine(line: string): void {
+    if (line === "@@READY") this.readySeen = true;
+    const waiter = this.waiter;
+    if (!waiter) return;
+    waiter.lines.push(line);
+    if (waiter.match(line)) {
+      this.waiter = undefined;
+      waiter.resolve(waiter.lines);
+    }
+  }
+
+  fail(error: Error): void {
+    this.failure = error;
+    this.waiter?.reject(error);
+    this.waiter = undefined;
+  }
+
+  private waitForLine(match: (line: string) => boolean, timeoutMs: number, what: string): Promise<string[]> {
+    if (this.failure) return Promise.reject(this.failure);
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.waiter = undefined;
+        reject(new Error(`timed out after ${timeoutMs / 1000} s ${what}`));
+      }, timeoutMs);
+      this.waiter = {
+        match,
+        lines: [],
+        resolve: (lines) => (clearTimeout(timer), resolve(lines)),
+        reject: (error) => (clearTimeout(timer), reject(error)),
+      };
+    });
+  }
+
+  async ready(timeoutMs: number): Promise<void> {
+    if (!this.readySeen) await this.waitForLine((line) => line === "@@READY", timeoutMs, "waiting for the guest to boot");
+  }
+
+  send(line: string): void {
+    this.socket?.write(`${line}\n`);
+  }
+
+  command(script: string, timeoutMs: number): Promise<ShResult> {
+    const next = this.queue.then(async () => {
+      const id = this.nextId++;
+      const reply = this.waitForLine((line) => line.startsWith(`@@END ${id} `), timeoutMs, `running in the guest: ${script.slice(0, 200)}`);
+      this.send(`${id} ${Buffer.from(script).toString("base64")}`);
+      const lines = await reply;
+      const begin = lines.indexOf(`@@BEGIN ${id}`);
+      const code = Number(lines[lines.length - 1]!.split(" ")[2]);
+      const stdout = Buffer.from(lines.slice(begin + 1, -1).join(""), "base64").toString("utf8");
+      return { code, stdout };
+    });
+    this.queue = next.catch(() => undefined);
+    return next;
+  }
+}

@@ -1,0 +1,44 @@
+// The guest's GPU as a libvirt domain for the vfio plugin: shared by test/kernel/vfio.test.ts and bench/vfio-guest.ts.
+
+export const GPU = "0000:00:01.0";
+export const UUID = "6b0e2a4c-6a4e-4c57-9a43-0d1a5b3c7e01";
+
+/** A domain with the GPU as a PCI hostdev and a <vmhook:vfio> with these attributes. */
+export function domainXml(vfioAttributes = ""): string {
+  return `<domain type='kvm'>
+  <name>gpu-vm</name>
+  <uuid>${UUID}</uuid>
+  <memory unit='MiB'>256</memory>
+  <metadata>
+    <vmhook:hooks xmlns:vmhook="urn:vmhook:1"><vmhook:vfio ${vfioAttributes}/></vmhook:hooks>
+  </metadata>
+  <devices>
+    <hostdev mode='subsystem' type='pci' managed='no'>
+      <source><address domain='0x0000' bus='0x00' slot='0x01' function='0x0'/></source>
+    </hostdev>
+  </devices>
+</domain>`;
+}
+
+/** Shell lines that write the domain XML to /tmp/domain.xml in the guest. */
+export function writeDomain(xml: string): string {
+  return `cat > /tmp/domain.xml <<'XML'\n${xml}\nXML`;
+}
+
+/** Writes the domain XML in the guest and runs the hook for one event, as libvirt does. */
+export function hook(xml: string, event: "prepare begin" | "release end", background = false): string {
+  return `${writeDomain(xml)}\n/etc/libvirt/hooks/qemu gpu-vm ${event} - < /tmp/domain.xml${background ? " &" : ""}`;
+}
+
+/** Everything the plugin may touch, as text: compared before and after each scenario. */
+export const STATE = `
+d=/sys/bus/pci/devices/${GPU}
+echo "driver: $(basename "$(readlink $d/driver)")"
+echo "override: $(cat $d/driver_override)"
+for v in /sys/class/vtconsole/*; do echo "$(basename $v): $(cat $v/name) bind=$(cat $v/bind)"; done
+echo "fb: $(ls /dev | grep '^fb' | tr '\\n' ' ')"
+echo "dri: $(ls /dev/dri 2>/dev/null | tr '\\n' ' ')"
+echo "vfio: $(ls /dev/vfio 2>/dev/null | tr '\\n' ' ')"
+echo "modules: $(cut -d' ' -f1 /proc/modules | sort | tr '\\n' ' ')"
+echo "journals: $(ls /run/vmhook 2>/dev/null | grep json | tr '\\n' ' ')"
+`;

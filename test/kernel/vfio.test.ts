@@ -1,0 +1,94 @@
+// The vfio plugin on a real kernel: the guest's std VGA (0000:00:01.0, bochs-drm,
+// fbcon on vtcon0) goes to vfio-pci and back, driven by the compiled hook as
+// libvirt would run it. One boot; every scenario must leave the guest as it was.
+import { suite } from "uvu";
+import * as assert from "uvu/assert";
+import { bootGuest, skipReason, type Guest } from "./guest.ts";
+import { domainXml, GPU, hook, STATE, UUID, writeDomain } from "./vfio-domain.ts";
+
+const vfio = suite<{ guest?: Guest; baseline?: string; group?: string }>("vfio on a real kernel");
+const skip = skipReason();
+if (skip) console.log(`vfio kernel tests: skipped: ${skip}`);
+const it = skip ? vfio.skip : vfio;
+
+vfio.before(async (context) => {
+  if (skip) return;
+  context.guest = await bootGuest({ smp: 2, memoryMiB: 1024 });
+  context.baseline = await context.guest.ok(STATE);
+  context.group = (await context.guest.ok(`basename $(readlink /sys/bus/pci/devices/${GPU}/iommu_group)`)).trim();
+  assert.match(context.baseline, "driver: bochs-drm");
+  assert.match(context.baseline, "vtcon0: (M) frame buffer device bind=1");
+});
+vfio.after(async ({ guest }) => {
+  await guest?.shutdown();
+});
+
+it("vmhook plan lists the single-GPU steps and changes nothing", async ({ guest, baseline }) => {
+  const plan = await guest!.ok(`${writeDomain(domainXml())}\nvmhook plan /tmp/domain.xml`);
+  assert.match(plan, "unbind console vtcon0");
+  assert.match(plan, `bind ${GPU} to vfio-pci (from bochs-drm)`);
+  assert.fixture(await guest!.ok(STATE), baseline!);
+});
+
+it("single-GPU prepare moves the GPU to vfio-pci and unbinds the console; release brings all of it back", async ({ guest, baseline, group }) => {
+  const prepare = await guest!.sh(hook(domainXml('single-gpu="auto"'), "prepare begin"));
+  assert.equal(prepare, { code: 0, stdout: "" });
+  const during = await guest!.ok(STATE);
+  assert.match(during, "driver: vfio-pci");
+  assert.match(during, `vfio: ${group} vfio`);
+  assert.not.match(during, /frame buffer device bind=1/);
+  assert.match(during, "fb: \n");
+  assert.match(during, `journals: ${UUID}.json`);
+
+  const release = await guest!.sh(hook(domainXml('single-gpu="auto"'), "release end"));
+  assert.equal(release, { code: 0, stdout: "" });
+  assert.fixture(await guest!.ok(STATE), baseline!);
+});
+
+it("a second configured device that does not exist fails prepare before the GPU is touched", async ({ guest, baseline }) => {
+  const result = await guest!.sh(hook(domainXml(`devices="${GPU},0000:00:09.0"`), "prepare begin"));
+  assert.is(result.code, 1);
+  assert.match(result.stdout.split("\n")[0]!, "PCI device 0000:00:09.0 does not exist on this host");
+  assert.fixture(await guest!.ok(STATE), baseline!);
+  assert.not.match(await guest!.ok("cat /var/log/vmhook.log | tail -5"), "bind 0000:00:01.0");
+});
+
+it("a failure after the GPU moved (a module that cannot load) rolls everything back", async ({ guest, baseline }) => {
+  await guest!.ok(": > /var/log/vmhook.log");
+  const result = await guest!.sh(hook(domainXml('load-modules="vmhook_no_such_module"'), "prepare begin"));
+  assert.is(result.code, 1);
+  assert.match(result.stdout.split("\n")[0]!, "modprobe vmhook_no_such_module failed");
+  assert.match(result.stdout, "the host was left as it was");
+  const log = await guest!.ok("cat /var/log/vmhook.log");
+  assert.match(log, `vfio: bind ${GPU} to vfio-pci (from bochs-drm): done`);
+  assert.match(log, `vfio: undo bind ${GPU} to vfio-pci (from bochs-drm): done`);
+  assert.fixture(await guest!.ok(STATE), baseline!);
+});
+
+it("the hook SIGKILLed in the middle of prepare, then vmhook recover: the host is as before", async ({ guest, baseline }) => {
+  const killed = await guest!.ok(`${hook(domainXml(), "prepare begin", true)}
+pid=$!
+end=$(($(date +%s) + 30))
+until grep -qs 'bind ${GPU}' /run/vmhook/${UUID}.json || [ $(date +%s) -gt $end ]; do :; done
+kill -9 $pid; wait $pid; echo "exit: $?"
+echo "journal: $(ls /run/vmhook | grep json)"`);
+  assert.match(killed, "exit: 137");
+  assert.match(killed, `journal: ${UUID}.json`);
+  const recover = await guest!.sh("vmhook recover");
+  assert.is(recover.code, 0, recover.stdout);
+  assert.match(recover.stdout, `undo bind ${GPU} to vfio-pci (from bochs-drm): done`);
+  assert.match(recover.stdout, /gpu-vm: \d+ change\(s\) undone/);
+  assert.fixture(await guest!.ok(STATE), baseline!);
+});
+
+it("a process holding /dev/dri/card0 makes prepare refuse, naming it", async ({ guest, baseline }) => {
+  const result = await guest!.sh(`sleep 60 < /dev/dri/card0 & holder=$!
+${hook(domainXml('single-gpu="yes"'), "prepare begin")}
+code=$?; echo "holder: $holder"; kill $holder; exit $code`);
+  assert.is(result.code, 1);
+  const holder = /holder: (\d+)/.exec(result.stdout)![1];
+  assert.match(result.stdout.split("\n")[0]!, `the GPU is in use: pid ${holder} (sleep) holds /dev/dri/card0`);
+  assert.fixture(await guest!.ok(STATE), baseline!);
+});
+
+vfio.run();

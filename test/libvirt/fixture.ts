@@ -1,0 +1,347 @@
+// The real-libvirt test fixture. Each suite gets:
+//  - virtlogd and libvirtd running (started here when they are not: CI has
+//    no systemd), waited for on their sockets, never with fixed sleeps;
+//  - the freshly built dist/vmhook (a copy: other builds may replace it
+//    meanwhile) installed with `vmhook install` over a small marker hook,
+//    which must keep running from qemu.d/ and come back on `vmhook
+//    uninstall` (the suite's last test);
+//  - tiny TCG domains (64 MiB, no disk, no network, no graphics);
+//  - cleanup afterwards: domains destroyed and undefined, vmhook uninstalled,
+//    the huge page pool as it was.
+// Not root: every test is skipped, with the reason printed. Root without
+// libvirt: the tests fail and say what to install.
+import { spawn } from "node:child_process";
+import { randomUUID } from "node:crypto";
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import { fileURLToPath } from "node:url";
+import { suite } from "uvu";
+import * as assert from "uvu/assert";
+
+const REPO = fileURLToPath(new URL("../..", import.meta.url));
+const BUILT = path.join(REPO, "dist/vmhook");
+const HOOK = "/etc/libvirt/hooks/qemu";
+const SAVED_HOOK_LAUNCHER = "/etc/libvirt/hooks/qemu.d/vmhook-saved-qemu-hook";
+const CLI_LINK = "/usr/local/bin/vmhook";
+const LOG = "/var/log/vmhook.log";
+const STATE_DIR = "/run/vmhook";
+/** The pool of the default huge page size (2M on x86-64), which <vmhook:hugepages size="2M"/> grows. */
+const POOL = "/proc/sys/vm/nr_hugepages";
+const DOMAIN_PREFIX = "vmhook-test-";
+const LIBVIRTD = { name: "libvirtd", socket: "/run/libvirt/libvirt-sock" };
+const VIRTLOGD = { name: "virtlogd", socket: "/run/libvirt/virtlogd-sock" };
+
+// ---- processes
+
+export interface Result {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs a program to its end (killed after timeoutMs); never throws for a non-zero exit. */
+export function run(command: string, args: string[], timeoutMs = 60_000): Promise<Result> {
+  return new Promise((resolve) => {
+    const child = spawn(command, args, { stdio: ["ignore", "pipe", "pipe"] });
+    let stdout = "";
+    let stderr = "";
+    child.stdout.on("data", (chunk) => (stdout += chunk));
+    child.stderr.on("data", (chunk) => (stderr += chunk));
+    const timer = setTimeout(() => child.kill("SIGKILL"), timeoutMs);
+    child.on("error", (error) => {
+      clearTimeout(timer);
+      resolve({ code: null, stdout, stderr: `${stderr}${error.message}` });
+    });
+    child.on("close", (code) => {
+      clearTimeout(timer);
+      resolve({ code, stdout, stderr });
+    });
+  });
+}
+
+export function virsh(...args: string[]): Promise<Result> {
+  return run("virsh", ["--connect", "qemu:///system", ...args]);
+}
+
+/** virsh that must succeed; returns its stdout. */
+export async function virshOk(...args: string[]): Promise<string> {
+  const result = await virsh(...args);
+  if (result.code !== 0) throw new Error(`virsh ${args.join(" ")} failed (exit ${result.code}): ${result.stderr.trim()}`);
+  return result.stdout;
+}
+
+/** Polls `ready` every 50 ms until it holds; fails naming `what` after timeoutMs. */
+export async function waitUntil(what: string, ready: () => boolean | Promise<boolean>, timeoutMs = 30_000): Promise<void> {
+  const end = Date.now() + timeoutMs;
+  while (!(await ready())) {
+    if (Date.now() > end) throw new Error(`timed out after ${timeoutMs / 1000} s waiting until ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+}
+
+function pidsOf(comm: string): number[] {
+  return fs
+    .readdirSync("/proc")
+    .filter((entry) => /^\d+$/.test(entry))
+    .filter((pid) => {
+      try {
+        return fs.readFileSync(`/proc/${pid}/comm`, "utf8").trim() === comm;
+      } catch {
+        return false; // exited meanwhile
+      }
+    })
+    .map(Number);
+}
+
+function onPath(program: string): boolean {
+  return (process.env.PATH ?? "/usr/sbin:/usr/bin").split(":").some((dir) => fs.existsSync(path.join(dir, program)));
+}
+
+async function startDaemon(daemon: { name: string; socket: string }): Promise<void> {
+  if (pidsOf(daemon.name).length === 0) {
+    const started = await run(daemon.name, ["-d"]);
+    if (started.code !== 0) throw new Error(`${daemon.name} -d failed (exit ${started.code}): ${started.stderr.trim()}`);
+  }
+  await waitUntil(`${daemon.name} listens on ${daemon.socket}`, () => fs.existsSync(daemon.socket));
+}
+
+async function startLibvirt(): Promise<void> {
+  const missing = ["virsh", "libvirtd", "virtlogd", "qemu-system-x86_64"].filter((program) => !onPath(program));
+  if (missing.length > 0) {
+    throw new Error(`${missing.join(", ")} not found: apt-get install libvirt-daemon-system libvirt-clients qemu-system-x86 (as .ci/run does)`);
+  }
+  await startDaemon(VIRTLOGD);
+  await startDaemon(LIBVIRTD);
+  // The socket can outlive a killed daemon: wait until libvirtd answers.
+  await waitUntil("libvirtd answers virsh", async () => (await virsh("version")).code === 0);
+}
+
+/** Stops libvirtd (its domains keep running) and starts it again: libvirt runs `reconnect begin` for each of them. */
+export async function restartLibvirtd(): Promise<void> {
+  for (const pid of pidsOf(LIBVIRTD.name)) process.kill(pid, "SIGTERM");
+  await waitUntil("libvirtd exits", () => pidsOf(LIBVIRTD.name).length === 0);
+  await startLibvirt();
+}
+
+// ---- host state the tests look at
+
+export function hugepages(): number {
+  return Number(fs.readFileSync(POOL, "utf8").trim());
+}
+
+export function setHugepages(count: number): void {
+  fs.writeFileSync(POOL, `${count}\n`);
+}
+
+export function journalExists(uuid: string): boolean {
+  return fs.existsSync(`${STATE_DIR}/${uuid}.json`);
+}
+
+/** Everything under /run/vmhook, for "left unchanged" checks. */
+export function stateFiles(): string[] {
+  return fs.existsSync(STATE_DIR) ? fs.readdirSync(STATE_DIR, { recursive: true }).map(String).sort() : [];
+}
+
+/** What the log file holds beyond `offset` (take the offset with logSize() first). */
+export function logSince(offset: number): string {
+  if (!fs.existsSync(LOG)) return "";
+  return fs.readFileSync(LOG).subarray(offset).toString("utf8");
+}
+
+export function logSize(): number {
+  return fs.existsSync(LOG) ? fs.statSync(LOG).size : 0;
+}
+
+export function memTotalMiB(): number {
+  const kib = /MemTotal:\s+(\d+) kB/.exec(fs.readFileSync("/proc/meminfo", "utf8"))?.[1];
+  return Math.floor(Number(kib) / 1024);
+}
+
+// ---- domains
+
+export interface TestDomain {
+  name: string;
+  uuid: string;
+}
+
+export interface DomainOptions {
+  memoryMiB?: number;
+  /** The content of <vmhook:hooks>; undefined: no vmhook metadata at all. */
+  hooks?: string;
+}
+
+/** A tiny TCG guest: no disk, no network, no graphics; it boots nothing but runs. */
+export function domainXml(domain: TestDomain, { memoryMiB = 64, hooks }: DomainOptions): string {
+  const metadata = hooks === undefined ? "" : `<metadata><vmhook:hooks xmlns:vmhook="urn:vmhook:1">${hooks}</vmhook:hooks></metadata>`;
+  return `<domain type='qemu'>
+  <name>${domain.name}</name>
+  <uuid>${domain.uuid}</uuid>
+  ${metadata}
+  <memory unit='MiB'>${memoryMiB}</memory>
+  <vcpu>1</vcpu>
+  <os><type arch='x86_64' machine='pc'>hvm</type></os>
+  <devices>
+    <emulator>/usr/bin/qemu-system-x86_64</emulator>
+    <console type='pty'/>
+    <memballoon model='none'/>
+  </devices>
+</domain>
+`;
+}
+
+let scratch: string | undefined;
+
+/** A directory for this test run's files (domain XML, save images, the marker log). */
+export function scratchDir(): string {
+  return (scratch ??= fs.mkdtempSync(path.join(os.tmpdir(), "vmhook-libvirt-")));
+}
+
+export async function defineDomain(name: string, options: DomainOptions = {}): Promise<TestDomain> {
+  const domain = { name: `${DOMAIN_PREFIX}${name}`, uuid: randomUUID() };
+  const file = path.join(scratchDir(), `${domain.name}.xml`);
+  fs.writeFileSync(file, domainXml(domain, options));
+  await virshOk("define", file);
+  return domain;
+}
+
+async function removeTestDomains(): Promise<void> {
+  const names = (await virshOk("list", "--all", "--name")).split("\n").filter((name) => name.startsWith(DOMAIN_PREFIX));
+  await Promise.all(
+    names.map(async (name) => {
+      await virsh("destroy", name); // fails when not running: fine
+      await virshOk("undefine", name, "--managed-save");
+    }),
+  );
+}
+
+// ---- the marker hook: what was at /etc/libvirt/hooks/qemu before vmhook
+
+const markerLog = () => path.join(scratchDir(), "marker.log");
+const markerScript = () => `#!/bin/sh\n# vmhook test: the hook that was here before vmhook\necho "$1 $2 $3" >> ${markerLog()}\n`;
+
+/** The events the marker hook saw for a domain, e.g. ["prepare begin", "start begin", ...]. */
+export function markerEvents(domain: TestDomain): string[] {
+  if (!fs.existsSync(markerLog())) return [];
+  return fs
+    .readFileSync(markerLog(), "utf8")
+    .split("\n")
+    .filter((line) => line.startsWith(`${domain.name} `))
+    .map((line) => line.slice(domain.name.length + 1));
+}
+
+const binary = () => path.join(scratchDir(), "vmhook");
+
+interface Saved {
+  /** A hook that was installed before the tests (a developer's machine): put back at the end. */
+  ownHook?: string;
+  pool: number;
+}
+
+async function setUp(saved: Saved): Promise<void> {
+  assert.ok(fs.existsSync(BUILT), `${BUILT} is missing: run npm run build first`);
+  fs.copyFileSync(BUILT, binary());
+  await startLibvirt();
+  // What an interrupted run left: its domains, and vmhook over its marker hook.
+  await removeTestDomains();
+  await run(binary(), ["uninstall", "--force"]);
+  if (fs.existsSync(HOOK)) {
+    saved.ownHook = path.join(scratchDir(), "own-hook");
+    fs.renameSync(HOOK, saved.ownHook);
+  }
+  fs.mkdirSync(path.dirname(HOOK), { recursive: true });
+  fs.writeFileSync(HOOK, markerScript(), { mode: 0o755 });
+
+  const installed = await run(binary(), ["install"]);
+  assert.is(installed.code, 0, `vmhook install failed: ${installed.stderr}`);
+  assert.match(installed.stdout, "kept the existing hook");
+  assert.match(installed.stdout, /reloaded libvirtd/);
+  assert.ok(fs.readFileSync(HOOK).equals(fs.readFileSync(binary())), `${HOOK} is not the freshly built dist/vmhook`);
+  assert.ok(fs.existsSync(SAVED_HOOK_LAUNCHER), `the previous hook is not run from ${SAVED_HOOK_LAUNCHER}`);
+  assert.is(fs.readlinkSync(CLI_LINK), HOOK);
+  await waitForHooks();
+}
+
+/**
+ * libvirtd picks up the new hook on SIGHUP, in a thread of its own: start a
+ * domain until the marker hook (run from qemu.d/) sees it, so no test races
+ * the reload.
+ */
+async function waitForHooks(): Promise<void> {
+  const probe = await defineDomain("probe");
+  await waitUntil("libvirtd runs the installed hooks", async () => {
+    await virshOk("start", probe.name);
+    await virshOk("destroy", probe.name);
+    return markerEvents(probe).includes("prepare begin");
+  });
+  await virshOk("undefine", probe.name);
+}
+
+/** The suite's last test: no journal is left, so a plain uninstall works and puts the marker hook back. */
+async function uninstallRestoresPreviousHook(): Promise<void> {
+  const removed = await run(binary(), ["uninstall"]);
+  assert.is(removed.code, 0, `vmhook uninstall failed: ${removed.stderr}`);
+  assert.match(removed.stdout, "restored the previous hook");
+  assert.is(fs.readFileSync(HOOK, "utf8"), markerScript());
+  assert.not.ok(fs.existsSync(SAVED_HOOK_LAUNCHER), `${SAVED_HOOK_LAUNCHER} is still there`);
+  assert.not.ok(fs.existsSync(CLI_LINK), `${CLI_LINK} is still there`);
+}
+
+/** Best effort, whatever failed before: reports what it could not undo, never throws (uvu would lose the report). */
+async function tearDown(saved: Saved): Promise<void> {
+  const attempt = async (what: string, action: () => unknown) => {
+    try {
+      await action();
+    } catch (error) {
+      console.error(`libvirt fixture: cleanup could not ${what}: ${(error as Error).message}`);
+    }
+  };
+  await attempt("remove the test domains", removeTestDomains);
+  await attempt("uninstall vmhook", async () => {
+    await run(binary(), ["uninstall", "--force"]);
+    if (fs.existsSync(HOOK) && fs.readFileSync(HOOK, "utf8") === markerScript()) fs.rmSync(HOOK);
+    if (saved.ownHook) fs.renameSync(saved.ownHook, HOOK);
+  });
+  await attempt("restore the huge page pool", () => {
+    if (hugepages() !== saved.pool) {
+      console.error(`libvirt fixture: the pool holds ${hugepages()} pages, ${saved.pool} before the tests; putting it back`);
+      setHugepages(saved.pool);
+    }
+  });
+  await attempt("remove the scratch directory", () => scratch && fs.rmSync(scratch, { recursive: true, force: true }));
+  scratch = undefined;
+}
+
+// ---- the suite
+
+type Body = () => Promise<void>;
+
+/**
+ * A uvu suite whose first test sets the fixture up and whose last test checks
+ * uninstall. Tests run in order; when setup failed, each says why.
+ */
+export function libvirtSuite(title: string): { test(name: string, body: Body): void; run(): void } {
+  const tests = suite(title);
+  if (process.getuid?.() !== 0) {
+    console.log(`${title}: skipped: the real-libvirt tests need root (they run libvirtd and write /etc/libvirt/hooks)`);
+    return { test: (name) => tests.skip(name), run: () => tests.run() };
+  }
+  const saved: Saved = { pool: hugepages() };
+  let ready: Promise<void> | undefined;
+  tests("libvirtd runs dist/vmhook installed over the previous hook, which keeps running from qemu.d", () => (ready = setUp(saved)));
+  tests.after(() => tearDown(saved));
+  return {
+    test(name, body) {
+      tests(name, async () => {
+        await ready?.catch((error) => {
+          throw new Error(`fixture setup failed: ${(error as Error).message}`);
+        });
+        await body();
+      });
+    },
+    run() {
+      tests("uninstall puts the previous hook back", uninstallRestoresPreviousHook);
+      tests.run();
+    },
+  };
+}

@@ -1,0 +1,106 @@
+// <vmhook:hugepages size="2M"/> under a real libvirtd: the pool grows by
+// exactly the domain's need while it runs (64 MiB = 32 pages of 2M) and
+// shrinks back when it stops, through failures, parallel starts, save and
+// restore, and a libvirtd restart.
+import * as fs from "node:fs";
+import * as path from "node:path";
+import * as assert from "uvu/assert";
+import {
+  defineDomain,
+  hugepages,
+  journalExists,
+  libvirtSuite,
+  logSince,
+  logSize,
+  memTotalMiB,
+  restartLibvirtd,
+  scratchDir,
+  stateFiles,
+  virsh,
+  virshOk,
+  waitUntil,
+  type TestDomain,
+} from "./fixture.ts";
+
+const { test, run } = libvirtSuite("libvirt: hugepages");
+
+const HUGEPAGES = '<vmhook:hugepages size="2M"/>';
+const PAGES_OF_64_MIB = 32;
+
+const hugepagesDomain = (name: string) => defineDomain(name, { hooks: HUGEPAGES });
+
+async function expectHeld(domain: TestDomain, pool: number): Promise<void> {
+  assert.is((await virshOk("domstate", domain.name)).trim(), "running");
+  assert.is(hugepages(), pool, "pages in the pool while the domain runs");
+  assert.ok(journalExists(domain.uuid), `no journal for ${domain.name} while it runs`);
+}
+
+function expectReleased(domain: TestDomain, pool: number): void {
+  assert.is(hugepages(), pool, "pages in the pool after the domain stopped");
+  assert.not.ok(journalExists(domain.uuid), `the journal of ${domain.name} is still there`);
+}
+
+test("the pool grows by the domain's 32 pages while it runs and shrinks back after destroy", async () => {
+  const domain = await hugepagesDomain("hugepages");
+  const pool = hugepages();
+  await virshOk("start", domain.name);
+  await expectHeld(domain, pool + PAGES_OF_64_MIB);
+  await virshOk("destroy", domain.name);
+  expectReleased(domain, pool);
+});
+
+test("more pages than the host has memory: start fails with 'got X of Y pages', pool and /run/vmhook unchanged", async () => {
+  // Its <memory> exceeds the host's RAM, so the kernel grants only part of
+  // the pages; timeout="0" makes vmhook give up (and give back) at once.
+  const memoryMiB = memTotalMiB() + 1024;
+  const domain = await defineDomain("too-big", { memoryMiB, hooks: '<vmhook:hugepages size="2M" timeout="0"/>' });
+  const [pool, files] = [hugepages(), stateFiles()];
+  const started = await virsh("start", domain.name);
+  assert.is.not(started.code, 0, "virsh start succeeded");
+  assert.match(started.stderr, new RegExp(`vmhook: hugepages: got \\d+ of ${Math.ceil(memoryMiB / 2)} pages of 2M; free memory \\d+ MiB`));
+  assert.is(hugepages(), pool);
+  assert.equal(stateFiles(), files);
+});
+
+test("two domains started in parallel hold the sum, and the pool is back after both stop", async () => {
+  const domains = await Promise.all([hugepagesDomain("parallel-a"), hugepagesDomain("parallel-b")]);
+  const pool = hugepages();
+  await Promise.all(domains.map((domain) => virshOk("start", domain.name)));
+  for (const domain of domains) await expectHeld(domain, pool + 2 * PAGES_OF_64_MIB);
+  await Promise.all(domains.map((domain) => virshOk("destroy", domain.name)));
+  for (const domain of domains) expectReleased(domain, pool);
+});
+
+const metadataOf = (xml: string) => /<metadata>[\s\S]*<\/metadata>/.exec(xml)?.[0];
+
+test("virsh save gives the pages back; virsh restore (hook prints nothing) takes them again, metadata unchanged", async () => {
+  const domain = await hugepagesDomain("save-restore");
+  const image = path.join(scratchDir(), "save-restore.img");
+  const pool = hugepages();
+  await virshOk("start", domain.name);
+  const metadata = metadataOf(await virshOk("dumpxml", domain.name));
+  assert.match(metadata ?? "", HUGEPAGES);
+  await virshOk("save", domain.name, image);
+  expectReleased(domain, pool);
+  await virshOk("restore", image);
+  await expectHeld(domain, pool + PAGES_OF_64_MIB);
+  // Had the restore hook printed anything, libvirt would have used it as the domain XML.
+  assert.is(metadataOf(await virshOk("dumpxml", domain.name)), metadata);
+  await virshOk("destroy", domain.name);
+  expectReleased(domain, pool);
+  fs.rmSync(image);
+});
+
+test("a libvirtd restart (reconnect) keeps the journal and the pages; a later destroy releases them", async () => {
+  const domain = await hugepagesDomain("reconnect");
+  const pool = hugepages();
+  await virshOk("start", domain.name);
+  const logOffset = logSize();
+  await restartLibvirtd();
+  await waitUntil(`vmhook logs the reconnect of ${domain.name}`, () => logSince(logOffset).includes(`[${domain.name} reconnect begin] reconnected`));
+  await expectHeld(domain, pool + PAGES_OF_64_MIB);
+  await virshOk("destroy", domain.name);
+  expectReleased(domain, pool);
+});
+
+run();

@@ -1,0 +1,290 @@
+// The built binary (dist/vmhook), run as libvirt runs it: a link named qemu
+// (or any name inside qemu.d/), only PATH and LC_ALL in the environment, the
+// domain XML on stdin, VMHOOK_ROOT pointing at a test tree. Hook mode must
+// never print on stdout; failures put the cause on the first stderr line.
+// Under any other name it is the CLI.
+import { spawn, spawnSync } from "node:child_process";
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import { test } from "uvu";
+import * as assert from "uvu/assert";
+
+const REPO = path.resolve(import.meta.dirname, "../..");
+const BINARY = path.join(REPO, "dist/vmhook");
+const UUID = "d0d0d0d0-0000-4000-8000-0000000000d0";
+const POOL = "sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages";
+
+if (!fs.existsSync(BINARY)) {
+  console.error(`binary.test.ts: ${BINARY} is missing; building it (npm run build)`);
+  const build = spawnSync("npm", ["run", "--silent", "build"], { cwd: REPO, stdio: "inherit" });
+  if (build.status !== 0) throw new Error("npm run build failed");
+}
+
+const domain = (element = "<vmhook:hugepages/>", name = "vm") => `<domain type='kvm'><name>${name}</name><uuid>${UUID}</uuid>
+  <memory unit='GiB'>1</memory><memoryBacking><hugepages/></memoryBacking>
+  <metadata><vmhook:hooks xmlns:vmhook="urn:vmhook:1">${element}</vmhook:hooks></metadata></domain>`;
+const NO_METADATA = `<domain type='kvm'><name>plain</name><uuid>e0e0e0e0-0000-4000-8000-0000000000e0</uuid><memory unit='GiB'>1</memory></domain>`;
+
+/** A temporary tree: links to the binary under several names, and a host root with a 2M pool. */
+function tree() {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "vmhook-bin-"));
+  const link = (name: string) => {
+    fs.mkdirSync(path.dirname(path.join(dir, name)), { recursive: true });
+    fs.symlinkSync(BINARY, path.join(dir, name));
+    return path.join(dir, name);
+  };
+  const root = path.join(dir, "root");
+  for (const sub of ["var/log", "run/libvirt/qemu", path.dirname(POOL)]) fs.mkdirSync(path.join(root, sub), { recursive: true });
+  fs.writeFileSync(path.join(root, POOL), "0\n");
+  const pool = () => Number(fs.readFileSync(path.join(root, POOL), "utf8"));
+  const journal = path.join(root, "run/vmhook", `${UUID}.json`);
+  return { dir, root, link, pool, journal, cleanup: () => fs.rmSync(dir, { recursive: true, force: true }) };
+}
+
+interface Run {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs a program with libvirt's environment (and VMHOOK_ROOT). */
+function run(program: string, args: string[], input: string, root: string): Run {
+  const result = spawnSync(program, args, { input, encoding: "utf8", timeout: 20_000, env: { PATH: "/usr/sbin:/usr/bin:/sbin:/bin", LC_ALL: "C", VMHOOK_ROOT: root } });
+  return { code: result.status, stdout: result.stdout, stderr: result.stderr };
+}
+
+/** The same, without waiting: for hooks of several domains running at once. */
+function runAsync(program: string, args: string[], input: string, root: string): Promise<Run> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(program, args, { env: { PATH: "/usr/sbin:/usr/bin:/sbin:/bin", LC_ALL: "C", VMHOOK_ROOT: root } });
+    let stdout = "";
+    let stderr = "";
+    child.stdout.on("data", (chunk) => (stdout += chunk));
+    child.stderr.on("data", (chunk) => (stderr += chunk));
+    child.on("error", reject);
+    child.on("close", (code) => resolve({ code, stdout, stderr }));
+    child.stdin.end(input);
+  });
+}
+
+const firstLine = (text: string) => text.split("\n")[0]!;
+
+const ALL_EVENTS = [
+  ["prepare", "begin"],
+  ["start", "begin"],
+  ["started", "begin"],
+  ["stopped", "end"],
+  ["release", "end"],
+  ["migrate", "begin"],
+  ["restore", "begin"],
+  ["reconnect", "begin"],
+  ["attach", "begin"],
+  ["teleport", "now"],
+];
+
+test("hook mode, domain without metadata: every event exits 0 with empty stdout and stderr", () => {
+  const t = tree();
+  try {
+    const qemu = t.link("hooks/qemu");
+    for (const [op, subop] of ALL_EVENTS) {
+      assert.equal(run(qemu, ["plain", op!, subop!, "-"], NO_METADATA, t.root), { code: 0, stdout: "", stderr: "" }, `${op} ${subop}`);
+    }
+    assert.equal(run(qemu, [], "", t.root), { code: 0, stdout: "", stderr: "" }, "no arguments, empty stdin");
+  } finally {
+    t.cleanup();
+  }
+});
+
+test("hook mode, hugepages: a whole VM life grows the pool by its need and gives it back; stdout stays empty", () => {
+  const t = tree();
+  try {
+    const qemu = t.link("hooks/qemu");
+    fs.writeFileSync(path.join(t.root, POOL), "8\n");
+    for (const [op, subop] of [["migrate", "begin"], ["restore", "begin"], ["prepare", "begin"], ["start", "begin"], ["started", "begin"], ["reconnect", "begin"]]) {
+      assert.equal(run(qemu, ["vm", op!, subop!, "-"], domain(), t.root), { code: 0, stdout: "", stderr: "" }, `${op} ${subop}`);
+    }
+    assert.is(t.pool(), 520);
+    assert.ok(fs.existsSync(t.journal));
+    for (const [op, subop, extra] of [["stopped", "end", "-"], ["release", "end", "shutdown"]]) {
+      assert.equal(run(qemu, ["vm", op!, subop!, extra!], domain(), t.root), { code: 0, stdout: "", stderr: "" }, `${op} ${subop}`);
+    }
+    assert.is(t.pool(), 8);
+    assert.not.ok(fs.existsSync(t.journal));
+    assert.match(fs.readFileSync(path.join(t.root, "var/log/vmhook.log"), "utf8"), "[vm prepare begin] hugepages: grow the 2M pool by 512 pages: done");
+  } finally {
+    t.cleanup();
+  }
+});
+
+test("hook mode, several domains at once: the host lock keeps every pool delta", async () => {
+  const t = tree();
+  try {
+    const qemu = t.link("hooks/qemu");
+    const vms = ["1", "2", "3", "4"].map((n) => ({ name: `vm${n}`, xml: domain().replace("<name>vm</name>", `<name>vm${n}</name>`).replace(UUID, UUID.replace(/0$/, n)) }));
+    const all = (op: string, subop: string) => Promise.all(vms.map((vm) => runAsync(qemu, [vm.name, op, subop, "-"], vm.xml, t.root)));
+    for (const outcome of await all("prepare", "begin")) assert.equal(outcome, { code: 0, stdout: "", stderr: "" });
+    assert.is(t.pool(), 4 * 512);
+    assert.is(fs.readdirSync(path.join(t.root, "run/vmhook")).filter((f) => f.endsWith(".json")).length, 4);
+    for (const outcome of await all("release", "end")) assert.equal(outcome, { code: 0, stdout: "", stderr: "" });
+    assert.is(t.pool(), 0);
+  } finally {
+    t.cleanup();
+  }
+});
+
+test("hook mode, bad input: prepare exits 1 with the cause on the first stderr line, release exits 0; stdout stays empty", () => {
+  const t = tree();
+  try {
+    const qemu = t.link("hooks/qemu");
+    const cases: [string, string | RegExp][] = [
+      [`<domain><metadata><vmhook:hooks xmlns:vmhook="urn:vmhook:1">`, /^vmhook: the domain XML on stdin is not well-formed XML: /],
+      [domain("<vmhook:hugepages size='3M'/>"), `vmhook: <vmhook:hugepages size="3M">: size="3M" is not a huge page size; on x86-64 use 2M or 1G (ls /sys/kernel/mm/hugepages lists this host's sizes)`],
+      [domain("<vmhook:hugepages size='1G'/>"), "vmhook: hugepages: this host has no 1G huge page pool; it has 2M: set size= on <vmhook:hugepages> to one of them"],
+    ];
+    for (const [xml, expected] of cases) {
+      const prepared = run(qemu, ["vm", "prepare", "begin", "-"], xml, t.root);
+      assert.is(prepared.code, 1);
+      assert.is(prepared.stdout, "");
+      if (typeof expected === "string") assert.is(firstLine(prepared.stderr), expected);
+      else assert.match(firstLine(prepared.stderr), expected);
+      const released = run(qemu, ["vm", "release", "end", "failed"], xml, t.root);
+      assert.equal([released.code, released.stdout], [0, ""]);
+    }
+    assert.is(t.pool(), 0);
+    assert.not.ok(fs.existsSync(t.journal));
+    assert.equal(run(qemu, ["vm", "prepare", "begin", "-"], "", t.root), { code: 0, stdout: "", stderr: "" }, "empty stdin: nothing to do");
+  } finally {
+    t.cleanup();
+  }
+});
+
+test("hook mode, unknown event or missing arguments: exit 0, nothing printed, a log line", () => {
+  const t = tree();
+  try {
+    const qemu = t.link("hooks/qemu");
+    assert.equal(run(qemu, ["vm", "teleport", "now", "-"], domain(), t.root), { code: 0, stdout: "", stderr: "" });
+    assert.equal(run(qemu, [], domain(), t.root), { code: 0, stdout: "", stderr: "" });
+    const log = fs.readFileSync(path.join(t.root, "var/log/vmhook.log"), "utf8");
+    assert.match(log, `[vm teleport now] event "teleport now" is not one vmhook knows; nothing to do`);
+    assert.match(log, `event "" is not one vmhook knows`);
+    assert.is(t.pool(), 0);
+  } finally {
+    t.cleanup();
+  }
+});
+
+test("the name decides the mode: qemu or anything in qemu.d/ is the hook; any other name is the CLI", () => {
+  const t = tree();
+  try {
+    const bad = domain("<vmhook:nonsense/>");
+    for (const name of ["hooks/qemu", "hooks/qemu.d/50-vmhook", "other/qemu.d/qemu-helper"]) {
+      const outcome = run(t.link(name), ["vm", "prepare", "begin", "-"], bad, t.root);
+      assert.is(outcome.code, 1, name);
+      assert.match(firstLine(outcome.stderr), /^vmhook: <vmhook:nonsense>: is not a vmhook element/, name);
+      assert.is(outcome.stdout, "");
+    }
+    for (const name of ["bin/vmhook", "hooks/qemu-old", "qemu/hook"]) {
+      const cli = t.link(name);
+      const outcome = run(cli, ["vm", "prepare", "begin", "-"], bad, t.root);
+      assert.is(outcome.code, 2, name);
+      assert.match(outcome.stderr, "Unknown arguments: vm, prepare, begin, -", name);
+      const help = run(cli, ["--help"], "", t.root);
+      assert.is(help.code, 0);
+      assert.match(help.stdout, "vmhook validate <domain>");
+    }
+  } finally {
+    t.cleanup();
+  }
+});
+
+test("CLI validate: ok for a good config, the named error and exit 1 for a bad one, JSON on request", () => {
+  const t = tree();
+  try {
+    const vmhook = t.link("bin/vmhook");
+    fs.writeFileSync(path.join(t.dir, "good.xml"), domain());
+    fs.writeFileSync(path.join(t.dir, "bad.xml"), domain("<vmhook:hugepages node='x'/>"));
+    const good = run(vmhook, ["validate", path.join(t.dir, "good.xml")], "", t.root);
+    assert.equal([good.code, good.stdout.trim()], [0, `${path.join(t.dir, "good.xml")}: ok; vm runs hugepages`]);
+    const json = JSON.parse(run(vmhook, ["validate", "--json", "-"], domain(), t.root).stdout);
+    assert.equal(json.plugins, [{ id: "hugepages", config: { pools: [{ sizeKiB: 2048, pages: 512 }], retrySeconds: 10, backedByHugepages: true } }]);
+    const bad = run(vmhook, ["validate", path.join(t.dir, "bad.xml")], "", t.root);
+    assert.equal([bad.code, bad.stdout], [1, ""]);
+    assert.match(firstLine(bad.stderr), `vmhook: <vmhook:hugepages node="x">: node="x" has "x"`);
+  } finally {
+    t.cleanup();
+  }
+});
+
+test("CLI plan lists the steps and changes nothing", () => {
+  const t = tree();
+  try {
+    const vmhook = t.link("bin/vmhook");
+    const text = run(vmhook, ["plan", "-"], domain(), t.root);
+    assert.is(text.code, 0, text.stderr);
+    assert.is(text.stdout, "prepare of vm would take 1 step(s):\n  1. hugepages: grow the 2M pool by 512 pages\n");
+    const json = JSON.parse(run(vmhook, ["plan", "--json", "-"], domain(), t.root).stdout);
+    assert.equal(json.steps[0].undo, { action: "grow-pool", sizeKiB: 2048, node: null, added: 0, returned: 0 });
+    assert.is(t.pool(), 0);
+    assert.not.ok(fs.existsSync(t.journal));
+  } finally {
+    t.cleanup();
+  }
+});
+
+test("CLI status and recover: a running domain (live pid) is kept, a dead one is undone", () => {
+  const t = tree();
+  try {
+    const qemu = t.link("hooks/qemu");
+    const vmhook = t.link("bin/vmhook");
+    assert.is(run(qemu, ["vm", "prepare", "begin", "-"], domain(), t.root).code, 0);
+    const pidFile = path.join(t.root, "run/libvirt/qemu/vm.pid");
+    fs.writeFileSync(pidFile, `${process.pid}\n`);
+
+    const status = run(vmhook, ["status"], "", t.root);
+    assert.is(status.stdout, `vm (${UUID}) running, running\n  - hugepages: grow the 2M pool by 512 pages\n`);
+    const kept = run(vmhook, ["recover"], "", t.root);
+    assert.equal([kept.code, kept.stdout], [0, "vm: still running; its changes are given back when it stops (use --force to undo now)\n"]);
+    assert.is(t.pool(), 512);
+
+    const exited = spawnSync("true");
+    fs.writeFileSync(pidFile, `${exited.pid}\n`);
+    assert.match(run(vmhook, ["status", "--json"], "", t.root).stdout, `"running": false`);
+    const recovered = run(vmhook, ["recover", "vm"], "", t.root);
+    assert.equal([recovered.code, recovered.stdout], [0, "vm: 1 change(s) undone\n"]);
+    assert.is(t.pool(), 0);
+    assert.not.ok(fs.existsSync(t.journal));
+    assert.is(run(vmhook, ["status"], "", t.root).stdout, "no VM holds anything (no journals in /run/vmhook)\n");
+    const none = run(vmhook, ["recover", "vm"], "", t.root);
+    assert.is(none.code, 1);
+    assert.match(firstLine(none.stderr), "vmhook: no journal for vm in /run/vmhook");
+  } finally {
+    t.cleanup();
+  }
+});
+
+test("hook mode, hard deadline: a plugin stuck in a busy loop gets the hook killed, with the reason on stderr", () => {
+  const t = tree();
+  try {
+    fs.mkdirSync(path.join(t.root, "etc/vmhook/plugins.d"), { recursive: true });
+    fs.writeFileSync(path.join(t.root, "etc/vmhook/vmhook.json"), JSON.stringify({ deadlineSeconds: 1, undoDeadlineSeconds: 1 }));
+    // A JavaScript plugin that never yields: only a watchdog outside the main thread can stop it.
+    fs.writeFileSync(path.join(t.root, "etc/vmhook/plugins.d/spin.mjs"), "export default { name: 'spin', summary: 'spins', parse: () => ({}), prepare() { for (;;) {} }, undo() {} };\n", { mode: 0o644 });
+    const started = Date.now();
+    const result = spawnSync(t.link("hooks/qemu"), ["vm", "prepare", "begin", "-"], {
+      input: domain('<vmhook:plugin name="spin"/>'),
+      encoding: "utf8",
+      timeout: 30_000,
+      env: { PATH: "/usr/sbin:/usr/bin:/sbin:/bin", LC_ALL: "C", VMHOOK_ROOT: t.root },
+    });
+    const seconds = (Date.now() - started) / 1000;
+    assert.is(result.signal, "SIGKILL", `the hook was not killed: ${result.stderr}`);
+    assert.ok(seconds >= 6 && seconds < 20, `killed after ${seconds} s; the budget is 1 + 1 + 5 s`);
+    assert.is(result.stdout, "");
+    assert.match(firstLine(result.stderr), /^vmhook: prepare begin of vm was killed after 7 s/);
+  } finally {
+    t.cleanup();
+  }
+});
+
+test.run();

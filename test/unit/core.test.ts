@@ -1,0 +1,381 @@
+// The core's promises, on a simulated host: every step is journaled before it
+// acts; a failure at any step leaves the host as it was and no journal; a
+// crashed run is undone by the next prepare or release; a failing undo keeps
+// its journal entry; bad input and unknown events never break libvirt.
+import { test } from "uvu";
+import * as assert from "uvu/assert";
+import type { PluginInstance } from "../../lib/config.ts";
+import { Deadline } from "../../lib/deadline.ts";
+import { parseDomain } from "../../lib/domain.ts";
+import { newJournal, readJournal, writeJournal, type Journal } from "../../lib/journal.ts";
+import { createLogger } from "../../lib/log.ts";
+import { definePlugin, type Plugin, type UndoRecord } from "../../lib/plugin.ts";
+import { DEFAULT_SETTINGS } from "../../lib/settings.ts";
+import { runHandlers, undoJournal, type PlannedStep, type RunEnvironment } from "../../lib/transaction.ts";
+import { HugepageKernel } from "../helpers/hugepage-kernel.ts";
+import { runHookEvent } from "../helpers/hook.ts";
+import { SimHost } from "../helpers/simhost.ts";
+
+const UUID = "c0c0c0c0-0000-4000-8000-0000000000c0";
+const DOMAIN = parseDomain(`<domain><name>vm</name><uuid>${UUID}</uuid><memory unit='GiB'>1</memory></domain>`);
+
+// ---- a test-only plugin: each step sets one file, journaling its old value
+
+interface FileSetter {
+  files: string[];
+  /** The file whose step throws: "before" it writes, or "after" writing (a half-done step). */
+  failOn?: { file: string; when: "before" | "after" };
+}
+
+/** Undo calls in order, across all test plugins: "id:file". */
+let undone: string[] = [];
+
+/** A plugin instance as lib/config.ts builds them from metadata. */
+function instanceOf<Config>(id: string, plugin: Plugin<Config>, config: Config): PluginInstance {
+  return { id, plugin: plugin as Plugin<any>, config, elements: [] };
+}
+
+function fileSetter(id: string, options: { shared?: boolean; failingUndo?: string } = {}): Plugin<FileSetter> {
+  return definePlugin<FileSetter>({
+    name: id,
+    summary: "test: sets files",
+    shared: options.shared,
+    parse: () => ({ files: [] }),
+    async prepare(ctx) {
+      for (const file of ctx.config.files) {
+        await ctx.step(`set ${file}`, { action: "restore", file, old: ctx.host.read(file) }, () => {
+          if (ctx.config.failOn?.file === file && ctx.config.failOn.when === "before") throw new Error(`cannot set ${file}`);
+          ctx.host.write(file, "changed\n");
+          if (ctx.config.failOn?.file === file) throw new Error(`${file} set, then something failed`);
+        });
+      }
+    },
+    undo(record, ctx) {
+      const file = record.file as string;
+      if (file === options.failingUndo) {
+        record.attempts = ((record.attempts as number) ?? 0) + 1; // kept in the journal: what an undo learned
+        throw new Error(`cannot restore ${file}`);
+      }
+      ctx.host.write(file, record.old as string);
+      undone.push(`${id}:${file}`);
+    },
+  });
+}
+
+function instance(id: string, config: FileSetter, options: { shared?: boolean; failingUndo?: string } = {}): PluginInstance {
+  return instanceOf(id, fileSetter(id, options), config);
+}
+
+function setup(): { sim: SimHost; env: RunEnvironment; journal: Journal } {
+  const sim = new SimHost();
+  sim.dir("/run/vmhook").dir("/var/log");
+  for (const file of ["/a1", "/a2", "/b1", "/b2"]) sim.file(file, "original");
+  undone = [];
+  const env: RunEnvironment = { host: sim, log: createLogger(sim, { echo: "none", file: true }), settings: DEFAULT_SETTINGS };
+  return { sim, env, journal: newJournal(sim, { name: "vm", uuid: UUID }) };
+}
+
+const deadline = (sim: SimHost) => new Deadline(sim, 10_000);
+
+/** Two plugins, two steps each; the second one shares host resources (runs under the host lock). */
+function twoPlugins(failOn?: FileSetter["failOn"], failingUndo?: string): PluginInstance[] {
+  const pick = (files: string[]) => (failOn && files.includes(failOn.file) ? { files, failOn } : { files });
+  return [instance("a", pick(["/a1", "/a2"]), { failingUndo }), instance("b", pick(["/b1", "/b2"]), { shared: true, failingUndo })];
+}
+
+test("a prepare that fails at any step, before or after acting, leaves the host as it was and no journal", async () => {
+  for (const file of ["/a1", "/a2", "/b1", "/b2"]) {
+    for (const when of ["before", "after"] as const) {
+      const { sim, env, journal } = setup();
+      try {
+        const before = sim.snapshot();
+        const instances = twoPlugins({ file, when });
+        const failure = await runHandlers("prepare", instances, DOMAIN, journal, env, deadline(sim)).then(
+          () => undefined,
+          (error: Error) => error,
+        );
+        assert.ok(failure, `a failure at ${file} (${when}) is reported`);
+        const applied = ["a:/a1", "a:/a2", "b:/b1", "b:/b2"];
+        const reached = applied.slice(0, applied.findIndex((step) => step.endsWith(file)) + 1);
+        assert.equal(journal.entries.map((e) => `${e.plugin}:${e.undo.file}`), reached, "every step up to the failing one is journaled");
+        assert.is(journal.entries.at(-1)!.state, "pending", "the failing step stays pending");
+
+        const result = await undoJournal(journal, env, deadline(sim), instances);
+        assert.equal(result.failed, []);
+        assert.equal(undone, [...reached].reverse(), "undone in reverse order, the failing step included");
+        assert.equal(sim.snapshot(), before, `host state after a failure at ${file} (${when})`);
+        assert.equal(sim.stateFiles(), [], "no journal left");
+      } finally {
+        sim.cleanup();
+      }
+    }
+  }
+});
+
+test("each step's undo record is in the journal file before its action runs", async () => {
+  const { sim, env, journal } = setup();
+  try {
+    const seen: { state: string; undo: UndoRecord }[] = [];
+    const plugin = definePlugin({
+      name: "probe",
+      summary: "test",
+      parse: () => null,
+      async prepare(ctx) {
+        await ctx.step("probe", { action: "nothing" }, () => {
+          const entry = readJournal(sim, UUID)!.entries.at(-1)!;
+          seen.push({ state: entry.state, undo: entry.undo });
+        });
+      },
+      undo() {},
+    });
+    await runHandlers("prepare", [instanceOf("probe", plugin, null)], DOMAIN, journal, env, deadline(sim));
+    assert.equal(seen, [{ state: "pending", undo: { action: "nothing" } }]);
+    assert.is(readJournal(sim, UUID)!.entries[0]!.state, "applied");
+  } finally {
+    sim.cleanup();
+  }
+});
+
+test("handle.update replaces the journaled undo record, and rollback gets the updated one", async () => {
+  const { sim, env, journal } = setup();
+  try {
+    const got: UndoRecord[] = [];
+    const plugin = definePlugin({
+      name: "partial",
+      summary: "test",
+      parse: () => null,
+      async prepare(ctx) {
+        await ctx.step("take 3", { action: "take", taken: 0 }, (handle) => {
+          handle.update({ action: "take", taken: 2 });
+          assert.is(readJournal(sim, UUID)!.entries[0]!.undo.taken, 2, "the update is on disk at once");
+          throw new Error("the third one failed");
+        });
+      },
+      undo: (record) => void got.push(record),
+    });
+    const instances = [instanceOf("partial", plugin, null)];
+    await runHandlers("prepare", instances, DOMAIN, journal, env, deadline(sim)).catch(() => {});
+    await undoJournal(journal, env, deadline(sim), instances);
+    assert.equal(got, [{ action: "take", taken: 2 }]);
+  } finally {
+    sim.cleanup();
+  }
+});
+
+test("a failing undo keeps its entry (state failed, the error, what the undo recorded); the others are undone", async () => {
+  const { sim, env, journal } = setup();
+  try {
+    const instances = twoPlugins(undefined, "/a2");
+    await runHandlers("prepare", instances, DOMAIN, journal, env, deadline(sim));
+    const result = await undoJournal(journal, env, deadline(sim), instances);
+    assert.equal(undone, ["b:/b2", "b:/b1", "a:/a1"]);
+    assert.equal(result.failed.map((e) => e.undo.file), ["/a2"]);
+    const kept = readJournal(sim, UUID)!;
+    assert.is(kept.phase, "release-failed");
+    assert.equal(
+      kept.entries.map(({ state, error, undo }) => ({ state, error, attempts: undo.attempts })),
+      [{ state: "failed", error: "cannot restore /a2", attempts: 1 }],
+    );
+    assert.is(sim.read("/a2"), "changed\n");
+    assert.is(sim.read("/a1"), "original\n");
+  } finally {
+    sim.cleanup();
+  }
+});
+
+test("a dry run lists the steps and changes nothing", async () => {
+  const { sim, env, journal } = setup();
+  try {
+    const before = sim.snapshot();
+    const steps: PlannedStep[] = [];
+    await runHandlers("prepare", twoPlugins(), DOMAIN, journal, { ...env, dryRun: { steps } }, deadline(sim));
+    assert.equal(steps.map((s) => `${s.plugin}: ${s.description}`), ["a: set /a1", "a: set /a2", "b: set /b1", "b: set /b2"]);
+    assert.equal(sim.writes, []);
+    assert.equal(sim.snapshot(), before);
+    assert.equal(sim.stateFiles(), []);
+  } finally {
+    sim.cleanup();
+  }
+});
+
+test("the deadline stops a run before the next plugin starts", async () => {
+  const { sim, env, journal } = setup();
+  try {
+    const error = await runHandlers("prepare", twoPlugins(), DOMAIN, journal, env, new Deadline(sim, 0)).catch((e: Error) => e);
+    assert.match(String(error), /vmhook ran out of time \(deadline 0 s\) while starting a/);
+    assert.equal(sim.writes, []);
+  } finally {
+    sim.cleanup();
+  }
+});
+
+// ---- through the hook: crashes, failing releases, bad input, unknown events (hugepages as the plugin)
+
+const POOL = "/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages";
+const XML = `<domain type='kvm'><name>vm</name><uuid>${UUID}</uuid><memory unit='GiB'>1</memory>
+  <memoryBacking><hugepages/></memoryBacking>
+  <metadata><vmhook:hooks xmlns:vmhook="urn:vmhook:1"><vmhook:hugepages/></vmhook:hooks></metadata></domain>`;
+
+function hugepageHost(initialPages = 100): { sim: SimHost; kernel: HugepageKernel } {
+  const sim = new SimHost();
+  sim.dir("/run/vmhook").dir("/var/log");
+  return { sim, kernel: new HugepageKernel(sim, { initial: { 2048: initialPages } }) };
+}
+
+/** What a hook killed right after growing the pool leaves: a pending entry in a journal still "preparing". */
+function crashedJournal(sim: SimHost): void {
+  const journal = newJournal(sim, { name: "vm", uuid: UUID });
+  journal.entries.push({
+    plugin: "hugepages",
+    event: "prepare",
+    description: "grow the 2M pool by 512 pages",
+    undo: { action: "grow-pool", sizeKiB: 2048, node: null, added: 512, returned: 0 },
+    state: "pending",
+    at: new Date().toISOString(),
+  });
+  writeJournal(sim, journal);
+}
+
+const firstLine = (stderr: string) => stderr.split("\n")[0]!;
+
+test("crash: the next prepare undoes the leftover journal first, then allocates afresh", async () => {
+  const { sim, kernel } = hugepageHost(612); // 100 of the admin's + 512 the crashed run added
+  try {
+    crashedJournal(sim);
+    const outcome = await runHookEvent(sim, "prepare", "begin", XML);
+    assert.is(outcome.code, 0, outcome.stderr);
+    assert.is(kernel.pool(2048), 612, "the crashed run's 512 went back, this run's 512 came in");
+    const journal = readJournal(sim, UUID)!;
+    assert.equal([journal.phase, journal.entries.length, journal.entries[0]!.state], ["running", 1, "applied"]);
+    assert.match(sim.read("/var/log/vmhook.log"), "found a journal from an earlier run (phase preparing, 1 change(s)); undoing it first");
+    await runHookEvent(sim, "release", "end", XML);
+    assert.is(kernel.pool(2048), 100);
+  } finally {
+    sim.cleanup();
+  }
+});
+
+test("crash: release undoes the leftover journal", async () => {
+  const { sim, kernel } = hugepageHost(612);
+  try {
+    crashedJournal(sim);
+    const outcome = await runHookEvent(sim, "release", "end", XML);
+    assert.equal(outcome, { code: 0, stderr: "" });
+    assert.is(kernel.pool(2048), 100);
+    assert.equal(sim.stateFiles(), []);
+  } finally {
+    sim.cleanup();
+  }
+});
+
+test("release with a failing undo exits 0, keeps the failed entry and says to run vmhook recover; a later release finishes", async () => {
+  const { sim, kernel } = hugepageHost();
+  try {
+    assert.is((await runHookEvent(sim, "prepare", "begin", XML)).code, 0);
+    sim.failWrite(POOL, "EBUSY");
+    const outcome = await runHookEvent(sim, "release", "end", XML);
+    assert.is(outcome.code, 0);
+    assert.is(firstLine(outcome.stderr), "vmhook: release of vm: 1 change(s) could not be undone; see /var/log/vmhook.log, then run vmhook recover vm");
+    const kept = readJournal(sim, UUID)!;
+    assert.is(kept.phase, "release-failed");
+    assert.is(kept.entries.length, 1);
+    assert.is(kept.entries[0]!.state, "failed");
+    assert.match(kept.entries[0]!.error!, /the kernel refused 100 in .*nr_hugepages \(EBUSY\)/);
+    assert.is(kernel.pool(2048), 612);
+
+    sim.clearFailures();
+    assert.equal(await runHookEvent(sim, "release", "end", XML), { code: 0, stderr: "" });
+    assert.is(kernel.pool(2048), 100);
+    assert.equal(sim.stateFiles(), []);
+  } finally {
+    sim.cleanup();
+  }
+});
+
+test("a prepare whose leftover journal cannot be undone fails, naming vmhook recover", async () => {
+  const { sim, kernel } = hugepageHost(612);
+  try {
+    crashedJournal(sim);
+    sim.failWrite(POOL, "EIO");
+    const outcome = await runHookEvent(sim, "prepare", "begin", XML);
+    assert.is(outcome.code, 1);
+    assert.is(firstLine(outcome.stderr), "vmhook: an earlier run of vm left changes that cannot be undone; run vmhook recover vm and check vmhook status");
+    assert.is(kernel.pool(2048), 612);
+  } finally {
+    sim.cleanup();
+  }
+});
+
+test("reconnect keeps the journal and the pages, and warns when the pool lost pages", async () => {
+  const { sim, kernel } = hugepageHost(0);
+  try {
+    await runHookEvent(sim, "prepare", "begin", XML);
+    const journal = sim.read(`/run/vmhook/${UUID}.json`);
+    assert.equal(await runHookEvent(sim, "reconnect", "begin", XML), { code: 0, stderr: "" });
+    assert.is(sim.read(`/run/vmhook/${UUID}.json`), journal);
+    assert.is(kernel.pool(2048), 512);
+    sim.write(POOL, "10");
+    assert.is((await runHookEvent(sim, "reconnect", "begin", XML)).code, 0);
+    assert.match(sim.read("/var/log/vmhook.log"), "warn: hugepages: the 2M pool holds 10 pages, fewer than the 512 this VM added");
+  } finally {
+    sim.cleanup();
+  }
+});
+
+test("malformed or wrong XML: prepare fails with the cause first; release and stopped exit 0", async () => {
+  const { sim } = hugepageHost();
+  try {
+    const before = sim.snapshot();
+    const cases: [string, RegExp][] = [
+      [`<domain><name>vm</name><metadata><vmhook:hooks xmlns:vmhook="urn:vmhook:1">`, /^vmhook: the domain XML on stdin is not well-formed XML: /],
+      [`<network xmlns:v="urn:vmhook:1"/>`, /^vmhook: the domain XML on stdin: the root element is <network>, expected <domain>$/],
+      ["", /^vmhook: the domain XML on stdin is empty; expected a libvirt <domain> XML document$/],
+      [XML.replace("<vmhook:hugepages/>", "<vmhook:hugepage/>"), /^vmhook: <vmhook:hugepage>: is not a vmhook element; use one of <vmhook:hugepages>/],
+    ];
+    for (const [xml, expected] of cases) {
+      const prepared = await runHookEvent(sim, "prepare", "begin", xml);
+      assert.is(prepared.code, 1);
+      assert.match(firstLine(prepared.stderr), expected);
+      for (const [op, subop] of [["stopped", "end"], ["release", "end"], ["reconnect", "begin"]]) {
+        assert.is((await runHookEvent(sim, op!, subop!, xml)).code, 0, `${op} ${subop} never fails`);
+      }
+    }
+    assert.equal(sim.snapshot(), before);
+    assert.equal(sim.stateFiles(), []);
+  } finally {
+    sim.cleanup();
+  }
+});
+
+test("migrate and restore check the config and change nothing", async () => {
+  const { sim } = hugepageHost();
+  try {
+    const before = sim.snapshot();
+    for (const op of ["migrate", "restore"]) {
+      assert.equal(await runHookEvent(sim, op, "begin", XML), { code: 0, stderr: "" });
+      const bad = await runHookEvent(sim, op, "begin", XML.replace("<vmhook:hugepages/>", "<vmhook:hugepages size='5M'/>"));
+      assert.is(bad.code, 1);
+      assert.match(firstLine(bad.stderr), `size="5M" is not a huge page size`);
+    }
+    assert.equal(sim.writes, []);
+    assert.equal(sim.snapshot(), before);
+  } finally {
+    sim.cleanup();
+  }
+});
+
+test("an unknown event exits 0, changes nothing and leaves a log line", async () => {
+  const { sim } = hugepageHost();
+  try {
+    const before = sim.snapshot();
+    assert.equal(await runHookEvent(sim, "teleport", "begin", XML), { code: 0, stderr: "" });
+    assert.equal(await runHookEvent(sim, "attach", "begin", XML), { code: 0, stderr: "" });
+    assert.equal(sim.writes, []);
+    assert.equal(sim.snapshot(), before);
+    assert.match(sim.read("/var/log/vmhook.log"), `[vm teleport begin] event "teleport begin" is not one vmhook knows; nothing to do`);
+  } finally {
+    sim.cleanup();
+  }
+});
+
+test.run();

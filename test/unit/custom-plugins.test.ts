@@ -1,0 +1,268 @@
+// Custom plugins through the hook: executables (protocol v1) and JavaScript
+// modules, run for real under a temporary root, with their safety checks.
+import * as fs from "node:fs";
+import { test } from "uvu";
+import * as assert from "uvu/assert";
+import { findCustomPlugin } from "../../lib/custom-plugins.ts";
+import { RootedHost } from "../../lib/host.ts";
+import { paths } from "../../lib/paths.ts";
+import { runHookEvent } from "../helpers/hook.ts";
+import { HugepageKernel } from "../helpers/hugepage-kernel.ts";
+import { SimHost } from "../helpers/simhost.ts";
+
+const UUID = "6f1c2f0e-8a51-4a8e-9f7c-0d3b7c1e2a44";
+
+function domainXml(metadata: string): string {
+  return `<domain type="kvm"><name>vm</name><uuid>${UUID}</uuid><memory unit="MiB">512</memory>
+  <metadata><vmhook:hooks xmlns:vmhook="urn:vmhook:1">${metadata}</vmhook:hooks></metadata></domain>`;
+}
+
+/** A temporary root whose plugins really run (SimHost's exec only knows simulated programs). */
+function pluginHost(): SimHost {
+  const sim = new SimHost().dir("/var/log").dir(paths.pluginsDir);
+  fs.chmodSync(sim.resolve(paths.pluginsDir), 0o755);
+  return sim;
+}
+
+function install(sim: SimHost, file: string, content: string, mode = 0o755): string {
+  const hostPath = `${paths.pluginsDir}/${file}`;
+  fs.writeFileSync(sim.resolve(hostPath), content, { mode });
+  fs.chmodSync(sim.resolve(hostPath), mode);
+  // Executables run for real, under the root, as the hook would run them.
+  sim.onExec(hostPath, (args, host, options) => RootedHost.prototype.exec.call(host, hostPath, args, options));
+  return hostPath;
+}
+
+/** A shell plugin that appends "NAME EVENT undo=… interrupted=…" to $VMHOOK_ROOT/calls, then runs `body`. */
+function shellPlugin(name: string, body = 'printf \'{"undo": "%s-state"}\\n\' "$1"'): string {
+  return `#!/bin/sh
+cat > "$VMHOOK_ROOT/stdin-${name}-$1.json"
+echo "${name} $1 undo=\${VMHOOK_UNDO:-} interrupted=\${VMHOOK_INTERRUPTED:-}" >> "$VMHOOK_ROOT/calls"
+${body}
+`;
+}
+
+const calls = (sim: SimHost) => (fs.existsSync(sim.resolve("/calls")) ? fs.readFileSync(sim.resolve("/calls"), "utf8").trim().split("\n") : []);
+const journalPath = (sim: SimHost) => sim.resolve(paths.journal(UUID));
+const log = (sim: SimHost) => fs.readFileSync(sim.resolve(paths.log), "utf8");
+
+test("executable: prepare gets the protocol request, its undo is journaled and handed back at release", async () => {
+  const sim = pluginHost();
+  install(sim, "notes", shellPlugin("notes", 'echo "working on $VMHOOK_DOMAIN_NAME" >&2; [ "$1" = prepare ] && echo \'{"undo": {"file": "/x"}}\'; exit 0'));
+  const xml = domainXml('<vmhook:plugin name="notes" level="3">hello<vmhook:item id="a"/></vmhook:plugin>');
+
+  const prepared = await runHookEvent(sim, "prepare", "begin", xml);
+  assert.is(prepared.code, 0, prepared.stderr);
+  const request = JSON.parse(fs.readFileSync(sim.resolve("/stdin-notes-prepare.json"), "utf8"));
+  assert.is(request.protocol, 1);
+  assert.is(request.event, "prepare");
+  assert.equal(request.domain, { name: "vm", uuid: UUID });
+  assert.equal(request.config.attributes, { name: "notes", level: "3" });
+  assert.is(request.config.text, "hello");
+  assert.equal(request.config.children, [{ name: "item", attributes: { id: "a" }, text: "", children: [] }]);
+  assert.match(request.config.xml, /^<vmhook:plugin [^>]*level="3"[^>]*>hello<vmhook:item id="a"\/><\/vmhook:plugin>$/);
+  assert.match(request.domainXml, /<uuid>6f1c2f0e/);
+  assert.equal(request.records, []);
+  const journal = JSON.parse(fs.readFileSync(journalPath(sim), "utf8"));
+  assert.equal(journal.entries.map((e: { plugin: string; state: string; undo: unknown }) => [e.plugin, e.state, e.undo]), [
+    ["plugin:notes", "applied", { action: "run", event: "prepare", finished: true, undo: { file: "/x" } }],
+  ]);
+  assert.match(log(sim), "plugin:notes: working on vm");
+
+  // started: called too; it reports nothing to undo, and sees prepare's record
+  assert.is((await runHookEvent(sim, "started", "begin", xml)).code, 0);
+  assert.equal(JSON.parse(fs.readFileSync(sim.resolve("/stdin-notes-started.json"), "utf8")).records, [{ file: "/x" }]);
+
+  const released = await runHookEvent(sim, "release", "end", xml);
+  assert.is(released.code, 0, released.stderr);
+  assert.equal(calls(sim), ["notes prepare undo= interrupted=", "notes started undo= interrupted=", 'notes undo undo={"file":"/x"} interrupted=']);
+  const undoRequest = JSON.parse(fs.readFileSync(sim.resolve("/stdin-notes-undo.json"), "utf8"));
+  assert.equal(undoRequest, { protocol: 1, event: "undo", domain: { name: "vm", uuid: UUID }, undo: { file: "/x" }, interrupted: false, of: "prepare" });
+  assert.not.ok(fs.existsSync(journalPath(sim)), "journal removed after release");
+  sim.cleanup();
+});
+
+test("executable: an error reply fails prepare with its message, and what it reported is undone", async () => {
+  const sim = pluginHost();
+  install(sim, "picky", shellPlugin("picky", '[ "$1" = prepare ] && echo \'{"error": "level=\\"9\\" is too high; use 1 to 5", "undo": "half-done"}\'; exit 0'));
+  const outcome = await runHookEvent(sim, "prepare", "begin", domainXml('<vmhook:plugin name="picky" level="9"/>'));
+  assert.is(outcome.code, 1);
+  assert.match(outcome.stderr.split("\n")[0]!, 'vmhook: plugin picky failed at prepare: level="9" is too high; use 1 to 5');
+  assert.equal(calls(sim), ["picky prepare undo= interrupted=", "picky undo undo=half-done interrupted="]);
+  assert.not.ok(fs.existsSync(journalPath(sim)));
+  sim.cleanup();
+});
+
+test("executable: a non-zero exit fails prepare with its last stderr line; undo is called as interrupted", async () => {
+  const sim = pluginHost();
+  install(sim, "crashy", shellPlugin("crashy", '[ "$1" = prepare ] && { echo "step one done" >&2; echo "cannot open /dev/thing" >&2; exit 3; }; exit 0'));
+  const outcome = await runHookEvent(sim, "prepare", "begin", domainXml('<vmhook:plugin name="crashy"/>'));
+  assert.is(outcome.code, 1);
+  assert.match(outcome.stderr, /plugin crashy \(\/etc\/vmhook\/plugins.d\/crashy\) failed at prepare: exit status 3: cannot open \/dev\/thing/);
+  assert.equal(calls(sim), ["crashy prepare undo= interrupted=", "crashy undo undo= interrupted=1"]);
+  sim.cleanup();
+});
+
+test("executable: a plugin that hangs is killed at its timeout and prepare fails", async () => {
+  const sim = pluginHost();
+  sim.file(paths.hostConfig, JSON.stringify({ plugins: { "plugin:slow": { timeoutSeconds: 0.5 } } }));
+  install(sim, "slow", shellPlugin("slow", '[ "$1" = prepare ] && exec sleep 10; exit 0'));
+  const started = Date.now();
+  const outcome = await runHookEvent(sim, "prepare", "begin", domainXml('<vmhook:plugin name="slow"/>'));
+  assert.ok(Date.now() - started < 5000, `took ${Date.now() - started} ms`);
+  assert.is(outcome.code, 1);
+  assert.match(outcome.stderr, "did not finish prepare within 0.5 s and was killed");
+  assert.equal(calls(sim), ["slow prepare undo= interrupted=", "slow undo undo= interrupted=1"]);
+  sim.cleanup();
+});
+
+test("executable: output that is not JSON fails prepare and says what to print", async () => {
+  const sim = pluginHost();
+  install(sim, "chatty", shellPlugin("chatty", '[ "$1" = prepare ] && echo "all good!"; exit 0'));
+  const outcome = await runHookEvent(sim, "prepare", "begin", domainXml('<vmhook:plugin name="chatty"/>'));
+  assert.is(outcome.code, 1);
+  assert.match(outcome.stderr, 'printed something that is not JSON at prepare: "all good!"; print {"undo": …}');
+  assert.equal(calls(sim), ["chatty prepare undo= interrupted=", "chatty undo undo= interrupted=1"]);
+  sim.cleanup();
+});
+
+test("safety: a plugins directory others can write is refused, naming it and its mode; nothing runs", async () => {
+  const sim = pluginHost();
+  install(sim, "notes", shellPlugin("notes"));
+  fs.chmodSync(sim.resolve(paths.pluginsDir), 0o777);
+  const before = sim.snapshot();
+  const outcome = await runHookEvent(sim, "prepare", "begin", domainXml('<vmhook:plugin name="notes"/>'));
+  assert.is(outcome.code, 1);
+  assert.match(outcome.stderr, "refusing to load plugins: /etc/vmhook/plugins.d has mode 0777: group or others can write it");
+  assert.match(outcome.stderr, "chmod go-w /etc/vmhook/plugins.d");
+  assert.equal(calls(sim), []);
+  assert.equal(sim.snapshot(), before);
+  sim.cleanup();
+});
+
+test("safety: a group-writable or non-root plugin file is refused, naming the path, the mode or the owner", async () => {
+  const sim = pluginHost();
+  const file = install(sim, "notes", shellPlugin("notes"), 0o775);
+  const xml = domainXml('<vmhook:plugin name="notes"/>');
+  let outcome = await runHookEvent(sim, "prepare", "begin", xml);
+  assert.is(outcome.code, 1);
+  assert.match(outcome.stderr, `refusing to run plugin notes: ${file} has mode 0775`);
+
+  fs.chmodSync(sim.resolve(file), 0o755);
+  fs.chownSync(sim.resolve(file), 1000, 1000);
+  outcome = await runHookEvent(sim, "prepare", "begin", xml);
+  assert.is(outcome.code, 1);
+  assert.match(outcome.stderr, `${file} is owned by uid 1000, not root; plugins run as root, so run chown root:root ${file}`);
+  assert.equal(calls(sim), []);
+  sim.cleanup();
+});
+
+test("safety: a named plugin that is missing fails prepare naming the directory searched; names are never paths", async () => {
+  const sim = pluginHost();
+  const outcome = await runHookEvent(sim, "prepare", "begin", domainXml('<vmhook:plugin name="nowhere"/>'));
+  assert.is(outcome.code, 1);
+  assert.match(outcome.stderr, '<vmhook:plugin name="nowhere">: plugin nowhere is not installed: searched /etc/vmhook/plugins.d for nowhere, nowhere.js, nowhere.mjs');
+  assert.throws(() => findCustomPlugin(sim, "../../bin/sh"), /is not a plugin name .*never paths/);
+  const pathName = await runHookEvent(sim, "prepare", "begin", domainXml('<vmhook:plugin name="/bin/sh"/>'));
+  assert.is(pathName.code, 1);
+  assert.match(pathName.stderr, 'name="/bin/sh" is not a plugin name');
+  sim.cleanup();
+});
+
+test("undo order: custom plugins are undone in reverse order of their steps", async () => {
+  const sim = pluginHost();
+  install(sim, "first", shellPlugin("first"));
+  install(sim, "second", shellPlugin("second"));
+  const xml = domainXml('<vmhook:plugin name="first"/><vmhook:plugin name="second"/>');
+  assert.is((await runHookEvent(sim, "prepare", "begin", xml)).code, 0);
+  assert.is((await runHookEvent(sim, "release", "end", xml)).code, 0);
+  assert.equal(calls(sim), [
+    "first prepare undo= interrupted=",
+    "second prepare undo= interrupted=",
+    "second undo undo=prepare-state interrupted=",
+    "first undo undo=prepare-state interrupted=",
+  ]);
+  sim.cleanup();
+});
+
+test("undo order: a built-in between two custom plugins is undone between them, in reverse", async () => {
+  const sim = pluginHost();
+  const kernel = new HugepageKernel(sim);
+  // Each custom plugin notes the 2M pool's size when it runs: that places the built-in's step and undo.
+  const notePool = 'echo "$1 pool=$(cat "$VMHOOK_ROOT/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages")" >> "$VMHOOK_ROOT/pool"; echo \'{"undo": "x"}\'';
+  install(sim, "first", shellPlugin("first", notePool));
+  install(sim, "second", shellPlugin("second", notePool));
+  const xml = domainXml('<vmhook:plugin name="first"/><vmhook:hugepages/><vmhook:plugin name="second"/>').replace("<metadata>", "<memoryBacking><hugepages/></memoryBacking><metadata>");
+  const prepared = await runHookEvent(sim, "prepare", "begin", xml);
+  assert.is(prepared.code, 0, prepared.stderr);
+  assert.is(kernel.pool(2048), 256);
+  assert.is((await runHookEvent(sim, "release", "end", xml)).code, 0);
+  assert.is(kernel.pool(2048), 0);
+  assert.equal(calls(sim).map((line) => line.split(" ").slice(0, 2).join(" ")), ["first prepare", "second prepare", "second undo", "first undo"]);
+  assert.equal(fs.readFileSync(sim.resolve("/pool"), "utf8").trim().split("\n"), ["prepare pool=0", "prepare pool=256", "undo pool=256", "undo pool=0"]);
+  sim.cleanup();
+});
+
+test("undo order: when the second plugin fails, the first one's change is rolled back", async () => {
+  const sim = pluginHost();
+  install(sim, "first", shellPlugin("first"));
+  install(sim, "second", shellPlugin("second", '[ "$1" = prepare ] && exit 1; exit 0'));
+  const outcome = await runHookEvent(sim, "prepare", "begin", domainXml('<vmhook:plugin name="first"/><vmhook:plugin name="second"/>'));
+  assert.is(outcome.code, 1);
+  assert.equal(calls(sim), [
+    "first prepare undo= interrupted=",
+    "second prepare undo= interrupted=",
+    "second undo undo= interrupted=1",
+    "first undo undo=prepare-state interrupted=",
+  ]);
+  sim.cleanup();
+});
+
+const MODULE_PLUGIN = `
+import * as fs from "node:fs";
+export default {
+  name: "marker",
+  summary: "writes a marker file",
+  usage: '<vmhook:plugin name="marker" text="…"/>',
+  parse(elements) {
+    const text = elements[0].getAttribute("text");
+    if (!text) throw new Error('<vmhook:plugin name="marker">: give text="…"');
+    return { text };
+  },
+  async prepare(ctx) {
+    await ctx.step("write /marker", { action: "remove", path: "/marker" }, () => {
+      fs.writeFileSync(ctx.host.resolve("/marker"), ctx.config.text);
+    });
+  },
+  undo(record, ctx) {
+    ctx.host.remove(record.path);
+  },
+};
+`;
+
+test("module: a .mjs plugin runs through the same transaction; its parse errors abort prepare", async () => {
+  const sim = pluginHost();
+  install(sim, "marker.mjs", MODULE_PLUGIN, 0o644);
+  const xml = domainXml('<vmhook:plugin name="marker" text="hi"/>');
+  const prepared = await runHookEvent(sim, "prepare", "begin", xml);
+  assert.is(prepared.code, 0, prepared.stderr);
+  assert.is(fs.readFileSync(sim.resolve("/marker"), "utf8"), "hi");
+  assert.is((await runHookEvent(sim, "release", "end", xml)).code, 0);
+  assert.not.ok(fs.existsSync(sim.resolve("/marker")));
+
+  const bad = await runHookEvent(sim, "prepare", "begin", domainXml('<vmhook:plugin name="marker"/>'));
+  assert.is(bad.code, 1);
+  assert.match(bad.stderr, 'vmhook: <vmhook:plugin name="marker">: give text="…"');
+  sim.cleanup();
+});
+
+test("module: a module without a Plugin default export is refused with what to export", async () => {
+  const sim = pluginHost();
+  install(sim, "empty.js", "export const x = 1;\n", 0o644);
+  const outcome = await runHookEvent(sim, "prepare", "begin", domainXml('<vmhook:plugin name="empty"/>'));
+  assert.is(outcome.code, 1);
+  assert.match(outcome.stderr, "plugin empty: /etc/vmhook/plugins.d/empty.js has no default export");
+  sim.cleanup();
+});
+
+test.run();

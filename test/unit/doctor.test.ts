@@ -1,0 +1,215 @@
+// `vmhook doctor` on simulated hosts shaped like real ones, with and without a domain.
+import { spawnSync } from "node:child_process";
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { fileURLToPath } from "node:url";
+import { test } from "uvu";
+import * as assert from "uvu/assert";
+import { runDoctor, type Finding } from "../../lib/diagnostics/doctor.ts";
+import type { SimHost } from "../helpers/simhost.ts";
+import { desktopHost, gvtLaptopHost, iommuOffHost, sharedGroupHost } from "../helpers/pci-hosts.ts";
+
+const BINARY = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../../dist/vmhook");
+const UUID = "3f0a4c7e-2b1d-4e8f-9a6c-5d7e8f9a0b1c";
+
+interface DomainOptions {
+  memory?: string;
+  current?: string;
+  metadata?: string;
+  devices?: string;
+  extra?: string;
+}
+
+function domainXml({ memory = "<memory unit='GiB'>8</memory>", current = "", metadata = "", devices = "", extra = "" }: DomainOptions = {}): string {
+  return `<domain type='kvm'><name>win</name><uuid>${UUID}</uuid>${memory}${current}<vcpu>4</vcpu>${extra}
+  <devices>${devices}</devices>
+  <metadata><vmhook:hooks xmlns:vmhook='urn:vmhook:1'>${metadata}</vmhook:hooks></metadata></domain>`;
+}
+
+const hostdev = (bus: string, fn: string) => `<hostdev mode='subsystem' type='pci' managed='yes'><source><address domain='0x0000' bus='${bus}' slot='0x00' function='${fn}'/></source></hostdev>`;
+const GPU_AND_AUDIO = hostdev("0x01", "0x0") + hostdev("0x01", "0x1");
+const GOOD_FEATURES = "<features><hyperv><vendor_id state='on' value='0123456789ab'/></hyperv><kvm><hidden state='on'/></kvm></features>";
+const VIRTIO_DEVICES = "<disk type='file' device='disk'><target dev='vda' bus='virtio'/></disk><disk type='file' device='cdrom'><target dev='sda' bus='sata'/></disk><interface type='network'><mac address='52:54:00:aa:bb:cc'/><model type='virtio'/></interface>";
+
+async function doctor(sim: SimHost, xml?: string) {
+  const report = await runDoctor(sim, xml === undefined ? undefined : { file: "win.xml", xml });
+  const find = (findings: Finding[], check: string) => {
+    const found = findings.filter((finding) => finding.check === check);
+    if (found.length !== 1) throw new Error(`expected one "${check}" finding, got ${JSON.stringify(findings.map((f) => f.check))}`);
+    return found[0]!;
+  };
+  return {
+    report,
+    host: (check: string) => find(report.host, check),
+    domain: (check: string) => find(report.domain!.findings, check),
+    statuses: (findings: Finding[]) => Object.fromEntries(findings.map((finding) => [finding.check, finding.status])),
+  };
+}
+
+test("host checks on a healthy desktop: all ok", async () => {
+  const sim = desktopHost();
+  const { report, statuses, host } = await doctor(sim);
+  assert.equal(statuses(report.host), { iommu: "ok", "vfio modules": "ok", hugepages: "ok", "cgroup v2 cpuset": "ok", "libvirt hook": "ok", leftovers: "ok" });
+  assert.is(host("iommu").reason, "enabled: 3 IOMMU groups (vmhook iommu lists them)");
+  assert.match(host("vfio modules").reason, "available (loaded: vfio; the rest load when a device is handed over)");
+  assert.match(host("hugepages").reason, "pools 2M: 0 reserved, 0 free; 1G: 0 reserved, 0 free; free memory node 0");
+  sim.cleanup();
+});
+
+test("host checks: missing vfio modules, cgroup v1, no hook, a leftover journal, an unsafe plugin", async () => {
+  const sim = desktopHost();
+  fs.rmSync(sim.resolve("/lib/modules"), { recursive: true });
+  fs.rmSync(sim.resolve("/sys/module/vfio"), { recursive: true });
+  fs.rmSync(sim.resolve("/sys/fs/cgroup/cgroup.controllers"));
+  fs.rmSync(sim.resolve("/etc/libvirt/hooks/qemu"));
+  sim.file(`/run/vmhook/${UUID}.json`, JSON.stringify({ version: 1, domain: { name: "old-vm", uuid: UUID }, phase: "running", pid: 1, createdAt: "", updatedAt: "", entries: [{ plugin: "hugepages", event: "prepare", description: "grow", undo: { action: "x" }, state: "applied", at: "" }] }));
+  sim.file("/etc/vmhook/plugins.d/loose", "#!/bin/sh\n");
+  fs.chmodSync(sim.resolve("/etc/vmhook/plugins.d"), 0o755);
+  fs.chmodSync(sim.resolve("/etc/vmhook/plugins.d/loose"), 0o777);
+  const { report, host } = await doctor(sim);
+  assert.equal([host("vfio modules").status, host("cgroup v2 cpuset").status, host("libvirt hook").status, host("leftovers").status, host("custom plugins").status], ["warn", "warn", "warn", "warn", "warn"]);
+  assert.match(host("vfio modules").reason, "vfio, vfio_iommu_type1, vfio_pci not found for kernel 6.1.0-18-amd64");
+  assert.is(host("libvirt hook").fix, "run vmhook install");
+  assert.is(host("leftovers").reason, "old-vm is not running but its journal in /run/vmhook still holds 1 change(s)");
+  assert.is(host("leftovers").fix, "run vmhook recover old-vm");
+  assert.match(host("custom plugins").reason, "loose: /etc/vmhook/plugins.d/loose has mode 0777");
+  assert.not.ok(report.host.some((finding) => finding.status === "fail"), "nothing here fails without a domain that needs it");
+  sim.cleanup();
+});
+
+test("desktop + GPU domain: isolated group; advice on memoryBacking, currentMemory, NVIDIA, disks and NICs", async () => {
+  const sim = desktopHost();
+  const xml = domainXml({
+    current: "<currentMemory unit='GiB'>4</currentMemory>",
+    metadata: "<vmhook:hugepages/>",
+    devices: `${GPU_AND_AUDIO}<disk type='file' device='disk'><target dev='sda' bus='sata'/></disk><interface type='network'><mac address='52:54:00:aa:bb:cc'/><model type='e1000e'/></interface>`,
+  });
+  const { report, domain, statuses } = await doctor(sim, xml);
+  assert.equal(statuses(report.domain!.findings), {
+    config: "ok",
+    hugepages: "ok",
+    "hostdev 0000:01:00.0": "ok",
+    "hostdev 0000:01:00.1": "ok",
+    memoryBacking: "warn",
+    currentMemory: "warn",
+    nvidia: "warn",
+    disks: "warn",
+    nics: "warn",
+  });
+  assert.is(domain("hostdev 0000:01:00.0").reason, "01:00.0 (VGA compatible controller) is in IOMMU group 1 with nothing the VM does not get; driver now: nvidia");
+  assert.is(domain("hugepages").reason, "4096 × 2M pages (8G) fit in the free memory on the host (19531M)");
+  assert.match(domain("memoryBacking").fix!, "add <memoryBacking><hugepages/></memoryBacking>");
+  assert.match(domain("currentMemory").reason, "<currentMemory> (4G) is below <memory> (8G) with a VFIO device");
+  assert.match(domain("nvidia").reason, "NVIDIA GPU 01:00.0 without <kvm><hidden state='on'/> and a <hyperv><vendor_id>: drivers older than 465 stop with Error 43");
+  assert.is(domain("disks").reason, "sda on sata: emulated controllers are much slower than virtio");
+  assert.is(domain("nics").reason, "52:54:00:aa:bb:cc model e1000e: an emulated NIC is much slower than virtio");
+
+  const fixed = await doctor(sim, domainXml({ metadata: "<vmhook:hugepages/>", extra: `<memoryBacking><hugepages/></memoryBacking>${GOOD_FEATURES}`, devices: GPU_AND_AUDIO + VIRTIO_DEVICES }));
+  assert.equal(Object.values(fixed.statuses(fixed.report.domain!.findings)).filter((status) => status !== "ok"), []);
+  assert.is(fixed.domain("nvidia").reason, "NVIDIA GPU 01:00.0: KVM hidden and a Hyper-V vendor_id set");
+  sim.cleanup();
+});
+
+test("desktop, GPU without its audio function: a warning to add it", async () => {
+  const sim = desktopHost();
+  const { domain } = await doctor(sim, domainXml({ devices: hostdev("0x01", "0x0") }));
+  assert.is(domain("hostdev 0000:01:00.0").status, "warn");
+  assert.is(domain("hostdev 0000:01:00.0").reason, "01:00.1 (Audio device) on the same card is not in the domain: the host loses it too, but the VM cannot use it");
+  sim.cleanup();
+});
+
+test("shared group behind a root port: the hostdev fails, naming the device it shares with", async () => {
+  const sim = sharedGroupHost();
+  const { domain, report } = await doctor(sim, domainXml({ devices: GPU_AND_AUDIO }));
+  assert.is(domain("hostdev 0000:01:00.0").status, "fail");
+  assert.is(domain("hostdev 0000:01:00.0").reason, "IOMMU group 5 also holds 02:00.0 (Non-Volatile memory controller), which the VM does not get; VFIO takes the whole group from the host");
+  assert.match(domain("hostdev 0000:01:00.0").fix!, "move the card to a slot with its own IOMMU group");
+  assert.ok(report.domain!.findings.some((finding) => finding.status === "fail"));
+  sim.cleanup();
+});
+
+test("IOMMU off: a host warning without a domain, a failure with a passthrough domain", async () => {
+  const sim = iommuOffHost();
+  assert.is((await doctor(sim)).host("iommu").status, "warn");
+  const { host, domain } = await doctor(sim, domainXml({ devices: GPU_AND_AUDIO }));
+  assert.is(host("iommu").status, "fail");
+  assert.match(host("iommu").fix!, "boot with intel_iommu=on iommu=pt");
+  assert.is(domain("hostdev 0000:01:00.0").status, "fail");
+  assert.match(domain("hostdev 0000:01:00.0").reason, "has no IOMMU group: the IOMMU is off");
+  assert.is(domain("hostdev 0000:01:00.1").status, "fail");
+  sim.cleanup();
+});
+
+test("laptop with GVT-g: the mdev type is offered; a type it does not offer or has no instance left fails", async () => {
+  const sim = gvtLaptopHost();
+  const check = async (attributes: string) => (await doctor(sim, domainXml({ metadata: `<vmhook:mdev ${attributes}/>` }))).domain(`mdev ${/type="([^"]*)"/.exec(attributes)![1]}`);
+  const offered = await check('parent="0000:00:02.0" type="i915-GVTg_V5_4"');
+  assert.equal([offered.status, offered.reason], ["ok", "0000:00:02.0 offers i915-GVTg_V5_4: 1 instance(s) available"]);
+  const found = await check('type="i915-GVTg_V5_8"');
+  assert.equal([found.status, found.reason], ["ok", "0000:00:02.0 offers i915-GVTg_V5_8: 2 instance(s) available"]);
+  const missing = await check('parent="00:02.0" type="i915-GVTg_V5_1"');
+  assert.equal([missing.status, missing.reason], ["fail", "0000:00:02.0 does not offer i915-GVTg_V5_1; it offers i915-GVTg_V5_4, i915-GVTg_V5_8"]);
+  sim.file("/sys/bus/pci/devices/0000:00:02.0/mdev_supported_types/i915-GVTg_V5_4/available_instances", 0);
+  const full = await check('parent="0000:00:02.0" type="i915-GVTg_V5_4"');
+  assert.equal([full.status, full.reason], ["fail", "0000:00:02.0 has no i915-GVTg_V5_4 instance left (available_instances is 0)"]);
+  const desktop = desktopHost();
+  const none = (await doctor(desktop, domainXml({ metadata: '<vmhook:mdev type="i915-GVTg_V5_4"/>' }))).domain("mdev i915-GVTg_V5_4");
+  assert.equal([none.status, none.fix], ["fail", "for Intel GVT-g boot with i915.enable_gvt=1 and load kvmgt; for NVIDIA vGPU install the vGPU host driver"]);
+  desktop.cleanup();
+  sim.cleanup();
+});
+
+test("hugepages: too little memory fails, page cache to drop warns, a missing 1G pool fails", async () => {
+  const sim = desktopHost();
+  const big = await doctor(sim, domainXml({ memory: "<memory unit='GiB'>30</memory>", metadata: "<vmhook:hugepages/>", extra: "<memoryBacking><hugepages/></memoryBacking>" }));
+  assert.equal([big.domain("hugepages").status, big.domain("hugepages").reason], ["fail", "15360 × 2M pages (30G) cannot fit: only 25390M can be freed on the host"]);
+  const tight = await doctor(sim, domainXml({ memory: "<memory unit='GiB'>22</memory>", metadata: "<vmhook:hugepages/>", extra: "<memoryBacking><hugepages/></memoryBacking>" }));
+  assert.is(tight.domain("hugepages").status, "warn");
+  assert.match(tight.domain("hugepages").fix!, "reserve them at boot instead: hugepagesz=2M hugepages=11264");
+  fs.rmSync(sim.resolve("/sys/kernel/mm/hugepages/hugepages-1048576kB"), { recursive: true });
+  const noPool = await doctor(sim, domainXml({ metadata: '<vmhook:hugepages size="1G"/>', extra: "<memoryBacking><hugepages/></memoryBacking>" }));
+  assert.equal([noPool.domain("hugepages").status, noPool.domain("hugepages").fix], ["fail", 'use size="2M": 1G pages need a CPU with pdpe1gb']);
+  sim.cleanup();
+});
+
+test("isolate: CPUs pinned but offline fail; online ones are ok and the host's share is named", async () => {
+  const sim = desktopHost();
+  const pins = (cpus: number[]) => `<cputune>${cpus.map((cpu, vcpu) => `<vcpupin vcpu='${vcpu}' cpuset='${cpu}'/>`).join("")}</cputune>`;
+  const good = await doctor(sim, domainXml({ metadata: "<vmhook:isolate/>", extra: pins([4, 5, 6, 7]) }));
+  assert.equal([good.domain("isolate").status, good.domain("isolate").reason], ["ok", "VM CPUs 4-7 are online; the host keeps 0-3"]);
+  const bad = await doctor(sim, domainXml({ metadata: "<vmhook:isolate/>", extra: pins([6, 7, 8, 9]) }));
+  assert.equal([bad.domain("isolate").status, bad.domain("isolate").reason], ["fail", "CPU 8-9 is pinned or named in host-cpus but not online (online: 0-7)"]);
+  sim.cleanup();
+});
+
+test("an invalid vmhook element is a failed config finding naming it", async () => {
+  const sim = desktopHost();
+  const { domain } = await doctor(sim, domainXml({ metadata: '<vmhook:hugepages size="3M"/>' }));
+  assert.is(domain("config").status, "fail");
+  assert.match(domain("config").reason, 'size="3M"');
+  sim.cleanup();
+});
+
+test("the binary: vmhook doctor prints findings with fixes and exits 1 only when something fails", () => {
+  const run = (sim: SimHost, ...args: string[]) => spawnSync(BINARY, ["doctor", "--root", sim.root, ...args], { encoding: "utf8", timeout: 30_000 });
+  const desktop = desktopHost();
+  const clean = run(desktop);
+  assert.is(clean.status, 0, clean.stdout + clean.stderr);
+  assert.match(clean.stdout, "Host:\n  ok    iommu: enabled: 3 IOMMU groups");
+  assert.match(clean.stdout, "6 ok, 0 warning(s), 0 failure(s)");
+  desktop.cleanup();
+
+  const shared = sharedGroupHost();
+  const file = shared.resolve("/win.xml");
+  fs.writeFileSync(file, domainXml({ devices: GPU_AND_AUDIO }));
+  const failing = run(shared, file);
+  assert.is(failing.status, 1);
+  assert.match(failing.stdout, "  fail  hostdev 0000:01:00.0: IOMMU group 5 also holds 02:00.0 (Non-Volatile memory controller)");
+  assert.match(failing.stdout, "        fix: give the VM those devices too");
+  const json = JSON.parse(run(shared, file, "--json").stdout);
+  assert.is(json.domain.name, "win");
+  assert.ok(json.domain.findings.some((finding: Finding) => finding.check === "hostdev 0000:01:00.0" && finding.status === "fail"));
+  shared.cleanup();
+});
+
+test.run();

@@ -1,0 +1,187 @@
+// The example plugins in examples/plugins/, end to end: installed in a test
+// root's plugins directory and run by the compiled binary (dist/vmhook) in
+// hook mode, as libvirt runs it.
+import { spawnSync } from "node:child_process";
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import { fileURLToPath } from "node:url";
+import { test } from "uvu";
+import * as assert from "uvu/assert";
+
+const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
+const BINARY = path.join(REPO, "dist/vmhook");
+const UUID = "0b1d6a52-3c7e-4d55-a0a4-8f2a61f0c9d3";
+
+interface Root {
+  dir: string;
+  at(hostPath: string): string;
+  hook(op: string, subop: string, xml: string): { code: number | null; stdout: string; stderr: string };
+  /** The same binary as the CLI, through the link vmhook install makes. */
+  cli(...args: string[]): { code: number | null; stdout: string; stderr: string };
+}
+
+/** A test root with the binary as its libvirt hook and the example plugins installed (root-owned, mode 755/644). */
+function makeRoot(): Root {
+  if (!fs.existsSync(BINARY)) throw new Error(`${BINARY} is missing: run npm run build first`);
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "vmhook-examples-"));
+  const at = (hostPath: string) => path.join(dir, hostPath);
+  for (const sub of ["etc/libvirt/hooks", "etc/vmhook/plugins.d", "dev/shm", "var/log", "usr/bin", "usr/local/bin", "run"]) fs.mkdirSync(at(`/${sub}`), { recursive: true, mode: 0o755 });
+  fs.chmodSync(at("/etc/vmhook/plugins.d"), 0o755);
+  // A copy, as vmhook install makes: a rebuild of dist/ cannot change it mid-test.
+  fs.copyFileSync(BINARY, at("/etc/libvirt/hooks/qemu"));
+  fs.chmodSync(at("/etc/libvirt/hooks/qemu"), 0o755);
+  fs.symlinkSync(at("/etc/libvirt/hooks/qemu"), at("/usr/local/bin/vmhook"));
+  fs.copyFileSync(path.join(REPO, "examples/plugins/looking-glass.mjs"), at("/etc/vmhook/plugins.d/looking-glass.mjs"));
+  fs.chmodSync(at("/etc/vmhook/plugins.d/looking-glass.mjs"), 0o644);
+  fs.copyFileSync(path.join(REPO, "examples/plugins/stop-units"), at("/etc/vmhook/plugins.d/stop-units"));
+  fs.chmodSync(at("/etc/vmhook/plugins.d/stop-units"), 0o755);
+  fs.writeFileSync(at("/etc/passwd"), "root:x:0:0:root:/root:/bin/bash\nalice:x:1234:1234:Alice:/home/alice:/bin/bash\n");
+  fs.writeFileSync(at("/etc/group"), "root:x:0:\nkvm:x:993:alice\n");
+  const env = { PATH: "/usr/bin:/bin", LC_ALL: "C", VMHOOK_ROOT: dir };
+  const run = (program: string, args: string[], input: string) => {
+    const result = spawnSync(program, args, { input, env, encoding: "utf8", timeout: 30_000, stdio: ["pipe", "pipe", "pipe"] });
+    return { code: result.status, stdout: result.stdout, stderr: result.stderr };
+  };
+  return {
+    dir,
+    at,
+    hook: (op, subop, xml) => run(at("/etc/libvirt/hooks/qemu"), ["win", op, subop, "-"], xml),
+    cli: (...args) => run(at("/usr/local/bin/vmhook"), args, ""),
+  };
+}
+
+function domain(metadata: string, devices = ""): string {
+  return `<domain type="kvm"><name>win</name><uuid>${UUID}</uuid><memory unit="GiB">8</memory>
+  <devices>${devices}</devices>
+  <metadata><vmhook:hooks xmlns:vmhook="urn:vmhook:1">${metadata}</vmhook:hooks></metadata></domain>`;
+}
+
+const SHMEM = `<shmem name="looking-glass"><model type="ivshmem-plain"/><size unit="M">32</size></shmem>`;
+
+test("looking-glass: prepare creates /dev/shm/looking-glass with owner, group, size; release removes it", () => {
+  const root = makeRoot();
+  const xml = domain('<vmhook:plugin name="looking-glass" owner="alice" group="kvm" size="32M"/>', SHMEM);
+  const prepared = root.hook("prepare", "begin", xml);
+  assert.is(prepared.code, 0, prepared.stderr);
+  assert.is(prepared.stdout, "", "hook mode prints nothing on stdout");
+  const stat = fs.statSync(root.at("/dev/shm/looking-glass"));
+  assert.equal([stat.size, stat.uid, stat.gid, stat.mode & 0o777], [32 * 1024 * 1024, 1234, 993, 0o660]);
+  assert.ok(fs.existsSync(root.at(`/run/vmhook/${UUID}.json`)));
+
+  const released = root.hook("release", "end", xml);
+  assert.is(released.code, 0, released.stderr);
+  assert.not.ok(fs.existsSync(root.at("/dev/shm/looking-glass")));
+  assert.not.ok(fs.existsSync(root.at(`/run/vmhook/${UUID}.json`)));
+  fs.rmSync(root.dir, { recursive: true, force: true });
+});
+
+test("looking-glass: a bad size, a size unlike <shmem>, or an unknown user fails prepare and creates nothing", () => {
+  const root = makeRoot();
+  const cases: [string, string, string][] = [
+    ['owner="alice" group="kvm" size="33M"', "", 'size="33M" is not a valid size: use a power of two from 1M to 1G'],
+    ['owner="alice" group="kvm" size="64M"', SHMEM, 'size="64M" differs from the domain\'s <shmem name="looking-glass"> size 32M'],
+    ['owner="bob" group="kvm"', SHMEM, 'owner="bob" is not in /etc/passwd'],
+    ['owner="alice" group="kvm"', "", 'no size: give size="32M"'],
+  ];
+  for (const [attributes, devices, message] of cases) {
+    const outcome = root.hook("prepare", "begin", domain(`<vmhook:plugin name="looking-glass" ${attributes}/>`, devices));
+    assert.is(outcome.code, 1, attributes);
+    assert.match(outcome.stderr.split("\n")[0]!, message);
+    assert.not.ok(fs.existsSync(root.at("/dev/shm/looking-glass")), attributes);
+  }
+  fs.rmSync(root.dir, { recursive: true, force: true });
+});
+
+/** A systemctl that keeps unit states as files under the root and logs its calls. */
+function fakeSystemctl(root: Root, active: string[], failing: string[] = []): void {
+  fs.mkdirSync(root.at("/units"));
+  for (const unit of active) fs.writeFileSync(root.at(`/units/${unit}`), "active");
+  for (const unit of failing) fs.writeFileSync(root.at(`/units/${unit}.fails`), "");
+  fs.writeFileSync(
+    root.at("/usr/bin/systemctl"),
+    `#!/bin/sh
+echo "$*" >> "$VMHOOK_ROOT/systemctl.log"
+units="$VMHOOK_ROOT/units"
+case "$1" in
+is-active) [ -e "$units/$3" ] ;;
+stop) [ ! -e "$units/$2.fails" ] && rm -f "$units/$2" ;;
+start) : > "$units/$2" ;;
+esac
+`,
+    { mode: 0o755 },
+  );
+}
+
+const systemctlCalls = (root: Root) => fs.readFileSync(root.at("/systemctl.log"), "utf8").trim().split("\n");
+
+test("stop-units: stops the active units at prepare and starts exactly those again at release", () => {
+  const root = makeRoot();
+  fakeSystemctl(root, ["backup.timer", "sync@alice.service"]);
+  const xml = domain('<vmhook:plugin name="stop-units" units="backup.timer idle.service sync@alice.service"/>');
+  const prepared = root.hook("prepare", "begin", xml);
+  assert.is(prepared.code, 0, prepared.stderr);
+  assert.equal(fs.readdirSync(root.at("/units")), []);
+  const journal = JSON.parse(fs.readFileSync(root.at(`/run/vmhook/${UUID}.json`), "utf8"));
+  assert.equal(journal.entries[0].undo.undo, "backup.timer sync@alice.service");
+  assert.match(fs.readFileSync(root.at("/var/log/vmhook.log"), "utf8"), "plugin:stop-units: idle.service is not active; leaving it alone");
+
+  assert.is(root.hook("started", "begin", xml).code, 0);
+  assert.is(root.hook("release", "end", xml).code, 0);
+  assert.equal(fs.readdirSync(root.at("/units")).sort(), ["backup.timer", "sync@alice.service"]);
+  assert.equal(systemctlCalls(root), [
+    "is-active --quiet backup.timer",
+    "stop backup.timer",
+    "is-active --quiet idle.service",
+    "is-active --quiet sync@alice.service",
+    "stop sync@alice.service",
+    "start backup.timer",
+    "start sync@alice.service",
+  ]);
+  fs.rmSync(root.dir, { recursive: true, force: true });
+});
+
+test("stop-units: a unit that will not stop fails prepare, and the ones already stopped are started again", () => {
+  const root = makeRoot();
+  fakeSystemctl(root, ["backup.timer", "stuck.service"], ["stuck.service"]);
+  const outcome = root.hook("prepare", "begin", domain('<vmhook:plugin name="stop-units" units="backup.timer stuck.service"/>'));
+  assert.is(outcome.code, 1);
+  assert.match(outcome.stderr.split("\n")[0]!, "vmhook: plugin stop-units failed at prepare: could not stop stuck.service");
+  assert.equal(fs.readdirSync(root.at("/units")).sort(), ["backup.timer", "stuck.service", "stuck.service.fails"]);
+  assert.equal(systemctlCalls(root).slice(-1), ["start backup.timer"]);
+
+  const bad = root.hook("prepare", "begin", domain('<vmhook:plugin name="stop-units" units="ok.service $(reboot)"/>'));
+  assert.is(bad.code, 1);
+  assert.match(bad.stderr, "units: ??reboot? is not a systemd unit name");
+  fs.rmSync(root.dir, { recursive: true, force: true });
+});
+
+test("vmhook plugins lists the built-ins and both examples with their usage, and flags an unsafe one", () => {
+  const root = makeRoot();
+  fs.writeFileSync(root.at("/etc/vmhook/plugins.d/open"), "#!/bin/sh\n", { mode: 0o777 });
+  fs.chmodSync(root.at("/etc/vmhook/plugins.d/open"), 0o777);
+  fs.writeFileSync(root.at("/etc/vmhook/plugins.d/quiet"), "#!/bin/sh\necho hello\n", { mode: 0o755 });
+  const listed = root.cli("plugins", "--json");
+  assert.is(listed.code, 0, listed.stderr);
+  const report = JSON.parse(listed.stdout);
+  assert.ok(report.builtin.some((plugin: { name: string }) => plugin.name === "hugepages"));
+  const installed = Object.fromEntries(report.installed.map((plugin: { name: string }) => [plugin.name, plugin]));
+  assert.is(installed["looking-glass"].kind, "module");
+  assert.is(installed["looking-glass"].usage, '<vmhook:plugin name="looking-glass" owner="USER" group="GROUP" size="32M"/>');
+  assert.is(installed["stop-units"].kind, "executable");
+  assert.match(installed["stop-units"].summary, "stops systemd units while the VM runs");
+  assert.match(installed.open.problem, "/etc/vmhook/plugins.d/open has mode 0777");
+  assert.is(installed.open.summary, undefined, "an unsafe plugin is not run, not even for describe");
+  assert.equal([installed.quiet.problem, installed.quiet.summary], [undefined, '(no description: "quiet describe" did not print a JSON object)']);
+  const text = root.cli("plugins");
+  assert.match(text.stdout, "  stop-units     stops systemd units while the VM runs; starts them again at release [executable]\n");
+  assert.match(text.stdout, "  open           NOT RUN: /etc/vmhook/plugins.d/open has mode 0777");
+  fs.rmSync(root.dir, { recursive: true, force: true });
+});
+
+test("the published plugin types check the JavaScript example (as a plugin author's editor would)", () => {
+  const result = spawnSync(path.join(REPO, "node_modules/.bin/tsc"), ["-p", path.join(REPO, "examples/plugins")], { encoding: "utf8", timeout: 120_000 });
+  assert.is(result.status, 0, result.stdout + result.stderr);
+});
+
+test.run();

@@ -1,0 +1,385 @@
+// The hugepages plugin on a simulated kernel: config derivation and every
+// config error, exact pool deltas, shortfalls that leave nothing behind,
+// 1G pages, per-node pools, and two VMs sharing a pool.
+import { test } from "uvu";
+import * as assert from "uvu/assert";
+import { loadDomainPlugins } from "../../lib/config.ts";
+import { parseDomain } from "../../lib/domain.ts";
+import { readJournal } from "../../lib/journal.ts";
+import { createLogger } from "../../lib/log.ts";
+import type { BaseContext } from "../../lib/plugin.ts";
+import hugepages, { type HugepagesConfig } from "../../plugins/hugepages.ts";
+import { GiB, HugepageKernel, MiB, type HugepageKernelOptions } from "../helpers/hugepage-kernel.ts";
+import { runHookEvent } from "../helpers/hook.ts";
+import { SimHost } from "../helpers/simhost.ts";
+
+const UUID_A = "0a0a0a0a-0000-4000-8000-00000000000a";
+const UUID_B = "0b0b0b0b-0000-4000-8000-00000000000b";
+
+interface DomainOptions {
+  uuid?: string;
+  name?: string;
+  memory?: string;
+  element?: string;
+  /** Extra XML inside <domain>: <memoryBacking>, <numatune>, <cpu>. */
+  extra?: string;
+}
+
+function domainXml({ uuid = UUID_A, name = "vm", memory = "<memory unit='GiB'>1</memory>", element = "<vmhook:hugepages/>", extra = "<memoryBacking><hugepages/></memoryBacking>" }: DomainOptions = {}): string {
+  return `<domain type='kvm'>
+  <name>${name}</name><uuid>${uuid}</uuid>${memory}<vcpu>2</vcpu>${extra}
+  <metadata><vmhook:hooks xmlns:vmhook="urn:vmhook:1">${element}</vmhook:hooks></metadata>
+</domain>`;
+}
+
+const cells = (...cells: string[]) => `<cpu><numa>${cells.join("")}</numa></cpu>`;
+
+async function config(options: DomainOptions): Promise<HugepagesConfig> {
+  const sim = new SimHost();
+  try {
+    const [instance] = await loadDomainPlugins(parseDomain(domainXml(options)), sim);
+    return instance!.config as HugepagesConfig;
+  } finally {
+    sim.cleanup();
+  }
+}
+
+async function configError(options: DomainOptions): Promise<string> {
+  try {
+    await config(options);
+  } catch (error) {
+    return (error as Error).message;
+  }
+  throw new assert.Assertion({ message: "expected a config error", generated: false, operator: "throws", expects: "error", actual: "none" });
+}
+
+function host(options: HugepageKernelOptions = {}): { sim: SimHost; kernel: HugepageKernel } {
+  const sim = new SimHost();
+  sim.dir("/var/log").dir("/run/vmhook"); // vmhook's own state and log: not host state
+  return { sim, kernel: new HugepageKernel(sim, options) };
+}
+
+const firstLine = (stderr: string) => stderr.split("\n")[0]!;
+
+// ---- config derivation
+
+test("defaults: 2M pages in the global pool, count from <memory>", async () => {
+  const parsed = await config({});
+  assert.equal(parsed.pools, [{ sizeKiB: 2048, pages: 512 }]);
+  assert.is(parsed.retrySeconds, 10);
+  assert.is(parsed.backedByHugepages, true);
+});
+
+test("the count is rounded up to whole pages", async () => {
+  assert.equal((await config({ memory: "<memory unit='MiB'>1025</memory>" })).pools, [{ sizeKiB: 2048, pages: 513 }]);
+  assert.equal((await config({ memory: "<memory unit='MiB'>1536</memory>", element: "<vmhook:hugepages size='1G'/>" })).pools, [{ sizeKiB: GiB, pages: 2 }]);
+});
+
+test("the size comes from <memoryBacking><page> when the element has none", async () => {
+  const extra = "<memoryBacking><hugepages><page size='1048576' unit='KiB'/></hugepages></memoryBacking>";
+  assert.equal((await config({ memory: "<memory unit='GiB'>4</memory>", extra })).pools, [{ sizeKiB: GiB, pages: 4 }]);
+  assert.equal((await config({ memory: "<memory unit='GiB'>4</memory>", extra, element: "<vmhook:hugepages size='1G'/>" })).pools, [{ sizeKiB: GiB, pages: 4 }]);
+});
+
+test("<numatune><memory nodeset> splits the pages evenly, the first nodes taking the remainder", async () => {
+  const parsed = await config({ memory: "<memory unit='MiB'>1030</memory>", extra: "<numatune><memory mode='strict' nodeset='0-1'/></numatune>" });
+  assert.equal(parsed.pools, [
+    { sizeKiB: 2048, node: 0, pages: 258 },
+    { sizeKiB: 2048, node: 1, pages: 257 },
+  ]);
+});
+
+test("guest cells: memory per cell, host node per <memnode>, page size per <page nodeset>", async () => {
+  const parsed = await config({
+    memory: "<memory unit='GiB'>3</memory>",
+    extra: `<memoryBacking><hugepages><page size='1' unit='GiB' nodeset='0'/><page size='2' unit='MiB' nodeset='1'/></hugepages></memoryBacking>
+      <numatune><memnode cellid='0' mode='strict' nodeset='1'/><memnode cellid='1' mode='strict' nodeset='0'/></numatune>
+      ${cells("<cell id='0' cpus='0' memory='2' unit='GiB'/>", "<cell id='1' cpus='1' memory='1' unit='GiB'/>")}`,
+  });
+  assert.equal(parsed.pools, [
+    { sizeKiB: GiB, node: 1, pages: 2 },
+    { sizeKiB: 2048, node: 0, pages: 512 },
+  ]);
+});
+
+test("cells without a <memnode> fall back to <numatune><memory>; pages of one pool are merged", async () => {
+  const parsed = await config({
+    memory: "<memory unit='GiB'>2</memory>",
+    extra: `<memoryBacking><hugepages/></memoryBacking><numatune><memory nodeset='0'/><memnode cellid='1' nodeset='0'/></numatune>
+      ${cells("<cell id='0' cpus='0' memory='1' unit='GiB'/>", "<cell id='1' cpus='1' memory='1' unit='GiB'/>")}`,
+  });
+  assert.equal(parsed.pools, [{ sizeKiB: 2048, node: 0, pages: 1024 }]);
+});
+
+test("node= overrides <numatune>; timeout= is read", async () => {
+  const parsed = await config({ element: "<vmhook:hugepages node='1' timeout='3'/>", extra: "<numatune><memory nodeset='0'/></numatune>" });
+  assert.equal(parsed.pools, [{ sizeKiB: 2048, node: 1, pages: 512 }]);
+  assert.is(parsed.retrySeconds, 3);
+  assert.is(parsed.backedByHugepages, false);
+});
+
+test("config errors name the element, the attribute, the value and the fix", async () => {
+  const cases: [DomainOptions, RegExp][] = [
+    [{ element: "<vmhook:hugepages pages='3'/>" }, /^<vmhook:hugepages pages="3">: has unknown attribute pages; allowed: size, node, timeout$/],
+    [{ element: "<vmhook:hugepages size='3M'/>" }, /^<vmhook:hugepages size="3M">: size="3M" is not a huge page size; on x86-64 use 2M or 1G/],
+    [{ element: "<vmhook:hugepages size='4k'/>" }, /size="4k" is not a huge page size/],
+    [{ element: "<vmhook:hugepages size='big'/>" }, /^<vmhook:hugepages size="big">: size="big" is not a size; write e.g. 2M or 1G$/],
+    [{ element: "<vmhook:hugepages node='zero'/>" }, /^<vmhook:hugepages node="zero">: node="zero" has "zero"/],
+    [{ element: "<vmhook:hugepages node='2000'/>" }, /node="2000" names CPU 2000, beyond the largest possible \(1023\)/],
+    [{ element: "<vmhook:hugepages timeout='-1'/>" }, /^<vmhook:hugepages timeout="-1">: timeout="-1" must be a whole number from 0 to 3600$/],
+    [{ element: "<vmhook:hugepages/><vmhook:hugepages size='1G'/>" }, /^<vmhook:hugepages size="1G">: appears 2 times; keep one$/],
+    [
+      { element: "<vmhook:hugepages size='2M'/>", extra: "<memoryBacking><hugepages><page size='1048576'/></hugepages></memoryBacking>" },
+      /size="2M" disagrees with <memoryBacking><hugepages><page size="1048576" unit="KiB">; remove size= or make both the same/,
+    ],
+    [{ extra: "<memoryBacking><hugepages><page size='3' unit='MiB'/></hugepages></memoryBacking>" }, /^<memoryBacking><hugepages><page>: size="3072" \(KiB\) is not a huge page size/],
+    [{ extra: `<numatune><memnode cellid='3' nodeset='0'/></numatune>${cells("<cell id='0' cpus='0-1' memory='1' unit='GiB'/>")}` }, /^<numatune><memnode>: cellid="3" names no guest NUMA cell/],
+    [{ memory: "" }, /^<domain>: has no <memory>/],
+  ];
+  for (const [options, expected] of cases) {
+    const message = await configError(options);
+    assert.match(message, expected, `for ${options.element ?? options.extra ?? options.memory}: ${message}`);
+  }
+});
+
+// ---- the host: pools grow and shrink by exact deltas
+
+test("prepare adds exactly this VM's pages on top of what the pool holds; release gives exactly those back", async () => {
+  const { sim, kernel } = host({ initial: { 2048: 100 } });
+  try {
+    const before = sim.snapshot();
+    const prepared = await runHookEvent(sim, "prepare", "begin", domainXml());
+    assert.is(prepared.code, 0, prepared.stderr);
+    assert.is(kernel.pool(2048), 612);
+    assert.is(kernel.dropCaches, 0, "no reclaim when the memory is there");
+
+    const journal = readJournal(sim, UUID_A)!;
+    assert.is(journal.phase, "running");
+    assert.equal(
+      journal.entries.map(({ plugin, event, state, undo }) => ({ plugin, event, state, undo })),
+      [{ plugin: "hugepages", event: "prepare", state: "applied", undo: { action: "grow-pool", sizeKiB: 2048, node: null, added: 512, returned: 0 } }],
+    );
+    assert.match(journal.entries[0]!.description, "grow the 2M pool by 512 pages");
+
+    const released = await runHookEvent(sim, "release", "end", domainXml());
+    assert.is(released.code, 0, released.stderr);
+    assert.is(kernel.pool(2048), 100);
+    assert.equal(sim.snapshot(), before);
+    assert.equal(sim.stateFiles(), []);
+  } finally {
+    sim.cleanup();
+  }
+});
+
+test("1G pages: the 1G pool grows, the 2M pool is left alone", async () => {
+  const { sim, kernel } = host();
+  try {
+    const xml = domainXml({ memory: "<memory unit='GiB'>3</memory>", element: "<vmhook:hugepages size='1G'/>" });
+    assert.is((await runHookEvent(sim, "prepare", "begin", xml)).code, 0);
+    assert.is(kernel.pool(GiB), 3);
+    assert.is(kernel.pool(2048), 0);
+    await runHookEvent(sim, "release", "end", xml);
+    assert.is(kernel.pool(GiB), 0);
+  } finally {
+    sim.cleanup();
+  }
+});
+
+test("per-node pools: each node's pool grows by its share", async () => {
+  const { sim, kernel } = host({ nodes: 2 });
+  try {
+    const before = sim.snapshot();
+    const xml = domainXml({ extra: "<memoryBacking><hugepages/></memoryBacking><numatune><memory nodeset='0-1'/></numatune>" });
+    assert.is((await runHookEvent(sim, "prepare", "begin", xml)).code, 0);
+    assert.equal([kernel.pool(2048, 0), kernel.pool(2048, 1)], [256, 256]);
+    assert.ok(sim.writes.every((w) => !w.path.startsWith("/sys/kernel/mm")), "the global pool file is not written");
+    await runHookEvent(sim, "release", "end", xml);
+    assert.equal(sim.snapshot(), before);
+  } finally {
+    sim.cleanup();
+  }
+});
+
+test("a shortfall gives back what it got, leaves the host as it was and says got X of Y, free memory, and what to do", async () => {
+  const { sim, kernel } = host({ freeKiB: 600 * MiB });
+  try {
+    const before = sim.snapshot();
+    const outcome = await runHookEvent(sim, "prepare", "begin", domainXml({ element: "<vmhook:hugepages timeout='0'/>" }));
+    assert.is(outcome.code, 1);
+    assert.is(
+      firstLine(outcome.stderr),
+      "vmhook: hugepages: got 300 of 512 pages of 2M; free memory 0 MiB; free memory on the host, use smaller pages, or reserve them at boot",
+    );
+    assert.match(outcome.stderr, "reserve the pages at boot (kernel command line: hugepagesz=2M hugepages=512)");
+    assert.match(outcome.stderr, "the host was left as it was (1 change(s) undone)");
+    assert.ok(kernel.dropCaches >= 1 && kernel.compactions >= 1, "it reclaimed and compacted before giving up");
+    assert.is(kernel.pool(2048), 0);
+    assert.equal(sim.snapshot(), before);
+    assert.equal(sim.stateFiles(), []);
+  } finally {
+    sim.cleanup();
+  }
+});
+
+test("a shortfall retries: dropping the page cache frees enough", async () => {
+  const { sim, kernel } = host({ freeKiB: 600 * MiB, cacheKiB: 1 * GiB });
+  try {
+    const xml = domainXml({ element: "<vmhook:hugepages timeout='5'/>" });
+    const outcome = await runHookEvent(sim, "prepare", "begin", xml);
+    assert.is(outcome.code, 0, outcome.stderr);
+    assert.is(kernel.pool(2048), 512);
+    assert.is(kernel.dropCaches, 1);
+    assert.is(readJournal(sim, UUID_A)!.entries[0]!.undo.added, 512);
+  } finally {
+    sim.cleanup();
+  }
+});
+
+test("an error while retrying is reported as it is, not as a shortfall, and still leaves nothing behind", async () => {
+  const { sim, kernel } = host({ freeKiB: 600 * MiB });
+  try {
+    sim.failWrite("/proc/sys/vm/drop_caches", "EACCES");
+    const before = sim.snapshot();
+    const outcome = await runHookEvent(sim, "prepare", "begin", domainXml({ element: "<vmhook:hugepages timeout='5'/>" }));
+    assert.is(outcome.code, 1);
+    assert.is(firstLine(outcome.stderr), "vmhook: EACCES: simulated failure writing /proc/sys/vm/drop_caches");
+    assert.is(kernel.pool(2048), 0);
+    assert.equal(sim.snapshot(), before);
+  } finally {
+    sim.cleanup();
+  }
+});
+
+test("1G on one node short: the message names the node and suggests 2M pages", async () => {
+  const { sim } = host({ nodes: 2, freeKiB: 1536 * MiB });
+  try {
+    const xml = domainXml({ memory: "<memory unit='GiB'>2</memory>", element: "<vmhook:hugepages size='1G' node='1' timeout='0'/>" });
+    const outcome = await runHookEvent(sim, "prepare", "begin", xml);
+    assert.is(outcome.code, 1);
+    assert.match(firstLine(outcome.stderr), "vmhook: hugepages: got 1 of 2 pages of 1G on node 1; free memory 512 MiB;");
+    assert.match(outcome.stderr, `size="2M"`);
+    assert.match(outcome.stderr, "hugepagesz=1G hugepages=1:2");
+  } finally {
+    sim.cleanup();
+  }
+});
+
+test("when a later pool falls short, the pools already grown are given back too", async () => {
+  const { sim, kernel } = host({ nodes: 2, freeKiB: [8 * GiB, 100 * MiB] });
+  try {
+    const before = sim.snapshot();
+    const xml = domainXml({ element: "<vmhook:hugepages timeout='0'/>", extra: "<numatune><memory nodeset='0-1'/></numatune>" });
+    const outcome = await runHookEvent(sim, "prepare", "begin", xml);
+    assert.is(outcome.code, 1);
+    assert.match(firstLine(outcome.stderr), "got 50 of 256 pages of 2M on node 1");
+    assert.equal([kernel.pool(2048, 0), kernel.pool(2048, 1)], [0, 0]);
+    assert.equal(sim.snapshot(), before);
+  } finally {
+    sim.cleanup();
+  }
+});
+
+test("a missing node or pool size fails before any step, naming what the host has", async () => {
+  const { sim } = host({ nodes: 2, sizes: [2048] });
+  try {
+    const before = sim.snapshot();
+    const noNode = await runHookEvent(sim, "prepare", "begin", domainXml({ element: "<vmhook:hugepages node='0,3'/>" }));
+    assert.is(noNode.code, 1);
+    assert.is(firstLine(noNode.stderr), "vmhook: hugepages: host NUMA node 3 does not exist (this host has node(s) 0-1); fix node= on <vmhook:hugepages> or the nodeset in <numatune>");
+    const noSize = await runHookEvent(sim, "prepare", "begin", domainXml({ element: "<vmhook:hugepages size='1G'/>" }));
+    assert.is(noSize.code, 1);
+    assert.is(firstLine(noSize.stderr), "vmhook: hugepages: this host has no 1G huge page pool; it has 2M: set size= on <vmhook:hugepages> to one of them");
+    assert.match(noSize.stderr, "pdpe1gb");
+    assert.equal(sim.writes, []);
+    assert.equal(sim.snapshot(), before);
+    assert.equal(sim.stateFiles(), []);
+  } finally {
+    sim.cleanup();
+  }
+});
+
+test("a bad config aborts prepare with the host untouched", async () => {
+  const { sim } = host();
+  try {
+    const before = sim.snapshot();
+    const outcome = await runHookEvent(sim, "prepare", "begin", domainXml({ element: "<vmhook:hugepages size='7M'/>" }));
+    assert.is(outcome.code, 1);
+    assert.match(firstLine(outcome.stderr), /^vmhook: <vmhook:hugepages size="7M">: size="7M" is not a huge page size/);
+    assert.equal(sim.writes, []);
+    assert.equal(sim.snapshot(), before);
+  } finally {
+    sim.cleanup();
+  }
+});
+
+test("two VMs interleaved share the pool: prepare A, prepare B, release A, release B", async () => {
+  const { sim, kernel } = host({ initial: { 2048: 10 } });
+  try {
+    const before = sim.snapshot();
+    const a = domainXml({ uuid: UUID_A, name: "a" });
+    const b = domainXml({ uuid: UUID_B, name: "b", memory: "<memory unit='MiB'>512</memory>" });
+    assert.is((await runHookEvent(sim, "prepare", "begin", a, "a")).code, 0);
+    assert.is(kernel.pool(2048), 522);
+    assert.is((await runHookEvent(sim, "prepare", "begin", b, "b")).code, 0);
+    assert.is(kernel.pool(2048), 778);
+    assert.is((await runHookEvent(sim, "release", "end", a, "a")).code, 0);
+    assert.is(kernel.pool(2048), 266);
+    assert.ok(readJournal(sim, UUID_B), "B still holds its pages");
+    assert.is((await runHookEvent(sim, "release", "end", b, "b")).code, 0);
+    assert.is(kernel.pool(2048), 10);
+    assert.equal(sim.snapshot(), before);
+    assert.equal(sim.stateFiles(), []);
+  } finally {
+    sim.cleanup();
+  }
+});
+
+test("release after someone shrank the pool never goes below 0", async () => {
+  const { sim, kernel } = host();
+  try {
+    const xml = domainXml();
+    await runHookEvent(sim, "prepare", "begin", xml);
+    sim.write("/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages", "100");
+    assert.is((await runHookEvent(sim, "release", "end", xml)).code, 0);
+    assert.is(kernel.pool(2048), 0);
+  } finally {
+    sim.cleanup();
+  }
+});
+
+/** The hugepages undo uses only host and log. */
+function undoContext(sim: SimHost): BaseContext {
+  return { host: sim, log: createLogger(sim, { echo: "none", file: false }) } as unknown as BaseContext;
+}
+
+test("undo is idempotent: the record says what was given back", async () => {
+  const { sim, kernel } = host({ initial: { 2048: 600 } });
+  try {
+    const record = { action: "grow-pool", sizeKiB: 2048, node: null, added: 512, returned: 0 };
+    await hugepages.undo(record, undoContext(sim));
+    assert.is(kernel.pool(2048), 88);
+    assert.is(record.returned, 512);
+    await hugepages.undo(record, undoContext(sim));
+    assert.is(kernel.pool(2048), 88);
+  } finally {
+    sim.cleanup();
+  }
+});
+
+test("undo refuses a record it cannot trust", async () => {
+  const { sim } = host();
+  try {
+    for (const record of [
+      { action: "grow-pool", sizeKiB: "2048/../../x", node: null, added: 1, returned: 0 },
+      { action: "grow-pool", sizeKiB: 2048, node: -1, added: 1, returned: 0 },
+      { action: "shrink-pool", sizeKiB: 2048, node: null, added: 1, returned: 0 },
+    ]) {
+      assert.throws(() => hugepages.undo(record, undoContext(sim)), /cannot undo journal record/);
+    }
+    assert.equal(sim.writes, []);
+  } finally {
+    sim.cleanup();
+  }
+});
+
+test.run();

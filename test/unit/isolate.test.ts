@@ -1,0 +1,405 @@
+// The isolate plugin on a simulated host: the systemd path (a recording
+// systemctl), the cgroup v2 path without systemd (a cgroup tree whose
+// subtree_control behaves like the kernel's), governors, IRQs, the workqueue
+// mask, several VMs sharing the host CPU set, and the errors.
+import { test } from "uvu";
+import * as assert from "uvu/assert";
+import * as fs from "node:fs";
+import { runHookEvent } from "../helpers/hook.ts";
+import { SimHost } from "../helpers/simhost.ts";
+
+const UUIDS = ["11111111-1111-4111-8111-111111111111", "22222222-2222-4222-8222-222222222222", "33333333-3333-4333-8333-333333333333"];
+
+interface VmSpec {
+  name: string;
+  uuid: string;
+  /** The <vmhook:isolate> element's attributes, as written. */
+  isolate: string;
+  /** One cpuset per vcpupin. */
+  pins?: string[];
+  emulatorpin?: string;
+}
+
+function domainXml(vm: VmSpec): string {
+  const pins = (vm.pins ?? []).map((cpuset, vcpu) => `<vcpupin vcpu="${vcpu}" cpuset="${cpuset}"/>`).join("");
+  const emulator = vm.emulatorpin ? `<emulatorpin cpuset="${vm.emulatorpin}"/>` : "";
+  return `<domain type="kvm"><name>${vm.name}</name><uuid>${vm.uuid}</uuid><memory unit="MiB">512</memory>
+  <vcpu>${Math.max(1, vm.pins?.length ?? 1)}</vcpu><cputune>${pins}${emulator}</cputune>
+  <metadata><vmhook:hooks xmlns:vmhook="urn:vmhook:1"><vmhook:isolate ${vm.isolate}/></vmhook:hooks></metadata></domain>`;
+}
+
+const vmA: VmSpec = { name: "vmA", uuid: UUIDS[0]!, isolate: "", pins: ["2", "3"], emulatorpin: "2-3" };
+const vmB: VmSpec = { name: "vmB", uuid: UUIDS[1]!, isolate: "", pins: ["4", "5"] };
+
+const prepare = (sim: SimHost, vm: VmSpec) => runHookEvent(sim, "prepare", "begin", domainXml(vm), vm.name);
+const release = (sim: SimHost, vm: VmSpec) => runHookEvent(sim, "release", "end", domainXml(vm), vm.name);
+
+/** An 8-CPU host with cgroup v2, cpufreq, a workqueue mask and three IRQs (IRQ 0 refuses to move). */
+function baseHost(options: { online?: string } = {}): SimHost {
+  const sim = new SimHost().dir("/var/log").dir("/run").file("/sys/devices/system/cpu/present", "0-7").file("/sys/devices/system/cpu/online", options.online ?? "0-7");
+  for (let cpu = 0; cpu < 8; cpu++) {
+    sim.file(`/sys/devices/system/cpu/cpu${cpu}/cpufreq/scaling_governor`, "schedutil");
+    sim.file(`/sys/devices/system/cpu/cpu${cpu}/cpufreq/scaling_available_governors`, "performance powersave schedutil");
+  }
+  sim.file("/sys/fs/cgroup/cgroup.controllers", "cpuset cpu io memory pids");
+  sim.file("/sys/devices/virtual/workqueue/cpumask", "ff");
+  sim.file("/proc/irq/0/smp_affinity_list", "0-7").failWrite("/proc/irq/0/smp_affinity_list", "EIO");
+  sim.file("/proc/irq/16/smp_affinity_list", "0-7");
+  sim.file("/proc/irq/17/smp_affinity_list", "3");
+  return sim;
+}
+
+/** systemd as PID 1, with a systemctl that keeps AllowedCPUs per unit and records every call. */
+function systemdHost(allowed: Record<string, string> = {}): { sim: SimHost; units: Record<string, string> } {
+  const units: Record<string, string> = { "system.slice": "", "user.slice": "", "init.scope": "", ...allowed };
+  const sim = baseHost().file("/proc/1/comm", "systemd");
+  sim.onExec("systemctl", (args) => {
+    if (args[0] === "show") return { stdout: `AllowedCPUs=${units[args[3]!] ?? ""}\n` };
+    if (args[0] === "set-property") {
+      units[args[2]!] = args[3]!.replace(/^AllowedCPUs=/, "");
+      return {};
+    }
+    return { status: 1, stderr: `unexpected systemctl ${args.join(" ")}` };
+  });
+  return { sim, units };
+}
+
+/** No systemd: busybox init, a cgroup tree with host groups and libvirt's machine group. */
+function cgroupHost(): SimHost {
+  const sim = baseHost().file("/proc/1/comm", "init");
+  sim.file("/sys/fs/cgroup/cgroup.subtree_control", "cpu memory pids").file("/sys/fs/cgroup/cpuset.cpus.effective", "0-7");
+  for (const group of ["user", "machine"]) sim.file(`/sys/fs/cgroup/${group}/cgroup.procs`, "");
+  sim.file("/sys/fs/cgroup/system.slice/cgroup.procs", "123");
+  // As the kernel: a group with processes cannot get an empty cpuset.cpus back once it had CPUs.
+  sim.onWrite(/^\/sys\/fs\/cgroup\/[^/]+\/cpuset\.cpus$/, (data, hostPath, host) => {
+    if (!host.exists(hostPath)) throw Object.assign(new Error(`ENOENT: ${hostPath}`), { code: "ENOENT" });
+    const populated = host.read(hostPath.replace(/cpuset\.cpus$/, "cgroup.procs")).trim() !== "";
+    if (data === "" && populated && host.read(hostPath).trim() !== "") throw Object.assign(new Error("ENOSPC: no space left on device"), { code: "ENOSPC" });
+    fs.writeFileSync(host.resolve(hostPath), `${data}\n`);
+  });
+  // The kernel's subtree_control: +cpuset makes cpuset.cpus appear (empty) in every child, -cpuset removes them.
+  sim.onWrite("/sys/fs/cgroup/cgroup.subtree_control", (data, hostPath, host) => {
+    const enabled = new Set(host.read(hostPath).trim().split(/\s+/).filter(Boolean));
+    const children = host.list("/sys/fs/cgroup").filter((name) => host.stat(`/sys/fs/cgroup/${name}`)?.isDirectory);
+    if (data === "+cpuset") {
+      if (!enabled.has("cpuset")) for (const child of children) host.file(`/sys/fs/cgroup/${child}/cpuset.cpus`, "\n");
+      enabled.add("cpuset");
+    } else if (data === "-cpuset") {
+      enabled.delete("cpuset");
+      for (const child of children) host.remove(`/sys/fs/cgroup/${child}/cpuset.cpus`);
+    } else throw new Error(`unexpected subtree_control write ${data}`);
+    fs.writeFileSync(host.resolve(hostPath), `${[...enabled].join(" ")}\n`);
+  });
+  return sim;
+}
+
+const read = (sim: SimHost, path: string) => sim.readTrimmed(path);
+const systemctlCalls = (sim: SimHost) => sim.execs.filter((e) => e.command === "systemctl").map((e) => e.args.join(" "));
+
+function assertClean(sim: SimHost, before: Record<string, string>): void {
+  assert.equal(sim.snapshot(), before);
+  assert.equal(sim.stateFiles(), []);
+}
+
+test("systemd: AllowedCPUs of system.slice, user.slice and init.scope, previous values restored exactly", async () => {
+  // init.scope as older systemd versions show a CPU set: space-separated.
+  const { sim, units } = systemdHost({ "user.slice": "0-5", "init.scope": "0 1 2 3" });
+  const before = sim.snapshot();
+  const outcome = await prepare(sim, vmA);
+  assert.is(outcome.code, 0, outcome.stderr);
+  assert.equal(systemctlCalls(sim), [
+    "show -p AllowedCPUs system.slice",
+    "show -p AllowedCPUs user.slice",
+    "show -p AllowedCPUs init.scope",
+    "set-property --runtime system.slice AllowedCPUs=0-1,4-7",
+    "set-property --runtime user.slice AllowedCPUs=0-1,4-5",
+    "set-property --runtime init.scope AllowedCPUs=0-1",
+  ]);
+  assert.not.ok(systemctlCalls(sim).some((call) => call.includes("machine.slice")));
+  sim.execs.length = 0;
+
+  assert.is((await release(sim, vmA)).code, 0);
+  assert.equal(systemctlCalls(sim), [
+    "set-property --runtime init.scope AllowedCPUs=0 1 2 3",
+    "set-property --runtime user.slice AllowedCPUs=0-5",
+    "set-property --runtime system.slice AllowedCPUs=",
+  ]);
+  assert.equal(units, { "system.slice": "", "user.slice": "0-5", "init.scope": "0 1 2 3" });
+  assertClean(sim, before);
+});
+
+test("systemd: a failing systemctl aborts the start and the units get their values back", async () => {
+  const { sim, units } = systemdHost({ "system.slice": "0-7" });
+  sim.onExec("systemctl", (args) => {
+    if (args[0] === "show") return { stdout: `AllowedCPUs=${units[args[3]!]}\n` };
+    if (args[2] === "init.scope" && args[3] !== "AllowedCPUs=") return { status: 1, stderr: "Failed to set unit properties on init.scope: Access denied\n" };
+    units[args[2]!] = args[3]!.replace(/^AllowedCPUs=/, "");
+    return {};
+  });
+  const before = sim.snapshot();
+  const outcome = await prepare(sim, vmA);
+  assert.is(outcome.code, 1);
+  assert.match(outcome.stderr.split("\n")[0]!, /systemctl set-property --runtime init.scope AllowedCPUs=0-1,4-7 failed: Failed to set unit properties on init.scope/);
+  assert.equal(units, { "system.slice": "0-7", "user.slice": "", "init.scope": "" });
+  assert.ok(systemctlCalls(sim).includes("set-property --runtime system.slice AllowedCPUs=0-7"), "system.slice got its value back");
+  assertClean(sim, before);
+});
+
+test("cgroup v2 without systemd: +cpuset in the root, cpuset.cpus of host groups, machine untouched, all undone", async () => {
+  const sim = cgroupHost();
+  const before = sim.snapshot();
+  const outcome = await prepare(sim, vmA);
+  assert.is(outcome.code, 0, outcome.stderr);
+  assert.is(read(sim, "/sys/fs/cgroup/cgroup.subtree_control"), "cpu memory pids cpuset");
+  assert.is(read(sim, "/sys/fs/cgroup/system.slice/cpuset.cpus"), "0-1,4-7");
+  assert.is(read(sim, "/sys/fs/cgroup/user/cpuset.cpus"), "0-1,4-7");
+  assert.is(read(sim, "/sys/fs/cgroup/machine/cpuset.cpus"), "");
+  assert.not.ok(sim.writes.some((w) => w.path.startsWith("/sys/fs/cgroup/machine/")));
+  assert.equal(sim.execs, []);
+
+  assert.is((await release(sim, vmA)).code, 0);
+  assertClean(sim, before);
+});
+
+test("cgroup v2 without systemd: cpuset already enabled and a group's own cpuset.cpus narrowed, then restored", async () => {
+  const sim = cgroupHost();
+  sim.file("/sys/fs/cgroup/cgroup.subtree_control", "cpuset cpu");
+  for (const group of ["system.slice", "user", "machine"]) sim.file(`/sys/fs/cgroup/${group}/cpuset.cpus`, "\n");
+  sim.file("/sys/fs/cgroup/user/cpuset.cpus", "3-6");
+  const before = sim.snapshot();
+  assert.is((await prepare(sim, vmA)).code, 0);
+  assert.is(read(sim, "/sys/fs/cgroup/user/cpuset.cpus"), "4-6");
+  assert.is(read(sim, "/sys/fs/cgroup/system.slice/cpuset.cpus"), "0-1,4-7");
+  assert.is((await release(sim, vmA)).code, 0);
+  // system.slice has a process: the kernel refuses "" there (ENOSPC), so it gets all of the root's CPUs, which means the same.
+  assert.is(read(sim, "/sys/fs/cgroup/system.slice/cpuset.cpus"), "0-7");
+  sim.file("/sys/fs/cgroup/system.slice/cpuset.cpus", "\n");
+  assertClean(sim, before);
+});
+
+test("cgroup v2 without systemd: a child group that enabled cpuset itself keeps it on in the root, with a warning", async () => {
+  const sim = cgroupHost();
+  const before = sim.snapshot();
+  assert.is((await prepare(sim, vmA)).code, 0);
+  sim.failWrite("/sys/fs/cgroup/cgroup.subtree_control", "EBUSY");
+  assert.is((await release(sim, vmA)).code, 0);
+  assert.match(fs.readFileSync(sim.resolve("/var/log/vmhook.log"), "utf8"), /warn: isolate: left cpuset enabled in \/sys\/fs\/cgroup\/cgroup.subtree_control/);
+  assert.is(read(sim, "/sys/fs/cgroup/system.slice/cpuset.cpus"), "0-7", "no CPU stays fenced off");
+  assert.is(read(sim, "/sys/fs/cgroup/user/cpuset.cpus"), "");
+  assert.equal(sim.stateFiles(), []);
+  sim.clearFailures();
+  const after = sim.snapshot();
+  assert.equal(Object.keys(after).filter((key) => after[key] !== before[key]).sort(), [
+    "/sys/fs/cgroup/cgroup.subtree_control",
+    "/sys/fs/cgroup/machine/cpuset.cpus",
+    "/sys/fs/cgroup/system.slice/cpuset.cpus",
+    "/sys/fs/cgroup/user/cpuset.cpus",
+  ]);
+});
+
+test("governor, IRQs (one refusing) and the workqueue mask, with host-cpus", async () => {
+  const sim = cgroupHost();
+  const before = sim.snapshot();
+  const vm = { ...vmA, isolate: 'host-cpus="0-1" governor="performance" workqueues="yes" irqs="yes"' };
+  const outcome = await prepare(sim, vm);
+  assert.is(outcome.code, 0, outcome.stderr);
+  assert.is(read(sim, "/sys/fs/cgroup/system.slice/cpuset.cpus"), "0-1");
+  assert.is(read(sim, "/sys/devices/virtual/workqueue/cpumask"), "3");
+  assert.is(read(sim, "/proc/irq/16/smp_affinity_list"), "0-1");
+  assert.is(read(sim, "/proc/irq/17/smp_affinity_list"), "0-1");
+  assert.is(read(sim, "/proc/irq/0/smp_affinity_list"), "0-7", "IRQ 0 refused (EIO) and is left alone");
+  // The governor goes to the VM's own (pinned) CPUs only.
+  assert.is(read(sim, "/sys/devices/system/cpu/cpu2/cpufreq/scaling_governor"), "performance");
+  assert.is(read(sim, "/sys/devices/system/cpu/cpu3/cpufreq/scaling_governor"), "performance");
+  assert.is(read(sim, "/sys/devices/system/cpu/cpu4/cpufreq/scaling_governor"), "schedutil");
+  assert.is((await release(sim, vm)).code, 0);
+  assertClean(sim, before);
+});
+
+test("workqueue mask beyond 32 CPUs is written as comma-separated 32-bit words", async () => {
+  const sim = cgroupHost().file("/sys/devices/system/cpu/present", "0-39").file("/sys/devices/system/cpu/online", "0-39");
+  sim.file("/sys/devices/virtual/workqueue/cpumask", "ff,ffffffff");
+  const before = sim.snapshot();
+  const vm = { ...vmA, isolate: 'workqueues="yes"', pins: ["32", "33"], emulatorpin: undefined };
+  assert.is((await prepare(sim, vm)).code, 0);
+  assert.is(read(sim, "/sys/devices/virtual/workqueue/cpumask"), "fc,ffffffff");
+  assert.is((await release(sim, vm)).code, 0);
+  assertClean(sim, before);
+});
+
+test("cgroup v1: a clear error at prepare, nothing changed", async () => {
+  const sim = baseHost().file("/proc/1/comm", "systemd");
+  sim.remove("/sys/fs/cgroup/cgroup.controllers");
+  sim.dir("/sys/fs/cgroup/cpuset");
+  const before = sim.snapshot();
+  const outcome = await prepare(sim, { ...vmA, isolate: 'irqs="yes"' });
+  assert.is(outcome.code, 1);
+  const first = outcome.stderr.split("\n")[0]!;
+  assert.match(first, /needs the unified cgroup v2 hierarchy/);
+  assert.match(first, /systemd\.unified_cgroup_hierarchy=1/);
+  assert.match(first, /required="no"/);
+  assertClean(sim, before);
+});
+
+test('cgroup v1 with required="no": a warning, the VM starts, the other settings still apply', async () => {
+  const sim = baseHost().file("/proc/1/comm", "systemd");
+  sim.remove("/sys/fs/cgroup/cgroup.controllers");
+  const before = sim.snapshot();
+  const vm = { ...vmA, isolate: 'required="no" irqs="yes"' };
+  assert.is((await prepare(sim, vm)).code, 0);
+  assert.match(fs.readFileSync(sim.resolve("/var/log/vmhook.log"), "utf8"), /warn: isolate: it needs the unified cgroup v2 hierarchy.*skipped because of required="no"/);
+  assert.is(read(sim, "/proc/irq/16/smp_affinity_list"), "0-1,4-7");
+  assert.equal(sim.execs, []);
+  assert.is((await release(sim, vm)).code, 0);
+  assertClean(sim, before);
+});
+
+test("a governor the CPUs do not offer is an error naming the available ones", async () => {
+  const sim = cgroupHost();
+  const before = sim.snapshot();
+  const outcome = await prepare(sim, { ...vmA, isolate: 'governor="ondemand"' });
+  assert.is(outcome.code, 1);
+  assert.match(outcome.stderr.split("\n")[0]!, /governor="ondemand" is not available for CPU 2 \(available: performance powersave schedutil\)/);
+  assertClean(sim, before);
+});
+
+const BAD_CONFIGS: [string, Partial<VmSpec>, RegExp, { online?: string }?][] = [
+  ["a CPU that does not exist", { isolate: 'host-cpus="0-1,9"' }, /host-cpus: CPU 9 does not exist on this host \(present: 0-7\)/],
+  ["an offline CPU in host-cpus", { isolate: 'host-cpus="0,6"' }, /host-cpus: CPU 6 is offline \(online: 0-5\)/, { online: "0-5" }],
+  ["an offline pinned CPU", { pins: ["2", "7"] }, /<cputune> \(vcpupin, emulatorpin, iothreadpin\): CPU 7 is offline \(online: 0-5\)/, { online: "0-5" }],
+  ["a cpuset that is not one", { isolate: 'host-cpus="0-x"' }, /host-cpus="0-x" has "0-x", which is not a CPU/],
+  ["an empty host set", { isolate: 'host-cpus="1,^1"' }, /host-cpus="1,\^1" leaves no CPU/],
+  ["host-cpus that keep every CPU", { isolate: 'host-cpus="0-5"', pins: [], emulatorpin: undefined }, /host-cpus="0-5" keeps every online CPU \(0-5\) for the host/, { online: "0-5" }],
+  ["host-cpus that include a pinned CPU", { isolate: 'host-cpus="0-2"' }, /host-cpus="0-2" includes CPU 2, which <cputune> pins the VM to/],
+  ["no pins and no host-cpus", { pins: [], emulatorpin: undefined }, /has no host-cpus and the domain pins no CPUs in <cputune>/],
+  ["pins that leave the host nothing", { pins: ["0-3", "4-7"] }, /would leave the host no CPU: this VM isolates 0-7 \(online: 0-7\)/],
+  ["an unknown attribute", { isolate: 'host-cpu="0"' }, /has unknown attribute host-cpu; allowed: host-cpus, governor/],
+  ["a bad yes/no", { isolate: 'irqs="maybe"' }, /irqs="maybe" must be yes or no/],
+];
+
+for (const [what, spec, message, hostOptions] of BAD_CONFIGS) {
+  test(`bad config: ${what} aborts prepare with the host untouched`, async () => {
+    const sim = baseHost(hostOptions).file("/proc/1/comm", "init");
+    const before = sim.snapshot();
+    const outcome = await prepare(sim, { ...vmA, ...spec });
+    assert.is(outcome.code, 1);
+    assert.match(outcome.stderr.split("\n")[0]!, message);
+    assertClean(sim, before);
+  });
+}
+
+test("two VMs: the host set is recomputed on each prepare and release, originals come back with the last", async () => {
+  const sim = cgroupHost();
+  const before = sim.snapshot();
+  const a = { ...vmA, isolate: 'workqueues="yes" irqs="yes" governor="performance"' };
+  const b = { ...vmB, isolate: 'workqueues="yes" irqs="yes" governor="performance"' };
+  const host = () => [read(sim, "/sys/fs/cgroup/system.slice/cpuset.cpus"), read(sim, "/sys/devices/virtual/workqueue/cpumask"), read(sim, "/proc/irq/16/smp_affinity_list")];
+  const governors = () => [0, 1, 2, 3, 4, 5, 6, 7].map((cpu) => read(sim, `/sys/devices/system/cpu/cpu${cpu}/cpufreq/scaling_governor`)![0]).join("");
+
+  assert.is((await prepare(sim, a)).code, 0);
+  assert.equal(host(), ["0-1,4-7", "f3", "0-1,4-7"]);
+  assert.is((await prepare(sim, b)).code, 0);
+  assert.equal(host(), ["0-1,6-7", "c3", "0-1,6-7"]);
+  assert.is(governors(), "ssppppss");
+  // IRQ 17 was on CPU 3 before A: it stays on the host set, never on B's CPUs.
+  assert.is(read(sim, "/proc/irq/17/smp_affinity_list"), "0-1,6-7");
+
+  assert.is((await release(sim, a)).code, 0);
+  assert.equal(host(), ["0-3,6-7", "cf", "0-3,6-7"]);
+  assert.is(governors(), "ssssppss");
+  assert.is(read(sim, "/proc/irq/17/smp_affinity_list"), "3", "IRQ 17 goes back to its CPU once no VM isolates it");
+  assert.equal(sim.stateFiles(), [`${vmB.uuid}.json`, "shared/isolate.json"]);
+
+  assert.is((await release(sim, b)).code, 0);
+  assertClean(sim, before);
+});
+
+test("two VMs under systemd: releasing the first recomputes AllowedCPUs without it", async () => {
+  const { sim, units } = systemdHost();
+  const before = sim.snapshot();
+  assert.is((await prepare(sim, vmA)).code, 0);
+  assert.is((await prepare(sim, vmB)).code, 0);
+  assert.equal(units, { "system.slice": "0-1,6-7", "user.slice": "0-1,6-7", "init.scope": "0-1,6-7" });
+  assert.is((await release(sim, vmA)).code, 0);
+  assert.equal(units, { "system.slice": "0-3,6-7", "user.slice": "0-3,6-7", "init.scope": "0-3,6-7" });
+  assert.is((await release(sim, vmB)).code, 0);
+  assert.equal(units, { "system.slice": "", "user.slice": "", "init.scope": "" });
+  assertClean(sim, before);
+});
+
+test("overlap with a running VM's CPUs is an error naming the CPU and the VM, unless allowed", async () => {
+  const sim = cgroupHost();
+  const before = sim.snapshot();
+  assert.is((await prepare(sim, vmA)).code, 0);
+  const afterA = sim.snapshot();
+  const overlapping = { ...vmB, pins: ["3", "4"] };
+  const outcome = await prepare(sim, overlapping);
+  assert.is(outcome.code, 1);
+  assert.match(outcome.stderr.split("\n")[0]!, /CPU 3 of this VM is already isolated for running VM vmA; .* allow-overlap="yes"/);
+  assert.equal(sim.snapshot(), afterA);
+  assert.equal(sim.stateFiles(), [`${vmA.uuid}.json`, "shared/isolate.json"]);
+
+  const allowed = { ...overlapping, isolate: 'allow-overlap="yes"' };
+  assert.is((await prepare(sim, allowed)).code, 0);
+  assert.is(read(sim, "/sys/fs/cgroup/system.slice/cpuset.cpus"), "0-1,5-7");
+  assert.is((await release(sim, vmA)).code, 0);
+  assert.is(read(sim, "/sys/fs/cgroup/system.slice/cpuset.cpus"), "0-2,5-7");
+  assert.is((await release(sim, allowed)).code, 0);
+  assertClean(sim, before);
+});
+
+test("a second VM that would leave the host no CPU names the running VMs", async () => {
+  const sim = cgroupHost();
+  assert.is((await prepare(sim, { ...vmA, pins: ["0-3"], emulatorpin: undefined })).code, 0);
+  const afterA = sim.snapshot();
+  const outcome = await prepare(sim, { ...vmB, pins: ["4-7"] });
+  assert.is(outcome.code, 1);
+  assert.match(outcome.stderr.split("\n")[0]!, /would leave the host no CPU: this VM isolates 4-7, running VMs vmA 0-3 \(online: 0-7\)/);
+  assert.equal(sim.snapshot(), afterA);
+});
+
+test("a failure in a later step rolls back the earlier ones: nothing left behind", async () => {
+  const sim = cgroupHost().failWrite("/sys/devices/virtual/workqueue/cpumask", "EPERM");
+  const before = sim.snapshot();
+  const outcome = await prepare(sim, { ...vmA, isolate: 'workqueues="yes" irqs="yes"' });
+  assert.is(outcome.code, 1);
+  assert.match(outcome.stderr.split("\n")[0]!, /cannot write "f3" to \/sys\/devices\/virtual\/workqueue\/cpumask/);
+  assert.match(outcome.stderr, /the host was left as it was/);
+  assert.ok(sim.writes.some((w) => w.path === "/sys/fs/cgroup/system.slice/cpuset.cpus" && w.data === "0-1,4-7\n"), "the cgroup step ran before the failure");
+  assertClean(sim, before);
+});
+
+test("a second VM whose prepare fails leaves the first VM's isolation exactly as it was", async () => {
+  const sim = cgroupHost();
+  const a = { ...vmA, isolate: 'workqueues="yes" irqs="yes"' };
+  assert.is((await prepare(sim, a)).code, 0);
+  const afterA = sim.snapshot();
+  // One refusal, as from a driver that was busy for a moment: the rollback's write then works.
+  let failed = false;
+  sim.onWrite("/proc/irq/16/smp_affinity_list", (data, hostPath, host) => {
+    if (!failed && (failed = true)) throw Object.assign(new Error("EPERM: operation not permitted"), { code: "EPERM" });
+    fs.writeFileSync(host.resolve(hostPath), `${data}\n`);
+  });
+  const outcome = await prepare(sim, { ...vmB, isolate: 'workqueues="yes" irqs="yes"' });
+  assert.is(outcome.code, 1);
+  assert.match(outcome.stderr.split("\n")[0]!, /cannot write "0-1,6-7" to \/proc\/irq\/16\/smp_affinity_list/);
+  assert.ok(sim.writes.some((w) => w.path === "/sys/devices/virtual/workqueue/cpumask" && w.data === "c3\n"), "B's workqueue step ran before the failure");
+  assert.equal(sim.snapshot(), afterA);
+  assert.equal(sim.stateFiles(), [`${vmA.uuid}.json`, "shared/isolate.json"]);
+});
+
+test("undo is idempotent: a release that crashed before updating the journal runs again harmlessly", async () => {
+  const sim = cgroupHost();
+  const before = sim.snapshot();
+  const vm = { ...vmA, isolate: 'irqs="yes" workqueues="yes"' };
+  assert.is((await prepare(sim, vm)).code, 0);
+  const journal = sim.resolve(`/run/vmhook/${vm.uuid}.json`);
+  const saved = fs.readFileSync(journal, "utf8");
+  assert.is((await release(sim, vm)).code, 0);
+  assertClean(sim, before);
+  fs.writeFileSync(journal, saved);
+  assert.is((await release(sim, vm)).code, 0);
+  assertClean(sim, before);
+});
+
+test.run();

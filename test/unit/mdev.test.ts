@@ -1,0 +1,440 @@
+// The mdev and vgpu plugins on a simulated host: Intel GVT-g's sysfs layout
+// (parent 0000:00:02.0 with types i915-GVTg_V5_1/2/4/8) with a simulated
+// kernel that creates and removes mdevs, and NVIDIA vGPU 17+ virtual functions.
+import * as path from "node:path";
+import { test } from "uvu";
+import * as assert from "uvu/assert";
+import { runHookEvent } from "../helpers/hook.ts";
+import { SimHost } from "../helpers/simhost.ts";
+
+const GPU = "0000:00:02.0";
+const GPU_DIR = `/sys/devices/pci0000:00/${GPU}`;
+const UUID_A = "4b20d080-1b54-4048-85b3-a6a62d165c01";
+const UUID_B = "4b20d080-1b54-4048-85b3-a6a62d165c02";
+const DOMAIN_UUID = "c7a5fdbd-cdaf-9455-926a-d65c16db1809";
+
+interface SimType {
+  id: string;
+  available: number;
+  description?: string;
+}
+
+/** GVT-g on a Kaby Lake GPU: what the i915 driver offers with i915.enable_gvt=1 and kvmgt loaded. */
+const GVT_TYPES: SimType[] = [
+  { id: "i915-GVTg_V5_8", available: 2, description: "low_gm_size: 64MB\nhigh_gm_size: 384MB\nfence: 4\nresolution: 1024x768\nweight: 2" },
+  { id: "i915-GVTg_V5_4", available: 2, description: "low_gm_size: 128MB\nhigh_gm_size: 512MB\nfence: 4\nresolution: 1920x1200\nweight: 4" },
+  { id: "i915-GVTg_V5_2", available: 1, description: "low_gm_size: 256MB\nhigh_gm_size: 1024MB\nfence: 4\nresolution: 1920x1200\nweight: 8" },
+  { id: "i915-GVTg_V5_1", available: 1, description: "low_gm_size: 512MB\nhigh_gm_size: 2048MB\nfence: 4\nresolution: 1920x1200\nweight: 16" },
+];
+
+/** An mdev parent as the kernel shows it: a device directory, its mdev_bus link and its types. */
+function addParent(sim: SimHost, name: string, deviceDir: string, types: SimType[]): void {
+  sim.link(`/sys/class/mdev_bus/${name}`, path.posix.relative("/sys/class/mdev_bus", deviceDir));
+  for (const type of types) {
+    const dir = `${deviceDir}/mdev_supported_types/${type.id}`;
+    sim.file(`${dir}/name`, type.id.split("-").pop()!).file(`${dir}/available_instances`, type.available).file(`${dir}/device_api`, "vfio-pci").file(`${dir}/create`).dir(`${dir}/devices`);
+    if (type.description) sim.file(`${dir}/description`, type.description);
+  }
+}
+
+function errno(code: string, what: string): Error {
+  return Object.assign(new Error(`${code}: ${what}`), { code });
+}
+
+/** The mdev core: create makes the device (mdev_type link, remove file, bus link) and takes an instance; remove gives it back. */
+function simulateMdevKernel(sim: SimHost): void {
+  sim.dir("/sys/bus/mdev/devices");
+  sim.onWrite(/^\/sys\/class\/mdev_bus\/[^/]+\/mdev_supported_types\/[^/]+\/create$/, (uuid, file) => {
+    const [, , , , parent, , type] = file.split("/");
+    const deviceDir = path.posix.resolve("/sys/class/mdev_bus", sim.readlink(`/sys/class/mdev_bus/${parent}`)!);
+    const typeDir = `${deviceDir}/mdev_supported_types/${type}`;
+    if (!/^[0-9a-f-]{36}$/.test(uuid)) throw errno("EINVAL", "not a UUID");
+    if (sim.exists(`/sys/bus/mdev/devices/${uuid}`)) throw errno("EEXIST", uuid);
+    const available = Number(sim.readTrimmed(`${typeDir}/available_instances`));
+    if (available < 1) throw errno("EINVAL", "no instance left");
+    sim.file(`${typeDir}/available_instances`, available - 1);
+    sim.link(`${deviceDir}/${uuid}/mdev_type`, `../mdev_supported_types/${type}`).file(`${deviceDir}/${uuid}/remove`);
+    sim.link(`/sys/bus/mdev/devices/${uuid}`, path.posix.relative("/sys/bus/mdev/devices", `${deviceDir}/${uuid}`));
+    sim.link(`${typeDir}/devices/${uuid}`, `../../../${uuid}`);
+  });
+  sim.onWrite(/^\/sys\/bus\/mdev\/devices\/[^/]+\/remove$/, (value, file) => {
+    const uuid = file.split("/")[5]!;
+    const deviceDir = path.posix.resolve("/sys/bus/mdev/devices", sim.readlink(`/sys/bus/mdev/devices/${uuid}`)!);
+    const typeDir = path.posix.resolve(deviceDir, sim.readlink(`${deviceDir}/mdev_type`)!);
+    if (value !== "1") throw errno("EINVAL", value);
+    sim.file(`${typeDir}/available_instances`, Number(sim.readTrimmed(`${typeDir}/available_instances`)) + 1);
+    sim.remove(`${typeDir}/devices/${uuid}`);
+    sim.remove(`/sys/bus/mdev/devices/${uuid}`);
+    sim.remove(deviceDir);
+  });
+}
+
+/** A host's /run exists before vmhook writes its journal there. */
+const newHost = () => new SimHost().dir("/run");
+
+function gvtHost(types = GVT_TYPES): SimHost {
+  const sim = newHost();
+  simulateMdevKernel(sim);
+  addParent(sim, GPU, GPU_DIR, types);
+  return sim;
+}
+
+const available = (sim: SimHost, type: string, parent = GPU) => Number(sim.readTrimmed(`/sys/class/mdev_bus/${parent}/mdev_supported_types/${type}/available_instances`));
+const mdevType = (sim: SimHost, uuid: string) => sim.readlink(`/sys/bus/mdev/devices/${uuid}/mdev_type`)?.split("/").pop();
+
+interface DomainParts {
+  hooks: string;
+  mdevs?: string[];
+  /** PCI hostdevs as bus:slot.function on domain 0000. */
+  pcis?: string[];
+  uuid?: string;
+  name?: string;
+}
+
+function domainXml({ hooks, mdevs = [], pcis = [], uuid = DOMAIN_UUID, name = "vm" }: DomainParts): string {
+  const hostdevs = [
+    ...mdevs.map((id) => `<hostdev mode='subsystem' type='mdev' managed='no' model='vfio-pci' display='off'><source><address uuid='${id}'/></source></hostdev>`),
+    ...pcis.map((address) => {
+      const [bus, slot, fn] = address.split(/[:.]/);
+      return `<hostdev mode='subsystem' type='pci' managed='no'><source><address domain='0x0000' bus='0x${bus}' slot='0x${slot}' function='0x${fn}'/></source></hostdev>`;
+    }),
+  ];
+  return `<domain type='kvm'><name>${name}</name><uuid>${uuid}</uuid><memory unit='KiB'>1048576</memory><vcpu>2</vcpu>
+  <metadata><vmhook:hooks xmlns:vmhook="urn:vmhook:1">${hooks}</vmhook:hooks></metadata>
+  <devices>${hostdevs.join("")}</devices></domain>`;
+}
+
+// ---- mdev ---------------------------------------------------------------------
+
+test("GVT-g: two mdevs are created at prepare with their types and removed at release; the host ends as it began", async () => {
+  const sim = gvtHost();
+  const before = sim.snapshot();
+  const xml = domainXml({
+    mdevs: [UUID_A, UUID_B],
+    hooks: `<vmhook:mdev parent="${GPU}" type="i915-GVTg_V5_4" uuid="${UUID_A}"/><vmhook:mdev parent="00:02.0" type="i915-GVTg_V5_8" uuid="${UUID_B.toUpperCase()}"/>`,
+  });
+
+  const prepare = await runHookEvent(sim, "prepare", "begin", xml);
+  assert.is(prepare.code, 0, prepare.stderr);
+  assert.is(mdevType(sim, UUID_A), "i915-GVTg_V5_4");
+  assert.is(mdevType(sim, UUID_B), "i915-GVTg_V5_8");
+  assert.is(available(sim, "i915-GVTg_V5_4"), 1);
+  assert.is(available(sim, "i915-GVTg_V5_8"), 1);
+  assert.equal(
+    sim.writes.map((w) => [w.path, w.data]),
+    [
+      [`/sys/class/mdev_bus/${GPU}/mdev_supported_types/i915-GVTg_V5_4/create`, UUID_A],
+      [`/sys/class/mdev_bus/${GPU}/mdev_supported_types/i915-GVTg_V5_8/create`, UUID_B],
+    ],
+  );
+  assert.equal(sim.stateFiles(), [`${DOMAIN_UUID}.json`]);
+
+  const release = await runHookEvent(sim, "release", "end", xml);
+  assert.is(release.code, 0, release.stderr);
+  assert.equal(sim.writes.slice(2).map((w) => w.path), [`/sys/bus/mdev/devices/${UUID_B}/remove`, `/sys/bus/mdev/devices/${UUID_A}/remove`]);
+  assert.equal(sim.snapshot(), before);
+  assert.equal(sim.stateFiles(), []);
+  sim.cleanup();
+});
+
+test("uuid and parent may be omitted: the domain's only mdev hostdev, the only parent offering the type", async () => {
+  const sim = gvtHost();
+  const xml = domainXml({ mdevs: [UUID_A], hooks: `<vmhook:mdev type="i915-GVTg_V5_2"/>` });
+  const prepare = await runHookEvent(sim, "prepare", "begin", xml);
+  assert.is(prepare.code, 0, prepare.stderr);
+  assert.is(mdevType(sim, UUID_A), "i915-GVTg_V5_2");
+  await runHookEvent(sim, "release", "end", xml);
+  assert.not.ok(sim.exists(`/sys/bus/mdev/devices/${UUID_A}`));
+
+  // A second GPU offering the same type makes the parent ambiguous.
+  addParent(sim, "0000:03:00.0", "/sys/devices/pci0000:00/0000:00:01.0/0000:03:00.0", GVT_TYPES);
+  const before = sim.snapshot();
+  const ambiguous = await runHookEvent(sim, "prepare", "begin", xml);
+  assert.is(ambiguous.code, 1);
+  assert.match(ambiguous.stderr.split("\n")[0]!, `<vmhook:mdev type="i915-GVTg_V5_2">: type i915-GVTg_V5_2 is offered by ${GPU} and 0000:03:00.0; add parent="..." naming one`);
+  assert.equal(sim.snapshot(), before);
+  sim.cleanup();
+});
+
+test("unknown type: fails at prepare listing the parent's types with description and available_instances; host untouched", async () => {
+  const sim = gvtHost();
+  const before = sim.snapshot();
+  const result = await runHookEvent(sim, "prepare", "begin", domainXml({ mdevs: [UUID_A], hooks: `<vmhook:mdev parent="${GPU}" type="i915-GVTg_V4_4"/>` }));
+  assert.is(result.code, 1);
+  const lines = result.stderr.split("\n");
+  assert.is(
+    lines[0],
+    `vmhook: <vmhook:mdev parent="${GPU}" type="i915-GVTg_V4_4">: type i915-GVTg_V4_4 is not offered by ${GPU}; choose one of i915-GVTg_V5_1, i915-GVTg_V5_2, i915-GVTg_V5_4, i915-GVTg_V5_8`,
+  );
+  assert.ok(lines.includes("  i915-GVTg_V5_4: GVTg_V5_4, low_gm_size: 128MB, high_gm_size: 512MB, fence: 4, resolution: 1920x1200, weight: 4; 2 available"), result.stderr);
+  assert.ok(lines.includes("  i915-GVTg_V5_1: GVTg_V5_1, low_gm_size: 512MB, high_gm_size: 2048MB, fence: 4, resolution: 1920x1200, weight: 16; 1 available"), result.stderr);
+  assert.equal(sim.writes, []);
+  assert.equal(sim.snapshot(), before);
+  assert.equal(sim.stateFiles(), []);
+  sim.cleanup();
+});
+
+test("a parent that is not in /sys/class/mdev_bus fails naming the parents there; a host without any says how to get one", async () => {
+  const sim = gvtHost();
+  const result = await runHookEvent(sim, "prepare", "begin", domainXml({ mdevs: [UUID_A], hooks: `<vmhook:mdev parent="mtty" type="mtty-2"/>` }));
+  assert.is(result.code, 1);
+  assert.match(result.stderr.split("\n")[0]!, `parent mtty is not an mdev parent on this host (not in /sys/class/mdev_bus); the parents are ${GPU}`);
+  sim.cleanup();
+
+  const bare = newHost();
+  const none = await runHookEvent(bare, "prepare", "begin", domainXml({ mdevs: [UUID_A], hooks: `<vmhook:mdev type="i915-GVTg_V5_4"/>` }));
+  assert.is(none.code, 1);
+  assert.match(none.stderr.split("\n")[0]!, "this host has no mdev parent device (/sys/class/mdev_bus is empty); for Intel GVT-g boot with i915.enable_gvt=1 and load kvmgt");
+  bare.cleanup();
+});
+
+test("no instance left: fails naming the mdevs on the parent and who made them; host untouched", async () => {
+  const sim = gvtHost();
+  // One V5_1 instance in all: another VM started by vmhook holds it...
+  const other = domainXml({ name: "win10", uuid: "0b6e2ea6-3f1b-4bb2-9a41-6c1c4a2f9e10", mdevs: [UUID_B], hooks: `<vmhook:mdev type="i915-GVTg_V5_1"/>` });
+  assert.is((await runHookEvent(sim, "prepare", "begin", other, "win10")).code, 0);
+  // ...and mdevctl made a V5_8 by hand.
+  const handMade = "9d2bbd6c-8c3a-43c5-9d0a-1f2e3d4c5b6a";
+  sim.write(`/sys/class/mdev_bus/${GPU}/mdev_supported_types/i915-GVTg_V5_8/create`, handMade);
+  const before = sim.snapshot();
+  const writes = sim.writes.length;
+
+  const result = await runHookEvent(sim, "prepare", "begin", domainXml({ mdevs: [UUID_A], hooks: `<vmhook:mdev type="i915-GVTg_V5_1"/>` }));
+  assert.is(result.code, 1);
+  const lines = result.stderr.split("\n");
+  assert.match(lines[0]!, `<vmhook:mdev type="i915-GVTg_V5_1">: no i915-GVTg_V5_1 instance is left on ${GPU} (available_instances is 0); stop a VM that uses one`);
+  assert.ok(lines.includes(`    ${UUID_B} (i915-GVTg_V5_1, created by vmhook for domain win10)`), result.stderr);
+  assert.ok(lines.includes(`    ${handMade} (i915-GVTg_V5_8, not created by vmhook: mdevctl or by hand)`), result.stderr);
+  assert.is(sim.writes.length, writes);
+  assert.equal(sim.snapshot(), before);
+  sim.cleanup();
+});
+
+test("two mdevs of a type with one instance left: refused before either is created", async () => {
+  const sim = gvtHost();
+  const before = sim.snapshot();
+  const result = await runHookEvent(
+    sim,
+    "prepare",
+    "begin",
+    domainXml({ mdevs: [UUID_A, UUID_B], hooks: `<vmhook:mdev type="i915-GVTg_V5_2" uuid="${UUID_A}"/><vmhook:mdev type="i915-GVTg_V5_2" uuid="${UUID_B}"/>` }),
+  );
+  assert.is(result.code, 1);
+  assert.match(result.stderr.split("\n")[0]!, `needs 2 i915-GVTg_V5_2 instances on ${GPU} (available_instances is 1)`);
+  assert.equal(sim.writes, []);
+  assert.equal(sim.snapshot(), before);
+  sim.cleanup();
+});
+
+test("an mdev that exists with the same type is used and kept at release; with another type it is refused", async () => {
+  const sim = gvtHost();
+  sim.write(`/sys/class/mdev_bus/${GPU}/mdev_supported_types/i915-GVTg_V5_4/create`, UUID_A); // mdevctl start
+  const before = sim.snapshot();
+  const xml = domainXml({ mdevs: [UUID_A], hooks: `<vmhook:mdev parent="${GPU}" type="i915-GVTg_V5_4"/>` });
+
+  assert.is((await runHookEvent(sim, "prepare", "begin", xml)).code, 0);
+  assert.is((await runHookEvent(sim, "release", "end", xml)).code, 0);
+  assert.is(sim.writes.length, 1, "vmhook wrote nothing");
+  assert.is(mdevType(sim, UUID_A), "i915-GVTg_V5_4");
+  assert.equal(sim.snapshot(), before);
+
+  const other = await runHookEvent(sim, "prepare", "begin", domainXml({ mdevs: [UUID_A], hooks: `<vmhook:mdev parent="${GPU}" type="i915-GVTg_V5_8"/>` }));
+  assert.is(other.code, 1);
+  assert.match(other.stderr.split("\n")[0]!, `mdev ${UUID_A} already exists as i915-GVTg_V5_4 on ${GPU}; remove it (mdevctl stop --uuid ${UUID_A}`);
+  assert.equal(sim.snapshot(), before);
+  sim.cleanup();
+});
+
+test("a bad UUID or parent in the XML is rejected before any host path is built from it", async () => {
+  const cases = [
+    { hooks: `<vmhook:mdev type="i915-GVTg_V5_4" uuid="../../../../etc/passwd"/>`, mdevs: [UUID_A], bad: "../../../../etc/passwd", message: `uuid="../../../../etc/passwd" is not a UUID` },
+    { hooks: `<vmhook:mdev type="i915-GVTg_V5_4"/>`, mdevs: ["../../../../x"], bad: "../../../../x", message: `<hostdev type='mdev'><source><address>: uuid="../../../../x" is not a UUID` },
+    { hooks: `<vmhook:mdev type="i915-GVTg_V5_4" parent="../../../etc"/>`, mdevs: [UUID_A], bad: "../../../etc", message: `parent="../../../etc" is neither a PCI address` },
+    { hooks: `<vmhook:mdev type="../create"/>`, mdevs: [UUID_A], bad: "../create", message: `type="../create" is not a valid mdev type` },
+  ];
+  for (const { hooks, mdevs, bad, message } of cases) {
+    const sim = gvtHost();
+    const resolved: string[] = [];
+    const resolve = sim.resolve.bind(sim);
+    sim.resolve = (hostPath: string) => (resolved.push(hostPath), resolve(hostPath));
+    const before = sim.snapshot();
+    const result = await runHookEvent(sim, "prepare", "begin", domainXml({ hooks, mdevs }));
+    assert.is(result.code, 1);
+    assert.match(result.stderr.split("\n")[0]!, message);
+    assert.equal(resolved.filter((p) => p.includes(bad)), [], `no path built from ${bad}`);
+    assert.equal(sim.writes, []);
+    assert.equal(sim.snapshot(), before);
+    sim.cleanup();
+  }
+});
+
+test("config errors name the element and the fix", async () => {
+  const sim = gvtHost();
+  const cases: [DomainParts, string][] = [
+    [{ mdevs: [UUID_A], hooks: `<vmhook:mdev typ="i915-GVTg_V5_4"/>` }, `<vmhook:mdev typ="i915-GVTg_V5_4">: has unknown attribute typ; allowed: type, parent, uuid`],
+    [{ mdevs: [UUID_A], hooks: `<vmhook:mdev parent="${GPU}"/>` }, `<vmhook:mdev parent="${GPU}">: has no type attribute; name an mdev type`],
+    [{ mdevs: [], hooks: `<vmhook:mdev type="i915-GVTg_V5_4"/>` }, `has no uuid and the domain has no mdev <hostdev>; add <hostdev mode='subsystem' type='mdev'`],
+    [{ mdevs: [UUID_A, UUID_B], hooks: `<vmhook:mdev type="i915-GVTg_V5_4"/>` }, `has no uuid, but the domain has 2 mdev <hostdev>s (${UUID_A}, ${UUID_B}); add uuid="..."`],
+    [{ mdevs: [UUID_A], hooks: `<vmhook:mdev type="i915-GVTg_V5_4" uuid="${UUID_B}"/>` }, `uuid="${UUID_B}" is not the UUID of any mdev <hostdev> of this domain (they are ${UUID_A})`],
+    [{ mdevs: [UUID_A], hooks: `<vmhook:mdev type="i915-GVTg_V5_4"/><vmhook:mdev type="i915-GVTg_V5_8"/>` }, `configures mdev ${UUID_A} again (first in <vmhook:mdev type="i915-GVTg_V5_4">)`],
+  ];
+  const before = sim.snapshot();
+  for (const [parts, message] of cases) {
+    const result = await runHookEvent(sim, "prepare", "begin", domainXml(parts));
+    assert.is(result.code, 1, message);
+    assert.match(result.stderr.split("\n")[0]!, message);
+  }
+  assert.equal(sim.writes, []);
+  assert.equal(sim.snapshot(), before);
+  sim.cleanup();
+});
+
+test("a create the kernel refuses rolls back the mdevs made before it", async () => {
+  const sim = gvtHost();
+  sim.failWrite(`/sys/class/mdev_bus/${GPU}/mdev_supported_types/i915-GVTg_V5_8/create`, "ENOSPC");
+  const before = sim.snapshot();
+  const result = await runHookEvent(
+    sim,
+    "prepare",
+    "begin",
+    domainXml({ mdevs: [UUID_A, UUID_B], hooks: `<vmhook:mdev type="i915-GVTg_V5_4" uuid="${UUID_A}"/><vmhook:mdev type="i915-GVTg_V5_8" uuid="${UUID_B}"/>` }),
+  );
+  assert.is(result.code, 1);
+  assert.match(result.stderr.split("\n")[0]!, `vmhook: could not create mdev ${UUID_B} (i915-GVTg_V5_8 on ${GPU}): ENOSPC`);
+  assert.match(result.stderr, "the host was left as it was (2 change(s) undone)");
+  assert.equal(sim.writes.map((w) => w.path), [`/sys/class/mdev_bus/${GPU}/mdev_supported_types/i915-GVTg_V5_4/create`, `/sys/bus/mdev/devices/${UUID_A}/remove`]);
+  assert.equal(sim.snapshot(), before);
+  assert.equal(sim.stateFiles(), []);
+  sim.cleanup();
+});
+
+// ---- vgpu: NVIDIA vGPU 17+ on SR-IOV virtual functions ----------------------------
+
+const PF = "0000:41:00.0";
+const VF = "0000:41:00.4";
+const VF2 = "0000:41:00.5";
+const CREATABLE = "ID    : vGPU Name\n1433 : NVIDIA L40S-12Q\n1434 : NVIDIA L40S-24Q\n1435 : NVIDIA L40S-48Q\n";
+
+/** Virtual functions of an L40S under NVIDIA's vGPU manager: setting a type empties the VF's creatable list. */
+function nvidiaHost(sim = newHost(), vfs = [VF, VF2]): SimHost {
+  sim.dir(`/sys/devices/pci0000:40/${PF}`).link(`/sys/bus/pci/devices/${PF}`, `../../../devices/pci0000:40/${PF}`);
+  for (const vf of vfs) {
+    const dir = `/sys/devices/pci0000:40/${vf}`;
+    sim.link(`/sys/bus/pci/devices/${vf}`, `../../../devices/pci0000:40/${vf}`).link(`${dir}/physfn`, `../${PF}`);
+    sim.file(`${dir}/nvidia/creatable_vgpu_types`, CREATABLE).file(`${dir}/nvidia/current_vgpu_type`, 0);
+  }
+  sim.onWrite(/\/nvidia\/current_vgpu_type$/, (value, file) => {
+    const dir = path.posix.dirname(file);
+    const current = sim.readTrimmed(`${dir}/current_vgpu_type`);
+    if (value === "0") {
+      sim.file(`${dir}/creatable_vgpu_types`, CREATABLE).file(`${dir}/current_vgpu_type`, 0);
+      return;
+    }
+    if (current !== "0") throw errno("EBUSY", `VF carries type ${current}`);
+    if (!new RegExp(`^${value} :`, "m").test(sim.read(`${dir}/creatable_vgpu_types`))) throw errno("EINVAL", `type ${value} not creatable`);
+    sim.file(`${dir}/creatable_vgpu_types`, "ID    : vGPU Name\n").file(`${dir}/current_vgpu_type`, value);
+  });
+  return sim;
+}
+
+const currentType = (sim: SimHost, vf = VF) => sim.readTrimmed(`/sys/bus/pci/devices/${vf}/nvidia/current_vgpu_type`);
+
+test("vgpu: the type is set on the VF by name at prepare and cleared at release; the host ends as it began", async () => {
+  const sim = nvidiaHost();
+  const before = sim.snapshot();
+  const xml = domainXml({ pcis: ["41:00.4", "41:00.5"], hooks: `<vmhook:vgpu vf="${VF}" type="L40S-12Q"/><vmhook:vgpu vf="41:00.5" type="NVIDIA L40S-24Q"/>` });
+
+  const prepare = await runHookEvent(sim, "prepare", "begin", xml);
+  assert.is(prepare.code, 0, prepare.stderr);
+  assert.is(currentType(sim), "1433");
+  assert.is(currentType(sim, VF2), "1434");
+
+  const release = await runHookEvent(sim, "release", "end", xml);
+  assert.is(release.code, 0, release.stderr);
+  assert.equal(sim.writes.slice(2).map((w) => [w.path, w.data]), [
+    [`/sys/bus/pci/devices/${VF2}/nvidia/current_vgpu_type`, "0"],
+    [`/sys/bus/pci/devices/${VF}/nvidia/current_vgpu_type`, "0"],
+  ]);
+  assert.equal(sim.snapshot(), before);
+  assert.equal(sim.stateFiles(), []);
+  sim.cleanup();
+});
+
+test("vgpu: vf defaults to the domain's only PCI hostdev; a type id works too", async () => {
+  const sim = nvidiaHost();
+  const xml = domainXml({ pcis: ["41:00.5"], hooks: `<vmhook:vgpu type="1435"/>` });
+  assert.is((await runHookEvent(sim, "prepare", "begin", xml)).code, 0);
+  assert.is(currentType(sim, VF2), "1435");
+  assert.is(currentType(sim), "0");
+  await runHookEvent(sim, "release", "end", xml);
+  assert.is(currentType(sim, VF2), "0");
+  sim.cleanup();
+});
+
+test("vgpu: a type the VF cannot create fails listing the creatable ones; a VF carrying a type is reused by id, else refused", async () => {
+  const sim = nvidiaHost();
+  let before = sim.snapshot();
+  const unknown = await runHookEvent(sim, "prepare", "begin", domainXml({ pcis: ["41:00.4"], hooks: `<vmhook:vgpu type="L40S-96Q"/>` }));
+  assert.is(unknown.code, 1);
+  assert.match(
+    unknown.stderr.split("\n")[0]!,
+    `<vmhook:vgpu type="L40S-96Q">: vGPU type "L40S-96Q" cannot be created on ${VF}; creatable now: 1433 (NVIDIA L40S-12Q), 1434 (NVIDIA L40S-24Q), 1435 (NVIDIA L40S-48Q)`,
+  );
+  assert.equal(sim.snapshot(), before);
+
+  sim.write(`/sys/bus/pci/devices/${VF}/nvidia/current_vgpu_type`, "1434"); // set by hand
+  before = sim.snapshot();
+  const reused = domainXml({ pcis: ["41:00.4"], hooks: `<vmhook:vgpu type="1434"/>` });
+  assert.is((await runHookEvent(sim, "prepare", "begin", reused)).code, 0);
+  assert.is((await runHookEvent(sim, "release", "end", reused)).code, 0);
+  assert.is(sim.writes.length, 1, "vmhook wrote nothing");
+  assert.equal(sim.snapshot(), before);
+
+  const taken = await runHookEvent(sim, "prepare", "begin", domainXml({ pcis: ["41:00.4"], hooks: `<vmhook:vgpu type="L40S-12Q"/>` }));
+  assert.is(taken.code, 1);
+  assert.match(taken.stderr.split("\n")[0]!, `${VF} already carries vGPU type 1434; if that is the one, write type="1434", else pick a free VF`);
+  assert.equal(sim.snapshot(), before);
+  sim.cleanup();
+});
+
+test("vgpu: a PCI function without NVIDIA's vGPU files, or a vf not assigned to the domain, is refused", async () => {
+  const sim = nvidiaHost();
+  sim.dir("/sys/devices/pci0000:00/0000:01:00.0").link("/sys/bus/pci/devices/0000:01:00.0", "../../../devices/pci0000:00/0000:01:00.0");
+  const plain = await runHookEvent(sim, "prepare", "begin", domainXml({ pcis: ["01:00.0"], hooks: `<vmhook:vgpu type="L40S-12Q"/>` }));
+  assert.is(plain.code, 1);
+  assert.match(plain.stderr.split("\n")[0]!, `0000:01:00.0 has no nvidia/current_vgpu_type: it is not a virtual function of a GPU driven by NVIDIA's vGPU manager 17 or later`);
+  const unassigned = await runHookEvent(sim, "prepare", "begin", domainXml({ pcis: ["41:00.5"], hooks: `<vmhook:vgpu vf="${VF}" type="L40S-12Q"/>` }));
+  assert.is(unassigned.code, 1);
+  assert.match(unassigned.stderr.split("\n")[0]!, `vf="${VF}" is not a PCI <hostdev> of this domain`);
+  assert.equal(sim.writes, []);
+  sim.cleanup();
+});
+
+test("a failure in a later plugin removes the mdevs created before it", async () => {
+  // One host with both: GVT-g mdevs, then an NVIDIA VF whose type write fails.
+  const sim = nvidiaHost(gvtHost(), [VF]);
+  sim.failWrite(`/sys/bus/pci/devices/${VF}/nvidia/current_vgpu_type`, "EIO");
+  const before = sim.snapshot();
+
+  const result = await runHookEvent(
+    sim,
+    "prepare",
+    "begin",
+    domainXml({
+      mdevs: [UUID_A, UUID_B],
+      pcis: ["41:00.4"],
+      hooks: `<vmhook:mdev type="i915-GVTg_V5_4" uuid="${UUID_A}"/><vmhook:mdev type="i915-GVTg_V5_8" uuid="${UUID_B}"/><vmhook:vgpu type="L40S-12Q"/>`,
+    }),
+  );
+  assert.is(result.code, 1);
+  assert.match(result.stderr.split("\n")[0]!, `vmhook: could not set vGPU type 1433 (NVIDIA L40S-12Q) on ${VF}: EIO`);
+  assert.equal(
+    sim.writes.map((w) => w.path).filter((p) => p.endsWith("/remove")),
+    [`/sys/bus/mdev/devices/${UUID_B}/remove`, `/sys/bus/mdev/devices/${UUID_A}/remove`],
+  );
+  assert.equal(sim.snapshot(), before);
+  assert.equal(sim.stateFiles(), []);
+  sim.cleanup();
+});
+
+test.run();

@@ -1,0 +1,300 @@
+// The vfio plugin on a simulated kernel, for what the QEMU guest cannot show:
+// NVIDIA's module stack, systemd display managers, multi-function GPUs,
+// several IOMMU groups, non-isolated groups, and a clean host after every
+// failure.
+import { test } from "uvu";
+import * as assert from "uvu/assert";
+import { Deadline } from "../../lib/deadline.ts";
+import { readJournal } from "../../lib/journal.ts";
+import { createLogger } from "../../lib/log.ts";
+import { DEFAULT_SETTINGS } from "../../lib/settings.ts";
+import { undoJournal } from "../../lib/transaction.ts";
+import { GpuKernel } from "../helpers/gpu-kernel.ts";
+import { runHookEvent } from "../helpers/hook.ts";
+
+const UUID = "0b5c64e3-55a1-4b84-9d2b-4e0a3e7d2f10";
+const GPU = "0000:01:00.0";
+const AUDIO = "0000:01:00.1";
+
+function domainXml(vfio: string, hostdevs: { address: string; managed?: boolean }[] = [{ address: GPU }]): string {
+  const hostdev = ({ address, managed }: { address: string; managed?: boolean }) => {
+    const [, bus, slot, fn] = /^0000:(\w\w):(\w\w)\.(\d)$/.exec(address)!;
+    return `<hostdev mode='subsystem' type='pci' managed='${managed ? "yes" : "no"}'><source><address domain='0x0000' bus='0x${bus}' slot='0x${slot}' function='0x${fn}'/></source></hostdev>`;
+  };
+  return `<domain type='kvm'><name>win11</name><uuid>${UUID}</uuid><memory unit='GiB'>8</memory>
+  <metadata><vmhook:hooks xmlns:vmhook="urn:vmhook:1">${vfio}</vmhook:hooks></metadata>
+  <devices>${hostdevs.map(hostdev).join("")}</devices></domain>`;
+}
+
+function settings(kernel: GpuKernel, vfio: Record<string, unknown>): void {
+  kernel.sim.file("/etc/vmhook/vmhook.json", JSON.stringify({ plugins: { vfio } }));
+}
+
+/** A desktop with one NVIDIA card (GPU + HDMI audio behind a root port), GDM on it, efifb and fbcon. */
+function nvidiaDesktop(): GpuKernel {
+  return new GpuKernel()
+    .module({ name: "nvidia", driver: "nvidia", loaded: true })
+    .module({ name: "nvidia_modeset", uses: ["nvidia"], loaded: true })
+    .module({ name: "nvidia_uvm", uses: ["nvidia"], loaded: true })
+    .module({ name: "nvidia_drm", uses: ["nvidia_modeset"], loaded: true })
+    .module({ name: "snd_hda_intel", driver: "snd_hda_intel", loaded: true })
+    .device({ address: "0000:00:00.0", classCode: "0x060000", vendor: "0x8086", group: 0 })
+    .device({ address: "0000:00:01.0", classCode: "0x060400", vendor: "0x8086", group: 1 })
+    .device({ address: GPU, classCode: "0x030000", vendor: "0x10de", nativeDriver: "nvidia", group: 1, bootVga: true, nodes: ["card0", "renderD128"], resetMethod: "bus" })
+    .device({ address: AUDIO, classCode: "0x040300", vendor: "0x10de", nativeDriver: "snd_hda_intel", group: 1 })
+    .vtconsole("vtcon0", "(S) dummy device", false)
+    .vtconsole("vtcon1", "(M) frame buffer device", true)
+    .platformFramebuffer("efi-framebuffer", "efi-framebuffer.0")
+    .unit({ name: "display-manager.service", active: true, processes: { 500: ["Xorg", ["/dev/nvidia0", "/dev/nvidiactl", "/dev/dri/card0"]], 501: ["gdm", ["/dev/null"]] } })
+    .unit({ name: "nvidia-persistenced.service", active: true, processes: { 600: ["nvidia-persiste", ["/dev/nvidiactl"]] } })
+    .process(1, "systemd", ["/dev/null"]);
+}
+
+/** A workstation: an AMD GPU for the VM (group 1), an Intel iGPU for the host (boot VGA), a USB controller (group 7). */
+function twoGpuWorkstation(): GpuKernel {
+  return new GpuKernel()
+    .module({ name: "amdgpu", driver: "amdgpu", loaded: true })
+    .module({ name: "i915", driver: "i915", loaded: true })
+    .module({ name: "snd_hda_intel", driver: "snd_hda_intel", loaded: true })
+    .module({ name: "xhci_pci", driver: "xhci_hcd", loaded: true })
+    .device({ address: "0000:00:02.0", classCode: "0x030000", vendor: "0x8086", nativeDriver: "i915", group: 0, bootVga: true, nodes: ["card0", "fb0"] })
+    .device({ address: GPU, classCode: "0x030000", vendor: "0x1002", nativeDriver: "amdgpu", group: 1, nodes: ["card1", "renderD129"], resetMethod: "bus" })
+    .device({ address: AUDIO, classCode: "0x040300", vendor: "0x1002", nativeDriver: "snd_hda_intel", group: 1 })
+    .device({ address: "0000:05:00.0", classCode: "0x0c0330", vendor: "0x1b21", nativeDriver: "xhci_hcd", group: 7 })
+    .unit({ name: "display-manager.service", active: true, processes: { 500: ["Xorg", ["/dev/dri/card0"]] } });
+}
+
+const firstLine = (stderr: string) => stderr.split("\n")[0]!;
+
+test("NVIDIA single GPU: display manager, console, efifb, persistenced and modules go first; both functions reach vfio-pci; release puts all back", async () => {
+  const kernel = nvidiaDesktop();
+  const before = kernel.sim.snapshot();
+  const xml = domainXml("<vmhook:vfio/>");
+
+  const prepare = await runHookEvent(kernel.sim, "prepare", "begin", xml);
+  assert.is(prepare.code, 0, prepare.stderr);
+  assert.is(kernel.driverOf(GPU), "vfio-pci");
+  assert.is(kernel.driverOf(AUDIO), "vfio-pci", "the slot's audio function goes along");
+  assert.ok(kernel.sim.exists("/dev/vfio/1"));
+  assert.is(kernel.driverOf("0000:00:01.0"), undefined, "the root port in the group is left alone");
+  assert.is(kernel.sim.readTrimmed("/sys/class/vtconsole/vtcon1/bind"), "0");
+  assert.is(kernel.sim.readTrimmed("/sys/class/vtconsole/vtcon0/bind"), "0", "the dummy console is not touched (it was 0)");
+  assert.not.ok(kernel.sim.exists("/sys/bus/platform/drivers/efi-framebuffer/efi-framebuffer.0"));
+  assert.not.ok(kernel.units.get("display-manager.service")!.active);
+  assert.not.ok(kernel.units.get("nvidia-persistenced.service")!.active);
+  for (const module of ["nvidia_drm", "nvidia_modeset", "nvidia_uvm", "nvidia"]) assert.not.ok(kernel.loaded(module), module);
+  assert.ok(kernel.loaded("snd_hda_intel"), "the audio driver stays: unbinding suffices");
+
+  const order = kernel.sim.execs.filter((e) => e.command !== "systemctl" || e.args[0] === "stop").map((e) => `${e.command} ${e.args.join(" ")}`);
+  assert.equal(order, [
+    "systemctl stop display-manager.service",
+    "systemctl stop nvidia-persistenced.service",
+    "rmmod nvidia_drm",
+    "rmmod nvidia_modeset",
+    "rmmod nvidia_uvm",
+    "rmmod nvidia",
+    "modprobe vfio-pci",
+  ]);
+
+  const release = await runHookEvent(kernel.sim, "release", "end", xml);
+  assert.is(release.code, 0, release.stderr);
+  assert.equal(kernel.sim.snapshot(), before);
+  assert.equal(kernel.sim.stateFiles(), []);
+});
+
+// Each failure point of the NVIDIA handover: prepare fails naming the cause and the host is exactly as before.
+const FAILURES: { name: string; inject: (kernel: GpuKernel) => void; vfio?: string; message: string }[] = [
+  { name: "the display manager does not stop", inject: (k) => (k.units.get("display-manager.service")!.failStop = "Job failed"), message: "systemctl stop display-manager.service failed: Job failed" },
+  {
+    name: "a program keeps the GPU after the display manager stopped",
+    inject: (k) => k.process(700, "obs", ["/dev/dri/renderD128"]),
+    message: "the GPU is still in use after stopping the display manager: pid 700 (obs) holds /dev/dri/renderD128",
+  },
+  { name: "the console does not unbind", inject: (k) => k.sim.failWrite("/sys/class/vtconsole/vtcon1/bind", "EIO"), message: "simulated failure writing /sys/class/vtconsole/vtcon1/bind" },
+  { name: "efifb does not unbind", inject: (k) => k.sim.failWrite("/sys/bus/platform/drivers/efi-framebuffer/unbind", "EBUSY"), message: "EBUSY" },
+  { name: "a module stays in use", inject: (k) => k.pinnedModules.add("nvidia"), message: "cannot unload module nvidia: rmmod: ERROR: Module nvidia is in use" },
+  { name: "vfio-pci does not load", inject: (k) => k.brokenModules.add("vfio_pci"), message: "modprobe vfio-pci failed" },
+  { name: "the audio function does not bind to vfio-pci", inject: (k) => k.refuseVfio.add(AUDIO), message: `waiting until ${AUDIO} is bound to vfio-pci` },
+  { name: "an extra module does not load after the devices moved", vfio: 'load-modules="kvmfr"', inject: (k) => k.module({ name: "kvmfr" }).brokenModules.add("kvmfr"), message: "modprobe kvmfr failed" },
+];
+
+for (const failure of FAILURES) {
+  test(`failure: ${failure.name} → prepare fails and leaves nothing behind`, async () => {
+    const kernel = nvidiaDesktop();
+    settings(kernel, { stopTimeoutSeconds: 1, bindTimeoutSeconds: 1 });
+    failure.inject(kernel);
+    const before = kernel.sim.snapshot();
+    const result = await runHookEvent(kernel.sim, "prepare", "begin", domainXml(`<vmhook:vfio ${failure.vfio ?? ""}/>`));
+    assert.is(result.code, 1);
+    assert.match(firstLine(result.stderr), failure.message);
+    assert.match(result.stderr, "the host was left as it was");
+    kernel.sim.clearFailures();
+    assert.equal(kernel.sim.snapshot(), before);
+    assert.equal(kernel.sim.stateFiles(), []);
+  });
+}
+
+test("include-slot=\"no\" leaves the audio function on its driver, so its shared IOMMU group refuses, naming both and the remedies", async () => {
+  const kernel = nvidiaDesktop();
+  const before = kernel.sim.snapshot();
+  const result = await runHookEvent(kernel.sim, "prepare", "begin", domainXml('<vmhook:vfio include-slot="no"/>'));
+  assert.is(result.code, 1);
+  assert.match(firstLine(result.stderr), `IOMMU group 1 holds ${GPU} and also ${AUDIO} (class 0x040300, driver snd_hda_intel)`);
+  assert.match(firstLine(result.stderr), "move the card to a slot with its own group, or use a kernel with the ACS override patch");
+  assert.equal(kernel.sim.snapshot(), before);
+  assert.equal(kernel.sim.execs.filter((e) => e.command !== "systemctl" || e.args[0] !== "is-active"), []);
+});
+
+test("a group shared with a device on a host driver (USB controller) refuses before anything changes", async () => {
+  const kernel = twoGpuWorkstation().device({ address: "0000:00:14.0", classCode: "0x0c0330", vendor: "0x8086", nativeDriver: "xhci_hcd", group: 1 });
+  const before = kernel.sim.snapshot();
+  const result = await runHookEvent(kernel.sim, "prepare", "begin", domainXml("<vmhook:vfio/>"));
+  assert.is(result.code, 1);
+  assert.match(firstLine(result.stderr), "IOMMU group 1 holds 0000:01:00.0, 0000:01:00.1 and also 0000:00:14.0 (class 0x0c0330, driver xhci_hcd)");
+  assert.equal(kernel.sim.snapshot(), before);
+});
+
+test("two groups, a second GPU on the host: not single-GPU, amdgpu stays loaded, GPU+audio+USB on vfio-pci, both /dev/vfio groups, all back", async () => {
+  const kernel = twoGpuWorkstation();
+  const before = kernel.sim.snapshot();
+  const xml = domainXml("<vmhook:vfio/>", [{ address: GPU }, { address: "0000:05:00.0" }]);
+  const prepare = await runHookEvent(kernel.sim, "prepare", "begin", xml);
+  assert.is(prepare.code, 0, prepare.stderr);
+  for (const address of [GPU, AUDIO, "0000:05:00.0"]) assert.is(kernel.driverOf(address), "vfio-pci", address);
+  assert.ok(kernel.sim.exists("/dev/vfio/1") && kernel.sim.exists("/dev/vfio/7"));
+  assert.is(kernel.driverOf("0000:00:02.0"), "i915");
+  assert.ok(kernel.units.get("display-manager.service")!.active, "the host keeps its display");
+  assert.ok(kernel.loaded("amdgpu"));
+  assert.equal(kernel.sim.execs.filter((e) => e.command === "rmmod" || (e.command === "systemctl" && e.args[0] === "stop")), []);
+
+  const release = await runHookEvent(kernel.sim, "release", "end", xml);
+  assert.is(release.code, 0, release.stderr);
+  assert.equal(kernel.sim.snapshot(), before);
+});
+
+test("a program holding the passed GPU's render node makes prepare refuse, naming pid and command", async () => {
+  const kernel = twoGpuWorkstation().process(4242, "blender", ["/dev/null", "/dev/dri/renderD129"]);
+  const before = kernel.sim.snapshot();
+  const result = await runHookEvent(kernel.sim, "prepare", "begin", domainXml("<vmhook:vfio/>"));
+  assert.is(result.code, 1);
+  assert.match(firstLine(result.stderr), "the GPU is in use: pid 4242 (blender) holds /dev/dri/renderD129");
+  assert.equal(kernel.sim.snapshot(), before);
+});
+
+test("a module used by one outside unload-modules is refused before anything changes", async () => {
+  const kernel = nvidiaDesktop();
+  const before = kernel.sim.snapshot();
+  const result = await runHookEvent(kernel.sim, "prepare", "begin", domainXml('<vmhook:vfio unload-modules="nvidia_modeset,nvidia"/>'));
+  assert.is(result.code, 1);
+  assert.match(firstLine(result.stderr), "cannot unload module nvidia_modeset: module nvidia_drm uses it; add nvidia_drm to unload-modules");
+  assert.equal(kernel.sim.snapshot(), before);
+});
+
+test("a GPU that does not come back: release names the reset method and the remedy, keeps the journal; recovery retries it", async () => {
+  const kernel = twoGpuWorkstation();
+  const before = kernel.sim.snapshot();
+  const xml = domainXml("<vmhook:vfio/>");
+  settings(kernel, { bindTimeoutSeconds: 1 });
+  assert.is((await runHookEvent(kernel.sim, "prepare", "begin", xml)).code, 0);
+  kernel.stuck.add(GPU);
+  const release = await runHookEvent(kernel.sim, "release", "end", xml);
+  assert.is(release.code, 0, "release never fails libvirt");
+  assert.match(release.stderr, `${GPU} did not come back to amdgpu (reset method: bus); try: echo 1 > /sys/bus/pci/devices/${GPU}/remove; echo 1 > /sys/bus/pci/rescan; then vmhook recover`);
+  const journal = readJournal(kernel.sim, UUID)!;
+  assert.equal(journal.entries.map((e) => `${e.state} ${e.description}`), [`failed bind ${GPU} to vfio-pci (from amdgpu)`]);
+  assert.is(kernel.driverOf(AUDIO), "snd_hda_intel", "the rest of the release still ran");
+
+  // What vmhook recover does once the card is back on the bus.
+  kernel.stuck.delete(GPU);
+  const log = createLogger(kernel.sim, { echo: "none", file: false });
+  const result = await undoJournal(journal, { host: kernel.sim, log, settings: { ...DEFAULT_SETTINGS, plugins: { vfio: { bindTimeoutSeconds: 1 } } } }, new Deadline(kernel.sim, 10_000));
+  assert.equal(result.failed, []);
+  kernel.sim.remove("/etc");
+  assert.equal(kernel.sim.snapshot(), before);
+});
+
+test("managed='yes': libvirt reattaches the devices before release; release finds them back and changes nothing twice", async () => {
+  const kernel = twoGpuWorkstation();
+  const before = kernel.sim.snapshot();
+  const xml = domainXml("<vmhook:vfio/>", [{ address: GPU, managed: true }]);
+  assert.is((await runHookEvent(kernel.sim, "prepare", "begin", xml)).code, 0);
+  // libvirt's reattach: unbind from vfio-pci, clear driver_override, reprobe.
+  for (const address of [GPU, AUDIO]) {
+    kernel.sim.write(`/sys/bus/pci/drivers/vfio-pci/unbind`, address);
+    kernel.sim.write(`/sys/bus/pci/devices/${address}/driver_override`, "\n");
+    kernel.sim.write("/sys/bus/pci/drivers_probe", address);
+  }
+  const release = await runHookEvent(kernel.sim, "release", "end", xml);
+  assert.is(release.code, 0, release.stderr);
+  assert.equal(kernel.sim.snapshot(), before);
+});
+
+test("without systemd: the configured display manager commands stop it, vmhook waits for its processes, and start it again", async () => {
+  const kernel = new GpuKernel({ systemd: false })
+    .module({ name: "bochs", driver: "bochs-drm", loaded: true })
+    .device({ address: GPU, classCode: "0x030000", vendor: "0x1234", nativeDriver: "bochs-drm", group: 1, bootVga: true, nodes: ["card0", "fb0"] })
+    .vtconsole("vtcon0", "(M) frame buffer device", true)
+    .process(900, "sddm", ["/dev/dri/card0"]);
+  settings(kernel, { displayManagerCommand: { stop: ["rc-service", "sddm", "stop"], start: ["rc-service", "sddm", "start"], processes: ["sddm"] } });
+  kernel.sim.onExec("rc-service", ([, verb]) => {
+    if (verb === "stop") kernel.sim.remove("/proc/900");
+    else kernel.process(900, "sddm", ["/dev/dri/card0"]);
+  });
+  const before = kernel.sim.snapshot();
+  const xml = domainXml("<vmhook:vfio/>");
+  const prepare = await runHookEvent(kernel.sim, "prepare", "begin", xml);
+  assert.is(prepare.code, 0, prepare.stderr);
+  assert.is(kernel.driverOf(GPU), "vfio-pci");
+  assert.not.ok(kernel.sim.exists("/proc/900"));
+  assert.is((await runHookEvent(kernel.sim, "release", "end", xml)).code, 0);
+  assert.equal(kernel.sim.execs.filter((e) => e.command === "rc-service").map((e) => e.args[1]), ["stop", "start"]);
+  assert.equal(kernel.sim.snapshot(), before);
+});
+
+test("single-GPU without a display manager to stop: a holder of the GPU is refused at once", async () => {
+  const kernel = nvidiaDesktop();
+  kernel.units.get("display-manager.service")!.active = false;
+  kernel.process(800, "plymouthd", ["/dev/fb0"]);
+  const result = await runHookEvent(kernel.sim, "prepare", "begin", domainXml('<vmhook:vfio single-gpu="yes"/>'));
+  assert.is(result.code, 1);
+  assert.match(firstLine(result.stderr), "pid 800 (plymouthd) holds /dev/fb0");
+});
+
+const BAD_CONFIGS: [string, string][] = [
+  ['<vmhook:vfio single-gpu="maybe"/>', 'single-gpu="maybe" must be auto, yes or no'],
+  ['<vmhook:vfio devices="01:00"/>', 'devices="01:00" is not a PCI address'],
+  ['<vmhook:vfio include-slot="sometimes"/>', 'include-slot="sometimes" must be yes or no'],
+  ['<vmhook:vfio unload-modules="nvidia/../x"/>', 'unload-modules="nvidia/../x" is not a valid kernel module name'],
+  ['<vmhook:vfio display-manager="gdm/service"/>', 'display-manager="gdm/service" is not a valid systemd unit name'],
+  ['<vmhook:vfio single_gpu="yes"/>', "has unknown attribute single_gpu; allowed: devices, include-slot"],
+  ["<vmhook:vfio/><vmhook:vfio/>", "appears 2 times; keep one"],
+];
+
+for (const [element, message] of BAD_CONFIGS) {
+  test(`config ${element} is refused naming the attribute, the host untouched`, async () => {
+    const kernel = nvidiaDesktop();
+    const before = kernel.sim.snapshot();
+    const result = await runHookEvent(kernel.sim, "prepare", "begin", domainXml(element));
+    assert.is(result.code, 1);
+    assert.match(firstLine(result.stderr), "<vmhook:vfio");
+    assert.match(firstLine(result.stderr), message);
+    assert.equal(kernel.sim.snapshot(), before);
+  });
+}
+
+test("a domain without PCI hostdevs or devices= is refused, saying what to add", async () => {
+  const kernel = nvidiaDesktop();
+  const result = await runHookEvent(kernel.sim, "prepare", "begin", domainXml("<vmhook:vfio/>", []));
+  assert.is(result.code, 1);
+  assert.match(firstLine(result.stderr), "has no devices: add the GPU as a PCI <hostdev>");
+});
+
+test("bad host settings name the key in /etc/vmhook/vmhook.json", async () => {
+  const kernel = nvidiaDesktop();
+  settings(kernel, { displayManagerUnits: "gdm" });
+  const result = await runHookEvent(kernel.sim, "prepare", "begin", domainXml("<vmhook:vfio/>"));
+  assert.is(result.code, 1);
+  assert.match(firstLine(result.stderr), "plugins.vfio.displayManagerUnits must be a list");
+});
+
+test.run();
