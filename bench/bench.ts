@@ -8,9 +8,10 @@
 // Each sample is one spawn-to-exit. The baseline and the no-metadata hook
 // are interleaved so that load from elsewhere hits them alike; hugepages
 // runs afterwards on its own (interleaved, its heavier runs slowed the
-// others' next start by a third). CPU time and peak RSS come from the
-// child's rusage (Bun.spawnSync); CPU time is the steadier number on a busy
-// machine.
+// others' next start by a third). CPU time comes from the child's rusage
+// (Bun.spawnSync): the steadier number on a busy machine. Peak RSS comes
+// from GNU time (/usr/bin/time -f %M): Bun.spawnSync's maxRSS includes the
+// parent's RSS, which the child shares between fork and exec.
 //   bun bench/bench.ts HELLO VMHOOK [ITERATIONS]
 import * as fs from "node:fs";
 import * as os from "node:os";
@@ -45,7 +46,6 @@ const env = { PATH: process.env.PATH ?? "/usr/bin:/bin", LC_ALL: "C", VMHOOK_ROO
 interface Sample {
   wallMs: number;
   cpuMs: number;
-  rssMiB: number;
 }
 
 /** One run, as libvirt does it: args, XML on stdin, a clean environment. */
@@ -54,8 +54,15 @@ function measure(command: string[], input = ""): Sample {
   const result = Bun.spawnSync(command, { stdin: new TextEncoder().encode(input), stdout: "ignore", stderr: "pipe", env });
   const wallMs = performance.now() - start;
   if (result.exitCode !== 0) throw new Error(`${command.join(" ")} exited ${result.exitCode}: ${new TextDecoder().decode(result.stderr)}`);
-  const usage = result.resourceUsage;
-  return { wallMs, cpuMs: Number(usage.cpuTime.total) / 1000, rssMiB: usage.maxRSS / 2 ** 20 };
+  return { wallMs, cpuMs: Number(result.resourceUsage.cpuTime.total) / 1000 };
+}
+
+/** Peak RSS in MiB of one run, from GNU time; undefined without it. */
+function peakRssMiB(command: string[], input = ""): number | undefined {
+  if (!fs.existsSync("/usr/bin/time")) return undefined;
+  const result = Bun.spawnSync(["/usr/bin/time", "-f", "%M", ...command], { stdin: new TextEncoder().encode(input), stdout: "ignore", stderr: "pipe", env });
+  const kib = Number(new TextDecoder().decode(result.stderr).trim().split("\n").at(-1));
+  return result.exitCode === 0 && kib > 0 ? kib / 1024 : undefined;
 }
 
 const event = (op: string, subop: string, xml: string) => measure([hook, "win11-gaming", op, subop, "-"], xml);
@@ -67,22 +74,36 @@ function prepareAndRelease(): Sample {
   }
   const release = event("release", "end", hugepagesXml);
   if (pool() !== 0 || journalExists()) throw new Error(`release left ${pool()} pages in the pool, journal ${journalExists() ? "kept" : "removed"}`);
-  return { wallMs: prepare.wallMs + release.wallMs, cpuMs: prepare.cpuMs + release.cpuMs, rssMiB: Math.max(prepare.rssMiB, release.rssMiB) };
+  return { wallMs: prepare.wallMs + release.wallMs, cpuMs: prepare.cpuMs + release.cpuMs };
+}
+
+function prepareAndReleaseRss(): number | undefined {
+  const prepare = peakRssMiB([hook, "win11-gaming", "prepare", "begin", "-"], hugepagesXml);
+  const release = peakRssMiB([hook, "win11-gaming", "release", "end", "-"], hugepagesXml);
+  return prepare && release && Math.max(prepare, release);
 }
 
 interface Case {
   name: string;
   run: () => Sample;
+  rss: () => number | undefined;
   samples: Sample[];
 }
-const baseline: Case = { name: "baseline: bun hello-world", run: () => measure([hello]), samples: [] };
-const noMetadata: Case = { name: "hook, domain without metadata", run: () => event("prepare", "begin", plainXml), samples: [] };
-const hugepages: Case = { name: "hugepages prepare+release (2 runs)", run: prepareAndRelease, samples: [] };
+const noMetadataCommand = [hook, "win11-gaming", "prepare", "begin", "-"];
+const baseline: Case = { name: "baseline: bun hello-world", run: () => measure([hello]), rss: () => peakRssMiB([hello]), samples: [] };
+const noMetadata: Case = {
+  name: "hook, domain without metadata",
+  run: () => measure(noMetadataCommand, plainXml),
+  rss: () => peakRssMiB(noMetadataCommand, plainXml),
+  samples: [],
+};
+const hugepages: Case = { name: "hugepages prepare+release (2 runs)", run: prepareAndRelease, rss: prepareAndReleaseRss, samples: [] };
 const cases = [baseline, noMetadata, hugepages];
 
 for (const { run } of cases) run(); // warm the page cache
 for (let i = 0; i < iterations; i++) for (const c of [baseline, noMetadata]) c.samples.push(c.run());
 for (let i = 0; i < iterations; i++) hugepages.samples.push(hugepages.run());
+const peakRss = cases.map((c) => c.rss());
 fs.rmSync(work, { recursive: true, force: true });
 
 const quantile = (values: number[], q: number) => {
@@ -95,13 +116,13 @@ const [baseWall, baseCpu] = [medianOf(baseline.samples, "wallMs"), medianOf(base
 const ms = (value: number) => `${value.toFixed(2)} ms`.padStart(10);
 const ratio = (value: number, base: number) => `${(value / base).toFixed(2)}x`.padStart(7);
 console.log(`vmhook bench: ${iterations} iterations each, spawn to exit; ${os.cpus().length} CPUs, load ${os.loadavg()[0]!.toFixed(1)}, Linux ${os.release()}`);
-console.log(`${"".padEnd(36)} wall median  wall p90   ratio    CPU median   ratio  peak RSS (median)`);
-for (const { name, samples } of cases) {
+console.log(`${"".padEnd(36)} wall median  wall p90   ratio    CPU median   ratio  peak RSS`);
+cases.forEach(({ name, samples }, index) => {
   const [wall, cpu] = [medianOf(samples, "wallMs"), medianOf(samples, "cpuMs")];
-  const rss = medianOf(samples, "rssMiB");
   const wallP90 = quantile(samples.map((s) => s.wallMs), 0.9);
-  console.log(`${name.padEnd(36)} ${ms(wall)} ${ms(wallP90)} ${ratio(wall, baseWall)}   ${ms(cpu)} ${ratio(cpu, baseCpu)}  ${rss.toFixed(0).padStart(4)} MiB`);
-}
+  const rss = peakRss[index] === undefined ? "n/a" : `${peakRss[index]!.toFixed(1)} MiB`;
+  console.log(`${name.padEnd(36)} ${ms(wall)} ${ms(wallP90)} ${ratio(wall, baseWall)}   ${ms(cpu)} ${ratio(cpu, baseCpu)}  ${rss.padStart(8)}`);
+});
 const noMetadataRatio = medianOf(noMetadata.samples, "wallMs") / baseWall;
 const verdict = noMetadataRatio <= TARGET_RATIO ? "met" : "MISSED";
 console.log(`target: domain without metadata within ${TARGET_RATIO}x of the baseline (wall median): ${verdict} (${noMetadataRatio.toFixed(2)}x)`);

@@ -10,7 +10,7 @@
 // The fast path (a domain without vmhook metadata) uses Bun's own file API:
 // loading node:fs alone costs about as much as starting the runtime (see
 // docs/bench.md), and everything else is loaded by dynamic import, which the
-// build (--splitting) keeps in chunks that are not even parsed on this path.
+// build (--splitting --bytecode) keeps in chunks not even loaded on this path.
 import type { EventAction, HookInvocation } from "../lib/hook.ts";
 import type { HookEvent } from "../lib/plugin.ts";
 

@@ -22,8 +22,8 @@ declare const Bun: {
   ): {
     exitCode: number | null;
     stderr?: Uint8Array;
-    /** maxRSS in bytes, cpuTime in microseconds. */
-    resourceUsage: { maxRSS: number; cpuTime: { total: bigint } };
+    /** The child's CPU time, in microseconds. */
+    resourceUsage: { cpuTime: { total: bigint } };
   };
 };
 

@@ -86,6 +86,7 @@ export function runStartCommand(ctx: BaseContext, record: UndoRecord): void {
 export function bindVtconsole(ctx: BaseContext, record: UndoRecord): void {
   const isFramebuffer = (vtconsole: string) => /frame buffer/i.test(ctx.host.readTrimmed(`${VTCONSOLES}/${vtconsole}/name`) ?? "");
   const recorded = String(record.vtconsole);
+  if (!/^vtcon\d+$/.test(recorded)) throw new VmhookError(`vfio: the journal names console "${recorded}", which is not a vtconsole`);
   const vtconsole = isFramebuffer(recorded) ? recorded : ctx.host.list(VTCONSOLES).find(isFramebuffer);
   if (!vtconsole) {
     throw new VmhookError(`vfio: no framebuffer console is back (was ${recorded}): the GPU's driver has not registered a framebuffer; see dmesg`);

@@ -9,11 +9,12 @@
 // they are on vfio-pci already, so it has nothing to do. At shutdown libvirt
 // reattaches them before release, and each undo here checks what is already back.
 import { VmhookError } from "../../lib/errors.ts";
+import { pciDriver } from "../../lib/pci.ts";
 import { definePlugin, type UndoRecord, type BaseContext } from "../../lib/plugin.ts";
 import { parseVfioConfig, readVfioSettings, type VfioConfig } from "./config.ts";
 import { bindFramebuffer, bindVtconsole, findDisplayManager, runStartCommand, stopDisplayManager, unbindConsoles, waitUntilGpuFree } from "./display.ts";
 import { helperServices, loadModule, rebindDevice, takeOverDevices, unloadModules } from "./driver.ts";
-import { describeHolders, survey } from "./survey.ts";
+import { describeHolders, survey, VFIO_DRIVER } from "./survey.ts";
 import { startUnit, stopUnit, unitProcesses } from "./units.ts";
 
 const UNDO: Record<string, (ctx: BaseContext, record: UndoRecord) => void> = {
@@ -51,6 +52,14 @@ export default definePlugin<VfioConfig>({
     if (found.holders.length > 0) waitUntilGpuFree(ctx, found, settings);
     if (found.singleGpu) await unbindConsoles(ctx);
     await takeOverDevices(ctx, found, settings);
+  },
+
+  /** libvirtd restarted while the VM runs: the devices the journal moved must still be on vfio-pci. */
+  reconnect(ctx) {
+    for (const record of ctx.records.filter((record) => record.action === "rebind-device")) {
+      const driver = pciDriver(ctx.host, String(record.address));
+      if (driver !== VFIO_DRIVER) ctx.log.warn(`vfio: ${record.address} should be on vfio-pci while ${ctx.domain.name} runs, but is on ${driver ?? "no driver"}`);
+    }
   },
 
   undo(record, ctx) {

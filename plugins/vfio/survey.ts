@@ -18,7 +18,6 @@ import {
 import type { VfioConfig } from "./config.ts";
 
 export const VFIO_DRIVER = "vfio-pci";
-const NVIDIA_VENDOR = "0x10de";
 /** NVIDIA's proprietary stack, users first. amdgpu, radeon and nouveau stay loaded: unbinding suffices. */
 const NVIDIA_MODULES = ["nvidia_drm", "nvidia_modeset", "nvidia_uvm", "nvidia"];
 /** Drivers that leave a device free for vfio-pci's group check. */
@@ -51,8 +50,9 @@ export function survey(host: Host, config: VfioConfig): Survey {
   const devices = expandDevices(host, config);
   checkIommuGroups(host, devices);
   const singleGpu = isSingleGpu(host, config, devices);
-  const watched = watchedFiles(host, devices, singleGpu);
-  return { devices, singleGpu, watched, holders: processesHolding(host, watched), unload: unloadOrder(host, modulesToUnload(config, devices)) };
+  const unload = unloadOrder(host, modulesToUnload(host, config, devices));
+  const watched = watchedFiles(host, devices, singleGpu, unload.includes("nvidia"));
+  return { devices, singleGpu, watched, holders: processesHolding(host, watched), unload };
 }
 
 function expandDevices(host: Host, config: VfioConfig): Device[] {
@@ -104,16 +104,24 @@ function checkIommuGroups(host: Host, devices: Device[]): void {
 function isSingleGpu(host: Host, config: VfioConfig, devices: Device[]): boolean {
   if (config.singleGpu !== "auto") return config.singleGpu === "yes";
   const ours = new Set(devices.map((device) => device.address));
-  const bootGpu = devices.some((device) => isDisplayClass(device.classCode) && device.bootVga);
+  // A boot GPU already on vfio-pci (vfio-pci.ids=...) shows no host display to release.
+  const bootGpu = devices.some((device) => isDisplayClass(device.classCode) && device.bootVga && device.driver !== VFIO_DRIVER);
   const otherDisplays = listPciDevices(host).filter((device) => isDisplayClass(device.classCode) && !ours.has(device.address));
   return bootGpu && otherDisplays.length === 0;
 }
 
-/** The GPUs' DRM and fbdev nodes, every framebuffer in single-GPU mode, NVIDIA's control nodes. */
-function watchedFiles(host: Host, devices: Device[], singleGpu: boolean): (file: string) => boolean {
+/**
+ * The GPUs' DRM and fbdev nodes and NVIDIA's /dev/nvidiaN (its minor from
+ * /proc/driver/nvidia); every framebuffer in single-GPU mode; every
+ * /dev/nvidia* when the nvidia module is to go.
+ */
+function watchedFiles(host: Host, devices: Device[], singleGpu: boolean, nvidiaUnloads: boolean): (file: string) => boolean {
   const nodes = new Set(devices.flatMap((device) => pciDeviceNodes(host, device.address)));
-  const nvidia = devices.some((device) => device.vendor === NVIDIA_VENDOR);
-  return (file) => nodes.has(file) || (singleGpu && /^\/dev\/fb\d+$/.test(file)) || (nvidia && file.startsWith("/dev/nvidia"));
+  for (const device of devices.filter((device) => device.driver === "nvidia")) {
+    const minor = /Device Minor:\s*(\d+)/.exec(host.readTrimmed(`/proc/driver/nvidia/gpus/${device.address}/information`) ?? "")?.[1];
+    if (minor) nodes.add(`/dev/nvidia${minor}`);
+  }
+  return (file) => nodes.has(file) || (singleGpu && /^\/dev\/fb\d+$/.test(file)) || (nvidiaUnloads && file.startsWith("/dev/nvidia"));
 }
 
 /** Every process with one of the files open (from /proc/PID/fd), named by pid and command. */
@@ -132,9 +140,13 @@ export function describeHolders(holders: Holder[]): string {
   return holders.map((holder) => `pid ${holder.pid} (${holder.command}) holds ${holder.file}`).join(", ");
 }
 
-function modulesToUnload(config: VfioConfig, devices: Device[]): string[] {
+/** "auto": NVIDIA's stack when a device is on nvidia and no card left to the host is. */
+function modulesToUnload(host: Host, config: VfioConfig, devices: Device[]): string[] {
   if (config.unloadModules !== "auto") return config.unloadModules;
-  return devices.some((device) => device.driver === "nvidia") ? NVIDIA_MODULES : [];
+  const ours = new Set(devices.map((device) => device.address));
+  const onNvidia = (device: PciDevice) => device.driver === "nvidia";
+  const hostKeepsNvidia = listPciDevices(host).some((device) => !ours.has(device.address) && onNvidia(device));
+  return devices.some(onNvidia) && !hostKeepsNvidia ? NVIDIA_MODULES : [];
 }
 
 export const moduleLoaded = (host: Host, module: string) => host.exists(`/sys/module/${module}/refcnt`);

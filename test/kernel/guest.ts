@@ -315,6 +315,8 @@ export async function bootGuest(options: GuestOptions = {}): Promise<Guest> {
   } catch (error) {
     const message = `kernel bench: the guest did not boot: ${(error as Error).message}\n--- console ---\n${tail()}`;
     cleanup();
+    // uvu drops errors thrown in before hooks without a word: say it here.
+    process.stderr.write(`${message}\n`);
     throw new Error(message);
   }
   const bootMs = Date.now() - started;

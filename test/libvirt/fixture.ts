@@ -1,6 +1,7 @@
 // The real-libvirt test fixture. Each suite gets:
 //  - virtlogd and libvirtd running (started here when they are not: CI has
-//    no systemd), waited for on their sockets, never with fixed sleeps;
+//    no systemd), waited for on their sockets, never with fixed sleeps, and
+//    hugetlbfs mounted at /dev/hugepages as systemd would (left mounted);
 //  - the freshly built dist/vmhook (a copy: other builds may replace it
 //    meanwhile) installed with `vmhook install` over a small marker hook,
 //    which must keep running from qemu.d/ and come back on `vmhook
@@ -34,14 +35,14 @@ const VIRTLOGD = { name: "virtlogd", socket: "/run/libvirt/virtlogd-sock" };
 
 // ---- processes
 
-export interface Result {
+interface Result {
   code: number | null;
   stdout: string;
   stderr: string;
 }
 
 /** Runs a program to its end (killed after timeoutMs); never throws for a non-zero exit. */
-export function run(command: string, args: string[], timeoutMs = 60_000): Promise<Result> {
+function run(command: string, args: string[], timeoutMs = 60_000): Promise<Result> {
   return new Promise((resolve) => {
     const child = spawn(command, args, { stdio: ["ignore", "pipe", "pipe"] });
     let stdout = "";
@@ -80,34 +81,52 @@ export async function waitUntil(what: string, ready: () => boolean | Promise<boo
   }
 }
 
+/** Live processes by name; a zombie (a daemon that exited, not yet reaped) does not count. */
 function pidsOf(comm: string): number[] {
   return fs
     .readdirSync("/proc")
     .filter((entry) => /^\d+$/.test(entry))
     .filter((pid) => {
+      let stat: string;
       try {
-        return fs.readFileSync(`/proc/${pid}/comm`, "utf8").trim() === comm;
+        stat = fs.readFileSync(`/proc/${pid}/stat`, "utf8"); // "PID (COMM) STATE ..."
       } catch {
         return false; // exited meanwhile
       }
+      const prefix = `${pid} (${comm}) `;
+      return stat.startsWith(prefix) && stat[prefix.length] !== "Z";
     })
     .map(Number);
 }
 
-function onPath(program: string): boolean {
-  return (process.env.PATH ?? "/usr/sbin:/usr/bin").split(":").some((dir) => fs.existsSync(path.join(dir, program)));
+/** The program's path: daemons live in sbin, which a root shell's PATH may lack. */
+function findProgram(program: string): string | undefined {
+  const dirs = [...(process.env.PATH ?? "").split(":"), "/usr/sbin", "/sbin"].filter(Boolean);
+  return dirs.map((dir) => path.join(dir, program)).find((file) => fs.existsSync(file));
 }
 
 async function startDaemon(daemon: { name: string; socket: string }): Promise<void> {
   if (pidsOf(daemon.name).length === 0) {
-    const started = await run(daemon.name, ["-d"]);
+    const started = await run(findProgram(daemon.name) ?? daemon.name, ["-d"]);
     if (started.code !== 0) throw new Error(`${daemon.name} -d failed (exit ${started.code}): ${started.stderr.trim()}`);
   }
   await waitUntil(`${daemon.name} listens on ${daemon.socket}`, () => fs.existsSync(daemon.socket));
 }
 
+/**
+ * libvirt backs guest memory with huge pages only from a hugetlbfs mount
+ * that it found when it started: mount one, then restart a running libvirtd.
+ */
+async function mountHugetlbfs(): Promise<void> {
+  if (fs.readFileSync("/proc/mounts", "utf8").includes(" hugetlbfs ")) return;
+  fs.mkdirSync("/dev/hugepages", { recursive: true });
+  const mounted = await run("mount", ["-t", "hugetlbfs", "hugetlbfs", "/dev/hugepages"]);
+  if (mounted.code !== 0) throw new Error(`mount -t hugetlbfs failed: ${mounted.stderr.trim()}`);
+  if (pidsOf(LIBVIRTD.name).length > 0) await restartLibvirtd();
+}
+
 async function startLibvirt(): Promise<void> {
-  const missing = ["virsh", "libvirtd", "virtlogd", "qemu-system-x86_64"].filter((program) => !onPath(program));
+  const missing = ["virsh", "libvirtd", "virtlogd", "qemu-system-x86_64"].filter((program) => !findProgram(program));
   if (missing.length > 0) {
     throw new Error(`${missing.join(", ")} not found: apt-get install libvirt-daemon-system libvirt-clients qemu-system-x86 (as .ci/run does)`);
   }
@@ -130,8 +149,15 @@ export function hugepages(): number {
   return Number(fs.readFileSync(POOL, "utf8").trim());
 }
 
-export function setHugepages(count: number): void {
+function setHugepages(count: number): void {
   fs.writeFileSync(POOL, `${count}\n`);
+}
+
+/** Huge pages of the default size that processes use or have reserved (QEMU maps guest RAM on hugetlbfs). */
+export function hugepagesInUse(): number {
+  const meminfo = fs.readFileSync("/proc/meminfo", "utf8");
+  const field = (name: string) => Number(new RegExp(`${name}:\\s+(\\d+)`).exec(meminfo)?.[1]);
+  return field("HugePages_Total") - field("HugePages_Free") + field("HugePages_Rsvd");
 }
 
 export function journalExists(uuid: string): boolean {
@@ -165,20 +191,23 @@ export interface TestDomain {
   uuid: string;
 }
 
-export interface DomainOptions {
+interface DomainOptions {
   memoryMiB?: number;
+  /** <memoryBacking><hugepages/>: QEMU maps guest RAM on hugetlbfs, and fails to start without free pages. */
+  hugepageBacked?: boolean;
   /** The content of <vmhook:hooks>; undefined: no vmhook metadata at all. */
   hooks?: string;
 }
 
 /** A tiny TCG guest: no disk, no network, no graphics; it boots nothing but runs. */
-export function domainXml(domain: TestDomain, { memoryMiB = 64, hooks }: DomainOptions): string {
+function domainXml(domain: TestDomain, { memoryMiB = 64, hugepageBacked = false, hooks }: DomainOptions): string {
   const metadata = hooks === undefined ? "" : `<metadata><vmhook:hooks xmlns:vmhook="urn:vmhook:1">${hooks}</vmhook:hooks></metadata>`;
   return `<domain type='qemu'>
   <name>${domain.name}</name>
   <uuid>${domain.uuid}</uuid>
   ${metadata}
   <memory unit='MiB'>${memoryMiB}</memory>
+  ${hugepageBacked ? "<memoryBacking><hugepages/></memoryBacking>" : ""}
   <vcpu>1</vcpu>
   <os><type arch='x86_64' machine='pc'>hvm</type></os>
   <devices>
@@ -241,6 +270,7 @@ interface Saved {
 async function setUp(saved: Saved): Promise<void> {
   assert.ok(fs.existsSync(BUILT), `${BUILT} is missing: run npm run build first`);
   fs.copyFileSync(BUILT, binary());
+  await mountHugetlbfs();
   await startLibvirt();
   // What an interrupted run left: its domains, and vmhook over its marker hook.
   await removeTestDomains();

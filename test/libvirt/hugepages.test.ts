@@ -8,6 +8,7 @@ import * as assert from "uvu/assert";
 import {
   defineDomain,
   hugepages,
+  hugepagesInUse,
   journalExists,
   libvirtSuite,
   logSince,
@@ -47,6 +48,18 @@ test("the pool grows by the domain's 32 pages while it runs and shrinks back aft
   await expectHeld(domain, pool + PAGES_OF_64_MIB);
   await virshOk("destroy", domain.name);
   expectReleased(domain, pool);
+});
+
+test("a domain whose memory is backed by huge pages runs on the pages vmhook reserved for it", async () => {
+  // Without them QEMU cannot map its RAM on hugetlbfs and the start fails.
+  const domain = await defineDomain("backed", { hooks: HUGEPAGES, hugepageBacked: true });
+  const [pool, inUse] = [hugepages(), hugepagesInUse()];
+  await virshOk("start", domain.name);
+  await expectHeld(domain, pool + PAGES_OF_64_MIB);
+  assert.is(hugepagesInUse(), inUse + PAGES_OF_64_MIB, "pages QEMU uses or reserved");
+  await virshOk("destroy", domain.name);
+  expectReleased(domain, pool);
+  assert.is(hugepagesInUse(), inUse);
 });
 
 test("more pages than the host has memory: start fails with 'got X of Y pages', pool and /run/vmhook unchanged", async () => {
@@ -89,6 +102,17 @@ test("virsh save gives the pages back; virsh restore (hook prints nothing) takes
   await virshOk("destroy", domain.name);
   expectReleased(domain, pool);
   fs.rmSync(image);
+});
+
+test("metadata removed while the domain runs: destroy still gives the pages back (release follows the journal)", async () => {
+  const domain = await hugepagesDomain("metadata-removed");
+  const pool = hugepages();
+  await virshOk("start", domain.name);
+  await virshOk("metadata", domain.name, "--uri", "urn:vmhook:1", "--remove", "--live");
+  assert.not.match(await virshOk("dumpxml", domain.name), "urn:vmhook:1");
+  await expectHeld(domain, pool + PAGES_OF_64_MIB);
+  await virshOk("destroy", domain.name);
+  expectReleased(domain, pool);
 });
 
 test("a libvirtd restart (reconnect) keeps the journal and the pages; a later destroy releases them", async () => {

@@ -260,6 +260,52 @@ test("single-GPU without a display manager to stop: a holder of the GPU is refus
   assert.match(firstLine(result.stderr), "pid 800 (plymouthd) holds /dev/fb0");
 });
 
+test("a boot GPU already on vfio-pci (vfio-pci.ids) is left alone: no single-GPU mode, no steps", async () => {
+  const kernel = new GpuKernel()
+    .device({ address: GPU, classCode: "0x030000", vendor: "0x10de", nativeDriver: "nvidia", group: 1, bootVga: true })
+    .device({ address: AUDIO, classCode: "0x040300", vendor: "0x10de", nativeDriver: "snd_hda_intel", group: 1 })
+    .unit({ name: "display-manager.service", active: true, processes: { 500: ["Xorg", ["/dev/tty7"]] } });
+  for (const address of [GPU, AUDIO]) kernel.sim.write(`/sys/bus/pci/devices/${address}/driver_override`, "vfio-pci");
+  kernel.sim.exec("modprobe", ["vfio-pci"], { timeoutMs: 1000 });
+  assert.is(kernel.driverOf(GPU), "vfio-pci");
+  const before = kernel.sim.snapshot();
+  kernel.sim.execs.length = 0;
+  const xml = domainXml("<vmhook:vfio/>");
+  assert.is((await runHookEvent(kernel.sim, "prepare", "begin", xml)).code, 0);
+  assert.equal(kernel.sim.execs, []);
+  assert.equal(readJournal(kernel.sim, UUID)!.entries, []);
+  assert.is((await runHookEvent(kernel.sim, "release", "end", xml)).code, 0);
+  assert.equal(kernel.sim.snapshot(), before);
+});
+
+test("two NVIDIA cards, the host keeps one: nvidia stays loaded, only the VM card's /dev/nvidiaN counts as in use", async () => {
+  const kernel = new GpuKernel()
+    .module({ name: "nvidia", driver: "nvidia", loaded: true })
+    .module({ name: "snd_hda_intel", driver: "snd_hda_intel", loaded: true })
+    .device({ address: GPU, classCode: "0x030000", vendor: "0x10de", nativeDriver: "nvidia", group: 1, nodes: ["card1"] })
+    .device({ address: AUDIO, classCode: "0x040300", vendor: "0x10de", nativeDriver: "snd_hda_intel", group: 1 })
+    .device({ address: "0000:02:00.0", classCode: "0x030000", vendor: "0x10de", nativeDriver: "nvidia", group: 2, bootVga: true, nodes: ["card0"] })
+    .unit({ name: "display-manager.service", active: true, processes: { 500: ["Xorg", ["/dev/nvidiactl", "/dev/nvidia1", "/dev/dri/card0"]] } });
+  kernel.sim.file(`/proc/driver/nvidia/gpus/${GPU}/information`, "Model: RTX 4090\nDevice Minor: 0\n");
+  kernel.sim.file("/proc/driver/nvidia/gpus/0000:02:00.0/information", "Model: RTX 3060\nDevice Minor: 1\n");
+  const xml = domainXml("<vmhook:vfio/>");
+
+  kernel.process(4000, "nvidia-smi", ["/dev/nvidia0"]);
+  const refused = await runHookEvent(kernel.sim, "prepare", "begin", xml);
+  assert.match(firstLine(refused.stderr), "the GPU is in use: pid 4000 (nvidia-smi) holds /dev/nvidia0");
+  assert.not.match(firstLine(refused.stderr), "Xorg");
+
+  kernel.sim.remove("/proc/4000");
+  const before = kernel.sim.snapshot();
+  const prepare = await runHookEvent(kernel.sim, "prepare", "begin", xml);
+  assert.is(prepare.code, 0, prepare.stderr);
+  assert.is(kernel.driverOf(GPU), "vfio-pci");
+  assert.is(kernel.driverOf("0000:02:00.0"), "nvidia");
+  assert.ok(kernel.loaded("nvidia") && kernel.units.get("display-manager.service")!.active);
+  assert.is((await runHookEvent(kernel.sim, "release", "end", xml)).code, 0);
+  assert.equal(kernel.sim.snapshot(), before);
+});
+
 const BAD_CONFIGS: [string, string][] = [
   ['<vmhook:vfio single-gpu="maybe"/>', 'single-gpu="maybe" must be auto, yes or no'],
   ['<vmhook:vfio devices="01:00"/>', 'devices="01:00" is not a PCI address'],

@@ -1,0 +1,92 @@
+// vmhook install / uninstall on a test root: the previous hook is kept (and
+// still run from qemu.d/), reinstalling changes nothing, uninstall puts it
+// back. The real-libvirt suite checks the same against libvirtd.
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import { test } from "uvu";
+import * as assert from "uvu/assert";
+import { install, uninstall } from "../../lib/cli/install.ts";
+import { RootedHost } from "../../lib/host.ts";
+
+const HOOK = "/etc/libvirt/hooks/qemu";
+const SAVED = "/etc/libvirt/hooks/qemu.vmhook-saved";
+const LAUNCHER = "/etc/libvirt/hooks/qemu.d/vmhook-saved-qemu-hook";
+const PREVIOUS = "#!/bin/sh\n# the admin's own hook, finding its scripts from $(dirname $0)\n";
+
+const roots: string[] = [];
+test.after(() => roots.forEach((root) => fs.rmSync(root, { recursive: true, force: true })));
+
+function setUp() {
+  const host = new RootedHost(fs.mkdtempSync(path.join(os.tmpdir(), "vmhook-install-")));
+  roots.push(host.root);
+  // Only the marker string makes a file "vmhook" for install.
+  const binary = path.join(host.root, "vmhook-build");
+  fs.writeFileSync(binary, "ELF... vmhook-binary-marker:c0ffee-1 ...");
+  const read = (hostPath: string) => fs.readFileSync(host.resolve(hostPath), "utf8");
+  const exists = (hostPath: string) => host.stat(hostPath) !== undefined;
+  const putPreviousHook = () => {
+    fs.mkdirSync(host.resolve(path.dirname(HOOK)), { recursive: true });
+    fs.writeFileSync(host.resolve(HOOK), PREVIOUS, { mode: 0o755 });
+  };
+  return { host, binary, read, exists, putPreviousHook };
+}
+
+test("install keeps the previous hook beside it, run from qemu.d/ by a launcher; installing again changes nothing", () => {
+  const { host, binary, read, putPreviousHook } = setUp();
+  putPreviousHook();
+  const notes = install(host, binary);
+  assert.match(notes.join("\n"), `kept the existing hook: moved ${HOOK} to ${SAVED}`);
+  assert.is(read(SAVED), PREVIOUS);
+  assert.is(read(HOOK), fs.readFileSync(binary, "utf8"));
+  assert.match(read(LAUNCHER), `exec ${SAVED} "$@"`);
+  assert.is(host.stat(LAUNCHER)!.mode & 0o777, 0o755);
+  assert.is(host.readlink("/usr/local/bin/vmhook"), HOOK);
+
+  const again = install(host, binary);
+  assert.equal(again, [`${HOOK} is already this vmhook`]);
+  assert.is(read(SAVED), PREVIOUS);
+});
+
+test("uninstall puts the previous hook back and removes the launcher, the link and the record", () => {
+  const { host, binary, read, exists, putPreviousHook } = setUp();
+  putPreviousHook();
+  install(host, binary);
+  const notes = uninstall(host, false);
+  assert.match(notes.join("\n"), `restored the previous hook from ${SAVED}`);
+  assert.is(read(HOOK), PREVIOUS);
+  for (const gone of [SAVED, LAUNCHER, "/usr/local/bin/vmhook", "/etc/vmhook/install.json"]) assert.not.ok(exists(gone), `${gone} is still there`);
+  assert.equal(uninstall(host, false), [`left ${HOOK} alone: it is not vmhook`]);
+});
+
+test("uninstall with another hook in vmhook's place since keeps that one and the saved hook", () => {
+  const { host, binary, read, exists, putPreviousHook } = setUp();
+  putPreviousHook();
+  install(host, binary);
+  fs.writeFileSync(host.resolve(HOOK), "#!/bin/sh\n# someone else's\n");
+  const notes = uninstall(host, false);
+  assert.match(notes.join("\n"), `kept ${SAVED}`);
+  assert.is(read(HOOK), "#!/bin/sh\n# someone else's\n");
+  assert.is(read(SAVED), PREVIOUS);
+  assert.ok(exists(LAUNCHER));
+});
+
+test("a dangling symlink at the hook's place is kept, not overwritten", () => {
+  const { host, binary } = setUp();
+  fs.mkdirSync(host.resolve(path.dirname(HOOK)), { recursive: true });
+  fs.symlinkSync("/opt/hooks/qemu-dispatcher", host.resolve(HOOK));
+  install(host, binary);
+  assert.is(host.readlink(SAVED), "/opt/hooks/qemu-dispatcher");
+  uninstall(host, false);
+  assert.is(host.readlink(HOOK), "/opt/hooks/qemu-dispatcher");
+});
+
+test("install without a previous hook saves nothing and uninstall leaves no hook", () => {
+  const { host, binary, exists } = setUp();
+  assert.not.match(install(host, binary).join("\n"), "kept");
+  assert.not.ok(exists(LAUNCHER));
+  uninstall(host, false);
+  assert.not.ok(exists(HOOK));
+});
+
+test.run();
