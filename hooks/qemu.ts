@@ -56,7 +56,7 @@ export async function hookMain(args: string[], root = process.env.VMHOOK_ROOT ||
   // costs one string search and one stat.
   if (!xml.includes(NAMESPACE_URI) && !(await holdsJournal(xml, root))) return 0;
   const { runEvent } = await import("../lib/hook.ts");
-  const invocation: HookInvocation = { args, xml, root, watchdog: true };
+  const invocation: HookInvocation = { args, xml, root, ownProcess: true };
   const known = EVENTS[`${args[1]} ${args[2]}`];
   return runEvent(invocation, known?.event, known?.action, known?.mayFail ?? false);
 }

@@ -21,8 +21,11 @@ export interface HookInvocation {
   root: string;
   /** Tests pass a simulated host; otherwise the host is the root directory. */
   host?: Host;
-  /** Kill the process when it outlives both deadlines (the real hook; not in-process tests). */
-  watchdog?: boolean;
+  /**
+   * This process is the hook libvirt started (not an in-process test): guard
+   * stdout and kill the process when it outlives both deadlines.
+   */
+  ownProcess?: boolean;
 }
 
 /** The domain UUID found by a plain text search: enough to find a journal without parsing XML. */
@@ -139,6 +142,17 @@ function withRollbackNote(error: unknown, steps: number, failed: number): Vmhook
   return new VmhookError(describeError(error), [...details, note]);
 }
 
+/**
+ * libvirt reads the hook's stdout as replacement XML on migrate and restore,
+ * so nothing may reach it: whatever a plugin (a JavaScript one, say) prints
+ * goes to stderr instead.
+ */
+function guardStdout(): void {
+  const toStderr = process.stderr.write.bind(process.stderr) as typeof process.stdout.write;
+  process.stdout.write = toStderr;
+  console.log = console.info = console.debug = console.error;
+}
+
 export type EventAction = (run: HookRun) => Promise<void>;
 
 /**
@@ -154,7 +168,8 @@ export async function runEvent(invocation: HookInvocation, event: HookEvent | un
     return 0;
   }
   try {
-    if (invocation.watchdog) {
+    if (invocation.ownProcess) {
+      guardStdout();
       const { deadlineSeconds, undoDeadlineSeconds } = run.settings;
       const budgetSeconds = deadlineSeconds + undoDeadlineSeconds + 5;
       startWatchdog(budgetSeconds * 1000, `${invocation.args.slice(1, 3).join(" ")} of ${run.name} was killed after ${budgetSeconds} s (deadlineSeconds + undoDeadlineSeconds in ${paths.hostConfig}); run vmhook recover ${run.name} once it is stopped`, run.host.resolve(paths.log));
