@@ -49,8 +49,9 @@ build() {
 
 if [ "${1:-}" = "--uninstall" ]; then
   shift
-  # The installed hook uninstalls itself; a checkout without a build still can.
-  if [ -x /usr/local/bin/vmhook ]; then
+  # The installed hook uninstalls itself (through vmhook's link only: install
+  # leaves another program of that name alone); a checkout without a build still can.
+  if [ "$(readlink /usr/local/bin/vmhook)" = /etc/libvirt/hooks/qemu ] && [ -x /etc/libvirt/hooks/qemu ]; then
     exec /usr/local/bin/vmhook uninstall "$@"
   elif [ -x dist/vmhook ]; then
     exec dist/vmhook uninstall "$@"

@@ -7,6 +7,7 @@
 //   NAME.js, NAME.mjs  a JavaScript module whose default export is a Plugin
 // The hook runs as root, so a plugin is only loaded from a directory and a
 // file that root owns and nobody else can write.
+import * as path from "node:path";
 import { pathToFileURL } from "node:url";
 import { XMLSerializer, type Element } from "@xmldom/xmldom";
 import { attributes } from "./domain.ts";
@@ -60,6 +61,18 @@ export function unsafeReason(host: Host, hostPath: string, kind: "directory" | "
   return undefined;
 }
 
+/**
+ * Why the plugins directory is unsafe, or undefined: it and every directory
+ * above it must pass unsafeReason, since whoever can write /etc/vmhook can
+ * rename plugins.d and put a directory of their own in its place.
+ */
+function pluginsDirProblem(host: Host): string | undefined {
+  for (let dir = paths.pluginsDir; ; dir = path.posix.dirname(dir)) {
+    const problem = unsafeReason(host, dir, "directory");
+    if (problem || dir === "/") return problem;
+  }
+}
+
 /** Finds plugin NAME's file and checks it. Throws naming what was searched, or what is unsafe and how to fix it. */
 export function findCustomPlugin(host: Host, name: string): PluginFile {
   const element = `<vmhook:plugin name="${name}">`;
@@ -69,7 +82,7 @@ export function findCustomPlugin(host: Host, name: string): PluginFile {
   if (!host.stat(paths.pluginsDir)) {
     throw new VmhookError(`${element}: plugin ${name} is not installed: ${paths.pluginsDir} does not exist; create it (owned by root, mode 755) and install the plugin there`);
   }
-  const directoryProblem = unsafeReason(host, paths.pluginsDir, "directory");
+  const directoryProblem = pluginsDirProblem(host);
   if (directoryProblem) {
     throw new VmhookError(`${element}: refusing to load plugins: ${directoryProblem}`);
   }
@@ -205,6 +218,8 @@ function invoke(ctx: BaseContext, file: PluginFile, request: Record<string, Json
   for (const line of stderr) ctx.log.info(`plugin:${file.name}: ${line}`);
   const lastWords = stderr.length > 0 ? `: ${stderr[stderr.length - 1]}` : " (nothing on stderr)";
 
+  // ENOBUFS: the output went past the host's buffer and the plugin was killed.
+  if (result.error?.includes("ENOBUFS")) throw new VmhookError(`${who} printed more than vmhook reads at ${event} and was killed; print only the JSON reply on stdout (logs go to stderr)`);
   if (result.error) throw new VmhookError(`${who} could not be started for ${event}: ${result.error}`);
   if (result.timedOut) {
     throw new VmhookError(`${who} did not finish ${event} within ${(limit / 1000).toFixed(1)} s and was killed; make it faster or raise "timeoutSeconds" under "plugins": {"plugin:${file.name}": …} in ${paths.hostConfig}`);
@@ -246,7 +261,8 @@ async function runForEvent(ctx: PluginContext<ExecutableConfig>, file: PluginFil
   await ctx.step(`run ${file.path} ${ctx.event}`, pending, (handle) => {
     const reply = invoke(ctx, file, request(ctx, ctx.event, { config: ctx.config.element as unknown as Json, records, domainXml: ctx.config.domainXml }), ctx.config);
     // It reported back: what it says it changed (also with an error) is what release undoes.
-    handle.update({ ...pending, finished: true, undo: reply.undo ?? null });
+    if (reply.undo === undefined || reply.undo === null) handle.nothingToUndo();
+    else handle.update({ ...pending, finished: true, undo: reply.undo });
     if (reply.error !== undefined) throw new VmhookError(`plugin ${file.name} failed at ${ctx.event}: ${reply.error}`);
   });
 }
@@ -295,7 +311,7 @@ export interface InstalledPlugin {
 /** Every file in the plugins directory, checked; `describe` also asks each safe plugin for its summary and usage. */
 export async function listInstalledPlugins(host: Host, options: { describe: boolean }): Promise<{ directoryProblem?: string; plugins: InstalledPlugin[] }> {
   // No directory means no plugins; a directory that is unsafe is reported.
-  const directoryProblem = host.stat(paths.pluginsDir) ? unsafeReason(host, paths.pluginsDir, "directory") : undefined;
+  const directoryProblem = host.stat(paths.pluginsDir) ? pluginsDirProblem(host) : undefined;
   const plugins: InstalledPlugin[] = [];
   for (const entry of host.list(paths.pluginsDir)) {
     const name = entry.replace(/\.m?js$/, "");

@@ -8,6 +8,8 @@ export class Deadline {
   constructor(
     private readonly host: Host,
     readonly totalMs: number,
+    /** The host setting that sets it, named when it runs out. */
+    readonly setting: "deadlineSeconds" | "undoDeadlineSeconds" = "deadlineSeconds",
   ) {
     this.at = host.now() + totalMs;
   }
@@ -24,7 +26,7 @@ export class Deadline {
   check(what: string): void {
     if (this.remainingMs() <= 0) {
       throw new VmhookError(
-        `vmhook ran out of time (deadline ${Math.round(this.totalMs / 1000)} s) while ${what}; raise "deadlineSeconds" in /etc/vmhook/vmhook.json if the host is just slow`,
+        `vmhook ran out of time (deadline ${Math.round(this.totalMs / 1000)} s) while ${what}; raise "${this.setting}" in /etc/vmhook/vmhook.json if the host is just slow`,
       );
     }
   }

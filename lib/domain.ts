@@ -93,8 +93,10 @@ export function parseDomain(xml: string, what = "domain XML"): Domain {
   if (!root || root.localName !== "domain") {
     throw new VmhookError(`${what}: the root element is <${root?.localName ?? "none"}>, expected <domain>`);
   }
-  const name = text("/domain/name", document);
-  if (!name) throw new ConfigError("<domain>", "has no <name>");
+  // Exactly as libvirt keeps it, spaces included: it names libvirt's pid file
+  // (/run/libvirt/qemu/NAME.pid), by which vmhook recover tells a running domain.
+  const name = first("/domain/name", document)?.textContent ?? "";
+  if (name.trim() === "") throw new ConfigError("<domain>", "has no <name>");
   const uuidText = text("/domain/uuid", document);
   if (!uuidText) throw new ConfigError("<domain>", "has no <uuid>; libvirt adds one on define, so pass the XML from virsh dumpxml");
   const uuid = parseUuid(uuidText, "<uuid>", "value");

@@ -6,7 +6,7 @@ import { parseDomain, type Domain } from "./domain.ts";
 import { describeError, VmhookError } from "./errors.ts";
 import { RootedHost, type Host } from "./host.ts";
 import { newJournal, readJournal, writeJournal } from "./journal.ts";
-import { createLogger, type Logger } from "./log.ts";
+import { createLogger, oneLine, type Logger } from "./log.ts";
 import type { HookEvent } from "./plugin.ts";
 import { loadSettings, type HostSettings } from "./settings.ts";
 import { runHandlers, undoJournal, type RunEnvironment } from "./transaction.ts";
@@ -60,8 +60,8 @@ export class HookRun {
   }
 
   private deadline(kind: "work" | "undo"): Deadline {
-    const seconds = kind === "work" ? this.settings.deadlineSeconds : this.settings.undoDeadlineSeconds;
-    return new Deadline(this.host, seconds * 1000);
+    const setting = kind === "work" ? "deadlineSeconds" : "undoDeadlineSeconds";
+    return new Deadline(this.host, this.settings[setting] * 1000, setting);
   }
 
   private async plugins(): Promise<PluginInstance[]> {
@@ -71,12 +71,15 @@ export class HookRun {
   /** prepare: undo anything a crashed earlier run left, then apply every plugin's steps as one transaction. */
   async prepare(): Promise<void> {
     const instances = await this.plugins();
-    await this.undoLeftovers();
+    // Leftovers are undone within the work deadline: the watchdog allows one
+    // work and one undo budget, and the rollback below needs the undo one.
+    const deadline = this.deadline("work");
+    await this.undoLeftovers(deadline);
     if (instances.length === 0) return;
     const journal = newJournal(this.host, { name: this.domain.name, uuid: this.domain.uuid });
     writeJournal(this.host, journal);
     try {
-      await runHandlers("prepare", instances, this.domain, journal, this.env(), this.deadline("work"));
+      await runHandlers("prepare", instances, this.domain, journal, this.env(), deadline);
     } catch (error) {
       const steps = journal.entries.length;
       const { failed } = await undoJournal(journal, this.env(), this.deadline("undo"));
@@ -122,11 +125,11 @@ export class HookRun {
     await runHandlers("reconnect", instances, this.domain, journal, this.env(), this.deadline("work"));
   }
 
-  private async undoLeftovers(): Promise<void> {
+  private async undoLeftovers(deadline: Deadline): Promise<void> {
     const leftover = readJournal(this.host, this.domain.uuid);
     if (!leftover) return;
     this.log.warn(`found a journal from an earlier run (phase ${leftover.phase}, ${leftover.entries.length} change(s)); undoing it first`);
-    const { failed } = await undoJournal(leftover, this.env(), this.deadline("undo"));
+    const { failed } = await undoJournal(leftover, this.env(), deadline);
     if (failed.length > 0) {
       throw new VmhookError(`an earlier run of ${this.domain.name} left changes that cannot be undone; run vmhook recover ${this.domain.name} and check vmhook status`, failed.map((entry) => `${entry.plugin}: ${entry.description}: ${entry.error}`));
     }
@@ -144,13 +147,14 @@ function withRollbackNote(error: unknown, steps: number, failed: number): Vmhook
 
 /**
  * libvirt reads the hook's stdout as replacement XML on migrate and restore,
- * so nothing may reach it: whatever a plugin (a JavaScript one, say) prints
- * goes to stderr instead.
+ * so nothing may reach it: file descriptor 1 becomes a copy of stderr, and
+ * whatever a plugin prints (console.log, process.stdout, Bun.write,
+ * writeSync(1)) goes to stderr instead.
  */
-function guardStdout(): void {
-  const toStderr = process.stderr.write.bind(process.stderr) as typeof process.stdout.write;
-  process.stdout.write = toStderr;
-  console.log = console.info = console.debug = console.error;
+async function guardStdout(): Promise<void> {
+  const { dlopen, FFIType } = await import("bun:ffi");
+  const libc = dlopen("libc.so.6", { dup2: { args: [FFIType.i32, FFIType.i32], returns: FFIType.i32 } });
+  if (libc.symbols.dup2(2, 1) < 0) throw new VmhookError("cannot point stdout at stderr (dup2 failed)");
 }
 
 export type EventAction = (run: HookRun) => Promise<void>;
@@ -169,10 +173,16 @@ export async function runEvent(invocation: HookInvocation, event: HookEvent | un
   }
   try {
     if (invocation.ownProcess) {
-      guardStdout();
+      await guardStdout();
+      if (!mayFail) {
+        // A plugin's stray error (a promise nobody awaits) would make the
+        // runtime exit 1, and libvirt kills a VM whose reconnect hook fails.
+        const logStray = (error: unknown) => run.log.error(`stray error of a plugin, ignored: ${describeError(error)}`);
+        process.on("uncaughtException", logStray).on("unhandledRejection", logStray);
+      }
       const { deadlineSeconds, undoDeadlineSeconds } = run.settings;
       const budgetSeconds = deadlineSeconds + undoDeadlineSeconds + 5;
-      startWatchdog(budgetSeconds * 1000, `${invocation.args.slice(1, 3).join(" ")} of ${run.name} was killed after ${budgetSeconds} s (deadlineSeconds + undoDeadlineSeconds in ${paths.hostConfig}); run vmhook recover ${run.name} once it is stopped`, run.host.resolve(paths.log));
+      startWatchdog(budgetSeconds * 1000, `${invocation.args.slice(1, 3).join(" ")} of ${run.name} was killed after ${budgetSeconds} s (deadlineSeconds + undoDeadlineSeconds in ${paths.hostConfig}); run vmhook recover ${run.name} once it is stopped`, run.host.resolve(paths.log), mayFail ? 1 : 0);
     }
     await action(run);
     return 0;
@@ -182,7 +192,7 @@ export async function runEvent(invocation: HookInvocation, event: HookEvent | un
     const details = error instanceof VmhookError ? error.details : [String((error as Error)?.stack ?? "")];
     for (const line of details) run.log.error(line);
     process.stderr.write(
-      [`vmhook: ${headline}`, ...details.map((line) => `  ${line}`), `  (${event ?? "event"} of ${run.name}; log: /var/log/vmhook.log)`].join("\n") + "\n",
+      [`vmhook: ${oneLine(headline)}`, ...details.map((line) => `  ${line}`), `  (${event ?? "event"} of ${run.name}; log: /var/log/vmhook.log)`].join("\n") + "\n",
     );
     return mayFail ? 1 : 0;
   }

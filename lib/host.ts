@@ -151,14 +151,16 @@ export class RootedHost implements Host {
       maxBuffer: 16 * 1024 * 1024,
     });
     const failure = result.error as NodeJS.ErrnoException | undefined;
-    const timedOut = failure?.code === "ETIMEDOUT";
+    const waited = failure?.code === "ETIMEDOUT";
     return {
       status: result.status,
       signal: result.signal,
       stdout: result.stdout ?? "",
       stderr: result.stderr ?? "",
-      timedOut,
-      error: failure && !timedOut ? `${command}: ${failure.message}` : undefined,
+      // With an exit status the program did finish: a process it left in the
+      // background held its output pipes open until the timeout.
+      timedOut: waited && result.status === null,
+      error: failure && !waited ? `${command}: ${failure.message}` : undefined,
     };
   }
 

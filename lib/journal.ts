@@ -3,6 +3,7 @@
 // `vmhook recover` and the next prepare undo what was really done, whatever
 // the metadata says now and even after a crash.
 import writeFileAtomic from "write-file-atomic";
+import { VmhookError } from "./errors.ts";
 import type { Host } from "./host.ts";
 import { paths } from "./paths.ts";
 import { PATTERNS } from "./validate.ts";
@@ -48,15 +49,19 @@ export function readJournal(host: Host, uuid: string): Journal | undefined {
   let text: string;
   try {
     text = host.read(file);
-  } catch {
-    return undefined;
+  } catch (error) {
+    // Only a missing journal means "holds nothing"; any other failure must not
+    // pass for that (a prepare would write over it, status would hide it).
+    const code = (error as NodeJS.ErrnoException).code;
+    if (code === "ENOENT") return undefined;
+    throw new VmhookError(`journal ${file} cannot be read (${code ?? (error as Error).message})${code === "EACCES" ? "; run vmhook as root" : ""}`);
   }
   try {
     const journal = JSON.parse(text) as Journal;
     if (journal.version !== JOURNAL_VERSION || !Array.isArray(journal.entries)) throw new Error(`unsupported version ${journal.version}`);
     return journal;
   } catch (error) {
-    throw new Error(`journal ${file} cannot be read (${(error as Error).message}); inspect it, then remove it by hand`);
+    throw new VmhookError(`journal ${file} cannot be read (${(error as Error).message}); inspect it, then remove it by hand`);
   }
 }
 

@@ -25,12 +25,21 @@ export interface LoggerOptions {
   file: boolean;
 }
 
+/**
+ * Control characters shown escaped ("\n"): one message is one line, so a
+ * value from the domain XML (size="2M&#10;...") cannot forge log lines or push
+ * the cause off the first line of stderr.
+ */
+export function oneLine(text: string): string {
+  return text.replace(/[\u0000-\u001f\u007f]/g, (char) => JSON.stringify(char).slice(1, -1));
+}
+
 export function createLogger(host: Host, options: LoggerOptions): Logger {
   const transcript: string[] = [];
   const context = [options.domain, options.event].filter(Boolean).join(" ");
   let fileBroken = !options.file;
   const emit = (level: LogLevel, message: string) => {
-    const line = `${level === "info" ? "" : `${level}: `}${message}`;
+    const line = `${level === "info" ? "" : `${level}: `}${oneLine(message)}`;
     transcript.push(line);
     if (options.echo === "stderr") process.stderr.write(`vmhook: ${line}\n`);
     if (fileBroken) return;

@@ -48,6 +48,8 @@ export interface BaseContext {
 export interface StepHandle {
   /** Replaces the journaled undo record, e.g. with how many pages were really added. */
   update(undo: UndoRecord): void;
+  /** The action turned out to change nothing: its entry leaves the journal. */
+  nothingToUndo(): void;
 }
 
 export interface PluginContext<Config> extends BaseContext {

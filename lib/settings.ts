@@ -16,6 +16,8 @@ export interface HostSettings {
 
 export const DEFAULT_SETTINGS: HostSettings = { deadlineSeconds: 120, undoDeadlineSeconds: 120, plugins: {} };
 
+const notObject = (value: unknown) => typeof value !== "object" || value === null || Array.isArray(value);
+
 export function loadSettings(host: Host): HostSettings {
   let text: string;
   try {
@@ -29,6 +31,9 @@ export function loadSettings(host: Host): HostSettings {
   } catch (error) {
     throw new VmhookError(`${paths.hostConfig} is not valid JSON (${(error as Error).message}); fix or remove it`);
   }
+  if (notObject(raw)) {
+    throw new VmhookError(`${paths.hostConfig} holds ${JSON.stringify(raw)}; it must be a JSON object such as {"deadlineSeconds": 120}`);
+  }
   const seconds = (key: "deadlineSeconds" | "undoDeadlineSeconds") => {
     const value = raw[key] ?? DEFAULT_SETTINGS[key];
     if (typeof value !== "number" || !(value > 0 && value <= 3600)) {
@@ -37,8 +42,8 @@ export function loadSettings(host: Host): HostSettings {
     return value;
   };
   const plugins = raw.plugins ?? {};
-  if (typeof plugins !== "object" || Array.isArray(plugins)) {
-    throw new VmhookError(`${paths.hostConfig}: "plugins" must be an object keyed by plugin name`);
-  }
+  if (notObject(plugins)) throw new VmhookError(`${paths.hostConfig}: "plugins" must be an object keyed by plugin name`);
+  const badPlugin = Object.keys(plugins).find((name) => notObject(plugins[name]));
+  if (badPlugin) throw new VmhookError(`${paths.hostConfig}: "plugins": {"${badPlugin}": …} must be an object of that plugin's settings`);
   return { deadlineSeconds: seconds("deadlineSeconds"), undoDeadlineSeconds: seconds("undoDeadlineSeconds"), plugins };
 }

@@ -9,7 +9,7 @@ import type { Host } from "./host.ts";
 import { listJournals, removeJournal, sharedState, writeJournal, type Journal, type JournalEntry } from "./journal.ts";
 import { withHostLock } from "./lock.ts";
 import type { Logger } from "./log.ts";
-import type { BaseContext, HookEvent, Plugin, PluginContext, UndoRecord } from "./plugin.ts";
+import type { BaseContext, HookEvent, Plugin, PluginContext, StepHandle, UndoRecord } from "./plugin.ts";
 import type { HostSettings } from "./settings.ts";
 import { loadPlugin } from "../plugins/index.ts";
 
@@ -102,7 +102,7 @@ async function step(
   event: HookEvent,
   description: string,
   undo: UndoRecord,
-  action: (handle: { update(undo: UndoRecord): void }) => void | Promise<void>,
+  action: (handle: StepHandle) => void | Promise<void>,
 ): Promise<void> {
   if (env.dryRun) {
     env.dryRun.steps.push({ plugin: pluginId, event, description, undo });
@@ -111,20 +111,29 @@ async function step(
   const entry: JournalEntry = { plugin: pluginId, event, description, undo, state: "pending", at: new Date(env.host.now()).toISOString() };
   journal.entries.push(entry);
   writeJournal(env.host, journal);
+  let changedNothing = false;
+  const settle = () => {
+    if (changedNothing) journal.entries.splice(journal.entries.indexOf(entry), 1);
+    else entry.state = "applied";
+    writeJournal(env.host, journal);
+  };
   try {
     await action({
       update(next) {
         entry.undo = next;
         writeJournal(env.host, journal);
       },
+      nothingToUndo() {
+        changedNothing = true;
+      },
     });
   } catch (error) {
+    if (changedNothing) settle();
     env.log.error(`${pluginId}: ${description}: ${describeError(error)}`);
     throw error;
   }
-  entry.state = "applied";
-  writeJournal(env.host, journal);
-  env.log.info(`${pluginId}: ${description}: done`);
+  settle();
+  env.log.info(`${pluginId}: ${description}: ${changedNothing ? "nothing to undo" : "done"}`);
 }
 
 export interface UndoResult {

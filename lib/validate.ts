@@ -6,14 +6,14 @@ import { ConfigError } from "./errors.ts";
 export const PATTERNS = {
   pciAddress: /^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$/,
   uuid: /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/,
-  /** Kernel module and driver names. */
-  moduleName: /^[a-zA-Z0-9_-]{1,64}$/,
+  /** Kernel module and driver names. Never starting with "-": they become arguments of modprobe and rmmod. */
+  moduleName: /^[a-zA-Z0-9_][a-zA-Z0-9_-]{0,63}$/,
   /** mdev type ids (i915-GVTg_V5_4, nvidia-63, mtty-2). */
   mdevType: /^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$/,
   /** Custom plugin names: never a path. */
   pluginName: /^[a-z0-9][a-z0-9._-]*$/,
-  /** systemd unit names. */
-  unitName: /^[A-Za-z0-9:_.@\\-]{1,255}$/,
+  /** systemd unit names. Never starting with "-": they become arguments of systemctl. */
+  unitName: /^[A-Za-z0-9:_.@\\][A-Za-z0-9:_.@\\-]{0,254}$/,
 };
 
 /** Accepts 0000:01:00.0, 01:00.0 (domain 0000) in any case; returns the canonical lower-case form. */

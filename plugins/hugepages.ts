@@ -35,7 +35,10 @@ export interface HugepagesConfig {
   backedByHugepages: boolean;
 }
 
-/** Journaled per pool. `added`: pages the kernel really granted; `returned`: how many of them went back already. */
+/**
+ * Journaled per pool. `added`: how much the persistent pool grew (new pages,
+ * plus surplus pages the kernel promoted first); `returned`: how many of them went back already.
+ */
 interface GrowRecord extends UndoRecord {
   action: "grow-pool";
   sizeKiB: number;
@@ -138,9 +141,9 @@ function poolNeeds(domain: Domain, where: string, sizeAttribute: number | undefi
 
 const nodeDir = (node: number) => `/sys/devices/system/node/node${node}`;
 
-function poolFile(sizeKiB: number, node: number | undefined): string {
+function poolFile(sizeKiB: number, node: number | undefined, file = "nr_hugepages"): string {
   const dir = node === undefined ? "/sys/kernel/mm/hugepages" : `${nodeDir(node)}/hugepages`;
-  return `${dir}/hugepages-${sizeKiB}kB/nr_hugepages`;
+  return `${dir}/hugepages-${sizeKiB}kB/${file}`;
 }
 
 /** "the 2M pool", "the 1G pool of node 1": for messages. */
@@ -153,6 +156,18 @@ function readCount(host: Host, file: string): number {
     throw new VmhookError(`hugepages: cannot read the pool size from ${file} (got ${JSON.stringify(text ?? null)})`);
   }
   return count;
+}
+
+/**
+ * A pool as mm/hugetlb.c counts it: nr_hugepages shows all pages, surplus ones
+ * (nr_overcommit_hugepages, or in use when a pool shrank) included, while a
+ * write sets the persistent count, all minus surplus (for a node's pool: on
+ * Linux 6.7 and later; older kernels also count other nodes' surplus in).
+ */
+function readPool(host: Host, sizeKiB: number, node: number | undefined): { total: number; persistent: number } {
+  const total = readCount(host, poolFile(sizeKiB, node));
+  const surplusFile = poolFile(sizeKiB, node, "surplus_hugepages");
+  return { total, persistent: total - (host.exists(surplusFile) ? readCount(host, surplusFile) : 0) };
 }
 
 function writeCount(host: Host, file: string, count: number): void {
@@ -214,18 +229,21 @@ async function prepare(ctx: PluginContext<HugepagesConfig>): Promise<void> {
 function grow(ctx: PluginContext<HugepagesConfig>, need: PoolNeed, record: GrowRecord, handle: StepHandle): void {
   const { host } = ctx;
   const file = poolFile(need.sizeKiB, need.node);
-  // One attempt: ask for what is still missing on top of whatever the pool
-  // holds now, and journal what the kernel granted before anything else, so
-  // a rollback gives back exactly that.
+  let fresh = 0;
+  // One attempt: ask for what is still missing on top of all the pool holds
+  // now (the kernel promotes surplus pages before it adds new ones), and
+  // journal how much the persistent pool grew before anything else, so a
+  // rollback gives back exactly that.
   const attempt = (): boolean => {
-    const before = readCount(host, file);
-    writeCount(host, file, before + need.pages - record.added);
-    const granted = Math.max(0, readCount(host, file) - before);
-    if (granted > 0) {
-      record.added += granted;
+    const before = readPool(host, need.sizeKiB, need.node);
+    writeCount(host, file, before.total + need.pages - fresh);
+    const after = readPool(host, need.sizeKiB, need.node);
+    fresh += Math.max(0, after.total - before.total);
+    if (after.persistent > before.persistent) {
+      record.added += after.persistent - before.persistent;
       handle.update({ ...record });
     }
-    return record.added >= need.pages;
+    return fresh >= need.pages;
   };
   if (attempt()) return;
   // Errors inside the poll end it at once and are rethrown as they are; only
@@ -246,7 +264,7 @@ function grow(ctx: PluginContext<HugepagesConfig>, need: PoolNeed, record: GrowR
       intervalMs: 100,
     });
   } catch {
-    throw shortfall(host, need, record.added, ctx.config.retrySeconds);
+    throw shortfall(host, need, fresh, ctx.config.retrySeconds);
   }
   if (failure !== undefined) throw failure;
 }
@@ -273,14 +291,13 @@ function undo(record: UndoRecord, ctx: BaseContext): void {
   const node = grown.node ?? undefined;
   const remaining = grown.added - grown.returned;
   if (remaining <= 0) return;
-  const file = poolFile(grown.sizeKiB, node);
-  const current = readCount(ctx.host, file);
-  const target = Math.max(0, current - remaining);
-  writeCount(ctx.host, file, target);
+  // The persistent count, not nr_hugepages: surplus pages are not ours to give back.
+  const target = Math.max(0, readPool(ctx.host, grown.sizeKiB, node).persistent - remaining);
+  writeCount(ctx.host, poolFile(grown.sizeKiB, node), target);
   // Kept in the journal if anything below fails, so a second undo gives nothing back twice.
   grown.returned = grown.added;
-  const after = readCount(ctx.host, file);
-  if (after !== target) ctx.log.warn(`hugepages: ${poolName(grown.sizeKiB, node)} holds ${after} pages after shrinking to ${target}`);
+  const after = readPool(ctx.host, grown.sizeKiB, node).persistent;
+  if (after !== target) ctx.log.warn(`hugepages: ${poolName(grown.sizeKiB, node)} holds ${after} persistent pages after shrinking to ${target}`);
 }
 
 /** Journal records are root-owned, but they still become paths: check the numbers. */
@@ -299,7 +316,7 @@ function reconnect(ctx: PluginContext<HugepagesConfig>): void {
   for (const grown of ctx.records.map(checkRecord)) {
     const node = grown.node ?? undefined;
     const held = grown.added - grown.returned;
-    const count = readCount(ctx.host, poolFile(grown.sizeKiB, node));
+    const count = readPool(ctx.host, grown.sizeKiB, node).persistent;
     if (count < held) ctx.log.warn(`hugepages: ${poolName(grown.sizeKiB, node)} holds ${count} pages, fewer than the ${held} this VM added`);
   }
 }

@@ -135,6 +135,8 @@ const isVmGroup = (name: string) => name === "machine.slice" || name === "machin
 const CGROUP = "/sys/fs/cgroup";
 const CPU_DIR = "/sys/devices/system/cpu";
 const WORKQUEUE_MASK = "/sys/devices/virtual/workqueue/cpumask";
+// The mask IRQs get when they are set up later, e.g. those of the devices QEMU opens (kernel IRQ-affinity docs).
+const DEFAULT_IRQ_MASK = "/proc/irq/default_smp_affinity";
 // Per-CPU timers and managed IRQs refuse to move (EIO, EINVAL); an IRQ freed meanwhile is gone (ENOENT).
 const IRQ_REFUSALS = ["EIO", "EINVAL", "ENOENT"];
 
@@ -171,17 +173,19 @@ const SETTINGS: Record<Action, Setting> = {
   },
   "workqueue-mask": {
     describe: (claim) => `keep unbound kernel workqueues off CPUs ${formatCpuList(claim.isolated)}`,
-    targets: (_ctx, _claims, hostCpus) => [{ key: WORKQUEUE_MASK, want: (original) => formatHexMask(narrow(parseHexMask(original), hostCpus)) }],
+    targets: (_ctx, _claims, hostCpus) => [{ key: WORKQUEUE_MASK, want: narrowedMask(hostCpus) }],
     read: (ctx, key) => ctx.host.read(key).trim(),
     write: (ctx, key, value) => writeOrRefuse(ctx, key, value, []),
   },
   "irq-affinity": {
     describe: (claim) => `move IRQs off CPUs ${formatCpuList(claim.isolated)}`,
-    targets: (ctx, _claims, hostCpus) =>
-      ctx.host
+    targets: (ctx, _claims, hostCpus) => [
+      ...(ctx.host.exists(DEFAULT_IRQ_MASK) ? [{ key: DEFAULT_IRQ_MASK, want: narrowedMask(hostCpus) }] : []),
+      ...ctx.host
         .list("/proc/irq")
         .filter((irq) => /^\d+$/.test(irq) && ctx.host.exists(`/proc/irq/${irq}/smp_affinity_list`))
         .map((irq) => ({ key: `/proc/irq/${irq}/smp_affinity_list`, want: narrowedList(hostCpus) })),
+    ],
     read: (ctx, key) => ctx.host.read(key).trim(),
     write: (ctx, key, value) => writeOrRefuse(ctx, key, value, IRQ_REFUSALS),
   },
@@ -412,6 +416,8 @@ function narrow(original: number[], hostCpus: number[]): number[] {
 
 /** Target.want for CPU-list files and properties. */
 const narrowedList = (hostCpus: number[]) => (original: string) => formatCpuList(narrow(parseCpuText(original), hostCpus));
+/** Target.want for hex cpumask files. */
+const narrowedMask = (hostCpus: number[]) => (original: string) => formatHexMask(narrow(parseHexMask(original), hostCpus));
 
 function union(sets: number[][]): number[] {
   return [...new Set(sets.flat())].sort((a, b) => a - b);

@@ -82,7 +82,7 @@ function mdevsOn(ctx: BaseContext, parent: string): string[] {
 
 // ---- mdev: config --------------------------------------------------------------
 
-interface MdevDevice {
+export interface MdevDevice {
   /** The element as written, for messages. */
   element: string;
   uuid: string;
@@ -97,23 +97,23 @@ function parseParent(value: string, element: string): string {
   throw new ConfigError(element, `parent="${value}" is neither a PCI address (like 0000:00:02.0) nor a device name (like mtty); see ls ${MDEV_BUS}`);
 }
 
-/** The mdev's UUID: the uuid attribute, which must name one of the domain's mdev hostdevs, or the only one. */
-function parseMdevUuid(value: string | undefined, element: string, domain: Domain): string {
+/** The mdev's UUID: the uuid attribute (validated), which must name one of the domain's mdev hostdevs, or the only one. */
+function parseMdevUuid(uuid: string | undefined, element: string, domain: Domain): string {
   const hostdevs = domain.hostdevs.flatMap((hostdev) => (hostdev.type === "mdev" ? [hostdev.uuid] : []));
   const example = `<hostdev mode='subsystem' type='mdev' model='vfio-pci'><source><address uuid='UUID'/></source></hostdev>`;
-  if (value === undefined) {
+  if (uuid === undefined) {
     if (hostdevs.length === 1) return hostdevs[0]!;
     if (hostdevs.length === 0) throw new ConfigError(element, `has no uuid and the domain has no mdev <hostdev>; add ${example} to <devices> (uuidgen makes a UUID)`);
     throw new ConfigError(element, `has no uuid, but the domain has ${hostdevs.length} mdev <hostdev>s (${hostdevs.join(", ")}); add uuid="..." naming the one this element creates`);
   }
-  const uuid = parseUuid(value, element, "uuid");
   if (!hostdevs.includes(uuid)) {
-    throw new ConfigError(element, `uuid="${value}" is not the UUID of any mdev <hostdev> of this domain${hostdevs.length ? ` (they are ${hostdevs.join(", ")})` : ""}; add ${example.replace("UUID", uuid)} or fix the uuid`);
+    throw new ConfigError(element, `uuid="${uuid}" is not the UUID of any mdev <hostdev> of this domain${hostdevs.length ? ` (they are ${hostdevs.join(", ")})` : ""}; add ${example.replace("UUID", uuid)} or fix the uuid`);
   }
   return uuid;
 }
 
-function parseMdevElement(element: Element, domain: Domain): MdevDevice {
+/** The element's attributes, each checked before any use in a path; `vmhook doctor` reads elements with this too. */
+export function readMdevElement(element: Element): Omit<MdevDevice, "uuid"> & { uuid?: string } {
   const where = describeElement(element);
   const attrs = readAttributes(element, ["type", "parent", "uuid"]);
   if (attrs.type === undefined) throw new ConfigError(where, `has no type attribute; name an mdev type, e.g. type="i915-GVTg_V5_4" (ls ${MDEV_BUS}/*/mdev_supported_types)`);
@@ -121,8 +121,13 @@ function parseMdevElement(element: Element, domain: Domain): MdevDevice {
     element: where,
     type: checkPattern(attrs.type, PATTERNS.mdevType, where, "type", "mdev type"),
     parent: attrs.parent === undefined ? undefined : parseParent(attrs.parent, where),
-    uuid: parseMdevUuid(attrs.uuid, where, domain),
+    uuid: attrs.uuid === undefined ? undefined : parseUuid(attrs.uuid, where, "uuid"),
   };
+}
+
+function parseMdevElement(element: Element, domain: Domain): MdevDevice {
+  const device = readMdevElement(element);
+  return { ...device, uuid: parseMdevUuid(device.uuid, device.element, domain) };
 }
 
 // ---- mdev: prepare ---------------------------------------------------------------
@@ -264,7 +269,7 @@ function matchesType(type: VgpuType, wanted: string): boolean {
   return String(type.id) === wanted || type.name.toLowerCase() === lower || type.name.toLowerCase().split(/\s+/).at(-1) === lower;
 }
 
-interface VgpuDevice {
+export interface VgpuDevice {
   element: string;
   vf: string;
   type: string;
@@ -287,15 +292,15 @@ function parseVgpuElement(element: Element, domain: Domain, count: number): Vgpu
   return { element: where, vf, type };
 }
 
-interface VgpuPlan extends VgpuDevice {
+export interface VgpuPlan extends VgpuDevice {
   id: number;
   name: string;
   /** False: the VF carries this type already: used, and kept at release. */
   create: boolean;
 }
 
-function planVgpu(ctx: PluginContext<VgpuDevice[]>, device: VgpuDevice): VgpuPlan {
-  const { host } = ctx;
+/** Everything checked before anything changes; `vmhook doctor` runs it too. */
+export function planVgpu(host: Host, device: VgpuDevice): VgpuPlan {
   const current = host.readTrimmed(vgpuFile(device.vf, "current_vgpu_type"));
   if (current === undefined) {
     throw new ConfigError(
@@ -308,7 +313,6 @@ function planVgpu(ctx: PluginContext<VgpuDevice[]>, device: VgpuDevice): VgpuPla
   const currentId = Number(current);
   if (currentId !== 0) {
     if ((wanted?.id ?? Number(device.type)) === currentId) {
-      ctx.log.info(`${device.vf} carries vGPU type ${currentId} already: using it, and keeping it at release`);
       return { ...device, id: currentId, name: wanted?.name ?? device.type, create: false };
     }
     throw new ConfigError(device.element, `${device.vf} already carries vGPU type ${currentId}; if that is the one, write type="${currentId}", else pick a free VF or clear it (echo 0 > ${vgpuFile(device.vf, "current_vgpu_type")})`);
@@ -339,7 +343,8 @@ export const vgpu = definePlugin<VgpuDevice[]>({
   },
 
   async prepare(ctx) {
-    const plans = ctx.config.map((device) => planVgpu(ctx, device));
+    const plans = ctx.config.map((device) => planVgpu(ctx.host, device));
+    for (const plan of plans.filter((p) => !p.create)) ctx.log.info(`${plan.vf} carries vGPU type ${plan.id} already: using it, and keeping it at release`);
     for (const plan of plans.filter((p) => p.create)) {
       const file = vgpuFile(plan.vf, "current_vgpu_type");
       await ctx.step(`set vGPU type ${plan.id} (${plan.name}) on ${plan.vf}`, { action: "clear-vgpu", vf: plan.vf, id: plan.id }, () => {

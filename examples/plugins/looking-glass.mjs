@@ -120,6 +120,15 @@ export default {
   },
 
   undo(record, ctx) {
-    if (record.action === "remove-file" && record.path === SHM_PATH) ctx.host.remove(SHM_PATH);
+    if (record.action !== "remove-file" || record.path !== SHM_PATH) return;
+    // The owner may have swapped the file meanwhile (/dev/shm is world-writable):
+    // unlink this one name, never delete recursively what a user put there.
+    try {
+      fs.unlinkSync(ctx.host.resolve(SHM_PATH));
+    } catch (error) {
+      const code = /** @type {NodeJS.ErrnoException} */ (error).code;
+      if (code === "EISDIR") ctx.log.warn(`${SHM_PATH} is a directory now, not the file vmhook created; left as it is`);
+      else if (code !== "ENOENT") throw error;
+    }
   },
 };

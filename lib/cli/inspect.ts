@@ -11,7 +11,7 @@ import { loadSettings } from "../settings.ts";
 import { runHandlers, type PlannedStep } from "../transaction.ts";
 import type { GlobalOptions } from "./index.ts";
 import { print, printJson, readDomainFile } from "./output.ts";
-import { domainRunning } from "./recover.ts";
+import { domainRunning, hookAtWork } from "./recover.ts";
 
 interface DomainArgs extends GlobalOptions {
   domain: string;
@@ -82,6 +82,7 @@ function journalSummary(host: Host, journal: Journal) {
     domain: journal.domain,
     phase: journal.phase,
     running: domainRunning(host, journal.domain.name),
+    hookAtWork: hookAtWork(host, journal),
     since: journal.createdAt,
     holds: journal.entries.map((entry) => ({ plugin: entry.plugin, description: entry.description, state: entry.state, error: entry.error })),
   };
@@ -100,7 +101,7 @@ const status: CommandModule<GlobalOptions, GlobalOptions> = {
     }
     if (summaries.length === 0 && broken.length === 0) print("no VM holds anything (no journals in /run/vmhook)");
     for (const summary of summaries) {
-      const state = summary.running ? "running" : "not running: run vmhook recover to give its changes back";
+      const state = summary.running ? "running" : summary.hookAtWork ? "its hook is at work right now" : "not running: run vmhook recover to give its changes back";
       print(`${summary.domain.name} (${summary.domain.uuid}) ${summary.phase}, ${state}`);
       for (const held of summary.holds) print(`  ${held.state === "applied" ? "-" : `[${held.state}]`} ${held.plugin}: ${held.description}${held.error ? `: ${held.error}` : ""}`);
     }

@@ -48,6 +48,11 @@ function present(file: string): boolean {
   }
 }
 
+/** A symlink vmhook may replace: one to a vmhook binary (an earlier install, a build) or to nothing. */
+function replaceableLink(file: string): boolean {
+  return fs.lstatSync(file).isSymbolicLink() && (!fs.existsSync(file) || isVmhookBinary(file));
+}
+
 function sameFile(a: string, b: string): boolean {
   try {
     const [sa, sb] = [fs.statSync(a), fs.statSync(b)];
@@ -129,7 +134,7 @@ export function install(host: Host, binary: string): string[] {
   const current = host.readlink(CLI_LINK);
   if (current === HOOK) {
     // already linked
-  } else if (current === undefined && fs.existsSync(link)) {
+  } else if (present(link) && !replaceableLink(link)) {
     notes.push(`left ${CLI_LINK} alone: it is not vmhook's link; run the CLI as ${HOOK} under another name`);
   } else {
     fs.mkdirSync(path.dirname(link), { recursive: true });
@@ -142,9 +147,11 @@ export function install(host: Host, binary: string): string[] {
 
 export function uninstall(host: Host, force: boolean): string[] {
   const notes: string[] = [];
-  const held = listJournals(host).journals;
+  // an unreadable journal may hold changes too
+  const { journals, broken } = listJournals(host);
+  const held = [...journals.map((journal) => journal.domain.name), ...broken.map((item) => item.file)];
   if (held.length > 0 && !force) {
-    throw new VmhookError(`${held.length} domain(s) still hold changes (${held.map((j) => j.domain.name).join(", ")}); stop them or run vmhook recover first, or pass --force`);
+    throw new VmhookError(`${held.length} domain(s) still hold changes (${held.join(", ")}); stop them or run vmhook recover first, or pass --force`);
   }
   const hook = host.resolve(HOOK);
   if (isVmhookBinary(hook)) {
@@ -164,6 +171,10 @@ export function uninstall(host: Host, force: boolean): string[] {
     fs.renameSync(saved, hook);
     fs.rmSync(host.resolve(SAVED_HOOK_LAUNCHER), { force: true });
     notes.push(`restored the previous hook from ${record.savedHook}`);
+  } else if (present(host.resolve(SAVED_HOOK_LAUNCHER))) {
+    // the kept hook was deleted by hand: its launcher would fail every hook call, and so every VM start
+    fs.rmSync(host.resolve(SAVED_HOOK_LAUNCHER));
+    notes.push(`removed ${SAVED_HOOK_LAUNCHER}: the hook it ran, ${SAVED_HOOK}, is gone`);
   }
   fs.rmSync(host.resolve(INSTALL_RECORD), { force: true });
   return [...notes, ...removeCliLink(host)];

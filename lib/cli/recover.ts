@@ -6,7 +6,7 @@ import type { CommandModule } from "yargs";
 import { Deadline } from "../deadline.ts";
 import { VmhookError } from "../errors.ts";
 import { RootedHost, type Host } from "../host.ts";
-import { listJournals } from "../journal.ts";
+import { listJournals, type Journal } from "../journal.ts";
 import { createLogger } from "../log.ts";
 import { paths } from "../paths.ts";
 import { loadSettings } from "../settings.ts";
@@ -19,6 +19,11 @@ export function domainRunning(host: Host, name: string): boolean {
   if (name.includes("/") || name === "." || name === "..") return false;
   const pid = Number(host.readTrimmed(`${paths.libvirtQemuRunDir}/${name}.pid`));
   return Number.isSafeInteger(pid) && pid > 0 && host.processAlive(pid);
+}
+
+/** The hook process that last wrote the journal still runs: it is preparing, starting or releasing the domain right now. */
+export function hookAtWork(host: Host, journal: Journal): boolean {
+  return Number.isSafeInteger(journal.pid) && journal.pid > 0 && journal.pid !== process.pid && host.processAlive(journal.pid);
 }
 
 interface RecoverArgs extends GlobalOptions {
@@ -36,8 +41,8 @@ export const recoverCommand: CommandModule<GlobalOptions, RecoverArgs> = {
   async handler(args) {
     const host = new RootedHost(args.root);
     const settings = loadSettings(host);
-    const { journals } = listJournals(host);
-    const chosen = journals.filter((j) => !args.name || j.domain.name === args.name || j.domain.uuid === args.name);
+    const { journals, broken } = listJournals(host);
+    const chosen = journals.filter((j) => !args.name || j.domain.name === args.name || j.domain.uuid === args.name.toLowerCase());
     if (args.name && chosen.length === 0) throw new VmhookError(`no journal for ${args.name} in ${paths.stateDir}; vmhook status lists what is held`);
     const results = [];
     for (const journal of chosen) {
@@ -47,13 +52,27 @@ export const recoverCommand: CommandModule<GlobalOptions, RecoverArgs> = {
         if (!args.json) print(`${name}: still running; its changes are given back when it stops (use --force to undo now)`);
         continue;
       }
+      // Before QEMU runs (prepare) there is no pid file yet: undoing now would
+      // take back what the hook is handing over.
+      if (hookAtWork(host, journal) && !args.force) {
+        results.push({ domain: journal.domain, skipped: "hook-at-work" });
+        if (!args.json) print(`${name}: its hook (pid ${journal.pid}) is at work right now (phase ${journal.phase}); run vmhook recover again when it is done (use --force to undo now)`);
+        continue;
+      }
       const log = createLogger(host, { domain: name, event: "recover", echo: args.json ? "none" : "stderr", file: true });
-      const { undone, failed } = await undoJournal(journal, { host, log, settings }, new Deadline(host, settings.undoDeadlineSeconds * 1000));
+      const { undone, failed } = await undoJournal(journal, { host, log, settings }, new Deadline(host, settings.undoDeadlineSeconds * 1000, "undoDeadlineSeconds"));
       results.push({ domain: { name, uuid }, undone, failed: failed.map((e) => ({ plugin: e.plugin, description: e.description, error: e.error })) });
       if (!args.json) print(failed.length === 0 ? `${name}: ${undone} change(s) undone` : `${name}: ${undone} undone, ${failed.length} still failing (see above); fix the cause and run vmhook recover again`);
       if (failed.length > 0) process.exitCode = 1;
     }
-    if (args.json) printJson({ recovered: results });
-    else if (chosen.length === 0) print("nothing to recover");
+    // Journals it cannot read are left as they are, and said so: they may hold changes.
+    const unreadable = args.name ? [] : broken;
+    if (unreadable.length > 0) process.exitCode = 1;
+    if (args.json) {
+      printJson({ recovered: results, unreadable });
+      return;
+    }
+    if (chosen.length === 0 && unreadable.length === 0) print("nothing to recover");
+    for (const item of unreadable) print(`unreadable journal ${item.file}: ${item.error}; nothing of it was undone`);
   },
 };

@@ -13,10 +13,12 @@ import type { Host } from "../host.ts";
 import { listJournals } from "../journal.ts";
 import { paths } from "../paths.ts";
 import { isDisplayClass, pciExists, readPciDevice } from "../pci.ts";
-import { formatKiB, parseSizeWithSuffix } from "../validate.ts";
+import { formatKiB } from "../validate.ts";
 import { listInstalledPlugins } from "../custom-plugins.ts";
 import { isVmhookBinary } from "../cli/install.ts";
 import { domainRunning } from "../cli/recover.ts";
+import hugepages, { type PoolNeed } from "../../plugins/hugepages.ts";
+import { planVgpu, readMdevElement, vgpu, type VgpuDevice } from "../../plugins/mdev.ts";
 import { readIommuGroups, type IommuReport } from "./iommu.ts";
 
 export type Status = "ok" | "warn" | "fail";
@@ -165,7 +167,7 @@ function leftovers(host: Host): Finding[] {
 async function customPlugins(host: Host): Promise<Finding[]> {
   // Only the ownership checks: doctor runs no plugin code.
   const { directoryProblem, plugins } = await listInstalledPlugins(host, { describe: false });
-  if (directoryProblem) return [warn("custom plugins", directoryProblem, `chown root:root ${paths.pluginsDir} && chmod 755 ${paths.pluginsDir}`)];
+  if (directoryProblem) return [warn("custom plugins", directoryProblem, "fix it as the message says; until then no custom plugin runs")];
   const broken = plugins.filter((plugin) => plugin.problem);
   return broken.length > 0
     ? broken.map((plugin) => warn("custom plugins", `${plugin.name}: ${plugin.problem}`, "fix it as the message says, or remove the file"))
@@ -191,6 +193,7 @@ interface DomainCheckContext {
 const PLUGIN_CHECKS: Record<string, (ctx: DomainCheckContext) => Finding[]> = {
   hugepages: hugepagesChecks,
   mdev: mdevChecks,
+  vgpu: vgpuChecks,
   isolate: isolateChecks,
 };
 
@@ -239,41 +242,36 @@ function hostdevChecks(host: Host, domain: Domain, iommu: IommuReport): Finding[
 }
 
 function hugepagesChecks({ host, domain, elements }: DomainCheckContext): Finding[] {
-  const attrs = attributes(elements[0]!);
-  let sizeKiB: number;
+  // The plugin's own reading: pools and counts per guest cell, size and host node as prepare derives them.
+  let pools: PoolNeed[];
   try {
-    sizeKiB = attrs.size ? parseSizeWithSuffix(attrs.size, "<vmhook:hugepages>", "size") : (domain.hugepages?.pages[0]?.sizeKiB ?? 2048);
+    pools = hugepages.parse(elements, domain).pools;
   } catch {
     return []; // reported by the config check
   }
-  const size = formatKiB(sizeKiB);
-  if (!host.exists(`${HUGEPAGE_DIR}/hugepages-${sizeKiB}kB`)) {
-    return [fail("hugepages", `the kernel has no pool of ${size} pages (${HUGEPAGE_DIR}/hugepages-${sizeKiB}kB)`, sizeKiB === 1024 * 1024 ? 'use size="2M": 1G pages need a CPU with pdpe1gb' : `use one of the sizes in ${HUGEPAGE_DIR}`)];
-  }
-  const pages = Math.ceil(domain.memoryKiB / sizeKiB);
-  const needKiB = pages * sizeKiB;
-  const nodes = nodeList(attrs.node) ?? domain.numatuneMemory?.nodeset;
-  const where = nodes ? `on node ${nodes.join(",")}` : "on the host";
-  const free = nodes ? sum(nodes.map((node) => nodeMemFree(host, node))) : (meminfo(host, "/proc/meminfo").MemFree ?? 0);
-  const reclaimable = nodes ? free + sum(nodes.map((node) => meminfo(host, `${NODE_DIR}/node${node}/meminfo`).FilePages ?? 0)) : (meminfo(host, "/proc/meminfo").MemAvailable ?? free);
-  const wanted = `${pages} × ${size} pages (${formatKiB(needKiB)})`;
-  if (free >= needKiB) return [ok("hugepages", `${wanted} fit in the free memory ${where} (${formatKiB(roundMiB(free))})`)];
-  const bootFix = `reserve them at boot instead: hugepagesz=${size} hugepages=${pages} on the kernel command line`;
-  if (reclaimable >= needKiB) {
-    return [warn("hugepages", `${wanted} need more than the free memory ${where} (${formatKiB(roundMiB(free))}): the page cache must be dropped first, and fragmented memory may still fall short`, `start the VM early, or ${bootFix}`)];
-  }
-  return [fail("hugepages", `${wanted} cannot fit: only ${formatKiB(roundMiB(reclaimable))} can be freed ${where}`, `give the VM less <memory>, stop other VMs, or ${bootFix}`)];
-}
-
-const sum = (values: number[]) => values.reduce((total, value) => total + value, 0);
-
-function nodeList(value: string | undefined): number[] | undefined {
-  if (value === undefined) return undefined;
-  try {
-    return parseCpuset(value, "<vmhook:hugepages>", "node", 1023);
-  } catch {
-    return undefined; // reported by the config check
-  }
+  return pools.map(({ sizeKiB, node, pages }) => {
+    const check = node === undefined ? "hugepages" : `hugepages node ${node}`;
+    const size = formatKiB(sizeKiB);
+    const pool = node === undefined ? `${HUGEPAGE_DIR}/hugepages-${sizeKiB}kB` : `${NODE_DIR}/node${node}/hugepages/hugepages-${sizeKiB}kB`;
+    if (node !== undefined && !host.exists(`${NODE_DIR}/node${node}`)) {
+      return fail(check, `host NUMA node ${node} does not exist (nodes: ${hostNodes(host).join(", ") || "none"})`, "fix node= on <vmhook:hugepages> or the nodeset in <numatune>");
+    }
+    if (!host.exists(pool)) {
+      return fail(check, `the kernel has no pool of ${size} pages (${pool})`, sizeKiB === 1024 * 1024 ? 'use size="2M": 1G pages need a CPU with pdpe1gb' : `use one of the sizes in ${HUGEPAGE_DIR}`);
+    }
+    const needKiB = pages * sizeKiB;
+    const where = node === undefined ? "on the host" : `on node ${node}`;
+    const info = meminfo(host, node === undefined ? "/proc/meminfo" : `${NODE_DIR}/node${node}/meminfo`);
+    const free = info.MemFree ?? 0;
+    const reclaimable = node === undefined ? (info.MemAvailable ?? free) : free + (info.FilePages ?? 0);
+    const wanted = `${pages} × ${size} pages (${formatKiB(needKiB)})`;
+    if (free >= needKiB) return ok(check, `${wanted} fit in the free memory ${where} (${formatKiB(roundMiB(free))})`);
+    const bootFix = `reserve them at boot instead: hugepagesz=${size} hugepages=${node === undefined ? "" : `${node}:`}${pages} on the kernel command line`;
+    if (reclaimable >= needKiB) {
+      return warn(check, `${wanted} need more than the free memory ${where} (${formatKiB(roundMiB(free))}): the page cache must be dropped first, and fragmented memory may still fall short`, `start the VM early, or ${bootFix}`);
+    }
+    return fail(check, `${wanted} cannot fit: only ${formatKiB(roundMiB(reclaimable))} can be freed ${where}`, `give the VM less <memory>, stop other VMs, or ${bootFix}`);
+  });
 }
 
 const MDEV_BUS = "/sys/class/mdev_bus";
@@ -281,10 +279,15 @@ const MDEV_BUS = "/sys/class/mdev_bus";
 function mdevChecks({ host, domain, elements }: DomainCheckContext): Finding[] {
   const gvtFix = "for Intel GVT-g boot with i915.enable_gvt=1 and load kvmgt; for NVIDIA vGPU install the vGPU host driver";
   return elements.map((element) => {
-    const { type, parent: given, uuid } = attributes(element);
-    const check = `mdev ${type ?? "?"}`;
-    if (!type) return fail(check, "no type attribute", 'name an mdev type, e.g. type="i915-GVTg_V5_4"');
-    const parent = given && /^[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$/i.test(given) ? `0000:${given.toLowerCase()}` : given?.toLowerCase();
+    // The plugin's own reading: every value is checked before it becomes part of a path.
+    let device: ReturnType<typeof readMdevElement>;
+    try {
+      device = readMdevElement(element);
+    } catch (error) {
+      return fail(`mdev ${attributes(element).type ?? "?"}`, describeError(error), "fix the element as the message says");
+    }
+    const { type, parent, uuid } = device;
+    const check = `mdev ${type}`;
     const parents = parent ? [parent] : host.list(MDEV_BUS).filter((candidate) => host.exists(`${MDEV_BUS}/${candidate}/mdev_supported_types/${type}`));
     if (parents.length === 0) {
       const offered = host.list(MDEV_BUS).flatMap((candidate) => host.list(`${MDEV_BUS}/${candidate}/mdev_supported_types`));
@@ -295,12 +298,30 @@ function mdevChecks({ host, domain, elements }: DomainCheckContext): Finding[] {
     const types = `${MDEV_BUS}/${at}/mdev_supported_types`;
     if (!host.exists(`${types}/${type}`)) return fail(check, `${at} does not offer ${type}; it offers ${host.list(types).join(", ") || "nothing"}`, "use one of the types it offers");
     const uuids = [uuid, ...domain.hostdevs.flatMap((hostdev) => (hostdev.type === "mdev" ? [hostdev.uuid] : []))].filter(Boolean) as string[];
-    const existing = uuids.find((candidate) => host.exists(`/sys/bus/mdev/devices/${candidate.toLowerCase()}`));
+    const existing = uuids.find((candidate) => host.exists(`/sys/bus/mdev/devices/${candidate}`));
     if (existing) return ok(check, `mdev ${existing} already exists on ${at}`);
     const available = Number(host.readTrimmed(`${types}/${type}/available_instances`) ?? 0);
     return available > 0
       ? ok(check, `${at} offers ${type}: ${available} instance(s) available`)
       : fail(check, `${at} has no ${type} instance left (available_instances is 0)`, "stop the VMs using them, or choose a smaller type");
+  });
+}
+
+function vgpuChecks({ host, domain, elements }: DomainCheckContext): Finding[] {
+  let devices: VgpuDevice[];
+  try {
+    devices = vgpu.parse(elements, domain);
+  } catch {
+    return []; // reported by the config check
+  }
+  return devices.map((device) => {
+    const check = `vgpu ${device.vf}`;
+    try {
+      const plan = planVgpu(host, device);
+      return ok(check, plan.create ? `${device.vf} can carry vGPU type ${plan.id} (${plan.name})` : `${device.vf} carries vGPU type ${plan.id} already; vmhook uses it and leaves it at release`);
+    } catch (error) {
+      return fail(check, describeError(error), "fix the element or the host as the message says");
+    }
   });
 }
 

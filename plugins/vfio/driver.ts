@@ -9,7 +9,7 @@ import type { BaseContext, PluginContext, UndoRecord } from "../../lib/plugin.ts
 import { PATTERNS } from "../../lib/validate.ts";
 import type { VfioConfig, VfioSettings } from "./config.ts";
 import { describeHolders, moduleLoaded, processesHolding, VFIO_DRIVER, type Survey } from "./survey.ts";
-import { systemdRuns, unitActive } from "./units.ts";
+import { systemdRuns, unitActive, unitProcesses } from "./units.ts";
 
 interface RebindRecord extends UndoRecord {
   action: "rebind-device";
@@ -18,6 +18,8 @@ interface RebindRecord extends UndoRecord {
   driver: string | null;
   /** driver_override before vmhook; null: none. */
   override: string | null;
+  /** The driver's module is unloaded here and loaded again by a later undo, which brings the device back. */
+  moduleReloaded: boolean;
   bindTimeoutMs: number;
 }
 
@@ -26,19 +28,28 @@ function driverModule(host: Host, driver: string): string | undefined {
   return host.readlink(`${PCI_DRIVERS}/${driver}/module`)?.split("/").pop();
 }
 
-/** Helper services that hold the driver's modules (nvidia-persistenced): stopped when modules are unloaded. */
+/**
+ * Helper services that hold the driver's modules or the GPU (nvidia-persistenced
+ * opens every card): stopped when modules are unloaded, or when one holds the GPU
+ * (the host keeps another NVIDIA card, or unload-modules="none").
+ */
 export function helperServices(ctx: BaseContext, found: Survey, settings: VfioSettings): string[] {
-  return found.unload.length > 0 && systemdRuns(ctx) ? settings.helperServices.filter((unit) => unitActive(ctx, unit)) : [];
+  if (!systemdRuns(ctx)) return [];
+  const holders = new Set(found.holders.map((holder) => String(holder.pid)));
+  const needed = (unit: string) => found.unload.length > 0 || (holders.size > 0 && unitProcesses(ctx, unit).some((pid) => holders.has(pid)));
+  return settings.helperServices.filter((unit) => needed(unit) && unitActive(ctx, unit));
 }
 
 export async function takeOverDevices(ctx: PluginContext<VfioConfig>, found: Survey, settings: VfioSettings): Promise<void> {
   const bindTimeoutMs = settings.bindTimeoutSeconds * 1000;
+  const reloaded = new Set<string>();
 
   for (const module of found.unload) {
     // After reloading the module, these devices must be back on its drivers.
     const devices = found.devices
       .filter((device) => device.driver && driverModule(ctx.host, device.driver) === module)
       .map((device) => ({ address: device.address, driver: device.driver! }));
+    for (const device of devices) reloaded.add(device.address);
     await ctx.step(`unload module ${module}`, { action: "load-module", module, devices, bindTimeoutMs }, () => {
       const result = ctx.run("rmmod", [module], { allowFailure: true });
       if (moduleLoaded(ctx.host, module)) {
@@ -61,7 +72,7 @@ export async function takeOverDevices(ctx: PluginContext<VfioConfig>, found: Sur
       ctx.log.info(`vfio: ${device.address} is already on vfio-pci`);
       continue;
     }
-    const record: RebindRecord = { action: "rebind-device", address: device.address, driver: device.driver ?? null, override: device.override ?? null, bindTimeoutMs };
+    const record: RebindRecord = { action: "rebind-device", address: device.address, driver: device.driver ?? null, override: device.override ?? null, moduleReloaded: reloaded.has(device.address), bindTimeoutMs };
     await ctx.step(`bind ${device.address} to vfio-pci (from ${device.driver ?? "no driver"})`, record, () => bindToVfio(ctx, device.address, device.iommuGroup!, bindTimeoutMs));
   }
 
@@ -131,8 +142,13 @@ export function rebindDevice(ctx: BaseContext, record: UndoRecord): void {
   host.write(pciPath(address, "driver_override"), override ?? "\n");
   if (driver === null || pciDriver(host, address) === driver) return;
   if (!pciDriverRegistered(host, driver)) {
-    ctx.log.info(`vfio: ${address} waits for driver ${driver}, whose module is loaded again later`);
-    return;
+    // A record without moduleReloaded (an older journal): as before, a later undo reloads the module.
+    if (record.moduleReloaded !== false) {
+      ctx.log.info(`vfio: ${address} waits for driver ${driver}, whose module is loaded again later`);
+      return;
+    }
+    // Unloaded by someone else and reloaded by no later undo: returning would drop the record, leaving the device on no driver.
+    throw new VmhookError(`vfio: ${address} cannot go back to ${driver}: that driver is no longer registered (its module was unloaded); load it (modprobe), then run vmhook recover`);
   }
   if (pciDriver(host, address) === undefined) host.write("/sys/bus/pci/drivers_probe", address);
   try {
@@ -166,19 +182,22 @@ export function loadModule(ctx: BaseContext, record: UndoRecord): void {
 
 /**
  * Modules vmhook loaded: unload them, users first; one that something else
- * uses now stays (e.g. vfio-pci while another VM's device is on it).
+ * uses now stays (e.g. vfio-pci while another VM's device is on it, or
+ * vfio_iommu_type1 while another VM's QEMU holds a container: a use that only
+ * refcnt shows, not holders/).
  */
 export function unloadModules(ctx: BaseContext, record: UndoRecord): void {
   let remaining = ((record.modules as string[] | undefined) ?? []).map((module) => checkedDriver(module)!).filter((module) => moduleLoaded(ctx.host, module));
   const stillUsed = (module: string) =>
-    ctx.host.list(`/sys/module/${module}/holders`).length > 0 ||
+    Number(ctx.host.readTrimmed(`/sys/module/${module}/refcnt`) ?? 0) > 0 ||
     (module === "vfio_pci" && ctx.host.list(`${PCI_DRIVERS}/${VFIO_DRIVER}`).some((entry) => PATTERNS.pciAddress.test(entry)));
   // Each round unloads what nothing uses any more, which frees what those used.
+  // A module taken between the check and rmmod (a VM starting) just stays loaded.
   for (let unloaded = true; unloaded && remaining.length > 0; ) {
-    const free = remaining.filter((module) => !stillUsed(module));
-    for (const module of free) ctx.run("rmmod", [module]);
+    for (const module of remaining.filter((module) => !stillUsed(module))) ctx.run("rmmod", [module], { allowFailure: true });
+    const before = remaining.length;
     remaining = remaining.filter((module) => moduleLoaded(ctx.host, module));
-    unloaded = free.length > 0;
+    unloaded = remaining.length < before;
   }
   if (remaining.length > 0) ctx.log.info(`vfio: leaving module(s) ${remaining.join(", ")} loaded: still in use`);
 }

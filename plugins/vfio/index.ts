@@ -5,9 +5,11 @@
 // Everything it changes is journaled, so release, rollback and `vmhook
 // recover` put back exactly what was taken. User docs: docs/vfio.md.
 //
-// libvirt's managed='yes' hostdevs: libvirt would detach them after prepare;
-// they are on vfio-pci already, so it has nothing to do. At shutdown libvirt
-// reattaches them before release, and each undo here checks what is already back.
+// libvirt's managed='yes' hostdevs: libvirt detaches them after prepare; a
+// device already on vfio-pci is left as it is and not marked as bound by
+// libvirt (virPCIDeviceBindToStub), so at shutdown libvirt skips its reattach
+// and release brings it back. Each undo still checks what is already back
+// (virsh nodedev-reattach may have run).
 import { VmhookError } from "../../lib/errors.ts";
 import { pciDriver } from "../../lib/pci.ts";
 import { definePlugin, type UndoRecord, type BaseContext } from "../../lib/plugin.ts";
@@ -33,6 +35,10 @@ export default definePlugin<VfioConfig>({
   usage:
     '<vmhook:vfio devices="0000:01:00.0,..." include-slot="yes|no" single-gpu="auto|yes|no" unload-modules="auto|none|mod,..." load-modules="mod,..." display-manager="unit,..."/>',
   parse: parseVfioConfig,
+  // vfio-pci, the display manager and the GPU drivers' modules are host-wide:
+  // two VMs starting (or one starting while another releases) take turns, so
+  // vfio-pci is loaded once and never unloaded under a VM that is binding to it.
+  shared: true,
 
   async prepare(ctx) {
     const settings = readVfioSettings(ctx.settings);

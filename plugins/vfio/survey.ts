@@ -106,7 +106,10 @@ function isSingleGpu(host: Host, config: VfioConfig, devices: Device[]): boolean
   const ours = new Set(devices.map((device) => device.address));
   // A boot GPU already on vfio-pci (vfio-pci.ids=...) shows no host display to release.
   const bootGpu = devices.some((device) => isDisplayClass(device.classCode) && device.bootVga && device.driver !== VFIO_DRIVER);
-  const otherDisplays = listPciDevices(host).filter((device) => isDisplayClass(device.classCode) && !ours.has(device.address));
+  // A GPU with no driver, or on vfio-pci/pci-stub (another VM's), shows nothing on the host.
+  const otherDisplays = listPciDevices(host).filter(
+    (device) => isDisplayClass(device.classCode) && !ours.has(device.address) && device.driver !== undefined && !HARMLESS_DRIVERS.includes(device.driver),
+  );
   return bootGpu && otherDisplays.length === 0;
 }
 

@@ -26,6 +26,8 @@ export interface SimModule {
   uses?: string[];
   /** The PCI driver it registers. */
   driver?: string;
+  /** Soft dependencies modprobe loads after it ("softdep post:", e.g. vfio → vfio_iommu_type1). */
+  post?: string[];
   loaded?: boolean;
 }
 
@@ -54,12 +56,14 @@ export class GpuKernel {
   readonly pinnedModules = new Set<string>();
   /** vfio-pci's probe fails for these devices. */
   readonly refuseVfio = new Set<string>();
+  /** try_module_get() users that are no module (another VM's QEMU holding a vfio container): module → count. */
+  private readonly gets = new Map<string, number>();
 
   constructor(options: { systemd?: boolean } = {}) {
     const sim = this.sim;
     sim.dir("/var/log").dir("/run/vmhook").dir("/proc").dir("/dev/vfio").dir(DRIVERS).file("/proc/modules", "");
     if (options.systemd ?? true) sim.dir("/run/systemd/system");
-    this.module({ name: "vfio" }).module({ name: "vfio_pci_core", uses: ["vfio"] }).module({ name: "vfio_pci", uses: ["vfio_pci_core"], driver: "vfio-pci" });
+    this.module({ name: "vfio", post: ["vfio_iommu_type1"] }).module({ name: "vfio_iommu_type1", uses: ["vfio"] }).module({ name: "vfio_pci_core", uses: ["vfio"] }).module({ name: "vfio_pci", uses: ["vfio_pci_core"], driver: "vfio-pci" });
     sim.file("/sys/bus/pci/drivers_probe");
     sim.onWrite("/sys/bus/pci/drivers_probe", (address) => this.probe(address));
     sim.onWrite(/^\/sys\/bus\/pci\/devices\/[^/]+\/driver_override$/, (value, file) => {
@@ -85,7 +89,7 @@ export class GpuKernel {
     sim.onExec("rmmod", ([name]) => {
       const module = this.modules.get(name!);
       if (!module?.loaded) return { status: 1, stderr: `rmmod: ERROR: Module ${name} is not currently loaded` };
-      if (this.holders(name!).length > 0 || this.busy(module) || this.pinnedModules.has(name!)) return { status: 1, stderr: `rmmod: ERROR: Module ${name} is in use` };
+      if (this.refcnt(name!) > 0 || this.busy(module) || this.pinnedModules.has(name!)) return { status: 1, stderr: `rmmod: ERROR: Module ${name} is in use` };
       this.unload(module);
     });
     sim.onExec("systemctl", (args) => this.systemctl(args));
@@ -156,6 +160,13 @@ export class GpuKernel {
     return this.modules.get(name)?.loaded === true;
   }
 
+  /** try_module_get(): a use that only /sys/module/NAME/refcnt shows. */
+  hold(name: string): this {
+    this.gets.set(name, (this.gets.get(name) ?? 0) + 1);
+    this.writeProcModules();
+    return this;
+  }
+
   // ---- the kernel ----
 
   private holders(name: string): string[] {
@@ -170,8 +181,15 @@ export class GpuKernel {
     return open.some((file) => file !== undefined && (nodes.includes(file) || (module.name === "nvidia" && file.startsWith("/dev/nvidia"))));
   }
 
+  /** Each module using it holds a reference too (ref_module), as the kernel counts. */
+  private refcnt(name: string): number {
+    return this.holders(name).length + (this.gets.get(name) ?? 0);
+  }
+
   private writeProcModules(): void {
-    const lines = [...this.modules.values()].filter((m) => m.loaded).map((m) => `${m.name} 16384 ${this.holders(m.name).length} ${this.holders(m.name).join(",") || "-"} Live 0x0`);
+    const loaded = [...this.modules.values()].filter((m) => m.loaded);
+    for (const m of loaded) this.sim.file(`/sys/module/${m.name}/refcnt`, this.refcnt(m.name));
+    const lines = loaded.map((m) => `${m.name} 16384 ${this.refcnt(m.name)} ${this.holders(m.name).join(",") || "-"} Live 0x0`);
     this.sim.file("/proc/modules", lines.join("\n"));
   }
 
@@ -179,7 +197,7 @@ export class GpuKernel {
     const module = this.modules.get(name)!;
     for (const dep of module.uses ?? []) if (!this.loaded(dep)) this.load(dep);
     module.loaded = true;
-    this.sim.file(`/sys/module/${name}/refcnt`, 0).dir(`/sys/module/${name}/holders`);
+    this.sim.dir(`/sys/module/${name}/holders`);
     for (const dep of module.uses ?? []) this.sim.link(`/sys/module/${dep}/holders/${name}`, `../../${name}`);
     if (module.driver) {
       this.sim.file(`${DRIVERS}/${module.driver}/bind`).file(`${DRIVERS}/${module.driver}/unbind`).link(`${DRIVERS}/${module.driver}/module`, `../../../../module/${name}`);
@@ -187,6 +205,7 @@ export class GpuKernel {
       for (const device of this.devices.values()) if (this.driverOf(device.address) === undefined) this.probe(device.address);
     }
     this.writeProcModules();
+    for (const soft of module.post ?? []) if (!this.loaded(soft)) this.load(soft);
   }
 
   private unload(module: SimModule): void {

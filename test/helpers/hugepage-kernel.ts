@@ -2,6 +2,10 @@
 // and page cache, nr_hugepages files that grant only what free memory allows
 // (as the kernel does: the write succeeds, fewer pages show up), the global
 // pool as the sum of the node pools, drop_caches and compaction triggers.
+// Pages in use and surplus pages as mm/hugetlb.c keeps them: nr_hugepages
+// shows all pages, surplus included, while a write sets the persistent count
+// (all minus surplus); growing promotes surplus pages first, shrinking frees
+// free pages and turns pages still in use into surplus.
 import type { SimHost } from "./simhost.ts";
 
 export const MiB = 1024;
@@ -23,7 +27,10 @@ export interface HugepageKernelOptions {
 interface NodeState {
   freeKiB: number;
   cacheKiB: number;
+  /** All pages per size, surplus included: what nr_hugepages shows. */
   pages: Map<number, number>;
+  surplus: Map<number, number>;
+  used: Map<number, number>;
 }
 
 export class HugepageKernel {
@@ -42,6 +49,8 @@ export class HugepageKernel {
       freeKiB: Array.isArray(free) ? free[node]! : free,
       cacheKiB: options.cacheKiB ?? 0,
       pages: new Map(this.sizes.map((size) => [size, 0])),
+      surplus: new Map(this.sizes.map((size) => [size, 0])),
+      used: new Map(this.sizes.map((size) => [size, 0])),
     }));
     for (const [size, count] of Object.entries(options.initial ?? {})) this.setNode(0, Number(size), count);
     sim.onWrite(/^\/sys\/kernel\/mm\/hugepages\/hugepages-(\d+)kB\/nr_hugepages$/, (data, path) => {
@@ -65,33 +74,73 @@ export class HugepageKernel {
     this.render();
   }
 
-  /** Pages in a pool: one node's, or the global one (sum of all nodes). */
+  /** Pages in a pool, surplus included (as nr_hugepages shows them): one node's, or the global one (sum of all nodes). */
   pool(sizeKiB: number, node?: number): number {
-    if (node !== undefined) return this.nodes[node]!.pages.get(sizeKiB)!;
-    return this.nodes.reduce((sum, state) => sum + state.pages.get(sizeKiB)!, 0);
+    return this.sum(node, (state) => state.pages.get(sizeKiB)!);
   }
 
-  private setNode(node: number, sizeKiB: number, count: number): void {
+  /** Surplus pages in a pool: one node's, or all of them. */
+  surplus(sizeKiB: number, node?: number): number {
+    return this.sum(node, (state) => state.surplus.get(sizeKiB)!);
+  }
+
+  /** A process maps `count` pages on a node: free pool pages first, then new surplus pages (nr_overcommit_hugepages). */
+  use(sizeKiB: number, node: number, count: number): void {
     const state = this.nodes[node]!;
-    const current = state.pages.get(sizeKiB)!;
-    const granted = count > current ? Math.min(count - current, Math.floor(state.freeKiB / sizeKiB)) : count - current;
-    state.pages.set(sizeKiB, current + granted);
-    state.freeKiB -= granted * sizeKiB;
+    const fromPool = Math.min(count, state.pages.get(sizeKiB)! - state.used.get(sizeKiB)!);
+    const overcommitted = count - fromPool;
+    add(state.pages, sizeKiB, overcommitted);
+    add(state.surplus, sizeKiB, overcommitted);
+    add(state.used, sizeKiB, count);
+    state.freeKiB -= overcommitted * sizeKiB;
     this.render();
   }
 
-  /** Like the kernel: the global pool grows and shrinks round-robin over the nodes. */
+  /** It unmaps them: a freed page goes back to the buddy allocator while the node has surplus pages. */
+  unuse(sizeKiB: number, node: number, count: number): void {
+    const state = this.nodes[node]!;
+    add(state.used, sizeKiB, -count);
+    const dissolved = Math.min(count, state.surplus.get(sizeKiB)!);
+    add(state.surplus, sizeKiB, -dissolved);
+    add(state.pages, sizeKiB, -dissolved);
+    state.freeKiB += dissolved * sizeKiB;
+    this.render();
+  }
+
+  private sum(node: number | undefined, of: (state: NodeState) => number): number {
+    return (node === undefined ? this.nodes : [this.nodes[node]!]).reduce((total, state) => total + of(state), 0);
+  }
+
+  private persistent(sizeKiB: number, nodes: NodeState[]): number {
+    return nodes.reduce((total, state) => total + state.pages.get(sizeKiB)! - state.surplus.get(sizeKiB)!, 0);
+  }
+
+  /** A node's file sets that node's persistent count (Linux 6.7 and later; older kernels count other nodes' surplus in). */
+  private setNode(node: number, sizeKiB: number, count: number): void {
+    this.resize(sizeKiB, [this.nodes[node]!], count);
+  }
+
+  /** The global file sets the persistent count of all nodes; pages are added and freed round-robin over the nodes. */
   private setGlobal(sizeKiB: number, count: number): void {
-    let current = this.pool(sizeKiB);
-    for (let turn = 0; current !== count; turn++) {
-      const candidates = this.nodes.filter((state) => (count > current ? state.freeKiB >= sizeKiB : state.pages.get(sizeKiB)! > 0));
-      if (candidates.length === 0) break;
-      const state = candidates[turn % candidates.length]!;
-      const step = count > current ? 1 : -1;
-      state.pages.set(sizeKiB, state.pages.get(sizeKiB)! + step);
-      state.freeKiB -= step * sizeKiB;
-      current += step;
-    }
+    this.resize(sizeKiB, this.nodes, count);
+  }
+
+  private resize(sizeKiB: number, nodes: NodeState[], count: number): void {
+    let current = this.persistent(sizeKiB, nodes);
+    const oneEach = (can: (state: NodeState) => boolean, change: (state: NodeState) => void, more: () => boolean) => {
+      for (let turn = 0; more(); turn++) {
+        const candidates = nodes.filter(can);
+        if (candidates.length === 0) return;
+        change(candidates[turn % candidates.length]!);
+      }
+    };
+    // Growing: surplus pages become persistent first, then new pages come from free memory.
+    oneEach((state) => state.surplus.get(sizeKiB)! > 0, (state) => (add(state.surplus, sizeKiB, -1), current++), () => current < count);
+    oneEach((state) => state.freeKiB >= sizeKiB, (state) => (add(state.pages, sizeKiB, 1), (state.freeKiB -= sizeKiB), current++), () => current < count);
+    // Shrinking: free pages go back to memory, pages in use become surplus.
+    const free = (state: NodeState) => state.pages.get(sizeKiB)! - state.used.get(sizeKiB)! > 0;
+    oneEach(free, (state) => (add(state.pages, sizeKiB, -1), (state.freeKiB += sizeKiB), current--), () => current > count);
+    oneEach((state) => state.surplus.get(sizeKiB)! < state.pages.get(sizeKiB)!, (state) => (add(state.surplus, sizeKiB, 1), current--), () => current > count);
     this.render();
   }
 
@@ -103,13 +152,22 @@ export class HugepageKernel {
       const dir = `/sys/devices/system/node/node${node}`;
       sim.file(`${dir}/meminfo`, `Node ${node} MemTotal:       16777216 kB\nNode ${node} MemFree:        ${state.freeKiB} kB\n`);
       sim.file(`${dir}/compact`, "");
-      for (const size of this.sizes) sim.file(`${dir}/hugepages/hugepages-${size}kB/nr_hugepages`, state.pages.get(size)!);
+      for (const size of this.sizes) this.renderPool(`${dir}/hugepages/hugepages-${size}kB`, size, node);
       freeKiB += state.freeKiB;
     });
     sim.file("/sys/devices/system/node/online", this.nodes.length === 1 ? "0" : `0-${this.nodes.length - 1}`);
-    for (const size of this.sizes) sim.file(`/sys/kernel/mm/hugepages/hugepages-${size}kB/nr_hugepages`, this.pool(size));
+    for (const size of this.sizes) this.renderPool(`/sys/kernel/mm/hugepages/hugepages-${size}kB`, size);
     sim.file("/proc/meminfo", `MemTotal:       33554432 kB\nMemFree:        ${freeKiB} kB\nHugepagesize:       2048 kB\n`);
     sim.file("/proc/sys/vm/drop_caches", "0");
     sim.file("/proc/sys/vm/compact_memory", "");
   }
+
+  private renderPool(dir: string, sizeKiB: number, node?: number): void {
+    const pages = this.pool(sizeKiB, node);
+    this.sim.file(`${dir}/nr_hugepages`, pages);
+    this.sim.file(`${dir}/surplus_hugepages`, this.surplus(sizeKiB, node));
+    this.sim.file(`${dir}/free_hugepages`, pages - this.sum(node, (state) => state.used.get(sizeKiB)!));
+  }
 }
+
+const add = (map: Map<number, number>, key: number, delta: number) => map.set(key, map.get(key)! + delta);

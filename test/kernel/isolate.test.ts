@@ -35,6 +35,7 @@ const STATE = `
 cd /sys/fs/cgroup
 for f in cgroup.subtree_control */cpuset.cpus */cpuset.cpus.effective; do echo "$f=$(cat $f 2>/dev/null || echo -)"; done
 echo "wq=$(cat /sys/devices/virtual/workqueue/cpumask)"
+echo "irq-default=$(cat /proc/irq/default_smp_affinity)"
 for f in /proc/irq/*/smp_affinity_list; do echo "$f=$(cat $f)"; done
 echo "host-process=$(grep Cpus_allowed_list /proc/$(cat /tmp/host.pid)/status | cut -f2)"
 echo "vm-process=$(grep Cpus_allowed_list /proc/$(cat /tmp/vm.pid)/status | cut -f2)"
@@ -62,6 +63,7 @@ function assertHostOn(now: Map<string, string>, before: Map<string, string>, hos
   assert.is(now.get("machine.slice/cpuset.cpus.effective"), "0-3");
   assert.is(now.get("vm-process"), "0-3");
   assert.is(now.get("wq"), mask);
+  assert.is(now.get("irq-default"), mask, "IRQs set up from now on start on the host CPUs");
   let moved = 0;
   for (const [irq, affinity] of irqs(now)) {
     if (affinity === before.get(irq)) continue; // refused to move, or already off the VM's CPUs
@@ -100,6 +102,7 @@ it("starts with cpuset off and everything on all four CPUs", async ({ before }) 
   assert.not.ok(before!.has("system.slice/cpuset.cpus"), "no group has cpuset.cpus yet");
   assert.is(before!.get("host-process"), "0-3");
   assert.is(before!.get("wq"), "f");
+  assert.is(before!.get("irq-default"), "f");
   assert.ok(irqs(before!).length > 0, "the guest has IRQs");
 });
 

@@ -81,6 +81,19 @@ echo "journal: $(ls /run/vmhook | grep json)"`);
   assert.fixture(await guest!.ok(STATE), baseline!);
 });
 
+it("the GPU's driver unloaded while the VM ran: release keeps the change; modprobe, then vmhook recover, brings all back", async ({ guest, baseline }) => {
+  assert.is((await guest!.sh(hook(domainXml(), "prepare begin"))).code, 0);
+  await guest!.ok("rmmod bochs");
+  const release = await guest!.sh(hook(domainXml(), "release end"));
+  assert.is(release.code, 0, "release never fails libvirt");
+  assert.match(release.stdout, `${GPU} cannot go back to bochs-drm: that driver is no longer registered`);
+  assert.match(await guest!.ok("ls /run/vmhook"), `${UUID}.json`);
+  await guest!.ok("modprobe bochs");
+  const recover = await guest!.sh("vmhook recover");
+  assert.is(recover.code, 0, recover.stdout);
+  assert.fixture(await guest!.ok(STATE), baseline!);
+});
+
 it("a process holding /dev/dri/card0 makes prepare refuse, naming it", async ({ guest, baseline }) => {
   const result = await guest!.sh(`sleep 60 < /dev/dri/card0 & holder=$!
 ${hook(domainXml('single-gpu="yes"'), "prepare begin")}

@@ -69,9 +69,10 @@ test("executable: prepare gets the protocol request, its undo is journaled and h
   ]);
   assert.match(log(sim), "plugin:notes: working on vm");
 
-  // started: called too; it reports nothing to undo, and sees prepare's record
+  // started: called too; it reports nothing to undo, so the journal keeps only prepare's entry; it sees prepare's record
   assert.is((await runHookEvent(sim, "started", "begin", xml)).code, 0);
   assert.equal(JSON.parse(fs.readFileSync(sim.resolve("/stdin-notes-started.json"), "utf8")).records, [{ file: "/x" }]);
+  assert.equal(JSON.parse(fs.readFileSync(journalPath(sim), "utf8")).entries.map((e: { event: string }) => e.event), ["prepare"]);
 
   const released = await runHookEvent(sim, "release", "end", xml);
   assert.is(released.code, 0, released.stderr);
@@ -103,16 +104,26 @@ test("executable: a non-zero exit fails prepare with its last stderr line; undo 
   sim.cleanup();
 });
 
-test("executable: a plugin that hangs is killed at its timeout and prepare fails", async () => {
+test("executable: a plugin that hangs is killed at its timeout and prepare fails, even with a child holding its pipes", async () => {
   const sim = pluginHost();
   sim.file(paths.hostConfig, JSON.stringify({ plugins: { "plugin:slow": { timeoutSeconds: 0.5 } } }));
-  install(sim, "slow", shellPlugin("slow", '[ "$1" = prepare ] && exec sleep 10; exit 0'));
+  install(sim, "slow", shellPlugin("slow", '[ "$1" = prepare ] && { sleep 3 & exec sleep 10; }; exit 0'));
   const started = Date.now();
   const outcome = await runHookEvent(sim, "prepare", "begin", domainXml('<vmhook:plugin name="slow"/>'));
   assert.ok(Date.now() - started < 5000, `took ${Date.now() - started} ms`);
   assert.is(outcome.code, 1);
   assert.match(outcome.stderr, "did not finish prepare within 0.5 s and was killed");
   assert.equal(calls(sim), ["slow prepare undo= interrupted=", "slow undo undo= interrupted=1"]);
+  sim.cleanup();
+});
+
+test("executable: output larger than vmhook reads fails prepare saying so, not as a start failure", async () => {
+  const sim = pluginHost();
+  install(sim, "flood", shellPlugin("flood", '[ "$1" = prepare ] && head -c 20000000 /dev/zero | tr "\\000" x; exit 0'));
+  const outcome = await runHookEvent(sim, "prepare", "begin", domainXml('<vmhook:plugin name="flood"/>'));
+  assert.is(outcome.code, 1);
+  assert.match(outcome.stderr, "plugin flood (/etc/vmhook/plugins.d/flood) printed more than vmhook reads at prepare and was killed; print only the JSON reply on stdout");
+  assert.equal(calls(sim), ["flood prepare undo= interrupted=", "flood undo undo= interrupted=1"]);
   sim.cleanup();
 });
 
@@ -140,6 +151,26 @@ test("safety: a plugins directory others can write is refused, naming it and its
   sim.cleanup();
 });
 
+
+test("safety: a writable or symlinked /etc/vmhook is refused too: whoever writes it can swap plugins.d", async () => {
+  const sim = pluginHost();
+  install(sim, "notes", shellPlugin("notes"));
+  const xml = domainXml('<vmhook:plugin name="notes"/>');
+  fs.chmodSync(sim.resolve("/etc/vmhook"), 0o777);
+  let outcome = await runHookEvent(sim, "prepare", "begin", xml);
+  assert.is(outcome.code, 1);
+  assert.match(outcome.stderr, "refusing to load plugins: /etc/vmhook has mode 0777: group or others can write it, and plugins run as root; run chmod go-w /etc/vmhook");
+
+  // /etc/vmhook as a link to a directory someone else controls
+  fs.chmodSync(sim.resolve("/etc/vmhook"), 0o755);
+  fs.renameSync(sim.resolve("/etc/vmhook"), sim.resolve("/elsewhere"));
+  fs.symlinkSync(sim.resolve("/elsewhere"), sim.resolve("/etc/vmhook"));
+  outcome = await runHookEvent(sim, "prepare", "begin", xml);
+  assert.is(outcome.code, 1);
+  assert.match(outcome.stderr, "refusing to load plugins: /etc/vmhook is a symlink");
+  assert.equal(calls(sim), []);
+  sim.cleanup();
+});
 test("safety: a group-writable or non-root plugin file is refused, naming the path, the mode or the owner", async () => {
   const sim = pluginHost();
   const file = install(sim, "notes", shellPlugin("notes"), 0o775);

@@ -159,6 +159,32 @@ test("laptop with GVT-g: the mdev type is offered; a type it does not offer or h
   sim.cleanup();
 });
 
+test("mdev: values from the XML are checked before any path use, as the plugin checks them", async () => {
+  const sim = gvtLaptopHost();
+  const mdev = async (attributes: string) => (await doctor(sim, domainXml({ metadata: `<vmhook:mdev ${attributes}/>` }))).domain("mdev i915-GVTg_V5_4");
+  // /sys/bus/mdev/devices/../../../../etc exists: unchecked, it read as an existing mdev
+  const uuid = await mdev('type="i915-GVTg_V5_4" uuid="../../../../etc"');
+  assert.equal([uuid.status, uuid.reason], ["fail", '<vmhook:mdev type="i915-GVTg_V5_4" uuid="../../../../etc">: uuid="../../../../etc" is not a UUID; write it as xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx (uuidgen makes one)']);
+  const parent = await mdev('type="i915-GVTg_V5_4" parent="../../../../etc"');
+  assert.equal(parent.status, "fail");
+  assert.match(parent.reason, 'parent="../../../../etc" is neither a PCI address');
+  sim.cleanup();
+});
+
+test("vgpu: the VF's creatable types, through the plugin's own checks", async () => {
+  const sim = desktopHost();
+  const vf = "0000:41:00.4";
+  sim.dir(`/sys/devices/pci0000:40/${vf}`).link(`/sys/bus/pci/devices/${vf}`, `../../../devices/pci0000:40/${vf}`);
+  sim.file(`/sys/devices/pci0000:40/${vf}/nvidia/creatable_vgpu_types`, "ID    : vGPU Name\n1433 : NVIDIA L40S-12Q\n").file(`/sys/devices/pci0000:40/${vf}/nvidia/current_vgpu_type`, 0);
+  const check = async (type: string) => (await doctor(sim, domainXml({ metadata: `<vmhook:vgpu vf="${vf}" type="${type}"/>`, devices: hostdev("0x41", "0x4") }))).domain(`vgpu ${vf}`);
+  const good = await check("L40S-12Q");
+  assert.equal([good.status, good.reason], ["ok", `${vf} can carry vGPU type 1433 (NVIDIA L40S-12Q)`]);
+  const bad = await check("L40S-48Q");
+  assert.equal(bad.status, "fail");
+  assert.match(bad.reason, `vGPU type "L40S-48Q" cannot be created on ${vf}; creatable now: 1433 (NVIDIA L40S-12Q)`);
+  sim.cleanup();
+});
+
 test("hugepages: too little memory fails, page cache to drop warns, a missing 1G pool fails", async () => {
   const sim = desktopHost();
   const big = await doctor(sim, domainXml({ memory: "<memory unit='GiB'>30</memory>", metadata: "<vmhook:hugepages/>", extra: "<memoryBacking><hugepages/></memoryBacking>" }));
@@ -179,6 +205,19 @@ test("isolate: CPUs pinned but offline fail; online ones are ok and the host's s
   assert.equal([good.domain("isolate").status, good.domain("isolate").reason], ["ok", "VM CPUs 4-7 are online; the host keeps 0-3"]);
   const bad = await doctor(sim, domainXml({ metadata: "<vmhook:isolate/>", extra: pins([6, 7, 8, 9]) }));
   assert.equal([bad.domain("isolate").status, bad.domain("isolate").reason], ["fail", "CPU 8-9 is pinned or named in host-cpus but not online (online: 0-7)"]);
+  sim.cleanup();
+});
+
+test("hugepages: each host node is checked for its own share, as prepare derives it from <numatune><memnode>", async () => {
+  const sim = desktopHost();
+  sim.file("/sys/devices/system/node/node1/meminfo", "Node 1 MemTotal:       8388608 kB\nNode 1 MemFree:        1048576 kB\nNode 1 FilePages:            0 kB\n");
+  for (const node of [0, 1]) sim.dir(`/sys/devices/system/node/node${node}/hugepages/hugepages-2048kB`);
+  const numa = "<cpu><numa><cell id='0' cpus='0-1' memory='4' unit='GiB'/><cell id='1' cpus='2-3' memory='4' unit='GiB'/></numa></cpu><numatune><memnode cellid='0' mode='strict' nodeset='0'/><memnode cellid='1' mode='strict' nodeset='1'/></numatune>";
+  const checked = await doctor(sim, domainXml({ memory: "<memory unit='GiB'>8</memory>", metadata: "<vmhook:hugepages/>", extra: `<memoryBacking><hugepages/></memoryBacking>${numa}` }));
+  assert.equal([checked.domain("hugepages node 0").status, checked.domain("hugepages node 0").reason], ["ok", "2048 × 2M pages (4G) fit in the free memory on node 0 (19531M)"]);
+  const node1 = checked.domain("hugepages node 1");
+  assert.equal([node1.status, node1.reason], ["fail", "2048 × 2M pages (4G) cannot fit: only 1G can be freed on node 1"]);
+  assert.match(node1.fix!, "hugepagesz=2M hugepages=1:2048");
   sim.cleanup();
 });
 

@@ -76,6 +76,22 @@ test("looking-glass: prepare creates /dev/shm/looking-glass with owner, group, s
   fs.rmSync(root.dir, { recursive: true, force: true });
 });
 
+test("looking-glass: release unlinks only the file; a directory the owner put in its place is left with its content", () => {
+  const root = makeRoot();
+  const xml = domain('<vmhook:plugin name="looking-glass" owner="alice" group="kvm" size="32M"/>', SHMEM);
+  assert.is(root.hook("prepare", "begin", xml).code, 0);
+  // alice owns the file, so she may replace it in the sticky /dev/shm
+  fs.rmSync(root.at("/dev/shm/looking-glass"));
+  fs.mkdirSync(root.at("/dev/shm/looking-glass"));
+  fs.writeFileSync(root.at("/dev/shm/looking-glass/keep"), "");
+  const released = root.hook("release", "end", xml);
+  assert.is(released.code, 0, released.stderr);
+  assert.ok(fs.existsSync(root.at("/dev/shm/looking-glass/keep")), "nothing under it was deleted");
+  assert.match(fs.readFileSync(root.at("/var/log/vmhook.log"), "utf8"), "/dev/shm/looking-glass is a directory now, not the file vmhook created; left as it is");
+  assert.not.ok(fs.existsSync(root.at(`/run/vmhook/${UUID}.json`)));
+  fs.rmSync(root.dir, { recursive: true, force: true });
+});
+
 test("looking-glass: a bad size, a size unlike <shmem>, or an unknown user fails prepare and creates nothing", () => {
   const root = makeRoot();
   const cases: [string, string, string][] = [

@@ -1,12 +1,14 @@
 // The hugepages plugin on a simulated kernel: config derivation and every
 // config error, exact pool deltas, shortfalls that leave nothing behind,
 // 1G pages, per-node pools, and two VMs sharing a pool.
+import * as fs from "node:fs";
 import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { loadDomainPlugins } from "../../lib/config.ts";
 import { parseDomain } from "../../lib/domain.ts";
 import { readJournal } from "../../lib/journal.ts";
 import { createLogger } from "../../lib/log.ts";
+import { paths } from "../../lib/paths.ts";
 import type { BaseContext } from "../../lib/plugin.ts";
 import hugepages, { type HugepagesConfig } from "../../plugins/hugepages.ts";
 import { GiB, HugepageKernel, MiB, type HugepageKernelOptions } from "../helpers/hugepage-kernel.ts";
@@ -342,6 +344,66 @@ test("release after someone shrank the pool never goes below 0", async () => {
     sim.write("/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages", "100");
     assert.is((await runHookEvent(sim, "release", "end", xml)).code, 0);
     assert.is(kernel.pool(2048), 0);
+  } finally {
+    sim.cleanup();
+  }
+});
+
+test("a node pool and the global pool (the sum of the nodes) grown by two VMs: either release order gives back exactly each share", async () => {
+  for (const order of [["a", "b"], ["b", "a"]]) {
+    const { sim, kernel } = host({ nodes: 2, initial: { 2048: 10 } });
+    try {
+      const before = sim.snapshot();
+      const xml: Record<string, string> = {
+        a: domainXml({ uuid: UUID_A, name: "a", element: '<vmhook:hugepages node="0"/>' }),
+        b: domainXml({ uuid: UUID_B, name: "b", memory: "<memory unit='MiB'>200</memory>" }),
+      };
+      assert.is((await runHookEvent(sim, "prepare", "begin", xml.a!, "a")).code, 0);
+      assert.is((await runHookEvent(sim, "prepare", "begin", xml.b!, "b")).code, 0);
+      assert.equal([kernel.pool(2048, 0), kernel.pool(2048, 1), kernel.pool(2048)], [572, 50, 622]);
+      for (const vm of order) assert.is((await runHookEvent(sim, "release", "end", xml[vm]!, vm)).code, 0);
+      assert.equal([kernel.pool(2048, 0), kernel.pool(2048, 1)], [10, 0], order.join(", "));
+      assert.equal(sim.snapshot(), before);
+    } finally {
+      sim.cleanup();
+    }
+  }
+});
+
+const persistent = (kernel: HugepageKernel) => kernel.pool(2048) - kernel.surplus(2048);
+
+test("surplus pages in use at release: the persistent pool shrinks by exactly this VM's pages, not by what nr_hugepages shows", async () => {
+  const { sim, kernel } = host({ initial: { 2048: 10 } });
+  try {
+    const xml = domainXml();
+    assert.is((await runHookEvent(sim, "prepare", "begin", xml)).code, 0);
+    assert.is(kernel.pool(2048), 522);
+    // The VM is gone; another program maps 600 pages with nr_overcommit_hugepages: the 522 free ones and 78 surplus.
+    kernel.use(2048, 0, 600);
+    assert.equal([kernel.pool(2048), kernel.surplus(2048)], [600, 78]);
+    const released = await runHookEvent(sim, "release", "end", xml);
+    assert.is(released.code, 0, released.stderr);
+    assert.is(persistent(kernel), 10, "the admin's 10 pages stay, this VM's 512 go");
+    assert.not.match(fs.readFileSync(sim.resolve(paths.log), "utf8"), "after shrinking");
+    kernel.unuse(2048, 0, 600);
+    assert.equal([kernel.pool(2048), kernel.surplus(2048)], [10, 0]);
+  } finally {
+    sim.cleanup();
+  }
+});
+
+test("surplus pages at prepare are promoted by the kernel first: release demotes them again, the VM still gets all its pages", async () => {
+  const { sim, kernel } = host();
+  try {
+    const xml = domainXml();
+    kernel.use(2048, 0, 100); // overcommitted: 100 surplus pages in use
+    assert.is((await runHookEvent(sim, "prepare", "begin", xml)).code, 0);
+    assert.equal([kernel.pool(2048), kernel.surplus(2048)], [612, 0], "the 100 became persistent, 512 are new and free for the VM");
+    assert.is(readJournal(sim, UUID_A)!.entries[0]!.undo.added, 612);
+    assert.is((await runHookEvent(sim, "release", "end", xml)).code, 0);
+    assert.equal([kernel.pool(2048), kernel.surplus(2048)], [100, 100], "back to 100 surplus pages in use");
+    kernel.unuse(2048, 0, 100);
+    assert.is(kernel.pool(2048), 0, "freed, they leave the pool as surplus pages do");
   } finally {
     sim.cleanup();
   }

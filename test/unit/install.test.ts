@@ -89,4 +89,41 @@ test("install without a previous hook saves nothing and uninstall leaves no hook
   assert.not.ok(exists(HOOK));
 });
 
+test("install replaces a CLI link to an earlier vmhook binary but leaves a link to another program alone", () => {
+  const { host, binary } = setUp();
+  const link = host.resolve("/usr/local/bin/vmhook");
+  fs.mkdirSync(path.dirname(link), { recursive: true });
+  const other = path.join(host.root, "other-tool");
+  fs.writeFileSync(other, "#!/bin/sh\n# someone else's vmhook\n", { mode: 0o755 });
+  fs.symlinkSync(other, link);
+  assert.match(install(host, binary).join("\n"), "left /usr/local/bin/vmhook alone");
+  assert.is(host.readlink("/usr/local/bin/vmhook"), other);
+
+  const older = path.join(host.root, "older-vmhook");
+  fs.writeFileSync(older, "ELF... vmhook-binary-marker:c0ffee-1 ... older");
+  fs.rmSync(link);
+  fs.symlinkSync(older, link);
+  install(host, binary);
+  assert.is(host.readlink("/usr/local/bin/vmhook"), HOOK);
+});
+
+test("uninstall removes the launcher of a kept hook that was deleted by hand (it would fail every VM start)", () => {
+  const { host, binary, exists, putPreviousHook } = setUp();
+  putPreviousHook();
+  install(host, binary);
+  fs.rmSync(host.resolve(SAVED));
+  assert.match(uninstall(host, false).join("\n"), `removed ${LAUNCHER}: the hook it ran, ${SAVED}, is gone`);
+  for (const gone of [HOOK, LAUNCHER, "/etc/vmhook/install.json"]) assert.not.ok(exists(gone), `${gone} is still there`);
+});
+
+test("uninstall refuses while a journal holds changes, an unreadable one included, unless forced", () => {
+  const { host, binary, exists } = setUp();
+  install(host, binary);
+  fs.writeFileSync(host.resolve("/run/vmhook/e1e1e1e1-0000-4000-8000-0000000000e1.json"), "{ half a jour");
+  assert.throws(() => uninstall(host, false), /1 domain\(s\) still hold changes \(\/run\/vmhook\/e1e1e1e1-0000-4000-8000-0000000000e1\.json\)/);
+  assert.ok(exists(HOOK));
+  uninstall(host, true);
+  assert.not.ok(exists(HOOK));
+});
+
 test.run();

@@ -43,6 +43,7 @@ function baseHost(options: { online?: string } = {}): SimHost {
   }
   sim.file("/sys/fs/cgroup/cgroup.controllers", "cpuset cpu io memory pids");
   sim.file("/sys/devices/virtual/workqueue/cpumask", "ff");
+  sim.file("/proc/irq/default_smp_affinity", "ff");
   sim.file("/proc/irq/0/smp_affinity_list", "0-7").failWrite("/proc/irq/0/smp_affinity_list", "EIO");
   sim.file("/proc/irq/16/smp_affinity_list", "0-7");
   sim.file("/proc/irq/17/smp_affinity_list", "3");
@@ -208,6 +209,7 @@ test("governor, IRQs (one refusing) and the workqueue mask, with host-cpus", asy
   assert.is(read(sim, "/proc/irq/16/smp_affinity_list"), "0-1");
   assert.is(read(sim, "/proc/irq/17/smp_affinity_list"), "0-1");
   assert.is(read(sim, "/proc/irq/0/smp_affinity_list"), "0-7", "IRQ 0 refused (EIO) and is left alone");
+  assert.is(read(sim, "/proc/irq/default_smp_affinity"), "3", "IRQs set up later (QEMU's devices) start on the host CPUs too");
   // The governor goes to the VM's own (pinned) CPUs only.
   assert.is(read(sim, "/sys/devices/system/cpu/cpu2/cpufreq/scaling_governor"), "performance");
   assert.is(read(sim, "/sys/devices/system/cpu/cpu3/cpufreq/scaling_governor"), "performance");

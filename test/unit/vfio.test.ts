@@ -2,11 +2,13 @@
 // NVIDIA's module stack, systemd display managers, multi-function GPUs,
 // several IOMMU groups, non-isolated groups, and a clean host after every
 // failure.
+import * as fs from "node:fs";
 import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { Deadline } from "../../lib/deadline.ts";
 import { readJournal } from "../../lib/journal.ts";
 import { createLogger } from "../../lib/log.ts";
+import { paths } from "../../lib/paths.ts";
 import { DEFAULT_SETTINGS } from "../../lib/settings.ts";
 import { undoJournal } from "../../lib/transaction.ts";
 import { GpuKernel } from "../helpers/gpu-kernel.ts";
@@ -213,12 +215,107 @@ test("a GPU that does not come back: release names the reset method and the reme
   assert.equal(kernel.sim.snapshot(), before);
 });
 
-test("managed='yes': libvirt reattaches the devices before release; release finds them back and changes nothing twice", async () => {
+test("the GPU's driver unloaded while the VM ran: release keeps the change and says what to do; after modprobe, recovery finishes it", async () => {
+  const kernel = twoGpuWorkstation();
+  const before = kernel.sim.snapshot();
+  const xml = domainXml("<vmhook:vfio/>");
+  assert.is((await runHookEvent(kernel.sim, "prepare", "begin", xml)).code, 0);
+  assert.is(kernel.sim.exec("rmmod", ["amdgpu"], { timeoutMs: 1000 }).status, 0);
+  const release = await runHookEvent(kernel.sim, "release", "end", xml);
+  assert.is(release.code, 0, "release never fails libvirt");
+  assert.match(release.stderr, `${GPU} cannot go back to amdgpu: that driver is no longer registered (its module was unloaded); load it (modprobe), then run vmhook recover`);
+  const journal = readJournal(kernel.sim, UUID)!;
+  assert.equal(journal.entries.map((e) => `${e.state} ${e.description}`), [`failed bind ${GPU} to vfio-pci (from amdgpu)`], "not forgotten with the GPU on no driver");
+  assert.is(kernel.driverOf(GPU), undefined);
+
+  kernel.sim.exec("modprobe", ["amdgpu"], { timeoutMs: 1000 });
+  const log = createLogger(kernel.sim, { echo: "none", file: false });
+  const result = await undoJournal(journal, { host: kernel.sim, log, settings: DEFAULT_SETTINGS }, new Deadline(kernel.sim, 10_000));
+  assert.equal(result.failed, []);
+  assert.equal(kernel.sim.snapshot(), before);
+  assert.equal(kernel.sim.stateFiles(), []);
+});
+
+test("release while another VM uses vfio (a device on vfio-pci, its QEMU holding vfio_iommu_type1): the modules stay loaded, the release succeeds", async () => {
+  const kernel = twoGpuWorkstation();
+  const xml = domainXml("<vmhook:vfio/>");
+  assert.is((await runHookEvent(kernel.sim, "prepare", "begin", xml)).code, 0);
+  assert.ok(kernel.loaded("vfio_iommu_type1"), "modprobe vfio-pci loads it (softdep of vfio)");
+  // The other VM: its USB controller on vfio-pci, its QEMU's container holding the IOMMU backend.
+  const other = "0000:05:00.0";
+  kernel.sim.write(`/sys/bus/pci/devices/${other}/driver_override`, "vfio-pci");
+  kernel.sim.write(`/sys/bus/pci/devices/${other}/driver/unbind`, other);
+  kernel.sim.write("/sys/bus/pci/drivers_probe", other);
+  kernel.hold("vfio_iommu_type1");
+
+  const release = await runHookEvent(kernel.sim, "release", "end", xml);
+  assert.is(release.code, 0);
+  assert.is(release.stderr, "", "nothing failed");
+  assert.equal(kernel.sim.stateFiles(), []);
+  assert.is(kernel.driverOf(GPU), "amdgpu");
+  assert.is(kernel.driverOf(other), "vfio-pci");
+  for (const module of ["vfio_pci", "vfio_pci_core", "vfio_iommu_type1", "vfio"]) assert.ok(kernel.loaded(module), module);
+});
+
+test("Intel iGPU on i915 + NVIDIA dGPU as boot VGA: single-GPU auto stays off (the host keeps a display), the NVIDIA stack unloads", async () => {
+  const kernel = nvidiaDesktop().module({ name: "i915", driver: "i915", loaded: true }).device({ address: "0000:00:02.0", classCode: "0x030000", vendor: "0x8086", nativeDriver: "i915", group: 2, nodes: ["card1"] });
+  // Xorg runs on the iGPU only.
+  for (const pid of [500, 501]) kernel.sim.remove(`/proc/${pid}`);
+  kernel.unit({ name: "display-manager.service", active: true, processes: { 500: ["Xorg", ["/dev/dri/card1"]] } });
+  const before = kernel.sim.snapshot();
+  const xml = domainXml("<vmhook:vfio/>");
+  const prepare = await runHookEvent(kernel.sim, "prepare", "begin", xml);
+  assert.is(prepare.code, 0, prepare.stderr);
+  assert.is(kernel.driverOf(GPU), "vfio-pci");
+  assert.ok(kernel.units.get("display-manager.service")!.active);
+  assert.is(kernel.sim.readTrimmed("/sys/class/vtconsole/vtcon1/bind"), "1");
+  assert.not.ok(kernel.loaded("nvidia"));
+  assert.is((await runHookEvent(kernel.sim, "release", "end", xml)).code, 0);
+  assert.equal(kernel.sim.snapshot(), before);
+});
+
+test("the handover takes the host-wide lock: while another vmhook holds it (a VM starting or releasing), prepare waits and changes nothing", async () => {
+  const kernel = twoGpuWorkstation();
+  kernel.sim.file("/etc/vmhook/vmhook.json", JSON.stringify({ deadlineSeconds: 1 }));
+  const before = kernel.sim.snapshot();
+  const { dlopen, FFIType } = await import("bun:ffi");
+  const libc = dlopen("libc.so.6", { flock: { args: [FFIType.i32, FFIType.i32], returns: FFIType.i32 } });
+  kernel.sim.dir(paths.stateDir);
+  const fd = fs.openSync(kernel.sim.resolve(paths.hostLock), "a");
+  try {
+    assert.is(libc.symbols.flock(fd, 2 /* LOCK_EX */), 0);
+    const result = await runHookEvent(kernel.sim, "prepare", "begin", domainXml("<vmhook:vfio/>"));
+    assert.is(result.code, 1);
+    assert.match(firstLine(result.stderr), "another vmhook held the host-wide lock");
+    assert.equal(kernel.sim.snapshot(), before);
+  } finally {
+    fs.closeSync(fd);
+    libc.close();
+  }
+  assert.is((await runHookEvent(kernel.sim, "prepare", "begin", domainXml("<vmhook:vfio/>"))).code, 0);
+});
+
+test("single-GPU auto: a second GPU already on vfio-pci (another VM's) is no host display, so the boot GPU's handover stops the display manager", async () => {
+  const kernel = nvidiaDesktop().device({ address: "0000:02:00.0", classCode: "0x030000", vendor: "0x1002", group: 2 });
+  kernel.sim.write("/sys/bus/pci/devices/0000:02:00.0/driver_override", "vfio-pci");
+  kernel.sim.exec("modprobe", ["vfio-pci"], { timeoutMs: 1000 });
+  assert.is(kernel.driverOf("0000:02:00.0"), "vfio-pci");
+  const before = kernel.sim.snapshot();
+  const xml = domainXml("<vmhook:vfio/>");
+  const prepare = await runHookEvent(kernel.sim, "prepare", "begin", xml);
+  assert.is(prepare.code, 0, prepare.stderr);
+  assert.is(kernel.driverOf(GPU), "vfio-pci");
+  assert.not.ok(kernel.units.get("display-manager.service")!.active);
+  assert.is((await runHookEvent(kernel.sim, "release", "end", xml)).code, 0);
+  assert.equal(kernel.sim.snapshot(), before);
+});
+
+test("managed='yes', reattached before release by someone else (virsh nodedev-reattach): release finds them back and changes nothing twice", async () => {
   const kernel = twoGpuWorkstation();
   const before = kernel.sim.snapshot();
   const xml = domainXml("<vmhook:vfio/>", [{ address: GPU, managed: true }]);
   assert.is((await runHookEvent(kernel.sim, "prepare", "begin", xml)).code, 0);
-  // libvirt's reattach: unbind from vfio-pci, clear driver_override, reprobe.
+  // libvirt itself skips the reattach (it found them on vfio-pci); nodedev-reattach: unbind, clear driver_override, reprobe.
   for (const address of [GPU, AUDIO]) {
     kernel.sim.write(`/sys/bus/pci/drivers/vfio-pci/unbind`, address);
     kernel.sim.write(`/sys/bus/pci/devices/${address}/driver_override`, "\n");
@@ -226,6 +323,22 @@ test("managed='yes': libvirt reattaches the devices before release; release find
   }
   const release = await runHookEvent(kernel.sim, "release", "end", xml);
   assert.is(release.code, 0, release.stderr);
+  assert.equal(kernel.sim.snapshot(), before);
+});
+
+test("reconnect (libvirtd restarted): a device no longer on vfio-pci is logged, nothing changes, and release still gives back the rest", async () => {
+  const kernel = twoGpuWorkstation();
+  const before = kernel.sim.snapshot();
+  const xml = domainXml("<vmhook:vfio/>");
+  assert.is((await runHookEvent(kernel.sim, "prepare", "begin", xml)).code, 0);
+  kernel.sim.write("/sys/bus/pci/drivers/vfio-pci/unbind", AUDIO);
+  kernel.sim.execs.length = 0;
+  const reconnect = await runHookEvent(kernel.sim, "reconnect", "begin", xml);
+  assert.is(reconnect.code, 0);
+  assert.equal(kernel.sim.execs, []);
+  assert.match(kernel.sim.read("/var/log/vmhook.log"), `vfio: ${AUDIO} should be on vfio-pci while win11 runs, but is on no driver`);
+  assert.is(readJournal(kernel.sim, UUID)!.entries.length, 3);
+  assert.is((await runHookEvent(kernel.sim, "release", "end", xml)).code, 0);
   assert.equal(kernel.sim.snapshot(), before);
 });
 
@@ -303,6 +416,27 @@ test("two NVIDIA cards, the host keeps one: nvidia stays loaded, only the VM car
   assert.is(kernel.driverOf("0000:02:00.0"), "nvidia");
   assert.ok(kernel.loaded("nvidia") && kernel.units.get("display-manager.service")!.active);
   assert.is((await runHookEvent(kernel.sim, "release", "end", xml)).code, 0);
+  assert.equal(kernel.sim.snapshot(), before);
+});
+
+test("two NVIDIA cards, the host keeps one: nvidia-persistenced, which holds every card, is stopped for the handover and started again", async () => {
+  const kernel = new GpuKernel()
+    .module({ name: "nvidia", driver: "nvidia", loaded: true })
+    .module({ name: "snd_hda_intel", driver: "snd_hda_intel", loaded: true })
+    .device({ address: GPU, classCode: "0x030000", vendor: "0x10de", nativeDriver: "nvidia", group: 1, nodes: ["card1"] })
+    .device({ address: AUDIO, classCode: "0x040300", vendor: "0x10de", nativeDriver: "snd_hda_intel", group: 1 })
+    .device({ address: "0000:02:00.0", classCode: "0x030000", vendor: "0x10de", nativeDriver: "nvidia", group: 2, bootVga: true, nodes: ["card0"] })
+    .unit({ name: "nvidia-persistenced.service", active: true, processes: { 600: ["nvidia-persiste", ["/dev/nvidiactl", "/dev/nvidia0", "/dev/nvidia1"]] } });
+  kernel.sim.file(`/proc/driver/nvidia/gpus/${GPU}/information`, "Device Minor: 0\n");
+  const before = kernel.sim.snapshot();
+  const xml = domainXml("<vmhook:vfio/>");
+  const prepare = await runHookEvent(kernel.sim, "prepare", "begin", xml);
+  assert.is(prepare.code, 0, prepare.stderr);
+  assert.is(kernel.driverOf(GPU), "vfio-pci");
+  assert.not.ok(kernel.units.get("nvidia-persistenced.service")!.active);
+  assert.ok(kernel.loaded("nvidia"), "the host's card keeps its driver");
+  assert.is((await runHookEvent(kernel.sim, "release", "end", xml)).code, 0);
+  assert.ok(kernel.units.get("nvidia-persistenced.service")!.active);
   assert.equal(kernel.sim.snapshot(), before);
 });
 

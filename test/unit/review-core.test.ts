@@ -1,0 +1,221 @@
+// Regression tests from the core review: the time budget of a prepare that
+// finds leftovers, the setting an undo deadline names, `vmhook recover` while
+// a hook is at work, domain names with spaces, corrupt and unreadable
+// journals, host settings that are not objects, newlines in XML values, names
+// that look like options, programs that leave a process in the background.
+import { spawn } from "node:child_process";
+import * as fs from "node:fs";
+import { test } from "uvu";
+import * as assert from "uvu/assert";
+import { runCli } from "../../lib/cli/index.ts";
+import { RootedHost } from "../../lib/host.ts";
+import { listJournals, newJournal, readJournal, writeJournal } from "../../lib/journal.ts";
+import { paths } from "../../lib/paths.ts";
+import type { UndoRecord } from "../../lib/plugin.ts";
+import { loadSettings } from "../../lib/settings.ts";
+import { PATTERNS } from "../../lib/validate.ts";
+import { runHookEvent } from "../helpers/hook.ts";
+import { HugepageKernel } from "../helpers/hugepage-kernel.ts";
+import { SimHost } from "../helpers/simhost.ts";
+
+const UUID = "e1e1e1e1-0000-4000-8000-0000000000e1";
+const XML = `<domain type='kvm'><name>vm</name><uuid>${UUID}</uuid><memory unit='GiB'>1</memory>
+  <memoryBacking><hugepages/></memoryBacking>
+  <metadata><vmhook:hooks xmlns:vmhook="urn:vmhook:1"><vmhook:hugepages/></vmhook:hooks></metadata></domain>`;
+
+/** A journal left by a crashed run, holding one change of `plugin`. */
+function leftover(sim: SimHost, plugin: string, undo: UndoRecord): void {
+  const journal = newJournal(sim, { name: "vm", uuid: UUID });
+  journal.entries.push({ plugin, event: "prepare", description: "a change", undo, state: "applied", at: new Date().toISOString() });
+  writeJournal(sim, journal);
+}
+
+/** A custom plugin whose undo takes half a second, then checks its deadline. */
+function installSlowPlugin(sim: SimHost): void {
+  sim.dir(paths.pluginsDir);
+  fs.chmodSync(sim.resolve(paths.pluginsDir), 0o755);
+  const plugin = "export default { name: 'slow', summary: 'slow undo', parse: () => ({}), undo(record, ctx) { ctx.host.sleep(500); ctx.deadline.check('undoing slowly'); } };\n";
+  fs.writeFileSync(sim.resolve(`${paths.pluginsDir}/slow.mjs`), plugin, { mode: 0o644 });
+}
+
+/** Runs the CLI in-process, returning its exit code and stdout. */
+async function cli(args: string[]): Promise<{ code: number; stdout: string }> {
+  const chunks: string[] = [];
+  const [out, err] = [process.stdout.write, process.stderr.write];
+  process.stdout.write = ((chunk: string) => chunks.push(String(chunk)) > 0) as typeof process.stdout.write;
+  process.stderr.write = (() => true) as typeof process.stderr.write;
+  try {
+    return { code: await runCli(args), stdout: chunks.join("") };
+  } finally {
+    [process.stdout.write, process.stderr.write] = [out, err];
+  }
+}
+
+test("prepare: undoing a leftover journal counts against the work deadline (the watchdog allows one work and one undo budget)", async () => {
+  const sim = new SimHost().dir("/var/log");
+  try {
+    installSlowPlugin(sim);
+    sim.file(paths.hostConfig, JSON.stringify({ deadlineSeconds: 0.3, undoDeadlineSeconds: 60 }));
+    leftover(sim, "plugin:slow", { action: "wait" });
+    const kernel = new HugepageKernel(sim, { initial: { 2048: 0 } });
+    const outcome = await runHookEvent(sim, "prepare", "begin", XML);
+    assert.is(outcome.code, 1);
+    assert.is(outcome.stderr.split("\n")[0], "vmhook: an earlier run of vm left changes that cannot be undone; run vmhook recover vm and check vmhook status");
+    assert.match(outcome.stderr, `vmhook ran out of time (deadline 0 s) while undoing slowly; raise "deadlineSeconds"`);
+    assert.is(kernel.pool(2048), 0, "nothing new was taken");
+  } finally {
+    sim.cleanup();
+  }
+});
+
+test("an undo that runs out of time names the setting to raise: undoDeadlineSeconds", async () => {
+  const sim = new SimHost().dir("/var/log");
+  try {
+    installSlowPlugin(sim);
+    sim.file(paths.hostConfig, JSON.stringify({ deadlineSeconds: 60, undoDeadlineSeconds: 0.3 }));
+    leftover(sim, "plugin:slow", { action: "wait" });
+    const outcome = await runHookEvent(sim, "release", "end", XML);
+    assert.is(outcome.code, 0);
+    assert.match(outcome.stderr, `plugin:slow: a change: vmhook ran out of time (deadline 0 s) while undoing slowly; raise "undoDeadlineSeconds" in /etc/vmhook/vmhook.json`);
+    assert.is(readJournal(sim, UUID)!.phase, "release-failed");
+  } finally {
+    sim.cleanup();
+  }
+});
+
+test("recover leaves a journal alone while the hook that writes it still runs (prepare: no pid file yet); --force undoes it (a UUID in any case names it)", async () => {
+  const sim = new SimHost().dir("/var/log");
+  const hook = spawn("sleep", ["30"], { stdio: "ignore" });
+  try {
+    new HugepageKernel(sim, { initial: { 2048: 512 } });
+    const pool = () => sim.readTrimmed("/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages");
+    leftover(sim, "hugepages", { action: "grow-pool", sizeKiB: 2048, node: null, added: 512, returned: 0 });
+    const file = sim.resolve(paths.journal(UUID));
+    fs.writeFileSync(file, fs.readFileSync(file, "utf8").replace(`"pid": ${process.pid}`, `"pid": ${hook.pid}`));
+
+    assert.match((await cli(["status", "--root", sim.root])).stdout, `vm (${UUID}) preparing, its hook is at work right now\n`);
+    const kept = await cli(["recover", "--root", sim.root]);
+    assert.equal(kept, { code: 0, stdout: `vm: its hook (pid ${hook.pid}) is at work right now (phase preparing); run vmhook recover again when it is done (use --force to undo now)\n` });
+    assert.ok(readJournal(sim, UUID));
+    assert.is(pool(), "512");
+    const json = JSON.parse((await cli(["recover", "--json", "--root", sim.root])).stdout);
+    assert.equal(json.recovered, [{ domain: { name: "vm", uuid: UUID }, skipped: "hook-at-work" }]);
+
+    assert.equal(await cli(["recover", UUID.toUpperCase(), "--force", "--root", sim.root]), { code: 0, stdout: "vm: 1 change(s) undone\n" });
+    // the CLI writes the pool file itself (a plain RootedHost, no simulated kernel)
+    assert.equal([pool(), sim.stateFiles()], ["0", []]);
+  } finally {
+    hook.kill("SIGKILL");
+    sim.cleanup();
+  }
+});
+
+test("a domain name with spaces is kept exactly, so status and recover find libvirt's pid file", async () => {
+  const sim = new SimHost().dir("/var/log");
+  try {
+    new HugepageKernel(sim, { initial: { 2048: 0 } });
+    assert.is((await runHookEvent(sim, "prepare", "begin", XML.replace("<name>vm</name>", "<name> my vm </name>"), " my vm ")).code, 0);
+    assert.is(readJournal(sim, UUID)!.domain.name, " my vm ");
+    sim.file("/run/libvirt/qemu/ my vm .pid", process.pid);
+    assert.equal(await cli(["recover", "--root", sim.root]), { code: 0, stdout: " my vm : still running; its changes are given back when it stops (use --force to undo now)\n" });
+  } finally {
+    sim.cleanup();
+  }
+});
+
+test("host settings that are not JSON objects are errors naming the file and what to write", () => {
+  const sim = new SimHost();
+  try {
+    const cases: [string, string][] = [
+      ["null", `/etc/vmhook/vmhook.json holds null; it must be a JSON object such as {"deadlineSeconds": 120}`],
+      ["[]", `/etc/vmhook/vmhook.json holds []; it must be a JSON object such as {"deadlineSeconds": 120}`],
+      [`{"plugins": {"vfio": null}}`, `/etc/vmhook/vmhook.json: "plugins": {"vfio": …} must be an object of that plugin's settings`],
+      [`{"plugins": {"vfio": ["gdm.service"]}}`, `/etc/vmhook/vmhook.json: "plugins": {"vfio": …} must be an object of that plugin's settings`],
+    ];
+    for (const [text, message] of cases) {
+      sim.file(paths.hostConfig, text);
+      assert.throws(() => loadSettings(sim), (error: Error) => error.message === message, text);
+    }
+    sim.file(paths.hostConfig, `{"plugins": {"vfio": {"displayManagerUnits": ["gdm.service"]}}}`);
+    assert.equal(loadSettings(sim).plugins, { vfio: { displayManagerUnits: ["gdm.service"] } });
+  } finally {
+    sim.cleanup();
+  }
+});
+
+test("a newline in an XML value cannot forge log lines or push the cause off stderr's first line", async () => {
+  const sim = new SimHost().dir("/var/log");
+  try {
+    new HugepageKernel(sim, { initial: { 2048: 0 } });
+    const forged = "2026-01-01T00:00:00.000Z [other release end] released: 9 change(s) undone";
+    const outcome = await runHookEvent(sim, "prepare", "begin", XML.replace("<vmhook:hugepages/>", `<vmhook:hugepages size="2M&#10;${forged}"/>`));
+    assert.is(outcome.code, 1);
+    assert.match(outcome.stderr.split("\n")[0]!, `size="2M\\n${forged}" is not a size`);
+    const log = sim.read(paths.log).trim().split("\n");
+    assert.is(log.length, 1);
+    assert.match(log[0]!, `[vm prepare begin] error: <vmhook:hugepages size="2M\\n${forged}">`);
+  } finally {
+    sim.cleanup();
+  }
+});
+
+test("module and unit names never start with a dash (they are arguments of modprobe, rmmod and systemctl)", () => {
+  for (const name of ["-r", "--remove-holders"]) assert.not.ok(PATTERNS.moduleName.test(name), name);
+  for (const name of ["--force", "-sKILL"]) assert.not.ok(PATTERNS.unitName.test(name), name);
+  for (const name of ["vfio_pci", "nvidia-drm", "kvmfr"]) assert.ok(PATTERNS.moduleName.test(name), name);
+  for (const name of ["gdm.service", "getty@tty1.service", "dev-disk-by\\x2duuid.device"]) assert.ok(PATTERNS.unitName.test(name), name);
+});
+
+test("a corrupt journal fails prepare with the file and the fix, and no stack trace for the user", async () => {
+  const sim = new SimHost().dir("/var/log");
+  try {
+    sim.file(paths.journal(UUID), "{ half a jour");
+    const outcome = await runHookEvent(sim, "prepare", "begin", XML);
+    assert.is(outcome.code, 1);
+    assert.match(outcome.stderr, new RegExp(`^vmhook: journal /run/vmhook/${UUID}.json cannot be read \\(.*\\); inspect it, then remove it by hand\n  \\(prepare of vm; log: /var/log/vmhook.log\\)\n$`));
+  } finally {
+    sim.cleanup();
+  }
+});
+
+test("a journal that exists but cannot be read is an error, not \"holds nothing\" (status shows it as unreadable)", () => {
+  const sim = new SimHost();
+  try {
+    leftover(sim, "hugepages", { action: "x" });
+    const read = sim.read.bind(sim);
+    sim.read = (hostPath: string) => {
+      if (hostPath === paths.journal(UUID)) throw Object.assign(new Error("EACCES: permission denied"), { code: "EACCES" });
+      return read(hostPath);
+    };
+    const message = `journal /run/vmhook/${UUID}.json cannot be read (EACCES); run vmhook as root`;
+    assert.throws(() => readJournal(sim, UUID), (error: Error) => error.message === message);
+    assert.equal(listJournals(sim), { journals: [], broken: [{ file: paths.journal(UUID), error: message }] });
+    assert.is(readJournal(sim, "e1e1e1e1-0000-4000-8000-0000000000e2"), undefined, "a missing journal is no error");
+  } finally {
+    sim.cleanup();
+  }
+});
+
+test("recover reports a journal it cannot read and exits 1, instead of \"nothing to recover\"", async () => {
+  const sim = new SimHost();
+  try {
+    sim.file(paths.journal(UUID), "{ half a jour");
+    const text = await cli(["recover", "--root", sim.root]);
+    assert.is(text.code, 1);
+    assert.match(text.stdout, new RegExp(`^unreadable journal /run/vmhook/${UUID}.json: journal .* cannot be read .*; nothing of it was undone\n$`));
+    const json = await cli(["recover", "--json", "--root", sim.root]);
+    assert.is(json.code, 1);
+    assert.equal(JSON.parse(json.stdout).unreadable.map((item: { file: string }) => item.file), [paths.journal(UUID)]);
+  } finally {
+    sim.cleanup();
+  }
+});
+
+test("exec: a program that exits but leaves a background process holding its output finished; it did not time out", () => {
+  const result = new RootedHost("/").exec("/bin/sh", ["-c", "sleep 5 & echo done"], { timeoutMs: 300 });
+  assert.equal([result.status, result.stdout, result.timedOut, result.error], [0, "done\n", false, undefined]);
+  const stuck = new RootedHost("/").exec("/bin/sh", ["-c", "sleep 5"], { timeoutMs: 300 });
+  assert.equal([stuck.status, stuck.timedOut, stuck.error], [null, true, undefined]);
+});
+
+test.run();
