@@ -4,7 +4,7 @@ import type { CommandModule } from "yargs";
 import { runDoctor, type Finding } from "../diagnostics/doctor.ts";
 import { RootedHost } from "../host.ts";
 import type { GlobalOptions } from "./index.ts";
-import { print, printJson, readDomainFile } from "./output.ts";
+import { print, printJson, readDomainFile, sourceName } from "./output.ts";
 
 interface DoctorArgs extends GlobalOptions {
   domain?: string;
@@ -24,7 +24,7 @@ export const doctorCommand: CommandModule<GlobalOptions, DoctorArgs> = {
   builder: (y) => y.positional("domain", { type: "string", describe: "domain XML file (virsh dumpxml VM > VM.xml), or - for stdin" }),
   async handler(args) {
     const host = new RootedHost(args.root);
-    const report = await runDoctor(host, args.domain ? { file: args.domain, xml: readDomainFile(args.domain) } : undefined);
+    const report = await runDoctor(host, args.domain !== undefined ? { file: sourceName(args.domain), xml: readDomainFile(args.domain) } : undefined);
     const all = [...report.host, ...(report.domain?.findings ?? [])];
     const count = (status: Finding["status"]) => all.filter((finding) => finding.status === status).length;
     if (args.json) {

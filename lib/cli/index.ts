@@ -35,6 +35,10 @@ export async function runCli(args: string[]): Promise<number> {
         global: true,
       })
       .option("json", { type: "boolean", default: false, describe: "print data as JSON", global: true })
+      // yargs hands a lone "-" positional over as "" (it takes it for an option); "-" means stdin.
+      .middleware((argv) => {
+        if (argv.domain === "") argv.domain = "-";
+      }, true)
       .command(COMMANDS)
       .demandCommand(1, "name a command; see vmhook --help")
       .strict()

@@ -10,7 +10,7 @@ import type { HookEvent } from "../plugin.ts";
 import { loadSettings } from "../settings.ts";
 import { runHandlers, type PlannedStep } from "../transaction.ts";
 import type { GlobalOptions } from "./index.ts";
-import { print, printJson, readDomainFile } from "./output.ts";
+import { print, printJson, readDomainFile, sourceName } from "./output.ts";
 import { domainRunning, hookAtWork } from "./recover.ts";
 
 interface DomainArgs extends GlobalOptions {
@@ -23,14 +23,14 @@ const validate: CommandModule<GlobalOptions, DomainArgs> = {
   builder: (y) => y.positional("domain", { type: "string", demandOption: true, describe: "domain XML file, or - for stdin" }),
   async handler(args) {
     const host = new RootedHost(args.root);
-    const domain = parseDomain(readDomainFile(args.domain), args.domain);
+    const domain = parseDomain(readDomainFile(args.domain), sourceName(args.domain));
     const instances = await loadDomainPlugins(domain, host);
     if (args.json) {
       printJson({ ok: true, domain: { name: domain.name, uuid: domain.uuid }, plugins: instances.map((i) => ({ id: i.id, config: i.config })) });
     } else if (instances.length === 0) {
-      print(`${args.domain}: ok; ${domain.name} has no vmhook metadata, so the hook leaves it alone`);
+      print(`${sourceName(args.domain)}: ok; ${domain.name} has no vmhook metadata, so the hook leaves it alone`);
     } else {
-      print(`${args.domain}: ok; ${domain.name} runs ${instances.map((i) => i.id).join(", ")}`);
+      print(`${sourceName(args.domain)}: ok; ${domain.name} runs ${instances.map((i) => i.id).join(", ")}`);
     }
   },
 };
@@ -50,7 +50,7 @@ const plan: CommandModule<GlobalOptions, PlanArgs> = {
       .option("event", { type: "string", choices: PLANNABLE, default: "prepare", describe: "the libvirt event to plan" }),
   async handler(args) {
     const host = new RootedHost(args.root);
-    const domain = parseDomain(readDomainFile(args.domain), args.domain);
+    const domain = parseDomain(readDomainFile(args.domain), sourceName(args.domain));
     const instances = await loadDomainPlugins(domain, host);
     const event = args.event as (typeof PLANNABLE)[number];
     let steps: PlannedStep[];

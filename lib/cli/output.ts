@@ -12,11 +12,12 @@ export function printJson(value: unknown): void {
 
 /** A domain XML file, or "-" for stdin (e.g. `virsh dumpxml VM | vmhook plan -`). */
 export function readDomainFile(file: string): string {
-  // yargs hands a lone "-" positional over as "" (it parses it as an option)
-  const stdin = file === "-" || file === "";
   try {
-    return readFileSync(stdin ? 0 : file, "utf8");
+    return readFileSync(file === "-" ? 0 : file, "utf8");
   } catch (error) {
     throw new VmhookError(`cannot read ${file}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}; pass a domain XML file (virsh dumpxml VM > VM.xml) or - for stdin`);
   }
 }
+
+/** How messages name a domain file argument. */
+export const sourceName = (file: string) => (file === "-" ? "stdin" : file);

@@ -208,6 +208,9 @@ test("CLI validate: ok for a good config, the named error and exit 1 for a bad o
     assert.equal([good.code, good.stdout.trim()], [0, `${path.join(t.dir, "good.xml")}: ok; vm runs hugepages`]);
     const json = JSON.parse(run(vmhook, ["validate", "--json", "-"], domain(), t.root).stdout);
     assert.equal(json.plugins, [{ id: "hugepages", config: { pools: [{ sizeKiB: 2048, pages: 512 }], retrySeconds: 10, backedByHugepages: true } }]);
+    assert.is(run(vmhook, ["validate", "-"], domain(), t.root).stdout.trim(), "stdin: ok; vm runs hugepages");
+    // doctor reads the domain from stdin with "-" too, rather than checking the host alone
+    assert.match(run(vmhook, ["doctor", "-"], domain(), t.root).stdout, "Domain vm (stdin):");
     const bad = run(vmhook, ["validate", path.join(t.dir, "bad.xml")], "", t.root);
     assert.equal([bad.code, bad.stdout], [1, ""]);
     assert.match(firstLine(bad.stderr), `vmhook: <vmhook:hugepages node="x">: node="x" has "x"`);
