@@ -391,13 +391,18 @@ test("a boot GPU already on vfio-pci (vfio-pci.ids) is left alone: no single-GPU
   assert.equal(kernel.sim.snapshot(), before);
 });
 
-test("two NVIDIA cards, the host keeps one: nvidia stays loaded, only the VM card's /dev/nvidiaN counts as in use", async () => {
-  const kernel = new GpuKernel()
+/** Two NVIDIA cards: the VM's (GPU + AUDIO, group 1) and the host's boot display at 02:00.0 (group 2). */
+function twoNvidiaCards(): GpuKernel {
+  return new GpuKernel()
     .module({ name: "nvidia", driver: "nvidia", loaded: true })
     .module({ name: "snd_hda_intel", driver: "snd_hda_intel", loaded: true })
     .device({ address: GPU, classCode: "0x030000", vendor: "0x10de", nativeDriver: "nvidia", group: 1, nodes: ["card1"] })
     .device({ address: AUDIO, classCode: "0x040300", vendor: "0x10de", nativeDriver: "snd_hda_intel", group: 1 })
-    .device({ address: "0000:02:00.0", classCode: "0x030000", vendor: "0x10de", nativeDriver: "nvidia", group: 2, bootVga: true, nodes: ["card0"] })
+    .device({ address: "0000:02:00.0", classCode: "0x030000", vendor: "0x10de", nativeDriver: "nvidia", group: 2, bootVga: true, nodes: ["card0"] });
+}
+
+test("two NVIDIA cards, the host keeps one: nvidia stays loaded, only the VM card's /dev/nvidiaN counts as in use", async () => {
+  const kernel = twoNvidiaCards()
     .unit({ name: "display-manager.service", active: true, processes: { 500: ["Xorg", ["/dev/nvidiactl", "/dev/nvidia1", "/dev/dri/card0"]] } });
   kernel.sim.file(`/proc/driver/nvidia/gpus/${GPU}/information`, "Model: RTX 4090\nDevice Minor: 0\n");
   kernel.sim.file("/proc/driver/nvidia/gpus/0000:02:00.0/information", "Model: RTX 3060\nDevice Minor: 1\n");
@@ -420,12 +425,7 @@ test("two NVIDIA cards, the host keeps one: nvidia stays loaded, only the VM car
 });
 
 test("two NVIDIA cards, the host keeps one: nvidia-persistenced, which holds every card, is stopped for the handover and started again", async () => {
-  const kernel = new GpuKernel()
-    .module({ name: "nvidia", driver: "nvidia", loaded: true })
-    .module({ name: "snd_hda_intel", driver: "snd_hda_intel", loaded: true })
-    .device({ address: GPU, classCode: "0x030000", vendor: "0x10de", nativeDriver: "nvidia", group: 1, nodes: ["card1"] })
-    .device({ address: AUDIO, classCode: "0x040300", vendor: "0x10de", nativeDriver: "snd_hda_intel", group: 1 })
-    .device({ address: "0000:02:00.0", classCode: "0x030000", vendor: "0x10de", nativeDriver: "nvidia", group: 2, bootVga: true, nodes: ["card0"] })
+  const kernel = twoNvidiaCards()
     .unit({ name: "nvidia-persistenced.service", active: true, processes: { 600: ["nvidia-persiste", ["/dev/nvidiactl", "/dev/nvidia0", "/dev/nvidia1"]] } });
   kernel.sim.file(`/proc/driver/nvidia/gpus/${GPU}/information`, "Device Minor: 0\n");
   const before = kernel.sim.snapshot();
