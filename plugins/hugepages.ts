@@ -16,6 +16,7 @@ import { parseCpuset } from "../lib/cpuset.ts";
 import { describeElement, type Domain } from "../lib/domain.ts";
 import { ConfigError, VmhookError } from "../lib/errors.ts";
 import type { Host } from "../lib/host.ts";
+import { hugepagePool, hugepageSizes, meminfo, NODE_DIR, nodeDir } from "../lib/memory.ts";
 import { definePlugin, type BaseContext, type PluginContext, type StepHandle, type UndoRecord } from "../lib/plugin.ts";
 import { formatKiB, parseInteger, parseSizeWithSuffix } from "../lib/validate.ts";
 
@@ -139,12 +140,7 @@ function poolNeeds(domain: Domain, where: string, sizeAttribute: number | undefi
 
 // ---- the kernel's pools
 
-const nodeDir = (node: number) => `/sys/devices/system/node/node${node}`;
-
-function poolFile(sizeKiB: number, node: number | undefined, file = "nr_hugepages"): string {
-  const dir = node === undefined ? "/sys/kernel/mm/hugepages" : `${nodeDir(node)}/hugepages`;
-  return `${dir}/hugepages-${sizeKiB}kB/${file}`;
-}
+const poolFile = (sizeKiB: number, node: number | undefined, file = "nr_hugepages") => `${hugepagePool(sizeKiB, node)}/${file}`;
 
 /** "the 2M pool", "the 1G pool of node 1": for messages. */
 const poolName = (sizeKiB: number, node: number | undefined) => `the ${formatKiB(sizeKiB)} pool${node === undefined ? "" : ` of node ${node}`}`;
@@ -182,26 +178,25 @@ function writeCount(host: Host, file: string, count: number): void {
 /** Checks that change nothing, before the first step: the node and the pool exist. */
 function checkPoolExists(host: Host, need: PoolNeed): void {
   if (need.node !== undefined && !host.exists(nodeDir(need.node))) {
-    const online = host.readTrimmed("/sys/devices/system/node/online") || "0";
+    const online = host.readTrimmed(`${NODE_DIR}/online`) || "0";
     throw new VmhookError(
       `hugepages: host NUMA node ${need.node} does not exist (this host has node(s) ${online}); fix node= on <vmhook:hugepages> or the nodeset in <numatune>`,
     );
   }
   if (!host.exists(poolFile(need.sizeKiB, need.node))) {
-    const sizes = host.list("/sys/kernel/mm/hugepages").map((name) => /^hugepages-(\d+)kB$/.exec(name)?.[1]).filter((kib): kib is string => kib !== undefined);
+    const sizes = hugepageSizes(host);
     throw new VmhookError(
       sizes.length === 0
         ? "hugepages: this kernel has no huge page support (/sys/kernel/mm/hugepages is missing or empty); remove <vmhook:hugepages>"
-        : `hugepages: this host has no ${formatKiB(need.sizeKiB)} huge page pool${need.node === undefined ? "" : ` on node ${need.node}`}; it has ${sizes.map((kib) => formatKiB(Number(kib))).join(", ")}: set size= on <vmhook:hugepages> to one of them`,
+        : `hugepages: this host has no ${formatKiB(need.sizeKiB)} huge page pool${need.node === undefined ? "" : ` on node ${need.node}`}; it has ${sizes.map(formatKiB).join(", ")}: set size= on <vmhook:hugepages> to one of them`,
       need.sizeKiB === 1024 * 1024 ? ["1G pages need a CPU with the pdpe1gb flag (grep pdpe1gb /proc/cpuinfo)"] : [],
     );
   }
 }
 
 function freeMemory(host: Host, node: number | undefined): string {
-  const meminfo = host.readTrimmed(node === undefined ? "/proc/meminfo" : `${nodeDir(node)}/meminfo`) ?? "";
-  const kib = /MemFree:\s+(\d+) kB/.exec(meminfo)?.[1];
-  return kib === undefined ? "unknown" : `${Math.round(Number(kib) / 1024)} MiB`;
+  const kib = meminfo(host, node).MemFree;
+  return kib === undefined ? "unknown" : `${Math.round(kib / 1024)} MiB`;
 }
 
 /** Frees what the kernel can give up and defragments, so a retry can find contiguous memory. */

@@ -14,6 +14,7 @@ import { listJournals } from "../journal.ts";
 import { paths } from "../paths.ts";
 import { isDisplayClass, pciExists, readPciDevice } from "../pci.ts";
 import { formatKiB } from "../validate.ts";
+import { hugepagePool, hugepageSizes, HUGEPAGE_DIR, meminfo, NODE_DIR, nodeDir } from "../memory.ts";
 import { listInstalledPlugins } from "../custom-plugins.ts";
 import { isVmhookBinary } from "../cli/install.ts";
 import { domainRunning } from "../cli/recover.ts";
@@ -96,28 +97,17 @@ function vfioModules(host: Host, needed: boolean): Finding {
   return ok("vfio modules", loaded.length === VFIO_MODULES.length ? "vfio, vfio_iommu_type1 and vfio_pci are loaded" : `available (loaded: ${loaded.join(", ") || "none yet"}; the rest load when a device is handed over)`);
 }
 
-/** /proc/meminfo or a node's meminfo ("Node 0 MemFree: 123 kB") as KiB by field name. */
-function meminfo(host: Host, file: string): Record<string, number> {
-  const fields: Record<string, number> = {};
-  for (const match of (host.readTrimmed(file) ?? "").matchAll(/^(?:Node \d+ )?(\w+):\s+(\d+)/gm)) fields[match[1]!] = Number(match[2]);
-  return fields;
-}
-
-const NODE_DIR = "/sys/devices/system/node";
 const hostNodes = (host: Host) => host.list(NODE_DIR).filter((entry) => /^node\d+$/.test(entry)).map((entry) => Number(entry.slice(4))).sort((a, b) => a - b);
-const nodeMemFree = (host: Host, node: number) => meminfo(host, `${NODE_DIR}/node${node}/meminfo`).MemFree ?? 0;
-const HUGEPAGE_DIR = "/sys/kernel/mm/hugepages";
-const poolSizes = (host: Host) => host.list(HUGEPAGE_DIR).map((entry) => Number(/^hugepages-(\d+)kB$/.exec(entry)?.[1])).filter((size) => size > 0).sort((a, b) => a - b);
 
 function hugepagePools(host: Host): Finding[] {
-  const sizes = poolSizes(host);
+  const sizes = hugepageSizes(host);
   if (sizes.length === 0) return [warn("hugepages", `no pools in ${HUGEPAGE_DIR}: the kernel has no huge page support`, "use a kernel with CONFIG_HUGETLBFS (Debian's has it)")];
   const pools = sizes.map((size) => {
-    const count = (file: string) => Number(host.readTrimmed(`${HUGEPAGE_DIR}/hugepages-${size}kB/${file}`) ?? 0);
+    const count = (file: string) => Number(host.readTrimmed(`${hugepagePool(size, undefined)}/${file}`) ?? 0);
     return `${formatKiB(size)}: ${count("nr_hugepages")} reserved, ${count("free_hugepages")} free`;
   });
   const nodes = hostNodes(host);
-  const free = nodes.length > 0 ? nodes.map((node) => `node ${node} ${formatKiB(roundMiB(nodeMemFree(host, node)))}`).join(", ") : formatKiB(roundMiB(meminfo(host, "/proc/meminfo").MemFree ?? 0));
+  const free = nodes.length > 0 ? nodes.map((node) => `node ${node} ${formatKiB(roundMiB(meminfo(host, node).MemFree ?? 0))}`).join(", ") : formatKiB(roundMiB(meminfo(host).MemFree ?? 0));
   return [ok("hugepages", `pools ${pools.join("; ")}; free memory ${free}`)];
 }
 
@@ -252,8 +242,8 @@ function hugepagesChecks({ host, domain, elements }: DomainCheckContext): Findin
   return pools.map(({ sizeKiB, node, pages }) => {
     const check = node === undefined ? "hugepages" : `hugepages node ${node}`;
     const size = formatKiB(sizeKiB);
-    const pool = node === undefined ? `${HUGEPAGE_DIR}/hugepages-${sizeKiB}kB` : `${NODE_DIR}/node${node}/hugepages/hugepages-${sizeKiB}kB`;
-    if (node !== undefined && !host.exists(`${NODE_DIR}/node${node}`)) {
+    const pool = hugepagePool(sizeKiB, node);
+    if (node !== undefined && !host.exists(nodeDir(node))) {
       return fail(check, `host NUMA node ${node} does not exist (nodes: ${hostNodes(host).join(", ") || "none"})`, "fix node= on <vmhook:hugepages> or the nodeset in <numatune>");
     }
     if (!host.exists(pool)) {
@@ -261,7 +251,7 @@ function hugepagesChecks({ host, domain, elements }: DomainCheckContext): Findin
     }
     const needKiB = pages * sizeKiB;
     const where = node === undefined ? "on the host" : `on node ${node}`;
-    const info = meminfo(host, node === undefined ? "/proc/meminfo" : `${NODE_DIR}/node${node}/meminfo`);
+    const info = meminfo(host, node);
     const free = info.MemFree ?? 0;
     const reclaimable = node === undefined ? (info.MemAvailable ?? free) : free + (info.FilePages ?? 0);
     const wanted = `${pages} × ${size} pages (${formatKiB(needKiB)})`;
