@@ -10,6 +10,9 @@ import { hookCommand } from "./hook.ts";
 import { pluginsCommand } from "./plugins.ts";
 import { iommuCommand } from "./iommu.ts";
 import { doctorCommand } from "./doctor.ts";
+import { configCommands } from "./config.ts";
+import { usageError } from "./usage.ts";
+import { VERSION } from "../version.ts";
 
 /** Wrong words on the command line: exit 2, as is usual for usage errors. */
 class UsageError extends Error {}
@@ -19,7 +22,12 @@ export interface GlobalOptions {
   json: boolean;
 }
 
-const COMMANDS: CommandModule<GlobalOptions, any>[] = [...installCommands, ...inspectCommands, recoverCommand, hookCommand, pluginsCommand, iommuCommand, doctorCommand];
+const COMMANDS: CommandModule<GlobalOptions, any>[] = [...configCommands, ...installCommands, ...inspectCommands, recoverCommand, hookCommand, pluginsCommand, iommuCommand, doctorCommand];
+
+const USAGES = COMMANDS.map((command) => {
+  const usage = String(command.command);
+  return { name: usage.split(" ")[0]!, usage };
+});
 
 export async function runCli(args: string[]): Promise<number> {
   process.exitCode = 0;
@@ -38,14 +46,14 @@ export async function runCli(args: string[]): Promise<number> {
       // yargs hands a lone "-" positional over as "" (it takes it for an option); "-" means stdin.
       .middleware((argv) => {
         if (argv.domain === "") argv.domain = "-";
+        if (argv.set === "") argv.set = "-";
       }, true)
       .command(COMMANDS)
-      .demandCommand(1, "name a command; see vmhook --help")
+      .demandCommand(1, "name a command")
       .strict()
-      .recommendCommands()
       .help()
       .alias("h", "help")
-      .version()
+      .version(VERSION)
       .wrap(Math.min(100, process.stdout.columns || 100))
       .fail((message, error) => {
         throw error ?? new UsageError(message);
@@ -53,7 +61,7 @@ export async function runCli(args: string[]): Promise<number> {
       .parseAsync();
   } catch (error) {
     if (error instanceof UsageError) {
-      process.stderr.write(`vmhook: ${error.message}\nRun vmhook --help for usage.\n`);
+      process.stderr.write(`vmhook: ${usageError(error.message, args, USAGES)}\n`);
       return 2;
     }
     process.stderr.write(`vmhook: ${describeError(error)}\n`);

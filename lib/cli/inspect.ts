@@ -1,14 +1,12 @@
 // Read-only commands: validate, plan, status. None of them changes the host.
 import type { CommandModule } from "yargs";
 import { loadDomainPlugins } from "../config.ts";
-import { Deadline } from "../deadline.ts";
 import { parseDomain } from "../domain.ts";
 import { RootedHost, type Host } from "../host.ts";
-import { listJournals, newJournal, readJournal, type Journal } from "../journal.ts";
-import { createLogger } from "../log.ts";
+import { dryRun } from "../dry-run.ts";
+import { listJournals, readJournal, type Journal } from "../journal.ts";
 import type { HookEvent } from "../plugin.ts";
-import { loadSettings } from "../settings.ts";
-import { runHandlers, type PlannedStep } from "../transaction.ts";
+import type { PlannedStep } from "../transaction.ts";
 import type { GlobalOptions } from "./index.ts";
 import { print, printJson, readDomainFile, sourceName } from "./output.ts";
 import { domainRunning, hookAtWork } from "./recover.ts";
@@ -58,11 +56,7 @@ const plan: CommandModule<GlobalOptions, PlanArgs> = {
       const journal = readJournal(host, domain.uuid);
       steps = (journal?.entries ?? []).reverse().map((entry) => ({ plugin: entry.plugin, event: "release" as HookEvent, description: `undo: ${entry.description}`, undo: entry.undo }));
     } else {
-      steps = [];
-      const log = createLogger(host, { domain: domain.name, event, echo: args.json ? "none" : "stderr", file: false });
-      const settings = loadSettings(host);
-      const journal = readJournal(host, domain.uuid) ?? newJournal(host, { name: domain.name, uuid: domain.uuid });
-      await runHandlers(event, instances, domain, journal, { host, log, settings, dryRun: { steps } }, new Deadline(host, settings.deadlineSeconds * 1000));
+      steps = await dryRun(host, domain, instances, event, args.json ? "none" : "stderr");
     }
     if (args.json) {
       printJson({ domain: { name: domain.name, uuid: domain.uuid }, event, steps });
