@@ -104,7 +104,7 @@ interface DomainArgs extends LibvirtArgs {
 }
 
 interface ConfigArgs extends DomainArgs {
-  edit: boolean;
+  edit?: boolean;
   set?: string;
 }
 
@@ -171,7 +171,7 @@ const configCommand: CommandModule<GlobalOptions, ConfigArgs> = {
   builder: (y) =>
     libvirtOptions(y)
       .positional("domain", { type: "string", demandOption: true, describe: "libvirt domain name" })
-      .option("edit", { type: "boolean", default: false, describe: "edit it in $VISUAL/$EDITOR; refused edits reopen the editor (on a terminal) or keep the old" })
+      .option("edit", { type: "boolean", describe: "edit it in $VISUAL/$EDITOR; refused edits reopen the editor (on a terminal) or keep the old" })
       .option("set", { type: "string", describe: "replace it with this file's content (- for stdin): prefixed or not, with or without <hooks>" })
       .conflicts("edit", "set"),
   async handler(args) {

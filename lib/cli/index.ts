@@ -32,7 +32,9 @@ const USAGES = COMMANDS.map((command) => {
 export async function runCli(args: string[]): Promise<number> {
   process.exitCode = 0;
   try {
-    await yargs(args)
+    // yargs takes the "-" after an option for an option of its own: join them
+    const joined = args.map((arg, index) => (arg === "--set" && args[index + 1] === "-" ? "--set=-" : arg)).filter((arg, index) => !(arg === "-" && args[index - 1] === "--set"));
+    await yargs(joined)
       .scriptName("vmhook")
       .usage("$0 COMMAND\n\nlibvirt QEMU hook framework. Installed as /etc/libvirt/hooks/qemu it runs the plugins a domain's <metadata> asks for.")
       .option("root", {
@@ -46,7 +48,6 @@ export async function runCli(args: string[]): Promise<number> {
       // yargs hands a lone "-" positional over as "" (it takes it for an option); "-" means stdin.
       .middleware((argv) => {
         if (argv.domain === "") argv.domain = "-";
-        if (argv.set === "") argv.set = "-";
       }, true)
       .command(COMMANDS)
       .demandCommand(1, "name a command")
