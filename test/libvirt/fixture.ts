@@ -259,7 +259,8 @@ export function markerEvents(domain: TestDomain): string[] {
     .map((line) => line.slice(domain.name.length + 1));
 }
 
-const binary = () => path.join(scratchDir(), "vmhook");
+/** The copy of dist/vmhook the suite installed (other builds may replace dist/vmhook meanwhile). */
+export const binary = () => path.join(scratchDir(), "vmhook");
 
 interface Saved {
   /** A hook that was installed before the tests (a developer's machine): put back at the end. */

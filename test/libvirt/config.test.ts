@@ -1,0 +1,146 @@
+// vmhook config / enable / disable under a real libvirtd: the metadata they
+// write is what the installed hook reads at `virsh start`, refused edits
+// change nothing, and the doubled prefix libvirt stores for a prefixed
+// element is caught with a fix that works when run as printed.
+import { spawn } from "node:child_process";
+import * as fs from "node:fs";
+import * as path from "node:path";
+import * as assert from "uvu/assert";
+import { binary, defineDomain, hugepages, journalExists, libvirtSuite, scratchDir, virsh, virshOk } from "./fixture.ts";
+
+const { test, run } = libvirtSuite("libvirt: vmhook config, enable, disable");
+
+const PAGES_OF_64_MIB = 32;
+
+interface Result {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+/** The installed CLI, talking to the test's libvirtd through LIBVIRT_DEFAULT_URI. */
+function vmhook(args: string[], options: { input?: string; env?: Record<string, string> } = {}): Promise<Result> {
+  return new Promise((resolve) => {
+    const child = spawn(binary(), args, { env: { ...process.env, LIBVIRT_DEFAULT_URI: "qemu:///system", ...options.env }, stdio: ["pipe", "pipe", "pipe"] });
+    let stdout = "";
+    let stderr = "";
+    child.stdout.on("data", (chunk) => (stdout += chunk));
+    child.stderr.on("data", (chunk) => (stderr += chunk));
+    const timer = setTimeout(() => child.kill("SIGKILL"), 60_000);
+    child.on("close", (code) => {
+      clearTimeout(timer);
+      resolve({ code, stdout, stderr });
+    });
+    child.stdin.end(options.input ?? "");
+  });
+}
+
+/** What libvirt stores, as `virsh metadata` shows it (unprefixed), without white space between tags. */
+async function storedMetadata(name: string): Promise<string> {
+  const result = await virsh("metadata", name, "--uri", "urn:vmhook:1");
+  return result.code === 0 ? result.stdout.replace(/>\s+</g, "><").trim() : "";
+}
+
+/** An $EDITOR that replaces the file with `content` (and keeps a copy of what it was given). */
+function editorScript(name: string, content: string): string {
+  const file = path.join(scratchDir(), `editor-${name}.sh`);
+  const seen = path.join(scratchDir(), `editor-${name}.seen`);
+  fs.writeFileSync(file, `#!/bin/sh\ncp "$1" ${seen}\ncat > "$1" <<'EOF'\n${content}\nEOF\n`, { mode: 0o755 });
+  return file;
+}
+
+test("enable hugepages size=2M: libvirt stores it unprefixed under the key, and virsh start grows the pool by 32 pages", async () => {
+  const domain = await defineDomain("enable", { hugepageBacked: true });
+  const enabled = await vmhook(["enable", domain.name, "hugepages", "size=2M"]);
+  assert.is(enabled.code, 0, enabled.stderr);
+  assert.match(enabled.stdout, `${domain.name}: saved to the persistent definition`);
+  assert.match(enabled.stdout, '+  <vmhook:hugepages size="2M"/>');
+  assert.is(await storedMetadata(domain.name), '<hooks><hugepages size="2M"/></hooks>');
+  const dumped = await virshOk("dumpxml", domain.name);
+  assert.match(dumped, '<vmhook:hooks xmlns:vmhook="urn:vmhook:1">');
+
+  const pool = hugepages();
+  await virshOk("start", domain.name);
+  assert.is(hugepages(), pool + PAGES_OF_64_MIB);
+  assert.ok(journalExists(domain.uuid));
+  await virshOk("destroy", domain.name);
+  assert.is(hugepages(), pool);
+
+  const disabled = await vmhook(["disable", domain.name, "hugepages"]);
+  assert.is(disabled.code, 0, disabled.stderr);
+  assert.is(await storedMetadata(domain.name), "", "the metadata is gone once no plugin is left");
+  assert.not.match(await virshOk("dumpxml", domain.name), "urn:vmhook:1");
+});
+
+test("config --edit: a valid edit is saved; an invalid one is refused with the reason and the old metadata kept", async () => {
+  const domain = await defineDomain("edit", { hooks: '<vmhook:hugepages size="2M"/>' });
+  const before = await storedMetadata(domain.name);
+
+  const valid = await vmhook(["config", domain.name, "--edit"], { env: { EDITOR: editorScript("valid", '<hooks><hugepages size="2M" timeout="5"/></hooks>') } });
+  assert.is(valid.code, 0, valid.stderr);
+  assert.match(fs.readFileSync(path.join(scratchDir(), "editor-valid.seen"), "utf8"), '<vmhook:hugepages size="2M"/>', "the editor got the current metadata");
+  assert.match(valid.stdout, '-  <vmhook:hugepages size="2M"/>\n+  <vmhook:hugepages size="2M" timeout="5"/>');
+  const saved = await storedMetadata(domain.name);
+  assert.is(saved, '<hooks><hugepages size="2M" timeout="5"/></hooks>');
+  assert.is.not(saved, before);
+
+  // Not a terminal: no "edit again?" question; the edit is refused and nothing stored.
+  const invalid = await vmhook(["config", domain.name, "--edit"], { env: { EDITOR: editorScript("invalid", '<vmhook:hugepages size="3M"/>') } });
+  assert.is(invalid.code, 1);
+  assert.match(invalid.stderr, 'vmhook: <vmhook:hugepages size="3M">: size="3M" is not a huge page size');
+  assert.match(invalid.stderr, `kept the old metadata of ${domain.name}`);
+  assert.is(await storedMetadata(domain.name), saved);
+});
+
+test("config --set - takes the prefixed form users paste; libvirt's own error is avoided", async () => {
+  const domain = await defineDomain("set");
+  const set = await vmhook(["config", domain.name, "--set", "-"], { input: '<vmhook:hooks xmlns:vmhook="urn:vmhook:1">\n  <vmhook:hugepages size="2M"/>\n</vmhook:hooks>\n' });
+  assert.is(set.code, 0, set.stderr);
+  assert.is(await storedMetadata(domain.name), '<hooks><hugepages size="2M"/></hooks>');
+  const shown = await vmhook(["config", domain.name]);
+  assert.is(shown.stdout, '<vmhook:hooks xmlns:vmhook="urn:vmhook:1">\n  <vmhook:hugepages size="2M"/>\n</vmhook:hooks>\n');
+});
+
+test("<vmhook:vmhook:hooks> as libvirt stores a prefixed element: virsh start refused with the fix, which works as printed", async () => {
+  const domain = await defineDomain("doubled");
+  // The mistake README used to teach: a prefixed element given to virsh metadata.
+  await virshOk("metadata", domain.name, "--uri", "urn:vmhook:1", "--key", "vmhook", "--set", '<vmhook:hooks><vmhook:hugepages size="2M"/></vmhook:hooks>');
+  assert.match(await virshOk("dumpxml", domain.name), "<vmhook:vmhook:hooks");
+
+  const pool = hugepages();
+  const started = await virsh("start", domain.name);
+  assert.is.not(started.code, 0, "virsh start succeeded with metadata the hook cannot read");
+  assert.match(started.stderr, "vmhook: <metadata>: holds <vmhook:vmhook:hooks>: the vmhook: prefix is written twice");
+  assert.is(hugepages(), pool);
+  assert.not.ok(journalExists(domain.uuid));
+
+  const validated = await vmhook(["validate", "-"], { input: await virshOk("dumpxml", domain.name) });
+  assert.is(validated.code, 1);
+  const fix = /or: (virsh metadata .*)$/m.exec(validated.stderr)?.[1];
+  assert.ok(fix, `no virsh command in: ${validated.stderr}`);
+  assert.is(fix, `virsh metadata ${domain.name} --uri urn:vmhook:1 --key vmhook --config --set '<hooks><hugepages size="2M"/></hooks>'`);
+  // Run the fix as printed (through a shell, as a user pastes it).
+  const fixed = await new Promise<number | null>((resolve) => spawn("sh", ["-c", fix!.replace(/^virsh /, "virsh --connect qemu:///system ")], { stdio: "ignore" }).on("close", resolve));
+  assert.is(fixed, 0);
+  assert.not.match(await virshOk("dumpxml", domain.name), "vmhook:vmhook:");
+  const again = await vmhook(["validate", "-"], { input: await virshOk("dumpxml", domain.name) });
+  assert.is(again.code, 0, again.stderr);
+  await virshOk("start", domain.name);
+  assert.is(hugepages(), pool + PAGES_OF_64_MIB);
+  await virshOk("destroy", domain.name);
+  assert.is(hugepages(), pool);
+});
+
+test("vmhook config --edit saved unchanged repairs the doubled prefix", async () => {
+  const domain = await defineDomain("repair");
+  await virshOk("metadata", domain.name, "--uri", "urn:vmhook:1", "--key", "vmhook", "--set", "<vmhook:hooks><vmhook:hugepages/></vmhook:hooks>");
+  const shown = await vmhook(["config", domain.name]);
+  assert.match(shown.stderr, "libvirt stores this metadata as <vmhook:vmhook:…>");
+  const repaired = await vmhook(["config", domain.name, "--edit"], { env: { EDITOR: "true" } });
+  assert.is(repaired.code, 0, repaired.stderr);
+  assert.match(repaired.stdout, "stored correctly now");
+  assert.is(await storedMetadata(domain.name), "<hooks><hugepages/></hooks>");
+  assert.not.match(await virshOk("dumpxml", domain.name), "vmhook:vmhook:");
+});
+
+run();
