@@ -82,6 +82,16 @@ function journalSummary(host: Host, journal: Journal) {
   };
 }
 
+const PHASES: Record<string, string> = { preparing: "preparing", releasing: "releasing", "release-failed": "its release failed" };
+
+/** The VM's state and the journal's phase, said once each: "running", "not running, …". */
+function describeState(summary: ReturnType<typeof journalSummary>): string {
+  const phase = PHASES[summary.phase];
+  if (summary.hookAtWork) return `its hook is at work right now${phase ? ` (${phase})` : ""}; vmhook holds for it`;
+  if (summary.running) return `running${phase ? `, ${phase}` : ""}; vmhook holds for it`;
+  return `not running${phase ? ` (${phase})` : ""}, yet vmhook still holds for it (vmhook recover ${summary.domain.name} gives it back)`;
+}
+
 const status: CommandModule<GlobalOptions, GlobalOptions> = {
   command: "status",
   describe: "which VM holds what, from the journals in /run/vmhook",
@@ -95,8 +105,7 @@ const status: CommandModule<GlobalOptions, GlobalOptions> = {
     }
     if (summaries.length === 0 && broken.length === 0) print("no VM holds anything (no journals in /run/vmhook)");
     for (const summary of summaries) {
-      const state = summary.running ? "running" : summary.hookAtWork ? "its hook is at work right now" : "not running: run vmhook recover to give its changes back";
-      print(`${summary.domain.name} (${summary.domain.uuid}) ${summary.phase}, ${state}`);
+      print(`${summary.domain.name} (${summary.domain.uuid}): ${describeState(summary)}:`);
       for (const held of summary.holds) print(`  ${held.state === "applied" ? "-" : `[${held.state}]`} ${held.plugin}: ${held.description}${held.error ? `: ${held.error}` : ""}`);
     }
     for (const item of broken) print(`unreadable journal ${item.file}: ${item.error}`);

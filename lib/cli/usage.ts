@@ -31,6 +31,8 @@ export function closest(word: string, known: string[]): string | undefined {
 
 const upper = (usage: string) => usage.replace(/<(\w+)>/g, (_, name: string) => name.toUpperCase()).replace(/\[(\w+)(\.\.)?\]/g, (_, name: string, many?: string) => `[${name.toUpperCase()}${many ? " …" : ""}]`);
 
+const HOOK_OPERATIONS = ["prepare", "start", "started", "stopped", "release", "migrate", "restore", "reconnect", "attach"];
+
 /** Options whose value is the next word: that word is not a command or an argument. */
 const OPTIONS_WITH_VALUE = ["--root", "--connect", "-c", "--set", "--event"];
 
@@ -44,6 +46,9 @@ export function usageError(message: string, args: string[], commands: CommandUsa
   const names = commands.map((candidate) => candidate.name);
   if (!command) {
     if (words.length === 0) return `name a command: ${names.join(", ")} (vmhook --help says what each does)`;
+    if (HOOK_OPERATIONS.includes(words[1] ?? "") && ["begin", "end"].includes(words[2] ?? "")) {
+      return `"${words.slice(0, 3).join(" ")}" is a hook call, but this binary runs as the CLI (its name is not qemu); run it by hand with vmhook hook ${words.slice(0, 3).join(" ")}, or install it with vmhook install`;
+    }
     const guess = closest(words[0]!, names);
     return `${words[0]} is not a vmhook command${guess ? `; did you mean vmhook ${guess}?` : `; the commands are ${names.join(", ")}`}`;
   }
