@@ -12,6 +12,8 @@ export const paths = {
   log: "/var/log/vmhook.log",
   hostConfig: "/etc/vmhook/vmhook.json",
   pluginsDir: "/etc/vmhook/plugins.d",
+  /** Domain XML as it was before `vmhook doctor --fix --apply` redefined it. */
+  backupsDir: "/var/lib/vmhook/backups",
   libvirtHooksDir: "/etc/libvirt/hooks",
   libvirtQemuRunDir: "/run/libvirt/qemu",
 };

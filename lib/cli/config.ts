@@ -19,7 +19,7 @@ import { withVmhookMetadata } from "../metadata-in-domain.ts";
 import { unifiedDiff } from "../text-diff.ts";
 import { builtinNames, CUSTOM_ELEMENT } from "../../plugins/index.ts";
 import type { GlobalOptions } from "./index.ts";
-import { print, printJson, readDomainFile, sourceName } from "./output.ts";
+import { print, printJson, readDomainFile } from "./output.ts";
 
 export interface LibvirtArgs extends GlobalOptions {
   connect?: string;
@@ -276,11 +276,3 @@ const disableCommand: CommandModule<GlobalOptions, DisableArgs> = {
 };
 
 export const configCommands = [configCommand, enableCommand, disableCommand] as CommandModule<GlobalOptions, any>[];
-
-/** A domain argument: a file, - for stdin, or else the name of a libvirt domain (its persistent XML). */
-export function readDomainArgument(argument: string, connect?: string): { source: string; xml: string } {
-  if (argument === "-" || fs.existsSync(argument) || argument.includes("/") || argument.endsWith(".xml")) {
-    return { source: sourceName(argument), xml: readDomainFile(argument) };
-  }
-  return { source: `domain ${argument}`, xml: new Virsh(connect).dumpxml(argument, true) };
-}
