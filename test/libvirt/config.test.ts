@@ -3,9 +3,11 @@
 // change nothing, and the doubled prefix libvirt stores for a prefixed
 // element is caught with a fix that works when run as printed.
 import { spawn } from "node:child_process";
+import { randomUUID } from "node:crypto";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import * as assert from "uvu/assert";
+import { degradedWin11, NVIDIA_CARD } from "../helpers/degraded-domain.ts";
 import { binary, defineDomain, hugepages, journalExists, libvirtSuite, scratchDir, virsh, virshOk } from "./fixture.ts";
 
 const { test, run } = libvirtSuite("libvirt: vmhook config, enable, disable");
@@ -141,6 +143,59 @@ test("vmhook config --edit saved unchanged repairs the doubled prefix", async ()
   assert.match(repaired.stdout, "stored correctly now");
   assert.is(await storedMetadata(domain.name), "<hooks><hugepages/></hooks>");
   assert.not.match(await virshOk("dumpxml", domain.name), "vmhook:vmhook:");
+});
+
+/** A --root tree whose sysfs holds the example's NVIDIA card (this machine has none) and its page sizes. */
+function nvidiaRoot(): string {
+  const root = path.join(scratchDir(), "nvidia-root");
+  for (const device of NVIDIA_CARD) {
+    const dir = path.join(root, "sys/bus/pci/devices", device.address);
+    fs.mkdirSync(dir, { recursive: true });
+    for (const [file, value] of [["class", device.classCode], ["vendor", device.vendor], ["device", device.device]]) fs.writeFileSync(path.join(dir, file!), `${value}\n`);
+  }
+  for (const size of ["2048kB", "1048576kB"]) fs.mkdirSync(path.join(root, `sys/kernel/mm/hugepages/hugepages-${size}`), { recursive: true });
+  return root;
+}
+
+test("doctor --fix --apply on a copy of the win11 example with the advice undone: libvirt gets every fix, the old XML is kept, and the domain validates", async () => {
+  const name = "vmhook-test-win11";
+  // TCG here (no /dev/kvm): type qemu; the PCI devices need not exist to define the domain.
+  const xml = degradedWin11().replace("<name>win11</name>", `<name>${name}</name>`).replace(/<uuid>[^<]*<\/uuid>/, `<uuid>${randomUUID()}</uuid>`).replace("type='kvm'", "type='qemu'");
+  const file = path.join(scratchDir(), `${name}.xml`);
+  fs.writeFileSync(file, xml);
+  await virshOk("define", file);
+  const root = nvidiaRoot();
+  const old = await virshOk("dumpxml", "--inactive", name);
+  assert.match(old, "<memballoon model='virtio'>", "libvirt keeps the balloon the fix removes");
+
+  const shown = await vmhook(["doctor", "--fix", name, "--root", root]);
+  assert.is(shown.code, 0, shown.stderr);
+  assert.match(shown.stdout, `--- ${name} (now)\n+++ ${name} (fixed)\n`);
+  assert.is(await virshOk("dumpxml", "--inactive", name), old, "--fix alone changes nothing");
+
+  const applied = await vmhook(["doctor", "--fix", "--apply", name, "--root", root]);
+  assert.is(applied.code, 0, applied.stderr);
+  const backup = /the old XML is in (\S+) /.exec(applied.stdout)?.[1];
+  assert.ok(backup, applied.stdout);
+  assert.is(fs.readFileSync(path.join(root, backup!), "utf8"), old);
+
+  const now = await virshOk("dumpxml", "--inactive", name);
+  for (const expected of [
+    "<hidden state='on'/>",
+    "<vendor_id state='on' value='0123456789ab'/>",
+    "<target dev='vda' bus='virtio'/>",
+    "<model type='virtio'/>",
+    "<memballoon model='none'/>",
+    "<page size='1048576' unit='KiB'/>",
+    "<address domain='0x0000' bus='0x01' slot='0x00' function='0x1'/>",
+  ]) {
+    assert.match(now, expected);
+  }
+  const validated = await vmhook(["validate", "-", "--root", root], { input: now });
+  assert.is(validated.code, 0, validated.stderr);
+  assert.match(validated.stdout, `stdin: ok; ${name} runs hugepages, isolate, vfio`);
+  const again = await vmhook(["doctor", "--fix", name, "--root", root]);
+  assert.is(again.stdout, `${name}: nothing to change in the domain XML\n`);
 });
 
 run();

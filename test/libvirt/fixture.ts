@@ -239,7 +239,7 @@ async function removeTestDomains(): Promise<void> {
   await Promise.all(
     names.map(async (name) => {
       await virsh("destroy", name); // fails when not running: fine
-      await virshOk("undefine", name, "--managed-save");
+      await virshOk("undefine", name, "--managed-save", "--nvram"); // --nvram: UEFI domains (the win11 example) have one
     }),
   );
 }
