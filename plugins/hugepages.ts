@@ -11,6 +11,7 @@
 // nodeset>, else the global pool; a nodeset of several nodes gets the pages
 // split evenly (the first nodes take the remainder).
 import type { Element } from "@xmldom/xmldom";
+import { howToBootWith } from "../lib/host-advice.ts";
 import { readAttributes, single } from "../lib/config.ts";
 import { parseCpuset } from "../lib/cpuset.ts";
 import { describeElement, type Domain } from "../lib/domain.ts";
@@ -274,7 +275,7 @@ function shortfall(host: Host, need: PoolNeed, got: number, retrySeconds: number
       `after dropping caches and compacting memory for ${retrySeconds} s the kernel found no more contiguous ${size} blocks${where}`,
       "remedies: stop other VMs or services; raise timeout= on <vmhook:hugepages>",
       need.sizeKiB > DEFAULT_SIZE_KIB ? `2M pages need far less contiguous memory than ${size} pages: size="2M" (and the same in <memoryBacking>)` : "give the VM less <memory>",
-      `reserve the pages at boot (kernel command line: ${bootOption}) and drop <vmhook:hugepages>`,
+      `or reserve the pages at boot and drop <vmhook:hugepages>: ${howToBootWith(host, bootOption)}`,
     ],
   );
 }

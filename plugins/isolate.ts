@@ -12,6 +12,7 @@
 // claim goes. Each journal record is such a claim; undoing it means
 // recomputing without it, which is idempotent by construction.
 import type { Element } from "@xmldom/xmldom";
+import { howToGetCgroupV2 } from "../lib/host-advice.ts";
 import { readAttributes, single } from "../lib/config.ts";
 import { formatCpuList, parseCpuset, parseKernelCpuList } from "../lib/cpuset.ts";
 import { describeElement, type Domain } from "../lib/domain.ts";
@@ -48,7 +49,7 @@ function parse(elements: Element[], domain: Domain): IsolateConfig {
   const hostCpus = attrs["host-cpus"] !== undefined ? parseCpuset(attrs["host-cpus"], where, "host-cpus") : undefined;
 
   if (!hostCpus && pinned.length === 0) {
-    throw new ConfigError(where, `has no host-cpus and the domain pins no CPUs in <cputune>, so vmhook cannot tell which CPUs are the VM's; pin them (<vcpupin vcpu="0" cpuset="2"/>) or write host-cpus="0-1"`);
+    throw new ConfigError(where, `has no host-cpus and the domain pins no CPUs in <cputune>, so vmhook cannot tell which CPUs are the VM's; pin them with <vcpupin> in <cputune>, or set host-cpus (vmhook doctor VM suggests CPUs that exist on this host)`);
   }
   const shared = hostCpus ? intersect(hostCpus, pinned) : [];
   if (shared.length > 0) {
@@ -380,7 +381,7 @@ function checkOthers(ctx: PluginContext<IsolateConfig>, isolated: number[], own:
 function cgroupMechanism(ctx: BaseContext): { systemd: boolean } | string {
   const controllers = ctx.host.readTrimmed(`${CGROUP}/cgroup.controllers`);
   if (controllers === undefined) {
-    return "it needs the unified cgroup v2 hierarchy, but this host mounts cgroup v1 at /sys/fs/cgroup; boot with systemd.unified_cgroup_hierarchy=1 on the kernel command line (GRUB_CMDLINE_LINUX in /etc/default/grub, then update-grub and reboot)";
+    return `it needs the unified cgroup v2 hierarchy, but this host mounts cgroup v1 at /sys/fs/cgroup; ${howToGetCgroupV2(ctx.host)}`;
   }
   if (!controllers.split(/\s+/).includes("cpuset")) {
     return `the cgroup v2 hierarchy at /sys/fs/cgroup has no cpuset controller (it has: ${controllers || "none"}), probably because a cgroup v1 hierarchy holds it; boot with systemd.unified_cgroup_hierarchy=1 and cgroup_no_v1=all`;

@@ -13,6 +13,7 @@ import type { CommandModule } from "yargs";
 import { VmhookError } from "../errors.ts";
 import { RootedHost, type Host } from "../host.ts";
 import { listJournals } from "../journal.ts";
+import { serviceCommand } from "../host-advice.ts";
 import { paths } from "../paths.ts";
 import type { GlobalOptions } from "./index.ts";
 import { describeLeftovers, findLeftovers, purge } from "./leftovers.ts";
@@ -220,7 +221,7 @@ function report(host: Host, args: GlobalOptions, { notes, hooksChanged }: Instal
     ? "the hooks are unchanged: libvirt was not signalled"
     : reloaded.length > 0
       ? `reloaded ${reloaded.join(", ")}`
-      : "no libvirt daemon running here; it finds the hook when it starts";
+      : `no libvirt daemon running here; it finds the hook when it starts (${serviceCommand(host, "libvirtd", "start")}, or virtqemud on hosts with modular daemons)`;
   const all = [...notes, reload];
   if (args.json) printJson({ notes: all });
   else all.forEach((note) => print(note));

@@ -10,6 +10,7 @@ import { formatCpuList, parseCpuset, parseKernelCpuList } from "../cpuset.ts";
 import { attributes, metadataChildren, parseDomain, parseXmlDocument, type Domain, type PciHostdev } from "../domain.ts";
 import { describeError } from "../errors.ts";
 import type { Host } from "../host.ts";
+import { howToBootWith, howToGetCgroupV2, isolationExample } from "../host-advice.ts";
 import { listJournals } from "../journal.ts";
 import { paths } from "../paths.ts";
 import { isDisplayClass, pciExists, readPciDevice } from "../pci.ts";
@@ -116,7 +117,7 @@ const roundMiB = (kib: number) => Math.floor(kib / 1024) * 1024;
 function cgroupCpuset(host: Host): Finding {
   const controllers = host.readTrimmed("/sys/fs/cgroup/cgroup.controllers");
   if (controllers === undefined) {
-    return warn("cgroup v2 cpuset", "/sys/fs/cgroup is not cgroup v2 (no cgroup.controllers): CPU isolation cannot fence the host off", "boot with systemd.unified_cgroup_hierarchy=1 (the default since Debian 11)");
+    return warn("cgroup v2 cpuset", "/sys/fs/cgroup is not cgroup v2 (no cgroup.controllers): CPU isolation cannot fence the host off", howToGetCgroupV2(host));
   }
   return controllers.split(/\s+/).includes("cpuset")
     ? ok("cgroup v2 cpuset", "cgroup v2 with the cpuset controller")
@@ -256,7 +257,7 @@ function hugepagesChecks({ host, domain, elements }: DomainCheckContext): Findin
     const reclaimable = node === undefined ? (info.MemAvailable ?? free) : free + (info.FilePages ?? 0);
     const wanted = `${pages} × ${size} pages (${formatKiB(needKiB)})`;
     if (free >= needKiB) return ok(check, `${wanted} fit in the free memory ${where} (${formatKiB(roundMiB(free))})`);
-    const bootFix = `reserve them at boot instead: hugepagesz=${size} hugepages=${node === undefined ? "" : `${node}:`}${pages} on the kernel command line`;
+    const bootFix = `reserve them at boot instead: ${howToBootWith(host, `hugepagesz=${size} hugepages=${node === undefined ? "" : `${node}:`}${pages}`)}`;
     if (reclaimable >= needKiB) {
       return warn(check, `${wanted} need more than the free memory ${where} (${formatKiB(roundMiB(free))}): the page cache must be dropped first, and fragmented memory may still fall short`, `start the VM early, or ${bootFix}`);
     }
@@ -329,6 +330,7 @@ function isolateChecks({ host, domain, elements }: DomainCheckContext): Finding[
   if (offline.length > 0) {
     return [fail("isolate", `CPU ${formatCpuList(offline)} is pinned or named in host-cpus but not online (online: ${formatCpuList(online)})`, "use online CPUs only (cat /sys/devices/system/cpu/online)")];
   }
+  if (!hostCpus && pinned.length === 0) return [fail("isolate", "the domain pins no CPUs and sets no host-cpus: vmhook cannot tell which CPUs are the VM's", isolationExample(online))];
   const kept = hostCpus ?? online.filter((cpu) => !pinned.includes(cpu));
   if (kept.length === 0) return [fail("isolate", `no CPU would be left for the host (online: ${formatCpuList(online)})`, "leave at least one CPU out of the VM's pinning, or set host-cpus")];
   return [ok("isolate", `VM CPUs ${formatCpuList(pinned) || "(none pinned)"} are online; the host keeps ${formatCpuList(kept)}`)];

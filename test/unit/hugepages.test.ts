@@ -212,7 +212,7 @@ test("a shortfall gives back what it got, leaves the host as it was and says got
       firstLine(outcome.stderr),
       "vmhook: hugepages: got 300 of 512 pages of 2M; free memory 0 MiB; free memory on the host, use smaller pages, or reserve them at boot",
     );
-    assert.match(outcome.stderr, "reserve the pages at boot (kernel command line: hugepagesz=2M hugepages=512)");
+    assert.match(outcome.stderr, "or reserve the pages at boot and drop <vmhook:hugepages>: add hugepagesz=2M hugepages=512 to the kernel command line");
     assert.match(outcome.stderr, "the host was left as it was (1 change(s) undone)");
     assert.ok(kernel.dropCaches >= 1 && kernel.compactions >= 1, "it reclaimed and compacted before giving up");
     assert.is(kernel.pool(2048), 0);

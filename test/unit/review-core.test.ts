@@ -93,7 +93,7 @@ test("recover leaves a journal alone while the hook that writes it still runs (p
     const file = sim.resolve(paths.journal(UUID));
     fs.writeFileSync(file, fs.readFileSync(file, "utf8").replace(`"pid": ${process.pid}`, `"pid": ${hook.pid}`));
 
-    assert.match((await cli(["status", "--root", sim.root])).stdout, `vm (${UUID}) preparing, its hook is at work right now\n`);
+    assert.match((await cli(["status", "--root", sim.root])).stdout, `vm (${UUID}): its hook is at work right now (preparing); vmhook holds for it:\n`);
     const kept = await cli(["recover", "--root", sim.root]);
     assert.equal(kept, { code: 0, stdout: `vm: its hook (pid ${hook.pid}) is at work right now (phase preparing); run vmhook recover again when it is done (use --force to undo now)\n` });
     assert.ok(readJournal(sim, UUID));
