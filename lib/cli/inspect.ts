@@ -3,71 +3,94 @@ import type { CommandModule } from "yargs";
 import { loadDomainPlugins } from "../config.ts";
 import { parseDomain } from "../domain.ts";
 import { RootedHost, type Host } from "../host.ts";
+import { runDoctor } from "../diagnostics/doctor.ts";
 import { dryRun } from "../dry-run.ts";
+import { checkFeasibility } from "../plan-feasibility.ts";
+import { readDomainSource } from "./domain-source.ts";
 import { listJournals, readJournal, type Journal } from "../journal.ts";
 import type { HookEvent } from "../plugin.ts";
 import type { PlannedStep } from "../transaction.ts";
 import type { GlobalOptions } from "./index.ts";
-import { print, printJson, readDomainFile, sourceName } from "./output.ts";
+import { print, printJson } from "./output.ts";
 import { domainRunning, hookAtWork } from "./recover.ts";
 
 interface DomainArgs extends GlobalOptions {
   domain: string;
+  connect?: string;
 }
 
 const validate: CommandModule<GlobalOptions, DomainArgs> = {
   command: "validate <domain>",
   describe: "check a domain XML's vmhook metadata without touching the host",
-  builder: (y) => y.positional("domain", { type: "string", demandOption: true, describe: "domain XML file, or - for stdin" }),
+  builder: (y) =>
+    y
+      .positional("domain", { type: "string", demandOption: true, describe: DOMAIN_ARGUMENT })
+      .option("connect", { alias: "c", type: "string", describe: "libvirt URI, as virsh --connect (for a domain name)" }),
   async handler(args) {
     const host = new RootedHost(args.root);
-    const domain = parseDomain(readDomainFile(args.domain), sourceName(args.domain));
+    const source = readDomainSource(args.domain, args.connect);
+    const domain = parseDomain(source.xml, source.source);
     const instances = await loadDomainPlugins(domain, host);
     if (args.json) {
       printJson({ ok: true, domain: { name: domain.name, uuid: domain.uuid }, plugins: instances.map((i) => ({ id: i.id, config: i.config })) });
     } else if (instances.length === 0) {
-      print(`${sourceName(args.domain)}: ok; ${domain.name} has no vmhook metadata, so the hook leaves it alone`);
+      print(`${source.source}: ok; ${domain.name} has no vmhook metadata, so the hook leaves it alone`);
     } else {
-      print(`${sourceName(args.domain)}: ok; ${domain.name} runs ${instances.map((i) => i.id).join(", ")}`);
+      print(`${source.source}: ok; ${domain.name} runs ${instances.map((i) => i.id).join(", ")}`);
     }
   },
 };
 
 interface PlanArgs extends DomainArgs {
   event: string;
+  connect?: string;
 }
+
+const DOMAIN_ARGUMENT = "a libvirt domain's name, a domain XML file, or - for stdin";
 
 const PLANNABLE = ["prepare", "start", "started", "stopped", "release"] as const;
 
 const plan: CommandModule<GlobalOptions, PlanArgs> = {
   command: "plan <domain>",
-  describe: "dry run: the steps the hook would take for an event, changing nothing",
+  describe: "dry run: the steps the hook would take for an event, changing nothing; exit 1 when one cannot succeed here",
   builder: (y) =>
     y
-      .positional("domain", { type: "string", demandOption: true, describe: "domain XML file, or - for stdin" })
-      .option("event", { type: "string", choices: PLANNABLE, default: "prepare", describe: "the libvirt event to plan" }),
+      .positional("domain", { type: "string", demandOption: true, describe: DOMAIN_ARGUMENT })
+      .option("event", { type: "string", choices: PLANNABLE, default: "prepare", describe: "the libvirt event to plan" })
+      .option("connect", { alias: "c", type: "string", describe: "libvirt URI, as virsh --connect (for a domain name)" }),
   async handler(args) {
     const host = new RootedHost(args.root);
-    const domain = parseDomain(readDomainFile(args.domain), sourceName(args.domain));
+    const source = readDomainSource(args.domain, args.connect);
+    const domain = parseDomain(source.xml, source.source);
     const instances = await loadDomainPlugins(domain, host);
     const event = args.event as (typeof PLANNABLE)[number];
-    let steps: PlannedStep[];
+    let planned: PlannedStep[];
     if (event === "release") {
       const journal = readJournal(host, domain.uuid);
-      steps = (journal?.entries ?? []).reverse().map((entry) => ({ plugin: entry.plugin, event: "release" as HookEvent, description: `undo: ${entry.description}`, undo: entry.undo }));
+      planned = (journal?.entries ?? []).reverse().map((entry) => ({ plugin: entry.plugin, event: "release" as HookEvent, description: `undo: ${entry.description}`, undo: entry.undo }));
     } else {
-      steps = await dryRun(host, domain, instances, event, args.json ? "none" : "stderr");
+      planned = await dryRun(host, domain, instances, event, args.json ? "none" : "stderr");
     }
+    // What the plugins' checks say cannot work on this host (prepare is where the host must give something).
+    const findings = event === "prepare" ? ((await runDoctor(host, { file: source.source, xml: source.xml })).domain?.findings ?? []) : [];
+    const { steps, blocking } = checkFeasibility(planned, findings);
+    const impossible = steps.filter((step) => step.impossible).length + blocking.length;
+    if (impossible > 0) process.exitCode = 1;
     if (args.json) {
-      printJson({ domain: { name: domain.name, uuid: domain.uuid }, event, steps });
+      printJson({ domain: { name: domain.name, uuid: domain.uuid }, event, steps, blocking, possible: impossible === 0 });
       return;
     }
-    if (steps.length === 0) {
+    if (steps.length === 0 && blocking.length === 0) {
       print(`${event} of ${domain.name}: nothing to do`);
       return;
     }
     print(`${event} of ${domain.name} would take ${steps.length} step(s):`);
-    steps.forEach((step, index) => print(`  ${index + 1}. ${step.plugin}: ${step.description}`));
+    steps.forEach((step, index) => {
+      print(`  ${index + 1}. ${step.plugin}: ${step.description}`);
+      if (step.impossible) print(`     CANNOT SUCCEED: ${step.impossible.reason}${step.impossible.fix ? `\n     fix: ${step.impossible.fix}` : ""}`);
+    });
+    for (const finding of blocking) print(`  ${finding.plugin} CANNOT SUCCEED: ${finding.check}: ${finding.reason}${finding.fix ? `\n     fix: ${finding.fix}` : ""}`);
+    if (impossible > 0) print(`${event} of ${domain.name} cannot succeed on this host: ${impossible} problem(s) above`);
   },
 };
 

@@ -30,6 +30,8 @@ export interface Finding {
   status: Status;
   reason: string;
   fix?: string;
+  /** The plugin whose work the finding is about: a failing one marks that plugin's planned steps as impossible. */
+  plugin?: string;
 }
 
 export interface DoctorReport {
@@ -200,9 +202,11 @@ async function domainChecks(host: Host, domain: Domain, xml: string, iommu: Iomm
   const elements = domain.metadata ? metadataChildren(domain.metadata) : [];
   const used = new Set(elements.map((element) => element.localName!));
   for (const name of used) {
-    findings.push(...(PLUGIN_CHECKS[name]?.({ host, domain, elements: elements.filter((element) => element.localName === name) }) ?? []));
+    const checks = PLUGIN_CHECKS[name]?.({ host, domain, elements: elements.filter((element) => element.localName === name) }) ?? [];
+    findings.push(...checks.map((finding) => ({ ...finding, plugin: name })));
   }
-  findings.push(...hostdevChecks(host, domain, iommu));
+  // vfio hands the hostdevs over: their problems are its problems
+  findings.push(...hostdevChecks(host, domain, iommu).map((finding) => (used.has("vfio") ? { ...finding, plugin: "vfio" } : finding)));
   findings.push(...xmlAdvice(host, domain, parseXmlDocument(xml, "domain XML"), used));
   return findings;
 }

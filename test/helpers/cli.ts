@@ -1,0 +1,14 @@
+// Runs the CLI in-process (no build needed), capturing what it prints.
+import { runCli } from "../../lib/cli/index.ts";
+
+export async function cli(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  const [stdout, stderr]: [string[], string[]] = [[], []];
+  const [out, err] = [process.stdout.write, process.stderr.write];
+  process.stdout.write = ((chunk: string) => stdout.push(String(chunk)) > 0) as typeof process.stdout.write;
+  process.stderr.write = ((chunk: string) => stderr.push(String(chunk)) > 0) as typeof process.stderr.write;
+  try {
+    return { code: await runCli(args), stdout: stdout.join(""), stderr: stderr.join("") };
+  } finally {
+    [process.stdout.write, process.stderr.write] = [out, err];
+  }
+}
