@@ -37,6 +37,9 @@ function tree() {
   const root = path.join(dir, "root");
   for (const sub of ["var/log", "run/libvirt/qemu", path.dirname(POOL)]) fs.mkdirSync(path.join(root, sub), { recursive: true });
   fs.writeFileSync(path.join(root, POOL), "0\n");
+  // enough free memory for the 512 pages the test domain asks for: plan checks that they fit
+  fs.mkdirSync(path.join(root, "proc"), { recursive: true });
+  fs.writeFileSync(path.join(root, "proc/meminfo"), "MemTotal: 16000000 kB\nMemFree: 8000000 kB\nMemAvailable: 12000000 kB\n");
   const pool = () => Number(fs.readFileSync(path.join(root, POOL), "utf8"));
   const journal = path.join(root, "run/vmhook", `${UUID}.json`);
   return { dir, root, link, pool, journal, cleanup: () => fs.rmSync(dir, { recursive: true, force: true }) };
