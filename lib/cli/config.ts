@@ -103,6 +103,15 @@ interface DomainArgs extends LibvirtArgs {
   domain: string;
 }
 
+/** The options and the domain argument of these commands. */
+const domainOptions = <T>(y: Argv<T>) => libvirtOptions(y).positional("domain", { type: "string", demandOption: true, describe: "libvirt domain name" });
+
+/** This host, libvirt, and the domain's metadata as libvirt has it now. */
+function open(args: DomainArgs) {
+  const virsh = new Virsh(args.connect);
+  return { host: new RootedHost(args.root), virsh, current: readCurrent(virsh, args.domain, args) };
+}
+
 interface ConfigArgs extends DomainArgs {
   edit?: boolean;
   set?: string;
@@ -169,15 +178,12 @@ const configCommand: CommandModule<GlobalOptions, ConfigArgs> = {
   command: "config <domain>",
   describe: "print a VM's vmhook metadata; --edit opens $EDITOR, --set FILE|- replaces it (checked before libvirt stores it)",
   builder: (y) =>
-    libvirtOptions(y)
-      .positional("domain", { type: "string", demandOption: true, describe: "libvirt domain name" })
+    domainOptions(y)
       .option("edit", { type: "boolean", describe: "edit it in $VISUAL/$EDITOR; refused edits reopen the editor (on a terminal) or keep the old" })
       .option("set", { type: "string", describe: "replace it with this file's content (- for stdin): prefixed or not, with or without <hooks>" })
       .conflicts("edit", "set"),
   async handler(args) {
-    const host = new RootedHost(args.root);
-    const virsh = new Virsh(args.connect);
-    const current = readCurrent(virsh, args.domain, args);
+    const { host, virsh, current } = open(args);
     if (args.edit) return edit(host, virsh, args.domain, current, args);
     if (args.set !== undefined) {
       const nodes = readPastedMetadata(readDomainFile(args.set));
@@ -228,15 +234,12 @@ const enableCommand: CommandModule<GlobalOptions, EnableArgs> = {
   command: "enable <domain> <plugin> [settings..]",
   describe: "add a plugin to a VM's metadata (or change its attributes): vmhook enable win11 hugepages size=2M",
   builder: (y) =>
-    libvirtOptions(y)
-      .positional("domain", { type: "string", demandOption: true, describe: "libvirt domain name" })
+    domainOptions(y)
       .positional("plugin", { type: "string", demandOption: true, describe: `${builtinNames().join(", ")}, or an installed plugin's name` })
       .positional("settings", { type: "string", array: true, default: [], describe: "attribute=value, e.g. size=2M" }),
   async handler(args) {
-    const host = new RootedHost(args.root);
-    const virsh = new Virsh(args.connect);
     const settings = args.settings.map(String).map(parseSetting);
-    const current = readCurrent(virsh, args.domain, args);
+    const { host, virsh, current } = open(args);
     const existing = current.nodes.findIndex((node) => isPlugin(node, args.plugin));
     const fresh: MetadataNode = builtinNames().includes(args.plugin)
       ? { name: args.plugin, attributes: [], children: [] }
@@ -257,13 +260,9 @@ const disableCommand: CommandModule<GlobalOptions, DisableArgs> = {
   command: "disable <domain> <plugin>",
   describe: "remove a plugin's elements from a VM's metadata (the whole metadata when none is left)",
   builder: (y) =>
-    libvirtOptions(y)
-      .positional("domain", { type: "string", demandOption: true, describe: "libvirt domain name" })
-      .positional("plugin", { type: "string", demandOption: true, describe: "a built-in or installed plugin's name" }),
+    domainOptions(y).positional("plugin", { type: "string", demandOption: true, describe: "a built-in or installed plugin's name" }),
   async handler(args) {
-    const host = new RootedHost(args.root);
-    const virsh = new Virsh(args.connect);
-    const current = readCurrent(virsh, args.domain, args);
+    const { host, virsh, current } = open(args);
     const nodes = current.nodes.filter((node) => !isPlugin(node, args.plugin));
     if (nodes.length === current.nodes.length && !current.doubledPrefix) {
       if (args.json) printJson({ domain: args.domain, changed: false });
