@@ -2,7 +2,11 @@
 // command that works, the metadata in whatever form it is pasted, and the
 // doubled prefix libvirt stores (<vmhook:vmhook:hooks>) caught with the fix
 // in hook mode, once.
+import { spawnSync } from "node:child_process";
 import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import { fileURLToPath } from "node:url";
 import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { metadataChildren, parseDomain } from "../../lib/domain.ts";
@@ -116,6 +120,30 @@ test("the domain with new metadata: the old element replaced, the rest kept; non
   assert.not.match(changed, "isolate");
   assert.is(parseDomain(withVmhookMetadata(xml, [])).metadata, undefined);
   assert.is(parseDomain(withVmhookMetadata(DOMAIN(""), readPastedMetadata("<isolate/>"))).metadata?.localName, "hooks");
+});
+
+const BINARY = fileURLToPath(new URL("../../dist/vmhook", import.meta.url));
+
+test("the built binary: --version from any directory prints package.json's version", () => {
+  const version = JSON.parse(fs.readFileSync(fileURLToPath(new URL("../../package.json", import.meta.url)), "utf8")).version;
+  const result = spawnSync(BINARY, ["--version"], { cwd: os.tmpdir(), encoding: "utf8", timeout: 20_000 });
+  assert.equal([result.status, result.stdout], [0, `${version}\n`]);
+});
+
+test("vmhook hook run by hand says what it did, or why it did nothing, on stderr; stdout stays empty", () => {
+  const root = fs.mkdtempSync(path.join(os.tmpdir(), "vmhook-hook-by-hand-"));
+  try {
+    fs.mkdirSync(path.join(root, "var/log"), { recursive: true });
+    const run = (xml: string) => spawnSync(BINARY, ["hook", "vm", "prepare", "begin", "--root", root], { input: xml, encoding: "utf8", timeout: 20_000 });
+    const plain = run(DOMAIN(""));
+    assert.equal([plain.status, plain.stdout], [0, ""]);
+    assert.match(plain.stderr, "vmhook hook: prepare begin of vm exited 0; nothing logged: the domain XML on stdin has no vmhook metadata and holds no journal");
+    const bad = run(DOMAIN('<metadata><vmhook:hooks xmlns:vmhook="urn:vmhook:1"><vmhook:hugepage/></vmhook:hooks></metadata>'));
+    assert.equal([bad.status, bad.stdout], [1, ""]);
+    assert.match(bad.stderr, "vmhook hook: prepare begin of vm exited 1; what it did (from /var/log/vmhook.log):\n  [vm prepare begin] error: <vmhook:hugepage>: is not a vmhook element");
+  } finally {
+    fs.rmSync(root, { recursive: true, force: true });
+  }
 });
 
 test.run();
