@@ -5,7 +5,7 @@ import { DOMParser, type Element, type Node } from "@xmldom/xmldom";
 import * as xpath from "xpath";
 import { ConfigError, VmhookError } from "./errors.ts";
 import { NAMESPACE_URI, ROOT_ELEMENT } from "./paths.ts";
-import { childElements, prefixMistake } from "./metadata-text.ts";
+import { childElements, prefixMistake, refuseMisplacedNamespace } from "./metadata-text.ts";
 import { parseCpuset } from "./cpuset.ts";
 import { PATTERNS, parseInteger, parsePciAddress, parseUuid, sizeToKiB } from "./validate.ts";
 
@@ -136,7 +136,7 @@ export function parseDomain(xml: string, what = "domain XML"): Domain {
       ),
     },
     hostdevs: parseHostdevs(document),
-    metadata: first(`/domain/metadata/vmhook:${ROOT_ELEMENT}`, document),
+    metadata: first(`/domain/metadata/vmhook:${ROOT_ELEMENT}`, document) ?? refuseMisplacedNamespace(nodes("/domain/metadata/*", document)),
   };
 }
 

@@ -34,7 +34,7 @@ export interface MetadataNode {
  */
 export function prefixMistake(xml: string): ConfigError | undefined {
   const doubled = xml.match(DOUBLED_PREFIX);
-  if (!doubled) return undefined;
+  if (!doubled) return undeclaredPrefix(xml);
   const name = /<name>([^<]*)<\/name>/.exec(xml)?.[1]?.trim() || "VM";
   const stored = `${doubled[0]}${/^[A-Za-z_][\w.-]*/.exec(xml.slice(xml.indexOf(doubled[0]) + doubled[0].length))?.[0] ?? ""}>`;
   let command = `vmhook config ${shellWord(name)} --edit`;
@@ -49,6 +49,23 @@ export function prefixMistake(xml: string): ConfigError | undefined {
     `holds ${stored}: the vmhook: prefix is written twice, so the XML cannot be read; virsh metadata --set/--edit add the prefix from --key themselves and take the element without one`,
     [`fix: vmhook config ${shellWord(name)} --edit (or --set FILE) accepts it in any form and stores it correctly; or: ${command}`],
   );
+}
+
+/** The vmhook prefix used without its declaration (xmldom cannot read that), as written by hand with virsh edit. */
+function undeclaredPrefix(xml: string): ConfigError | undefined {
+  if (!/<vmhook:hooks[\s>/]/.test(xml) || /xmlns:vmhook\s*=/.test(xml)) return undefined;
+  return new ConfigError(`<${METADATA_KEY}:${ROOT_ELEMENT}>`, `uses the ${METADATA_KEY}: prefix without declaring it; write <${METADATA_KEY}:${ROOT_ELEMENT} xmlns:${METADATA_KEY}="${NAMESPACE_URI}">`);
+}
+
+/**
+ * A <hooks> element in <metadata> under another namespace than vmhook's
+ * (urn:vmhook, urn:vmhook:2, no namespace): without this it would be a domain
+ * without vmhook metadata, whose configuration silently never runs.
+ */
+export function refuseMisplacedNamespace(metadataChildren: Element[]): undefined {
+  const hooks = metadataChildren.find((element) => element.localName === ROOT_ELEMENT && element.namespaceURI !== NAMESPACE_URI && (element.prefix === METADATA_KEY || !element.namespaceURI || element.namespaceURI.includes("vmhook")));
+  if (!hooks) return undefined;
+  throw new ConfigError(`<${hooks.tagName}>`, `is in namespace "${hooks.namespaceURI ?? "none"}", not vmhook's; write <${METADATA_KEY}:${ROOT_ELEMENT} xmlns:${METADATA_KEY}="${NAMESPACE_URI}">, or store it with vmhook config VM --edit`);
 }
 
 /** The text of the vmhook element inside <metadata>, for the repair above. */

@@ -97,6 +97,26 @@ test("hook mode: the doubled prefix refuses prepare with the fix first; the stop
   }
 });
 
+test("other prefix mistakes: an undeclared vmhook: prefix and a wrong namespace URI are refused with the fix, never skipped", async () => {
+  const sim = new SimHost();
+  try {
+    const cases: [string, string][] = [
+      ["<metadata><vmhook:hooks><vmhook:hugepages/></vmhook:hooks></metadata>", 'vmhook: <vmhook:hooks>: uses the vmhook: prefix without declaring it; write <vmhook:hooks xmlns:vmhook="urn:vmhook:1">'],
+      ['<metadata><vmhook:hooks xmlns:vmhook="urn:vmhook"><vmhook:hugepages/></vmhook:hooks></metadata>', 'vmhook: <vmhook:hooks>: is in namespace "urn:vmhook", not vmhook\'s; write <vmhook:hooks xmlns:vmhook="urn:vmhook:1">, or store it with vmhook config VM --edit'],
+      ['<metadata><hooks xmlns="urn:vmhook:2"><hugepages/></hooks></metadata>', 'vmhook: <hooks>: is in namespace "urn:vmhook:2", not vmhook\'s'],
+    ];
+    for (const [metadata, expected] of cases) {
+      const prepared = await runHookEvent(sim, "prepare", "begin", DOMAIN(metadata), "win 11");
+      assert.is(prepared.code, 1, metadata);
+      assert.match(prepared.stderr.split("\n")[0]!, expected);
+    }
+    // someone else's metadata stays someone else's
+    assert.is(parseDomain(DOMAIN('<metadata><app:hooks xmlns:app="https://example.org/app"/></metadata>')).metadata, undefined);
+  } finally {
+    sim.cleanup();
+  }
+});
+
 test("a config error of a valid XML is logged once too: at prepare, not again at stopped", async () => {
   const sim = new SimHost();
   try {
@@ -140,6 +160,9 @@ test("vmhook hook run by hand says what it did, or why it did nothing, on stderr
     assert.match(plain.stderr, "vmhook hook: prepare begin of vm exited 0; nothing logged: the domain XML on stdin has no vmhook metadata and holds no journal");
     const bad = run(DOMAIN('<metadata><vmhook:hooks xmlns:vmhook="urn:vmhook:1"><vmhook:hugepage/></vmhook:hooks></metadata>'));
     assert.equal([bad.status, bad.stdout], [1, ""]);
+    // the fast path does not skip a vmhook: prefix that lacks its namespace
+    const undeclared = run(DOMAIN("<metadata><vmhook:hooks><vmhook:hugepages/></vmhook:hooks></metadata>"));
+    assert.equal([undeclared.status, undeclared.stderr.split("\n")[0]], [1, "vmhook: <vmhook:hooks>: uses the vmhook: prefix without declaring it; write <vmhook:hooks xmlns:vmhook=\"urn:vmhook:1\">"]);
     assert.match(bad.stderr, "vmhook hook: prepare begin of vm exited 1; what it did (from /var/log/vmhook.log):\n  [vm prepare begin] error: <vmhook:hugepage>: is not a vmhook element");
   } finally {
     fs.rmSync(root, { recursive: true, force: true });
