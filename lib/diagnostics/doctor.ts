@@ -8,7 +8,7 @@ import * as xpath from "xpath";
 import { loadDomainPlugins, type PluginInstance } from "../config.ts";
 import { formatCpuList, parseCpuset, parseKernelCpuList } from "../cpuset.ts";
 import { attributes, metadataChildren, parseDomain, parseXmlDocument, type Domain, type PciHostdev } from "../domain.ts";
-import { describeError } from "../errors.ts";
+import { describeError, VmhookError } from "../errors.ts";
 import type { Host } from "../host.ts";
 import { howToBootWith, howToGetCgroupV2, isolationExample } from "../host-advice.ts";
 import { listJournals } from "../journal.ts";
@@ -54,7 +54,7 @@ export async function runDoctor(host: Host, domainFile?: { file: string; xml: st
   } catch (error) {
     return {
       host: await hostChecks(host, iommu, false),
-      domain: { name: "?", file: domainFile.file, findings: [fail("domain XML", describeError(error), "pass the XML from virsh dumpxml VM")] },
+      domain: { name: "?", file: domainFile.file, findings: [fail("domain XML", describeError(error), unreadableDomainFix(error))] },
     };
   }
   // PCI passthrough needs the IOMMU and VFIO; mdevs get IOMMU groups of their own.
@@ -63,6 +63,12 @@ export async function runDoctor(host: Host, domainFile?: { file: string; xml: st
     host: await hostChecks(host, iommu, passthrough),
     domain: { name: domain.name, file: domainFile.file, findings: await domainChecks(host, domain, domainFile.xml, iommu) },
   };
+}
+
+/** The fix the error itself names (the doubled vmhook: prefix has an exact one), else where a readable XML comes from. */
+function unreadableDomainFix(error: unknown): string {
+  const named = error instanceof VmhookError ? error.details.find((line) => line.startsWith("fix: ")) : undefined;
+  return named ? named.slice("fix: ".length) : "pass the XML from virsh dumpxml VM";
 }
 
 // ---------------------------------------------------------------------------

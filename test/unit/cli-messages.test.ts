@@ -9,6 +9,7 @@ import * as path from "node:path";
 import { fileURLToPath } from "node:url";
 import { test } from "uvu";
 import * as assert from "uvu/assert";
+import { runDoctor } from "../../lib/diagnostics/doctor.ts";
 import { metadataChildren, parseDomain } from "../../lib/domain.ts";
 import { ConfigError } from "../../lib/errors.ts";
 import { withVmhookMetadata } from "../../lib/metadata-in-domain.ts";
@@ -73,6 +74,19 @@ test("<vmhook:vmhook:hooks>, as libvirt stores a prefixed element: a ConfigError
   const { message, details } = error as ConfigError;
   assert.is(message, "<metadata>: holds <vmhook:vmhook:hooks>: the vmhook: prefix is written twice, so the XML cannot be read; virsh metadata --set/--edit add the prefix from --key themselves and take the element without one");
   assert.equal(details, [`fix: vmhook config 'win 11' --edit (or --set FILE) accepts it in any form and stores it correctly; or: virsh metadata 'win 11' --uri urn:vmhook:1 --key vmhook --config --set '<hooks><hugepages size="2M"/></hooks>'`]);
+});
+
+test("doctor on the doubled prefix: the finding's fix is the exact command, not 'pass the XML from virsh dumpxml'", async () => {
+  const sim = new SimHost();
+  try {
+    const report = await runDoctor(sim, { file: "stdin", xml: DOMAIN(DOUBLED) });
+    const [finding] = report.domain!.findings;
+    assert.is(finding!.status, "fail");
+    assert.match(finding!.reason, "holds <vmhook:vmhook:hooks>");
+    assert.is(finding!.fix, `vmhook config 'win 11' --edit (or --set FILE) accepts it in any form and stores it correctly; or: virsh metadata 'win 11' --uri urn:vmhook:1 --key vmhook --config --set '<hooks><hugepages size="2M"/></hooks>'`);
+  } finally {
+    sim.cleanup();
+  }
 });
 
 test("hook mode: the doubled prefix refuses prepare with the fix first; the stopped that follows logs no second error", async () => {
