@@ -9,6 +9,7 @@ import { fixDomainXml } from "../../lib/diagnostics/domain-fixes.ts";
 import { parseDomain } from "../../lib/domain.ts";
 import { unifiedDiff } from "../../lib/text-diff.ts";
 import { degradedWin11, NVIDIA_CARD } from "../helpers/degraded-domain.ts";
+import { cli } from "../helpers/cli.ts";
 import { assertGolden } from "../helpers/golden.ts";
 import { addPciDevice } from "../helpers/pci-hosts.ts";
 import { SimHost } from "../helpers/simhost.ts";
@@ -31,12 +32,29 @@ test("the degraded win11 example: each piece of advice is one edit, shown as a u
       "<memoryBacking><hugepages/>",
       "<hostdev> 0000:01:00.1",
     ]);
-    assertGolden("doctor-fix-win11.diff", unifiedDiff(fixed.before, fixed.after, "win11 (now)", "win11 (fixed)"));
+    assert.match(unifiedDiff(fixed.before, fixed.after, "win11 (now)", "win11 (fixed)"), '+    <memballoon model="none"/>');
     const domain = parseDomain(fixed.after);
     assert.equal(domain.hostdevs.map((hostdev) => hostdev.type === "pci" && hostdev.address), ["0000:01:00.0", "0000:01:00.1"]);
     assert.equal(domain.hugepages, { pages: [{ sizeKiB: 1048576, nodeset: undefined }] });
     // fixing the fixed domain changes nothing more
     assert.equal(fixDomainXml(sim, fixed.after, "win11.xml").fixes, []);
+  } finally {
+    sim.cleanup();
+  }
+});
+
+test("vmhook doctor --fix FILE prints the diff, each change's reason, and how to apply it (golden)", async () => {
+  const sim = nvidiaHost();
+  try {
+    fs.writeFileSync(sim.resolve("/win11.xml"), degradedWin11());
+    const before = sim.snapshot();
+    const shown = await cli(["doctor", "--fix", sim.resolve("/win11.xml"), "--root", sim.root]);
+    assert.is(shown.code, 0, shown.stderr);
+    assertGolden("doctor-fix-win11.txt", shown.stdout.replaceAll(sim.resolve("/win11.xml"), "win11.xml"));
+    const refused = await cli(["doctor", "--fix", "--apply", sim.resolve("/win11.xml"), "--root", sim.root]);
+    assert.is(refused.code, 1);
+    assert.match(refused.stderr, "--apply defines the domain in libvirt: name the domain (vmhook doctor --fix --apply VM), not the file");
+    assert.equal(sim.snapshot(), before);
   } finally {
     sim.cleanup();
   }
