@@ -4,7 +4,7 @@
 // exists here. Every message that tells the user to change the host asks here
 // instead of assuming a Debian desktop.
 import type { Host } from "./host.ts";
-import { formatCpuList, parseKernelCpuList } from "./cpuset.ts";
+import { formatCpuList } from "./cpuset.ts";
 
 export type Bootloader = "kernelstub" | "systemd-boot" | "grub" | "unknown";
 
@@ -88,10 +88,6 @@ export function howToGetCgroupV2(host: Host): string {
     default:
       return "mount cgroup2 at /sys/fs/cgroup at boot (mount -t cgroup2 cgroup2 /sys/fs/cgroup, or a cgroup2 line in /etc/fstab) instead of the v1 hierarchies";
   }
-}
-
-export function onlineCpus(host: Host): number[] {
-  return parseKernelCpuList(host.readTrimmed("/sys/devices/system/cpu/online") ?? "0");
 }
 
 /**

@@ -13,7 +13,7 @@ import type { Host } from "../host.ts";
 import { howToBootWith, howToGetCgroupV2, isolationExample } from "../host-advice.ts";
 import { listJournals } from "../journal.ts";
 import { paths } from "../paths.ts";
-import { isDisplayClass, pciExists, readPciDevice } from "../pci.ts";
+import { pciExists } from "../pci.ts";
 import { formatKiB } from "../validate.ts";
 import { hugepagePool, hugepageSizes, HUGEPAGE_DIR, meminfo, NODE_DIR, nodeDir } from "../memory.ts";
 import { listInstalledPlugins } from "../custom-plugins.ts";
@@ -22,6 +22,7 @@ import { domainRunning } from "../cli/recover.ts";
 import hugepages, { type PoolNeed } from "../../plugins/hugepages.ts";
 import { planVgpu, readMdevElement, vgpu, type VgpuDevice } from "../../plugins/mdev.ts";
 import { readIommuGroups, type IommuReport } from "./iommu.ts";
+import { nvidiaGpus } from "./domain-fixes.ts";
 
 export type Status = "ok" | "warn" | "fail";
 
@@ -346,8 +347,6 @@ function isolateChecks({ host, domain, elements }: DomainCheckContext): Finding[
   return [ok("isolate", `VM CPUs ${formatCpuList(pinned) || "(none pinned)"} are online; the host keeps ${formatCpuList(kept)}`)];
 }
 
-const NVIDIA = "0x10de";
-
 function xmlAdvice(host: Host, domain: Domain, document: Node, plugins: Set<string>): Finding[] {
   const select = (expression: string) => xpath.select(expression, document as never) as unknown as Element[];
   const findings: Finding[] = [];
@@ -358,13 +357,13 @@ function xmlAdvice(host: Host, domain: Domain, document: Node, plugins: Set<stri
   if (pci.length > 0 && domain.currentMemoryKiB < domain.memoryKiB) {
     findings.push(warn("currentMemory", `<currentMemory> (${formatKiB(domain.currentMemoryKiB)}) is below <memory> (${formatKiB(domain.memoryKiB)}) with a VFIO device: VFIO pins all guest memory, so ballooning cannot work`, "set <currentMemory> equal to <memory> (and <memballoon model='none'/>)"));
   }
-  const nvidiaGpus = pci.filter((hostdev) => pciExists(host, hostdev.address)).map((hostdev) => readPciDevice(host, hostdev.address)).filter((device) => device.vendor === NVIDIA && isDisplayClass(device.classCode));
-  if (nvidiaGpus.length > 0) {
+  const nvidia = nvidiaGpus(host, pci);
+  if (nvidia.length > 0) {
     const missing = [
       select("/domain/features/kvm/hidden[@state='on']").length === 0 ? "<kvm><hidden state='on'/>" : undefined,
       select("/domain/features/hyperv/vendor_id[@state='on'][@value]").length === 0 ? "a <hyperv><vendor_id>" : undefined,
     ].filter(Boolean);
-    const gpus = nvidiaGpus.map((device) => short(device.address)).join(", ");
+    const gpus = nvidia.map(short).join(", ");
     findings.push(
       missing.length > 0
         ? warn("nvidia", `NVIDIA GPU ${gpus} without ${missing.join(" and ")}: drivers older than 465 stop with Error 43 when they see a hypervisor`, "add <features><kvm><hidden state='on'/></kvm><hyperv><vendor_id state='on' value='0123456789ab'/></hyperv></features>")
