@@ -145,6 +145,14 @@ test("vmhook config --edit saved unchanged repairs the doubled prefix", async ()
   assert.not.match(await virshOk("dumpxml", domain.name), "vmhook:vmhook:");
 });
 
+test("vmhook install run again changes nothing and does not signal libvirtd", async () => {
+  const hook = fs.readFileSync("/etc/libvirt/hooks/qemu");
+  const again = await vmhook(["install"]);
+  assert.is(again.code, 0, again.stderr);
+  assert.is(again.stdout, "/etc/libvirt/hooks/qemu is already this vmhook\nthe hooks are unchanged: libvirt was not signalled\n");
+  assert.ok(fs.readFileSync("/etc/libvirt/hooks/qemu").equals(hook));
+});
+
 /** A --root tree whose sysfs holds the example's NVIDIA card (this machine has none) and its page sizes. */
 function nvidiaRoot(): string {
   const root = path.join(scratchDir(), "nvidia-root");
