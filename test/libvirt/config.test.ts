@@ -94,6 +94,32 @@ test("config --edit: a valid edit is saved; an invalid one is refused with the r
   assert.is(await storedMetadata(domain.name), saved);
 });
 
+test("config --edit on a terminal: a refused edit asks, reopens the editor, and the corrected edit is saved", async () => {
+  const domain = await defineDomain("edit-again");
+  // First save: a size the kernel has no pool for; second save: a good one.
+  const counter = path.join(scratchDir(), "edit-again.count");
+  const editor = path.join(scratchDir(), "edit-again.sh");
+  fs.writeFileSync(editor, `#!/bin/sh\nn=$(cat ${counter} 2>/dev/null || echo 0); n=$((n+1)); echo $n > ${counter}\nif [ $n = 1 ]; then echo '<hugepages size="3M"/>' > "$1"; else echo '<hugepages size="2M"/>' > "$1"; fi\n`, { mode: 0o755 });
+  // script(1) gives the command a terminal; "y" answers "Edit again?".
+  const command = `LIBVIRT_DEFAULT_URI=qemu:///system EDITOR=${editor} ${binary()} config ${domain.name} --edit`;
+  const output = await new Promise<{ code: number | null; text: string }>((resolve) => {
+    const child = spawn("script", ["-qec", command, "/dev/null"], { stdio: ["pipe", "pipe", "pipe"] });
+    let text = "";
+    child.stdout.on("data", (chunk) => (text += chunk));
+    const timer = setTimeout(() => child.kill("SIGKILL"), 60_000);
+    child.on("close", (code) => {
+      clearTimeout(timer);
+      resolve({ code, text });
+    });
+    child.stdin.write("y\n");
+  });
+  assert.is(output.code, 0, output.text);
+  assert.match(output.text, 'size="3M" is not a huge page size');
+  assert.match(output.text, "Edit again? [Y/n]");
+  assert.is(fs.readFileSync(counter, "utf8").trim(), "2", "the editor opened twice");
+  assert.is(await storedMetadata(domain.name), '<hooks><hugepages size="2M"/></hooks>');
+});
+
 test("config --set - takes the prefixed form users paste; libvirt's own error is avoided", async () => {
   const domain = await defineDomain("set");
   const set = await vmhook(["config", domain.name, "--set", "-"], { input: '<vmhook:hooks xmlns:vmhook="urn:vmhook:1">\n  <vmhook:hugepages size="2M"/>\n</vmhook:hooks>\n' });
