@@ -3,10 +3,6 @@
 // vmhook metadata through libvirt (virsh), so nobody has to write the XML by
 // hand. Every change is checked against the rest of the domain and this host
 // (the dry run of prepare) before libvirt stores it, and printed as a diff.
-import { spawnSync } from "node:child_process";
-import * as fs from "node:fs";
-import * as os from "node:os";
-import * as path from "node:path";
 import type { Argv, CommandModule } from "yargs";
 import { loadDomainPlugins } from "../config.ts";
 import { parseDomain, type Domain } from "../domain.ts";
@@ -18,17 +14,18 @@ import { metadataNodes, readPastedMetadata, renderHooks, repairDoubledPrefixes, 
 import { withVmhookMetadata } from "../metadata-in-domain.ts";
 import { unifiedDiff } from "../text-diff.ts";
 import { builtinNames, CUSTOM_ELEMENT } from "../../plugins/index.ts";
+import { askYes, runEditor } from "./editor.ts";
 import type { GlobalOptions } from "./index.ts";
 import { print, printJson, readDomainFile } from "./output.ts";
 
-export interface LibvirtArgs extends GlobalOptions {
+interface LibvirtArgs extends GlobalOptions {
   connect?: string;
   live: boolean;
   config: boolean;
 }
 
 /** The options of every command that talks to libvirt. */
-export function libvirtOptions<T>(y: Argv<T>) {
+function libvirtOptions<T>(y: Argv<T>) {
   return y
     .option("connect", { alias: "c", type: "string", describe: "libvirt URI, as virsh --connect (default: $LIBVIRT_DEFAULT_URI, else virsh's)" })
     .option("live", { type: "boolean", default: false, describe: "the running domain, as virsh --live" })
@@ -115,38 +112,6 @@ function open(args: DomainArgs) {
 interface ConfigArgs extends DomainArgs {
   edit?: boolean;
   set?: string;
-}
-
-const EDITOR_TIMEOUT_MS = 24 * 3600 * 1000; // a person at the keyboard; the limit only guards against a lost editor
-
-/** Opens the editor on the text; returns what was saved. */
-function runEditor(text: string, name: string): string {
-  const directory = fs.mkdtempSync(path.join(os.tmpdir(), "vmhook-config-"));
-  const file = path.join(directory, `${name.replace(/[^\w.-]/g, "_")}-vmhook.xml`);
-  try {
-    fs.writeFileSync(file, text, { mode: 0o600 });
-    const editor = process.env.VISUAL || process.env.EDITOR || "vi";
-    // As git does: the variable is a shell command line, the file its last argument.
-    const result = spawnSync("sh", ["-c", `${editor} "$1"`, "sh", file], { stdio: "inherit", timeout: EDITOR_TIMEOUT_MS });
-    if (result.status !== 0) throw new VmhookError(`the editor (${editor}) exited with ${result.status ?? result.signal}; nothing was changed`);
-    return fs.readFileSync(file, "utf8");
-  } finally {
-    fs.rmSync(directory, { recursive: true, force: true });
-  }
-}
-
-/** Asks on the terminal; false when there is none (a script: keep the old config). */
-function askYes(question: string): boolean {
-  if (!process.stdin.isTTY) return false;
-  process.stderr.write(`${question} [Y/n] `);
-  const buffer = Buffer.alloc(64);
-  let read = 0;
-  try {
-    read = fs.readSync(0, buffer, 0, buffer.length, null);
-  } catch {
-    return false;
-  }
-  return !/^\s*n/i.test(buffer.subarray(0, read).toString());
 }
 
 const HEADER = (name: string) =>
