@@ -63,30 +63,3 @@ function customId(element: Element): string {
   }
   return `${CUSTOM_PREFIX}${name}`;
 }
-
-/**
- * A plugin element's attributes, refusing any that the plugin does not know:
- * a typo must not silently fall back to a default.
- */
-export function readAttributes(element: Element, allowed: readonly string[]): Record<string, string> {
-  const found = attributes(element);
-  for (const name of Object.keys(found)) {
-    if (!allowed.includes(name)) {
-      throw new ConfigError(
-        describeElement(element),
-        allowed.length > 0
-          ? `has unknown attribute ${name}; allowed: ${allowed.join(", ")}`
-          : `has unknown attribute ${name}; it takes no attributes`,
-      );
-    }
-  }
-  return found;
-}
-
-/** Rejects a second element where a plugin allows only one. */
-export function single(elements: Element[]): Element {
-  if (elements.length > 1) {
-    throw new ConfigError(describeElement(elements[1]!), `appears ${elements.length} times; keep one`);
-  }
-  return elements[0]!;
-}

@@ -15,12 +15,12 @@ import { describeError, VmhookError } from "./errors.ts";
 import type { Host } from "./host.ts";
 import { paths } from "./paths.ts";
 import type { BaseContext, Json, Plugin, PluginContext, UndoRecord } from "./plugin.ts";
+import { pluginTimeLimitMs } from "./settings.ts";
 import { PATTERNS } from "./validate.ts";
 
 export const PROTOCOL_VERSION = 1;
 /** Plugins run as root: root must own them. */
 const ROOT_UID = 0;
-const DEFAULT_TIMEOUT_SECONDS = 30;
 const DESCRIBE_TIMEOUT_MS = 5_000;
 
 export interface PluginFile {
@@ -199,20 +199,12 @@ function environment(request: Record<string, Json>, config?: ExecutableConfig): 
   return env;
 }
 
-function timeoutMs(ctx: BaseContext, file: PluginFile): number {
-  const seconds = ctx.settings.timeoutSeconds ?? DEFAULT_TIMEOUT_SECONDS;
-  if (typeof seconds !== "number" || !(seconds > 0)) {
-    throw new VmhookError(`${paths.hostConfig}: "plugins": {"plugin:${file.name}": {"timeoutSeconds": ${JSON.stringify(seconds)}}} must be a positive number of seconds`);
-  }
-  return seconds * 1000;
-}
-
 /** Runs the plugin once for `request.event` and reads its reply. Throws when it did not finish cleanly. */
 function invoke(ctx: BaseContext, file: PluginFile, request: Record<string, Json>, config?: ExecutableConfig): Reply {
   const event = String(request.event);
   const who = `plugin ${file.name} (${file.path})`;
   ctx.deadline.check(`starting ${who} for ${event}`);
-  const limit = ctx.deadline.clamp(timeoutMs(ctx, file));
+  const limit = pluginTimeLimitMs(ctx.settings, `plugin:${file.name}`, ctx.deadline.remainingMs());
   const result = ctx.host.exec(file.path, [event], { timeoutMs: limit, input: JSON.stringify(request), env: environment(request, config) });
   const stderr = result.stderr.split("\n").filter((line) => line.trim() !== "");
   for (const line of stderr) ctx.log.info(`plugin:${file.name}: ${line}`);

@@ -12,6 +12,8 @@ import { loadSettings, type HostSettings } from "./settings.ts";
 import { runHandlers, undoJournal, type RunEnvironment } from "./transaction.ts";
 import { PATTERNS } from "./validate.ts";
 import { paths } from "./paths.ts";
+import { withDomainLock } from "./lock.ts";
+import { removeStaleTemps } from "./state-files.ts";
 import { startWatchdog } from "./watchdog.ts";
 
 export interface HookInvocation {
@@ -160,6 +162,41 @@ async function guardStdout(): Promise<void> {
 export type EventAction = (run: HookRun) => Promise<void>;
 
 /**
+ * Every hook run of a domain holds the domain's lock (so does vmhook
+ * recover): two runs never interleave on one journal, and leftovers of a
+ * killed run, such as a half-written journal temp file, are cleared first.
+ */
+async function runUnderDomainLock(run: HookRun, action: EventAction): Promise<void> {
+  const uuid = uuidFromXml(run.invocation.xml);
+  if (!uuid) return action(run);
+  const waitLimit = new Deadline(run.host, run.settings.deadlineSeconds * 1000, "deadlineSeconds");
+  await withDomainLock(run.host, uuid, waitLimit, async () => {
+    removeStaleTemps(run.host, paths.journal(uuid));
+    await action(run);
+  });
+}
+
+/**
+ * In the hook's own process, the end of the event loop with the work still
+ * pending (a promise nothing will ever settle) is a failure, never success:
+ * without this the process would simply exit 0.
+ */
+async function settleOrDrain(work: Promise<void>, invocation: HookInvocation): Promise<void> {
+  if (!invocation.ownProcess) return work;
+  const what = `${invocation.args.slice(1, 3).join(" ")} of ${invocation.args[0] ?? "?"}`;
+  let onDrain = () => {};
+  const drained = new Promise<never>((_, reject) => {
+    onDrain = () => reject(new VmhookError(`${what} ended with its work unfinished (a promise that never settles); the journal is kept for release or vmhook recover`));
+  });
+  process.once("beforeExit", onDrain);
+  try {
+    await Promise.race([work, drained]);
+  } finally {
+    process.off("beforeExit", onDrain);
+  }
+}
+
+/**
  * Runs one event and turns the outcome into libvirt's terms: the exit code,
  * and on failure a stderr whose first line says what failed and what to do.
  * `mayFail`: whether a failure should abort what libvirt is doing (prepare,
@@ -184,7 +221,7 @@ export async function runEvent(invocation: HookInvocation, event: HookEvent | un
       const budgetSeconds = deadlineSeconds + undoDeadlineSeconds + 5;
       startWatchdog(budgetSeconds * 1000, `${invocation.args.slice(1, 3).join(" ")} of ${run.name} was killed after ${budgetSeconds} s (deadlineSeconds + undoDeadlineSeconds in ${paths.hostConfig}); run vmhook recover ${run.name} once it is stopped`, run.host.resolve(paths.log), mayFail ? 1 : 0);
     }
-    await action(run);
+    await settleOrDrain(runUnderDomainLock(run, action), invocation);
     return 0;
   } catch (error) {
     const headline = describeError(error);

@@ -10,7 +10,7 @@ import { listJournals, removeJournal, sharedState, writeJournal, type Journal, t
 import { withHostLock } from "./lock.ts";
 import type { Logger } from "./log.ts";
 import type { BaseContext, HookEvent, Plugin, PluginContext, StepHandle, UndoRecord } from "./plugin.ts";
-import type { HostSettings } from "./settings.ts";
+import { pluginTimeLimitMs, type HostSettings } from "./settings.ts";
 import { loadPlugin } from "../plugins/index.ts";
 
 export interface RunEnvironment {
@@ -69,6 +69,29 @@ async function underLockIf<T>(plugin: Plugin<unknown>, env: RunEnvironment, dead
 }
 
 /**
+ * A plugin's handler or undo, bounded in time: a JS plugin may return a
+ * promise that never settles, and a hook that just waits would either hang
+ * libvirt or, once the event loop drains, end as if all went well. The timer
+ * keeps the process alive until then; past the limit the work is abandoned
+ * and reported as failed (the caller rolls back what was journaled).
+ */
+async function settleWithin(env: RunEnvironment, pluginId: string, event: string, deadline: Deadline, where: () => string, work: void | Promise<void>): Promise<void> {
+  const limitMs = pluginTimeLimitMs(env.settings.plugins[pluginId] ?? {}, pluginId, deadline.remainingMs());
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const overrun = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => {
+      const raise = pluginId.startsWith("plugin:") ? `; make it finish, or raise "timeoutSeconds" under "plugins": {"${pluginId}": …} in /etc/vmhook/vmhook.json` : `; raise "${deadline.setting}" in /etc/vmhook/vmhook.json if the host is just slow`;
+      reject(new VmhookError(`${pluginId} did not finish ${event} within ${limitMs / 1000} s (${where()}) and was abandoned${raise}`));
+    }, limitMs);
+  });
+  try {
+    await Promise.race([work, overrun]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/**
  * Runs one event's handler of every plugin, in order. Steps go into `journal`.
  * Throws at the first failure; the caller decides whether to roll back.
  */
@@ -84,14 +107,18 @@ export async function runHandlers(
     const handler = instance.plugin[event as "prepare"];
     if (!handler) continue;
     deadline.check(`starting ${instance.id}`);
+    let currentStep = "before its first step";
     const ctx: PluginContext<unknown> = {
       ...baseContext(env, instance.id, event, journal.domain, deadline),
       config: instance.config,
       domainXml: domain,
       records: journal.entries.filter((entry) => entry.plugin === instance.id).map((entry) => entry.undo),
-      step: (description, undo, action) => step(env, journal, instance.id, event, description, undo, action),
+      step: (description, undo, action) => {
+        currentStep = `step "${description}"`;
+        return step(env, journal, instance.id, event, description, undo, action);
+      },
     };
-    await underLockIf(instance.plugin, env, deadline, async () => handler(ctx));
+    await underLockIf(instance.plugin, env, deadline, () => settleWithin(env, instance.id, event, deadline, () => currentStep, handler(ctx)));
   }
 }
 
@@ -156,8 +183,8 @@ export async function undoJournal(journal: Journal, env: RunEnvironment, deadlin
   for (const entry of [...journal.entries].reverse()) {
     try {
       const plugin = loaded.find((instance) => instance.id === entry.plugin)?.plugin ?? (await loadPlugin(entry.plugin, host));
-      await underLockIf(plugin, env, deadline, async () =>
-        plugin.undo(entry.undo, baseContext(env, entry.plugin, "release", journal.domain, deadline)),
+      await underLockIf(plugin, env, deadline, () =>
+        settleWithin(env, entry.plugin, "undo", deadline, () => `undo of "${entry.description}"`, plugin.undo(entry.undo, baseContext(env, entry.plugin, "release", journal.domain, deadline))),
       );
       journal.entries.splice(journal.entries.indexOf(entry), 1);
       writeJournal(host, journal);

@@ -11,7 +11,7 @@
 // nodeset>, else the global pool; a nodeset of several nodes gets the pages
 // split evenly (the first nodes take the remainder).
 import type { Element } from "@xmldom/xmldom";
-import { readAttributes, single } from "../lib/config.ts";
+import { readAttributes, single } from "../lib/element.ts";
 import { parseCpuset } from "../lib/cpuset.ts";
 import { describeElement, type Domain } from "../lib/domain.ts";
 import { ConfigError, VmhookError } from "../lib/errors.ts";

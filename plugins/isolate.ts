@@ -12,7 +12,7 @@
 // claim goes. Each journal record is such a claim; undoing it means
 // recomputing without it, which is idempotent by construction.
 import type { Element } from "@xmldom/xmldom";
-import { readAttributes, single } from "../lib/config.ts";
+import { readAttributes, single } from "../lib/element.ts";
 import { formatCpuList, parseCpuset, parseKernelCpuList } from "../lib/cpuset.ts";
 import { describeElement, type Domain } from "../lib/domain.ts";
 import { ConfigError, describeError, VmhookError } from "../lib/errors.ts";

@@ -13,7 +13,7 @@
 // vGPU 17 "vendor-specific VFIO framework" (nvidia/creatable_vgpu_types,
 // nvidia/current_vgpu_type under the VF).
 import type { Element } from "@xmldom/xmldom";
-import { readAttributes } from "../lib/config.ts";
+import { readAttributes } from "../lib/element.ts";
 import { describeElement, type Domain } from "../lib/domain.ts";
 import { ConfigError, describeError, VmhookError } from "../lib/errors.ts";
 import type { Host } from "../lib/host.ts";

@@ -11,7 +11,8 @@ import { loadSettings } from "../settings.ts";
 import { runHandlers, type PlannedStep } from "../transaction.ts";
 import type { GlobalOptions } from "./index.ts";
 import { print, printJson, readDomainFile, sourceName } from "./output.ts";
-import { domainRunning, hookAtWork } from "./recover.ts";
+import { domainBusy } from "../lock.ts";
+import { domainRunning } from "./recover.ts";
 
 interface DomainArgs extends GlobalOptions {
   domain: string;
@@ -77,12 +78,12 @@ const plan: CommandModule<GlobalOptions, PlanArgs> = {
   },
 };
 
-function journalSummary(host: Host, journal: Journal) {
+async function journalSummary(host: Host, journal: Journal) {
   return {
     domain: journal.domain,
     phase: journal.phase,
     running: domainRunning(host, journal.domain.name),
-    hookAtWork: hookAtWork(host, journal),
+    hookAtWork: await domainBusy(host, journal.domain.uuid),
     since: journal.createdAt,
     holds: journal.entries.map((entry) => ({ plugin: entry.plugin, description: entry.description, state: entry.state, error: entry.error })),
   };
@@ -94,7 +95,7 @@ const status: CommandModule<GlobalOptions, GlobalOptions> = {
   async handler(args) {
     const host = new RootedHost(args.root);
     const { journals, broken } = listJournals(host);
-    const summaries = journals.map((journal) => journalSummary(host, journal));
+    const summaries = await Promise.all(journals.map((journal) => journalSummary(host, journal)));
     if (args.json) {
       printJson({ domains: summaries, unreadable: broken });
       return;

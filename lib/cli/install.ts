@@ -104,7 +104,7 @@ export function install(host: Host, binary: string): string[] {
   const hook = host.resolve(HOOK);
   fs.mkdirSync(path.dirname(hook), { recursive: true, mode: 0o755 });
   fs.mkdirSync(host.resolve(paths.pluginsDir), { recursive: true, mode: 0o755 });
-  fs.mkdirSync(host.resolve(paths.stateDir), { recursive: true, mode: 0o755 });
+  fs.mkdirSync(host.resolve(paths.stateDir), { recursive: true, mode: 0o700 });
   const record = readRecord(host);
 
   if (present(hook) && !isVmhookBinary(hook)) {

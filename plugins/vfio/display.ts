@@ -3,7 +3,7 @@
 // the firmware framebuffers (efifb, simplefb, vesafb).
 import { VmhookError } from "../../lib/errors.ts";
 import type { BaseContext, PluginContext, UndoRecord } from "../../lib/plugin.ts";
-import type { VfioConfig, VfioSettings } from "./config.ts";
+import { readVfioSettings, type VfioConfig, type VfioSettings } from "./config.ts";
 import { describeHolders, processesHolding, type Survey } from "./survey.ts";
 import { stopUnit, systemdRuns, unitActive } from "./units.ts";
 
@@ -77,9 +77,14 @@ function runningCommands(ctx: BaseContext): string[] {
     .map((pid) => ctx.host.readTrimmed(`/proc/${pid}/comm`) ?? "");
 }
 
+/** The journal's command runs only if it is the start command root configured (displayManagerCommand.start). */
 export function runStartCommand(ctx: BaseContext, record: UndoRecord): void {
-  const command = record.command as string[];
-  ctx.run(command[0]!, command.slice(1), { timeoutMs: 60_000 });
+  const configured = readVfioSettings(ctx.settings).displayManagerCommand?.start;
+  const command = record.command;
+  if (!configured || JSON.stringify(command) !== JSON.stringify(configured)) {
+    throw new VmhookError(`vfio: the journal asks to run ${JSON.stringify(command)}, which is not the displayManagerCommand.start of /etc/vmhook/vmhook.json; start the display manager by hand`);
+  }
+  ctx.run(configured[0]!, configured.slice(1), { timeoutMs: 60_000 });
 }
 
 /** Rebinds the console; when its number changed (fbcon came back under another), the framebuffer console found now. */

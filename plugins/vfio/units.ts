@@ -2,6 +2,15 @@
 // single-GPU mode, helper services such as nvidia-persistenced.
 import { VmhookError } from "../../lib/errors.ts";
 import type { BaseContext, PluginContext, UndoRecord } from "../../lib/plugin.ts";
+import { PATTERNS } from "../../lib/validate.ts";
+
+/** A unit name from the journal: it becomes an argument of systemctl, so it must look like one (and not like an option). */
+export function checkedUnit(value: unknown): string {
+  if (typeof value !== "string" || !PATTERNS.unitName.test(value) || value.startsWith("-")) {
+    throw new VmhookError(`vfio: the journal names unit ${JSON.stringify(value)}, which is not a systemd unit name; inspect the journal`);
+  }
+  return value;
+}
 
 export const systemdRuns = (ctx: BaseContext) => ctx.host.exists("/run/systemd/system");
 
@@ -23,7 +32,7 @@ export async function stopUnit(ctx: PluginContext<unknown>, unit: string, timeou
 }
 
 export function startUnit(ctx: BaseContext, record: UndoRecord): void {
-  const unit = String(record.unit);
+  const unit = checkedUnit(record.unit);
   if (unitActive(ctx, unit)) return;
   ctx.run("systemctl", ["start", unit], { timeoutMs: 60_000 });
   if (!unitActive(ctx, unit)) throw new VmhookError(`${unit} did not start again; see systemctl status ${unit}`);

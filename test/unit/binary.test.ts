@@ -343,4 +343,56 @@ test("hook mode, hard deadline on reconnect: the hook is ended with exit 0 (a fa
   }
 });
 
+test("defect 1, hook mode: a JS plugin step that never settles ends prepare with exit 1 at its time limit, naming plugin and step, its changes undone", () => {
+  const t = tree();
+  try {
+    fs.mkdirSync(path.join(t.root, "etc/vmhook/plugins.d"), { recursive: true });
+    fs.writeFileSync(path.join(t.root, "etc/vmhook/vmhook.json"), JSON.stringify({ plugins: { "plugin:hang": { timeoutSeconds: 1 } } }));
+    fs.writeFileSync(
+      path.join(t.root, "etc/vmhook/plugins.d/hang.mjs"),
+      `export default { name: "hang", summary: "never settles", parse: () => ({}),
+        async prepare(ctx) { await ctx.step("wait for ever", { action: "nothing" }, () => new Promise(() => {})); }, undo() {} };\n`,
+      { mode: 0o644 },
+    );
+    const result = run(t.link("hooks/qemu"), ["vm", "prepare", "begin", "-"], domain('<vmhook:hugepages/><vmhook:plugin name="hang"/>'), t.root);
+    assert.is(result.code, 1, result.stderr);
+    assert.is(result.stdout, "");
+    assert.is(firstLine(result.stderr), 'vmhook: plugin:hang did not finish prepare within 1 s (step "wait for ever") and was abandoned; make it finish, or raise "timeoutSeconds" under "plugins": {"plugin:hang": …} in /etc/vmhook/vmhook.json');
+    assert.match(result.stderr, "the host was left as it was (2 change(s) undone)");
+    assert.is(t.pool(), 0);
+    assert.not.ok(fs.existsSync(t.journal));
+  } finally {
+    t.cleanup();
+  }
+});
+
+test("defect 5, hook mode: /run/vmhook as a symlink is refused before anything changes; a symlink at the journal's place is never written through", () => {
+  const t = tree();
+  try {
+    const qemu = t.link("hooks/qemu");
+    fs.mkdirSync(path.join(t.root, "elsewhere"));
+    fs.mkdirSync(path.join(t.root, "run"), { recursive: true });
+    fs.symlinkSync(path.join(t.root, "elsewhere"), path.join(t.root, "run/vmhook"));
+    const refused = run(qemu, ["vm", "prepare", "begin", "-"], domain(), t.root);
+    assert.is(refused.code, 1);
+    assert.match(firstLine(refused.stderr), "vmhook: /run/vmhook is a symlink");
+    assert.equal([t.pool(), fs.readdirSync(path.join(t.root, "elsewhere"))], [0, []]);
+
+    fs.rmSync(path.join(t.root, "run/vmhook"));
+    fs.mkdirSync(path.join(t.root, "run/vmhook"), { mode: 0o700 });
+    fs.writeFileSync(path.join(t.root, "etc-shadow"), "secret\n");
+    fs.symlinkSync(path.join(t.root, "etc-shadow"), t.journal);
+    const planted = run(qemu, ["vm", "prepare", "begin", "-"], domain(), t.root);
+    assert.is(planted.code, 1);
+    assert.match(firstLine(planted.stderr), `journal /run/vmhook/${UUID}.json is a symlink`);
+    fs.rmSync(t.journal);
+    assert.is(run(qemu, ["vm", "prepare", "begin", "-"], domain(), t.root).code, 0);
+    assert.is(fs.readFileSync(path.join(t.root, "etc-shadow"), "utf8"), "secret\n");
+    assert.ok(fs.lstatSync(t.journal).isFile());
+    assert.is(fs.statSync(path.join(t.root, "run/vmhook")).mode & 0o777, 0o700);
+  } finally {
+    t.cleanup();
+  }
+});
+
 test.run();
