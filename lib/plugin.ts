@@ -3,6 +3,7 @@
 // Modelled on Rollup's plugin objects: plain data plus named hooks that get a
 // context object.
 import type { Element } from "@xmldom/xmldom";
+import type { Claims } from "./claims.ts";
 import type { Deadline, WaitOptions } from "./deadline.ts";
 import type { Domain } from "./domain.ts";
 import type { ExecResult, Host } from "./host.ts";
@@ -33,8 +34,14 @@ export interface BaseContext {
   waitFor(what: string, ready: () => boolean, options?: WaitOptions): void;
   /** Runs a program with a timeout bounded by the deadline; throws with its stderr when it fails. */
   run(command: string, args: string[], options?: { timeoutMs?: number; input?: string; allowFailure?: boolean }): ExecResult;
-  /** Every domain's journal (read under the host-wide lock when the plugin is `shared`). */
+  /**
+   * Every domain's journal (read under the host-wide lock when the plugin is
+   * `shared`). Throws when any journal cannot be read: what a shared
+   * resource is computed from must be complete.
+   */
   journals(): Journal[];
+  /** The host-wide claims ledger, as this domain sees it (lib/claims.ts). `shared` plugins only: it is read under the host lock. */
+  claims: Claims;
   /** Host-wide state of a shared resource, e.g. the values the host had before the first VM changed them. */
   shared: {
     read<T>(): T | undefined;

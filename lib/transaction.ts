@@ -2,6 +2,7 @@
 // applied in order, each journaled with its undo *before* it acts; when one
 // fails, what was done is undone in reverse and the host is as it was.
 import type { PluginInstance } from "./config.ts";
+import { claimsFor } from "./claims.ts";
 import { Deadline, waitFor } from "./deadline.ts";
 import type { Domain } from "./domain.ts";
 import { describeError, VmhookError } from "./errors.ts";
@@ -54,13 +55,23 @@ function baseContext(env: RunEnvironment, pluginId: string, event: HookEvent, do
       }
       return result;
     },
-    journals: () => listJournals(host).journals,
+    journals: () => completeJournals(host),
+    claims: claimsFor(host, domain.uuid),
     shared: {
       read: <T>() => sharedState.read<T>(host, sharedName),
       write: (value: unknown) => sharedState.write(host, sharedName, value),
       remove: () => sharedState.remove(host, sharedName),
     },
   };
+}
+
+/** Every journal, or an error naming the first that cannot be read: a shared resource computed from part of them would be wrong. */
+function completeJournals(host: Host): Journal[] {
+  const { journals, broken } = listJournals(host);
+  if (broken.length > 0) {
+    throw new VmhookError(`${broken[0]!.error}; vmhook cannot tell what the other VMs hold, so it changes no shared resource (vmhook status lists the journals)`);
+  }
+  return journals;
 }
 
 async function underLockIf<T>(plugin: Plugin<unknown>, env: RunEnvironment, deadline: Deadline, work: () => Promise<T>): Promise<T> {

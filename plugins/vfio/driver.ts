@@ -51,6 +51,8 @@ export async function takeOverDevices(ctx: PluginContext<VfioConfig>, found: Sur
       .map((device) => ({ address: device.address, driver: device.driver! }));
     for (const device of devices) reloaded.add(device.address);
     await ctx.step(`unload module ${module}`, { action: "load-module", module, devices, bindTimeoutMs }, () => {
+      // Claimed before it goes: a device of another VM that needs it back waits for the last holder.
+      ctx.claims.take(moduleClaim(module), { drivers: driversOf(ctx.host, module) });
       const result = ctx.run("rmmod", [module], { allowFailure: true });
       if (moduleLoaded(ctx.host, module)) {
         const users = [...ctx.host.list(`/sys/module/${module}/holders`).map((holder) => `module ${holder}`), describeHolders(processesHolding(ctx.host, found.watched))].filter(Boolean);
@@ -65,6 +67,8 @@ export async function takeOverDevices(ctx: PluginContext<VfioConfig>, found: Sur
     await loadModuleStep(ctx, VFIO_DRIVER, () =>
       ctx.waitFor("the vfio-pci driver is registered", () => pciDriverRegistered(ctx.host, VFIO_DRIVER), { timeoutMs: bindTimeoutMs }),
     );
+  } else {
+    await joinLoadedClaim(ctx, VFIO_DRIVER);
   }
 
   for (const device of found.devices) {
@@ -79,23 +83,56 @@ export async function takeOverDevices(ctx: PluginContext<VfioConfig>, found: Sur
   for (const module of ctx.config.loadModules) await loadModuleStep(ctx, module);
 }
 
+/** The ledger key of a module vmhook keeps unloaded (lib/claims.ts). */
+const moduleClaim = (module: string) => `module:${module}`;
+
+/** The PCI drivers a loaded module registers. */
+function driversOf(host: Host, module: string): string[] {
+  return host.list(PCI_DRIVERS).filter((driver) => driverModule(host, driver) === module);
+}
+
+/** The claim of the unloaded module that registers `driver`, if any VM holds one. */
+function claimProviding(ctx: BaseContext, driver: string): string | undefined {
+  return Object.entries(ctx.claims.list("module:")).find(([, claim]) => ((claim.original as { drivers?: string[] })?.drivers ?? []).includes(driver))?.[0];
+}
+
 const loadedModules = (host: Host) => host.read("/proc/modules").split("\n").map((line) => line.split(" ")[0]!).filter(Boolean);
 
-/** modprobe, journaling exactly the modules it loaded (the module and the dependencies it pulled in). */
+/**
+ * modprobe, journaling exactly the modules it loaded (the module and the
+ * dependencies it pulled in), claimed in the ledger: a VM that finds the
+ * module loaded for another one joins the claim, and the last VM released
+ * unloads what the first one loaded.
+ */
 async function loadModuleStep(ctx: PluginContext<VfioConfig>, module: string, verify?: () => void): Promise<void> {
   const name = module.replace(/-/g, "_");
-  if (moduleLoaded(ctx.host, name)) return;
+  const claim = loadedClaim(name);
+  if (moduleLoaded(ctx.host, name)) return joinLoadedClaim(ctx, module);
   // Until modprobe has run, the module itself is the best guess of what it loads.
-  await ctx.step(`load module ${module}`, { action: "unload-modules", modules: [name] }, (handle) => {
+  await ctx.step(`load module ${module}`, { action: "unload-modules", modules: [name], claim }, (handle) => {
     const before = new Set(loadedModules(ctx.host));
     try {
       ctx.run("modprobe", [module]);
       verify?.();
     } finally {
-      handle.update({ action: "unload-modules", modules: loadedModules(ctx.host).filter((name) => !before.has(name)) });
+      const loaded = loadedModules(ctx.host).filter((name) => !before.has(name));
+      handle.update({ action: "unload-modules", modules: loaded, claim });
+      ctx.claims.take(claim, { modules: loaded });
     }
   });
 }
+
+/** A module vmhook loaded for another VM: this VM shares it, so it stays until the last of them is released. */
+async function joinLoadedClaim(ctx: PluginContext<VfioConfig>, module: string): Promise<void> {
+  const claim = loadedClaim(module.replace(/-/g, "_"));
+  if (!ctx.claims.get(claim)) return; // loaded by someone else than vmhook: theirs to keep
+  await ctx.step(`keep module ${module} loaded (loaded for another VM)`, { action: "unload-modules", modules: [], claim }, () => {
+    ctx.claims.take(claim, null);
+  });
+}
+
+/** The ledger key of a module vmhook loaded and VMs share (lib/claims.ts). */
+const loadedClaim = (module: string) => `loaded:${module}`;
 
 function bindToVfio(ctx: BaseContext, address: string, group: string, timeoutMs: number): void {
   const { host } = ctx;
@@ -142,7 +179,14 @@ export function rebindDevice(ctx: BaseContext, record: UndoRecord): void {
   host.write(pciPath(address, "driver_override"), override ?? "\n");
   if (driver === null || pciDriver(host, address) === driver) return;
   if (!pciDriverRegistered(host, driver)) {
-    // A record without moduleReloaded (an older journal): as before, a later undo reloads the module.
+    // Its module is unloaded for a VM (this one or another): the last of them brings the device back with it.
+    const claim = claimProviding(ctx, driver);
+    if (claim) {
+      ctx.claims.addWaiting(claim, { address, driver });
+      ctx.log.info(`vfio: ${address} waits for driver ${driver}: ${claim} is loaded again when the last VM that needs it unloaded is released`);
+      return;
+    }
+    // A record without moduleReloaded (a journal from before the claims ledger): a later undo reloads the module.
     if (record.moduleReloaded !== false) {
       ctx.log.info(`vfio: ${address} waits for driver ${driver}, whose module is loaded again later`);
       return;
@@ -160,17 +204,28 @@ export function rebindDevice(ctx: BaseContext, record: UndoRecord): void {
   }
 }
 
-/** A module unloaded at prepare: load it again; its driver's devices must come back. */
+/**
+ * A module unloaded at prepare: load it again once no other VM needs it
+ * unloaded; then its driver's devices must come back, this VM's and those
+ * of VMs released meanwhile (they wait in the claim).
+ */
 export function loadModule(ctx: BaseContext, record: UndoRecord): void {
   const module = checkedDriver(record.module);
   if (!module) return;
+  const ownDevices = ((record.devices as { address: string; driver: string }[] | undefined) ?? []).map((device) => ({ address: checkedAddress(device), driver: checkedDriver(device.driver)! }));
+  const claim = moduleClaim(module);
+  const others = ctx.claims.others(claim);
+  if (others.length > 0) {
+    for (const device of ownDevices) ctx.claims.addWaiting(claim, device);
+    ctx.claims.drop(claim);
+    ctx.log.info(`vfio: module ${module} stays unloaded: ${others.length} other VM(s) need it so`);
+    return;
+  }
+  const waiting = (ctx.claims.get(claim)?.waiting ?? []).map((device) => ({ address: checkedAddress(device as UndoRecord), driver: checkedDriver((device as UndoRecord).driver)! }));
   if (!moduleLoaded(ctx.host, module)) ctx.run("modprobe", [module], { timeoutMs: 60_000 });
-  const devices = (record.devices as { address: string; driver: string }[] | undefined) ?? [];
-  for (const device of devices) {
-    const address = checkedAddress(device);
-    const driver = checkedDriver(device.driver)!;
-    // Still on vfio-pci: its own undo failed and says so; do not report it twice.
-    if (pciDriver(ctx.host, address) === VFIO_DRIVER) continue;
+  for (const { address, driver } of [...ownDevices, ...waiting]) {
+    // Still on vfio-pci: its own undo failed and says so, or a VM took it again; do not report it twice.
+    if (!pciExists(ctx.host, address) || pciDriver(ctx.host, address) === VFIO_DRIVER) continue;
     if (pciDriver(ctx.host, address) === undefined) ctx.host.write("/sys/bus/pci/drivers_probe", address);
     try {
       ctx.waitFor(`${address} is bound to ${driver}`, () => pciDriver(ctx.host, address) === driver, { timeoutMs: Number(record.bindTimeoutMs) || 10_000 });
@@ -178,6 +233,7 @@ export function loadModule(ctx: BaseContext, record: UndoRecord): void {
       throw didNotComeBack(ctx.host, address, driver);
     }
   }
+  ctx.claims.drop(claim);
 }
 
 /**
@@ -187,7 +243,29 @@ export function loadModule(ctx: BaseContext, record: UndoRecord): void {
  * refcnt shows, not holders/).
  */
 export function unloadModules(ctx: BaseContext, record: UndoRecord): void {
-  let remaining = ((record.modules as string[] | undefined) ?? []).map((module) => checkedDriver(module)!).filter((module) => moduleLoaded(ctx.host, module));
+  let modules = ((record.modules as string[] | undefined) ?? []).map((module) => checkedDriver(module)!);
+  const claim = record.claim === undefined ? undefined : checkedClaim(record.claim);
+  if (claim) {
+    const others = ctx.claims.others(claim);
+    if (others.length > 0) {
+      ctx.claims.drop(claim);
+      ctx.log.info(`vfio: leaving module(s) ${modules.join(", ") || claim.slice("loaded:".length)} loaded: ${others.length} other VM(s) use them`);
+      return;
+    }
+    const claimed = ((ctx.claims.get(claim)?.original as { modules?: unknown[] } | null)?.modules ?? []).map((module) => checkedDriver(module)!);
+    modules = [...new Set([...modules, ...claimed])];
+  }
+  unloadUnused(ctx, modules);
+  if (claim) ctx.claims.drop(claim);
+}
+
+function checkedClaim(value: unknown): string {
+  if (typeof value !== "string" || !/^loaded:[a-z0-9_]{1,64}$/.test(value)) throw new VmhookError(`vfio: the journal names claim ${JSON.stringify(value)}, which is not a loaded-module claim`);
+  return value;
+}
+
+function unloadUnused(ctx: BaseContext, modules: string[]): void {
+  let remaining = modules.filter((module) => moduleLoaded(ctx.host, module));
   const stillUsed = (module: string) =>
     Number(ctx.host.readTrimmed(`/sys/module/${module}/refcnt`) ?? 0) > 0 ||
     (module === "vfio_pci" && ctx.host.list(`${PCI_DRIVERS}/${VFIO_DRIVER}`).some((entry) => PATTERNS.pciAddress.test(entry)));

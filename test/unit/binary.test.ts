@@ -395,4 +395,39 @@ test("defect 5, hook mode: /run/vmhook as a symlink is refused before anything c
   }
 });
 
+test("defect 3, hook mode: releasing one of two isolating VMs while the other's journal cannot be read keeps every CPU set and the entry", () => {
+  const t = tree();
+  try {
+    const file = (name: string, content: string, mode = 0o644) => {
+      fs.mkdirSync(path.dirname(path.join(t.root, name)), { recursive: true });
+      fs.writeFileSync(path.join(t.root, name), content, { mode });
+    };
+    file("proc/1/comm", "systemd\n");
+    file("sys/devices/system/cpu/present", "0-7\n");
+    file("sys/devices/system/cpu/online", "0-7\n");
+    file("sys/fs/cgroup/cgroup.controllers", "cpuset cpu memory\n");
+    // systemctl as the hook finds it under its root: keeps AllowedCPUs per unit in $VMHOOK_ROOT/units.
+    file("usr/bin/systemctl", `#!/bin/sh\nmkdir -p "$VMHOOK_ROOT/units"\ncase "$1" in\n  show) printf 'AllowedCPUs=%s\\n' "$(cat "$VMHOOK_ROOT/units/$4" 2>/dev/null)" ;;\n  set-property) printf '%s' "\${4#AllowedCPUs=}" > "$VMHOOK_ROOT/units/$3" ;;\nesac\n`, 0o755);
+    const allowed = () => ["system.slice", "user.slice", "init.scope"].map((unit) => fs.readFileSync(path.join(t.root, "units", unit), "utf8"));
+    const vm = (name: string, uuid: string, cpus: string) => `<domain type='kvm'><name>${name}</name><uuid>${uuid}</uuid><memory unit='MiB'>512</memory>
+      <cputune><vcpupin vcpu='0' cpuset='${cpus}'/></cputune>
+      <metadata><vmhook:hooks xmlns:vmhook="urn:vmhook:1"><vmhook:isolate/></vmhook:hooks></metadata></domain>`;
+    const uuidB = "d0d0d0d0-0000-4000-8000-0000000000d1";
+    const qemu = t.link("hooks/qemu");
+    assert.equal(run(qemu, ["vmA", "prepare", "begin", "-"], vm("vmA", UUID, "2"), t.root).code, 0);
+    assert.equal(run(qemu, ["vmB", "prepare", "begin", "-"], vm("vmB", uuidB, "4"), t.root).code, 0);
+    assert.equal(allowed(), ["0-1,3,5-7", "0-1,3,5-7", "0-1,3,5-7"]);
+    fs.writeFileSync(path.join(t.root, `run/vmhook/${uuidB}.json`), "{ half a journal");
+
+    const released = run(qemu, ["vmA", "release", "end", "-"], vm("vmA", UUID, "2"), t.root);
+    assert.equal([released.code, released.stdout], [0, ""]);
+    assert.is(firstLine(released.stderr), "vmhook: release of vmA: 1 change(s) could not be undone; see /var/log/vmhook.log, then run vmhook recover vmA");
+    assert.match(released.stderr, "vmhook cannot tell what the other VMs hold, so it changes no shared resource");
+    assert.equal(allowed(), ["0-1,3,5-7", "0-1,3,5-7", "0-1,3,5-7"], "vmB still runs: nothing was given back from a partial view");
+    assert.ok(fs.existsSync(t.journal), "the entry is kept for vmhook recover");
+  } finally {
+    t.cleanup();
+  }
+});
+
 test.run();
