@@ -13,7 +13,7 @@
 import { VmhookError } from "./errors.ts";
 import type { Host } from "./host.ts";
 import { paths } from "./paths.ts";
-import type { Json } from "./plugin.ts";
+import type { Json } from "./records.ts";
 import { ensureStateDir, readStateFile, removeStateFile, writeStateFile } from "./state-files.ts";
 
 export const CLAIMS_VERSION = 1;

@@ -14,7 +14,7 @@ import { attributes } from "./domain.ts";
 import { describeError, VmhookError } from "./errors.ts";
 import type { Host } from "./host.ts";
 import { paths } from "./paths.ts";
-import type { BaseContext, Json, Plugin, PluginContext, UndoRecord } from "./plugin.ts";
+import { defineAction, type AnyPlugin, type BaseContext, type Json, type PlanContext, type Plugin, type Step, type UndoRecord } from "./plugin.ts";
 import { pluginTimeLimitMs } from "./settings.ts";
 import { PATTERNS } from "./validate.ts";
 
@@ -110,32 +110,43 @@ function fileRefusal(host: Host, file: PluginFile): string | undefined {
 }
 
 /** Plugin NAME as a Plugin object: its file is found, checked and (for modules) imported. */
-export async function loadCustomPlugin(name: string, host: Host): Promise<Plugin<unknown>> {
+export async function loadCustomPlugin(name: string, host: Host): Promise<AnyPlugin> {
   const file = findCustomPlugin(host, name);
-  return file.kind === "module" ? importModulePlugin(host, file) : (executablePlugin(file) as Plugin<unknown>);
+  return file.kind === "module" ? importModulePlugin(host, file) : (executablePlugin(file) as AnyPlugin);
 }
 
 // ---------------------------------------------------------------------------
 // JavaScript modules
 
-async function importModulePlugin(host: Host, file: PluginFile): Promise<Plugin<unknown>> {
+/**
+ * A module's default export: a Plugin (plan + actions), or a plugin of the
+ * first interface (handlers calling ctx.step, one undo), which still runs
+ * through the runner's adapter (docs/plugins.md, "Migrating").
+ */
+async function importModulePlugin(host: Host, file: PluginFile): Promise<AnyPlugin> {
   let module: { default?: unknown };
   try {
     module = await import(pathToFileURL(host.resolve(file.path)).href);
   } catch (error) {
     throw new VmhookError(`plugin ${file.name}: ${file.path} could not be loaded: ${describeError(error).split("\n")[0]}`);
   }
-  const plugin = module.default as Partial<Plugin<unknown>> | undefined;
-  const problem =
-    typeof plugin !== "object" || plugin === null
-      ? "has no default export; write export default { name, summary, parse, undo, ... }"
-      : plugin.name !== file.name && plugin.name !== `plugin:${file.name}`
-        ? `exports name ${JSON.stringify(plugin.name)}; set name: "${file.name}" (the file's name)`
-        : typeof plugin.parse !== "function" || typeof plugin.undo !== "function"
-          ? "must export the functions parse(elements, domain) and undo(record, ctx)"
-          : undefined;
+  const problem = moduleProblem(module.default, file.name);
   if (problem) throw new VmhookError(`plugin ${file.name}: ${file.path} ${problem}`);
-  return plugin as Plugin<unknown>;
+  return module.default as AnyPlugin;
+}
+
+function moduleProblem(value: unknown, name: string): string | undefined {
+  if (typeof value !== "object" || value === null) return "has no default export; write export default { name, summary, parse, plan, actions }";
+  const plugin = value as Record<string, unknown>;
+  if (plugin.name !== name && plugin.name !== `plugin:${name}`) return `exports name ${JSON.stringify(plugin.name)}; set name: "${name}" (the file's name)`;
+  if (typeof plugin.parse !== "function") return "must export the function parse(elements, domain)";
+  if (!("actions" in plugin)) {
+    return typeof plugin.undo === "function" ? undefined : "must export plan and actions (or, in the first interface, handlers and undo(record, ctx)); see docs/plugins.md";
+  }
+  if (typeof plugin.plan !== "object" || plugin.plan === null || typeof plugin.actions !== "object" || plugin.actions === null) return "must export plan: { prepare(ctx) {...} } and actions: { KIND: { check, apply, undo } }";
+  const incomplete = Object.entries(plugin.actions as Record<string, Record<string, unknown>>).find(([, action]) => ["check", "apply", "undo"].some((hook) => typeof action?.[hook] !== "function"));
+  if (incomplete) return `action ${incomplete[0]} must have the functions check(record), apply(record, ctx) and undo(record, ctx)`;
+  return undefined;
 }
 
 // ---------------------------------------------------------------------------
@@ -242,25 +253,25 @@ function request(ctx: BaseContext, event: string, fields: Record<string, Json>):
   return { protocol: PROTOCOL_VERSION, event, domain: ctx.domain, ...fields };
 }
 
+const EVENTS = ["prepare", "start", "started", "stopped", "reconnect"] as const;
+
+function checkRunRecord(record: UndoRecord): RunRecord {
+  const { event, finished } = record;
+  if (record.action !== "run" || typeof event !== "string" || !(EVENTS as readonly string[]).includes(event) || typeof finished !== "boolean" || !("undo" in record)) {
+    throw new VmhookError(`the journal holds a run record of an executable plugin that is not one vmhook writes: ${JSON.stringify(record).slice(0, 120)}`);
+  }
+  return record as RunRecord;
+}
+
 /**
- * One run of the plugin for a hook event, as one journaled step: the record is
+ * The plugin runs once per hook event, as one journaled step: the record is
  * journaled unfinished *before* the plugin runs, so a plugin that crashes,
  * hangs or prints garbage still gets its undo call ("interrupted") at release.
  */
-async function runForEvent(ctx: PluginContext<ExecutableConfig>, file: PluginFile): Promise<void> {
-  const pending: RunRecord = { action: "run", event: ctx.event, finished: false, undo: null };
-  const records = (ctx.records as RunRecord[]).filter((record) => record.finished && record.undo !== null).map((record) => record.undo);
-  await ctx.step(`run ${file.path} ${ctx.event}`, pending, (handle) => {
-    const reply = invoke(ctx, file, request(ctx, ctx.event, { config: ctx.config.element as unknown as Json, records, domainXml: ctx.config.domainXml }), ctx.config);
-    // It reported back: what it says it changed (also with an error) is what release undoes.
-    if (reply.undo === undefined || reply.undo === null) handle.nothingToUndo();
-    else handle.update({ ...pending, finished: true, undo: reply.undo });
-    if (reply.error !== undefined) throw new VmhookError(`plugin ${file.name} failed at ${ctx.event}: ${reply.error}`);
-  });
-}
-
 function executablePlugin(file: PluginFile): Plugin<ExecutableConfig> {
-  const handler = (ctx: PluginContext<ExecutableConfig>) => runForEvent(ctx, file);
+  const planRun = (ctx: PlanContext<ExecutableConfig>): Step[] => [
+    { action: "run", record: { action: "run", event: ctx.event, finished: false, undo: null }, description: `run ${file.path} ${ctx.event}` },
+  ];
   return {
     name: `plugin:${file.name}`,
     summary: `executable plugin ${file.path}`,
@@ -273,16 +284,24 @@ function executablePlugin(file: PluginFile): Plugin<ExecutableConfig> {
         domainXml: element.ownerDocument ? new XMLSerializer().serializeToString(element.ownerDocument) : "",
       };
     },
-    prepare: handler,
-    start: handler,
-    started: handler,
-    stopped: handler,
-    reconnect: handler,
-    undo(record, ctx) {
-      const run = record as RunRecord;
-      if (run.finished && run.undo === null) return; // it said it changed nothing
-      const reply = invoke(ctx, file, request(ctx, "undo", { undo: run.undo, interrupted: !run.finished, of: run.event }));
-      if (reply.error !== undefined) throw new VmhookError(`plugin ${file.name} could not undo its ${run.event}: ${reply.error}`);
+    plan: Object.fromEntries(EVENTS.map((event) => [event, planRun])),
+    actions: {
+      run: defineAction<RunRecord, ExecutableConfig>({
+        check: checkRunRecord,
+        apply(pending, ctx) {
+          const records = (ctx.records as RunRecord[]).filter((record) => record.finished && record.undo !== null).map((record) => record.undo);
+          const reply = invoke(ctx, file, request(ctx, pending.event, { config: ctx.config.element as unknown as Json, records, domainXml: ctx.config.domainXml }), ctx.config);
+          // It reported back: what it says it changed (also with an error) is what release undoes.
+          if (reply.undo === undefined || reply.undo === null) ctx.nothingToUndo();
+          else ctx.update({ ...pending, finished: true, undo: reply.undo });
+          if (reply.error !== undefined) throw new VmhookError(`plugin ${file.name} failed at ${pending.event}: ${reply.error}`);
+        },
+        undo(run, ctx) {
+          if (run.finished && run.undo === null) return; // it said it changed nothing
+          const reply = invoke(ctx, file, request(ctx, "undo", { undo: run.undo, interrupted: !run.finished, of: run.event }));
+          if (reply.error !== undefined) throw new VmhookError(`plugin ${file.name} could not undo its ${run.event}: ${reply.error}`);
+        },
+      }),
     },
   };
 }

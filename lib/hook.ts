@@ -7,9 +7,10 @@ import { describeError, VmhookError } from "./errors.ts";
 import { RootedHost, type Host } from "./host.ts";
 import { newJournal, readJournal, writeJournal } from "./journal.ts";
 import { createLogger, oneLine, type Logger } from "./log.ts";
-import type { HookEvent } from "./plugin.ts";
+import { isLegacyPlugin, type HookEvent, type PlannedEvent, type PluginRegistry } from "./plugin.ts";
+import { registry as builtinRegistry } from "../plugins/index.ts";
 import { loadSettings, type HostSettings } from "./settings.ts";
-import { runHandlers, undoJournal, type RunEnvironment } from "./transaction.ts";
+import { runPlugins, undoJournal, type RunEnvironment } from "./transaction.ts";
 import { PATTERNS } from "./validate.ts";
 import { paths } from "./paths.ts";
 import { withDomainLock } from "./lock.ts";
@@ -23,6 +24,8 @@ export interface HookInvocation {
   root: string;
   /** Tests pass a simulated host; otherwise the host is the root directory. */
   host?: Host;
+  /** Where plugins come from; the built-in registry (and plugins.d) unless a test passes its own. */
+  registry?: PluginRegistry;
   /**
    * This process is the hook libvirt started (not an in-process test): guard
    * stdout and kill the process when it outlives both deadlines.
@@ -58,7 +61,7 @@ export class HookRun {
   }
 
   private env(): RunEnvironment {
-    return { host: this.host, log: this.log, settings: this.settings };
+    return { host: this.host, log: this.log, settings: this.settings, registry: this.invocation.registry ?? builtinRegistry };
   }
 
   private deadline(kind: "work" | "undo"): Deadline {
@@ -67,7 +70,7 @@ export class HookRun {
   }
 
   private async plugins(): Promise<PluginInstance[]> {
-    return loadDomainPlugins(this.domain, this.host);
+    return loadDomainPlugins(this.domain, this.host, this.invocation.registry ?? builtinRegistry);
   }
 
   /** prepare: undo anything a crashed earlier run left, then apply every plugin's steps as one transaction. */
@@ -81,7 +84,7 @@ export class HookRun {
     const journal = newJournal(this.host, { name: this.domain.name, uuid: this.domain.uuid });
     writeJournal(this.host, journal);
     try {
-      await runHandlers("prepare", instances, this.domain, journal, this.env(), deadline);
+      await runPlugins("prepare", instances, this.domain, journal, this.env(), deadline);
     } catch (error) {
       const steps = journal.entries.length;
       const { failed } = await undoJournal(journal, this.env(), this.deadline("undo"));
@@ -91,12 +94,12 @@ export class HookRun {
     writeJournal(this.host, journal);
   }
 
-  /** start, started, stopped: the plugins' optional handlers; their steps join the same journal. */
+  /** start, started, stopped: the plugins' optional steps; they join the same journal. */
   async handlers(event: "start" | "started" | "stopped"): Promise<void> {
     const instances = await this.plugins();
-    if (!instances.some((instance) => instance.plugin[event])) return;
+    if (!instances.some((instance) => handles(instance, event))) return;
     const journal = readJournal(this.host, this.domain.uuid) ?? newJournal(this.host, { name: this.domain.name, uuid: this.domain.uuid });
-    await runHandlers(event, instances, this.domain, journal, this.env(), this.deadline("work"));
+    await runPlugins(event, instances, this.domain, journal, this.env(), this.deadline("work"));
   }
 
   /** release: undo what the journal holds (not what the metadata says now). Never fails the caller. */
@@ -124,7 +127,7 @@ export class HookRun {
     if (!journal) return;
     this.log.info(`reconnected: journal holds ${journal.entries.length} change(s), phase ${journal.phase}`);
     const instances = await this.plugins();
-    await runHandlers("reconnect", instances, this.domain, journal, this.env(), this.deadline("work"));
+    await runPlugins("reconnect", instances, this.domain, journal, this.env(), this.deadline("work"));
   }
 
   private async undoLeftovers(deadline: Deadline): Promise<void> {
@@ -136,6 +139,12 @@ export class HookRun {
       throw new VmhookError(`an earlier run of ${this.domain.name} left changes that cannot be undone; run vmhook recover ${this.domain.name} and check vmhook status`, failed.map((entry) => `${entry.plugin}: ${entry.description}: ${entry.error}`));
     }
   }
+}
+
+/** Whether a plugin does anything at this event (first-interface custom plugins: a handler). */
+function handles(instance: PluginInstance, event: PlannedEvent): boolean {
+  const plugin = instance.plugin;
+  return isLegacyPlugin(plugin) ? plugin[event] !== undefined : plugin.plan[event] !== undefined;
 }
 
 function withRollbackNote(error: unknown, steps: number, failed: number): VmhookError {

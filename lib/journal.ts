@@ -7,11 +7,12 @@ import type { Host } from "./host.ts";
 import { paths } from "./paths.ts";
 import { ensureStateDir, readStateFile, removeStateFile, writeStateFile } from "./state-files.ts";
 import { PATTERNS } from "./validate.ts";
-import type { UndoRecord } from "./plugin.ts";
+import type { UndoRecord } from "./records.ts";
 
 export const JOURNAL_VERSION = 1;
 
-export type EntryState = "pending" | "applied" | "failed";
+/** pending: journaled, its change may or may not have happened; applied: done; undo-failed: its undo failed (kept for vmhook recover). Undone entries leave the journal. */
+export type EntryState = "pending" | "applied" | "undo-failed";
 
 export interface JournalEntry {
   /** Plugin id: a built-in name ("hugepages") or "plugin:NAME" for a custom one. */
@@ -20,7 +21,6 @@ export interface JournalEntry {
   event: string;
   description: string;
   undo: UndoRecord;
-  /** pending: journaled, the action may or may not have happened; failed: its undo failed. */
   state: EntryState;
   at: string;
   error?: string;
@@ -53,6 +53,8 @@ export function readJournal(host: Host, uuid: string): Journal | undefined {
   try {
     const journal = JSON.parse(text) as Journal;
     if (journal.version !== JOURNAL_VERSION || !Array.isArray(journal.entries)) throw new Error(`unsupported version ${journal.version}`);
+    // vmhook 0.1 wrote "failed" for an undo that failed.
+    for (const entry of journal.entries) if ((entry.state as string) === "failed") entry.state = "undo-failed";
     return journal;
   } catch (error) {
     throw new VmhookError(`journal ${file} cannot be read (${(error as Error).message}); inspect it, then remove it by hand`);

@@ -16,7 +16,7 @@ import { readAttributes, single } from "../lib/element.ts";
 import { formatCpuList, parseCpuset, parseKernelCpuList } from "../lib/cpuset.ts";
 import { describeElement, type Domain } from "../lib/domain.ts";
 import { ConfigError, describeError, VmhookError } from "../lib/errors.ts";
-import { definePlugin, type BaseContext, type PluginContext, type UndoRecord } from "../lib/plugin.ts";
+import { defineAction, definePlugin, type BaseContext, type PlanContext, type Step, type UndoRecord } from "../lib/plugin.ts";
 import { parseYesNo } from "../lib/validate.ts";
 
 const PLUGIN_ID = "isolate";
@@ -307,7 +307,7 @@ function hostSetFor(ctx: BaseContext, claims: Claim[]): number[] {
 
 // ---- prepare: checks that change nothing, then one step per kind of setting --------
 
-async function prepare(ctx: PluginContext<IsolateConfig>): Promise<void> {
+function planPrepare(ctx: PlanContext<IsolateConfig>): Step<Claim>[] {
   const { config } = ctx;
   const online = onlineCpus(ctx);
   checkCpusExist(ctx, config.hostCpus ?? [], `${config.element} host-cpus`, online);
@@ -334,15 +334,14 @@ async function prepare(ctx: PluginContext<IsolateConfig>): Promise<void> {
     else actions.push("governor");
   }
 
-  for (const action of actions) {
+  return actions.map((action) => {
     const claim: Claim = { action, isolated, own, governor: action === "governor" ? config.governor! : null };
-    // Our claim is journaled before the action runs, so the journals already include it.
-    await ctx.step(SETTINGS[action].describe(claim), claim, () => retune(ctx, action, claimsOf(ctx, action)));
-  }
+    return { action, record: claim, description: SETTINGS[action].describe(claim) };
+  });
 }
 
 /** For required="no": a host that cannot do something gets a warning; otherwise the start fails. */
-function skipOrFail(ctx: PluginContext<IsolateConfig>, problem: string): void {
+function skipOrFail(ctx: PlanContext<IsolateConfig>, problem: string): void {
   if (ctx.config.required) throw new VmhookError(`CPU isolation: ${problem}; or set required="no" on ${ctx.config.element} to start without it`);
   ctx.log.warn(`isolate: ${problem}; skipped because of required="no"`);
 }
@@ -359,7 +358,7 @@ function checkCpusExist(ctx: BaseContext, cpus: number[], where: string, online:
   }
 }
 
-function checkOthers(ctx: PluginContext<IsolateConfig>, isolated: number[], own: number[], online: number[]): void {
+function checkOthers(ctx: PlanContext<IsolateConfig>, isolated: number[], own: number[], online: number[]): void {
   const others = otherVms(ctx);
   if (!ctx.config.allowOverlap) {
     for (const other of others) {
@@ -448,16 +447,34 @@ function formatHexMask(cpus: number[]): string {
     .join(",");
 }
 
+/** A claim from a journal: its CPU lists and governor become file contents and unit properties. */
+function checkClaim(record: UndoRecord): Claim {
+  const cpus = (value: unknown) => Array.isArray(value) && value.every((cpu) => Number.isSafeInteger(cpu) && (cpu as number) >= 0 && (cpu as number) < 8192);
+  const { action, isolated, own, governor } = record;
+  if (!(action in SETTINGS) || !cpus(isolated) || !cpus(own) || !(governor === null || (typeof governor === "string" && /^[a-z][a-z0-9_]{0,31}$/.test(governor)))) {
+    throw new VmhookError(`isolate: the journal holds a claim that is not one vmhook writes: ${JSON.stringify(record).slice(0, 160)}; restore the CPU settings by hand`);
+  }
+  return record as Claim;
+}
+
+/**
+ * Each kind of setting: apply recomputes it with every claim in the journals
+ * (this one is journaled before apply runs, so it is among them); undo
+ * recomputes it without this domain's claims. Idempotent by construction.
+ */
+const claimAction = (action: Action) =>
+  defineAction<Claim, IsolateConfig>({
+    check: checkClaim,
+    apply: (_claim, ctx) => retune(ctx, action, claimsOf(ctx, action)),
+    undo: (_claim, ctx) => retune(ctx, action, claimsOf(ctx, action, ctx.domain.uuid)),
+  });
+
 export default definePlugin<IsolateConfig>({
   name: PLUGIN_ID,
   summary: "keeps host processes, workqueues and IRQs off the VM's CPUs while it runs",
   usage: '<vmhook:isolate host-cpus="0-1" governor="performance" workqueues="yes|no" irqs="yes|no" required="yes|no" allow-overlap="yes|no"/>',
   shared: true,
   parse,
-  prepare,
-  undo(record, ctx) {
-    const action = record.action as Action;
-    if (!SETTINGS[action]) throw new VmhookError(`isolate: unknown undo record "${record.action}"`);
-    retune(ctx, action, claimsOf(ctx, action, ctx.domain.uuid));
-  },
+  plan: { prepare: planPrepare },
+  actions: Object.fromEntries((Object.keys(SETTINGS) as Action[]).map((action) => [action, claimAction(action)])),
 });

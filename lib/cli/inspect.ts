@@ -8,8 +8,9 @@ import { listJournals, newJournal, readJournal, type Journal } from "../journal.
 import { createLogger } from "../log.ts";
 import type { HookEvent } from "../plugin.ts";
 import { loadSettings } from "../settings.ts";
-import { runHandlers, type PlannedStep } from "../transaction.ts";
-import type { GlobalOptions } from "./index.ts";
+import { planEvent, type PlannedStep } from "../transaction.ts";
+import { registry } from "../../plugins/index.ts";
+import type { GlobalOptions } from "./options.ts";
 import { print, printJson, readDomainFile, sourceName } from "./output.ts";
 import { domainBusy } from "../lock.ts";
 import { domainRunning } from "./recover.ts";
@@ -25,7 +26,7 @@ const validate: CommandModule<GlobalOptions, DomainArgs> = {
   async handler(args) {
     const host = new RootedHost(args.root);
     const domain = parseDomain(readDomainFile(args.domain), sourceName(args.domain));
-    const instances = await loadDomainPlugins(domain, host);
+    const instances = await loadDomainPlugins(domain, host, registry);
     if (args.json) {
       printJson({ ok: true, domain: { name: domain.name, uuid: domain.uuid }, plugins: instances.map((i) => ({ id: i.id, config: i.config })) });
     } else if (instances.length === 0) {
@@ -52,18 +53,17 @@ const plan: CommandModule<GlobalOptions, PlanArgs> = {
   async handler(args) {
     const host = new RootedHost(args.root);
     const domain = parseDomain(readDomainFile(args.domain), sourceName(args.domain));
-    const instances = await loadDomainPlugins(domain, host);
+    const instances = await loadDomainPlugins(domain, host, registry);
     const event = args.event as (typeof PLANNABLE)[number];
     let steps: PlannedStep[];
     if (event === "release") {
       const journal = readJournal(host, domain.uuid);
-      steps = (journal?.entries ?? []).reverse().map((entry) => ({ plugin: entry.plugin, event: "release" as HookEvent, description: `undo: ${entry.description}`, undo: entry.undo }));
+      steps = (journal?.entries ?? []).reverse().map((entry) => ({ plugin: entry.plugin, event: "release" as HookEvent, action: entry.undo.action, description: `undo: ${entry.description}`, record: entry.undo }));
     } else {
-      steps = [];
       const log = createLogger(host, { domain: domain.name, event, echo: args.json ? "none" : "stderr", file: false });
       const settings = loadSettings(host);
       const journal = readJournal(host, domain.uuid) ?? newJournal(host, { name: domain.name, uuid: domain.uuid });
-      await runHandlers(event, instances, domain, journal, { host, log, settings, dryRun: { steps } }, new Deadline(host, settings.deadlineSeconds * 1000));
+      steps = await planEvent(event, instances, domain, journal, { host, log, settings, registry }, new Deadline(host, settings.deadlineSeconds * 1000));
     }
     if (args.json) {
       printJson({ domain: { name: domain.name, uuid: domain.uuid }, event, steps });

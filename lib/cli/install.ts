@@ -14,7 +14,7 @@ import { VmhookError } from "../errors.ts";
 import { RootedHost, type Host } from "../host.ts";
 import { listJournals } from "../journal.ts";
 import { paths } from "../paths.ts";
-import type { GlobalOptions } from "./index.ts";
+import type { GlobalOptions } from "./options.ts";
 import { print, printJson } from "./output.ts";
 
 /** Found in every vmhook binary: tells our hook from someone else's. */

@@ -12,7 +12,8 @@ import { createLogger } from "../log.ts";
 import { paths } from "../paths.ts";
 import { loadSettings } from "../settings.ts";
 import { undoJournal } from "../transaction.ts";
-import type { GlobalOptions } from "./index.ts";
+import { registry } from "../../plugins/index.ts";
+import type { GlobalOptions } from "./options.ts";
 import { print, printJson } from "./output.ts";
 
 /** libvirt keeps /run/libvirt/qemu/NAME.pid while the domain's QEMU runs. */
@@ -55,7 +56,7 @@ export const recoverCommand: CommandModule<GlobalOptions, RecoverArgs> = {
       const outcome = await ifDomainIdle(host, uuid, async () => {
         // Read again under the lock: the journal listed above may be gone or rewritten since.
         const current = readJournal(host, uuid);
-        return current ? undoJournal(current, { host, log, settings }, new Deadline(host, settings.undoDeadlineSeconds * 1000, "undoDeadlineSeconds")) : { undone: 0, failed: [] };
+        return current ? undoJournal(current, { host, log, settings, registry }, new Deadline(host, settings.undoDeadlineSeconds * 1000, "undoDeadlineSeconds")) : { undone: 0, failed: [] };
       });
       if (outcome.busy) {
         results.push({ domain: journal.domain, skipped: "hook-at-work" });

@@ -6,6 +6,7 @@
 import type { Element, Node } from "@xmldom/xmldom";
 import * as xpath from "xpath";
 import { loadDomainPlugins, type PluginInstance } from "../config.ts";
+import { registry } from "../../plugins/index.ts";
 import { formatCpuList, parseCpuset, parseKernelCpuList } from "../cpuset.ts";
 import { attributes, metadataChildren, parseDomain, parseXmlDocument, type Domain, type PciHostdev } from "../domain.ts";
 import { describeError } from "../errors.ts";
@@ -19,7 +20,8 @@ import { listInstalledPlugins } from "../custom-plugins.ts";
 import { isVmhookBinary } from "../cli/install.ts";
 import { domainRunning } from "../cli/recover.ts";
 import hugepages, { type PoolNeed } from "../../plugins/hugepages.ts";
-import { planVgpu, readMdevElement, vgpu, type VgpuDevice } from "../../plugins/mdev.ts";
+import { readMdevElement } from "../../plugins/mdev.ts";
+import vgpu, { planVgpu, type VgpuDevice } from "../../plugins/vgpu.ts";
 import { readIommuGroups, type IommuReport } from "./iommu.ts";
 
 export type Status = "ok" | "warn" | "fail";
@@ -141,7 +143,7 @@ function leftovers(host: Host): Finding[] {
     ...broken.map((item) => fail("leftovers", `unreadable journal ${item.file}: ${item.error}`, `inspect ${item.file}, undo what it lists by hand, then remove it`)),
     ...journals.flatMap((journal) => {
       const { name } = journal.domain;
-      const failed = journal.entries.filter((entry) => entry.state === "failed");
+      const failed = journal.entries.filter((entry) => entry.state === "undo-failed");
       if (failed.length > 0) {
         return [fail("leftovers", `${name}: ${failed.length} change(s) could not be undone (${failed[0]!.plugin}: ${failed[0]!.error})`, `fix the cause, then run vmhook recover ${name}`)];
       }
@@ -190,7 +192,7 @@ const PLUGIN_CHECKS: Record<string, (ctx: DomainCheckContext) => Finding[]> = {
 async function domainChecks(host: Host, domain: Domain, xml: string, iommu: IommuReport): Promise<Finding[]> {
   const findings: Finding[] = [];
   try {
-    const instances: PluginInstance[] = await loadDomainPlugins(domain, host);
+    const instances: PluginInstance[] = await loadDomainPlugins(domain, host, registry);
     findings.push(ok("config", instances.length > 0 ? `vmhook metadata is valid: ${instances.map((instance) => instance.id).join(", ")}` : "no vmhook metadata: the hook leaves this VM alone"));
   } catch (error) {
     findings.push(fail("config", describeError(error), "fix the metadata as the message says; vmhook validate FILE checks it again"));

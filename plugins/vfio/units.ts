@@ -1,7 +1,7 @@
 // systemd units the handover stops and starts again: the display manager in
 // single-GPU mode, helper services such as nvidia-persistenced.
 import { VmhookError } from "../../lib/errors.ts";
-import type { BaseContext, PluginContext, UndoRecord } from "../../lib/plugin.ts";
+import { defineAction, type BaseContext, type Step, type UndoRecord } from "../../lib/plugin.ts";
 import { PATTERNS } from "../../lib/validate.ts";
 
 /** A unit name from the journal: it becomes an argument of systemctl, so it must look like one (and not like an option). */
@@ -23,17 +23,35 @@ export function unitProcesses(ctx: BaseContext, unit: string): string[] {
   return (ctx.host.readTrimmed(`/sys/fs/cgroup${cgroup}/cgroup.procs`) ?? "").split("\n").filter(Boolean);
 }
 
-/** Stops a running unit, journaled so it is started again, and waits until its processes are gone. */
-export async function stopUnit(ctx: PluginContext<unknown>, unit: string, timeoutMs: number): Promise<void> {
-  await ctx.step(`stop ${unit}`, { action: "start-unit", unit }, () => {
-    ctx.run("systemctl", ["stop", unit], { timeoutMs });
-    ctx.waitFor(`the processes of ${unit} are gone`, () => unitProcesses(ctx, unit).length === 0, { timeoutMs });
-  });
+interface StopUnitRecord extends UndoRecord {
+  action: "stop-unit";
+  unit: string;
+  timeoutMs: number;
 }
 
-export function startUnit(ctx: BaseContext, record: UndoRecord): void {
-  const unit = checkedUnit(record.unit);
+/** A running unit to stop: started again at release. */
+export function stopUnitStep(unit: string, timeoutMs: number): Step<StopUnitRecord> {
+  return { action: "stop-unit", record: { action: "stop-unit", unit, timeoutMs }, description: `stop ${unit}` };
+}
+
+/** Stops the unit and waits until its processes are gone. */
+function stopUnit(record: StopUnitRecord, ctx: BaseContext): void {
+  ctx.run("systemctl", ["stop", record.unit], { timeoutMs: record.timeoutMs });
+  ctx.waitFor(`the processes of ${record.unit} are gone`, () => unitProcesses(ctx, record.unit).length === 0, { timeoutMs: record.timeoutMs });
+}
+
+function startUnit(record: StopUnitRecord, ctx: BaseContext): void {
+  const { unit } = record;
   if (unitActive(ctx, unit)) return;
   ctx.run("systemctl", ["start", unit], { timeoutMs: 60_000 });
   if (!unitActive(ctx, unit)) throw new VmhookError(`${unit} did not start again; see systemctl status ${unit}`);
 }
+
+/** vmhook 0.1 named the record by its undo (start-unit) and kept no timeout. */
+function checkStopUnit(record: UndoRecord): StopUnitRecord {
+  if (record.action !== "stop-unit" && record.action !== "start-unit") throw new VmhookError(`vfio: not a stop-unit record: ${record.action}`);
+  const timeoutMs = Number.isSafeInteger(record.timeoutMs) && (record.timeoutMs as number) > 0 ? (record.timeoutMs as number) : 20_000;
+  return { action: "stop-unit", unit: checkedUnit(record.unit), timeoutMs };
+}
+
+export const stopUnitAction = defineAction<StopUnitRecord>({ check: checkStopUnit, apply: stopUnit, undo: startUnit });

@@ -227,7 +227,7 @@ test("CLI plan lists the steps and changes nothing", () => {
     assert.is(text.code, 0, text.stderr);
     assert.is(text.stdout, "prepare of vm would take 1 step(s):\n  1. hugepages: grow the 2M pool by 512 pages\n");
     const json = JSON.parse(run(vmhook, ["plan", "--json", "-"], domain(), t.root).stdout);
-    assert.equal(json.steps[0].undo, { action: "grow-pool", sizeKiB: 2048, node: null, added: 0, returned: 0 });
+    assert.equal(json.steps[0].record, { action: "grow-pool", sizeKiB: 2048, node: null, pages: 512, added: 0, returned: 0 });
     assert.is(t.pool(), 0);
     assert.not.ok(fs.existsSync(t.journal));
   } finally {

@@ -208,7 +208,7 @@ for (const [plugin, record, message] of BAD_RECORDS) {
       assert.is(outcome.code, 0);
       assert.match(outcome.stderr, message);
       assert.equal(sim.execs.filter((exec) => exec.command !== "systemctl" || exec.args[0] !== "is-active"), []);
-      assert.is(readJournal(sim, UUID)!.entries[0]!.state, "failed");
+      assert.is(readJournal(sim, UUID)!.entries[0]!.state, "undo-failed");
     } finally {
       sim.cleanup();
     }

@@ -5,11 +5,12 @@ import * as fs from "node:fs";
 import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { loadDomainPlugins } from "../../lib/config.ts";
+import { registry } from "../../plugins/index.ts";
 import { parseDomain } from "../../lib/domain.ts";
 import { readJournal } from "../../lib/journal.ts";
 import { createLogger } from "../../lib/log.ts";
 import { paths } from "../../lib/paths.ts";
-import type { BaseContext } from "../../lib/plugin.ts";
+import type { BaseContext, UndoRecord } from "../../lib/plugin.ts";
 import hugepages, { type HugepagesConfig } from "../../plugins/hugepages.ts";
 import { GiB, HugepageKernel, MiB, type HugepageKernelOptions } from "../helpers/hugepage-kernel.ts";
 import { runHookEvent } from "../helpers/hook.ts";
@@ -39,7 +40,7 @@ const cells = (...cells: string[]) => `<cpu><numa>${cells.join("")}</numa></cpu>
 async function config(options: DomainOptions): Promise<HugepagesConfig> {
   const sim = new SimHost();
   try {
-    const [instance] = await loadDomainPlugins(parseDomain(domainXml(options)), sim);
+    const [instance] = await loadDomainPlugins(parseDomain(domainXml(options)), sim, registry);
     return instance!.config as HugepagesConfig;
   } finally {
     sim.cleanup();
@@ -159,7 +160,7 @@ test("prepare adds exactly this VM's pages on top of what the pool holds; releas
     assert.is(journal.phase, "running");
     assert.equal(
       journal.entries.map(({ plugin, event, state, undo }) => ({ plugin, event, state, undo })),
-      [{ plugin: "hugepages", event: "prepare", state: "applied", undo: { action: "grow-pool", sizeKiB: 2048, node: null, added: 512, returned: 0 } }],
+      [{ plugin: "hugepages", event: "prepare", state: "applied", undo: { action: "grow-pool", sizeKiB: 2048, node: null, pages: 512, added: 512, returned: 0 } }],
     );
     assert.match(journal.entries[0]!.description, "grow the 2M pool by 512 pages");
 
@@ -414,14 +415,20 @@ function undoContext(sim: SimHost): BaseContext {
   return { host: sim, log: createLogger(sim, { echo: "none", file: false }) } as unknown as BaseContext;
 }
 
+/** As the runner undoes a journal entry: the record is checked by its action first. */
+function undo(record: UndoRecord, ctx: BaseContext): void | Promise<void> {
+  const grow = hugepages.actions["grow-pool"]!;
+  return grow.undo(grow.check(record), ctx);
+}
+
 test("undo is idempotent: the record says what was given back", async () => {
   const { sim, kernel } = host({ initial: { 2048: 600 } });
   try {
     const record = { action: "grow-pool", sizeKiB: 2048, node: null, added: 512, returned: 0 };
-    await hugepages.undo(record, undoContext(sim));
+    await undo(record, undoContext(sim));
     assert.is(kernel.pool(2048), 88);
     assert.is(record.returned, 512);
-    await hugepages.undo(record, undoContext(sim));
+    await undo(record, undoContext(sim));
     assert.is(kernel.pool(2048), 88);
   } finally {
     sim.cleanup();
@@ -436,7 +443,7 @@ test("undo refuses a record it cannot trust", async () => {
       { action: "grow-pool", sizeKiB: 2048, node: -1, added: 1, returned: 0 },
       { action: "shrink-pool", sizeKiB: 2048, node: null, added: 1, returned: 0 },
     ]) {
-      assert.throws(() => hugepages.undo(record, undoContext(sim)), /cannot undo journal record/);
+      assert.throws(() => undo(record, undoContext(sim)), /cannot undo journal record/);
     }
     assert.equal(sim.writes, []);
   } finally {

@@ -57,7 +57,7 @@ test("defect 3: releasing VM A while VM B's journal cannot be read changes no CP
       assert.match(released.stderr, `journal ${paths.journal(UUID_B)} cannot be read`);
       assert.match(released.stderr, "vmhook cannot tell what the other VMs hold, so it changes no shared resource");
       assert.equal(units, NARROWED_BY_BOTH, "B still runs: its CPUs stay isolated");
-      assert.is(readJournal(sim, UUID_A)!.entries[0]!.state, "failed");
+      assert.is(readJournal(sim, UUID_A)!.entries[0]!.state, "undo-failed");
 
       const another = isolated("vmC", "3c3c3c3c-0000-4000-8000-00000000003c", ["6"]);
       const refused = await runHookEvent(sim, "prepare", "begin", another, "vmC");
