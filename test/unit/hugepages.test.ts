@@ -15,6 +15,7 @@ import hugepages, { type HugepagesConfig } from "../../plugins/hugepages.ts";
 import { GiB, HugepageKernel, MiB, type HugepageKernelOptions } from "../helpers/hugepage-kernel.ts";
 import { runHookEvent } from "../helpers/hook.ts";
 import { SimHost } from "../helpers/simhost.ts";
+import { assertPlanIsPrepare } from "../helpers/plan.ts";
 
 const UUID_A = "0a0a0a0a-0000-4000-8000-00000000000a";
 const UUID_B = "0b0b0b0b-0000-4000-8000-00000000000b";
@@ -446,6 +447,16 @@ test("undo refuses a record it cannot trust", async () => {
       assert.throws(() => undo(record, undoContext(sim)), /cannot undo journal record/);
     }
     assert.equal(sim.writes, []);
+  } finally {
+    sim.cleanup();
+  }
+});
+
+test("vmhook plan lists exactly the steps prepare runs", async () => {
+  const { sim } = host({ nodes: 2 });
+  const xml = domainXml({ memory: "<memory unit='GiB'>2</memory>", extra: `<memoryBacking><hugepages/></memoryBacking>${cells("<cell id='0' cpus='0' memory='1' unit='GiB'/>", "<cell id='1' cpus='1' memory='1' unit='GiB'/>")}<numatune><memnode cellid='0' nodeset='0'/><memnode cellid='1' nodeset='1'/></numatune>` });
+  try {
+    assert.equal(await assertPlanIsPrepare(sim, xml), ["hugepages: grow the 2M pool of node 0 by 512 pages", "hugepages: grow the 2M pool of node 1 by 512 pages"]);
   } finally {
     sim.cleanup();
   }

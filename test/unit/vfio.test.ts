@@ -14,6 +14,7 @@ import { undoJournal } from "../../lib/transaction.ts";
 import { registry } from "../../plugins/index.ts";
 import { GpuKernel } from "../helpers/gpu-kernel.ts";
 import { runHookEvent } from "../helpers/hook.ts";
+import { assertPlanIsPrepare } from "../helpers/plan.ts";
 
 const UUID = "0b5c64e3-55a1-4b84-9d2b-4e0a3e7d2f10";
 const GPU = "0000:01:00.0";
@@ -476,6 +477,24 @@ test("bad host settings name the key in /etc/vmhook/vmhook.json", async () => {
   const result = await runHookEvent(kernel.sim, "prepare", "begin", domainXml("<vmhook:vfio/>"));
   assert.is(result.code, 1);
   assert.match(firstLine(result.stderr), "plugins.vfio.displayManagerUnits must be a list");
+});
+
+test("vmhook plan lists exactly the steps prepare runs (NVIDIA single GPU: every kind of step)", async () => {
+  const kernel = nvidiaDesktop();
+  assert.equal(await assertPlanIsPrepare(kernel.sim, domainXml("<vmhook:vfio/>"), "win11"), [
+    "vfio: stop display-manager.service",
+    "vfio: stop nvidia-persistenced.service",
+    "vfio: wait until nothing holds the GPU",
+    "vfio: unbind console vtcon1 ((M) frame buffer device)",
+    "vfio: unbind efi-framebuffer.0 from efi-framebuffer",
+    "vfio: unload module nvidia_drm",
+    "vfio: unload module nvidia_modeset",
+    "vfio: unload module nvidia_uvm",
+    "vfio: unload module nvidia",
+    "vfio: load module vfio-pci",
+    `vfio: bind ${GPU} to vfio-pci (from nvidia)`,
+    `vfio: bind ${AUDIO} to vfio-pci (from snd_hda_intel)`,
+  ]);
 });
 
 test.run();
