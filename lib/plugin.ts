@@ -18,6 +18,7 @@ import type { Deadline, WaitOptions } from "./deadline.ts";
 import type { Domain } from "./domain.ts";
 import type { ExecResult, Host } from "./host.ts";
 import type { Journal } from "./journal.ts";
+import type { Finding } from "./diagnostics/findings.ts";
 import type { Logger } from "./log.ts";
 
 export type { Json, UndoRecord } from "./records.ts";
@@ -97,12 +98,11 @@ export interface Action<Record extends UndoRecord, Config> {
   undo(record: Record, ctx: BaseContext): void | Promise<void>;
 }
 
-/** A doctor finding, as lib/diagnostics prints them. */
-export interface Finding {
-  check: string;
-  status: "ok" | "warn" | "fail";
-  message: string;
-  fix?: string;
+/** What `vmhook doctor` asks a plugin about one domain: its elements, as written (they may not parse). */
+export interface CheckContext {
+  host: Host;
+  domain: Domain;
+  elements: Element[];
 }
 
 export type Planner<Config> = (ctx: PlanContext<Config>) => Step[] | Promise<Step[]>;
@@ -126,8 +126,8 @@ export interface Plugin<Config = unknown> {
   plan: Partial<Record<PlannedEvent, Planner<Config>>>;
   /** Every kind of step this plugin makes, by record.action. */
   actions: Record<string, Action<any, Config>>;
-  /** `vmhook doctor`: what this host lacks for the plugin, without a domain. */
-  check?(ctx: { host: Host; settings: Record<string, unknown> }): Finding[] | Promise<Finding[]>;
+  /** `vmhook doctor`: whether this host has what the domain's elements ask for. Reads only; a config error is reported by doctor itself. */
+  check?(ctx: CheckContext): Finding[];
 }
 
 /** Identity helper that gives a plugin object its types. */

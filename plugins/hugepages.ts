@@ -16,8 +16,9 @@ import { parseCpuset } from "../lib/cpuset.ts";
 import { describeElement, type Domain } from "../lib/domain.ts";
 import { ConfigError, VmhookError } from "../lib/errors.ts";
 import type { Host } from "../lib/host.ts";
-import { hugepagePool, hugepageSizes, meminfo, NODE_DIR, nodeDir } from "../lib/memory.ts";
-import { defineAction, definePlugin, type ApplyContext, type BaseContext, type PlanContext, type Step, type UndoRecord } from "../lib/plugin.ts";
+import { fail, ok, roundMiB, warn, type Finding } from "../lib/diagnostics/findings.ts";
+import { HUGEPAGE_DIR, hostNodes, hugepagePool, hugepageSizes, meminfo, NODE_DIR, nodeDir } from "../lib/memory.ts";
+import { defineAction, definePlugin, type ApplyContext, type BaseContext, type CheckContext, type PlanContext, type Step, type UndoRecord } from "../lib/plugin.ts";
 import { formatKiB, parseInteger, parseSizeWithSuffix } from "../lib/validate.ts";
 
 /** Pages of one size to add to one pool: a host NUMA node's, or the global one. */
@@ -321,6 +322,40 @@ function reconnect(ctx: PlanContext<HugepagesConfig>): Step[] {
   return [];
 }
 
+/** `vmhook doctor`: whether each pool can grow by this VM's pages now. */
+function check({ host, domain, elements }: CheckContext): Finding[] {
+  // The plugin's own reading: pools and counts per guest cell, size and host node as prepare derives them.
+  let pools: PoolNeed[];
+  try {
+    pools = parseConfig(elements, domain).pools;
+  } catch {
+    return []; // reported by the config check
+  }
+  return pools.map(({ sizeKiB, node, pages }) => {
+    const check = node === undefined ? "hugepages" : `hugepages node ${node}`;
+    const size = formatKiB(sizeKiB);
+    const pool = hugepagePool(sizeKiB, node);
+    if (node !== undefined && !host.exists(nodeDir(node))) {
+      return fail(check, `host NUMA node ${node} does not exist (nodes: ${hostNodes(host).join(", ") || "none"})`, "fix node= on <vmhook:hugepages> or the nodeset in <numatune>");
+    }
+    if (!host.exists(pool)) {
+      return fail(check, `the kernel has no pool of ${size} pages (${pool})`, sizeKiB === 1024 * 1024 ? 'use size="2M": 1G pages need a CPU with pdpe1gb' : `use one of the sizes in ${HUGEPAGE_DIR}`);
+    }
+    const needKiB = pages * sizeKiB;
+    const where = node === undefined ? "on the host" : `on node ${node}`;
+    const info = meminfo(host, node);
+    const free = info.MemFree ?? 0;
+    const reclaimable = node === undefined ? (info.MemAvailable ?? free) : free + (info.FilePages ?? 0);
+    const wanted = `${pages} × ${size} pages (${formatKiB(needKiB)})`;
+    if (free >= needKiB) return ok(check, `${wanted} fit in the free memory ${where} (${formatKiB(roundMiB(free))})`);
+    const bootFix = `reserve them at boot instead: hugepagesz=${size} hugepages=${node === undefined ? "" : `${node}:`}${pages} on the kernel command line`;
+    if (reclaimable >= needKiB) {
+      return warn(check, `${wanted} need more than the free memory ${where} (${formatKiB(roundMiB(free))}): the page cache must be dropped first, and fragmented memory may still fall short`, `start the VM early, or ${bootFix}`);
+    }
+    return fail(check, `${wanted} cannot fit: only ${formatKiB(roundMiB(reclaimable))} can be freed ${where}`, `give the VM less <memory>, stop other VMs, or ${bootFix}`);
+  });
+}
+
 export default definePlugin<HugepagesConfig>({
   name: "hugepages",
   summary: "reserves the huge pages a VM's memory needs while it runs",
@@ -328,6 +363,7 @@ export default definePlugin<HugepagesConfig>({
   shared: true,
   parse: parseConfig,
   plan: { prepare: planPrepare, reconnect },
+  check,
   actions: {
     "grow-pool": defineAction<GrowRecord, HugepagesConfig>({ check: checkRecord, apply: (record, ctx) => grow(ctx, record), undo }),
   },

@@ -14,9 +14,10 @@
 import type { Element } from "@xmldom/xmldom";
 import { readAttributes, single } from "../lib/element.ts";
 import { formatCpuList, parseCpuset, parseKernelCpuList } from "../lib/cpuset.ts";
-import { describeElement, type Domain } from "../lib/domain.ts";
+import { attributes, describeElement, type Domain } from "../lib/domain.ts";
 import { ConfigError, describeError, VmhookError } from "../lib/errors.ts";
-import { defineAction, definePlugin, type BaseContext, type PlanContext, type Step, type UndoRecord } from "../lib/plugin.ts";
+import { defineAction, definePlugin, type BaseContext, type CheckContext, type PlanContext, type Step, type UndoRecord } from "../lib/plugin.ts";
+import { fail, ok, type Finding } from "../lib/diagnostics/findings.ts";
 import { parseYesNo } from "../lib/validate.ts";
 
 const PLUGIN_ID = "isolate";
@@ -447,6 +448,26 @@ function formatHexMask(cpus: number[]): string {
     .join(",");
 }
 
+/** `vmhook doctor`: the VM's CPUs are online and the host keeps at least one. */
+function check({ host, domain, elements }: CheckContext): Finding[] {
+  const online = parseKernelCpuList(host.readTrimmed("/sys/devices/system/cpu/online") ?? "");
+  const pinned = [...new Set([...domain.cputune.vcpupins.flat(), ...(domain.cputune.emulatorpin ?? []), ...domain.cputune.iothreadpins.flat()])].sort((a, b) => a - b);
+  let hostCpus: number[] | undefined;
+  try {
+    const value = attributes(elements[0]!)["host-cpus"];
+    hostCpus = value !== undefined ? parseCpuset(value, "<vmhook:isolate>", "host-cpus") : undefined;
+  } catch {
+    return []; // reported by the config check
+  }
+  const offline = [...new Set([...pinned, ...(hostCpus ?? [])])].filter((cpu) => !online.includes(cpu));
+  if (offline.length > 0) {
+    return [fail("isolate", `CPU ${formatCpuList(offline)} is pinned or named in host-cpus but not online (online: ${formatCpuList(online)})`, "use online CPUs only (cat /sys/devices/system/cpu/online)")];
+  }
+  const kept = hostCpus ?? online.filter((cpu) => !pinned.includes(cpu));
+  if (kept.length === 0) return [fail("isolate", `no CPU would be left for the host (online: ${formatCpuList(online)})`, "leave at least one CPU out of the VM's pinning, or set host-cpus")];
+  return [ok("isolate", `VM CPUs ${formatCpuList(pinned) || "(none pinned)"} are online; the host keeps ${formatCpuList(kept)}`)];
+}
+
 /** A claim from a journal: its CPU lists and governor become file contents and unit properties. */
 function checkClaim(record: UndoRecord): Claim {
   const cpus = (value: unknown) => Array.isArray(value) && value.every((cpu) => Number.isSafeInteger(cpu) && (cpu as number) >= 0 && (cpu as number) < 8192);
@@ -476,5 +497,6 @@ export default definePlugin<IsolateConfig>({
   shared: true,
   parse,
   plan: { prepare: planPrepare },
+  check,
   actions: Object.fromEntries((Object.keys(SETTINGS) as Action[]).map((action) => [action, claimAction(action)])),
 });

@@ -8,10 +8,11 @@
 // Sysfs layout: Documentation/ABI/testing/sysfs-bus-vfio-mdev.
 import type { Element } from "@xmldom/xmldom";
 import { readAttributes } from "../lib/element.ts";
-import { describeElement, type Domain } from "../lib/domain.ts";
+import { attributes, describeElement, type Domain } from "../lib/domain.ts";
+import { fail, ok, type Finding } from "../lib/diagnostics/findings.ts";
 import { ConfigError, describeError, VmhookError } from "../lib/errors.ts";
 import type { Host } from "../lib/host.ts";
-import { defineAction, definePlugin, type BaseContext, type PlanContext, type Step, type UndoRecord } from "../lib/plugin.ts";
+import { defineAction, definePlugin, type BaseContext, type CheckContext, type PlanContext, type Step, type UndoRecord } from "../lib/plugin.ts";
 import { checkPattern, parsePciAddress, parseUuid, PATTERNS } from "../lib/validate.ts";
 
 // ---- mdev: sysfs -------------------------------------------------------------
@@ -254,6 +255,38 @@ function planPrepare(ctx: PlanContext<MdevDevice[]>): Step<CreateRecord>[] {
     }));
 }
 
+/** `vmhook doctor`: a parent offers each element's type with an instance free, or the mdev exists. */
+function check({ host, domain, elements }: CheckContext): Finding[] {
+  const gvtFix = "for Intel GVT-g boot with i915.enable_gvt=1 and load kvmgt; for NVIDIA vGPU install the vGPU host driver";
+  return elements.map((element) => {
+    // The plugin's own reading: every value is checked before it becomes part of a path.
+    let device: ReturnType<typeof readMdevElement>;
+    try {
+      device = readMdevElement(element);
+    } catch (error) {
+      return fail(`mdev ${attributes(element).type ?? "?"}`, describeError(error), "fix the element as the message says");
+    }
+    const { type, parent, uuid } = device;
+    const check = `mdev ${type}`;
+    const parents = parent ? [parent] : host.list(MDEV_BUS).filter((candidate) => host.exists(`${MDEV_BUS}/${candidate}/mdev_supported_types/${type}`));
+    if (parents.length === 0) {
+      const offered = host.list(MDEV_BUS).flatMap((candidate) => host.list(`${MDEV_BUS}/${candidate}/mdev_supported_types`));
+      return fail(check, `no device offers mdev type ${type}${offered.length > 0 ? ` (offered: ${offered.join(", ")})` : ": no device offers mediated devices at all"}`, offered.length > 0 ? "use one of the offered types" : gvtFix);
+    }
+    const at = parents[0]!;
+    if (!host.exists(`${MDEV_BUS}/${at}`)) return fail(check, `${at} offers no mediated devices (not in ${MDEV_BUS})`, gvtFix);
+    const types = `${MDEV_BUS}/${at}/mdev_supported_types`;
+    if (!host.exists(`${types}/${type}`)) return fail(check, `${at} does not offer ${type}; it offers ${host.list(types).join(", ") || "nothing"}`, "use one of the types it offers");
+    const uuids = [uuid, ...domain.hostdevs.flatMap((hostdev) => (hostdev.type === "mdev" ? [hostdev.uuid] : []))].filter(Boolean) as string[];
+    const existing = uuids.find((candidate) => host.exists(`/sys/bus/mdev/devices/${candidate}`));
+    if (existing) return ok(check, `mdev ${existing} already exists on ${at}`);
+    const available = Number(host.readTrimmed(`${types}/${type}/available_instances`) ?? 0);
+    return available > 0
+      ? ok(check, `${at} offers ${type}: ${available} instance(s) available`)
+      : fail(check, `${at} has no ${type} instance left (available_instances is 0)`, "stop the VMs using them, or choose a smaller type");
+  });
+}
+
 // ---- mdev: the plugin ---------------------------------------------------------
 
 export default definePlugin<MdevDevice[]>({
@@ -271,6 +304,7 @@ export default definePlugin<MdevDevice[]>({
   },
 
   plan: { prepare: planPrepare },
+  check,
   actions: {
     "create-mdev": createMdevAction,
     // vmhook 0.1 journals: the record named by its undo, and a create that failed (nothing to undo).

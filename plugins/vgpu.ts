@@ -13,7 +13,8 @@ import { readAttributes } from "../lib/element.ts";
 import { ConfigError, describeError, VmhookError } from "../lib/errors.ts";
 import type { Host } from "../lib/host.ts";
 import { pciPath } from "../lib/pci.ts";
-import { defineAction, definePlugin, type BaseContext, type PlanContext, type Step, type UndoRecord } from "../lib/plugin.ts";
+import { defineAction, definePlugin, type BaseContext, type CheckContext, type PlanContext, type Step, type UndoRecord } from "../lib/plugin.ts";
+import { fail, ok, type Finding } from "../lib/diagnostics/findings.ts";
 import { checkPattern, parsePciAddress, PATTERNS } from "../lib/validate.ts";
 
 
@@ -98,6 +99,15 @@ export function planVgpu(host: Host, device: VgpuDevice): VgpuPlan {
   return { ...device, id: wanted.id, name: wanted.name, create: true };
 }
 
+function parse(elements: Element[], domain: Domain): VgpuDevice[] {
+  const devices = elements.map((element) => parseVgpuElement(element, domain, elements.length));
+  devices.forEach((device, index) => {
+    const first = devices.findIndex((other) => other.vf === device.vf);
+    if (first !== index) throw new ConfigError(device.element, `configures VF ${device.vf} again (first in ${devices[first]!.element}); a VF carries one vGPU`);
+  });
+  return devices;
+}
+
 interface SetRecord extends UndoRecord {
   action: "set-vgpu";
   vf: string;
@@ -151,21 +161,33 @@ function checkSetRecord(record: UndoRecord): SetRecord {
 
 const setVgpuAction = defineAction<SetRecord, VgpuDevice[]>({ check: checkSetRecord, apply: setVgpu, undo: clearVgpu });
 
+/** `vmhook doctor`: each VF can carry its vGPU type now (or carries it already). */
+function check({ host, domain, elements }: CheckContext): Finding[] {
+  let devices: VgpuDevice[];
+  try {
+    devices = parse(elements, domain);
+  } catch {
+    return []; // reported by the config check
+  }
+  return devices.map((device) => {
+    const check = `vgpu ${device.vf}`;
+    try {
+      const plan = planVgpu(host, device);
+      return ok(check, plan.create ? `${device.vf} can carry vGPU type ${plan.id} (${plan.name})` : `${device.vf} carries vGPU type ${plan.id} already; vmhook uses it and leaves it at release`);
+    } catch (error) {
+      return fail(check, describeError(error), "fix the element or the host as the message says");
+    }
+  });
+}
+
 export default definePlugin<VgpuDevice[]>({
   name: "vgpu",
   summary: "sets an NVIDIA vGPU type (vGPU 17+, SR-IOV) on the domain's virtual functions at prepare, clears it at release",
   usage: '<vmhook:vgpu vf="PCI-ADDRESS" type="ID|NAME"/>  (one per VF)',
 
-  parse(elements, domain) {
-    const devices = elements.map((element) => parseVgpuElement(element, domain, elements.length));
-    devices.forEach((device, index) => {
-      const first = devices.findIndex((other) => other.vf === device.vf);
-      if (first !== index) throw new ConfigError(device.element, `configures VF ${device.vf} again (first in ${devices[first]!.element}); a VF carries one vGPU`);
-    });
-    return devices;
-  },
-
+  parse,
   plan: { prepare: planPrepare },
+  check,
   actions: {
     "set-vgpu": setVgpuAction,
     "clear-vgpu": setVgpuAction, // vmhook 0.1 named the record by its undo
