@@ -11,7 +11,7 @@ type Loader = () => Promise<Plugin<any>>;
 /** In this order in `vmhook plugins`; a domain's plugins run in its metadata's order. */
 const BUILTIN: Record<string, Loader> = {
   hugepages: async () => (await import("./hugepages.ts")).default,
-  isolate: async () => (await import("./isolate.ts")).default,
+  isolate: async () => (await import("./isolate/index.ts")).default,
   mdev: async () => (await import("./mdev.ts")).default,
   vgpu: async () => (await import("./vgpu.ts")).default,
   vfio: async () => (await import("./vfio/index.ts")).default,
