@@ -4,7 +4,6 @@
 import * as fs from "node:fs";
 import { test } from "uvu";
 import * as assert from "uvu/assert";
-import { runCli } from "../../lib/cli/index.ts";
 import { Deadline } from "../../lib/deadline.ts";
 import { newJournal, readJournal, writeJournal } from "../../lib/journal.ts";
 import { withDomainLock } from "../../lib/lock.ts";
@@ -13,6 +12,7 @@ import type { UndoRecord } from "../../lib/plugin.ts";
 import { runHookEvent, type HookOutcome } from "../helpers/hook.ts";
 import { HugepageKernel } from "../helpers/hugepage-kernel.ts";
 import { SimHost } from "../helpers/simhost.ts";
+import { cli } from "../helpers/cli.ts";
 
 const UUID = "f1f1f1f1-0000-4000-8000-0000000000f1";
 const POOL = "/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages";
@@ -41,18 +41,6 @@ async function settled(outcome: Promise<HookOutcome>, seconds = 10): Promise<Hoo
     return await Promise.race([outcome, never]);
   } finally {
     clearTimeout(timer);
-  }
-}
-
-async function cli(args: string[]): Promise<{ code: number; stdout: string }> {
-  const chunks: string[] = [];
-  const [out, err] = [process.stdout.write, process.stderr.write];
-  process.stdout.write = ((chunk: string) => chunks.push(String(chunk)) > 0) as typeof process.stdout.write;
-  process.stderr.write = (() => true) as typeof process.stderr.write;
-  try {
-    return { code: await runCli(args), stdout: chunks.join("") };
-  } finally {
-    [process.stdout.write, process.stderr.write] = [out, err];
   }
 }
 

@@ -6,7 +6,6 @@
 import * as fs from "node:fs";
 import { test } from "uvu";
 import * as assert from "uvu/assert";
-import { runCli } from "../../lib/cli/index.ts";
 import { Deadline } from "../../lib/deadline.ts";
 import { RootedHost } from "../../lib/host.ts";
 import { withDomainLock } from "../../lib/lock.ts";
@@ -18,6 +17,7 @@ import { PATTERNS } from "../../lib/validate.ts";
 import { runHookEvent } from "../helpers/hook.ts";
 import { HugepageKernel } from "../helpers/hugepage-kernel.ts";
 import { SimHost } from "../helpers/simhost.ts";
+import { cli } from "../helpers/cli.ts";
 
 const UUID = "e1e1e1e1-0000-4000-8000-0000000000e1";
 const XML = `<domain type='kvm'><name>vm</name><uuid>${UUID}</uuid><memory unit='GiB'>1</memory>
@@ -37,19 +37,6 @@ function installSlowPlugin(sim: SimHost): void {
   fs.chmodSync(sim.resolve(paths.pluginsDir), 0o755);
   const plugin = "export default { name: 'slow', summary: 'slow undo', parse: () => ({}), undo(record, ctx) { ctx.host.sleep(500); ctx.deadline.check('undoing slowly'); } };\n";
   fs.writeFileSync(sim.resolve(`${paths.pluginsDir}/slow.mjs`), plugin, { mode: 0o644 });
-}
-
-/** Runs the CLI in-process, returning its exit code and stdout. */
-async function cli(args: string[]): Promise<{ code: number; stdout: string }> {
-  const chunks: string[] = [];
-  const [out, err] = [process.stdout.write, process.stderr.write];
-  process.stdout.write = ((chunk: string) => chunks.push(String(chunk)) > 0) as typeof process.stdout.write;
-  process.stderr.write = (() => true) as typeof process.stderr.write;
-  try {
-    return { code: await runCli(args), stdout: chunks.join("") };
-  } finally {
-    [process.stdout.write, process.stderr.write] = [out, err];
-  }
 }
 
 test("prepare: undoing a leftover journal counts against the work deadline (the watchdog allows one work and one undo budget)", async () => {
