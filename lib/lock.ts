@@ -45,18 +45,41 @@ async function acquire(host: Host, file: string, deadline: Deadline | undefined)
     host.sleep(Math.min(interval, deadline.remainingMs()));
     interval = Math.min(interval * 2, 100);
   }
+  // The holder before us may have removed the file (a domain lock goes with
+  // its journal): a lock on a removed file guards nothing, so start over.
+  if (!samePath(host, file, fd)) {
+    fs.closeSync(fd);
+    return acquire(host, file, deadline);
+  }
   return fd;
 }
 
-async function withLock<T>(host: Host, file: string, deadline: Deadline, busy: string, work: () => Promise<T>): Promise<T> {
+function samePath(host: Host, file: string, fd: number): boolean {
+  try {
+    return fs.lstatSync(host.resolve(file)).ino === fs.fstatSync(fd).ino;
+  } catch {
+    return false;
+  }
+}
+
+async function withLock<T>(host: Host, file: string, deadline: Deadline, busy: string, work: () => Promise<T>, removeAfter = () => false): Promise<T> {
   const fd = await acquire(host, file, deadline);
   if (fd === undefined) throw new VmhookError(busy);
+  return release(host, file, fd, work, removeAfter);
+}
+
+/** Runs `work` holding the lock on `fd`; removes the lock file first when `removeAfter` says so (still holding it). */
+async function release<T>(host: Host, file: string, fd: number, work: () => Promise<T>, removeAfter: () => boolean): Promise<T> {
   try {
     return await work();
   } finally {
+    if (removeAfter()) fs.rmSync(host.resolve(file), { force: true });
     fs.closeSync(fd); // closing the descriptor releases the flock
   }
 }
+
+/** A domain's lock file goes when its journal has gone: /run/vmhook keeps nothing for a domain that holds nothing. */
+const holdsNothing = (host: Host, uuid: string) => () => !fs.existsSync(host.resolve(paths.journal(uuid)));
 
 /** Runs `work` while holding the host-wide lock. Not re-entrant: the runner takes it, plugins never do. */
 export function withHostLock<T>(host: Host, deadline: Deadline, work: () => Promise<T>): Promise<T> {
@@ -65,18 +88,15 @@ export function withHostLock<T>(host: Host, deadline: Deadline, work: () => Prom
 
 /** Runs `work` while holding the domain's lock: no other hook run or recover of this domain runs meanwhile. */
 export function withDomainLock<T>(host: Host, uuid: string, deadline: Deadline, work: () => Promise<T>): Promise<T> {
-  return withLock(host, paths.domainLock(uuid), deadline, `another vmhook run of this domain (a hook or vmhook recover) held ${paths.domainLock(uuid)} until the deadline; see vmhook status`, work);
+  const busy = `another vmhook run of this domain (a hook or vmhook recover) held ${paths.domainLock(uuid)} until the deadline; see vmhook status`;
+  return withLock(host, paths.domainLock(uuid), deadline, busy, work, holdsNothing(host, uuid));
 }
 
 /** `work` under the domain's lock if nobody holds it now; `busy` when a hook of the domain is at work. */
 export async function ifDomainIdle<T>(host: Host, uuid: string, work: () => Promise<T>): Promise<{ busy: true } | { busy: false; value: T }> {
   const fd = await acquire(host, paths.domainLock(uuid), undefined);
   if (fd === undefined) return { busy: true };
-  try {
-    return { busy: false, value: await work() };
-  } finally {
-    fs.closeSync(fd);
-  }
+  return { busy: false, value: await release(host, paths.domainLock(uuid), fd, work, holdsNothing(host, uuid)) };
 }
 
 /** Whether a hook run or recover of the domain holds its lock right now (for vmhook status). */
