@@ -430,4 +430,19 @@ test("defect 3, hook mode: releasing one of two isolating VMs while the other's 
   }
 });
 
+test("defect 1, hook mode: work that can never finish (a plugin module whose top-level await never settles) ends prepare with exit 1, not 0", () => {
+  const t = tree();
+  try {
+    fs.mkdirSync(path.join(t.root, "etc/vmhook/plugins.d"), { recursive: true });
+    fs.writeFileSync(path.join(t.root, "etc/vmhook/plugins.d/stuck.mjs"), "await new Promise(() => {});\nexport default {};\n", { mode: 0o644 });
+    const result = run(t.link("hooks/qemu"), ["vm", "prepare", "begin", "-"], domain('<vmhook:plugin name="stuck"/>'), t.root);
+    assert.is(result.code, 1, result.stderr);
+    assert.is(result.stdout, "");
+    assert.is(firstLine(result.stderr), "vmhook: prepare begin of vm ended with its work unfinished (a promise that never settles); the journal is kept for release or vmhook recover");
+    assert.is(t.pool(), 0);
+  } finally {
+    t.cleanup();
+  }
+});
+
 test.run();
