@@ -445,4 +445,47 @@ test("defect 1, hook mode: work that can never finish (a plugin module whose top
   }
 });
 
+test("defect 4, hook mode: VM A released while VM B keeps nvidia unloaded: A's card waits in the claims ledger, A's journal goes; an unreadable ledger stops a handover", () => {
+  const t = tree();
+  try {
+    const at = (name: string) => path.join(t.root, name);
+    const card = "0000:01:00.0";
+    const uuidB = "d0d0d0d0-0000-4000-8000-0000000000d2";
+    // sysfs as plain files: A's card on vfio-pci (group 1); nvidia not registered (B's prepare unloaded it).
+    for (const [file, content] of [["class", "0x030000"], ["vendor", "0x10de"], ["device", "0x2684"], ["boot_vga", "0"], ["driver_override", "vfio-pci"]]) {
+      fs.mkdirSync(at(`sys/bus/pci/devices/${card}`), { recursive: true });
+      fs.writeFileSync(at(`sys/bus/pci/devices/${card}/${file}`), `${content}\n`);
+    }
+    fs.mkdirSync(at("sys/bus/pci/drivers/vfio-pci"), { recursive: true });
+    fs.writeFileSync(at("sys/bus/pci/drivers/vfio-pci/unbind"), "");
+    fs.writeFileSync(at("sys/bus/pci/drivers_probe"), "");
+    fs.symlinkSync("../../../bus/pci/drivers/vfio-pci", at(`sys/bus/pci/devices/${card}/driver`));
+    fs.mkdirSync(at("sys/kernel/iommu_groups/1/devices"), { recursive: true });
+    fs.symlinkSync("../../../kernel/iommu_groups/1", at(`sys/bus/pci/devices/${card}/iommu_group`));
+    fs.symlinkSync(`../../../../bus/pci/devices/${card}`, at(`sys/kernel/iommu_groups/1/devices/${card}`));
+    fs.mkdirSync(at("run/vmhook"), { recursive: true, mode: 0o700 });
+    const bind = { action: "bind-vfio", address: card, group: "1", driver: "nvidia", override: null, moduleReloaded: false, bindTimeoutMs: 1000 };
+    const journal = { version: 1, domain: { name: "vm", uuid: UUID }, phase: "running", pid: 1, createdAt: "", updatedAt: "", entries: [{ plugin: "vfio", event: "prepare", description: `bind ${card} to vfio-pci (from nvidia)`, undo: bind, state: "applied", at: "" }] };
+    fs.writeFileSync(t.journal, JSON.stringify(journal));
+    const claims = at("run/vmhook/claims.json");
+    fs.writeFileSync(claims, JSON.stringify({ version: 1, claims: { "module:nvidia": { holders: [uuidB], original: { drivers: ["nvidia"] }, waiting: [] } } }));
+    const qemu = t.link("hooks/qemu");
+    const vfio = domain('<vmhook:vfio devices="0000:01:00.0"/>');
+
+    const released = run(qemu, ["vm", "release", "end", "-"], vfio, t.root);
+    assert.equal(released, { code: 0, stdout: "", stderr: "" });
+    assert.not.ok(fs.existsSync(t.journal), "nothing stale is kept in A's journal");
+    assert.equal(JSON.parse(fs.readFileSync(claims, "utf8")).claims["module:nvidia"], { holders: [uuidB], original: { drivers: ["nvidia"] }, waiting: [{ address: card, driver: "nvidia" }] });
+    assert.is(fs.readFileSync(at(`sys/bus/pci/devices/${card}/driver_override`), "utf8"), "\n", "driver_override is cleared: nvidia takes the card when B's release loads it");
+
+    fs.writeFileSync(claims, '{"version": 7, "claims": {}}');
+    const refused = run(qemu, ["vm", "prepare", "begin", "-"], vfio, t.root);
+    assert.is(refused.code, 1);
+    assert.match(firstLine(refused.stderr), "vmhook: claims ledger /run/vmhook/claims.json has unknown version 7");
+    assert.not.ok(fs.existsSync(t.journal));
+  } finally {
+    t.cleanup();
+  }
+});
+
 test.run();
