@@ -28,6 +28,12 @@ export function helperServices(ctx: BaseContext, found: Survey, settings: VfioSe
   return settings.helperServices.filter((unit) => needed(unit) && unitActive(ctx, unit));
 }
 
+/** Helper services already stopped for another VM that this handover needs stopped too (it unloads modules). */
+export function stoppedHelpers(ctx: BaseContext, found: Survey, settings: VfioSettings, stopping: string[]): string[] {
+  if (!systemdRuns(ctx) || found.unload.length === 0) return [];
+  return settings.helperServices.filter((unit) => !stopping.includes(unit) && !unitActive(ctx, unit));
+}
+
 /** The handover, as steps: modules go (users first), vfio-pci comes, each device moves, extra modules load. */
 export function takeOverSteps(ctx: PlanContext<VfioConfig>, found: Survey, settings: VfioSettings): Step[] {
   const bindTimeoutMs = settings.bindTimeoutSeconds * 1000;

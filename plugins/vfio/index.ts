@@ -15,9 +15,9 @@ import { pciDriver } from "../../lib/pci.ts";
 import { definePlugin, type PlanContext, type Step } from "../../lib/plugin.ts";
 import { parseVfioConfig, readVfioSettings, type VfioConfig } from "./config.ts";
 import { consoleSteps, displayManagerSteps, findDisplayManager, stopDisplayManagerAction, unbindFramebufferAction, unbindVtconsoleAction, waitGpuFreeAction, waitGpuFreeStep } from "./display.ts";
-import { bindVfioAction, helperServices, loadModulesAction, takeOverSteps, unloadModuleAction } from "./driver.ts";
+import { bindVfioAction, helperServices, loadModulesAction, stoppedHelpers, takeOverSteps, unloadModuleAction } from "./driver.ts";
 import { describeHolders, survey, VFIO_DRIVER } from "./survey.ts";
-import { stopUnitAction, stopUnitStep, unitProcesses } from "./units.ts";
+import { keepStoppedSteps, stopUnitAction, stopUnitStep, unitProcesses } from "./units.ts";
 
 /**
  * Reads the host and refuses what cannot work (IOMMU groups, users of the GPU
@@ -41,6 +41,7 @@ function planPrepare(ctx: PlanContext<VfioConfig>): Step[] {
   return [
     ...(found.singleGpu ? displayManagerSteps(ctx, displayManager, settings) : []),
     ...helpers.map((unit) => stopUnitStep(unit, settings.stopTimeoutSeconds * 1000)),
+    ...keepStoppedSteps(ctx, stoppedHelpers(ctx, found, settings, helpers)),
     ...(found.holders.length > 0 ? [waitGpuFreeStep(found, settings)] : []),
     ...(found.singleGpu ? consoleSteps(ctx) : []),
     ...takeOverSteps(ctx, found, settings),

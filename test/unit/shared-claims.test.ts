@@ -115,15 +115,22 @@ const passthrough = (name: string, uuid: string, card: string) => {
   <devices><hostdev mode='subsystem' type='pci' managed='no'><source><address domain='0x0000' bus='0x${bus}' slot='0x00' function='0x0'/></source></hostdev></devices></domain>`;
 };
 
-/** An Intel iGPU shows the host's display; two NVIDIA cards in their own IOMMU groups, one for each VM. */
+/**
+ * An Intel iGPU shows the host's display; two NVIDIA cards in their own IOMMU
+ * groups, one for each VM; nvidia-persistenced holds A's card (/dev/nvidia0).
+ */
 function twoCardHost(): GpuKernel {
-  return new GpuKernel()
+  const kernel = new GpuKernel()
     .module({ name: "i915", driver: "i915", loaded: true })
     .module({ name: "nvidia", driver: "nvidia", loaded: true })
     .device({ address: "0000:00:02.0", classCode: "0x030000", vendor: "0x8086", nativeDriver: "i915", group: 0, bootVga: true, nodes: ["card0"] })
     .device({ address: CARD_A, classCode: "0x030000", vendor: "0x10de", nativeDriver: "nvidia", group: 1, nodes: ["card1"] })
-    .device({ address: CARD_B, classCode: "0x030000", vendor: "0x10de", nativeDriver: "nvidia", group: 2, nodes: ["card2"] });
+    .device({ address: CARD_B, classCode: "0x030000", vendor: "0x10de", nativeDriver: "nvidia", group: 2, nodes: ["card2"] })
+    .unit({ name: "nvidia-persistenced.service", active: true, processes: { 600: ["nvidia-persiste", ["/dev/nvidiactl", "/dev/nvidia0", "/dev/nvidia1"]] } });
+  kernel.sim.file(`/proc/driver/nvidia/gpus/${CARD_A}/information`, "Device Minor: 0\n").file(`/proc/driver/nvidia/gpus/${CARD_B}/information`, "Device Minor: 1\n");
+  return kernel;
 }
+const persistenced = (kernel: GpuKernel) => kernel.units.get("nvidia-persistenced.service")!.active;
 
 for (const order of [["A", "B"], ["B", "A"]] as const) {
   test(`defect 4: two NVIDIA cards, one per VM, released ${order.join(" then ")}: every card back on nvidia, no journal or claim left`, async () => {
@@ -134,6 +141,7 @@ for (const order of [["A", "B"], ["B", "A"]] as const) {
       const names = { A: "vmA", B: "vmB" };
       assert.is((await runHookEvent(kernel.sim, "prepare", "begin", vms.A, "vmA")).code, 0);
       assert.ok(kernel.loaded("nvidia"), "the host still has B's card on nvidia");
+      assert.not.ok(persistenced(kernel), "it held A's card");
       const prepareB = await runHookEvent(kernel.sim, "prepare", "begin", vms.B, "vmB");
       assert.is(prepareB.code, 0, prepareB.stderr);
       assert.equal([kernel.driverOf(CARD_A), kernel.driverOf(CARD_B)], ["vfio-pci", "vfio-pci"]);
@@ -145,11 +153,13 @@ for (const order of [["A", "B"], ["B", "A"]] as const) {
       assert.equal(readJournal(kernel.sim, first === "A" ? UUID_A : UUID_B), undefined, "nothing stale is kept");
       const secondCard = second === "A" ? CARD_A : CARD_B;
       assert.is(kernel.driverOf(secondCard), "vfio-pci", "the running VM keeps its card");
+      assert.not.ok(persistenced(kernel), "nvidia-persistenced stays stopped while a VM needs nvidia unloaded");
 
       const last = await runHookEvent(kernel.sim, "release", "end", vms[second], names[second]);
       assert.equal([last.code, last.stderr], [0, ""]);
       assert.ok(kernel.loaded("nvidia"));
       assert.equal([kernel.driverOf(CARD_A), kernel.driverOf(CARD_B)], ["nvidia", "nvidia"]);
+      assert.ok(persistenced(kernel));
       assert.equal(kernel.sim.snapshot(), before);
       assert.equal(kernel.sim.stateFiles(), []);
     } finally {
