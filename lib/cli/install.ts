@@ -14,7 +14,7 @@ import { VmhookError } from "../errors.ts";
 import { RootedHost, type Host } from "../host.ts";
 import { listJournals } from "../journal.ts";
 import { paths } from "../paths.ts";
-import type { GlobalOptions } from "./index.ts";
+import type { GlobalOptions } from "./options.ts";
 import { print, printJson } from "./output.ts";
 
 /** Found in every vmhook binary: tells our hook from someone else's. */
@@ -104,7 +104,7 @@ export function install(host: Host, binary: string): string[] {
   const hook = host.resolve(HOOK);
   fs.mkdirSync(path.dirname(hook), { recursive: true, mode: 0o755 });
   fs.mkdirSync(host.resolve(paths.pluginsDir), { recursive: true, mode: 0o755 });
-  fs.mkdirSync(host.resolve(paths.stateDir), { recursive: true, mode: 0o755 });
+  fs.mkdirSync(host.resolve(paths.stateDir), { recursive: true, mode: 0o700 });
   const record = readRecord(host);
 
   if (present(hook) && !isVmhookBinary(hook)) {
