@@ -188,7 +188,7 @@ function removeCliLink(host: Host): string[] {
 }
 
 interface InstallArgs extends GlobalOptions {
-  cliLink: boolean;
+  "cli-link": boolean;
 }
 
 interface UninstallArgs extends GlobalOptions {
@@ -207,7 +207,7 @@ const installCommand: CommandModule<GlobalOptions, InstallArgs> = {
   builder: (y) => y.option("cli-link", { type: "boolean", default: true, describe: `link ${CLI_LINK} to the hook (--no-cli-link: the Debian package has /usr/bin/vmhook)` }),
   handler(args) {
     const host = new RootedHost(args.root);
-    const notes = install(host, ownBinary(), { cliLink: args.cliLink });
+    const notes = install(host, ownBinary(), { cliLink: args["cli-link"] });
     report(args, notes, reloadLibvirt(host));
   },
 };
