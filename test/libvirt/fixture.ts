@@ -42,7 +42,7 @@ interface Result {
 }
 
 /** Runs a program to its end (killed after timeoutMs); never throws for a non-zero exit. */
-function run(command: string, args: string[], timeoutMs = 60_000): Promise<Result> {
+export function run(command: string, args: string[], timeoutMs = 60_000): Promise<Result> {
   return new Promise((resolve) => {
     const child = spawn(command, args, { stdio: ["ignore", "pipe", "pipe"] });
     let stdout = "";
@@ -117,7 +117,7 @@ async function startDaemon(daemon: { name: string; socket: string }): Promise<vo
  * libvirt backs guest memory with huge pages only from a hugetlbfs mount
  * that it found when it started: mount one, then restart a running libvirtd.
  */
-async function mountHugetlbfs(): Promise<void> {
+export async function mountHugetlbfs(): Promise<void> {
   if (fs.readFileSync("/proc/mounts", "utf8").includes(" hugetlbfs ")) return;
   fs.mkdirSync("/dev/hugepages", { recursive: true });
   const mounted = await run("mount", ["-t", "hugetlbfs", "hugetlbfs", "/dev/hugepages"]);
@@ -125,7 +125,7 @@ async function mountHugetlbfs(): Promise<void> {
   if (pidsOf(LIBVIRTD.name).length > 0) await restartLibvirtd();
 }
 
-async function startLibvirt(): Promise<void> {
+export async function startLibvirt(): Promise<void> {
   const missing = ["virsh", "libvirtd", "virtlogd", "qemu-system-x86_64"].filter((program) => !findProgram(program));
   if (missing.length > 0) {
     throw new Error(`${missing.join(", ")} not found: apt-get install libvirt-daemon-system libvirt-clients qemu-system-x86 (as .ci/run does)`);
@@ -234,7 +234,7 @@ export async function defineDomain(name: string, options: DomainOptions = {}): P
   return domain;
 }
 
-async function removeTestDomains(): Promise<void> {
+export async function removeTestDomains(): Promise<void> {
   const names = (await virshOk("list", "--all", "--name")).split("\n").filter((name) => name.startsWith(DOMAIN_PREFIX));
   await Promise.all(
     names.map(async (name) => {
@@ -247,7 +247,7 @@ async function removeTestDomains(): Promise<void> {
 // ---- the marker hook: what was at /etc/libvirt/hooks/qemu before vmhook
 
 const markerLog = () => path.join(scratchDir(), "marker.log");
-const markerScript = () => `#!/bin/sh\n# vmhook test: the hook that was here before vmhook\necho "$1 $2 $3" >> ${markerLog()}\n`;
+export const markerScript = () => `#!/bin/sh\n# vmhook test: the hook that was here before vmhook\necho "$1 $2 $3" >> ${markerLog()}\n`;
 
 /** The events the marker hook saw for a domain, e.g. ["prepare begin", "start begin", ...]. */
 export function markerEvents(domain: TestDomain): string[] {
@@ -297,7 +297,7 @@ async function setUp(saved: Saved): Promise<void> {
  * domain until the marker hook (run from qemu.d/) sees it, so no test races
  * the reload.
  */
-async function waitForHooks(): Promise<void> {
+export async function waitForHooks(): Promise<void> {
   const probe = await defineDomain("probe");
   await waitUntil("libvirtd runs the installed hooks", async () => {
     await virshOk("start", probe.name);
@@ -338,7 +338,11 @@ async function tearDown(saved: Saved): Promise<void> {
       setHugepages(saved.pool);
     }
   });
-  await attempt("remove the scratch directory", () => scratch && fs.rmSync(scratch, { recursive: true, force: true }));
+  await attempt("remove the scratch directory", removeScratchDir);
+}
+
+export function removeScratchDir(): void {
+  if (scratch) fs.rmSync(scratch, { recursive: true, force: true });
   scratch = undefined;
 }
 
