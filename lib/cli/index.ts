@@ -10,6 +10,7 @@ import { hookCommand } from "./hook.ts";
 import { pluginsCommand } from "./plugins.ts";
 import { iommuCommand } from "./iommu.ts";
 import { doctorCommand } from "./doctor.ts";
+import { bundleCommand } from "./bundle.ts";
 
 /** Wrong words on the command line: exit 2, as is usual for usage errors. */
 class UsageError extends Error {}
@@ -19,7 +20,7 @@ export interface GlobalOptions {
   json: boolean;
 }
 
-const COMMANDS: CommandModule<GlobalOptions, any>[] = [...installCommands, ...inspectCommands, recoverCommand, hookCommand, pluginsCommand, iommuCommand, doctorCommand];
+const COMMANDS: CommandModule<GlobalOptions, any>[] = [...installCommands, ...inspectCommands, recoverCommand, hookCommand, pluginsCommand, iommuCommand, doctorCommand, bundleCommand];
 
 export async function runCli(args: string[]): Promise<number> {
   process.exitCode = 0;
