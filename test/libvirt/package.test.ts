@@ -3,9 +3,11 @@
 // which keeps running from qemu.d/), and libvirtd runs it for a domain;
 // the maintainer scripts can run twice; removal is refused while a domain
 // holds changes; an upgrade to the next built version keeps the install;
+// `vmhook bundle` from the package makes a tarball that unpacks, redacted;
 // removal puts the marker hook back, and purge leaves nothing of vmhook.
 // Two versions are built from dist/vmhook with packaging/debian/build.sh.
 import * as fs from "node:fs";
+import * as os from "node:os";
 import * as path from "node:path";
 import { fileURLToPath } from "node:url";
 import { suite } from "uvu";
@@ -195,6 +197,35 @@ if (process.getuid?.() !== 0) {
     assert.is(await packageStatus(), `install ok installed ${VERSIONS[1]}`);
     expectInstalledOverMarker();
     await expectHookRuns("pkg-upgraded");
+  });
+
+  test("vmhook bundle on this host, with a domain running, writes a tar.gz that unpacks, without its hostname or the domain's UUID", async () => {
+    const domain = await defineDomain("pkg-bundle", { hooks: '<vmhook:hugepages size="2M"/>' });
+    await virshOk("start", domain.name);
+    const output = path.join(scratchDir(), "bundle.tar.gz");
+    let made;
+    try {
+      made = await run("/usr/bin/vmhook", ["bundle", "--output", output]);
+    } finally {
+      await virshOk("destroy", domain.name);
+    }
+    assert.is(made.code, 0, `vmhook bundle failed: ${made.stderr}`);
+    assert.is(made.stdout.trim(), output);
+    const unpacked = path.join(scratchDir(), "bundle");
+    fs.mkdirSync(unpacked);
+    const untar = await run("tar", ["-xzf", output, "-C", unpacked]);
+    assert.is(untar.code, 0, `tar -xzf failed: ${untar.stderr}`);
+    const [top] = fs.readdirSync(unpacked);
+    const read = (file: string) => fs.readFileSync(path.join(unpacked, top!, file), "utf8");
+    assert.match(read("versions.txt"), /^libvirtd: .*libvirt/m);
+    const { journals } = JSON.parse(read("journals.json"));
+    assert.ok(journals.some((journal: { domain: TestDomain }) => journal.domain.name === domain.name && /^<uuid-\d+>$/.test(journal.domain.uuid)), `journals.json lacks ${domain.name}`);
+    assert.match(read("vmhook.log"), `[${domain.name} prepare begin]`);
+    const hostname = new RegExp(`(?<![A-Za-z0-9])${os.hostname().replace(/[.*+?^${}()|[\]\\]/g, "\\$&")}(?![A-Za-z0-9])`, "i");
+    for (const file of fs.readdirSync(path.join(unpacked, top!))) {
+      assert.not.match(read(file), hostname, `${file} holds the hostname ${os.hostname()}`);
+      assert.not.ok(read(file).includes(domain.uuid), `${file} holds the domain's UUID`);
+    }
   });
 
   test("dpkg -r puts the previous hook back; postrm and purge can run twice", async () => {
