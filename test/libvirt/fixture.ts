@@ -20,11 +20,11 @@ import { fileURLToPath } from "node:url";
 import { suite } from "uvu";
 import * as assert from "uvu/assert";
 
-const REPO = fileURLToPath(new URL("../..", import.meta.url));
+export const REPO = fileURLToPath(new URL("../..", import.meta.url));
 const BUILT = path.join(REPO, "dist/vmhook");
-const HOOK = "/etc/libvirt/hooks/qemu";
-const SAVED_HOOK_LAUNCHER = "/etc/libvirt/hooks/qemu.d/vmhook-saved-qemu-hook";
-const CLI_LINK = "/usr/local/bin/vmhook";
+export const HOOK = "/etc/libvirt/hooks/qemu";
+export const SAVED_HOOK_LAUNCHER = "/etc/libvirt/hooks/qemu.d/vmhook-saved-qemu-hook";
+export const CLI_LINK = "/usr/local/bin/vmhook";
 const LOG = "/var/log/vmhook.log";
 const STATE_DIR = "/run/vmhook";
 /** The pool of the default huge page size (2M on x86-64), which <vmhook:hugepages size="2M"/> grows. */
@@ -275,12 +275,7 @@ async function setUp(saved: Saved): Promise<void> {
   // What an interrupted run left: its domains, and vmhook over its marker hook.
   await removeTestDomains();
   await run(binary(), ["uninstall", "--force"]);
-  if (fs.existsSync(HOOK)) {
-    saved.ownHook = path.join(scratchDir(), "own-hook");
-    fs.renameSync(HOOK, saved.ownHook);
-  }
-  fs.mkdirSync(path.dirname(HOOK), { recursive: true });
-  fs.writeFileSync(HOOK, markerScript(), { mode: 0o755 });
+  saved.ownHook = putMarkerHook();
 
   const installed = await run(binary(), ["install"]);
   assert.is(installed.code, 0, `vmhook install failed: ${installed.stderr}`);
@@ -290,6 +285,23 @@ async function setUp(saved: Saved): Promise<void> {
   assert.ok(fs.existsSync(SAVED_HOOK_LAUNCHER), `the previous hook is not run from ${SAVED_HOOK_LAUNCHER}`);
   assert.is(fs.readlinkSync(CLI_LINK), HOOK);
   await waitForHooks();
+}
+
+/** Puts the marker hook in place, setting aside a hook already there (returned: give it to removeMarkerHook). */
+export function putMarkerHook(): string | undefined {
+  let ownHook: string | undefined;
+  if (fs.existsSync(HOOK)) {
+    ownHook = path.join(scratchDir(), "own-hook");
+    fs.renameSync(HOOK, ownHook);
+  }
+  fs.mkdirSync(path.dirname(HOOK), { recursive: true });
+  fs.writeFileSync(HOOK, markerScript(), { mode: 0o755 });
+  return ownHook;
+}
+
+export function removeMarkerHook(ownHook: string | undefined): void {
+  if (fs.existsSync(HOOK) && fs.readFileSync(HOOK, "utf8") === markerScript()) fs.rmSync(HOOK);
+  if (ownHook) fs.renameSync(ownHook, HOOK);
 }
 
 /**
@@ -317,20 +329,21 @@ async function uninstallRestoresPreviousHook(): Promise<void> {
   assert.not.ok(fs.existsSync(CLI_LINK), `${CLI_LINK} is still there`);
 }
 
-/** Best effort, whatever failed before: reports what it could not undo, never throws (uvu would lose the report). */
+/** A cleanup step, whatever failed before: reports what it could not undo, never throws (uvu would lose the report). */
+export async function attemptCleanup(who: string, what: string, action: () => unknown): Promise<void> {
+  try {
+    await action();
+  } catch (error) {
+    console.error(`${who}: cleanup could not ${what}: ${(error as Error).message}`);
+  }
+}
+
 async function tearDown(saved: Saved): Promise<void> {
-  const attempt = async (what: string, action: () => unknown) => {
-    try {
-      await action();
-    } catch (error) {
-      console.error(`libvirt fixture: cleanup could not ${what}: ${(error as Error).message}`);
-    }
-  };
+  const attempt = (what: string, action: () => unknown) => attemptCleanup("libvirt fixture", what, action);
   await attempt("remove the test domains", removeTestDomains);
   await attempt("uninstall vmhook", async () => {
     await run(binary(), ["uninstall", "--force"]);
-    if (fs.existsSync(HOOK) && fs.readFileSync(HOOK, "utf8") === markerScript()) fs.rmSync(HOOK);
-    if (saved.ownHook) fs.renameSync(saved.ownHook, HOOK);
+    removeMarkerHook(saved.ownHook);
   });
   await attempt("restore the huge page pool", () => {
     if (hugepages() !== saved.pool) {

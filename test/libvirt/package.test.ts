@@ -9,19 +9,25 @@
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
-import { fileURLToPath } from "node:url";
 import { suite } from "uvu";
 import * as assert from "uvu/assert";
 import {
+  attemptCleanup,
+  CLI_LINK,
   defineDomain,
+  HOOK,
   hugepages,
   journalExists,
   markerEvents,
   markerScript,
   mountHugetlbfs,
+  putMarkerHook,
+  removeMarkerHook,
   removeScratchDir,
   removeTestDomains,
+  REPO,
   run,
+  SAVED_HOOK_LAUNCHER,
   scratchDir,
   startLibvirt,
   virshOk,
@@ -29,12 +35,8 @@ import {
   type TestDomain,
 } from "./fixture.ts";
 
-const REPO = fileURLToPath(new URL("../..", import.meta.url));
-const HOOK = "/etc/libvirt/hooks/qemu";
 const SAVED_HOOK = "/etc/libvirt/hooks/qemu.vmhook-saved";
-const SAVED_HOOK_LAUNCHER = "/etc/libvirt/hooks/qemu.d/vmhook-saved-qemu-hook";
 const PACKAGED_BINARY = "/usr/lib/vmhook/vmhook";
-const USR_LOCAL_LINK = "/usr/local/bin/vmhook";
 const MAINTAINER_SCRIPTS = "/var/lib/dpkg/info";
 const VERSIONS = ["0.0.1~test1", "0.0.1~test2"];
 const PAGES_OF_64_MIB = 32;
@@ -72,28 +74,14 @@ async function setUp(): Promise<void> {
   await removeTestDomains();
   await purgeLeftovers();
   await run(path.join(REPO, "dist/vmhook"), ["uninstall", "--force"]);
-  if (fs.existsSync(HOOK)) {
-    ownHook = path.join(scratchDir(), "own-hook");
-    fs.renameSync(HOOK, ownHook);
-  }
-  fs.mkdirSync(path.dirname(HOOK), { recursive: true });
-  fs.writeFileSync(HOOK, markerScript(), { mode: 0o755 });
+  ownHook = putMarkerHook();
 }
 
 async function tearDown(): Promise<void> {
-  const attempt = async (what: string, action: () => unknown) => {
-    try {
-      await action();
-    } catch (error) {
-      console.error(`package test: cleanup could not ${what}: ${(error as Error).message}`);
-    }
-  };
+  const attempt = (what: string, action: () => unknown) => attemptCleanup("package test", what, action);
   await attempt("remove the test domains", removeTestDomains);
   await attempt("purge the package", purgeLeftovers);
-  await attempt("put the previous hook back", () => {
-    if (fs.existsSync(HOOK) && fs.readFileSync(HOOK, "utf8") === markerScript()) fs.rmSync(HOOK);
-    if (ownHook) fs.renameSync(ownHook, HOOK);
-  });
+  await attempt("put the previous hook back", () => removeMarkerHook(ownHook));
   await attempt("remove the scratch directory", removeScratchDir);
 }
 
@@ -103,7 +91,7 @@ function expectInstalledOverMarker(): void {
   assert.is(fs.readFileSync(SAVED_HOOK, "utf8"), markerScript(), `${SAVED_HOOK} is not the marker hook`);
   assert.ok(fs.existsSync(SAVED_HOOK_LAUNCHER), `${SAVED_HOOK_LAUNCHER} is missing`);
   assert.is(fs.realpathSync("/usr/bin/vmhook"), PACKAGED_BINARY);
-  assert.not.ok(fs.existsSync(USR_LOCAL_LINK), `the package wrote ${USR_LOCAL_LINK}`);
+  assert.not.ok(fs.existsSync(CLI_LINK), `the package wrote ${CLI_LINK}`);
 }
 
 /** vmhook runs for a hugepages domain under libvirtd: the pool and the journal follow the domain; the kept hook sees it too. */
