@@ -26,9 +26,12 @@ binary=dist/vmhook
 [ -x "$binary" ] || die "$binary is missing: run npm run build (npm run package does both)"
 [ "$(dpkg --print-architecture)" = amd64 ] || die "the bun binary is built for this machine; the package is amd64 only"
 
-maintainer=${DEBFULLNAME:-vmhook maintainers}" <${DEBEMAIL:-maintainers@vmhook.org}>"
-# One fixed date for the changelog and file times: the same tree gives the same package.
-epoch=${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || date +%s)}
+# Who publishes the package: set DEBFULLNAME and DEBEMAIL; the default is a reserved, undeliverable address.
+maintainer=${DEBFULLNAME:-vmhook maintainers}" <${DEBEMAIL:-maintainers@vmhook.invalid}>"
+# One fixed date (the last commit's) for the changelog, file times and dpkg-deb's own:
+# the same binary gives the same package.
+export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || date +%s)}
+epoch=$SOURCE_DATE_EPOCH
 
 stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT

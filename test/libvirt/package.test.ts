@@ -147,18 +147,25 @@ if (process.getuid?.() !== 0) {
     await expectHookRuns("pkg-first");
   });
 
-  test("the maintainer scripts run twice change nothing", async () => {
-    const hookBefore = fs.readFileSync(HOOK);
-    for (let round = 0; round < 2; round++) {
-      const again = await runMaintainerScript("postinst", "configure", VERSIONS[0]);
-      assert.match(again.stdout, `${HOOK} is already this vmhook`);
-      assert.not.match(again.stdout, "kept the existing hook");
-    }
-    assert.ok(fs.readFileSync(HOOK).equals(hookBefore));
-    expectInstalledOverMarker();
+  test("each maintainer script run twice does its work once: prerm remove, then postinst configure", async () => {
     for (const script of ["postinst", "prerm", "postrm"]) {
       assert.match(fs.readFileSync(maintainerScript(script), "utf8"), /^#!\/bin\/sh\n(#.*\n)*set -e\n/, `${script} does not start with set -e`);
     }
+    const removed = await runMaintainerScript("prerm", "remove");
+    assert.match(removed.stdout, "restored the previous hook");
+    const removedAgain = await runMaintainerScript("prerm", "remove");
+    assert.match(removedAgain.stdout, `left ${HOOK} alone: it is not vmhook`);
+    assert.is(fs.readFileSync(HOOK, "utf8"), markerScript());
+    assert.not.ok(fs.existsSync(SAVED_HOOK), `${SAVED_HOOK} is still there`);
+
+    const configured = await runMaintainerScript("postinst", "configure", VERSIONS[0]);
+    assert.match(configured.stdout, "kept the existing hook");
+    const hookBefore = fs.readFileSync(HOOK);
+    const configuredAgain = await runMaintainerScript("postinst", "configure", VERSIONS[0]);
+    assert.match(configuredAgain.stdout, `${HOOK} is already this vmhook`);
+    assert.not.match(configuredAgain.stdout, "kept the existing hook");
+    assert.ok(fs.readFileSync(HOOK).equals(hookBefore));
+    expectInstalledOverMarker();
   });
 
   test("dpkg -r refuses while a domain holds changes, and leaves the install as it was", async () => {
