@@ -40,11 +40,11 @@ function programVersion(host: Host, program: string, args: string[]): string {
 }
 
 function versions(host: Host): string {
-  const os = /^PRETTY_NAME="?([^"\n]*)"?$/m.exec(host.readTrimmed("/etc/os-release") ?? "")?.[1] ?? "unknown (no /etc/os-release)";
+  const system = /^PRETTY_NAME="?([^"\n]*)"?$/m.exec(host.readTrimmed("/etc/os-release") ?? "")?.[1] ?? "unknown (no /etc/os-release)";
   return [
     `vmhook: ${VERSION}`,
     `runtime: bun ${process.versions.bun ?? "?"}`,
-    `os: ${os}`,
+    `os: ${system}`,
     `kernel: ${host.readTrimmed("/proc/version") ?? "unknown"}`,
     ...VERSION_PROGRAMS.map(([program, args]) => programVersion(host, program, args)),
   ].join("\n") + "\n";
@@ -57,6 +57,7 @@ function drivers(host: Host): string {
   return ["PCI devices:", ...devices, "", "Loaded modules (name, size, users, used by):", ...(modules.length > 0 ? modules : ["(none)"])].join("\n") + "\n";
 }
 
+/** Reads the end of the log from its real path under the host's root: Host.read would load the whole file. */
 function logTail(host: Host): string {
   if (!host.exists(paths.log)) return `(no log yet: ${paths.log} does not exist)\n`;
   const file = host.resolve(paths.log);
