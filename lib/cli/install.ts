@@ -99,7 +99,8 @@ function readRecord(host: Host): InstallRecord {
   }
 }
 
-export function install(host: Host, binary: string): string[] {
+/** cliLink false: the Debian package ships /usr/bin/vmhook itself, and packages never write to /usr/local. */
+export function install(host: Host, binary: string, { cliLink = true } = {}): string[] {
   const notes: string[] = [];
   const hook = host.resolve(HOOK);
   fs.mkdirSync(path.dirname(hook), { recursive: true, mode: 0o755 });
@@ -132,8 +133,8 @@ export function install(host: Host, binary: string): string[] {
 
   const link = host.resolve(CLI_LINK);
   const current = host.readlink(CLI_LINK);
-  if (current === HOOK) {
-    // already linked
+  if (!cliLink || current === HOOK) {
+    // not wanted, or already linked
   } else if (present(link) && !replaceableLink(link)) {
     notes.push(`left ${CLI_LINK} alone: it is not vmhook's link; run the CLI as ${HOOK} under another name`);
   } else {
@@ -186,6 +187,10 @@ function removeCliLink(host: Host): string[] {
   return [`removed ${CLI_LINK}`];
 }
 
+interface InstallArgs extends GlobalOptions {
+  "cli-link": boolean;
+}
+
 interface UninstallArgs extends GlobalOptions {
   force: boolean;
 }
@@ -196,12 +201,13 @@ function report(args: GlobalOptions, notes: string[], reloaded: string[]) {
   else all.forEach((note) => print(note));
 }
 
-const installCommand: CommandModule<GlobalOptions, GlobalOptions> = {
+const installCommand: CommandModule<GlobalOptions, InstallArgs> = {
   command: "install",
   describe: `install this binary as ${HOOK} (keeping an existing hook) and ${CLI_LINK}`,
+  builder: (y) => y.option("cli-link", { type: "boolean", default: true, describe: `link ${CLI_LINK} to the hook (--no-cli-link: the Debian package has /usr/bin/vmhook)` }),
   handler(args) {
     const host = new RootedHost(args.root);
-    const notes = install(host, ownBinary());
+    const notes = install(host, ownBinary(), { cliLink: args["cli-link"] });
     report(args, notes, reloadLibvirt(host));
   },
 };
