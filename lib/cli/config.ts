@@ -4,7 +4,7 @@
 // hand. Every change is checked against the rest of the domain and this host
 // (the dry run of prepare) before libvirt stores it, and printed as a diff.
 import type { Argv, CommandModule } from "yargs";
-import { loadDomainPlugins } from "../config.ts";
+import { CUSTOM_ELEMENT, loadDomainPlugins } from "../config.ts";
 import { parseDomain, type Domain } from "../domain.ts";
 import { dryRun } from "../dry-run.ts";
 import { describeError, VmhookError } from "../errors.ts";
@@ -13,9 +13,9 @@ import { Virsh, type Scope } from "../libvirt-client.ts";
 import { metadataNodes, readPastedMetadata, renderHooks, repairDoubledPrefixes, shellWord, type MetadataNode } from "../metadata-text.ts";
 import { withVmhookMetadata } from "../metadata-in-domain.ts";
 import { unifiedDiff } from "../text-diff.ts";
-import { builtinNames, CUSTOM_ELEMENT } from "../../plugins/index.ts";
+import { registry } from "../../plugins/index.ts";
 import { askYes, runEditor } from "./editor.ts";
-import type { GlobalOptions } from "./index.ts";
+import type { GlobalOptions } from "./options.ts";
 import { print, printJson, readDomainFile } from "./output.ts";
 
 interface LibvirtArgs extends GlobalOptions {
@@ -59,8 +59,8 @@ function readCurrent(virsh: Virsh, name: string, flags: Scope): Current {
 /** The domain as it would be with these elements, checked like prepare checks it, on this host; throws what is wrong. */
 async function checkCandidate(host: Host, current: Current, nodes: MetadataNode[], name: string): Promise<Domain> {
   const domain = parseDomain(withVmhookMetadata(current.xml, nodes), `domain ${name}`);
-  const instances = await loadDomainPlugins(domain, host);
-  await dryRun(host, domain, instances, "prepare", "none");
+  const instances = await loadDomainPlugins(domain, host, registry);
+  await dryRun(host, domain, instances, "prepare", "none", registry);
   return domain;
 }
 
@@ -115,7 +115,7 @@ interface ConfigArgs extends DomainArgs {
 }
 
 const HEADER = (name: string) =>
-  `<!-- vmhook metadata of ${name}. Save to apply, empty the file to remove it. With or without the vmhook: prefix.\n     Elements: ${[...builtinNames(), CUSTOM_ELEMENT].join(", ")}; see vmhook plugins. -->\n`;
+  `<!-- vmhook metadata of ${name}. Save to apply, empty the file to remove it. With or without the vmhook: prefix.\n     Elements: ${[...registry.builtinNames(), CUSTOM_ELEMENT].join(", ")}; see vmhook plugins. -->\n`;
 
 async function edit(host: Host, virsh: Virsh, name: string, current: Current, args: GlobalOptions): Promise<void> {
   const original = `${HEADER(name)}${current.nodes.length > 0 ? renderHooks(current.nodes, "domain") : renderHooks([], "domain")}\n`;
@@ -181,7 +181,7 @@ function parseSetting(setting: string): [string, string] {
 
 /** Whether a node is the element of this plugin: <NAME> for a built-in, <plugin name="NAME"> for a custom one. */
 function isPlugin(node: MetadataNode, plugin: string): boolean {
-  if (builtinNames().includes(plugin)) return node.name === plugin;
+  if (registry.builtinNames().includes(plugin)) return node.name === plugin;
   return node.name === CUSTOM_ELEMENT && node.attributes.some(([key, value]) => key === "name" && value === plugin);
 }
 
@@ -200,13 +200,13 @@ const enableCommand: CommandModule<GlobalOptions, EnableArgs> = {
   describe: "add a plugin to a VM's metadata (or change its attributes): vmhook enable win11 hugepages size=2M",
   builder: (y) =>
     domainOptions(y)
-      .positional("plugin", { type: "string", demandOption: true, describe: `${builtinNames().join(", ")}, or an installed plugin's name` })
+      .positional("plugin", { type: "string", demandOption: true, describe: `${registry.builtinNames().join(", ")}, or an installed plugin's name` })
       .positional("settings", { type: "string", array: true, default: [], describe: "attribute=value, e.g. size=2M" }),
   async handler(args) {
     const settings = args.settings.map(String).map(parseSetting);
     const { host, virsh, current } = open(args);
     const existing = current.nodes.findIndex((node) => isPlugin(node, args.plugin));
-    const fresh: MetadataNode = builtinNames().includes(args.plugin)
+    const fresh: MetadataNode = registry.builtinNames().includes(args.plugin)
       ? { name: args.plugin, attributes: [], children: [] }
       : { name: CUSTOM_ELEMENT, attributes: [["name", args.plugin]], children: [] };
     const nodes = [...current.nodes];

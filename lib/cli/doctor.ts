@@ -3,7 +3,7 @@
 import type { CommandModule } from "yargs";
 import { runDoctor, type Finding } from "../diagnostics/doctor.ts";
 import { RootedHost } from "../host.ts";
-import type { GlobalOptions } from "./index.ts";
+import type { GlobalOptions } from "./options.ts";
 import { VmhookError } from "../errors.ts";
 import { readDomainSource } from "./domain-source.ts";
 import { runDoctorFix } from "./doctor-fix.ts";

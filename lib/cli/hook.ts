@@ -5,7 +5,7 @@ import * as fs from "node:fs";
 import type { CommandModule } from "yargs";
 import { RootedHost } from "../host.ts";
 import { paths } from "../paths.ts";
-import type { GlobalOptions } from "./index.ts";
+import type { GlobalOptions } from "./options.ts";
 
 interface HookArgs extends GlobalOptions {
   name: string;
@@ -34,7 +34,7 @@ export const hookCommand: CommandModule<GlobalOptions, HookArgs> = {
   async handler(args) {
     const log = new RootedHost(args.root).resolve(paths.log);
     const offset = logSize(log);
-    const { hookMain } = await import("../../hooks/qemu.ts");
+    const { hookMain } = await import("../hook-entry.ts");
     const event = `${args.op} ${args.subop} of ${args.name}`;
     const code = await hookMain([args.name, args.op, args.subop, args.extra ?? "-"], args.root);
     process.exitCode = code;

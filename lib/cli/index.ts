@@ -13,16 +13,15 @@ import { doctorCommand } from "./doctor.ts";
 import { configCommands } from "./config.ts";
 import { usageError } from "./usage.ts";
 import { VERSION } from "../version.ts";
+import type { GlobalOptions } from "./options.ts";
+import { bundleCommand } from "./bundle.ts";
 
 /** Wrong words on the command line: exit 2, as is usual for usage errors. */
 class UsageError extends Error {}
 
-export interface GlobalOptions {
-  root: string;
-  json: boolean;
-}
+export type { GlobalOptions } from "./options.ts";
 
-const COMMANDS: CommandModule<GlobalOptions, any>[] = [...configCommands, ...installCommands, ...inspectCommands, recoverCommand, hookCommand, pluginsCommand, iommuCommand, doctorCommand];
+const COMMANDS: CommandModule<GlobalOptions, any>[] = [...configCommands, ...installCommands, ...inspectCommands, recoverCommand, hookCommand, pluginsCommand, iommuCommand, doctorCommand, bundleCommand];
 
 const USAGES = COMMANDS.map((command) => {
   const usage = String(command.command);

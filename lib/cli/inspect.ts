@@ -5,14 +5,16 @@ import { parseDomain } from "../domain.ts";
 import { RootedHost, type Host } from "../host.ts";
 import { runDoctor } from "../diagnostics/doctor.ts";
 import { dryRun } from "../dry-run.ts";
-import { checkFeasibility } from "../plan-feasibility.ts";
+import { markRefused, refusalOf } from "../plan-feasibility.ts";
 import { readDomainSource } from "./domain-source.ts";
 import { listJournals, readJournal, type Journal } from "../journal.ts";
 import type { HookEvent } from "../plugin.ts";
 import type { PlannedStep } from "../transaction.ts";
-import type { GlobalOptions } from "./index.ts";
+import { registry } from "../../plugins/index.ts";
+import type { GlobalOptions } from "./options.ts";
 import { print, printJson } from "./output.ts";
-import { domainRunning, hookAtWork } from "./recover.ts";
+import { domainBusy } from "../lock.ts";
+import { domainRunning } from "./recover.ts";
 
 interface DomainArgs extends GlobalOptions {
   domain: string;
@@ -30,7 +32,7 @@ const validate: CommandModule<GlobalOptions, DomainArgs> = {
     const host = new RootedHost(args.root);
     const source = readDomainSource(args.domain, args.connect);
     const domain = parseDomain(source.xml, source.source);
-    const instances = await loadDomainPlugins(domain, host);
+    const instances = await loadDomainPlugins(domain, host, registry);
     if (args.json) {
       printJson({ ok: true, domain: { name: domain.name, uuid: domain.uuid }, plugins: instances.map((i) => ({ id: i.id, config: i.config })) });
     } else if (instances.length === 0) {
@@ -62,22 +64,22 @@ const plan: CommandModule<GlobalOptions, PlanArgs> = {
     const host = new RootedHost(args.root);
     const source = readDomainSource(args.domain, args.connect);
     const domain = parseDomain(source.xml, source.source);
-    const instances = await loadDomainPlugins(domain, host);
+    const instances = await loadDomainPlugins(domain, host, registry);
     const event = args.event as (typeof PLANNABLE)[number];
     let planned: PlannedStep[];
     if (event === "release") {
       const journal = readJournal(host, domain.uuid);
-      planned = (journal?.entries ?? []).reverse().map((entry) => ({ plugin: entry.plugin, event: "release" as HookEvent, description: `undo: ${entry.description}`, undo: entry.undo }));
+      planned = (journal?.entries ?? []).reverse().map((entry) => ({ plugin: entry.plugin, event: "release" as HookEvent, action: entry.undo.action, description: `undo: ${entry.description}`, record: entry.undo }));
     } else {
-      planned = await dryRun(host, domain, instances, event, args.json ? "none" : "stderr");
+      planned = await dryRun(host, domain, instances, event, args.json ? "none" : "stderr", registry);
     }
     // What the plugins' checks say cannot work on this host (prepare is where the host must give something).
     const findings = event === "prepare" ? ((await runDoctor(host, { file: source.source, xml: source.xml })).domain?.findings ?? []) : [];
-    const { steps, blocking } = checkFeasibility(planned, findings);
-    const impossible = steps.filter((step) => step.impossible).length + blocking.length;
-    if (impossible > 0) process.exitCode = 1;
+    const { steps, blocking } = markRefused(planned, findings);
+    const refused = steps.filter((step) => step.refused).length + blocking.length;
+    if (refused > 0) process.exitCode = 1;
     if (args.json) {
-      printJson({ domain: { name: domain.name, uuid: domain.uuid }, event, steps, blocking, possible: impossible === 0 });
+      printJson({ domain: { name: domain.name, uuid: domain.uuid }, event, steps, blocking, possible: refused === 0 });
       return;
     }
     if (steps.length === 0 && blocking.length === 0) {
@@ -85,21 +87,18 @@ const plan: CommandModule<GlobalOptions, PlanArgs> = {
       return;
     }
     print(`${event} of ${domain.name} would take ${steps.length} step(s):`);
-    steps.forEach((step, index) => {
-      print(`  ${index + 1}. ${step.plugin}: ${step.description}`);
-      if (step.impossible) print(`     CANNOT SUCCEED: ${step.impossible.reason}${step.impossible.fix ? `\n     fix: ${step.impossible.fix}` : ""}`);
-    });
-    for (const finding of blocking) print(`  ${finding.plugin} CANNOT SUCCEED: ${finding.check}: ${finding.reason}${finding.fix ? `\n     fix: ${finding.fix}` : ""}`);
-    if (impossible > 0) print(`${event} of ${domain.name} cannot succeed on this host: ${impossible} problem(s) above`);
+    steps.forEach((step, index) => print(`  ${index + 1}. ${step.plugin}: ${step.description}${step.refused ? `\n     REFUSED: ${step.refused}` : ""}`));
+    for (const finding of blocking) print(`  ${finding.plugin} REFUSED: ${refusalOf(finding)}`);
+    if (refused > 0) print(`${event} of ${domain.name} cannot succeed on this host: ${refused} refused step(s) or check(s) above`);
   },
 };
 
-function journalSummary(host: Host, journal: Journal) {
+async function journalSummary(host: Host, journal: Journal) {
   return {
     domain: journal.domain,
     phase: journal.phase,
     running: domainRunning(host, journal.domain.name),
-    hookAtWork: hookAtWork(host, journal),
+    hookAtWork: await domainBusy(host, journal.domain.uuid),
     since: journal.createdAt,
     holds: journal.entries.map((entry) => ({ plugin: entry.plugin, description: entry.description, state: entry.state, error: entry.error })),
   };
@@ -108,7 +107,7 @@ function journalSummary(host: Host, journal: Journal) {
 const PHASES: Record<string, string> = { preparing: "preparing", releasing: "releasing", "release-failed": "its release failed" };
 
 /** The VM's state and the journal's phase, said once each: "running", "not running, …". */
-function describeState(summary: ReturnType<typeof journalSummary>): string {
+function describeState(summary: Awaited<ReturnType<typeof journalSummary>>): string {
   const phase = PHASES[summary.phase];
   if (summary.hookAtWork) return `its hook is at work right now${phase ? ` (${phase})` : ""}; vmhook holds for it`;
   if (summary.running) return `running${phase ? `, ${phase}` : ""}; vmhook holds for it`;
@@ -121,7 +120,7 @@ const status: CommandModule<GlobalOptions, GlobalOptions> = {
   async handler(args) {
     const host = new RootedHost(args.root);
     const { journals, broken } = listJournals(host);
-    const summaries = journals.map((journal) => journalSummary(host, journal));
+    const summaries = await Promise.all(journals.map((journal) => journalSummary(host, journal)));
     if (args.json) {
       printJson({ domains: summaries, unreadable: broken });
       return;

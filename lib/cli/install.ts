@@ -15,7 +15,7 @@ import { RootedHost, type Host } from "../host.ts";
 import { listJournals } from "../journal.ts";
 import { serviceCommand } from "../host-advice.ts";
 import { paths } from "../paths.ts";
-import type { GlobalOptions } from "./index.ts";
+import type { GlobalOptions } from "./options.ts";
 import { describeLeftovers, findLeftovers, purge } from "./leftovers.ts";
 import { print, printJson } from "./output.ts";
 
@@ -107,13 +107,14 @@ export interface InstallResult {
   hooksChanged: boolean;
 }
 
-export function install(host: Host, binary: string): InstallResult {
+/** cliLink false: the Debian package ships /usr/bin/vmhook itself, and packages never write to /usr/local. */
+export function install(host: Host, binary: string, { cliLink = true } = {}): InstallResult {
   const notes: string[] = [];
   let hooksChanged = false;
   const hook = host.resolve(HOOK);
   fs.mkdirSync(path.dirname(hook), { recursive: true, mode: 0o755 });
   fs.mkdirSync(host.resolve(paths.pluginsDir), { recursive: true, mode: 0o755 });
-  fs.mkdirSync(host.resolve(paths.stateDir), { recursive: true, mode: 0o755 });
+  fs.mkdirSync(host.resolve(paths.stateDir), { recursive: true, mode: 0o700 });
   const record = readRecord(host);
 
   if (present(hook) && !isVmhookBinary(hook)) {
@@ -144,8 +145,8 @@ export function install(host: Host, binary: string): InstallResult {
 
   const link = host.resolve(CLI_LINK);
   const current = host.readlink(CLI_LINK);
-  if (current === HOOK) {
-    // already linked
+  if (!cliLink || current === HOOK) {
+    // not wanted, or already linked
   } else if (present(link) && !replaceableLink(link)) {
     notes.push(`left ${CLI_LINK} alone: it is not vmhook's link; run the CLI as ${HOOK} under another name`);
   } else {
@@ -209,6 +210,10 @@ function removeCliLink(host: Host): string[] {
   return [`removed ${CLI_LINK}`];
 }
 
+interface InstallArgs extends GlobalOptions {
+  "cli-link": boolean;
+}
+
 interface UninstallArgs extends GlobalOptions {
   force: boolean;
   purge: boolean;
@@ -227,12 +232,13 @@ function report(host: Host, args: GlobalOptions, { notes, hooksChanged }: Instal
   else all.forEach((note) => print(note));
 }
 
-const installCommand: CommandModule<GlobalOptions, GlobalOptions> = {
+const installCommand: CommandModule<GlobalOptions, InstallArgs> = {
   command: "install",
   describe: `install this binary as ${HOOK} (keeping an existing hook) and ${CLI_LINK}; running it again changes nothing`,
+  builder: (y) => y.option("cli-link", { type: "boolean", default: true, describe: `link ${CLI_LINK} to the hook (--no-cli-link: the Debian package has /usr/bin/vmhook)` }),
   handler(args) {
     const host = new RootedHost(args.root);
-    report(host, args, install(host, ownBinary()));
+    report(host, args, install(host, ownBinary(), { cliLink: args["cli-link"] }));
   },
 };
 

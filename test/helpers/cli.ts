@@ -1,4 +1,4 @@
-// Runs the CLI in-process (no build needed), capturing what it prints.
+// Runs the CLI in-process, as `vmhook ARGS` would run (no build needed): its exit code, stdout and stderr.
 import { runCli } from "../../lib/cli/index.ts";
 
 export async function cli(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {

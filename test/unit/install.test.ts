@@ -180,3 +180,10 @@ test("uninstall --purge removes vmhook's own files; the domains are only listed,
 });
 
 test.run();
+
+test("install without the CLI link (the Debian package's way) writes nothing to /usr/local", () => {
+  const { host, binary, exists } = setUp();
+  install(host, binary, { cliLink: false });
+  assert.ok(exists(HOOK));
+  assert.not.ok(exists("/usr/local"), "/usr/local was created");
+});

@@ -30,7 +30,7 @@ test("plan: 8 GiB of pages on a host with 1.5 GB to give: the step is marked, wi
     assertGolden("plan-impossible.txt", planned.stdout);
     const json = JSON.parse((await cli(["plan", "--json", sim.resolve("/vm.xml"), "--root", sim.root])).stdout);
     assert.is(json.possible, false);
-    assert.match(json.steps[0].impossible.reason, "cannot fit");
+    assert.match(json.steps[0].refused, "cannot fit");
     assert.equal(sim.snapshot(), before);
   } finally {
     sim.cleanup();
