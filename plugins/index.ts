@@ -13,6 +13,7 @@ const BUILTIN: Record<string, Loader> = {
   mdev: async () => (await import("./mdev.ts")).default,
   vgpu: async () => (await import("./mdev.ts")).vgpu,
   vfio: async () => (await import("./vfio/index.ts")).default,
+  forward: async () => (await import("./forward/index.ts")).default,
 };
 
 /** The element <vmhook:plugin name="NAME"> names a custom plugin. */
