@@ -3,6 +3,7 @@
 //
 //   client (10.250.0.2, fd00:250::2) ── host (10.250.0.1, fd00:250::1; bridge vbr0
 //   192.168.150.1, fd00:150::1) ── guest (192.168.150.10, fd00:150::10, echo servers)
+//                                         └─ neighbour (192.168.150.20: another VM on the network)
 //
 // The hook is the built binary, run inside the host namespace with a host root
 // (VMHOOK_ROOT) that holds libvirt's network status file and links to /proc
@@ -54,7 +55,7 @@ export const whyNotRunnable = (): string | undefined => {
 
 export class Lab {
   readonly id = `${process.pid}`;
-  readonly ns = { host: `vmfw-h${this.id}`, guest: `vmfw-g${this.id}`, client: `vmfw-c${this.id}` };
+  readonly ns = { host: `vmfw-h${this.id}`, guest: `vmfw-g${this.id}`, client: `vmfw-c${this.id}`, neighbour: `vmfw-n${this.id}` };
   readonly dir = fs.mkdtempSync(path.join(os.tmpdir(), "vmhook-net-"));
   readonly root = path.join(this.dir, "root");
   private readonly hook = path.join(this.dir, "hooks/qemu");
@@ -89,15 +90,18 @@ export class Lab {
   /** Creates the three namespaces and their links. */
   up(): void {
     for (const ns of Object.values(this.ns)) must("ip", ["netns", "add", ns]);
-    const { host, guest, client } = this.ns;
+    const { host, guest, client, neighbour } = this.ns;
     const run = (ns: string, line: string) => must("ip", ["-n", ns, ...line.split(" ")]);
     must("ip", ["link", "add", "vg0h", "netns", host, "type", "veth", "peer", "name", "vg0", "netns", guest]);
     must("ip", ["link", "add", "vc0h", "netns", host, "type", "veth", "peer", "name", "vc0", "netns", client]);
     run(host, `link add ${BRIDGE} type bridge`);
+    must("ip", ["link", "add", "vn0h", "netns", host, "type", "veth", "peer", "name", "vn0", "netns", neighbour]);
     run(host, `link set vg0h master ${BRIDGE}`);
+    run(host, `link set vn0h master ${BRIDGE}`);
     for (const line of [`addr add 192.168.150.1/24 dev ${BRIDGE}`, `addr add fd00:150::1/64 dev ${BRIDGE} nodad`, "addr add 10.250.0.1/24 dev vc0h", "addr add fd00:250::1/64 dev vc0h nodad"]) run(host, line);
-    for (const dev of ["lo", BRIDGE, "vg0h", "vc0h"]) run(host, `link set ${dev} up`);
+    for (const dev of ["lo", BRIDGE, "vg0h", "vc0h", "vn0h"]) run(host, `link set ${dev} up`);
     for (const line of ["addr add 192.168.150.10/24 dev vg0", "addr add fd00:150::10/64 dev vg0 nodad", "link set vg0 address 52:54:00:aa:bb:01", "link set vg0 up", "link set lo up", "route add default via 192.168.150.1", "route add default via fd00:150::1"]) run(guest, line);
+    for (const line of ["addr add 192.168.150.20/24 dev vn0", "link set vn0 up", "link set lo up", "route add default via 192.168.150.1"]) run(neighbour, line);
     for (const line of ["addr add 10.250.0.2/24 dev vc0", "addr add fd00:250::2/64 dev vc0 nodad", "link set vc0 up", "link set lo up", "route add default via 10.250.0.1", "route add default via fd00:250::1"]) run(client, line);
     this.inOk("host", "sysctl", ["-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"]);
     this.writeNetwork("nat");
