@@ -20,6 +20,7 @@ import { isVmhookBinary } from "../cli/install.ts";
 import { domainRunning } from "../cli/recover.ts";
 import hugepages, { type PoolNeed } from "../../plugins/hugepages.ts";
 import { planVgpu, readMdevElement, vgpu, type VgpuDevice } from "../../plugins/mdev.ts";
+import { forwardChecks } from "../../plugins/forward/doctor.ts";
 import { readIommuGroups, type IommuReport } from "./iommu.ts";
 
 export type Status = "ok" | "warn" | "fail";
@@ -185,6 +186,7 @@ const PLUGIN_CHECKS: Record<string, (ctx: DomainCheckContext) => Finding[]> = {
   mdev: mdevChecks,
   vgpu: vgpuChecks,
   isolate: isolateChecks,
+  forward: ({ host, domain, elements }) => forwardChecks(host, domain, elements),
 };
 
 async function domainChecks(host: Host, domain: Domain, xml: string, iommu: IommuReport): Promise<Finding[]> {

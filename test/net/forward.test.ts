@@ -154,6 +154,21 @@ test("a network that is not NAT and a privileged host port are refused before an
   assert.is(lab.ruleset(), before);
 });
 
+test("plan shows the forwards start would add, and doctor checks nft and the network", () => {
+  const xml = domainXml("planned", `<vmhook:forward ports="2222:22"/>`);
+  const plan = lab.vmhook(["plan", "--event", "start", "-"], xml);
+  assert.match(plan.stdout, /start of planned would take 1 step\(s\):\n  1\. forward: forward tcp 2222 → 192\.168\.150\.10:22 \(nft table inet vmhook\)/, plan.stderr);
+  const doctor = lab.vmhook(["doctor", "-"], xml).stdout;
+  assert.match(doctor, /ok +forward nft: .*\/usr\/sbin\/nft is installed/);
+  assert.match(doctor, /ok +forward: NAT network, ports free and allowed: forward tcp 2222 → 192\.168\.150\.10:22/);
+  lab.writeNetwork("route");
+  try {
+    assert.match(lab.vmhook(["doctor", "-"], xml).stdout, /fail +forward: network "vmhooknet" .* is not a NAT network \(forward mode route\)/);
+  } finally {
+    lab.writeNetwork("nat");
+  }
+});
+
 test("reconnect puts back rules a firewall reload took away", () => {
   withDomain("again", `<vmhook:forward ports="2222:22"/>`, (xml) => {
     lab.inOk("host", "nft", ["delete", "table", "inet", "vmhook"]);
