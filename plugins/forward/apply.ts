@@ -3,7 +3,7 @@
 // computed from what the ruleset holds right now, so both are idempotent.
 import { VmhookError } from "../../lib/errors.ts";
 import type { BaseContext } from "../../lib/plugin.ts";
-import type { CheckedRecord, IptablesTool } from "./record.ts";
+import { iptablesFamily, type CheckedRecord, type IptablesTool } from "./record.ts";
 import { applyScript, iptablesApplyInput, iptablesRemovalInput, LIBVIRT_IPTABLES_CHAIN, parseRuleset, removalScript, type RulesetView } from "./rules.ts";
 
 type Runner = Pick<BaseContext, "run">;
@@ -31,9 +31,8 @@ function runNft(ctx: Runner, script: string): void {
   }
 }
 
-const IPTABLES_FAMILY: Record<IptablesTool, 4 | 6> = { "iptables-nft": 4, "ip6tables-nft": 6 };
-
-function iptablesListing(ctx: Runner, tool: IptablesTool): string | undefined {
+/** `TOOL -S LIBVIRT_FWI`, or undefined when the chain (or the tool) is not there. */
+export function iptablesListing(ctx: Runner, tool: IptablesTool): string | undefined {
   const result = ctx.run(tool, ["-w", "10", "-S", LIBVIRT_IPTABLES_CHAIN], { timeoutMs: 15_000, allowFailure: true });
   return result.status === 0 ? result.stdout : undefined;
 }
@@ -50,7 +49,7 @@ export function applyRecord(ctx: Runner, record: CheckedRecord): void {
     const listing = iptablesListing(ctx, tool);
     if (listing === undefined) throw new VmhookError(`forward: libvirt's ${LIBVIRT_IPTABLES_CHAIN} chain vanished from ${tool}; restart the network (virsh net-destroy/net-start) and start the VM again`);
     restore(ctx, tool, iptablesRemovalInput(listing, record.uuid));
-    restore(ctx, tool, iptablesApplyInput(record.forwards, IPTABLES_FAMILY[tool], record.uuid));
+    restore(ctx, tool, iptablesApplyInput(record.forwards, iptablesFamily(tool), record.uuid));
   }
 }
 
@@ -81,7 +80,7 @@ export function missingRules(ctx: Runner, record: CheckedRecord): string[] {
   }
   for (const tool of record.iptables) {
     const listing = iptablesListing(ctx, tool) ?? "";
-    const wanted = record.forwards.filter((forward) => forward.family === IPTABLES_FAMILY[tool]).reduce((sum, forward) => sum + forward.ports.length, 0);
+    const wanted = record.forwards.filter((forward) => forward.family === iptablesFamily(tool)).reduce((sum, forward) => sum + forward.ports.length, 0);
     const found = listing.split("\n").filter((line) => line.includes(`--comment "${tag}"`)).length;
     if (found < wanted) missing.push(`${wanted - found} exception(s) in ${tool} ${LIBVIRT_IPTABLES_CHAIN}`);
   }

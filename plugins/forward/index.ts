@@ -10,7 +10,7 @@
 import type { Element } from "@xmldom/xmldom";
 import type { Domain } from "../../lib/domain.ts";
 import { definePlugin, type BaseContext, type PluginContext, type UndoRecord } from "../../lib/plugin.ts";
-import { applyRecord, missingRules, readRuleset, undoRecord } from "./apply.ts";
+import { applyRecord, iptablesListing, missingRules, readRuleset, undoRecord } from "./apply.ts";
 import { parseForwardConfig, type ForwardConfig } from "./config.ts";
 import { allowedHostPorts, buildRecord, checkListeners, checkOtherVms, checkPolicy, resolveForwards } from "./plan.ts";
 import { checkRecord, describeForwards, PLUGIN_ID, type ForwardRecord } from "./record.ts";
@@ -21,9 +21,16 @@ export function planForwards(ctx: PluginContext<ForwardConfig>): { description: 
   checkPolicy(forwards, allowedHostPorts(ctx.settings));
   checkOtherVms(forwards, ctx.domain.uuid, ctx.journals());
   checkListeners(ctx.host, forwards);
-  const record = buildRecord(ctx.domain.uuid, forwards, readRuleset(ctx));
+  const record = buildRecord(ctx.domain.uuid, forwards, readRuleset(ctx), (tool) => legacyFilterTable(ctx, tool) && iptablesListing(ctx, tool) !== undefined);
   return { description: describeForwards(forwards), record };
 }
+
+/**
+ * Whether the legacy filter table exists, read from /proc: running
+ * iptables-legacy to find out would load ip_tables and create the table.
+ */
+const legacyFilterTable = (ctx: BaseContext, tool: string) =>
+  (ctx.host.readTrimmed(tool.startsWith("ip6") ? "/proc/net/ip6_tables_names" : "/proc/net/ip_tables_names") ?? "").split("\n").includes("filter");
 
 /** start: the guest's network exists (libvirt started it before the domain); QEMU is not running yet. */
 async function start(ctx: PluginContext<ForwardConfig>): Promise<void> {

@@ -10,7 +10,7 @@ import type { Family } from "./address.ts";
 import { addressesMeet, formatRange, overlaps, type ForwardConfig, type ForwardSpec, type PortForward, type PortRange } from "./config.ts";
 import { readListeners, socketOwner } from "./listeners.ts";
 import { readNetwork, subnetOf, type NetworkInfo } from "./network.ts";
-import { checkRecord, PLUGIN_ID, serializeForward, type CheckedRecord, type ForwardRecord } from "./record.ts";
+import { checkRecord, PLUGIN_ID, serializeForward, type CheckedRecord, type ForwardRecord, type IptablesTool } from "./record.ts";
 import { iptablesNftChain, type ResolvedForward, type RulesetView } from "./rules.ts";
 
 /** Host ports a domain may forward when root has not set plugins.forward.allowedHostPorts: the privileged ones stay the host's. */
@@ -149,9 +149,18 @@ export function checkListeners(host: Host, forwards: ResolvedForward[]): void {
   }
 }
 
-/** The record prepare journals: everything apply, undo and reconnect need, plus the iptables tools libvirt's rules live in. */
-export function buildRecord(uuid: string, forwards: ResolvedForward[], view: RulesetView): ForwardRecord {
+/**
+ * The record start journals: everything apply, undo and reconnect need, plus
+ * the iptables tools that hold libvirt's LIBVIRT_FWI: iptables-nft's chains
+ * show in the nft ruleset; iptables-legacy is asked (`hasLegacyChain`) only
+ * when they do not.
+ */
+export function buildRecord(uuid: string, forwards: ResolvedForward[], view: RulesetView, hasLegacyChain: (tool: IptablesTool) => boolean = () => false): ForwardRecord {
   const families = [...new Set(forwards.map((forward) => forward.family))];
-  const iptables = families.filter((family) => iptablesNftChain(view, family)).map((family) => (family === 4 ? "iptables-nft" : "ip6tables-nft"));
+  const iptables = families.flatMap((family): IptablesTool[] => {
+    if (iptablesNftChain(view, family)) return [family === 4 ? "iptables-nft" : "ip6tables-nft"];
+    const legacy = family === 4 ? "iptables-legacy" : "ip6tables-legacy";
+    return hasLegacyChain(legacy) ? [legacy] : [];
+  });
   return { action: "nft-forward", uuid, forwards: forwards.map(serializeForward), iptables };
 }

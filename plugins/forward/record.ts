@@ -10,8 +10,10 @@ import type { ResolvedForward } from "./rules.ts";
 
 export const PLUGIN_ID = "forward";
 
-export const IPTABLES_TOOLS = ["iptables-nft", "ip6tables-nft"] as const;
+/** libvirt's iptables backend runs whichever iptables the host has: the nft flavour (Debian, Fedora) or the legacy one. */
+export const IPTABLES_TOOLS = ["iptables-nft", "ip6tables-nft", "iptables-legacy", "ip6tables-legacy"] as const;
 export type IptablesTool = (typeof IPTABLES_TOOLS)[number];
+export const iptablesFamily = (tool: IptablesTool): 4 | 6 => (tool.startsWith("ip6") ? 6 : 4);
 
 interface SerializedForward {
   [key: string]: Json;

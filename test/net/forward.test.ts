@@ -136,6 +136,17 @@ test("a host port a host process listens on is refused, naming the process", asy
   }
 });
 
+test("a bad element aborts at prepare with the element, the value and the fix, leaving the ruleset and the journals as they were", () => {
+  const before = lab.ruleset();
+  const xml = domainXml("typo", `<vmhook:forward ports="2222:22/tpc"/>`);
+  const prepared = lab.hookEvent("typo", "prepare", "begin", xml);
+  lab.stopDomain("typo", xml);
+  assert.is(prepared.code, 1);
+  assert.match(prepared.stderr, /^vmhook: <vmhook:forward ports="2222:22\/tpc">: ports= item "2222:22\/tpc" is not a port forward; write HOST\[:GUEST\]\[\/tcp\|\/udp\]/);
+  assert.is(lab.ruleset(), before);
+  assert.match(lab.vmhook(["status"]).stdout, /no VM holds anything/);
+});
+
 test("a network that is not NAT and a privileged host port are refused before anything changes", () => {
   const before = lab.ruleset();
   lab.writeNetwork("route");

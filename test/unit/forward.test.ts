@@ -143,6 +143,14 @@ test("libvirt's iptables backend: exceptions in LIBVIRT_FWI, removed exactly fro
   assert.is(iptablesRemovalInput(shown, OTHER), "");
 });
 
+test("the record names the iptables tool that holds libvirt's LIBVIRT_FWI: iptables-nft when nft shows it, else iptables-legacy when that has it", () => {
+  const nft: RulesetView = { ...EMPTY, allChains: new Set(["ip filter LIBVIRT_FWI"]) };
+  const v6: ResolvedForward = { ...FORWARD, family: 6, guest: parseIp("fd00::10")!, subnet: { network: parseIp("fd00::")!, prefix: 64 } };
+  assert.equal(buildRecord(UUID, [FORWARD, v6], nft).iptables, ["iptables-nft"]);
+  assert.equal(buildRecord(UUID, [FORWARD, v6], nft, (tool) => tool === "ip6tables-legacy").iptables, ["iptables-nft", "ip6tables-legacy"]);
+  assert.equal(buildRecord(UUID, [FORWARD], EMPTY).iptables, []);
+});
+
 test("journal records round-trip, and a tampered one is refused before it reaches nft", () => {
   const record = buildRecord(UUID, [FORWARD], EMPTY);
   assert.equal(checkRecord(record).forwards, [FORWARD]);
@@ -188,8 +196,7 @@ test("/proc/net: listening TCP and unconnected UDP sockets, IPv4 and IPv6 addres
   );
   const tcp6 = `  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
    0: 00000000000000000000000000000000:0016 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 5001 1 0 100 0 0 10 0
-   1: 000000000000000000000000010000000:1F90 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 5002 1 0 100 0 0 10 0
-   2: 00000000000000000000000001000000:1F90 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 5003 1 0 100 0 0 10 0`;
+   1: 00000000000000000000000001000000:1F90 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 5003 1 0 100 0 0 10 0`;
   assert.equal(parseProcNet(tcp6, "tcp", 6).map(({ address, port, loopback }) => `${address} ${port} ${loopback}`), [":: 22 false", "::1 8080 true"]);
 });
 
