@@ -4,7 +4,7 @@
 import { VmhookError } from "../../lib/errors.ts";
 import type { BaseContext } from "../../lib/plugin.ts";
 import { iptablesFamily, type CheckedRecord, type IptablesTool } from "./record.ts";
-import { applyScript, iptablesApplyInput, iptablesRemovalInput, LIBVIRT_IPTABLES_CHAIN, parseRuleset, removalScript, type RulesetView } from "./rules.ts";
+import { applyScript, domainChain, domainTag, iptablesApplyInput, iptablesRemovalInput, libvirtNftChain, LIBVIRT_IPTABLES_CHAIN, parseRuleset, removalScript, TABLE, type RulesetView } from "./rules.ts";
 
 type Runner = Pick<BaseContext, "run">;
 
@@ -65,15 +65,15 @@ export function undoRecord(ctx: Runner, record: CheckedRecord): void {
 /** What is missing of the record's rules, in words; [] when all is in place. */
 export function missingRules(ctx: Runner, record: CheckedRecord): string[] {
   const view = readRuleset(ctx);
-  const tag = `vmhook:${record.uuid}`;
+  const tag = domainTag(record.uuid);
   const tagged = view.tagged.filter((rule) => rule.comment === tag);
   const missing: string[] = [];
-  if (!view.chains.includes(`vm-${record.uuid}`)) missing.push(`chain inet vmhook vm-${record.uuid}`);
+  if (!view.chains.includes(domainChain(record.uuid))) missing.push(`chain inet ${TABLE} ${domainChain(record.uuid)}`);
   for (const base of ["prerouting", "output"]) {
-    if (!tagged.some((rule) => rule.table === "vmhook" && rule.chain === base)) missing.push(`the jump from inet vmhook ${base}`);
+    if (!tagged.some((rule) => rule.table === TABLE && rule.chain === base)) missing.push(`the jump from inet ${TABLE} ${base}`);
   }
   for (const family of [4, 6] as const) {
-    const chain = `${family === 4 ? "ip" : "ip6"} libvirt_network guest_input`;
+    const chain = libvirtNftChain(family);
     const wanted = record.forwards.filter((forward) => forward.family === family).reduce((sum, forward) => sum + forward.ports.length, 0);
     const found = tagged.filter((rule) => `${rule.family} ${rule.table} ${rule.chain}` === chain).length;
     if (view.allChains.has(chain) && found < wanted) missing.push(`${wanted - found} exception(s) in ${chain}`);

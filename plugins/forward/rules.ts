@@ -38,6 +38,8 @@ export interface ResolvedForward {
   ports: PortForward[];
 }
 
+export const libvirtNftChain = (family: Family) => `${ipKeyword(family)} ${LIBVIRT_NFT.table} ${LIBVIRT_NFT.chain}`;
+
 /** What of vmhook's (and libvirt's) rules exists now, from `nft -j list ruleset`. */
 export interface RulesetView {
   tableExists: boolean;
@@ -60,9 +62,9 @@ const quoted = (name: string) => `"${name}"`;
 
 /** dnat target: 192.168.122.10:22, [fd00::10]:22, or the address alone when a range keeps its ports. */
 function dnatTarget(forward: ResolvedForward, port: PortForward): string {
-  const address = forward.family === 6 ? `[${forward.guest.text}]` : forward.guest.text;
-  const keepsPorts = port.guest.first === port.host.first && port.guest.last === port.host.last && port.host.first !== port.host.last;
-  return keepsPorts ? (forward.family === 6 ? forward.guest.text : address) : `${address}:${port.guest.first}`;
+  const keepsPorts = port.host.first !== port.host.last;
+  if (keepsPorts) return forward.guest.text;
+  return `${forward.family === 6 ? `[${forward.guest.text}]` : forward.guest.text}:${port.guest.first}`;
 }
 
 /** The DNAT rules of one domain's chain (jumped to from prerouting and output). */
@@ -151,7 +153,7 @@ export function applyScript(view: RulesetView, uuid: string, forwards: ResolvedF
     lines.push(`add chain inet ${TABLE} ${hairpin}`, ...hairpins.map((rule) => `add rule inet ${TABLE} ${hairpin} ${rule}`), `add rule inet ${TABLE} postrouting jump ${hairpin} comment ${tag}`);
   }
   for (const forward of forwards) {
-    const libvirtChain = `${ipKeyword(forward.family)} ${LIBVIRT_NFT.table} ${LIBVIRT_NFT.chain}`;
+    const libvirtChain = libvirtNftChain(forward.family);
     if (!view.allChains.has(libvirtChain)) continue;
     for (const port of forward.ports) lines.push(`insert rule ${libvirtChain} ${libvirtExceptionRule(forward, port, uuid)}`);
   }
