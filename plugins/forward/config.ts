@@ -4,7 +4,7 @@
 //   <vmhook:forward guest="192.168.122.10" ports="2222:22,8443:443/tcp,60000-60010/udp"
 //                   host-address="203.0.113.5" interface="eth0" hairpin="no"/>
 import type { Element } from "@xmldom/xmldom";
-import { readAttributes } from "../../lib/config.ts";
+import { readAttributes } from "../../lib/element.ts";
 import { describeElement } from "../../lib/domain.ts";
 import { ConfigError } from "../../lib/errors.ts";
 import { parseYesNo } from "../../lib/validate.ts";

@@ -28,8 +28,11 @@ interface SerializedForward {
   ports: string;
 }
 
+/** nft-forward: the rules put in at start; restore-forward: the same rules put back at reconnect. */
+export const FORWARD_ACTIONS = ["nft-forward", "restore-forward"] as const;
+
 export interface ForwardRecord extends UndoRecord {
-  action: "nft-forward";
+  action: (typeof FORWARD_ACTIONS)[number];
   uuid: string;
   forwards: SerializedForward[];
   /** libvirt's iptables backend: the tools whose LIBVIRT_FWI chain got exceptions. */
@@ -58,7 +61,7 @@ export function serializeForward(forward: ResolvedForward): SerializedForward {
 export function checkRecord(record: UndoRecord): CheckedRecord {
   const fail = (why: string) => new Error(`forward: journal record ${JSON.stringify(record)} is not valid (${why}); remove the domain's rules by hand (nft list table inet vmhook), then run vmhook recover`);
   const { action, uuid, forwards, iptables } = record;
-  if (action !== "nft-forward") throw fail("unknown action");
+  if (!FORWARD_ACTIONS.includes(action as ForwardRecord["action"])) throw fail("unknown action");
   if (typeof uuid !== "string" || !PATTERNS.uuid.test(uuid)) throw fail("uuid");
   if (!Array.isArray(iptables) || !iptables.every((tool) => IPTABLES_TOOLS.includes(tool as IptablesTool))) throw fail("iptables");
   if (!Array.isArray(forwards) || forwards.length === 0) throw fail("forwards");

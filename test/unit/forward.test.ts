@@ -8,6 +8,7 @@ import { parseDomain } from "../../lib/domain.ts";
 import { RootedHost } from "../../lib/host.ts";
 import type { Journal } from "../../lib/journal.ts";
 import { parseIp } from "../../plugins/forward/address.ts";
+import { registry } from "../../plugins/index.ts";
 import type { ForwardConfig } from "../../plugins/forward/config.ts";
 import { parseProcNet } from "../../plugins/forward/listeners.ts";
 import { parseNetworkXml } from "../../plugins/forward/network.ts";
@@ -25,7 +26,7 @@ function domain(elements: string): string {
 }
 
 async function parse(elements: string): Promise<ForwardConfig> {
-  const [instance] = await loadDomainPlugins(parseDomain(domain(elements)), new RootedHost("/nonexistent"));
+  const [instance] = await loadDomainPlugins(parseDomain(domain(elements)), new RootedHost("/nonexistent"), registry);
   return instance!.config as ForwardConfig;
 }
 
