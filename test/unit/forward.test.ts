@@ -3,6 +3,9 @@
 // and the planning checks (policy, other VMs). Real traffic: test/net.
 import { test } from "uvu";
 import * as assert from "uvu/assert";
+import { assertPlanIsPrepare, plannedSteps as plannedStepsFor } from "../helpers/plan.ts";
+import { runHookEvent } from "../helpers/hook.ts";
+import { SimHost } from "../helpers/simhost.ts";
 import { loadDomainPlugins } from "../../lib/config.ts";
 import { parseDomain } from "../../lib/domain.ts";
 import { RootedHost } from "../../lib/host.ts";
@@ -213,6 +216,62 @@ test("libvirt network files: status or definition, NAT by default, netmask or pr
   assert.equal(network.dhcpHosts.map((host) => `${host.mac} ${host.ip.text}`), ["52:54:00:aa:bb:01 192.168.122.10"]);
   assert.is(parseNetworkXml("<network><name>iso</name><bridge name='virbr1'/></network>", "f").mode, "isolated");
   assert.throws(() => parseNetworkXml(`<network><name>x</name><bridge name='a"b'/></network>`, "f"), /is not a bridge name vmhook can use/);
+});
+
+const NAT_NETWORK = `<network><name>default</name><forward mode='nat'/><bridge name='virbr0'/>
+  <ip address='192.168.122.1' netmask='255.255.255.0'><dhcp><host mac='52:54:00:aa:bb:01' ip='192.168.122.10'/></dhcp></ip></network>`;
+
+/** A host with the NAT network and an nft that keeps the domain's rules while applied (enough for missingRules and undo). */
+function nftHost(): { sim: SimHost; nftScripts: string[]; dropRules(): void } {
+  const sim = new SimHost().dir("/var/log").dir("/run").file("/run/libvirt/network/default.xml", NAT_NETWORK);
+  const nftScripts: string[] = [];
+  let applied = false;
+  const ours = { family: "inet", table: "vmhook" };
+  const ruleset = () =>
+    JSON.stringify({
+      nftables: applied
+        ? [
+            { table: { family: "inet", name: "vmhook", handle: 1 } },
+            ...["prerouting", "output", "postrouting", `vm-${UUID}`].map((name) => ({ chain: { ...ours, name, handle: 2 } })),
+            ...["prerouting", "output"].map((chain, index) => ({ rule: { ...ours, chain, handle: 10 + index, comment: `vmhook:${UUID}` } })),
+          ]
+        : [{ metainfo: { version: "1.0.6" } }],
+    });
+  sim.onExec("nft", (args, _sim, options) => {
+    if (args.join(" ") === "-j list ruleset") return { status: 0, stdout: ruleset() };
+    if (args.join(" ") !== "-f -") return { status: 1, stderr: `unexpected nft ${args.join(" ")}` };
+    nftScripts.push(options.input ?? "");
+    applied = (options.input ?? "").includes(`add chain inet vmhook vm-${UUID}`);
+    return { status: 0 };
+  });
+  return { sim, nftScripts, dropRules: () => (applied = false) };
+}
+
+test("vmhook plan --event start lists exactly the step start runs; release takes the rules out", async () => {
+  const { sim, nftScripts } = nftHost();
+  const xml = domain(`<vmhook:forward ports="2222:22,60000-60010/udp"/>`);
+  assert.equal(await assertPlanIsPrepare(sim, xml, "vm", "start"), ["forward: forward tcp 2222 → 192.168.122.10:22, udp 60000-60010 → 192.168.122.10:60000-60010 (nft table inet vmhook)"]);
+  assert.is(nftScripts.length, 1);
+  assert.match(nftScripts[0]!, /add rule inet vmhook vm-11111111-2222-4333-8444-555555555555 .*meta l4proto tcp th dport 2222 dnat ip to 192\.168\.122\.10:22/);
+  const released = await runHookEvent(sim, "release", "end", xml);
+  assert.is(released.code, 0, released.stderr);
+  assert.is(nftScripts.at(-1), "delete table inet vmhook\n");
+  assert.not.ok(sim.exists(`/run/vmhook/${UUID}.json`), "the journal is gone after release");
+});
+
+test("reconnect puts back rules that went missing, warns, and adds nothing to the journal; nothing missing plans nothing", async () => {
+  const { sim, nftScripts, dropRules } = nftHost();
+  const xml = domain(`<vmhook:forward ports="2222:22"/>`);
+  assert.is((await runHookEvent(sim, "start", "begin", xml)).code, 0);
+  const journal = sim.read(`/run/vmhook/${UUID}.json`);
+  assert.equal(await plannedStepsFor(sim, xml, "reconnect"), []);
+  dropRules();
+  assert.equal(await plannedStepsFor(sim, xml, "reconnect"), ["forward: put back forward tcp 2222 → 192.168.122.10:22 (nft table inet vmhook)"]);
+  const reconnected = await runHookEvent(sim, "reconnect", "begin", xml);
+  assert.is(reconnected.code, 0, reconnected.stderr);
+  assert.is(nftScripts.length, 2, "the rules went in again");
+  assert.match(sim.read("/var/log/vmhook.log"), /chain inet vmhook vm-11111111-2222-4333-8444-555555555555, the jump from inet vmhook prerouting, the jump from inet vmhook output went missing/);
+  assert.equal(JSON.parse(sim.read(`/run/vmhook/${UUID}.json`)).entries, JSON.parse(journal).entries, "the journal holds the start step only");
 });
 
 test.run();
