@@ -38,11 +38,12 @@ function planReconnect(ctx: PlanContext<ForwardConfig>): Step<ForwardRecord>[] {
   return ctx.records
     .filter((record) => record.action === "nft-forward")
     .flatMap((journaled): Step<ForwardRecord>[] => {
-      const missing = missingRules(ctx, checkRecord(journaled));
+      const typed = checkRecord(journaled);
+      const missing = missingRules(ctx, typed);
       if (missing.length === 0) return [];
       ctx.log.warn(`forward: ${missing.join(", ")} went missing while libvirtd was away`);
       const record = { ...(journaled as ForwardRecord), action: "restore-forward" as const };
-      return [{ action: record.action, record, description: `put back ${describeForwards(checkRecord(record).forwards)}` }];
+      return [{ action: record.action, record, description: `put back ${describeForwards(typed.forwards)}` }];
     });
 }
 
