@@ -29,6 +29,12 @@ export interface BaseContext {
   /** True in `vmhook plan`: steps are listed, not run. */
   dryRun: boolean;
   deadline: Deadline;
+  /**
+   * Runs `work` without the host-wide lock (a shared plugin's slow wait that
+   * needs no lock, such as reclaiming memory), then takes the lock again.
+   * Whatever was read under the lock must be read again afterwards.
+   */
+  outsideHostLock<T>(work: () => T): T;
   /** Polls until ready() with a timeout bounded by the deadline; no fixed sleeps. */
   waitFor(what: string, ready: () => boolean, options?: WaitOptions): void;
   /** Runs a program with a timeout bounded by the deadline; throws with its stderr when it fails. */
@@ -52,6 +58,15 @@ export interface StepHandle {
   nothingToUndo(): void;
 }
 
+export interface StepOptions {
+  /**
+   * Why the step cannot succeed on this host: `vmhook plan` lists it marked
+   * and exits 1; a real run refuses it before it is journaled. Plugins check
+   * every step first, so a real run refuses before changing anything.
+   */
+  refused?: string;
+}
+
 export interface PluginContext<Config> extends BaseContext {
   config: Config;
   /** The full domain model (memory, NUMA, pinning, hostdevs). */
@@ -63,7 +78,7 @@ export interface PluginContext<Config> extends BaseContext {
    * If the action throws, the journaled undo still runs during rollback, so
    * keep it accurate with `handle.update` when only part was done.
    */
-  step(description: string, undo: UndoRecord, action: (handle: StepHandle) => void | Promise<void>): Promise<void>;
+  step(description: string, undo: UndoRecord, action: (handle: StepHandle) => void | Promise<void>, options?: StepOptions): Promise<void>;
 }
 
 export type Handler<Config> = (ctx: PluginContext<Config>) => void | Promise<void>;

@@ -7,7 +7,7 @@ import type { Domain } from "./domain.ts";
 import { describeError, VmhookError } from "./errors.ts";
 import type { Host } from "./host.ts";
 import { listJournals, removeJournal, sharedState, writeJournal, type Journal, type JournalEntry } from "./journal.ts";
-import { withHostLock } from "./lock.ts";
+import { withHostLock, type HeldLock } from "./lock.ts";
 import type { Logger } from "./log.ts";
 import type { BaseContext, HookEvent, Plugin, PluginContext, StepHandle, UndoRecord } from "./plugin.ts";
 import type { HostSettings } from "./settings.ts";
@@ -26,9 +26,14 @@ export interface PlannedStep {
   event: HookEvent;
   description: string;
   undo: UndoRecord;
+  /** Why this step cannot succeed on this host (prepare would refuse before changing anything). */
+  refused?: string;
 }
 
-function baseContext(env: RunEnvironment, pluginId: string, event: HookEvent, domain: { name: string; uuid: string }, deadline: Deadline): BaseContext {
+/** The host lock a shared plugin's handler or undo runs under, while it does. */
+type LockSlot = { held?: HeldLock };
+
+function baseContext(env: RunEnvironment, pluginId: string, event: HookEvent, domain: { name: string; uuid: string }, deadline: Deadline, lock: LockSlot = {}): BaseContext {
   const { host, log } = env;
   const sharedName = pluginId.replace(/[^a-z0-9._-]/g, "_");
   return {
@@ -40,6 +45,7 @@ function baseContext(env: RunEnvironment, pluginId: string, event: HookEvent, do
     deadline,
     settings: env.settings.plugins[pluginId] ?? {},
     waitFor: (what, ready, options) => waitFor(host, deadline, what, ready, options),
+    outsideHostLock: (work) => (lock.held ? lock.held.released(work) : work()),
     run(command, args, options = {}) {
       deadline.check(`starting ${command}`);
       const result = host.exec(command, args, { timeoutMs: deadline.clamp(options.timeoutMs ?? 30_000), input: options.input });
@@ -63,9 +69,17 @@ function baseContext(env: RunEnvironment, pluginId: string, event: HookEvent, do
   };
 }
 
-async function underLockIf<T>(plugin: Plugin<unknown>, env: RunEnvironment, deadline: Deadline, work: () => Promise<T>): Promise<T> {
+async function underLockIf<T>(plugin: Plugin<unknown>, env: RunEnvironment, deadline: Deadline, lock: LockSlot, work: () => Promise<T>): Promise<T> {
   // A dry run changes nothing, so it need not wait for a VM that is starting.
-  return plugin.shared && !env.dryRun ? withHostLock(env.host, deadline, work) : work();
+  if (!plugin.shared || env.dryRun) return work();
+  return withHostLock(env.host, deadline, async (held) => {
+    lock.held = held;
+    try {
+      return await work();
+    } finally {
+      lock.held = undefined;
+    }
+  });
 }
 
 /**
@@ -84,14 +98,15 @@ export async function runHandlers(
     const handler = instance.plugin[event as "prepare"];
     if (!handler) continue;
     deadline.check(`starting ${instance.id}`);
+    const lock: LockSlot = {};
     const ctx: PluginContext<unknown> = {
-      ...baseContext(env, instance.id, event, journal.domain, deadline),
+      ...baseContext(env, instance.id, event, journal.domain, deadline, lock),
       config: instance.config,
       domainXml: domain,
       records: journal.entries.filter((entry) => entry.plugin === instance.id).map((entry) => entry.undo),
-      step: (description, undo, action) => step(env, journal, instance.id, event, description, undo, action),
+      step: (description, undo, action, options) => step(env, journal, instance.id, event, description, undo, action, options?.refused),
     };
-    await underLockIf(instance.plugin, env, deadline, async () => handler(ctx));
+    await underLockIf(instance.plugin, env, deadline, lock, async () => handler(ctx));
   }
 }
 
@@ -103,11 +118,13 @@ async function step(
   description: string,
   undo: UndoRecord,
   action: (handle: StepHandle) => void | Promise<void>,
+  refused: string | undefined,
 ): Promise<void> {
   if (env.dryRun) {
-    env.dryRun.steps.push({ plugin: pluginId, event, description, undo });
+    env.dryRun.steps.push({ plugin: pluginId, event, description, undo, ...(refused ? { refused } : {}) });
     return;
   }
+  if (refused) throw new VmhookError(refused);
   const entry: JournalEntry = { plugin: pluginId, event, description, undo, state: "pending", at: new Date(env.host.now()).toISOString() };
   journal.entries.push(entry);
   writeJournal(env.host, journal);
@@ -156,8 +173,9 @@ export async function undoJournal(journal: Journal, env: RunEnvironment, deadlin
   for (const entry of [...journal.entries].reverse()) {
     try {
       const plugin = loaded.find((instance) => instance.id === entry.plugin)?.plugin ?? (await loadPlugin(entry.plugin, host));
-      await underLockIf(plugin, env, deadline, async () =>
-        plugin.undo(entry.undo, baseContext(env, entry.plugin, "release", journal.domain, deadline)),
+      const lock: LockSlot = {};
+      await underLockIf(plugin, env, deadline, lock, async () =>
+        plugin.undo(entry.undo, baseContext(env, entry.plugin, "release", journal.domain, deadline, lock)),
       );
       journal.entries.splice(journal.entries.indexOf(entry), 1);
       writeJournal(host, journal);

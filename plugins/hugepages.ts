@@ -11,34 +11,32 @@
 // nodeset>, else the global pool; a nodeset of several nodes gets the pages
 // split evenly (the first nodes take the remainder).
 import type { Element } from "@xmldom/xmldom";
+import { boundedProduct, boundedSum } from "../lib/bounded.ts";
 import { readAttributes, single } from "../lib/config.ts";
 import { parseCpuset } from "../lib/cpuset.ts";
 import { describeElement, type Domain } from "../lib/domain.ts";
 import { ConfigError, VmhookError } from "../lib/errors.ts";
 import type { Host } from "../lib/host.ts";
-import { hugepagePool, hugepageSizes, meminfo, NODE_DIR, nodeDir } from "../lib/memory.ts";
+import { hugepagePool, hugepageSizes, memoryFacts, NODE_DIR, nodeDir } from "../lib/memory.ts";
 import { definePlugin, type BaseContext, type PluginContext, type StepHandle, type UndoRecord } from "../lib/plugin.ts";
 import { formatKiB, parseInteger, parseSizeWithSuffix } from "../lib/validate.ts";
+import { checkFit, formatMiB, nodeFloorKiB, readHostView, refusal, type HostView, type PoolNeed } from "./hugepages/fit.ts";
+import { growWithRetries, RETRY_ROUNDS, type PoolCount, type RetryIo } from "./hugepages/grow.ts";
 
-/** Pages of one size to add to one pool: a host NUMA node's, or the global one. */
-export interface PoolNeed {
-  sizeKiB: number;
-  /** undefined: the global pool (the kernel spreads it over the nodes). */
-  node?: number;
-  pages: number;
-}
+export type { PoolNeed } from "./hugepages/fit.ts";
 
 export interface HugepagesConfig {
   pools: PoolNeed[];
-  /** How long to keep dropping caches and compacting memory while the kernel grants too few pages. */
+  /** How long to keep retrying (give back, drop caches, compact) while the kernel grants too few pages. */
   retrySeconds: number;
   /** <memoryBacking><hugepages> is present; without it QEMU does not use the pages. */
   backedByHugepages: boolean;
 }
 
 /**
- * Journaled per pool. `added`: how much the persistent pool grew (new pages,
- * plus surplus pages the kernel promoted first); `returned`: how many of them went back already.
+ * Journaled per pool. `added`: how much the persistent pool grew and is held
+ * now (new pages, plus surplus pages the kernel promoted first); `returned`:
+ * how many of them went back already.
  */
 interface GrowRecord extends UndoRecord {
   action: "grow-pool";
@@ -107,7 +105,9 @@ function hostNodesOf(part: MemoryPart, domain: Domain, nodeAttribute: number[] |
   return memnode?.nodeset ?? domain.numatuneMemory?.nodeset;
 }
 
-/** The pages each pool must grow by, merged per (size, node). */
+const backedMemory = (sizeKiB: number) => `the guest memory to back with ${formatKiB(sizeKiB)} pages (KiB)`;
+
+/** The pages each pool must grow by, merged per (size, node); their memory stays below 2^53 KiB. */
 function poolNeeds(domain: Domain, where: string, sizeAttribute: number | undefined, nodeAttribute: number[] | undefined): PoolNeed[] {
   for (const memnode of domain.memnodes) {
     if (!domain.numaCells.some((cell) => cell.id === memnode.cellid)) {
@@ -121,14 +121,15 @@ function poolNeeds(domain: Domain, where: string, sizeAttribute: number | undefi
     const nodes = hostNodesOf(part, domain, nodeAttribute);
     const key = `${sizeKiB}/${nodes?.join(",") ?? "global"}`;
     const group = byNodeset.get(key) ?? { sizeKiB, nodes, pages: 0 };
-    group.pages += Math.ceil(part.memoryKiB / sizeKiB);
+    group.pages = boundedSum(group.pages, Math.ceil(part.memoryKiB / sizeKiB), backedMemory(sizeKiB));
     byNodeset.set(key, group);
   }
   const byPool = new Map<string, PoolNeed>();
   const add = (sizeKiB: number, node: number | undefined, pages: number) => {
     const key = `${sizeKiB}/${node ?? "global"}`;
     const need = byPool.get(key) ?? { sizeKiB, ...(node === undefined ? {} : { node }), pages: 0 };
-    need.pages += pages;
+    need.pages = boundedSum(need.pages, pages, backedMemory(sizeKiB));
+    boundedProduct(need.pages, sizeKiB, backedMemory(sizeKiB));
     byPool.set(key, need);
   };
   for (const { sizeKiB, nodes, pages } of byNodeset.values()) {
@@ -160,7 +161,7 @@ function readCount(host: Host, file: string): number {
  * write sets the persistent count, all minus surplus (for a node's pool: on
  * Linux 6.7 and later; older kernels also count other nodes' surplus in).
  */
-function readPool(host: Host, sizeKiB: number, node: number | undefined): { total: number; persistent: number } {
+function readPool(host: Host, sizeKiB: number, node: number | undefined): PoolCount {
   const total = readCount(host, poolFile(sizeKiB, node));
   const surplusFile = poolFile(sizeKiB, node, "surplus_hugepages");
   return { total, persistent: total - (host.exists(surplusFile) ? readCount(host, surplusFile) : 0) };
@@ -173,6 +174,13 @@ function writeCount(host: Host, file: string, count: number): void {
     const code = (error as NodeJS.ErrnoException).code ?? (error as Error).message;
     throw new VmhookError(`hugepages: the kernel refused ${count} in ${file} (${code}); check dmesg`);
   }
+}
+
+/** Shrinks the persistent pool by `pages` (never below 0) and returns the target; surplus pages are not ours to give back. */
+function shrinkPool(host: Host, sizeKiB: number, node: number | undefined, pages: number): number {
+  const target = Math.max(0, readPool(host, sizeKiB, node).persistent - pages);
+  writeCount(host, poolFile(sizeKiB, node), target);
+  return target;
 }
 
 /** Checks that change nothing, before the first step: the node and the pool exist. */
@@ -194,11 +202,6 @@ function checkPoolExists(host: Host, need: PoolNeed): void {
   }
 }
 
-function freeMemory(host: Host, node: number | undefined): string {
-  const kib = meminfo(host, node).MemFree;
-  return kib === undefined ? "unknown" : `${Math.round(kib / 1024)} MiB`;
-}
-
 /** Frees what the kernel can give up and defragments, so a retry can find contiguous memory. */
 function reclaim(host: Host, node: number | undefined): void {
   host.write("/proc/sys/vm/drop_caches", "3\n");
@@ -207,71 +210,69 @@ function reclaim(host: Host, node: number | undefined): void {
   if (host.exists(compact)) host.write(compact, "1\n");
 }
 
-// ---- prepare: grow each pool by this VM's need
+// ---- prepare: check that every pool fits, then grow each by this VM's need
 
 async function prepare(ctx: PluginContext<HugepagesConfig>): Promise<void> {
   const { config, host } = ctx;
   for (const need of config.pools) checkPoolExists(host, need);
+  const view = readHostView(host, config.pools, ctx.settings);
+  const fits = checkFit(config.pools, view);
+  const refused = refusal(fits);
+  // Refused before the first page is taken; a dry run lists the steps marked instead.
+  if (refused && !ctx.dryRun) throw refused;
   if (!config.backedByHugepages) {
     ctx.log.warn("hugepages: the domain has no <memoryBacking><hugepages/>, so QEMU will not use the pages reserved for it");
   }
-  for (const need of config.pools) {
+  for (const fit of fits) {
+    const need = fit.need;
     const record: GrowRecord = { action: "grow-pool", sizeKiB: need.sizeKiB, node: need.node ?? null, added: 0, returned: 0 };
-    await ctx.step(`grow ${poolName(need.sizeKiB, need.node)} by ${need.pages} pages`, record, (handle) => grow(ctx, need, record, handle));
+    await ctx.step(`grow ${poolName(need.sizeKiB, need.node)} by ${need.pages} pages`, record, (handle) => grow(ctx, view, need, record, handle), { refused: fit.refused });
   }
 }
 
-function grow(ctx: PluginContext<HugepagesConfig>, need: PoolNeed, record: GrowRecord, handle: StepHandle): void {
+/** The kernel and the journal as the retry policy sees them, for one pool. */
+function poolIo(ctx: PluginContext<HugepagesConfig>, view: HostView, need: PoolNeed, record: GrowRecord, handle: StepHandle): RetryIo {
   const { host } = ctx;
-  const file = poolFile(need.sizeKiB, need.node);
-  let fresh = 0;
-  // One attempt: ask for what is still missing on top of all the pool holds
-  // now (the kernel promotes surplus pages before it adds new ones), and
-  // journal how much the persistent pool grew before anything else, so a
-  // rollback gives back exactly that.
-  const attempt = (): boolean => {
-    const before = readPool(host, need.sizeKiB, need.node);
-    writeCount(host, file, before.total + need.pages - fresh);
-    const after = readPool(host, need.sizeKiB, need.node);
-    fresh += Math.max(0, after.total - before.total);
-    if (after.persistent > before.persistent) {
-      record.added += after.persistent - before.persistent;
+  const { sizeKiB, node } = need;
+  const nodeFloor = node === undefined ? 0 : nodeFloorKiB(view.floorKiB, view.host, view.nodes.get(node)!);
+  return {
+    read: () => readPool(host, sizeKiB, node),
+    write: (count) => writeCount(host, poolFile(sizeKiB, node), count),
+    headroomKiB() {
+      const hostRoom = memoryFacts(host).availableKiB - view.floorKiB;
+      return node === undefined ? hostRoom : Math.min(hostRoom, memoryFacts(host, node).availableKiB - nodeFloor);
+    },
+    holding(pages) {
+      record.added = pages;
       handle.update({ ...record });
-    }
-    return fresh >= need.pages;
+    },
+    giveBack: (pages) => void shrinkPool(host, sizeKiB, node, pages),
+    reclaim: () => ctx.outsideHostLock(() => reclaim(host, node)),
+    memory: () => memoryFacts(host, node),
+    now: () => host.now(),
   };
-  if (attempt()) return;
-  // Errors inside the poll end it at once and are rethrown as they are; only
-  // running out of time becomes the shortfall message.
-  let failure: unknown;
-  const retry = (): boolean => {
-    try {
-      reclaim(host, need.node);
-      return attempt();
-    } catch (error) {
-      failure = error;
-      return true;
-    }
-  };
-  try {
-    ctx.waitFor(`the kernel grants ${need.pages} pages to ${poolName(need.sizeKiB, need.node)}`, retry, {
-      timeoutMs: ctx.config.retrySeconds * 1000,
-      intervalMs: 100,
-    });
-  } catch {
-    throw shortfall(host, need, fresh, ctx.config.retrySeconds);
-  }
-  if (failure !== undefined) throw failure;
 }
 
-function shortfall(host: Host, need: PoolNeed, got: number, retrySeconds: number): VmhookError {
+function grow(ctx: PluginContext<HugepagesConfig>, view: HostView, need: PoolNeed, record: GrowRecord, handle: StepHandle): void {
+  const retryMs = Math.min(ctx.config.retrySeconds * 1000, ctx.deadline.remainingMs());
+  const result = growWithRetries(poolIo(ctx, view, need, record, handle), need.pages, need.sizeKiB, { maxRounds: RETRY_ROUNDS, retryMs });
+  if (!result.ok) throw shortfall(need, result, view.floorKiB, ctx.config.retrySeconds);
+  if (result.rounds > 1) ctx.log.info(`hugepages: ${poolName(need.sizeKiB, need.node)} grew by ${need.pages} pages in round ${result.rounds}`);
+}
+
+function shortfall(need: PoolNeed, result: Extract<ReturnType<typeof growWithRetries>, { ok: false }>, floorKiB: number, retrySeconds: number): VmhookError {
   const size = formatKiB(need.sizeKiB);
   const where = need.node === undefined ? "" : ` on node ${need.node}`;
   const bootOption = need.node === undefined ? `hugepagesz=${size} hugepages=${need.pages}` : `hugepagesz=${size} hugepages=${need.node}:${need.pages}`;
+  const { availableKiB, freeKiB } = result.after;
+  const why =
+    result.stop === "floor"
+      ? `growing further would have taken${where === "" ? " the host" : ` node ${need.node}`} below the free-memory floor (${formatMiB(floorKiB)} for the host)`
+      : `the kernel found no more contiguous ${size} blocks${where}, even after dropping caches and compacting memory`;
   return new VmhookError(
-    `hugepages: got ${got} of ${need.pages} pages of ${size}${where}; free memory ${freeMemory(host, need.node)}; free memory on the host, use smaller pages, or reserve them at boot`,
+    `hugepages: got ${result.best} of ${need.pages} pages of ${size}${where}; after giving them back ${formatMiB(availableKiB)} available, ${formatMiB(freeKiB)} free; free memory on the host, use smaller pages, or reserve them at boot`,
     [
-      `after dropping caches and compacting memory for ${retrySeconds} s the kernel found no more contiguous ${size} blocks${where}`,
+      `${why}; ${result.rounds} round(s) in ${retrySeconds} s (timeout= on <vmhook:hugepages>)`,
       "remedies: stop other VMs or services; raise timeout= on <vmhook:hugepages>",
       need.sizeKiB > DEFAULT_SIZE_KIB ? `2M pages need far less contiguous memory than ${size} pages: size="2M" (and the same in <memoryBacking>)` : "give the VM less <memory>",
       `reserve the pages at boot (kernel command line: ${bootOption}) and drop <vmhook:hugepages>`,
@@ -286,9 +287,7 @@ function undo(record: UndoRecord, ctx: BaseContext): void {
   const node = grown.node ?? undefined;
   const remaining = grown.added - grown.returned;
   if (remaining <= 0) return;
-  // The persistent count, not nr_hugepages: surplus pages are not ours to give back.
-  const target = Math.max(0, readPool(ctx.host, grown.sizeKiB, node).persistent - remaining);
-  writeCount(ctx.host, poolFile(grown.sizeKiB, node), target);
+  const target = shrinkPool(ctx.host, grown.sizeKiB, node, remaining);
   // Kept in the journal if anything below fails, so a second undo gives nothing back twice.
   grown.returned = grown.added;
   const after = readPool(ctx.host, grown.sizeKiB, node).persistent;
