@@ -39,6 +39,8 @@ fs.symlinkSync(path.resolve(vmhook), hook);
 fs.mkdirSync(path.join(root, path.dirname(POOL)), { recursive: true });
 fs.mkdirSync(path.join(root, "var/log"), { recursive: true });
 fs.writeFileSync(path.join(root, POOL), "0\n");
+fs.mkdirSync(path.join(root, "proc"));
+fs.writeFileSync(path.join(root, "proc/meminfo"), "MemTotal: 67108864 kB\nMemFree: 33554432 kB\nMemAvailable: 33554432 kB\n");
 const pool = () => Number(fs.readFileSync(path.join(root, POOL), "utf8"));
 const journalExists = () => fs.existsSync(path.join(root, "run/vmhook", `${uuid}.json`));
 const env = { PATH: process.env.PATH ?? "/usr/bin:/bin", LC_ALL: "C", VMHOOK_ROOT: root };
