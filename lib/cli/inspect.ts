@@ -1,8 +1,8 @@
 // Read-only commands: validate, plan, status. None of them changes the host.
 import type { CommandModule } from "yargs";
-import { loadDomainPlugins } from "../config.ts";
+import { loadDomainPlugins, type PluginInstance } from "../config.ts";
 import { Deadline } from "../deadline.ts";
-import { parseDomain } from "../domain.ts";
+import { parseDomain, type Domain } from "../domain.ts";
 import { RootedHost, type Host } from "../host.ts";
 import { listJournals, newJournal, readJournal, type Journal } from "../journal.ts";
 import { createLogger } from "../log.ts";
@@ -25,6 +25,13 @@ const validate: CommandModule<GlobalOptions, DomainArgs> = {
     const host = new RootedHost(args.root);
     const domain = parseDomain(readDomainFile(args.domain), sourceName(args.domain));
     const instances = await loadDomainPlugins(domain, host);
+    const refused = await refusedHere(host, domain, instances);
+    if (refused.length > 0) {
+      process.exitCode = 1;
+      if (args.json) printJson({ ok: false, domain: { name: domain.name, uuid: domain.uuid }, refused });
+      else print(`${sourceName(args.domain)}: valid, but prepare would refuse it on this host:\n${refused.map((reason) => `  ${reason}`).join("\n")}`);
+      return;
+    }
     if (args.json) {
       printJson({ ok: true, domain: { name: domain.name, uuid: domain.uuid }, plugins: instances.map((i) => ({ id: i.id, config: i.config })) });
     } else if (instances.length === 0) {
@@ -34,6 +41,30 @@ const validate: CommandModule<GlobalOptions, DomainArgs> = {
     }
   },
 };
+
+/** The steps `event` would take, from a dry run of the plugins' handlers: nothing on the host changes. */
+async function dryRun(host: Host, domain: Domain, instances: PluginInstance[], event: Exclude<HookEvent, "release" | "migrate" | "restore" | "reconnect">, echo: "stderr" | "none"): Promise<PlannedStep[]> {
+  const steps: PlannedStep[] = [];
+  const log = createLogger(host, { domain: domain.name, event, echo, file: false });
+  const settings = loadSettings(host);
+  const journal = readJournal(host, domain.uuid) ?? newJournal(host, { name: domain.name, uuid: domain.uuid });
+  await runHandlers(event, instances, domain, journal, { host, log, settings, dryRun: { steps } }, new Deadline(host, settings.deadlineSeconds * 1000));
+  return steps;
+}
+
+/**
+ * What prepare would refuse on this host (a request that cannot fit), from a
+ * dry run. Where the host cannot be read (another machine's XML, a bare
+ * --root), validate checks the config alone.
+ */
+async function refusedHere(host: Host, domain: Domain, instances: PluginInstance[]): Promise<string[]> {
+  if (instances.length === 0) return [];
+  try {
+    return (await dryRun(host, domain, instances, "prepare", "none")).flatMap((step) => (step.refused ? [`${step.plugin}: ${step.refused}`] : []));
+  } catch {
+    return [];
+  }
+}
 
 interface PlanArgs extends DomainArgs {
   event: string;
@@ -58,12 +89,10 @@ const plan: CommandModule<GlobalOptions, PlanArgs> = {
       const journal = readJournal(host, domain.uuid);
       steps = (journal?.entries ?? []).reverse().map((entry) => ({ plugin: entry.plugin, event: "release" as HookEvent, description: `undo: ${entry.description}`, undo: entry.undo }));
     } else {
-      steps = [];
-      const log = createLogger(host, { domain: domain.name, event, echo: args.json ? "none" : "stderr", file: false });
-      const settings = loadSettings(host);
-      const journal = readJournal(host, domain.uuid) ?? newJournal(host, { name: domain.name, uuid: domain.uuid });
-      await runHandlers(event, instances, domain, journal, { host, log, settings, dryRun: { steps } }, new Deadline(host, settings.deadlineSeconds * 1000));
+      steps = await dryRun(host, domain, instances, event, args.json ? "none" : "stderr");
     }
+    // A step that cannot succeed here fails the plan, as it would fail the start.
+    if (steps.some((step) => step.refused)) process.exitCode = 1;
     if (args.json) {
       printJson({ domain: { name: domain.name, uuid: domain.uuid }, event, steps });
       return;
@@ -73,7 +102,8 @@ const plan: CommandModule<GlobalOptions, PlanArgs> = {
       return;
     }
     print(`${event} of ${domain.name} would take ${steps.length} step(s):`);
-    steps.forEach((step, index) => print(`  ${index + 1}. ${step.plugin}: ${step.description}`));
+    steps.forEach((step, index) => print(`  ${index + 1}. ${step.plugin}: ${step.description}${step.refused ? `\n     REFUSED: ${step.refused}` : ""}`));
+    if (process.exitCode === 1) print(`${event} of ${domain.name} would fail: vmhook refuses the marked step(s) before changing anything`);
   },
 };
 

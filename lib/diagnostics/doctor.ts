@@ -19,6 +19,8 @@ import { listInstalledPlugins } from "../custom-plugins.ts";
 import { isVmhookBinary } from "../cli/install.ts";
 import { domainRunning } from "../cli/recover.ts";
 import hugepages, { type PoolNeed } from "../../plugins/hugepages.ts";
+import { checkFit, readHostView, type HostView } from "../../plugins/hugepages/fit.ts";
+import { loadSettings } from "../settings.ts";
 import { planVgpu, readMdevElement, vgpu, type VgpuDevice } from "../../plugins/mdev.ts";
 import { readIommuGroups, type IommuReport } from "./iommu.ts";
 
@@ -239,29 +241,52 @@ function hugepagesChecks({ host, domain, elements }: DomainCheckContext): Findin
   } catch {
     return []; // reported by the config check
   }
-  return pools.map(({ sizeKiB, node, pages }) => {
-    const check = node === undefined ? "hugepages" : `hugepages node ${node}`;
-    const size = formatKiB(sizeKiB);
+  const checkName = (node: number | undefined) => (node === undefined ? "hugepages" : `hugepages node ${node}`);
+  const findings: Finding[] = [];
+  const present = pools.filter(({ sizeKiB, node }) => {
     const pool = hugepagePool(sizeKiB, node);
     if (node !== undefined && !host.exists(nodeDir(node))) {
-      return fail(check, `host NUMA node ${node} does not exist (nodes: ${hostNodes(host).join(", ") || "none"})`, "fix node= on <vmhook:hugepages> or the nodeset in <numatune>");
+      findings.push(fail(checkName(node), `host NUMA node ${node} does not exist (nodes: ${hostNodes(host).join(", ") || "none"})`, "fix node= on <vmhook:hugepages> or the nodeset in <numatune>"));
+    } else if (!host.exists(pool)) {
+      findings.push(fail(checkName(node), `the kernel has no pool of ${formatKiB(sizeKiB)} pages (${pool})`, sizeKiB === 1024 * 1024 ? 'use size="2M": 1G pages need a CPU with pdpe1gb' : `use one of the sizes in ${HUGEPAGE_DIR}`));
+    } else return true;
+    return false;
+  });
+  // The same fit check prepare runs before taking a page, against the same floor.
+  let view: HostView;
+  try {
+    view = readHostView(host, present, hugepagesSettings(host));
+  } catch (error) {
+    return [...findings, fail("hugepages", describeError(error), "vmhook needs /proc/meminfo (and the nodes' meminfo) to size huge page pools")];
+  }
+  for (const { need, refused, remedies } of checkFit(present, view)) {
+    const { sizeKiB, node, pages } = need;
+    if (refused) {
+      findings.push(fail(checkName(node), refused.replace(/^hugepages: /, ""), remedies.join("; ")));
+      continue;
     }
-    if (!host.exists(pool)) {
-      return fail(check, `the kernel has no pool of ${size} pages (${pool})`, sizeKiB === 1024 * 1024 ? 'use size="2M": 1G pages need a CPU with pdpe1gb' : `use one of the sizes in ${HUGEPAGE_DIR}`);
-    }
+    const size = formatKiB(sizeKiB);
     const needKiB = pages * sizeKiB;
     const where = node === undefined ? "on the host" : `on node ${node}`;
-    const info = meminfo(host, node);
-    const free = info.MemFree ?? 0;
-    const reclaimable = node === undefined ? (info.MemAvailable ?? free) : free + (info.FilePages ?? 0);
+    const free = (node === undefined ? view.host : view.nodes.get(node)!).freeKiB;
     const wanted = `${pages} × ${size} pages (${formatKiB(needKiB)})`;
-    if (free >= needKiB) return ok(check, `${wanted} fit in the free memory ${where} (${formatKiB(roundMiB(free))})`);
-    const bootFix = `reserve them at boot instead: hugepagesz=${size} hugepages=${node === undefined ? "" : `${node}:`}${pages} on the kernel command line`;
-    if (reclaimable >= needKiB) {
-      return warn(check, `${wanted} need more than the free memory ${where} (${formatKiB(roundMiB(free))}): the page cache must be dropped first, and fragmented memory may still fall short`, `start the VM early, or ${bootFix}`);
+    if (free >= needKiB) {
+      findings.push(ok(checkName(node), `${wanted} fit in the free memory ${where} (${formatKiB(roundMiB(free))})`));
+    } else {
+      const bootFix = `reserve them at boot instead: hugepagesz=${size} hugepages=${node === undefined ? "" : `${node}:`}${pages} on the kernel command line`;
+      findings.push(warn(checkName(node), `${wanted} need more than the free memory ${where} (${formatKiB(roundMiB(free))}): the page cache must be dropped first, and fragmented memory may still fall short`, `start the VM early, or ${bootFix}`));
     }
-    return fail(check, `${wanted} cannot fit: only ${formatKiB(roundMiB(reclaimable))} can be freed ${where}`, `give the VM less <memory>, stop other VMs, or ${bootFix}`);
-  });
+  }
+  return findings;
+}
+
+/** plugins.hugepages of the host settings (the floor); with an unreadable file the default floor (the hook itself refuses to run). */
+function hugepagesSettings(host: Host): Record<string, unknown> {
+  try {
+    return loadSettings(host).plugins.hugepages ?? {};
+  } catch {
+    return {};
+  }
 }
 
 const MDEV_BUS = "/sys/class/mdev_bus";

@@ -96,7 +96,8 @@ export function growWithRetries(io: RetryIo, pages: number, sizeKiB: number, pol
       io.holding(0);
     }
     const after = io.memory();
-    const outOfTime = round > 1 && io.now() - started >= policy.retryMs;
+    const elapsedMs = io.now() - started;
+    const outOfTime = round > 1 && elapsedMs >= policy.retryMs;
     if (round >= policy.maxRounds || outOfTime) return { ok: false, rounds: round, best, stop, after };
     io.reclaim();
   }

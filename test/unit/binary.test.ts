@@ -238,6 +238,28 @@ test("CLI plan lists the steps and changes nothing", () => {
   }
 });
 
+test("CLI plan and validate: a request that cannot fit on this host is marked and exits 1, the host unchanged", () => {
+  const t = tree();
+  try {
+    const vmhook = t.link("bin/vmhook");
+    const oversized = domain().replace("<memory unit='GiB'>1</memory>", "<memory unit='GiB'>200</memory>");
+    const refusal = "hugepages: 102400 pages of 2M (204800 MiB) for the 2M pool cannot fit: the host has 8192 MiB available and keeps 1024 MiB free, so it can give 7168 MiB";
+    const plan = run(vmhook, ["plan", "-"], oversized, t.root);
+    assert.equal(
+      [plan.code, plan.stdout],
+      [1, `prepare of vm would take 1 step(s):\n  1. hugepages: grow the 2M pool by 102400 pages\n     REFUSED: ${refusal}\nprepare of vm would fail: vmhook refuses the marked step(s) before changing anything\n`],
+    );
+    const json = JSON.parse(run(vmhook, ["plan", "--json", "-"], oversized, t.root).stdout);
+    assert.is(json.steps[0].refused, refusal);
+    const validate = run(vmhook, ["validate", "-"], oversized, t.root);
+    assert.equal([validate.code, validate.stdout], [1, `stdin: valid, but prepare would refuse it on this host:\n  hugepages: ${refusal}\n`]);
+    assert.is(t.pool(), 0);
+    assert.not.ok(fs.existsSync(t.journal));
+  } finally {
+    t.cleanup();
+  }
+});
+
 test("CLI status and recover: a running domain (live pid) is kept, a dead one is undone", () => {
   const t = tree();
   try {
