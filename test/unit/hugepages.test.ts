@@ -325,6 +325,38 @@ test("fragmented for good: bounded rounds, each giving back first; fails above t
   }
 });
 
+/** Whether another open file description could take the host lock now (flock locks conflict between descriptions, even in one process). */
+async function hostLockFree(sim: SimHost): Promise<() => boolean> {
+  const { dlopen, FFIType } = await import("bun:ffi");
+  const { symbols: libc } = dlopen("libc.so.6", { flock: { args: [FFIType.i32, FFIType.i32], returns: FFIType.i32 } });
+  return () => {
+    const fd = fs.openSync(sim.resolve(paths.hostLock), "a");
+    try {
+      return libc.flock(fd, 2 | 4) === 0; // LOCK_EX | LOCK_NB; closing the descriptor releases it
+    } finally {
+      fs.closeSync(fd);
+    }
+  };
+}
+
+test("the host lock is let go while reclaiming and held for every pool write", async () => {
+  const { sim, kernel } = host({ freeKiB: 4 * GiB, fragmentedKiB: 3584 * MiB });
+  try {
+    const lockFree = await hostLockFree(sim);
+    const seen: string[] = [];
+    const write = sim.write.bind(sim);
+    sim.write = (hostPath: string, data: string) => {
+      if (!hostPath.startsWith("/var/log")) seen.push(`${hostPath.split("/").pop()} ${lockFree() ? "unlocked" : "locked"}`);
+      write(hostPath, data);
+    };
+    assert.is((await runHookEvent(sim, "prepare", "begin", domainXml())).code, 0);
+    assert.is(kernel.pool(2048), 512);
+    assert.equal(seen, ["nr_hugepages locked", "nr_hugepages locked", "drop_caches unlocked", "compact_memory unlocked", "nr_hugepages locked"]);
+  } finally {
+    sim.cleanup();
+  }
+});
+
 test("an error while retrying is reported as it is, not as a shortfall, and still leaves nothing behind", async () => {
   const { sim, kernel } = host({ freeKiB: 4 * GiB, fragmentedKiB: 3584 * MiB });
   try {
