@@ -98,21 +98,24 @@ it("more memory than the guest has: refused at once, pool unchanged, MemAvailabl
 
 it("a request that fits only once the page cache is dropped succeeds, above the floor", async ({ guest }) => {
   await setFloorMiB(guest!, 128);
-  // dd, not cat (busybox cat splices to /dev/null without reading), and the
-  // device held open meanwhile: its last close drops its page cache.
-  await guest!.ok("echo 3 > /proc/sys/vm/drop_caches; sleep 100000 < /dev/vda & echo $! > /tmp/holder.pid; dd if=/dev/vda of=/dev/null bs=1M 2>/dev/null", { timeoutMs: 120_000 });
-  const free = await meminfo(guest!, "MemFree");
-  const requestMiB = Math.floor(free / 1024) + 200;
-  const available = await meminfo(guest!, "MemAvailable");
-  assert.ok(requestMiB * 1024 < available - 128 * 1024, `the request (${requestMiB} MiB) passes the fit check only counting the cache (MemFree ${free} KiB, MemAvailable ${available} KiB)`);
-  const prepared = await prepare(guest!, requestMiB);
-  assert.is(prepared.code, 0, prepared.stderr);
-  assert.is(prepared.poolAfter, prepared.poolBefore + requestMiB / 2);
-  assert.ok(prepared.lowestKiB >= 128 * 1024, `MemAvailable fell to ${prepared.lowestKiB} KiB`);
-  await release(guest!);
-  assert.is(Number((await guest!.ok(`cat ${POOL}`)).trim()), prepared.poolBefore);
-  await guest!.ok("kill $(cat /tmp/holder.pid)");
-  await setFloorMiB(guest!, undefined);
+  try {
+    // dd, not cat (busybox cat splices to /dev/null without reading), and the
+    // device held open meanwhile: its last close drops its page cache.
+    await guest!.ok("echo 3 > /proc/sys/vm/drop_caches; sleep 100000 < /dev/vda & echo $! > /tmp/holder.pid; dd if=/dev/vda of=/dev/null bs=1M 2>/dev/null", { timeoutMs: 120_000 });
+    const free = await meminfo(guest!, "MemFree");
+    const requestMiB = 2 * Math.floor(free / 2048) + 200;
+    const available = await meminfo(guest!, "MemAvailable");
+    assert.ok(requestMiB * 1024 < available - 128 * 1024, `the request (${requestMiB} MiB) passes the fit check only counting the cache (MemFree ${free} KiB, MemAvailable ${available} KiB)`);
+    const prepared = await prepare(guest!, requestMiB);
+    assert.is(prepared.code, 0, prepared.stderr);
+    assert.is(prepared.poolAfter, prepared.poolBefore + requestMiB / 2);
+    assert.ok(prepared.lowestKiB >= 128 * 1024, `MemAvailable fell to ${prepared.lowestKiB} KiB`);
+    await release(guest!);
+    assert.is(Number((await guest!.ok(`cat ${POOL}`)).trim()), prepared.poolBefore);
+  } finally {
+    await guest!.sh(`kill $(cat /tmp/holder.pid); /etc/libvirt/hooks/qemu vm release end - < /tmp/vm.xml; echo 0 > ${POOL}`);
+    await setFloorMiB(guest!, undefined);
+  }
 });
 
 it("memory fragmented on purpose: each round gives back before reclaiming; fails above the floor, pool unchanged; whole again, it succeeds", async ({ guest }) => {
