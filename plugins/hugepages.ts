@@ -254,6 +254,8 @@ function poolIo(ctx: PluginContext<HugepagesConfig>, view: HostView, need: PoolN
 }
 
 function grow(ctx: PluginContext<HugepagesConfig>, view: HostView, need: PoolNeed, record: GrowRecord, handle: StepHandle): void {
+  // Also the last step the watchdog names, should the kernel stall a write.
+  ctx.log.info(`hugepages: growing ${poolName(need.sizeKiB, need.node)} by ${need.pages} pages, keeping ${formatMiB(view.floorKiB)} free`);
   const retryMs = Math.min(ctx.config.retrySeconds * 1000, ctx.deadline.remainingMs());
   const result = growWithRetries(poolIo(ctx, view, need, record, handle), need.pages, need.sizeKiB, { maxRounds: RETRY_ROUNDS, retryMs });
   if (!result.ok) throw shortfall(need, result, view.floorKiB, ctx.config.retrySeconds);
@@ -272,7 +274,7 @@ function shortfall(need: PoolNeed, result: Extract<ReturnType<typeof growWithRet
   return new VmhookError(
     `hugepages: got ${result.best} of ${need.pages} pages of ${size}${where}; after giving them back ${formatMiB(availableKiB)} available, ${formatMiB(freeKiB)} free; free memory on the host, use smaller pages, or reserve them at boot`,
     [
-      `${why}; ${result.rounds} round(s) in ${retrySeconds} s (timeout= on <vmhook:hugepages>)`,
+      `${why}; ${result.rounds} round(s), each giving back before reclaiming (at most ${RETRY_ROUNDS}; none starts after timeout=${retrySeconds} s)`,
       "remedies: stop other VMs or services; raise timeout= on <vmhook:hugepages>",
       need.sizeKiB > DEFAULT_SIZE_KIB ? `2M pages need far less contiguous memory than ${size} pages: size="2M" (and the same in <memoryBacking>)` : "give the VM less <memory>",
       `reserve the pages at boot (kernel command line: ${bootOption}) and drop <vmhook:hugepages>`,
