@@ -60,3 +60,6 @@ export function memoryFacts(host: Host, node?: number): MemoryFacts {
   const hostAvailable = field("MemAvailable", meminfo(host), undefined);
   return { totalKiB, freeKiB, availableKiB: Math.min(freeKiB + reclaimable, hostAvailable) };
 }
+
+/** The host's NUMA node numbers, in order. */
+export const hostNodes = (host: Host) => host.list(NODE_DIR).filter((entry) => /^node\d+$/.test(entry)).map((entry) => Number(entry.slice(4))).sort((a, b) => a - b);

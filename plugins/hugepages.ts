@@ -12,16 +12,18 @@
 // split evenly (the first nodes take the remainder).
 import type { Element } from "@xmldom/xmldom";
 import { boundedProduct, boundedSum } from "../lib/bounded.ts";
-import { readAttributes, single } from "../lib/config.ts";
+import { readAttributes, single } from "../lib/element.ts";
 import { parseCpuset } from "../lib/cpuset.ts";
 import { describeElement, type Domain } from "../lib/domain.ts";
-import { ConfigError, VmhookError } from "../lib/errors.ts";
+import { ConfigError, describeError, VmhookError } from "../lib/errors.ts";
 import type { Host } from "../lib/host.ts";
-import { hugepagePool, hugepageSizes, memoryFacts, NODE_DIR, nodeDir } from "../lib/memory.ts";
-import { definePlugin, type BaseContext, type PluginContext, type StepHandle, type UndoRecord } from "../lib/plugin.ts";
+import { fail, ok, roundMiB, warn, type Finding } from "../lib/diagnostics/findings.ts";
+import { HUGEPAGE_DIR, hostNodes, hugepagePool, hugepageSizes, memoryFacts, NODE_DIR, nodeDir } from "../lib/memory.ts";
+import { defineAction, definePlugin, type ApplyContext, type BaseContext, type CheckContext, type PlanContext, type Step, type UndoRecord } from "../lib/plugin.ts";
+import { loadSettings } from "../lib/settings.ts";
 import { formatKiB, parseInteger, parseSizeWithSuffix } from "../lib/validate.ts";
-import { checkFit, formatMiB, nodeFloorKiB, readHostView, refusal, type HostView, type PoolNeed } from "./hugepages/fit.ts";
-import { growWithRetries, RETRY_ROUNDS, type PoolCount, type RetryIo } from "./hugepages/grow.ts";
+import { checkFit, formatMiB, nodeFloorKiB, readHostView, type HostView, type PoolNeed } from "./hugepages/fit.ts";
+import { growWithRetries, RETRY_ROUNDS, type GrowResult, type PoolCount, type RetryIo } from "./hugepages/grow.ts";
 
 export type { PoolNeed } from "./hugepages/fit.ts";
 
@@ -42,6 +44,8 @@ interface GrowRecord extends UndoRecord {
   action: "grow-pool";
   sizeKiB: number;
   node: number | null;
+  /** The pages this VM needs from the pool (absent in journals of vmhook 0.1, whose undo does not need it). */
+  pages: number;
   added: number;
   returned: number;
 }
@@ -210,28 +214,30 @@ function reclaim(host: Host, node: number | undefined): void {
   if (host.exists(compact)) host.write(compact, "1\n");
 }
 
-// ---- prepare: check that every pool fits, then grow each by this VM's need
+// ---- prepare: check that every pool fits above the floor, then grow each by this VM's need
 
-async function prepare(ctx: PluginContext<HugepagesConfig>): Promise<void> {
+/**
+ * Checks that change nothing, then one grow-pool step per pool; a pool that
+ * cannot fit above the free-memory floor is a refused step, so `vmhook plan`
+ * shows it and the runner refuses before the first page is taken.
+ */
+function planPrepare(ctx: PlanContext<HugepagesConfig>): Step<GrowRecord>[] {
   const { config, host } = ctx;
   for (const need of config.pools) checkPoolExists(host, need);
-  const view = readHostView(host, config.pools, ctx.settings);
-  const fits = checkFit(config.pools, view);
-  const refused = refusal(fits);
-  // Refused before the first page is taken; a dry run lists the steps marked instead.
-  if (refused && !ctx.dryRun) throw refused;
+  const fits = checkFit(config.pools, readHostView(host, config.pools, ctx.settings));
   if (!config.backedByHugepages) {
     ctx.log.warn("hugepages: the domain has no <memoryBacking><hugepages/>, so QEMU will not use the pages reserved for it");
   }
-  for (const fit of fits) {
-    const need = fit.need;
-    const record: GrowRecord = { action: "grow-pool", sizeKiB: need.sizeKiB, node: need.node ?? null, added: 0, returned: 0 };
-    await ctx.step(`grow ${poolName(need.sizeKiB, need.node)} by ${need.pages} pages`, record, (handle) => grow(ctx, view, need, record, handle), { refused: fit.refused });
-  }
+  return fits.map(({ need, refused, remedies }) => ({
+    action: "grow-pool",
+    record: { action: "grow-pool", sizeKiB: need.sizeKiB, node: need.node ?? null, pages: need.pages, added: 0, returned: 0 },
+    description: `grow ${poolName(need.sizeKiB, need.node)} by ${need.pages} pages`,
+    ...(refused ? { refused: { reason: refused, remedies } } : {}),
+  }));
 }
 
 /** The kernel and the journal as the retry policy sees them, for one pool. */
-function poolIo(ctx: PluginContext<HugepagesConfig>, view: HostView, need: PoolNeed, record: GrowRecord, handle: StepHandle): RetryIo {
+function poolIo(ctx: ApplyContext<HugepagesConfig>, view: HostView, need: PoolNeed, record: GrowRecord): RetryIo {
   const { host } = ctx;
   const { sizeKiB, node } = need;
   const nodeFloor = node === undefined ? 0 : nodeFloorKiB(view.floorKiB, view.host, view.nodes.get(node)!);
@@ -244,25 +250,30 @@ function poolIo(ctx: PluginContext<HugepagesConfig>, view: HostView, need: PoolN
     },
     holding(pages) {
       record.added = pages;
-      handle.update({ ...record });
+      ctx.update({ ...record });
     },
     giveBack: (pages) => void shrinkPool(host, sizeKiB, node, pages),
+    // Slow, and needs no lock: other VMs may start or stop meanwhile; the next round reads everything again.
     reclaim: () => ctx.outsideHostLock(() => reclaim(host, node)),
     memory: () => memoryFacts(host, node),
     now: () => host.now(),
   };
 }
 
-function grow(ctx: PluginContext<HugepagesConfig>, view: HostView, need: PoolNeed, record: GrowRecord, handle: StepHandle): void {
+/** The apply of grow-pool: in steps above the floor, giving back before each reclaim, in bounded rounds. */
+function grow(ctx: ApplyContext<HugepagesConfig>, record: GrowRecord): void {
+  const need: PoolNeed = { sizeKiB: record.sizeKiB, ...(record.node === null ? {} : { node: record.node }), pages: record.pages };
+  // The floor and the node's share as the planner computed them, read again under the same lock.
+  const view = readHostView(ctx.host, [need], ctx.settings);
   // Also the last step the watchdog names, should the kernel stall a write.
   ctx.log.info(`hugepages: growing ${poolName(need.sizeKiB, need.node)} by ${need.pages} pages, keeping ${formatMiB(view.floorKiB)} free`);
   const retryMs = Math.min(ctx.config.retrySeconds * 1000, ctx.deadline.remainingMs());
-  const result = growWithRetries(poolIo(ctx, view, need, record, handle), need.pages, need.sizeKiB, { maxRounds: RETRY_ROUNDS, retryMs });
+  const result = growWithRetries(poolIo(ctx, view, need, record), need.pages, need.sizeKiB, { maxRounds: RETRY_ROUNDS, retryMs });
   if (!result.ok) throw shortfall(need, result, view.floorKiB, ctx.config.retrySeconds);
   if (result.rounds > 1) ctx.log.info(`hugepages: ${poolName(need.sizeKiB, need.node)} grew by ${need.pages} pages in round ${result.rounds}`);
 }
 
-function shortfall(need: PoolNeed, result: Extract<ReturnType<typeof growWithRetries>, { ok: false }>, floorKiB: number, retrySeconds: number): VmhookError {
+function shortfall(need: PoolNeed, result: Extract<GrowResult, { ok: false }>, floorKiB: number, retrySeconds: number): VmhookError {
   const size = formatKiB(need.sizeKiB);
   const where = need.node === undefined ? "" : ` on node ${need.node}`;
   const bootOption = need.node === undefined ? `hugepagesz=${size} hugepages=${need.pages}` : `hugepagesz=${size} hugepages=${need.node}:${need.pages}`;
@@ -284,8 +295,7 @@ function shortfall(need: PoolNeed, result: Extract<ReturnType<typeof growWithRet
 
 // ---- release: shrink each pool by exactly what this VM added
 
-function undo(record: UndoRecord, ctx: BaseContext): void {
-  const grown = checkRecord(record);
+function undo(grown: GrowRecord, ctx: BaseContext): void {
   const node = grown.node ?? undefined;
   const remaining = grown.added - grown.returned;
   if (remaining <= 0) return;
@@ -298,22 +308,79 @@ function undo(record: UndoRecord, ctx: BaseContext): void {
 
 /** Journal records are root-owned, but they still become paths: check the numbers. */
 function checkRecord(record: UndoRecord): GrowRecord {
-  const { action, sizeKiB, node, added, returned } = record;
+  const { action, sizeKiB, node, pages, added, returned } = record;
   const count = (value: unknown) => typeof value === "number" && Number.isSafeInteger(value) && value >= 0;
   const valid =
-    action === "grow-pool" && count(sizeKiB) && count(added) && count(returned) && (node === null || (count(node) && (node as number) <= MAX_NODE));
+    action === "grow-pool" && count(sizeKiB) && count(added) && count(returned) && (pages === undefined || count(pages)) && (node === null || (count(node) && (node as number) <= MAX_NODE));
   if (!valid) throw new VmhookError(`hugepages: cannot undo journal record ${JSON.stringify(record)}; fix the pool by hand, then run vmhook recover`);
   return record as GrowRecord;
 }
 
 // ---- reconnect: the daemon restarted; say so if a pool lost pages meanwhile
 
-function reconnect(ctx: PluginContext<HugepagesConfig>): void {
+function reconnect(ctx: PlanContext<HugepagesConfig>): Step[] {
   for (const grown of ctx.records.map(checkRecord)) {
     const node = grown.node ?? undefined;
     const held = grown.added - grown.returned;
     const count = readPool(ctx.host, grown.sizeKiB, node).persistent;
     if (count < held) ctx.log.warn(`hugepages: ${poolName(grown.sizeKiB, node)} holds ${count} pages, fewer than the ${held} this VM added`);
+  }
+  return [];
+}
+
+/** `vmhook doctor`: whether each pool exists and can grow by this VM's pages now, by the fit check prepare runs, against the same floor. */
+function check({ host, domain, elements }: CheckContext): Finding[] {
+  // The plugin's own reading: pools and counts per guest cell, size and host node as prepare derives them.
+  let pools: PoolNeed[];
+  try {
+    pools = parseConfig(elements, domain).pools;
+  } catch {
+    return []; // reported by the config check
+  }
+  const checkName = (node: number | undefined) => (node === undefined ? "hugepages" : `hugepages node ${node}`);
+  const findings: Finding[] = [];
+  const present = pools.filter(({ sizeKiB, node }) => {
+    const pool = hugepagePool(sizeKiB, node);
+    if (node !== undefined && !host.exists(nodeDir(node))) {
+      findings.push(fail(checkName(node), `host NUMA node ${node} does not exist (nodes: ${hostNodes(host).join(", ") || "none"})`, "fix node= on <vmhook:hugepages> or the nodeset in <numatune>"));
+    } else if (!host.exists(pool)) {
+      findings.push(fail(checkName(node), `the kernel has no pool of ${formatKiB(sizeKiB)} pages (${pool})`, sizeKiB === 1024 * 1024 ? 'use size="2M": 1G pages need a CPU with pdpe1gb' : `use one of the sizes in ${HUGEPAGE_DIR}`));
+    } else return true;
+    return false;
+  });
+  let view: HostView;
+  try {
+    view = readHostView(host, present, hugepagesSettings(host));
+  } catch (error) {
+    return [...findings, fail("hugepages", describeError(error), "vmhook needs /proc/meminfo (and the nodes' meminfo) to size huge page pools")];
+  }
+  for (const { need, refused, remedies } of checkFit(present, view)) {
+    const { sizeKiB, node, pages } = need;
+    if (refused) {
+      findings.push(fail(checkName(node), refused.replace(/^hugepages: /, ""), remedies.join("; ")));
+      continue;
+    }
+    const size = formatKiB(sizeKiB);
+    const needKiB = pages * sizeKiB;
+    const where = node === undefined ? "on the host" : `on node ${node}`;
+    const free = (node === undefined ? view.host : view.nodes.get(node)!).freeKiB;
+    const wanted = `${pages} × ${size} pages (${formatKiB(needKiB)})`;
+    if (free >= needKiB) {
+      findings.push(ok(checkName(node), `${wanted} fit in the free memory ${where} (${formatKiB(roundMiB(free))})`));
+    } else {
+      const bootFix = `reserve them at boot instead: hugepagesz=${size} hugepages=${node === undefined ? "" : `${node}:`}${pages} on the kernel command line`;
+      findings.push(warn(checkName(node), `${wanted} need more than the free memory ${where} (${formatKiB(roundMiB(free))}): the page cache must be dropped first, and fragmented memory may still fall short`, `start the VM early, or ${bootFix}`));
+    }
+  }
+  return findings;
+}
+
+/** plugins.hugepages of the host settings (the floor); with an unreadable file the default floor (the hook itself refuses to run). */
+function hugepagesSettings(host: Host): Record<string, unknown> {
+  try {
+    return loadSettings(host).plugins.hugepages ?? {};
+  } catch {
+    return {};
   }
 }
 
@@ -323,7 +390,9 @@ export default definePlugin<HugepagesConfig>({
   usage: '<vmhook:hugepages size="2M|1G" node="N[,M]" timeout="SECONDS"/>',
   shared: true,
   parse: parseConfig,
-  prepare,
-  reconnect,
-  undo,
+  plan: { prepare: planPrepare, reconnect },
+  check,
+  actions: {
+    "grow-pool": defineAction<GrowRecord, HugepagesConfig>({ check: checkRecord, apply: (record, ctx) => grow(ctx, record), undo }),
+  },
 });

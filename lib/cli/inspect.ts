@@ -6,12 +6,14 @@ import { parseDomain, type Domain } from "../domain.ts";
 import { RootedHost, type Host } from "../host.ts";
 import { listJournals, newJournal, readJournal, type Journal } from "../journal.ts";
 import { createLogger } from "../log.ts";
-import type { HookEvent } from "../plugin.ts";
+import type { HookEvent, PlannedEvent, Refusal } from "../plugin.ts";
 import { loadSettings } from "../settings.ts";
-import { runHandlers, type PlannedStep } from "../transaction.ts";
-import type { GlobalOptions } from "./index.ts";
+import { planEvent, type PlannedStep } from "../transaction.ts";
+import { registry } from "../../plugins/index.ts";
+import type { GlobalOptions } from "./options.ts";
 import { print, printJson, readDomainFile, sourceName } from "./output.ts";
-import { domainRunning, hookAtWork } from "./recover.ts";
+import { domainBusy } from "../lock.ts";
+import { domainRunning } from "./recover.ts";
 
 interface DomainArgs extends GlobalOptions {
   domain: string;
@@ -24,7 +26,7 @@ const validate: CommandModule<GlobalOptions, DomainArgs> = {
   async handler(args) {
     const host = new RootedHost(args.root);
     const domain = parseDomain(readDomainFile(args.domain), sourceName(args.domain));
-    const instances = await loadDomainPlugins(domain, host);
+    const instances = await loadDomainPlugins(domain, host, registry);
     const refused = await refusedHere(host, domain, instances);
     if (refused.length > 0) {
       process.exitCode = 1;
@@ -42,25 +44,23 @@ const validate: CommandModule<GlobalOptions, DomainArgs> = {
   },
 };
 
-/** The steps `event` would take, from a dry run of the plugins' handlers: nothing on the host changes. */
-async function dryRun(host: Host, domain: Domain, instances: PluginInstance[], event: Exclude<HookEvent, "release" | "migrate" | "restore" | "reconnect">, echo: "stderr" | "none"): Promise<PlannedStep[]> {
-  const steps: PlannedStep[] = [];
+/** The steps `event` would take, from the plugins' planners: nothing on the host changes. */
+async function planSteps(host: Host, domain: Domain, instances: PluginInstance[], event: Exclude<PlannedEvent, "reconnect">, echo: "stderr" | "none"): Promise<PlannedStep[]> {
   const log = createLogger(host, { domain: domain.name, event, echo, file: false });
   const settings = loadSettings(host);
   const journal = readJournal(host, domain.uuid) ?? newJournal(host, { name: domain.name, uuid: domain.uuid });
-  await runHandlers(event, instances, domain, journal, { host, log, settings, dryRun: { steps } }, new Deadline(host, settings.deadlineSeconds * 1000));
-  return steps;
+  return planEvent(event, instances, domain, journal, { host, log, settings, registry }, new Deadline(host, settings.deadlineSeconds * 1000));
 }
 
 /**
- * What prepare would refuse on this host (a request that cannot fit), from a
- * dry run. Where the host cannot be read (another machine's XML, a bare
+ * What prepare would refuse on this host (a request that cannot fit), from its
+ * plan. Where the host cannot be read (another machine's XML, a bare
  * --root), validate checks the config alone.
  */
 async function refusedHere(host: Host, domain: Domain, instances: PluginInstance[]): Promise<string[]> {
   if (instances.length === 0) return [];
   try {
-    return (await dryRun(host, domain, instances, "prepare", "none")).flatMap((step) => (step.refused ? [`${step.plugin}: ${step.refused}`] : []));
+    return (await planSteps(host, domain, instances, "prepare", "none")).flatMap((step) => (step.refused ? [`${step.plugin}: ${step.refused.reason}`] : []));
   } catch {
     return [];
   }
@@ -82,14 +82,14 @@ const plan: CommandModule<GlobalOptions, PlanArgs> = {
   async handler(args) {
     const host = new RootedHost(args.root);
     const domain = parseDomain(readDomainFile(args.domain), sourceName(args.domain));
-    const instances = await loadDomainPlugins(domain, host);
+    const instances = await loadDomainPlugins(domain, host, registry);
     const event = args.event as (typeof PLANNABLE)[number];
     let steps: PlannedStep[];
     if (event === "release") {
       const journal = readJournal(host, domain.uuid);
-      steps = (journal?.entries ?? []).reverse().map((entry) => ({ plugin: entry.plugin, event: "release" as HookEvent, description: `undo: ${entry.description}`, undo: entry.undo }));
+      steps = (journal?.entries ?? []).reverse().map((entry) => ({ plugin: entry.plugin, event: "release" as HookEvent, action: entry.undo.action, description: `undo: ${entry.description}`, record: entry.undo }));
     } else {
-      steps = await dryRun(host, domain, instances, event, args.json ? "none" : "stderr");
+      steps = await planSteps(host, domain, instances, event, args.json ? "none" : "stderr");
     }
     // A step that cannot succeed here fails the plan, as it would fail the start.
     if (steps.some((step) => step.refused)) process.exitCode = 1;
@@ -102,17 +102,18 @@ const plan: CommandModule<GlobalOptions, PlanArgs> = {
       return;
     }
     print(`${event} of ${domain.name} would take ${steps.length} step(s):`);
-    steps.forEach((step, index) => print(`  ${index + 1}. ${step.plugin}: ${step.description}${step.refused ? `\n     REFUSED: ${step.refused}` : ""}`));
+    const refusal = (refused: Refusal) => [`REFUSED: ${refused.reason}`, ...refused.remedies.map((remedy) => `  ${remedy}`)].map((line) => `\n     ${line}`).join("");
+    steps.forEach((step, index) => print(`  ${index + 1}. ${step.plugin}: ${step.description}${step.refused ? refusal(step.refused) : ""}`));
     if (process.exitCode === 1) print(`${event} of ${domain.name} would fail: vmhook refuses the marked step(s) before changing anything`);
   },
 };
 
-function journalSummary(host: Host, journal: Journal) {
+async function journalSummary(host: Host, journal: Journal) {
   return {
     domain: journal.domain,
     phase: journal.phase,
     running: domainRunning(host, journal.domain.name),
-    hookAtWork: hookAtWork(host, journal),
+    hookAtWork: await domainBusy(host, journal.domain.uuid),
     since: journal.createdAt,
     holds: journal.entries.map((entry) => ({ plugin: entry.plugin, description: entry.description, state: entry.state, error: entry.error })),
   };
@@ -124,7 +125,7 @@ const status: CommandModule<GlobalOptions, GlobalOptions> = {
   async handler(args) {
     const host = new RootedHost(args.root);
     const { journals, broken } = listJournals(host);
-    const summaries = journals.map((journal) => journalSummary(host, journal));
+    const summaries = await Promise.all(journals.map((journal) => journalSummary(host, journal)));
     if (args.json) {
       printJson({ domains: summaries, unreadable: broken });
       return;
