@@ -4,6 +4,7 @@
 // tagged with the plugin): the plan marks that plugin's steps with the reason
 // and the fix, and exits 1.
 import type { Finding } from "./diagnostics/findings.ts";
+import type { Refusal } from "./plugin.ts";
 import type { PlannedStep } from "./transaction.ts";
 
 export interface Refusals {
@@ -12,9 +13,9 @@ export interface Refusals {
   blocking: Finding[];
 }
 
-/** A failing finding as one refusal line: the check, why, and the fix. */
-export function refusalOf(finding: Finding): string {
-  return `${finding.check}: ${finding.reason}${finding.fix ? `; fix: ${finding.fix}` : ""}`;
+/** A failing finding as a refusal: the check and why, then the fix. */
+export function refusalOf(finding: Finding): Refusal {
+  return { reason: `${finding.check}: ${finding.reason}`, remedies: finding.fix ? [finding.fix] : [] };
 }
 
 export function markRefused(steps: PlannedStep[], findings: Finding[]): Refusals {

@@ -1,14 +1,14 @@
 // Read-only commands: validate, plan, status. None of them changes the host.
 import type { CommandModule } from "yargs";
-import { loadDomainPlugins } from "../config.ts";
-import { parseDomain } from "../domain.ts";
+import { loadDomainPlugins, type PluginInstance } from "../config.ts";
+import { parseDomain, type Domain } from "../domain.ts";
 import { RootedHost, type Host } from "../host.ts";
 import { runDoctor } from "../diagnostics/doctor.ts";
 import { dryRun } from "../dry-run.ts";
 import { markRefused, refusalOf } from "../plan-feasibility.ts";
 import { readDomainSource } from "./domain-source.ts";
 import { listJournals, readJournal, type Journal } from "../journal.ts";
-import type { HookEvent } from "../plugin.ts";
+import type { HookEvent, Refusal } from "../plugin.ts";
 import type { PlannedStep } from "../transaction.ts";
 import { registry } from "../../plugins/index.ts";
 import type { GlobalOptions } from "./options.ts";
@@ -33,6 +33,13 @@ const validate: CommandModule<GlobalOptions, DomainArgs> = {
     const source = readDomainSource(args.domain, args.connect);
     const domain = parseDomain(source.xml, source.source);
     const instances = await loadDomainPlugins(domain, host, registry);
+    const refused = await refusedHere(host, domain, instances);
+    if (refused.length > 0) {
+      process.exitCode = 1;
+      if (args.json) printJson({ ok: false, domain: { name: domain.name, uuid: domain.uuid }, refused });
+      else print(`${source.source}: valid, but prepare would refuse it on this host:\n${refused.map((reason) => `  ${reason}`).join("\n")}`);
+      return;
+    }
     if (args.json) {
       printJson({ ok: true, domain: { name: domain.name, uuid: domain.uuid }, plugins: instances.map((i) => ({ id: i.id, config: i.config })) });
     } else if (instances.length === 0) {
@@ -42,6 +49,20 @@ const validate: CommandModule<GlobalOptions, DomainArgs> = {
     }
   },
 };
+
+/**
+ * What prepare would refuse on this host (a request that cannot fit), from its
+ * plan. Where the host cannot be read (another machine's XML, a bare
+ * --root), validate checks the config alone.
+ */
+async function refusedHere(host: Host, domain: Domain, instances: PluginInstance[]): Promise<string[]> {
+  if (instances.length === 0) return [];
+  try {
+    return (await dryRun(host, domain, instances, "prepare", "none", registry)).flatMap((step) => (step.refused ? [`${step.plugin}: ${step.refused.reason}`] : []));
+  } catch {
+    return [];
+  }
+}
 
 interface PlanArgs extends DomainArgs {
   event: string;
@@ -87,9 +108,12 @@ const plan: CommandModule<GlobalOptions, PlanArgs> = {
       return;
     }
     print(`${event} of ${domain.name} would take ${steps.length} step(s):`);
-    steps.forEach((step, index) => print(`  ${index + 1}. ${step.plugin}: ${step.description}${step.refused ? `\n     REFUSED: ${step.refused}` : ""}`));
-    for (const finding of blocking) print(`  ${finding.plugin} REFUSED: ${refusalOf(finding)}`);
-    if (refused > 0) print(`${event} of ${domain.name} cannot succeed on this host: ${refused} refused step(s) or check(s) above`);
+    const refusal = (refused: Refusal) => [`REFUSED: ${refused.reason}`, ...refused.remedies.map((remedy) => `  ${remedy}`)].map((line) => `\n     ${line}`).join("");
+    steps.forEach((step, index) => print(`  ${index + 1}. ${step.plugin}: ${step.description}${step.refused ? refusal(step.refused) : ""}`));
+    for (const finding of blocking) print(`  ${finding.plugin}:${refusal(refusalOf(finding))}`);
+    // The planners' own marks stop prepare before it acts; a failing check makes it fail (and roll back) on the way.
+    if (planned.some((step) => step.refused)) print(`${event} of ${domain.name} would fail: vmhook refuses the marked step(s) before changing anything`);
+    else if (refused > 0) print(`${event} of ${domain.name} cannot succeed on this host: ${refused} refused step(s) or check(s) above`);
   },
 };
 

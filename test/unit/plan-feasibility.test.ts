@@ -1,11 +1,14 @@
-// `vmhook plan` marks the steps that cannot succeed on this host, with the
-// reason and the fix from the plugin's own checks, and exits 1 (golden files).
+// `vmhook plan` marks the steps that cannot succeed on this host REFUSED, with the
+// reason and the fix (the planner's own mark, or the plugin's failing check), and exits 1.
 import * as fs from "node:fs";
 import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { cli } from "../helpers/cli.ts";
 import { assertGolden } from "../helpers/golden.ts";
 import { SimHost } from "../helpers/simhost.ts";
+import { fail, ok } from "../../lib/diagnostics/findings.ts";
+import { markRefused } from "../../lib/plan-feasibility.ts";
+import type { PlannedStep } from "../../lib/transaction.ts";
 
 /** 4 GB of RAM, about 1.5 GB of it free or reclaimable, an empty 2M pool, GRUB. */
 function smallHost(): SimHost {
@@ -30,7 +33,7 @@ test("plan: 8 GiB of pages on a host with 1.5 GB to give: the step is marked, wi
     assertGolden("plan-impossible.txt", planned.stdout);
     const json = JSON.parse((await cli(["plan", "--json", sim.resolve("/vm.xml"), "--root", sim.root])).stdout);
     assert.is(json.possible, false);
-    assert.match(json.steps[0].refused, "cannot fit");
+    assert.match(json.steps[0].refused.reason, "cannot fit");
     assert.equal(sim.snapshot(), before);
   } finally {
     sim.cleanup();
@@ -46,6 +49,24 @@ test("plan: what fits is planned without a mark and exits 0", async () => {
   } finally {
     sim.cleanup();
   }
+});
+
+test("a plugin's failing doctor check marks its steps refused with the fix; a planner's own mark stays; checks of plugins without steps block", () => {
+  const step = (plugin: string, refused?: PlannedStep["refused"]): PlannedStep => ({ plugin, event: "prepare", action: "x", description: `${plugin} step`, record: { action: "x" }, ...(refused ? { refused } : {}) });
+  const own = { reason: "the planner knows better", remedies: [] };
+  const findings = [
+    { ...fail("mdev i915-GVTg_V5_4", "no instance left", "stop the VMs using them"), plugin: "mdev" },
+    { ...fail("isolate", "CPU 9 is not online", "use online CPUs only"), plugin: "isolate" },
+    { ...fail("vfio", "no IOMMU", "turn it on"), plugin: "vfio" },
+    { ...ok("hugepages", "fits"), plugin: "hugepages" },
+    fail("nvidia", "untagged findings mark nothing", "-"),
+  ];
+  const { steps, blocking } = markRefused([step("mdev"), step("isolate", own), step("hugepages")], findings);
+  assert.equal(
+    steps.map((s) => s.refused),
+    [{ reason: "mdev i915-GVTg_V5_4: no instance left", remedies: ["stop the VMs using them"] }, own, undefined],
+  );
+  assert.equal(blocking.map((finding) => finding.plugin), ["vfio"]);
 });
 
 test.run();
