@@ -7,6 +7,8 @@ import { ConfigError } from "./errors.ts";
 import type { Host } from "./host.ts";
 import { NAMESPACE_URI, ROOT_ELEMENT } from "./paths.ts";
 import type { Plugin } from "./plugin.ts";
+import { authorizeCustomPlugin, authorizeInstances } from "./authorize.ts";
+import { loadPolicy } from "./policy.ts";
 import { PATTERNS } from "./validate.ts";
 import { builtinNames, CUSTOM_ELEMENT, CUSTOM_PREFIX, loadPlugin } from "../plugins/index.ts";
 
@@ -20,7 +22,8 @@ export interface PluginInstance {
 
 /**
  * The domain's plugins in the order their elements first appear in the
- * metadata (prepare runs them in that order, release undoes in reverse).
+ * metadata (prepare runs them in that order, release undoes in reverse),
+ * each config allowed by the host policy.
  */
 export async function loadDomainPlugins(domain: Domain, host: Host): Promise<PluginInstance[]> {
   const metadata = domain.metadata;
@@ -29,6 +32,7 @@ export async function loadDomainPlugins(domain: Domain, host: Host): Promise<Plu
   const extra = Object.keys(attributes(metadata));
   if (extra.length > 0) throw new ConfigError(rootName, `has attribute ${extra[0]}, but takes none; configure plugins in its child elements`);
 
+  const policy = loadPolicy(host);
   const groups = new Map<string, Element[]>();
   for (const element of metadataChildren(metadata)) {
     if (element.namespaceURI !== NAMESPACE_URI) {
@@ -44,6 +48,7 @@ export async function loadDomainPlugins(domain: Domain, host: Host): Promise<Plu
     if (id.startsWith(CUSTOM_PREFIX) && groups.has(id)) {
       throw new ConfigError(describeElement(element), `names plugin ${id.slice(CUSTOM_PREFIX.length)} a second time; merge the two elements`);
     }
+    if (id.startsWith(CUSTOM_PREFIX)) authorizeCustomPlugin(policy, id.slice(CUSTOM_PREFIX.length), element);
     groups.set(id, [...(groups.get(id) ?? []), element]);
   }
 
@@ -52,6 +57,7 @@ export async function loadDomainPlugins(domain: Domain, host: Host): Promise<Plu
     const plugin = await loadPlugin(id, host);
     instances.push({ id, plugin, config: plugin.parse(elements, domain), elements });
   }
+  await authorizeInstances(policy, instances, domain, host);
   return instances;
 }
 

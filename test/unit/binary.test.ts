@@ -37,6 +37,9 @@ function tree() {
   const root = path.join(dir, "root");
   for (const sub of ["var/log", "run/libvirt/qemu", path.dirname(POOL)]) fs.mkdirSync(path.join(root, sub), { recursive: true });
   fs.writeFileSync(path.join(root, POOL), "0\n");
+  // The host policy caps huge pages by what MemTotal leaves above the free-memory floor.
+  fs.mkdirSync(path.join(root, "proc"));
+  fs.writeFileSync(path.join(root, "proc/meminfo"), "MemTotal:       8388608 kB\n");
   const pool = () => Number(fs.readFileSync(path.join(root, POOL), "utf8"));
   const journal = path.join(root, "run/vmhook", `${UUID}.json`);
   return { dir, root, link, pool, journal, cleanup: () => fs.rmSync(dir, { recursive: true, force: true }) };
