@@ -9,6 +9,7 @@ import { pciPath } from "./pci.ts";
 const BLOCK = "/sys/class/block";
 const MOUNTINFO = "/proc/self/mountinfo";
 const SWAPS = "/proc/swaps";
+const BTRFS = "/sys/fs/btrfs";
 
 /** With native NVMe multipath the controller holds path nodes nvme0c0n1; the disk the host uses is the head nvme0n1. */
 const multipathHead = (name: string) => name.replace(/^nvme(\d+)c\d+n(\d+)$/, "nvme$1n$2");
@@ -70,6 +71,8 @@ export function storageInUse(host: Host, address: string): string[] {
   }
   const mounts = readMounts(mountText);
   const swaps = swapText.split("\n").slice(1).map((line) => baseName(line.split(/\s+/)[0] ?? ""));
+  // A btrfs filesystem over several devices shows only one of them in mountinfo; sysfs lists them all while it is mounted.
+  const btrfsMembers = host.list(BTRFS).flatMap((filesystem) => host.list(`${BTRFS}/${filesystem}/devices`));
   const uses: string[] = [];
   for (const disk of disks) {
     const found = withPartitions(host, disk).flatMap((name) => {
@@ -77,6 +80,7 @@ export function storageInUse(host: Host, address: string): string[] {
       return [
         ...mounts.filter((mount) => mount.device === device || baseName(mount.source) === name).map((mount) => `${name} is mounted on ${mount.mountPoint}`),
         ...(swaps.includes(name) ? [`${name} is swap`] : []),
+        ...(btrfsMembers.includes(name) ? [`${name} is part of a mounted btrfs filesystem`] : []),
         ...host.list(`${BLOCK}/${name}/holders`).map((holder) => `${name} is part of ${describeHolder(host, holder)}`),
       ];
     });

@@ -235,7 +235,7 @@ test("the binary: vmhook doctor prints findings with fixes and exits 1 only when
   const clean = run(desktop);
   assert.is(clean.status, 0, clean.stdout + clean.stderr);
   assert.match(clean.stdout, "Host:\n  ok    iommu: enabled: 3 IOMMU groups");
-  assert.match(clean.stdout, "6 ok, 0 warning(s), 0 failure(s)");
+  assert.match(clean.stdout, "7 ok, 0 warning(s), 0 failure(s)");
   desktop.cleanup();
 
   const shared = sharedGroupHost();

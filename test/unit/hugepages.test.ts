@@ -37,7 +37,8 @@ function domainXml({ uuid = UUID_A, name = "vm", memory = "<memory unit='GiB'>1<
 const cells = (...cells: string[]) => `<cpu><numa>${cells.join("")}</numa></cpu>`;
 
 async function config(options: DomainOptions): Promise<HugepagesConfig> {
-  const sim = new SimHost();
+  // 1 TiB of RAM: the host policy's per-VM cap (MemTotal minus the free-memory floor) stays out of the way.
+  const sim = new SimHost().file("/proc/meminfo", "MemTotal:       1073741824 kB");
   try {
     const [instance] = await loadDomainPlugins(parseDomain(domainXml(options)), sim);
     return instance!.config as HugepagesConfig;

@@ -346,6 +346,14 @@ const STORAGE_CASES: { name: string; setup: (sim: SimHost) => void; use: string 
     },
     use: "nvme0n1p3 is part of LVM volume vg0-root (dm-0)",
   },
+  {
+    name: "the second device of a btrfs filesystem (mountinfo names only the first)",
+    setup: (sim) => {
+      mountsAndSwaps(sim, [["0:27", "/dev/sda1", "/"]]);
+      sim.link("/sys/fs/btrfs/0f0e0d0c-0000-4000-8000-000000000001/devices/nvme0n1p2", "../../../../devices/pci0000:00/0000:02:00.0/nvme/nvme0/nvme0n1/nvme0n1p2");
+    },
+    use: "nvme0n1p2 is part of a mounted btrfs filesystem",
+  },
   { name: "the root filesystem found by its source (btrfs shows 0:NN)", setup: (sim) => mountsAndSwaps(sim, [["0:27", "/dev/nvme0n1p2", "/"]]), use: "nvme0n1p2 is mounted on /" },
 ];
 
