@@ -62,13 +62,35 @@ test("a domain whose memory is backed by huge pages runs on the pages vmhook res
   assert.is(hugepagesInUse(), inUse);
 });
 
-test("more pages than the host has memory: start fails with 'got X of Y pages', pool and /run/vmhook unchanged", async () => {
+const POLICY_FILE = "/etc/vmhook/policy.json";
+
+/** Runs `work` with this host policy in place; whatever policy file was there before comes back. */
+async function withHostPolicy<T>(policy: object, work: () => Promise<T>): Promise<T> {
+  const before = fs.existsSync(POLICY_FILE) ? fs.readFileSync(POLICY_FILE, "utf8") : undefined;
+  fs.mkdirSync(path.dirname(POLICY_FILE), { recursive: true });
+  fs.writeFileSync(POLICY_FILE, JSON.stringify(policy), { mode: 0o644 });
+  try {
+    return await work();
+  } finally {
+    if (before === undefined) fs.rmSync(POLICY_FILE);
+    else fs.writeFileSync(POLICY_FILE, before);
+  }
+}
+
+test("more pages than the host has memory: the host policy's cap refuses the start; raised, the kernel's shortfall does ('got X of Y pages'); pool and /run/vmhook unchanged", async () => {
   // Its <memory> exceeds the host's RAM, so the kernel grants only part of
   // the pages; timeout="0" makes vmhook give up (and give back) at once.
   const memoryMiB = memTotalMiB() + 1024;
   const domain = await defineDomain("too-big", { memoryMiB, hooks: '<vmhook:hugepages size="2M" timeout="0"/>' });
   const [pool, files] = [hugepages(), stateFiles()];
-  const started = await virsh("start", domain.name);
+  const refused = await virsh("start", domain.name);
+  assert.is.not(refused.code, 0, "virsh start succeeded");
+  assert.match(refused.stderr, `vmhook: <vmhook:hugepages size="2M" timeout="0">: the VM asks for ${memoryMiB} MiB of huge pages, more than what the host's free-memory floor leaves`);
+  assert.match(refused.stderr, `raise "hugepages.maxMiBPerVm" in ${POLICY_FILE}`);
+  assert.is(hugepages(), pool);
+  assert.equal(stateFiles(), files);
+
+  const started = await withHostPolicy({ hugepages: { maxMiBPerVm: memoryMiB } }, () => virsh("start", domain.name));
   assert.is.not(started.code, 0, "virsh start succeeded");
   assert.match(started.stderr, new RegExp(`vmhook: hugepages: got \\d+ of ${Math.ceil(memoryMiB / 2)} pages of 2M; free memory \\d+ MiB`));
   assert.is(hugepages(), pool);
