@@ -5,6 +5,7 @@
 // stop, modules to load, CPUs and memory taken from the host, custom plugins
 // — must be allowed here. Read from /etc/vmhook/policy.json (root-owned,
 // checked like plugins.d); without it the defaults below apply.
+import * as path from "node:path";
 import { VmhookError } from "./errors.ts";
 import type { Host } from "./host.ts";
 import { paths } from "./paths.ts";
@@ -66,7 +67,8 @@ const POLICY_FILE_REASON = "it decides what VMs may take from the host";
 function policyFileProblem(host: Host): string | undefined {
   const problem = unsafeReason(host, paths.policy, "file", POLICY_FILE_REASON);
   if (problem) return problem;
-  for (let dir = paths.policy.slice(0, paths.policy.lastIndexOf("/")) || "/"; ; dir = dir.slice(0, dir.lastIndexOf("/")) || "/") {
+  // Whoever can write a directory above it can put another file in its place.
+  for (let dir = path.posix.dirname(paths.policy); ; dir = path.posix.dirname(dir)) {
     const dirProblem = unsafeReason(host, dir, "directory", POLICY_FILE_REASON);
     if (dirProblem || dir === "/") return dirProblem;
   }

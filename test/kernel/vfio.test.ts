@@ -45,13 +45,17 @@ it("single-GPU prepare moves the GPU to vfio-pci and unbinds the console; releas
   assert.fixture(await guest!.ok(STATE), baseline!);
 });
 
-/** Runs `work` with this host policy in the guest's /etc/vmhook/policy.json, removed afterwards. */
+/**
+ * Runs `work` with this host policy in the guest's /etc/vmhook/policy.json,
+ * removed afterwards. The initramfs root is mode 1777, under which vmhook
+ * trusts no policy file, so / is closed meanwhile.
+ */
 async function withPolicy<T>(guest: Guest, policy: object, work: () => Promise<T>): Promise<T> {
-  await guest.ok(`mkdir -p /etc/vmhook && echo '${JSON.stringify(policy)}' > /etc/vmhook/policy.json`);
+  await guest.ok(`chmod 755 / && mkdir -p /etc/vmhook && echo '${JSON.stringify(policy)}' > /etc/vmhook/policy.json`);
   try {
     return await work();
   } finally {
-    await guest.ok("rm -f /etc/vmhook/policy.json");
+    await guest.ok("rm -f /etc/vmhook/policy.json && chmod 1777 /");
   }
 }
 
