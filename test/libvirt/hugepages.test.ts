@@ -91,7 +91,7 @@ test("more pages than the host has memory: the host policy's cap refuses the sta
   assert.is(hugepages(), pool);
   assert.equal(stateFiles(), files);
 
-  const started = await withHostPolicy({ hugepages: { maxMiBPerVm: memoryMiB } }, () => virsh("start", domain.name));
+  const started = await withHostPolicy({ hugepages: { maxMiBPerVm: 2 * memoryMiB } }, () => virsh("start", domain.name));
   assert.is.not(started.code, 0, "virsh start succeeded");
   assert.match(started.stderr, new RegExp(`vmhook: hugepages: got \\d+ of ${Math.ceil(memoryMiB / 2)} pages of 2M; free memory \\d+ MiB`));
   assert.is(hugepages(), pool);
