@@ -1,6 +1,6 @@
 // The host policy (/etc/vmhook/policy.json): what domain metadata may ask
 // for. Every refusal goes through the built binary as validate, plan and the
-// prepare hook, each naming the value, the policy key and the file, with the
+// prepare and migrate hooks, each naming the value, the policy key and the file, with the
 // host left exactly as it was; a policy that allows the request makes the
 // same domain work. The storage guard refuses a controller the host uses,
 // whatever the policy says.
@@ -51,18 +51,22 @@ function host(policy?: object): SimHost {
 
 interface Run {
   code: number | null;
+  stdout: string;
   stderr: string;
 }
 
-/** The binary as the CLI (vmhook ARGS) or as libvirt's hook (qemu vm prepare begin -), the domain XML on stdin. */
-function binary(sim: SimHost, mode: "validate" | "plan" | "prepare", xml: string): Run {
+type Mode = "validate" | "plan" | "prepare" | "migrate";
+const HOOK_MODES: Mode[] = ["prepare", "migrate"];
+
+/** The binary as the CLI (vmhook validate|plan -) or as libvirt's hook (qemu vm prepare|migrate begin -), the domain XML on stdin. */
+function binary(sim: SimHost, mode: Mode, xml: string): Run {
   const links = fs.mkdtempSync(path.join(sim.root, "..", "vmhook-policy-bin-"));
   try {
-    const program = path.join(links, mode === "prepare" ? "qemu" : "vmhook");
+    const program = path.join(links, HOOK_MODES.includes(mode) ? "qemu" : "vmhook");
     fs.symlinkSync(BINARY, program);
-    const args = mode === "prepare" ? ["vm", "prepare", "begin", "-"] : [mode, "-"];
+    const args = HOOK_MODES.includes(mode) ? ["vm", mode, "begin", "-"] : [mode, "-"];
     const result = spawnSync(program, args, { input: xml, encoding: "utf8", timeout: 20_000, env: { PATH: "/usr/sbin:/usr/bin:/sbin:/bin", LC_ALL: "C", VMHOOK_ROOT: sim.root } });
-    return { code: result.status, stderr: result.stderr };
+    return { code: result.status, stdout: result.stdout, stderr: result.stderr };
   } finally {
     fs.rmSync(links, { recursive: true, force: true });
   }
@@ -70,12 +74,13 @@ function binary(sim: SimHost, mode: "validate" | "plan" | "prepare", xml: string
 
 const firstLine = (text: string) => text.split("\n")[0]!;
 
-/** validate, plan and prepare all refuse with `expected` on the first line, and the host is as it was. */
+/** validate, plan, prepare and migrate (the incoming XML) all refuse with `expected` on the first line, and the host is as it was. */
 function assertRefusedEverywhere(sim: SimHost, xml: string, expected: string[]): void {
   const before = sim.snapshot();
-  for (const mode of ["validate", "plan", "prepare"] as const) {
+  for (const mode of ["validate", "plan", "prepare", "migrate"] as const) {
     const run = binary(sim, mode, xml);
     assert.is(run.code, 1, `${mode}: ${run.stderr}`);
+    if (HOOK_MODES.includes(mode)) assert.is(run.stdout, "", `${mode}: hook mode prints nothing on stdout`);
     for (const part of expected) assert.ok(firstLine(run.stderr).includes(part), `${mode}: expected "${part}" in: ${firstLine(run.stderr)}`);
     assert.equal(sim.snapshot(), before, `${mode} left the host as it was`);
     assert.equal(sim.stateFiles(), [], `${mode} left no journal`);
