@@ -9,7 +9,7 @@ import * as path from "node:path";
 import { VmhookError } from "./errors.ts";
 import type { Host } from "./host.ts";
 import { paths } from "./paths.ts";
-import { unsafeReason } from "./custom-plugins.ts";
+import { unsafeReason } from "./custom-plugins/trust.ts";
 import { PATTERNS } from "./validate.ts";
 
 export interface HostPolicy {
