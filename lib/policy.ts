@@ -35,8 +35,18 @@ export interface HostPolicy {
     /** Huge page memory one VM may take; undefined: MemTotal minus the free-memory floor. */
     maxMiBPerVm?: number;
   };
+  forward: {
+    /** Host ports metadata may forward to a guest. */
+    hostPorts: PortSpan[];
+  };
   /** Custom plugins metadata may name; undefined: every installed one. */
   plugins?: string[];
+}
+
+/** Ports first to last, both included. */
+export interface PortSpan {
+  first: number;
+  last: number;
 }
 
 /** Display managers and the GPU helpers that hold the card: what single-GPU mode stops. */
@@ -59,6 +69,8 @@ export const DEFAULT_POLICY: HostPolicy = {
   vfio: { devices: [], units: [], modules: [] },
   isolate: { minHostCpus: 1, everyNumaNode: true, allowBootConsoleCpuAlone: false },
   hugepages: {},
+  // The privileged ports stay the host's.
+  forward: { hostPorts: [{ first: 1024, last: 65535 }] },
 };
 
 const POLICY_FILE_REASON = "it decides what VMs may take from the host";
@@ -124,14 +136,31 @@ function whole(value: unknown, key: string, min: number, max: number): number | 
 
 const MODULE_ENTRY = new RegExp(`${PATTERNS.moduleName.source.slice(0, -1)}\\*?$`);
 
+/** [22, "8000-8999"]: ports and ranges. */
+function portSpans(value: unknown, key: string): PortSpan[] | undefined {
+  if (value === undefined) return undefined;
+  const want = `it must be a list of ports and ranges from 1 to 65535, like [2222, "8000-8999"]`;
+  if (!Array.isArray(value)) fail(key, value, want);
+  return value.map((item) => {
+    const match = typeof item === "number" || typeof item === "string" ? /^(\d{1,5})(?:-(\d{1,5}))?$/.exec(String(item)) : null;
+    const first = Number(match?.[1]);
+    const last = match?.[2] === undefined ? first : Number(match[2]);
+    if (!match || first < 1 || last > 65535 || last < first) fail(key, value, want);
+    return { first, last };
+  });
+}
+
+export const formatSpan = (span: PortSpan) => (span.first === span.last ? `${span.first}` : `${span.first}-${span.last}`);
+
 function readPolicy(raw: unknown): HostPolicy {
   if (!isObject(raw)) fail("(the whole file)", raw, `it must be a JSON object such as {"vfio": {"units": ["mydm.service"]}}`);
-  const top = ["vfio", "isolate", "hugepages", "plugins"];
+  const top = ["vfio", "isolate", "hugepages", "forward", "plugins"];
   const unknown = Object.keys(raw).find((key) => !top.includes(key));
   if (unknown) fail(unknown, raw[unknown], `there is no such key; the policy has ${top.map((key) => `"${key}"`).join(", ")}`);
   const vfio = section(raw, "vfio", ["devices", "units", "modules"]);
   const isolate = section(raw, "isolate", ["minHostCpus", "everyNumaNode", "allowBootConsoleCpuAlone"]);
   const hugepages = section(raw, "hugepages", ["maxMiBPerVm"]);
+  const forward = section(raw, "forward", ["hostPorts"]);
   return {
     file: paths.policy,
     vfio: {
@@ -145,6 +174,7 @@ function readPolicy(raw: unknown): HostPolicy {
       allowBootConsoleCpuAlone: flag(isolate.allowBootConsoleCpuAlone, "isolate.allowBootConsoleCpuAlone", DEFAULT_POLICY.isolate.allowBootConsoleCpuAlone),
     },
     hugepages: { maxMiBPerVm: whole(hugepages.maxMiBPerVm, "hugepages.maxMiBPerVm", 0, 2 ** 40) },
+    forward: { hostPorts: portSpans(forward.hostPorts, "forward.hostPorts") ?? DEFAULT_POLICY.forward.hostPorts },
     plugins: raw.plugins === undefined ? undefined : names(raw.plugins, "plugins", PATTERNS.pluginName, `["looking-glass"]`),
   };
 }
@@ -172,6 +202,7 @@ export function describePolicy(policy: HostPolicy): string {
     `modules: GPU drivers, vfio*, kvmfr, vendor_reset${extra(policy.vfio.modules)}`,
     `isolate: the host keeps at least ${policy.isolate.minHostCpus} CPU(s)${policy.isolate.everyNumaNode ? ", one on every NUMA node" : ""}${policy.isolate.allowBootConsoleCpuAlone ? "" : ", never only the boot console's CPU"}`,
     `hugepages per VM: ${policy.hugepages.maxMiBPerVm !== undefined ? `at most ${policy.hugepages.maxMiBPerVm} MiB` : "what the free-memory floor leaves"}`,
+    `forwarded host ports: ${policy.forward.hostPorts.map(formatSpan).join(", ") || "none"}`,
     `custom plugins: ${policy.plugins ? policy.plugins.join(", ") || "none" : "every installed one"}`,
   ].join("; ");
 }

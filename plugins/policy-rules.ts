@@ -9,8 +9,9 @@ import { ConfigError, describeError } from "../lib/errors.ts";
 import type { Host } from "../lib/host.ts";
 import { meminfo, NODE_DIR } from "../lib/memory.ts";
 import { iommuGroupMembers, pciIommuGroup, slotFunctions } from "../lib/pci.ts";
-import { allowHint, DEFAULT_UNITS, moduleAllowed, normalUnit } from "../lib/policy.ts";
+import { allowHint, DEFAULT_UNITS, formatSpan, moduleAllowed, normalUnit } from "../lib/policy.ts";
 import type { HostSettings } from "../lib/settings.ts";
+import type { ForwardConfig } from "./forward/config.ts";
 import type { HugepagesConfig } from "./hugepages.ts";
 import type { IsolateConfig } from "./isolate/config.ts";
 import type { VfioConfig } from "./vfio/config.ts";
@@ -19,6 +20,7 @@ export const policyRules: Readonly<Record<string, PolicyRule>> = {
   vfio: authorizeVfio,
   isolate: authorizeIsolate,
   hugepages: authorizeHugepages,
+  forward: authorizeForward,
 };
 
 // ---- vfio: devices, units, modules
@@ -154,5 +156,22 @@ function authorizeHugepages(config: HugepagesConfig, { policy, host, settings, e
   if (wantedMiB > capMiB) {
     const source = policy.hugepages.maxMiBPerVm !== undefined ? "the host policy's cap" : "what the host's free-memory floor leaves (MemTotal minus the floor)";
     throw new ConfigError(element, `the VM asks for ${wantedMiB} MiB of huge pages, more than ${source}, ${capMiB} MiB; give the VM less memory, or ${allowHint(policy, `raise "hugepages.maxMiBPerVm"`)}`);
+  }
+}
+
+// ---- forward: which host ports a VM may claim
+
+function authorizeForward(config: ForwardConfig, { policy, settings, element }: PolicyRequest): void {
+  // The list moved from vmhook.json to the policy: a value left there must not be silently ignored.
+  if (settings.plugins.forward?.allowedHostPorts !== undefined) {
+    throw new ConfigError(element, `the host settings still have "plugins": {"forward": {"allowedHostPorts": …}}; the allowed host ports are now "forward.hostPorts" in ${policy.file ?? "/etc/vmhook/policy.json"}: move the list there`);
+  }
+  const allowed = policy.forward.hostPorts;
+  for (const spec of config.forwards) {
+    for (const port of spec.ports) {
+      if (allowed.some((span) => span.first <= port.host.first && port.host.last <= span.last)) continue;
+      const ports = formatSpan(port.host);
+      throw new ConfigError(spec.element, `ports: host port ${port.protocol} ${ports} is not one the host policy lets VMs claim (allowed: ${allowed.map(formatSpan).join(", ") || "none"}); use an allowed port, or ${allowHint(policy, `add ${port.host.first === port.host.last ? ports : `"${ports}"`} to "forward.hostPorts"`)}`);
+    }
   }
 }

@@ -184,6 +184,19 @@ const CASES: Case[] = [
     allow: { hugepages: { maxMiBPerVm: 4096 } },
   },
   {
+    name: "forward: a privileged host port",
+    element: `<vmhook:forward guest="192.168.122.10" ports="2222:22,80/tcp"/>`,
+    refused: [`ports: host port tcp 80 is not one the host policy lets VMs claim (allowed: 1024-65535)`, `add 80 to "${hint("forward.hostPorts")}`],
+    allow: { forward: { hostPorts: [80, "1024-65535"] } },
+  },
+  {
+    name: "forward: a range beyond the policy's ports",
+    element: `<vmhook:forward guest="192.168.122.10" ports="60000-60010/udp"/>`,
+    policy: { forward: { hostPorts: [2222] } },
+    refused: [`ports: host port udp 60000-60010 is not one the host policy lets VMs claim (allowed: 2222)`, `add "60000-60010" to "${hint("forward.hostPorts")}`],
+    allow: { forward: { hostPorts: [2222, "60000-60010"] } },
+  },
+  {
     name: "custom plugin: one the policy does not list",
     element: `<vmhook:plugin name="hello"/>`,
     policy: { plugins: ["looking-glass"] },
@@ -265,7 +278,9 @@ test("a policy file with bad JSON, an unknown key or a bad value is refused nami
     [`{"isolate": {"minHostCpus": 0}}`, `"isolate.minHostCpus" is 0; it must be a whole number from 1 to 8192`],
     [`{"hugepages": {"maxMiBPerVm": "lots"}}`, `"hugepages.maxMiBPerVm" is "lots"`],
     [`{"plugins": "all"}`, `"plugins" is "all"; it must be a list like ["looking-glass"]`],
-    [`{"modules": []}`, `"modules" is []; there is no such key; the policy has "vfio", "isolate", "hugepages", "plugins"`],
+    [`{"forward": {"hostPorts": "22"}}`, `"forward.hostPorts" is "22"; it must be a list of ports and ranges from 1 to 65535`],
+    [`{"forward": {"hostPorts": ["1-70000"]}}`, `"forward.hostPorts" is ["1-70000"]; it must be a list of ports and ranges`],
+    [`{"modules": []}`, `"modules" is []; there is no such key; the policy has "vfio", "isolate", "hugepages", "forward", "plugins"`],
   ];
   for (const [text, message] of bad) {
     const sim = host();
@@ -275,6 +290,17 @@ test("a policy file with bad JSON, an unknown key or a bad value is refused nami
     } finally {
       sim.cleanup();
     }
+  }
+});
+
+test("forward: allowedHostPorts left in vmhook.json (where it used to be) is refused, naming the policy key it moved to", () => {
+  const sim = host();
+  try {
+    sim.file("/etc/vmhook/vmhook.json", JSON.stringify({ plugins: { forward: { allowedHostPorts: [80] } } }));
+    const xml = domainXml(`<vmhook:forward guest="192.168.122.10" ports="2222:22"/>`);
+    assertRefusedEverywhere(sim, xml, [`"allowedHostPorts"`, `now "forward.hostPorts" in ${POLICY}: move the list there`]);
+  } finally {
+    sim.cleanup();
   }
 });
 
