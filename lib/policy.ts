@@ -32,7 +32,7 @@ export interface HostPolicy {
     allowBootConsoleCpuAlone: boolean;
   };
   hugepages: {
-    /** Huge page memory one VM may take; undefined: MemTotal minus the free-memory floor. */
+    /** Huge page memory one VM may take; undefined: no cap but the hugepages fit check (MemTotal minus the free-memory floor at most). */
     maxMiBPerVm?: number;
   };
   forward: {
@@ -201,7 +201,7 @@ export function describePolicy(policy: HostPolicy): string {
     `units: display managers and GPU helpers${extra(policy.vfio.units)}`,
     `modules: GPU drivers, vfio*, kvmfr, vendor_reset${extra(policy.vfio.modules)}`,
     `isolate: the host keeps at least ${policy.isolate.minHostCpus} CPU(s)${policy.isolate.everyNumaNode ? ", one on every NUMA node" : ""}${policy.isolate.allowBootConsoleCpuAlone ? "" : ", never only the boot console's CPU"}`,
-    `hugepages per VM: ${policy.hugepages.maxMiBPerVm !== undefined ? `at most ${policy.hugepages.maxMiBPerVm} MiB` : "what the free-memory floor leaves"}`,
+    `hugepages per VM: ${policy.hugepages.maxMiBPerVm !== undefined ? `at most ${policy.hugepages.maxMiBPerVm} MiB` : "no cap but what the hugepages fit check lets through"}`,
     `forwarded host ports: ${policy.forward.hostPorts.map(formatSpan).join(", ") || "none"}`,
     `custom plugins: ${policy.plugins ? policy.plugins.join(", ") || "none" : "every installed one"}`,
   ].join("; ");

@@ -7,10 +7,9 @@ import { formatCpuList, parseKernelCpuList } from "../lib/cpuset.ts";
 import type { Domain } from "../lib/domain.ts";
 import { ConfigError, describeError } from "../lib/errors.ts";
 import type { Host } from "../lib/host.ts";
-import { meminfo, NODE_DIR } from "../lib/memory.ts";
+import { NODE_DIR } from "../lib/memory.ts";
 import { iommuGroupMembers, pciIommuGroup, slotFunctions } from "../lib/pci.ts";
 import { allowHint, DEFAULT_UNITS, formatSpan, moduleAllowed, normalUnit } from "../lib/policy.ts";
-import type { HostSettings } from "../lib/settings.ts";
 import type { ForwardConfig } from "./forward/config.ts";
 import type { HugepagesConfig } from "./hugepages.ts";
 import type { IsolateConfig } from "./isolate/config.ts";
@@ -134,28 +133,15 @@ function authorizeIsolate(config: IsolateConfig, { policy, host, element }: Poli
 
 const MiB = 1024;
 
-/**
- * Huge page memory one VM may take by default: MemTotal minus the free-memory
- * floor (plugins.hugepages.minFreeMiB in vmhook.json, else the larger of 5 %
- * of RAM and 1 GiB). Throws when MemTotal cannot be read.
- */
-function defaultCapMiB(host: Host, settings: HostSettings, element: string): number {
-  const totalKiB = meminfo(host).MemTotal;
-  if (!totalKiB) throw new ConfigError(element, `cannot read MemTotal from /proc/meminfo, so vmhook cannot tell how much memory the host keeps; refusing to reserve huge pages`);
-  const floor = settings.plugins.hugepages?.minFreeMiB;
-  if (floor !== undefined && (typeof floor !== "number" || !(floor >= 0))) {
-    throw new ConfigError(element, `plugins.hugepages.minFreeMiB in the host settings is ${JSON.stringify(floor)}; it must be a number of MiB`);
-  }
-  const floorMiB = floor ?? Math.max(Math.ceil((totalKiB * 0.05) / MiB), 1024);
-  return Math.max(0, Math.floor(totalKiB / MiB) - floorMiB);
-}
-
-function authorizeHugepages(config: HugepagesConfig, { policy, host, settings, element }: PolicyRequest): void {
+// Without a cap in the policy the hugepages plugin's fit check is the limit:
+// it refuses, marked in `vmhook plan`, what MemTotal minus the free-memory floor
+// can never give (plugins/hugepages/fit.ts).
+function authorizeHugepages(config: HugepagesConfig, { policy, element }: PolicyRequest): void {
+  const capMiB = policy.hugepages.maxMiBPerVm;
+  if (capMiB === undefined) return;
   const wantedMiB = Math.ceil(config.pools.reduce((sum, pool) => sum + pool.pages * pool.sizeKiB, 0) / MiB);
-  const capMiB = policy.hugepages.maxMiBPerVm ?? defaultCapMiB(host, settings, element);
   if (wantedMiB > capMiB) {
-    const source = policy.hugepages.maxMiBPerVm !== undefined ? "the host policy's cap" : "what the host's free-memory floor leaves (MemTotal minus the floor)";
-    throw new ConfigError(element, `the VM asks for ${wantedMiB} MiB of huge pages, more than ${source}, ${capMiB} MiB; give the VM less memory, or ${allowHint(policy, `raise "hugepages.maxMiBPerVm"`)}`);
+    throw new ConfigError(element, `the VM asks for ${wantedMiB} MiB of huge pages, more than the host policy's cap, ${capMiB} MiB; give the VM less memory, or ${allowHint(policy, `raise "hugepages.maxMiBPerVm"`)}`);
   }
 }
 

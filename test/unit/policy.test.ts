@@ -168,15 +168,6 @@ const CASES: Case[] = [
     allow: { isolate: { minHostCpus: 2 } },
   },
   {
-    name: "hugepages: more than the free-memory floor leaves (32000 MiB RAM, floor 1600 MiB)",
-    element: `<vmhook:hugepages/>`,
-    options: { memoryGiB: 30 },
-    refused: ["the VM asks for 30720 MiB of huge pages, more than what the host's free-memory floor leaves (MemTotal minus the floor), 30400 MiB", `raise "${hint("hugepages.maxMiBPerVm")}`],
-    allow: { hugepages: { maxMiBPerVm: 31000 } },
-    // Past the floor the pages do not fit in free memory, which the hugepages plugin checks when planning.
-    allowedIn: ["validate"],
-  },
-  {
     name: "hugepages: more than the policy's cap",
     element: `<vmhook:hugepages/>`,
     policy: { hugepages: { maxMiBPerVm: 2048 } },
