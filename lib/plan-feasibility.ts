@@ -9,7 +9,7 @@ import type { PlannedStep } from "./transaction.ts";
 
 export interface Refusals {
   steps: PlannedStep[];
-  /** Failing checks of plugins that planned no step (they would fail before acting). */
+  /** Failing checks of plugins that plan this event but planned no step (they would fail before acting). */
   blocking: Finding[];
 }
 
@@ -18,7 +18,8 @@ export function refusalOf(finding: Finding): Refusal {
   return { reason: `${finding.check}: ${finding.reason}`, remedies: finding.fix ? [finding.fix] : [] };
 }
 
-export function markRefused(steps: PlannedStep[], findings: Finding[]): Refusals {
+/** `planning`: the plugins that plan this event; a failing check of another (one acting at a later event) blocks nothing here. */
+export function markRefused(steps: PlannedStep[], findings: Finding[], planning: string[]): Refusals {
   const failing = findings.filter((finding) => finding.status === "fail" && finding.plugin !== undefined);
   const marked = steps.map((step) => {
     const problem = failing.find((finding) => finding.plugin === step.plugin);
@@ -26,5 +27,5 @@ export function markRefused(steps: PlannedStep[], findings: Finding[]): Refusals
     return problem && !step.refused ? { ...step, refused: refusalOf(problem) } : step;
   });
   const planned = new Set(steps.map((step) => step.plugin));
-  return { steps: marked, blocking: failing.filter((finding) => !planned.has(finding.plugin!)) };
+  return { steps: marked, blocking: failing.filter((finding) => planning.includes(finding.plugin!) && !planned.has(finding.plugin!)) };
 }

@@ -8,7 +8,7 @@ import { dryRun } from "../dry-run.ts";
 import { markRefused, refusalOf } from "../plan-feasibility.ts";
 import { readDomainSource } from "./domain-source.ts";
 import { listJournals, readJournal, type Journal } from "../journal.ts";
-import type { HookEvent, Refusal } from "../plugin.ts";
+import { isLegacyPlugin, type HookEvent, type PlannedEvent, type Refusal } from "../plugin.ts";
 import type { PlannedStep } from "../transaction.ts";
 import { registry } from "../../plugins/index.ts";
 import type { GlobalOptions } from "./options.ts";
@@ -96,7 +96,8 @@ const plan: CommandModule<GlobalOptions, PlanArgs> = {
     }
     // What the plugins' checks say cannot work on this host (prepare is where the host must give something).
     const findings = event === "prepare" ? ((await runDoctor(host, { file: source.source, xml: source.xml })).domain?.findings ?? []) : [];
-    const { steps, blocking } = markRefused(planned, findings);
+    const planning = instances.filter(({ plugin }) => (isLegacyPlugin(plugin) ? plugin[event as PlannedEvent] : plugin.plan[event as PlannedEvent])).map(({ id }) => id);
+    const { steps, blocking } = markRefused(planned, findings, planning);
     const refused = steps.filter((step) => step.refused).length + blocking.length;
     if (refused > 0) process.exitCode = 1;
     if (args.json) {

@@ -51,7 +51,7 @@ test("plan: what fits is planned without a mark and exits 0", async () => {
   }
 });
 
-test("a plugin's failing doctor check marks its steps refused with the fix; a planner's own mark stays; checks of plugins without steps block", () => {
+test("a plugin's failing doctor check marks its steps refused with the fix; a planner's own mark stays; checks of plugins that plan the event but planned no step block", () => {
   const step = (plugin: string, refused?: PlannedStep["refused"]): PlannedStep => ({ plugin, event: "prepare", action: "x", description: `${plugin} step`, record: { action: "x" }, ...(refused ? { refused } : {}) });
   const own = { reason: "the planner knows better", remedies: [] };
   const findings = [
@@ -61,12 +61,14 @@ test("a plugin's failing doctor check marks its steps refused with the fix; a pl
     { ...ok("hugepages", "fits"), plugin: "hugepages" },
     fail("nvidia", "untagged findings mark nothing", "-"),
   ];
-  const { steps, blocking } = markRefused([step("mdev"), step("isolate", own), step("hugepages")], findings);
+  const { steps, blocking } = markRefused([step("mdev"), step("isolate", own), step("hugepages")], findings, ["mdev", "isolate", "hugepages", "vfio"]);
   assert.equal(
     steps.map((s) => s.refused),
     [{ reason: "mdev i915-GVTg_V5_4: no instance left", remedies: ["stop the VMs using them"] }, own, undefined],
   );
   assert.equal(blocking.map((finding) => finding.plugin), ["vfio"]);
+  // a plugin that acts at a later event (forward at start) blocks nothing in this plan
+  assert.equal(markRefused([], findings, ["mdev"]).blocking.map((finding) => finding.plugin), ["mdev"]);
 });
 
 test.run();
