@@ -188,9 +188,9 @@ function nvidiaRoot(): string {
     for (const [file, value] of [["class", device.classCode], ["vendor", device.vendor], ["device", device.device]]) fs.writeFileSync(path.join(dir, file!), `${value}\n`);
   }
   for (const size of ["2048kB", "1048576kB"]) fs.mkdirSync(path.join(root, `sys/kernel/mm/hugepages/hugepages-${size}`), { recursive: true });
-  // validate checks isolate against the host policy, which reads the online CPUs (this machine's)
+  // validate checks isolate against the host policy, which reads the online CPUs: the example's 16-CPU host
   fs.mkdirSync(path.join(root, "sys/devices/system/cpu"), { recursive: true });
-  fs.copyFileSync("/sys/devices/system/cpu/online", path.join(root, "sys/devices/system/cpu/online"));
+  fs.writeFileSync(path.join(root, "sys/devices/system/cpu/online"), "0-15\n");
   return root;
 }
 
