@@ -16,8 +16,9 @@ import { definePlugin, type UndoRecord, type BaseContext } from "../../lib/plugi
 import { parseVfioConfig, readVfioSettings, type VfioConfig } from "./config.ts";
 import { bindFramebuffer, bindVtconsole, findDisplayManager, runStartCommand, stopDisplayManager, unbindConsoles, waitUntilGpuFree } from "./display.ts";
 import { helperServices, loadModule, rebindDevice, takeOverDevices, unloadModules } from "./driver.ts";
-import { describeHolders, survey, VFIO_DRIVER } from "./survey.ts";
-import { startUnit, stopUnit, unitProcesses } from "./units.ts";
+import { refuseOtherHolders } from "./refuse.ts";
+import { survey, VFIO_DRIVER } from "./survey.ts";
+import { startUnit, stopUnit } from "./units.ts";
 
 const UNDO: Record<string, (ctx: BaseContext, record: UndoRecord) => void> = {
   "start-unit": startUnit,
@@ -45,12 +46,8 @@ export default definePlugin<VfioConfig>({
     const found = survey(ctx.host, ctx.config);
     const displayManager = found.singleGpu ? findDisplayManager(ctx, ctx.config, settings) : undefined;
     const helpers = helperServices(ctx, found, settings);
-    // Users of the GPU fail the start now, unless they belong to what is stopped first.
-    const helperPids = new Set(helpers.flatMap((unit) => unitProcesses(ctx, unit)).map(Number));
-    const blocking = found.holders.filter((holder) => !helperPids.has(holder.pid));
-    if (blocking.length > 0 && !displayManager) {
-      throw new VmhookError(`vfio: the GPU is in use: ${describeHolders(blocking)}; close those programs (or stop the display manager) and start the VM again`);
-    }
+    // Users of the GPU fail the start now, before anything stops, unless they belong to what is stopped first.
+    refuseOtherHolders(ctx, found, displayManager, helpers);
     ctx.log.info(`vfio: devices ${found.devices.map((device) => `${device.address} (${device.driver ?? "no driver"})`).join(", ")}; single-GPU mode ${found.singleGpu ? "on" : "off"}`);
 
     if (found.singleGpu) await stopDisplayManager(ctx, displayManager, settings);

@@ -135,9 +135,9 @@ export class GpuKernel {
     return this;
   }
 
-  /** A process with files open. */
-  process(pid: number, comm: string, files: string[]): this {
-    this.sim.file(`/proc/${pid}/comm`, comm).dir(`/proc/${pid}/fd`);
+  /** A process with files open, in a cgroup v2 path ("/" by default). */
+  process(pid: number, comm: string, files: string[], cgroup = "/"): this {
+    this.sim.file(`/proc/${pid}/comm`, comm).file(`/proc/${pid}/cgroup`, `0::${cgroup}\n`).dir(`/proc/${pid}/fd`);
     files.forEach((file, fd) => this.sim.link(`/proc/${pid}/fd/${fd}`, file));
     return this;
   }
@@ -146,7 +146,15 @@ export class GpuKernel {
     this.units.set(spec.name, spec);
     const cgroup = `/sys/fs/cgroup/system.slice/${spec.name}/cgroup.procs`;
     this.sim.file(cgroup, Object.keys(spec.processes ?? {}).join("\n"));
-    for (const [pid, [comm, files]] of Object.entries(spec.processes ?? {})) this.process(Number(pid), comm, files);
+    for (const [pid, [comm, files]] of Object.entries(spec.processes ?? {})) this.process(Number(pid), comm, files, `/system.slice/${spec.name}`);
+    return this;
+  }
+
+  /** A logind session (its record in /run/systemd/sessions) with processes in its scope. */
+  session(id: number, spec: { type: string; user: string; uid: number; processes: Record<number, [string, string[]]> }): this {
+    this.sim.file(`/run/systemd/sessions/${id}`, `UID=${spec.uid}\nUSER=${spec.user}\nACTIVE=1\nTYPE=${spec.type}\nCLASS=user\n`);
+    const scope = `/user.slice/user-${spec.uid}.slice/session-${id}.scope`;
+    for (const [pid, [comm, files]] of Object.entries(spec.processes)) this.process(Number(pid), comm, files, scope);
     return this;
   }
 
