@@ -11,6 +11,7 @@ const BUILTIN: Record<string, Loader> = {
   hugepages: async () => (await import("./hugepages.ts")).default,
   isolate: async () => (await import("./isolate.ts")).default,
   mdev: async () => (await import("./mdev.ts")).default,
+  nosleep: async () => (await import("./nosleep.ts")).default,
   vgpu: async () => (await import("./mdev.ts")).vgpu,
   vfio: async () => (await import("./vfio/index.ts")).default,
 };
