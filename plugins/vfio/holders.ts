@@ -21,6 +21,11 @@ export interface ClassifiedHolder extends Holder {
 }
 
 const UNIT_NAME = /^[A-Za-z0-9:_.\\@-]+\.(service|scope)$/;
+/**
+ * logind holds the devices of its sessions (TakeDevice) and keeps copies in
+ * PID 1's file descriptor store; both close them when the session ends.
+ */
+const SESSION_DEVICE_KEEPERS = (pid: number, place: HolderPlace) => place.unit === "systemd-logind.service" || (pid === 1 && place.unit === "init.scope");
 /** logind session types that are a display, as opposed to tty, unspecified (ssh, cron) or a greeter-less program. */
 const GRAPHICAL_SESSION_TYPES = ["x11", "wayland", "mir"];
 
@@ -51,16 +56,18 @@ const within = (cgroup: string, parent: string) => cgroup === parent || cgroup.s
 /**
  * The holders that single-GPU mode may not stop: everything outside the
  * given units' cgroups and, when the display manager is stopped, outside
- * graphical sessions. A holder whose cgroup cannot be read counts as outside.
+ * graphical sessions and logind's keeping of their devices. A holder whose
+ * cgroup cannot be read counts as outside.
  */
 export function holdersOutside(host: Host, holders: Holder[], stoppable: { cgroups: string[]; graphicalSessions: boolean }): ClassifiedHolder[] {
   return holders
     .filter((holder) => host.exists(`/proc/${holder.pid}`)) // gone meanwhile: no longer a holder
     .map((holder) => ({ ...holder, place: placeOf(host, holder.pid) }))
-    .filter(({ place }) => {
+    .filter(({ pid, place }) => {
       if (place.cgroup === undefined) return true;
       if (stoppable.cgroups.some((parent) => within(place.cgroup!, parent))) return false;
-      return !(stoppable.graphicalSessions && place.session && GRAPHICAL_SESSION_TYPES.includes(place.session.type));
+      if (!stoppable.graphicalSessions) return true;
+      return !((place.session && GRAPHICAL_SESSION_TYPES.includes(place.session.type)) || SESSION_DEVICE_KEEPERS(pid, place));
     });
 }
 

@@ -86,11 +86,16 @@ export class GpuKernel {
       if (this.brokenModules.has(module) || !this.modules.has(module)) return { status: 1, stderr: `modprobe: FATAL: Module ${name} not found in directory /lib/modules/6.1.0-sim` };
       this.load(module);
     });
-    sim.onExec("rmmod", ([name]) => {
-      const module = this.modules.get(name!);
-      if (!module?.loaded) return { status: 1, stderr: `rmmod: ERROR: Module ${name} is not currently loaded` };
-      if (this.refcnt(name!) > 0 || this.busy(module) || this.pinnedModules.has(name!)) return { status: 1, stderr: `rmmod: ERROR: Module ${name} is in use` };
-      this.unload(module);
+    // kmod's rmmod: each name in order; one that fails is reported and the rest still go.
+    sim.onExec("rmmod", (names) => {
+      const errors: string[] = [];
+      for (const name of names) {
+        const module = this.modules.get(name);
+        if (!module?.loaded) errors.push(`rmmod: ERROR: Module ${name} is not currently loaded`);
+        else if (this.refcnt(name) > 0 || this.busy(module) || this.pinnedModules.has(name)) errors.push(`rmmod: ERROR: Module ${name} is in use`);
+        else this.unload(module);
+      }
+      return errors.length > 0 ? { status: 1, stderr: errors.join("\n") } : undefined;
     });
     sim.onExec("systemctl", (args) => this.systemctl(args));
   }

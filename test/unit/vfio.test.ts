@@ -171,6 +171,14 @@ test("single GPU: holders in the display manager, its graphical session and the 
   assert.is((await runHookEvent(kernel.sim, "release", "end", domainXml("<vmhook:vfio/>"))).code, 0);
 });
 
+test("single GPU: logind and PID 1 holding the session's card for it are waited for, not refused", async () => {
+  const kernel = nvidiaDesktop().process(1, "systemd", ["/dev/dri/card0"], "/init.scope").process(420, "systemd-logind", ["/dev/dri/card0"], "/system.slice/systemd-logind.service");
+  settings(kernel, { stopTimeoutSeconds: 1 });
+  const result = await runHookEvent(kernel.sim, "prepare", "begin", domainXml("<vmhook:vfio/>"));
+  assert.is(result.code, 1, "the simulated logind never lets go");
+  assert.match(firstLine(result.stderr), "the GPU is still in use after stopping the display manager: pid 1 (systemd) holds /dev/dri/card0, pid 420 (systemd-logind) holds /dev/dri/card0");
+});
+
 test("include-slot=\"no\" leaves the audio function on its driver, so its shared IOMMU group refuses, naming both and the remedies", async () => {
   const kernel = nvidiaDesktop();
   const before = kernel.sim.snapshot();
