@@ -46,6 +46,10 @@ export interface GuestOptions {
    * do not apply: the disk holds the kernel's whole module tree.
    */
   desktop?: boolean;
+  /** "ovmf": UEFI firmware (implied by desktop), so the kernel gets a firmware framebuffer (efifb) from it. */
+  firmware?: "seabios" | "ovmf";
+  /** false: bochs-drm is not loaded at boot (it stays available to modprobe), so efifb keeps the std VGA under OVMF. */
+  gpuDriver?: boolean;
 }
 
 export interface ShResult {
@@ -293,7 +297,7 @@ function buildInitramfs(kernel: Kernel, options: GuestOptions, dir: string): str
   for (const ko of koFiles) copyInto(staging, `${modules}/extra/${path.basename(ko)}`, ko);
   fs.copyFileSync(path.join(kernel.modulesDir, "modules.builtin"), path.join(staging, modules, "modules.builtin"));
   run(BUSYBOX, ["depmod", "-b", staging, kernel.version]);
-  const load = [...BASE_LOADED, ...(options.extraModules ?? []).map((m) => moduleKey(path.basename(m)))];
+  const load = [...(options.gpuDriver === false ? [] : BASE_LOADED), ...(options.extraModules ?? []).map((m) => moduleKey(path.basename(m)))];
   fs.mkdirSync(path.join(staging, "etc"), { recursive: true });
   fs.writeFileSync(path.join(staging, "etc/guest-modules"), `${load.join("\n")}\n`);
 
@@ -316,13 +320,12 @@ export async function bootGuest(options: GuestOptions = {}): Promise<Guest> {
   const rootImage = options.desktop ? ensureDesktopImage(kernel) : undefined;
   const initramfs = rootImage ? buildRootInitramfs(kernel, options, dir) : buildInitramfs(kernel, options, dir);
   const vars = path.join(dir, "OVMF_VARS.fd");
-  if (rootImage) fs.copyFileSync(OVMF_VARS, vars);
-  const desktopArgs = rootImage
-    ? [
-        "-drive", `if=pflash,format=raw,readonly=on,file=${OVMF_CODE}`, "-drive", `if=pflash,format=raw,file=${vars}`,
-        "-drive", `if=virtio,format=raw,snapshot=on,file=${rootImage}`,
-      ]
-    : [];
+  const ovmf = rootImage !== undefined || options.firmware === "ovmf";
+  if (ovmf) fs.copyFileSync(OVMF_VARS, vars);
+  const desktopArgs = [
+    ...(ovmf ? ["-drive", `if=pflash,format=raw,readonly=on,file=${OVMF_CODE}`, "-drive", `if=pflash,format=raw,file=${vars}`] : []),
+    ...(rootImage ? ["-drive", `if=virtio,format=raw,snapshot=on,file=${rootImage}`] : []),
+  ];
   const consoleLog = path.join(dir, "console.log");
   const socketPath = path.join(dir, "cmd.sock");
 
