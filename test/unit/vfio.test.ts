@@ -146,6 +146,11 @@ const OUTSIDERS: { name: string; add: (kernel: GpuKernel) => void; where: string
   },
   { name: "a browser in a user unit", add: (k) => k.process(730, "firefox", ["/dev/dri/renderD128"], "/user.slice/user-1001.slice/user@1001.service/app.slice/firefox.service"), where: "pid 730 (firefox) holds /dev/dri/renderD128 in firefox.service" },
   { name: "a process in no unit", add: (k) => k.process(740, "blender", ["/dev/dri/card0"]), where: "pid 740 (blender) holds /dev/dri/card0 in cgroup /" },
+  {
+    name: "a process whose cgroup cannot be read",
+    add: (k) => k.process(760, "mystery", ["/dev/dri/card0"]).sim.remove("/proc/760/cgroup"),
+    where: "pid 760 (mystery) holds /dev/dri/card0 in an unknown cgroup",
+  },
 ];
 
 for (const outsider of OUTSIDERS) {
