@@ -6,14 +6,17 @@ import { attributes, describeElement, metadataChildren, type Domain } from "./do
 import { ConfigError } from "./errors.ts";
 import type { Host } from "./host.ts";
 import { NAMESPACE_URI, ROOT_ELEMENT } from "./paths.ts";
-import type { Plugin } from "./plugin.ts";
+import type { AnyPlugin, PluginRegistry } from "./plugin.ts";
 import { PATTERNS } from "./validate.ts";
-import { builtinNames, CUSTOM_ELEMENT, CUSTOM_PREFIX, loadPlugin } from "../plugins/index.ts";
+
+/** The element <vmhook:plugin name="NAME"> names a custom plugin, journaled as "plugin:NAME". */
+export const CUSTOM_ELEMENT = "plugin";
+export const CUSTOM_PREFIX = "plugin:";
 
 export interface PluginInstance {
   /** Journal id: "hugepages", or "plugin:NAME" for custom plugins. */
   id: string;
-  plugin: Plugin<unknown>;
+  plugin: AnyPlugin;
   config: unknown;
   elements: Element[];
 }
@@ -22,12 +25,15 @@ export interface PluginInstance {
  * The domain's plugins in the order their elements first appear in the
  * metadata (prepare runs them in that order, release undoes in reverse).
  */
-export async function loadDomainPlugins(domain: Domain, host: Host): Promise<PluginInstance[]> {
+export async function loadDomainPlugins(domain: Domain, host: Host, registry: PluginRegistry): Promise<PluginInstance[]> {
+  const builtinNames = () => registry.builtinNames();
   const metadata = domain.metadata;
   if (!metadata) return [];
   const rootName = `<vmhook:${ROOT_ELEMENT}>`;
   const extra = Object.keys(attributes(metadata));
   if (extra.length > 0) throw new ConfigError(rootName, `has attribute ${extra[0]}, but takes none; configure plugins in its child elements`);
+  const text = [...metadataText(metadata)].join("").trim();
+  if (text !== "") throw new ConfigError(rootName, `contains the text ${JSON.stringify(text.slice(0, 40))}; it holds only plugin elements such as <vmhook:hugepages/>`);
 
   const groups = new Map<string, Element[]>();
   for (const element of metadataChildren(metadata)) {
@@ -49,7 +55,7 @@ export async function loadDomainPlugins(domain: Domain, host: Host): Promise<Plu
 
   const instances: PluginInstance[] = [];
   for (const [id, elements] of groups) {
-    const plugin = await loadPlugin(id, host);
+    const plugin = await registry.load(id, host);
     instances.push({ id, plugin, config: plugin.parse(elements, domain), elements });
   }
   return instances;
@@ -64,29 +70,9 @@ function customId(element: Element): string {
   return `${CUSTOM_PREFIX}${name}`;
 }
 
-/**
- * A plugin element's attributes, refusing any that the plugin does not know:
- * a typo must not silently fall back to a default.
- */
-export function readAttributes(element: Element, allowed: readonly string[]): Record<string, string> {
-  const found = attributes(element);
-  for (const name of Object.keys(found)) {
-    if (!allowed.includes(name)) {
-      throw new ConfigError(
-        describeElement(element),
-        allowed.length > 0
-          ? `has unknown attribute ${name}; allowed: ${allowed.join(", ")}`
-          : `has unknown attribute ${name}; it takes no attributes`,
-      );
-    }
+/** The text directly inside <vmhook:hooks> (not inside its child elements). */
+function* metadataText(metadata: Element): Generator<string> {
+  for (let node = metadata.firstChild; node; node = node.nextSibling) {
+    if (node.nodeType === 3 || node.nodeType === 4) yield node.nodeValue ?? "";
   }
-  return found;
-}
-
-/** Rejects a second element where a plugin allows only one. */
-export function single(elements: Element[]): Element {
-  if (elements.length > 1) {
-    throw new ConfigError(describeElement(elements[1]!), `appears ${elements.length} times; keep one`);
-  }
-  return elements[0]!;
 }

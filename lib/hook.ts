@@ -7,11 +7,14 @@ import { describeError, VmhookError } from "./errors.ts";
 import { RootedHost, type Host } from "./host.ts";
 import { newJournal, readJournal, writeJournal } from "./journal.ts";
 import { createLogger, oneLine, type Logger } from "./log.ts";
-import type { HookEvent } from "./plugin.ts";
+import { isLegacyPlugin, type HookEvent, type PlannedEvent, type PluginRegistry } from "./plugin.ts";
+import { registry as builtinRegistry } from "../plugins/index.ts";
 import { loadSettings, type HostSettings } from "./settings.ts";
-import { runHandlers, undoJournal, type RunEnvironment } from "./transaction.ts";
+import { runPlugins, undoJournal, type RunEnvironment } from "./transaction.ts";
 import { PATTERNS } from "./validate.ts";
 import { paths } from "./paths.ts";
+import { withDomainLock } from "./lock.ts";
+import { removeStaleTemps } from "./state-files.ts";
 import { startWatchdog } from "./watchdog.ts";
 
 export interface HookInvocation {
@@ -21,6 +24,8 @@ export interface HookInvocation {
   root: string;
   /** Tests pass a simulated host; otherwise the host is the root directory. */
   host?: Host;
+  /** Where plugins come from; the built-in registry (and plugins.d) unless a test passes its own. */
+  registry?: PluginRegistry;
   /**
    * This process is the hook libvirt started (not an in-process test): guard
    * stdout and kill the process when it outlives both deadlines.
@@ -56,7 +61,7 @@ export class HookRun {
   }
 
   private env(): RunEnvironment {
-    return { host: this.host, log: this.log, settings: this.settings };
+    return { host: this.host, log: this.log, settings: this.settings, registry: this.invocation.registry ?? builtinRegistry };
   }
 
   private deadline(kind: "work" | "undo"): Deadline {
@@ -65,7 +70,7 @@ export class HookRun {
   }
 
   private async plugins(): Promise<PluginInstance[]> {
-    return loadDomainPlugins(this.domain, this.host);
+    return loadDomainPlugins(this.domain, this.host, this.invocation.registry ?? builtinRegistry);
   }
 
   /** prepare: undo anything a crashed earlier run left, then apply every plugin's steps as one transaction. */
@@ -79,7 +84,7 @@ export class HookRun {
     const journal = newJournal(this.host, { name: this.domain.name, uuid: this.domain.uuid });
     writeJournal(this.host, journal);
     try {
-      await runHandlers("prepare", instances, this.domain, journal, this.env(), deadline);
+      await runPlugins("prepare", instances, this.domain, journal, this.env(), deadline);
     } catch (error) {
       const steps = journal.entries.length;
       const { failed } = await undoJournal(journal, this.env(), this.deadline("undo"));
@@ -89,12 +94,12 @@ export class HookRun {
     writeJournal(this.host, journal);
   }
 
-  /** start, started, stopped: the plugins' optional handlers; their steps join the same journal. */
+  /** start, started, stopped: the plugins' optional steps; they join the same journal. */
   async handlers(event: "start" | "started" | "stopped"): Promise<void> {
     const instances = await this.plugins();
-    if (!instances.some((instance) => instance.plugin[event])) return;
+    if (!instances.some((instance) => handles(instance, event))) return;
     const journal = readJournal(this.host, this.domain.uuid) ?? newJournal(this.host, { name: this.domain.name, uuid: this.domain.uuid });
-    await runHandlers(event, instances, this.domain, journal, this.env(), this.deadline("work"));
+    await runPlugins(event, instances, this.domain, journal, this.env(), this.deadline("work"));
   }
 
   /** release: undo what the journal holds (not what the metadata says now). Never fails the caller. */
@@ -122,7 +127,7 @@ export class HookRun {
     if (!journal) return;
     this.log.info(`reconnected: journal holds ${journal.entries.length} change(s), phase ${journal.phase}`);
     const instances = await this.plugins();
-    await runHandlers("reconnect", instances, this.domain, journal, this.env(), this.deadline("work"));
+    await runPlugins("reconnect", instances, this.domain, journal, this.env(), this.deadline("work"));
   }
 
   private async undoLeftovers(deadline: Deadline): Promise<void> {
@@ -134,6 +139,12 @@ export class HookRun {
       throw new VmhookError(`an earlier run of ${this.domain.name} left changes that cannot be undone; run vmhook recover ${this.domain.name} and check vmhook status`, failed.map((entry) => `${entry.plugin}: ${entry.description}: ${entry.error}`));
     }
   }
+}
+
+/** Whether a plugin does anything at this event (first-interface custom plugins: a handler). */
+function handles(instance: PluginInstance, event: PlannedEvent): boolean {
+  const plugin = instance.plugin;
+  return isLegacyPlugin(plugin) ? plugin[event] !== undefined : plugin.plan[event] !== undefined;
 }
 
 function withRollbackNote(error: unknown, steps: number, failed: number): VmhookError {
@@ -160,6 +171,41 @@ async function guardStdout(): Promise<void> {
 export type EventAction = (run: HookRun) => Promise<void>;
 
 /**
+ * Every hook run of a domain holds the domain's lock (so does vmhook
+ * recover): two runs never interleave on one journal, and leftovers of a
+ * killed run, such as a half-written journal temp file, are cleared first.
+ */
+async function runUnderDomainLock(run: HookRun, action: EventAction): Promise<void> {
+  const uuid = uuidFromXml(run.invocation.xml);
+  if (!uuid) return action(run);
+  const waitLimit = new Deadline(run.host, run.settings.deadlineSeconds * 1000, "deadlineSeconds");
+  await withDomainLock(run.host, uuid, waitLimit, async () => {
+    removeStaleTemps(run.host, paths.journal(uuid));
+    await action(run);
+  });
+}
+
+/**
+ * In the hook's own process, the end of the event loop with the work still
+ * pending (a promise nothing will ever settle) is a failure, never success:
+ * without this the process would simply exit 0.
+ */
+async function settleOrDrain(work: Promise<void>, invocation: HookInvocation): Promise<void> {
+  if (!invocation.ownProcess) return work;
+  const what = `${invocation.args.slice(1, 3).join(" ")} of ${invocation.args[0] ?? "?"}`;
+  let onDrain = () => {};
+  const drained = new Promise<never>((_, reject) => {
+    onDrain = () => reject(new VmhookError(`${what} ended with its work unfinished (a promise that never settles); the journal is kept for release or vmhook recover`));
+  });
+  process.once("beforeExit", onDrain);
+  try {
+    await Promise.race([work, drained]);
+  } finally {
+    process.off("beforeExit", onDrain);
+  }
+}
+
+/**
  * Runs one event and turns the outcome into libvirt's terms: the exit code,
  * and on failure a stderr whose first line says what failed and what to do.
  * `mayFail`: whether a failure should abort what libvirt is doing (prepare,
@@ -184,7 +230,7 @@ export async function runEvent(invocation: HookInvocation, event: HookEvent | un
       const budgetSeconds = deadlineSeconds + undoDeadlineSeconds + 5;
       startWatchdog(budgetSeconds * 1000, `${invocation.args.slice(1, 3).join(" ")} of ${run.name} was killed after ${budgetSeconds} s (deadlineSeconds + undoDeadlineSeconds in ${paths.hostConfig}); run vmhook recover ${run.name} once it is stopped`, run.host.resolve(paths.log), mayFail ? 1 : 0);
     }
-    await action(run);
+    await settleOrDrain(runUnderDomainLock(run, action), invocation);
     return 0;
   } catch (error) {
     const headline = describeError(error);

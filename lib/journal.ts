@@ -2,16 +2,17 @@
 // anything. Every change is recorded here *before* it is made, so release,
 // `vmhook recover` and the next prepare undo what was really done, whatever
 // the metadata says now and even after a crash.
-import writeFileAtomic from "write-file-atomic";
 import { VmhookError } from "./errors.ts";
 import type { Host } from "./host.ts";
 import { paths } from "./paths.ts";
+import { ensureStateDir, readStateFile, removeStateFile, writeStateFile } from "./state-files.ts";
 import { PATTERNS } from "./validate.ts";
-import type { UndoRecord } from "./plugin.ts";
+import type { UndoRecord } from "./records.ts";
 
 export const JOURNAL_VERSION = 1;
 
-export type EntryState = "pending" | "applied" | "failed";
+/** pending: journaled, its change may or may not have happened; applied: done; undo-failed: its undo failed (kept for vmhook recover). Undone entries leave the journal. */
+export type EntryState = "pending" | "applied" | "undo-failed";
 
 export interface JournalEntry {
   /** Plugin id: a built-in name ("hugepages") or "plugin:NAME" for a custom one. */
@@ -20,7 +21,6 @@ export interface JournalEntry {
   event: string;
   description: string;
   undo: UndoRecord;
-  /** pending: journaled, the action may or may not have happened; failed: its undo failed. */
   state: EntryState;
   at: string;
   error?: string;
@@ -46,19 +46,15 @@ export function newJournal(host: Host, domain: { name: string; uuid: string }): 
 
 export function readJournal(host: Host, uuid: string): Journal | undefined {
   const file = paths.journal(uuid);
-  let text: string;
-  try {
-    text = host.read(file);
-  } catch (error) {
-    // Only a missing journal means "holds nothing"; any other failure must not
-    // pass for that (a prepare would write over it, status would hide it).
-    const code = (error as NodeJS.ErrnoException).code;
-    if (code === "ENOENT") return undefined;
-    throw new VmhookError(`journal ${file} cannot be read (${code ?? (error as Error).message})${code === "EACCES" ? "; run vmhook as root" : ""}`);
-  }
+  // Only a missing journal means "holds nothing"; any other failure must not
+  // pass for that (a prepare would write over it, status would hide it).
+  const text = readStateFile(host, file, "journal");
+  if (text === undefined) return undefined;
   try {
     const journal = JSON.parse(text) as Journal;
     if (journal.version !== JOURNAL_VERSION || !Array.isArray(journal.entries)) throw new Error(`unsupported version ${journal.version}`);
+    // vmhook 0.1 wrote "failed" for an undo that failed.
+    for (const entry of journal.entries) if ((entry.state as string) === "failed") entry.state = "undo-failed";
     return journal;
   } catch (error) {
     throw new VmhookError(`journal ${file} cannot be read (${(error as Error).message}); inspect it, then remove it by hand`);
@@ -66,14 +62,14 @@ export function readJournal(host: Host, uuid: string): Journal | undefined {
 }
 
 export function writeJournal(host: Host, journal: Journal): void {
-  host.mkdir(paths.stateDir);
+  ensureStateDir(host);
   journal.updatedAt = new Date(host.now()).toISOString();
   journal.pid = process.pid;
-  writeFileAtomic.sync(host.resolve(paths.journal(journal.domain.uuid)), `${JSON.stringify(journal, null, 2)}\n`, { mode: 0o600 });
+  writeStateFile(host, paths.journal(journal.domain.uuid), `${JSON.stringify(journal, null, 2)}\n`);
 }
 
 export function removeJournal(host: Host, uuid: string): void {
-  host.remove(paths.journal(uuid));
+  removeStateFile(host, paths.journal(uuid));
 }
 
 /** Every journal on the host, for shared resources and `vmhook status`. Unreadable ones are reported, not hidden. */
@@ -93,20 +89,28 @@ export function listJournals(host: Host): { journals: Journal[]; broken: { file:
   return { journals, broken };
 }
 
-/** Host-wide state files of shared resources (/run/vmhook/shared/NAME.json). */
+/**
+ * Host-wide state files of shared resources (/run/vmhook/shared/NAME.json).
+ * Missing means "nothing saved"; a file that cannot be read or parsed throws:
+ * what it held (e.g. the host's original CPU set) must not be guessed.
+ */
 export const sharedState = {
   read<T>(host: Host, name: string): T | undefined {
+    const file = paths.sharedState(name);
+    const text = readStateFile(host, file, "shared state");
+    if (text === undefined) return undefined;
     try {
-      return JSON.parse(host.read(paths.sharedState(name))) as T;
-    } catch {
-      return undefined;
+      return JSON.parse(text) as T;
+    } catch (error) {
+      throw new VmhookError(`shared state ${file} cannot be read (${(error as Error).message}); it holds the host's values from before the first VM: restore them by hand, then remove it`);
     }
   },
   write(host: Host, name: string, value: unknown): void {
-    host.mkdir(`${paths.stateDir}/shared`);
-    writeFileAtomic.sync(host.resolve(paths.sharedState(name)), `${JSON.stringify(value, null, 2)}\n`, { mode: 0o600 });
+    ensureStateDir(host);
+    ensureStateDir(host, `${paths.stateDir}/shared`);
+    writeStateFile(host, paths.sharedState(name), `${JSON.stringify(value, null, 2)}\n`);
   },
   remove(host: Host, name: string): void {
-    host.remove(paths.sharedState(name));
+    removeStateFile(host, paths.sharedState(name));
   },
 };

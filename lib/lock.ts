@@ -1,11 +1,14 @@
-// The host-wide lock for resources that all VMs share (hugepage pools, the
-// host CPU set). flock(2) through libc, so the kernel releases it if the hook
-// is killed: a crashed hook never leaves the next VM waiting.
+// Locks, as flock(2) through libc, so the kernel releases them when a hook is
+// killed: a crashed hook never leaves the next one waiting.
+//   host lock    /run/vmhook/host.lock   resources all VMs share (the claims ledger)
+//   domain lock  /run/vmhook/UUID.lock   one domain's journal: every hook run and recover
+// Lock order: domain lock first, then the host lock; never the other way.
 import * as fs from "node:fs";
 import type { Deadline } from "./deadline.ts";
 import { VmhookError } from "./errors.ts";
 import type { Host } from "./host.ts";
 import { paths } from "./paths.ts";
+import { ensureStateDir } from "./state-files.ts";
 
 const LOCK_EX = 2;
 const LOCK_NB = 4;
@@ -22,25 +25,81 @@ async function loadFlock(): Promise<Flock> {
   return flock;
 }
 
-/**
- * Runs `work` while holding the host-wide lock. Not re-entrant: the transaction
- * runner takes it around a shared plugin's handler or undo, plugins never do.
- */
-export async function withHostLock<T>(host: Host, deadline: Deadline, work: () => Promise<T>): Promise<T> {
+/** Opens (never through a symlink) and locks `file`; waits until `deadline`, or not at all without one. Undefined: held by another. */
+async function acquire(host: Host, file: string, deadline: Deadline | undefined): Promise<number | undefined> {
   const lock = await loadFlock();
-  host.mkdir(paths.stateDir);
-  const fd = fs.openSync(host.resolve(paths.hostLock), "a", 0o600);
+  ensureStateDir(host);
+  let fd: number;
   try {
-    let interval = 5;
-    while (lock(fd, LOCK_EX | LOCK_NB) !== 0) {
-      if (deadline.remainingMs() <= 0) {
-        throw new VmhookError(`another vmhook held the host-wide lock ${paths.hostLock} until the deadline; see vmhook status`);
-      }
-      host.sleep(Math.min(interval, deadline.remainingMs()));
-      interval = Math.min(interval * 2, 100);
+    fd = fs.openSync(host.resolve(file), fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_NOFOLLOW, 0o600);
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code;
+    throw new VmhookError(code === "ELOOP" ? `lock file ${file} is a symlink; remove it (rm ${file})` : `cannot open lock file ${file} (${code ?? (error as Error).message})`);
+  }
+  let interval = 5;
+  while (lock(fd, LOCK_EX | LOCK_NB) !== 0) {
+    if (!deadline || deadline.remainingMs() <= 0) {
+      fs.closeSync(fd);
+      return undefined;
     }
+    host.sleep(Math.min(interval, deadline.remainingMs()));
+    interval = Math.min(interval * 2, 100);
+  }
+  // The holder before us may have removed the file (a domain lock goes with
+  // its journal): a lock on a removed file guards nothing, so start over.
+  if (!samePath(host, file, fd)) {
+    fs.closeSync(fd);
+    return acquire(host, file, deadline);
+  }
+  return fd;
+}
+
+function samePath(host: Host, file: string, fd: number): boolean {
+  try {
+    return fs.lstatSync(host.resolve(file)).ino === fs.fstatSync(fd).ino;
+  } catch {
+    return false;
+  }
+}
+
+async function withLock<T>(host: Host, file: string, deadline: Deadline, busy: string, work: () => Promise<T>, removeAfter = () => false): Promise<T> {
+  const fd = await acquire(host, file, deadline);
+  if (fd === undefined) throw new VmhookError(busy);
+  return release(host, file, fd, work, removeAfter);
+}
+
+/** Runs `work` holding the lock on `fd`; removes the lock file first when `removeAfter` says so (still holding it). */
+async function release<T>(host: Host, file: string, fd: number, work: () => Promise<T>, removeAfter: () => boolean): Promise<T> {
+  try {
     return await work();
   } finally {
+    if (removeAfter()) fs.rmSync(host.resolve(file), { force: true });
     fs.closeSync(fd); // closing the descriptor releases the flock
   }
+}
+
+/** A domain's lock file goes when its journal has gone: /run/vmhook keeps nothing for a domain that holds nothing. */
+const holdsNothing = (host: Host, uuid: string) => () => !fs.existsSync(host.resolve(paths.journal(uuid)));
+
+/** Runs `work` while holding the host-wide lock. Not re-entrant: the runner takes it, plugins never do. */
+export function withHostLock<T>(host: Host, deadline: Deadline, work: () => Promise<T>): Promise<T> {
+  return withLock(host, paths.hostLock, deadline, `another vmhook held the host-wide lock ${paths.hostLock} until the deadline; see vmhook status`, work);
+}
+
+/** Runs `work` while holding the domain's lock: no other hook run or recover of this domain runs meanwhile. */
+export function withDomainLock<T>(host: Host, uuid: string, deadline: Deadline, work: () => Promise<T>): Promise<T> {
+  const busy = `another vmhook run of this domain (a hook or vmhook recover) held ${paths.domainLock(uuid)} until the deadline; see vmhook status`;
+  return withLock(host, paths.domainLock(uuid), deadline, busy, work, holdsNothing(host, uuid));
+}
+
+/** `work` under the domain's lock if nobody holds it now; `busy` when a hook of the domain is at work. */
+export async function ifDomainIdle<T>(host: Host, uuid: string, work: () => Promise<T>): Promise<{ busy: true } | { busy: false; value: T }> {
+  const fd = await acquire(host, paths.domainLock(uuid), undefined);
+  if (fd === undefined) return { busy: true };
+  return { busy: false, value: await release(host, paths.domainLock(uuid), fd, work, holdsNothing(host, uuid)) };
+}
+
+/** Whether a hook run or recover of the domain holds its lock right now (for vmhook status). */
+export async function domainBusy(host: Host, uuid: string): Promise<boolean> {
+  return (await ifDomainIdle(host, uuid, async () => undefined)).busy;
 }

@@ -28,3 +28,6 @@ export function meminfo(host: Host, node?: number): Record<string, number> {
   for (const match of text.matchAll(/^(?:Node \d+ )?(\w+):\s+(\d+)/gm)) fields[match[1]!] = Number(match[2]);
   return fields;
 }
+
+/** The host's NUMA node numbers, in order. */
+export const hostNodes = (host: Host) => host.list(NODE_DIR).filter((entry) => /^node\d+$/.test(entry)).map((entry) => Number(entry.slice(4))).sort((a, b) => a - b);

@@ -9,6 +9,10 @@ export const paths = {
   /** Host-wide state of shared resources (e.g. the CPU set the host had before isolation). */
   sharedState: (name: string) => `/run/vmhook/shared/${name}.json`,
   hostLock: "/run/vmhook/host.lock",
+  /** What VMs share (modules kept unloaded, ...): lib/claims.ts. */
+  claims: "/run/vmhook/claims.json",
+  /** Held by every hook run of the domain and by vmhook recover. */
+  domainLock: (uuid: string) => `/run/vmhook/${uuid}.lock`,
   log: "/var/log/vmhook.log",
   hostConfig: "/etc/vmhook/vmhook.json",
   pluginsDir: "/etc/vmhook/plugins.d",

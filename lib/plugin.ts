@@ -1,22 +1,28 @@
 // The one interface every plugin implements, built-in or custom: a name (its
-// metadata element), a config parser, named event handlers and an undo.
-// Modelled on Rollup's plugin objects: plain data plus named hooks that get a
-// context object.
+// metadata element), a config parser, typed actions and pure planners.
+// Modelled on Rollup's plugin objects (plain data plus named hooks that get a
+// context) and on systemd's transactions (the whole plan is built, reading
+// the host only, before any job runs; jobs are of a few fixed types).
+//
+//   parse(elements, domain)   metadata → typed config, no host access
+//   plan.prepare(ctx)         reads the host, changes nothing, returns steps
+//   actions[kind].apply       one step's change; the runner journals it first
+//   actions[kind].check       validates a journaled record before any undo
+//   actions[kind].undo        gives one change back; idempotent
+//
+// `vmhook plan` prints exactly what plan.* returns, and prepare runs exactly
+// that: no plugin branches on a dry run.
 import type { Element } from "@xmldom/xmldom";
+import type { Claims } from "./claims.ts";
 import type { Deadline, WaitOptions } from "./deadline.ts";
 import type { Domain } from "./domain.ts";
 import type { ExecResult, Host } from "./host.ts";
 import type { Journal } from "./journal.ts";
+import type { Finding } from "./diagnostics/findings.ts";
 import type { Logger } from "./log.ts";
 
-export type Json = string | number | boolean | null | Json[] | { [key: string]: Json };
-
-/** What a step needs to be undone: plain JSON, kept in the journal and handed back to `undo`. */
-export interface UndoRecord {
-  /** The kind of change, e.g. "grow-pool"; the plugin's undo switches on it. */
-  action: string;
-  [key: string]: Json;
-}
+export type { Json, UndoRecord } from "./records.ts";
+import type { UndoRecord } from "./records.ts";
 
 export type HookEvent = "prepare" | "start" | "started" | "stopped" | "release" | "migrate" | "restore" | "reconnect";
 
@@ -26,15 +32,19 @@ export interface BaseContext {
   domain: { name: string; uuid: string };
   event: HookEvent;
   log: Logger;
-  /** True in `vmhook plan`: steps are listed, not run. */
-  dryRun: boolean;
   deadline: Deadline;
   /** Polls until ready() with a timeout bounded by the deadline; no fixed sleeps. */
   waitFor(what: string, ready: () => boolean, options?: WaitOptions): void;
   /** Runs a program with a timeout bounded by the deadline; throws with its stderr when it fails. */
   run(command: string, args: string[], options?: { timeoutMs?: number; input?: string; allowFailure?: boolean }): ExecResult;
-  /** Every domain's journal (read under the host-wide lock when the plugin is `shared`). */
+  /**
+   * Every domain's journal (read under the host-wide lock when the plugin is
+   * `shared`). Throws when any journal cannot be read: what a shared
+   * resource is computed from must be complete.
+   */
   journals(): Journal[];
+  /** The host-wide claims ledger, as this domain sees it (lib/claims.ts). `shared` plugins only: it is read under the host lock. */
+  claims: Claims;
   /** Host-wide state of a shared resource, e.g. the values the host had before the first VM changed them. */
   shared: {
     read<T>(): T | undefined;
@@ -45,28 +55,57 @@ export interface BaseContext {
   settings: Record<string, unknown>;
 }
 
-export interface StepHandle {
-  /** Replaces the journaled undo record, e.g. with how many pages were really added. */
-  update(undo: UndoRecord): void;
-  /** The action turned out to change nothing: its entry leaves the journal. */
-  nothingToUndo(): void;
-}
+/** The events a plugin plans steps for. */
+export type PlannedEvent = "prepare" | "start" | "started" | "stopped" | "reconnect";
 
-export interface PluginContext<Config> extends BaseContext {
+/** What a planner gets: the config, the domain, and this plugin's records from earlier events. */
+export interface PlanContext<Config> extends BaseContext {
   config: Config;
   /** The full domain model (memory, NUMA, pinning, hostdevs). */
   domainXml: Domain;
-  /** This plugin's undo records from earlier events of this run (e.g. stopped sees what prepare did). */
+  /** This plugin's journal records from earlier events of this run (e.g. stopped sees what prepare did). */
   records: UndoRecord[];
-  /**
-   * One change to the host: `undo` is journaled first, then `action` runs.
-   * If the action throws, the journaled undo still runs during rollback, so
-   * keep it accurate with `handle.update` when only part was done.
-   */
-  step(description: string, undo: UndoRecord, action: (handle: StepHandle) => void | Promise<void>): Promise<void>;
 }
 
-export type Handler<Config> = (ctx: PluginContext<Config>) => void | Promise<void>;
+/** One change the runner journals, then applies with actions[action].apply. */
+export interface Step<Record extends UndoRecord = UndoRecord> {
+  /** The forward action, e.g. "grow-pool", "unload-module"; also record.action. */
+  action: Record["action"];
+  /** What undo needs; journaled before apply runs. */
+  record: Record;
+  /** One line for the log, `vmhook plan` and `vmhook status`. */
+  description: string;
+}
+
+/** What apply gets on top of the planner's context. */
+export interface ApplyContext<Config> extends PlanContext<Config> {
+  /** Replaces the journaled record at once, e.g. with how many pages were really added so far. */
+  update(record: UndoRecord): void;
+  /** The change turned out to be nothing: the entry leaves the journal. */
+  nothingToUndo(): void;
+}
+
+export interface Action<Record extends UndoRecord, Config> {
+  /**
+   * Validates a journaled record and returns it typed, or throws naming what
+   * is wrong. Runs before every undo: journals are root-owned, but their
+   * values still become paths, arguments and unit names.
+   */
+  check(record: UndoRecord): Record;
+  /** Makes the change, waiting inside for what it needs (a device bound, a unit stopped). May return the record updated. */
+  apply(record: Record, ctx: ApplyContext<Config>): void | Record | Promise<void | Record>;
+  /** Gives the change back. Idempotent: it may run after a crash halfway, or twice. */
+  undo(record: Record, ctx: BaseContext): void | Promise<void>;
+}
+
+/** What `vmhook doctor` asks a plugin about one domain: its elements, as written (they may not parse). */
+export interface CheckContext {
+  host: Host;
+  domain: Domain;
+  elements: Element[];
+}
+
+export type Planner<Config> = (ctx: PlanContext<Config>) => Step[] | Promise<Step[]>;
 
 export interface Plugin<Config = unknown> {
   /** The metadata element it reads: <vmhook:NAME>. Custom plugins: "plugin:NAME". */
@@ -75,7 +114,7 @@ export interface Plugin<Config = unknown> {
   summary: string;
   /** Element and attributes, for `vmhook plugins` (e.g. '<vmhook:hugepages size="2M|1G" node="N"/>'). */
   usage?: string;
-  /** Changes host resources shared by all VMs: its handlers and undos run under the host-wide lock. */
+  /** Changes host resources shared by all VMs: its planning, applies and undos run under the host-wide lock. */
   shared?: boolean;
   /**
    * Turns this plugin's elements (all of them, in document order) into a typed
@@ -83,18 +122,64 @@ export interface Plugin<Config = unknown> {
    * ConfigError naming the element, the attribute, the value and what is allowed.
    */
   parse(elements: Element[], domain: Domain): Config;
-  /** Allocate and hand over: every change through ctx.step. */
-  prepare?: Handler<Config>;
-  start?: Handler<Config>;
-  started?: Handler<Config>;
-  stopped?: Handler<Config>;
-  /** The daemon restarted while the VM runs: check that what the journal holds is still in place. */
-  reconnect?: Handler<Config>;
-  /** Undoes one record. Idempotent: it may run after a crash halfway, or twice. */
-  undo(record: UndoRecord, ctx: BaseContext): void | Promise<void>;
+  /** Per event: read the host, change nothing, return the steps in order. */
+  plan: Partial<Record<PlannedEvent, Planner<Config>>>;
+  /** Every kind of step this plugin makes, by record.action. */
+  actions: Record<string, Action<any, Config>>;
+  /** `vmhook doctor`: whether this host has what the domain's elements ask for. Reads only; a config error is reported by doctor itself. */
+  check?(ctx: CheckContext): Finding[];
 }
 
 /** Identity helper that gives a plugin object its types. */
 export function definePlugin<Config>(plugin: Plugin<Config>): Plugin<Config> {
   return plugin;
 }
+
+/** Identity helper for one action: `check` types the record for apply and undo. */
+export function defineAction<Record extends UndoRecord, Config = unknown>(action: Action<Record, Config>): Action<Record, Config> {
+  return action;
+}
+
+/** The plugins a run can load: handed to the runner (lib never imports plugins/). */
+export interface PluginRegistry {
+  builtinNames(): string[];
+  /** A plugin by its journal id: a built-in name or "plugin:NAME". */
+  load(id: string, host: Host): Promise<AnyPlugin>;
+}
+
+// ---- custom JS plugins of the first interface (vmhook 0.1) --------------------
+// Still run, through one adapter in lib/transaction.ts: handlers call
+// ctx.step(description, undoRecord, action) and one undo(record) takes every
+// record. `vmhook plan` can only list their steps by calling the handlers
+// with dryRun set. Built-in plugins never use this form.
+
+export interface StepHandle {
+  update(undo: UndoRecord): void;
+  nothingToUndo(): void;
+}
+
+export interface LegacyContext<Config> extends PlanContext<Config> {
+  /** True in `vmhook plan`: steps are listed, not run. */
+  dryRun: boolean;
+  step(description: string, undo: UndoRecord, action: (handle: StepHandle) => void | Promise<void>): Promise<void>;
+}
+
+export type LegacyHandler<Config> = (ctx: LegacyContext<Config>) => void | Promise<void>;
+
+export interface LegacyPlugin<Config = unknown> {
+  name: string;
+  summary: string;
+  usage?: string;
+  shared?: boolean;
+  parse(elements: Element[], domain: Domain): Config;
+  prepare?: LegacyHandler<Config>;
+  start?: LegacyHandler<Config>;
+  started?: LegacyHandler<Config>;
+  stopped?: LegacyHandler<Config>;
+  reconnect?: LegacyHandler<Config>;
+  undo(record: UndoRecord, ctx: BaseContext): void | Promise<void>;
+}
+
+export type AnyPlugin = Plugin<any> | LegacyPlugin<any>;
+
+export const isLegacyPlugin = (plugin: AnyPlugin): plugin is LegacyPlugin<any> => !("actions" in plugin);

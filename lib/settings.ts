@@ -47,3 +47,19 @@ export function loadSettings(host: Host): HostSettings {
   if (badPlugin) throw new VmhookError(`${paths.hostConfig}: "plugins": {"${badPlugin}": …} must be an object of that plugin's settings`);
   return { deadlineSeconds: seconds("deadlineSeconds"), undoDeadlineSeconds: seconds("undoDeadlineSeconds"), plugins };
 }
+
+/** Custom plugins: "plugins": {"plugin:NAME": {"timeoutSeconds": N}}, 30 s unless set. */
+export const DEFAULT_PLUGIN_TIMEOUT_SECONDS = 30;
+
+/**
+ * How long one handler or undo of a plugin may take: a custom plugin's
+ * timeoutSeconds (default 30 s), never more than what is left of the deadline.
+ */
+export function pluginTimeLimitMs(pluginSettings: Record<string, unknown>, pluginId: string, remainingMs: number): number {
+  if (!pluginId.startsWith("plugin:")) return Math.max(1, remainingMs);
+  const seconds = pluginSettings.timeoutSeconds ?? DEFAULT_PLUGIN_TIMEOUT_SECONDS;
+  if (typeof seconds !== "number" || !(seconds > 0 && seconds <= 3600)) {
+    throw new VmhookError(`${paths.hostConfig}: "plugins": {"${pluginId}": {"timeoutSeconds": ${JSON.stringify(seconds)}}} must be a number of seconds from 1 to 3600`);
+  }
+  return Math.max(1, Math.min(seconds * 1000, remainingMs));
+}

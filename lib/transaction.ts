@@ -1,7 +1,10 @@
-// Transactions in systemd's sense: the plugins' steps for one event are
-// applied in order, each journaled with its undo *before* it acts; when one
-// fails, what was done is undone in reverse and the host is as it was.
+// Transactions in systemd's sense: every plugin plans its steps for the
+// event (reading the host, changing nothing), then the runner applies them in
+// order, each journaled with its record *before* it acts; when one fails,
+// what was done is undone in reverse and the host is as it was. Every
+// journaled record is checked by its action before its undo runs.
 import type { PluginInstance } from "./config.ts";
+import { claimsFor } from "./claims.ts";
 import { Deadline, waitFor } from "./deadline.ts";
 import type { Domain } from "./domain.ts";
 import { describeError, VmhookError } from "./errors.ts";
@@ -9,26 +12,46 @@ import type { Host } from "./host.ts";
 import { listJournals, removeJournal, sharedState, writeJournal, type Journal, type JournalEntry } from "./journal.ts";
 import { withHostLock } from "./lock.ts";
 import type { Logger } from "./log.ts";
-import type { BaseContext, HookEvent, Plugin, PluginContext, StepHandle, UndoRecord } from "./plugin.ts";
-import type { HostSettings } from "./settings.ts";
-import { loadPlugin } from "../plugins/index.ts";
+import {
+  isLegacyPlugin,
+  type AnyPlugin,
+  type ApplyContext,
+  type BaseContext,
+  type HookEvent,
+  type LegacyContext,
+  type LegacyPlugin,
+  type PlanContext,
+  type PlannedEvent,
+  type Plugin,
+  type PluginRegistry,
+  type StepHandle,
+  type UndoRecord,
+} from "./plugin.ts";
+import { pluginTimeLimitMs, type HostSettings } from "./settings.ts";
 
 export interface RunEnvironment {
   host: Host;
   log: Logger;
   settings: HostSettings;
-  /** `vmhook plan`: steps are collected here instead of being run. */
-  dryRun?: { steps: PlannedStep[] };
+  /** Where plugins named in journals are loaded from. */
+  registry: PluginRegistry;
 }
 
+/** A step as `vmhook plan` shows it and as prepare journals it. */
 export interface PlannedStep {
   plugin: string;
   event: HookEvent;
+  action: string;
   description: string;
-  undo: UndoRecord;
+  record: UndoRecord;
 }
 
-function baseContext(env: RunEnvironment, pluginId: string, event: HookEvent, domain: { name: string; uuid: string }, deadline: Deadline): BaseContext {
+/** What the apply phase runs, in order: a planned step, or a first-interface plugin's handler (it journals its own steps). */
+type Unit = { instance: PluginInstance; step: PlannedStep } | { instance: PluginInstance; legacy: LegacyPlugin<unknown> };
+
+type DomainId = { name: string; uuid: string };
+
+function baseContext(env: RunEnvironment, pluginId: string, event: HookEvent, domain: DomainId, deadline: Deadline): BaseContext {
   const { host, log } = env;
   const sharedName = pluginId.replace(/[^a-z0-9._-]/g, "_");
   return {
@@ -36,7 +59,6 @@ function baseContext(env: RunEnvironment, pluginId: string, event: HookEvent, do
     domain,
     event,
     log,
-    dryRun: env.dryRun !== undefined,
     deadline,
     settings: env.settings.plugins[pluginId] ?? {},
     waitFor: (what, ready, options) => waitFor(host, deadline, what, ready, options),
@@ -54,7 +76,8 @@ function baseContext(env: RunEnvironment, pluginId: string, event: HookEvent, do
       }
       return result;
     },
-    journals: () => listJournals(host).journals,
+    journals: () => completeJournals(host),
+    claims: claimsFor(host, domain.uuid),
     shared: {
       read: <T>() => sharedState.read<T>(host, sharedName),
       write: (value: unknown) => sharedState.write(host, sharedName, value),
@@ -63,52 +86,144 @@ function baseContext(env: RunEnvironment, pluginId: string, event: HookEvent, do
   };
 }
 
-async function underLockIf<T>(plugin: Plugin<unknown>, env: RunEnvironment, deadline: Deadline, work: () => Promise<T>): Promise<T> {
-  // A dry run changes nothing, so it need not wait for a VM that is starting.
-  return plugin.shared && !env.dryRun ? withHostLock(env.host, deadline, work) : work();
+function planContext(env: RunEnvironment, instance: PluginInstance, event: PlannedEvent, domain: Domain, journal: Journal, deadline: Deadline): PlanContext<unknown> {
+  return {
+    ...baseContext(env, instance.id, event, journal.domain, deadline),
+    config: instance.config,
+    domainXml: domain,
+    records: journal.entries.filter((entry) => entry.plugin === instance.id).map((entry) => entry.undo),
+  };
+}
+
+/** Every journal, or an error naming the first that cannot be read: a shared resource computed from part of them would be wrong. */
+function completeJournals(host: Host): Journal[] {
+  const { journals, broken } = listJournals(host);
+  if (broken.length > 0) {
+    throw new VmhookError(`${broken[0]!.error}; vmhook cannot tell what the other VMs hold, so it changes no shared resource (vmhook status lists the journals)`);
+  }
+  return journals;
 }
 
 /**
- * Runs one event's handler of every plugin, in order. Steps go into `journal`.
- * Throws at the first failure; the caller decides whether to roll back.
+ * A plugin's planner, apply, handler or undo, bounded in time: a JS plugin
+ * may return a promise that never settles, and a hook that just waits would
+ * either hang libvirt or, once the event loop drains, end as if all went
+ * well. The timer keeps the process alive until then; past the limit the
+ * work is abandoned and reported as failed (the caller rolls back what was
+ * journaled).
  */
-export async function runHandlers(
-  event: Exclude<HookEvent, "release">,
-  instances: PluginInstance[],
-  domain: Domain,
-  journal: Journal,
-  env: RunEnvironment,
-  deadline: Deadline,
-): Promise<void> {
-  for (const instance of instances) {
-    const handler = instance.plugin[event as "prepare"];
-    if (!handler) continue;
-    deadline.check(`starting ${instance.id}`);
-    const ctx: PluginContext<unknown> = {
-      ...baseContext(env, instance.id, event, journal.domain, deadline),
-      config: instance.config,
-      domainXml: domain,
-      records: journal.entries.filter((entry) => entry.plugin === instance.id).map((entry) => entry.undo),
-      step: (description, undo, action) => step(env, journal, instance.id, event, description, undo, action),
-    };
-    await underLockIf(instance.plugin, env, deadline, async () => handler(ctx));
+async function settleWithin<T>(env: RunEnvironment, pluginId: string, event: string, deadline: Deadline, where: () => string, work: T | Promise<T>): Promise<T> {
+  const limitMs = pluginTimeLimitMs(env.settings.plugins[pluginId] ?? {}, pluginId, deadline.remainingMs());
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const overrun = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => {
+      const raise = pluginId.startsWith("plugin:") ? `; make it finish, or raise "timeoutSeconds" under "plugins": {"${pluginId}": …} in /etc/vmhook/vmhook.json` : `; raise "${deadline.setting}" in /etc/vmhook/vmhook.json if the host is just slow`;
+      reject(new VmhookError(`${pluginId} did not finish ${event} within ${limitMs / 1000} s (${where()}) and was abandoned${raise}`));
+    }, limitMs);
+  });
+  try {
+    return await Promise.race([work, overrun]);
+  } finally {
+    clearTimeout(timer);
   }
 }
 
-async function step(
-  env: RunEnvironment,
-  journal: Journal,
-  pluginId: string,
-  event: HookEvent,
-  description: string,
-  undo: UndoRecord,
-  action: (handle: StepHandle) => void | Promise<void>,
-): Promise<void> {
-  if (env.dryRun) {
-    env.dryRun.steps.push({ plugin: pluginId, event, description, undo });
-    return;
+/** Shared plugins plan, apply and undo under the host-wide lock; the whole event at once, so nothing changes between plan and apply. */
+async function underLockIf<T>(shared: boolean, env: RunEnvironment, deadline: Deadline, work: () => Promise<T>): Promise<T> {
+  return shared ? withHostLock(env.host, deadline, work) : work();
+}
+
+/** Each plugin's planned steps for `event`, checked against the plugin's actions. Changes nothing. */
+async function planUnits(event: PlannedEvent, instances: PluginInstance[], domain: Domain, journal: Journal, env: RunEnvironment, deadline: Deadline): Promise<Unit[]> {
+  const units: Unit[] = [];
+  for (const instance of instances) {
+    const plugin = instance.plugin;
+    if (isLegacyPlugin(plugin)) {
+      if (plugin[event]) units.push({ instance, legacy: plugin });
+      continue;
+    }
+    const planner = plugin.plan[event];
+    if (!planner) continue;
+    deadline.check(`planning ${instance.id}`);
+    const steps = await settleWithin(env, instance.id, `planning ${event}`, deadline, () => "its planner", planner(planContext(env, instance, event, domain, journal, deadline)));
+    for (const step of steps) {
+      const action = plugin.actions[step.action];
+      if (!action || step.record.action !== step.action) {
+        throw new VmhookError(`internal: ${instance.id} planned a step "${step.description}" with action ${step.action}, which it does not declare`);
+      }
+      units.push({ instance, step: { plugin: instance.id, event, action: step.action, description: step.description, record: action.check(step.record) } });
+    }
   }
-  const entry: JournalEntry = { plugin: pluginId, event, description, undo, state: "pending", at: new Date(env.host.now()).toISOString() };
+  return units;
+}
+
+/**
+ * What `vmhook plan` shows: every plugin's steps for the event. First-interface
+ * custom plugins are asked by running their handlers with dryRun set.
+ */
+export async function planEvent(event: PlannedEvent, instances: PluginInstance[], domain: Domain, journal: Journal, env: RunEnvironment, deadline: Deadline): Promise<PlannedStep[]> {
+  const units = await planUnits(event, instances, domain, journal, env, deadline);
+  const steps: PlannedStep[] = [];
+  for (const unit of units) {
+    if ("step" in unit) {
+      steps.push(unit.step);
+      continue;
+    }
+    const ctx: LegacyContext<unknown> = {
+      ...planContext(env, unit.instance, event, domain, journal, deadline),
+      dryRun: true,
+      step: async (description, record) => {
+        steps.push({ plugin: unit.instance.id, event, action: record.action, description, record });
+      },
+    };
+    await settleWithin(env, unit.instance.id, event, deadline, () => "its handler, listing steps", unit.legacy[event]!(ctx));
+  }
+  return steps;
+}
+
+/**
+ * Plans and applies one event of every plugin, in order. Steps go into
+ * `journal`. Throws at the first failure; the caller decides whether to roll back.
+ */
+export async function runPlugins(event: PlannedEvent, instances: PluginInstance[], domain: Domain, journal: Journal, env: RunEnvironment, deadline: Deadline): Promise<void> {
+  const shared = instances.some((instance) => instance.plugin.shared);
+  await underLockIf(shared, env, deadline, async () => {
+    const units = await planUnits(event, instances, domain, journal, env, deadline);
+    for (const unit of units) {
+      deadline.check(`applying ${unit.instance.id}`);
+      if ("step" in unit) await applyStep(env, journal, unit.instance, unit.step, domain, deadline);
+      else await runLegacyHandler(env, journal, unit.instance, unit.legacy, event, domain, deadline);
+    }
+  });
+}
+
+async function applyStep(env: RunEnvironment, journal: Journal, instance: PluginInstance, planned: PlannedStep, domain: Domain, deadline: Deadline): Promise<void> {
+  const action = (instance.plugin as Plugin<unknown>).actions[planned.action]!;
+  await journaled(env, journal, planned, async (handle) => {
+    const ctx: ApplyContext<unknown> = { ...planContext(env, instance, planned.event as PlannedEvent, domain, journal, deadline), update: handle.update, nothingToUndo: handle.nothingToUndo };
+    const updated = await settleWithin(env, instance.id, planned.event, deadline, () => `step "${planned.description}"`, action.apply(planned.record, ctx));
+    if (updated) handle.update(updated);
+  });
+}
+
+/** The adapter for first-interface custom plugins: their handler runs with a ctx.step that journals like a planned step. */
+async function runLegacyHandler(env: RunEnvironment, journal: Journal, instance: PluginInstance, plugin: LegacyPlugin<unknown>, event: PlannedEvent, domain: Domain, deadline: Deadline): Promise<void> {
+  let currentStep = "before its first step";
+  const ctx: LegacyContext<unknown> = {
+    ...planContext(env, instance, event, domain, journal, deadline),
+    dryRun: false,
+    step: (description, record, action) => {
+      currentStep = `step "${description}"`;
+      return journaled(env, journal, { plugin: instance.id, event, action: record.action, description, record }, action);
+    },
+  };
+  await settleWithin(env, instance.id, event, deadline, () => currentStep, plugin[event]!(ctx));
+}
+
+/** One step: journaled as pending before `apply` runs, then applied (or dropped when it changed nothing). */
+async function journaled(env: RunEnvironment, journal: Journal, planned: PlannedStep, apply: (handle: StepHandle) => void | Promise<void>): Promise<void> {
+  const { plugin, event, description, record } = planned;
+  const entry: JournalEntry = { plugin, event, description, undo: record, state: "pending", at: new Date(env.host.now()).toISOString() };
   journal.entries.push(entry);
   writeJournal(env.host, journal);
   let changedNothing = false;
@@ -118,7 +233,7 @@ async function step(
     writeJournal(env.host, journal);
   };
   try {
-    await action({
+    await apply({
       update(next) {
         entry.undo = next;
         writeJournal(env.host, journal);
@@ -129,16 +244,25 @@ async function step(
     });
   } catch (error) {
     if (changedNothing) settle();
-    env.log.error(`${pluginId}: ${description}: ${describeError(error)}`);
+    env.log.error(`${plugin}: ${description}: ${describeError(error)}`);
     throw error;
   }
   settle();
-  env.log.info(`${pluginId}: ${description}: ${changedNothing ? "nothing to undo" : "done"}`);
+  env.log.info(`${plugin}: ${description}: ${changedNothing ? "nothing to undo" : "done"}`);
 }
 
 export interface UndoResult {
   undone: number;
   failed: JournalEntry[];
+}
+
+/** Gives one journaled change back: the record is checked by its action first. */
+async function undoEntry(env: RunEnvironment, plugin: AnyPlugin, entry: JournalEntry, domain: DomainId, deadline: Deadline): Promise<void> {
+  const ctx = baseContext(env, entry.plugin, "release", domain, deadline);
+  if (isLegacyPlugin(plugin)) return plugin.undo(entry.undo, ctx);
+  const action = plugin.actions[entry.undo.action];
+  if (!action) throw new VmhookError(`${entry.plugin}: the journal holds an unknown change "${entry.undo.action}"; was it written by a newer vmhook?`);
+  await action.undo(action.check(entry.undo), ctx);
 }
 
 /**
@@ -155,22 +279,22 @@ export async function undoJournal(journal: Journal, env: RunEnvironment, deadlin
   let undone = 0;
   for (const entry of [...journal.entries].reverse()) {
     try {
-      const plugin = loaded.find((instance) => instance.id === entry.plugin)?.plugin ?? (await loadPlugin(entry.plugin, host));
-      await underLockIf(plugin, env, deadline, async () =>
-        plugin.undo(entry.undo, baseContext(env, entry.plugin, "release", journal.domain, deadline)),
+      const plugin = loaded.find((instance) => instance.id === entry.plugin)?.plugin ?? (await env.registry.load(entry.plugin, host));
+      await underLockIf(plugin.shared === true, env, deadline, () =>
+        settleWithin(env, entry.plugin, "undo", deadline, () => `undo of "${entry.description}"`, undoEntry(env, plugin, entry, journal.domain, deadline)),
       );
       journal.entries.splice(journal.entries.indexOf(entry), 1);
       writeJournal(host, journal);
       undone++;
       log.info(`${entry.plugin}: undo ${entry.description}: done`);
     } catch (error) {
-      entry.state = "failed";
+      entry.state = "undo-failed";
       entry.error = describeError(error);
       writeJournal(host, journal);
       log.error(`${entry.plugin}: undo ${entry.description}: ${entry.error}`);
     }
   }
-  const failed = journal.entries.filter((entry) => entry.state === "failed");
+  const failed = journal.entries.filter((entry) => entry.state === "undo-failed");
   if (journal.entries.length === 0) {
     removeJournal(host, journal.domain.uuid);
   } else {

@@ -11,13 +11,14 @@
 // nodeset>, else the global pool; a nodeset of several nodes gets the pages
 // split evenly (the first nodes take the remainder).
 import type { Element } from "@xmldom/xmldom";
-import { readAttributes, single } from "../lib/config.ts";
+import { readAttributes, single } from "../lib/element.ts";
 import { parseCpuset } from "../lib/cpuset.ts";
 import { describeElement, type Domain } from "../lib/domain.ts";
 import { ConfigError, VmhookError } from "../lib/errors.ts";
 import type { Host } from "../lib/host.ts";
-import { hugepagePool, hugepageSizes, meminfo, NODE_DIR, nodeDir } from "../lib/memory.ts";
-import { definePlugin, type BaseContext, type PluginContext, type StepHandle, type UndoRecord } from "../lib/plugin.ts";
+import { fail, ok, roundMiB, warn, type Finding } from "../lib/diagnostics/findings.ts";
+import { HUGEPAGE_DIR, hostNodes, hugepagePool, hugepageSizes, meminfo, NODE_DIR, nodeDir } from "../lib/memory.ts";
+import { defineAction, definePlugin, type ApplyContext, type BaseContext, type CheckContext, type PlanContext, type Step, type UndoRecord } from "../lib/plugin.ts";
 import { formatKiB, parseInteger, parseSizeWithSuffix } from "../lib/validate.ts";
 
 /** Pages of one size to add to one pool: a host NUMA node's, or the global one. */
@@ -44,6 +45,8 @@ interface GrowRecord extends UndoRecord {
   action: "grow-pool";
   sizeKiB: number;
   node: number | null;
+  /** The pages this VM needs from the pool (absent in journals of vmhook 0.1, whose undo does not need it). */
+  pages: number;
   added: number;
   returned: number;
 }
@@ -209,20 +212,23 @@ function reclaim(host: Host, node: number | undefined): void {
 
 // ---- prepare: grow each pool by this VM's need
 
-async function prepare(ctx: PluginContext<HugepagesConfig>): Promise<void> {
+/** Checks that change nothing, then one grow-pool step per pool. */
+function planPrepare(ctx: PlanContext<HugepagesConfig>): Step<GrowRecord>[] {
   const { config, host } = ctx;
   for (const need of config.pools) checkPoolExists(host, need);
   if (!config.backedByHugepages) {
     ctx.log.warn("hugepages: the domain has no <memoryBacking><hugepages/>, so QEMU will not use the pages reserved for it");
   }
-  for (const need of config.pools) {
-    const record: GrowRecord = { action: "grow-pool", sizeKiB: need.sizeKiB, node: need.node ?? null, added: 0, returned: 0 };
-    await ctx.step(`grow ${poolName(need.sizeKiB, need.node)} by ${need.pages} pages`, record, (handle) => grow(ctx, need, record, handle));
-  }
+  return config.pools.map((need) => ({
+    action: "grow-pool",
+    record: { action: "grow-pool", sizeKiB: need.sizeKiB, node: need.node ?? null, pages: need.pages, added: 0, returned: 0 },
+    description: `grow ${poolName(need.sizeKiB, need.node)} by ${need.pages} pages`,
+  }));
 }
 
-function grow(ctx: PluginContext<HugepagesConfig>, need: PoolNeed, record: GrowRecord, handle: StepHandle): void {
+function grow(ctx: ApplyContext<HugepagesConfig>, record: GrowRecord): void {
   const { host } = ctx;
+  const need: PoolNeed = { sizeKiB: record.sizeKiB, ...(record.node === null ? {} : { node: record.node }), pages: record.pages };
   const file = poolFile(need.sizeKiB, need.node);
   let fresh = 0;
   // One attempt: ask for what is still missing on top of all the pool holds
@@ -236,7 +242,7 @@ function grow(ctx: PluginContext<HugepagesConfig>, need: PoolNeed, record: GrowR
     fresh += Math.max(0, after.total - before.total);
     if (after.persistent > before.persistent) {
       record.added += after.persistent - before.persistent;
-      handle.update({ ...record });
+      ctx.update({ ...record });
     }
     return fresh >= need.pages;
   };
@@ -281,8 +287,7 @@ function shortfall(host: Host, need: PoolNeed, got: number, retrySeconds: number
 
 // ---- release: shrink each pool by exactly what this VM added
 
-function undo(record: UndoRecord, ctx: BaseContext): void {
-  const grown = checkRecord(record);
+function undo(grown: GrowRecord, ctx: BaseContext): void {
   const node = grown.node ?? undefined;
   const remaining = grown.added - grown.returned;
   if (remaining <= 0) return;
@@ -297,23 +302,58 @@ function undo(record: UndoRecord, ctx: BaseContext): void {
 
 /** Journal records are root-owned, but they still become paths: check the numbers. */
 function checkRecord(record: UndoRecord): GrowRecord {
-  const { action, sizeKiB, node, added, returned } = record;
+  const { action, sizeKiB, node, pages, added, returned } = record;
   const count = (value: unknown) => typeof value === "number" && Number.isSafeInteger(value) && value >= 0;
   const valid =
-    action === "grow-pool" && count(sizeKiB) && count(added) && count(returned) && (node === null || (count(node) && (node as number) <= MAX_NODE));
+    action === "grow-pool" && count(sizeKiB) && count(added) && count(returned) && (pages === undefined || count(pages)) && (node === null || (count(node) && (node as number) <= MAX_NODE));
   if (!valid) throw new VmhookError(`hugepages: cannot undo journal record ${JSON.stringify(record)}; fix the pool by hand, then run vmhook recover`);
   return record as GrowRecord;
 }
 
 // ---- reconnect: the daemon restarted; say so if a pool lost pages meanwhile
 
-function reconnect(ctx: PluginContext<HugepagesConfig>): void {
+function reconnect(ctx: PlanContext<HugepagesConfig>): Step[] {
   for (const grown of ctx.records.map(checkRecord)) {
     const node = grown.node ?? undefined;
     const held = grown.added - grown.returned;
     const count = readPool(ctx.host, grown.sizeKiB, node).persistent;
     if (count < held) ctx.log.warn(`hugepages: ${poolName(grown.sizeKiB, node)} holds ${count} pages, fewer than the ${held} this VM added`);
   }
+  return [];
+}
+
+/** `vmhook doctor`: whether each pool can grow by this VM's pages now. */
+function check({ host, domain, elements }: CheckContext): Finding[] {
+  // The plugin's own reading: pools and counts per guest cell, size and host node as prepare derives them.
+  let pools: PoolNeed[];
+  try {
+    pools = parseConfig(elements, domain).pools;
+  } catch {
+    return []; // reported by the config check
+  }
+  return pools.map(({ sizeKiB, node, pages }) => {
+    const check = node === undefined ? "hugepages" : `hugepages node ${node}`;
+    const size = formatKiB(sizeKiB);
+    const pool = hugepagePool(sizeKiB, node);
+    if (node !== undefined && !host.exists(nodeDir(node))) {
+      return fail(check, `host NUMA node ${node} does not exist (nodes: ${hostNodes(host).join(", ") || "none"})`, "fix node= on <vmhook:hugepages> or the nodeset in <numatune>");
+    }
+    if (!host.exists(pool)) {
+      return fail(check, `the kernel has no pool of ${size} pages (${pool})`, sizeKiB === 1024 * 1024 ? 'use size="2M": 1G pages need a CPU with pdpe1gb' : `use one of the sizes in ${HUGEPAGE_DIR}`);
+    }
+    const needKiB = pages * sizeKiB;
+    const where = node === undefined ? "on the host" : `on node ${node}`;
+    const info = meminfo(host, node);
+    const free = info.MemFree ?? 0;
+    const reclaimable = node === undefined ? (info.MemAvailable ?? free) : free + (info.FilePages ?? 0);
+    const wanted = `${pages} × ${size} pages (${formatKiB(needKiB)})`;
+    if (free >= needKiB) return ok(check, `${wanted} fit in the free memory ${where} (${formatKiB(roundMiB(free))})`);
+    const bootFix = `reserve them at boot instead: hugepagesz=${size} hugepages=${node === undefined ? "" : `${node}:`}${pages} on the kernel command line`;
+    if (reclaimable >= needKiB) {
+      return warn(check, `${wanted} need more than the free memory ${where} (${formatKiB(roundMiB(free))}): the page cache must be dropped first, and fragmented memory may still fall short`, `start the VM early, or ${bootFix}`);
+    }
+    return fail(check, `${wanted} cannot fit: only ${formatKiB(roundMiB(reclaimable))} can be freed ${where}`, `give the VM less <memory>, stop other VMs, or ${bootFix}`);
+  });
 }
 
 export default definePlugin<HugepagesConfig>({
@@ -322,7 +362,9 @@ export default definePlugin<HugepagesConfig>({
   usage: '<vmhook:hugepages size="2M|1G" node="N[,M]" timeout="SECONDS"/>',
   shared: true,
   parse: parseConfig,
-  prepare,
-  reconnect,
-  undo,
+  plan: { prepare: planPrepare, reconnect },
+  check,
+  actions: {
+    "grow-pool": defineAction<GrowRecord, HugepagesConfig>({ check: checkRecord, apply: (record, ctx) => grow(ctx, record), undo }),
+  },
 });

@@ -1,29 +1,27 @@
 // The built-in plugins, loaded only when a domain's metadata names them, and
-// the way to the custom ones (plugins directory).
+// the way to the custom ones (plugins directory): the registry the hook and
+// the CLI hand to the runner.
+import { CUSTOM_PREFIX } from "../lib/config.ts";
 import { VmhookError } from "../lib/errors.ts";
 import type { Host } from "../lib/host.ts";
-import type { Plugin } from "../lib/plugin.ts";
+import type { AnyPlugin, Plugin, PluginRegistry } from "../lib/plugin.ts";
 
 type Loader = () => Promise<Plugin<any>>;
 
 /** In this order in `vmhook plugins`; a domain's plugins run in its metadata's order. */
 const BUILTIN: Record<string, Loader> = {
   hugepages: async () => (await import("./hugepages.ts")).default,
-  isolate: async () => (await import("./isolate.ts")).default,
+  isolate: async () => (await import("./isolate/index.ts")).default,
   mdev: async () => (await import("./mdev.ts")).default,
   nosleep: async () => (await import("./nosleep.ts")).default,
-  vgpu: async () => (await import("./mdev.ts")).vgpu,
+  vgpu: async () => (await import("./vgpu.ts")).default,
   vfio: async () => (await import("./vfio/index.ts")).default,
 };
 
-/** The element <vmhook:plugin name="NAME"> names a custom plugin. */
-export const CUSTOM_ELEMENT = "plugin";
-export const CUSTOM_PREFIX = "plugin:";
-
-export const builtinNames = (): string[] => Object.keys(BUILTIN);
+const builtinNames = (): string[] => Object.keys(BUILTIN);
 
 /** A plugin by its journal id: a built-in name or "plugin:NAME". */
-export async function loadPlugin(id: string, host: Host): Promise<Plugin<unknown>> {
+async function load(id: string, host: Host): Promise<AnyPlugin> {
   if (id.startsWith(CUSTOM_PREFIX)) {
     const { loadCustomPlugin } = await import("../lib/custom-plugins.ts");
     return loadCustomPlugin(id.slice(CUSTOM_PREFIX.length), host);
@@ -33,3 +31,4 @@ export async function loadPlugin(id: string, host: Host): Promise<Plugin<unknown
   return loader();
 }
 
+export const registry: PluginRegistry = { builtinNames, load };

@@ -1,24 +1,18 @@
 // Mediated devices for the domain's <hostdev type='mdev'>s (Intel GVT-g,
 // NVIDIA vGPU up to release 16, the kernel's mtty sample...), created at
-// prepare and removed at release; and NVIDIA vGPU 17+ on SR-IOV virtual
-// functions, where there is no mdev: a vGPU type id is written to the VF.
+// prepare and removed at release.
 //
-//   <vmhook:mdev parent="0000:00:02.0" type="i915-GVTg_V5_4" uuid="..."/>   (default export)
-//   <vmhook:vgpu vf="0000:41:00.4" type="NVIDIA L40S-12Q"/>                 (export vgpu)
+//   <vmhook:mdev parent="0000:00:02.0" type="i915-GVTg_V5_4" uuid="..."/>
 //
-// Two elements because they are two kernel interfaces: an mdev is a new
-// device with a UUID that the domain's mdev <hostdev> names; a VF vGPU is a
-// type set on a PCI function that the domain's PCI <hostdev> names.
-// Sysfs layouts: Documentation/ABI/testing/sysfs-bus-vfio-mdev, and NVIDIA's
-// vGPU 17 "vendor-specific VFIO framework" (nvidia/creatable_vgpu_types,
-// nvidia/current_vgpu_type under the VF).
+// NVIDIA vGPU 17+ on SR-IOV virtual functions has no mdev: plugins/vgpu.ts.
+// Sysfs layout: Documentation/ABI/testing/sysfs-bus-vfio-mdev.
 import type { Element } from "@xmldom/xmldom";
-import { readAttributes } from "../lib/config.ts";
-import { describeElement, type Domain } from "../lib/domain.ts";
+import { readAttributes } from "../lib/element.ts";
+import { attributes, describeElement, type Domain } from "../lib/domain.ts";
+import { fail, ok, type Finding } from "../lib/diagnostics/findings.ts";
 import { ConfigError, describeError, VmhookError } from "../lib/errors.ts";
 import type { Host } from "../lib/host.ts";
-import { pciPath } from "../lib/pci.ts";
-import { definePlugin, type BaseContext, type PluginContext } from "../lib/plugin.ts";
+import { defineAction, definePlugin, type BaseContext, type CheckContext, type PlanContext, type Step, type UndoRecord } from "../lib/plugin.ts";
 import { checkPattern, parsePciAddress, parseUuid, PATTERNS } from "../lib/validate.ts";
 
 // ---- mdev: sysfs -------------------------------------------------------------
@@ -69,7 +63,7 @@ function mdevsOn(ctx: BaseContext, parent: string): string[] {
   const creators = new Map<string, string>();
   for (const journal of ctx.journals()) {
     for (const entry of journal.entries) {
-      if (entry.plugin === "mdev" && entry.undo.action === "remove-mdev") creators.set(String(entry.undo.uuid), journal.domain.name);
+      if (entry.plugin === "mdev" && (entry.undo.action === "create-mdev" || entry.undo.action === "remove-mdev")) creators.set(String(entry.undo.uuid), journal.domain.name);
     }
   }
   return ctx.host.list(MDEV_DEVICES).flatMap((uuid) => {
@@ -154,7 +148,7 @@ function noParents(element: string): ConfigError {
 }
 
 /** Everything checked before anything changes: parent, type, an existing mdev with this UUID. */
-function planMdev(ctx: PluginContext<MdevDevice[]>, device: MdevDevice): MdevPlan {
+function planMdev(ctx: PlanContext<MdevDevice[]>, device: MdevDevice): MdevPlan {
   const { host } = ctx;
   const parent = device.parent ?? findParent(host, device);
   if (!host.exists(`${MDEV_BUS}/${parent}`)) {
@@ -179,7 +173,7 @@ function planMdev(ctx: PluginContext<MdevDevice[]>, device: MdevDevice): MdevPla
 }
 
 /** Enough free instances for every mdev of each parent and type. The kernel may still refuse (types share resources): then the step fails and rolls back. */
-function checkInstances(ctx: PluginContext<MdevDevice[]>, plans: MdevPlan[]): void {
+function checkInstances(ctx: PlanContext<MdevDevice[]>, plans: MdevPlan[]): void {
   const toCreate = plans.filter((plan) => plan.create);
   for (const plan of toCreate) {
     const needed = toCreate.filter((other) => other.parent === plan.parent && other.type === plan.type).length;
@@ -194,17 +188,102 @@ function checkInstances(ctx: PluginContext<MdevDevice[]>, plans: MdevPlan[]): vo
   }
 }
 
-async function createMdev(ctx: PluginContext<MdevDevice[]>, plan: MdevPlan): Promise<void> {
+interface CreateRecord extends UndoRecord {
+  action: "create-mdev";
+  uuid: string;
+  parent: string;
+  type: string;
+}
+
+function createMdev(ctx: BaseContext, record: CreateRecord): void {
   const { host } = ctx;
-  await ctx.step(`create mdev ${plan.uuid} (${plan.type} on ${plan.parent})`, { action: "remove-mdev", uuid: plan.uuid, parent: plan.parent, type: plan.type }, (handle) => {
+  try {
+    host.write(typePath(record.parent, record.type, "create"), record.uuid);
+  } catch (error) {
+    // The kernel created nothing; an mdev that exists now is someone else's.
+    throw new VmhookError(`could not create mdev ${record.uuid} (${record.type} on ${record.parent}): ${describeError(error)}; the kernel log (dmesg) may say why`);
+  }
+  ctx.waitFor(`mdev ${record.uuid} appears in ${MDEV_DEVICES} as ${record.type}`, () => existingMdev(host, record.uuid)?.type === record.type);
+}
+
+function removeMdev(record: CreateRecord, ctx: BaseContext): void {
+  const { uuid } = record;
+  if (!ctx.host.exists(mdevPath(uuid))) return;
+  try {
+    ctx.host.write(mdevPath(uuid, "remove"), "1");
+  } catch (error) {
+    throw new VmhookError(`could not remove mdev ${uuid}: ${describeError(error)}; if a process still uses it (lsof ${mdevPath(uuid)}), stop it, then run vmhook recover`);
+  }
+  ctx.waitFor(`mdev ${uuid} is gone from ${MDEV_DEVICES}`, () => !ctx.host.exists(mdevPath(uuid)));
+}
+
+/** A journaled mdev; vmhook 0.1 named the record by its undo (remove-mdev). */
+function checkCreateRecord(record: UndoRecord): CreateRecord {
+  const { action, uuid, parent, type } = record;
+  if ((action !== "create-mdev" && action !== "remove-mdev") || typeof uuid !== "string" || !PATTERNS.uuid.test(uuid)) {
+    throw new VmhookError(`mdev: the journal names ${JSON.stringify(uuid)} in a ${String(action)} record, not a UUID; inspect it`);
+  }
+  if (typeof parent !== "string" || !(PARENT_NAME.test(parent) || PATTERNS.pciAddress.test(parent)) || typeof type !== "string" || !PATTERNS.mdevType.test(type)) {
+    throw new VmhookError(`mdev: the journal names parent ${JSON.stringify(parent)} and type ${JSON.stringify(type)} for mdev ${uuid}, which are not names vmhook writes; inspect it`);
+  }
+  return { action: "create-mdev", uuid, parent, type };
+}
+
+const createMdevAction = defineAction<CreateRecord, MdevDevice[]>({
+  check: checkCreateRecord,
+  apply(record, ctx) {
     try {
-      host.write(typePath(plan.parent, plan.type, "create"), plan.uuid);
+      createMdev(ctx, record);
     } catch (error) {
-      // The kernel created nothing; an mdev that exists now is someone else's.
-      handle.update({ action: "create-failed", uuid: plan.uuid });
-      throw new VmhookError(`could not create mdev ${plan.uuid} (${plan.type} on ${plan.parent}): ${describeError(error)}; the kernel log (dmesg) may say why`);
+      if (!existingMdev(ctx.host, record.uuid)) ctx.nothingToUndo();
+      throw error;
     }
-    ctx.waitFor(`mdev ${plan.uuid} appears in ${MDEV_DEVICES} as ${plan.type}`, () => existingMdev(host, plan.uuid)?.type === plan.type);
+  },
+  undo: removeMdev,
+});
+
+/** Checks that change nothing (parent, type, free instances, an existing mdev with this UUID), then one step per mdev to create. */
+function planPrepare(ctx: PlanContext<MdevDevice[]>): Step<CreateRecord>[] {
+  const plans = ctx.config.map((device) => planMdev(ctx, device));
+  checkInstances(ctx, plans);
+  return plans
+    .filter((plan) => plan.create)
+    .map((plan) => ({
+      action: "create-mdev",
+      record: { action: "create-mdev", uuid: plan.uuid, parent: plan.parent, type: plan.type },
+      description: `create mdev ${plan.uuid} (${plan.type} on ${plan.parent})`,
+    }));
+}
+
+/** `vmhook doctor`: a parent offers each element's type with an instance free, or the mdev exists. */
+function check({ host, domain, elements }: CheckContext): Finding[] {
+  const gvtFix = "for Intel GVT-g boot with i915.enable_gvt=1 and load kvmgt; for NVIDIA vGPU install the vGPU host driver";
+  return elements.map((element) => {
+    // The plugin's own reading: every value is checked before it becomes part of a path.
+    let device: ReturnType<typeof readMdevElement>;
+    try {
+      device = readMdevElement(element);
+    } catch (error) {
+      return fail(`mdev ${attributes(element).type ?? "?"}`, describeError(error), "fix the element as the message says");
+    }
+    const { type, parent, uuid } = device;
+    const check = `mdev ${type}`;
+    const parents = parent ? [parent] : host.list(MDEV_BUS).filter((candidate) => host.exists(`${MDEV_BUS}/${candidate}/mdev_supported_types/${type}`));
+    if (parents.length === 0) {
+      const offered = host.list(MDEV_BUS).flatMap((candidate) => host.list(`${MDEV_BUS}/${candidate}/mdev_supported_types`));
+      return fail(check, `no device offers mdev type ${type}${offered.length > 0 ? ` (offered: ${offered.join(", ")})` : ": no device offers mediated devices at all"}`, offered.length > 0 ? "use one of the offered types" : gvtFix);
+    }
+    const at = parents[0]!;
+    if (!host.exists(`${MDEV_BUS}/${at}`)) return fail(check, `${at} offers no mediated devices (not in ${MDEV_BUS})`, gvtFix);
+    const types = `${MDEV_BUS}/${at}/mdev_supported_types`;
+    if (!host.exists(`${types}/${type}`)) return fail(check, `${at} does not offer ${type}; it offers ${host.list(types).join(", ") || "nothing"}`, "use one of the types it offers");
+    const uuids = [uuid, ...domain.hostdevs.flatMap((hostdev) => (hostdev.type === "mdev" ? [hostdev.uuid] : []))].filter(Boolean) as string[];
+    const existing = uuids.find((candidate) => host.exists(`/sys/bus/mdev/devices/${candidate}`));
+    if (existing) return ok(check, `mdev ${existing} already exists on ${at}`);
+    const available = Number(host.readTrimmed(`${types}/${type}/available_instances`) ?? 0);
+    return available > 0
+      ? ok(check, `${at} offers ${type}: ${available} instance(s) available`)
+      : fail(check, `${at} has no ${type} instance left (available_instances is 0)`, "stop the VMs using them, or choose a smaller type");
   });
 }
 
@@ -224,157 +303,12 @@ export default definePlugin<MdevDevice[]>({
     return devices;
   },
 
-  async prepare(ctx) {
-    const plans = ctx.config.map((device) => planMdev(ctx, device));
-    checkInstances(ctx, plans);
-    for (const plan of plans) if (plan.create) await createMdev(ctx, plan);
-  },
-
-  undo(record, ctx) {
-    if (record.action === "create-failed") return;
-    if (record.action !== "remove-mdev") throw new VmhookError(`mdev: unknown undo action "${record.action}" in the journal`);
-    const uuid = String(record.uuid);
-    if (!PATTERNS.uuid.test(uuid)) throw new VmhookError(`mdev: the journal names "${uuid}", not a UUID; inspect it`);
-    if (!ctx.host.exists(mdevPath(uuid))) return;
-    try {
-      ctx.host.write(mdevPath(uuid, "remove"), "1");
-    } catch (error) {
-      throw new VmhookError(`could not remove mdev ${uuid}: ${describeError(error)}; if a process still uses it (lsof ${mdevPath(uuid)}), stop it, then run vmhook recover`);
-    }
-    ctx.waitFor(`mdev ${uuid} is gone from ${MDEV_DEVICES}`, () => !ctx.host.exists(mdevPath(uuid)));
-  },
-});
-
-// ---- vgpu: NVIDIA vGPU 17+ on SR-IOV virtual functions --------------------------
-
-const vgpuFile = (vf: string, file: "creatable_vgpu_types" | "current_vgpu_type") => pciPath(vf, `nvidia/${file}`);
-/** A vGPU type as written in config: its numeric id or its name (NVIDIA L40S-12Q, or L40S-12Q). */
-const VGPU_TYPE = /^[A-Za-z0-9][A-Za-z0-9 _.:+-]{0,63}$/;
-
-interface VgpuType {
-  id: number;
-  name: string;
-}
-
-/** creatable_vgpu_types: a header ("ID    : vGPU Name"), then "1414 : NVIDIA H200X-1-18C" per type. */
-function creatableTypes(host: Host, vf: string): VgpuType[] {
-  return (host.readTrimmed(vgpuFile(vf, "creatable_vgpu_types")) ?? "").split("\n").flatMap((line) => {
-    const match = /^\s*(\d+)\s*:\s*(.+?)\s*$/.exec(line);
-    return match ? [{ id: Number(match[1]), name: match[2]! }] : [];
-  });
-}
-
-function matchesType(type: VgpuType, wanted: string): boolean {
-  const lower = wanted.toLowerCase();
-  return String(type.id) === wanted || type.name.toLowerCase() === lower || type.name.toLowerCase().split(/\s+/).at(-1) === lower;
-}
-
-export interface VgpuDevice {
-  element: string;
-  vf: string;
-  type: string;
-}
-
-function parseVgpuElement(element: Element, domain: Domain, count: number): VgpuDevice {
-  const where = describeElement(element);
-  const attrs = readAttributes(element, ["vf", "type"]);
-  if (attrs.type === undefined) throw new ConfigError(where, `has no type attribute; name a vGPU type by id or name as cat /sys/bus/pci/devices/VF/nvidia/creatable_vgpu_types lists them, e.g. type="NVIDIA L40S-12Q"`);
-  const type = checkPattern(attrs.type.trim(), VGPU_TYPE, where, "type", "vGPU type id or name");
-  const hostdevs = domain.hostdevs.flatMap((hostdev) => (hostdev.type === "pci" ? [hostdev.address] : []));
-  if (attrs.vf === undefined) {
-    if (hostdevs.length === 1 && count === 1) return { element: where, vf: hostdevs[0]!, type };
-    throw new ConfigError(where, `has no vf attribute; add vf="DDDD:BB:SS.F" naming the virtual function (one of the domain's PCI <hostdev>s${hostdevs.length ? `: ${hostdevs.join(", ")}` : ""})`);
-  }
-  const vf = parsePciAddress(attrs.vf, where, "vf");
-  if (!hostdevs.includes(vf)) {
-    throw new ConfigError(where, `vf="${attrs.vf}" is not a PCI <hostdev> of this domain; add <hostdev mode='subsystem' type='pci' managed='no'> with its <source><address> to <devices>, or fix vf`);
-  }
-  return { element: where, vf, type };
-}
-
-export interface VgpuPlan extends VgpuDevice {
-  id: number;
-  name: string;
-  /** False: the VF carries this type already: used, and kept at release. */
-  create: boolean;
-}
-
-/** Everything checked before anything changes; `vmhook doctor` runs it too. */
-export function planVgpu(host: Host, device: VgpuDevice): VgpuPlan {
-  const current = host.readTrimmed(vgpuFile(device.vf, "current_vgpu_type"));
-  if (current === undefined) {
-    throw new ConfigError(
-      device.element,
-      `${device.vf} has no nvidia/current_vgpu_type: it is not a virtual function of a GPU driven by NVIDIA's vGPU manager 17 or later; enable the VFs with /usr/lib/nvidia/sriov-manage -e PF-ADDRESS (for vGPUs that are mdevs, use <vmhook:mdev>)`,
-    );
-  }
-  const creatable = creatableTypes(host, device.vf);
-  const wanted = creatable.find((type) => matchesType(type, device.type));
-  const currentId = Number(current);
-  if (currentId !== 0) {
-    if ((wanted?.id ?? Number(device.type)) === currentId) {
-      return { ...device, id: currentId, name: wanted?.name ?? device.type, create: false };
-    }
-    throw new ConfigError(device.element, `${device.vf} already carries vGPU type ${currentId}; if that is the one, write type="${currentId}", else pick a free VF or clear it (echo 0 > ${vgpuFile(device.vf, "current_vgpu_type")})`);
-  }
-  if (!wanted) {
-    throw new ConfigError(
-      device.element,
-      creatable.length === 0
-        ? `no vGPU type can be created on ${device.vf} now: the GPU's other vGPUs use what is left; stop one or use another GPU`
-        : `vGPU type "${device.type}" cannot be created on ${device.vf}; creatable now: ${creatable.map((type) => `${type.id} (${type.name})`).join(", ")}`,
-    );
-  }
-  return { ...device, id: wanted.id, name: wanted.name, create: true };
-}
-
-export const vgpu = definePlugin<VgpuDevice[]>({
-  name: "vgpu",
-  summary: "sets an NVIDIA vGPU type (vGPU 17+, SR-IOV) on the domain's virtual functions at prepare, clears it at release",
-  usage: '<vmhook:vgpu vf="PCI-ADDRESS" type="ID|NAME"/>  (one per VF)',
-
-  parse(elements, domain) {
-    const devices = elements.map((element) => parseVgpuElement(element, domain, elements.length));
-    devices.forEach((device, index) => {
-      const first = devices.findIndex((other) => other.vf === device.vf);
-      if (first !== index) throw new ConfigError(device.element, `configures VF ${device.vf} again (first in ${devices[first]!.element}); a VF carries one vGPU`);
-    });
-    return devices;
-  },
-
-  async prepare(ctx) {
-    const plans = ctx.config.map((device) => planVgpu(ctx.host, device));
-    for (const plan of plans.filter((p) => !p.create)) ctx.log.info(`${plan.vf} carries vGPU type ${plan.id} already: using it, and keeping it at release`);
-    for (const plan of plans.filter((p) => p.create)) {
-      const file = vgpuFile(plan.vf, "current_vgpu_type");
-      await ctx.step(`set vGPU type ${plan.id} (${plan.name}) on ${plan.vf}`, { action: "clear-vgpu", vf: plan.vf, id: plan.id }, () => {
-        try {
-          ctx.host.write(file, String(plan.id));
-        } catch (error) {
-          throw new VmhookError(`could not set vGPU type ${plan.id} (${plan.name}) on ${plan.vf}: ${describeError(error)}; the kernel log (dmesg) and nvidia-smi vgpu may say why`);
-        }
-        ctx.waitFor(`${file} reads ${plan.id}`, () => ctx.host.readTrimmed(file) === String(plan.id));
-      });
-    }
-  },
-
-  undo(record, ctx) {
-    if (record.action !== "clear-vgpu") throw new VmhookError(`vgpu: unknown undo action "${record.action}" in the journal`);
-    const vf = String(record.vf);
-    if (!PATTERNS.pciAddress.test(vf)) throw new VmhookError(`vgpu: the journal names "${vf}", not a PCI address; inspect it`);
-    const file = vgpuFile(vf, "current_vgpu_type");
-    const current = ctx.host.readTrimmed(file);
-    // Gone (VFs disabled) or never set (the step failed): nothing to give back.
-    if (current === undefined || current === "0") return;
-    if (current !== String(record.id)) {
-      ctx.log.warn(`${vf} carries vGPU type ${current}, not the ${record.id} vmhook set; leaving it`);
-      return;
-    }
-    try {
-      ctx.host.write(file, "0");
-    } catch (error) {
-      throw new VmhookError(`could not clear the vGPU on ${vf}: ${describeError(error)}; if a process still uses the VF, stop it, then run vmhook recover`);
-    }
-    ctx.waitFor(`${file} reads 0`, () => ctx.host.readTrimmed(file) === "0");
+  plan: { prepare: planPrepare },
+  check,
+  actions: {
+    "create-mdev": createMdevAction,
+    // vmhook 0.1 journals: the record named by its undo, and a create that failed (nothing to undo).
+    "remove-mdev": createMdevAction,
+    "create-failed": defineAction({ check: (record) => record, apply: () => {}, undo: () => {} }),
   },
 });

@@ -6,11 +6,12 @@
 //
 //   <vmhook:nosleep/>
 import type { Element } from "@xmldom/xmldom";
-import { readAttributes, single } from "../lib/config.ts";
 import type { Domain } from "../lib/domain.ts";
+import { readAttributes, single } from "../lib/element.ts";
 import { VmhookError } from "../lib/errors.ts";
-import { definePlugin, type BaseContext, type UndoRecord } from "../lib/plugin.ts";
-import { PATTERNS } from "../lib/validate.ts";
+import type { Host } from "../lib/host.ts";
+import { defineAction, definePlugin, type ApplyContext, type BaseContext, type CheckContext, type PlanContext, type Step, type UndoRecord } from "../lib/plugin.ts";
+import { fail, ok, type Finding } from "../lib/diagnostics/findings.ts";
 
 export interface NosleepConfig {
   /** The transient unit that holds the lock: one per domain (its UUID). */
@@ -18,13 +19,22 @@ export interface NosleepConfig {
   why: string;
 }
 
+interface HoldRecord extends UndoRecord {
+  action: "hold-inhibitor";
+  unit: string;
+}
+
 const WHO = "vmhook";
+const UNIT = /^vmhook-nosleep-[0-9a-f-]{36}\.service$/;
+const NO_SYSTEMD = "the host does not run systemd, so there is no logind to hold a sleep inhibitor lock";
 
 function parseConfig(elements: Element[], domain: Domain): NosleepConfig {
   readAttributes(single(elements), []);
   // The UUID was validated when the domain was read; the name only goes into argv, never a path or a shell.
   return { unit: `vmhook-nosleep-${domain.uuid}.service`, why: `VM ${domain.name} runs with devices passed through` };
 }
+
+const systemdRuns = (host: Host) => host.exists("/run/systemd/system");
 
 const unitActive = (ctx: BaseContext, unit: string) => ctx.run("systemctl", ["is-active", "--quiet", unit], { allowFailure: true }).status === 0;
 
@@ -34,12 +44,47 @@ function lockHeld(ctx: BaseContext, why: string): boolean {
   return list.split("\n").some((line) => line.trimStart().startsWith(`${WHO} `) && line.includes(why) && /\bsleep\b/.test(line));
 }
 
-export function stopInhibitor(ctx: BaseContext, record: UndoRecord): void {
-  const unit = String(record.unit);
-  if (!/^vmhook-nosleep-[0-9a-f-]{36}\.service$/.test(unit)) throw new VmhookError(`nosleep: the journal names unit "${unit}", which is not one of vmhook's inhibitor units`);
+/** Refuses before any step when the lock cannot be taken here; else one step. */
+function planPrepare(ctx: PlanContext<NosleepConfig>): Step<HoldRecord>[] {
+  if (!systemdRuns(ctx.host)) throw new VmhookError(`nosleep: ${NO_SYSTEMD}; remove <vmhook:nosleep/> or disable sleep another way`);
+  const { unit } = ctx.config;
+  if (unitActive(ctx, unit)) throw new VmhookError(`nosleep: ${unit} already runs, so another start of this VM holds the lock; stop it (systemctl stop ${unit}) if that VM is gone`);
+  return [{ action: "hold-inhibitor", record: { action: "hold-inhibitor", unit }, description: `hold a sleep inhibitor lock in ${unit}` }];
+}
+
+function planReconnect(ctx: PlanContext<NosleepConfig>): Step[] {
+  if (!unitActive(ctx, ctx.config.unit)) ctx.log.warn(`nosleep: ${ctx.config.unit} should hold the sleep inhibitor while ${ctx.domain.name} runs, but is not running`);
+  return [];
+}
+
+function holdInhibitor(record: HoldRecord, ctx: ApplyContext<NosleepConfig>): void {
+  const { why } = ctx.config;
+  ctx.run("systemd-run", [
+    `--unit=${record.unit}`, "--collect", "--quiet", `--description=vmhook: no sleep while ${ctx.domain.name} runs`,
+    "systemd-inhibit", "--what=sleep", `--who=${WHO}`, `--why=${why}`, "--mode=block", "sleep", "infinity",
+  ], { timeoutMs: 30_000 });
+  ctx.waitFor(`logind lists the sleep inhibitor of ${record.unit}`, () => lockHeld(ctx, why), { timeoutMs: 5_000 });
+}
+
+function stopInhibitor(record: HoldRecord, ctx: BaseContext): void {
+  const { unit } = record;
   if (!unitActive(ctx, unit)) return;
   ctx.run("systemctl", ["stop", unit], { timeoutMs: 30_000 });
   if (unitActive(ctx, unit)) throw new VmhookError(`nosleep: ${unit} is still running after systemctl stop; the host cannot sleep until it ends (systemctl kill ${unit})`);
+}
+
+function checkHoldRecord(record: UndoRecord): HoldRecord {
+  if (record.action !== "hold-inhibitor") throw new VmhookError(`nosleep: not a hold-inhibitor record: ${record.action}`);
+  const unit = String(record.unit);
+  if (!UNIT.test(unit)) throw new VmhookError(`nosleep: the journal names unit "${unit}", which is not one of vmhook's inhibitor units`);
+  return { action: "hold-inhibitor", unit };
+}
+
+const holdInhibitorAction = defineAction<HoldRecord, NosleepConfig>({ check: checkHoldRecord, apply: holdInhibitor, undo: stopInhibitor });
+
+/** `vmhook doctor`: a sleep inhibitor needs logind, so systemd. */
+function check({ host }: CheckContext): Finding[] {
+  return [systemdRuns(host) ? ok("nosleep", "systemd runs: logind can hold the sleep inhibitor lock") : fail("nosleep", NO_SYSTEMD, "remove <vmhook:nosleep/> or disable sleep another way")];
 }
 
 export default definePlugin<NosleepConfig>({
@@ -47,29 +92,7 @@ export default definePlugin<NosleepConfig>({
   summary: "keep the host from suspending or hibernating while the VM runs (a logind inhibitor lock)",
   usage: "<vmhook:nosleep/>",
   parse: parseConfig,
-
-  async prepare(ctx) {
-    if (!ctx.host.exists("/run/systemd/system")) {
-      throw new VmhookError("nosleep: the host does not run systemd, so there is no logind to hold a sleep inhibitor lock; remove <vmhook:nosleep/> or disable sleep another way");
-    }
-    const { unit, why } = ctx.config;
-    if (!PATTERNS.uuid.test(ctx.domain.uuid)) throw new VmhookError(`nosleep: domain UUID "${ctx.domain.uuid}" is not a UUID`);
-    await ctx.step(`hold a sleep inhibitor lock in ${unit}`, { action: "stop-inhibitor", unit }, () => {
-      if (unitActive(ctx, unit)) throw new VmhookError(`nosleep: ${unit} already runs, so another start of this VM holds the lock; stop it (systemctl stop ${unit}) if that VM is gone`);
-      ctx.run("systemd-run", [
-        `--unit=${unit}`, "--collect", "--quiet", `--description=vmhook: no sleep while ${ctx.domain.name} runs`,
-        "systemd-inhibit", `--what=sleep`, `--who=${WHO}`, `--why=${why}`, "--mode=block", "sleep", "infinity",
-      ], { timeoutMs: 30_000 });
-      ctx.waitFor(`logind lists the sleep inhibitor of ${unit}`, () => lockHeld(ctx, why), { timeoutMs: 5_000 });
-    });
-  },
-
-  reconnect(ctx) {
-    if (!unitActive(ctx, ctx.config.unit)) ctx.log.warn(`nosleep: ${ctx.config.unit} should hold the sleep inhibitor while ${ctx.domain.name} runs, but is not running`);
-  },
-
-  undo(record, ctx) {
-    if (record.action !== "stop-inhibitor") throw new VmhookError(`nosleep: the journal holds an unknown change "${record.action}"; was it written by a newer vmhook?`);
-    stopInhibitor(ctx, record);
-  },
+  plan: { prepare: planPrepare, reconnect: planReconnect },
+  check,
+  actions: { "hold-inhibitor": holdInhibitorAction },
 });

@@ -95,40 +95,60 @@ export default {
     return { owner: /** @type {string} */ (owner), group: /** @type {string} */ (group), sizeBytes };
   },
 
-  async prepare(ctx) {
-    const { owner, group, sizeBytes } = ctx.config;
-    // Resolved now (not in parse, which gets no host), still before any change.
-    const uid = lookupId(ctx.host, "passwd", owner);
-    const gid = lookupId(ctx.host, "group", group);
-    const holder = ctx.journals().find((journal) => journal.domain.uuid !== ctx.domain.uuid && journal.entries.some((entry) => entry.plugin === "plugin:looking-glass"));
-    if (holder) {
-      throw new Error(`${ELEMENT}: ${SHM_PATH} is held by VM ${holder.domain.name} (see vmhook status); only one VM at a time can use it`);
-    }
-    await ctx.step(`create ${SHM_PATH} (${sizeBytes / MIB} MiB, ${owner}:${group}, mode 0660)`, { action: "remove-file", path: SHM_PATH }, () => {
-      // The Host seam has no create/chown; resolve() keeps these calls under its root.
-      const file = ctx.host.resolve(SHM_PATH);
-      fs.rmSync(file, { force: true }); // a file left by an earlier run may have the wrong size or owner
-      const fd = fs.openSync(file, "wx", 0o660);
-      try {
-        fs.ftruncateSync(fd, sizeBytes);
-        fs.fchownSync(fd, uid, gid);
-        fs.fchmodSync(fd, 0o660);
-      } finally {
-        fs.closeSync(fd);
+  plan: {
+    // Reads the host and changes nothing: `vmhook plan` shows exactly this step.
+    prepare(ctx) {
+      const { owner, group, sizeBytes } = ctx.config;
+      // Resolved now (not in parse, which gets no host), still before any change.
+      const uid = lookupId(ctx.host, "passwd", owner);
+      const gid = lookupId(ctx.host, "group", group);
+      const holder = ctx.journals().find((journal) => journal.domain.uuid !== ctx.domain.uuid && journal.entries.some((entry) => entry.plugin === "plugin:looking-glass"));
+      if (holder) {
+        throw new Error(`${ELEMENT}: ${SHM_PATH} is held by VM ${holder.domain.name} (see vmhook status); only one VM at a time can use it`);
       }
-    });
+      return [
+        {
+          action: "create-shm",
+          record: { action: "create-shm", sizeBytes, uid, gid },
+          description: `create ${SHM_PATH} (${sizeBytes / MIB} MiB, ${owner}:${group}, mode 0660)`,
+        },
+      ];
+    },
   },
 
-  undo(record, ctx) {
-    if (record.action !== "remove-file" || record.path !== SHM_PATH) return;
-    // The owner may have swapped the file meanwhile (/dev/shm is world-writable):
-    // unlink this one name, never delete recursively what a user put there.
-    try {
-      fs.unlinkSync(ctx.host.resolve(SHM_PATH));
-    } catch (error) {
-      const code = /** @type {NodeJS.ErrnoException} */ (error).code;
-      if (code === "EISDIR") ctx.log.warn(`${SHM_PATH} is a directory now, not the file vmhook created; left as it is`);
-      else if (code !== "ENOENT") throw error;
-    }
+  actions: {
+    "create-shm": {
+      /** The journaled record, checked before apply and before undo. */
+      check(record) {
+        const { sizeBytes, uid, gid } = record;
+        const id = (/** @type {unknown} */ value) => Number.isInteger(value) && /** @type {number} */ (value) >= 0;
+        if (!id(sizeBytes) || !id(uid) || !id(gid)) throw new Error(`looking-glass: not a record this plugin writes: ${JSON.stringify(record)}`);
+        return { action: "create-shm", sizeBytes: /** @type {number} */ (sizeBytes), uid: /** @type {number} */ (uid), gid: /** @type {number} */ (gid) };
+      },
+      apply(record, ctx) {
+        // The Host seam has no create/chown; resolve() keeps these calls under its root.
+        const file = ctx.host.resolve(SHM_PATH);
+        fs.rmSync(file, { force: true }); // a file left by an earlier run may have the wrong size or owner
+        const fd = fs.openSync(file, "wx", 0o660);
+        try {
+          fs.ftruncateSync(fd, record.sizeBytes);
+          fs.fchownSync(fd, record.uid, record.gid);
+          fs.fchmodSync(fd, 0o660);
+        } finally {
+          fs.closeSync(fd);
+        }
+      },
+      undo(_record, ctx) {
+        // The owner may have swapped the file meanwhile (/dev/shm is world-writable):
+        // unlink this one name, never delete recursively what a user put there.
+        try {
+          fs.unlinkSync(ctx.host.resolve(SHM_PATH));
+        } catch (error) {
+          const code = /** @type {NodeJS.ErrnoException} */ (error).code;
+          if (code === "EISDIR") ctx.log.warn(`${SHM_PATH} is a directory now, not the file vmhook created; left as it is`);
+          else if (code !== "ENOENT") throw error;
+        }
+      },
+    },
   },
 };

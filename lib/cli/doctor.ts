@@ -3,7 +3,7 @@
 import type { CommandModule } from "yargs";
 import { runDoctor, type Finding } from "../diagnostics/doctor.ts";
 import { RootedHost } from "../host.ts";
-import type { GlobalOptions } from "./index.ts";
+import type { GlobalOptions } from "./options.ts";
 import { print, printJson, readDomainFile, sourceName } from "./output.ts";
 
 interface DoctorArgs extends GlobalOptions {

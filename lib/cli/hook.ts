@@ -1,7 +1,7 @@
 // `vmhook hook NAME OP SUBOP [EXTRA]`: run one libvirt event by hand, exactly
 // as libvirt would (domain XML on stdin, nothing on stdout), for debugging.
 import type { CommandModule } from "yargs";
-import type { GlobalOptions } from "./index.ts";
+import type { GlobalOptions } from "./options.ts";
 
 interface HookArgs extends GlobalOptions {
   name: string;
@@ -20,7 +20,7 @@ export const hookCommand: CommandModule<GlobalOptions, HookArgs> = {
       .positional("subop", { type: "string", demandOption: true, describe: "begin or end" })
       .positional("extra", { type: "string", default: "-" }),
   async handler(args) {
-    const { hookMain } = await import("../../hooks/qemu.ts");
+    const { hookMain } = await import("../hook-entry.ts");
     process.exitCode = await hookMain([args.name, args.op, args.subop, args.extra ?? "-"], args.root);
   },
 };

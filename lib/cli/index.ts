@@ -10,16 +10,15 @@ import { hookCommand } from "./hook.ts";
 import { pluginsCommand } from "./plugins.ts";
 import { iommuCommand } from "./iommu.ts";
 import { doctorCommand } from "./doctor.ts";
+import type { GlobalOptions } from "./options.ts";
+import { bundleCommand } from "./bundle.ts";
 
 /** Wrong words on the command line: exit 2, as is usual for usage errors. */
 class UsageError extends Error {}
 
-export interface GlobalOptions {
-  root: string;
-  json: boolean;
-}
+export type { GlobalOptions } from "./options.ts";
 
-const COMMANDS: CommandModule<GlobalOptions, any>[] = [...installCommands, ...inspectCommands, recoverCommand, hookCommand, pluginsCommand, iommuCommand, doctorCommand];
+const COMMANDS: CommandModule<GlobalOptions, any>[] = [...installCommands, ...inspectCommands, recoverCommand, hookCommand, pluginsCommand, iommuCommand, doctorCommand, bundleCommand];
 
 export async function runCli(args: string[]): Promise<number> {
   process.exitCode = 0;

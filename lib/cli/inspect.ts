@@ -8,10 +8,12 @@ import { listJournals, newJournal, readJournal, type Journal } from "../journal.
 import { createLogger } from "../log.ts";
 import type { HookEvent } from "../plugin.ts";
 import { loadSettings } from "../settings.ts";
-import { runHandlers, type PlannedStep } from "../transaction.ts";
-import type { GlobalOptions } from "./index.ts";
+import { planEvent, type PlannedStep } from "../transaction.ts";
+import { registry } from "../../plugins/index.ts";
+import type { GlobalOptions } from "./options.ts";
 import { print, printJson, readDomainFile, sourceName } from "./output.ts";
-import { domainRunning, hookAtWork } from "./recover.ts";
+import { domainBusy } from "../lock.ts";
+import { domainRunning } from "./recover.ts";
 
 interface DomainArgs extends GlobalOptions {
   domain: string;
@@ -24,7 +26,7 @@ const validate: CommandModule<GlobalOptions, DomainArgs> = {
   async handler(args) {
     const host = new RootedHost(args.root);
     const domain = parseDomain(readDomainFile(args.domain), sourceName(args.domain));
-    const instances = await loadDomainPlugins(domain, host);
+    const instances = await loadDomainPlugins(domain, host, registry);
     if (args.json) {
       printJson({ ok: true, domain: { name: domain.name, uuid: domain.uuid }, plugins: instances.map((i) => ({ id: i.id, config: i.config })) });
     } else if (instances.length === 0) {
@@ -51,18 +53,17 @@ const plan: CommandModule<GlobalOptions, PlanArgs> = {
   async handler(args) {
     const host = new RootedHost(args.root);
     const domain = parseDomain(readDomainFile(args.domain), sourceName(args.domain));
-    const instances = await loadDomainPlugins(domain, host);
+    const instances = await loadDomainPlugins(domain, host, registry);
     const event = args.event as (typeof PLANNABLE)[number];
     let steps: PlannedStep[];
     if (event === "release") {
       const journal = readJournal(host, domain.uuid);
-      steps = (journal?.entries ?? []).reverse().map((entry) => ({ plugin: entry.plugin, event: "release" as HookEvent, description: `undo: ${entry.description}`, undo: entry.undo }));
+      steps = (journal?.entries ?? []).reverse().map((entry) => ({ plugin: entry.plugin, event: "release" as HookEvent, action: entry.undo.action, description: `undo: ${entry.description}`, record: entry.undo }));
     } else {
-      steps = [];
       const log = createLogger(host, { domain: domain.name, event, echo: args.json ? "none" : "stderr", file: false });
       const settings = loadSettings(host);
       const journal = readJournal(host, domain.uuid) ?? newJournal(host, { name: domain.name, uuid: domain.uuid });
-      await runHandlers(event, instances, domain, journal, { host, log, settings, dryRun: { steps } }, new Deadline(host, settings.deadlineSeconds * 1000));
+      steps = await planEvent(event, instances, domain, journal, { host, log, settings, registry }, new Deadline(host, settings.deadlineSeconds * 1000));
     }
     if (args.json) {
       printJson({ domain: { name: domain.name, uuid: domain.uuid }, event, steps });
@@ -77,12 +78,12 @@ const plan: CommandModule<GlobalOptions, PlanArgs> = {
   },
 };
 
-function journalSummary(host: Host, journal: Journal) {
+async function journalSummary(host: Host, journal: Journal) {
   return {
     domain: journal.domain,
     phase: journal.phase,
     running: domainRunning(host, journal.domain.name),
-    hookAtWork: hookAtWork(host, journal),
+    hookAtWork: await domainBusy(host, journal.domain.uuid),
     since: journal.createdAt,
     holds: journal.entries.map((entry) => ({ plugin: entry.plugin, description: entry.description, state: entry.state, error: entry.error })),
   };
@@ -94,7 +95,7 @@ const status: CommandModule<GlobalOptions, GlobalOptions> = {
   async handler(args) {
     const host = new RootedHost(args.root);
     const { journals, broken } = listJournals(host);
-    const summaries = journals.map((journal) => journalSummary(host, journal));
+    const summaries = await Promise.all(journals.map((journal) => journalSummary(host, journal)));
     if (args.json) {
       printJson({ domains: summaries, unreadable: broken });
       return;

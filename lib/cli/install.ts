@@ -14,7 +14,7 @@ import { VmhookError } from "../errors.ts";
 import { RootedHost, type Host } from "../host.ts";
 import { listJournals } from "../journal.ts";
 import { paths } from "../paths.ts";
-import type { GlobalOptions } from "./index.ts";
+import type { GlobalOptions } from "./options.ts";
 import { print, printJson } from "./output.ts";
 
 /** Found in every vmhook binary: tells our hook from someone else's. */
@@ -99,12 +99,13 @@ function readRecord(host: Host): InstallRecord {
   }
 }
 
-export function install(host: Host, binary: string): string[] {
+/** cliLink false: the Debian package ships /usr/bin/vmhook itself, and packages never write to /usr/local. */
+export function install(host: Host, binary: string, { cliLink = true } = {}): string[] {
   const notes: string[] = [];
   const hook = host.resolve(HOOK);
   fs.mkdirSync(path.dirname(hook), { recursive: true, mode: 0o755 });
   fs.mkdirSync(host.resolve(paths.pluginsDir), { recursive: true, mode: 0o755 });
-  fs.mkdirSync(host.resolve(paths.stateDir), { recursive: true, mode: 0o755 });
+  fs.mkdirSync(host.resolve(paths.stateDir), { recursive: true, mode: 0o700 });
   const record = readRecord(host);
 
   if (present(hook) && !isVmhookBinary(hook)) {
@@ -132,8 +133,8 @@ export function install(host: Host, binary: string): string[] {
 
   const link = host.resolve(CLI_LINK);
   const current = host.readlink(CLI_LINK);
-  if (current === HOOK) {
-    // already linked
+  if (!cliLink || current === HOOK) {
+    // not wanted, or already linked
   } else if (present(link) && !replaceableLink(link)) {
     notes.push(`left ${CLI_LINK} alone: it is not vmhook's link; run the CLI as ${HOOK} under another name`);
   } else {
@@ -186,6 +187,10 @@ function removeCliLink(host: Host): string[] {
   return [`removed ${CLI_LINK}`];
 }
 
+interface InstallArgs extends GlobalOptions {
+  "cli-link": boolean;
+}
+
 interface UninstallArgs extends GlobalOptions {
   force: boolean;
 }
@@ -196,12 +201,13 @@ function report(args: GlobalOptions, notes: string[], reloaded: string[]) {
   else all.forEach((note) => print(note));
 }
 
-const installCommand: CommandModule<GlobalOptions, GlobalOptions> = {
+const installCommand: CommandModule<GlobalOptions, InstallArgs> = {
   command: "install",
   describe: `install this binary as ${HOOK} (keeping an existing hook) and ${CLI_LINK}`,
+  builder: (y) => y.option("cli-link", { type: "boolean", default: true, describe: `link ${CLI_LINK} to the hook (--no-cli-link: the Debian package has /usr/bin/vmhook)` }),
   handler(args) {
     const host = new RootedHost(args.root);
-    const notes = install(host, ownBinary());
+    const notes = install(host, ownBinary(), { cliLink: args["cli-link"] });
     report(args, notes, reloadLibvirt(host));
   },
 };

@@ -3,7 +3,7 @@
 import type { CommandModule } from "yargs";
 import { describeDevice, readIommuGroups, type GroupDevice } from "../diagnostics/iommu.ts";
 import { RootedHost } from "../host.ts";
-import type { GlobalOptions } from "./index.ts";
+import type { GlobalOptions } from "./options.ts";
 import { print, printJson } from "./output.ts";
 
 const VERDICT_LABEL = { isolated: "isolated", shared: "NOT isolated", "bridges-only": "bridges only" };

@@ -5,8 +5,8 @@ import type { CommandModule } from "yargs";
 import { listInstalledPlugins } from "../custom-plugins.ts";
 import { RootedHost } from "../host.ts";
 import { paths } from "../paths.ts";
-import { builtinNames, loadPlugin } from "../../plugins/index.ts";
-import type { GlobalOptions } from "./index.ts";
+import { registry } from "../../plugins/index.ts";
+import type { GlobalOptions } from "./options.ts";
 import { print, printJson } from "./output.ts";
 
 export const pluginsCommand: CommandModule<GlobalOptions, GlobalOptions> = {
@@ -15,8 +15,8 @@ export const pluginsCommand: CommandModule<GlobalOptions, GlobalOptions> = {
   async handler(args) {
     const host = new RootedHost(args.root);
     const builtin = [];
-    for (const name of builtinNames()) {
-      const plugin = await loadPlugin(name, host);
+    for (const name of registry.builtinNames()) {
+      const plugin = await registry.load(name, host);
       builtin.push({ name, summary: plugin.summary, usage: plugin.usage ?? `<vmhook:${name}/>` });
     }
     const { directoryProblem, plugins: installed } = await listInstalledPlugins(host, { describe: true });

@@ -6,12 +6,14 @@ import type { CommandModule } from "yargs";
 import { Deadline } from "../deadline.ts";
 import { VmhookError } from "../errors.ts";
 import { RootedHost, type Host } from "../host.ts";
-import { listJournals, type Journal } from "../journal.ts";
+import { listJournals, readJournal } from "../journal.ts";
+import { ifDomainIdle } from "../lock.ts";
 import { createLogger } from "../log.ts";
 import { paths } from "../paths.ts";
 import { loadSettings } from "../settings.ts";
 import { undoJournal } from "../transaction.ts";
-import type { GlobalOptions } from "./index.ts";
+import { registry } from "../../plugins/index.ts";
+import type { GlobalOptions } from "./options.ts";
 import { print, printJson } from "./output.ts";
 
 /** libvirt keeps /run/libvirt/qemu/NAME.pid while the domain's QEMU runs. */
@@ -19,11 +21,6 @@ export function domainRunning(host: Host, name: string): boolean {
   if (name.includes("/") || name === "." || name === "..") return false;
   const pid = Number(host.readTrimmed(`${paths.libvirtQemuRunDir}/${name}.pid`));
   return Number.isSafeInteger(pid) && pid > 0 && host.processAlive(pid);
-}
-
-/** The hook process that last wrote the journal still runs: it is preparing, starting or releasing the domain right now. */
-export function hookAtWork(host: Host, journal: Journal): boolean {
-  return Number.isSafeInteger(journal.pid) && journal.pid > 0 && journal.pid !== process.pid && host.processAlive(journal.pid);
 }
 
 interface RecoverArgs extends GlobalOptions {
@@ -52,15 +49,21 @@ export const recoverCommand: CommandModule<GlobalOptions, RecoverArgs> = {
         if (!args.json) print(`${name}: still running; its changes are given back when it stops (use --force to undo now)`);
         continue;
       }
-      // Before QEMU runs (prepare) there is no pid file yet: undoing now would
-      // take back what the hook is handing over.
-      if (hookAtWork(host, journal) && !args.force) {
+      // A hook of the domain holds its lock from start to end (before QEMU
+      // runs there is no pid file yet): undoing now would take back what it
+      // is handing over. --force does not override this.
+      const log = createLogger(host, { domain: name, event: "recover", echo: args.json ? "none" : "stderr", file: true });
+      const outcome = await ifDomainIdle(host, uuid, async () => {
+        // Read again under the lock: the journal listed above may be gone or rewritten since.
+        const current = readJournal(host, uuid);
+        return current ? undoJournal(current, { host, log, settings, registry }, new Deadline(host, settings.undoDeadlineSeconds * 1000, "undoDeadlineSeconds")) : { undone: 0, failed: [] };
+      });
+      if (outcome.busy) {
         results.push({ domain: journal.domain, skipped: "hook-at-work" });
-        if (!args.json) print(`${name}: its hook (pid ${journal.pid}) is at work right now (phase ${journal.phase}); run vmhook recover again when it is done (use --force to undo now)`);
+        if (!args.json) print(`${name}: a hook of this domain is at work right now; run vmhook recover again when it is done`);
         continue;
       }
-      const log = createLogger(host, { domain: name, event: "recover", echo: args.json ? "none" : "stderr", file: true });
-      const { undone, failed } = await undoJournal(journal, { host, log, settings }, new Deadline(host, settings.undoDeadlineSeconds * 1000, "undoDeadlineSeconds"));
+      const { undone, failed } = outcome.value;
       results.push({ domain: { name, uuid }, undone, failed: failed.map((e) => ({ plugin: e.plugin, description: e.description, error: e.error })) });
       if (!args.json) print(failed.length === 0 ? `${name}: ${undone} change(s) undone` : `${name}: ${undone} undone, ${failed.length} still failing (see above); fix the cause and run vmhook recover again`);
       if (failed.length > 0) process.exitCode = 1;

@@ -6,39 +6,29 @@
 import type { Element, Node } from "@xmldom/xmldom";
 import * as xpath from "xpath";
 import { loadDomainPlugins, type PluginInstance } from "../config.ts";
-import { formatCpuList, parseCpuset, parseKernelCpuList } from "../cpuset.ts";
-import { attributes, metadataChildren, parseDomain, parseXmlDocument, type Domain, type PciHostdev } from "../domain.ts";
+import { registry } from "../../plugins/index.ts";
+import { metadataChildren, parseDomain, parseXmlDocument, type Domain, type PciHostdev } from "../domain.ts";
 import { describeError } from "../errors.ts";
 import type { Host } from "../host.ts";
 import { listJournals } from "../journal.ts";
 import { paths } from "../paths.ts";
 import { isDisplayClass, pciExists, readPciDevice } from "../pci.ts";
 import { formatKiB } from "../validate.ts";
-import { hugepagePool, hugepageSizes, HUGEPAGE_DIR, meminfo, NODE_DIR, nodeDir } from "../memory.ts";
+import { hostNodes, hugepagePool, hugepageSizes, HUGEPAGE_DIR, meminfo } from "../memory.ts";
 import { listInstalledPlugins } from "../custom-plugins.ts";
 import { isVmhookBinary } from "../cli/install.ts";
 import { domainRunning } from "../cli/recover.ts";
-import hugepages, { type PoolNeed } from "../../plugins/hugepages.ts";
-import { planVgpu, readMdevElement, vgpu, type VgpuDevice } from "../../plugins/mdev.ts";
+import { isLegacyPlugin } from "../plugin.ts";
+import { fail, ok, roundMiB, warn, type Finding } from "./findings.ts";
 import { readIommuGroups, type IommuReport } from "./iommu.ts";
 
-export type Status = "ok" | "warn" | "fail";
-
-export interface Finding {
-  check: string;
-  status: Status;
-  reason: string;
-  fix?: string;
-}
+export type { Finding, Status } from "./findings.ts";
 
 export interface DoctorReport {
   host: Finding[];
   domain?: { name: string; file: string; findings: Finding[] };
 }
 
-const ok = (check: string, reason: string): Finding => ({ check, status: "ok", reason });
-const warn = (check: string, reason: string, fix: string): Finding => ({ check, status: "warn", reason, fix });
-const fail = (check: string, reason: string, fix: string): Finding => ({ check, status: "fail", reason, fix });
 /** Missing passthrough support is a warning in general and a failure when the domain passes a PCI device through. */
 const lacking = (needed: boolean) => (needed ? fail : warn);
 
@@ -97,8 +87,6 @@ function vfioModules(host: Host, needed: boolean): Finding {
   return ok("vfio modules", loaded.length === VFIO_MODULES.length ? "vfio, vfio_iommu_type1 and vfio_pci are loaded" : `available (loaded: ${loaded.join(", ") || "none yet"}; the rest load when a device is handed over)`);
 }
 
-const hostNodes = (host: Host) => host.list(NODE_DIR).filter((entry) => /^node\d+$/.test(entry)).map((entry) => Number(entry.slice(4))).sort((a, b) => a - b);
-
 function hugepagePools(host: Host): Finding[] {
   const sizes = hugepageSizes(host);
   if (sizes.length === 0) return [warn("hugepages", `no pools in ${HUGEPAGE_DIR}: the kernel has no huge page support`, "use a kernel with CONFIG_HUGETLBFS (Debian's has it)")];
@@ -111,7 +99,6 @@ function hugepagePools(host: Host): Finding[] {
   return [ok("hugepages", `pools ${pools.join("; ")}; free memory ${free}`)];
 }
 
-const roundMiB = (kib: number) => Math.floor(kib / 1024) * 1024;
 
 function cgroupCpuset(host: Host): Finding {
   const controllers = host.readTrimmed("/sys/fs/cgroup/cgroup.controllers");
@@ -141,7 +128,7 @@ function leftovers(host: Host): Finding[] {
     ...broken.map((item) => fail("leftovers", `unreadable journal ${item.file}: ${item.error}`, `inspect ${item.file}, undo what it lists by hand, then remove it`)),
     ...journals.flatMap((journal) => {
       const { name } = journal.domain;
-      const failed = journal.entries.filter((entry) => entry.state === "failed");
+      const failed = journal.entries.filter((entry) => entry.state === "undo-failed");
       if (failed.length > 0) {
         return [fail("leftovers", `${name}: ${failed.length} change(s) could not be undone (${failed[0]!.plugin}: ${failed[0]!.error})`, `fix the cause, then run vmhook recover ${name}`)];
       }
@@ -169,28 +156,10 @@ async function customPlugins(host: Host): Promise<Finding[]> {
 // ---------------------------------------------------------------------------
 // Domain
 
-interface DomainCheckContext {
-  host: Host;
-  domain: Domain;
-  /** This plugin's elements in the domain's metadata. */
-  elements: Element[];
-}
-
-/**
- * What each plugin will need from the host, keyed by plugin id: a plugin
- * contributes its checks here. (PCI <hostdev>s are checked for every domain.)
- */
-const PLUGIN_CHECKS: Record<string, (ctx: DomainCheckContext) => Finding[]> = {
-  hugepages: hugepagesChecks,
-  mdev: mdevChecks,
-  vgpu: vgpuChecks,
-  isolate: isolateChecks,
-};
-
 async function domainChecks(host: Host, domain: Domain, xml: string, iommu: IommuReport): Promise<Finding[]> {
   const findings: Finding[] = [];
   try {
-    const instances: PluginInstance[] = await loadDomainPlugins(domain, host);
+    const instances: PluginInstance[] = await loadDomainPlugins(domain, host, registry);
     findings.push(ok("config", instances.length > 0 ? `vmhook metadata is valid: ${instances.map((instance) => instance.id).join(", ")}` : "no vmhook metadata: the hook leaves this VM alone"));
   } catch (error) {
     findings.push(fail("config", describeError(error), "fix the metadata as the message says; vmhook validate FILE checks it again"));
@@ -198,8 +167,11 @@ async function domainChecks(host: Host, domain: Domain, xml: string, iommu: Iomm
   // The elements as written, so the checks run even when one element is invalid.
   const elements = domain.metadata ? metadataChildren(domain.metadata) : [];
   const used = new Set(elements.map((element) => element.localName!));
+  // Each built-in plugin checks what it will need (custom plugins are not run by doctor).
   for (const name of used) {
-    findings.push(...(PLUGIN_CHECKS[name]?.({ host, domain, elements: elements.filter((element) => element.localName === name) }) ?? []));
+    if (!registry.builtinNames().includes(name)) continue;
+    const plugin = await registry.load(name, host);
+    if (!isLegacyPlugin(plugin) && plugin.check) findings.push(...plugin.check({ host, domain, elements: elements.filter((element) => element.localName === name) }));
   }
   findings.push(...hostdevChecks(host, domain, iommu));
   findings.push(...xmlAdvice(host, domain, parseXmlDocument(xml, "domain XML"), used));
@@ -229,109 +201,6 @@ function hostdevChecks(host: Host, domain: Domain, iommu: IommuReport): Finding[
     }
     return ok(check, `${label(self)} is in IOMMU group ${group.id} with nothing the VM does not get; driver now: ${self.driver ?? "none"}`);
   });
-}
-
-function hugepagesChecks({ host, domain, elements }: DomainCheckContext): Finding[] {
-  // The plugin's own reading: pools and counts per guest cell, size and host node as prepare derives them.
-  let pools: PoolNeed[];
-  try {
-    pools = hugepages.parse(elements, domain).pools;
-  } catch {
-    return []; // reported by the config check
-  }
-  return pools.map(({ sizeKiB, node, pages }) => {
-    const check = node === undefined ? "hugepages" : `hugepages node ${node}`;
-    const size = formatKiB(sizeKiB);
-    const pool = hugepagePool(sizeKiB, node);
-    if (node !== undefined && !host.exists(nodeDir(node))) {
-      return fail(check, `host NUMA node ${node} does not exist (nodes: ${hostNodes(host).join(", ") || "none"})`, "fix node= on <vmhook:hugepages> or the nodeset in <numatune>");
-    }
-    if (!host.exists(pool)) {
-      return fail(check, `the kernel has no pool of ${size} pages (${pool})`, sizeKiB === 1024 * 1024 ? 'use size="2M": 1G pages need a CPU with pdpe1gb' : `use one of the sizes in ${HUGEPAGE_DIR}`);
-    }
-    const needKiB = pages * sizeKiB;
-    const where = node === undefined ? "on the host" : `on node ${node}`;
-    const info = meminfo(host, node);
-    const free = info.MemFree ?? 0;
-    const reclaimable = node === undefined ? (info.MemAvailable ?? free) : free + (info.FilePages ?? 0);
-    const wanted = `${pages} × ${size} pages (${formatKiB(needKiB)})`;
-    if (free >= needKiB) return ok(check, `${wanted} fit in the free memory ${where} (${formatKiB(roundMiB(free))})`);
-    const bootFix = `reserve them at boot instead: hugepagesz=${size} hugepages=${node === undefined ? "" : `${node}:`}${pages} on the kernel command line`;
-    if (reclaimable >= needKiB) {
-      return warn(check, `${wanted} need more than the free memory ${where} (${formatKiB(roundMiB(free))}): the page cache must be dropped first, and fragmented memory may still fall short`, `start the VM early, or ${bootFix}`);
-    }
-    return fail(check, `${wanted} cannot fit: only ${formatKiB(roundMiB(reclaimable))} can be freed ${where}`, `give the VM less <memory>, stop other VMs, or ${bootFix}`);
-  });
-}
-
-const MDEV_BUS = "/sys/class/mdev_bus";
-
-function mdevChecks({ host, domain, elements }: DomainCheckContext): Finding[] {
-  const gvtFix = "for Intel GVT-g boot with i915.enable_gvt=1 and load kvmgt; for NVIDIA vGPU install the vGPU host driver";
-  return elements.map((element) => {
-    // The plugin's own reading: every value is checked before it becomes part of a path.
-    let device: ReturnType<typeof readMdevElement>;
-    try {
-      device = readMdevElement(element);
-    } catch (error) {
-      return fail(`mdev ${attributes(element).type ?? "?"}`, describeError(error), "fix the element as the message says");
-    }
-    const { type, parent, uuid } = device;
-    const check = `mdev ${type}`;
-    const parents = parent ? [parent] : host.list(MDEV_BUS).filter((candidate) => host.exists(`${MDEV_BUS}/${candidate}/mdev_supported_types/${type}`));
-    if (parents.length === 0) {
-      const offered = host.list(MDEV_BUS).flatMap((candidate) => host.list(`${MDEV_BUS}/${candidate}/mdev_supported_types`));
-      return fail(check, `no device offers mdev type ${type}${offered.length > 0 ? ` (offered: ${offered.join(", ")})` : ": no device offers mediated devices at all"}`, offered.length > 0 ? "use one of the offered types" : gvtFix);
-    }
-    const at = parents[0]!;
-    if (!host.exists(`${MDEV_BUS}/${at}`)) return fail(check, `${at} offers no mediated devices (not in ${MDEV_BUS})`, gvtFix);
-    const types = `${MDEV_BUS}/${at}/mdev_supported_types`;
-    if (!host.exists(`${types}/${type}`)) return fail(check, `${at} does not offer ${type}; it offers ${host.list(types).join(", ") || "nothing"}`, "use one of the types it offers");
-    const uuids = [uuid, ...domain.hostdevs.flatMap((hostdev) => (hostdev.type === "mdev" ? [hostdev.uuid] : []))].filter(Boolean) as string[];
-    const existing = uuids.find((candidate) => host.exists(`/sys/bus/mdev/devices/${candidate}`));
-    if (existing) return ok(check, `mdev ${existing} already exists on ${at}`);
-    const available = Number(host.readTrimmed(`${types}/${type}/available_instances`) ?? 0);
-    return available > 0
-      ? ok(check, `${at} offers ${type}: ${available} instance(s) available`)
-      : fail(check, `${at} has no ${type} instance left (available_instances is 0)`, "stop the VMs using them, or choose a smaller type");
-  });
-}
-
-function vgpuChecks({ host, domain, elements }: DomainCheckContext): Finding[] {
-  let devices: VgpuDevice[];
-  try {
-    devices = vgpu.parse(elements, domain);
-  } catch {
-    return []; // reported by the config check
-  }
-  return devices.map((device) => {
-    const check = `vgpu ${device.vf}`;
-    try {
-      const plan = planVgpu(host, device);
-      return ok(check, plan.create ? `${device.vf} can carry vGPU type ${plan.id} (${plan.name})` : `${device.vf} carries vGPU type ${plan.id} already; vmhook uses it and leaves it at release`);
-    } catch (error) {
-      return fail(check, describeError(error), "fix the element or the host as the message says");
-    }
-  });
-}
-
-function isolateChecks({ host, domain, elements }: DomainCheckContext): Finding[] {
-  const online = parseKernelCpuList(host.readTrimmed("/sys/devices/system/cpu/online") ?? "");
-  const pinned = [...new Set([...domain.cputune.vcpupins.flat(), ...(domain.cputune.emulatorpin ?? []), ...domain.cputune.iothreadpins.flat()])].sort((a, b) => a - b);
-  let hostCpus: number[] | undefined;
-  try {
-    const value = attributes(elements[0]!)["host-cpus"];
-    hostCpus = value !== undefined ? parseCpuset(value, "<vmhook:isolate>", "host-cpus") : undefined;
-  } catch {
-    return []; // reported by the config check
-  }
-  const offline = [...new Set([...pinned, ...(hostCpus ?? [])])].filter((cpu) => !online.includes(cpu));
-  if (offline.length > 0) {
-    return [fail("isolate", `CPU ${formatCpuList(offline)} is pinned or named in host-cpus but not online (online: ${formatCpuList(online)})`, "use online CPUs only (cat /sys/devices/system/cpu/online)")];
-  }
-  const kept = hostCpus ?? online.filter((cpu) => !pinned.includes(cpu));
-  if (kept.length === 0) return [fail("isolate", `no CPU would be left for the host (online: ${formatCpuList(online)})`, "leave at least one CPU out of the VM's pinning, or set host-cpus")];
-  return [ok("isolate", `VM CPUs ${formatCpuList(pinned) || "(none pinned)"} are online; the host keeps ${formatCpuList(kept)}`)];
 }
 
 const NVIDIA = "0x10de";

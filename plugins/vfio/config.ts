@@ -4,7 +4,7 @@
 //   <vmhook:vfio devices="0000:01:00.0,..." include-slot="yes" single-gpu="auto|yes|no"
 //                unload-modules="auto|none|mod,..." load-modules="mod,..." display-manager="unit,..."/>
 import type { Element } from "@xmldom/xmldom";
-import { readAttributes, single } from "../../lib/config.ts";
+import { readAttributes, single } from "../../lib/element.ts";
 import { describeElement, type Domain } from "../../lib/domain.ts";
 import { ConfigError, VmhookError } from "../../lib/errors.ts";
 import { paths } from "../../lib/paths.ts";

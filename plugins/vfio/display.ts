@@ -2,10 +2,10 @@
 // and gets it back after: the display manager, the framebuffer consoles and
 // the firmware framebuffers (efifb, simplefb, vesafb).
 import { VmhookError } from "../../lib/errors.ts";
-import type { BaseContext, PluginContext, UndoRecord } from "../../lib/plugin.ts";
-import type { VfioConfig, VfioSettings } from "./config.ts";
-import { describeHolders, processesHolding, type Survey } from "./survey.ts";
-import { stopUnit, systemdRuns, unitActive } from "./units.ts";
+import { defineAction, type ApplyContext, type BaseContext, type Step, type UndoRecord } from "../../lib/plugin.ts";
+import { readVfioSettings, type VfioConfig, type VfioSettings } from "./config.ts";
+import { describeHolders, isWatched, processesHolding, type Survey } from "./survey.ts";
+import { stopUnitStep, systemdRuns, unitActive } from "./units.ts";
 
 /** What stops the display manager: running systemd units, or the configured commands; undefined: nothing to stop. */
 export type DisplayManager = { units: string[] } | { command: NonNullable<VfioSettings["displayManagerCommand"]> } | undefined;
@@ -21,53 +21,130 @@ export function findDisplayManager(ctx: BaseContext, config: VfioConfig, setting
 const VTCONSOLES = "/sys/class/vtconsole";
 const FIRMWARE_FRAMEBUFFERS = ["efi-framebuffer", "simple-framebuffer", "vesa-framebuffer"];
 
-/** Stops the display manager (journaled: it starts again) and waits until its processes are gone. */
-export async function stopDisplayManager(ctx: PluginContext<VfioConfig>, displayManager: DisplayManager, settings: VfioSettings): Promise<void> {
+/** The steps that stop the display manager (started again at release); none when there is none to stop. */
+export function displayManagerSteps(ctx: BaseContext, displayManager: DisplayManager, settings: VfioSettings): Step[] {
   const timeoutMs = settings.stopTimeoutSeconds * 1000;
-  if (displayManager && "units" in displayManager) {
-    for (const unit of displayManager.units) await stopUnit(ctx, unit, timeoutMs);
-  } else if (displayManager) {
+  if (displayManager && "units" in displayManager) return displayManager.units.map((unit) => stopUnitStep(unit, timeoutMs));
+  if (displayManager) {
     const { command } = displayManager;
-    await ctx.step(`stop the display manager: ${command.stop.join(" ")}`, { action: "run-start-command", command: command.start }, () => {
-      ctx.run(command.stop[0]!, command.stop.slice(1), { timeoutMs });
-      ctx.waitFor(`no ${command.processes.join("/")} process runs`, () => runningCommands(ctx).every((name) => !command.processes.includes(name)), { timeoutMs });
-    });
-  } else {
-    ctx.log.info("vfio: single-GPU mode, no display manager to stop (no running display-manager unit, no displayManagerCommand)");
+    return [{ action: "stop-display-manager", record: { action: "stop-display-manager", command: command.start }, description: `stop the display manager: ${command.stop.join(" ")}` }];
   }
+  ctx.log.info("vfio: single-GPU mode, no display manager to stop (no running display-manager unit, no displayManagerCommand)");
+  return [];
 }
 
-/** A session may outlive its display manager by a moment: wait until no one holds the GPU, else name who does. */
-export function waitUntilGpuFree(ctx: PluginContext<VfioConfig>, found: Survey, settings: VfioSettings): void {
-  if (ctx.dryRun) return;
+interface StopCommandRecord extends UndoRecord {
+  action: "stop-display-manager";
+  /** The start command, as displayManagerCommand.start said at prepare. */
+  command: string[];
+}
+
+/** Without systemd: the configured stop command, then wait until its processes are gone. */
+function stopByCommand(_record: StopCommandRecord, ctx: BaseContext): void {
+  const { command, stopTimeoutSeconds } = configuredCommand(ctx);
+  const timeoutMs = stopTimeoutSeconds * 1000;
+  ctx.run(command.stop[0]!, command.stop.slice(1), { timeoutMs });
+  ctx.waitFor(`no ${command.processes.join("/")} process runs`, () => runningCommands(ctx).every((name) => !command.processes.includes(name)), { timeoutMs });
+}
+
+function configuredCommand(ctx: BaseContext): { command: NonNullable<VfioSettings["displayManagerCommand"]>; stopTimeoutSeconds: number } {
+  const settings = readVfioSettings(ctx.settings);
+  if (!settings.displayManagerCommand) throw new VmhookError(`vfio: no displayManagerCommand in /etc/vmhook/vmhook.json any more; start the display manager by hand`);
+  return { command: settings.displayManagerCommand, stopTimeoutSeconds: settings.stopTimeoutSeconds };
+}
+
+/** The journal's command runs only if it is the start command root configured (displayManagerCommand.start). */
+function checkStopCommand(record: UndoRecord): StopCommandRecord {
+  const command = record.command;
+  if ((record.action !== "stop-display-manager" && record.action !== "run-start-command") || !Array.isArray(command) || !command.every((word) => typeof word === "string")) {
+    throw new VmhookError(`vfio: the journal holds a display manager record that is not one vmhook writes: ${JSON.stringify(record).slice(0, 120)}`);
+  }
+  return { action: "stop-display-manager", command: command as string[] };
+}
+
+function runStartCommand(record: StopCommandRecord, ctx: BaseContext): void {
+  const configured = readVfioSettings(ctx.settings).displayManagerCommand?.start;
+  if (!configured || JSON.stringify(record.command) !== JSON.stringify(configured)) {
+    throw new VmhookError(`vfio: the journal asks to run ${JSON.stringify(record.command)}, which is not the displayManagerCommand.start of /etc/vmhook/vmhook.json; start the display manager by hand`);
+  }
+  ctx.run(configured[0]!, configured.slice(1), { timeoutMs: 60_000 });
+}
+
+export const stopDisplayManagerAction = defineAction<StopCommandRecord>({ check: checkStopCommand, apply: stopByCommand, undo: runStartCommand });
+
+interface WaitRecord extends UndoRecord {
+  action: "wait-gpu-free";
+  files: string[];
+  framebuffers: boolean;
+  nvidia: boolean;
+  timeoutMs: number;
+}
+
+/** A session may outlive its display manager by a moment: a step that waits until no one holds the GPU (it changes nothing). */
+export function waitGpuFreeStep(found: Survey, settings: VfioSettings): Step<WaitRecord> {
+  return { action: "wait-gpu-free", record: { action: "wait-gpu-free", ...found.watched, timeoutMs: settings.stopTimeoutSeconds * 1000 }, description: "wait until nothing holds the GPU" };
+}
+
+function waitUntilGpuFree(record: WaitRecord, ctx: ApplyContext<unknown>): void {
+  ctx.nothingToUndo();
+  const watched = isWatched(record);
   try {
-    ctx.waitFor("nothing holds the GPU", () => processesHolding(ctx.host, found.watched).length === 0, { timeoutMs: settings.stopTimeoutSeconds * 1000 });
+    ctx.waitFor("nothing holds the GPU", () => processesHolding(ctx.host, watched).length === 0, { timeoutMs: record.timeoutMs });
   } catch {
-    const holders = processesHolding(ctx.host, found.watched);
+    const holders = processesHolding(ctx.host, watched);
     throw new VmhookError(`vfio: the GPU is still in use after stopping the display manager: ${describeHolders(holders)}; end those programs (or the sessions) and start the VM again`);
   }
 }
 
-/** Unbinds the framebuffer consoles and the firmware framebuffers, each journaled to be bound again. */
-export async function unbindConsoles(ctx: PluginContext<VfioConfig>): Promise<void> {
+function checkWait(record: UndoRecord): WaitRecord {
+  const { files, framebuffers, nvidia, timeoutMs } = record;
+  if (!Array.isArray(files) || !files.every((file) => typeof file === "string" && file.startsWith("/dev/")) || typeof framebuffers !== "boolean" || typeof nvidia !== "boolean" || !Number.isSafeInteger(timeoutMs)) {
+    throw new VmhookError(`vfio: not a wait-gpu-free record: ${JSON.stringify(record).slice(0, 120)}`);
+  }
+  return record as WaitRecord;
+}
+
+export const waitGpuFreeAction = defineAction<WaitRecord>({ check: checkWait, apply: waitUntilGpuFree, undo: () => {} });
+
+/** Unbinds the framebuffer consoles and the firmware framebuffers bound now, each bound again at release. */
+export function consoleSteps(ctx: BaseContext): Step[] {
+  const steps: Step[] = [];
   for (const vtconsole of ctx.host.list(VTCONSOLES)) {
     const name = ctx.host.readTrimmed(`${VTCONSOLES}/${vtconsole}/name`) ?? "";
     if (!/frame buffer/i.test(name) || ctx.host.readTrimmed(`${VTCONSOLES}/${vtconsole}/bind`) !== "1") continue;
-    await ctx.step(`unbind console ${vtconsole} (${name})`, { action: "bind-vtconsole", vtconsole }, () => {
-      ctx.host.write(`${VTCONSOLES}/${vtconsole}/bind`, "0");
-      if (ctx.host.readTrimmed(`${VTCONSOLES}/${vtconsole}/bind`) === "1") throw new VmhookError(`vfio: console ${vtconsole} stays bound to the framebuffer`);
-    });
+    steps.push({ action: "unbind-vtconsole", record: { action: "unbind-vtconsole", vtconsole }, description: `unbind console ${vtconsole} (${name})` });
   }
-
   for (const driver of FIRMWARE_FRAMEBUFFERS) {
     const driverDir = `/sys/bus/platform/drivers/${driver}`;
     for (const device of ctx.host.list(driverDir).filter((entry) => entry.startsWith(`${driver}.`))) {
-      await ctx.step(`unbind ${device} from ${driver}`, { action: "bind-framebuffer", driver, device }, () => {
-        ctx.host.write(`${driverDir}/unbind`, device);
-        if (ctx.host.exists(`${driverDir}/${device}`)) throw new VmhookError(`vfio: ${device} stays bound to ${driver}`);
-      });
+      steps.push({ action: "unbind-framebuffer", record: { action: "unbind-framebuffer", driver, device }, description: `unbind ${device} from ${driver}` });
     }
   }
+  return steps;
+}
+
+function unbindVtconsole(record: UndoRecord, ctx: BaseContext): void {
+  const { vtconsole } = record;
+  ctx.host.write(`${VTCONSOLES}/${vtconsole}/bind`, "0");
+  if (ctx.host.readTrimmed(`${VTCONSOLES}/${vtconsole}/bind`) === "1") throw new VmhookError(`vfio: console ${vtconsole} stays bound to the framebuffer`);
+}
+
+function unbindFramebuffer(record: UndoRecord, ctx: BaseContext): void {
+  const [driver, device] = [String(record.driver), String(record.device)];
+  const driverDir = `/sys/bus/platform/drivers/${driver}`;
+  ctx.host.write(`${driverDir}/unbind`, device);
+  if (ctx.host.exists(`${driverDir}/${device}`)) throw new VmhookError(`vfio: ${device} stays bound to ${driver}`);
+}
+
+function checkVtconsole(record: UndoRecord): UndoRecord {
+  if (typeof record.vtconsole !== "string" || !/^vtcon\d+$/.test(record.vtconsole)) throw new VmhookError(`vfio: the journal names console ${JSON.stringify(record.vtconsole)}, which is not a vtconsole`);
+  return { action: "unbind-vtconsole", vtconsole: record.vtconsole };
+}
+
+function checkFramebuffer(record: UndoRecord): UndoRecord {
+  const [driver, device] = [String(record.driver), String(record.device)];
+  if (!FIRMWARE_FRAMEBUFFERS.includes(driver) || !/^[a-z-]+\.\d+$/.test(device)) throw new VmhookError(`vfio: journal names an unexpected framebuffer ${driver}/${device}`);
+  return { action: "unbind-framebuffer", driver, device };
 }
 
 function runningCommands(ctx: BaseContext): string[] {
@@ -77,16 +154,10 @@ function runningCommands(ctx: BaseContext): string[] {
     .map((pid) => ctx.host.readTrimmed(`/proc/${pid}/comm`) ?? "");
 }
 
-export function runStartCommand(ctx: BaseContext, record: UndoRecord): void {
-  const command = record.command as string[];
-  ctx.run(command[0]!, command.slice(1), { timeoutMs: 60_000 });
-}
-
 /** Rebinds the console; when its number changed (fbcon came back under another), the framebuffer console found now. */
-export function bindVtconsole(ctx: BaseContext, record: UndoRecord): void {
+function bindVtconsole(record: UndoRecord, ctx: BaseContext): void {
   const isFramebuffer = (vtconsole: string) => /frame buffer/i.test(ctx.host.readTrimmed(`${VTCONSOLES}/${vtconsole}/name`) ?? "");
   const recorded = String(record.vtconsole);
-  if (!/^vtcon\d+$/.test(recorded)) throw new VmhookError(`vfio: the journal names console "${recorded}", which is not a vtconsole`);
   const vtconsole = isFramebuffer(recorded) ? recorded : ctx.host.list(VTCONSOLES).find(isFramebuffer);
   if (!vtconsole) {
     // vfio-pci removes a firmware framebuffer (efifb, simplefb) for good when it takes the GPU: only a GPU driver brings one back.
@@ -100,9 +171,8 @@ export function bindVtconsole(ctx: BaseContext, record: UndoRecord): void {
 }
 
 /** Rebinds a firmware framebuffer, unless the GPU's driver removed it meanwhile (it does when it takes over). */
-export function bindFramebuffer(ctx: BaseContext, record: UndoRecord): void {
+function bindFramebuffer(record: UndoRecord, ctx: BaseContext): void {
   const [driver, device] = [String(record.driver), String(record.device)];
-  if (!FIRMWARE_FRAMEBUFFERS.includes(driver) || !/^[a-z-]+\.\d+$/.test(device)) throw new VmhookError(`vfio: journal names an unexpected framebuffer ${driver}/${device}`);
   if (!ctx.host.exists(`/sys/bus/platform/devices/${device}`)) {
     ctx.log.info(`vfio: ${device} is gone (the GPU's driver replaced it); nothing to rebind`);
     return;
@@ -111,3 +181,6 @@ export function bindFramebuffer(ctx: BaseContext, record: UndoRecord): void {
   if (!ctx.host.exists(`${driverDir}/${device}`)) ctx.host.write(`${driverDir}/bind`, device);
   if (!ctx.host.exists(`${driverDir}/${device}`)) throw new VmhookError(`vfio: ${device} did not bind to ${driver} again`);
 }
+
+export const unbindVtconsoleAction = defineAction({ check: checkVtconsole, apply: unbindVtconsole, undo: bindVtconsole });
+export const unbindFramebufferAction = defineAction({ check: checkFramebuffer, apply: unbindFramebuffer, undo: bindFramebuffer });

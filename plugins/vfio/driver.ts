@@ -5,23 +5,11 @@
 import { VmhookError } from "../../lib/errors.ts";
 import type { Host } from "../../lib/host.ts";
 import { PCI_DRIVERS, pciDriver, pciDriverRegistered, pciExists, pciPath, pciResetMethod } from "../../lib/pci.ts";
-import type { BaseContext, PluginContext, UndoRecord } from "../../lib/plugin.ts";
+import { defineAction, type ApplyContext, type BaseContext, type PlanContext, type Step, type UndoRecord } from "../../lib/plugin.ts";
 import { PATTERNS } from "../../lib/validate.ts";
 import type { VfioConfig, VfioSettings } from "./config.ts";
-import { describeHolders, moduleLoaded, processesHolding, VFIO_DRIVER, type Survey } from "./survey.ts";
+import { describeHolders, isWatched, moduleLoaded, processesHolding, VFIO_DRIVER, type Survey, type Watched } from "./survey.ts";
 import { systemdRuns, unitActive, unitProcesses } from "./units.ts";
-
-interface RebindRecord extends UndoRecord {
-  action: "rebind-device";
-  address: string;
-  /** The driver to return to; null: the device had none. */
-  driver: string | null;
-  /** driver_override before vmhook; null: none. */
-  override: string | null;
-  /** The driver's module is unloaded here and loaded again by a later undo, which brings the device back. */
-  moduleReloaded: boolean;
-  bindTimeoutMs: number;
-}
 
 /** The module a PCI driver comes from (nvidia → nvidia), when it is a loadable one. */
 function driverModule(host: Host, driver: string): string | undefined {
@@ -40,9 +28,17 @@ export function helperServices(ctx: BaseContext, found: Survey, settings: VfioSe
   return settings.helperServices.filter((unit) => needed(unit) && unitActive(ctx, unit));
 }
 
-export async function takeOverDevices(ctx: PluginContext<VfioConfig>, found: Survey, settings: VfioSettings): Promise<void> {
+/** Helper services already stopped for another VM that this handover needs stopped too (it unloads modules). */
+export function stoppedHelpers(ctx: BaseContext, found: Survey, settings: VfioSettings, stopping: string[]): string[] {
+  if (!systemdRuns(ctx) || found.unload.length === 0) return [];
+  return settings.helperServices.filter((unit) => !stopping.includes(unit) && !unitActive(ctx, unit));
+}
+
+/** The handover, as steps: modules go (users first), vfio-pci comes, each device moves, extra modules load. */
+export function takeOverSteps(ctx: PlanContext<VfioConfig>, found: Survey, settings: VfioSettings): Step[] {
   const bindTimeoutMs = settings.bindTimeoutSeconds * 1000;
   const reloaded = new Set<string>();
+  const steps: Step[] = [];
 
   for (const module of found.unload) {
     // After reloading the module, these devices must be back on its drivers.
@@ -50,55 +46,141 @@ export async function takeOverDevices(ctx: PluginContext<VfioConfig>, found: Sur
       .filter((device) => device.driver && driverModule(ctx.host, device.driver) === module)
       .map((device) => ({ address: device.address, driver: device.driver! }));
     for (const device of devices) reloaded.add(device.address);
-    await ctx.step(`unload module ${module}`, { action: "load-module", module, devices, bindTimeoutMs }, () => {
-      const result = ctx.run("rmmod", [module], { allowFailure: true });
-      if (moduleLoaded(ctx.host, module)) {
-        const users = [...ctx.host.list(`/sys/module/${module}/holders`).map((holder) => `module ${holder}`), describeHolders(processesHolding(ctx.host, found.watched))].filter(Boolean);
-        throw new VmhookError(
-          `vfio: cannot unload module ${module}: ${(result.error || result.stderr || result.stdout).trim().split("\n")[0] || "still loaded"}; in use by ${users.join(", ") || `something (refcnt ${ctx.host.readTrimmed(`/sys/module/${module}/refcnt`)})`}; stop what uses the GPU, or leave the module loaded (unload-modules="none")`,
-        );
-      }
-    });
+    const record: UnloadRecord = { action: "unload-module", module, devices, bindTimeoutMs, watched: { ...found.watched } };
+    steps.push({ action: "unload-module", record, description: `unload module ${module}` });
   }
 
-  if (!pciDriverRegistered(ctx.host, VFIO_DRIVER)) {
-    await loadModuleStep(ctx, VFIO_DRIVER, () =>
-      ctx.waitFor("the vfio-pci driver is registered", () => pciDriverRegistered(ctx.host, VFIO_DRIVER), { timeoutMs: bindTimeoutMs }),
-    );
-  }
+  if (!pciDriverRegistered(ctx.host, VFIO_DRIVER)) steps.push(loadModulesStep(VFIO_DRIVER, bindTimeoutMs));
+  else steps.push(...keepLoadedSteps(ctx, VFIO_DRIVER));
 
   for (const device of found.devices) {
     if (device.driver === VFIO_DRIVER) {
       ctx.log.info(`vfio: ${device.address} is already on vfio-pci`);
       continue;
     }
-    const record: RebindRecord = { action: "rebind-device", address: device.address, driver: device.driver ?? null, override: device.override ?? null, moduleReloaded: reloaded.has(device.address), bindTimeoutMs };
-    await ctx.step(`bind ${device.address} to vfio-pci (from ${device.driver ?? "no driver"})`, record, () => bindToVfio(ctx, device.address, device.iommuGroup!, bindTimeoutMs));
+    const record: BindRecord = {
+      action: "bind-vfio",
+      address: device.address,
+      group: device.iommuGroup!,
+      driver: device.driver ?? null,
+      override: device.override ?? null,
+      moduleReloaded: reloaded.has(device.address),
+      bindTimeoutMs,
+    };
+    steps.push({ action: "bind-vfio", record, description: `bind ${device.address} to vfio-pci (from ${device.driver ?? "no driver"})` });
   }
 
-  for (const module of ctx.config.loadModules) await loadModuleStep(ctx, module);
+  for (const module of ctx.config.loadModules) {
+    if (!moduleLoaded(ctx.host, module.replace(/-/g, "_"))) steps.push(loadModulesStep(module, bindTimeoutMs));
+    else steps.push(...keepLoadedSteps(ctx, module));
+  }
+  return steps;
+}
+
+interface UnloadRecord extends UndoRecord {
+  action: "unload-module";
+  module: string;
+  /** This VM's devices on the module's drivers: they must be back once it is loaded again. */
+  devices: { address: string; driver: string }[];
+  bindTimeoutMs: number;
+  /** Whose users to name when the module will not go. */
+  watched: Watched;
+}
+
+/** Claimed before it goes: a device of another VM that needs it back waits for the last holder. */
+function unloadModule(record: UnloadRecord, ctx: BaseContext): void {
+  const { module } = record;
+  ctx.claims.take(moduleClaim(module), { drivers: driversOf(ctx.host, module) });
+  const result = ctx.run("rmmod", [module], { allowFailure: true });
+  if (moduleLoaded(ctx.host, module)) {
+    const users = [...ctx.host.list(`/sys/module/${module}/holders`).map((holder) => `module ${holder}`), describeHolders(processesHolding(ctx.host, isWatched(record.watched)))].filter(Boolean);
+    throw new VmhookError(
+      `vfio: cannot unload module ${module}: ${(result.error || result.stderr || result.stdout).trim().split("\n")[0] || "still loaded"}; in use by ${users.join(", ") || `something (refcnt ${ctx.host.readTrimmed(`/sys/module/${module}/refcnt`)})`}; stop what uses the GPU, or leave the module loaded (unload-modules="none")`,
+    );
+  }
+}
+
+/** The ledger key of a module vmhook keeps unloaded (lib/claims.ts). */
+const moduleClaim = (module: string) => `module:${module}`;
+
+/** The PCI drivers a loaded module registers. */
+function driversOf(host: Host, module: string): string[] {
+  return host.list(PCI_DRIVERS).filter((driver) => driverModule(host, driver) === module);
+}
+
+/** The claim of the unloaded module that registers `driver`, if any VM holds one. */
+function claimProviding(ctx: BaseContext, driver: string): string | undefined {
+  return Object.entries(ctx.claims.list("module:")).find(([, claim]) => ((claim.original as { drivers?: string[] })?.drivers ?? []).includes(driver))?.[0];
 }
 
 const loadedModules = (host: Host) => host.read("/proc/modules").split("\n").map((line) => line.split(" ")[0]!).filter(Boolean);
 
-/** modprobe, journaling exactly the modules it loaded (the module and the dependencies it pulled in). */
-async function loadModuleStep(ctx: PluginContext<VfioConfig>, module: string, verify?: () => void): Promise<void> {
-  const name = module.replace(/-/g, "_");
-  if (moduleLoaded(ctx.host, name)) return;
-  // Until modprobe has run, the module itself is the best guess of what it loads.
-  await ctx.step(`load module ${module}`, { action: "unload-modules", modules: [name] }, (handle) => {
-    const before = new Set(loadedModules(ctx.host));
-    try {
-      ctx.run("modprobe", [module]);
-      verify?.();
-    } finally {
-      handle.update({ action: "unload-modules", modules: loadedModules(ctx.host).filter((name) => !before.has(name)) });
-    }
-  });
+interface LoadRecord extends UndoRecord {
+  action: "load-modules";
+  /** What modprobe is asked for; "" when this VM only shares modules loaded for another VM. */
+  module: string;
+  /** What modprobe loaded (the module and the dependencies it pulled in). */
+  modules: string[];
+  /** The ledger key the VMs that use these modules share. */
+  claim: string;
+  bindTimeoutMs: number;
 }
 
-function bindToVfio(ctx: BaseContext, address: string, group: string, timeoutMs: number): void {
+/** The ledger key of a module vmhook loaded and VMs share (lib/claims.ts). */
+const loadedClaim = (module: string) => `loaded:${module.replace(/-/g, "_")}`;
+
+function loadModulesStep(module: string, bindTimeoutMs: number): Step<LoadRecord> {
+  // Until modprobe has run, the module itself is the best guess of what it loads.
+  const record: LoadRecord = { action: "load-modules", module, modules: [module.replace(/-/g, "_")], claim: loadedClaim(module), bindTimeoutMs };
+  return { action: "load-modules", record, description: `load module ${module}` };
+}
+
+/** A module vmhook loaded for another VM: this VM shares it, so it stays until the last of them is released. */
+function keepLoadedSteps(ctx: BaseContext, module: string): Step<LoadRecord>[] {
+  const claim = loadedClaim(module);
+  if (!ctx.claims.get(claim)) return []; // loaded by someone else than vmhook: theirs to keep
+  return [{ action: "load-modules", record: { action: "load-modules", module: "", modules: [], claim, bindTimeoutMs: 0 }, description: `keep module ${module} loaded (loaded for another VM)` }];
+}
+
+/**
+ * modprobe, journaling exactly the modules it loaded, claimed in the ledger:
+ * a VM that finds the module loaded for another one joins the claim, and the
+ * last VM released unloads what the first one loaded.
+ */
+function loadModules(record: LoadRecord, ctx: ApplyContext<unknown>): void {
+  if (record.module === "") {
+    ctx.claims.take(record.claim, null);
+    return;
+  }
+  const before = new Set(loadedModules(ctx.host));
+  try {
+    ctx.run("modprobe", [record.module]);
+    if (record.module === VFIO_DRIVER) {
+      ctx.waitFor("the vfio-pci driver is registered", () => pciDriverRegistered(ctx.host, VFIO_DRIVER), { timeoutMs: record.bindTimeoutMs });
+    }
+  } finally {
+    const loaded = loadedModules(ctx.host).filter((name) => !before.has(name));
+    ctx.update({ ...record, modules: loaded });
+    ctx.claims.take(record.claim, { modules: loaded });
+  }
+}
+
+interface BindRecord extends UndoRecord {
+  action: "bind-vfio";
+  address: string;
+  group: string;
+  /** The driver to return to; null: the device had none. */
+  driver: string | null;
+  /** driver_override before vmhook; null: none. */
+  override: string | null;
+  /** The driver's module is unloaded here and loaded again by a later undo, which brings the device back. */
+  moduleReloaded: boolean;
+  bindTimeoutMs: number;
+}
+
+function bindToVfio(record: BindRecord, ctx: BaseContext): void {
   const { host } = ctx;
+  const { address, group, bindTimeoutMs: timeoutMs } = record;
   host.write(pciPath(address, "driver_override"), VFIO_DRIVER);
   if (pciDriver(host, address) !== undefined) host.write(pciPath(address, "driver/unbind"), address);
   host.write("/sys/bus/pci/drivers_probe", address);
@@ -128,12 +210,9 @@ function didNotComeBack(host: Host, address: string, driver: string): VmhookErro
 }
 
 /** Back from vfio-pci: unbind, restore driver_override, reprobe (or bind the recorded driver), verify. */
-export function rebindDevice(ctx: BaseContext, record: UndoRecord): void {
+function rebindDevice(record: BindRecord, ctx: BaseContext): void {
   const { host } = ctx;
-  const address = checkedAddress(record);
-  const driver = checkedDriver(record.driver);
-  const override = record.override === null || record.override === undefined ? null : String(record.override);
-  const timeoutMs = Number(record.bindTimeoutMs) || 10_000;
+  const { address, driver, override, bindTimeoutMs: timeoutMs } = record;
   if (!pciExists(host, address)) {
     throw new VmhookError(`vfio: ${address} is gone from the PCI bus; run echo 1 > /sys/bus/pci/rescan, then vmhook recover`);
   }
@@ -142,7 +221,14 @@ export function rebindDevice(ctx: BaseContext, record: UndoRecord): void {
   host.write(pciPath(address, "driver_override"), override ?? "\n");
   if (driver === null || pciDriver(host, address) === driver) return;
   if (!pciDriverRegistered(host, driver)) {
-    // A record without moduleReloaded (an older journal): as before, a later undo reloads the module.
+    // Its module is unloaded for a VM (this one or another): the last of them brings the device back with it.
+    const claim = claimProviding(ctx, driver);
+    if (claim) {
+      ctx.claims.addWaiting(claim, { address, driver });
+      ctx.log.info(`vfio: ${address} waits for driver ${driver}: ${claim} is loaded again when the last VM that needs it unloaded is released`);
+      return;
+    }
+    // A record without moduleReloaded (a journal from before the claims ledger): a later undo reloads the module.
     if (record.moduleReloaded !== false) {
       ctx.log.info(`vfio: ${address} waits for driver ${driver}, whose module is loaded again later`);
       return;
@@ -160,24 +246,34 @@ export function rebindDevice(ctx: BaseContext, record: UndoRecord): void {
   }
 }
 
-/** A module unloaded at prepare: load it again; its driver's devices must come back. */
-export function loadModule(ctx: BaseContext, record: UndoRecord): void {
-  const module = checkedDriver(record.module);
-  if (!module) return;
+/**
+ * A module unloaded at prepare: load it again once no other VM needs it
+ * unloaded; then its driver's devices must come back, this VM's and those
+ * of VMs released meanwhile (they wait in the claim).
+ */
+function loadModule(record: UnloadRecord, ctx: BaseContext): void {
+  const { module, devices: ownDevices } = record;
+  const claim = moduleClaim(module);
+  const others = ctx.claims.others(claim);
+  if (others.length > 0) {
+    for (const device of ownDevices) ctx.claims.addWaiting(claim, device);
+    ctx.claims.drop(claim);
+    ctx.log.info(`vfio: module ${module} stays unloaded: ${others.length} other VM(s) need it so`);
+    return;
+  }
+  const waiting = (ctx.claims.get(claim)?.waiting ?? []).map((device) => ({ address: checkedAddress(device as UndoRecord), driver: checkedDriver((device as UndoRecord).driver)! }));
   if (!moduleLoaded(ctx.host, module)) ctx.run("modprobe", [module], { timeoutMs: 60_000 });
-  const devices = (record.devices as { address: string; driver: string }[] | undefined) ?? [];
-  for (const device of devices) {
-    const address = checkedAddress(device);
-    const driver = checkedDriver(device.driver)!;
-    // Still on vfio-pci: its own undo failed and says so; do not report it twice.
-    if (pciDriver(ctx.host, address) === VFIO_DRIVER) continue;
+  for (const { address, driver } of [...ownDevices, ...waiting]) {
+    // Still on vfio-pci: its own undo failed and says so, or a VM took it again; do not report it twice.
+    if (!pciExists(ctx.host, address) || pciDriver(ctx.host, address) === VFIO_DRIVER) continue;
     if (pciDriver(ctx.host, address) === undefined) ctx.host.write("/sys/bus/pci/drivers_probe", address);
     try {
-      ctx.waitFor(`${address} is bound to ${driver}`, () => pciDriver(ctx.host, address) === driver, { timeoutMs: Number(record.bindTimeoutMs) || 10_000 });
+      ctx.waitFor(`${address} is bound to ${driver}`, () => pciDriver(ctx.host, address) === driver, { timeoutMs: record.bindTimeoutMs });
     } catch {
       throw didNotComeBack(ctx.host, address, driver);
     }
   }
+  ctx.claims.drop(claim);
 }
 
 /**
@@ -186,8 +282,25 @@ export function loadModule(ctx: BaseContext, record: UndoRecord): void {
  * vfio_iommu_type1 while another VM's QEMU holds a container: a use that only
  * refcnt shows, not holders/).
  */
-export function unloadModules(ctx: BaseContext, record: UndoRecord): void {
-  let remaining = ((record.modules as string[] | undefined) ?? []).map((module) => checkedDriver(module)!).filter((module) => moduleLoaded(ctx.host, module));
+function unloadModules(record: LoadRecord, ctx: BaseContext): void {
+  let modules = record.modules;
+  const claim = record.claim === "" ? undefined : record.claim;
+  if (claim) {
+    const others = ctx.claims.others(claim);
+    if (others.length > 0) {
+      ctx.claims.drop(claim);
+      ctx.log.info(`vfio: leaving module(s) ${modules.join(", ") || claim.slice("loaded:".length)} loaded: ${others.length} other VM(s) use them`);
+      return;
+    }
+    const claimed = ((ctx.claims.get(claim)?.original as { modules?: unknown[] } | null)?.modules ?? []).map((module) => checkedDriver(module)!);
+    modules = [...new Set([...modules, ...claimed])];
+  }
+  unloadUnused(ctx, modules);
+  if (claim) ctx.claims.drop(claim);
+}
+
+function unloadUnused(ctx: BaseContext, modules: string[]): void {
+  let remaining = modules.filter((module) => moduleLoaded(ctx.host, module));
   const stillUsed = (module: string) =>
     Number(ctx.host.readTrimmed(`/sys/module/${module}/refcnt`) ?? 0) > 0 ||
     (module === "vfio_pci" && ctx.host.list(`${PCI_DRIVERS}/${VFIO_DRIVER}`).some((entry) => PATTERNS.pciAddress.test(entry)));
@@ -218,3 +331,51 @@ function usersFirst(host: Host, modules: string[]): string[] {
   }
   return order;
 }
+
+// ---- records from the journal, checked before any undo (vmhook 0.1 named them by their undo) ----
+
+const timeout = (value: unknown) => (Number.isSafeInteger(value) && (value as number) > 0 ? (value as number) : 10_000);
+
+function checkUnload(record: UndoRecord): UnloadRecord {
+  if (record.action !== "unload-module" && record.action !== "load-module") throw new VmhookError(`vfio: not an unload-module record: ${record.action}`);
+  const devices = Array.isArray(record.devices) ? record.devices : [];
+  const watched = (record.watched ?? { files: [], framebuffers: false, nvidia: false }) as unknown as Watched;
+  return {
+    action: "unload-module",
+    module: checkedDriver(record.module) ?? "",
+    devices: devices.map((device) => ({ address: checkedAddress(device as UndoRecord), driver: checkedDriver((device as UndoRecord).driver)! })),
+    bindTimeoutMs: timeout(record.bindTimeoutMs),
+    watched,
+  };
+}
+
+function checkLoad(record: UndoRecord): LoadRecord {
+  if (record.action !== "load-modules" && record.action !== "unload-modules") throw new VmhookError(`vfio: not a load-modules record: ${record.action}`);
+  const claim = record.claim === undefined ? "" : String(record.claim);
+  if (claim !== "" && !/^loaded:[a-z0-9_]{1,64}$/.test(claim)) throw new VmhookError(`vfio: the journal names claim ${JSON.stringify(record.claim)}, which is not a loaded-module claim`);
+  const module = record.module === undefined || record.module === "" ? "" : checkedDriver(record.module)!;
+  const modules = (Array.isArray(record.modules) ? record.modules : []).map((name) => checkedDriver(name)!);
+  return { action: "load-modules", module, modules, claim, bindTimeoutMs: timeout(record.bindTimeoutMs) };
+}
+
+function checkBind(record: UndoRecord): BindRecord {
+  if (record.action !== "bind-vfio" && record.action !== "rebind-device") throw new VmhookError(`vfio: not a bind-vfio record: ${record.action}`);
+  const override = record.override === null || record.override === undefined ? null : String(record.override);
+  if (override !== null && !PATTERNS.moduleName.test(override)) throw new VmhookError(`vfio: the journal names driver_override "${override}", which is not a driver name`);
+  const group = record.group === undefined ? "" : String(record.group);
+  if (!/^\d{0,6}$/.test(group)) throw new VmhookError(`vfio: the journal names IOMMU group "${group}", which is not a group number`);
+  return {
+    action: "bind-vfio",
+    address: checkedAddress(record),
+    group,
+    driver: checkedDriver(record.driver),
+    override,
+    // A record without moduleReloaded (a journal from before it): a later undo reloads the module.
+    moduleReloaded: record.moduleReloaded !== false,
+    bindTimeoutMs: timeout(record.bindTimeoutMs),
+  };
+}
+
+export const unloadModuleAction = defineAction<UnloadRecord>({ check: checkUnload, apply: unloadModule, undo: loadModule });
+export const loadModulesAction = defineAction<LoadRecord>({ check: checkLoad, apply: loadModules, undo: unloadModules });
+export const bindVfioAction = defineAction<BindRecord>({ check: checkBind, apply: bindToVfio, undo: rebindDevice });

@@ -10,25 +10,48 @@
 // libvirt (virPCIDeviceBindToStub), so at shutdown libvirt skips its reattach
 // and release brings it back. Each undo still checks what is already back
 // (virsh nodedev-reattach may have run).
-import { VmhookError } from "../../lib/errors.ts";
 import { pciDriver } from "../../lib/pci.ts";
-import { definePlugin, type UndoRecord, type BaseContext } from "../../lib/plugin.ts";
+import { definePlugin, type PlanContext, type Step } from "../../lib/plugin.ts";
 import { parseVfioConfig, readVfioSettings, type VfioConfig } from "./config.ts";
-import { bindFramebuffer, bindVtconsole, findDisplayManager, runStartCommand, stopDisplayManager, unbindConsoles, waitUntilGpuFree } from "./display.ts";
-import { helperServices, loadModule, rebindDevice, takeOverDevices, unloadModules } from "./driver.ts";
+import { consoleSteps, displayManagerSteps, findDisplayManager, stopDisplayManagerAction, unbindFramebufferAction, unbindVtconsoleAction, waitGpuFreeAction, waitGpuFreeStep } from "./display.ts";
+import { bindVfioAction, helperServices, loadModulesAction, stoppedHelpers, takeOverSteps, unloadModuleAction } from "./driver.ts";
 import { refuseOtherHolders } from "./refuse.ts";
 import { survey, VFIO_DRIVER } from "./survey.ts";
-import { startUnit, stopUnit } from "./units.ts";
+import { keepStoppedSteps, stopUnitAction, stopUnitStep } from "./units.ts";
 
-const UNDO: Record<string, (ctx: BaseContext, record: UndoRecord) => void> = {
-  "start-unit": startUnit,
-  "run-start-command": runStartCommand,
-  "bind-vtconsole": bindVtconsole,
-  "bind-framebuffer": bindFramebuffer,
-  "load-module": loadModule,
-  "unload-modules": unloadModules,
-  "rebind-device": rebindDevice,
-};
+/**
+ * Reads the host and refuses what cannot work (IOMMU groups, users of the GPU
+ * outside what is stopped first), then the steps in order: the display
+ * manager and helper services stop, the GPU becomes free, consoles and
+ * firmware framebuffers let go, modules go, devices move.
+ */
+function planPrepare(ctx: PlanContext<VfioConfig>): Step[] {
+  const settings = readVfioSettings(ctx.settings);
+  const found = survey(ctx.host, ctx.config);
+  const displayManager = found.singleGpu ? findDisplayManager(ctx, ctx.config, settings) : undefined;
+  const helpers = helperServices(ctx, found, settings);
+  // Users of the GPU fail the start now, before any step, unless they belong to what is stopped first.
+  refuseOtherHolders(ctx, found, displayManager, helpers);
+  ctx.log.info(`vfio: devices ${found.devices.map((device) => `${device.address} (${device.driver ?? "no driver"})`).join(", ")}; single-GPU mode ${found.singleGpu ? "on" : "off"}`);
+
+  return [
+    ...(found.singleGpu ? displayManagerSteps(ctx, displayManager, settings) : []),
+    ...helpers.map((unit) => stopUnitStep(unit, settings.stopTimeoutSeconds * 1000)),
+    ...keepStoppedSteps(ctx, stoppedHelpers(ctx, found, settings, helpers)),
+    ...(found.holders.length > 0 ? [waitGpuFreeStep(found, settings)] : []),
+    ...(found.singleGpu ? consoleSteps(ctx) : []),
+    ...takeOverSteps(ctx, found, settings),
+  ];
+}
+
+/** libvirtd restarted while the VM runs: the devices the journal moved must still be on vfio-pci. */
+function planReconnect(ctx: PlanContext<VfioConfig>): Step[] {
+  for (const record of ctx.records.filter((record) => record.action === "bind-vfio" || record.action === "rebind-device")) {
+    const driver = pciDriver(ctx.host, String(record.address));
+    if (driver !== VFIO_DRIVER) ctx.log.warn(`vfio: ${record.address} should be on vfio-pci while ${ctx.domain.name} runs, but is on ${driver ?? "no driver"}`);
+  }
+  return [];
+}
 
 export default definePlugin<VfioConfig>({
   name: "vfio",
@@ -40,34 +63,23 @@ export default definePlugin<VfioConfig>({
   // two VMs starting (or one starting while another releases) take turns, so
   // vfio-pci is loaded once and never unloaded under a VM that is binding to it.
   shared: true,
-
-  async prepare(ctx) {
-    const settings = readVfioSettings(ctx.settings);
-    const found = survey(ctx.host, ctx.config);
-    const displayManager = found.singleGpu ? findDisplayManager(ctx, ctx.config, settings) : undefined;
-    const helpers = helperServices(ctx, found, settings);
-    // Users of the GPU fail the start now, before anything stops, unless they belong to what is stopped first.
-    refuseOtherHolders(ctx, found, displayManager, helpers);
-    ctx.log.info(`vfio: devices ${found.devices.map((device) => `${device.address} (${device.driver ?? "no driver"})`).join(", ")}; single-GPU mode ${found.singleGpu ? "on" : "off"}`);
-
-    if (found.singleGpu) await stopDisplayManager(ctx, displayManager, settings);
-    for (const unit of helpers) await stopUnit(ctx, unit, settings.stopTimeoutSeconds * 1000);
-    if (found.holders.length > 0) waitUntilGpuFree(ctx, found, settings);
-    if (found.singleGpu) await unbindConsoles(ctx);
-    await takeOverDevices(ctx, found, settings);
-  },
-
-  /** libvirtd restarted while the VM runs: the devices the journal moved must still be on vfio-pci. */
-  reconnect(ctx) {
-    for (const record of ctx.records.filter((record) => record.action === "rebind-device")) {
-      const driver = pciDriver(ctx.host, String(record.address));
-      if (driver !== VFIO_DRIVER) ctx.log.warn(`vfio: ${record.address} should be on vfio-pci while ${ctx.domain.name} runs, but is on ${driver ?? "no driver"}`);
-    }
-  },
-
-  undo(record, ctx) {
-    const undo = UNDO[record.action];
-    if (!undo) throw new VmhookError(`vfio: the journal holds an unknown change "${record.action}"; was it written by a newer vmhook?`);
-    undo(ctx, record);
+  plan: { prepare: planPrepare, reconnect: planReconnect },
+  actions: {
+    "stop-unit": stopUnitAction,
+    "stop-display-manager": stopDisplayManagerAction,
+    "wait-gpu-free": waitGpuFreeAction,
+    "unbind-vtconsole": unbindVtconsoleAction,
+    "unbind-framebuffer": unbindFramebufferAction,
+    "unload-module": unloadModuleAction,
+    "load-modules": loadModulesAction,
+    "bind-vfio": bindVfioAction,
+    // vmhook 0.1 named each record by its undo; its journals still undo.
+    "start-unit": stopUnitAction,
+    "run-start-command": stopDisplayManagerAction,
+    "bind-vtconsole": unbindVtconsoleAction,
+    "bind-framebuffer": unbindFramebufferAction,
+    "load-module": unloadModuleAction,
+    "unload-modules": loadModulesAction,
+    "rebind-device": bindVfioAction,
   },
 });

@@ -39,7 +39,7 @@ export interface Survey {
   devices: Device[];
   singleGpu: boolean;
   /** The device files whose users block the handover. */
-  watched: (file: string) => boolean;
+  watched: Watched;
   /** Processes holding them now. */
   holders: Holder[];
   /** Loaded modules to unload, users before what they use. */
@@ -52,7 +52,7 @@ export function survey(host: Host, config: VfioConfig): Survey {
   const singleGpu = isSingleGpu(host, config, devices);
   const unload = unloadOrder(host, modulesToUnload(host, config, devices));
   const watched = watchedFiles(host, devices, singleGpu, unload.includes("nvidia"));
-  return { devices, singleGpu, watched, holders: processesHolding(host, watched), unload };
+  return { devices, singleGpu, watched, holders: processesHolding(host, isWatched(watched)), unload };
 }
 
 function expandDevices(host: Host, config: VfioConfig): Device[] {
@@ -113,18 +113,32 @@ function isSingleGpu(host: Host, config: VfioConfig, devices: Device[]): boolean
   return bootGpu && otherDisplays.length === 0;
 }
 
+/** The device files whose users block the handover, as data: it is journaled with the steps that wait for them. */
+export type Watched = {
+  /** The GPUs' DRM and fbdev nodes and NVIDIA's /dev/nvidiaN. */
+  files: string[];
+  /** Every framebuffer (single-GPU mode). */
+  framebuffers: boolean;
+  /** Every /dev/nvidia* (the nvidia module is to go). */
+  nvidia: boolean;
+};
+
 /**
  * The GPUs' DRM and fbdev nodes and NVIDIA's /dev/nvidiaN (its minor from
  * /proc/driver/nvidia); every framebuffer in single-GPU mode; every
  * /dev/nvidia* when the nvidia module is to go.
  */
-function watchedFiles(host: Host, devices: Device[], singleGpu: boolean, nvidiaUnloads: boolean): (file: string) => boolean {
+function watchedFiles(host: Host, devices: Device[], singleGpu: boolean, nvidiaUnloads: boolean): Watched {
   const nodes = new Set(devices.flatMap((device) => pciDeviceNodes(host, device.address)));
   for (const device of devices.filter((device) => device.driver === "nvidia")) {
     const minor = /Device Minor:\s*(\d+)/.exec(host.readTrimmed(`/proc/driver/nvidia/gpus/${device.address}/information`) ?? "")?.[1];
     if (minor) nodes.add(`/dev/nvidia${minor}`);
   }
-  return (file) => nodes.has(file) || (singleGpu && /^\/dev\/fb\d+$/.test(file)) || (nvidiaUnloads && file.startsWith("/dev/nvidia"));
+  return { files: [...nodes].sort(), framebuffers: singleGpu, nvidia: nvidiaUnloads };
+}
+
+export function isWatched(watched: Watched): (file: string) => boolean {
+  return (file) => watched.files.includes(file) || (watched.framebuffers && /^\/dev\/fb\d+$/.test(file)) || (watched.nvidia && file.startsWith("/dev/nvidia"));
 }
 
 /** Every process with one of the files open (from /proc/PID/fd), named by pid and command. */

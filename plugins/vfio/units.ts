@@ -1,7 +1,16 @@
 // systemd units the handover stops and starts again: the display manager in
 // single-GPU mode, helper services such as nvidia-persistenced.
 import { VmhookError } from "../../lib/errors.ts";
-import type { BaseContext, PluginContext, UndoRecord } from "../../lib/plugin.ts";
+import { defineAction, type BaseContext, type Step, type UndoRecord } from "../../lib/plugin.ts";
+import { PATTERNS } from "../../lib/validate.ts";
+
+/** A unit name from the journal: it becomes an argument of systemctl, so it must look like one (and not like an option). */
+export function checkedUnit(value: unknown): string {
+  if (typeof value !== "string" || !PATTERNS.unitName.test(value) || value.startsWith("-")) {
+    throw new VmhookError(`vfio: the journal names unit ${JSON.stringify(value)}, which is not a systemd unit name; inspect the journal`);
+  }
+  return value;
+}
 
 export const systemdRuns = (ctx: BaseContext) => ctx.host.exists("/run/systemd/system");
 
@@ -20,17 +29,58 @@ export function unitProcesses(ctx: BaseContext, unit: string): string[] {
   return (ctx.host.readTrimmed(`/sys/fs/cgroup${cgroup}/cgroup.procs`) ?? "").split("\n").filter(Boolean);
 }
 
-/** Stops a running unit, journaled so it is started again, and waits until its processes are gone. */
-export async function stopUnit(ctx: PluginContext<unknown>, unit: string, timeoutMs: number): Promise<void> {
-  await ctx.step(`stop ${unit}`, { action: "start-unit", unit }, () => {
-    ctx.run("systemctl", ["stop", unit], { timeoutMs });
-    ctx.waitFor(`the processes of ${unit} are gone`, () => unitProcesses(ctx, unit).length === 0, { timeoutMs });
-  });
+interface StopUnitRecord extends UndoRecord {
+  action: "stop-unit";
+  unit: string;
+  timeoutMs: number;
+  /** Stopped already for another VM: this VM only shares the claim, so the unit stays stopped until the last of them is released. */
+  alreadyStopped: boolean;
 }
 
-export function startUnit(ctx: BaseContext, record: UndoRecord): void {
-  const unit = String(record.unit);
-  if (unitActive(ctx, unit)) return;
-  ctx.run("systemctl", ["start", unit], { timeoutMs: 60_000 });
-  if (!unitActive(ctx, unit)) throw new VmhookError(`${unit} did not start again; see systemctl status ${unit}`);
+/** The ledger key of a unit vmhook keeps stopped (lib/claims.ts). */
+const unitClaim = (unit: string) => `unit:${unit}`;
+
+/** A running unit to stop: started again at release (by the last VM that needed it stopped). */
+export function stopUnitStep(unit: string, timeoutMs: number): Step<StopUnitRecord> {
+  return { action: "stop-unit", record: { action: "stop-unit", unit, timeoutMs, alreadyStopped: false }, description: `stop ${unit}` };
 }
+
+/** Units vmhook stopped for another VM that this VM needs stopped too: it joins their claims. */
+export function keepStoppedSteps(ctx: BaseContext, units: string[]): Step<StopUnitRecord>[] {
+  return units
+    .filter((unit) => ctx.claims.get(unitClaim(unit)))
+    .map((unit) => ({ action: "stop-unit", record: { action: "stop-unit", unit, timeoutMs: 0, alreadyStopped: true }, description: `keep ${unit} stopped (stopped for another VM)` }));
+}
+
+/** Stops the unit and waits until its processes are gone; claimed first, so the last VM released starts it again. */
+function stopUnit(record: StopUnitRecord, ctx: BaseContext): void {
+  ctx.claims.take(unitClaim(record.unit), "active");
+  if (record.alreadyStopped) return;
+  ctx.run("systemctl", ["stop", record.unit], { timeoutMs: record.timeoutMs });
+  ctx.waitFor(`the processes of ${record.unit} are gone`, () => unitProcesses(ctx, record.unit).length === 0, { timeoutMs: record.timeoutMs });
+}
+
+function startUnit(record: StopUnitRecord, ctx: BaseContext): void {
+  const { unit } = record;
+  const claim = unitClaim(unit);
+  const others = ctx.claims.others(claim);
+  if (others.length > 0) {
+    ctx.claims.drop(claim);
+    ctx.log.info(`vfio: ${unit} stays stopped: ${others.length} other VM(s) need it so`);
+    return;
+  }
+  if (!unitActive(ctx, unit)) {
+    ctx.run("systemctl", ["start", unit], { timeoutMs: 60_000 });
+    if (!unitActive(ctx, unit)) throw new VmhookError(`${unit} did not start again; see systemctl status ${unit}`);
+  }
+  ctx.claims.drop(claim);
+}
+
+/** vmhook 0.1 named the record by its undo (start-unit) and kept no timeout. */
+function checkStopUnit(record: UndoRecord): StopUnitRecord {
+  if (record.action !== "stop-unit" && record.action !== "start-unit") throw new VmhookError(`vfio: not a stop-unit record: ${record.action}`);
+  const timeoutMs = Number.isSafeInteger(record.timeoutMs) && (record.timeoutMs as number) >= 0 ? (record.timeoutMs as number) : 20_000;
+  return { action: "stop-unit", unit: checkedUnit(record.unit), timeoutMs, alreadyStopped: record.alreadyStopped === true };
+}
+
+export const stopUnitAction = defineAction<StopUnitRecord>({ check: checkStopUnit, apply: stopUnit, undo: startUnit });

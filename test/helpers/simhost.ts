@@ -98,7 +98,8 @@ export class SimHost extends RootedHost {
       for (const entry of fs.readdirSync(dir, { withFileTypes: true })) {
         const real = path.join(dir, entry.name);
         const hostPath = `/${path.relative(this.root, real)}`;
-        if (hostPath.startsWith("/run/vmhook") || hostPath.startsWith("/var/log")) continue;
+        // vmhook's own state (and /run, which holding it may create) is not host state.
+        if (hostPath === "/run" || hostPath.startsWith("/run/vmhook") || hostPath.startsWith("/var/log")) continue;
         if (entry.isSymbolicLink()) result[hostPath] = `-> ${fs.readlinkSync(real)}`;
         else if (entry.isDirectory()) {
           result[hostPath] = "<dir>";

@@ -341,6 +341,8 @@ export async function bootGuest(options: GuestOptions = {}): Promise<Guest> {
       "-m", `${options.memoryMiB ?? (rootImage ? 1536 : 1024)}M`, "-smp", `${options.smp ?? 2}`, ...desktopArgs,
       "-display", "none", "-monitor", "none", "-nic", "none", "-no-reboot",
       "-kernel", kernel.vmlinuz, "-initrd", initramfs,
+      // no_timer_check: under TCG on a loaded host the IO-APIC timer check can
+      // miss its window and the kernel panics at boot ("timer doesn't work").
       "-append", `intel_iommu=on console=ttyS0 panic=-1 quiet no_timer_check ${options.append ?? ""}`.trim(),
       "-serial", `file:${consoleLog}`, "-chardev", `socket,id=cmd,path=${socketPath}`, "-serial", "chardev:cmd",
       ...(options.qemuArgs ?? []),

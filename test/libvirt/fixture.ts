@@ -20,11 +20,11 @@ import { fileURLToPath } from "node:url";
 import { suite } from "uvu";
 import * as assert from "uvu/assert";
 
-const REPO = fileURLToPath(new URL("../..", import.meta.url));
+export const REPO = fileURLToPath(new URL("../..", import.meta.url));
 const BUILT = path.join(REPO, "dist/vmhook");
-const HOOK = "/etc/libvirt/hooks/qemu";
-const SAVED_HOOK_LAUNCHER = "/etc/libvirt/hooks/qemu.d/vmhook-saved-qemu-hook";
-const CLI_LINK = "/usr/local/bin/vmhook";
+export const HOOK = "/etc/libvirt/hooks/qemu";
+export const SAVED_HOOK_LAUNCHER = "/etc/libvirt/hooks/qemu.d/vmhook-saved-qemu-hook";
+export const CLI_LINK = "/usr/local/bin/vmhook";
 const LOG = "/var/log/vmhook.log";
 const STATE_DIR = "/run/vmhook";
 /** The pool of the default huge page size (2M on x86-64), which <vmhook:hugepages size="2M"/> grows. */
@@ -42,7 +42,7 @@ interface Result {
 }
 
 /** Runs a program to its end (killed after timeoutMs); never throws for a non-zero exit. */
-function run(command: string, args: string[], timeoutMs = 60_000): Promise<Result> {
+export function run(command: string, args: string[], timeoutMs = 60_000): Promise<Result> {
   return new Promise((resolve) => {
     const child = spawn(command, args, { stdio: ["ignore", "pipe", "pipe"] });
     let stdout = "";
@@ -117,7 +117,7 @@ async function startDaemon(daemon: { name: string; socket: string }): Promise<vo
  * libvirt backs guest memory with huge pages only from a hugetlbfs mount
  * that it found when it started: mount one, then restart a running libvirtd.
  */
-async function mountHugetlbfs(): Promise<void> {
+export async function mountHugetlbfs(): Promise<void> {
   if (fs.readFileSync("/proc/mounts", "utf8").includes(" hugetlbfs ")) return;
   fs.mkdirSync("/dev/hugepages", { recursive: true });
   const mounted = await run("mount", ["-t", "hugetlbfs", "hugetlbfs", "/dev/hugepages"]);
@@ -125,7 +125,7 @@ async function mountHugetlbfs(): Promise<void> {
   if (pidsOf(LIBVIRTD.name).length > 0) await restartLibvirtd();
 }
 
-async function startLibvirt(): Promise<void> {
+export async function startLibvirt(): Promise<void> {
   const missing = ["virsh", "libvirtd", "virtlogd", "qemu-system-x86_64"].filter((program) => !findProgram(program));
   if (missing.length > 0) {
     throw new Error(`${missing.join(", ")} not found: apt-get install libvirt-daemon-system libvirt-clients qemu-system-x86 (as .ci/run does)`);
@@ -234,7 +234,7 @@ export async function defineDomain(name: string, options: DomainOptions = {}): P
   return domain;
 }
 
-async function removeTestDomains(): Promise<void> {
+export async function removeTestDomains(): Promise<void> {
   const names = (await virshOk("list", "--all", "--name")).split("\n").filter((name) => name.startsWith(DOMAIN_PREFIX));
   await Promise.all(
     names.map(async (name) => {
@@ -247,7 +247,7 @@ async function removeTestDomains(): Promise<void> {
 // ---- the marker hook: what was at /etc/libvirt/hooks/qemu before vmhook
 
 const markerLog = () => path.join(scratchDir(), "marker.log");
-const markerScript = () => `#!/bin/sh\n# vmhook test: the hook that was here before vmhook\necho "$1 $2 $3" >> ${markerLog()}\n`;
+export const markerScript = () => `#!/bin/sh\n# vmhook test: the hook that was here before vmhook\necho "$1 $2 $3" >> ${markerLog()}\n`;
 
 /** The events the marker hook saw for a domain, e.g. ["prepare begin", "start begin", ...]. */
 export function markerEvents(domain: TestDomain): string[] {
@@ -275,12 +275,7 @@ async function setUp(saved: Saved): Promise<void> {
   // What an interrupted run left: its domains, and vmhook over its marker hook.
   await removeTestDomains();
   await run(binary(), ["uninstall", "--force"]);
-  if (fs.existsSync(HOOK)) {
-    saved.ownHook = path.join(scratchDir(), "own-hook");
-    fs.renameSync(HOOK, saved.ownHook);
-  }
-  fs.mkdirSync(path.dirname(HOOK), { recursive: true });
-  fs.writeFileSync(HOOK, markerScript(), { mode: 0o755 });
+  saved.ownHook = putMarkerHook();
 
   const installed = await run(binary(), ["install"]);
   assert.is(installed.code, 0, `vmhook install failed: ${installed.stderr}`);
@@ -292,12 +287,29 @@ async function setUp(saved: Saved): Promise<void> {
   await waitForHooks();
 }
 
+/** Puts the marker hook in place, setting aside a hook already there (returned: give it to removeMarkerHook). */
+export function putMarkerHook(): string | undefined {
+  let ownHook: string | undefined;
+  if (fs.existsSync(HOOK)) {
+    ownHook = path.join(scratchDir(), "own-hook");
+    fs.renameSync(HOOK, ownHook);
+  }
+  fs.mkdirSync(path.dirname(HOOK), { recursive: true });
+  fs.writeFileSync(HOOK, markerScript(), { mode: 0o755 });
+  return ownHook;
+}
+
+export function removeMarkerHook(ownHook: string | undefined): void {
+  if (fs.existsSync(HOOK) && fs.readFileSync(HOOK, "utf8") === markerScript()) fs.rmSync(HOOK);
+  if (ownHook) fs.renameSync(ownHook, HOOK);
+}
+
 /**
  * libvirtd picks up the new hook on SIGHUP, in a thread of its own: start a
  * domain until the marker hook (run from qemu.d/) sees it, so no test races
  * the reload.
  */
-async function waitForHooks(): Promise<void> {
+export async function waitForHooks(): Promise<void> {
   const probe = await defineDomain("probe");
   await waitUntil("libvirtd runs the installed hooks", async () => {
     await virshOk("start", probe.name);
@@ -317,20 +329,21 @@ async function uninstallRestoresPreviousHook(): Promise<void> {
   assert.not.ok(fs.existsSync(CLI_LINK), `${CLI_LINK} is still there`);
 }
 
-/** Best effort, whatever failed before: reports what it could not undo, never throws (uvu would lose the report). */
+/** A cleanup step, whatever failed before: reports what it could not undo, never throws (uvu would lose the report). */
+export async function attemptCleanup(who: string, what: string, action: () => unknown): Promise<void> {
+  try {
+    await action();
+  } catch (error) {
+    console.error(`${who}: cleanup could not ${what}: ${(error as Error).message}`);
+  }
+}
+
 async function tearDown(saved: Saved): Promise<void> {
-  const attempt = async (what: string, action: () => unknown) => {
-    try {
-      await action();
-    } catch (error) {
-      console.error(`libvirt fixture: cleanup could not ${what}: ${(error as Error).message}`);
-    }
-  };
+  const attempt = (what: string, action: () => unknown) => attemptCleanup("libvirt fixture", what, action);
   await attempt("remove the test domains", removeTestDomains);
   await attempt("uninstall vmhook", async () => {
     await run(binary(), ["uninstall", "--force"]);
-    if (fs.existsSync(HOOK) && fs.readFileSync(HOOK, "utf8") === markerScript()) fs.rmSync(HOOK);
-    if (saved.ownHook) fs.renameSync(saved.ownHook, HOOK);
+    removeMarkerHook(saved.ownHook);
   });
   await attempt("restore the huge page pool", () => {
     if (hugepages() !== saved.pool) {
@@ -338,7 +351,11 @@ async function tearDown(saved: Saved): Promise<void> {
       setHugepages(saved.pool);
     }
   });
-  await attempt("remove the scratch directory", () => scratch && fs.rmSync(scratch, { recursive: true, force: true }));
+  await attempt("remove the scratch directory", removeScratchDir);
+}
+
+export function removeScratchDir(): void {
+  if (scratch) fs.rmSync(scratch, { recursive: true, force: true });
   scratch = undefined;
 }
 

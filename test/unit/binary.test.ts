@@ -227,7 +227,7 @@ test("CLI plan lists the steps and changes nothing", () => {
     assert.is(text.code, 0, text.stderr);
     assert.is(text.stdout, "prepare of vm would take 1 step(s):\n  1. hugepages: grow the 2M pool by 512 pages\n");
     const json = JSON.parse(run(vmhook, ["plan", "--json", "-"], domain(), t.root).stdout);
-    assert.equal(json.steps[0].undo, { action: "grow-pool", sizeKiB: 2048, node: null, added: 0, returned: 0 });
+    assert.equal(json.steps[0].record, { action: "grow-pool", sizeKiB: 2048, node: null, pages: 512, added: 0, returned: 0 });
     assert.is(t.pool(), 0);
     assert.not.ok(fs.existsSync(t.journal));
   } finally {
@@ -338,6 +338,151 @@ test("hook mode, hard deadline on reconnect: the hook is ended with exit 0 (a fa
     assert.equal([reconnect.code, reconnect.stdout], [0, ""]);
     assert.match(reconnect.stderr, /vmhook: reconnect begin of vm was killed after 6 s/);
     assert.ok(fs.existsSync(t.journal), "the journal is kept");
+  } finally {
+    t.cleanup();
+  }
+});
+
+test("defect 1, hook mode: a JS plugin step that never settles ends prepare with exit 1 at its time limit, naming plugin and step, its changes undone", () => {
+  const t = tree();
+  try {
+    fs.mkdirSync(path.join(t.root, "etc/vmhook/plugins.d"), { recursive: true });
+    fs.writeFileSync(path.join(t.root, "etc/vmhook/vmhook.json"), JSON.stringify({ plugins: { "plugin:hang": { timeoutSeconds: 1 } } }));
+    fs.writeFileSync(
+      path.join(t.root, "etc/vmhook/plugins.d/hang.mjs"),
+      `export default { name: "hang", summary: "never settles", parse: () => ({}),
+        async prepare(ctx) { await ctx.step("wait for ever", { action: "nothing" }, () => new Promise(() => {})); }, undo() {} };\n`,
+      { mode: 0o644 },
+    );
+    const result = run(t.link("hooks/qemu"), ["vm", "prepare", "begin", "-"], domain('<vmhook:hugepages/><vmhook:plugin name="hang"/>'), t.root);
+    assert.is(result.code, 1, result.stderr);
+    assert.is(result.stdout, "");
+    assert.is(firstLine(result.stderr), 'vmhook: plugin:hang did not finish prepare within 1 s (step "wait for ever") and was abandoned; make it finish, or raise "timeoutSeconds" under "plugins": {"plugin:hang": …} in /etc/vmhook/vmhook.json');
+    assert.match(result.stderr, "the host was left as it was (2 change(s) undone)");
+    assert.is(t.pool(), 0);
+    assert.not.ok(fs.existsSync(t.journal));
+  } finally {
+    t.cleanup();
+  }
+});
+
+test("defect 5, hook mode: /run/vmhook as a symlink is refused before anything changes; a symlink at the journal's place is never written through", () => {
+  const t = tree();
+  try {
+    const qemu = t.link("hooks/qemu");
+    fs.mkdirSync(path.join(t.root, "elsewhere"));
+    fs.mkdirSync(path.join(t.root, "run"), { recursive: true });
+    fs.symlinkSync(path.join(t.root, "elsewhere"), path.join(t.root, "run/vmhook"));
+    const refused = run(qemu, ["vm", "prepare", "begin", "-"], domain(), t.root);
+    assert.is(refused.code, 1);
+    assert.match(firstLine(refused.stderr), "vmhook: /run/vmhook is a symlink");
+    assert.equal([t.pool(), fs.readdirSync(path.join(t.root, "elsewhere"))], [0, []]);
+
+    fs.rmSync(path.join(t.root, "run/vmhook"));
+    fs.mkdirSync(path.join(t.root, "run/vmhook"), { mode: 0o700 });
+    fs.writeFileSync(path.join(t.root, "etc-shadow"), "secret\n");
+    fs.symlinkSync(path.join(t.root, "etc-shadow"), t.journal);
+    const planted = run(qemu, ["vm", "prepare", "begin", "-"], domain(), t.root);
+    assert.is(planted.code, 1);
+    assert.match(firstLine(planted.stderr), `journal /run/vmhook/${UUID}.json is a symlink`);
+    fs.rmSync(t.journal);
+    assert.is(run(qemu, ["vm", "prepare", "begin", "-"], domain(), t.root).code, 0);
+    assert.is(fs.readFileSync(path.join(t.root, "etc-shadow"), "utf8"), "secret\n");
+    assert.ok(fs.lstatSync(t.journal).isFile());
+    assert.is(fs.statSync(path.join(t.root, "run/vmhook")).mode & 0o777, 0o700);
+  } finally {
+    t.cleanup();
+  }
+});
+
+test("defect 3, hook mode: releasing one of two isolating VMs while the other's journal cannot be read keeps every CPU set and the entry", () => {
+  const t = tree();
+  try {
+    const file = (name: string, content: string, mode = 0o644) => {
+      fs.mkdirSync(path.dirname(path.join(t.root, name)), { recursive: true });
+      fs.writeFileSync(path.join(t.root, name), content, { mode });
+    };
+    file("proc/1/comm", "systemd\n");
+    file("sys/devices/system/cpu/present", "0-7\n");
+    file("sys/devices/system/cpu/online", "0-7\n");
+    file("sys/fs/cgroup/cgroup.controllers", "cpuset cpu memory\n");
+    // systemctl as the hook finds it under its root: keeps AllowedCPUs per unit in $VMHOOK_ROOT/units.
+    file("usr/bin/systemctl", `#!/bin/sh\nmkdir -p "$VMHOOK_ROOT/units"\ncase "$1" in\n  show) printf 'AllowedCPUs=%s\\n' "$(cat "$VMHOOK_ROOT/units/$4" 2>/dev/null)" ;;\n  set-property) printf '%s' "\${4#AllowedCPUs=}" > "$VMHOOK_ROOT/units/$3" ;;\nesac\n`, 0o755);
+    const allowed = () => ["system.slice", "user.slice", "init.scope"].map((unit) => fs.readFileSync(path.join(t.root, "units", unit), "utf8"));
+    const vm = (name: string, uuid: string, cpus: string) => `<domain type='kvm'><name>${name}</name><uuid>${uuid}</uuid><memory unit='MiB'>512</memory>
+      <cputune><vcpupin vcpu='0' cpuset='${cpus}'/></cputune>
+      <metadata><vmhook:hooks xmlns:vmhook="urn:vmhook:1"><vmhook:isolate/></vmhook:hooks></metadata></domain>`;
+    const uuidB = "d0d0d0d0-0000-4000-8000-0000000000d1";
+    const qemu = t.link("hooks/qemu");
+    assert.equal(run(qemu, ["vmA", "prepare", "begin", "-"], vm("vmA", UUID, "2"), t.root).code, 0);
+    assert.equal(run(qemu, ["vmB", "prepare", "begin", "-"], vm("vmB", uuidB, "4"), t.root).code, 0);
+    assert.equal(allowed(), ["0-1,3,5-7", "0-1,3,5-7", "0-1,3,5-7"]);
+    fs.writeFileSync(path.join(t.root, `run/vmhook/${uuidB}.json`), "{ half a journal");
+
+    const released = run(qemu, ["vmA", "release", "end", "-"], vm("vmA", UUID, "2"), t.root);
+    assert.equal([released.code, released.stdout], [0, ""]);
+    assert.is(firstLine(released.stderr), "vmhook: release of vmA: 1 change(s) could not be undone; see /var/log/vmhook.log, then run vmhook recover vmA");
+    assert.match(released.stderr, "vmhook cannot tell what the other VMs hold, so it changes no shared resource");
+    assert.equal(allowed(), ["0-1,3,5-7", "0-1,3,5-7", "0-1,3,5-7"], "vmB still runs: nothing was given back from a partial view");
+    assert.ok(fs.existsSync(t.journal), "the entry is kept for vmhook recover");
+  } finally {
+    t.cleanup();
+  }
+});
+
+test("defect 1, hook mode: work that can never finish (a plugin module whose top-level await never settles) ends prepare with exit 1, not 0", () => {
+  const t = tree();
+  try {
+    fs.mkdirSync(path.join(t.root, "etc/vmhook/plugins.d"), { recursive: true });
+    fs.writeFileSync(path.join(t.root, "etc/vmhook/plugins.d/stuck.mjs"), "await new Promise(() => {});\nexport default {};\n", { mode: 0o644 });
+    const result = run(t.link("hooks/qemu"), ["vm", "prepare", "begin", "-"], domain('<vmhook:plugin name="stuck"/>'), t.root);
+    assert.is(result.code, 1, result.stderr);
+    assert.is(result.stdout, "");
+    assert.is(firstLine(result.stderr), "vmhook: prepare begin of vm ended with its work unfinished (a promise that never settles); the journal is kept for release or vmhook recover");
+    assert.is(t.pool(), 0);
+  } finally {
+    t.cleanup();
+  }
+});
+
+test("defect 4, hook mode: VM A released while VM B keeps nvidia unloaded: A's card waits in the claims ledger, A's journal goes; an unreadable ledger stops a handover", () => {
+  const t = tree();
+  try {
+    const at = (name: string) => path.join(t.root, name);
+    const card = "0000:01:00.0";
+    const uuidB = "d0d0d0d0-0000-4000-8000-0000000000d2";
+    // sysfs as plain files: A's card on vfio-pci (group 1); nvidia not registered (B's prepare unloaded it).
+    for (const [file, content] of [["class", "0x030000"], ["vendor", "0x10de"], ["device", "0x2684"], ["boot_vga", "0"], ["driver_override", "vfio-pci"]]) {
+      fs.mkdirSync(at(`sys/bus/pci/devices/${card}`), { recursive: true });
+      fs.writeFileSync(at(`sys/bus/pci/devices/${card}/${file}`), `${content}\n`);
+    }
+    fs.mkdirSync(at("sys/bus/pci/drivers/vfio-pci"), { recursive: true });
+    fs.writeFileSync(at("sys/bus/pci/drivers/vfio-pci/unbind"), "");
+    fs.writeFileSync(at("sys/bus/pci/drivers_probe"), "");
+    fs.symlinkSync("../../../bus/pci/drivers/vfio-pci", at(`sys/bus/pci/devices/${card}/driver`));
+    fs.mkdirSync(at("sys/kernel/iommu_groups/1/devices"), { recursive: true });
+    fs.symlinkSync("../../../kernel/iommu_groups/1", at(`sys/bus/pci/devices/${card}/iommu_group`));
+    fs.symlinkSync(`../../../../bus/pci/devices/${card}`, at(`sys/kernel/iommu_groups/1/devices/${card}`));
+    fs.mkdirSync(at("run/vmhook"), { recursive: true, mode: 0o700 });
+    const bind = { action: "bind-vfio", address: card, group: "1", driver: "nvidia", override: null, moduleReloaded: false, bindTimeoutMs: 1000 };
+    const journal = { version: 1, domain: { name: "vm", uuid: UUID }, phase: "running", pid: 1, createdAt: "", updatedAt: "", entries: [{ plugin: "vfio", event: "prepare", description: `bind ${card} to vfio-pci (from nvidia)`, undo: bind, state: "applied", at: "" }] };
+    fs.writeFileSync(t.journal, JSON.stringify(journal));
+    const claims = at("run/vmhook/claims.json");
+    fs.writeFileSync(claims, JSON.stringify({ version: 1, claims: { "module:nvidia": { holders: [uuidB], original: { drivers: ["nvidia"] }, waiting: [] } } }));
+    const qemu = t.link("hooks/qemu");
+    const vfio = domain('<vmhook:vfio devices="0000:01:00.0"/>');
+
+    const released = run(qemu, ["vm", "release", "end", "-"], vfio, t.root);
+    assert.equal(released, { code: 0, stdout: "", stderr: "" });
+    assert.not.ok(fs.existsSync(t.journal), "nothing stale is kept in A's journal");
+    assert.equal(JSON.parse(fs.readFileSync(claims, "utf8")).claims["module:nvidia"], { holders: [uuidB], original: { drivers: ["nvidia"] }, waiting: [{ address: card, driver: "nvidia" }] });
+    assert.is(fs.readFileSync(at(`sys/bus/pci/devices/${card}/driver_override`), "utf8"), "\n", "driver_override is cleared: nvidia takes the card when B's release loads it");
+
+    fs.writeFileSync(claims, '{"version": 7, "claims": {}}');
+    const refused = run(qemu, ["vm", "prepare", "begin", "-"], vfio, t.root);
+    assert.is(refused.code, 1);
+    assert.match(firstLine(refused.stderr), "vmhook: claims ledger /run/vmhook/claims.json has unknown version 7");
+    assert.not.ok(fs.existsSync(t.journal));
   } finally {
     t.cleanup();
   }

@@ -9,9 +9,10 @@ import { Deadline } from "../../lib/deadline.ts";
 import { parseDomain } from "../../lib/domain.ts";
 import { newJournal, readJournal, writeJournal, type Journal } from "../../lib/journal.ts";
 import { createLogger } from "../../lib/log.ts";
-import { definePlugin, type Plugin, type UndoRecord } from "../../lib/plugin.ts";
+import { defineAction, definePlugin, type Plugin, type UndoRecord } from "../../lib/plugin.ts";
 import { DEFAULT_SETTINGS } from "../../lib/settings.ts";
-import { runHandlers, undoJournal, type PlannedStep, type RunEnvironment } from "../../lib/transaction.ts";
+import { planEvent, runPlugins, undoJournal, type RunEnvironment } from "../../lib/transaction.ts";
+import { registry } from "../../plugins/index.ts";
 import { HugepageKernel } from "../helpers/hugepage-kernel.ts";
 import { runHookEvent } from "../helpers/hook.ts";
 import { SimHost } from "../helpers/simhost.ts";
@@ -35,29 +36,39 @@ function instanceOf<Config>(id: string, plugin: Plugin<Config>, config: Config):
   return { id, plugin: plugin as Plugin<any>, config, elements: [] };
 }
 
+interface SetFileRecord extends UndoRecord {
+  action: "set-file";
+  file: string;
+  old: string;
+}
+
 function fileSetter(id: string, options: { shared?: boolean; failingUndo?: string } = {}): Plugin<FileSetter> {
   return definePlugin<FileSetter>({
     name: id,
     summary: "test: sets files",
     shared: options.shared,
     parse: () => ({ files: [] }),
-    async prepare(ctx) {
-      for (const file of ctx.config.files) {
-        await ctx.step(`set ${file}`, { action: "restore", file, old: ctx.host.read(file) }, () => {
+    plan: {
+      prepare: (ctx) => ctx.config.files.map((file) => ({ action: "set-file", record: { action: "set-file", file, old: ctx.host.read(file) }, description: `set ${file}` })),
+    },
+    actions: {
+      "set-file": defineAction<SetFileRecord, FileSetter>({
+        check: (record) => record as SetFileRecord,
+        apply({ file }, ctx) {
           if (ctx.config.failOn?.file === file && ctx.config.failOn.when === "before") throw new Error(`cannot set ${file}`);
           ctx.host.write(file, "changed\n");
           if (ctx.config.failOn?.file === file) throw new Error(`${file} set, then something failed`);
-        });
-      }
-    },
-    undo(record, ctx) {
-      const file = record.file as string;
-      if (file === options.failingUndo) {
-        record.attempts = ((record.attempts as number) ?? 0) + 1; // kept in the journal: what an undo learned
-        throw new Error(`cannot restore ${file}`);
-      }
-      ctx.host.write(file, record.old as string);
-      undone.push(`${id}:${file}`);
+        },
+        undo(record, ctx) {
+          const file = record.file;
+          if (file === options.failingUndo) {
+            record.attempts = ((record.attempts as number) ?? 0) + 1; // kept in the journal: what an undo learned
+            throw new Error(`cannot restore ${file}`);
+          }
+          ctx.host.write(file, record.old);
+          undone.push(`${id}:${file}`);
+        },
+      }),
     },
   });
 }
@@ -71,7 +82,7 @@ function setup(): { sim: SimHost; env: RunEnvironment; journal: Journal } {
   sim.dir("/run/vmhook").dir("/var/log");
   for (const file of ["/a1", "/a2", "/b1", "/b2"]) sim.file(file, "original");
   undone = [];
-  const env: RunEnvironment = { host: sim, log: createLogger(sim, { echo: "none", file: true }), settings: DEFAULT_SETTINGS };
+  const env: RunEnvironment = { host: sim, log: createLogger(sim, { echo: "none", file: true }), settings: DEFAULT_SETTINGS, registry };
   return { sim, env, journal: newJournal(sim, { name: "vm", uuid: UUID }) };
 }
 
@@ -90,7 +101,7 @@ test("a prepare that fails at any step, before or after acting, leaves the host 
       try {
         const before = sim.snapshot();
         const instances = twoPlugins({ file, when });
-        const failure = await runHandlers("prepare", instances, DOMAIN, journal, env, deadline(sim)).then(
+        const failure = await runPlugins("prepare", instances, DOMAIN, journal, env, deadline(sim)).then(
           () => undefined,
           (error: Error) => error,
         );
@@ -120,15 +131,19 @@ test("each step's undo record is in the journal file before its action runs", as
       name: "probe",
       summary: "test",
       parse: () => null,
-      async prepare(ctx) {
-        await ctx.step("probe", { action: "nothing" }, () => {
-          const entry = readJournal(sim, UUID)!.entries.at(-1)!;
-          seen.push({ state: entry.state, undo: entry.undo });
-        });
+      plan: { prepare: () => [{ action: "nothing", record: { action: "nothing" }, description: "probe" }] },
+      actions: {
+        nothing: defineAction({
+          check: (record) => record,
+          apply() {
+            const entry = readJournal(sim, UUID)!.entries.at(-1)!;
+            seen.push({ state: entry.state, undo: entry.undo });
+          },
+          undo() {},
+        }),
       },
-      undo() {},
     });
-    await runHandlers("prepare", [instanceOf("probe", plugin, null)], DOMAIN, journal, env, deadline(sim));
+    await runPlugins("prepare", [instanceOf("probe", plugin, null)], DOMAIN, journal, env, deadline(sim));
     assert.equal(seen, [{ state: "pending", undo: { action: "nothing" } }]);
     assert.is(readJournal(sim, UUID)!.entries[0]!.state, "applied");
   } finally {
@@ -136,7 +151,7 @@ test("each step's undo record is in the journal file before its action runs", as
   }
 });
 
-test("handle.update replaces the journaled undo record, and rollback gets the updated one", async () => {
+test("ctx.update replaces the journaled record, and rollback gets the updated one", async () => {
   const { sim, env, journal } = setup();
   try {
     const got: UndoRecord[] = [];
@@ -144,17 +159,21 @@ test("handle.update replaces the journaled undo record, and rollback gets the up
       name: "partial",
       summary: "test",
       parse: () => null,
-      async prepare(ctx) {
-        await ctx.step("take 3", { action: "take", taken: 0 }, (handle) => {
-          handle.update({ action: "take", taken: 2 });
-          assert.is(readJournal(sim, UUID)!.entries[0]!.undo.taken, 2, "the update is on disk at once");
-          throw new Error("the third one failed");
-        });
+      plan: { prepare: () => [{ action: "take", record: { action: "take", taken: 0 }, description: "take 3" }] },
+      actions: {
+        take: defineAction({
+          check: (record) => record,
+          apply(_record, ctx) {
+            ctx.update({ action: "take", taken: 2 });
+            assert.is(readJournal(sim, UUID)!.entries[0]!.undo.taken, 2, "the update is on disk at once");
+            throw new Error("the third one failed");
+          },
+          undo: (record) => void got.push(record),
+        }),
       },
-      undo: (record) => void got.push(record),
     });
     const instances = [instanceOf("partial", plugin, null)];
-    await runHandlers("prepare", instances, DOMAIN, journal, env, deadline(sim)).catch(() => {});
+    await runPlugins("prepare", instances, DOMAIN, journal, env, deadline(sim)).catch(() => {});
     await undoJournal(journal, env, deadline(sim), instances);
     assert.equal(got, [{ action: "take", taken: 2 }]);
   } finally {
@@ -162,11 +181,11 @@ test("handle.update replaces the journaled undo record, and rollback gets the up
   }
 });
 
-test("a failing undo keeps its entry (state failed, the error, what the undo recorded); the others are undone", async () => {
+test("a failing undo keeps its entry (state undo-failed, the error, what the undo recorded); the others are undone", async () => {
   const { sim, env, journal } = setup();
   try {
     const instances = twoPlugins(undefined, "/a2");
-    await runHandlers("prepare", instances, DOMAIN, journal, env, deadline(sim));
+    await runPlugins("prepare", instances, DOMAIN, journal, env, deadline(sim));
     const result = await undoJournal(journal, env, deadline(sim), instances);
     assert.equal(undone, ["b:/b2", "b:/b1", "a:/a1"]);
     assert.equal(result.failed.map((e) => e.undo.file), ["/a2"]);
@@ -174,7 +193,7 @@ test("a failing undo keeps its entry (state failed, the error, what the undo rec
     assert.is(kept.phase, "release-failed");
     assert.equal(
       kept.entries.map(({ state, error, undo }) => ({ state, error, attempts: undo.attempts })),
-      [{ state: "failed", error: "cannot restore /a2", attempts: 1 }],
+      [{ state: "undo-failed", error: "cannot restore /a2", attempts: 1 }],
     );
     assert.is(sim.read("/a2"), "changed\n");
     assert.is(sim.read("/a1"), "original\n");
@@ -183,12 +202,11 @@ test("a failing undo keeps its entry (state failed, the error, what the undo rec
   }
 });
 
-test("a dry run lists the steps and changes nothing", async () => {
+test("planning lists the steps and changes nothing", async () => {
   const { sim, env, journal } = setup();
   try {
     const before = sim.snapshot();
-    const steps: PlannedStep[] = [];
-    await runHandlers("prepare", twoPlugins(), DOMAIN, journal, { ...env, dryRun: { steps } }, deadline(sim));
+    const steps = await planEvent("prepare", twoPlugins(), DOMAIN, journal, env, deadline(sim));
     assert.equal(steps.map((s) => `${s.plugin}: ${s.description}`), ["a: set /a1", "a: set /a2", "b: set /b1", "b: set /b2"]);
     assert.equal(sim.writes, []);
     assert.equal(sim.snapshot(), before);
@@ -201,8 +219,8 @@ test("a dry run lists the steps and changes nothing", async () => {
 test("the deadline stops a run before the next plugin starts", async () => {
   const { sim, env, journal } = setup();
   try {
-    const error = await runHandlers("prepare", twoPlugins(), DOMAIN, journal, env, new Deadline(sim, 0)).catch((e: Error) => e);
-    assert.match(String(error), /vmhook ran out of time \(deadline 0 s\) while starting a/);
+    const error = await runPlugins("prepare", twoPlugins(), DOMAIN, journal, env, new Deadline(sim, 0)).catch((e: Error) => e);
+    assert.match(String(error), /vmhook ran out of time \(deadline 0 s\) while planning a/);
     assert.equal(sim.writes, []);
   } finally {
     sim.cleanup();
@@ -279,7 +297,7 @@ test("release with a failing undo exits 0, keeps the failed entry and says to ru
     const kept = readJournal(sim, UUID)!;
     assert.is(kept.phase, "release-failed");
     assert.is(kept.entries.length, 1);
-    assert.is(kept.entries[0]!.state, "failed");
+    assert.is(kept.entries[0]!.state, "undo-failed");
     assert.match(kept.entries[0]!.error!, /the kernel refused 100 in .*nr_hugepages \(EBUSY\)/);
     assert.is(kernel.pool(2048), 612);
 

@@ -5,9 +5,11 @@ import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { findCustomPlugin } from "../../lib/custom-plugins.ts";
 import { RootedHost } from "../../lib/host.ts";
+import { readJournal } from "../../lib/journal.ts";
 import { paths } from "../../lib/paths.ts";
 import { runHookEvent } from "../helpers/hook.ts";
 import { HugepageKernel } from "../helpers/hugepage-kernel.ts";
+import { assertPlanIsPrepare } from "../helpers/plan.ts";
 import { SimHost } from "../helpers/simhost.ts";
 
 const UUID = "6f1c2f0e-8a51-4a8e-9f7c-0d3b7c1e2a44";
@@ -293,6 +295,28 @@ test("module: a module without a Plugin default export is refused with what to e
   const outcome = await runHookEvent(sim, "prepare", "begin", domainXml('<vmhook:plugin name="empty"/>'));
   assert.is(outcome.code, 1);
   assert.match(outcome.stderr, "plugin empty: /etc/vmhook/plugins.d/empty.js has no default export");
+  sim.cleanup();
+});
+
+test("a JS plugin of the first interface (handlers calling ctx.step, one undo) still runs: plan lists its steps, prepare journals them, release undoes them", async () => {
+  const sim = pluginHost();
+  sim.file("/flag", "off");
+  install(
+    sim,
+    "legacy.mjs",
+    `export default { name: "legacy", summary: "first interface", parse: () => ({}),
+      async prepare(ctx) {
+        await ctx.step("set /flag", { action: "reset-flag", old: ctx.host.read("/flag") }, () => ctx.host.write("/flag", "on\\n"));
+      },
+      undo(record, ctx) { ctx.host.write("/flag", record.old); } };\n`,
+    0o644,
+  );
+  const xml = domainXml('<vmhook:plugin name="legacy"/>');
+  assert.equal(await assertPlanIsPrepare(sim, xml), ["plugin:legacy: set /flag"]);
+  assert.is(sim.readTrimmed("/flag"), "on");
+  assert.equal(readJournal(sim, UUID)!.entries.map((entry) => entry.undo), [{ action: "reset-flag", old: "off\n" }]);
+  assert.is((await runHookEvent(sim, "release", "end", xml)).code, 0);
+  assert.is(sim.readTrimmed("/flag"), "off");
   sim.cleanup();
 });
 

@@ -5,15 +5,17 @@ import * as fs from "node:fs";
 import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { loadDomainPlugins } from "../../lib/config.ts";
+import { registry } from "../../plugins/index.ts";
 import { parseDomain } from "../../lib/domain.ts";
 import { readJournal } from "../../lib/journal.ts";
 import { createLogger } from "../../lib/log.ts";
 import { paths } from "../../lib/paths.ts";
-import type { BaseContext } from "../../lib/plugin.ts";
+import type { BaseContext, UndoRecord } from "../../lib/plugin.ts";
 import hugepages, { type HugepagesConfig } from "../../plugins/hugepages.ts";
 import { GiB, HugepageKernel, MiB, type HugepageKernelOptions } from "../helpers/hugepage-kernel.ts";
 import { runHookEvent } from "../helpers/hook.ts";
 import { SimHost } from "../helpers/simhost.ts";
+import { assertPlanIsPrepare } from "../helpers/plan.ts";
 
 const UUID_A = "0a0a0a0a-0000-4000-8000-00000000000a";
 const UUID_B = "0b0b0b0b-0000-4000-8000-00000000000b";
@@ -39,7 +41,7 @@ const cells = (...cells: string[]) => `<cpu><numa>${cells.join("")}</numa></cpu>
 async function config(options: DomainOptions): Promise<HugepagesConfig> {
   const sim = new SimHost();
   try {
-    const [instance] = await loadDomainPlugins(parseDomain(domainXml(options)), sim);
+    const [instance] = await loadDomainPlugins(parseDomain(domainXml(options)), sim, registry);
     return instance!.config as HugepagesConfig;
   } finally {
     sim.cleanup();
@@ -159,7 +161,7 @@ test("prepare adds exactly this VM's pages on top of what the pool holds; releas
     assert.is(journal.phase, "running");
     assert.equal(
       journal.entries.map(({ plugin, event, state, undo }) => ({ plugin, event, state, undo })),
-      [{ plugin: "hugepages", event: "prepare", state: "applied", undo: { action: "grow-pool", sizeKiB: 2048, node: null, added: 512, returned: 0 } }],
+      [{ plugin: "hugepages", event: "prepare", state: "applied", undo: { action: "grow-pool", sizeKiB: 2048, node: null, pages: 512, added: 512, returned: 0 } }],
     );
     assert.match(journal.entries[0]!.description, "grow the 2M pool by 512 pages");
 
@@ -414,14 +416,20 @@ function undoContext(sim: SimHost): BaseContext {
   return { host: sim, log: createLogger(sim, { echo: "none", file: false }) } as unknown as BaseContext;
 }
 
+/** As the runner undoes a journal entry: the record is checked by its action first. */
+function undo(record: UndoRecord, ctx: BaseContext): void | Promise<void> {
+  const grow = hugepages.actions["grow-pool"]!;
+  return grow.undo(grow.check(record), ctx);
+}
+
 test("undo is idempotent: the record says what was given back", async () => {
   const { sim, kernel } = host({ initial: { 2048: 600 } });
   try {
     const record = { action: "grow-pool", sizeKiB: 2048, node: null, added: 512, returned: 0 };
-    await hugepages.undo(record, undoContext(sim));
+    await undo(record, undoContext(sim));
     assert.is(kernel.pool(2048), 88);
     assert.is(record.returned, 512);
-    await hugepages.undo(record, undoContext(sim));
+    await undo(record, undoContext(sim));
     assert.is(kernel.pool(2048), 88);
   } finally {
     sim.cleanup();
@@ -436,9 +444,19 @@ test("undo refuses a record it cannot trust", async () => {
       { action: "grow-pool", sizeKiB: 2048, node: -1, added: 1, returned: 0 },
       { action: "shrink-pool", sizeKiB: 2048, node: null, added: 1, returned: 0 },
     ]) {
-      assert.throws(() => hugepages.undo(record, undoContext(sim)), /cannot undo journal record/);
+      assert.throws(() => undo(record, undoContext(sim)), /cannot undo journal record/);
     }
     assert.equal(sim.writes, []);
+  } finally {
+    sim.cleanup();
+  }
+});
+
+test("vmhook plan lists exactly the steps prepare runs", async () => {
+  const { sim } = host({ nodes: 2 });
+  const xml = domainXml({ memory: "<memory unit='GiB'>2</memory>", extra: `<memoryBacking><hugepages/></memoryBacking>${cells("<cell id='0' cpus='0' memory='1' unit='GiB'/>", "<cell id='1' cpus='1' memory='1' unit='GiB'/>")}<numatune><memnode cellid='0' nodeset='0'/><memnode cellid='1' nodeset='1'/></numatune>` });
+  try {
+    assert.equal(await assertPlanIsPrepare(sim, xml), ["hugepages: grow the 2M pool of node 0 by 512 pages", "hugepages: grow the 2M pool of node 1 by 512 pages"]);
   } finally {
     sim.cleanup();
   }

@@ -127,3 +127,10 @@ test("uninstall refuses while a journal holds changes, an unreadable one include
 });
 
 test.run();
+
+test("install without the CLI link (the Debian package's way) writes nothing to /usr/local", () => {
+  const { host, binary, exists } = setUp();
+  install(host, binary, { cliLink: false });
+  assert.ok(exists(HOOK));
+  assert.not.ok(exists("/usr/local"), "/usr/local was created");
+});

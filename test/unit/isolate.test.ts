@@ -7,6 +7,7 @@ import * as assert from "uvu/assert";
 import * as fs from "node:fs";
 import { runHookEvent } from "../helpers/hook.ts";
 import { SimHost } from "../helpers/simhost.ts";
+import { assertPlanIsPrepare } from "../helpers/plan.ts";
 
 const UUIDS = ["11111111-1111-4111-8111-111111111111", "22222222-2222-4222-8222-222222222222", "33333333-3333-4333-8333-333333333333"];
 
@@ -402,6 +403,17 @@ test("undo is idempotent: a release that crashed before updating the journal run
   fs.writeFileSync(journal, saved);
   assert.is((await release(sim, vm)).code, 0);
   assertClean(sim, before);
+});
+
+test("vmhook plan lists exactly the steps prepare runs", async () => {
+  const { sim } = systemdHost();
+  const vm = { ...vmA, isolate: 'governor="performance" workqueues="yes" irqs="yes"' };
+  assert.equal(await assertPlanIsPrepare(sim, domainXml(vm), vm.name), [
+    "isolate: keep systemd's system.slice, user.slice, init.scope off CPUs 2-3",
+    "isolate: keep unbound kernel workqueues off CPUs 2-3",
+    "isolate: move IRQs off CPUs 2-3",
+    "isolate: set the cpufreq governor of CPUs 2-3 to performance",
+  ]);
 });
 
 test.run();

@@ -6,6 +6,7 @@ import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { runHookEvent } from "../helpers/hook.ts";
 import { SimHost } from "../helpers/simhost.ts";
+import { assertPlanIsPrepare } from "../helpers/plan.ts";
 
 const GPU = "0000:00:02.0";
 const GPU_DIR = `/sys/devices/pci0000:00/${GPU}`;
@@ -301,7 +302,7 @@ test("a create the kernel refuses rolls back the mdevs made before it", async ()
   );
   assert.is(result.code, 1);
   assert.match(result.stderr.split("\n")[0]!, `vmhook: could not create mdev ${UUID_B} (i915-GVTg_V5_8 on ${GPU}): ENOSPC`);
-  assert.match(result.stderr, "the host was left as it was (2 change(s) undone)");
+  assert.match(result.stderr, "the host was left as it was (1 change(s) undone)");
   assert.equal(sim.writes.map((w) => w.path), [`/sys/class/mdev_bus/${GPU}/mdev_supported_types/i915-GVTg_V5_4/create`, `/sys/bus/mdev/devices/${UUID_A}/remove`]);
   assert.equal(sim.snapshot(), before);
   assert.equal(sim.stateFiles(), []);
@@ -435,6 +436,15 @@ test("a failure in a later plugin removes the mdevs created before it", async ()
   assert.equal(sim.snapshot(), before);
   assert.equal(sim.stateFiles(), []);
   sim.cleanup();
+});
+
+test("vmhook plan lists exactly the steps prepare runs (mdev and vgpu)", async () => {
+  const sim = gvtHost();
+  const xml = domainXml({ mdevs: [UUID_A, UUID_B], hooks: `<vmhook:mdev parent="${GPU}" type="i915-GVTg_V5_4" uuid="${UUID_A}"/><vmhook:mdev type="i915-GVTg_V5_8" uuid="${UUID_B}"/>` });
+  assert.equal(await assertPlanIsPrepare(sim, xml), [`mdev: create mdev ${UUID_A} (i915-GVTg_V5_4 on ${GPU})`, `mdev: create mdev ${UUID_B} (i915-GVTg_V5_8 on ${GPU})`]);
+  const nvidia = nvidiaHost();
+  const vgpuXml = domainXml({ pcis: ["41:00.4", "41:00.5"], hooks: `<vmhook:vgpu vf="${VF}" type="L40S-12Q"/><vmhook:vgpu vf="41:00.5" type="NVIDIA L40S-24Q"/>` });
+  assert.equal((await assertPlanIsPrepare(nvidia, vgpuXml)).length, 2);
 });
 
 test.run();

@@ -4,6 +4,7 @@ import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { SimHost } from "../helpers/simhost.ts";
 import { runHookEvent } from "../helpers/hook.ts";
+import { assertPlanIsPrepare } from "../helpers/plan.ts";
 
 const UUID = "5e7a1c2d-9b3f-4e6a-8c1d-2f4b6a8c0e13";
 const UNIT = `vmhook-nosleep-${UUID}.service`;
@@ -40,6 +41,21 @@ test("prepare holds the lock in a transient unit, without pipes to the hook; rel
   assert.is((await runHookEvent(sim, "release", "end", xml())).code, 0);
   assert.equal([...units.keys()], []);
   assert.equal(sim.stateFiles(), []);
+});
+
+test("vmhook plan lists exactly the step prepare runs", async () => {
+  const { sim } = systemdHost();
+  assert.equal(await assertPlanIsPrepare(sim, xml(), "gaming"), [`nosleep: hold a sleep inhibitor lock in ${UNIT}`]);
+});
+
+test("a second start while the unit still runs is refused before any step", async () => {
+  const { sim, units } = systemdHost();
+  units.set(UNIT, "VM gaming runs with devices passed through");
+  const result = await runHookEvent(sim, "prepare", "begin", xml());
+  assert.is(result.code, 1);
+  assert.match(result.stderr.split("\n")[0]!, `nosleep: ${UNIT} already runs`);
+  assert.ok(!sim.execs.some((exec) => exec.command === "systemd-run" || (exec.command === "systemctl" && exec.args[0] === "stop")), "nothing started or stopped");
+  assert.equal([...units.keys()], [UNIT], "the running unit is left alone");
 });
 
 test("a lock logind never lists fails prepare and stops the unit again", async () => {

@@ -3,12 +3,12 @@
 // a hook is at work, domain names with spaces, corrupt and unreadable
 // journals, host settings that are not objects, newlines in XML values, names
 // that look like options, programs that leave a process in the background.
-import { spawn } from "node:child_process";
 import * as fs from "node:fs";
 import { test } from "uvu";
 import * as assert from "uvu/assert";
-import { runCli } from "../../lib/cli/index.ts";
+import { Deadline } from "../../lib/deadline.ts";
 import { RootedHost } from "../../lib/host.ts";
+import { withDomainLock } from "../../lib/lock.ts";
 import { listJournals, newJournal, readJournal, writeJournal } from "../../lib/journal.ts";
 import { paths } from "../../lib/paths.ts";
 import type { UndoRecord } from "../../lib/plugin.ts";
@@ -17,6 +17,7 @@ import { PATTERNS } from "../../lib/validate.ts";
 import { runHookEvent } from "../helpers/hook.ts";
 import { HugepageKernel } from "../helpers/hugepage-kernel.ts";
 import { SimHost } from "../helpers/simhost.ts";
+import { cli } from "../helpers/cli.ts";
 
 const UUID = "e1e1e1e1-0000-4000-8000-0000000000e1";
 const XML = `<domain type='kvm'><name>vm</name><uuid>${UUID}</uuid><memory unit='GiB'>1</memory>
@@ -36,19 +37,6 @@ function installSlowPlugin(sim: SimHost): void {
   fs.chmodSync(sim.resolve(paths.pluginsDir), 0o755);
   const plugin = "export default { name: 'slow', summary: 'slow undo', parse: () => ({}), undo(record, ctx) { ctx.host.sleep(500); ctx.deadline.check('undoing slowly'); } };\n";
   fs.writeFileSync(sim.resolve(`${paths.pluginsDir}/slow.mjs`), plugin, { mode: 0o644 });
-}
-
-/** Runs the CLI in-process, returning its exit code and stdout. */
-async function cli(args: string[]): Promise<{ code: number; stdout: string }> {
-  const chunks: string[] = [];
-  const [out, err] = [process.stdout.write, process.stderr.write];
-  process.stdout.write = ((chunk: string) => chunks.push(String(chunk)) > 0) as typeof process.stdout.write;
-  process.stderr.write = (() => true) as typeof process.stderr.write;
-  try {
-    return { code: await runCli(args), stdout: chunks.join("") };
-  } finally {
-    [process.stdout.write, process.stderr.write] = [out, err];
-  }
 }
 
 test("prepare: undoing a leftover journal counts against the work deadline (the watchdog allows one work and one undo budget)", async () => {
@@ -83,29 +71,29 @@ test("an undo that runs out of time names the setting to raise: undoDeadlineSeco
   }
 });
 
-test("recover leaves a journal alone while the hook that writes it still runs (prepare: no pid file yet); --force undoes it (a UUID in any case names it)", async () => {
+test("recover leaves a journal alone while a hook of the domain holds its lock (prepare: no pid file yet), even with --force; then undoes it (a UUID in any case names it)", async () => {
   const sim = new SimHost().dir("/var/log");
-  const hook = spawn("sleep", ["30"], { stdio: "ignore" });
   try {
     new HugepageKernel(sim, { initial: { 2048: 512 } });
     const pool = () => sim.readTrimmed("/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages");
     leftover(sim, "hugepages", { action: "grow-pool", sizeKiB: 2048, node: null, added: 512, returned: 0 });
-    const file = sim.resolve(paths.journal(UUID));
-    fs.writeFileSync(file, fs.readFileSync(file, "utf8").replace(`"pid": ${process.pid}`, `"pid": ${hook.pid}`));
 
-    assert.match((await cli(["status", "--root", sim.root])).stdout, `vm (${UUID}) preparing, its hook is at work right now\n`);
-    const kept = await cli(["recover", "--root", sim.root]);
-    assert.equal(kept, { code: 0, stdout: `vm: its hook (pid ${hook.pid}) is at work right now (phase preparing); run vmhook recover again when it is done (use --force to undo now)\n` });
-    assert.ok(readJournal(sim, UUID));
-    assert.is(pool(), "512");
-    const json = JSON.parse((await cli(["recover", "--json", "--root", sim.root])).stdout);
-    assert.equal(json.recovered, [{ domain: { name: "vm", uuid: UUID }, skipped: "hook-at-work" }]);
+    await withDomainLock(sim, UUID, new Deadline(sim, 5000), async () => {
+      assert.match((await cli(["status", "--root", sim.root])).stdout, `vm (${UUID}) preparing, its hook is at work right now\n`);
+      for (const force of [[], ["--force"]]) {
+        const kept = await cli(["recover", ...force, "--root", sim.root]);
+        assert.equal(kept, { code: 0, stdout: "vm: a hook of this domain is at work right now; run vmhook recover again when it is done\n" });
+      }
+      assert.ok(readJournal(sim, UUID));
+      assert.is(pool(), "512");
+      const json = JSON.parse((await cli(["recover", "--json", "--root", sim.root])).stdout);
+      assert.equal(json.recovered, [{ domain: { name: "vm", uuid: UUID }, skipped: "hook-at-work" }]);
+    });
 
-    assert.equal(await cli(["recover", UUID.toUpperCase(), "--force", "--root", sim.root]), { code: 0, stdout: "vm: 1 change(s) undone\n" });
+    assert.equal(await cli(["recover", UUID.toUpperCase(), "--root", sim.root]), { code: 0, stdout: "vm: 1 change(s) undone\n" });
     // the CLI writes the pool file itself (a plain RootedHost, no simulated kernel)
     assert.equal([pool(), sim.stateFiles()], ["0", []]);
   } finally {
-    hook.kill("SIGKILL");
     sim.cleanup();
   }
 });
@@ -181,13 +169,8 @@ test("a corrupt journal fails prepare with the file and the fix, and no stack tr
 test("a journal that exists but cannot be read is an error, not \"holds nothing\" (status shows it as unreadable)", () => {
   const sim = new SimHost();
   try {
-    leftover(sim, "hugepages", { action: "x" });
-    const read = sim.read.bind(sim);
-    sim.read = (hostPath: string) => {
-      if (hostPath === paths.journal(UUID)) throw Object.assign(new Error("EACCES: permission denied"), { code: "EACCES" });
-      return read(hostPath);
-    };
-    const message = `journal /run/vmhook/${UUID}.json cannot be read (EACCES); run vmhook as root`;
+    sim.dir(paths.journal(UUID)); // read(2) fails with EISDIR
+    const message = `journal /run/vmhook/${UUID}.json cannot be read (EISDIR)`;
     assert.throws(() => readJournal(sim, UUID), (error: Error) => error.message === message);
     assert.equal(listJournals(sim), { journals: [], broken: [{ file: paths.journal(UUID), error: message }] });
     assert.is(readJournal(sim, "e1e1e1e1-0000-4000-8000-0000000000e2"), undefined, "a missing journal is no error");

@@ -11,8 +11,10 @@ import { createLogger } from "../../lib/log.ts";
 import { paths } from "../../lib/paths.ts";
 import { DEFAULT_SETTINGS } from "../../lib/settings.ts";
 import { undoJournal } from "../../lib/transaction.ts";
+import { registry } from "../../plugins/index.ts";
 import { GpuKernel } from "../helpers/gpu-kernel.ts";
 import { runHookEvent } from "../helpers/hook.ts";
+import { assertPlanIsPrepare, plannedSteps } from "../helpers/plan.ts";
 
 const UUID = "0b5c64e3-55a1-4b84-9d2b-4e0a3e7d2f10";
 const GPU = "0000:01:00.0";
@@ -158,9 +160,15 @@ for (const outsider of OUTSIDERS) {
     const kernel = nvidiaDesktop();
     outsider.add(kernel);
     const before = kernel.sim.snapshot();
+    const refusal = `the GPU is in use: ${outsider.where}; vmhook stops only display-manager.service with its graphical sessions, nvidia-persistenced.service`;
+    // The planner refuses: `vmhook plan` says so too, and prepare stops before its first step.
+    await plannedSteps(kernel.sim, domainXml("<vmhook:vfio/>")).then(
+      () => assert.unreachable("vmhook plan should refuse"),
+      (error: Error) => assert.match(error.message, refusal),
+    );
     const result = await runHookEvent(kernel.sim, "prepare", "begin", domainXml("<vmhook:vfio/>"));
     assert.is(result.code, 1);
-    assert.match(firstLine(result.stderr), `the GPU is in use: ${outsider.where}; vmhook stops only display-manager.service with its graphical sessions, nvidia-persistenced.service`);
+    assert.match(firstLine(result.stderr), refusal);
     assert.equal(kernel.sim.execs.filter((e) => e.command === "rmmod" || (e.command === "systemctl" && e.args[0] === "stop")), [], "nothing was stopped");
     assert.ok(kernel.units.get("display-manager.service")!.active);
     assert.equal(kernel.sim.snapshot(), before);
@@ -251,13 +259,13 @@ test("a GPU that does not come back: release names the reset method and the reme
   assert.is(release.code, 0, "release never fails libvirt");
   assert.match(release.stderr, `${GPU} did not come back to amdgpu (reset method: bus); try: echo 1 > /sys/bus/pci/devices/${GPU}/remove; echo 1 > /sys/bus/pci/rescan; then vmhook recover`);
   const journal = readJournal(kernel.sim, UUID)!;
-  assert.equal(journal.entries.map((e) => `${e.state} ${e.description}`), [`failed bind ${GPU} to vfio-pci (from amdgpu)`]);
+  assert.equal(journal.entries.map((e) => `${e.state} ${e.description}`), [`undo-failed bind ${GPU} to vfio-pci (from amdgpu)`]);
   assert.is(kernel.driverOf(AUDIO), "snd_hda_intel", "the rest of the release still ran");
 
   // What vmhook recover does once the card is back on the bus.
   kernel.stuck.delete(GPU);
   const log = createLogger(kernel.sim, { echo: "none", file: false });
-  const result = await undoJournal(journal, { host: kernel.sim, log, settings: { ...DEFAULT_SETTINGS, plugins: { vfio: { bindTimeoutSeconds: 1 } } } }, new Deadline(kernel.sim, 10_000));
+  const result = await undoJournal(journal, { host: kernel.sim, log, settings: { ...DEFAULT_SETTINGS, plugins: { vfio: { bindTimeoutSeconds: 1 } } }, registry }, new Deadline(kernel.sim, 10_000));
   assert.equal(result.failed, []);
   kernel.sim.remove("/etc");
   assert.equal(kernel.sim.snapshot(), before);
@@ -273,12 +281,12 @@ test("the GPU's driver unloaded while the VM ran: release keeps the change and s
   assert.is(release.code, 0, "release never fails libvirt");
   assert.match(release.stderr, `${GPU} cannot go back to amdgpu: that driver is no longer registered (its module was unloaded); load it (modprobe), then run vmhook recover`);
   const journal = readJournal(kernel.sim, UUID)!;
-  assert.equal(journal.entries.map((e) => `${e.state} ${e.description}`), [`failed bind ${GPU} to vfio-pci (from amdgpu)`], "not forgotten with the GPU on no driver");
+  assert.equal(journal.entries.map((e) => `${e.state} ${e.description}`), [`undo-failed bind ${GPU} to vfio-pci (from amdgpu)`], "not forgotten with the GPU on no driver");
   assert.is(kernel.driverOf(GPU), undefined);
 
   kernel.sim.exec("modprobe", ["amdgpu"], { timeoutMs: 1000 });
   const log = createLogger(kernel.sim, { echo: "none", file: false });
-  const result = await undoJournal(journal, { host: kernel.sim, log, settings: DEFAULT_SETTINGS }, new Deadline(kernel.sim, 10_000));
+  const result = await undoJournal(journal, { host: kernel.sim, log, settings: DEFAULT_SETTINGS, registry }, new Deadline(kernel.sim, 10_000));
   assert.equal(result.failed, []);
   assert.equal(kernel.sim.snapshot(), before);
   assert.equal(kernel.sim.stateFiles(), []);
@@ -523,6 +531,24 @@ test("bad host settings name the key in /etc/vmhook/vmhook.json", async () => {
   const result = await runHookEvent(kernel.sim, "prepare", "begin", domainXml("<vmhook:vfio/>"));
   assert.is(result.code, 1);
   assert.match(firstLine(result.stderr), "plugins.vfio.displayManagerUnits must be a list");
+});
+
+test("vmhook plan lists exactly the steps prepare runs (NVIDIA single GPU: every kind of step)", async () => {
+  const kernel = nvidiaDesktop();
+  assert.equal(await assertPlanIsPrepare(kernel.sim, domainXml("<vmhook:vfio/>"), "win11"), [
+    "vfio: stop display-manager.service",
+    "vfio: stop nvidia-persistenced.service",
+    "vfio: wait until nothing holds the GPU",
+    "vfio: unbind console vtcon1 ((M) frame buffer device)",
+    "vfio: unbind efi-framebuffer.0 from efi-framebuffer",
+    "vfio: unload module nvidia_drm",
+    "vfio: unload module nvidia_modeset",
+    "vfio: unload module nvidia_uvm",
+    "vfio: unload module nvidia",
+    "vfio: load module vfio-pci",
+    `vfio: bind ${GPU} to vfio-pci (from nvidia)`,
+    `vfio: bind ${AUDIO} to vfio-pci (from snd_hda_intel)`,
+  ]);
 });
 
 test.run();

@@ -1,0 +1,108 @@
+// The host-wide claims ledger: /run/vmhook/claims.json. What several VMs
+// share (a kernel module kept unloaded, ...) is claimed here: the first
+// taker records the host's original state and changes the host, the last
+// releaser restores it, and what must wait for the restore (a device whose
+// driver's module is still unloaded for another VM) waits here, not in a
+// journal that may be gone by then.
+//
+// One file rather than a view over all journals: a journal belongs to its
+// domain and its lock, while a claim outlives the domain that took it.
+// Read and written only under the host lock (shared plugins run under it).
+// A ledger that cannot be read is never taken for an empty one: whoever
+// needs it fails, naming the file and the fix.
+import { VmhookError } from "./errors.ts";
+import type { Host } from "./host.ts";
+import { paths } from "./paths.ts";
+import type { Json } from "./records.ts";
+import { ensureStateDir, readStateFile, removeStateFile, writeStateFile } from "./state-files.ts";
+
+export const CLAIMS_VERSION = 1;
+
+export interface Claim {
+  /** UUIDs of the domains that hold it, first taker first. */
+  holders: string[];
+  /** The host's state before the first taker changed it. */
+  original: Json;
+  /** What the last releaser must bring back too (e.g. devices of released VMs). */
+  waiting: Json[];
+}
+
+interface Ledger {
+  version: number;
+  claims: Record<string, Claim>;
+}
+
+const FIX = `inspect it; once the resources it names are back as they were (see vmhook status), remove it`;
+
+function read(host: Host): Ledger {
+  const text = readStateFile(host, paths.claims, "claims ledger");
+  if (text === undefined) return { version: CLAIMS_VERSION, claims: {} };
+  let ledger: Ledger;
+  try {
+    ledger = JSON.parse(text) as Ledger;
+  } catch (error) {
+    throw new VmhookError(`claims ledger ${paths.claims} cannot be read (${(error as Error).message}); ${FIX}`);
+  }
+  if (ledger?.version !== CLAIMS_VERSION || typeof ledger.claims !== "object" || ledger.claims === null) {
+    throw new VmhookError(`claims ledger ${paths.claims} has unknown version ${JSON.stringify(ledger?.version)} (this vmhook reads version ${CLAIMS_VERSION}); ${FIX}`);
+  }
+  return ledger;
+}
+
+function write(host: Host, ledger: Ledger): void {
+  if (Object.keys(ledger.claims).length === 0) return removeStateFile(host, paths.claims);
+  ensureStateDir(host);
+  writeStateFile(host, paths.claims, `${JSON.stringify(ledger, null, 2)}\n`);
+}
+
+/** One domain's view of the ledger: what plugins get as ctx.claims. */
+export interface Claims {
+  /** Every claim on a resource whose key starts with `prefix`. */
+  list(prefix: string): Record<string, Claim>;
+  get(resource: string): Claim | undefined;
+  /** This domain holds `resource`; `original` is kept from the first taker. True: this domain is the first. */
+  take(resource: string, original: Json): boolean;
+  /** Holders of `resource` other than this domain. */
+  others(resource: string): string[];
+  /** Something the last releaser brings back too. */
+  addWaiting(resource: string, item: Json): void;
+  /** This domain no longer holds `resource`; the claim goes with its last holder. */
+  drop(resource: string): void;
+}
+
+export function claimsFor(host: Host, holder: string): Claims {
+  const change = (mutate: (ledger: Ledger) => void) => {
+    const ledger = read(host);
+    mutate(ledger);
+    write(host, ledger);
+  };
+  return {
+    list: (prefix) => Object.fromEntries(Object.entries(read(host).claims).filter(([key]) => key.startsWith(prefix))),
+    get: (resource) => read(host).claims[resource],
+    take(resource, original) {
+      let first = false;
+      change((ledger) => {
+        const claim = (ledger.claims[resource] ??= { holders: [], original, waiting: [] });
+        first = claim.holders.length === 0;
+        if (!claim.holders.includes(holder)) claim.holders.push(holder);
+      });
+      return first;
+    },
+    others: (resource) => (read(host).claims[resource]?.holders ?? []).filter((other) => other !== holder),
+    addWaiting(resource, item) {
+      change((ledger) => {
+        const claim = ledger.claims[resource];
+        if (!claim) throw new VmhookError(`internal: no claim on ${resource} to wait for`);
+        if (!claim.waiting.some((other) => JSON.stringify(other) === JSON.stringify(item))) claim.waiting.push(item);
+      });
+    },
+    drop(resource) {
+      change((ledger) => {
+        const claim = ledger.claims[resource];
+        if (!claim) return;
+        claim.holders = claim.holders.filter((other) => other !== holder);
+        if (claim.holders.length === 0) delete ledger.claims[resource];
+      });
+    },
+  };
+}

@@ -1,0 +1,166 @@
+// Custom plugins as executables in any language, protocol v1: one run per
+// hook event with a JSON request on stdin and a JSON reply on stdout (and the
+// same facts in VMHOOK_* environment variables); docs/plugins.md.
+import { XMLSerializer, type Element } from "@xmldom/xmldom";
+import { attributes } from "../domain.ts";
+import { VmhookError } from "../errors.ts";
+import { paths } from "../paths.ts";
+import { defineAction, type BaseContext, type Json, type PlanContext, type Plugin, type Step, type UndoRecord } from "../plugin.ts";
+import { pluginTimeLimitMs } from "../settings.ts";
+import type { PluginFile } from "./trust.ts";
+
+export const PROTOCOL_VERSION = 1;
+
+/** The plugin's metadata element, as XML and as a simple JSON form. */
+export interface ElementJson {
+  name: string;
+  attributes: Record<string, string>;
+  /** The element's own text, trimmed. */
+  text: string;
+  children: ElementJson[];
+}
+
+interface ExecutableConfig {
+  element: ElementJson & { xml: string };
+  domainXml: string;
+}
+
+/** The journal record of one run: `finished` once the plugin reported back. */
+interface RunRecord extends UndoRecord {
+  action: "run";
+  event: string;
+  finished: boolean;
+  /** What the plugin returned as "undo": handed back to it at release. */
+  undo: Json;
+}
+
+interface Reply {
+  undo?: Json;
+  error?: string;
+}
+
+function elementJson(element: Element): ElementJson {
+  const children: ElementJson[] = [];
+  let text = "";
+  for (let node = element.firstChild; node; node = node.nextSibling) {
+    if (node.nodeType === 1) children.push(elementJson(node as Element));
+    else if (node.nodeType === 3 || node.nodeType === 4) text += node.nodeValue ?? "";
+  }
+  return { name: element.localName ?? element.tagName, attributes: attributes(element), text: text.trim(), children };
+}
+
+/** Environment for shell plugins: the same facts as the JSON, without a JSON parser. */
+function environment(request: Record<string, Json>, config?: ExecutableConfig): Record<string, string> {
+  const domain = request.domain as { name: string; uuid: string };
+  const env: Record<string, string> = {
+    VMHOOK_PROTOCOL: String(PROTOCOL_VERSION),
+    VMHOOK_EVENT: String(request.event),
+    VMHOOK_DOMAIN_NAME: domain.name,
+    VMHOOK_DOMAIN_UUID: domain.uuid,
+  };
+  for (const [name, value] of Object.entries(config?.element.attributes ?? {})) {
+    env[`VMHOOK_ATTR_${name.toUpperCase().replace(/[^A-Z0-9]/g, "_")}`] = value;
+  }
+  if (request.event === "undo") {
+    // A string comes back verbatim, so a shell plugin can keep its state as words.
+    if (request.undo !== null) env.VMHOOK_UNDO = typeof request.undo === "string" ? request.undo : JSON.stringify(request.undo);
+    if (request.interrupted) env.VMHOOK_INTERRUPTED = "1";
+  }
+  return env;
+}
+
+/** Runs the plugin once for `request.event` and reads its reply. Throws when it did not finish cleanly. */
+function invoke(ctx: BaseContext, file: PluginFile, request: Record<string, Json>, config?: ExecutableConfig): Reply {
+  const event = String(request.event);
+  const who = `plugin ${file.name} (${file.path})`;
+  ctx.deadline.check(`starting ${who} for ${event}`);
+  const limit = pluginTimeLimitMs(ctx.settings, `plugin:${file.name}`, ctx.deadline.remainingMs());
+  const result = ctx.host.exec(file.path, [event], { timeoutMs: limit, input: JSON.stringify(request), env: environment(request, config) });
+  const stderr = result.stderr.split("\n").filter((line) => line.trim() !== "");
+  for (const line of stderr) ctx.log.info(`plugin:${file.name}: ${line}`);
+  const lastWords = stderr.length > 0 ? `: ${stderr[stderr.length - 1]}` : " (nothing on stderr)";
+
+  // ENOBUFS: the output went past the host's buffer and the plugin was killed.
+  if (result.error?.includes("ENOBUFS")) throw new VmhookError(`${who} printed more than vmhook reads at ${event} and was killed; print only the JSON reply on stdout (logs go to stderr)`);
+  if (result.error) throw new VmhookError(`${who} could not be started for ${event}: ${result.error}`);
+  if (result.timedOut) {
+    throw new VmhookError(`${who} did not finish ${event} within ${(limit / 1000).toFixed(1)} s and was killed; make it faster or raise "timeoutSeconds" under "plugins": {"plugin:${file.name}": …} in ${paths.hostConfig}`);
+  }
+  if (result.status !== 0) {
+    throw new VmhookError(`${who} failed at ${event}: ${result.status === null ? `killed by ${result.signal}` : `exit status ${result.status}`}${lastWords}`);
+  }
+  return parseReply(result.stdout, who, event);
+}
+
+function parseReply(stdout: string, who: string, event: string): Reply {
+  if (stdout.trim() === "") return {};
+  let reply: unknown;
+  try {
+    reply = JSON.parse(stdout);
+  } catch {
+    throw new VmhookError(`${who} printed something that is not JSON at ${event}: ${JSON.stringify(stdout.trim().slice(0, 80))}; print {"undo": …}, {"error": "…"} or nothing (logs go to stderr)`);
+  }
+  if (typeof reply !== "object" || reply === null || Array.isArray(reply)) {
+    throw new VmhookError(`${who} printed ${JSON.stringify(reply)} at ${event}; the reply must be a JSON object such as {"undo": …} or {"error": "…"}`);
+  }
+  const { undo, error } = reply as Reply;
+  if (error !== undefined && typeof error !== "string") throw new VmhookError(`${who} printed an "error" that is not a string at ${event}`);
+  return { undo, error };
+}
+
+function request(ctx: BaseContext, event: string, fields: Record<string, Json>): Record<string, Json> {
+  return { protocol: PROTOCOL_VERSION, event, domain: ctx.domain, ...fields };
+}
+
+const EVENTS = ["prepare", "start", "started", "stopped", "reconnect"] as const;
+
+function checkRunRecord(record: UndoRecord): RunRecord {
+  const { event, finished } = record;
+  if (record.action !== "run" || typeof event !== "string" || !(EVENTS as readonly string[]).includes(event) || typeof finished !== "boolean" || !("undo" in record)) {
+    throw new VmhookError(`the journal holds a run record of an executable plugin that is not one vmhook writes: ${JSON.stringify(record).slice(0, 120)}`);
+  }
+  return record as RunRecord;
+}
+
+/**
+ * The plugin runs once per hook event, as one journaled step: the record is
+ * journaled unfinished *before* the plugin runs, so a plugin that crashes,
+ * hangs or prints garbage still gets its undo call ("interrupted") at release.
+ */
+export function executablePlugin(file: PluginFile): Plugin<ExecutableConfig> {
+  const planRun = (ctx: PlanContext<ExecutableConfig>): Step[] => [
+    { action: "run", record: { action: "run", event: ctx.event, finished: false, undo: null }, description: `run ${file.path} ${ctx.event}` },
+  ];
+  return {
+    name: `plugin:${file.name}`,
+    summary: `executable plugin ${file.path}`,
+    usage: `<vmhook:plugin name="${file.name}" …/>`,
+    parse(elements) {
+      // config.ts allows one element per custom plugin; checking its content is the plugin's job.
+      const element = elements[0]!;
+      return {
+        element: { xml: new XMLSerializer().serializeToString(element), ...elementJson(element) },
+        domainXml: element.ownerDocument ? new XMLSerializer().serializeToString(element.ownerDocument) : "",
+      };
+    },
+    plan: Object.fromEntries(EVENTS.map((event) => [event, planRun])),
+    actions: {
+      run: defineAction<RunRecord, ExecutableConfig>({
+        check: checkRunRecord,
+        apply(pending, ctx) {
+          const records = (ctx.records as RunRecord[]).filter((record) => record.finished && record.undo !== null).map((record) => record.undo);
+          const reply = invoke(ctx, file, request(ctx, pending.event, { config: ctx.config.element as unknown as Json, records, domainXml: ctx.config.domainXml }), ctx.config);
+          // It reported back: what it says it changed (also with an error) is what release undoes.
+          if (reply.undo === undefined || reply.undo === null) ctx.nothingToUndo();
+          else ctx.update({ ...pending, finished: true, undo: reply.undo });
+          if (reply.error !== undefined) throw new VmhookError(`plugin ${file.name} failed at ${pending.event}: ${reply.error}`);
+        },
+        undo(run, ctx) {
+          if (run.finished && run.undo === null) return; // it said it changed nothing
+          const reply = invoke(ctx, file, request(ctx, "undo", { undo: run.undo, interrupted: !run.finished, of: run.event }));
+          if (reply.error !== undefined) throw new VmhookError(`plugin ${file.name} could not undo its ${run.event}: ${reply.error}`);
+        },
+      }),
+    },
+  };
+}

@@ -1,0 +1,68 @@
+// Every file in the plugins directory, checked, for `vmhook plugins` and
+// `vmhook doctor`.
+import { describeError } from "../errors.ts";
+import type { Host } from "../host.ts";
+import { paths } from "../paths.ts";
+import { PATTERNS } from "../validate.ts";
+import { PROTOCOL_VERSION } from "./executable.ts";
+import { importModulePlugin } from "./module.ts";
+import { fileRefusal, pluginsDirProblem, type PluginFile } from "./trust.ts";
+
+const DESCRIBE_TIMEOUT_MS = 5_000;
+
+export interface InstalledPlugin {
+  name: string;
+  path: string;
+  kind: PluginFile["kind"];
+  summary?: string;
+  usage?: string;
+  /** Why vmhook refuses or ignores it. */
+  problem?: string;
+}
+
+/** Every file in the plugins directory, checked; `describe` also asks each safe plugin for its summary and usage. */
+export async function listInstalledPlugins(host: Host, options: { describe: boolean }): Promise<{ directoryProblem?: string; plugins: InstalledPlugin[] }> {
+  // No directory means no plugins; a directory that is unsafe is reported.
+  const directoryProblem = host.stat(paths.pluginsDir) ? pluginsDirProblem(host) : undefined;
+  const plugins: InstalledPlugin[] = [];
+  for (const entry of host.list(paths.pluginsDir)) {
+    const name = entry.replace(/\.m?js$/, "");
+    const file: PluginFile = { name, path: `${paths.pluginsDir}/${entry}`, kind: entry === name ? "executable" : "module" };
+    const problem = !PATTERNS.pluginName.test(name)
+      ? `ignored: "${name}" is not a plugin name (lower-case letters, digits, ".", "_", "-")`
+      : directoryProblem
+        ? `refused: the plugins directory is unsafe`
+        : fileRefusal(host, file);
+    plugins.push({ ...file, ...(problem ? { problem } : options.describe ? await describePlugin(host, file) : {}) });
+  }
+  return { directoryProblem, plugins };
+}
+
+/**
+ * A plugin's own summary and usage: a module's fields, or an executable's
+ * answer to `NAME describe` (optional in the protocol, so no answer is no problem).
+ * A module that cannot be loaded is one the hook would refuse.
+ */
+async function describePlugin(host: Host, file: PluginFile): Promise<Pick<InstalledPlugin, "summary" | "usage" | "problem">> {
+  if (file.kind === "module") {
+    try {
+      const plugin = await importModulePlugin(host, file);
+      return { summary: plugin.summary, usage: plugin.usage };
+    } catch (error) {
+      return { problem: describeError(error) };
+    }
+  }
+  const result = host.exec(file.path, ["describe"], { timeoutMs: DESCRIBE_TIMEOUT_MS, input: JSON.stringify({ protocol: PROTOCOL_VERSION, event: "describe" }) });
+  const failure = result.error ?? (result.timedOut ? "timed out" : result.status !== 0 ? `exited ${result.status ?? result.signal}` : undefined);
+  let reply: { summary?: unknown; usage?: unknown } | undefined;
+  try {
+    reply = failure ? undefined : JSON.parse(result.stdout || "{}");
+  } catch {
+    reply = undefined;
+  }
+  if (typeof reply !== "object" || reply === null) return { summary: `(no description: "${file.name} describe" ${failure ?? "did not print a JSON object"})` };
+  return {
+    summary: typeof reply.summary === "string" ? reply.summary : undefined,
+    usage: typeof reply.usage === "string" ? reply.usage : undefined,
+  };
+}

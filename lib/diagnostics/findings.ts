@@ -1,0 +1,17 @@
+// What `vmhook doctor` reports: one finding per check, ok / warn / fail, with
+// a one-line reason and the fix. Plugins produce them too (Plugin.check).
+export type Status = "ok" | "warn" | "fail";
+
+export interface Finding {
+  check: string;
+  status: Status;
+  reason: string;
+  fix?: string;
+}
+
+export const ok = (check: string, reason: string): Finding => ({ check, status: "ok", reason });
+export const warn = (check: string, reason: string, fix: string): Finding => ({ check, status: "warn", reason, fix });
+export const fail = (check: string, reason: string, fix: string): Finding => ({ check, status: "fail", reason, fix });
+
+/** KiB rounded down to whole MiB, for messages about free memory. */
+export const roundMiB = (kib: number) => Math.floor(kib / 1024) * 1024;

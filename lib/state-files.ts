@@ -1,0 +1,93 @@
+// vmhook's own state under /run/vmhook: journals, the claims ledger, locks.
+// Root acts on what these files say, so the directory is checked before every
+// use (ours, nobody else can write it, no symlink), files are opened without
+// following symlinks, and a write is a new file renamed into place: a
+// symlink planted where a journal goes is replaced, never written through.
+import * as fs from "node:fs";
+import { VmhookError } from "./errors.ts";
+import type { Host } from "./host.ts";
+import { paths } from "./paths.ts";
+
+const { O_CREAT, O_EXCL, O_NOFOLLOW, O_RDONLY, O_WRONLY } = fs.constants;
+const TEMP_SUFFIX = ".tmp";
+/** write-file-atomic's temp names (vmhook before 0.2): FILE.json.HASH */
+const LEGACY_TEMP = /\.json\.[0-9a-f]{6,}$/;
+
+const octal = (mode: number) => `0${(mode & 0o777).toString(8)}`;
+
+/**
+ * Creates the state directory (mode 0700) or checks the one there: a real
+ * directory, owned by the user vmhook runs as (root), not writable by
+ * others. One that others may only read is tightened to 0700.
+ */
+export function ensureStateDir(host: Host, dir = paths.stateDir): void {
+  const real = host.resolve(dir);
+  let stat = lstat(real);
+  if (!stat) {
+    fs.mkdirSync(real, { recursive: true, mode: 0o700 });
+    stat = lstat(real)!;
+  }
+  if (stat.isSymbolicLink()) throw new VmhookError(`${dir} is a symlink; vmhook keeps its journals only in a directory it owns: remove it (rm ${dir}) and let vmhook create it`);
+  if (!stat.isDirectory()) throw new VmhookError(`${dir} is not a directory; remove it (rm ${dir}) and let vmhook create it`);
+  const uid = process.geteuid?.() ?? 0;
+  if (stat.uid !== uid) throw new VmhookError(`${dir} is owned by uid ${stat.uid}, not ${uid === 0 ? "root" : `uid ${uid}`}; run chown root:root ${dir} && chmod 700 ${dir}`);
+  if ((stat.mode & 0o022) !== 0) throw new VmhookError(`${dir} has mode ${octal(stat.mode)}: others could change vmhook's journals; run chmod 700 ${dir}`);
+  if ((stat.mode & 0o077) !== 0) fs.chmodSync(real, 0o700);
+}
+
+function lstat(real: string): fs.Stats | undefined {
+  try {
+    return fs.lstatSync(real);
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === "ENOENT") return undefined;
+    throw error;
+  }
+}
+
+/** A state file's text, or undefined when it does not exist. A symlink or any other failure throws, naming the file. */
+export function readStateFile(host: Host, file: string, what: string): string | undefined {
+  let fd: number | undefined;
+  try {
+    fd = fs.openSync(host.resolve(file), O_RDONLY | O_NOFOLLOW);
+    return fs.readFileSync(fd, "utf8");
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code;
+    if (code === "ENOENT") return undefined;
+    if (code === "ELOOP") throw new VmhookError(`${what} ${file} is a symlink, not a file vmhook wrote; inspect it and remove it (rm ${file})`);
+    throw new VmhookError(`${what} ${file} cannot be read (${code ?? (error as Error).message})${code === "EACCES" ? "; run vmhook as root" : ""}`);
+  } finally {
+    if (fd !== undefined) fs.closeSync(fd);
+  }
+}
+
+/**
+ * Writes FILE.tmp (created fresh, mode 0600, never through a symlink), then
+ * renames it over FILE. Callers hold the lock that guards FILE, so one fixed
+ * temp name suffices and a killed writer's leftover is simply replaced.
+ */
+export function writeStateFile(host: Host, file: string, text: string): void {
+  const real = host.resolve(file);
+  const temp = `${real}${TEMP_SUFFIX}`;
+  fs.rmSync(temp, { force: true });
+  const fd = fs.openSync(temp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, 0o600);
+  try {
+    fs.writeSync(fd, text);
+    fs.fsyncSync(fd);
+  } finally {
+    fs.closeSync(fd);
+  }
+  fs.renameSync(temp, real);
+}
+
+export function removeStateFile(host: Host, file: string): void {
+  fs.rmSync(host.resolve(file), { force: true });
+}
+
+/** Temp files a killed hook left for this file (ours and write-file-atomic's). Call under the file's lock. */
+export function removeStaleTemps(host: Host, file: string): void {
+  const dir = file.slice(0, file.lastIndexOf("/"));
+  const base = file.slice(dir.length + 1);
+  for (const name of host.list(dir)) {
+    if (name === `${base}${TEMP_SUFFIX}` || (name.startsWith(`${base}.`) && LEGACY_TEMP.test(name))) fs.rmSync(host.resolve(`${dir}/${name}`), { force: true });
+  }
+}

@@ -1,0 +1,58 @@
+// <vmhook:isolate> → which CPUs are the VM's and what to keep off them.
+import type { Element } from "@xmldom/xmldom";
+import { formatCpuList, parseCpuset } from "../../lib/cpuset.ts";
+import { describeElement, type Domain } from "../../lib/domain.ts";
+import { readAttributes, single } from "../../lib/element.ts";
+import { ConfigError } from "../../lib/errors.ts";
+import { parseYesNo } from "../../lib/validate.ts";
+import { intersect, union } from "./cpus.ts";
+
+export const PLUGIN_ID = "isolate";
+export const ATTRIBUTES = ["host-cpus", "governor", "workqueues", "irqs", "required", "allow-overlap"] as const;
+
+export interface IsolateConfig {
+  /** host-cpus as written; undefined: all online CPUs minus the pinned ones. */
+  hostCpus?: number[];
+  /** Every CPU in <cputune> vcpupin, emulatorpin and iothreadpin. */
+  pinned: number[];
+  governor?: string;
+  workqueues: boolean;
+  irqs: boolean;
+  /** no: a host that cannot isolate (cgroup v1, no cpufreq, ...) gets a warning and the VM starts. */
+  required: boolean;
+  allowOverlap: boolean;
+  /** The element as written, for messages: <vmhook:isolate host-cpus="0-1">. */
+  element: string;
+}
+
+
+export function parse(elements: Element[], domain: Domain): IsolateConfig {
+  const element = single(elements);
+  const where = describeElement(element);
+  const attrs = readAttributes(element, ATTRIBUTES);
+  const { vcpupins, emulatorpin, iothreadpins } = domain.cputune;
+  const pinned = union([...vcpupins, emulatorpin ?? [], ...iothreadpins]);
+  const hostCpus = attrs["host-cpus"] !== undefined ? parseCpuset(attrs["host-cpus"], where, "host-cpus") : undefined;
+
+  if (!hostCpus && pinned.length === 0) {
+    throw new ConfigError(where, `has no host-cpus and the domain pins no CPUs in <cputune>, so vmhook cannot tell which CPUs are the VM's; pin them (<vcpupin vcpu="0" cpuset="2"/>) or write host-cpus="0-1"`);
+  }
+  const shared = hostCpus ? intersect(hostCpus, pinned) : [];
+  if (shared.length > 0) {
+    throw new ConfigError(where, `host-cpus="${attrs["host-cpus"]}" includes CPU ${formatCpuList(shared)}, which <cputune> pins the VM to; keep the VM's CPUs out of host-cpus`);
+  }
+  const governor = attrs.governor?.trim();
+  if (governor !== undefined && !/^[a-z][a-z0-9_]{0,31}$/.test(governor)) {
+    throw new ConfigError(where, `governor="${attrs.governor}" is not a cpufreq governor name; use one from /sys/devices/system/cpu/cpu0/cpufreq/scaling_available_governors, e.g. performance`);
+  }
+  return {
+    hostCpus,
+    pinned,
+    governor,
+    workqueues: parseYesNo(attrs.workqueues, where, "workqueues", false),
+    irqs: parseYesNo(attrs.irqs, where, "irqs", false),
+    required: parseYesNo(attrs.required, where, "required", true),
+    allowOverlap: parseYesNo(attrs["allow-overlap"], where, "allow-overlap", false),
+    element: where,
+  };
+}

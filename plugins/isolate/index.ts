@@ -1,0 +1,158 @@
+// isolate: keeps host work (processes, unbound kernel workqueues, IRQs) off
+// the CPUs a VM runs on while it runs, and gives everything back after.
+//
+//   <vmhook:isolate host-cpus="0-1" governor="performance" workqueues="yes" irqs="yes"
+//                   required="yes" allow-overlap="no"/>
+//
+// The host CPU set is shared by every running VM: under the host-wide lock,
+// each prepare and each release recomputes it as "all online CPUs minus the
+// union of what every isolating VM isolates", reading the other VMs' claims
+// from their journals. The values the host had before the first VM touched
+// them are kept in the plugin's shared state and written back when the last
+// claim goes. Each journal record is such a claim; undoing it means
+// recomputing without it, which is idempotent by construction.
+import { formatCpuList, parseCpuset, parseKernelCpuList } from "../../lib/cpuset.ts";
+import { attributes } from "../../lib/domain.ts";
+import { ConfigError, VmhookError } from "../../lib/errors.ts";
+import { defineAction, definePlugin, type BaseContext, type CheckContext, type PlanContext, type Step } from "../../lib/plugin.ts";
+import { fail, ok, type Finding } from "../../lib/diagnostics/findings.ts";
+import { ACTIONS, checkClaim, claimsOf, otherVms, type Action, type Claim } from "./claims.ts";
+import { parse, PLUGIN_ID, type IsolateConfig } from "./config.ts";
+import { CPU_DIR, intersect, onlineCpus, union } from "./cpus.ts";
+import { retune } from "./retune.ts";
+import { CGROUP, SETTINGS, WORKQUEUE_MASK } from "./settings.ts";
+
+// ---- prepare: checks that change nothing, then one step per kind of setting --------
+
+function planPrepare(ctx: PlanContext<IsolateConfig>): Step<Claim>[] {
+  const { config } = ctx;
+  const online = onlineCpus(ctx);
+  checkCpusExist(ctx, config.hostCpus ?? [], `${config.element} host-cpus`, online);
+  checkCpusExist(ctx, config.pinned, "<cputune> (vcpupin, emulatorpin, iothreadpin)", online);
+  const isolated = config.hostCpus ? online.filter((cpu) => !config.hostCpus!.includes(cpu)) : config.pinned;
+  if (isolated.length === 0) {
+    throw new ConfigError(config.element, `host-cpus="${formatCpuList(config.hostCpus!)}" keeps every online CPU (${formatCpuList(online)}) for the host, so nothing is isolated; leave the VM's CPUs out of it`);
+  }
+  const own = config.pinned.length > 0 ? config.pinned : isolated;
+  checkOthers(ctx, isolated, own, online);
+
+  const actions: Action[] = [];
+  const cgroups = cgroupMechanism(ctx);
+  if (typeof cgroups === "string") skipOrFail(ctx, cgroups);
+  else actions.push(cgroups.systemd ? "systemd-allowed-cpus" : "cgroup-cpuset");
+  if (config.workqueues) {
+    if (ctx.host.exists(WORKQUEUE_MASK)) actions.push("workqueue-mask");
+    else skipOrFail(ctx, `workqueues="yes", but this kernel has no ${WORKQUEUE_MASK} (Linux 4.2 or later has it)`);
+  }
+  if (config.irqs) actions.push("irq-affinity");
+  if (config.governor) {
+    const problem = governorProblem(ctx, own, config.governor);
+    if (problem) skipOrFail(ctx, problem);
+    else actions.push("governor");
+  }
+
+  return actions.map((action) => {
+    const claim: Claim = { action, isolated, own, governor: action === "governor" ? config.governor! : null };
+    return { action, record: claim, description: SETTINGS[action].describe(claim) };
+  });
+}
+
+/** For required="no": a host that cannot do something gets a warning; otherwise the start fails. */
+function skipOrFail(ctx: PlanContext<IsolateConfig>, problem: string): void {
+  if (ctx.config.required) throw new VmhookError(`CPU isolation: ${problem}; or set required="no" on ${ctx.config.element} to start without it`);
+  ctx.log.warn(`isolate: ${problem}; skipped because of required="no"`);
+}
+
+function checkCpusExist(ctx: BaseContext, cpus: number[], where: string, online: number[]): void {
+  const present = parseKernelCpuList(ctx.host.read(`${CPU_DIR}/present`));
+  const missing = cpus.filter((cpu) => !present.includes(cpu));
+  if (missing.length > 0) {
+    throw new VmhookError(`${where}: CPU ${formatCpuList(missing)} does not exist on this host (present: ${formatCpuList(present)})`);
+  }
+  const offline = cpus.filter((cpu) => !online.includes(cpu));
+  if (offline.length > 0) {
+    throw new VmhookError(`${where}: CPU ${formatCpuList(offline)} is offline (online: ${formatCpuList(online)}); bring it online (echo 1 > ${CPU_DIR}/cpuN/online) or use other CPUs`);
+  }
+}
+
+function checkOthers(ctx: PlanContext<IsolateConfig>, isolated: number[], own: number[], online: number[]): void {
+  const others = otherVms(ctx);
+  if (!ctx.config.allowOverlap) {
+    for (const other of others) {
+      const overlap = intersect(own, other.own);
+      if (overlap.length > 0) {
+        throw new VmhookError(`CPU isolation: CPU ${formatCpuList(overlap)} of this VM is already isolated for running VM ${other.name}; pin the VMs to different CPUs, or set allow-overlap="yes" on ${ctx.config.element}`);
+      }
+    }
+  }
+  const taken = new Set(union([isolated, ...others.map((other) => other.isolated)]));
+  if (online.every((cpu) => taken.has(cpu))) {
+    const running = others.map((other) => `${other.name} ${formatCpuList(other.isolated)}`).join(", ");
+    throw new VmhookError(`CPU isolation would leave the host no CPU: this VM isolates ${formatCpuList(isolated)}${running ? `, running VMs ${running}` : ""} (online: ${formatCpuList(online)}); keep at least one CPU for the host`);
+  }
+}
+
+/** How this host's cgroups are changed, or why they cannot be. */
+function cgroupMechanism(ctx: BaseContext): { systemd: boolean } | string {
+  const controllers = ctx.host.readTrimmed(`${CGROUP}/cgroup.controllers`);
+  if (controllers === undefined) {
+    return "it needs the unified cgroup v2 hierarchy, but this host mounts cgroup v1 at /sys/fs/cgroup; boot with systemd.unified_cgroup_hierarchy=1 on the kernel command line (GRUB_CMDLINE_LINUX in /etc/default/grub, then update-grub and reboot)";
+  }
+  if (!controllers.split(/\s+/).includes("cpuset")) {
+    return `the cgroup v2 hierarchy at /sys/fs/cgroup has no cpuset controller (it has: ${controllers || "none"}), probably because a cgroup v1 hierarchy holds it; boot with systemd.unified_cgroup_hierarchy=1 and cgroup_no_v1=all`;
+  }
+  return { systemd: ctx.host.readTrimmed("/proc/1/comm") === "systemd" };
+}
+
+function governorProblem(ctx: BaseContext, cpus: number[], governor: string): string | undefined {
+  for (const cpu of cpus) {
+    const available = ctx.host.readTrimmed(`${CPU_DIR}/cpu${cpu}/cpufreq/scaling_available_governors`);
+    if (available === undefined) return `governor="${governor}", but CPU ${cpu} has no cpufreq (no ${CPU_DIR}/cpu${cpu}/cpufreq); remove governor`;
+    if (!available.split(/\s+/).includes(governor)) return `governor="${governor}" is not available for CPU ${cpu} (available: ${available})`;
+  }
+  return undefined;
+}
+
+
+/** `vmhook doctor`: the VM's CPUs are online and the host keeps at least one. */
+function check({ host, domain, elements }: CheckContext): Finding[] {
+  const online = parseKernelCpuList(host.readTrimmed("/sys/devices/system/cpu/online") ?? "");
+  const pinned = [...new Set([...domain.cputune.vcpupins.flat(), ...(domain.cputune.emulatorpin ?? []), ...domain.cputune.iothreadpins.flat()])].sort((a, b) => a - b);
+  let hostCpus: number[] | undefined;
+  try {
+    const value = attributes(elements[0]!)["host-cpus"];
+    hostCpus = value !== undefined ? parseCpuset(value, "<vmhook:isolate>", "host-cpus") : undefined;
+  } catch {
+    return []; // reported by the config check
+  }
+  const offline = [...new Set([...pinned, ...(hostCpus ?? [])])].filter((cpu) => !online.includes(cpu));
+  if (offline.length > 0) {
+    return [fail("isolate", `CPU ${formatCpuList(offline)} is pinned or named in host-cpus but not online (online: ${formatCpuList(online)})`, "use online CPUs only (cat /sys/devices/system/cpu/online)")];
+  }
+  const kept = hostCpus ?? online.filter((cpu) => !pinned.includes(cpu));
+  if (kept.length === 0) return [fail("isolate", `no CPU would be left for the host (online: ${formatCpuList(online)})`, "leave at least one CPU out of the VM's pinning, or set host-cpus")];
+  return [ok("isolate", `VM CPUs ${formatCpuList(pinned) || "(none pinned)"} are online; the host keeps ${formatCpuList(kept)}`)];
+}
+
+/**
+ * Each kind of setting: apply recomputes it with every claim in the journals
+ * (this one is journaled before apply runs, so it is among them); undo
+ * recomputes it without this domain's claims. Idempotent by construction.
+ */
+const claimAction = (action: Action) =>
+  defineAction<Claim, IsolateConfig>({
+    check: checkClaim,
+    apply: (_claim, ctx) => retune(ctx, action, claimsOf(ctx, action)),
+    undo: (_claim, ctx) => retune(ctx, action, claimsOf(ctx, action, ctx.domain.uuid)),
+  });
+
+export default definePlugin<IsolateConfig>({
+  name: PLUGIN_ID,
+  summary: "keeps host processes, workqueues and IRQs off the VM's CPUs while it runs",
+  usage: '<vmhook:isolate host-cpus="0-1" governor="performance" workqueues="yes|no" irqs="yes|no" required="yes|no" allow-overlap="yes|no"/>',
+  shared: true,
+  parse,
+  plan: { prepare: planPrepare },
+  check,
+  actions: Object.fromEntries(ACTIONS.map((action) => [action, claimAction(action)])),
+});

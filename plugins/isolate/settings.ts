@@ -1,0 +1,131 @@
+// The host settings isolation changes, one backend per kind: each knows its
+// files or units, how to read them and what to write.
+import { formatCpuList } from "../../lib/cpuset.ts";
+import { VmhookError } from "../../lib/errors.ts";
+import type { BaseContext } from "../../lib/plugin.ts";
+import type { Action, Claim } from "./claims.ts";
+import { CPU_DIR, narrowedList, narrowedMask } from "./cpus.ts";
+
+export interface Target {
+  key: string;
+  /** The value to write, given the host's value from before the first claim. */
+  want(original: string): string;
+}
+
+export interface Setting {
+  describe(claim: Claim): string;
+  /** What the claims ask for, in the order to apply (restore goes in reverse). */
+  targets(ctx: BaseContext, claims: Claim[], hostCpus: number[]): Target[];
+  read(ctx: BaseContext, key: string): string;
+  /** false: the kernel refused this one (e.g. an IRQ that cannot move); it is skipped. */
+  write(ctx: BaseContext, key: string, value: string): boolean;
+}
+
+// systemd owns the cgroup tree: ask it. machine.slice, where libvirt puts VMs, is never touched.
+export const SYSTEMD_UNITS = ["system.slice", "user.slice", "init.scope"];
+// Without systemd: the VMs' top-level groups (systemd-style and libvirt's own names) are left alone.
+export const isVmGroup = (name: string) => name === "machine.slice" || name === "machine" || name.includes("libvirt");
+export const CGROUP = "/sys/fs/cgroup";
+export const WORKQUEUE_MASK = "/sys/devices/virtual/workqueue/cpumask";
+// The mask IRQs get when they are set up later, e.g. those of the devices QEMU opens (kernel IRQ-affinity docs).
+export const DEFAULT_IRQ_MASK = "/proc/irq/default_smp_affinity";
+// Per-CPU timers and managed IRQs refuse to move (EIO, EINVAL); an IRQ freed meanwhile is gone (ENOENT).
+export const IRQ_REFUSALS = ["EIO", "EINVAL", "ENOENT"];
+
+export const SETTINGS: Record<Action, Setting> = {
+  "systemd-allowed-cpus": {
+    describe: (claim) => `keep systemd's ${SYSTEMD_UNITS.join(", ")} off CPUs ${formatCpuList(claim.isolated)}`,
+    targets: (_ctx, _claims, hostCpus) => SYSTEMD_UNITS.map((unit) => ({ key: unit, want: narrowedList(hostCpus) })),
+    read(ctx, unit) {
+      const shown = ctx.run("systemctl", ["show", "-p", "AllowedCPUs", unit]).stdout.trim();
+      return shown.replace(/^AllowedCPUs=/, "");
+    },
+    write(ctx, unit, value) {
+      // An empty value is systemd's "no restriction": exactly what a unit had before if it showed nothing.
+      ctx.run("systemctl", ["set-property", "--runtime", unit, `AllowedCPUs=${value}`]);
+      return true;
+    },
+  },
+  "cgroup-cpuset": {
+    describe: (claim) => `keep the host's top-level cgroups off CPUs ${formatCpuList(claim.isolated)}`,
+    targets(ctx, _claims, hostCpus) {
+      const groups = ctx.host.list(CGROUP).filter((name) => !isVmGroup(name) && ctx.host.stat(`${CGROUP}/${name}`)?.isDirectory);
+      return [
+        // cpuset.cpus exists in the top-level groups only once the root hands the controller down.
+        { key: `${CGROUP}/cgroup.subtree_control`, want: () => "cpuset" },
+        ...groups.map((name) => ({ key: `${CGROUP}/${name}/cpuset.cpus`, want: narrowedList(hostCpus) })),
+      ];
+    },
+    read(ctx, key) {
+      if (key.endsWith("/cgroup.subtree_control")) return ctx.host.read(key).split(/\s+/).includes("cpuset") ? "cpuset" : "";
+      // Before the controller is enabled the file is missing; it then starts empty, meaning "as the parent".
+      return ctx.host.readTrimmed(key) ?? "";
+    },
+    write: (ctx, key, value) => (key.endsWith("/cgroup.subtree_control") ? writeSubtreeControl(ctx, key, value) : writeGroupCpus(ctx, key, value)),
+  },
+  "workqueue-mask": {
+    describe: (claim) => `keep unbound kernel workqueues off CPUs ${formatCpuList(claim.isolated)}`,
+    targets: (_ctx, _claims, hostCpus) => [{ key: WORKQUEUE_MASK, want: narrowedMask(hostCpus) }],
+    read: (ctx, key) => ctx.host.read(key).trim(),
+    write: (ctx, key, value) => writeOrRefuse(ctx, key, value, []),
+  },
+  "irq-affinity": {
+    describe: (claim) => `move IRQs off CPUs ${formatCpuList(claim.isolated)}`,
+    targets: (ctx, _claims, hostCpus) => [
+      ...(ctx.host.exists(DEFAULT_IRQ_MASK) ? [{ key: DEFAULT_IRQ_MASK, want: narrowedMask(hostCpus) }] : []),
+      ...ctx.host
+        .list("/proc/irq")
+        .filter((irq) => /^\d+$/.test(irq) && ctx.host.exists(`/proc/irq/${irq}/smp_affinity_list`))
+        .map((irq) => ({ key: `/proc/irq/${irq}/smp_affinity_list`, want: narrowedList(hostCpus) })),
+    ],
+    read: (ctx, key) => ctx.host.read(key).trim(),
+    write: (ctx, key, value) => writeOrRefuse(ctx, key, value, IRQ_REFUSALS),
+  },
+  governor: {
+    describe: (claim) => `set the cpufreq governor of CPUs ${formatCpuList(claim.own)} to ${claim.governor}`,
+    targets: (_ctx, claims) =>
+      claims.flatMap((claim) => claim.own.map((cpu) => ({ key: `${CPU_DIR}/cpu${cpu}/cpufreq/scaling_governor`, want: () => claim.governor! }))),
+    read: (ctx, key) => ctx.host.read(key).trim(),
+    write: (ctx, key, value) => writeOrRefuse(ctx, key, value, []),
+  },
+};
+
+export function writeSubtreeControl(ctx: BaseContext, key: string, value: string): boolean {
+  try {
+    ctx.host.write(key, value === "cpuset" ? "+cpuset" : "-cpuset");
+  } catch (error) {
+    // A child group (e.g. libvirt's) enabled cpuset for itself meanwhile: harmless to leave on.
+    if (value !== "" || (error as NodeJS.ErrnoException).code !== "EBUSY") throw error;
+    ctx.log.warn(`isolate: left cpuset enabled in ${key}: a child group still uses it (cpuset.cpus are restored, so no CPU is fenced off)`);
+  }
+  return true;
+}
+
+export function writeGroupCpus(ctx: BaseContext, key: string, value: string): boolean {
+  if (value === "") {
+    try {
+      ctx.host.write(key, "\n");
+      return true;
+    } catch (error) {
+      const code = (error as NodeJS.ErrnoException).code;
+      if (code === "ENOENT") return false; // the group is gone
+      if (code !== "ENOSPC") throw error;
+      // The kernel refuses to empty cpuset.cpus of a group with processes (ENOSPC);
+      // all of the root's CPUs means the same, and disabling cpuset afterwards removes the file.
+      value = ctx.host.read(`${CGROUP}/cpuset.cpus.effective`).trim();
+    }
+  }
+  return writeOrRefuse(ctx, key, value, ["ENOENT"]);
+}
+
+export function writeOrRefuse(ctx: BaseContext, key: string, value: string, refusals: string[]): boolean {
+  try {
+    ctx.host.write(key, `${value}\n`);
+    return true;
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code ?? "";
+    if (!refusals.includes(code)) throw new VmhookError(`cannot write "${value}" to ${key}: ${(error as Error).message}`);
+    ctx.log.info(`isolate: ${key} refused "${value}" (${code}); left as it is`);
+    return false;
+  }
+}

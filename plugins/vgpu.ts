@@ -1,0 +1,195 @@
+// NVIDIA vGPU 17+ on SR-IOV virtual functions, where there is no mdev: a
+// vGPU type id is written to the VF at prepare and cleared at release.
+//
+//   <vmhook:vgpu vf="0000:41:00.4" type="NVIDIA L40S-12Q"/>
+//
+// A separate element from <vmhook:mdev> because it is another kernel
+// interface: a type set on a PCI function that the domain's PCI <hostdev>
+// names. Layout: NVIDIA's vGPU 17 "vendor-specific VFIO framework"
+// (nvidia/creatable_vgpu_types, nvidia/current_vgpu_type under the VF).
+import type { Element } from "@xmldom/xmldom";
+import { describeElement, type Domain } from "../lib/domain.ts";
+import { readAttributes } from "../lib/element.ts";
+import { ConfigError, describeError, VmhookError } from "../lib/errors.ts";
+import type { Host } from "../lib/host.ts";
+import { pciPath } from "../lib/pci.ts";
+import { defineAction, definePlugin, type BaseContext, type CheckContext, type PlanContext, type Step, type UndoRecord } from "../lib/plugin.ts";
+import { fail, ok, type Finding } from "../lib/diagnostics/findings.ts";
+import { checkPattern, parsePciAddress, PATTERNS } from "../lib/validate.ts";
+
+
+const vgpuFile = (vf: string, file: "creatable_vgpu_types" | "current_vgpu_type") => pciPath(vf, `nvidia/${file}`);
+/** A vGPU type as written in config: its numeric id or its name (NVIDIA L40S-12Q, or L40S-12Q). */
+const VGPU_TYPE = /^[A-Za-z0-9][A-Za-z0-9 _.:+-]{0,63}$/;
+
+interface VgpuType {
+  id: number;
+  name: string;
+}
+
+/** creatable_vgpu_types: a header ("ID    : vGPU Name"), then "1414 : NVIDIA H200X-1-18C" per type. */
+function creatableTypes(host: Host, vf: string): VgpuType[] {
+  return (host.readTrimmed(vgpuFile(vf, "creatable_vgpu_types")) ?? "").split("\n").flatMap((line) => {
+    const match = /^\s*(\d+)\s*:\s*(.+?)\s*$/.exec(line);
+    return match ? [{ id: Number(match[1]), name: match[2]! }] : [];
+  });
+}
+
+function matchesType(type: VgpuType, wanted: string): boolean {
+  const lower = wanted.toLowerCase();
+  return String(type.id) === wanted || type.name.toLowerCase() === lower || type.name.toLowerCase().split(/\s+/).at(-1) === lower;
+}
+
+export interface VgpuDevice {
+  element: string;
+  vf: string;
+  type: string;
+}
+
+function parseVgpuElement(element: Element, domain: Domain, count: number): VgpuDevice {
+  const where = describeElement(element);
+  const attrs = readAttributes(element, ["vf", "type"]);
+  if (attrs.type === undefined) throw new ConfigError(where, `has no type attribute; name a vGPU type by id or name as cat /sys/bus/pci/devices/VF/nvidia/creatable_vgpu_types lists them, e.g. type="NVIDIA L40S-12Q"`);
+  const type = checkPattern(attrs.type.trim(), VGPU_TYPE, where, "type", "vGPU type id or name");
+  const hostdevs = domain.hostdevs.flatMap((hostdev) => (hostdev.type === "pci" ? [hostdev.address] : []));
+  if (attrs.vf === undefined) {
+    if (hostdevs.length === 1 && count === 1) return { element: where, vf: hostdevs[0]!, type };
+    throw new ConfigError(where, `has no vf attribute; add vf="DDDD:BB:SS.F" naming the virtual function (one of the domain's PCI <hostdev>s${hostdevs.length ? `: ${hostdevs.join(", ")}` : ""})`);
+  }
+  const vf = parsePciAddress(attrs.vf, where, "vf");
+  if (!hostdevs.includes(vf)) {
+    throw new ConfigError(where, `vf="${attrs.vf}" is not a PCI <hostdev> of this domain; add <hostdev mode='subsystem' type='pci' managed='no'> with its <source><address> to <devices>, or fix vf`);
+  }
+  return { element: where, vf, type };
+}
+
+export interface VgpuPlan extends VgpuDevice {
+  id: number;
+  name: string;
+  /** False: the VF carries this type already: used, and kept at release. */
+  create: boolean;
+}
+
+/** Everything checked before anything changes; `vmhook doctor` runs it too. */
+export function planVgpu(host: Host, device: VgpuDevice): VgpuPlan {
+  const current = host.readTrimmed(vgpuFile(device.vf, "current_vgpu_type"));
+  if (current === undefined) {
+    throw new ConfigError(
+      device.element,
+      `${device.vf} has no nvidia/current_vgpu_type: it is not a virtual function of a GPU driven by NVIDIA's vGPU manager 17 or later; enable the VFs with /usr/lib/nvidia/sriov-manage -e PF-ADDRESS (for vGPUs that are mdevs, use <vmhook:mdev>)`,
+    );
+  }
+  const creatable = creatableTypes(host, device.vf);
+  const wanted = creatable.find((type) => matchesType(type, device.type));
+  const currentId = Number(current);
+  if (currentId !== 0) {
+    if ((wanted?.id ?? Number(device.type)) === currentId) {
+      return { ...device, id: currentId, name: wanted?.name ?? device.type, create: false };
+    }
+    throw new ConfigError(device.element, `${device.vf} already carries vGPU type ${currentId}; if that is the one, write type="${currentId}", else pick a free VF or clear it (echo 0 > ${vgpuFile(device.vf, "current_vgpu_type")})`);
+  }
+  if (!wanted) {
+    throw new ConfigError(
+      device.element,
+      creatable.length === 0
+        ? `no vGPU type can be created on ${device.vf} now: the GPU's other vGPUs use what is left; stop one or use another GPU`
+        : `vGPU type "${device.type}" cannot be created on ${device.vf}; creatable now: ${creatable.map((type) => `${type.id} (${type.name})`).join(", ")}`,
+    );
+  }
+  return { ...device, id: wanted.id, name: wanted.name, create: true };
+}
+
+function parse(elements: Element[], domain: Domain): VgpuDevice[] {
+  const devices = elements.map((element) => parseVgpuElement(element, domain, elements.length));
+  devices.forEach((device, index) => {
+    const first = devices.findIndex((other) => other.vf === device.vf);
+    if (first !== index) throw new ConfigError(device.element, `configures VF ${device.vf} again (first in ${devices[first]!.element}); a VF carries one vGPU`);
+  });
+  return devices;
+}
+
+interface SetRecord extends UndoRecord {
+  action: "set-vgpu";
+  vf: string;
+  id: number;
+  name: string;
+}
+
+function planPrepare(ctx: PlanContext<VgpuDevice[]>): Step<SetRecord>[] {
+  const plans = ctx.config.map((device) => planVgpu(ctx.host, device));
+  for (const plan of plans.filter((p) => !p.create)) ctx.log.info(`${plan.vf} carries vGPU type ${plan.id} already: using it, and keeping it at release`);
+  return plans
+    .filter((plan) => plan.create)
+    .map((plan) => ({ action: "set-vgpu", record: { action: "set-vgpu", vf: plan.vf, id: plan.id, name: plan.name }, description: `set vGPU type ${plan.id} (${plan.name}) on ${plan.vf}` }));
+}
+
+function setVgpu(record: SetRecord, ctx: BaseContext): void {
+  const file = vgpuFile(record.vf, "current_vgpu_type");
+  try {
+    ctx.host.write(file, String(record.id));
+  } catch (error) {
+    throw new VmhookError(`could not set vGPU type ${record.id} (${record.name}) on ${record.vf}: ${describeError(error)}; the kernel log (dmesg) and nvidia-smi vgpu may say why`);
+  }
+  ctx.waitFor(`${file} reads ${record.id}`, () => ctx.host.readTrimmed(file) === String(record.id));
+}
+
+function clearVgpu(record: SetRecord, ctx: BaseContext): void {
+  const { vf } = record;
+  const file = vgpuFile(vf, "current_vgpu_type");
+  const current = ctx.host.readTrimmed(file);
+  // Gone (VFs disabled) or never set (the step failed): nothing to give back.
+  if (current === undefined || current === "0") return;
+  if (current !== String(record.id)) {
+    ctx.log.warn(`${vf} carries vGPU type ${current}, not the ${record.id} vmhook set; leaving it`);
+    return;
+  }
+  try {
+    ctx.host.write(file, "0");
+  } catch (error) {
+    throw new VmhookError(`could not clear the vGPU on ${vf}: ${describeError(error)}; if a process still uses the VF, stop it, then run vmhook recover`);
+  }
+  ctx.waitFor(`${file} reads 0`, () => ctx.host.readTrimmed(file) === "0");
+}
+
+function checkSetRecord(record: UndoRecord): SetRecord {
+  const { action, vf, id, name } = record;
+  if ((action !== "set-vgpu" && action !== "clear-vgpu") || typeof vf !== "string" || !PATTERNS.pciAddress.test(vf) || !Number.isSafeInteger(id) || (id as number) <= 0) {
+    throw new VmhookError(`vgpu: the journal names VF ${JSON.stringify(vf)} and type ${JSON.stringify(id)}, which are not a PCI address and a type id; inspect it`);
+  }
+  return { action: "set-vgpu", vf, id: id as number, name: typeof name === "string" ? name : String(id) };
+}
+
+const setVgpuAction = defineAction<SetRecord, VgpuDevice[]>({ check: checkSetRecord, apply: setVgpu, undo: clearVgpu });
+
+/** `vmhook doctor`: each VF can carry its vGPU type now (or carries it already). */
+function check({ host, domain, elements }: CheckContext): Finding[] {
+  let devices: VgpuDevice[];
+  try {
+    devices = parse(elements, domain);
+  } catch {
+    return []; // reported by the config check
+  }
+  return devices.map((device) => {
+    const check = `vgpu ${device.vf}`;
+    try {
+      const plan = planVgpu(host, device);
+      return ok(check, plan.create ? `${device.vf} can carry vGPU type ${plan.id} (${plan.name})` : `${device.vf} carries vGPU type ${plan.id} already; vmhook uses it and leaves it at release`);
+    } catch (error) {
+      return fail(check, describeError(error), "fix the element or the host as the message says");
+    }
+  });
+}
+
+export default definePlugin<VgpuDevice[]>({
+  name: "vgpu",
+  summary: "sets an NVIDIA vGPU type (vGPU 17+, SR-IOV) on the domain's virtual functions at prepare, clears it at release",
+  usage: '<vmhook:vgpu vf="PCI-ADDRESS" type="ID|NAME"/>  (one per VF)',
+
+  parse,
+  plan: { prepare: planPrepare },
+  check,
+  actions: {
+    "set-vgpu": setVgpuAction,
+    "clear-vgpu": setVgpuAction, // vmhook 0.1 named the record by its undo
+  },
+});

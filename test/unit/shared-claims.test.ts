@@ -1,0 +1,187 @@
+// Issue 9, defects 3 and 4: what VMs share is computed from everything that
+// holds it, never from what could be read. An unreadable journal, shared
+// state or claims ledger stops changes to the shared resource (prepare
+// fails naming the file; release keeps its entry for vmhook recover), and a
+// kernel module is claimed across VMs, so a device goes back to its driver
+// once the last VM that needed the module gone is released.
+import * as fs from "node:fs";
+import { test } from "uvu";
+import * as assert from "uvu/assert";
+import { readJournal } from "../../lib/journal.ts";
+import { paths } from "../../lib/paths.ts";
+import { GpuKernel } from "../helpers/gpu-kernel.ts";
+import { runHookEvent } from "../helpers/hook.ts";
+import { SimHost } from "../helpers/simhost.ts";
+
+const UUID_A = "3a3a3a3a-0000-4000-8000-00000000003a";
+const UUID_B = "3b3b3b3b-0000-4000-8000-00000000003b";
+const firstLine = (text: string) => text.split("\n")[0]!;
+
+// ---- defect 3: the host CPU set of two isolating VMs
+
+const isolated = (name: string, uuid: string, cpus: string[]) => `<domain type="kvm"><name>${name}</name><uuid>${uuid}</uuid><memory unit="MiB">512</memory>
+  <vcpu>${cpus.length}</vcpu><cputune>${cpus.map((cpu, vcpu) => `<vcpupin vcpu="${vcpu}" cpuset="${cpu}"/>`).join("")}</cputune>
+  <metadata><vmhook:hooks xmlns:vmhook="urn:vmhook:1"><vmhook:isolate/></vmhook:hooks></metadata></domain>`;
+const vmA = isolated("vmA", UUID_A, ["2", "3"]);
+const vmB = isolated("vmB", UUID_B, ["4", "5"]);
+
+/** An 8-CPU systemd host whose systemctl keeps AllowedCPUs per unit (empty: all CPUs). */
+function isolateHost(): { sim: SimHost; units: Record<string, string> } {
+  const units: Record<string, string> = { "system.slice": "", "user.slice": "", "init.scope": "" };
+  const sim = new SimHost().dir("/var/log").file("/proc/1/comm", "systemd");
+  sim.file("/sys/devices/system/cpu/present", "0-7").file("/sys/devices/system/cpu/online", "0-7").file("/sys/fs/cgroup/cgroup.controllers", "cpuset cpu memory");
+  sim.onExec("systemctl", (args) => {
+    if (args[0] === "show") return { stdout: `AllowedCPUs=${units[args[3]!] ?? ""}\n` };
+    if (args[0] === "set-property") units[args[2]!] = args[3]!.replace(/^AllowedCPUs=/, "");
+    return {};
+  });
+  return { sim, units };
+}
+
+const NARROWED_BY_BOTH = { "system.slice": "0-1,6-7", "user.slice": "0-1,6-7", "init.scope": "0-1,6-7" };
+
+test("defect 3: releasing VM A while VM B's journal cannot be read changes no CPU set, keeps A's entry and says why; recover finishes once B's journal is back", async () => {
+  const { sim, units } = isolateHost();
+  try {
+    assert.is((await runHookEvent(sim, "prepare", "begin", vmA, "vmA")).code, 0);
+    assert.is((await runHookEvent(sim, "prepare", "begin", vmB, "vmB")).code, 0);
+    assert.equal(units, NARROWED_BY_BOTH);
+    const journalB = sim.resolve(paths.journal(UUID_B));
+    const intact = fs.readFileSync(journalB, "utf8");
+
+    for (const broken of ["{ half a journal", intact.replace('"version": 1', '"version": 99')]) {
+      fs.writeFileSync(journalB, broken);
+      const released = await runHookEvent(sim, "release", "end", vmA, "vmA");
+      assert.is(released.code, 0, "release never fails libvirt");
+      assert.match(firstLine(released.stderr), "release of vmA: 1 change(s) could not be undone");
+      assert.match(released.stderr, `journal ${paths.journal(UUID_B)} cannot be read`);
+      assert.match(released.stderr, "vmhook cannot tell what the other VMs hold, so it changes no shared resource");
+      assert.equal(units, NARROWED_BY_BOTH, "B still runs: its CPUs stay isolated");
+      assert.is(readJournal(sim, UUID_A)!.entries[0]!.state, "undo-failed");
+
+      const another = isolated("vmC", "3c3c3c3c-0000-4000-8000-00000000003c", ["6"]);
+      const refused = await runHookEvent(sim, "prepare", "begin", another, "vmC");
+      assert.is(refused.code, 1);
+      assert.match(firstLine(refused.stderr), `journal ${paths.journal(UUID_B)} cannot be read`);
+      assert.equal(units, NARROWED_BY_BOTH);
+    }
+
+    fs.writeFileSync(journalB, intact);
+    assert.is((await runHookEvent(sim, "release", "end", vmA, "vmA")).code, 0);
+    assert.equal(units, { "system.slice": "0-3,6-7", "user.slice": "0-3,6-7", "init.scope": "0-3,6-7" });
+    assert.is((await runHookEvent(sim, "release", "end", vmB, "vmB")).code, 0);
+    assert.equal(units, { "system.slice": "", "user.slice": "", "init.scope": "" });
+    assert.equal(sim.stateFiles(), []);
+  } finally {
+    sim.cleanup();
+  }
+});
+
+test("defect 3: an unreadable shared state (the host's original CPU sets) is never replaced by the narrowed values", async () => {
+  const { sim, units } = isolateHost();
+  try {
+    assert.is((await runHookEvent(sim, "prepare", "begin", vmA, "vmA")).code, 0);
+    const shared = sim.resolve(paths.sharedState("isolate"));
+    const intact = fs.readFileSync(shared, "utf8");
+    fs.writeFileSync(shared, "not json");
+    const refused = await runHookEvent(sim, "prepare", "begin", vmB, "vmB");
+    assert.is(refused.code, 1);
+    assert.match(firstLine(refused.stderr), `shared state ${paths.sharedState("isolate")} cannot be read`);
+    assert.is(fs.readFileSync(shared, "utf8"), "not json", "what it held is not guessed and not overwritten");
+    assert.equal(units, { "system.slice": "0-1,4-7", "user.slice": "0-1,4-7", "init.scope": "0-1,4-7" });
+
+    assert.match(refused.stderr, "could not be undone: run vmhook recover", "its own claim stays journaled: undoing it needs the originals too");
+
+    fs.writeFileSync(shared, intact);
+    assert.is((await runHookEvent(sim, "release", "end", vmB, "vmB")).code, 0, "libvirt releases a VM whose prepare failed");
+    assert.equal(units, { "system.slice": "0-1,4-7", "user.slice": "0-1,4-7", "init.scope": "0-1,4-7" });
+    assert.is((await runHookEvent(sim, "release", "end", vmA, "vmA")).code, 0);
+    assert.equal(units, { "system.slice": "", "user.slice": "", "init.scope": "" }, "the real originals come back");
+    assert.equal(sim.stateFiles(), []);
+  } finally {
+    sim.cleanup();
+  }
+});
+
+// ---- defect 4: two NVIDIA cards, one per VM
+
+const CARD_A = "0000:01:00.0";
+const CARD_B = "0000:02:00.0";
+
+const passthrough = (name: string, uuid: string, card: string) => {
+  const [, bus] = /^0000:(\w\w):/.exec(card)!;
+  return `<domain type='kvm'><name>${name}</name><uuid>${uuid}</uuid><memory unit='GiB'>4</memory>
+  <metadata><vmhook:hooks xmlns:vmhook="urn:vmhook:1"><vmhook:vfio/></vmhook:hooks></metadata>
+  <devices><hostdev mode='subsystem' type='pci' managed='no'><source><address domain='0x0000' bus='0x${bus}' slot='0x00' function='0x0'/></source></hostdev></devices></domain>`;
+};
+
+/**
+ * An Intel iGPU shows the host's display; two NVIDIA cards in their own IOMMU
+ * groups, one for each VM; nvidia-persistenced holds A's card (/dev/nvidia0).
+ */
+function twoCardHost(): GpuKernel {
+  const kernel = new GpuKernel()
+    .module({ name: "i915", driver: "i915", loaded: true })
+    .module({ name: "nvidia", driver: "nvidia", loaded: true })
+    .device({ address: "0000:00:02.0", classCode: "0x030000", vendor: "0x8086", nativeDriver: "i915", group: 0, bootVga: true, nodes: ["card0"] })
+    .device({ address: CARD_A, classCode: "0x030000", vendor: "0x10de", nativeDriver: "nvidia", group: 1, nodes: ["card1"] })
+    .device({ address: CARD_B, classCode: "0x030000", vendor: "0x10de", nativeDriver: "nvidia", group: 2, nodes: ["card2"] })
+    .unit({ name: "nvidia-persistenced.service", active: true, processes: { 600: ["nvidia-persiste", ["/dev/nvidiactl", "/dev/nvidia0", "/dev/nvidia1"]] } });
+  kernel.sim.file(`/proc/driver/nvidia/gpus/${CARD_A}/information`, "Device Minor: 0\n").file(`/proc/driver/nvidia/gpus/${CARD_B}/information`, "Device Minor: 1\n");
+  return kernel;
+}
+const persistenced = (kernel: GpuKernel) => kernel.units.get("nvidia-persistenced.service")!.active;
+
+for (const order of [["A", "B"], ["B", "A"]] as const) {
+  test(`defect 4: two NVIDIA cards, one per VM, released ${order.join(" then ")}: every card back on nvidia, no journal or claim left`, async () => {
+    const kernel = twoCardHost();
+    try {
+      const before = kernel.sim.snapshot();
+      const vms = { A: passthrough("vmA", UUID_A, CARD_A), B: passthrough("vmB", UUID_B, CARD_B) };
+      const names = { A: "vmA", B: "vmB" };
+      assert.is((await runHookEvent(kernel.sim, "prepare", "begin", vms.A, "vmA")).code, 0);
+      assert.ok(kernel.loaded("nvidia"), "the host still has B's card on nvidia");
+      assert.not.ok(persistenced(kernel), "it held A's card");
+      const prepareB = await runHookEvent(kernel.sim, "prepare", "begin", vms.B, "vmB");
+      assert.is(prepareB.code, 0, prepareB.stderr);
+      assert.equal([kernel.driverOf(CARD_A), kernel.driverOf(CARD_B)], ["vfio-pci", "vfio-pci"]);
+      assert.not.ok(kernel.loaded("nvidia"), "no NVIDIA card is left to the host");
+
+      const [first, second] = order;
+      const released = await runHookEvent(kernel.sim, "release", "end", vms[first], names[first]);
+      assert.equal([released.code, released.stderr], [0, ""]);
+      assert.equal(readJournal(kernel.sim, first === "A" ? UUID_A : UUID_B), undefined, "nothing stale is kept");
+      const secondCard = second === "A" ? CARD_A : CARD_B;
+      assert.is(kernel.driverOf(secondCard), "vfio-pci", "the running VM keeps its card");
+      assert.not.ok(persistenced(kernel), "nvidia-persistenced stays stopped while a VM needs nvidia unloaded");
+
+      const last = await runHookEvent(kernel.sim, "release", "end", vms[second], names[second]);
+      assert.equal([last.code, last.stderr], [0, ""]);
+      assert.ok(kernel.loaded("nvidia"));
+      assert.equal([kernel.driverOf(CARD_A), kernel.driverOf(CARD_B)], ["nvidia", "nvidia"]);
+      assert.ok(persistenced(kernel));
+      assert.equal(kernel.sim.snapshot(), before);
+      assert.equal(kernel.sim.stateFiles(), []);
+    } finally {
+      kernel.sim.cleanup();
+    }
+  });
+}
+
+test("defect 4: a claims ledger that cannot be read stops the module handover (prepare names the file) and keeps the release's entry", async () => {
+  const kernel = twoCardHost();
+  try {
+    const vmB4 = passthrough("vmB", UUID_B, CARD_B);
+    assert.is((await runHookEvent(kernel.sim, "prepare", "begin", passthrough("vmA", UUID_A, CARD_A), "vmA")).code, 0);
+    kernel.sim.file(paths.claims, '{"version": 7, "claims": {}}');
+    const before = kernel.sim.snapshot();
+    const refused = await runHookEvent(kernel.sim, "prepare", "begin", vmB4, "vmB");
+    assert.is(refused.code, 1);
+    assert.match(firstLine(refused.stderr), `claims ledger ${paths.claims} has unknown version 7`);
+    assert.equal(kernel.sim.snapshot(), before);
+  } finally {
+    kernel.sim.cleanup();
+  }
+});
+
+test.run();
