@@ -21,6 +21,15 @@ export interface MdevHostdev {
   model: string;
 }
 
+/** A guest NIC on a libvirt network or bridge: what the forward plugin needs to find the guest's address. */
+export interface NetworkInterface {
+  type: string;
+  /** Lower-case aa:bb:cc:dd:ee:ff; undefined when libvirt has not assigned one yet. */
+  mac?: string;
+  /** <source network>: the libvirt network's name, as written (checked before it names a file). */
+  network?: string;
+}
+
 export interface NumaCell {
   id: number;
   memoryKiB: number;
@@ -42,6 +51,7 @@ export interface Domain {
   numaCells: NumaCell[];
   cputune: { vcpupins: number[][]; emulatorpin?: number[]; iothreadpins: number[][] };
   hostdevs: (PciHostdev | MdevHostdev)[];
+  interfaces: NetworkInterface[];
   /** The <vmhook:hooks> element, if the domain has one. */
   metadata?: Element;
 }
@@ -132,6 +142,7 @@ export function parseDomain(xml: string, what = "domain XML"): Domain {
       ),
     },
     hostdevs: parseHostdevs(document),
+    interfaces: parseInterfaces(document),
     metadata: first(`/domain/metadata/vmhook:${ROOT_ELEMENT}`, document),
   };
 }
@@ -203,6 +214,17 @@ function parseHostdevs(document: Node): Domain["hostdevs"] {
     }
   }
   return hostdevs;
+}
+
+const MAC = /^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/;
+
+function parseInterfaces(document: Node): NetworkInterface[] {
+  return nodes("/domain/devices/interface", document).map((nic) => {
+    const mac = attr(first("mac", nic), "address")?.trim().toLowerCase();
+    if (mac !== undefined && !MAC.test(mac)) throw new ConfigError("<interface><mac>", `address="${mac}" is not a MAC address like 52:54:00:12:34:56`);
+    const network = attr(first("source", nic), "network");
+    return { type: attr(nic, "type") ?? "", ...(mac ? { mac } : {}), ...(network !== undefined ? { network } : {}) };
+  });
 }
 
 /** The child elements of <vmhook:hooks>, in document order. */

@@ -58,7 +58,7 @@ export interface Host {
   processAlive(pid: number): boolean;
 }
 
-const SEARCH_PATH = ["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"];
+export const SEARCH_PATH = ["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"];
 const sleepCell = new Int32Array(new SharedArrayBuffer(4));
 
 export class RootedHost implements Host {

@@ -16,6 +16,7 @@ const BUILTIN: Record<string, Loader> = {
   nosleep: async () => (await import("./nosleep.ts")).default,
   vgpu: async () => (await import("./vgpu.ts")).default,
   vfio: async () => (await import("./vfio/index.ts")).default,
+  forward: async () => (await import("./forward/index.ts")).default,
 };
 
 const builtinNames = (): string[] => Object.keys(BUILTIN);

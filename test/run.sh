@@ -2,10 +2,10 @@
 # All of vmhook's tests: typecheck, build, unit tests on a simulated host,
 # then the real ones (libvirt, kernel). Each suite is a uvu run under bun (the
 # runtime of the shipped binary). The last line is "N passed, N failed".
-#   VMHOOK_TESTS="unit libvirt"  runs only those suites.
+#   VMHOOK_TESTS="unit libvirt"  runs only those suites (net: real nftables in network namespaces).
 set -u
 cd "$(dirname "$0")/.."
-suites=${VMHOOK_TESTS:-"unit libvirt kernel"}
+suites=${VMHOOK_TESTS:-"unit net libvirt kernel"}
 bun=node_modules/.bin/bun
 passed=0 failed=0 skipped=0
 

@@ -1,0 +1,77 @@
+// The forward plugin: host ports forwarded to a guest on a libvirt NAT
+// network, IPv4 and IPv6, with nftables (docs/forward.md).
+//
+//   <vmhook:forward guest="ADDRESS" ports="HOST[:GUEST][/tcp|/udp],…"
+//                   host-address="ADDRESS" interface="IFACE" hairpin="yes|no"/>
+//
+// start plans one step (the rules go in when libvirt has started the guest's
+// network); the plugin is shared, so the runner plans and applies it under the
+// host-wide lock and the other VMs' ports cannot change in between. reconnect
+// plans a step that puts back what went missing while libvirtd was away.
+import type { Domain } from "../../lib/domain.ts";
+import { defineAction, definePlugin, type BaseContext, type PlanContext, type Step, type UndoRecord } from "../../lib/plugin.ts";
+import { applyRecord, iptablesListing, missingRules, readRuleset, undoRecord } from "./apply.ts";
+import { parseForwardConfig, type ForwardConfig } from "./config.ts";
+import { forwardChecks } from "./doctor.ts";
+import { allowedHostPorts, buildRecord, checkListeners, checkOtherVms, checkPolicy, resolveForwards } from "./plan.ts";
+import { checkRecord, describeForwards, PLUGIN_ID, type ForwardRecord } from "./record.ts";
+
+/** start: reads the host (network, ruleset, listeners, other VMs' journals) and checks everything; changes nothing. */
+function planStart(ctx: PlanContext<ForwardConfig>): Step<ForwardRecord>[] {
+  const forwards = resolveForwards(ctx.host, ctx.domainXml, ctx.config);
+  checkPolicy(forwards, allowedHostPorts(ctx.settings));
+  checkOtherVms(forwards, ctx.domain.uuid, ctx.journals());
+  checkListeners(ctx.host, forwards);
+  const record = buildRecord(ctx.domain.uuid, forwards, readRuleset(ctx), (tool) => legacyFilterTable(ctx, tool) && iptablesListing(ctx, tool) !== undefined);
+  return [{ action: record.action, record, description: describeForwards(forwards) }];
+}
+
+/**
+ * Whether the legacy filter table exists, read from /proc: running
+ * iptables-legacy to find out would load ip_tables and create the table.
+ */
+const legacyFilterTable = (ctx: BaseContext, tool: string) =>
+  (ctx.host.readTrimmed(tool.startsWith("ip6") ? "/proc/net/ip6_tables_names" : "/proc/net/ip_tables_names") ?? "").split("\n").includes("filter");
+
+/** reconnect: one step per record whose rules a network restart or a firewall reload took out. */
+function planReconnect(ctx: PlanContext<ForwardConfig>): Step<ForwardRecord>[] {
+  return ctx.records
+    .filter((record) => record.action === "nft-forward")
+    .flatMap((journaled): Step<ForwardRecord>[] => {
+      const typed = checkRecord(journaled);
+      const missing = missingRules(ctx, typed);
+      if (missing.length === 0) return [];
+      ctx.log.warn(`forward: ${missing.join(", ")} went missing while libvirtd was away`);
+      const record = { ...(journaled as ForwardRecord), action: "restore-forward" as const };
+      return [{ action: record.action, record, description: `put back ${describeForwards(typed.forwards)}` }];
+    });
+}
+
+/** The record checked field by field, kept as journaled JSON: apply and undo parse it again into typed values. */
+const checked = (record: UndoRecord): ForwardRecord => (checkRecord(record), record as ForwardRecord);
+
+export default definePlugin<ForwardConfig>({
+  name: PLUGIN_ID,
+  summary: "forwards host ports to a guest on a libvirt NAT network (nftables, IPv4 and IPv6)",
+  usage: '<vmhook:forward guest="ADDRESS" ports="HOST[:GUEST][/tcp|/udp],…" host-address="ADDRESS" interface="IFACE" hairpin="yes|no"/>',
+  shared: true,
+  parse: (elements, _domain: Domain) => parseForwardConfig(elements),
+  plan: { start: planStart, reconnect: planReconnect },
+  check: forwardChecks,
+  actions: {
+    "nft-forward": defineAction<ForwardRecord, ForwardConfig>({
+      check: checked,
+      apply: (record, ctx) => applyRecord(ctx, checkRecord(record)),
+      undo: (record, ctx) => undoRecord(ctx, checkRecord(record)),
+    }),
+    // The rules belong to the journaled nft-forward entry, whose undo takes them out: this entry leaves the journal.
+    "restore-forward": defineAction<ForwardRecord, ForwardConfig>({
+      check: checked,
+      apply: (record, ctx) => {
+        ctx.nothingToUndo();
+        applyRecord(ctx, checkRecord(record));
+      },
+      undo: (record, ctx) => undoRecord(ctx, checkRecord(record)),
+    }),
+  },
+});

@@ -1,0 +1,79 @@
+// Host processes listening on ports a forward wants: /proc/net/{tcp,tcp6,udp,udp6}
+// give the sockets, /proc/PID/fd the process that holds each socket inode.
+// Parsing is pure; reading goes through the Host (a network namespace sees its own).
+import type { Host } from "../../lib/host.ts";
+import type { Family } from "./address.ts";
+import type { Protocol } from "./config.ts";
+
+export interface Listener {
+  protocol: Protocol;
+  /** 6: an IPv6 socket; bound to :: it takes IPv4 too (unless IPV6_V6ONLY, which /proc does not show). */
+  family: Family;
+  /** Hex bytes decoded to text: 0.0.0.0, 127.0.0.1, ::, ::1, … */
+  address: string;
+  wildcard: boolean;
+  loopback: boolean;
+  port: number;
+  inode: number;
+}
+
+const TCP_LISTEN = "0A";
+/** An unconnected UDP socket: it receives whatever reaches its port. */
+const UDP_UNCONNECTED = "07";
+
+/** The /proc/net files vmhook reads for one protocol. */
+export const procNetFiles = (protocol: Protocol) => [`/proc/net/${protocol}`, `/proc/net/${protocol}6`];
+
+/** Parses one /proc/net/{tcp,udp}[6] file. */
+export function parseProcNet(text: string, protocol: Protocol, family: Family): Listener[] {
+  const listeners: Listener[] = [];
+  for (const line of text.split("\n").slice(1)) {
+    const fields = line.trim().split(/\s+/);
+    if (fields.length < 10) continue;
+    const [addressHex, portHex] = (fields[1] ?? "").split(":");
+    const state = fields[3];
+    if (state !== (protocol === "tcp" ? TCP_LISTEN : UDP_UNCONNECTED) || !addressHex || !portHex) continue;
+    const bytes = decodeAddress(addressHex);
+    const inode = Number(fields[9]);
+    if (!bytes || !Number.isSafeInteger(inode)) continue;
+    const wildcard = bytes.every((byte) => byte === 0);
+    const loopback = family === 4 ? bytes[0] === 127 : bytes.slice(0, 15).every((byte) => byte === 0) && bytes[15] === 1;
+    listeners.push({ protocol, family, address: formatBytes(bytes), wildcard, loopback, port: parseInt(portHex, 16), inode });
+  }
+  return listeners;
+}
+
+/** The kernel prints each 32-bit word of the address in host (little-endian) order. */
+function decodeAddress(hex: string): number[] | undefined {
+  if (!/^([0-9A-Fa-f]{8}){1,4}$/.test(hex) || (hex.length !== 8 && hex.length !== 32)) return undefined;
+  const bytes: number[] = [];
+  for (let word = 0; word < hex.length / 8; word++) {
+    const chunk = hex.slice(word * 8, word * 8 + 8);
+    for (let index = 3; index >= 0; index--) bytes.push(parseInt(chunk.slice(index * 2, index * 2 + 2), 16));
+  }
+  return bytes;
+}
+
+function formatBytes(bytes: number[]): string {
+  if (bytes.length === 4) return bytes.join(".");
+  const words = Array.from({ length: 8 }, (_, index) => ((bytes[2 * index]! << 8) | bytes[2 * index + 1]!).toString(16));
+  return words.join(":").replace(/(^|:)0(:0)+(:|$)/, "::").replace(/:{3,}/, "::");
+}
+
+export function readListeners(host: Host, protocol: Protocol): Listener[] {
+  return procNetFiles(protocol).flatMap((file, index) => {
+    const text = host.readTrimmed(file);
+    return text === undefined ? [] : parseProcNet(text, protocol, index === 0 ? 4 : 6);
+  });
+}
+
+/** "sshd (pid 812)", or "an unknown process" when no /proc/PID/fd holds the socket (another namespace, a kernel socket). */
+export function socketOwner(host: Host, inode: number): string {
+  const target = `socket:[${inode}]`;
+  for (const pid of host.list("/proc").filter((entry) => /^\d+$/.test(entry))) {
+    for (const fd of host.list(`/proc/${pid}/fd`)) {
+      if (host.readlink(`/proc/${pid}/fd/${fd}`) === target) return `${host.readTrimmed(`/proc/${pid}/comm`) ?? "?"} (pid ${pid})`;
+    }
+  }
+  return `an unknown process (socket inode ${inode})`;
+}

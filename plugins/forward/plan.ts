@@ -1,0 +1,166 @@
+// Planning a domain's forwards: read the host (libvirt's network files, the
+// nft ruleset, listening sockets, other VMs' journals, the host settings),
+// check everything, and return the record that apply and undo work from.
+// Changes nothing.
+import type { Domain } from "../../lib/domain.ts";
+import { VmhookError } from "../../lib/errors.ts";
+import type { Host } from "../../lib/host.ts";
+import type { Journal } from "../../lib/journal.ts";
+import type { Family } from "./address.ts";
+import { addressesMeet, formatRange, overlaps, type ForwardConfig, type ForwardSpec, type PortForward, type PortRange } from "./config.ts";
+import { readListeners, socketOwner } from "./listeners.ts";
+import { readNetwork, subnetOf, type NetworkInfo } from "./network.ts";
+import { checkRecord, PLUGIN_ID, serializeForward, type CheckedRecord, type ForwardRecord, type IptablesTool } from "./record.ts";
+import { iptablesNftChain, type ResolvedForward, type RulesetView } from "./rules.ts";
+
+/** Host ports a domain may forward when root has not set plugins.forward.allowedHostPorts: the privileged ones stay the host's. */
+export const DEFAULT_ALLOWED: PortRange[] = [{ first: 1024, last: 65535 }];
+
+/** The forwards with guest, bridge and subnet filled in from the domain's libvirt network. */
+export function resolveForwards(host: Host, domain: Domain, config: ForwardConfig): ResolvedForward[] {
+  const nics = domain.interfaces.filter((nic) => nic.type === "network" && nic.network !== undefined);
+  if (nics.length === 0) {
+    throw new VmhookError(`forward: ${domain.name} has no <interface type='network'>; port forwarding is for guests on a libvirt NAT network`);
+  }
+  const networks = new Map<string, NetworkInfo>();
+  const network = (name: string) => networks.get(name) ?? networks.set(name, readNetwork(host, name)).get(name)!;
+  return config.forwards.map((spec) => {
+    const { nic, info, guest } = spec.guest ? byAddress(spec, nics, network) : byMac(spec, nics[0]!, network);
+    if (info.mode !== "nat") {
+      throw new VmhookError(`forward: network "${info.name}" of ${nic.mac ?? "the guest's NIC"} is not a NAT network (forward mode ${info.mode}); ${spec.element} forwards into NAT networks only`);
+    }
+    const subnet = subnetOf(info, guest)!;
+    return {
+      family: guest.family,
+      guest,
+      ...(spec.hostAddress ? { hostAddress: spec.hostAddress } : {}),
+      ...(spec.interface ? { interface: spec.interface } : {}),
+      bridge: info.bridge,
+      subnet,
+      hairpin: spec.hairpin,
+      ports: spec.ports,
+    };
+  });
+}
+
+type Nic = Domain["interfaces"][number];
+
+function byAddress(spec: ForwardSpec, nics: Nic[], network: (name: string) => NetworkInfo) {
+  const guest = spec.guest!;
+  for (const nic of nics) {
+    const info = network(nic.network!);
+    if (subnetOf(info, guest)) return { nic, info, guest };
+  }
+  const known = nics.map((nic) => `${nic.network} (${network(nic.network!).subnets.map((s) => `${s.network.text}/${s.prefix}`).join(", ") || "no addresses"})`);
+  throw new VmhookError(`forward: ${spec.element}: guest=${guest.text} is in none of the domain's networks: ${known.join("; ")}; fix guest=`);
+}
+
+function byMac(spec: ForwardSpec, nic: Nic, network: (name: string) => NetworkInfo) {
+  const info = network(nic.network!);
+  if (!nic.mac) throw new VmhookError(`forward: ${spec.element} has no guest= and the domain's <interface> has no <mac>; set guest= or give the NIC a MAC address`);
+  const entry = info.dhcpHosts.find((host) => host.mac === nic.mac && (!spec.hostAddress || host.ip.family === spec.hostAddress.family));
+  if (!entry || !subnetOf(info, entry.ip)) {
+    throw new VmhookError(
+      `forward: ${spec.element} has no guest=, and network "${info.name}" gives MAC ${nic.mac} no fixed address; set guest=, or add <host mac='${nic.mac}' ip='…'/> to its <dhcp> (virsh net-update ${info.name} add ip-dhcp-host …)`,
+      [`read ${info.file}`],
+    );
+  }
+  return { nic, info, guest: entry.ip };
+}
+
+/** plugins.forward.allowedHostPorts in /etc/vmhook/vmhook.json: [22, "8000-8999", …]. */
+export function allowedHostPorts(settings: Record<string, unknown>): PortRange[] {
+  const value = settings.allowedHostPorts;
+  if (value === undefined) return DEFAULT_ALLOWED;
+  const bad = () => new VmhookError(`/etc/vmhook/vmhook.json: "plugins": {"forward": {"allowedHostPorts": ${JSON.stringify(value)}}} must be a list of ports and ranges, e.g. [2222, "8000-8999"]`);
+  if (!Array.isArray(value)) throw bad();
+  return value.map((item) => {
+    const match = /^(\d{1,5})(?:-(\d{1,5}))?$/.exec(String(item));
+    if (!match || (typeof item !== "number" && typeof item !== "string")) throw bad();
+    const first = Number(match[1]);
+    const last = match[2] === undefined ? first : Number(match[2]);
+    if (first < 1 || last > 65535 || last < first) throw bad();
+    return { first, last };
+  });
+}
+
+const describePort = (family: Family, port: PortForward) => `${port.protocol} ${formatRange(port.host)}${family === 6 ? " (IPv6)" : ""}`;
+
+/** Refuses host ports outside the host's allowed list. */
+export function checkPolicy(forwards: ResolvedForward[], allowed: PortRange[]): void {
+  for (const forward of forwards) {
+    for (const port of forward.ports) {
+      const inside = allowed.some((range) => range.first <= port.host.first && port.host.last <= range.last);
+      if (!inside) {
+        throw new VmhookError(
+          `forward: host port ${describePort(forward.family, port)} is not one this host lets VMs claim (allowed: ${allowed.map(formatRange).join(", ")}); use an allowed port, or ask root to extend plugins.forward.allowedHostPorts in /etc/vmhook/vmhook.json`,
+        );
+      }
+    }
+  }
+}
+
+/** Refuses a host port that another running VM forwards already, naming that VM. */
+export function checkOtherVms(forwards: ResolvedForward[], uuid: string, journals: Journal[]): void {
+  for (const journal of journals) {
+    if (journal.domain.uuid === uuid) continue;
+    for (const entry of journal.entries.filter((candidate) => candidate.plugin === PLUGIN_ID)) {
+      let theirs: CheckedRecord;
+      try {
+        theirs = checkRecord(entry.undo);
+      } catch (error) {
+        throw new VmhookError(`forward: cannot tell which ports VM "${journal.domain.name}" holds: ${(error as Error).message}`);
+      }
+      for (const mine of forwards) {
+        for (const port of mine.ports) {
+          const clash = theirs.forwards.find(
+            (other) =>
+              other.family === mine.family &&
+              addressesMeet(other.hostAddress, mine.hostAddress) &&
+              other.ports.some((their) => their.protocol === port.protocol && overlaps(their.host, port.host)),
+          );
+          if (clash) {
+            throw new VmhookError(`forward: host port ${describePort(mine.family, port)} is forwarded to VM "${journal.domain.name}" already (vmhook status shows it); choose another host port or stop that VM`);
+          }
+        }
+      }
+    }
+  }
+}
+
+/** Refuses a host port a host process listens on: the forward would take its traffic away. */
+export function checkListeners(host: Host, forwards: ResolvedForward[]): void {
+  for (const forward of forwards) {
+    for (const port of forward.ports) {
+      const listener = readListeners(host, port.protocol).find(
+        (socket) =>
+          socket.port >= port.host.first &&
+          socket.port <= port.host.last &&
+          !socket.loopback &&
+          (socket.family === forward.family || (socket.family === 6 && socket.wildcard)) &&
+          (socket.wildcard || !forward.hostAddress || socket.address === forward.hostAddress.text),
+      );
+      if (listener) {
+        throw new VmhookError(
+          `forward: host port ${describePort(forward.family, port)} is in use: ${socketOwner(host, listener.inode)} listens on ${listener.family === 6 ? `[${listener.address}]` : listener.address}:${listener.port}; choose another host port or stop that service`,
+        );
+      }
+    }
+  }
+}
+
+/**
+ * The record start journals: everything apply, undo and reconnect need, plus
+ * the iptables tools that hold libvirt's LIBVIRT_FWI: iptables-nft's chains
+ * show in the nft ruleset; iptables-legacy is asked (`hasLegacyChain`) only
+ * when they do not.
+ */
+export function buildRecord(uuid: string, forwards: ResolvedForward[], view: RulesetView, hasLegacyChain: (tool: IptablesTool) => boolean = () => false): ForwardRecord {
+  const families = [...new Set(forwards.map((forward) => forward.family))];
+  const iptables = families.flatMap((family): IptablesTool[] => {
+    if (iptablesNftChain(view, family)) return [family === 4 ? "iptables-nft" : "ip6tables-nft"];
+    const legacy = family === 4 ? "iptables-legacy" : "ip6tables-legacy";
+    return hasLegacyChain(legacy) ? [legacy] : [];
+  });
+  return { action: "nft-forward", uuid, forwards: forwards.map(serializeForward), iptables };
+}

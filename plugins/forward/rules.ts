@@ -1,0 +1,217 @@
+// What the forward plugin writes, computed purely from typed values: the nft
+// transaction that puts a domain's forwards in place (or takes them out), and
+// the iptables-restore input for libvirt's iptables backend. Nothing from the
+// domain XML reaches these texts except through the typed, checked values.
+//
+// Layout: vmhook's own table `inet vmhook` with three NAT base chains
+// (prerouting, output, postrouting) that only jump, per domain, to the chain
+// vm-<uuid> (DNAT) and vm-<uuid>-hairpin (masquerade). Everything vmhook adds
+// outside its own chains carries the comment "vmhook:<uuid>", so undo finds
+// exactly what one domain added, whatever else changed meanwhile.
+import type { Family, IpAddress } from "./address.ts";
+import { formatRange, type PortForward, type PortRange } from "./config.ts";
+import { formatSubnet, type Subnet } from "./network.ts";
+
+export const TABLE = "vmhook";
+/** DNAT before conntrack's confirm and before filter (priority 0); masquerade at the usual srcnat priority. */
+const BASE_CHAINS = [
+  { name: "prerouting", spec: "type nat hook prerouting priority -100; policy accept;" },
+  { name: "output", spec: "type nat hook output priority -100; policy accept;" },
+  { name: "postrouting", spec: "type nat hook postrouting priority 100; policy accept;" },
+] as const;
+
+/** libvirt's nftables backend (10.4+): per family a table libvirt_network whose guest_input chain rejects new connections to a NAT network. */
+export const LIBVIRT_NFT = { table: "libvirt_network", chain: "guest_input" };
+/** libvirt's iptables backend: the FORWARD sub-chain that rejects new connections into the bridge. */
+export const LIBVIRT_IPTABLES_CHAIN = "LIBVIRT_FWI";
+
+/** One forward with everything resolved: the guest's address, its bridge and subnet. */
+export interface ResolvedForward {
+  family: Family;
+  guest: IpAddress;
+  hostAddress?: IpAddress;
+  interface?: string;
+  bridge: string;
+  /** The guest network's subnet, the source of hairpin traffic. */
+  subnet: Subnet;
+  hairpin: boolean;
+  ports: PortForward[];
+}
+
+export const libvirtNftChain = (family: Family) => `${ipKeyword(family)} ${LIBVIRT_NFT.table} ${LIBVIRT_NFT.chain}`;
+
+/** What of vmhook's (and libvirt's) rules exists now, from `nft -j list ruleset`. */
+export interface RulesetView {
+  tableExists: boolean;
+  /** Chains of inet vmhook. */
+  chains: string[];
+  /** Rules carrying a "vmhook:…" comment, anywhere. */
+  tagged: { family: string; table: string; chain: string; handle: number; comment: string }[];
+  /** Chains that exist, as "family table chain" (to know libvirt's backend). */
+  allChains: Set<string>;
+}
+
+export const domainTag = (uuid: string) => `vmhook:${uuid}`;
+export const domainChain = (uuid: string) => `vm-${uuid}`;
+const hairpinChain = (uuid: string) => `vm-${uuid}-hairpin`;
+
+const nfproto = (family: Family) => (family === 4 ? "ipv4" : "ipv6");
+const ipKeyword = (family: Family) => (family === 4 ? "ip" : "ip6");
+const nftPorts = (range: PortRange) => formatRange(range);
+const quoted = (name: string) => `"${name}"`;
+
+/** dnat target: 192.168.122.10:22, [fd00::10]:22, or the address alone when a range keeps its ports. */
+function dnatTarget(forward: ResolvedForward, port: PortForward): string {
+  const keepsPorts = port.host.first !== port.host.last;
+  if (keepsPorts) return forward.guest.text;
+  return `${forward.family === 6 ? `[${forward.guest.text}]` : forward.guest.text}:${port.guest.first}`;
+}
+
+/** The DNAT rules of one domain's chain (jumped to from prerouting and output). */
+export function dnatRules(forward: ResolvedForward): string[] {
+  const ip = ipKeyword(forward.family);
+  const from = forward.interface
+    ? `iifname ${quoted(forward.interface)} `
+    : forward.hairpin
+      ? ""
+      : `iifname != ${quoted(forward.bridge)} `;
+  const to = forward.hostAddress
+    ? `${ip} daddr ${forward.hostAddress.text} `
+    : `fib daddr type local ${ip} daddr != ${forward.family === 4 ? "127.0.0.0/8" : "::1"} `;
+  return forward.ports.map(
+    (port) => `meta nfproto ${nfproto(forward.family)} ${from}${to}meta l4proto ${port.protocol} th dport ${nftPorts(port.host)} dnat ${ip} to ${dnatTarget(forward, port)}`,
+  );
+}
+
+/** Hairpin: guests of the same network reaching the forward get the host as their peer, so replies come back through it. */
+export function hairpinRules(forward: ResolvedForward): string[] {
+  if (!forward.hairpin) return [];
+  const ip = ipKeyword(forward.family);
+  return forward.ports.map(
+    (port) =>
+      `meta nfproto ${nfproto(forward.family)} ${ip} saddr ${formatSubnet(forward.subnet)} ${ip} daddr ${forward.guest.text} meta l4proto ${port.protocol} th dport ${nftPorts(port.guest)} ct status dnat masquerade`,
+  );
+}
+
+/**
+ * The exception in libvirt's guest_input chain: a reject in libvirt's table is
+ * final whatever another table accepts, and libvirt lets only related and
+ * established connections into a NAT network. A connection that vmhook's DNAT
+ * made (ct status dnat) to the guest's forwarded port is let through, before
+ * libvirt's reject.
+ */
+export function libvirtExceptionRule(forward: ResolvedForward, port: PortForward, uuid: string): string {
+  const ip = ipKeyword(forward.family);
+  return `oifname ${quoted(forward.bridge)} ${ip} daddr ${forward.guest.text} meta l4proto ${port.protocol} th dport ${nftPorts(port.guest)} ct status dnat counter accept comment ${quoted(domainTag(uuid))}`;
+}
+
+/** Lines that take out everything one domain has in nft, given what exists now. */
+function removalLines(view: RulesetView, uuid: string): string[] {
+  const tag = domainTag(uuid);
+  const ours = [domainChain(uuid), hairpinChain(uuid)].filter((chain) => view.chains.includes(chain));
+  const othersLeft = view.chains.some((chain) => chain.startsWith("vm-") && !ours.includes(chain));
+  const tagged = view.tagged.filter((rule) => rule.comment === tag);
+  const lines: string[] = [];
+  for (const rule of tagged) {
+    const insideOurTable = rule.family === "inet" && rule.table === TABLE;
+    if (insideOurTable && !othersLeft) continue; // goes with the table
+    lines.push(`delete rule ${rule.family} ${rule.table} ${rule.chain} handle ${rule.handle}`);
+  }
+  if (!view.tableExists) return lines;
+  if (!othersLeft) return [...lines, `delete table inet ${TABLE}`];
+  for (const chain of ours) lines.push(`flush chain inet ${TABLE} ${chain}`, `delete chain inet ${TABLE} ${chain}`);
+  return lines;
+}
+
+/** The nft transaction that takes a domain's forwards out: empty when nothing of it is left (undo is idempotent). */
+export function removalScript(view: RulesetView, uuid: string): string {
+  const lines = removalLines(view, uuid);
+  return lines.length === 0 ? "" : `${lines.join("\n")}\n`;
+}
+
+/**
+ * The nft transaction that makes a domain's forwards exactly `forwards`:
+ * whatever the domain had before goes out in the same transaction, so a repeat
+ * (reconnect) or a leftover never doubles a rule.
+ */
+export function applyScript(view: RulesetView, uuid: string, forwards: ResolvedForward[]): string {
+  const chain = domainChain(uuid);
+  const hairpin = hairpinChain(uuid);
+  const tag = quoted(domainTag(uuid));
+  const hairpins = forwards.flatMap(hairpinRules);
+  // Removing first may delete the whole table (last domain); re-adding it in the same transaction is valid.
+  const lines = [
+    ...removalLines(view, uuid),
+    `add table inet ${TABLE}`,
+    ...BASE_CHAINS.map((base) => `add chain inet ${TABLE} ${base.name} { ${base.spec} }`),
+    `add chain inet ${TABLE} ${chain}`,
+    ...forwards.flatMap(dnatRules).map((rule) => `add rule inet ${TABLE} ${chain} ${rule}`),
+    `add rule inet ${TABLE} prerouting jump ${chain} comment ${tag}`,
+    `add rule inet ${TABLE} output jump ${chain} comment ${tag}`,
+  ];
+  if (hairpins.length > 0) {
+    lines.push(`add chain inet ${TABLE} ${hairpin}`, ...hairpins.map((rule) => `add rule inet ${TABLE} ${hairpin} ${rule}`), `add rule inet ${TABLE} postrouting jump ${hairpin} comment ${tag}`);
+  }
+  for (const forward of forwards) {
+    const libvirtChain = libvirtNftChain(forward.family);
+    if (!view.allChains.has(libvirtChain)) continue;
+    for (const port of forward.ports) lines.push(`insert rule ${libvirtChain} ${libvirtExceptionRule(forward, port, uuid)}`);
+  }
+  return `${lines.join("\n")}\n`;
+}
+
+// ---- libvirt's iptables backend
+
+/** iptables-restore input adding the exceptions of one family to LIBVIRT_FWI. */
+export function iptablesApplyInput(forwards: ResolvedForward[], family: Family, uuid: string): string {
+  const lines = forwards
+    .filter((forward) => forward.family === family)
+    .flatMap((forward) =>
+      forward.ports.map((port) => {
+        const ports = port.guest.first === port.guest.last ? `${port.guest.first}` : `${port.guest.first}:${port.guest.last}`;
+        const hostBits = family === 4 ? 32 : 128;
+        return `-I ${LIBVIRT_IPTABLES_CHAIN} -d ${forward.guest.text}/${hostBits} -o ${forward.bridge} -p ${port.protocol} -m ${port.protocol} --dport ${ports} -m conntrack --ctstate DNAT -m comment --comment "${domainTag(uuid)}" -j ACCEPT`;
+      }),
+    );
+  return lines.length === 0 ? "" : `*filter\n${lines.join("\n")}\nCOMMIT\n`;
+}
+
+/** iptables-restore input deleting the domain's exceptions, from `iptables -S LIBVIRT_FWI`; "" when there are none. */
+export function iptablesRemovalInput(listing: string, uuid: string): string {
+  const marker = `--comment "${domainTag(uuid)}"`;
+  const lines = listing
+    .split("\n")
+    .filter((line) => line.startsWith(`-A ${LIBVIRT_IPTABLES_CHAIN} `) && line.includes(marker))
+    .map((line) => `-D${line.slice(2)}`);
+  return lines.length === 0 ? "" : `*filter\n${lines.join("\n")}\nCOMMIT\n`;
+}
+
+// ---- reading nft's JSON listing
+
+interface NftObject {
+  table?: { family: string; name: string };
+  chain?: { family: string; table: string; name: string };
+  rule?: { family: string; table: string; chain: string; handle: number; comment?: string };
+}
+
+/** Parses `nft -j list ruleset`. Throws when the text is not nft's JSON. */
+export function parseRuleset(json: string): RulesetView {
+  const parsed = JSON.parse(json) as { nftables?: NftObject[] };
+  if (!Array.isArray(parsed.nftables)) throw new Error("no nftables array");
+  const view: RulesetView = { tableExists: false, chains: [], tagged: [], allChains: new Set() };
+  for (const object of parsed.nftables) {
+    if (object.table && object.table.family === "inet" && object.table.name === TABLE) view.tableExists = true;
+    if (object.chain) {
+      view.allChains.add(`${object.chain.family} ${object.chain.table} ${object.chain.name}`);
+      if (object.chain.family === "inet" && object.chain.table === TABLE) view.chains.push(object.chain.name);
+    }
+    const rule = object.rule;
+    if (rule && typeof rule.comment === "string" && rule.comment.startsWith("vmhook:") && Number.isSafeInteger(rule.handle)) {
+      view.tagged.push({ family: rule.family, table: rule.table, chain: rule.chain, handle: rule.handle, comment: rule.comment });
+    }
+  }
+  return view;
+}
+
+/** Whether libvirt's iptables chain for a family shows in nft (iptables-nft, the default of Debian and Fedora). */
+export const iptablesNftChain = (view: RulesetView, family: Family) => view.allChains.has(`${family === 4 ? "ip" : "ip6"} filter ${LIBVIRT_IPTABLES_CHAIN}`);

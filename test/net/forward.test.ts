@@ -1,0 +1,192 @@
+// <vmhook:forward> with real nftables and real traffic, in network namespaces
+// this suite creates and removes (see netns.ts). The hook is the built binary.
+import { test as uvuTest, suite } from "uvu";
+import * as assert from "uvu/assert";
+import { ADDRESSES, domainXml, Lab, whyNotRunnable } from "./netns.ts";
+import { libvirtIptables, libvirtNftables } from "./libvirt-rules.ts";
+
+const skip = whyNotRunnable();
+const test = suite("forward in network namespaces");
+let lab: Lab;
+
+if (skip) {
+  uvuTest.skip(`forward network tests: ${skip}`, () => {});
+  console.log(`SKIPPED forward network tests: ${skip}`);
+} else {
+  test.before(async () => {
+    lab = new Lab();
+    lab.up();
+    await lab.echo("guest", [22, 443], [60005]);
+  });
+  test.after(() => lab?.down());
+}
+
+const GUEST = "hello"; // what the client sends; the guest answers "guest:hello"
+const REACHED = `guest:${GUEST}`;
+const FORWARDS = `<vmhook:forward ports="2222:22,8443:443/tcp,60000-60010/udp"/><vmhook:forward guest="${ADDRESSES.guestV6}" ports="2222:22"/>`;
+
+/** Starts a domain, checks it, and always releases it; returns the ruleset seen while it ran. */
+function withDomain(name: string, elements: string, body: (xml: string) => void): void {
+  const xml = domainXml(name, elements);
+  const started = lab.startDomain(name, xml);
+  try {
+    assert.is(started.code, 0, `start of ${name}: ${started.stderr}`);
+    body(xml);
+  } finally {
+    lab.stopDomain(name, xml);
+  }
+}
+
+test("traffic from the client reaches the guest through the forwards, IPv4 and IPv6, TCP and UDP; release restores the ruleset byte for byte", () => {
+  const before = lab.ruleset();
+  assert.match(lab.probe("tcp", ADDRESSES.hostV4, 2222), /^no answer/, "no forward before start");
+  withDomain("web", FORWARDS, () => {
+    assert.is(lab.probe("tcp", ADDRESSES.hostV4, 2222), REACHED, "tcp 2222 → 22, IPv4");
+    assert.is(lab.probe("tcp", ADDRESSES.hostV4, 8443), REACHED, "tcp 8443 → 443, IPv4");
+    assert.is(lab.probe("udp", ADDRESSES.hostV4, 60005), REACHED, "udp range 60000-60010, IPv4");
+    assert.is(lab.probe("tcp", ADDRESSES.hostV6, 2222), REACHED, "tcp 2222 → 22, IPv6");
+    assert.match(lab.probe("tcp", ADDRESSES.hostV4, 22), /^no answer/, "only forwarded ports are forwarded");
+    assert.match(lab.ruleset(), /table inet vmhook/);
+    const status = lab.vmhook(["status"]).stdout;
+    assert.match(status, /web .*\n.*forward: forward tcp 2222 → 192\.168\.150\.10:22, tcp 8443 → 192\.168\.150\.10:443, udp 60000-60010 → 192\.168\.150\.10:60000-60010, tcp 2222 → \[fd00:150::10\]:22/);
+  });
+  assert.is(lab.ruleset(), before, "ruleset after release");
+  assert.match(lab.probe("tcp", ADDRESSES.hostV4, 2222), /^no answer/, "forward gone after release");
+});
+
+test("the host itself reaches the forward (DNAT in output)", () => {
+  withDomain("self", `<vmhook:forward ports="2222:22"/>`, () => {
+    assert.is(lab.probe("tcp", ADDRESSES.hostV4, 2222, "host"), REACHED);
+  });
+});
+
+test("with libvirt's nftables tables for the NAT network, reject rules included, forwards get through and release leaves libvirt's tables as they were", () => {
+  lab.inOk("host", "nft", ["-f", "-"], libvirtNftables());
+  try {
+    const before = lab.ruleset();
+    assert.match(lab.probe("tcp", ADDRESSES.guestV4, 22), /^no answer/, "libvirt's guest_input rejects new connections into the network");
+    withDomain("nat", FORWARDS, () => {
+      assert.is(lab.probe("tcp", ADDRESSES.hostV4, 2222), REACHED, "IPv4 through libvirt's reject");
+      assert.is(lab.probe("udp", ADDRESSES.hostV4, 60005), REACHED, "UDP through libvirt's reject");
+      assert.is(lab.probe("tcp", ADDRESSES.hostV6, 2222), REACHED, "IPv6 through libvirt's reject");
+      assert.match(lab.probe("tcp", ADDRESSES.guestV4, 22), /^no answer/, "a connection straight to the guest is still rejected");
+      assert.match(lab.inOk("host", "nft", ["list", "chain", "ip", "libvirt_network", "guest_input"]), /ct status dnat .*accept comment "vmhook:/);
+    });
+    assert.is(lab.ruleset(), before, "ruleset after release");
+  } finally {
+    lab.inOk("host", "nft", ["delete table ip libvirt_network; delete table ip6 libvirt_network"]);
+  }
+});
+
+test("with libvirt's iptables backend (iptables-nft), forwards get through LIBVIRT_FWI and release removes exactly the exceptions", () => {
+  lab.inOk("host", "iptables-nft-restore", ["--noflush"], libvirtIptables("ip"));
+  lab.inOk("host", "ip6tables-nft-restore", ["--noflush"], libvirtIptables("ip6"));
+  try {
+    const before = lab.ruleset();
+    assert.match(lab.probe("tcp", ADDRESSES.guestV4, 22), /^no answer/, "LIBVIRT_FWI rejects new connections into the network");
+    withDomain("legacy", FORWARDS, () => {
+      assert.is(lab.probe("tcp", ADDRESSES.hostV4, 2222), REACHED, "IPv4 through LIBVIRT_FWI");
+      assert.is(lab.probe("tcp", ADDRESSES.hostV6, 2222), REACHED, "IPv6 through LIBVIRT_FWI");
+      assert.match(lab.inOk("host", "iptables-nft", ["-S", "LIBVIRT_FWI"]), /--ctstate DNAT -m comment --comment "vmhook:/);
+    });
+    assert.is(lab.ruleset(), before, "ruleset after release");
+  } finally {
+    for (const tool of ["iptables-nft", "ip6tables-nft"]) {
+      lab.in("host", tool, ["-F"]);
+      lab.in("host", tool, ["-X"]);
+    }
+    lab.in("host", "nft", ["delete table ip filter; delete table ip6 filter"]);
+  }
+});
+
+test("hairpin: another VM on the same network reaches the forward through the host's address", () => {
+  withDomain("hairpin", `<vmhook:forward ports="2222:22" hairpin="yes"/>`, () => {
+    assert.is(lab.probe("tcp", ADDRESSES.hostV4, 2222, "neighbour"), REACHED);
+  });
+  withDomain("nohairpin", `<vmhook:forward ports="2222:22"/>`, () => {
+    assert.match(lab.probe("tcp", ADDRESSES.hostV4, 2222, "neighbour"), /^no answer/, "without hairpin the bridge is left out");
+  });
+});
+
+test("a host port another running VM forwards is refused, naming that VM; the refused start leaves the ruleset as it was", () => {
+  withDomain("first", `<vmhook:forward ports="2222:22"/>`, () => {
+    const during = lab.ruleset();
+    const xml = domainXml("second", `<vmhook:forward ports="2000-2300:2000-2300"/>`);
+    const refused = lab.startDomain("second", xml);
+    lab.stopDomain("second", xml);
+    assert.is(refused.code, 1);
+    assert.match(refused.stderr, /host port tcp 2000-2300 is forwarded to VM "first" already/);
+    assert.is(lab.ruleset(), during);
+    assert.is(lab.probe("tcp", ADDRESSES.hostV4, 2222), REACHED, "the first VM's forward still works");
+  });
+});
+
+test("a host port a host process listens on is refused, naming the process", async () => {
+  const server = await lab.echo("host", [3333], []);
+  try {
+    const before = lab.ruleset();
+    const xml = domainXml("busy", `<vmhook:forward ports="3333:22"/>`);
+    const refused = lab.startDomain("busy", xml);
+    lab.stopDomain("busy", xml);
+    assert.is(refused.code, 1);
+    assert.match(refused.stderr, new RegExp(`host port tcp 3333 is in use: bun \\(pid \\d+\\) listens on`));
+    assert.is(lab.ruleset(), before);
+  } finally {
+    server.kill("SIGKILL");
+  }
+});
+
+test("a bad element aborts at prepare with the element, the value and the fix, leaving the ruleset and the journals as they were", () => {
+  const before = lab.ruleset();
+  const xml = domainXml("typo", `<vmhook:forward ports="2222:22/tpc"/>`);
+  const prepared = lab.hookEvent("typo", "prepare", "begin", xml);
+  lab.stopDomain("typo", xml);
+  assert.is(prepared.code, 1);
+  assert.match(prepared.stderr, /^vmhook: <vmhook:forward ports="2222:22\/tpc">: ports= item "2222:22\/tpc" is not a port forward; write HOST\[:GUEST\]\[\/tcp\|\/udp\]/);
+  assert.is(lab.ruleset(), before);
+  assert.match(lab.vmhook(["status"]).stdout, /no VM holds anything/);
+});
+
+test("a network that is not NAT and a privileged host port are refused before anything changes", () => {
+  const before = lab.ruleset();
+  lab.writeNetwork("route");
+  try {
+    const xml = domainXml("routed", `<vmhook:forward ports="2222:22"/>`);
+    const refused = lab.startDomain("routed", xml);
+    lab.stopDomain("routed", xml);
+    assert.match(refused.stderr, /network "vmhooknet" .* is not a NAT network \(forward mode route\)/);
+  } finally {
+    lab.writeNetwork("nat");
+  }
+  const xml = domainXml("low", `<vmhook:forward ports="80:80"/>`);
+  const refused = lab.startDomain("low", xml);
+  lab.stopDomain("low", xml);
+  assert.match(refused.stderr, /host port tcp 80 is not one this host lets VMs claim \(allowed: 1024-65535\)/);
+  assert.is(lab.ruleset(), before);
+});
+
+test("plan shows the forwards start would add, and doctor checks nft and the network", () => {
+  const xml = domainXml("planned", `<vmhook:forward ports="2222:22"/>`);
+  const plan = lab.vmhook(["plan", "--event", "start", "-"], xml);
+  assert.match(plan.stdout, /start of planned would take 1 step\(s\):\n  1\. forward: forward tcp 2222 → 192\.168\.150\.10:22 \(nft table inet vmhook\)/, plan.stderr);
+  const doctor = lab.vmhook(["doctor", "-"], xml).stdout;
+  assert.match(doctor, /ok +forward nft: .*\/usr\/sbin\/nft is installed/);
+  assert.match(doctor, /ok +forward: NAT network, ports free and allowed: forward tcp 2222 → 192\.168\.150\.10:22/);
+  lab.writeNetwork("route");
+  try {
+    assert.match(lab.vmhook(["doctor", "-"], xml).stdout, /fail +forward: network "vmhooknet" .* is not a NAT network \(forward mode route\)/);
+  } finally {
+    lab.writeNetwork("nat");
+  }
+});
+
+test("reconnect puts back rules a firewall reload took away", () => {
+  withDomain("again", `<vmhook:forward ports="2222:22"/>`, (xml) => {
+    lab.inOk("host", "nft", ["delete", "table", "inet", "vmhook"]);
+    assert.match(lab.probe("tcp", ADDRESSES.hostV4, 2222), /^no answer/);
+    assert.is(lab.hookEvent("again", "reconnect", "begin", xml).code, 0);
+    assert.is(lab.probe("tcp", ADDRESSES.hostV4, 2222), REACHED);
+  });
+});
+
+if (!skip) test.run();

@@ -1,0 +1,162 @@
+// <vmhook:forward> under a real libvirtd: a domain started and destroyed with
+// virsh gets its forwards in vmhook's table at start and loses them at destroy.
+// That libvirtd runs inside a network namespace this suite creates, in a
+// private mount namespace (its own /run, /etc/libvirt with vmhook as the hook,
+// /var/lib/libvirt, /var/log): every rule it and vmhook write lands in that
+// namespace, the machine's firewall and the shared libvirtd stay untouched.
+// The network is an isolated NAT network this suite defines (transient).
+import { randomUUID } from "node:crypto";
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import { fileURLToPath } from "node:url";
+import { suite, test as uvuTest } from "uvu";
+import * as assert from "uvu/assert";
+import { sh, whyNotRunnable } from "./netns.ts";
+
+const REPO = fileURLToPath(new URL("../..", import.meta.url));
+const NETWORK = "vmhookfwnet";
+const BRIDGE = "vmfwbr0";
+const MAC = "52:54:00:aa:bb:77";
+const GUEST = "192.168.151.10";
+const CONFIG_FILES = ["libvirt.conf", "libvirtd.conf", "virtlogd.conf", "qemu.conf"];
+
+function whyNotHere(): string | undefined {
+  const basic = whyNotRunnable();
+  if (basic) return basic;
+  for (const program of ["libvirtd", "virtlogd", "virsh", "qemu-system-x86_64", "dnsmasq", "unshare", "nsenter"]) {
+    if (sh("sh", ["-c", `command -v ${program}`]).code !== 0) return `${program} is not installed (apt install libvirt-daemon-system qemu-system-x86, as .ci/run does)`;
+  }
+  return undefined;
+}
+
+const skip = whyNotHere();
+const test = suite("forward under a real libvirtd in a network namespace");
+
+class NamespacedLibvirt {
+  readonly netns = `vmfw-lv${process.pid}`;
+  readonly dir = fs.mkdtempSync(path.join(os.tmpdir(), "vmhook-libvirt-net-"));
+  pids: number[] = [];
+
+  /** /etc/libvirt for the private daemon: the machine's daemon settings, no domains or networks, vmhook as the hook. */
+  private configDir(): string {
+    const etc = path.join(this.dir, "etc-libvirt");
+    for (const sub of ["qemu/networks/autostart", "hooks", "nwfilter", "secrets", "storage"]) fs.mkdirSync(path.join(etc, sub), { recursive: true });
+    for (const file of CONFIG_FILES) if (fs.existsSync(`/etc/libvirt/${file}`)) fs.copyFileSync(`/etc/libvirt/${file}`, path.join(etc, file));
+    fs.copyFileSync(path.join(REPO, "dist/vmhook"), path.join(etc, "hooks/qemu"));
+    fs.chmodSync(path.join(etc, "hooks/qemu"), 0o755);
+    return etc;
+  }
+
+  start(): void {
+    const created = sh("ip", ["netns", "add", this.netns]);
+    if (created.code !== 0) throw new Error(`ip netns add: ${created.stderr}`);
+    sh("ip", ["-n", this.netns, "link", "set", "lo", "up"]);
+    const script = `set -e
+mount -t tmpfs tmpfs /run
+for dir in /var/lib/libvirt /var/log /var/cache/libvirt; do mount -t tmpfs tmpfs "$dir"; done
+mount --bind "$1" /etc/libvirt
+mkdir -p /run/libvirt /var/lib/libvirt/qemu /var/lib/libvirt/dnsmasq /var/lib/libvirt/images /var/log/libvirt/qemu /var/cache/libvirt/qemu
+chown libvirt-qemu:libvirt-qemu /var/lib/libvirt/qemu 2>/dev/null || true
+virtlogd -d -p /run/virtlogd.pid
+libvirtd -d -p /run/libvirtd.pid
+for i in $(seq 300); do [ -S /run/libvirt/libvirt-sock ] && [ -s /run/libvirtd.pid ] && break; sleep 0.1; done
+echo "$(cat /run/virtlogd.pid) $(cat /run/libvirtd.pid)"`;
+    const started = sh("ip", ["netns", "exec", this.netns, "unshare", "-m", "--propagation", "private", "sh", "-c", script, "sh", this.configDir()], "", 60_000);
+    this.pids = started.stdout.split(/\s+/).filter(Boolean).map(Number);
+    if (started.code !== 0 || this.pids.length !== 2) throw new Error(`private libvirtd did not start (exit ${started.code}): ${started.stderr.trim()} ${started.stdout.trim()}`);
+  }
+
+  /** A command inside the daemon's network and mount namespaces. */
+  inside(command: string, args: string[], input = "") {
+    return sh("nsenter", ["-t", String(this.pids[1]), "-m", "-n", command, ...args], input, 60_000);
+  }
+
+  virsh(...args: string[]) {
+    return this.inside("virsh", ["--connect", "qemu:///system", ...args]);
+  }
+
+  virshOk(...args: string[]): string {
+    const result = this.virsh(...args);
+    if (result.code !== 0) throw new Error(`virsh ${args.join(" ")} failed (exit ${result.code}): ${result.stderr.trim()}`);
+    return result.stdout;
+  }
+
+  stop(): void {
+    if (this.pids.length === 2) {
+      for (const domain of this.virsh("list", "--name").stdout.split("\n").filter(Boolean)) this.virsh("destroy", domain);
+      this.virsh("net-destroy", NETWORK);
+    }
+    // the daemons this suite started, by their pids: libvirtd, then virtlogd (which holds no state once libvirtd is gone)
+    const [virtlogd, libvirtd] = this.pids;
+    const signal = (pid: number | undefined, name: NodeJS.Signals) => {
+      try {
+        if (pid) process.kill(pid, name);
+        return true;
+      } catch {
+        return false; // gone
+      }
+    };
+    signal(libvirtd, "SIGTERM");
+    for (let tries = 0; tries < 100 && signal(libvirtd, 0 as unknown as NodeJS.Signals); tries++) sh("sleep", ["0.1"]);
+    signal(libvirtd, "SIGKILL");
+    signal(virtlogd, "SIGKILL");
+    sh("ip", ["netns", "del", this.netns]);
+    fs.rmSync(this.dir, { recursive: true, force: true });
+  }
+}
+
+let libvirt: NamespacedLibvirt;
+
+if (skip) {
+  uvuTest.skip(`forward under a real libvirtd: ${skip}`, () => {});
+  console.log(`SKIPPED forward under a real libvirtd: ${skip}`);
+} else {
+  test.before(() => {
+    libvirt = new NamespacedLibvirt();
+    try {
+      libvirt.start();
+    } catch (error) {
+      console.error(String(error));
+      throw error;
+    }
+    const network = `<network><name>${NETWORK}</name><forward mode='nat'/><bridge name='${BRIDGE}'/>
+  <ip address='192.168.151.1' netmask='255.255.255.0'><dhcp><range start='192.168.151.100' end='192.168.151.200'/><host mac='${MAC}' ip='${GUEST}'/></dhcp></ip></network>`;
+    const file = path.join(libvirt.dir, "network.xml");
+    fs.writeFileSync(file, network);
+    libvirt.virshOk("net-create", file);
+  });
+  test.after(() => libvirt?.stop());
+}
+
+const machineRuleset = () => sh("nft", ["-s", "list", "ruleset"]).stdout;
+
+test("virsh create starts the domain with its forward in vmhook's table inside the namespace; destroy takes it out; the machine's firewall is untouched", () => {
+  const machineBefore = machineRuleset();
+  const insideBefore = libvirt.inside("nft", ["-s", "list", "ruleset"]).stdout;
+  assert.match(insideBefore, /LIBVIRT_FWI|libvirt_network/, "libvirt's own rules for the network are in the namespace");
+  const uuid = randomUUID();
+  const xml = `<domain type='qemu'><name>vmhook-fw-${process.pid}</name><uuid>${uuid}</uuid><memory unit='MiB'>64</memory>
+  <os><type arch='x86_64' machine='pc'>hvm</type></os>
+  <devices><emulator>/usr/bin/qemu-system-x86_64</emulator><interface type='network'><mac address='${MAC}'/><source network='${NETWORK}'/><model type='e1000'/></interface>
+  <memballoon model='none'/></devices>
+  <metadata><vmhook:hooks xmlns:vmhook="urn:vmhook:1"><vmhook:forward ports="2222:22,60000-60010/udp"/></vmhook:hooks></metadata></domain>`;
+  const file = path.join(libvirt.dir, "domain.xml");
+  fs.writeFileSync(file, xml);
+  libvirt.virshOk("create", file);
+  try {
+    const table = libvirt.inside("nft", ["list", "table", "inet", "vmhook"]);
+    assert.is(table.code, 0, `vmhook's table after start: ${table.stderr}`);
+    assert.match(table.stdout, new RegExp(`chain vm-${uuid} \\{[^}]*tcp dport 2222 dnat ip to ${GUEST.replace(/\./g, "\\.")}:22`));
+    assert.match(table.stdout, /udp dport 60000-60010 dnat ip to 192\.168\.151\.10\n/);
+    const exceptions = `${libvirt.inside("iptables-nft", ["-S", "LIBVIRT_FWI"]).stdout}${libvirt.inside("nft", ["list", "ruleset"]).stdout}`;
+    assert.match(exceptions, new RegExp(`vmhook:${uuid}`), "an exception in libvirt's reject chain");
+  } finally {
+    libvirt.virshOk("destroy", `vmhook-fw-${process.pid}`);
+  }
+  assert.is(libvirt.inside("nft", ["list", "table", "inet", "vmhook"]).code, 1, "vmhook's table is gone after destroy");
+  assert.is(libvirt.inside("nft", ["-s", "list", "ruleset"]).stdout, insideBefore, "the namespace's ruleset is as before the start");
+  assert.is(machineRuleset(), machineBefore, "the machine's own ruleset never changed");
+});
+
+if (!skip) test.run();

@@ -1,0 +1,277 @@
+// The forward plugin's pure parts: the element parser, the nft transaction
+// builder, the journal record check, /proc/net and libvirt network parsing,
+// and the planning checks (policy, other VMs). Real traffic: test/net.
+import { test } from "uvu";
+import * as assert from "uvu/assert";
+import { assertPlanIsPrepare, plannedSteps as plannedStepsFor } from "../helpers/plan.ts";
+import { runHookEvent } from "../helpers/hook.ts";
+import { SimHost } from "../helpers/simhost.ts";
+import { loadDomainPlugins } from "../../lib/config.ts";
+import { parseDomain } from "../../lib/domain.ts";
+import { RootedHost } from "../../lib/host.ts";
+import type { Journal } from "../../lib/journal.ts";
+import { parseIp } from "../../plugins/forward/address.ts";
+import { registry } from "../../plugins/index.ts";
+import type { ForwardConfig } from "../../plugins/forward/config.ts";
+import { parseProcNet } from "../../plugins/forward/listeners.ts";
+import { parseNetworkXml } from "../../plugins/forward/network.ts";
+import { allowedHostPorts, buildRecord, checkOtherVms, checkPolicy } from "../../plugins/forward/plan.ts";
+import { checkRecord, describeForwards } from "../../plugins/forward/record.ts";
+import { applyScript, iptablesApplyInput, iptablesRemovalInput, parseRuleset, removalScript, type ResolvedForward, type RulesetView } from "../../plugins/forward/rules.ts";
+
+const UUID = "11111111-2222-4333-8444-555555555555";
+const OTHER = "99999999-2222-4333-8444-555555555555";
+
+function domain(elements: string): string {
+  return `<domain type='kvm'><name>vm</name><uuid>${UUID}</uuid><memory unit='MiB'>64</memory>
+  <devices><interface type='network'><mac address='52:54:00:AA:BB:01'/><source network='default'/></interface></devices>
+  <metadata><vmhook:hooks xmlns:vmhook="urn:vmhook:1">${elements}</vmhook:hooks></metadata></domain>`;
+}
+
+async function parse(elements: string): Promise<ForwardConfig> {
+  const [instance] = await loadDomainPlugins(parseDomain(domain(elements)), new RootedHost("/nonexistent"), registry);
+  return instance!.config as ForwardConfig;
+}
+
+async function parseError(elements: string): Promise<string> {
+  try {
+    await parse(elements);
+  } catch (error) {
+    return (error as Error).message;
+  }
+  throw new Error(`expected ${elements} to be refused`);
+}
+
+test("ports: HOST[:GUEST][/proto], ranges kept on the same ports, tcp by default", async () => {
+  const config = await parse(`<vmhook:forward guest="192.168.122.10" ports="2222:22, 8443:443/tcp,60000-60010/udp"/>`);
+  assert.equal(config.forwards[0]!.ports, [
+    { protocol: "tcp", host: { first: 2222, last: 2222 }, guest: { first: 22, last: 22 } },
+    { protocol: "tcp", host: { first: 8443, last: 8443 }, guest: { first: 443, last: 443 } },
+    { protocol: "udp", host: { first: 60000, last: 60010 }, guest: { first: 60000, last: 60010 } },
+  ]);
+  assert.is(config.forwards[0]!.guest!.text, "192.168.122.10");
+});
+
+test("the same host port may go to an IPv4 and an IPv6 guest; IPv6 addresses are written canonically", async () => {
+  const config = await parse(`<vmhook:forward guest="192.168.122.10" ports="2222:22"/><vmhook:forward guest="FD00:122:0:0:0:0:0:10" ports="2222:22"/>`);
+  assert.is(config.forwards[1]!.guest!.text, "fd00:122::10");
+  assert.is(parseIp("2001:db8:0:0:1:0:0:1")!.text, "2001:db8::1:0:0:1");
+  assert.is(parseIp("::")!.text, "::");
+});
+
+test("bad values are refused naming the element, the value and the fix", async () => {
+  const cases: [string, RegExp][] = [
+    [`<vmhook:forward ports="70000"/>`, /<vmhook:forward ports="70000">: ports= item "70000" has port range 70000 outside 1-65535/],
+    [`<vmhook:forward ports="22;flush ruleset"/>`, /item "22;flush ruleset" is not a port forward; write HOST\[:GUEST\]/],
+    [`<vmhook:forward ports="1000-1010:2000-2010"/>`, /maps a range to other ports/],
+    [`<vmhook:forward ports="2222" guest="192.168.122.300"/>`, /guest="192.168.122.300" is not an IP address/],
+    [`<vmhook:forward ports="2222" guest="10.0.0.1/24"/>`, /guest="10.0.0.1\/24" is not an IP address/],
+    [`<vmhook:forward ports="2222" guest="127.0.0.1"/>`, /is a loopback, unspecified, multicast or broadcast address/],
+    [`<vmhook:forward ports="2222" guest="10.0.0.5" host-address="fd00::1"/>`, /of different IP versions/],
+    [`<vmhook:forward ports="2222" interface='eth0" accept'/>`, /interface="eth0" accept" is not a network interface name/],
+    [`<vmhook:forward ports="2222" hairpin="maybe"/>`, /hairpin="maybe" must be yes or no/],
+    [`<vmhook:forward ports="2222" gest="10.0.0.5"/>`, /has unknown attribute gest; allowed: guest, ports, host-address, interface, hairpin/],
+    [`<vmhook:forward guest="10.0.0.5"/>`, /has no ports/],
+    [`<vmhook:forward ports="2222:22"/><vmhook:forward ports="2200-2300/tcp"/>`, /forwards host port tcp 2200-2300, which <vmhook:forward ports="2222:22"> forwards already/],
+  ];
+  for (const [elements, expected] of cases) assert.match(await parseError(elements), expected, elements);
+});
+
+const FORWARD: ResolvedForward = {
+  family: 4,
+  guest: parseIp("192.168.122.10")!,
+  bridge: "virbr0",
+  subnet: { network: parseIp("192.168.122.0")!, prefix: 24 },
+  hairpin: false,
+  ports: [
+    { protocol: "tcp", host: { first: 2222, last: 2222 }, guest: { first: 22, last: 22 } },
+    { protocol: "udp", host: { first: 60000, last: 60010 }, guest: { first: 60000, last: 60010 } },
+  ],
+};
+const EMPTY: RulesetView = { tableExists: false, chains: [], tagged: [], allChains: new Set() };
+
+test("apply: one transaction with vmhook's table, the domain's chain, its jumps, and libvirt's exceptions when libvirt's chain exists", () => {
+  const view: RulesetView = { ...EMPTY, allChains: new Set(["ip libvirt_network guest_input"]) };
+  const script = applyScript(view, UUID, [{ ...FORWARD, hairpin: true }]);
+  assert.equal(script.trimEnd().split("\n"), [
+    "add table inet vmhook",
+    "add chain inet vmhook prerouting { type nat hook prerouting priority -100; policy accept; }",
+    "add chain inet vmhook output { type nat hook output priority -100; policy accept; }",
+    "add chain inet vmhook postrouting { type nat hook postrouting priority 100; policy accept; }",
+    `add chain inet vmhook vm-${UUID}`,
+    `add rule inet vmhook vm-${UUID} meta nfproto ipv4 fib daddr type local ip daddr != 127.0.0.0/8 meta l4proto tcp th dport 2222 dnat ip to 192.168.122.10:22`,
+    `add rule inet vmhook vm-${UUID} meta nfproto ipv4 fib daddr type local ip daddr != 127.0.0.0/8 meta l4proto udp th dport 60000-60010 dnat ip to 192.168.122.10`,
+    `add rule inet vmhook prerouting jump vm-${UUID} comment "vmhook:${UUID}"`,
+    `add rule inet vmhook output jump vm-${UUID} comment "vmhook:${UUID}"`,
+    `add chain inet vmhook vm-${UUID}-hairpin`,
+    `add rule inet vmhook vm-${UUID}-hairpin meta nfproto ipv4 ip saddr 192.168.122.0/24 ip daddr 192.168.122.10 meta l4proto tcp th dport 22 ct status dnat masquerade`,
+    `add rule inet vmhook vm-${UUID}-hairpin meta nfproto ipv4 ip saddr 192.168.122.0/24 ip daddr 192.168.122.10 meta l4proto udp th dport 60000-60010 ct status dnat masquerade`,
+    `add rule inet vmhook postrouting jump vm-${UUID}-hairpin comment "vmhook:${UUID}"`,
+    `insert rule ip libvirt_network guest_input oifname "virbr0" ip daddr 192.168.122.10 meta l4proto tcp th dport 22 ct status dnat counter accept comment "vmhook:${UUID}"`,
+    `insert rule ip libvirt_network guest_input oifname "virbr0" ip daddr 192.168.122.10 meta l4proto udp th dport 60000-60010 ct status dnat counter accept comment "vmhook:${UUID}"`,
+  ]);
+});
+
+test("interface= and host-address= narrow the DNAT; IPv6 targets are bracketed", () => {
+  const v6: ResolvedForward = { ...FORWARD, family: 6, guest: parseIp("fd00::10")!, hostAddress: parseIp("2001:db8::1")!, interface: "eth0", ports: [FORWARD.ports[0]!] };
+  assert.match(applyScript(EMPTY, UUID, [v6]), `meta nfproto ipv6 iifname "eth0" ip6 daddr 2001:db8::1 meta l4proto tcp th dport 2222 dnat ip6 to [fd00::10]:22\n`);
+});
+
+const listing = (objects: object[]) => JSON.stringify({ nftables: [{ metainfo: {} }, ...objects] });
+
+test("undo: nothing left gives an empty transaction; the last domain takes the table; others keep it", () => {
+  assert.is(removalScript(EMPTY, UUID), "");
+  const tagged = (chain: string, handle: number, uuid = UUID, table = "vmhook", family = "inet") => ({ rule: { family, table, chain, handle, comment: `vmhook:${uuid}`, expr: [] } });
+  const alone = parseRuleset(
+    listing([{ table: { family: "inet", name: "vmhook" } }, { chain: { family: "inet", table: "vmhook", name: `vm-${UUID}` } }, tagged("prerouting", 4), tagged("guest_input", 9, UUID, "libvirt_network", "ip")]),
+  );
+  assert.is(removalScript(alone, UUID), "delete rule ip libvirt_network guest_input handle 9\ndelete table inet vmhook\n");
+  const shared = parseRuleset(
+    listing([
+      { table: { family: "inet", name: "vmhook" } },
+      { chain: { family: "inet", table: "vmhook", name: `vm-${UUID}` } },
+      { chain: { family: "inet", table: "vmhook", name: `vm-${OTHER}` } },
+      tagged("prerouting", 4),
+      tagged("prerouting", 5, OTHER),
+    ]),
+  );
+  assert.is(removalScript(shared, UUID), `delete rule inet vmhook prerouting handle 4\nflush chain inet vmhook vm-${UUID}\ndelete chain inet vmhook vm-${UUID}\n`);
+});
+
+test("libvirt's iptables backend: exceptions in LIBVIRT_FWI, removed exactly from iptables -S", () => {
+  const input = iptablesApplyInput([FORWARD], 4, UUID);
+  assert.match(input, `-I LIBVIRT_FWI -d 192.168.122.10/32 -o virbr0 -p udp -m udp --dport 60000:60010 -m conntrack --ctstate DNAT -m comment --comment "vmhook:${UUID}" -j ACCEPT`);
+  assert.is(iptablesApplyInput([FORWARD], 6, UUID), "");
+  const shown = `-N LIBVIRT_FWI\n-A LIBVIRT_FWI -d 192.168.122.10/32 -o virbr0 -p tcp -m tcp --dport 22 -m conntrack --ctstate DNAT -m comment --comment "vmhook:${UUID}" -j ACCEPT\n-A LIBVIRT_FWI -o virbr0 -j REJECT --reject-with icmp-port-unreachable\n`;
+  assert.is(iptablesRemovalInput(shown, UUID), `*filter\n-D LIBVIRT_FWI -d 192.168.122.10/32 -o virbr0 -p tcp -m tcp --dport 22 -m conntrack --ctstate DNAT -m comment --comment "vmhook:${UUID}" -j ACCEPT\nCOMMIT\n`);
+  assert.is(iptablesRemovalInput(shown, OTHER), "");
+});
+
+test("the record names the iptables tool that holds libvirt's LIBVIRT_FWI: iptables-nft when nft shows it, else iptables-legacy when that has it", () => {
+  const nft: RulesetView = { ...EMPTY, allChains: new Set(["ip filter LIBVIRT_FWI"]) };
+  const v6: ResolvedForward = { ...FORWARD, family: 6, guest: parseIp("fd00::10")!, subnet: { network: parseIp("fd00::")!, prefix: 64 } };
+  assert.equal(buildRecord(UUID, [FORWARD, v6], nft).iptables, ["iptables-nft"]);
+  assert.equal(buildRecord(UUID, [FORWARD, v6], nft, (tool) => tool === "ip6tables-legacy").iptables, ["iptables-nft", "ip6tables-legacy"]);
+  assert.equal(buildRecord(UUID, [FORWARD], EMPTY).iptables, []);
+});
+
+test("journal records round-trip, and a tampered one is refused before it reaches nft", () => {
+  const record = buildRecord(UUID, [FORWARD], EMPTY);
+  assert.equal(checkRecord(record).forwards, [FORWARD]);
+  for (const [key, value] of [["guest", "192.168.122.10; flush ruleset"], ["bridge", 'virbr0" accept'], ["ports", "22 accept"], ["subnet", "192.168.122.0/99"]] as const) {
+    const tampered = { ...record, forwards: [{ ...record.forwards[0]!, [key]: value }] };
+    assert.throws(() => checkRecord(tampered), /is not valid/, key);
+  }
+  assert.throws(() => checkRecord({ ...record, uuid: "../../etc" }), /is not valid \(uuid\)/);
+  assert.is(describeForwards([FORWARD]), "forward tcp 2222 → 192.168.122.10:22, udp 60000-60010 → 192.168.122.10:60000-60010 (nft table inet vmhook)");
+});
+
+test("policy: the privileged host ports stay the host's unless root allows them", () => {
+  assert.throws(() => checkPolicy([{ ...FORWARD, ports: [{ protocol: "tcp", host: { first: 80, last: 80 }, guest: { first: 80, last: 80 } }] }], allowedHostPorts({})), /host port tcp 80 is not one this host lets VMs claim \(allowed: 1024-65535\)/);
+  checkPolicy([FORWARD], allowedHostPorts({ allowedHostPorts: [2222, "60000-60010"] }));
+  assert.throws(() => checkPolicy([FORWARD], allowedHostPorts({ allowedHostPorts: [2222] })), /udp 60000-60010 is not one/);
+  assert.throws(() => allowedHostPorts({ allowedHostPorts: "22" }), /must be a list of ports and ranges/);
+  assert.throws(() => allowedHostPorts({ allowedHostPorts: ["1-70000"] }), /must be a list of ports and ranges/);
+});
+
+test("a host port another VM's journal holds is refused naming that VM; other families and protocols pass", () => {
+  const theirs = buildRecord(OTHER, [FORWARD], EMPTY);
+  const journal = { domain: { name: "db", uuid: OTHER }, entries: [{ plugin: "forward", undo: theirs }] } as unknown as Journal;
+  const mine = (protocol: "tcp" | "udp", port: number, family: 4 | 6 = 4): ResolvedForward[] => [
+    { ...FORWARD, family, guest: family === 4 ? FORWARD.guest : parseIp("fd00::10")!, ports: [{ protocol, host: { first: port, last: port }, guest: { first: 22, last: 22 } }] },
+  ];
+  assert.throws(() => checkOtherVms(mine("udp", 60005), UUID, [journal]), /host port udp 60005 is forwarded to VM "db" already/);
+  checkOtherVms(mine("tcp", 60005), UUID, [journal]);
+  checkOtherVms(mine("tcp", 2222, 6), UUID, [journal]);
+  checkOtherVms(mine("tcp", 2222), OTHER, [journal]);
+});
+
+test("/proc/net: listening TCP and unconnected UDP sockets, IPv4 and IPv6 addresses decoded", () => {
+  const tcp = `  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 0100007F:0CEA 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 4711 1 0 100 0 0 10 0
+   1: 00000000:0016 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 4712 1 0 100 0 0 10 0
+   2: 0A00000A:D2F0 0A00000B:0016 01 00000000:00000000 00:00000000 00000000     0        0 4713 1 0 100 0 0 10 0`;
+  assert.equal(
+    parseProcNet(tcp, "tcp", 4).map(({ address, port, loopback, wildcard, inode }) => ({ address, port, loopback, wildcard, inode })),
+    [
+      { address: "127.0.0.1", port: 3306, loopback: true, wildcard: false, inode: 4711 },
+      { address: "0.0.0.0", port: 22, loopback: false, wildcard: true, inode: 4712 },
+    ],
+  );
+  const tcp6 = `  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 00000000000000000000000000000000:0016 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 5001 1 0 100 0 0 10 0
+   1: 00000000000000000000000001000000:1F90 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 5003 1 0 100 0 0 10 0`;
+  assert.equal(parseProcNet(tcp6, "tcp", 6).map(({ address, port, loopback }) => `${address} ${port} ${loopback}`), [":: 22 false", "::1 8080 true"]);
+});
+
+test("libvirt network files: status or definition, NAT by default, netmask or prefix, DHCP hosts by MAC", () => {
+  const network = parseNetworkXml(
+    `<networkstatus><network><name>default</name><forward/><bridge name='virbr0'/>
+      <ip address='192.168.122.1' netmask='255.255.255.0'><dhcp><host mac='52:54:00:AA:BB:01' ip='192.168.122.10'/></dhcp></ip>
+      <ip family='ipv6' address='fd00:122::1' prefix='64'/></network></networkstatus>`,
+    "/run/libvirt/network/default.xml",
+  );
+  assert.is(network.mode, "nat");
+  assert.equal(network.subnets.map((subnet) => `${subnet.network.text}/${subnet.prefix}`), ["192.168.122.0/24", "fd00:122::/64"]);
+  assert.equal(network.dhcpHosts.map((host) => `${host.mac} ${host.ip.text}`), ["52:54:00:aa:bb:01 192.168.122.10"]);
+  assert.is(parseNetworkXml("<network><name>iso</name><bridge name='virbr1'/></network>", "f").mode, "isolated");
+  assert.throws(() => parseNetworkXml(`<network><name>x</name><bridge name='a"b'/></network>`, "f"), /is not a bridge name vmhook can use/);
+});
+
+const NAT_NETWORK = `<network><name>default</name><forward mode='nat'/><bridge name='virbr0'/>
+  <ip address='192.168.122.1' netmask='255.255.255.0'><dhcp><host mac='52:54:00:aa:bb:01' ip='192.168.122.10'/></dhcp></ip></network>`;
+
+/** A host with the NAT network and an nft that keeps the domain's rules while applied (enough for missingRules and undo). */
+function nftHost(): { sim: SimHost; nftScripts: string[]; dropRules(): void } {
+  const sim = new SimHost().dir("/var/log").dir("/run").file("/run/libvirt/network/default.xml", NAT_NETWORK);
+  const nftScripts: string[] = [];
+  let applied = false;
+  const ours = { family: "inet", table: "vmhook" };
+  const ruleset = () =>
+    JSON.stringify({
+      nftables: applied
+        ? [
+            { table: { family: "inet", name: "vmhook", handle: 1 } },
+            ...["prerouting", "output", "postrouting", `vm-${UUID}`].map((name) => ({ chain: { ...ours, name, handle: 2 } })),
+            ...["prerouting", "output"].map((chain, index) => ({ rule: { ...ours, chain, handle: 10 + index, comment: `vmhook:${UUID}` } })),
+          ]
+        : [{ metainfo: { version: "1.0.6" } }],
+    });
+  sim.onExec("nft", (args, _sim, options) => {
+    if (args.join(" ") === "-j list ruleset") return { status: 0, stdout: ruleset() };
+    if (args.join(" ") !== "-f -") return { status: 1, stderr: `unexpected nft ${args.join(" ")}` };
+    nftScripts.push(options.input ?? "");
+    applied = (options.input ?? "").includes(`add chain inet vmhook vm-${UUID}`);
+    return { status: 0 };
+  });
+  return { sim, nftScripts, dropRules: () => (applied = false) };
+}
+
+test("vmhook plan --event start lists exactly the step start runs; release takes the rules out", async () => {
+  const { sim, nftScripts } = nftHost();
+  const xml = domain(`<vmhook:forward ports="2222:22,60000-60010/udp"/>`);
+  assert.equal(await assertPlanIsPrepare(sim, xml, "vm", "start"), ["forward: forward tcp 2222 → 192.168.122.10:22, udp 60000-60010 → 192.168.122.10:60000-60010 (nft table inet vmhook)"]);
+  assert.is(nftScripts.length, 1);
+  assert.match(nftScripts[0]!, /add rule inet vmhook vm-11111111-2222-4333-8444-555555555555 .*meta l4proto tcp th dport 2222 dnat ip to 192\.168\.122\.10:22/);
+  const released = await runHookEvent(sim, "release", "end", xml);
+  assert.is(released.code, 0, released.stderr);
+  assert.is(nftScripts.at(-1), "delete table inet vmhook\n");
+  assert.not.ok(sim.exists(`/run/vmhook/${UUID}.json`), "the journal is gone after release");
+});
+
+test("reconnect puts back rules that went missing, warns, and adds nothing to the journal; nothing missing plans nothing", async () => {
+  const { sim, nftScripts, dropRules } = nftHost();
+  const xml = domain(`<vmhook:forward ports="2222:22"/>`);
+  assert.is((await runHookEvent(sim, "start", "begin", xml)).code, 0);
+  const journal = sim.read(`/run/vmhook/${UUID}.json`);
+  assert.equal(await plannedStepsFor(sim, xml, "reconnect"), []);
+  dropRules();
+  assert.equal(await plannedStepsFor(sim, xml, "reconnect"), ["forward: put back forward tcp 2222 → 192.168.122.10:22 (nft table inet vmhook)"]);
+  const reconnected = await runHookEvent(sim, "reconnect", "begin", xml);
+  assert.is(reconnected.code, 0, reconnected.stderr);
+  assert.is(nftScripts.length, 2, "the rules went in again");
+  assert.match(sim.read("/var/log/vmhook.log"), /chain inet vmhook vm-11111111-2222-4333-8444-555555555555, the jump from inet vmhook prerouting, the jump from inet vmhook output went missing/);
+  assert.equal(JSON.parse(sim.read(`/run/vmhook/${UUID}.json`)).entries, JSON.parse(journal).entries, "the journal holds the start step only");
+});
+
+test.run();
