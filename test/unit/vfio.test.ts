@@ -100,8 +100,12 @@ test("NVIDIA single GPU: display manager, console, efifb, persistenced and modul
     "modprobe vfio-pci",
   ]);
 
+  const preparedExecs = kernel.sim.execs.length;
   const release = await runHookEvent(kernel.sim, "release", "end", xml);
   assert.is(release.code, 0, release.stderr);
+  // What modprobe loaded goes with one rmmod, each module before those it uses.
+  const unloads = kernel.sim.execs.slice(preparedExecs).filter((e) => e.command === "rmmod").map((e) => e.args.join(" "));
+  assert.equal(unloads, ["vfio_iommu_type1 vfio_pci vfio_pci_core vfio"]);
   assert.equal(kernel.sim.snapshot(), before);
   assert.equal(kernel.sim.stateFiles(), []);
 });
