@@ -4,7 +4,10 @@
 //    realistic 5 KB domain): what every VM on the host pays;
 //  - hugepages prepare + release (two processes) for the same domain with
 //    <vmhook:hugepages size="2M"/>, against a test root (VMHOOK_ROOT) whose
-//    sysfs pool is a plain file: the hook's own cost, not the kernel's.
+//    sysfs pool is a plain file: the hook's own cost, not the kernel's;
+//  - the refusal of an impossible request (200 GiB on the root's 64 GiB):
+//    exit 1 before the pool is touched. (bench/hugepages-guest.ts measures
+//    it on a real kernel, with MemAvailable next to the floor.)
 // Each sample is one spawn-to-exit. The baseline and the no-metadata hook
 // are interleaved so that load from elsewhere hits them alike; hugepages
 // runs afterwards on its own (interleaved, its heavier runs slowed the
@@ -39,6 +42,8 @@ fs.symlinkSync(path.resolve(vmhook), hook);
 fs.mkdirSync(path.join(root, path.dirname(POOL)), { recursive: true });
 fs.mkdirSync(path.join(root, "var/log"), { recursive: true });
 fs.writeFileSync(path.join(root, POOL), "0\n");
+fs.mkdirSync(path.join(root, "proc"));
+fs.writeFileSync(path.join(root, "proc/meminfo"), "MemTotal: 67108864 kB\nMemFree: 33554432 kB\nMemAvailable: 33554432 kB\n");
 const pool = () => Number(fs.readFileSync(path.join(root, POOL), "utf8"));
 const journalExists = () => fs.existsSync(path.join(root, "run/vmhook", `${uuid}.json`));
 const env = { PATH: process.env.PATH ?? "/usr/bin:/bin", LC_ALL: "C", VMHOOK_ROOT: root };
@@ -49,11 +54,11 @@ interface Sample {
 }
 
 /** One run, as libvirt does it: args, XML on stdin, a clean environment. */
-function measure(command: string[], input = ""): Sample {
+function measure(command: string[], input = "", expectedExit = 0): Sample {
   const start = performance.now();
   const result = Bun.spawnSync(command, { stdin: new TextEncoder().encode(input), stdout: "ignore", stderr: "pipe", env });
   const wallMs = performance.now() - start;
-  if (result.exitCode !== 0) throw new Error(`${command.join(" ")} exited ${result.exitCode}: ${new TextDecoder().decode(result.stderr)}`);
+  if (result.exitCode !== expectedExit) throw new Error(`${command.join(" ")} exited ${result.exitCode}: ${new TextDecoder().decode(result.stderr)}`);
   return { wallMs, cpuMs: Number(result.resourceUsage.cpuTime.total) / 1000 };
 }
 
@@ -98,11 +103,20 @@ const noMetadata: Case = {
   samples: [],
 };
 const hugepages: Case = { name: "hugepages prepare+release (2 runs)", run: prepareAndRelease, rss: prepareAndReleaseRss, samples: [] };
-const cases = [baseline, noMetadata, hugepages];
+const impossibleXml = hugepagesXml.replace(/<memory unit='KiB'>\d+</, `<memory unit='KiB'>${200 * 1024 * 1024}<`);
+const refusalCommand = [hook, "win11-gaming", "prepare", "begin", "-"];
+function refuse(): Sample {
+  const sample = measure(refusalCommand, impossibleXml, 1);
+  if (pool() !== 0 || journalExists()) throw new Error(`the refusal left ${pool()} pages in the pool, journal ${journalExists() ? "kept" : "removed"}`);
+  return sample;
+}
+const refusal: Case = { name: "hugepages refusal (200 GiB asked)", run: refuse, rss: () => undefined, samples: [] };
+const cases = [baseline, noMetadata, hugepages, refusal];
 
 for (const { run } of cases) run(); // warm the page cache
 for (let i = 0; i < iterations; i++) for (const c of [baseline, noMetadata]) c.samples.push(c.run());
 for (let i = 0; i < iterations; i++) hugepages.samples.push(hugepages.run());
+for (let i = 0; i < iterations; i++) refusal.samples.push(refusal.run());
 const peakRss = cases.map((c) => c.rss());
 fs.rmSync(work, { recursive: true, force: true });
 

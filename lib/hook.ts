@@ -15,7 +15,7 @@ import { PATTERNS } from "./validate.ts";
 import { paths } from "./paths.ts";
 import { withDomainLock } from "./lock.ts";
 import { removeStaleTemps } from "./state-files.ts";
-import { startWatchdog } from "./watchdog.ts";
+import { startWatchdog, type Watchdog } from "./watchdog.ts";
 
 export interface HookInvocation {
   /** Domain name, operation, sub-operation and extra argument, as libvirt passes them. */
@@ -43,13 +43,21 @@ export class HookRun {
   readonly host: Host;
   readonly log: Logger;
   readonly name: string;
+  /** Set once the hard deadline runs (the hook's own process only). */
+  watchdog?: Watchdog;
   private settingsCache?: HostSettings;
   private domainCache?: Domain;
 
   constructor(readonly invocation: HookInvocation) {
     this.host = invocation.host ?? new RootedHost(invocation.root);
     this.name = invocation.args[0] ?? "?";
-    this.log = createLogger(this.host, { domain: this.name, event: invocation.args.slice(1, 3).join(" "), echo: "buffer", file: true });
+    this.log = createLogger(this.host, {
+      domain: this.name,
+      event: invocation.args.slice(1, 3).join(" "),
+      echo: "buffer",
+      file: true,
+      onEntry: (level, line) => this.watchdog?.note(level, line),
+    });
   }
 
   get settings(): HostSettings {
@@ -228,7 +236,17 @@ export async function runEvent(invocation: HookInvocation, event: HookEvent | un
       }
       const { deadlineSeconds, undoDeadlineSeconds } = run.settings;
       const budgetSeconds = deadlineSeconds + undoDeadlineSeconds + 5;
-      startWatchdog(budgetSeconds * 1000, `${invocation.args.slice(1, 3).join(" ")} of ${run.name} was killed after ${budgetSeconds} s (deadlineSeconds + undoDeadlineSeconds in ${paths.hostConfig}); run vmhook recover ${run.name} once it is stopped`, run.host.resolve(paths.log), mayFail ? 1 : 0);
+      const uuid = uuidFromXml(invocation.xml);
+      run.watchdog = startWatchdog({
+        budgetMs: budgetSeconds * 1000,
+        startedAt: performance.timeOrigin,
+        what: `${invocation.args.slice(1, 3).join(" ")} of ${run.name}`,
+        budgetSource: `deadlineSeconds + undoDeadlineSeconds + 5 in ${paths.hostConfig}`,
+        logFile: run.host.resolve(paths.log),
+        journalFile: uuid && run.host.resolve(paths.journal(uuid)),
+        recoverCommand: `vmhook recover ${run.name}`,
+        exitCode: mayFail ? 1 : 0,
+      });
     }
     await settleOrDrain(runUnderDomainLock(run, action), invocation);
     return 0;

@@ -12,6 +12,7 @@ import { ensureStateDir } from "./state-files.ts";
 
 const LOCK_EX = 2;
 const LOCK_NB = 4;
+const LOCK_UN = 8;
 
 type Flock = (fd: number, operation: number) => number;
 let flock: Flock | undefined;
@@ -81,9 +82,39 @@ async function release<T>(host: Host, file: string, fd: number, work: () => Prom
 /** A domain's lock file goes when its journal has gone: /run/vmhook keeps nothing for a domain that holds nothing. */
 const holdsNothing = (host: Host, uuid: string) => () => !fs.existsSync(host.resolve(paths.journal(uuid)));
 
-/** Runs `work` while holding the host-wide lock. Not re-entrant: the runner takes it, plugins never do. */
-export function withHostLock<T>(host: Host, deadline: Deadline, work: () => Promise<T>): Promise<T> {
-  return withLock(host, paths.hostLock, deadline, `another vmhook held the host-wide lock ${paths.hostLock} until the deadline; see vmhook status`, work);
+/** The host lock while it is held: work that needs no lock (a slow reclaim) can let go of it for a while. */
+export interface HeldLock {
+  /** Releases the lock, runs `work`, and takes the lock again (waiting no longer than the deadline). */
+  released<T>(work: () => T): T;
+}
+
+const hostLockBusy = `another vmhook held the host-wide lock ${paths.hostLock} until the deadline; see vmhook status`;
+
+/** Takes the lock on an open descriptor again, waiting until `deadline` (flock is loaded: the lock was held before). */
+function relock(host: Host, fd: number, deadline: Deadline): void {
+  let interval = 5;
+  while (flock!(fd, LOCK_EX | LOCK_NB) !== 0) {
+    if (deadline.remainingMs() <= 0) throw new VmhookError(hostLockBusy);
+    host.sleep(Math.min(interval, deadline.remainingMs()));
+    interval = Math.min(interval * 2, 100);
+  }
+}
+
+/** Runs `work` while holding the host-wide lock. Not re-entrant: the runner takes it, plugins never do (they may step outside it: HeldLock). */
+export async function withHostLock<T>(host: Host, deadline: Deadline, work: (held: HeldLock) => Promise<T>): Promise<T> {
+  const fd = await acquire(host, paths.hostLock, deadline);
+  if (fd === undefined) throw new VmhookError(hostLockBusy);
+  const held: HeldLock = {
+    released(inner) {
+      flock!(fd, LOCK_UN);
+      try {
+        return inner();
+      } finally {
+        relock(host, fd, deadline);
+      }
+    },
+  };
+  return release(host, paths.hostLock, fd, () => work(held), () => false);
 }
 
 /** Runs `work` while holding the domain's lock: no other hook run or recover of this domain runs meanwhile. */

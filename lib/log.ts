@@ -23,6 +23,8 @@ export interface LoggerOptions {
   echo: "stderr" | "buffer" | "none";
   /** Write to the log file under the host's root (off for dry runs). */
   file: boolean;
+  /** Sees every line as it is logged (the watchdog keeps the last cause). */
+  onEntry?: (level: LogLevel, line: string) => void;
 }
 
 /**
@@ -41,6 +43,7 @@ export function createLogger(host: Host, options: LoggerOptions): Logger {
   const emit = (level: LogLevel, message: string) => {
     const line = `${level === "info" ? "" : `${level}: `}${oneLine(message)}`;
     transcript.push(line);
+    options.onEntry?.(level, oneLine(message));
     if (options.echo === "stderr") process.stderr.write(`vmhook: ${line}\n`);
     if (fileBroken) return;
     try {

@@ -1,5 +1,6 @@
 // Where the kernel keeps memory facts: huge page pools (global and per NUMA
 // node) and meminfo. Shared by the hugepages plugin and `vmhook doctor`.
+import { VmhookError } from "./errors.ts";
 import type { Host } from "./host.ts";
 
 export const NODE_DIR = "/sys/devices/system/node";
@@ -21,12 +22,43 @@ export function hugepageSizes(host: Host): number[] {
     .sort((a, b) => a - b);
 }
 
-/** /proc/meminfo, or a node's meminfo ("Node 0 MemFree: 123 kB"), as KiB by field name. */
+const meminfoFile = (node: number | undefined) => (node === undefined ? "/proc/meminfo" : `${nodeDir(node)}/meminfo`);
+
+/** /proc/meminfo, or a node's meminfo ("Node 0 MemFree: 123 kB"), as KiB by field name ("Inactive(file)" included). */
 export function meminfo(host: Host, node?: number): Record<string, number> {
   const fields: Record<string, number> = {};
-  const text = host.readTrimmed(node === undefined ? "/proc/meminfo" : `${nodeDir(node)}/meminfo`) ?? "";
-  for (const match of text.matchAll(/^(?:Node \d+ )?(\w+):\s+(\d+)/gm)) fields[match[1]!] = Number(match[2]);
+  const text = host.readTrimmed(meminfoFile(node)) ?? "";
+  for (const match of text.matchAll(/^(?:Node \d+ )?([\w()]+):\s+(\d+)/gm)) fields[match[1]!] = Number(match[2]);
   return fields;
+}
+
+/** What a scope (the host, or one NUMA node) has and could give, in KiB. */
+export interface MemoryFacts {
+  totalKiB: number;
+  /**
+   * The host: the kernel's MemAvailable. A node has no such field: free
+   * memory plus its file cache and reclaimable slab, capped by the host's.
+   */
+  availableKiB: number;
+  freeKiB: number;
+}
+
+/** meminfo of the host or a node as MemoryFacts; fails closed when a field is missing or not an exact count. */
+export function memoryFacts(host: Host, node?: number): MemoryFacts {
+  const fields = meminfo(host, node);
+  const field = (name: string, from = fields, scope = node): number => {
+    const value = from[name];
+    if (value === undefined || !Number.isSafeInteger(value)) {
+      throw new VmhookError(`cannot read ${name} from ${meminfoFile(scope)} (got ${value ?? "nothing"}); vmhook does not take huge pages without knowing the free memory`);
+    }
+    return value;
+  };
+  const totalKiB = field("MemTotal");
+  const freeKiB = field("MemFree");
+  if (node === undefined) return { totalKiB, freeKiB, availableKiB: field("MemAvailable") };
+  const reclaimable = ["Active(file)", "Inactive(file)", "SReclaimable"].reduce((sum, name) => sum + (fields[name] ?? 0), 0);
+  const hostAvailable = field("MemAvailable", meminfo(host), undefined);
+  return { totalKiB, freeKiB, availableKiB: Math.min(freeKiB + reclaimable, hostAvailable) };
 }
 
 /** The host's NUMA node numbers, in order. */

@@ -75,6 +75,18 @@ export interface Step<Record extends UndoRecord = UndoRecord> {
   record: Record;
   /** One line for the log, `vmhook plan` and `vmhook status`. */
   description: string;
+  /**
+   * Why this step cannot succeed on this host, found while planning (e.g. the
+   * pages do not fit above the free-memory floor): `vmhook plan` marks it
+   * REFUSED and exits 1, and the runner refuses the event before its first apply.
+   */
+  refused?: Refusal;
+}
+
+/** Why a planned step cannot succeed on this host (the error's first line), and what to do about it. */
+export interface Refusal {
+  reason: string;
+  remedies: string[];
 }
 
 /** What apply gets on top of the planner's context. */
@@ -83,6 +95,13 @@ export interface ApplyContext<Config> extends PlanContext<Config> {
   update(record: UndoRecord): void;
   /** The change turned out to be nothing: the entry leaves the journal. */
   nothingToUndo(): void;
+  /**
+   * Runs `work` without the host-wide lock the runner holds around a shared
+   * plugin's event (a slow wait that needs no lock, such as reclaiming
+   * memory), then takes the lock again. Whatever was read under the lock must
+   * be read again afterwards. Without the lock held, it just runs `work`.
+   */
+  outsideHostLock<T>(work: () => T): T;
 }
 
 export interface Action<Record extends UndoRecord, Config> {

@@ -10,7 +10,7 @@ import type { Domain } from "./domain.ts";
 import { describeError, VmhookError } from "./errors.ts";
 import type { Host } from "./host.ts";
 import { listJournals, removeJournal, sharedState, writeJournal, type Journal, type JournalEntry } from "./journal.ts";
-import { withHostLock } from "./lock.ts";
+import { withHostLock, type HeldLock } from "./lock.ts";
 import type { Logger } from "./log.ts";
 import {
   isLegacyPlugin,
@@ -24,6 +24,7 @@ import {
   type PlannedEvent,
   type Plugin,
   type PluginRegistry,
+  type Refusal,
   type StepHandle,
   type UndoRecord,
 } from "./plugin.ts";
@@ -44,6 +45,8 @@ export interface PlannedStep {
   action: string;
   description: string;
   record: UndoRecord;
+  /** Why this step cannot succeed on this host: `vmhook plan` marks it, a run refuses the event before its first apply. */
+  refused?: Refusal;
 }
 
 /** What the apply phase runs, in order: a planned step, or a first-interface plugin's handler (it journals its own steps). */
@@ -128,8 +131,12 @@ async function settleWithin<T>(env: RunEnvironment, pluginId: string, event: str
   }
 }
 
-/** Shared plugins plan, apply and undo under the host-wide lock; the whole event at once, so nothing changes between plan and apply. */
-async function underLockIf<T>(shared: boolean, env: RunEnvironment, deadline: Deadline, work: () => Promise<T>): Promise<T> {
+/**
+ * Shared plugins plan, apply and undo under the host-wide lock; the whole
+ * event at once, so nothing changes between plan and apply. `work` gets the
+ * held lock, so an apply can step outside it for a slow wait (ApplyContext.outsideHostLock).
+ */
+async function underLockIf<T>(shared: boolean, env: RunEnvironment, deadline: Deadline, work: (held?: HeldLock) => Promise<T>): Promise<T> {
   return shared ? withHostLock(env.host, deadline, work) : work();
 }
 
@@ -151,7 +158,8 @@ async function planUnits(event: PlannedEvent, instances: PluginInstance[], domai
       if (!action || step.record.action !== step.action) {
         throw new VmhookError(`internal: ${instance.id} planned a step "${step.description}" with action ${step.action}, which it does not declare`);
       }
-      units.push({ instance, step: { plugin: instance.id, event, action: step.action, description: step.description, record: action.check(step.record) } });
+      const planned: PlannedStep = { plugin: instance.id, event, action: step.action, description: step.description, record: action.check(step.record) };
+      units.push({ instance, step: step.refused ? { ...planned, refused: step.refused } : planned });
     }
   }
   return units;
@@ -187,20 +195,33 @@ export async function planEvent(event: PlannedEvent, instances: PluginInstance[]
  */
 export async function runPlugins(event: PlannedEvent, instances: PluginInstance[], domain: Domain, journal: Journal, env: RunEnvironment, deadline: Deadline): Promise<void> {
   const shared = instances.some((instance) => instance.plugin.shared);
-  await underLockIf(shared, env, deadline, async () => {
+  await underLockIf(shared, env, deadline, async (held) => {
     const units = await planUnits(event, instances, domain, journal, env, deadline);
+    refuseIfAnyRefused(units);
     for (const unit of units) {
       deadline.check(`applying ${unit.instance.id}`);
-      if ("step" in unit) await applyStep(env, journal, unit.instance, unit.step, domain, deadline);
+      if ("step" in unit) await applyStep(env, journal, unit.instance, unit.step, domain, deadline, held);
       else await runLegacyHandler(env, journal, unit.instance, unit.legacy, event, domain, deadline);
     }
   });
 }
 
-async function applyStep(env: RunEnvironment, journal: Journal, instance: PluginInstance, planned: PlannedStep, domain: Domain, deadline: Deadline): Promise<void> {
+/** A refused step fails the event before anything is applied or journaled: its reason is the error. */
+function refuseIfAnyRefused(units: Unit[]): void {
+  for (const unit of units) {
+    if ("step" in unit && unit.step.refused) throw new VmhookError(unit.step.refused.reason, unit.step.refused.remedies);
+  }
+}
+
+async function applyStep(env: RunEnvironment, journal: Journal, instance: PluginInstance, planned: PlannedStep, domain: Domain, deadline: Deadline, held: HeldLock | undefined): Promise<void> {
   const action = (instance.plugin as Plugin<unknown>).actions[planned.action]!;
   await journaled(env, journal, planned, async (handle) => {
-    const ctx: ApplyContext<unknown> = { ...planContext(env, instance, planned.event as PlannedEvent, domain, journal, deadline), update: handle.update, nothingToUndo: handle.nothingToUndo };
+    const ctx: ApplyContext<unknown> = {
+      ...planContext(env, instance, planned.event as PlannedEvent, domain, journal, deadline),
+      update: handle.update,
+      nothingToUndo: handle.nothingToUndo,
+      outsideHostLock: (work) => (held ? held.released(work) : work()),
+    };
     const updated = await settleWithin(env, instance.id, planned.event, deadline, () => `step "${planned.description}"`, action.apply(planned.record, ctx));
     if (updated) handle.update(updated);
   });

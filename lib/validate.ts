@@ -74,7 +74,11 @@ export function sizeToKiB(value: string, unit: string | undefined, element: stri
   if (factor === undefined || !/^\d+$/.test(value.trim()) || !Number.isSafeInteger(number)) {
     throw new ConfigError(element, `${attribute}="${value}${unit ? ` ${unit}` : ""}" is not a size (a whole number with unit KiB, MiB, GiB, k, M, G)`);
   }
-  return Math.ceil(number * factor);
+  const kib = Math.ceil(number * factor);
+  if (!Number.isSafeInteger(kib)) {
+    throw new ConfigError(element, `${attribute}="${value}${unit ? ` ${unit}` : ""}" is beyond 2^53 KiB (8 EiB), more than any host has; write the real size`);
+  }
+  return kib;
 }
 
 /** "2M", "1G", "2048k", "2MiB" → KiB. */

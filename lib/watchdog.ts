@@ -6,18 +6,62 @@
 // It ends the process with _exit(exitCode) rather than a signal: for events
 // that must not fail (reconnect: libvirt kills a VM whose reconnect hook
 // fails, and death by a signal is a failure) the hook still exits 0.
-export function startWatchdog(budgetMs: number, message: string, logFile: string, exitCode: number): void {
-  const line = JSON.stringify(`vmhook: ${message}\n`);
+//
+// Its message is what `virsh start` shows, so it is written when it fires:
+// the last cause logged (a warning or error) comes first, the time really
+// elapsed (a host short of memory can wake the worker late), and `vmhook
+// recover` only when the domain's journal still holds changes.
+import type { LogLevel } from "./log.ts";
+
+export interface WatchdogOptions {
+  budgetMs: number;
+  /** When the hook started, in ms since the epoch. */
+  startedAt: number;
+  /** "prepare begin of vm". */
+  what: string;
+  /** Where the budget comes from, for the message. */
+  budgetSource: string;
+  logFile: string;
+  /** The domain's journal, as a real path; absent or empty means nothing is left to undo. */
+  journalFile?: string;
+  /** The command that gives back what the journal holds. */
+  recoverCommand: string;
+  exitCode: number;
+}
+
+export interface Watchdog {
+  /** A line that was logged: a warning or error becomes the cause in the message, anything else the last step. */
+  note(level: LogLevel, line: string): void;
+}
+
+export function startWatchdog(options: WatchdogOptions): Watchdog {
   const source = `
-    import { appendFileSync, writeSync } from "node:fs";
+    import { appendFileSync, readFileSync, writeSync } from "node:fs";
     import { dlopen, FFIType } from "bun:ffi";
+    const options = ${JSON.stringify(options)};
     const libc = dlopen("libc.so.6", { _exit: { args: [FFIType.i32], returns: FFIType.void } });
+    let cause, step;
+    self.onmessage = ({ data }) => (data.level === "info" ? (step = data.line) : (cause = data.line));
+    function stillHeld() {
+      if (!options.journalFile) return false;
+      try {
+        return JSON.parse(readFileSync(options.journalFile, "utf8")).entries.length > 0;
+      } catch (error) {
+        return error.code !== "ENOENT"; // unreadable: assume it holds something
+      }
+    }
     setTimeout(() => {
-      try { writeSync(2, ${line}); } catch {}
-      try { appendFileSync(${JSON.stringify(logFile)}, new Date().toISOString() + " " + ${line}); } catch {}
-      libc.symbols._exit(${Math.trunc(exitCode)});
-    }, ${Math.max(1, Math.floor(budgetMs))});
+      const seconds = Math.round((Date.now() - options.startedAt) / 1000);
+      const killed = options.what + " was killed after " + seconds + " s (budget " + Math.round(options.budgetMs / 1000) + " s: " + options.budgetSource + ")";
+      const lines = cause ? [cause, killed] : [killed, ...(step ? ["last step: " + step] : [])];
+      lines.push(stillHeld() ? "once it is stopped, run " + options.recoverCommand + " to give back what it still holds" : "it holds nothing (its journal is empty): vmhook recover is not needed");
+      const text = "vmhook: " + lines.join("\\n  ") + "\\n";
+      try { writeSync(2, text); } catch {}
+      try { appendFileSync(options.logFile, new Date().toISOString() + " " + text); } catch {}
+      libc.symbols._exit(Math.trunc(options.exitCode));
+    }, Math.max(1, Math.floor(options.budgetMs - (Date.now() - options.startedAt))));
   `;
   const worker = new Worker(URL.createObjectURL(new Blob([source], { type: "application/javascript" })));
   (worker as unknown as { unref(): void }).unref(); // Bun's Worker: never keeps a finished hook alive
+  return { note: (level, line) => worker.postMessage({ level, line }) };
 }

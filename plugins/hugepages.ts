@@ -11,35 +11,34 @@
 // nodeset>, else the global pool; a nodeset of several nodes gets the pages
 // split evenly (the first nodes take the remainder).
 import type { Element } from "@xmldom/xmldom";
+import { boundedProduct, boundedSum } from "../lib/bounded.ts";
 import { readAttributes, single } from "../lib/element.ts";
 import { parseCpuset } from "../lib/cpuset.ts";
 import { describeElement, type Domain } from "../lib/domain.ts";
-import { ConfigError, VmhookError } from "../lib/errors.ts";
+import { ConfigError, describeError, VmhookError } from "../lib/errors.ts";
 import type { Host } from "../lib/host.ts";
 import { fail, ok, roundMiB, warn, type Finding } from "../lib/diagnostics/findings.ts";
-import { HUGEPAGE_DIR, hostNodes, hugepagePool, hugepageSizes, meminfo, NODE_DIR, nodeDir } from "../lib/memory.ts";
+import { HUGEPAGE_DIR, hostNodes, hugepagePool, hugepageSizes, memoryFacts, NODE_DIR, nodeDir } from "../lib/memory.ts";
 import { defineAction, definePlugin, type ApplyContext, type BaseContext, type CheckContext, type PlanContext, type Step, type UndoRecord } from "../lib/plugin.ts";
+import { loadSettings } from "../lib/settings.ts";
 import { formatKiB, parseInteger, parseSizeWithSuffix } from "../lib/validate.ts";
+import { checkFit, formatMiB, nodeFloorKiB, readHostView, type HostView, type PoolNeed } from "./hugepages/fit.ts";
+import { growWithRetries, RETRY_ROUNDS, type GrowResult, type PoolCount, type RetryIo } from "./hugepages/grow.ts";
 
-/** Pages of one size to add to one pool: a host NUMA node's, or the global one. */
-export interface PoolNeed {
-  sizeKiB: number;
-  /** undefined: the global pool (the kernel spreads it over the nodes). */
-  node?: number;
-  pages: number;
-}
+export type { PoolNeed } from "./hugepages/fit.ts";
 
 export interface HugepagesConfig {
   pools: PoolNeed[];
-  /** How long to keep dropping caches and compacting memory while the kernel grants too few pages. */
+  /** How long to keep retrying (give back, drop caches, compact) while the kernel grants too few pages. */
   retrySeconds: number;
   /** <memoryBacking><hugepages> is present; without it QEMU does not use the pages. */
   backedByHugepages: boolean;
 }
 
 /**
- * Journaled per pool. `added`: how much the persistent pool grew (new pages,
- * plus surplus pages the kernel promoted first); `returned`: how many of them went back already.
+ * Journaled per pool. `added`: how much the persistent pool grew and is held
+ * now (new pages, plus surplus pages the kernel promoted first); `returned`:
+ * how many of them went back already.
  */
 interface GrowRecord extends UndoRecord {
   action: "grow-pool";
@@ -110,7 +109,9 @@ function hostNodesOf(part: MemoryPart, domain: Domain, nodeAttribute: number[] |
   return memnode?.nodeset ?? domain.numatuneMemory?.nodeset;
 }
 
-/** The pages each pool must grow by, merged per (size, node). */
+const backedMemory = (sizeKiB: number) => `the guest memory to back with ${formatKiB(sizeKiB)} pages (KiB)`;
+
+/** The pages each pool must grow by, merged per (size, node); their memory stays below 2^53 KiB. */
 function poolNeeds(domain: Domain, where: string, sizeAttribute: number | undefined, nodeAttribute: number[] | undefined): PoolNeed[] {
   for (const memnode of domain.memnodes) {
     if (!domain.numaCells.some((cell) => cell.id === memnode.cellid)) {
@@ -124,14 +125,15 @@ function poolNeeds(domain: Domain, where: string, sizeAttribute: number | undefi
     const nodes = hostNodesOf(part, domain, nodeAttribute);
     const key = `${sizeKiB}/${nodes?.join(",") ?? "global"}`;
     const group = byNodeset.get(key) ?? { sizeKiB, nodes, pages: 0 };
-    group.pages += Math.ceil(part.memoryKiB / sizeKiB);
+    group.pages = boundedSum(group.pages, Math.ceil(part.memoryKiB / sizeKiB), backedMemory(sizeKiB));
     byNodeset.set(key, group);
   }
   const byPool = new Map<string, PoolNeed>();
   const add = (sizeKiB: number, node: number | undefined, pages: number) => {
     const key = `${sizeKiB}/${node ?? "global"}`;
     const need = byPool.get(key) ?? { sizeKiB, ...(node === undefined ? {} : { node }), pages: 0 };
-    need.pages += pages;
+    need.pages = boundedSum(need.pages, pages, backedMemory(sizeKiB));
+    boundedProduct(need.pages, sizeKiB, backedMemory(sizeKiB));
     byPool.set(key, need);
   };
   for (const { sizeKiB, nodes, pages } of byNodeset.values()) {
@@ -163,7 +165,7 @@ function readCount(host: Host, file: string): number {
  * write sets the persistent count, all minus surplus (for a node's pool: on
  * Linux 6.7 and later; older kernels also count other nodes' surplus in).
  */
-function readPool(host: Host, sizeKiB: number, node: number | undefined): { total: number; persistent: number } {
+function readPool(host: Host, sizeKiB: number, node: number | undefined): PoolCount {
   const total = readCount(host, poolFile(sizeKiB, node));
   const surplusFile = poolFile(sizeKiB, node, "surplus_hugepages");
   return { total, persistent: total - (host.exists(surplusFile) ? readCount(host, surplusFile) : 0) };
@@ -176,6 +178,13 @@ function writeCount(host: Host, file: string, count: number): void {
     const code = (error as NodeJS.ErrnoException).code ?? (error as Error).message;
     throw new VmhookError(`hugepages: the kernel refused ${count} in ${file} (${code}); check dmesg`);
   }
+}
+
+/** Shrinks the persistent pool by `pages` (never below 0) and returns the target; surplus pages are not ours to give back. */
+function shrinkPool(host: Host, sizeKiB: number, node: number | undefined, pages: number): number {
+  const target = Math.max(0, readPool(host, sizeKiB, node).persistent - pages);
+  writeCount(host, poolFile(sizeKiB, node), target);
+  return target;
 }
 
 /** Checks that change nothing, before the first step: the node and the pool exist. */
@@ -197,11 +206,6 @@ function checkPoolExists(host: Host, need: PoolNeed): void {
   }
 }
 
-function freeMemory(host: Host, node: number | undefined): string {
-  const kib = meminfo(host, node).MemFree;
-  return kib === undefined ? "unknown" : `${Math.round(kib / 1024)} MiB`;
-}
-
 /** Frees what the kernel can give up and defragments, so a retry can find contiguous memory. */
 function reclaim(host: Host, node: number | undefined): void {
   host.write("/proc/sys/vm/drop_caches", "3\n");
@@ -210,74 +214,78 @@ function reclaim(host: Host, node: number | undefined): void {
   if (host.exists(compact)) host.write(compact, "1\n");
 }
 
-// ---- prepare: grow each pool by this VM's need
+// ---- prepare: check that every pool fits above the floor, then grow each by this VM's need
 
-/** Checks that change nothing, then one grow-pool step per pool. */
+/**
+ * Checks that change nothing, then one grow-pool step per pool; a pool that
+ * cannot fit above the free-memory floor is a refused step, so `vmhook plan`
+ * shows it and the runner refuses before the first page is taken.
+ */
 function planPrepare(ctx: PlanContext<HugepagesConfig>): Step<GrowRecord>[] {
   const { config, host } = ctx;
   for (const need of config.pools) checkPoolExists(host, need);
+  const fits = checkFit(config.pools, readHostView(host, config.pools, ctx.settings));
   if (!config.backedByHugepages) {
     ctx.log.warn("hugepages: the domain has no <memoryBacking><hugepages/>, so QEMU will not use the pages reserved for it");
   }
-  return config.pools.map((need) => ({
+  return fits.map(({ need, refused, remedies }) => ({
     action: "grow-pool",
     record: { action: "grow-pool", sizeKiB: need.sizeKiB, node: need.node ?? null, pages: need.pages, added: 0, returned: 0 },
     description: `grow ${poolName(need.sizeKiB, need.node)} by ${need.pages} pages`,
+    ...(refused ? { refused: { reason: refused, remedies } } : {}),
   }));
 }
 
-function grow(ctx: ApplyContext<HugepagesConfig>, record: GrowRecord): void {
+/** The kernel and the journal as the retry policy sees them, for one pool. */
+function poolIo(ctx: ApplyContext<HugepagesConfig>, view: HostView, need: PoolNeed, record: GrowRecord): RetryIo {
   const { host } = ctx;
-  const need: PoolNeed = { sizeKiB: record.sizeKiB, ...(record.node === null ? {} : { node: record.node }), pages: record.pages };
-  const file = poolFile(need.sizeKiB, need.node);
-  let fresh = 0;
-  // One attempt: ask for what is still missing on top of all the pool holds
-  // now (the kernel promotes surplus pages before it adds new ones), and
-  // journal how much the persistent pool grew before anything else, so a
-  // rollback gives back exactly that.
-  const attempt = (): boolean => {
-    const before = readPool(host, need.sizeKiB, need.node);
-    writeCount(host, file, before.total + need.pages - fresh);
-    const after = readPool(host, need.sizeKiB, need.node);
-    fresh += Math.max(0, after.total - before.total);
-    if (after.persistent > before.persistent) {
-      record.added += after.persistent - before.persistent;
+  const { sizeKiB, node } = need;
+  const nodeFloor = node === undefined ? 0 : nodeFloorKiB(view.floorKiB, view.host, view.nodes.get(node)!);
+  return {
+    read: () => readPool(host, sizeKiB, node),
+    write: (count) => writeCount(host, poolFile(sizeKiB, node), count),
+    headroomKiB() {
+      const hostRoom = memoryFacts(host).availableKiB - view.floorKiB;
+      return node === undefined ? hostRoom : Math.min(hostRoom, memoryFacts(host, node).availableKiB - nodeFloor);
+    },
+    holding(pages) {
+      record.added = pages;
       ctx.update({ ...record });
-    }
-    return fresh >= need.pages;
+    },
+    giveBack: (pages) => void shrinkPool(host, sizeKiB, node, pages),
+    // Slow, and needs no lock: other VMs may start or stop meanwhile; the next round reads everything again.
+    reclaim: () => ctx.outsideHostLock(() => reclaim(host, node)),
+    memory: () => memoryFacts(host, node),
+    now: () => host.now(),
   };
-  if (attempt()) return;
-  // Errors inside the poll end it at once and are rethrown as they are; only
-  // running out of time becomes the shortfall message.
-  let failure: unknown;
-  const retry = (): boolean => {
-    try {
-      reclaim(host, need.node);
-      return attempt();
-    } catch (error) {
-      failure = error;
-      return true;
-    }
-  };
-  try {
-    ctx.waitFor(`the kernel grants ${need.pages} pages to ${poolName(need.sizeKiB, need.node)}`, retry, {
-      timeoutMs: ctx.config.retrySeconds * 1000,
-      intervalMs: 100,
-    });
-  } catch {
-    throw shortfall(host, need, fresh, ctx.config.retrySeconds);
-  }
-  if (failure !== undefined) throw failure;
 }
 
-function shortfall(host: Host, need: PoolNeed, got: number, retrySeconds: number): VmhookError {
+/** The apply of grow-pool: in steps above the floor, giving back before each reclaim, in bounded rounds. */
+function grow(ctx: ApplyContext<HugepagesConfig>, record: GrowRecord): void {
+  const need: PoolNeed = { sizeKiB: record.sizeKiB, ...(record.node === null ? {} : { node: record.node }), pages: record.pages };
+  // The floor and the node's share as the planner computed them, read again under the same lock.
+  const view = readHostView(ctx.host, [need], ctx.settings);
+  // Also the last step the watchdog names, should the kernel stall a write.
+  ctx.log.info(`hugepages: growing ${poolName(need.sizeKiB, need.node)} by ${need.pages} pages, keeping ${formatMiB(view.floorKiB)} free`);
+  const retryMs = Math.min(ctx.config.retrySeconds * 1000, ctx.deadline.remainingMs());
+  const result = growWithRetries(poolIo(ctx, view, need, record), need.pages, need.sizeKiB, { maxRounds: RETRY_ROUNDS, retryMs });
+  if (!result.ok) throw shortfall(need, result, view.floorKiB, ctx.config.retrySeconds);
+  if (result.rounds > 1) ctx.log.info(`hugepages: ${poolName(need.sizeKiB, need.node)} grew by ${need.pages} pages in round ${result.rounds}`);
+}
+
+function shortfall(need: PoolNeed, result: Extract<GrowResult, { ok: false }>, floorKiB: number, retrySeconds: number): VmhookError {
   const size = formatKiB(need.sizeKiB);
   const where = need.node === undefined ? "" : ` on node ${need.node}`;
   const bootOption = need.node === undefined ? `hugepagesz=${size} hugepages=${need.pages}` : `hugepagesz=${size} hugepages=${need.node}:${need.pages}`;
+  const { availableKiB, freeKiB } = result.after;
+  const why =
+    result.stop === "floor"
+      ? `growing further would have taken${where === "" ? " the host" : ` node ${need.node}`} below the free-memory floor (${formatMiB(floorKiB)} for the host)`
+      : `the kernel found no more contiguous ${size} blocks${where}, even after dropping caches and compacting memory`;
   return new VmhookError(
-    `hugepages: got ${got} of ${need.pages} pages of ${size}${where}; free memory ${freeMemory(host, need.node)}; free memory on the host, use smaller pages, or reserve them at boot`,
+    `hugepages: got ${result.best} of ${need.pages} pages of ${size}${where}; after giving them back ${formatMiB(availableKiB)} available, ${formatMiB(freeKiB)} free; free memory on the host, use smaller pages, or reserve them at boot`,
     [
-      `after dropping caches and compacting memory for ${retrySeconds} s the kernel found no more contiguous ${size} blocks${where}`,
+      `${why}; ${result.rounds} round(s), each giving back before reclaiming (at most ${RETRY_ROUNDS}; none starts after timeout=${retrySeconds} s)`,
       "remedies: stop other VMs or services; raise timeout= on <vmhook:hugepages>",
       need.sizeKiB > DEFAULT_SIZE_KIB ? `2M pages need far less contiguous memory than ${size} pages: size="2M" (and the same in <memoryBacking>)` : "give the VM less <memory>",
       `reserve the pages at boot (kernel command line: ${bootOption}) and drop <vmhook:hugepages>`,
@@ -291,9 +299,7 @@ function undo(grown: GrowRecord, ctx: BaseContext): void {
   const node = grown.node ?? undefined;
   const remaining = grown.added - grown.returned;
   if (remaining <= 0) return;
-  // The persistent count, not nr_hugepages: surplus pages are not ours to give back.
-  const target = Math.max(0, readPool(ctx.host, grown.sizeKiB, node).persistent - remaining);
-  writeCount(ctx.host, poolFile(grown.sizeKiB, node), target);
+  const target = shrinkPool(ctx.host, grown.sizeKiB, node, remaining);
   // Kept in the journal if anything below fails, so a second undo gives nothing back twice.
   grown.returned = grown.added;
   const after = readPool(ctx.host, grown.sizeKiB, node).persistent;
@@ -322,7 +328,7 @@ function reconnect(ctx: PlanContext<HugepagesConfig>): Step[] {
   return [];
 }
 
-/** `vmhook doctor`: whether each pool can grow by this VM's pages now. */
+/** `vmhook doctor`: whether each pool exists and can grow by this VM's pages now, by the fit check prepare runs, against the same floor. */
 function check({ host, domain, elements }: CheckContext): Finding[] {
   // The plugin's own reading: pools and counts per guest cell, size and host node as prepare derives them.
   let pools: PoolNeed[];
@@ -331,29 +337,51 @@ function check({ host, domain, elements }: CheckContext): Finding[] {
   } catch {
     return []; // reported by the config check
   }
-  return pools.map(({ sizeKiB, node, pages }) => {
-    const check = node === undefined ? "hugepages" : `hugepages node ${node}`;
-    const size = formatKiB(sizeKiB);
+  const checkName = (node: number | undefined) => (node === undefined ? "hugepages" : `hugepages node ${node}`);
+  const findings: Finding[] = [];
+  const present = pools.filter(({ sizeKiB, node }) => {
     const pool = hugepagePool(sizeKiB, node);
     if (node !== undefined && !host.exists(nodeDir(node))) {
-      return fail(check, `host NUMA node ${node} does not exist (nodes: ${hostNodes(host).join(", ") || "none"})`, "fix node= on <vmhook:hugepages> or the nodeset in <numatune>");
+      findings.push(fail(checkName(node), `host NUMA node ${node} does not exist (nodes: ${hostNodes(host).join(", ") || "none"})`, "fix node= on <vmhook:hugepages> or the nodeset in <numatune>"));
+    } else if (!host.exists(pool)) {
+      findings.push(fail(checkName(node), `the kernel has no pool of ${formatKiB(sizeKiB)} pages (${pool})`, sizeKiB === 1024 * 1024 ? 'use size="2M": 1G pages need a CPU with pdpe1gb' : `use one of the sizes in ${HUGEPAGE_DIR}`));
+    } else return true;
+    return false;
+  });
+  let view: HostView;
+  try {
+    view = readHostView(host, present, hugepagesSettings(host));
+  } catch (error) {
+    return [...findings, fail("hugepages", describeError(error), "vmhook needs /proc/meminfo (and the nodes' meminfo) to size huge page pools")];
+  }
+  for (const { need, refused, remedies } of checkFit(present, view)) {
+    const { sizeKiB, node, pages } = need;
+    if (refused) {
+      findings.push(fail(checkName(node), refused.replace(/^hugepages: /, ""), remedies.join("; ")));
+      continue;
     }
-    if (!host.exists(pool)) {
-      return fail(check, `the kernel has no pool of ${size} pages (${pool})`, sizeKiB === 1024 * 1024 ? 'use size="2M": 1G pages need a CPU with pdpe1gb' : `use one of the sizes in ${HUGEPAGE_DIR}`);
-    }
+    const size = formatKiB(sizeKiB);
     const needKiB = pages * sizeKiB;
     const where = node === undefined ? "on the host" : `on node ${node}`;
-    const info = meminfo(host, node);
-    const free = info.MemFree ?? 0;
-    const reclaimable = node === undefined ? (info.MemAvailable ?? free) : free + (info.FilePages ?? 0);
+    const free = (node === undefined ? view.host : view.nodes.get(node)!).freeKiB;
     const wanted = `${pages} × ${size} pages (${formatKiB(needKiB)})`;
-    if (free >= needKiB) return ok(check, `${wanted} fit in the free memory ${where} (${formatKiB(roundMiB(free))})`);
-    const bootFix = `reserve them at boot instead: hugepagesz=${size} hugepages=${node === undefined ? "" : `${node}:`}${pages} on the kernel command line`;
-    if (reclaimable >= needKiB) {
-      return warn(check, `${wanted} need more than the free memory ${where} (${formatKiB(roundMiB(free))}): the page cache must be dropped first, and fragmented memory may still fall short`, `start the VM early, or ${bootFix}`);
+    if (free >= needKiB) {
+      findings.push(ok(checkName(node), `${wanted} fit in the free memory ${where} (${formatKiB(roundMiB(free))})`));
+    } else {
+      const bootFix = `reserve them at boot instead: hugepagesz=${size} hugepages=${node === undefined ? "" : `${node}:`}${pages} on the kernel command line`;
+      findings.push(warn(checkName(node), `${wanted} need more than the free memory ${where} (${formatKiB(roundMiB(free))}): the page cache must be dropped first, and fragmented memory may still fall short`, `start the VM early, or ${bootFix}`));
     }
-    return fail(check, `${wanted} cannot fit: only ${formatKiB(roundMiB(reclaimable))} can be freed ${where}`, `give the VM less <memory>, stop other VMs, or ${bootFix}`);
-  });
+  }
+  return findings;
+}
+
+/** plugins.hugepages of the host settings (the floor); with an unreadable file the default floor (the hook itself refuses to run). */
+function hugepagesSettings(host: Host): Record<string, unknown> {
+  try {
+    return loadSettings(host).plugins.hugepages ?? {};
+  } catch {
+    return {};
+  }
 }
 
 export default definePlugin<HugepagesConfig>({

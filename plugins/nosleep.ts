@@ -44,12 +44,15 @@ function lockHeld(ctx: BaseContext, why: string): boolean {
   return list.split("\n").some((line) => line.trimStart().startsWith(`${WHO} `) && line.includes(why) && /\bsleep\b/.test(line));
 }
 
-/** Refuses before any step when the lock cannot be taken here; else one step. */
+/** One step, marked refused when the lock cannot be taken here (so `vmhook plan` shows it and prepare changes nothing). */
 function planPrepare(ctx: PlanContext<NosleepConfig>): Step<HoldRecord>[] {
-  if (!systemdRuns(ctx.host)) throw new VmhookError(`nosleep: ${NO_SYSTEMD}; remove <vmhook:nosleep/> or disable sleep another way`);
   const { unit } = ctx.config;
-  if (unitActive(ctx, unit)) throw new VmhookError(`nosleep: ${unit} already runs, so another start of this VM holds the lock; stop it (systemctl stop ${unit}) if that VM is gone`);
-  return [{ action: "hold-inhibitor", record: { action: "hold-inhibitor", unit }, description: `hold a sleep inhibitor lock in ${unit}` }];
+  const step: Step<HoldRecord> = { action: "hold-inhibitor", record: { action: "hold-inhibitor", unit }, description: `hold a sleep inhibitor lock in ${unit}` };
+  if (!systemdRuns(ctx.host)) return [{ ...step, refused: { reason: `nosleep: ${NO_SYSTEMD}`, remedies: ["remove <vmhook:nosleep/> or disable sleep another way"] } }];
+  if (unitActive(ctx, unit)) {
+    return [{ ...step, refused: { reason: `nosleep: ${unit} already runs, so another start of this VM holds the lock`, remedies: [`stop it (systemctl stop ${unit}) if that VM is gone`] } }];
+  }
+  return [step];
 }
 
 function planReconnect(ctx: PlanContext<NosleepConfig>): Step[] {

@@ -22,6 +22,7 @@ export type {
   PlannedEvent,
   Planner,
   Plugin,
+  Refusal,
   Step,
   StepHandle,
   UndoRecord,

@@ -1,12 +1,12 @@
 // Read-only commands: validate, plan, status. None of them changes the host.
 import type { CommandModule } from "yargs";
-import { loadDomainPlugins } from "../config.ts";
+import { loadDomainPlugins, type PluginInstance } from "../config.ts";
 import { Deadline } from "../deadline.ts";
-import { parseDomain } from "../domain.ts";
+import { parseDomain, type Domain } from "../domain.ts";
 import { RootedHost, type Host } from "../host.ts";
 import { listJournals, newJournal, readJournal, type Journal } from "../journal.ts";
 import { createLogger } from "../log.ts";
-import type { HookEvent } from "../plugin.ts";
+import type { HookEvent, PlannedEvent, Refusal } from "../plugin.ts";
 import { loadSettings } from "../settings.ts";
 import { planEvent, type PlannedStep } from "../transaction.ts";
 import { registry } from "../../plugins/index.ts";
@@ -27,6 +27,13 @@ const validate: CommandModule<GlobalOptions, DomainArgs> = {
     const host = new RootedHost(args.root);
     const domain = parseDomain(readDomainFile(args.domain), sourceName(args.domain));
     const instances = await loadDomainPlugins(domain, host, registry);
+    const refused = await refusedHere(host, domain, instances);
+    if (refused.length > 0) {
+      process.exitCode = 1;
+      if (args.json) printJson({ ok: false, domain: { name: domain.name, uuid: domain.uuid }, refused });
+      else print(`${sourceName(args.domain)}: valid, but prepare would refuse it on this host:\n${refused.map((reason) => `  ${reason}`).join("\n")}`);
+      return;
+    }
     if (args.json) {
       printJson({ ok: true, domain: { name: domain.name, uuid: domain.uuid }, plugins: instances.map((i) => ({ id: i.id, config: i.config })) });
     } else if (instances.length === 0) {
@@ -36,6 +43,28 @@ const validate: CommandModule<GlobalOptions, DomainArgs> = {
     }
   },
 };
+
+/** The steps `event` would take, from the plugins' planners: nothing on the host changes. */
+async function planSteps(host: Host, domain: Domain, instances: PluginInstance[], event: Exclude<PlannedEvent, "reconnect">, echo: "stderr" | "none"): Promise<PlannedStep[]> {
+  const log = createLogger(host, { domain: domain.name, event, echo, file: false });
+  const settings = loadSettings(host);
+  const journal = readJournal(host, domain.uuid) ?? newJournal(host, { name: domain.name, uuid: domain.uuid });
+  return planEvent(event, instances, domain, journal, { host, log, settings, registry }, new Deadline(host, settings.deadlineSeconds * 1000));
+}
+
+/**
+ * What prepare would refuse on this host (a request that cannot fit), from its
+ * plan. Where the host cannot be read (another machine's XML, a bare
+ * --root), validate checks the config alone.
+ */
+async function refusedHere(host: Host, domain: Domain, instances: PluginInstance[]): Promise<string[]> {
+  if (instances.length === 0) return [];
+  try {
+    return (await planSteps(host, domain, instances, "prepare", "none")).flatMap((step) => (step.refused ? [`${step.plugin}: ${step.refused.reason}`] : []));
+  } catch {
+    return [];
+  }
+}
 
 interface PlanArgs extends DomainArgs {
   event: string;
@@ -60,11 +89,10 @@ const plan: CommandModule<GlobalOptions, PlanArgs> = {
       const journal = readJournal(host, domain.uuid);
       steps = (journal?.entries ?? []).reverse().map((entry) => ({ plugin: entry.plugin, event: "release" as HookEvent, action: entry.undo.action, description: `undo: ${entry.description}`, record: entry.undo }));
     } else {
-      const log = createLogger(host, { domain: domain.name, event, echo: args.json ? "none" : "stderr", file: false });
-      const settings = loadSettings(host);
-      const journal = readJournal(host, domain.uuid) ?? newJournal(host, { name: domain.name, uuid: domain.uuid });
-      steps = await planEvent(event, instances, domain, journal, { host, log, settings, registry }, new Deadline(host, settings.deadlineSeconds * 1000));
+      steps = await planSteps(host, domain, instances, event, args.json ? "none" : "stderr");
     }
+    // A step that cannot succeed here fails the plan, as it would fail the start.
+    if (steps.some((step) => step.refused)) process.exitCode = 1;
     if (args.json) {
       printJson({ domain: { name: domain.name, uuid: domain.uuid }, event, steps });
       return;
@@ -74,7 +102,9 @@ const plan: CommandModule<GlobalOptions, PlanArgs> = {
       return;
     }
     print(`${event} of ${domain.name} would take ${steps.length} step(s):`);
-    steps.forEach((step, index) => print(`  ${index + 1}. ${step.plugin}: ${step.description}`));
+    const refusal = (refused: Refusal) => [`REFUSED: ${refused.reason}`, ...refused.remedies.map((remedy) => `  ${remedy}`)].map((line) => `\n     ${line}`).join("");
+    steps.forEach((step, index) => print(`  ${index + 1}. ${step.plugin}: ${step.description}${step.refused ? refusal(step.refused) : ""}`));
+    if (process.exitCode === 1) print(`${event} of ${domain.name} would fail: vmhook refuses the marked step(s) before changing anything`);
   },
 };
 

@@ -15,7 +15,7 @@ import { definePlugin, type PlanContext, type Step } from "../../lib/plugin.ts";
 import { parseVfioConfig, readVfioSettings, type VfioConfig } from "./config.ts";
 import { consoleSteps, displayManagerSteps, findDisplayManager, stopDisplayManagerAction, unbindFramebufferAction, unbindVtconsoleAction, waitGpuFreeAction, waitGpuFreeStep } from "./display.ts";
 import { bindVfioAction, helperServices, loadModulesAction, stoppedHelpers, takeOverSteps, unloadModuleAction } from "./driver.ts";
-import { refuseOtherHolders } from "./refuse.ts";
+import { otherHolders } from "./refuse.ts";
 import { survey, VFIO_DRIVER } from "./survey.ts";
 import { keepStoppedSteps, stopUnitAction, stopUnitStep } from "./units.ts";
 
@@ -30,15 +30,15 @@ function planPrepare(ctx: PlanContext<VfioConfig>): Step[] {
   const found = survey(ctx.host, ctx.config);
   const displayManager = found.singleGpu ? findDisplayManager(ctx, ctx.config, settings) : undefined;
   const helpers = helperServices(ctx, found, settings);
-  // Users of the GPU fail the start now, before any step, unless they belong to what is stopped first.
-  refuseOtherHolders(ctx, found, displayManager, helpers);
+  // Users of the GPU outside what is stopped first: the wait for a free GPU is refused, so the start fails before any step.
+  const refused = otherHolders(ctx, found, displayManager, helpers);
   ctx.log.info(`vfio: devices ${found.devices.map((device) => `${device.address} (${device.driver ?? "no driver"})`).join(", ")}; single-GPU mode ${found.singleGpu ? "on" : "off"}`);
 
   return [
     ...(found.singleGpu ? displayManagerSteps(ctx, displayManager, settings) : []),
     ...helpers.map((unit) => stopUnitStep(unit, settings.stopTimeoutSeconds * 1000)),
     ...keepStoppedSteps(ctx, stoppedHelpers(ctx, found, settings, helpers)),
-    ...(found.holders.length > 0 ? [waitGpuFreeStep(found, settings)] : []),
+    ...(found.holders.length > 0 ? [{ ...waitGpuFreeStep(found, settings), ...(refused ? { refused } : {}) }] : []),
     ...(found.singleGpu ? consoleSteps(ctx) : []),
     ...takeOverSteps(ctx, found, settings),
   ];

@@ -1,7 +1,6 @@
 // The refusal before single-GPU mode stops anything: every process holding
 // the GPU must belong to what prepare is about to stop (see holders.ts).
-import { VmhookError } from "../../lib/errors.ts";
-import type { BaseContext } from "../../lib/plugin.ts";
+import type { BaseContext, Refusal } from "../../lib/plugin.ts";
 import type { DisplayManager } from "./display.ts";
 import { describeClassifiedHolder, holdersOutside } from "./holders.ts";
 import type { Survey } from "./survey.ts";
@@ -17,8 +16,9 @@ function whatStops(displayManager: DisplayManager, helpers: string[]): string {
   return parts.length > 0 ? `vmhook stops only ${parts.join(", ")}` : "vmhook stops nothing here (no display manager runs)";
 }
 
-export function refuseOtherHolders(ctx: BaseContext, found: Survey, displayManager: DisplayManager, helpers: string[]): void {
-  if (found.holders.length === 0) return;
+/** Why waiting until nothing holds the GPU cannot succeed: holders outside what prepare stops; undefined when none. */
+export function otherHolders(ctx: BaseContext, found: Survey, displayManager: DisplayManager, helpers: string[]): Refusal | undefined {
+  if (found.holders.length === 0) return undefined;
   const units = [...(displayManager && "units" in displayManager ? displayManager.units : []), ...helpers];
   const commands = displayManager && "command" in displayManager ? displayManager.command.processes : [];
   const outside = holdersOutside(
@@ -26,8 +26,9 @@ export function refuseOtherHolders(ctx: BaseContext, found: Survey, displayManag
     found.holders.filter((holder) => !commands.includes(holder.command)),
     { cgroups: units.map((unit) => unitCgroup(ctx, unit)).filter((cgroup): cgroup is string => cgroup !== undefined), graphicalSessions: displayManager !== undefined },
   );
-  if (outside.length === 0) return;
-  throw new VmhookError(
-    `vfio: the GPU is in use: ${outside.map(describeClassifiedHolder).join(", ")}; ${whatStops(displayManager, helpers)}: close those programs (or stop their units) and start the VM again`,
-  );
+  if (outside.length === 0) return undefined;
+  return {
+    reason: `vfio: the GPU is in use: ${outside.map(describeClassifiedHolder).join(", ")}; ${whatStops(displayManager, helpers)}: close those programs (or stop their units) and start the VM again`,
+    remedies: [],
+  };
 }

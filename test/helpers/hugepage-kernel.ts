@@ -1,7 +1,9 @@
-// A simulated kernel for huge page pools on a SimHost: per-node free memory
-// and page cache, nr_hugepages files that grant only what free memory allows
-// (as the kernel does: the write succeeds, fewer pages show up), the global
-// pool as the sum of the node pools, drop_caches and compaction triggers.
+// A simulated kernel for huge page pools on a SimHost: per-node free memory,
+// page cache and fragmented memory, nr_hugepages files that grant only what
+// free, unfragmented memory allows (as the kernel does: the write succeeds,
+// fewer pages show up), the global pool as the sum of the node pools,
+// drop_caches and compaction, and meminfo with MemAvailable (free memory
+// plus page cache), whose lowest value since the start is kept.
 // Pages in use and surplus pages as mm/hugetlb.c keeps them: nr_hugepages
 // shows all pages, surplus included, while a write sets the persistent count
 // (all minus surplus); growing promotes surplus pages first, shrinking frees
@@ -20,6 +22,12 @@ export interface HugepageKernelOptions {
   freeKiB?: number | number[];
   /** Page cache per node that drop_caches frees (default 0). */
   cacheKiB?: number;
+  /** Free memory per node in blocks too small for a huge page until compaction: one value for all nodes, or one per node (default 0). */
+  fragmentedKiB?: number | number[];
+  /** Compaction joins the fragmented blocks (default true). */
+  compactionHelps?: boolean;
+  /** MemTotal per node (default 16 GiB). */
+  totalKiB?: number;
   /** Pages already in each pool when the test starts, e.g. reserved at boot: {2048: 100} (global, on node 0). */
   initial?: Record<number, number>;
 }
@@ -27,6 +35,7 @@ export interface HugepageKernelOptions {
 interface NodeState {
   freeKiB: number;
   cacheKiB: number;
+  fragmentedKiB: number;
   /** All pages per size, surplus included: what nr_hugepages shows. */
   pages: Map<number, number>;
   surplus: Map<number, number>;
@@ -38,16 +47,21 @@ export class HugepageKernel {
   readonly sizes: number[];
   dropCaches = 0;
   compactions = 0;
+  /** The lowest MemAvailable of the host since the kernel was created. */
+  lowestAvailableKiB = Infinity;
+  readonly totalKiB: number;
 
   constructor(
     private readonly sim: SimHost,
     options: HugepageKernelOptions = {},
   ) {
     this.sizes = options.sizes ?? [2048, GiB];
+    this.totalKiB = options.totalKiB ?? 16 * GiB;
     const free = options.freeKiB ?? 8 * GiB;
     this.nodes = Array.from({ length: options.nodes ?? 1 }, (_, node) => ({
       freeKiB: Array.isArray(free) ? free[node]! : free,
       cacheKiB: options.cacheKiB ?? 0,
+      fragmentedKiB: Array.isArray(options.fragmentedKiB) ? options.fragmentedKiB[node]! : (options.fragmentedKiB ?? 0),
       pages: new Map(this.sizes.map((size) => [size, 0])),
       surplus: new Map(this.sizes.map((size) => [size, 0])),
       used: new Map(this.sizes.map((size) => [size, 0])),
@@ -70,6 +84,7 @@ export class HugepageKernel {
     });
     sim.onWrite(/^(\/proc\/sys\/vm\/compact_memory|\/sys\/devices\/system\/node\/node\d+\/compact)$/, () => {
       this.compactions++;
+      if (options.compactionHelps ?? true) for (const node of this.nodes) node.fragmentedKiB = 0;
     });
     this.render();
   }
@@ -136,7 +151,7 @@ export class HugepageKernel {
     };
     // Growing: surplus pages become persistent first, then new pages come from free memory.
     oneEach((state) => state.surplus.get(sizeKiB)! > 0, (state) => (add(state.surplus, sizeKiB, -1), current++), () => current < count);
-    oneEach((state) => state.freeKiB >= sizeKiB, (state) => (add(state.pages, sizeKiB, 1), (state.freeKiB -= sizeKiB), current++), () => current < count);
+    oneEach((state) => state.freeKiB - state.fragmentedKiB >= sizeKiB, (state) => (add(state.pages, sizeKiB, 1), (state.freeKiB -= sizeKiB), current++), () => current < count);
     // Shrinking: free pages go back to memory, pages in use become surplus.
     const free = (state: NodeState) => state.pages.get(sizeKiB)! - state.used.get(sizeKiB)! > 0;
     oneEach(free, (state) => (add(state.pages, sizeKiB, -1), (state.freeKiB += sizeKiB), current--), () => current > count);
@@ -150,14 +165,17 @@ export class HugepageKernel {
     let freeKiB = 0;
     this.nodes.forEach((state, node) => {
       const dir = `/sys/devices/system/node/node${node}`;
-      sim.file(`${dir}/meminfo`, `Node ${node} MemTotal:       16777216 kB\nNode ${node} MemFree:        ${state.freeKiB} kB\n`);
+      sim.file(`${dir}/meminfo`, `Node ${node} MemTotal:       ${this.totalKiB} kB\nNode ${node} MemFree:        ${state.freeKiB} kB\nNode ${node} Inactive(file): ${state.cacheKiB} kB\n`);
       sim.file(`${dir}/compact`, "");
       for (const size of this.sizes) this.renderPool(`${dir}/hugepages/hugepages-${size}kB`, size, node);
       freeKiB += state.freeKiB;
     });
     sim.file("/sys/devices/system/node/online", this.nodes.length === 1 ? "0" : `0-${this.nodes.length - 1}`);
     for (const size of this.sizes) this.renderPool(`/sys/kernel/mm/hugepages/hugepages-${size}kB`, size);
-    sim.file("/proc/meminfo", `MemTotal:       33554432 kB\nMemFree:        ${freeKiB} kB\nHugepagesize:       2048 kB\n`);
+    const availableKiB = freeKiB + this.sum(undefined, (state) => state.cacheKiB);
+    this.lowestAvailableKiB = Math.min(this.lowestAvailableKiB, availableKiB);
+    const totalKiB = this.totalKiB * this.nodes.length;
+    sim.file("/proc/meminfo", `MemTotal:       ${totalKiB} kB\nMemFree:        ${freeKiB} kB\nMemAvailable:   ${availableKiB} kB\nHugepagesize:       2048 kB\n`);
     sim.file("/proc/sys/vm/drop_caches", "0");
     sim.file("/proc/sys/vm/compact_memory", "");
   }

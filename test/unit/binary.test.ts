@@ -26,7 +26,7 @@ const domain = (element = "<vmhook:hugepages/>", name = "vm") => `<domain type='
   <metadata><vmhook:hooks xmlns:vmhook="urn:vmhook:1">${element}</vmhook:hooks></metadata></domain>`;
 const NO_METADATA = `<domain type='kvm'><name>plain</name><uuid>e0e0e0e0-0000-4000-8000-0000000000e0</uuid><memory unit='GiB'>1</memory></domain>`;
 
-/** A temporary tree: links to the binary under several names, and a host root with a 2M pool. */
+/** A temporary tree: links to the binary under several names, and a host root with a 2M pool and meminfo. */
 function tree() {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "vmhook-bin-"));
   const link = (name: string) => {
@@ -37,6 +37,9 @@ function tree() {
   const root = path.join(dir, "root");
   for (const sub of ["var/log", "run/libvirt/qemu", path.dirname(POOL)]) fs.mkdirSync(path.join(root, sub), { recursive: true });
   fs.writeFileSync(path.join(root, POOL), "0\n");
+  // The fit check reads the free memory: 16 GiB, 8 GiB available (floor 1 GiB).
+  fs.mkdirSync(path.join(root, "proc"));
+  fs.writeFileSync(path.join(root, "proc/meminfo"), "MemTotal: 16777216 kB\nMemFree: 8388608 kB\nMemAvailable: 8388608 kB\n");
   const pool = () => Number(fs.readFileSync(path.join(root, POOL), "utf8"));
   const journal = path.join(root, "run/vmhook", `${UUID}.json`);
   return { dir, root, link, pool, journal, cleanup: () => fs.rmSync(dir, { recursive: true, force: true }) };
@@ -235,6 +238,35 @@ test("CLI plan lists the steps and changes nothing", () => {
   }
 });
 
+test("CLI plan and validate: a request that cannot fit on this host is marked and exits 1, the host unchanged", () => {
+  const t = tree();
+  try {
+    const vmhook = t.link("bin/vmhook");
+    const oversized = domain().replace("<memory unit='GiB'>1</memory>", "<memory unit='GiB'>200</memory>");
+    const refusal = "hugepages: 102400 pages of 2M (204800 MiB) for the 2M pool cannot fit: the host has 8192 MiB available and keeps 1024 MiB free, so it can give 7168 MiB";
+    const remedies = [
+      "the host has 16384 MiB in all and can never give this: give the VM less <memory> (at most 15360 MiB here)",
+      "the floor is plugins.hugepages.minFreeMiB in /etc/vmhook/vmhook.json (default: the larger of 5 % of RAM and 1 GiB)",
+    ];
+    const plan = run(vmhook, ["plan", "-"], oversized, t.root);
+    assert.equal(
+      [plan.code, plan.stdout],
+      [
+        1,
+        `prepare of vm would take 1 step(s):\n  1. hugepages: grow the 2M pool by 102400 pages\n     REFUSED: ${refusal}\n${remedies.map((remedy) => `       ${remedy}\n`).join("")}prepare of vm would fail: vmhook refuses the marked step(s) before changing anything\n`,
+      ],
+    );
+    const json = JSON.parse(run(vmhook, ["plan", "--json", "-"], oversized, t.root).stdout);
+    assert.equal(json.steps[0].refused, { reason: refusal, remedies });
+    const validate = run(vmhook, ["validate", "-"], oversized, t.root);
+    assert.equal([validate.code, validate.stdout], [1, `stdin: valid, but prepare would refuse it on this host:\n  hugepages: ${refusal}\n`]);
+    assert.is(t.pool(), 0);
+    assert.not.ok(fs.existsSync(t.journal));
+  } finally {
+    t.cleanup();
+  }
+});
+
 test("CLI status and recover: a running domain (live pid) is kept, a dead one is undone", () => {
   const t = tree();
   try {
@@ -266,14 +298,14 @@ test("CLI status and recover: a running domain (live pid) is kept, a dead one is
   }
 });
 
-test("hook mode, hard deadline: a plugin stuck in a busy loop (after printing) gets the hook ended with exit 1; stdout stays empty", () => {
+test("hook mode, hard deadline: a plugin stuck in a busy loop (after printing) gets the hook ended with exit 1, the last cause first; stdout stays empty", () => {
   const t = tree();
   try {
     fs.mkdirSync(path.join(t.root, "etc/vmhook/plugins.d"), { recursive: true });
     fs.writeFileSync(path.join(t.root, "etc/vmhook/vmhook.json"), JSON.stringify({ deadlineSeconds: 1, undoDeadlineSeconds: 1 }));
     // A JavaScript plugin that never yields: only a watchdog outside the main thread can stop it.
     // It also prints, which must not reach stdout (libvirt reads it on migrate and restore).
-    fs.writeFileSync(path.join(t.root, "etc/vmhook/plugins.d/spin.mjs"), "export default { name: 'spin', summary: 'spins', parse: () => ({}), prepare() { console.log('<domain/>'); process.stdout.write('x'); for (;;) {} }, undo() {} };\n", { mode: 0o644 });
+    fs.writeFileSync(path.join(t.root, "etc/vmhook/plugins.d/spin.mjs"), "export default { name: 'spin', summary: 'spins', parse: () => ({}), async prepare(ctx) { console.log('<domain/>'); process.stdout.write('x'); await ctx.step('take', { action: 'take' }, () => {}); ctx.log.warn('waiting for the frobnicator'); for (;;) {} }, undo() {} };\n", { mode: 0o644 });
     const started = Date.now();
     const result = spawnSync(t.link("hooks/qemu"), ["vm", "prepare", "begin", "-"], {
       input: domain('<vmhook:plugin name="spin"/>'),
@@ -285,8 +317,8 @@ test("hook mode, hard deadline: a plugin stuck in a busy loop (after printing) g
     assert.is(result.status, 1, `the hook was not ended: ${result.stderr}`);
     assert.ok(seconds >= 6 && seconds < 20, `killed after ${seconds} s; the budget is 1 + 1 + 5 s`);
     assert.is(result.stdout, "");
-    assert.match(result.stderr, /^<domain\/>\nx/);
-    assert.match(result.stderr, /vmhook: prepare begin of vm was killed after 7 s/);
+    // the last cause logged comes first, then the time really elapsed, then what to do about what the journal holds
+    assert.match(result.stderr, /^<domain\/>\nxvmhook: waiting for the frobnicator\n  prepare begin of vm was killed after 7 s \(budget 7 s: deadlineSeconds \+ undoDeadlineSeconds \+ 5 in \/etc\/vmhook\/vmhook.json\)\n  once it is stopped, run vmhook recover vm to give back what it still holds\n$/);
   } finally {
     t.cleanup();
   }
@@ -336,7 +368,7 @@ test("hook mode, hard deadline on reconnect: the hook is ended with exit 0 (a fa
     assert.equal(run(qemu, ["vm", "prepare", "begin", "-"], xml, t.root), { code: 0, stdout: "", stderr: "" });
     const reconnect = run(qemu, ["vm", "reconnect", "begin", "-"], xml, t.root);
     assert.equal([reconnect.code, reconnect.stdout], [0, ""]);
-    assert.match(reconnect.stderr, /vmhook: reconnect begin of vm was killed after 6 s/);
+    assert.match(reconnect.stderr, /vmhook: reconnect begin of vm was killed after 6 s [\s\S]*\n  it holds nothing \(its journal is empty\): vmhook recover is not needed\n$/);
     assert.ok(fs.existsSync(t.journal), "the journal is kept");
   } finally {
     t.cleanup();

@@ -7,6 +7,7 @@ import * as assert from "uvu/assert";
 import type { PluginInstance } from "../../lib/config.ts";
 import { Deadline } from "../../lib/deadline.ts";
 import { parseDomain } from "../../lib/domain.ts";
+import type { VmhookError } from "../../lib/errors.ts";
 import { newJournal, readJournal, writeJournal, type Journal } from "../../lib/journal.ts";
 import { createLogger } from "../../lib/log.ts";
 import { defineAction, definePlugin, type Plugin, type UndoRecord } from "../../lib/plugin.ts";
@@ -26,6 +27,8 @@ interface FileSetter {
   files: string[];
   /** The file whose step throws: "before" it writes, or "after" writing (a half-done step). */
   failOn?: { file: string; when: "before" | "after" };
+  /** The file whose step the planner marks refused (it cannot succeed on this host). */
+  refuse?: string;
 }
 
 /** Undo calls in order, across all test plugins: "id:file". */
@@ -49,7 +52,13 @@ function fileSetter(id: string, options: { shared?: boolean; failingUndo?: strin
     shared: options.shared,
     parse: () => ({ files: [] }),
     plan: {
-      prepare: (ctx) => ctx.config.files.map((file) => ({ action: "set-file", record: { action: "set-file", file, old: ctx.host.read(file) }, description: `set ${file}` })),
+      prepare: (ctx) =>
+        ctx.config.files.map((file) => ({
+          action: "set-file",
+          record: { action: "set-file", file, old: ctx.host.read(file) },
+          description: `set ${file}`,
+          ...(ctx.config.refuse === file ? { refused: { reason: `${file} cannot be set on this host`, remedies: ["free it first"] } } : {}),
+        })),
     },
     actions: {
       "set-file": defineAction<SetFileRecord, FileSetter>({
@@ -209,6 +218,24 @@ test("planning lists the steps and changes nothing", async () => {
     const steps = await planEvent("prepare", twoPlugins(), DOMAIN, journal, env, deadline(sim));
     assert.equal(steps.map((s) => `${s.plugin}: ${s.description}`), ["a: set /a1", "a: set /a2", "b: set /b1", "b: set /b2"]);
     assert.equal(sim.writes, []);
+    assert.equal(sim.snapshot(), before);
+    assert.equal(sim.stateFiles(), []);
+  } finally {
+    sim.cleanup();
+  }
+});
+
+test("a refused step, planned by a later plugin, fails the event with its reason before any plugin applies; plan lists it marked", async () => {
+  const { sim, env, journal } = setup();
+  try {
+    const before = sim.snapshot();
+    const instances = [instance("a", { files: ["/a1"] }), instance("b", { files: ["/b1", "/b2"], refuse: "/b2" }, { shared: true })];
+    const steps = await planEvent("prepare", instances, DOMAIN, journal, env, deadline(sim));
+    assert.equal(steps.map((s) => s.refused?.reason), [undefined, undefined, "/b2 cannot be set on this host"]);
+    const error = await runPlugins("prepare", instances, DOMAIN, journal, env, deadline(sim)).then(() => undefined, (e: VmhookError) => e);
+    assert.is(error?.message, "/b2 cannot be set on this host");
+    assert.equal(error?.details, ["free it first"]);
+    assert.equal(journal.entries, []);
     assert.equal(sim.snapshot(), before);
     assert.equal(sim.stateFiles(), []);
   } finally {

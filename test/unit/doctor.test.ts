@@ -185,10 +185,19 @@ test("vgpu: the VF's creatable types, through the plugin's own checks", async ()
   sim.cleanup();
 });
 
-test("hugepages: too little memory fails, page cache to drop warns, a missing 1G pool fails", async () => {
+test("hugepages: more than the machine can give fails (no boot reservation suggested), page cache to drop warns, a missing 1G pool fails", async () => {
   const sim = desktopHost();
   const big = await doctor(sim, domainXml({ memory: "<memory unit='GiB'>30</memory>", metadata: "<vmhook:hugepages/>", extra: "<memoryBacking><hugepages/></memoryBacking>" }));
-  assert.equal([big.domain("hugepages").status, big.domain("hugepages").reason], ["fail", "15360 × 2M pages (30G) cannot fit: only 25390M can be freed on the host"]);
+  assert.equal(
+    [big.domain("hugepages").status, big.domain("hugepages").reason],
+    ["fail", "15360 pages of 2M (30720 MiB) for the 2M pool cannot fit: the host has 25390 MiB available and keeps 1600 MiB free, so it can give 23790 MiB"],
+  );
+  assert.match(big.domain("hugepages").fix!, "the host has 32000 MiB in all and can never give this: give the VM less <memory> (at most 30400 MiB here)");
+  assert.not.match(big.domain("hugepages").fix!, "hugepagesz=");
+  sim.file("/etc/vmhook/vmhook.json", JSON.stringify({ plugins: { hugepages: { minFreeMiB: 0 } } }));
+  const noFloor = await doctor(sim, domainXml({ memory: "<memory unit='GiB'>24</memory>", metadata: "<vmhook:hugepages/>", extra: "<memoryBacking><hugepages/></memoryBacking>" }));
+  assert.equal(noFloor.domain("hugepages").status, "warn", "with no floor, 24 GiB of the 25390 MiB available fit once the cache is dropped");
+  fs.rmSync(sim.resolve("/etc/vmhook/vmhook.json"));
   const tight = await doctor(sim, domainXml({ memory: "<memory unit='GiB'>22</memory>", metadata: "<vmhook:hugepages/>", extra: "<memoryBacking><hugepages/></memoryBacking>" }));
   assert.is(tight.domain("hugepages").status, "warn");
   assert.match(tight.domain("hugepages").fix!, "reserve them at boot instead: hugepagesz=2M hugepages=11264");
@@ -210,13 +219,13 @@ test("isolate: CPUs pinned but offline fail; online ones are ok and the host's s
 
 test("hugepages: each host node is checked for its own share, as prepare derives it from <numatune><memnode>", async () => {
   const sim = desktopHost();
-  sim.file("/sys/devices/system/node/node1/meminfo", "Node 1 MemTotal:       8388608 kB\nNode 1 MemFree:        1048576 kB\nNode 1 FilePages:            0 kB\n");
+  sim.file("/sys/devices/system/node/node1/meminfo", "Node 1 MemTotal:       8388608 kB\nNode 1 MemFree:        1048576 kB\nNode 1 Inactive(file):        0 kB\n");
   for (const node of [0, 1]) sim.dir(`/sys/devices/system/node/node${node}/hugepages/hugepages-2048kB`);
   const numa = "<cpu><numa><cell id='0' cpus='0-1' memory='4' unit='GiB'/><cell id='1' cpus='2-3' memory='4' unit='GiB'/></numa></cpu><numatune><memnode cellid='0' mode='strict' nodeset='0'/><memnode cellid='1' mode='strict' nodeset='1'/></numatune>";
   const checked = await doctor(sim, domainXml({ memory: "<memory unit='GiB'>8</memory>", metadata: "<vmhook:hugepages/>", extra: `<memoryBacking><hugepages/></memoryBacking>${numa}` }));
   assert.equal([checked.domain("hugepages node 0").status, checked.domain("hugepages node 0").reason], ["ok", "2048 × 2M pages (4G) fit in the free memory on node 0 (19531M)"]);
   const node1 = checked.domain("hugepages node 1");
-  assert.equal([node1.status, node1.reason], ["fail", "2048 × 2M pages (4G) cannot fit: only 1G can be freed on node 1"]);
+  assert.equal([node1.status, node1.reason], ["fail", "2048 pages of 2M (4096 MiB) for the 2M pool of node 1 cannot fit: node 1 has 1024 MiB available and keeps 409 MiB free, so it can give 614 MiB"]);
   assert.match(node1.fix!, "hugepagesz=2M hugepages=1:2048");
   sim.cleanup();
 });

@@ -204,20 +204,23 @@ test("per-node pools: each node's pool grows by its share", async () => {
   }
 });
 
-test("a shortfall gives back what it got, leaves the host as it was and says got X of Y, free memory, and what to do", async () => {
+const poolFiles = (sim: SimHost) => sim.writes.filter((w) => w.path.endsWith("/nr_hugepages"));
+
+test("a request that cannot fit is refused before a page is taken: need, what the host can give, the floor, the remedy", async () => {
   const { sim, kernel } = host({ freeKiB: 600 * MiB });
   try {
     const before = sim.snapshot();
-    const outcome = await runHookEvent(sim, "prepare", "begin", domainXml({ element: "<vmhook:hugepages timeout='0'/>" }));
+    const outcome = await runHookEvent(sim, "prepare", "begin", domainXml());
     assert.is(outcome.code, 1);
     assert.is(
       firstLine(outcome.stderr),
-      "vmhook: hugepages: got 300 of 512 pages of 2M; free memory 0 MiB; free memory on the host, use smaller pages, or reserve them at boot",
+      "vmhook: hugepages: 512 pages of 2M (1024 MiB) for the 2M pool cannot fit: the host has 600 MiB available and keeps 1024 MiB free, so it can give 0 MiB",
     );
+    assert.match(outcome.stderr, "free memory first (stop other VMs or services), then start the VM again");
     assert.match(outcome.stderr, "reserve the pages at boot (kernel command line: hugepagesz=2M hugepages=512)");
-    assert.match(outcome.stderr, "the host was left as it was (1 change(s) undone)");
-    assert.ok(kernel.dropCaches >= 1 && kernel.compactions >= 1, "it reclaimed and compacted before giving up");
-    assert.is(kernel.pool(2048), 0);
+    assert.match(outcome.stderr, "plugins.hugepages.minFreeMiB in /etc/vmhook/vmhook.json");
+    assert.equal(poolFiles(sim), [], "no pool file was written");
+    assert.is(kernel.dropCaches, 0);
     assert.equal(sim.snapshot(), before);
     assert.equal(sim.stateFiles(), []);
   } finally {
@@ -225,22 +228,139 @@ test("a shortfall gives back what it got, leaves the host as it was and says got
   }
 });
 
-test("a shortfall retries: dropping the page cache frees enough", async () => {
-  const { sim, kernel } = host({ freeKiB: 600 * MiB, cacheKiB: 1 * GiB });
+test("more than the machine has: refused at once, no boot reservation suggested, the largest VM that could fit named", async () => {
+  const { sim } = host({ totalKiB: 24 * GiB, freeKiB: 22 * GiB });
   try {
-    const xml = domainXml({ element: "<vmhook:hugepages timeout='5'/>" });
-    const outcome = await runHookEvent(sim, "prepare", "begin", xml);
+    const outcome = await runHookEvent(sim, "prepare", "begin", domainXml({ memory: "<memory unit='GiB'>200</memory>" }));
+    assert.is(outcome.code, 1);
+    assert.match(firstLine(outcome.stderr), "vmhook: hugepages: 102400 pages of 2M (204800 MiB) for the 2M pool cannot fit: the host has 22528 MiB available and keeps 1228 MiB free");
+    assert.match(outcome.stderr, "the host has 24576 MiB in all and can never give this: give the VM less <memory> (at most 23347 MiB here)");
+    assert.not.match(outcome.stderr, "hugepagesz=");
+    assert.equal(poolFiles(sim), []);
+  } finally {
+    sim.cleanup();
+  }
+});
+
+test("the floor comes from plugins.hugepages.minFreeMiB; a bad value is an error naming it", async () => {
+  const { sim, kernel } = host({ freeKiB: 1200 * MiB });
+  try {
+    assert.is((await runHookEvent(sim, "prepare", "begin", domainXml())).code, 1, "1024 MiB above the default floor of 1 GiB does not fit in 1200 MiB");
+    sim.file("/etc/vmhook/vmhook.json", JSON.stringify({ plugins: { hugepages: { minFreeMiB: 128 } } }));
+    const fits = await runHookEvent(sim, "prepare", "begin", domainXml());
+    assert.is(fits.code, 0, fits.stderr);
+    assert.is(kernel.pool(2048), 512);
+    assert.ok(kernel.lowestAvailableKiB >= 128 * MiB, `MemAvailable fell to ${kernel.lowestAvailableKiB} KiB`);
+    await runHookEvent(sim, "release", "end", domainXml());
+    sim.file("/etc/vmhook/vmhook.json", JSON.stringify({ plugins: { hugepages: { minFreeMiB: "1G" } } }));
+    const bad = await runHookEvent(sim, "prepare", "begin", domainXml());
+    assert.is(
+      firstLine(bad.stderr),
+      'vmhook: /etc/vmhook/vmhook.json: "plugins": {"hugepages": {"minFreeMiB": "1G"}} is not a whole number of MiB from 0 to 4294967296; e.g. 2048 keeps 2 GiB free',
+    );
+    assert.is(kernel.pool(2048), 0);
+  } finally {
+    sim.cleanup();
+  }
+});
+
+test("a request that fits only once the page cache is dropped: gives back what the first round got, drops caches, succeeds; MemAvailable never below the floor", async () => {
+  const { sim, kernel } = host({ freeKiB: 800 * MiB, cacheKiB: 1536 * MiB });
+  try {
+    const outcome = await runHookEvent(sim, "prepare", "begin", domainXml());
     assert.is(outcome.code, 0, outcome.stderr);
     assert.is(kernel.pool(2048), 512);
     assert.is(kernel.dropCaches, 1);
+    assert.ok(kernel.lowestAvailableKiB >= GiB, `MemAvailable fell to ${kernel.lowestAvailableKiB} KiB`);
+    // the first round asked for 512 and got 400, which went back before the caches were dropped
+    assert.equal(poolFiles(sim).map((w) => Number(w.data)), [512, 0, 512]);
+    assert.ok(sim.writes.findIndex((w) => w.path === "/proc/sys/vm/drop_caches") > sim.writes.findIndex((w) => w.data.trim() === "0"), "given back before reclaiming");
     assert.is(readJournal(sim, UUID_A)!.entries[0]!.undo.added, 512);
+    assert.match(fs.readFileSync(sim.resolve(paths.log), "utf8"), "the 2M pool grew by 512 pages in round 2");
+  } finally {
+    sim.cleanup();
+  }
+});
+
+test("grows in steps of at most 1 GiB, reading MemAvailable between them", async () => {
+  const { sim, kernel } = host();
+  try {
+    const xml = domainXml({ memory: "<memory unit='MiB'>2600</memory>" });
+    assert.is((await runHookEvent(sim, "prepare", "begin", xml)).code, 0);
+    assert.equal(poolFiles(sim).map((w) => Number(w.data)), [512, 1024, 1300]);
+    assert.is(kernel.pool(2048), 1300);
+  } finally {
+    sim.cleanup();
+  }
+});
+
+test("fragmented memory: compaction lets the second round succeed", async () => {
+  const { sim, kernel } = host({ freeKiB: 4 * GiB, fragmentedKiB: 3584 * MiB });
+  try {
+    assert.is((await runHookEvent(sim, "prepare", "begin", domainXml())).code, 0);
+    assert.is(kernel.pool(2048), 512);
+    assert.is(kernel.compactions, 1);
+  } finally {
+    sim.cleanup();
+  }
+});
+
+test("fragmented for good: bounded rounds, each giving back first; fails above the floor with memory measured after the give-back", async () => {
+  const { sim, kernel } = host({ freeKiB: 4 * GiB, fragmentedKiB: 3584 * MiB, compactionHelps: false });
+  try {
+    const before = sim.snapshot();
+    const outcome = await runHookEvent(sim, "prepare", "begin", domainXml({ element: "<vmhook:hugepages timeout='3600'/>" }));
+    assert.is(outcome.code, 1);
+    assert.is(
+      firstLine(outcome.stderr),
+      "vmhook: hugepages: got 256 of 512 pages of 2M; after giving them back 4096 MiB available, 4096 MiB free; free memory on the host, use smaller pages, or reserve them at boot",
+    );
+    assert.match(outcome.stderr, "the kernel found no more contiguous 2M blocks, even after dropping caches and compacting memory; 3 round(s)");
+    assert.match(outcome.stderr, "the host was left as it was (1 change(s) undone)");
+    assert.equal([kernel.dropCaches, kernel.compactions], [2, 2], "3 rounds, a reclaim between each, however long timeout= is");
+    assert.equal(poolFiles(sim).map((w) => Number(w.data)), [512, 0, 512, 0, 512, 0]);
+    assert.ok(kernel.lowestAvailableKiB >= GiB);
+    assert.equal(sim.snapshot(), before);
+    assert.equal(sim.stateFiles(), []);
+  } finally {
+    sim.cleanup();
+  }
+});
+
+/** Whether another open file description could take the host lock now (flock locks conflict between descriptions, even in one process). */
+async function hostLockFree(sim: SimHost): Promise<() => boolean> {
+  const { dlopen, FFIType } = await import("bun:ffi");
+  const { symbols: libc } = dlopen("libc.so.6", { flock: { args: [FFIType.i32, FFIType.i32], returns: FFIType.i32 } });
+  return () => {
+    const fd = fs.openSync(sim.resolve(paths.hostLock), "a");
+    try {
+      return libc.flock(fd, 2 | 4) === 0; // LOCK_EX | LOCK_NB; closing the descriptor releases it
+    } finally {
+      fs.closeSync(fd);
+    }
+  };
+}
+
+test("the host lock is let go while reclaiming and held for every pool write", async () => {
+  const { sim, kernel } = host({ freeKiB: 4 * GiB, fragmentedKiB: 3584 * MiB });
+  try {
+    const lockFree = await hostLockFree(sim);
+    const seen: string[] = [];
+    const write = sim.write.bind(sim);
+    sim.write = (hostPath: string, data: string) => {
+      if (!hostPath.startsWith("/var/log")) seen.push(`${hostPath.split("/").pop()} ${lockFree() ? "unlocked" : "locked"}`);
+      write(hostPath, data);
+    };
+    assert.is((await runHookEvent(sim, "prepare", "begin", domainXml())).code, 0);
+    assert.is(kernel.pool(2048), 512);
+    assert.equal(seen, ["nr_hugepages locked", "nr_hugepages locked", "drop_caches unlocked", "compact_memory unlocked", "nr_hugepages locked"]);
   } finally {
     sim.cleanup();
   }
 });
 
 test("an error while retrying is reported as it is, not as a shortfall, and still leaves nothing behind", async () => {
-  const { sim, kernel } = host({ freeKiB: 600 * MiB });
+  const { sim, kernel } = host({ freeKiB: 4 * GiB, fragmentedKiB: 3584 * MiB });
   try {
     sim.failWrite("/proc/sys/vm/drop_caches", "EACCES");
     const before = sim.snapshot();
@@ -254,22 +374,36 @@ test("an error while retrying is reported as it is, not as a shortfall, and stil
   }
 });
 
-test("1G on one node short: the message names the node and suggests 2M pages", async () => {
+test("1G on one node: the node keeps its share of the floor (its part of the host's 1638 MiB); refused naming the node and the per-node boot option", async () => {
   const { sim } = host({ nodes: 2, freeKiB: 1536 * MiB });
+  try {
+    const xml = domainXml({ memory: "<memory unit='GiB'>2</memory>", element: "<vmhook:hugepages size='1G' node='1'/>" });
+    const outcome = await runHookEvent(sim, "prepare", "begin", xml);
+    assert.is(outcome.code, 1);
+    assert.is(firstLine(outcome.stderr), "vmhook: hugepages: 2 pages of 1G (2048 MiB) for the 1G pool of node 1 cannot fit: node 1 has 1536 MiB available and keeps 819 MiB free, so it can give 716 MiB");
+    assert.match(outcome.stderr, "hugepagesz=1G hugepages=1:2");
+    assert.equal(poolFiles(sim), []);
+  } finally {
+    sim.cleanup();
+  }
+});
+
+test("1G pages fragmented on one node: the shortfall names the node and suggests 2M pages", async () => {
+  const { sim } = host({ nodes: 2, freeKiB: 4 * GiB, fragmentedKiB: [0, 3 * GiB], compactionHelps: false });
   try {
     const xml = domainXml({ memory: "<memory unit='GiB'>2</memory>", element: "<vmhook:hugepages size='1G' node='1' timeout='0'/>" });
     const outcome = await runHookEvent(sim, "prepare", "begin", xml);
     assert.is(outcome.code, 1);
-    assert.match(firstLine(outcome.stderr), "vmhook: hugepages: got 1 of 2 pages of 1G on node 1; free memory 512 MiB;");
+    assert.match(firstLine(outcome.stderr), "vmhook: hugepages: got 1 of 2 pages of 1G on node 1; after giving them back 4096 MiB available");
+    assert.match(outcome.stderr, "2 round(s)");
     assert.match(outcome.stderr, `size="2M"`);
-    assert.match(outcome.stderr, "hugepagesz=1G hugepages=1:2");
   } finally {
     sim.cleanup();
   }
 });
 
 test("when a later pool falls short, the pools already grown are given back too", async () => {
-  const { sim, kernel } = host({ nodes: 2, freeKiB: [8 * GiB, 100 * MiB] });
+  const { sim, kernel } = host({ nodes: 2, freeKiB: 8 * GiB, fragmentedKiB: [0, 7 * GiB + 924 * MiB], compactionHelps: false });
   try {
     const before = sim.snapshot();
     const xml = domainXml({ element: "<vmhook:hugepages timeout='0'/>", extra: "<numatune><memory nodeset='0-1'/></numatune>" });
@@ -283,6 +417,41 @@ test("when a later pool falls short, the pools already grown are given back too"
   }
 });
 
+test("several pools of one node are counted together: the pool where the sum stops fitting is refused", async () => {
+  const { sim } = host({ freeKiB: 3 * GiB });
+  try {
+    const xml = domainXml({
+      memory: "<memory unit='GiB'>3</memory>",
+      extra: `<memoryBacking><hugepages><page size='1' unit='GiB' nodeset='0'/><page size='2' unit='MiB' nodeset='1'/></hugepages></memoryBacking>
+        <numatune><memory nodeset='0'/></numatune>${cells("<cell id='0' cpus='0' memory='1' unit='GiB'/>", "<cell id='1' cpus='1' memory='2' unit='GiB'/>")}`,
+    });
+    const outcome = await runHookEvent(sim, "prepare", "begin", xml);
+    assert.is(outcome.code, 1);
+    assert.match(firstLine(outcome.stderr), "vmhook: hugepages: 1024 pages of 2M (2048 MiB) for the 2M pool of node 0 cannot fit: node 0 has 3072 MiB available and keeps 1024 MiB free, so it can give 2048 MiB");
+    assert.equal(poolFiles(sim), []);
+  } finally {
+    sim.cleanup();
+  }
+});
+
+test("a free-memory figure the kernel gives that is no exact count fails closed, naming it", async () => {
+  const { sim } = host();
+  try {
+    sim.file("/proc/meminfo", "MemTotal: 33554432 kB\nMemFree: 99999999999999999999 kB\nMemAvailable: 1 kB\n");
+    const outcome = await runHookEvent(sim, "prepare", "begin", domainXml());
+    assert.is(firstLine(outcome.stderr), "vmhook: cannot read MemFree from /proc/meminfo (got 100000000000000000000); vmhook does not take huge pages without knowing the free memory");
+    assert.equal(poolFiles(sim), []);
+  } finally {
+    sim.cleanup();
+  }
+});
+
+test("sizes past 2^53 are errors naming them, at parse, never a page count that lost its digits", async () => {
+  assert.match(await configError({ memory: "<memory unit='GiB'>9007199254740991</memory>" }), /^<memory>: value="9007199254740991 GiB" is beyond 2\^53 KiB \(8 EiB\)/);
+  const huge = "<cell id='0' cpus='0' memory='9007199254740000' unit='KiB'/>";
+  const message = await configError({ memory: "<memory unit='KiB'>9007199254740000</memory>", extra: cells(huge, huge.replace("id='0' cpus='0'", "id='1' cpus='1'")) });
+  assert.match(message, /^the guest memory to back with 2M pages \(KiB\) comes to 18,014,398,509,481,984, beyond what vmhook can count exactly \(2\^53\); check the sizes it is made of$/);
+});
 test("a missing node or pool size fails before any step, naming what the host has", async () => {
   const { sim } = host({ nodes: 2, sizes: [2048] });
   try {

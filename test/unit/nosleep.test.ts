@@ -4,7 +4,7 @@ import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { SimHost } from "../helpers/simhost.ts";
 import { runHookEvent } from "../helpers/hook.ts";
-import { assertPlanIsPrepare } from "../helpers/plan.ts";
+import { assertPlanIsPrepare, plannedSteps } from "../helpers/plan.ts";
 
 const UUID = "5e7a1c2d-9b3f-4e6a-8c1d-2f4b6a8c0e13";
 const UNIT = `vmhook-nosleep-${UUID}.service`;
@@ -51,6 +51,7 @@ test("vmhook plan lists exactly the step prepare runs", async () => {
 test("a second start while the unit still runs is refused before any step", async () => {
   const { sim, units } = systemdHost();
   units.set(UNIT, "VM gaming runs with devices passed through");
+  assert.equal(await plannedSteps(sim, xml()), [`nosleep: hold a sleep inhibitor lock in ${UNIT} REFUSED: nosleep: ${UNIT} already runs, so another start of this VM holds the lock`]);
   const result = await runHookEvent(sim, "prepare", "begin", xml());
   assert.is(result.code, 1);
   assert.match(result.stderr.split("\n")[0]!, `nosleep: ${UNIT} already runs`);

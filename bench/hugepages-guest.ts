@@ -1,0 +1,65 @@
+// How fast an impossible hugepages request is refused on a real kernel, and
+// how low MemAvailable goes meanwhile, next to the free-memory floor: the
+// test/kernel guest (1536 MiB), the compiled hook, MemAvailable sampled by a
+// shell loop (builtins only) for the whole run. Same-run baselines: the hook
+// for a domain without vmhook metadata (the binary's start-up), and the
+// prepare of a request that fits (64 MiB; released after each, untimed).
+// Under TCG everything is ~10x slower than on hardware: bench/bench.ts times
+// the refusal at native speed. Targets (printed, never asserted): refused no
+// slower than a small prepare that succeeds, i.e. before any pool work;
+// MemAvailable never below the floor.
+//   bun bench/hugepages-guest.ts   (npm run bench runs it; ROUNDS=N)
+import { bootGuest, guestUnavailable, type Guest } from "../test/kernel/guest.ts";
+
+const ROUNDS = Number(process.env.ROUNDS ?? 5);
+const UUID = "cccccccc-0000-4000-8000-00000000000b";
+
+const HUGEPAGES = '<vmhook:hooks xmlns:vmhook="urn:vmhook:1"><vmhook:hugepages size="2M"/></vmhook:hooks>';
+const domainXml = (memoryMiB: number, metadata: string) => `<domain type="kvm"><name>vm</name><uuid>${UUID}</uuid><memory unit="MiB">${memoryMiB}</memory><vcpu>1</vcpu>
+<memoryBacking><hugepages/></memoryBacking><metadata>${metadata}</metadata></domain>`;
+const IMPOSSIBLE = domainXml(4096, HUGEPAGES);
+const FITS = domainXml(64, HUGEPAGES);
+const PLAIN = domainXml(4096, "");
+
+/** Wall times in ms of ROUNDS hook runs (from /proc/uptime: busybox date has no sub-second clock); the exit codes must match. */
+async function timed(guest: Guest, file: string, expectedCode: number): Promise<number[]> {
+  const out = await guest.ok(`for i in $(seq ${ROUNDS}); do
+    read a _ < /proc/uptime; /etc/libvirt/hooks/qemu vm prepare begin - < ${file} 2>/dev/null; code=$?; read b _ < /proc/uptime
+    [ $code = ${expectedCode} ] || { echo "exit $code, expected ${expectedCode}"; exit 1; }
+    /etc/libvirt/hooks/qemu vm release end - < ${file}
+    echo "$a $b"
+  done`, { timeoutMs: 600_000 });
+  return out.trim().split("\n").map((line) => line.split(" ").map(Number)).map(([a, b]) => Math.round((b! - a!) * 1000));
+}
+
+const median = (values: number[]) => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)]!;
+
+const unavailable = guestUnavailable();
+if (unavailable) {
+  console.log(`hugepages refusal on a real kernel: not measured: ${unavailable}`);
+  process.exit(0);
+}
+const guest = await bootGuest({ memoryMiB: 1536 });
+try {
+  for (const [name, xml] of Object.entries({ impossible: IMPOSSIBLE, fits: FITS, plain: PLAIN })) await guest.ok(`cat > /tmp/${name}.xml <<'EOF'\n${xml}\nEOF`);
+  const totalKiB = Number(/MemTotal:\s+(\d+)/.exec(await guest.ok("cat /proc/meminfo"))![1]);
+  const floorKiB = Math.max(Math.ceil(totalKiB / 20), 1024 * 1024);
+  await guest.ok(`( while :; do while read -r key value unit; do [ "$key" = MemAvailable: ] && echo "$value"; done < /proc/meminfo; done > /tmp/samples ) & echo $! > /tmp/sampler`);
+  const baseline = await timed(guest, "/tmp/plain.xml", 0);
+  const small = await timed(guest, "/tmp/fits.xml", 0);
+  const refusal = await timed(guest, "/tmp/impossible.xml", 1);
+  const [samples, lowestKiB] = (await guest.ok("kill $(cat /tmp/sampler); wc -l < /tmp/samples; sort -n /tmp/samples | head -1")).trim().split("\n").map(Number);
+  const pool = (await guest.ok("cat /sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages")).trim();
+  const [base, fits, refused] = [median(baseline), median(small), median(refusal)];
+  const mib = (kib: number) => `${Math.floor(kib / 1024)} MiB`;
+  console.log(`hugepages refusal on a real kernel: TCG guest, kernel ${guest.kernelVersion}, MemTotal ${mib(totalKiB)}, ${ROUNDS} rounds each`);
+  console.log(`  hook, domain without metadata (start-up)   median ${base} ms  (${baseline.join(", ")})`);
+  console.log(`  prepare, 64 MiB that fit (baseline)        median ${fits} ms  (${small.join(", ")})`);
+  console.log(`  prepare, 4096 MiB refused (exit 1)         median ${refused} ms  (${refusal.join(", ")})  ${(refused / fits).toFixed(2)}x the baseline`);
+  console.log(`  lowest MemAvailable in ${samples} samples: ${mib(lowestKiB!)}; floor ${mib(floorKiB)}: ${(lowestKiB! / floorKiB).toFixed(2)}x the floor; pool after: ${pool} pages`);
+  const metRefusal = refused <= fits * 1.1 ? "met" : "MISSED";
+  const metFloor = lowestKiB! >= floorKiB ? "met" : "MISSED";
+  console.log(`  target: refused no slower than a prepare that fits: ${metRefusal} (${(refused / fits).toFixed(2)}x); never below the floor: ${metFloor} (${(lowestKiB! / floorKiB).toFixed(2)}x)`);
+} finally {
+  await guest.shutdown();
+}
