@@ -7,6 +7,8 @@ import { ConfigError } from "./errors.ts";
 import type { Host } from "./host.ts";
 import { NAMESPACE_URI, ROOT_ELEMENT } from "./paths.ts";
 import type { AnyPlugin, PluginRegistry } from "./plugin.ts";
+import { authorizeCustomPlugin, authorizeInstances } from "./authorize.ts";
+import { loadPolicy } from "./policy.ts";
 import { PATTERNS } from "./validate.ts";
 
 /** The element <vmhook:plugin name="NAME"> names a custom plugin, journaled as "plugin:NAME". */
@@ -23,7 +25,8 @@ export interface PluginInstance {
 
 /**
  * The domain's plugins in the order their elements first appear in the
- * metadata (prepare runs them in that order, release undoes in reverse).
+ * metadata (prepare runs them in that order, release undoes in reverse),
+ * each config allowed by the host policy.
  */
 export async function loadDomainPlugins(domain: Domain, host: Host, registry: PluginRegistry): Promise<PluginInstance[]> {
   const builtinNames = () => registry.builtinNames();
@@ -35,6 +38,7 @@ export async function loadDomainPlugins(domain: Domain, host: Host, registry: Pl
   const text = [...metadataText(metadata)].join("").trim();
   if (text !== "") throw new ConfigError(rootName, `contains the text ${JSON.stringify(text.slice(0, 40))}; it holds only plugin elements such as <vmhook:hugepages/>`);
 
+  const policy = loadPolicy(host);
   const groups = new Map<string, Element[]>();
   for (const element of metadataChildren(metadata)) {
     if (element.namespaceURI !== NAMESPACE_URI) {
@@ -50,6 +54,7 @@ export async function loadDomainPlugins(domain: Domain, host: Host, registry: Pl
     if (id.startsWith(CUSTOM_PREFIX) && groups.has(id)) {
       throw new ConfigError(describeElement(element), `names plugin ${id.slice(CUSTOM_PREFIX.length)} a second time; merge the two elements`);
     }
+    if (id.startsWith(CUSTOM_PREFIX)) authorizeCustomPlugin(policy, id.slice(CUSTOM_PREFIX.length), element);
     groups.set(id, [...(groups.get(id) ?? []), element]);
   }
 
@@ -58,6 +63,7 @@ export async function loadDomainPlugins(domain: Domain, host: Host, registry: Pl
     const plugin = await registry.load(id, host);
     instances.push({ id, plugin, config: plugin.parse(elements, domain), elements });
   }
+  await authorizeInstances(policy, instances, registry.policyRules, domain, host);
   return instances;
 }
 

@@ -15,6 +15,8 @@ export const paths = {
   domainLock: (uuid: string) => `/run/vmhook/${uuid}.lock`,
   log: "/var/log/vmhook.log",
   hostConfig: "/etc/vmhook/vmhook.json",
+  /** What domain metadata may ask for (root-owned, checked like plugins.d). */
+  policy: "/etc/vmhook/policy.json",
   pluginsDir: "/etc/vmhook/plugins.d",
   libvirtHooksDir: "/etc/libvirt/hooks",
   libvirtQemuRunDir: "/run/libvirt/qemu",

@@ -13,6 +13,7 @@
 // `vmhook plan` prints exactly what plan.* returns, and prepare runs exactly
 // that: no plugin branches on a dry run.
 import type { Element } from "@xmldom/xmldom";
+import type { PolicyRule } from "./authorize.ts";
 import type { Claims } from "./claims.ts";
 import type { Deadline, WaitOptions } from "./deadline.ts";
 import type { Domain } from "./domain.ts";
@@ -164,6 +165,8 @@ export interface PluginRegistry {
   builtinNames(): string[];
   /** A plugin by its journal id: a built-in name or "plugin:NAME". */
   load(id: string, host: Host): Promise<AnyPlugin>;
+  /** Per plugin id, what its config may ask for under the host policy (lib/authorize.ts). */
+  policyRules: Readonly<Record<string, PolicyRule>>;
 }
 
 // ---- custom JS plugins of the first interface (vmhook 0.1) --------------------

@@ -5,6 +5,7 @@ import { CUSTOM_PREFIX } from "../lib/config.ts";
 import { VmhookError } from "../lib/errors.ts";
 import type { Host } from "../lib/host.ts";
 import type { AnyPlugin, Plugin, PluginRegistry } from "../lib/plugin.ts";
+import { policyRules } from "./policy-rules.ts";
 
 type Loader = () => Promise<Plugin<any>>;
 
@@ -32,4 +33,4 @@ async function load(id: string, host: Host): Promise<AnyPlugin> {
   return loader();
 }
 
-export const registry: PluginRegistry = { builtinNames, load };
+export const registry: PluginRegistry = { builtinNames, load, policyRules };

@@ -30,20 +30,20 @@ function candidates(name: string): PluginFile[] {
 const octal = (mode: number) => `0${(mode & 0o7777).toString(8)}`;
 
 /**
- * Why vmhook refuses to run code from this path, or undefined when it is safe:
- * root owns it, group and others cannot write it, and it is no symlink (whose
- * target would escape the check).
+ * Why vmhook refuses to trust this path, or undefined when it is safe: root
+ * owns it, group and others cannot write it, and it is no symlink (whose
+ * target would escape the check). `because` says what root trusts it for.
  */
-export function unsafeReason(host: Host, hostPath: string, kind: "directory" | "file"): string | undefined {
+export function unsafeReason(host: Host, hostPath: string, kind: "directory" | "file", because = "plugins run as root"): string | undefined {
   const stat = host.stat(hostPath);
   if (!stat) return `${hostPath} does not exist`;
-  if (stat.isSymlink) return `${hostPath} is a symlink; vmhook only loads plugins it can check, so put the real ${kind} there`;
+  if (stat.isSymlink) return `${hostPath} is a symlink; vmhook only trusts what it can check, so put the real ${kind} there`;
   if (kind === "directory" ? !stat.isDirectory : !stat.isFile) return `${hostPath} is not a ${kind === "directory" ? "directory" : "regular file"}`;
   if (stat.uid !== ROOT_UID) {
-    return `${hostPath} is owned by uid ${stat.uid}, not root; plugins run as root, so run chown root:root ${hostPath}`;
+    return `${hostPath} is owned by uid ${stat.uid}, not root; ${because}, so run chown root:root ${hostPath}`;
   }
   if ((stat.mode & 0o022) !== 0) {
-    return `${hostPath} has mode ${octal(stat.mode)}: group or others can write it, and plugins run as root; run chmod go-w ${hostPath}`;
+    return `${hostPath} has mode ${octal(stat.mode)}: group or others can write it, and ${because}; run chmod go-w ${hostPath}`;
   }
   return undefined;
 }

@@ -16,6 +16,7 @@ import { isDisplayClass, pciExists, readPciDevice } from "../pci.ts";
 import { formatKiB } from "../validate.ts";
 import { hostNodes, hugepagePool, hugepageSizes, HUGEPAGE_DIR, meminfo } from "../memory.ts";
 import { listInstalledPlugins } from "../custom-plugins.ts";
+import { describePolicy, loadPolicy } from "../policy.ts";
 import { isVmhookBinary } from "../cli/install.ts";
 import { domainRunning } from "../cli/recover.ts";
 import { isLegacyPlugin } from "../plugin.ts";
@@ -66,7 +67,17 @@ async function hostChecks(host: Host, iommu: IommuReport, passthrough: boolean):
     libvirtHook(host),
     ...leftovers(host),
     ...(await customPlugins(host)),
+    hostPolicy(host),
   ];
+}
+
+/** The policy in force; one the hook refuses means every domain with vmhook metadata fails to start. */
+function hostPolicy(host: Host): Finding {
+  try {
+    return ok("host policy", describePolicy(loadPolicy(host)));
+  } catch (error) {
+    return fail("host policy", describeError(error), `fix ${paths.policy} as the message says (docs/security.md); until then every VM with vmhook metadata is refused`);
+  }
 }
 
 const VFIO_MODULES = ["vfio", "vfio_iommu_type1", "vfio_pci"];

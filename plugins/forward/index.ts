@@ -13,13 +13,12 @@ import { defineAction, definePlugin, type BaseContext, type PlanContext, type St
 import { applyRecord, iptablesListing, missingRules, readRuleset, undoRecord } from "./apply.ts";
 import { parseForwardConfig, type ForwardConfig } from "./config.ts";
 import { forwardChecks } from "./doctor.ts";
-import { allowedHostPorts, buildRecord, checkListeners, checkOtherVms, checkPolicy, resolveForwards } from "./plan.ts";
+import { buildRecord, checkListeners, checkOtherVms, resolveForwards } from "./plan.ts";
 import { checkRecord, describeForwards, PLUGIN_ID, type ForwardRecord } from "./record.ts";
 
 /** start: reads the host (network, ruleset, listeners, other VMs' journals) and checks everything; changes nothing. */
 function planStart(ctx: PlanContext<ForwardConfig>): Step<ForwardRecord>[] {
   const forwards = resolveForwards(ctx.host, ctx.domainXml, ctx.config);
-  checkPolicy(forwards, allowedHostPorts(ctx.settings));
   checkOtherVms(forwards, ctx.domain.uuid, ctx.journals());
   checkListeners(ctx.host, forwards);
   const record = buildRecord(ctx.domain.uuid, forwards, readRuleset(ctx), (tool) => legacyFilterTable(ctx, tool) && iptablesListing(ctx, tool) !== undefined);

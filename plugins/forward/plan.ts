@@ -7,14 +7,11 @@ import { VmhookError } from "../../lib/errors.ts";
 import type { Host } from "../../lib/host.ts";
 import type { Journal } from "../../lib/journal.ts";
 import type { Family } from "./address.ts";
-import { addressesMeet, formatRange, overlaps, type ForwardConfig, type ForwardSpec, type PortForward, type PortRange } from "./config.ts";
+import { addressesMeet, formatRange, overlaps, type ForwardConfig, type ForwardSpec, type PortForward } from "./config.ts";
 import { readListeners, socketOwner } from "./listeners.ts";
 import { readNetwork, subnetOf, type NetworkInfo } from "./network.ts";
 import { checkRecord, PLUGIN_ID, serializeForward, type CheckedRecord, type ForwardRecord, type IptablesTool } from "./record.ts";
 import { iptablesNftChain, type ResolvedForward, type RulesetView } from "./rules.ts";
-
-/** Host ports a domain may forward when root has not set plugins.forward.allowedHostPorts: the privileged ones stay the host's. */
-export const DEFAULT_ALLOWED: PortRange[] = [{ first: 1024, last: 65535 }];
 
 /** The forwards with guest, bridge and subnet filled in from the domain's libvirt network. */
 export function resolveForwards(host: Host, domain: Domain, config: ForwardConfig): ResolvedForward[] {
@@ -68,37 +65,7 @@ function byMac(spec: ForwardSpec, nic: Nic, network: (name: string) => NetworkIn
   return { nic, info, guest: entry.ip };
 }
 
-/** plugins.forward.allowedHostPorts in /etc/vmhook/vmhook.json: [22, "8000-8999", …]. */
-export function allowedHostPorts(settings: Record<string, unknown>): PortRange[] {
-  const value = settings.allowedHostPorts;
-  if (value === undefined) return DEFAULT_ALLOWED;
-  const bad = () => new VmhookError(`/etc/vmhook/vmhook.json: "plugins": {"forward": {"allowedHostPorts": ${JSON.stringify(value)}}} must be a list of ports and ranges, e.g. [2222, "8000-8999"]`);
-  if (!Array.isArray(value)) throw bad();
-  return value.map((item) => {
-    const match = /^(\d{1,5})(?:-(\d{1,5}))?$/.exec(String(item));
-    if (!match || (typeof item !== "number" && typeof item !== "string")) throw bad();
-    const first = Number(match[1]);
-    const last = match[2] === undefined ? first : Number(match[2]);
-    if (first < 1 || last > 65535 || last < first) throw bad();
-    return { first, last };
-  });
-}
-
 const describePort = (family: Family, port: PortForward) => `${port.protocol} ${formatRange(port.host)}${family === 6 ? " (IPv6)" : ""}`;
-
-/** Refuses host ports outside the host's allowed list. */
-export function checkPolicy(forwards: ResolvedForward[], allowed: PortRange[]): void {
-  for (const forward of forwards) {
-    for (const port of forward.ports) {
-      const inside = allowed.some((range) => range.first <= port.host.first && port.host.last <= range.last);
-      if (!inside) {
-        throw new VmhookError(
-          `forward: host port ${describePort(forward.family, port)} is not one this host lets VMs claim (allowed: ${allowed.map(formatRange).join(", ")}); use an allowed port, or ask root to extend plugins.forward.allowedHostPorts in /etc/vmhook/vmhook.json`,
-        );
-      }
-    }
-  }
-}
 
 /** Refuses a host port that another running VM forwards already, naming that VM. */
 export function checkOtherVms(forwards: ResolvedForward[], uuid: string, journals: Journal[]): void {

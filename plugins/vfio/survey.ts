@@ -62,13 +62,18 @@ function expandDevices(host: Host, config: VfioConfig): Device[] {
       `vfio: ${missing.map((address) => `PCI device ${address}`).join(", ")} ${missing.length === 1 ? "does" : "do"} not exist on this host; fix the <hostdev> address or devices= (lspci -D lists the devices)`,
     );
   }
+  return handedOverAddresses(host, config).map((address) => ({ ...readPciDevice(host, address), override: pciDriverOverride(host, address) }));
+}
+
+/** What moves to vfio-pci: the configured devices and, for a GPU, the other functions of its slot; sorted. */
+export function handedOverAddresses(host: Host, config: VfioConfig): string[] {
   const addresses = new Set(config.devices);
   for (const address of config.devices) {
     if (config.includeSlot && isDisplayClass(readPciDevice(host, address).classCode)) {
       for (const sibling of slotFunctions(host, address)) addresses.add(sibling);
     }
   }
-  return [...addresses].sort().map((address) => ({ ...readPciDevice(host, address), override: pciDriverOverride(host, address) }));
+  return [...addresses].sort();
 }
 
 function describeDevice(device: PciDevice): string {

@@ -45,17 +45,38 @@ it("single-GPU prepare moves the GPU to vfio-pci and unbinds the console; releas
   assert.fixture(await guest!.ok(STATE), baseline!);
 });
 
+/**
+ * Runs `work` with this host policy in the guest's /etc/vmhook/policy.json,
+ * removed afterwards. The initramfs root is mode 1777, under which vmhook
+ * trusts no policy file, so / is closed meanwhile.
+ */
+async function withPolicy<T>(guest: Guest, policy: object, work: () => Promise<T>): Promise<T> {
+  await guest.ok(`chmod 755 / && mkdir -p /etc/vmhook && echo '${JSON.stringify(policy)}' > /etc/vmhook/policy.json`);
+  try {
+    return await work();
+  } finally {
+    await guest.ok("rm -f /etc/vmhook/policy.json && chmod 1777 /");
+  }
+}
+
 it("a second configured device that does not exist fails prepare before the GPU is touched", async ({ guest, baseline }) => {
-  const result = await guest!.sh(hook(domainXml(`devices="${GPU},0000:00:09.0"`), "prepare begin"));
+  // A device that is not the domain's needs the host policy's consent first.
+  const result = await withPolicy(guest!, { vfio: { devices: ["0000:00:09.0"] } }, () => guest!.sh(hook(domainXml(`devices="${GPU},0000:00:09.0"`), "prepare begin")));
   assert.is(result.code, 1);
   assert.match(result.stdout.split("\n")[0]!, "PCI device 0000:00:09.0 does not exist on this host");
   assert.fixture(await guest!.ok(STATE), baseline!);
   assert.not.match(await guest!.ok("cat /var/log/vmhook.log | tail -5"), "bind 0000:00:01.0");
 });
 
-it("a failure after the GPU moved (a module that cannot load) rolls everything back", async ({ guest, baseline }) => {
+it("a module the host policy does not allow is refused before anything changes; allowed, its failure after the GPU moved rolls everything back", async ({ guest, baseline }) => {
+  const xml = domainXml('load-modules="vmhook_no_such_module"');
+  const refused = await guest!.sh(hook(xml, "prepare begin"));
+  assert.is(refused.code, 1);
+  assert.match(refused.stdout.split("\n")[0]!, 'load-modules: vmhook_no_such_module is not a GPU, VFIO or passthrough helper module the host policy allows; to allow it, add "vmhook_no_such_module" to "vfio.modules" in /etc/vmhook/policy.json');
+  assert.fixture(await guest!.ok(STATE), baseline!);
+
   await guest!.ok(": > /var/log/vmhook.log");
-  const result = await guest!.sh(hook(domainXml('load-modules="vmhook_no_such_module"'), "prepare begin"));
+  const result = await withPolicy(guest!, { vfio: { modules: ["vmhook_no_such_module"] } }, () => guest!.sh(hook(xml, "prepare begin")));
   assert.is(result.code, 1);
   assert.match(result.stdout.split("\n")[0]!, "modprobe vmhook_no_such_module failed");
   assert.match(result.stdout, "the host was left as it was");

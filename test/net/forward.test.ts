@@ -161,7 +161,7 @@ test("a network that is not NAT and a privileged host port are refused before an
   const xml = domainXml("low", `<vmhook:forward ports="80:80"/>`);
   const refused = lab.startDomain("low", xml);
   lab.stopDomain("low", xml);
-  assert.match(refused.stderr, /host port tcp 80 is not one this host lets VMs claim \(allowed: 1024-65535\)/);
+  assert.match(refused.stderr, /host port tcp 80 is not one the host policy lets VMs claim \(allowed: 1024-65535\); use an allowed port, or to allow it, add 80 to "forward.hostPorts" in \/etc\/vmhook\/policy.json/);
   assert.is(lab.ruleset(), before);
 });
 
@@ -171,7 +171,7 @@ test("plan shows the forwards start would add, and doctor checks nft and the net
   assert.match(plan.stdout, /start of planned would take 1 step\(s\):\n  1\. forward: forward tcp 2222 → 192\.168\.150\.10:22 \(nft table inet vmhook\)/, plan.stderr);
   const doctor = lab.vmhook(["doctor", "-"], xml).stdout;
   assert.match(doctor, /ok +forward nft: .*\/usr\/sbin\/nft is installed/);
-  assert.match(doctor, /ok +forward: NAT network, ports free and allowed: forward tcp 2222 → 192\.168\.150\.10:22/);
+  assert.match(doctor, /ok +forward: NAT network, ports free: forward tcp 2222 → 192\.168\.150\.10:22/);
   lab.writeNetwork("route");
   try {
     assert.match(lab.vmhook(["doctor", "-"], xml).stdout, /fail +forward: network "vmhooknet" .* is not a NAT network \(forward mode route\)/);

@@ -37,7 +37,7 @@ function tree() {
   const root = path.join(dir, "root");
   for (const sub of ["var/log", "run/libvirt/qemu", path.dirname(POOL)]) fs.mkdirSync(path.join(root, sub), { recursive: true });
   fs.writeFileSync(path.join(root, POOL), "0\n");
-  // The fit check reads the free memory: 16 GiB, 8 GiB available (floor 1 GiB).
+  // The fit check reads the free memory: 16 GiB, 8 GiB available (floor 1 GiB); the host policy caps a VM at MemTotal minus the floor.
   fs.mkdirSync(path.join(root, "proc"));
   fs.writeFileSync(path.join(root, "proc/meminfo"), "MemTotal: 16777216 kB\nMemFree: 8388608 kB\nMemAvailable: 8388608 kB\n");
   const pool = () => Number(fs.readFileSync(path.join(root, POOL), "utf8"));
@@ -502,7 +502,9 @@ test("defect 4, hook mode: VM A released while VM B keeps nvidia unloaded: A's c
     const claims = at("run/vmhook/claims.json");
     fs.writeFileSync(claims, JSON.stringify({ version: 1, claims: { "module:nvidia": { holders: [uuidB], original: { drivers: ["nvidia"] }, waiting: [] } } }));
     const qemu = t.link("hooks/qemu");
-    const vfio = domain('<vmhook:vfio devices="0000:01:00.0"/>');
+    // The card is the domain's own PCI hostdev, as the host policy wants.
+    const hostdev = "<devices><hostdev mode='subsystem' type='pci' managed='no'><source><address domain='0x0000' bus='0x01' slot='0x00' function='0x0'/></source></hostdev></devices>";
+    const vfio = domain('<vmhook:vfio devices="0000:01:00.0"/>').replace("</domain>", `${hostdev}</domain>`);
 
     const released = run(qemu, ["vm", "release", "end", "-"], vfio, t.root);
     assert.equal(released, { code: 0, stdout: "", stderr: "" });

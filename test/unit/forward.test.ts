@@ -15,7 +15,7 @@ import { registry } from "../../plugins/index.ts";
 import type { ForwardConfig } from "../../plugins/forward/config.ts";
 import { parseProcNet } from "../../plugins/forward/listeners.ts";
 import { parseNetworkXml } from "../../plugins/forward/network.ts";
-import { allowedHostPorts, buildRecord, checkOtherVms, checkPolicy } from "../../plugins/forward/plan.ts";
+import { buildRecord, checkOtherVms } from "../../plugins/forward/plan.ts";
 import { checkRecord, describeForwards } from "../../plugins/forward/record.ts";
 import { applyScript, iptablesApplyInput, iptablesRemovalInput, parseRuleset, removalScript, type ResolvedForward, type RulesetView } from "../../plugins/forward/rules.ts";
 
@@ -164,14 +164,6 @@ test("journal records round-trip, and a tampered one is refused before it reache
   }
   assert.throws(() => checkRecord({ ...record, uuid: "../../etc" }), /is not valid \(uuid\)/);
   assert.is(describeForwards([FORWARD]), "forward tcp 2222 → 192.168.122.10:22, udp 60000-60010 → 192.168.122.10:60000-60010 (nft table inet vmhook)");
-});
-
-test("policy: the privileged host ports stay the host's unless root allows them", () => {
-  assert.throws(() => checkPolicy([{ ...FORWARD, ports: [{ protocol: "tcp", host: { first: 80, last: 80 }, guest: { first: 80, last: 80 } }] }], allowedHostPorts({})), /host port tcp 80 is not one this host lets VMs claim \(allowed: 1024-65535\)/);
-  checkPolicy([FORWARD], allowedHostPorts({ allowedHostPorts: [2222, "60000-60010"] }));
-  assert.throws(() => checkPolicy([FORWARD], allowedHostPorts({ allowedHostPorts: [2222] })), /udp 60000-60010 is not one/);
-  assert.throws(() => allowedHostPorts({ allowedHostPorts: "22" }), /must be a list of ports and ranges/);
-  assert.throws(() => allowedHostPorts({ allowedHostPorts: ["1-70000"] }), /must be a list of ports and ranges/);
 });
 
 test("a host port another VM's journal holds is refused naming that VM; other families and protocols pass", () => {

@@ -275,7 +275,7 @@ const BAD_CONFIGS: [string, Partial<VmSpec>, RegExp, { online?: string }?][] = [
   ["host-cpus that keep every CPU", { isolate: 'host-cpus="0-5"', pins: [], emulatorpin: undefined }, /host-cpus="0-5" keeps every online CPU \(0-5\) for the host/, { online: "0-5" }],
   ["host-cpus that include a pinned CPU", { isolate: 'host-cpus="0-2"' }, /host-cpus="0-2" includes CPU 2, which <cputune> pins the VM to/],
   ["no pins and no host-cpus", { pins: [], emulatorpin: undefined }, /has no host-cpus and the domain pins no CPUs in <cputune>/],
-  ["pins that leave the host nothing", { pins: ["0-3", "4-7"] }, /would leave the host no CPU: this VM isolates 0-7 \(online: 0-7\)/],
+  ["pins that leave the host nothing", { pins: ["0-3", "4-7"] }, /pinning CPUs 0-7 in <cputune> leaves the host no online CPU, but the host policy keeps at least 1 CPU\(s\) for the host/],
   ["an unknown attribute", { isolate: 'host-cpu="0"' }, /has unknown attribute host-cpu; allowed: host-cpus, governor/],
   ["a bad yes/no", { isolate: 'irqs="maybe"' }, /irqs="maybe" must be yes or no/],
 ];

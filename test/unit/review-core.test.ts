@@ -155,7 +155,7 @@ test("module and unit names never start with a dash (they are arguments of modpr
 });
 
 test("a corrupt journal fails prepare with the file and the fix, and no stack trace for the user", async () => {
-  const sim = new SimHost().dir("/var/log");
+  const sim = new SimHost().dir("/var/log").file("/proc/meminfo", "MemTotal:       8388608 kB");
   try {
     sim.file(paths.journal(UUID), "{ half a jour");
     const outcome = await runHookEvent(sim, "prepare", "begin", XML);

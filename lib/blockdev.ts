@@ -1,0 +1,90 @@
+// The host's own storage behind a PCI device: the disks below it in sysfs
+// (NVMe, SATA, SAS controllers) and whether the host uses any of them —
+// mounted, swap, or held by LVM, mdraid or dm-crypt. Such a device never goes
+// to a VM, whatever the policy says: pulling a controller from under a
+// mounted filesystem or the root disk takes the host down with it.
+import type { Host } from "./host.ts";
+import { pciPath } from "./pci.ts";
+
+const BLOCK = "/sys/class/block";
+const MOUNTINFO = "/proc/self/mountinfo";
+const SWAPS = "/proc/swaps";
+const BTRFS = "/sys/fs/btrfs";
+
+/** With native NVMe multipath the controller holds path nodes nvme0c0n1; the disk the host uses is the head nvme0n1. */
+const multipathHead = (name: string) => name.replace(/^nvme(\d+)c\d+n(\d+)$/, "nvme$1n$2");
+
+/** Disks whose sysfs path runs through the PCI device, as the host names them. */
+export function disksBelow(host: Host, address: string): string[] {
+  const throughDevice = host.list(BLOCK).filter((name) => (host.readlink(`${BLOCK}/${name}`) ?? "").split("/").includes(address));
+  const nvmePaths = host.list(pciPath(address, "nvme")).flatMap((controller) => host.list(pciPath(address, `nvme/${controller}`)).filter((entry) => /^nvme\d+c\d+n\d+$/.test(entry)));
+  const disks = [...throughDevice, ...nvmePaths].map(multipathHead).filter((name) => !host.exists(`${BLOCK}/${name}/partition`));
+  return [...new Set(disks)].sort();
+}
+
+/** A disk and its partitions. */
+function withPartitions(host: Host, disk: string): string[] {
+  return [disk, ...host.list(`${BLOCK}/${disk}`).filter((entry) => host.exists(`${BLOCK}/${disk}/${entry}/partition`))];
+}
+
+/** "LVM volume vg0-root (dm-0)", "mdraid array md0", "dm-crypt mapping cryptroot (dm-1)". */
+function describeHolder(host: Host, holder: string): string {
+  const dmName = host.readTrimmed(`${BLOCK}/${holder}/dm/name`);
+  if (dmName === undefined) return holder.startsWith("md") ? `mdraid array ${holder}` : holder;
+  const dmUuid = host.readTrimmed(`${BLOCK}/${holder}/dm/uuid`) ?? "";
+  const kind = dmUuid.startsWith("LVM-") ? "LVM volume" : dmUuid.startsWith("CRYPT-") ? "dm-crypt mapping" : "device-mapper device";
+  return `${kind} ${dmName} (${holder})`;
+}
+
+interface Mount {
+  /** major:minor */
+  device: string;
+  source: string;
+  mountPoint: string;
+}
+
+/** /proc/self/mountinfo: "36 1 259:2 / / rw shared:1 - ext4 /dev/nvme0n1p2 rw" (octal escapes kept; only compared). */
+function readMounts(text: string): Mount[] {
+  return text
+    .split("\n")
+    .filter(Boolean)
+    .map((line) => {
+      const fields = line.split(" ");
+      const separator = fields.indexOf("-");
+      return { device: fields[2] ?? "", mountPoint: fields[4] ?? "", source: fields[separator + 2] ?? "" };
+    });
+}
+
+const baseName = (devicePath: string) => devicePath.split("/").pop() ?? "";
+
+/**
+ * Why the host needs the storage behind this PCI device (one line per disk
+ * in use), [] when nothing of it is in use. Throws when it cannot tell.
+ */
+export function storageInUse(host: Host, address: string): string[] {
+  const disks = disksBelow(host, address);
+  if (disks.length === 0) return [];
+  const mountText = host.readTrimmed(MOUNTINFO);
+  const swapText = host.readTrimmed(SWAPS);
+  if (mountText === undefined || swapText === undefined) {
+    throw new Error(`cannot tell whether ${disks.join(", ")} behind ${address} ${disks.length === 1 ? "is" : "are"} in use: ${mountText === undefined ? MOUNTINFO : SWAPS} cannot be read`);
+  }
+  const mounts = readMounts(mountText);
+  const swaps = swapText.split("\n").slice(1).map((line) => baseName(line.split(/\s+/)[0] ?? ""));
+  // A btrfs filesystem over several devices shows only one of them in mountinfo; sysfs lists them all while it is mounted.
+  const btrfsMembers = host.list(BTRFS).flatMap((filesystem) => host.list(`${BTRFS}/${filesystem}/devices`));
+  const uses: string[] = [];
+  for (const disk of disks) {
+    const found = withPartitions(host, disk).flatMap((name) => {
+      const device = host.readTrimmed(`${BLOCK}/${name}/dev`);
+      return [
+        ...mounts.filter((mount) => mount.device === device || baseName(mount.source) === name).map((mount) => `${name} is mounted on ${mount.mountPoint}`),
+        ...(swaps.includes(name) ? [`${name} is swap`] : []),
+        ...(btrfsMembers.includes(name) ? [`${name} is part of a mounted btrfs filesystem`] : []),
+        ...host.list(`${BLOCK}/${name}/holders`).map((holder) => `${name} is part of ${describeHolder(host, holder)}`),
+      ];
+    });
+    if (found.length > 0) uses.push(`disk ${disk}: ${[...new Set(found)].join(", ")}`);
+  }
+  return uses;
+}

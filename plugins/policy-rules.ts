@@ -1,0 +1,163 @@
+// What each built-in plugin's config may ask for under the host policy
+// (lib/policy.ts), held against it by the authorization pass (lib/authorize.ts)
+// right after parsing. Plugins without a rule ask for nothing the policy limits.
+import type { PolicyRequest, PolicyRule } from "../lib/authorize.ts";
+import { storageInUse } from "../lib/blockdev.ts";
+import { formatCpuList, parseKernelCpuList } from "../lib/cpuset.ts";
+import type { Domain } from "../lib/domain.ts";
+import { ConfigError, describeError } from "../lib/errors.ts";
+import type { Host } from "../lib/host.ts";
+import { NODE_DIR } from "../lib/memory.ts";
+import { iommuGroupMembers, pciIommuGroup, slotFunctions } from "../lib/pci.ts";
+import { allowHint, DEFAULT_UNITS, formatSpan, moduleAllowed, normalUnit } from "../lib/policy.ts";
+import type { ForwardConfig } from "./forward/config.ts";
+import type { HugepagesConfig } from "./hugepages.ts";
+import type { IsolateConfig } from "./isolate/config.ts";
+import type { VfioConfig } from "./vfio/config.ts";
+
+export const policyRules: Readonly<Record<string, PolicyRule>> = {
+  vfio: authorizeVfio,
+  isolate: authorizeIsolate,
+  hugepages: authorizeHugepages,
+  forward: authorizeForward,
+};
+
+// ---- vfio: devices, units, modules
+
+/** The domain's own PCI hostdevs, the other functions of their slots and the members of their IOMMU groups. */
+function ownDevices(host: Host, domain: Domain): Set<string> {
+  const own = new Set<string>();
+  for (const hostdev of domain.hostdevs) {
+    if (hostdev.type !== "pci") continue;
+    own.add(hostdev.address);
+    for (const sibling of slotFunctions(host, hostdev.address)) own.add(sibling);
+    const group = pciIommuGroup(host, hostdev.address);
+    if (group !== undefined) for (const member of iommuGroupMembers(host, group)) own.add(member);
+  }
+  return own;
+}
+
+async function authorizeVfio(config: VfioConfig, { policy, domain, host, settings, element }: PolicyRequest): Promise<void> {
+  // Loaded like the plugin itself: only when a domain names it.
+  const { handedOverAddresses } = await import("./vfio/survey.ts");
+  const { readVfioSettings } = await import("./vfio/config.ts");
+  const own = ownDevices(host, domain);
+  const foreign = config.devices.find((address) => !own.has(address) && !policy.vfio.devices.includes(address));
+  if (foreign) {
+    throw new ConfigError(element, `devices: ${foreign} is not one of the domain's PCI <hostdev>s, a function of their slots or in their IOMMU groups; add it to the domain as a <hostdev>, or ${allowHint(policy, `add "${foreign}" to "vfio.devices"`)}`);
+  }
+
+  // Never the host's own storage, whatever the policy says.
+  for (const address of handedOverAddresses(host, config)) {
+    let uses: string[];
+    try {
+      uses = storageInUse(host, address);
+    } catch (error) {
+      throw new ConfigError(element, `refusing to hand over ${address}: ${describeError(error)}`);
+    }
+    if (uses.length > 0) {
+      throw new ConfigError(element, `${address} carries storage the host uses (${uses.join("; ")}); vmhook never hands such a device to a VM, whatever the policy says: unmount it (and swapoff, vgchange -an, mdadm --stop) first, or pass the disk instead of the controller`);
+    }
+  }
+
+  const vfioSettings = readVfioSettings(settings.plugins.vfio ?? {});
+  // Root's own settings (vmhook.json) name units too: those are root's choice already.
+  const units = new Set([...DEFAULT_UNITS, ...policy.vfio.units, ...vfioSettings.displayManagerUnits, ...vfioSettings.helperServices].map(normalUnit));
+  const unit = (config.displayManagerUnits ?? []).find((name) => !units.has(normalUnit(name)));
+  if (unit) {
+    throw new ConfigError(element, `display-manager: ${unit} is not a display manager or GPU helper the host policy lets single-GPU mode stop; ${allowHint(policy, `add "${normalUnit(unit)}" to "vfio.units"`)}`);
+  }
+
+  const lists = { "unload-modules": config.unloadModules === "auto" ? [] : config.unloadModules, "load-modules": config.loadModules };
+  for (const [attribute, modules] of Object.entries(lists)) {
+    const module = modules.find((name) => !moduleAllowed(policy, name));
+    if (module) {
+      throw new ConfigError(element, `${attribute}: ${module} is not a GPU, VFIO or passthrough helper module the host policy allows; ${allowHint(policy, `add "${module}" to "vfio.modules"`)}`);
+    }
+  }
+}
+
+// ---- isolate: the host keeps enough CPUs
+
+const CPU_ONLINE = "/sys/devices/system/cpu/online";
+
+/** Online CPUs per NUMA node that has any. */
+function numaNodes(host: Host, online: number[]): { node: string; cpus: number[] }[] {
+  return host
+    .list(NODE_DIR)
+    .filter((entry) => /^node\d+$/.test(entry))
+    .map((node) => ({ node: node.slice(4), cpus: parseKernelCpuList(host.readTrimmed(`${NODE_DIR}/${node}/cpulist`) ?? "").filter((cpu) => online.includes(cpu)) }))
+    .filter((node) => node.cpus.length > 0);
+}
+
+/**
+ * The CPUs that take the boot console's IRQs (serial port, i8042 keyboard),
+ * from /proc/interrupts and each IRQ's effective affinity; when none is
+ * listed, the boot CPU 0, where the kernel routes the legacy IRQs.
+ */
+export function bootConsoleCpus(host: Host): number[] {
+  const irqs = (host.readTrimmed("/proc/interrupts") ?? "")
+    .split("\n")
+    .filter((line) => /\b(ttyS\d+|ttyAMA\d+|serial|i8042)\b/.test(line))
+    .map((line) => /^\s*(\d+):/.exec(line)?.[1])
+    .filter((irq): irq is string => irq !== undefined);
+  const cpus = irqs.flatMap((irq) => parseKernelCpuList(host.readTrimmed(`/proc/irq/${irq}/effective_affinity_list`) ?? host.readTrimmed(`/proc/irq/${irq}/smp_affinity_list`) ?? ""));
+  return cpus.length > 0 ? [...new Set(cpus)].sort((a, b) => a - b) : [0];
+}
+
+function authorizeIsolate(config: IsolateConfig, { policy, host, element }: PolicyRequest): void {
+  const onlineText = host.readTrimmed(CPU_ONLINE);
+  if (!onlineText) throw new ConfigError(element, `cannot read ${CPU_ONLINE}, so vmhook cannot tell what the host keeps; refusing to isolate`);
+  const online = parseKernelCpuList(onlineText);
+  // A CPU that is not online gets the plugin's own, more precise refusal at prepare.
+  if ([...(config.hostCpus ?? []), ...config.pinned].some((cpu) => !online.includes(cpu))) return;
+  const kept = config.hostCpus ? online.filter((cpu) => config.hostCpus!.includes(cpu)) : online.filter((cpu) => !config.pinned.includes(cpu));
+  const what = config.hostCpus ? `host-cpus="${formatCpuList(config.hostCpus)}"` : `pinning CPUs ${formatCpuList(config.pinned)} in <cputune>`;
+  const keeps = `leaves the host ${kept.length > 0 ? `only CPU ${formatCpuList(kept)}` : "no online CPU"}`;
+
+  const { minHostCpus, everyNumaNode, allowBootConsoleCpuAlone } = policy.isolate;
+  if (kept.length < minHostCpus) {
+    throw new ConfigError(element, `${what} ${keeps}, but the host policy keeps at least ${minHostCpus} CPU(s) for the host; give the host more CPUs, or ${allowHint(policy, `lower "isolate.minHostCpus"`)}`);
+  }
+  const bare = everyNumaNode ? numaNodes(host, online).find((node) => !node.cpus.some((cpu) => kept.includes(cpu))) : undefined;
+  if (bare) {
+    throw new ConfigError(element, `${what} ${keeps}, none on NUMA node ${bare.node} (CPUs ${formatCpuList(bare.cpus)}); keep one of them for the host, or ${allowHint(policy, `set "isolate.everyNumaNode": false`)}`);
+  }
+  const consoleCpus = bootConsoleCpus(host);
+  if (!allowBootConsoleCpuAlone && kept.length === 1 && consoleCpus.includes(kept[0]!)) {
+    throw new ConfigError(element, `${what} ${keeps}, the CPU that takes the boot console's IRQs: the host would answer slowly on its console; keep another CPU for the host, or ${allowHint(policy, `set "isolate.allowBootConsoleCpuAlone": true`)}`);
+  }
+}
+
+// ---- hugepages: a cap per VM
+
+const MiB = 1024;
+
+// Without a cap in the policy the hugepages plugin's fit check is the limit:
+// it refuses, marked in `vmhook plan`, what MemTotal minus the free-memory floor
+// can never give (plugins/hugepages/fit.ts).
+function authorizeHugepages(config: HugepagesConfig, { policy, element }: PolicyRequest): void {
+  const capMiB = policy.hugepages.maxMiBPerVm;
+  if (capMiB === undefined) return;
+  const wantedMiB = Math.ceil(config.pools.reduce((sum, pool) => sum + pool.pages * pool.sizeKiB, 0) / MiB);
+  if (wantedMiB > capMiB) {
+    throw new ConfigError(element, `the VM asks for ${wantedMiB} MiB of huge pages, more than the host policy's cap, ${capMiB} MiB; give the VM less memory, or ${allowHint(policy, `raise "hugepages.maxMiBPerVm"`)}`);
+  }
+}
+
+// ---- forward: which host ports a VM may claim
+
+function authorizeForward(config: ForwardConfig, { policy, settings, element }: PolicyRequest): void {
+  // The list moved from vmhook.json to the policy: a value left there must not be silently ignored.
+  if (settings.plugins.forward?.allowedHostPorts !== undefined) {
+    throw new ConfigError(element, `the host settings still have "plugins": {"forward": {"allowedHostPorts": …}}; the allowed host ports are now "forward.hostPorts" in ${policy.file ?? "/etc/vmhook/policy.json"}: move the list there`);
+  }
+  const allowed = policy.forward.hostPorts;
+  for (const spec of config.forwards) {
+    for (const port of spec.ports) {
+      if (allowed.some((span) => span.first <= port.host.first && port.host.last <= span.last)) continue;
+      const ports = formatSpan(port.host);
+      throw new ConfigError(spec.element, `ports: host port ${port.protocol} ${ports} is not one the host policy lets VMs claim (allowed: ${allowed.map(formatSpan).join(", ") || "none"}); use an allowed port, or ${allowHint(policy, `add ${port.host.first === port.host.last ? ports : `"${ports}"`} to "forward.hostPorts"`)}`);
+    }
+  }
+}
