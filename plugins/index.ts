@@ -14,6 +14,7 @@ const BUILTIN: Record<string, Loader> = {
   hugepages: async () => (await import("./hugepages.ts")).default,
   isolate: async () => (await import("./isolate/index.ts")).default,
   mdev: async () => (await import("./mdev.ts")).default,
+  nosleep: async () => (await import("./nosleep.ts")).default,
   vgpu: async () => (await import("./vgpu.ts")).default,
   vfio: async () => (await import("./vfio/index.ts")).default,
   forward: async () => (await import("./forward/index.ts")).default,

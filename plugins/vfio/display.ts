@@ -160,7 +160,10 @@ function bindVtconsole(record: UndoRecord, ctx: BaseContext): void {
   const recorded = String(record.vtconsole);
   const vtconsole = isFramebuffer(recorded) ? recorded : ctx.host.list(VTCONSOLES).find(isFramebuffer);
   if (!vtconsole) {
-    throw new VmhookError(`vfio: no framebuffer console is back (was ${recorded}): the GPU's driver has not registered a framebuffer; see dmesg`);
+    // vfio-pci removes a firmware framebuffer (efifb, simplefb) for good when it takes the GPU: only a GPU driver brings one back.
+    throw new VmhookError(
+      `vfio: no framebuffer console is back (was ${recorded}): no framebuffer is registered; the GPU's driver has not registered one, and a firmware framebuffer (efifb) does not come back once vfio-pci took the GPU; load the GPU's driver (modprobe), then run vmhook recover`,
+    );
   }
   const bind = `${VTCONSOLES}/${vtconsole}/bind`;
   if (ctx.host.readTrimmed(bind) !== "1") ctx.host.write(bind, "1");

@@ -304,8 +304,14 @@ function unloadUnused(ctx: BaseContext, modules: string[]): void {
   const stillUsed = (module: string) =>
     Number(ctx.host.readTrimmed(`/sys/module/${module}/refcnt`) ?? 0) > 0 ||
     (module === "vfio_pci" && ctx.host.list(`${PCI_DRIVERS}/${VFIO_DRIVER}`).some((entry) => PATTERNS.pciAddress.test(entry)));
-  // Each round unloads what nothing uses any more, which frees what those used.
-  // A module taken between the check and rmmod (a VM starting) just stays loaded.
+  // One rmmod for all, users first: each removal frees what it used, so the
+  // usual chain (vfio_pci, vfio_pci_core, vfio_iommu_type1, vfio) costs one
+  // process. Then each round unloads what nothing uses any more (busybox's
+  // rmmod stops at its first failure). A module taken meanwhile (a VM
+  // starting) just stays loaded.
+  const unused = remaining.filter((module) => !(module === "vfio_pci" && stillUsed(module)));
+  if (unused.length > 1) ctx.run("rmmod", usersFirst(ctx.host, unused), { allowFailure: true });
+  remaining = remaining.filter((module) => moduleLoaded(ctx.host, module));
   for (let unloaded = true; unloaded && remaining.length > 0; ) {
     for (const module of remaining.filter((module) => !stillUsed(module))) ctx.run("rmmod", [module], { allowFailure: true });
     const before = remaining.length;
@@ -313,6 +319,17 @@ function unloadUnused(ctx: BaseContext, modules: string[]): void {
     unloaded = remaining.length < before;
   }
   if (remaining.length > 0) ctx.log.info(`vfio: leaving module(s) ${remaining.join(", ")} loaded: still in use`);
+}
+
+/** The modules ordered so that each comes after every module of the list that uses it. */
+function usersFirst(host: Host, modules: string[]): string[] {
+  const order: string[] = [];
+  const rest = [...modules];
+  while (rest.length > 0) {
+    const next = rest.findIndex((module) => host.list(`/sys/module/${module}/holders`).every((holder) => !rest.includes(holder) || holder === module));
+    order.push(...rest.splice(next === -1 ? 0 : next, 1));
+  }
+  return order;
 }
 
 // ---- records from the journal, checked before any undo (vmhook 0.1 named them by their undo) ----

@@ -10,14 +10,14 @@
 // libvirt (virPCIDeviceBindToStub), so at shutdown libvirt skips its reattach
 // and release brings it back. Each undo still checks what is already back
 // (virsh nodedev-reattach may have run).
-import { VmhookError } from "../../lib/errors.ts";
 import { pciDriver } from "../../lib/pci.ts";
 import { definePlugin, type PlanContext, type Step } from "../../lib/plugin.ts";
 import { parseVfioConfig, readVfioSettings, type VfioConfig } from "./config.ts";
 import { consoleSteps, displayManagerSteps, findDisplayManager, stopDisplayManagerAction, unbindFramebufferAction, unbindVtconsoleAction, waitGpuFreeAction, waitGpuFreeStep } from "./display.ts";
 import { bindVfioAction, helperServices, loadModulesAction, stoppedHelpers, takeOverSteps, unloadModuleAction } from "./driver.ts";
-import { describeHolders, survey, VFIO_DRIVER } from "./survey.ts";
-import { keepStoppedSteps, stopUnitAction, stopUnitStep, unitProcesses } from "./units.ts";
+import { otherHolders } from "./refuse.ts";
+import { survey, VFIO_DRIVER } from "./survey.ts";
+import { keepStoppedSteps, stopUnitAction, stopUnitStep } from "./units.ts";
 
 /**
  * Reads the host and refuses what cannot work (IOMMU groups, users of the GPU
@@ -30,19 +30,15 @@ function planPrepare(ctx: PlanContext<VfioConfig>): Step[] {
   const found = survey(ctx.host, ctx.config);
   const displayManager = found.singleGpu ? findDisplayManager(ctx, ctx.config, settings) : undefined;
   const helpers = helperServices(ctx, found, settings);
-  // Users of the GPU fail the start now, unless they belong to what is stopped first.
-  const helperPids = new Set(helpers.flatMap((unit) => unitProcesses(ctx, unit)).map(Number));
-  const blocking = found.holders.filter((holder) => !helperPids.has(holder.pid));
-  if (blocking.length > 0 && !displayManager) {
-    throw new VmhookError(`vfio: the GPU is in use: ${describeHolders(blocking)}; close those programs (or stop the display manager) and start the VM again`);
-  }
+  // Users of the GPU outside what is stopped first: the wait for a free GPU is refused, so the start fails before any step.
+  const refused = otherHolders(ctx, found, displayManager, helpers);
   ctx.log.info(`vfio: devices ${found.devices.map((device) => `${device.address} (${device.driver ?? "no driver"})`).join(", ")}; single-GPU mode ${found.singleGpu ? "on" : "off"}`);
 
   return [
     ...(found.singleGpu ? displayManagerSteps(ctx, displayManager, settings) : []),
     ...helpers.map((unit) => stopUnitStep(unit, settings.stopTimeoutSeconds * 1000)),
     ...keepStoppedSteps(ctx, stoppedHelpers(ctx, found, settings, helpers)),
-    ...(found.holders.length > 0 ? [waitGpuFreeStep(found, settings)] : []),
+    ...(found.holders.length > 0 ? [{ ...waitGpuFreeStep(found, settings), ...(refused ? { refused } : {}) }] : []),
     ...(found.singleGpu ? consoleSteps(ctx) : []),
     ...takeOverSteps(ctx, found, settings),
   ];

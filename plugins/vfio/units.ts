@@ -16,10 +16,16 @@ export const systemdRuns = (ctx: BaseContext) => ctx.host.exists("/run/systemd/s
 
 export const unitActive = (ctx: BaseContext, unit: string) => ctx.run("systemctl", ["is-active", "--quiet", unit], { allowFailure: true }).status === 0;
 
-/** The unit's processes, from its cgroup (cgroup v2 path that systemd reports). */
-export function unitProcesses(ctx: BaseContext, unit: string): string[] {
+/** The unit's cgroup v2 path as systemd reports it (aliases resolved), undefined when it has none (not running). */
+export function unitCgroup(ctx: BaseContext, unit: string): string | undefined {
   const cgroup = ctx.run("systemctl", ["show", "--property=ControlGroup", "--value", unit]).stdout.trim();
-  if (!cgroup.startsWith("/")) return [];
+  return cgroup.startsWith("/") ? cgroup : undefined;
+}
+
+/** The unit's processes, from its cgroup. */
+export function unitProcesses(ctx: BaseContext, unit: string): string[] {
+  const cgroup = unitCgroup(ctx, unit);
+  if (!cgroup) return [];
   return (ctx.host.readTrimmed(`/sys/fs/cgroup${cgroup}/cgroup.procs`) ?? "").split("\n").filter(Boolean);
 }
 

@@ -86,11 +86,16 @@ export class GpuKernel {
       if (this.brokenModules.has(module) || !this.modules.has(module)) return { status: 1, stderr: `modprobe: FATAL: Module ${name} not found in directory /lib/modules/6.1.0-sim` };
       this.load(module);
     });
-    sim.onExec("rmmod", ([name]) => {
-      const module = this.modules.get(name!);
-      if (!module?.loaded) return { status: 1, stderr: `rmmod: ERROR: Module ${name} is not currently loaded` };
-      if (this.refcnt(name!) > 0 || this.busy(module) || this.pinnedModules.has(name!)) return { status: 1, stderr: `rmmod: ERROR: Module ${name} is in use` };
-      this.unload(module);
+    // kmod's rmmod: each name in order; one that fails is reported and the rest still go.
+    sim.onExec("rmmod", (names) => {
+      const errors: string[] = [];
+      for (const name of names) {
+        const module = this.modules.get(name);
+        if (!module?.loaded) errors.push(`rmmod: ERROR: Module ${name} is not currently loaded`);
+        else if (this.refcnt(name) > 0 || this.busy(module) || this.pinnedModules.has(name)) errors.push(`rmmod: ERROR: Module ${name} is in use`);
+        else this.unload(module);
+      }
+      return errors.length > 0 ? { status: 1, stderr: errors.join("\n") } : undefined;
     });
     sim.onExec("systemctl", (args) => this.systemctl(args));
   }
@@ -135,9 +140,9 @@ export class GpuKernel {
     return this;
   }
 
-  /** A process with files open. */
-  process(pid: number, comm: string, files: string[]): this {
-    this.sim.file(`/proc/${pid}/comm`, comm).dir(`/proc/${pid}/fd`);
+  /** A process with files open, in a cgroup v2 path ("/" by default). */
+  process(pid: number, comm: string, files: string[], cgroup = "/"): this {
+    this.sim.file(`/proc/${pid}/comm`, comm).file(`/proc/${pid}/cgroup`, `0::${cgroup}\n`).dir(`/proc/${pid}/fd`);
     files.forEach((file, fd) => this.sim.link(`/proc/${pid}/fd/${fd}`, file));
     return this;
   }
@@ -146,7 +151,15 @@ export class GpuKernel {
     this.units.set(spec.name, spec);
     const cgroup = `/sys/fs/cgroup/system.slice/${spec.name}/cgroup.procs`;
     this.sim.file(cgroup, Object.keys(spec.processes ?? {}).join("\n"));
-    for (const [pid, [comm, files]] of Object.entries(spec.processes ?? {})) this.process(Number(pid), comm, files);
+    for (const [pid, [comm, files]] of Object.entries(spec.processes ?? {})) this.process(Number(pid), comm, files, `/system.slice/${spec.name}`);
+    return this;
+  }
+
+  /** A logind session (its record in /run/systemd/sessions) with processes in its scope. */
+  session(id: number, spec: { type: string; user: string; uid: number; processes: Record<number, [string, string[]]> }): this {
+    this.sim.file(`/run/systemd/sessions/${id}`, `UID=${spec.uid}\nUSER=${spec.user}\nACTIVE=1\nTYPE=${spec.type}\nCLASS=user\n`);
+    const scope = `/user.slice/user-${spec.uid}.slice/session-${id}.scope`;
+    for (const [pid, [comm, files]] of Object.entries(spec.processes)) this.process(Number(pid), comm, files, scope);
     return this;
   }
 

@@ -21,7 +21,7 @@ export async function plannedSteps(sim: SimHost, xml: string, event: PlannedEven
   const instances = await loadDomainPlugins(domain, sim, registry);
   const env = { host: sim, log: createLogger(sim, { echo: "none", file: false }), settings: loadSettings(sim), registry };
   const steps = await planEvent(event, instances, domain, readJournal(sim, domain.uuid) ?? newJournal(sim, { name: domain.name, uuid: domain.uuid }), env, new Deadline(sim, 60_000));
-  return steps.map((step) => `${step.plugin}: ${step.description}`);
+  return steps.map((step) => `${step.plugin}: ${step.description}${step.refused ? ` REFUSED: ${step.refused.reason}` : ""}`);
 }
 
 /** Plans the event (prepare or start), runs it, and asserts it applied exactly the planned steps, in order; returns them. */

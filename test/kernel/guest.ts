@@ -12,6 +12,7 @@ import * as net from "node:net";
 import * as os from "node:os";
 import * as path from "node:path";
 import { fileURLToPath } from "node:url";
+import { desktopUnavailable, ensureDesktopImage, OVMF_CODE, OVMF_VARS, ROOT_MODULES } from "./desktop-image.ts";
 
 const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
 const KERNEL_CACHE = path.join(REPO, ".cache/kernel");
@@ -38,6 +39,17 @@ export interface GuestOptions {
   /** Extra QEMU arguments (devices). */
   qemuArgs?: string[];
   bootTimeoutMs?: number;
+  /**
+   * The desktop guest: OVMF firmware, and a Debian root disk with systemd as
+   * PID 1 and weston as display-manager.service (test/kernel/desktop-image.ts)
+   * instead of the busybox command loop. extraModules/availableModules/files
+   * do not apply: the disk holds the kernel's whole module tree.
+   */
+  desktop?: boolean;
+  /** "ovmf": UEFI firmware (implied by desktop), so the kernel gets a firmware framebuffer (efifb) from it. */
+  firmware?: "seabios" | "ovmf";
+  /** false: bochs-drm is not loaded at boot (it stays available to modprobe), so efifb keeps the std VGA under OVMF. */
+  gpuDriver?: boolean;
 }
 
 export interface ShResult {
@@ -68,8 +80,8 @@ export function guestUnavailable(): string | undefined {
 }
 
 /** For test files: the reason to skip the kernel suite, or undefined when it must run (always as root). */
-export function skipReason(): string | undefined {
-  const unavailable = guestUnavailable();
+export function skipReason(options: { desktop?: boolean } = {}): string | undefined {
+  const unavailable = guestUnavailable() ?? (options.desktop ? desktopUnavailable() : undefined);
   if (!unavailable) return undefined;
   if (process.getuid?.() === 0) throw new Error(`kernel bench: ${unavailable}; as root the kernel tests must run`);
   return `not root and ${unavailable}`;
@@ -77,7 +89,7 @@ export function skipReason(): string | undefined {
 
 // ---- the kernel: Debian's linux-image-6.1 package, downloaded once ----------
 
-interface Kernel {
+export interface Kernel {
   version: string;
   vmlinuz: string;
   /** lib/modules/VERSION with modules.dep. */
@@ -211,6 +223,51 @@ done
 poweroff -f
 `;
 
+// The desktop guest's init: reach the root disk, put this run's vmhook on a
+// tmpfs in it (the cached image stays as built), and hand over to systemd.
+const ROOT_INIT = `#!/bin/busybox sh
+/bin/busybox mkdir -p /proc /sys /dev /newroot
+/bin/busybox mount -t proc proc /proc
+/bin/busybox --install -s /bin
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+for module in ${ROOT_MODULES.join(" ")}; do modprobe "$module" || echo "guest: modprobe $module failed"; done
+# virtio-blk probes asynchronously: wait for the disk (init exiting panics the kernel, which ends QEMU).
+tries=0; until [ -b /dev/vda ] || [ $tries -gt 100 ]; do sleep 0.1; tries=$((tries + 1)); done
+mount -t ext4 -o rw /dev/vda /newroot || { echo "guest: cannot mount /dev/vda: $(ls /sys/class/block)"; exit 1; }
+mount -t tmpfs -o mode=0755 tmpfs /newroot/opt/vmhook
+cp /vmhook /newroot/opt/vmhook/vmhook && rm /vmhook
+umount /sys /proc
+exec switch_root /newroot /lib/systemd/systemd
+`;
+
+function buildRootInitramfs(kernel: Kernel, options: GuestOptions, dir: string): string {
+  const staging = path.join(dir, "root");
+  copyInto(staging, "/bin/busybox", BUSYBOX, 0o755);
+  copyInto(staging, "/init", writeTemp(dir, "init", ROOT_INIT), 0o755);
+  copyInto(staging, "/vmhook", guestBinary(options), 0o755);
+  const modules = path.join(`/lib/modules/${kernel.version}`);
+  for (const file of moduleFiles(kernel, ROOT_MODULES)) copyInto(staging, `${modules}/${file}`, path.join(kernel.modulesDir, file));
+  fs.copyFileSync(path.join(kernel.modulesDir, "modules.builtin"), path.join(staging, modules, "modules.builtin"));
+  run(BUSYBOX, ["depmod", "-b", staging, kernel.version]);
+  return packCpio(staging, dir);
+}
+
+function guestBinary(options: GuestOptions): string {
+  const binary = options.binary ?? process.env.VMHOOK_GUEST_BINARY ?? path.join(REPO, "dist/vmhook");
+  if (!fs.existsSync(binary)) throw new Error(`kernel bench: ${binary} is missing; run npm run build (test/run.sh does)`);
+  return binary;
+}
+
+function packCpio(staging: string, dir: string): string {
+  const image = path.join(dir, "initramfs.cpio");
+  const list = run("find", [".", "-mindepth", "1"], staging);
+  const cpio = spawnSync("cpio", ["-o", "-H", "newc", "--quiet", "-O", image], { cwd: staging, input: list, encoding: "utf8" });
+  if (cpio.status !== 0) throw new Error(`kernel bench: cpio failed: ${cpio.stderr}`);
+  fs.rmSync(staging, { recursive: true, force: true });
+  return image;
+}
+
 function libraries(binary: string): string[] {
   const out = run("ldd", [binary]);
   return [...out.matchAll(/(\/\S+) \(0x/g)].map((m) => m[1]!);
@@ -225,8 +282,7 @@ function copyInto(staging: string, guestPath: string, source: string, mode?: num
 
 function buildInitramfs(kernel: Kernel, options: GuestOptions, dir: string): string {
   const staging = path.join(dir, "root");
-  const binary = options.binary ?? process.env.VMHOOK_GUEST_BINARY ?? path.join(REPO, "dist/vmhook");
-  if (!fs.existsSync(binary)) throw new Error(`kernel bench: ${binary} is missing; run npm run build (test/run.sh does)`);
+  const binary = guestBinary(options);
 
   copyInto(staging, "/bin/busybox", BUSYBOX, 0o755);
   copyInto(staging, "/init", writeTemp(dir, "init", INIT), 0o755);
@@ -241,18 +297,12 @@ function buildInitramfs(kernel: Kernel, options: GuestOptions, dir: string): str
   for (const ko of koFiles) copyInto(staging, `${modules}/extra/${path.basename(ko)}`, ko);
   fs.copyFileSync(path.join(kernel.modulesDir, "modules.builtin"), path.join(staging, modules, "modules.builtin"));
   run(BUSYBOX, ["depmod", "-b", staging, kernel.version]);
-  const load = [...BASE_LOADED, ...(options.extraModules ?? []).map((m) => moduleKey(path.basename(m)))];
+  const load = [...(options.gpuDriver === false ? [] : BASE_LOADED), ...(options.extraModules ?? []).map((m) => moduleKey(path.basename(m)))];
   fs.mkdirSync(path.join(staging, "etc"), { recursive: true });
   fs.writeFileSync(path.join(staging, "etc/guest-modules"), `${load.join("\n")}\n`);
 
   for (const [source, guestPath] of Object.entries(options.files ?? {})) copyInto(staging, guestPath, source);
-
-  const image = path.join(dir, "initramfs.cpio");
-  const list = run("find", [".", "-mindepth", "1"], staging);
-  const cpio = spawnSync("cpio", ["-o", "-H", "newc", "--quiet", "-O", image], { cwd: staging, input: list, encoding: "utf8" });
-  if (cpio.status !== 0) throw new Error(`kernel bench: cpio failed: ${cpio.stderr}`);
-  fs.rmSync(staging, { recursive: true, force: true });
-  return image;
+  return packCpio(staging, dir);
 }
 
 function writeTemp(dir: string, name: string, content: string): string {
@@ -267,7 +317,15 @@ export async function bootGuest(options: GuestOptions = {}): Promise<Guest> {
   const kernel = ensureKernel();
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "vmhook-guest-"));
   const started = Date.now();
-  const initramfs = buildInitramfs(kernel, options, dir);
+  const rootImage = options.desktop ? ensureDesktopImage(kernel) : undefined;
+  const initramfs = rootImage ? buildRootInitramfs(kernel, options, dir) : buildInitramfs(kernel, options, dir);
+  const vars = path.join(dir, "OVMF_VARS.fd");
+  const ovmf = rootImage !== undefined || options.firmware === "ovmf";
+  if (ovmf) fs.copyFileSync(OVMF_VARS, vars);
+  const desktopArgs = [
+    ...(ovmf ? ["-drive", `if=pflash,format=raw,readonly=on,file=${OVMF_CODE}`, "-drive", `if=pflash,format=raw,file=${vars}`] : []),
+    ...(rootImage ? ["-drive", `if=virtio,format=raw,snapshot=on,file=${rootImage}`] : []),
+  ];
   const consoleLog = path.join(dir, "console.log");
   const socketPath = path.join(dir, "cmd.sock");
 
@@ -280,7 +338,7 @@ export async function bootGuest(options: GuestOptions = {}): Promise<Guest> {
     QEMU,
     [
       "-accel", "tcg", "-machine", "q35", "-cpu", "max", "-device", "intel-iommu", "-vga", "std",
-      "-m", `${options.memoryMiB ?? 1024}M`, "-smp", `${options.smp ?? 2}`,
+      "-m", `${options.memoryMiB ?? (rootImage ? 1536 : 1024)}M`, "-smp", `${options.smp ?? 2}`, ...desktopArgs,
       "-display", "none", "-monitor", "none", "-nic", "none", "-no-reboot",
       "-kernel", kernel.vmlinuz, "-initrd", initramfs,
       // no_timer_check: under TCG on a loaded host the IO-APIC timer check can
@@ -313,7 +371,10 @@ export async function bootGuest(options: GuestOptions = {}): Promise<Guest> {
   try {
     const socket = await Promise.race([connection, exited.then((why) => Promise.reject(new Error(why)))]);
     channel.attach(socket);
-    await channel.ready(options.bootTimeoutMs ?? 120_000);
+    await channel.ready(options.bootTimeoutMs ?? (rootImage ? 300_000 : 120_000));
+    // The desktop's agent starts with graphical.target; the boot is done when systemd says so (failed units included).
+    // udev loads modules for late devices (kvm_amd for -cpu max) after that: wait, so baselines stay put.
+    if (rootImage) await channel.command("systemctl is-system-running --wait; udevadm settle", options.bootTimeoutMs ?? 300_000);
   } catch (error) {
     const message = `kernel bench: the guest did not boot: ${(error as Error).message}\n--- console ---\n${tail()}`;
     cleanup();
@@ -380,7 +441,8 @@ class CommandChannel {
   }
 
   private onLine(line: string): void {
-    if (line === "@@READY") this.readySeen = true;
+    // The firmware (OVMF) may have left bytes on the port before the agent's first line.
+    if (line.endsWith("@@READY")) this.readySeen = true;
     const waiter = this.waiter;
     if (!waiter) return;
     waiter.lines.push(line);
@@ -413,7 +475,7 @@ class CommandChannel {
   }
 
   async ready(timeoutMs: number): Promise<void> {
-    if (!this.readySeen) await this.waitForLine((line) => line === "@@READY", timeoutMs, "waiting for the guest to boot");
+    if (!this.readySeen) await this.waitForLine((line) => line.endsWith("@@READY"), timeoutMs, "waiting for the guest to boot");
   }
 
   send(line: string): void {

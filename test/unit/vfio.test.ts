@@ -14,7 +14,7 @@ import { undoJournal } from "../../lib/transaction.ts";
 import { registry } from "../../plugins/index.ts";
 import { GpuKernel } from "../helpers/gpu-kernel.ts";
 import { runHookEvent } from "../helpers/hook.ts";
-import { assertPlanIsPrepare } from "../helpers/plan.ts";
+import { assertPlanIsPrepare, plannedSteps } from "../helpers/plan.ts";
 
 const UUID = "0b5c64e3-55a1-4b84-9d2b-4e0a3e7d2f10";
 const GPU = "0000:01:00.0";
@@ -100,8 +100,12 @@ test("NVIDIA single GPU: display manager, console, efifb, persistenced and modul
     "modprobe vfio-pci",
   ]);
 
+  const preparedExecs = kernel.sim.execs.length;
   const release = await runHookEvent(kernel.sim, "release", "end", xml);
   assert.is(release.code, 0, release.stderr);
+  // What modprobe loaded goes with one rmmod, each module before those it uses.
+  const unloads = kernel.sim.execs.slice(preparedExecs).filter((e) => e.command === "rmmod").map((e) => e.args.join(" "));
+  assert.equal(unloads, ["vfio_iommu_type1 vfio_pci vfio_pci_core vfio"]);
   assert.equal(kernel.sim.snapshot(), before);
   assert.equal(kernel.sim.stateFiles(), []);
 });
@@ -110,8 +114,8 @@ test("NVIDIA single GPU: display manager, console, efifb, persistenced and modul
 const FAILURES: { name: string; inject: (kernel: GpuKernel) => void; vfio?: string; message: string }[] = [
   { name: "the display manager does not stop", inject: (k) => (k.units.get("display-manager.service")!.failStop = "Job failed"), message: "systemctl stop display-manager.service failed: Job failed" },
   {
-    name: "a program keeps the GPU after the display manager stopped",
-    inject: (k) => k.process(700, "obs", ["/dev/dri/renderD128"]),
+    name: "a program of the graphical session keeps the GPU after the display manager stopped",
+    inject: (k) => k.session(2, { type: "wayland", user: "ana", uid: 1000, processes: { 700: ["obs", ["/dev/dri/renderD128"]] } }),
     message: "the GPU is still in use after stopping the display manager: pid 700 (obs) holds /dev/dri/renderD128",
   },
   { name: "the console does not unbind", inject: (k) => k.sim.failWrite("/sys/class/vtconsole/vtcon1/bind", "EIO"), message: "simulated failure writing /sys/class/vtconsole/vtcon1/bind" },
@@ -137,6 +141,58 @@ for (const failure of FAILURES) {
     assert.equal(kernel.sim.stateFiles(), []);
   });
 }
+
+// A holder outside what single-GPU mode stops refuses the start before the display manager is touched.
+const OUTSIDERS: { name: string; add: (kernel: GpuKernel) => void; where: string }[] = [
+  { name: "a compute job in its own service", add: (k) => k.process(710, "cuda-job", ["/dev/nvidia0"], "/system.slice/render-farm.service"), where: "pid 710 (cuda-job) holds /dev/nvidia0 in render-farm.service" },
+  {
+    name: "a program in a text (ssh) session",
+    add: (k) => k.session(5, { type: "tty", user: "bob", uid: 1001, processes: { 720: ["obs", ["/dev/dri/renderD128"]] } }),
+    where: "pid 720 (obs) holds /dev/dri/renderD128 in session-5.scope (session 5 of bob, type tty)",
+  },
+  { name: "a browser in a user unit", add: (k) => k.process(730, "firefox", ["/dev/dri/renderD128"], "/user.slice/user-1001.slice/user@1001.service/app.slice/firefox.service"), where: "pid 730 (firefox) holds /dev/dri/renderD128 in firefox.service" },
+  { name: "a process in no unit", add: (k) => k.process(740, "blender", ["/dev/dri/card0"]), where: "pid 740 (blender) holds /dev/dri/card0 in cgroup /" },
+  {
+    name: "a process whose cgroup cannot be read",
+    add: (k) => k.process(760, "mystery", ["/dev/dri/card0"]).sim.remove("/proc/760/cgroup"),
+    where: "pid 760 (mystery) holds /dev/dri/card0 in an unknown cgroup",
+  },
+];
+
+for (const outsider of OUTSIDERS) {
+  test(`single GPU, ${outsider.name}: refused before the display manager stops, naming the process and its unit`, async () => {
+    const kernel = nvidiaDesktop();
+    outsider.add(kernel);
+    const before = kernel.sim.snapshot();
+    const refusal = `the GPU is in use: ${outsider.where}; vmhook stops only display-manager.service with its graphical sessions, nvidia-persistenced.service: close those programs (or stop their units) and start the VM again`;
+    // The planner marks the wait for a free GPU refused: `vmhook plan` shows it, and prepare stops before its first step.
+    const planned = await plannedSteps(kernel.sim, domainXml("<vmhook:vfio/>"));
+    assert.equal(planned.filter((step) => step.includes("REFUSED")), [`vfio: wait until nothing holds the GPU REFUSED: vfio: ${refusal}`]);
+    const result = await runHookEvent(kernel.sim, "prepare", "begin", domainXml("<vmhook:vfio/>"));
+    assert.is(result.code, 1);
+    assert.match(firstLine(result.stderr), refusal);
+    assert.equal(kernel.sim.execs.filter((e) => e.command === "rmmod" || (e.command === "systemctl" && e.args[0] === "stop")), [], "nothing was stopped");
+    assert.ok(kernel.units.get("display-manager.service")!.active);
+    assert.equal(kernel.sim.snapshot(), before);
+  });
+}
+
+test("single GPU: holders in the display manager, its graphical session and the helper services are stopped, not refused", async () => {
+  const kernel = nvidiaDesktop().session(2, { type: "x11", user: "ana", uid: 1000, processes: { 750: ["kwin_x11", ["/dev/dri/card0"]] } });
+  kernel.units.get("display-manager.service")!.processes![750] = ["kwin_x11", ["/dev/dri/card0"]]; // the session ends with its display manager
+  const result = await runHookEvent(kernel.sim, "prepare", "begin", domainXml("<vmhook:vfio/>"));
+  assert.is(result.code, 0, result.stderr);
+  assert.is(kernel.driverOf(GPU), "vfio-pci");
+  assert.is((await runHookEvent(kernel.sim, "release", "end", domainXml("<vmhook:vfio/>"))).code, 0);
+});
+
+test("single GPU: logind and PID 1 holding the session's card for it are waited for, not refused", async () => {
+  const kernel = nvidiaDesktop().process(1, "systemd", ["/dev/dri/card0"], "/init.scope").process(420, "systemd-logind", ["/dev/dri/card0"], "/system.slice/systemd-logind.service");
+  settings(kernel, { stopTimeoutSeconds: 1 });
+  const result = await runHookEvent(kernel.sim, "prepare", "begin", domainXml("<vmhook:vfio/>"));
+  assert.is(result.code, 1, "the simulated logind never lets go");
+  assert.match(firstLine(result.stderr), "the GPU is still in use after stopping the display manager: pid 1 (systemd) holds /dev/dri/card0, pid 420 (systemd-logind) holds /dev/dri/card0");
+});
 
 test("include-slot=\"no\" leaves the audio function on its driver, so its shared IOMMU group refuses, naming both and the remedies", async () => {
   const kernel = nvidiaDesktop();

@@ -1,0 +1,87 @@
+// The nosleep plugin on a simulated host whose systemd-run/systemctl/systemd-inhibit
+// keep a table of transient units and logind's inhibitor locks.
+import { test } from "uvu";
+import * as assert from "uvu/assert";
+import { SimHost } from "../helpers/simhost.ts";
+import { runHookEvent } from "../helpers/hook.ts";
+import { assertPlanIsPrepare, plannedSteps } from "../helpers/plan.ts";
+
+const UUID = "5e7a1c2d-9b3f-4e6a-8c1d-2f4b6a8c0e13";
+const UNIT = `vmhook-nosleep-${UUID}.service`;
+const xml = (element = "<vmhook:nosleep/>") =>
+  `<domain type='kvm'><name>gaming</name><uuid>${UUID}</uuid><memory unit='GiB'>8</memory><metadata><vmhook:hooks xmlns:vmhook="urn:vmhook:1">${element}</vmhook:hooks></metadata></domain>`;
+
+/** A systemd host: transient units hold logind locks ("WHO UID USER PID COMM WHAT WHY MODE" lines) while they run. */
+function systemdHost(options: { lockFails?: boolean } = {}): { sim: SimHost; units: Map<string, string> } {
+  const units = new Map<string, string>(); // unit → the lock's why
+  const sim = new SimHost().dir("/run/systemd/system");
+  sim.onExec("systemd-run", (args) => {
+    const unit = args.find((arg) => arg.startsWith("--unit="))!.slice("--unit=".length);
+    units.set(unit, options.lockFails ? "" : args.find((arg) => arg.startsWith("--why="))!.slice("--why=".length));
+  });
+  sim.onExec("systemctl", (args) => {
+    const unit = args[args.length - 1]!;
+    if (args[0] === "is-active") return { status: units.has(unit) ? 0 : 3 };
+    if (args[0] === "stop") units.delete(unit);
+  });
+  sim.onExec("systemd-inhibit", () => ({
+    stdout: [...units.values()].filter(Boolean).map((why) => `vmhook 0 root 812 systemd-inhibit sleep ${why} block\n`).join(""),
+  }));
+  return { sim, units };
+}
+
+test("prepare holds the lock in a transient unit, without pipes to the hook; release stops it and nothing stays", async () => {
+  const { sim, units } = systemdHost();
+  assert.is((await runHookEvent(sim, "prepare", "begin", xml())).code, 0);
+  assert.equal([...units.keys()], [UNIT]);
+  const run = sim.execs.find((e) => e.command === "systemd-run")!;
+  assert.equal(run.args.slice(run.args.indexOf("systemd-inhibit")), [
+    "systemd-inhibit", "--what=sleep", "--who=vmhook", "--why=VM gaming runs with devices passed through", "--mode=block", "sleep", "infinity",
+  ]);
+  assert.is((await runHookEvent(sim, "release", "end", xml())).code, 0);
+  assert.equal([...units.keys()], []);
+  assert.equal(sim.stateFiles(), []);
+});
+
+test("vmhook plan lists exactly the step prepare runs", async () => {
+  const { sim } = systemdHost();
+  assert.equal(await assertPlanIsPrepare(sim, xml(), "gaming"), [`nosleep: hold a sleep inhibitor lock in ${UNIT}`]);
+});
+
+test("a second start while the unit still runs is refused before any step", async () => {
+  const { sim, units } = systemdHost();
+  units.set(UNIT, "VM gaming runs with devices passed through");
+  assert.equal(await plannedSteps(sim, xml()), [`nosleep: hold a sleep inhibitor lock in ${UNIT} REFUSED: nosleep: ${UNIT} already runs, so another start of this VM holds the lock`]);
+  const result = await runHookEvent(sim, "prepare", "begin", xml());
+  assert.is(result.code, 1);
+  assert.match(result.stderr.split("\n")[0]!, `nosleep: ${UNIT} already runs`);
+  assert.ok(!sim.execs.some((exec) => exec.command === "systemd-run" || (exec.command === "systemctl" && exec.args[0] === "stop")), "nothing started or stopped");
+  assert.equal([...units.keys()], [UNIT], "the running unit is left alone");
+});
+
+test("a lock logind never lists fails prepare and stops the unit again", async () => {
+  const { sim, units } = systemdHost({ lockFails: true });
+  const result = await runHookEvent(sim, "prepare", "begin", xml());
+  assert.is(result.code, 1);
+  assert.match(result.stderr.split("\n")[0]!, `logind lists the sleep inhibitor of ${UNIT}`);
+  assert.equal([...units.keys()], [], "rolled back");
+  assert.equal(sim.stateFiles(), []);
+});
+
+test("without systemd, prepare refuses naming why and changes nothing", async () => {
+  const sim = new SimHost();
+  const result = await runHookEvent(sim, "prepare", "begin", xml());
+  assert.is(result.code, 1);
+  assert.match(result.stderr.split("\n")[0]!, "nosleep: the host does not run systemd");
+  assert.equal(sim.execs, []);
+});
+
+test("an attribute is refused, naming it", async () => {
+  const { sim } = systemdHost();
+  const result = await runHookEvent(sim, "prepare", "begin", xml('<vmhook:nosleep idle="yes"/>'));
+  assert.is(result.code, 1);
+  assert.match(result.stderr, "has unknown attribute idle; it takes no attributes");
+  assert.equal(sim.execs, []);
+});
+
+test.run();
