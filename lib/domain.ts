@@ -5,6 +5,7 @@ import { DOMParser, type Element, type Node } from "@xmldom/xmldom";
 import * as xpath from "xpath";
 import { ConfigError, VmhookError } from "./errors.ts";
 import { NAMESPACE_URI, ROOT_ELEMENT } from "./paths.ts";
+import { childElements, prefixMistake, refuseMisplacedNamespace } from "./metadata-text.ts";
 import { parseCpuset } from "./cpuset.ts";
 import { PATTERNS, parseInteger, parsePciAddress, parseUuid, sizeToKiB } from "./validate.ts";
 
@@ -91,6 +92,9 @@ export function parseXmlDocument(xml: string, what: string) {
     problems.push(error instanceof Error ? error.message : String(error));
   }
   if (!document || problems.length > 0) {
+    // libvirt stores a prefixed element given to virsh metadata as <vmhook:vmhook:hooks>
+    const mistake = prefixMistake(xml);
+    if (mistake) throw mistake;
     throw new VmhookError(`${what} is not well-formed XML: ${problems[0]?.split("\n")[0] ?? "unknown error"}`);
   }
   return document;
@@ -143,7 +147,7 @@ export function parseDomain(xml: string, what = "domain XML"): Domain {
     },
     hostdevs: parseHostdevs(document),
     interfaces: parseInterfaces(document),
-    metadata: first(`/domain/metadata/vmhook:${ROOT_ELEMENT}`, document),
+    metadata: first(`/domain/metadata/vmhook:${ROOT_ELEMENT}`, document) ?? refuseMisplacedNamespace(nodes("/domain/metadata/*", document)),
   };
 }
 
@@ -228,13 +232,7 @@ function parseInterfaces(document: Node): NetworkInterface[] {
 }
 
 /** The child elements of <vmhook:hooks>, in document order. */
-export function metadataChildren(metadata: Element): Element[] {
-  const children: Element[] = [];
-  for (let node = metadata.firstChild; node; node = node.nextSibling) {
-    if (node.nodeType === 1) children.push(node as Element);
-  }
-  return children;
-}
+export const metadataChildren = childElements;
 
 /** The attributes of an element as a plain object (for plugins' config parsers and JSON plugins). */
 export function attributes(element: Element): Record<string, string> {

@@ -38,7 +38,8 @@ export async function hookMain(args: string[], root = process.env.VMHOOK_ROOT ||
   }
   // The fast path: a domain that never mentions vmhook and holds no journal
   // costs one string search and one stat.
-  if (!xml.includes(NAMESPACE_URI) && !(await holdsJournal(xml, root))) return 0;
+  // "<vmhook:" without the namespace is a mistake to report (an undeclared prefix, a wrong URI), never to skip.
+  if (!xml.includes(NAMESPACE_URI) && !xml.includes("<vmhook:") && !(await holdsJournal(xml, root))) return 0;
   const { runEvent } = await import("./hook.ts");
   const invocation: HookInvocation = { args, xml, root, ownProcess: true };
   const known = EVENTS[`${args[1]} ${args[2]}`];

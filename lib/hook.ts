@@ -104,7 +104,12 @@ export class HookRun {
 
   /** start, started, stopped: the plugins' optional steps; they join the same journal. */
   async handlers(event: "start" | "started" | "stopped"): Promise<void> {
-    const instances = await this.plugins();
+    const instances = await this.plugins().catch((error: unknown) => {
+      // libvirt runs stopped after a refused prepare too: its config error was reported there once already.
+      const uuid = uuidFromXml(this.invocation.xml);
+      if (event === "stopped" && error instanceof VmhookError && !(uuid && readJournal(this.host, uuid))) return [];
+      throw error;
+    });
     if (!instances.some((instance) => handles(instance, event))) return;
     const journal = readJournal(this.host, this.domain.uuid) ?? newJournal(this.host, { name: this.domain.name, uuid: this.domain.uuid });
     await runPlugins(event, instances, this.domain, journal, this.env(), this.deadline("work"));

@@ -18,6 +18,8 @@ export const paths = {
   /** What domain metadata may ask for (root-owned, checked like plugins.d). */
   policy: "/etc/vmhook/policy.json",
   pluginsDir: "/etc/vmhook/plugins.d",
+  /** Domain XML as it was before `vmhook doctor --fix --apply` redefined it. */
+  backupsDir: "/var/lib/vmhook/backups",
   libvirtHooksDir: "/etc/libvirt/hooks",
   libvirtQemuRunDir: "/run/libvirt/qemu",
 };

@@ -11,6 +11,7 @@
 // nodeset>, else the global pool; a nodeset of several nodes gets the pages
 // split evenly (the first nodes take the remainder).
 import type { Element } from "@xmldom/xmldom";
+import { howToBootWith } from "../lib/host-advice.ts";
 import { boundedProduct, boundedSum } from "../lib/bounded.ts";
 import { readAttributes, single } from "../lib/element.ts";
 import { parseCpuset } from "../lib/cpuset.ts";
@@ -269,11 +270,11 @@ function grow(ctx: ApplyContext<HugepagesConfig>, record: GrowRecord): void {
   ctx.log.info(`hugepages: growing ${poolName(need.sizeKiB, need.node)} by ${need.pages} pages, keeping ${formatMiB(view.floorKiB)} free`);
   const retryMs = Math.min(ctx.config.retrySeconds * 1000, ctx.deadline.remainingMs());
   const result = growWithRetries(poolIo(ctx, view, need, record), need.pages, need.sizeKiB, { maxRounds: RETRY_ROUNDS, retryMs });
-  if (!result.ok) throw shortfall(need, result, view.floorKiB, ctx.config.retrySeconds);
+  if (!result.ok) throw shortfall(ctx.host, need, result, view.floorKiB, ctx.config.retrySeconds);
   if (result.rounds > 1) ctx.log.info(`hugepages: ${poolName(need.sizeKiB, need.node)} grew by ${need.pages} pages in round ${result.rounds}`);
 }
 
-function shortfall(need: PoolNeed, result: Extract<GrowResult, { ok: false }>, floorKiB: number, retrySeconds: number): VmhookError {
+function shortfall(host: Host, need: PoolNeed, result: Extract<GrowResult, { ok: false }>, floorKiB: number, retrySeconds: number): VmhookError {
   const size = formatKiB(need.sizeKiB);
   const where = need.node === undefined ? "" : ` on node ${need.node}`;
   const bootOption = need.node === undefined ? `hugepagesz=${size} hugepages=${need.pages}` : `hugepagesz=${size} hugepages=${need.node}:${need.pages}`;
@@ -288,7 +289,7 @@ function shortfall(need: PoolNeed, result: Extract<GrowResult, { ok: false }>, f
       `${why}; ${result.rounds} round(s), each giving back before reclaiming (at most ${RETRY_ROUNDS}; none starts after timeout=${retrySeconds} s)`,
       "remedies: stop other VMs or services; raise timeout= on <vmhook:hugepages>",
       need.sizeKiB > DEFAULT_SIZE_KIB ? `2M pages need far less contiguous memory than ${size} pages: size="2M" (and the same in <memoryBacking>)` : "give the VM less <memory>",
-      `reserve the pages at boot (kernel command line: ${bootOption}) and drop <vmhook:hugepages>`,
+      `or reserve the pages at boot and drop <vmhook:hugepages>: ${howToBootWith(host, bootOption)}`,
     ],
   );
 }
@@ -368,7 +369,7 @@ function check({ host, domain, elements }: CheckContext): Finding[] {
     if (free >= needKiB) {
       findings.push(ok(checkName(node), `${wanted} fit in the free memory ${where} (${formatKiB(roundMiB(free))})`));
     } else {
-      const bootFix = `reserve them at boot instead: hugepagesz=${size} hugepages=${node === undefined ? "" : `${node}:`}${pages} on the kernel command line`;
+      const bootFix = `reserve them at boot instead: ${howToBootWith(host, `hugepagesz=${size} hugepages=${node === undefined ? "" : `${node}:`}${pages}`)}`;
       findings.push(warn(checkName(node), `${wanted} need more than the free memory ${where} (${formatKiB(roundMiB(free))}): the page cache must be dropped first, and fragmented memory may still fall short`, `start the VM early, or ${bootFix}`));
     }
   }

@@ -4,10 +4,16 @@ import type { CommandModule } from "yargs";
 import { runDoctor, type Finding } from "../diagnostics/doctor.ts";
 import { RootedHost } from "../host.ts";
 import type { GlobalOptions } from "./options.ts";
-import { print, printJson, readDomainFile, sourceName } from "./output.ts";
+import { VmhookError } from "../errors.ts";
+import { readDomainSource } from "./domain-source.ts";
+import { runDoctorFix } from "./doctor-fix.ts";
+import { print, printJson } from "./output.ts";
 
 interface DoctorArgs extends GlobalOptions {
   domain?: string;
+  fix: boolean;
+  apply: boolean;
+  connect?: string;
 }
 
 function printFindings(title: string, findings: Finding[]): void {
@@ -21,10 +27,20 @@ function printFindings(title: string, findings: Finding[]): void {
 export const doctorCommand: CommandModule<GlobalOptions, DoctorArgs> = {
   command: "doctor [domain]",
   describe: "check the host (and a domain XML) for what passthrough and vmhook's plugins need; exit 1 when something fails",
-  builder: (y) => y.positional("domain", { type: "string", describe: "domain XML file (virsh dumpxml VM > VM.xml), or - for stdin" }),
+  builder: (y) =>
+    y
+      .positional("domain", { type: "string", describe: "a libvirt domain's name, a domain XML file, or - for stdin" })
+      .option("fix", { type: "boolean", default: false, describe: "print the advice on the domain XML as a unified diff" })
+      .option("apply", { type: "boolean", default: false, describe: "with --fix: define the changed domain, keeping the old XML in /var/lib/vmhook/backups" })
+      .option("connect", { alias: "c", type: "string", describe: "libvirt URI, as virsh --connect" }),
   async handler(args) {
     const host = new RootedHost(args.root);
-    const report = await runDoctor(host, args.domain !== undefined ? { file: sourceName(args.domain), xml: readDomainFile(args.domain) } : undefined);
+    const domain = args.domain !== undefined ? readDomainSource(args.domain, args.connect) : undefined;
+    if (args.fix || args.apply) {
+      if (!domain) throw new VmhookError("--fix needs a domain: vmhook doctor --fix VM");
+      return runDoctorFix(host, domain, { apply: args.apply, json: args.json, connect: args.connect });
+    }
+    const report = await runDoctor(host, domain && { file: domain.source, xml: domain.xml });
     const all = [...report.host, ...(report.domain?.findings ?? [])];
     const count = (status: Finding["status"]) => all.filter((finding) => finding.status === status).length;
     if (args.json) {

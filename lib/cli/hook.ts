@@ -1,6 +1,10 @@
 // `vmhook hook NAME OP SUBOP [EXTRA]`: run one libvirt event by hand, exactly
-// as libvirt would (domain XML on stdin, nothing on stdout), for debugging.
+// as libvirt would (domain XML on stdin), for debugging. Unlike the real hook
+// it then says what it did: the lines it logged, or why there were none.
+import * as fs from "node:fs";
 import type { CommandModule } from "yargs";
+import { RootedHost } from "../host.ts";
+import { paths } from "../paths.ts";
 import type { GlobalOptions } from "./options.ts";
 
 interface HookArgs extends GlobalOptions {
@@ -10,9 +14,17 @@ interface HookArgs extends GlobalOptions {
   extra?: string;
 }
 
+function logSize(file: string): number {
+  try {
+    return fs.statSync(file).size;
+  } catch {
+    return 0;
+  }
+}
+
 export const hookCommand: CommandModule<GlobalOptions, HookArgs> = {
   command: "hook <name> <op> <subop> [extra]",
-  describe: "run one hook event by hand, as libvirt does (domain XML on stdin)",
+  describe: "run one hook event by hand, as libvirt does (domain XML on stdin), and say what it did",
   builder: (y) =>
     y
       .positional("name", { type: "string", demandOption: true })
@@ -20,7 +32,17 @@ export const hookCommand: CommandModule<GlobalOptions, HookArgs> = {
       .positional("subop", { type: "string", demandOption: true, describe: "begin or end" })
       .positional("extra", { type: "string", default: "-" }),
   async handler(args) {
+    const log = new RootedHost(args.root).resolve(paths.log);
+    const offset = logSize(log);
     const { hookMain } = await import("../hook-entry.ts");
-    process.exitCode = await hookMain([args.name, args.op, args.subop, args.extra ?? "-"], args.root);
+    const event = `${args.op} ${args.subop} of ${args.name}`;
+    const code = await hookMain([args.name, args.op, args.subop, args.extra ?? "-"], args.root);
+    process.exitCode = code;
+    // The hook keeps stdout empty (libvirt may read it as XML): the report goes to stderr.
+    const logged = logSize(log) > offset ? fs.readFileSync(log).subarray(offset).toString("utf8") : "";
+    const what = logged
+      ? `what it did (from ${paths.log}):\n${logged.replace(/^\S+ /gm, "  ")}`
+      : `nothing logged: the domain XML on stdin has no vmhook metadata and holds no journal, or ${args.op} ${args.subop} has nothing to do for it${fs.existsSync(log) ? "" : ` (or ${paths.log} cannot be written)`}\n`;
+    process.stderr.write(`vmhook hook: ${event} exited ${code}; ${what}`);
   },
 };

@@ -10,6 +10,9 @@ import { hookCommand } from "./hook.ts";
 import { pluginsCommand } from "./plugins.ts";
 import { iommuCommand } from "./iommu.ts";
 import { doctorCommand } from "./doctor.ts";
+import { configCommands } from "./config.ts";
+import { usageError } from "./usage.ts";
+import { VERSION } from "../version.ts";
 import type { GlobalOptions } from "./options.ts";
 import { bundleCommand } from "./bundle.ts";
 
@@ -18,12 +21,19 @@ class UsageError extends Error {}
 
 export type { GlobalOptions } from "./options.ts";
 
-const COMMANDS: CommandModule<GlobalOptions, any>[] = [...installCommands, ...inspectCommands, recoverCommand, hookCommand, pluginsCommand, iommuCommand, doctorCommand, bundleCommand];
+const COMMANDS: CommandModule<GlobalOptions, any>[] = [...configCommands, ...installCommands, ...inspectCommands, recoverCommand, hookCommand, pluginsCommand, iommuCommand, doctorCommand, bundleCommand];
+
+const USAGES = COMMANDS.map((command) => {
+  const usage = String(command.command);
+  return { name: usage.split(" ")[0]!, usage };
+});
 
 export async function runCli(args: string[]): Promise<number> {
   process.exitCode = 0;
   try {
-    await yargs(args)
+    // yargs takes the "-" after an option for an option of its own: join them
+    const joined = args.map((arg, index) => (arg === "--set" && args[index + 1] === "-" ? "--set=-" : arg)).filter((arg, index) => !(arg === "-" && args[index - 1] === "--set"));
+    await yargs(joined)
       .scriptName("vmhook")
       .usage("$0 COMMAND\n\nlibvirt QEMU hook framework. Installed as /etc/libvirt/hooks/qemu it runs the plugins a domain's <metadata> asks for.")
       .option("root", {
@@ -39,12 +49,11 @@ export async function runCli(args: string[]): Promise<number> {
         if (argv.domain === "") argv.domain = "-";
       }, true)
       .command(COMMANDS)
-      .demandCommand(1, "name a command; see vmhook --help")
+      .demandCommand(1, "name a command")
       .strict()
-      .recommendCommands()
       .help()
       .alias("h", "help")
-      .version()
+      .version(VERSION)
       .wrap(Math.min(100, process.stdout.columns || 100))
       .fail((message, error) => {
         throw error ?? new UsageError(message);
@@ -52,7 +61,7 @@ export async function runCli(args: string[]): Promise<number> {
       .parseAsync();
   } catch (error) {
     if (error instanceof UsageError) {
-      process.stderr.write(`vmhook: ${error.message}\nRun vmhook --help for usage.\n`);
+      process.stderr.write(`vmhook: ${usageError(error.message, args, USAGES)}\n`);
       return 2;
     }
     process.stderr.write(`vmhook: ${describeError(error)}\n`);

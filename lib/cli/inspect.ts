@@ -1,56 +1,54 @@
 // Read-only commands: validate, plan, status. None of them changes the host.
 import type { CommandModule } from "yargs";
 import { loadDomainPlugins, type PluginInstance } from "../config.ts";
-import { Deadline } from "../deadline.ts";
 import { parseDomain, type Domain } from "../domain.ts";
 import { RootedHost, type Host } from "../host.ts";
-import { listJournals, newJournal, readJournal, type Journal } from "../journal.ts";
-import { createLogger } from "../log.ts";
-import type { HookEvent, PlannedEvent, Refusal } from "../plugin.ts";
-import { loadSettings } from "../settings.ts";
-import { planEvent, type PlannedStep } from "../transaction.ts";
+import { runDoctor } from "../diagnostics/doctor.ts";
+import { dryRun } from "../dry-run.ts";
+import { markRefused, refusalOf } from "../plan-feasibility.ts";
+import { readDomainSource } from "./domain-source.ts";
+import { listJournals, readJournal, type Journal } from "../journal.ts";
+import { isLegacyPlugin, type HookEvent, type PlannedEvent, type Refusal } from "../plugin.ts";
+import type { PlannedStep } from "../transaction.ts";
 import { registry } from "../../plugins/index.ts";
 import type { GlobalOptions } from "./options.ts";
-import { print, printJson, readDomainFile, sourceName } from "./output.ts";
+import { print, printJson } from "./output.ts";
 import { domainBusy } from "../lock.ts";
 import { domainRunning } from "./recover.ts";
 
 interface DomainArgs extends GlobalOptions {
   domain: string;
+  connect?: string;
 }
 
 const validate: CommandModule<GlobalOptions, DomainArgs> = {
   command: "validate <domain>",
   describe: "check a domain XML's vmhook metadata without touching the host",
-  builder: (y) => y.positional("domain", { type: "string", demandOption: true, describe: "domain XML file, or - for stdin" }),
+  builder: (y) =>
+    y
+      .positional("domain", { type: "string", demandOption: true, describe: DOMAIN_ARGUMENT })
+      .option("connect", { alias: "c", type: "string", describe: "libvirt URI, as virsh --connect (for a domain name)" }),
   async handler(args) {
     const host = new RootedHost(args.root);
-    const domain = parseDomain(readDomainFile(args.domain), sourceName(args.domain));
+    const source = readDomainSource(args.domain, args.connect);
+    const domain = parseDomain(source.xml, source.source);
     const instances = await loadDomainPlugins(domain, host, registry);
     const refused = await refusedHere(host, domain, instances);
     if (refused.length > 0) {
       process.exitCode = 1;
       if (args.json) printJson({ ok: false, domain: { name: domain.name, uuid: domain.uuid }, refused });
-      else print(`${sourceName(args.domain)}: valid, but prepare would refuse it on this host:\n${refused.map((reason) => `  ${reason}`).join("\n")}`);
+      else print(`${source.source}: valid, but prepare would refuse it on this host:\n${refused.map((reason) => `  ${reason}`).join("\n")}`);
       return;
     }
     if (args.json) {
       printJson({ ok: true, domain: { name: domain.name, uuid: domain.uuid }, plugins: instances.map((i) => ({ id: i.id, config: i.config })) });
     } else if (instances.length === 0) {
-      print(`${sourceName(args.domain)}: ok; ${domain.name} has no vmhook metadata, so the hook leaves it alone`);
+      print(`${source.source}: ok; ${domain.name} has no vmhook metadata, so the hook leaves it alone`);
     } else {
-      print(`${sourceName(args.domain)}: ok; ${domain.name} runs ${instances.map((i) => i.id).join(", ")}`);
+      print(`${source.source}: ok; ${domain.name} runs ${instances.map((i) => i.id).join(", ")}`);
     }
   },
 };
-
-/** The steps `event` would take, from the plugins' planners: nothing on the host changes. */
-async function planSteps(host: Host, domain: Domain, instances: PluginInstance[], event: Exclude<PlannedEvent, "reconnect">, echo: "stderr" | "none"): Promise<PlannedStep[]> {
-  const log = createLogger(host, { domain: domain.name, event, echo, file: false });
-  const settings = loadSettings(host);
-  const journal = readJournal(host, domain.uuid) ?? newJournal(host, { name: domain.name, uuid: domain.uuid });
-  return planEvent(event, instances, domain, journal, { host, log, settings, registry }, new Deadline(host, settings.deadlineSeconds * 1000));
-}
 
 /**
  * What prepare would refuse on this host (a request that cannot fit), from its
@@ -60,7 +58,7 @@ async function planSteps(host: Host, domain: Domain, instances: PluginInstance[]
 async function refusedHere(host: Host, domain: Domain, instances: PluginInstance[]): Promise<string[]> {
   if (instances.length === 0) return [];
   try {
-    return (await planSteps(host, domain, instances, "prepare", "none")).flatMap((step) => (step.refused ? [`${step.plugin}: ${step.refused.reason}`] : []));
+    return (await dryRun(host, domain, instances, "prepare", "none", registry)).flatMap((step) => (step.refused ? [`${step.plugin}: ${step.refused.reason}`] : []));
   } catch {
     return [];
   }
@@ -68,43 +66,55 @@ async function refusedHere(host: Host, domain: Domain, instances: PluginInstance
 
 interface PlanArgs extends DomainArgs {
   event: string;
+  connect?: string;
 }
+
+const DOMAIN_ARGUMENT = "a libvirt domain's name, a domain XML file, or - for stdin";
 
 const PLANNABLE = ["prepare", "start", "started", "stopped", "release"] as const;
 
 const plan: CommandModule<GlobalOptions, PlanArgs> = {
   command: "plan <domain>",
-  describe: "dry run: the steps the hook would take for an event, changing nothing",
+  describe: "dry run: the steps the hook would take for an event, changing nothing; exit 1 when one cannot succeed here",
   builder: (y) =>
     y
-      .positional("domain", { type: "string", demandOption: true, describe: "domain XML file, or - for stdin" })
-      .option("event", { type: "string", choices: PLANNABLE, default: "prepare", describe: "the libvirt event to plan" }),
+      .positional("domain", { type: "string", demandOption: true, describe: DOMAIN_ARGUMENT })
+      .option("event", { type: "string", choices: PLANNABLE, default: "prepare", describe: "the libvirt event to plan" })
+      .option("connect", { alias: "c", type: "string", describe: "libvirt URI, as virsh --connect (for a domain name)" }),
   async handler(args) {
     const host = new RootedHost(args.root);
-    const domain = parseDomain(readDomainFile(args.domain), sourceName(args.domain));
+    const source = readDomainSource(args.domain, args.connect);
+    const domain = parseDomain(source.xml, source.source);
     const instances = await loadDomainPlugins(domain, host, registry);
     const event = args.event as (typeof PLANNABLE)[number];
-    let steps: PlannedStep[];
+    let planned: PlannedStep[];
     if (event === "release") {
       const journal = readJournal(host, domain.uuid);
-      steps = (journal?.entries ?? []).reverse().map((entry) => ({ plugin: entry.plugin, event: "release" as HookEvent, action: entry.undo.action, description: `undo: ${entry.description}`, record: entry.undo }));
+      planned = (journal?.entries ?? []).reverse().map((entry) => ({ plugin: entry.plugin, event: "release" as HookEvent, action: entry.undo.action, description: `undo: ${entry.description}`, record: entry.undo }));
     } else {
-      steps = await planSteps(host, domain, instances, event, args.json ? "none" : "stderr");
+      planned = await dryRun(host, domain, instances, event, args.json ? "none" : "stderr", registry);
     }
-    // A step that cannot succeed here fails the plan, as it would fail the start.
-    if (steps.some((step) => step.refused)) process.exitCode = 1;
+    // What the plugins' checks say cannot work on this host (prepare is where the host must give something).
+    const findings = event === "prepare" ? ((await runDoctor(host, { file: source.source, xml: source.xml })).domain?.findings ?? []) : [];
+    const planning = instances.filter(({ plugin }) => (isLegacyPlugin(plugin) ? plugin[event as PlannedEvent] : plugin.plan[event as PlannedEvent])).map(({ id }) => id);
+    const { steps, blocking } = markRefused(planned, findings, planning);
+    const refused = steps.filter((step) => step.refused).length + blocking.length;
+    if (refused > 0) process.exitCode = 1;
     if (args.json) {
-      printJson({ domain: { name: domain.name, uuid: domain.uuid }, event, steps });
+      printJson({ domain: { name: domain.name, uuid: domain.uuid }, event, steps, blocking, possible: refused === 0 });
       return;
     }
-    if (steps.length === 0) {
+    if (steps.length === 0 && blocking.length === 0) {
       print(`${event} of ${domain.name}: nothing to do`);
       return;
     }
     print(`${event} of ${domain.name} would take ${steps.length} step(s):`);
     const refusal = (refused: Refusal) => [`REFUSED: ${refused.reason}`, ...refused.remedies.map((remedy) => `  ${remedy}`)].map((line) => `\n     ${line}`).join("");
     steps.forEach((step, index) => print(`  ${index + 1}. ${step.plugin}: ${step.description}${step.refused ? refusal(step.refused) : ""}`));
-    if (process.exitCode === 1) print(`${event} of ${domain.name} would fail: vmhook refuses the marked step(s) before changing anything`);
+    for (const finding of blocking) print(`  ${finding.plugin}:${refusal(refusalOf(finding))}`);
+    // The planners' own marks stop prepare before it acts; a failing check makes it fail (and roll back) on the way.
+    if (planned.some((step) => step.refused)) print(`${event} of ${domain.name} would fail: vmhook refuses the marked step(s) before changing anything`);
+    else if (refused > 0) print(`${event} of ${domain.name} cannot succeed on this host: ${refused} refused step(s) or check(s) above`);
   },
 };
 
@@ -117,6 +127,16 @@ async function journalSummary(host: Host, journal: Journal) {
     since: journal.createdAt,
     holds: journal.entries.map((entry) => ({ plugin: entry.plugin, description: entry.description, state: entry.state, error: entry.error })),
   };
+}
+
+const PHASES: Record<string, string> = { preparing: "preparing", releasing: "releasing", "release-failed": "its release failed" };
+
+/** The VM's state and the journal's phase, said once each: "running", "not running, …". */
+function describeState(summary: Awaited<ReturnType<typeof journalSummary>>): string {
+  const phase = PHASES[summary.phase];
+  if (summary.hookAtWork) return `its hook is at work right now${phase ? ` (${phase})` : ""}; vmhook holds for it`;
+  if (summary.running) return `running${phase ? `, ${phase}` : ""}; vmhook holds for it`;
+  return `not running${phase ? ` (${phase})` : ""}, yet vmhook still holds for it (vmhook recover ${summary.domain.name} gives it back)`;
 }
 
 const status: CommandModule<GlobalOptions, GlobalOptions> = {
@@ -132,8 +152,7 @@ const status: CommandModule<GlobalOptions, GlobalOptions> = {
     }
     if (summaries.length === 0 && broken.length === 0) print("no VM holds anything (no journals in /run/vmhook)");
     for (const summary of summaries) {
-      const state = summary.running ? "running" : summary.hookAtWork ? "its hook is at work right now" : "not running: run vmhook recover to give its changes back";
-      print(`${summary.domain.name} (${summary.domain.uuid}) ${summary.phase}, ${state}`);
+      print(`${summary.domain.name} (${summary.domain.uuid}): ${describeState(summary)}:`);
       for (const held of summary.holds) print(`  ${held.state === "applied" ? "-" : `[${held.state}]`} ${held.plugin}: ${held.description}${held.error ? `: ${held.error}` : ""}`);
     }
     for (const item of broken) print(`unreadable journal ${item.file}: ${item.error}`);

@@ -13,8 +13,10 @@ import type { CommandModule } from "yargs";
 import { VmhookError } from "../errors.ts";
 import { RootedHost, type Host } from "../host.ts";
 import { listJournals } from "../journal.ts";
+import { serviceCommand } from "../host-advice.ts";
 import { paths } from "../paths.ts";
 import type { GlobalOptions } from "./options.ts";
+import { describeLeftovers, findLeftovers, purge } from "./leftovers.ts";
 import { print, printJson } from "./output.ts";
 
 /** Found in every vmhook binary: tells our hook from someone else's. */
@@ -99,9 +101,16 @@ function readRecord(host: Host): InstallRecord {
   }
 }
 
+export interface InstallResult {
+  notes: string[];
+  /** What libvirt runs changed: only then are the daemons told (SIGHUP); running install again sends nothing. */
+  hooksChanged: boolean;
+}
+
 /** cliLink false: the Debian package ships /usr/bin/vmhook itself, and packages never write to /usr/local. */
-export function install(host: Host, binary: string, { cliLink = true } = {}): string[] {
+export function install(host: Host, binary: string, { cliLink = true } = {}): InstallResult {
   const notes: string[] = [];
+  let hooksChanged = false;
   const hook = host.resolve(HOOK);
   fs.mkdirSync(path.dirname(hook), { recursive: true, mode: 0o755 });
   fs.mkdirSync(host.resolve(paths.pluginsDir), { recursive: true, mode: 0o755 });
@@ -117,9 +126,11 @@ export function install(host: Host, binary: string, { cliLink = true } = {}): st
     // stdin (the domain XML) and stdout (replacement XML on migrate/restore) pass straight through exec
     fs.writeFileSync(launcher, `#!/bin/sh\n# the hook that was ${HOOK} before vmhook install; vmhook uninstall puts it back\nexec ${SAVED_HOOK} "$@"\n`, { mode: 0o755 });
     record.savedHook = SAVED_HOOK;
+    hooksChanged = true;
     notes.push(`kept the existing hook: moved ${HOOK} to ${SAVED_HOOK}, run by ${SAVED_HOOK_LAUNCHER} (libvirt runs both; vmhook uninstall puts it back)`);
   }
-  fs.writeFileSync(host.resolve(INSTALL_RECORD), `${JSON.stringify(record, null, 2)}\n`);
+  const recordText = `${JSON.stringify(record, null, 2)}\n`;
+  if (host.readTrimmed(INSTALL_RECORD) !== recordText.trim()) fs.writeFileSync(host.resolve(INSTALL_RECORD), recordText);
 
   if (sameFile(binary, hook)) {
     notes.push(`${HOOK} is already this vmhook`);
@@ -128,6 +139,7 @@ export function install(host: Host, binary: string, { cliLink = true } = {}): st
     fs.copyFileSync(binary, temporary);
     fs.chmodSync(temporary, 0o755);
     fs.renameSync(temporary, hook); // atomic: libvirt never runs half a binary
+    hooksChanged = true;
     notes.push(`installed ${HOOK}`);
   }
 
@@ -143,10 +155,17 @@ export function install(host: Host, binary: string, { cliLink = true } = {}): st
     fs.symlinkSync(HOOK, link); // invoked as "vmhook", the same binary is the CLI
     notes.push(`linked ${CLI_LINK} -> ${HOOK}`);
   }
-  return notes;
+  return { notes, hooksChanged };
 }
 
-export function uninstall(host: Host, force: boolean): string[] {
+/** Removes the hook (putting back the one it replaced) and the CLI link; --purge also vmhook's own files. */
+export function uninstall(host: Host, force: boolean, purgeOwnFiles = false): InstallResult {
+  const { notes, hooksChanged } = removeHook(host, force);
+  const purged = purgeOwnFiles ? purge(host) : [];
+  return { notes: [...notes, ...purged, ...describeLeftovers(findLeftovers(host), purgeOwnFiles)], hooksChanged };
+}
+
+function removeHook(host: Host, force: boolean): InstallResult {
   const notes: string[] = [];
   // an unreadable journal may hold changes too
   const { journals, broken } = listJournals(host);
@@ -155,8 +174,10 @@ export function uninstall(host: Host, force: boolean): string[] {
     throw new VmhookError(`${held.length} domain(s) still hold changes (${held.join(", ")}); stop them or run vmhook recover first, or pass --force`);
   }
   const hook = host.resolve(HOOK);
+  let hooksChanged = false;
   if (isVmhookBinary(hook)) {
     fs.rmSync(hook);
+    hooksChanged = true;
     notes.push(`removed ${HOOK}`);
   } else if (present(hook)) {
     notes.push(`left ${HOOK} alone: it is not vmhook`);
@@ -167,18 +188,20 @@ export function uninstall(host: Host, force: boolean): string[] {
     if (present(hook)) {
       // someone put another hook in place since: keep both and the record, say so
       notes.push(`kept ${record.savedHook} (the hook vmhook replaced) and its launcher: ${HOOK} is taken; sort them out by hand`);
-      return [...notes, ...removeCliLink(host)];
+      return { notes: [...notes, ...removeCliLink(host)], hooksChanged };
     }
     fs.renameSync(saved, hook);
     fs.rmSync(host.resolve(SAVED_HOOK_LAUNCHER), { force: true });
+    hooksChanged = true;
     notes.push(`restored the previous hook from ${record.savedHook}`);
   } else if (present(host.resolve(SAVED_HOOK_LAUNCHER))) {
     // the kept hook was deleted by hand: its launcher would fail every hook call, and so every VM start
     fs.rmSync(host.resolve(SAVED_HOOK_LAUNCHER));
+    hooksChanged = true;
     notes.push(`removed ${SAVED_HOOK_LAUNCHER}: the hook it ran, ${SAVED_HOOK}, is gone`);
   }
   fs.rmSync(host.resolve(INSTALL_RECORD), { force: true });
-  return [...notes, ...removeCliLink(host)];
+  return { notes: [...notes, ...removeCliLink(host)], hooksChanged };
 }
 
 function removeCliLink(host: Host): string[] {
@@ -193,33 +216,42 @@ interface InstallArgs extends GlobalOptions {
 
 interface UninstallArgs extends GlobalOptions {
   force: boolean;
+  purge: boolean;
 }
 
-function report(args: GlobalOptions, notes: string[], reloaded: string[]) {
-  const all = [...notes, reloaded.length > 0 ? `reloaded ${reloaded.join(", ")}` : "no libvirt daemon running here; it finds the hook when it starts"];
+/** Prints the notes; tells running daemons only when what libvirt runs changed. */
+function report(host: Host, args: GlobalOptions, { notes, hooksChanged }: InstallResult) {
+  const reloaded = hooksChanged ? reloadLibvirt(host) : [];
+  const reload = !hooksChanged
+    ? "the hooks are unchanged: libvirt was not signalled"
+    : reloaded.length > 0
+      ? `reloaded ${reloaded.join(", ")}`
+      : `no libvirt daemon running here; it finds the hook when it starts (${serviceCommand(host, "libvirtd", "start")}, or virtqemud on hosts with modular daemons)`;
+  const all = [...notes, reload];
   if (args.json) printJson({ notes: all });
   else all.forEach((note) => print(note));
 }
 
 const installCommand: CommandModule<GlobalOptions, InstallArgs> = {
   command: "install",
-  describe: `install this binary as ${HOOK} (keeping an existing hook) and ${CLI_LINK}`,
+  describe: `install this binary as ${HOOK} (keeping an existing hook) and ${CLI_LINK}; running it again changes nothing`,
   builder: (y) => y.option("cli-link", { type: "boolean", default: true, describe: `link ${CLI_LINK} to the hook (--no-cli-link: the Debian package has /usr/bin/vmhook)` }),
   handler(args) {
     const host = new RootedHost(args.root);
-    const notes = install(host, ownBinary(), { cliLink: args["cli-link"] });
-    report(args, notes, reloadLibvirt(host));
+    report(host, args, install(host, ownBinary(), { cliLink: args["cli-link"] }));
   },
 };
 
 const uninstallCommand: CommandModule<GlobalOptions, UninstallArgs> = {
   command: "uninstall",
-  describe: "remove the hook and put back the one it replaced",
-  builder: (y) => y.option("force", { type: "boolean", default: false, describe: "even while domains hold changes" }),
+  describe: "remove the hook and put back the one it replaced; say what stays behind",
+  builder: (y) =>
+    y
+      .option("force", { type: "boolean", default: false, describe: "even while domains hold changes" })
+      .option("purge", { type: "boolean", default: false, describe: "also remove vmhook's own files: /etc/vmhook, the log, /var/lib/vmhook, /run/vmhook" }),
   handler(args) {
     const host = new RootedHost(args.root);
-    const notes = uninstall(host, args.force);
-    report(args, notes, reloadLibvirt(host));
+    report(host, args, uninstall(host, args.force, args.purge));
   },
 };
 

@@ -4,7 +4,6 @@
 // calling libvirt.
 import type { CommandModule } from "yargs";
 import { Deadline } from "../deadline.ts";
-import { VmhookError } from "../errors.ts";
 import { RootedHost, type Host } from "../host.ts";
 import { listJournals, readJournal } from "../journal.ts";
 import { ifDomainIdle } from "../lock.ts";
@@ -40,7 +39,6 @@ export const recoverCommand: CommandModule<GlobalOptions, RecoverArgs> = {
     const settings = loadSettings(host);
     const { journals, broken } = listJournals(host);
     const chosen = journals.filter((j) => !args.name || j.domain.name === args.name || j.domain.uuid === args.name.toLowerCase());
-    if (args.name && chosen.length === 0) throw new VmhookError(`no journal for ${args.name} in ${paths.stateDir}; vmhook status lists what is held`);
     const results = [];
     for (const journal of chosen) {
       const { name, uuid } = journal.domain;
@@ -75,7 +73,7 @@ export const recoverCommand: CommandModule<GlobalOptions, RecoverArgs> = {
       printJson({ recovered: results, unreadable });
       return;
     }
-    if (chosen.length === 0 && unreadable.length === 0) print("nothing to recover");
+    if (chosen.length === 0 && unreadable.length === 0) print(args.name ? `nothing to recover for ${args.name} (no journal in ${paths.stateDir})` : "nothing to recover");
     for (const item of unreadable) print(`unreadable journal ${item.file}: ${item.error}; nothing of it was undone`);
   },
 };

@@ -8,11 +8,12 @@ import * as xpath from "xpath";
 import { loadDomainPlugins, type PluginInstance } from "../config.ts";
 import { registry } from "../../plugins/index.ts";
 import { metadataChildren, parseDomain, parseXmlDocument, type Domain, type PciHostdev } from "../domain.ts";
-import { describeError } from "../errors.ts";
+import { describeError, VmhookError } from "../errors.ts";
 import type { Host } from "../host.ts";
+import { howToGetCgroupV2 } from "../host-advice.ts";
 import { listJournals } from "../journal.ts";
 import { paths } from "../paths.ts";
-import { isDisplayClass, pciExists, readPciDevice } from "../pci.ts";
+import { pciExists } from "../pci.ts";
 import { formatKiB } from "../validate.ts";
 import { hostNodes, hugepagePool, hugepageSizes, HUGEPAGE_DIR, meminfo } from "../memory.ts";
 import { listInstalledPlugins } from "../custom-plugins.ts";
@@ -22,6 +23,7 @@ import { domainRunning } from "../cli/recover.ts";
 import { isLegacyPlugin } from "../plugin.ts";
 import { fail, ok, roundMiB, warn, type Finding } from "./findings.ts";
 import { readIommuGroups, type IommuReport } from "./iommu.ts";
+import { nvidiaGpus } from "./domain-fixes.ts";
 
 export type { Finding, Status } from "./findings.ts";
 
@@ -42,7 +44,7 @@ export async function runDoctor(host: Host, domainFile?: { file: string; xml: st
   } catch (error) {
     return {
       host: await hostChecks(host, iommu, false),
-      domain: { name: "?", file: domainFile.file, findings: [fail("domain XML", describeError(error), "pass the XML from virsh dumpxml VM")] },
+      domain: { name: "?", file: domainFile.file, findings: [fail("domain XML", describeError(error), unreadableDomainFix(error))] },
     };
   }
   // PCI passthrough needs the IOMMU and VFIO; mdevs get IOMMU groups of their own.
@@ -51,6 +53,12 @@ export async function runDoctor(host: Host, domainFile?: { file: string; xml: st
     host: await hostChecks(host, iommu, passthrough),
     domain: { name: domain.name, file: domainFile.file, findings: await domainChecks(host, domain, domainFile.xml, iommu) },
   };
+}
+
+/** The fix the error itself names (the doubled vmhook: prefix has an exact one), else where a readable XML comes from. */
+function unreadableDomainFix(error: unknown): string {
+  const named = error instanceof VmhookError ? error.details.find((line) => line.startsWith("fix: ")) : undefined;
+  return named ? named.slice("fix: ".length) : "pass the XML from virsh dumpxml VM";
 }
 
 // ---------------------------------------------------------------------------
@@ -114,7 +122,7 @@ function hugepagePools(host: Host): Finding[] {
 function cgroupCpuset(host: Host): Finding {
   const controllers = host.readTrimmed("/sys/fs/cgroup/cgroup.controllers");
   if (controllers === undefined) {
-    return warn("cgroup v2 cpuset", "/sys/fs/cgroup is not cgroup v2 (no cgroup.controllers): CPU isolation cannot fence the host off", "boot with systemd.unified_cgroup_hierarchy=1 (the default since Debian 11)");
+    return warn("cgroup v2 cpuset", "/sys/fs/cgroup is not cgroup v2 (no cgroup.controllers): CPU isolation cannot fence the host off", howToGetCgroupV2(host));
   }
   return controllers.split(/\s+/).includes("cpuset")
     ? ok("cgroup v2 cpuset", "cgroup v2 with the cpuset controller")
@@ -182,9 +190,10 @@ async function domainChecks(host: Host, domain: Domain, xml: string, iommu: Iomm
   for (const name of used) {
     if (!registry.builtinNames().includes(name)) continue;
     const plugin = await registry.load(name, host);
-    if (!isLegacyPlugin(plugin) && plugin.check) findings.push(...plugin.check({ host, domain, elements: elements.filter((element) => element.localName === name) }));
+    if (!isLegacyPlugin(plugin) && plugin.check) findings.push(...plugin.check({ host, domain, elements: elements.filter((element) => element.localName === name) }).map((finding) => ({ ...finding, plugin: name })));
   }
-  findings.push(...hostdevChecks(host, domain, iommu));
+  // vfio hands the hostdevs over: their problems are its problems
+  findings.push(...hostdevChecks(host, domain, iommu).map((finding) => (used.has("vfio") ? { ...finding, plugin: "vfio" } : finding)));
   findings.push(...xmlAdvice(host, domain, parseXmlDocument(xml, "domain XML"), used));
   return findings;
 }
@@ -214,7 +223,6 @@ function hostdevChecks(host: Host, domain: Domain, iommu: IommuReport): Finding[
   });
 }
 
-const NVIDIA = "0x10de";
 
 function xmlAdvice(host: Host, domain: Domain, document: Node, plugins: Set<string>): Finding[] {
   const select = (expression: string) => xpath.select(expression, document as never) as unknown as Element[];
@@ -226,13 +234,13 @@ function xmlAdvice(host: Host, domain: Domain, document: Node, plugins: Set<stri
   if (pci.length > 0 && domain.currentMemoryKiB < domain.memoryKiB) {
     findings.push(warn("currentMemory", `<currentMemory> (${formatKiB(domain.currentMemoryKiB)}) is below <memory> (${formatKiB(domain.memoryKiB)}) with a VFIO device: VFIO pins all guest memory, so ballooning cannot work`, "set <currentMemory> equal to <memory> (and <memballoon model='none'/>)"));
   }
-  const nvidiaGpus = pci.filter((hostdev) => pciExists(host, hostdev.address)).map((hostdev) => readPciDevice(host, hostdev.address)).filter((device) => device.vendor === NVIDIA && isDisplayClass(device.classCode));
-  if (nvidiaGpus.length > 0) {
+  const nvidia = nvidiaGpus(host, pci);
+  if (nvidia.length > 0) {
     const missing = [
       select("/domain/features/kvm/hidden[@state='on']").length === 0 ? "<kvm><hidden state='on'/>" : undefined,
       select("/domain/features/hyperv/vendor_id[@state='on'][@value]").length === 0 ? "a <hyperv><vendor_id>" : undefined,
     ].filter(Boolean);
-    const gpus = nvidiaGpus.map((device) => short(device.address)).join(", ");
+    const gpus = nvidia.map(short).join(", ");
     findings.push(
       missing.length > 0
         ? warn("nvidia", `NVIDIA GPU ${gpus} without ${missing.join(" and ")}: drivers older than 465 stop with Error 43 when they see a hypervisor`, "add <features><kvm><hidden state='on'/></kvm><hyperv><vendor_id state='on' value='0123456789ab'/></hyperv></features>")

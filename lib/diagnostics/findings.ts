@@ -7,6 +7,8 @@ export interface Finding {
   status: Status;
   reason: string;
   fix?: string;
+  /** The plugin whose work the finding is about: a failing one marks that plugin's planned steps refused in `vmhook plan`. */
+  plugin?: string;
 }
 
 export const ok = (check: string, reason: string): Finding => ({ check, status: "ok", reason });

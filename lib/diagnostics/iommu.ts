@@ -2,6 +2,7 @@
 // together with every other device of its IOMMU group (bridges aside), so
 // each group gets a verdict. Reads sysfs and procfs only, through the Host.
 import type { Host } from "../host.ts";
+import { howToBootWith, howToBootWithout } from "../host-advice.ts";
 import { isBridgeClass, readPciDevice } from "../pci.ts";
 import { PATTERNS } from "../validate.ts";
 import { readPciNames } from "./pciids.ts";
@@ -96,27 +97,26 @@ function verdict(devices: GroupDevice[]): { verdict: GroupVerdict; reason: strin
 }
 
 /** Why there are no groups, from the CPU vendor and the kernel command line. */
-function iommuOffAdvice(host: Host): { reason: string; fix: string } {
+export function iommuOffAdvice(host: Host): { reason: string; fix: string } {
   const cpuinfo = host.readTrimmed("/proc/cpuinfo") ?? "";
   const cmdline = (host.readTrimmed("/proc/cmdline") ?? "").split(/\s+/);
   const vendor = /^vendor_id\s*:\s*(\S+)/m.exec(cpuinfo)?.[1];
-  const howToBoot = "add it to GRUB_CMDLINE_LINUX_DEFAULT in /etc/default/grub, run update-grub and reboot";
   const disabling = cmdline.find((word) => ["iommu=off", "intel_iommu=off", "amd_iommu=off"].includes(word));
   if (disabling) {
-    return { reason: `the IOMMU is off: the kernel was booted with ${disabling}`, fix: `remove ${disabling} from the kernel command line (/etc/default/grub, update-grub) and reboot` };
+    return { reason: `the IOMMU is off: the kernel was booted with ${disabling}`, fix: howToBootWithout(host, disabling) };
   }
   if (vendor === "GenuineIntel") {
     return cmdline.includes("intel_iommu=on")
       ? { reason: "the IOMMU is off: the kernel has intel_iommu=on but found no IOMMU", fix: "enable VT-d (Intel Virtualization Technology for Directed I/O) in the firmware setup" }
-      : { reason: "the IOMMU is off (Intel CPU, no intel_iommu=on on the kernel command line)", fix: `boot with intel_iommu=on iommu=pt: ${howToBoot}; VT-d must be enabled in the firmware setup` };
+      : { reason: "the IOMMU is off (Intel CPU, no intel_iommu=on on the kernel command line)", fix: `boot with intel_iommu=on iommu=pt: ${howToBootWith(host, "intel_iommu=on iommu=pt")}; VT-d must be enabled in the firmware setup` };
   }
   if (vendor === "AuthenticAMD") {
     return {
       reason: "the IOMMU is off (AMD CPU: the kernel turns the AMD IOMMU on by itself when the firmware provides it)",
-      fix: `enable the IOMMU (AMD-Vi) in the firmware setup and boot with iommu=pt (amd_iommu=on, which guides add, does no harm): ${howToBoot}`,
+      fix: `enable the IOMMU (AMD-Vi) in the firmware setup and boot with iommu=pt (amd_iommu=on, which guides add, does no harm): ${howToBootWith(host, "iommu=pt")}`,
     };
   }
-  return { reason: "the IOMMU is off (no IOMMU groups in /sys/kernel/iommu_groups)", fix: `enable VT-d/AMD-Vi in the firmware setup and boot with intel_iommu=on iommu=pt (Intel) or amd_iommu=on iommu=pt (AMD): ${howToBoot}` };
+  return { reason: "the IOMMU is off (no IOMMU groups in /sys/kernel/iommu_groups)", fix: `enable VT-d/AMD-Vi in the firmware setup and boot with intel_iommu=on iommu=pt (Intel) or amd_iommu=on iommu=pt (AMD): ${howToBootWith(host, "intel_iommu=on iommu=pt (or amd_iommu=on iommu=pt)")}` };
 }
 
 /** "10de:2684 NVIDIA Corporation AD102 [GeForce RTX 4090]", as far as names are known. */

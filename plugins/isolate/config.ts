@@ -35,7 +35,7 @@ export function parse(elements: Element[], domain: Domain): IsolateConfig {
   const hostCpus = attrs["host-cpus"] !== undefined ? parseCpuset(attrs["host-cpus"], where, "host-cpus") : undefined;
 
   if (!hostCpus && pinned.length === 0) {
-    throw new ConfigError(where, `has no host-cpus and the domain pins no CPUs in <cputune>, so vmhook cannot tell which CPUs are the VM's; pin them (<vcpupin vcpu="0" cpuset="2"/>) or write host-cpus="0-1"`);
+    throw new ConfigError(where, `has no host-cpus and the domain pins no CPUs in <cputune>, so vmhook cannot tell which CPUs are the VM's; pin them with <vcpupin> in <cputune>, or set host-cpus (vmhook doctor VM suggests CPUs that exist on this host)`);
   }
   const shared = hostCpus ? intersect(hostCpus, pinned) : [];
   if (shared.length > 0) {

@@ -16,6 +16,7 @@ import { attributes } from "../../lib/domain.ts";
 import { ConfigError, VmhookError } from "../../lib/errors.ts";
 import { defineAction, definePlugin, type BaseContext, type CheckContext, type PlanContext, type Step } from "../../lib/plugin.ts";
 import { fail, ok, type Finding } from "../../lib/diagnostics/findings.ts";
+import { howToGetCgroupV2, isolationExample } from "../../lib/host-advice.ts";
 import { ACTIONS, checkClaim, claimsOf, otherVms, type Action, type Claim } from "./claims.ts";
 import { parse, PLUGIN_ID, type IsolateConfig } from "./config.ts";
 import { CPU_DIR, intersect, onlineCpus, union } from "./cpus.ts";
@@ -96,7 +97,7 @@ function checkOthers(ctx: PlanContext<IsolateConfig>, isolated: number[], own: n
 function cgroupMechanism(ctx: BaseContext): { systemd: boolean } | string {
   const controllers = ctx.host.readTrimmed(`${CGROUP}/cgroup.controllers`);
   if (controllers === undefined) {
-    return "it needs the unified cgroup v2 hierarchy, but this host mounts cgroup v1 at /sys/fs/cgroup; boot with systemd.unified_cgroup_hierarchy=1 on the kernel command line (GRUB_CMDLINE_LINUX in /etc/default/grub, then update-grub and reboot)";
+    return `it needs the unified cgroup v2 hierarchy, but this host mounts cgroup v1 at /sys/fs/cgroup; ${howToGetCgroupV2(ctx.host)}`;
   }
   if (!controllers.split(/\s+/).includes("cpuset")) {
     return `the cgroup v2 hierarchy at /sys/fs/cgroup has no cpuset controller (it has: ${controllers || "none"}), probably because a cgroup v1 hierarchy holds it; boot with systemd.unified_cgroup_hierarchy=1 and cgroup_no_v1=all`;
@@ -129,6 +130,7 @@ function check({ host, domain, elements }: CheckContext): Finding[] {
   if (offline.length > 0) {
     return [fail("isolate", `CPU ${formatCpuList(offline)} is pinned or named in host-cpus but not online (online: ${formatCpuList(online)})`, "use online CPUs only (cat /sys/devices/system/cpu/online)")];
   }
+  if (!hostCpus && pinned.length === 0) return [fail("isolate", "the domain pins no CPUs and sets no host-cpus: vmhook cannot tell which CPUs are the VM's", isolationExample(online))];
   const kept = hostCpus ?? online.filter((cpu) => !pinned.includes(cpu));
   if (kept.length === 0) return [fail("isolate", `no CPU would be left for the host (online: ${formatCpuList(online)})`, "leave at least one CPU out of the VM's pinning, or set host-cpus")];
   return [ok("isolate", `VM CPUs ${formatCpuList(pinned) || "(none pinned)"} are online; the host keeps ${formatCpuList(kept)}`)];

@@ -2,6 +2,7 @@
 // groups let them go, who uses them, which modules must go first. Reads only,
 // so a refusal leaves the host exactly as it was (and `vmhook plan` shows it).
 import { VmhookError } from "../../lib/errors.ts";
+import { iommuOffAdvice } from "../../lib/diagnostics/iommu.ts";
 import type { Host } from "../../lib/host.ts";
 import {
   iommuGroupMembers,
@@ -86,9 +87,8 @@ function checkIommuGroups(host: Host, devices: Device[]): void {
   const problems: string[] = [];
   for (const device of devices) {
     if (device.iommuGroup === undefined) {
-      throw new VmhookError(
-        `vfio: ${device.address} has no IOMMU group: the IOMMU is off; enable VT-d/AMD-Vi in the firmware and add intel_iommu=on (Intel) to the kernel command line`,
-      );
+      const advice = iommuOffAdvice(host);
+      throw new VmhookError(`vfio: ${device.address} has no IOMMU group: ${advice.reason}; ${advice.fix}`);
     }
   }
   for (const group of new Set(devices.map((device) => device.iommuGroup!))) {

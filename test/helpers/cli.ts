@@ -1,13 +1,13 @@
-// Runs the CLI in-process, as `vmhook ARGS` would run: its exit code and stdout (stderr is dropped).
+// Runs the CLI in-process, as `vmhook ARGS` would run (no build needed): its exit code, stdout and stderr.
 import { runCli } from "../../lib/cli/index.ts";
 
-export async function cli(args: string[]): Promise<{ code: number; stdout: string }> {
-  const chunks: string[] = [];
+export async function cli(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  const [stdout, stderr]: [string[], string[]] = [[], []];
   const [out, err] = [process.stdout.write, process.stderr.write];
-  process.stdout.write = ((chunk: string) => chunks.push(String(chunk)) > 0) as typeof process.stdout.write;
-  process.stderr.write = (() => true) as typeof process.stderr.write;
+  process.stdout.write = ((chunk: string) => stdout.push(String(chunk)) > 0) as typeof process.stdout.write;
+  process.stderr.write = ((chunk: string) => stderr.push(String(chunk)) > 0) as typeof process.stderr.write;
   try {
-    return { code: await runCli(args), stdout: chunks.join("") };
+    return { code: await runCli(args), stdout: stdout.join(""), stderr: stderr.join("") };
   } finally {
     [process.stdout.write, process.stderr.write] = [out, err];
   }

@@ -239,7 +239,7 @@ export async function removeTestDomains(): Promise<void> {
   await Promise.all(
     names.map(async (name) => {
       await virsh("destroy", name); // fails when not running: fine
-      await virshOk("undefine", name, "--managed-save");
+      await virshOk("undefine", name, "--managed-save", "--nvram"); // --nvram: UEFI domains (the win11 example) have one
     }),
   );
 }
@@ -259,7 +259,8 @@ export function markerEvents(domain: TestDomain): string[] {
     .map((line) => line.slice(domain.name.length + 1));
 }
 
-const binary = () => path.join(scratchDir(), "vmhook");
+/** The copy of dist/vmhook the suite installed (other builds may replace dist/vmhook meanwhile). */
+export const binary = () => path.join(scratchDir(), "vmhook");
 
 interface Saved {
   /** A hook that was installed before the tests (a developer's machine): put back at the end. */

@@ -200,7 +200,7 @@ test("hugepages: more than the machine can give fails (no boot reservation sugge
   fs.rmSync(sim.resolve("/etc/vmhook/vmhook.json"));
   const tight = await doctor(sim, domainXml({ memory: "<memory unit='GiB'>22</memory>", metadata: "<vmhook:hugepages/>", extra: "<memoryBacking><hugepages/></memoryBacking>" }));
   assert.is(tight.domain("hugepages").status, "warn");
-  assert.match(tight.domain("hugepages").fix!, "reserve them at boot instead: hugepagesz=2M hugepages=11264");
+  assert.match(tight.domain("hugepages").fix!, "reserve them at boot instead: add hugepagesz=2M hugepages=11264 to ");
   fs.rmSync(sim.resolve("/sys/kernel/mm/hugepages/hugepages-1048576kB"), { recursive: true });
   const noPool = await doctor(sim, domainXml({ metadata: '<vmhook:hugepages size="1G"/>', extra: "<memoryBacking><hugepages/></memoryBacking>" }));
   assert.equal([noPool.domain("hugepages").status, noPool.domain("hugepages").fix], ["fail", 'use size="2M": 1G pages need a CPU with pdpe1gb']);

@@ -218,8 +218,8 @@ test("defect 6: a reused pid (pid 1 is alive) does not make a journal look held 
   try {
     sim.write(POOL, "512\n");
     leftover(sim, 1);
-    const recovered = await cli(["recover", "vm", "--root", sim.root]);
-    assert.equal(recovered, { code: 0, stdout: "vm: 1 change(s) undone\n" });
+    const { code, stdout } = await cli(["recover", "vm", "--root", sim.root]);
+    assert.equal({ code, stdout }, { code: 0, stdout: "vm: 1 change(s) undone\n" });
     assert.equal(sim.stateFiles(), []);
   } finally {
     sim.cleanup();
@@ -233,8 +233,8 @@ test("defect 6: while a hook holds the domain's lock, recover --force leaves its
     leftover(sim, process.pid);
     const deadline = new Deadline(sim, 5000);
     await withDomainLock(sim, UUID, deadline, async () => {
-      const forced = await cli(["recover", "vm", "--force", "--root", sim.root]);
-      assert.equal(forced, { code: 0, stdout: "vm: a hook of this domain is at work right now; run vmhook recover again when it is done\n" });
+      const { code, stdout } = await cli(["recover", "vm", "--force", "--root", sim.root]);
+      assert.equal({ code, stdout }, { code: 0, stdout: "vm: a hook of this domain is at work right now; run vmhook recover again when it is done\n" });
       assert.ok(readJournal(sim, UUID));
       assert.is(sim.readTrimmed(POOL), "512");
     });

@@ -35,16 +35,22 @@ function setUp() {
 test("install keeps the previous hook beside it, run from qemu.d/ by a launcher; installing again changes nothing", () => {
   const { host, binary, read, putPreviousHook } = setUp();
   putPreviousHook();
-  const notes = install(host, binary);
-  assert.match(notes.join("\n"), `kept the existing hook: moved ${HOOK} to ${SAVED}`);
+  const first = install(host, binary);
+  assert.match(first.notes.join("\n"), `kept the existing hook: moved ${HOOK} to ${SAVED}`);
+  assert.ok(first.hooksChanged);
   assert.is(read(SAVED), PREVIOUS);
   assert.is(read(HOOK), fs.readFileSync(binary, "utf8"));
   assert.match(read(LAUNCHER), `exec ${SAVED} "$@"`);
   assert.is(host.stat(LAUNCHER)!.mode & 0o777, 0o755);
   assert.is(host.readlink("/usr/local/bin/vmhook"), HOOK);
 
+  const record = host.stat("/etc/vmhook/install.json");
+  const mtime = fs.statSync(host.resolve("/etc/vmhook/install.json")).mtimeMs;
+  // libvirt is signalled only when the hooks changed: never on a second run
   const again = install(host, binary);
-  assert.equal(again, [`${HOOK} is already this vmhook`]);
+  assert.equal(again, { notes: [`${HOOK} is already this vmhook`], hooksChanged: false });
+  assert.ok(record);
+  assert.is(fs.statSync(host.resolve("/etc/vmhook/install.json")).mtimeMs, mtime, "the install record was rewritten");
   assert.is(read(SAVED), PREVIOUS);
 });
 
@@ -52,11 +58,15 @@ test("uninstall puts the previous hook back and removes the launcher, the link a
   const { host, binary, read, exists, putPreviousHook } = setUp();
   putPreviousHook();
   install(host, binary);
-  const notes = uninstall(host, false);
+  const { notes, hooksChanged } = uninstall(host, false);
   assert.match(notes.join("\n"), `restored the previous hook from ${SAVED}`);
+  assert.ok(hooksChanged);
   assert.is(read(HOOK), PREVIOUS);
   for (const gone of [SAVED, LAUNCHER, "/usr/local/bin/vmhook", "/etc/vmhook/install.json"]) assert.not.ok(exists(gone), `${gone} is still there`);
-  assert.equal(uninstall(host, false), [`left ${HOOK} alone: it is not vmhook`]);
+  assert.equal(uninstall(host, false), {
+    notes: [`left ${HOOK} alone: it is not vmhook`, "left /etc/vmhook: the empty /etc/vmhook/plugins.d (vmhook uninstall --purge removes it)"],
+    hooksChanged: false,
+  });
 });
 
 test("uninstall with another hook in vmhook's place since keeps that one and the saved hook", () => {
@@ -64,7 +74,7 @@ test("uninstall with another hook in vmhook's place since keeps that one and the
   putPreviousHook();
   install(host, binary);
   fs.writeFileSync(host.resolve(HOOK), "#!/bin/sh\n# someone else's\n");
-  const notes = uninstall(host, false);
+  const { notes } = uninstall(host, false);
   assert.match(notes.join("\n"), `kept ${SAVED}`);
   assert.is(read(HOOK), "#!/bin/sh\n# someone else's\n");
   assert.is(read(SAVED), PREVIOUS);
@@ -83,7 +93,7 @@ test("a dangling symlink at the hook's place is kept, not overwritten", () => {
 
 test("install without a previous hook saves nothing and uninstall leaves no hook", () => {
   const { host, binary, exists } = setUp();
-  assert.not.match(install(host, binary).join("\n"), "kept");
+  assert.not.match(install(host, binary).notes.join("\n"), "kept");
   assert.not.ok(exists(LAUNCHER));
   uninstall(host, false);
   assert.not.ok(exists(HOOK));
@@ -96,7 +106,7 @@ test("install replaces a CLI link to an earlier vmhook binary but leaves a link 
   const other = path.join(host.root, "other-tool");
   fs.writeFileSync(other, "#!/bin/sh\n# someone else's vmhook\n", { mode: 0o755 });
   fs.symlinkSync(other, link);
-  assert.match(install(host, binary).join("\n"), "left /usr/local/bin/vmhook alone");
+  assert.match(install(host, binary).notes.join("\n"), "left /usr/local/bin/vmhook alone");
   assert.is(host.readlink("/usr/local/bin/vmhook"), other);
 
   const older = path.join(host.root, "older-vmhook");
@@ -112,7 +122,7 @@ test("uninstall removes the launcher of a kept hook that was deleted by hand (it
   putPreviousHook();
   install(host, binary);
   fs.rmSync(host.resolve(SAVED));
-  assert.match(uninstall(host, false).join("\n"), `removed ${LAUNCHER}: the hook it ran, ${SAVED}, is gone`);
+  assert.match(uninstall(host, false).notes.join("\n"), `removed ${LAUNCHER}: the hook it ran, ${SAVED}, is gone`);
   for (const gone of [HOOK, LAUNCHER, "/etc/vmhook/install.json"]) assert.not.ok(exists(gone), `${gone} is still there`);
 });
 
@@ -124,6 +134,49 @@ test("uninstall refuses while a journal holds changes, an unreadable one include
   assert.ok(exists(HOOK));
   uninstall(host, true);
   assert.not.ok(exists(HOOK));
+});
+
+const domainXml = (name: string, body: string) => `<domain type='kvm'>\n  <name>${name}</name>\n${body}\n</domain>\n`;
+
+test("uninstall lists what it leaves: the plugins, the log, and domains still asking for vmhook (those backed by its huge pages stop starting)", () => {
+  const { host, binary } = setUp();
+  install(host, binary);
+  fs.writeFileSync(host.resolve("/etc/vmhook/plugins.d/looking-glass.mjs"), "export default {}\n");
+  fs.mkdirSync(host.resolve("/var/log"), { recursive: true });
+  fs.writeFileSync(host.resolve("/var/log/vmhook.log"), "a line\n");
+  fs.mkdirSync(host.resolve("/etc/libvirt/qemu"), { recursive: true });
+  const metadata = (inner: string) => `  <metadata>\n    <vmhook:hooks xmlns:vmhook="urn:vmhook:1">${inner}</vmhook:hooks>\n  </metadata>`;
+  fs.writeFileSync(host.resolve("/etc/libvirt/qemu/win11.xml"), domainXml("win11", `${metadata("<vmhook:hugepages size='1G'/>")}\n  <memoryBacking>\n    <hugepages/>\n  </memoryBacking>`));
+  fs.writeFileSync(host.resolve("/etc/libvirt/qemu/work vm.xml"), domainXml("work vm", metadata("<vmhook:isolate/>")));
+  fs.writeFileSync(host.resolve("/etc/libvirt/qemu/plain.xml"), domainXml("plain", "  <memoryBacking><hugepages/></memoryBacking>"));
+
+  const { notes } = uninstall(host, false);
+  assert.equal(notes.slice(notes.indexOf("removed /usr/local/bin/vmhook") + 1), [
+    "left /etc/vmhook: 1 custom plugin(s) in /etc/vmhook/plugins.d: looking-glass.mjs (vmhook uninstall --purge removes it)",
+    "left /var/log/vmhook.log: the log (vmhook uninstall --purge removes it)",
+    "left domain win11's vmhook metadata (harmless without vmhook; virsh metadata win11 --uri urn:vmhook:1 --config --remove drops it)",
+    'domain win11 is backed by huge pages that vmhook reserved at each start: without vmhook it fails with "unable to map backing store for guest RAM"; remove <memoryBacking><hugepages/> (virsh edit win11) or reserve the pages at boot (hugepages=N on the kernel command line)',
+    "left domain work vm's vmhook metadata (harmless without vmhook; virsh metadata 'work vm' --uri urn:vmhook:1 --config --remove drops it)",
+  ]);
+});
+
+test("uninstall --purge removes vmhook's own files; the domains are only listed, never edited", () => {
+  const { host, binary, exists } = setUp();
+  install(host, binary);
+  fs.writeFileSync(host.resolve("/etc/vmhook/vmhook.json"), "{}\n");
+  fs.mkdirSync(host.resolve("/var/log"), { recursive: true });
+  fs.writeFileSync(host.resolve("/var/log/vmhook.log"), "a line\n");
+  fs.mkdirSync(host.resolve("/var/lib/vmhook/backups"), { recursive: true });
+  fs.mkdirSync(host.resolve("/etc/libvirt/qemu"), { recursive: true });
+  const domain = domainXml("win11", '  <metadata><vmhook:hooks xmlns:vmhook="urn:vmhook:1"><vmhook:isolate/></vmhook:hooks></metadata>');
+  fs.writeFileSync(host.resolve("/etc/libvirt/qemu/win11.xml"), domain);
+  const { notes } = uninstall(host, false, true);
+  for (const gone of ["/etc/vmhook", "/var/log/vmhook.log", "/var/lib/vmhook", "/run/vmhook"]) {
+    assert.ok(notes.includes(`removed ${gone}`), `${gone}: ${notes.join("; ")}`);
+    assert.not.ok(exists(gone), `${gone} is still there`);
+  }
+  assert.match(notes.join("\n"), "left domain win11's vmhook metadata");
+  assert.is(fs.readFileSync(host.resolve("/etc/libvirt/qemu/win11.xml"), "utf8"), domain);
 });
 
 test.run();

@@ -52,10 +52,16 @@ test("a group shared behind a root port: not isolated, naming the other card", (
 
 test("IOMMU off: no groups, and the kernel parameter that turns it on, by CPU vendor and command line", () => {
   const cases: [ReturnType<typeof iommuOffHost>, RegExp][] = [
-    [iommuOffHost("GenuineIntel"), /boot with intel_iommu=on iommu=pt: add it to GRUB_CMDLINE_LINUX_DEFAULT/],
+    [iommuOffHost("GenuineIntel").file("/etc/default/grub", "GRUB_CMDLINE_LINUX_DEFAULT=quiet\n").file("/usr/sbin/update-grub"), /boot with intel_iommu=on iommu=pt: add intel_iommu=on iommu=pt to GRUB_CMDLINE_LINUX_DEFAULT in \/etc\/default\/grub, run update-grub and reboot/],
+    [iommuOffHost("GenuineIntel").file("/etc/default/grub").dir("/boot/grub2"), /run grub2-mkconfig -o \/boot\/grub2\/grub.cfg and reboot/],
+    [iommuOffHost("GenuineIntel").file("/usr/bin/kernelstub"), /boot with intel_iommu=on iommu=pt: run kernelstub -a "intel_iommu=on iommu=pt" and reboot/],
+    [iommuOffHost("GenuineIntel").file("/boot/efi/loader/loader.conf"), /add intel_iommu=on iommu=pt to the options line of the entries in \/boot\/efi\/loader\/entries\/ and reboot/],
+    [iommuOffHost("GenuineIntel").file("/efi/loader/loader.conf").file("/etc/kernel/cmdline"), /add intel_iommu=on iommu=pt to \/etc\/kernel\/cmdline, run kernel-install/],
+    [iommuOffHost("GenuineIntel"), /add intel_iommu=on iommu=pt to the kernel command line in your boot loader's configuration and reboot/],
     [iommuOffHost("GenuineIntel", "intel_iommu=on"), /enable VT-d .* in the firmware setup/],
     [iommuOffHost("AuthenticAMD"), /enable the IOMMU \(AMD-Vi\) in the firmware setup and boot with iommu=pt \(amd_iommu=on/],
     [iommuOffHost("AuthenticAMD", "iommu=off"), /remove iommu=off from the kernel command line/],
+    [iommuOffHost("AuthenticAMD", "iommu=off").file("/usr/bin/kernelstub"), /run kernelstub -d "iommu=off" and reboot/],
   ];
   for (const [sim, fix] of cases) {
     const report = readIommuGroups(sim);

@@ -79,10 +79,10 @@ test("recover leaves a journal alone while a hook of the domain holds its lock (
     leftover(sim, "hugepages", { action: "grow-pool", sizeKiB: 2048, node: null, added: 512, returned: 0 });
 
     await withDomainLock(sim, UUID, new Deadline(sim, 5000), async () => {
-      assert.match((await cli(["status", "--root", sim.root])).stdout, `vm (${UUID}) preparing, its hook is at work right now\n`);
+      assert.match((await cli(["status", "--root", sim.root])).stdout, `vm (${UUID}): its hook is at work right now (preparing); vmhook holds for it:\n`);
       for (const force of [[], ["--force"]]) {
-        const kept = await cli(["recover", ...force, "--root", sim.root]);
-        assert.equal(kept, { code: 0, stdout: "vm: a hook of this domain is at work right now; run vmhook recover again when it is done\n" });
+        const { code, stdout } = await cli(["recover", ...force, "--root", sim.root]);
+        assert.equal({ code, stdout }, { code: 0, stdout: "vm: a hook of this domain is at work right now; run vmhook recover again when it is done\n" });
       }
       assert.ok(readJournal(sim, UUID));
       assert.is(pool(), "512");
@@ -90,7 +90,8 @@ test("recover leaves a journal alone while a hook of the domain holds its lock (
       assert.equal(json.recovered, [{ domain: { name: "vm", uuid: UUID }, skipped: "hook-at-work" }]);
     });
 
-    assert.equal(await cli(["recover", UUID.toUpperCase(), "--root", sim.root]), { code: 0, stdout: "vm: 1 change(s) undone\n" });
+    const { code, stdout } = await cli(["recover", UUID.toUpperCase(), "--root", sim.root]);
+    assert.equal({ code, stdout }, { code: 0, stdout: "vm: 1 change(s) undone\n" });
     // the CLI writes the pool file itself (a plain RootedHost, no simulated kernel)
     assert.equal([pool(), sim.stateFiles()], ["0", []]);
   } finally {
@@ -105,7 +106,8 @@ test("a domain name with spaces is kept exactly, so status and recover find libv
     assert.is((await runHookEvent(sim, "prepare", "begin", XML.replace("<name>vm</name>", "<name> my vm </name>"), " my vm ")).code, 0);
     assert.is(readJournal(sim, UUID)!.domain.name, " my vm ");
     sim.file("/run/libvirt/qemu/ my vm .pid", process.pid);
-    assert.equal(await cli(["recover", "--root", sim.root]), { code: 0, stdout: " my vm : still running; its changes are given back when it stops (use --force to undo now)\n" });
+    const { code, stdout } = await cli(["recover", "--root", sim.root]);
+    assert.equal({ code, stdout }, { code: 0, stdout: " my vm : still running; its changes are given back when it stops (use --force to undo now)\n" });
   } finally {
     sim.cleanup();
   }

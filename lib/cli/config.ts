@@ -1,0 +1,242 @@
+// `vmhook config VM [--edit | --set FILE|-]`, `vmhook enable VM PLUGIN
+// [attr=value …]`, `vmhook disable VM PLUGIN`: read and write a domain's
+// vmhook metadata through libvirt (virsh), so nobody has to write the XML by
+// hand. Every change is checked against the rest of the domain and this host
+// (the dry run of prepare) before libvirt stores it, and printed as a diff.
+import type { Argv, CommandModule } from "yargs";
+import { CUSTOM_ELEMENT, loadDomainPlugins } from "../config.ts";
+import { parseDomain, type Domain } from "../domain.ts";
+import { dryRun } from "../dry-run.ts";
+import { describeError, VmhookError } from "../errors.ts";
+import { RootedHost, type Host } from "../host.ts";
+import { Virsh, type Scope } from "../libvirt-client.ts";
+import { metadataNodes, readPastedMetadata, renderHooks, repairDoubledPrefixes, shellWord, type MetadataNode } from "../metadata-text.ts";
+import { withVmhookMetadata } from "../metadata-in-domain.ts";
+import { unifiedDiff } from "../text-diff.ts";
+import { registry } from "../../plugins/index.ts";
+import { askYes, runEditor } from "./editor.ts";
+import type { GlobalOptions } from "./options.ts";
+import { print, printJson, readDomainFile } from "./output.ts";
+
+interface LibvirtArgs extends GlobalOptions {
+  connect?: string;
+  live: boolean;
+  config: boolean;
+}
+
+/** The options of every command that talks to libvirt. */
+function libvirtOptions<T>(y: Argv<T>) {
+  return y
+    .option("connect", { alias: "c", type: "string", describe: "libvirt URI, as virsh --connect (default: $LIBVIRT_DEFAULT_URI, else virsh's)" })
+    .option("live", { type: "boolean", default: false, describe: "the running domain, as virsh --live" })
+    .option("config", { type: "boolean", default: false, describe: "the persistent definition (the next start), as virsh --config" });
+}
+
+/** A domain's metadata as libvirt has it now. */
+interface Current {
+  /** The domain XML with any doubled prefix repaired. */
+  xml: string;
+  nodes: MetadataNode[];
+  /** libvirt stored the element with a doubled prefix (<vmhook:vmhook:hooks>): saving repairs it. */
+  doubledPrefix: boolean;
+  /** What the change goes to: neither flag means virsh's --current (the running domain if it runs). */
+  scope: Scope;
+  describeScope: string;
+}
+
+function readCurrent(virsh: Virsh, name: string, flags: Scope): Current {
+  const running = flags.live || flags.config ? undefined : virsh.isActive(name);
+  // With both flags the persistent definition is the base: it is what stays.
+  const inactive = flags.config || running === false;
+  const stored = virsh.dumpxml(name, inactive);
+  const xml = repairDoubledPrefixes(stored);
+  const domain = parseDomain(xml, `domain ${name}`);
+  const describeScope =
+    flags.live && flags.config ? "the running domain and its persistent definition" : flags.live || running ? "the running domain only (as virsh does; add --config for the next start too)" : "the persistent definition";
+  return { xml, nodes: domain.metadata ? metadataNodes(domain.metadata) : [], doubledPrefix: xml !== stored, scope: flags, describeScope };
+}
+
+/** The domain as it would be with these elements, checked like prepare checks it, on this host; throws what is wrong. */
+async function checkCandidate(host: Host, current: Current, nodes: MetadataNode[], name: string): Promise<Domain> {
+  const domain = parseDomain(withVmhookMetadata(current.xml, nodes), `domain ${name}`);
+  const instances = await loadDomainPlugins(domain, host, registry);
+  await dryRun(host, domain, instances, "prepare", "none", registry);
+  return domain;
+}
+
+/** Stores the elements (none: removes the metadata) and prints what changed. */
+function save(virsh: Virsh, name: string, current: Current, nodes: MetadataNode[], domain: Domain, args: GlobalOptions): void {
+  const before = current.nodes.length > 0 ? renderHooks(current.nodes, "domain") : "";
+  const after = nodes.length > 0 ? renderHooks(nodes, "domain") : "";
+  if (before === after && !current.doubledPrefix) {
+    if (args.json) printJson({ domain: name, changed: false, metadata: after });
+    else print(`${name}: no change`);
+    return;
+  }
+  if (nodes.length === 0) virsh.removeMetadata(name, current.scope);
+  else virsh.setMetadata(name, renderHooks(nodes, "virsh", ""), current.scope);
+  const notes = [
+    ...(current.doubledPrefix ? [`repaired the doubled prefix libvirt had stored (<vmhook:vmhook:…>)`] : []),
+    ...advice(nodes, domain, name),
+  ];
+  if (args.json) {
+    printJson({ domain: name, changed: true, metadata: after, notes });
+    return;
+  }
+  const diff = unifiedDiff(before, after, `${name} (before)`, `${name} (after)`);
+  print(`${name}: saved to ${current.describeScope}${diff ? "" : ": the same elements, stored correctly now"}`);
+  if (diff) print(diff);
+  for (const note of notes) print(`note: ${note}`);
+}
+
+/** What the rest of the domain needs for the new elements to work. */
+function advice(nodes: MetadataNode[], domain: Domain, name: string): string[] {
+  return nodes.some((node) => node.name === "hugepages") && !domain.hugepages
+    ? [`the VM uses the pages only with <memoryBacking><hugepages/>; vmhook doctor --fix ${shellWord(name)} shows the change, --apply makes it`]
+    : [];
+}
+
+interface DomainArgs extends LibvirtArgs {
+  domain: string;
+}
+
+/** The options and the domain argument of these commands. */
+const domainOptions = <T>(y: Argv<T>) => libvirtOptions(y).positional("domain", { type: "string", demandOption: true, describe: "libvirt domain name" });
+
+/** This host, libvirt, and the domain's metadata as libvirt has it now. */
+function open(args: DomainArgs) {
+  const virsh = new Virsh(args.connect);
+  return { host: new RootedHost(args.root), virsh, current: readCurrent(virsh, args.domain, args) };
+}
+
+interface ConfigArgs extends DomainArgs {
+  edit?: boolean;
+  set?: string;
+}
+
+const HEADER = (name: string) =>
+  `<!-- vmhook metadata of ${name}. Save to apply, empty the file to remove it. With or without the vmhook: prefix.\n     Elements: ${[...registry.builtinNames(), CUSTOM_ELEMENT].join(", ")}; see vmhook plugins. -->\n`;
+
+async function edit(host: Host, virsh: Virsh, name: string, current: Current, args: GlobalOptions): Promise<void> {
+  const original = `${HEADER(name)}${current.nodes.length > 0 ? renderHooks(current.nodes, "domain") : renderHooks([], "domain")}\n`;
+  let text = original;
+  for (;;) {
+    const edited = runEditor(text, name);
+    if (edited === original && !current.doubledPrefix) {
+      print(`${name}: no change`);
+      return;
+    }
+    try {
+      const nodes = readPastedMetadata(edited.replace(/<!--[\s\S]*?-->/g, ""));
+      const domain = await checkCandidate(host, current, nodes, name);
+      save(virsh, name, current, nodes, domain, args);
+      return;
+    } catch (error) {
+      process.stderr.write(`vmhook: ${describeError(error)}\n`);
+      if (!askYes("Edit again?")) throw new VmhookError(`kept the old metadata of ${name}: the edit was not saved`);
+      text = edited;
+    }
+  }
+}
+
+const configCommand: CommandModule<GlobalOptions, ConfigArgs> = {
+  command: "config <domain>",
+  describe: "print a VM's vmhook metadata; --edit opens $EDITOR, --set FILE|- replaces it (checked before libvirt stores it)",
+  builder: (y) =>
+    domainOptions(y)
+      .option("edit", { type: "boolean", describe: "edit it in $VISUAL/$EDITOR; refused edits reopen the editor (on a terminal) or keep the old" })
+      .option("set", { type: "string", describe: "replace it with this file's content (- for stdin): prefixed or not, with or without <hooks>" })
+      .conflicts("edit", "set"),
+  async handler(args) {
+    const { host, virsh, current } = open(args);
+    if (args.edit) return edit(host, virsh, args.domain, current, args);
+    if (args.set !== undefined) {
+      const nodes = readPastedMetadata(readDomainFile(args.set));
+      const domain = await checkCandidate(host, current, nodes, args.domain);
+      return save(virsh, args.domain, current, nodes, domain, args);
+    }
+    const text = current.nodes.length > 0 ? renderHooks(current.nodes, "domain") : "";
+    if (args.json) {
+      printJson({ domain: args.domain, metadata: text, doubledPrefix: current.doubledPrefix });
+      return;
+    }
+    if (current.doubledPrefix) {
+      process.stderr.write(`vmhook: libvirt stores this metadata as <vmhook:vmhook:…> (a prefixed element given to virsh metadata), which the hook cannot read; vmhook config ${shellWord(args.domain)} --edit and saving it stores it correctly\n`);
+    }
+    print(text || `${args.domain} has no vmhook metadata (vmhook enable ${shellWord(args.domain)} PLUGIN adds some; vmhook plugins lists them)`);
+  },
+};
+
+interface EnableArgs extends DomainArgs {
+  plugin: string;
+  settings: string[];
+}
+
+/** "size=2M" → ["size", "2M"]. */
+function parseSetting(setting: string): [string, string] {
+  const match = /^([A-Za-z_][\w.-]*)=(.*)$/s.exec(setting);
+  if (!match) throw new VmhookError(`"${setting}" is not attribute=value; write e.g. size=2M`);
+  return [match[1]!, match[2]!];
+}
+
+/** Whether a node is the element of this plugin: <NAME> for a built-in, <plugin name="NAME"> for a custom one. */
+function isPlugin(node: MetadataNode, plugin: string): boolean {
+  if (registry.builtinNames().includes(plugin)) return node.name === plugin;
+  return node.name === CUSTOM_ELEMENT && node.attributes.some(([key, value]) => key === "name" && value === plugin);
+}
+
+function withSettings(node: MetadataNode, settings: [string, string][]): MetadataNode {
+  const attributes = [...node.attributes];
+  for (const [key, value] of settings) {
+    const index = attributes.findIndex(([existing]) => existing === key);
+    if (index >= 0) attributes[index] = [key, value];
+    else attributes.push([key, value]);
+  }
+  return { ...node, attributes };
+}
+
+const enableCommand: CommandModule<GlobalOptions, EnableArgs> = {
+  command: "enable <domain> <plugin> [settings..]",
+  describe: "add a plugin to a VM's metadata (or change its attributes): vmhook enable win11 hugepages size=2M",
+  builder: (y) =>
+    domainOptions(y)
+      .positional("plugin", { type: "string", demandOption: true, describe: `${registry.builtinNames().join(", ")}, or an installed plugin's name` })
+      .positional("settings", { type: "string", array: true, default: [], describe: "attribute=value, e.g. size=2M" }),
+  async handler(args) {
+    const settings = args.settings.map(String).map(parseSetting);
+    const { host, virsh, current } = open(args);
+    const existing = current.nodes.findIndex((node) => isPlugin(node, args.plugin));
+    const fresh: MetadataNode = registry.builtinNames().includes(args.plugin)
+      ? { name: args.plugin, attributes: [], children: [] }
+      : { name: CUSTOM_ELEMENT, attributes: [["name", args.plugin]], children: [] };
+    const nodes = [...current.nodes];
+    if (existing >= 0) nodes[existing] = withSettings(nodes[existing]!, settings);
+    else nodes.push(withSettings(fresh, settings));
+    const domain = await checkCandidate(host, current, nodes, args.domain);
+    save(virsh, args.domain, current, nodes, domain, args);
+  },
+};
+
+interface DisableArgs extends DomainArgs {
+  plugin: string;
+}
+
+const disableCommand: CommandModule<GlobalOptions, DisableArgs> = {
+  command: "disable <domain> <plugin>",
+  describe: "remove a plugin's elements from a VM's metadata (the whole metadata when none is left)",
+  builder: (y) =>
+    domainOptions(y).positional("plugin", { type: "string", demandOption: true, describe: "a built-in or installed plugin's name" }),
+  async handler(args) {
+    const { host, virsh, current } = open(args);
+    const nodes = current.nodes.filter((node) => !isPlugin(node, args.plugin));
+    if (nodes.length === current.nodes.length && !current.doubledPrefix) {
+      if (args.json) printJson({ domain: args.domain, changed: false });
+      else print(`${args.domain}: ${args.plugin} is not enabled; nothing changed`);
+      return;
+    }
+    const domain = await checkCandidate(host, current, nodes, args.domain);
+    save(virsh, args.domain, current, nodes, domain, args);
+  },
+};
+
+export const configCommands = [configCommand, enableCommand, disableCommand] as CommandModule<GlobalOptions, any>[];

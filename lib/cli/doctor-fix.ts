@@ -1,0 +1,46 @@
+// `vmhook doctor --fix VM [--apply]`: doctor's advice on the domain XML as a
+// unified diff; --apply defines the changed domain (CLI only, through virsh)
+// after keeping the old XML in /var/lib/vmhook/backups.
+import * as fs from "node:fs";
+import { fixDomainXml } from "../diagnostics/domain-fixes.ts";
+import { VmhookError } from "../errors.ts";
+import type { Host } from "../host.ts";
+import { Virsh } from "../libvirt-client.ts";
+import { paths } from "../paths.ts";
+import { unifiedDiff } from "../text-diff.ts";
+import type { DomainSource } from "./domain-source.ts";
+import { print, printJson } from "./output.ts";
+
+export interface FixOptions {
+  apply: boolean;
+  json: boolean;
+  connect?: string;
+}
+
+export function runDoctorFix(host: Host, domain: DomainSource, options: FixOptions): void {
+  const fixed = fixDomainXml(host, domain.xml, domain.source);
+  const name = domain.libvirtName ?? domain.source;
+  const diff = unifiedDiff(fixed.before, fixed.after, `${name} (now)`, `${name} (fixed)`);
+  let backup: string | undefined;
+  if (options.apply && fixed.fixes.length > 0) {
+    if (!domain.libvirtName) throw new VmhookError(`--apply defines the domain in libvirt: name the domain (vmhook doctor --fix --apply VM), not the file ${domain.source}`);
+    backup = `${paths.backupsDir}/${domain.libvirtName.replace(/[^\w.-]/g, "_")}-${new Date(host.now()).toISOString().replace(/[:.]/g, "-")}.xml`;
+    fs.mkdirSync(host.resolve(paths.backupsDir), { recursive: true, mode: 0o700 });
+    fs.writeFileSync(host.resolve(backup), domain.xml, { mode: 0o600, flag: "wx" });
+    new Virsh(options.connect).define(fixed.after);
+  }
+  if (options.json) {
+    printJson({ domain: name, fixes: fixed.fixes, diff, applied: backup !== undefined, backup });
+    return;
+  }
+  if (fixed.fixes.length === 0) {
+    print(`${name}: nothing to change in the domain XML`);
+    return;
+  }
+  print(diff);
+  print(`${fixed.fixes.length} change(s):`);
+  for (const fix of fixed.fixes) print(`  ${fix.element}: ${fix.reason}`);
+  if (backup) print(`defined ${name} with these changes; the old XML is in ${backup} (virsh define ${backup} puts it back)`);
+  else if (domain.libvirtName) print(`vmhook doctor --fix --apply ${name} makes them (keeping a backup of the old XML); or virsh edit ${name}`);
+  else print(`apply them with virsh edit, or name the libvirt domain: vmhook doctor --fix --apply VM`);
+}

@@ -1,0 +1,21 @@
+// Where a command's domain comes from: a file, - for stdin, or the name of a
+// libvirt domain (its persistent XML, read with virsh).
+import * as fs from "node:fs";
+import { Virsh } from "../libvirt-client.ts";
+import { readDomainFile, sourceName } from "./output.ts";
+
+export interface DomainSource {
+  /** How messages name it: "win11.xml", "stdin", "domain win11". */
+  source: string;
+  xml: string;
+  /** Set when it was read from libvirt: the domain's name there. */
+  libvirtName?: string;
+}
+
+/** A path (it exists, has a slash or ends in .xml) or "-" is a file; anything else names a libvirt domain. */
+export function readDomainSource(argument: string, connect?: string): DomainSource {
+  if (argument === "-" || fs.existsSync(argument) || argument.includes("/") || argument.endsWith(".xml")) {
+    return { source: sourceName(argument), xml: readDomainFile(argument) };
+  }
+  return { source: `domain ${argument}`, xml: new Virsh(connect).dumpxml(argument, true), libvirtName: argument };
+}

@@ -1,0 +1,39 @@
+// The user's editor on a temporary file, and a yes/no question on the
+// terminal: what `vmhook config --edit` needs from the person at the keyboard.
+import { spawnSync } from "node:child_process";
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import { VmhookError } from "../errors.ts";
+
+const EDITOR_TIMEOUT_MS = 24 * 3600 * 1000; // a person at the keyboard; the limit only guards against a lost editor
+
+/** Opens the editor on the text; returns what was saved. */
+export function runEditor(text: string, name: string): string {
+  const directory = fs.mkdtempSync(path.join(os.tmpdir(), "vmhook-config-"));
+  const file = path.join(directory, `${name.replace(/[^\w.-]/g, "_")}-vmhook.xml`);
+  try {
+    fs.writeFileSync(file, text, { mode: 0o600 });
+    const editor = process.env.VISUAL || process.env.EDITOR || "vi";
+    // As git does: the variable is a shell command line, the file its last argument.
+    const result = spawnSync("sh", ["-c", `${editor} "$1"`, "sh", file], { stdio: "inherit", timeout: EDITOR_TIMEOUT_MS });
+    if (result.status !== 0) throw new VmhookError(`the editor (${editor}) exited with ${result.status ?? result.signal}; nothing was changed`);
+    return fs.readFileSync(file, "utf8");
+  } finally {
+    fs.rmSync(directory, { recursive: true, force: true });
+  }
+}
+
+/** Asks on the terminal; false when there is none (a script: keep the old config). */
+export function askYes(question: string): boolean {
+  if (!process.stdin.isTTY) return false;
+  process.stderr.write(`${question} [Y/n] `);
+  const buffer = Buffer.alloc(64);
+  let read = 0;
+  try {
+    read = fs.readSync(0, buffer, 0, buffer.length, null);
+  } catch {
+    return false;
+  }
+  return !/^\s*n/i.test(buffer.subarray(0, read).toString());
+}

@@ -1,0 +1,85 @@
+// What `vmhook uninstall` leaves behind, said out loud: vmhook's own files
+// (removed with --purge) and the domains whose XML still asks for vmhook —
+// read from libvirt's own files, /etc/libvirt/qemu/*.xml, since uninstall
+// must work without a running daemon. A domain backed by huge pages that
+// vmhook reserved at each start no longer starts once it is gone.
+import * as fs from "node:fs";
+import type { Host } from "../host.ts";
+import { listJournals } from "../journal.ts";
+import { NAMESPACE_URI, paths } from "../paths.ts";
+import { shellWord } from "../metadata-text.ts";
+
+const LIBVIRT_DOMAINS_DIR = "/etc/libvirt/qemu";
+/** vmhook's own files and directories: --purge removes them. */
+const OWN_FILES = ["/etc/vmhook", paths.log, "/var/lib/vmhook", paths.stateDir];
+
+export interface Leftovers {
+  /** vmhook's own files still there, each with what it is. */
+  files: { path: string; what: string }[];
+  /** Domains whose XML still carries vmhook metadata, and whether they stop starting without vmhook. */
+  domains: { name: string; hugepageBacked: boolean }[];
+}
+
+function describeFile(host: Host, file: string): string | undefined {
+  if (!host.stat(file)) return undefined;
+  if (file === "/etc/vmhook") {
+    const plugins = host.list(paths.pluginsDir);
+    const settings = host.stat(paths.hostConfig) ? `host settings (${paths.hostConfig}), ` : "";
+    return `${settings}${plugins.length > 0 ? `${plugins.length} custom plugin(s) in ${paths.pluginsDir}: ${plugins.join(", ")}` : `the empty ${paths.pluginsDir}`}`;
+  }
+  if (file === paths.log) return "the log";
+  if (file === "/var/lib/vmhook") return "backups of domain XML made by vmhook doctor --fix --apply";
+  const held = host.list(file).filter((entry) => entry !== "host.lock");
+  return held.length > 0 ? `journals and host state (${held.join(", ")})` : undefined;
+}
+
+export function findLeftovers(host: Host): Leftovers {
+  const files = OWN_FILES.flatMap((file) => {
+    const what = describeFile(host, file);
+    return what ? [{ path: file, what }] : [];
+  });
+  const domains = host
+    .list(LIBVIRT_DOMAINS_DIR)
+    .filter((entry) => entry.endsWith(".xml"))
+    .flatMap((entry) => {
+      let xml: string;
+      try {
+        xml = host.read(`${LIBVIRT_DOMAINS_DIR}/${entry}`);
+      } catch {
+        return [];
+      }
+      if (!xml.includes(NAMESPACE_URI)) return [];
+      const name = /<name>([^<]*)<\/name>/.exec(xml)?.[1] ?? entry.slice(0, -4);
+      return [{ name, hugepageBacked: /<vmhook:hugepages[\s/>]/.test(xml) && /<memoryBacking>[\s\S]*?<hugepages[\s/>]/.test(xml) }];
+    });
+  return { files, domains };
+}
+
+/** One line per leftover, each with how to deal with it. */
+export function describeLeftovers({ files, domains }: Leftovers, purged: boolean): string[] {
+  const lines = purged ? [] : files.map((file) => `left ${file.path}: ${file.what} (vmhook uninstall --purge removes it)`);
+  for (const domain of domains) {
+    const name = shellWord(domain.name);
+    lines.push(`left domain ${domain.name}'s vmhook metadata (harmless without vmhook; virsh metadata ${name} --uri ${NAMESPACE_URI} --config --remove drops it)`);
+    if (domain.hugepageBacked) {
+      lines.push(`domain ${domain.name} is backed by huge pages that vmhook reserved at each start: without vmhook it fails with "unable to map backing store for guest RAM"; remove <memoryBacking><hugepages/> (virsh edit ${name}) or reserve the pages at boot (hugepages=N on the kernel command line)`);
+    }
+  }
+  return lines;
+}
+
+/** --purge: vmhook's own files go; journals that still hold changes stay (they are how those changes can be undone). */
+export function purge(host: Host): string[] {
+  const notes: string[] = [];
+  const { journals, broken } = listJournals(host);
+  for (const file of OWN_FILES) {
+    if (!host.stat(file)) continue;
+    if (file === paths.stateDir && journals.length + broken.length > 0) {
+      notes.push(`kept ${file}: journals there still hold changes (vmhook status lists them)`);
+      continue;
+    }
+    fs.rmSync(host.resolve(file), { recursive: true, force: true });
+    notes.push(`removed ${file}`);
+  }
+  return notes;
+}

@@ -1,0 +1,173 @@
+// The vmhook metadata element as text: what users paste (prefixed or not,
+// with or without the <hooks> wrapper, even the whole <metadata>), what
+// virsh wants (`virsh metadata --set/--edit` takes the element WITHOUT a
+// prefix and adds `vmhook:` from --key itself), and what libvirt stores when
+// given a prefixed element (`<vmhook:vmhook:hooks>`, which no XML parser
+// accepts).
+import { DOMParser, type Element } from "@xmldom/xmldom";
+import { ConfigError, VmhookError } from "./errors.ts";
+import { NAMESPACE_URI, ROOT_ELEMENT } from "./paths.ts";
+
+/** The --key of `virsh metadata`: libvirt writes it as the element's prefix. */
+export const METADATA_KEY = "vmhook";
+
+/** A start or end tag whose name has two prefixes: `<vmhook:vmhook:hooks`, `</vmhook:vm:isolate`. */
+const DOUBLED_PREFIX = /<(\/?)([A-Za-z_][\w.-]*):[A-Za-z_][\w.-]*:(?=[A-Za-z_])/g;
+
+/** The XML with every doubled prefix reduced to the first one, as the user meant it. */
+export function repairDoubledPrefixes(xml: string): string {
+  return xml.replace(DOUBLED_PREFIX, "<$1$2:");
+}
+
+/** One plugin element as plain data: enough to render it in either form. */
+export interface MetadataNode {
+  name: string;
+  attributes: [string, string][];
+  text?: string;
+  children: MetadataNode[];
+}
+
+/**
+ * A domain XML in which libvirt stored the element with a doubled prefix (or
+ * another prefix mistake): the error names what is stored, why, and the exact
+ * command that stores it correctly. Undefined when there is no such mistake.
+ */
+export function prefixMistake(xml: string): ConfigError | undefined {
+  const doubled = xml.match(DOUBLED_PREFIX);
+  if (!doubled) return undeclaredPrefix(xml);
+  const name = /<name>([^<]*)<\/name>/.exec(xml)?.[1]?.trim() || "VM";
+  const stored = `${doubled[0]}${/^[A-Za-z_][\w.-]*/.exec(xml.slice(xml.indexOf(doubled[0]) + doubled[0].length))?.[0] ?? ""}>`;
+  let command = `vmhook config ${shellWord(name)} --edit`;
+  try {
+    const nodes = readPastedMetadata(repairDoubledPrefixes(metadataText(xml)));
+    command = `virsh metadata ${shellWord(name)} --uri ${NAMESPACE_URI} --key ${METADATA_KEY} --config --set ${shellWord(renderHooks(nodes, "virsh", ""))}`;
+  } catch {
+    // the element is broken beyond the prefix: the editor is the fix
+  }
+  return new ConfigError(
+    "<metadata>",
+    `holds ${stored}: the vmhook: prefix is written twice, so the XML cannot be read; virsh metadata --set/--edit add the prefix from --key themselves and take the element without one`,
+    [`fix: vmhook config ${shellWord(name)} --edit (or --set FILE) accepts it in any form and stores it correctly; or: ${command}`],
+  );
+}
+
+/** The vmhook prefix used without its declaration (xmldom cannot read that), as written by hand with virsh edit. */
+function undeclaredPrefix(xml: string): ConfigError | undefined {
+  if (!/<vmhook:hooks[\s>/]/.test(xml) || /xmlns:vmhook\s*=/.test(xml)) return undefined;
+  return new ConfigError(`<${METADATA_KEY}:${ROOT_ELEMENT}>`, `uses the ${METADATA_KEY}: prefix without declaring it; write <${METADATA_KEY}:${ROOT_ELEMENT} xmlns:${METADATA_KEY}="${NAMESPACE_URI}">`);
+}
+
+/**
+ * A <hooks> element in <metadata> under another namespace than vmhook's
+ * (urn:vmhook, urn:vmhook:2, no namespace): without this it would be a domain
+ * without vmhook metadata, whose configuration silently never runs.
+ */
+export function refuseMisplacedNamespace(metadataChildren: Element[]): undefined {
+  const hooks = metadataChildren.find((element) => element.localName === ROOT_ELEMENT && element.namespaceURI !== NAMESPACE_URI && (element.prefix === METADATA_KEY || !element.namespaceURI || element.namespaceURI.includes("vmhook")));
+  if (!hooks) return undefined;
+  throw new ConfigError(`<${hooks.tagName}>`, `is in namespace "${hooks.namespaceURI ?? "none"}", not vmhook's; write <${METADATA_KEY}:${ROOT_ELEMENT} xmlns:${METADATA_KEY}="${NAMESPACE_URI}">, or store it with vmhook config VM --edit`);
+}
+
+/** The text of the vmhook element inside <metadata>, for the repair above. */
+function metadataText(xml: string): string {
+  const start = xml.search(/<[A-Za-z_][\w.-]*:[A-Za-z_][\w.-]*:hooks[\s>/]/);
+  const end = xml.search(/<\/[A-Za-z_][\w.-]*:[A-Za-z_][\w.-]*:hooks\s*>/);
+  if (start < 0 || end < start) throw new VmhookError("no doubled hooks element");
+  return xml.slice(start, xml.indexOf(">", end) + 1);
+}
+
+/** Quotes a word for a shell command line in a message, when it needs it. */
+export function shellWord(word: string): string {
+  return /^[\w@%+=:,./-]+$/.test(word) ? word : `'${word.replace(/'/g, `'\\''`)}'`;
+}
+
+/**
+ * The plugin elements in what a user pasted: `<vmhook:hooks
+ * xmlns:vmhook="urn:vmhook:1">…`, `<hooks>…`, `<hooks xmlns="urn:vmhook:1">…`,
+ * the children alone (`<vmhook:hugepages/>` or `<hugepages/>`), a whole
+ * `<metadata>`, or the doubled prefix libvirt stores. Empty text: no elements.
+ */
+export function readPastedMetadata(text: string): MetadataNode[] {
+  const where = "the vmhook metadata you gave";
+  if (text.trim() === "") return [];
+  const body = repairDoubledPrefixes(text).replace(/^\s*<\?xml[^>]*\?>/, "");
+  // The vmhook prefix is bound around the text, so a paste without xmlns:vmhook reads too.
+  const wrapped = `<paste xmlns:${METADATA_KEY}="${NAMESPACE_URI}">${body}</paste>`;
+  const problems: string[] = [];
+  let root: Element | null | undefined;
+  try {
+    root = new DOMParser({ onError: (level: string, message: string) => void (level !== "warning" && problems.push(message)) }).parseFromString(wrapped, "text/xml").documentElement;
+  } catch (error) {
+    problems.push((error as Error).message);
+  }
+  if (!root || problems.length > 0) {
+    throw new VmhookError(`${where} is not well-formed XML: ${problems[0]?.split("\n")[0] ?? "unknown error"}; write it as <hooks><hugepages size="2M"/></hooks>`);
+  }
+  let elements = childElements(root);
+  // Unwrap <metadata> and then <hooks>, when given.
+  if (elements.length === 1 && elements[0]!.localName === "metadata" && !elements[0]!.namespaceURI) elements = childElements(elements[0]!);
+  const hooks = elements.filter((element) => element.localName === ROOT_ELEMENT && inVmhookNamespace(element));
+  if (hooks.length > 1) throw new ConfigError(`<${ROOT_ELEMENT}>`, `appears ${hooks.length} times in ${where}; merge them into one`);
+  if (hooks.length === 1) {
+    if (elements.length > 1) throw new ConfigError(`<${ROOT_ELEMENT}>`, `has siblings in ${where}; put every plugin element inside <${ROOT_ELEMENT}>`);
+    elements = childElements(hooks[0]!);
+  }
+  return elements.map((element) => toNode(element, where));
+}
+
+/** Child elements in document order. */
+export function childElements(element: Element): Element[] {
+  const children: Element[] = [];
+  for (let node = element.firstChild; node; node = node.nextSibling) if (node.nodeType === 1) children.push(node as Element);
+  return children;
+}
+
+/** The plugin elements of a parsed <vmhook:hooks> element. */
+export function metadataNodes(hooks: Element): MetadataNode[] {
+  return childElements(hooks).map((child) => toNode(child, "the domain's vmhook metadata"));
+}
+
+/** An element users mean as vmhook's: in urn:vmhook:1, or without any namespace (the form virsh shows). */
+function inVmhookNamespace(element: Element): boolean {
+  return !element.namespaceURI || element.namespaceURI === NAMESPACE_URI;
+}
+
+function toNode(element: Element, where: string): MetadataNode {
+  if (!inVmhookNamespace(element)) {
+    throw new ConfigError(`<${element.tagName}>`, `in ${where} is in namespace "${element.namespaceURI}"; vmhook elements are in ${NAMESPACE_URI}: write <${element.localName}> or <${METADATA_KEY}:${element.localName}>`);
+  }
+  const attributes: [string, string][] = [];
+  for (let i = 0; i < element.attributes.length; i++) {
+    const attribute = element.attributes.item(i)!;
+    if (attribute.name === "xmlns" || attribute.name.startsWith("xmlns:")) continue;
+    attributes.push([attribute.localName ?? attribute.name, attribute.value]);
+  }
+  const children = childElements(element).map((child) => toNode(child, where));
+  const text = children.length === 0 ? element.textContent?.trim() || undefined : undefined;
+  return { name: element.localName!, attributes, text, children };
+}
+
+const escapeXml = (value: string) => value.replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;").replace(/"/g, "&quot;");
+
+function renderNode(node: MetadataNode, prefix: string, indent: string, level: number): string {
+  const pad = indent.repeat(level);
+  const attrs = node.attributes.map(([name, value]) => ` ${name}="${escapeXml(value)}"`).join("");
+  const tag = `${prefix}${node.name}`;
+  if (node.children.length > 0) {
+    const inner = node.children.map((child) => renderNode(child, prefix, indent, level + 1)).join(indent ? "\n" : "");
+    return indent ? `${pad}<${tag}${attrs}>\n${inner}\n${pad}</${tag}>` : `<${tag}${attrs}>${inner}</${tag}>`;
+  }
+  return node.text !== undefined ? `${pad}<${tag}${attrs}>${escapeXml(node.text)}</${tag}>` : `${pad}<${tag}${attrs}/>`;
+}
+
+/**
+ * The <hooks> element around the plugin elements. "virsh": no prefix, as
+ * `virsh metadata --set` wants it; "domain": prefixed with its namespace
+ * declaration, as it reads in the domain XML.
+ */
+export function renderHooks(nodes: MetadataNode[], form: "virsh" | "domain", indent = "  "): string {
+  const root: MetadataNode = { name: ROOT_ELEMENT, attributes: [], children: nodes };
+  if (form === "virsh") return renderNode(root, "", indent, 0);
+  const text = renderNode(root, `${METADATA_KEY}:`, indent, 0);
+  return text.replace(`<${METADATA_KEY}:${ROOT_ELEMENT}`, `<${METADATA_KEY}:${ROOT_ELEMENT} xmlns:${METADATA_KEY}="${NAMESPACE_URI}"`);
+}

@@ -1,0 +1,186 @@
+// The messages a newcomer meets: usage errors in vmhook's words with the
+// command that works, the metadata in whatever form it is pasted, and the
+// doubled prefix libvirt stores (<vmhook:vmhook:hooks>) caught with the fix
+// in hook mode, once.
+import { spawnSync } from "node:child_process";
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import { fileURLToPath } from "node:url";
+import { test } from "uvu";
+import * as assert from "uvu/assert";
+import { runDoctor } from "../../lib/diagnostics/doctor.ts";
+import { metadataChildren, parseDomain } from "../../lib/domain.ts";
+import { ConfigError } from "../../lib/errors.ts";
+import { withVmhookMetadata } from "../../lib/metadata-in-domain.ts";
+import { readPastedMetadata, renderHooks } from "../../lib/metadata-text.ts";
+import { closest, usageError } from "../../lib/cli/usage.ts";
+import { runHookEvent } from "../helpers/hook.ts";
+import { SimHost } from "../helpers/simhost.ts";
+
+const COMMANDS = ["config <domain>", "enable <domain> <plugin> [settings..]", "validate <domain>", "status", "doctor [domain]", "plugins"].map((usage) => ({ name: usage.split(" ")[0]!, usage }));
+
+test("usage errors: a typo gets the closest command, missing words and unknown options get the usage", () => {
+  assert.is(usageError("Unknown argument: docter", ["docter"], COMMANDS), "docter is not a vmhook command; did you mean vmhook doctor?");
+  assert.is(usageError("Unknown argument: stauts", ["--root", "/x", "stauts"], COMMANDS), "stauts is not a vmhook command; did you mean vmhook status?");
+  assert.is(closest("lsit", ["status", "plugins"]), undefined, "nothing close: no guess");
+  assert.match(usageError("Unknown argument: lsit", ["lsit"], COMMANDS), "lsit is not a vmhook command; the commands are config, enable, validate, status, doctor, plugins");
+  assert.is(usageError("Not enough non-option arguments: got 0, need at least 1", ["validate"], COMMANDS), "vmhook validate needs DOMAIN; usage: vmhook validate DOMAIN");
+  assert.is(usageError("Not enough non-option arguments: got 1, need at least 2", ["enable", "win11"], COMMANDS), "vmhook enable needs PLUGIN; usage: vmhook enable DOMAIN PLUGIN [SETTINGS …]");
+  assert.is(usageError("Unknown argument: bogus", ["status", "--bogus"], COMMANDS), "vmhook status has no option --bogus; usage: vmhook status (vmhook status --help lists the options)");
+  assert.is(usageError("Unknown argument: extra", ["validate", "a.xml", "extra"], COMMANDS), 'vmhook validate takes no argument "extra" there; usage: vmhook validate DOMAIN');
+  assert.is(usageError("name a command", [], COMMANDS), "name a command: config, enable, validate, status, doctor, plugins (vmhook --help says what each does)");
+});
+
+const HOOKS = '<vmhook:hooks xmlns:vmhook="urn:vmhook:1">\n  <vmhook:hugepages size="2M"/>\n  <vmhook:plugin name="looking-glass" size="32M"/>\n</vmhook:hooks>';
+
+test("pasted metadata: prefixed or not, with or without <hooks>, <metadata> or the doubled prefix, all read the same", () => {
+  const forms = [
+    HOOKS,
+    '<hooks><hugepages size="2M"/><plugin name="looking-glass" size="32M"/></hooks>',
+    '<hooks xmlns="urn:vmhook:1"><hugepages size="2M"/><plugin name="looking-glass" size="32M"/></hooks>',
+    '<vmhook:hooks><vmhook:hugepages size="2M"/><vmhook:plugin name="looking-glass" size="32M"/></vmhook:hooks>',
+    '<vmhook:hugepages size="2M"/>\n<vmhook:plugin name="looking-glass" size="32M"/>',
+    '<hugepages size="2M"/><plugin name="looking-glass" size="32M"/>',
+    '<vmhook:vmhook:hooks xmlns:vmhook="urn:vmhook:1"><vmhook:vmhook:hugepages size="2M"/><vmhook:vmhook:plugin name="looking-glass" size="32M"/></vmhook:vmhook:hooks>',
+    `<metadata>${HOOKS}</metadata>`,
+    `<?xml version="1.0"?>\n${HOOKS}\n`,
+  ];
+  for (const form of forms) {
+    const nodes = readPastedMetadata(form);
+    assert.is(renderHooks(nodes, "domain"), HOOKS, form);
+    assert.is(renderHooks(nodes, "virsh", ""), '<hooks><hugepages size="2M"/><plugin name="looking-glass" size="32M"/></hooks>', form);
+  }
+  assert.equal(readPastedMetadata("  \n"), []);
+});
+
+test("pasted metadata that is not vmhook's is refused naming the element and the fix", () => {
+  assert.throws(() => readPastedMetadata('<x:hooks xmlns:x="urn:vmhook:2"><hugepages/></x:hooks>'), /<x:hooks>: in the vmhook metadata you gave is in namespace "urn:vmhook:2"; vmhook elements are in urn:vmhook:1: write <hooks> or <vmhook:hooks>/);
+  assert.throws(() => readPastedMetadata("<hooks><hugepages></hooks>"), /the vmhook metadata you gave is not well-formed XML: .*; write it as <hooks><hugepages size="2M"\/><\/hooks>/);
+  assert.throws(() => readPastedMetadata("<hooks/><hooks/>"), /<hooks>: appears 2 times/);
+});
+
+const DOMAIN = (metadata: string) => `<domain type='kvm'>\n  <name>win 11</name>\n  <uuid>e0e0e0e0-0000-4000-8000-0000000000e0</uuid>\n  <memory unit='MiB'>64</memory>\n  ${metadata}\n</domain>\n`;
+const DOUBLED = '<metadata>\n    <vmhook:vmhook:hooks xmlns:vmhook="urn:vmhook:1">\n      <vmhook:vmhook:hugepages size="2M"/>\n    </vmhook:vmhook:hooks>\n  </metadata>';
+
+test("<vmhook:vmhook:hooks>, as libvirt stores a prefixed element: a ConfigError with the exact virsh command", () => {
+  let error: unknown;
+  try {
+    parseDomain(DOMAIN(DOUBLED), "the domain XML on stdin");
+  } catch (caught) {
+    error = caught;
+  }
+  assert.instance(error, ConfigError);
+  const { message, details } = error as ConfigError;
+  assert.is(message, "<metadata>: holds <vmhook:vmhook:hooks>: the vmhook: prefix is written twice, so the XML cannot be read; virsh metadata --set/--edit add the prefix from --key themselves and take the element without one");
+  assert.equal(details, [`fix: vmhook config 'win 11' --edit (or --set FILE) accepts it in any form and stores it correctly; or: virsh metadata 'win 11' --uri urn:vmhook:1 --key vmhook --config --set '<hooks><hugepages size="2M"/></hooks>'`]);
+});
+
+test("doctor on the doubled prefix: the finding's fix is the exact command, not 'pass the XML from virsh dumpxml'", async () => {
+  const sim = new SimHost();
+  try {
+    const report = await runDoctor(sim, { file: "stdin", xml: DOMAIN(DOUBLED) });
+    const [finding] = report.domain!.findings;
+    assert.is(finding!.status, "fail");
+    assert.match(finding!.reason, "holds <vmhook:vmhook:hooks>");
+    assert.is(finding!.fix, `vmhook config 'win 11' --edit (or --set FILE) accepts it in any form and stores it correctly; or: virsh metadata 'win 11' --uri urn:vmhook:1 --key vmhook --config --set '<hooks><hugepages size="2M"/></hooks>'`);
+  } finally {
+    sim.cleanup();
+  }
+});
+
+test("hook mode: the doubled prefix refuses prepare with the fix first; the stopped that follows logs no second error", async () => {
+  const sim = new SimHost();
+  try {
+    sim.dir("/var/log");
+    const before = sim.snapshot();
+    const prepared = await runHookEvent(sim, "prepare", "begin", DOMAIN(DOUBLED), "win 11");
+    assert.is(prepared.code, 1);
+    assert.match(prepared.stderr.split("\n")[0]!, "vmhook: <metadata>: holds <vmhook:vmhook:hooks>: the vmhook: prefix is written twice");
+    assert.match(prepared.stderr, "--set '<hooks><hugepages size=\"2M\"/></hooks>'");
+    const stopped = await runHookEvent(sim, "stopped", "end", DOMAIN(DOUBLED), "win 11");
+    const released = await runHookEvent(sim, "release", "end", DOMAIN(DOUBLED), "win 11");
+    assert.equal([stopped, released], [{ code: 0, stderr: "" }, { code: 0, stderr: "" }]);
+    const log = fs.readFileSync(sim.resolve("/var/log/vmhook.log"), "utf8");
+    assert.is(log.split("\n").filter((line) => line.includes("written twice")).length, 1, log);
+    const after = sim.snapshot();
+    delete after["/var/log/vmhook.log"];
+    assert.equal(after, before);
+  } finally {
+    sim.cleanup();
+  }
+});
+
+test("other prefix mistakes: an undeclared vmhook: prefix and a wrong namespace URI are refused with the fix, never skipped", async () => {
+  const sim = new SimHost();
+  try {
+    const cases: [string, string][] = [
+      ["<metadata><vmhook:hooks><vmhook:hugepages/></vmhook:hooks></metadata>", 'vmhook: <vmhook:hooks>: uses the vmhook: prefix without declaring it; write <vmhook:hooks xmlns:vmhook="urn:vmhook:1">'],
+      ['<metadata><vmhook:hooks xmlns:vmhook="urn:vmhook"><vmhook:hugepages/></vmhook:hooks></metadata>', 'vmhook: <vmhook:hooks>: is in namespace "urn:vmhook", not vmhook\'s; write <vmhook:hooks xmlns:vmhook="urn:vmhook:1">, or store it with vmhook config VM --edit'],
+      ['<metadata><hooks xmlns="urn:vmhook:2"><hugepages/></hooks></metadata>', 'vmhook: <hooks>: is in namespace "urn:vmhook:2", not vmhook\'s'],
+    ];
+    for (const [metadata, expected] of cases) {
+      const prepared = await runHookEvent(sim, "prepare", "begin", DOMAIN(metadata), "win 11");
+      assert.is(prepared.code, 1, metadata);
+      assert.match(prepared.stderr.split("\n")[0]!, expected);
+    }
+    // someone else's metadata stays someone else's
+    assert.is(parseDomain(DOMAIN('<metadata><app:hooks xmlns:app="https://example.org/app"/></metadata>')).metadata, undefined);
+  } finally {
+    sim.cleanup();
+  }
+});
+
+test("a config error of a valid XML is logged once too: at prepare, not again at stopped", async () => {
+  const sim = new SimHost();
+  try {
+    sim.dir("/var/log");
+    const xml = DOMAIN('<metadata><vmhook:hooks xmlns:vmhook="urn:vmhook:1"><vmhook:hugepage/></vmhook:hooks></metadata>');
+    assert.is((await runHookEvent(sim, "prepare", "begin", xml)).code, 1);
+    assert.is((await runHookEvent(sim, "stopped", "end", xml)).code, 0);
+    const log = fs.readFileSync(sim.resolve("/var/log/vmhook.log"), "utf8");
+    assert.is(log.split("\n").filter((line) => line.includes("<vmhook:hugepage>")).length, 1, log);
+  } finally {
+    sim.cleanup();
+  }
+});
+
+test("the domain with new metadata: the old element replaced, the rest kept; none removes it", () => {
+  const xml = DOMAIN('<metadata><other xmlns="urn:x"/><vmhook:hooks xmlns:vmhook="urn:vmhook:1"><vmhook:isolate/></vmhook:hooks></metadata>');
+  const changed = withVmhookMetadata(xml, readPastedMetadata('<hugepages size="2M"/>'));
+  const domain = parseDomain(changed);
+  assert.equal(metadataChildren(domain.metadata!).map((element) => element.localName), ["hugepages"]);
+  assert.match(changed, '<other xmlns="urn:x"/>');
+  assert.not.match(changed, "isolate");
+  assert.is(parseDomain(withVmhookMetadata(xml, [])).metadata, undefined);
+  assert.is(parseDomain(withVmhookMetadata(DOMAIN(""), readPastedMetadata("<isolate/>"))).metadata?.localName, "hooks");
+});
+
+const BINARY = fileURLToPath(new URL("../../dist/vmhook", import.meta.url));
+
+test("the built binary: --version from any directory prints package.json's version", () => {
+  const version = JSON.parse(fs.readFileSync(fileURLToPath(new URL("../../package.json", import.meta.url)), "utf8")).version;
+  const result = spawnSync(BINARY, ["--version"], { cwd: os.tmpdir(), encoding: "utf8", timeout: 20_000 });
+  assert.equal([result.status, result.stdout], [0, `${version}\n`]);
+});
+
+test("vmhook hook run by hand says what it did, or why it did nothing, on stderr; stdout stays empty", () => {
+  const root = fs.mkdtempSync(path.join(os.tmpdir(), "vmhook-hook-by-hand-"));
+  try {
+    fs.mkdirSync(path.join(root, "var/log"), { recursive: true });
+    const run = (xml: string) => spawnSync(BINARY, ["hook", "vm", "prepare", "begin", "--root", root], { input: xml, encoding: "utf8", timeout: 20_000 });
+    const plain = run(DOMAIN(""));
+    assert.equal([plain.status, plain.stdout], [0, ""]);
+    assert.match(plain.stderr, "vmhook hook: prepare begin of vm exited 0; nothing logged: the domain XML on stdin has no vmhook metadata and holds no journal");
+    const bad = run(DOMAIN('<metadata><vmhook:hooks xmlns:vmhook="urn:vmhook:1"><vmhook:hugepage/></vmhook:hooks></metadata>'));
+    assert.equal([bad.status, bad.stdout], [1, ""]);
+    // the fast path does not skip a vmhook: prefix that lacks its namespace
+    const undeclared = run(DOMAIN("<metadata><vmhook:hooks><vmhook:hugepages/></vmhook:hooks></metadata>"));
+    assert.equal([undeclared.status, undeclared.stderr.split("\n")[0]], [1, "vmhook: <vmhook:hooks>: uses the vmhook: prefix without declaring it; write <vmhook:hooks xmlns:vmhook=\"urn:vmhook:1\">"]);
+    assert.match(bad.stderr, "vmhook hook: prepare begin of vm exited 1; what it did (from /var/log/vmhook.log):\n  [vm prepare begin] error: <vmhook:hugepage>: is not a vmhook element");
+  } finally {
+    fs.rmSync(root, { recursive: true, force: true });
+  }
+});
+
+test.run();

@@ -1,0 +1,94 @@
+// `vmhook doctor --fix`: every piece of doctor's domain-XML advice becomes an
+// edit, shown as a unified diff (golden file); a domain that follows the
+// advice needs no change.
+import * as fs from "node:fs";
+import { fileURLToPath } from "node:url";
+import { test } from "uvu";
+import * as assert from "uvu/assert";
+import { fixDomainXml } from "../../lib/diagnostics/domain-fixes.ts";
+import { parseDomain } from "../../lib/domain.ts";
+import { unifiedDiff } from "../../lib/text-diff.ts";
+import { degradedWin11, NVIDIA_CARD } from "../helpers/degraded-domain.ts";
+import { cli } from "../helpers/cli.ts";
+import { assertGolden } from "../helpers/golden.ts";
+import { addPciDevice } from "../helpers/pci-hosts.ts";
+import { SimHost } from "../helpers/simhost.ts";
+
+function nvidiaHost(): SimHost {
+  const sim = new SimHost();
+  for (const device of NVIDIA_CARD) addPciDevice(sim, device);
+  return sim;
+}
+
+test("the degraded win11 example: each piece of advice is one edit, shown as a unified diff", () => {
+  const sim = nvidiaHost();
+  try {
+    const fixed = fixDomainXml(sim, degradedWin11(), "win11.xml");
+    assert.equal(fixed.fixes.map((fix) => fix.element), [
+      "<features><kvm><hidden>, <hyperv><vendor_id>",
+      "<disk> sda",
+      "<interface>",
+      "<memballoon model='none'/>",
+      "<memoryBacking><hugepages/>",
+      "<hostdev> 0000:01:00.1",
+    ]);
+    assert.match(unifiedDiff(fixed.before, fixed.after, "win11 (now)", "win11 (fixed)"), '+    <memballoon model="none"/>');
+    const domain = parseDomain(fixed.after);
+    assert.equal(domain.hostdevs.map((hostdev) => hostdev.type === "pci" && hostdev.address), ["0000:01:00.0", "0000:01:00.1"]);
+    assert.equal(domain.hugepages, { pages: [{ sizeKiB: 1048576, nodeset: undefined }] });
+    // fixing the fixed domain changes nothing more
+    assert.equal(fixDomainXml(sim, fixed.after, "win11.xml").fixes, []);
+  } finally {
+    sim.cleanup();
+  }
+});
+
+test("vmhook doctor --fix FILE prints the diff, each change's reason, and how to apply it (golden)", async () => {
+  const sim = nvidiaHost();
+  try {
+    fs.writeFileSync(sim.resolve("/win11.xml"), degradedWin11());
+    const before = sim.snapshot();
+    const shown = await cli(["doctor", "--fix", sim.resolve("/win11.xml"), "--root", sim.root]);
+    assert.is(shown.code, 0, shown.stderr);
+    assertGolden("doctor-fix-win11.txt", shown.stdout.replaceAll(sim.resolve("/win11.xml"), "win11.xml"));
+    const refused = await cli(["doctor", "--fix", "--apply", sim.resolve("/win11.xml"), "--root", sim.root]);
+    assert.is(refused.code, 1);
+    assert.match(refused.stderr, "--apply defines the domain in libvirt: name the domain (vmhook doctor --fix --apply VM), not the file");
+    assert.equal(sim.snapshot(), before);
+  } finally {
+    sim.cleanup();
+  }
+});
+
+test("the example as shipped follows the advice: nothing to fix", () => {
+  const sim = nvidiaHost();
+  try {
+    const example = fs.readFileSync(fileURLToPath(new URL("../../examples/domains/win11-gpu.xml", import.meta.url)), "utf8");
+    assert.equal(fixDomainXml(sim, example, "win11.xml").fixes, []);
+  } finally {
+    sim.cleanup();
+  }
+});
+
+test("without the NVIDIA card on this host: no KVM hiding and no slot functions to add (nothing is guessed)", () => {
+  const sim = new SimHost();
+  try {
+    const fixes = fixDomainXml(sim, degradedWin11(), "win11.xml").fixes.map((fix) => fix.element);
+    assert.equal(fixes, ["<disk> sda", "<interface>", "<memballoon model='none'/>", "<memoryBacking><hugepages/>"]);
+  } finally {
+    sim.cleanup();
+  }
+});
+
+test("<vmhook:hugepages> without size gets a plain <hugepages/>; an existing <memoryBacking> keeps its children", () => {
+  const sim = new SimHost();
+  try {
+    const xml = `<domain type='qemu'>\n  <name>vm</name>\n  <uuid>e0e0e0e0-0000-4000-8000-0000000000e0</uuid>\n  <metadata>\n    <vmhook:hooks xmlns:vmhook="urn:vmhook:1"><vmhook:hugepages/></vmhook:hooks>\n  </metadata>\n  <memory unit='MiB'>64</memory>\n  <memoryBacking>\n    <nosharepages/>\n  </memoryBacking>\n</domain>\n`;
+    const fixed = fixDomainXml(sim, xml, "vm.xml");
+    assert.match(fixed.after, "<memoryBacking>\n    <nosharepages/>\n    <hugepages/>\n  </memoryBacking>");
+  } finally {
+    sim.cleanup();
+  }
+});
+
+test.run();
