@@ -11,7 +11,55 @@
 // loading node:fs alone costs about as much as starting the runtime (see
 // docs/bench.md), and everything else is loaded by dynamic import, which the
 // build (--splitting --bytecode) keeps in chunks not even loaded on this path.
-import { hookMain } from "../lib/hook-entry.ts";
+import type { EventAction, HookInvocation } from "../lib/hook.ts";
+import type { HookEvent } from "../lib/plugin.ts";
+
+// What happens on each libvirt event. `mayFail`: a failure aborts what libvirt
+// is doing (it then still runs stopped and release); otherwise vmhook logs
+// and exits 0 whatever happens.
+export const EVENTS: Record<string, { event: HookEvent; mayFail: boolean; action: EventAction }> = {
+  // Before libvirt sets up the VM: apply every plugin's steps as one
+  // transaction (hugepages, CPU isolation, mdevs, GPU handover), journaled.
+  "prepare begin": { event: "prepare", mayFail: true, action: (run) => run.prepare() },
+  // Around QEMU's launch: optional plugin handlers.
+  "start begin": { event: "start", mayFail: true, action: (run) => run.handlers("start") },
+  "started begin": { event: "started", mayFail: true, action: (run) => run.handlers("started") },
+  // QEMU has exited: optional handlers (stopped), then give everything back
+  // from the journal (release), whatever the metadata says now.
+  "stopped end": { event: "stopped", mayFail: false, action: (run) => run.handlers("stopped") },
+  "release end": { event: "release", mayFail: false, action: (run) => run.release() },
+  // Incoming migration or restore: check the config; print nothing (stdout
+  // would replace the XML). prepare follows as usual.
+  "migrate begin": { event: "migrate", mayFail: true, action: (run) => run.validate() },
+  "restore begin": { event: "restore", mayFail: true, action: (run) => run.validate() },
+  // The daemon restarted with the VM running: keep the journal, never fail
+  // (a failing reconnect hook makes libvirt kill the VM).
+  "reconnect begin": { event: "reconnect", mayFail: false, action: (run) => run.reconnect() },
+};
+
+const NAMESPACE_URI = "urn:vmhook:1"; // lib/paths.ts; repeated so the fast path loads nothing
+
+export async function hookMain(args: string[], root = process.env.VMHOOK_ROOT || "/"): Promise<number> {
+  let xml = "";
+  try {
+    xml = await Bun.stdin.text();
+  } catch {
+    // no stdin: treated like a domain without vmhook metadata
+  }
+  // The fast path: a domain that never mentions vmhook and holds no journal
+  // costs one string search and one stat.
+  // "<vmhook:" without the namespace is a mistake to report (an undeclared prefix, a wrong URI), never to skip.
+  if (!xml.includes(NAMESPACE_URI) && !xml.includes("<vmhook:") && !(await holdsJournal(xml, root))) return 0;
+  const { runEvent } = await import("../lib/hook.ts");
+  const invocation: HookInvocation = { args, xml, root, ownProcess: true };
+  const known = EVENTS[`${args[1]} ${args[2]}`];
+  return runEvent(invocation, known?.event, known?.action, known?.mayFail ?? false);
+}
+
+async function holdsJournal(xml: string, root: string): Promise<boolean> {
+  const uuid = /<uuid>\s*([0-9a-fA-F-]{36})\s*<\/uuid>/.exec(xml)?.[1]?.toLowerCase();
+  return uuid !== undefined && /^[0-9a-f-]{36}$/.test(uuid) && Bun.file(`${root.replace(/\/$/, "")}/run/vmhook/${uuid}.json`).exists();
+}
 
 /** Hook mode when invoked as ".../qemu" or from libvirt's ".../qemu.d/" directory. */
 function isHookInvocation(argv0: string): boolean {
@@ -19,9 +67,11 @@ function isHookInvocation(argv0: string): boolean {
   return name === "qemu" || directory === "qemu.d";
 }
 
-// The CLI (yargs and every command) loads only when it is the CLI.
+// The CLI (yargs and every command) loads only when it is the CLI; its
+// `vmhook hook` runs events through hookMain, handed over so lib/ never
+// imports this file.
 if (import.meta.main) {
   const args = process.argv.slice(2);
-  const exitCode = isHookInvocation(process.argv0) ? hookMain(args) : import("../lib/cli/index.ts").then(({ runCli }) => runCli(args));
+  const exitCode = isHookInvocation(process.argv0) ? hookMain(args) : import("../lib/cli/index.ts").then(({ runCli }) => runCli(args, hookMain));
   void exitCode.then((code) => (process.exitCode = code));
 }

@@ -7,6 +7,9 @@ import { RootedHost } from "../host.ts";
 import { paths } from "../paths.ts";
 import type { GlobalOptions } from "./options.ts";
 
+/** hooks/qemu.ts's hookMain: the hook exactly as libvirt runs it. */
+export type HookMain = (args: string[], root: string) => Promise<number>;
+
 interface HookArgs extends GlobalOptions {
   name: string;
   op: string;
@@ -22,7 +25,7 @@ function logSize(file: string): number {
   }
 }
 
-export const hookCommand: CommandModule<GlobalOptions, HookArgs> = {
+export const hookCommand = (hookMain: HookMain): CommandModule<GlobalOptions, HookArgs> => ({
   command: "hook <name> <op> <subop> [extra]",
   describe: "run one hook event by hand, as libvirt does (domain XML on stdin), and say what it did",
   builder: (y) =>
@@ -34,7 +37,6 @@ export const hookCommand: CommandModule<GlobalOptions, HookArgs> = {
   async handler(args) {
     const log = new RootedHost(args.root).resolve(paths.log);
     const offset = logSize(log);
-    const { hookMain } = await import("../hook-entry.ts");
     const event = `${args.op} ${args.subop} of ${args.name}`;
     const code = await hookMain([args.name, args.op, args.subop, args.extra ?? "-"], args.root);
     process.exitCode = code;
@@ -45,4 +47,4 @@ export const hookCommand: CommandModule<GlobalOptions, HookArgs> = {
       : `nothing logged: the domain XML on stdin has no vmhook metadata and holds no journal, or ${args.op} ${args.subop} has nothing to do for it${fs.existsSync(log) ? "" : ` (or ${paths.log} cannot be written)`}\n`;
     process.stderr.write(`vmhook hook: ${event} exited ${code}; ${what}`);
   },
-};
+});

@@ -6,7 +6,7 @@ import { describeError, VmhookError } from "../errors.ts";
 import { installCommands } from "./install.ts";
 import { inspectCommands } from "./inspect.ts";
 import { recoverCommand } from "./recover.ts";
-import { hookCommand } from "./hook.ts";
+import { hookCommand, type HookMain } from "./hook.ts";
 import { pluginsCommand } from "./plugins.ts";
 import { iommuCommand } from "./iommu.ts";
 import { doctorCommand } from "./doctor.ts";
@@ -21,14 +21,13 @@ class UsageError extends Error {}
 
 export type { GlobalOptions } from "./options.ts";
 
-const COMMANDS: CommandModule<GlobalOptions, any>[] = [...configCommands, ...installCommands, ...inspectCommands, recoverCommand, hookCommand, pluginsCommand, iommuCommand, doctorCommand, bundleCommand];
-
-const USAGES = COMMANDS.map((command) => {
-  const usage = String(command.command);
-  return { name: usage.split(" ")[0]!, usage };
-});
-
-export async function runCli(args: string[]): Promise<number> {
+/** `hookMain` runs `vmhook hook`: the entry (hooks/qemu.ts) hands it over, so lib/ never imports the entry. */
+export async function runCli(args: string[], hookMain: HookMain): Promise<number> {
+  const commands: CommandModule<GlobalOptions, any>[] = [...configCommands, ...installCommands, ...inspectCommands, recoverCommand, hookCommand(hookMain), pluginsCommand, iommuCommand, doctorCommand, bundleCommand];
+  const usages = commands.map((command) => {
+    const usage = String(command.command);
+    return { name: usage.split(" ")[0]!, usage };
+  });
   process.exitCode = 0;
   try {
     // yargs takes the "-" after an option for an option of its own: join them
@@ -48,7 +47,7 @@ export async function runCli(args: string[]): Promise<number> {
       .middleware((argv) => {
         if (argv.domain === "") argv.domain = "-";
       }, true)
-      .command(COMMANDS)
+      .command(commands)
       .demandCommand(1, "name a command")
       .strict()
       .help()
@@ -61,7 +60,7 @@ export async function runCli(args: string[]): Promise<number> {
       .parseAsync();
   } catch (error) {
     if (error instanceof UsageError) {
-      process.stderr.write(`vmhook: ${usageError(error.message, args, USAGES)}\n`);
+      process.stderr.write(`vmhook: ${usageError(error.message, args, usages)}\n`);
       return 2;
     }
     process.stderr.write(`vmhook: ${describeError(error)}\n`);

@@ -1,4 +1,5 @@
 // Runs the CLI in-process, as `vmhook ARGS` would run (no build needed): its exit code, stdout and stderr.
+import { hookMain } from "../../hooks/qemu.ts";
 import { runCli } from "../../lib/cli/index.ts";
 
 export async function cli(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
@@ -7,7 +8,7 @@ export async function cli(args: string[]): Promise<{ code: number; stdout: strin
   process.stdout.write = ((chunk: string) => stdout.push(String(chunk)) > 0) as typeof process.stdout.write;
   process.stderr.write = ((chunk: string) => stderr.push(String(chunk)) > 0) as typeof process.stderr.write;
   try {
-    return { code: await runCli(args), stdout: stdout.join(""), stderr: stderr.join("") };
+    return { code: await runCli(args, hookMain), stdout: stdout.join(""), stderr: stderr.join("") };
   } finally {
     [process.stdout.write, process.stderr.write] = [out, err];
   }

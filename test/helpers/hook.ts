@@ -1,5 +1,5 @@
 // Runs hook events in-process against a simulated host, as libvirt would run the binary.
-import { EVENTS } from "../../lib/hook-entry.ts";
+import { EVENTS } from "../../hooks/qemu.ts";
 import { runEvent } from "../../lib/hook.ts";
 import type { SimHost } from "./simhost.ts";
 
