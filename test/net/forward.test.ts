@@ -2,7 +2,7 @@
 // this suite creates and removes (see netns.ts). The hook is the built binary.
 import { test as uvuTest, suite } from "uvu";
 import * as assert from "uvu/assert";
-import { ADDRESSES, domainXml, Lab, whyNotRunnable } from "./netns.ts";
+import { ADDRESSES, domainXml, Lab, requireTools, whyNotRunnable } from "./netns.ts";
 import { libvirtIptables, libvirtNftables } from "./libvirt-rules.ts";
 
 const skip = whyNotRunnable();
@@ -14,6 +14,7 @@ if (skip) {
   console.log(`SKIPPED forward network tests: ${skip}`);
 } else {
   test.before(async () => {
+    requireTools(["ip", "nft", "iptables-nft"], "apt install iproute2 nftables iptables");
     lab = new Lab();
     lab.up();
     await lab.echo("guest", [22, 443], [60005]);

@@ -12,7 +12,7 @@ import * as path from "node:path";
 import { fileURLToPath } from "node:url";
 import { suite, test as uvuTest } from "uvu";
 import * as assert from "uvu/assert";
-import { sh, whyNotRunnable } from "./netns.ts";
+import { requireTools, sh, whyNotRunnable } from "./netns.ts";
 
 const REPO = fileURLToPath(new URL("../..", import.meta.url));
 const NETWORK = "vmhookfwnet";
@@ -21,16 +21,7 @@ const MAC = "52:54:00:aa:bb:77";
 const GUEST = "192.168.151.10";
 const CONFIG_FILES = ["libvirt.conf", "libvirtd.conf", "virtlogd.conf", "qemu.conf"];
 
-function whyNotHere(): string | undefined {
-  const basic = whyNotRunnable();
-  if (basic) return basic;
-  for (const program of ["libvirtd", "virtlogd", "virsh", "qemu-system-x86_64", "dnsmasq", "unshare", "nsenter"]) {
-    if (sh("sh", ["-c", `command -v ${program}`]).code !== 0) return `${program} is not installed (apt install libvirt-daemon-system qemu-system-x86, as .ci/run does)`;
-  }
-  return undefined;
-}
-
-const skip = whyNotHere();
+const skip = whyNotRunnable();
 const test = suite("forward under a real libvirtd in a network namespace");
 
 class NamespacedLibvirt {
@@ -113,6 +104,8 @@ if (skip) {
   console.log(`SKIPPED forward under a real libvirtd: ${skip}`);
 } else {
   test.before(() => {
+    requireTools(["ip", "nft", "iptables-nft"], "apt install iproute2 nftables iptables");
+    requireTools(["libvirtd", "virtlogd", "virsh", "qemu-system-x86_64", "dnsmasq", "unshare", "nsenter"], "apt install libvirt-daemon-system qemu-system-x86, as .ci/run does");
     libvirt = new NamespacedLibvirt();
     try {
       libvirt.start();

@@ -47,11 +47,13 @@ function must(command: string, args: string[], input = ""): string {
   return result.stdout;
 }
 
-export const whyNotRunnable = (): string | undefined => {
-  if (process.getuid?.() !== 0) return "not root: network namespaces need root";
-  for (const tool of ["ip", "nft", "iptables-nft"]) if (sh("sh", ["-c", `command -v ${tool}`]).code !== 0) return `${tool} is not installed (apt install iproute2 nftables iptables)`;
-  return undefined;
-};
+/** The only reason to skip: not root. As root a missing tool fails the suite (requireTools), as in test/libvirt. */
+export const whyNotRunnable = (): string | undefined => (process.getuid?.() !== 0 ? "not root: network namespaces need root" : undefined);
+
+/** Throws, naming the first of `programs` that is not installed and how to install it. */
+export function requireTools(programs: string[], install: string): void {
+  for (const program of programs) if (sh("sh", ["-c", `command -v ${program}`]).code !== 0) throw new Error(`${program} is not installed (${install})`);
+}
 
 export class Lab {
   readonly id = `${process.pid}`;
