@@ -93,11 +93,21 @@ function reloadLibvirt(host: Host): string[] {
   return reloaded;
 }
 
+/** No record: nothing was saved. A record that cannot be read must not pass for that: it may name the hook to put back. */
 function readRecord(host: Host): InstallRecord {
+  let text: string;
   try {
-    return JSON.parse(host.read(INSTALL_RECORD)) as InstallRecord;
-  } catch {
-    return {};
+    text = host.read(INSTALL_RECORD);
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === "ENOENT") return {};
+    throw new VmhookError(`${INSTALL_RECORD} cannot be read (${(error as NodeJS.ErrnoException).code ?? (error as Error).message}); run vmhook as root`);
+  }
+  try {
+    const record = JSON.parse(text) as InstallRecord;
+    if (typeof record !== "object" || record === null || (record.savedHook !== undefined && typeof record.savedHook !== "string")) throw new Error("not an install record");
+    return record;
+  } catch (error) {
+    throw new VmhookError(`${INSTALL_RECORD} is damaged (${(error as Error).message}); it records the hook vmhook replaced (${SAVED_HOOK}): fix it to {"savedHook": "${SAVED_HOOK}"} if that file exists, else to {}`);
   }
 }
 

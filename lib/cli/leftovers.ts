@@ -18,6 +18,8 @@ export interface Leftovers {
   files: { path: string; what: string }[];
   /** Domains whose XML still carries vmhook metadata, and whether they stop starting without vmhook. */
   domains: { name: string; hugepageBacked: boolean }[];
+  /** Domain files that could not be read: whether they carry metadata is unknown, so they are named. */
+  unreadable: { path: string; error: string }[];
 }
 
 function describeFile(host: Host, file: string): string | undefined {
@@ -38,26 +40,30 @@ export function findLeftovers(host: Host): Leftovers {
     const what = describeFile(host, file);
     return what ? [{ path: file, what }] : [];
   });
+  const unreadable: Leftovers["unreadable"] = [];
   const domains = host
     .list(LIBVIRT_DOMAINS_DIR)
     .filter((entry) => entry.endsWith(".xml"))
     .flatMap((entry) => {
+      const file = `${LIBVIRT_DOMAINS_DIR}/${entry}`;
       let xml: string;
       try {
-        xml = host.read(`${LIBVIRT_DOMAINS_DIR}/${entry}`);
-      } catch {
+        xml = host.read(file);
+      } catch (error) {
+        unreadable.push({ path: file, error: (error as NodeJS.ErrnoException).code ?? (error as Error).message });
         return [];
       }
       if (!xml.includes(NAMESPACE_URI)) return [];
       const name = /<name>([^<]*)<\/name>/.exec(xml)?.[1] ?? entry.slice(0, -4);
       return [{ name, hugepageBacked: /<vmhook:hugepages[\s/>]/.test(xml) && /<memoryBacking>[\s\S]*?<hugepages[\s/>]/.test(xml) }];
     });
-  return { files, domains };
+  return { files, domains, unreadable };
 }
 
 /** One line per leftover, each with how to deal with it. */
-export function describeLeftovers({ files, domains }: Leftovers, purged: boolean): string[] {
+export function describeLeftovers({ files, domains, unreadable }: Leftovers, purged: boolean): string[] {
   const lines = purged ? [] : files.map((file) => `left ${file.path}: ${file.what} (vmhook uninstall --purge removes it)`);
+  for (const file of unreadable) lines.push(`could not read ${file.path} (${file.error}): check by hand whether it still carries vmhook metadata or <hugepages/> backing`);
   for (const domain of domains) {
     const name = shellWord(domain.name);
     lines.push(`left domain ${domain.name}'s vmhook metadata (harmless without vmhook; virsh metadata ${name} --uri ${NAMESPACE_URI} --config --remove drops it)`);

@@ -69,6 +69,17 @@ test("uninstall puts the previous hook back and removes the launcher, the link a
   });
 });
 
+test("a damaged install record is refused by install and uninstall: it names the hook to put back, so {} must not stand in for it", () => {
+  const { host, binary, read, exists, putPreviousHook } = setUp();
+  putPreviousHook();
+  install(host, binary);
+  fs.writeFileSync(host.resolve("/etc/vmhook/install.json"), "{ truncated");
+  assert.throws(() => install(host, binary), /install\.json is damaged .*savedHook/);
+  assert.throws(() => uninstall(host, false), /install\.json is damaged/);
+  assert.is(read(SAVED), PREVIOUS, "the saved hook was touched");
+  assert.ok(exists(LAUNCHER), "the saved hook's launcher is gone");
+});
+
 test("uninstall with another hook in vmhook's place since keeps that one and the saved hook", () => {
   const { host, binary, read, exists, putPreviousHook } = setUp();
   putPreviousHook();
@@ -158,6 +169,15 @@ test("uninstall lists what it leaves: the plugins, the log, and domains still as
     'domain win11 is backed by huge pages that vmhook reserved at each start: without vmhook it fails with "unable to map backing store for guest RAM"; remove <memoryBacking><hugepages/> (virsh edit win11) or reserve the pages at boot (hugepages=N on the kernel command line)',
     "left domain work vm's vmhook metadata (harmless without vmhook; virsh metadata 'work vm' --uri urn:vmhook:1 --config --remove drops it)",
   ]);
+});
+
+test("uninstall names a domain file it cannot read instead of passing over it", () => {
+  const { host, binary } = setUp();
+  install(host, binary);
+  // A directory where a domain's XML should be: unreadable even for root.
+  fs.mkdirSync(host.resolve("/etc/libvirt/qemu/broken.xml"), { recursive: true });
+  const { notes } = uninstall(host, false);
+  assert.ok(notes.includes("could not read /etc/libvirt/qemu/broken.xml (EISDIR): check by hand whether it still carries vmhook metadata or <hugepages/> backing"), notes.join("\n"));
 });
 
 test("uninstall --purge removes vmhook's own files; the domains are only listed, never edited", () => {
