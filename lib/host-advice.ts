@@ -5,6 +5,7 @@
 // instead of assuming a Debian desktop.
 import type { Host } from "./host.ts";
 import { formatCpuList } from "./cpuset.ts";
+import { systemdRuns } from "./systemd.ts";
 
 export type Bootloader = "kernelstub" | "systemd-boot" | "grub" | "unknown";
 
@@ -61,7 +62,7 @@ export type InitSystem = "systemd" | "openrc" | "other";
 
 export function detectInit(host: Host): InitSystem {
   // sd_booted(): systemd creates /run/systemd/system when it runs as init; pid 1's name says the same.
-  if (host.exists("/run/systemd/system") || host.readTrimmed("/proc/1/comm") === "systemd") return "systemd";
+  if (systemdRuns(host) || host.readTrimmed("/proc/1/comm") === "systemd") return "systemd";
   if (host.exists("/run/openrc") || host.exists("/sbin/openrc-run")) return "openrc";
   return "other";
 }

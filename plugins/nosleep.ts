@@ -9,9 +9,9 @@ import type { Element } from "@xmldom/xmldom";
 import type { Domain } from "../lib/domain.ts";
 import { readAttributes, single } from "../lib/element.ts";
 import { VmhookError } from "../lib/errors.ts";
-import type { Host } from "../lib/host.ts";
 import { defineAction, definePlugin, type ApplyContext, type BaseContext, type CheckContext, type PlanContext, type Step, type UndoRecord } from "../lib/plugin.ts";
 import { fail, ok, type Finding } from "../lib/diagnostics/findings.ts";
+import { systemdRuns } from "../lib/systemd.ts";
 
 export interface NosleepConfig {
   /** The transient unit that holds the lock: one per domain (its UUID). */
@@ -34,7 +34,6 @@ function parseConfig(elements: Element[], domain: Domain): NosleepConfig {
   return { unit: `vmhook-nosleep-${domain.uuid}.service`, why: `VM ${domain.name} runs with devices passed through` };
 }
 
-const systemdRuns = (host: Host) => host.exists("/run/systemd/system");
 
 const unitActive = (ctx: BaseContext, unit: string) => ctx.run("systemctl", ["is-active", "--quiet", unit], { allowFailure: true }).status === 0;
 

@@ -5,13 +5,14 @@ import { VmhookError } from "../../lib/errors.ts";
 import { defineAction, type ApplyContext, type BaseContext, type Step, type UndoRecord } from "../../lib/plugin.ts";
 import { readVfioSettings, type VfioConfig, type VfioSettings } from "./config.ts";
 import { describeHolders, isWatched, processesHolding, type Survey } from "./survey.ts";
-import { stopUnitStep, systemdRuns, unitActive } from "./units.ts";
+import { systemdRuns } from "../../lib/systemd.ts";
+import { stopUnitStep, unitActive } from "./units.ts";
 
 /** What stops the display manager: running systemd units, or the configured commands; undefined: nothing to stop. */
 export type DisplayManager = { units: string[] } | { command: NonNullable<VfioSettings["displayManagerCommand"]> } | undefined;
 
 export function findDisplayManager(ctx: BaseContext, config: VfioConfig, settings: VfioSettings): DisplayManager {
-  if (systemdRuns(ctx)) {
+  if (systemdRuns(ctx.host)) {
     const units = (config.displayManagerUnits ?? settings.displayManagerUnits).filter((unit) => unitActive(ctx, unit));
     return units.length > 0 ? { units } : undefined;
   }

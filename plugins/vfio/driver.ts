@@ -9,7 +9,8 @@ import { defineAction, type ApplyContext, type BaseContext, type PlanContext, ty
 import { PATTERNS } from "../../lib/validate.ts";
 import type { VfioConfig, VfioSettings } from "./config.ts";
 import { describeHolders, isWatched, moduleLoaded, processesHolding, VFIO_DRIVER, type Survey, type Watched } from "./survey.ts";
-import { systemdRuns, unitActive, unitProcesses } from "./units.ts";
+import { systemdRuns } from "../../lib/systemd.ts";
+import { unitActive, unitProcesses } from "./units.ts";
 
 /** The module a PCI driver comes from (nvidia → nvidia), when it is a loadable one. */
 function driverModule(host: Host, driver: string): string | undefined {
@@ -22,7 +23,7 @@ function driverModule(host: Host, driver: string): string | undefined {
  * (the host keeps another NVIDIA card, or unload-modules="none").
  */
 export function helperServices(ctx: BaseContext, found: Survey, settings: VfioSettings): string[] {
-  if (!systemdRuns(ctx)) return [];
+  if (!systemdRuns(ctx.host)) return [];
   const holders = new Set(found.holders.map((holder) => String(holder.pid)));
   const needed = (unit: string) => found.unload.length > 0 || (holders.size > 0 && unitProcesses(ctx, unit).some((pid) => holders.has(pid)));
   return settings.helperServices.filter((unit) => needed(unit) && unitActive(ctx, unit));
@@ -30,7 +31,7 @@ export function helperServices(ctx: BaseContext, found: Survey, settings: VfioSe
 
 /** Helper services already stopped for another VM that this handover needs stopped too (it unloads modules). */
 export function stoppedHelpers(ctx: BaseContext, found: Survey, settings: VfioSettings, stopping: string[]): string[] {
-  if (!systemdRuns(ctx) || found.unload.length === 0) return [];
+  if (!systemdRuns(ctx.host) || found.unload.length === 0) return [];
   return settings.helperServices.filter((unit) => !stopping.includes(unit) && !unitActive(ctx, unit));
 }
 

@@ -12,7 +12,6 @@ export function checkedUnit(value: unknown): string {
   return value;
 }
 
-export const systemdRuns = (ctx: BaseContext) => ctx.host.exists("/run/systemd/system");
 
 export const unitActive = (ctx: BaseContext, unit: string) => ctx.run("systemctl", ["is-active", "--quiet", unit], { allowFailure: true }).status === 0;
 
