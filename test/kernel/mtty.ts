@@ -1,92 +1,29 @@
 // Builds the kernel's mtty sample driver (samples/vfio-mdev/mtty.c: a virtual
 // mdev parent "mtty" offering the types mtty-1 and mtty-2) for the Debian
 // kernel the guest boots, and caches it in .cache/mtty/<release>/mtty.ko.
-//
-// Everything comes from Debian's own packages of the SAME version as the
-// guest kernel, so the module's vermagic and symbol CRCs match:
-//   linux-source-6.1               only samples/vfio-mdev/mtty.c is extracted
-//   linux-headers-<release>        + linux-headers-<abi>-common + linux-kbuild-6.1
-// Each is fetched with `apt-get download` and unpacked with `dpkg-deb -x`
-// under .cache/; nothing is installed on the machine. gcc and make must exist.
+// Only mtty.c leaves linux-source's tarball (module-build.ts does the rest).
 //
 //   bun test/kernel/mtty.ts [RELEASE]   builds it and names the path (on stderr)
-import { execFileSync } from "node:child_process";
-import { copyFileSync, existsSync, mkdirSync, readdirSync, rmSync, writeFileSync } from "node:fs";
-import { dirname, join, resolve } from "node:path";
-import { fileURLToPath } from "node:url";
-import { ensureKernel } from "./guest.ts";
+import { rmSync } from "node:fs";
+import { join } from "node:path";
+import { buildModule, run } from "./module-build.ts";
 
-const REPO = resolve(dirname(fileURLToPath(import.meta.url)), "../..");
-const CACHE = join(REPO, ".cache/mtty");
 const MTTY_SOURCE = "samples/vfio-mdev/mtty.c";
 
-function run(command: string, args: string[], cwd?: string): string {
-  try {
-    return execFileSync(command, args, { cwd, encoding: "utf8", stdio: ["ignore", "pipe", "pipe"], maxBuffer: 64 * 1024 * 1024 });
-  } catch (error) {
-    const e = error as { stderr?: string; message: string };
-    throw new Error(`${command} ${args.join(" ")} failed: ${(e.stderr || e.message).trim().split("\n").slice(-5).join("\n")}`);
-  }
-}
-
-/** The Debian package version of a kernel release's headers (apt's candidate, as for the kernel), e.g. "6.1.192-2". */
-function packageVersion(release: string): string {
-  const version = /Candidate: (\S+)/.exec(run("apt-cache", ["policy", `linux-headers-${release}`]))?.[1];
-  if (!version || version === "(none)") throw new Error(`apt-cache knows no linux-headers-${release}; run apt-get update`);
-  return version;
-}
-
-/** Downloads one package (cached by file name) and unpacks it into `tree`. */
-function unpack(pkg: string, version: string, debs: string, tree: string): void {
-  const prefix = `${pkg}_${version.replace(/:/g, "%3a")}_`;
-  let deb = readdirSync(debs).find((name) => name.startsWith(prefix) && name.endsWith(".deb"));
-  if (!deb) {
-    run("apt-get", ["download", "-q", `${pkg}=${version}`], debs);
-    deb = readdirSync(debs).find((name) => name.startsWith(prefix) && name.endsWith(".deb"));
-    if (!deb) throw new Error(`apt-get download ${pkg}=${version} left no ${prefix}*.deb in ${debs}`);
-  }
-  run("dpkg-deb", ["-x", join(debs, deb), tree]);
-}
-
 /** Builds (once) and returns the path of mtty.ko for `release`, by default the bench guest's kernel. */
-export function buildMtty(release = ensureKernel().version): string {
-  if (!/^\d+\.\d+\.\d+-\d+-amd64$/.test(release)) throw new Error(`"${release}" is not a Debian amd64 kernel release like 6.1.0-56-amd64`);
-  const dir = join(CACHE, release);
-  const module = join(dir, "mtty.ko");
-  if (existsSync(module)) return module;
-
-  const version = packageVersion(release);
-  const abi = release.replace(/-amd64$/, "");
-  const series = release.split(".").slice(0, 2).join("."); // "6.1"
-  const debs = join(CACHE, "debs");
-  const tree = join(dir, "tree");
-  const build = join(dir, "build");
-  rmSync(tree, { recursive: true, force: true });
-  rmSync(build, { recursive: true, force: true });
-  mkdirSync(debs, { recursive: true });
-  mkdirSync(tree, { recursive: true });
-  mkdirSync(build, { recursive: true });
-
-  for (const pkg of [`linux-headers-${release}`, `linux-headers-${abi}-common`, `linux-kbuild-${series}`, `linux-source-${series}`]) {
-    unpack(pkg, version, debs, tree);
-  }
-
-  // Only mtty.c leaves the source tarball; the rest is streamed past.
-  const tarball = join(tree, `usr/src/linux-source-${series}.tar.xz`);
-  run("tar", ["-xJf", tarball, "-C", build, "--strip-components=3", `linux-source-${series}/${MTTY_SOURCE}`]);
-  rmSync(tarball);
-  writeFileSync(join(build, "Kbuild"), "obj-m := mtty.o\n");
-
-  // The headers' one-line Makefile includes the common half by its absolute
-  // /usr/src path; point it at the unpacked copy instead.
-  const headers = join(tree, `usr/src/linux-headers-${release}`);
-  writeFileSync(join(headers, "Makefile"), `include ${join(tree, `usr/src/linux-headers-${abi}-common/Makefile`)}\n`);
-  run("make", ["-C", headers, `M=${build}`, "modules"]);
-  copyFileSync(join(build, "mtty.ko"), module);
-  const vermagic = run("modinfo", ["-F", "vermagic", module]).trim();
-  if (!vermagic.startsWith(`${release} `)) throw new Error(`built ${module} has vermagic "${vermagic}", not ${release}`);
-  rmSync(tree, { recursive: true, force: true }); // 85 MB of headers, needed again only for another kernel
-  return module;
+export function buildMtty(release?: string): string {
+  return buildModule(
+    {
+      name: "mtty",
+      kernelSource: true,
+      place(build, tree, series) {
+        const tarball = join(tree, `usr/src/linux-source-${series}.tar.xz`);
+        run("tar", ["-xJf", tarball, "-C", build, "--strip-components=3", `linux-source-${series}/${MTTY_SOURCE}`]);
+        rmSync(tarball);
+      },
+    },
+    release,
+  );
 }
 
 if (import.meta.main) process.stderr.write(`${buildMtty(process.argv[2])}\n`);
