@@ -4,7 +4,7 @@
 // environment root makes its sysfs code testable.
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { spawnSync } from "node:child_process";
+import { spawn, spawnSync } from "node:child_process";
 
 export interface ExecOptions {
   /** Kill the child after this long. Always set: libvirt has no timeout of its own. */
@@ -23,6 +23,9 @@ export interface ExecResult {
   /** Set when the program could not be started (not found, not executable). */
   error?: string;
 }
+
+/** How a write in a helper process ended: done (with the error the write met, if any), or still blocked after the timeout. */
+export type HelperWrite = { done: true; error?: string } | { done: false; pid: number };
 
 export interface FileStat {
   uid: number;
@@ -51,6 +54,13 @@ export interface Host {
   mkdir(hostPath: string): void;
   remove(hostPath: string): void;
   exec(command: string, args: string[], options: ExecOptions): ExecResult;
+  /**
+   * Writes the value in a detached helper process (own session, no inherited
+   * pipes) and waits at most timeoutMs for it. A helper still blocked then
+   * (a driver's remove() that never returns keeps it in D state, where no
+   * signal reaches it) is left running, never waited for.
+   */
+  writeInHelper(hostPath: string, data: string, timeoutMs: number): Promise<HelperWrite>;
   /** Blocks the whole process; hooks are sequential by design. */
   sleep(ms: number): void;
   now(): number;
@@ -162,6 +172,36 @@ export class RootedHost implements Host {
       timedOut: waited && result.status === null,
       error: failure && !waited ? `${command}: ${failure.message}` : undefined,
     };
+  }
+
+  writeInHelper(hostPath: string, data: string, timeoutMs: number): Promise<HelperWrite> {
+    // The value and the path are positional arguments: nothing of them is parsed by the shell.
+    const child = spawn("/bin/sh", ["-c", 'printf %s "$1" > "$2"', "sh", data, this.resolve(hostPath)], {
+      detached: true,
+      stdio: ["ignore", "ignore", "pipe"],
+      env: { PATH: SEARCH_PATH.join(":"), LC_ALL: "C" },
+    });
+    let stderr = "";
+    child.stderr!.setEncoding("utf8");
+    child.stderr!.on("data", (chunk: string) => (stderr += chunk));
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => {
+        // Let go of it: no listener, no pipe, no reference keeps this process waiting.
+        child.removeAllListeners();
+        child.stderr!.destroy();
+        child.unref();
+        resolve({ done: false, pid: child.pid! });
+      }, Math.max(1, Math.floor(timeoutMs)));
+      child.once("error", (error) => {
+        clearTimeout(timer);
+        resolve({ done: true, error: error.message });
+      });
+      child.once("close", (status, signal) => {
+        clearTimeout(timer);
+        const why = stderr.trim().split("\n").pop()?.replace(/^sh: (\d+: )?/, "");
+        resolve(status === 0 ? { done: true } : { done: true, error: why || `the helper ended with ${signal ?? `status ${status}`}` });
+      });
+    });
   }
 
   /** Programs are looked up under the root too, so a test tree can provide fake ones. */

@@ -11,6 +11,9 @@ export const paths = {
   hostLock: "/run/vmhook/host.lock",
   /** What VMs share (modules kept unloaded, ...): lib/claims.ts. */
   claims: "/run/vmhook/claims.json",
+  /** Writes into a driver that did not return (lib/stuck-writes.ts), one per device. */
+  stuckWrites: "/run/vmhook/stuck",
+  stuckWrite: (device: string) => `/run/vmhook/stuck/${device}.json`,
   /** Held by every hook run of the domain and by vmhook recover. */
   domainLock: (uuid: string) => `/run/vmhook/${uuid}.lock`,
   log: "/var/log/vmhook.log",

@@ -15,6 +15,7 @@ import type { GlobalOptions } from "./options.ts";
 import { print, printJson } from "./output.ts";
 import { domainBusy } from "../lock.ts";
 import { domainRunning } from "./recover.ts";
+import { describeStuckWrite, listStuckWrites, STUCK_ADVICE } from "../stuck-writes.ts";
 
 interface DomainArgs extends GlobalOptions {
   domain: string;
@@ -146,16 +147,18 @@ const status: CommandModule<GlobalOptions, GlobalOptions> = {
     const host = new RootedHost(args.root);
     const { journals, broken } = listJournals(host);
     const summaries = await Promise.all(journals.map((journal) => journalSummary(host, journal)));
+    const stuck = listStuckWrites(host);
     if (args.json) {
-      printJson({ domains: summaries, unreadable: broken });
+      printJson({ domains: summaries, unreadable: broken, stuckWrites: stuck });
       return;
     }
-    if (summaries.length === 0 && broken.length === 0) print("no VM holds anything (no journals in /run/vmhook)");
+    if (summaries.length === 0 && broken.length === 0 && stuck.length === 0) print("no VM holds anything (no journals in /run/vmhook)");
     for (const summary of summaries) {
       print(`${summary.domain.name} (${summary.domain.uuid}): ${describeState(summary)}:`);
       for (const held of summary.holds) print(`  ${held.state === "applied" ? "-" : `[${held.state}]`} ${held.plugin}: ${held.description}${held.error ? `: ${held.error}` : ""}`);
     }
     for (const item of broken) print(`unreadable journal ${item.file}: ${item.error}`);
+    for (const write of stuck) print(`stuck driver: ${describeStuckWrite(write)}\n  ${write.running ? STUCK_ADVICE : "vmhook recover forgets this note and finishes what the journal still holds"}`);
   },
 };
 

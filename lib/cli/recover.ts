@@ -11,6 +11,7 @@ import { createLogger } from "../log.ts";
 import { paths } from "../paths.ts";
 import { loadSettings } from "../settings.ts";
 import { undoJournal } from "../transaction.ts";
+import { forgetFinishedWrites } from "../stuck-writes.ts";
 import { registry } from "../../plugins/index.ts";
 import type { GlobalOptions } from "./options.ts";
 import { print, printJson } from "./output.ts";
@@ -38,6 +39,9 @@ export const recoverCommand: CommandModule<GlobalOptions, RecoverArgs> = {
     const host = new RootedHost(args.root);
     const settings = loadSettings(host);
     const { journals, broken } = listJournals(host);
+    // Helpers that were blocked in a driver and have finished since: their notes go, so the undos below may write to those devices again.
+    const finished = forgetFinishedWrites(host);
+    if (!args.json) for (const write of finished) print(`${write.device}: the write into driver ${write.driver} that did not return has finished since (pid ${write.pid} is gone)`);
     const chosen = journals.filter((j) => !args.name || j.domain.name === args.name || j.domain.uuid === args.name.toLowerCase());
     const results = [];
     for (const journal of chosen) {
@@ -70,7 +74,7 @@ export const recoverCommand: CommandModule<GlobalOptions, RecoverArgs> = {
     const unreadable = args.name ? [] : broken;
     if (unreadable.length > 0) process.exitCode = 1;
     if (args.json) {
-      printJson({ recovered: results, unreadable });
+      printJson({ recovered: results, unreadable, finishedStuckWrites: finished });
       return;
     }
     if (chosen.length === 0 && unreadable.length === 0) print(args.name ? `nothing to recover for ${args.name} (no journal in ${paths.stateDir})` : "nothing to recover");

@@ -12,6 +12,7 @@ import { describeError, VmhookError } from "../errors.ts";
 import type { Host } from "../host.ts";
 import { howToGetCgroupV2 } from "../host-advice.ts";
 import { listJournals } from "../journal.ts";
+import { describeStuckWrite, listStuckWrites, STUCK_ADVICE } from "../stuck-writes.ts";
 import { paths } from "../paths.ts";
 import { pciExists } from "../pci.ts";
 import { formatKiB } from "../validate.ts";
@@ -74,6 +75,7 @@ async function hostChecks(host: Host, iommu: IommuReport, passthrough: boolean):
     cgroupCpuset(host),
     libvirtHook(host),
     ...leftovers(host),
+    ...stuckDrivers(host),
     ...(await customPlugins(host)),
     hostPolicy(host),
   ];
@@ -158,6 +160,13 @@ function leftovers(host: Host): Finding[] {
     }),
   ];
   return findings.length > 0 ? findings : [ok("leftovers", `nothing left behind in ${paths.stateDir}`)];
+}
+
+/** Writes into a driver that did not return (lib/stuck-writes.ts): a helper blocked in the kernel, or a note to forget. */
+function stuckDrivers(host: Host): Finding[] {
+  return listStuckWrites(host).map((write) =>
+    write.running ? fail("stuck driver", describeStuckWrite(write), STUCK_ADVICE) : warn("stuck driver", describeStuckWrite(write), "run vmhook recover: it forgets this note and finishes what the journal still holds"),
+  );
 }
 
 async function customPlugins(host: Host): Promise<Finding[]> {

@@ -2,10 +2,12 @@
 // first), vfio-pci loads, each device moves with
 // driver_override + drivers_probe; extra modules load last. Each undo puts
 // one thing back and checks that it is back.
+import { writeThroughDriver } from "../../lib/bounded-write.ts";
 import { VmhookError } from "../../lib/errors.ts";
 import type { Host } from "../../lib/host.ts";
 import { PCI_DRIVERS, pciDriver, pciDriverRegistered, pciExists, pciPath, pciResetMethod } from "../../lib/pci.ts";
 import { defineAction, type ApplyContext, type BaseContext, type PlanContext, type Step, type UndoRecord } from "../../lib/plugin.ts";
+import { listStuckWrites, refuseIfStuck, StuckWriteError } from "../../lib/stuck-writes.ts";
 import { PATTERNS } from "../../lib/validate.ts";
 import type { VfioConfig, VfioSettings } from "./config.ts";
 import { describeHolders, isWatched, moduleLoaded, processesHolding, VFIO_DRIVER, type Survey, type Watched } from "./survey.ts";
@@ -91,6 +93,8 @@ interface UnloadRecord extends UndoRecord {
 /** Claimed before it goes: a device of another VM that needs it back waits for the last holder. */
 function unloadModule(record: UnloadRecord, ctx: BaseContext): void {
   const { module } = record;
+  // rmmod runs remove() for each device still bound: one blocked there already would block rmmod too.
+  refuseIfStuck(ctx.host, record.devices.map((device) => device.address));
   ctx.claims.take(moduleClaim(module), { drivers: driversOf(ctx.host, module) });
   const result = ctx.run("rmmod", [module], { allowFailure: true });
   if (moduleLoaded(ctx.host, module)) {
@@ -179,12 +183,19 @@ interface BindRecord extends UndoRecord {
   bindTimeoutMs: number;
 }
 
-function bindToVfio(record: BindRecord, ctx: BaseContext): void {
+/** A write that runs `driver`'s code for the device (remove() or probe()), in a helper bounded by bindTimeoutSeconds (lib/bounded-write.ts). */
+function throughDriver(ctx: BaseContext, address: string, driver: string, file: string, timeoutMs: number): Promise<void> {
+  return writeThroughDriver(ctx, { device: address, driver, file, value: address, timeoutMs, setting: "plugins.vfio.bindTimeoutSeconds" });
+}
+
+async function bindToVfio(record: BindRecord, ctx: BaseContext): Promise<void> {
   const { host } = ctx;
   const { address, group, bindTimeoutMs: timeoutMs } = record;
+  refuseIfStuck(host, [address]);
   host.write(pciPath(address, "driver_override"), VFIO_DRIVER);
-  if (pciDriver(host, address) !== undefined) host.write(pciPath(address, "driver/unbind"), address);
-  host.write("/sys/bus/pci/drivers_probe", address);
+  const driver = pciDriver(host, address);
+  if (driver !== undefined) await throughDriver(ctx, address, driver, pciPath(address, "driver/unbind"), timeoutMs);
+  await throughDriver(ctx, address, VFIO_DRIVER, "/sys/bus/pci/drivers_probe", timeoutMs);
   ctx.waitFor(`${address} is bound to vfio-pci`, () => pciDriver(host, address) === VFIO_DRIVER, { timeoutMs });
   ctx.waitFor(`/dev/vfio/${group} exists`, () => host.exists(`/dev/vfio/${group}`), { timeoutMs });
 }
@@ -211,13 +222,15 @@ function didNotComeBack(host: Host, address: string, driver: string): VmhookErro
 }
 
 /** Back from vfio-pci: unbind, restore driver_override, reprobe (or bind the recorded driver), verify. */
-function rebindDevice(record: BindRecord, ctx: BaseContext): void {
+async function rebindDevice(record: BindRecord, ctx: BaseContext): Promise<void> {
   const { host } = ctx;
   const { address, driver, override, bindTimeoutMs: timeoutMs } = record;
+  // A write into the device still blocked in its driver holds the device's lock: a write now would block too.
+  refuseIfStuck(host, [address]);
   if (!pciExists(host, address)) {
     throw new VmhookError(`vfio: ${address} is gone from the PCI bus; run echo 1 > /sys/bus/pci/rescan, then vmhook recover`);
   }
-  if (pciDriver(host, address) === VFIO_DRIVER) host.write(`${PCI_DRIVERS}/${VFIO_DRIVER}/unbind`, address);
+  if (pciDriver(host, address) === VFIO_DRIVER) await throughDriver(ctx, address, VFIO_DRIVER, `${PCI_DRIVERS}/${VFIO_DRIVER}/unbind`, timeoutMs);
   // An empty write clears driver_override.
   host.write(pciPath(address, "driver_override"), override ?? "\n");
   if (driver === null || pciDriver(host, address) === driver) return;
@@ -237,12 +250,13 @@ function rebindDevice(record: BindRecord, ctx: BaseContext): void {
     // Unloaded by someone else and reloaded by no later undo: returning would drop the record, leaving the device on no driver.
     throw new VmhookError(`vfio: ${address} cannot go back to ${driver}: that driver is no longer registered (its module was unloaded); load it (modprobe), then run vmhook recover`);
   }
-  if (pciDriver(host, address) === undefined) host.write("/sys/bus/pci/drivers_probe", address);
+  if (pciDriver(host, address) === undefined) await throughDriver(ctx, address, driver, "/sys/bus/pci/drivers_probe", timeoutMs);
   try {
     // The probe did not take it: ask the recorded driver directly (the kernel refuses with ENODEV when the device does not answer).
-    if (pciDriver(host, address) === undefined) host.write(`${PCI_DRIVERS}/${driver}/bind`, address);
+    if (pciDriver(host, address) === undefined) await throughDriver(ctx, address, driver, `${PCI_DRIVERS}/${driver}/bind`, timeoutMs);
     ctx.waitFor(`${address} is bound to ${driver}`, () => pciDriver(host, address) === driver, { timeoutMs });
-  } catch {
+  } catch (error) {
+    if (error instanceof StuckWriteError) throw error;
     throw didNotComeBack(host, address, driver);
   }
 }
@@ -252,7 +266,7 @@ function rebindDevice(record: BindRecord, ctx: BaseContext): void {
  * unloaded; then its driver's devices must come back, this VM's and those
  * of VMs released meanwhile (they wait in the claim).
  */
-function loadModule(record: UnloadRecord, ctx: BaseContext): void {
+async function loadModule(record: UnloadRecord, ctx: BaseContext): Promise<void> {
   const { module, devices: ownDevices } = record;
   const claim = moduleClaim(module);
   const others = ctx.claims.others(claim);
@@ -263,11 +277,12 @@ function loadModule(record: UnloadRecord, ctx: BaseContext): void {
     return;
   }
   const waiting = (ctx.claims.get(claim)?.waiting ?? []).map((device) => ({ address: checkedAddress(device as UndoRecord), driver: checkedDriver((device as UndoRecord).driver)! }));
+  refuseIfStuck(ctx.host, [...ownDevices, ...waiting].map((device) => device.address));
   if (!moduleLoaded(ctx.host, module)) ctx.run("modprobe", [module], { timeoutMs: 60_000 });
   for (const { address, driver } of [...ownDevices, ...waiting]) {
     // Still on vfio-pci: its own undo failed and says so, or a VM took it again; do not report it twice.
     if (!pciExists(ctx.host, address) || pciDriver(ctx.host, address) === VFIO_DRIVER) continue;
-    if (pciDriver(ctx.host, address) === undefined) ctx.host.write("/sys/bus/pci/drivers_probe", address);
+    if (pciDriver(ctx.host, address) === undefined) await throughDriver(ctx, address, driver, "/sys/bus/pci/drivers_probe", record.bindTimeoutMs);
     try {
       ctx.waitFor(`${address} is bound to ${driver}`, () => pciDriver(ctx.host, address) === driver, { timeoutMs: record.bindTimeoutMs });
     } catch {
@@ -301,7 +316,11 @@ function unloadModules(record: LoadRecord, ctx: BaseContext): void {
 }
 
 function unloadUnused(ctx: BaseContext, modules: string[]): void {
-  let remaining = modules.filter((module) => moduleLoaded(ctx.host, module));
+  // rmmod of a driver whose remove() is blocked would block as well (and vmhook with it): such a module stays.
+  const stuckDrivers = new Set(listStuckWrites(ctx.host).flatMap((write) => (write.running ? [write.driver] : [])));
+  const blocked = modules.filter((module) => driversOf(ctx.host, module).some((driver) => stuckDrivers.has(driver)));
+  if (blocked.length > 0) ctx.log.warn(`vfio: leaving module(s) ${blocked.join(", ")} loaded: a write into their driver has not returned (vmhook status)`);
+  let remaining = modules.filter((module) => !blocked.includes(module) && moduleLoaded(ctx.host, module));
   const stillUsed = (module: string) =>
     Number(ctx.host.readTrimmed(`/sys/module/${module}/refcnt`) ?? 0) > 0 ||
     (module === "vfio_pci" && ctx.host.list(`${PCI_DRIVERS}/${VFIO_DRIVER}`).some((entry) => PATTERNS.pciAddress.test(entry)));

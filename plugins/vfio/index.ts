@@ -16,7 +16,8 @@ import { parseVfioConfig, readVfioSettings, type VfioConfig } from "./config.ts"
 import { consoleSteps, displayManagerSteps, findDisplayManager, stopDisplayManagerAction, unbindFramebufferAction, unbindVtconsoleAction, waitGpuFreeAction, waitGpuFreeStep } from "./display.ts";
 import { bindVfioAction, helperServices, loadModulesAction, stoppedHelpers, takeOverSteps, unloadModuleAction } from "./driver.ts";
 import { otherHolders } from "./refuse.ts";
-import { survey, VFIO_DRIVER } from "./survey.ts";
+import { handedOverAddresses, survey, VFIO_DRIVER } from "./survey.ts";
+import { refuseIfStuck } from "../../lib/stuck-writes.ts";
 import { keepStoppedSteps, stopUnitAction, stopUnitStep } from "./units.ts";
 
 /**
@@ -27,6 +28,8 @@ import { keepStoppedSteps, stopUnitAction, stopUnitStep } from "./units.ts";
  */
 function planPrepare(ctx: PlanContext<VfioConfig>): Step[] {
   const settings = readVfioSettings(ctx.settings);
+  // Before the survey reads them: a device whose driver is stuck in remove() is not handed anywhere.
+  refuseIfStuck(ctx.host, handedOverAddresses(ctx.host, ctx.config));
   const found = survey(ctx.host, ctx.config);
   const displayManager = found.singleGpu ? findDisplayManager(ctx, ctx.config, settings) : undefined;
   const helpers = helperServices(ctx, found, settings);

@@ -4,7 +4,7 @@
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
-import { RootedHost, type ExecOptions, type ExecResult } from "../../lib/host.ts";
+import { RootedHost, type ExecOptions, type ExecResult, type HelperWrite } from "../../lib/host.ts";
 
 export type WriteHandler = (data: string, hostPath: string, sim: SimHost) => void;
 export type ExecHandler = (args: string[], sim: SimHost, options: ExecOptions) => Partial<ExecResult> | void;
@@ -16,6 +16,10 @@ export class SimHost extends RootedHost {
   private readonly writeHandlers: { match: string | RegExp; handler: WriteHandler }[] = [];
   private readonly execHandlers = new Map<string, ExecHandler>();
   private readonly failures: { match: string | RegExp; error: string }[] = [];
+  private readonly hangs: { match: string | RegExp; data?: string }[] = [];
+  /** Writes whose helper hangs in a driver: they take effect at finishHungWrites(). */
+  readonly hung: { pid: number; path: string; data: string }[] = [];
+  private nextPid = 4000;
 
   constructor() {
     super(fs.mkdtempSync(path.join(os.tmpdir(), "vmhook-sim-")));
@@ -60,21 +64,35 @@ export class SimHost extends RootedHost {
     return this;
   }
 
+  /** Writes (of `data`, or any) to matching paths done in a helper never return (a driver's remove() that blocks): the helper stays in D state. */
+  hangWrite(match: string | RegExp, data?: string): this {
+    this.hangs.push({ match, data });
+    return this;
+  }
+
+  /** The hanging drivers return: their writes take effect and their helpers exit. */
+  finishHungWrites(): void {
+    this.hangs.length = 0;
+    for (const { pid, path: hostPath, data } of this.hung.splice(0)) {
+      this.remove(`/proc/${pid}`);
+      this.write(hostPath, data);
+    }
+  }
+
   clearFailures(): void {
     this.failures.length = 0;
   }
 
   /** Writes as the kernel would take them: the file must exist (sysfs never creates files). */
   override write(hostPath: string, data: string): void {
-    const matches = (match: string | RegExp) => (typeof match === "string" ? match === hostPath : match.test(hostPath));
-    const failure = this.failures.find((f) => matches(f.match));
+    const failure = this.failures.find((f) => matches(f.match, hostPath));
     if (failure) {
       const error = new Error(`${failure.error}: simulated failure writing ${hostPath}`) as NodeJS.ErrnoException;
       error.code = failure.error;
       throw error;
     }
     this.writes.push({ path: hostPath, data });
-    const handler = this.writeHandlers.find((h) => matches(h.match));
+    const handler = this.writeHandlers.find((h) => matches(h.match, hostPath));
     if (handler) return handler.handler(data.trim(), hostPath, this);
     if (!fs.existsSync(this.resolve(hostPath))) {
       const error = new Error(`ENOENT: no such file ${hostPath}`) as NodeJS.ErrnoException;
@@ -82,6 +100,23 @@ export class SimHost extends RootedHost {
       throw error;
     }
     super.write(hostPath, data);
+  }
+
+  /** As the kernel would take it, in a simulated helper process; one that hangs appears in /proc in D state. */
+  override async writeInHelper(hostPath: string, data: string): Promise<HelperWrite> {
+    if (this.hangs.some((hang) => matches(hang.match, hostPath) && (hang.data === undefined || hang.data === data))) {
+      const pid = this.nextPid++;
+      this.file(`/proc/${pid}/stat`, `${pid} (sh) D 1 ${pid} ${pid} 0 -1 4194304 0 0 0 0 0 0 0 0 20 0 1 0 ${pid * 10} 2314240 1`);
+      this.writes.push({ path: hostPath, data });
+      this.hung.push({ pid, path: hostPath, data });
+      return { done: false, pid };
+    }
+    try {
+      this.write(hostPath, data);
+      return { done: true };
+    } catch (error) {
+      return { done: true, error: (error as Error).message };
+    }
   }
 
   override exec(command: string, args: string[], options: ExecOptions): ExecResult {
@@ -122,3 +157,5 @@ export class SimHost extends RootedHost {
     fs.rmSync(this.root, { recursive: true, force: true });
   }
 }
+
+const matches = (match: string | RegExp, hostPath: string) => (typeof match === "string" ? match === hostPath : match.test(hostPath));

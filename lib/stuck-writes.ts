@@ -1,0 +1,121 @@
+// Writes into sysfs that call a driver's code (unbind, drivers_probe, bind,
+// remove, rescan) and did not return: lib/bounded-write.ts leaves their helper
+// process blocked in the kernel and notes it here, one file per device. While
+// the helper lives, the device's lock is held by the kernel: any later write
+// to the device would block vmhook too, so every such write is refused.
+// Once the helper is gone, the note is stale: the next write to the device,
+// or vmhook recover, removes it.
+import { VmhookError } from "./errors.ts";
+import type { Host } from "./host.ts";
+import { paths } from "./paths.ts";
+import { ensureStateDir, readStateFile, removeStateFile, writeStateFile } from "./state-files.ts";
+
+export interface StuckWrite {
+  /** The helper process blocked in the write. */
+  pid: number;
+  /** Its start time (field 22 of /proc/PID/stat): a later process given the same pid is not it. */
+  startTime: string;
+  /** The device the write acts on: a PCI address, or a platform device's name. */
+  device: string;
+  driver: string;
+  file: string;
+  value: string;
+  /** When the write began, ISO 8601. */
+  since: string;
+  domain: { name: string; uuid: string };
+}
+
+export interface StuckWriteStatus extends StuckWrite {
+  /** The helper still runs (blocked in the driver). */
+  running: boolean;
+  /** Its state letter from /proc/PID/stat ("D": uninterruptible sleep), when running. */
+  state?: string;
+}
+
+/** What the user can do while a helper is stuck. */
+export const STUCK_ADVICE = "do not use the device, and do not unload its driver; wait until the driver lets go (vmhook status shows it), or reboot the host";
+
+/** A name that is safe as a file name under /run/vmhook/stuck. */
+const DEVICE_NAME = /^[A-Za-z0-9][A-Za-z0-9:._-]{0,63}$/;
+
+function checkedDevice(device: string): string {
+  if (!DEVICE_NAME.test(device)) throw new VmhookError(`internal: "${device}" is not a device name vmhook can note a stuck write for`);
+  return device;
+}
+
+/** Fields of /proc/PID/stat after the command (which may hold spaces and parentheses): [state, ppid, ...]. */
+function procStat(host: Host, pid: number): string[] | undefined {
+  const text = host.readTrimmed(`/proc/${pid}/stat`);
+  const end = text?.lastIndexOf(")") ?? -1;
+  return text && end > 0 ? text.slice(end + 2).split(" ") : undefined;
+}
+
+/** A process's start time (field 22 of /proc/PID/stat), or "" when it is gone. */
+export function processStartTime(host: Host, pid: number): string {
+  return procStat(host, pid)?.[19] ?? "";
+}
+
+export function recordStuckWrite(host: Host, write: StuckWrite): void {
+  ensureStateDir(host);
+  ensureStateDir(host, paths.stuckWrites);
+  writeStateFile(host, paths.stuckWrite(checkedDevice(write.device)), `${JSON.stringify(write, null, 2)}\n`);
+}
+
+function withStatus(host: Host, write: StuckWrite): StuckWriteStatus {
+  const stat = procStat(host, write.pid);
+  const running = stat !== undefined && stat[19] === write.startTime && stat[0] !== "Z";
+  return running ? { ...write, running, state: stat[0] } : { ...write, running };
+}
+
+function readStuckWrite(host: Host, file: string): StuckWriteStatus | undefined {
+  const text = readStateFile(host, file, "stuck-write note");
+  if (text === undefined) return undefined;
+  let write: StuckWrite;
+  try {
+    write = JSON.parse(text) as StuckWrite;
+    if (!Number.isSafeInteger(write.pid) || write.pid <= 0 || typeof write.device !== "string") throw new Error("no pid or device");
+  } catch (error) {
+    throw new VmhookError(`stuck-write note ${file} cannot be read (${(error as Error).message}); a driver may still hold a device: check vmhook's log, then remove it (rm ${file})`);
+  }
+  return withStatus(host, write);
+}
+
+/** The note of a write into this device's driver that did not return, if any. */
+export function stuckWriteFor(host: Host, device: string): StuckWriteStatus | undefined {
+  return readStuckWrite(host, paths.stuckWrite(checkedDevice(device)));
+}
+
+export function listStuckWrites(host: Host): StuckWriteStatus[] {
+  return host
+    .list(paths.stuckWrites)
+    .filter((name) => name.endsWith(".json"))
+    .flatMap((name) => readStuckWrite(host, `${paths.stuckWrites}/${name}`) ?? []);
+}
+
+/** One line: what is stuck since when, and whether its helper still runs. */
+export function describeStuckWrite(write: StuckWriteStatus): string {
+  const what = `${write.device}: driver ${write.driver} did not return from writing "${write.value}" to ${write.file} (since ${write.since}, for ${write.domain.name})`;
+  return write.running
+    ? `${what}; its helper, pid ${write.pid}, is still blocked in the kernel (state ${write.state}${write.state === "D" ? ": uninterruptible" : ""})`
+    : `${what}; its helper, pid ${write.pid}, has finished since`;
+}
+
+/** Refuses while a write into one of these devices' drivers is still blocked. Reads only (vmhook plan calls it too). */
+export function refuseIfStuck(host: Host, devices: string[]): void {
+  for (const device of devices) {
+    const write = stuckWriteFor(host, device);
+    if (write?.running) throw new StuckWriteError(`${describeStuckWrite(write)}; vmhook writes nothing to ${device} until it has returned`, [STUCK_ADVICE]);
+  }
+}
+
+/** Removes the notes whose helper is gone, of these devices or of all; returns them. */
+export function forgetFinishedWrites(host: Host, devices?: string[]): StuckWriteStatus[] {
+  const finished = listStuckWrites(host).filter((write) => !write.running && (!devices || devices.includes(write.device)));
+  for (const write of finished) removeStateFile(host, paths.stuckWrite(write.device));
+  return finished;
+}
+
+/** A write that is, or was found, blocked in a driver: no caller may turn it into another error. */
+export class StuckWriteError extends VmhookError {
+  override readonly name = "StuckWriteError";
+}

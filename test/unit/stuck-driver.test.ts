@@ -1,0 +1,148 @@
+// A driver whose remove() never returns (lib/bounded-write.ts): the unbind
+// runs in a helper that stays blocked in D state; the hook fails naming the
+// device, its driver and the file, keeps what it could not undo, and writes
+// nothing more to the device until the helper is gone. The real kernel test
+// is test/kernel/stuck-driver.test.ts.
+import { test } from "uvu";
+import * as assert from "uvu/assert";
+import { Deadline } from "../../lib/deadline.ts";
+import { readJournal } from "../../lib/journal.ts";
+import { createLogger } from "../../lib/log.ts";
+import { loadSettings } from "../../lib/settings.ts";
+import { forgetFinishedWrites } from "../../lib/stuck-writes.ts";
+import { undoJournal } from "../../lib/transaction.ts";
+import { registry } from "../../plugins/index.ts";
+import { paths } from "../../lib/paths.ts";
+import { GpuKernel } from "../helpers/gpu-kernel.ts";
+import { cli } from "../helpers/cli.ts";
+import { runHookEvent } from "../helpers/hook.ts";
+
+const UUID = "4d1f3a52-7c0e-4b8e-a3f1-2b6c9d0e5a71";
+const GPU = "0000:01:00.0";
+const AUDIO = "0000:01:00.1";
+const UNBIND = `/sys/bus/pci/devices/${GPU}/driver/unbind`;
+const XML = `<domain type='kvm'><name>win11</name><uuid>${UUID}</uuid><memory unit='GiB'>8</memory>
+  <metadata><vmhook:hooks xmlns:vmhook="urn:vmhook:1"><vmhook:vfio/></vmhook:hooks></metadata>
+  <devices><hostdev mode='subsystem' type='pci' managed='no'><source><address domain='0x0000' bus='0x01' slot='0x00' function='0x0'/></source></hostdev></devices></domain>`;
+
+/** An AMD card for the VM beside the host's Intel GPU; vfio's bindTimeoutSeconds is 2. */
+function workstation(): GpuKernel {
+  const kernel = new GpuKernel()
+    .module({ name: "amdgpu", driver: "amdgpu", loaded: true })
+    .module({ name: "i915", driver: "i915", loaded: true })
+    .module({ name: "snd_hda_intel", driver: "snd_hda_intel", loaded: true })
+    .device({ address: "0000:00:02.0", classCode: "0x030000", vendor: "0x8086", nativeDriver: "i915", group: 0, bootVga: true, nodes: ["card0"] })
+    .device({ address: GPU, classCode: "0x030000", vendor: "0x1002", nativeDriver: "amdgpu", group: 1, nodes: ["card1"] })
+    .device({ address: AUDIO, classCode: "0x040300", vendor: "0x1002", nativeDriver: "snd_hda_intel", group: 1 });
+  kernel.sim.file("/etc/vmhook/vmhook.json", JSON.stringify({ plugins: { vfio: { bindTimeoutSeconds: 2 } } }));
+  return kernel;
+}
+
+const writesTo = (kernel: GpuKernel, from: number, device: string) => kernel.sim.writes.slice(from).filter((write) => write.path.includes(device) || write.data === device);
+/** What vmhook recover does (lib/cli/recover.ts), on the simulated kernel: the CLI's own host would not simulate the driver. */
+async function recover(kernel: GpuKernel): Promise<{ forgotten: string[]; failed: unknown[] }> {
+  const forgotten = forgetFinishedWrites(kernel.sim).map((write) => write.device);
+  const log = createLogger(kernel.sim, { echo: "none", file: false });
+  const { failed } = await undoJournal(readJournal(kernel.sim, UUID)!, { host: kernel.sim, log, settings: loadSettings(kernel.sim), registry }, new Deadline(kernel.sim, 10_000));
+  return { forgotten, failed };
+}
+
+const cliOn = (kernel: GpuKernel, ...args: string[]) => cli(["--root", kernel.sim.root, ...args]);
+
+test("an unbind that never returns: prepare fails naming device, driver and file; the helper is noted; nothing more is written to the device", async () => {
+  const kernel = workstation();
+  kernel.sim.hangWrite(UNBIND);
+  const prepare = await runHookEvent(kernel.sim, "prepare", "begin", XML, "win11");
+  assert.is(prepare.code, 1);
+  const [pid] = kernel.sim.hung.map((write) => write.pid);
+  assert.is(prepare.stderr.split("\n")[0], `vmhook: ${GPU}: driver amdgpu did not return within 2 s from writing "${GPU}" to ${UNBIND}; vmhook left its helper (pid ${pid}) blocked in the kernel and gave up`);
+  assert.match(prepare.stderr, "do not use the device, and do not unload its driver; wait until the driver lets go (vmhook status shows it), or reboot the host");
+  assert.match(prepare.stderr, "raise plugins.vfio.bindTimeoutSeconds in /etc/vmhook/vmhook.json");
+  assert.match(prepare.stderr, "1 of 2 change(s) could not be undone: run vmhook recover and see vmhook status");
+
+  // The rollback wrote nothing to the GPU after the unbind (its driver_override stays: a write would block on the device's lock).
+  const unbindAt = kernel.sim.writes.findIndex((write) => write.path === UNBIND);
+  assert.equal(writesTo(kernel, unbindAt + 1, GPU), []);
+  assert.is(kernel.sim.readTrimmed(`/sys/bus/pci/devices/${GPU}/driver_override`), "vfio-pci");
+  // Undone: vfio-pci is unloaded again; the audio function was never touched.
+  assert.not.ok(kernel.loaded("vfio_pci"));
+  assert.is(kernel.driverOf(AUDIO), "snd_hda_intel");
+  // The journal does not claim the GPU is back: its record waits for vmhook recover.
+  assert.equal(readJournal(kernel.sim, UUID)!.entries.map((entry) => `${entry.state} ${entry.description}`), [`undo-failed bind ${GPU} to vfio-pci (from amdgpu)`]);
+  assert.match(readJournal(kernel.sim, UUID)!.entries[0]!.error!, `${GPU}: driver amdgpu did not return from writing "${GPU}" to ${UNBIND}`);
+  const note = JSON.parse(kernel.sim.read(paths.stuckWrite(GPU)));
+  assert.equal({ ...note, since: "" }, { pid, startTime: String(pid * 10), device: GPU, driver: "amdgpu", file: UNBIND, value: GPU, since: "", domain: { name: "win11", uuid: UUID } });
+  kernel.sim.cleanup();
+});
+
+test("while the helper is blocked: status and doctor show it in D state; prepare and recover refuse without writing to the device", async () => {
+  const kernel = workstation();
+  kernel.sim.hangWrite(UNBIND);
+  assert.is((await runHookEvent(kernel.sim, "prepare", "begin", XML, "win11")).code, 1);
+  const [pid] = kernel.sim.hung.map((write) => write.pid);
+  const stuckLine = `${GPU}: driver amdgpu did not return from writing "${GPU}" to ${UNBIND}`;
+
+  const status = await cliOn(kernel, "status");
+  assert.match(status.stdout, `stuck driver: ${stuckLine}`);
+  assert.match(status.stdout, `its helper, pid ${pid}, is still blocked in the kernel (state D: uninterruptible)\n  do not use the device`);
+  const json = JSON.parse((await cliOn(kernel, "--json", "status")).stdout);
+  assert.equal(json.stuckWrites.map((write: { pid: number; running: boolean; state: string }) => [write.pid, write.running, write.state]), [[pid, true, "D"]]);
+  const doctor = await cliOn(kernel, "doctor");
+  assert.is(doctor.code, 1);
+  assert.match(doctor.stdout, `fail  stuck driver: ${stuckLine}`);
+  assert.match(doctor.stdout, "fix: do not use the device");
+
+  const from = kernel.sim.writes.length;
+  const again = await runHookEvent(kernel.sim, "prepare", "begin", XML, "win11");
+  assert.is(again.code, 1);
+  assert.match(again.stderr, "an earlier run of win11 left changes that cannot be undone");
+  assert.match(again.stderr, `vmhook writes nothing to ${GPU} until it has returned`);
+  const recover = await cliOn(kernel, "recover");
+  assert.is(recover.code, 1);
+  assert.match(recover.stderr, `${stuckLine} (since `);
+  // Another domain with the same device: refused at planning, before the survey reads it.
+  const other = await runHookEvent(kernel.sim, "prepare", "begin", XML.replace(UUID, "11111111-2222-4333-8444-555555555555").replace("win11", "other"), "other");
+  assert.is(other.code, 1);
+  assert.match(other.stderr.split("\n")[0]!, `${stuckLine} (since `);
+  assert.match(other.stderr, "the host was left as it was (0 change(s) undone)");
+  assert.equal(writesTo(kernel, from, GPU), []);
+  kernel.sim.cleanup();
+});
+
+test("once the driver returns: status says so, vmhook recover forgets the note and brings the device back", async () => {
+  const kernel = workstation();
+  const before = kernel.sim.snapshot();
+  kernel.sim.hangWrite(UNBIND);
+  assert.is((await runHookEvent(kernel.sim, "prepare", "begin", XML, "win11")).code, 1);
+  kernel.sim.finishHungWrites();
+  assert.is(kernel.driverOf(GPU), undefined, "the unbind took effect when remove() returned");
+
+  const status = await cliOn(kernel, "status");
+  assert.match(status.stdout, "has finished since\n  vmhook recover forgets this note");
+  assert.match((await cliOn(kernel, "doctor")).stdout, "warn  stuck driver:");
+  const { forgotten, failed } = await recover(kernel);
+  assert.equal(forgotten, [GPU]);
+  assert.equal(failed, []);
+  assert.is(kernel.driverOf(GPU), "amdgpu");
+  assert.equal(kernel.sim.stateFiles(), []);
+  assert.is((await cliOn(kernel, "status")).stdout, "no VM holds anything (no journals in /run/vmhook)\n");
+  assert.equal(kernel.sim.snapshot(), before);
+  kernel.sim.cleanup();
+});
+
+test("vfio-pci's unbind hangs at release: release still exits 0, names it, and keeps the record for vmhook recover", async () => {
+  const kernel = workstation();
+  assert.is((await runHookEvent(kernel.sim, "prepare", "begin", XML, "win11")).code, 0);
+  kernel.sim.hangWrite("/sys/bus/pci/drivers/vfio-pci/unbind", GPU);
+  const release = await runHookEvent(kernel.sim, "release", "end", XML, "win11");
+  assert.is(release.code, 0, "release never fails libvirt");
+  assert.match(release.stderr, `${GPU}: driver vfio-pci did not return within 2 s from writing "${GPU}" to /sys/bus/pci/drivers/vfio-pci/unbind`);
+  assert.equal(readJournal(kernel.sim, UUID)!.entries.map((entry) => entry.state), ["undo-failed"]);
+  assert.is(kernel.driverOf(AUDIO), "snd_hda_intel", "the rest of the release still ran");
+  kernel.sim.finishHungWrites();
+  assert.equal((await recover(kernel)).failed, []);
+  assert.is(kernel.driverOf(GPU), "amdgpu");
+  kernel.sim.cleanup();
+});
+
+test.run();
