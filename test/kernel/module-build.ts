@@ -1,5 +1,5 @@
 // Builds an out-of-tree kernel module for the Debian kernel the guest boots,
-// cached in .cache/<name>/<release>/<name>.ko (mtty.ts, stuck-module.ts);
+// cached in .cache/<name>/<release>[-<version>]/<name>.ko (mtty.ts, stuck-module.ts);
 // the downloaded packages are shared in .cache/module-debs.
 //
 // Everything comes from Debian's own packages of the SAME version as the
@@ -19,6 +19,8 @@ const REPO = resolve(dirname(fileURLToPath(import.meta.url)), "../..");
 export interface ModuleSource {
   /** The module's name: NAME.ko, cached under .cache/NAME. */
   name: string;
+  /** Part of the cache key: a build of an edited source is not taken for the old one. */
+  version?: string;
   /** Also unpack linux-source-<series> (its tarball lands in the tree's usr/src). */
   kernelSource?: boolean;
   /** Puts NAME.c (and anything else Kbuild needs but itself) into `build`; `tree` holds the unpacked packages. */
@@ -57,7 +59,7 @@ function unpack(pkg: string, version: string, debs: string, tree: string): void 
 export function buildModule(source: ModuleSource, release = ensureKernel().version): string {
   if (!/^\d+\.\d+\.\d+-\d+-amd64$/.test(release)) throw new Error(`"${release}" is not a Debian amd64 kernel release like 6.1.0-56-amd64`);
   const cache = join(REPO, ".cache", source.name);
-  const dir = join(cache, release);
+  const dir = join(cache, source.version ? `${release}-${source.version}` : release);
   const module = join(dir, `${source.name}.ko`);
   if (existsSync(module)) return module;
 

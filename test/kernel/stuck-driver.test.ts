@@ -1,0 +1,137 @@
+// A driver that never lets go, on a real kernel: QEMU's edu device on the
+// test driver vmhook_stuck (test/kernel/stuck-module.ts), whose remove()
+// sleeps uninterruptibly for up to remove_delay_ms, or until the test lets it
+// go (parameter let_go): on a loaded machine no fixed delay tells "still
+// blocked" from "done" reliably. vfio's unbind then blocks in
+// the kernel: the hook must give up after bindTimeoutSeconds, leave its
+// helper in D state, and write nothing to the device until it is gone.
+// One boot; every scenario leaves the guest as it was.
+import { suite } from "uvu";
+import * as assert from "uvu/assert";
+import { bootGuest, skipReason, type Guest } from "./guest.ts";
+import { buildStuckDriver } from "./stuck-module.ts";
+
+const UUID = "2c7e9f10-4b3a-4d5e-8f60-71a2b3c4d5e6";
+const DELAY = "/sys/module/vmhook_stuck/parameters/remove_delay_ms";
+const LET_GO = "/sys/module/vmhook_stuck/parameters/let_go";
+
+const bench = suite<{ guest?: Guest; edu?: string; baseline?: string }>("a driver whose remove() blocks");
+const skip = skipReason();
+if (skip) console.log(`stuck-driver kernel tests: skipped: ${skip}`);
+const it = skip ? bench.skip : bench;
+
+/** The edu device's address: the first PCI device with vendor 1234, device 11e8. */
+const FIND_EDU = `for d in /sys/bus/pci/devices/*; do [ "$(cat $d/vendor):$(cat $d/device)" = 0x1234:0x11e8 ] && basename $d; done; true`;
+
+bench.before(async (context) => {
+  if (skip) return;
+  context.guest = await bootGuest({ extraModules: [buildStuckDriver()], qemuArgs: ["-device", "edu"] });
+  context.edu = (await context.guest.ok(FIND_EDU)).trim();
+  await context.guest.ok(`mkdir -p /etc/vmhook && echo '{"plugins": {"vfio": {"bindTimeoutSeconds": 2}}}' > /etc/vmhook/vmhook.json`);
+  context.baseline = await context.guest.ok(state(context.edu));
+});
+bench.after(async ({ guest }) => {
+  await guest?.shutdown();
+});
+
+function domainXml(edu: string): string {
+  const [, bus, slot, fn] = /^0000:(\w\w):(\w\w)\.(\d)$/.exec(edu)!;
+  return `<domain type='kvm'><name>edu-vm</name><uuid>${UUID}</uuid><memory unit='MiB'>256</memory>
+<metadata><vmhook:hooks xmlns:vmhook="urn:vmhook:1"><vmhook:vfio single-gpu="no"/></vmhook:hooks></metadata>
+<devices><hostdev mode='subsystem' type='pci' managed='no'><source><address domain='0x0000' bus='0x${bus}' slot='0x${slot}' function='0x${fn}'/></source></hostdev></devices></domain>`;
+}
+
+/** Runs the hook as libvirt does; prints how long it took (ms) as the last line. */
+function hook(edu: string, event: "prepare begin" | "release end"): string {
+  return `cat > /tmp/domain.xml <<'XML'\n${domainXml(edu)}\nXML
+ms() { awk '{ print int($1 * 1000) }' /proc/uptime; }
+start=$(ms); /etc/libvirt/hooks/qemu edu-vm ${event} - < /tmp/domain.xml; code=$?
+echo "took $(($(ms) - start)) ms"; exit $code`;
+}
+
+/**
+ * What vmhook may touch, as text. While remove() blocks, the kernel holds the
+ * device's lock, and reading driver_override waits for it: `blocked` leaves it out.
+ */
+function state(edu: string, blocked = false): string {
+  return `d=/sys/bus/pci/devices/${edu}
+echo "edu driver: $(basename "$(readlink $d/driver)")"
+${blocked ? "" : `echo "edu override: $(cat $d/driver_override)"`}
+echo "gpu driver: $(basename "$(readlink /sys/bus/pci/devices/0000:00:01.0/driver)")"
+echo "vfio: $(ls /dev/vfio 2>/dev/null | tr '\\n' ' ')"
+echo "modules: $(cut -d' ' -f1 /proc/modules | sort | tr '\\n' ' ')"
+echo "state: $(ls /run/vmhook /run/vmhook/stuck 2>/dev/null | grep json | tr '\\n' ' ')"`;
+}
+
+it("the edu device is on vmhook_stuck in an IOMMU group of its own", async ({ guest, edu, baseline }) => {
+  assert.match(edu!, /^0000:00:\w\w\.0$/);
+  assert.match(baseline!, "edu driver: vmhook_stuck\n");
+  const group = await guest!.ok(`ls /sys/bus/pci/devices/${edu}/iommu_group/devices`);
+  assert.is(group, `${edu}\n`);
+});
+
+it("control: with remove() returning at once, the device goes to vfio-pci and comes back", async ({ guest, edu, baseline }) => {
+  await guest!.ok(`echo 0 > ${DELAY}`);
+  const prepare = await guest!.sh(hook(edu!, "prepare begin"));
+  assert.is(prepare.code, 0, prepare.stdout);
+  assert.match(await guest!.ok(state(edu!)), "edu driver: vfio-pci\n");
+  const release = await guest!.sh(hook(edu!, "release end"));
+  assert.is(release.code, 0, release.stdout);
+  assert.fixture(await guest!.ok(state(edu!)), baseline!);
+});
+
+it("remove() blocks: prepare gives up after bindTimeoutSeconds, naming device, driver and file; the helper stays in D state", async ({ guest, edu, baseline }) => {
+  await guest!.ok(`echo 600000 > ${DELAY}`);
+  const prepare = await guest!.sh(hook(edu!, "prepare begin"));
+  assert.is(prepare.code, 1, prepare.stdout);
+  const lines = prepare.stdout.split("\n");
+  const pid = /vmhook left its helper \(pid (\d+)\)/.exec(lines[0]!)?.[1];
+  assert.is(lines[0], `vmhook: ${edu}: driver vmhook_stuck did not return within 2 s from writing "${edu}" to /sys/bus/pci/devices/${edu}/driver/unbind; vmhook left its helper (pid ${pid}) blocked in the kernel and gave up`);
+  assert.match(prepare.stdout, "1 of 2 change(s) could not be undone: run vmhook recover and see vmhook status");
+  console.log(`  prepare with a blocked unbind: ${lines.find((line) => line.startsWith("took "))}`);
+
+  // The hook returned while its helper is still blocked in remove().
+  assert.match(await guest!.ok(`cut -d' ' -f3 /proc/${pid}/stat`), /^D\n$/);
+  const during = await guest!.ok(state(edu!, true));
+  assert.match(during, "edu driver: \n", "remove() runs: the kernel has taken the driver link away");
+  const expected = baseline!.replace("edu driver: vmhook_stuck", "edu driver: ").replace("edu override: (null)\n", "").replace("state: ", `state: ${UUID}.json ${edu}.json `);
+  assert.fixture(during, expected, "vfio-pci unloaded again, the GPU untouched");
+
+  const status = await guest!.ok("vmhook status");
+  assert.match(status, `[undo-failed] vfio: bind ${edu} to vfio-pci (from vmhook_stuck)`);
+  assert.match(status, `stuck driver: ${edu}: driver vmhook_stuck did not return from writing "${edu}" to /sys/bus/pci/devices/${edu}/driver/unbind`);
+  assert.match(status, `its helper, pid ${pid}, is still blocked in the kernel (state D: uninterruptible)\n  do not use the device`);
+  const doctor = await guest!.sh("vmhook doctor");
+  assert.is(doctor.code, 1);
+  assert.match(doctor.stdout, `fail  stuck driver: ${edu}: driver vmhook_stuck`);
+
+  // Fail closed while it is stuck: neither prepare nor recover writes to the device.
+  const again = await guest!.sh(hook(edu!, "prepare begin"));
+  assert.is(again.code, 1);
+  assert.match(again.stdout, `vmhook writes nothing to ${edu} until it has returned`);
+  const recover = await guest!.sh("vmhook recover");
+  assert.is(recover.code, 1);
+  assert.match(recover.stdout, `its helper, pid ${pid}, is still blocked in the kernel`);
+  assert.fixture(await guest!.ok(state(edu!, true)), expected);
+
+  // remove() returns: the helper is gone, vmhook recover finishes the undo.
+  await guest!.ok(`echo 1 > ${LET_GO}; while [ -e /proc/${pid} ]; do sleep 0.2; done`, { timeoutMs: 60_000 });
+  assert.match(await guest!.ok(`cat /sys/bus/pci/devices/${edu}/driver_override`), "vfio-pci\n", "nothing was written to the device after the unbind");
+  assert.match(await guest!.ok("vmhook status"), `its helper, pid ${pid}, has finished since`);
+  const recovered = await guest!.sh("vmhook recover");
+  assert.is(recovered.code, 0, recovered.stdout);
+  assert.match(recovered.stdout, `${edu}: the write into driver vmhook_stuck that did not return has finished since (pid ${pid} is gone)`);
+  assert.match(recovered.stdout, "edu-vm: 1 change(s) undone");
+  assert.fixture(await guest!.ok(state(edu!)), baseline!);
+  assert.is(await guest!.ok("vmhook status"), "no VM holds anything (no journals in /run/vmhook)\n");
+  assert.is((await guest!.sh("vmhook doctor")).stdout.includes("stuck driver"), false);
+});
+
+it("afterwards the handover works again", async ({ guest, edu, baseline }) => {
+  await guest!.ok(`echo 0 > ${DELAY}`);
+  assert.is((await guest!.sh(hook(edu!, "prepare begin"))).code, 0);
+  assert.is((await guest!.sh(hook(edu!, "release end"))).code, 0);
+  assert.fixture(await guest!.ok(state(edu!)), baseline!);
+});
+
+bench.run();
