@@ -1,6 +1,7 @@
 // Single-GPU mode: the host's own display lets go of the GPU before it moves,
 // and gets it back after: the display manager, the framebuffer consoles and
 // the firmware framebuffers (efifb, simplefb, vesafb).
+import { writeThroughDriver } from "../../lib/bounded-write.ts";
 import { VmhookError } from "../../lib/errors.ts";
 import { defineAction, type ApplyContext, type BaseContext, type Step, type UndoRecord } from "../../lib/plugin.ts";
 import { readVfioSettings, type VfioConfig, type VfioSettings } from "./config.ts";
@@ -130,10 +131,16 @@ function unbindVtconsole(record: UndoRecord, ctx: BaseContext): void {
   if (ctx.host.readTrimmed(`${VTCONSOLES}/${vtconsole}/bind`) === "1") throw new VmhookError(`vfio: console ${vtconsole} stays bound to the framebuffer`);
 }
 
-function unbindFramebuffer(record: UndoRecord, ctx: BaseContext): void {
+/** A firmware framebuffer's unbind or bind runs the driver's remove() or probe(): in a helper bounded by bindTimeoutSeconds (lib/bounded-write.ts). */
+function throughFramebufferDriver(ctx: BaseContext, driver: string, device: string, file: "bind" | "unbind"): Promise<void> {
+  const timeoutMs = readVfioSettings(ctx.settings).bindTimeoutSeconds * 1000;
+  return writeThroughDriver(ctx, { device, driver, file: `/sys/bus/platform/drivers/${driver}/${file}`, value: device, timeoutMs, setting: "plugins.vfio.bindTimeoutSeconds" });
+}
+
+async function unbindFramebuffer(record: UndoRecord, ctx: BaseContext): Promise<void> {
   const [driver, device] = [String(record.driver), String(record.device)];
   const driverDir = `/sys/bus/platform/drivers/${driver}`;
-  ctx.host.write(`${driverDir}/unbind`, device);
+  await throughFramebufferDriver(ctx, driver, device, "unbind");
   if (ctx.host.exists(`${driverDir}/${device}`)) throw new VmhookError(`vfio: ${device} stays bound to ${driver}`);
 }
 
@@ -172,14 +179,14 @@ function bindVtconsole(record: UndoRecord, ctx: BaseContext): void {
 }
 
 /** Rebinds a firmware framebuffer, unless the GPU's driver removed it meanwhile (it does when it takes over). */
-function bindFramebuffer(record: UndoRecord, ctx: BaseContext): void {
+async function bindFramebuffer(record: UndoRecord, ctx: BaseContext): Promise<void> {
   const [driver, device] = [String(record.driver), String(record.device)];
   if (!ctx.host.exists(`/sys/bus/platform/devices/${device}`)) {
     ctx.log.info(`vfio: ${device} is gone (the GPU's driver replaced it); nothing to rebind`);
     return;
   }
   const driverDir = `/sys/bus/platform/drivers/${driver}`;
-  if (!ctx.host.exists(`${driverDir}/${device}`)) ctx.host.write(`${driverDir}/bind`, device);
+  if (!ctx.host.exists(`${driverDir}/${device}`)) await throughFramebufferDriver(ctx, driver, device, "bind");
   if (!ctx.host.exists(`${driverDir}/${device}`)) throw new VmhookError(`vfio: ${device} did not bind to ${driver} again`);
 }
 

@@ -145,4 +145,21 @@ test("vfio-pci's unbind hangs at release: release still exits 0, names it, and k
   kernel.sim.cleanup();
 });
 
+test("a firmware framebuffer whose unbind never returns: single-GPU prepare fails naming it; the display manager runs again", async () => {
+  const kernel = new GpuKernel()
+    .module({ name: "amdgpu", driver: "amdgpu", loaded: true })
+    .device({ address: GPU, classCode: "0x030000", vendor: "0x1002", nativeDriver: "amdgpu", group: 1, bootVga: true, nodes: ["card0"] })
+    .platformFramebuffer("efi-framebuffer", "efi-framebuffer.0")
+    .unit({ name: "display-manager.service", active: true, processes: { 500: ["sddm", ["/dev/dri/card0"]] } });
+  kernel.sim.file("/etc/vmhook/vmhook.json", JSON.stringify({ plugins: { vfio: { bindTimeoutSeconds: 2 } } }));
+  kernel.sim.hangWrite("/sys/bus/platform/drivers/efi-framebuffer/unbind");
+  const prepare = await runHookEvent(kernel.sim, "prepare", "begin", XML, "win11");
+  assert.is(prepare.code, 1);
+  assert.match(prepare.stderr.split("\n")[0]!, 'efi-framebuffer.0: driver efi-framebuffer did not return within 2 s from writing "efi-framebuffer.0" to /sys/bus/platform/drivers/efi-framebuffer/unbind');
+  assert.ok(kernel.units.get("display-manager.service")!.active, "rolled back");
+  assert.is(kernel.driverOf(GPU), "amdgpu", "the GPU was not touched");
+  assert.is(JSON.parse(kernel.sim.read(paths.stuckWrite("efi-framebuffer.0"))).driver, "efi-framebuffer");
+  kernel.sim.cleanup();
+});
+
 test.run();
