@@ -3,9 +3,14 @@
 // device, its driver and the file, keeps what it could not undo, and writes
 // nothing more to the device until the helper is gone. The real kernel test
 // is test/kernel/stuck-driver.test.ts.
+import { execFileSync } from "node:child_process";
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
 import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { Deadline } from "../../lib/deadline.ts";
+import { RootedHost } from "../../lib/host.ts";
 import { readJournal } from "../../lib/journal.ts";
 import { createLogger } from "../../lib/log.ts";
 import { loadSettings } from "../../lib/settings.ts";
@@ -160,6 +165,30 @@ test("a firmware framebuffer whose unbind never returns: single-GPU prepare fail
   assert.is(kernel.driverOf(GPU), "amdgpu", "the GPU was not touched");
   assert.is(JSON.parse(kernel.sim.read(paths.stuckWrite("efi-framebuffer.0"))).driver, "efi-framebuffer");
   kernel.sim.cleanup();
+});
+
+test("RootedHost.writeInHelper: writes through /bin/sh with the value and path as arguments; reports the error; leaves a helper that blocks", async () => {
+  const root = fs.mkdtempSync(path.join(os.tmpdir(), "vmhook-helper-"));
+  const host = new RootedHost(root);
+  try {
+    fs.writeFileSync(`${root}/value`, "");
+    const odd = `0000:01:00.0 $(touch ${root}/injected) "'`;
+    assert.equal(await host.writeInHelper("/value", odd, 5000), { done: true });
+    assert.is(fs.readFileSync(`${root}/value`, "utf8"), odd);
+    assert.not.ok(fs.existsSync(`${root}/injected`));
+    const failed = await host.writeInHelper("/missing/value", "1", 5000);
+    assert.is(failed.done, true);
+    assert.match((failed as { error: string }).error, /missing\/value/);
+    // Opening a FIFO without a reader blocks, as a driver's remove() would (though interruptibly).
+    execFileSync("mkfifo", [`${root}/fifo`]);
+    const blocked = await host.writeInHelper("/fifo", "1", 200);
+    assert.is(blocked.done, false);
+    const pid = (blocked as { pid: number }).pid;
+    assert.ok(host.processAlive(pid), "left running, not waited for");
+    process.kill(pid, "SIGKILL");
+  } finally {
+    fs.rmSync(root, { recursive: true, force: true });
+  }
 });
 
 test.run();
