@@ -4,13 +4,14 @@
 // display manager, and the manager is kept running meanwhile (a temporary
 // linger), so what does not hold the GPU, pipewire and wireplumber above
 // all, keeps running for the VM's life. At release a unit starts again only
-// where it can run: in the same manager, for a graphical session of the user
-// that is still there; otherwise the user's next login starts it.
+// where it can run: in the same manager, with a session of the user to
+// display on (e.g. after an automatic login); otherwise the user's next
+// login starts it.
 // User docs: docs/vfio.md, "Desktop sessions".
 import { VmhookError } from "../../lib/errors.ts";
 import { defineAction, type BaseContext, type Refusal, type Step, type UndoRecord } from "../../lib/plugin.ts";
-import { GRAPHICAL_SESSION_TYPES, readLogindRecord, USER_NAME, type SessionUnit } from "./holders.ts";
-import { checkedUnit } from "./units.ts";
+import { readLogindRecord, USER_NAME, type SessionUnit } from "./holders.ts";
+import { cgroupProcesses, checkedUnit } from "./units.ts";
 
 const lingerFile = (user: string) => `/var/lib/systemd/linger/${user}`;
 const managerCgroup = (uid: number) => `/user.slice/user-${uid}.slice/user@${uid}.service`;
@@ -30,15 +31,17 @@ export function userManagerInstance(ctx: BaseContext, uid: number): string | und
   return startTime && /^\d+$/.test(startTime) ? `${pid}:${startTime}` : undefined;
 }
 
-/** The user's graphical logind session that is not ending, or undefined (logind's DISPLAY session of the user). */
-function graphicalSessionOf(ctx: BaseContext, uid: number): string | undefined {
+/**
+ * The session a compositor of the user would display on: logind's display
+ * session of the user (the one libseat and mutter pick for a user unit),
+ * unless it is ending; undefined when there is none.
+ */
+function displaySessionOf(ctx: BaseContext, uid: number): string | undefined {
   const id = readLogindRecord(ctx.host, `/run/systemd/users/${uid}`).get("DISPLAY");
   if (!id || !/^\w+$/.test(id)) return undefined;
   const session = readLogindRecord(ctx.host, `/run/systemd/sessions/${id}`);
-  return GRAPHICAL_SESSION_TYPES.includes(session.get("TYPE") ?? "") && session.get("STATE") !== "closing" ? id : undefined;
+  return session.size > 0 && session.get("STATE") !== "closing" ? id : undefined;
 }
-
-const unitProcesses = (ctx: BaseContext, cgroup: string) => (ctx.host.readTrimmed(`/sys/fs/cgroup${cgroup}/cgroup.procs`) ?? "").split("\n").filter(Boolean);
 
 interface LingerRecord extends UndoRecord {
   action: "linger-user";
@@ -117,7 +120,7 @@ export const lingerUserAction = defineAction<LingerRecord>({ check: checkLinger,
 function stopUserUnit(record: StopUserUnitRecord, ctx: BaseContext): void {
   const { user, unit, cgroup, timeoutMs } = record;
   ctx.run("systemctl", userSystemctl(user, "stop", unit), { timeoutMs });
-  ctx.waitFor(`the processes of ${unit} (${user}'s user manager) are gone`, () => unitProcesses(ctx, cgroup).length === 0, { timeoutMs });
+  ctx.waitFor(`the processes of ${unit} (${user}'s user manager) are gone`, () => cgroupProcesses(ctx, cgroup).length === 0, { timeoutMs });
 }
 
 /** Starts the unit again where it can run; says why not when its manager or its graphical session ended. */
@@ -127,12 +130,12 @@ function startUserUnit(record: StopUserUnitRecord, ctx: BaseContext): void {
     ctx.log.info(`vfio: ${unit} stays stopped: the systemd user manager of ${user} that ran it has ended (the session ended and nothing kept it); ${user}'s next login starts it`);
     return;
   }
-  if (graphicalSessionOf(ctx, uid) === undefined) {
-    ctx.log.info(`vfio: ${unit} stays stopped: ${user} has no graphical session now (it ended with the display manager); ${user} logs in again and the session starts it`);
+  if (displaySessionOf(ctx, uid) === undefined) {
+    ctx.log.info(`vfio: ${unit} stays stopped: ${user} has no session to display on now (it ended with the display manager); ${user} logs in again and the session starts it`);
     return;
   }
   ctx.run("systemctl", userSystemctl(user, "start", unit), { timeoutMs: 60_000 });
-  if (unitProcesses(ctx, cgroup).length === 0) throw new VmhookError(`vfio: ${unit} of ${user} did not start again; see systemctl --user --machine=${user}@.host status ${unit}`);
+  if (cgroupProcesses(ctx, cgroup).length === 0) throw new VmhookError(`vfio: ${unit} of ${user} did not start again; see systemctl --user --machine=${user}@.host status ${unit}`);
 }
 
 function checkStopUserUnit(record: UndoRecord): StopUserUnitRecord {

@@ -95,7 +95,7 @@ test("GNOME: when ana's session ended with GDM, release leaves her units to her 
   const release = await runHookEvent(kernel.sim, "release", "end", XML, "win11");
   assert.is(release.code, 0, release.stderr);
   assert.not.ok(kernel.sim.execs.some((e) => e.args.includes("start") && e.args.includes("--user")), "nothing started in a manager without a graphical session");
-  assert.match(log(kernel), `vfio: ${SHELL} stays stopped: ana has no graphical session now (it ended with the display manager); ana logs in again and the session starts it`);
+  assert.match(log(kernel), `vfio: ${SHELL} stays stopped: ana has no session to display on now (it ended with the display manager); ana logs in again and the session starts it`);
   assert.not.ok(kernel.sim.exists("/var/lib/systemd/linger/ana"), "the linger vmhook added is gone");
   assert.ok(running(kernel, 920), "pipewire still runs");
 });
