@@ -7,7 +7,9 @@
 import * as fs from "node:fs";
 import { test } from "uvu";
 import * as assert from "uvu/assert";
+import { newJournal, readJournal, writeJournal } from "../../lib/journal.ts";
 import { paths } from "../../lib/paths.ts";
+import type { UndoRecord } from "../../lib/plugin.ts";
 import { GpuKernel, type SimUserUnit } from "../helpers/gpu-kernel.ts";
 import { runHookEvent } from "../helpers/hook.ts";
 import { assertPlanIsPrepare, plannedSteps } from "../helpers/plan.ts";
@@ -134,5 +136,27 @@ test("not single-GPU: a session unit holding the passed-through card is refused,
   assert.match(result.stderr.split("\n")[0]!, `pid 900 (gnome-shell) holds /dev/dri/card0 in ${SHELL} (a unit of ana's systemd user manager, session.slice)`);
   assert.equal(stops(kernel), []);
 });
+
+// Journals are root-owned, but their values become systemctl and loginctl arguments and cgroup paths: each is checked before its undo runs.
+const GOOD_RECORD = { action: "stop-user-unit", uid: 1000, user: "ana", unit: SHELL, cgroup: `/user.slice/user-1000.slice/user@1000.service/session.slice/${SHELL}`, manager: "880:4242", timeoutMs: 20000 };
+const BAD_RECORDS: [UndoRecord, string][] = [
+  [{ ...GOOD_RECORD, user: "--help" }, 'names user "--help", which is not a login name'],
+  [{ ...GOOD_RECORD, unit: "--now.service" }, 'names unit "--now.service", which is not a systemd unit name'],
+  [{ ...GOOD_RECORD, cgroup: "/system.slice/sshd.service" }, "not a stop-user-unit record vmhook writes"],
+  [{ ...GOOD_RECORD, cgroup: `/user.slice/user-1000.slice/user@1000.service/../../../system.slice/${SHELL}` }, "not a stop-user-unit record vmhook writes"],
+  [{ action: "linger-user", user: "../../etc/passwd" }, 'names user "../../etc/passwd", which is not a login name'],
+];
+for (const [record, message] of BAD_RECORDS) {
+  test(`a journaled ${record.action} record ${JSON.stringify(record).slice(0, 90)} is refused before its undo runs, and kept`, async () => {
+    const kernel = gnomeDesktop();
+    const journal = newJournal(kernel.sim, { name: "win11", uuid: UUID });
+    journal.entries.push({ plugin: "vfio", event: "prepare", description: "a change", undo: record, state: "applied", at: new Date().toISOString() });
+    writeJournal(kernel.sim, journal);
+    const outcome = await runHookEvent(kernel.sim, "release", "end", XML, "win11");
+    assert.match(outcome.stderr, message);
+    assert.equal(stops(kernel), [], "nothing ran");
+    assert.is(readJournal(kernel.sim, UUID)!.entries[0]!.state, "undo-failed");
+  });
+}
 
 test.run();
