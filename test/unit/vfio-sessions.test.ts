@@ -80,6 +80,17 @@ test("GNOME: the shell and the portal stop through ana's manager before GDM, the
   assert.equal(kernel.sim.stateFiles(), []);
 });
 
+test("GNOME: when GDM does not stop, the rollback starts the shell and the portal again in ana's session and ends the linger: the host is as before", async () => {
+  const kernel = gnomeDesktop();
+  kernel.units.get("display-manager.service")!.failStop = "Job for gdm.service canceled";
+  const before = kernel.sim.snapshot();
+  const result = await runHookEvent(kernel.sim, "prepare", "begin", XML, "win11");
+  assert.is(result.code, 1);
+  assert.match(result.stderr.split("\n")[0]!, "systemctl stop display-manager.service failed: Job for gdm.service canceled");
+  assert.equal(stops(kernel).slice(-3), [`systemctl --user --machine=ana@.host start ${PORTAL}`, `systemctl --user --machine=ana@.host start ${SHELL}`, "loginctl disable-linger ana"]);
+  assert.equal(kernel.sim.snapshot(), before);
+});
+
 test("GNOME: a user who lingers already keeps lingering; no linger step", async () => {
   const kernel = gnomeDesktop();
   kernel.sim.file("/var/lib/systemd/linger/ana", "");
