@@ -23,7 +23,7 @@ const userSystemctl = (user: string, ...args: string[]) => ["--user", `--machine
  * (from /proc/PID/stat), so a manager started again later is told apart.
  * Undefined when none runs.
  */
-export function userManagerInstance(ctx: BaseContext, uid: number): string | undefined {
+function userManagerInstance(ctx: BaseContext, uid: number): string | undefined {
   const pid = (ctx.host.readTrimmed(`/sys/fs/cgroup${managerCgroup(uid)}/init.scope/cgroup.procs`) ?? "").split("\n")[0];
   if (!pid) return undefined;
   const stat = ctx.host.readTrimmed(`/proc/${pid}/stat`) ?? "";
@@ -33,8 +33,8 @@ export function userManagerInstance(ctx: BaseContext, uid: number): string | und
 
 /**
  * The session a compositor of the user would display on: logind's display
- * session of the user (the one libseat and mutter pick for a user unit),
- * unless it is ending; undefined when there is none.
+ * session of the user (the one a compositor in a user unit takes the GPU
+ * for, e.g. through libseat), unless it is ending; undefined when none.
  */
 function displaySessionOf(ctx: BaseContext, uid: number): string | undefined {
   const id = readLogindRecord(ctx.host, `/run/systemd/users/${uid}`).get("DISPLAY");
