@@ -1,9 +1,13 @@
 // Who holds the GPU, classified by cgroup before anything changes: single-GPU
-// mode may stop the display manager (and the graphical sessions it runs) and
-// the helper services; a holder anywhere else (a compute job in its own unit,
-// a program in a text or remote session) refuses the start while the desktop
-// is still untouched. Reads only: /proc/PID/cgroup and logind's session files.
+// mode may stop the display manager (and the graphical sessions it runs), the
+// helper services and, through the user's own systemd manager, the units of
+// a graphical session (session.slice: the compositor, its portals, Xwayland);
+// a holder anywhere else (a compute job in its own unit, a user's job in
+// app.slice, a program in a text or remote session) refuses the start while
+// the desktop is still untouched. Reads only: /proc/PID/cgroup and logind's
+// records under /run/systemd.
 import type { Host } from "../../lib/host.ts";
+import { PATTERNS } from "../../lib/validate.ts";
 import type { Holder } from "./survey.ts";
 
 /** Where a holder lives, from its cgroup v2 path. */
@@ -14,13 +18,34 @@ export interface HolderPlace {
   unit?: string;
   /** The logind session, when the process runs in a session scope. */
   session?: { id: string; type: string; user: string };
+  /** When the unit belongs to a user's systemd manager (user@UID.service). */
+  userManager?: UserManagerPlace;
+}
+
+export interface UserManagerPlace {
+  uid: number;
+  /** The user's name from logind, undefined when logind has no record of the user. */
+  user?: string;
+  /** The manager's slice the unit runs in ("session.slice", "app.slice"), undefined when directly below the manager. */
+  slice?: string;
+  /** The unit's own cgroup: what must be empty once it stopped. */
+  unitCgroup?: string;
 }
 
 export interface ClassifiedHolder extends Holder {
   place: HolderPlace;
 }
 
+/** A unit of a user's graphical session (in the user manager's session.slice) that holds the GPU. */
+export interface SessionUnit {
+  uid: number;
+  user: string;
+  unit: string;
+  cgroup: string;
+}
+
 const UNIT_NAME = /^[A-Za-z0-9:_.\\@-]+\.(service|scope)$/;
+const USER_MANAGER = /^\/user\.slice\/user-(\d+)\.slice\/user@(\d+)\.service(\/.*)?$/;
 /**
  * logind holds the devices of its sessions (TakeDevice) and keeps copies in
  * PID 1's file descriptor store; both close them when the session ends.
@@ -28,8 +53,10 @@ const UNIT_NAME = /^[A-Za-z0-9:_.\\@-]+\.(service|scope)$/;
 const SESSION_DEVICE_KEEPERS = (pid: number, place: HolderPlace) => place.unit === "systemd-logind.service" || (pid === 1 && place.unit === "init.scope");
 /** logind session types that are a display, as opposed to tty, unspecified (ssh, cron) or a greeter-less program. */
 const GRAPHICAL_SESSION_TYPES = ["x11", "wayland", "mir"];
+/** systemd.special(7): the user manager's slice for what the graphical session needs to run (display server, portals). */
+const SESSION_SLICE = "session.slice";
 
-/** A process's cgroup v2 path ("0::/path"), unit and session. */
+/** A process's cgroup v2 path ("0::/path"), unit, session and user manager. */
 export function placeOf(host: Host, pid: number): HolderPlace {
   const line = (host.readTrimmed(`/proc/${pid}/cgroup`) ?? "").split("\n").find((entry) => entry.startsWith("0::"));
   if (!line) return {};
@@ -37,43 +64,94 @@ export function placeOf(host: Host, pid: number): HolderPlace {
   const components = cgroup.split("/").filter(Boolean);
   const unit = [...components].reverse().find((component) => UNIT_NAME.test(component));
   const sessionId = /^session-(\w+)\.scope$/.exec(components.find((component) => /^session-\w+\.scope$/.test(component)) ?? "")?.[1];
-  return { cgroup, unit, session: sessionId ? readSession(host, sessionId) : undefined };
+  return { cgroup, unit, session: sessionId ? readSession(host, sessionId) : undefined, userManager: userManagerPlace(host, cgroup) };
 }
 
-/** logind's record of a session (/run/systemd/sessions/ID: KEY=VALUE lines). */
-function readSession(host: Host, id: string): HolderPlace["session"] {
-  const fields = new Map(
-    (host.readTrimmed(`/run/systemd/sessions/${id}`) ?? "")
+/** logind's records are KEY=VALUE lines (/run/systemd/sessions/ID, /run/systemd/users/UID). */
+export function readLogindRecord(host: Host, file: string): Map<string, string> {
+  return new Map(
+    (host.readTrimmed(file) ?? "")
       .split("\n")
+      .filter((line) => line.includes("="))
       .map((line) => [line.slice(0, line.indexOf("=")), line.slice(line.indexOf("=") + 1)] as const),
   );
+}
+
+function readSession(host: Host, id: string): HolderPlace["session"] {
+  const fields = readLogindRecord(host, `/run/systemd/sessions/${id}`);
   return { id, type: fields.get("TYPE") ?? "unknown", user: fields.get("USER") ?? fields.get("UID") ?? "unknown" };
+}
+
+/** "/user.slice/user-1000.slice/user@1000.service/session.slice/weston.service" → uid 1000, session.slice, the unit's cgroup. */
+function userManagerPlace(host: Host, cgroup: string): UserManagerPlace | undefined {
+  const match = USER_MANAGER.exec(cgroup);
+  if (!match || match[1] !== match[2]) return undefined;
+  const uid = Number(match[1]);
+  const inside = (match[3] ?? "").split("/").filter(Boolean);
+  const unitIndex = inside.findIndex((component) => UNIT_NAME.test(component));
+  const prefix = `/user.slice/user-${uid}.slice/user@${uid}.service`;
+  return {
+    uid,
+    user: readLogindRecord(host, `/run/systemd/users/${uid}`).get("NAME"),
+    slice: inside[0]?.endsWith(".slice") ? inside[0] : undefined,
+    unitCgroup: unitIndex === -1 ? undefined : `${prefix}/${inside.slice(0, unitIndex + 1).join("/")}`,
+  };
 }
 
 /** Is `cgroup` the cgroup `parent` or inside it? */
 const within = (cgroup: string, parent: string) => cgroup === parent || cgroup.startsWith(`${parent}/`);
 
-/**
- * The holders that single-GPU mode may not stop: everything outside the
- * given units' cgroups and, when the display manager is stopped, outside
- * graphical sessions and logind's keeping of their devices. A holder whose
- * cgroup cannot be read counts as outside.
- */
-export function holdersOutside(host: Host, holders: Holder[], stoppable: { cgroups: string[]; graphicalSessions: boolean }): ClassifiedHolder[] {
-  return holders
-    .filter((holder) => host.exists(`/proc/${holder.pid}`)) // gone meanwhile: no longer a holder
-    .map((holder) => ({ ...holder, place: placeOf(host, holder.pid) }))
-    .filter(({ pid, place }) => {
-      if (place.cgroup === undefined) return true;
-      if (stoppable.cgroups.some((parent) => within(place.cgroup!, parent))) return false;
-      if (!stoppable.graphicalSessions) return true;
-      return !((place.session && GRAPHICAL_SESSION_TYPES.includes(place.session.type)) || SESSION_DEVICE_KEEPERS(pid, place));
-    });
+/** A login name as logind and `systemctl --machine=USER@.host` take it; never an option. */
+export const USER_NAME = /^[a-z_][a-z0-9_.-]{0,31}$/i;
+
+/** A unit of a user's graphical session: in the manager's session.slice, with a name and a user vmhook can pass to systemctl (else it is refused). */
+function sessionUnitOf(place: HolderPlace): SessionUnit | undefined {
+  const manager = place.userManager;
+  if (!manager || manager.slice !== SESSION_SLICE || !manager.user || !USER_NAME.test(manager.user) || !manager.unitCgroup || !place.unit) return undefined;
+  if (!PATTERNS.unitName.test(place.unit) || place.unit.startsWith("-")) return undefined;
+  return { uid: manager.uid, user: manager.user, unit: place.unit, cgroup: manager.unitCgroup };
 }
 
-/** "pid 42 (obs) holds /dev/dri/renderD128 in obs.service" plus the session when there is one. */
+export interface HolderClasses {
+  /** Holders single-GPU mode may not stop: the start is refused. */
+  refused: ClassifiedHolder[];
+  /** Units of graphical sessions to stop through their user's manager, each once. */
+  sessionUnits: SessionUnit[];
+}
+
+/**
+ * Sorts the holders: inside the given units' cgroups (stopped with them);
+ * with `graphicalSessions` (the display manager stops), in a graphical
+ * session scope or logind's keeping of its devices; with `sessionUnits`
+ * (single-GPU mode under systemd), in a graphical session's user unit, which
+ * is then stopped through its manager. Everything else is refused, including
+ * a holder whose cgroup cannot be read.
+ */
+export function classifyHolders(host: Host, holders: Holder[], stoppable: { cgroups: string[]; graphicalSessions: boolean; sessionUnits: boolean }): HolderClasses {
+  const refused: ClassifiedHolder[] = [];
+  const sessionUnits = new Map<string, SessionUnit>();
+  for (const holder of holders.filter((holder) => host.exists(`/proc/${holder.pid}`))) {
+    // gone meanwhile: no longer a holder
+    const place = placeOf(host, holder.pid);
+    if (place.cgroup !== undefined && stoppable.cgroups.some((parent) => within(place.cgroup!, parent))) continue;
+    const sessionUnit = stoppable.sessionUnits ? sessionUnitOf(place) : undefined;
+    if (sessionUnit) {
+      sessionUnits.set(sessionUnit.cgroup, sessionUnit);
+      continue;
+    }
+    const inGraphicalSession = place.session !== undefined && GRAPHICAL_SESSION_TYPES.includes(place.session.type);
+    const keeper = (stoppable.graphicalSessions || stoppable.sessionUnits) && SESSION_DEVICE_KEEPERS(holder.pid, place);
+    if (place.cgroup !== undefined && ((stoppable.graphicalSessions && inGraphicalSession) || keeper)) continue;
+    refused.push({ ...holder, place });
+  }
+  return { refused, sessionUnits: [...sessionUnits.values()] };
+}
+
+/** "pid 42 (obs) holds /dev/dri/renderD128 in obs.service" plus the session or the user manager when there is one. */
 export function describeClassifiedHolder({ pid, command, file, place }: ClassifiedHolder): string {
   const where = place.cgroup === undefined ? "in an unknown cgroup" : place.unit ? `in ${place.unit}` : `in cgroup ${place.cgroup}`;
   const session = place.session ? ` (session ${place.session.id} of ${place.session.user}, type ${place.session.type})` : "";
-  return `pid ${pid} (${command}) holds ${file} ${where}${session}`;
+  const manager = place.userManager;
+  const owner = manager ? ` (a unit of ${manager.user ?? `uid ${manager.uid}`}'s systemd user manager${manager.slice ? `, ${manager.slice}` : ""})` : "";
+  return `pid ${pid} (${command}) holds ${file} ${where}${session}${owner}`;
 }

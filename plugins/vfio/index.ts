@@ -15,15 +15,17 @@ import { definePlugin, type PlanContext, type Step } from "../../lib/plugin.ts";
 import { parseVfioConfig, readVfioSettings, type VfioConfig } from "./config.ts";
 import { consoleSteps, displayManagerSteps, findDisplayManager, stopDisplayManagerAction, unbindFramebufferAction, unbindVtconsoleAction, waitGpuFreeAction, waitGpuFreeStep } from "./display.ts";
 import { bindVfioAction, helperServices, loadModulesAction, stoppedHelpers, takeOverSteps, unloadModuleAction } from "./driver.ts";
-import { otherHolders } from "./refuse.ts";
+import { gpuHolders } from "./refuse.ts";
 import { handedOverAddresses, survey, VFIO_DRIVER } from "./survey.ts";
 import { refuseIfStuck } from "../../lib/stuck-writes.ts";
 import { keepStoppedSteps, stopUnitAction, stopUnitStep } from "./units.ts";
+import { lingerUserAction, sessionUnitSteps, stopUserUnitAction } from "./user-units.ts";
 
 /**
  * Reads the host and refuses what cannot work (IOMMU groups, users of the GPU
- * outside what is stopped first), then the steps in order: the display
- * manager and helper services stop, the GPU becomes free, consoles and
+ * outside what is stopped first), then the steps in order: the graphical
+ * session's user units (through the user's manager), the display manager and
+ * helper services stop, the GPU becomes free, consoles and
  * firmware framebuffers let go, modules go, devices move.
  */
 function planPrepare(ctx: PlanContext<VfioConfig>): Step[] {
@@ -34,10 +36,11 @@ function planPrepare(ctx: PlanContext<VfioConfig>): Step[] {
   const displayManager = found.singleGpu ? findDisplayManager(ctx, ctx.config, settings) : undefined;
   const helpers = helperServices(ctx, found, settings);
   // Users of the GPU outside what is stopped first: the wait for a free GPU is refused, so the start fails before any step.
-  const refused = otherHolders(ctx, found, displayManager, helpers);
+  const { refusal: refused, sessionUnits } = gpuHolders(ctx, found, displayManager, helpers);
   ctx.log.info(`vfio: devices ${found.devices.map((device) => `${device.address} (${device.driver ?? "no driver"})`).join(", ")}; single-GPU mode ${found.singleGpu ? "on" : "off"}`);
 
   return [
+    ...sessionUnitSteps(ctx, sessionUnits, settings.stopTimeoutSeconds * 1000),
     ...(found.singleGpu ? displayManagerSteps(ctx, displayManager, settings) : []),
     ...helpers.map((unit) => stopUnitStep(unit, settings.stopTimeoutSeconds * 1000)),
     ...keepStoppedSteps(ctx, stoppedHelpers(ctx, found, settings, helpers)),
@@ -69,6 +72,8 @@ export default definePlugin<VfioConfig>({
   plan: { prepare: planPrepare, reconnect: planReconnect },
   actions: {
     "stop-unit": stopUnitAction,
+    "linger-user": lingerUserAction,
+    "stop-user-unit": stopUserUnitAction,
     "stop-display-manager": stopDisplayManagerAction,
     "wait-gpu-free": waitGpuFreeAction,
     "unbind-vtconsole": unbindVtconsoleAction,

@@ -1,14 +1,18 @@
 // The refusal before single-GPU mode stops anything: every process holding
-// the GPU must belong to what prepare is about to stop (see holders.ts).
+// the GPU must belong to what prepare is about to stop (see holders.ts). The
+// graphical session units found on the way are stopped through their user's
+// manager (user-units.ts).
 import type { BaseContext, Refusal } from "../../lib/plugin.ts";
+import { systemdRuns } from "../../lib/systemd.ts";
 import type { DisplayManager } from "./display.ts";
-import { describeClassifiedHolder, holdersOutside } from "./holders.ts";
+import { classifyHolders, describeClassifiedHolder, type SessionUnit } from "./holders.ts";
 import type { Survey } from "./survey.ts";
 import { unitCgroup } from "./units.ts";
 
 /** What prepare will stop, in words, for the refusal message. */
-function whatStops(displayManager: DisplayManager, helpers: string[]): string {
+function whatStops(displayManager: DisplayManager, helpers: string[], sessionUnits: SessionUnit[]): string {
   const parts = [
+    ...sessionUnits.map((unit) => `${unit.unit} of ${unit.user}`),
     ...(displayManager && "units" in displayManager ? [`${displayManager.units.join(", ")} with its graphical sessions`] : []),
     ...(displayManager && "command" in displayManager ? [`the display manager's ${displayManager.command.processes.join("/")} processes`] : []),
     ...helpers,
@@ -16,19 +20,32 @@ function whatStops(displayManager: DisplayManager, helpers: string[]): string {
   return parts.length > 0 ? `vmhook stops only ${parts.join(", ")}` : "vmhook stops nothing here (no display manager runs)";
 }
 
-/** Why waiting until nothing holds the GPU cannot succeed: holders outside what prepare stops; undefined when none. */
-export function otherHolders(ctx: BaseContext, found: Survey, displayManager: DisplayManager, helpers: string[]): Refusal | undefined {
-  if (found.holders.length === 0) return undefined;
+export interface GpuHolders {
+  /** Why waiting until nothing holds the GPU cannot succeed: holders outside what prepare stops; undefined when none. */
+  refusal?: Refusal;
+  /** Graphical session units to stop through their user's manager (single-GPU mode under systemd). */
+  sessionUnits: SessionUnit[];
+}
+
+export function gpuHolders(ctx: BaseContext, found: Survey, displayManager: DisplayManager, helpers: string[]): GpuHolders {
+  if (found.holders.length === 0) return { sessionUnits: [] };
   const units = [...(displayManager && "units" in displayManager ? displayManager.units : []), ...helpers];
   const commands = displayManager && "command" in displayManager ? displayManager.command.processes : [];
-  const outside = holdersOutside(
+  const { refused, sessionUnits } = classifyHolders(
     ctx.host,
     found.holders.filter((holder) => !commands.includes(holder.command)),
-    { cgroups: units.map((unit) => unitCgroup(ctx, unit)).filter((cgroup): cgroup is string => cgroup !== undefined), graphicalSessions: displayManager !== undefined },
+    {
+      cgroups: units.map((unit) => unitCgroup(ctx, unit)).filter((cgroup): cgroup is string => cgroup !== undefined),
+      graphicalSessions: displayManager !== undefined,
+      sessionUnits: found.singleGpu && systemdRuns(ctx.host),
+    },
   );
-  if (outside.length === 0) return undefined;
+  if (refused.length === 0) return { sessionUnits };
   return {
-    reason: `vfio: the GPU is in use: ${outside.map(describeClassifiedHolder).join(", ")}; ${whatStops(displayManager, helpers)}: close those programs (or stop their units) and start the VM again`,
-    remedies: [],
+    sessionUnits,
+    refusal: {
+      reason: `vfio: the GPU is in use: ${refused.map(describeClassifiedHolder).join(", ")}; ${whatStops(displayManager, helpers, sessionUnits)}: close those programs (or stop their units) and start the VM again`,
+      remedies: [],
+    },
   };
 }

@@ -21,11 +21,13 @@ export function unitCgroup(ctx: BaseContext, unit: string): string | undefined {
   return cgroup.startsWith("/") ? cgroup : undefined;
 }
 
+/** The processes in a cgroup v2 path (none when it is gone). */
+export const cgroupProcesses = (ctx: BaseContext, cgroup: string): string[] => (ctx.host.readTrimmed(`/sys/fs/cgroup${cgroup}/cgroup.procs`) ?? "").split("\n").filter(Boolean);
+
 /** The unit's processes, from its cgroup. */
 export function unitProcesses(ctx: BaseContext, unit: string): string[] {
   const cgroup = unitCgroup(ctx, unit);
-  if (!cgroup) return [];
-  return (ctx.host.readTrimmed(`/sys/fs/cgroup${cgroup}/cgroup.procs`) ?? "").split("\n").filter(Boolean);
+  return cgroup ? cgroupProcesses(ctx, cgroup) : [];
 }
 
 interface StopUnitRecord extends UndoRecord {

@@ -40,6 +40,23 @@ export interface SimUnit {
   failStop?: string;
 }
 
+/** A unit of a user's systemd manager (user@UID.service), in one of its slices. */
+export interface SimUserUnit {
+  name: string;
+  slice: string;
+  active: boolean;
+  processes?: Record<number, [string, string[]]>;
+}
+
+/** A user's systemd manager and logind's record of the user; `display`: the user's graphical session. */
+export interface SimUserManager {
+  uid: number;
+  user: string;
+  managerPid: number;
+  display?: { id: number; type: string };
+  units: SimUserUnit[];
+}
+
 const DEV = "/sys/bus/pci/devices";
 const DRIVERS = "/sys/bus/pci/drivers";
 
@@ -48,6 +65,8 @@ export class GpuKernel {
   readonly devices = new Map<string, SimPciDevice>();
   readonly modules = new Map<string, SimModule>();
   readonly units = new Map<string, SimUnit>();
+  /** Users' systemd managers by user name. */
+  readonly userManagers = new Map<string, SimUserManager>();
   /** Devices that never bind to this driver again (a GPU that does not reset). */
   readonly stuck = new Set<string>();
   /** modprobe of these fails. */
@@ -97,7 +116,12 @@ export class GpuKernel {
       }
       return errors.length > 0 ? { status: 1, stderr: errors.join("\n") } : undefined;
     });
-    sim.onExec("systemctl", (args) => this.systemctl(args));
+    sim.onExec("systemctl", (args) => (args[0] === "--user" ? this.userSystemctl(args) : this.systemctl(args)));
+    sim.onExec("loginctl", ([verb, user]) => {
+      if (verb === "enable-linger") this.sim.file(`/var/lib/systemd/linger/${user}`, "");
+      else if (verb === "disable-linger") this.sim.remove(`/var/lib/systemd/linger/${user}`);
+      else return { status: 1, stderr: `unknown verb ${verb}` };
+    });
   }
 
   // ---- building the host ----
@@ -161,6 +185,38 @@ export class GpuKernel {
     const scope = `/user.slice/user-${spec.uid}.slice/session-${id}.scope`;
     for (const [pid, [comm, files]] of Object.entries(spec.processes)) this.process(Number(pid), comm, files, scope);
     return this;
+  }
+
+  /** A user's systemd manager with its units, logind's record of the user and, with `display`, the user's graphical session. */
+  userManager(spec: SimUserManager): this {
+    this.userManagers.set(spec.user, spec);
+    const manager = `/user.slice/user-${spec.uid}.slice/user@${spec.uid}.service`;
+    this.process(spec.managerPid, "systemd", [], `${manager}/init.scope`);
+    this.sim.file(`/proc/${spec.managerPid}/stat`, `${spec.managerPid} (systemd) S 1 ${spec.managerPid} ${spec.managerPid} 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0 4242 0 0`);
+    this.sim.file(`/sys/fs/cgroup${manager}/init.scope/cgroup.procs`, spec.managerPid);
+    this.sim.file(`/run/systemd/users/${spec.uid}`, `NAME=${spec.user}\nSTATE=active\n${spec.display ? `DISPLAY=${spec.display.id}\n` : ""}`);
+    if (spec.display) this.sim.file(`/run/systemd/sessions/${spec.display.id}`, `UID=${spec.uid}\nUSER=${spec.user}\nACTIVE=1\nSTATE=active\nTYPE=${spec.display.type}\nCLASS=user\n`);
+    for (const unit of spec.units) this.userUnitUp(spec, unit);
+    return this;
+  }
+
+  /** The user's graphical session ends (as when its display manager stopped): logind's records say so. */
+  endDisplaySession(user: string): this {
+    const spec = this.userManagers.get(user)!;
+    this.sim.remove(`/run/systemd/sessions/${spec.display!.id}`);
+    this.sim.file(`/run/systemd/users/${spec.uid}`, `NAME=${spec.user}\nSTATE=lingering\n`);
+    return this;
+  }
+
+  private userUnitCgroup(spec: SimUserManager, unit: SimUserUnit): string {
+    return `/user.slice/user-${spec.uid}.slice/user@${spec.uid}.service/${unit.slice}/${unit.name}`;
+  }
+
+  private userUnitUp(spec: SimUserManager, unit: SimUserUnit): void {
+    const cgroup = this.userUnitCgroup(spec, unit);
+    const pids = unit.active ? Object.keys(unit.processes ?? {}) : [];
+    this.sim.file(`/sys/fs/cgroup${cgroup}/cgroup.procs`, pids.join("\n"));
+    if (unit.active) for (const [pid, [comm, files]] of Object.entries(unit.processes ?? {})) this.process(Number(pid), comm, files, cgroup);
   }
 
   // ---- what the host looks like ----
@@ -268,6 +324,25 @@ export class GpuKernel {
     if (driver !== "vfio-pci" && this.stuck.has(address)) return;
     if (driver === "vfio-pci" && this.refuseVfio.has(address)) return;
     this.bind(address, driver);
+  }
+
+  /** systemctl --user --machine=USER@.host VERB UNIT: the user's manager, when it runs (its init.scope has a process). */
+  private userSystemctl(args: string[]): { status: number; stdout?: string; stderr?: string } {
+    const user = /^--machine=(.+)@\.host$/.exec(args[1] ?? "")?.[1];
+    const spec = user ? this.userManagers.get(user) : undefined;
+    if (!spec || !this.sim.readTrimmed(`/sys/fs/cgroup/user.slice/user-${spec.uid}.slice/user@${spec.uid}.service/init.scope/cgroup.procs`)) {
+      return { status: 1, stderr: "Failed to connect to bus: No such file or directory" };
+    }
+    const [verb, name] = [args[2], args[3]];
+    const unit = spec.units.find((candidate) => candidate.name === name);
+    if (!unit) return { status: 5, stderr: `Unit ${name} not loaded.` };
+    if (verb === "stop") {
+      for (const pid of Object.keys(unit.processes ?? {})) this.sim.remove(`/proc/${pid}`);
+      unit.active = false;
+    } else if (verb === "start") unit.active = true;
+    else return { status: 1, stderr: `unknown verb ${verb}` };
+    this.userUnitUp(spec, unit);
+    return { status: 0 };
   }
 
   private systemctl(args: string[]): { status: number; stdout?: string; stderr?: string } {

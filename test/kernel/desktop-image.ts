@@ -1,5 +1,6 @@
 // The desktop guest's root file system: Debian 12 from Debian's packages
-// (mmdebstrap), systemd as PID 1, weston on DRM as display-manager.service,
+// (mmdebstrap), systemd as PID 1, a display manager whose wayland session
+// runs weston on DRM as a user unit (with pipewire and wireplumber),
 // the kernel's modules, and the command agent on ttyS1. Built once into an
 // ext4 image under .cache/desktop/KEY/ (KEY: package list, kernel version and
 // this file's text) and booted read-only with a snapshot overlay, so parallel
@@ -15,8 +16,8 @@ const HERE = fileURLToPath(import.meta.url);
 const CACHE = path.join(path.resolve(path.dirname(HERE), "../.."), ".cache/desktop");
 
 export const DESKTOP_SUITE = "bookworm";
-/** The userland: systemd + logind (dbus, pam_systemd) for the compositor's session, weston (seatd as its other seat backend), busybox and procps for the tests' shell tools. */
-export const DESKTOP_PACKAGES = ["systemd-sysv", "udev", "kmod", "dbus", "libpam-systemd", "weston", "seatd", "busybox", "procps"];
+/** The userland: systemd + logind (dbus, pam_systemd) and the user's bus for the session, weston (seatd as its other seat backend), pipewire + wireplumber (audio that must survive the handover), busybox and procps for the tests' shell tools. */
+export const DESKTOP_PACKAGES = ["systemd-sysv", "udev", "kmod", "dbus", "dbus-user-session", "libpam-systemd", "weston", "seatd", "pipewire", "wireplumber", "busybox", "procps"];
 const IMAGE_SIZE = "3G";
 /** The user whose session the compositor runs in. */
 export const DESKTOP_USER = "desktop";
@@ -50,10 +51,14 @@ Environment=PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HO
 WantedBy=graphical.target
 `;
 
-// weston on DRM in a logind session of DESKTOP_USER on tty7, as a display
-// manager starts it: the session's compositor holds /dev/dri/card0.
+// A desktop as GNOME (40+) and Plasma run one: the display manager opens a
+// logind session of DESKTOP_USER on tty7 (type wayland) whose leader starts
+// the graphical session in the user's systemd manager and stays; the
+// compositor (weston on DRM, standing in for gnome-shell or kwin_wayland) is
+// a user unit in session.slice and takes card0 through logind for the
+// user's graphical session, next to pipewire and wireplumber.
 const DISPLAY_MANAGER_UNIT = `[Unit]
-Description=weston on DRM (the display manager of the vmhook test bench)
+Description=the display manager of the vmhook test bench (a wayland session of ${DESKTOP_USER} on tty7)
 After=systemd-user-sessions.service systemd-logind.service
 Conflicts=getty@tty7.service
 
@@ -70,11 +75,26 @@ StandardError=journal
 UtmpIdentifier=tty7
 UtmpMode=user
 Environment=XDG_SESSION_TYPE=wayland
-ExecStart=/usr/bin/weston --backend=drm-backend.so --use-pixman --continue-without-input --idle-time=0
+ExecStart=/usr/local/bin/desktop-session
 
 [Install]
 Alias=display-manager.service
 WantedBy=graphical.target
+`;
+
+/** The session's leader, as gnome-session's or startplasma's: the desktop itself runs in the user's manager. */
+const SESSION_LEADER = `#!/bin/sh
+systemctl --user start pipewire.service wireplumber.service compositor.service
+exec sleep infinity
+`;
+
+const COMPOSITOR_USER_UNIT = `[Unit]
+Description=weston on DRM, the session's compositor (a user unit, as org.gnome.Shell@wayland.service and plasma-kwin_wayland.service are)
+PartOf=graphical-session.target
+
+[Service]
+Slice=session.slice
+ExecStart=/usr/bin/weston --backend=drm-backend.so --use-pixman --continue-without-input --idle-time=0
 `;
 
 function run(command: string, args: string[]): void {
@@ -104,9 +124,11 @@ function customize(root: string, kernel: Kernel): void {
   write(root, "etc/fstab", "/dev/vda / ext4 rw,relatime 0 1\n");
   write(root, "usr/local/sbin/guest-agent", AGENT, 0o755);
   write(root, "etc/systemd/system/guest-agent.service", AGENT_UNIT);
-  write(root, "etc/systemd/system/weston-session.service", DISPLAY_MANAGER_UNIT);
-  symlink(root, "/etc/systemd/system/weston-session.service", "etc/systemd/system/display-manager.service");
-  symlink(root, "/etc/systemd/system/weston-session.service", "etc/systemd/system/graphical.target.wants/weston-session.service");
+  write(root, "etc/systemd/system/desktop-login.service", DISPLAY_MANAGER_UNIT);
+  symlink(root, "/etc/systemd/system/desktop-login.service", "etc/systemd/system/display-manager.service");
+  symlink(root, "/etc/systemd/system/desktop-login.service", "etc/systemd/system/graphical.target.wants/desktop-login.service");
+  write(root, "usr/local/bin/desktop-session", SESSION_LEADER, 0o755);
+  write(root, "etc/systemd/user/compositor.service", COMPOSITOR_USER_UNIT);
   symlink(root, "/etc/systemd/system/guest-agent.service", "etc/systemd/system/graphical.target.wants/guest-agent.service");
   symlink(root, "/lib/systemd/system/graphical.target", "etc/systemd/system/default.target");
   // Nothing on the console ports: ttyS0 is the kernel's log, ttyS1 the agent's.

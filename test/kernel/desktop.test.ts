@@ -1,10 +1,13 @@
 // vmhook on a real desktop: the desktop guest (test/kernel/desktop-image.ts)
-// boots Debian with systemd as PID 1 through OVMF, and weston holds the std
-// VGA as display-manager.service. One boot, many scenarios, each driven by
-// the compiled hook as libvirt would run it: single-GPU handover with the
-// compositor, the refusal of a holder single-GPU mode may not stop, isolate
-// through systemd's AllowedCPUs with two VMs, nosleep's inhibitor lock and
-// the stop-units example plugin.
+// boots Debian with systemd as PID 1 through OVMF; the display manager's
+// wayland session runs weston on the std VGA as a unit of the user's systemd
+// manager (session.slice), as GNOME and Plasma run their compositors, next to
+// pipewire and wireplumber. One boot, many scenarios, each driven by the
+// compiled hook as libvirt would run it: single-GPU handover with the
+// compositor stopped through the user's manager and audio kept running, the
+// refusal of holders single-GPU mode may not stop (a system unit, a user
+// unit outside the session), isolate through systemd's AllowedCPUs with two
+// VMs, nosleep's inhibitor lock and the stop-units example plugin.
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { fileURLToPath } from "node:url";
@@ -14,15 +17,19 @@ import { bootGuest, skipReason, type Guest } from "./guest.ts";
 import { domainXml, hook, STATE, UUID, writeDomain } from "./vfio-domain.ts";
 
 const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
-const desktop = suite<{ guest?: Guest; baseline?: string }>("the desktop guest (systemd, OVMF, weston)");
+const desktop = suite<{ guest?: Guest; baseline?: string }>("the desktop guest (systemd, OVMF, weston as a user unit, pipewire)");
 const skip = skipReason({ desktop: true });
 if (skip) console.log(`desktop kernel tests: skipped: ${skip}`);
 const it = skip ? desktop.skip : desktop;
 
-/** The display side of the host, on top of the vfio STATE: the display manager and who holds the card. */
+/** The display side of the host, on top of the vfio STATE: the display manager, who holds the card, the user's manager and audio (by pid: they must survive). */
 const DESKTOP_STATE = `${STATE}
 echo "display-manager: $(systemctl is-active display-manager.service)"
 echo "card0 holders: $(for p in $(pgrep -x weston); do ls -l /proc/$p/fd 2>/dev/null | grep -q ' /dev/dri/card0$' && echo weston; done)"
+echo "compositor cgroup: $(for p in $(pgrep -x weston); do cut -d: -f3 /proc/$p/cgroup; done)"
+echo "user manager: $(systemctl show -p MainPID --value user@1000.service)"
+for program in pipewire wireplumber; do echo "$program: $(for p in $(pgrep -x $program); do echo "$p $(cut -d: -f3 /proc/$p/cgroup)"; done)"; done
+echo "lingering: $(ls /var/lib/systemd/linger 2>/dev/null)"
 echo "firmware framebuffers: $(ls /sys/bus/platform/drivers/efi-framebuffer /sys/bus/platform/drivers/simple-framebuffer 2>/dev/null | grep framebuffer. | tr '\\n' ' ')"
 `;
 
@@ -31,6 +38,10 @@ const WAIT_FOR_COMPOSITOR = `for i in $(seq 1 600); do
   for p in $(pgrep -x weston); do ls -l /proc/$p/fd 2>/dev/null | grep -q ' /dev/dri/card0$' && exit 0; done
   sleep 0.1
 done; echo "weston does not hold /dev/dri/card0"; systemctl status display-manager.service --no-pager; exit 1`;
+
+/** The user's systemd manager, as vmhook reaches it. */
+const userctl = (command: string) => `timeout 30 systemctl --user --machine=desktop@.host ${command}`;
+const COMPOSITOR_CGROUP = "/user.slice/user-1000.slice/user@1000.service/session.slice/compositor.service";
 
 desktop.before(async (context) => {
   if (skip) return;
@@ -42,17 +53,21 @@ desktop.after(async ({ guest }) => {
   await guest?.shutdown();
 });
 
-it("boots Debian with systemd as PID 1 and cgroup v2, weston holds the std VGA as display-manager.service", async ({ guest, baseline }) => {
+it("boots Debian with systemd as PID 1 and cgroup v2; the wayland session's compositor holds the std VGA as a user unit, pipewire and wireplumber run", async ({ guest, baseline }) => {
   assert.is((await guest!.ok("cat /proc/1/comm")).trim(), "systemd");
   assert.is((await guest!.ok("stat -f -c %T /sys/fs/cgroup")).trim(), "cgroup2fs");
   assert.match(baseline!, "driver: bochs-drm");
   assert.match(baseline!, "display-manager: active");
   assert.match(baseline!, "card0 holders: weston");
-  // The display manager's PAM session moves weston into a logind session scope of the desktop user, type wayland.
-  const weston = await guest!.ok("cgroup=$(cat /proc/$(pgrep -x weston | head -1)/cgroup); echo $cgroup; cat /run/systemd/sessions/$(echo $cgroup | sed 's/.*session-\\(.*\\).scope/\\1/')");
-  assert.match(weston, /0::\/user.slice\/user-1000.slice\/session-\w+.scope/);
-  assert.match(weston, "USER=desktop");
-  assert.match(weston, "TYPE=wayland");
+  assert.match(baseline!, `compositor cgroup: ${COMPOSITOR_CGROUP}\n`);
+  assert.match(baseline!, /pipewire: \d+ \/user.slice\/user-1000.slice\/user@1000.service\/session.slice\/pipewire.service\n/);
+  assert.match(baseline!, /wireplumber: \d+ \/user.slice\/user-1000.slice\/user@1000.service\/session.slice\/wireplumber.service\n/);
+  assert.match(baseline!, "lingering: \n");
+  // The display manager's PAM session is the desktop user's graphical session (type wayland), whose leader runs in its scope.
+  const session = await guest!.ok("id=$(sed -n 's/^DISPLAY=//p' /run/systemd/users/1000); cat /run/systemd/sessions/$id; cat /proc/$(pgrep -x desktop-session || pgrep -f 'sleep infinity' | head -1)/cgroup");
+  assert.match(session, "USER=desktop");
+  assert.match(session, "TYPE=wayland");
+  assert.match(session, /0::\/user.slice\/user-1000.slice\/session-\w+.scope/);
 });
 
 it("OVMF gave the kernel a firmware framebuffer, which bochs-drm replaced", async ({ guest }) => {
@@ -61,7 +76,7 @@ it("OVMF gave the kernel a firmware framebuffer, which bochs-drm replaced", asyn
   assert.match(log, /bochs-drm|\[drm\] Found bochs VGA/);
 });
 
-it("single GPU: weston stops, the GPU goes to vfio-pci and the console lets go; release brings the compositor back on the card", async ({ guest, baseline }) => {
+it("single GPU: the compositor stops through the user's manager, then the display manager; the GPU goes to vfio-pci while pipewire keeps running; release brings the compositor back on the card", async ({ guest, baseline }) => {
   const prepare = await guest!.sh(hook(domainXml('single-gpu="yes"'), "prepare begin"));
   assert.equal(prepare, { code: 0, stdout: "" }, prepare.stdout);
   const during = await guest!.ok(DESKTOP_STATE);
@@ -70,11 +85,33 @@ it("single GPU: weston stops, the GPU goes to vfio-pci and the console lets go; 
   assert.match(during, "card0 holders: \n");
   assert.not.match(during, /frame buffer device bind=1/);
   assert.match(during, `journals: ${UUID}.json`);
-  assert.match(await guest!.ok("cat /var/log/vmhook.log"), "vfio: stop display-manager.service: done");
+  assert.match(during, "lingering: desktop\n");
+  // The session ended with the display manager; the user's manager, kept by the linger, still runs pipewire and wireplumber (the same processes).
+  for (const line of ["user manager", "pipewire", "wireplumber"]) assert.match(during, new RegExp(`^${line}: .*$`, "m").exec(baseline!)![0]);
+  const log = await guest!.ok("cat /var/log/vmhook.log");
+  assert.match(log, "vfio: keep desktop's systemd user manager running while the VM runs (loginctl enable-linger desktop), so audio (pipewire) survives the end of the session: done");
+  assert.match(log, "vfio: stop compositor.service of desktop's graphical session (systemctl --user --machine=desktop@.host stop compositor.service): done");
+  assert.ok(log.indexOf("stop compositor.service") < log.indexOf("stop display-manager.service: done"), "the compositor stops before the display manager");
 
   const release = await guest!.sh(hook(domainXml('single-gpu="yes"'), "release end"));
   assert.equal(release, { code: 0, stdout: "" }, release.stdout);
   await guest!.ok(WAIT_FOR_COMPOSITOR, { timeoutMs: 120_000 });
+  assert.fixture(await guest!.ok(DESKTOP_STATE), baseline!);
+});
+
+it("a GPU job in a user unit outside the graphical session is refused before anything stops, naming process, unit and user", async ({ guest, baseline }) => {
+  const invocations = `systemctl show -p InvocationID --value display-manager.service; ${userctl("show -p InvocationID --value compositor.service")}`;
+  const before = await guest!.ok(invocations);
+  await guest!.ok(`timeout 30 systemd-run --user --machine=desktop@.host --unit=cuda-job --quiet sh -c 'exec sleep 600 < /dev/dri/card0'; sleep 1`);
+  try {
+    const pid = (await guest!.ok(userctl("show -p MainPID --value cuda-job.service"))).trim();
+    const result = await guest!.sh(hook(domainXml('single-gpu="yes"'), "prepare begin"));
+    assert.is(result.code, 1);
+    assert.match(result.stdout.split("\n")[0]!, new RegExp(`vfio: the GPU is in use: pid ${pid} \\(sleep\\) holds /dev/dri/card0 in cuda-job.service \\(a unit of desktop's systemd user manager(, app.slice)?\\); vmhook stops only compositor.service of desktop, display-manager.service`));
+    assert.is(await guest!.ok(invocations), before, "neither the display manager nor the compositor was stopped");
+  } finally {
+    await guest!.ok(userctl("stop cuda-job.service"));
+  }
   assert.fixture(await guest!.ok(DESKTOP_STATE), baseline!);
 });
 

@@ -150,7 +150,7 @@ const OUTSIDERS: { name: string; add: (kernel: GpuKernel) => void; where: string
     add: (k) => k.session(5, { type: "tty", user: "bob", uid: 1001, processes: { 720: ["obs", ["/dev/dri/renderD128"]] } }),
     where: "pid 720 (obs) holds /dev/dri/renderD128 in session-5.scope (session 5 of bob, type tty)",
   },
-  { name: "a browser in a user unit", add: (k) => k.process(730, "firefox", ["/dev/dri/renderD128"], "/user.slice/user-1001.slice/user@1001.service/app.slice/firefox.service"), where: "pid 730 (firefox) holds /dev/dri/renderD128 in firefox.service" },
+  { name: "a browser in a user unit", add: (k) => k.process(730, "firefox", ["/dev/dri/renderD128"], "/user.slice/user-1001.slice/user@1001.service/app.slice/firefox.service"), where: "pid 730 (firefox) holds /dev/dri/renderD128 in firefox.service (a unit of uid 1001's systemd user manager, app.slice)" },
   { name: "a process in no unit", add: (k) => k.process(740, "blender", ["/dev/dri/card0"]), where: "pid 740 (blender) holds /dev/dri/card0 in cgroup /" },
   {
     name: "a process whose cgroup cannot be read",

@@ -1,0 +1,173 @@
+// Desktop sessions in single-GPU mode on a simulated host: GNOME's compositor
+// and portal run as units of the user's systemd manager (session.slice). They
+// are stopped through that manager before the display manager, the manager
+// is kept running (linger) so pipewire survives, and release starts them
+// again only where they can run. A user unit outside the graphical session
+// is refused before anything changes.
+import * as fs from "node:fs";
+import { test } from "uvu";
+import * as assert from "uvu/assert";
+import { newJournal, readJournal, writeJournal } from "../../lib/journal.ts";
+import { paths } from "../../lib/paths.ts";
+import type { UndoRecord } from "../../lib/plugin.ts";
+import { GpuKernel, type SimUserUnit } from "../helpers/gpu-kernel.ts";
+import { runHookEvent } from "../helpers/hook.ts";
+import { assertPlanIsPrepare, plannedSteps } from "../helpers/plan.ts";
+
+const UUID = "5d0f3f57-96c1-4d0e-8a52-6c1c2b7d9e01";
+const GPU = "0000:03:00.0";
+const XML = `<domain type='kvm'><name>win11</name><uuid>${UUID}</uuid><memory unit='GiB'>8</memory>
+  <metadata><vmhook:hooks xmlns:vmhook="urn:vmhook:1"><vmhook:vfio/></vmhook:hooks></metadata>
+  <devices><hostdev mode='subsystem' type='pci' managed='no'><source><address domain='0x0000' bus='0x03' slot='0x00' function='0x0'/></source></hostdev></devices></domain>`;
+const SHELL = "org.gnome.Shell@wayland.service";
+const PORTAL = "xdg-desktop-portal-gnome.service";
+const SESSION_UNITS: SimUserUnit[] = [
+  { name: SHELL, slice: "session.slice", active: true, processes: { 900: ["gnome-shell", ["/dev/dri/card0"]], 901: ["Xwayland", ["/dev/dri/renderD128"]] } },
+  { name: PORTAL, slice: "session.slice", active: true, processes: { 910: ["xdg-desktop-por", ["/dev/dri/renderD128"]] } },
+  { name: "pipewire.service", slice: "session.slice", active: true, processes: { 920: ["pipewire", ["/dev/snd/controlC0"]] } },
+  { name: "wireplumber.service", slice: "session.slice", active: true, processes: { 921: ["wireplumber", ["/dev/snd/controlC0"]] } },
+];
+
+/** GNOME 40+ on one AMD card: GDM as display-manager.service, ana's desktop in her user manager. */
+function gnomeDesktop(extra: SimUserUnit[] = []): GpuKernel {
+  const kernel = new GpuKernel()
+    .module({ name: "amdgpu", driver: "amdgpu", loaded: true })
+    .device({ address: "0000:00:01.0", classCode: "0x060400", vendor: "0x1022", group: 1 })
+    .device({ address: GPU, classCode: "0x030000", vendor: "0x1002", nativeDriver: "amdgpu", group: 1, bootVga: true, nodes: ["card0", "renderD128"] })
+    .unit({ name: "display-manager.service", active: true, processes: { 500: ["gdm", ["/dev/null"]] } })
+    .userManager({ uid: 1000, user: "ana", managerPid: 880, display: { id: 2, type: "wayland" }, units: [...SESSION_UNITS.map((unit) => ({ ...unit })), ...extra] })
+    .process(1, "systemd", ["/dev/null"], "/init.scope");
+  kernel.sim.dir("/var/lib/systemd/linger");
+  return kernel;
+}
+
+const running = (kernel: GpuKernel, pid: number) => kernel.sim.exists(`/proc/${pid}/comm`);
+const stops = (kernel: GpuKernel) =>
+  kernel.sim.execs.filter((e) => e.command === "loginctl" || (e.command === "systemctl" && (e.args.includes("stop") || e.args.includes("start")))).map((e) => `${e.command} ${e.args.join(" ")}`);
+const log = (kernel: GpuKernel) => fs.readFileSync(kernel.sim.resolve(paths.log), "utf8");
+
+test("GNOME: the shell and the portal stop through ana's manager before GDM, the manager lingers so pipewire keeps running; release starts them again in her session", async () => {
+  const kernel = gnomeDesktop();
+  const before = kernel.sim.snapshot();
+  const applied = await assertPlanIsPrepare(kernel.sim, XML, "win11");
+  assert.equal(applied.slice(0, 4), [
+    "vfio: keep ana's systemd user manager running while the VM runs (loginctl enable-linger ana), so audio (pipewire) survives the end of the session",
+    `vfio: stop ${SHELL} of ana's graphical session (systemctl --user --machine=ana@.host stop ${SHELL})`,
+    `vfio: stop ${PORTAL} of ana's graphical session (systemctl --user --machine=ana@.host stop ${PORTAL})`,
+    "vfio: stop display-manager.service",
+  ]);
+  assert.equal(stops(kernel), [
+    "loginctl enable-linger ana",
+    `systemctl --user --machine=ana@.host stop ${SHELL}`,
+    `systemctl --user --machine=ana@.host stop ${PORTAL}`,
+    "systemctl stop display-manager.service",
+  ]);
+  assert.is(kernel.driverOf(GPU), "vfio-pci");
+  assert.ok(kernel.sim.exists("/var/lib/systemd/linger/ana"));
+  for (const pid of [920, 921]) assert.ok(running(kernel, pid), `pipewire/wireplumber (pid ${pid}) hold no GPU and keep running`);
+  for (const pid of [900, 901, 910]) assert.not.ok(running(kernel, pid));
+
+  const prepared = kernel.sim.execs.length;
+  const release = await runHookEvent(kernel.sim, "release", "end", XML, "win11");
+  assert.is(release.code, 0, release.stderr);
+  assert.equal(stops({ sim: { execs: kernel.sim.execs.slice(prepared) } } as unknown as GpuKernel), [
+    "systemctl start display-manager.service",
+    `systemctl --user --machine=ana@.host start ${PORTAL}`,
+    `systemctl --user --machine=ana@.host start ${SHELL}`,
+    "loginctl disable-linger ana",
+  ]);
+  assert.equal(kernel.sim.snapshot(), before);
+  assert.equal(kernel.sim.stateFiles(), []);
+});
+
+test("GNOME: when GDM does not stop, the rollback starts the shell and the portal again in ana's session and ends the linger: the host is as before", async () => {
+  const kernel = gnomeDesktop();
+  kernel.units.get("display-manager.service")!.failStop = "Job for gdm.service canceled";
+  const before = kernel.sim.snapshot();
+  const result = await runHookEvent(kernel.sim, "prepare", "begin", XML, "win11");
+  assert.is(result.code, 1);
+  assert.match(result.stderr.split("\n")[0]!, "systemctl stop display-manager.service failed: Job for gdm.service canceled");
+  assert.equal(stops(kernel).slice(-3), [`systemctl --user --machine=ana@.host start ${PORTAL}`, `systemctl --user --machine=ana@.host start ${SHELL}`, "loginctl disable-linger ana"]);
+  assert.equal(kernel.sim.snapshot(), before);
+});
+
+test("GNOME: a user who lingers already keeps lingering; no linger step", async () => {
+  const kernel = gnomeDesktop();
+  kernel.sim.file("/var/lib/systemd/linger/ana", "");
+  const planned = await plannedSteps(kernel.sim, XML);
+  assert.not.ok(planned.some((step) => step.includes("linger")), planned.join("\n"));
+  assert.is((await runHookEvent(kernel.sim, "prepare", "begin", XML, "win11")).code, 0);
+  assert.is((await runHookEvent(kernel.sim, "release", "end", XML, "win11")).code, 0);
+  assert.ok(kernel.sim.exists("/var/lib/systemd/linger/ana"));
+});
+
+test("GNOME: when ana's session ended with GDM, release leaves her units to her next login and says so", async () => {
+  const kernel = gnomeDesktop();
+  assert.is((await runHookEvent(kernel.sim, "prepare", "begin", XML, "win11")).code, 0);
+  kernel.endDisplaySession("ana");
+  const release = await runHookEvent(kernel.sim, "release", "end", XML, "win11");
+  assert.is(release.code, 0, release.stderr);
+  assert.not.ok(kernel.sim.execs.some((e) => e.args.includes("start") && e.args.includes("--user")), "nothing started in a manager without a graphical session");
+  assert.match(log(kernel), `vfio: ${SHELL} stays stopped: ana has no session to display on now (it ended with the display manager); ana logs in again and the session starts it`);
+  assert.not.ok(kernel.sim.exists("/var/lib/systemd/linger/ana"), "the linger vmhook added is gone");
+  assert.ok(running(kernel, 920), "pipewire still runs");
+});
+
+test("GNOME: when ana's manager is a new one at release (it ended meanwhile), nothing is started in it", async () => {
+  const kernel = gnomeDesktop();
+  assert.is((await runHookEvent(kernel.sim, "prepare", "begin", XML, "win11")).code, 0);
+  kernel.process(990, "systemd", [], "/user.slice/user-1000.slice/user@1000.service/init.scope");
+  kernel.sim.file("/proc/990/stat", "990 (systemd) S 1 990 990 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0 9999 0 0");
+  kernel.sim.file("/sys/fs/cgroup/user.slice/user-1000.slice/user@1000.service/init.scope/cgroup.procs", "990");
+  const release = await runHookEvent(kernel.sim, "release", "end", XML, "win11");
+  assert.is(release.code, 0, release.stderr);
+  assert.not.ok(kernel.sim.execs.some((e) => e.args.includes("start") && e.args.includes("--user")));
+  assert.match(log(kernel), `vfio: ${PORTAL} stays stopped: the systemd user manager of ana that ran it has ended`);
+});
+
+test("a user unit outside the graphical session (a CUDA job in app.slice) is refused before anything stops, naming process, unit and user", async () => {
+  const kernel = gnomeDesktop([{ name: "cuda-train.service", slice: "app.slice", active: true, processes: { 950: ["python3", ["/dev/dri/renderD128"]] } }]);
+  const before = kernel.sim.snapshot();
+  const result = await runHookEvent(kernel.sim, "prepare", "begin", XML, "win11");
+  assert.is(result.code, 1);
+  assert.match(
+    result.stderr.split("\n")[0]!,
+    `the GPU is in use: pid 950 (python3) holds /dev/dri/renderD128 in cuda-train.service (a unit of ana's systemd user manager, app.slice); vmhook stops only ${SHELL} of ana, ${PORTAL} of ana, display-manager.service with its graphical sessions`,
+  );
+  assert.equal(stops(kernel), [], "nothing was stopped, linger untouched");
+  assert.equal(kernel.sim.snapshot(), before);
+});
+
+test("not single-GPU: a session unit holding the passed-through card is refused, the desktop left alone", async () => {
+  const kernel = gnomeDesktop()
+    .module({ name: "i915", driver: "i915", loaded: true })
+    .device({ address: "0000:00:02.0", classCode: "0x030000", vendor: "0x8086", nativeDriver: "i915", group: 0, nodes: ["card1"] });
+  const result = await runHookEvent(kernel.sim, "prepare", "begin", XML.replace("<vmhook:vfio/>", '<vmhook:vfio single-gpu="no"/>'), "win11");
+  assert.is(result.code, 1);
+  assert.match(result.stderr.split("\n")[0]!, `pid 900 (gnome-shell) holds /dev/dri/card0 in ${SHELL} (a unit of ana's systemd user manager, session.slice)`);
+  assert.equal(stops(kernel), []);
+});
+
+// Journals are root-owned, but their values become systemctl and loginctl arguments and cgroup paths: each is checked before its undo runs.
+const GOOD_RECORD = { action: "stop-user-unit", uid: 1000, user: "ana", unit: SHELL, cgroup: `/user.slice/user-1000.slice/user@1000.service/session.slice/${SHELL}`, manager: "880:4242", timeoutMs: 20000 };
+const BAD_RECORDS: [UndoRecord, string][] = [
+  [{ ...GOOD_RECORD, user: "--help" }, 'names user "--help", which is not a login name'],
+  [{ ...GOOD_RECORD, unit: "--now.service" }, 'names unit "--now.service", which is not a systemd unit name'],
+  [{ ...GOOD_RECORD, cgroup: "/system.slice/sshd.service" }, "not a stop-user-unit record vmhook writes"],
+  [{ ...GOOD_RECORD, cgroup: `/user.slice/user-1000.slice/user@1000.service/../../../system.slice/${SHELL}` }, "not a stop-user-unit record vmhook writes"],
+  [{ action: "linger-user", user: "../../etc/passwd" }, 'names user "../../etc/passwd", which is not a login name'],
+];
+for (const [record, message] of BAD_RECORDS) {
+  test(`a journaled ${record.action} record ${JSON.stringify(record).slice(0, 90)} is refused before its undo runs, and kept`, async () => {
+    const kernel = gnomeDesktop();
+    const journal = newJournal(kernel.sim, { name: "win11", uuid: UUID });
+    journal.entries.push({ plugin: "vfio", event: "prepare", description: "a change", undo: record, state: "applied", at: new Date().toISOString() });
+    writeJournal(kernel.sim, journal);
+    const outcome = await runHookEvent(kernel.sim, "release", "end", XML, "win11");
+    assert.match(outcome.stderr, message);
+    assert.equal(stops(kernel), [], "nothing ran");
+    assert.is(readJournal(kernel.sim, UUID)!.entries[0]!.state, "undo-failed");
+  });
+}
+
+test.run();
