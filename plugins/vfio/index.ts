@@ -10,14 +10,16 @@
 // libvirt (virPCIDeviceBindToStub), so at shutdown libvirt skips its reattach
 // and release brings it back. Each undo still checks what is already back
 // (virsh nodedev-reattach may have run).
-import { pciDriver } from "../../lib/pci.ts";
-import { definePlugin, type PlanContext, type Step } from "../../lib/plugin.ts";
+import { definePlugin, type CheckContext, type PlanContext, type Step } from "../../lib/plugin.ts";
 import { parseVfioConfig, readVfioSettings, type VfioConfig } from "./config.ts";
 import { consoleSteps, displayManagerSteps, findDisplayManager, stopDisplayManagerAction, unbindFramebufferAction, unbindVtconsoleAction, waitGpuFreeAction, waitGpuFreeStep } from "./display.ts";
 import { bindVfioAction, helperServices, loadModulesAction, stoppedHelpers, takeOverSteps, unloadModuleAction } from "./driver.ts";
 import { otherHolders } from "./refuse.ts";
-import { survey, VFIO_DRIVER } from "./survey.ts";
+import { handedOverAddresses, survey, VFIO_DRIVER } from "./survey.ts";
 import { keepStoppedSteps, stopUnitAction, stopUnitStep } from "./units.ts";
+import { setResetMethodAction, VENDOR_RESET_MODULE, vendorResetFindings } from "./vendor-reset.ts";
+import { pciDriver, pciExists, readPciDevice } from "../../lib/pci.ts";
+import type { Finding } from "../../lib/diagnostics/findings.ts";
 
 /**
  * Reads the host and refuses what cannot work (IOMMU groups, users of the GPU
@@ -53,6 +55,19 @@ function planReconnect(ctx: PlanContext<VfioConfig>): Step[] {
   return [];
 }
 
+/** `vmhook doctor`: an AMD GPU of the domain that resets only through vendor-reset, and whether the host has the module. */
+function checkVfio(ctx: CheckContext): Finding[] {
+  let config: VfioConfig;
+  try {
+    config = parseVfioConfig(ctx.elements, ctx.domain);
+  } catch {
+    return []; // doctor reports the config error itself
+  }
+  const present = { ...config, devices: config.devices.filter((address) => pciExists(ctx.host, address)) };
+  const devices = handedOverAddresses(ctx.host, present).map((address) => readPciDevice(ctx.host, address));
+  return vendorResetFindings(ctx.host, devices, () => ctx.host.exec("modinfo", ["-n", VENDOR_RESET_MODULE], { timeoutMs: 5_000 }).status === 0);
+}
+
 export default definePlugin<VfioConfig>({
   name: "vfio",
   summary: "hand PCI devices (a GPU and its slot's functions) to vfio-pci and back; single-GPU passthrough",
@@ -64,6 +79,7 @@ export default definePlugin<VfioConfig>({
   // vfio-pci is loaded once and never unloaded under a VM that is binding to it.
   shared: true,
   plan: { prepare: planPrepare, reconnect: planReconnect },
+  check: checkVfio,
   actions: {
     "stop-unit": stopUnitAction,
     "stop-display-manager": stopDisplayManagerAction,
@@ -73,6 +89,7 @@ export default definePlugin<VfioConfig>({
     "unload-module": unloadModuleAction,
     "load-modules": loadModulesAction,
     "bind-vfio": bindVfioAction,
+    "set-reset-method": setResetMethodAction,
     // vmhook 0.1 named each record by its undo; its journals still undo.
     "start-unit": stopUnitAction,
     "run-start-command": stopDisplayManagerAction,
