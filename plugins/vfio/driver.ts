@@ -130,7 +130,7 @@ function driversOf(host: Host, module: string): string[] {
 }
 
 /** The claim of the unloaded module that registers `driver`, if any VM holds one. */
-function claimProviding(ctx: BaseContext, driver: string): string | undefined {
+export function claimProviding(ctx: BaseContext, driver: string): string | undefined {
   return Object.entries(ctx.claims.list("module:")).find(([, claim]) => ((claim.original as { drivers?: string[] })?.drivers ?? []).includes(driver))?.[0];
 }
 

@@ -17,6 +17,7 @@ import { bindVfioAction, helperServices, loadModulesAction, stoppedHelpers, take
 import { otherHolders } from "./refuse.ts";
 import { handedOverAddresses, survey, VFIO_DRIVER } from "./survey.ts";
 import { keepStoppedSteps, stopUnitAction, stopUnitStep } from "./units.ts";
+import { verifyReturnAction, verifyReturnStep } from "./verify-return.ts";
 import { setResetMethodAction, VENDOR_RESET_MODULE, vendorResetFindings } from "./vendor-reset.ts";
 import { pciDriver, pciExists, readPciDevice } from "../../lib/pci.ts";
 import type { Finding } from "../../lib/diagnostics/findings.ts";
@@ -37,6 +38,8 @@ function planPrepare(ctx: PlanContext<VfioConfig>): Step[] {
   ctx.log.info(`vfio: devices ${found.devices.map((device) => `${device.address} (${device.driver ?? "no driver"})`).join(", ")}; single-GPU mode ${found.singleGpu ? "on" : "off"}`);
 
   return [
+    // First, so that its undo runs last: the display is checked once everything else is back.
+    ...verifyReturnStep(ctx.host, found.devices, settings.bindTimeoutSeconds * 1000),
     ...(found.singleGpu ? displayManagerSteps(ctx, displayManager, settings) : []),
     ...helpers.map((unit) => stopUnitStep(unit, settings.stopTimeoutSeconds * 1000)),
     ...keepStoppedSteps(ctx, stoppedHelpers(ctx, found, settings, helpers)),
@@ -90,6 +93,7 @@ export default definePlugin<VfioConfig>({
     "load-modules": loadModulesAction,
     "bind-vfio": bindVfioAction,
     "set-reset-method": setResetMethodAction,
+    "verify-return": verifyReturnAction,
     // vmhook 0.1 named each record by its undo; its journals still undo.
     "start-unit": stopUnitAction,
     "run-start-command": stopDisplayManagerAction,

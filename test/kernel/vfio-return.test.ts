@@ -80,6 +80,8 @@ it("BAR 2 lost while on vfio-pci: bochs-drm refuses (ID mismatch), the reset is 
   assert.match(log, `vfio: ${GPU} return attempt 3/3 remove + rescan: bound to bochs-drm`);
   assert.match(log, `vfio: ${GPU} is back on bochs-drm after 3 attempts`);
   assert.match(log, "vfio: undo unbind console vtcon0");
+  assert.match(log, `vfio: ${GPU} is back on bochs-drm with card, fb`);
+  assert.match(log, `vfio: undo at release, check that the display is back: ${GPU} on bochs-drm with card, fb: done`);
   assert.match(await guest!.ok("vmhook status"), "no VM holds anything");
 });
 

@@ -111,8 +111,12 @@ test("nothing helps: release names every attempt and the remedies, keeps the cha
     `${GPU} did not come back to amdgpu: tried probe (amdgpu refused it: ENODEV), reset (amdgpu refused it: ENODEV), remove + rescan (amdgpu refused it: ENODEV); dmesg says why amdgpu refused it; a GPU that cannot be reset often comes back only after a host reboot; vmhook keeps the change: run vmhook recover to try again`,
   );
   const journal = readJournal(kernel.sim, UUID)!;
-  assert.equal(journal.entries.map((entry) => `${entry.state} ${entry.description}`), [`undo-failed bind ${GPU} to vfio-pci (from amdgpu)`]);
-  assert.match(journal.entries[0]!.error!, "tried probe");
+  assert.equal(journal.entries.map((entry) => `${entry.state} ${entry.description}`), [
+    `undo-failed at release, check that the display is back: ${GPU} on amdgpu with card, renderD`,
+    `undo-failed bind ${GPU} to vfio-pci (from amdgpu)`,
+  ]);
+  assert.match(journal.entries[1]!.error!, "tried probe");
+  assert.is(journal.entries[0]!.error!, `vfio: the display of ${GPU} is not back: it is on no driver, not amdgpu; see dmesg, reload amdgpu's module or reboot, then run vmhook recover`);
   assert.is(kernel.driverOf(GPU), undefined, "on no driver: never reported as back");
   assert.is(kernel.driverOf(AUDIO), "snd_hda_intel", "the rest of the release still ran");
 
@@ -123,6 +127,30 @@ test("nothing helps: release names every attempt and the remedies, keeps the cha
   assert.equal(result.failed, []);
   assert.equal(kernel.sim.snapshot(), before);
   assert.equal(kernel.sim.stateFiles(), []);
+});
+
+test("the GPU is back on its driver but its card node is not: release keeps the display check, never reports it back; recover checks again", async () => {
+  const kernel = amdWorkstation();
+  const before = kernel.sim.snapshot();
+  await prepared(kernel);
+  const nodes = kernel.devices.get(GPU)!.nodes;
+  kernel.devices.get(GPU)!.nodes = ["renderD129"]; // amdgpu binds, but makes no card node (a failed modeset)
+
+  const release = await runHookEvent(kernel.sim, "release", "end", xml);
+  assert.is(release.code, 0);
+  assert.match(release.stderr, `the display of ${GPU} is not back: its /dev/dri/cardN did not come back`);
+  assert.is(kernel.driverOf(GPU), "amdgpu");
+  const journal = readJournal(kernel.sim, UUID)!;
+  assert.equal(journal.entries.map((entry) => entry.undo.action), ["verify-return"]);
+
+  // The user reloads the driver (unbind, bind): the card is back, recover finds it so.
+  kernel.devices.get(GPU)!.nodes = nodes;
+  kernel.sim.write(`/sys/bus/pci/drivers/amdgpu/unbind`, GPU);
+  kernel.sim.write(`/sys/bus/pci/drivers/amdgpu/bind`, GPU);
+  const logger = createLogger(kernel.sim, { echo: "none", file: false });
+  const result = await undoJournal(journal, { host: kernel.sim, log: logger, settings: { ...DEFAULT_SETTINGS, plugins: { vfio: { bindTimeoutSeconds: 1 } } }, registry }, new Deadline(kernel.sim, 10_000));
+  assert.equal(result.failed, []);
+  assert.equal(kernel.sim.snapshot(), before);
 });
 
 test("a device that went to another driver is neither reset nor removed: the error names that driver", async () => {

@@ -261,7 +261,10 @@ test("a GPU that does not come back: release names what it tried and the remedy,
   assert.is(release.code, 0, "release never fails libvirt");
   assert.match(release.stderr, `${GPU} did not come back to amdgpu: tried probe (amdgpu refused it: ENODEV), reset (amdgpu refused it: ENODEV), remove + rescan (amdgpu refused it: ENODEV); dmesg says why`);
   const journal = readJournal(kernel.sim, UUID)!;
-  assert.equal(journal.entries.map((e) => `${e.state} ${e.description}`), [`undo-failed bind ${GPU} to vfio-pci (from amdgpu)`]);
+  assert.equal(journal.entries.map((e) => `${e.state} ${e.description}`), [
+    `undo-failed at release, check that the display is back: ${GPU} on amdgpu with card, renderD`,
+    `undo-failed bind ${GPU} to vfio-pci (from amdgpu)`,
+  ]);
   assert.is(kernel.driverOf(AUDIO), "snd_hda_intel", "the rest of the release still ran");
 
   // What vmhook recover does once the card is back on the bus.
@@ -283,7 +286,11 @@ test("the GPU's driver unloaded while the VM ran: release keeps the change and s
   assert.is(release.code, 0, "release never fails libvirt");
   assert.match(release.stderr, `${GPU} cannot go back to amdgpu: that driver is no longer registered (its module was unloaded); load it (modprobe), then run vmhook recover`);
   const journal = readJournal(kernel.sim, UUID)!;
-  assert.equal(journal.entries.map((e) => `${e.state} ${e.description}`), [`undo-failed bind ${GPU} to vfio-pci (from amdgpu)`], "not forgotten with the GPU on no driver");
+  assert.equal(
+    journal.entries.map((e) => `${e.state} ${e.description}`),
+    [`undo-failed at release, check that the display is back: ${GPU} on amdgpu with card, renderD`, `undo-failed bind ${GPU} to vfio-pci (from amdgpu)`],
+    "not forgotten with the GPU on no driver",
+  );
   assert.is(kernel.driverOf(GPU), undefined);
 
   kernel.sim.exec("modprobe", ["amdgpu"], { timeoutMs: 1000 });
@@ -395,7 +402,7 @@ test("reconnect (libvirtd restarted): a device no longer on vfio-pci is logged, 
   assert.is(reconnect.code, 0);
   assert.equal(kernel.sim.execs, []);
   assert.match(kernel.sim.read("/var/log/vmhook.log"), `vfio: ${AUDIO} should be on vfio-pci while win11 runs, but is on no driver`);
-  assert.is(readJournal(kernel.sim, UUID)!.entries.length, 3);
+  assert.is(readJournal(kernel.sim, UUID)!.entries.length, 4);
   assert.is((await runHookEvent(kernel.sim, "release", "end", xml)).code, 0);
   assert.equal(kernel.sim.snapshot(), before);
 });
@@ -538,6 +545,7 @@ test("bad host settings name the key in /etc/vmhook/vmhook.json", async () => {
 test("vmhook plan lists exactly the steps prepare runs (NVIDIA single GPU: every kind of step)", async () => {
   const kernel = nvidiaDesktop();
   assert.equal(await assertPlanIsPrepare(kernel.sim, domainXml("<vmhook:vfio/>"), "win11"), [
+    `vfio: at release, check that the display is back: ${GPU} on nvidia with card, renderD`,
     "vfio: stop display-manager.service",
     "vfio: stop nvidia-persistenced.service",
     "vfio: wait until nothing holds the GPU",
