@@ -427,6 +427,14 @@ test("without systemd: the configured display manager commands stop it, vmhook w
   assert.is((await runHookEvent(kernel.sim, "release", "end", xml)).code, 0);
   assert.equal(kernel.sim.execs.filter((e) => e.command === "rc-service").map((e) => e.args[1]), ["stop", "start"]);
   assert.equal(kernel.sim.snapshot(), before);
+
+  // A start command that returns but starts nothing: the release says so and keeps the record.
+  settings(kernel, { displayManagerCommand: { stop: ["rc-service", "sddm", "stop"], start: ["rc-service", "sddm", "start"], processes: ["sddm"] }, stopTimeoutSeconds: 1 });
+  assert.is((await runHookEvent(kernel.sim, "prepare", "begin", xml)).code, 0);
+  kernel.sim.onExec("rc-service", () => {});
+  const release = await runHookEvent(kernel.sim, "release", "end", xml);
+  assert.match(release.stderr, "the display manager did not come back: rc-service sddm start ran, but no sddm process runs");
+  assert.equal(readJournal(kernel.sim, UUID)!.entries.map((entry) => entry.undo.action), ["stop-display-manager"]);
 });
 
 test("single-GPU without a display manager to stop: a holder of the GPU is refused at once", async () => {
