@@ -6,7 +6,7 @@ import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { Deadline } from "../../lib/deadline.ts";
 import { runDoctor } from "../../lib/diagnostics/doctor.ts";
-import { readJournal } from "../../lib/journal.ts";
+import { readJournal, type Journal } from "../../lib/journal.ts";
 import { createLogger } from "../../lib/log.ts";
 import { paths } from "../../lib/paths.ts";
 import { DEFAULT_SETTINGS } from "../../lib/settings.ts";
@@ -14,6 +14,7 @@ import { undoJournal } from "../../lib/transaction.ts";
 import { registry } from "../../plugins/index.ts";
 import { GpuKernel, type SimPciDevice } from "../helpers/gpu-kernel.ts";
 import { runHookEvent } from "../helpers/hook.ts";
+import { assertPlanIsPrepare } from "../helpers/plan.ts";
 
 const UUID = "3f1c2a4e-8b7d-4c1e-9a2b-5d6e7f8a9b0c";
 const GPU = "0000:03:00.0";
@@ -46,15 +47,27 @@ async function prepared(kernel: GpuKernel) {
   assert.is(kernel.driverOf(GPU), "vfio-pci");
 }
 
-test("the driver refuses the GPU once: its reset (reset_method flr bus) clears it, the driver takes it, each attempt logged, the host as before", async () => {
-  const kernel = amdWorkstation();
+/** Prepare; the driver then refuses the GPU (e.g. until a reset); release must succeed with the GPU back on `driver`. Returns the host as it was before. */
+async function releaseRefused(kernel: GpuKernel, refusal: Set<string>, driver = "amdgpu") {
   const before = kernel.sim.snapshot();
   await prepared(kernel);
-  kernel.refuseUntilReset.add(GPU);
-
+  refusal.add(GPU);
   const release = await runHookEvent(kernel.sim, "release", "end", xml);
   assert.is(release.code, 0, release.stderr);
-  assert.is(kernel.driverOf(GPU), "amdgpu");
+  assert.is(kernel.driverOf(GPU), driver);
+  return before;
+}
+
+/** What `vmhook recover` does with the journal left behind; nothing may fail. */
+async function recover(kernel: GpuKernel, journal: Journal) {
+  const logger = createLogger(kernel.sim, { echo: "none", file: false });
+  const result = await undoJournal(journal, { host: kernel.sim, log: logger, settings: { ...DEFAULT_SETTINGS, plugins: { vfio: { bindTimeoutSeconds: 1 } } }, registry }, new Deadline(kernel.sim, 10_000));
+  assert.equal(result.failed, []);
+}
+
+test("the driver refuses the GPU once: its reset (reset_method flr bus) clears it, the driver takes it, each attempt logged, the host as before", async () => {
+  const kernel = amdWorkstation();
+  const before = await releaseRefused(kernel, kernel.refuseUntilReset);
   assert.is(writesTo(kernel, `${GPU}/reset`), 1);
   assert.is(writesTo(kernel, `${GPU}/remove`), 0, "no removal once the reset helped");
   const text = log(kernel);
@@ -68,13 +81,7 @@ test("the driver refuses the GPU once: its reset (reset_method flr bus) clears i
 
 test("the reset does not help: remove + rescan does, driver_override and IOMMU group as before; the host as before", async () => {
   const kernel = amdWorkstation();
-  const before = kernel.sim.snapshot();
-  await prepared(kernel);
-  kernel.refuseUntilRescan.add(GPU);
-
-  const release = await runHookEvent(kernel.sim, "release", "end", xml);
-  assert.is(release.code, 0, release.stderr);
-  assert.is(kernel.driverOf(GPU), "amdgpu");
+  const before = await releaseRefused(kernel, kernel.refuseUntilRescan);
   assert.ok(kernel.sim.exists("/dev/dri/card1"), "the card node is back");
   assert.equal([writesTo(kernel, `${GPU}/reset`), writesTo(kernel, `${GPU}/remove`), writesTo(kernel, "/sys/bus/pci/rescan")], [1, 1, 1]);
   const text = log(kernel);
@@ -86,13 +93,7 @@ test("the reset does not help: remove + rescan does, driver_override and IOMMU g
 
 test("a device without a reset method: the reset is skipped and said so, remove + rescan brings it back", async () => {
   const kernel = amdWorkstation({ resetMethod: undefined });
-  const before = kernel.sim.snapshot();
-  await prepared(kernel);
-  kernel.refuseUntilRescan.add(GPU);
-
-  const release = await runHookEvent(kernel.sim, "release", "end", xml);
-  assert.is(release.code, 0, release.stderr);
-  assert.is(kernel.driverOf(GPU), "amdgpu");
+  const before = await releaseRefused(kernel, kernel.refuseUntilRescan);
   assert.match(log(kernel), `vfio: ${GPU} return attempt 2/3 reset: skipped: the kernel offers no reset method for it (no reset_method)`);
   assert.is(writesTo(kernel, `${GPU}/reset`), 0);
   assert.equal(kernel.sim.snapshot(), before);
@@ -122,9 +123,7 @@ test("nothing helps: release names every attempt and the remedies, keeps the cha
 
   // The card recovered (e.g. after a reboot of the host's PCIe slot power); vmhook recover retries the return path.
   kernel.stuck.delete(GPU);
-  const logger = createLogger(kernel.sim, { echo: "none", file: false });
-  const result = await undoJournal(journal, { host: kernel.sim, log: logger, settings: { ...DEFAULT_SETTINGS, plugins: { vfio: { bindTimeoutSeconds: 1 } } }, registry }, new Deadline(kernel.sim, 10_000));
-  assert.equal(result.failed, []);
+  await recover(kernel, journal);
   assert.equal(kernel.sim.snapshot(), before);
   assert.equal(kernel.sim.stateFiles(), []);
 });
@@ -147,9 +146,7 @@ test("the GPU is back on its driver but its card node is not: release keeps the 
   kernel.devices.get(GPU)!.nodes = nodes;
   kernel.sim.write(`/sys/bus/pci/drivers/amdgpu/unbind`, GPU);
   kernel.sim.write(`/sys/bus/pci/drivers/amdgpu/bind`, GPU);
-  const logger = createLogger(kernel.sim, { echo: "none", file: false });
-  const result = await undoJournal(journal, { host: kernel.sim, log: logger, settings: { ...DEFAULT_SETTINGS, plugins: { vfio: { bindTimeoutSeconds: 1 } } }, registry }, new Deadline(kernel.sim, 10_000));
-  assert.equal(result.failed, []);
+  await recover(kernel, journal);
   assert.equal(kernel.sim.snapshot(), before);
 });
 
@@ -171,13 +168,7 @@ test("NVIDIA's module reloaded at release: a GPU nvidia refuses comes back throu
     .device({ address: "0000:00:02.0", classCode: "0x030000", vendor: "0x8086", nativeDriver: "i915", group: 0, bootVga: true })
     .device({ address: GPU, classCode: "0x030000", vendor: "0x10de", nativeDriver: "nvidia", group: 3 });
   kernel.sim.file(paths.hostConfig, JSON.stringify({ plugins: { vfio: { bindTimeoutSeconds: 1 } } }));
-  const before = kernel.sim.snapshot();
-  await prepared(kernel);
-  assert.not.ok(kernel.loaded("nvidia"));
-  kernel.refuseUntilRescan.add(GPU);
-  const release = await runHookEvent(kernel.sim, "release", "end", xml);
-  assert.is(release.code, 0, release.stderr);
-  assert.is(kernel.driverOf(GPU), "nvidia");
+  const before = await releaseRefused(kernel, kernel.refuseUntilRescan, "nvidia");
   assert.match(log(kernel), `vfio: ${GPU} return attempt 3/3 remove + rescan: bound to nvidia`);
   assert.equal(kernel.sim.snapshot(), before);
 });
@@ -202,7 +193,15 @@ test("vendor-reset loaded, a Navi 10 card: reset_method becomes device_specific 
 test("vendor-reset installed but not loaded: prepare loads it before setting reset_method; release restores both", async () => {
   const kernel = amdWorkstation({ deviceId: "0x67df" }, { vendorReset: "installed" });
   const before = kernel.sim.snapshot();
-  await prepared(kernel);
+  // vmhook plan shows exactly these steps, and prepare runs them.
+  assert.equal(await assertPlanIsPrepare(kernel.sim, xml, "gaming"), [
+    `vfio: at release, check that the display is back: ${GPU} on amdgpu with card, renderD`,
+    "vfio: load module vfio-pci",
+    "vfio: load module vendor-reset",
+    `vfio: set the reset method of ${GPU} to device_specific (vendor-reset; was flr bus)`,
+    `vfio: bind ${GPU} to vfio-pci (from amdgpu)`,
+    `vfio: bind ${AUDIO} to vfio-pci (from snd_hda_intel)`,
+  ]);
   assert.ok(kernel.loaded("vendor_reset"));
   assert.is(kernel.sim.readTrimmed(`/sys/bus/pci/devices/${GPU}/reset_method`), "device_specific");
   const release = await runHookEvent(kernel.sim, "release", "end", xml);
