@@ -222,7 +222,7 @@ function checkedDriver(value: unknown): string | null {
 }
 
 /** Back from vfio-pci: unbind, restore driver_override, reprobe (or bind the recorded driver), verify. */
-function rebindDevice(record: BindRecord, ctx: BaseContext): void {
+async function rebindDevice(record: BindRecord, ctx: BaseContext): Promise<void> {
   const { host } = ctx;
   const { address, driver, override, bindTimeoutMs: timeoutMs } = record;
   if (!pciExists(host, address)) {
@@ -248,7 +248,7 @@ function rebindDevice(record: BindRecord, ctx: BaseContext): void {
     // Unloaded by someone else and reloaded by no later undo: returning would drop the record, leaving the device on no driver.
     throw new VmhookError(`vfio: ${address} cannot go back to ${driver}: that driver is no longer registered (its module was unloaded); load it (modprobe), then run vmhook recover`);
   }
-  returnToDriver(ctx, { address, driver, timeoutMs });
+  await returnToDriver(ctx, { address, driver, timeoutMs });
 }
 
 /**
@@ -256,7 +256,7 @@ function rebindDevice(record: BindRecord, ctx: BaseContext): void {
  * unloaded; then its driver's devices must come back, this VM's and those
  * of VMs released meanwhile (they wait in the claim).
  */
-function loadModule(record: UnloadRecord, ctx: BaseContext): void {
+async function loadModule(record: UnloadRecord, ctx: BaseContext): Promise<void> {
   const { module, devices: ownDevices } = record;
   const claim = moduleClaim(module);
   const others = ctx.claims.others(claim);
@@ -271,7 +271,7 @@ function loadModule(record: UnloadRecord, ctx: BaseContext): void {
   for (const { address, driver } of [...ownDevices, ...waiting]) {
     // Still on vfio-pci: its own undo failed and says so, or a VM took it again; do not report it twice.
     if (!pciExists(ctx.host, address) || pciDriver(ctx.host, address) === VFIO_DRIVER) continue;
-    returnToDriver(ctx, { address, driver, timeoutMs: record.bindTimeoutMs });
+    await returnToDriver(ctx, { address, driver, timeoutMs: record.bindTimeoutMs });
   }
   ctx.claims.drop(claim);
 }

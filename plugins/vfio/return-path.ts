@@ -24,7 +24,7 @@ export interface ReturnTarget {
 interface Attempt {
   name: string;
   /** Acts on the device; returns why it was skipped, or undefined when it acted. */
-  act?: (ctx: BaseContext, target: ReturnTarget) => string | undefined;
+  act?: (ctx: BaseContext, target: ReturnTarget) => Promise<string | undefined>;
 }
 
 const ATTEMPTS: Attempt[] = [
@@ -38,20 +38,20 @@ const ATTEMPTS: Attempt[] = [
  * every attempt, when the driver never takes it. A device on another driver
  * is left alone: resetting or removing it would take it from that driver.
  */
-export function returnToDriver(ctx: BaseContext, target: ReturnTarget): void {
+export async function returnToDriver(ctx: BaseContext, target: ReturnTarget): Promise<void> {
   const { address, driver } = target;
   const tried: string[] = [];
   for (const [index, attempt] of ATTEMPTS.entries()) {
     const step = `${index + 1}/${ATTEMPTS.length} ${attempt.name}`;
     let outcome: string | undefined;
     try {
-      const skipped = attempt.act?.(ctx, target);
+      const skipped = await attempt.act?.(ctx, target);
       if (skipped) {
         tried.push(`${attempt.name} (skipped: ${skipped})`);
         ctx.log.info(`vfio: ${address} return attempt ${step}: skipped: ${skipped}`);
         continue;
       }
-      outcome = probe(ctx, target);
+      outcome = await probe(ctx, target);
     } catch (error) {
       outcome = `failed: ${describeError(error)}`;
     }
@@ -73,14 +73,15 @@ export function returnToDriver(ctx: BaseContext, target: ReturnTarget): void {
  * refuses (its probe failed) is not waited for; one that accepted, or a probe
  * still running asynchronously, is waited for up to the bound.
  */
-function probe(ctx: BaseContext, { address, driver, timeoutMs }: ReturnTarget): string | undefined {
+async function probe(ctx: BaseContext, target: ReturnTarget): Promise<string | undefined> {
   const { host } = ctx;
+  const { address, driver, timeoutMs } = target;
   if (pciDriver(host, address) === driver) return undefined;
   if (pciDriver(host, address) !== undefined) return `it is on ${pciDriver(host, address)}`;
-  host.write("/sys/bus/pci/drivers_probe", address);
+  await deviceWrite(ctx, target, "/sys/bus/pci/drivers_probe", address);
   if (pciDriver(host, address) === undefined) {
     try {
-      host.write(`${PCI_DRIVERS}/${driver}/bind`, address);
+      await deviceWrite(ctx, target, `${PCI_DRIVERS}/${driver}/bind`, address);
     } catch (error) {
       if (pciDriver(host, address) === driver) return undefined;
       return `${driver} refused it: ${errorCode(error)}`;
@@ -95,11 +96,12 @@ function probe(ctx: BaseContext, { address, driver, timeoutMs }: ReturnTarget): 
 }
 
 /** The reset the kernel offers for the device (flr, pm, bus, device_specific, ...); skipped when it offers none. */
-function resetDevice(ctx: BaseContext, { address }: ReturnTarget): string | undefined {
+async function resetDevice(ctx: BaseContext, target: ReturnTarget): Promise<string | undefined> {
+  const { address } = target;
   const method = pciResetMethod(ctx.host, address);
   if (!method || !ctx.host.exists(pciPath(address, "reset"))) return "the kernel offers no reset method for it (no reset_method)";
   ctx.log.info(`vfio: ${address}: resetting it (reset_method: ${method})`);
-  ctx.host.write(pciPath(address, "reset"), "1");
+  await deviceWrite(ctx, target, pciPath(address, "reset"), "1");
   return undefined;
 }
 
@@ -108,15 +110,26 @@ function resetDevice(ctx: BaseContext, { address }: ReturnTarget): string | unde
  * afresh and its driver probes it. driver_override does not survive the
  * removal, so a value set before is written again.
  */
-function removeAndRescan(ctx: BaseContext, { address, timeoutMs }: ReturnTarget): string | undefined {
+async function removeAndRescan(ctx: BaseContext, target: ReturnTarget): Promise<string | undefined> {
   const { host } = ctx;
+  const { address, timeoutMs } = target;
   const override = pciDriverOverride(host, address);
   ctx.log.info(`vfio: ${address}: removing it from the PCI bus and rescanning`);
-  if (pciExists(host, address)) host.write(pciPath(address, "remove"), "1");
-  host.write("/sys/bus/pci/rescan", "1");
+  if (pciExists(host, address)) await deviceWrite(ctx, target, pciPath(address, "remove"), "1");
+  await deviceWrite(ctx, target, "/sys/bus/pci/rescan", "1");
   ctx.waitFor(`${address} is back on the PCI bus`, () => pciExists(host, address), { timeoutMs });
   if (override) host.write(pciPath(address, "driver_override"), override);
   return undefined;
+}
+
+/**
+ * Every write of the return path that runs kernel code for the device (a
+ * driver's probe or remove, a reset, the bus rescan) goes through here: the
+ * one place to bound them in a helper process, which may block in the
+ * kernel; `target` names the device, its driver and the bound for that.
+ */
+async function deviceWrite(ctx: BaseContext, _target: ReturnTarget, file: string, value: string): Promise<void> {
+  ctx.host.write(file, value);
 }
 
 function errorCode(error: unknown): string {
