@@ -65,11 +65,18 @@ export function setResetMethodStep(host: Host, address: string): Step<ResetMetho
   };
 }
 
+/** The kernel accepts device_specific only when a device-specific reset exists for the card: vendor-reset must handle it. */
 function setResetMethod(record: ResetMethodRecord, ctx: BaseContext): void {
   const file = pciPath(record.address, "reset_method");
-  ctx.host.write(file, "device_specific");
+  const refused = (why: string) =>
+    new VmhookError(`vfio: the kernel did not take reset_method device_specific for ${record.address} (${why}): the loaded vendor-reset does not handle this card; update vendor-reset, or unload it (rmmod vendor_reset) to start without it`);
+  try {
+    ctx.host.write(file, "device_specific");
+  } catch (error) {
+    throw refused((error as NodeJS.ErrnoException).code ?? String(error));
+  }
   const now = ctx.host.readTrimmed(file);
-  if (now !== "device_specific") throw new VmhookError(`vfio: the reset method of ${record.address} is "${now}" after writing device_specific; is vendor-reset loaded? (lsmod | grep vendor_reset)`);
+  if (now !== "device_specific") throw refused(`it reads "${now}"`);
 }
 
 /** Writes the original order back; an empty list is written as a newline, which the kernel reads as "none". */

@@ -190,6 +190,17 @@ test("vendor-reset loaded, a Navi 10 card: reset_method becomes device_specific 
   assert.equal(kernel.sim.snapshot(), before);
 });
 
+test("a loaded vendor-reset that does not handle the card (the kernel refuses device_specific): prepare fails naming it and the host is as before", async () => {
+  const kernel = amdWorkstation({ deviceId: "0x731f" }, { vendorReset: "loaded" });
+  kernel.sim.failWrite(`/sys/bus/pci/devices/${GPU}/reset_method`, "EINVAL");
+  const before = kernel.sim.snapshot();
+  const prepare = await runHookEvent(kernel.sim, "prepare", "begin", xml);
+  assert.is(prepare.code, 1);
+  assert.match(prepare.stderr, `the kernel did not take reset_method device_specific for ${GPU} (EINVAL): the loaded vendor-reset does not handle this card; update vendor-reset, or unload it`);
+  assert.equal(kernel.sim.snapshot(), before);
+  assert.equal(kernel.sim.stateFiles(), []);
+});
+
 test("vendor-reset installed but not loaded: prepare loads it before setting reset_method; release restores both", async () => {
   const kernel = amdWorkstation({ deviceId: "0x67df" }, { vendorReset: "installed" });
   const before = kernel.sim.snapshot();
