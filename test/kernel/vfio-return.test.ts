@@ -99,7 +99,10 @@ it("BAR 2 lost and bochs unloaded while the VM ran: release keeps the change; af
   assert.match(await guest!.ok(`echo "driver: $(readlink ${DEVICE}/driver)"; dmesg | grep -c 'ID mismatch'`), "driver: \n1\n", "bochs loaded again, and really refused the GPU");
   const recover = await guest!.sh("vmhook recover");
   assert.is(recover.code, 0, recover.stdout);
+  // vmhook recover says what it did, as the log does.
+  assert.match(recover.stdout, `vfio: ${GPU} return attempt 3/3 remove + rescan: bound to bochs-drm`);
   assert.match(recover.stdout, `undo bind ${GPU} to vfio-pci (from bochs-drm): done`);
+  assert.match(recover.stdout, `vfio: ${GPU} is back on bochs-drm with card, fb`);
   assert.fixture(await guest!.ok(STATE), baseline!);
   assert.match(await guest!.ok("cat /var/log/vmhook.log"), `vfio: ${GPU} return attempt 3/3 remove + rescan: bound to bochs-drm`);
 });
