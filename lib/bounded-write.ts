@@ -40,7 +40,7 @@ export async function writeThroughDriver(ctx: WriteContext, write: DriverWrite):
   const since = new Date(host.now()).toISOString();
   const result = await host.writeInHelper(file, value, timeoutMs);
   if (result.done) {
-    if (result.error) throw new VmhookError(`writing "${value}" to ${file} failed: ${result.error}`);
+    if (result.error) throw new DriverWriteError(`writing "${value}" to ${file} failed: ${result.error}`, result.error);
     return;
   }
   recordStuckWrite(host, { pid: result.pid, startTime: processStartTime(host, result.pid), device, driver, file, value, since, domain: ctx.domain });
@@ -49,4 +49,14 @@ export async function writeThroughDriver(ctx: WriteContext, write: DriverWrite):
     STUCK_ADVICE,
     `vmhook status shows the helper; once it is gone, vmhook recover finishes the undo (if the driver is just slow, raise ${write.setting} in /etc/vmhook/vmhook.json)`,
   ]);
+}
+
+/** A write the driver answered with an error: `reason` is the kernel's answer as the helper reported it. */
+export class DriverWriteError extends VmhookError {
+  constructor(
+    message: string,
+    readonly reason: string,
+  ) {
+    super(message);
+  }
 }

@@ -71,7 +71,7 @@ export interface VfioSettings {
   helperServices: string[];
   /** How long to wait for the display manager's processes and the GPU's users to be gone. */
   stopTimeoutSeconds: number;
-  /** How long to wait for a device to appear on its driver. */
+  /** How long to wait for a device to appear on its driver (each attempt of the return path), and for its display nodes at release. */
   bindTimeoutSeconds: number;
 }
 

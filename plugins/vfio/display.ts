@@ -64,12 +64,21 @@ function checkStopCommand(record: UndoRecord): StopCommandRecord {
   return { action: "stop-display-manager", command: command as string[] };
 }
 
+/** Runs the start command, then waits until one of the display manager's processes runs again: started is not assumed. */
 function runStartCommand(record: StopCommandRecord, ctx: BaseContext): void {
-  const configured = readVfioSettings(ctx.settings).displayManagerCommand?.start;
+  const settings = readVfioSettings(ctx.settings);
+  const configured = settings.displayManagerCommand?.start;
   if (!configured || JSON.stringify(record.command) !== JSON.stringify(configured)) {
     throw new VmhookError(`vfio: the journal asks to run ${JSON.stringify(record.command)}, which is not the displayManagerCommand.start of /etc/vmhook/vmhook.json; start the display manager by hand`);
   }
   ctx.run(configured[0]!, configured.slice(1), { timeoutMs: 60_000 });
+  const processes = settings.displayManagerCommand!.processes;
+  if (processes.length === 0) return;
+  try {
+    ctx.waitFor(`a ${processes.join("/")} process runs`, () => runningCommands(ctx).some((name) => processes.includes(name)), { timeoutMs: settings.stopTimeoutSeconds * 1000 });
+  } catch {
+    throw new VmhookError(`vfio: the display manager did not come back: ${configured.join(" ")} ran, but no ${processes.join("/")} process runs; see its log, start it by hand, then run vmhook recover`);
+  }
 }
 
 export const stopDisplayManagerAction = defineAction<StopCommandRecord>({ check: checkStopCommand, apply: stopByCommand, undo: runStartCommand });

@@ -5,14 +5,16 @@
 import { writeThroughDriver } from "../../lib/bounded-write.ts";
 import { VmhookError } from "../../lib/errors.ts";
 import type { Host } from "../../lib/host.ts";
-import { PCI_DRIVERS, pciDriver, pciDriverRegistered, pciExists, pciPath, pciResetMethod } from "../../lib/pci.ts";
+import { PCI_DRIVERS, pciDriver, pciDriverRegistered, pciExists, pciPath } from "../../lib/pci.ts";
 import { defineAction, type ApplyContext, type BaseContext, type PlanContext, type Step, type UndoRecord } from "../../lib/plugin.ts";
-import { listStuckWrites, refuseIfStuck, StuckWriteError } from "../../lib/stuck-writes.ts";
+import { listStuckWrites, refuseIfStuck } from "../../lib/stuck-writes.ts";
 import { PATTERNS } from "../../lib/validate.ts";
 import type { VfioConfig, VfioSettings } from "./config.ts";
 import { describeHolders, isWatched, moduleLoaded, processesHolding, VFIO_DRIVER, type Survey, type Watched } from "./survey.ts";
 import { systemdRuns } from "../../lib/systemd.ts";
 import { unitActive, unitProcesses } from "./units.ts";
+import { returnToDriver } from "./return-path.ts";
+import { missingAdvice, needsVendorReset, setResetMethodStep, VENDOR_RESET_FIX, VENDOR_RESET_MODULE, vendorResetState } from "./vendor-reset.ts";
 
 /** The module a PCI driver comes from (nvidia → nvidia), when it is a loadable one. */
 function driverModule(host: Host, driver: string): string | undefined {
@@ -55,6 +57,7 @@ export function takeOverSteps(ctx: PlanContext<VfioConfig>, found: Survey, setti
 
   if (!pciDriverRegistered(ctx.host, VFIO_DRIVER)) steps.push(loadModulesStep(VFIO_DRIVER, bindTimeoutMs));
   else steps.push(...keepLoadedSteps(ctx, VFIO_DRIVER));
+  steps.push(...vendorResetSteps(ctx, found, bindTimeoutMs));
 
   for (const device of found.devices) {
     if (device.driver === VFIO_DRIVER) {
@@ -78,6 +81,23 @@ export function takeOverSteps(ctx: PlanContext<VfioConfig>, found: Survey, setti
     else steps.push(...keepLoadedSteps(ctx, module));
   }
   return steps;
+}
+
+/**
+ * AMD GPUs that reset only through vendor-reset: the module loads when it is
+ * installed but not loaded, then each one's reset_method becomes
+ * device_specific (both undone at release). Without the module: a warning.
+ */
+function vendorResetSteps(ctx: BaseContext, found: Survey, bindTimeoutMs: number): Step[] {
+  const needing = found.devices.filter((device) => device.driver !== VFIO_DRIVER && needsVendorReset(device));
+  if (needing.length === 0) return [];
+  const state = vendorResetState(ctx.host, () => ctx.run("modinfo", ["-n", VENDOR_RESET_MODULE], { allowFailure: true, timeoutMs: 5_000 }).status === 0);
+  if (state === "missing") {
+    for (const device of needing) ctx.log.warn(`vfio: ${missingAdvice(device.address)}; ${VENDOR_RESET_FIX}`);
+    return [];
+  }
+  const load = state === "installed" ? [loadModulesStep(VENDOR_RESET_MODULE, bindTimeoutMs)] : keepLoadedSteps(ctx, VENDOR_RESET_MODULE);
+  return [...load, ...needing.flatMap((device) => setResetMethodStep(ctx.host, device.address) ?? [])];
 }
 
 interface UnloadRecord extends UndoRecord {
@@ -114,7 +134,7 @@ function driversOf(host: Host, module: string): string[] {
 }
 
 /** The claim of the unloaded module that registers `driver`, if any VM holds one. */
-function claimProviding(ctx: BaseContext, driver: string): string | undefined {
+export function claimProviding(ctx: BaseContext, driver: string): string | undefined {
   return Object.entries(ctx.claims.list("module:")).find(([, claim]) => ((claim.original as { drivers?: string[] })?.drivers ?? []).includes(driver))?.[0];
 }
 
@@ -212,15 +232,6 @@ function checkedDriver(value: unknown): string | null {
   return value;
 }
 
-/** What the user sees when a GPU stays away: a black screen, the reset method, the remedy. */
-function didNotComeBack(host: Host, address: string, driver: string): VmhookError {
-  const reset = pciResetMethod(host, address);
-  return new VmhookError(
-    `vfio: ${address} did not come back to ${driver} (reset method: ${reset ?? "none reported"}); try: echo 1 > ${pciPath(address, "remove")}; echo 1 > /sys/bus/pci/rescan; then vmhook recover`,
-    [`a GPU that cannot be reset (no flr/bus reset) often needs the vendor-reset module or a host reboot`],
-  );
-}
-
 /** Back from vfio-pci: unbind, restore driver_override, reprobe (or bind the recorded driver), verify. */
 async function rebindDevice(record: BindRecord, ctx: BaseContext): Promise<void> {
   const { host } = ctx;
@@ -250,15 +261,7 @@ async function rebindDevice(record: BindRecord, ctx: BaseContext): Promise<void>
     // Unloaded by someone else and reloaded by no later undo: returning would drop the record, leaving the device on no driver.
     throw new VmhookError(`vfio: ${address} cannot go back to ${driver}: that driver is no longer registered (its module was unloaded); load it (modprobe), then run vmhook recover`);
   }
-  if (pciDriver(host, address) === undefined) await throughDriver(ctx, address, driver, "/sys/bus/pci/drivers_probe", timeoutMs);
-  try {
-    // The probe did not take it: ask the recorded driver directly (the kernel refuses with ENODEV when the device does not answer).
-    if (pciDriver(host, address) === undefined) await throughDriver(ctx, address, driver, `${PCI_DRIVERS}/${driver}/bind`, timeoutMs);
-    ctx.waitFor(`${address} is bound to ${driver}`, () => pciDriver(host, address) === driver, { timeoutMs });
-  } catch (error) {
-    if (error instanceof StuckWriteError) throw error;
-    throw didNotComeBack(host, address, driver);
-  }
+  await returnToDriver(ctx, { address, driver, timeoutMs });
 }
 
 /**
@@ -282,12 +285,7 @@ async function loadModule(record: UnloadRecord, ctx: BaseContext): Promise<void>
   for (const { address, driver } of [...ownDevices, ...waiting]) {
     // Still on vfio-pci: its own undo failed and says so, or a VM took it again; do not report it twice.
     if (!pciExists(ctx.host, address) || pciDriver(ctx.host, address) === VFIO_DRIVER) continue;
-    if (pciDriver(ctx.host, address) === undefined) await throughDriver(ctx, address, driver, "/sys/bus/pci/drivers_probe", record.bindTimeoutMs);
-    try {
-      ctx.waitFor(`${address} is bound to ${driver}`, () => pciDriver(ctx.host, address) === driver, { timeoutMs: record.bindTimeoutMs });
-    } catch {
-      throw didNotComeBack(ctx.host, address, driver);
-    }
+    await returnToDriver(ctx, { address, driver, timeoutMs: record.bindTimeoutMs });
   }
   ctx.claims.drop(claim);
 }

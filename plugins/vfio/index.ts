@@ -10,8 +10,7 @@
 // libvirt (virPCIDeviceBindToStub), so at shutdown libvirt skips its reattach
 // and release brings it back. Each undo still checks what is already back
 // (virsh nodedev-reattach may have run).
-import { pciDriver } from "../../lib/pci.ts";
-import { definePlugin, type PlanContext, type Step } from "../../lib/plugin.ts";
+import { definePlugin, type CheckContext, type PlanContext, type Step } from "../../lib/plugin.ts";
 import { parseVfioConfig, readVfioSettings, type VfioConfig } from "./config.ts";
 import { consoleSteps, displayManagerSteps, findDisplayManager, stopDisplayManagerAction, unbindFramebufferAction, unbindVtconsoleAction, waitGpuFreeAction, waitGpuFreeStep } from "./display.ts";
 import { bindVfioAction, helperServices, loadModulesAction, stoppedHelpers, takeOverSteps, unloadModuleAction } from "./driver.ts";
@@ -20,6 +19,10 @@ import { handedOverAddresses, survey, VFIO_DRIVER } from "./survey.ts";
 import { refuseIfStuck } from "../../lib/stuck-writes.ts";
 import { keepStoppedSteps, stopUnitAction, stopUnitStep } from "./units.ts";
 import { lingerUserAction, sessionUnitSteps, stopUserUnitAction } from "./user-units.ts";
+import { verifyReturnAction, verifyReturnStep } from "./verify-return.ts";
+import { setResetMethodAction, VENDOR_RESET_MODULE, vendorResetFindings } from "./vendor-reset.ts";
+import { pciDriver, pciExists, readPciDevice } from "../../lib/pci.ts";
+import type { Finding } from "../../lib/diagnostics/findings.ts";
 
 /**
  * Reads the host and refuses what cannot work (IOMMU groups, users of the GPU
@@ -40,6 +43,8 @@ function planPrepare(ctx: PlanContext<VfioConfig>): Step[] {
   ctx.log.info(`vfio: devices ${found.devices.map((device) => `${device.address} (${device.driver ?? "no driver"})`).join(", ")}; single-GPU mode ${found.singleGpu ? "on" : "off"}`);
 
   return [
+    // First, so that its undo runs last: the display is checked once everything else is back.
+    ...verifyReturnStep(ctx.host, found.devices, settings.bindTimeoutSeconds * 1000),
     ...sessionUnitSteps(ctx, sessionUnits, settings.stopTimeoutSeconds * 1000),
     ...(found.singleGpu ? displayManagerSteps(ctx, displayManager, settings) : []),
     ...helpers.map((unit) => stopUnitStep(unit, settings.stopTimeoutSeconds * 1000)),
@@ -59,6 +64,19 @@ function planReconnect(ctx: PlanContext<VfioConfig>): Step[] {
   return [];
 }
 
+/** `vmhook doctor`: an AMD GPU of the domain that resets only through vendor-reset, and whether the host has the module. */
+function checkVfio(ctx: CheckContext): Finding[] {
+  let config: VfioConfig;
+  try {
+    config = parseVfioConfig(ctx.elements, ctx.domain);
+  } catch {
+    return []; // doctor reports the config error itself
+  }
+  const present = { ...config, devices: config.devices.filter((address) => pciExists(ctx.host, address)) };
+  const devices = handedOverAddresses(ctx.host, present).map((address) => readPciDevice(ctx.host, address));
+  return vendorResetFindings(ctx.host, devices, () => ctx.host.exec("modinfo", ["-n", VENDOR_RESET_MODULE], { timeoutMs: 5_000 }).status === 0);
+}
+
 export default definePlugin<VfioConfig>({
   name: "vfio",
   summary: "hand PCI devices (a GPU and its slot's functions) to vfio-pci and back; single-GPU passthrough",
@@ -70,6 +88,7 @@ export default definePlugin<VfioConfig>({
   // vfio-pci is loaded once and never unloaded under a VM that is binding to it.
   shared: true,
   plan: { prepare: planPrepare, reconnect: planReconnect },
+  check: checkVfio,
   actions: {
     "stop-unit": stopUnitAction,
     "linger-user": lingerUserAction,
@@ -81,6 +100,8 @@ export default definePlugin<VfioConfig>({
     "unload-module": unloadModuleAction,
     "load-modules": loadModulesAction,
     "bind-vfio": bindVfioAction,
+    "set-reset-method": setResetMethodAction,
+    "verify-return": verifyReturnAction,
     // vmhook 0.1 named each record by its undo; its journals still undo.
     "start-unit": stopUnitAction,
     "run-start-command": stopDisplayManagerAction,

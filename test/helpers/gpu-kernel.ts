@@ -1,5 +1,6 @@
 // A simulated kernel for GPU handover on a SimHost: PCI devices with IOMMU
 // groups, driver binding (driver_override, unbind, drivers_probe, bind),
+// device reset (reset, reset_method), removal and bus rescan,
 // loadable modules with holders (modprobe, rmmod), vtconsoles, firmware
 // framebuffers, /proc fds, and systemd units (systemctl) whose processes hold
 // the GPU. Behaves as the real sysfs files do for what the vfio plugin uses.
@@ -9,6 +10,8 @@ export interface SimPciDevice {
   address: string;
   classCode: string;
   vendor: string;
+  /** Default 0x1234. */
+  deviceId?: string;
   /** The driver that claims it on a probe (without driver_override). */
   nativeDriver?: string;
   /** Bound now (default: nativeDriver when its module is loaded). */
@@ -17,6 +20,7 @@ export interface SimPciDevice {
   bootVga?: boolean;
   /** DRM and fbdev nodes its driver creates: ["card0", "renderD128", "fb0"]. */
   nodes?: string[];
+  /** reset_method as the kernel lists it ("flr bus"); undefined: no reset method (no reset or reset_method file). */
   resetMethod?: string;
 }
 
@@ -73,6 +77,12 @@ export class GpuKernel {
   readonly brokenModules = new Set<string>();
   /** rmmod of these fails: something the plugin cannot see uses them. */
   readonly pinnedModules = new Set<string>();
+  /** Its driver's probe fails until the device is reset (a GPU left in a bad state that its reset clears). */
+  readonly refuseUntilReset = new Set<string>();
+  /** Its driver's probe fails until the device is enumerated again (config space the kernel no longer matches). */
+  readonly refuseUntilRescan = new Set<string>();
+  /** Devices removed from the bus (echo 1 > remove): a rescan brings them back. */
+  readonly removed = new Set<string>();
   /** vfio-pci's probe fails for these devices. */
   readonly refuseVfio = new Set<string>();
   /** try_module_get() users that are no module (another VM's QEMU holding a vfio container): module → count. */
@@ -94,6 +104,11 @@ export class GpuKernel {
       this.unbind(address);
     });
     sim.onWrite(/^\/sys\/bus\/pci\/drivers\/[^/]+\/bind$/, (address, file) => this.bind(address, file.split("/")[5]!));
+    sim.file("/sys/bus/pci/rescan");
+    sim.onWrite("/sys/bus/pci/rescan", () => this.rescan());
+    sim.onWrite(/^\/sys\/bus\/pci\/devices\/[^/]+\/remove$/, (_value, file) => this.removeDevice(file.split("/")[5]!));
+    sim.onWrite(/^\/sys\/bus\/pci\/devices\/[^/]+\/reset$/, (_value, file) => this.reset(file.split("/")[5]!));
+    sim.onWrite(/^\/sys\/bus\/pci\/devices\/[^/]+\/reset_method$/, (value, file) => this.setResetMethod(file.split("/")[5]!, value, file));
     sim.onWrite(/^\/sys\/class\/vtconsole\/[^/]+\/bind$/, (value, file) => sim.file(file, value));
     sim.onWrite(/^\/sys\/bus\/platform\/drivers\/[^/]+\/(un)?bind$/, (device, file) => {
       const driverDir = file.slice(0, file.lastIndexOf("/"));
@@ -122,6 +137,8 @@ export class GpuKernel {
       else if (verb === "disable-linger") this.sim.remove(`/var/lib/systemd/linger/${user}`);
       else return { status: 1, stderr: `unknown verb ${verb}` };
     });
+    // modinfo -n NAME: found when the module is in the tree (loaded or not).
+    sim.onExec("modinfo", (args) => (this.modules.has(args[args.length - 1]!.replace(/-/g, "_")) ? { stdout: "/lib/modules/6.1.0-sim/extra/module.ko\n" } : { status: 1, stderr: `modinfo: ERROR: Module ${args[args.length - 1]} not found.` }));
   }
 
   // ---- building the host ----
@@ -138,13 +155,13 @@ export class GpuKernel {
     this.sim
       .file(`${dir}/class`, spec.classCode)
       .file(`${dir}/vendor`, spec.vendor)
-      .file(`${dir}/device`, "0x1234")
+      .file(`${dir}/device`, spec.deviceId ?? "0x1234")
       .file(`${dir}/boot_vga`, spec.bootVga ? 1 : 0)
       .file(`${dir}/driver_override`, "(null)")
       .file(`${dir}/remove`)
       .link(`${dir}/iommu_group`, `../../../kernel/iommu_groups/${spec.group}`)
       .link(`/sys/kernel/iommu_groups/${spec.group}/devices/${spec.address}`, `../../../../bus/pci/devices/${spec.address}`);
-    if (spec.resetMethod) this.sim.file(`${dir}/reset_method`, spec.resetMethod);
+    if (spec.resetMethod) this.sim.file(`${dir}/reset_method`, spec.resetMethod).file(`${dir}/reset`);
     if (spec.nativeDriver && (spec.bound ?? true) && this.sim.exists(`${DRIVERS}/${spec.nativeDriver}`)) this.bind(spec.address, spec.nativeDriver);
     return this;
   }
@@ -291,7 +308,7 @@ export class GpuKernel {
   private bind(address: string, driver: string): void {
     const device = this.devices.get(address)!;
     if (!this.sim.exists(`${DRIVERS}/${driver}`) || this.driverOf(address)) throw Object.assign(new Error("ENODEV"), { code: "ENODEV" });
-    if (driver !== "vfio-pci" && (this.stuck.has(address) || driver !== device.nativeDriver)) throw Object.assign(new Error("ENODEV"), { code: "ENODEV" });
+    if (driver !== "vfio-pci" && (this.refuses(address) || driver !== device.nativeDriver)) throw Object.assign(new Error("ENODEV"), { code: "ENODEV" });
     this.sim.link(`${DEV}/${address}/driver`, `../../../bus/pci/drivers/${driver}`).link(`${DRIVERS}/${driver}/${address}`, `../../../../devices/${address}`);
     if (driver === "vfio-pci") this.sim.file(`/dev/vfio/${device.group}`);
     else {
@@ -315,13 +332,53 @@ export class GpuKernel {
     if (driver === "vfio-pci" && !groupStillUsed) this.sim.remove(`/dev/vfio/${device.group}`);
   }
 
+  /** Whether the device's own driver's probe fails now. */
+  private refuses(address: string): boolean {
+    return this.stuck.has(address) || this.refuseUntilReset.has(address) || this.refuseUntilRescan.has(address);
+  }
+
+  /** pci_reset_function: the first method of reset_method; ENOTTY when none. */
+  private reset(address: string): void {
+    if (!this.sim.readTrimmed(`${DEV}/${address}/reset_method`)) throw Object.assign(new Error("ENOTTY"), { code: "ENOTTY" });
+    this.refuseUntilReset.delete(address);
+  }
+
+  /** device_specific is accepted only while vendor-reset is loaded (it supplies that reset); "default" puts back what the device supports. */
+  private setResetMethod(address: string, value: string, file: string): void {
+    const supported = this.devices.get(address)!.resetMethod ?? "";
+    if (value === "default") return void this.sim.file(file, supported);
+    const wanted = value.split(/\s+/).filter(Boolean);
+    const offered = (method: string) => (method === "device_specific" ? this.loaded("vendor_reset") : supported.split(" ").includes(method));
+    if (!wanted.every(offered)) throw Object.assign(new Error("EINVAL"), { code: "EINVAL" });
+    this.sim.file(file, wanted.join(" "));
+  }
+
+  /** pci_stop_and_remove_bus_device: unbound, gone from sysfs and its IOMMU group. */
+  private removeDevice(address: string): void {
+    const spec = this.devices.get(address)!;
+    this.unbind(address);
+    this.sim.remove(`${DEV}/${address}`);
+    this.sim.remove(`/sys/kernel/iommu_groups/${spec.group}/devices/${address}`);
+    this.removed.add(address);
+  }
+
+  /** Enumerates removed devices afresh (driver_override and reset_method as the kernel sets them) and probes them. */
+  private rescan(): void {
+    for (const address of [...this.removed]) {
+      this.removed.delete(address);
+      this.refuseUntilRescan.delete(address);
+      this.device({ ...this.devices.get(address)!, bound: false });
+      this.probe(address);
+    }
+  }
+
   /** drivers_probe: driver_override wins, else the native driver, if registered. */
   private probe(address: string): void {
     if (this.driverOf(address)) return;
     const override = this.sim.readTrimmed(`${DEV}/${address}/driver_override`);
     const driver = override && override !== "(null)" ? override : this.devices.get(address)?.nativeDriver;
     if (!driver || !this.sim.exists(`${DRIVERS}/${driver}`)) return;
-    if (driver !== "vfio-pci" && this.stuck.has(address)) return;
+    if (driver !== "vfio-pci" && this.refuses(address)) return;
     if (driver === "vfio-pci" && this.refuseVfio.has(address)) return;
     this.bind(address, driver);
   }

@@ -250,7 +250,7 @@ test("a module used by one outside unload-modules is refused before anything cha
   assert.equal(kernel.sim.snapshot(), before);
 });
 
-test("a GPU that does not come back: release names the reset method and the remedy, keeps the journal; recovery retries it", async () => {
+test("a GPU that does not come back: release names what it tried and the remedy, keeps the journal; recovery retries it", async () => {
   const kernel = twoGpuWorkstation();
   const before = kernel.sim.snapshot();
   const xml = domainXml("<vmhook:vfio/>");
@@ -259,9 +259,12 @@ test("a GPU that does not come back: release names the reset method and the reme
   kernel.stuck.add(GPU);
   const release = await runHookEvent(kernel.sim, "release", "end", xml);
   assert.is(release.code, 0, "release never fails libvirt");
-  assert.match(release.stderr, `${GPU} did not come back to amdgpu (reset method: bus); try: echo 1 > /sys/bus/pci/devices/${GPU}/remove; echo 1 > /sys/bus/pci/rescan; then vmhook recover`);
+  assert.match(release.stderr, `${GPU} did not come back to amdgpu: tried probe (amdgpu refused it: ENODEV), reset (amdgpu refused it: ENODEV), remove + rescan (amdgpu refused it: ENODEV); dmesg says why`);
   const journal = readJournal(kernel.sim, UUID)!;
-  assert.equal(journal.entries.map((e) => `${e.state} ${e.description}`), [`undo-failed bind ${GPU} to vfio-pci (from amdgpu)`]);
+  assert.equal(journal.entries.map((e) => `${e.state} ${e.description}`), [
+    `undo-failed at release, check that the display is back: ${GPU} on amdgpu with card, renderD`,
+    `undo-failed bind ${GPU} to vfio-pci (from amdgpu)`,
+  ]);
   assert.is(kernel.driverOf(AUDIO), "snd_hda_intel", "the rest of the release still ran");
 
   // What vmhook recover does once the card is back on the bus.
@@ -283,7 +286,11 @@ test("the GPU's driver unloaded while the VM ran: release keeps the change and s
   assert.is(release.code, 0, "release never fails libvirt");
   assert.match(release.stderr, `${GPU} cannot go back to amdgpu: that driver is no longer registered (its module was unloaded); load it (modprobe), then run vmhook recover`);
   const journal = readJournal(kernel.sim, UUID)!;
-  assert.equal(journal.entries.map((e) => `${e.state} ${e.description}`), [`undo-failed bind ${GPU} to vfio-pci (from amdgpu)`], "not forgotten with the GPU on no driver");
+  assert.equal(
+    journal.entries.map((e) => `${e.state} ${e.description}`),
+    [`undo-failed at release, check that the display is back: ${GPU} on amdgpu with card, renderD`, `undo-failed bind ${GPU} to vfio-pci (from amdgpu)`],
+    "not forgotten with the GPU on no driver",
+  );
   assert.is(kernel.driverOf(GPU), undefined);
 
   kernel.sim.exec("modprobe", ["amdgpu"], { timeoutMs: 1000 });
@@ -395,7 +402,7 @@ test("reconnect (libvirtd restarted): a device no longer on vfio-pci is logged, 
   assert.is(reconnect.code, 0);
   assert.equal(kernel.sim.execs, []);
   assert.match(kernel.sim.read("/var/log/vmhook.log"), `vfio: ${AUDIO} should be on vfio-pci while win11 runs, but is on no driver`);
-  assert.is(readJournal(kernel.sim, UUID)!.entries.length, 3);
+  assert.is(readJournal(kernel.sim, UUID)!.entries.length, 4);
   assert.is((await runHookEvent(kernel.sim, "release", "end", xml)).code, 0);
   assert.equal(kernel.sim.snapshot(), before);
 });
@@ -420,6 +427,14 @@ test("without systemd: the configured display manager commands stop it, vmhook w
   assert.is((await runHookEvent(kernel.sim, "release", "end", xml)).code, 0);
   assert.equal(kernel.sim.execs.filter((e) => e.command === "rc-service").map((e) => e.args[1]), ["stop", "start"]);
   assert.equal(kernel.sim.snapshot(), before);
+
+  // A start command that returns but starts nothing: the release says so and keeps the record.
+  settings(kernel, { displayManagerCommand: { stop: ["rc-service", "sddm", "stop"], start: ["rc-service", "sddm", "start"], processes: ["sddm"] }, stopTimeoutSeconds: 1 });
+  assert.is((await runHookEvent(kernel.sim, "prepare", "begin", xml)).code, 0);
+  kernel.sim.onExec("rc-service", () => {});
+  const release = await runHookEvent(kernel.sim, "release", "end", xml);
+  assert.match(release.stderr, "the display manager did not come back: rc-service sddm start ran, but no sddm process runs");
+  assert.equal(readJournal(kernel.sim, UUID)!.entries.map((entry) => entry.undo.action), ["stop-display-manager"]);
 });
 
 test("single-GPU without a display manager to stop: a holder of the GPU is refused at once", async () => {
@@ -538,6 +553,7 @@ test("bad host settings name the key in /etc/vmhook/vmhook.json", async () => {
 test("vmhook plan lists exactly the steps prepare runs (NVIDIA single GPU: every kind of step)", async () => {
   const kernel = nvidiaDesktop();
   assert.equal(await assertPlanIsPrepare(kernel.sim, domainXml("<vmhook:vfio/>"), "win11"), [
+    `vfio: at release, check that the display is back: ${GPU} on nvidia with card, renderD`,
     "vfio: stop display-manager.service",
     "vfio: stop nvidia-persistenced.service",
     "vfio: wait until nothing holds the GPU",
