@@ -9,6 +9,7 @@ import { VmhookError } from "../../lib/errors.ts";
 import type { Host } from "../../lib/host.ts";
 import { pciDeviceNodes, pciDriver, pciDriverRegistered, pciExists } from "../../lib/pci.ts";
 import { defineAction, type BaseContext, type Step, type UndoRecord } from "../../lib/plugin.ts";
+import { refuseIfStuck } from "../../lib/stuck-writes.ts";
 import { PATTERNS } from "../../lib/validate.ts";
 import { claimProviding } from "./driver.ts";
 import { VFIO_DRIVER, type Device } from "./survey.ts";
@@ -45,6 +46,8 @@ export function verifyReturnStep(host: Host, devices: Device[], bindTimeoutMs: n
 
 function verifyReturned(record: VerifyRecord, ctx: BaseContext): void {
   const { host } = ctx;
+  // A device whose driver is blocked in the kernel is not back: say so now, not after the bound.
+  refuseIfStuck(host, record.devices.map((device) => device.address));
   for (const { address, driver, nodes } of record.devices) {
     if (!pciExists(host, address)) throw new VmhookError(`vfio: ${address} is not on the PCI bus; echo 1 > /sys/bus/pci/rescan, then run vmhook recover`);
     const claim = pciDriverRegistered(host, driver) ? undefined : claimProviding(ctx, driver);
