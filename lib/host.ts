@@ -175,12 +175,17 @@ export class RootedHost implements Host {
   }
 
   writeInHelper(hostPath: string, data: string, timeoutMs: number): Promise<HelperWrite> {
-    // The value and the path are positional arguments: nothing of them is parsed by the shell.
-    const child = spawn("/bin/sh", ["-c", 'printf %s "$1" > "$2"', "sh", data, this.resolve(hostPath)], {
+    // dd, not a shell's printf: it makes one write(2) of what it reads and
+    // names the kernel's errno when that fails ("No such device" from a
+    // driver's probe), where dash says "I/O error" and busybox ash nothing.
+    // The value goes through a pipe that is closed at once; no shell parses anything.
+    const child = spawn("dd", [`of=${this.resolve(hostPath)}`, "conv=notrunc"], {
       detached: true,
-      stdio: ["ignore", "ignore", "pipe"],
+      stdio: ["pipe", "ignore", "pipe"],
       env: { PATH: SEARCH_PATH.join(":"), LC_ALL: "C" },
     });
+    child.stdin!.on("error", () => {}); // a dd that failed to open the file closes its end early: reported below
+    child.stdin!.end(data);
     let stderr = "";
     child.stderr!.setEncoding("utf8");
     child.stderr!.on("data", (chunk: string) => (stderr += chunk));
@@ -198,7 +203,8 @@ export class RootedHost implements Host {
       });
       child.once("close", (status, signal) => {
         clearTimeout(timer);
-        const why = stderr.trim().split("\n").pop()?.replace(/^sh: (\d+: )?/, "");
+        // "dd: error writing '/sys/…/bind': No such device" → "No such device"; an open that failed keeps its path.
+        const why = stderr.split("\n").find((line) => line.startsWith("dd: "))?.slice(4).replace(/^error writing '.*': /, "");
         resolve(status === 0 ? { done: true } : { done: true, error: why || `the helper ended with ${signal ?? `status ${status}`}` });
       });
     });

@@ -170,7 +170,7 @@ test("a firmware framebuffer whose unbind never returns: single-GPU prepare fail
   kernel.sim.cleanup();
 });
 
-test("RootedHost.writeInHelper: writes through /bin/sh with the value and path as arguments; reports the error; leaves a helper that blocks", async () => {
+test("RootedHost.writeInHelper: writes through dd, nothing parsed by a shell; reports the kernel's error; leaves a helper that blocks", async () => {
   const root = fs.mkdtempSync(path.join(os.tmpdir(), "vmhook-helper-"));
   const host = new RootedHost(root);
   try {
