@@ -1,12 +1,13 @@
 // The domain XML as vmhook needs it: identity, memory, NUMA, CPU pinning,
 // host devices, and the vmhook metadata element. Everything a plugin can
 // derive from standard libvirt XML is read here once.
-import { DOMParser, type Element, type Node } from "@xmldom/xmldom";
+import type { Element, Node } from "@xmldom/xmldom";
 import { ConfigError, VmhookError } from "./errors.ts";
 import { NAMESPACE_URI, ROOT_ELEMENT } from "./paths.ts";
 import { childElements, prefixMistake, refuseMisplacedNamespace } from "./metadata-text.ts";
 import { parseCpuset } from "./cpuset.ts";
 import { PATTERNS, parseInteger, parsePciAddress, parseUuid, sizeToKiB } from "./validate.ts";
+import { xmldom } from "./xml.ts";
 
 export interface PciHostdev {
   type: "pci";
@@ -95,6 +96,7 @@ function attr(element: Element | undefined, name: string): string | undefined {
 export function parseXmlDocument(xml: string, what: string) {
   if (xml.trim() === "") throw new VmhookError(`${what} is empty; expected a libvirt <domain> XML document`);
   const problems: string[] = [];
+  const { DOMParser } = xmldom();
   let document;
   try {
     document = new DOMParser({
