@@ -1,13 +1,13 @@
 // The domain XML as vmhook needs it: identity, memory, NUMA, CPU pinning,
 // host devices, and the vmhook metadata element. Everything a plugin can
 // derive from standard libvirt XML is read here once.
-import { DOMParser, type Element, type Node } from "@xmldom/xmldom";
-import * as xpath from "xpath";
+import type { Element, Node } from "@xmldom/xmldom";
 import { ConfigError, VmhookError } from "./errors.ts";
 import { NAMESPACE_URI, ROOT_ELEMENT } from "./paths.ts";
 import { childElements, prefixMistake, refuseMisplacedNamespace } from "./metadata-text.ts";
 import { parseCpuset } from "./cpuset.ts";
 import { PATTERNS, parseInteger, parsePciAddress, parseUuid, sizeToKiB } from "./validate.ts";
+import { xmldom } from "./xml.ts";
 
 export interface PciHostdev {
   type: "pci";
@@ -57,19 +57,34 @@ export interface Domain {
   metadata?: Element;
 }
 
-const select = xpath.useNamespaces({ vmhook: NAMESPACE_URI });
+// Elements are found by walking child elements, as an XPath location path
+// without predicates would ("/domain/devices/hostdev"): each step matches
+// elements in no namespace, in document order. The xpath package cost more
+// than the rest of the hook's start under TCG (docs/bench.md).
+const ELEMENT_NODE = 1;
 
-function nodes(expression: string, context: Node): Element[] {
-  return select(expression, context as never) as unknown as Element[];
+/** The child elements of `parent`; with `name`, only those of that name in no namespace. */
+function childElementsOf(parent: Node, name?: string): Element[] {
+  const found: Element[] = [];
+  for (let node = parent.firstChild; node; node = node.nextSibling) {
+    if (node.nodeType !== ELEMENT_NODE) continue;
+    const element = node as Element;
+    if (name === undefined || (!element.namespaceURI && element.localName === name)) found.push(element);
+  }
+  return found;
 }
 
-function first(expression: string, context: Node): Element | undefined {
-  return nodes(expression, context)[0];
+/** The elements at `steps` below `context`: nodes(document, "domain", "devices", "hostdev"). */
+function nodes(context: Node, ...steps: string[]): Element[] {
+  return steps.reduce<Node[]>((parents, step) => parents.flatMap((parent) => childElementsOf(parent, step)), [context]) as Element[];
 }
 
-function text(expression: string, context: Node): string | undefined {
-  const element = first(expression, context);
-  return element?.textContent?.trim() || undefined;
+function first(context: Node, ...steps: string[]): Element | undefined {
+  return nodes(context, ...steps)[0];
+}
+
+function text(context: Node, ...steps: string[]): string | undefined {
+  return first(context, ...steps)?.textContent?.trim() || undefined;
 }
 
 function attr(element: Element | undefined, name: string): string | undefined {
@@ -81,6 +96,7 @@ function attr(element: Element | undefined, name: string): string | undefined {
 export function parseXmlDocument(xml: string, what: string) {
   if (xml.trim() === "") throw new VmhookError(`${what} is empty; expected a libvirt <domain> XML document`);
   const problems: string[] = [];
+  const { DOMParser } = xmldom();
   let document;
   try {
     document = new DOMParser({
@@ -109,19 +125,19 @@ export function parseDomain(xml: string, what = "domain XML"): Domain {
   }
   // Exactly as libvirt keeps it, spaces included: it names libvirt's pid file
   // (/run/libvirt/qemu/NAME.pid), by which vmhook recover tells a running domain.
-  const name = first("/domain/name", document)?.textContent ?? "";
+  const name = first(document, "domain", "name")?.textContent ?? "";
   if (name.trim() === "") throw new ConfigError("<domain>", "has no <name>");
-  const uuidText = text("/domain/uuid", document);
+  const uuidText = text(document, "domain", "uuid");
   if (!uuidText) throw new ConfigError("<domain>", "has no <uuid>; libvirt adds one on define, so pass the XML from virsh dumpxml");
   const uuid = parseUuid(uuidText, "<uuid>", "value");
 
-  const memoryElement = first("/domain/memory", document);
+  const memoryElement = first(document, "domain", "memory");
   const memoryKiB = memoryElement ? sizeToKiB(memoryElement.textContent ?? "", attr(memoryElement, "unit"), "<memory>", "value") : 0;
-  const currentElement = first("/domain/currentMemory", document);
+  const currentElement = first(document, "domain", "currentMemory");
   const currentMemoryKiB = currentElement
     ? sizeToKiB(currentElement.textContent ?? "", attr(currentElement, "unit"), "<currentMemory>", "value")
     : memoryKiB;
-  const vcpuText = text("/domain/vcpu", document);
+  const vcpuText = text(document, "domain", "vcpu");
   const vcpus = vcpuText ? parseInteger(vcpuText, "<vcpu>", "value", 1, 16384) : 1;
 
   return {
@@ -132,23 +148,29 @@ export function parseDomain(xml: string, what = "domain XML"): Domain {
     vcpus,
     hugepages: parseMemoryBacking(document),
     ...parseNumatune(document),
-    numaCells: nodes("/domain/cpu/numa/cell", document).map((cell, index) => ({
+    numaCells: nodes(document, "domain", "cpu", "numa", "cell").map((cell, index) => ({
       id: attr(cell, "id") !== undefined ? parseInteger(attr(cell, "id")!, "<cpu><numa><cell>", "id", 0, 1023) : index,
       memoryKiB: sizeToKiB(attr(cell, "memory") ?? "0", attr(cell, "unit"), "<cpu><numa><cell>", "memory"),
     })),
     cputune: {
-      vcpupins: nodes("/domain/cputune/vcpupin", document).map((pin) =>
+      vcpupins: nodes(document, "domain", "cputune", "vcpupin").map((pin) =>
         parseCpuset(attr(pin, "cpuset") ?? "", "<cputune><vcpupin>", "cpuset"),
       ),
-      emulatorpin: optionalCpuset(first("/domain/cputune/emulatorpin", document), "<cputune><emulatorpin>"),
-      iothreadpins: nodes("/domain/cputune/iothreadpin", document).map((pin) =>
+      emulatorpin: optionalCpuset(first(document, "domain", "cputune", "emulatorpin"), "<cputune><emulatorpin>"),
+      iothreadpins: nodes(document, "domain", "cputune", "iothreadpin").map((pin) =>
         parseCpuset(attr(pin, "cpuset") ?? "", "<cputune><iothreadpin>", "cpuset"),
       ),
     },
     hostdevs: parseHostdevs(document),
     interfaces: parseInterfaces(document),
-    metadata: first(`/domain/metadata/vmhook:${ROOT_ELEMENT}`, document) ?? refuseMisplacedNamespace(nodes("/domain/metadata/*", document)),
+    metadata: parseMetadata(document),
   };
+}
+
+/** <vmhook:hooks> in <metadata>; any other element there in vmhook's namespace is refused. */
+function parseMetadata(document: Node): Element | undefined {
+  const elements = nodes(document, "domain", "metadata").flatMap((metadata) => childElementsOf(metadata));
+  return elements.find((element) => element.namespaceURI === NAMESPACE_URI && element.localName === ROOT_ELEMENT) ?? refuseMisplacedNamespace(elements);
 }
 
 function optionalCpuset(element: Element | undefined, where: string): number[] | undefined {
@@ -156,10 +178,10 @@ function optionalCpuset(element: Element | undefined, where: string): number[] |
 }
 
 function parseMemoryBacking(document: Node): Domain["hugepages"] {
-  const hugepages = first("/domain/memoryBacking/hugepages", document);
+  const hugepages = first(document, "domain", "memoryBacking", "hugepages");
   if (!hugepages) return undefined;
   return {
-    pages: nodes("page", hugepages).map((page) => ({
+    pages: nodes(hugepages, "page").map((page) => ({
       sizeKiB: sizeToKiB(attr(page, "size") ?? "", attr(page, "unit") ?? "KiB", "<memoryBacking><hugepages><page>", "size"),
       nodeset: attr(page, "nodeset"),
     })),
@@ -171,7 +193,7 @@ function parseNodeset(value: string | undefined, where: string): number[] {
 }
 
 function parseNumatune(document: Node): Pick<Domain, "numatuneMemory" | "memnodes"> {
-  const memory = first("/domain/numatune/memory", document);
+  const memory = first(document, "domain", "numatune", "memory");
   return {
     numatuneMemory: memory
       ? {
@@ -179,7 +201,7 @@ function parseNumatune(document: Node): Pick<Domain, "numatuneMemory" | "memnode
           nodeset: attr(memory, "nodeset") !== undefined ? parseNodeset(attr(memory, "nodeset"), "<numatune><memory>") : undefined,
         }
       : undefined,
-    memnodes: nodes("/domain/numatune/memnode", document).map((memnode) => ({
+    memnodes: nodes(document, "domain", "numatune", "memnode").map((memnode) => ({
       cellid: parseInteger(attr(memnode, "cellid") ?? "", "<numatune><memnode>", "cellid", 0, 1023),
       mode: attr(memnode, "mode") ?? "strict",
       nodeset: parseNodeset(attr(memnode, "nodeset"), "<numatune><memnode>"),
@@ -189,10 +211,10 @@ function parseNumatune(document: Node): Pick<Domain, "numatuneMemory" | "memnode
 
 function parseHostdevs(document: Node): Domain["hostdevs"] {
   const hostdevs: Domain["hostdevs"] = [];
-  for (const hostdev of nodes("/domain/devices/hostdev[@mode='subsystem']", document)) {
+  for (const hostdev of nodes(document, "domain", "devices", "hostdev").filter((hostdev) => hostdev.getAttribute("mode") === "subsystem")) {
     const type = attr(hostdev, "type");
     if (type === "pci") {
-      const address = first("source/address", hostdev);
+      const address = first(hostdev, "source", "address");
       if (!address) throw new ConfigError("<hostdev type='pci'>", "has no <source><address>");
       const hex = (name: string, fallback?: string) => {
         const value = attr(address, name) ?? fallback;
@@ -208,7 +230,7 @@ function parseHostdevs(document: Node): Domain["hostdevs"] {
         managed: attr(hostdev, "managed") === "yes",
       });
     } else if (type === "mdev") {
-      const address = first("source/address", hostdev);
+      const address = first(hostdev, "source", "address");
       const model = attr(hostdev, "model") ?? "vfio-pci";
       hostdevs.push({
         type: "mdev",
@@ -223,10 +245,10 @@ function parseHostdevs(document: Node): Domain["hostdevs"] {
 const MAC = /^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/;
 
 function parseInterfaces(document: Node): NetworkInterface[] {
-  return nodes("/domain/devices/interface", document).map((nic) => {
-    const mac = attr(first("mac", nic), "address")?.trim().toLowerCase();
+  return nodes(document, "domain", "devices", "interface").map((nic) => {
+    const mac = attr(first(nic, "mac"), "address")?.trim().toLowerCase();
     if (mac !== undefined && !MAC.test(mac)) throw new ConfigError("<interface><mac>", `address="${mac}" is not a MAC address like 52:54:00:12:34:56`);
-    const network = attr(first("source", nic), "network");
+    const network = attr(first(nic, "source"), "network");
     return { type: attr(nic, "type") ?? "", ...(mac ? { mac } : {}), ...(network !== undefined ? { network } : {}) };
   });
 }

@@ -13,6 +13,7 @@ import { loadSettings, type HostSettings } from "./settings.ts";
 import { runPlugins, undoJournal, type RunEnvironment } from "./transaction.ts";
 import { PATTERNS } from "./validate.ts";
 import { paths } from "./paths.ts";
+import { libc } from "./libc.ts";
 import { withDomainLock } from "./lock.ts";
 import { removeStaleTemps } from "./state-files.ts";
 import { startWatchdog, type Watchdog } from "./watchdog.ts";
@@ -176,9 +177,7 @@ function withRollbackNote(error: unknown, steps: number, failed: number): Vmhook
  * writeSync(1)) goes to stderr instead.
  */
 async function guardStdout(): Promise<void> {
-  const { dlopen, FFIType } = await import("bun:ffi");
-  const libc = dlopen("libc.so.6", { dup2: { args: [FFIType.i32, FFIType.i32], returns: FFIType.i32 } });
-  if (libc.symbols.dup2(2, 1) < 0) throw new VmhookError("cannot point stdout at stderr (dup2 failed)");
+  if ((await libc()).dup2(2, 1) < 0) throw new VmhookError("cannot point stdout at stderr (dup2 failed)");
 }
 
 export type EventAction = (run: HookRun) => Promise<void>;

@@ -9,6 +9,7 @@ import { VmhookError } from "./errors.ts";
 import type { Host } from "./host.ts";
 import { paths } from "./paths.ts";
 import { ensureStateDir } from "./state-files.ts";
+import { libc } from "./libc.ts";
 
 const LOCK_EX = 2;
 const LOCK_NB = 4;
@@ -18,11 +19,7 @@ type Flock = (fd: number, operation: number) => number;
 let flock: Flock | undefined;
 
 async function loadFlock(): Promise<Flock> {
-  if (!flock) {
-    const { dlopen, FFIType } = await import("bun:ffi");
-    const libc = dlopen("libc.so.6", { flock: { args: [FFIType.i32, FFIType.i32], returns: FFIType.i32 } });
-    flock = (fd, operation) => libc.symbols.flock(fd, operation) as number;
-  }
+  flock ??= (await libc()).flock;
   return flock;
 }
 

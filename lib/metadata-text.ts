@@ -4,9 +4,10 @@
 // prefix and adds `vmhook:` from --key itself), and what libvirt stores when
 // given a prefixed element (`<vmhook:vmhook:hooks>`, which no XML parser
 // accepts).
-import { DOMParser, type Element } from "@xmldom/xmldom";
+import type { Element } from "@xmldom/xmldom";
 import { ConfigError, VmhookError } from "./errors.ts";
 import { NAMESPACE_URI, ROOT_ELEMENT } from "./paths.ts";
+import { xmldom } from "./xml.ts";
 
 /** The --key of `virsh metadata`: libvirt writes it as the element's prefix. */
 export const METADATA_KEY = "vmhook";
@@ -94,6 +95,7 @@ export function readPastedMetadata(text: string): MetadataNode[] {
   // The vmhook prefix is bound around the text, so a paste without xmlns:vmhook reads too.
   const wrapped = `<paste xmlns:${METADATA_KEY}="${NAMESPACE_URI}">${body}</paste>`;
   const problems: string[] = [];
+  const { DOMParser } = xmldom();
   let root: Element | null | undefined;
   try {
     root = new DOMParser({ onError: (level: string, message: string) => void (level !== "warning" && problems.push(message)) }).parseFromString(wrapped, "text/xml").documentElement;

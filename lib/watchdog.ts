@@ -39,7 +39,6 @@ export function startWatchdog(options: WatchdogOptions): Watchdog {
     import { appendFileSync, readFileSync, writeSync } from "node:fs";
     import { dlopen, FFIType } from "bun:ffi";
     const options = ${JSON.stringify(options)};
-    const libc = dlopen("libc.so.6", { _exit: { args: [FFIType.i32], returns: FFIType.void } });
     let cause, step;
     self.onmessage = ({ data }) => (data.level === "info" ? (step = data.line) : (cause = data.line));
     function stillHeld() {
@@ -58,7 +57,13 @@ export function startWatchdog(options: WatchdogOptions): Watchdog {
       const text = "vmhook: " + lines.join("\\n  ") + "\\n";
       try { writeSync(2, text); } catch {}
       try { appendFileSync(options.logFile, new Date().toISOString() + " " + text); } catch {}
-      libc.symbols._exit(Math.trunc(options.exitCode));
+      // Bound only now: dlopen compiles with TinyCC, a cost every hook would pay at start.
+      // Should it fail, the process still ends (by a signal).
+      try {
+        dlopen("libc.so.6", { _exit: { args: [FFIType.i32], returns: FFIType.void } }).symbols._exit(Math.trunc(options.exitCode));
+      } finally {
+        process.kill(process.pid, "SIGKILL");
+      }
     }, Math.max(1, Math.floor(options.budgetMs - (Date.now() - options.startedAt))));
   `;
   const worker = new Worker(URL.createObjectURL(new Blob([source], { type: "application/javascript" })));

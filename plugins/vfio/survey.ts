@@ -53,7 +53,9 @@ export function survey(host: Host, config: VfioConfig): Survey {
   const singleGpu = isSingleGpu(host, config, devices);
   const unload = unloadOrder(host, modulesToUnload(host, config, devices));
   const watched = watchedFiles(host, devices, singleGpu, unload.includes("nvidia"));
-  return { devices, singleGpu, watched, holders: processesHolding(host, isWatched(watched)), unload };
+  // Nothing to watch (a GPU without DRM or fbdev nodes, e.g. already on vfio-pci): no process can hold it, so no /proc scan.
+  const holders = watchesSomething(watched) ? processesHolding(host, isWatched(watched)) : [];
+  return { devices, singleGpu, watched, holders, unload };
 }
 
 function expandDevices(host: Host, config: VfioConfig): Device[] {
@@ -141,6 +143,8 @@ function watchedFiles(host: Host, devices: Device[], singleGpu: boolean, nvidiaU
   }
   return { files: [...nodes].sort(), framebuffers: singleGpu, nvidia: nvidiaUnloads };
 }
+
+const watchesSomething = (watched: Watched) => watched.files.length > 0 || watched.framebuffers || watched.nvidia;
 
 export function isWatched(watched: Watched): (file: string) => boolean {
   return (file) => watched.files.includes(file) || (watched.framebuffers && /^\/dev\/fb\d+$/.test(file)) || (watched.nvidia && file.startsWith("/dev/nvidia"));

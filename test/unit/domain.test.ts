@@ -1,0 +1,64 @@
+// lib/domain.ts reads the domain XML by walking child elements: what it
+// finds, in which order, and what it leaves alone (other namespaces, hostdevs
+// that are not subsystem ones).
+import { test } from "uvu";
+import * as assert from "uvu/assert";
+import { parseDomain } from "../../lib/domain.ts";
+
+const UUID = "6b0e2a4c-6a4e-4c57-9a43-0d1a5b3c7e01";
+
+const FULL = `<domain type='kvm' xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>
+  <name>gpu vm</name>
+  <uuid> ${UUID} </uuid>
+  <memory unit='GiB'>4</memory>
+  <currentMemory unit='MiB'>2048</currentMemory>
+  <vcpu placement='static'>4</vcpu>
+  <memoryBacking><hugepages><page size='2' unit='MiB' nodeset='0'/><page size='1048576'/></hugepages></memoryBacking>
+  <numatune><memory mode='preferred' nodeset='0-1'/><memnode cellid='1' mode='strict' nodeset='1'/></numatune>
+  <cputune><vcpupin vcpu='0' cpuset='2'/><vcpupin vcpu='1' cpuset='3-4'/><emulatorpin cpuset='0'/><iothreadpin iothread='1' cpuset='1'/></cputune>
+  <cpu><numa><cell id='0' memory='2' unit='GiB'/><cell id='1' memory='2048' unit='MiB'/></numa></cpu>
+  <metadata>
+    <other xmlns='urn:other'><hooks/></other>
+    <vmhook:hooks xmlns:vmhook='urn:vmhook:1'><vmhook:vfio/></vmhook:hooks>
+  </metadata>
+  <devices>
+    <hostdev mode='subsystem' type='pci' managed='yes'><source><address domain='0x0000' bus='0x01' slot='0x00' function='0x1'/></source></hostdev>
+    <hostdev mode='capabilities' type='storage'><source><block>/dev/sdb</block></source></hostdev>
+    <qemu:hostdev mode='subsystem' type='pci'><source><address bus='0x09' slot='0x00'/></source></qemu:hostdev>
+    <interface type='network'><mac address='52:54:00:AB:CD:EF'/><source network='default'/></interface>
+  </devices>
+  <devices>
+    <hostdev mode='subsystem' type='mdev' model='vfio-pci'><source><address uuid='${UUID}'/></source></hostdev>
+  </devices>
+</domain>`;
+
+test("every part vmhook reads, in document order, across repeated parents", () => {
+  const domain = parseDomain(FULL);
+  assert.is(domain.name, "gpu vm");
+  assert.is(domain.uuid, UUID);
+  assert.is(domain.memoryKiB, 4 * 1024 * 1024);
+  assert.is(domain.currentMemoryKiB, 2048 * 1024);
+  assert.is(domain.vcpus, 4);
+  assert.equal(domain.hugepages, { pages: [{ sizeKiB: 2048, nodeset: "0" }, { sizeKiB: 1048576, nodeset: undefined }] });
+  assert.equal(domain.numatuneMemory, { mode: "preferred", nodeset: [0, 1] });
+  assert.equal(domain.memnodes, [{ cellid: 1, mode: "strict", nodeset: [1] }]);
+  assert.equal(domain.numaCells, [{ id: 0, memoryKiB: 2 * 1024 * 1024 }, { id: 1, memoryKiB: 2048 * 1024 }]);
+  assert.equal(domain.cputune, { vcpupins: [[2], [3, 4]], emulatorpin: [0], iothreadpins: [[1]] });
+  // The storage hostdev (not mode='subsystem') and the one in another namespace are not vmhook's.
+  assert.equal(domain.hostdevs, [
+    { type: "pci", address: "0000:01:00.1", managed: true },
+    { type: "mdev", uuid: UUID, model: "vfio-pci" },
+  ]);
+  assert.equal(domain.interfaces, [{ type: "network", mac: "52:54:00:ab:cd:ef", network: "default" }]);
+  assert.is(domain.metadata?.localName, "hooks");
+  assert.is(domain.metadata?.namespaceURI, "urn:vmhook:1");
+});
+
+test("elements in a namespace are not libvirt's: a <domain> in a default namespace has no <name>", () => {
+  assert.throws(() => parseDomain(`<domain xmlns='urn:x'><name>vm</name><uuid>${UUID}</uuid></domain>`), /<domain>: has no <name>/);
+  const domain = parseDomain(`<domain><name>vm</name><uuid>${UUID}</uuid><x:memory xmlns:x='urn:x' unit='GiB'>8</x:memory></domain>`);
+  assert.is(domain.memoryKiB, 0);
+  assert.is(domain.metadata, undefined);
+});
+
+test.run();
