@@ -12,10 +12,23 @@ interface ImportMeta {
   main: boolean;
 }
 
-/** Bun's file API (the hook's fast path uses it instead of node:fs, which is slow to load) and spawnSync (lib/host.ts, bench/). */
+/** A child of Bun.spawn (lib/host.ts's bounded writes). */
+interface BunSubprocess {
+  readonly pid: number;
+  readonly exited: Promise<number>;
+  readonly signalCode: string | null;
+  readonly stderr: ReadableStream<Uint8Array>;
+  unref(): void;
+}
+
+/** Bun's file API (the hook's fast path uses it instead of node:fs, which is slow to load), spawn and spawnSync (lib/host.ts, bench/). */
 declare const Bun: {
   stdin: { text(): Promise<string> };
   file(path: string): { exists(): Promise<boolean> };
+  spawn(
+    command: string[],
+    options: { stdin: Uint8Array; stdout: "ignore"; stderr: "pipe"; env: Record<string, string>; detached: boolean },
+  ): BunSubprocess;
   spawnSync(
     command: string[],
     options: {
