@@ -1,4 +1,6 @@
-// The guest's GPU as a libvirt domain for the vfio plugin: shared by test/kernel/vfio.test.ts and bench/vfio-guest.ts.
+// The guest's GPU as a libvirt domain for the vfio plugin: shared by test/kernel/vfio*.test.ts and bench/vfio-guest.ts.
+import * as assert from "uvu/assert";
+import type { Guest } from "./guest.ts";
 
 export const GPU = "0000:00:01.0";
 export const UUID = "6b0e2a4c-6a4e-4c57-9a43-0d1a5b3c7e01";
@@ -42,3 +44,17 @@ echo "vfio: $(ls /dev/vfio 2>/dev/null | tr '\\n' ' ')"
 echo "modules: $(cut -d' ' -f1 /proc/modules | sort | tr '\\n' ' ')"
 echo "journals: $(ls /run/vmhook 2>/dev/null | grep json | tr '\\n' ' ')"
 `;
+
+/**
+ * The GPU's driver unloaded while the VM ran (prepared already): release
+ * leaves libvirt alone but keeps the change in the journal; then the driver
+ * is loaded again, for vmhook recover to finish.
+ */
+export async function releaseWithDriverUnloaded(guest: Guest): Promise<void> {
+  await guest.ok("rmmod bochs");
+  const release = await guest.sh(hook(domainXml(), "release end"));
+  assert.is(release.code, 0, "release never fails libvirt");
+  assert.match(release.stdout, `${GPU} cannot go back to bochs-drm: that driver is no longer registered`);
+  assert.match(await guest.ok("ls /run/vmhook"), `${UUID}.json`);
+  await guest.ok("modprobe bochs");
+}
