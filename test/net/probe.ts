@@ -6,7 +6,9 @@ import * as net from "node:net";
 
 const [protocol, address, portText] = process.argv.slice(2);
 const port = Number(portText);
-const TIMEOUT_MS = 1500;
+// Past TCP's first SYN retransmit (after 1 s): a first contact over IPv6 can
+// wait on neighbour discovery, and a loaded machine delays the namespaces' replies.
+const TIMEOUT_MS = 3500;
 
 function tcp(): Promise<string> {
   return new Promise((resolve) => {
