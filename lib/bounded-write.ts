@@ -9,7 +9,7 @@
 import type { Deadline } from "./deadline.ts";
 import { VmhookError } from "./errors.ts";
 import type { Host } from "./host.ts";
-import { forgetFinishedWrites, processStartTime, recordStuckWrite, refuseIfStuck, STUCK_ADVICE, StuckWriteError } from "./stuck-writes.ts";
+import { clearForWrite, processStartTime, recordStuckWrite, STUCK_ADVICE, StuckWriteError } from "./stuck-writes.ts";
 
 export interface DriverWrite {
   /** The device the write acts on; while a write into it is stuck, no other is made. */
@@ -33,8 +33,7 @@ export interface WriteContext {
 export async function writeThroughDriver(ctx: WriteContext, write: DriverWrite): Promise<void> {
   const { host } = ctx;
   const { device, driver, file, value } = write;
-  refuseIfStuck(host, [device]);
-  forgetFinishedWrites(host, [device]);
+  clearForWrite(host, device);
   ctx.deadline.check(`writing ${file}`);
   const timeoutMs = ctx.deadline.clamp(write.timeoutMs);
   const since = new Date(host.now()).toISOString();

@@ -104,13 +104,23 @@ export function describeStuckWrite(write: StuckWriteStatus): string {
 export function refuseIfStuck(host: Host, devices: string[]): void {
   for (const device of devices) {
     const write = stuckWriteFor(host, device);
-    if (write?.running) throw new StuckWriteError(`${describeStuckWrite(write)}; vmhook writes nothing to ${device} until it has returned`, [STUCK_ADVICE]);
+    if (write?.running) throw stillBlocked(write, device);
   }
 }
 
-/** Removes the notes whose helper is gone, of these devices or of all; returns them. */
-export function forgetFinishedWrites(host: Host, devices?: string[]): StuckWriteStatus[] {
-  const finished = listStuckWrites(host).filter((write) => !write.running && (!devices || devices.includes(write.device)));
+/** Before a write into the device's driver, from one read of its note: refuses while an earlier one is blocked, forgets one that has finished. */
+export function clearForWrite(host: Host, device: string): void {
+  const write = stuckWriteFor(host, device);
+  if (write?.running) throw stillBlocked(write, device);
+  if (write) removeStateFile(host, paths.stuckWrite(device));
+}
+
+const stillBlocked = (write: StuckWriteStatus, device: string) =>
+  new StuckWriteError(`${describeStuckWrite(write)}; vmhook writes nothing to ${device} until it has returned`, [STUCK_ADVICE]);
+
+/** Removes the notes whose helper is gone; returns them. */
+export function forgetFinishedWrites(host: Host): StuckWriteStatus[] {
+  const finished = listStuckWrites(host).filter((write) => !write.running);
   for (const write of finished) removeStateFile(host, paths.stuckWrite(write.device));
   return finished;
 }
