@@ -1,6 +1,9 @@
 // The few Bun APIs vmhook uses (it runs as a bun-compiled binary and its tests run under bun).
 declare module "bun:ffi" {
-  export const FFIType: { i32: number };
+  export const FFIType: { i32: number; u64: number; ptr: number };
+  /** The address of a typed array's memory, for a pointer argument. */
+  export function ptr(view: Uint8Array): number;
+  export const read: { i32(address: number, offset: number): number };
   export function dlopen<T extends Record<string, { args: number[]; returns: number }>>(
     path: string,
     symbols: T,

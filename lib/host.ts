@@ -5,6 +5,7 @@
 // environment root makes its sysfs code testable.
 import * as fs from "node:fs";
 import * as path from "node:path";
+import { ioctl } from "./libc.ts";
 
 export interface ExecOptions {
   /** Kill the child after this long. Always set: libvirt has no timeout of its own. */
@@ -61,6 +62,8 @@ export interface Host {
    * signal reaches it) is left running, never waited for.
    */
   writeInHelper(hostPath: string, data: string, timeoutMs: number): Promise<HelperWrite>;
+  /** ioctl(2) on the file, opened for reading and writing, with `argument` as its in/out buffer; throws with the errno as `code`. */
+  ioctl(hostPath: string, request: number, argument: Uint8Array): Promise<void>;
   /** Blocks the whole process; hooks are sequential by design. */
   sleep(ms: number): void;
   now(): number;
@@ -217,6 +220,21 @@ export class RootedHost implements Host {
     // "dd: error writing '/sys/…/bind': No such device" → "No such device"; an open that failed keeps its path.
     const why = (await output).split("\n").find((line) => line.startsWith("dd: "))?.slice(4).replace(/^error writing '.*': /, "");
     return { done: true, error: why || `the helper ended with ${child.signalCode ?? `status ${status}`}` };
+  }
+
+  async ioctl(hostPath: string, request: number, argument: Uint8Array): Promise<void> {
+    const call = await ioctl();
+    const fd = fs.openSync(this.resolve(hostPath), fs.constants.O_RDWR);
+    try {
+      const errno = call(fd, request, argument);
+      if (errno !== 0) {
+        const { constants } = await import("node:os");
+        const code = Object.entries(constants.errno).find(([, number]) => number === errno)?.[0] ?? `errno ${errno}`;
+        throw Object.assign(new Error(`${code}: ioctl 0x${request.toString(16)} on ${hostPath} failed`), { code });
+      }
+    } finally {
+      fs.closeSync(fd);
+    }
   }
 
   /** Programs are looked up under the root too, so a test tree can provide fake ones. */

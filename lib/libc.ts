@@ -1,8 +1,10 @@
-// The two libc calls Bun has no API for, bound once: each dlopen through
-// bun:ffi compiles its trampolines with TinyCC, which costs tens of ms under
-// TCG (docs/bench.md), so the hook binds both in one go.
+// The libc calls Bun has no API for. Each dlopen through bun:ffi compiles its
+// trampolines with TinyCC, which costs tens of ms under TCG (docs/bench.md),
+// so the two every hook may need are bound in one go:
 //   dup2   stdout becomes a copy of stderr in hook mode (lib/hook.ts)
 //   flock  vmhook's locks (lib/lock.ts)
+// and ioctl, needed only to give a console back (plugins/vfio/display.ts),
+// apart, when it is first called.
 
 export interface Libc {
   dup2(from: number, to: number): number;
@@ -21,4 +23,21 @@ export async function libc(): Promise<Libc> {
     bound = { dup2: (from, to) => symbols.dup2(from, to), flock: (fd, operation) => symbols.flock(fd, operation) };
   }
   return bound;
+}
+
+/** ioctl(2) with a pointer to `argument` (read and written by the kernel): 0, or the errno it failed with. */
+export type Ioctl = (fd: number, request: number, argument: Uint8Array) => number;
+
+let boundIoctl: Ioctl | undefined;
+
+export async function ioctl(): Promise<Ioctl> {
+  if (!boundIoctl) {
+    const { dlopen, FFIType, ptr, read } = await import("bun:ffi");
+    const { symbols } = dlopen("libc.so.6", {
+      ioctl: { args: [FFIType.i32, FFIType.u64, FFIType.ptr], returns: FFIType.i32 },
+      __errno_location: { args: [], returns: FFIType.ptr },
+    });
+    boundIoctl = (fd, request, argument) => (symbols.ioctl(fd, request, ptr(argument)) === 0 ? 0 : read.i32(symbols.__errno_location(), 0));
+  }
+  return boundIoctl;
 }

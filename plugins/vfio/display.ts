@@ -171,21 +171,43 @@ function runningCommands(ctx: BaseContext): string[] {
     .map((pid) => ctx.host.readTrimmed(`/proc/${pid}/comm`) ?? "");
 }
 
-/** Rebinds the console; when its number changed (fbcon came back under another), the framebuffer console found now. */
-function bindVtconsole(record: UndoRecord, ctx: BaseContext): void {
+/**
+ * Rebinds the console; when its number changed (fbcon came back under
+ * another), the framebuffer console found now. The kernel's vtconsole bind
+ * takes consoles back only from a built-in console driver: where the other
+ * one is modular too (a "(M) dummy device"), writing 1 does nothing, and
+ * fbcon comes back only through a framebuffer. One that registers again (the
+ * GPU's driver, after the VM) does it by itself; when the GPU never left its
+ * driver (a prepare that failed after this step), its framebuffer is mapped
+ * to the first console, which makes fbcon take the consoles over again.
+ */
+async function bindVtconsole(record: UndoRecord, ctx: BaseContext): Promise<void> {
   const isFramebuffer = (vtconsole: string) => /frame buffer/i.test(ctx.host.readTrimmed(`${VTCONSOLES}/${vtconsole}/name`) ?? "");
   const recorded = String(record.vtconsole);
   const vtconsole = isFramebuffer(recorded) ? recorded : ctx.host.list(VTCONSOLES).find(isFramebuffer);
-  if (!vtconsole) {
-    // vfio-pci removes a firmware framebuffer (efifb, simplefb) for good when it takes the GPU: only a GPU driver brings one back.
-    throw new VmhookError(
-      `vfio: no framebuffer console is back (was ${recorded}): no framebuffer is registered; the GPU's driver has not registered one, and a firmware framebuffer (efifb) does not come back once vfio-pci took the GPU; load the GPU's driver (modprobe), then run vmhook recover`,
-    );
-  }
+  if (!vtconsole) throw new VmhookError(`vfio: no framebuffer console is back (was ${recorded}): no framebuffer is registered; ${NO_FRAMEBUFFER_FIX}`);
   const bind = `${VTCONSOLES}/${vtconsole}/bind`;
-  if (ctx.host.readTrimmed(bind) !== "1") ctx.host.write(bind, "1");
-  if (ctx.host.readTrimmed(bind) !== "1") throw new VmhookError(`vfio: console ${vtconsole} did not bind to the framebuffer again`);
+  const bound = () => ctx.host.readTrimmed(bind) === "1";
+  if (!bound()) ctx.host.write(bind, "1");
+  if (bound()) return;
+  const framebuffer = ctx.host.list(GRAPHICS).find((name) => /^fb\d+$/.test(name));
+  if (!framebuffer) throw new VmhookError(`vfio: console ${vtconsole} cannot bind: no framebuffer is registered; ${NO_FRAMEBUFFER_FIX}`);
+  const mapping = new Uint32Array([FIRST_CONSOLE, Number(framebuffer.slice(2))]);
+  try {
+    await ctx.host.ioctl(`/dev/${framebuffer}`, FBIOPUT_CON2FBMAP, new Uint8Array(mapping.buffer));
+  } catch (error) {
+    throw new VmhookError(`vfio: console ${vtconsole} did not bind again: writing 1 to ${bind} did nothing, and mapping tty${FIRST_CONSOLE} to /dev/${framebuffer} failed (${(error as Error).message}); run con2fbmap ${FIRST_CONSOLE} ${framebuffer.slice(2)}, then vmhook recover`);
+  }
+  if (!bound()) throw new VmhookError(`vfio: console ${vtconsole} did not bind again: writing 1 to ${bind} and mapping tty${FIRST_CONSOLE} to /dev/${framebuffer} did nothing; see dmesg, then run vmhook recover`);
+  ctx.log.info(`vfio: console ${vtconsole} bound again by mapping tty${FIRST_CONSOLE} to /dev/${framebuffer} (its bind file does nothing while the only other console driver is modular)`);
 }
+
+/** vfio-pci removes a firmware framebuffer (efifb, simplefb) for good when it takes the GPU: only a GPU driver brings one back. */
+const NO_FRAMEBUFFER_FIX = "the GPU's driver has not registered one, and a firmware framebuffer (efifb) does not come back once vfio-pci took the GPU; load the GPU's driver (modprobe), then run vmhook recover";
+const GRAPHICS = "/sys/class/graphics";
+/** linux/fb.h: maps a console (1-based) to a framebuffer; fbcon takes the consoles over when it holds none. */
+const FBIOPUT_CON2FBMAP = 0x4610;
+const FIRST_CONSOLE = 1;
 
 /** Rebinds a firmware framebuffer, unless the GPU's driver removed it meanwhile (it does when it takes over). */
 async function bindFramebuffer(record: UndoRecord, ctx: BaseContext): Promise<void> {

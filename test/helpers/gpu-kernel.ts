@@ -62,6 +62,7 @@ export interface SimUserManager {
 }
 
 const DEV = "/sys/bus/pci/devices";
+const FBIOPUT_CON2FBMAP = 0x4610;
 const DRIVERS = "/sys/bus/pci/drivers";
 
 export class GpuKernel {
@@ -88,8 +89,15 @@ export class GpuKernel {
   /** try_module_get() users that are no module (another VM's QEMU holding a vfio container): module → count. */
   private readonly gets = new Map<string, number>();
 
-  constructor(options: { systemd?: boolean } = {}) {
+  /**
+   * `builtinConsole: false`: the only other console driver is modular (the
+   * guest of test/kernel lists "(M) dummy device"), so the kernel's vtconsole
+   * bind is a no-op and fbcon comes back only through a framebuffer: one that
+   * registers, or one mapped to a console (FBIOPUT_CON2FBMAP).
+   */
+  constructor(options: { systemd?: boolean; builtinConsole?: boolean } = {}) {
     const sim = this.sim;
+    const builtinConsole = options.builtinConsole ?? true;
     sim.dir("/var/log").dir("/run/vmhook").dir("/proc").dir("/dev/vfio").dir(DRIVERS).file("/proc/modules", "");
     if (options.systemd ?? true) sim.dir("/run/systemd/system");
     this.module({ name: "vfio", post: ["vfio_iommu_type1"] }).module({ name: "vfio_iommu_type1", uses: ["vfio"] }).module({ name: "vfio_pci_core", uses: ["vfio"] }).module({ name: "vfio_pci", uses: ["vfio_pci_core"], driver: "vfio-pci" });
@@ -109,7 +117,14 @@ export class GpuKernel {
     sim.onWrite(/^\/sys\/bus\/pci\/devices\/[^/]+\/remove$/, (_value, file) => this.removeDevice(file.split("/")[5]!));
     sim.onWrite(/^\/sys\/bus\/pci\/devices\/[^/]+\/reset$/, (_value, file) => this.reset(file.split("/")[5]!));
     sim.onWrite(/^\/sys\/bus\/pci\/devices\/[^/]+\/reset_method$/, (value, file) => this.setResetMethod(file.split("/")[5]!, value, file));
-    sim.onWrite(/^\/sys\/class\/vtconsole\/[^/]+\/bind$/, (value, file) => sim.file(file, value));
+    sim.onWrite(/^\/sys\/class\/vtconsole\/[^/]+\/bind$/, (value, file) => {
+      if (value === "0" || builtinConsole) sim.file(file, value);
+    });
+    sim.onIoctl(/^\/dev\/fb\d+$/, (request, argument) => {
+      const [console, framebuffer] = new Uint32Array(argument.buffer, argument.byteOffset, 2);
+      if (request !== FBIOPUT_CON2FBMAP || console! < 1 || !sim.exists(`/sys/class/graphics/fb${framebuffer}`)) throw Object.assign(new Error("EINVAL"), { code: "EINVAL" });
+      this.framebufferConsoleTakesOver();
+    });
     sim.onWrite(/^\/sys\/bus\/platform\/drivers\/[^/]+\/(un)?bind$/, (device, file) => {
       const driverDir = file.slice(0, file.lastIndexOf("/"));
       if (file.endsWith("/unbind")) sim.remove(`${driverDir}/${device}`);
@@ -313,8 +328,10 @@ export class GpuKernel {
     if (driver === "vfio-pci") this.sim.file(`/dev/vfio/${device.group}`);
     else {
       for (const node of device.nodes ?? []) {
-        if (node.startsWith("fb")) this.sim.file(`${DEV}/${address}/graphics/${node}/dev`).file(`/dev/${node}`);
-        else this.sim.file(`${DEV}/${address}/drm/${node}/dev`).file(`/dev/dri/${node}`);
+        if (node.startsWith("fb")) {
+          this.sim.file(`${DEV}/${address}/graphics/${node}/dev`).file(`/dev/${node}`).link(`/sys/class/graphics/${node}`, `../../bus/pci/devices/${address}/graphics/${node}`);
+          this.framebufferConsoleTakesOver();
+        } else this.sim.file(`${DEV}/${address}/drm/${node}/dev`).file(`/dev/dri/${node}`);
       }
     }
   }
@@ -327,9 +344,19 @@ export class GpuKernel {
     this.sim.remove(`${DRIVERS}/${driver}/${address}`);
     this.sim.remove(`${DEV}/${address}/drm`);
     this.sim.remove(`${DEV}/${address}/graphics`);
-    for (const node of device.nodes ?? []) this.sim.remove(node.startsWith("fb") ? `/dev/${node}` : `/dev/dri/${node}`);
+    for (const node of device.nodes ?? []) {
+      this.sim.remove(node.startsWith("fb") ? `/dev/${node}` : `/dev/dri/${node}`);
+      if (node.startsWith("fb")) this.sim.remove(`/sys/class/graphics/${node}`);
+    }
     const groupStillUsed = [...this.devices.values()].some((d) => d.group === device.group && this.driverOf(d.address) === "vfio-pci");
     if (driver === "vfio-pci" && !groupStillUsed) this.sim.remove(`/dev/vfio/${device.group}`);
+  }
+
+  /** fbcon binds every console again, as when a framebuffer registers. */
+  private framebufferConsoleTakesOver(): void {
+    for (const vtconsole of this.sim.list("/sys/class/vtconsole")) {
+      if (/frame buffer/.test(this.sim.readTrimmed(`/sys/class/vtconsole/${vtconsole}/name`) ?? "")) this.sim.file(`/sys/class/vtconsole/${vtconsole}/bind`, 1);
+    }
   }
 
   /** Whether the device's own driver's probe fails now. */

@@ -7,6 +7,7 @@ import * as path from "node:path";
 import { RootedHost, type ExecOptions, type ExecResult, type HelperWrite } from "../../lib/host.ts";
 
 export type WriteHandler = (data: string, hostPath: string, sim: SimHost) => void;
+export type IoctlHandler = (request: number, argument: Uint8Array, hostPath: string, sim: SimHost) => void;
 export type ExecHandler = (args: string[], sim: SimHost, options: ExecOptions) => Partial<ExecResult> | void;
 
 export class SimHost extends RootedHost {
@@ -15,6 +16,9 @@ export class SimHost extends RootedHost {
   readonly execs: { command: string; args: string[] }[] = [];
   private readonly writeHandlers: { match: string | RegExp; handler: WriteHandler }[] = [];
   private readonly execHandlers = new Map<string, ExecHandler>();
+  private readonly ioctlHandlers: { match: string | RegExp; handler: IoctlHandler }[] = [];
+  /** Every ioctl, in order. */
+  readonly ioctls: { path: string; request: number; argument: number[] }[] = [];
   private readonly failures: { match: string | RegExp; error: string }[] = [];
   private readonly hangs: { match: string | RegExp; data?: string }[] = [];
   /** Writes whose helper hangs in a driver: they take effect at finishHungWrites(). */
@@ -55,6 +59,12 @@ export class SimHost extends RootedHost {
   /** Simulated program (modprobe, systemctl, ...). Unknown programs are "not found". */
   onExec(command: string, handler: ExecHandler): this {
     this.execHandlers.set(command, handler);
+    return this;
+  }
+
+  /** Simulated driver behaviour for ioctl(2) on matching files (the handler added last wins); any other ioctl fails with ENOTTY. */
+  onIoctl(match: string | RegExp, handler: IoctlHandler): this {
+    this.ioctlHandlers.push({ match, handler });
     return this;
   }
 
@@ -117,6 +127,14 @@ export class SimHost extends RootedHost {
     } catch (error) {
       return { done: true, error: (error as Error).message };
     }
+  }
+
+  override async ioctl(hostPath: string, request: number, argument: Uint8Array): Promise<void> {
+    this.ioctls.push({ path: hostPath, request, argument: [...argument] });
+    const handler = [...this.ioctlHandlers].reverse().find((h) => matches(h.match, hostPath));
+    if (!this.exists(hostPath)) throw Object.assign(new Error(`ENOENT: no such file ${hostPath}`), { code: "ENOENT" });
+    if (!handler) throw Object.assign(new Error(`ENOTTY: ioctl 0x${request.toString(16)} on ${hostPath} failed`), { code: "ENOTTY" });
+    handler.handler(request, argument, hostPath, this);
   }
 
   override exec(command: string, args: string[], options: ExecOptions): ExecResult {

@@ -86,6 +86,28 @@ it("a module the host policy does not allow is refused before anything changes; 
   assert.fixture(await guest!.ok(STATE), baseline!);
 });
 
+// The guest's other console is the dummy one, modular like fbcon: the kernel's
+// vtconsole bind is then a no-op, and only a framebuffer brings fbcon back.
+// Here the GPU never left bochs-drm, so no framebuffer registers again.
+it("prepare failing after the console let go but before the GPU moved: the rollback brings the console back", async ({ guest, baseline }) => {
+  assert.match(baseline!, "(M) dummy device");
+  assert.not.match(baseline!, " vfio_pci ");
+  const modprobe = (await guest!.ok("command -v modprobe")).trim();
+  await guest!.ok(`mkdir -p /usr/local/sbin && printf '#!/bin/sh\\ncase "$*" in *vfio*) echo "modprobe: refused by the test" >&2; exit 1;; esac\\nexec ${modprobe} "$@"\\n' > /usr/local/sbin/modprobe && chmod 755 /usr/local/sbin/modprobe`);
+  try {
+    const result = await guest!.sh(hook(domainXml(), "prepare begin"));
+    assert.is(result.code, 1);
+    assert.match(result.stdout.split("\n")[0]!, "modprobe vfio-pci failed");
+    assert.match(result.stdout, "the host was left as it was");
+  } finally {
+    await guest!.ok("rm -f /usr/local/sbin/modprobe");
+  }
+  const log = await guest!.ok("cat /var/log/vmhook.log");
+  assert.match(log, /vfio: unbind console vtcon0 \(.*frame buffer device\): done/);
+  assert.match(log, "console vtcon0 bound again by mapping tty1 to /dev/fb0");
+  assert.fixture(await guest!.ok(STATE), baseline!);
+});
+
 it("the hook SIGKILLed in the middle of prepare, then vmhook recover: the host is as before", async ({ guest, baseline }) => {
   const killed = await guest!.ok(`${hook(domainXml(), "prepare begin", true)}
 pid=$!

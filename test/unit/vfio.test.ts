@@ -142,6 +142,51 @@ for (const failure of FAILURES) {
   });
 }
 
+/** The kernel bench's guest: bochs-drm with fb0, fbcon on vtcon0 and a modular dummy console, so vtconsole bind cannot take fbcon back. */
+function bochsGuest(): GpuKernel {
+  return new GpuKernel({ builtinConsole: false })
+    .module({ name: "bochs", driver: "bochs-drm", loaded: true })
+    .device({ address: GPU, classCode: "0x030000", vendor: "0x1234", nativeDriver: "bochs-drm", group: 1, bootVga: true, nodes: ["card0", "fb0"] })
+    .vtconsole("vtcon0", "(M) frame buffer device", true)
+    .vtconsole("vtcon1", "(M) dummy device", false);
+}
+
+test("a modular dummy console: prepare failing after the console let go maps tty1 to the GPU's framebuffer, and fbcon takes the consoles back", async () => {
+  const kernel = bochsGuest();
+  kernel.brokenModules.add("vfio_pci");
+  const before = kernel.sim.snapshot();
+  const result = await runHookEvent(kernel.sim, "prepare", "begin", domainXml("<vmhook:vfio/>"));
+  assert.is(result.code, 1);
+  assert.match(firstLine(result.stderr), "modprobe vfio-pci failed");
+  assert.match(result.stderr, "the host was left as it was");
+  assert.equal(kernel.sim.ioctls, [{ path: "/dev/fb0", request: 0x4610, argument: [1, 0, 0, 0, 0, 0, 0, 0] }]);
+  assert.equal(kernel.sim.snapshot(), before);
+});
+
+test("a modular dummy console: after the VM, the GPU's framebuffer registers again and fbcon comes back by itself", async () => {
+  const kernel = bochsGuest();
+  const before = kernel.sim.snapshot();
+  const xml = domainXml("<vmhook:vfio/>");
+  assert.is((await runHookEvent(kernel.sim, "prepare", "begin", xml)).code, 0);
+  assert.is(kernel.sim.readTrimmed("/sys/class/vtconsole/vtcon0/bind"), "0");
+  assert.is((await runHookEvent(kernel.sim, "release", "end", xml)).code, 0);
+  assert.equal(kernel.sim.ioctls, []);
+  assert.equal(kernel.sim.snapshot(), before);
+});
+
+test("a modular dummy console whose framebuffer mapping fails: the rollback says what it tried and how to finish, and keeps the record", async () => {
+  const kernel = bochsGuest();
+  kernel.brokenModules.add("vfio_pci");
+  kernel.sim.onIoctl("/dev/fb0", () => {
+    throw Object.assign(new Error("EINVAL: ioctl 0x4610 on /dev/fb0 failed"), { code: "EINVAL" });
+  });
+  const result = await runHookEvent(kernel.sim, "prepare", "begin", domainXml("<vmhook:vfio/>"));
+  assert.is(result.code, 1);
+  assert.match(result.stderr, "1 of 3 change(s) could not be undone: run vmhook recover");
+  assert.match(kernel.sim.read("/var/log/vmhook.log"), "console vtcon0 did not bind again: writing 1 to /sys/class/vtconsole/vtcon0/bind did nothing, and mapping tty1 to /dev/fb0 failed (EINVAL: ioctl 0x4610 on /dev/fb0 failed); run con2fbmap 1 0, then vmhook recover");
+  assert.equal(readJournal(kernel.sim, UUID)!.entries.map((entry) => entry.undo.action), ["unbind-vtconsole"]);
+});
+
 // A holder outside what single-GPU mode stops refuses the start before the display manager is touched.
 const OUTSIDERS: { name: string; add: (kernel: GpuKernel) => void; where: string }[] = [
   { name: "a compute job in its own service", add: (k) => k.process(710, "cuda-job", ["/dev/nvidia0"], "/system.slice/render-farm.service"), where: "pid 710 (cuda-job) holds /dev/nvidia0 in render-farm.service" },
