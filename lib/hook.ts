@@ -5,7 +5,7 @@ import { Deadline } from "./deadline.ts";
 import { parseDomain, type Domain } from "./domain.ts";
 import { describeError, VmhookError } from "./errors.ts";
 import { RootedHost, type Host } from "./host.ts";
-import { newJournal, readJournal, writeJournal } from "./journal.ts";
+import { newJournal, readJournal, writeJournal, type JournalEntry } from "./journal.ts";
 import { createLogger, oneLine, type Logger } from "./log.ts";
 import { isLegacyPlugin, type HookEvent, type PlannedEvent, type PluginRegistry } from "./plugin.ts";
 import { registry as builtinRegistry } from "../plugins/index.ts";
@@ -97,7 +97,7 @@ export class HookRun {
     } catch (error) {
       const steps = journal.entries.length;
       const { failed } = await undoJournal(journal, this.env(), this.deadline("undo"));
-      throw withRollbackNote(error, steps, failed.length);
+      throw withRollbackNote(error, steps, failed);
     }
     journal.phase = "running";
     writeJournal(this.host, journal);
@@ -161,13 +161,14 @@ function handles(instance: PluginInstance, event: PlannedEvent): boolean {
   return isLegacyPlugin(plugin) ? plugin[event] !== undefined : plugin.plan[event] !== undefined;
 }
 
-function withRollbackNote(error: unknown, steps: number, failed: number): VmhookError {
+/** The cause, then what the rollback did: each change it could not undo, with why, is what `virsh start` shows. */
+function withRollbackNote(error: unknown, steps: number, failed: JournalEntry[]): VmhookError {
   const note =
-    failed === 0
-      ? `the host was left as it was (${steps} change(s) undone)`
-      : `${failed} of ${steps} change(s) could not be undone: run vmhook recover and see vmhook status`;
+    failed.length === 0
+      ? [`the host was left as it was (${steps} change(s) undone)`]
+      : [`${failed.length} of ${steps} change(s) could not be undone: run vmhook recover and see vmhook status`, ...failed.map((entry) => `not undone: ${entry.plugin}: ${entry.description}: ${entry.error}`)];
   const details = error instanceof VmhookError ? error.details : [];
-  return new VmhookError(describeError(error), [...details, note]);
+  return new VmhookError(describeError(error), [...details, ...note]);
 }
 
 /**

@@ -183,7 +183,7 @@ test("a modular dummy console whose framebuffer mapping fails: the rollback says
   const result = await runHookEvent(kernel.sim, "prepare", "begin", domainXml("<vmhook:vfio/>"));
   assert.is(result.code, 1);
   assert.match(result.stderr, "1 of 3 change(s) could not be undone: run vmhook recover");
-  assert.match(kernel.sim.read("/var/log/vmhook.log"), "console vtcon0 did not bind again: writing 1 to /sys/class/vtconsole/vtcon0/bind did nothing, and mapping tty1 to /dev/fb0 failed (EINVAL: ioctl 0x4610 on /dev/fb0 failed); run con2fbmap 1 0, then vmhook recover");
+  assert.match(result.stderr, "not undone: vfio: unbind console vtcon0 ((M) frame buffer device): vfio: console vtcon0 did not bind again: writing 1 to /sys/class/vtconsole/vtcon0/bind did nothing, and mapping tty1 to /dev/fb0 failed (EINVAL: ioctl 0x4610 on /dev/fb0 failed); run con2fbmap 1 0, then vmhook recover");
   assert.equal(readJournal(kernel.sim, UUID)!.entries.map((entry) => entry.undo.action), ["unbind-vtconsole"]);
 });
 
