@@ -25,8 +25,12 @@ const result = await Bun.build({
       name: "xmldom-entities-on-demand",
       setup(build) {
         build.onLoad({ filter: ENTITIES }, (args) => {
-          // Taken from xmldom itself, so they stay what its version defines.
-          const { XML_ENTITIES } = require(args.path) as { XML_ENTITIES: Record<string, string> };
+          // Taken from xmldom itself, so they stay what its version defines;
+          // a version exporting more than these three fails the build here.
+          const real = require(args.path) as { XML_ENTITIES: Record<string, string> };
+          const exported = Object.keys(real).sort().join(", ");
+          if (exported !== "HTML_ENTITIES, XML_ENTITIES, entityMap") throw new Error(`${args.path} exports ${exported}: packaging/build.ts knows only HTML_ENTITIES, XML_ENTITIES and entityMap`);
+          const { XML_ENTITIES } = real;
           const fullTable = `${FULL_TABLE}:${args.path}`;
           return {
             loader: "js",
