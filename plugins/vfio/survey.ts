@@ -14,6 +14,7 @@ import {
   pciDriver,
   pciDriverOverride,
   pciExists,
+  pciPath,
   readPciDevice,
   slotFunctions,
   type PciDevice,
@@ -74,7 +75,8 @@ function expandDevices(host: Host, config: VfioConfig): Device[] {
 export function handedOverAddresses(host: Host, config: VfioConfig): string[] {
   const addresses = new Set(config.devices);
   for (const address of config.devices) {
-    if (config.includeSlot && isDisplayClass(readPciDevice(host, address).classCode)) {
+    // Only the class: this runs three times a prepare (policy, stuck check, survey).
+    if (config.includeSlot && isDisplayClass(host.readTrimmed(pciPath(address, "class")) ?? "")) {
       for (const sibling of slotFunctions(host, address)) addresses.add(sibling);
     }
   }
