@@ -9,9 +9,12 @@ import {
   isBridgeClass,
   isDisplayClass,
   listPciDevices,
+  PCI_DEVICES,
   pciDeviceNodes,
+  pciDriver,
   pciDriverOverride,
   pciExists,
+  pciPath,
   readPciDevice,
   slotFunctions,
   type PciDevice,
@@ -72,7 +75,8 @@ function expandDevices(host: Host, config: VfioConfig): Device[] {
 export function handedOverAddresses(host: Host, config: VfioConfig): string[] {
   const addresses = new Set(config.devices);
   for (const address of config.devices) {
-    if (config.includeSlot && isDisplayClass(readPciDevice(host, address).classCode)) {
+    // Only the class: this runs three times a prepare (policy, stuck check, survey).
+    if (config.includeSlot && isDisplayClass(host.readTrimmed(pciPath(address, "class")) ?? "")) {
       for (const sibling of slotFunctions(host, address)) addresses.add(sibling);
     }
   }
@@ -169,10 +173,11 @@ export function describeHolders(holders: Holder[]): string {
 /** "auto": NVIDIA's stack when a device is on nvidia and no card left to the host is. */
 function modulesToUnload(host: Host, config: VfioConfig, devices: Device[]): string[] {
   if (config.unloadModules !== "auto") return config.unloadModules;
+  // The rest of the bus is read only when it can matter: each sysfs read costs (docs/bench.md).
+  if (!devices.some((device) => device.driver === "nvidia")) return [];
   const ours = new Set(devices.map((device) => device.address));
-  const onNvidia = (device: PciDevice) => device.driver === "nvidia";
-  const hostKeepsNvidia = listPciDevices(host).some((device) => !ours.has(device.address) && onNvidia(device));
-  return devices.some(onNvidia) && !hostKeepsNvidia ? NVIDIA_MODULES : [];
+  const hostKeepsNvidia = host.list(PCI_DEVICES).some((address) => !ours.has(address) && pciDriver(host, address) === "nvidia");
+  return hostKeepsNvidia ? [] : NVIDIA_MODULES;
 }
 
 export const moduleLoaded = (host: Host, module: string) => host.exists(`/sys/module/${module}/refcnt`);

@@ -162,6 +162,17 @@ test("hook mode, bad input: prepare exits 1 with the cause on the first stderr l
   }
 });
 
+test("hook mode, the built binary decodes XML's five predefined entities (its xmldom holds no HTML entity table until one is asked for)", () => {
+  const t = tree();
+  try {
+    const result = run(t.link("hooks/qemu"), ["vm", "prepare", "begin", "-"], domain(`<vmhook:plugin name="a&amp;&lt;&gt;&quot;&apos;b"/>`), t.root);
+    assert.is(result.code, 1, result.stderr);
+    assert.match(firstLine(result.stderr), `name="a&<>"'b" is not a plugin name`);
+  } finally {
+    t.cleanup();
+  }
+});
+
 test("hook mode, unknown event or missing arguments: exit 0, nothing printed, a log line", () => {
   const t = tree();
   try {

@@ -1,6 +1,8 @@
 // The vfio survey reads every process's open files (/proc/PID/fd) only when
 // something could hold the GPU: a device without DRM or fbdev nodes (a second
 // GPU already on vfio-pci, say) cannot be held, so prepare skips the scan.
+// Likewise the rest of the PCI bus is read for NVIDIA's modules only when a
+// device that goes is on nvidia.
 import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { GpuKernel } from "../helpers/gpu-kernel.ts";
@@ -44,6 +46,34 @@ test("a GPU with device nodes: prepare looks for processes holding them", async 
 
 test("a GPU without device nodes, not in single-GPU mode: nothing can hold it, /proc is not scanned", async () => {
   assert.is(await procScans(workstation([])), 0);
+});
+
+/** How many of a device's sysfs files prepare read (single-GPU mode off, so nothing else looks at the host's card). */
+async function readsOf(kernel: GpuKernel, address: string): Promise<number> {
+  let reads = 0;
+  let inSimulatedKernel = false; // its modprobe looks at drivers too
+  const count = (hostPath: string) => {
+    if (!inSimulatedKernel && hostPath.startsWith(`/sys/bus/pci/devices/${address}/`)) reads++;
+  };
+  const { readTrimmed, readlink, exec } = kernel.sim;
+  kernel.sim.readTrimmed = (hostPath) => (count(hostPath), readTrimmed.call(kernel.sim, hostPath));
+  kernel.sim.readlink = (hostPath) => (count(hostPath), readlink.call(kernel.sim, hostPath));
+  kernel.sim.exec = (...args) => {
+    inSimulatedKernel = true;
+    try {
+      return exec.apply(kernel.sim, args);
+    } finally {
+      inSimulatedKernel = false;
+    }
+  };
+  const prepare = await runHookEvent(kernel.sim, "prepare", "begin", DOMAIN.replace("<vmhook:vfio/>", '<vmhook:vfio single-gpu="no"/>'));
+  assert.is(prepare.code, 0, prepare.stderr);
+  assert.is(kernel.driverOf(GPU), "vfio-pci");
+  return reads;
+}
+
+test("a GPU on amdgpu: the host's other card is not read (whether it is on nvidia matters only when a device that goes is)", async () => {
+  assert.is(await readsOf(workstation(["card1"]), "0000:00:02.0"), 0);
 });
 
 test.run();
