@@ -3,12 +3,17 @@
 // or remove(), which may never return. They run in a helper process that
 // vmhook waits for only so long: libvirt waits for the hook without any
 // timeout, so a hook blocked in the kernel would wedge libvirt. A helper
-// still blocked then is left (no signal reaches a process in D state),
-// noted in /run/vmhook/stuck (lib/stuck-writes.ts) and the write fails.
-// Writes that call no driver (driver_override) stay in-process.
+// still blocked then is left (no signal reaches a process in D state) and
+// the write fails. Each helper is noted in /run/vmhook/stuck
+// (lib/stuck-writes.ts) from its start until it returns: a hook killed
+// meanwhile leaves the note, so whoever undoes its changes next knows the
+// device may still be held. Writes that call no driver (driver_override)
+// stay in-process.
 import type { Deadline } from "./deadline.ts";
 import { VmhookError } from "./errors.ts";
 import type { Host } from "./host.ts";
+import { paths } from "./paths.ts";
+import { removeStateFile } from "./state-files.ts";
 import { clearForWrite, processStartTime, recordStuckWrite, STUCK_ADVICE, StuckWriteError } from "./stuck-writes.ts";
 
 export interface DriverWrite {
@@ -37,12 +42,13 @@ export async function writeThroughDriver(ctx: WriteContext, write: DriverWrite):
   ctx.deadline.check(`writing ${file}`);
   const timeoutMs = ctx.deadline.clamp(write.timeoutMs);
   const since = new Date(host.now()).toISOString();
-  const result = await host.writeInHelper(file, value, timeoutMs);
+  const noted = (pid: number) => recordStuckWrite(host, { pid, startTime: processStartTime(host, pid), device, driver, file, value, since, domain: ctx.domain });
+  const result = await host.writeInHelper(file, value, timeoutMs, noted);
   if (result.done) {
+    removeStateFile(host, paths.stuckWrite(device));
     if (result.error) throw new DriverWriteError(`writing "${value}" to ${file} failed: ${result.error}`, result.error);
     return;
   }
-  recordStuckWrite(host, { pid: result.pid, startTime: processStartTime(host, result.pid), device, driver, file, value, since, domain: ctx.domain });
   const seconds = Math.round(timeoutMs / 100) / 10;
   throw new StuckWriteError(`${device}: driver ${driver} did not return within ${seconds} s from writing "${value}" to ${file}; vmhook left its helper (pid ${result.pid}) blocked in the kernel and gave up`, [
     STUCK_ADVICE,

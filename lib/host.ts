@@ -59,9 +59,10 @@ export interface Host {
    * Writes the value in a detached helper process (own session, no inherited
    * pipes) and waits at most timeoutMs for it. A helper still blocked then
    * (a driver's remove() that never returns keeps it in D state, where no
-   * signal reaches it) is left running, never waited for.
+   * signal reaches it) is left running, never waited for. `started` is
+   * called with the helper's pid before the wait.
    */
-  writeInHelper(hostPath: string, data: string, timeoutMs: number): Promise<HelperWrite>;
+  writeInHelper(hostPath: string, data: string, timeoutMs: number, started: (pid: number) => void): Promise<HelperWrite>;
   /** ioctl(2) on the file, opened for reading and writing, with `argument` as its in/out buffer; throws with the errno as `code`. */
   ioctl(hostPath: string, request: number, argument: Uint8Array): Promise<void>;
   /** Blocks the whole process; hooks are sequential by design. */
@@ -186,7 +187,7 @@ export class RootedHost implements Host {
     };
   }
 
-  async writeInHelper(hostPath: string, data: string, timeoutMs: number): Promise<HelperWrite> {
+  async writeInHelper(hostPath: string, data: string, timeoutMs: number, started: (pid: number) => void): Promise<HelperWrite> {
     // dd, not a shell's printf: it makes one write(2) of what it reads and
     // names the kernel's errno when that fails ("No such device" from a
     // driver's probe), where dash says "I/O error" and busybox ash nothing.
@@ -204,6 +205,7 @@ export class RootedHost implements Host {
     } catch (error) {
       return { done: true, error: `dd: ${(error as Error).message}` };
     }
+    started(child.pid);
     const stderr = child.stderr.getReader();
     const output = readAll(stderr);
     let timer: ReturnType<typeof setTimeout> | undefined;

@@ -1,6 +1,7 @@
 // Writes into sysfs that call a driver's code (unbind, drivers_probe, bind,
-// remove, rescan) and did not return: lib/bounded-write.ts leaves their helper
-// process blocked in the kernel and notes it here, one file per device. While
+// remove, rescan) and may not have returned: lib/bounded-write.ts notes each
+// helper process here, one file per device, from its start until it returns,
+// and leaves one that does not return blocked in the kernel. While
 // the helper lives, the device's lock is held by the kernel: any later write
 // to the device would block vmhook too, so every such write is refused.
 // Once the helper is gone, the note is stale: the next write to the device,

@@ -113,19 +113,25 @@ export class SimHost extends RootedHost {
   }
 
   /** As the kernel would take it, in a simulated helper process; one that hangs appears in /proc in D state. */
-  override async writeInHelper(hostPath: string, data: string): Promise<HelperWrite> {
+  override async writeInHelper(hostPath: string, data: string, _timeoutMs: number, started: (pid: number) => void): Promise<HelperWrite> {
+    const pid = this.nextPid++;
     if (this.hangs.some((hang) => matches(hang.match, hostPath) && (hang.data === undefined || hang.data === data))) {
-      const pid = this.nextPid++;
       this.file(`/proc/${pid}/stat`, `${pid} (sh) D 1 ${pid} ${pid} 0 -1 4194304 0 0 0 0 0 0 0 0 20 0 1 0 ${pid * 10} 2314240 1`);
+      started(pid);
       this.writes.push({ path: hostPath, data });
       this.hung.push({ pid, path: hostPath, data });
       return { done: false, pid };
     }
+    // Running while it writes: the note taken at its start sees a live helper.
+    this.file(`/proc/${pid}/stat`, `${pid} (dd) R 1 ${pid} ${pid} 0 -1 4194304 0 0 0 0 0 0 0 0 20 0 1 0 ${pid * 10} 2314240 1`);
+    started(pid);
     try {
       this.write(hostPath, data);
       return { done: true };
     } catch (error) {
       return { done: true, error: (error as Error).message };
+    } finally {
+      this.remove(`/proc/${pid}`);
     }
   }
 

@@ -127,6 +127,31 @@ it("remove() blocks: prepare gives up after bindTimeoutSeconds, naming device, d
   assert.is((await guest!.sh("vmhook doctor")).stdout.includes("stuck driver"), false);
 });
 
+it("the hook SIGKILLed while its helper is blocked in remove(): the helper's note stays, recover refuses until remove() returns, then finishes", async ({ guest, edu, baseline }) => {
+  // A minute before the hook would give up: the note must come from the helper's start, not from the give-up.
+  await guest!.ok(`echo 0 > ${LET_GO}; echo 600000 > ${DELAY}; echo '{"plugins": {"vfio": {"bindTimeoutSeconds": 60}}}' > /etc/vmhook/vmhook.json`);
+  const note = `/run/vmhook/stuck/${edu}.json`;
+  const killed = await guest!.ok(`cat > /tmp/domain.xml <<'XML'\n${domainXml(edu!)}\nXML
+/etc/libvirt/hooks/qemu edu-vm prepare begin - < /tmp/domain.xml & pid=$!
+end=$(($(date +%s) + 30))
+until [ -e ${note} ] || [ $(date +%s) -gt $end ]; do :; done
+kill -9 $pid; wait $pid; echo "exit: $?"
+echo '{"plugins": {"vfio": {"bindTimeoutSeconds": 2}}}' > /etc/vmhook/vmhook.json`);
+  assert.match(killed, "exit: 137");
+  const helper = JSON.parse(await guest!.ok(`cat ${note}`)) as { pid: number; file: string };
+  assert.is(helper.file, `/sys/bus/pci/devices/${edu}/driver/unbind`);
+  assert.match(await guest!.ok(`cut -d' ' -f3 /proc/${helper.pid}/stat`), /^D\n$/, "the orphaned helper is still in the driver");
+  assert.match(await guest!.ok("vmhook status"), `its helper, pid ${helper.pid}, is still blocked in the kernel`);
+  const refused = await guest!.sh("vmhook recover");
+  assert.is(refused.code, 1);
+  assert.match(refused.stdout, `vmhook writes nothing to ${edu} until it has returned`);
+
+  await guest!.ok(`echo 1 > ${LET_GO}; while [ -e /proc/${helper.pid} ]; do sleep 0.2; done`, { timeoutMs: 60_000 });
+  const recovered = await guest!.sh("vmhook recover");
+  assert.is(recovered.code, 0, recovered.stdout);
+  assert.fixture(await guest!.ok(state(edu!)), baseline!);
+});
+
 it("afterwards the handover works again", async ({ guest, edu, baseline }) => {
   await guest!.ok(`echo 0 > ${DELAY}`);
   assert.is((await guest!.sh(hook(edu!, "prepare begin"))).code, 0);

@@ -170,21 +170,43 @@ test("a firmware framebuffer whose unbind never returns: single-GPU prepare fail
   kernel.sim.cleanup();
 });
 
+test("every write into a driver is noted while its helper runs (a hook killed meanwhile leaves the note), and forgotten once it returned", async () => {
+  const kernel = workstation();
+  const seen: string[] = [];
+  // What the driver would see: the note, at the moment its unbind runs.
+  const write = kernel.sim.write.bind(kernel.sim);
+  kernel.sim.write = (file, data) => {
+    if (file === UNBIND) {
+      const note = JSON.parse(kernel.sim.read(paths.stuckWrite(GPU)));
+      seen.push(`${note.driver} ${note.file} ${note.value} ${kernel.sim.exists(`/proc/${note.pid}`) ? "running" : "gone"}`);
+    }
+    write(file, data);
+  };
+  const prepare = await runHookEvent(kernel.sim, "prepare", "begin", XML, "win11");
+  assert.is(prepare.code, 0, prepare.stderr);
+  assert.equal(seen, [`amdgpu ${UNBIND} ${GPU} running`]);
+  assert.not.ok(kernel.sim.exists(paths.stuckWrite(GPU)));
+  assert.equal(kernel.sim.list(paths.stuckWrites), []);
+  assert.is((await runHookEvent(kernel.sim, "release", "end", XML, "win11")).code, 0);
+  assert.equal(kernel.sim.list(paths.stuckWrites), []);
+  kernel.sim.cleanup();
+});
+
 test("RootedHost.writeInHelper: writes through dd, nothing parsed by a shell; reports the kernel's error; leaves a helper that blocks", async () => {
   const root = fs.mkdtempSync(path.join(os.tmpdir(), "vmhook-helper-"));
   const host = new RootedHost(root);
   try {
     fs.writeFileSync(`${root}/value`, "");
     const odd = `0000:01:00.0 $(touch ${root}/injected) "'`;
-    assert.equal(await host.writeInHelper("/value", odd, 5000), { done: true });
+    assert.equal(await host.writeInHelper("/value", odd, 5000, () => {}), { done: true });
     assert.is(fs.readFileSync(`${root}/value`, "utf8"), odd);
     assert.not.ok(fs.existsSync(`${root}/injected`));
-    const failed = await host.writeInHelper("/missing/value", "1", 5000);
+    const failed = await host.writeInHelper("/missing/value", "1", 5000, () => {});
     assert.is(failed.done, true);
     assert.match((failed as { error: string }).error, /missing\/value/);
     // Opening a FIFO without a reader blocks, as a driver's remove() would (though interruptibly).
     execFileSync("mkfifo", [`${root}/fifo`]);
-    const blocked = await host.writeInHelper("/fifo", "1", 200);
+    const blocked = await host.writeInHelper("/fifo", "1", 200, () => {});
     assert.is(blocked.done, false);
     const pid = (blocked as { pid: number }).pid;
     assert.ok(host.processAlive(pid), "left running, not waited for");
