@@ -12,9 +12,7 @@
 import type { Deadline } from "./deadline.ts";
 import { VmhookError } from "./errors.ts";
 import type { Host } from "./host.ts";
-import { paths } from "./paths.ts";
-import { removeStateFile } from "./state-files.ts";
-import { clearForWrite, processStartTime, recordStuckWrite, STUCK_ADVICE, StuckWriteError } from "./stuck-writes.ts";
+import { clearForWrite, forgetWrite, noteWrite, STUCK_ADVICE, StuckWriteError } from "./stuck-writes.ts";
 
 export interface DriverWrite {
   /** The device the write acts on; while a write into it is stuck, no other is made. */
@@ -42,10 +40,10 @@ export async function writeThroughDriver(ctx: WriteContext, write: DriverWrite):
   ctx.deadline.check(`writing ${file}`);
   const timeoutMs = ctx.deadline.clamp(write.timeoutMs);
   const since = new Date(host.now()).toISOString();
-  const noted = (pid: number) => recordStuckWrite(host, { pid, startTime: processStartTime(host, pid), device, driver, file, value, since, domain: ctx.domain });
+  const noted = (pid: number) => noteWrite(host, { pid, device, driver, file, value, since, domain: ctx.domain });
   const result = await host.writeInHelper(file, value, timeoutMs, noted);
   if (result.done) {
-    removeStateFile(host, paths.stuckWrite(device));
+    forgetWrite(host, device);
     if (result.error) throw new DriverWriteError(`writing "${value}" to ${file} failed: ${result.error}`, result.error);
     return;
   }

@@ -51,15 +51,17 @@ function procStat(host: Host, pid: number): string[] | undefined {
   return text && end > 0 ? text.slice(end + 2).split(" ") : undefined;
 }
 
-/** A process's start time (field 22 of /proc/PID/stat), or "" when it is gone. */
-export function processStartTime(host: Host, pid: number): string {
-  return procStat(host, pid)?.[19] ?? "";
-}
-
-export function recordStuckWrite(host: Host, write: StuckWrite): void {
+/** Notes a helper that has started a write into the device's driver, with its start time (field 22 of /proc/PID/stat): a later process given the same pid is not it. */
+export function noteWrite(host: Host, write: Omit<StuckWrite, "startTime">): void {
   ensureStateDir(host);
   ensureStateDir(host, paths.stuckWrites);
-  writeStateFile(host, paths.stuckWrite(checkedDevice(write.device)), `${JSON.stringify(write, null, 2)}\n`);
+  const noted: StuckWrite = { ...write, startTime: procStat(host, write.pid)?.[19] ?? "" };
+  writeStateFile(host, paths.stuckWrite(checkedDevice(write.device)), `${JSON.stringify(noted, null, 2)}\n`);
+}
+
+/** Removes the device's note: its helper returned, or is gone. */
+export function forgetWrite(host: Host, device: string): void {
+  removeStateFile(host, paths.stuckWrite(checkedDevice(device)));
 }
 
 function withStatus(host: Host, write: StuckWrite): StuckWriteStatus {
@@ -113,7 +115,7 @@ export function refuseIfStuck(host: Host, devices: string[]): void {
 export function clearForWrite(host: Host, device: string): void {
   const write = stuckWriteFor(host, device);
   if (write?.running) throw stillBlocked(write, device);
-  if (write) removeStateFile(host, paths.stuckWrite(device));
+  if (write) forgetWrite(host, device);
 }
 
 const stillBlocked = (write: StuckWriteStatus, device: string) =>
@@ -122,7 +124,7 @@ const stillBlocked = (write: StuckWriteStatus, device: string) =>
 /** Removes the notes whose helper is gone; returns them. */
 export function forgetFinishedWrites(host: Host): StuckWriteStatus[] {
   const finished = listStuckWrites(host).filter((write) => !write.running);
-  for (const write of finished) removeStateFile(host, paths.stuckWrite(write.device));
+  for (const write of finished) forgetWrite(host, write.device);
   return finished;
 }
 
