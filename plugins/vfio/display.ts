@@ -192,11 +192,12 @@ async function bindVtconsole(record: UndoRecord, ctx: BaseContext): Promise<void
   if (bound()) return;
   const framebuffer = ctx.host.list(GRAPHICS).find((name) => /^fb\d+$/.test(name));
   if (!framebuffer) throw new VmhookError(`vfio: console ${vtconsole} cannot bind: no framebuffer is registered; ${NO_FRAMEBUFFER_FIX}`);
-  const mapping = new Uint32Array([FIRST_CONSOLE, Number(framebuffer.slice(2))]);
+  const index = Number(framebuffer.slice(2));
+  const mapping = new Uint32Array([FIRST_CONSOLE, index]);
   try {
     await ctx.host.ioctl(`/dev/${framebuffer}`, FBIOPUT_CON2FBMAP, new Uint8Array(mapping.buffer));
   } catch (error) {
-    throw new VmhookError(`vfio: console ${vtconsole} did not bind again: writing 1 to ${bind} did nothing, and mapping tty${FIRST_CONSOLE} to /dev/${framebuffer} failed (${(error as Error).message}); run con2fbmap ${FIRST_CONSOLE} ${framebuffer.slice(2)}, then vmhook recover`);
+    throw new VmhookError(`vfio: console ${vtconsole} did not bind again: writing 1 to ${bind} did nothing, and mapping tty${FIRST_CONSOLE} to /dev/${framebuffer} failed (${(error as Error).message}); run con2fbmap ${FIRST_CONSOLE} ${index}, then vmhook recover`);
   }
   if (!bound()) throw new VmhookError(`vfio: console ${vtconsole} did not bind again: writing 1 to ${bind} and mapping tty${FIRST_CONSOLE} to /dev/${framebuffer} did nothing; see dmesg, then run vmhook recover`);
   ctx.log.info(`vfio: console ${vtconsole} bound again by mapping tty${FIRST_CONSOLE} to /dev/${framebuffer} (its bind file does nothing while the only other console driver is modular)`);
