@@ -2,6 +2,7 @@
 // "empty": Host.list and Host.readlink throw for it, and what vmhook decides
 // from a listing (who holds the GPU, what shares its IOMMU group, which
 // modules use a module) refuses instead of going on from partial knowledge.
+import { spawnSync } from "node:child_process";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
@@ -158,6 +159,35 @@ test("vfio: a module whose holders cannot be listed refuses, rather than unloadi
   assert.match(firstLine(result.stderr), "cannot list /sys/module/amdgpu/holders (EIO)");
   assert.equal(kernel.sim.snapshot(), before);
   assert.ok(kernel.loaded("amdgpu"));
+});
+
+test("vmhook plan run as a user, not root: a real EACCES on a root-only /proc/PID/fd refuses, naming the pid, its command and run as root", () => {
+  if (process.getuid?.() !== 0) {
+    console.log("unreadable.test.ts: not root, so no other uid can be taken to meet a real EACCES; skipped");
+    return;
+  }
+  const binary = path.resolve(import.meta.dirname, "../../dist/vmhook");
+  if (!fs.existsSync(binary) && spawnSync("npm", ["run", "--silent", "build"], { cwd: path.dirname(path.dirname(binary)), stdio: "inherit" }).status !== 0) throw new Error("npm run build failed");
+  const kernel = workstation();
+  kernel.sim.remove("/proc/4242");
+  kernel.process(4300, "steam", ["/dev/null"]);
+  // Readable to the user but that one process's descriptors, as /proc shows root's processes to a user.
+  fs.chmodSync(kernel.sim.root, 0o755);
+  fs.chmodSync(kernel.sim.resolve("/proc/4300/fd"), 0o500);
+  const before = kernel.sim.snapshot();
+  const plan = (uid: number) =>
+    spawnSync(binary, ["plan", "-", "--root", kernel.sim.root], { input: domainXml(), encoding: "utf8", uid, gid: uid, timeout: 20_000, env: { PATH: "/usr/bin:/bin", LC_ALL: "C" } });
+  try {
+    const user = plan(65534);
+    assert.equal([user.status, user.stdout], [1, ""]);
+    assert.is(firstLine(user.stderr), "vmhook: cannot tell which files pid 4300 (steam) has open: cannot list /proc/4300/fd (EACCES); run vmhook as root");
+    const root = plan(0);
+    assert.is(root.status, 0, root.stderr);
+    assert.match(root.stdout, `bind ${GPU} to vfio-pci (from amdgpu)`);
+    assert.equal(kernel.sim.snapshot(), before);
+  } finally {
+    kernel.sim.cleanup();
+  }
 });
 
 // ---- descriptions that may stay best-effort, but say what they could not read
