@@ -25,16 +25,13 @@ const domainXml = (vfio = "<vmhook:vfio/>") => `<domain type='kvm'><name>win11</
   <metadata><vmhook:hooks xmlns:vmhook="urn:vmhook:1">${vfio}</vmhook:hooks></metadata>
   <devices><hostdev mode='subsystem' type='pci' managed='no'><source><address domain='0x0000' bus='0x01' slot='0x00' function='0x0'/></source></hostdev></devices></domain>`;
 
-/** An AMD GPU for the VM next to the host's Intel iGPU; a compositor on the iGPU, and pid 4242 whose files only root may see. */
+/** An AMD GPU (and its HDMI audio) in a group of their own for the VM, and pid 4242 with its render node open. */
 function workstation(): GpuKernel {
   return new GpuKernel()
     .module({ name: "amdgpu", driver: "amdgpu", loaded: true })
-    .module({ name: "i915", driver: "i915", loaded: true })
     .module({ name: "snd_hda_intel", driver: "snd_hda_intel", loaded: true })
-    .device({ address: "0000:00:02.0", classCode: "0x030000", vendor: "0x8086", nativeDriver: "i915", group: 0, bootVga: true, nodes: ["card0", "fb0"] })
     .device({ address: GPU, classCode: "0x030000", vendor: "0x1002", nativeDriver: "amdgpu", group: 1, nodes: ["card1", "renderD129"], resetMethod: "bus" })
     .device({ address: AUDIO, classCode: "0x040300", vendor: "0x1002", nativeDriver: "snd_hda_intel", group: 1 })
-    .unit({ name: "display-manager.service", active: true, processes: { 500: ["Xorg", ["/dev/dri/card0"]] } })
     .process(4242, "blender", ["/dev/null", "/dev/dri/renderD129"]);
 }
 
