@@ -300,8 +300,13 @@ const isErrno = (error: unknown, codes: string[]) => codes.includes((error as No
 /** What exists but cannot be read: refused with the path and the errno (kept as `code`), never taken as empty. */
 function unreadable(error: unknown, what: string, hostPath: string): VmhookError & { code?: string } {
   const code = (error as NodeJS.ErrnoException)?.code;
-  const fix = code === "EACCES" || code === "EPERM" ? "run vmhook as root" : "vmhook does not act on what it cannot read; check why (ls -l, dmesg)";
+  const fix = code === "EACCES" || code === "EPERM" ? accessFix() : "vmhook does not act on what it cannot read; check why (ls -l, dmesg)";
   return Object.assign(new VmhookError(`cannot ${what} ${hostPath} (${code ?? describeError(error)}); ${fix}`), { code });
+}
+
+/** Root is denied only by a security module; anyone else is denied what is root's. */
+function accessFix(): string {
+  return process.geteuid?.() === 0 ? "vmhook runs as root, so a security module (AppArmor, SELinux) denies it: look for the denial in journalctl -k" : "run vmhook as root";
 }
 
 /** A stream's whole text, however it is cut into chunks. */

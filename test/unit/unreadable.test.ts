@@ -20,6 +20,9 @@ const UUID = "0b5c64e3-55a1-4b84-9d2b-4e0a3e7d2f77";
 const GPU = "0000:01:00.0";
 const AUDIO = "0000:01:00.1";
 const firstLine = (text: string) => text.split("\n")[0]!;
+/** What an EACCES advises: root is denied only by a security module, anyone else should be root. */
+const ACCESS_FIX =
+  process.getuid?.() === 0 ? "vmhook runs as root, so a security module (AppArmor, SELinux) denies it: look for the denial in journalctl -k" : "run vmhook as root";
 
 const domainXml = (vfio = "<vmhook:vfio/>") => `<domain type='kvm'><name>win11</name><uuid>${UUID}</uuid><memory unit='GiB'>8</memory>
   <metadata><vmhook:hooks xmlns:vmhook="urn:vmhook:1">${vfio}</vmhook:hooks></metadata>
@@ -91,7 +94,7 @@ test("SimHost keeps the same contract: a simulated EACCES throws with its code, 
   try {
     sim.failList("/proc/7/fd", "EACCES").failReadlink("/proc/7/fd/0", "EIO");
     const listed = catchError(() => sim.list("/proc/7/fd"));
-    assert.equal([(listed as NodeJS.ErrnoException).code, listed.message], ["EACCES", "cannot list /proc/7/fd (EACCES); run vmhook as root"]);
+    assert.equal([(listed as NodeJS.ErrnoException).code, listed.message], ["EACCES", `cannot list /proc/7/fd (EACCES); ${ACCESS_FIX}`]);
     assert.is((catchError(() => sim.readlink("/proc/7/fd/0")) as NodeJS.ErrnoException).code, "EIO");
     sim.clearFailures();
     sim.failList("/proc/7/fd", "ENOENT");
@@ -103,14 +106,14 @@ test("SimHost keeps the same contract: a simulated EACCES throws with its code, 
 
 // ---- vfio: refusals before anything changes
 
-test("vfio: a process whose /proc/PID/fd cannot be read (EACCES: an LSM, or vmhook not root) refuses prepare, naming the pid, its command and run as root; the host unchanged", async () => {
+test("vfio: a process whose /proc/PID/fd cannot be read (EACCES: an LSM, or vmhook not root) refuses prepare, naming the pid, its command and the fix; the host unchanged", async () => {
   const kernel = workstation();
   kernel.process(4300, "steam", ["/dev/null"]);
   kernel.sim.failList("/proc/4300/fd", "EACCES");
   const before = kernel.sim.snapshot();
   const result = await runHookEvent(kernel.sim, "prepare", "begin", domainXml());
   assert.is(result.code, 1);
-  assert.match(firstLine(result.stderr), "cannot tell which files pid 4300 (steam) has open: cannot list /proc/4300/fd (EACCES); run vmhook as root");
+  assert.match(firstLine(result.stderr), `cannot tell which files pid 4300 (steam) has open: cannot list /proc/4300/fd (EACCES); ${ACCESS_FIX}`);
   assert.match(result.stderr, "the host was left as it was");
   assert.equal(kernel.sim.snapshot(), before);
   assert.equal(kernel.sim.stateFiles(), []);
@@ -124,7 +127,7 @@ test("vfio: a descriptor link that cannot be read refuses too; a process gone me
   const before = kernel.sim.snapshot();
   const refused = await runHookEvent(kernel.sim, "prepare", "begin", domainXml());
   assert.is(refused.code, 1);
-  assert.match(firstLine(refused.stderr), "cannot tell which files pid 4300 (steam) has open: cannot read the link /proc/4300/fd/0 (EACCES); run vmhook as root");
+  assert.match(firstLine(refused.stderr), `cannot tell which files pid 4300 (steam) has open: cannot read the link /proc/4300/fd/0 (EACCES); ${ACCESS_FIX}`);
   assert.equal(kernel.sim.snapshot(), before);
 
   // Without the unreadable link the refusal is the real holder, blender.
@@ -194,7 +197,7 @@ test("forward: the owner of a taken port is named; processes whose files cannot 
   try {
     assert.is(socketOwner(sim, 777), "sshd (pid 10)");
     sim.failList("/proc/10/fd", "EACCES");
-    assert.is(socketOwner(sim, 777), "an unknown process (socket inode 777; cannot tell which files pid 10 (sshd) has open: cannot list /proc/10/fd (EACCES); run vmhook as root)");
+    assert.is(socketOwner(sim, 777), `an unknown process (socket inode 777; cannot tell which files pid 10 (sshd) has open: cannot list /proc/10/fd (EACCES); ${ACCESS_FIX})`);
     sim.failList("/proc/11/fd", "EACCES");
     assert.match(socketOwner(sim, 777), "; 2 processes could not be read, e.g. cannot tell which files pid 10 (sshd) has open");
   } finally {
