@@ -3,6 +3,7 @@ import type { CommandModule } from "yargs";
 import { loadDomainPlugins, type PluginInstance } from "../config.ts";
 import { parseDomain, type Domain } from "../domain.ts";
 import { describeError } from "../errors.ts";
+import { shellWord } from "../metadata-text.ts";
 import { RootedHost, type Host } from "../host.ts";
 import { runDoctor } from "../diagnostics/doctor.ts";
 import { dryRun } from "../dry-run.ts";
@@ -43,7 +44,7 @@ const validate: CommandModule<GlobalOptions, DomainArgs> = {
       return;
     }
     // A config valid elsewhere is still valid: exit 0, but never pass "not checked" off as "fits here".
-    const unchecked = "unchecked" in hostCheck ? `NOT checked against this host: ${hostCheck.unchecked}; vmhook plan ${args.domain} checks it on the host it runs on` : undefined;
+    const unchecked = "unchecked" in hostCheck ? `NOT checked against this host: ${hostCheck.unchecked}; run vmhook plan ${shellWord(args.domain)} on the host that runs the VM to check it there` : undefined;
     if (args.json) {
       printJson({ ok: true, domain: { name: domain.name, uuid: domain.uuid }, plugins: instances.map((i) => ({ id: i.id, config: i.config })), hostChecked: !unchecked, ...(unchecked ? { notChecked: unchecked } : {}) });
     } else if (instances.length === 0) {

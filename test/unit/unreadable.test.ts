@@ -228,7 +228,7 @@ test("validate: a valid config that cannot be checked on this host is ok (exit 0
     const lines = text.stdout.trimEnd().split("\n");
     assert.is(lines[0], `${sim.resolve("/vm.xml")}: ok; win11 runs vfio`);
     assert.match(lines[1]!, `the config is valid, but it was NOT checked against this host: vfio: PCI device ${GPU} does not exist on this host`);
-    assert.match(lines[1]!, `; vmhook plan ${sim.resolve("/vm.xml")} checks it on the host it runs on`);
+    assert.match(lines[1]!, `; run vmhook plan ${sim.resolve("/vm.xml")} on the host that runs the VM to check it there`);
     const json = JSON.parse((await cli(["validate", "--json", sim.resolve("/vm.xml"), "--root", sim.root])).stdout);
     assert.equal([json.ok, json.hostChecked], [true, false]);
     assert.match(json.notChecked, `NOT checked against this host: vfio: PCI device ${GPU} does not exist on this host`);
