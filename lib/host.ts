@@ -5,6 +5,7 @@
 // environment root makes its sysfs code testable.
 import * as fs from "node:fs";
 import * as path from "node:path";
+import { describeError, VmhookError } from "./errors.ts";
 import { ioctl } from "./libc.ts";
 
 export interface ExecOptions {
@@ -47,9 +48,17 @@ export interface Host {
   /** Writes the whole value in one write(2), as sysfs wants; never creates parent directories. */
   write(hostPath: string, data: string): void;
   exists(hostPath: string): boolean;
-  /** Entry names, sorted; [] when the directory does not exist. */
+  /**
+   * Entry names, sorted; [] only when the directory does not exist (ENOENT,
+   * or ENOTDIR for a path through a file). A directory that exists but cannot
+   * be read throws, naming the path, with the errno as `code`: an empty list
+   * must never stand for "could not look".
+   */
   list(hostPath: string): string[];
-  /** The link target, or undefined when the path is not a symlink. */
+  /**
+   * The link target; undefined only when there is nothing there (ENOENT,
+   * ENOTDIR) or it is not a symlink (EINVAL). Any other failure throws, as list does.
+   */
   readlink(hostPath: string): string | undefined;
   stat(hostPath: string): FileStat | undefined;
   mkdir(hostPath: string): void;
@@ -117,18 +126,29 @@ export class RootedHost implements Host {
 
   list(hostPath: string): string[] {
     try {
-      return fs.readdirSync(this.resolve(hostPath)).sort();
-    } catch {
-      return [];
+      return this.readDirectory(hostPath).sort();
+    } catch (error) {
+      if (isErrno(error, ABSENT)) return [];
+      throw unreadable(error, "list", hostPath);
     }
   }
 
   readlink(hostPath: string): string | undefined {
     try {
-      return fs.readlinkSync(this.resolve(hostPath));
-    } catch {
-      return undefined;
+      return this.readLinkTarget(hostPath);
+    } catch (error) {
+      if (isErrno(error, [...ABSENT, "EINVAL"])) return undefined;
+      throw unreadable(error, "read the link", hostPath);
     }
+  }
+
+  /** readdir(2) and readlink(2) themselves: a simulated host makes them fail; list and readlink judge the errno. */
+  protected readDirectory(hostPath: string): string[] {
+    return fs.readdirSync(this.resolve(hostPath));
+  }
+
+  protected readLinkTarget(hostPath: string): string {
+    return fs.readlinkSync(this.resolve(hostPath));
   }
 
   stat(hostPath: string): FileStat | undefined {
@@ -270,6 +290,23 @@ export class RootedHost implements Host {
       return (error as NodeJS.ErrnoException).code === "EPERM";
     }
   }
+}
+
+/** The errnos that mean "nothing there": the path, or a directory on the way to it, does not exist. */
+const ABSENT = ["ENOENT", "ENOTDIR"];
+
+const isErrno = (error: unknown, codes: string[]) => codes.includes((error as NodeJS.ErrnoException)?.code ?? "");
+
+/** What exists but cannot be read: refused with the path and the errno (kept as `code`), never taken as empty. */
+function unreadable(error: unknown, what: string, hostPath: string): VmhookError & { code?: string } {
+  const code = (error as NodeJS.ErrnoException)?.code;
+  const fix = code === "EACCES" || code === "EPERM" ? accessFix() : "vmhook does not act on what it cannot read; check why (ls -l, dmesg)";
+  return Object.assign(new VmhookError(`cannot ${what} ${hostPath} (${code ?? describeError(error)}); ${fix}`), { code });
+}
+
+/** Root is denied only by a security module; anyone else is denied what is root's. */
+function accessFix(): string {
+  return process.geteuid?.() === 0 ? "vmhook runs as root, so a security module (AppArmor, SELinux) denies it: look for the denial in journalctl -k" : "run vmhook as root";
 }
 
 /** A stream's whole text, however it is cut into chunks. */

@@ -2,6 +2,8 @@
 import type { CommandModule } from "yargs";
 import { loadDomainPlugins, type PluginInstance } from "../config.ts";
 import { parseDomain, type Domain } from "../domain.ts";
+import { describeError } from "../errors.ts";
+import { shellWord } from "../metadata-text.ts";
 import { RootedHost, type Host } from "../host.ts";
 import { runDoctor } from "../diagnostics/doctor.ts";
 import { dryRun } from "../dry-run.ts";
@@ -34,19 +36,21 @@ const validate: CommandModule<GlobalOptions, DomainArgs> = {
     const source = readDomainSource(args.domain, args.connect);
     const domain = parseDomain(source.xml, source.source);
     const instances = await loadDomainPlugins(domain, host, registry);
-    const refused = await refusedHere(host, domain, instances);
-    if (refused.length > 0) {
+    const hostCheck = await checkHere(host, domain, instances);
+    if ("refused" in hostCheck && hostCheck.refused.length > 0) {
       process.exitCode = 1;
-      if (args.json) printJson({ ok: false, domain: { name: domain.name, uuid: domain.uuid }, refused });
-      else print(`${source.source}: valid, but prepare would refuse it on this host:\n${refused.map((reason) => `  ${reason}`).join("\n")}`);
+      if (args.json) printJson({ ok: false, domain: { name: domain.name, uuid: domain.uuid }, refused: hostCheck.refused });
+      else print(`${source.source}: valid, but prepare would refuse it on this host:\n${hostCheck.refused.map((reason) => `  ${reason}`).join("\n")}`);
       return;
     }
+    // A config valid elsewhere is still valid: exit 0, but never pass "not checked" off as "fits here".
+    const unchecked = "unchecked" in hostCheck ? `NOT checked against this host: ${hostCheck.unchecked}; run vmhook plan ${shellWord(args.domain)} on the host that runs the VM to check it there` : undefined;
     if (args.json) {
-      printJson({ ok: true, domain: { name: domain.name, uuid: domain.uuid }, plugins: instances.map((i) => ({ id: i.id, config: i.config })) });
+      printJson({ ok: true, domain: { name: domain.name, uuid: domain.uuid }, plugins: instances.map((i) => ({ id: i.id, config: i.config })), hostChecked: !unchecked, ...(unchecked ? { notChecked: unchecked } : {}) });
     } else if (instances.length === 0) {
       print(`${source.source}: ok; ${domain.name} has no vmhook metadata, so the hook leaves it alone`);
     } else {
-      print(`${source.source}: ok; ${domain.name} runs ${instances.map((i) => i.id).join(", ")}`);
+      print(`${source.source}: ok; ${domain.name} runs ${instances.map((i) => i.id).join(", ")}${unchecked ? `\n  the config is valid, but it was ${unchecked}` : ""}`);
     }
   },
 };
@@ -54,14 +58,14 @@ const validate: CommandModule<GlobalOptions, DomainArgs> = {
 /**
  * What prepare would refuse on this host (a request that cannot fit), from its
  * plan. Where the host cannot be read (another machine's XML, a bare
- * --root), validate checks the config alone.
+ * --root), validate checks the config alone and says why the host was not checked.
  */
-async function refusedHere(host: Host, domain: Domain, instances: PluginInstance[]): Promise<string[]> {
-  if (instances.length === 0) return [];
+async function checkHere(host: Host, domain: Domain, instances: PluginInstance[]): Promise<{ refused: string[] } | { unchecked: string }> {
+  if (instances.length === 0) return { refused: [] };
   try {
-    return (await dryRun(host, domain, instances, "prepare", "none", registry)).flatMap((step) => (step.refused ? [`${step.plugin}: ${step.refused.reason}`] : []));
-  } catch {
-    return [];
+    return { refused: (await dryRun(host, domain, instances, "prepare", "none", registry)).flatMap((step) => (step.refused ? [`${step.plugin}: ${step.refused.reason}`] : [])) };
+  } catch (error) {
+    return { unchecked: describeError(error).split("\n")[0]! };
   }
 }
 

@@ -22,16 +22,28 @@ export interface Leftovers {
   unreadable: { path: string; error: string }[];
 }
 
+/** The entries, or why they could not be listed: uninstall has already acted, so a leftover it cannot read is named, not refused. */
+function listing(host: Host, dir: string): { entries: string[]; error?: string } {
+  try {
+    return { entries: host.list(dir) };
+  } catch (error) {
+    return { entries: [], error: (error as NodeJS.ErrnoException).code ?? (error as Error).message };
+  }
+}
+
 function describeFile(host: Host, file: string): string | undefined {
   if (!host.stat(file)) return undefined;
   if (file === "/etc/vmhook") {
-    const plugins = host.list(paths.pluginsDir);
+    const plugins = listing(host, paths.pluginsDir);
     const settings = host.stat(paths.hostConfig) ? `host settings (${paths.hostConfig}), ` : "";
-    return `${settings}${plugins.length > 0 ? `${plugins.length} custom plugin(s) in ${paths.pluginsDir}: ${plugins.join(", ")}` : `the empty ${paths.pluginsDir}`}`;
+    if (plugins.error) return `${settings}${paths.pluginsDir}, which could not be listed (${plugins.error})`;
+    return `${settings}${plugins.entries.length > 0 ? `${plugins.entries.length} custom plugin(s) in ${paths.pluginsDir}: ${plugins.entries.join(", ")}` : `the empty ${paths.pluginsDir}`}`;
   }
   if (file === paths.log) return "the log";
   if (file === "/var/lib/vmhook") return "backups of domain XML made by vmhook doctor --fix --apply";
-  const held = host.list(file).filter((entry) => entry !== "host.lock");
+  const state = listing(host, file);
+  if (state.error) return `journals and host state, maybe: it could not be listed (${state.error})`;
+  const held = state.entries.filter((entry) => entry !== "host.lock");
   return held.length > 0 ? `journals and host state (${held.join(", ")})` : undefined;
 }
 
@@ -41,8 +53,9 @@ export function findLeftovers(host: Host): Leftovers {
     return what ? [{ path: file, what }] : [];
   });
   const unreadable: Leftovers["unreadable"] = [];
-  const domains = host
-    .list(LIBVIRT_DOMAINS_DIR)
+  const domainFiles = listing(host, LIBVIRT_DOMAINS_DIR);
+  if (domainFiles.error) unreadable.push({ path: LIBVIRT_DOMAINS_DIR, error: domainFiles.error });
+  const domains = domainFiles.entries
     .filter((entry) => entry.endsWith(".xml"))
     .flatMap((entry) => {
       const file = `${LIBVIRT_DOMAINS_DIR}/${entry}`;
@@ -63,7 +76,7 @@ export function findLeftovers(host: Host): Leftovers {
 /** One line per leftover, each with how to deal with it. */
 export function describeLeftovers({ files, domains, unreadable }: Leftovers, purged: boolean): string[] {
   const lines = purged ? [] : files.map((file) => `left ${file.path}: ${file.what} (vmhook uninstall --purge removes it)`);
-  for (const file of unreadable) lines.push(`could not read ${file.path} (${file.error}): check by hand whether it still carries vmhook metadata or <hugepages/> backing`);
+  for (const file of unreadable) lines.push(`could not read ${file.path} (${file.error}): check by hand whether ${file.path === LIBVIRT_DOMAINS_DIR ? "the domains there still carry" : "it still carries"} vmhook metadata or <hugepages/> backing`);
   for (const domain of domains) {
     const name = shellWord(domain.name);
     lines.push(`left domain ${domain.name}'s vmhook metadata (harmless without vmhook; virsh metadata ${name} --uri ${NAMESPACE_URI} --config --remove drops it)`);

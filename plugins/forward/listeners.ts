@@ -1,7 +1,9 @@
 // Host processes listening on ports a forward wants: /proc/net/{tcp,tcp6,udp,udp6}
 // give the sockets, /proc/PID/fd the process that holds each socket inode.
 // Parsing is pure; reading goes through the Host (a network namespace sees its own).
+import { describeError } from "../../lib/errors.ts";
 import type { Host } from "../../lib/host.ts";
+import { openFiles, processIds } from "../../lib/open-files.ts";
 import type { Family } from "./address.ts";
 import type { Protocol } from "./config.ts";
 
@@ -67,13 +69,23 @@ export function readListeners(host: Host, protocol: Protocol): Listener[] {
   });
 }
 
-/** "sshd (pid 812)", or "an unknown process" when no /proc/PID/fd holds the socket (another namespace, a kernel socket). */
+/**
+ * "sshd (pid 812)", or "an unknown process" when no /proc/PID/fd holds the
+ * socket (another namespace, a kernel socket). It only names the owner of a
+ * port already known to be taken, so a process whose files cannot be read is
+ * said, not refused.
+ */
 export function socketOwner(host: Host, inode: number): string {
   const target = `socket:[${inode}]`;
-  for (const pid of host.list("/proc").filter((entry) => /^\d+$/.test(entry))) {
-    for (const fd of host.list(`/proc/${pid}/fd`)) {
-      if (host.readlink(`/proc/${pid}/fd/${fd}`) === target) return `${host.readTrimmed(`/proc/${pid}/comm`) ?? "?"} (pid ${pid})`;
+  const unreadable: string[] = [];
+  for (const pid of processIds(host)) {
+    try {
+      if (openFiles(host, pid).includes(target)) return `${host.readTrimmed(`/proc/${pid}/comm`) ?? "?"} (pid ${pid})`;
+    } catch (error) {
+      unreadable.push(describeError(error));
     }
   }
-  return `an unknown process (socket inode ${inode})`;
+  // As a user, most processes are unreadable: one example says why and what to do.
+  const unknown = unreadable.length === 0 ? "" : `; ${unreadable.length === 1 ? "" : `${unreadable.length} processes could not be read, e.g. `}${unreadable[0]}`;
+  return `an unknown process (socket inode ${inode}${unknown})`;
 }

@@ -101,8 +101,10 @@ function waitUntilGpuFree(record: WaitRecord, ctx: ApplyContext<unknown>): void 
   const watched = isWatched(record);
   try {
     ctx.waitFor("nothing holds the GPU", () => processesHolding(ctx.host, watched).length === 0, { timeoutMs: record.timeoutMs });
-  } catch {
+  } catch (error) {
+    // Not a timeout (a process whose files cannot be read), or freed just after it: that error is the answer.
     const holders = processesHolding(ctx.host, watched);
+    if (holders.length === 0) throw error;
     throw new VmhookError(`vfio: the GPU is still in use after stopping the display manager: ${describeHolders(holders)}; end those programs (or the sessions) and start the VM again`);
   }
 }

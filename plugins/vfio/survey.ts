@@ -4,6 +4,7 @@
 import { VmhookError } from "../../lib/errors.ts";
 import { iommuOffAdvice } from "../../lib/diagnostics/iommu.ts";
 import type { Host } from "../../lib/host.ts";
+import { openFiles, processIds } from "../../lib/open-files.ts";
 import {
   iommuGroupMembers,
   isBridgeClass,
@@ -154,14 +155,11 @@ export function isWatched(watched: Watched): (file: string) => boolean {
   return (file) => watched.files.includes(file) || (watched.framebuffers && /^\/dev\/fb\d+$/.test(file)) || (watched.nvidia && file.startsWith("/dev/nvidia"));
 }
 
-/** Every process with one of the files open (from /proc/PID/fd), named by pid and command. */
+/** Every process with one of the files open (from /proc/PID/fd), named by pid and command. A process whose files cannot be read refuses: it may hold one. */
 export function processesHolding(host: Host, watched: (file: string) => boolean): Holder[] {
   const holders: Holder[] = [];
-  for (const pid of host.list("/proc").filter((name) => /^\d+$/.test(name))) {
-    for (const fd of host.list(`/proc/${pid}/fd`)) {
-      const file = host.readlink(`/proc/${pid}/fd/${fd}`);
-      if (file && watched(file)) holders.push({ pid: Number(pid), command: host.readTrimmed(`/proc/${pid}/comm`) ?? "?", file });
-    }
+  for (const pid of processIds(host)) {
+    for (const file of openFiles(host, pid).filter(watched)) holders.push({ pid: Number(pid), command: host.readTrimmed(`/proc/${pid}/comm`) ?? "?", file });
   }
   return holders;
 }

@@ -20,6 +20,7 @@ export class SimHost extends RootedHost {
   /** Every ioctl, in order. */
   readonly ioctls: { path: string; request: number; argument: number[] }[] = [];
   private readonly failures: { match: string | RegExp; error: string }[] = [];
+  private readonly readFailures: { call: "list" | "readlink"; match: string | RegExp; code: string }[] = [];
   private readonly hangs: { match: string | RegExp; data?: string }[] = [];
   /** Writes whose helper hangs in a driver: they take effect at finishHungWrites(). */
   readonly hung: { pid: number; path: string; data: string }[] = [];
@@ -74,6 +75,18 @@ export class SimHost extends RootedHost {
     return this;
   }
 
+  /** Makes listing matching directories fail with this errno (e.g. "EACCES" for a /proc/PID/fd of another user, "EIO"). */
+  failList(match: string | RegExp, code: string): this {
+    this.readFailures.push({ call: "list", match, code });
+    return this;
+  }
+
+  /** Makes readlink of matching paths fail with this errno. */
+  failReadlink(match: string | RegExp, code: string): this {
+    this.readFailures.push({ call: "readlink", match, code });
+    return this;
+  }
+
   /** Writes (of `data`, or any) to matching paths done in a helper never return (a driver's remove() that blocks): the helper stays in D state. */
   hangWrite(match: string | RegExp, data?: string): this {
     this.hangs.push({ match, data });
@@ -91,6 +104,23 @@ export class SimHost extends RootedHost {
 
   clearFailures(): void {
     this.failures.length = 0;
+    this.readFailures.length = 0;
+  }
+
+  /** The simulated failure comes from the system call: RootedHost's list and readlink judge it as they judge a real one. */
+  protected override readDirectory(hostPath: string): string[] {
+    this.failIfAsked("list", hostPath);
+    return super.readDirectory(hostPath);
+  }
+
+  protected override readLinkTarget(hostPath: string): string {
+    this.failIfAsked("readlink", hostPath);
+    return super.readLinkTarget(hostPath);
+  }
+
+  private failIfAsked(call: "list" | "readlink", hostPath: string): void {
+    const failure = this.readFailures.find((f) => f.call === call && matches(f.match, hostPath));
+    if (failure) throw Object.assign(new Error(`${failure.code}: simulated failure of ${call} on ${hostPath}`), { code: failure.code });
   }
 
   /** Writes as the kernel would take them: the file must exist (sysfs never creates files). */
