@@ -7,7 +7,16 @@ import * as path from "node:path";
 import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { readForMessage, RootedHost } from "../../lib/host.ts";
+import { readJournal } from "../../lib/journal.ts";
+import { cli } from "../helpers/cli.ts";
+import { runHookEvent } from "../helpers/hook.ts";
+import { HugepageKernel } from "../helpers/hugepage-kernel.ts";
 import { SimHost } from "../helpers/simhost.ts";
+
+const UUID = "e1e1e1e1-0000-4000-8000-0000000000f2";
+const XML = `<domain type='kvm'><name>vm</name><uuid>${UUID}</uuid><memory unit='GiB'>1</memory>
+  <memoryBacking><hugepages/></memoryBacking>
+  <metadata><vmhook:hooks xmlns:vmhook="urn:vmhook:1"><vmhook:hugepages/></vmhook:hooks></metadata></domain>`;
 
 const CHECK_WHY = "vmhook does not act on what it cannot read; check why (ls -l, dmesg)";
 
@@ -58,6 +67,23 @@ test("SimHost.failRead: readTrimmed judges the injected errno as a real one, rea
     sim.clearFailures();
     assert.is(sim.readTrimmed("/sys/bus/pci/devices/0000:01:00.0/reset_method"), "flr bus");
     assert.is(sim.readTrimmed("/proc/77/comm"), "qemu");
+  } finally {
+    sim.cleanup();
+  }
+});
+
+test("vmhook recover: a libvirt pid file that cannot be read (EISDIR) stops it, naming the file; it used to mean \"not running\" and undid a running VM's changes", async () => {
+  const sim = new SimHost().dir("/var/log");
+  try {
+    new HugepageKernel(sim, { initial: { 2048: 0 } });
+    assert.is((await runHookEvent(sim, "prepare", "begin", XML)).code, 0);
+    sim.dir("/run/libvirt/qemu/vm.pid");
+    const pool = sim.read("/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages");
+    const { code, stderr } = await cli(["recover", "--root", sim.root]);
+    assert.is(code, 1);
+    assert.match(stderr, "cannot read /run/libvirt/qemu/vm.pid (EISDIR)");
+    assert.ok(readJournal(sim, UUID), "the journal is kept");
+    assert.is(sim.read("/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages"), pool, "the VM's huge pages are still reserved");
   } finally {
     sim.cleanup();
   }
