@@ -266,6 +266,17 @@ test("an unreadable listening-socket table refuses the forward at start, naming 
   assert.is(started.code, 0, started.stderr);
 });
 
+test("an unreadable network status file is refused, naming it: the definition (maybe another bridge or subnet) does not stand in for it", async () => {
+  const { sim, nftScripts } = nftHost();
+  sim.file("/etc/libvirt/qemu/networks/default.xml", NAT_NETWORK.replace(/192\.168\.122\./g, "10.0.5.").replace("virbr0", "virbr9")).failRead("/run/libvirt/network/default.xml", "EIO");
+  const before = sim.snapshot();
+  const outcome = await runHookEvent(sim, "start", "begin", domain(`<vmhook:forward ports="2222:22"/>`));
+  assert.is(outcome.code, 1);
+  assert.match(outcome.stderr.split("\n")[0]!, "cannot read /run/libvirt/network/default.xml (EIO)");
+  assert.equal(nftScripts, []);
+  assert.equal(sim.snapshot(), before);
+});
+
 test("reconnect puts back rules that went missing, warns, and adds nothing to the journal; nothing missing plans nothing", async () => {
   const { sim, nftScripts, dropRules } = nftHost();
   const xml = domain(`<vmhook:forward ports="2222:22"/>`);

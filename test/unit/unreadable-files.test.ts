@@ -8,6 +8,7 @@ import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { readForMessage, RootedHost } from "../../lib/host.ts";
 import { readJournal } from "../../lib/journal.ts";
+import { DEFAULT_SETTINGS, loadSettings } from "../../lib/settings.ts";
 import { cli } from "../helpers/cli.ts";
 import { runHookEvent } from "../helpers/hook.ts";
 import { HugepageKernel } from "../helpers/hugepage-kernel.ts";
@@ -67,6 +68,19 @@ test("SimHost.failRead: readTrimmed judges the injected errno as a real one, rea
     sim.clearFailures();
     assert.is(sim.readTrimmed("/sys/bus/pci/devices/0000:01:00.0/reset_method"), "flr bus");
     assert.is(sim.readTrimmed("/proc/77/comm"), "qemu");
+  } finally {
+    sim.cleanup();
+  }
+});
+
+test("host settings: no file means the defaults; a file that cannot be read is an error naming it, never the defaults", () => {
+  const sim = new SimHost();
+  try {
+    assert.equal(loadSettings(sim), DEFAULT_SETTINGS);
+    sim.file("/etc/vmhook/vmhook.json", `{"deadlineSeconds": 300}`).failRead("/etc/vmhook/vmhook.json", "EIO");
+    assert.throws(() => loadSettings(sim), (error: Error) => error.message === `cannot read /etc/vmhook/vmhook.json (EIO); ${CHECK_WHY}`);
+    sim.clearFailures();
+    assert.is(loadSettings(sim).deadlineSeconds, 300);
   } finally {
     sim.cleanup();
   }
