@@ -43,7 +43,13 @@ export interface Host {
   /** The real path of an absolute host path under the root. */
   resolve(hostPath: string): string;
   read(hostPath: string): string;
-  /** The file's content without surrounding white space, or undefined when it cannot be read. */
+  /**
+   * The file's content without surrounding white space; undefined only when
+   * it does not exist (ENOENT, ENOTDIR, or ESRCH from a /proc/PID file of a
+   * process that has just exited). Any other failure throws, as list does:
+   * "could not read" must never pass for "not there". What is only shown to
+   * a person may use readForMessage instead.
+   */
   readTrimmed(hostPath: string): string | undefined;
   /** Writes the whole value in one write(2), as sysfs wants; never creates parent directories. */
   write(hostPath: string, data: string): void;
@@ -100,14 +106,15 @@ export class RootedHost implements Host {
   }
 
   read(hostPath: string): string {
-    return fs.readFileSync(this.resolve(hostPath), "utf8");
+    return this.readFile(hostPath);
   }
 
   readTrimmed(hostPath: string): string | undefined {
     try {
-      return this.read(hostPath).trim();
-    } catch {
-      return undefined;
+      return this.readFile(hostPath).trim();
+    } catch (error) {
+      if (isErrno(error, [...ABSENT, "ESRCH"])) return undefined;
+      throw unreadable(error, "read", hostPath);
     }
   }
 
@@ -142,7 +149,11 @@ export class RootedHost implements Host {
     }
   }
 
-  /** readdir(2) and readlink(2) themselves: a simulated host makes them fail; list and readlink judge the errno. */
+  /** read(2), readdir(2) and readlink(2) themselves: a simulated host makes them fail; the public methods judge the errno. */
+  protected readFile(hostPath: string): string {
+    return fs.readFileSync(this.resolve(hostPath), "utf8");
+  }
+
   protected readDirectory(hostPath: string): string[] {
     return fs.readdirSync(this.resolve(hostPath));
   }
@@ -289,6 +300,19 @@ export class RootedHost implements Host {
     } catch (error) {
       return (error as NodeJS.ErrnoException).code === "EPERM";
     }
+  }
+}
+
+/**
+ * For text only shown to a person (a process's name in a message, a counter
+ * quoted in an error): the trimmed content, or `fallback` when it is missing
+ * or cannot be read. Never for anything vmhook decides from.
+ */
+export function readForMessage(host: Host, hostPath: string, fallback: string): string {
+  try {
+    return host.readTrimmed(hostPath) ?? fallback;
+  } catch {
+    return fallback;
   }
 }
 

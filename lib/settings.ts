@@ -19,12 +19,9 @@ export const DEFAULT_SETTINGS: HostSettings = { deadlineSeconds: 120, undoDeadli
 const notObject = (value: unknown) => typeof value !== "object" || value === null || Array.isArray(value);
 
 export function loadSettings(host: Host): HostSettings {
-  let text: string;
-  try {
-    text = host.read(paths.hostConfig);
-  } catch {
-    return DEFAULT_SETTINGS;
-  }
+  // No file means the defaults; one that cannot be read must not: it may set what the defaults do not.
+  const text = host.readTrimmed(paths.hostConfig);
+  if (text === undefined) return DEFAULT_SETTINGS;
   let raw: Partial<HostSettings>;
   try {
     raw = JSON.parse(text);

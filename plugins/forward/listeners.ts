@@ -3,7 +3,7 @@
 // Parsing is pure; reading goes through the Host (a network namespace sees its own).
 import { describeError } from "../../lib/errors.ts";
 import type { Host } from "../../lib/host.ts";
-import { openFiles, processIds } from "../../lib/open-files.ts";
+import { openFiles, processIds, processName } from "../../lib/open-files.ts";
 import type { Family } from "./address.ts";
 import type { Protocol } from "./config.ts";
 
@@ -80,7 +80,7 @@ export function socketOwner(host: Host, inode: number): string {
   const unreadable: string[] = [];
   for (const pid of processIds(host)) {
     try {
-      if (openFiles(host, pid).includes(target)) return `${host.readTrimmed(`/proc/${pid}/comm`) ?? "?"} (pid ${pid})`;
+      if (openFiles(host, pid).includes(target)) return `${processName(host, pid)} (pid ${pid})`;
     } catch (error) {
       unreadable.push(describeError(error));
     }

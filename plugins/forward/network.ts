@@ -69,13 +69,9 @@ export function readNetwork(host: Host, name: string): NetworkInfo {
   }
   for (const dir of NETWORK_DIRS) {
     const file = `${dir}/${name}.xml`;
-    let xml: string;
-    try {
-      xml = host.read(file);
-    } catch {
-      continue;
-    }
-    return parseNetworkXml(xml, file);
+    // Only a missing file moves on: an unreadable status file must not let the definition (maybe another bridge or subnet) stand in.
+    const xml = host.readTrimmed(file);
+    if (xml !== undefined) return parseNetworkXml(xml, file);
   }
   throw new VmhookError(`network "${name}" is unknown: none of ${NETWORK_DIRS.map((dir) => `${dir}/${name}.xml`).join(", ")} exists; define and start it (virsh net-start ${name})`);
 }

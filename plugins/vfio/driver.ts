@@ -4,7 +4,7 @@
 // one thing back and checks that it is back.
 import { writeThroughDriver } from "../../lib/bounded-write.ts";
 import { VmhookError } from "../../lib/errors.ts";
-import type { Host } from "../../lib/host.ts";
+import { readForMessage, type Host } from "../../lib/host.ts";
 import { PCI_DRIVERS, pciDriver, pciDriverRegistered, pciExists, pciPath } from "../../lib/pci.ts";
 import { defineAction, type ApplyContext, type BaseContext, type PlanContext, type Step, type UndoRecord } from "../../lib/plugin.ts";
 import { listStuckWrites, refuseIfStuck } from "../../lib/stuck-writes.ts";
@@ -120,7 +120,7 @@ function unloadModule(record: UnloadRecord, ctx: BaseContext): void {
   if (moduleLoaded(ctx.host, module)) {
     const users = [...ctx.host.list(`/sys/module/${module}/holders`).map((holder) => `module ${holder}`), describeHolders(processesHolding(ctx.host, isWatched(record.watched)))].filter(Boolean);
     throw new VmhookError(
-      `vfio: cannot unload module ${module}: ${(result.error || result.stderr || result.stdout).trim().split("\n")[0] || "still loaded"}; in use by ${users.join(", ") || `something (refcnt ${ctx.host.readTrimmed(`/sys/module/${module}/refcnt`)})`}; stop what uses the GPU, or leave the module loaded (unload-modules="none")`,
+      `vfio: cannot unload module ${module}: ${(result.error || result.stderr || result.stdout).trim().split("\n")[0] || "still loaded"}; in use by ${users.join(", ") || `something (refcnt ${readForMessage(ctx.host, `/sys/module/${module}/refcnt`, "?")})`}; stop what uses the GPU, or leave the module loaded (unload-modules="none")`,
     );
   }
 }

@@ -4,7 +4,7 @@
 import { VmhookError } from "../../lib/errors.ts";
 import { iommuOffAdvice } from "../../lib/diagnostics/iommu.ts";
 import type { Host } from "../../lib/host.ts";
-import { openFiles, processIds } from "../../lib/open-files.ts";
+import { openFiles, processIds, processName } from "../../lib/open-files.ts";
 import {
   iommuGroupMembers,
   isBridgeClass,
@@ -159,7 +159,7 @@ export function isWatched(watched: Watched): (file: string) => boolean {
 export function processesHolding(host: Host, watched: (file: string) => boolean): Holder[] {
   const holders: Holder[] = [];
   for (const pid of processIds(host)) {
-    for (const file of openFiles(host, pid).filter(watched)) holders.push({ pid: Number(pid), command: host.readTrimmed(`/proc/${pid}/comm`) ?? "?", file });
+    for (const file of openFiles(host, pid).filter(watched)) holders.push({ pid: Number(pid), command: processName(host, pid), file });
   }
   return holders;
 }

@@ -10,6 +10,9 @@ export type WriteHandler = (data: string, hostPath: string, sim: SimHost) => voi
 export type IoctlHandler = (request: number, argument: Uint8Array, hostPath: string, sim: SimHost) => void;
 export type ExecHandler = (args: string[], sim: SimHost, options: ExecOptions) => Partial<ExecResult> | void;
 
+/** The reading system calls a test can make fail: read(2) behind read and readTrimmed, readdir(2) behind list, readlink(2). */
+type ReadCall = "read" | "list" | "readlink";
+
 export class SimHost extends RootedHost {
   /** Every write and exec, in order: what a test asserts on. */
   readonly writes: { path: string; data: string }[] = [];
@@ -20,7 +23,7 @@ export class SimHost extends RootedHost {
   /** Every ioctl, in order. */
   readonly ioctls: { path: string; request: number; argument: number[] }[] = [];
   private readonly failures: { match: string | RegExp; error: string }[] = [];
-  private readonly readFailures: { call: "list" | "readlink"; match: string | RegExp; code: string }[] = [];
+  private readonly readFailures: { call: ReadCall; match: string | RegExp; code: string }[] = [];
   private readonly hangs: { match: string | RegExp; data?: string }[] = [];
   /** Writes whose helper hangs in a driver: they take effect at finishHungWrites(). */
   readonly hung: { pid: number; path: string; data: string }[] = [];
@@ -81,6 +84,12 @@ export class SimHost extends RootedHost {
     return this;
   }
 
+  /** Makes reading matching files (read, readTrimmed) fail with this errno (e.g. "EIO", "EACCES", "ENODEV" as a sysfs attribute may). */
+  failRead(match: string | RegExp, code: string): this {
+    this.readFailures.push({ call: "read", match, code });
+    return this;
+  }
+
   /** Makes readlink of matching paths fail with this errno. */
   failReadlink(match: string | RegExp, code: string): this {
     this.readFailures.push({ call: "readlink", match, code });
@@ -107,7 +116,12 @@ export class SimHost extends RootedHost {
     this.readFailures.length = 0;
   }
 
-  /** The simulated failure comes from the system call: RootedHost's list and readlink judge it as they judge a real one. */
+  /** The simulated failure comes from the system call: RootedHost's readTrimmed, list and readlink judge it as they judge a real one. */
+  protected override readFile(hostPath: string): string {
+    this.failIfAsked("read", hostPath);
+    return super.readFile(hostPath);
+  }
+
   protected override readDirectory(hostPath: string): string[] {
     this.failIfAsked("list", hostPath);
     return super.readDirectory(hostPath);
@@ -118,7 +132,7 @@ export class SimHost extends RootedHost {
     return super.readLinkTarget(hostPath);
   }
 
-  private failIfAsked(call: "list" | "readlink", hostPath: string): void {
+  private failIfAsked(call: ReadCall, hostPath: string): void {
     const failure = this.readFailures.find((f) => f.call === call && matches(f.match, hostPath));
     if (failure) throw Object.assign(new Error(`${failure.code}: simulated failure of ${call} on ${hostPath}`), { code: failure.code });
   }

@@ -251,6 +251,32 @@ test("vmhook plan --event start lists exactly the step start runs; release takes
   assert.not.ok(sim.exists(`/run/vmhook/${UUID}.json`), "the journal is gone after release");
 });
 
+test("an unreadable listening-socket table refuses the forward at start, naming the file and the errno: no listeners seen is not no listeners", async () => {
+  const { sim, nftScripts } = nftHost();
+  sim.file("/proc/net/tcp", "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode").failRead("/proc/net/tcp", "EIO");
+  const before = sim.snapshot();
+  const outcome = await runHookEvent(sim, "start", "begin", domain(`<vmhook:forward ports="2222:22"/>`));
+  assert.is(outcome.code, 1);
+  assert.match(outcome.stderr.split("\n")[0]!, "cannot read /proc/net/tcp (EIO); vmhook does not act on what it cannot read");
+  assert.equal(nftScripts, [], "no rule went in");
+  assert.equal(sim.snapshot(), before);
+  assert.equal(sim.stateFiles(), []);
+  sim.clearFailures();
+  const started = await runHookEvent(sim, "start", "begin", domain(`<vmhook:forward ports="2222:22"/>`));
+  assert.is(started.code, 0, started.stderr);
+});
+
+test("an unreadable network status file is refused, naming it: the definition (maybe another bridge or subnet) does not stand in for it", async () => {
+  const { sim, nftScripts } = nftHost();
+  sim.file("/etc/libvirt/qemu/networks/default.xml", NAT_NETWORK.replace(/192\.168\.122\./g, "10.0.5.").replace("virbr0", "virbr9")).failRead("/run/libvirt/network/default.xml", "EIO");
+  const before = sim.snapshot();
+  const outcome = await runHookEvent(sim, "start", "begin", domain(`<vmhook:forward ports="2222:22"/>`));
+  assert.is(outcome.code, 1);
+  assert.match(outcome.stderr.split("\n")[0]!, "cannot read /run/libvirt/network/default.xml (EIO)");
+  assert.equal(nftScripts, []);
+  assert.equal(sim.snapshot(), before);
+});
+
 test("reconnect puts back rules that went missing, warns, and adds nothing to the journal; nothing missing plans nothing", async () => {
   const { sim, nftScripts, dropRules } = nftHost();
   const xml = domain(`<vmhook:forward ports="2222:22"/>`);

@@ -179,6 +179,19 @@ test("cgroup v2 without systemd: cpuset already enabled and a group's own cpuset
   assertClean(sim, before);
 });
 
+test("cgroup v2 without systemd: a group's cpuset.cpus that cannot be read refuses at prepare; it was taken as empty and \"restored\" to empty", async () => {
+  const sim = cgroupHost();
+  sim.file("/sys/fs/cgroup/cgroup.subtree_control", "cpuset cpu");
+  for (const group of ["system.slice", "user", "machine"]) sim.file(`/sys/fs/cgroup/${group}/cpuset.cpus`, "\n");
+  sim.file("/sys/fs/cgroup/user/cpuset.cpus", "3-6").failRead("/sys/fs/cgroup/user/cpuset.cpus", "EIO");
+  const before = sim.snapshot();
+  const outcome = await prepare(sim, vmA);
+  assert.is(outcome.code, 1);
+  assert.match(outcome.stderr.split("\n")[0]!, "cannot read /sys/fs/cgroup/user/cpuset.cpus (EIO)");
+  assert.equal(sim.writes, []);
+  assertClean(sim, before);
+});
+
 test("cgroup v2 without systemd: a child group that enabled cpuset itself keeps it on in the root, with a warning", async () => {
   const sim = cgroupHost();
   const before = sim.snapshot();

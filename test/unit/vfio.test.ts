@@ -480,6 +480,14 @@ test("without systemd: the configured display manager commands stop it, vmhook w
   const release = await runHookEvent(kernel.sim, "release", "end", xml);
   assert.match(release.stderr, "the display manager did not come back: rc-service sddm start ran, but no sddm process runs");
   assert.equal(readJournal(kernel.sim, UUID)!.entries.map((entry) => entry.undo.action), ["stop-display-manager"]);
+
+  // A process whose name cannot be read is said as that, never as a display manager that did not come back.
+  kernel.sim.onExec("rc-service", () => void kernel.process(900, "sddm", ["/dev/dri/card0"]));
+  kernel.sim.failRead("/proc/900/comm", "EIO");
+  const unreadable = await runHookEvent(kernel.sim, "release", "end", xml);
+  assert.match(unreadable.stderr, "cannot read /proc/900/comm (EIO)");
+  assert.not.match(unreadable.stderr, "did not come back");
+  assert.equal(readJournal(kernel.sim, UUID)!.entries.map((entry) => entry.undo.action), ["stop-display-manager"]);
 });
 
 test("single-GPU without a display manager to stop: a holder of the GPU is refused at once", async () => {

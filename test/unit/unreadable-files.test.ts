@@ -1,0 +1,106 @@
+// A file that exists but cannot be read is an unknown, never "not there":
+// Host.readTrimmed is undefined only for what does not exist and throws for
+// any other errno; text only shown to a person goes through readForMessage.
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import { test } from "uvu";
+import * as assert from "uvu/assert";
+import { readForMessage, RootedHost } from "../../lib/host.ts";
+import { readJournal } from "../../lib/journal.ts";
+import { DEFAULT_SETTINGS, loadSettings } from "../../lib/settings.ts";
+import { cli } from "../helpers/cli.ts";
+import { runHookEvent } from "../helpers/hook.ts";
+import { HugepageKernel } from "../helpers/hugepage-kernel.ts";
+import { SimHost } from "../helpers/simhost.ts";
+
+const UUID = "e1e1e1e1-0000-4000-8000-0000000000f2";
+const XML = `<domain type='kvm'><name>vm</name><uuid>${UUID}</uuid><memory unit='GiB'>1</memory>
+  <memoryBacking><hugepages/></memoryBacking>
+  <metadata><vmhook:hooks xmlns:vmhook="urn:vmhook:1"><vmhook:hugepages/></vmhook:hooks></metadata></domain>`;
+
+const CHECK_WHY = "vmhook does not act on what it cannot read; check why (ls -l, dmesg)";
+
+function threw(run: () => unknown): Error & { code?: string } {
+  try {
+    run();
+  } catch (error) {
+    return error as Error & { code?: string };
+  }
+  throw new Error("expected a throw");
+}
+
+test("RootedHost.readTrimmed on a real file system: undefined only when nothing is there; a directory (EISDIR) and a symlink loop (ELOOP), which root cannot bypass, throw naming the path and keeping the errno", () => {
+  const root = fs.mkdtempSync(path.join(os.tmpdir(), "vmhook-unreadable-files-"));
+  try {
+    const host = new RootedHost(root);
+    fs.writeFileSync(path.join(root, "value"), "  42\n");
+    fs.mkdirSync(path.join(root, "dir"));
+    fs.symlinkSync("loop-b", path.join(root, "loop-a"));
+    fs.symlinkSync("loop-a", path.join(root, "loop-b"));
+    assert.is(host.readTrimmed("/value"), "42");
+    assert.is(host.readTrimmed("/missing"), undefined, "ENOENT");
+    assert.is(host.readTrimmed("/value/below"), undefined, "ENOTDIR: a path through a file");
+    const directory = threw(() => host.readTrimmed("/dir"));
+    assert.is(directory.code, "EISDIR");
+    assert.is(directory.message, `cannot read /dir (EISDIR); ${CHECK_WHY}`);
+    const loop = threw(() => host.readTrimmed("/loop-a"));
+    assert.is(loop.code, "ELOOP");
+    assert.match(loop.message, "cannot read /loop-a (ELOOP)");
+    assert.not.match(loop.message, root, "the host path, not the test root");
+    assert.is(readForMessage(host, "/loop-a", "?"), "?", "text for a message falls back");
+    assert.is(readForMessage(host, "/missing", "?"), "?");
+    assert.is(readForMessage(host, "/value", "?"), "42");
+  } finally {
+    fs.rmSync(root, { recursive: true, force: true });
+  }
+});
+
+test("SimHost.failRead: readTrimmed judges the injected errno as a real one, read throws it as it is, clearFailures ends it; ESRCH (a process gone while read) is nothing there", () => {
+  const sim = new SimHost().file("/sys/bus/pci/devices/0000:01:00.0/reset_method", "flr bus").file("/proc/77/comm", "qemu");
+  try {
+    sim.failRead("/sys/bus/pci/devices/0000:01:00.0/reset_method", "ENODEV").failRead("/proc/77/comm", "ESRCH");
+    const failed = threw(() => sim.readTrimmed("/sys/bus/pci/devices/0000:01:00.0/reset_method"));
+    assert.is(failed.code, "ENODEV");
+    assert.is(failed.message, `cannot read /sys/bus/pci/devices/0000:01:00.0/reset_method (ENODEV); ${CHECK_WHY}`);
+    assert.is(threw(() => sim.read("/sys/bus/pci/devices/0000:01:00.0/reset_method")).code, "ENODEV");
+    assert.is(sim.readTrimmed("/proc/77/comm"), undefined);
+    sim.clearFailures();
+    assert.is(sim.readTrimmed("/sys/bus/pci/devices/0000:01:00.0/reset_method"), "flr bus");
+    assert.is(sim.readTrimmed("/proc/77/comm"), "qemu");
+  } finally {
+    sim.cleanup();
+  }
+});
+
+test("host settings: no file means the defaults; a file that cannot be read is an error naming it, never the defaults", () => {
+  const sim = new SimHost();
+  try {
+    assert.equal(loadSettings(sim), DEFAULT_SETTINGS);
+    sim.file("/etc/vmhook/vmhook.json", `{"deadlineSeconds": 300}`).failRead("/etc/vmhook/vmhook.json", "EIO");
+    assert.throws(() => loadSettings(sim), (error: Error) => error.message === `cannot read /etc/vmhook/vmhook.json (EIO); ${CHECK_WHY}`);
+    sim.clearFailures();
+    assert.is(loadSettings(sim).deadlineSeconds, 300);
+  } finally {
+    sim.cleanup();
+  }
+});
+
+test("vmhook recover: a libvirt pid file that cannot be read (EISDIR) stops it, naming the file; it used to mean \"not running\" and undid a running VM's changes", async () => {
+  const sim = new SimHost().dir("/var/log");
+  try {
+    new HugepageKernel(sim, { initial: { 2048: 0 } });
+    assert.is((await runHookEvent(sim, "prepare", "begin", XML)).code, 0);
+    sim.dir("/run/libvirt/qemu/vm.pid");
+    const pool = sim.read("/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages");
+    const { code, stderr } = await cli(["recover", "--root", sim.root]);
+    assert.is(code, 1);
+    assert.match(stderr, "cannot read /run/libvirt/qemu/vm.pid (EISDIR)");
+    assert.ok(readJournal(sim, UUID), "the journal is kept");
+    assert.is(sim.read("/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages"), pool, "the VM's huge pages are still reserved");
+  } finally {
+    sim.cleanup();
+  }
+});
+
+test.run();
