@@ -66,6 +66,7 @@ export interface Host {
    * ENOTDIR) or it is not a symlink (EINVAL). Any other failure throws, as list does.
    */
   readlink(hostPath: string): string | undefined;
+  /** The path's own metadata (lstat); undefined only when nothing is there (ENOENT, ENOTDIR). Any other failure throws, as list does. */
   stat(hostPath: string): FileStat | undefined;
   mkdir(hostPath: string): void;
   remove(hostPath: string): void;
@@ -149,7 +150,7 @@ export class RootedHost implements Host {
     }
   }
 
-  /** read(2), readdir(2) and readlink(2) themselves: a simulated host makes them fail; the public methods judge the errno. */
+  /** read(2), readdir(2), readlink(2) and lstat(2) themselves: a simulated host makes them fail; the public methods judge the errno. */
   protected readFile(hostPath: string): string {
     return fs.readFileSync(this.resolve(hostPath), "utf8");
   }
@@ -162,12 +163,17 @@ export class RootedHost implements Host {
     return fs.readlinkSync(this.resolve(hostPath));
   }
 
+  protected statPath(hostPath: string): fs.Stats {
+    return fs.lstatSync(this.resolve(hostPath));
+  }
+
   stat(hostPath: string): FileStat | undefined {
     try {
-      const s = fs.lstatSync(this.resolve(hostPath));
+      const s = this.statPath(hostPath);
       return { uid: s.uid, mode: s.mode, isFile: s.isFile(), isDirectory: s.isDirectory(), isSymlink: s.isSymbolicLink() };
-    } catch {
-      return undefined;
+    } catch (error) {
+      if (isErrno(error, ABSENT)) return undefined;
+      throw unreadable(error, "stat", hostPath);
     }
   }
 

@@ -11,7 +11,7 @@ export type IoctlHandler = (request: number, argument: Uint8Array, hostPath: str
 export type ExecHandler = (args: string[], sim: SimHost, options: ExecOptions) => Partial<ExecResult> | void;
 
 /** The reading system calls a test can make fail: read(2) behind read and readTrimmed, readdir(2) behind list, readlink(2). */
-type ReadCall = "read" | "list" | "readlink";
+type ReadCall = "read" | "list" | "readlink" | "stat";
 
 export class SimHost extends RootedHost {
   /** Every write and exec, in order: what a test asserts on. */
@@ -96,6 +96,12 @@ export class SimHost extends RootedHost {
     return this;
   }
 
+  /** Makes stat (lstat(2)) of matching paths fail with this errno (e.g. "EACCES" from a security module, "ELOOP"). */
+  failStat(match: string | RegExp, code: string): this {
+    this.readFailures.push({ call: "stat", match, code });
+    return this;
+  }
+
   /** Writes (of `data`, or any) to matching paths done in a helper never return (a driver's remove() that blocks): the helper stays in D state. */
   hangWrite(match: string | RegExp, data?: string): this {
     this.hangs.push({ match, data });
@@ -130,6 +136,11 @@ export class SimHost extends RootedHost {
   protected override readLinkTarget(hostPath: string): string {
     this.failIfAsked("readlink", hostPath);
     return super.readLinkTarget(hostPath);
+  }
+
+  protected override statPath(hostPath: string): fs.Stats {
+    this.failIfAsked("stat", hostPath);
+    return super.statPath(hostPath);
   }
 
   private failIfAsked(call: ReadCall, hostPath: string): void {

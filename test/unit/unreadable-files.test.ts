@@ -103,4 +103,40 @@ test("vmhook recover: a libvirt pid file that cannot be read (EISDIR) stops it, 
   }
 });
 
+test("RootedHost.stat on a real file system: undefined only when nothing is there; a symlink loop on the way (ELOOP) throws naming the path", () => {
+  const root = fs.mkdtempSync(path.join(os.tmpdir(), "vmhook-unreadable-stat-"));
+  try {
+    const host = new RootedHost(root);
+    fs.writeFileSync(path.join(root, "value"), "42\n");
+    fs.symlinkSync("loop-b", path.join(root, "loop-a"));
+    fs.symlinkSync("loop-a", path.join(root, "loop-b"));
+    assert.is(host.stat("/value")?.isFile, true);
+    assert.is(host.stat("/loop-a")?.isSymlink, true, "lstat: the link itself");
+    assert.is(host.stat("/missing"), undefined, "ENOENT");
+    assert.is(host.stat("/value/below"), undefined, "ENOTDIR");
+    const loop = threw(() => host.stat("/loop-a/below"));
+    assert.is(loop.code, "ELOOP");
+    assert.is(loop.message, `cannot stat /loop-a/below (ELOOP); ${CHECK_WHY}`);
+  } finally {
+    fs.rmSync(root, { recursive: true, force: true });
+  }
+});
+
+test("host policy: a policy file that cannot be looked at (EACCES from a security module) refuses prepare with the host unchanged; it used to mean \"no policy\" and the defaults", async () => {
+  const sim = new SimHost().dir("/var/log");
+  try {
+    new HugepageKernel(sim, { initial: { 2048: 0 } });
+    sim.file("/etc/vmhook/policy.json", "{}").failStat("/etc/vmhook/policy.json", "EACCES");
+    const before = sim.snapshot();
+    const { code, stderr } = await runHookEvent(sim, "prepare", "begin", XML);
+    assert.is(code, 1);
+    assert.match(stderr, "cannot stat /etc/vmhook/policy.json (EACCES)");
+    assert.equal(sim.snapshot(), before, "the host is left as it was");
+    sim.clearFailures();
+    assert.is((await runHookEvent(sim, "prepare", "begin", XML)).code, 0, "readable again, the same domain starts");
+  } finally {
+    sim.cleanup();
+  }
+});
+
 test.run();
