@@ -2,6 +2,12 @@
 // --minify --splitting --bytecode --format=esm: the hook's fast path loads no
 // chunk it does not use).
 //
+// The binary starts with JavaScriptCore's tier-up thresholds scaled by
+// JIT_POLICY (bun's compile.jitPolicy): a hook runs once and exits, so code
+// compiled for speed is mostly compile time thrown away. 16 took 20 % off the
+// CPU of a hugepages prepare (docs/bench.md); no vmhook process runs long
+// enough to miss the JIT.
+//
 // One change to what the bundle holds: xmldom's entities.js sets up the whole
 // HTML entity table (over 2000 names, frozen) when it loads, a third of
 // xmldom's load time; vmhook parses only XML, which needs the five XML
@@ -11,10 +17,12 @@
 const ENTITIES = /@xmldom[\\/]xmldom[\\/]lib[\\/]entities\.js$/;
 const FULL_TABLE = "xmldom-html-entities";
 
+const JIT_POLICY = 16;
+
 const outfile = process.argv[2] ?? "dist/vmhook";
 const result = await Bun.build({
   entrypoints: ["hooks/qemu.ts"],
-  compile: { outfile },
+  compile: { outfile, jitPolicy: JIT_POLICY },
   minify: true,
   splitting: true,
   bytecode: true,
