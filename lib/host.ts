@@ -53,6 +53,7 @@ export interface Host {
   readTrimmed(hostPath: string): string | undefined;
   /** Writes the whole value in one write(2), as sysfs wants; never creates parent directories. */
   write(hostPath: string, data: string): void;
+  /** Whether the path leads to something (links followed); false only when nothing is there (ENOENT, ENOTDIR). Any other failure throws, as list does. */
   exists(hostPath: string): boolean;
   /**
    * Entry names, sorted; [] only when the directory does not exist (ENOENT,
@@ -129,7 +130,13 @@ export class RootedHost implements Host {
   }
 
   exists(hostPath: string): boolean {
-    return fs.existsSync(this.resolve(hostPath));
+    try {
+      this.lookUp(hostPath);
+      return true;
+    } catch (error) {
+      if (isErrno(error, ABSENT)) return false;
+      throw unreadable(error, "look up", hostPath);
+    }
   }
 
   list(hostPath: string): string[] {
@@ -150,7 +157,7 @@ export class RootedHost implements Host {
     }
   }
 
-  /** read(2), readdir(2), readlink(2) and lstat(2) themselves: a simulated host makes them fail; the public methods judge the errno. */
+  /** read(2), readdir(2), readlink(2), lstat(2) and access(2) themselves: a simulated host makes them fail; the public methods judge the errno. */
   protected readFile(hostPath: string): string {
     return fs.readFileSync(this.resolve(hostPath), "utf8");
   }
@@ -165,6 +172,10 @@ export class RootedHost implements Host {
 
   protected statPath(hostPath: string): fs.Stats {
     return fs.lstatSync(this.resolve(hostPath));
+  }
+
+  protected lookUp(hostPath: string): void {
+    fs.accessSync(this.resolve(hostPath), fs.constants.F_OK);
   }
 
   stat(hostPath: string): FileStat | undefined {

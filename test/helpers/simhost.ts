@@ -11,7 +11,7 @@ export type IoctlHandler = (request: number, argument: Uint8Array, hostPath: str
 export type ExecHandler = (args: string[], sim: SimHost, options: ExecOptions) => Partial<ExecResult> | void;
 
 /** The reading system calls a test can make fail: read(2) behind read and readTrimmed, readdir(2) behind list, readlink(2). */
-type ReadCall = "read" | "list" | "readlink" | "stat";
+type ReadCall = "read" | "list" | "readlink" | "stat" | "exists";
 
 export class SimHost extends RootedHost {
   /** Every write and exec, in order: what a test asserts on. */
@@ -102,6 +102,12 @@ export class SimHost extends RootedHost {
     return this;
   }
 
+  /** Makes exists (access(2)) of matching paths fail with this errno (e.g. "ELOOP", "EACCES" from a security module). */
+  failExists(match: string | RegExp, code: string): this {
+    this.readFailures.push({ call: "exists", match, code });
+    return this;
+  }
+
   /** Writes (of `data`, or any) to matching paths done in a helper never return (a driver's remove() that blocks): the helper stays in D state. */
   hangWrite(match: string | RegExp, data?: string): this {
     this.hangs.push({ match, data });
@@ -141,6 +147,11 @@ export class SimHost extends RootedHost {
   protected override statPath(hostPath: string): fs.Stats {
     this.failIfAsked("stat", hostPath);
     return super.statPath(hostPath);
+  }
+
+  protected override lookUp(hostPath: string): void {
+    this.failIfAsked("exists", hostPath);
+    super.lookUp(hostPath);
   }
 
   private failIfAsked(call: ReadCall, hostPath: string): void {

@@ -139,4 +139,41 @@ test("host policy: a policy file that cannot be looked at (EACCES from a securit
   }
 });
 
+test("RootedHost.exists on a real file system: false only when nothing is there (a dangling link too); a symlink loop (ELOOP) throws naming the path", () => {
+  const root = fs.mkdtempSync(path.join(os.tmpdir(), "vmhook-unreadable-exists-"));
+  try {
+    const host = new RootedHost(root);
+    fs.writeFileSync(path.join(root, "value"), "42\n");
+    fs.symlinkSync("nowhere", path.join(root, "dangling"));
+    fs.symlinkSync("loop-b", path.join(root, "loop-a"));
+    fs.symlinkSync("loop-a", path.join(root, "loop-b"));
+    assert.is(host.exists("/value"), true);
+    assert.is(host.exists("/missing"), false, "ENOENT");
+    assert.is(host.exists("/dangling"), false, "a link to nothing");
+    assert.is(host.exists("/value/below"), false, "ENOTDIR");
+    const loop = threw(() => host.exists("/loop-a"));
+    assert.is(loop.code, "ELOOP");
+    assert.is(loop.message, `cannot look up /loop-a (ELOOP); ${CHECK_WHY}`);
+  } finally {
+    fs.rmSync(root, { recursive: true, force: true });
+  }
+});
+
+test("hugepages: a pool's surplus count that cannot be looked up refuses prepare with the host unchanged; it used to count as no surplus pages, and the pool's own size was computed from that", async () => {
+  const sim = new SimHost().dir("/var/log");
+  try {
+    new HugepageKernel(sim, { initial: { 2048: 0 } });
+    const surplus = "/sys/kernel/mm/hugepages/hugepages-2048kB/surplus_hugepages";
+    assert.ok(sim.exists(surplus), "the simulated kernel has the file");
+    sim.failExists(surplus, "EACCES");
+    const before = sim.snapshot();
+    const { code, stderr } = await runHookEvent(sim, "prepare", "begin", XML);
+    assert.is(code, 1);
+    assert.match(stderr, `cannot look up ${surplus} (EACCES)`);
+    assert.equal(sim.snapshot(), before, "the host is left as it was");
+  } finally {
+    sim.cleanup();
+  }
+});
+
 test.run();
