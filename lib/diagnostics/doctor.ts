@@ -37,7 +37,7 @@ export interface DoctorReport {
 const lacking = (needed: boolean) => (needed ? fail : warn);
 
 export async function runDoctor(host: Host, domainFile?: { file: string; xml: string }): Promise<DoctorReport> {
-  const iommu = readIommuGroups(host);
+  const iommu = readIommu(host);
   if (!domainFile) return { host: await hostChecks(host, iommu, false) };
   let domain: Domain;
   try {
@@ -65,20 +65,48 @@ function unreadableDomainFix(error: unknown): string {
 // ---------------------------------------------------------------------------
 // Host
 
-async function hostChecks(host: Host, iommu: IommuReport, passthrough: boolean): Promise<Finding[]> {
-  return [
-    iommu.enabled
-      ? ok("iommu", `enabled: ${iommu.groups.length} IOMMU groups (vmhook iommu lists them)`)
-      : lacking(passthrough)("iommu", iommu.advice!.reason, iommu.advice!.fix),
-    vfioModules(host, passthrough),
-    ...hugepagePools(host),
-    cgroupCpuset(host),
-    libvirtHook(host),
-    ...leftovers(host),
-    ...stuckDrivers(host),
-    ...(await customPlugins(host)),
-    hostPolicy(host),
+/**
+ * Each check on its own: one that cannot read what it needs (an unreadable
+ * directory, an errno) fails with that error, and the others still run.
+ */
+async function guarded(check: string, run: () => Finding | Finding[] | Promise<Finding[]>): Promise<Finding[]> {
+  try {
+    return [await run()].flat();
+  } catch (error) {
+    return [fail(check, describeError(error), "vmhook could not read what this check needs: fix what the message names, then run vmhook doctor again")];
+  }
+}
+
+/** The IOMMU groups, or why they could not be read (the checks that need them fail with it). */
+function readIommu(host: Host): IommuReport | Error {
+  try {
+    return readIommuGroups(host);
+  } catch (error) {
+    return error instanceof Error ? error : new Error(String(error));
+  }
+}
+
+function iommuKnown(iommu: IommuReport | Error): IommuReport {
+  if (iommu instanceof Error) throw iommu;
+  return iommu;
+}
+
+async function hostChecks(host: Host, iommu: IommuReport | Error, passthrough: boolean): Promise<Finding[]> {
+  const checks: [string, () => Finding | Finding[] | Promise<Finding[]>][] = [
+    ["iommu", () => {
+      const report = iommuKnown(iommu);
+      return report.enabled ? ok("iommu", `enabled: ${report.groups.length} IOMMU groups (vmhook iommu lists them)`) : lacking(passthrough)("iommu", report.advice!.reason, report.advice!.fix);
+    }],
+    ["vfio modules", () => vfioModules(host, passthrough)],
+    ["hugepages", () => hugepagePools(host)],
+    ["cgroup v2 cpuset", () => cgroupCpuset(host)],
+    ["libvirt hook", () => libvirtHook(host)],
+    ["leftovers", () => leftovers(host)],
+    ["stuck driver", () => stuckDrivers(host)],
+    ["custom plugins", () => customPlugins(host)],
+    ["host policy", () => hostPolicy(host)],
   ];
+  return (await Promise.all(checks.map(([check, run]) => guarded(check, run)))).flat();
 }
 
 /** The policy in force; one the hook refuses means every domain with vmhook metadata fails to start. */
@@ -184,7 +212,7 @@ async function customPlugins(host: Host): Promise<Finding[]> {
 // ---------------------------------------------------------------------------
 // Domain
 
-async function domainChecks(host: Host, domain: Domain, xml: string, iommu: IommuReport): Promise<Finding[]> {
+async function domainChecks(host: Host, domain: Domain, xml: string, iommu: IommuReport | Error): Promise<Finding[]> {
   const findings: Finding[] = [];
   try {
     const instances: PluginInstance[] = await loadDomainPlugins(domain, host, registry);
@@ -199,11 +227,13 @@ async function domainChecks(host: Host, domain: Domain, xml: string, iommu: Iomm
   for (const name of used) {
     if (!registry.builtinNames().includes(name)) continue;
     const plugin = await registry.load(name, host);
-    if (!isLegacyPlugin(plugin) && plugin.check) findings.push(...plugin.check({ host, domain, elements: elements.filter((element) => element.localName === name) }).map((finding) => ({ ...finding, plugin: name })));
+    if (isLegacyPlugin(plugin) || !plugin.check) continue;
+    const check = plugin.check;
+    findings.push(...(await guarded(name, () => check({ host, domain, elements: elements.filter((element) => element.localName === name) }))).map((finding) => ({ ...finding, plugin: name })));
   }
   // vfio hands the hostdevs over: their problems are its problems
-  findings.push(...hostdevChecks(host, domain, iommu).map((finding) => (used.has("vfio") ? { ...finding, plugin: "vfio" } : finding)));
-  findings.push(...xmlAdvice(host, domain, parseXmlDocument(xml, "domain XML"), used));
+  findings.push(...(await guarded("hostdevs", () => hostdevChecks(host, domain, iommuKnown(iommu)))).map((finding) => (used.has("vfio") ? { ...finding, plugin: "vfio" } : finding)));
+  findings.push(...(await guarded("domain XML", () => xmlAdvice(host, domain, parseXmlDocument(xml, "domain XML"), used))));
   return findings;
 }
 

@@ -260,4 +260,21 @@ test("the binary: vmhook doctor prints findings with fixes and exits 1 only when
   shared.cleanup();
 });
 
+test("doctor with parts of the host unreadable: each check that cannot read what it needs fails, naming the path and errno; the others still run", async () => {
+  const sim = desktopHost();
+  try {
+    sim.failList("/sys/kernel/iommu_groups", "EIO").failRead("/sys/fs/cgroup/cgroup.controllers", "EACCES");
+    const { report, statuses, host, domain } = await doctor(sim, domainXml({ devices: GPU_AND_AUDIO, metadata: "<vmhook:vfio/>" }));
+    assert.equal(statuses(report.host), { iommu: "fail", "vfio modules": "ok", hugepages: "ok", "cgroup v2 cpuset": "fail", "libvirt hook": "ok", leftovers: "ok", "host policy": "ok" });
+    assert.match(host("iommu").reason, "cannot list /sys/kernel/iommu_groups (EIO)");
+    assert.match(host("cgroup v2 cpuset").reason, "cannot read /sys/fs/cgroup/cgroup.controllers (EACCES)");
+    assert.match(host("iommu").fix!, "fix what the message names, then run vmhook doctor again");
+    assert.is(domain("hostdevs").status, "fail", "the hostdev checks need the IOMMU groups");
+    assert.match(domain("hostdevs").reason, "cannot list /sys/kernel/iommu_groups (EIO)");
+    assert.is(domain("config").status, "ok");
+  } finally {
+    sim.cleanup();
+  }
+});
+
 test.run();
