@@ -4,6 +4,7 @@
 // calling libvirt.
 import type { CommandModule } from "yargs";
 import { Deadline } from "../deadline.ts";
+import { describeError } from "../errors.ts";
 import { RootedHost, type Host } from "../host.ts";
 import { listJournals, readJournal } from "../journal.ts";
 import { ifDomainIdle } from "../lock.ts";
@@ -21,6 +22,15 @@ export function domainRunning(host: Host, name: string): boolean {
   if (name.includes("/") || name === "." || name === "..") return false;
   const pid = Number(host.readTrimmed(`${paths.libvirtQemuRunDir}/${name}.pid`));
   return Number.isSafeInteger(pid) && pid > 0 && host.processAlive(pid);
+}
+
+/** Whether the domain runs, or why that cannot be told (its pid file cannot be read). */
+function runningOrWhyUnknown(host: Host, name: string): boolean | string {
+  try {
+    return domainRunning(host, name);
+  } catch (error) {
+    return describeError(error);
+  }
 }
 
 interface RecoverArgs extends GlobalOptions {
@@ -46,7 +56,15 @@ export const recoverCommand: CommandModule<GlobalOptions, RecoverArgs> = {
     const results = [];
     for (const journal of chosen) {
       const { name, uuid } = journal.domain;
-      if (domainRunning(host, name) && !args.force) {
+      const running = args.force ? false : runningOrWhyUnknown(host, name);
+      if (typeof running === "string") {
+        // Not knowing whether it runs is no licence to undo: this one waits, the others go on.
+        results.push({ domain: journal.domain, skipped: "state-unknown", error: running });
+        if (!args.json) print(`${name}: cannot tell whether it still runs: ${running}; nothing of it was undone`);
+        process.exitCode = 1;
+        continue;
+      }
+      if (running) {
         results.push({ domain: journal.domain, skipped: "running" });
         if (!args.json) print(`${name}: still running; its changes are given back when it stops (use --force to undo now)`);
         continue;

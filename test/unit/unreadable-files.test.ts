@@ -86,18 +86,22 @@ test("host settings: no file means the defaults; a file that cannot be read is a
   }
 });
 
-test("vmhook recover: a libvirt pid file that cannot be read (EISDIR) stops it, naming the file; it used to mean \"not running\" and undid a running VM's changes", async () => {
+test("vmhook recover: a libvirt pid file that cannot be read (EISDIR) keeps that domain's journal, naming the file, and the other domains are still recovered; it used to mean \"not running\" and undid a running VM's changes", async () => {
   const sim = new SimHost().dir("/var/log");
   try {
     new HugepageKernel(sim, { initial: { 2048: 0 } });
+    const OTHER_UUID = "e1e1e1e1-0000-4000-8000-0000000000f3";
     assert.is((await runHookEvent(sim, "prepare", "begin", XML)).code, 0);
+    assert.is((await runHookEvent(sim, "prepare", "begin", XML.replace("<name>vm</name>", "<name>other</name>").replace(UUID, OTHER_UUID), "other")).code, 0);
     sim.dir("/run/libvirt/qemu/vm.pid");
-    const pool = sim.read("/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages");
-    const { code, stderr } = await cli(["recover", "--root", sim.root]);
+    const pool = Number(sim.read("/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages"));
+    const { code, stdout } = await cli(["recover", "--root", sim.root]);
     assert.is(code, 1);
-    assert.match(stderr, "cannot read /run/libvirt/qemu/vm.pid (EISDIR)");
-    assert.ok(readJournal(sim, UUID), "the journal is kept");
-    assert.is(sim.read("/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages"), pool, "the VM's huge pages are still reserved");
+    assert.match(stdout, "vm: cannot tell whether it still runs: cannot read /run/libvirt/qemu/vm.pid (EISDIR)");
+    assert.match(stdout, "other: 1 change(s) undone");
+    assert.ok(readJournal(sim, UUID), "vm's journal is kept");
+    assert.is(readJournal(sim, OTHER_UUID), undefined, "other's is undone");
+    assert.is(Number(sim.read("/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages")), pool / 2, "vm's huge pages are still reserved, other's are given back");
   } finally {
     sim.cleanup();
   }
