@@ -16,7 +16,7 @@ import { registry } from "../../plugins/index.ts";
 import type { GlobalOptions } from "./options.ts";
 import { print, printJson } from "./output.ts";
 import { domainBusy } from "../lock.ts";
-import { domainRunning } from "./recover.ts";
+import { runningOrWhyUnknown } from "./recover.ts";
 import { describeStuckWrite, listStuckWrites, STUCK_ADVICE } from "../stuck-writes.ts";
 
 interface DomainArgs extends GlobalOptions {
@@ -124,10 +124,13 @@ const plan: CommandModule<GlobalOptions, PlanArgs> = {
 };
 
 async function journalSummary(host: Host, journal: Journal) {
+  const running = runningOrWhyUnknown(host, journal.domain.name);
   return {
     domain: journal.domain,
     phase: journal.phase,
-    running: domainRunning(host, journal.domain.name),
+    // null with the reason when its pid file cannot be read: neither "running" nor "not running".
+    running: typeof running === "string" ? null : running,
+    ...(typeof running === "string" ? { runningUnknown: running } : {}),
     hookAtWork: await domainBusy(host, journal.domain.uuid),
     since: journal.createdAt,
     holds: journal.entries.map((entry) => ({ plugin: entry.plugin, description: entry.description, state: entry.state, error: entry.error })),
@@ -140,6 +143,7 @@ const PHASES: Record<string, string> = { preparing: "preparing", releasing: "rel
 function describeState(summary: Awaited<ReturnType<typeof journalSummary>>): string {
   const phase = PHASES[summary.phase];
   if (summary.hookAtWork) return `its hook is at work right now${phase ? ` (${phase})` : ""}; vmhook holds for it`;
+  if (summary.running === null) return `cannot tell whether it runs (${summary.runningUnknown}); vmhook holds for it`;
   if (summary.running) return `running${phase ? `, ${phase}` : ""}; vmhook holds for it`;
   return `not running${phase ? ` (${phase})` : ""}, yet vmhook still holds for it (vmhook recover ${summary.domain.name} gives it back)`;
 }

@@ -25,7 +25,7 @@ export function domainRunning(host: Host, name: string): boolean {
 }
 
 /** Whether the domain runs, or why that cannot be told (its pid file cannot be read). */
-function runningOrWhyUnknown(host: Host, name: string): boolean | string {
+export function runningOrWhyUnknown(host: Host, name: string): boolean | string {
   try {
     return domainRunning(host, name);
   } catch (error) {

@@ -86,7 +86,7 @@ test("host settings: no file means the defaults; a file that cannot be read is a
   }
 });
 
-test("vmhook recover: a libvirt pid file that cannot be read (EISDIR) keeps that domain's journal, naming the file, and the other domains are still recovered; it used to mean \"not running\" and undid a running VM's changes", async () => {
+test("vmhook status and recover: a libvirt pid file that cannot be read (EISDIR): status says it cannot tell; recover keeps that domain's journal, naming the file, and the other domains are still recovered; it used to mean \"not running\" and undid a running VM's changes", async () => {
   const sim = new SimHost().dir("/var/log");
   try {
     new HugepageKernel(sim, { initial: { 2048: 0 } });
@@ -94,6 +94,12 @@ test("vmhook recover: a libvirt pid file that cannot be read (EISDIR) keeps that
     assert.is((await runHookEvent(sim, "prepare", "begin", XML)).code, 0);
     assert.is((await runHookEvent(sim, "prepare", "begin", XML.replace("<name>vm</name>", "<name>other</name>").replace(UUID, OTHER_UUID), "other")).code, 0);
     sim.dir("/run/libvirt/qemu/vm.pid");
+    const status = await cli(["status", "--root", sim.root]);
+    assert.is(status.code, 0);
+    assert.match(status.stdout, `vm (${UUID}): cannot tell whether it runs (cannot read /run/libvirt/qemu/vm.pid (EISDIR);`);
+    assert.match(status.stdout, `other (${OTHER_UUID}): not running`);
+    const json = JSON.parse((await cli(["status", "--json", "--root", sim.root])).stdout) as { domains: { domain: { name: string }; running: boolean | null; runningUnknown?: string }[] };
+    assert.equal(json.domains.map((d) => [d.domain.name, d.running, d.runningUnknown?.split(";")[0]]).sort(), [["other", false, undefined], ["vm", null, "cannot read /run/libvirt/qemu/vm.pid (EISDIR)"]]);
     const pool = Number(sim.read("/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages"));
     const { code, stdout } = await cli(["recover", "--root", sim.root]);
     assert.is(code, 1);
