@@ -20,7 +20,7 @@ import { hostNodes, hugepagePool, hugepageSizes, HUGEPAGE_DIR, meminfo } from ".
 import { listInstalledPlugins } from "../custom-plugins.ts";
 import { describePolicy, loadPolicy } from "../policy.ts";
 import { isVmhookBinary } from "../cli/install.ts";
-import { domainRunning } from "../cli/recover.ts";
+import { runningOrWhyUnknown } from "../cli/recover.ts";
 import { isLegacyPlugin } from "../plugin.ts";
 import { fail, ok, roundMiB, warn, type Finding } from "./findings.ts";
 import { readIommuGroups, type IommuReport } from "./iommu.ts";
@@ -181,7 +181,11 @@ function leftovers(host: Host): Finding[] {
       if (failed.length > 0) {
         return [fail("leftovers", `${name}: ${failed.length} change(s) could not be undone (${failed[0]!.plugin}: ${failed[0]!.error})`, `fix the cause, then run vmhook recover ${name}`)];
       }
-      if (!domainRunning(host, name)) {
+      const running = runningOrWhyUnknown(host, name);
+      if (typeof running === "string") {
+        return [fail("leftovers", `${name}: cannot tell whether it runs (${running}); its journal in ${paths.stateDir} holds ${journal.entries.length} change(s)`, `fix what the message names; then vmhook status shows whether it runs, and vmhook recover ${name} gives back what a stopped one holds`)];
+      }
+      if (!running) {
         return [warn("leftovers", `${name} is not running but its journal in ${paths.stateDir} still holds ${journal.entries.length} change(s)`, `run vmhook recover ${name}`)];
       }
       return [];

@@ -6,6 +6,7 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { test } from "uvu";
 import * as assert from "uvu/assert";
+import { runDoctor } from "../../lib/diagnostics/doctor.ts";
 import { readForMessage, RootedHost } from "../../lib/host.ts";
 import { readJournal } from "../../lib/journal.ts";
 import { DEFAULT_SETTINGS, loadSettings } from "../../lib/settings.ts";
@@ -86,7 +87,7 @@ test("host settings: no file means the defaults; a file that cannot be read is a
   }
 });
 
-test("vmhook status and recover: a libvirt pid file that cannot be read (EISDIR): status says it cannot tell; recover keeps that domain's journal, naming the file, and the other domains are still recovered; it used to mean \"not running\" and undid a running VM's changes", async () => {
+test("vmhook status, doctor and recover: a libvirt pid file that cannot be read (EISDIR): status says it cannot tell; recover keeps that domain's journal, naming the file, and the other domains are still recovered; it used to mean \"not running\" and undid a running VM's changes", async () => {
   const sim = new SimHost().dir("/var/log");
   try {
     new HugepageKernel(sim, { initial: { 2048: 0 } });
@@ -100,6 +101,11 @@ test("vmhook status and recover: a libvirt pid file that cannot be read (EISDIR)
     assert.match(status.stdout, `other (${OTHER_UUID}): not running`);
     const json = JSON.parse((await cli(["status", "--json", "--root", sim.root])).stdout) as { domains: { domain: { name: string }; running: boolean | null; runningUnknown?: string }[] };
     assert.equal(json.domains.map((d) => [d.domain.name, d.running, d.runningUnknown?.split(";")[0]]).sort(), [["other", false, undefined], ["vm", null, "cannot read /run/libvirt/qemu/vm.pid (EISDIR)"]]);
+    const leftovers = (await runDoctor(sim)).host.filter((finding) => finding.check === "leftovers");
+    assert.equal(leftovers.map((finding) => [finding.status, finding.reason.split(";")[0]]).sort(), [
+      ["fail", "vm: cannot tell whether it runs (cannot read /run/libvirt/qemu/vm.pid (EISDIR)"],
+      ["warn", `other is not running but its journal in /run/vmhook still holds 1 change(s)`],
+    ]);
     const pool = Number(sim.read("/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages"));
     const { code, stdout } = await cli(["recover", "--root", sim.root]);
     assert.is(code, 1);
