@@ -32,14 +32,17 @@ export class Deadline {
   }
 }
 
+/** waitFor's timeout, apart from an error of `ready()` itself (a read that failed), which waitFor passes on as it is. */
+export class WaitTimedOut extends VmhookError {}
+
 export interface WaitOptions {
   timeoutMs?: number;
   intervalMs?: number;
 }
 
 /**
- * Polls until `ready()` is true: no fixed sleeps. Throws naming `what` when the
- * timeout (bounded by the deadline) passes.
+ * Polls until `ready()` is true: no fixed sleeps. Throws WaitTimedOut naming
+ * `what` when the timeout (bounded by the deadline) passes.
  */
 export function waitFor(host: Host, deadline: Deadline, what: string, ready: () => boolean, options: WaitOptions = {}): void {
   const timeoutMs = deadline.clamp(options.timeoutMs ?? 10_000);
@@ -48,7 +51,7 @@ export function waitFor(host: Host, deadline: Deadline, what: string, ready: () 
   for (;;) {
     if (ready()) return;
     if (host.now() >= until) {
-      throw new VmhookError(`timed out after ${(timeoutMs / 1000).toFixed(1)} s waiting until ${what}`);
+      throw new WaitTimedOut(`timed out after ${(timeoutMs / 1000).toFixed(1)} s waiting until ${what}`);
     }
     host.sleep(Math.min(interval, Math.max(1, until - host.now())));
     interval = Math.min(interval * 2, 200);

@@ -2,6 +2,7 @@
 // and gets it back after: the display manager, the framebuffer consoles and
 // the firmware framebuffers (efifb, simplefb, vesafb).
 import { writeThroughDriver } from "../../lib/bounded-write.ts";
+import { WaitTimedOut } from "../../lib/deadline.ts";
 import { VmhookError } from "../../lib/errors.ts";
 import { defineAction, type ApplyContext, type BaseContext, type Step, type UndoRecord } from "../../lib/plugin.ts";
 import { readVfioSettings, type VfioConfig, type VfioSettings } from "./config.ts";
@@ -74,12 +75,11 @@ function runStartCommand(record: StopCommandRecord, ctx: BaseContext): void {
   ctx.run(configured[0]!, configured.slice(1), { timeoutMs: 60_000 });
   const processes = settings.displayManagerCommand!.processes;
   if (processes.length === 0) return;
-  const running = () => runningCommands(ctx).some((name) => processes.includes(name));
   try {
-    ctx.waitFor(`a ${processes.join("/")} process runs`, running, { timeoutMs: settings.stopTimeoutSeconds * 1000 });
-  } catch {
-    // Looked at once more: a process whose name cannot be read fails here with its own error, not as "did not come back".
-    if (running()) return;
+    ctx.waitFor(`a ${processes.join("/")} process runs`, () => runningCommands(ctx).some((name) => processes.includes(name)), { timeoutMs: settings.stopTimeoutSeconds * 1000 });
+  } catch (error) {
+    // Only the timeout means "did not come back": a process whose name cannot be read fails with its own error.
+    if (!(error instanceof WaitTimedOut)) throw error;
     throw new VmhookError(`vfio: the display manager did not come back: ${configured.join(" ")} ran, but no ${processes.join("/")} process runs; see its log, start it by hand, then run vmhook recover`);
   }
 }
@@ -105,9 +105,10 @@ function waitUntilGpuFree(record: WaitRecord, ctx: ApplyContext<unknown>): void 
   try {
     ctx.waitFor("nothing holds the GPU", () => processesHolding(ctx.host, watched).length === 0, { timeoutMs: record.timeoutMs });
   } catch (error) {
-    // Not a timeout (a process whose files cannot be read), or freed just after it: that error is the answer.
+    // Only the timeout means "still in use": a process whose files cannot be read fails with its own error.
+    if (!(error instanceof WaitTimedOut)) throw error;
     const holders = processesHolding(ctx.host, watched);
-    if (holders.length === 0) throw error;
+    if (holders.length === 0) throw error; // freed just after the timeout
     throw new VmhookError(`vfio: the GPU is still in use after stopping the display manager: ${describeHolders(holders)}; end those programs (or the sessions) and start the VM again`);
   }
 }

@@ -7,6 +7,7 @@
 // when none works, the error lists what was tried and what to do, and the
 // journal keeps the change for `vmhook recover`.
 import { DriverWriteError, writeThroughDriver } from "../../lib/bounded-write.ts";
+import { WaitTimedOut } from "../../lib/deadline.ts";
 import { describeError, VmhookError } from "../../lib/errors.ts";
 import { PCI_DRIVERS, pciDriver, pciDriverOverride, pciExists, pciPath, pciResetMethod, readPciDevice } from "../../lib/pci.ts";
 import type { BaseContext } from "../../lib/plugin.ts";
@@ -95,7 +96,9 @@ async function probe(ctx: BaseContext, target: ReturnTarget): Promise<string | u
   try {
     ctx.waitFor(`${address} is bound to ${driver}`, () => pciDriver(host, address) === driver, { timeoutMs });
     return undefined;
-  } catch {
+  } catch (error) {
+    // A driver link that cannot be read is no reason to try a reset: only the timeout is.
+    if (!(error instanceof WaitTimedOut)) throw error;
     return `not bound to ${driver} after ${timeoutMs / 1000} s`;
   }
 }

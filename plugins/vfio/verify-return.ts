@@ -5,6 +5,7 @@
 // loaded) and before nothing else: a release never says "done" for a black
 // screen. When the check fails the entry stays in the journal, and `vmhook
 // recover` checks again.
+import { WaitTimedOut } from "../../lib/deadline.ts";
 import { VmhookError } from "../../lib/errors.ts";
 import type { Host } from "../../lib/host.ts";
 import { pciDeviceNodes, pciDriver, pciDriverRegistered, pciExists } from "../../lib/pci.ts";
@@ -58,7 +59,8 @@ function verifyReturned(record: VerifyRecord, ctx: BaseContext): void {
     const missing = () => (pciDriver(host, address) === driver ? nodes.filter((kind) => !nodeKinds(host, address).includes(kind)) : [driver]);
     try {
       ctx.waitFor(`${address} is on ${driver} with ${nodes.join(", ")}`, () => missing().length === 0, { timeoutMs: record.timeoutMs });
-    } catch {
+    } catch (error) {
+      if (!(error instanceof WaitTimedOut)) throw error;
       const now = pciDriver(host, address);
       const why = now === driver ? `its ${missing().map((kind) => `/dev/${kind === "fb" ? "fbN" : `dri/${kind}N`}`).join(", ")} did not come back` : `it is on ${now ?? "no driver"}, not ${driver}`;
       throw new VmhookError(`vfio: the display of ${address} is not back: ${why}; see dmesg, reload ${driver}'s module or reboot, then run vmhook recover`);

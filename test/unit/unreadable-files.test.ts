@@ -6,6 +6,7 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { test } from "uvu";
 import * as assert from "uvu/assert";
+import { Deadline, waitFor, WaitTimedOut } from "../../lib/deadline.ts";
 import { runDoctor } from "../../lib/diagnostics/doctor.ts";
 import { readForMessage, RootedHost } from "../../lib/host.ts";
 import { readJournal } from "../../lib/journal.ts";
@@ -187,6 +188,22 @@ test("hugepages: a pool's surplus count that cannot be looked up refuses prepare
     assert.is(code, 1);
     assert.match(stderr, `cannot look up ${surplus} (EACCES)`);
     assert.equal(sim.snapshot(), before, "the host is left as it was");
+  } finally {
+    sim.cleanup();
+  }
+});
+
+test("waitFor: only its own timeout is a WaitTimedOut; a read that fails inside the wait is passed on as it is, so no caller takes it for \"not yet\"", () => {
+  const sim = new SimHost().file("/sys/bus/pci/devices/0000:03:00.0/driver_override", "");
+  try {
+    const deadline = new Deadline(sim, 10_000);
+    const timeout = threw(() => waitFor(sim, deadline, "it is set", () => sim.readTrimmed("/sys/bus/pci/devices/0000:03:00.0/driver_override") === "vfio-pci", { timeoutMs: 30 }));
+    assert.instance(timeout, WaitTimedOut);
+    assert.match(timeout.message, "waiting until it is set");
+    sim.failRead("/sys/bus/pci/devices/0000:03:00.0/driver_override", "EIO");
+    const failed = threw(() => waitFor(sim, deadline, "it is set", () => sim.readTrimmed("/sys/bus/pci/devices/0000:03:00.0/driver_override") === "vfio-pci", { timeoutMs: 30 }));
+    assert.not.instance(failed, WaitTimedOut);
+    assert.is(failed.code, "EIO");
   } finally {
     sim.cleanup();
   }
