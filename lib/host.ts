@@ -131,8 +131,7 @@ export class RootedHost implements Host {
 
   exists(hostPath: string): boolean {
     try {
-      this.lookUp(hostPath);
-      return true;
+      return this.lookUp(hostPath);
     } catch (error) {
       if (isErrno(error, ABSENT)) return false;
       throw unreadable(error, "look up", hostPath);
@@ -157,7 +156,7 @@ export class RootedHost implements Host {
     }
   }
 
-  /** read(2), readdir(2), readlink(2), lstat(2) and access(2) themselves: a simulated host makes them fail; the public methods judge the errno. */
+  /** read(2), readdir(2), readlink(2), lstat(2) and stat(2) themselves: a simulated host makes them fail; the public methods judge the errno. */
   protected readFile(hostPath: string): string {
     return fs.readFileSync(this.resolve(hostPath), "utf8");
   }
@@ -174,8 +173,9 @@ export class RootedHost implements Host {
     return fs.lstatSync(this.resolve(hostPath));
   }
 
-  protected lookUp(hostPath: string): void {
-    fs.accessSync(this.resolve(hostPath), fs.constants.F_OK);
+  /** A missing path is false without an exception: exists() is asked on hot paths, where most answers are no. */
+  protected lookUp(hostPath: string): boolean {
+    return fs.statSync(this.resolve(hostPath), { throwIfNoEntry: false }) !== undefined;
   }
 
   stat(hostPath: string): FileStat | undefined {

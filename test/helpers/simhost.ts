@@ -102,7 +102,7 @@ export class SimHost extends RootedHost {
     return this;
   }
 
-  /** Makes exists (access(2)) of matching paths fail with this errno (e.g. "ELOOP", "EACCES" from a security module). */
+  /** Makes exists (stat(2)) of matching paths fail with this errno (e.g. "ELOOP", "EACCES" from a security module). */
   failExists(match: string | RegExp, code: string): this {
     this.readFailures.push({ call: "exists", match, code });
     return this;
@@ -149,9 +149,9 @@ export class SimHost extends RootedHost {
     return super.statPath(hostPath);
   }
 
-  protected override lookUp(hostPath: string): void {
+  protected override lookUp(hostPath: string): boolean {
     this.failIfAsked("exists", hostPath);
-    super.lookUp(hostPath);
+    return super.lookUp(hostPath);
   }
 
   private failIfAsked(call: ReadCall, hostPath: string): void {
