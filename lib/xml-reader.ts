@@ -1,0 +1,430 @@
+// A small, strict XML 1.0 reader with namespaces, for the domain XML the hook
+// gets on stdin: xmldom's set-up alone cost more than the rest of the hook's
+// start under TCG (docs/bench.md). It reads what libvirt writes and what users
+// put in <metadata>: the XML declaration, comments, processing instructions,
+// CDATA, the five predefined entities and character references, namespaces.
+// Everything else is an error naming line:column: a DOCTYPE (vmhook reads no
+// DTD, so no other entity can be defined), and any malformed input.
+import type { XmlAttribute, XmlDocument, XmlElement, XmlNode, XmlNodeList } from "./xml.ts";
+
+export class XmlSyntaxError extends Error {}
+
+const XML_NAMESPACE = "http://www.w3.org/XML/1998/namespace";
+const XMLNS_NAMESPACE = "http://www.w3.org/2000/xmlns/";
+
+// XML 1.0 (5th edition) NameStartChar and NameChar, without ":" (names are read as prefix:local).
+const NAME_START = "A-Z_a-z\\u00C0-\\u00D6\\u00D8-\\u00F6\\u00F8-\\u02FF\\u0370-\\u037D\\u037F-\\u1FFF\\u200C-\\u200D\\u2070-\\u218F\\u2C00-\\u2FEF\\u3001-\\uD7FF\\uF900-\\uFDCF\\uFDF0-\\uFFFD\\u{10000}-\\u{EFFFF}";
+const NCNAME = new RegExp(`[${NAME_START}][${NAME_START}\\-.0-9\\u00B7\\u0300-\\u036F\\u203F-\\u2040]*`, "uy");
+/** A character XML 1.0 does not allow anywhere, even as a reference. */
+const NOT_CHAR = /[^\t\n\u0020-\uD7FF\uE000-\uFFFD\u{10000}-\u{10FFFF}]/u;
+const PREDEFINED: Record<string, string> = { lt: "<", gt: ">", amp: "&", quot: '"', apos: "'" };
+const XML_DECLARATION = /^<\?xml\s+version\s*=\s*("1\.\d+"|'1\.\d+')(\s+encoding\s*=\s*("[A-Za-z][\w.-]*"|'[A-Za-z][\w.-]*'))?(\s+standalone\s*=\s*("(yes|no)"|'(yes|no)'))?\s*\?>/y;
+
+class NodeList extends Array<ReaderNode> implements XmlNodeList {
+  item(index: number): ReaderNode | null {
+    return this[index] ?? null;
+  }
+}
+
+abstract class ReaderNode implements XmlNode {
+  abstract readonly nodeType: number;
+  abstract readonly nodeName: string;
+  parentNode: ReaderNode | null = null;
+  readonly childNodes = new NodeList();
+  nextSibling: ReaderNode | null = null;
+  previousSibling: ReaderNode | null = null;
+
+  get firstChild(): ReaderNode | null {
+    return this.childNodes[0] ?? null;
+  }
+  get lastChild(): ReaderNode | null {
+    return this.childNodes[this.childNodes.length - 1] ?? null;
+  }
+  get nodeValue(): string | null {
+    return null;
+  }
+  get textContent(): string | null {
+    return this.nodeValue;
+  }
+
+  append(child: ReaderNode): void {
+    const last = this.lastChild;
+    if (last) {
+      last.nextSibling = child;
+      child.previousSibling = last;
+    }
+    child.parentNode = this;
+    this.childNodes.push(child);
+  }
+}
+
+class CharacterNode extends ReaderNode {
+  constructor(
+    readonly nodeType: 3 | 4 | 7 | 8,
+    readonly nodeName: string,
+    readonly data: string,
+  ) {
+    super();
+  }
+  override get nodeValue(): string {
+    return this.data;
+  }
+}
+
+class ReaderAttribute implements XmlAttribute {
+  constructor(
+    readonly name: string,
+    readonly prefix: string | null,
+    readonly localName: string,
+    readonly namespaceURI: string | null,
+    readonly value: string,
+  ) {}
+  get nodeValue(): string {
+    return this.value;
+  }
+}
+
+class Attributes extends Array<ReaderAttribute> {
+  item(index: number): ReaderAttribute | null {
+    return this[index] ?? null;
+  }
+}
+
+export class ReaderElement extends ReaderNode implements XmlElement {
+  readonly nodeType = 1;
+  readonly attributes = new Attributes();
+
+  constructor(
+    readonly ownerDocument: ReaderDocument,
+    readonly tagName: string,
+    readonly prefix: string | null,
+    readonly localName: string,
+    readonly namespaceURI: string | null,
+  ) {
+    super();
+  }
+  get nodeName(): string {
+    return this.tagName;
+  }
+  override get textContent(): string {
+    let text = "";
+    for (const child of this.childNodes) if (child.nodeType === 1 || child.nodeType === 3 || child.nodeType === 4) text += child.textContent;
+    return text;
+  }
+  getAttribute(qualifiedName: string): string | null {
+    return this.attributes.find((attribute) => attribute.name === qualifiedName)?.value ?? null;
+  }
+  hasAttribute(qualifiedName: string): boolean {
+    return this.attributes.some((attribute) => attribute.name === qualifiedName);
+  }
+  /** Its position: the index among its parent's child elements, of each element from the root down. */
+  elementPath(): number[] {
+    const path: number[] = [];
+    for (let element: ReaderNode = this; element.parentNode; element = element.parentNode) {
+      path.unshift(element.parentNode.childNodes.filter((node) => node.nodeType === 1).indexOf(element));
+    }
+    return path;
+  }
+}
+
+export class ReaderDocument extends ReaderNode implements XmlDocument {
+  readonly nodeType = 9;
+  readonly nodeName = "#document";
+  /** The text it was read from, line endings normalized. */
+  constructor(readonly source: string) {
+    super();
+  }
+  get documentElement(): ReaderElement | null {
+    return (this.childNodes.find((node) => node.nodeType === 1) as ReaderElement | undefined) ?? null;
+  }
+}
+
+interface Scope {
+  parent: Scope | undefined;
+  prefixes: Map<string, string>;
+}
+
+interface OpenElement {
+  element: ReaderElement;
+  start: number;
+  scope: Scope;
+}
+
+/** Reads `xml` into a document; throws XmlSyntaxError naming line:column and the problem. */
+export function readXml(xml: string): ReaderDocument {
+  return new Reader(xml).read();
+}
+
+class Reader {
+  private readonly text: string;
+  private position = 0;
+  private readonly document: ReaderDocument;
+
+  constructor(xml: string) {
+    // As xmldom and the XML spec do, every line ending reads as "\n".
+    this.text = xml.replace(/\r[\n\u0085]/g, "\n").replace(/[\r\u0085\u2028\u2029]/g, "\n");
+    this.document = new ReaderDocument(this.text);
+  }
+
+  read(): ReaderDocument {
+    const invalid = NOT_CHAR.exec(this.text);
+    if (invalid) this.fail(invalid.index, `the character U+${invalid[0].codePointAt(0)!.toString(16).toUpperCase().padStart(4, "0")} is not allowed in XML`);
+    if (this.text.startsWith("\uFEFF")) this.position = 1;
+    XML_DECLARATION.lastIndex = this.position;
+    if (XML_DECLARATION.test(this.text)) this.position = XML_DECLARATION.lastIndex;
+    else if (/^<\?xml[\s?]/.test(this.text.slice(this.position))) this.fail(this.position, "the XML declaration is malformed; write <?xml version=\"1.0\"?>");
+
+    const root: Scope = { parent: undefined, prefixes: new Map([["xml", XML_NAMESPACE], ["xmlns", XMLNS_NAMESPACE]]) };
+    const open: OpenElement[] = [];
+    let rootSeen = false;
+    while (this.position < this.text.length) {
+      const parent: ReaderNode = open[open.length - 1]?.element ?? this.document;
+      const start = this.position;
+      if (this.text.startsWith("</", start)) {
+        this.endTag(open);
+        if (open.length === 0) rootSeen = true;
+      } else if (this.text.startsWith("<!--", start)) {
+        parent.append(this.comment());
+      } else if (this.text.startsWith("<![CDATA[", start)) {
+        if (open.length === 0) this.fail(start, "a CDATA section outside the root element");
+        parent.append(this.cdata());
+      } else if (this.text.startsWith("<!DOCTYPE", start)) {
+        this.fail(start, "a DOCTYPE is not allowed: vmhook reads no DTD; remove it");
+      } else if (this.text.startsWith("<?", start)) {
+        parent.append(this.processingInstruction());
+      } else if (this.text[start] === "<") {
+        if (open.length === 0 && rootSeen) this.fail(start, "a second root element; a document has exactly one");
+        const scope = open[open.length - 1]?.scope ?? root;
+        const { element, empty, elementScope } = this.startTag(scope);
+        parent.append(element);
+        if (empty) rootSeen ||= open.length === 0;
+        else open.push({ element, start, scope: elementScope });
+      } else {
+        const data = this.characters();
+        if (open.length > 0) parent.append(new CharacterNode(3, "#text", data));
+        else if (data.trim() !== "") this.fail(start, rootSeen ? "text after the root element" : "text before the root element");
+      }
+    }
+    const unclosed = open[open.length - 1];
+    if (unclosed) this.fail(unclosed.start, `<${unclosed.element.tagName}> is never closed`);
+    if (!rootSeen) this.fail(this.text.length, "no root element");
+    return this.document;
+  }
+
+  /** Throws naming where, as line:column (both from 1). */
+  private fail(offset: number, problem: string): never {
+    throw new XmlSyntaxError(`${this.locate(offset)}: ${problem}`);
+  }
+
+  private locate(offset: number): string {
+    const before = this.text.slice(0, offset);
+    return `line ${before.split("\n").length}, column ${offset - before.lastIndexOf("\n")}`;
+  }
+
+  private expect(literal: string, what: string): void {
+    if (!this.text.startsWith(literal, this.position)) this.fail(this.position, `expected ${what}`);
+    this.position += literal.length;
+  }
+
+  private skipSpace(): boolean {
+    const start = this.position;
+    while (/[ \t\n]/.test(this.text[this.position] ?? "")) this.position++;
+    return this.position > start;
+  }
+
+  private ncname(what: string): string {
+    NCNAME.lastIndex = this.position;
+    const match = NCNAME.exec(this.text);
+    if (!match) this.fail(this.position, `expected ${what}, found ${this.describeHere()}`);
+    this.position = NCNAME.lastIndex;
+    return match[0];
+  }
+
+  /** A prefixed or plain name: [prefix, local]. */
+  private qname(what: string): [string | null, string] {
+    const first = this.ncname(what);
+    if (this.text[this.position] !== ":") return [null, first];
+    this.position++;
+    const local = this.ncname(`a local name after "${first}:"`);
+    if (this.text[this.position] === ":") this.fail(this.position, `the name ${first}:${local}:… has more than one ":" prefix`);
+    return [first, local];
+  }
+
+  private describeHere(): string {
+    const rest = this.text.slice(this.position);
+    return rest === "" ? "the end of the document" : JSON.stringify(String.fromCodePoint(rest.codePointAt(0)!));
+  }
+
+  private startTag(scope: Scope): { element: ReaderElement; empty: boolean; elementScope: Scope } {
+    const start = this.position;
+    this.position++;
+    const [prefix, local] = this.qname("an element name after \"<\"");
+    const tagName = prefix ? `${prefix}:${local}` : local;
+    const written: { name: string; prefix: string | null; local: string; value: string; at: number }[] = [];
+    let empty = false;
+    for (;;) {
+      const spaced = this.skipSpace();
+      if (this.text.startsWith("/>", this.position)) {
+        this.position += 2;
+        empty = true;
+        break;
+      }
+      if (this.text[this.position] === ">") {
+        this.position++;
+        break;
+      }
+      if (this.position >= this.text.length) this.fail(start, `<${tagName}> is never closed: the document ends inside its start tag`);
+      if (!spaced) this.fail(this.position, `expected white space, ">" or "/>" in <${tagName}>, found ${this.describeHere()}`);
+      const at = this.position;
+      const [attributePrefix, attributeLocal] = this.qname(`an attribute name in <${tagName}>`);
+      const name = attributePrefix ? `${attributePrefix}:${attributeLocal}` : attributeLocal;
+      if (written.some((attribute) => attribute.name === name)) this.fail(at, `<${tagName}> has the attribute ${name} twice`);
+      this.skipSpace();
+      this.expect("=", `"=" after the attribute ${name} in <${tagName}>`);
+      this.skipSpace();
+      written.push({ name, prefix: attributePrefix, local: attributeLocal, value: this.attributeValue(name, tagName), at });
+    }
+
+    const elementScope = this.declare(scope, written, tagName);
+    const namespace = this.resolve(elementScope, prefix, start, tagName, true);
+    const element = new ReaderElement(this.document, tagName, prefix, local, namespace);
+    const expanded = new Set<string>();
+    for (const attribute of written) {
+      const isDeclaration = attribute.name === "xmlns" || attribute.prefix === "xmlns";
+      const attributeNamespace = isDeclaration ? XMLNS_NAMESPACE : this.resolve(elementScope, attribute.prefix, attribute.at, attribute.name, false);
+      const key = `{${attributeNamespace ?? ""}}${attribute.local}`;
+      if (attributeNamespace && expanded.has(key)) this.fail(attribute.at, `<${tagName}> has two attributes named ${attribute.local} in namespace "${attributeNamespace}"`);
+      expanded.add(key);
+      element.attributes.push(new ReaderAttribute(attribute.name, attribute.prefix, attribute.local, attributeNamespace, attribute.value));
+    }
+    return { element, empty, elementScope };
+  }
+
+  /** The element's namespace declarations, checked, as a scope inside `scope`. */
+  private declare(scope: Scope, written: { name: string; prefix: string | null; local: string; value: string; at: number }[], tagName: string): Scope {
+    const declarations = written.filter((attribute) => attribute.name === "xmlns" || attribute.prefix === "xmlns");
+    if (declarations.length === 0) return scope;
+    const prefixes = new Map<string, string>();
+    for (const declaration of declarations) {
+      const declared = declaration.prefix ? declaration.local : "";
+      if (declared === "xmlns" || (declared !== "xml" && declaration.value === XML_NAMESPACE) || declaration.value === XMLNS_NAMESPACE) {
+        this.fail(declaration.at, `<${tagName}> declares ${declaration.name}="${declaration.value}": the prefixes xml and xmlns and their namespaces are reserved`);
+      }
+      if (declared === "xml" && declaration.value !== XML_NAMESPACE) this.fail(declaration.at, `<${tagName}> binds the reserved prefix xml to "${declaration.value}"`);
+      if (declared !== "" && declaration.value === "") this.fail(declaration.at, `<${tagName}> declares ${declaration.name}="": a prefix cannot be bound to no namespace`);
+      prefixes.set(declared, declaration.value);
+    }
+    return { parent: scope, prefixes };
+  }
+
+  private resolve(scope: Scope, prefix: string | null, at: number, name: string, isElement: boolean): string | null {
+    // An attribute without a prefix is in no namespace, whatever the default namespace.
+    if (prefix === null && !isElement) return null;
+    for (let each: Scope | undefined = scope; each; each = each.parent) {
+      const uri = each.prefixes.get(prefix ?? "");
+      if (uri !== undefined) return uri === "" ? null : uri;
+    }
+    if (prefix === null) return null;
+    this.fail(at, `the prefix ${prefix} of ${isElement ? `<${name}>` : `the attribute ${name}`} is not declared; add xmlns:${prefix}="…" to it or to an element around it`);
+  }
+
+  private attributeValue(name: string, tagName: string): string {
+    const quote = this.text[this.position];
+    if (quote !== '"' && quote !== "'") this.fail(this.position, `the value of ${name} in <${tagName}> must be quoted with " or '`);
+    const start = ++this.position;
+    const end = this.text.indexOf(quote, start);
+    if (end < 0) this.fail(start - 1, `the value of ${name} in <${tagName}> is never closed with ${quote}`);
+    const lessThan = this.text.indexOf("<", start);
+    if (lessThan >= 0 && lessThan < end) this.fail(lessThan, `"<" in the value of ${name} in <${tagName}>; write &lt;`);
+    // As the spec and xmldom do: literal tabs and newlines read as spaces, references are kept.
+    const value = this.decode(start, end, (raw) => raw.replace(/[\t\n]/g, " "));
+    this.position = end + 1;
+    return value;
+  }
+
+  /** Text up to the next "<", references decoded. */
+  private characters(): string {
+    const start = this.position;
+    let end = this.text.indexOf("<", start);
+    if (end < 0) end = this.text.length;
+    const forbidden = this.text.indexOf("]]>", start);
+    if (forbidden >= 0 && forbidden < end) this.fail(forbidden, `"]]>" in text; write ]]&gt;`);
+    this.position = end;
+    return this.decode(start, end, (raw) => raw);
+  }
+
+  /** text[start, end) with its entity and character references replaced. */
+  private decode(start: number, end: number, literal: (raw: string) => string): string {
+    let result = "";
+    let from = start;
+    for (let amp = this.text.indexOf("&", from); amp >= 0 && amp < end; amp = this.text.indexOf("&", from)) {
+      result += literal(this.text.slice(from, amp));
+      const semicolon = this.text.indexOf(";", amp);
+      const reference = semicolon >= 0 && semicolon < end ? this.text.slice(amp + 1, semicolon) : "";
+      result += this.referenced(reference, amp);
+      from = semicolon + 1;
+    }
+    return result + literal(this.text.slice(from, end));
+  }
+
+  private referenced(reference: string, at: number): string {
+    const predefined = PREDEFINED[reference];
+    if (predefined !== undefined) return predefined;
+    const numeric = /^#(?:x([0-9A-Fa-f]{1,6})|([0-9]{1,7}))$/.exec(reference);
+    if (numeric) {
+      const code = numeric[1] !== undefined ? parseInt(numeric[1], 16) : parseInt(numeric[2]!, 10);
+      const character = code <= 0x10ffff ? String.fromCodePoint(code) : "\u0000";
+      if (NOT_CHAR.test(character)) this.fail(at, `&${reference}; refers to a character XML does not allow`);
+      return character;
+    }
+    if (/^[A-Za-z_][\w.-]*$/.test(reference)) this.fail(at, `unknown entity &${reference};: without a DTD only &lt; &gt; &amp; &quot; &apos; and &#N; are defined`);
+    this.fail(at, `"&" that starts no reference; write &amp;`);
+  }
+
+  private comment(): CharacterNode {
+    const start = this.position;
+    const end = this.text.indexOf("-->", start + 4);
+    if (end < 0) this.fail(start, "a comment is never closed with -->");
+    const data = this.text.slice(start + 4, end);
+    const doubleHyphen = data.indexOf("--");
+    if (doubleHyphen >= 0 || data.endsWith("-")) this.fail(start + 4 + (doubleHyphen >= 0 ? doubleHyphen : data.length - 1), `"--" inside a comment`);
+    this.position = end + 3;
+    return new CharacterNode(8, "#comment", data);
+  }
+
+  private cdata(): CharacterNode {
+    const start = this.position;
+    const end = this.text.indexOf("]]>", start + 9);
+    if (end < 0) this.fail(start, "a CDATA section is never closed with ]]>");
+    this.position = end + 3;
+    return new CharacterNode(4, "#cdata-section", this.text.slice(start + 9, end));
+  }
+
+  private processingInstruction(): CharacterNode {
+    const start = this.position;
+    this.position += 2;
+    const target = this.ncname(`a processing instruction name after "<?"`);
+    if (target.toLowerCase() === "xml") this.fail(start, "an XML declaration is allowed only at the very start of the document");
+    const end = this.text.indexOf("?>", this.position);
+    if (end < 0) this.fail(start, `the processing instruction <?${target} is never closed with ?>`);
+    if (end > this.position && !this.skipSpace()) this.fail(this.position, `expected white space after <?${target}`);
+    const data = this.text.slice(this.position, end);
+    this.position = end + 2;
+    return new CharacterNode(7, target, data);
+  }
+
+  private endTag(open: OpenElement[]): void {
+    const start = this.position;
+    this.position += 2;
+    const [prefix, local] = this.qname(`an element name after "</"`);
+    const name = prefix ? `${prefix}:${local}` : local;
+    this.skipSpace();
+    this.expect(">", `">" to end </${name}`);
+    const current = open.pop();
+    if (!current) this.fail(start, `the end tag </${name}> closes no element`);
+    if (current.element.tagName !== name) {
+      const opened = this.locate(current.start);
+      this.fail(start, `the end tag </${name}> does not match the start tag <${current.element.tagName}> of ${opened}`);
+    }
+  }
+}
