@@ -78,6 +78,8 @@ function nodes(context: XmlNode, ...steps: string[]): XmlElement[] {
   return steps.reduce<XmlNode[]>((parents, step) => parents.flatMap((parent) => childElementsOf(parent, step)), [context]) as XmlElement[];
 }
 
+export { nodes as elementsAt };
+
 function first(context: XmlNode, ...steps: string[]): XmlElement | undefined {
   return nodes(context, ...steps)[0];
 }
