@@ -169,10 +169,9 @@ class Reader {
   read(): ReaderDocument {
     const invalid = NOT_CHAR.exec(this.text);
     if (invalid) this.fail(invalid.index, `the character U+${invalid[0].codePointAt(0)!.toString(16).toUpperCase().padStart(4, "0")} is not allowed in XML`);
-    if (this.text.startsWith("\uFEFF")) this.position = 1;
-    XML_DECLARATION.lastIndex = this.position;
+    XML_DECLARATION.lastIndex = 0;
     if (XML_DECLARATION.test(this.text)) this.position = XML_DECLARATION.lastIndex;
-    else if (/^<\?xml[\s?]/.test(this.text.slice(this.position))) this.fail(this.position, "the XML declaration is malformed; write <?xml version=\"1.0\"?>");
+    else if (/^<\?xml[\s?]/.test(this.text)) this.fail(0, "the XML declaration is malformed; write <?xml version=\"1.0\"?>");
 
     const root: Scope = { parent: undefined, prefixes: new Map([["xml", XML_NAMESPACE], ["xmlns", XMLNS_NAMESPACE]]) };
     const open: OpenElement[] = [];
@@ -202,7 +201,7 @@ class Reader {
       } else {
         const data = this.characters();
         if (open.length > 0) parent.append(new CharacterNode(3, "#text", data));
-        else if (data.trim() !== "") this.fail(start, rootSeen ? "text after the root element" : "text before the root element");
+        else if (data.trim() !== "") this.fail(start + this.text.slice(start).search(/[^ \t\n]/), rootSeen ? "text after the root element" : "text before the root element");
       }
     }
     const unclosed = open[open.length - 1];

@@ -1,0 +1,130 @@
+// vmhook's XML reader (lib/xml-reader.ts): on well-formed input it builds the
+// same tree as xmldom (names, namespaces, attributes, text), and malformed
+// input is an error naming line:column and what is wrong.
+import { readFileSync } from "node:fs";
+import { DOMParser } from "@xmldom/xmldom";
+import { test } from "uvu";
+import * as assert from "uvu/assert";
+import { parseDomain } from "../../lib/domain.ts";
+import { domElement } from "../../lib/dom-element.ts";
+import { readXml } from "../../lib/xml-reader.ts";
+import type { XmlAttribute, XmlElement, XmlNode } from "../../lib/xml.ts";
+
+/** A node as plain data, through the interface vmhook uses, so the two parsers' trees compare. */
+function shape(node: XmlNode): unknown {
+  const children: unknown[] = [];
+  for (let child = node.firstChild; child; child = child.nextSibling) {
+    assert.is(child.parentNode, node, "parentNode");
+    children.push(shape(child));
+  }
+  assert.is(node.childNodes.length, children.length, "childNodes.length");
+  if (node.nodeType !== 1) return { type: node.nodeType, name: node.nodeName, value: node.nodeValue, children };
+  const element = node as XmlElement;
+  const attributes: unknown[] = [];
+  for (let i = 0; i < element.attributes.length; i++) {
+    const { name, localName, prefix, namespaceURI, value }: XmlAttribute = element.attributes.item(i)!;
+    attributes.push({ name, localName, prefix, namespaceURI, value, get: element.getAttribute(name), has: element.hasAttribute(name) });
+  }
+  const { tagName, localName, prefix, namespaceURI, textContent } = element;
+  return { tagName, localName, prefix, namespaceURI, textContent, attributes, missing: element.getAttribute("no-such"), children };
+}
+
+function xmldomRoot(xml: string): XmlElement {
+  const problems: string[] = [];
+  const document = new DOMParser({ onError: (level: string, message: string) => void (level !== "warning" && problems.push(message)) }).parseFromString(xml, "text/xml");
+  assert.equal(problems, [], "xmldom reads it");
+  return document.documentElement!;
+}
+
+const WELL_FORMED: [string, string][] = [
+  ["declaration, comments and PIs around the root", `<?xml version="1.0" encoding="UTF-8" standalone='yes'?>\n<!-- made by hand -->\n<?app data here?>\n<domain type='kvm'><name>vm</name></domain>\n<!-- end -->\n`],
+  ["CDATA, comments and PIs in content", "<a>one<![CDATA[<two> & ]] three]]><!-- four --><?pi five?>six</a>"],
+  ["entities and character references", `<a b="&lt;&gt;&amp;&quot;&apos;&#65;&#x1F600;" c='"'>&lt;x&gt; &amp;amp; &#10;&#xe9; &apos;&quot; ></a>`],
+  ["attribute value whitespace", `<a b="one\ttwo\nthree  four" c="&#9;&#10;"/>`],
+  ["line endings", "<a\r\nb='1\r2'>x\r\ny\rz</a>"],
+  ["whitespace text and nesting", "<a>\n  <b>\n    <c/>\n  </b>\n  <d></d>\n</a>"],
+  ["default namespace, reset and rebinding", `<a xmlns="urn:one"><b xmlns=""><c/></b><p:d xmlns:p="urn:two" p:e="1" f="2"><p:g xmlns:p="urn:three"/><h/></p:d></a>`],
+  ["vmhook metadata as libvirt writes it", `<domain><metadata><vmhook:hooks xmlns:vmhook="urn:vmhook:1"><vmhook:hugepages size="2M"/><vmhook:plugin name="x"><opt>v</opt></vmhook:plugin></vmhook:hooks></metadata></domain>`],
+  ["the xml prefix", `<a xml:lang="en" xmlns:xml="http://www.w3.org/XML/1998/namespace"><b xml:space="preserve"> </b></a>`],
+  ["unicode names and text", `<données clé="välue">ü ✓ 𝄞</données>`],
+  ["spaces inside tags", `<a  b = "1"\n c\t=\t'2' ></a >`],
+  ...["tiny-hugepages", "gvtg", "win11-gpu"].map((name): [string, string] => [`examples/domains/${name}.xml`, readFileSync(`examples/domains/${name}.xml`, "utf8")]),
+  ["bench/domain.xml", readFileSync("bench/domain.xml", "utf8")],
+];
+
+for (const [what, xml] of WELL_FORMED) {
+  test(`reads like xmldom: ${what}`, () => {
+    const document = readXml(xml);
+    assert.equal(shape(document.documentElement!), shape(xmldomRoot(xml)));
+  });
+}
+
+const MALFORMED: [string, string, RegExp][] = [
+  ["DOCTYPE", `<?xml version="1.0"?>\n<!DOCTYPE domain SYSTEM "x.dtd"><domain/>`, /^line 2, column 1: a DOCTYPE is not allowed/],
+  ["entity declared in a DOCTYPE", `<!DOCTYPE a [<!ENTITY e "x">]><a>&e;</a>`, /^line 1, column 1: a DOCTYPE/],
+  ["unclosed tag", "<domain>\n  <name>vm</name>\n  <devices>\n</domain>", /^line 4, column 1: the end tag <\/domain> does not match the start tag <devices> of line 3, column 3$/],
+  ["never closed", "<domain>\n  <name>vm", /^line 2, column 3: <name> is never closed$/],
+  ["document ends in a start tag", "<domain><name", /^line 1, column 9: <name> is never closed/],
+  ["end tag closing nothing", "<a/></a>", /^line 1, column 5: the end tag <\/a> closes no element$/],
+  ["duplicate attribute", `<a>\n<b x="1" y="2" x="3"/></a>`, /^line 2, column 16: <b> has the attribute x twice$/],
+  ["same attribute through two prefixes", `<a xmlns:p="urn:x" xmlns:q="urn:x" p:v="1" q:v="2"/>`, /^line 1, column 44: <a> has two attributes named v in namespace "urn:x"$/],
+  ["unknown entity", "<a>caf&eacute;</a>", /^line 1, column 7: unknown entity &eacute;/],
+  ["bare ampersand", "<a>salt & pepper</a>", /^line 1, column 9: "&" that starts no reference; write &amp;$/],
+  ["reference to a control character", "<a>&#1;</a>", /^line 1, column 4: &#1; refers to a character XML does not allow$/],
+  ["reference beyond Unicode", "<a>&#x110000;</a>", /^line 1, column 4: &#x110000; refers to a character XML does not allow$/],
+  ["raw control character", "<a>\u0001</a>", /^line 1, column 4: the character U\+0001 is not allowed in XML$/],
+  ["text after the root", "<a/>\ntext", /^line 2, column 1: text after the root element$/],
+  ["text before the root", "text<a/>", /^line 1, column 1: text before the root element$/],
+  ["second root", "<a/><b/>", /^line 1, column 5: a second root element/],
+  ["no root", "<!-- only -->", /^line 1, column 14: no root element$/],
+  ["unbound element prefix", `<domain><metadata><vmhook:hooks/></metadata></domain>`, /^line 1, column 19: the prefix vmhook of <vmhook:hooks> is not declared/],
+  ["unbound attribute prefix", `<a x:y="1"/>`, /^line 1, column 4: the prefix x of the attribute x:y is not declared/],
+  ["prefix out of scope", `<a><b xmlns:p="urn:p"/><p:c/></a>`, /^line 1, column 24: the prefix p of <p:c> is not declared/],
+  ["prefix bound to nothing", `<a xmlns:p=""/>`, /^line 1, column 4: <a> declares xmlns:p="": a prefix cannot be bound to no namespace$/],
+  ["reserved xmlns prefix", `<a xmlns:xmlns="urn:x"/>`, /reserved/],
+  ["doubled prefix", `<vmhook:vmhook:hooks xmlns:vmhook="urn:vmhook:1"/>`, /^line 1, column 15: the name vmhook:vmhook:… has more than one ":" prefix$/],
+  ["unquoted attribute", "<a b=1/>", /^line 1, column 6: the value of b in <a> must be quoted with " or '$/],
+  ["unclosed attribute value", `<a b="1/>`, /^line 1, column 6: the value of b in <a> is never closed with "$/],
+  ["< in an attribute value", `<a b="1<2"/>`, /^line 1, column 8: "<" in the value of b in <a>; write &lt;$/],
+  ["attributes without space", `<a b="1"c="2"/>`, /^line 1, column 9: expected white space, ">" or "\/>" in <a>, found "c"$/],
+  ["attribute without value", `<a b/>`, /^line 1, column 5: expected "=" after the attribute b in <a>$/],
+  ["bad element name", "<1a/>", /^line 1, column 2: expected an element name after "<", found "1"$/],
+  ["]]> in text", "<a>x]]>y</a>", /^line 1, column 5: "\]\]>" in text; write \]\]&gt;$/],
+  ["-- in a comment", "<a><!-- a -- b --></a>", /^line 1, column 11: "--" inside a comment$/],
+  ["unclosed comment", "<a><!-- a </a>", /^line 1, column 4: a comment is never closed with -->$/],
+  ["unclosed CDATA", "<a><![CDATA[x</a>", /^line 1, column 4: a CDATA section is never closed with \]\]>$/],
+  ["CDATA outside the root", "<![CDATA[x]]><a/>", /^line 1, column 1: a CDATA section outside the root element$/],
+  ["XML declaration not at the start", "\n<?xml version='1.0'?><a/>", /^line 2, column 1: an XML declaration is allowed only at the very start/],
+  ["malformed XML declaration", "<?xml encoding='UTF-8'?><a/>", /^line 1, column 1: the XML declaration is malformed/],
+  ["unclosed processing instruction", "<a><?pi data</a>", /^line 1, column 4: the processing instruction <\?pi is never closed with \?>$/],
+  ["line ending counted once", "<a>\r\n\r\n<b></a>", /^line 3, column 4: the end tag <\/a> does not match the start tag <b> of line 3, column 1$/],
+];
+
+for (const [what, xml, message] of MALFORMED) {
+  test(`refuses: ${what}`, () => {
+    assert.throws(() => readXml(xml), (error: Error) => message.test(error.message) || assert.unreachable(`${JSON.stringify(error.message)} does not match ${message}`));
+  });
+}
+
+test("every read starts afresh", () => {
+  const xml = `<?xml version="1.0"?><a>x</a>`;
+  assert.equal(shape(readXml(xml).documentElement!), shape(readXml(xml).documentElement!));
+});
+
+test("parseDomain names the place of a syntax error, after what was read", () => {
+  assert.throws(() => parseDomain("<domain>\n<name>vm</nam>\n</domain>", "the domain XML on stdin"), /^the domain XML on stdin is not well-formed XML: line 2, column 9: the end tag <\/nam> does not match the start tag <name> of line 2, column 1$/);
+});
+
+test("a custom plugin's element is xmldom's, with the same content and the whole document", () => {
+  const xml = readFileSync("examples/domains/win11-gpu.xml", "utf8").replace(`<vmhook:isolate governor="performance"/>`, `<vmhook:plugin name="x" a="1"><x:opt xmlns:x="urn:x">v &amp; w</x:opt></vmhook:plugin>`);
+  const light = parseDomain(xml).metadata!.childNodes.item(3) as XmlElement;
+  assert.is(light.getAttribute("name"), "x");
+  const element = domElement(light);
+  assert.is.not(element, light);
+  assert.is(element.getElementsByTagNameNS("urn:x", "opt")[0]?.textContent, "v & w", "any DOM method works");
+  assert.equal(shape(element), shape(light));
+  assert.is(element.ownerDocument?.documentElement?.getElementsByTagName("name")[0]?.textContent, parseDomain(xml).name);
+  assert.is(domElement(element), element, "an xmldom element stays as it is");
+});
+
+test.run();
