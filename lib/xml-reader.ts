@@ -12,9 +12,13 @@ export class XmlSyntaxError extends Error {}
 const XML_NAMESPACE = "http://www.w3.org/XML/1998/namespace";
 const XMLNS_NAMESPACE = "http://www.w3.org/2000/xmlns/";
 
-// XML 1.0 (5th edition) NameStartChar and NameChar, without ":" (names are read as prefix:local).
-const NAME_START = "A-Z_a-z\\u00C0-\\u00D6\\u00D8-\\u00F6\\u00F8-\\u02FF\\u0370-\\u037D\\u037F-\\u1FFF\\u200C-\\u200D\\u2070-\\u218F\\u2C00-\\u2FEF\\u3001-\\uD7FF\\uF900-\\uFDCF\\uFDF0-\\uFFFD\\u{10000}-\\u{EFFFF}";
-const NCNAME = new RegExp(`[${NAME_START}][${NAME_START}\\-.0-9\\u00B7\\u0300-\\u036F\\u203F-\\u2040]*`, "uy");
+// XML 1.0 (5th edition) NameStartChar and NameChar, without ":" (names are
+// read as prefix:local). ASCII is decided by a table, the rest by these.
+const NAME_START_RANGES = "A-Z_a-z\\u00C0-\\u00D6\\u00D8-\\u00F6\\u00F8-\\u02FF\\u0370-\\u037D\\u037F-\\u1FFF\\u200C-\\u200D\\u2070-\\u218F\\u2C00-\\u2FEF\\u3001-\\uD7FF\\uF900-\\uFDCF\\uFDF0-\\uFFFD\\u{10000}-\\u{EFFFF}";
+const NAME_START_CHAR = new RegExp(`^[${NAME_START_RANGES}]$`, "u");
+const NAME_CHAR = new RegExp(`^[${NAME_START_RANGES}\\-.0-9\\u00B7\\u0300-\\u036F\\u203F-\\u2040]$`, "u");
+/** For each ASCII code: 2 starts a name, 1 continues one, 0 neither. */
+const ASCII_NAME = Array.from({ length: 128 }, (_, code) => (/[A-Za-z_]/.test(String.fromCharCode(code)) ? 2 : /[-.0-9]/.test(String.fromCharCode(code)) ? 1 : 0));
 /** A character XML 1.0 does not allow anywhere, even as a reference. */
 const NOT_CHAR = /[^\t\n\u0020-\uD7FF\uE000-\uFFFD\u{10000}-\u{10FFFF}]/u;
 const PREDEFINED: Record<string, string> = { lt: "<", gt: ">", amp: "&", quot: '"', apos: "'" };
@@ -227,16 +231,27 @@ class Reader {
 
   private skipSpace(): boolean {
     const start = this.position;
-    while (/[ \t\n]/.test(this.text[this.position] ?? "")) this.position++;
+    for (let code = this.text.charCodeAt(this.position); code === 32 || code === 10 || code === 9; code = this.text.charCodeAt(++this.position));
     return this.position > start;
   }
 
   private ncname(what: string): string {
-    NCNAME.lastIndex = this.position;
-    const match = NCNAME.exec(this.text);
-    if (!match) this.fail(this.position, `expected ${what}, found ${this.describeHere()}`);
-    this.position = NCNAME.lastIndex;
-    return match[0];
+    const start = this.position;
+    let end = start;
+    while (end < this.text.length) {
+      const code = this.text.charCodeAt(end);
+      if (code < 128) {
+        if (ASCII_NAME[code]! === 0 || (end === start && ASCII_NAME[code]! === 1)) break;
+        end++;
+      } else {
+        const character = String.fromCodePoint(this.text.codePointAt(end)!);
+        if (!(end === start ? NAME_START_CHAR : NAME_CHAR).test(character)) break;
+        end += character.length;
+      }
+    }
+    if (end === start) this.fail(start, `expected ${what}, found ${this.describeHere()}`);
+    this.position = end;
+    return this.text.slice(start, end);
   }
 
   /** A prefixed or plain name: [prefix, local]. */
@@ -333,8 +348,8 @@ class Reader {
     const start = ++this.position;
     const end = this.text.indexOf(quote, start);
     if (end < 0) this.fail(start - 1, `the value of ${name} in <${tagName}> is never closed with ${quote}`);
-    const lessThan = this.text.indexOf("<", start);
-    if (lessThan >= 0 && lessThan < end) this.fail(lessThan, `"<" in the value of ${name} in <${tagName}>; write &lt;`);
+    const lessThan = this.text.slice(start, end).indexOf("<");
+    if (lessThan >= 0) this.fail(start + lessThan, `"<" in the value of ${name} in <${tagName}>; write &lt;`);
     // As the spec and xmldom do: literal tabs and newlines read as spaces, references are kept.
     const value = this.decode(start, end, (raw) => raw.replace(/[\t\n]/g, " "));
     this.position = end + 1;
@@ -346,24 +361,24 @@ class Reader {
     const start = this.position;
     let end = this.text.indexOf("<", start);
     if (end < 0) end = this.text.length;
-    const forbidden = this.text.indexOf("]]>", start);
-    if (forbidden >= 0 && forbidden < end) this.fail(forbidden, `"]]>" in text; write ]]&gt;`);
+    const forbidden = this.text.slice(start, end).indexOf("]]>");
+    if (forbidden >= 0) this.fail(start + forbidden, `"]]>" in text; write ]]&gt;`);
     this.position = end;
     return this.decode(start, end, (raw) => raw);
   }
 
   /** text[start, end) with its entity and character references replaced. */
   private decode(start: number, end: number, literal: (raw: string) => string): string {
+    const raw = this.text.slice(start, end);
     let result = "";
-    let from = start;
-    for (let amp = this.text.indexOf("&", from); amp >= 0 && amp < end; amp = this.text.indexOf("&", from)) {
-      result += literal(this.text.slice(from, amp));
-      const semicolon = this.text.indexOf(";", amp);
-      const reference = semicolon >= 0 && semicolon < end ? this.text.slice(amp + 1, semicolon) : "";
-      result += this.referenced(reference, amp);
+    let from = 0;
+    for (let amp = raw.indexOf("&"); amp >= 0; amp = raw.indexOf("&", from)) {
+      result += literal(raw.slice(from, amp));
+      const semicolon = raw.indexOf(";", amp);
+      result += this.referenced(semicolon >= 0 ? raw.slice(amp + 1, semicolon) : "", start + amp);
       from = semicolon + 1;
     }
-    return result + literal(this.text.slice(from, end));
+    return result + literal(raw.slice(from));
   }
 
   private referenced(reference: string, at: number): string {
