@@ -1,6 +1,7 @@
 // vmhook's XML reader (lib/xml-reader.ts): on well-formed input it builds the
 // same tree as xmldom (names, namespaces, attributes, text), and malformed
 // input is an error naming line:column and what is wrong.
+import { spawnSync } from "node:child_process";
 import { readFileSync } from "node:fs";
 import { DOMParser } from "@xmldom/xmldom";
 import { test } from "uvu";
@@ -125,6 +126,24 @@ test("a custom plugin's element is xmldom's, with the same content and the whole
   assert.equal(shape(element), shape(light));
   assert.is(element.ownerDocument?.documentElement?.getElementsByTagName("name")[0]?.textContent, parseDomain(xml).name);
   assert.is(domElement(element), element, "an xmldom element stays as it is");
+});
+
+test("reading a domain and its built-in plugins' config loads neither xmldom nor xpath", () => {
+  // In a process of its own: this one has loaded xmldom for the comparisons above.
+  const script = `
+    import { readFileSync } from "node:fs";
+    import { loadDomainPlugins } from "./lib/config.ts";
+    import { parseDomain } from "./lib/domain.ts";
+    import { registry } from "./plugins/index.ts";
+    import { SimHost } from "./test/helpers/simhost.ts";
+    const xml = readFileSync("examples/domains/win11-gpu.xml", "utf8").replace("</vmhook:hooks>", "<vmhook:nosleep/><vmhook:forward port='8080'/></vmhook:hooks>");
+    const domain = parseDomain(xml);
+    for (const name of registry.builtinNames()) await registry.load(name, new SimHost());
+    await loadDomainPlugins(domain, new SimHost(), registry).catch(() => {});
+    console.log(JSON.stringify(Object.keys(require.cache).filter((key) => /xmldom|xpath/.test(key))));`;
+  const result = spawnSync(process.execPath, ["-e", script], { encoding: "utf8", stdio: ["ignore", "pipe", "pipe"], timeout: 60_000 });
+  assert.is(result.status, 0, result.stderr);
+  assert.equal(JSON.parse(result.stdout), []);
 });
 
 test.run();
