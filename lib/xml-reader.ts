@@ -204,8 +204,10 @@ class Reader {
         else open.push({ element, start, scope: elementScope });
       } else {
         const data = this.characters();
+        // Outside the root only white space, as written (a reference is not white space).
+        const written = open.length === 0 ? this.text.slice(start, this.position).search(/[^ \t\n]/) : -1;
+        if (written >= 0) this.fail(start + written, rootSeen ? "text after the root element" : "text before the root element");
         if (open.length > 0) parent.append(new CharacterNode(3, "#text", data));
-        else if (data.trim() !== "") this.fail(start + this.text.slice(start).search(/[^ \t\n]/), rootSeen ? "text after the root element" : "text before the root element");
       }
     }
     const unclosed = open[open.length - 1];
@@ -274,6 +276,7 @@ class Reader {
     this.position++;
     const [prefix, local] = this.qname("an element name after \"<\"");
     const tagName = prefix ? `${prefix}:${local}` : local;
+    if (prefix === "xmlns") this.fail(start + 1, `<${tagName}>: the prefix xmlns is reserved for namespace declarations`);
     const written: { name: string; prefix: string | null; local: string; value: string; at: number }[] = [];
     let empty = false;
     for (;;) {

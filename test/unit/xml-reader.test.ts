@@ -76,6 +76,8 @@ const MALFORMED: [string, string, RegExp][] = [
   ["raw control character", "<a>\u0001</a>", /^line 1, column 4: the character U\+0001 is not allowed in XML$/],
   ["text after the root", "<a/>\ntext", /^line 2, column 1: text after the root element$/],
   ["text before the root", "text<a/>", /^line 1, column 1: text before the root element$/],
+  ["a reference after the root", "<a/> &#32;", /^line 1, column 6: text after the root element$/],
+  ["an element with the xmlns prefix", `<xmlns:a/>`, /^line 1, column 2: <xmlns:a>: the prefix xmlns is reserved/],
   ["second root", "<a/><b/>", /^line 1, column 5: a second root element/],
   ["no root", "<!-- only -->", /^line 1, column 14: no root element$/],
   ["unbound element prefix", `<domain><metadata><vmhook:hooks/></metadata></domain>`, /^line 1, column 19: the prefix vmhook of <vmhook:hooks> is not declared/],
