@@ -24,9 +24,14 @@ const NOT_CHAR = /[^\t\n\u0020-\uD7FF\uE000-\uFFFD\u{10000}-\u{10FFFF}]/u;
 const PREDEFINED: Record<string, string> = { lt: "<", gt: ">", amp: "&", quot: '"', apos: "'" };
 const XML_DECLARATION = /^<\?xml\s+version\s*=\s*("1\.\d+"|'1\.\d+')(\s+encoding\s*=\s*("[A-Za-z][\w.-]*"|'[A-Za-z][\w.-]*'))?(\s+standalone\s*=\s*("(yes|no)"|'(yes|no)'))?\s*\?>/y;
 
-class NodeList extends Array<ReaderNode> implements XmlNodeList {
-  item(index: number): ReaderNode | null {
-    return this[index] ?? null;
+/** A list as the DOM has it (length, item); plain arrays inside: a subclass of Array is slow to build cold. */
+class List<Item> {
+  constructor(readonly items: Item[]) {}
+  get length(): number {
+    return this.items.length;
+  }
+  item(index: number): Item | null {
+    return this.items[index] ?? null;
   }
 }
 
@@ -34,15 +39,16 @@ abstract class ReaderNode implements XmlNode {
   abstract readonly nodeType: number;
   abstract readonly nodeName: string;
   parentNode: ReaderNode | null = null;
-  readonly childNodes = new NodeList();
+  readonly children: ReaderNode[] = [];
+  readonly childNodes: XmlNodeList = new List(this.children);
   nextSibling: ReaderNode | null = null;
   previousSibling: ReaderNode | null = null;
 
   get firstChild(): ReaderNode | null {
-    return this.childNodes[0] ?? null;
+    return this.children[0] ?? null;
   }
   get lastChild(): ReaderNode | null {
-    return this.childNodes[this.childNodes.length - 1] ?? null;
+    return this.children[this.children.length - 1] ?? null;
   }
   get nodeValue(): string | null {
     return null;
@@ -58,7 +64,7 @@ abstract class ReaderNode implements XmlNode {
       child.previousSibling = last;
     }
     child.parentNode = this;
-    this.childNodes.push(child);
+    this.children.push(child);
   }
 }
 
@@ -88,15 +94,11 @@ class ReaderAttribute implements XmlAttribute {
   }
 }
 
-class Attributes extends Array<ReaderAttribute> {
-  item(index: number): ReaderAttribute | null {
-    return this[index] ?? null;
-  }
-}
 
 export class ReaderElement extends ReaderNode implements XmlElement {
   readonly nodeType = 1;
-  readonly attributes = new Attributes();
+  readonly attributeList: ReaderAttribute[] = [];
+  readonly attributes = new List(this.attributeList);
 
   constructor(
     readonly ownerDocument: ReaderDocument,
@@ -112,20 +114,20 @@ export class ReaderElement extends ReaderNode implements XmlElement {
   }
   override get textContent(): string {
     let text = "";
-    for (const child of this.childNodes) if (child.nodeType === 1 || child.nodeType === 3 || child.nodeType === 4) text += child.textContent;
+    for (const child of this.children) if (child.nodeType === 1 || child.nodeType === 3 || child.nodeType === 4) text += child.textContent;
     return text;
   }
   getAttribute(qualifiedName: string): string | null {
-    return this.attributes.find((attribute) => attribute.name === qualifiedName)?.value ?? null;
+    return this.attributeList.find((attribute) => attribute.name === qualifiedName)?.value ?? null;
   }
   hasAttribute(qualifiedName: string): boolean {
-    return this.attributes.some((attribute) => attribute.name === qualifiedName);
+    return this.attributeList.some((attribute) => attribute.name === qualifiedName);
   }
   /** Its position: the index among its parent's child elements, of each element from the root down. */
   elementPath(): number[] {
     const path: number[] = [];
     for (let element: ReaderNode = this; element.parentNode; element = element.parentNode) {
-      path.unshift(element.parentNode.childNodes.filter((node) => node.nodeType === 1).indexOf(element));
+      path.unshift(element.parentNode.children.filter((node) => node.nodeType === 1).indexOf(element));
     }
     return path;
   }
@@ -139,7 +141,7 @@ export class ReaderDocument extends ReaderNode implements XmlDocument {
     super();
   }
   get documentElement(): ReaderElement | null {
-    return (this.childNodes.find((node) => node.nodeType === 1) as ReaderElement | undefined) ?? null;
+    return (this.children.find((node) => node.nodeType === 1) as ReaderElement | undefined) ?? null;
   }
 }
 
@@ -205,8 +207,8 @@ class Reader {
       } else {
         const data = this.characters();
         // Outside the root only white space, as written (a reference is not white space).
-        const written = open.length === 0 ? this.text.slice(start, this.position).search(/[^ \t\n]/) : -1;
-        if (written >= 0) this.fail(start + written, rootSeen ? "text after the root element" : "text before the root element");
+        const written = open.length === 0 ? this.firstNonSpace(start, this.position) : -1;
+        if (written >= 0) this.fail(written, rootSeen ? "text after the root element" : "text before the root element");
         if (open.length > 0) parent.append(new CharacterNode(3, "#text", data));
       }
     }
@@ -235,6 +237,15 @@ class Reader {
     const start = this.position;
     for (let code = this.text.charCodeAt(this.position); code === 32 || code === 10 || code === 9; code = this.text.charCodeAt(++this.position));
     return this.position > start;
+  }
+
+  /** The offset of the first character in [from, to) that is not white space, or -1. */
+  private firstNonSpace(from: number, to: number): number {
+    for (let offset = from; offset < to; offset++) {
+      const code = this.text.charCodeAt(offset);
+      if (code !== 32 && code !== 10 && code !== 9) return offset;
+    }
+    return -1;
   }
 
   private ncname(what: string): string {
@@ -312,7 +323,7 @@ class Reader {
       const key = `{${attributeNamespace ?? ""}}${attribute.local}`;
       if (attributeNamespace && expanded.has(key)) this.fail(attribute.at, `<${tagName}> has two attributes named ${attribute.local} in namespace "${attributeNamespace}"`);
       expanded.add(key);
-      element.attributes.push(new ReaderAttribute(attribute.name, attribute.prefix, attribute.local, attributeNamespace, attribute.value));
+      element.attributeList.push(new ReaderAttribute(attribute.name, attribute.prefix, attribute.local, attributeNamespace, attribute.value));
     }
     return { element, empty, elementScope };
   }
