@@ -18,9 +18,20 @@ const NAME_START_RANGES = "A-Z_a-z\\u00C0-\\u00D6\\u00D8-\\u00F6\\u00F8-\\u02FF\
 const NAME_START_CHAR = new RegExp(`^[${NAME_START_RANGES}]$`, "u");
 const NAME_CHAR = new RegExp(`^[${NAME_START_RANGES}\\-.0-9\\u00B7\\u0300-\\u036F\\u203F-\\u2040]$`, "u");
 /** For each ASCII code: 2 starts a name, 1 continues one, 0 neither. */
-const ASCII_NAME = Array.from({ length: 128 }, (_, code) => (/[A-Za-z_]/.test(String.fromCharCode(code)) ? 2 : /[-.0-9]/.test(String.fromCharCode(code)) ? 1 : 0));
+const ASCII_NAME = new Uint8Array(128);
+for (const [range, kind] of [["AZ", 2], ["az", 2], ["__", 2], ["09", 1], ["-.", 1]] as const) ASCII_NAME.fill(kind, range.charCodeAt(0), range.charCodeAt(1) + 1);
+// The common case in one match each (the interpreter that runs a hook's
+// code once is slow at loops over characters; regular expressions are
+// compiled): ASCII names, attribute values without "<". Anything else takes
+// the careful way below, which also names what is wrong.
+const ASCII_QNAME = "[A-Za-z_][\\w.-]*(?::[A-Za-z_][\\w.-]*)?";
+const START_TAG = new RegExp(`<(${ASCII_QNAME})((?:[ \\t\\n]+${ASCII_QNAME}[ \\t\\n]*=[ \\t\\n]*(?:"[^"<]*"|'[^'<]*'))*)[ \\t\\n]*(/?)>`, "y");
+const ATTRIBUTE = new RegExp(`(${ASCII_QNAME})[ \\t\\n]*=[ \\t\\n]*(?:"([^"<]*)"|'([^'<]*)')`, "g");
+const END_TAG = new RegExp(`</(${ASCII_QNAME})[ \\t\\n]*>`, "y");
 /** A character XML 1.0 does not allow anywhere, even as a reference. */
 const NOT_CHAR = /[^\t\n\u0020-\uD7FF\uE000-\uFFFD\u{10000}-\u{10FFFF}]/u;
+const [LESS_THAN, SLASH, EXCLAMATION, QUESTION] = [..."</!?"].map((character) => character.charCodeAt(0));
+const NOT_CHAR_OR_SURROGATE = /[^\t\n\u0020-\uD7FF\uE000-\uFFFD]/;
 const PREDEFINED: Record<string, string> = { lt: "<", gt: ">", amp: "&", quot: '"', apos: "'" };
 const XML_DECLARATION = /^<\?xml\s+version\s*=\s*("1\.\d+"|'1\.\d+')(\s+encoding\s*=\s*("[A-Za-z][\w.-]*"|'[A-Za-z][\w.-]*'))?(\s+standalone\s*=\s*("(yes|no)"|'(yes|no)'))?\s*\?>/y;
 
@@ -150,6 +161,29 @@ interface Scope {
   prefixes: Map<string, string>;
 }
 
+interface WrittenAttribute {
+  name: string;
+  prefix: string | null;
+  local: string;
+  value: string;
+  /** Its offset, for messages. */
+  at: number;
+}
+
+interface StartTag {
+  tagName: string;
+  prefix: string | null;
+  local: string;
+  written: WrittenAttribute[];
+  empty: boolean;
+}
+
+/** "vmhook:hooks" as prefix and local name. */
+function splitName(name: string): { prefix: string | null; local: string } {
+  const colon = name.indexOf(":");
+  return colon < 0 ? { prefix: null, local: name } : { prefix: name.slice(0, colon), local: name.slice(colon + 1) };
+}
+
 interface OpenElement {
   element: ReaderElement;
   start: number;
@@ -168,12 +202,13 @@ class Reader {
 
   constructor(xml: string) {
     // As xmldom and the XML spec do, every line ending reads as "\n".
-    this.text = xml.replace(/\r[\n\u0085]/g, "\n").replace(/[\r\u0085\u2028\u2029]/g, "\n");
+    this.text = ["\r", "\u0085", "\u2028", "\u2029"].some((ending) => xml.includes(ending)) ? xml.replace(/\r[\n\u0085]/g, "\n").replace(/[\r\u0085\u2028\u2029]/g, "\n") : xml;
     this.document = new ReaderDocument(this.text);
   }
 
   read(): ReaderDocument {
-    const invalid = NOT_CHAR.exec(this.text);
+    // Surrogates are checked in pairs only when there are any: the Unicode-aware expression costs more to compile.
+    const invalid = NOT_CHAR_OR_SURROGATE.test(this.text) ? NOT_CHAR.exec(this.text) : null;
     if (invalid) this.fail(invalid.index, `the character U+${invalid[0].codePointAt(0)!.toString(16).toUpperCase().padStart(4, "0")} is not allowed in XML`);
     XML_DECLARATION.lastIndex = 0;
     if (XML_DECLARATION.test(this.text)) this.position = XML_DECLARATION.lastIndex;
@@ -185,31 +220,32 @@ class Reader {
     while (this.position < this.text.length) {
       const parent: ReaderNode = open[open.length - 1]?.element ?? this.document;
       const start = this.position;
-      if (this.text.startsWith("</", start)) {
+      const next = this.text.charCodeAt(start + 1);
+      if (this.text.charCodeAt(start) !== LESS_THAN) {
+        const data = this.characters();
+        // Outside the root only white space, as written (a reference is not white space).
+        const written = open.length === 0 ? this.firstNonSpace(start, this.position) : -1;
+        if (written >= 0) this.fail(written, rootSeen ? "text after the root element" : "text before the root element");
+        if (open.length > 0) parent.append(new CharacterNode(3, "#text", data));
+      } else if (next === SLASH) {
         this.endTag(open);
         if (open.length === 0) rootSeen = true;
-      } else if (this.text.startsWith("<!--", start)) {
+      } else if (next === EXCLAMATION && this.text.startsWith("<!--", start)) {
         parent.append(this.comment());
-      } else if (this.text.startsWith("<![CDATA[", start)) {
+      } else if (next === EXCLAMATION && this.text.startsWith("<![CDATA[", start)) {
         if (open.length === 0) this.fail(start, "a CDATA section outside the root element");
         parent.append(this.cdata());
-      } else if (this.text.startsWith("<!DOCTYPE", start)) {
+      } else if (next === EXCLAMATION && this.text.startsWith("<!DOCTYPE", start)) {
         this.fail(start, "a DOCTYPE is not allowed: vmhook reads no DTD; remove it");
-      } else if (this.text.startsWith("<?", start)) {
+      } else if (next === QUESTION) {
         parent.append(this.processingInstruction());
-      } else if (this.text[start] === "<") {
+      } else {
         if (open.length === 0 && rootSeen) this.fail(start, "a second root element; a document has exactly one");
         const scope = open[open.length - 1]?.scope ?? root;
         const { element, empty, elementScope } = this.startTag(scope);
         parent.append(element);
         if (empty) rootSeen ||= open.length === 0;
         else open.push({ element, start, scope: elementScope });
-      } else {
-        const data = this.characters();
-        // Outside the root only white space, as written (a reference is not white space).
-        const written = open.length === 0 ? this.firstNonSpace(start, this.position) : -1;
-        if (written >= 0) this.fail(written, rootSeen ? "text after the root element" : "text before the root element");
-        if (open.length > 0) parent.append(new CharacterNode(3, "#text", data));
       }
     }
     const unclosed = open[open.length - 1];
@@ -221,6 +257,16 @@ class Reader {
   /** Throws naming where, as line:column (both from 1). */
   private fail(offset: number, problem: string): never {
     throw new XmlSyntaxError(`${this.locate(offset)}: ${problem}`);
+  }
+
+  /** The name of the end tag at this.position, character by character. */
+  private scanEndTag(): string {
+    this.position += 2;
+    const [prefix, local] = this.qname(`an element name after "</"`);
+    const name = prefix ? `${prefix}:${local}` : local;
+    this.skipSpace();
+    this.expect(">", `">" to end </${name}`);
+    return name;
   }
 
   private locate(offset: number): string {
@@ -284,34 +330,13 @@ class Reader {
 
   private startTag(scope: Scope): { element: ReaderElement; empty: boolean; elementScope: Scope } {
     const start = this.position;
-    this.position++;
-    const [prefix, local] = this.qname("an element name after \"<\"");
-    const tagName = prefix ? `${prefix}:${local}` : local;
+    START_TAG.lastIndex = start;
+    const match = START_TAG.exec(this.text);
+    const { tagName, prefix, local, written, empty } = match ? this.matchedStartTag(match) : this.scanStartTag();
     if (prefix === "xmlns") this.fail(start + 1, `<${tagName}>: the prefix xmlns is reserved for namespace declarations`);
-    const written: { name: string; prefix: string | null; local: string; value: string; at: number }[] = [];
-    let empty = false;
-    for (;;) {
-      const spaced = this.skipSpace();
-      if (this.text.startsWith("/>", this.position)) {
-        this.position += 2;
-        empty = true;
-        break;
-      }
-      if (this.text[this.position] === ">") {
-        this.position++;
-        break;
-      }
-      if (this.position >= this.text.length) this.fail(start, `<${tagName}> is never closed: the document ends inside its start tag`);
-      if (!spaced) this.fail(this.position, `expected white space, ">" or "/>" in <${tagName}>, found ${this.describeHere()}`);
-      const at = this.position;
-      const [attributePrefix, attributeLocal] = this.qname(`an attribute name in <${tagName}>`);
-      const name = attributePrefix ? `${attributePrefix}:${attributeLocal}` : attributeLocal;
-      if (written.some((attribute) => attribute.name === name)) this.fail(at, `<${tagName}> has the attribute ${name} twice`);
-      this.skipSpace();
-      this.expect("=", `"=" after the attribute ${name} in <${tagName}>`);
-      this.skipSpace();
-      written.push({ name, prefix: attributePrefix, local: attributeLocal, value: this.attributeValue(name, tagName), at });
-    }
+    written.forEach((attribute, index) => {
+      if (written.findIndex((other) => other.name === attribute.name) < index) this.fail(attribute.at, `<${tagName}> has the attribute ${attribute.name} twice`);
+    });
 
     const elementScope = this.declare(scope, written, tagName);
     const namespace = this.resolve(elementScope, prefix, start, tagName, true);
@@ -328,8 +353,54 @@ class Reader {
     return { element, empty, elementScope };
   }
 
+  /** The start tag START_TAG matched at this.position. */
+  private matchedStartTag([whole, tagName, attributes, slash]: RegExpExecArray): StartTag {
+    const start = this.position;
+    const written: WrittenAttribute[] = [];
+    const base = start + 1 + tagName!.length;
+    ATTRIBUTE.lastIndex = 0;
+    for (let match = ATTRIBUTE.exec(attributes!); match; match = ATTRIBUTE.exec(attributes!)) {
+      const [all, name, doubleQuoted, singleQuoted] = match;
+      const value = doubleQuoted ?? singleQuoted!;
+      const at = base + match.index;
+      const valueEnd = at + all.length - 1;
+      written.push({ name: name!, ...splitName(name!), value: this.attributeText(valueEnd - value.length, valueEnd), at });
+    }
+    this.position = start + whole.length;
+    return { tagName: tagName!, ...splitName(tagName!), written, empty: slash === "/" };
+  }
+
+  /** The start tag at this.position, character by character. */
+  private scanStartTag(): StartTag {
+    const start = this.position;
+    this.position++;
+    const [prefix, local] = this.qname("an element name after \"<\"");
+    const tagName = prefix ? `${prefix}:${local}` : local;
+    const written: WrittenAttribute[] = [];
+    for (;;) {
+      const spaced = this.skipSpace();
+      if (this.text.startsWith("/>", this.position)) {
+        this.position += 2;
+        return { tagName, prefix, local, written, empty: true };
+      }
+      if (this.text[this.position] === ">") {
+        this.position++;
+        return { tagName, prefix, local, written, empty: false };
+      }
+      if (this.position >= this.text.length) this.fail(start, `<${tagName}> is never closed: the document ends inside its start tag`);
+      if (!spaced) this.fail(this.position, `expected white space, ">" or "/>" in <${tagName}>, found ${this.describeHere()}`);
+      const at = this.position;
+      const [attributePrefix, attributeLocal] = this.qname(`an attribute name in <${tagName}>`);
+      const name = attributePrefix ? `${attributePrefix}:${attributeLocal}` : attributeLocal;
+      this.skipSpace();
+      this.expect("=", `"=" after the attribute ${name} in <${tagName}>`);
+      this.skipSpace();
+      written.push({ name, prefix: attributePrefix, local: attributeLocal, value: this.attributeValue(name, tagName), at });
+    }
+  }
+
   /** The element's namespace declarations, checked, as a scope inside `scope`. */
-  private declare(scope: Scope, written: { name: string; prefix: string | null; local: string; value: string; at: number }[], tagName: string): Scope {
+  private declare(scope: Scope, written: WrittenAttribute[], tagName: string): Scope {
     const declarations = written.filter((attribute) => attribute.name === "xmlns" || attribute.prefix === "xmlns");
     if (declarations.length === 0) return scope;
     const prefixes = new Map<string, string>();
@@ -364,10 +435,13 @@ class Reader {
     if (end < 0) this.fail(start - 1, `the value of ${name} in <${tagName}> is never closed with ${quote}`);
     const lessThan = this.text.slice(start, end).indexOf("<");
     if (lessThan >= 0) this.fail(start + lessThan, `"<" in the value of ${name} in <${tagName}>; write &lt;`);
-    // As the spec and xmldom do: literal tabs and newlines read as spaces, references are kept.
-    const value = this.decode(start, end, (raw) => raw.replace(/[\t\n]/g, " "));
     this.position = end + 1;
-    return value;
+    return this.attributeText(start, end);
+  }
+
+  /** An attribute's value from text[start, end): as the spec and xmldom read it, literal tabs and newlines as spaces, references decoded. */
+  private attributeText(start: number, end: number): string {
+    return this.decode(start, end, (raw) => raw.replace(/[\t\n]/g, " "));
   }
 
   /** Text up to the next "<", references decoded. */
@@ -443,11 +517,10 @@ class Reader {
 
   private endTag(open: OpenElement[]): void {
     const start = this.position;
-    this.position += 2;
-    const [prefix, local] = this.qname(`an element name after "</"`);
-    const name = prefix ? `${prefix}:${local}` : local;
-    this.skipSpace();
-    this.expect(">", `">" to end </${name}`);
+    END_TAG.lastIndex = start;
+    const match = END_TAG.exec(this.text);
+    if (match) this.position += match[0].length;
+    const name = match ? match[1]! : this.scanEndTag();
     const current = open.pop();
     if (!current) this.fail(start, `the end tag </${name}> closes no element`);
     if (current.element.tagName !== name) {
