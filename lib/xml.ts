@@ -1,8 +1,8 @@
 // The XML nodes vmhook reads, and xmldom for what needs a full DOM.
 //
 // The hook reads the domain XML with its own small reader (xml-reader.ts):
-// xmldom's entity tables and grammar cost more than the rest of the hook's
-// start under TCG (docs/bench.md). Its nodes implement the part of the DOM
+// xmldom's entity tables and grammar cost about 20 ms of the hook's start
+// natively (docs/bench.md). Its nodes implement the part of the DOM
 // that vmhook uses, typed here; xmldom's nodes satisfy the same types, so code
 // written against them reads either. xmldom itself is set up at its first use:
 // editing commands, and custom plugins, which get real DOM elements
@@ -10,8 +10,6 @@
 import type * as Xmldom from "@xmldom/xmldom";
 
 export const ELEMENT_NODE = 1;
-export const TEXT_NODE = 3;
-export const CDATA_SECTION_NODE = 4;
 
 export interface XmlNodeList {
   readonly length: number;
