@@ -4,7 +4,7 @@
 // anything changes. A refusal names the element, the value, the policy key
 // that would allow it and the file. The rules per plugin come with the
 // plugin registry (plugins/policy-rules.ts): lib never imports plugins/.
-import type { Element } from "@xmldom/xmldom";
+import type { XmlElement } from "./xml.ts";
 import { describeElement, type Domain } from "./domain.ts";
 import { ConfigError } from "./errors.ts";
 import type { Host } from "./host.ts";
@@ -28,11 +28,11 @@ export type PolicyRule = (config: any, request: PolicyRequest) => void | Promise
 interface ParsedPlugin {
   id: string;
   config: unknown;
-  elements: Element[];
+  elements: XmlElement[];
 }
 
 /** A custom plugin named by the metadata: allowed unless the policy lists the ones domains may name. Checked before its code is loaded. */
-export function authorizeCustomPlugin(policy: HostPolicy, name: string, element: Element): void {
+export function authorizeCustomPlugin(policy: HostPolicy, name: string, element: XmlElement): void {
   if (policy.plugins === undefined || policy.plugins.includes(name)) return;
   throw new ConfigError(describeElement(element), `the host policy does not let domains use plugin ${name}; ${allowHint(policy, `add "${name}" to "plugins"`)}`);
 }

@@ -25,8 +25,18 @@ interface BunSubprocess {
 }
 
 /** Bun's file API (the hook's fast path uses it instead of node:fs, which is slow to load), spawn and spawnSync (lib/host.ts, bench/). */
+/** A node of Bun.XML.parse's ordered tree ({ compact: false }): text, an element, a comment or a processing instruction. */
+type BunXmlNode = string | BunXmlElement | { comment: string } | { target: string; data: string };
+interface BunXmlElement {
+  name: string;
+  attributes: Record<string, string>;
+  children: BunXmlNode[];
+}
+
 declare const Bun: {
   stdin: { text(): Promise<string> };
+  /** Bun's XML 1.0 parser (lib/xml-reader.ts): a SyntaxError for anything not well-formed. */
+  XML: { parse(text: string, options: { compact: false }): BunXmlElement };
   file(path: string): { exists(): Promise<boolean> };
   spawn(
     command: string[],

@@ -1,7 +1,8 @@
 // The vmhook metadata element → the list of plugin instances to run, each
 // with its typed config. All of it is checked before anything on the host
 // changes, so a bad config aborts the start with the host untouched.
-import type { Element } from "@xmldom/xmldom";
+import { domElement } from "./dom-element.ts";
+import type { XmlElement } from "./xml.ts";
 import { attributes, describeElement, metadataChildren, type Domain } from "./domain.ts";
 import { ConfigError } from "./errors.ts";
 import type { Host } from "./host.ts";
@@ -20,7 +21,7 @@ export interface PluginInstance {
   id: string;
   plugin: AnyPlugin;
   config: unknown;
-  elements: Element[];
+  elements: XmlElement[];
 }
 
 /**
@@ -39,7 +40,7 @@ export async function loadDomainPlugins(domain: Domain, host: Host, registry: Pl
   if (text !== "") throw new ConfigError(rootName, `contains the text ${JSON.stringify(text.slice(0, 40))}; it holds only plugin elements such as <vmhook:hugepages/>`);
 
   const policy = loadPolicy(host);
-  const groups = new Map<string, Element[]>();
+  const groups = new Map<string, XmlElement[]>();
   for (const element of metadataChildren(metadata)) {
     if (element.namespaceURI !== NAMESPACE_URI) {
       throw new ConfigError(rootName, `contains <${element.tagName}> from namespace "${element.namespaceURI ?? "none"}"; its children must be vmhook elements (xmlns:vmhook="${NAMESPACE_URI}")`);
@@ -61,13 +62,15 @@ export async function loadDomainPlugins(domain: Domain, host: Host, registry: Pl
   const instances: PluginInstance[] = [];
   for (const [id, elements] of groups) {
     const plugin = await registry.load(id, host);
-    instances.push({ id, plugin, config: plugin.parse(elements, domain), elements });
+    // Custom plugins may use any DOM method: they get xmldom's elements, read only for them.
+    const given = id.startsWith(CUSTOM_PREFIX) ? elements.map(domElement) : elements;
+    instances.push({ id, plugin, config: plugin.parse(given, domain), elements: given });
   }
   await authorizeInstances(policy, instances, registry.policyRules, domain, host);
   return instances;
 }
 
-function customId(element: Element): string {
+function customId(element: XmlElement): string {
   const name = element.getAttribute("name");
   if (!name) throw new ConfigError(describeElement(element), `has no name attribute; write <vmhook:plugin name="NAME"> with NAME a file in the plugins directory`);
   if (!PATTERNS.pluginName.test(name)) {
@@ -77,7 +80,7 @@ function customId(element: Element): string {
 }
 
 /** The text directly inside <vmhook:hooks> (not inside its child elements). */
-function* metadataText(metadata: Element): Generator<string> {
+function* metadataText(metadata: XmlElement): Generator<string> {
   for (let node = metadata.firstChild; node; node = node.nextSibling) {
     if (node.nodeType === 3 || node.nodeType === 4) yield node.nodeValue ?? "";
   }

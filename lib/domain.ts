@@ -1,13 +1,13 @@
 // The domain XML as vmhook needs it: identity, memory, NUMA, CPU pinning,
 // host devices, and the vmhook metadata element. Everything a plugin can
 // derive from standard libvirt XML is read here once.
-import type { Element, Node } from "@xmldom/xmldom";
 import { ConfigError, VmhookError } from "./errors.ts";
 import { NAMESPACE_URI, ROOT_ELEMENT } from "./paths.ts";
 import { childElements, prefixMistake, refuseMisplacedNamespace } from "./metadata-text.ts";
 import { parseCpuset } from "./cpuset.ts";
 import { PATTERNS, parseInteger, parsePciAddress, parseUuid, sizeToKiB } from "./validate.ts";
-import { xmldom } from "./xml.ts";
+import { ELEMENT_NODE, xmldom, type XmlDocument, type XmlElement, type XmlNode } from "./xml.ts";
+import { readXml, XmlSyntaxError } from "./xml-reader.ts";
 
 export interface PciHostdev {
   type: "pci";
@@ -54,47 +54,68 @@ export interface Domain {
   hostdevs: (PciHostdev | MdevHostdev)[];
   interfaces: NetworkInterface[];
   /** The <vmhook:hooks> element, if the domain has one. */
-  metadata?: Element;
+  metadata?: XmlElement;
 }
 
 // Elements are found by walking child elements, as an XPath location path
 // without predicates would ("/domain/devices/hostdev"): each step matches
 // elements in no namespace, in document order. The xpath package cost more
 // than the rest of the hook's start under TCG (docs/bench.md).
-const ELEMENT_NODE = 1;
 
 /** The child elements of `parent`; with `name`, only those of that name in no namespace. */
-function childElementsOf(parent: Node, name?: string): Element[] {
-  const found: Element[] = [];
+function childElementsOf(parent: XmlNode, name?: string): XmlElement[] {
+  const found: XmlElement[] = [];
   for (let node = parent.firstChild; node; node = node.nextSibling) {
     if (node.nodeType !== ELEMENT_NODE) continue;
-    const element = node as Element;
+    const element = node as XmlElement;
     if (name === undefined || (!element.namespaceURI && element.localName === name)) found.push(element);
   }
   return found;
 }
 
 /** The elements at `steps` below `context`: nodes(document, "domain", "devices", "hostdev"). */
-function nodes(context: Node, ...steps: string[]): Element[] {
-  return steps.reduce<Node[]>((parents, step) => parents.flatMap((parent) => childElementsOf(parent, step)), [context]) as Element[];
+function nodes(context: XmlNode, ...steps: string[]): XmlElement[] {
+  return steps.reduce<XmlNode[]>((parents, step) => parents.flatMap((parent) => childElementsOf(parent, step)), [context]) as XmlElement[];
 }
 
-function first(context: Node, ...steps: string[]): Element | undefined {
+export { nodes as elementsAt };
+
+function first(context: XmlNode, ...steps: string[]): XmlElement | undefined {
   return nodes(context, ...steps)[0];
 }
 
-function text(context: Node, ...steps: string[]): string | undefined {
+function text(context: XmlNode, ...steps: string[]): string | undefined {
   return first(context, ...steps)?.textContent?.trim() || undefined;
 }
 
-function attr(element: Element | undefined, name: string): string | undefined {
+function attr(element: XmlElement | undefined, name: string): string | undefined {
   if (!element || !element.hasAttribute(name)) return undefined;
   return element.getAttribute(name) ?? undefined;
 }
 
-/** Parses XML text into a document, turning every parser complaint into one clear error. */
-export function parseXmlDocument(xml: string, what: string) {
+function refuseEmpty(xml: string, what: string): void {
   if (xml.trim() === "") throw new VmhookError(`${what} is empty; expected a libvirt <domain> XML document`);
+}
+
+function notWellFormed(xml: string, what: string, problem: string): Error {
+  // libvirt stores a prefixed element given to virsh metadata as <vmhook:vmhook:hooks>
+  return prefixMistake(xml) ?? new VmhookError(`${what} is not well-formed XML: ${problem}`);
+}
+
+/** Reads XML text with vmhook's own reader (xml-reader.ts), for reading only; a syntax error names line:column. */
+export function readXmlDocument(xml: string, what: string): XmlDocument {
+  refuseEmpty(xml, what);
+  try {
+    return readXml(xml);
+  } catch (error) {
+    if (error instanceof XmlSyntaxError) throw notWellFormed(xml, what, error.message);
+    throw error;
+  }
+}
+
+/** Parses XML text into an xmldom document, to edit it, turning every parser complaint into one clear error. */
+export function parseXmlDocument(xml: string, what: string) {
+  refuseEmpty(xml, what);
   const problems: string[] = [];
   const { DOMParser } = xmldom();
   let document;
@@ -107,18 +128,13 @@ export function parseXmlDocument(xml: string, what: string) {
   } catch (error) {
     problems.push(error instanceof Error ? error.message : String(error));
   }
-  if (!document || problems.length > 0) {
-    // libvirt stores a prefixed element given to virsh metadata as <vmhook:vmhook:hooks>
-    const mistake = prefixMistake(xml);
-    if (mistake) throw mistake;
-    throw new VmhookError(`${what} is not well-formed XML: ${problems[0]?.split("\n")[0] ?? "unknown error"}`);
-  }
+  if (!document || problems.length > 0) throw notWellFormed(xml, what, problems[0]?.split("\n")[0] ?? "unknown error");
   return document;
 }
 
 /** Reads the parts of a domain XML that vmhook uses. Throws ConfigError naming the element on bad values. */
 export function parseDomain(xml: string, what = "domain XML"): Domain {
-  const document = parseXmlDocument(xml, what);
+  const document = readXmlDocument(xml, what);
   const root = document.documentElement;
   if (!root || root.localName !== "domain") {
     throw new VmhookError(`${what}: the root element is <${root?.localName ?? "none"}>, expected <domain>`);
@@ -168,16 +184,16 @@ export function parseDomain(xml: string, what = "domain XML"): Domain {
 }
 
 /** <vmhook:hooks> in <metadata>; any other element there in vmhook's namespace is refused. */
-function parseMetadata(document: Node): Element | undefined {
+function parseMetadata(document: XmlNode): XmlElement | undefined {
   const elements = nodes(document, "domain", "metadata").flatMap((metadata) => childElementsOf(metadata));
   return elements.find((element) => element.namespaceURI === NAMESPACE_URI && element.localName === ROOT_ELEMENT) ?? refuseMisplacedNamespace(elements);
 }
 
-function optionalCpuset(element: Element | undefined, where: string): number[] | undefined {
+function optionalCpuset(element: XmlElement | undefined, where: string): number[] | undefined {
   return element ? parseCpuset(attr(element, "cpuset") ?? "", where, "cpuset") : undefined;
 }
 
-function parseMemoryBacking(document: Node): Domain["hugepages"] {
+function parseMemoryBacking(document: XmlNode): Domain["hugepages"] {
   const hugepages = first(document, "domain", "memoryBacking", "hugepages");
   if (!hugepages) return undefined;
   return {
@@ -192,7 +208,7 @@ function parseNodeset(value: string | undefined, where: string): number[] {
   return parseCpuset(value ?? "", where, "nodeset", 1023);
 }
 
-function parseNumatune(document: Node): Pick<Domain, "numatuneMemory" | "memnodes"> {
+function parseNumatune(document: XmlNode): Pick<Domain, "numatuneMemory" | "memnodes"> {
   const memory = first(document, "domain", "numatune", "memory");
   return {
     numatuneMemory: memory
@@ -209,7 +225,7 @@ function parseNumatune(document: Node): Pick<Domain, "numatuneMemory" | "memnode
   };
 }
 
-function parseHostdevs(document: Node): Domain["hostdevs"] {
+function parseHostdevs(document: XmlNode): Domain["hostdevs"] {
   const hostdevs: Domain["hostdevs"] = [];
   for (const hostdev of nodes(document, "domain", "devices", "hostdev").filter((hostdev) => hostdev.getAttribute("mode") === "subsystem")) {
     const type = attr(hostdev, "type");
@@ -244,7 +260,7 @@ function parseHostdevs(document: Node): Domain["hostdevs"] {
 
 const MAC = /^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/;
 
-function parseInterfaces(document: Node): NetworkInterface[] {
+function parseInterfaces(document: XmlNode): NetworkInterface[] {
   return nodes(document, "domain", "devices", "interface").map((nic) => {
     const mac = attr(first(nic, "mac"), "address")?.trim().toLowerCase();
     if (mac !== undefined && !MAC.test(mac)) throw new ConfigError("<interface><mac>", `address="${mac}" is not a MAC address like 52:54:00:12:34:56`);
@@ -257,7 +273,7 @@ function parseInterfaces(document: Node): NetworkInterface[] {
 export const metadataChildren = childElements;
 
 /** The attributes of an element as a plain object (for plugins' config parsers and JSON plugins). */
-export function attributes(element: Element): Record<string, string> {
+export function attributes(element: XmlElement): Record<string, string> {
   const result: Record<string, string> = {};
   for (let i = 0; i < element.attributes.length; i++) {
     const attribute = element.attributes.item(i)!;
@@ -268,7 +284,7 @@ export function attributes(element: Element): Record<string, string> {
 }
 
 /** How an element is named in messages: <vmhook:hugepages size="2M">. */
-export function describeElement(element: Element): string {
+export function describeElement(element: XmlElement): string {
   const attrs = Object.entries(attributes(element))
     .map(([key, value]) => ` ${key}="${value}"`)
     .join("");

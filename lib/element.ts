@@ -2,7 +2,7 @@
 // understand is an error, never ignored. A child element, text, or an
 // attribute of another namespace (x:size="1G") would otherwise be skipped
 // silently and the plugin would act on its defaults.
-import type { Element } from "@xmldom/xmldom";
+import type { XmlElement } from "./xml.ts";
 import { describeElement } from "./domain.ts";
 import { ConfigError } from "./errors.ts";
 
@@ -15,7 +15,7 @@ const CDATA_NODE = 4;
  * must not fall back to a default), any in a namespace, any child element and
  * any text other than white space.
  */
-export function readAttributes(element: Element, allowed: readonly string[]): Record<string, string> {
+export function readAttributes(element: XmlElement, allowed: readonly string[]): Record<string, string> {
   const where = describeElement(element);
   rejectContent(element, where);
   const found: Record<string, string> = {};
@@ -35,10 +35,10 @@ export function readAttributes(element: Element, allowed: readonly string[]): Re
 }
 
 /** Built-in elements are empty: <vmhook:NAME attr="..."/>. */
-function rejectContent(element: Element, where: string): void {
+function rejectContent(element: XmlElement, where: string): void {
   for (let node = element.firstChild; node; node = node.nextSibling) {
     if (node.nodeType === ELEMENT_NODE) {
-      throw new ConfigError(where, `contains <${(node as Element).tagName}>, but takes no child elements; write its settings as attributes (see vmhook plugins)`);
+      throw new ConfigError(where, `contains <${(node as XmlElement).tagName}>, but takes no child elements; write its settings as attributes (see vmhook plugins)`);
     }
     if ((node.nodeType === TEXT_NODE || node.nodeType === CDATA_NODE) && (node.nodeValue ?? "").trim() !== "") {
       throw new ConfigError(where, `contains the text ${JSON.stringify((node.nodeValue ?? "").trim().slice(0, 40))}, but takes none; write its settings as attributes, e.g. size="1G"`);
@@ -47,7 +47,7 @@ function rejectContent(element: Element, where: string): void {
 }
 
 /** Rejects a second element where a plugin allows only one. */
-export function single(elements: Element[]): Element {
+export function single(elements: XmlElement[]): XmlElement {
   if (elements.length > 1) {
     throw new ConfigError(describeElement(elements[1]!), `appears ${elements.length} times; keep one`);
   }

@@ -4,10 +4,9 @@
 // prefix and adds `vmhook:` from --key itself), and what libvirt stores when
 // given a prefixed element (`<vmhook:vmhook:hooks>`, which no XML parser
 // accepts).
-import type { Element } from "@xmldom/xmldom";
 import { ConfigError, VmhookError } from "./errors.ts";
 import { NAMESPACE_URI, ROOT_ELEMENT } from "./paths.ts";
-import { xmldom } from "./xml.ts";
+import { ELEMENT_NODE, xmldom, type XmlElement } from "./xml.ts";
 
 /** The --key of `virsh metadata`: libvirt writes it as the element's prefix. */
 export const METADATA_KEY = "vmhook";
@@ -63,7 +62,7 @@ function undeclaredPrefix(xml: string): ConfigError | undefined {
  * (urn:vmhook, urn:vmhook:2, no namespace): without this it would be a domain
  * without vmhook metadata, whose configuration silently never runs.
  */
-export function refuseMisplacedNamespace(metadataChildren: Element[]): undefined {
+export function refuseMisplacedNamespace(metadataChildren: XmlElement[]): undefined {
   const hooks = metadataChildren.find((element) => element.localName === ROOT_ELEMENT && element.namespaceURI !== NAMESPACE_URI && (element.prefix === METADATA_KEY || !element.namespaceURI || element.namespaceURI.includes("vmhook")));
   if (!hooks) return undefined;
   throw new ConfigError(`<${hooks.tagName}>`, `is in namespace "${hooks.namespaceURI ?? "none"}", not vmhook's; write <${METADATA_KEY}:${ROOT_ELEMENT} xmlns:${METADATA_KEY}="${NAMESPACE_URI}">, or store it with vmhook config VM --edit`);
@@ -96,7 +95,7 @@ export function readPastedMetadata(text: string): MetadataNode[] {
   const wrapped = `<paste xmlns:${METADATA_KEY}="${NAMESPACE_URI}">${body}</paste>`;
   const problems: string[] = [];
   const { DOMParser } = xmldom();
-  let root: Element | null | undefined;
+  let root: XmlElement | null | undefined;
   try {
     root = new DOMParser({ onError: (level: string, message: string) => void (level !== "warning" && problems.push(message)) }).parseFromString(wrapped, "text/xml").documentElement;
   } catch (error) {
@@ -117,24 +116,24 @@ export function readPastedMetadata(text: string): MetadataNode[] {
   return elements.map((element) => toNode(element, where));
 }
 
-/** Child elements in document order. */
-export function childElements(element: Element): Element[] {
+/** Child elements in document order; of an xmldom element, xmldom elements. */
+export function childElements<Element extends XmlElement>(element: Element): Element[] {
   const children: Element[] = [];
-  for (let node = element.firstChild; node; node = node.nextSibling) if (node.nodeType === 1) children.push(node as Element);
+  for (let node = element.firstChild; node; node = node.nextSibling) if (node.nodeType === ELEMENT_NODE) children.push(node as Element);
   return children;
 }
 
 /** The plugin elements of a parsed <vmhook:hooks> element. */
-export function metadataNodes(hooks: Element): MetadataNode[] {
+export function metadataNodes(hooks: XmlElement): MetadataNode[] {
   return childElements(hooks).map((child) => toNode(child, "the domain's vmhook metadata"));
 }
 
 /** An element users mean as vmhook's: in urn:vmhook:1, or without any namespace (the form virsh shows). */
-function inVmhookNamespace(element: Element): boolean {
+function inVmhookNamespace(element: XmlElement): boolean {
   return !element.namespaceURI || element.namespaceURI === NAMESPACE_URI;
 }
 
-function toNode(element: Element, where: string): MetadataNode {
+function toNode(element: XmlElement, where: string): MetadataNode {
   if (!inVmhookNamespace(element)) {
     throw new ConfigError(`<${element.tagName}>`, `in ${where} is in namespace "${element.namespaceURI}"; vmhook elements are in ${NAMESPACE_URI}: write <${element.localName}> or <${METADATA_KEY}:${element.localName}>`);
   }

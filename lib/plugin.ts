@@ -12,7 +12,7 @@
 //
 // `vmhook plan` prints exactly what plan.* returns, and prepare runs exactly
 // that: no plugin branches on a dry run.
-import type { Element } from "@xmldom/xmldom";
+import type { XmlElement } from "./xml.ts";
 import type { PolicyRule } from "./authorize.ts";
 import type { Claims } from "./claims.ts";
 import type { Deadline, WaitOptions } from "./deadline.ts";
@@ -122,12 +122,13 @@ export interface Action<Record extends UndoRecord, Config> {
 export interface CheckContext {
   host: Host;
   domain: Domain;
-  elements: Element[];
+  elements: XmlElement[];
 }
 
 export type Planner<Config> = (ctx: PlanContext<Config>) => Step[] | Promise<Step[]>;
 
-export interface Plugin<Config = unknown> {
+/** Element: what parse gets; custom plugins get xmldom's (types/vmhook-plugin.d.ts). */
+export interface Plugin<Config = unknown, Element extends XmlElement = XmlElement> {
   /** The metadata element it reads: <vmhook:NAME>. Custom plugins: "plugin:NAME". */
   name: string;
   /** One line for `vmhook plugins`. */
@@ -188,7 +189,7 @@ export interface LegacyContext<Config> extends PlanContext<Config> {
 
 export type LegacyHandler<Config> = (ctx: LegacyContext<Config>) => void | Promise<void>;
 
-export interface LegacyPlugin<Config = unknown> {
+export interface LegacyPlugin<Config = unknown, Element extends XmlElement = XmlElement> {
   name: string;
   summary: string;
   usage?: string;

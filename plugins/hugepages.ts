@@ -10,7 +10,7 @@
 // Pools: node=, else <numatune><memnode> per cell, else <numatune><memory
 // nodeset>, else the global pool; a nodeset of several nodes gets the pages
 // split evenly (the first nodes take the remainder).
-import type { Element } from "@xmldom/xmldom";
+import type { XmlElement } from "../lib/xml.ts";
 import { howToBootWith } from "../lib/host-advice.ts";
 import { boundedProduct, boundedSum } from "../lib/bounded.ts";
 import { readAttributes, single } from "../lib/element.ts";
@@ -59,7 +59,7 @@ const MAX_NODE = 1023;
 
 // ---- config: the metadata element plus the domain XML → pools and page counts
 
-function parseConfig(elements: Element[], domain: Domain): HugepagesConfig {
+function parseConfig(elements: XmlElement[], domain: Domain): HugepagesConfig {
   const element = single(elements);
   const where = describeElement(element);
   const attrs = readAttributes(element, ATTRIBUTES);

@@ -6,7 +6,7 @@
 //
 // NVIDIA vGPU 17+ on SR-IOV virtual functions has no mdev: plugins/vgpu.ts.
 // Sysfs layout: Documentation/ABI/testing/sysfs-bus-vfio-mdev.
-import type { Element } from "@xmldom/xmldom";
+import type { XmlElement } from "../lib/xml.ts";
 import { readAttributes } from "../lib/element.ts";
 import { attributes, describeElement, type Domain } from "../lib/domain.ts";
 import { fail, ok, type Finding } from "../lib/diagnostics/findings.ts";
@@ -107,7 +107,7 @@ function parseMdevUuid(uuid: string | undefined, element: string, domain: Domain
 }
 
 /** The element's attributes, each checked before any use in a path; `vmhook doctor` reads elements with this too. */
-export function readMdevElement(element: Element): Omit<MdevDevice, "uuid"> & { uuid?: string } {
+export function readMdevElement(element: XmlElement): Omit<MdevDevice, "uuid"> & { uuid?: string } {
   const where = describeElement(element);
   const attrs = readAttributes(element, ["type", "parent", "uuid"]);
   if (attrs.type === undefined) throw new ConfigError(where, `has no type attribute; name an mdev type, e.g. type="i915-GVTg_V5_4" (ls ${MDEV_BUS}/*/mdev_supported_types)`);
@@ -119,7 +119,7 @@ export function readMdevElement(element: Element): Omit<MdevDevice, "uuid"> & { 
   };
 }
 
-function parseMdevElement(element: Element, domain: Domain): MdevDevice {
+function parseMdevElement(element: XmlElement, domain: Domain): MdevDevice {
   const device = readMdevElement(element);
   return { ...device, uuid: parseMdevUuid(device.uuid, device.element, domain) };
 }

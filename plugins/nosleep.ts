@@ -5,7 +5,7 @@
 // and stops that unit at release.
 //
 //   <vmhook:nosleep/>
-import type { Element } from "@xmldom/xmldom";
+import type { XmlElement } from "../lib/xml.ts";
 import type { Domain } from "../lib/domain.ts";
 import { readAttributes, single } from "../lib/element.ts";
 import { VmhookError } from "../lib/errors.ts";
@@ -28,7 +28,7 @@ const WHO = "vmhook";
 const UNIT = /^vmhook-nosleep-[0-9a-f-]{36}\.service$/;
 const NO_SYSTEMD = "the host does not run systemd, so there is no logind to hold a sleep inhibitor lock";
 
-function parseConfig(elements: Element[], domain: Domain): NosleepConfig {
+function parseConfig(elements: XmlElement[], domain: Domain): NosleepConfig {
   readAttributes(single(elements), []);
   // The UUID was validated when the domain was read; the name only goes into argv, never a path or a shell.
   return { unit: `vmhook-nosleep-${domain.uuid}.service`, why: `VM ${domain.name} runs with devices passed through` };

@@ -7,7 +7,7 @@
 // interface: a type set on a PCI function that the domain's PCI <hostdev>
 // names. Layout: NVIDIA's vGPU 17 "vendor-specific VFIO framework"
 // (nvidia/creatable_vgpu_types, nvidia/current_vgpu_type under the VF).
-import type { Element } from "@xmldom/xmldom";
+import type { XmlElement } from "../lib/xml.ts";
 import { describeElement, type Domain } from "../lib/domain.ts";
 import { readAttributes } from "../lib/element.ts";
 import { ConfigError, describeError, VmhookError } from "../lib/errors.ts";
@@ -46,7 +46,7 @@ export interface VgpuDevice {
   type: string;
 }
 
-function parseVgpuElement(element: Element, domain: Domain, count: number): VgpuDevice {
+function parseVgpuElement(element: XmlElement, domain: Domain, count: number): VgpuDevice {
   const where = describeElement(element);
   const attrs = readAttributes(element, ["vf", "type"]);
   if (attrs.type === undefined) throw new ConfigError(where, `has no type attribute; name a vGPU type by id or name as cat /sys/bus/pci/devices/VF/nvidia/creatable_vgpu_types lists them, e.g. type="NVIDIA L40S-12Q"`);
@@ -99,7 +99,7 @@ export function planVgpu(host: Host, device: VgpuDevice): VgpuPlan {
   return { ...device, id: wanted.id, name: wanted.name, create: true };
 }
 
-function parse(elements: Element[], domain: Domain): VgpuDevice[] {
+function parse(elements: XmlElement[], domain: Domain): VgpuDevice[] {
   const devices = elements.map((element) => parseVgpuElement(element, domain, elements.length));
   devices.forEach((device, index) => {
     const first = devices.findIndex((other) => other.vf === device.vf);

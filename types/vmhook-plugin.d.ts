@@ -17,11 +17,9 @@ export type {
   HookEvent,
   Json,
   LegacyContext,
-  LegacyPlugin,
   PlanContext,
   PlannedEvent,
   Planner,
-  Plugin,
   Refusal,
   Step,
   StepHandle,
@@ -32,4 +30,9 @@ export type { ExecResult, FileStat, Host } from "../lib/host.ts";
 export type { Domain, MdevHostdev, PciHostdev } from "../lib/domain.ts";
 export type { Journal, JournalEntry } from "../lib/journal.ts";
 export type { Logger } from "../lib/log.ts";
-export type { Element } from "@xmldom/xmldom";
+import type { Element } from "@xmldom/xmldom";
+import type { LegacyPlugin as AnyElementLegacyPlugin, Plugin as AnyElementPlugin } from "../lib/plugin.ts";
+export type { Element };
+/** A custom plugin's parse gets xmldom elements: every DOM method works on them. */
+export type Plugin<Config = unknown> = AnyElementPlugin<Config, Element>;
+export type LegacyPlugin<Config = unknown> = AnyElementLegacyPlugin<Config, Element>;

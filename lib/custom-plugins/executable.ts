@@ -1,8 +1,9 @@
 // Custom plugins as executables in any language, protocol v1: one run per
 // hook event with a JSON request on stdin and a JSON reply on stdout (and the
 // same facts in VMHOOK_* environment variables); docs/plugins.md.
-import { XMLSerializer, type Element } from "@xmldom/xmldom";
 import { attributes } from "../domain.ts";
+import { domElement } from "../dom-element.ts";
+import { xmldom, type XmlElement } from "../xml.ts";
 import { VmhookError } from "../errors.ts";
 import { paths } from "../paths.ts";
 import { defineAction, type BaseContext, type Json, type PlanContext, type Plugin, type Step, type UndoRecord } from "../plugin.ts";
@@ -39,11 +40,11 @@ interface Reply {
   error?: string;
 }
 
-function elementJson(element: Element): ElementJson {
+function elementJson(element: XmlElement): ElementJson {
   const children: ElementJson[] = [];
   let text = "";
   for (let node = element.firstChild; node; node = node.nextSibling) {
-    if (node.nodeType === 1) children.push(elementJson(node as Element));
+    if (node.nodeType === 1) children.push(elementJson(node as XmlElement));
     else if (node.nodeType === 3 || node.nodeType === 4) text += node.nodeValue ?? "";
   }
   return { name: element.localName ?? element.tagName, attributes: attributes(element), text: text.trim(), children };
@@ -137,7 +138,8 @@ export function executablePlugin(file: PluginFile): Plugin<ExecutableConfig> {
     usage: `<vmhook:plugin name="${file.name}" …/>`,
     parse(elements) {
       // config.ts allows one element per custom plugin; checking its content is the plugin's job.
-      const element = elements[0]!;
+      const element = domElement(elements[0]!);
+      const { XMLSerializer } = xmldom();
       return {
         element: { xml: new XMLSerializer().serializeToString(element), ...elementJson(element) },
         domainXml: element.ownerDocument ? new XMLSerializer().serializeToString(element.ownerDocument) : "",

@@ -3,7 +3,7 @@
 //
 //   <vmhook:forward guest="192.168.122.10" ports="2222:22,8443:443/tcp,60000-60010/udp"
 //                   host-address="203.0.113.5" interface="eth0" hairpin="no"/>
-import type { Element } from "@xmldom/xmldom";
+import type { XmlElement } from "../../lib/xml.ts";
 import { readAttributes } from "../../lib/element.ts";
 import { describeElement } from "../../lib/domain.ts";
 import { ConfigError } from "../../lib/errors.ts";
@@ -46,13 +46,13 @@ const MAX_ITEMS = 64;
 export const INTERFACE_NAME = /^[A-Za-z0-9_][A-Za-z0-9_.-]{0,14}$/;
 const PORT_ITEM = /^(\d{1,5})(?:-(\d{1,5}))?(?::(\d{1,5})(?:-(\d{1,5}))?)?(?:\/(tcp|udp))?$/;
 
-export function parseForwardConfig(elements: Element[]): ForwardConfig {
+export function parseForwardConfig(elements: XmlElement[]): ForwardConfig {
   const forwards = elements.map(parseElement);
   checkOverlaps(forwards);
   return { forwards };
 }
 
-function parseElement(element: Element): ForwardSpec {
+function parseElement(element: XmlElement): ForwardSpec {
   const where = describeElement(element);
   const attrs = readAttributes(element, ATTRIBUTES);
   if (attrs.ports === undefined) throw new ConfigError(where, 'has no ports; write ports="HOST[:GUEST][/tcp|/udp],…", e.g. ports="2222:22"');

@@ -2,9 +2,8 @@
 // hook runs while libvirt holds the domain's lock). An active network's status
 // file comes first (/run/libvirt/network, /var/lib/libvirt/network on older
 // libvirt), then its definition in /etc/libvirt/qemu/networks.
-import type { Element } from "@xmldom/xmldom";
-import * as xpath from "xpath";
-import { parseXmlDocument } from "../../lib/domain.ts";
+import { elementsAt, readXmlDocument } from "../../lib/domain.ts";
+import type { XmlElement } from "../../lib/xml.ts";
 import { VmhookError } from "../../lib/errors.ts";
 import type { Host } from "../../lib/host.ts";
 import { inSubnet, netmaskPrefix, networkOf, parseIp, type IpAddress } from "./address.ts";
@@ -31,29 +30,28 @@ export const NETWORK_DIRS = ["/run/libvirt/network", "/var/lib/libvirt/network",
 /** libvirt allows more; these are the names vmhook will turn into a file name. */
 const NETWORK_NAME = /^[A-Za-z0-9_][A-Za-z0-9_.+-]{0,63}$/;
 
-const all = (expression: string, context: unknown) => xpath.select(expression, context as never) as unknown as Element[];
-const attr = (element: Element | undefined, name: string) => (element?.hasAttribute(name) ? element.getAttribute(name)! : undefined);
+const attr = (element: XmlElement | undefined, name: string) => (element?.hasAttribute(name) ? element.getAttribute(name)! : undefined);
 
 /** Parses a network definition or status file. Pure. Throws naming the file when a value is unusable. */
 export function parseNetworkXml(xml: string, file: string): NetworkInfo {
-  const document = parseXmlDocument(xml, file);
-  const network = all("/network | /networkstatus/network", document)[0];
+  const document = readXmlDocument(xml, file);
+  const network = elementsAt(document, "network")[0] ?? elementsAt(document, "networkstatus", "network")[0];
   if (!network) throw new VmhookError(`${file} holds no <network>; is it a libvirt network file?`);
-  const name = all("name", network)[0]?.textContent?.trim() ?? "";
-  const bridge = attr(all("bridge", network)[0], "name") ?? "";
+  const name = elementsAt(network, "name")[0]?.textContent?.trim() ?? "";
+  const bridge = attr(elementsAt(network, "bridge")[0], "name") ?? "";
   if (!INTERFACE_NAME.test(bridge)) throw new VmhookError(`${file}: <bridge name="${bridge}"> is not a bridge name vmhook can use (libvirt names it when the network starts)`);
-  const forward = all("forward", network)[0];
+  const forward = elementsAt(network, "forward")[0];
   const mode = forward ? (attr(forward, "mode") ?? "nat") : "isolated";
   const subnets: Subnet[] = [];
   const dhcpHosts: NetworkInfo["dhcpHosts"] = [];
-  for (const ip of all("ip", network)) {
+  for (const ip of elementsAt(network, "ip")) {
     const address = parseIp(attr(ip, "address") ?? "");
     if (!address) continue;
     const netmask = attr(ip, "netmask");
     const prefix = netmask !== undefined ? netmaskPrefix(parseIp(netmask) ?? address) : Number(attr(ip, "prefix") ?? (address.family === 4 ? 24 : 64));
     if (prefix === undefined || !Number.isInteger(prefix) || prefix < 1 || prefix > (address.family === 4 ? 32 : 128)) continue;
     subnets.push({ network: networkOf(address, prefix), prefix });
-    for (const host of all("dhcp/host", ip)) {
+    for (const host of elementsAt(ip, "dhcp", "host")) {
       const mac = attr(host, "mac")?.trim().toLowerCase();
       const hostIp = parseIp(attr(host, "ip") ?? "");
       if (mac && hostIp) dhcpHosts.push({ mac, ip: hostIp });

@@ -1,5 +1,5 @@
 // <vmhook:isolate> → which CPUs are the VM's and what to keep off them.
-import type { Element } from "@xmldom/xmldom";
+import type { XmlElement } from "../../lib/xml.ts";
 import { formatCpuList, parseCpuset } from "../../lib/cpuset.ts";
 import { describeElement, type Domain } from "../../lib/domain.ts";
 import { readAttributes, single } from "../../lib/element.ts";
@@ -26,7 +26,7 @@ export interface IsolateConfig {
 }
 
 
-export function parse(elements: Element[], domain: Domain): IsolateConfig {
+export function parse(elements: XmlElement[], domain: Domain): IsolateConfig {
   const element = single(elements);
   const where = describeElement(element);
   const attrs = readAttributes(element, ATTRIBUTES);

@@ -3,7 +3,7 @@
 //
 //   <vmhook:vfio devices="0000:01:00.0,..." include-slot="yes" single-gpu="auto|yes|no"
 //                unload-modules="auto|none|mod,..." load-modules="mod,..." display-manager="unit,..."/>
-import type { Element } from "@xmldom/xmldom";
+import type { XmlElement } from "../../lib/xml.ts";
 import { readAttributes, single } from "../../lib/element.ts";
 import { describeElement, type Domain } from "../../lib/domain.ts";
 import { ConfigError, VmhookError } from "../../lib/errors.ts";
@@ -28,7 +28,7 @@ export const ATTRIBUTES = ["devices", "include-slot", "single-gpu", "unload-modu
 
 const list = (value: string) => value.split(/[\s,]+/).filter(Boolean);
 
-export function parseVfioConfig(elements: Element[], domain: Domain): VfioConfig {
+export function parseVfioConfig(elements: XmlElement[], domain: Domain): VfioConfig {
   const element = single(elements);
   const where = describeElement(element);
   const attrs = readAttributes(element, ATTRIBUTES);
