@@ -73,9 +73,15 @@ function childElementsOf(parent: XmlNode, name?: string): XmlElement[] {
   return found;
 }
 
-/** The elements at `steps` below `context`: nodes(document, "domain", "devices", "hostdev"). */
+/** The elements at `steps` below `context`: nodes(document, "domain", "devices", "hostdev"). Plain loops: reduce and flatMap are JavaScript built-ins compiled at their first call, a cost under TCG. */
 function nodes(context: XmlNode, ...steps: string[]): XmlElement[] {
-  return steps.reduce<XmlNode[]>((parents, step) => parents.flatMap((parent) => childElementsOf(parent, step)), [context]) as XmlElement[];
+  let found: XmlNode[] = [context];
+  for (let step = 0; step < steps.length; step++) {
+    const next: XmlElement[] = [];
+    for (let i = 0; i < found.length; i++) next.push(...childElementsOf(found[i]!, steps[step]));
+    found = next;
+  }
+  return found as XmlElement[];
 }
 
 export { nodes as elementsAt };

@@ -5,7 +5,6 @@
 // stop, modules to load, CPUs and memory taken from the host, custom plugins
 // — must be allowed here. Read from /etc/vmhook/policy.json (root-owned,
 // checked like plugins.d); without it the defaults below apply.
-import * as path from "node:path";
 import { VmhookError } from "./errors.ts";
 import type { Host } from "./host.ts";
 import { paths } from "./paths.ts";
@@ -75,12 +74,14 @@ export const DEFAULT_POLICY: HostPolicy = {
 
 const POLICY_FILE_REASON = "it decides what VMs may take from the host";
 
+const parentOf = (absolute: string) => absolute.slice(0, absolute.lastIndexOf("/")) || "/";
+
 /** Why the policy file cannot be trusted: it, or a directory above it, is not root's alone. */
 function policyFileProblem(host: Host): string | undefined {
   const problem = unsafeReason(host, paths.policy, "file", POLICY_FILE_REASON);
   if (problem) return problem;
   // Whoever can write a directory above it can put another file in its place.
-  for (let dir = path.posix.dirname(paths.policy); ; dir = path.posix.dirname(dir)) {
+  for (let dir = parentOf(paths.policy); ; dir = parentOf(dir)) {
     const dirProblem = unsafeReason(host, dir, "directory", POLICY_FILE_REASON);
     if (dirProblem || dir === "/") return dirProblem;
   }

@@ -4,10 +4,11 @@
 // journals, host settings that are not objects, newlines in XML values, names
 // that look like options, programs that leave a process in the background.
 import * as fs from "node:fs";
+import * as path from "node:path";
 import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { Deadline } from "../../lib/deadline.ts";
-import { RootedHost } from "../../lib/host.ts";
+import { normalizePath, RootedHost } from "../../lib/host.ts";
 import { withDomainLock } from "../../lib/lock.ts";
 import { listJournals, newJournal, readJournal, writeJournal } from "../../lib/journal.ts";
 import { paths } from "../../lib/paths.ts";
@@ -96,6 +97,18 @@ test("recover leaves a journal alone while a hook of the domain holds its lock (
     assert.equal([pool(), sim.stateFiles()], ["0", []]);
   } finally {
     sim.cleanup();
+  }
+});
+
+test("RootedHost resolves a path as node:path did (normalize, then join to the root), and never above the root", () => {
+  const hostPaths = ["/", "//", "/a", "/a/", "/a//b", "/a/./b", "/a/../b", "/../..", "/a/b/..", "/a/b/../", "/a/b/.", "/..", "/a/...", "/a/..b", "/a/b/c/../../d/", "///x///y///", "/a/b/../../../etc/passwd"];
+  for (const hostPath of hostPaths) assert.is(normalizePath(hostPath), path.posix.normalize(hostPath), hostPath);
+  for (const root of ["/", "/tmp/root", "/tmp/root/", "relative/root", "./x/../y"]) {
+    for (const hostPath of hostPaths) {
+      const resolved = new RootedHost(root).resolve(hostPath);
+      assert.is(resolved, path.resolve(root) === "/" ? path.posix.normalize(hostPath) : path.join(path.resolve(root), path.posix.normalize(hostPath)), `${root} ${hostPath}`);
+      if (path.resolve(root) !== "/") assert.ok(resolved.startsWith(`${path.resolve(root)}/`) || resolved === path.resolve(root), `${resolved} stays under ${root}`);
+    }
   }
 });
 
