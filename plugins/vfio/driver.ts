@@ -55,7 +55,7 @@ export function takeOverSteps(ctx: PlanContext<VfioConfig>, found: Survey, setti
     steps.push({ action: "unload-module", record, description: `unload module ${module}` });
   }
 
-  if (!pciDriverRegistered(ctx.host, VFIO_DRIVER)) steps.push(loadModulesStep(VFIO_DRIVER, bindTimeoutMs));
+  if (!pciDriverRegistered(ctx.host, VFIO_DRIVER)) steps.push(loadModulesStep(VFIO_DRIVER, bindTimeoutMs, ctx.host));
   else steps.push(...keepLoadedSteps(ctx, VFIO_DRIVER));
   steps.push(...vendorResetSteps(ctx, found, bindTimeoutMs));
 
@@ -77,7 +77,7 @@ export function takeOverSteps(ctx: PlanContext<VfioConfig>, found: Survey, setti
   }
 
   for (const module of ctx.config.loadModules) {
-    if (!moduleLoaded(ctx.host, module.replace(/-/g, "_"))) steps.push(loadModulesStep(module, bindTimeoutMs));
+    if (!moduleLoaded(ctx.host, module.replace(/-/g, "_"))) steps.push(loadModulesStep(module, bindTimeoutMs, ctx.host));
     else steps.push(...keepLoadedSteps(ctx, module));
   }
   return steps;
@@ -96,7 +96,7 @@ function vendorResetSteps(ctx: BaseContext, found: Survey, bindTimeoutMs: number
     for (const device of needing) ctx.log.warn(`vfio: ${missingAdvice(device.address)}; ${VENDOR_RESET_FIX}`);
     return [];
   }
-  const load = state === "installed" ? [loadModulesStep(VENDOR_RESET_MODULE, bindTimeoutMs)] : keepLoadedSteps(ctx, VENDOR_RESET_MODULE);
+  const load = state === "installed" ? [loadModulesStep(VENDOR_RESET_MODULE, bindTimeoutMs, ctx.host)] : keepLoadedSteps(ctx, VENDOR_RESET_MODULE);
   return [...load, ...needing.flatMap((device) => setResetMethodStep(ctx.host, device.address) ?? [])];
 }
 
@@ -154,9 +154,27 @@ interface LoadRecord extends UndoRecord {
 /** The ledger key of a module vmhook loaded and VMs share (lib/claims.ts). */
 const loadedClaim = (module: string) => `loaded:${module.replace(/-/g, "_")}`;
 
-function loadModulesStep(module: string, bindTimeoutMs: number): Step<LoadRecord> {
-  // Until modprobe has run, the module itself is the best guess of what it loads.
-  const record: LoadRecord = { action: "load-modules", module, modules: [module.replace(/-/g, "_")], claim: loadedClaim(module), bindTimeoutMs };
+/**
+ * What `modprobe module` loads that is not loaded yet: the module and the
+ * dependencies the running kernel's modules.dep lists for it (all of them, as
+ * depmod writes it), as /proc/modules names them; just the module when
+ * modules.dep does not say.
+ */
+function modulesToLoad(host: Host, module: string): string[] {
+  const name = (file: string) => (/([^/]+?)\.ko(\.\w+)?$/.exec(file.trim())?.[1] ?? "").replace(/-/g, "_");
+  const wanted = name(`${module}.ko`);
+  const release = host.readTrimmed("/proc/sys/kernel/osrelease") ?? "";
+  const lines = (/^[\w+~-][\w.+~-]*$/.test(release) && host.readTrimmed(`/lib/modules/${release}/modules.dep`)) || "";
+  const line = lines.split("\n").find((each) => each.includes(":") && name(each.slice(0, each.indexOf(":"))) === wanted);
+  const all = [wanted, ...(line?.slice(line.indexOf(":") + 1).split(" ").filter(Boolean).map(name) ?? [])];
+  return all.filter((each) => each !== "" && !moduleLoaded(host, each));
+}
+
+function loadModulesStep(module: string, bindTimeoutMs: number, host: Host): Step<LoadRecord> {
+  // Journaled before modprobe runs: all it may load, so that a hook killed
+  // meanwhile leaves a journal that unloads all of it (what is not loaded is
+  // skipped); after modprobe, what it did load.
+  const record: LoadRecord = { action: "load-modules", module, modules: modulesToLoad(host, module), claim: loadedClaim(module), bindTimeoutMs };
   return { action: "load-modules", record, description: `load module ${module}` };
 }
 

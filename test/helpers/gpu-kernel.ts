@@ -302,8 +302,12 @@ export class GpuKernel {
     for (const dep of module.uses ?? []) this.sim.link(`/sys/module/${dep}/holders/${name}`, `../../${name}`);
     if (module.driver) {
       this.sim.file(`${DRIVERS}/${module.driver}/bind`).file(`${DRIVERS}/${module.driver}/unbind`).link(`${DRIVERS}/${module.driver}/module`, `../../../../module/${name}`);
-      // A new driver probes the unbound devices it matches.
-      for (const device of this.devices.values()) if (this.driverOf(device.address) === undefined) this.probe(device.address);
+      // A new driver probes the unbound devices it matches (driver_override, when set, is the only match).
+      for (const device of this.devices.values()) {
+        const override = this.sim.readTrimmed(`${DEV}/${device.address}/driver_override`);
+        const matches = override && override !== "(null)" ? override === module.driver : device.nativeDriver === module.driver;
+        if (this.driverOf(device.address) === undefined && matches) this.probe(device.address);
+      }
     }
     this.writeProcModules();
     for (const soft of module.post ?? []) if (!this.loaded(soft)) this.load(soft);

@@ -174,6 +174,27 @@ test("a modular dummy console: after the VM, the GPU's framebuffer registers aga
   assert.equal(kernel.sim.snapshot(), before);
 });
 
+test("the load of vfio-pci is journaled, before modprobe runs, with all that modprobe loads (modules.dep), so a hook killed meanwhile leaves a journal that unloads it all", async () => {
+  const kernel = bochsGuest();
+  kernel.sim.file("/proc/sys/kernel/osrelease", "6.1.0-sim").file(
+    "/lib/modules/6.1.0-sim/modules.dep",
+    "kernel/drivers/gpu/drm/tiny/bochs.ko: kernel/drivers/gpu/drm/drm.ko\nkernel/drivers/vfio/pci/vfio-pci.ko: kernel/drivers/vfio/pci/vfio-pci-core.ko kernel/drivers/vfio/vfio.ko\n",
+  );
+  let journaled: unknown;
+  const exec = kernel.sim.exec.bind(kernel.sim);
+  kernel.sim.exec = (command, args, options) => {
+    if (command === "modprobe") journaled = readJournal(kernel.sim, UUID)!.entries.find((entry) => entry.undo.action === "load-modules")?.undo.modules;
+    return exec(command, args, options);
+  };
+  const before = kernel.sim.snapshot();
+  const xml = domainXml("<vmhook:vfio/>");
+  assert.is((await runHookEvent(kernel.sim, "prepare", "begin", xml)).code, 0);
+  assert.equal(journaled, ["vfio_pci", "vfio_pci_core", "vfio"]);
+  assert.equal(readJournal(kernel.sim, UUID)!.entries.find((entry) => entry.undo.action === "load-modules")?.undo.modules, ["vfio", "vfio_iommu_type1", "vfio_pci_core", "vfio_pci"], "after modprobe: what it did load");
+  assert.is((await runHookEvent(kernel.sim, "release", "end", xml)).code, 0);
+  assert.equal(kernel.sim.snapshot(), before);
+});
+
 test("a modular dummy console whose framebuffer mapping fails: the rollback says what it tried and how to finish, and keeps the record", async () => {
   const kernel = bochsGuest();
   kernel.brokenModules.add("vfio_pci");
