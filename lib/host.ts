@@ -127,12 +127,7 @@ export class RootedHost implements Host {
   }
 
   readTrimmed(hostPath: string): string | undefined {
-    try {
-      return this.readFile(hostPath).trim();
-    } catch (error) {
-      if (isErrno(error, [...ABSENT, "ESRCH"])) return undefined;
-      throw unreadable(error, "read", hostPath);
-    }
+    return unlessAbsent(() => this.readFile(hostPath).trim(), undefined, [...ABSENT, "ESRCH"], "read", hostPath);
   }
 
   write(hostPath: string, data: string): void {
@@ -145,30 +140,15 @@ export class RootedHost implements Host {
   }
 
   exists(hostPath: string): boolean {
-    try {
-      return this.lookUp(hostPath);
-    } catch (error) {
-      if (isErrno(error, ABSENT)) return false;
-      throw unreadable(error, "look up", hostPath);
-    }
+    return unlessAbsent(() => this.lookUp(hostPath), false, ABSENT, "look up", hostPath);
   }
 
   list(hostPath: string): string[] {
-    try {
-      return this.readDirectory(hostPath).sort();
-    } catch (error) {
-      if (isErrno(error, ABSENT)) return [];
-      throw unreadable(error, "list", hostPath);
-    }
+    return unlessAbsent(() => this.readDirectory(hostPath).sort(), [], ABSENT, "list", hostPath);
   }
 
   readlink(hostPath: string): string | undefined {
-    try {
-      return this.readLinkTarget(hostPath);
-    } catch (error) {
-      if (isErrno(error, [...ABSENT, "EINVAL"])) return undefined;
-      throw unreadable(error, "read the link", hostPath);
-    }
+    return unlessAbsent(() => this.readLinkTarget(hostPath), undefined, [...ABSENT, "EINVAL"], "read the link", hostPath);
   }
 
   /** read(2), readdir(2), readlink(2), lstat(2) and stat(2) themselves: a simulated host makes them fail; the public methods judge the errno. */
@@ -194,13 +174,8 @@ export class RootedHost implements Host {
   }
 
   stat(hostPath: string): FileStat | undefined {
-    try {
-      const s = this.statPath(hostPath);
-      return { uid: s.uid, mode: s.mode, isFile: s.isFile(), isDirectory: s.isDirectory(), isSymlink: s.isSymbolicLink() };
-    } catch (error) {
-      if (isErrno(error, ABSENT)) return undefined;
-      throw unreadable(error, "stat", hostPath);
-    }
+    const s = unlessAbsent(() => this.statPath(hostPath), undefined, ABSENT, "stat", hostPath);
+    return s && { uid: s.uid, mode: s.mode, isFile: s.isFile(), isDirectory: s.isDirectory(), isSymlink: s.isSymbolicLink() };
   }
 
   mkdir(hostPath: string): void {
@@ -351,7 +326,15 @@ export function readForMessage(host: Host, hostPath: string, fallback: string): 
 /** The errnos that mean "nothing there": the path, or a directory on the way to it, does not exist. */
 const ABSENT = ["ENOENT", "ENOTDIR"];
 
-const isErrno = (error: unknown, codes: string[]) => codes.includes((error as NodeJS.ErrnoException)?.code ?? "");
+/** What `read()` gives, or `absent` when it failed with one of `absentCodes`; any other failure is refused, naming `what` was done to the path. */
+function unlessAbsent<T, A>(read: () => T, absent: A, absentCodes: string[], what: string, hostPath: string): T | A {
+  try {
+    return read();
+  } catch (error) {
+    if (absentCodes.includes((error as NodeJS.ErrnoException)?.code ?? "")) return absent;
+    throw unreadable(error, what, hostPath);
+  }
+}
 
 /** What exists but cannot be read: refused with the path and the errno (kept as `code`), never taken as empty. */
 function unreadable(error: unknown, what: string, hostPath: string): VmhookError & { code?: string } {
