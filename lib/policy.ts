@@ -8,7 +8,7 @@
 import { VmhookError } from "./errors.ts";
 import type { Host } from "./host.ts";
 import { paths } from "./paths.ts";
-import { unsafeReason } from "./custom-plugins/trust.ts";
+import { unsafeAbove, unsafeReason } from "./custom-plugins/trust.ts";
 import { PATTERNS } from "./validate.ts";
 
 export interface HostPolicy {
@@ -74,17 +74,9 @@ export const DEFAULT_POLICY: HostPolicy = {
 
 const POLICY_FILE_REASON = "it decides what VMs may take from the host";
 
-const parentOf = (absolute: string) => absolute.slice(0, absolute.lastIndexOf("/")) || "/";
-
 /** Why the policy file cannot be trusted: it, or a directory above it, is not root's alone. */
 function policyFileProblem(host: Host): string | undefined {
-  const problem = unsafeReason(host, paths.policy, "file", POLICY_FILE_REASON);
-  if (problem) return problem;
-  // Whoever can write a directory above it can put another file in its place.
-  for (let dir = parentOf(paths.policy); ; dir = parentOf(dir)) {
-    const dirProblem = unsafeReason(host, dir, "directory", POLICY_FILE_REASON);
-    if (dirProblem || dir === "/") return dirProblem;
-  }
+  return unsafeReason(host, paths.policy, "file", POLICY_FILE_REASON) ?? unsafeAbove(host, paths.policy, POLICY_FILE_REASON);
 }
 
 /** The policy in force: the file's, checked, or the defaults when there is none. Throws naming the file and the fix. */

@@ -1,7 +1,6 @@
 // Where custom plugins are found and whether vmhook may run them: the hook
 // runs as root, so a plugin is only loaded from a directory and a file that
 // root owns and nobody else can write.
-import * as path from "node:path";
 import { VmhookError } from "../errors.ts";
 import type { Host } from "../host.ts";
 import { paths } from "../paths.ts";
@@ -49,15 +48,22 @@ export function unsafeReason(host: Host, hostPath: string, kind: "directory" | "
 }
 
 /**
- * Why the plugins directory is unsafe, or undefined: it and every directory
- * above it must pass unsafeReason, since whoever can write /etc/vmhook can
- * rename plugins.d and put a directory of their own in its place.
+ * Why a directory above `hostPath` is unsafe (unsafeReason), or undefined:
+ * whoever can write one of them can rename what is below and put their own
+ * in its place.
  */
-export function pluginsDirProblem(host: Host): string | undefined {
-  for (let dir = paths.pluginsDir; ; dir = path.posix.dirname(dir)) {
-    const problem = unsafeReason(host, dir, "directory");
+export function unsafeAbove(host: Host, hostPath: string, because?: string): string | undefined {
+  for (let dir = parentOf(hostPath); ; dir = parentOf(dir)) {
+    const problem = unsafeReason(host, dir, "directory", because);
     if (problem || dir === "/") return problem;
   }
+}
+
+const parentOf = (absolute: string) => absolute.slice(0, absolute.lastIndexOf("/")) || "/";
+
+/** Why the plugins directory is unsafe, or undefined: it and every directory above it must pass unsafeReason. */
+export function pluginsDirProblem(host: Host): string | undefined {
+  return unsafeReason(host, paths.pluginsDir, "directory") ?? unsafeAbove(host, paths.pluginsDir);
 }
 
 /** Finds plugin NAME's file and checks it. Throws naming what was searched, or what is unsafe and how to fix it. */
