@@ -12,6 +12,7 @@ import { describeError, VmhookError } from "../errors.ts";
 import type { Host } from "../host.ts";
 import { howToGetCgroupV2 } from "../host-advice.ts";
 import { listJournals } from "../journal.ts";
+import { kernelRelease, moduleList, moduleName } from "../kernel-modules.ts";
 import { describeStuckWrite, listStuckWrites, STUCK_ADVICE } from "../stuck-writes.ts";
 import { paths } from "../paths.ts";
 import { pciExists } from "../pci.ts";
@@ -121,13 +122,9 @@ function hostPolicy(host: Host): Finding {
 const VFIO_MODULES = ["vfio", "vfio_iommu_type1", "vfio_pci"];
 
 function vfioModules(host: Host, needed: boolean): Finding {
-  const release = host.readTrimmed("/proc/sys/kernel/osrelease") ?? "";
-  // modules.dep lists loadable modules, modules.builtin the ones built into the kernel; names use - or _.
-  const known = new Set(
-    ["modules.dep", "modules.builtin"].flatMap((list) =>
-      (host.readTrimmed(`/lib/modules/${release}/${list}`) ?? "").split("\n").map((line) => (/([^/:\s]+)\.ko(\.\w+)?:?/.exec(line)?.[1] ?? "").replace(/-/g, "_")),
-    ),
-  );
+  const release = kernelRelease(host);
+  // modules.dep lists loadable modules, modules.builtin the ones built into the kernel.
+  const known = new Set((["modules.dep", "modules.builtin"] as const).flatMap((list) => moduleList(host, release, list).map((line) => moduleName(line.split(":")[0]!))));
   const loaded = VFIO_MODULES.filter((module) => host.exists(`/sys/module/${module}`));
   const missing = VFIO_MODULES.filter((module) => !loaded.includes(module) && !known.has(module));
   if (missing.length > 0) {

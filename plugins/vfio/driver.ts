@@ -3,6 +3,7 @@
 // driver_override + drivers_probe; extra modules load last. Each undo puts
 // one thing back and checks that it is back.
 import { writeThroughDriver } from "../../lib/bounded-write.ts";
+import { kernelRelease, moduleList, moduleName } from "../../lib/kernel-modules.ts";
 import { VmhookError } from "../../lib/errors.ts";
 import { readForMessage, type Host } from "../../lib/host.ts";
 import { PCI_DRIVERS, pciDriver, pciDriverRegistered, pciExists, pciPath } from "../../lib/pci.ts";
@@ -161,12 +162,9 @@ const loadedClaim = (module: string) => `loaded:${module.replace(/-/g, "_")}`;
  * modules.dep does not say.
  */
 function modulesToLoad(host: Host, module: string): string[] {
-  const name = (file: string) => (/([^/]+?)\.ko(\.\w+)?$/.exec(file.trim())?.[1] ?? "").replace(/-/g, "_");
-  const wanted = name(`${module}.ko`);
-  const release = host.readTrimmed("/proc/sys/kernel/osrelease") ?? "";
-  const lines = (/^[\w+~-][\w.+~-]*$/.test(release) && host.readTrimmed(`/lib/modules/${release}/modules.dep`)) || "";
-  const line = lines.split("\n").find((each) => each.includes(":") && name(each.slice(0, each.indexOf(":"))) === wanted);
-  const all = [wanted, ...(line?.slice(line.indexOf(":") + 1).split(" ").filter(Boolean).map(name) ?? [])];
+  const wanted = moduleName(`${module}.ko`);
+  const line = moduleList(host, kernelRelease(host), "modules.dep").find((each) => each.includes(":") && moduleName(each.slice(0, each.indexOf(":"))) === wanted);
+  const all = [wanted, ...(line?.slice(line.indexOf(":") + 1).split(" ").filter(Boolean).map(moduleName) ?? [])];
   return all.filter((each) => each !== "" && !moduleLoaded(host, each));
 }
 
