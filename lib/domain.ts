@@ -62,13 +62,13 @@ export interface Domain {
 // elements in no namespace, in document order. The xpath package cost more
 // than the rest of the hook's start under TCG (docs/bench.md).
 
-/** The child elements of `parent`; with `name`, only those of that name in no namespace. */
-function childElementsOf(parent: XmlNode, name?: string): XmlElement[] {
+/** The child elements of `parent` named `name`, in no namespace. */
+function childElementsOf(parent: XmlNode, name: string): XmlElement[] {
   const found: XmlElement[] = [];
   for (let node = parent.firstChild; node; node = node.nextSibling) {
     if (node.nodeType !== ELEMENT_NODE) continue;
     const element = node as XmlElement;
-    if (name === undefined || (!element.namespaceURI && element.localName === name)) found.push(element);
+    if (!element.namespaceURI && element.localName === name) found.push(element);
   }
   return found;
 }
@@ -108,7 +108,7 @@ function notWellFormed(xml: string, what: string, problem: string): Error {
   return prefixMistake(xml) ?? new VmhookError(`${what} is not well-formed XML: ${problem}`);
 }
 
-/** Reads XML text with vmhook's own reader (xml-reader.ts), for reading only; a syntax error names line:column. */
+/** Reads XML text with Bun's parser into vmhook's nodes (xml-reader.ts), for reading only; a syntax error names the tags. */
 export function readXmlDocument(xml: string, what: string): XmlDocument {
   refuseEmpty(xml, what);
   try {
@@ -191,7 +191,8 @@ export function parseDomain(xml: string, what = "domain XML"): Domain {
 
 /** <vmhook:hooks> in <metadata>; any other element there in vmhook's namespace is refused. */
 function parseMetadata(document: XmlNode): XmlElement | undefined {
-  const elements = nodes(document, "domain", "metadata").flatMap((metadata) => childElementsOf(metadata));
+  const elements: XmlElement[] = [];
+  for (const metadata of nodes(document, "domain", "metadata")) elements.push(...childElements(metadata));
   return elements.find((element) => element.namespaceURI === NAMESPACE_URI && element.localName === ROOT_ELEMENT) ?? refuseMisplacedNamespace(elements);
 }
 

@@ -1,10 +1,10 @@
 // The XML nodes vmhook reads, and xmldom for what needs a full DOM.
 //
-// The hook reads the domain XML with its own small reader (xml-reader.ts):
-// xmldom's entity tables and grammar cost about 20 ms of the hook's start
-// natively (docs/bench.md). Its nodes implement the part of the DOM
-// that vmhook uses, typed here; xmldom's nodes satisfy the same types, so code
-// written against them reads either. xmldom itself is set up at its first use:
+// The hook reads the domain XML with Bun's XML parser into vmhook's own small
+// nodes (xml-reader.ts): xmldom's set-up and first parse cost 80-140 ms of a
+// prepare under TCG (docs/bench.md). Those nodes implement the part of the
+// DOM that vmhook uses, typed here; xmldom's nodes satisfy the same types, so
+// code written against them reads either. xmldom itself is set up at its first use:
 // editing commands, and custom plugins, which get real DOM elements
 // (dom-element.ts).
 import type * as Xmldom from "@xmldom/xmldom";
