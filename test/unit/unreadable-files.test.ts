@@ -2,19 +2,19 @@
 // Host.readTrimmed is undefined only for what does not exist and throws for
 // any other errno; text only shown to a person goes through readForMessage.
 import * as fs from "node:fs";
-import * as os from "node:os";
 import * as path from "node:path";
 import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { Deadline, waitFor, WaitTimedOut } from "../../lib/deadline.ts";
 import { runDoctor } from "../../lib/diagnostics/doctor.ts";
-import { readForMessage, RootedHost } from "../../lib/host.ts";
+import { readForMessage } from "../../lib/host.ts";
 import { readJournal } from "../../lib/journal.ts";
 import { DEFAULT_SETTINGS, loadSettings } from "../../lib/settings.ts";
 import { cli } from "../helpers/cli.ts";
 import { runHookEvent } from "../helpers/hook.ts";
 import { HugepageKernel } from "../helpers/hugepage-kernel.ts";
 import { SimHost } from "../helpers/simhost.ts";
+import { withLoopTree } from "../helpers/loop-tree.ts";
 
 const UUID = "e1e1e1e1-0000-4000-8000-0000000000f2";
 const XML = `<domain type='kvm'><name>vm</name><uuid>${UUID}</uuid><memory unit='GiB'>1</memory>
@@ -33,29 +33,23 @@ function threw(run: () => unknown): Error & { code?: string } {
 }
 
 test("RootedHost.readTrimmed on a real file system: undefined only when nothing is there; a directory (EISDIR) and a symlink loop (ELOOP), which root cannot bypass, throw naming the path and keeping the errno", () => {
-  const root = fs.mkdtempSync(path.join(os.tmpdir(), "vmhook-unreadable-files-"));
-  try {
-    const host = new RootedHost(root);
-    fs.writeFileSync(path.join(root, "value"), "  42\n");
-    fs.mkdirSync(path.join(root, "dir"));
-    fs.symlinkSync("loop-b", path.join(root, "loop-a"));
-    fs.symlinkSync("loop-a", path.join(root, "loop-b"));
-    assert.is(host.readTrimmed("/value"), "42");
-    assert.is(host.readTrimmed("/missing"), undefined, "ENOENT");
-    assert.is(host.readTrimmed("/value/below"), undefined, "ENOTDIR: a path through a file");
-    const directory = threw(() => host.readTrimmed("/dir"));
-    assert.is(directory.code, "EISDIR");
-    assert.is(directory.message, `cannot read /dir (EISDIR); ${CHECK_WHY}`);
-    const loop = threw(() => host.readTrimmed("/loop-a"));
-    assert.is(loop.code, "ELOOP");
-    assert.match(loop.message, "cannot read /loop-a (ELOOP)");
-    assert.not.match(loop.message, root, "the host path, not the test root");
-    assert.is(readForMessage(host, "/loop-a", "?"), "?", "text for a message falls back");
-    assert.is(readForMessage(host, "/missing", "?"), "?");
-    assert.is(readForMessage(host, "/value", "?"), "42");
-  } finally {
-    fs.rmSync(root, { recursive: true, force: true });
-  }
+  withLoopTree((root, host) => {
+  fs.writeFileSync(path.join(root, "value"), "  42\n");
+  fs.mkdirSync(path.join(root, "dir"));
+  assert.is(host.readTrimmed("/value"), "42");
+  assert.is(host.readTrimmed("/missing"), undefined, "ENOENT");
+  assert.is(host.readTrimmed("/value/below"), undefined, "ENOTDIR: a path through a file");
+  const directory = threw(() => host.readTrimmed("/dir"));
+  assert.is(directory.code, "EISDIR");
+  assert.is(directory.message, `cannot read /dir (EISDIR); ${CHECK_WHY}`);
+  const loop = threw(() => host.readTrimmed("/loop-a"));
+  assert.is(loop.code, "ELOOP");
+  assert.match(loop.message, "cannot read /loop-a (ELOOP)");
+  assert.not.match(loop.message, root, "the host path, not the test root");
+  assert.is(readForMessage(host, "/loop-a", "?"), "?", "text for a message falls back");
+  assert.is(readForMessage(host, "/missing", "?"), "?");
+  assert.is(readForMessage(host, "/value", "?"), "42");
+  });
 });
 
 test("SimHost.failRead: readTrimmed judges the injected errno as a real one, read throws it as it is, clearFailures ends it; ESRCH (a process gone while read) is nothing there", () => {
@@ -121,22 +115,16 @@ test("vmhook status, doctor and recover: a libvirt pid file that cannot be read 
 });
 
 test("RootedHost.stat on a real file system: undefined only when nothing is there; a symlink loop on the way (ELOOP) throws naming the path", () => {
-  const root = fs.mkdtempSync(path.join(os.tmpdir(), "vmhook-unreadable-stat-"));
-  try {
-    const host = new RootedHost(root);
-    fs.writeFileSync(path.join(root, "value"), "42\n");
-    fs.symlinkSync("loop-b", path.join(root, "loop-a"));
-    fs.symlinkSync("loop-a", path.join(root, "loop-b"));
-    assert.is(host.stat("/value")?.isFile, true);
-    assert.is(host.stat("/loop-a")?.isSymlink, true, "lstat: the link itself");
-    assert.is(host.stat("/missing"), undefined, "ENOENT");
-    assert.is(host.stat("/value/below"), undefined, "ENOTDIR");
-    const loop = threw(() => host.stat("/loop-a/below"));
-    assert.is(loop.code, "ELOOP");
-    assert.is(loop.message, `cannot stat /loop-a/below (ELOOP); ${CHECK_WHY}`);
-  } finally {
-    fs.rmSync(root, { recursive: true, force: true });
-  }
+  withLoopTree((root, host) => {
+  fs.writeFileSync(path.join(root, "value"), "42\n");
+  assert.is(host.stat("/value")?.isFile, true);
+  assert.is(host.stat("/loop-a")?.isSymlink, true, "lstat: the link itself");
+  assert.is(host.stat("/missing"), undefined, "ENOENT");
+  assert.is(host.stat("/value/below"), undefined, "ENOTDIR");
+  const loop = threw(() => host.stat("/loop-a/below"));
+  assert.is(loop.code, "ELOOP");
+  assert.is(loop.message, `cannot stat /loop-a/below (ELOOP); ${CHECK_WHY}`);
+  });
 });
 
 test("host policy: a policy file that cannot be looked at (EACCES from a security module) refuses prepare with the host unchanged; it used to mean \"no policy\" and the defaults", async () => {
@@ -157,23 +145,17 @@ test("host policy: a policy file that cannot be looked at (EACCES from a securit
 });
 
 test("RootedHost.exists on a real file system: false only when nothing is there (a dangling link too); a symlink loop (ELOOP) throws naming the path", () => {
-  const root = fs.mkdtempSync(path.join(os.tmpdir(), "vmhook-unreadable-exists-"));
-  try {
-    const host = new RootedHost(root);
-    fs.writeFileSync(path.join(root, "value"), "42\n");
-    fs.symlinkSync("nowhere", path.join(root, "dangling"));
-    fs.symlinkSync("loop-b", path.join(root, "loop-a"));
-    fs.symlinkSync("loop-a", path.join(root, "loop-b"));
-    assert.is(host.exists("/value"), true);
-    assert.is(host.exists("/missing"), false, "ENOENT");
-    assert.is(host.exists("/dangling"), false, "a link to nothing");
-    assert.is(host.exists("/value/below"), false, "ENOTDIR");
-    const loop = threw(() => host.exists("/loop-a"));
-    assert.is(loop.code, "ELOOP");
-    assert.is(loop.message, `cannot look up /loop-a (ELOOP); ${CHECK_WHY}`);
-  } finally {
-    fs.rmSync(root, { recursive: true, force: true });
-  }
+  withLoopTree((root, host) => {
+  fs.writeFileSync(path.join(root, "value"), "42\n");
+  fs.symlinkSync("nowhere", path.join(root, "dangling"));
+  assert.is(host.exists("/value"), true);
+  assert.is(host.exists("/missing"), false, "ENOENT");
+  assert.is(host.exists("/dangling"), false, "a link to nothing");
+  assert.is(host.exists("/value/below"), false, "ENOTDIR");
+  const loop = threw(() => host.exists("/loop-a"));
+  assert.is(loop.code, "ELOOP");
+  assert.is(loop.message, `cannot look up /loop-a (ELOOP); ${CHECK_WHY}`);
+  });
 });
 
 test("hugepages: a pool's surplus count that cannot be looked up refuses prepare with the host unchanged; it used to count as no surplus pages, and the pool's own size was computed from that", async () => {

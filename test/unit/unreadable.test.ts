@@ -4,16 +4,15 @@
 // modules use a module) refuses instead of going on from partial knowledge.
 import { spawnSync } from "node:child_process";
 import * as fs from "node:fs";
-import * as os from "node:os";
 import * as path from "node:path";
 import { test } from "uvu";
 import * as assert from "uvu/assert";
-import { RootedHost } from "../../lib/host.ts";
 import { findLeftovers, describeLeftovers } from "../../lib/cli/leftovers.ts";
 import { socketOwner } from "../../plugins/forward/listeners.ts";
 import { GpuKernel } from "../helpers/gpu-kernel.ts";
 import { runHookEvent } from "../helpers/hook.ts";
 import { SimHost } from "../helpers/simhost.ts";
+import { withLoopTree } from "../helpers/loop-tree.ts";
 import { cli } from "../helpers/cli.ts";
 
 const UUID = "0b5c64e3-55a1-4b84-9d2b-4e0a3e7d2f77";
@@ -38,55 +37,38 @@ function workstation(): GpuKernel {
     .process(4242, "blender", ["/dev/null", "/dev/dri/renderD129"]);
 }
 
-/** A temporary directory for the real RootedHost; removed by the caller. */
-function tempRoot(): string {
-  return fs.mkdtempSync(path.join(os.tmpdir(), "vmhook-unreadable-"));
-}
-
 // ---- RootedHost on a real file system
 
 test("RootedHost.list: [] only for what does not exist (ENOENT, ENOTDIR); a symlink loop (ELOOP, which root cannot bypass) throws, naming the path and keeping the errno", () => {
-  const root = tempRoot();
-  try {
-    const host = new RootedHost(root);
-    fs.mkdirSync(path.join(root, "dir"));
-    fs.writeFileSync(path.join(root, "dir/b"), "");
-    fs.writeFileSync(path.join(root, "dir/a"), "");
-    fs.writeFileSync(path.join(root, "file"), "");
-    fs.symlinkSync("loop-b", path.join(root, "loop-a"));
-    fs.symlinkSync("loop-a", path.join(root, "loop-b"));
-    assert.equal(host.list("/dir"), ["a", "b"]);
-    assert.equal(host.list("/missing"), [], "ENOENT");
-    assert.equal(host.list("/file"), [], "ENOTDIR: a file is no directory");
-    assert.equal(host.list("/file/below"), [], "ENOTDIR: a path through a file");
-    const error = catchError(() => host.list("/loop-a"));
-    assert.is((error as NodeJS.ErrnoException).code, "ELOOP");
-    assert.match(error.message, "cannot list /loop-a (ELOOP)");
-    assert.not.match(error.message, root, "the host path, not the test tree's");
-  } finally {
-    fs.rmSync(root, { recursive: true, force: true });
-  }
+  withLoopTree((root, host) => {
+  fs.mkdirSync(path.join(root, "dir"));
+  fs.writeFileSync(path.join(root, "dir/b"), "");
+  fs.writeFileSync(path.join(root, "dir/a"), "");
+  fs.writeFileSync(path.join(root, "file"), "");
+  assert.equal(host.list("/dir"), ["a", "b"]);
+  assert.equal(host.list("/missing"), [], "ENOENT");
+  assert.equal(host.list("/file"), [], "ENOTDIR: a file is no directory");
+  assert.equal(host.list("/file/below"), [], "ENOTDIR: a path through a file");
+  const error = catchError(() => host.list("/loop-a"));
+  assert.is((error as NodeJS.ErrnoException).code, "ELOOP");
+  assert.match(error.message, "cannot list /loop-a (ELOOP)");
+  assert.not.match(error.message, root, "the host path, not the test tree's");
+  });
 });
 
 test("RootedHost.readlink: undefined only for nothing there or not a symlink (ENOENT, ENOTDIR, EINVAL); a path through a loop throws", () => {
-  const root = tempRoot();
-  try {
-    const host = new RootedHost(root);
-    fs.writeFileSync(path.join(root, "file"), "");
-    fs.symlinkSync("/dev/dri/card0", path.join(root, "link"));
-    fs.symlinkSync("loop-b", path.join(root, "loop-a"));
-    fs.symlinkSync("loop-a", path.join(root, "loop-b"));
-    assert.is(host.readlink("/link"), "/dev/dri/card0");
-    assert.is(host.readlink("/loop-a"), "loop-b", "readlink does not follow the last component");
-    assert.is(host.readlink("/missing"), undefined, "ENOENT");
-    assert.is(host.readlink("/file"), undefined, "EINVAL: not a symlink");
-    assert.is(host.readlink("/file/below"), undefined, "ENOTDIR");
-    const error = catchError(() => host.readlink("/loop-a/fd"));
-    assert.is((error as NodeJS.ErrnoException).code, "ELOOP");
-    assert.match(error.message, "cannot read the link /loop-a/fd (ELOOP)");
-  } finally {
-    fs.rmSync(root, { recursive: true, force: true });
-  }
+  withLoopTree((root, host) => {
+  fs.writeFileSync(path.join(root, "file"), "");
+  fs.symlinkSync("/dev/dri/card0", path.join(root, "link"));
+  assert.is(host.readlink("/link"), "/dev/dri/card0");
+  assert.is(host.readlink("/loop-a"), "loop-b", "readlink does not follow the last component");
+  assert.is(host.readlink("/missing"), undefined, "ENOENT");
+  assert.is(host.readlink("/file"), undefined, "EINVAL: not a symlink");
+  assert.is(host.readlink("/file/below"), undefined, "ENOTDIR");
+  const error = catchError(() => host.readlink("/loop-a/fd"));
+  assert.is((error as NodeJS.ErrnoException).code, "ELOOP");
+  assert.match(error.message, "cannot read the link /loop-a/fd (ELOOP)");
+  });
 });
 
 test("SimHost keeps the same contract: a simulated EACCES throws with its code, a simulated ENOENT is []", () => {
