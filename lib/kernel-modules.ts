@@ -5,10 +5,27 @@ import type { Host } from "./host.ts";
 /** The running kernel's release, "" when it cannot be told. */
 export const kernelRelease = (host: Host) => host.readTrimmed("/proc/sys/kernel/osrelease") ?? "";
 
+/** A release that is safe in a path under /lib/modules. */
+const plainRelease = (release: string) => /^[\w+~-][\w.+~-]*$/.test(release);
+
 /** A list of the module tree (modules.dep, modules.builtin) as its lines; [] when the release is not a plain name or the file is missing. */
 export function moduleList(host: Host, release: string, list: "modules.dep" | "modules.builtin"): string[] {
-  if (!/^[\w+~-][\w.+~-]*$/.test(release)) return [];
+  if (!plainRelease(release)) return [];
   return (host.readTrimmed(`/lib/modules/${release}/${list}`) ?? "").split("\n");
+}
+
+/**
+ * The modules modules.dep says `module` needs (all of them, as depmod writes
+ * it), by name; undefined when it has no line there. One search of the file,
+ * not a split of its lines: a distribution kernel's modules.dep has thousands
+ * (500 KB), read on every single-GPU prepare.
+ */
+export function moduleDependencies(host: Host, release: string, module: string): string[] | undefined {
+  const name = moduleName(`${module}.ko`);
+  if (!plainRelease(release) || !/^\w+$/.test(name)) return undefined;
+  // A file name may spell the module's "_" as "-" (vfio-pci.ko is vfio_pci).
+  const line = new RegExp(`^(?:[^:\\n]*/)?${name.replace(/_/g, "[-_]")}\\.ko(?:\\.\\w+)?:(.*)$`, "m").exec(host.readTrimmed(`/lib/modules/${release}/modules.dep`) ?? "");
+  return line?.[1]!.split(" ").filter(Boolean).map(moduleName);
 }
 
 /** A module's name as /proc/modules and /sys/module give it, from its file (kernel/drivers/vfio/pci/vfio-pci.ko.xz: vfio_pci); "" for anything else. */

@@ -203,6 +203,8 @@ export async function runPlugins(event: PlannedEvent, instances: PluginInstance[
       if ("step" in unit) await applyStep(env, journal, unit.instance, unit.step, domain, deadline, held);
       else await runLegacyHandler(env, journal, unit.instance, unit.legacy, event, domain, deadline);
     }
+    // The last step's "applied" (journaled() leaves it to the next write).
+    if (units.length > 0) writeJournal(env.host, journal);
   });
 }
 
@@ -241,7 +243,13 @@ async function runLegacyHandler(env: RunEnvironment, journal: Journal, instance:
   await settleWithin(env, instance.id, event, deadline, () => currentStep, plugin[event]!(ctx));
 }
 
-/** One step: journaled as pending before `apply` runs, then applied (or dropped when it changed nothing). */
+/**
+ * One step: journaled as pending before `apply` runs, then applied (or
+ * dropped when it changed nothing). "applied" reaches the file with the next
+ * write (the next step's, or runPlugins' last): a pending entry is undone
+ * like an applied one, so a crash in between loses nothing. Dropping an
+ * entry is written at once: its undo would change what vmhook never did.
+ */
 async function journaled(env: RunEnvironment, journal: Journal, planned: PlannedStep, apply: (handle: StepHandle) => void | Promise<void>): Promise<void> {
   const { plugin, event, description, record } = planned;
   const entry: JournalEntry = { plugin, event, description, undo: record, state: "pending", at: new Date(env.host.now()).toISOString() };
@@ -249,8 +257,11 @@ async function journaled(env: RunEnvironment, journal: Journal, planned: Planned
   writeJournal(env.host, journal);
   let changedNothing = false;
   const settle = () => {
-    if (changedNothing) journal.entries.splice(journal.entries.indexOf(entry), 1);
-    else entry.state = "applied";
+    if (!changedNothing) {
+      entry.state = "applied";
+      return;
+    }
+    journal.entries.splice(journal.entries.indexOf(entry), 1);
     writeJournal(env.host, journal);
   };
   try {

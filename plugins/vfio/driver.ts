@@ -3,7 +3,7 @@
 // driver_override + drivers_probe; extra modules load last. Each undo puts
 // one thing back and checks that it is back.
 import { writeThroughDriver } from "../../lib/bounded-write.ts";
-import { kernelRelease, moduleList, moduleName } from "../../lib/kernel-modules.ts";
+import { kernelRelease, moduleDependencies, moduleName } from "../../lib/kernel-modules.ts";
 import { VmhookError } from "../../lib/errors.ts";
 import { readForMessage, type Host } from "../../lib/host.ts";
 import { PCI_DRIVERS, pciDriver, pciDriverRegistered, pciExists, pciPath } from "../../lib/pci.ts";
@@ -162,9 +162,7 @@ const loadedClaim = (module: string) => `loaded:${module.replace(/-/g, "_")}`;
  * modules.dep does not say.
  */
 function modulesToLoad(host: Host, module: string): string[] {
-  const wanted = moduleName(`${module}.ko`);
-  const line = moduleList(host, kernelRelease(host), "modules.dep").find((each) => each.includes(":") && moduleName(each.slice(0, each.indexOf(":"))) === wanted);
-  const all = [wanted, ...(line?.slice(line.indexOf(":") + 1).split(" ").filter(Boolean).map(moduleName) ?? [])];
+  const all = [moduleName(`${module}.ko`), ...(moduleDependencies(host, kernelRelease(host), module) ?? [])];
   return all.filter((each) => each !== "" && !moduleLoaded(host, each));
 }
 

@@ -160,6 +160,42 @@ test("each step's undo record is in the journal file before its action runs", as
   }
 });
 
+test("a step that changed nothing leaves the journal file before the next step acts; an applied one stays in it", async () => {
+  const { sim, env, journal } = setup();
+  try {
+    const seen: string[][] = [];
+    const step = (name: string) => ({ action: "mark", record: { action: "mark", name }, description: name });
+    const plugin = definePlugin({
+      name: "probe",
+      summary: "test",
+      parse: () => null,
+      plan: { prepare: () => [step("nothing"), step("changed"), step("last")] },
+      actions: {
+        mark: defineAction({
+          check: (record) => record,
+          apply(record, ctx) {
+            // What a hook killed now would leave for vmhook recover.
+            seen.push(readJournal(sim, UUID)!.entries.map((entry) => String(entry.undo.name)));
+            if (record.name === "nothing") ctx.nothingToUndo();
+          },
+          undo() {},
+        }),
+      },
+    });
+    await runPlugins("prepare", [instanceOf("probe", plugin, null)], DOMAIN, journal, env, deadline(sim));
+    assert.equal(seen, [["nothing"], ["changed"], ["changed", "last"]]);
+    assert.equal(
+      readJournal(sim, UUID)!.entries.map((entry) => [entry.undo.name, entry.state]),
+      [
+        ["changed", "applied"],
+        ["last", "applied"],
+      ],
+    );
+  } finally {
+    sim.cleanup();
+  }
+});
+
 test("ctx.update replaces the journaled record, and rollback gets the updated one", async () => {
   const { sim, env, journal } = setup();
   try {

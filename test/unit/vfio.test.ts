@@ -7,6 +7,7 @@ import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { Deadline } from "../../lib/deadline.ts";
 import { readJournal } from "../../lib/journal.ts";
+import { moduleDependencies } from "../../lib/kernel-modules.ts";
 import { createLogger } from "../../lib/log.ts";
 import { paths } from "../../lib/paths.ts";
 import { DEFAULT_SETTINGS } from "../../lib/settings.ts";
@@ -193,6 +194,28 @@ test("the load of vfio-pci is journaled, before modprobe runs, with all that mod
   assert.equal(readJournal(kernel.sim, UUID)!.entries.find((entry) => entry.undo.action === "load-modules")?.undo.modules, ["vfio", "vfio_iommu_type1", "vfio_pci_core", "vfio_pci"], "after modprobe: what it did load");
   assert.is((await runHookEvent(kernel.sim, "release", "end", xml)).code, 0);
   assert.equal(kernel.sim.snapshot(), before);
+});
+
+test("a module's dependencies are its own line of modules.dep: either spelling of its file, compressed or not, never a module whose name merely ends or starts the same", () => {
+  const { sim } = bochsGuest();
+  sim.file(
+    "/lib/modules/6.1.0-sim/modules.dep",
+    [
+      "kernel/drivers/vfio/pci/my-vfio-pci.ko: kernel/drivers/other.ko",
+      "kernel/drivers/vfio/pci/vfio-pci-core.ko.xz: kernel/drivers/vfio/vfio.ko.xz kernel/virt/lib/irqbypass.ko.xz",
+      "kernel/drivers/vfio/pci/vfio-pci.ko.xz: kernel/drivers/vfio/pci/vfio-pci-core.ko.xz kernel/drivers/vfio/vfio.ko.xz kernel/virt/lib/irqbypass.ko.xz",
+      "kernel/drivers/vfio/vfio.ko.xz:",
+      "updates/dkms/vendor_reset.ko: kernel/lib/helper-lib.ko",
+    ].join("\n"),
+  );
+  const deps = (module: string, release = "6.1.0-sim") => moduleDependencies(sim, release, module);
+  assert.equal(deps("vfio-pci"), ["vfio_pci_core", "vfio", "irqbypass"]);
+  assert.equal(deps("vfio_pci"), ["vfio_pci_core", "vfio", "irqbypass"]);
+  assert.equal(deps("vfio"), []);
+  assert.equal(deps("vendor-reset"), ["helper_lib"]);
+  assert.is(deps("pci"), undefined, "no line of its own");
+  assert.is(deps("vfio-pci", "../../etc"), undefined, "a release that is no plain name reads nothing");
+  assert.is(deps("vfio-pci", "6.2.0-missing"), undefined);
 });
 
 test("a modular dummy console whose framebuffer mapping fails: the rollback says what it tried and how to finish, and keeps the record", async () => {
