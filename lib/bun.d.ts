@@ -20,7 +20,9 @@ interface BunSubprocess {
   readonly pid: number;
   readonly exited: Promise<number>;
   readonly signalCode: string | null;
+  readonly stdout: ReadableStream<Uint8Array>;
   readonly stderr: ReadableStream<Uint8Array>;
+  kill(signal: string): void;
   unref(): void;
 }
 
@@ -40,7 +42,7 @@ declare const Bun: {
   file(path: string): { exists(): Promise<boolean> };
   spawn(
     command: string[],
-    options: { stdin: Uint8Array; stdout: "ignore"; stderr: "pipe"; env: Record<string, string>; detached: boolean },
+    options: { stdin: Uint8Array; stdout: "ignore" | "pipe"; stderr: "pipe"; env: Record<string, string>; detached?: boolean },
   ): BunSubprocess;
   spawnSync(
     command: string[],

@@ -93,14 +93,12 @@ export class HookRun {
     const journal = newJournal(this.host, { name: this.domain.name, uuid: this.domain.uuid });
     writeJournal(this.host, journal);
     try {
-      await runPlugins("prepare", instances, this.domain, journal, this.env(), deadline);
+      await runPlugins("prepare", instances, this.domain, journal, this.env(), deadline, "running");
     } catch (error) {
       const steps = journal.entries.length;
       const { failed } = await undoJournal(journal, this.env(), this.deadline("undo"));
       throw withRollbackNote(error, steps, failed);
     }
-    journal.phase = "running";
-    writeJournal(this.host, journal);
   }
 
   /** start, started, stopped: the plugins' optional steps; they join the same journal. */

@@ -71,6 +71,8 @@ export interface Host {
   mkdir(hostPath: string): void;
   remove(hostPath: string): void;
   exec(command: string, args: string[], options: ExecOptions): ExecResult;
+  /** exec, without blocking: the process goes on (a step in the background, Step.background) while the child runs. */
+  execAsync(command: string, args: string[], options: ExecOptions): Promise<ExecResult>;
   /**
    * Writes the value in a detached helper process (own session, no inherited
    * pipes) and waits at most timeoutMs for it. A helper still blocked then
@@ -90,6 +92,8 @@ export interface Host {
 
 export const SEARCH_PATH = ["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"];
 const sleepCell = new Int32Array(new SharedArrayBuffer(4));
+/** How long execAsync waits for a child it killed before leaving it behind. */
+const KILL_GRACE_MS = 1000;
 /** What a child may print on each of stdout and stderr; past that it is killed. */
 const OUTPUT_LIMIT = 16 * 1024 * 1024;
 
@@ -188,11 +192,7 @@ export class RootedHost implements Host {
 
   exec(command: string, args: string[], options: ExecOptions): ExecResult {
     const program = this.findProgram(command);
-    if (!program) {
-      return { status: null, signal: null, stdout: "", stderr: "", timedOut: false, error: `${command}: not found` };
-    }
-    const env: Record<string, string> = { PATH: SEARCH_PATH.join(":"), LC_ALL: "C", ...options.env };
-    if (this.root !== "/") env.VMHOOK_ROOT = this.root;
+    if (!program) return notFound(command);
     // Never hand libvirt's stdout/stderr pipes to a child: a child that outlives
     // us while holding them would make libvirt wait forever. Bun.spawnSync,
     // not node:child_process: a spawn costs half as much under TCG (docs/bench.md).
@@ -202,13 +202,13 @@ export class RootedHost implements Host {
         stdin: new TextEncoder().encode(options.input ?? ""),
         stdout: "pipe",
         stderr: "pipe",
-        env,
+        env: this.childEnv(options),
         timeout: Math.max(1, Math.floor(options.timeoutMs)),
         killSignal: "SIGKILL",
         maxBuffer: OUTPUT_LIMIT,
       });
     } catch (error) {
-      return { status: null, signal: null, stdout: "", stderr: "", timedOut: false, error: `${command}: ${(error as Error).message}` };
+      return { ...notFound(command), error: `${command}: ${(error as Error).message}` };
     }
     const text = (bytes: Uint8Array | undefined) => (bytes ? Buffer.from(bytes).toString("utf8") : "");
     const overflowed = result.exitCode === null && [result.stdout, result.stderr].some((bytes) => (bytes?.length ?? 0) >= OUTPUT_LIMIT);
@@ -223,6 +223,66 @@ export class RootedHost implements Host {
       // ENOBUFS, as node:child_process names it: callers tell this failure apart.
       error: overflowed ? `${command}: printed more than ${OUTPUT_LIMIT} bytes and was killed (ENOBUFS)` : undefined,
     };
+  }
+
+  async execAsync(command: string, args: string[], options: ExecOptions): Promise<ExecResult> {
+    const program = this.findProgram(command);
+    if (!program) return notFound(command);
+    let child: BunSubprocess;
+    try {
+      child = Bun.spawn([program, ...args], { stdin: new TextEncoder().encode(options.input ?? ""), stdout: "pipe", stderr: "pipe", env: this.childEnv(options) });
+    } catch (error) {
+      return { ...notFound(command), error: `${command}: ${(error as Error).message}` };
+    }
+    const stdout = child.stdout.getReader();
+    const stderr = child.stderr.getReader();
+    let timedOut = false;
+    let overflowed = false;
+    let leftBehind = false;
+    let giveUp = () => {};
+    const abandoned = new Promise<null>((resolve) => (giveUp = () => resolve(null)));
+    let grace: ReturnType<typeof setTimeout> | undefined;
+    const stop = () => {
+      child.kill("SIGKILL");
+      // A process it left in the background may hold the pipes: stop reading them too.
+      void stdout.cancel().catch(() => {});
+      void stderr.cancel().catch(() => {});
+      // SIGKILL does not reach a process blocked in the kernel (D state): it is left running, never waited for.
+      grace ??= setTimeout(() => {
+        leftBehind = true;
+        child.unref();
+        giveUp();
+      }, KILL_GRACE_MS);
+    };
+    const timer = setTimeout(() => {
+      timedOut = true;
+      stop();
+    }, Math.max(1, Math.floor(options.timeoutMs)));
+    const tooMuch = () => {
+      overflowed = true;
+      stop();
+    };
+    try {
+      const [out, err, status] = await Promise.all([readAll(stdout, tooMuch), readAll(stderr, tooMuch), Promise.race([child.exited, abandoned])]);
+      if (leftBehind) return { status: null, signal: null, stdout: out, stderr: err, timedOut, error: `${command}: still running ${KILL_GRACE_MS / 1000} s after SIGKILL (blocked in the kernel), left behind as pid ${child.pid}` };
+      return {
+        status: child.signalCode ? null : status,
+        signal: child.signalCode,
+        stdout: out,
+        stderr: err,
+        timedOut: timedOut && child.signalCode !== null,
+        error: overflowed ? `${command}: printed more than ${OUTPUT_LIMIT} bytes and was killed (ENOBUFS)` : undefined,
+      };
+    } finally {
+      clearTimeout(timer);
+      clearTimeout(grace);
+    }
+  }
+
+  private childEnv(options: ExecOptions): Record<string, string> {
+    const env: Record<string, string> = { PATH: SEARCH_PATH.join(":"), LC_ALL: "C", ...options.env };
+    if (this.root !== "/") env.VMHOOK_ROOT = this.root;
+    return env;
   }
 
   async writeInHelper(hostPath: string, data: string, timeoutMs: number, started: (pid: number) => void): Promise<HelperWrite> {
@@ -348,12 +408,20 @@ function accessFix(): string {
   return process.geteuid?.() === 0 ? "vmhook runs as root, so a security module (AppArmor, SELinux) denies it: look for the denial in journalctl -k" : "run vmhook as root";
 }
 
-/** A stream's whole text, however it is cut into chunks. */
-async function readAll(reader: ReadableStreamDefaultReader<Uint8Array>): Promise<string> {
+const notFound = (command: string): ExecResult => ({ status: null, signal: null, stdout: "", stderr: "", timedOut: false, error: `${command}: not found` });
+
+/** A stream's whole text, however it is cut into chunks; past OUTPUT_LIMIT, `overflow` is called and the rest is not kept. */
+async function readAll(reader: ReadableStreamDefaultReader<Uint8Array>, overflow = () => {}): Promise<string> {
   const decoder = new TextDecoder();
   let text = "";
   try {
-    for (let chunk = await reader.read(); !chunk.done; chunk = await reader.read()) text += decoder.decode(chunk.value, { stream: true });
+    for (let chunk = await reader.read(); !chunk.done; chunk = await reader.read()) {
+      text += decoder.decode(chunk.value, { stream: true });
+      if (text.length > OUTPUT_LIMIT) {
+        overflow();
+        break;
+      }
+    }
   } catch {
     // cancelled: the helper was left behind
   }

@@ -16,16 +16,25 @@ export function moduleList(host: Host, release: string, list: "modules.dep" | "m
 
 /**
  * The modules modules.dep says `module` needs (all of them, as depmod writes
- * it), by name; undefined when it has no line there. One search of the file,
- * not a split of its lines: a distribution kernel's modules.dep has thousands
- * (500 KB), read on every single-GPU prepare.
+ * it), by name; undefined when it has no line there. A distribution kernel's
+ * modules.dep has thousands of lines (500 KB), read on every single-GPU
+ * prepare: the line is found with indexOf (a regular expression over the
+ * whole text costs several times more under TCG), then checked whole.
  */
 export function moduleDependencies(host: Host, release: string, module: string): string[] | undefined {
   const name = moduleName(`${module}.ko`);
   if (!plainRelease(release) || !/^\w+$/.test(name)) return undefined;
+  const text = host.readTrimmed(`/lib/modules/${release}/modules.dep`) ?? "";
   // A file name may spell the module's "_" as "-" (vfio-pci.ko is vfio_pci).
-  const line = new RegExp(`^(?:[^:\\n]*/)?${name.replace(/_/g, "[-_]")}\\.ko(?:\\.\\w+)?:(.*)$`, "m").exec(host.readTrimmed(`/lib/modules/${release}/modules.dep`) ?? "");
-  return line?.[1]!.split(" ").filter(Boolean).map(moduleName);
+  const line = new RegExp(`^(?:[^:]*/)?${name.replace(/_/g, "[-_]")}\\.ko(?:\\.\\w+)?:(.*)$`);
+  const needle = `${name.split("_").pop()}.ko`; // the same in every spelling
+  for (let at = text.indexOf(needle); at !== -1; at = text.indexOf(needle, at + 1)) {
+    const start = text.lastIndexOf("\n", at) + 1;
+    const end = text.indexOf("\n", at);
+    const found = line.exec(text.slice(start, end === -1 ? undefined : end));
+    if (found) return found[1]!.split(" ").filter(Boolean).map(moduleName);
+  }
+  return undefined;
 }
 
 /** A module's name as /proc/modules and /sys/module give it, from its file (kernel/drivers/vfio/pci/vfio-pci.ko.xz: vfio_pci); "" for anything else. */

@@ -27,6 +27,12 @@ import type { UndoRecord } from "./records.ts";
 
 export type HookEvent = "prepare" | "start" | "started" | "stopped" | "release" | "migrate" | "restore" | "reconnect";
 
+export interface RunOptions {
+  timeoutMs?: number;
+  input?: string;
+  allowFailure?: boolean;
+}
+
 /** What every handler and every undo gets. */
 export interface BaseContext {
   host: Host;
@@ -37,7 +43,9 @@ export interface BaseContext {
   /** Polls until ready() with a timeout bounded by the deadline; no fixed sleeps. */
   waitFor(what: string, ready: () => boolean, options?: WaitOptions): void;
   /** Runs a program with a timeout bounded by the deadline; throws with its stderr when it fails. */
-  run(command: string, args: string[], options?: { timeoutMs?: number; input?: string; allowFailure?: boolean }): ExecResult;
+  run(command: string, args: string[], options?: RunOptions): ExecResult;
+  /** run, without blocking the process while the program runs: for a step in the background (Step.background). */
+  runAsync(command: string, args: string[], options?: RunOptions): Promise<ExecResult>;
   /**
    * Every domain's journal (read under the host-wide lock when the plugin is
    * `shared`). Throws when any journal cannot be read: what a shared
@@ -82,6 +90,15 @@ export interface Step<Record extends UndoRecord = UndoRecord> {
    * REFUSED and exits 1, and the runner refuses the event before its first apply.
    */
   refused?: Refusal;
+  /**
+   * The runner starts the step's apply and goes on with the next steps while
+   * it runs (vfio-pci loads while the GPU lets go of its driver). A later
+   * step that needs it done awaits ctx.afterBackgroundSteps(); the runner
+   * waits for it before a step of the same action, a step of another
+   * interface, the end of the event and any undo, and applies no further
+   * step once it failed.
+   */
+  background?: boolean;
 }
 
 /** Why a planned step cannot succeed on this host (the error's first line), and what to do about it. */
@@ -103,6 +120,8 @@ export interface ApplyContext<Config> extends PlanContext<Config> {
    * be read again afterwards. Without the lock held, it just runs `work`.
    */
   outsideHostLock<T>(work: () => T): T;
+  /** Waits until the background steps (Step.background) started before this step have finished; throws the first one's error. */
+  afterBackgroundSteps(): Promise<void>;
 }
 
 export interface Action<Record extends UndoRecord, Config> {

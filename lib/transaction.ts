@@ -8,8 +8,8 @@ import { claimsFor } from "./claims.ts";
 import { Deadline, waitFor } from "./deadline.ts";
 import type { Domain } from "./domain.ts";
 import { describeError, VmhookError } from "./errors.ts";
-import type { Host } from "./host.ts";
-import { listJournals, removeJournal, sharedState, writeJournal, type Journal, type JournalEntry } from "./journal.ts";
+import type { ExecResult, Host } from "./host.ts";
+import { listJournals, removeJournal, sharedState, writeJournal, type Journal, type JournalEntry, type JournalPhase } from "./journal.ts";
 import { withHostLock, type HeldLock } from "./lock.ts";
 import type { Logger } from "./log.ts";
 import {
@@ -25,6 +25,7 @@ import {
   type Plugin,
   type PluginRegistry,
   type Refusal,
+  type RunOptions,
   type StepHandle,
   type UndoRecord,
 } from "./plugin.ts";
@@ -47,6 +48,8 @@ export interface PlannedStep {
   record: UndoRecord;
   /** Why this step cannot succeed on this host: `vmhook plan` marks it, a run refuses the event before its first apply. */
   refused?: Refusal;
+  /** Applied while the next steps apply (Step.background). */
+  background?: boolean;
 }
 
 /** What the apply phase runs, in order: a planned step, or a first-interface plugin's handler (it journals its own steps). */
@@ -67,17 +70,11 @@ function baseContext(env: RunEnvironment, pluginId: string, event: HookEvent, do
     waitFor: (what, ready, options) => waitFor(host, deadline, what, ready, options),
     run(command, args, options = {}) {
       deadline.check(`starting ${command}`);
-      const result = host.exec(command, args, { timeoutMs: deadline.clamp(options.timeoutMs ?? 30_000), input: options.input });
-      if (!options.allowFailure) {
-        const cmdline = [command, ...args].join(" ");
-        if (result.error) throw new VmhookError(`could not run ${cmdline}: ${result.error}`);
-        if (result.timedOut) throw new VmhookError(`${cmdline} did not finish in time and was killed`);
-        if (result.status !== 0) {
-          const why = (result.stderr.trim() || result.stdout.trim()).split("\n")[0] || `exit status ${result.status ?? result.signal}`;
-          throw new VmhookError(`${cmdline} failed: ${why}`);
-        }
-      }
-      return result;
+      return checkedRun(command, args, options, host.exec(command, args, { timeoutMs: deadline.clamp(options.timeoutMs ?? 30_000), input: options.input }));
+    },
+    async runAsync(command, args, options = {}) {
+      deadline.check(`starting ${command}`);
+      return checkedRun(command, args, options, await host.execAsync(command, args, { timeoutMs: deadline.clamp(options.timeoutMs ?? 30_000), input: options.input }));
     },
     journals: () => completeJournals(host),
     claims: claimsFor(host, domain.uuid),
@@ -87,6 +84,19 @@ function baseContext(env: RunEnvironment, pluginId: string, event: HookEvent, do
       remove: () => sharedState.remove(host, sharedName),
     },
   };
+}
+
+/** A program's result, or an error naming it and its first line of output, unless failure is allowed. */
+function checkedRun(command: string, args: string[], options: RunOptions, result: ExecResult): ExecResult {
+  if (options.allowFailure) return result;
+  const cmdline = [command, ...args].join(" ");
+  if (result.error) throw new VmhookError(`could not run ${cmdline}: ${result.error}`);
+  if (result.timedOut) throw new VmhookError(`${cmdline} did not finish in time and was killed`);
+  if (result.status !== 0) {
+    const why = (result.stderr.trim() || result.stdout.trim()).split("\n")[0] || `exit status ${result.status ?? result.signal}`;
+    throw new VmhookError(`${cmdline} failed: ${why}`);
+  }
+  return result;
 }
 
 function planContext(env: RunEnvironment, instance: PluginInstance, event: PlannedEvent, domain: Domain, journal: Journal, deadline: Deadline): PlanContext<unknown> {
@@ -158,7 +168,7 @@ async function planUnits(event: PlannedEvent, instances: PluginInstance[], domai
       if (!action || step.record.action !== step.action) {
         throw new VmhookError(`internal: ${instance.id} planned a step "${step.description}" with action ${step.action}, which it does not declare`);
       }
-      const planned: PlannedStep = { plugin: instance.id, event, action: step.action, description: step.description, record: action.check(step.record) };
+      const planned: PlannedStep = { plugin: instance.id, event, action: step.action, description: step.description, record: action.check(step.record), ...(step.background ? { background: true } : {}) };
       units.push({ instance, step: step.refused ? { ...planned, refused: step.refused } : planned });
     }
   }
@@ -191,21 +201,93 @@ export async function planEvent(event: PlannedEvent, instances: PluginInstance[]
 
 /**
  * Plans and applies one event of every plugin, in order. Steps go into
- * `journal`. Throws at the first failure; the caller decides whether to roll back.
+ * `journal`, which enters `phaseAfter` (when given) with the write that ends
+ * the event. Throws at the first failure; the caller decides whether to roll back.
  */
-export async function runPlugins(event: PlannedEvent, instances: PluginInstance[], domain: Domain, journal: Journal, env: RunEnvironment, deadline: Deadline): Promise<void> {
+export async function runPlugins(event: PlannedEvent, instances: PluginInstance[], domain: Domain, journal: Journal, env: RunEnvironment, deadline: Deadline, phaseAfter?: JournalPhase): Promise<void> {
   const shared = instances.some((instance) => instance.plugin.shared);
   await underLockIf(shared, env, deadline, async (held) => {
     const units = await planUnits(event, instances, domain, journal, env, deadline);
     refuseIfAnyRefused(units);
-    for (const unit of units) {
-      deadline.check(`applying ${unit.instance.id}`);
-      if ("step" in unit) await applyStep(env, journal, unit.instance, unit.step, domain, deadline, held);
-      else await runLegacyHandler(env, journal, unit.instance, unit.legacy, event, domain, deadline);
+    const background = new BackgroundSteps();
+    try {
+      for (const unit of units) {
+        background.throwIfFailed();
+        deadline.check(`applying ${unit.instance.id}`);
+        if ("step" in unit) {
+          const kind = `${unit.instance.id} ${unit.step.action}`;
+          // Two steps of one action never run at once (two modprobes would each see the other's modules as theirs).
+          if (background.runs(kind)) await background.finished();
+          const applying = applyStep(env, journal, unit.instance, unit.step, domain, deadline, held, background);
+          if (unit.step.background) {
+            env.log.info(`${unit.instance.id}: ${unit.step.description}: started in the background`);
+            background.start(kind, applying);
+          } else await applying;
+        } else {
+          await background.finished();
+          await runLegacyHandler(env, journal, unit.instance, unit.legacy, event, domain, deadline);
+        }
+      }
+      await background.finished();
+    } finally {
+      // Nothing is undone while a step still acts.
+      await background.settled();
     }
-    // The last step's "applied" (journaled() leaves it to the next write).
-    if (units.length > 0) writeJournal(env.host, journal);
+    // The last step's "applied" (journaled() leaves it to the next write), and the new phase.
+    if (phaseAfter) journal.phase = phaseAfter;
+    if (units.length > 0 || phaseAfter) writeJournal(env.host, journal);
   });
+}
+
+/** The steps applying in the background (Step.background) and the first one's failure. */
+class BackgroundSteps {
+  private readonly running: Promise<void>[] = [];
+  private failure: { error: unknown } | undefined;
+  /** The kinds ("plugin action") of the steps still applying. */
+  private readonly active: string[] = [];
+
+  start(kind: string, applying: Promise<void>): void {
+    this.active.push(kind);
+    const done = () => void this.active.splice(this.active.indexOf(kind), 1);
+    this.running.push(
+      applying.then(done, (error: unknown) => {
+        done();
+        this.failure ??= { error };
+      }),
+    );
+  }
+
+  runs(kind: string): boolean {
+    return this.active.includes(kind);
+  }
+
+  /** Throws the first failure, without waiting. */
+  throwIfFailed(): void {
+    if (this.failure) throw this.failure.error;
+  }
+
+  /** Waits for every step started so far; throws the first failure. */
+  async finished(): Promise<void> {
+    await this.settled();
+    this.throwIfFailed();
+  }
+
+  /** What a step's ctx.afterBackgroundSteps waits for: the steps started before it (a background step never waits for itself). */
+  startedSoFar(): () => Promise<void> {
+    const before = [...this.running];
+    return async () => {
+      await Promise.all(before);
+      this.throwIfFailed();
+    };
+  }
+
+  async settled(): Promise<void> {
+    await Promise.all(this.running);
+  }
+
+  get anyRunning(): boolean {
+    return this.active.length > 0;
+  }
 }
 
 /** A refused step fails the event before anything is applied or journaled: its reason is the error. */
@@ -215,14 +297,20 @@ function refuseIfAnyRefused(units: Unit[]): void {
   }
 }
 
-async function applyStep(env: RunEnvironment, journal: Journal, instance: PluginInstance, planned: PlannedStep, domain: Domain, deadline: Deadline, held: HeldLock | undefined): Promise<void> {
+async function applyStep(env: RunEnvironment, journal: Journal, instance: PluginInstance, planned: PlannedStep, domain: Domain, deadline: Deadline, held: HeldLock | undefined, background: BackgroundSteps): Promise<void> {
   const action = (instance.plugin as Plugin<unknown>).actions[planned.action]!;
+  const afterBackgroundSteps = background.startedSoFar();
   await journaled(env, journal, planned, async (handle) => {
     const ctx: ApplyContext<unknown> = {
       ...planContext(env, instance, planned.event as PlannedEvent, domain, journal, deadline),
       update: handle.update,
       nothingToUndo: handle.nothingToUndo,
-      outsideHostLock: (work) => (held ? held.released(work) : work()),
+      outsideHostLock(work) {
+        // A step in the background may write what the lock guards (the claims ledger).
+        if (background.anyRunning) throw new VmhookError(`internal: ${instance.id} steps outside the host lock while a step runs in the background`);
+        return held ? held.released(work) : work();
+      },
+      afterBackgroundSteps,
     };
     const updated = await settleWithin(env, instance.id, planned.event, deadline, () => `step "${planned.description}"`, action.apply(planned.record, ctx));
     if (updated) handle.update(updated);

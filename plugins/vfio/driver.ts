@@ -40,7 +40,16 @@ export function stoppedHelpers(ctx: BaseContext, found: Survey, settings: VfioSe
   return settings.helperServices.filter((unit) => !stopping.includes(unit) && !unitActive(ctx, unit));
 }
 
-/** The handover, as steps: modules go (users first), vfio-pci comes, each device moves, extra modules load. */
+/**
+ * vfio-pci loads, in the background: modprobe runs while the consoles and the
+ * host's drivers let go of the devices, which the moves wait for.
+ */
+export function loadVfioSteps(ctx: PlanContext<VfioConfig>, settings: VfioSettings): Step[] {
+  if (pciDriverRegistered(ctx.host, VFIO_DRIVER)) return keepLoadedSteps(ctx, VFIO_DRIVER);
+  return [{ ...loadModulesStep(VFIO_DRIVER, settings.bindTimeoutSeconds * 1000, ctx.host), background: true }];
+}
+
+/** The handover, as steps: modules go (users first), each device moves (once vfio-pci is there), extra modules load. */
 export function takeOverSteps(ctx: PlanContext<VfioConfig>, found: Survey, settings: VfioSettings): Step[] {
   const bindTimeoutMs = settings.bindTimeoutSeconds * 1000;
   const reloaded = new Set<string>();
@@ -56,8 +65,6 @@ export function takeOverSteps(ctx: PlanContext<VfioConfig>, found: Survey, setti
     steps.push({ action: "unload-module", record, description: `unload module ${module}` });
   }
 
-  if (!pciDriverRegistered(ctx.host, VFIO_DRIVER)) steps.push(loadModulesStep(VFIO_DRIVER, bindTimeoutMs, ctx.host));
-  else steps.push(...keepLoadedSteps(ctx, VFIO_DRIVER));
   steps.push(...vendorResetSteps(ctx, found, bindTimeoutMs));
 
   for (const device of found.devices) {
@@ -186,14 +193,15 @@ function keepLoadedSteps(ctx: BaseContext, module: string): Step<LoadRecord>[] {
  * a VM that finds the module loaded for another one joins the claim, and the
  * last VM released unloads what the first one loaded.
  */
-function loadModules(record: LoadRecord, ctx: ApplyContext<unknown>): void {
+async function loadModules(record: LoadRecord, ctx: ApplyContext<unknown>): Promise<void> {
   if (record.module === "") {
     ctx.claims.take(record.claim, null);
     return;
   }
+  // What appears in /proc/modules meanwhile is this modprobe's: the runner never runs two loads at once.
   const before = new Set(loadedModules(ctx.host));
   try {
-    ctx.run("modprobe", [record.module]);
+    await ctx.runAsync("modprobe", [record.module]);
     if (record.module === VFIO_DRIVER) {
       ctx.waitFor("the vfio-pci driver is registered", () => pciDriverRegistered(ctx.host, VFIO_DRIVER), { timeoutMs: record.bindTimeoutMs });
     }
@@ -222,13 +230,18 @@ function throughDriver(ctx: BaseContext, address: string, driver: string, file: 
   return writeThroughDriver(ctx, { device: address, driver, file, value: address, timeoutMs, setting: "plugins.vfio.bindTimeoutSeconds" });
 }
 
-async function bindToVfio(record: BindRecord, ctx: BaseContext): Promise<void> {
+async function bindToVfio(record: BindRecord, ctx: ApplyContext<unknown>): Promise<void> {
   const { host } = ctx;
   const { address, group, bindTimeoutMs: timeoutMs } = record;
   refuseIfStuck(host, [address]);
-  host.write(pciPath(address, "driver_override"), VFIO_DRIVER);
   const driver = pciDriver(host, address);
   if (driver !== undefined) await throughDriver(ctx, address, driver, pciPath(address, "driver/unbind"), timeoutMs);
+  // The override only once vfio-pci (loading in the background) is there: a
+  // driver that registers locks every device its override names, and one
+  // whose remove() never returned would hold modprobe with it. Unbound, the
+  // device waits for a probe; nothing binds it meanwhile.
+  await ctx.afterBackgroundSteps();
+  host.write(pciPath(address, "driver_override"), VFIO_DRIVER);
   await throughDriver(ctx, address, VFIO_DRIVER, "/sys/bus/pci/drivers_probe", timeoutMs);
   ctx.waitFor(`${address} is bound to vfio-pci`, () => pciDriver(host, address) === VFIO_DRIVER, { timeoutMs });
   ctx.waitFor(`/dev/vfio/${group} exists`, () => host.exists(`/dev/vfio/${group}`), { timeoutMs });

@@ -13,7 +13,7 @@
 import { definePlugin, type CheckContext, type PlanContext, type Step } from "../../lib/plugin.ts";
 import { parseVfioConfig, readVfioSettings, type VfioConfig } from "./config.ts";
 import { consoleSteps, displayManagerSteps, findDisplayManager, stopDisplayManagerAction, unbindFramebufferAction, unbindVtconsoleAction, waitGpuFreeAction, waitGpuFreeStep } from "./display.ts";
-import { bindVfioAction, helperServices, loadModulesAction, stoppedHelpers, takeOverSteps, unloadModuleAction } from "./driver.ts";
+import { bindVfioAction, helperServices, loadModulesAction, loadVfioSteps, stoppedHelpers, takeOverSteps, unloadModuleAction } from "./driver.ts";
 import { gpuHolders } from "./refuse.ts";
 import { handedOverAddresses, survey, VFIO_DRIVER } from "./survey.ts";
 import { refuseIfStuck } from "../../lib/stuck-writes.ts";
@@ -26,10 +26,11 @@ import type { Finding } from "../../lib/diagnostics/findings.ts";
 
 /**
  * Reads the host and refuses what cannot work (IOMMU groups, users of the GPU
- * outside what is stopped first), then the steps in order: the graphical
+ * outside what is stopped first), then the steps in order: vfio-pci starts
+ * loading (in the background, while the rest lets go), the graphical
  * session's user units (through the user's manager), the display manager and
- * helper services stop, the GPU becomes free, consoles and
- * firmware framebuffers let go, modules go, devices move.
+ * helper services stop, the GPU becomes free, consoles and firmware
+ * framebuffers let go, modules go, devices move.
  */
 function planPrepare(ctx: PlanContext<VfioConfig>): Step[] {
   const settings = readVfioSettings(ctx.settings);
@@ -43,7 +44,9 @@ function planPrepare(ctx: PlanContext<VfioConfig>): Step[] {
   ctx.log.info(`vfio: devices ${found.devices.map((device) => `${device.address} (${device.driver ?? "no driver"})`).join(", ")}; single-GPU mode ${found.singleGpu ? "on" : "off"}`);
 
   return [
-    // First, so that its undo runs last: the display is checked once everything else is back.
+    // modprobe takes long and changes nothing the host shows: it runs while the display lets go.
+    ...loadVfioSteps(ctx, settings),
+    // Its undo runs once every other change but vfio-pci's load is undone: the display is checked then.
     ...verifyReturnStep(ctx.host, found.devices, settings.bindTimeoutSeconds * 1000),
     ...sessionUnitSteps(ctx, sessionUnits, settings.stopTimeoutSeconds * 1000),
     ...(found.singleGpu ? displayManagerSteps(ctx, displayManager, settings) : []),

@@ -1,10 +1,10 @@
 // The last check of a release: each GPU that had a display on the host (a DRM
 // card, a render node, a framebuffer) is on its driver again AND those nodes
-// are back. Planned first at prepare, so its undo runs last, after the
+// are back. Planned at prepare right after vfio-pci's load, so its undo runs
+// after every other but vfio-pci's unload (which shows nothing): after the
 // modules came back (nvidia_drm makes NVIDIA's card node only once it is
-// loaded) and before nothing else: a release never says "done" for a black
-// screen. When the check fails the entry stays in the journal, and `vmhook
-// recover` checks again.
+// loaded). A release never says "done" for a black screen. When the check
+// fails the entry stays in the journal, and `vmhook recover` checks again.
 import { WaitTimedOut } from "../../lib/deadline.ts";
 import { VmhookError } from "../../lib/errors.ts";
 import type { Host } from "../../lib/host.ts";

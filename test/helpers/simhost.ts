@@ -216,6 +216,14 @@ export class SimHost extends RootedHost {
     return { status: 0, signal: null, stdout: "", stderr: "", timedOut: false, ...(handler(args, this, options) ?? {}) };
   }
 
+  /** The program is recorded when it starts and runs a macrotask later, so that what the caller does meanwhile comes first, as with a real child. */
+  override async execAsync(command: string, args: string[], options: ExecOptions): Promise<ExecResult> {
+    const started = this.execs.length;
+    const result = await new Promise<ExecResult>((resolve) => setTimeout(() => resolve(this.exec(command, args, options)), 0));
+    this.execs.splice(started, 0, this.execs.pop()!);
+    return result;
+  }
+
   /** Every file and link under the root except vmhook's own state and log: compare before/after. */
   snapshot(): Record<string, string> {
     const result: Record<string, string> = {};

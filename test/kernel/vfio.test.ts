@@ -92,15 +92,18 @@ it("a module the host policy does not allow is refused before anything changes; 
 it("prepare failing after the console let go but before the GPU moved: the rollback brings the console back", async ({ guest, baseline }) => {
   assert.match(baseline!, "(M) dummy device");
   assert.not.match(baseline!, " vfio_pci ");
-  const modprobe = (await guest!.ok("command -v modprobe")).trim();
-  await guest!.ok(`mkdir -p /usr/local/sbin && printf '#!/bin/sh\\ncase "$*" in *vfio*) echo "modprobe: refused by the test" >&2; exit 1;; esac\\nexec ${modprobe} "$@"\\n' > /usr/local/sbin/modprobe && chmod 755 /usr/local/sbin/modprobe`);
+  // The GPU's unbind fails (a dd found first on vmhook's PATH), so it never leaves bochs-drm.
+  const dd = (await guest!.ok("command -v dd")).trim();
+  await guest!.ok(
+    `mkdir -p /usr/local/sbin && printf '#!/bin/sh\\ncase "$*" in *${GPU}/driver/unbind*) echo "dd: error writing : Device or resource busy" >&2; exit 1;; esac\\nexec ${dd} "$@"\\n' > /usr/local/sbin/dd && chmod 755 /usr/local/sbin/dd`,
+  );
   try {
     const result = await guest!.sh(hook(domainXml(), "prepare begin"));
     assert.is(result.code, 1);
-    assert.match(result.stdout.split("\n")[0]!, "modprobe vfio-pci failed");
+    assert.match(result.stdout.split("\n")[0]!, "Device or resource busy");
     assert.match(result.stdout, "the host was left as it was");
   } finally {
-    await guest!.ok("rm -f /usr/local/sbin/modprobe");
+    await guest!.ok("rm -f /usr/local/sbin/dd");
   }
   const log = await guest!.ok("cat /var/log/vmhook.log");
   assert.match(log, /vfio: unbind console vtcon0 \(.*frame buffer device\): done/);

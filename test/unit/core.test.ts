@@ -10,7 +10,7 @@ import { parseDomain } from "../../lib/domain.ts";
 import type { VmhookError } from "../../lib/errors.ts";
 import { newJournal, readJournal, writeJournal, type Journal } from "../../lib/journal.ts";
 import { createLogger } from "../../lib/log.ts";
-import { defineAction, definePlugin, type Plugin, type UndoRecord } from "../../lib/plugin.ts";
+import { defineAction, definePlugin, type ApplyContext, type Plugin, type UndoRecord } from "../../lib/plugin.ts";
 import { DEFAULT_SETTINGS } from "../../lib/settings.ts";
 import { planEvent, runPlugins, undoJournal, type RunEnvironment } from "../../lib/transaction.ts";
 import { registry } from "../../plugins/index.ts";
@@ -195,6 +195,127 @@ test("a step that changed nothing leaves the journal file before the next step a
     sim.cleanup();
   }
 });
+
+/** A plugin of steps named by `names`, each applied by `apply(name, ctx)`; those named "bg…" are "load" steps in the background, the others "mark" steps. */
+function markingPlugin(names: string[], apply: (name: string, ctx: ApplyContext<unknown>) => void | Promise<void>, undone: string[] = []): PluginInstance {
+  const mark = defineAction({
+    check: (record) => record,
+    apply: (record, ctx) => apply(String(record.name), ctx),
+    undo: (record) => void undone.push(String(record.name)),
+  });
+  const plugin = definePlugin({
+    name: "marks",
+    summary: "test",
+    parse: () => null,
+    plan: {
+      prepare: () =>
+        names.map((name) => {
+          const action = name.startsWith("bg") ? "load" : "mark";
+          return { action, record: { action, name }, description: name, ...(action === "load" ? { background: true } : {}) };
+        }),
+    },
+    actions: { mark, load: mark },
+  });
+  return instanceOf("marks", plugin, null);
+}
+
+const macrotask = (ms = 0) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** A test whose body gets a fresh simulated host, run environment and journal, removed afterwards. */
+function withSetup(body: (run: ReturnType<typeof setup>) => Promise<void>): () => Promise<void> {
+  return async () => {
+    const run = setup();
+    try {
+      await body(run);
+    } finally {
+      run.sim.cleanup();
+    }
+  };
+}
+
+test("a step in the background applies while the next steps do, journaled before it acts; a step that needs it awaits ctx.afterBackgroundSteps; the event ends when it has", withSetup(async ({ sim, env, journal }) => {
+  const order: string[] = [];
+  let release = () => {};
+  const gate = new Promise<void>((resolve) => (release = resolve));
+  const instance = markingPlugin(["bg-load", "middle", "needs"], async (name, ctx) => {
+    if (name === "bg-load") {
+      order.push("bg-load starts");
+      await gate;
+      await macrotask();
+      order.push("bg-load ends");
+    } else if (name === "middle") {
+      order.push(`middle sees ${readJournal(sim, UUID)!.entries.map((entry) => `${entry.undo.name}:${entry.state}`).join(",")}`);
+      release();
+    } else {
+      await ctx.afterBackgroundSteps();
+      order.push("needs");
+    }
+  });
+  await runPlugins("prepare", [instance], DOMAIN, journal, env, deadline(sim));
+  assert.equal(order, ["bg-load starts", "middle sees bg-load:pending,middle:pending", "bg-load ends", "needs"]);
+  assert.equal(
+    readJournal(sim, UUID)!.entries.map((entry) => [entry.undo.name, entry.state]),
+    [
+      ["bg-load", "applied"],
+      ["middle", "applied"],
+      ["needs", "applied"],
+    ],
+  );
+  assert.match(sim.read("/var/log/vmhook.log"), "marks: bg-load: started in the background");
+  }));
+
+test("two steps of one action never apply at once: the second waits for the first in the background", withSetup(async ({ sim, env, journal }) => {
+  const order: string[] = [];
+  const instance = markingPlugin(["bg-one", "bg-two"], async (name) => {
+    order.push(`${name} starts`);
+    await macrotask(10);
+    order.push(`${name} ends`);
+  });
+  await runPlugins("prepare", [instance], DOMAIN, journal, env, deadline(sim));
+  assert.equal(order, ["bg-one starts", "bg-one ends", "bg-two starts", "bg-two ends"]);
+  }));
+
+test("a step in the background that fails: no further step starts, the error is its own, and the rollback undoes it and what ran beside it", withSetup(async ({ sim, env, journal }) => {
+  const order: string[] = [];
+  const undone: string[] = [];
+  const instance = markingPlugin(
+    ["bg-load", "beside", "after"],
+    async (name) => {
+      if (name === "bg-load") {
+        await macrotask();
+        throw new Error("modprobe failed");
+      }
+      await macrotask(20);
+      order.push(name);
+    },
+    undone,
+  );
+  const error = await runPlugins("prepare", [instance], DOMAIN, journal, env, deadline(sim)).then(
+    () => undefined,
+    (error: Error) => error,
+  );
+  assert.is(error?.message, "modprobe failed");
+  assert.equal(order, ["beside"], "the step running beside it finishes; the next one never starts");
+  await undoJournal(journal, env, deadline(sim), [instance]);
+  assert.equal(undone, ["beside", "bg-load"]);
+  }));
+
+test("a step that fails while a step runs in the background: the failure waits for it, so nothing is undone under a step that still acts", withSetup(async ({ sim, env, journal }) => {
+  const order: string[] = [];
+  const instance = markingPlugin(["bg-load", "fails"], async (name) => {
+    if (name === "fails") throw new Error("the device would not unbind");
+    await macrotask(20);
+    order.push("bg-load ends");
+  });
+  await runPlugins("prepare", [instance], DOMAIN, journal, env, deadline(sim)).then(
+    () => assert.unreachable("the event failed"),
+    (error: Error) => {
+      assert.is(error.message, "the device would not unbind");
+      order.push("failure reported");
+    },
+  );
+  assert.equal(order, ["bg-load ends", "failure reported"]);
+  }));
 
 test("ctx.update replaces the journaled record, and rollback gets the updated one", async () => {
   const { sim, env, journal } = setup();

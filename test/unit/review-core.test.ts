@@ -216,4 +216,21 @@ test("exec: a program that exits but leaves a background process holding its out
   assert.equal([stuck.status, stuck.timedOut, stuck.error], [null, true, undefined]);
 });
 
+test("execAsync: as exec, without blocking the process; the status, the output, a background process holding it, the timeout, a missing program", async () => {
+  const host = new RootedHost("/");
+  let ticks = 0;
+  const ticking = setInterval(() => ticks++, 5);
+  const failed = await host.execAsync("/bin/sh", ["-c", "sleep 0.2; echo out; echo err >&2; exit 3"], { timeoutMs: 5000 });
+  clearInterval(ticking);
+  assert.equal([failed.status, failed.signal, failed.stdout, failed.stderr, failed.timedOut, failed.error], [3, null, "out\n", "err\n", false, undefined]);
+  assert.ok(ticks > 5, `the event loop ran meanwhile (${ticks} ticks)`);
+  const left = await host.execAsync("/bin/sh", ["-c", "sleep 5 & echo done"], { timeoutMs: 300 });
+  assert.equal([left.status, left.stdout, left.timedOut, left.error], [0, "done\n", false, undefined]);
+  const stuck = await host.execAsync("/bin/sh", ["-c", "sleep 5"], { timeoutMs: 300 });
+  assert.equal([stuck.status, stuck.signal, stuck.timedOut, stuck.error], [null, "SIGKILL", true, undefined]);
+  const input = await host.execAsync("/bin/cat", [], { timeoutMs: 5000, input: "fed" });
+  assert.is(input.stdout, "fed");
+  assert.match((await host.execAsync("vmhook-no-such-program", [], { timeoutMs: 1000 })).error!, "not found");
+});
+
 test.run();

@@ -206,8 +206,8 @@ test("vendor-reset installed but not loaded: prepare loads it before setting res
   const before = kernel.sim.snapshot();
   // vmhook plan shows exactly these steps, and prepare runs them.
   assert.equal(await assertPlanIsPrepare(kernel.sim, xml, "gaming"), [
-    `vfio: at release, check that the display is back: ${GPU} on amdgpu with card, renderD`,
     "vfio: load module vfio-pci",
+    `vfio: at release, check that the display is back: ${GPU} on amdgpu with card, renderD`,
     "vfio: load module vendor-reset",
     `vfio: set the reset method of ${GPU} to device_specific (vendor-reset; was flr bus)`,
     `vfio: bind ${GPU} to vfio-pci (from amdgpu)`,

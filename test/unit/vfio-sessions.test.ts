@@ -50,7 +50,8 @@ test("GNOME: the shell and the portal stop through ana's manager before GDM, the
   const kernel = gnomeDesktop();
   const before = kernel.sim.snapshot();
   const applied = await assertPlanIsPrepare(kernel.sim, XML, "win11");
-  assert.equal(applied.slice(0, 5), [
+  assert.equal(applied.slice(0, 6), [
+    "vfio: load module vfio-pci",
     `vfio: at release, check that the display is back: ${GPU} on amdgpu with card, renderD`,
     "vfio: keep ana's systemd user manager running while the VM runs (loginctl enable-linger ana), so audio (pipewire) survives the end of the session",
     `vfio: stop ${SHELL} of ana's graphical session (systemctl --user --machine=ana@.host stop ${SHELL})`,

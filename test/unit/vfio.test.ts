@@ -92,13 +92,13 @@ test("NVIDIA single GPU: display manager, console, efifb, persistenced and modul
 
   const order = kernel.sim.execs.filter((e) => e.command !== "systemctl" || e.args[0] === "stop").map((e) => `${e.command} ${e.args.join(" ")}`);
   assert.equal(order, [
+    "modprobe vfio-pci",
     "systemctl stop display-manager.service",
     "systemctl stop nvidia-persistenced.service",
     "rmmod nvidia_drm",
     "rmmod nvidia_modeset",
     "rmmod nvidia_uvm",
     "rmmod nvidia",
-    "modprobe vfio-pci",
   ]);
 
   const preparedExecs = kernel.sim.execs.length;
@@ -154,11 +154,11 @@ function bochsGuest(): GpuKernel {
 
 test("a modular dummy console: prepare failing after the console let go maps tty1 to the GPU's framebuffer, and fbcon takes the consoles back", async () => {
   const kernel = bochsGuest();
-  kernel.brokenModules.add("vfio_pci");
+  kernel.sim.failWrite(`/sys/bus/pci/devices/${GPU}/driver/unbind`, "EBUSY");
   const before = kernel.sim.snapshot();
   const result = await runHookEvent(kernel.sim, "prepare", "begin", domainXml("<vmhook:vfio/>"));
   assert.is(result.code, 1);
-  assert.match(firstLine(result.stderr), "modprobe vfio-pci failed");
+  assert.match(firstLine(result.stderr), "EBUSY");
   assert.match(result.stderr, "the host was left as it was");
   assert.equal(kernel.sim.ioctls, [{ path: "/dev/fb0", request: 0x4610, argument: [1, 0, 0, 0, 0, 0, 0, 0] }]);
   assert.equal(kernel.sim.snapshot(), before);
@@ -172,6 +172,42 @@ test("a modular dummy console: after the VM, the GPU's framebuffer registers aga
   assert.is(kernel.sim.readTrimmed("/sys/class/vtconsole/vtcon0/bind"), "0");
   assert.is((await runHookEvent(kernel.sim, "release", "end", xml)).code, 0);
   assert.equal(kernel.sim.ioctls, []);
+  assert.equal(kernel.sim.snapshot(), before);
+});
+
+test("vfio-pci loads in the background: modprobe runs while the console and the GPU let go; the override and the probe follow once it is there", async () => {
+  const kernel = bochsGuest();
+  const events: string[] = [];
+  const execAsync = kernel.sim.execAsync.bind(kernel.sim);
+  kernel.sim.execAsync = async (command, args, options) => {
+    events.push(`${command} starts`);
+    const result = await execAsync(command, args, options);
+    events.push(`${command} ends`);
+    return result;
+  };
+  const writeInHelper = kernel.sim.writeInHelper.bind(kernel.sim);
+  kernel.sim.writeInHelper = (hostPath, data, timeoutMs, started) => {
+    events.push(`write ${hostPath}`);
+    return writeInHelper(hostPath, data, timeoutMs, started);
+  };
+  const write = kernel.sim.write.bind(kernel.sim);
+  kernel.sim.write = (hostPath, data) => {
+    if (hostPath.startsWith("/sys/class/vtconsole/") || hostPath.endsWith("/driver_override")) events.push(`write ${hostPath}`);
+    write(hostPath, data);
+  };
+  const before = kernel.sim.snapshot();
+  const xml = domainXml("<vmhook:vfio/>");
+  assert.is((await runHookEvent(kernel.sim, "prepare", "begin", xml)).code, 0);
+  assert.equal(events, [
+    "modprobe starts",
+    "write /sys/class/vtconsole/vtcon0/bind",
+    `write /sys/bus/pci/devices/${GPU}/driver/unbind`,
+    "modprobe ends",
+    `write /sys/bus/pci/devices/${GPU}/driver_override`,
+    "write /sys/bus/pci/drivers_probe",
+  ]);
+  assert.is(kernel.driverOf(GPU), "vfio-pci");
+  assert.is((await runHookEvent(kernel.sim, "release", "end", xml)).code, 0);
   assert.equal(kernel.sim.snapshot(), before);
 });
 
@@ -206,6 +242,7 @@ test("a module's dependencies are its own line of modules.dep: either spelling o
       "kernel/drivers/vfio/pci/vfio-pci.ko.xz: kernel/drivers/vfio/pci/vfio-pci-core.ko.xz kernel/drivers/vfio/vfio.ko.xz kernel/virt/lib/irqbypass.ko.xz",
       "kernel/drivers/vfio/vfio.ko.xz:",
       "updates/dkms/vendor_reset.ko: kernel/lib/helper-lib.ko",
+      "kernel/drivers/hid/hid_mixed-spelling.ko: kernel/drivers/hid/hid.ko",
     ].join("\n"),
   );
   const deps = (module: string, release = "6.1.0-sim") => moduleDependencies(sim, release, module);
@@ -213,6 +250,8 @@ test("a module's dependencies are its own line of modules.dep: either spelling o
   assert.equal(deps("vfio_pci"), ["vfio_pci_core", "vfio", "irqbypass"]);
   assert.equal(deps("vfio"), []);
   assert.equal(deps("vendor-reset"), ["helper_lib"]);
+  assert.equal(deps("hid-mixed_spelling"), ["hid"], "a file name that mixes - and _");
+  assert.equal(deps("hid_mixed_spelling"), ["hid"]);
   assert.is(deps("pci"), undefined, "no line of its own");
   assert.is(deps("vfio-pci", "../../etc"), undefined, "a release that is no plain name reads nothing");
   assert.is(deps("vfio-pci", "6.2.0-missing"), undefined);
@@ -220,13 +259,13 @@ test("a module's dependencies are its own line of modules.dep: either spelling o
 
 test("a modular dummy console whose framebuffer mapping fails: the rollback says what it tried and how to finish, and keeps the record", async () => {
   const kernel = bochsGuest();
-  kernel.brokenModules.add("vfio_pci");
+  kernel.sim.failWrite(`/sys/bus/pci/devices/${GPU}/driver/unbind`, "EBUSY");
   kernel.sim.onIoctl("/dev/fb0", () => {
     throw Object.assign(new Error("EINVAL: ioctl 0x4610 on /dev/fb0 failed"), { code: "EINVAL" });
   });
   const result = await runHookEvent(kernel.sim, "prepare", "begin", domainXml("<vmhook:vfio/>"));
   assert.is(result.code, 1);
-  assert.match(result.stderr, "1 of 3 change(s) could not be undone: run vmhook recover");
+  assert.match(result.stderr, "1 of 4 change(s) could not be undone: run vmhook recover");
   assert.match(result.stderr, "not undone: vfio: unbind console vtcon0 ((M) frame buffer device): vfio: console vtcon0 did not bind again: writing 1 to /sys/class/vtconsole/vtcon0/bind did nothing, and mapping tty1 to /dev/fb0 failed (EINVAL: ioctl 0x4610 on /dev/fb0 failed); run con2fbmap 1 0, then vmhook recover");
   assert.equal(readJournal(kernel.sim, UUID)!.entries.map((entry) => entry.undo.action), ["unbind-vtconsole"]);
 });
@@ -650,6 +689,7 @@ test("bad host settings name the key in /etc/vmhook/vmhook.json", async () => {
 test("vmhook plan lists exactly the steps prepare runs (NVIDIA single GPU: every kind of step)", async () => {
   const kernel = nvidiaDesktop();
   assert.equal(await assertPlanIsPrepare(kernel.sim, domainXml("<vmhook:vfio/>"), "win11"), [
+    "vfio: load module vfio-pci",
     `vfio: at release, check that the display is back: ${GPU} on nvidia with card, renderD`,
     "vfio: stop display-manager.service",
     "vfio: stop nvidia-persistenced.service",
@@ -660,7 +700,6 @@ test("vmhook plan lists exactly the steps prepare runs (NVIDIA single GPU: every
     "vfio: unload module nvidia_modeset",
     "vfio: unload module nvidia_uvm",
     "vfio: unload module nvidia",
-    "vfio: load module vfio-pci",
     `vfio: bind ${GPU} to vfio-pci (from nvidia)`,
     `vfio: bind ${AUDIO} to vfio-pci (from snd_hda_intel)`,
   ]);
