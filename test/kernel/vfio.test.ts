@@ -111,6 +111,30 @@ it("prepare failing after the console let go but before the GPU moved: the rollb
   assert.fixture(await guest!.ok(STATE), baseline!);
 });
 
+it("vfio-pci fails to load in the background after the GPU let go: the start fails naming modprobe, and the rollback gives the GPU and the console back", async ({ guest, baseline }) => {
+  // A modprobe first on vmhook's PATH that fails for vfio-pci a second late: the console and the GPU have let go by then.
+  const modprobe = (await guest!.ok("command -v modprobe")).trim();
+  await guest!.ok(
+    `mkdir -p /usr/local/sbin && printf '#!/bin/sh\\ncase "$*" in *vfio*) sleep 1; echo "modprobe: refused by the test" >&2; exit 1;; esac\\nexec ${modprobe} "$@"\\n' > /usr/local/sbin/modprobe && chmod 755 /usr/local/sbin/modprobe`,
+  );
+  await guest!.ok(": > /var/log/vmhook.log");
+  try {
+    const result = await guest!.sh(hook(domainXml(), "prepare begin"));
+    assert.is(result.code, 1);
+    assert.match(result.stdout.split("\n")[0]!, "modprobe vfio-pci failed: modprobe: refused by the test");
+    assert.match(result.stdout, "the host was left as it was");
+  } finally {
+    await guest!.ok("rm -f /usr/local/sbin/modprobe");
+  }
+  const log = await guest!.ok("cat /var/log/vmhook.log");
+  assert.match(log, "vfio: load module vfio-pci: started in the background");
+  assert.match(log, /vfio: unbind console vtcon0 \(.*frame buffer device\): done/);
+  // The GPU's step had unbound it and was waiting for the load when the load failed.
+  assert.match(log, `vfio: bind ${GPU} to vfio-pci (from bochs-drm): modprobe vfio-pci failed`);
+  assert.match(log, `vfio: undo bind ${GPU} to vfio-pci (from bochs-drm): done`);
+  assert.fixture(await guest!.ok(STATE), baseline!);
+});
+
 it("the hook SIGKILLed in the middle of prepare, then vmhook recover: the host is as before", async ({ guest, baseline }) => {
   const killed = await guest!.ok(`${hook(domainXml(), "prepare begin", true)}
 pid=$!
