@@ -46,6 +46,21 @@ it("single-GPU prepare moves the GPU to vfio-pci and unbinds the console; releas
 });
 
 /**
+ * The hook's prepare with `program` replaced, first on vmhook's PATH, by a
+ * script that runs `failure` (shell) when its arguments match the case
+ * pattern `match`, and the real program otherwise.
+ */
+async function prepareWithFailing(guest: Guest, program: string, match: string, failure: string): Promise<{ code: number; stdout: string }> {
+  const real = (await guest.ok(`command -v ${program}`)).trim();
+  await guest.ok(`mkdir -p /usr/local/sbin && printf '#!/bin/sh\\ncase "$*" in ${match}) ${failure};; esac\\nexec ${real} "$@"\\n' > /usr/local/sbin/${program} && chmod 755 /usr/local/sbin/${program}`);
+  try {
+    return await guest.sh(hook(domainXml(), "prepare begin"));
+  } finally {
+    await guest.ok(`rm -f /usr/local/sbin/${program}`);
+  }
+}
+
+/**
  * Runs `work` with this host policy in the guest's /etc/vmhook/policy.json,
  * removed afterwards. The initramfs root is mode 1777, under which vmhook
  * trusts no policy file, so / is closed meanwhile.
@@ -92,19 +107,11 @@ it("a module the host policy does not allow is refused before anything changes; 
 it("prepare failing after the console let go but before the GPU moved: the rollback brings the console back", async ({ guest, baseline }) => {
   assert.match(baseline!, "(M) dummy device");
   assert.not.match(baseline!, " vfio_pci ");
-  // The GPU's unbind fails (a dd found first on vmhook's PATH), so it never leaves bochs-drm.
-  const dd = (await guest!.ok("command -v dd")).trim();
-  await guest!.ok(
-    `mkdir -p /usr/local/sbin && printf '#!/bin/sh\\ncase "$*" in *${GPU}/driver/unbind*) echo "dd: error writing : Device or resource busy" >&2; exit 1;; esac\\nexec ${dd} "$@"\\n' > /usr/local/sbin/dd && chmod 755 /usr/local/sbin/dd`,
-  );
-  try {
-    const result = await guest!.sh(hook(domainXml(), "prepare begin"));
-    assert.is(result.code, 1);
-    assert.match(result.stdout.split("\n")[0]!, "Device or resource busy");
-    assert.match(result.stdout, "the host was left as it was");
-  } finally {
-    await guest!.ok("rm -f /usr/local/sbin/dd");
-  }
+  // The GPU's unbind fails, so it never leaves bochs-drm.
+  const result = await prepareWithFailing(guest!, "dd", `*${GPU}/driver/unbind*`, 'echo "dd: error writing : Device or resource busy" >&2; exit 1');
+  assert.is(result.code, 1);
+  assert.match(result.stdout.split("\n")[0]!, "Device or resource busy");
+  assert.match(result.stdout, "the host was left as it was");
   const log = await guest!.ok("cat /var/log/vmhook.log");
   assert.match(log, /vfio: unbind console vtcon0 \(.*frame buffer device\): done/);
   assert.match(log, "console vtcon0 bound again by mapping tty1 to /dev/fb0");
@@ -112,20 +119,12 @@ it("prepare failing after the console let go but before the GPU moved: the rollb
 });
 
 it("vfio-pci fails to load in the background after the GPU let go: the start fails naming modprobe, and the rollback gives the GPU and the console back", async ({ guest, baseline }) => {
-  // A modprobe first on vmhook's PATH that fails for vfio-pci a second late: the console and the GPU have let go by then.
-  const modprobe = (await guest!.ok("command -v modprobe")).trim();
-  await guest!.ok(
-    `mkdir -p /usr/local/sbin && printf '#!/bin/sh\\ncase "$*" in *vfio*) sleep 1; echo "modprobe: refused by the test" >&2; exit 1;; esac\\nexec ${modprobe} "$@"\\n' > /usr/local/sbin/modprobe && chmod 755 /usr/local/sbin/modprobe`,
-  );
+  // It fails a second late: the console and the GPU have let go by then.
   await guest!.ok(": > /var/log/vmhook.log");
-  try {
-    const result = await guest!.sh(hook(domainXml(), "prepare begin"));
-    assert.is(result.code, 1);
-    assert.match(result.stdout.split("\n")[0]!, "modprobe vfio-pci failed: modprobe: refused by the test");
-    assert.match(result.stdout, "the host was left as it was");
-  } finally {
-    await guest!.ok("rm -f /usr/local/sbin/modprobe");
-  }
+  const result = await prepareWithFailing(guest!, "modprobe", "*vfio*", 'sleep 1; echo "modprobe: refused by the test" >&2; exit 1');
+  assert.is(result.code, 1);
+  assert.match(result.stdout.split("\n")[0]!, "modprobe vfio-pci failed: modprobe: refused by the test");
+  assert.match(result.stdout, "the host was left as it was");
   const log = await guest!.ok("cat /var/log/vmhook.log");
   assert.match(log, "vfio: load module vfio-pci: started in the background");
   assert.match(log, /vfio: unbind console vtcon0 \(.*frame buffer device\): done/);
