@@ -192,7 +192,7 @@ export class RootedHost implements Host {
 
   exec(command: string, args: string[], options: ExecOptions): ExecResult {
     const program = this.findProgram(command);
-    if (!program) return notFound(command);
+    if (!program) return notStarted(`${command}: not found`);
     // Never hand libvirt's stdout/stderr pipes to a child: a child that outlives
     // us while holding them would make libvirt wait forever. Bun.spawnSync,
     // not node:child_process: a spawn costs half as much under TCG (docs/bench.md).
@@ -208,7 +208,7 @@ export class RootedHost implements Host {
         maxBuffer: OUTPUT_LIMIT,
       });
     } catch (error) {
-      return { ...notFound(command), error: `${command}: ${(error as Error).message}` };
+      return notStarted(`${command}: ${(error as Error).message}`);
     }
     const text = (bytes: Uint8Array | undefined) => (bytes ? Buffer.from(bytes).toString("utf8") : "");
     const overflowed = result.exitCode === null && [result.stdout, result.stderr].some((bytes) => (bytes?.length ?? 0) >= OUTPUT_LIMIT);
@@ -227,20 +227,19 @@ export class RootedHost implements Host {
 
   async execAsync(command: string, args: string[], options: ExecOptions): Promise<ExecResult> {
     const program = this.findProgram(command);
-    if (!program) return notFound(command);
+    if (!program) return notStarted(`${command}: not found`);
     let child: BunSubprocess;
     try {
       child = Bun.spawn([program, ...args], { stdin: new TextEncoder().encode(options.input ?? ""), stdout: "pipe", stderr: "pipe", env: this.childEnv(options) });
     } catch (error) {
-      return { ...notFound(command), error: `${command}: ${(error as Error).message}` };
+      return notStarted(`${command}: ${(error as Error).message}`);
     }
     const stdout = child.stdout.getReader();
     const stderr = child.stderr.getReader();
     let timedOut = false;
     let overflowed = false;
-    let leftBehind = false;
-    let giveUp = () => {};
-    const abandoned = new Promise<null>((resolve) => (giveUp = () => resolve(null)));
+    let giveUp = (_: null) => {};
+    const abandoned = new Promise<null>((resolve) => (giveUp = resolve));
     let grace: ReturnType<typeof setTimeout> | undefined;
     const stop = () => {
       child.kill("SIGKILL");
@@ -249,9 +248,8 @@ export class RootedHost implements Host {
       void stderr.cancel().catch(() => {});
       // SIGKILL does not reach a process blocked in the kernel (D state): it is left running, never waited for.
       grace ??= setTimeout(() => {
-        leftBehind = true;
         child.unref();
-        giveUp();
+        giveUp(null);
       }, KILL_GRACE_MS);
     };
     const timer = setTimeout(() => {
@@ -264,7 +262,7 @@ export class RootedHost implements Host {
     };
     try {
       const [out, err, status] = await Promise.all([readAll(stdout, tooMuch), readAll(stderr, tooMuch), Promise.race([child.exited, abandoned])]);
-      if (leftBehind) return { status: null, signal: null, stdout: out, stderr: err, timedOut, error: `${command}: still running ${KILL_GRACE_MS / 1000} s after SIGKILL (blocked in the kernel), left behind as pid ${child.pid}` };
+      if (status === null) return { status: null, signal: null, stdout: out, stderr: err, timedOut, error: `${command}: still running ${KILL_GRACE_MS / 1000} s after SIGKILL (blocked in the kernel), left behind as pid ${child.pid}` };
       return {
         status: child.signalCode ? null : status,
         signal: child.signalCode,
@@ -408,7 +406,8 @@ function accessFix(): string {
   return process.geteuid?.() === 0 ? "vmhook runs as root, so a security module (AppArmor, SELinux) denies it: look for the denial in journalctl -k" : "run vmhook as root";
 }
 
-const notFound = (command: string): ExecResult => ({ status: null, signal: null, stdout: "", stderr: "", timedOut: false, error: `${command}: not found` });
+/** The result of a program that could not be started, and why. */
+const notStarted = (error: string): ExecResult => ({ status: null, signal: null, stdout: "", stderr: "", timedOut: false, error });
 
 /** A stream's whole text, however it is cut into chunks; past OUTPUT_LIMIT, `overflow` is called and the rest is not kept. */
 async function readAll(reader: ReadableStreamDefaultReader<Uint8Array>, overflow = () => {}): Promise<string> {

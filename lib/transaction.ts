@@ -59,6 +59,11 @@ type DomainId = { name: string; uuid: string };
 
 function baseContext(env: RunEnvironment, pluginId: string, event: HookEvent, domain: DomainId, deadline: Deadline): BaseContext {
   const { host, log } = env;
+  // A program starts only within the deadline, and is killed at its end at the latest.
+  const bounded = (command: string, options: RunOptions) => {
+    deadline.check(`starting ${command}`);
+    return { timeoutMs: deadline.clamp(options.timeoutMs ?? 30_000), input: options.input };
+  };
   const sharedName = pluginId.replace(/[^a-z0-9._-]/g, "_");
   return {
     host,
@@ -69,12 +74,10 @@ function baseContext(env: RunEnvironment, pluginId: string, event: HookEvent, do
     settings: env.settings.plugins[pluginId] ?? {},
     waitFor: (what, ready, options) => waitFor(host, deadline, what, ready, options),
     run(command, args, options = {}) {
-      deadline.check(`starting ${command}`);
-      return checkedRun(command, args, options, host.exec(command, args, { timeoutMs: deadline.clamp(options.timeoutMs ?? 30_000), input: options.input }));
+      return checkedRun(command, args, options, host.exec(command, args, bounded(command, options)));
     },
     async runAsync(command, args, options = {}) {
-      deadline.check(`starting ${command}`);
-      return checkedRun(command, args, options, await host.execAsync(command, args, { timeoutMs: deadline.clamp(options.timeoutMs ?? 30_000), input: options.input }));
+      return checkedRun(command, args, options, await host.execAsync(command, args, bounded(command, options)));
     },
     journals: () => completeJournals(host),
     claims: claimsFor(host, domain.uuid),
