@@ -1,7 +1,7 @@
 // The host driver lets go and vfio-pci takes over: modules unload (users
-// first), vfio-pci loads, each device moves with
-// driver_override + drivers_probe; extra modules load last. Each undo puts
-// one thing back and checks that it is back.
+// first), vfio-pci loads, each device moves with driver_override (taken by
+// vfio-pci as it registers, or by drivers_probe); extra modules load last.
+// Each undo puts one thing back and checks that it is back.
 import { writeThroughDriver } from "../../lib/bounded-write.ts";
 import { kernelRelease, moduleDependencies, moduleName } from "../../lib/kernel-modules.ts";
 import { VmhookError } from "../../lib/errors.ts";
@@ -236,13 +236,14 @@ async function bindToVfio(record: BindRecord, ctx: ApplyContext<unknown>): Promi
   refuseIfStuck(host, [address]);
   const driver = pciDriver(host, address);
   if (driver !== undefined) await throughDriver(ctx, address, driver, pciPath(address, "driver/unbind"), timeoutMs);
-  // The override only once vfio-pci (loading in the background) is there: a
-  // driver that registers locks every device its override names, and one
-  // whose remove() never returned would hold modprobe with it. Unbound, the
-  // device waits for a probe; nothing binds it meanwhile.
-  await ctx.afterBackgroundSteps();
+  // The override once the device's own remove() has returned, never before:
+  // vfio-pci, registering in the background, locks every device its
+  // override names, and a remove() that never returned would hold modprobe
+  // too. From here on no other driver can take the device, and vfio-pci
+  // binds it as it registers; only a driver already registered needs the probe.
   host.write(pciPath(address, "driver_override"), VFIO_DRIVER);
-  await throughDriver(ctx, address, VFIO_DRIVER, "/sys/bus/pci/drivers_probe", timeoutMs);
+  await ctx.afterBackgroundSteps();
+  if (pciDriver(host, address) !== VFIO_DRIVER) await throughDriver(ctx, address, VFIO_DRIVER, "/sys/bus/pci/drivers_probe", timeoutMs);
   ctx.waitFor(`${address} is bound to vfio-pci`, () => pciDriver(host, address) === VFIO_DRIVER, { timeoutMs });
   ctx.waitFor(`/dev/vfio/${group} exists`, () => host.exists(`/dev/vfio/${group}`), { timeoutMs });
 }

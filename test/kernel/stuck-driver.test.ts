@@ -116,7 +116,7 @@ it("remove() blocks: prepare gives up after bindTimeoutSeconds, naming device, d
 
   // remove() returns: the helper is gone, vmhook recover finishes the undo.
   await guest!.ok(`echo 1 > ${LET_GO}; while [ -e /proc/${pid} ]; do sleep 0.2; done`, { timeoutMs: 60_000 });
-  // The override comes after the unbind (and vfio-pci's load): nothing but the unbind was written to the device.
+  // The override comes only once the device's own unbind has returned: nothing but the unbind was written to the device.
   assert.match(await guest!.ok(`cat /sys/bus/pci/devices/${edu}/driver_override`), "(null)\n", "nothing was written to the device after the unbind");
   assert.match(await guest!.ok("vmhook status"), `its helper, pid ${pid}, has finished since`);
   const recovered = await guest!.sh("vmhook recover");

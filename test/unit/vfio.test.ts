@@ -175,8 +175,8 @@ test("a modular dummy console: after the VM, the GPU's framebuffer registers aga
   assert.equal(kernel.sim.snapshot(), before);
 });
 
-test("vfio-pci loads in the background: modprobe runs while the console and the GPU let go; the override and the probe follow once it is there", async () => {
-  const kernel = bochsGuest();
+/** Records, in order, the programs run beside the hook and the writes into consoles, drivers and overrides. */
+function recordHandover(kernel: GpuKernel): string[] {
   const events: string[] = [];
   const execAsync = kernel.sim.execAsync.bind(kernel.sim);
   kernel.sim.execAsync = async (command, args, options) => {
@@ -195,6 +195,12 @@ test("vfio-pci loads in the background: modprobe runs while the console and the 
     if (hostPath.startsWith("/sys/class/vtconsole/") || hostPath.endsWith("/driver_override")) events.push(`write ${hostPath}`);
     write(hostPath, data);
   };
+  return events;
+}
+
+test("vfio-pci loads in the background: modprobe runs while the console and the GPU let go; the unbound GPU gets its override at once, and vfio-pci takes it as it registers", async () => {
+  const kernel = bochsGuest();
+  const events = recordHandover(kernel);
   const before = kernel.sim.snapshot();
   const xml = domainXml("<vmhook:vfio/>");
   assert.is((await runHookEvent(kernel.sim, "prepare", "begin", xml)).code, 0);
@@ -202,7 +208,24 @@ test("vfio-pci loads in the background: modprobe runs while the console and the 
     "modprobe starts",
     "write /sys/class/vtconsole/vtcon0/bind",
     `write /sys/bus/pci/devices/${GPU}/driver/unbind`,
+    `write /sys/bus/pci/devices/${GPU}/driver_override`,
     "modprobe ends",
+  ]);
+  assert.is(kernel.driverOf(GPU), "vfio-pci");
+  assert.is((await runHookEvent(kernel.sim, "release", "end", xml)).code, 0);
+  assert.equal(kernel.sim.snapshot(), before);
+});
+
+test("vfio-pci already registered: nothing loads, and the GPU is probed after its override", async () => {
+  const kernel = bochsGuest();
+  kernel.sim.exec("modprobe", ["vfio-pci"], { timeoutMs: 1000 });
+  const events = recordHandover(kernel);
+  const before = kernel.sim.snapshot();
+  const xml = domainXml("<vmhook:vfio/>");
+  assert.is((await runHookEvent(kernel.sim, "prepare", "begin", xml)).code, 0);
+  assert.equal(events, [
+    "write /sys/class/vtconsole/vtcon0/bind",
+    `write /sys/bus/pci/devices/${GPU}/driver/unbind`,
     `write /sys/bus/pci/devices/${GPU}/driver_override`,
     "write /sys/bus/pci/drivers_probe",
   ]);
