@@ -175,8 +175,12 @@ test("a modular dummy console: after the VM, the GPU's framebuffer registers aga
   assert.equal(kernel.sim.snapshot(), before);
 });
 
-/** Records, in order, the programs run beside the hook and the writes into consoles, drivers and overrides. */
-function recordHandover(kernel: GpuKernel): string[] {
+/**
+ * The GPU's handover and back: what prepare did, in order (the programs run
+ * beside the hook, the writes into consoles, drivers and overrides), once the
+ * GPU is on vfio-pci and release has left the host as it was.
+ */
+async function handoverEvents(kernel: GpuKernel): Promise<string[]> {
   const events: string[] = [];
   const execAsync = kernel.sim.execAsync.bind(kernel.sim);
   kernel.sim.execAsync = async (command, args, options) => {
@@ -195,43 +199,35 @@ function recordHandover(kernel: GpuKernel): string[] {
     if (hostPath.startsWith("/sys/class/vtconsole/") || hostPath.endsWith("/driver_override")) events.push(`write ${hostPath}`);
     write(hostPath, data);
   };
-  return events;
-}
-
-test("vfio-pci loads in the background: modprobe runs while the console and the GPU let go; the unbound GPU gets its override at once, and vfio-pci takes it as it registers", async () => {
-  const kernel = bochsGuest();
-  const events = recordHandover(kernel);
   const before = kernel.sim.snapshot();
   const xml = domainXml("<vmhook:vfio/>");
   assert.is((await runHookEvent(kernel.sim, "prepare", "begin", xml)).code, 0);
-  assert.equal(events, [
+  const prepared = [...events];
+  assert.is(kernel.driverOf(GPU), "vfio-pci");
+  assert.is((await runHookEvent(kernel.sim, "release", "end", xml)).code, 0);
+  assert.equal(kernel.sim.snapshot(), before);
+  return prepared;
+}
+
+test("vfio-pci loads in the background: modprobe runs while the console and the GPU let go; the unbound GPU gets its override at once, and vfio-pci takes it as it registers", async () => {
+  assert.equal(await handoverEvents(bochsGuest()), [
     "modprobe starts",
     "write /sys/class/vtconsole/vtcon0/bind",
     `write /sys/bus/pci/devices/${GPU}/driver/unbind`,
     `write /sys/bus/pci/devices/${GPU}/driver_override`,
     "modprobe ends",
   ]);
-  assert.is(kernel.driverOf(GPU), "vfio-pci");
-  assert.is((await runHookEvent(kernel.sim, "release", "end", xml)).code, 0);
-  assert.equal(kernel.sim.snapshot(), before);
 });
 
 test("vfio-pci already registered: nothing loads, and the GPU is probed after its override", async () => {
   const kernel = bochsGuest();
   kernel.sim.exec("modprobe", ["vfio-pci"], { timeoutMs: 1000 });
-  const events = recordHandover(kernel);
-  const before = kernel.sim.snapshot();
-  const xml = domainXml("<vmhook:vfio/>");
-  assert.is((await runHookEvent(kernel.sim, "prepare", "begin", xml)).code, 0);
-  assert.equal(events, [
+  assert.equal(await handoverEvents(kernel), [
     "write /sys/class/vtconsole/vtcon0/bind",
     `write /sys/bus/pci/devices/${GPU}/driver/unbind`,
     `write /sys/bus/pci/devices/${GPU}/driver_override`,
     "write /sys/bus/pci/drivers_probe",
   ]);
-  assert.is(kernel.driverOf(GPU), "vfio-pci");
-  assert.is((await runHookEvent(kernel.sim, "release", "end", xml)).code, 0);
-  assert.equal(kernel.sim.snapshot(), before);
 });
 
 test("the load of vfio-pci is journaled, before modprobe runs, with all that modprobe loads (modules.dep), so a hook killed meanwhile leaves a journal that unloads it all", async () => {
