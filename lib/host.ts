@@ -220,8 +220,7 @@ export class RootedHost implements Host {
       // With an exit status the program did finish: a process it left in the
       // background held its output pipes open until the timeout.
       timedOut: result.exitedDueToTimeout === true && result.exitCode === null,
-      // ENOBUFS, as node:child_process names it: callers tell this failure apart.
-      error: overflowed ? `${command}: printed more than ${OUTPUT_LIMIT} bytes and was killed (ENOBUFS)` : undefined,
+      error: overflowed ? tooMuchOutput(command) : undefined,
     };
   }
 
@@ -269,7 +268,7 @@ export class RootedHost implements Host {
         stdout: out,
         stderr: err,
         timedOut: timedOut && child.signalCode !== null,
-        error: overflowed ? `${command}: printed more than ${OUTPUT_LIMIT} bytes and was killed (ENOBUFS)` : undefined,
+        error: overflowed ? tooMuchOutput(command) : undefined,
       };
     } finally {
       clearTimeout(timer);
@@ -405,6 +404,9 @@ function unreadable(error: unknown, what: string, hostPath: string): VmhookError
 function accessFix(): string {
   return process.geteuid?.() === 0 ? "vmhook runs as root, so a security module (AppArmor, SELinux) denies it: look for the denial in journalctl -k" : "run vmhook as root";
 }
+
+/** Why a program printing past OUTPUT_LIMIT was killed; ENOBUFS, as node:child_process names it, so callers tell this failure apart. */
+const tooMuchOutput = (command: string) => `${command}: printed more than ${OUTPUT_LIMIT} bytes and was killed (ENOBUFS)`;
 
 /** The result of a program that could not be started, and why. */
 const notStarted = (error: string): ExecResult => ({ status: null, signal: null, stdout: "", stderr: "", timedOut: false, error });
