@@ -353,9 +353,12 @@ export async function bootGuest(options: GuestOptions = {}): Promise<Guest> {
   qemu.stderr!.on("data", (chunk) => (qemuStderr += chunk));
   const exited = new Promise<string>((resolve) => qemu.once("exit", (code, signal) => resolve(`QEMU exited (${signal ?? `status ${code}`})${qemuStderr ? `: ${qemuStderr.trim()}` : ""}`)));
 
-  const readConsole = () => (fs.existsSync(consoleLog) ? fs.readFileSync(consoleLog, "utf8") : "");
+  // What the console said last, kept when the files go: a failure's message needs it after cleanup.
+  let lastConsole = "";
+  const readConsole = () => (fs.existsSync(consoleLog) ? fs.readFileSync(consoleLog, "utf8") : lastConsole);
   const tail = () => readConsole().split("\n").slice(-25).join("\n");
   const cleanup = () => {
+    lastConsole = readConsole() || lastConsole;
     if (qemu.exitCode === null && qemu.signalCode === null) qemu.kill("SIGKILL");
     server.close();
     fs.rmSync(dir, { recursive: true, force: true });
