@@ -358,7 +358,7 @@ export async function bootGuest(options: GuestOptions = {}): Promise<Guest> {
   const readConsole = () => (fs.existsSync(consoleLog) ? fs.readFileSync(consoleLog, "utf8") : lastConsole);
   const tail = () => readConsole().split("\n").slice(-25).join("\n");
   const cleanup = () => {
-    lastConsole = readConsole() || lastConsole;
+    lastConsole = readConsole();
     if (qemu.exitCode === null && qemu.signalCode === null) qemu.kill("SIGKILL");
     server.close();
     fs.rmSync(dir, { recursive: true, force: true });

@@ -136,7 +136,7 @@ it("the hook SIGKILLed while its helper is blocked in remove(): the helper's not
   // vfio-pci to end. Killed with that modprobe still running, the guest
   // stopped taking commands on its serial port (QEMU's, under TCG) in about
   // one of 4-12 rounds of this scenario, and a full run then failed here;
-  // with the load done first, in none of 30 (test/kernel/README.md).
+  // with the load done first, in none of 60 (test/kernel/README.md).
   const killed = await guest!.ok(`cat > /tmp/domain.xml <<'XML'\n${domainXml(edu!)}\nXML
 /etc/libvirt/hooks/qemu edu-vm prepare begin - < /tmp/domain.xml & pid=$!
 end=$(($(date +%s) + 30))
