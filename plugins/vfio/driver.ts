@@ -344,8 +344,8 @@ function unloadModules(record: LoadRecord, ctx: BaseContext): void {
 function unloadUnused(ctx: BaseContext, modules: string[]): void {
   // rmmod of a driver whose remove() is blocked would block as well (and vmhook with it): such a module stays.
   const stuckDrivers = new Set(listStuckWrites(ctx.host).flatMap((write) => (write.running ? [write.driver] : [])));
-  const blocked = modules.filter((module) => driversOf(ctx.host, module).some((driver) => stuckDrivers.has(driver)));
-  if (blocked.length > 0) ctx.log.warn(`vfio: leaving module(s) ${blocked.join(", ")} loaded: a write into their driver has not returned (vmhook status)`);
+  // Which drivers a module registers takes a look at every PCI driver: only when some write is stuck.
+  const blocked = stuckDrivers.size === 0 ? [] : modules.filter((module) => driversOf(ctx.host, module).some((driver) => stuckDrivers.has(driver)));
   let remaining = modules.filter((module) => !blocked.includes(module) && moduleLoaded(ctx.host, module));
   const stillUsed = (module: string) =>
     Number(ctx.host.readTrimmed(`/sys/module/${module}/refcnt`) ?? 0) > 0 ||
@@ -365,6 +365,9 @@ function unloadUnused(ctx: BaseContext, modules: string[]): void {
     unloaded = remaining.length < before;
   }
   if (remaining.length > 0) ctx.log.info(`vfio: leaving module(s) ${remaining.join(", ")} loaded: still in use`);
+  // Not undone yet: the record stays for vmhook recover, once the driver has let go.
+  const kept = blocked.filter((module) => moduleLoaded(ctx.host, module));
+  if (kept.length > 0) throw new VmhookError(`vfio: module(s) ${kept.join(", ")} stay loaded: a write into their driver has not returned (vmhook status); once it has, vmhook recover unloads them`);
 }
 
 /** The modules ordered so that each comes after every module of the list that uses it. */

@@ -4,6 +4,7 @@
 // journals, host settings that are not objects, newlines in XML values, names
 // that look like options, programs that leave a process in the background.
 import * as fs from "node:fs";
+import * as os from "node:os";
 import * as path from "node:path";
 import { test } from "uvu";
 import * as assert from "uvu/assert";
@@ -231,6 +232,26 @@ test("execAsync: as exec, without blocking the process; the status, the output, 
   const input = await host.execAsync("/bin/cat", [], { timeoutMs: 5000, input: "fed" });
   assert.is(input.stdout, "fed");
   assert.match((await host.execAsync("vmhook-no-such-program", [], { timeoutMs: 1000 })).error!, "not found");
+});
+
+test("RootedHost finds a program in the first directory of the search path where it is an executable file", () => {
+  const root = fs.mkdtempSync(path.join(os.tmpdir(), "vmhook-path-"));
+  const put = (file: string, mode: number, text = "#!/bin/sh\necho $0\n") => {
+    fs.mkdirSync(path.dirname(path.join(root, file)), { recursive: true });
+    fs.writeFileSync(path.join(root, file), text, { mode });
+  };
+  fs.mkdirSync(path.join(root, "usr/local/sbin/tool"), { recursive: true }); // a directory of that name
+  put("usr/local/bin/tool", 0o644); // not executable
+  put("usr/sbin/tool", 0o755);
+  put("usr/bin/tool", 0o755);
+  put("sbin", 0o644, ""); // a file where a directory of the path should be
+  const host = new RootedHost(root);
+  assert.is(host.exec("tool", [], { timeoutMs: 5000 }).stdout, `${root}/usr/sbin/tool\n`);
+  fs.rmSync(path.join(root, "usr/sbin/tool"));
+  assert.is(host.exec("tool", [], { timeoutMs: 5000 }).stdout, `${root}/usr/bin/tool\n`);
+  fs.rmSync(path.join(root, "usr/bin/tool"));
+  assert.match(host.exec("tool", [], { timeoutMs: 5000 }).error!, "tool: not found");
+  fs.rmSync(root, { recursive: true, force: true });
 });
 
 test.run();

@@ -76,4 +76,21 @@ test("a GPU on amdgpu: the host's other card is not read (whether it is on nvidi
   assert.is(await readsOf(workstation(["card1"]), "0000:00:02.0"), 0);
 });
 
+test("release with no write stuck: which PCI drivers each module registers is not looked up (every driver's module link)", async () => {
+  const kernel = workstation(["card1"]);
+  const prepare = await runHookEvent(kernel.sim, "prepare", "begin", DOMAIN);
+  assert.is(prepare.code, 0, prepare.stderr);
+  const looked: string[] = [];
+  const readlink = kernel.sim.readlink.bind(kernel.sim);
+  kernel.sim.readlink = (hostPath: string) => {
+    if (/^\/sys\/bus\/pci\/drivers\/[^/]+\/module$/.test(hostPath)) looked.push(hostPath);
+    return readlink(hostPath);
+  };
+  const release = await runHookEvent(kernel.sim, "release", "end", DOMAIN);
+  assert.is(release.code, 0, release.stderr);
+  assert.is(kernel.driverOf(GPU), "amdgpu");
+  assert.not.ok(kernel.loaded("vfio_pci"));
+  assert.equal(looked, []);
+});
+
 test.run();
