@@ -10,6 +10,7 @@
 // MemAvailable never below the floor.
 //   bun bench/hugepages-guest.ts   (npm run bench runs it; ROUNDS=N)
 import { bootGuest, guestUnavailable, type Guest } from "../test/kernel/guest.ts";
+import { median, timedInGuest } from "./guest-timing.ts";
 
 const ROUNDS = Number(process.env.ROUNDS ?? 5);
 const UUID = "cccccccc-0000-4000-8000-00000000000b";
@@ -21,17 +22,12 @@ const IMPOSSIBLE = domainXml(4096, HUGEPAGES);
 const FITS = domainXml(64, HUGEPAGES);
 const PLAIN = domainXml(4096, "");
 
-/** Wall time in ms of one prepare (from /proc/uptime: busybox date has no sub-second clock), then its release; the exit code must match. */
-async function timed(guest: Guest, file: string, expectedCode: number): Promise<number> {
-  const out = await guest.ok(`read a _ < /proc/uptime; /etc/libvirt/hooks/qemu vm prepare begin - < ${file} 2>/dev/null; code=$?; read b _ < /proc/uptime
-    [ $code = ${expectedCode} ] || { echo "exit $code, expected ${expectedCode}"; exit 1; }
-    /etc/libvirt/hooks/qemu vm release end - < ${file}
-    echo "$a $b"`, { timeoutMs: 600_000 });
-  const [a, b] = out.trim().split("\n").pop()!.split(" ").map(Number);
-  return Math.round((b! - a!) * 1000);
-}
-
-const median = (values: number[]) => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)]!;
+/** Wall time in ms of one prepare (the guest's ns clock), then its release, untimed; the exit code must match. */
+const timed = (guest: Guest, file: string, expectedCode: number) =>
+  timedInGuest(guest, `/etc/libvirt/hooks/qemu vm prepare begin - < ${file} 2>/dev/null; code=$?`, {
+    untimed: `[ $code = ${expectedCode} ] || { echo "exit $code, expected ${expectedCode}"; exit 1; }\n/etc/libvirt/hooks/qemu vm release end - < ${file}`,
+    timeoutMs: 600_000,
+  });
 
 const unavailable = guestUnavailable();
 if (unavailable) {
@@ -53,12 +49,12 @@ try {
   }
   const [samples, lowestKiB] = (await guest.ok("kill $(cat /tmp/sampler); wc -l < /tmp/samples; sort -n /tmp/samples | head -1")).trim().split("\n").map(Number);
   const pool = (await guest.ok("cat /sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages")).trim();
-  const [base, fits, refused] = [median(baseline), median(small), median(refusal)];
+  const [base, fits, refused] = [median(baseline), median(small), median(refusal)].map(Math.round) as [number, number, number];
   const mib = (kib: number) => `${Math.floor(kib / 1024)} MiB`;
   console.log(`hugepages refusal on a real kernel: TCG guest, kernel ${guest.kernelVersion}, MemTotal ${mib(totalKiB)}, ${ROUNDS} rounds each`);
-  console.log(`  hook, domain without metadata (start-up)   median ${base} ms  (${baseline.join(", ")})`);
-  console.log(`  prepare, 64 MiB that fit (baseline)        median ${fits} ms  (${small.join(", ")})`);
-  console.log(`  prepare, 4096 MiB refused (exit 1)         median ${refused} ms  (${refusal.join(", ")})  ${(refused / fits).toFixed(2)}x the baseline`);
+  console.log(`  hook, domain without metadata (start-up)   median ${base} ms  (${baseline.map(Math.round).join(", ")})`);
+  console.log(`  prepare, 64 MiB that fit (baseline)        median ${fits} ms  (${small.map(Math.round).join(", ")})`);
+  console.log(`  prepare, 4096 MiB refused (exit 1)         median ${refused} ms  (${refusal.map(Math.round).join(", ")})  ${(refused / fits).toFixed(2)}x the baseline`);
   console.log(`  lowest MemAvailable in ${samples} samples: ${mib(lowestKiB!)}; floor ${mib(floorKiB)}: ${(lowestKiB! / floorKiB).toFixed(2)}x the floor; pool after: ${pool} pages`);
   const metRefusal = refused <= fits * 1.1 ? "met" : "MISSED";
   const metFloor = lowestKiB! >= floorKiB ? "met" : "MISSED";

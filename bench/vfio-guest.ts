@@ -10,8 +10,9 @@
 // COMPARE="before=/path/to/vmhook after=dist/vmhook" measures several
 // binaries, round by round in the same guest, each against its own no-op start.
 import * as path from "node:path";
-import { bootGuest, type Guest } from "../test/kernel/guest.ts";
+import { bootGuest } from "../test/kernel/guest.ts";
 import { domainXml, GPU, writeDomain } from "../test/kernel/vfio-domain.ts";
+import { median, timedInGuest as timed } from "./guest-timing.ts";
 
 const ROUNDS = Number(process.env.ROUNDS ?? 5);
 
@@ -45,28 +46,10 @@ modprobe -r vfio-pci
 for v in /sys/class/vtconsole/vtcon*; do grep -q 'frame buffer' $v/name && [ "$(cat $v/bind)" = 0 ] && echo 1 > $v/bind; done
 [ "$(basename "$(readlink $d/driver)")" = bochs-drm ]`;
 
-// The guest's monotonic clock in ns, from the third line of /proc/timer_list
-// ("now at N nsecs"), read by the shell itself: busybox date has no
-// sub-second clock, and /proc/uptime counts in 10 ms steps, as coarse as a
-// tenth of the shell floor.
-const NOW = (name: string) => `{ read _; read _; read _ _ ${name} _; } < /proc/timer_list`;
-
-/** Runs a script in the guest and returns its wall time in ms, to 0.1 ms. */
-async function timed(guest: Guest, script: string): Promise<number> {
-  const out = await guest.ok(`${NOW("a")}\n{\n${script}\n} || exit 1\n${NOW("b")}\necho "$a $b"`);
-  const [start, end] = out.trim().split("\n").pop()!.split(" ").map(Number);
-  return Math.round((end! - start!) / 1e5) / 10;
-}
-
 // The fastest round: on a shared 2-core machine TCG time is mostly other load,
 // which only ever adds. The median is printed beside it, and a ratio of
 // medians: the fastest rounds of two series need not be equally lucky.
 const best = (values: number[]) => Math.min(...values);
-const median = (values: number[]) => {
-  const sorted = [...values].sort((a, b) => a - b);
-  const middle = sorted.length >> 1;
-  return sorted.length % 2 === 1 ? sorted[middle]! : (sorted[middle - 1]! + sorted[middle]!) / 2;
-};
 const ms = (value: number) => `${Math.round(value)} ms`;
 const series = () => ({ noop: [] as number[], version: [] as number[], prepare: [] as number[], release: [] as number[] });
 
