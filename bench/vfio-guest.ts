@@ -8,7 +8,8 @@
 // --version` is printed too: it loads the CLI (yargs), so it is no no-op.
 //   npm run bench:vfio     (builds dist/vmhook first; ROUNDS=N, default 5)
 // COMPARE="before=/path/to/vmhook after=dist/vmhook" measures several
-// binaries, round by round in the same guest, each against its own no-op start.
+// binaries, round by round in the same guest, each against its own no-op start,
+// and prints each one's difference from the first, round by round.
 import * as path from "node:path";
 import { bootGuest } from "../test/kernel/guest.ts";
 import { domainXml, GPU, writeDomain } from "../test/kernel/vfio-domain.ts";
@@ -51,6 +52,7 @@ for v in /sys/class/vtconsole/vtcon*; do grep -q 'frame buffer' $v/name && [ "$(
 // medians: the fastest rounds of two series need not be equally lucky.
 const best = (values: number[]) => Math.min(...values);
 const ms = (value: number) => `${Math.round(value)} ms`;
+const signedMs = (value: number) => `${value > 0 ? "+" : ""}${Math.round(value)} ms`;
 const series = () => ({ noop: [] as number[], version: [] as number[], prepare: [] as number[], release: [] as number[] });
 
 // The initramfs holds every binary (about 110 MiB each) in the guest's RAM.
@@ -86,6 +88,18 @@ try {
         `    ${event.padEnd(8)} fastest ${ms(best(own[event]))}, beyond start ${ms(beyond(best))} = ${ratio(best)}x the shell; median ${ms(median(own[event]))}, beyond start ${ms(beyond(median))} = ${ratio(median)}x\n`,
       );
       out.write(`      [${own[event].map(Math.round).join(", ")}]\n`);
+    }
+  }
+  // Each round ran every binary back to back, so a busier minute slows them
+  // alike: the median of the per-round differences tells a change of a few
+  // ms that the medians of whole runs, 10-20 ms apart from run to run, hide.
+  const [first, ...others] = binaries;
+  for (const { label } of others) {
+    for (const event of ["noop", "prepare", "release"] as const) {
+      const [base, own] = [times.get(first!.label)![event], times.get(label)![event]];
+      const differences = own.map((value, round) => value - base[round]!).sort((a, b) => a - b);
+      const quarter = (at: number) => signedMs(differences[Math.round(at * (differences.length - 1))]!);
+      out.write(`  ${label} - ${first!.label}, round by round: ${event.padEnd(8)} median ${signedMs(median(differences))} (middle half ${quarter(0.25)} to ${quarter(0.75)})\n`);
     }
   }
 } finally {

@@ -104,6 +104,9 @@ const OUTPUT_LIMIT = 16 * 1024 * 1024;
  * so a path resolved under a root stays under it.
  */
 export function normalizePath(absolute: string): string {
+  // Most paths are normal already (no "//", no "." or ".." part): the split and
+  // join below cost about 25 us a call under TCG, some 200 calls a prepare.
+  if (!absolute.includes("//") && !absolute.includes("/.")) return absolute;
   const parts: string[] = [];
   for (const part of absolute.split("/")) {
     if (part === "..") parts.pop();

@@ -102,7 +102,7 @@ test("recover leaves a journal alone while a hook of the domain holds its lock (
 });
 
 test("RootedHost resolves a path as node:path did (normalize, then join to the root), and never above the root", () => {
-  const hostPaths = ["/", "//", "/a", "/a/", "/a//b", "/a/./b", "/a/../b", "/../..", "/a/b/..", "/a/b/../", "/a/b/.", "/..", "/a/...", "/a/..b", "/a/b/c/../../d/", "///x///y///", "/a/b/../../../etc/passwd"];
+  const hostPaths = ["/", "//", "/a", "/a/", "/a//b", "/a/./b", "/a/../b", "/../..", "/a/b/..", "/a/b/../", "/a/b/.", "/..", "/a/...", "/a/..b", "/a/b/c/../../d/", "///x///y///", "/a/b/../../../etc/passwd", "/proc/1/fd/3", "/sys/bus/pci/devices/0000:01:00.0/driver", "/a/.hidden/b", "/a/b.c/d", "/run/vmhook/"];
   for (const hostPath of hostPaths) assert.is(normalizePath(hostPath), path.posix.normalize(hostPath), hostPath);
   for (const root of ["/", "/tmp/root", "/tmp/root/", "relative/root", "./x/../y"]) {
     for (const hostPath of hostPaths) {
