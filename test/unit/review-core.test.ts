@@ -13,6 +13,7 @@ import { normalizePath, RootedHost } from "../../lib/host.ts";
 import { withDomainLock } from "../../lib/lock.ts";
 import { listJournals, newJournal, readJournal, writeJournal } from "../../lib/journal.ts";
 import { paths } from "../../lib/paths.ts";
+import { ensureStateDir, writeStateFile } from "../../lib/state-files.ts";
 import type { UndoRecord } from "../../lib/plugin.ts";
 import { loadSettings } from "../../lib/settings.ts";
 import { PATTERNS } from "../../lib/validate.ts";
@@ -232,6 +233,29 @@ test("execAsync: as exec, without blocking the process; the status, the output, 
   const input = await host.execAsync("/bin/cat", [], { timeoutMs: 5000, input: "fed" });
   assert.is(input.stdout, "fed");
   assert.match((await host.execAsync("vmhook-no-such-program", [], { timeoutMs: 1000 })).error!, "not found");
+});
+
+test("a state file is written through a fresh temp file: a leftover temp, or a symlink planted there, is replaced, never followed", () => {
+  const root = fs.mkdtempSync(path.join(os.tmpdir(), "vmhook-state-"));
+  try {
+    const host = new RootedHost(root);
+    ensureStateDir(host);
+    const file = `${paths.stateDir}/x.json`;
+    writeStateFile(host, file, "one\n");
+    assert.is(fs.readFileSync(host.resolve(file), "utf8"), "one\n");
+    fs.writeFileSync(host.resolve(`${file}.tmp`), "half of a killed writer's file");
+    writeStateFile(host, file, "two\n");
+    assert.is(fs.readFileSync(host.resolve(file), "utf8"), "two\n");
+    fs.writeFileSync(path.join(root, "secret"), "secret");
+    fs.symlinkSync(path.join(root, "secret"), host.resolve(`${file}.tmp`));
+    writeStateFile(host, file, "three\n");
+    assert.is(fs.readFileSync(host.resolve(file), "utf8"), "three\n");
+    assert.is(fs.readFileSync(path.join(root, "secret"), "utf8"), "secret");
+    assert.ok(fs.lstatSync(host.resolve(file)).isFile());
+    assert.equal(fs.readdirSync(host.resolve(paths.stateDir)), ["x.json"]);
+  } finally {
+    fs.rmSync(root, { recursive: true, force: true });
+  }
 });
 
 test("RootedHost finds a program in the first directory of the search path where it is an executable file", () => {
