@@ -236,25 +236,23 @@ test("execAsync: as exec, without blocking the process; the status, the output, 
 });
 
 test("a state file is written through a fresh temp file: a leftover temp, or a symlink planted there, is replaced, never followed", () => {
-  const root = fs.mkdtempSync(path.join(os.tmpdir(), "vmhook-state-"));
+  const sim = new SimHost().file("/secret", "secret");
   try {
-    const host = new RootedHost(root);
-    ensureStateDir(host);
+    ensureStateDir(sim);
     const file = `${paths.stateDir}/x.json`;
-    writeStateFile(host, file, "one\n");
-    assert.is(fs.readFileSync(host.resolve(file), "utf8"), "one\n");
-    fs.writeFileSync(host.resolve(`${file}.tmp`), "half of a killed writer's file");
-    writeStateFile(host, file, "two\n");
-    assert.is(fs.readFileSync(host.resolve(file), "utf8"), "two\n");
-    fs.writeFileSync(path.join(root, "secret"), "secret");
-    fs.symlinkSync(path.join(root, "secret"), host.resolve(`${file}.tmp`));
-    writeStateFile(host, file, "three\n");
-    assert.is(fs.readFileSync(host.resolve(file), "utf8"), "three\n");
-    assert.is(fs.readFileSync(path.join(root, "secret"), "utf8"), "secret");
-    assert.ok(fs.lstatSync(host.resolve(file)).isFile());
-    assert.equal(fs.readdirSync(host.resolve(paths.stateDir)), ["x.json"]);
+    writeStateFile(sim, file, "one\n");
+    assert.is(sim.read(file), "one\n");
+    sim.file(`${file}.tmp`, "half of a killed writer's file");
+    writeStateFile(sim, file, "two\n");
+    assert.is(sim.read(file), "two\n");
+    sim.link(`${file}.tmp`, sim.resolve("/secret"));
+    writeStateFile(sim, file, "three\n");
+    assert.is(sim.read(file), "three\n");
+    assert.is(sim.read("/secret"), "secret\n");
+    assert.equal(sim.stat(file)?.isFile, true);
+    assert.equal(sim.list(paths.stateDir), ["x.json"]);
   } finally {
-    fs.rmSync(root, { recursive: true, force: true });
+    sim.cleanup();
   }
 });
 
@@ -269,13 +267,16 @@ test("RootedHost finds a program in the first directory of the search path where
   put("usr/sbin/tool", 0o755);
   put("usr/bin/tool", 0o755);
   put("sbin", 0o644, ""); // a file where a directory of the path should be
-  const host = new RootedHost(root);
-  assert.is(host.exec("tool", [], { timeoutMs: 5000 }).stdout, `${root}/usr/sbin/tool\n`);
-  fs.rmSync(path.join(root, "usr/sbin/tool"));
-  assert.is(host.exec("tool", [], { timeoutMs: 5000 }).stdout, `${root}/usr/bin/tool\n`);
-  fs.rmSync(path.join(root, "usr/bin/tool"));
-  assert.match(host.exec("tool", [], { timeoutMs: 5000 }).error!, "tool: not found");
-  fs.rmSync(root, { recursive: true, force: true });
+  try {
+    const host = new RootedHost(root);
+    assert.is(host.exec("tool", [], { timeoutMs: 5000 }).stdout, `${root}/usr/sbin/tool\n`);
+    fs.rmSync(path.join(root, "usr/sbin/tool"));
+    assert.is(host.exec("tool", [], { timeoutMs: 5000 }).stdout, `${root}/usr/bin/tool\n`);
+    fs.rmSync(path.join(root, "usr/bin/tool"));
+    assert.match(host.exec("tool", [], { timeoutMs: 5000 }).error!, "tool: not found");
+  } finally {
+    fs.rmSync(root, { recursive: true, force: true });
+  }
 });
 
 test.run();
