@@ -1,15 +1,16 @@
 // The desktop guest's root file system: Debian 12 from Debian's packages
 // (mmdebstrap), systemd as PID 1, a display manager whose wayland session
 // runs weston on DRM as a user unit (with pipewire and wireplumber),
-// the kernel's modules, and the command agent on ttyS1. Built once into an
-// ext4 image under .cache/desktop/KEY/ (KEY: package list, kernel version and
-// this file's text) and booted read-only with a snapshot overlay, so parallel
+// the kernel's modules, and the command agent (channel.ts). Built once into an
+// ext4 image under .cache/desktop/KEY/ (KEY: package list, kernel version,
+// this file's text and the agent's) and booted read-only with a snapshot overlay, so parallel
 // runs share it. See test/kernel/README.md.
 import { spawnSync } from "node:child_process";
 import { createHash } from "node:crypto";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { fileURLToPath } from "node:url";
+import { agentScript, PORT_NAME } from "./channel.ts";
 import type { Kernel } from "./guest.ts";
 
 const HERE = fileURLToPath(import.meta.url);
@@ -25,22 +26,12 @@ export const DESKTOP_USER = "desktop";
 /** Kernel modules the initramfs loads to reach the root disk (ext4 on virtio-blk). */
 export const ROOT_MODULES = ["virtio_pci", "virtio_blk", "ext4", "crc32c_generic"];
 
-/** The agent: the same ttyS1 protocol as the busybox guest's init (see guest.ts), started by systemd with graphical.target. */
+/** The agent: the busybox guest's command loop (channel.ts), started by systemd with graphical.target. */
 const AGENT = `#!/bin/sh
-stty -F /dev/ttyS1 raw -echo
-exec 3<>/dev/ttyS1
-printf '\n@@READY\n' >&3
-while read -r id script <&3; do
-  [ "$id" = poweroff ] && systemctl poweroff -ff
-  echo "$script" | base64 -d > /tmp/.guest-command
-  cd / && sh /tmp/.guest-command > /tmp/.guest-output 2>&1 < /dev/null
-  rc=$?
-  { echo "@@BEGIN $id"; base64 /tmp/.guest-output; echo "@@END $id $rc"; } >&3
-done
-`;
+${agentScript("systemctl poweroff -ff")}`;
 
 const AGENT_UNIT = `[Unit]
-Description=vmhook test bench command agent (ttyS1)
+Description=vmhook test bench command agent (virtio port ${PORT_NAME})
 After=graphical.target
 
 [Service]
@@ -131,8 +122,8 @@ function customize(root: string, kernel: Kernel): void {
   write(root, "etc/systemd/user/compositor.service", COMPOSITOR_USER_UNIT);
   symlink(root, "/etc/systemd/system/guest-agent.service", "etc/systemd/system/graphical.target.wants/guest-agent.service");
   symlink(root, "/lib/systemd/system/graphical.target", "etc/systemd/system/default.target");
-  // Nothing on the console ports: ttyS0 is the kernel's log, ttyS1 the agent's.
-  for (const unit of ["serial-getty@ttyS0.service", "serial-getty@ttyS1.service", "systemd-timesyncd.service", "apt-daily.timer", "apt-daily-upgrade.timer", "e2scrub_all.timer", "e2scrub_reap.service", "fstrim.timer"]) {
+  // Nothing on the console port: ttyS0 is the kernel's log.
+  for (const unit of ["serial-getty@ttyS0.service", "systemd-timesyncd.service", "apt-daily.timer", "apt-daily-upgrade.timer", "e2scrub_all.timer", "e2scrub_reap.service", "fstrim.timer"]) {
     symlink(root, "/dev/null", `etc/systemd/system/${unit}`);
   }
   // vmhook comes in with each boot (the initramfs puts it on a tmpfs here); libvirt's hook path points to it.
@@ -176,7 +167,7 @@ function ensureBaseTarball(): string {
 /** The cached image for this kernel, built when missing (atomically: parallel runs are fine). */
 export function ensureDesktopImage(kernel: Kernel): string {
   const base = ensureBaseTarball();
-  const dir = path.join(CACHE, `image-${hash(path.basename(base), kernel.version, IMAGE_SIZE, fs.readFileSync(HERE))}`);
+  const dir = path.join(CACHE, `image-${hash(path.basename(base), kernel.version, IMAGE_SIZE, fs.readFileSync(HERE), AGENT)}`);
   const image = path.join(dir, "rootfs.img");
   if (fs.existsSync(image)) return image;
 

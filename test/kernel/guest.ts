@@ -1,7 +1,7 @@
 // The real-kernel test bench: boots Debian's kernel in QEMU (TCG, q35 with an
 // emulated Intel IOMMU and a std VGA on bochs-drm) from a busybox initramfs
-// that holds the compiled vmhook, and runs shell commands in it over a second
-// serial port. See test/kernel/README.md.
+// that holds the compiled vmhook, and runs shell commands in it over a
+// virtio-serial port (test/kernel/channel.ts). See test/kernel/README.md.
 //
 //   const guest = await bootGuest({ smp: 2 });
 //   const { code, stdout } = await guest.sh("vmhook status");
@@ -12,15 +12,18 @@ import * as net from "node:net";
 import * as os from "node:os";
 import * as path from "node:path";
 import { fileURLToPath } from "node:url";
+import { agentScript, channelQemuArgs, CommandChannel, HUNG_COMMAND_REPORT, type ShResult } from "./channel.ts";
 import { desktopUnavailable, ensureDesktopImage, OVMF_CODE, OVMF_VARS, ROOT_MODULES } from "./desktop-image.ts";
+
+export type { ShResult };
 
 const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
 const KERNEL_CACHE = path.join(REPO, ".cache/kernel");
 const QEMU = "qemu-system-x86_64";
 const BUSYBOX = "/bin/busybox";
 
-/** In the initramfs on every boot; `loadModules` are loaded by init. */
-const BASE_MODULES = ["vfio", "vfio_iommu_type1", "vfio-pci", "bochs"];
+/** In the initramfs on every boot (virtio_pci and virtio_console for the command port); `loadModules` are loaded by init. */
+const BASE_MODULES = ["vfio", "vfio_iommu_type1", "vfio-pci", "bochs", "virtio_pci", "virtio_console"];
 const BASE_LOADED = ["bochs"];
 
 export interface GuestOptions {
@@ -50,12 +53,6 @@ export interface GuestOptions {
   firmware?: "seabios" | "ovmf";
   /** false: bochs-drm is not loaded at boot (it stays available to modprobe), so efifb keeps the std VGA under OVMF. */
   gpuDriver?: boolean;
-}
-
-export interface ShResult {
-  code: number;
-  /** stdout and stderr of the command, interleaved. */
-  stdout: string;
 }
 
 export interface Guest {
@@ -196,8 +193,7 @@ function moduleFiles(kernel: Kernel, names: string[]): Set<string> {
 // ---- the initramfs ----------------------------------------------------------
 
 // PID 1: mount the kernel's file systems, load modules, then serve commands on
-// ttyS1: each request is "ID BASE64-SCRIPT\n"; the reply is the combined
-// output in base64 between "@@BEGIN ID" and "@@END ID EXIT-CODE" lines.
+// the virtio port (channel.ts) until told to power off.
 const INIT = `#!/bin/busybox sh
 /bin/busybox mkdir -p /proc /sys /dev /run /tmp /sbin /usr/bin /usr/sbin /root /var/log
 /bin/busybox mount -t proc proc /proc
@@ -210,17 +206,7 @@ mount -t cgroup2 cgroup2 /sys/fs/cgroup
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root
 mkdir -p /etc/libvirt/hooks /run/libvirt/qemu && ln -s /usr/bin/vmhook /etc/libvirt/hooks/qemu
 for module in $(cat /etc/guest-modules); do modprobe "$module" || echo "guest: modprobe $module failed"; done
-stty -F /dev/ttyS1 raw -echo
-exec 3<>/dev/ttyS1
-echo "@@READY" >&3
-while read -r id script <&3; do
-  [ "$id" = poweroff ] && poweroff -f
-  echo "$script" | base64 -d > /tmp/.guest-command
-  cd / && sh /tmp/.guest-command > /tmp/.guest-output 2>&1 < /dev/null
-  rc=$?
-  { echo "@@BEGIN $id"; base64 /tmp/.guest-output; echo "@@END $id $rc"; } >&3
-done
-poweroff -f
+${agentScript("poweroff -f")}poweroff -f
 `;
 
 // The desktop guest's init: reach the root disk, put this run's vmhook on a
@@ -328,11 +314,11 @@ export async function bootGuest(options: GuestOptions = {}): Promise<Guest> {
   ];
   const consoleLog = path.join(dir, "console.log");
   const socketPath = path.join(dir, "cmd.sock");
+  const diagnosticsSocketPath = path.join(dir, "diag.sock");
 
-  // vmhook listens and QEMU connects: no race on who is first.
-  const server = net.createServer();
-  await new Promise<void>((resolve, reject) => server.once("error", reject).listen(socketPath, resolve));
-  const connection = new Promise<net.Socket>((resolve) => server.once("connection", resolve));
+  // The test listens and QEMU connects: no race on who is first.
+  const commands = await listen(socketPath);
+  const diagnosticsPort = await listen(diagnosticsSocketPath);
 
   const qemu: ChildProcess = spawn(
     QEMU,
@@ -344,7 +330,7 @@ export async function bootGuest(options: GuestOptions = {}): Promise<Guest> {
       // no_timer_check: under TCG on a loaded host the IO-APIC timer check can
       // miss its window and the kernel panics at boot ("timer doesn't work").
       "-append", `intel_iommu=on console=ttyS0 panic=-1 quiet no_timer_check ${options.append ?? ""}`.trim(),
-      "-serial", `file:${consoleLog}`, "-chardev", `socket,id=cmd,path=${socketPath}`, "-serial", "chardev:cmd",
+      "-serial", `file:${consoleLog}`, ...channelQemuArgs(socketPath, diagnosticsSocketPath),
       ...(options.qemuArgs ?? []),
     ],
     { stdio: ["ignore", "ignore", "pipe"] },
@@ -360,20 +346,37 @@ export async function bootGuest(options: GuestOptions = {}): Promise<Guest> {
   const cleanup = () => {
     lastConsole = readConsole();
     if (qemu.exitCode === null && qemu.signalCode === null) qemu.kill("SIGKILL");
-    server.close();
+    commands.server.close();
+    diagnosticsPort.server.close();
     fs.rmSync(dir, { recursive: true, force: true });
   };
 
   const channel = new CommandChannel();
+  const diagnostics = new CommandChannel();
   let dead: string | undefined;
   void exited.then((why) => {
     dead = why;
-    channel.fail(new Error(`guest died: ${why}\n--- console ---\n${tail()}`));
+    const error = new Error(`guest died: ${why}\n--- console ---\n${tail()}`);
+    channel.fail(error);
+    diagnostics.fail(error);
   });
+  // A command that did not answer: what the guest is doing, asked on the other port.
+  const hungCommandReport = async () => {
+    try {
+      const { stdout } = await diagnostics.command(HUNG_COMMAND_REPORT, 15_000);
+      return `\n--- the guest meanwhile (diagnostics port) ---\n${stdout}`;
+    } catch (error) {
+      return `\n--- the diagnostics port did not answer either (${(error as Error).message.split("\n")[0]}): the guest as a whole has stopped taking input ---`;
+    }
+  };
 
   try {
-    const socket = await Promise.race([connection, exited.then((why) => Promise.reject(new Error(why)))]);
+    const [socket, diagnosticsSocket] = await Promise.race([
+      Promise.all([commands.connection, diagnosticsPort.connection]),
+      exited.then((why) => Promise.reject(new Error(why))),
+    ]);
     channel.attach(socket);
+    diagnostics.attach(diagnosticsSocket);
     await channel.ready(options.bootTimeoutMs ?? (rootImage ? 300_000 : 120_000));
     // The desktop's agent starts with graphical.target; the boot is done when systemd says so (failed units included).
     // udev loads modules for late devices (kvm_amd for -cpu max) after that: wait, so baselines stay put.
@@ -396,9 +399,10 @@ export async function bootGuest(options: GuestOptions = {}): Promise<Guest> {
       try {
         return await channel.command(script, shOptions.timeoutMs ?? 60_000);
       } catch (error) {
-        // A guest that stopped answering is in an unknown state: stop it.
+        // A guest that stopped answering is in an unknown state: say what it is doing, then stop it.
+        const report = dead ? "" : await hungCommandReport();
         if (!dead) cleanup();
-        throw new Error(`${(error as Error).message}\n--- console ---\n${tail()}`);
+        throw new Error(`${(error as Error).message}${report}\n--- console ---\n${tail()}`);
       }
     },
     async ok(script, shOptions) {
@@ -419,84 +423,9 @@ export async function bootGuest(options: GuestOptions = {}): Promise<Guest> {
   return guest;
 }
 
-/** The host side of the ttyS1 protocol (see INIT). One command at a time. */
-class CommandChannel {
-  private socket?: net.Socket;
-  private buffer = "";
-  private nextId = 1;
-  private waiter?: { match: (line: string) => boolean; lines: string[]; resolve: (lines: string[]) => void; reject: (error: Error) => void };
-  private failure?: Error;
-  private queue: Promise<unknown> = Promise.resolve();
-  private readySeen = false;
-
-  attach(socket: net.Socket): void {
-    this.socket = socket;
-    socket.setEncoding("latin1");
-    socket.on("data", (chunk: string) => {
-      this.buffer += chunk;
-      let newline;
-      while ((newline = this.buffer.indexOf("\n")) >= 0) {
-        const line = this.buffer.slice(0, newline).replace(/\r$/, "");
-        this.buffer = this.buffer.slice(newline + 1);
-        this.onLine(line);
-      }
-    });
-  }
-
-  private onLine(line: string): void {
-    // The firmware (OVMF) may have left bytes on the port before the agent's first line.
-    if (line.endsWith("@@READY")) this.readySeen = true;
-    const waiter = this.waiter;
-    if (!waiter) return;
-    waiter.lines.push(line);
-    if (waiter.match(line)) {
-      this.waiter = undefined;
-      waiter.resolve(waiter.lines);
-    }
-  }
-
-  fail(error: Error): void {
-    this.failure = error;
-    this.waiter?.reject(error);
-    this.waiter = undefined;
-  }
-
-  private waitForLine(match: (line: string) => boolean, timeoutMs: number, what: string): Promise<string[]> {
-    if (this.failure) return Promise.reject(this.failure);
-    return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => {
-        this.waiter = undefined;
-        reject(new Error(`timed out after ${timeoutMs / 1000} s ${what}`));
-      }, timeoutMs);
-      this.waiter = {
-        match,
-        lines: [],
-        resolve: (lines) => (clearTimeout(timer), resolve(lines)),
-        reject: (error) => (clearTimeout(timer), reject(error)),
-      };
-    });
-  }
-
-  async ready(timeoutMs: number): Promise<void> {
-    if (!this.readySeen) await this.waitForLine((line) => line.endsWith("@@READY"), timeoutMs, "waiting for the guest to boot");
-  }
-
-  send(line: string): void {
-    this.socket?.write(`${line}\n`);
-  }
-
-  command(script: string, timeoutMs: number): Promise<ShResult> {
-    const next = this.queue.then(async () => {
-      const id = this.nextId++;
-      const reply = this.waitForLine((line) => line.startsWith(`@@END ${id} `), timeoutMs, `running in the guest: ${script.slice(0, 200)}`);
-      this.send(`${id} ${Buffer.from(script).toString("base64")}`);
-      const lines = await reply;
-      const begin = lines.indexOf(`@@BEGIN ${id}`);
-      const code = Number(lines[lines.length - 1]!.split(" ")[2]);
-      const stdout = Buffer.from(lines.slice(begin + 1, -1).join(""), "base64").toString("utf8");
-      return { code, stdout };
-    });
-    this.queue = next.catch(() => undefined);
-    return next;
-  }
+/** A unix socket server for one of QEMU's chardevs, and its first connection. */
+async function listen(socketPath: string): Promise<{ server: net.Server; connection: Promise<net.Socket> }> {
+  const server = net.createServer();
+  await new Promise<void>((resolve, reject) => server.once("error", reject).listen(socketPath, resolve));
+  return { server, connection: new Promise((resolve) => server.once("connection", resolve)) };
 }
