@@ -9,7 +9,7 @@ import { describeElement, type Domain } from "./domain.ts";
 import { ConfigError } from "./errors.ts";
 import type { Host } from "./host.ts";
 import { allowHint, type HostPolicy } from "./policy.ts";
-import { loadSettings, type HostSettings } from "./settings.ts";
+import type { HostSettings } from "./settings.ts";
 
 /** What a rule gets besides the plugin's parsed config. */
 export interface PolicyRequest {
@@ -37,12 +37,15 @@ export function authorizeCustomPlugin(policy: HostPolicy, name: string, element:
   throw new ConfigError(describeElement(element), `the host policy does not let domains use plugin ${name}; ${allowHint(policy, `add "${name}" to "plugins"`)}`);
 }
 
-/** Every parsed plugin's request against the policy, by its plugin's rule (none: it asks for nothing the policy limits). Throws at the first refusal. */
-export async function authorizeInstances(policy: HostPolicy, parsed: ParsedPlugin[], rules: Readonly<Record<string, PolicyRule>>, domain: Domain, host: Host): Promise<void> {
+/**
+ * Every parsed plugin's request against the policy, by its plugin's rule
+ * (none: it asks for nothing the policy limits). Throws at the first refusal.
+ * `settings` is the caller's snapshot of the host settings, read only when a rule applies.
+ */
+export async function authorizeInstances(policy: HostPolicy, parsed: ParsedPlugin[], rules: Readonly<Record<string, PolicyRule>>, domain: Domain, host: Host, settings: () => HostSettings): Promise<void> {
   const ruled = parsed.filter((instance) => Object.hasOwn(rules, instance.id));
   if (ruled.length === 0) return;
-  const settings = loadSettings(host);
   for (const instance of ruled) {
-    await rules[instance.id]!(instance.config, { policy, domain, host, settings, element: describeElement(instance.elements[0]!) });
+    await rules[instance.id]!(instance.config, { policy, domain, host, settings: settings(), element: describeElement(instance.elements[0]!) });
   }
 }

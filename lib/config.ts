@@ -10,6 +10,7 @@ import { NAMESPACE_URI, ROOT_ELEMENT } from "./paths.ts";
 import type { AnyPlugin, PluginRegistry } from "./plugin.ts";
 import { authorizeCustomPlugin, authorizeInstances } from "./authorize.ts";
 import { loadPolicy } from "./policy.ts";
+import { loadSettings, type HostSettings } from "./settings.ts";
 import { PATTERNS } from "./validate.ts";
 
 /** The element <vmhook:plugin name="NAME"> names a custom plugin, journaled as "plugin:NAME". */
@@ -27,9 +28,10 @@ export interface PluginInstance {
 /**
  * The domain's plugins in the order their elements first appear in the
  * metadata (prepare runs them in that order, release undoes in reverse),
- * each config allowed by the host policy.
+ * each config allowed by the host policy. `settings` gives the run's
+ * snapshot of the host settings (the hook's own, so one run reads them once).
  */
-export async function loadDomainPlugins(domain: Domain, host: Host, registry: PluginRegistry): Promise<PluginInstance[]> {
+export async function loadDomainPlugins(domain: Domain, host: Host, registry: PluginRegistry, settings: () => HostSettings = () => loadSettings(host)): Promise<PluginInstance[]> {
   const builtinNames = () => registry.builtinNames();
   const metadata = domain.metadata;
   if (!metadata) return [];
@@ -66,7 +68,7 @@ export async function loadDomainPlugins(domain: Domain, host: Host, registry: Pl
     const given = id.startsWith(CUSTOM_PREFIX) ? elements.map(domElement) : elements;
     instances.push({ id, plugin, config: plugin.parse(given, domain), elements: given });
   }
-  await authorizeInstances(policy, instances, registry.policyRules, domain, host);
+  await authorizeInstances(policy, instances, registry.policyRules, domain, host, settings);
   return instances;
 }
 

@@ -79,7 +79,7 @@ export class HookRun {
   }
 
   private async plugins(): Promise<PluginInstance[]> {
-    return loadDomainPlugins(this.domain, this.host, this.invocation.registry ?? builtinRegistry);
+    return loadDomainPlugins(this.domain, this.host, this.invocation.registry ?? builtinRegistry, () => this.settings);
   }
 
   /** prepare: undo anything a crashed earlier run left, then apply every plugin's steps as one transaction. */

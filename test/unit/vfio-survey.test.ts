@@ -2,7 +2,7 @@
 // something could hold the GPU: a device without DRM or fbdev nodes (a second
 // GPU already on vfio-pci, say) cannot be held, so prepare skips the scan.
 // Likewise the rest of the PCI bus is read for NVIDIA's modules only when a
-// device that goes is on nvidia.
+// device that goes is on nvidia. The host settings are read once per run.
 import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { GpuKernel } from "../helpers/gpu-kernel.ts";
@@ -91,6 +91,21 @@ test("release with no write stuck: which PCI drivers each module registers is no
   assert.is(kernel.driverOf(GPU), "amdgpu");
   assert.not.ok(kernel.loaded("vfio_pci"));
   assert.equal(looked, []);
+});
+
+test("prepare reads the host settings once: the policy rule and the steps see the same snapshot", async () => {
+  const kernel = workstation(["card1"]);
+  kernel.sim.file("/etc/vmhook/vmhook.json", JSON.stringify({ plugins: { vfio: { bindTimeoutSeconds: 10 } } }));
+  let reads = 0;
+  const readTrimmed = kernel.sim.readTrimmed.bind(kernel.sim);
+  kernel.sim.readTrimmed = (hostPath: string) => {
+    if (hostPath === "/etc/vmhook/vmhook.json") reads++;
+    return readTrimmed(hostPath);
+  };
+  const prepare = await runHookEvent(kernel.sim, "prepare", "begin", DOMAIN);
+  assert.is(prepare.code, 0, prepare.stderr);
+  assert.is(kernel.driverOf(GPU), "vfio-pci");
+  assert.is(reads, 1);
 });
 
 test.run();
