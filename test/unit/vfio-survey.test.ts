@@ -26,18 +26,24 @@ function workstation(gpuNodes: string[]): GpuKernel {
     .process(500, "Xorg", ["/dev/dri/card0"]);
 }
 
+/** The paths passed to one of the simulated host's path readers from now on that `wanted` picks. */
+function watch(kernel: GpuKernel, method: "list" | "readTrimmed" | "readlink", wanted: (hostPath: string) => boolean): string[] {
+  const seen: string[] = [];
+  const original = kernel.sim[method].bind(kernel.sim) as (hostPath: string) => never;
+  kernel.sim[method] = (hostPath: string) => {
+    if (wanted(hostPath)) seen.push(hostPath);
+    return original(hostPath);
+  };
+  return seen;
+}
+
 /** How often prepare listed /proc. */
 async function procScans(kernel: GpuKernel): Promise<number> {
-  let scans = 0;
-  const list = kernel.sim.list.bind(kernel.sim);
-  kernel.sim.list = (hostPath: string) => {
-    if (hostPath === "/proc") scans++;
-    return list(hostPath);
-  };
+  const scans = watch(kernel, "list", (hostPath) => hostPath === "/proc");
   const prepare = await runHookEvent(kernel.sim, "prepare", "begin", DOMAIN);
   assert.is(prepare.code, 0, prepare.stderr);
   assert.is(kernel.driverOf(GPU), "vfio-pci");
-  return scans;
+  return scans.length;
 }
 
 test("a GPU with device nodes: prepare looks for processes holding them", async () => {
@@ -80,12 +86,7 @@ test("release with no write stuck: which PCI drivers each module registers is no
   const kernel = workstation(["card1"]);
   const prepare = await runHookEvent(kernel.sim, "prepare", "begin", DOMAIN);
   assert.is(prepare.code, 0, prepare.stderr);
-  const looked: string[] = [];
-  const readlink = kernel.sim.readlink.bind(kernel.sim);
-  kernel.sim.readlink = (hostPath: string) => {
-    if (/^\/sys\/bus\/pci\/drivers\/[^/]+\/module$/.test(hostPath)) looked.push(hostPath);
-    return readlink(hostPath);
-  };
+  const looked = watch(kernel, "readlink", (hostPath) => /^\/sys\/bus\/pci\/drivers\/[^/]+\/module$/.test(hostPath));
   const release = await runHookEvent(kernel.sim, "release", "end", DOMAIN);
   assert.is(release.code, 0, release.stderr);
   assert.is(kernel.driverOf(GPU), "amdgpu");
@@ -96,16 +97,11 @@ test("release with no write stuck: which PCI drivers each module registers is no
 test("prepare reads the host settings once: the policy rule and the steps see the same snapshot", async () => {
   const kernel = workstation(["card1"]);
   kernel.sim.file("/etc/vmhook/vmhook.json", JSON.stringify({ plugins: { vfio: { bindTimeoutSeconds: 10 } } }));
-  let reads = 0;
-  const readTrimmed = kernel.sim.readTrimmed.bind(kernel.sim);
-  kernel.sim.readTrimmed = (hostPath: string) => {
-    if (hostPath === "/etc/vmhook/vmhook.json") reads++;
-    return readTrimmed(hostPath);
-  };
+  const reads = watch(kernel, "readTrimmed", (hostPath) => hostPath === "/etc/vmhook/vmhook.json");
   const prepare = await runHookEvent(kernel.sim, "prepare", "begin", DOMAIN);
   assert.is(prepare.code, 0, prepare.stderr);
   assert.is(kernel.driverOf(GPU), "vfio-pci");
-  assert.is(reads, 1);
+  assert.is(reads.length, 1);
 });
 
 test.run();
