@@ -41,9 +41,10 @@ export function createLogger(host: Host, options: LoggerOptions): Logger {
   const context = [options.domain, options.event].filter(Boolean).join(" ");
   let fileBroken = !options.file;
   const emit = (level: LogLevel, message: string) => {
-    const line = `${level === "info" ? "" : `${level}: `}${oneLine(message)}`;
+    const text = oneLine(message);
+    const line = `${level === "info" ? "" : `${level}: `}${text}`;
     transcript.push(line);
-    options.onEntry?.(level, oneLine(message));
+    options.onEntry?.(level, text);
     if (options.echo === "stderr") process.stderr.write(`vmhook: ${line}\n`);
     if (fileBroken) return;
     try {

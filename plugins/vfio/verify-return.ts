@@ -26,7 +26,8 @@ interface VerifyRecord extends UndoRecord {
   timeoutMs: number;
 }
 
-const kindOf = (node: string): NodeKind | undefined => NODE_KINDS.find((kind) => new RegExp(`^${kind}\\d+$`).test(node.split("/").pop()!));
+const NODE_NAME = new RegExp(`^(${NODE_KINDS.join("|")})\\d+$`);
+const kindOf = (node: string): NodeKind | undefined => NODE_NAME.exec(node.split("/").pop()!)?.[1] as NodeKind | undefined;
 
 /** The kinds of node the device has now, in NODE_KINDS order. */
 function nodeKinds(host: Host, address: string): NodeKind[] {
