@@ -45,7 +45,8 @@ export function authorizeCustomPlugin(policy: HostPolicy, name: string, element:
 export async function authorizeInstances(policy: HostPolicy, parsed: ParsedPlugin[], rules: Readonly<Record<string, PolicyRule>>, domain: Domain, host: Host, settings: () => HostSettings): Promise<void> {
   const ruled = parsed.filter((instance) => Object.hasOwn(rules, instance.id));
   if (ruled.length === 0) return;
+  const snapshot = settings();
   for (const instance of ruled) {
-    await rules[instance.id]!(instance.config, { policy, domain, host, settings: settings(), element: describeElement(instance.elements[0]!) });
+    await rules[instance.id]!(instance.config, { policy, domain, host, settings: snapshot, element: describeElement(instance.elements[0]!) });
   }
 }

@@ -9,9 +9,13 @@
 // stopped delivering input to the guest for good (test/kernel/README.md).
 import type * as net from "node:net";
 
-export const PORT_NAME = "org.vmhook.cmd";
+export const COMMAND_PORT_NAME = "org.vmhook.cmd";
 /** A second port, served by its own loop: it answers while a command on the first hangs. */
 export const DIAGNOSTICS_PORT_NAME = "org.vmhook.diag";
+
+/** Where a port's loop keeps the running script and its output, in the guest ("$1" inside agentScript's serve). */
+const commandFile = (port: string) => `/tmp/.${port}.command`;
+const outputFile = (port: string) => `/tmp/.${port}.output`;
 
 export interface ShResult {
   code: number;
@@ -28,7 +32,7 @@ export function channelQemuArgs(socketPath: string, diagnosticsSocketPath: strin
   return [
     "-device", "virtio-serial-pci,id=cmdbus,bus=pcie.0,addr=0x1e",
     "-chardev", `socket,id=cmd,path=${socketPath}`,
-    "-device", `virtserialport,bus=cmdbus.0,chardev=cmd,name=${PORT_NAME}`,
+    "-device", `virtserialport,bus=cmdbus.0,chardev=cmd,name=${COMMAND_PORT_NAME}`,
     "-chardev", `socket,id=diag,path=${diagnosticsSocketPath}`,
     "-device", `virtserialport,bus=cmdbus.0,chardev=diag,name=${DIAGNOSTICS_PORT_NAME}`,
   ];
@@ -51,35 +55,37 @@ serve() {
     done
     [ -n "$port" ] && break
     tries=$((tries + 1))
-    [ $tries -gt 600 ] && { echo "guest: no virtio port $1 after 30 s"; exit 1; }
+    [ $tries -gt 600 ] && { echo "guest: no virtio port $1 after 30 s" > /dev/console; exit 1; }
     sleep 0.05
   done
   exec 3<>"$port"
   printf '\\n@@READY\\n' >&3
   while read -r id script <&3; do
     [ "$id" = poweroff ] && ${poweroff}
-    echo "$script" | base64 -d > "/tmp/.$1.command"
-    cd / && sh "/tmp/.$1.command" > "/tmp/.$1.output" 2>&1 < /dev/null
+    echo "$script" | base64 -d > "${commandFile("$1")}"
+    cd / && sh "${commandFile("$1")}" > "${outputFile("$1")}" 2>&1 < /dev/null
     rc=$?
-    { echo "@@BEGIN $id"; base64 "/tmp/.$1.output"; echo "@@END $id $rc"; } >&3
+    { echo "@@BEGIN $id"; base64 "${outputFile("$1")}"; echo "@@END $id $rc"; } >&3
   done
 }
 serve ${DIAGNOSTICS_PORT_NAME} &
-serve ${PORT_NAME}
+serve ${COMMAND_PORT_NAME}
 `;
 }
 
 /**
  * What the diagnostics port reports when a command has not answered: the
- * processes (kernel threads left out), the kernel stacks of those in D state, and the last lines the
+ * kernel stacks of the processes in D state (first: `ps` itself can block
+ * on one), every process but the kernel's threads, and the last lines the
  * command wrote.
  */
-export const HUNG_COMMAND_REPORT = `ps -o pid,ppid,stat,args | awk '$1 != 2 && $2 != 2'
-for p in /proc/[0-9]*; do
-  [ "$(cut -d' ' -f3 $p/stat 2>/dev/null)" = D ] && { echo "-- \${p#/proc/} $(cat $p/comm) is in D state, in:"; cat $p/stack; }
+export const HUNG_COMMAND_REPORT = `for status in $(grep -l '^State:[[:space:]]*D' /proc/[0-9]*/status 2>/dev/null); do
+  p=\${status%/status}
+  echo "-- pid \${p#/proc/} ($(cat $p/comm)) is in D state, in:"; cat $p/stack
 done
+timeout 5 ps -e -o pid,ppid,stat,args | awk '$1 != 2 && $2 != 2'
 echo "-- the command's output so far:"
-tail -n 20 /tmp/.${PORT_NAME}.output`;
+tail -n 20 ${outputFile(COMMAND_PORT_NAME)}`;
 
 /** The host's side. One command at a time. */
 export class CommandChannel {
@@ -94,6 +100,9 @@ export class CommandChannel {
   attach(socket: net.Socket): void {
     this.socket = socket;
     socket.setEncoding("latin1");
+    // A reset comes only with QEMU's end, which bootGuest reports (with its
+    // exit status) by failing the channel; unhandled, it would throw.
+    socket.on("error", () => undefined);
     socket.on("data", (chunk: string) => {
       this.buffer += chunk;
       let newline;

@@ -10,7 +10,7 @@ import { createHash } from "node:crypto";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { fileURLToPath } from "node:url";
-import { agentScript, PORT_NAME } from "./channel.ts";
+import { agentScript, COMMAND_PORT_NAME } from "./channel.ts";
 import type { Kernel } from "./guest.ts";
 
 const HERE = fileURLToPath(import.meta.url);
@@ -31,7 +31,7 @@ const AGENT = `#!/bin/sh
 ${agentScript("systemctl poweroff -ff")}`;
 
 const AGENT_UNIT = `[Unit]
-Description=vmhook test bench command agent (virtio port ${PORT_NAME})
+Description=vmhook test bench command agent (virtio port ${COMMAND_PORT_NAME})
 After=graphical.target
 
 [Service]

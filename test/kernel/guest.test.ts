@@ -1,5 +1,6 @@
 // The bench itself: the guest boots with the facts other kernel tests rely on,
-// and the command channel carries output and exit codes faithfully.
+// the command channel carries output and exit codes faithfully, and a command
+// that does not answer fails with what the guest was doing.
 import { suite } from "uvu";
 import * as assert from "uvu/assert";
 import { bootGuest, skipReason, type Guest } from "./guest.ts";
@@ -44,6 +45,22 @@ it("runs the compiled vmhook, as the CLI and as the libvirt hook", async ({ gues
 it("has vfio-pci available to modprobe, not loaded", async ({ guest }) => {
   assert.not.match(await guest!.ok("lsmod"), /vfio_pci/);
   await guest!.ok("modprobe vfio-pci && test -d /sys/bus/pci/drivers/vfio-pci && rmmod vfio_pci");
+});
+
+// Last: a timed-out command ends the guest.
+it("a command that does not answer: the error carries the guest's processes and the command's output so far, from the diagnostics port", async ({ guest }) => {
+  const error = await guest!.sh("echo started; sleep 300", { timeoutMs: 3000 }).then(
+    () => undefined,
+    (caught: Error) => caught.message,
+  );
+  assert.ok(error, "the command timed out");
+  const [head, report = ""] = error!.split("--- the guest meanwhile (diagnostics port) ---\n");
+  assert.match(head!, "timed out after 3 s running in the guest: echo started; sleep 300");
+  assert.match(report, /^ *\d+ +\d+ +S +sleep 300$/m);
+  assert.match(report, "-- the command's output so far:\nstarted\n");
+  assert.not.match(report, /kworker/, "kernel threads are left out");
+  // The harness stopped that guest: it is in an unknown state.
+  assert.match(await guest!.sh("true").then(() => "answered", (caught: Error) => caught.message), /guest is dead|guest died/);
 });
 
 bench.run();

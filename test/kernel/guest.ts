@@ -206,7 +206,8 @@ mount -t cgroup2 cgroup2 /sys/fs/cgroup
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root
 mkdir -p /etc/libvirt/hooks /run/libvirt/qemu && ln -s /usr/bin/vmhook /etc/libvirt/hooks/qemu
 for module in $(cat /etc/guest-modules); do modprobe "$module" || echo "guest: modprobe $module failed"; done
-${agentScript("poweroff -f")}poweroff -f
+${agentScript("poweroff -f")}
+poweroff -f
 `;
 
 // The desktop guest's init: reach the root disk, put this run's vmhook on a
@@ -317,8 +318,8 @@ export async function bootGuest(options: GuestOptions = {}): Promise<Guest> {
   const diagnosticsSocketPath = path.join(dir, "diag.sock");
 
   // The test listens and QEMU connects: no race on who is first.
-  const commands = await listen(socketPath);
-  const diagnosticsPort = await listen(diagnosticsSocketPath);
+  const commandListener = await listen(socketPath);
+  const diagnosticsListener = await listen(diagnosticsSocketPath);
 
   const qemu: ChildProcess = spawn(
     QEMU,
@@ -346,8 +347,8 @@ export async function bootGuest(options: GuestOptions = {}): Promise<Guest> {
   const cleanup = () => {
     lastConsole = readConsole();
     if (qemu.exitCode === null && qemu.signalCode === null) qemu.kill("SIGKILL");
-    commands.server.close();
-    diagnosticsPort.server.close();
+    commandListener.server.close();
+    diagnosticsListener.server.close();
     fs.rmSync(dir, { recursive: true, force: true });
   };
 
@@ -366,13 +367,13 @@ export async function bootGuest(options: GuestOptions = {}): Promise<Guest> {
       const { stdout } = await diagnostics.command(HUNG_COMMAND_REPORT, 15_000);
       return `\n--- the guest meanwhile (diagnostics port) ---\n${stdout}`;
     } catch (error) {
-      return `\n--- the diagnostics port did not answer either (${(error as Error).message.split("\n")[0]}): the guest as a whole has stopped taking input ---`;
+      return `\n--- no answer on the diagnostics port either: ${(error as Error).message.split("\n")[0]} ---`;
     }
   };
 
   try {
     const [socket, diagnosticsSocket] = await Promise.race([
-      Promise.all([commands.connection, diagnosticsPort.connection]),
+      Promise.all([commandListener.connection, diagnosticsListener.connection]),
       exited.then((why) => Promise.reject(new Error(why))),
     ]);
     channel.attach(socket);

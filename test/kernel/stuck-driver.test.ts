@@ -133,7 +133,8 @@ it("the hook SIGKILLed while its helper is blocked in remove(): the helper's not
   await guest!.ok(`echo 0 > ${LET_GO}; echo 600000 > ${DELAY}; echo '{"plugins": {"vfio": {"bindTimeoutSeconds": 60}}}' > /etc/vmhook/vmhook.json`);
   const note = `/run/vmhook/stuck/${edu}.json`;
   // The kill waits for the helper's note and for vfio-pci's driver to have
-  // registered, so that every run kills at the same point: after the load.
+  // registered (its modprobe may still be finishing): the hook dies with its
+  // helper blocked and vfio-pci in place.
   const killed = await guest!.ok(`cat > /tmp/domain.xml <<'XML'\n${domainXml(edu!)}\nXML
 /etc/libvirt/hooks/qemu edu-vm prepare begin - < /tmp/domain.xml & pid=$!
 end=$(($(date +%s) + 30))

@@ -29,11 +29,13 @@ function workstation(gpuNodes: string[]): GpuKernel {
 /** The paths passed to one of the simulated host's path readers from now on that `wanted` picks. */
 function watch(kernel: GpuKernel, method: "list" | "readTrimmed" | "readlink", wanted: (hostPath: string) => boolean): string[] {
   const seen: string[] = [];
-  const original = kernel.sim[method].bind(kernel.sim) as (hostPath: string) => never;
-  kernel.sim[method] = (hostPath: string) => {
-    if (wanted(hostPath)) seen.push(hostPath);
-    return original(hostPath);
-  };
+  const original: (hostPath: string) => unknown = kernel.sim[method].bind(kernel.sim);
+  Object.assign(kernel.sim, {
+    [method]: (hostPath: string) => {
+      if (wanted(hostPath)) seen.push(hostPath);
+      return original(hostPath);
+    },
+  });
   return seen;
 }
 
