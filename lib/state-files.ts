@@ -90,8 +90,11 @@ function createFresh(temp: string): number {
   return create();
 }
 
+/** Removes FILE and a killed writer's FILE.tmp (callers hold FILE's lock, as for writes): a state file that goes leaves nothing of itself. */
 export function removeStateFile(host: Host, file: string): void {
-  fs.rmSync(host.resolve(file), { force: true });
+  const real = host.resolve(file);
+  fs.rmSync(`${real}${TEMP_SUFFIX}`, { force: true });
+  fs.rmSync(real, { force: true });
 }
 
 /** Temp files a killed hook left for this file (ours and write-file-atomic's). Call under the file's lock. */

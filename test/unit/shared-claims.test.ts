@@ -184,4 +184,28 @@ test("defect 4: a claims ledger that cannot be read stops the module handover (p
   }
 });
 
+// ---- a writer killed mid-write: its temp file goes with the file
+
+const GPU_VM = `<domain><name>gpu</name><uuid>${UUID_A}</uuid><memory unit='GiB'>1</memory>
+  <metadata><vmhook:hooks xmlns:vmhook="urn:vmhook:1"><vmhook:vfio single-gpu="no"/></vmhook:hooks></metadata>
+  <devices><hostdev mode='subsystem' type='pci' managed='no'><source><address domain='0x0000' bus='0x01' slot='0x00' function='0x0'/></source></hostdev></devices>
+</domain>`;
+
+test("a hook killed while writing the claims ledger leaves claims.json.tmp: once the ledger empties, the leftover goes with it (found by CI: the stuck-driver kernel test, 2026-12-01)", async () => {
+  const kernel = new GpuKernel()
+    .module({ name: "amdgpu", driver: "amdgpu", loaded: true })
+    .device({ address: "0000:01:00.0", classCode: "0x030000", vendor: "0x1002", nativeDriver: "amdgpu", group: 1 });
+  try {
+    const prepared = await runHookEvent(kernel.sim, "prepare", "begin", GPU_VM, "gpu");
+    assert.is(prepared.code, 0, prepared.stderr);
+    assert.ok(kernel.sim.stat(paths.claims), "the VM claims vfio-pci in the ledger");
+    kernel.sim.file(`${paths.claims}.tmp`, '{"version": 1, "cla');
+    const released = await runHookEvent(kernel.sim, "release", "end", GPU_VM, "gpu");
+    assert.is(released.code, 0, released.stderr);
+    assert.equal(kernel.sim.list(paths.stateDir).filter((name) => name.includes(".json")), []);
+  } finally {
+    kernel.sim.cleanup();
+  }
+});
+
 test.run();
