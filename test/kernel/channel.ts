@@ -107,7 +107,7 @@ export class CommandChannel {
       this.buffer += chunk;
       let newline;
       while ((newline = this.buffer.indexOf("\n")) >= 0) {
-        const line = this.buffer.slice(0, newline).replace(/\r$/, "");
+        const line = this.buffer.slice(0, newline);
         this.buffer = this.buffer.slice(newline + 1);
         this.onLine(line);
       }

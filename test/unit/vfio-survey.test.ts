@@ -5,6 +5,7 @@
 // device that goes is on nvidia. The host settings are read once per run.
 import { test } from "uvu";
 import * as assert from "uvu/assert";
+import { paths } from "../../lib/paths.ts";
 import { GpuKernel } from "../helpers/gpu-kernel.ts";
 import { runHookEvent } from "../helpers/hook.ts";
 
@@ -98,8 +99,8 @@ test("release with no write stuck: which PCI drivers each module registers is no
 
 test("prepare reads the host settings once: the policy rule and the steps see the same snapshot", async () => {
   const kernel = workstation(["card1"]);
-  kernel.sim.file("/etc/vmhook/vmhook.json", JSON.stringify({ plugins: { vfio: { bindTimeoutSeconds: 10 } } }));
-  const reads = watch(kernel, "readTrimmed", (hostPath) => hostPath === "/etc/vmhook/vmhook.json");
+  kernel.sim.file(paths.hostConfig, JSON.stringify({ plugins: { vfio: { bindTimeoutSeconds: 10 } } }));
+  const reads = watch(kernel, "readTrimmed", (hostPath) => hostPath === paths.hostConfig);
   const prepare = await runHookEvent(kernel.sim, "prepare", "begin", DOMAIN);
   assert.is(prepare.code, 0, prepare.stderr);
   assert.is(kernel.driverOf(GPU), "vfio-pci");
