@@ -5,6 +5,12 @@ import * as assert from "uvu/assert";
 import { SimHost } from "../helpers/simhost.ts";
 import { runHookEvent } from "../helpers/hook.ts";
 import { assertPlanIsPrepare, plannedSteps } from "../helpers/plan.ts";
+import { Deadline } from "../../lib/deadline.ts";
+import { readJournal } from "../../lib/journal.ts";
+import { createLogger } from "../../lib/log.ts";
+import { loadSettings } from "../../lib/settings.ts";
+import { undoJournal } from "../../lib/transaction.ts";
+import { registry } from "../../plugins/index.ts";
 
 const UUID = "5e7a1c2d-9b3f-4e6a-8c1d-2f4b6a8c0e13";
 const UNIT = `vmhook-nosleep-${UUID}.service`;
@@ -12,8 +18,9 @@ const xml = (element = "<vmhook:nosleep/>") =>
   `<domain type='kvm'><name>gaming</name><uuid>${UUID}</uuid><memory unit='GiB'>8</memory><metadata><vmhook:hooks xmlns:vmhook="urn:vmhook:1">${element}</vmhook:hooks></metadata></domain>`;
 
 /** A systemd host: transient units hold logind locks ("WHO UID USER PID COMM WHAT WHY MODE" lines) while they run. */
-function systemdHost(options: { lockFails?: boolean } = {}): { sim: SimHost; units: Map<string, string> } {
+function systemdHost(options: { lockFails?: boolean } = {}): { sim: SimHost; units: Map<string, string>; bus: { up: boolean } } {
   const units = new Map<string, string>(); // unit → the lock's why
+  const bus = { up: true };
   const sim = new SimHost().dir("/run/systemd/system");
   sim.onExec("systemd-run", (args) => {
     const unit = args.find((arg) => arg.startsWith("--unit="))!.slice("--unit=".length);
@@ -21,13 +28,16 @@ function systemdHost(options: { lockFails?: boolean } = {}): { sim: SimHost; uni
   });
   sim.onExec("systemctl", (args) => {
     const unit = args[args.length - 1]!;
-    if (args[0] === "is-active") return { status: units.has(unit) ? 0 : 3 };
+    // What systemctl says when it cannot reach PID 1 (a bus timeout, a daemon-reexec): exit 1, for every verb.
+    if (!bus.up) return { status: 1, stderr: "Failed to connect to bus: Connection timed out\n" };
+    // Exit 3: inactive or failed; 4: no such unit.
+    if (args[0] === "is-active") return { status: units.has(unit) ? 0 : unit.startsWith("vmhook-nosleep-") ? 4 : 3 };
     if (args[0] === "stop") units.delete(unit);
   });
   sim.onExec("systemd-inhibit", () => ({
     stdout: [...units.values()].filter(Boolean).map((why) => `vmhook 0 root 812 systemd-inhibit sleep ${why} block\n`).join(""),
   }));
-  return { sim, units };
+  return { sim, units, bus };
 }
 
 test("prepare holds the lock in a transient unit, without pipes to the hook; release stops it and nothing stays", async () => {
@@ -65,6 +75,35 @@ test("a lock logind never lists fails prepare and stops the unit again", async (
   assert.is(result.code, 1);
   assert.match(result.stderr.split("\n")[0]!, `logind lists the sleep inhibitor of ${UNIT}`);
   assert.equal([...units.keys()], [], "rolled back");
+  assert.equal(sim.stateFiles(), []);
+});
+
+test("release while systemctl cannot reach systemd keeps the entry for vmhook recover: the lock still holds", async () => {
+  const { sim, units, bus } = systemdHost();
+  assert.is((await runHookEvent(sim, "prepare", "begin", xml())).code, 0);
+  bus.up = false;
+  const release = await runHookEvent(sim, "release", "end", xml());
+  assert.is(release.code, 0, "release never fails libvirt");
+  assert.equal([...units.keys()], [UNIT], "the unit, and so the sleep lock, still runs");
+  assert.match(release.stderr, `systemctl is-active --quiet ${UNIT} could not tell whether ${UNIT} runs: Failed to connect to bus`);
+  assert.ok(sim.exists(`/run/vmhook/${UUID}.json`), "the journal keeps the entry (undo-failed), not dropped as undone");
+  bus.up = true;
+  // What vmhook recover does (lib/cli/recover.ts), on the simulated host: the CLI's own host would not simulate systemd.
+  const log = createLogger(sim, { echo: "none", file: false });
+  const { failed } = await undoJournal(readJournal(sim, UUID)!, { host: sim, log, settings: loadSettings(sim), registry }, new Deadline(sim, 10_000));
+  assert.equal(failed, []);
+  assert.equal([...units.keys()], []);
+  assert.equal(sim.stateFiles(), []);
+});
+
+test("prepare while systemctl cannot reach systemd refuses, naming systemctl's answer, and starts nothing", async () => {
+  const { sim, units, bus } = systemdHost();
+  bus.up = false;
+  const result = await runHookEvent(sim, "prepare", "begin", xml());
+  assert.is(result.code, 1);
+  assert.match(result.stderr.split("\n")[0]!, `could not tell whether ${UNIT} runs: Failed to connect to bus`);
+  assert.ok(!sim.execs.some((exec) => exec.command === "systemd-run"), "nothing started");
+  assert.equal([...units.keys()], []);
   assert.equal(sim.stateFiles(), []);
 });
 

@@ -341,6 +341,17 @@ test("single GPU: logind and PID 1 holding the session's card for it are waited 
   assert.match(firstLine(result.stderr), "the GPU is still in use after stopping the display manager: pid 1 (systemd) holds /dev/dri/card0, pid 420 (systemd-logind) holds /dev/dri/card0");
 });
 
+test("single GPU while systemctl cannot reach systemd: prepare refuses, naming systemctl's answer, before any change", async () => {
+  const kernel = nvidiaDesktop();
+  // What systemctl says for every verb when PID 1 does not answer on its bus: exit 1, not is-active's 3 ("inactive").
+  kernel.sim.onExec("systemctl", () => ({ status: 1, stderr: "Failed to connect to bus: Connection timed out\n" }));
+  const before = kernel.sim.snapshot();
+  const result = await runHookEvent(kernel.sim, "prepare", "begin", domainXml("<vmhook:vfio/>"));
+  assert.is(result.code, 1, "a display manager of unknown state is not taken for a stopped one");
+  assert.match(firstLine(result.stderr), "could not tell whether display-manager.service runs: Failed to connect to bus: Connection timed out");
+  assert.equal(kernel.sim.snapshot(), before);
+});
+
 test("include-slot=\"no\" leaves the audio function on its driver, so its shared IOMMU group refuses, naming both and the remedies", async () => {
   const kernel = nvidiaDesktop();
   const before = kernel.sim.snapshot();
