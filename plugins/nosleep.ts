@@ -11,7 +11,7 @@ import { readAttributes, single } from "../lib/element.ts";
 import { VmhookError } from "../lib/errors.ts";
 import { defineAction, definePlugin, type ApplyContext, type BaseContext, type CheckContext, type PlanContext, type Step, type UndoRecord } from "../lib/plugin.ts";
 import { fail, ok, type Finding } from "../lib/diagnostics/findings.ts";
-import { systemdRuns } from "../lib/systemd.ts";
+import { systemdRuns, unitActive } from "../lib/systemd.ts";
 
 export interface NosleepConfig {
   /** The transient unit that holds the lock: one per domain (its UUID). */
@@ -34,8 +34,6 @@ function parseConfig(elements: XmlElement[], domain: Domain): NosleepConfig {
   return { unit: `vmhook-nosleep-${domain.uuid}.service`, why: `VM ${domain.name} runs with devices passed through` };
 }
 
-
-const unitActive = (ctx: BaseContext, unit: string) => ctx.run("systemctl", ["is-active", "--quiet", unit], { allowFailure: true }).status === 0;
 
 /** Does logind list a lock of ours for this unit's why? (`systemd-inhibit --list`: WHO UID USER PID COMM WHAT WHY MODE) */
 function lockHeld(ctx: BaseContext, why: string): boolean {

@@ -7,8 +7,8 @@ import { VmhookError } from "../../lib/errors.ts";
 import { defineAction, type ApplyContext, type BaseContext, type Step, type UndoRecord } from "../../lib/plugin.ts";
 import { readVfioSettings, type VfioConfig, type VfioSettings } from "./config.ts";
 import { describeHolders, isWatched, processesHolding, type Survey } from "./survey.ts";
-import { systemdRuns } from "../../lib/systemd.ts";
-import { stopUnitStep, unitActive } from "./units.ts";
+import { systemdRuns, unitActive } from "../../lib/systemd.ts";
+import { stopUnitStep } from "./units.ts";
 
 /** What stops the display manager: running systemd units, or the configured commands; undefined: nothing to stop. */
 export type DisplayManager = { units: string[] } | { command: NonNullable<VfioSettings["displayManagerCommand"]> } | undefined;

@@ -12,8 +12,8 @@ import { listStuckWrites, refuseIfStuck } from "../../lib/stuck-writes.ts";
 import { PATTERNS } from "../../lib/validate.ts";
 import type { VfioConfig, VfioSettings } from "./config.ts";
 import { describeHolders, isWatched, moduleLoaded, processesHolding, VFIO_DRIVER, type Survey, type Watched } from "./survey.ts";
-import { systemdRuns } from "../../lib/systemd.ts";
-import { unitActive, unitProcesses } from "./units.ts";
+import { systemdRuns, unitActive } from "../../lib/systemd.ts";
+import { unitProcesses } from "./units.ts";
 import { returnToDriver } from "./return-path.ts";
 import { missingAdvice, needsVendorReset, setResetMethodStep, VENDOR_RESET_FIX, VENDOR_RESET_MODULE, vendorResetState } from "./vendor-reset.ts";
 

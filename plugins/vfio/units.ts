@@ -3,6 +3,7 @@
 import { VmhookError } from "../../lib/errors.ts";
 import { defineAction, type BaseContext, type Step, type UndoRecord } from "../../lib/plugin.ts";
 import { PATTERNS } from "../../lib/validate.ts";
+import { unitActive } from "../../lib/systemd.ts";
 
 /** A unit name from the journal: it becomes an argument of systemctl, so it must look like one (and not like an option). */
 export function checkedUnit(value: unknown): string {
@@ -12,8 +13,6 @@ export function checkedUnit(value: unknown): string {
   return value;
 }
 
-
-export const unitActive = (ctx: BaseContext, unit: string) => ctx.run("systemctl", ["is-active", "--quiet", unit], { allowFailure: true }).status === 0;
 
 /** The unit's cgroup v2 path as systemd reports it (aliases resolved), undefined when it has none (not running). */
 export function unitCgroup(ctx: BaseContext, unit: string): string | undefined {

@@ -110,17 +110,19 @@ test("looking-glass: a bad size, a size unlike <shmem>, or an unknown user fails
 });
 
 /** A systemctl that keeps unit states as files under the root and logs its calls. */
-function fakeSystemctl(root: Root, active: string[], failing: string[] = []): void {
+function fakeSystemctl(root: Root, active: string[], failing: string[] = [], unanswered: string[] = []): void {
   fs.mkdirSync(root.at("/units"));
   for (const unit of active) fs.writeFileSync(root.at(`/units/${unit}`), "active");
   for (const unit of failing) fs.writeFileSync(root.at(`/units/${unit}.fails`), "");
+  // is-active exits 1 for these, as when systemctl cannot reach PID 1.
+  for (const unit of unanswered) fs.writeFileSync(root.at(`/units/${unit}.nobus`), "");
   fs.writeFileSync(
     root.at("/usr/bin/systemctl"),
     `#!/bin/sh
 echo "$*" >> "$VMHOOK_ROOT/systemctl.log"
 units="$VMHOOK_ROOT/units"
 case "$1" in
-is-active) [ -e "$units/$3" ] ;;
+is-active) [ -e "$units/$3.nobus" ] && exit 1; [ -e "$units/$3" ] || exit 3 ;;
 stop) [ ! -e "$units/$2.fails" ] && rm -f "$units/$2" ;;
 start) : > "$units/$2" ;;
 esac
@@ -169,6 +171,17 @@ test("stop-units: a unit that will not stop fails prepare, and the ones already 
   const bad = root.hook("prepare", "begin", domain('<vmhook:plugin name="stop-units" units="ok.service $(reboot)"/>'));
   assert.is(bad.code, 1);
   assert.match(bad.stderr, "units: ??reboot? is not a systemd unit name");
+  fs.rmSync(root.dir, { recursive: true, force: true });
+});
+
+test("stop-units: a unit whose state systemctl cannot tell fails prepare, and the ones already stopped are started again", () => {
+  const root = makeRoot();
+  fakeSystemctl(root, ["backup.timer", "gpu-job.service"], [], ["gpu-job.service"]);
+  const outcome = root.hook("prepare", "begin", domain('<vmhook:plugin name="stop-units" units="backup.timer gpu-job.service"/>'));
+  assert.is(outcome.code, 1);
+  assert.match(outcome.stderr.split("\n")[0]!, "vmhook: plugin stop-units failed at prepare: systemctl could not tell whether gpu-job.service runs (is-active exit 1)");
+  assert.equal(fs.readdirSync(root.at("/units")).sort(), ["backup.timer", "gpu-job.service", "gpu-job.service.nobus"]);
+  assert.equal(systemctlCalls(root), ["is-active --quiet backup.timer", "stop backup.timer", "is-active --quiet gpu-job.service", "start backup.timer"]);
   fs.rmSync(root.dir, { recursive: true, force: true });
 });
 
