@@ -311,6 +311,27 @@ test("a create the kernel refuses rolls back the mdevs made before it", async ()
 
 // ---- vgpu: NVIDIA vGPU 17+ on SR-IOV virtual functions ----------------------------
 
+test("a create the kernel refuses because the UUID exists (mdevctl made it after the plan) leaves that mdev alone in the rollback", async () => {
+  const sim = gvtHost();
+  const create = `/sys/class/mdev_bus/${GPU}/mdev_supported_types/i915-GVTg_V5_4/create`;
+  const write = sim.write.bind(sim);
+  let raced = false;
+  sim.write = (file: string, data: string) => {
+    if (file === create && !raced) {
+      raced = true;
+      write(file, data); // mdevctl start --uuid UUID_A, between vmhook's plan and its write
+    }
+    write(file, data); // vmhook's own write: EEXIST, the kernel created nothing
+  };
+  const prepare = await runHookEvent(sim, "prepare", "begin", domainXml({ mdevs: [UUID_A], hooks: `<vmhook:mdev parent="${GPU}" type="i915-GVTg_V5_4"/>` }));
+  assert.is(prepare.code, 1, prepare.stderr);
+  assert.match(prepare.stderr.split("\n")[0]!, `could not create mdev ${UUID_A} (i915-GVTg_V5_4 on ${GPU}): EEXIST`);
+  assert.is(mdevType(sim, UUID_A), "i915-GVTg_V5_4", "mdevctl's mdev is still there");
+  assert.not.ok(sim.writes.some((entry) => entry.path.endsWith("/remove")), "nothing was removed");
+  assert.equal(sim.stateFiles(), []);
+  sim.cleanup();
+});
+
 const PF = "0000:41:00.0";
 const VF = "0000:41:00.4";
 const VF2 = "0000:41:00.5";
