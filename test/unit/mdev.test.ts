@@ -382,6 +382,26 @@ test("vgpu: the type is set on the VF by name at prepare and cleared at release;
   sim.cleanup();
 });
 
+test("vgpu: a type the kernel refuses because another tool set it after the plan is left alone by the rollback", async () => {
+  const sim = nvidiaHost();
+  const file = `/sys/bus/pci/devices/${VF}/nvidia/current_vgpu_type`;
+  const write = sim.write.bind(sim);
+  let raced = false;
+  sim.write = (target: string, data: string) => {
+    if (target === file && !raced) {
+      raced = true;
+      write(target, data); // another tool sets the same type between vmhook's plan and its write
+    }
+    write(target, data); // vmhook's own write: EBUSY, nothing changed by it
+  };
+  const prepare = await runHookEvent(sim, "prepare", "begin", domainXml({ pcis: ["41:00.4"], hooks: `<vmhook:vgpu vf="${VF}" type="L40S-12Q"/>` }));
+  assert.is(prepare.code, 1, prepare.stderr);
+  assert.match(prepare.stderr.split("\n")[0]!, `could not set vGPU type 1433 (NVIDIA L40S-12Q) on ${VF}: EBUSY`);
+  assert.is(currentType(sim), "1433", "the other tool's vGPU stays");
+  assert.equal(sim.stateFiles(), []);
+  sim.cleanup();
+});
+
 test("vgpu: vf defaults to the domain's only PCI hostdev; a type id works too", async () => {
   const sim = nvidiaHost();
   const xml = domainXml({ pcis: ["41:00.5"], hooks: `<vmhook:vgpu type="1435"/>` });
