@@ -12,7 +12,7 @@ import { attributes, describeElement, type Domain } from "../lib/domain.ts";
 import { fail, ok, type Finding } from "../lib/diagnostics/findings.ts";
 import { ConfigError, describeError, VmhookError } from "../lib/errors.ts";
 import type { Host } from "../lib/host.ts";
-import { defineAction, definePlugin, type BaseContext, type CheckContext, type PlanContext, type Step, type UndoRecord } from "../lib/plugin.ts";
+import { defineAction, definePlugin, type ApplyContext, type BaseContext, type CheckContext, type PlanContext, type Step, type UndoRecord } from "../lib/plugin.ts";
 import { checkPattern, parsePciAddress, parseUuid, PATTERNS } from "../lib/validate.ts";
 
 // ---- mdev: sysfs -------------------------------------------------------------
@@ -195,14 +195,16 @@ interface CreateRecord extends UndoRecord {
   type: string;
 }
 
-function createMdev(ctx: BaseContext, record: CreateRecord): void {
+function createMdev(record: CreateRecord, ctx: ApplyContext<MdevDevice[]>): void {
   const { host } = ctx;
   try {
     host.write(typePath(record.parent, record.type, "create"), record.uuid);
   } catch (error) {
-    // The kernel created nothing; an mdev that exists now is someone else's.
+    // The kernel created nothing: an mdev with this UUID now (mdevctl's, made after the plan) is someone else's, never to remove.
+    ctx.nothingToUndo();
     throw new VmhookError(`could not create mdev ${record.uuid} (${record.type} on ${record.parent}): ${describeError(error)}; the kernel log (dmesg) may say why`);
   }
+  // Created by this write: a wait that fails keeps the record, and the undo removes whatever appeared.
   ctx.waitFor(`mdev ${record.uuid} appears in ${MDEV_DEVICES} as ${record.type}`, () => existingMdev(host, record.uuid)?.type === record.type);
 }
 
@@ -231,14 +233,7 @@ function checkCreateRecord(record: UndoRecord): CreateRecord {
 
 const createMdevAction = defineAction<CreateRecord, MdevDevice[]>({
   check: checkCreateRecord,
-  apply(record, ctx) {
-    try {
-      createMdev(ctx, record);
-    } catch (error) {
-      if (!existingMdev(ctx.host, record.uuid)) ctx.nothingToUndo();
-      throw error;
-    }
-  },
+  apply: createMdev,
   undo: removeMdev,
 });
 

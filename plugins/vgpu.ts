@@ -13,7 +13,7 @@ import { readAttributes } from "../lib/element.ts";
 import { ConfigError, describeError, VmhookError } from "../lib/errors.ts";
 import type { Host } from "../lib/host.ts";
 import { pciPath } from "../lib/pci.ts";
-import { defineAction, definePlugin, type BaseContext, type CheckContext, type PlanContext, type Step, type UndoRecord } from "../lib/plugin.ts";
+import { defineAction, definePlugin, type ApplyContext, type BaseContext, type CheckContext, type PlanContext, type Step, type UndoRecord } from "../lib/plugin.ts";
 import { fail, ok, type Finding } from "../lib/diagnostics/findings.ts";
 import { checkPattern, parsePciAddress, PATTERNS } from "../lib/validate.ts";
 
@@ -123,11 +123,13 @@ function planPrepare(ctx: PlanContext<VgpuDevice[]>): Step<SetRecord>[] {
     .map((plan) => ({ action: "set-vgpu", record: { action: "set-vgpu", vf: plan.vf, id: plan.id, name: plan.name }, description: `set vGPU type ${plan.id} (${plan.name}) on ${plan.vf}` }));
 }
 
-function setVgpu(record: SetRecord, ctx: BaseContext): void {
+function setVgpu(record: SetRecord, ctx: ApplyContext<VgpuDevice[]>): void {
   const file = vgpuFile(record.vf, "current_vgpu_type");
   try {
     ctx.host.write(file, String(record.id));
   } catch (error) {
+    // The kernel set nothing: a type on the VF now (another tool's, set after the plan) is not vmhook's to clear.
+    ctx.nothingToUndo();
     throw new VmhookError(`could not set vGPU type ${record.id} (${record.name}) on ${record.vf}: ${describeError(error)}; the kernel log (dmesg) and nvidia-smi vgpu may say why`);
   }
   ctx.waitFor(`${file} reads ${record.id}`, () => ctx.host.readTrimmed(file) === String(record.id));
