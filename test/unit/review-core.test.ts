@@ -211,6 +211,25 @@ test("recover reports a journal it cannot read and exits 1, instead of \"nothing
   }
 });
 
+test("recover NAME or UUID: an unreadable journal that may be that domain's is reported with exit 1, never \"nothing to recover\"", async () => {
+  const sim = new SimHost();
+  try {
+    sim.file(paths.journal(UUID), "{ half a jour");
+    // By UUID the file is that domain's; by name it cannot be told whose it is, so it is named too.
+    for (const name of [UUID, UUID.toUpperCase(), "vm"]) {
+      const text = await cli(["recover", name, "--root", sim.root]);
+      assert.is(text.code, 1, `recover ${name}`);
+      assert.match(text.stdout, new RegExp(`^unreadable journal /run/vmhook/${UUID}.json: journal .* cannot be read .*; nothing of it was undone\n$`), `recover ${name}`);
+    }
+    // Another domain's UUID: that journal is not its.
+    const other = await cli(["recover", "e1e1e1e1-0000-4000-8000-0000000000e2", "--root", sim.root]);
+    assert.is(other.code, 0);
+    assert.is(other.stdout, "nothing to recover for e1e1e1e1-0000-4000-8000-0000000000e2 (no journal in /run/vmhook)\n");
+  } finally {
+    sim.cleanup();
+  }
+});
+
 test("exec: a program that exits but leaves a background process holding its output finished; it did not time out", () => {
   const result = new RootedHost("/").exec("/bin/sh", ["-c", "sleep 5 & echo done"], { timeoutMs: 300 });
   assert.equal([result.status, result.stdout, result.timedOut, result.error], [0, "done\n", false, undefined]);
