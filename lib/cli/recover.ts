@@ -16,6 +16,7 @@ import { forgetFinishedWrites } from "../stuck-writes.ts";
 import { registry } from "../../plugins/index.ts";
 import type { GlobalOptions } from "./options.ts";
 import { print, printJson } from "./output.ts";
+import { PATTERNS } from "../validate.ts";
 
 /** libvirt keeps /run/libvirt/qemu/NAME.pid while the domain's QEMU runs. */
 export function domainRunning(host: Host, name: string): boolean {
@@ -31,6 +32,18 @@ export function runningOrWhyUnknown(host: Host, name: string): boolean | string 
   } catch (error) {
     return describeError(error);
   }
+}
+
+/**
+ * The unreadable journals that may be the named domain's: by UUID its own
+ * file; by name (a broken journal does not say whose it is) every one, unless
+ * the domain's own journal was read.
+ */
+function unreadableOf(name: string | undefined, broken: { file: string; error: string }[], found: boolean): { file: string; error: string }[] {
+  if (name === undefined) return broken;
+  const uuid = name.toLowerCase();
+  if (PATTERNS.uuid.test(uuid)) return broken.filter((item) => item.file === paths.journal(uuid));
+  return found ? [] : broken;
 }
 
 interface RecoverArgs extends GlobalOptions {
@@ -89,7 +102,7 @@ export const recoverCommand: CommandModule<GlobalOptions, RecoverArgs> = {
       if (failed.length > 0) process.exitCode = 1;
     }
     // Journals it cannot read are left as they are, and said so: they may hold changes.
-    const unreadable = args.name ? [] : broken;
+    const unreadable = unreadableOf(args.name, broken, chosen.length > 0);
     if (unreadable.length > 0) process.exitCode = 1;
     if (args.json) {
       printJson({ recovered: results, unreadable, finishedStuckWrites: finished });
