@@ -197,18 +197,26 @@ function nvidiaRoot(): string {
 test("doctor --fix --apply on a copy of the win11 example with the advice undone: libvirt gets every fix, the old XML is kept, and the domain validates", async () => {
   const name = "vmhook-test-win11";
   // TCG here (no /dev/kvm): type qemu; the PCI devices need not exist to define the domain.
-  const xml = degradedWin11().replace("<name>win11</name>", `<name>${name}</name>`).replace(/<uuid>[^<]*<\/uuid>/, `<uuid>${randomUUID()}</uuid>`).replace("type='kvm'", "type='qemu'");
+  // A VNC password: libvirt leaves it out of dumpxml unless asked with --security-info, so a define from a plain dump would drop it.
+  const xml = degradedWin11()
+    .replace("<name>win11</name>", `<name>${name}</name>`)
+    .replace(/<uuid>[^<]*<\/uuid>/, `<uuid>${randomUUID()}</uuid>`)
+    .replace("type='kvm'", "type='qemu'")
+    .replace("</devices>", "<graphics type='vnc' port='-1' autoport='yes' passwd='s3cr3tvn'/></devices>");
   const file = path.join(scratchDir(), `${name}.xml`);
   fs.writeFileSync(file, xml);
   await virshOk("define", file);
   const root = nvidiaRoot();
-  const old = await virshOk("dumpxml", "--inactive", name);
+  const old = await virshOk("dumpxml", "--inactive", "--security-info", name);
   assert.match(old, "<memballoon model='virtio'>", "libvirt keeps the balloon the fix removes");
+  assert.match(old, "passwd='s3cr3tvn'");
+  assert.not.match(await virshOk("dumpxml", "--inactive", name), "s3cr3tvn", "a plain dump leaves the password out");
 
   const shown = await vmhook(["doctor", "--fix", name, "--root", root]);
   assert.is(shown.code, 0, shown.stderr);
   assert.match(shown.stdout, `--- ${name} (now)\n+++ ${name} (fixed)\n`);
-  assert.is(await virshOk("dumpxml", "--inactive", name), old, "--fix alone changes nothing");
+  assert.is(await virshOk("dumpxml", "--inactive", "--security-info", name), old, "--fix alone changes nothing");
+  assert.not.match(shown.stdout, "s3cr3tvn", "the diff never shows the password");
 
   const applied = await vmhook(["doctor", "--fix", "--apply", name, "--root", root]);
   assert.is(applied.code, 0, applied.stderr);
@@ -216,7 +224,9 @@ test("doctor --fix --apply on a copy of the win11 example with the advice undone
   assert.ok(backup, applied.stdout);
   assert.is(fs.readFileSync(path.join(root, backup!), "utf8"), old);
 
-  const now = await virshOk("dumpxml", "--inactive", name);
+  assert.not.match(applied.stdout, "s3cr3tvn", "the diff never shows the password");
+  const now = await virshOk("dumpxml", "--inactive", "--security-info", name);
+  assert.match(now, "passwd='s3cr3tvn'", "the domain keeps its VNC password");
   for (const expected of [
     "<hidden state='on'/>",
     "<vendor_id state='on' value='0123456789ab'/>",

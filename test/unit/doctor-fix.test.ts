@@ -2,6 +2,8 @@
 // edit, shown as a unified diff (golden file); a domain that follows the
 // advice needs no change.
 import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
 import { fileURLToPath } from "node:url";
 import { test } from "uvu";
 import * as assert from "uvu/assert";
@@ -87,6 +89,48 @@ test("<vmhook:hugepages> without size gets a plain <hugepages/>; an existing <me
     const fixed = fixDomainXml(sim, xml, "vm.xml");
     assert.match(fixed.after, "<memoryBacking>\n    <nosharepages/>\n    <hugepages/>\n  </memoryBacking>");
   } finally {
+    sim.cleanup();
+  }
+});
+
+// A virsh that answers as libvirt does for what --apply needs: dumpxml leaves
+// the graphics password out unless --security-info is given
+// (VIR_DOMAIN_XML_SECURE); define stores exactly the XML it is given.
+const FAKE_VIRSH = `#!/bin/sh
+state="$VMHOOK_TEST_VIRSH_STATE"
+case " $* " in
+  *" dumpxml "*)
+    case " $* " in
+      *" --security-info "*) cat "$state/domain.xml" ;;
+      *) sed -e "s/ passwd='[^']*'//" "$state/domain.xml" ;;
+    esac ;;
+  *" define "*) cat > "$state/domain.xml"; echo "Domain 'win11' defined from /dev/stdin" ;;
+  *) echo "error: fake virsh: unsupported: $*" >&2; exit 1 ;;
+esac
+`;
+
+test("doctor --fix --apply VM keeps the domain's graphics password, in the defined domain and in the backup, and never prints it", async () => {
+  const sim = nvidiaHost();
+  const bin = fs.mkdtempSync(path.join(os.tmpdir(), "vmhook-fake-virsh-"));
+  const oldPath = process.env.PATH;
+  try {
+    fs.writeFileSync(path.join(bin, "virsh"), FAKE_VIRSH, { mode: 0o755 });
+    const stored = degradedWin11().replace("</devices>", "<graphics type='vnc' port='-1' autoport='yes' passwd='s3cret'/></devices>");
+    fs.writeFileSync(path.join(bin, "domain.xml"), stored);
+    process.env.PATH = `${bin}:${oldPath}`;
+    process.env.VMHOOK_TEST_VIRSH_STATE = bin;
+    const applied = await cli(["doctor", "--fix", "--apply", "win11", "--root", sim.root]);
+    assert.is(applied.code, 0, applied.stderr);
+    assert.not.match(applied.stdout, "s3cret");
+    const defined = fs.readFileSync(path.join(bin, "domain.xml"), "utf8");
+    assert.match(defined, /<memballoon model=["']none["']/, "the fixes were defined");
+    assert.match(defined, /passwd=["']s3cret["']/, "the VNC password stays");
+    const backup = /the old XML is in (\S+) /.exec(applied.stdout)?.[1];
+    assert.is(fs.readFileSync(sim.resolve(backup!), "utf8"), stored, "the backup is the domain as it was, password included");
+  } finally {
+    process.env.PATH = oldPath;
+    delete process.env.VMHOOK_TEST_VIRSH_STATE;
+    fs.rmSync(bin, { recursive: true, force: true });
     sim.cleanup();
   }
 });
