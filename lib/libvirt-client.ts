@@ -41,9 +41,14 @@ export class Virsh {
     return result.stdout;
   }
 
-  /** The domain XML: the running definition, or with inactive the persistent one (what the next start uses). */
-  dumpxml(domain: string, inactive: boolean): string {
-    return this.run(["dumpxml", ...(inactive ? ["--inactive"] : []), "--", domain]);
+  /**
+   * The domain XML: the running definition, or with inactive the persistent
+   * one (what the next start uses). With secure, the security-sensitive parts
+   * too (graphics passwords), which a plain dump leaves out: what is defined
+   * again must come from such a dump, or it loses them.
+   */
+  dumpxml(domain: string, inactive: boolean, secure = false): string {
+    return this.run(["dumpxml", ...(inactive ? ["--inactive"] : []), ...(secure ? ["--security-info"] : []), "--", domain]);
   }
 
   isActive(domain: string): boolean {

@@ -23,11 +23,17 @@ export function runDoctorFix(host: Host, domain: DomainSource, options: FixOptio
   const diff = unifiedDiff(fixed.before, fixed.after, `${name} (now)`, `${name} (fixed)`);
   let backup: string | undefined;
   if (options.apply && fixed.fixes.length > 0) {
-    if (!domain.libvirtName) throw new VmhookError(`--apply defines the domain in libvirt: name the domain (vmhook doctor --fix --apply VM), not the file ${domain.source}`);
+    if (!domain.libvirtName || !domain.readWithSecrets) throw new VmhookError(`--apply defines the domain in libvirt: name the domain (vmhook doctor --fix --apply VM), not the file ${domain.source}`);
+    // Defined from the dump with its secrets, or libvirt would drop the graphics passwords; the diff shown stays the one without them.
+    const stored = domain.readWithSecrets();
+    const toDefine = fixDomainXml(host, stored, domain.source);
+    if (JSON.stringify(toDefine.fixes) !== JSON.stringify(fixed.fixes)) {
+      throw new VmhookError(`${domain.libvirtName} changed while vmhook read it (the fixes differ between two reads); nothing was defined: run vmhook doctor --fix --apply ${domain.libvirtName} again`);
+    }
     backup = `${paths.backupsDir}/${domain.libvirtName.replace(/[^\w.-]/g, "_")}-${new Date(host.now()).toISOString().replace(/[:.]/g, "-")}.xml`;
     fs.mkdirSync(host.resolve(paths.backupsDir), { recursive: true, mode: 0o700 });
-    fs.writeFileSync(host.resolve(backup), domain.xml, { mode: 0o600, flag: "wx" });
-    new Virsh(options.connect).define(fixed.after);
+    fs.writeFileSync(host.resolve(backup), stored, { mode: 0o600, flag: "wx" });
+    new Virsh(options.connect).define(toDefine.after);
   }
   if (options.json) {
     printJson({ domain: name, fixes: fixed.fixes, diff, applied: backup !== undefined, backup });

@@ -10,6 +10,8 @@ export interface DomainSource {
   xml: string;
   /** Set when it was read from libvirt: the domain's name there. */
   libvirtName?: string;
+  /** From libvirt: the same XML with its secrets (graphics passwords), read only to define the domain again. */
+  readWithSecrets?: () => string;
 }
 
 /** A path (it exists, has a slash or ends in .xml) or "-" is a file; anything else names a libvirt domain. */
@@ -17,5 +19,6 @@ export function readDomainSource(argument: string, connect?: string): DomainSour
   if (argument === "-" || fs.existsSync(argument) || argument.includes("/") || argument.endsWith(".xml")) {
     return { source: sourceName(argument), xml: readDomainFile(argument) };
   }
-  return { source: `domain ${argument}`, xml: new Virsh(connect).dumpxml(argument, true), libvirtName: argument };
+  const virsh = new Virsh(connect);
+  return { source: `domain ${argument}`, xml: virsh.dumpxml(argument, true), libvirtName: argument, readWithSecrets: () => virsh.dumpxml(argument, true, true) };
 }
