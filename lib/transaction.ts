@@ -37,6 +37,12 @@ export interface RunEnvironment {
   settings: HostSettings;
   /** Where plugins named in journals are loaded from. */
   registry: PluginRegistry;
+  /**
+   * How the runner takes the host-wide lock: withHostLock unless given. A test
+   * wraps it to act the moment the lock is let go, as another hook waiting
+   * for it in flock(2) may.
+   */
+  withHostLock?: typeof withHostLock;
 }
 
 /** A step as `vmhook plan` shows it and as prepare journals it. */
@@ -150,7 +156,7 @@ async function settleWithin<T>(env: RunEnvironment, pluginId: string, event: str
  * held lock, so an apply can step outside it for a slow wait (ApplyContext.outsideHostLock).
  */
 async function underLockIf<T>(shared: boolean, env: RunEnvironment, deadline: Deadline, work: (held?: HeldLock) => Promise<T>): Promise<T> {
-  return shared ? withHostLock(env.host, deadline, work) : work();
+  return shared ? (env.withHostLock ?? withHostLock)(env.host, deadline, work) : work();
 }
 
 /** Each plugin's planned steps for `event`, checked against the plugin's actions. Changes nothing. */

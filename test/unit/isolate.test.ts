@@ -1,11 +1,20 @@
 // The isolate plugin on a simulated host: the systemd path (a recording
 // systemctl), the cgroup v2 path without systemd (a cgroup tree whose
 // subtree_control behaves like the kernel's), governors, IRQs, the workqueue
-// mask, several VMs sharing the host CPU set, and the errors.
+// mask, several VMs sharing the host CPU set (the host policy's limits and a
+// release racing another VM's prepare included), and the errors.
 import { test } from "uvu";
 import * as assert from "uvu/assert";
 import * as fs from "node:fs";
-import { runHookEvent } from "../helpers/hook.ts";
+import { Deadline } from "../../lib/deadline.ts";
+import { readJournal } from "../../lib/journal.ts";
+import { withHostLock } from "../../lib/lock.ts";
+import { createLogger } from "../../lib/log.ts";
+import { paths } from "../../lib/paths.ts";
+import { loadSettings } from "../../lib/settings.ts";
+import { undoJournal, type RunEnvironment } from "../../lib/transaction.ts";
+import { registry as builtins } from "../../plugins/index.ts";
+import { runHookEvent, type HookOutcome } from "../helpers/hook.ts";
 import { SimHost } from "../helpers/simhost.ts";
 import { assertPlanIsPrepare } from "../helpers/plan.ts";
 
@@ -427,6 +436,80 @@ test("vmhook plan lists exactly the steps prepare runs", async () => {
     "isolate: move IRQs off CPUs 2-3",
     "isolate: set the cpufreq governor of CPUs 2-3 to performance",
   ]);
+});
+
+// ---- the host policy counts every running VM
+
+const HOST_CPUS = "/sys/fs/cgroup/system.slice/cpuset.cpus";
+
+test("policy isolate.minHostCpus counts every running VM: B, within it alone, may not leave the host fewer CPUs together with A", async () => {
+  const sim = cgroupHost().file(paths.policy, JSON.stringify({ isolate: { minHostCpus: 4 } }));
+  const b = { ...vmB, pins: ["4", "5", "6"] };
+  assert.is((await prepare(sim, vmA)).code, 0);
+  assert.is(read(sim, HOST_CPUS), "0-1,4-7");
+  const afterA = sim.snapshot();
+
+  // Alone B would leave the host 0-3,7 (5 CPUs); with A running, 0-1,7 (3).
+  const outcome = await prepare(sim, b);
+  assert.is(outcome.code, 1, `B started; the host keeps only CPU ${read(sim, HOST_CPUS)}, below the policy's minimum of 4`);
+  assert.match(outcome.stderr.split("\n")[0]!, "this VM (isolating 4-6) and running VM vmA (2-3) together leave the host only CPU 0-1,7, but the host policy keeps at least 4 CPU(s) for the host");
+  assert.match(outcome.stderr, `lower "isolate.minHostCpus" in ${paths.policy}`);
+  assert.equal(sim.snapshot(), afterA);
+  assert.equal(sim.stateFiles(), [`${vmA.uuid}.json`, "shared/isolate.json"]);
+
+  assert.is((await release(sim, vmA)).code, 0);
+  const alone = await prepare(sim, b);
+  assert.is(alone.code, 0, alone.stderr);
+  assert.is(read(sim, HOST_CPUS), "0-3,7");
+});
+
+test("policy isolate.everyNumaNode (the default) counts every running VM: two VMs may not take a NUMA node's last CPUs between them", async () => {
+  const sim = cgroupHost().file("/sys/devices/system/node/node0/cpulist", "0-3").file("/sys/devices/system/node/node1/cpulist", "4-7");
+  const a = { ...vmA, pins: ["4", "5"], emulatorpin: undefined };
+  const b = { ...vmB, pins: ["6", "7"] };
+  assert.is((await prepare(sim, a)).code, 0);
+  const afterA = sim.snapshot();
+  const outcome = await prepare(sim, b);
+  assert.is(outcome.code, 1, `B started; the host keeps only CPU ${read(sim, HOST_CPUS)}, none on NUMA node 1`);
+  assert.match(outcome.stderr.split("\n")[0]!, "this VM (isolating 6-7) and running VM vmA (4-5) together leave the host only CPU 0-3, none on NUMA node 1 (CPUs 4-7)");
+  assert.match(outcome.stderr, `set "isolate.everyNumaNode": false in ${paths.policy}`);
+  assert.equal(sim.snapshot(), afterA);
+});
+
+// ---- a release racing another VM's prepare
+
+test("A's release drops its claim from the journal before it lets go of the host lock: B's prepare, waiting for the lock, leaves A's CPUs to the host", async () => {
+  // Two hook processes: A's release takes the host lock to undo its claim; B's
+  // prepare waits for the same lock in flock(2) and, once A lets go, may run
+  // its whole prepare before A's release goes on. The runner's lock is
+  // wrapped so that B's prepare (an ordinary hook run, taking the real lock
+  // itself) runs exactly there, the moment A's lock is let go. B computes the
+  // host set from the journals as A left them at that moment.
+  const sim = cgroupHost();
+  const before = sim.snapshot();
+  const b = { ...vmB, pins: ["4", "5", "6"] };
+  assert.is((await prepare(sim, vmA)).code, 0);
+  let bPrepared: HookOutcome | undefined;
+  const env: RunEnvironment = {
+    host: sim,
+    log: createLogger(sim, { echo: "none", file: false }),
+    settings: loadSettings(sim),
+    registry: builtins,
+    async withHostLock(host, deadline, work) {
+      try {
+        return await withHostLock(host, deadline, work);
+      } finally {
+        bPrepared ??= await prepare(sim, b);
+      }
+    },
+  };
+  const { failed } = await undoJournal(readJournal(sim, vmA.uuid)!, env, new Deadline(sim, 30_000));
+  assert.equal(failed, []);
+  assert.is(bPrepared?.code, 0, bPrepared?.stderr);
+  assert.is(read(sim, HOST_CPUS), "0-3,7", "with only B running the host keeps everything but B's CPUs 4-6");
+  assert.equal(sim.stateFiles(), [`${b.uuid}.json`, "shared/isolate.json"]);
+  assert.is((await release(sim, b)).code, 0);
+  assertClean(sim, before);
 });
 
 test.run();
