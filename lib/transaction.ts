@@ -152,8 +152,10 @@ async function settleWithin<T>(env: RunEnvironment, pluginId: string, event: str
 
 /**
  * Shared plugins plan, apply and undo under the host-wide lock; the whole
- * event at once, so nothing changes between plan and apply. `work` gets the
- * held lock, so an apply can step outside it for a slow wait (ApplyContext.outsideHostLock).
+ * event at once, so nothing changes between plan and apply, and each undo
+ * with its journal write, so no other VM counts a claim already given back.
+ * `work` gets the held lock, so an apply can step outside it for a slow wait
+ * (ApplyContext.outsideHostLock).
  */
 async function underLockIf<T>(shared: boolean, env: RunEnvironment, deadline: Deadline, work: (held?: HeldLock) => Promise<T>): Promise<T> {
   return shared ? (env.withHostLock ?? withHostLock)(env.host, deadline, work) : work();
@@ -400,6 +402,8 @@ async function undoEntry(env: RunEnvironment, plugin: AnyPlugin, entry: JournalE
  * each failure is logged and kept for `vmhook recover`. The journal file is
  * deleted when nothing is left. Plugins in `loaded` (already loaded by the
  * caller) are used as they are; the others are loaded by their journal id.
+ * Release, the rollback of a failed prepare, leftovers of a crashed run and
+ * `vmhook recover` all undo through here.
  */
 export async function undoJournal(journal: Journal, env: RunEnvironment, deadline: Deadline, loaded: PluginInstance[] = []): Promise<UndoResult> {
   const { host, log } = env;
@@ -407,20 +411,40 @@ export async function undoJournal(journal: Journal, env: RunEnvironment, deadlin
   writeJournal(host, journal);
   let undone = 0;
   for (const entry of [...journal.entries].reverse()) {
+    // Whether the entry's journal write is done, the undo having succeeded or not.
+    let settled = false;
+    const settle = (error?: { cause: unknown }) => {
+      if (error) {
+        entry.state = "undo-failed";
+        entry.error = describeError(error.cause);
+      } else journal.entries.splice(journal.entries.indexOf(entry), 1);
+      writeJournal(host, journal);
+      settled = true;
+      if (error) log.error(`${entry.plugin}: undo ${entry.description}: ${entry.error}`);
+      else {
+        undone++;
+        log.info(`${entry.plugin}: undo ${entry.description}: done`);
+      }
+    };
     try {
       const plugin = loaded.find((instance) => instance.id === entry.plugin)?.plugin ?? (await env.registry.load(entry.plugin, host));
-      await underLockIf(plugin.shared === true, env, deadline, () =>
-        settleWithin(env, entry.plugin, "undo", deadline, () => `undo of "${entry.description}"`, undoEntry(env, plugin, entry, journal.domain, deadline)),
-      );
-      journal.entries.splice(journal.entries.indexOf(entry), 1);
-      writeJournal(host, journal);
-      undone++;
-      log.info(`${entry.plugin}: undo ${entry.description}: done`);
+      // A shared plugin's entry leaves the journal (or is marked undo-failed)
+      // under the same host lock as its undo: other VMs' prepares compute the
+      // shared resources from the journals, and one that took the lock between
+      // the undo and the journal write would count a claim already given back.
+      await underLockIf(plugin.shared === true, env, deadline, async () => {
+        let failure: { cause: unknown } | undefined;
+        try {
+          await settleWithin(env, entry.plugin, "undo", deadline, () => `undo of "${entry.description}"`, undoEntry(env, plugin, entry, journal.domain, deadline));
+        } catch (cause) {
+          failure = { cause };
+        }
+        settle(failure);
+      });
     } catch (error) {
-      entry.state = "undo-failed";
-      entry.error = describeError(error);
-      writeJournal(host, journal);
-      log.error(`${entry.plugin}: undo ${entry.description}: ${entry.error}`);
+      // Loading the plugin or taking the lock failed (nothing was undone), or a journal write did.
+      if (!settled) settle({ cause: error });
+      else log.error(`${entry.plugin}: undo ${entry.description}: after it was journaled: ${describeError(error)}`);
     }
   }
   const failed = journal.entries.filter((entry) => entry.state === "undo-failed");
