@@ -7,12 +7,12 @@ import { formatCpuList, parseKernelCpuList } from "../lib/cpuset.ts";
 import type { Domain } from "../lib/domain.ts";
 import { ConfigError, describeError } from "../lib/errors.ts";
 import type { Host } from "../lib/host.ts";
-import { NODE_DIR } from "../lib/memory.ts";
 import { iommuGroupMembers, pciIommuGroup, slotFunctions } from "../lib/pci.ts";
 import { allowHint, DEFAULT_UNITS, formatSpan, moduleAllowed, normalUnit } from "../lib/policy.ts";
 import type { ForwardConfig } from "./forward/config.ts";
 import type { HugepagesConfig } from "./hugepages.ts";
 import type { IsolateConfig } from "./isolate/config.ts";
+import { hostShortfall } from "./isolate/host-minimum.ts";
 import type { VfioConfig } from "./vfio/config.ts";
 
 export const policyRules: Readonly<Record<string, PolicyRule>> = {
@@ -77,33 +77,9 @@ async function authorizeVfio(config: VfioConfig, { policy, domain, host, setting
   }
 }
 
-// ---- isolate: the host keeps enough CPUs
+// ---- isolate: the host keeps enough CPUs (this domain alone; prepare counts the running VMs too)
 
 const CPU_ONLINE = "/sys/devices/system/cpu/online";
-
-/** Online CPUs per NUMA node that has any. */
-function numaNodes(host: Host, online: number[]): { node: string; cpus: number[] }[] {
-  return host
-    .list(NODE_DIR)
-    .filter((entry) => /^node\d+$/.test(entry))
-    .map((node) => ({ node: node.slice(4), cpus: parseKernelCpuList(host.readTrimmed(`${NODE_DIR}/${node}/cpulist`) ?? "").filter((cpu) => online.includes(cpu)) }))
-    .filter((node) => node.cpus.length > 0);
-}
-
-/**
- * The CPUs that take the boot console's IRQs (serial port, i8042 keyboard),
- * from /proc/interrupts and each IRQ's effective affinity; when none is
- * listed, the boot CPU 0, where the kernel routes the legacy IRQs.
- */
-export function bootConsoleCpus(host: Host): number[] {
-  const irqs = (host.readTrimmed("/proc/interrupts") ?? "")
-    .split("\n")
-    .filter((line) => /\b(ttyS\d+|ttyAMA\d+|serial|i8042)\b/.test(line))
-    .map((line) => /^\s*(\d+):/.exec(line)?.[1])
-    .filter((irq): irq is string => irq !== undefined);
-  const cpus = irqs.flatMap((irq) => parseKernelCpuList(host.readTrimmed(`/proc/irq/${irq}/effective_affinity_list`) ?? host.readTrimmed(`/proc/irq/${irq}/smp_affinity_list`) ?? ""));
-  return cpus.length > 0 ? [...new Set(cpus)].sort((a, b) => a - b) : [0];
-}
 
 function authorizeIsolate(config: IsolateConfig, { policy, host, element }: PolicyRequest): void {
   const onlineText = host.readTrimmed(CPU_ONLINE);
@@ -112,21 +88,11 @@ function authorizeIsolate(config: IsolateConfig, { policy, host, element }: Poli
   // A CPU that is not online gets the plugin's own, more precise refusal at prepare.
   if ([...(config.hostCpus ?? []), ...config.pinned].some((cpu) => !online.includes(cpu))) return;
   const kept = config.hostCpus ? online.filter((cpu) => config.hostCpus!.includes(cpu)) : online.filter((cpu) => !config.pinned.includes(cpu));
+  const shortfall = hostShortfall(policy.isolate, host, online, kept);
+  if (!shortfall) return;
   const what = config.hostCpus ? `host-cpus="${formatCpuList(config.hostCpus)}"` : `pinning CPUs ${formatCpuList(config.pinned)} in <cputune>`;
   const keeps = `leaves the host ${kept.length > 0 ? `only CPU ${formatCpuList(kept)}` : "no online CPU"}`;
-
-  const { minHostCpus, everyNumaNode, allowBootConsoleCpuAlone } = policy.isolate;
-  if (kept.length < minHostCpus) {
-    throw new ConfigError(element, `${what} ${keeps}, but the host policy keeps at least ${minHostCpus} CPU(s) for the host; give the host more CPUs, or ${allowHint(policy, `lower "isolate.minHostCpus"`)}`);
-  }
-  const bare = everyNumaNode ? numaNodes(host, online).find((node) => !node.cpus.some((cpu) => kept.includes(cpu))) : undefined;
-  if (bare) {
-    throw new ConfigError(element, `${what} ${keeps}, none on NUMA node ${bare.node} (CPUs ${formatCpuList(bare.cpus)}); keep one of them for the host, or ${allowHint(policy, `set "isolate.everyNumaNode": false`)}`);
-  }
-  const consoleCpus = bootConsoleCpus(host);
-  if (!allowBootConsoleCpuAlone && kept.length === 1 && consoleCpus.includes(kept[0]!)) {
-    throw new ConfigError(element, `${what} ${keeps}, the CPU that takes the boot console's IRQs: the host would answer slowly on its console; keep another CPU for the host, or ${allowHint(policy, `set "isolate.allowBootConsoleCpuAlone": true`)}`);
-  }
+  throw new ConfigError(element, `${what} ${keeps}, ${shortfall.reason}; ${shortfall.remedy}, or ${allowHint(policy, shortfall.change)}`);
 }
 
 // ---- hugepages: a cap per VM

@@ -7,9 +7,10 @@
 // The host CPU set is shared by every running VM: under the host-wide lock,
 // each prepare and each release recomputes it as "all online CPUs minus the
 // union of what every isolating VM isolates", reading the other VMs' claims
-// from their journals. The values the host had before the first VM touched
-// them are kept in the plugin's shared state and written back when the last
-// claim goes. Each journal record is such a claim; undoing it means
+// from their journals; prepare holds the host policy's minimum (isolate.*)
+// against that same union. The values the host had before the first VM
+// touched them are kept in the plugin's shared state and written back when
+// the last claim goes. Each journal record is such a claim; undoing it means
 // recomputing without it, which is idempotent by construction.
 import { formatCpuList, parseCpuset, parseKernelCpuList } from "../../lib/cpuset.ts";
 import { attributes } from "../../lib/domain.ts";
@@ -17,9 +18,11 @@ import { ConfigError, VmhookError } from "../../lib/errors.ts";
 import { defineAction, definePlugin, type BaseContext, type CheckContext, type PlanContext, type Step } from "../../lib/plugin.ts";
 import { fail, ok, type Finding } from "../../lib/diagnostics/findings.ts";
 import { howToGetCgroupV2, isolationExample } from "../../lib/host-advice.ts";
-import { ACTIONS, checkClaim, claimsOf, otherVms, type Action, type Claim } from "./claims.ts";
+import { allowHint, loadPolicy } from "../../lib/policy.ts";
+import { ACTIONS, checkClaim, claimsOf, otherVms, type Action, type Claim, type OtherVm } from "./claims.ts";
 import { parse, PLUGIN_ID, type IsolateConfig } from "./config.ts";
 import { CPU_DIR, intersect, onlineCpus, union } from "./cpus.ts";
+import { hostShortfall } from "./host-minimum.ts";
 import { retune } from "./retune.ts";
 import { CGROUP, SETTINGS, WORKQUEUE_MASK } from "./settings.ts";
 
@@ -91,6 +94,27 @@ function checkOthers(ctx: PlanContext<IsolateConfig>, isolated: number[], own: n
     const running = others.map((other) => `${other.name} ${formatCpuList(other.isolated)}`).join(", ");
     throw new VmhookError(`CPU isolation would leave the host no CPU: this VM isolates ${formatCpuList(isolated)}${running ? `, running VMs ${running}` : ""} (online: ${formatCpuList(online)}); keep at least one CPU for the host`);
   }
+  checkPolicyWithOthers(ctx, isolated, online, others, online.filter((cpu) => !taken.has(cpu)));
+}
+
+/**
+ * The host policy's isolate rules, held against the host as this VM and every
+ * running one leave it (`kept`). The policy rule checked this VM alone when
+ * its config was authorized; each VM within the policy may still, with the
+ * others, leave the host less than it keeps. At prepare this runs under the
+ * host lock, with the journals the host set is computed from; the policy file
+ * is read only when another VM isolates CPUs.
+ */
+function checkPolicyWithOthers(ctx: PlanContext<IsolateConfig>, isolated: number[], online: number[], others: OtherVm[], kept: number[]): void {
+  const holding = others.filter((other) => other.isolated.length > 0);
+  if (holding.length === 0) return;
+  const policy = loadPolicy(ctx.host);
+  const shortfall = hostShortfall(policy.isolate, ctx.host, online, kept);
+  if (!shortfall) return;
+  const running = holding.map((other) => `${other.name} (${formatCpuList(other.isolated)})`).join(", ");
+  throw new VmhookError(
+    `CPU isolation: this VM (isolating ${formatCpuList(isolated)}) and running VM${holding.length > 1 ? "s" : ""} ${running} together leave the host only CPU ${formatCpuList(kept)}, ${shortfall.reason}; ${shortfall.remedy} or stop ${holding.length > 1 ? "one of those VMs" : holding[0]!.name} first, or ${allowHint(policy, shortfall.change)}`,
+  );
 }
 
 /** How this host's cgroups are changed, or why they cannot be. */

@@ -10,7 +10,7 @@ import * as path from "node:path";
 import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { storageInUse } from "../../lib/blockdev.ts";
-import { bootConsoleCpus } from "../../plugins/policy-rules.ts";
+import { bootConsoleCpus } from "../../plugins/isolate/host-minimum.ts";
 import { GpuKernel } from "../helpers/gpu-kernel.ts";
 import { runHookEvent } from "../helpers/hook.ts";
 import { desktopHost } from "../helpers/pci-hosts.ts";
