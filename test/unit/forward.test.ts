@@ -77,6 +77,14 @@ test("bad values are refused naming the element, the value and the fix", async (
   for (const [elements, expected] of cases) assert.match(await parseError(elements), expected, elements);
 });
 
+test("the same host port may go out twice when host-address= tells the two apart; unset or equal host-address= values clash", async () => {
+  const config = await parse(`<vmhook:forward ports="2222:22" host-address="203.0.113.5"/><vmhook:forward ports="2222:22" host-address="203.0.113.6"/>`);
+  assert.equal(config.forwards.map((forward) => forward.hostAddress!.text), ["203.0.113.5", "203.0.113.6"]);
+  for (const second of [`host-address="203.0.113.5"`, ""]) {
+    assert.match(await parseError(`<vmhook:forward ports="2222:22" host-address="203.0.113.5"/><vmhook:forward ports="2222:22" ${second}/>`), /forwards host port tcp 2222, which <vmhook:forward ports="2222:22" host-address="203.0.113.5"> forwards already/);
+  }
+});
+
 const FORWARD: ResolvedForward = {
   family: 4,
   guest: parseIp("192.168.122.10")!,
