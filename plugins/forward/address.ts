@@ -85,6 +85,15 @@ export function networkOf(address: IpAddress, prefix: number): IpAddress {
   return address.family === 4 ? { family: 4, bytes, text: bytes.join(".") } : { family: 6, bytes, text: formatIpv6(bytes) };
 }
 
+/** The last address of address/prefix, host bits all set: 192.168.122.0/24 → 192.168.122.255 (IPv4's subnet broadcast). */
+export function lastOf(address: IpAddress, prefix: number): IpAddress {
+  const bytes = address.bytes.map((byte, index) => {
+    const keep = Math.max(0, Math.min(8, prefix - index * 8));
+    return (byte | (0xff >> keep)) & 0xff;
+  });
+  return address.family === 4 ? { family: 4, bytes, text: bytes.join(".") } : { family: 6, bytes, text: formatIpv6(bytes) };
+}
+
 /** Loopback addresses: DNAT of traffic to them would send packets with a martian source to the guest. */
 export const isLoopback = (address: IpAddress): boolean =>
   address.family === 4 ? address.bytes[0] === 127 : address.bytes.slice(0, 15).every((byte) => byte === 0) && address.bytes[15] === 1;

@@ -4,7 +4,7 @@
 import { VmhookError } from "../../lib/errors.ts";
 import type { BaseContext } from "../../lib/plugin.ts";
 import { iptablesFamily, type CheckedRecord, type IptablesTool } from "./record.ts";
-import { applyScript, domainChain, domainTag, iptablesApplyInput, iptablesRemovalInput, libvirtNftChain, LIBVIRT_IPTABLES_CHAIN, parseRuleset, removalScript, TABLE, type RulesetView } from "./rules.ts";
+import { applyScript, domainChain, domainTag, iptablesApplyInput, iptablesNftChain, iptablesRemovalInput, libvirtNftChain, LIBVIRT_IPTABLES_CHAIN, parseRuleset, removalScript, TABLE, type RulesetView } from "./rules.ts";
 
 type Runner = Pick<BaseContext, "run">;
 
@@ -31,10 +31,42 @@ function runNft(ctx: Runner, script: string): void {
   }
 }
 
-/** `TOOL -S LIBVIRT_FWI`, or undefined when the chain (or the tool) is not there. */
-export function iptablesListing(ctx: Runner, tool: IptablesTool): string | undefined {
-  const result = ctx.run(tool, ["-w", "10", "-S", LIBVIRT_IPTABLES_CHAIN], { timeoutMs: 15_000, allowFailure: true });
-  return result.status === 0 ? result.stdout : undefined;
+const LIST_TIMEOUT_MS = 15_000;
+/** iptables' own answer to `-S CHAIN` for a chain that does not exist (legacy and nft, iptables and ip6tables), with exit status 1. */
+const NO_SUCH_CHAIN = "No chain/target/match by that name";
+
+/** What to do once a failed listing works again, by when it failed. */
+const AFTER_FAILED_LISTING = {
+  start: "nothing was changed: find out why, then start the VM again",
+  undo: "the domain's forward stays in its journal (undo-failed): find out why, then run vmhook recover",
+  reconnect: "nothing was changed: find out why, then restart libvirtd or the VM to put the forward back",
+} as const;
+
+/**
+ * `TOOL -S LIBVIRT_FWI`, or undefined when the chain is not there. For
+ * iptables-nft the nft ruleset `view` says whether it is (iptables-nft 1.8.9
+ * answers -S of a missing chain with "chain `LIBVIRT_FWI' in table `filter'
+ * is incompatible"); otherwise only iptables' own "no such chain" answer
+ * means absent. Any other failure (the xtables lock held, a timeout, the tool
+ * missing) throws: a listing that failed says nothing about what the chain
+ * holds, and taking it for an empty chain would leave a domain's exceptions
+ * behind with no record of them, or a start without them.
+ */
+export function iptablesListing(ctx: Runner, tool: IptablesTool, view: RulesetView, when: keyof typeof AFTER_FAILED_LISTING): string | undefined {
+  if (tool.endsWith("-nft") && !iptablesNftChain(view, iptablesFamily(tool))) return undefined;
+  const args = ["-w", "10", "-S", LIBVIRT_IPTABLES_CHAIN];
+  const result = ctx.run(tool, args, { timeoutMs: LIST_TIMEOUT_MS, allowFailure: true });
+  if (result.status === 0 && !result.error) return result.stdout;
+  const message = ((result.stderr.trim() || result.stdout.trim()).split("\n")[0] ?? "").replace(/\.$/, "");
+  if (result.status === 1 && message.includes(NO_SUCH_CHAIN)) return undefined;
+  const why = result.error
+    ? `could not be run (${result.error})`
+    : result.timedOut
+      ? "did not finish in time and was killed"
+      : `failed (${result.status === null ? `signal ${result.signal}` : `exit ${result.status}`})${message ? `: ${message}` : ""}`;
+  throw new VmhookError(
+    `forward: cannot list libvirt's ${LIBVIRT_IPTABLES_CHAIN} chain: ${[tool, ...args].join(" ")} ${why}; a listing that failed is not an empty chain, so ${AFTER_FAILED_LISTING[when]}`,
+  );
 }
 
 function restore(ctx: Runner, tool: IptablesTool, input: string): void {
@@ -42,22 +74,31 @@ function restore(ctx: Runner, tool: IptablesTool, input: string): void {
   ctx.run(`${tool}-restore`, ["--noflush", "-w", "10"], { timeoutMs: 15_000, input });
 }
 
-/** Puts exactly the record's forwards in place (replacing whatever the domain had). */
-export function applyRecord(ctx: Runner, record: CheckedRecord): void {
-  runNft(ctx, applyScript(readRuleset(ctx), record.uuid, record.forwards));
-  for (const tool of record.iptables) {
-    const listing = iptablesListing(ctx, tool);
+/**
+ * Puts exactly the record's forwards in place (replacing whatever the domain
+ * had). libvirt's iptables chains are listed first, so a listing that fails
+ * leaves the host as it was.
+ */
+export function applyRecord(ctx: Runner, record: CheckedRecord, when: "start" | "reconnect" = "start"): void {
+  const view = readRuleset(ctx);
+  const listings = record.iptables.map((tool) => {
+    const listing = iptablesListing(ctx, tool, view, when);
     if (listing === undefined) throw new VmhookError(`forward: libvirt's ${LIBVIRT_IPTABLES_CHAIN} chain vanished from ${tool}; restart the network (virsh net-destroy/net-start) and start the VM again`);
+    return { tool, listing };
+  });
+  runNft(ctx, applyScript(view, record.uuid, record.forwards));
+  for (const { tool, listing } of listings) {
     restore(ctx, tool, iptablesRemovalInput(listing, record.uuid));
     restore(ctx, tool, iptablesApplyInput(record.forwards, iptablesFamily(tool), record.uuid));
   }
 }
 
-/** Takes out everything the domain has; does nothing when nothing is left. */
+/** Takes out everything the domain has; does nothing when nothing is left (the chain gone holds nothing). Throws when it cannot tell. */
 export function undoRecord(ctx: Runner, record: CheckedRecord): void {
-  runNft(ctx, removalScript(readRuleset(ctx), record.uuid));
+  const view = readRuleset(ctx);
+  runNft(ctx, removalScript(view, record.uuid));
   for (const tool of record.iptables) {
-    const listing = iptablesListing(ctx, tool);
+    const listing = iptablesListing(ctx, tool, view, "undo");
     if (listing !== undefined) restore(ctx, tool, iptablesRemovalInput(listing, record.uuid));
   }
 }
@@ -79,7 +120,7 @@ export function missingRules(ctx: Runner, record: CheckedRecord): string[] {
     if (view.allChains.has(chain) && found < wanted) missing.push(`${wanted - found} exception(s) in ${chain}`);
   }
   for (const tool of record.iptables) {
-    const listing = iptablesListing(ctx, tool) ?? "";
+    const listing = iptablesListing(ctx, tool, view, "reconnect") ?? "";
     const wanted = record.forwards.filter((forward) => forward.family === iptablesFamily(tool)).reduce((sum, forward) => sum + forward.ports.length, 0);
     const found = listing.split("\n").filter((line) => line.includes(`--comment "${tag}"`)).length;
     if (found < wanted) missing.push(`${wanted - found} exception(s) in ${tool} ${LIBVIRT_IPTABLES_CHAIN}`);

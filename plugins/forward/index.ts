@@ -21,7 +21,9 @@ function planStart(ctx: PlanContext<ForwardConfig>): Step<ForwardRecord>[] {
   const forwards = resolveForwards(ctx.host, ctx.domainXml, ctx.config);
   checkOtherVms(forwards, ctx.domain.uuid, ctx.journals());
   checkListeners(ctx.host, forwards);
-  const record = buildRecord(ctx.domain.uuid, forwards, readRuleset(ctx), (tool) => legacyFilterTable(ctx, tool) && iptablesListing(ctx, tool) !== undefined);
+  const view = readRuleset(ctx);
+  // A legacy listing that fails refuses the start: it is not "no LIBVIRT_FWI there".
+  const record = buildRecord(ctx.domain.uuid, forwards, view, (tool) => legacyFilterTable(ctx, tool) && iptablesListing(ctx, tool, view, "start") !== undefined);
   return [{ action: record.action, record, description: describeForwards(forwards) }];
 }
 
@@ -68,7 +70,7 @@ export default definePlugin<ForwardConfig>({
       check: checked,
       apply: (record, ctx) => {
         ctx.nothingToUndo();
-        applyRecord(ctx, checkRecord(record));
+        applyRecord(ctx, checkRecord(record), "reconnect");
       },
       undo: (record, ctx) => undoRecord(ctx, checkRecord(record)),
     }),

@@ -22,6 +22,8 @@ export interface NetworkInfo {
   /** libvirt's <forward mode>; "nat" when <forward> has no mode, "isolated" without <forward>. */
   mode: string;
   subnets: Subnet[];
+  /** The host's own addresses on the bridge: each <ip address>. */
+  hostAddresses: IpAddress[];
   /** <dhcp><host mac ip> entries (IPv4). */
   dhcpHosts: { mac: string; ip: IpAddress }[];
 }
@@ -43,6 +45,7 @@ export function parseNetworkXml(xml: string, file: string): NetworkInfo {
   const forward = elementsAt(network, "forward")[0];
   const mode = forward ? (attr(forward, "mode") ?? "nat") : "isolated";
   const subnets: Subnet[] = [];
+  const hostAddresses: IpAddress[] = [];
   const dhcpHosts: NetworkInfo["dhcpHosts"] = [];
   for (const ip of elementsAt(network, "ip")) {
     const address = parseIp(attr(ip, "address") ?? "");
@@ -51,13 +54,14 @@ export function parseNetworkXml(xml: string, file: string): NetworkInfo {
     const prefix = netmask !== undefined ? netmaskPrefix(parseIp(netmask) ?? address) : Number(attr(ip, "prefix") ?? (address.family === 4 ? 24 : 64));
     if (prefix === undefined || !Number.isInteger(prefix) || prefix < 1 || prefix > (address.family === 4 ? 32 : 128)) continue;
     subnets.push({ network: networkOf(address, prefix), prefix });
+    hostAddresses.push(address);
     for (const host of elementsAt(ip, "dhcp", "host")) {
       const mac = attr(host, "mac")?.trim().toLowerCase();
       const hostIp = parseIp(attr(host, "ip") ?? "");
       if (mac && hostIp) dhcpHosts.push({ mac, ip: hostIp });
     }
   }
-  return { name, file, bridge, mode, subnets, dhcpHosts };
+  return { name, file, bridge, mode, subnets, hostAddresses, dhcpHosts };
 }
 
 /** The network named by a domain's <interface><source network>, from the first of libvirt's files that exists. */

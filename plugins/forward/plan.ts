@@ -6,10 +6,10 @@ import type { Domain } from "../../lib/domain.ts";
 import { VmhookError } from "../../lib/errors.ts";
 import type { Host } from "../../lib/host.ts";
 import type { Journal } from "../../lib/journal.ts";
-import type { Family } from "./address.ts";
+import { lastOf, type Family, type IpAddress } from "./address.ts";
 import { addressesMeet, formatRange, overlaps, type ForwardConfig, type ForwardSpec, type PortForward } from "./config.ts";
 import { readListeners, socketOwner } from "./listeners.ts";
-import { readNetwork, subnetOf, type NetworkInfo } from "./network.ts";
+import { formatSubnet, readNetwork, subnetOf, type NetworkInfo } from "./network.ts";
 import { checkRecord, PLUGIN_ID, serializeForward, type CheckedRecord, type ForwardRecord, type IptablesTool } from "./record.ts";
 import { iptablesNftChain, type ResolvedForward, type RulesetView } from "./rules.ts";
 
@@ -26,6 +26,7 @@ export function resolveForwards(host: Host, domain: Domain, config: ForwardConfi
     if (info.mode !== "nat") {
       throw new VmhookError(`forward: network "${info.name}" of ${nic.mac ?? "the guest's NIC"} is not a NAT network (forward mode ${info.mode}); ${spec.element} forwards into NAT networks only`);
     }
+    checkGuest(spec, domain, nic, nics, info, guest);
     const subnet = subnetOf(info, guest)!;
     return {
       family: guest.family,
@@ -63,6 +64,47 @@ function byMac(spec: ForwardSpec, nic: Nic, network: (name: string) => NetworkIn
     );
   }
   return { nic, info, guest: entry.ip };
+}
+
+/**
+ * The guest address is one libvirt lets the domain's guests have, and no more:
+ * not the host's own address on the bridge (a forward to it would publish the
+ * host's services that listen on the bridge only on every host interface),
+ * not the subnet's network or broadcast address (for IPv6 the subnet-router
+ * anycast address, which is the host's), and not an address the network's
+ * <dhcp> reserves for a MAC that is none of the domain's NICs on that network
+ * (another VM's). No host policy key lifts these: the host publishes its own
+ * services itself, and another VM's forwards belong in that VM's metadata.
+ */
+function checkGuest(spec: ForwardSpec, domain: Domain, nic: Nic, nics: Nic[], info: NetworkInfo, guest: IpAddress): void {
+  const subnet = subnetOf(info, guest)!;
+  const what = spec.guest ? `guest=${guest.text}` : `the address network "${info.name}" gives MAC ${nic.mac} (${guest.text})`;
+  const fail = (why: string, fix: string) => new VmhookError(`forward: ${spec.element}: ${what} is ${why}; ${fix}`);
+  // The address leaving guest= out would take (byMac: the first NIC's reservation), when it is another one.
+  const own = nic === nics[0] && nic.mac ? info.dhcpHosts.find((host) => host.mac === nic.mac && host.ip.family === guest.family && host.ip.text !== guest.text) : undefined;
+  const ownAddress = spec.guest
+    ? `set guest= to this VM's own address on network "${info.name}"${own ? ` (or leave guest= out: ${own.ip.text} is the address the network gives its MAC ${nic.mac})` : ""}`
+    : `fix its <host mac='${nic.mac}' ip='…'/> (virsh net-update ${info.name} modify ip-dhcp-host …)`;
+  if (info.hostAddresses.some((address) => address.text === guest.text)) {
+    throw fail(`the host's own address on network "${info.name}" (its <ip address> on ${info.bridge}): a forward to it would publish the host's services on ${info.bridge} on every host interface`, ownAddress);
+  }
+  const range = `network "${info.name}" (${formatSubnet(subnet)})`;
+  // A /31 or /32 (RFC 3021) has neither, an IPv6 /127 (RFC 6164) no anycast address.
+  if (guest.family === 4 && subnet.prefix <= 30) {
+    if (guest.text === subnet.network.text) throw fail(`the network address of ${range}, not a guest's`, ownAddress);
+    if (guest.text === lastOf(subnet.network, subnet.prefix).text) throw fail(`the broadcast address of ${range}, not a guest's`, ownAddress);
+  }
+  if (guest.family === 6 && subnet.prefix <= 126 && guest.text === subnet.network.text) {
+    throw fail(`the subnet-router anycast address of ${range}, the host's, not a guest's`, ownAddress);
+  }
+  const macs = nics.filter((other) => other.network === nic.network && other.mac !== undefined).map((other) => other.mac);
+  const reserved = info.dhcpHosts.find((host) => host.ip.text === guest.text && !macs.includes(host.mac));
+  if (reserved) {
+    throw fail(
+      `the address network "${info.name}" reserves for MAC ${reserved.mac} (<host mac='${reserved.mac}' ip='${guest.text}'/>), which is no NIC of ${domain.name}: another VM's`,
+      `set guest= to this VM's own address, or put the forward in the metadata of the VM with that MAC`,
+    );
+  }
 }
 
 const describePort = (family: Family, port: PortForward) => `${port.protocol} ${formatRange(port.host)}${family === 6 ? " (IPv6)" : ""}`;
