@@ -74,18 +74,25 @@ function restore(ctx: Runner, tool: IptablesTool, input: string): void {
   ctx.run(`${tool}-restore`, ["--noflush", "-w", "10"], { timeoutMs: 15_000, input });
 }
 
-/**
- * Puts exactly the record's forwards in place (replacing whatever the domain
- * had). libvirt's iptables chains are listed first, so a listing that fails
- * leaves the host as it was.
- */
-export function applyRecord(ctx: Runner, record: CheckedRecord, when: "start" | "reconnect" = "start"): void {
+/** What applying a record needs to know first: the nft ruleset and libvirt's iptables chains, read before anything changes. */
+export interface Listed {
+  view: RulesetView;
+  listings: { tool: IptablesTool; listing: string }[];
+}
+
+/** Reads what applyRecord needs; throws, having changed nothing, when a listing fails or libvirt's chain has gone. */
+export function listForApply(ctx: Runner, record: CheckedRecord, when: "start" | "reconnect"): Listed {
   const view = readRuleset(ctx);
   const listings = record.iptables.map((tool) => {
     const listing = iptablesListing(ctx, tool, view, when);
     if (listing === undefined) throw new VmhookError(`forward: libvirt's ${LIBVIRT_IPTABLES_CHAIN} chain vanished from ${tool}; restart the network (virsh net-destroy/net-start) and start the VM again`);
     return { tool, listing };
   });
+  return { view, listings };
+}
+
+/** Puts exactly the record's forwards in place (replacing whatever the domain had), from what listForApply read. */
+export function applyRecord(ctx: Runner, record: CheckedRecord, { view, listings }: Listed): void {
   runNft(ctx, applyScript(view, record.uuid, record.forwards));
   for (const { tool, listing } of listings) {
     restore(ctx, tool, iptablesRemovalInput(listing, record.uuid));

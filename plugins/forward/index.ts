@@ -10,7 +10,7 @@
 // plans a step that puts back what went missing while libvirtd was away.
 import type { Domain } from "../../lib/domain.ts";
 import { defineAction, definePlugin, type BaseContext, type PlanContext, type Step, type UndoRecord } from "../../lib/plugin.ts";
-import { applyRecord, iptablesListing, missingRules, readRuleset, undoRecord } from "./apply.ts";
+import { applyRecord, iptablesListing, listForApply, missingRules, readRuleset, undoRecord, type Listed } from "./apply.ts";
 import { parseForwardConfig, type ForwardConfig } from "./config.ts";
 import { forwardChecks } from "./doctor.ts";
 import { buildRecord, checkListeners, checkOtherVms, resolveForwards } from "./plan.ts";
@@ -62,7 +62,17 @@ export default definePlugin<ForwardConfig>({
   actions: {
     "nft-forward": defineAction<ForwardRecord, ForwardConfig>({
       check: checked,
-      apply: (record, ctx) => applyRecord(ctx, checkRecord(record)),
+      apply: (record, ctx) => {
+        const checkedRecord = checkRecord(record);
+        let listed: Listed;
+        try {
+          listed = listForApply(ctx, checkedRecord, "start");
+        } catch (error) {
+          ctx.nothingToUndo(); // nothing was changed: the rollback has nothing to list or take out
+          throw error;
+        }
+        applyRecord(ctx, checkedRecord, listed);
+      },
       undo: (record, ctx) => undoRecord(ctx, checkRecord(record)),
     }),
     // The rules belong to the journaled nft-forward entry, whose undo takes them out: this entry leaves the journal.
@@ -70,7 +80,8 @@ export default definePlugin<ForwardConfig>({
       check: checked,
       apply: (record, ctx) => {
         ctx.nothingToUndo();
-        applyRecord(ctx, checkRecord(record), "reconnect");
+        const checkedRecord = checkRecord(record);
+        applyRecord(ctx, checkedRecord, listForApply(ctx, checkedRecord, "reconnect"));
       },
       undo: (record, ctx) => undoRecord(ctx, checkRecord(record)),
     }),

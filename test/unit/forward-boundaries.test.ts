@@ -160,6 +160,8 @@ test("start: an iptables-nft listing that fails at apply refuses the start befor
   assert.match(outcome.stderr.split("\n")[0]!, `iptables-nft -w 10 -S LIBVIRT_FWI failed (exit 4): ${LOCK_HELD}`);
   assert.equal(nftScripts, [], "no nft transaction");
   assert.equal(restores, [], "no iptables change");
+  // libvirt's release follows a failed start and removes the journal; nothing was applied, so it holds nothing to undo.
+  assert.equal(readJournal(sim, UUID)?.entries ?? [], [], "no entry left undo-failed for vmhook recover");
 });
 
 test("start: iptables-legacy that says LIBVIRT_FWI does not exist is a host without libvirt's legacy chain: the forward goes in without exceptions there", async () => {
