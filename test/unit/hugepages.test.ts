@@ -580,6 +580,99 @@ test("surplus pages at prepare are promoted by the kernel first: release demotes
   }
 });
 
+// ---- a pool write cut off before the journal says what the kernel did
+
+const POOL_2M = "/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages";
+
+/**
+ * Calls `then` right after the first write of `count` (any, when undefined)
+ * into the global 2M pool, once: the moment a read that fails or a SIGKILL
+ * would stop the hook.
+ */
+function afterPoolWrite(sim: SimHost, then: () => void, count?: number): void {
+  const write = sim.write.bind(sim);
+  let done = false;
+  sim.write = (hostPath: string, data: string) => {
+    write(hostPath, data);
+    if (!done && hostPath === POOL_2M && (count === undefined || Number(data) === count)) {
+      done = true;
+      then();
+    }
+  };
+}
+
+/** The journal file as it is on disk now: what a SIGKILL at this moment would leave. */
+const journalOnDisk = (sim: SimHost, uuid: string) => fs.readFileSync(sim.resolve(paths.journal(uuid)), "utf8");
+
+/** Puts a journal back as a killed hook left it (the run went on in this process; a killed one would not have). */
+function leaveJournal(sim: SimHost, uuid: string, text: string): void {
+  fs.mkdirSync(sim.resolve(paths.stateDir), { recursive: true });
+  fs.writeFileSync(sim.resolve(paths.journal(uuid)), text);
+}
+
+const heldBy = (sim: SimHost, uuid: string) => JSON.stringify(readJournal(sim, uuid)?.entries.map((entry) => entry.undo) ?? []);
+
+test("a pool read that fails right after a grow write: the rollback gives back the pages the kernel granted", async () => {
+  const { sim, kernel } = host({ initial: { 2048: 100 } });
+  try {
+    const readTrimmed = sim.readTrimmed.bind(sim);
+    let failNextRead = false;
+    afterPoolWrite(sim, () => (failNextRead = true));
+    sim.readTrimmed = (hostPath: string) => {
+      if (failNextRead && hostPath === POOL_2M) {
+        failNextRead = false;
+        throw Object.assign(new Error(`could not read ${hostPath} (EIO)`), { code: "EIO" });
+      }
+      return readTrimmed(hostPath);
+    };
+    const outcome = await runHookEvent(sim, "prepare", "begin", domainXml());
+    assert.is(outcome.code, 1);
+    assert.match(firstLine(outcome.stderr), "EIO");
+    assert.is(kernel.pool(2048), 100, `the failed prepare left the pool at ${kernel.pool(2048)} pages (was 100); the journal holds ${heldBy(sim, UUID_A)}`);
+    assert.equal(sim.stateFiles(), []);
+  } finally {
+    sim.cleanup();
+  }
+});
+
+test("a hook killed right after a grow write: the journal it leaves already names the write, so release gives back what the kernel granted", async () => {
+  const { sim, kernel } = host({ initial: { 2048: 100 } });
+  try {
+    let left = "";
+    afterPoolWrite(sim, () => (left = journalOnDisk(sim, UUID_A)), 612);
+    assert.is((await runHookEvent(sim, "prepare", "begin", domainXml())).code, 0);
+    // Killed at that moment: the kernel keeps the 512 pages, the journal is what was on disk.
+    assert.is(kernel.pool(2048), 612);
+    leaveJournal(sim, UUID_A, left);
+    const released = await runHookEvent(sim, "release", "end", domainXml());
+    assert.is(released.code, 0, released.stderr);
+    assert.is(kernel.pool(2048), 100, `release left the pool at ${kernel.pool(2048)} pages (was 100); the killed hook's journal held ${JSON.stringify((JSON.parse(left) as { entries: { undo: unknown }[] }).entries.map((entry) => entry.undo))}`);
+    assert.equal(sim.stateFiles(), []);
+  } finally {
+    sim.cleanup();
+  }
+});
+
+test("a hook killed right after an undo's shrink write: the next undo gives nothing back twice", async () => {
+  const { sim, kernel } = host({ initial: { 2048: 100 } });
+  try {
+    assert.is((await runHookEvent(sim, "prepare", "begin", domainXml())).code, 0);
+    assert.is(kernel.pool(2048), 612);
+    let left = "";
+    afterPoolWrite(sim, () => (left = journalOnDisk(sim, UUID_A)), 100);
+    assert.is((await runHookEvent(sim, "release", "end", domainXml())).code, 0);
+    // Killed at that moment: the pool is back at 100, the journal is what was on disk; libvirt's release (or vmhook recover) undoes it again.
+    assert.is(kernel.pool(2048), 100);
+    leaveJournal(sim, UUID_A, left);
+    const again = await runHookEvent(sim, "release", "end", domainXml());
+    assert.is(again.code, 0, again.stderr);
+    assert.is(kernel.pool(2048), 100, `the second undo took the pool to ${kernel.pool(2048)} pages: the admin's 100 are gone`);
+    assert.equal(sim.stateFiles(), []);
+  } finally {
+    sim.cleanup();
+  }
+});
+
 /** The hugepages undo uses only host and log. */
 function undoContext(sim: SimHost): BaseContext {
   return { host: sim, log: createLogger(sim, { echo: "none", file: false }) } as unknown as BaseContext;
