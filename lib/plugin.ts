@@ -124,6 +124,16 @@ export interface ApplyContext<Config> extends PlanContext<Config> {
   afterBackgroundSteps(): Promise<void>;
 }
 
+/** What an undo gets on top of the base context. */
+export interface UndoContext extends BaseContext {
+  /**
+   * Replaces the journaled record at once: an undo that gives back in parts,
+   * or whose change may be cut off (a pool write), records what it is about
+   * to do before doing it, so the next undo after a crash never does it twice.
+   */
+  update(record: UndoRecord): void;
+}
+
 export interface Action<Record extends UndoRecord, Config> {
   /**
    * Validates a journaled record and returns it typed, or throws naming what

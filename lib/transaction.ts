@@ -27,6 +27,7 @@ import {
   type Refusal,
   type RunOptions,
   type StepHandle,
+  type UndoContext,
   type UndoRecord,
 } from "./plugin.ts";
 import { pluginTimeLimitMs, type HostSettings } from "./settings.ts";
@@ -387,9 +388,15 @@ export interface UndoResult {
   failed: JournalEntry[];
 }
 
-/** Gives one journaled change back: the record is checked by its action first. */
-async function undoEntry(env: RunEnvironment, plugin: AnyPlugin, entry: JournalEntry, domain: DomainId, deadline: Deadline): Promise<void> {
-  const ctx = baseContext(env, entry.plugin, "release", domain, deadline);
+/** Gives one journaled change back: the record is checked by its action first; ctx.update rewrites the entry's record at once. */
+async function undoEntry(env: RunEnvironment, plugin: AnyPlugin, entry: JournalEntry, journal: Journal, deadline: Deadline): Promise<void> {
+  const ctx: UndoContext = {
+    ...baseContext(env, entry.plugin, "release", journal.domain, deadline),
+    update(next) {
+      entry.undo = next;
+      writeJournal(env.host, journal);
+    },
+  };
   if (isLegacyPlugin(plugin)) return plugin.undo(entry.undo, ctx);
   const action = plugin.actions[entry.undo.action];
   if (!action) throw new VmhookError(`${entry.plugin}: the journal holds an unknown change "${entry.undo.action}"; was it written by a newer vmhook?`);
@@ -435,7 +442,7 @@ export async function undoJournal(journal: Journal, env: RunEnvironment, deadlin
       await underLockIf(plugin.shared === true, env, deadline, async () => {
         let failure: { cause: unknown } | undefined;
         try {
-          await settleWithin(env, entry.plugin, "undo", deadline, () => `undo of "${entry.description}"`, undoEntry(env, plugin, entry, journal.domain, deadline));
+          await settleWithin(env, entry.plugin, "undo", deadline, () => `undo of "${entry.description}"`, undoEntry(env, plugin, entry, journal, deadline));
         } catch (cause) {
           failure = { cause };
         }

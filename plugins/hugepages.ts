@@ -20,7 +20,7 @@ import { ConfigError, describeError, VmhookError } from "../lib/errors.ts";
 import type { Host } from "../lib/host.ts";
 import { fail, ok, roundMiB, warn, type Finding } from "../lib/diagnostics/findings.ts";
 import { HUGEPAGE_DIR, hostNodes, hugepagePool, hugepageSizes, memoryFacts, NODE_DIR, nodeDir } from "../lib/memory.ts";
-import { defineAction, definePlugin, type ApplyContext, type BaseContext, type CheckContext, type PlanContext, type Step, type UndoRecord } from "../lib/plugin.ts";
+import { defineAction, definePlugin, type ApplyContext, type BaseContext, type CheckContext, type PlanContext, type Step, type UndoContext, type UndoRecord } from "../lib/plugin.ts";
 import { loadSettings } from "../lib/settings.ts";
 import { formatKiB, parseInteger, parseSizeWithSuffix } from "../lib/validate.ts";
 import { checkFit, formatMiB, nodeFloorKiB, readHostView, type HostView, type PoolNeed } from "./hugepages/fit.ts";
@@ -39,7 +39,9 @@ export interface HugepagesConfig {
 /**
  * Journaled per pool. `added`: how much the persistent pool grew and is held
  * now (new pages, plus surplus pages the kernel promoted first); `returned`:
- * how many of them went back already.
+ * how many of them went back already; `writing` (a PoolWrite, only while
+ * there is one: inFlight): a pool write journaled before it is made and not
+ * yet read back.
  */
 interface GrowRecord extends UndoRecord {
   action: "grow-pool";
@@ -50,6 +52,16 @@ interface GrowRecord extends UndoRecord {
   added: number;
   returned: number;
 }
+
+/**
+ * A write of the persistent count from `from` to `to`. The kernel keeps what
+ * it did even when the writer is killed, so until the pool is read back the
+ * write is in flight, and an undo counts what it did from the pool (settle).
+ */
+type PoolWrite = { from: number; to: number };
+
+/** The record's write in flight, if any (checkRecord has checked its shape). */
+const inFlight = (record: GrowRecord) => record.writing as PoolWrite | undefined;
 
 const ATTRIBUTES = ["size", "node", "timeout"] as const;
 const DEFAULT_SIZE_KIB = 2048;
@@ -181,11 +193,64 @@ function writeCount(host: Host, file: string, count: number): void {
   }
 }
 
-/** Shrinks the persistent pool by `pages` (never below 0) and returns the target; surplus pages are not ours to give back. */
-function shrinkPool(host: Host, sizeKiB: number, node: number | undefined, pages: number): number {
-  const target = Math.max(0, readPool(host, sizeKiB, node).persistent - pages);
+/**
+ * Shrinks the persistent pool by `pages` (never below 0) and returns the
+ * target; surplus pages are not ours to give back. `journal` gets the write
+ * before it is made.
+ */
+function shrinkPool(host: Host, sizeKiB: number, node: number | undefined, pages: number, journal: (write: PoolWrite) => void): number {
+  const from = readPool(host, sizeKiB, node).persistent;
+  const target = Math.max(0, from - pages);
+  journal({ from, to: target });
   writeCount(host, poolFile(sizeKiB, node), target);
   return target;
+}
+
+/**
+ * What a write that was cut off before it was read back did, from the pool's
+ * persistent count now: the part of from → to the pool shows (positive: pages
+ * taken, negative: pages given back), never more than the write asked for.
+ * Exact when nothing else wrote the pool since: other VMs do not grow a pool
+ * of its size meanwhile (refuseWhileCutOff), and their shrinks can only make
+ * it count less given back or taken, so it never takes what others hold.
+ */
+function settle(write: PoolWrite, persistent: number): number {
+  const low = Math.min(write.from, write.to);
+  const high = Math.max(write.from, write.to);
+  return Math.min(high, Math.max(low, persistent)) - write.from;
+}
+
+/** Another domain's pool write of this page size that its journal has not settled: its hook was killed, or could not read the pool back. */
+function cutOffWrite(ctx: BaseContext, sizeKiB: number): { domain: string; pool: string; write: PoolWrite } | undefined {
+  for (const journal of ctx.journals()) {
+    if (journal.domain.uuid === ctx.domain.uuid) continue;
+    for (const entry of journal.entries) {
+      const record = entry.plugin === "hugepages" ? entry.undo : undefined;
+      if (record?.action !== "grow-pool" || record.sizeKiB !== sizeKiB || record.writing === undefined) continue;
+      const checked = checkRecord(record);
+      return { domain: journal.domain.name, pool: poolName(sizeKiB, checked.node ?? undefined), write: inFlight(checked)! };
+    }
+  }
+  return undefined;
+}
+
+/**
+ * Growing a pool while another domain's write of that page size is cut off
+ * would make its undo count our pages as its own (a node's pool and the
+ * global pool hold the same pages, so any pool of the size counts).
+ */
+function cutOffRefusal(ctx: BaseContext, sizeKiB: number): { reason: string; remedies: string[] } | undefined {
+  const cut = cutOffWrite(ctx, sizeKiB);
+  if (!cut) return undefined;
+  return {
+    reason: `hugepages: a write of ${cut.domain} to ${cut.pool} (persistent count ${cut.write.from} to ${cut.write.to}) was cut off before its journal said what the kernel did, so no ${formatKiB(sizeKiB)} pool grows until ${cut.domain}'s journal is undone; run vmhook recover ${cut.domain}, then start this VM again`,
+    remedies: [`${cut.domain}'s hook was killed or could not read the pool back; its undo counts what the write did from the pool, which is exact only while no other VM grows a pool of this size (vmhook status shows its journal)`],
+  };
+}
+
+function refuseWhileCutOff(ctx: BaseContext, sizeKiB: number): void {
+  const refused = cutOffRefusal(ctx, sizeKiB);
+  if (refused) throw new VmhookError(refused.reason, refused.remedies);
 }
 
 /** Checks that change nothing, before the first step: the node and the pool exist. */
@@ -229,22 +294,36 @@ function planPrepare(ctx: PlanContext<HugepagesConfig>): Step<GrowRecord>[] {
   if (!config.backedByHugepages) {
     ctx.log.warn("hugepages: the domain has no <memoryBacking><hugepages/>, so QEMU will not use the pages reserved for it");
   }
-  return fits.map(({ need, refused, remedies }) => ({
-    action: "grow-pool",
-    record: { action: "grow-pool", sizeKiB: need.sizeKiB, node: need.node ?? null, pages: need.pages, added: 0, returned: 0 },
-    description: `grow ${poolName(need.sizeKiB, need.node)} by ${need.pages} pages`,
-    ...(refused ? { refused: { reason: refused, remedies } } : {}),
-  }));
+  return fits.map(({ need, refused, remedies }) => {
+    const cutOff = cutOffRefusal(ctx, need.sizeKiB);
+    return {
+      action: "grow-pool",
+      record: { action: "grow-pool", sizeKiB: need.sizeKiB, node: need.node ?? null, pages: need.pages, added: 0, returned: 0 },
+      description: `grow ${poolName(need.sizeKiB, need.node)} by ${need.pages} pages`,
+      ...(cutOff ? { refused: cutOff } : refused ? { refused: { reason: refused, remedies } } : {}),
+    };
+  });
 }
 
-/** The kernel and the journal as the retry policy sees them, for one pool. */
+/**
+ * The kernel and the journal as the retry policy sees them, for one pool.
+ * Every pool write is journaled before it is made (record.writing) and
+ * settled once read back (holding), so a hook killed or a read failing in
+ * between leaves a journal whose undo gives back what the kernel granted.
+ */
 function poolIo(ctx: ApplyContext<HugepagesConfig>, view: HostView, need: PoolNeed, record: GrowRecord): RetryIo {
   const { host } = ctx;
   const { sizeKiB, node } = need;
   const nodeFloor = node === undefined ? 0 : nodeFloorKiB(view.floorKiB, view.host, view.nodes.get(node)!);
+  const journal = (writing: PoolWrite) => ctx.update({ ...record, writing });
   return {
     read: () => readPool(host, sizeKiB, node),
-    write: (count) => writeCount(host, poolFile(sizeKiB, node), count),
+    write(count, before) {
+      // Checked before every write: while reclaiming, the lock was let go.
+      refuseWhileCutOff(ctx, sizeKiB);
+      journal({ from: before.persistent, to: count });
+      writeCount(host, poolFile(sizeKiB, node), count);
+    },
     headroomKiB() {
       const hostRoom = memoryFacts(host).availableKiB - view.floorKiB;
       return node === undefined ? hostRoom : Math.min(hostRoom, memoryFacts(host, node).availableKiB - nodeFloor);
@@ -253,7 +332,7 @@ function poolIo(ctx: ApplyContext<HugepagesConfig>, view: HostView, need: PoolNe
       record.added = pages;
       ctx.update({ ...record });
     },
-    giveBack: (pages) => void shrinkPool(host, sizeKiB, node, pages),
+    giveBack: (pages) => void shrinkPool(host, sizeKiB, node, pages, journal),
     // Slow, and needs no lock: other VMs may start or stop meanwhile; the next round reads everything again.
     reclaim: () => ctx.outsideHostLock(() => reclaim(host, node)),
     memory: () => memoryFacts(host, node),
@@ -296,23 +375,50 @@ function shortfall(host: Host, need: PoolNeed, result: Extract<GrowResult, { ok:
 
 // ---- release: shrink each pool by exactly what this VM added
 
-function undo(grown: GrowRecord, ctx: BaseContext): void {
+/**
+ * Gives back what the record holds. A write it names as in flight (the hook
+ * was killed, or could not read the pool back) is settled from the pool
+ * first: pages it took count as added, pages it gave back as returned. The
+ * shrink is journaled before it is made, so an undo cut off in turn is
+ * settled the same way by the next one and gives nothing back twice.
+ */
+function undo(grown: GrowRecord, ctx: UndoContext): void {
   const node = grown.node ?? undefined;
+  const cutOff = inFlight(grown);
+  if (cutOff) {
+    const persistent = readPool(ctx.host, grown.sizeKiB, node).persistent;
+    const done = settle(cutOff, persistent);
+    if (done > 0) grown.added += done;
+    else grown.returned += -done;
+    delete grown.writing;
+    const what = `a write of ${poolName(grown.sizeKiB, node)} from ${cutOff.from} to ${cutOff.to} persistent pages was cut off; counted as ${done >= 0 ? `${done} taken` : `${-done} given back`}`;
+    if (persistent === cutOff.from + done) ctx.log.info(`hugepages: ${what}`);
+    else ctx.log.warn(`hugepages: ${what}, though the pool holds ${persistent}: something else changed it since, and what that changed stays`);
+  }
   const remaining = grown.added - grown.returned;
   if (remaining <= 0) return;
-  const target = shrinkPool(ctx.host, grown.sizeKiB, node, remaining);
+  // What was settled above reaches the journal with the shrink's own write, in one.
+  const target = shrinkPool(ctx.host, grown.sizeKiB, node, remaining, (writing) => ctx.update(Object.assign(grown, { writing })));
   // Kept in the journal if anything below fails, so a second undo gives nothing back twice.
   grown.returned = grown.added;
+  delete grown.writing;
   const after = readPool(ctx.host, grown.sizeKiB, node).persistent;
   if (after !== target) ctx.log.warn(`hugepages: ${poolName(grown.sizeKiB, node)} holds ${after} persistent pages after shrinking to ${target}`);
 }
 
 /** Journal records are root-owned, but they still become paths: check the numbers. */
 function checkRecord(record: UndoRecord): GrowRecord {
-  const { action, sizeKiB, node, pages, added, returned } = record;
+  const { action, sizeKiB, node, pages, added, returned, writing } = record;
   const count = (value: unknown) => typeof value === "number" && Number.isSafeInteger(value) && value >= 0;
+  const write = writing as Partial<PoolWrite> | null | undefined;
   const valid =
-    action === "grow-pool" && count(sizeKiB) && count(added) && count(returned) && (pages === undefined || count(pages)) && (node === null || (count(node) && (node as number) <= MAX_NODE));
+    action === "grow-pool" &&
+    count(sizeKiB) &&
+    count(added) &&
+    count(returned) &&
+    (pages === undefined || count(pages)) &&
+    (node === null || (count(node) && (node as number) <= MAX_NODE)) &&
+    (write === undefined || (typeof write === "object" && write !== null && !Array.isArray(write) && count(write.from) && count(write.to)));
   if (!valid) throw new VmhookError(`hugepages: cannot undo journal record ${JSON.stringify(record)}; fix the pool by hand, then run vmhook recover`);
   return record as GrowRecord;
 }

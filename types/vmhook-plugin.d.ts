@@ -23,6 +23,7 @@ export type {
   Refusal,
   Step,
   StepHandle,
+  UndoContext,
   UndoRecord,
 } from "../lib/plugin.ts";
 export type { Claim, Claims } from "../lib/claims.ts";

@@ -14,8 +14,12 @@ export interface PoolCount {
 /** The kernel as one pool sees it. */
 export interface PoolIo {
   read(): PoolCount;
-  /** Sets the persistent count; the kernel may grant fewer new pages than asked. */
-  write(count: number): void;
+  /**
+   * Sets the persistent count; the kernel may grant fewer new pages than asked.
+   * `before`: the pool as read just before, so the write can be journaled
+   * (from what, to what) before it is made.
+   */
+  write(count: number, before: PoolCount): void;
   /** KiB that may still be taken before the floor of the pool's scope (host, and node). */
   headroomKiB(): number;
 }
@@ -35,9 +39,10 @@ export function stepPages(missing: number, sizeKiB: number, headroomKiB: number)
 export type GrowStop = "done" | "floor" | "kernel";
 
 /**
- * Grows the pool by `pages` new pages, step by step. `onGrown` gets each
+ * Grows the pool by `pages` new pages, step by step. `onGrown` gets the
  * increase of the persistent pool (new pages, plus surplus pages the kernel
- * promotes first) right after the write that caused it, for the journal.
+ * promotes first; 0 when the kernel granted nothing) right after every write,
+ * for the journal: that is where the write stops being in flight.
  */
 export function growInSteps(io: PoolIo, pages: number, sizeKiB: number, onGrown: (persistent: number) => void): { fresh: number; stop: GrowStop } {
   let fresh = 0;
@@ -45,20 +50,20 @@ export function growInSteps(io: PoolIo, pages: number, sizeKiB: number, onGrown:
     const step = stepPages(pages - fresh, sizeKiB, io.headroomKiB());
     if (step === 0) return { fresh, stop: "floor" };
     const before = io.read();
-    io.write(boundedSum(before.total, step, "the pool's new size"));
+    io.write(boundedSum(before.total, step, "the pool's new size"), before);
     const after = io.read();
     const gained = Math.max(0, after.total - before.total);
     fresh += gained;
-    if (after.persistent > before.persistent) onGrown(after.persistent - before.persistent);
+    onGrown(Math.max(0, after.persistent - before.persistent));
     if (gained < step) return { fresh, stop: "kernel" };
   }
   return { fresh, stop: "done" };
 }
 
 export interface RetryIo extends PoolIo {
-  /** The journal: how many persistent pages this VM holds in the pool now. */
+  /** The journal: how many persistent pages this VM holds in the pool now, and no write in flight. */
   holding(pages: number): void;
-  /** Shrinks the persistent pool by this VM's pages. */
+  /** Shrinks the persistent pool by this VM's pages, the write journaled before it is made. */
   giveBack(pages: number): void;
   /** Drops caches and compacts memory, without holding the host lock. */
   reclaim(): void;

@@ -10,7 +10,7 @@ import { parseDomain } from "../../lib/domain.ts";
 import { readJournal } from "../../lib/journal.ts";
 import { createLogger } from "../../lib/log.ts";
 import { paths } from "../../lib/paths.ts";
-import type { BaseContext, UndoRecord } from "../../lib/plugin.ts";
+import type { UndoContext, UndoRecord } from "../../lib/plugin.ts";
 import hugepages, { type HugepagesConfig } from "../../plugins/hugepages.ts";
 import { GiB, HugepageKernel, MiB, type HugepageKernelOptions } from "../helpers/hugepage-kernel.ts";
 import { runHookEvent } from "../helpers/hook.ts";
@@ -673,13 +673,80 @@ test("a hook killed right after an undo's shrink write: the next undo gives noth
   }
 });
 
-/** The hugepages undo uses only host and log. */
-function undoContext(sim: SimHost): BaseContext {
-  return { host: sim, log: createLogger(sim, { echo: "none", file: false }) } as unknown as BaseContext;
+test("a hook killed right after a give-back write between rounds: release does not give those pages back a second time", async () => {
+  const { sim, kernel } = host({ freeKiB: 800 * MiB, cacheKiB: 1536 * MiB, initial: { 2048: 100 } });
+  try {
+    let left = "";
+    // Round 1 asks for 612, gets 400, and gives its 300 back (the write of 100) before dropping caches.
+    afterPoolWrite(sim, () => (left = journalOnDisk(sim, UUID_A)), 100);
+    assert.is((await runHookEvent(sim, "prepare", "begin", domainXml())).code, 0);
+    assert.equal(poolFiles(sim).map((w) => Number(w.data)), [612, 100, 612]);
+    // Killed at that moment: the pool held 100, the journal is what was on disk.
+    sim.write(POOL_2M, "100");
+    leaveJournal(sim, UUID_A, left);
+    assert.is((await runHookEvent(sim, "release", "end", domainXml())).code, 0);
+    assert.is(kernel.pool(2048), 100, `release took the pool to ${kernel.pool(2048)} pages: the admin's 100 are gone`);
+  } finally {
+    sim.cleanup();
+  }
+});
+
+test("an undo that settles a cut-off write never gives back more than the write asked for: pages added since stay", async () => {
+  const { sim, kernel } = host({ initial: { 2048: 100 } });
+  try {
+    let left = "";
+    afterPoolWrite(sim, () => (left = journalOnDisk(sim, UUID_A)), 612);
+    assert.is((await runHookEvent(sim, "prepare", "begin", domainXml())).code, 0);
+    leaveJournal(sim, UUID_A, left);
+    assert.equal(readJournal(sim, UUID_A)!.entries[0]!.undo, { action: "grow-pool", sizeKiB: 2048, node: null, pages: 512, added: 0, returned: 0, writing: { from: 100, to: 612 } });
+    sim.write(POOL_2M, "1612"); // the admin reserves 1000 more meanwhile
+    assert.is((await runHookEvent(sim, "release", "end", domainXml())).code, 0);
+    assert.is(kernel.pool(2048), 1100, "the 512 the write asked for went back; the admin's 100 + 1000 stay");
+    assert.match(fs.readFileSync(sim.resolve(paths.log), "utf8"), "a write of the 2M pool from 100 to 612 persistent pages was cut off; counted as 512 taken, though the pool holds 1612: something else changed it since");
+  } finally {
+    sim.cleanup();
+  }
+});
+
+test("while another VM's pool write is cut off, no pool of that page size grows: prepare refuses, naming the VM and vmhook recover", async () => {
+  const { sim, kernel } = host({ nodes: 2, initial: { 2048: 100 } });
+  try {
+    const a = domainXml({ uuid: UUID_A, name: "a" });
+    const b = domainXml({ uuid: UUID_B, name: "b", element: '<vmhook:hugepages node="1"/>' });
+    let left = "";
+    afterPoolWrite(sim, () => (left = journalOnDisk(sim, UUID_A)));
+    assert.is((await runHookEvent(sim, "prepare", "begin", a, "a")).code, 0);
+    leaveJournal(sim, UUID_A, left);
+    const pools = [kernel.pool(2048, 0), kernel.pool(2048, 1)];
+    const refused = await runHookEvent(sim, "prepare", "begin", b, "b");
+    assert.is(refused.code, 1);
+    assert.is(
+      firstLine(refused.stderr),
+      "vmhook: hugepages: a write of a to the 2M pool (persistent count 100 to 612) was cut off before its journal said what the kernel did, so no 2M pool grows until a's journal is undone; run vmhook recover a, then start this VM again",
+    );
+    assert.equal([kernel.pool(2048, 0), kernel.pool(2048, 1)], pools, "b took nothing");
+    assert.is(readJournal(sim, UUID_B), undefined);
+    // A 1G pool is another pool: it may grow.
+    const other = await runHookEvent(sim, "prepare", "begin", domainXml({ uuid: UUID_B, name: "b", element: "<vmhook:hugepages size='1G'/>" }), "b");
+    assert.is(other.code, 0, other.stderr);
+    assert.is((await runHookEvent(sim, "release", "end", b, "b")).code, 0);
+    // Once a's journal is undone, b starts.
+    assert.is((await runHookEvent(sim, "release", "end", a, "a")).code, 0);
+    assert.is(kernel.pool(2048), 100);
+    assert.is((await runHookEvent(sim, "prepare", "begin", b, "b")).code, 0);
+    assert.equal([kernel.pool(2048, 0), kernel.pool(2048, 1)], [100, 512]);
+  } finally {
+    sim.cleanup();
+  }
+});
+
+/** The hugepages undo uses only host, log and update (here the record is changed in place, which the runner then journals). */
+function undoContext(sim: SimHost): UndoContext {
+  return { host: sim, log: createLogger(sim, { echo: "none", file: false }), update: () => {} } as unknown as UndoContext;
 }
 
 /** As the runner undoes a journal entry: the record is checked by its action first. */
-function undo(record: UndoRecord, ctx: BaseContext): void | Promise<void> {
+function undo(record: UndoRecord, ctx: UndoContext): void | Promise<void> {
   const grow = hugepages.actions["grow-pool"]!;
   return grow.undo(grow.check(record), ctx);
 }
@@ -701,11 +768,14 @@ test("undo is idempotent: the record says what was given back", async () => {
 test("undo refuses a record it cannot trust", async () => {
   const { sim } = host();
   try {
-    for (const record of [
+    const records: UndoRecord[] = [
       { action: "grow-pool", sizeKiB: "2048/../../x", node: null, added: 1, returned: 0 },
       { action: "grow-pool", sizeKiB: 2048, node: -1, added: 1, returned: 0 },
       { action: "shrink-pool", sizeKiB: 2048, node: null, added: 1, returned: 0 },
-    ]) {
+      { action: "grow-pool", sizeKiB: 2048, node: null, added: 1, returned: 0, writing: { from: 100 } },
+      { action: "grow-pool", sizeKiB: 2048, node: null, added: 1, returned: 0, writing: [100, 612] },
+    ];
+    for (const record of records) {
       assert.throws(() => undo(record, undoContext(sim)), /cannot undo journal record/);
     }
     assert.equal(sim.writes, []);
