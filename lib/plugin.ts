@@ -144,7 +144,7 @@ export interface Action<Record extends UndoRecord, Config> {
   /** Makes the change, waiting inside for what it needs (a device bound, a unit stopped). May return the record updated. */
   apply(record: Record, ctx: ApplyContext<Config>): void | Record | Promise<void | Record>;
   /** Gives the change back. Idempotent: it may run after a crash halfway, or twice. */
-  undo(record: Record, ctx: BaseContext): void | Promise<void>;
+  undo(record: Record, ctx: UndoContext): void | Promise<void>;
 }
 
 /** What `vmhook doctor` asks a plugin about one domain: its elements, as written (they may not parse). */
@@ -229,7 +229,7 @@ export interface LegacyPlugin<Config = unknown, Element extends XmlElement = Xml
   started?: LegacyHandler<Config>;
   stopped?: LegacyHandler<Config>;
   reconnect?: LegacyHandler<Config>;
-  undo(record: UndoRecord, ctx: BaseContext): void | Promise<void>;
+  undo(record: UndoRecord, ctx: UndoContext): void | Promise<void>;
 }
 
 export type AnyPlugin = Plugin<any> | LegacyPlugin<any>;
