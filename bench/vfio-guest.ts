@@ -56,7 +56,7 @@ const signedMs = (value: number) => `${value > 0 ? "+" : ""}${Math.round(value)}
 const series = () => ({ noop: [] as number[], version: [] as number[], prepare: [] as number[], release: [] as number[] });
 
 // The initramfs holds every binary (about 110 MiB each) in the guest's RAM.
-const guest = await bootGuest({ smp: 2, memoryMiB: 1024 + 256 * binaries.length, files: Object.fromEntries(binaries.map(({ file, hook }) => [file, hook])) });
+const guest = await bootGuest({ smp: 2, memoryMiB: 1024 + 256 * binaries.length, files: Object.fromEntries(binaries.map(({ file, hook }) => [hook, file])) });
 try {
   // Under any other name than qemu the binary is the CLI.
   const links = binaries.map(({ hook }) => `ln -s qemu ${path.dirname(hook)}/vmhook`).join("\n");

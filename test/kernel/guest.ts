@@ -33,7 +33,7 @@ export interface GuestOptions {
   extraModules?: string[];
   /** Module names added to the tree with their dependencies but not loaded (modprobe finds them). */
   availableModules?: string[];
-  /** Host file → guest path, copied into the initramfs. */
+  /** Guest path → host file, copied into the initramfs (one host file may go to several paths). */
   files?: Record<string, string>;
   /** The vmhook binary to install as /usr/bin/vmhook and /etc/libvirt/hooks/qemu (default $VMHOOK_GUEST_BINARY, else dist/vmhook). */
   binary?: string;
@@ -288,7 +288,7 @@ function buildInitramfs(kernel: Kernel, options: GuestOptions, dir: string): str
   fs.mkdirSync(path.join(staging, "etc"), { recursive: true });
   fs.writeFileSync(path.join(staging, "etc/guest-modules"), `${load.join("\n")}\n`);
 
-  for (const [source, guestPath] of Object.entries(options.files ?? {})) copyInto(staging, guestPath, source);
+  for (const [guestPath, source] of Object.entries(options.files ?? {})) copyInto(staging, guestPath, source);
   return packCpio(staging, dir);
 }
 

@@ -29,7 +29,7 @@ bench.before(async (context) => {
   context.guest = await bootGuest({
     memoryMiB: 1536,
     extraModules: ["virtio_pci", "virtio_blk"],
-    files: { [path.join(import.meta.dirname, "fragment.js")]: "/root/fragment.js" },
+    files: { "/root/fragment.js": path.join(import.meta.dirname, "fragment.js") },
     qemuArgs: ["-drive", `file=${context.disk},if=virtio,format=raw,readonly=on`],
   });
 });
