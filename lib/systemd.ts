@@ -7,18 +7,28 @@ import type { BaseContext } from "./plugin.ts";
 
 export const systemdRuns = (host: Host): boolean => host.exists("/run/systemd/system");
 
-/** `systemctl is-active`'s answers: 0 active; 3 inactive or failed; 4 no such unit (older systemd says 3). */
-const INACTIVE = [3, 4];
+/**
+ * The states `systemctl is-active` prints for a unit that does not run. Its
+ * exit status alone does not tell: 3 also comes with "activating" and
+ * "deactivating" (a display manager in auto-restart takes the GPU back).
+ */
+const STOPPED = ["inactive", "failed"];
+/** is-active's exit status for a unit systemd does not know (older systemd: 3 and "inactive"). */
+const NO_SUCH_UNIT = 4;
 
 /**
- * Whether the unit is active. Anything but one of is-active's answers (no bus
- * to PID 1, a timeout, systemctl missing) throws, naming what systemctl said:
- * a unit of unknown state is never taken for a stopped one.
+ * Whether the unit runs, starts or stops: anything but inactive, failed or
+ * unknown. What is not one of is-active's answers (no bus to PID 1, a
+ * timeout, systemctl missing) throws, naming what systemctl said: a unit of
+ * unknown state is never taken for a stopped one.
  */
 export function unitActive(ctx: Pick<BaseContext, "run">, unit: string): boolean {
-  const result = ctx.run("systemctl", ["is-active", "--quiet", unit], { allowFailure: true });
-  if (result.status === 0) return true;
-  if (result.status !== null && INACTIVE.includes(result.status) && !result.timedOut && !result.error) return false;
-  const why = result.error ?? (result.timedOut ? "it did not answer in time" : (result.stderr.trim().split("\n")[0] || `exit status ${result.status ?? result.signal}`));
-  throw new VmhookError(`systemctl is-active --quiet ${unit} could not tell whether ${unit} runs: ${why}; is systemd (PID 1) answering? (systemctl status)`);
+  const result = ctx.run("systemctl", ["is-active", unit], { allowFailure: true });
+  const state = result.stdout.trim();
+  if (!result.error && !result.timedOut) {
+    if (result.status === NO_SUCH_UNIT) return false;
+    if ((result.status === 0 || result.status === 3) && /^[a-z-]+$/.test(state)) return !STOPPED.includes(state);
+  }
+  const why = result.error ?? (result.timedOut ? "it did not answer in time" : (result.stderr.trim().split("\n")[0] || `exit status ${result.status ?? result.signal}${state ? `, "${state}"` : ""}`));
+  throw new VmhookError(`systemctl is-active ${unit} could not tell whether ${unit} runs: ${why}; is systemd (PID 1) answering? (systemctl status)`);
 }

@@ -38,6 +38,8 @@ export interface SimModule {
 export interface SimUnit {
   name: string;
   active: boolean;
+  /** What systemctl is-active prints while active (default "active"), e.g. "activating" for a unit in auto-restart. */
+  state?: string;
   /** Processes of the unit: pid → [comm, files held]. */
   processes?: Record<number, [string, string[]]>;
   /** Stopping it fails with this message. */
@@ -439,7 +441,10 @@ export class GpuKernel {
     const unit = this.units.get(name);
     switch (verb) {
       case "is-active":
-        return { status: unit?.active ? 0 : 3 };
+        // As systemctl: exit 0 only for "active" (and reloading); 3 for every other state; 4 for a unit it does not know.
+        if (!unit) return { status: 4, stdout: "inactive\n" };
+        if (!unit.active) return { status: 3, stdout: "inactive\n" };
+        return { status: (unit.state ?? "active") === "active" ? 0 : 3, stdout: `${unit.state ?? "active"}\n` };
       case "show":
         return { status: 0, stdout: unit ? `/system.slice/${name}\n` : "\n" };
       case "stop":

@@ -112,7 +112,11 @@ test("looking-glass: a bad size, a size unlike <shmem>, or an unknown user fails
 /** A systemctl that keeps unit states as files under the root and logs its calls. */
 function fakeSystemctl(root: Root, active: string[], failing: string[] = [], unanswered: string[] = []): void {
   fs.mkdirSync(root.at("/units"));
-  for (const unit of active) fs.writeFileSync(root.at(`/units/${unit}`), "active");
+  // "name=state" for a unit in another state than active (activating: in auto-restart; is-active exits 3 for it too).
+  for (const entry of active) {
+    const [unit, state = "active"] = entry.split("=");
+    fs.writeFileSync(root.at(`/units/${unit}`), `${state}\n`);
+  }
   for (const unit of failing) fs.writeFileSync(root.at(`/units/${unit}.fails`), "");
   // is-active exits 1 for these, as when systemctl cannot reach PID 1.
   for (const unit of unanswered) fs.writeFileSync(root.at(`/units/${unit}.nobus`), "");
@@ -122,9 +126,9 @@ function fakeSystemctl(root: Root, active: string[], failing: string[] = [], una
 echo "$*" >> "$VMHOOK_ROOT/systemctl.log"
 units="$VMHOOK_ROOT/units"
 case "$1" in
-is-active) [ -e "$units/$3.nobus" ] && exit 1; [ -e "$units/$3" ] || exit 3 ;;
+is-active) [ -e "$units/$2.nobus" ] && exit 1; [ -e "$units/$2" ] || { echo inactive; exit 3; }; cat "$units/$2"; [ "$(cat "$units/$2")" = active ] || exit 3 ;;
 stop) [ ! -e "$units/$2.fails" ] && rm -f "$units/$2" ;;
-start) : > "$units/$2" ;;
+start) echo active > "$units/$2" ;;
 esac
 `,
     { mode: 0o755 },
@@ -133,9 +137,9 @@ esac
 
 const systemctlCalls = (root: Root) => fs.readFileSync(root.at("/systemctl.log"), "utf8").trim().split("\n");
 
-test("stop-units: stops the active units at prepare and starts exactly those again at release", () => {
+test("stop-units: stops the active units (one in auto-restart too) at prepare and starts exactly those again at release", () => {
   const root = makeRoot();
-  fakeSystemctl(root, ["backup.timer", "sync@alice.service"]);
+  fakeSystemctl(root, ["backup.timer", "sync@alice.service=activating"]);
   const xml = domain('<vmhook:plugin name="stop-units" units="backup.timer idle.service sync@alice.service"/>');
   const prepared = root.hook("prepare", "begin", xml);
   assert.is(prepared.code, 0, prepared.stderr);
@@ -148,10 +152,10 @@ test("stop-units: stops the active units at prepare and starts exactly those aga
   assert.is(root.hook("release", "end", xml).code, 0);
   assert.equal(fs.readdirSync(root.at("/units")).sort(), ["backup.timer", "sync@alice.service"]);
   assert.equal(systemctlCalls(root), [
-    "is-active --quiet backup.timer",
+    "is-active backup.timer",
     "stop backup.timer",
-    "is-active --quiet idle.service",
-    "is-active --quiet sync@alice.service",
+    "is-active idle.service",
+    "is-active sync@alice.service",
     "stop sync@alice.service",
     "start backup.timer",
     "start sync@alice.service",
@@ -181,7 +185,7 @@ test("stop-units: a unit whose state systemctl cannot tell fails prepare, and th
   assert.is(outcome.code, 1);
   assert.match(outcome.stderr.split("\n")[0]!, "vmhook: plugin stop-units failed at prepare: systemctl could not tell whether gpu-job.service runs (is-active exit 1)");
   assert.equal(fs.readdirSync(root.at("/units")).sort(), ["backup.timer", "gpu-job.service", "gpu-job.service.nobus"]);
-  assert.equal(systemctlCalls(root), ["is-active --quiet backup.timer", "stop backup.timer", "is-active --quiet gpu-job.service", "start backup.timer"]);
+  assert.equal(systemctlCalls(root), ["is-active backup.timer", "stop backup.timer", "is-active gpu-job.service", "start backup.timer"]);
   fs.rmSync(root.dir, { recursive: true, force: true });
 });
 

@@ -11,6 +11,7 @@ import { createLogger } from "../../lib/log.ts";
 import { loadSettings } from "../../lib/settings.ts";
 import { undoJournal } from "../../lib/transaction.ts";
 import { registry } from "../../plugins/index.ts";
+import { paths } from "../../lib/paths.ts";
 
 const UUID = "5e7a1c2d-9b3f-4e6a-8c1d-2f4b6a8c0e13";
 const UNIT = `vmhook-nosleep-${UUID}.service`;
@@ -30,8 +31,8 @@ function systemdHost(options: { lockFails?: boolean } = {}): { sim: SimHost; uni
     const unit = args[args.length - 1]!;
     // What systemctl says when it cannot reach PID 1 (a bus timeout, a daemon-reexec): exit 1, for every verb.
     if (!bus.up) return { status: 1, stderr: "Failed to connect to bus: Connection timed out\n" };
-    // Exit 3: inactive or failed; 4: no such unit.
-    if (args[0] === "is-active") return { status: units.has(unit) ? 0 : unit.startsWith("vmhook-nosleep-") ? 4 : 3 };
+    // Exit 3: inactive or failed; 4: no such unit (a transient unit once it is gone).
+    if (args[0] === "is-active") return units.has(unit) ? { status: 0, stdout: "active\n" } : { status: unit.startsWith("vmhook-nosleep-") ? 4 : 3, stdout: "inactive\n" };
     if (args[0] === "stop") units.delete(unit);
   });
   sim.onExec("systemd-inhibit", () => ({
@@ -85,7 +86,7 @@ test("release while systemctl cannot reach systemd keeps the entry for vmhook re
   const release = await runHookEvent(sim, "release", "end", xml());
   assert.is(release.code, 0, "release never fails libvirt");
   assert.equal([...units.keys()], [UNIT], "the unit, and so the sleep lock, still runs");
-  assert.match(release.stderr, `systemctl is-active --quiet ${UNIT} could not tell whether ${UNIT} runs: Failed to connect to bus`);
+  assert.match(release.stderr, `systemctl is-active ${UNIT} could not tell whether ${UNIT} runs: Failed to connect to bus`);
   assert.ok(sim.exists(`/run/vmhook/${UUID}.json`), "the journal keeps the entry (undo-failed), not dropped as undone");
   bus.up = true;
   // What vmhook recover does (lib/cli/recover.ts), on the simulated host: the CLI's own host would not simulate systemd.
@@ -94,6 +95,19 @@ test("release while systemctl cannot reach systemd keeps the entry for vmhook re
   assert.equal(failed, []);
   assert.equal([...units.keys()], []);
   assert.equal(sim.stateFiles(), []);
+});
+
+test("reconnect while systemctl cannot reach systemd warns, naming systemctl's answer, and does not fail", async () => {
+  const { sim, bus } = systemdHost();
+  sim.dir("/var/log");
+  assert.is((await runHookEvent(sim, "prepare", "begin", xml())).code, 0);
+  bus.up = false;
+  const reconnect = await runHookEvent(sim, "reconnect", "begin", xml());
+  assert.is(reconnect.code, 0);
+  const log = sim.read(paths.log);
+  assert.match(log, `nosleep: cannot check that ${UNIT} still holds the sleep inhibitor: systemctl is-active ${UNIT} could not tell whether ${UNIT} runs: Failed to connect to bus`);
+  assert.not.match(log, "ERROR");
+  assert.ok(sim.exists(`/run/vmhook/${UUID}.json`), "the journal is kept for release");
 });
 
 test("prepare while systemctl cannot reach systemd refuses, naming systemctl's answer, and starts nothing", async () => {

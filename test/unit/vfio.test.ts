@@ -341,6 +341,17 @@ test("single GPU: logind and PID 1 holding the session's card for it are waited 
   assert.match(firstLine(result.stderr), "the GPU is still in use after stopping the display manager: pid 1 (systemd) holds /dev/dri/card0, pid 420 (systemd-logind) holds /dev/dri/card0");
 });
 
+test("single GPU: a display manager in auto-restart (is-active says \"activating\", exit 3) is stopped like a running one", async () => {
+  const kernel = nvidiaDesktop();
+  kernel.units.get("display-manager.service")!.state = "activating";
+  const result = await runHookEvent(kernel.sim, "prepare", "begin", domainXml("<vmhook:vfio/>"));
+  assert.is(result.code, 0, result.stderr);
+  assert.ok(kernel.sim.execs.some((e) => e.command === "systemctl" && e.args.join(" ") === "stop display-manager.service"));
+  assert.is(kernel.driverOf(GPU), "vfio-pci");
+  assert.is((await runHookEvent(kernel.sim, "release", "end", domainXml("<vmhook:vfio/>"))).code, 0);
+  assert.ok(kernel.units.get("display-manager.service")!.active, "started again at release");
+});
+
 test("single GPU while systemctl cannot reach systemd: prepare refuses, naming systemctl's answer, before any change", async () => {
   const kernel = nvidiaDesktop();
   // What systemctl says for every verb when PID 1 does not answer on its bus: exit 1, not is-active's 3 ("inactive").
