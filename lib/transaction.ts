@@ -388,11 +388,19 @@ export interface UndoResult {
   failed: JournalEntry[];
 }
 
-/** Gives one journaled change back: the record is checked by its action first; ctx.update rewrites the entry's record at once. */
-async function undoEntry(env: RunEnvironment, plugin: AnyPlugin, entry: JournalEntry, journal: Journal, deadline: Deadline): Promise<void> {
+/**
+ * Gives one journaled change back: the record is checked by its action first.
+ * ctx.update rewrites the entry's record at once, while the undo is `open`: an
+ * undo abandoned at its time limit that calls it later changes nothing.
+ */
+async function undoEntry(env: RunEnvironment, plugin: AnyPlugin, entry: JournalEntry, journal: Journal, deadline: Deadline, open: () => boolean): Promise<void> {
   const ctx: UndoContext = {
     ...baseContext(env, entry.plugin, "release", journal.domain, deadline),
     update(next) {
+      if (!open()) {
+        env.log.warn(`${entry.plugin}: undo ${entry.description}: an update after the undo was given up on is ignored`);
+        return;
+      }
       entry.undo = next;
       writeJournal(env.host, journal);
     },
@@ -401,6 +409,24 @@ async function undoEntry(env: RunEnvironment, plugin: AnyPlugin, entry: JournalE
   const action = plugin.actions[entry.undo.action];
   if (!action) throw new VmhookError(`${entry.plugin}: the journal holds an unknown change "${entry.undo.action}"; was it written by a newer vmhook?`);
   await action.undo(action.check(entry.undo), ctx);
+}
+
+/** How an entry's undo ended: it leaves the journal, or stays marked undo-failed with its cause. */
+type UndoOutcome = { done: true } | { done: false; cause: unknown };
+
+async function undoOutcome(env: RunEnvironment, plugin: AnyPlugin, entry: JournalEntry, journal: Journal, deadline: Deadline, open: () => boolean): Promise<UndoOutcome> {
+  try {
+    await settleWithin(env, entry.plugin, "undo", deadline, () => `undo of "${entry.description}"`, undoEntry(env, plugin, entry, journal, deadline, open));
+    return { done: true };
+  } catch (cause) {
+    return { done: false, cause };
+  }
+}
+
+function journalOutcome(host: Host, journal: Journal, entry: JournalEntry, outcome: UndoOutcome): void {
+  if (outcome.done) journal.entries.splice(journal.entries.indexOf(entry), 1);
+  else Object.assign(entry, { state: "undo-failed", error: describeError(outcome.cause) });
+  writeJournal(host, journal);
 }
 
 /**
@@ -418,41 +444,33 @@ export async function undoJournal(journal: Journal, env: RunEnvironment, deadlin
   writeJournal(host, journal);
   let undone = 0;
   for (const entry of [...journal.entries].reverse()) {
-    // Whether the entry's journal write is done, the undo having succeeded or not.
-    let settled = false;
-    const settle = (error?: { cause: unknown }) => {
-      if (error) {
-        entry.state = "undo-failed";
-        entry.error = describeError(error.cause);
-      } else journal.entries.splice(journal.entries.indexOf(entry), 1);
-      writeJournal(host, journal);
-      settled = true;
-      if (error) log.error(`${entry.plugin}: undo ${entry.description}: ${entry.error}`);
-      else {
-        undone++;
-        log.info(`${entry.plugin}: undo ${entry.description}: done`);
-      }
-    };
+    // Set when the undo itself has ended: a failure after it is the journal write's.
+    let finished = undefined as UndoOutcome | undefined;
+    let outcome: UndoOutcome;
     try {
       const plugin = loaded.find((instance) => instance.id === entry.plugin)?.plugin ?? (await env.registry.load(entry.plugin, host));
       // A shared plugin's entry leaves the journal (or is marked undo-failed)
       // under the same host lock as its undo: other VMs' prepares compute the
       // shared resources from the journals, and one that took the lock between
       // the undo and the journal write would count a claim already given back.
-      await underLockIf(plugin.shared === true, env, deadline, async () => {
-        let failure: { cause: unknown } | undefined;
-        try {
-          await settleWithin(env, entry.plugin, "undo", deadline, () => `undo of "${entry.description}"`, undoEntry(env, plugin, entry, journal, deadline));
-        } catch (cause) {
-          failure = { cause };
-        }
-        settle(failure);
+      outcome = await underLockIf(plugin.shared === true, env, deadline, async () => {
+        finished = await undoOutcome(env, plugin, entry, journal, deadline, () => finished === undefined);
+        journalOutcome(host, journal, entry, finished);
+        return finished;
       });
     } catch (error) {
-      // Loading the plugin or taking the lock failed (nothing was undone), or a journal write did.
-      if (!settled) settle({ cause: error });
-      else log.error(`${entry.plugin}: undo ${entry.description}: after it was journaled: ${describeError(error)}`);
+      if (finished) {
+        log.error(`${entry.plugin}: undo ${entry.description}: the journal could not be written after it: ${describeError(error)}`);
+        continue;
+      }
+      // Loading the plugin or taking the lock failed: nothing was undone.
+      outcome = { done: false, cause: error };
+      journalOutcome(host, journal, entry, outcome);
     }
+    if (outcome.done) {
+      undone++;
+      log.info(`${entry.plugin}: undo ${entry.description}: done`);
+    } else log.error(`${entry.plugin}: undo ${entry.description}: ${entry.error}`);
   }
   const failed = journal.entries.filter((entry) => entry.state === "undo-failed");
   if (journal.entries.length === 0) {

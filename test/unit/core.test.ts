@@ -2,6 +2,7 @@
 // acts; a failure at any step leaves the host as it was and no journal; a
 // crashed run is undone by the next prepare or release; a failing undo keeps
 // its journal entry; bad input and unknown events never break libvirt.
+import * as fs from "node:fs";
 import { test } from "uvu";
 import * as assert from "uvu/assert";
 import type { PluginInstance } from "../../lib/config.ts";
@@ -10,9 +11,10 @@ import { parseDomain } from "../../lib/domain.ts";
 import type { VmhookError } from "../../lib/errors.ts";
 import { newJournal, readJournal, writeJournal, type Journal } from "../../lib/journal.ts";
 import { createLogger } from "../../lib/log.ts";
-import { defineAction, definePlugin, type ApplyContext, type Plugin, type UndoRecord } from "../../lib/plugin.ts";
+import { defineAction, definePlugin, type ApplyContext, type Plugin, type UndoContext, type UndoRecord } from "../../lib/plugin.ts";
 import { DEFAULT_SETTINGS } from "../../lib/settings.ts";
 import { planEvent, runPlugins, undoJournal, type RunEnvironment } from "../../lib/transaction.ts";
+import { paths } from "../../lib/paths.ts";
 import { registry } from "../../plugins/index.ts";
 import { HugepageKernel } from "../helpers/hugepage-kernel.ts";
 import { runHookEvent } from "../helpers/hook.ts";
@@ -45,7 +47,14 @@ interface SetFileRecord extends UndoRecord {
   old: string;
 }
 
-function fileSetter(id: string, options: { shared?: boolean; failingUndo?: string } = {}): Plugin<FileSetter> {
+interface SetterOptions {
+  shared?: boolean;
+  failingUndo?: string;
+  /** Runs at the end of each successful undo (a test's way to act between an undo and its journal write). */
+  afterUndo?: (file: string, ctx: UndoContext) => void | Promise<void>;
+}
+
+function fileSetter(id: string, options: SetterOptions = {}): Plugin<FileSetter> {
   return definePlugin<FileSetter>({
     name: id,
     summary: "test: sets files",
@@ -68,7 +77,7 @@ function fileSetter(id: string, options: { shared?: boolean; failingUndo?: strin
           ctx.host.write(file, "changed\n");
           if (ctx.config.failOn?.file === file) throw new Error(`${file} set, then something failed`);
         },
-        undo(record, ctx) {
+        async undo(record, ctx) {
           const file = record.file;
           if (file === options.failingUndo) {
             record.attempts = ((record.attempts as number) ?? 0) + 1; // kept in the journal: what an undo learned
@@ -76,13 +85,14 @@ function fileSetter(id: string, options: { shared?: boolean; failingUndo?: strin
           }
           ctx.host.write(file, record.old);
           undone.push(`${id}:${file}`);
+          await options.afterUndo?.(file, ctx);
         },
       }),
     },
   });
 }
 
-function instance(id: string, config: FileSetter, options: { shared?: boolean; failingUndo?: string } = {}): PluginInstance {
+function instance(id: string, config: FileSetter, options: SetterOptions = {}): PluginInstance {
   return instanceOf(id, fileSetter(id, options), config);
 }
 
@@ -363,6 +373,54 @@ test("a failing undo keeps its entry (state undo-failed, the error, what the und
     );
     assert.is(sim.read("/a2"), "changed\n");
     assert.is(sim.read("/a1"), "original\n");
+  } finally {
+    sim.cleanup();
+  }
+});
+
+test("a journal write that fails after an undo: the change counts as undone and is not marked undo-failed with the write's error", async () => {
+  const { sim, env, journal } = setup();
+  try {
+    // A directory where the journal's temp file goes makes the next journal write fail (EISDIR); the next undo clears it.
+    const blocker = sim.resolve(`/run/vmhook/${UUID}.json.tmp`);
+    const afterUndo = (file: string) => {
+      if (file === "/b2") fs.mkdirSync(`${blocker}/in-the-way`, { recursive: true });
+      if (file === "/b1") fs.rmSync(blocker, { recursive: true });
+    };
+    const instances = [instance("a", { files: ["/a1", "/a2"] }), instance("b", { files: ["/b1", "/b2"] }, { shared: true, afterUndo })];
+    await runPlugins("prepare", instances, DOMAIN, journal, env, deadline(sim));
+    const result = await undoJournal(journal, env, deadline(sim), instances);
+    assert.equal(undone, ["b:/b2", "b:/b1", "a:/a2", "a:/a1"]);
+    assert.is(result.undone, 3, "b:/b2 was undone; its journal write is what failed");
+    assert.equal(result.failed, []);
+    assert.not.ok(sim.exists(`/run/vmhook/${UUID}.json`), "nothing is left to undo");
+    const log = sim.read(paths.log);
+    assert.match(log, "b: undo set /b2: the journal could not be written after it:");
+    assert.not.match(log, /undo set \/b2: (?!the journal could not be written)/);
+  } finally {
+    sim.cleanup();
+  }
+});
+
+test("an undo abandoned at its time limit that calls ctx.update later changes nothing in the journal", async () => {
+  const { sim, env, journal } = setup();
+  try {
+    // A custom plugin's undo may take 1 s here; this one records something after 1.5 s.
+    env.settings = { ...DEFAULT_SETTINGS, plugins: { "plugin:late": { timeoutSeconds: 1 } } };
+    let updated = false;
+    const afterUndo = async (_file: string, ctx: UndoContext) => {
+      await new Promise((resolve) => setTimeout(resolve, 1500));
+      ctx.update({ action: "set-file", file: "/a1", old: "original\n", late: true });
+      updated = true;
+    };
+    const instances = [instance("plugin:late", { files: ["/a1"] }, { afterUndo })];
+    await runPlugins("prepare", instances, DOMAIN, journal, env, deadline(sim));
+    const result = await undoJournal(journal, env, deadline(sim), instances);
+    assert.equal(result.failed.map((entry) => entry.error), ['plugin:late did not finish undo within 1 s (undo of "set /a1") and was abandoned; make it finish, or raise "timeoutSeconds" under "plugins": {"plugin:late": …} in /etc/vmhook/vmhook.json']);
+    await new Promise((resolve) => setTimeout(resolve, 1000));
+    assert.ok(updated, "the abandoned undo called ctx.update");
+    assert.equal(readJournal(sim, UUID)!.entries.map((entry) => [entry.state, entry.undo.late]), [["undo-failed", undefined]]);
+    assert.match(sim.read(paths.log), "plugin:late: undo set /a1: an update after the undo was given up on is ignored");
   } finally {
     sim.cleanup();
   }
