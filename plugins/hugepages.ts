@@ -22,6 +22,7 @@ import { fail, ok, roundMiB, warn, type Finding } from "../lib/diagnostics/findi
 import { HUGEPAGE_DIR, hostNodes, hugepagePool, hugepageSizes, memoryFacts, NODE_DIR, nodeDir } from "../lib/memory.ts";
 import { defineAction, definePlugin, type ApplyContext, type BaseContext, type CheckContext, type PlanContext, type Step, type UndoContext, type UndoRecord } from "../lib/plugin.ts";
 import { loadSettings } from "../lib/settings.ts";
+import { paths } from "../lib/paths.ts";
 import { formatKiB, parseInteger, parseSizeWithSuffix } from "../lib/validate.ts";
 import { checkFit, formatMiB, nodeFloorKiB, readHostView, type HostView, type PoolNeed } from "./hugepages/fit.ts";
 import { growWithRetries, RETRY_ROUNDS, type GrowResult, type PoolCount, type RetryIo } from "./hugepages/grow.ts";
@@ -39,9 +40,10 @@ export interface HugepagesConfig {
 /**
  * Journaled per pool. `added`: how much the persistent pool grew and is held
  * now (new pages, plus surplus pages the kernel promoted first); `returned`:
- * how many of them went back already; `writing` (a PoolWrite, only while
- * there is one: inFlight): a pool write journaled before it is made and not
- * yet read back.
+ * how many of them went back already; `writing` (a PoolWrite, read through
+ * inFlight: a record's fields are JSON, which has no optional property): a
+ * pool write journaled before it is made and not yet read back, only while
+ * there is one.
  */
 interface GrowRecord extends UndoRecord {
   action: "grow-pool";
@@ -56,7 +58,7 @@ interface GrowRecord extends UndoRecord {
 /**
  * A write of the persistent count from `from` to `to`. The kernel keeps what
  * it did even when the writer is killed, so until the pool is read back the
- * write is in flight, and an undo counts what it did from the pool (settle).
+ * write is in flight, and an undo counts what it did from the pool (pagesDoneBy).
  */
 type PoolWrite = { from: number; to: number };
 
@@ -214,7 +216,7 @@ function shrinkPool(host: Host, sizeKiB: number, node: number | undefined, pages
  * of its size meanwhile (refuseWhileCutOff), and their shrinks can only make
  * it count less given back or taken, so it never takes what others hold.
  */
-function settle(write: PoolWrite, persistent: number): number {
+function pagesDoneBy(write: PoolWrite, persistent: number): number {
   const low = Math.min(write.from, write.to);
   const high = Math.max(write.from, write.to);
   return Math.min(high, Math.max(low, persistent)) - write.from;
@@ -227,7 +229,12 @@ function cutOffWrite(ctx: BaseContext, sizeKiB: number): { domain: string; pool:
     for (const entry of journal.entries) {
       const record = entry.plugin === "hugepages" ? entry.undo : undefined;
       if (record?.action !== "grow-pool" || record.sizeKiB !== sizeKiB || record.writing === undefined) continue;
-      const checked = checkRecord(record);
+      let checked: GrowRecord;
+      try {
+        checked = checkRecord(record);
+      } catch (error) {
+        throw new VmhookError(`hugepages: the journal of ${journal.domain.name} (${paths.journal(journal.domain.uuid)}) holds a pool record vmhook cannot read: ${describeError(error)}`);
+      }
       return { domain: journal.domain.name, pool: poolName(sizeKiB, checked.node ?? undefined), write: inFlight(checked)! };
     }
   }
@@ -387,7 +394,7 @@ function undo(grown: GrowRecord, ctx: UndoContext): void {
   const cutOff = inFlight(grown);
   if (cutOff) {
     const persistent = readPool(ctx.host, grown.sizeKiB, node).persistent;
-    const done = settle(cutOff, persistent);
+    const done = pagesDoneBy(cutOff, persistent);
     if (done > 0) grown.added += done;
     else grown.returned += -done;
     delete grown.writing;

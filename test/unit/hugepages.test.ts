@@ -7,7 +7,7 @@ import * as assert from "uvu/assert";
 import { loadDomainPlugins } from "../../lib/config.ts";
 import { registry } from "../../plugins/index.ts";
 import { parseDomain } from "../../lib/domain.ts";
-import { readJournal } from "../../lib/journal.ts";
+import { newJournal, readJournal, writeJournal } from "../../lib/journal.ts";
 import { createLogger } from "../../lib/log.ts";
 import { paths } from "../../lib/paths.ts";
 import type { UndoContext, UndoRecord } from "../../lib/plugin.ts";
@@ -703,6 +703,46 @@ test("an undo that settles a cut-off write never gives back more than the write 
     assert.is((await runHookEvent(sim, "release", "end", domainXml())).code, 0);
     assert.is(kernel.pool(2048), 1100, "the 512 the write asked for went back; the admin's 100 + 1000 stay");
     assert.match(fs.readFileSync(sim.resolve(paths.log), "utf8"), "a write of the 2M pool from 100 to 612 persistent pages was cut off; counted as 512 taken, though the pool holds 1612: something else changed it since");
+  } finally {
+    sim.cleanup();
+  }
+});
+
+test("a write cut off by another VM while this prepare reclaims memory (the host lock let go) stops this prepare's next grow", async () => {
+  const { sim, kernel } = host({ freeKiB: 800 * MiB, cacheKiB: 1536 * MiB, initial: { 2048: 100 } });
+  try {
+    // Round 1 gets 400 of the 512 pages, gives them back and drops caches outside the host lock; meanwhile b's hook is killed mid-write.
+    const write = sim.write.bind(sim);
+    sim.write = (hostPath: string, data: string) => {
+      write(hostPath, data);
+      if (hostPath !== "/proc/sys/vm/drop_caches" || readJournal(sim, UUID_B)) return;
+      const cutOff = newJournal(sim, { name: "b", uuid: UUID_B });
+      const undo = { action: "grow-pool", sizeKiB: 2048, node: null, pages: 64, added: 0, returned: 0, writing: { from: 100, to: 164 } };
+      cutOff.entries.push({ plugin: "hugepages", event: "prepare", description: "grow the 2M pool by 64 pages", undo, state: "pending", at: cutOff.createdAt });
+      writeJournal(sim, cutOff);
+    };
+    const outcome = await runHookEvent(sim, "prepare", "begin", domainXml());
+    assert.is(outcome.code, 1, "round 2 would grow the pool while b's write is cut off");
+    assert.match(firstLine(outcome.stderr), "a write of b to the 2M pool (persistent count 100 to 164) was cut off");
+    assert.equal(poolFiles(sim).map((w) => Number(w.data)), [612, 100], "no write after the caches were dropped");
+    assert.is(kernel.pool(2048), 100);
+    assert.is(readJournal(sim, UUID_A), undefined);
+  } finally {
+    sim.cleanup();
+  }
+});
+
+test("another VM's journal with a pool record vmhook cannot read refuses prepare, naming that VM and its journal", async () => {
+  const { sim, kernel } = host({ initial: { 2048: 100 } });
+  try {
+    const broken = newJournal(sim, { name: "b", uuid: UUID_B });
+    const undo = { action: "grow-pool", sizeKiB: 2048, node: null, pages: 64, added: 0, returned: 0, writing: { from: "100", to: 164 } };
+    broken.entries.push({ plugin: "hugepages", event: "prepare", description: "grow the 2M pool by 64 pages", undo, state: "pending", at: broken.createdAt });
+    writeJournal(sim, broken);
+    const outcome = await runHookEvent(sim, "prepare", "begin", domainXml());
+    assert.is(outcome.code, 1);
+    assert.match(firstLine(outcome.stderr), `hugepages: the journal of b (/run/vmhook/${UUID_B}.json) holds a pool record vmhook cannot read: hugepages: cannot undo journal record`);
+    assert.is(kernel.pool(2048), 100);
   } finally {
     sim.cleanup();
   }
