@@ -26,6 +26,7 @@ import {
   type PluginRegistry,
   type Refusal,
   type RunOptions,
+  type Step,
   type StepHandle,
   type UndoContext,
   type UndoRecord,
@@ -174,7 +175,15 @@ async function planUnits(event: PlannedEvent, instances: PluginInstance[], domai
     const planner = plugin.plan[event];
     if (!planner) continue;
     deadline.check(`planning ${instance.id}`);
-    const steps = await settleWithin(env, instance.id, `planning ${event}`, deadline, () => "its planner", planner(planContext(env, instance, event, domain, journal, deadline)));
+    let steps: Step[];
+    try {
+      steps = await settleWithin(env, instance.id, `planning ${event}`, deadline, () => "its planner", planner(planContext(env, instance, event, domain, journal, deadline)));
+    } catch (error) {
+      // reconnect only checks a running VM and never fails: one plugin that cannot check keeps no other from putting back what it lost.
+      if (event !== "reconnect") throw error;
+      env.log.warn(`${instance.id}: reconnect check failed: ${describeError(error)}`);
+      continue;
+    }
     for (const step of steps) {
       const action = plugin.actions[step.action];
       if (!action || step.record.action !== step.action) {

@@ -8,7 +8,7 @@
 import type { XmlElement } from "../lib/xml.ts";
 import type { Domain } from "../lib/domain.ts";
 import { readAttributes, single } from "../lib/element.ts";
-import { describeError, VmhookError } from "../lib/errors.ts";
+import { VmhookError } from "../lib/errors.ts";
 import { defineAction, definePlugin, type ApplyContext, type BaseContext, type CheckContext, type PlanContext, type Step, type UndoRecord } from "../lib/plugin.ts";
 import { fail, ok, type Finding } from "../lib/diagnostics/findings.ts";
 import { systemdRuns, unitActive } from "../lib/systemd.ts";
@@ -52,14 +52,8 @@ function planPrepare(ctx: PlanContext<NosleepConfig>): Step<HoldRecord>[] {
   return [step];
 }
 
-/** Only a check: a systemctl that cannot answer is warned about, and must not keep the other plugins' reconnect steps from running. */
 function planReconnect(ctx: PlanContext<NosleepConfig>): Step[] {
-  const { unit } = ctx.config;
-  try {
-    if (!unitActive(ctx, unit)) ctx.log.warn(`nosleep: ${unit} should hold the sleep inhibitor while ${ctx.domain.name} runs, but is not running`);
-  } catch (error) {
-    ctx.log.warn(`nosleep: cannot check that ${unit} still holds the sleep inhibitor: ${describeError(error)}`);
-  }
+  if (!unitActive(ctx, ctx.config.unit)) ctx.log.warn(`nosleep: ${ctx.config.unit} should hold the sleep inhibitor while ${ctx.domain.name} runs, but is not running`);
   return [];
 }
 

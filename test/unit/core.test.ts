@@ -582,6 +582,40 @@ test("reconnect keeps the journal and the pages, and warns when the pool lost pa
   }
 });
 
+test("reconnect: a plugin whose check fails is logged, and the plugins after it still put back what they lost", async () => {
+  const { sim, env, journal } = setup();
+  try {
+    const cannotCheck = definePlugin<FileSetter>({
+      name: "checker",
+      summary: "test: a reconnect check that cannot tell",
+      parse: () => ({ files: [] }),
+      plan: { reconnect: () => { throw new Error("systemctl is-active could not tell: Failed to connect to bus"); } },
+      actions: {},
+    });
+    const restorer = definePlugin<FileSetter>({
+      name: "restorer",
+      summary: "test: puts a file back at reconnect",
+      parse: () => ({ files: [] }),
+      plan: { reconnect: () => [{ action: "set-file", record: { action: "set-file", file: "/b1", old: "original\n" }, description: "put /b1 back" }] },
+      actions: {
+        "set-file": defineAction<SetFileRecord, FileSetter>({
+          check: (record) => record as SetFileRecord,
+          apply: ({ file }, ctx) => {
+            ctx.host.write(file, "restored\n");
+            ctx.nothingToUndo();
+          },
+          undo: () => {},
+        }),
+      },
+    });
+    await runPlugins("reconnect", [instanceOf("checker", cannotCheck, { files: [] }), instanceOf("restorer", restorer, { files: [] })], DOMAIN, journal, env, deadline(sim));
+    assert.is(sim.read("/b1"), "restored\n");
+    assert.match(sim.read(paths.log), "warn: checker: reconnect check failed: systemctl is-active could not tell: Failed to connect to bus");
+  } finally {
+    sim.cleanup();
+  }
+});
+
 test("malformed or wrong XML: prepare fails with the cause first; release and stopped exit 0", async () => {
   const { sim } = hugepageHost();
   try {
