@@ -101,7 +101,7 @@ state="$VMHOOK_TEST_VIRSH_STATE"
 case " $* " in
   *" dumpxml "*)
     case " $* " in
-      *" --security-info "*) cat "$state/domain.xml" ;;
+      *" --security-info "*) if [ -e "$state/changed.xml" ]; then cat "$state/changed.xml"; else cat "$state/domain.xml"; fi ;;
       *) sed -e "s/ passwd='[^']*'//" "$state/domain.xml" ;;
     esac ;;
   *" define "*) cat > "$state/domain.xml"; echo "Domain 'win11' defined from /dev/stdin" ;;
@@ -127,6 +127,32 @@ test("doctor --fix --apply VM keeps the domain's graphics password, in the defin
     assert.match(defined, /passwd=["']s3cret["']/, "the VNC password stays");
     const backup = /the old XML is in (\S+) /.exec(applied.stdout)?.[1];
     assert.is(fs.readFileSync(sim.resolve(backup!), "utf8"), stored, "the backup is the domain as it was, password included");
+  } finally {
+    process.env.PATH = oldPath;
+    delete process.env.VMHOOK_TEST_VIRSH_STATE;
+    fs.rmSync(bin, { recursive: true, force: true });
+    sim.cleanup();
+  }
+});
+
+test("doctor --fix --apply VM refuses, defining nothing, when the domain changed between its two reads (the fixes differ)", async () => {
+  const sim = nvidiaHost();
+  const bin = fs.mkdtempSync(path.join(os.tmpdir(), "vmhook-fake-virsh-"));
+  const oldPath = process.env.PATH;
+  try {
+    fs.writeFileSync(path.join(bin, "virsh"), FAKE_VIRSH, { mode: 0o755 });
+    const stored = degradedWin11();
+    fs.writeFileSync(path.join(bin, "domain.xml"), stored);
+    // Someone else fixed the balloon in between: the second read (with secrets) needs one fix less.
+    fs.writeFileSync(path.join(bin, "changed.xml"), stored.replace("<memballoon model='virtio'/>", "<memballoon model='none'/>"));
+    assert.not.equal(fs.readFileSync(path.join(bin, "changed.xml"), "utf8"), stored);
+    process.env.PATH = `${bin}:${oldPath}`;
+    process.env.VMHOOK_TEST_VIRSH_STATE = bin;
+    const applied = await cli(["doctor", "--fix", "--apply", "win11", "--root", sim.root]);
+    assert.is(applied.code, 1);
+    assert.match(applied.stderr, "win11 changed while vmhook read it (the fixes differ between two reads); nothing was defined: run vmhook doctor --fix --apply win11 again");
+    assert.is(fs.readFileSync(path.join(bin, "domain.xml"), "utf8"), stored, "nothing was defined");
+    assert.not.ok(fs.existsSync(sim.resolve("/var/lib/vmhook/backups")) && fs.readdirSync(sim.resolve("/var/lib/vmhook/backups")).length > 0, "no backup was written");
   } finally {
     process.env.PATH = oldPath;
     delete process.env.VMHOOK_TEST_VIRSH_STATE;

@@ -309,8 +309,6 @@ test("a create the kernel refuses rolls back the mdevs made before it", async ()
   sim.cleanup();
 });
 
-// ---- vgpu: NVIDIA vGPU 17+ on SR-IOV virtual functions ----------------------------
-
 test("a create the kernel refuses because the UUID exists (mdevctl made it after the plan) leaves that mdev alone in the rollback", async () => {
   const sim = gvtHost();
   const create = `/sys/class/mdev_bus/${GPU}/mdev_supported_types/i915-GVTg_V5_4/create`;
@@ -331,6 +329,8 @@ test("a create the kernel refuses because the UUID exists (mdevctl made it after
   assert.equal(sim.stateFiles(), []);
   sim.cleanup();
 });
+
+// ---- vgpu: NVIDIA vGPU 17+ on SR-IOV virtual functions ----------------------------
 
 const PF = "0000:41:00.0";
 const VF = "0000:41:00.4";
