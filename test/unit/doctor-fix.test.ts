@@ -109,56 +109,62 @@ case " $* " in
 esac
 `;
 
-test("doctor --fix --apply VM keeps the domain's graphics password, in the defined domain and in the backup, and never prints it", async () => {
+/**
+ * Runs `vmhook doctor --fix --apply win11` against the fake virsh, whose
+ * domain is `stored` (and, for the read with secrets, `secureRead` when
+ * given); `check` gets the outcome, what libvirt holds after it and the host.
+ */
+async function applyWithFakeVirsh(
+  stored: string,
+  check: (applied: { code: number; stdout: string; stderr: string }, defined: string, sim: SimHost) => void,
+  secureRead?: string,
+): Promise<void> {
   const sim = nvidiaHost();
   const bin = fs.mkdtempSync(path.join(os.tmpdir(), "vmhook-fake-virsh-"));
   const oldPath = process.env.PATH;
   try {
     fs.writeFileSync(path.join(bin, "virsh"), FAKE_VIRSH, { mode: 0o755 });
-    const stored = degradedWin11().replace("</devices>", "<graphics type='vnc' port='-1' autoport='yes' passwd='s3cret'/></devices>");
     fs.writeFileSync(path.join(bin, "domain.xml"), stored);
+    if (secureRead !== undefined) fs.writeFileSync(path.join(bin, "changed.xml"), secureRead);
     process.env.PATH = `${bin}:${oldPath}`;
     process.env.VMHOOK_TEST_VIRSH_STATE = bin;
     const applied = await cli(["doctor", "--fix", "--apply", "win11", "--root", sim.root]);
+    check(applied, fs.readFileSync(path.join(bin, "domain.xml"), "utf8"), sim);
+  } finally {
+    process.env.PATH = oldPath;
+    delete process.env.VMHOOK_TEST_VIRSH_STATE;
+    fs.rmSync(bin, { recursive: true, force: true });
+    sim.cleanup();
+  }
+}
+
+test("doctor --fix --apply VM keeps the domain's graphics password, in the defined domain and in the backup, and never prints it", async () => {
+  const stored = degradedWin11().replace("</devices>", "<graphics type='vnc' port='-1' autoport='yes' passwd='s3cret'/></devices>");
+  await applyWithFakeVirsh(stored, (applied, defined, sim) => {
     assert.is(applied.code, 0, applied.stderr);
     assert.not.match(applied.stdout, "s3cret");
-    const defined = fs.readFileSync(path.join(bin, "domain.xml"), "utf8");
     assert.match(defined, /<memballoon model=["']none["']/, "the fixes were defined");
     assert.match(defined, /passwd=["']s3cret["']/, "the VNC password stays");
     const backup = /the old XML is in (\S+) /.exec(applied.stdout)?.[1];
     assert.is(fs.readFileSync(sim.resolve(backup!), "utf8"), stored, "the backup is the domain as it was, password included");
-  } finally {
-    process.env.PATH = oldPath;
-    delete process.env.VMHOOK_TEST_VIRSH_STATE;
-    fs.rmSync(bin, { recursive: true, force: true });
-    sim.cleanup();
-  }
+  });
 });
 
 test("doctor --fix --apply VM refuses, defining nothing, when the domain changed between its two reads (the fixes differ)", async () => {
-  const sim = nvidiaHost();
-  const bin = fs.mkdtempSync(path.join(os.tmpdir(), "vmhook-fake-virsh-"));
-  const oldPath = process.env.PATH;
-  try {
-    fs.writeFileSync(path.join(bin, "virsh"), FAKE_VIRSH, { mode: 0o755 });
-    const stored = degradedWin11();
-    fs.writeFileSync(path.join(bin, "domain.xml"), stored);
-    // Someone else fixed the balloon in between: the second read (with secrets) needs one fix less.
-    fs.writeFileSync(path.join(bin, "changed.xml"), stored.replace("<memballoon model='virtio'/>", "<memballoon model='none'/>"));
-    assert.not.equal(fs.readFileSync(path.join(bin, "changed.xml"), "utf8"), stored);
-    process.env.PATH = `${bin}:${oldPath}`;
-    process.env.VMHOOK_TEST_VIRSH_STATE = bin;
-    const applied = await cli(["doctor", "--fix", "--apply", "win11", "--root", sim.root]);
-    assert.is(applied.code, 1);
-    assert.match(applied.stderr, "win11 changed while vmhook read it (the fixes differ between two reads); nothing was defined: run vmhook doctor --fix --apply win11 again");
-    assert.is(fs.readFileSync(path.join(bin, "domain.xml"), "utf8"), stored, "nothing was defined");
-    assert.not.ok(fs.existsSync(sim.resolve("/var/lib/vmhook/backups")) && fs.readdirSync(sim.resolve("/var/lib/vmhook/backups")).length > 0, "no backup was written");
-  } finally {
-    process.env.PATH = oldPath;
-    delete process.env.VMHOOK_TEST_VIRSH_STATE;
-    fs.rmSync(bin, { recursive: true, force: true });
-    sim.cleanup();
-  }
+  const stored = degradedWin11();
+  // Someone else fixed the balloon in between: the second read (with secrets) needs one fix less.
+  const changed = stored.replace("<memballoon model='virtio'/>", "<memballoon model='none'/>");
+  assert.not.equal(changed, stored);
+  await applyWithFakeVirsh(
+    stored,
+    (applied, defined, sim) => {
+      assert.is(applied.code, 1);
+      assert.match(applied.stderr, "win11 changed while vmhook read it (the fixes differ between two reads); nothing was defined: run vmhook doctor --fix --apply win11 again");
+      assert.is(defined, stored, "nothing was defined");
+      assert.not.ok(fs.existsSync(sim.resolve("/var/lib/vmhook/backups")) && fs.readdirSync(sim.resolve("/var/lib/vmhook/backups")).length > 0, "no backup was written");
+    },
+    changed,
+  );
 });
 
 test.run();
