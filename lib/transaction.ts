@@ -243,6 +243,9 @@ export async function runPlugins(event: PlannedEvent, instances: PluginInstance[
           if (unit.step.background) {
             env.log.info(`${unit.instance.id}: ${unit.step.description}: started in the background`);
             background.start(kind, applying);
+          } else if (event === "reconnect") {
+            // A check that puts something back and fails is logged (journaled() does); the next plugins' still run.
+            await applying.catch(() => {});
           } else await applying;
         } else {
           await background.finished();

@@ -582,7 +582,7 @@ test("reconnect keeps the journal and the pages, and warns when the pool lost pa
   }
 });
 
-test("reconnect: a plugin whose check fails is logged, and the plugins after it still put back what they lost", async () => {
+test("reconnect: a plugin whose check or restore step fails is logged, and the plugins after it still put back what they lost", async () => {
   const { sim, env, journal } = setup();
   try {
     const cannotCheck = definePlugin<FileSetter>({
@@ -608,9 +608,17 @@ test("reconnect: a plugin whose check fails is logged, and the plugins after it 
         }),
       },
     });
-    await runPlugins("reconnect", [instanceOf("checker", cannotCheck, { files: [] }), instanceOf("restorer", restorer, { files: [] })], DOMAIN, journal, env, deadline(sim));
+    const failingRestorer = definePlugin<FileSetter>({
+      ...restorer,
+      name: "failing-restorer",
+      plan: { reconnect: () => [{ action: "set-file", record: { action: "set-file", file: "/missing/b2", old: "" }, description: "put /missing/b2 back" }] },
+    });
+    const instances = [instanceOf("checker", cannotCheck, { files: [] }), instanceOf("failing-restorer", failingRestorer, { files: [] }), instanceOf("restorer", restorer, { files: [] })];
+    await runPlugins("reconnect", instances, DOMAIN, journal, env, deadline(sim));
     assert.is(sim.read("/b1"), "restored\n");
-    assert.match(sim.read(paths.log), "warn: checker: reconnect check failed: systemctl is-active could not tell: Failed to connect to bus");
+    const log = sim.read(paths.log);
+    assert.match(log, "warn: checker: reconnect check failed: systemctl is-active could not tell: Failed to connect to bus");
+    assert.match(log, "error: failing-restorer: put /missing/b2 back:");
   } finally {
     sim.cleanup();
   }
