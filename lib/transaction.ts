@@ -249,7 +249,9 @@ export async function runPlugins(event: PlannedEvent, instances: PluginInstance[
           } else await applying;
         } else {
           await background.finished();
-          await runLegacyHandler(env, journal, unit.instance, unit.legacy, event, domain, deadline);
+          const handled = runLegacyHandler(env, journal, unit.instance, unit.legacy, event, domain, deadline);
+          if (event === "reconnect") await handled.catch((error: unknown) => env.log.error(`${unit.instance.id}: reconnect: ${describeError(error)}`));
+          else await handled;
         }
       }
       await background.finished();

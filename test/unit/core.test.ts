@@ -11,7 +11,7 @@ import { parseDomain } from "../../lib/domain.ts";
 import type { VmhookError } from "../../lib/errors.ts";
 import { newJournal, readJournal, writeJournal, type Journal } from "../../lib/journal.ts";
 import { createLogger } from "../../lib/log.ts";
-import { defineAction, definePlugin, type ApplyContext, type Plugin, type UndoContext, type UndoRecord } from "../../lib/plugin.ts";
+import { defineAction, definePlugin, type ApplyContext, type LegacyPlugin, type Plugin, type UndoContext, type UndoRecord } from "../../lib/plugin.ts";
 import { DEFAULT_SETTINGS } from "../../lib/settings.ts";
 import { planEvent, runPlugins, undoJournal, type RunEnvironment } from "../../lib/transaction.ts";
 import { paths } from "../../lib/paths.ts";
@@ -582,7 +582,7 @@ test("reconnect keeps the journal and the pages, and warns when the pool lost pa
   }
 });
 
-test("reconnect: a plugin whose check or restore step fails is logged, and the plugins after it still put back what they lost", async () => {
+test("reconnect: a plugin whose check, restore step or (first interface) handler fails is logged, and the plugins after it still put back what they lost", async () => {
   const { sim, env, journal } = setup();
   try {
     const cannotCheck = definePlugin<FileSetter>({
@@ -613,12 +613,28 @@ test("reconnect: a plugin whose check or restore step fails is logged, and the p
       name: "failing-restorer",
       plan: { reconnect: () => [{ action: "set-file", record: { action: "set-file", file: "/missing/b2", old: "" }, description: "put /missing/b2 back" }] },
     });
-    const instances = [instanceOf("checker", cannotCheck, { files: [] }), instanceOf("failing-restorer", failingRestorer, { files: [] }), instanceOf("restorer", restorer, { files: [] })];
+    // A custom plugin of the first interface whose reconnect handler throws.
+    const legacy: LegacyPlugin<FileSetter> = {
+      name: "plugin:old",
+      summary: "test: a vmhook 0.1 plugin",
+      parse: () => ({ files: [] }),
+      reconnect: () => {
+        throw new Error("its daemon is gone");
+      },
+      undo: () => {},
+    };
+    const instances = [
+      instanceOf("checker", cannotCheck, { files: [] }),
+      instanceOf("failing-restorer", failingRestorer, { files: [] }),
+      { id: "plugin:old", plugin: legacy, config: { files: [] }, elements: [] },
+      instanceOf("restorer", restorer, { files: [] }),
+    ];
     await runPlugins("reconnect", instances, DOMAIN, journal, env, deadline(sim));
     assert.is(sim.read("/b1"), "restored\n");
     const log = sim.read(paths.log);
     assert.match(log, "warn: checker: reconnect check failed: systemctl is-active could not tell: Failed to connect to bus");
     assert.match(log, "error: failing-restorer: put /missing/b2 back:");
+    assert.match(log, "error: plugin:old: reconnect: its daemon is gone");
   } finally {
     sim.cleanup();
   }
