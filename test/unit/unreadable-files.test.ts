@@ -89,6 +89,9 @@ test("vmhook status, doctor and recover: a libvirt pid file that cannot be read 
     const OTHER_UUID = "e1e1e1e1-0000-4000-8000-0000000000f3";
     assert.is((await runHookEvent(sim, "prepare", "begin", XML)).code, 0);
     assert.is((await runHookEvent(sim, "prepare", "begin", XML.replace("<name>vm</name>", "<name>other</name>").replace(UUID, OTHER_UUID), "other")).code, 0);
+    // Both started (QEMU ran): a pid file gone since means stopped, not "not launched yet".
+    assert.is((await runHookEvent(sim, "started", "begin", XML)).code, 0);
+    assert.is((await runHookEvent(sim, "started", "begin", XML.replace("<name>vm</name>", "<name>other</name>").replace(UUID, OTHER_UUID), "other")).code, 0);
     sim.dir("/run/libvirt/qemu/vm.pid");
     const status = await cli(["status", "--root", sim.root]);
     assert.is(status.code, 0);
@@ -109,6 +112,41 @@ test("vmhook status, doctor and recover: a libvirt pid file that cannot be read 
     assert.ok(readJournal(sim, UUID), "vm's journal is kept");
     assert.is(readJournal(sim, OTHER_UUID), undefined, "other's is undone");
     assert.is(Number(sim.read("/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages")), pool / 2, "vm's huge pages are still reserved, other's are given back");
+  } finally {
+    sim.cleanup();
+  }
+});
+
+test("recover never undoes a VM libvirt is starting: between prepare and QEMU's launch there is no pid file yet; --force does it, and once started a missing pid file means stopped", async () => {
+  const sim = new SimHost().dir("/var/log");
+  try {
+    new HugepageKernel(sim, { initial: { 2048: 0 } });
+    const pool = () => Number(sim.read("/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages"));
+    assert.is((await runHookEvent(sim, "prepare", "begin", XML)).code, 0);
+    const reserved = pool();
+    assert.ok(reserved > 0);
+    // libvirt writes /run/libvirt/qemu/vm.pid only when it launches QEMU, after the prepare and start hooks (seen on libvirt 9.0).
+    const status = await cli(["status", "--root", sim.root]);
+    assert.match(status.stdout, `vm (${UUID}): being started (prepared; QEMU not launched yet); vmhook holds for it`);
+    const recover = await cli(["recover", "--root", sim.root]);
+    assert.is(recover.code, 1);
+    assert.match(recover.stdout, "vm: libvirt is starting it (prepared; QEMU not launched yet), or its libvirtd stopped while starting it; nothing of it was undone: if virsh domstate vm says shut off and no start is under way, run vmhook recover --force vm");
+    assert.is(pool(), reserved, "the pages of the VM being started stay");
+    assert.ok(readJournal(sim, UUID));
+
+    // QEMU ran (started), then stopped without a release: a missing pid file means not running.
+    assert.is((await runHookEvent(sim, "started", "begin", XML)).code, 0);
+    assert.is(readJournal(sim, UUID)!.phase, "running");
+    const after = await cli(["recover", "--root", sim.root]);
+    assert.is(after.code, 0, after.stdout);
+    assert.match(after.stdout, "vm: 1 change(s) undone");
+    assert.is(pool(), 0);
+
+    // Prepared and never started (libvirtd gone mid-start): --force gives it back.
+    assert.is((await runHookEvent(sim, "prepare", "begin", XML)).code, 0);
+    const forced = await cli(["recover", "--force", "vm", "--root", sim.root]);
+    assert.is(forced.code, 0, forced.stdout);
+    assert.is(pool(), 0);
   } finally {
     sim.cleanup();
   }
