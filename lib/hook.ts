@@ -5,7 +5,7 @@ import { Deadline } from "./deadline.ts";
 import { parseDomain, type Domain } from "./domain.ts";
 import { describeError, VmhookError } from "./errors.ts";
 import { RootedHost, type Host } from "./host.ts";
-import { newJournal, readJournal, writeJournal, type JournalEntry } from "./journal.ts";
+import { newJournal, readJournal, writeJournal, type Journal, type JournalEntry } from "./journal.ts";
 import { createLogger, oneLine, type Logger } from "./log.ts";
 import { isLegacyPlugin, type HookEvent, type PlannedEvent, type PluginRegistry } from "./plugin.ts";
 import { registry as builtinRegistry } from "../plugins/index.ts";
@@ -93,7 +93,7 @@ export class HookRun {
     const journal = newJournal(this.host, { name: this.domain.name, uuid: this.domain.uuid });
     writeJournal(this.host, journal);
     try {
-      await runPlugins("prepare", instances, this.domain, journal, this.env(), deadline, "running");
+      await runPlugins("prepare", instances, this.domain, journal, this.env(), deadline, "starting");
     } catch (error) {
       const steps = journal.entries.length;
       const { failed } = await undoJournal(journal, this.env(), this.deadline("undo"));
@@ -103,6 +103,7 @@ export class HookRun {
 
   /** start, started, stopped: the plugins' optional steps; they join the same journal. */
   async handlers(event: "start" | "started" | "stopped"): Promise<void> {
+    if (event === "started") this.markRunning();
     const instances = await this.plugins().catch((error: unknown) => {
       // libvirt runs stopped after a refused prepare too: its config error was reported there once already.
       const uuid = uuidFromXml(this.invocation.xml);
@@ -135,11 +136,22 @@ export class HookRun {
 
   /** reconnect: the daemon restarted while the VM runs. Keep the journal; let plugins check it. Never fails. */
   async reconnect(): Promise<void> {
-    const journal = readJournal(this.host, this.domain.uuid);
+    const journal = this.markRunning();
     if (!journal) return;
     this.log.info(`reconnected: journal holds ${journal.entries.length} change(s), phase ${journal.phase}`);
     const instances = await this.plugins();
     await runPlugins("reconnect", instances, this.domain, journal, this.env(), this.deadline("work"));
+  }
+
+  /** QEMU runs (started, or reconnected to): from now on a missing pid file means it stopped (vmhook recover). */
+  private markRunning(): Journal | undefined {
+    const uuid = uuidFromXml(this.invocation.xml);
+    const journal = uuid ? readJournal(this.host, uuid) : undefined;
+    if (journal?.phase === "starting") {
+      journal.phase = "running";
+      writeJournal(this.host, journal);
+    }
+    return journal;
   }
 
   private async undoLeftovers(deadline: Deadline): Promise<void> {

@@ -26,7 +26,12 @@ export interface JournalEntry {
   error?: string;
 }
 
-export type JournalPhase = "preparing" | "running" | "releasing" | "release-failed";
+/**
+ * preparing: the prepare hook at work; starting: prepared, and libvirt has not
+ * said "started" yet (it launches QEMU, and writes its pid file, only after
+ * the prepare and start hooks); running: started (or reconnected).
+ */
+export type JournalPhase = "preparing" | "starting" | "running" | "releasing" | "release-failed";
 
 export interface Journal {
   version: number;

@@ -145,6 +145,7 @@ function describeState(summary: Awaited<ReturnType<typeof journalSummary>>): str
   if (summary.hookAtWork) return `its hook is at work right now${phase ? ` (${phase})` : ""}; vmhook holds for it`;
   if (summary.running === null) return `cannot tell whether it runs (${summary.runningUnknown}); vmhook holds for it`;
   if (summary.running) return `running${phase ? `, ${phase}` : ""}; vmhook holds for it`;
+  if (summary.phase === "starting") return "being started (prepared; QEMU not launched yet); vmhook holds for it";
   return `not running${phase ? ` (${phase})` : ""}, yet vmhook still holds for it (vmhook recover ${summary.domain.name} gives it back)`;
 }
 

@@ -46,6 +46,13 @@ function unreadableOf(name: string | undefined, broken: { file: string; error: s
   return found ? [] : broken;
 }
 
+/**
+ * A journal in phase "starting" without a pid file: libvirt launches QEMU,
+ * and writes its pid file, only after the prepare and start hooks.
+ */
+export const BEING_STARTED = "libvirt is starting it (prepared; QEMU not launched yet), or its libvirtd stopped while starting it";
+export const forceWhenShutOff = (name: string) => `if virsh domstate ${name} says shut off and no start is under way, run vmhook recover --force ${name}`;
+
 interface RecoverArgs extends GlobalOptions {
   name?: string;
   force: boolean;
@@ -57,7 +64,7 @@ export const recoverCommand: CommandModule<GlobalOptions, RecoverArgs> = {
   builder: (y) =>
     y
       .positional("name", { type: "string", describe: "domain name or UUID" })
-      .option("force", { type: "boolean", default: false, describe: "undo even if libvirt's state says the domain still runs" }),
+      .option("force", { type: "boolean", default: false, describe: "undo even if libvirt's state says the domain still runs, or it is being started" }),
   async handler(args) {
     const host = new RootedHost(args.root);
     const settings = loadSettings(host);
@@ -89,11 +96,20 @@ export const recoverCommand: CommandModule<GlobalOptions, RecoverArgs> = {
       const outcome = await ifDomainIdle(host, uuid, async () => {
         // Read again under the lock: the journal listed above may be gone or rewritten since.
         const current = readJournal(host, uuid);
-        return current ? undoJournal(current, { host, log, settings, registry }, new Deadline(host, settings.undoDeadlineSeconds * 1000, "undoDeadlineSeconds")) : { undone: 0, failed: [] };
+        if (!current) return { undone: 0, failed: [] };
+        // No pid file yet says nothing while libvirt is starting the VM: only --force takes that back.
+        if (current.phase === "starting" && !args.force) return "starting" as const;
+        return undoJournal(current, { host, log, settings, registry }, new Deadline(host, settings.undoDeadlineSeconds * 1000, "undoDeadlineSeconds"));
       });
       if (outcome.busy) {
         results.push({ domain: journal.domain, skipped: "hook-at-work" });
         if (!args.json) print(`${name}: a hook of this domain is at work right now; run vmhook recover again when it is done`);
+        continue;
+      }
+      if (outcome.value === "starting") {
+        results.push({ domain: journal.domain, skipped: "starting" });
+        if (!args.json) print(`${name}: ${BEING_STARTED}; nothing of it was undone: ${forceWhenShutOff(name)}`);
+        process.exitCode = 1;
         continue;
       }
       const { undone, failed } = outcome.value;

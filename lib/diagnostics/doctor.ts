@@ -21,7 +21,7 @@ import { hostNodes, hugepagePool, hugepageSizes, HUGEPAGE_DIR, meminfo } from ".
 import { listInstalledPlugins } from "../custom-plugins.ts";
 import { describePolicy, loadPolicy } from "../policy.ts";
 import { isVmhookBinary } from "../cli/install.ts";
-import { runningOrWhyUnknown } from "../cli/recover.ts";
+import { BEING_STARTED, forceWhenShutOff, runningOrWhyUnknown } from "../cli/recover.ts";
 import { isLegacyPlugin } from "../plugin.ts";
 import { fail, ok, roundMiB, warn, type Finding } from "./findings.ts";
 import { readIommuGroups, type IommuReport } from "./iommu.ts";
@@ -181,6 +181,9 @@ function leftovers(host: Host): Finding[] {
       const running = runningOrWhyUnknown(host, name);
       if (typeof running === "string") {
         return [fail("leftovers", `${name}: cannot tell whether it runs (${running}); its journal in ${paths.stateDir} holds ${journal.entries.length} change(s)`, `fix what the message names; then vmhook status shows whether it runs, and vmhook recover ${name} gives back what a stopped one holds`)];
+      }
+      if (!running && journal.phase === "starting") {
+        return [warn("leftovers", `${name}: ${BEING_STARTED}; its journal in ${paths.stateDir} holds ${journal.entries.length} change(s)`, forceWhenShutOff(name))];
       }
       if (!running) {
         return [warn("leftovers", `${name} is not running but its journal in ${paths.stateDir} still holds ${journal.entries.length} change(s)`, `run vmhook recover ${name}`)];

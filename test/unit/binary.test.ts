@@ -284,6 +284,7 @@ test("CLI status and recover: a running domain (live pid) is kept, a dead one is
     const qemu = t.link("hooks/qemu");
     const vmhook = t.link("bin/vmhook");
     assert.is(run(qemu, ["vm", "prepare", "begin", "-"], domain(), t.root).code, 0);
+    assert.is(run(qemu, ["vm", "started", "begin", "-"], domain(), t.root).code, 0);
     const pidFile = path.join(t.root, "run/libvirt/qemu/vm.pid");
     fs.writeFileSync(pidFile, `${process.pid}\n`);
 

@@ -506,7 +506,7 @@ test("crash: the next prepare undoes the leftover journal first, then allocates 
     assert.is(outcome.code, 0, outcome.stderr);
     assert.is(kernel.pool(2048), 612, "the crashed run's 512 went back, this run's 512 came in");
     const journal = readJournal(sim, UUID)!;
-    assert.equal([journal.phase, journal.entries.length, journal.entries[0]!.state], ["running", 1, "applied"]);
+    assert.equal([journal.phase, journal.entries.length, journal.entries[0]!.state], ["starting", 1, "applied"]);
     assert.match(sim.read("/var/log/vmhook.log"), "found a journal from an earlier run (phase preparing, 1 change(s)); undoing it first");
     await runHookEvent(sim, "release", "end", XML);
     assert.is(kernel.pool(2048), 100);
@@ -566,10 +566,27 @@ test("a prepare whose leftover journal cannot be undone fails, naming vmhook rec
   }
 });
 
+test("a journal is 'starting' from prepare until libvirt says started, or reconnects to the running VM: then 'running'", async () => {
+  const { sim } = hugepageHost(0);
+  try {
+    await runHookEvent(sim, "prepare", "begin", XML);
+    assert.is(readJournal(sim, UUID)!.phase, "starting");
+    await runHookEvent(sim, "start", "begin", XML);
+    assert.is(readJournal(sim, UUID)!.phase, "starting", "start runs before QEMU is launched");
+    assert.is((await runHookEvent(sim, "reconnect", "begin", XML)).code, 0);
+    assert.is(readJournal(sim, UUID)!.phase, "running", "libvirtd reconnected to the VM's QEMU");
+  } finally {
+    sim.cleanup();
+  }
+});
+
 test("reconnect keeps the journal and the pages, and warns when the pool lost pages", async () => {
   const { sim, kernel } = hugepageHost(0);
   try {
     await runHookEvent(sim, "prepare", "begin", XML);
+    assert.is(readJournal(sim, UUID)!.phase, "starting");
+    await runHookEvent(sim, "started", "begin", XML);
+    assert.is(readJournal(sim, UUID)!.phase, "running", "started: QEMU runs");
     const journal = sim.read(`/run/vmhook/${UUID}.json`);
     assert.equal(await runHookEvent(sim, "reconnect", "begin", XML), { code: 0, stderr: "" });
     assert.is(sim.read(`/run/vmhook/${UUID}.json`), journal);
