@@ -259,6 +259,38 @@ test("a policy file that root does not own, that others can write, or under a wr
   }
 });
 
+test("the host settings file (it names commands and units root runs) is held to the policy file's rules: root's, not writable by others, no symlink", () => {
+  if (!IS_ROOT) {
+    console.log("policy.test.ts: not root, so the owner check (chown) cannot be tested; skipped");
+    return;
+  }
+  const SETTINGS = "/etc/vmhook/vmhook.json";
+  const sim = host();
+  try {
+    // A display manager command for hosts without systemd: what vmhook runs as root to stop and start it.
+    sim.file(SETTINGS, JSON.stringify({ plugins: { vfio: { displayManagerCommand: { stop: ["/bin/true"], start: ["/home/alice/x"], processes: [] } } } }));
+    const xml = domainXml(`<vmhook:vfio/>`);
+    const file = sim.resolve(SETTINGS);
+    fs.chownSync(file, 1000, 1000);
+    assertRefusedEverywhere(sim, xml, [`refusing the host settings: ${SETTINGS} is owned by uid 1000, not root`, `run chown root:root ${SETTINGS}`]);
+    fs.chownSync(file, 0, 0);
+    fs.chmodSync(file, 0o666);
+    assertRefusedEverywhere(sim, xml, [`${SETTINGS} has mode 0666: group or others can write it, and it names commands and units root runs; run chmod go-w ${SETTINGS}`]);
+    fs.chmodSync(file, 0o644);
+    fs.chmodSync(sim.resolve("/etc/vmhook"), 0o777);
+    assertRefusedEverywhere(sim, xml, ["/etc/vmhook has mode 0777", "run chmod go-w /etc/vmhook"]);
+    fs.chmodSync(sim.resolve("/etc/vmhook"), 0o755);
+    fs.renameSync(file, `${file}.real`);
+    fs.symlinkSync(`${file}.real`, file);
+    assertRefusedEverywhere(sim, xml, [`${SETTINGS} is a symlink`, "put the real file there"]);
+    fs.rmSync(file);
+    fs.renameSync(`${file}.real`, file);
+    assertAllowed(sim, xml);
+  } finally {
+    sim.cleanup();
+  }
+});
+
 test("a policy file with bad JSON, an unknown key or a bad value is refused naming the key", () => {
   const xml = domainXml(`<vmhook:vfio/>`);
   const bad: [string, string][] = [
