@@ -58,6 +58,10 @@ export function readJournal(host: Host, uuid: string): Journal | undefined {
   try {
     const journal = JSON.parse(text) as Journal;
     if (journal.version !== JOURNAL_VERSION || !Array.isArray(journal.entries)) throw new Error(`unsupported version ${journal.version}`);
+    // Its writes and its removal go to the file its domain names: one copied or edited under another name would leave this one behind, undone again.
+    const domain = journal.domain as Partial<Journal["domain"]> | undefined;
+    if (typeof domain?.name !== "string" || typeof domain.uuid !== "string") throw new Error("it names no domain");
+    if (domain.uuid !== uuid) throw new Error(`it names domain ${domain.name} (${domain.uuid}), not ${uuid}`);
     // vmhook 0.1 wrote "failed" for an undo that failed.
     for (const entry of journal.entries) if ((entry.state as string) === "failed") entry.state = "undo-failed";
     return journal;

@@ -196,6 +196,22 @@ test("a journal that exists but cannot be read is an error, not \"holds nothing\
   }
 });
 
+test("a journal whose domain is not the one its file is named for (copied or edited by hand) is unreadable, not another domain's", async () => {
+  const sim = new SimHost();
+  try {
+    const OTHER = "e1e1e1e1-0000-4000-8000-0000000000e2";
+    const journal = { version: 1, domain: { name: "vm", uuid: OTHER }, phase: "running", pid: 1, createdAt: "2026-01-01T00:00:00.000Z", updatedAt: "2026-01-01T00:00:00.000Z", entries: [] };
+    sim.file(paths.journal(UUID), JSON.stringify(journal));
+    assert.throws(() => readJournal(sim, UUID), (error: Error) => error.message.includes(`names domain vm (${OTHER}), not ${UUID}`));
+    sim.file(paths.journal(UUID), JSON.stringify({ ...journal, domain: undefined }));
+    assert.throws(() => readJournal(sim, UUID), (error: Error) => error.message.includes("names no domain"));
+    const status = await cli(["status", "--root", sim.root]);
+    assert.match(status.stdout, `unreadable journal /run/vmhook/${UUID}.json`);
+  } finally {
+    sim.cleanup();
+  }
+});
+
 test("recover reports a journal it cannot read and exits 1, instead of \"nothing to recover\"", async () => {
   const sim = new SimHost();
   try {
