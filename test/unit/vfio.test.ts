@@ -352,6 +352,24 @@ test("single GPU: a display manager in auto-restart (is-active says \"activating
   assert.ok(kernel.units.get("display-manager.service")!.active, "started again at release");
 });
 
+test("single GPU, NVIDIA without fbdev: the console that cannot come back (no framebuffer, efifb gone for good) is warned about, and the next start is not blocked", async () => {
+  const kernel = nvidiaDesktop();
+  assert.is((await runHookEvent(kernel.sim, "prepare", "begin", domainXml("<vmhook:vfio/>"))).code, 0);
+  // What the kernel does meanwhile on Linux >= 6.1: vfio-pci's aperture removal unregisters efi-framebuffer.0 for good,
+  // and with no framebuffer left fbcon unregisters its console (vtcon1).
+  kernel.sim.remove("/sys/bus/platform/devices/efi-framebuffer.0");
+  kernel.sim.remove("/sys/devices/platform/efi-framebuffer.0");
+  kernel.sim.remove("/sys/class/vtconsole/vtcon1");
+  const release = await runHookEvent(kernel.sim, "release", "end", domainXml("<vmhook:vfio/>"));
+  assert.is(release.code, 0);
+  assert.is(kernel.driverOf(GPU), "nvidia", "the GPU is home");
+  assert.ok(kernel.units.get("display-manager.service")!.active, "the display manager is back");
+  assert.match(kernel.sim.read("/var/log/vmhook.log"), `warn: vfio: console vtcon1 stays unbound: nvidia (${GPU}) registered no framebuffer, and the firmware framebuffer does not come back once vfio-pci took the GPU; the text console returns after a reboot, or with a driver that registers one (NVIDIA: nvidia-drm.fbdev=1)`);
+  assert.equal(kernel.sim.stateFiles(), [], "nothing is left for vmhook recover");
+  const again = await runHookEvent(kernel.sim, "prepare", "begin", domainXml("<vmhook:vfio/>"));
+  assert.is(again.code, 0, again.stderr);
+});
+
 test("single GPU while systemctl cannot reach systemd: prepare refuses, naming systemctl's answer, before any change", async () => {
   const kernel = nvidiaDesktop();
   // What systemctl says for every verb when PID 1 does not answer on its bus: exit 1, not is-active's 3 ("inactive").
