@@ -5,8 +5,9 @@ import { writeThroughDriver } from "../../lib/bounded-write.ts";
 import { WaitTimedOut } from "../../lib/deadline.ts";
 import { VmhookError } from "../../lib/errors.ts";
 import { defineAction, type ApplyContext, type BaseContext, type Step, type UndoRecord } from "../../lib/plugin.ts";
+import { isDisplayClass, listPciDevices } from "../../lib/pci.ts";
 import { readVfioSettings, type VfioConfig, type VfioSettings } from "./config.ts";
-import { describeHolders, isWatched, processesHolding, type Survey } from "./survey.ts";
+import { describeHolders, HARMLESS_DRIVERS, isWatched, processesHolding, type Survey } from "./survey.ts";
 import { systemdRuns, unitActive } from "../../lib/systemd.ts";
 import { stopUnitStep } from "./units.ts";
 
@@ -190,7 +191,14 @@ function runningCommands(ctx: BaseContext): string[] {
 async function bindVtconsole(record: UndoRecord, ctx: BaseContext): Promise<void> {
   const isFramebuffer = (vtconsole: string) => /frame buffer/i.test(ctx.host.readTrimmed(`${VTCONSOLES}/${vtconsole}/name`) ?? "");
   const recorded = String(record.vtconsole);
-  const vtconsole = isFramebuffer(recorded) ? recorded : ctx.host.list(VTCONSOLES).find(isFramebuffer);
+  const findConsole = () => (isFramebuffer(recorded) ? recorded : ctx.host.list(VTCONSOLES).find(isFramebuffer));
+  const vtconsole = findConsole() ?? consoleOfDisplayDriver(ctx, findConsole);
+  if (vtconsole === "never") {
+    // The GPU is home and its driver makes no framebuffer (NVIDIA without fbdev): nothing vmhook can do brings the console back,
+    // and an entry kept for recover would refuse every later start.
+    ctx.log.warn(`vfio: console ${recorded} stays unbound: ${describeDisplayDrivers(ctx)} registered no framebuffer, and the firmware framebuffer does not come back once vfio-pci took the GPU; the text console returns after a reboot, or with a driver that registers one (NVIDIA: nvidia-drm.fbdev=1)`);
+    return;
+  }
   if (!vtconsole) throw new VmhookError(`vfio: no framebuffer console is back (was ${recorded}): no framebuffer is registered; ${NO_FRAMEBUFFER_FIX}`);
   const bind = `${VTCONSOLES}/${vtconsole}/bind`;
   const bound = () => ctx.host.readTrimmed(bind) === "1";
@@ -207,6 +215,30 @@ async function bindVtconsole(record: UndoRecord, ctx: BaseContext): Promise<void
   }
   if (!bound()) throw new VmhookError(`vfio: console ${vtconsole} did not bind again: writing 1 to ${bind} and mapping tty${FIRST_CONSOLE} to /dev/${framebuffer} did nothing; see dmesg, then run vmhook recover`);
   ctx.log.info(`vfio: console ${vtconsole} bound again by mapping tty${FIRST_CONSOLE} to /dev/${framebuffer} (its bind file does nothing while the only other console driver is modular)`);
+}
+
+/** Display devices on a host driver now (not vfio-pci or pci-stub). */
+const displayDriversNow = (ctx: BaseContext) =>
+  listPciDevices(ctx.host).filter((device) => isDisplayClass(device.classCode) && device.driver !== undefined && !HARMLESS_DRIVERS.includes(device.driver));
+const describeDisplayDrivers = (ctx: BaseContext) => displayDriversNow(ctx).map((device) => `${device.driver} (${device.address})`).join(", ");
+/** How long a display driver back on its device may take to register its framebuffer console. */
+const FRAMEBUFFER_GRACE_MS = 2_000;
+
+/**
+ * No framebuffer console now: when a display driver is back on its device,
+ * one that registers a framebuffer brings the console within moments; one
+ * that has not by then never will ("never"). With no display driver bound,
+ * undefined: loading the GPU's driver may still bring it (vmhook recover).
+ */
+function consoleOfDisplayDriver(ctx: BaseContext, findConsole: () => string | undefined): string | "never" | undefined {
+  if (displayDriversNow(ctx).length === 0) return undefined;
+  try {
+    ctx.waitFor("a framebuffer console is back", () => findConsole() !== undefined, { timeoutMs: FRAMEBUFFER_GRACE_MS });
+  } catch (error) {
+    if (error instanceof WaitTimedOut) return "never";
+    throw error;
+  }
+  return findConsole();
 }
 
 /** vfio-pci removes a firmware framebuffer (efifb, simplefb) for good when it takes the GPU: only a GPU driver brings one back. */

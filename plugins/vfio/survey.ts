@@ -26,7 +26,7 @@ export const VFIO_DRIVER = "vfio-pci";
 /** NVIDIA's proprietary stack, users first. amdgpu, radeon and nouveau stay loaded: unbinding suffices. */
 const NVIDIA_MODULES = ["nvidia_drm", "nvidia_modeset", "nvidia_uvm", "nvidia"];
 /** Drivers that leave a device free for vfio-pci's group check. */
-const HARMLESS_DRIVERS = [VFIO_DRIVER, "pci-stub"];
+export const HARMLESS_DRIVERS = [VFIO_DRIVER, "pci-stub"];
 
 export interface Device extends PciDevice {
   /** driver_override before vmhook, undefined when none. */
