@@ -184,6 +184,98 @@ test("defect 4: a claims ledger that cannot be read stops the module handover (p
   }
 });
 
+// ---- a card that waits in another VM's module claim is handed over again
+
+// Two NVIDIA cards, one per VM, the host's desktop on an iGPU. B starts first
+// (the host keeps A's card, so nvidia stays); A starts and unloads NVIDIA's
+// stack; B stops (its card waits in A's claim) and starts again while A runs:
+// its card has no driver then only because of A's claim, so its home is the
+// driver it waits for in the ledger, not "no driver".
+const managedPassthrough = (name: string, uuid: string, card: string) => passthrough(name, uuid, card).replace("managed='no'", "managed='yes'");
+
+function nvidiaStackHost(): GpuKernel {
+  return new GpuKernel({ systemd: false })
+    .module({ name: "i915", driver: "i915", loaded: true })
+    .module({ name: "nvidia", driver: "nvidia", loaded: true })
+    .module({ name: "nvidia_modeset", uses: ["nvidia"], loaded: true })
+    .module({ name: "nvidia_uvm", uses: ["nvidia"], loaded: true })
+    .module({ name: "nvidia_drm", uses: ["nvidia_modeset"], loaded: true })
+    .device({ address: "0000:00:02.0", classCode: "0x030000", vendor: "0x8086", nativeDriver: "i915", group: 0, bootVga: true, nodes: ["card0"] })
+    .device({ address: CARD_A, classCode: "0x030000", vendor: "0x10de", nativeDriver: "nvidia", group: 1, nodes: ["card1", "renderD129"] })
+    .device({ address: CARD_B, classCode: "0x030000", vendor: "0x10de", nativeDriver: "nvidia", group: 2, nodes: ["card2", "renderD130"] });
+}
+
+/** B, A started; B released (its card waits in A's claim on nvidia) and started again while A runs. */
+async function bRestartedWhileAKeepsNvidiaUnloaded(kernel: GpuKernel, a: string, b: string): Promise<void> {
+  assert.is((await runHookEvent(kernel.sim, "prepare", "begin", b, "b")).code, 0);
+  assert.is((await runHookEvent(kernel.sim, "prepare", "begin", a, "a")).code, 0);
+  assert.not.ok(kernel.loaded("nvidia"));
+  assert.is((await runHookEvent(kernel.sim, "release", "end", b, "b")).code, 0);
+  assert.is(kernel.driverOf(CARD_B), undefined);
+  assert.equal(readClaims(kernel)["module:nvidia"]?.waiting, [{ address: CARD_B, driver: "nvidia" }], "B's card waits in A's claim");
+  const again = await runHookEvent(kernel.sim, "prepare", "begin", b, "b");
+  assert.is(again.code, 0, again.stderr);
+  assert.is(kernel.driverOf(CARD_B), "vfio-pci");
+}
+
+const readClaims = (kernel: GpuKernel): Record<string, { holders: string[]; waiting: unknown[] }> =>
+  kernel.sim.exists(paths.claims) ? JSON.parse(kernel.sim.read(paths.claims)).claims : {};
+
+test("VM B restarted while VM A keeps nvidia unloaded: after both are released (A first), B's card is back on nvidia", async () => {
+  const kernel = nvidiaStackHost();
+  try {
+    const before = kernel.sim.snapshot();
+    const a = managedPassthrough("a", UUID_A, CARD_A);
+    const b = managedPassthrough("b", UUID_B, CARD_B);
+    await bRestartedWhileAKeepsNvidiaUnloaded(kernel, a, b);
+    assert.equal(
+      readJournal(kernel.sim, UUID_B)!.entries.map((entry) => entry.undo).filter((record) => record.action === "bind-vfio").map((record) => [record.driver, record.homeClaim]),
+      [["nvidia", "module:nvidia"]],
+      "B journals the driver its card waited for, and the claim it waited in",
+    );
+    assert.equal(readClaims(kernel)["module:nvidia"]?.waiting, [], "B's own record carries its card now");
+
+    const releasedA = await runHookEvent(kernel.sim, "release", "end", a, "a");
+    assert.equal([releasedA.code, releasedA.stderr], [0, ""]);
+    assert.ok(kernel.loaded("nvidia"));
+    assert.is(kernel.driverOf(CARD_A), "nvidia");
+    assert.is(kernel.driverOf(CARD_B), "vfio-pci", "B still runs");
+
+    const releasedB = await runHookEvent(kernel.sim, "release", "end", b, "b");
+    assert.equal([releasedB.code, releasedB.stderr], [0, ""]);
+    assert.is(kernel.driverOf(CARD_B), "nvidia", "B's card is left on no driver while nvidia is loaded");
+    assert.equal(kernel.sim.snapshot(), before);
+    assert.equal(kernel.sim.stateFiles(), [], "no journal, no claims ledger");
+  } finally {
+    kernel.sim.cleanup();
+  }
+});
+
+test("VM B restarted while VM A keeps nvidia unloaded, released first again: its card waits in A's claim once more and comes home with nvidia", async () => {
+  const kernel = nvidiaStackHost();
+  try {
+    const before = kernel.sim.snapshot();
+    const a = managedPassthrough("a", UUID_A, CARD_A);
+    const b = managedPassthrough("b", UUID_B, CARD_B);
+    await bRestartedWhileAKeepsNvidiaUnloaded(kernel, a, b);
+
+    const releasedB = await runHookEvent(kernel.sim, "release", "end", b, "b");
+    assert.equal([releasedB.code, releasedB.stderr], [0, ""]);
+    assert.is(kernel.driverOf(CARD_B), undefined);
+    assert.equal(readClaims(kernel)["module:nvidia"]?.waiting, [{ address: CARD_B, driver: "nvidia" }], "it waits in A's claim again");
+    assert.equal(readJournal(kernel.sim, UUID_B), undefined);
+
+    const releasedA = await runHookEvent(kernel.sim, "release", "end", a, "a");
+    assert.equal([releasedA.code, releasedA.stderr], [0, ""]);
+    assert.ok(kernel.loaded("nvidia"));
+    assert.equal([kernel.driverOf(CARD_A), kernel.driverOf(CARD_B)], ["nvidia", "nvidia"]);
+    assert.equal(kernel.sim.snapshot(), before);
+    assert.equal(kernel.sim.stateFiles(), [], "no journal, no claims ledger");
+  } finally {
+    kernel.sim.cleanup();
+  }
+});
+
 // ---- a writer killed mid-write: its temp file goes with the file
 
 const GPU_VM = `<domain><name>gpu</name><uuid>${UUID_A}</uuid><memory unit='GiB'>1</memory>
