@@ -66,6 +66,8 @@ export interface Claims {
   others(resource: string): string[];
   /** Something the last releaser brings back too. */
   addWaiting(resource: string, item: Json): void;
+  /** What waits in `resource` and `matches` no longer does (a domain's own journal carries it now). */
+  removeWaiting(resource: string, matches: (item: Json) => boolean): void;
   /** This domain no longer holds `resource`; the claim goes with its last holder. */
   drop(resource: string): void;
 }
@@ -94,6 +96,12 @@ export function claimsFor(host: Host, holder: string): Claims {
         const claim = ledger.claims[resource];
         if (!claim) throw new VmhookError(`internal: no claim on ${resource} to wait for`);
         if (!claim.waiting.some((other) => JSON.stringify(other) === JSON.stringify(item))) claim.waiting.push(item);
+      });
+    },
+    removeWaiting(resource, matches) {
+      change((ledger) => {
+        const claim = ledger.claims[resource];
+        if (claim) claim.waiting = claim.waiting.filter((item) => !matches(item));
       });
     },
     drop(resource) {

@@ -72,16 +72,20 @@ export function takeOverSteps(ctx: PlanContext<VfioConfig>, found: Survey, setti
       ctx.log.info(`vfio: ${device.address} is already on vfio-pci`);
       continue;
     }
+    // No driver now may only mean that another VM keeps its driver's module unloaded: then its home is the driver it waits for.
+    const home = device.driver === undefined ? waitingHome(ctx, device.address) : undefined;
     const record: BindRecord = {
       action: "bind-vfio",
       address: device.address,
       group: device.iommuGroup!,
-      driver: device.driver ?? null,
+      driver: device.driver ?? home?.driver ?? null,
       override: device.override ?? null,
       moduleReloaded: reloaded.has(device.address),
+      homeClaim: home?.claim ?? null,
       bindTimeoutMs,
     };
-    steps.push({ action: "bind-vfio", record, description: `bind ${device.address} to vfio-pci (from ${device.driver ?? "no driver"})` });
+    const from = device.driver ?? (home ? `no driver; its driver ${home.driver} waits for ${home.claim}` : "no driver");
+    steps.push({ action: "bind-vfio", record, description: `bind ${device.address} to vfio-pci (from ${from})` });
   }
 
   for (const module of ctx.config.loadModules) {
@@ -139,6 +143,23 @@ const moduleClaim = (module: string) => `module:${module}`;
 /** The PCI drivers a loaded module registers. */
 function driversOf(host: Host, module: string): string[] {
   return host.list(PCI_DRIVERS).filter((driver) => driverModule(host, driver) === module);
+}
+
+/**
+ * The driver a device without one waits for in a module claim (released from
+ * a VM while another VM keeps the module unloaded), and that claim; undefined
+ * when it waits nowhere (it had no driver before vmhook).
+ */
+function waitingHome(ctx: BaseContext, address: string): { driver: string; claim: string } | undefined {
+  for (const [claim, { waiting }] of Object.entries(ctx.claims.list("module:"))) {
+    for (const item of Array.isArray(waiting) ? waiting : []) {
+      const entry = (item ?? {}) as UndoRecord;
+      if (entry.address !== address) continue;
+      const driver = checkedDriver(entry.driver);
+      if (driver !== null) return { driver, claim };
+    }
+  }
+  return undefined;
 }
 
 /** The claim of the unloaded module that registers `driver`, if any VM holds one. */
@@ -222,6 +243,14 @@ interface BindRecord extends UndoRecord {
   override: string | null;
   /** The driver's module is unloaded here and loaded again by a later undo, which brings the device back. */
   moduleReloaded: boolean;
+  /**
+   * The module claim in whose waiting list `driver` was found: the device had
+   * no driver at prepare only because another VM keeps that module unloaded.
+   * This record carries it from then on (it leaves the waiting list); its undo
+   * waits in the claim again while the module is unloaded, or binds the driver.
+   * null: `driver` is the one the device was on.
+   */
+  homeClaim: string | null;
   bindTimeoutMs: number;
 }
 
@@ -234,6 +263,11 @@ async function bindToVfio(record: BindRecord, ctx: ApplyContext<unknown>): Promi
   const { host } = ctx;
   const { address, group, bindTimeoutMs: timeoutMs } = record;
   refuseIfStuck(host, [address]);
+  if (record.homeClaim !== null) {
+    // Journaled with its home before this runs: from here on this VM's release brings it back, not the claim's last holder.
+    ctx.claims.removeWaiting(record.homeClaim, (item) => (item as UndoRecord | null)?.address === address);
+    ctx.log.info(`vfio: ${address} no longer waits for ${record.homeClaim}: ${ctx.domain.name}'s release brings it back to ${record.driver}`);
+  }
   const driver = pciDriver(host, address);
   if (driver !== undefined) await throughDriver(ctx, address, driver, pciPath(address, "driver/unbind"), timeoutMs);
   // The override once the device's own remove() has returned, never before:
@@ -275,7 +309,7 @@ async function rebindDevice(record: BindRecord, ctx: BaseContext): Promise<void>
   if (driver === null || pciDriver(host, address) === driver) return;
   if (!pciDriverRegistered(host, driver)) {
     // Its module is unloaded for a VM (this one or another): the last of them brings the device back with it.
-    const claim = claimProviding(ctx, driver);
+    const claim = (record.homeClaim !== null && ctx.claims.get(record.homeClaim) ? record.homeClaim : undefined) ?? claimProviding(ctx, driver);
     if (claim) {
       ctx.claims.addWaiting(claim, { address, driver });
       ctx.log.info(`vfio: ${address} waits for driver ${driver}: ${claim} is loaded again when the last VM that needs it unloaded is released`);
@@ -310,12 +344,35 @@ async function loadModule(record: UnloadRecord, ctx: BaseContext): Promise<void>
   const waiting = (ctx.claims.get(claim)?.waiting ?? []).map((device) => ({ address: checkedAddress(device as UndoRecord), driver: checkedDriver((device as UndoRecord).driver)! }));
   refuseIfStuck(ctx.host, [...ownDevices, ...waiting].map((device) => device.address));
   if (!moduleLoaded(ctx.host, module)) ctx.run("modprobe", [module], { timeoutMs: 60_000 });
+  const own = new Set(ownDevices.map((device) => device.address));
+  const unreturned: string[] = [];
   for (const { address, driver } of [...ownDevices, ...waiting]) {
-    // Still on vfio-pci: its own undo failed and says so, or a VM took it again; do not report it twice.
-    if (!pciExists(ctx.host, address) || pciDriver(ctx.host, address) === VFIO_DRIVER) continue;
+    if (!pciExists(ctx.host, address)) continue;
+    if (pciDriver(ctx.host, address) === VFIO_DRIVER) {
+      // This VM's own device: its own undo failed and says so; do not report it twice.
+      if (own.has(address)) continue;
+      // Another VM's now: it may leave the claim only for a journal that brings it back to its driver.
+      const carrier = journalCarrying(ctx, address, driver);
+      if (carrier) ctx.log.info(`vfio: ${address} is on vfio-pci for ${carrier}, whose release brings it back to ${driver}`);
+      else unreturned.push(address);
+      continue;
+    }
     await returnToDriver(ctx, { address, driver, timeoutMs: record.bindTimeoutMs });
   }
+  if (unreturned.length > 0) {
+    // The claim stays (with this record) holding only what is still owed: vmhook recover returns it once it has left vfio-pci.
+    ctx.claims.removeWaiting(claim, (item) => !unreturned.includes(String((item as UndoRecord | null)?.address)));
+    throw new VmhookError(
+      `vfio: ${unreturned.join(", ")} ${unreturned.length === 1 ? "waits" : "wait"} for module ${module} but ${unreturned.length === 1 ? "is" : "are"} on vfio-pci, and no VM's journal brings ${unreturned.length === 1 ? "it" : "them"} back; once ${unreturned.length === 1 ? "it has" : "they have"} left vfio-pci (the VM using ${unreturned.length === 1 ? "it" : "them"} stopped, or virsh nodedev-reattach), run vmhook recover`,
+    );
+  }
   ctx.claims.drop(claim);
+}
+
+/** The domain whose journal holds the device's move to vfio-pci with `driver` as its home, if any. */
+function journalCarrying(ctx: BaseContext, address: string, driver: string): string | undefined {
+  const carries = (record: UndoRecord) => (record.action === "bind-vfio" || record.action === "rebind-device") && record.address === address && record.driver === driver;
+  return ctx.journals().find((journal) => journal.entries.some((entry) => entry.plugin === "vfio" && carries(entry.undo)))?.domain.name;
 }
 
 /**
@@ -413,6 +470,8 @@ function checkBind(record: UndoRecord): BindRecord {
   if (override !== null && !PATTERNS.moduleName.test(override)) throw new VmhookError(`vfio: the journal names driver_override "${override}", which is not a driver name`);
   const group = record.group === undefined ? "" : String(record.group);
   if (!/^\d{0,6}$/.test(group)) throw new VmhookError(`vfio: the journal names IOMMU group "${group}", which is not a group number`);
+  const homeClaim = record.homeClaim === null || record.homeClaim === undefined ? null : String(record.homeClaim);
+  if (homeClaim !== null && !/^module:[a-z0-9_]{1,64}$/.test(homeClaim)) throw new VmhookError(`vfio: the journal names claim ${JSON.stringify(record.homeClaim)}, which is not a module claim`);
   return {
     action: "bind-vfio",
     address: checkedAddress(record),
@@ -421,6 +480,7 @@ function checkBind(record: UndoRecord): BindRecord {
     override,
     // A record without moduleReloaded (a journal from before it): a later undo reloads the module.
     moduleReloaded: record.moduleReloaded !== false,
+    homeClaim,
     bindTimeoutMs: timeout(record.bindTimeoutMs),
   };
 }

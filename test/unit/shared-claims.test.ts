@@ -7,8 +7,13 @@
 import * as fs from "node:fs";
 import { test } from "uvu";
 import * as assert from "uvu/assert";
+import { Deadline } from "../../lib/deadline.ts";
 import { readJournal } from "../../lib/journal.ts";
+import { createLogger } from "../../lib/log.ts";
 import { paths } from "../../lib/paths.ts";
+import { DEFAULT_SETTINGS } from "../../lib/settings.ts";
+import { undoJournal } from "../../lib/transaction.ts";
+import { registry } from "../../plugins/index.ts";
 import { GpuKernel } from "../helpers/gpu-kernel.ts";
 import { runHookEvent } from "../helpers/hook.ts";
 import { SimHost } from "../helpers/simhost.ts";
@@ -271,6 +276,41 @@ test("VM B restarted while VM A keeps nvidia unloaded, released first again: its
     assert.equal([kernel.driverOf(CARD_A), kernel.driverOf(CARD_B)], ["nvidia", "nvidia"]);
     assert.equal(kernel.sim.snapshot(), before);
     assert.equal(kernel.sim.stateFiles(), [], "no journal, no claims ledger");
+  } finally {
+    kernel.sim.cleanup();
+  }
+});
+
+test("a card waiting in a module claim that something else put on vfio-pci (no VM's journal brings it back): the last release keeps the claim and says so; recover returns the card once it left vfio-pci", async () => {
+  const kernel = nvidiaStackHost();
+  try {
+    const a = managedPassthrough("a", UUID_A, CARD_A);
+    const b = managedPassthrough("b", UUID_B, CARD_B);
+    assert.is((await runHookEvent(kernel.sim, "prepare", "begin", b, "b")).code, 0);
+    assert.is((await runHookEvent(kernel.sim, "prepare", "begin", a, "a")).code, 0);
+    assert.is((await runHookEvent(kernel.sim, "release", "end", b, "b")).code, 0);
+    // virsh nodedev-detach, say: on vfio-pci without vmhook.
+    kernel.sim.write(`/sys/bus/pci/devices/${CARD_B}/driver_override`, "vfio-pci");
+    kernel.sim.write("/sys/bus/pci/drivers_probe", CARD_B);
+    assert.is(kernel.driverOf(CARD_B), "vfio-pci");
+
+    const released = await runHookEvent(kernel.sim, "release", "end", a, "a");
+    assert.is(released.code, 0, "release never fails libvirt");
+    assert.match(released.stderr, `vfio: ${CARD_B} waits for module nvidia but is on vfio-pci, and no VM's journal brings it back; once it has left vfio-pci`);
+    assert.ok(kernel.loaded("nvidia"));
+    assert.is(kernel.driverOf(CARD_A), "nvidia");
+    assert.equal(readClaims(kernel)["module:nvidia"]?.waiting, [{ address: CARD_B, driver: "nvidia" }], "the entry is not dropped");
+    const journal = readJournal(kernel.sim, UUID_A)!;
+    assert.equal(journal.entries.map((entry) => `${entry.state} ${entry.description}`), ["undo-failed unload module nvidia"]);
+
+    // virsh nodedev-reattach without a probe, then vmhook recover.
+    kernel.sim.write("/sys/bus/pci/drivers/vfio-pci/unbind", CARD_B);
+    kernel.sim.write(`/sys/bus/pci/devices/${CARD_B}/driver_override`, "");
+    const log = createLogger(kernel.sim, { echo: "none", file: false });
+    const result = await undoJournal(journal, { host: kernel.sim, log, settings: DEFAULT_SETTINGS, registry }, new Deadline(kernel.sim, 10_000));
+    assert.equal(result.failed, []);
+    assert.is(kernel.driverOf(CARD_B), "nvidia");
+    assert.equal(kernel.sim.stateFiles(), []);
   } finally {
     kernel.sim.cleanup();
   }
