@@ -8,6 +8,9 @@ import * as fs from "node:fs";
 import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { Deadline } from "../../lib/deadline.ts";
+import { runDoctor } from "../../lib/diagnostics/doctor.ts";
+import { ensureStateDir } from "../../lib/state-files.ts";
+import { cli } from "../helpers/cli.ts";
 import { readJournal } from "../../lib/journal.ts";
 import { createLogger } from "../../lib/log.ts";
 import { paths } from "../../lib/paths.ts";
@@ -337,6 +340,47 @@ test("a hook killed while writing the claims ledger leaves claims.json.tmp: once
     assert.equal(kernel.sim.list(paths.stateDir).filter((name) => name.includes(".json")), []);
   } finally {
     kernel.sim.cleanup();
+  }
+});
+
+// ---- status and doctor show the ledger: it may hold what no journal does
+
+const ORPHAN = "0badc0de-0000-4000-8000-000000000001";
+
+test("status and doctor: a claim whose holder has no journal left is shown and warned about, not \"no VM holds anything\"", async () => {
+  const sim = new SimHost();
+  try {
+    ensureStateDir(sim);
+    const ledger = { version: 1, claims: { "module:nvidia": { holders: [ORPHAN], original: { drivers: ["nvidia"] }, waiting: [{ address: "0000:01:00.0", driver: "nvidia" }] } } };
+    fs.writeFileSync(sim.resolve(paths.claims), JSON.stringify(ledger), { mode: 0o600 });
+    const status = await cli(["status", "--root", sim.root]);
+    assert.is(status.code, 0);
+    assert.is(
+      status.stdout,
+      `claim module:nvidia: held by ${ORPHAN} (no journal of it is left, so no release gives it back); waiting: 0000:01:00.0 (nvidia)\n`,
+    );
+    const json = JSON.parse((await cli(["status", "--json", "--root", sim.root])).stdout);
+    assert.equal(json.claims, { "module:nvidia": { holders: [{ uuid: ORPHAN, journal: false }], waiting: [{ address: "0000:01:00.0", driver: "nvidia" }] } });
+    const leftovers = (await runDoctor(sim)).host.filter((finding) => finding.check === "leftovers");
+    assert.equal(leftovers.map((finding) => [finding.status, finding.reason]), [["warn", `claim module:nvidia in ${paths.claims} is held by ${ORPHAN}, whose journal is gone: no release gives it back`]]);
+  } finally {
+    sim.cleanup();
+  }
+});
+
+test("status and doctor: a claims ledger that cannot be read is said (doctor fails), never \"no VM holds anything\"", async () => {
+  const sim = new SimHost();
+  try {
+    ensureStateDir(sim);
+    fs.writeFileSync(sim.resolve(paths.claims), "{ not json", { mode: 0o600 });
+    const status = await cli(["status", "--root", sim.root]);
+    assert.match(status.stdout, `unreadable claims ledger: claims ledger ${paths.claims} cannot be read`);
+    assert.not.match(status.stdout, "no VM holds anything");
+    const leftovers = (await runDoctor(sim)).host.filter((finding) => finding.check === "leftovers");
+    assert.equal(leftovers.map((finding) => finding.status), ["fail"]);
+    assert.match(leftovers[0]!.reason, `claims ledger ${paths.claims} cannot be read`);
+  } finally {
+    sim.cleanup();
   }
 });
 
