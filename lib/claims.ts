@@ -49,6 +49,16 @@ function read(host: Host): Ledger {
   return ledger;
 }
 
+/** Every claim, as `vmhook status` and `doctor` show them (read without the host lock: a snapshot). Throws when the ledger cannot be read. */
+export const listClaims = (host: Host): Record<string, Claim> => read(host).claims;
+
+/** What a claim's holder is to the journals: its domain's name, or why no release will give the claim back. */
+export function describeHolder(uuid: string, journals: { domain: { name: string; uuid: string } }[], unreadable: { file: string }[]): { name?: string; journal: boolean | "unreadable" } {
+  const domain = journals.find((journal) => journal.domain.uuid === uuid)?.domain;
+  if (domain) return { name: domain.name, journal: true };
+  return { journal: unreadable.some((item) => item.file === paths.journal(uuid)) ? "unreadable" : false };
+}
+
 function write(host: Host, ledger: Ledger): void {
   if (Object.keys(ledger.claims).length === 0) return removeStateFile(host, paths.claims);
   ensureStateDir(host);

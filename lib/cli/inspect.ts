@@ -18,6 +18,8 @@ import { print, printJson } from "./output.ts";
 import { domainBusy } from "../lock.ts";
 import { runningOrWhyUnknown } from "./recover.ts";
 import { describeStuckWrite, listStuckWrites, STUCK_ADVICE } from "../stuck-writes.ts";
+import { describeHolder, listClaims, type Claim } from "../claims.ts";
+import type { Json } from "../records.ts";
 
 interface DomainArgs extends GlobalOptions {
   domain: string;
@@ -149,6 +151,21 @@ function describeState(summary: Awaited<ReturnType<typeof journalSummary>>): str
   return `not running${phase ? ` (${phase})` : ""}, yet vmhook still holds for it (vmhook recover ${summary.domain.name} gives it back)`;
 }
 
+function describeClaimHolder(holder: { uuid: string; name?: string; journal: boolean | "unreadable" }): string {
+  if (holder.name) return holder.name;
+  return `${holder.uuid} (${holder.journal === "unreadable" ? "its journal cannot be read" : "no journal of it is left, so no release gives it back"})`;
+}
+
+/** "; waiting: 0000:01:00.0 (nvidia)": what the last releaser brings back too. */
+function describeWaiting(waiting: Json[]): string {
+  if (waiting.length === 0) return "";
+  const item = (entry: Json) => {
+    const { address, driver } = (entry ?? {}) as { address?: unknown; driver?: unknown };
+    return typeof address === "string" && typeof driver === "string" ? `${address} (${driver})` : JSON.stringify(entry);
+  };
+  return `; waiting: ${waiting.map(item).join(", ")}`;
+}
+
 const status: CommandModule<GlobalOptions, GlobalOptions> = {
   command: "status",
   describe: "which VM holds what, from the journals in /run/vmhook",
@@ -157,16 +174,29 @@ const status: CommandModule<GlobalOptions, GlobalOptions> = {
     const { journals, broken } = listJournals(host);
     const summaries = await Promise.all(journals.map((journal) => journalSummary(host, journal)));
     const stuck = listStuckWrites(host);
+    // The ledger may hold what no journal does any more (a journal removed by hand): shown apart, never folded into "nothing".
+    let claims: Record<string, Claim> = {};
+    let claimsError: string | undefined;
+    try {
+      claims = listClaims(host);
+    } catch (error) {
+      claimsError = describeError(error);
+    }
+    const claimViews = Object.fromEntries(
+      Object.entries(claims).map(([resource, claim]) => [resource, { holders: claim.holders.map((uuid) => ({ uuid, ...describeHolder(uuid, journals, broken) })), waiting: claim.waiting }]),
+    );
     if (args.json) {
-      printJson({ domains: summaries, unreadable: broken, stuckWrites: stuck });
+      printJson({ domains: summaries, unreadable: broken, stuckWrites: stuck, claims: claimViews, ...(claimsError ? { unreadableClaims: claimsError } : {}) });
       return;
     }
-    if (summaries.length === 0 && broken.length === 0 && stuck.length === 0) print("no VM holds anything (no journals in /run/vmhook)");
+    if (summaries.length === 0 && broken.length === 0 && stuck.length === 0 && Object.keys(claims).length === 0 && !claimsError) print("no VM holds anything (no journals in /run/vmhook)");
     for (const summary of summaries) {
       print(`${summary.domain.name} (${summary.domain.uuid}): ${describeState(summary)}:`);
       for (const held of summary.holds) print(`  ${held.state === "applied" ? "-" : `[${held.state}]`} ${held.plugin}: ${held.description}${held.error ? `: ${held.error}` : ""}`);
     }
     for (const item of broken) print(`unreadable journal ${item.file}: ${item.error}`);
+    for (const [resource, view] of Object.entries(claimViews)) print(`claim ${resource}: held by ${view.holders.map(describeClaimHolder).join(", ")}${describeWaiting(view.waiting)}`);
+    if (claimsError) print(`unreadable claims ledger: ${claimsError}`);
     for (const write of stuck) print(`stuck driver: ${describeStuckWrite(write)}\n  ${write.running ? STUCK_ADVICE : "vmhook recover forgets this note and finishes what the journal still holds"}`);
   },
 };

@@ -11,7 +11,8 @@ import { metadataChildren, parseDomain, parseXmlDocument, type Domain, type PciH
 import { describeError, VmhookError } from "../errors.ts";
 import type { Host } from "../host.ts";
 import { howToGetCgroupV2 } from "../host-advice.ts";
-import { listJournals } from "../journal.ts";
+import { listJournals, type Journal } from "../journal.ts";
+import { describeHolder, listClaims, type Claim } from "../claims.ts";
 import { kernelRelease, moduleList, moduleName } from "../kernel-modules.ts";
 import { describeStuckWrite, listStuckWrites, STUCK_ADVICE } from "../stuck-writes.ts";
 import { paths } from "../paths.ts";
@@ -191,7 +192,23 @@ function leftovers(host: Host): Finding[] {
       return [];
     }),
   ];
+  findings.push(...claimLeftovers(host, journals, broken));
   return findings.length > 0 ? findings : [ok("leftovers", `nothing left behind in ${paths.stateDir}`)];
+}
+
+/** The claims ledger: unreadable (every vfio prepare refuses), or a claim whose holder's journal is gone (no release gives it back). */
+function claimLeftovers(host: Host, journals: Journal[], broken: { file: string }[]): Finding[] {
+  let claims: Record<string, Claim>;
+  try {
+    claims = listClaims(host);
+  } catch (error) {
+    return [fail("leftovers", describeError(error), "vmhook refuses what needs the ledger until it is fixed")];
+  }
+  return Object.entries(claims).flatMap(([resource, claim]) =>
+    claim.holders
+      .filter((uuid) => describeHolder(uuid, journals, broken).journal === false)
+      .map((uuid) => warn("leftovers", `claim ${resource} in ${paths.claims} is held by ${uuid}, whose journal is gone: no release gives it back`, `bring back by hand what vmhook status shows for it, then remove ${uuid} from the claim's holders in ${paths.claims}`)),
+  );
 }
 
 /** Writes into a driver that did not return (lib/stuck-writes.ts): a helper blocked in the kernel, or a note to forget. */
