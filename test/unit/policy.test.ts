@@ -230,6 +230,30 @@ test("the defaults allow what passthrough needs: the domain's own GPU, its slot,
 
 // ---- the policy file itself
 
+/**
+ * One of root's files (`file`, read as `what`): refused everywhere while root
+ * does not own it, others can write it or a directory above it, or it is a
+ * symlink, each time naming the fix; allowed again once it is root's alone.
+ */
+function assertHeldToRootsRules(sim: SimHost, file: string, what: string, because: string, xml: string): void {
+  const real = sim.resolve(file);
+  fs.chownSync(real, 1000, 1000);
+  assertRefusedEverywhere(sim, xml, [`refusing ${what}: ${file} is owned by uid 1000, not root`, `run chown root:root ${file}`]);
+  fs.chownSync(real, 0, 0);
+  fs.chmodSync(real, 0o666);
+  assertRefusedEverywhere(sim, xml, [`${file} has mode 0666: group or others can write it, and ${because}; run chmod go-w ${file}`]);
+  fs.chmodSync(real, 0o644);
+  fs.chmodSync(sim.resolve("/etc/vmhook"), 0o777);
+  assertRefusedEverywhere(sim, xml, ["/etc/vmhook has mode 0777", "run chmod go-w /etc/vmhook"]);
+  fs.chmodSync(sim.resolve("/etc/vmhook"), 0o755);
+  fs.renameSync(real, `${real}.real`);
+  fs.symlinkSync(`${real}.real`, real);
+  assertRefusedEverywhere(sim, xml, [`${file} is a symlink`, "put the real file there"]);
+  fs.rmSync(real);
+  fs.renameSync(`${real}.real`, real);
+  assertAllowed(sim, xml);
+}
+
 test("a policy file that root does not own, that others can write, or under a writable directory is refused; the error names the fix", () => {
   if (!IS_ROOT) {
     console.log("policy.test.ts: not root, so the owner check (chown) cannot be tested; skipped");
@@ -237,23 +261,7 @@ test("a policy file that root does not own, that others can write, or under a wr
   }
   const sim = host({ vfio: { units: ["sshd.service"] } });
   try {
-    const xml = domainXml(`<vmhook:vfio display-manager="sshd.service"/>`);
-    const file = sim.resolve(POLICY);
-    fs.chownSync(file, 1000, 1000);
-    assertRefusedEverywhere(sim, xml, [`refusing the host policy: ${POLICY} is owned by uid 1000, not root`, `run chown root:root ${POLICY}`]);
-    fs.chownSync(file, 0, 0);
-    fs.chmodSync(file, 0o666);
-    assertRefusedEverywhere(sim, xml, [`${POLICY} has mode 0666: group or others can write it, and it decides what VMs may take from the host; run chmod go-w ${POLICY}`]);
-    fs.chmodSync(file, 0o644);
-    fs.chmodSync(sim.resolve("/etc/vmhook"), 0o777);
-    assertRefusedEverywhere(sim, xml, ["/etc/vmhook has mode 0777", "run chmod go-w /etc/vmhook"]);
-    fs.chmodSync(sim.resolve("/etc/vmhook"), 0o755);
-    fs.renameSync(file, `${file}.real`);
-    fs.symlinkSync(`${file}.real`, file);
-    assertRefusedEverywhere(sim, xml, [`${POLICY} is a symlink`, "put the real file there"]);
-    fs.rmSync(file);
-    fs.renameSync(`${file}.real`, file);
-    assertAllowed(sim, xml);
+    assertHeldToRootsRules(sim, POLICY, "the host policy", "it decides what VMs may take from the host", domainXml(`<vmhook:vfio display-manager="sshd.service"/>`));
   } finally {
     sim.cleanup();
   }
@@ -264,28 +272,11 @@ test("the host settings file (it names commands and units root runs) is held to 
     console.log("policy.test.ts: not root, so the owner check (chown) cannot be tested; skipped");
     return;
   }
-  const SETTINGS = "/etc/vmhook/vmhook.json";
   const sim = host();
   try {
     // A display manager command for hosts without systemd: what vmhook runs as root to stop and start it.
-    sim.file(SETTINGS, JSON.stringify({ plugins: { vfio: { displayManagerCommand: { stop: ["/bin/true"], start: ["/home/alice/x"], processes: [] } } } }));
-    const xml = domainXml(`<vmhook:vfio/>`);
-    const file = sim.resolve(SETTINGS);
-    fs.chownSync(file, 1000, 1000);
-    assertRefusedEverywhere(sim, xml, [`refusing the host settings: ${SETTINGS} is owned by uid 1000, not root`, `run chown root:root ${SETTINGS}`]);
-    fs.chownSync(file, 0, 0);
-    fs.chmodSync(file, 0o666);
-    assertRefusedEverywhere(sim, xml, [`${SETTINGS} has mode 0666: group or others can write it, and it names commands and units root runs; run chmod go-w ${SETTINGS}`]);
-    fs.chmodSync(file, 0o644);
-    fs.chmodSync(sim.resolve("/etc/vmhook"), 0o777);
-    assertRefusedEverywhere(sim, xml, ["/etc/vmhook has mode 0777", "run chmod go-w /etc/vmhook"]);
-    fs.chmodSync(sim.resolve("/etc/vmhook"), 0o755);
-    fs.renameSync(file, `${file}.real`);
-    fs.symlinkSync(`${file}.real`, file);
-    assertRefusedEverywhere(sim, xml, [`${SETTINGS} is a symlink`, "put the real file there"]);
-    fs.rmSync(file);
-    fs.renameSync(`${file}.real`, file);
-    assertAllowed(sim, xml);
+    sim.file("/etc/vmhook/vmhook.json", JSON.stringify({ plugins: { vfio: { displayManagerCommand: { stop: ["/bin/true"], start: ["/home/alice/x"], processes: [] } } } }));
+    assertHeldToRootsRules(sim, "/etc/vmhook/vmhook.json", "the host settings", "it names commands and units root runs", domainXml(`<vmhook:vfio/>`));
   } finally {
     sim.cleanup();
   }
