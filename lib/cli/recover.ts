@@ -76,29 +76,21 @@ export const recoverCommand: CommandModule<GlobalOptions, RecoverArgs> = {
     const results = [];
     for (const journal of chosen) {
       const { name, uuid } = journal.domain;
-      const running = args.force ? false : runningOrWhyUnknown(host, name);
-      if (typeof running === "string") {
-        // Not knowing whether it runs is no licence to undo: this one waits, the others go on.
-        results.push({ domain: journal.domain, skipped: "state-unknown", error: running });
-        if (!args.json) print(`${name}: cannot tell whether it still runs: ${running}; nothing of it was undone`);
-        process.exitCode = 1;
-        continue;
-      }
-      if (running) {
-        results.push({ domain: journal.domain, skipped: "running" });
-        if (!args.json) print(`${name}: still running; its changes are given back when it stops (use --force to undo now)`);
-        continue;
-      }
-      // A hook of the domain holds its lock from start to end (before QEMU
-      // runs there is no pid file yet): undoing now would take back what it
-      // is handing over. --force does not override this.
+      // A hook of the domain holds its lock from start to end: undoing now
+      // would take back what it is handing over, so nothing is decided
+      // outside the lock, not even whether the domain runs (a started hook
+      // may have marked it running since). --force does not override the lock.
       const log = createLogger(host, { domain: name, event: "recover", echo: args.json ? "none" : "stderr", file: true });
       const outcome = await ifDomainIdle(host, uuid, async () => {
         // Read again under the lock: the journal listed above may be gone or rewritten since.
         const current = readJournal(host, uuid);
         if (!current) return { undone: 0, failed: [] };
-        // No pid file yet says nothing while libvirt is starting the VM: only --force takes that back.
-        if (current.phase === "starting" && !args.force) return "starting" as const;
+        if (!args.force) {
+          const running = runningOrWhyUnknown(host, name);
+          if (running !== false) return { running };
+          // No pid file yet says nothing while libvirt is starting the VM: only --force takes that back.
+          if (current.phase === "starting") return "starting" as const;
+        }
         return undoJournal(current, { host, log, settings, registry }, new Deadline(host, settings.undoDeadlineSeconds * 1000, "undoDeadlineSeconds"));
       });
       if (outcome.busy) {
@@ -110,6 +102,19 @@ export const recoverCommand: CommandModule<GlobalOptions, RecoverArgs> = {
         results.push({ domain: journal.domain, skipped: "starting" });
         if (!args.json) print(`${name}: ${BEING_STARTED}; nothing of it was undone: ${forceWhenShutOff(name)}`);
         process.exitCode = 1;
+        continue;
+      }
+      if ("running" in outcome.value) {
+        const { running } = outcome.value;
+        if (typeof running === "string") {
+          // Not knowing whether it runs is no licence to undo: this one waits, the others go on.
+          results.push({ domain: journal.domain, skipped: "state-unknown", error: running });
+          if (!args.json) print(`${name}: cannot tell whether it still runs: ${running}; nothing of it was undone`);
+          process.exitCode = 1;
+        } else {
+          results.push({ domain: journal.domain, skipped: "running" });
+          if (!args.json) print(`${name}: still running; its changes are given back when it stops (use --force to undo now)`);
+        }
         continue;
       }
       const { undone, failed } = outcome.value;
