@@ -6,6 +6,7 @@ import { WaitTimedOut } from "../../lib/deadline.ts";
 import { VmhookError } from "../../lib/errors.ts";
 import { defineAction, type ApplyContext, type BaseContext, type Step, type UndoRecord } from "../../lib/plugin.ts";
 import { isDisplayClass, listPciDevices } from "../../lib/pci.ts";
+import { PATTERNS } from "../../lib/validate.ts";
 import { readVfioSettings, type VfioConfig, type VfioSettings } from "./config.ts";
 import { describeHolders, HARMLESS_DRIVERS, isWatched, processesHolding, type Survey } from "./survey.ts";
 import { systemdRuns, unitActive } from "../../lib/systemd.ts";
@@ -125,12 +126,14 @@ function checkWait(record: UndoRecord): WaitRecord {
 export const waitGpuFreeAction = defineAction<WaitRecord>({ check: checkWait, apply: waitUntilGpuFree, undo: () => {} });
 
 /** Unbinds the framebuffer consoles and the firmware framebuffers bound now, each bound again at release. */
-export function consoleSteps(ctx: BaseContext): Step[] {
+export function consoleSteps(ctx: BaseContext, found: Survey): Step[] {
   const steps: Step[] = [];
+  // The GPUs whose driver brings the console back at release (bindVtconsole).
+  const gpus = found.devices.filter((device) => isDisplayClass(device.classCode)).map((device) => device.address);
   for (const vtconsole of ctx.host.list(VTCONSOLES)) {
     const name = ctx.host.readTrimmed(`${VTCONSOLES}/${vtconsole}/name`) ?? "";
     if (!/frame buffer/i.test(name) || ctx.host.readTrimmed(`${VTCONSOLES}/${vtconsole}/bind`) !== "1") continue;
-    steps.push({ action: "unbind-vtconsole", record: { action: "unbind-vtconsole", vtconsole }, description: `unbind console ${vtconsole} (${name})` });
+    steps.push({ action: "unbind-vtconsole", record: { action: "unbind-vtconsole", vtconsole, gpus }, description: `unbind console ${vtconsole} (${name})` });
   }
   for (const driver of FIRMWARE_FRAMEBUFFERS) {
     const driverDir = `/sys/bus/platform/drivers/${driver}`;
@@ -162,7 +165,12 @@ async function unbindFramebuffer(record: UndoRecord, ctx: BaseContext): Promise<
 
 function checkVtconsole(record: UndoRecord): UndoRecord {
   if (typeof record.vtconsole !== "string" || !/^vtcon\d+$/.test(record.vtconsole)) throw new VmhookError(`vfio: the journal names console ${JSON.stringify(record.vtconsole)}, which is not a vtconsole`);
-  return { action: "unbind-vtconsole", vtconsole: record.vtconsole };
+  // gpus: absent in journals of before it (any display device then counts).
+  if (record.gpus === undefined) return { action: "unbind-vtconsole", vtconsole: record.vtconsole };
+  if (!Array.isArray(record.gpus) || !record.gpus.every((gpu) => typeof gpu === "string" && PATTERNS.pciAddress.test(gpu))) {
+    throw new VmhookError(`vfio: the journal names GPUs ${JSON.stringify(record.gpus)} for console ${record.vtconsole}, which are not PCI addresses`);
+  }
+  return { action: "unbind-vtconsole", vtconsole: record.vtconsole, gpus: record.gpus };
 }
 
 function checkFramebuffer(record: UndoRecord): UndoRecord {
@@ -192,14 +200,21 @@ async function bindVtconsole(record: UndoRecord, ctx: BaseContext): Promise<void
   const isFramebuffer = (vtconsole: string) => /frame buffer/i.test(ctx.host.readTrimmed(`${VTCONSOLES}/${vtconsole}/name`) ?? "");
   const recorded = String(record.vtconsole);
   const findConsole = () => (isFramebuffer(recorded) ? recorded : ctx.host.list(VTCONSOLES).find(isFramebuffer));
-  const vtconsole = findConsole() ?? consoleOfDisplayDriver(ctx, findConsole);
-  if (vtconsole === "never") {
-    // The GPU is home and its driver makes no framebuffer (NVIDIA without fbdev): nothing vmhook can do brings the console back,
-    // and an entry kept for recover would refuse every later start.
-    ctx.log.warn(`vfio: console ${recorded} stays unbound: ${describeDisplayDrivers(ctx)} registered no framebuffer, and the firmware framebuffer does not come back once vfio-pci took the GPU; the text console returns after a reboot, or with a driver that registers one (NVIDIA: nvidia-drm.fbdev=1)`);
-    return;
+  let vtconsole = findConsole();
+  if (!vtconsole) {
+    const home = gpusHome(ctx, record.gpus);
+    // The whole grace, or no verdict: a deadline nearly spent must not pass for a driver that never registers one.
+    if (home.length === 0 || ctx.deadline.remainingMs() <= FRAMEBUFFER_GRACE_MS) {
+      throw new VmhookError(`vfio: no framebuffer console is back (was ${recorded}): no framebuffer is registered; ${NO_FRAMEBUFFER_FIX}`);
+    }
+    vtconsole = waitForConsole(ctx, findConsole);
+    if (!vtconsole) {
+      // The GPU is home and its driver makes no framebuffer (NVIDIA without fbdev): nothing vmhook can do brings the console back,
+      // and an entry kept for recover would refuse every later start.
+      ctx.log.warn(`vfio: console ${recorded} stays unbound: ${home.map((device) => `${device.driver} (${device.address})`).join(", ")} registered no framebuffer, and the firmware framebuffer does not come back once vfio-pci took the GPU; the text console returns after a reboot, or with a driver that registers one (NVIDIA: nvidia-drm.fbdev=1)`);
+      return;
+    }
   }
-  if (!vtconsole) throw new VmhookError(`vfio: no framebuffer console is back (was ${recorded}): no framebuffer is registered; ${NO_FRAMEBUFFER_FIX}`);
   const bind = `${VTCONSOLES}/${vtconsole}/bind`;
   const bound = () => ctx.host.readTrimmed(bind) === "1";
   if (!bound()) ctx.host.write(bind, "1");
@@ -217,25 +232,26 @@ async function bindVtconsole(record: UndoRecord, ctx: BaseContext): Promise<void
   ctx.log.info(`vfio: console ${vtconsole} bound again by mapping tty${FIRST_CONSOLE} to /dev/${framebuffer} (its bind file does nothing while the only other console driver is modular)`);
 }
 
-/** Display devices on a host driver now (not vfio-pci or pci-stub). */
-const displayDriversNow = (ctx: BaseContext) =>
-  listPciDevices(ctx.host).filter((device) => isDisplayClass(device.classCode) && device.driver !== undefined && !HARMLESS_DRIVERS.includes(device.driver));
-const describeDisplayDrivers = (ctx: BaseContext) => displayDriversNow(ctx).map((device) => `${device.driver} (${device.address})`).join(", ");
+/**
+ * The VM's GPUs (journaled with the console; every display device for a
+ * journal of before) that are back on a host driver, not vfio-pci or pci-stub.
+ */
+function gpusHome(ctx: BaseContext, gpus: unknown) {
+  const ours = Array.isArray(gpus) ? (gpus as string[]) : undefined;
+  return listPciDevices(ctx.host).filter(
+    (device) => isDisplayClass(device.classCode) && (!ours || ours.includes(device.address)) && device.driver !== undefined && !HARMLESS_DRIVERS.includes(device.driver),
+  );
+}
+
 /** How long a display driver back on its device may take to register its framebuffer console. */
 const FRAMEBUFFER_GRACE_MS = 2_000;
 
-/**
- * No framebuffer console now: when a display driver is back on its device,
- * one that registers a framebuffer brings the console within moments; one
- * that has not by then never will ("never"). With no display driver bound,
- * undefined: loading the GPU's driver may still bring it (vmhook recover).
- */
-function consoleOfDisplayDriver(ctx: BaseContext, findConsole: () => string | undefined): string | "never" | undefined {
-  if (displayDriversNow(ctx).length === 0) return undefined;
+/** The framebuffer console, once a driver back on its GPU registers one within the grace; undefined when none did (it never will). */
+function waitForConsole(ctx: BaseContext, findConsole: () => string | undefined): string | undefined {
   try {
     ctx.waitFor("a framebuffer console is back", () => findConsole() !== undefined, { timeoutMs: FRAMEBUFFER_GRACE_MS });
   } catch (error) {
-    if (error instanceof WaitTimedOut) return "never";
+    if (error instanceof WaitTimedOut) return undefined;
     throw error;
   }
   return findConsole();

@@ -53,7 +53,7 @@ function planPrepare(ctx: PlanContext<VfioConfig>): Step[] {
     ...helpers.map((unit) => stopUnitStep(unit, settings.stopTimeoutSeconds * 1000)),
     ...keepStoppedSteps(ctx, stoppedHelpers(ctx, found, settings, helpers)),
     ...(found.holders.length > 0 ? [{ ...waitGpuFreeStep(found, settings), ...(refused ? { refused } : {}) }] : []),
-    ...(found.singleGpu ? consoleSteps(ctx) : []),
+    ...(found.singleGpu ? consoleSteps(ctx, found) : []),
     ...takeOverSteps(ctx, found, settings),
   ];
 }

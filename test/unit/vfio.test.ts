@@ -370,6 +370,37 @@ test("single GPU, NVIDIA without fbdev: the console that cannot come back (no fr
   assert.is(again.code, 0, again.stderr);
 });
 
+test("single GPU: while the VM's GPU has not come home, another display device on a driver without framebuffer does not make the console's record go", async () => {
+  // A server's BMC VGA on ast (no fbdev) beside the passed-through card.
+  const kernel = nvidiaDesktop().module({ name: "ast", driver: "ast", loaded: true }).device({ address: "0000:05:00.0", classCode: "0x030000", vendor: "0x1a03", nativeDriver: "ast", group: 5, nodes: ["card1"] });
+  const xml = domainXml('<vmhook:vfio single-gpu="yes"/>');
+  assert.is((await runHookEvent(kernel.sim, "prepare", "begin", xml)).code, 0);
+  assert.equal(readJournal(kernel.sim, UUID)!.entries.find((entry) => entry.undo.action === "unbind-vtconsole")!.undo.gpus, [GPU], "the console's record names the GPU that brings it back");
+  kernel.sim.remove("/sys/bus/platform/devices/efi-framebuffer.0");
+  kernel.sim.remove("/sys/devices/platform/efi-framebuffer.0");
+  kernel.sim.remove("/sys/class/vtconsole/vtcon1");
+  kernel.stuck.add(GPU); // the card does not take its driver again
+  assert.is((await runHookEvent(kernel.sim, "release", "end", xml)).code, 0);
+  const kept = readJournal(kernel.sim, UUID)!.entries.map((entry) => entry.undo.action);
+  assert.ok(kept.includes("unbind-vtconsole"), `the console's record stays for vmhook recover: ${kept.join(", ")}`);
+  const log = kernel.sim.read("/var/log/vmhook.log");
+  assert.match(log, "no framebuffer console is back (was vtcon1)");
+  assert.not.match(log, "stays unbound");
+});
+
+test("single GPU, NVIDIA without fbdev, a release with less than the 2 s grace left: no verdict, the console's record stays for vmhook recover", async () => {
+  const kernel = nvidiaDesktop();
+  kernel.sim.file("/etc/vmhook/vmhook.json", JSON.stringify({ undoDeadlineSeconds: 1 }));
+  assert.is((await runHookEvent(kernel.sim, "prepare", "begin", domainXml("<vmhook:vfio/>"))).code, 0);
+  kernel.sim.remove("/sys/bus/platform/devices/efi-framebuffer.0");
+  kernel.sim.remove("/sys/devices/platform/efi-framebuffer.0");
+  kernel.sim.remove("/sys/class/vtconsole/vtcon1");
+  assert.is((await runHookEvent(kernel.sim, "release", "end", domainXml("<vmhook:vfio/>"))).code, 0);
+  assert.is(kernel.driverOf(GPU), "nvidia");
+  assert.equal(readJournal(kernel.sim, UUID)!.entries.map((entry) => [entry.undo.action, entry.state]), [["unbind-vtconsole", "undo-failed"]]);
+  assert.not.match(kernel.sim.read("/var/log/vmhook.log"), "stays unbound");
+});
+
 test("single GPU while systemctl cannot reach systemd: prepare refuses, naming systemctl's answer, before any change", async () => {
   const kernel = nvidiaDesktop();
   // What systemctl says for every verb when PID 1 does not answer on its bus: exit 1, not is-active's 3 ("inactive").
