@@ -12,6 +12,7 @@
 // needs it fails, naming the file and the fix.
 import { VmhookError } from "./errors.ts";
 import type { Host } from "./host.ts";
+import { listJournals } from "./journal.ts";
 import { paths } from "./paths.ts";
 import type { Json } from "./records.ts";
 import { ensureStateDir, readStateFile, removeStateFile, writeStateFile } from "./state-files.ts";
@@ -49,14 +50,48 @@ function read(host: Host): Ledger {
   return ledger;
 }
 
-/** Every claim, as `vmhook status` and `doctor` show them (read without the host lock: a snapshot). Throws when the ledger cannot be read. */
-export const listClaims = (host: Host): Record<string, Claim> => read(host).claims;
+/** A claim's holder as the journals show it: its domain's name, or why no release will give the claim back. */
+export interface HolderView {
+  uuid: string;
+  name?: string;
+  /** false: no journal of it is left (an orphan); "changing": its journal is being written or removed right now. */
+  journal: true | false | "unreadable" | "changing";
+}
 
-/** What a claim's holder is to the journals: its domain's name, or why no release will give the claim back. */
-export function describeHolder(uuid: string, journals: { domain: { name: string; uuid: string } }[], unreadable: { file: string }[]): { name?: string; journal: boolean | "unreadable" } {
-  const domain = journals.find((journal) => journal.domain.uuid === uuid)?.domain;
-  if (domain) return { name: domain.name, journal: true };
-  return { journal: unreadable.some((item) => item.file === paths.journal(uuid)) ? "unreadable" : false };
+export interface ClaimView {
+  holders: HolderView[];
+  waiting: Json[];
+}
+
+/**
+ * The journals and the claims, each holder matched to its journal, for
+ * status and doctor (no lock: a snapshot). The ledger is read before and
+ * after the journals are listed: a journal is written before its domain takes
+ * a claim and removed after it drops it, so a holder without a journal is an
+ * orphan only when both reads name it. `claimsError`: the ledger cannot be read.
+ */
+export function journalsAndClaims(host: Host): ReturnType<typeof listJournals> & { claims: Record<string, ClaimView>; claimsError?: string } {
+  let earlier: Record<string, Claim> | undefined;
+  try {
+    earlier = read(host).claims;
+  } catch {
+    // said by the second read, which fails the same way
+  }
+  const { journals, broken } = listJournals(host);
+  let later: Record<string, Claim>;
+  try {
+    later = read(host).claims;
+  } catch (error) {
+    return { journals, broken, claims: {}, claimsError: (error as Error).message };
+  }
+  const holder = (resource: string, uuid: string): HolderView => {
+    const domain = journals.find((journal) => journal.domain.uuid === uuid)?.domain;
+    if (domain) return { uuid, name: domain.name, journal: true };
+    if (broken.some((item) => item.file === paths.journal(uuid))) return { uuid, journal: "unreadable" };
+    return { uuid, journal: earlier?.[resource]?.holders.includes(uuid) ? false : "changing" };
+  };
+  const claims = Object.fromEntries(Object.entries(later).map(([resource, claim]) => [resource, { holders: claim.holders.map((uuid) => holder(resource, uuid)), waiting: claim.waiting }]));
+  return { journals, broken, claims };
 }
 
 function write(host: Host, ledger: Ledger): void {

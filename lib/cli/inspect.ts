@@ -9,7 +9,7 @@ import { runDoctor } from "../diagnostics/doctor.ts";
 import { dryRun } from "../dry-run.ts";
 import { markRefused, refusalOf } from "../plan-feasibility.ts";
 import { readDomainSource } from "./domain-source.ts";
-import { listJournals, readJournal, type Journal } from "../journal.ts";
+import { readJournal, type Journal } from "../journal.ts";
 import { isLegacyPlugin, type HookEvent, type PlannedEvent, type Refusal } from "../plugin.ts";
 import type { PlannedStep } from "../transaction.ts";
 import { registry } from "../../plugins/index.ts";
@@ -18,7 +18,7 @@ import { print, printJson } from "./output.ts";
 import { domainBusy } from "../lock.ts";
 import { runningOrWhyUnknown } from "./recover.ts";
 import { describeStuckWrite, listStuckWrites, STUCK_ADVICE } from "../stuck-writes.ts";
-import { describeHolder, listClaims, type Claim } from "../claims.ts";
+import { journalsAndClaims, type HolderView } from "../claims.ts";
 import type { Json } from "../records.ts";
 
 interface DomainArgs extends GlobalOptions {
@@ -151,9 +151,11 @@ function describeState(summary: Awaited<ReturnType<typeof journalSummary>>): str
   return `not running${phase ? ` (${phase})` : ""}, yet vmhook still holds for it (vmhook recover ${summary.domain.name} gives it back)`;
 }
 
-function describeClaimHolder(holder: { uuid: string; name?: string; journal: boolean | "unreadable" }): string {
+const HOLDER_WITHOUT_JOURNAL = { unreadable: "its journal cannot be read", changing: "its journal is being written or removed right now" } as const;
+
+function describeClaimHolder(holder: HolderView): string {
   if (holder.name) return holder.name;
-  return `${holder.uuid} (${holder.journal === "unreadable" ? "its journal cannot be read" : "no journal of it is left, so no release gives it back"})`;
+  return `${holder.uuid} (${holder.journal === false ? "no journal of it is left, so no release gives it back" : HOLDER_WITHOUT_JOURNAL[holder.journal as keyof typeof HOLDER_WITHOUT_JOURNAL]})`;
 }
 
 /** "; waiting: 0000:01:00.0 (nvidia)": what the last releaser brings back too. */
@@ -171,25 +173,15 @@ const status: CommandModule<GlobalOptions, GlobalOptions> = {
   describe: "which VM holds what, from the journals in /run/vmhook",
   async handler(args) {
     const host = new RootedHost(args.root);
-    const { journals, broken } = listJournals(host);
+    // The ledger may hold what no journal does any more (a journal removed by hand): shown apart, never folded into "nothing".
+    const { journals, broken, claims: claimViews, claimsError } = journalsAndClaims(host);
     const summaries = await Promise.all(journals.map((journal) => journalSummary(host, journal)));
     const stuck = listStuckWrites(host);
-    // The ledger may hold what no journal does any more (a journal removed by hand): shown apart, never folded into "nothing".
-    let claims: Record<string, Claim> = {};
-    let claimsError: string | undefined;
-    try {
-      claims = listClaims(host);
-    } catch (error) {
-      claimsError = describeError(error);
-    }
-    const claimViews = Object.fromEntries(
-      Object.entries(claims).map(([resource, claim]) => [resource, { holders: claim.holders.map((uuid) => ({ uuid, ...describeHolder(uuid, journals, broken) })), waiting: claim.waiting }]),
-    );
     if (args.json) {
       printJson({ domains: summaries, unreadable: broken, stuckWrites: stuck, claims: claimViews, ...(claimsError ? { unreadableClaims: claimsError } : {}) });
       return;
     }
-    if (summaries.length === 0 && broken.length === 0 && stuck.length === 0 && Object.keys(claims).length === 0 && !claimsError) print("no VM holds anything (no journals in /run/vmhook)");
+    if (summaries.length === 0 && broken.length === 0 && stuck.length === 0 && Object.keys(claimViews).length === 0 && !claimsError) print("no VM holds anything (no journals in /run/vmhook)");
     for (const summary of summaries) {
       print(`${summary.domain.name} (${summary.domain.uuid}): ${describeState(summary)}:`);
       for (const held of summary.holds) print(`  ${held.state === "applied" ? "-" : `[${held.state}]`} ${held.plugin}: ${held.description}${held.error ? `: ${held.error}` : ""}`);

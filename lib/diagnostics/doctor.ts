@@ -11,8 +11,7 @@ import { metadataChildren, parseDomain, parseXmlDocument, type Domain, type PciH
 import { describeError, VmhookError } from "../errors.ts";
 import type { Host } from "../host.ts";
 import { howToGetCgroupV2 } from "../host-advice.ts";
-import { listJournals, type Journal } from "../journal.ts";
-import { describeHolder, listClaims, type Claim } from "../claims.ts";
+import { journalsAndClaims, type ClaimView } from "../claims.ts";
 import { kernelRelease, moduleList, moduleName } from "../kernel-modules.ts";
 import { describeStuckWrite, listStuckWrites, STUCK_ADVICE } from "../stuck-writes.ts";
 import { paths } from "../paths.ts";
@@ -21,6 +20,7 @@ import { formatKiB } from "../validate.ts";
 import { hostNodes, hugepagePool, hugepageSizes, HUGEPAGE_DIR, meminfo } from "../memory.ts";
 import { listInstalledPlugins } from "../custom-plugins.ts";
 import { describePolicy, loadPolicy } from "../policy.ts";
+import { loadSettings } from "../settings.ts";
 import { isVmhookBinary } from "../cli/install.ts";
 import { BEING_STARTED, forceWhenShutOff, runningOrWhyUnknown } from "../cli/recover.ts";
 import { isLegacyPlugin } from "../plugin.ts";
@@ -107,6 +107,7 @@ async function hostChecks(host: Host, iommu: IommuReport | Error, passthrough: b
     ["stuck driver", () => stuckDrivers(host)],
     ["custom plugins", () => customPlugins(host)],
     ["host policy", () => hostPolicy(host)],
+    ["host settings", () => hostSettings(host)],
   ];
   return (await Promise.all(checks.map(([check, run]) => guarded(check, run)))).flat();
 }
@@ -117,6 +118,17 @@ function hostPolicy(host: Host): Finding {
     return ok("host policy", describePolicy(loadPolicy(host)));
   } catch (error) {
     return fail("host policy", describeError(error), `fix ${paths.policy} as the message says (docs/security.md); until then every VM with vmhook metadata is refused`);
+  }
+}
+
+/** The host settings as the hook reads them; a file it refuses means every domain with vmhook metadata fails to start. */
+function hostSettings(host: Host): Finding {
+  if (!host.stat(paths.hostConfig)) return ok("host settings", `none (${paths.hostConfig}): the defaults`);
+  try {
+    loadSettings(host);
+    return ok("host settings", `${paths.hostConfig}: root's alone, valid`);
+  } catch (error) {
+    return fail("host settings", describeError(error), `fix ${paths.hostConfig} as the message says (docs/security.md); until then every VM with vmhook metadata is refused`);
   }
 }
 
@@ -170,7 +182,7 @@ function libvirtHook(host: Host): Finding {
 }
 
 function leftovers(host: Host): Finding[] {
-  const { journals, broken } = listJournals(host);
+  const { journals, broken, claims, claimsError } = journalsAndClaims(host);
   const findings = [
     ...broken.map((item) => fail("leftovers", `unreadable journal ${item.file}: ${item.error}`, `inspect ${item.file}, undo what it lists by hand, then remove it`)),
     ...journals.flatMap((journal) => {
@@ -192,22 +204,17 @@ function leftovers(host: Host): Finding[] {
       return [];
     }),
   ];
-  findings.push(...claimLeftovers(host, journals, broken));
+  findings.push(...claimLeftovers(claims, claimsError));
   return findings.length > 0 ? findings : [ok("leftovers", `nothing left behind in ${paths.stateDir}`)];
 }
 
 /** The claims ledger: unreadable (every vfio prepare refuses), or a claim whose holder's journal is gone (no release gives it back). */
-function claimLeftovers(host: Host, journals: Journal[], broken: { file: string }[]): Finding[] {
-  let claims: Record<string, Claim>;
-  try {
-    claims = listClaims(host);
-  } catch (error) {
-    return [fail("leftovers", describeError(error), "vmhook refuses what needs the ledger until it is fixed")];
-  }
+function claimLeftovers(claims: Record<string, ClaimView>, claimsError: string | undefined): Finding[] {
+  if (claimsError) return [fail("leftovers", claimsError, `check what it claimed by hand (vmhook status lists the journals), then remove ${paths.claims}; until then vmhook refuses what needs it`)];
   return Object.entries(claims).flatMap(([resource, claim]) =>
     claim.holders
-      .filter((uuid) => describeHolder(uuid, journals, broken).journal === false)
-      .map((uuid) => warn("leftovers", `claim ${resource} in ${paths.claims} is held by ${uuid}, whose journal is gone: no release gives it back`, `bring back by hand what vmhook status shows for it, then remove ${uuid} from the claim's holders in ${paths.claims}`)),
+      .filter((holder) => holder.journal === false)
+      .map((holder) => warn("leftovers", `claim ${resource} in ${paths.claims} is held by ${holder.uuid}, whose journal is gone: no release gives it back`, `bring back by hand what vmhook status shows for it, then remove ${holder.uuid} from the claim's holders in ${paths.claims}`)),
   );
 }
 

@@ -195,6 +195,8 @@ function moduleFiles(kernel: Kernel, names: string[]): Set<string> {
 // PID 1: mount the kernel's file systems, load modules, then serve commands on
 // the virtio port (channel.ts) until told to power off.
 const INIT = `#!/bin/busybox sh
+# The initramfs root comes up mode 1777; a host's is 0755, and vmhook trusts its files in /etc/vmhook under nothing less.
+/bin/busybox chmod 755 /
 /bin/busybox mkdir -p /proc /sys /dev /run /tmp /sbin /usr/bin /usr/sbin /root /var/log
 /bin/busybox mount -t proc proc /proc
 /bin/busybox --install -s /bin

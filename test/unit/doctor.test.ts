@@ -49,7 +49,7 @@ async function doctor(sim: SimHost, xml?: string) {
 test("host checks on a healthy desktop: all ok", async () => {
   const sim = desktopHost();
   const { report, statuses, host } = await doctor(sim);
-  assert.equal(statuses(report.host), { iommu: "ok", "vfio modules": "ok", hugepages: "ok", "cgroup v2 cpuset": "ok", "libvirt hook": "ok", leftovers: "ok", "host policy": "ok" });
+  assert.equal(statuses(report.host), { iommu: "ok", "vfio modules": "ok", hugepages: "ok", "cgroup v2 cpuset": "ok", "libvirt hook": "ok", leftovers: "ok", "host policy": "ok", "host settings": "ok" });
   assert.is(host("iommu").reason, "enabled: 3 IOMMU groups (vmhook iommu lists them)");
   assert.match(host("vfio modules").reason, "available (loaded: vfio; the rest load when a device is handed over)");
   assert.match(host("hugepages").reason, "pools 2M: 0 reserved, 0 free; 1G: 0 reserved, 0 free; free memory node 0");
@@ -244,7 +244,7 @@ test("the binary: vmhook doctor prints findings with fixes and exits 1 only when
   const clean = run(desktop);
   assert.is(clean.status, 0, clean.stdout + clean.stderr);
   assert.match(clean.stdout, "Host:\n  ok    iommu: enabled: 3 IOMMU groups");
-  assert.match(clean.stdout, "7 ok, 0 warning(s), 0 failure(s)");
+  assert.match(clean.stdout, "8 ok, 0 warning(s), 0 failure(s)");
   desktop.cleanup();
 
   const shared = sharedGroupHost();
@@ -265,7 +265,7 @@ test("doctor with parts of the host unreadable: each check that cannot read what
   try {
     sim.failList("/sys/kernel/iommu_groups", "EIO").failRead("/sys/fs/cgroup/cgroup.controllers", "EACCES");
     const { report, statuses, host, domain } = await doctor(sim, domainXml({ devices: GPU_AND_AUDIO, metadata: "<vmhook:vfio/>" }));
-    assert.equal(statuses(report.host), { iommu: "fail", "vfio modules": "ok", hugepages: "ok", "cgroup v2 cpuset": "fail", "libvirt hook": "ok", leftovers: "ok", "host policy": "ok" });
+    assert.equal(statuses(report.host), { iommu: "fail", "vfio modules": "ok", hugepages: "ok", "cgroup v2 cpuset": "fail", "libvirt hook": "ok", leftovers: "ok", "host policy": "ok", "host settings": "ok" });
     assert.match(host("iommu").reason, "cannot list /sys/kernel/iommu_groups (EIO)");
     assert.match(host("cgroup v2 cpuset").reason, "cannot read /sys/fs/cgroup/cgroup.controllers (EACCES)");
     assert.match(host("iommu").fix!, "fix what the message names, then run vmhook doctor again");

@@ -276,6 +276,11 @@ test("the host settings file (it names commands and units root runs) is held to 
   try {
     // A display manager command for hosts without systemd: what vmhook runs as root to stop and start it.
     sim.file("/etc/vmhook/vmhook.json", JSON.stringify({ plugins: { vfio: { displayManagerCommand: { stop: ["/bin/true"], start: ["/home/alice/x"], processes: [] } } } }));
+    fs.chmodSync(sim.resolve("/etc/vmhook/vmhook.json"), 0o666);
+    const doctor = spawnSync(BINARY, ["doctor", "--json"], { encoding: "utf8", timeout: 20_000, env: { PATH: "/usr/bin:/bin", LC_ALL: "C", VMHOOK_ROOT: sim.root } });
+    const finding = (JSON.parse(doctor.stdout).host as { check: string; status: string; reason: string }[]).find((each) => each.check === "host settings")!;
+    assert.equal([finding.status, finding.reason.split(":").slice(0, 2).join(":")], ["fail", "refusing the host settings: /etc/vmhook/vmhook.json has mode 0666"]);
+    fs.chmodSync(sim.resolve("/etc/vmhook/vmhook.json"), 0o644);
     assertHeldToRootsRules(sim, "/etc/vmhook/vmhook.json", "the host settings", "it names commands and units root runs", domainXml(`<vmhook:vfio/>`));
   } finally {
     sim.cleanup();
