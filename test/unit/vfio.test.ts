@@ -251,6 +251,19 @@ test("the load of vfio-pci is journaled, before modprobe runs, with all that mod
   assert.equal(kernel.sim.snapshot(), before);
 });
 
+test("vfio-pci missing from the running kernel's modules (modules.dep, modules.builtin) is refused at plan, before the display manager stops", async () => {
+  const kernel = nvidiaDesktop();
+  kernel.sim.file("/proc/sys/kernel/osrelease", "6.1.0-sim").file("/lib/modules/6.1.0-sim/modules.dep", "kernel/drivers/gpu/drm/drm.ko:\n").file("/lib/modules/6.1.0-sim/modules.builtin", "kernel/drivers/pci/pcieport.ko\n");
+  const before = kernel.sim.snapshot();
+  const result = await runHookEvent(kernel.sim, "prepare", "begin", domainXml("<vmhook:vfio/>"));
+  assert.is(result.code, 1);
+  assert.is(firstLine(result.stderr), "vmhook: vfio: module vfio-pci is not in this kernel's modules (/lib/modules/6.1.0-sim: modules.dep, modules.builtin), so modprobe vfio-pci would fail once the display had let go");
+  assert.match(result.stderr, "install the modules of kernel 6.1.0-sim, or boot a kernel built with CONFIG_VFIO_PCI");
+  assert.equal(kernel.sim.snapshot(), before);
+  assert.ok(kernel.units.get("display-manager.service")!.active, "the display manager was never stopped");
+  assert.not.ok(kernel.sim.execs.some((e) => e.command === "modprobe" || (e.command === "systemctl" && e.args[0] === "stop")));
+});
+
 test("a module's dependencies are its own line of modules.dep: either spelling of its file, compressed or not, never a module whose name merely ends or starts the same", () => {
   const { sim } = bochsGuest();
   sim.file(
