@@ -37,5 +37,18 @@ export function moduleDependencies(host: Host, release: string, module: string):
   return undefined;
 }
 
+/**
+ * True when the running kernel's module tree can be read and names `module`
+ * neither in modules.dep nor in modules.builtin: modprobe will not find it.
+ * False when it is there, or the tree cannot be told (modprobe decides).
+ * Call it only once moduleDependencies found no line: it reads modules.dep again.
+ */
+export function moduleMissing(host: Host, module: string): boolean {
+  const release = kernelRelease(host);
+  if (!plainRelease(release) || !host.exists(`/lib/modules/${release}/modules.dep`)) return false;
+  const name = moduleName(`${module}.ko`);
+  return moduleDependencies(host, release, module) === undefined && !moduleList(host, release, "modules.builtin").some((file) => moduleName(file) === name);
+}
+
 /** A module's name as /proc/modules and /sys/module give it, from its file (kernel/drivers/vfio/pci/vfio-pci.ko.xz: vfio_pci); "" for anything else. */
 export const moduleName = (file: string) => (/([^/]+?)\.ko(\.\w+)?$/.exec(file.trim())?.[1] ?? "").replace(/-/g, "_");

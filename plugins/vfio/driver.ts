@@ -3,7 +3,7 @@
 // vfio-pci as it registers, or by drivers_probe); extra modules load last.
 // Each undo puts one thing back and checks that it is back.
 import { writeThroughDriver } from "../../lib/bounded-write.ts";
-import { kernelRelease, moduleDependencies, moduleName } from "../../lib/kernel-modules.ts";
+import { kernelRelease, moduleDependencies, moduleMissing, moduleName } from "../../lib/kernel-modules.ts";
 import { VmhookError } from "../../lib/errors.ts";
 import { readForMessage, type Host } from "../../lib/host.ts";
 import { PCI_DRIVERS, pciDriver, pciDriverRegistered, pciExists, pciPath } from "../../lib/pci.ts";
@@ -46,7 +46,20 @@ export function stoppedHelpers(ctx: BaseContext, found: Survey, settings: VfioSe
  */
 export function loadVfioSteps(ctx: PlanContext<VfioConfig>, settings: VfioSettings): Step[] {
   if (pciDriverRegistered(ctx.host, VFIO_DRIVER)) return keepLoadedSteps(ctx, VFIO_DRIVER);
-  return [{ ...loadModulesStep(VFIO_DRIVER, settings.bindTimeoutSeconds * 1000, ctx.host), background: true }];
+  const step: Step = { ...loadModulesStep(VFIO_DRIVER, settings.bindTimeoutSeconds * 1000, ctx.host), background: true };
+  // Its modprobe runs while the display lets go: a module that is not there is refused now, not found then.
+  // Dependencies to load came from its modules.dep line, so only a step without any looks further.
+  if ((step.record.modules as string[]).length <= 1 && moduleMissing(ctx.host, VFIO_DRIVER)) {
+    const release = kernelRelease(ctx.host);
+    return [{
+      ...step,
+      refused: {
+        reason: `vfio: module ${VFIO_DRIVER} is not in this kernel's modules (/lib/modules/${release}: modules.dep, modules.builtin), so modprobe ${VFIO_DRIVER} would fail once the display had let go`,
+        remedies: [`install the modules of kernel ${release}, or boot a kernel built with CONFIG_VFIO_PCI`],
+      },
+    }];
+  }
+  return [step];
 }
 
 /** The handover, as steps: modules go (users first), each device moves (once vfio-pci is there), extra modules load. */
