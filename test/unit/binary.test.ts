@@ -86,6 +86,14 @@ const ALL_EVENTS = [
   ["teleport", "now"],
 ];
 
+test("npm run demo (README's first command): every step it shows on the simulated desktop succeeds, ending with prepare's plan", () => {
+  const demo = spawnSync(process.execPath, [path.join(REPO, "examples/demo.ts")], { encoding: "utf8", timeout: 120_000 });
+  assert.is(demo.status, 0, demo.stderr);
+  assert.not.match(demo.stdout, "(exit ", `a step of the demo failed:\n${demo.stdout}`);
+  assert.match(demo.stdout, "prepare of win11 would take");
+  assert.match(demo.stdout, "stop display-manager.service");
+});
+
 test("hook mode, domain without metadata: every event exits 0 with empty stdout and stderr", () => {
   const t = tree();
   try {
