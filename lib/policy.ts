@@ -8,7 +8,7 @@
 import { VmhookError } from "./errors.ts";
 import type { Host } from "./host.ts";
 import { paths } from "./paths.ts";
-import { unsafeAbove, unsafeReason } from "./custom-plugins/trust.ts";
+import { rootsAloneProblem } from "./custom-plugins/trust.ts";
 import { PATTERNS } from "./validate.ts";
 
 export interface HostPolicy {
@@ -76,7 +76,7 @@ const POLICY_FILE_REASON = "it decides what VMs may take from the host";
 
 /** Why the policy file cannot be trusted: it, or a directory above it, is not root's alone. */
 function policyFileProblem(host: Host): string | undefined {
-  return unsafeReason(host, paths.policy, "file", POLICY_FILE_REASON) ?? unsafeAbove(host, paths.policy, POLICY_FILE_REASON);
+  return rootsAloneProblem(host, paths.policy, "file", POLICY_FILE_REASON);
 }
 
 /** The policy in force: the file's, checked, or the defaults when there is none. Throws naming the file and the fix. */

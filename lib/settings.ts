@@ -4,7 +4,7 @@
 import { VmhookError } from "./errors.ts";
 import type { Host } from "./host.ts";
 import { paths } from "./paths.ts";
-import { unsafeAbove, unsafeReason } from "./custom-plugins/trust.ts";
+import { rootsAloneProblem } from "./custom-plugins/trust.ts";
 
 export interface HostSettings {
   /** Hard limit for one hook invocation's work (prepare, start, ...). */
@@ -26,7 +26,7 @@ export function loadSettings(host: Host): HostSettings {
   // No file means the defaults; one that cannot be read must not: it may set what the defaults do not.
   if (!host.stat(paths.hostConfig)) return DEFAULT_SETTINGS;
   // Held to the policy file's rules (lib/policy.ts): whoever could write it could have root run their command.
-  const problem = unsafeReason(host, paths.hostConfig, "file", SETTINGS_FILE_REASON) ?? unsafeAbove(host, paths.hostConfig, SETTINGS_FILE_REASON);
+  const problem = rootsAloneProblem(host, paths.hostConfig, "file", SETTINGS_FILE_REASON);
   if (problem) throw new VmhookError(`refusing the host settings: ${problem}`);
   const text = host.readTrimmed(paths.hostConfig);
   if (text === undefined) return DEFAULT_SETTINGS;

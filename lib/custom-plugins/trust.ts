@@ -52,7 +52,7 @@ export function unsafeReason(host: Host, hostPath: string, kind: "directory" | "
  * whoever can write one of them can rename what is below and put their own
  * in its place.
  */
-export function unsafeAbove(host: Host, hostPath: string, because?: string): string | undefined {
+function unsafeAbove(host: Host, hostPath: string, because?: string): string | undefined {
   for (let dir = parentOf(hostPath); ; dir = parentOf(dir)) {
     const problem = unsafeReason(host, dir, "directory", because);
     if (problem || dir === "/") return problem;
@@ -61,10 +61,13 @@ export function unsafeAbove(host: Host, hostPath: string, because?: string): str
 
 const parentOf = (absolute: string) => absolute.slice(0, absolute.lastIndexOf("/")) || "/";
 
-/** Why the plugins directory is unsafe, or undefined: it and every directory above it must pass unsafeReason. */
-export function pluginsDirProblem(host: Host): string | undefined {
-  return unsafeReason(host, paths.pluginsDir, "directory") ?? unsafeAbove(host, paths.pluginsDir);
+/** Why root cannot trust `hostPath`, or undefined: it and every directory above it must pass unsafeReason. */
+export function rootsAloneProblem(host: Host, hostPath: string, kind: "directory" | "file", because?: string): string | undefined {
+  return unsafeReason(host, hostPath, kind, because) ?? unsafeAbove(host, hostPath, because);
 }
+
+/** Why the plugins directory is unsafe, or undefined. */
+export const pluginsDirProblem = (host: Host): string | undefined => rootsAloneProblem(host, paths.pluginsDir, "directory");
 
 /** Finds plugin NAME's file and checks it. Throws naming what was searched, or what is unsafe and how to fix it. */
 export function findCustomPlugin(host: Host, name: string): PluginFile {
