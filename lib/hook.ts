@@ -13,6 +13,7 @@ import { loadSettings, type HostSettings } from "./settings.ts";
 import { runPlugins, undoJournal, type RunEnvironment } from "./transaction.ts";
 import { PATTERNS } from "./validate.ts";
 import { paths } from "./paths.ts";
+import { ancestorRunning } from "./processes.ts";
 import { libc } from "./libc.ts";
 import { withDomainLock } from "./lock.ts";
 import { removeStaleTemps } from "./state-files.ts";
@@ -32,7 +33,12 @@ export interface HookInvocation {
    * stdout and kill the process when it outlives both deadlines.
    */
   ownProcess?: boolean;
+  /** The process that ran the hook (libvirt's daemon); the parent unless a test passes another. */
+  parentPid?: number;
 }
+
+/** libvirt's daemons that run the QEMU hook: the monolithic one and the modular QEMU driver's. */
+const LIBVIRT_DAEMONS = ["libvirtd", "virtqemud"];
 
 /** The domain UUID found by a plain text search: enough to find a journal without parsing XML. */
 export function uuidFromXml(xml: string): string | undefined {
@@ -91,6 +97,8 @@ export class HookRun {
     await this.undoLeftovers(deadline);
     if (instances.length === 0) return;
     const journal = newJournal(this.host, { name: this.domain.name, uuid: this.domain.uuid });
+    const starter = this.starter();
+    if (starter) journal.starter = starter;
     writeJournal(this.host, journal);
     try {
       await runPlugins("prepare", instances, this.domain, journal, this.env(), deadline, "starting");
@@ -141,6 +149,16 @@ export class HookRun {
     this.log.info(`reconnected: journal holds ${journal.entries.length} change(s), phase ${journal.phase}`);
     const instances = await this.plugins();
     await runPlugins("reconnect", instances, this.domain, journal, this.env(), this.deadline("work"));
+  }
+
+  /** libvirt's daemon running this hook, for vmhook recover to tell a start it abandoned; none when it cannot be found (recover then needs --force). */
+  private starter(): Journal["starter"] {
+    try {
+      return ancestorRunning(this.host, this.invocation.parentPid ?? process.ppid, LIBVIRT_DAEMONS);
+    } catch (error) {
+      this.log.warn(`cannot tell which libvirt daemon runs this hook (${describeError(error)}); if it stops before the domain starts, vmhook recover needs --force`);
+      return undefined;
+    }
   }
 
   /** QEMU runs (started, or reconnected to): from now on a missing pid file means it stopped (vmhook recover). */

@@ -39,6 +39,12 @@ export interface Journal {
   phase: JournalPhase;
   /** The hook process that last wrote it. */
   pid: number;
+  /**
+   * libvirt's daemon that ran the prepare hook (its command, and PID:STARTTIME
+   * from lib/processes.ts), when it was found. A daemon started again does not
+   * resume a start, so a journal still "starting" once it is gone is left over.
+   */
+  starter?: { command: string; instance: string };
   createdAt: string;
   updatedAt: string;
   entries: JournalEntry[];

@@ -9,6 +9,7 @@
 import { VmhookError } from "./errors.ts";
 import type { Host } from "./host.ts";
 import { paths } from "./paths.ts";
+import { procStat } from "./processes.ts";
 import { ensureStateDir, readStateFile, removeStateFile, writeStateFile } from "./state-files.ts";
 
 export interface StuckWrite {
@@ -42,13 +43,6 @@ const DEVICE_NAME = /^[A-Za-z0-9][A-Za-z0-9:._-]{0,63}$/;
 function checkedDevice(device: string): string {
   if (!DEVICE_NAME.test(device)) throw new VmhookError(`internal: "${device}" is not a device name vmhook can note a stuck write for`);
   return device;
-}
-
-/** Fields of /proc/PID/stat after the command (which may hold spaces and parentheses): [state, ppid, ...]. */
-function procStat(host: Host, pid: number): string[] | undefined {
-  const text = host.readTrimmed(`/proc/${pid}/stat`);
-  const end = text?.lastIndexOf(")") ?? -1;
-  return text && end > 0 ? text.slice(end + 2).split(" ") : undefined;
 }
 
 /** Notes a helper that has started a write into the device's driver, with its start time (field 22 of /proc/PID/stat): a later process given the same pid is not it. */

@@ -16,7 +16,7 @@ import { registry } from "../../plugins/index.ts";
 import type { GlobalOptions } from "./options.ts";
 import { print, printJson } from "./output.ts";
 import { domainBusy } from "../lock.ts";
-import { runningOrWhyUnknown } from "./recover.ts";
+import { abandonedStart, runningOrWhyUnknown } from "./recover.ts";
 import { describeStuckWrite, listStuckWrites, STUCK_ADVICE } from "../stuck-writes.ts";
 import { journalsAndClaims, type HolderView } from "../claims.ts";
 import type { Json } from "../records.ts";
@@ -127,12 +127,14 @@ const plan: CommandModule<GlobalOptions, PlanArgs> = {
 
 async function journalSummary(host: Host, journal: Journal) {
   const running = runningOrWhyUnknown(host, journal.domain.name);
+  const abandoned = running === false ? abandonedStart(host, journal) : undefined;
   return {
     domain: journal.domain,
     phase: journal.phase,
     // null with the reason when its pid file cannot be read: neither "running" nor "not running".
     running: typeof running === "string" ? null : running,
     ...(typeof running === "string" ? { runningUnknown: running } : {}),
+    ...(abandoned ? { abandonedStart: abandoned } : {}),
     hookAtWork: await domainBusy(host, journal.domain.uuid),
     since: journal.createdAt,
     holds: journal.entries.map((entry) => ({ plugin: entry.plugin, description: entry.description, state: entry.state, error: entry.error })),
@@ -147,6 +149,7 @@ function describeState(summary: Awaited<ReturnType<typeof journalSummary>>): str
   if (summary.hookAtWork) return `its hook is at work right now${phase ? ` (${phase})` : ""}; vmhook holds for it`;
   if (summary.running === null) return `cannot tell whether it runs (${summary.runningUnknown}); vmhook holds for it`;
   if (summary.running) return `running${phase ? `, ${phase}` : ""}; vmhook holds for it`;
+  if (summary.abandonedStart) return `its start was abandoned (${summary.abandonedStart}), yet vmhook still holds for it (vmhook recover ${summary.domain.name} gives it back)`;
   if (summary.phase === "starting") return "being started (prepared; QEMU not launched yet); vmhook holds for it";
   return `not running${phase ? ` (${phase})` : ""}, yet vmhook still holds for it (vmhook recover ${summary.domain.name} gives it back)`;
 }

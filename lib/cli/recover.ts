@@ -6,10 +6,11 @@ import type { CommandModule } from "yargs";
 import { Deadline } from "../deadline.ts";
 import { describeError } from "../errors.ts";
 import { RootedHost, type Host } from "../host.ts";
-import { listJournals, readJournal } from "../journal.ts";
+import { listJournals, readJournal, type Journal } from "../journal.ts";
 import { ifDomainIdle } from "../lock.ts";
 import { createLogger } from "../log.ts";
 import { paths } from "../paths.ts";
+import { processInstance } from "../processes.ts";
 import { loadSettings } from "../settings.ts";
 import { undoJournal } from "../transaction.ts";
 import { forgetFinishedWrites } from "../stuck-writes.ts";
@@ -53,6 +54,25 @@ function unreadableOf(name: string | undefined, broken: { file: string; error: s
 export const BEING_STARTED = "libvirt is starting it (prepared; QEMU not launched yet), or its libvirtd stopped while starting it";
 export const forceWhenShutOff = (name: string) => `if virsh domstate ${name} says shut off and no start is under way, run vmhook recover --force ${name}`;
 
+/**
+ * Why a journal still "starting" is left over: libvirt's daemon that ran its
+ * prepare is gone, and a daemon started again does not resume a start (a
+ * QEMU it had launched would have a pid file, checked first). Undefined while
+ * that daemon runs, when the journal does not name it (written by an older
+ * vmhook, or the daemon was not found), or when /proc cannot tell.
+ */
+export function abandonedStart(host: Host, journal: Journal): string | undefined {
+  const { phase, starter } = journal;
+  if (phase !== "starting" || typeof starter?.instance !== "string") return undefined;
+  const pid = Number(starter.instance.split(":")[0]);
+  try {
+    if (processInstance(host, pid) === starter.instance) return undefined;
+  } catch {
+    return undefined;
+  }
+  return `${starter.command} (pid ${pid}), which was starting it, is gone`;
+}
+
 interface RecoverArgs extends GlobalOptions {
   name?: string;
   force: boolean;
@@ -88,8 +108,10 @@ export const recoverCommand: CommandModule<GlobalOptions, RecoverArgs> = {
         if (!args.force) {
           const running = runningOrWhyUnknown(host, name);
           if (running !== false) return { running };
-          // No pid file yet says nothing while libvirt is starting the VM: only --force takes that back.
-          if (current.phase === "starting") return "starting" as const;
+          // No pid file yet says nothing while libvirt is starting the VM: only --force takes that back, or the end of the daemon that was starting it.
+          const abandoned = abandonedStart(host, current);
+          if (current.phase === "starting" && !abandoned) return "starting" as const;
+          if (abandoned && !args.json) print(`${name}: its start was abandoned: ${abandoned}`);
         }
         return undoJournal(current, { host, log, settings, registry }, new Deadline(host, settings.undoDeadlineSeconds * 1000, "undoDeadlineSeconds"));
       });

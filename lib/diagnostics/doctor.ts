@@ -22,7 +22,7 @@ import { listInstalledPlugins } from "../custom-plugins.ts";
 import { describePolicy, loadPolicy } from "../policy.ts";
 import { loadSettings } from "../settings.ts";
 import { isVmhookBinary } from "../cli/install.ts";
-import { BEING_STARTED, forceWhenShutOff, runningOrWhyUnknown } from "../cli/recover.ts";
+import { abandonedStart, BEING_STARTED, forceWhenShutOff, runningOrWhyUnknown } from "../cli/recover.ts";
 import { isLegacyPlugin } from "../plugin.ts";
 import { fail, ok, roundMiB, warn, type Finding } from "./findings.ts";
 import { readIommuGroups, type IommuReport } from "./iommu.ts";
@@ -194,6 +194,10 @@ function leftovers(host: Host): Finding[] {
       const running = runningOrWhyUnknown(host, name);
       if (typeof running === "string") {
         return [fail("leftovers", `${name}: cannot tell whether it runs (${running}); its journal in ${paths.stateDir} holds ${journal.entries.length} change(s)`, `fix what the message names; then vmhook status shows whether it runs, and vmhook recover ${name} gives back what a stopped one holds`)];
+      }
+      const abandoned = running ? undefined : abandonedStart(host, journal);
+      if (abandoned) {
+        return [warn("leftovers", `${name}: its start was abandoned (${abandoned}), yet its journal in ${paths.stateDir} holds ${journal.entries.length} change(s)`, `run vmhook recover ${name}`)];
       }
       if (!running && journal.phase === "starting") {
         return [warn("leftovers", `${name}: ${BEING_STARTED}; its journal in ${paths.stateDir} holds ${journal.entries.length} change(s)`, forceWhenShutOff(name))];

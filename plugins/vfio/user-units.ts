@@ -10,6 +10,7 @@
 // User docs: docs/vfio.md, "Desktop sessions".
 import { VmhookError } from "../../lib/errors.ts";
 import { defineAction, type BaseContext, type Refusal, type Step, type UndoRecord } from "../../lib/plugin.ts";
+import { processInstance } from "../../lib/processes.ts";
 import { readLogindRecord, USER_NAME, type SessionUnit } from "./holders.ts";
 import { cgroupProcesses, checkedUnit } from "./units.ts";
 
@@ -25,10 +26,7 @@ const userSystemctl = (user: string, ...args: string[]) => ["--user", `--machine
  */
 function userManagerInstance(ctx: BaseContext, uid: number): string | undefined {
   const pid = (ctx.host.readTrimmed(`/sys/fs/cgroup${managerCgroup(uid)}/init.scope/cgroup.procs`) ?? "").split("\n")[0];
-  if (!pid) return undefined;
-  const stat = ctx.host.readTrimmed(`/proc/${pid}/stat`) ?? "";
-  const startTime = stat.slice(stat.lastIndexOf(")") + 2).split(" ")[19];
-  return startTime && /^\d+$/.test(startTime) ? `${pid}:${startTime}` : undefined;
+  return pid && /^\d+$/.test(pid) ? processInstance(ctx.host, Number(pid)) : undefined;
 }
 
 /**

@@ -8,8 +8,8 @@ export interface HookOutcome {
   stderr: string;
 }
 
-/** Runs "OP SUBOP" for the domain XML on `sim`, capturing what would go to stderr. */
-export async function runHookEvent(sim: SimHost, op: string, subop: string, xml: string, name = "vm"): Promise<HookOutcome> {
+/** Runs "OP SUBOP" for the domain XML on `sim`, capturing what would go to stderr; `parentPid` stands for the libvirt daemon running the hook. */
+export async function runHookEvent(sim: SimHost, op: string, subop: string, xml: string, name = "vm", parentPid?: number): Promise<HookOutcome> {
   const known = EVENTS[`${op} ${subop}`];
   const chunks: string[] = [];
   const original = process.stderr.write.bind(process.stderr);
@@ -18,7 +18,7 @@ export async function runHookEvent(sim: SimHost, op: string, subop: string, xml:
     return true;
   }) as typeof process.stderr.write;
   try {
-    const code = await runEvent({ args: [name, op, subop, "-"], xml, root: sim.root, host: sim }, known?.event, known?.action, known?.mayFail ?? false);
+    const code = await runEvent({ args: [name, op, subop, "-"], xml, root: sim.root, host: sim, parentPid }, known?.event, known?.action, known?.mayFail ?? false);
     return { code, stderr: chunks.join("") };
   } finally {
     process.stderr.write = original;

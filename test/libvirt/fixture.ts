@@ -136,9 +136,9 @@ export async function startLibvirt(): Promise<void> {
   await waitUntil("libvirtd answers virsh", async () => (await virsh("version")).code === 0);
 }
 
-/** Stops libvirtd (its domains keep running) and starts it again: libvirt runs `reconnect begin` for each of them. */
-export async function restartLibvirtd(): Promise<void> {
-  for (const pid of pidsOf(LIBVIRTD.name)) process.kill(pid, "SIGTERM");
+/** Stops libvirtd (its domains keep running; SIGKILL: as a crash would, in the middle of what it does) and starts it again: libvirt runs `reconnect begin` for each of them. */
+export async function restartLibvirtd(signal: "SIGTERM" | "SIGKILL" = "SIGTERM"): Promise<void> {
+  for (const pid of pidsOf(LIBVIRTD.name)) process.kill(pid, signal);
   await waitUntil("libvirtd exits", () => pidsOf(LIBVIRTD.name).length === 0);
   await startLibvirt();
 }
@@ -247,7 +247,29 @@ export async function removeTestDomains(): Promise<void> {
 // ---- the marker hook: what was at /etc/libvirt/hooks/qemu before vmhook
 
 const markerLog = () => path.join(scratchDir(), "marker.log");
-export const markerScript = () => `#!/bin/sh\n# vmhook test: the hook that was here before vmhook\necho "$1 $2 $3" >> ${markerLog()}\n`;
+export const markerScript = () =>
+  [
+    "#!/bin/sh",
+    "# vmhook test: the hook that was here before vmhook",
+    `echo "$1 $2 $3" >> ${markerLog()}`,
+    "# holdStart(): the domain's start waits here while the file exists (at most 60 s)",
+    `hold=${scratchDir()}/hold-start-$1`,
+    'if [ "$2" = start ] && [ -e "$hold" ]; then : > "$hold.held"; n=0; while [ -e "$hold" ] && [ $n -lt 600 ]; do sleep 0.1; n=$((n + 1)); done; fi',
+    "",
+  ].join("\n");
+
+/** Holds the domain's start in the marker hook (libvirt runs it after vmhook's start hook, before QEMU's launch) until the returned function lets go. */
+export function holdStart(domain: TestDomain): { held: () => boolean; letGo: () => void } {
+  const file = path.join(scratchDir(), `hold-start-${domain.name}`);
+  fs.writeFileSync(file, "");
+  return {
+    held: () => fs.existsSync(`${file}.held`),
+    letGo: () => {
+      fs.rmSync(file, { force: true });
+      fs.rmSync(`${file}.held`, { force: true });
+    },
+  };
+}
 
 /** The events the marker hook saw for a domain, e.g. ["prepare begin", "start begin", ...]. */
 export function markerEvents(domain: TestDomain): string[] {

@@ -6,7 +6,9 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import * as assert from "uvu/assert";
 import {
+  binary,
   defineDomain,
+  holdStart,
   hugepages,
   hugepagesInUse,
   journalExists,
@@ -15,6 +17,7 @@ import {
   logSize,
   memTotalMiB,
   restartLibvirtd,
+  run as runProgram,
   scratchDir,
   stateFiles,
   virsh,
@@ -133,6 +136,37 @@ test("a libvirtd restart (reconnect) keeps the journal and the pages; a later de
   await expectHeld(domain, pool + PAGES_OF_64_MIB);
   await virshOk("destroy", domain.name);
   expectReleased(domain, pool);
+});
+
+test("libvirtd killed while it starts the domain (prepared, QEMU not launched): the journal names that libvirtd, so once it is gone vmhook recover gives the pages back without --force", async () => {
+  const domain = await hugepagesDomain("abandoned-start");
+  const pool = hugepages();
+  const hold = holdStart(domain);
+  try {
+    const start = virsh("start", domain.name);
+    await waitUntil(`the start of ${domain.name} is held before QEMU's launch`, hold.held);
+    assert.is(hugepages(), pool + PAGES_OF_64_MIB, "prepared");
+    const journal = JSON.parse(fs.readFileSync(`/run/vmhook/${domain.uuid}.json`, "utf8")) as { phase: string; starter?: { command: string; instance: string } };
+    assert.is(journal.phase, "starting");
+    const libvirtd = journal.starter?.instance.split(":")[0];
+    assert.is(journal.starter?.command, "libvirtd");
+    assert.ok(fs.readFileSync(`/proc/${libvirtd}/stat`, "utf8").startsWith(`${libvirtd} (libvirtd) `), `the starter ${libvirtd} is libvirtd`);
+
+    await restartLibvirtd("SIGKILL");
+    hold.letGo();
+    assert.is.not((await start).code, 0, "virsh start lost its libvirtd");
+    assert.is((await virshOk("domstate", domain.name)).trim(), "shut off", "a libvirtd started again does not resume the start");
+    const status = await runProgram(binary(), ["status"]);
+    assert.match(status.stdout, `${domain.name} (${domain.uuid}): its start was abandoned (libvirtd (pid ${libvirtd}), which was starting it, is gone)`);
+    const recover = await runProgram(binary(), ["recover", domain.name]);
+    assert.is(recover.code, 0, recover.stdout + recover.stderr);
+    assert.match(recover.stdout, `${domain.name}: its start was abandoned`);
+    expectReleased(domain, pool);
+  } finally {
+    hold.letGo();
+    // Had the test failed before recover, the pool would stay grown for the tests after it.
+    if (journalExists(domain.uuid)) await runProgram(binary(), ["recover", "--force", domain.name]);
+  }
 });
 
 run();

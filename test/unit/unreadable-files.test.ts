@@ -82,10 +82,19 @@ test("host settings: no file means the defaults; a file that cannot be read is a
   }
 });
 
-test("vmhook status, doctor and recover: a libvirt pid file that cannot be read (EISDIR): status says it cannot tell; recover keeps that domain's journal, naming the file, and the other domains are still recovered; it used to mean \"not running\" and undid a running VM's changes", async () => {
+/** A simulated host with an empty pool of 2M huge pages, cleaned up after `body`; `pool()` reads the pool's size. */
+async function onHugepageHost(body: (sim: SimHost, pool: () => number) => Promise<void>): Promise<void> {
   const sim = new SimHost().dir("/var/log");
   try {
     new HugepageKernel(sim, { initial: { 2048: 0 } });
+    await body(sim, () => Number(sim.read("/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages")));
+  } finally {
+    sim.cleanup();
+  }
+}
+
+test("vmhook status, doctor and recover: a libvirt pid file that cannot be read (EISDIR): status says it cannot tell; recover keeps that domain's journal, naming the file, and the other domains are still recovered; it used to mean \"not running\" and undid a running VM's changes", async () => {
+  await onHugepageHost(async (sim) => {
     const OTHER_UUID = "e1e1e1e1-0000-4000-8000-0000000000f3";
     assert.is((await runHookEvent(sim, "prepare", "begin", XML)).code, 0);
     assert.is((await runHookEvent(sim, "prepare", "begin", XML.replace("<name>vm</name>", "<name>other</name>").replace(UUID, OTHER_UUID), "other")).code, 0);
@@ -112,16 +121,11 @@ test("vmhook status, doctor and recover: a libvirt pid file that cannot be read 
     assert.ok(readJournal(sim, UUID), "vm's journal is kept");
     assert.is(readJournal(sim, OTHER_UUID), undefined, "other's is undone");
     assert.is(Number(sim.read("/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages")), pool / 2, "vm's huge pages are still reserved, other's are given back");
-  } finally {
-    sim.cleanup();
-  }
+  });
 });
 
 test("recover never undoes a VM libvirt is starting: between prepare and QEMU's launch there is no pid file yet; --force does it, and once started a missing pid file means stopped", async () => {
-  const sim = new SimHost().dir("/var/log");
-  try {
-    new HugepageKernel(sim, { initial: { 2048: 0 } });
-    const pool = () => Number(sim.read("/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages"));
+  await onHugepageHost(async (sim, pool) => {
     assert.is((await runHookEvent(sim, "prepare", "begin", XML)).code, 0);
     const reserved = pool();
     assert.ok(reserved > 0);
@@ -147,9 +151,60 @@ test("recover never undoes a VM libvirt is starting: between prepare and QEMU's 
     const forced = await cli(["recover", "--force", "vm", "--root", sim.root]);
     assert.is(forced.code, 0, forced.stdout);
     assert.is(pool(), 0);
-  } finally {
-    sim.cleanup();
-  }
+  });
+});
+
+/** /proc/PID/stat of a process with this command, parent and start time (field 22). */
+function procStat(sim: SimHost, pid: number, command: string, ppid: number, startTime: number, state = "S"): void {
+  sim.file(`/proc/${pid}/stat`, `${pid} (${command}) ${state} ${ppid} ${pid} ${pid} 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0 ${startTime} 0 0`);
+}
+
+test("a journal still 'starting' once libvirt's daemon that ran its prepare is gone (a zombie, or its pid belongs to a later process) is left over: status, doctor and recover say so, and recover gives it back without --force", async () => {
+  await onHugepageHost(async (sim, pool) => {
+    // libvirtd (pid 300) runs the hook through a dispatcher script (pid 4000).
+    procStat(sim, 300, "libvirtd", 1, 5000);
+    procStat(sim, 4000, "qemu hook", 300, 90000);
+    const ends = [() => sim.remove("/proc/300"), () => procStat(sim, 300, "libvirtd", 1, 5000, "Z"), () => procStat(sim, 300, "libvirtd", 1, 7777)];
+    for (const daemonEnds of ends) {
+      assert.is((await runHookEvent(sim, "prepare", "begin", XML, "vm", 4000)).code, 0);
+      assert.equal(readJournal(sim, UUID)!.starter, { command: "libvirtd", instance: "300:5000" });
+      // While that libvirtd runs, the start may go on: nothing is undone.
+      assert.is((await cli(["recover", "--root", sim.root])).code, 1);
+      assert.ok(pool() > 0);
+
+      daemonEnds();
+      const gone = "libvirtd (pid 300), which was starting it, is gone";
+      assert.match((await cli(["status", "--root", sim.root])).stdout, `vm (${UUID}): its start was abandoned (${gone}), yet vmhook still holds for it (vmhook recover vm gives it back)`);
+      const leftovers = (await runDoctor(sim)).host.filter((finding) => finding.check === "leftovers");
+      assert.equal(leftovers.map((finding) => [finding.status, finding.reason, finding.fix]), [["warn", `vm: its start was abandoned (${gone}), yet its journal in /run/vmhook holds 1 change(s)`, "run vmhook recover vm"]]);
+      const recover = await cli(["recover", "--root", sim.root]);
+      assert.is(recover.code, 0, recover.stdout);
+      assert.match(recover.stdout, `vm: its start was abandoned: ${gone}\nvm: 1 change(s) undone`);
+      assert.is(pool(), 0);
+      assert.is(readJournal(sim, UUID), undefined);
+      procStat(sim, 300, "libvirtd", 1, 5000);
+    }
+  });
+});
+
+test("a starting journal whose daemon cannot be read in /proc, or that names none, stays for --force", async () => {
+  await onHugepageHost(async (sim) => {
+    procStat(sim, 300, "libvirtd", 1, 5000);
+    procStat(sim, 301, "bash", 1, 5000);
+    assert.is((await runHookEvent(sim, "prepare", "begin", XML, "vm", 300)).code, 0);
+    sim.failRead("/proc/300/stat", "EACCES");
+    const unreadable = await cli(["recover", "--root", sim.root]);
+    assert.is(unreadable.code, 1);
+    assert.match(unreadable.stdout, "vm: libvirt is starting it");
+    sim.clearFailures();
+    assert.is((await cli(["recover", "--force", "--root", sim.root])).code, 0);
+    // Run by a process that is no libvirt daemon, nor has one above it: no starter is noted, so its end says nothing.
+    assert.is((await runHookEvent(sim, "prepare", "begin", XML, "vm", 301)).code, 0);
+    assert.is(readJournal(sim, UUID)!.starter, undefined);
+    sim.remove("/proc/301");
+    assert.is((await cli(["recover", "--root", sim.root])).code, 1);
+    assert.ok(readJournal(sim, UUID));
+  });
 });
 
 test("RootedHost.stat on a real file system: undefined only when nothing is there; a symlink loop on the way (ELOOP) throws naming the path", () => {
@@ -166,9 +221,7 @@ test("RootedHost.stat on a real file system: undefined only when nothing is ther
 });
 
 test("host policy: a policy file that cannot be looked at (EACCES from a security module) refuses prepare with the host unchanged; it used to mean \"no policy\" and the defaults", async () => {
-  const sim = new SimHost().dir("/var/log");
-  try {
-    new HugepageKernel(sim, { initial: { 2048: 0 } });
+  await onHugepageHost(async (sim) => {
     sim.file("/etc/vmhook/policy.json", "{}").failStat("/etc/vmhook/policy.json", "EACCES");
     const before = sim.snapshot();
     const { code, stderr } = await runHookEvent(sim, "prepare", "begin", XML);
@@ -177,9 +230,7 @@ test("host policy: a policy file that cannot be looked at (EACCES from a securit
     assert.equal(sim.snapshot(), before, "the host is left as it was");
     sim.clearFailures();
     assert.is((await runHookEvent(sim, "prepare", "begin", XML)).code, 0, "readable again, the same domain starts");
-  } finally {
-    sim.cleanup();
-  }
+  });
 });
 
 test("RootedHost.exists on a real file system: false only when nothing is there (a dangling link too); a symlink loop (ELOOP) throws naming the path", () => {
@@ -197,9 +248,7 @@ test("RootedHost.exists on a real file system: false only when nothing is there 
 });
 
 test("hugepages: a pool's surplus count that cannot be looked up refuses prepare with the host unchanged; it used to count as no surplus pages, and the pool's own size was computed from that", async () => {
-  const sim = new SimHost().dir("/var/log");
-  try {
-    new HugepageKernel(sim, { initial: { 2048: 0 } });
+  await onHugepageHost(async (sim) => {
     const surplus = "/sys/kernel/mm/hugepages/hugepages-2048kB/surplus_hugepages";
     assert.ok(sim.exists(surplus), "the simulated kernel has the file");
     sim.failExists(surplus, "EACCES");
@@ -208,9 +257,7 @@ test("hugepages: a pool's surplus count that cannot be looked up refuses prepare
     assert.is(code, 1);
     assert.match(stderr, `cannot look up ${surplus} (EACCES)`);
     assert.equal(sim.snapshot(), before, "the host is left as it was");
-  } finally {
-    sim.cleanup();
-  }
+  });
 });
 
 test("waitFor: only its own timeout is a WaitTimedOut; a read that fails inside the wait is passed on as it is, so no caller takes it for \"not yet\"", () => {
