@@ -69,6 +69,8 @@ function logTail(host: Host): string {
     fs.readSync(fd, buffer, 0, length, size - length);
     const lines = buffer.toString("utf8").split("\n");
     if (lines.at(-1) === "") lines.pop();
+    // A line cut by the start of what was read may begin inside a name or a UUID, which the redaction then misses.
+    if (length < size) lines.shift();
     return `${lines.slice(-LOG_LINES).join("\n")}\n`;
   } finally {
     fs.closeSync(fd);

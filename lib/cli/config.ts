@@ -39,21 +39,41 @@ interface Current {
   nodes: MetadataNode[];
   /** libvirt stored the element with a doubled prefix (<vmhook:vmhook:hooks>): saving repairs it. */
   doubledPrefix: boolean;
-  /** What the change goes to: neither flag means virsh's --current (the running domain if it runs). */
+  /** What was read, and what the change goes to: never virsh's --current, which libvirt decides again when it stores. */
   scope: Scope;
   describeScope: string;
 }
 
-function readCurrent(virsh: Virsh, name: string, flags: Scope): Current {
-  const running = flags.live || flags.config ? undefined : virsh.isActive(name);
-  // With both flags the persistent definition is the base: it is what stays.
-  const inactive = flags.config || running === false;
+/** The metadata in one definition: the persistent one (inactive) or the running one. */
+function readStored(virsh: Virsh, name: string, inactive: boolean): Pick<Current, "xml" | "nodes" | "doubledPrefix"> {
   const stored = virsh.dumpxml(name, inactive);
   const xml = repairDoubledPrefixes(stored);
   const domain = parseDomain(xml, `domain ${name}`);
+  return { xml, nodes: domain.metadata ? metadataNodes(domain.metadata) : [], doubledPrefix: xml !== stored };
+}
+
+function readCurrent(virsh: Virsh, name: string, flags: Scope): Current {
+  // Neither flag: the running domain if it runs, else the persistent one, as virsh's --current; named
+  // explicitly, so a VM started or stopped meanwhile cannot send the change to a definition never read.
+  const running = flags.live || flags.config ? undefined : virsh.isActive(name);
+  const scope = running === undefined ? { live: flags.live, config: flags.config } : { live: running, config: !running };
+  // With both flags the persistent definition is the base: it is what stays.
   const describeScope =
-    flags.live && flags.config ? "the running domain and its persistent definition" : flags.live || running ? "the running domain only (as virsh does; add --config for the next start too)" : "the persistent definition";
-  return { xml, nodes: domain.metadata ? metadataNodes(domain.metadata) : [], doubledPrefix: xml !== stored, scope: flags, describeScope };
+    scope.live && scope.config ? "the running domain and its persistent definition" : scope.live ? "the running domain only (as virsh does; add --config for the next start too)" : "the persistent definition";
+  return { ...readStored(virsh, name, scope.config), scope, describeScope };
+}
+
+/** Thrown when libvirt's metadata is no longer what was read: saving would overwrite another change. */
+class ChangedMeanwhile extends VmhookError {}
+
+function refuseIfChangedMeanwhile(virsh: Virsh, name: string, current: Current, nodes: MetadataNode[]): void {
+  const now = readStored(virsh, name, current.scope.config);
+  const render = (read: MetadataNode[]) => (read.length > 0 ? renderHooks(read, "domain") : "");
+  if (render(now.nodes) === render(current.nodes) && now.doubledPrefix === current.doubledPrefix) return;
+  throw new ChangedMeanwhile(
+    `the vmhook metadata of ${name} changed while vmhook was editing it (another vmhook config, enable or disable, or virsh); nothing was saved: run the command again`,
+    nodes.length > 0 ? [`what was not saved (vmhook config ${shellWord(name)} --set - takes it):`, ...render(nodes).split("\n")] : [],
+  );
 }
 
 /** The domain as it would be with these elements, checked like prepare checks it, on this host; throws what is wrong. */
@@ -73,6 +93,7 @@ function save(virsh: Virsh, name: string, current: Current, nodes: MetadataNode[
     else print(`${name}: no change`);
     return;
   }
+  refuseIfChangedMeanwhile(virsh, name, current, nodes);
   if (nodes.length === 0) virsh.removeMetadata(name, current.scope);
   else virsh.setMetadata(name, renderHooks(nodes, "virsh", ""), current.scope);
   const notes = [
@@ -132,6 +153,8 @@ async function edit(host: Host, virsh: Virsh, name: string, current: Current, ar
       save(virsh, name, current, nodes, domain, args);
       return;
     } catch (error) {
+      // another change came in meanwhile: editing again would start from what libvirt no longer has
+      if (error instanceof ChangedMeanwhile) throw error;
       process.stderr.write(`vmhook: ${describeError(error)}\n`);
       if (!askYes("Edit again?")) throw new VmhookError(`kept the old metadata of ${name}: the edit was not saved`);
       text = edited;

@@ -115,6 +115,20 @@ test(`the log is cut to its last ${LOG_LINES} lines`, async () => {
   sim.cleanup();
 });
 
+test("a log line longer than the part of the log read is left out, never cut into a piece the redaction no longer recognizes", async () => {
+  const sim = identifiableHost();
+  // The part read is the log's last 4 MiB: here it starts inside the host name of a very long line.
+  const after = ` long line\n${"2026-11-30T08:00:00.000Z [win11-alice prepare begin] short line\n".repeat(10)}`;
+  const longLine = `2026-11-30T08:00:00.000Z [win11-alice prepare begin] ${"x".repeat(100)} on ${FQDN}`;
+  const filler = "y".repeat(4 * 1024 * 1024 + 2 - FQDN.length - after.length);
+  sim.file("/var/log/vmhook.log", `${longLine}${filler}${after}`);
+  const log = unpack(await bundleOf(sim)).get("vmhook.log")!;
+  assert.not.match(log, FQDN.slice(2), "a piece of the host name is left");
+  assert.not.match(log, "long line");
+  assert.is(log.split("\n")[0], "2026-11-30T08:00:00.000Z [win11-<user-1> prepare begin] short line");
+  sim.cleanup();
+});
+
 test("a part that cannot be read says why inside the bundle; an unreadable user list writes nothing", async () => {
   const sim = identifiableHost();
   fs.rmSync(sim.resolve("/proc/cmdline"));

@@ -1,0 +1,87 @@
+// A stand-in for virsh on PATH, for the CLI commands that talk to libvirt
+// (config, enable, disable): one domain whose persistent and running XML are
+// files in a directory, changed by `virsh metadata` as libvirt changes them
+// (--live, --config, or neither: the running domain if it runs). Every call is
+// logged, so a test sees what vmhook asked libvirt to do.
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import { withVmhookMetadata } from "../../lib/metadata-in-domain.ts";
+import { readPastedMetadata } from "../../lib/metadata-text.ts";
+
+export interface FakeLibvirt {
+  dir: string;
+  /** The domain XML as libvirt holds it: "config" the persistent one, "live" the running one. */
+  xml(which: "config" | "live"): string;
+  setXml(which: "config" | "live", xml: string): void;
+  setRunning(running: boolean): void;
+  /** The argument lists virsh was called with, in order. */
+  calls(): string[][];
+  /** Restores PATH and removes the directory. */
+  cleanup(): void;
+}
+
+/** Puts a fake virsh first on PATH for the domain `name`, shut off, with this persistent XML. */
+export function fakeLibvirt(name: string, configXml: string): FakeLibvirt {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "vmhook-fake-virsh-"));
+  const file = (which: string) => path.join(dir, which);
+  fs.writeFileSync(file("config"), configXml);
+  fs.writeFileSync(file("name"), name);
+  fs.writeFileSync(file("state"), "shut off");
+  fs.writeFileSync(file("virsh"), `#!/bin/sh\nexec ${JSON.stringify(process.execPath)} ${JSON.stringify(new URL(import.meta.url).pathname)} ${JSON.stringify(dir)} "$@"\n`, { mode: 0o755 });
+  const savedPath = process.env.PATH;
+  process.env.PATH = `${dir}:${savedPath}`;
+  return {
+    dir,
+    xml: (which) => fs.readFileSync(file(which), "utf8"),
+    setXml: (which, xml) => fs.writeFileSync(file(which), xml),
+    setRunning(running) {
+      fs.writeFileSync(file("state"), running ? "running" : "shut off");
+      if (running) fs.copyFileSync(file("config"), file("live"));
+      else fs.rmSync(file("live"), { force: true });
+    },
+    calls: () => (fs.existsSync(file("calls")) ? fs.readFileSync(file("calls"), "utf8").trim().split("\n").map((line) => JSON.parse(line) as string[]) : []),
+    cleanup() {
+      process.env.PATH = savedPath;
+      fs.rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+/** virsh itself: `virsh [--connect URI] COMMAND ARGS`, for the domain of the directory. */
+function fakeVirsh(dir: string, args: string[]): number {
+  const file = (which: string) => path.join(dir, which);
+  fs.appendFileSync(file("calls"), `${JSON.stringify(args)}\n`);
+  const words = args[0] === "--connect" ? args.slice(2) : args;
+  const [command, ...rest] = words;
+  const running = fs.readFileSync(file("state"), "utf8").trim() === "running";
+  const domain = rest.filter((word) => word !== "--" && !word.startsWith("--"))[0];
+  if (domain !== fs.readFileSync(file("name"), "utf8")) {
+    process.stderr.write(`error: failed to get domain '${domain}'\n`);
+    return 1;
+  }
+  if (command === "domstate") {
+    process.stdout.write(`${running ? "running" : "shut off"}\n\n`);
+    return 0;
+  }
+  if (command === "dumpxml") {
+    process.stdout.write(fs.readFileSync(file(rest.includes("--inactive") || !running ? "config" : "live"), "utf8"));
+    return 0;
+  }
+  if (command === "metadata") {
+    const live = rest.includes("--live") || (!rest.includes("--config") && running);
+    const targets = [...(live ? ["live"] : []), ...(rest.includes("--config") || !running ? ["config"] : [])];
+    if (live && !running) {
+      process.stderr.write("error: Requested operation is not valid: domain is not running\n");
+      return 1;
+    }
+    const set = rest.indexOf("--set");
+    const nodes = set >= 0 ? readPastedMetadata(rest[set + 1]!) : [];
+    for (const target of targets) fs.writeFileSync(file(target), withVmhookMetadata(fs.readFileSync(file(target), "utf8"), nodes));
+    return 0;
+  }
+  process.stderr.write(`error: the fake virsh does not know ${command}\n`);
+  return 1;
+}
+
+if (import.meta.main) process.exit(fakeVirsh(process.argv[2]!, process.argv.slice(3)));

@@ -1,0 +1,83 @@
+// vmhook config / enable / disable against a stand-in virsh: what they write
+// goes to the definition they read, and a change made by someone else while
+// they worked is never overwritten.
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { test } from "uvu";
+import * as assert from "uvu/assert";
+import { cli } from "../helpers/cli.ts";
+import { fakeLibvirt, type FakeLibvirt } from "../helpers/fake-virsh.ts";
+import { desktopHost } from "../helpers/pci-hosts.ts";
+import type { SimHost } from "../helpers/simhost.ts";
+
+const DOMAIN = `<domain type="kvm">
+  <name>win11</name>
+  <uuid>6f1c2a9e-3b4d-4e5f-8a7b-9c0d1e2f3a4b</uuid>
+  <memory unit="KiB">1048576</memory>
+  <vcpu>2</vcpu>
+  <metadata>
+    <vmhook:hooks xmlns:vmhook="urn:vmhook:1"><vmhook:nosleep/></vmhook:hooks>
+  </metadata>
+  <os><type arch="x86_64" machine="q35">hvm</type></os>
+</domain>
+`;
+
+/** The vmhook elements of a domain XML, as local names in order. */
+function elements(xml: string): string[] {
+  return [...xml.matchAll(/<vmhook:(\w+)[\s/>]/g)].map((match) => match[1]!).filter((name) => name !== "hooks");
+}
+
+/** An $EDITOR that writes `content` into the file and runs `meanwhile` (what happens while the user edits). */
+function editor(libvirt: FakeLibvirt, content: string, meanwhile: string): string {
+  const script = path.join(libvirt.dir, "editor.sh");
+  fs.writeFileSync(script, `#!/bin/sh\nprintf '%s' '${content}' > "$1"\n${meanwhile}\n`, { mode: 0o755 });
+  return script;
+}
+
+async function withDomain(check: (sim: SimHost, libvirt: FakeLibvirt) => Promise<void>): Promise<void> {
+  const sim = desktopHost();
+  const libvirt = fakeLibvirt("win11", DOMAIN);
+  const savedEditor = process.env.EDITOR;
+  try {
+    await check(sim, libvirt);
+  } finally {
+    process.env.EDITOR = savedEditor;
+    if (savedEditor === undefined) delete process.env.EDITOR;
+    libvirt.cleanup();
+    sim.cleanup();
+  }
+}
+
+test("enable on a shut-off domain stores the element in its persistent definition", () =>
+  withDomain(async (sim, libvirt) => {
+    const enabled = await cli(["enable", "win11", "hugepages", "--root", sim.root]);
+    assert.is(enabled.code, 0, enabled.stderr);
+    assert.match(enabled.stdout, "win11: saved to the persistent definition");
+    assert.equal(elements(libvirt.xml("config")), ["nosleep", "hugepages"]);
+  }));
+
+test("config --edit of a shut-off domain started while the editor is open: the edit goes to the persistent definition it was read from, as said", () =>
+  withDomain(async (sim, libvirt) => {
+    // the user starts the VM in another terminal while editing
+    process.env.EDITOR = editor(libvirt, "<hooks><nosleep/><hugepages/></hooks>", `echo running > ${libvirt.dir}/state; cp ${libvirt.dir}/config ${libvirt.dir}/live`);
+    const edited = await cli(["config", "win11", "--edit", "--root", sim.root]);
+    assert.is(edited.code, 0, edited.stderr);
+    assert.match(edited.stdout, "win11: saved to the persistent definition");
+    assert.equal(elements(libvirt.xml("config")), ["nosleep", "hugepages"], "the next start has the edit");
+    assert.equal(elements(libvirt.xml("live")), ["nosleep"], "the running domain, never read, is left alone");
+  }));
+
+test("config --edit while someone else changes the metadata: refused, their change kept, the edit shown so it is not lost", () =>
+  withDomain(async (sim, libvirt) => {
+    const theirs = DOMAIN.replace("<vmhook:nosleep/>", '<vmhook:nosleep/><vmhook:isolate host-cpus="0-1"/>');
+    fs.writeFileSync(path.join(libvirt.dir, "theirs.xml"), theirs);
+    process.env.EDITOR = editor(libvirt, "<hooks><nosleep/><hugepages/></hooks>", `cp ${libvirt.dir}/theirs.xml ${libvirt.dir}/config`);
+    const edited = await cli(["config", "win11", "--edit", "--root", sim.root]);
+    assert.is(edited.code, 1, edited.stdout);
+    assert.match(edited.stderr, "vmhook: the vmhook metadata of win11 changed while vmhook was editing it (another vmhook config, enable or disable, or virsh); nothing was saved: run the command again");
+    assert.match(edited.stderr, "  <vmhook:hugepages/>", "the refused edit is shown");
+    assert.equal(elements(libvirt.xml("config")), ["nosleep", "isolate"], "the other change stays");
+    assert.not.ok(libvirt.calls().some((args) => args.includes("metadata")), "nothing was written");
+  }));
+
+test.run();
