@@ -76,16 +76,23 @@ function refuseIfChangedMeanwhile(virsh: Virsh, name: string, current: Current, 
   );
 }
 
+interface Candidate {
+  domain: Domain;
+  /** What a prepare on this host would refuse now, with the fixes: a valid config is stored all the same (pages in use or a process on the GPU may be gone by the next start), and said. */
+  refusedHere: string[];
+}
+
 /** The domain as it would be with these elements, checked like prepare checks it, on this host; throws what is wrong. */
-async function checkCandidate(host: Host, current: Current, nodes: MetadataNode[], name: string): Promise<Domain> {
+async function checkCandidate(host: Host, current: Current, nodes: MetadataNode[], name: string): Promise<Candidate> {
   const domain = parseDomain(withVmhookMetadata(current.xml, nodes), `domain ${name}`);
   const instances = await loadDomainPlugins(domain, host, registry);
-  await dryRun(host, domain, instances, "prepare", "none", registry);
-  return domain;
+  const steps = await dryRun(host, domain, instances, "prepare", "none", registry);
+  const refusedHere = steps.flatMap(({ plugin, refused }) => (refused ? [`${plugin}: ${refused.reason}${refused.remedies.map((remedy) => `; ${remedy}`).join("")}`] : []));
+  return { domain, refusedHere };
 }
 
 /** Stores the elements (none: removes the metadata) and prints what changed. */
-function save(virsh: Virsh, name: string, current: Current, nodes: MetadataNode[], domain: Domain, args: GlobalOptions): void {
+function save(virsh: Virsh, name: string, current: Current, nodes: MetadataNode[], { domain, refusedHere }: Candidate, args: GlobalOptions): void {
   const before = current.nodes.length > 0 ? renderHooks(current.nodes, "domain") : "";
   const after = nodes.length > 0 ? renderHooks(nodes, "domain") : "";
   if (before === after && !current.doubledPrefix) {
@@ -101,9 +108,10 @@ function save(virsh: Virsh, name: string, current: Current, nodes: MetadataNode[
     ...advice(nodes, domain, name),
   ];
   if (args.json) {
-    printJson({ domain: name, changed: true, metadata: after, notes });
+    printJson({ domain: name, changed: true, metadata: after, notes, refusedHere });
     return;
   }
+  for (const refusal of refusedHere) process.stderr.write(`vmhook: warning: a start of ${name} on this host now would be refused: ${refusal}\n`);
   const diff = unifiedDiff(before, after, `${name} (before)`, `${name} (after)`);
   print(`${name}: saved to ${current.describeScope}${diff ? "" : ": the same elements, stored correctly now"}`);
   if (diff) print(diff);
@@ -149,8 +157,7 @@ async function edit(host: Host, virsh: Virsh, name: string, current: Current, ar
     }
     try {
       const nodes = readPastedMetadata(edited.replace(/<!--[\s\S]*?-->/g, ""));
-      const domain = await checkCandidate(host, current, nodes, name);
-      save(virsh, name, current, nodes, domain, args);
+      save(virsh, name, current, nodes, await checkCandidate(host, current, nodes, name), args);
       return;
     } catch (error) {
       // another change came in meanwhile: editing again would start from what libvirt no longer has
@@ -175,8 +182,7 @@ const configCommand: CommandModule<GlobalOptions, ConfigArgs> = {
     if (args.edit) return edit(host, virsh, args.domain, current, args);
     if (args.set !== undefined) {
       const nodes = readPastedMetadata(readDomainFile(args.set));
-      const domain = await checkCandidate(host, current, nodes, args.domain);
-      return save(virsh, args.domain, current, nodes, domain, args);
+      return save(virsh, args.domain, current, nodes, await checkCandidate(host, current, nodes, args.domain), args);
     }
     const text = current.nodes.length > 0 ? renderHooks(current.nodes, "domain") : "";
     if (args.json) {
@@ -235,8 +241,7 @@ const enableCommand: CommandModule<GlobalOptions, EnableArgs> = {
     const nodes = [...current.nodes];
     if (existing >= 0) nodes[existing] = withSettings(nodes[existing]!, settings);
     else nodes.push(withSettings(fresh, settings));
-    const domain = await checkCandidate(host, current, nodes, args.domain);
-    save(virsh, args.domain, current, nodes, domain, args);
+    save(virsh, args.domain, current, nodes, await checkCandidate(host, current, nodes, args.domain), args);
   },
 };
 
@@ -257,8 +262,7 @@ const disableCommand: CommandModule<GlobalOptions, DisableArgs> = {
       else print(`${args.domain}: ${args.plugin} is not enabled; nothing changed`);
       return;
     }
-    const domain = await checkCandidate(host, current, nodes, args.domain);
-    save(virsh, args.domain, current, nodes, domain, args);
+    save(virsh, args.domain, current, nodes, await checkCandidate(host, current, nodes, args.domain), args);
   },
 };
 

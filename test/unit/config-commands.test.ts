@@ -34,9 +34,9 @@ function editor(libvirt: FakeLibvirt, content: string, meanwhile: string): strin
   return script;
 }
 
-async function withDomain(check: (sim: SimHost, libvirt: FakeLibvirt) => Promise<void>): Promise<void> {
+async function withDomain(check: (sim: SimHost, libvirt: FakeLibvirt) => Promise<void>, xml = DOMAIN): Promise<void> {
   const sim = desktopHost();
-  const libvirt = fakeLibvirt("win11", DOMAIN);
+  const libvirt = fakeLibvirt("win11", xml);
   const savedEditor = process.env.EDITOR;
   try {
     await check(sim, libvirt);
@@ -79,5 +79,20 @@ test("config --edit while someone else changes the metadata: refused, their chan
     assert.equal(elements(libvirt.xml("config")), ["nosleep", "isolate"], "the other change stays");
     assert.not.ok(libvirt.calls().some((args) => args.includes("metadata")), "nothing was written");
   }));
+
+test("enable of a valid element that this host could not start now (pages that do not fit): stored, and the refusal prepare would make is said with its fix", () =>
+  withDomain(
+    async (sim, libvirt) => {
+      const enabled = await cli(["enable", "win11", "hugepages", "size=2M", "--root", sim.root]);
+      assert.is(enabled.code, 0, enabled.stderr);
+      assert.match(enabled.stdout, "win11: saved to the persistent definition");
+      assert.match(enabled.stderr, /^vmhook: warning: a start of win11 on this host now would be refused: hugepages: .*2M/m);
+      assert.equal(elements(libvirt.xml("config")), ["nosleep", "hugepages"]);
+      const json = JSON.parse((await cli(["disable", "win11", "nosleep", "--json", "--root", sim.root])).stdout) as { refusedHere: string[] };
+      assert.equal(json.refusedHere.length, 1, "the refusal in --json too");
+      assert.match(json.refusedHere[0]!, /^hugepages: /);
+    },
+    DOMAIN.replace('<memory unit="KiB">1048576</memory>', '<memory unit="GiB">1000</memory>'),
+  ));
 
 test.run();
