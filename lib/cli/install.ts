@@ -183,6 +183,8 @@ function removeHook(host: Host, force: boolean): InstallResult {
   if (held.length > 0 && !force) {
     throw new VmhookError(`${held.length} domain(s) still hold changes (${held.join(", ")}); stop them or run vmhook recover first, or pass --force`);
   }
+  // Read before anything is removed: a record that cannot be read stops the uninstall with the host as it was.
+  const record = readRecord(host);
   const hook = host.resolve(HOOK);
   let hooksChanged = false;
   if (isVmhookBinary(hook)) {
@@ -192,7 +194,6 @@ function removeHook(host: Host, force: boolean): InstallResult {
   } else if (present(hook)) {
     notes.push(`left ${HOOK} alone: it is not vmhook`);
   }
-  const record = readRecord(host);
   const saved = record.savedHook && host.resolve(record.savedHook);
   if (saved && present(saved)) {
     if (present(hook)) {

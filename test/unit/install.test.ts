@@ -76,6 +76,7 @@ test("a damaged install record is refused by install and uninstall: it names the
   fs.writeFileSync(host.resolve("/etc/vmhook/install.json"), "{ truncated");
   assert.throws(() => install(host, binary), /install\.json is damaged .*savedHook/);
   assert.throws(() => uninstall(host, false), /install\.json is damaged/);
+  assert.is(read(HOOK), fs.readFileSync(binary, "utf8"), "the refused uninstall removed vmhook's hook");
   assert.is(read(SAVED), PREVIOUS, "the saved hook was touched");
   assert.ok(exists(LAUNCHER), "the saved hook's launcher is gone");
 });
