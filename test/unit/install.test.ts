@@ -81,6 +81,14 @@ test("a damaged install record is refused by install and uninstall: it names the
   assert.ok(exists(LAUNCHER), "the saved hook's launcher is gone");
 });
 
+test("an install that cannot copy the binary leaves the previous hook where it was and writes nothing", () => {
+  const { host, read, exists, putPreviousHook } = setUp();
+  putPreviousHook();
+  assert.throws(() => install(host, path.join(host.root, "no-such-build")), /ENOENT/);
+  assert.is(read(HOOK), PREVIOUS);
+  for (const absent of [SAVED, LAUNCHER, `${HOOK}.vmhook-new`, "/etc/vmhook/install.json"]) assert.not.ok(exists(absent), `${absent} is there`);
+});
+
 test("uninstall with another hook in vmhook's place since keeps that one and the saved hook", () => {
   const { host, binary, read, exists, putPreviousHook } = setUp();
   putPreviousHook();
