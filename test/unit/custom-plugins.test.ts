@@ -85,6 +85,22 @@ test("executable: prepare gets the protocol request, its undo is journaled and h
   sim.cleanup();
 });
 
+test("executable: two attributes that would share one VMHOOK_ATTR_ variable (or one JSON key) fail prepare before the plugin runs", async () => {
+  const sim = pluginHost();
+  install(sim, "units", shellPlugin("units"));
+  for (const [attributes, first, second, variable] of [
+    ['units="backup.timer" UNITS="sshd.service"', "units", "UNITS", "VMHOOK_ATTR_UNITS"],
+    ['a-b="1" a_b="2"', "a-b", "a_b", "VMHOOK_ATTR_A_B"],
+    ['units="backup.timer" xmlns:x="urn:x" x:units="sshd.service"', "units", "x:units", "VMHOOK_ATTR_UNITS"],
+  ]) {
+    const outcome = await runHookEvent(sim, "prepare", "begin", domainXml(`<vmhook:plugin name="units" ${attributes}/>`));
+    assert.is(outcome.code, 1, attributes);
+    assert.match(outcome.stderr.split("\n")[0]!, `attributes ${first} and ${second} would both reach the plugin as ${variable}; rename one of them`);
+  }
+  assert.equal(calls(sim), []);
+  sim.cleanup();
+});
+
 test("executable: an error reply fails prepare with its message, and what it reported is undone", async () => {
   const sim = pluginHost();
   install(sim, "picky", shellPlugin("picky", '[ "$1" = prepare ] && echo \'{"error": "level=\\"9\\" is too high; use 1 to 5", "undo": "half-done"}\'; exit 0'));
