@@ -55,6 +55,16 @@ function replaceableLink(file: string): boolean {
   return fs.lstatSync(file).isSymbolicLink() && (!fs.existsSync(file) || isVmhookBinary(file));
 }
 
+/** Whether libvirt runs this hook: like its virFileIsExecutable, a regular file (links followed) with an execute bit. */
+function libvirtRuns(file: string): boolean {
+  try {
+    const stat = fs.statSync(file);
+    return stat.isFile() && (stat.mode & 0o111) !== 0;
+  } catch {
+    return false;
+  }
+}
+
 function sameFile(a: string, b: string): boolean {
   try {
     const [sa, sb] = [fs.statSync(a), fs.statSync(b)];
@@ -142,16 +152,24 @@ export function install(host: Host, binary: string, { cliLink = true } = {}): In
       fs.chmodSync(temporary, 0o755);
     }
     if (keepForeignHook) {
+      // One libvirt skips (not executable, a dangling link) gets no launcher: exec would fail every VM start.
+      const libvirtRanIt = libvirtRuns(hook);
       fs.renameSync(hook, saved);
       undos.push(() => fs.renameSync(saved, hook));
-      const launcher = host.resolve(SAVED_HOOK_LAUNCHER);
-      fs.mkdirSync(path.dirname(launcher), { recursive: true, mode: 0o755 });
-      undos.push(() => fs.rmSync(launcher, { force: true }));
-      // stdin (the domain XML) and stdout (replacement XML on migrate/restore) pass straight through exec
-      fs.writeFileSync(launcher, `#!/bin/sh\n# the hook that was ${HOOK} before vmhook install; vmhook uninstall puts it back\nexec ${SAVED_HOOK} "$@"\n`, { mode: 0o755 });
+      if (libvirtRanIt) {
+        const launcher = host.resolve(SAVED_HOOK_LAUNCHER);
+        fs.mkdirSync(path.dirname(launcher), { recursive: true, mode: 0o755 });
+        undos.push(() => fs.rmSync(launcher, { force: true }));
+        // stdin (the domain XML) and stdout (replacement XML on migrate/restore) pass straight through exec
+        fs.writeFileSync(launcher, `#!/bin/sh\n# the hook that was ${HOOK} before vmhook install; vmhook uninstall puts it back\nexec ${SAVED_HOOK} "$@"\n`, { mode: 0o755 });
+      }
       record.savedHook = SAVED_HOOK;
       hooksChanged = true;
-      notes.push(`kept the existing hook: moved ${HOOK} to ${SAVED_HOOK}, run by ${SAVED_HOOK_LAUNCHER} (libvirt runs both; vmhook uninstall puts it back)`);
+      notes.push(
+        libvirtRanIt
+          ? `kept the existing hook: moved ${HOOK} to ${SAVED_HOOK}, run by ${SAVED_HOOK_LAUNCHER} (libvirt runs both; vmhook uninstall puts it back)`
+          : `kept the existing hook: moved ${HOOK} to ${SAVED_HOOK}; it is not executable, so libvirt did not run it and does not now (vmhook uninstall puts it back)`,
+      );
     }
     const recordText = `${JSON.stringify(record, null, 2)}\n`;
     if (host.readTrimmed(INSTALL_RECORD) !== recordText.trim()) fs.writeFileSync(host.resolve(INSTALL_RECORD), recordText);
