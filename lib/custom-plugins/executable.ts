@@ -70,6 +70,24 @@ function refuseSharedVariables(element: XmlElement): void {
   }
 }
 
+/** VMHOOK_UNDO's value. A string comes back verbatim, so a shell plugin can keep its state as words. */
+const undoValue = (undo: Json): string => (typeof undo === "string" ? undo : JSON.stringify(undo));
+
+/** The longest VMHOOK_UNDO value: the kernel refuses to start a program with a longer environment string (MAX_ARG_STRLEN, 128 KiB with "VMHOOK_UNDO=" and its NUL). */
+const UNDO_VALUE_LIMIT = 128 * 1024 - "VMHOOK_UNDO=".length - 1;
+
+/**
+ * Refuses an undo that could never be handed back: its undo call would fail
+ * to start (E2BIG) at every release and recover. Refused before it is
+ * journaled, the run stays unfinished and its undo is called as interrupted.
+ */
+function refuseUnreturnableUndo(undo: Json, file: PluginFile, event: string): void {
+  const bytes = Buffer.byteLength(undoValue(undo));
+  if (bytes > UNDO_VALUE_LIMIT) {
+    throw new VmhookError(`plugin ${file.name} returned an undo of ${bytes} bytes at ${event}; one that large cannot be handed back as VMHOOK_UNDO (at most ${UNDO_VALUE_LIMIT} bytes): return less, such as the path of a file that holds the state`);
+  }
+}
+
 /** Environment for shell plugins: the same facts as the JSON, without a JSON parser. */
 function environment(request: Record<string, Json>, config?: ExecutableConfig): Record<string, string> {
   const domain = request.domain as { name: string; uuid: string };
@@ -81,8 +99,7 @@ function environment(request: Record<string, Json>, config?: ExecutableConfig): 
   };
   for (const [name, value] of Object.entries(config?.element.attributes ?? {})) env[attributeVariable(name)] = value;
   if (request.event === "undo") {
-    // A string comes back verbatim, so a shell plugin can keep its state as words.
-    if (request.undo !== null) env.VMHOOK_UNDO = typeof request.undo === "string" ? request.undo : JSON.stringify(request.undo);
+    if (request.undo !== null) env.VMHOOK_UNDO = undoValue(request.undo!);
     if (request.interrupted) env.VMHOOK_INTERRUPTED = "1";
   }
   return env;
@@ -173,7 +190,10 @@ export function executablePlugin(file: PluginFile): Plugin<ExecutableConfig> {
           const reply = invoke(ctx, file, request(ctx, pending.event, { config: ctx.config.element as unknown as Json, records, domainXml: ctx.config.domainXml }), ctx.config);
           // It reported back: what it says it changed (also with an error) is what release undoes.
           if (reply.undo === undefined || reply.undo === null) ctx.nothingToUndo();
-          else ctx.update({ ...pending, finished: true, undo: reply.undo });
+          else {
+            refuseUnreturnableUndo(reply.undo, file, pending.event);
+            ctx.update({ ...pending, finished: true, undo: reply.undo });
+          }
           if (reply.error !== undefined) throw new VmhookError(`plugin ${file.name} failed at ${pending.event}: ${reply.error}`);
         },
         undo(run, ctx) {
