@@ -22,7 +22,11 @@ const JIT_POLICY = 16;
 const outfile = process.argv[2] ?? "dist/vmhook";
 const result = await Bun.build({
   entrypoints: ["hooks/qemu.ts"],
-  compile: { outfile, jitPolicy: JIT_POLICY },
+  // Read nothing from the working directory: the binary runs as root, also from
+  // directories other users write (sudo vmhook … in a home or /tmp), where a
+  // bunfig.toml's preload would be their code run as root and a .env their
+  // settings (VMHOOK_ROOT, EDITOR).
+  compile: { outfile, jitPolicy: JIT_POLICY, autoloadBunfig: false, autoloadDotenv: false, autoloadTsconfig: false, autoloadPackageJson: false },
   minify: true,
   splitting: true,
   bytecode: true,

@@ -10,7 +10,7 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import type { CommandModule } from "yargs";
-import { VmhookError } from "../errors.ts";
+import { describeError, VmhookError } from "../errors.ts";
 import { RootedHost, type Host } from "../host.ts";
 import { listJournals } from "../journal.ts";
 import { serviceCommand } from "../host-advice.ts";
@@ -53,6 +53,16 @@ function present(file: string): boolean {
 /** A symlink vmhook may replace: one to a vmhook binary (an earlier install, a build) or to nothing. */
 function replaceableLink(file: string): boolean {
   return fs.lstatSync(file).isSymbolicLink() && (!fs.existsSync(file) || isVmhookBinary(file));
+}
+
+/** Whether libvirt runs this hook: like its virFileIsExecutable, a regular file (links followed) with an execute bit. */
+function libvirtRuns(file: string): boolean {
+  try {
+    const stat = fs.statSync(file);
+    return stat.isFile() && (stat.mode & 0o111) !== 0;
+  } catch {
+    return false;
+  }
 }
 
 function sameFile(a: string, b: string): boolean {
@@ -126,31 +136,62 @@ export function install(host: Host, binary: string, { cliLink = true } = {}): In
   fs.mkdirSync(host.resolve(paths.pluginsDir), { recursive: true, mode: 0o755 });
   fs.mkdirSync(host.resolve(paths.stateDir), { recursive: true, mode: 0o700 });
   const record = readRecord(host);
+  const keepForeignHook = present(hook) && !isVmhookBinary(hook);
+  const saved = host.resolve(SAVED_HOOK);
+  if (keepForeignHook && present(saved)) throw new VmhookError(`${HOOK} is not vmhook and ${SAVED_HOOK} exists already; move one of them away by hand`);
 
-  if (present(hook) && !isVmhookBinary(hook)) {
-    const saved = host.resolve(SAVED_HOOK);
-    if (present(saved)) throw new VmhookError(`${HOOK} is not vmhook and ${SAVED_HOOK} exists already; move one of them away by hand`);
-    fs.renameSync(hook, saved);
-    const launcher = host.resolve(SAVED_HOOK_LAUNCHER);
-    fs.mkdirSync(path.dirname(launcher), { recursive: true, mode: 0o755 });
-    // stdin (the domain XML) and stdout (replacement XML on migrate/restore) pass straight through exec
-    fs.writeFileSync(launcher, `#!/bin/sh\n# the hook that was ${HOOK} before vmhook install; vmhook uninstall puts it back\nexec ${SAVED_HOOK} "$@"\n`, { mode: 0o755 });
-    record.savedHook = SAVED_HOOK;
-    hooksChanged = true;
-    notes.push(`kept the existing hook: moved ${HOOK} to ${SAVED_HOOK}, run by ${SAVED_HOOK_LAUNCHER} (libvirt runs both; vmhook uninstall puts it back)`);
-  }
-  const recordText = `${JSON.stringify(record, null, 2)}\n`;
-  if (host.readTrimmed(INSTALL_RECORD) !== recordText.trim()) fs.writeFileSync(host.resolve(INSTALL_RECORD), recordText);
+  // Each change registers how to take it back: an install that fails halfway
+  // (the disk filling up while the binary is copied) leaves the hooks as they were.
+  const undos: (() => void)[] = [];
+  try {
+    const temporary = sameFile(binary, hook) ? undefined : `${hook}.vmhook-new`;
+    if (temporary) {
+      // Copied before the existing hook is touched: the copy is the step most likely to fail.
+      undos.push(() => fs.rmSync(temporary, { force: true }));
+      fs.copyFileSync(binary, temporary);
+      fs.chmodSync(temporary, 0o755);
+    }
+    if (keepForeignHook) {
+      // One libvirt skips (not executable, a dangling link) gets no launcher: exec would fail every VM start.
+      const libvirtRanIt = libvirtRuns(hook);
+      fs.renameSync(hook, saved);
+      undos.push(() => fs.renameSync(saved, hook));
+      if (libvirtRanIt) {
+        const launcher = host.resolve(SAVED_HOOK_LAUNCHER);
+        fs.mkdirSync(path.dirname(launcher), { recursive: true, mode: 0o755 });
+        undos.push(() => fs.rmSync(launcher, { force: true }));
+        // stdin (the domain XML) and stdout (replacement XML on migrate/restore) pass straight through exec
+        fs.writeFileSync(launcher, `#!/bin/sh\n# the hook that was ${HOOK} before vmhook install; vmhook uninstall puts it back\nexec ${SAVED_HOOK} "$@"\n`, { mode: 0o755 });
+      }
+      record.savedHook = SAVED_HOOK;
+      hooksChanged = true;
+      notes.push(
+        libvirtRanIt
+          ? `kept the existing hook: moved ${HOOK} to ${SAVED_HOOK}, run by ${SAVED_HOOK_LAUNCHER} (libvirt runs both; vmhook uninstall puts it back)`
+          : `kept the existing hook: moved ${HOOK} to ${SAVED_HOOK}; it is not executable, so libvirt did not run it and does not now (vmhook uninstall puts it back)`,
+      );
+    }
+    const recordText = `${JSON.stringify(record, null, 2)}\n`;
+    if (host.readTrimmed(INSTALL_RECORD) !== recordText.trim()) fs.writeFileSync(host.resolve(INSTALL_RECORD), recordText);
 
-  if (sameFile(binary, hook)) {
-    notes.push(`${HOOK} is already this vmhook`);
-  } else {
-    const temporary = `${hook}.vmhook-new`;
-    fs.copyFileSync(binary, temporary);
-    fs.chmodSync(temporary, 0o755);
-    fs.renameSync(temporary, hook); // atomic: libvirt never runs half a binary
-    hooksChanged = true;
-    notes.push(`installed ${HOOK}`);
+    if (temporary) {
+      fs.renameSync(temporary, hook); // atomic: libvirt never runs half a binary
+      hooksChanged = true;
+      notes.push(`installed ${HOOK}`);
+    } else {
+      notes.push(`${HOOK} is already this vmhook`);
+    }
+  } catch (error) {
+    const notUndone = undos.reverse().flatMap((undo) => {
+      try {
+        undo();
+        return [];
+      } catch (undoError) {
+        return [describeError(undoError)];
+      }
+    });
+    if (notUndone.length === 0) throw error;
+    throw new VmhookError(`${describeError(error)}; undoing the install failed too, fix by hand: ${notUndone.join("; ")}`);
   }
 
   const link = host.resolve(CLI_LINK);
@@ -183,6 +224,8 @@ function removeHook(host: Host, force: boolean): InstallResult {
   if (held.length > 0 && !force) {
     throw new VmhookError(`${held.length} domain(s) still hold changes (${held.join(", ")}); stop them or run vmhook recover first, or pass --force`);
   }
+  // Read before anything is removed: a record that cannot be read stops the uninstall with the host as it was.
+  const record = readRecord(host);
   const hook = host.resolve(HOOK);
   let hooksChanged = false;
   if (isVmhookBinary(hook)) {
@@ -192,7 +235,6 @@ function removeHook(host: Host, force: boolean): InstallResult {
   } else if (present(hook)) {
     notes.push(`left ${HOOK} alone: it is not vmhook`);
   }
-  const record = readRecord(host);
   const saved = record.savedHook && host.resolve(record.savedHook);
   if (saved && present(saved)) {
     if (present(hook)) {

@@ -1,10 +1,10 @@
 // Custom plugins as executables in any language, protocol v1: one run per
 // hook event with a JSON request on stdin and a JSON reply on stdout (and the
 // same facts in VMHOOK_* environment variables); docs/plugins.md.
-import { attributes } from "../domain.ts";
+import { attributes, describeElement } from "../domain.ts";
 import { domElement } from "../dom-element.ts";
 import { xmldom, type XmlElement } from "../xml.ts";
-import { VmhookError } from "../errors.ts";
+import { ConfigError, VmhookError } from "../errors.ts";
 import { paths } from "../paths.ts";
 import { defineAction, type BaseContext, type Json, type PlanContext, type Plugin, type Step, type UndoRecord } from "../plugin.ts";
 import { pluginTimeLimitMs } from "../settings.ts";
@@ -50,6 +50,44 @@ function elementJson(element: XmlElement): ElementJson {
   return { name: element.localName ?? element.tagName, attributes: attributes(element), text: text.trim(), children };
 }
 
+/** The variable that carries the attribute (by its local name, as in the JSON) to shell plugins. */
+const attributeVariable = (localName: string) => `VMHOOK_ATTR_${localName.toUpperCase().replace(/[^A-Z0-9]/g, "_")}`;
+
+/**
+ * Refuses two attributes that would reach the plugin as one variable (units
+ * and UNITS, a-b and a_b) or one JSON key (units and x:units): the plugin
+ * would see only one of them, and might check one and act on the other.
+ */
+function refuseSharedVariables(element: XmlElement): void {
+  const owners = new Map<string, string>();
+  for (let i = 0; i < element.attributes.length; i++) {
+    const attribute = element.attributes.item(i)!;
+    if (attribute.name.startsWith("xmlns")) continue;
+    const variable = attributeVariable(attribute.localName ?? attribute.name);
+    const other = owners.get(variable);
+    if (other !== undefined) throw new ConfigError(describeElement(element), `attributes ${other} and ${attribute.name} would both reach the plugin as ${variable}; rename one of them`);
+    owners.set(variable, attribute.name);
+  }
+}
+
+/** VMHOOK_UNDO's value. A string comes back verbatim, so a shell plugin can keep its state as words. */
+const undoValue = (undo: Json): string => (typeof undo === "string" ? undo : JSON.stringify(undo));
+
+/** The longest VMHOOK_UNDO value: the kernel refuses to start a program with a longer environment string (MAX_ARG_STRLEN, 128 KiB with "VMHOOK_UNDO=" and its NUL). */
+const UNDO_VALUE_LIMIT = 128 * 1024 - "VMHOOK_UNDO=".length - 1;
+
+/**
+ * Refuses an undo that could never be handed back: its undo call would fail
+ * to start (E2BIG) at every release and recover. Refused before it is
+ * journaled, the run stays unfinished and its undo is called as interrupted.
+ */
+function refuseUnreturnableUndo(undo: Json, file: PluginFile, event: string): void {
+  const bytes = Buffer.byteLength(undoValue(undo));
+  if (bytes > UNDO_VALUE_LIMIT) {
+    throw new VmhookError(`plugin ${file.name} returned an undo of ${bytes} bytes at ${event}; one that large cannot be handed back as VMHOOK_UNDO (at most ${UNDO_VALUE_LIMIT} bytes): return less, such as the path of a file that holds the state`);
+  }
+}
+
 /** Environment for shell plugins: the same facts as the JSON, without a JSON parser. */
 function environment(request: Record<string, Json>, config?: ExecutableConfig): Record<string, string> {
   const domain = request.domain as { name: string; uuid: string };
@@ -59,12 +97,9 @@ function environment(request: Record<string, Json>, config?: ExecutableConfig): 
     VMHOOK_DOMAIN_NAME: domain.name,
     VMHOOK_DOMAIN_UUID: domain.uuid,
   };
-  for (const [name, value] of Object.entries(config?.element.attributes ?? {})) {
-    env[`VMHOOK_ATTR_${name.toUpperCase().replace(/[^A-Z0-9]/g, "_")}`] = value;
-  }
+  for (const [name, value] of Object.entries(config?.element.attributes ?? {})) env[attributeVariable(name)] = value;
   if (request.event === "undo") {
-    // A string comes back verbatim, so a shell plugin can keep its state as words.
-    if (request.undo !== null) env.VMHOOK_UNDO = typeof request.undo === "string" ? request.undo : JSON.stringify(request.undo);
+    if (request.undo !== null) env.VMHOOK_UNDO = undoValue(request.undo!);
     if (request.interrupted) env.VMHOOK_INTERRUPTED = "1";
   }
   return env;
@@ -138,6 +173,7 @@ export function executablePlugin(file: PluginFile): Plugin<ExecutableConfig> {
     usage: `<vmhook:plugin name="${file.name}" …/>`,
     parse(elements) {
       // config.ts allows one element per custom plugin; checking its content is the plugin's job.
+      refuseSharedVariables(elements[0]!);
       const element = domElement(elements[0]!);
       const { XMLSerializer } = xmldom();
       return {
@@ -154,7 +190,10 @@ export function executablePlugin(file: PluginFile): Plugin<ExecutableConfig> {
           const reply = invoke(ctx, file, request(ctx, pending.event, { config: ctx.config.element as unknown as Json, records, domainXml: ctx.config.domainXml }), ctx.config);
           // It reported back: what it says it changed (also with an error) is what release undoes.
           if (reply.undo === undefined || reply.undo === null) ctx.nothingToUndo();
-          else ctx.update({ ...pending, finished: true, undo: reply.undo });
+          else {
+            refuseUnreturnableUndo(reply.undo, file, pending.event);
+            ctx.update({ ...pending, finished: true, undo: reply.undo });
+          }
           if (reply.error !== undefined) throw new VmhookError(`plugin ${file.name} failed at ${pending.event}: ${reply.error}`);
         },
         undo(run, ctx) {

@@ -220,6 +220,27 @@ test("the name decides the mode: qemu or anything in qemu.d/ is the hook; any ot
   }
 });
 
+test("the binary reads no bunfig.toml and no .env from the directory it runs in: sudo vmhook in a user's directory runs no code and takes no setting from it", () => {
+  const t = tree();
+  try {
+    const cwd = path.join(t.dir, "users-dir");
+    fs.mkdirSync(cwd);
+    const marker = path.join(t.dir, "preload-ran");
+    fs.writeFileSync(path.join(cwd, "bunfig.toml"), 'preload = ["./preload.js"]\n');
+    fs.writeFileSync(path.join(cwd, "preload.js"), `require("node:fs").writeFileSync(${JSON.stringify(marker)}, "ran");\n`);
+    // A setting from .env would move the CLI's root into the test tree, where plugins.d holds this file.
+    fs.writeFileSync(path.join(cwd, ".env"), `VMHOOK_ROOT=${t.root}\n`);
+    fs.mkdirSync(path.join(t.root, "etc/vmhook/plugins.d"), { recursive: true });
+    fs.writeFileSync(path.join(t.root, "etc/vmhook/plugins.d/from-dotenv"), "");
+    const listed = spawnSync(t.link("bin/vmhook"), ["plugins"], { cwd, encoding: "utf8", timeout: 20_000, env: { PATH: "/usr/sbin:/usr/bin:/sbin:/bin", LC_ALL: "C" } });
+    assert.is(listed.status, 0, listed.stderr);
+    assert.not.ok(fs.existsSync(marker), "bunfig.toml's preload ran");
+    assert.not.match(listed.stdout, "from-dotenv", ".env set VMHOOK_ROOT");
+  } finally {
+    t.cleanup();
+  }
+});
+
 test("CLI validate: ok for a good config, the named error and exit 1 for a bad one, JSON on request", () => {
   const t = tree();
   try {

@@ -85,6 +85,22 @@ test("executable: prepare gets the protocol request, its undo is journaled and h
   sim.cleanup();
 });
 
+test("executable: two attributes that would share one VMHOOK_ATTR_ variable (or one JSON key) fail prepare before the plugin runs", async () => {
+  const sim = pluginHost();
+  install(sim, "units", shellPlugin("units"));
+  for (const [attributes, first, second, variable] of [
+    ['units="backup.timer" UNITS="sshd.service"', "units", "UNITS", "VMHOOK_ATTR_UNITS"],
+    ['a-b="1" a_b="2"', "a-b", "a_b", "VMHOOK_ATTR_A_B"],
+    ['units="backup.timer" xmlns:x="urn:x" x:units="sshd.service"', "units", "x:units", "VMHOOK_ATTR_UNITS"],
+  ]) {
+    const outcome = await runHookEvent(sim, "prepare", "begin", domainXml(`<vmhook:plugin name="units" ${attributes}/>`));
+    assert.is(outcome.code, 1, attributes);
+    assert.match(outcome.stderr.split("\n")[0]!, `attributes ${first} and ${second} would both reach the plugin as ${variable}; rename one of them`);
+  }
+  assert.equal(calls(sim), []);
+  sim.cleanup();
+});
+
 test("executable: an error reply fails prepare with its message, and what it reported is undone", async () => {
   const sim = pluginHost();
   install(sim, "picky", shellPlugin("picky", '[ "$1" = prepare ] && echo \'{"error": "level=\\"9\\" is too high; use 1 to 5", "undo": "half-done"}\'; exit 0'));
@@ -126,6 +142,19 @@ test("executable: output larger than vmhook reads fails prepare saying so, not a
   assert.is(outcome.code, 1);
   assert.match(outcome.stderr, "plugin flood (/etc/vmhook/plugins.d/flood) printed more than vmhook reads at prepare and was killed; print only the JSON reply on stdout");
   assert.equal(calls(sim), ["flood prepare undo= interrupted=", "flood undo undo= interrupted=1"]);
+  sim.cleanup();
+});
+
+test("executable: an undo too large to hand back as VMHOOK_UNDO fails prepare at once, and the plugin is called to undo as interrupted", async () => {
+  const sim = pluginHost();
+  // 200 KiB: past the kernel's limit for one environment string (128 KiB), so no undo call could ever start with it.
+  install(sim, "hoarder", shellPlugin("hoarder", '[ "$1" = prepare ] && { printf \'{"undo": "\'; head -c 204800 /dev/zero | tr "\\000" x; echo \'"}\'; }; exit 0'));
+  const xml = domainXml('<vmhook:plugin name="hoarder"/>');
+  const outcome = await runHookEvent(sim, "prepare", "begin", xml);
+  assert.is(outcome.code, 1);
+  assert.match(outcome.stderr.split("\n")[0]!, "plugin hoarder returned an undo of 204800 bytes at prepare; one that large cannot be handed back as VMHOOK_UNDO (at most 131059 bytes): return less, such as the path of a file that holds the state");
+  assert.equal(calls(sim), ["hoarder prepare undo= interrupted=", "hoarder undo undo= interrupted=1"]);
+  assert.not.ok(fs.existsSync(journalPath(sim)));
   sim.cleanup();
 });
 

@@ -76,8 +76,30 @@ test("a damaged install record is refused by install and uninstall: it names the
   fs.writeFileSync(host.resolve("/etc/vmhook/install.json"), "{ truncated");
   assert.throws(() => install(host, binary), /install\.json is damaged .*savedHook/);
   assert.throws(() => uninstall(host, false), /install\.json is damaged/);
+  assert.is(read(HOOK), fs.readFileSync(binary, "utf8"), "the refused uninstall removed vmhook's hook");
   assert.is(read(SAVED), PREVIOUS, "the saved hook was touched");
   assert.ok(exists(LAUNCHER), "the saved hook's launcher is gone");
+});
+
+test("a previous hook that is not executable (libvirt skips it) is kept without a launcher: the launcher would fail every VM start", () => {
+  const { host, binary, read, exists, putPreviousHook } = setUp();
+  putPreviousHook();
+  fs.chmodSync(host.resolve(HOOK), 0o644);
+  const { notes } = install(host, binary);
+  assert.match(notes.join("\n"), `kept the existing hook: moved ${HOOK} to ${SAVED}; it is not executable, so libvirt did not run it and does not now`);
+  assert.is(read(SAVED), PREVIOUS);
+  assert.not.ok(exists(LAUNCHER), "a launcher runs a hook that cannot be executed");
+  uninstall(host, false);
+  assert.is(read(HOOK), PREVIOUS);
+  assert.is(host.stat(HOOK)!.mode & 0o777, 0o644);
+});
+
+test("an install that cannot copy the binary leaves the previous hook where it was and writes nothing", () => {
+  const { host, read, exists, putPreviousHook } = setUp();
+  putPreviousHook();
+  assert.throws(() => install(host, path.join(host.root, "no-such-build")), /ENOENT/);
+  assert.is(read(HOOK), PREVIOUS);
+  for (const absent of [SAVED, LAUNCHER, `${HOOK}.vmhook-new`, "/etc/vmhook/install.json"]) assert.not.ok(exists(absent), `${absent} is there`);
 });
 
 test("uninstall with another hook in vmhook's place since keeps that one and the saved hook", () => {
@@ -98,6 +120,7 @@ test("a dangling symlink at the hook's place is kept, not overwritten", () => {
   fs.symlinkSync("/opt/hooks/qemu-dispatcher", host.resolve(HOOK));
   install(host, binary);
   assert.is(host.readlink(SAVED), "/opt/hooks/qemu-dispatcher");
+  assert.not.ok(host.stat(LAUNCHER), "a launcher execs the dangling link at every VM start");
   uninstall(host, false);
   assert.is(host.readlink(HOOK), "/opt/hooks/qemu-dispatcher");
 });
