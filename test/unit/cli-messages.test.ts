@@ -131,6 +131,24 @@ test("other prefix mistakes: an undeclared vmhook: prefix and a wrong namespace 
   }
 });
 
+test("a plugin element straight in <metadata>, as virsh metadata --set '<hugepages/>' stores it: prepare refused with the exact command, the host untouched", async () => {
+  const sim = new SimHost();
+  try {
+    sim.dir("/var/log");
+    const stray = '<metadata>\n    <vmhook:hugepages xmlns:vmhook="urn:vmhook:1" size="2M"/>\n  </metadata>';
+    const before = sim.snapshot();
+    const prepared = await runHookEvent(sim, "prepare", "begin", DOMAIN(stray), "win 11");
+    assert.is(prepared.code, 1, prepared.stderr);
+    assert.match(prepared.stderr.split("\n")[0]!, `vmhook: <vmhook:hugepages size="2M">: stands straight in <metadata>, outside <vmhook:hooks>, where vmhook does not read it, so it would never run`);
+    assert.match(prepared.stderr, `fix: virsh metadata 'win 11' --uri urn:vmhook:1 --key vmhook --config --set '<hooks><hugepages size="2M"/></hooks>'`);
+    const after = sim.snapshot();
+    delete after["/var/log/vmhook.log"];
+    assert.equal(after, before);
+  } finally {
+    sim.cleanup();
+  }
+});
+
 test("a config error of a valid XML is logged once too: at prepare, not again at stopped", async () => {
   const sim = new SimHost();
   try {
