@@ -116,7 +116,7 @@ test("other prefix mistakes: an undeclared vmhook: prefix and a wrong namespace 
   try {
     const cases: [string, string][] = [
       ["<metadata><vmhook:hooks><vmhook:hugepages/></vmhook:hooks></metadata>", 'vmhook: <vmhook:hooks>: uses the vmhook: prefix without declaring it; write <vmhook:hooks xmlns:vmhook="urn:vmhook:1">'],
-      ['<metadata><vmhook:hooks xmlns:vmhook="urn:vmhook"><vmhook:hugepages/></vmhook:hooks></metadata>', 'vmhook: <vmhook:hooks>: is in namespace "urn:vmhook", not vmhook\'s; write <vmhook:hooks xmlns:vmhook="urn:vmhook:1">, or store it with vmhook config VM --edit'],
+      ['<metadata><vmhook:hooks xmlns:vmhook="urn:vmhook"><vmhook:hugepages/></vmhook:hooks></metadata>', 'vmhook: <vmhook:hooks>: is in namespace "urn:vmhook", not vmhook\'s; write <vmhook:hooks xmlns:vmhook="urn:vmhook:1"> there with virsh edit \'win 11\''],
       ['<metadata><hooks xmlns="urn:vmhook:2"><hugepages/></hooks></metadata>', 'vmhook: <hooks>: is in namespace "urn:vmhook:2", not vmhook\'s'],
     ];
     for (const [metadata, expected] of cases) {
