@@ -194,7 +194,7 @@ function parseMetadata(document: XmlNode, domainName: string): XmlElement | unde
   const elements: XmlElement[] = [];
   for (const metadata of nodes(document, "domain", "metadata")) elements.push(...childElements(metadata));
   refuseStrayElements(elements, domainName);
-  return elements.find((element) => element.namespaceURI === NAMESPACE_URI && element.localName === ROOT_ELEMENT) ?? refuseMisplacedNamespace(elements);
+  return elements.find((element) => element.namespaceURI === NAMESPACE_URI && element.localName === ROOT_ELEMENT) ?? refuseMisplacedNamespace(elements, domainName);
 }
 
 /**

@@ -66,10 +66,10 @@ function undeclaredPrefix(xml: string): ConfigError | undefined {
  * (urn:vmhook, urn:vmhook:2, no namespace): without this it would be a domain
  * without vmhook metadata, whose configuration silently never runs.
  */
-export function refuseMisplacedNamespace(metadataChildren: XmlElement[]): undefined {
+export function refuseMisplacedNamespace(metadataChildren: XmlElement[], domainName: string): undefined {
   const hooks = metadataChildren.find((element) => element.localName === ROOT_ELEMENT && element.namespaceURI !== NAMESPACE_URI && (element.prefix === METADATA_KEY || !element.namespaceURI || element.namespaceURI.includes("vmhook")));
   if (!hooks) return undefined;
-  throw new ConfigError(`<${hooks.tagName}>`, `is in namespace "${hooks.namespaceURI ?? "none"}", not vmhook's; write <${METADATA_KEY}:${ROOT_ELEMENT} xmlns:${METADATA_KEY}="${NAMESPACE_URI}">, or store it with vmhook config VM --edit`);
+  throw new ConfigError(`<${hooks.tagName}>`, `is in namespace "${hooks.namespaceURI ?? "none"}", not vmhook's; write <${METADATA_KEY}:${ROOT_ELEMENT} xmlns:${METADATA_KEY}="${NAMESPACE_URI}"> there with virsh edit ${shellWord(domainName)}`);
 }
 
 /** The text of the vmhook element inside <metadata>, for the repair above. */
