@@ -3,7 +3,7 @@
 // derive from standard libvirt XML is read here once.
 import { ConfigError, VmhookError } from "./errors.ts";
 import { NAMESPACE_URI, ROOT_ELEMENT } from "./paths.ts";
-import { childElements, prefixMistake, refuseMisplacedNamespace } from "./metadata-text.ts";
+import { childElements, metadataNode, metadataNodes, prefixMistake, refuseMisplacedNamespace, virshSetCommand, type MetadataNode } from "./metadata-text.ts";
 import { parseCpuset } from "./cpuset.ts";
 import { PATTERNS, parseInteger, parsePciAddress, parseUuid, sizeToKiB } from "./validate.ts";
 import { ELEMENT_NODE, xmldom, type XmlDocument, type XmlElement, type XmlNode } from "./xml.ts";
@@ -185,15 +185,56 @@ export function parseDomain(xml: string, what = "domain XML"): Domain {
     },
     hostdevs: parseHostdevs(document),
     interfaces: parseInterfaces(document),
-    metadata: parseMetadata(document),
+    metadata: parseMetadata(document, name),
   };
 }
 
 /** <vmhook:hooks> in <metadata>; any other element there in vmhook's namespace is refused. */
-function parseMetadata(document: XmlNode): XmlElement | undefined {
+function parseMetadata(document: XmlNode, domainName: string): XmlElement | undefined {
+  const elements = metadataElements(document);
+  refuseStrayElements(elements, domainName);
+  return elements.find((element) => element.namespaceURI === NAMESPACE_URI && element.localName === ROOT_ELEMENT) ?? refuseMisplacedNamespace(elements, domainName);
+}
+
+function metadataElements(document: XmlNode): XmlElement[] {
   const elements: XmlElement[] = [];
   for (const metadata of nodes(document, "domain", "metadata")) elements.push(...childElements(metadata));
-  return elements.find((element) => element.namespaceURI === NAMESPACE_URI && element.localName === ROOT_ELEMENT) ?? refuseMisplacedNamespace(elements);
+  return elements;
+}
+
+/** vmhook's elements in <metadata> (libvirt keeps one), and the first that is not <hooks>. */
+function vmhookElements(metadataChildren: XmlElement[]): { vmhooks: XmlElement[]; stray?: XmlElement } {
+  const vmhooks = metadataChildren.filter((element) => element.namespaceURI === NAMESPACE_URI);
+  return { vmhooks, stray: vmhooks.find((element) => element.localName !== ROOT_ELEMENT) };
+}
+
+/** The plugin elements of vmhook's elements in <metadata>: those of <hooks>, and any that stands outside it. */
+function pluginNodes(vmhooks: XmlElement[]): MetadataNode[] {
+  return vmhooks.flatMap((element) => (element.localName === ROOT_ELEMENT ? metadataNodes(element) : [metadataNode(element)]));
+}
+
+/**
+ * A plugin element in vmhook's namespace straight in <metadata>, as `virsh
+ * metadata --set '<hugepages/>'` stores one: vmhook reads only <vmhook:hooks>,
+ * so its configuration would silently never run.
+ */
+function refuseStrayElements(metadataChildren: XmlElement[], domainName: string): void {
+  const { vmhooks, stray } = vmhookElements(metadataChildren);
+  if (!stray) return;
+  // The fix stores every vmhook element there in one <hooks>, so none is lost.
+  throw new ConfigError(describeElement(stray), `stands straight in <metadata>, outside <vmhook:${ROOT_ELEMENT}>, where vmhook does not read it, so it would never run; vmhook's metadata is one <${ROOT_ELEMENT}> element around the plugin elements`, [`fix: ${virshSetCommand(domainName, pluginNodes(vmhooks))}`]);
+}
+
+/**
+ * The plugin elements libvirt holds in vmhook's namespace, for `vmhook config`
+ * to show and store again: inside <hooks>, or straight in <metadata>, where the
+ * hook refuses them (`stray` names the first such element).
+ */
+export function storedPlugins(xml: string, domainName: string): { nodes: MetadataNode[]; stray?: string } {
+  const elements = metadataElements(readXmlDocument(xml, `domain ${domainName}`));
+  const { vmhooks, stray } = vmhookElements(elements);
+  if (vmhooks.length === 0) refuseMisplacedNamespace(elements, domainName);
+  return { nodes: pluginNodes(vmhooks), ...(stray ? { stray: `<${stray.tagName}>` } : {}) };
 }
 
 function optionalCpuset(element: XmlElement | undefined, where: string): number[] | undefined {

@@ -1,9 +1,10 @@
-// Puts a vmhook metadata element into a domain XML text, replacing the one it
-// has: the domain as it will be once the change is saved, so the change is
-// checked against the rest of the domain before libvirt stores it.
+// Puts a vmhook metadata element into a domain XML text, replacing every
+// element in vmhook's namespace it has (as `virsh metadata --set` does): the
+// domain as it will be once the change is saved, so the change is checked
+// against the rest of the domain before libvirt stores it.
 import { DOMParser, XMLSerializer, type Element } from "@xmldom/xmldom";
 import { parseXmlDocument } from "./domain.ts";
-import { NAMESPACE_URI, ROOT_ELEMENT } from "./paths.ts";
+import { NAMESPACE_URI } from "./paths.ts";
 import { childElements, renderHooks, type MetadataNode } from "./metadata-text.ts";
 
 export function withVmhookMetadata(domainXml: string, nodes: MetadataNode[]): string {
@@ -15,7 +16,7 @@ export function withVmhookMetadata(domainXml: string, nodes: MetadataNode[]): st
     domain.appendChild(metadata);
   }
   for (const element of childElements(metadata)) {
-    if (element.namespaceURI === NAMESPACE_URI && element.localName === ROOT_ELEMENT) metadata.removeChild(element);
+    if (element.namespaceURI === NAMESPACE_URI) metadata.removeChild(element);
   }
   if (nodes.length > 0) {
     const hooks = new DOMParser().parseFromString(renderHooks(nodes, "domain"), "text/xml").documentElement as Element;

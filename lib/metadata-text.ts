@@ -39,8 +39,7 @@ export function prefixMistake(xml: string): ConfigError | undefined {
   const stored = `${doubled[0]}${/^[A-Za-z_][\w.-]*/.exec(xml.slice(xml.indexOf(doubled[0]) + doubled[0].length))?.[0] ?? ""}>`;
   let command = `vmhook config ${shellWord(name)} --edit`;
   try {
-    const nodes = readPastedMetadata(repairDoubledPrefixes(metadataText(xml)));
-    command = `virsh metadata ${shellWord(name)} --uri ${NAMESPACE_URI} --key ${METADATA_KEY} --config --set ${shellWord(renderHooks(nodes, "virsh", ""))}`;
+    command = virshSetCommand(name, readPastedMetadata(repairDoubledPrefixes(metadataText(xml))));
   } catch {
     // the element is broken beyond the prefix: the editor is the fix
   }
@@ -49,6 +48,11 @@ export function prefixMistake(xml: string): ConfigError | undefined {
     `holds ${stored}: the vmhook: prefix is written twice, so the XML cannot be read; virsh metadata --set/--edit add the prefix from --key themselves and take the element without one`,
     [`fix: vmhook config ${shellWord(name)} --edit (or --set FILE) accepts it in any form and stores it correctly; or: ${command}`],
   );
+}
+
+/** The virsh command that stores these plugin elements as vmhook reads them: one <hooks> around them, under vmhook's key. */
+export function virshSetCommand(domainName: string, nodes: MetadataNode[]): string {
+  return `virsh metadata ${shellWord(domainName)} --uri ${NAMESPACE_URI} --key ${METADATA_KEY} --config --set ${shellWord(renderHooks(nodes, "virsh", ""))}`;
 }
 
 /** The vmhook prefix used without its declaration (xmldom cannot read that), as written by hand with virsh edit. */
@@ -62,10 +66,10 @@ function undeclaredPrefix(xml: string): ConfigError | undefined {
  * (urn:vmhook, urn:vmhook:2, no namespace): without this it would be a domain
  * without vmhook metadata, whose configuration silently never runs.
  */
-export function refuseMisplacedNamespace(metadataChildren: XmlElement[]): undefined {
+export function refuseMisplacedNamespace(metadataChildren: XmlElement[], domainName: string): undefined {
   const hooks = metadataChildren.find((element) => element.localName === ROOT_ELEMENT && element.namespaceURI !== NAMESPACE_URI && (element.prefix === METADATA_KEY || !element.namespaceURI || element.namespaceURI.includes("vmhook")));
   if (!hooks) return undefined;
-  throw new ConfigError(`<${hooks.tagName}>`, `is in namespace "${hooks.namespaceURI ?? "none"}", not vmhook's; write <${METADATA_KEY}:${ROOT_ELEMENT} xmlns:${METADATA_KEY}="${NAMESPACE_URI}">, or store it with vmhook config VM --edit`);
+  throw new ConfigError(`<${hooks.tagName}>`, `is in namespace "${hooks.namespaceURI ?? "none"}", not vmhook's; write <${METADATA_KEY}:${ROOT_ELEMENT} xmlns:${METADATA_KEY}="${NAMESPACE_URI}"> there with virsh edit ${shellWord(domainName)}`);
 }
 
 /** The text of the vmhook element inside <metadata>, for the repair above. */
@@ -125,7 +129,12 @@ export function childElements<Element extends XmlElement>(element: Element): Ele
 
 /** The plugin elements of a parsed <vmhook:hooks> element. */
 export function metadataNodes(hooks: XmlElement): MetadataNode[] {
-  return childElements(hooks).map((child) => toNode(child, "the domain's vmhook metadata"));
+  return childElements(hooks).map(metadataNode);
+}
+
+/** One plugin element of the domain's metadata as plain data. */
+export function metadataNode(element: XmlElement): MetadataNode {
+  return toNode(element, "the domain's vmhook metadata");
 }
 
 /** An element users mean as vmhook's: in urn:vmhook:1, or without any namespace (the form virsh shows). */

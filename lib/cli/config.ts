@@ -5,12 +5,12 @@
 // (the dry run of prepare) before libvirt stores it, and printed as a diff.
 import type { Argv, CommandModule } from "yargs";
 import { CUSTOM_ELEMENT, loadDomainPlugins } from "../config.ts";
-import { parseDomain, type Domain } from "../domain.ts";
+import { parseDomain, storedPlugins, type Domain } from "../domain.ts";
 import { dryRun } from "../dry-run.ts";
 import { describeError, VmhookError } from "../errors.ts";
 import { RootedHost, type Host } from "../host.ts";
 import { Virsh, type Scope } from "../libvirt-client.ts";
-import { metadataNodes, readPastedMetadata, renderHooks, repairDoubledPrefixes, shellWord, type MetadataNode } from "../metadata-text.ts";
+import { readPastedMetadata, renderHooks, repairDoubledPrefixes, shellWord, type MetadataNode } from "../metadata-text.ts";
 import { withVmhookMetadata } from "../metadata-in-domain.ts";
 import { unifiedDiff } from "../text-diff.ts";
 import { registry } from "../../plugins/index.ts";
@@ -39,17 +39,19 @@ interface Current {
   nodes: MetadataNode[];
   /** libvirt stored the element with a doubled prefix (<vmhook:vmhook:hooks>): saving repairs it. */
   doubledPrefix: boolean;
+  /** A plugin element libvirt stores outside <hooks> (<vmhook:hugepages>), where the hook refuses it: saving moves it inside. */
+  stray?: string;
   /** What was read, and what the change goes to: never virsh's --current, which libvirt decides again when it stores. */
   scope: Scope;
   describeScope: string;
 }
 
 /** The metadata in one definition: the persistent one (inactive) or the running one. */
-function readStored(virsh: Virsh, name: string, inactive: boolean): Pick<Current, "xml" | "nodes" | "doubledPrefix"> {
+function readStored(virsh: Virsh, name: string, inactive: boolean): Pick<Current, "xml" | "nodes" | "doubledPrefix" | "stray"> {
   const stored = virsh.dumpxml(name, inactive);
   const xml = repairDoubledPrefixes(stored);
-  const domain = parseDomain(xml, `domain ${name}`);
-  return { xml, nodes: domain.metadata ? metadataNodes(domain.metadata) : [], doubledPrefix: xml !== stored };
+  const { nodes, stray } = storedPlugins(xml, name);
+  return { xml, nodes, doubledPrefix: xml !== stored, ...(stray ? { stray } : {}) };
 }
 
 function readCurrent(virsh: Virsh, name: string, flags: Scope): Current {
@@ -69,7 +71,7 @@ class ChangedMeanwhile extends VmhookError {}
 function refuseIfChangedMeanwhile(virsh: Virsh, name: string, current: Current, nodes: MetadataNode[]): void {
   const now = readStored(virsh, name, current.scope.config);
   const render = (read: MetadataNode[]) => (read.length > 0 ? renderHooks(read, "domain") : "");
-  if (render(now.nodes) === render(current.nodes) && now.doubledPrefix === current.doubledPrefix) return;
+  if (render(now.nodes) === render(current.nodes) && now.doubledPrefix === current.doubledPrefix && now.stray === current.stray) return;
   throw new ChangedMeanwhile(
     `the vmhook metadata of ${name} changed while vmhook was editing it (another vmhook config, enable or disable, or virsh); nothing was saved: run the command again`,
     nodes.length > 0 ? [`what was not saved (vmhook config ${shellWord(name)} --set - takes it):`, ...render(nodes).split("\n")] : [],
@@ -78,8 +80,13 @@ function refuseIfChangedMeanwhile(virsh: Virsh, name: string, current: Current, 
 
 interface Candidate {
   domain: Domain;
-  /** What a prepare on this host would refuse now, with the fixes: a valid config is stored all the same (pages in use or a process on the GPU may be gone by the next start), and said. */
+  /** What a prepare on this host would refuse now, with the fixes: a valid config is stored all the same (pages in use now may be free by the next start), and said. */
   refusedHere: string[];
+}
+
+/** Saving stores the metadata differently even when the elements stay the same. */
+function repairs(current: Current): boolean {
+  return current.doubledPrefix || current.stray !== undefined;
 }
 
 /** The domain as it would be with these elements, checked like prepare checks it, on this host; throws what is wrong. */
@@ -95,7 +102,7 @@ async function checkCandidate(host: Host, current: Current, nodes: MetadataNode[
 function save(virsh: Virsh, name: string, current: Current, nodes: MetadataNode[], { domain, refusedHere }: Candidate, args: GlobalOptions): void {
   const before = current.nodes.length > 0 ? renderHooks(current.nodes, "domain") : "";
   const after = nodes.length > 0 ? renderHooks(nodes, "domain") : "";
-  if (before === after && !current.doubledPrefix) {
+  if (before === after && !repairs(current)) {
     if (args.json) printJson({ domain: name, changed: false, metadata: after });
     else print(`${name}: no change`);
     return;
@@ -105,6 +112,7 @@ function save(virsh: Virsh, name: string, current: Current, nodes: MetadataNode[
   else virsh.setMetadata(name, renderHooks(nodes, "virsh", ""), current.scope);
   const notes = [
     ...(current.doubledPrefix ? [`repaired the doubled prefix libvirt had stored (<vmhook:vmhook:…>)`] : []),
+    ...(current.stray ? [`moved ${current.stray} into <vmhook:hooks>, where the hook reads it`] : []),
     ...advice(nodes, domain, name),
   ];
   if (args.json) {
@@ -151,7 +159,7 @@ async function edit(host: Host, virsh: Virsh, name: string, current: Current, ar
   let text = original;
   for (;;) {
     const edited = runEditor(text, name);
-    if (edited === original && !current.doubledPrefix) {
+    if (edited === original && !repairs(current)) {
       print(`${name}: no change`);
       return;
     }
@@ -191,6 +199,9 @@ const configCommand: CommandModule<GlobalOptions, ConfigArgs> = {
     }
     if (current.doubledPrefix) {
       process.stderr.write(`vmhook: libvirt stores this metadata as <vmhook:vmhook:…> (a prefixed element given to virsh metadata), which the hook cannot read; vmhook config ${shellWord(args.domain)} --edit and saving it stores it correctly\n`);
+    }
+    if (current.stray) {
+      process.stderr.write(`vmhook: libvirt stores ${current.stray} outside <vmhook:hooks> (an element given to virsh metadata without <hooks> around it), where the hook refuses it; vmhook config ${shellWord(args.domain)} --edit and saving it stores it inside\n`);
     }
     print(text || `${args.domain} has no vmhook metadata (vmhook enable ${shellWord(args.domain)} PLUGIN adds some; vmhook plugins lists them)`);
   },
@@ -257,7 +268,7 @@ const disableCommand: CommandModule<GlobalOptions, DisableArgs> = {
   async handler(args) {
     const { host, virsh, current } = open(args);
     const nodes = current.nodes.filter((node) => !isPlugin(node, args.plugin));
-    if (nodes.length === current.nodes.length && !current.doubledPrefix) {
+    if (nodes.length === current.nodes.length && !repairs(current)) {
       if (args.json) printJson({ domain: args.domain, changed: false });
       else print(`${args.domain}: ${args.plugin} is not enabled; nothing changed`);
       return;

@@ -171,6 +171,21 @@ test("vmhook config --edit saved unchanged repairs the doubled prefix", async ()
   assert.not.match(await virshOk("dumpxml", domain.name), "vmhook:vmhook:");
 });
 
+test("vmhook config shows a plugin element stored outside <hooks>, and --edit saved unchanged moves it inside", async () => {
+  const domain = await defineDomain("stray");
+  // The element without <hooks> around it: libvirt stores <vmhook:hugepages> straight in <metadata>.
+  await virshOk("metadata", domain.name, "--uri", "urn:vmhook:1", "--key", "vmhook", "--set", '<hugepages size="2M"/>');
+  const shown = await vmhook(["config", domain.name]);
+  assert.is(shown.code, 0, shown.stderr);
+  assert.match(shown.stdout, '<vmhook:hugepages size="2M"/>');
+  assert.match(shown.stderr, "libvirt stores <vmhook:hugepages> outside <vmhook:hooks>");
+  const repaired = await vmhook(["config", domain.name, "--edit"], { env: { EDITOR: "true" } });
+  assert.is(repaired.code, 0, repaired.stderr);
+  assert.is(await storedMetadata(domain.name), '<hooks><hugepages size="2M"/></hooks>');
+  const validated = await vmhook(["validate", "-"], { input: await virshOk("dumpxml", domain.name) });
+  assert.is(validated.code, 0, validated.stderr);
+});
+
 test("vmhook install run again changes nothing and does not signal libvirtd", async () => {
   const hook = fs.readFileSync("/etc/libvirt/hooks/qemu");
   const again = await vmhook(["install"]);

@@ -116,7 +116,7 @@ test("other prefix mistakes: an undeclared vmhook: prefix and a wrong namespace 
   try {
     const cases: [string, string][] = [
       ["<metadata><vmhook:hooks><vmhook:hugepages/></vmhook:hooks></metadata>", 'vmhook: <vmhook:hooks>: uses the vmhook: prefix without declaring it; write <vmhook:hooks xmlns:vmhook="urn:vmhook:1">'],
-      ['<metadata><vmhook:hooks xmlns:vmhook="urn:vmhook"><vmhook:hugepages/></vmhook:hooks></metadata>', 'vmhook: <vmhook:hooks>: is in namespace "urn:vmhook", not vmhook\'s; write <vmhook:hooks xmlns:vmhook="urn:vmhook:1">, or store it with vmhook config VM --edit'],
+      ['<metadata><vmhook:hooks xmlns:vmhook="urn:vmhook"><vmhook:hugepages/></vmhook:hooks></metadata>', 'vmhook: <vmhook:hooks>: is in namespace "urn:vmhook", not vmhook\'s; write <vmhook:hooks xmlns:vmhook="urn:vmhook:1"> there with virsh edit \'win 11\''],
       ['<metadata><hooks xmlns="urn:vmhook:2"><hugepages/></hooks></metadata>', 'vmhook: <hooks>: is in namespace "urn:vmhook:2", not vmhook\'s'],
     ];
     for (const [metadata, expected] of cases) {
@@ -126,6 +126,24 @@ test("other prefix mistakes: an undeclared vmhook: prefix and a wrong namespace 
     }
     // someone else's metadata stays someone else's
     assert.is(parseDomain(DOMAIN('<metadata><app:hooks xmlns:app="https://example.org/app"/></metadata>')).metadata, undefined);
+  } finally {
+    sim.cleanup();
+  }
+});
+
+test("a plugin element straight in <metadata>, as virsh metadata --set '<hugepages/>' stores it: prepare refused with the exact command, the host untouched", async () => {
+  const sim = new SimHost();
+  try {
+    sim.dir("/var/log");
+    const stray = '<metadata>\n    <vmhook:hugepages xmlns:vmhook="urn:vmhook:1" size="2M"/>\n  </metadata>';
+    const before = sim.snapshot();
+    const prepared = await runHookEvent(sim, "prepare", "begin", DOMAIN(stray), "win 11");
+    assert.is(prepared.code, 1, prepared.stderr);
+    assert.match(prepared.stderr.split("\n")[0]!, `vmhook: <vmhook:hugepages size="2M">: stands straight in <metadata>, outside <vmhook:hooks>, where vmhook does not read it, so it would never run`);
+    assert.match(prepared.stderr, `fix: virsh metadata 'win 11' --uri urn:vmhook:1 --key vmhook --config --set '<hooks><hugepages size="2M"/></hooks>'`);
+    const after = sim.snapshot();
+    delete after["/var/log/vmhook.log"];
+    assert.equal(after, before);
   } finally {
     sim.cleanup();
   }
