@@ -54,6 +54,7 @@ export class HookRun {
   watchdog?: Watchdog;
   private settingsCache?: HostSettings;
   private domainCache?: Domain;
+  private workDeadlineCache?: Deadline;
 
   constructor(readonly invocation: HookInvocation) {
     this.host = invocation.host ?? new RootedHost(invocation.root);
@@ -79,9 +80,19 @@ export class HookRun {
     return { host: this.host, log: this.log, settings: this.settings, registry: this.invocation.registry ?? builtinRegistry };
   }
 
-  private deadline(kind: "work" | "undo"): Deadline {
-    const setting = kind === "work" ? "deadlineSeconds" : "undoDeadlineSeconds";
-    return new Deadline(this.host, this.settings[setting] * 1000, setting);
+  /**
+   * The work's deadline, one per run from its first use, the wait for the
+   * domain's lock: a run that waited long has that much less to work, so
+   * its rollback still gets the whole undo budget before the watchdog ends
+   * the process (its budget counts both from the start).
+   */
+  workDeadline(): Deadline {
+    return (this.workDeadlineCache ??= new Deadline(this.host, this.settings.deadlineSeconds * 1000, "deadlineSeconds"));
+  }
+
+  /** A fresh undo budget: a rollback or a release gets all of it. */
+  private undoDeadline(): Deadline {
+    return new Deadline(this.host, this.settings.undoDeadlineSeconds * 1000, "undoDeadlineSeconds");
   }
 
   private async plugins(): Promise<PluginInstance[]> {
@@ -93,7 +104,7 @@ export class HookRun {
     const instances = await this.plugins();
     // Leftovers are undone within the work deadline: the watchdog allows one
     // work and one undo budget, and the rollback below needs the undo one.
-    const deadline = this.deadline("work");
+    const deadline = this.workDeadline();
     await this.undoLeftovers(deadline);
     if (instances.length === 0) return;
     const journal = newJournal(this.host, { name: this.domain.name, uuid: this.domain.uuid });
@@ -104,7 +115,7 @@ export class HookRun {
       await runPlugins("prepare", instances, this.domain, journal, this.env(), deadline, "starting");
     } catch (error) {
       const steps = journal.entries.length;
-      const { failed } = await undoJournal(journal, this.env(), this.deadline("undo"));
+      const { failed } = await undoJournal(journal, this.env(), this.undoDeadline());
       throw withRollbackNote(error, steps, failed);
     }
   }
@@ -120,7 +131,7 @@ export class HookRun {
     });
     if (!instances.some((instance) => handles(instance, event))) return;
     const journal = readJournal(this.host, this.domain.uuid) ?? newJournal(this.host, { name: this.domain.name, uuid: this.domain.uuid });
-    await runPlugins(event, instances, this.domain, journal, this.env(), this.deadline("work"));
+    await runPlugins(event, instances, this.domain, journal, this.env(), this.workDeadline());
   }
 
   /** release: undo what the journal holds (not what the metadata says now). Never fails the caller. */
@@ -128,7 +139,7 @@ export class HookRun {
     const uuid = uuidFromXml(this.invocation.xml);
     const journal = uuid ? readJournal(this.host, uuid) : undefined;
     if (!journal) return;
-    const { undone, failed } = await undoJournal(journal, this.env(), this.deadline("undo"));
+    const { undone, failed } = await undoJournal(journal, this.env(), this.undoDeadline());
     if (failed.length > 0) {
       throw new VmhookError(`release of ${journal.domain.name}: ${failed.length} change(s) could not be undone; see /var/log/vmhook.log, then run vmhook recover ${journal.domain.name}`, [
         ...failed.map((entry) => `${entry.plugin}: ${entry.description}: ${entry.error}`),
@@ -148,7 +159,7 @@ export class HookRun {
     if (!journal) return;
     this.log.info(`reconnected: journal holds ${journal.entries.length} change(s), phase ${journal.phase}`);
     const instances = await this.plugins();
-    await runPlugins("reconnect", instances, this.domain, journal, this.env(), this.deadline("work"));
+    await runPlugins("reconnect", instances, this.domain, journal, this.env(), this.workDeadline());
   }
 
   /** libvirt's daemon running this hook, for vmhook recover to tell a start it abandoned; none when it cannot be found (recover then needs --force). */
@@ -219,8 +230,7 @@ export type EventAction = (run: HookRun) => Promise<void>;
 async function runUnderDomainLock(run: HookRun, action: EventAction): Promise<void> {
   const uuid = uuidFromXml(run.invocation.xml);
   if (!uuid) return action(run);
-  const waitLimit = new Deadline(run.host, run.settings.deadlineSeconds * 1000, "deadlineSeconds");
-  await withDomainLock(run.host, uuid, waitLimit, async () => {
+  await withDomainLock(run.host, uuid, run.workDeadline(), async () => {
     removeStaleTemps(run.host, paths.journal(uuid));
     await action(run);
   });

@@ -68,3 +68,9 @@ export function pluginTimeLimitMs(pluginSettings: Record<string, unknown>, plugi
   }
   return Math.max(1, Math.min(seconds * 1000, remainingMs));
 }
+
+/** Which setting bounded a plugin that ran out of time: its own timeoutSeconds, or (when less was left) the event's deadline. */
+export function settingToRaise(pluginSettings: Record<string, unknown>, pluginId: string, limitMs: number, deadlineSetting: string): string {
+  const ownLimit = pluginId.startsWith("plugin:") ? pluginTimeLimitMs(pluginSettings, pluginId, Infinity) : Infinity;
+  return limitMs < ownLimit ? `"${deadlineSetting}" in ${paths.hostConfig}` : `"timeoutSeconds" under "plugins": {"${pluginId}": …} in ${paths.hostConfig}`;
+}

@@ -31,7 +31,7 @@ import {
   type UndoContext,
   type UndoRecord,
 } from "./plugin.ts";
-import { pluginTimeLimitMs, type HostSettings } from "./settings.ts";
+import { pluginTimeLimitMs, settingToRaise, type HostSettings } from "./settings.ts";
 
 export interface RunEnvironment {
   host: Host;
@@ -137,11 +137,13 @@ function completeJournals(host: Host): Journal[] {
  * journaled).
  */
 async function settleWithin<T>(env: RunEnvironment, pluginId: string, event: string, deadline: Deadline, where: () => string, work: T | Promise<T>): Promise<T> {
-  const limitMs = pluginTimeLimitMs(env.settings.plugins[pluginId] ?? {}, pluginId, deadline.remainingMs());
+  const pluginSettings = env.settings.plugins[pluginId] ?? {};
+  const limitMs = pluginTimeLimitMs(pluginSettings, pluginId, deadline.remainingMs());
   let timer: ReturnType<typeof setTimeout> | undefined;
   const overrun = new Promise<never>((_, reject) => {
     timer = setTimeout(() => {
-      const raise = pluginId.startsWith("plugin:") ? `; make it finish, or raise "timeoutSeconds" under "plugins": {"${pluginId}": …} in /etc/vmhook/vmhook.json` : `; raise "${deadline.setting}" in /etc/vmhook/vmhook.json if the host is just slow`;
+      const setting = settingToRaise(pluginSettings, pluginId, limitMs, deadline.setting);
+      const raise = pluginId.startsWith("plugin:") ? `; make it finish, or raise ${setting}` : `; raise ${setting} if the host is just slow`;
       reject(new VmhookError(`${pluginId} did not finish ${event} within ${limitMs / 1000} s (${where()}) and was abandoned${raise}`));
     }, limitMs);
   });

@@ -5,9 +5,8 @@ import { attributes, describeElement } from "../domain.ts";
 import { domElement } from "../dom-element.ts";
 import { xmldom, type XmlElement } from "../xml.ts";
 import { ConfigError, VmhookError } from "../errors.ts";
-import { paths } from "../paths.ts";
 import { defineAction, type BaseContext, type Json, type PlanContext, type Plugin, type Step, type UndoRecord } from "../plugin.ts";
-import { pluginTimeLimitMs } from "../settings.ts";
+import { pluginTimeLimitMs, settingToRaise } from "../settings.ts";
 import type { PluginFile } from "./trust.ts";
 
 export const PROTOCOL_VERSION = 1;
@@ -120,7 +119,7 @@ function invoke(ctx: BaseContext, file: PluginFile, request: Record<string, Json
   if (result.error?.includes("ENOBUFS")) throw new VmhookError(`${who} printed more than vmhook reads at ${event} and was killed; print only the JSON reply on stdout (logs go to stderr)`);
   if (result.error) throw new VmhookError(`${who} could not be started for ${event}: ${result.error}`);
   if (result.timedOut) {
-    throw new VmhookError(`${who} did not finish ${event} within ${(limit / 1000).toFixed(1)} s and was killed; make it faster or raise "timeoutSeconds" under "plugins": {"plugin:${file.name}": …} in ${paths.hostConfig}`);
+    throw new VmhookError(`${who} did not finish ${event} within ${(limit / 1000).toFixed(1)} s and was killed; make it faster or raise ${settingToRaise(ctx.settings, `plugin:${file.name}`, limit, ctx.deadline.setting)}`);
   }
   if (result.status !== 0) {
     throw new VmhookError(`${who} failed at ${event}: ${result.status === null ? `killed by ${result.signal}` : `exit status ${result.status}`}${lastWords}`);

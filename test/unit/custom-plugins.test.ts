@@ -1,5 +1,6 @@
 // Custom plugins through the hook: executables (protocol v1) and JavaScript
 // modules, run for real under a temporary root, with their safety checks.
+import { spawn, spawnSync } from "node:child_process";
 import * as fs from "node:fs";
 import { test } from "uvu";
 import * as assert from "uvu/assert";
@@ -347,6 +348,28 @@ test("a JS plugin of the first interface (handlers calling ctx.step, one undo) s
   assert.is((await runHookEvent(sim, "release", "end", xml)).code, 0);
   assert.is(sim.readTrimmed("/flag"), "off");
   sim.cleanup();
+});
+
+test("the wait for the domain's lock counts against the work deadline: a prepare that waited 1.5 of its 2 s has 0.5 s left for a step of 0.8 s, and is rolled back within the undo budget", async () => {
+  const sim = pluginHost();
+  sim.file(paths.hostConfig, '{"deadlineSeconds": 2}').dir(paths.stateDir);
+  install(sim, "slow", shellPlugin("slow", 'sleep 0.8; echo \'{"undo": "slow-state"}\''));
+  // Another vmhook run of the domain (a release, a recover) holds its lock for 1.5 s.
+  const lockFile = sim.resolve(paths.domainLock(UUID));
+  const holder = spawn("flock", [lockFile, "sleep", "1.5"], { stdio: "ignore" });
+  try {
+    const held = () => spawnSync("flock", ["-n", lockFile, "true"]).status !== 0;
+    for (let tries = 0; !held() && tries < 200; tries++) await new Promise((resolve) => setTimeout(resolve, 5));
+    assert.ok(held(), "the holder has the lock");
+    const prepared = await runHookEvent(sim, "prepare", "begin", domainXml('<vmhook:plugin name="slow"/>'));
+    assert.is(prepared.code, 1, prepared.stderr);
+    // What was left of the deadline bounded the plugin, so that is the setting to raise.
+    assert.match(prepared.stderr, /plugin slow .* did not finish prepare within 0\.\d s and was killed; make it faster or raise "deadlineSeconds" in \/etc\/vmhook\/vmhook.json/);
+    assert.is(readJournal(sim, UUID), undefined, "rolled back");
+  } finally {
+    holder.kill();
+    sim.cleanup();
+  }
 });
 
 test.run();
