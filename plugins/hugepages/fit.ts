@@ -73,12 +73,6 @@ export function readHostView(host: Host, needs: PoolNeed[], settings: Record<str
   return { host: facts, floorKiB: freeMemoryFloorKiB(facts.totalKiB, floorSetting(settings)), nodes, poolFree };
 }
 
-/** The most huge page memory the host could give one VM now: MemAvailable above the floor. For host policy's default cap. */
-export function maxGrantableKiB(host: Host, settings: Record<string, unknown>): number {
-  const facts = memoryFacts(host);
-  return grantable(facts, freeMemoryFloorKiB(facts.totalKiB, floorSetting(settings)));
-}
-
 export interface PoolFit {
   need: PoolNeed;
   /** Why this pool cannot be grown: the first line of the refusal. */

@@ -5,10 +5,9 @@
 import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { boundedProduct, boundedSum } from "../../lib/bounded.ts";
-import { checkFit, floorSetting, freeMemoryFloorKiB, maxGrantableKiB, nodeFloorKiB, type HostView } from "../../plugins/hugepages/fit.ts";
+import { checkFit, floorSetting, freeMemoryFloorKiB, nodeFloorKiB, type HostView } from "../../plugins/hugepages/fit.ts";
 import { growInSteps, growWithRetries, stepPages, type RetryIo } from "../../plugins/hugepages/grow.ts";
-import { GiB, HugepageKernel, MiB } from "../helpers/hugepage-kernel.ts";
-import { SimHost } from "../helpers/simhost.ts";
+import { GiB, MiB } from "../helpers/hugepage-kernel.ts";
 
 /**
  * A pool of 2M pages over `availableKiB` of memory with a floor: each write
@@ -129,18 +128,6 @@ test("floorSetting: a whole number of MiB from 0 to 2^32, else an error naming t
   assert.is(floorSetting({ minFreeMiB: 2048 }), 2048);
   for (const bad of [-1, 1.5, "1024", 2 ** 32 + 1, 2 ** 53, null]) {
     assert.throws(() => floorSetting({ minFreeMiB: bad }), new RegExp(`"minFreeMiB": ${JSON.stringify(bad)}\\}\\} is not a whole number of MiB`), String(bad));
-  }
-});
-
-test("maxGrantableKiB: MemAvailable above the floor, never negative (for host policy's default cap)", () => {
-  const sim = new SimHost();
-  try {
-    const kernel = new HugepageKernel(sim, { totalKiB: 16 * GiB, freeKiB: 5 * GiB, cacheKiB: GiB });
-    assert.is(maxGrantableKiB(sim, {}), 5 * GiB);
-    assert.is(maxGrantableKiB(sim, { minFreeMiB: 8192 }), 0);
-    assert.ok(kernel.pool(2048) === 0);
-  } finally {
-    sim.cleanup();
   }
 });
 
