@@ -28,6 +28,16 @@ export const ATTRIBUTES = ["devices", "include-slot", "single-gpu", "unload-modu
 
 const list = (value: string) => value.split(/[\s,]+/).filter(Boolean);
 
+/** auto, or yes/no in any spelling a yes/no attribute takes. */
+function parseSingleGpu(value: string | undefined, where: string): VfioConfig["singleGpu"] {
+  if (value === undefined || value.trim().toLowerCase() === "auto") return "auto";
+  try {
+    return parseYesNo(value, where, "single-gpu", false) ? "yes" : "no";
+  } catch {
+    throw new ConfigError(where, `single-gpu="${value}" must be auto, yes or no (auto: yes when the GPU shows the boot console and the host has no other GPU)`);
+  }
+}
+
 export function parseVfioConfig(elements: XmlElement[], domain: Domain): VfioConfig {
   const element = single(elements);
   const where = describeElement(element);
@@ -41,10 +51,7 @@ export function parseVfioConfig(elements: XmlElement[], domain: Domain): VfioCon
     throw new ConfigError(where, `has no devices: add the GPU as a PCI <hostdev> to the domain, or list it in devices="0000:01:00.0"`);
   }
 
-  const singleGpu = (attrs["single-gpu"] ?? "auto").trim().toLowerCase();
-  if (singleGpu !== "auto" && singleGpu !== "yes" && singleGpu !== "no") {
-    throw new ConfigError(where, `single-gpu="${attrs["single-gpu"]}" must be auto, yes or no (auto: yes when the GPU shows the boot console and the host has no other GPU)`);
-  }
+  const singleGpu = parseSingleGpu(attrs["single-gpu"], where);
 
   const modules = (attribute: string) => list(attrs[attribute] ?? "").map((name) => checkPattern(name, PATTERNS.moduleName, where, attribute, "kernel module name"));
   const unload = attrs["unload-modules"]?.trim();

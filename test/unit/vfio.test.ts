@@ -752,6 +752,15 @@ test("two NVIDIA cards, the host keeps one: nvidia-persistenced, which holds eve
   assert.equal(kernel.sim.snapshot(), before);
 });
 
+test("single-gpu takes yes/no as every yes/no attribute does (true/on/1, false/off/0), beside auto", async () => {
+  const kernel = nvidiaDesktop();
+  const plan = (value: string) => plannedSteps(kernel.sim, domainXml(`<vmhook:vfio single-gpu="${value}"/>`));
+  const [yes, no] = [await plan("yes"), await plan("no")];
+  assert.not.equal(yes, no, "the two plans differ on this host");
+  for (const value of ["true", "On", "1"]) assert.equal(await plan(value), yes, value);
+  for (const value of ["false", "OFF", "0"]) assert.equal(await plan(value), no, value);
+});
+
 const BAD_CONFIGS: [string, string][] = [
   ['<vmhook:vfio single-gpu="maybe"/>', 'single-gpu="maybe" must be auto, yes or no'],
   ['<vmhook:vfio devices="01:00"/>', 'devices="01:00" is not a PCI address'],
