@@ -3,12 +3,12 @@
 // failed and what to do.
 
 export class VmhookError extends Error {
-  /** Lines shown after the first one: details, state of the host, remedies. */
-  readonly details: string[];
-  constructor(message: string, details: string[] = []) {
+  /** Lines shown after the first one: details, state of the host, remedies. (Not "details": uvu prints that as a string.) */
+  readonly lines: string[];
+  constructor(message: string, lines: string[] = []) {
     super(message);
     this.name = "VmhookError";
-    this.details = details;
+    this.lines = lines;
   }
 }
 
@@ -17,9 +17,9 @@ export class ConfigError extends VmhookError {
   constructor(
     readonly element: string,
     message: string,
-    details: string[] = [],
+    lines: string[] = [],
   ) {
-    super(`${element}: ${message}`, details);
+    super(`${element}: ${message}`, lines);
     this.name = "ConfigError";
   }
 }

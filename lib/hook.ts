@@ -206,8 +206,8 @@ function withRollbackNote(error: unknown, steps: number, failed: JournalEntry[])
     failed.length === 0
       ? [`the host was left as it was (${steps} change(s) undone)`]
       : [`${failed.length} of ${steps} change(s) could not be undone: run vmhook recover and see vmhook status`, ...failed.map((entry) => `not undone: ${entry.plugin}: ${entry.description}: ${entry.error}`)];
-  const details = error instanceof VmhookError ? error.details : [];
-  return new VmhookError(describeError(error), [...details, ...note]);
+  const lines = error instanceof VmhookError ? error.lines : [];
+  return new VmhookError(describeError(error), [...lines, ...note]);
 }
 
 /**
@@ -296,7 +296,7 @@ export async function runEvent(invocation: HookInvocation, event: HookEvent | un
   } catch (error) {
     const headline = describeError(error);
     run.log.error(headline);
-    const details = error instanceof VmhookError ? error.details : [String((error as Error)?.stack ?? "")];
+    const details = error instanceof VmhookError ? error.lines : [String((error as Error)?.stack ?? "")];
     for (const line of details) run.log.error(line);
     process.stderr.write(
       [`vmhook: ${oneLine(headline)}`, ...details.map((line) => `  ${line}`), `  (${event ?? "event"} of ${run.name}; log: /var/log/vmhook.log)`].join("\n") + "\n",

@@ -64,7 +64,7 @@ export async function runCli(args: string[], hookMain: HookMain): Promise<number
       return 2;
     }
     process.stderr.write(`vmhook: ${describeError(error)}\n`);
-    if (error instanceof VmhookError) for (const line of error.details) process.stderr.write(`  ${line}\n`);
+    if (error instanceof VmhookError) for (const line of error.lines) process.stderr.write(`  ${line}\n`);
     else if (process.env.VMHOOK_DEBUG) process.stderr.write(`${(error as Error).stack}\n`);
     return 1;
   }

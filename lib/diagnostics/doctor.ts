@@ -60,7 +60,7 @@ export async function runDoctor(host: Host, domainFile?: { file: string; xml: st
 
 /** The fix the error itself names (the doubled vmhook: prefix has an exact one), else where a readable XML comes from. */
 function unreadableDomainFix(error: unknown): string {
-  const named = error instanceof VmhookError ? error.details.find((line) => line.startsWith("fix: ")) : undefined;
+  const named = error instanceof VmhookError ? error.lines.find((line) => line.startsWith("fix: ")) : undefined;
   return named ? named.slice("fix: ".length) : "pass the XML from virsh dumpxml VM";
 }
 

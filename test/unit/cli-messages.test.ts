@@ -71,9 +71,9 @@ test("<vmhook:vmhook:hooks>, as libvirt stores a prefixed element: a ConfigError
     error = caught;
   }
   assert.instance(error, ConfigError);
-  const { message, details } = error as ConfigError;
+  const { message, lines } = error as ConfigError;
   assert.is(message, "<metadata>: holds <vmhook:vmhook:hooks>: the vmhook: prefix is written twice, so the XML cannot be read; virsh metadata --set/--edit add the prefix from --key themselves and take the element without one");
-  assert.equal(details, [`fix: vmhook config 'win 11' --edit (or --set FILE) accepts it in any form and stores it correctly; or: virsh metadata 'win 11' --uri urn:vmhook:1 --key vmhook --config --set '<hooks><hugepages size="2M"/></hooks>'`]);
+  assert.equal(lines, [`fix: vmhook config 'win 11' --edit (or --set FILE) accepts it in any form and stores it correctly; or: virsh metadata 'win 11' --uri urn:vmhook:1 --key vmhook --config --set '<hooks><hugepages size="2M"/></hooks>'`]);
 });
 
 test("doctor on the doubled prefix: the finding's fix is the exact command, not 'pass the XML from virsh dumpxml'", async () => {

@@ -449,7 +449,7 @@ test("a refused step, planned by a later plugin, fails the event with its reason
     assert.equal(steps.map((s) => s.refused?.reason), [undefined, undefined, "/b2 cannot be set on this host"]);
     const error = await runPlugins("prepare", instances, DOMAIN, journal, env, deadline(sim)).then(() => undefined, (e: VmhookError) => e);
     assert.is(error?.message, "/b2 cannot be set on this host");
-    assert.equal(error?.details, ["free it first"]);
+    assert.equal(error?.lines, ["free it first"]);
     assert.equal(journal.entries, []);
     assert.equal(sim.snapshot(), before);
     assert.equal(sim.stateFiles(), []);
