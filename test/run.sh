@@ -19,7 +19,12 @@ check() {
 
 suite() {
   local dir=test/$1 log
-  [ -d "$dir" ] || return 0
+  # A misspelt suite in VMHOOK_TESTS must not end in "0 failed" with nothing run.
+  if [ ! -d "$dir" ]; then
+    echo "FAIL: there is no test suite $dir (the suites: unit net libvirt kernel)"
+    failed=$((failed + 1))
+    return
+  fi
   echo "== $1 tests ($dir)"
   log=$(mktemp)
   "$bun" node_modules/uvu/bin.js "$dir" '\.test\.ts$' 2>&1 | tee "$log"
@@ -32,6 +37,10 @@ suite() {
   skip=$(grep -oE 'Skipped: +[0-9]+' <<<"$clean" | tail -1 | grep -oE '[0-9]+$')
   if [ -z "$total" ]; then
     echo "FAIL: $1 suite crashed before uvu's summary (exit $rc)"
+    failed=$((failed + 1))
+  elif [ "$total" -eq 0 ] && [ "${skip:-0}" -eq 0 ]; then
+    # every suite registers its tests, run or skipped: none at all means none was found
+    echo "FAIL: $1 suite ran no test and skipped none"
     failed=$((failed + 1))
   else
     passed=$((passed + pass))

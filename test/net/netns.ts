@@ -50,6 +50,18 @@ function must(command: string, args: string[], input = ""): string {
 /** The only reason to skip: not root. As root a missing tool fails the suite (requireTools), as in test/libvirt. */
 export const whyNotRunnable = (): string | undefined => (process.getuid?.() !== 0 ? "not root: network namespaces need root" : undefined);
 
+/** A before hook that writes its error to stderr first: uvu drops errors thrown in before hooks without a word, failing every test unexplained. */
+export function sayingWhy(hook: () => void | Promise<void>): () => Promise<void> {
+  return async () => {
+    try {
+      await hook();
+    } catch (error) {
+      process.stderr.write(`setup failed: ${(error as Error).stack ?? String(error)}\n`);
+      throw error;
+    }
+  };
+}
+
 /** Throws, naming the first of `programs` that is not installed and how to install it. */
 export function requireTools(programs: string[], install: string): void {
   for (const program of programs) if (sh("sh", ["-c", `command -v ${program}`]).code !== 0) throw new Error(`${program} is not installed (${install})`);

@@ -331,6 +331,7 @@ test("ctx.update replaces the journaled record, and rollback gets the updated on
   const { sim, env, journal } = setup();
   try {
     const got: UndoRecord[] = [];
+    let onDisk: unknown; // asserted after the run: an assertion inside apply would only fail the step
     const plugin = definePlugin({
       name: "partial",
       summary: "test",
@@ -341,7 +342,7 @@ test("ctx.update replaces the journaled record, and rollback gets the updated on
           check: (record) => record,
           apply(_record, ctx) {
             ctx.update({ action: "take", taken: 2 });
-            assert.is(readJournal(sim, UUID)!.entries[0]!.undo.taken, 2, "the update is on disk at once");
+            onDisk = readJournal(sim, UUID)!.entries[0]!.undo;
             throw new Error("the third one failed");
           },
           undo: (record) => void got.push(record),
@@ -349,7 +350,9 @@ test("ctx.update replaces the journaled record, and rollback gets the updated on
       },
     });
     const instances = [instanceOf("partial", plugin, null)];
-    await runPlugins("prepare", instances, DOMAIN, journal, env, deadline(sim)).catch(() => {});
+    const failure = await runPlugins("prepare", instances, DOMAIN, journal, env, deadline(sim)).then(() => undefined, (error: Error) => error.message);
+    assert.is(failure, "the third one failed");
+    assert.equal(onDisk, { action: "take", taken: 2 }, "the update is on disk at once");
     await undoJournal(journal, env, deadline(sim), instances);
     assert.equal(got, [{ action: "take", taken: 2 }]);
   } finally {
