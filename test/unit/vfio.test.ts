@@ -264,6 +264,22 @@ test("vfio-pci missing from the running kernel's modules (modules.dep, modules.b
   assert.not.ok(kernel.sim.execs.some((e) => e.command === "modprobe" || (e.command === "systemctl" && e.args[0] === "stop")));
 });
 
+test("a load-modules module missing from the running kernel's modules (kvmfr's DKMS not built for it) is refused at plan, before the display manager stops", async () => {
+  const kernel = nvidiaDesktop();
+  kernel.sim
+    .file("/proc/sys/kernel/osrelease", "6.1.0-sim")
+    .file("/lib/modules/6.1.0-sim/modules.dep", "kernel/drivers/vfio/pci/vfio-pci.ko: kernel/drivers/vfio/pci/vfio-pci-core.ko kernel/drivers/vfio/vfio.ko\n")
+    .file("/lib/modules/6.1.0-sim/modules.builtin", "kernel/drivers/pci/pcieport.ko\n");
+  const before = kernel.sim.snapshot();
+  const result = await runHookEvent(kernel.sim, "prepare", "begin", domainXml('<vmhook:vfio load-modules="kvmfr"/>'));
+  assert.is(result.code, 1);
+  assert.is(firstLine(result.stderr), "vmhook: vfio: module kvmfr is not in this kernel's modules (/lib/modules/6.1.0-sim: modules.dep, modules.builtin), so modprobe kvmfr would fail once the display had let go");
+  assert.match(result.stderr, "install kvmfr for kernel 6.1.0-sim (its DKMS package builds it for each kernel), or remove it from load-modules");
+  assert.equal(kernel.sim.snapshot(), before);
+  assert.ok(kernel.units.get("display-manager.service")!.active, "the display manager was never stopped");
+  assert.not.ok(kernel.sim.execs.some((e) => e.command === "modprobe" || (e.command === "systemctl" && e.args[0] === "stop")));
+});
+
 test("a module's dependencies are its own line of modules.dep: either spelling of its file, compressed or not, never a module whose name merely ends or starts the same", () => {
   const { sim } = bochsGuest();
   sim.file(
