@@ -108,7 +108,12 @@ export function takeOverSteps(ctx: PlanContext<VfioConfig>, found: Survey, setti
     steps.push({ action: "bind-vfio", record, description: `bind ${device.address} to vfio-pci (from ${from})` });
   }
 
+  // A module an earlier step loads or keeps (vfio-pci, vendor-reset) is not planned again: the second
+  // record of its claim, undone first, would unload it before the devices are home.
+  const handled = new Set([loadedClaim(VFIO_DRIVER), ...steps.filter((step) => step.action === "load-modules").map((step) => String(step.record.claim))]);
   for (const module of ctx.config.loadModules) {
+    if (handled.has(loadedClaim(module))) continue;
+    handled.add(loadedClaim(module));
     if (moduleLoaded(ctx.host, module.replace(/-/g, "_"))) steps.push(...keepLoadedSteps(ctx, module));
     else steps.push(refusedIfMissing(ctx.host, loadModulesStep(module, bindTimeoutMs, ctx.host), (release) => `install ${module} for kernel ${release} (its DKMS package builds it for each kernel), or remove it from load-modules`));
   }

@@ -251,6 +251,21 @@ test("vendor-reset installed but not loaded: prepare loads it before setting res
   assert.equal(kernel.sim.snapshot(), before);
 });
 
+test("load-modules=\"vendor-reset\" as well (as older setups have it): loaded once, and still loaded when the GPU's return needs its reset", async () => {
+  const kernel = amdWorkstation({ deviceId: "0x67df" }, { vendorReset: "installed" });
+  const withLoad = xml.replace("<vmhook:vfio/>", '<vmhook:vfio load-modules="vendor-reset"/>');
+  const before = kernel.sim.snapshot();
+  const applied = await assertPlanIsPrepare(kernel.sim, withLoad, "gaming");
+  assert.equal(applied.filter((step) => step.includes("vendor-reset")), ["vfio: load module vendor-reset", `vfio: set the reset method of ${GPU} to device_specific (vendor-reset; was flr bus)`]);
+  kernel.refuseUntilReset.add(GPU); // the Polaris reset bug: amdgpu takes it only after vendor-reset's reset
+  const release = await runHookEvent(kernel.sim, "release", "end", withLoad);
+  assert.is(release.code, 0, release.stderr);
+  assert.not.match(release.stderr, "did not come back");
+  assert.match(log(kernel), `vfio: ${GPU} return attempt 2/3 reset: bound to amdgpu`);
+  assert.not.ok(kernel.loaded("vendor_reset"), "unloaded once the GPU is home");
+  assert.equal(kernel.sim.snapshot(), before);
+});
+
 test("an AMD GPU that needs vendor-reset on a host without it: prepare warns with the fix and goes on; doctor warns too", async () => {
   const kernel = amdWorkstation({ deviceId: "0x687f" });
   await prepared(kernel);
