@@ -47,19 +47,26 @@ export function stoppedHelpers(ctx: BaseContext, found: Survey, settings: VfioSe
 export function loadVfioSteps(ctx: PlanContext<VfioConfig>, settings: VfioSettings): Step[] {
   if (pciDriverRegistered(ctx.host, VFIO_DRIVER)) return keepLoadedSteps(ctx, VFIO_DRIVER);
   const step: Step = { ...loadModulesStep(VFIO_DRIVER, settings.bindTimeoutSeconds * 1000, ctx.host), background: true };
-  // Its modprobe runs while the display lets go: a module that is not there is refused now, not found then.
-  // Dependencies to load came from its modules.dep line, so only a step without any looks further.
-  if ((step.record.modules as string[]).length <= 1 && moduleMissing(ctx.host, VFIO_DRIVER)) {
-    const release = kernelRelease(ctx.host);
-    return [{
-      ...step,
-      refused: {
-        reason: `vfio: module ${VFIO_DRIVER} is not in this kernel's modules (/lib/modules/${release}: modules.dep, modules.builtin), so modprobe ${VFIO_DRIVER} would fail once the display had let go`,
-        remedies: [`install the modules of kernel ${release}, or boot a kernel built with CONFIG_VFIO_PCI`],
-      },
-    }];
-  }
-  return [step];
+  return [refusedIfMissing(ctx.host, step, (release) => `install the modules of kernel ${release}, or boot a kernel built with CONFIG_VFIO_PCI`)];
+}
+
+/**
+ * A module's modprobe runs once the display has let go (vfio-pci's, and
+ * load-modules' after the devices moved): one that is not in the running
+ * kernel's module tree is refused now, not found then. Dependencies to load
+ * came from its modules.dep line, so only a step without any looks further.
+ */
+function refusedIfMissing(host: Host, step: Step, remedy: (release: string) => string): Step {
+  const module = String(step.record.module);
+  if ((step.record.modules as string[]).length > 1 || !moduleMissing(host, module)) return step;
+  const release = kernelRelease(host);
+  return {
+    ...step,
+    refused: {
+      reason: `vfio: module ${module} is not in this kernel's modules (/lib/modules/${release}: modules.dep, modules.builtin), so modprobe ${module} would fail once the display had let go`,
+      remedies: [remedy(release)],
+    },
+  };
 }
 
 /** The handover, as steps: modules go (users first), each device moves (once vfio-pci is there), extra modules load. */
@@ -101,9 +108,14 @@ export function takeOverSteps(ctx: PlanContext<VfioConfig>, found: Survey, setti
     steps.push({ action: "bind-vfio", record, description: `bind ${device.address} to vfio-pci (from ${from})` });
   }
 
+  // A module an earlier step loads or keeps (vfio-pci, vendor-reset) is not planned again: the second
+  // record of its claim, undone first, would unload it before the devices are home.
+  const handled = new Set([loadedClaim(VFIO_DRIVER), ...steps.filter((step) => step.action === "load-modules").map((step) => String(step.record.claim))]);
   for (const module of ctx.config.loadModules) {
-    if (!moduleLoaded(ctx.host, module.replace(/-/g, "_"))) steps.push(loadModulesStep(module, bindTimeoutMs, ctx.host));
-    else steps.push(...keepLoadedSteps(ctx, module));
+    if (handled.has(loadedClaim(module))) continue;
+    handled.add(loadedClaim(module));
+    if (moduleLoaded(ctx.host, module.replace(/-/g, "_"))) steps.push(...keepLoadedSteps(ctx, module));
+    else steps.push(refusedIfMissing(ctx.host, loadModulesStep(module, bindTimeoutMs, ctx.host), (release) => `install ${module} for kernel ${release} (its DKMS package builds it for each kernel), or remove it from load-modules`));
   }
   return steps;
 }

@@ -52,7 +52,7 @@ const USER_MANAGER = /^\/user\.slice\/user-(\d+)\.slice\/user@(\d+)\.service(\/.
  */
 const SESSION_DEVICE_KEEPERS = (pid: number, place: HolderPlace) => place.unit === "systemd-logind.service" || (pid === 1 && place.unit === "init.scope");
 /** logind session types that are a display, as opposed to tty, unspecified (ssh, cron) or a greeter-less program. */
-const GRAPHICAL_SESSION_TYPES = ["x11", "wayland", "mir"];
+export const GRAPHICAL_SESSION_TYPES = ["x11", "wayland", "mir"];
 /** systemd.special(7): the user manager's slice for what the graphical session needs to run (display server, portals). */
 const SESSION_SLICE = "session.slice";
 

@@ -11,7 +11,7 @@
 import { VmhookError } from "../../lib/errors.ts";
 import { defineAction, type BaseContext, type Refusal, type Step, type UndoRecord } from "../../lib/plugin.ts";
 import { processInstance } from "../../lib/processes.ts";
-import { readLogindRecord, USER_NAME, type SessionUnit } from "./holders.ts";
+import { GRAPHICAL_SESSION_TYPES, readLogindRecord, USER_NAME, type SessionUnit } from "./holders.ts";
 import { cgroupProcesses, checkedUnit } from "./units.ts";
 
 const lingerFile = (user: string) => `/var/lib/systemd/linger/${user}`;
@@ -32,13 +32,16 @@ function userManagerInstance(ctx: BaseContext, uid: number): string | undefined 
 /**
  * The session a compositor of the user would display on: logind's display
  * session of the user (the one a compositor in a user unit takes the GPU
- * for, e.g. through libseat), unless it is ending; undefined when none.
+ * for, e.g. through libseat), when it is graphical and not ending; undefined
+ * otherwise. With no graphical session left logind elects any other, e.g. the
+ * ssh login the VM was started from, where a compositor cannot run (mutter
+ * checks the same).
  */
 function displaySessionOf(ctx: BaseContext, uid: number): string | undefined {
   const id = readLogindRecord(ctx.host, `/run/systemd/users/${uid}`).get("DISPLAY");
   if (!id || !/^\w+$/.test(id)) return undefined;
   const session = readLogindRecord(ctx.host, `/run/systemd/sessions/${id}`);
-  return session.size > 0 && session.get("STATE") !== "closing" ? id : undefined;
+  return GRAPHICAL_SESSION_TYPES.includes(session.get("TYPE") ?? "") && session.get("STATE") !== "closing" ? id : undefined;
 }
 
 interface LingerRecord extends UndoRecord {

@@ -52,10 +52,14 @@ function verifyReturned(record: VerifyRecord, ctx: BaseContext): void {
   refuseIfStuck(host, record.devices.map((device) => device.address));
   for (const { address, driver, nodes } of record.devices) {
     if (!pciExists(host, address)) throw new VmhookError(`vfio: ${address} is not on the PCI bus; echo 1 > /sys/bus/pci/rescan, then run vmhook recover`);
-    const claim = pciDriverRegistered(host, driver) ? undefined : claimProviding(ctx, driver);
-    if (claim) {
-      ctx.log.info(`vfio: ${address} is back on ${driver} once ${claim} is loaded again (another VM keeps it unloaded); not checked now`);
-      continue;
+    if (!pciDriverRegistered(host, driver)) {
+      // Another VM keeps the module unloaded: the device comes back with it. A claim only this VM holds is its own module's failed reload.
+      const claim = claimProviding(ctx, driver);
+      if (claim && ctx.claims.others(claim).length > 0) {
+        ctx.log.info(`vfio: ${address} is back on ${driver} once ${claim} is loaded again (another VM keeps it unloaded); not checked now`);
+        continue;
+      }
+      throw new VmhookError(`vfio: the display of ${address} is not back: driver ${driver} is not registered (its module is not loaded); load it (modprobe), then run vmhook recover`);
     }
     const missing = () => (pciDriver(host, address) === driver ? nodes.filter((kind) => !nodeKinds(host, address).includes(kind)) : [driver]);
     try {

@@ -370,9 +370,10 @@ export class GpuKernel {
     return this.stuck.has(address) || this.refuseUntilReset.has(address) || this.refuseUntilRescan.has(address);
   }
 
-  /** pci_reset_function: the first method of reset_method; ENOTTY when none. */
+  /** pci_reset_function: the first method of reset_method; ENOTTY when none, or when it is device_specific and vendor-reset (which supplies it) is not loaded. */
   private reset(address: string): void {
-    if (!this.sim.readTrimmed(`${DEV}/${address}/reset_method`)) throw Object.assign(new Error("ENOTTY"), { code: "ENOTTY" });
+    const first = this.sim.readTrimmed(`${DEV}/${address}/reset_method`)?.split(" ")[0];
+    if (!first || (first === "device_specific" && !this.loaded("vendor_reset"))) throw Object.assign(new Error("ENOTTY"), { code: "ENOTTY" });
     this.refuseUntilReset.delete(address);
   }
 

@@ -86,6 +86,10 @@ function basics(sim: SimHost, cpu: "GenuineIntel" | "AuthenticAMD", cmdline: str
       "kernel/drivers/vfio/vfio_iommu_type1.ko: kernel/drivers/vfio/vfio.ko",
       "kernel/drivers/vfio/pci/vfio-pci.ko: kernel/drivers/vfio/pci/vfio-pci-core.ko kernel/drivers/vfio/vfio.ko",
       "kernel/drivers/nvme/host/nvme.ko: kernel/drivers/nvme/host/nvme-core.ko",
+      "kernel/net/dccp/dccp.ko:",
+      // Out-of-tree modules, as DKMS installs them for the running kernel.
+      "updates/dkms/kvmfr.ko:",
+      "updates/dkms/vendor-reset.ko:",
     ].join("\n"),
   );
   sim.file(`/lib/modules/${KERNEL_RELEASE}/modules.builtin`, "kernel/drivers/pci/pcieport.ko\n");

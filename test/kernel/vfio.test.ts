@@ -79,7 +79,7 @@ it("a second configured device that does not exist fails prepare before the GPU 
   assert.not.match(await guest!.ok("cat /var/log/vmhook.log | tail -5"), "bind 0000:00:01.0");
 });
 
-it("a module the host policy does not allow is refused before anything changes; allowed, its failure after the GPU moved rolls everything back", async ({ guest, baseline }) => {
+it("a module the host policy does not allow is refused before anything changes; allowed but not in the kernel's module tree, it is refused before anything changes too", async ({ guest, baseline }) => {
   const xml = domainXml('load-modules="vmhook_no_such_module"');
   const refused = await guest!.sh(hook(xml, "prepare begin"));
   assert.is(refused.code, 1);
@@ -89,11 +89,9 @@ it("a module the host policy does not allow is refused before anything changes; 
   await guest!.ok(": > /var/log/vmhook.log");
   const result = await withPolicy(guest!, { vfio: { modules: ["vmhook_no_such_module"] } }, () => guest!.sh(hook(xml, "prepare begin")));
   assert.is(result.code, 1);
-  assert.match(result.stdout.split("\n")[0]!, "modprobe vmhook_no_such_module failed");
-  assert.match(result.stdout, "the host was left as it was");
+  assert.match(result.stdout.split("\n")[0]!, "vfio: module vmhook_no_such_module is not in this kernel's modules");
   const log = await guest!.ok("cat /var/log/vmhook.log");
-  assert.match(log, `vfio: bind ${GPU} to vfio-pci (from bochs-drm): done`);
-  assert.match(log, `vfio: undo bind ${GPU} to vfio-pci (from bochs-drm): done`);
+  assert.not.match(log, `vfio: bind ${GPU} to vfio-pci`);
   assert.fixture(await guest!.ok(STATE), baseline!);
 });
 

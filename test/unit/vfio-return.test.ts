@@ -173,6 +173,36 @@ test("NVIDIA's module reloaded at release: a GPU nvidia refuses comes back throu
   assert.equal(kernel.sim.snapshot(), before);
 });
 
+test("NVIDIA's module does not load again at release: the display check stays with the module's entry (no other VM keeps nvidia unloaded); recover brings both back", async () => {
+  const kernel = new GpuKernel()
+    .module({ name: "nvidia", driver: "nvidia", loaded: true })
+    .module({ name: "i915", driver: "i915", loaded: true })
+    .device({ address: "0000:00:02.0", classCode: "0x030000", vendor: "0x8086", nativeDriver: "i915", group: 0, bootVga: true })
+    .device({ address: GPU, classCode: "0x030000", vendor: "0x10de", nativeDriver: "nvidia", group: 3, nodes: ["card1", "renderD129"] });
+  kernel.sim.file(paths.hostConfig, JSON.stringify({ plugins: { vfio: { bindTimeoutSeconds: 1 } } }));
+  const before = kernel.sim.snapshot();
+  await prepared(kernel);
+  assert.not.ok(kernel.loaded("nvidia"));
+  kernel.brokenModules.add("nvidia"); // e.g. DKMS did not build it for the kernel updated meanwhile
+
+  const release = await runHookEvent(kernel.sim, "release", "end", xml);
+  assert.is(release.code, 0, "release never fails libvirt");
+  assert.match(release.stderr, "modprobe");
+  assert.not.match(log(kernel), "another VM keeps it unloaded");
+  const journal = readJournal(kernel.sim, UUID)!;
+  assert.equal(
+    journal.entries.map((entry) => `${entry.state} ${entry.undo.action}`),
+    ["undo-failed verify-return", "undo-failed unload-module"],
+    "the display check is not dropped for a module only this VM's release was to load",
+  );
+
+  kernel.brokenModules.delete("nvidia");
+  await recover(kernel, journal);
+  assert.is(kernel.driverOf(GPU), "nvidia");
+  assert.equal(kernel.sim.snapshot(), before);
+  assert.equal(kernel.sim.stateFiles(), []);
+});
+
 // ---- AMD GPUs that reset only through vendor-reset ----
 
 test("vendor-reset loaded, a Navi 10 card: reset_method becomes device_specific for the VM and is restored at release", async () => {
@@ -219,6 +249,21 @@ test("vendor-reset installed but not loaded: prepare loads it before setting res
   const release = await runHookEvent(kernel.sim, "release", "end", xml);
   assert.is(release.code, 0, release.stderr);
   assert.not.ok(kernel.loaded("vendor_reset"));
+  assert.equal(kernel.sim.snapshot(), before);
+});
+
+test("load-modules=\"vendor-reset\" as well (as older setups have it): loaded once, and still loaded when the GPU's return needs its reset", async () => {
+  const kernel = amdWorkstation({ deviceId: "0x67df" }, { vendorReset: "installed" });
+  const withLoad = xml.replace("<vmhook:vfio/>", '<vmhook:vfio load-modules="vendor-reset"/>');
+  const before = kernel.sim.snapshot();
+  const applied = await assertPlanIsPrepare(kernel.sim, withLoad, "gaming");
+  assert.equal(applied.filter((step) => step.includes("vendor-reset")), ["vfio: load module vendor-reset", `vfio: set the reset method of ${GPU} to device_specific (vendor-reset; was flr bus)`]);
+  kernel.refuseUntilReset.add(GPU); // the Polaris reset bug: amdgpu takes it only after vendor-reset's reset
+  const release = await runHookEvent(kernel.sim, "release", "end", withLoad);
+  assert.is(release.code, 0, release.stderr);
+  assert.not.match(release.stderr, "did not come back");
+  assert.match(log(kernel), `vfio: ${GPU} return attempt 2/3 reset: bound to amdgpu`);
+  assert.not.ok(kernel.loaded("vendor_reset"), "unloaded once the GPU is home");
   assert.equal(kernel.sim.snapshot(), before);
 });
 

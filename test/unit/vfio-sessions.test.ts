@@ -115,6 +115,19 @@ test("GNOME: when ana's session ended with GDM, release leaves her units to her 
   assert.ok(running(kernel, 920), "pipewire still runs");
 });
 
+test("GNOME started over SSH: at release logind's display session of ana is her ssh session (type tty, elected once the graphical one ended), so her units stay stopped", async () => {
+  const kernel = gnomeDesktop();
+  assert.is((await runHookEvent(kernel.sim, "prepare", "begin", XML, "win11")).code, 0);
+  kernel.endDisplaySession("ana");
+  // logind elects any session of the user as DISPLAY when no graphical one is left: here her ssh login.
+  kernel.sim.file("/run/systemd/sessions/7", "UID=1000\nUSER=ana\nACTIVE=1\nSTATE=active\nTYPE=tty\nCLASS=user\n");
+  kernel.sim.file("/run/systemd/users/1000", "NAME=ana\nSTATE=active\nDISPLAY=7\n");
+  const release = await runHookEvent(kernel.sim, "release", "end", XML, "win11");
+  assert.is(release.code, 0, release.stderr);
+  assert.not.ok(kernel.sim.execs.some((e) => e.args.includes("start") && e.args.includes("--user")), "no compositor started for a text session");
+  assert.match(log(kernel), `vfio: ${SHELL} stays stopped: ana has no session to display on now`);
+});
+
 test("GNOME: when ana's manager is a new one at release (it ended meanwhile), nothing is started in it", async () => {
   const kernel = gnomeDesktop();
   assert.is((await runHookEvent(kernel.sim, "prepare", "begin", XML, "win11")).code, 0);

@@ -251,17 +251,36 @@ test("the load of vfio-pci is journaled, before modprobe runs, with all that mod
   assert.equal(kernel.sim.snapshot(), before);
 });
 
-test("vfio-pci missing from the running kernel's modules (modules.dep, modules.builtin) is refused at plan, before the display manager stops", async () => {
+/** A module missing from the single-GPU desktop's module tree (modules.dep as given): prepare refuses with `reason` and `remedy`, before anything changes. */
+async function assertMissingModuleRefused(vfio: string, modulesDep: string, reason: string, remedy: string) {
   const kernel = nvidiaDesktop();
-  kernel.sim.file("/proc/sys/kernel/osrelease", "6.1.0-sim").file("/lib/modules/6.1.0-sim/modules.dep", "kernel/drivers/gpu/drm/drm.ko:\n").file("/lib/modules/6.1.0-sim/modules.builtin", "kernel/drivers/pci/pcieport.ko\n");
+  kernel.sim.file("/proc/sys/kernel/osrelease", "6.1.0-sim").file("/lib/modules/6.1.0-sim/modules.dep", modulesDep).file("/lib/modules/6.1.0-sim/modules.builtin", "kernel/drivers/pci/pcieport.ko\n");
   const before = kernel.sim.snapshot();
-  const result = await runHookEvent(kernel.sim, "prepare", "begin", domainXml("<vmhook:vfio/>"));
+  const result = await runHookEvent(kernel.sim, "prepare", "begin", domainXml(vfio));
   assert.is(result.code, 1);
-  assert.is(firstLine(result.stderr), "vmhook: vfio: module vfio-pci is not in this kernel's modules (/lib/modules/6.1.0-sim: modules.dep, modules.builtin), so modprobe vfio-pci would fail once the display had let go");
-  assert.match(result.stderr, "install the modules of kernel 6.1.0-sim, or boot a kernel built with CONFIG_VFIO_PCI");
+  assert.is(firstLine(result.stderr), reason);
+  assert.match(result.stderr, remedy);
   assert.equal(kernel.sim.snapshot(), before);
   assert.ok(kernel.units.get("display-manager.service")!.active, "the display manager was never stopped");
   assert.not.ok(kernel.sim.execs.some((e) => e.command === "modprobe" || (e.command === "systemctl" && e.args[0] === "stop")));
+}
+
+test("vfio-pci missing from the running kernel's modules (modules.dep, modules.builtin) is refused at plan, before the display manager stops", async () => {
+  await assertMissingModuleRefused(
+    "<vmhook:vfio/>",
+    "kernel/drivers/gpu/drm/drm.ko:\n",
+    "vmhook: vfio: module vfio-pci is not in this kernel's modules (/lib/modules/6.1.0-sim: modules.dep, modules.builtin), so modprobe vfio-pci would fail once the display had let go",
+    "install the modules of kernel 6.1.0-sim, or boot a kernel built with CONFIG_VFIO_PCI",
+  );
+});
+
+test("a load-modules module missing from the running kernel's modules (kvmfr's DKMS not built for it) is refused at plan, before the display manager stops", async () => {
+  await assertMissingModuleRefused(
+    '<vmhook:vfio load-modules="kvmfr"/>',
+    "kernel/drivers/vfio/pci/vfio-pci.ko: kernel/drivers/vfio/pci/vfio-pci-core.ko kernel/drivers/vfio/vfio.ko\n",
+    "vmhook: vfio: module kvmfr is not in this kernel's modules (/lib/modules/6.1.0-sim: modules.dep, modules.builtin), so modprobe kvmfr would fail once the display had let go",
+    "install kvmfr for kernel 6.1.0-sim (its DKMS package builds it for each kernel), or remove it from load-modules",
+  );
 });
 
 test("a module's dependencies are its own line of modules.dep: either spelling of its file, compressed or not, never a module whose name merely ends or starts the same", () => {
