@@ -5,7 +5,7 @@
 import type { CommandModule } from "yargs";
 import { Deadline } from "../deadline.ts";
 import { describeError } from "../errors.ts";
-import { RootedHost, type Host } from "../host.ts";
+import type { Host } from "../host.ts";
 import { listJournals, readJournal, type Journal } from "../journal.ts";
 import { ifDomainIdle } from "../lock.ts";
 import { createLogger } from "../log.ts";
@@ -86,7 +86,7 @@ export const recoverCommand: CommandModule<GlobalOptions, RecoverArgs> = {
       .positional("name", { type: "string", describe: "domain name or UUID" })
       .option("force", { type: "boolean", default: false, describe: "undo even if libvirt's state says the domain still runs, or it is being started" }),
   async handler(args) {
-    const host = new RootedHost(args.root);
+    const host = args.host;
     const settings = loadSettings(host);
     const { journals, broken } = listJournals(host);
     // Helpers that were blocked in a driver and have finished since: their notes go, so the undos below may write to those devices again.

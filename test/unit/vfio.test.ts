@@ -13,7 +13,7 @@ import { paths } from "../../lib/paths.ts";
 import { DEFAULT_SETTINGS } from "../../lib/settings.ts";
 import { undoJournal } from "../../lib/transaction.ts";
 import { registry } from "../../plugins/index.ts";
-import { GpuKernel } from "../helpers/gpu-kernel.ts";
+import { GpuKernel, nvidiaDesktop } from "../helpers/gpu-kernel.ts";
 import { runHookEvent } from "../helpers/hook.ts";
 import { assertPlanIsPrepare, plannedSteps } from "../helpers/plan.ts";
 
@@ -33,26 +33,6 @@ function domainXml(vfio: string, hostdevs: { address: string; managed?: boolean 
 
 function settings(kernel: GpuKernel, vfio: Record<string, unknown>): void {
   kernel.sim.file("/etc/vmhook/vmhook.json", JSON.stringify({ plugins: { vfio } }));
-}
-
-/** A desktop with one NVIDIA card (GPU + HDMI audio behind a root port), GDM on it, efifb and fbcon. */
-function nvidiaDesktop(): GpuKernel {
-  return new GpuKernel()
-    .module({ name: "nvidia", driver: "nvidia", loaded: true })
-    .module({ name: "nvidia_modeset", uses: ["nvidia"], loaded: true })
-    .module({ name: "nvidia_uvm", uses: ["nvidia"], loaded: true })
-    .module({ name: "nvidia_drm", uses: ["nvidia_modeset"], loaded: true })
-    .module({ name: "snd_hda_intel", driver: "snd_hda_intel", loaded: true })
-    .device({ address: "0000:00:00.0", classCode: "0x060000", vendor: "0x8086", group: 0 })
-    .device({ address: "0000:00:01.0", classCode: "0x060400", vendor: "0x8086", group: 1 })
-    .device({ address: GPU, classCode: "0x030000", vendor: "0x10de", nativeDriver: "nvidia", group: 1, bootVga: true, nodes: ["card0", "renderD128"], resetMethod: "bus" })
-    .device({ address: AUDIO, classCode: "0x040300", vendor: "0x10de", nativeDriver: "snd_hda_intel", group: 1 })
-    .vtconsole("vtcon0", "(S) dummy device", false)
-    .vtconsole("vtcon1", "(M) frame buffer device", true)
-    .platformFramebuffer("efi-framebuffer", "efi-framebuffer.0")
-    .unit({ name: "display-manager.service", active: true, processes: { 500: ["Xorg", ["/dev/nvidia0", "/dev/nvidiactl", "/dev/dri/card0"]], 501: ["gdm", ["/dev/null"]] } })
-    .unit({ name: "nvidia-persistenced.service", active: true, processes: { 600: ["nvidia-persiste", ["/dev/nvidiactl"]] } })
-    .process(1, "systemd", ["/dev/null"]);
 }
 
 /** A workstation: an AMD GPU for the VM (group 1), an Intel iGPU for the host (boot VGA), a USB controller (group 7). */
