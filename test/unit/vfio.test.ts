@@ -210,11 +210,11 @@ test("vfio-pci already registered: nothing loads, and the GPU is probed after it
   ]);
 });
 
-test("the load of vfio-pci is journaled, before modprobe runs, with all that modprobe loads (modules.dep), so a hook killed meanwhile leaves a journal that unloads it all", async () => {
+test("the load of vfio-pci is journaled, before modprobe runs, with all that modprobe loads (modules.dep, and modules.softdep: vfio_iommu_type1 after vfio), so a hook killed meanwhile leaves a journal that unloads it all", async () => {
   const kernel = bochsGuest();
   kernel.sim.file("/proc/sys/kernel/osrelease", "6.1.0-sim").file(
     "/lib/modules/6.1.0-sim/modules.dep",
-    "kernel/drivers/gpu/drm/tiny/bochs.ko: kernel/drivers/gpu/drm/drm.ko\nkernel/drivers/vfio/pci/vfio-pci.ko: kernel/drivers/vfio/pci/vfio-pci-core.ko kernel/drivers/vfio/vfio.ko\n",
+    "kernel/drivers/gpu/drm/tiny/bochs.ko: kernel/drivers/gpu/drm/drm.ko\nkernel/drivers/vfio/pci/vfio-pci.ko: kernel/drivers/vfio/pci/vfio-pci-core.ko kernel/drivers/vfio/vfio.ko\nkernel/drivers/vfio/vfio.ko:\nkernel/drivers/vfio/vfio_iommu_type1.ko: kernel/drivers/vfio/vfio.ko\n",
   );
   let journaled: unknown;
   const exec = kernel.sim.exec.bind(kernel.sim);
@@ -225,7 +225,7 @@ test("the load of vfio-pci is journaled, before modprobe runs, with all that mod
   const before = kernel.sim.snapshot();
   const xml = domainXml("<vmhook:vfio/>");
   assert.is((await runHookEvent(kernel.sim, "prepare", "begin", xml)).code, 0);
-  assert.equal(journaled, ["vfio_pci", "vfio_pci_core", "vfio"]);
+  assert.equal(journaled, ["vfio_pci", "vfio_pci_core", "vfio", "vfio_iommu_type1"]);
   assert.equal(readJournal(kernel.sim, UUID)!.entries.find((entry) => entry.undo.action === "load-modules")?.undo.modules, ["vfio", "vfio_iommu_type1", "vfio_pci_core", "vfio_pci"], "after modprobe: what it did load");
   assert.is((await runHookEvent(kernel.sim, "release", "end", xml)).code, 0);
   assert.equal(kernel.sim.snapshot(), before);
