@@ -77,6 +77,14 @@ export function removeStateFile(host: Host, file: string): void {
   host.remove(file);
 }
 
+/** State files in `dir` that are not there while the temp copy of them is: a writer killed between writing the copy and renaming it. */
+export function lonelyTemps(host: Host, dir: string): { file: string; temp: string }[] {
+  const names = host.list(dir);
+  return names
+    .filter((name) => name.endsWith(`.json${TEMP_SUFFIX}`) && !names.includes(name.slice(0, -TEMP_SUFFIX.length)))
+    .map((name) => ({ file: `${dir}/${name.slice(0, -TEMP_SUFFIX.length)}`, temp: `${dir}/${name}` }));
+}
+
 /** Temp files a killed hook left for this file (ours and write-file-atomic's). Call under the file's lock. */
 export function removeStaleTemps(host: Host, file: string): void {
   const dir = file.slice(0, file.lastIndexOf("/"));
