@@ -70,6 +70,10 @@ export interface Host {
   stat(hostPath: string): FileStat | undefined;
   mkdir(hostPath: string): void;
   remove(hostPath: string): void;
+  /** Creates the file anew with `text` (mode 0600, never through a symlink; what is there is replaced) and fsyncs it: the first half of a state file's atomic write. */
+  createFile(hostPath: string, text: string): void;
+  /** rename(2): `to` is replaced at once, never half written. */
+  rename(from: string, to: string): void;
   exec(command: string, args: string[], options: ExecOptions): ExecResult;
   /** exec, without blocking: the process goes on (a step in the background, Step.background) while the child runs. */
   execAsync(command: string, args: string[], options: ExecOptions): Promise<ExecResult>;
@@ -191,6 +195,25 @@ export class RootedHost implements Host {
 
   remove(hostPath: string): void {
     fs.rmSync(this.resolve(hostPath), { recursive: true, force: true });
+  }
+
+  createFile(hostPath: string, text: string): void {
+    const fd = createFresh(this.resolve(hostPath));
+    try {
+      fs.writeSync(fd, text);
+      this.flush(fd);
+    } finally {
+      fs.closeSync(fd);
+    }
+  }
+
+  /** fsync(2): what createFile wrote survives a power loss once renamed into place. */
+  protected flush(fd: number): void {
+    fs.fsyncSync(fd);
+  }
+
+  rename(from: string, to: string): void {
+    fs.renameSync(this.resolve(from), this.resolve(to));
   }
 
   exec(command: string, args: string[], options: ExecOptions): ExecResult {
@@ -383,6 +406,18 @@ export function readForMessage(host: Host, hostPath: string, fallback: string): 
   } catch {
     return fallback;
   }
+}
+
+/** Opens `real` as a new file; a leftover there (a file, a symlink) is removed first. Tried first without the removal: there is rarely one, and each syscall counts under TCG. */
+function createFresh(real: string): number {
+  const create = () => fs.openSync(real, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL | fs.constants.O_NOFOLLOW, 0o600);
+  try {
+    return create();
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== "EEXIST") throw error;
+  }
+  fs.rmSync(real, { force: true });
+  return create();
 }
 
 /** The errnos that mean "nothing there": the path, or a directory on the way to it, does not exist. */

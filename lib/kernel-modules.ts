@@ -1,5 +1,6 @@
 // The running kernel's module tree, as modprobe reads it: modules.dep (each
-// loadable module with all its dependencies) and modules.builtin.
+// loadable module with all its dependencies), modules.softdep (modules loaded
+// before or after one, e.g. vfio_iommu_type1 after vfio) and modules.builtin.
 import type { Host } from "./host.ts";
 
 /** The running kernel's release, "" when it cannot be told. */
@@ -9,7 +10,7 @@ export const kernelRelease = (host: Host) => host.readTrimmed("/proc/sys/kernel/
 const plainRelease = (release: string) => /^[\w+~-][\w.+~-]*$/.test(release);
 
 /** A list of the module tree (modules.dep, modules.builtin) as its lines; [] when the release is not a plain name or the file is missing. */
-export function moduleList(host: Host, release: string, list: "modules.dep" | "modules.builtin"): string[] {
+export function moduleList(host: Host, release: string, list: "modules.dep" | "modules.softdep" | "modules.builtin"): string[] {
   if (!plainRelease(release)) return [];
   return (host.readTrimmed(`/lib/modules/${release}/${list}`) ?? "").split("\n");
 }
@@ -35,6 +36,34 @@ export function moduleDependencies(host: Host, release: string, module: string):
     if (found) return found[1]!.split(" ").filter(Boolean).map(moduleName);
   }
   return undefined;
+}
+
+/**
+ * Every module `modprobe module` may load, by name: the module, what
+ * modules.dep says it needs, and the soft dependencies (pre: and post: of
+ * modules.softdep) of each of them that modules.dep knows, with theirs in
+ * turn. Just the module when modules.dep has no line for it.
+ */
+export function moduleClosure(host: Host, module: string): string[] {
+  const release = kernelRelease(host);
+  const softdeps = new Map<string, string[]>();
+  for (const line of moduleList(host, release, "modules.softdep")) {
+    const [word, name, ...rest] = line.trim().split(/\s+/);
+    if (word === "softdep" && name) softdeps.set(moduleName(`${name}.ko`), rest.filter((each) => !each.endsWith(":")).map((each) => moduleName(`${each}.ko`)));
+  }
+  const found: string[] = [];
+  const visit = (name: string, dependencies: string[] | undefined) => {
+    if (name === "" || found.includes(name)) return;
+    found.push(name);
+    for (const each of dependencies ?? []) visit(each, moduleDependencies(host, release, each));
+    // A soft dependency this kernel does not have (vfio_iommu_spapr_tce on x86) is skipped by modprobe too.
+    for (const soft of softdeps.get(name) ?? []) {
+      const theirs = moduleDependencies(host, release, soft);
+      if (theirs !== undefined) visit(soft, theirs);
+    }
+  };
+  visit(moduleName(`${module}.ko`), moduleDependencies(host, release, module));
+  return found;
 }
 
 /**

@@ -8,7 +8,7 @@ import { VmhookError } from "./errors.ts";
 import type { Host } from "./host.ts";
 import { paths } from "./paths.ts";
 
-const { O_CREAT, O_EXCL, O_NOFOLLOW, O_RDONLY, O_WRONLY } = fs.constants;
+const { O_NOFOLLOW, O_RDONLY } = fs.constants;
 const TEMP_SUFFIX = ".tmp";
 /** write-file-atomic's temp names (vmhook before 0.2): FILE.json.HASH */
 const LEGACY_TEMP = /\.json\.[0-9a-f]{6,}$/;
@@ -66,35 +66,23 @@ export function readStateFile(host: Host, file: string, what: string): string | 
  * temp name suffices and a killed writer's leftover is simply replaced.
  */
 export function writeStateFile(host: Host, file: string, text: string): void {
-  const real = host.resolve(file);
-  const temp = `${real}${TEMP_SUFFIX}`;
-  const fd = createFresh(temp);
-  try {
-    fs.writeSync(fd, text);
-    fs.fsyncSync(fd);
-  } finally {
-    fs.closeSync(fd);
-  }
-  fs.renameSync(temp, real);
-}
-
-/** Creates `temp` anew; a leftover there (a file, a symlink) is removed first. Tried first without the removal: there is rarely one, and each syscall counts under TCG. */
-function createFresh(temp: string): number {
-  const create = () => fs.openSync(temp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, 0o600);
-  try {
-    return create();
-  } catch (error) {
-    if ((error as NodeJS.ErrnoException).code !== "EEXIST") throw error;
-  }
-  fs.rmSync(temp, { force: true });
-  return create();
+  const temp = `${file}${TEMP_SUFFIX}`;
+  host.createFile(temp, text);
+  host.rename(temp, file);
 }
 
 /** Removes FILE and a killed writer's FILE.tmp (callers hold FILE's lock, as for writes): a state file that goes leaves nothing of itself. */
 export function removeStateFile(host: Host, file: string): void {
-  const real = host.resolve(file);
-  fs.rmSync(`${real}${TEMP_SUFFIX}`, { force: true });
-  fs.rmSync(real, { force: true });
+  host.remove(`${file}${TEMP_SUFFIX}`);
+  host.remove(file);
+}
+
+/** State files in `dir` that are not there while the temp copy of them is: a writer killed between writing the copy and renaming it. */
+export function lonelyTemps(host: Host, dir: string): { file: string; temp: string }[] {
+  const names = host.list(dir);
+  return names
+    .filter((name) => name.endsWith(`.json${TEMP_SUFFIX}`) && !names.includes(name.slice(0, -TEMP_SUFFIX.length)))
+    .map((name) => ({ file: `${dir}/${name.slice(0, -TEMP_SUFFIX.length)}`, temp: `${dir}/${name}` }));
 }
 
 /** Temp files a killed hook left for this file (ours and write-file-atomic's). Call under the file's lock. */
@@ -102,6 +90,6 @@ export function removeStaleTemps(host: Host, file: string): void {
   const dir = file.slice(0, file.lastIndexOf("/"));
   const base = file.slice(dir.length + 1);
   for (const name of host.list(dir)) {
-    if (name === `${base}${TEMP_SUFFIX}` || (name.startsWith(`${base}.`) && LEGACY_TEMP.test(name))) fs.rmSync(host.resolve(`${dir}/${name}`), { force: true });
+    if (name === `${base}${TEMP_SUFFIX}` || (name.startsWith(`${base}.`) && LEGACY_TEMP.test(name))) host.remove(`${dir}/${name}`);
   }
 }

@@ -10,7 +10,7 @@ import { VmhookError } from "./errors.ts";
 import type { Host } from "./host.ts";
 import { paths } from "./paths.ts";
 import { procStat } from "./processes.ts";
-import { ensureStateDir, readStateFile, removeStateFile, writeStateFile } from "./state-files.ts";
+import { ensureStateDir, lonelyTemps, readStateFile, removeStateFile, writeStateFile } from "./state-files.ts";
 
 export interface StuckWrite {
   /** The helper process blocked in the write. */
@@ -117,9 +117,29 @@ const stillBlocked = (write: StuckWriteStatus, device: string) =>
 
 /** Removes the notes whose helper is gone; returns them. */
 export function forgetFinishedWrites(host: Host): StuckWriteStatus[] {
+  settleUnrenamedNotes(host);
   const finished = listStuckWrites(host).filter((write) => !write.running);
   for (const write of finished) forgetWrite(host, write.device);
   return finished;
+}
+
+/**
+ * A hook killed after a helper started, between writing its note's temp copy
+ * and renaming it, left the copy alone: while the helper it names runs, the
+ * copy becomes the note (the device is held); once it is gone, the copy goes.
+ * A copy that cannot be read (killed while writing it) is left for a person.
+ */
+function settleUnrenamedNotes(host: Host): void {
+  for (const { file, temp } of lonelyTemps(host, paths.stuckWrites)) {
+    let write: StuckWriteStatus | undefined;
+    try {
+      write = readStuckWrite(host, temp);
+    } catch {
+      continue;
+    }
+    if (write?.running) host.rename(temp, file);
+    else host.remove(temp);
+  }
 }
 
 /** A write that is, or was found, blocked in a driver: no caller may turn it into another error. */

@@ -8,7 +8,7 @@ import { CUSTOM_ELEMENT, loadDomainPlugins } from "../config.ts";
 import { parseDomain, storedPlugins, type Domain } from "../domain.ts";
 import { dryRun } from "../dry-run.ts";
 import { describeError, VmhookError } from "../errors.ts";
-import { RootedHost, type Host } from "../host.ts";
+import type { Host } from "../host.ts";
 import { Virsh, type Scope } from "../libvirt-client.ts";
 import { readPastedMetadata, renderHooks, repairDoubledPrefixes, shellWord, type MetadataNode } from "../metadata-text.ts";
 import { withVmhookMetadata } from "../metadata-in-domain.ts";
@@ -143,7 +143,7 @@ const domainOptions = <T>(y: Argv<T>) => libvirtOptions(y).positional("domain", 
 /** This host, libvirt, and the domain's metadata as libvirt has it now. */
 function open(args: DomainArgs) {
   const virsh = new Virsh(args.connect);
-  return { host: new RootedHost(args.root), virsh, current: readCurrent(virsh, args.domain, args) };
+  return { host: args.host, virsh, current: readCurrent(virsh, args.domain, args) };
 }
 
 interface ConfigArgs extends DomainArgs {

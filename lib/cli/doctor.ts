@@ -2,7 +2,6 @@
 // of its plugins and advice on the XML. Exit code 1 when anything fails.
 import type { CommandModule } from "yargs";
 import { runDoctor, type Finding } from "../diagnostics/doctor.ts";
-import { RootedHost } from "../host.ts";
 import type { GlobalOptions } from "./options.ts";
 import { VmhookError } from "../errors.ts";
 import { readDomainSource } from "./domain-source.ts";
@@ -34,7 +33,7 @@ export const doctorCommand: CommandModule<GlobalOptions, DoctorArgs> = {
       .option("apply", { type: "boolean", default: false, describe: "with --fix: define the changed domain, keeping the old XML in /var/lib/vmhook/backups" })
       .option("connect", { alias: "c", type: "string", describe: "libvirt URI, as virsh --connect" }),
   async handler(args) {
-    const host = new RootedHost(args.root);
+    const host = args.host;
     const domain = args.domain !== undefined ? readDomainSource(args.domain, args.connect) : undefined;
     if (args.fix || args.apply) {
       if (!domain) throw new VmhookError("--fix needs a domain: vmhook doctor --fix VM");

@@ -3,7 +3,6 @@
 // it then says what it did: the lines it logged, or why there were none.
 import * as fs from "node:fs";
 import type { CommandModule } from "yargs";
-import { RootedHost } from "../host.ts";
 import { paths } from "../paths.ts";
 import type { GlobalOptions } from "./options.ts";
 
@@ -35,7 +34,7 @@ export const hookCommand = (hookMain: HookMain): CommandModule<GlobalOptions, Ho
       .positional("subop", { type: "string", demandOption: true, describe: "begin or end" })
       .positional("extra", { type: "string", default: "-" }),
   async handler(args) {
-    const log = new RootedHost(args.root).resolve(paths.log);
+    const log = args.host.resolve(paths.log);
     const offset = logSize(log);
     const event = `${args.op} ${args.subop} of ${args.name}`;
     const code = await hookMain([args.name, args.op, args.subop, args.extra ?? "-"], args.root);

@@ -3,6 +3,7 @@
 import yargs from "yargs";
 import type { CommandModule } from "yargs";
 import { describeError, VmhookError } from "../errors.ts";
+import { RootedHost, type Host } from "../host.ts";
 import { installCommands } from "./install.ts";
 import { inspectCommands } from "./inspect.ts";
 import { recoverCommand } from "./recover.ts";
@@ -21,8 +22,12 @@ class UsageError extends Error {}
 
 export type { GlobalOptions } from "./options.ts";
 
-/** `hookMain` runs `vmhook hook`: the entry (hooks/qemu.ts) hands it over, so lib/ never imports the entry. */
-export async function runCli(args: string[], hookMain: HookMain): Promise<number> {
+/**
+ * `hookMain` runs `vmhook hook`: the entry (hooks/qemu.ts) hands it over, so
+ * lib/ never imports the entry. `hostAt` gives the host under --root that
+ * the commands act on.
+ */
+export async function runCli(args: string[], hookMain: HookMain, hostAt: (root: string) => Host = (root) => new RootedHost(root)): Promise<number> {
   const commands: CommandModule<GlobalOptions, any>[] = [...configCommands, ...installCommands, ...inspectCommands, recoverCommand, hookCommand(hookMain), pluginsCommand, iommuCommand, doctorCommand, bundleCommand];
   const usages = commands.map((command) => {
     const usage = String(command.command);
@@ -47,7 +52,11 @@ export async function runCli(args: string[], hookMain: HookMain): Promise<number
       .middleware((argv) => {
         if (argv.domain === "") argv.domain = "-";
       }, true)
-      .command(commands)
+      .middleware((argv) => {
+        argv.host = hostAt(argv.root);
+      })
+      // Every command gets GlobalOptions: host is the middleware's.
+      .command(commands as CommandModule<{ root: string; json: boolean }, any>[])
       .demandCommand(1, "name a command")
       .strict()
       .help()

@@ -4,7 +4,7 @@ import { loadDomainPlugins, type PluginInstance } from "../config.ts";
 import { parseDomain, type Domain } from "../domain.ts";
 import { describeError } from "../errors.ts";
 import { shellWord } from "../metadata-text.ts";
-import { RootedHost, type Host } from "../host.ts";
+import type { Host } from "../host.ts";
 import { runDoctor } from "../diagnostics/doctor.ts";
 import { dryRun } from "../dry-run.ts";
 import { markRefused, refusalOf } from "../plan-feasibility.ts";
@@ -34,7 +34,7 @@ const validate: CommandModule<GlobalOptions, DomainArgs> = {
       .positional("domain", { type: "string", demandOption: true, describe: DOMAIN_ARGUMENT })
       .option("connect", { alias: "c", type: "string", describe: "libvirt URI, as virsh --connect (for a domain name)" }),
   async handler(args) {
-    const host = new RootedHost(args.root);
+    const host = args.host;
     const source = readDomainSource(args.domain, args.connect);
     const domain = parseDomain(source.xml, source.source);
     const instances = await loadDomainPlugins(domain, host, registry);
@@ -89,7 +89,7 @@ const plan: CommandModule<GlobalOptions, PlanArgs> = {
       .option("event", { type: "string", choices: PLANNABLE, default: "prepare", describe: "the libvirt event to plan" })
       .option("connect", { alias: "c", type: "string", describe: "libvirt URI, as virsh --connect (for a domain name)" }),
   async handler(args) {
-    const host = new RootedHost(args.root);
+    const host = args.host;
     const source = readDomainSource(args.domain, args.connect);
     const domain = parseDomain(source.xml, source.source);
     const instances = await loadDomainPlugins(domain, host, registry);
@@ -175,7 +175,7 @@ const status: CommandModule<GlobalOptions, GlobalOptions> = {
   command: "status",
   describe: "which VM holds what, from the journals in /run/vmhook",
   async handler(args) {
-    const host = new RootedHost(args.root);
+    const host = args.host;
     // The ledger may hold what no journal does any more (a journal removed by hand): shown apart, never folded into "nothing".
     const { journals, broken, claims: claimViews, claimsError } = journalsAndClaims(host);
     const summaries = await Promise.all(journals.map((journal) => journalSummary(host, journal)));

@@ -11,7 +11,7 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import type { CommandModule } from "yargs";
 import { describeError, VmhookError } from "../errors.ts";
-import { RootedHost, type Host } from "../host.ts";
+import type { Host } from "../host.ts";
 import { listJournals } from "../journal.ts";
 import { serviceCommand } from "../host-advice.ts";
 import { paths } from "../paths.ts";
@@ -289,7 +289,7 @@ const installCommand: CommandModule<GlobalOptions, InstallArgs> = {
   describe: `install this binary as ${HOOK} (keeping an existing hook) and ${CLI_LINK}; running it again changes nothing`,
   builder: (y) => y.option("cli-link", { type: "boolean", default: true, describe: `link ${CLI_LINK} to the hook (--no-cli-link: the Debian package has /usr/bin/vmhook)` }),
   handler(args) {
-    const host = new RootedHost(args.root);
+    const host = args.host;
     report(host, args, install(host, ownBinary(), { cliLink: args["cli-link"] }));
   },
 };
@@ -302,7 +302,7 @@ const uninstallCommand: CommandModule<GlobalOptions, UninstallArgs> = {
       .option("force", { type: "boolean", default: false, describe: "even while domains hold changes" })
       .option("purge", { type: "boolean", default: false, describe: "also remove vmhook's own files: /etc/vmhook, the log, /var/lib/vmhook, /run/vmhook" }),
   handler(args) {
-    const host = new RootedHost(args.root);
+    const host = args.host;
     report(host, args, uninstall(host, args.force, args.purge));
   },
 };

@@ -2,7 +2,6 @@
 // passed through, the readable form of the usual check-iommu.sh loop.
 import type { CommandModule } from "yargs";
 import { describeDevice, readIommuGroups, type GroupDevice } from "../diagnostics/iommu.ts";
-import { RootedHost } from "../host.ts";
 import type { GlobalOptions } from "./options.ts";
 import { print, printJson } from "./output.ts";
 
@@ -18,7 +17,7 @@ export const iommuCommand: CommandModule<GlobalOptions, GlobalOptions> = {
   command: "iommu",
   describe: "list IOMMU groups and their devices, with a passthrough verdict per group",
   handler(args) {
-    const report = readIommuGroups(new RootedHost(args.root));
+    const report = readIommuGroups(args.host);
     if (args.json) {
       printJson(report);
       return;

@@ -3,7 +3,6 @@
 // are flagged with the reason (the hook refuses to run them).
 import type { CommandModule } from "yargs";
 import { listInstalledPlugins } from "../custom-plugins.ts";
-import { RootedHost } from "../host.ts";
 import { paths } from "../paths.ts";
 import { registry } from "../../plugins/index.ts";
 import type { GlobalOptions } from "./options.ts";
@@ -13,7 +12,7 @@ export const pluginsCommand: CommandModule<GlobalOptions, GlobalOptions> = {
   command: "plugins",
   describe: `list the built-in plugins and those installed in ${paths.pluginsDir}, with their metadata elements`,
   async handler(args) {
-    const host = new RootedHost(args.root);
+    const host = args.host;
     const builtin = [];
     for (const name of registry.builtinNames()) {
       const plugin = await registry.load(name, host);

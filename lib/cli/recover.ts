@@ -5,7 +5,7 @@
 import type { CommandModule } from "yargs";
 import { Deadline } from "../deadline.ts";
 import { describeError } from "../errors.ts";
-import { RootedHost, type Host } from "../host.ts";
+import type { Host } from "../host.ts";
 import { listJournals, readJournal, type Journal } from "../journal.ts";
 import { ifDomainIdle } from "../lock.ts";
 import { createLogger } from "../log.ts";
@@ -14,6 +14,7 @@ import { processInstance } from "../processes.ts";
 import { loadSettings } from "../settings.ts";
 import { undoJournal } from "../transaction.ts";
 import { forgetFinishedWrites } from "../stuck-writes.ts";
+import { lonelyTemps, removeStaleTemps } from "../state-files.ts";
 import { registry } from "../../plugins/index.ts";
 import type { GlobalOptions } from "./options.ts";
 import { print, printJson } from "./output.ts";
@@ -86,12 +87,17 @@ export const recoverCommand: CommandModule<GlobalOptions, RecoverArgs> = {
       .positional("name", { type: "string", describe: "domain name or UUID" })
       .option("force", { type: "boolean", default: false, describe: "undo even if libvirt's state says the domain still runs, or it is being started" }),
   async handler(args) {
-    const host = new RootedHost(args.root);
+    const host = args.host;
     const settings = loadSettings(host);
     const { journals, broken } = listJournals(host);
     // Helpers that were blocked in a driver and have finished since: their notes go, so the undos below may write to those devices again.
     const finished = forgetFinishedWrites(host);
     if (!args.json) for (const write of finished) print(`${write.device}: the write into driver ${write.driver} that did not return has finished since (pid ${write.pid} is gone)`);
+    // A hook killed writing its domain's first journal left only the temp copy: nothing to undo; it goes under the domain's lock, as the next hook's would.
+    for (const { file } of lonelyTemps(host, paths.stateDir)) {
+      const uuid = file.slice(paths.stateDir.length + 1, -".json".length);
+      if (PATTERNS.uuid.test(uuid) && (!args.name || args.name.toLowerCase() === uuid)) await ifDomainIdle(host, uuid, async () => removeStaleTemps(host, file));
+    }
     const chosen = journals.filter((j) => !args.name || j.domain.name === args.name || j.domain.uuid === args.name.toLowerCase());
     const results = [];
     for (const journal of chosen) {

@@ -3,7 +3,7 @@
 // vfio-pci as it registers, or by drivers_probe); extra modules load last.
 // Each undo puts one thing back and checks that it is back.
 import { writeThroughDriver } from "../../lib/bounded-write.ts";
-import { kernelRelease, moduleDependencies, moduleMissing, moduleName } from "../../lib/kernel-modules.ts";
+import { kernelRelease, moduleClosure, moduleMissing } from "../../lib/kernel-modules.ts";
 import { VmhookError } from "../../lib/errors.ts";
 import { readForMessage, type Host } from "../../lib/host.ts";
 import { PCI_DRIVERS, pciDriver, pciDriverRegistered, pciExists, pciPath } from "../../lib/pci.ts";
@@ -209,14 +209,12 @@ interface LoadRecord extends UndoRecord {
 const loadedClaim = (module: string) => `loaded:${module.replace(/-/g, "_")}`;
 
 /**
- * What `modprobe module` loads that is not loaded yet: the module and the
- * dependencies the running kernel's modules.dep lists for it (all of them, as
- * depmod writes it), as /proc/modules names them; just the module when
- * modules.dep does not say.
+ * What `modprobe module` may load that is not loaded yet (lib/kernel-modules.ts:
+ * the module, its modules.dep dependencies and their soft dependencies), as
+ * /proc/modules names them.
  */
 function modulesToLoad(host: Host, module: string): string[] {
-  const all = [moduleName(`${module}.ko`), ...(moduleDependencies(host, kernelRelease(host), module) ?? [])];
-  return all.filter((each) => each !== "" && !moduleLoaded(host, each));
+  return moduleClosure(host, module).filter((each) => !moduleLoaded(host, each));
 }
 
 function loadModulesStep(module: string, bindTimeoutMs: number, host: Host): Step<LoadRecord> {

@@ -64,6 +64,7 @@ export interface SimUserManager {
 }
 
 const DEV = "/sys/bus/pci/devices";
+const RELEASE = "6.1.0-sim";
 const FBIOPUT_CON2FBMAP = 0x4610;
 const DRIVERS = "/sys/bus/pci/drivers";
 
@@ -100,7 +101,7 @@ export class GpuKernel {
   constructor(options: { systemd?: boolean; builtinConsole?: boolean } = {}) {
     const sim = this.sim;
     const builtinConsole = options.builtinConsole ?? true;
-    sim.dir("/var/log").dir("/run/vmhook").dir("/proc").dir("/dev/vfio").dir(DRIVERS).file("/proc/modules", "");
+    sim.dir("/var/log").dir("/run/vmhook").dir("/proc").dir("/dev/vfio").dir(DRIVERS).file("/proc/modules", "").file("/proc/sys/kernel/osrelease", RELEASE);
     if (options.systemd ?? true) sim.dir("/run/systemd/system");
     this.module({ name: "vfio", post: ["vfio_iommu_type1"] }).module({ name: "vfio_iommu_type1", uses: ["vfio"] }).module({ name: "vfio_pci_core", uses: ["vfio"] }).module({ name: "vfio_pci", uses: ["vfio_pci_core"], driver: "vfio-pci" });
     sim.file("/sys/bus/pci/drivers_probe");
@@ -134,7 +135,7 @@ export class GpuKernel {
     });
     sim.onExec("modprobe", ([name]) => {
       const module = name!.replace(/-/g, "_");
-      if (this.brokenModules.has(module) || !this.modules.has(module)) return { status: 1, stderr: `modprobe: FATAL: Module ${name} not found in directory /lib/modules/6.1.0-sim` };
+      if (this.brokenModules.has(module) || !this.modules.has(module)) return { status: 1, stderr: `modprobe: FATAL: Module ${name} not found in directory /lib/modules/${RELEASE}` };
       this.load(module);
     });
     // kmod's rmmod: each name in order; one that fails is reported and the rest still go.
@@ -155,15 +156,25 @@ export class GpuKernel {
       else return { status: 1, stderr: `unknown verb ${verb}` };
     });
     // modinfo -n NAME: found when the module is in the tree (loaded or not).
-    sim.onExec("modinfo", (args) => (this.modules.has(args[args.length - 1]!.replace(/-/g, "_")) ? { stdout: "/lib/modules/6.1.0-sim/extra/module.ko\n" } : { status: 1, stderr: `modinfo: ERROR: Module ${args[args.length - 1]} not found.` }));
+    sim.onExec("modinfo", (args) => (this.modules.has(args[args.length - 1]!.replace(/-/g, "_")) ? { stdout: `/lib/modules/${RELEASE}/extra/module.ko\n` } : { status: 1, stderr: `modinfo: ERROR: Module ${args[args.length - 1]} not found.` }));
   }
 
   // ---- building the host ----
 
   module(spec: SimModule): this {
     this.modules.set(spec.name, { ...spec });
+    this.writeModuleTree();
     if (spec.loaded) this.load(spec.name);
     return this;
+  }
+
+  /** modules.dep (every module with all it uses, as depmod writes it) and modules.softdep (the modules modprobe loads after one: `post`). */
+  private writeModuleTree(): void {
+    const file = (name: string) => `kernel/sim/${name.replace(/_/g, "-")}.ko`;
+    const uses = (name: string): string[] => (this.modules.get(name)?.uses ?? []).flatMap((dep) => [dep, ...uses(dep)]);
+    const modules = [...this.modules.values()];
+    this.sim.file(`/lib/modules/${RELEASE}/modules.dep`, modules.map((m) => `${file(m.name)}: ${[...new Set(uses(m.name))].map(file).join(" ")}`.trimEnd()).join("\n"));
+    this.sim.file(`/lib/modules/${RELEASE}/modules.softdep`, modules.filter((m) => m.post).map((m) => `softdep ${m.name} post: ${m.post!.join(" ")}`).join("\n"));
   }
 
   device(spec: SimPciDevice): this {
@@ -466,4 +477,24 @@ export class GpuKernel {
         return { status: 1, stderr: `unknown verb ${verb}` };
     }
   }
+}
+
+/** A desktop with one NVIDIA card (GPU 0000:01:00.0 + HDMI audio 0000:01:00.1 behind a root port), GDM on it, efifb and fbcon. */
+export function nvidiaDesktop(): GpuKernel {
+  return new GpuKernel()
+    .module({ name: "nvidia", driver: "nvidia", loaded: true })
+    .module({ name: "nvidia_modeset", uses: ["nvidia"], loaded: true })
+    .module({ name: "nvidia_uvm", uses: ["nvidia"], loaded: true })
+    .module({ name: "nvidia_drm", uses: ["nvidia_modeset"], loaded: true })
+    .module({ name: "snd_hda_intel", driver: "snd_hda_intel", loaded: true })
+    .device({ address: "0000:00:00.0", classCode: "0x060000", vendor: "0x8086", group: 0 })
+    .device({ address: "0000:00:01.0", classCode: "0x060400", vendor: "0x8086", group: 1 })
+    .device({ address: "0000:01:00.0", classCode: "0x030000", vendor: "0x10de", nativeDriver: "nvidia", group: 1, bootVga: true, nodes: ["card0", "renderD128"], resetMethod: "bus" })
+    .device({ address: "0000:01:00.1", classCode: "0x040300", vendor: "0x10de", nativeDriver: "snd_hda_intel", group: 1 })
+    .vtconsole("vtcon0", "(S) dummy device", false)
+    .vtconsole("vtcon1", "(M) frame buffer device", true)
+    .platformFramebuffer("efi-framebuffer", "efi-framebuffer.0")
+    .unit({ name: "display-manager.service", active: true, processes: { 500: ["Xorg", ["/dev/nvidia0", "/dev/nvidiactl", "/dev/dri/card0"]], 501: ["gdm", ["/dev/null"]] } })
+    .unit({ name: "nvidia-persistenced.service", active: true, processes: { 600: ["nvidia-persiste", ["/dev/nvidiactl"]] } })
+    .process(1, "systemd", ["/dev/null"]);
 }

@@ -13,6 +13,9 @@ export type ExecHandler = (args: string[], sim: SimHost, options: ExecOptions) =
 /** The reading system calls a test can make fail: read(2) behind read and readTrimmed, readdir(2) behind list, readlink(2). */
 type ReadCall = "read" | "list" | "readlink" | "stat" | "exists";
 
+/** What every host operation of a hook killed by killAtChange() throws: a killed process does nothing more. */
+export class ProcessKilled extends Error {}
+
 export class SimHost extends RootedHost {
   /** Every write and exec, in order: what a test asserts on. */
   readonly writes: { path: string; data: string }[] = [];
@@ -28,9 +31,33 @@ export class SimHost extends RootedHost {
   /** Writes whose helper hangs in a driver: they take effect at finishHungWrites(). */
   readonly hung: { pid: number; path: string; data: string }[] = [];
   private nextPid = 4000;
+  /**
+   * Every state-changing operation of the hook, in order ("write PATH",
+   * "run modprobe vfio-pci", "create /run/vmhook/UUID.json.tmp", ...). What
+   * the simulated kernel and programs do on their behalf is not the hook's.
+   */
+  readonly changes: string[] = [];
+  private killAt: number | undefined;
+  /** The operation the hook was killed at; from then on every operation throws ProcessKilled. */
+  private killedAt: string | undefined;
+  /** Above 0 while the simulated kernel or a program acts: its own operations are never killed. */
+  private kernelDepth = 0;
+
+  /** Where hosts are built: the temporary directory, or RAM inside inMemory(). */
+  private static parent: string | undefined;
 
   constructor() {
-    super(fs.mkdtempSync(path.join(os.tmpdir(), "vmhook-sim-")));
+    super(fs.mkdtempSync(path.join(SimHost.parent ?? os.tmpdir(), "vmhook-sim-")));
+  }
+
+  /** Runs `build` with every SimHost it creates in RAM (/dev/shm), for tests that build hundreds: on a disk, their metadata writes cost most of the time. Call cleanup() on each. */
+  static inMemory<T>(build: () => T): T {
+    SimHost.parent = fs.existsSync("/dev/shm") ? "/dev/shm" : undefined;
+    try {
+      return build();
+    } finally {
+      SimHost.parent = undefined;
+    }
   }
 
   /** Creates a file (and its parent directories) with this content. */
@@ -64,6 +91,11 @@ export class SimHost extends RootedHost {
   onExec(command: string, handler: ExecHandler): this {
     this.execHandlers.set(command, handler);
     return this;
+  }
+
+  /** The simulated program now behind `command`, for one that adds to it. */
+  execHandler(command: string): ExecHandler | undefined {
+    return this.execHandlers.get(command);
   }
 
   /** Simulated driver behaviour for ioctl(2) on matching files (the handler added last wins); any other ioctl fails with ENOTTY. */
@@ -123,6 +155,45 @@ export class SimHost extends RootedHost {
     }
   }
 
+  /** The hook is killed (kill -9) at its `n`-th state-changing operation from now: that one and everything after it throw ProcessKilled. */
+  killAtChange(n: number): void {
+    this.changes.length = 0;
+    this.killAt = n;
+    this.killedAt = undefined;
+  }
+
+  /** The host as the next process finds it: nothing is killed any more. Returns the operation the kill stopped, if it was reached. */
+  revive(): string | undefined {
+    const killedAt = this.killedAt;
+    this.killAt = this.killedAt = undefined;
+    return killedAt;
+  }
+
+  /** A state-changing operation of the hook is about to happen: counted, or refused when the hook is (now) killed. */
+  private change(what: string): void {
+    if (this.kernelDepth > 0) return;
+    this.stillAlive();
+    this.changes.push(what);
+    if (this.changes.length === this.killAt) {
+      this.killedAt = what;
+      this.stillAlive();
+    }
+  }
+
+  private stillAlive(): void {
+    if (this.killedAt !== undefined && this.kernelDepth === 0) throw new ProcessKilled(`the hook was killed at: ${this.killedAt}`);
+  }
+
+  /** The simulated kernel or a program at work: what it does goes on whether the hook lives or not. */
+  private asKernel<T>(work: () => T): T {
+    this.kernelDepth++;
+    try {
+      return work();
+    } finally {
+      this.kernelDepth--;
+    }
+  }
+
   clearFailures(): void {
     this.failures.length = 0;
     this.readFailures.length = 0;
@@ -155,12 +226,18 @@ export class SimHost extends RootedHost {
   }
 
   private failIfAsked(call: ReadCall, hostPath: string): void {
+    this.stillAlive();
     const failure = this.readFailures.find((f) => f.call === call && matches(f.match, hostPath));
     if (failure) throw Object.assign(new Error(`${failure.code}: simulated failure of ${call} on ${hostPath}`), { code: failure.code });
   }
 
   /** Writes as the kernel would take them: the file must exist (sysfs never creates files). */
   override write(hostPath: string, data: string): void {
+    this.change(`write "${data.trim()}" to ${hostPath}`);
+    this.asKernel(() => this.kernelWrite(hostPath, data));
+  }
+
+  private kernelWrite(hostPath: string, data: string): void {
     const failure = this.failures.find((f) => matches(f.match, hostPath));
     if (failure) {
       const error = new Error(`${failure.error}: simulated failure writing ${hostPath}`) as NodeJS.ErrnoException;
@@ -178,19 +255,29 @@ export class SimHost extends RootedHost {
     super.write(hostPath, data);
   }
 
-  /** As the kernel would take it, in a simulated helper process; one that hangs appears in /proc in D state. */
+  /** As the kernel would take it, in a simulated helper process; one that hangs appears in /proc in D state. Once started, the helper writes whatever becomes of the hook. */
   override async writeInHelper(hostPath: string, data: string, _timeoutMs: number, started: (pid: number) => void): Promise<HelperWrite> {
+    this.change(`start a helper writing "${data}" to ${hostPath}`);
     const pid = this.nextPid++;
-    if (this.hangs.some((hang) => matches(hang.match, hostPath) && (hang.data === undefined || hang.data === data))) {
-      this.file(`/proc/${pid}/stat`, `${pid} (sh) D 1 ${pid} ${pid} 0 -1 4194304 0 0 0 0 0 0 0 0 20 0 1 0 ${pid * 10} 2314240 1`);
+    const hangs = this.hangs.some((hang) => matches(hang.match, hostPath) && (hang.data === undefined || hang.data === data));
+    // Running while it writes: the note taken at its start sees a live helper.
+    const [comm, state] = hangs ? ["sh", "D"] : ["dd", "R"];
+    this.file(`/proc/${pid}/stat`, `${pid} (${comm}) ${state} 1 ${pid} ${pid} 0 -1 4194304 0 0 0 0 0 0 0 0 20 0 1 0 ${pid * 10} 2314240 1`);
+    let result: HelperWrite;
+    try {
       started(pid);
+    } finally {
+      result = this.asKernel(() => this.helperWrites(pid, hostPath, data, hangs));
+    }
+    return result;
+  }
+
+  private helperWrites(pid: number, hostPath: string, data: string, hangs: boolean): HelperWrite {
+    if (hangs) {
       this.writes.push({ path: hostPath, data });
       this.hung.push({ pid, path: hostPath, data });
       return { done: false, pid };
     }
-    // Running while it writes: the note taken at its start sees a live helper.
-    this.file(`/proc/${pid}/stat`, `${pid} (dd) R 1 ${pid} ${pid} 0 -1 4194304 0 0 0 0 0 0 0 0 20 0 1 0 ${pid * 10} 2314240 1`);
-    started(pid);
     try {
       this.write(hostPath, data);
       return { done: true };
@@ -202,6 +289,11 @@ export class SimHost extends RootedHost {
   }
 
   override async ioctl(hostPath: string, request: number, argument: Uint8Array): Promise<void> {
+    this.change(`ioctl 0x${request.toString(16)} on ${hostPath}`);
+    this.asKernel(() => this.kernelIoctl(hostPath, request, argument));
+  }
+
+  private kernelIoctl(hostPath: string, request: number, argument: Uint8Array): void {
     this.ioctls.push({ path: hostPath, request, argument: [...argument] });
     const handler = [...this.ioctlHandlers].reverse().find((h) => matches(h.match, hostPath));
     if (!this.exists(hostPath)) throw Object.assign(new Error(`ENOENT: no such file ${hostPath}`), { code: "ENOENT" });
@@ -210,6 +302,11 @@ export class SimHost extends RootedHost {
   }
 
   override exec(command: string, args: string[], options: ExecOptions): ExecResult {
+    this.change(`run ${[command, ...args].join(" ")}`);
+    return this.asKernel(() => this.runProgram(command, args, options));
+  }
+
+  private runProgram(command: string, args: string[], options: ExecOptions): ExecResult {
     this.execs.push({ command, args });
     const handler = this.execHandlers.get(command);
     if (!handler) return { status: null, signal: null, stdout: "", stderr: "", timedOut: false, error: `${command}: not found` };
@@ -218,10 +315,40 @@ export class SimHost extends RootedHost {
 
   /** The program is recorded when it starts and runs a macrotask later, so that what the caller does meanwhile comes first, as with a real child. */
   override async execAsync(command: string, args: string[], options: ExecOptions): Promise<ExecResult> {
+    this.change(`start ${[command, ...args].join(" ")}`);
     const started = this.execs.length;
-    const result = await new Promise<ExecResult>((resolve) => setTimeout(() => resolve(this.exec(command, args, options)), 0));
+    // Once started, the program runs to its end whatever becomes of the hook.
+    const result = await new Promise<ExecResult>((resolve) => setTimeout(() => resolve(this.asKernel(() => this.exec(command, args, options))), 0));
     this.execs.splice(started, 0, this.execs.pop()!);
     return result;
+  }
+
+  override mkdir(hostPath: string): void {
+    this.change(`mkdir ${hostPath}`);
+    super.mkdir(hostPath);
+  }
+
+  override remove(hostPath: string): void {
+    this.change(`remove ${hostPath}`);
+    super.remove(hostPath);
+  }
+
+  override createFile(hostPath: string, text: string): void {
+    this.change(`create ${hostPath}`);
+    super.createFile(hostPath, text);
+  }
+
+  /** A simulated host never outlives a power loss: no fsync, which costs milliseconds on a disk. */
+  protected override flush(): void {}
+
+  override rename(from: string, to: string): void {
+    this.change(`rename ${from} to ${to}`);
+    super.rename(from, to);
+  }
+
+  override sleep(ms: number): void {
+    this.stillAlive();
+    super.sleep(ms);
   }
 
   /** Every file and link under the root except vmhook's own state and log: compare before/after. */
@@ -244,11 +371,11 @@ export class SimHost extends RootedHost {
     return result;
   }
 
-  /** Files under /run/vmhook (journals, shared state, lock excluded). */
+  /** Files under /run/vmhook: journals, claims, shared state, notes, and the temp copy of one a killed writer left (locks excluded). */
   stateFiles(): string[] {
     const dir = this.resolve("/run/vmhook");
     if (!fs.existsSync(dir)) return [];
-    return fs.readdirSync(dir, { recursive: true }).map(String).filter((f) => f.endsWith(".json")).sort();
+    return fs.readdirSync(dir, { recursive: true }).map(String).filter((f) => /\.json(\.tmp)?$/.test(f)).sort();
   }
 
   cleanup(): void {

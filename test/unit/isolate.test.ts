@@ -15,7 +15,8 @@ import { loadSettings } from "../../lib/settings.ts";
 import { undoJournal, type RunEnvironment } from "../../lib/transaction.ts";
 import { registry as builtins } from "../../plugins/index.ts";
 import { runHookEvent, type HookOutcome } from "../helpers/hook.ts";
-import { SimHost } from "../helpers/simhost.ts";
+import type { SimHost } from "../helpers/simhost.ts";
+import { baseHost, cgroupHost, systemdHost } from "../helpers/cpu-hosts.ts";
 import { assertPlanIsPrepare } from "../helpers/plan.ts";
 
 const UUIDS = ["11111111-1111-4111-8111-111111111111", "22222222-2222-4222-8222-222222222222", "33333333-3333-4333-8333-333333333333"];
@@ -43,66 +44,6 @@ const vmB: VmSpec = { name: "vmB", uuid: UUIDS[1]!, isolate: "", pins: ["4", "5"
 
 const prepare = (sim: SimHost, vm: VmSpec) => runHookEvent(sim, "prepare", "begin", domainXml(vm), vm.name);
 const release = (sim: SimHost, vm: VmSpec) => runHookEvent(sim, "release", "end", domainXml(vm), vm.name);
-
-/** An 8-CPU host with cgroup v2, cpufreq, a workqueue mask and three IRQs (IRQ 0 refuses to move). */
-function baseHost(options: { online?: string } = {}): SimHost {
-  const sim = new SimHost().dir("/var/log").dir("/run").file("/sys/devices/system/cpu/present", "0-7").file("/sys/devices/system/cpu/online", options.online ?? "0-7");
-  for (let cpu = 0; cpu < 8; cpu++) {
-    sim.file(`/sys/devices/system/cpu/cpu${cpu}/cpufreq/scaling_governor`, "schedutil");
-    sim.file(`/sys/devices/system/cpu/cpu${cpu}/cpufreq/scaling_available_governors`, "performance powersave schedutil");
-  }
-  sim.file("/sys/fs/cgroup/cgroup.controllers", "cpuset cpu io memory pids");
-  sim.file("/sys/devices/virtual/workqueue/cpumask", "ff");
-  sim.file("/proc/irq/default_smp_affinity", "ff");
-  sim.file("/proc/irq/0/smp_affinity_list", "0-7").failWrite("/proc/irq/0/smp_affinity_list", "EIO");
-  sim.file("/proc/irq/16/smp_affinity_list", "0-7");
-  sim.file("/proc/irq/17/smp_affinity_list", "3");
-  return sim;
-}
-
-/** systemd as PID 1, with a systemctl that keeps AllowedCPUs per unit and records every call. */
-function systemdHost(allowed: Record<string, string> = {}): { sim: SimHost; units: Record<string, string> } {
-  const units: Record<string, string> = { "system.slice": "", "user.slice": "", "init.scope": "", ...allowed };
-  const sim = baseHost().file("/proc/1/comm", "systemd");
-  sim.onExec("systemctl", (args) => {
-    if (args[0] === "show") return { stdout: `AllowedCPUs=${units[args[3]!] ?? ""}\n` };
-    if (args[0] === "set-property") {
-      units[args[2]!] = args[3]!.replace(/^AllowedCPUs=/, "");
-      return {};
-    }
-    return { status: 1, stderr: `unexpected systemctl ${args.join(" ")}` };
-  });
-  return { sim, units };
-}
-
-/** No systemd: busybox init, a cgroup tree with host groups and libvirt's machine group. */
-function cgroupHost(): SimHost {
-  const sim = baseHost().file("/proc/1/comm", "init");
-  sim.file("/sys/fs/cgroup/cgroup.subtree_control", "cpu memory pids").file("/sys/fs/cgroup/cpuset.cpus.effective", "0-7");
-  for (const group of ["user", "machine"]) sim.file(`/sys/fs/cgroup/${group}/cgroup.procs`, "");
-  sim.file("/sys/fs/cgroup/system.slice/cgroup.procs", "123");
-  // As the kernel: a group with processes cannot get an empty cpuset.cpus back once it had CPUs.
-  sim.onWrite(/^\/sys\/fs\/cgroup\/[^/]+\/cpuset\.cpus$/, (data, hostPath, host) => {
-    if (!host.exists(hostPath)) throw Object.assign(new Error(`ENOENT: ${hostPath}`), { code: "ENOENT" });
-    const populated = host.read(hostPath.replace(/cpuset\.cpus$/, "cgroup.procs")).trim() !== "";
-    if (data === "" && populated && host.read(hostPath).trim() !== "") throw Object.assign(new Error("ENOSPC: no space left on device"), { code: "ENOSPC" });
-    fs.writeFileSync(host.resolve(hostPath), `${data}\n`);
-  });
-  // The kernel's subtree_control: +cpuset makes cpuset.cpus appear (empty) in every child, -cpuset removes them.
-  sim.onWrite("/sys/fs/cgroup/cgroup.subtree_control", (data, hostPath, host) => {
-    const enabled = new Set(host.read(hostPath).trim().split(/\s+/).filter(Boolean));
-    const children = host.list("/sys/fs/cgroup").filter((name) => host.stat(`/sys/fs/cgroup/${name}`)?.isDirectory);
-    if (data === "+cpuset") {
-      if (!enabled.has("cpuset")) for (const child of children) host.file(`/sys/fs/cgroup/${child}/cpuset.cpus`, "\n");
-      enabled.add("cpuset");
-    } else if (data === "-cpuset") {
-      enabled.delete("cpuset");
-      for (const child of children) host.remove(`/sys/fs/cgroup/${child}/cpuset.cpus`);
-    } else throw new Error(`unexpected subtree_control write ${data}`);
-    fs.writeFileSync(host.resolve(hostPath), `${[...enabled].join(" ")}\n`);
-  });
-  return sim;
-}
 
 const read = (sim: SimHost, path: string) => sim.readTrimmed(path);
 const systemctlCalls = (sim: SimHost) => sim.execs.filter((e) => e.command === "systemctl").map((e) => e.args.join(" "));

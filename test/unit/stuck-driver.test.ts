@@ -197,6 +197,34 @@ test("every write into a driver is noted while its helper runs (a hook killed me
   kernel.sim.cleanup();
 });
 
+test("a hook killed between its note's temp copy and the rename: recover keeps the copy as the note while the helper is blocked, drops it once the driver returned", async () => {
+  const noted = `rename ${paths.stuckWrite(GPU)}.tmp to ${paths.stuckWrite(GPU)}`;
+  const probe = workstation();
+  probe.sim.hangWrite(UNBIND).changes.length = 0;
+  await runHookEvent(probe.sim, "prepare", "begin", XML, "win11");
+  const killAt = probe.sim.changes.indexOf(noted) + 1;
+  probe.sim.cleanup();
+  assert.ok(killAt > 0);
+
+  const kernel = workstation();
+  kernel.sim.hangWrite(UNBIND).killAtChange(killAt);
+  await runHookEvent(kernel.sim, "prepare", "begin", XML, "win11");
+  assert.is(kernel.sim.revive(), noted);
+  assert.equal(kernel.sim.list(paths.stuckWrites), [`${GPU}.json.tmp`]);
+  const blocked = await cli(["recover", "--force", "--root", kernel.sim.root], kernel.sim);
+  assert.is(blocked.code, 1);
+  assert.match(blocked.stderr, `${GPU}: driver amdgpu did not return from writing "${GPU}" to ${UNBIND}`);
+  assert.equal(kernel.sim.list(paths.stuckWrites), [`${GPU}.json`], "the copy is the note: the device is held");
+
+  kernel.sim.finishHungWrites();
+  const recovered = await cli(["recover", "--force", "--root", kernel.sim.root], kernel.sim);
+  assert.is(recovered.code, 0, recovered.stderr);
+  assert.equal(kernel.sim.list(paths.stuckWrites), []);
+  assert.is(kernel.driverOf(GPU), "amdgpu");
+  assert.equal(kernel.sim.stateFiles(), []);
+  kernel.sim.cleanup();
+});
+
 test("RootedHost.writeInHelper: writes through dd, nothing parsed by a shell; reports the kernel's error; leaves a helper that blocks", async () => {
   const root = fs.mkdtempSync(path.join(os.tmpdir(), "vmhook-helper-"));
   const host = new RootedHost(root);

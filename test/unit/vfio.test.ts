@@ -13,7 +13,7 @@ import { paths } from "../../lib/paths.ts";
 import { DEFAULT_SETTINGS } from "../../lib/settings.ts";
 import { undoJournal } from "../../lib/transaction.ts";
 import { registry } from "../../plugins/index.ts";
-import { GpuKernel } from "../helpers/gpu-kernel.ts";
+import { GpuKernel, nvidiaDesktop } from "../helpers/gpu-kernel.ts";
 import { runHookEvent } from "../helpers/hook.ts";
 import { assertPlanIsPrepare, plannedSteps } from "../helpers/plan.ts";
 
@@ -33,26 +33,6 @@ function domainXml(vfio: string, hostdevs: { address: string; managed?: boolean 
 
 function settings(kernel: GpuKernel, vfio: Record<string, unknown>): void {
   kernel.sim.file("/etc/vmhook/vmhook.json", JSON.stringify({ plugins: { vfio } }));
-}
-
-/** A desktop with one NVIDIA card (GPU + HDMI audio behind a root port), GDM on it, efifb and fbcon. */
-function nvidiaDesktop(): GpuKernel {
-  return new GpuKernel()
-    .module({ name: "nvidia", driver: "nvidia", loaded: true })
-    .module({ name: "nvidia_modeset", uses: ["nvidia"], loaded: true })
-    .module({ name: "nvidia_uvm", uses: ["nvidia"], loaded: true })
-    .module({ name: "nvidia_drm", uses: ["nvidia_modeset"], loaded: true })
-    .module({ name: "snd_hda_intel", driver: "snd_hda_intel", loaded: true })
-    .device({ address: "0000:00:00.0", classCode: "0x060000", vendor: "0x8086", group: 0 })
-    .device({ address: "0000:00:01.0", classCode: "0x060400", vendor: "0x8086", group: 1 })
-    .device({ address: GPU, classCode: "0x030000", vendor: "0x10de", nativeDriver: "nvidia", group: 1, bootVga: true, nodes: ["card0", "renderD128"], resetMethod: "bus" })
-    .device({ address: AUDIO, classCode: "0x040300", vendor: "0x10de", nativeDriver: "snd_hda_intel", group: 1 })
-    .vtconsole("vtcon0", "(S) dummy device", false)
-    .vtconsole("vtcon1", "(M) frame buffer device", true)
-    .platformFramebuffer("efi-framebuffer", "efi-framebuffer.0")
-    .unit({ name: "display-manager.service", active: true, processes: { 500: ["Xorg", ["/dev/nvidia0", "/dev/nvidiactl", "/dev/dri/card0"]], 501: ["gdm", ["/dev/null"]] } })
-    .unit({ name: "nvidia-persistenced.service", active: true, processes: { 600: ["nvidia-persiste", ["/dev/nvidiactl"]] } })
-    .process(1, "systemd", ["/dev/null"]);
 }
 
 /** A workstation: an AMD GPU for the VM (group 1), an Intel iGPU for the host (boot VGA), a USB controller (group 7). */
@@ -230,11 +210,11 @@ test("vfio-pci already registered: nothing loads, and the GPU is probed after it
   ]);
 });
 
-test("the load of vfio-pci is journaled, before modprobe runs, with all that modprobe loads (modules.dep), so a hook killed meanwhile leaves a journal that unloads it all", async () => {
+test("the load of vfio-pci is journaled, before modprobe runs, with all that modprobe loads (modules.dep, and modules.softdep: vfio_iommu_type1 after vfio), so a hook killed meanwhile leaves a journal that unloads it all", async () => {
   const kernel = bochsGuest();
   kernel.sim.file("/proc/sys/kernel/osrelease", "6.1.0-sim").file(
     "/lib/modules/6.1.0-sim/modules.dep",
-    "kernel/drivers/gpu/drm/tiny/bochs.ko: kernel/drivers/gpu/drm/drm.ko\nkernel/drivers/vfio/pci/vfio-pci.ko: kernel/drivers/vfio/pci/vfio-pci-core.ko kernel/drivers/vfio/vfio.ko\n",
+    "kernel/drivers/gpu/drm/tiny/bochs.ko: kernel/drivers/gpu/drm/drm.ko\nkernel/drivers/vfio/pci/vfio-pci.ko: kernel/drivers/vfio/pci/vfio-pci-core.ko kernel/drivers/vfio/vfio.ko\nkernel/drivers/vfio/vfio.ko:\nkernel/drivers/vfio/vfio_iommu_type1.ko: kernel/drivers/vfio/vfio.ko\n",
   );
   let journaled: unknown;
   const exec = kernel.sim.exec.bind(kernel.sim);
@@ -245,7 +225,7 @@ test("the load of vfio-pci is journaled, before modprobe runs, with all that mod
   const before = kernel.sim.snapshot();
   const xml = domainXml("<vmhook:vfio/>");
   assert.is((await runHookEvent(kernel.sim, "prepare", "begin", xml)).code, 0);
-  assert.equal(journaled, ["vfio_pci", "vfio_pci_core", "vfio"]);
+  assert.equal(journaled, ["vfio_pci", "vfio_pci_core", "vfio", "vfio_iommu_type1"]);
   assert.equal(readJournal(kernel.sim, UUID)!.entries.find((entry) => entry.undo.action === "load-modules")?.undo.modules, ["vfio", "vfio_iommu_type1", "vfio_pci_core", "vfio_pci"], "after modprobe: what it did load");
   assert.is((await runHookEvent(kernel.sim, "release", "end", xml)).code, 0);
   assert.equal(kernel.sim.snapshot(), before);

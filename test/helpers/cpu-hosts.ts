@@ -1,0 +1,87 @@
+// Simulated hosts for CPU isolation: 8 CPUs with cgroup v2, cpufreq, the
+// workqueue mask and IRQs; systemd as PID 1 (a systemctl keeping AllowedCPUs
+// per unit), or busybox init with a cgroup tree whose files behave as the
+// kernel's.
+import * as fs from "node:fs";
+import { SimHost } from "./simhost.ts";
+
+/** An 8-CPU host with cgroup v2, cpufreq, a workqueue mask and three IRQs (IRQ 0 refuses to move). */
+export function baseHost(options: { online?: string } = {}): SimHost {
+  return withCpus(new SimHost().dir("/var/log").dir("/run"), options);
+}
+
+/** The CPUs of baseHost on `sim`. */
+export function withCpus(sim: SimHost, options: { online?: string } = {}): SimHost {
+  sim.file("/sys/devices/system/cpu/present", "0-7").file("/sys/devices/system/cpu/online", options.online ?? "0-7");
+  for (let cpu = 0; cpu < 8; cpu++) {
+    sim.file(`/sys/devices/system/cpu/cpu${cpu}/cpufreq/scaling_governor`, "schedutil");
+    sim.file(`/sys/devices/system/cpu/cpu${cpu}/cpufreq/scaling_available_governors`, "performance powersave schedutil");
+  }
+  sim.file("/sys/fs/cgroup/cgroup.controllers", "cpuset cpu io memory pids");
+  sim.file("/sys/devices/virtual/workqueue/cpumask", "ff");
+  sim.file("/proc/irq/default_smp_affinity", "ff");
+  sim.file("/proc/irq/0/smp_affinity_list", "0-7").failWrite("/proc/irq/0/smp_affinity_list", "EIO");
+  sim.file("/proc/irq/16/smp_affinity_list", "0-7");
+  sim.file("/proc/irq/17/smp_affinity_list", "3");
+  return sim;
+}
+
+/** systemd as PID 1, with a systemctl that keeps AllowedCPUs per unit and records every call. */
+export function systemdHost(allowed: Record<string, string> = {}): { sim: SimHost; units: Record<string, string> } {
+  const sim = baseHost().file("/proc/1/comm", "systemd");
+  return { sim, units: systemdAllowedCpus(sim, allowed) };
+}
+
+/**
+ * systemd's AllowedCPUs of system.slice, user.slice and init.scope (and
+ * `allowed`), as systemctl show -p AllowedCPUs and set-property see them; the
+ * other verbs go to the systemctl `sim` had. Returns the units' values.
+ */
+export function systemdAllowedCpus(sim: SimHost, allowed: Record<string, string> = {}): Record<string, string> {
+  const units: Record<string, string> = { "system.slice": "", "user.slice": "", "init.scope": "", ...allowed };
+  // As systemd: the unit's AllowedCPUs is its cgroup's cpuset.cpus, where the host snapshot sees it.
+  const keep = (unit: string, value: string) => {
+    units[unit] = value;
+    sim.file(`/sys/fs/cgroup/${unit}/cpuset.cpus`, value);
+  };
+  for (const [unit, value] of Object.entries(units)) keep(unit, value);
+  const other = sim.execHandler("systemctl");
+  sim.onExec("systemctl", (args, host, options) => {
+    if (args[0] === "show" && args[2] === "AllowedCPUs") return { stdout: `AllowedCPUs=${units[args[3]!] ?? ""}\n` };
+    if (args[0] === "set-property") {
+      keep(args[2]!, args[3]!.replace(/^AllowedCPUs=/, ""));
+      return {};
+    }
+    return other ? other(args, host, options) : { status: 1, stderr: `unexpected systemctl ${args.join(" ")}` };
+  });
+  return units;
+}
+
+/** No systemd: busybox init, a cgroup tree with host groups and libvirt's machine group. */
+export function cgroupHost(): SimHost {
+  const sim = baseHost().file("/proc/1/comm", "init");
+  sim.file("/sys/fs/cgroup/cgroup.subtree_control", "cpu memory pids").file("/sys/fs/cgroup/cpuset.cpus.effective", "0-7");
+  for (const group of ["user", "machine"]) sim.file(`/sys/fs/cgroup/${group}/cgroup.procs`, "");
+  sim.file("/sys/fs/cgroup/system.slice/cgroup.procs", "123");
+  // As the kernel: a group with processes cannot get an empty cpuset.cpus back once it had CPUs.
+  sim.onWrite(/^\/sys\/fs\/cgroup\/[^/]+\/cpuset\.cpus$/, (data, hostPath, host) => {
+    if (!host.exists(hostPath)) throw Object.assign(new Error(`ENOENT: ${hostPath}`), { code: "ENOENT" });
+    const populated = host.read(hostPath.replace(/cpuset\.cpus$/, "cgroup.procs")).trim() !== "";
+    if (data === "" && populated && host.read(hostPath).trim() !== "") throw Object.assign(new Error("ENOSPC: no space left on device"), { code: "ENOSPC" });
+    fs.writeFileSync(host.resolve(hostPath), `${data}\n`);
+  });
+  // The kernel's subtree_control: +cpuset makes cpuset.cpus appear (empty) in every child, -cpuset removes them.
+  sim.onWrite("/sys/fs/cgroup/cgroup.subtree_control", (data, hostPath, host) => {
+    const enabled = new Set(host.read(hostPath).trim().split(/\s+/).filter(Boolean));
+    const children = host.list("/sys/fs/cgroup").filter((name) => host.stat(`/sys/fs/cgroup/${name}`)?.isDirectory);
+    if (data === "+cpuset") {
+      if (!enabled.has("cpuset")) for (const child of children) host.file(`/sys/fs/cgroup/${child}/cpuset.cpus`, "\n");
+      enabled.add("cpuset");
+    } else if (data === "-cpuset") {
+      enabled.delete("cpuset");
+      for (const child of children) host.remove(`/sys/fs/cgroup/${child}/cpuset.cpus`);
+    } else throw new Error(`unexpected subtree_control write ${data}`);
+    fs.writeFileSync(host.resolve(hostPath), `${[...enabled].join(" ")}\n`);
+  });
+  return sim;
+}

@@ -1,0 +1,152 @@
+// The crash sweep. vmhook journals every change before it makes it, so a
+// hook killed at any point (kill -9, OOM) leaves what is needed to give the
+// host back. For each scenario a clean prepare (or release) lists the hook's
+// state-changing operations (writes, programs, helpers, state files); then,
+// for every N, the hook is killed at its N-th (SimHost.killAtChange) and, as
+// a new process finds the host, vmhook recover --force — or what libvirt runs
+// next: release after the failed start, the next start and its release after
+// a release — must leave it exactly as before the VM, with no journal, claim,
+// note or shared state left. Not swept yet: mdev, nosleep and custom plugins.
+import { test } from "uvu";
+import * as assert from "uvu/assert";
+import { cli } from "../helpers/cli.ts";
+import { systemdAllowedCpus, cgroupHost, systemdHost, withCpus } from "../helpers/cpu-hosts.ts";
+import { nvidiaDesktop } from "../helpers/gpu-kernel.ts";
+import { runHookEvent } from "../helpers/hook.ts";
+import { HugepageKernel } from "../helpers/hugepage-kernel.ts";
+import { SimHost } from "../helpers/simhost.ts";
+
+const UUID = "6d0c5a44-3e1b-4f7a-9c2d-8e5f1a2b3c4d";
+const NAME = "vm";
+
+interface Scenario {
+  name: string;
+  /** A fresh host. */
+  build: () => SimHost;
+  /** The domain's <vmhook:hooks> content. */
+  hooks: string;
+  /** Domain XML besides <name>, <uuid>, <memory> and <metadata>. */
+  devices?: string;
+}
+
+const HUGEPAGES = "<memoryBacking><hugepages/></memoryBacking>";
+const PINNED = "<vcpu>2</vcpu><cputune><vcpupin vcpu='0' cpuset='2'/><vcpupin vcpu='1' cpuset='3'/><emulatorpin cpuset='2-3'/></cputune>";
+const GPU_HOSTDEV = "<devices><hostdev mode='subsystem' type='pci' managed='no'><source><address domain='0x0000' bus='0x01' slot='0x00' function='0x0'/></source></hostdev></devices>";
+
+function hugepageHost(sim = new SimHost().dir("/run/vmhook").dir("/var/log")): SimHost {
+  new HugepageKernel(sim, { initial: { 2048: 100 } });
+  return sim;
+}
+
+/** The single-GPU desktop with hugepages and CPUs that systemd fences: vfio, hugepages and isolate in one domain. */
+function everythingHost(): SimHost {
+  const sim = hugepageHost(withCpus(nvidiaDesktop().sim));
+  systemdAllowedCpus(sim);
+  return sim;
+}
+
+const SCENARIOS: Scenario[] = [
+  { name: "hugepages", build: () => hugepageHost(), hooks: "<vmhook:hugepages/>", devices: HUGEPAGES },
+  { name: "isolate (systemd AllowedCPUs)", build: () => systemdHost().sim, hooks: "<vmhook:isolate/>", devices: PINNED },
+  { name: "isolate (cgroup v2 cpuset)", build: cgroupHost, hooks: "<vmhook:isolate/>", devices: PINNED },
+  { name: "vfio single GPU", build: () => nvidiaDesktop().sim, hooks: "<vmhook:vfio/>", devices: GPU_HOSTDEV },
+  { name: "vfio + hugepages + isolate", build: everythingHost, hooks: "<vmhook:hugepages/><vmhook:isolate/><vmhook:vfio/>", devices: HUGEPAGES + PINNED + GPU_HOSTDEV },
+];
+
+const domainXml = (scenario: Scenario) =>
+  `<domain type='kvm'><name>${NAME}</name><uuid>${UUID}</uuid><memory unit='GiB'>1</memory>${scenario.devices ?? ""}
+  <metadata><vmhook:hooks xmlns:vmhook="urn:vmhook:1">${scenario.hooks}</vmhook:hooks></metadata></domain>`;
+
+type Event = "prepare" | "release";
+/** How the host is given back after the kill: by vmhook recover --force, or by what libvirt runs next. */
+type Aftermath = "recover --force" | "libvirt";
+
+/** libvirt's events up to the killed one: a release follows prepare and started. */
+const LEAD_UP: Record<Event, [string, string][]> = { prepare: [], release: [["prepare", "begin"], ["started", "begin"]] };
+const KILLED: Record<Event, [string, string]> = { prepare: ["prepare", "begin"], release: ["release", "end"] };
+
+async function hook(sim: SimHost, xml: string, [op, subop]: [string, string]): Promise<number> {
+  return (await runHookEvent(sim, op, subop, xml, NAME)).code;
+}
+
+/** The state-changing operations of a clean run of `event`. */
+async function cleanRunChanges(scenario: Scenario, event: Event): Promise<string[]> {
+  const sim = SimHost.inMemory(scenario.build);
+  const xml = domainXml(scenario);
+  try {
+    for (const step of LEAD_UP[event]) assert.is(await hook(sim, xml, step), 0, `${scenario.name}: ${step.join(" ")} of a clean run`);
+    sim.changes.length = 0;
+    assert.is(await hook(sim, xml, KILLED[event]), 0, `${scenario.name}: ${event} of a clean run`);
+    return [...sim.changes];
+  } finally {
+    sim.cleanup();
+  }
+}
+
+/**
+ * The kill points worth a run: all but the creation of a state file's temp
+ * copy right before its rename. Killed at either, the state file is as it
+ * was; at the rename, the temp copy is left too: the same and more.
+ */
+function killPoints(changes: string[]): number[] {
+  const subsumed = (change: string, next: string | undefined) => change.startsWith("create ") && next === `rename ${change.slice("create ".length)} to ${change.slice("create ".length, -".tmp".length)}`;
+  return changes.flatMap((change, index) => (subsumed(change, changes[index + 1]) ? [] : [index + 1]));
+}
+
+/** What differs between two snapshots, one line per path. */
+function differences(before: Record<string, string>, after: Record<string, string>): string[] {
+  const paths = [...new Set([...Object.keys(before), ...Object.keys(after)])].sort();
+  return paths.filter((path) => before[path] !== after[path]).map((path) => `${path}: ${JSON.stringify(before[path])} -> ${JSON.stringify(after[path])}`);
+}
+
+/** Kills the hook at its n-th change during `event`, gives the host back as `aftermath` does; what was not as it should be. */
+async function killAt(scenario: Scenario, event: Event, n: number, aftermath: Aftermath): Promise<string[]> {
+  const sim = SimHost.inMemory(scenario.build);
+  const xml = domainXml(scenario);
+  try {
+    const before = sim.snapshot();
+    for (const step of LEAD_UP[event]) assert.is(await hook(sim, xml, step), 0);
+    sim.killAtChange(n);
+    await hook(sim, xml, KILLED[event]);
+    const killedAt = sim.revive();
+    const where = `${scenario.name}, ${event} killed at change ${n} (${killedAt ?? "never reached"}), then ${aftermath}`;
+    if (killedAt === undefined) return [`${where}: the clean run had more changes than this one`];
+    const problems: string[] = [];
+    if (aftermath === "recover --force") {
+      const recover = await cli(["recover", "--force", "--root", sim.root], sim);
+      if (recover.code !== 0) problems.push(`recover exited ${recover.code}: ${recover.stdout}${recover.stderr}`);
+    } else if (event === "prepare") {
+      // A start that failed: libvirt still runs release.
+      await hook(sim, xml, ["release", "end"]);
+    } else {
+      // The VM is started again, and shut down.
+      const prepared = await runHookEvent(sim, "prepare", "begin", xml, NAME);
+      if (prepared.code !== 0) problems.push(`the next prepare failed: ${prepared.stderr.split("\n")[0]}`);
+      await hook(sim, xml, ["release", "end"]);
+    }
+    const changed = differences(before, sim.snapshot());
+    if (changed.length > 0) problems.push(`${changed.length} host path(s) differ: ${changed.slice(0, 3).join("; ")}${changed.length > 3 ? "; ..." : ""}`);
+    const left = sim.stateFiles();
+    if (left.length > 0) problems.push(`state files left: ${left.join(", ")}`);
+    return problems.length > 0 ? [`${where}: ${problems.join("; ")}`] : [];
+  } finally {
+    sim.cleanup();
+  }
+}
+
+// Each kill point is given back one way, the two ways in turn: every kill point twice would take twice as long.
+const AFTERMATHS: Aftermath[] = ["recover --force", "libvirt"];
+
+for (const scenario of SCENARIOS) {
+  for (const event of ["prepare", "release"] as const) {
+    test(`${scenario.name}: ${event} killed at each of its changes; the host comes back exactly`, async () => {
+      const points = killPoints(await cleanRunChanges(scenario, event));
+      assert.ok(points.length > 0);
+      const problems: string[] = [];
+      for (const [index, n] of points.entries()) problems.push(...(await killAt(scenario, event, n, AFTERMATHS[index % AFTERMATHS.length]!)));
+      assert.equal(problems, []);
+    });
+  }
+}
+
+test.run();
