@@ -358,8 +358,12 @@ export class SimHost extends RootedHost {
       for (const entry of fs.readdirSync(dir, { withFileTypes: true })) {
         const real = path.join(dir, entry.name);
         const hostPath = `/${path.relative(this.root, real)}`;
-        // vmhook's own state (and /run, which holding it may create) is not host state.
-        if (hostPath === "/run" || hostPath.startsWith("/run/vmhook") || hostPath.startsWith("/var/log")) continue;
+        // vmhook's own state is not host state; /run itself, which holding vmhook's lock may create, is walked, not compared.
+        if (hostPath.startsWith("/run/vmhook") || hostPath.startsWith("/var/log")) continue;
+        if (hostPath === "/run") {
+          walk(real);
+          continue;
+        }
         if (entry.isSymbolicLink()) result[hostPath] = `-> ${fs.readlinkSync(real)}`;
         else if (entry.isDirectory()) {
           result[hostPath] = "<dir>";

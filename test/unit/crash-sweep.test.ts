@@ -1,12 +1,14 @@
 // The crash sweep. vmhook journals every change before it makes it, so a
 // hook killed at any point (kill -9, OOM) leaves what is needed to give the
-// host back. For each scenario a clean prepare (or release) lists the hook's
-// state-changing operations (writes, programs, helpers, state files); then,
-// for every N, the hook is killed at its N-th (SimHost.killAtChange) and, as
-// a new process finds the host, vmhook recover --force — or what libvirt runs
-// next: release after the failed start, the next start and its release after
-// a release — must leave it exactly as before the VM, with no journal, claim,
-// note or shared state left. Not swept yet: mdev, nosleep and custom plugins.
+// host back. For each scenario a clean prepare (start for forward) or release
+// lists the hook's state-changing operations (writes, programs, helpers,
+// state files); then, for every N, the hook is killed at its N-th
+// (SimHost.killAtChange) and, as a new process finds the host, vmhook recover
+// --force — or what libvirt runs next: stopped and release after the failed
+// start, the next start and its shutdown after a release — must leave it
+// exactly as before the VM, with no journal, claim, note or shared state
+// left. Every simulated program keeps its state in files under the root,
+// where the snapshot sees it.
 import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { cli } from "../helpers/cli.ts";
@@ -14,6 +16,9 @@ import { systemdAllowedCpus, cgroupHost, systemdHost, withCpus } from "../helper
 import { nvidiaDesktop } from "../helpers/gpu-kernel.ts";
 import { runHookEvent } from "../helpers/hook.ts";
 import { HugepageKernel } from "../helpers/hugepage-kernel.ts";
+import { logindHost } from "../helpers/logind-host.ts";
+import { nftHost } from "../helpers/nft-host.ts";
+import { GPU, gvtHost, mdevHostdevXml, nvidiaHost, pciHostdevXml, VF, VF2 } from "../helpers/mdev-kernel.ts";
 import { SimHost } from "../helpers/simhost.ts";
 
 const UUID = "6d0c5a44-3e1b-4f7a-9c2d-8e5f1a2b3c4d";
@@ -27,6 +32,8 @@ interface Scenario {
   hooks: string;
   /** Domain XML besides <name>, <uuid>, <memory> and <metadata>. */
   devices?: string;
+  /** The event that changes the host, prepare unless said. */
+  applies?: "prepare" | "start";
 }
 
 const HUGEPAGES = "<memoryBacking><hugepages/></memoryBacking>";
@@ -45,25 +52,52 @@ function everythingHost(): SimHost {
   return sim;
 }
 
+const MDEV_A = "4b20d080-1b54-4048-85b3-a6a62d165c01";
+const MDEV_B = "4b20d080-1b54-4048-85b3-a6a62d165c02";
+
 const SCENARIOS: Scenario[] = [
   { name: "hugepages", build: () => hugepageHost(), hooks: "<vmhook:hugepages/>", devices: HUGEPAGES },
   { name: "isolate (systemd AllowedCPUs)", build: () => systemdHost().sim, hooks: "<vmhook:isolate/>", devices: PINNED },
   { name: "isolate (cgroup v2 cpuset)", build: cgroupHost, hooks: "<vmhook:isolate/>", devices: PINNED },
   { name: "vfio single GPU", build: () => nvidiaDesktop().sim, hooks: "<vmhook:vfio/>", devices: GPU_HOSTDEV },
   { name: "vfio + hugepages + isolate", build: everythingHost, hooks: "<vmhook:hugepages/><vmhook:isolate/><vmhook:vfio/>", devices: HUGEPAGES + PINNED + GPU_HOSTDEV },
+  {
+    name: "mdev (GVT-g)",
+    build: () => gvtHost().dir("/var/log"),
+    hooks: `<vmhook:mdev parent="${GPU}" type="i915-GVTg_V5_4" uuid="${MDEV_A}"/><vmhook:mdev parent="${GPU}" type="i915-GVTg_V5_8" uuid="${MDEV_B}"/>`,
+    devices: `<devices>${mdevHostdevXml(MDEV_A)}${mdevHostdevXml(MDEV_B)}</devices>`,
+  },
+  {
+    name: "vgpu (NVIDIA SR-IOV)",
+    build: () => nvidiaHost().dir("/var/log"),
+    hooks: `<vmhook:vgpu vf="${VF}" type="NVIDIA L40S-12Q"/><vmhook:vgpu vf="${VF2}" type="1434"/>`,
+    devices: `<devices>${pciHostdevXml(VF)}${pciHostdevXml(VF2)}</devices>`,
+  },
+  { name: "nosleep", build: () => logindHost({ sim: new SimHost().dir("/var/log") }).sim, hooks: "<vmhook:nosleep/>" },
+  {
+    name: "forward",
+    build: () => nftHost(UUID).sim,
+    hooks: '<vmhook:forward ports="2222:22,60000-60010/udp"/>',
+    devices: "<devices><interface type='network'><mac address='52:54:00:aa:bb:01'/><source network='default'/></interface></devices>",
+    applies: "start",
+  },
 ];
 
 const domainXml = (scenario: Scenario) =>
   `<domain type='kvm'><name>${NAME}</name><uuid>${UUID}</uuid><memory unit='GiB'>1</memory>${scenario.devices ?? ""}
   <metadata><vmhook:hooks xmlns:vmhook="urn:vmhook:1">${scenario.hooks}</vmhook:hooks></metadata></domain>`;
 
-type Event = "prepare" | "release";
+type Event = "prepare" | "start" | "release";
 /** How the host is given back after the kill: by vmhook recover --force, or by what libvirt runs next. */
 type Aftermath = "recover --force" | "libvirt";
 
-/** libvirt's events up to the killed one: a release follows prepare and started. */
-const LEAD_UP: Record<Event, [string, string][]> = { prepare: [], release: [["prepare", "begin"], ["started", "begin"]] };
-const KILLED: Record<Event, [string, string]> = { prepare: ["prepare", "begin"], release: ["release", "end"] };
+/** libvirt's events up to the killed one: a release follows prepare, start and started. */
+const LEAD_UP: Record<Event, [string, string][]> = {
+  prepare: [],
+  start: [["prepare", "begin"]],
+  release: [["prepare", "begin"], ["start", "begin"], ["started", "begin"]],
+};
+const KILLED: Record<Event, [string, string]> = { prepare: ["prepare", "begin"], start: ["start", "begin"], release: ["release", "end"] };
 
 async function hook(sim: SimHost, xml: string, [op, subop]: [string, string]): Promise<number> {
   return (await runHookEvent(sim, op, subop, xml, NAME)).code;
@@ -115,13 +149,19 @@ async function killAt(scenario: Scenario, event: Event, n: number, aftermath: Af
     if (aftermath === "recover --force") {
       const recover = await cli(["recover", "--force", "--root", sim.root], sim);
       if (recover.code !== 0) problems.push(`recover exited ${recover.code}: ${recover.stdout}${recover.stderr}`);
-    } else if (event === "prepare") {
-      // A start that failed: libvirt still runs release.
+    } else if (event !== "release") {
+      // A start that failed: libvirt still runs stopped and release.
+      await hook(sim, xml, ["stopped", "end"]);
       await hook(sim, xml, ["release", "end"]);
     } else {
       // The VM is started again, and shut down.
-      const prepared = await runHookEvent(sim, "prepare", "begin", xml, NAME);
-      if (prepared.code !== 0) problems.push(`the next prepare failed: ${prepared.stderr.split("\n")[0]}`);
+      for (const [op, subop] of LEAD_UP.release) {
+        const outcome = await runHookEvent(sim, op, subop, xml, NAME);
+        if (outcome.code === 0) continue;
+        problems.push(`the next ${op} failed: ${outcome.stderr.split("\n")[0]}`);
+        break;
+      }
+      await hook(sim, xml, ["stopped", "end"]);
       await hook(sim, xml, ["release", "end"]);
     }
     const changed = differences(before, sim.snapshot());
@@ -138,7 +178,7 @@ async function killAt(scenario: Scenario, event: Event, n: number, aftermath: Af
 const AFTERMATHS: Aftermath[] = ["recover --force", "libvirt"];
 
 for (const scenario of SCENARIOS) {
-  for (const event of ["prepare", "release"] as const) {
+  for (const event of [scenario.applies ?? "prepare", "release"] as const) {
     test(`${scenario.name}: ${event} killed at each of its changes; the host comes back exactly`, async () => {
       const points = killPoints(await cleanRunChanges(scenario, event));
       assert.ok(points.length > 0);

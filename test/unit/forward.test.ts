@@ -5,7 +5,7 @@ import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { assertPlanIsPrepare, plannedSteps as plannedStepsFor } from "../helpers/plan.ts";
 import { runHookEvent } from "../helpers/hook.ts";
-import { SimHost } from "../helpers/simhost.ts";
+import { NAT_NETWORK, nftHost } from "../helpers/nft-host.ts";
 import { loadDomainPlugins } from "../../lib/config.ts";
 import { parseDomain } from "../../lib/domain.ts";
 import { RootedHost } from "../../lib/host.ts";
@@ -218,37 +218,8 @@ test("libvirt network files: status or definition, NAT by default, netmask or pr
   assert.throws(() => parseNetworkXml(`<network><name>x</name><bridge name='a"b'/></network>`, "f"), /is not a bridge name vmhook can use/);
 });
 
-const NAT_NETWORK = `<network><name>default</name><forward mode='nat'/><bridge name='virbr0'/>
-  <ip address='192.168.122.1' netmask='255.255.255.0'><dhcp><host mac='52:54:00:aa:bb:01' ip='192.168.122.10'/></dhcp></ip></network>`;
-
-/** A host with the NAT network and an nft that keeps the domain's rules while applied (enough for missingRules and undo). */
-function nftHost(): { sim: SimHost; nftScripts: string[]; dropRules(): void } {
-  const sim = new SimHost().dir("/var/log").dir("/run").file("/run/libvirt/network/default.xml", NAT_NETWORK);
-  const nftScripts: string[] = [];
-  let applied = false;
-  const ours = { family: "inet", table: "vmhook" };
-  const ruleset = () =>
-    JSON.stringify({
-      nftables: applied
-        ? [
-            { table: { family: "inet", name: "vmhook", handle: 1 } },
-            ...["prerouting", "output", "postrouting", `vm-${UUID}`].map((name) => ({ chain: { ...ours, name, handle: 2 } })),
-            ...["prerouting", "output"].map((chain, index) => ({ rule: { ...ours, chain, handle: 10 + index, comment: `vmhook:${UUID}` } })),
-          ]
-        : [{ metainfo: { version: "1.0.6" } }],
-    });
-  sim.onExec("nft", (args, _sim, options) => {
-    if (args.join(" ") === "-j list ruleset") return { status: 0, stdout: ruleset() };
-    if (args.join(" ") !== "-f -") return { status: 1, stderr: `unexpected nft ${args.join(" ")}` };
-    nftScripts.push(options.input ?? "");
-    applied = (options.input ?? "").includes(`add chain inet vmhook vm-${UUID}`);
-    return { status: 0 };
-  });
-  return { sim, nftScripts, dropRules: () => (applied = false) };
-}
-
 test("vmhook plan --event start lists exactly the step start runs; release takes the rules out", async () => {
-  const { sim, nftScripts } = nftHost();
+  const { sim, nftScripts } = nftHost(UUID);
   const xml = domain(`<vmhook:forward ports="2222:22,60000-60010/udp"/>`);
   assert.equal(await assertPlanIsPrepare(sim, xml, "vm", "start"), ["forward: forward tcp 2222 → 192.168.122.10:22, udp 60000-60010 → 192.168.122.10:60000-60010 (nft table inet vmhook)"]);
   assert.is(nftScripts.length, 1);
@@ -260,7 +231,7 @@ test("vmhook plan --event start lists exactly the step start runs; release takes
 });
 
 test("an unreadable listening-socket table refuses the forward at start, naming the file and the errno: no listeners seen is not no listeners", async () => {
-  const { sim, nftScripts } = nftHost();
+  const { sim, nftScripts } = nftHost(UUID);
   sim.file("/proc/net/tcp", "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode").failRead("/proc/net/tcp", "EIO");
   const before = sim.snapshot();
   const outcome = await runHookEvent(sim, "start", "begin", domain(`<vmhook:forward ports="2222:22"/>`));
@@ -275,7 +246,7 @@ test("an unreadable listening-socket table refuses the forward at start, naming 
 });
 
 test("an unreadable network status file is refused, naming it: the definition (maybe another bridge or subnet) does not stand in for it", async () => {
-  const { sim, nftScripts } = nftHost();
+  const { sim, nftScripts } = nftHost(UUID);
   sim.file("/etc/libvirt/qemu/networks/default.xml", NAT_NETWORK.replace(/192\.168\.122\./g, "10.0.5.").replace("virbr0", "virbr9")).failRead("/run/libvirt/network/default.xml", "EIO");
   const before = sim.snapshot();
   const outcome = await runHookEvent(sim, "start", "begin", domain(`<vmhook:forward ports="2222:22"/>`));
@@ -286,7 +257,7 @@ test("an unreadable network status file is refused, naming it: the definition (m
 });
 
 test("reconnect puts back rules that went missing, warns, and adds nothing to the journal; nothing missing plans nothing", async () => {
-  const { sim, nftScripts, dropRules } = nftHost();
+  const { sim, nftScripts, dropRules } = nftHost(UUID);
   const xml = domain(`<vmhook:forward ports="2222:22"/>`);
   assert.is((await runHookEvent(sim, "start", "begin", xml)).code, 0);
   const journal = sim.read(`/run/vmhook/${UUID}.json`);

@@ -1,8 +1,8 @@
-// The nosleep plugin on a simulated host whose systemd-run/systemctl/systemd-inhibit
-// keep a table of transient units and logind's inhibitor locks.
+// The nosleep plugin on the simulated systemd host of test/helpers/logind-host.ts.
 import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { SimHost } from "../helpers/simhost.ts";
+import { logindHost } from "../helpers/logind-host.ts";
 import { runHookEvent } from "../helpers/hook.ts";
 import { assertPlanIsPrepare, plannedSteps } from "../helpers/plan.ts";
 import { Deadline } from "../../lib/deadline.ts";
@@ -18,74 +18,51 @@ const UNIT = `vmhook-nosleep-${UUID}.service`;
 const xml = (element = "<vmhook:nosleep/>") =>
   `<domain type='kvm'><name>gaming</name><uuid>${UUID}</uuid><memory unit='GiB'>8</memory><metadata><vmhook:hooks xmlns:vmhook="urn:vmhook:1">${element}</vmhook:hooks></metadata></domain>`;
 
-/** A systemd host: transient units hold logind locks ("WHO UID USER PID COMM WHAT WHY MODE" lines) while they run. */
-function systemdHost(options: { lockFails?: boolean } = {}): { sim: SimHost; units: Map<string, string>; bus: { up: boolean } } {
-  const units = new Map<string, string>(); // unit → the lock's why
-  const bus = { up: true };
-  const sim = new SimHost().dir("/run/systemd/system");
-  sim.onExec("systemd-run", (args) => {
-    const unit = args.find((arg) => arg.startsWith("--unit="))!.slice("--unit=".length);
-    units.set(unit, options.lockFails ? "" : args.find((arg) => arg.startsWith("--why="))!.slice("--why=".length));
-  });
-  sim.onExec("systemctl", (args) => {
-    const unit = args[args.length - 1]!;
-    // What systemctl says when it cannot reach PID 1 (a bus timeout, a daemon-reexec): exit 1, for every verb.
-    if (!bus.up) return { status: 1, stderr: "Failed to connect to bus: Connection timed out\n" };
-    // Exit 3: inactive or failed; 4: no such unit (a transient unit once it is gone).
-    if (args[0] === "is-active") return units.has(unit) ? { status: 0, stdout: "active\n" } : { status: unit.startsWith("vmhook-nosleep-") ? 4 : 3, stdout: "inactive\n" };
-    if (args[0] === "stop") units.delete(unit);
-  });
-  sim.onExec("systemd-inhibit", () => ({
-    stdout: [...units.values()].filter(Boolean).map((why) => `vmhook 0 root 812 systemd-inhibit sleep ${why} block\n`).join(""),
-  }));
-  return { sim, units, bus };
-}
-
 test("prepare holds the lock in a transient unit, without pipes to the hook; release stops it and nothing stays", async () => {
-  const { sim, units } = systemdHost();
+  const { sim, units } = logindHost();
   assert.is((await runHookEvent(sim, "prepare", "begin", xml())).code, 0);
-  assert.equal([...units.keys()], [UNIT]);
+  assert.equal(units(), [UNIT]);
   const run = sim.execs.find((e) => e.command === "systemd-run")!;
   assert.equal(run.args.slice(run.args.indexOf("systemd-inhibit")), [
     "systemd-inhibit", "--what=sleep", "--who=vmhook", "--why=VM gaming runs with devices passed through", "--mode=block", "sleep", "infinity",
   ]);
   assert.is((await runHookEvent(sim, "release", "end", xml())).code, 0);
-  assert.equal([...units.keys()], []);
+  assert.equal(units(), []);
   assert.equal(sim.stateFiles(), []);
 });
 
 test("vmhook plan lists exactly the step prepare runs", async () => {
-  const { sim } = systemdHost();
+  const { sim } = logindHost();
   assert.equal(await assertPlanIsPrepare(sim, xml(), "gaming"), [`nosleep: hold a sleep inhibitor lock in ${UNIT}`]);
 });
 
 test("a second start while the unit still runs is refused before any step", async () => {
-  const { sim, units } = systemdHost();
-  units.set(UNIT, "VM gaming runs with devices passed through");
+  const { sim, units, startUnit } = logindHost();
+  startUnit(UNIT, "VM gaming runs with devices passed through");
   assert.equal(await plannedSteps(sim, xml()), [`nosleep: hold a sleep inhibitor lock in ${UNIT} REFUSED: nosleep: ${UNIT} already runs, so another start of this VM holds the lock`]);
   const result = await runHookEvent(sim, "prepare", "begin", xml());
   assert.is(result.code, 1);
   assert.match(result.stderr.split("\n")[0]!, `nosleep: ${UNIT} already runs`);
   assert.ok(!sim.execs.some((exec) => exec.command === "systemd-run" || (exec.command === "systemctl" && exec.args[0] === "stop")), "nothing started or stopped");
-  assert.equal([...units.keys()], [UNIT], "the running unit is left alone");
+  assert.equal(units(), [UNIT], "the running unit is left alone");
 });
 
 test("a lock logind never lists fails prepare and stops the unit again", async () => {
-  const { sim, units } = systemdHost({ lockFails: true });
+  const { sim, units } = logindHost({ lockFails: true });
   const result = await runHookEvent(sim, "prepare", "begin", xml());
   assert.is(result.code, 1);
   assert.match(result.stderr.split("\n")[0]!, `logind lists the sleep inhibitor of ${UNIT}`);
-  assert.equal([...units.keys()], [], "rolled back");
+  assert.equal(units(), [], "rolled back");
   assert.equal(sim.stateFiles(), []);
 });
 
 test("release while systemctl cannot reach systemd keeps the entry for vmhook recover: the lock still holds", async () => {
-  const { sim, units, bus } = systemdHost();
+  const { sim, units, bus } = logindHost();
   assert.is((await runHookEvent(sim, "prepare", "begin", xml())).code, 0);
   bus.up = false;
   const release = await runHookEvent(sim, "release", "end", xml());
   assert.is(release.code, 0, "release never fails libvirt");
-  assert.equal([...units.keys()], [UNIT], "the unit, and so the sleep lock, still runs");
+  assert.equal(units(), [UNIT], "the unit, and so the sleep lock, still runs");
   assert.match(release.stderr, `systemctl is-active ${UNIT} could not tell whether ${UNIT} runs: Failed to connect to bus`);
   assert.ok(sim.exists(`/run/vmhook/${UUID}.json`), "the journal keeps the entry (undo-failed), not dropped as undone");
   bus.up = true;
@@ -93,12 +70,12 @@ test("release while systemctl cannot reach systemd keeps the entry for vmhook re
   const log = createLogger(sim, { echo: "none", file: false });
   const { failed } = await undoJournal(readJournal(sim, UUID)!, { host: sim, log, settings: loadSettings(sim), registry }, new Deadline(sim, 10_000));
   assert.equal(failed, []);
-  assert.equal([...units.keys()], []);
+  assert.equal(units(), []);
   assert.equal(sim.stateFiles(), []);
 });
 
 test("reconnect while systemctl cannot reach systemd warns, naming systemctl's answer, and does not fail", async () => {
-  const { sim, bus } = systemdHost();
+  const { sim, bus } = logindHost();
   sim.dir("/var/log");
   assert.is((await runHookEvent(sim, "prepare", "begin", xml())).code, 0);
   bus.up = false;
@@ -111,13 +88,13 @@ test("reconnect while systemctl cannot reach systemd warns, naming systemctl's a
 });
 
 test("prepare while systemctl cannot reach systemd refuses, naming systemctl's answer, and starts nothing", async () => {
-  const { sim, units, bus } = systemdHost();
+  const { sim, units, bus } = logindHost();
   bus.up = false;
   const result = await runHookEvent(sim, "prepare", "begin", xml());
   assert.is(result.code, 1);
   assert.match(result.stderr.split("\n")[0]!, `could not tell whether ${UNIT} runs: Failed to connect to bus`);
   assert.ok(!sim.execs.some((exec) => exec.command === "systemd-run"), "nothing started");
-  assert.equal([...units.keys()], []);
+  assert.equal(units(), []);
   assert.equal(sim.stateFiles(), []);
 });
 
@@ -130,7 +107,7 @@ test("without systemd, prepare refuses naming why and changes nothing", async ()
 });
 
 test("an attribute is refused, naming it", async () => {
-  const { sim } = systemdHost();
+  const { sim } = logindHost();
   const result = await runHookEvent(sim, "prepare", "begin", xml('<vmhook:nosleep idle="yes"/>'));
   assert.is(result.code, 1);
   assert.match(result.stderr, "has unknown attribute idle; it takes no attributes");

@@ -1,0 +1,55 @@
+// A simulated systemd host for the nosleep plugin: systemd-run starts
+// transient units, systemctl stops them and tells whether they run, and
+// systemd-inhibit lists logind's locks ("WHO UID USER PID COMM WHAT WHY MODE").
+// As systemd: a running unit is its cgroup, and its process's command line is
+// in /proc, where the host snapshot sees them.
+import { SimHost } from "./simhost.ts";
+
+const UNITS = "/sys/fs/cgroup/system.slice";
+
+export interface LogindHost {
+  sim: SimHost;
+  /** The transient units that run. */
+  units(): string[];
+  /** A unit started outside vmhook (another start of the VM), holding a lock for `why`. */
+  startUnit(unit: string, why: string): void;
+  /** Whether systemctl reaches PID 1 (false: a bus timeout, a daemon-reexec). */
+  bus: { up: boolean };
+}
+
+/** `lockFails`: logind never lists the lock the unit asks for. */
+export function logindHost(options: { lockFails?: boolean; sim?: SimHost } = {}): LogindHost {
+  const sim = (options.sim ?? new SimHost()).dir("/run/systemd/system").dir(UNITS).dir("/proc");
+  const bus = { up: true };
+  let nextPid = 812;
+  const running = (unit: string) => sim.exists(`${UNITS}/${unit}/cgroup.procs`);
+  const pidOf = (unit: string) => sim.readTrimmed(`${UNITS}/${unit}/cgroup.procs`)!;
+  const units = () => sim.list(UNITS).filter(running);
+  const startUnit = (unit: string, why: string) => {
+    const pid = nextPid++;
+    sim.file(`${UNITS}/${unit}/cgroup.procs`, pid).file(`/proc/${pid}/cmdline`, `systemd-inhibit\0--why=${why}\0`);
+  };
+  sim.onExec("systemd-run", (args) => {
+    const unit = args.find((arg) => arg.startsWith("--unit="))!.slice("--unit=".length);
+    startUnit(unit, options.lockFails ? "" : args.find((arg) => arg.startsWith("--why="))!.slice("--why=".length));
+  });
+  sim.onExec("systemctl", (args) => {
+    const unit = args[args.length - 1]!;
+    // What systemctl says when it cannot reach PID 1: exit 1, for every verb.
+    if (!bus.up) return { status: 1, stderr: "Failed to connect to bus: Connection timed out\n" };
+    // Exit 3: inactive or failed; 4: no such unit (a transient unit once it is gone).
+    if (args[0] === "is-active") return running(unit) ? { status: 0, stdout: "active\n" } : { status: unit.startsWith("vmhook-nosleep-") ? 4 : 3, stdout: "inactive\n" };
+    if (args[0] === "stop" && running(unit)) {
+      sim.remove(`/proc/${pidOf(unit)}`);
+      sim.remove(`${UNITS}/${unit}`);
+    }
+  });
+  sim.onExec("systemd-inhibit", () => ({
+    stdout: units()
+      .map((unit) => /--why=([^\0]*)/.exec(sim.read(`/proc/${pidOf(unit)}/cmdline`))![1]!)
+      .filter(Boolean)
+      .map((why) => `vmhook 0 root 812 systemd-inhibit sleep ${why} block\n`)
+      .join(""),
+  }));
+  return { sim, units, startUnit, bus };
+}

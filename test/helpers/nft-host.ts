@@ -1,0 +1,37 @@
+// A simulated host for the forward plugin: libvirt's NAT network "default"
+// and an nft that keeps one domain's rules while they are applied (enough for
+// missingRules and undo). The ruleset lives in a file under the root, where
+// the host snapshot sees it.
+import { SimHost } from "./simhost.ts";
+
+export const NAT_NETWORK = `<network><name>default</name><forward mode='nat'/><bridge name='virbr0'/>
+  <ip address='192.168.122.1' netmask='255.255.255.0'><dhcp><host mac='52:54:00:aa:bb:01' ip='192.168.122.10'/></dhcp></ip></network>`;
+
+/** The simulated kernel's ruleset, as nft -j list ruleset prints it; absent while nothing of vmhook's is applied. */
+const RULESET = "/var/lib/nft-sim/ruleset.json";
+
+/** The NAT network and nft for the domain `uuid` on `sim`; nftScripts: every script nft -f took. */
+export function nftHost(uuid: string, sim = new SimHost().dir("/var/log").dir("/run")): { sim: SimHost; nftScripts: string[]; dropRules(): void } {
+  sim.file("/run/libvirt/network/default.xml", NAT_NETWORK).dir("/var/lib/nft-sim");
+  const nftScripts: string[] = [];
+  const ours = { family: "inet", table: "vmhook" };
+  const applied = JSON.stringify({
+    nftables: [
+      { table: { family: "inet", name: "vmhook", handle: 1 } },
+      ...["prerouting", "output", "postrouting", `vm-${uuid}`].map((name) => ({ chain: { ...ours, name, handle: 2 } })),
+      ...["prerouting", "output"].map((chain, index) => ({ rule: { ...ours, chain, handle: 10 + index, comment: `vmhook:${uuid}` } })),
+    ],
+  });
+  const dropRules = () => {
+    if (sim.exists(RULESET)) sim.remove(RULESET);
+  };
+  sim.onExec("nft", (args, _sim, options) => {
+    if (args.join(" ") === "-j list ruleset") return { status: 0, stdout: sim.exists(RULESET) ? sim.read(RULESET) : JSON.stringify({ nftables: [{ metainfo: { version: "1.0.6" } }] }) };
+    if (args.join(" ") !== "-f -") return { status: 1, stderr: `unexpected nft ${args.join(" ")}` };
+    nftScripts.push(options.input ?? "");
+    if ((options.input ?? "").includes(`add chain inet vmhook vm-${uuid}`)) sim.file(RULESET, applied);
+    else dropRules();
+    return { status: 0 };
+  });
+  return { sim, nftScripts, dropRules };
+}
