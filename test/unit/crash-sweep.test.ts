@@ -9,6 +9,9 @@
 // exactly as before the VM, with no journal, claim, note or shared state
 // left. Every simulated program keeps its state in files under the root,
 // where the snapshot sees it.
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { fileURLToPath } from "node:url";
 import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { cli } from "../helpers/cli.ts";
@@ -20,6 +23,8 @@ import { logindHost } from "../helpers/logind-host.ts";
 import { nftHost } from "../helpers/nft-host.ts";
 import { GPU, gvtHost, mdevHostdevXml, nvidiaHost, pciHostdevXml, VF, VF2 } from "../helpers/mdev-kernel.ts";
 import { SimHost } from "../helpers/simhost.ts";
+import { RootedHost } from "../../lib/host.ts";
+import { paths } from "../../lib/paths.ts";
 
 const UUID = "6d0c5a44-3e1b-4f7a-9c2d-8e5f1a2b3c4d";
 const NAME = "vm";
@@ -55,6 +60,36 @@ function everythingHost(): SimHost {
 const MDEV_A = "4b20d080-1b54-4048-85b3-a6a62d165c01";
 const MDEV_B = "4b20d080-1b54-4048-85b3-a6a62d165c02";
 
+const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
+const STOP_UNITS = `${paths.pluginsDir}/stop-units`;
+/** Where the simulated systemctl of the stop-units host keeps each unit's state. */
+const UNIT_STATES = "/var/lib/systemd/sim-units";
+
+/**
+ * examples/plugins/stop-units, run for real under the root, with a systemctl
+ * (a shell script there too) keeping each unit's state in a file: two units
+ * that run and one that does not.
+ */
+function stopUnitsHost(): SimHost {
+  const sim = new SimHost().dir("/run/vmhook").dir("/var/log").dir(paths.pluginsDir);
+  fs.chmodSync(sim.resolve(paths.pluginsDir), 0o755);
+  fs.copyFileSync(path.join(REPO, "examples/plugins/stop-units"), sim.resolve(STOP_UNITS));
+  fs.chmodSync(sim.resolve(STOP_UNITS), 0o755);
+  sim.onExec(STOP_UNITS, (args, host, options) => RootedHost.prototype.exec.call(host, STOP_UNITS, args, options));
+  for (const [unit, state] of [["backup.timer", "active"], ["sync@alice.service", "active"], ["idle.service", "inactive"]]) sim.file(`${UNIT_STATES}/${unit}`, state);
+  sim.file("/usr/bin/systemctl", `#!/bin/sh
+state="$VMHOOK_ROOT${UNIT_STATES}/$2"
+case "$1" in
+is-active) cat "$state"; [ "$(cat "$state")" = active ] || exit 3 ;;
+stop) echo inactive > "$state" ;;
+start) echo active > "$state" ;;
+*) exit 1 ;;
+esac
+`);
+  fs.chmodSync(sim.resolve("/usr/bin/systemctl"), 0o755);
+  return sim;
+}
+
 const SCENARIOS: Scenario[] = [
   { name: "hugepages", build: () => hugepageHost(), hooks: "<vmhook:hugepages/>", devices: HUGEPAGES },
   { name: "isolate (systemd AllowedCPUs)", build: () => systemdHost().sim, hooks: "<vmhook:isolate/>", devices: PINNED },
@@ -74,6 +109,7 @@ const SCENARIOS: Scenario[] = [
     devices: `<devices>${pciHostdevXml(VF)}${pciHostdevXml(VF2)}</devices>`,
   },
   { name: "nosleep", build: () => logindHost({ sim: new SimHost().dir("/var/log") }).sim, hooks: "<vmhook:nosleep/>" },
+  { name: "custom executable plugin (stop-units)", build: stopUnitsHost, hooks: '<vmhook:plugin name="stop-units" units="backup.timer idle.service sync@alice.service"/>' },
   {
     name: "forward",
     build: () => nftHost(UUID).sim,

@@ -151,6 +151,7 @@ test("stop-units: stops the active units (one in auto-restart too) at prepare an
   assert.is(root.hook("started", "begin", xml).code, 0);
   assert.is(root.hook("release", "end", xml).code, 0);
   assert.equal(fs.readdirSync(root.at("/units")).sort(), ["backup.timer", "sync@alice.service"]);
+  assert.equal(fs.readdirSync(root.at("/run/vmhook-stop-units")), [], "the list of the units it stopped goes once they run again");
   assert.equal(systemctlCalls(root), [
     "is-active backup.timer",
     "stop backup.timer",
@@ -175,6 +176,12 @@ test("stop-units: a unit that will not stop fails prepare, and the ones already 
   const bad = root.hook("prepare", "begin", domain('<vmhook:plugin name="stop-units" units="ok.service $(reboot)"/>'));
   assert.is(bad.code, 1);
   assert.match(bad.stderr, "units: ??reboot? is not a systemd unit name");
+  assert.equal(fs.readdirSync(root.at("/run/vmhook-stop-units")), [], "nothing stopped, nothing written down");
+
+  const idle = domain('<vmhook:plugin name="stop-units" units="idle.service"/>');
+  assert.is(root.hook("prepare", "begin", idle).code, 0);
+  assert.equal(fs.readdirSync(root.at("/run/vmhook-stop-units")), [], "nothing stopped, nothing written down");
+  assert.is(root.hook("release", "end", idle).code, 0);
   fs.rmSync(root.dir, { recursive: true, force: true });
 });
 
