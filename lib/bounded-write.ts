@@ -8,11 +8,14 @@
 // (lib/stuck-writes.ts) from its start until it returns: a hook killed
 // meanwhile leaves the note, so whoever undoes its changes next knows the
 // device may still be held. Writes that call no driver (driver_override)
-// stay in-process.
+// stay in-process. rmmod and modprobe of a driver's module run its remove()
+// or probe() for each device it drives: they run the same way, noted for the
+// module and for each of those devices.
 import type { Deadline } from "./deadline.ts";
 import { VmhookError } from "./errors.ts";
-import type { Host } from "./host.ts";
-import { clearForWrite, forgetWrite, noteWrite, STUCK_ADVICE, StuckWriteError } from "./stuck-writes.ts";
+import type { ExecResult, Host } from "./host.ts";
+import { moduleClosure } from "./kernel-modules.ts";
+import { clearForWrite, forgetWrite, moduleSubject, noteWrite, STUCK_ADVICE, StuckWriteError } from "./stuck-writes.ts";
 
 export interface DriverWrite {
   /** The device the write acts on; while a write into it is stuck, no other is made. */
@@ -47,11 +50,54 @@ export async function writeThroughDriver(ctx: WriteContext, write: DriverWrite):
     if (result.error) throw new DriverWriteError(`writing "${value}" to ${file} failed: ${result.error}`, result.error);
     return;
   }
-  const seconds = Math.round(timeoutMs / 100) / 10;
-  throw new StuckWriteError(`${device}: driver ${driver} did not return within ${seconds} s from writing "${value}" to ${file}; vmhook left its helper (pid ${result.pid}) blocked in the kernel and gave up`, [
-    STUCK_ADVICE,
-    `vmhook status shows the helper; once it is gone, vmhook recover finishes the undo (if the driver is just slow, raise ${write.setting} in /etc/vmhook/vmhook.json)`,
-  ]);
+  throw new StuckWriteError(`${device}: driver ${driver} did not return within ${seconds(timeoutMs)} s from writing "${value}" to ${file}; vmhook left its helper (pid ${result.pid}) blocked in the kernel and gave up`, stuckAdvice(write.setting));
+}
+
+export interface ModuleRun {
+  command: "rmmod" | "modprobe";
+  module: string;
+  /** The devices the module's driver drives: their remove() (rmmod) or probe() (modprobe) runs in the program. */
+  devices: { address: string; driver: string }[];
+  timeoutMs: number;
+  /** The setting that sets timeoutMs, named in the message; none for a fixed bound. */
+  setting?: string;
+}
+
+/**
+ * `rmmod module` or `modprobe module`, waiting at most timeoutMs (and the
+ * deadline): its result, or a StuckWriteError for a program left blocked in
+ * the kernel. Refused while an earlier one of the module (for modprobe: of a
+ * module it may load; the kernel would make it wait), or a write into one of
+ * the devices, is blocked.
+ */
+export async function runThroughDriver(ctx: WriteContext, run: ModuleRun): Promise<ExecResult> {
+  const { host } = ctx;
+  const { command, module, devices } = run;
+  const modules = command === "modprobe" ? moduleClosure(host, module) : [module];
+  const subjects = [moduleSubject(module), ...devices.map((device) => device.address)];
+  for (const subject of [...modules.map(moduleSubject), ...subjects]) clearForWrite(host, subject);
+  const cmdline = `${command} ${module}`;
+  ctx.deadline.check(`starting ${cmdline}`);
+  const timeoutMs = ctx.deadline.clamp(run.timeoutMs);
+  const since = new Date(host.now()).toISOString();
+  const noted = (pid: number) => {
+    noteWrite(host, { pid, device: moduleSubject(module), driver: module, command: cmdline, since, domain: ctx.domain });
+    for (const { address, driver } of devices) noteWrite(host, { pid, device: address, driver, command: cmdline, since, domain: ctx.domain });
+  };
+  const result = await host.runInHelper(command, [module], timeoutMs, noted);
+  if (result.done) {
+    for (const subject of subjects) forgetWrite(host, subject);
+    return result.result;
+  }
+  const driven = devices.length > 0 ? `: module ${module} is the driver of ${devices.map((device) => device.address).join(", ")} (its ${command === "rmmod" ? "remove()" : "probe()"} runs in ${command})` : "";
+  throw new StuckWriteError(`${cmdline} did not return within ${seconds(timeoutMs)} s${driven}; vmhook left ${command} (pid ${result.pid}) blocked in the kernel and gave up`, stuckAdvice(run.setting));
+}
+
+const seconds = (ms: number) => Math.round(ms / 100) / 10;
+
+function stuckAdvice(setting: string | undefined): string[] {
+  const slow = setting ? ` (if the driver is just slow, raise ${setting} in /etc/vmhook/vmhook.json)` : "";
+  return [STUCK_ADVICE, `vmhook status shows the helper; once it is gone, vmhook recover finishes the undo${slow}`];
 }
 
 /** A write the driver answered with an error: `reason` is the kernel's answer as the helper reported it. */

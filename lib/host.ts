@@ -28,6 +28,9 @@ export interface ExecResult {
 /** How a write in a helper process ended: done (with the error the write met, if any), or still blocked after the timeout. */
 export type HelperWrite = { done: true; error?: string } | { done: false; pid: number };
 
+/** How a program run in a helper process ended: done (with its result), or still blocked after the timeout. */
+export type HelperRun = { done: true; result: ExecResult } | { done: false; pid: number };
+
 export interface FileStat {
   uid: number;
   mode: number;
@@ -85,6 +88,13 @@ export interface Host {
    * called with the helper's pid before the wait.
    */
   writeInHelper(hostPath: string, data: string, timeoutMs: number, started: (pid: number) => void): Promise<HelperWrite>;
+  /**
+   * Runs a program the way writeInHelper writes: detached, waited for at most
+   * timeoutMs, left running (never killed, never waited for) when still
+   * blocked then: rmmod or modprobe, which run a driver's remove() or probe()
+   * for each of its devices. Its stdout is not kept.
+   */
+  runInHelper(command: string, args: string[], timeoutMs: number, started: (pid: number) => void): Promise<HelperRun>;
   /** ioctl(2) on the file, opened for reading and writing, with `argument` as its in/out buffer; throws with the errno as `code`. */
   ioctl(hostPath: string, request: number, argument: Uint8Array): Promise<void>;
   /** Blocks the whole process; hooks are sequential by design. */
@@ -313,36 +323,51 @@ export class RootedHost implements Host {
     // names the kernel's errno when that fails ("No such device" from a
     // driver's probe), where dash says "I/O error" and busybox ash nothing.
     // The value reaches it through a pipe that bun closes at once; no shell
-    // parses anything. Bun.spawn, as in exec: half node's spawn cost under TCG.
+    // parses anything. dd is the system's, never one under the root.
+    const run = await this.spawnHelper(["dd", `of=${this.resolve(hostPath)}`, "conv=notrunc"], data, { PATH: SEARCH_PATH.join(":"), LC_ALL: "C" }, timeoutMs, started);
+    if (!run.done) return run;
+    const { result } = run;
+    if (result.error) return { done: true, error: result.error };
+    if (result.status === 0) return { done: true };
+    // "dd: error writing '/sys/…/bind': No such device" → "No such device"; an open that failed keeps its path.
+    const why = result.stderr.split("\n").find((line) => line.startsWith("dd: "))?.slice(4).replace(/^error writing '.*': /, "");
+    return { done: true, error: why || `the helper ended with ${result.signal ?? `status ${result.status}`}` };
+  }
+
+  async runInHelper(command: string, args: string[], timeoutMs: number, started: (pid: number) => void): Promise<HelperRun> {
+    const program = this.findProgram(command);
+    if (!program) return { done: true, result: notStarted(`${command}: not found`) };
+    return this.spawnHelper([program, ...args], "", this.childEnv({ timeoutMs }), timeoutMs, started);
+  }
+
+  /**
+   * Starts `argv` detached (own session; stdin from `input`, stdout to
+   * /dev/null, stderr read) and waits at most timeoutMs for it, reading its
+   * stderr only until then (a process it left in the background may hold it).
+   * Bun.spawn, as in exec: half node's spawn cost under TCG.
+   */
+  private async spawnHelper(argv: string[], input: string, env: Record<string, string>, timeoutMs: number, started: (pid: number) => void): Promise<HelperRun> {
     let child: BunSubprocess;
     try {
-      child = Bun.spawn(["dd", `of=${this.resolve(hostPath)}`, "conv=notrunc"], {
-        stdin: new TextEncoder().encode(data),
-        stdout: "ignore",
-        stderr: "pipe",
-        env: { PATH: SEARCH_PATH.join(":"), LC_ALL: "C" },
-        detached: true,
-      });
+      child = Bun.spawn(argv, { stdin: new TextEncoder().encode(input), stdout: "ignore", stderr: "pipe", env, detached: true });
     } catch (error) {
-      return { done: true, error: `dd: ${(error as Error).message}` };
+      return { done: true, result: notStarted(`${argv[0]!.split("/").pop()}: ${(error as Error).message}`) };
     }
     started(child.pid);
     const stderr = child.stderr.getReader();
     const output = readAll(stderr);
     let timer: ReturnType<typeof setTimeout> | undefined;
     const gaveUp = new Promise<"gave up">((resolve) => (timer = setTimeout(() => resolve("gave up"), Math.max(1, Math.floor(timeoutMs)))));
+    // Whenever the time is up: no pipe keeps this process waiting for the helper or what it left behind.
+    void gaveUp.then(() => stderr.cancel().catch(() => {}));
     const status = await Promise.race([child.exited, gaveUp]);
     if (status === "gave up") {
-      // Let go of it: no pipe, no reference keeps this process waiting for the helper.
-      void stderr.cancel().catch(() => {});
       child.unref();
       return { done: false, pid: child.pid };
     }
+    const text = await output;
     clearTimeout(timer);
-    if (status === 0) return { done: true };
-    // "dd: error writing '/sys/…/bind': No such device" → "No such device"; an open that failed keeps its path.
-    const why = (await output).split("\n").find((line) => line.startsWith("dd: "))?.slice(4).replace(/^error writing '.*': /, "");
-    return { done: true, error: why || `the helper ended with ${child.signalCode ?? `status ${status}`}` };
+    return { done: true, result: { status: child.signalCode ? null : status, signal: child.signalCode ?? null, stdout: "", stderr: text, timedOut: false } };
   }
 
   async ioctl(hostPath: string, request: number, argument: Uint8Array): Promise<void> {

@@ -1,11 +1,13 @@
 // Writes into sysfs that call a driver's code (unbind, drivers_probe, bind,
-// remove, rescan) and may not have returned: lib/bounded-write.ts notes each
-// helper process here, one file per device, from its start until it returns,
-// and leaves one that does not return blocked in the kernel. While
+// remove, rescan), and rmmod or modprobe of a driver's module (its remove()
+// or probe() for each device it drives), that may not have returned:
+// lib/bounded-write.ts notes each helper process here, one file per device
+// (and, for a module, one for it: module:NAME), from its start until it
+// returns, and leaves one that does not return blocked in the kernel. While
 // the helper lives, the device's lock is held by the kernel: any later write
-// to the device would block vmhook too, so every such write is refused.
-// Once the helper is gone, the note is stale: the next write to the device,
-// or vmhook recover, removes it.
+// to the device would block vmhook too, so every such write is refused, as is
+// every later rmmod or modprobe of the module. Once the helper is gone, the
+// note is stale: the next write to the device, or vmhook recover, removes it.
 import { VmhookError } from "./errors.ts";
 import type { Host } from "./host.ts";
 import { paths } from "./paths.ts";
@@ -17,11 +19,14 @@ export interface StuckWrite {
   pid: number;
   /** Its start time (field 22 of /proc/PID/stat): a later process given the same pid is not it. */
   startTime: string;
-  /** The device the write acts on: a PCI address, or a platform device's name. */
+  /** What the write acts on: a PCI address, a platform device's name, or module:NAME (moduleSubject) for a module's rmmod or modprobe. */
   device: string;
   driver: string;
-  file: string;
-  value: string;
+  /** A write: value written to file. */
+  file?: string;
+  value?: string;
+  /** Or a program that loads or unloads a module: its command line ("rmmod nvidia"). */
+  command?: string;
   /** When the write began, ISO 8601. */
   since: string;
   domain: { name: string; uuid: string };
@@ -36,6 +41,12 @@ export interface StuckWriteStatus extends StuckWrite {
 
 /** What the user can do while a helper is stuck. */
 export const STUCK_ADVICE = "do not use the device, and do not unload its driver; wait until the driver lets go (vmhook status shows it), or reboot the host";
+
+const MODULE = "module:";
+/** What a module's note is filed under: no device name starts with "module:". */
+export const moduleSubject = (module: string) => `${MODULE}${module}`;
+/** The module a note is filed for; undefined for a device's. */
+const noteModule = (subject: string) => (subject.startsWith(MODULE) ? subject.slice(MODULE.length) : undefined);
 
 /** A name that is safe as a file name under /run/vmhook/stuck. */
 const DEVICE_NAME = /^[A-Za-z0-9][A-Za-z0-9:._-]{0,63}$/;
@@ -89,12 +100,30 @@ export function listStuckWrites(host: Host): StuckWriteStatus[] {
     .flatMap((name) => readStuckWrite(host, `${paths.stuckWrites}/${name}`) ?? []);
 }
 
+/** What a module's program was noted for: the module, or one of the devices it drives. */
+function programSubject(write: StuckWrite): string {
+  const module = noteModule(write.device);
+  return module === undefined ? `${write.device} (driver ${write.driver})` : `module ${module}`;
+}
+
+/** What did not return: the write, or the module's program. */
+function stuckAt(write: StuckWrite): string {
+  if (write.command === undefined) return `${write.device}: driver ${write.driver} did not return from writing "${write.value}" to ${write.file}`;
+  return `${programSubject(write)}: ${write.command} did not return`;
+}
+
 /** One line: what is stuck since when, and whether its helper still runs. */
 export function describeStuckWrite(write: StuckWriteStatus): string {
-  const what = `${write.device}: driver ${write.driver} did not return from writing "${write.value}" to ${write.file} (since ${write.since}, for ${write.domain.name})`;
+  const what = `${stuckAt(write)} (since ${write.since}, for ${write.domain.name})`;
   return write.running
     ? `${what}; its helper, pid ${write.pid}, is still blocked in the kernel (state ${write.state}${write.state === "D" ? ": uninterruptible" : ""})`
     : `${what}; its helper, pid ${write.pid}, has finished since`;
+}
+
+/** One line for a note whose helper has finished since, as vmhook recover forgets it. */
+export function describeFinishedWrite(write: StuckWriteStatus): string {
+  const what = write.command === undefined ? `${write.device}: the write into driver ${write.driver} that did not return` : `${programSubject(write)}: ${write.command}, which did not return,`;
+  return `${what} has finished since (pid ${write.pid} is gone)`;
 }
 
 /** Refuses while a write into one of these devices' drivers is still blocked. Reads only (vmhook plan calls it too). */
@@ -112,8 +141,11 @@ export function clearForWrite(host: Host, device: string): void {
   if (write) forgetWrite(host, device);
 }
 
-const stillBlocked = (write: StuckWriteStatus, device: string) =>
-  new StuckWriteError(`${describeStuckWrite(write)}; vmhook writes nothing to ${device} until it has returned`, [STUCK_ADVICE]);
+function stillBlocked(write: StuckWriteStatus, device: string): StuckWriteError {
+  const module = noteModule(device);
+  const refused = module === undefined ? `vmhook writes nothing to ${device}` : `vmhook loads or unloads nothing that needs module ${module}`;
+  return new StuckWriteError(`${describeStuckWrite(write)}; ${refused} until it has returned`, [STUCK_ADVICE]);
+}
 
 /** Removes the notes whose helper is gone; returns them. */
 export function forgetFinishedWrites(host: Host): StuckWriteStatus[] {

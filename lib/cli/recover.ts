@@ -13,7 +13,7 @@ import { paths } from "../paths.ts";
 import { processInstance } from "../processes.ts";
 import { loadSettings } from "../settings.ts";
 import { undoJournal } from "../transaction.ts";
-import { forgetFinishedWrites } from "../stuck-writes.ts";
+import { describeFinishedWrite, forgetFinishedWrites } from "../stuck-writes.ts";
 import { lonelyTemps, removeStaleTemps } from "../state-files.ts";
 import { registry } from "../../plugins/index.ts";
 import type { GlobalOptions } from "./options.ts";
@@ -92,7 +92,7 @@ export const recoverCommand: CommandModule<GlobalOptions, RecoverArgs> = {
     const { journals, broken } = listJournals(host);
     // Helpers that were blocked in a driver and have finished since: their notes go, so the undos below may write to those devices again.
     const finished = forgetFinishedWrites(host);
-    if (!args.json) for (const write of finished) print(`${write.device}: the write into driver ${write.driver} that did not return has finished since (pid ${write.pid} is gone)`);
+    if (!args.json) for (const write of finished) print(describeFinishedWrite(write));
     // A hook killed writing its domain's first journal left only the temp copy: nothing to undo; it goes under the domain's lock, as the next hook's would.
     for (const { file } of lonelyTemps(host, paths.stateDir)) {
       const uuid = file.slice(paths.stateDir.length + 1, -".json".length);

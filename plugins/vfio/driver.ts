@@ -2,13 +2,13 @@
 // first), vfio-pci loads, each device moves with driver_override (taken by
 // vfio-pci as it registers, or by drivers_probe); extra modules load last.
 // Each undo puts one thing back and checks that it is back.
-import { writeThroughDriver } from "../../lib/bounded-write.ts";
+import { runThroughDriver, writeThroughDriver } from "../../lib/bounded-write.ts";
 import { kernelRelease, moduleClosure, moduleMissing } from "../../lib/kernel-modules.ts";
 import { VmhookError } from "../../lib/errors.ts";
-import { readForMessage, type Host } from "../../lib/host.ts";
+import { readForMessage, type ExecResult, type Host } from "../../lib/host.ts";
 import { PCI_DRIVERS, pciDriver, pciDriverRegistered, pciExists, pciPath } from "../../lib/pci.ts";
 import { defineAction, type ApplyContext, type BaseContext, type PlanContext, type Step, type UndoRecord } from "../../lib/plugin.ts";
-import { listStuckWrites, refuseIfStuck } from "../../lib/stuck-writes.ts";
+import { listStuckWrites, moduleSubject, refuseIfStuck } from "../../lib/stuck-writes.ts";
 import { PATTERNS } from "../../lib/validate.ts";
 import type { VfioConfig, VfioSettings } from "./config.ts";
 import { describeHolders, isWatched, moduleLoaded, processesHolding, VFIO_DRIVER, type Survey, type Watched } from "./survey.ts";
@@ -147,13 +147,24 @@ interface UnloadRecord extends UndoRecord {
   watched: Watched;
 }
 
+/**
+ * rmmod or modprobe of a module whose driver drives `devices` runs its
+ * remove() or probe() for each of them: bounded by bindTimeoutSeconds, in a
+ * helper noted while it runs (lib/bounded-write.ts). Without devices, the
+ * bound a program has anyway.
+ */
+function moduleChange(ctx: BaseContext, command: "rmmod" | "modprobe", module: string, devices: { address: string; driver: string }[], bindTimeoutMs: number): Promise<ExecResult> {
+  const bound = devices.length > 0 ? { timeoutMs: bindTimeoutMs, setting: "plugins.vfio.bindTimeoutSeconds" } : { timeoutMs: command === "rmmod" ? 30_000 : 60_000 };
+  return runThroughDriver(ctx, { command, module, devices, ...bound });
+}
+
 /** Claimed before it goes: a device of another VM that needs it back waits for the last holder. */
-function unloadModule(record: UnloadRecord, ctx: BaseContext): void {
+async function unloadModule(record: UnloadRecord, ctx: BaseContext): Promise<void> {
   const { module } = record;
-  // rmmod runs remove() for each device still bound: one blocked there already would block rmmod too.
-  refuseIfStuck(ctx.host, record.devices.map((device) => device.address));
+  // rmmod runs remove() for each device still bound: one blocked there already, or an earlier rmmod of it, would block rmmod too.
+  refuseIfStuck(ctx.host, [moduleSubject(module), ...record.devices.map((device) => device.address)]);
   ctx.claims.take(moduleClaim(module), { drivers: driversOf(ctx.host, module) });
-  const result = ctx.run("rmmod", [module], { allowFailure: true });
+  const result = await moduleChange(ctx, "rmmod", module, record.devices, record.bindTimeoutMs);
   if (moduleLoaded(ctx.host, module)) {
     const users = [...ctx.host.list(`/sys/module/${module}/holders`).map((holder) => `module ${holder}`), describeHolders(processesHolding(ctx.host, isWatched(record.watched)))].filter(Boolean);
     throw new VmhookError(
@@ -365,11 +376,17 @@ async function loadModule(record: UnloadRecord, ctx: BaseContext): Promise<void>
     return;
   }
   const waiting = (ctx.claims.get(claim)?.waiting ?? []).map((device) => ({ address: checkedAddress(device as UndoRecord), driver: checkedDriver((device as UndoRecord).driver)! }));
-  refuseIfStuck(ctx.host, [...ownDevices, ...waiting].map((device) => device.address));
-  if (!moduleLoaded(ctx.host, module)) ctx.run("modprobe", [module], { timeoutMs: 60_000 });
+  // This VM's own devices wait in the claim too once their own undo ran.
+  const returning = [...ownDevices, ...waiting.filter((device) => !ownDevices.some((own) => own.address === device.address))];
+  // A module whose rmmod is still blocked is loaded only in name: refused, as is a device held by a write into its driver.
+  refuseIfStuck(ctx.host, [moduleSubject(module), ...returning.map((device) => device.address)]);
+  if (!moduleLoaded(ctx.host, module)) {
+    const result = await moduleChange(ctx, "modprobe", module, returning, record.bindTimeoutMs);
+    if (result.error || result.status !== 0) throw new VmhookError(`modprobe ${module} failed: ${(result.error || result.stderr).trim().split("\n")[0] || `exit status ${result.status ?? result.signal}`}`);
+  }
   const own = new Set(ownDevices.map((device) => device.address));
   const unreturned: string[] = [];
-  for (const { address, driver } of [...ownDevices, ...waiting]) {
+  for (const { address, driver } of returning) {
     if (!pciExists(ctx.host, address)) continue;
     if (pciDriver(ctx.host, address) === VFIO_DRIVER) {
       // This VM's own device: its own undo failed and says so; do not report it twice.

@@ -116,15 +116,22 @@ async function resetDevice(ctx: BaseContext, target: ReturnTarget): Promise<stri
 /**
  * Removes the device from the PCI bus and rescans the bus: the kernel reads it
  * afresh and its driver probes it. driver_override does not survive the
- * removal, so a value set before is written again.
+ * removal, so a value set before is written again. Only the device's own bus
+ * is rescanned: the whole tree's rescan would bring back every device a user
+ * removed on purpose. A kernel without the bus's rescan file gets that one.
  */
 async function removeAndRescan(ctx: BaseContext, target: ReturnTarget): Promise<string | undefined> {
   const { host } = ctx;
   const { address, timeoutMs } = target;
   const override = pciDriverOverride(host, address);
-  ctx.log.info(`vfio: ${address}: removing it from the PCI bus and rescanning`);
+  const bus = address.slice(0, address.lastIndexOf(":"));
+  const busRescan = `/sys/class/pci_bus/${bus}/rescan`;
+  const rescan = host.exists(busRescan)
+    ? { file: busRescan, what: `its bus ${bus} (${busRescan})` }
+    : { file: "/sys/bus/pci/rescan", what: `the whole PCI tree (/sys/bus/pci/rescan; there is no ${busRescan}): devices removed on purpose come back too` };
+  ctx.log.info(`vfio: ${address}: removing it from the PCI bus and rescanning ${rescan.what}`);
   if (pciExists(host, address)) await deviceWrite(ctx, target, pciPath(address, "remove"), "1");
-  await deviceWrite(ctx, target, "/sys/bus/pci/rescan", "1");
+  await deviceWrite(ctx, target, rescan.file, "1");
   ctx.waitFor(`${address} is back on the PCI bus`, () => pciExists(host, address), { timeoutMs });
   if (override) host.write(pciPath(address, "driver_override"), override);
   return undefined;

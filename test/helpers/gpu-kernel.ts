@@ -117,6 +117,7 @@ export class GpuKernel {
     sim.onWrite(/^\/sys\/bus\/pci\/drivers\/[^/]+\/bind$/, (address, file) => this.bind(address, file.split("/")[5]!));
     sim.file("/sys/bus/pci/rescan");
     sim.onWrite("/sys/bus/pci/rescan", () => this.rescan());
+    sim.onWrite(/^\/sys\/class\/pci_bus\/[^/]+\/rescan$/, (_value, file) => this.rescan(file.split("/")[4]));
     sim.onWrite(/^\/sys\/bus\/pci\/devices\/[^/]+\/remove$/, (_value, file) => this.removeDevice(file.split("/")[5]!));
     sim.onWrite(/^\/sys\/bus\/pci\/devices\/[^/]+\/reset$/, (_value, file) => this.reset(file.split("/")[5]!));
     sim.onWrite(/^\/sys\/bus\/pci\/devices\/[^/]+\/reset_method$/, (value, file) => this.setResetMethod(file.split("/")[5]!, value, file));
@@ -187,6 +188,7 @@ export class GpuKernel {
       .file(`${dir}/boot_vga`, spec.bootVga ? 1 : 0)
       .file(`${dir}/driver_override`, "(null)")
       .file(`${dir}/remove`)
+      .file(`/sys/class/pci_bus/${spec.address.slice(0, 7)}/rescan`)
       .link(`${dir}/iommu_group`, `../../../kernel/iommu_groups/${spec.group}`)
       .link(`/sys/kernel/iommu_groups/${spec.group}/devices/${spec.address}`, `../../../../bus/pci/devices/${spec.address}`);
     if (spec.resetMethod) this.sim.file(`${dir}/reset_method`, spec.resetMethod).file(`${dir}/reset`);
@@ -407,9 +409,9 @@ export class GpuKernel {
     this.removed.add(address);
   }
 
-  /** Enumerates removed devices afresh (driver_override and reset_method as the kernel sets them) and probes them. */
-  private rescan(): void {
-    for (const address of [...this.removed]) {
+  /** Enumerates removed devices afresh (driver_override and reset_method as the kernel sets them) and probes them: those of one bus ("0000:03"), or all. */
+  private rescan(bus?: string): void {
+    for (const address of [...this.removed].filter((removed) => bus === undefined || removed.startsWith(`${bus}:`))) {
       this.removed.delete(address);
       this.refuseUntilRescan.delete(address);
       this.device({ ...this.devices.get(address)!, bound: false });

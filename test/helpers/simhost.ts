@@ -4,7 +4,7 @@
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
-import { RootedHost, type ExecOptions, type ExecResult, type HelperWrite } from "../../lib/host.ts";
+import { RootedHost, type ExecOptions, type ExecResult, type HelperRun, type HelperWrite } from "../../lib/host.ts";
 
 export type WriteHandler = (data: string, hostPath: string, sim: SimHost) => void;
 export type IoctlHandler = (request: number, argument: Uint8Array, hostPath: string, sim: SimHost) => void;
@@ -30,6 +30,9 @@ export class SimHost extends RootedHost {
   private readonly hangs: { match: string | RegExp; data?: string }[] = [];
   /** Writes whose helper hangs in a driver: they take effect at finishHungWrites(). */
   readonly hung: { pid: number; path: string; data: string }[] = [];
+  private readonly hangingPrograms: { command: string; args?: string[] }[] = [];
+  /** Programs that hang in a driver (rmmod in a remove()): they run at finishHungWrites(). */
+  readonly hungPrograms: { pid: number; command: string; args: string[] }[] = [];
   private nextPid = 4000;
   /**
    * Every state-changing operation of the hook, in order ("write PATH",
@@ -146,12 +149,23 @@ export class SimHost extends RootedHost {
     return this;
   }
 
-  /** The hanging drivers return: their writes take effect and their helpers exit. */
+  /** Runs of `command` (with exactly these args, or any) never return (rmmod whose driver's remove() blocks): the process stays in D state. */
+  hangProgram(command: string, args?: string[]): this {
+    this.hangingPrograms.push({ command, args });
+    return this;
+  }
+
+  /** The hanging drivers return: their writes take effect, their programs run, and their helpers exit. */
   finishHungWrites(): void {
     this.hangs.length = 0;
+    this.hangingPrograms.length = 0;
     for (const { pid, path: hostPath, data } of this.hung.splice(0)) {
       this.remove(`/proc/${pid}`);
       this.write(hostPath, data);
+    }
+    for (const { pid, command, args } of this.hungPrograms.splice(0)) {
+      this.remove(`/proc/${pid}`);
+      this.asKernel(() => this.programResult(command, args, { timeoutMs: 0 }));
     }
   }
 
@@ -258,16 +272,41 @@ export class SimHost extends RootedHost {
   /** As the kernel would take it, in a simulated helper process; one that hangs appears in /proc in D state. Once started, the helper writes whatever becomes of the hook. */
   override async writeInHelper(hostPath: string, data: string, _timeoutMs: number, started: (pid: number) => void): Promise<HelperWrite> {
     this.change(`start a helper writing "${data}" to ${hostPath}`);
-    const pid = this.nextPid++;
     const hangs = this.hangs.some((hang) => matches(hang.match, hostPath) && (hang.data === undefined || hang.data === data));
-    // Running while it writes: the note taken at its start sees a live helper.
-    const [comm, state] = hangs ? ["sh", "D"] : ["dd", "R"];
-    this.file(`/proc/${pid}/stat`, `${pid} (${comm}) ${state} 1 ${pid} ${pid} 0 -1 4194304 0 0 0 0 0 0 0 0 20 0 1 0 ${pid * 10} 2314240 1`);
-    let result: HelperWrite;
+    return this.inHelper(hangs ? "sh" : "dd", hangs, started, (pid) => this.helperWrites(pid, hostPath, data, hangs));
+  }
+
+  /** The simulated program in a simulated helper process; one that hangs appears in /proc in D state and runs at finishHungWrites(). */
+  override async runInHelper(command: string, args: string[], timeoutMs: number, started: (pid: number) => void): Promise<HelperRun> {
+    this.change(`start a helper running ${[command, ...args].join(" ")}`);
+    const hangs = this.programHangs(command, args);
+    return this.inHelper(command, hangs, started, (pid) => {
+      if (hangs) {
+        this.execs.push({ command, args });
+        this.hungPrograms.push({ pid, command, args });
+        return { done: false, pid };
+      }
+      try {
+        return { done: true, result: this.runProgram(command, args, { timeoutMs }) };
+      } finally {
+        this.remove(`/proc/${pid}`);
+      }
+    });
+  }
+
+  private programHangs(command: string, args: string[]): boolean {
+    return this.hangingPrograms.some((hang) => hang.command === command && (hang.args === undefined || hang.args.join(" ") === args.join(" ")));
+  }
+
+  /** A helper process: in /proc while it runs (the note taken at its start sees a live helper), it does its work whatever becomes of the hook. */
+  private inHelper<T>(comm: string, hangs: boolean, started: (pid: number) => void, work: (pid: number) => T): T {
+    const pid = this.nextPid++;
+    this.file(`/proc/${pid}/stat`, `${pid} (${comm}) ${hangs ? "D" : "R"} 1 ${pid} ${pid} 0 -1 4194304 0 0 0 0 0 0 0 0 20 0 1 0 ${pid * 10} 2314240 1`);
+    let result: T;
     try {
       started(pid);
     } finally {
-      result = this.asKernel(() => this.helperWrites(pid, hostPath, data, hangs));
+      result = this.asKernel(() => work(pid));
     }
     return result;
   }
@@ -301,13 +340,25 @@ export class SimHost extends RootedHost {
     handler.handler(request, argument, hostPath, this);
   }
 
+  /** A program that hangs in a driver blocks exec, which cannot leave it: here it returns at once, as killed at its timeout, while the process stays in D state. */
   override exec(command: string, args: string[], options: ExecOptions): ExecResult {
     this.change(`run ${[command, ...args].join(" ")}`);
+    if (this.programHangs(command, args)) {
+      this.execs.push({ command, args });
+      return this.inHelper(command, true, () => {}, (pid) => {
+        this.hungPrograms.push({ pid, command, args });
+        return { status: null, signal: "SIGKILL", stdout: "", stderr: "", timedOut: true };
+      });
+    }
     return this.asKernel(() => this.runProgram(command, args, options));
   }
 
   private runProgram(command: string, args: string[], options: ExecOptions): ExecResult {
     this.execs.push({ command, args });
+    return this.programResult(command, args, options);
+  }
+
+  private programResult(command: string, args: string[], options: ExecOptions): ExecResult {
     const handler = this.execHandlers.get(command);
     if (!handler) return { status: null, signal: null, stdout: "", stderr: "", timedOut: false, error: `${command}: not found` };
     return { status: 0, signal: null, stdout: "", stderr: "", timedOut: false, ...(handler(args, this, options) ?? {}) };

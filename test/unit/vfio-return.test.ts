@@ -83,12 +83,29 @@ test("the reset does not help: remove + rescan does, driver_override and IOMMU g
   const kernel = amdWorkstation();
   const before = await releaseRefused(kernel, kernel.refuseUntilRescan);
   assert.ok(kernel.sim.exists("/dev/dri/card1"), "the card node is back");
-  assert.equal([writesTo(kernel, `${GPU}/reset`), writesTo(kernel, `${GPU}/remove`), writesTo(kernel, "/sys/bus/pci/rescan")], [1, 1, 1]);
+  assert.equal([writesTo(kernel, `${GPU}/reset`), writesTo(kernel, `${GPU}/remove`), writesTo(kernel, "/sys/class/pci_bus/0000:03/rescan"), writesTo(kernel, "/sys/bus/pci/rescan")], [1, 1, 1, 0]);
   const text = log(kernel);
   assert.match(text, `vfio: ${GPU} return attempt 2/3 reset: amdgpu refused it: ENODEV`);
-  assert.match(text, `vfio: ${GPU}: removing it from the PCI bus and rescanning`);
+  assert.match(text, `vfio: ${GPU}: removing it from the PCI bus and rescanning its bus 0000:03 (/sys/class/pci_bus/0000:03/rescan)`);
   assert.match(text, `vfio: ${GPU} return attempt 3/3 remove + rescan: bound to amdgpu`);
   assert.equal(kernel.sim.snapshot(), before);
+});
+
+test("remove + rescan rescans only the GPU's bus: a device the user removed on purpose (another bus) stays removed", async () => {
+  const NIC = "0000:05:00.0";
+  const kernel = amdWorkstation().device({ address: NIC, classCode: "0x020000", vendor: "0x8086", group: 5 });
+  kernel.sim.write(`/sys/bus/pci/devices/${NIC}/remove`, "1");
+  const before = await releaseRefused(kernel, kernel.refuseUntilRescan);
+  assert.not.ok(kernel.sim.exists(`/sys/bus/pci/devices/${NIC}`), "the removed device did not come back");
+  assert.equal(kernel.sim.snapshot(), before);
+});
+
+test("a kernel without the bus's rescan file: remove + rescan falls back to the whole tree's rescan and says so", async () => {
+  const kernel = amdWorkstation();
+  kernel.sim.remove("/sys/class/pci_bus");
+  await releaseRefused(kernel, kernel.refuseUntilRescan);
+  assert.equal([writesTo(kernel, `${GPU}/remove`), writesTo(kernel, "/sys/bus/pci/rescan")], [1, 1]);
+  assert.match(log(kernel), `vfio: ${GPU}: removing it from the PCI bus and rescanning the whole PCI tree (/sys/bus/pci/rescan; there is no /sys/class/pci_bus/0000:03/rescan): devices removed on purpose come back too`);
 });
 
 test("a device without a reset method: the reset is skipped and said so, remove + rescan brings it back", async () => {
