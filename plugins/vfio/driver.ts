@@ -149,12 +149,14 @@ interface UnloadRecord extends UndoRecord {
 
 /**
  * rmmod or modprobe of a module whose driver drives `devices` runs its
- * remove() or probe() for each of them: bounded by bindTimeoutSeconds, in a
- * helper noted while it runs (lib/bounded-write.ts). Without devices, the
- * bound a program has anyway.
+ * remove() or probe() for each of them, in a helper noted while it runs
+ * (lib/bounded-write.ts). Its bound is the one these commands always had
+ * (a driver's probe may load firmware for seconds: NVIDIA's GSP), or
+ * bindTimeoutSeconds when that is longer.
  */
 function moduleChange(ctx: BaseContext, command: "rmmod" | "modprobe", module: string, devices: { address: string; driver: string }[], bindTimeoutMs: number): Promise<ExecResult> {
-  const bound = devices.length > 0 ? { timeoutMs: bindTimeoutMs, setting: "plugins.vfio.bindTimeoutSeconds" } : { timeoutMs: command === "rmmod" ? 30_000 : 60_000 };
+  const usual = command === "rmmod" ? 30_000 : 60_000;
+  const bound = devices.length > 0 ? { timeoutMs: Math.max(usual, bindTimeoutMs), setting: "plugins.vfio.bindTimeoutSeconds" } : { timeoutMs: usual };
   return runThroughDriver(ctx, { command, module, devices, ...bound });
 }
 
