@@ -23,9 +23,14 @@ export function moduleList(host: Host, release: string, list: "modules.dep" | "m
  * whole text costs several times more under TCG), then checked whole.
  */
 export function moduleDependencies(host: Host, release: string, module: string): string[] | undefined {
+  if (!plainRelease(release)) return undefined;
+  return dependenciesIn(host.readTrimmed(`/lib/modules/${release}/modules.dep`) ?? "", module);
+}
+
+/** moduleDependencies in modules.dep's text, for callers that look up several modules in one read. */
+function dependenciesIn(text: string, module: string): string[] | undefined {
   const name = moduleName(`${module}.ko`);
-  if (!plainRelease(release) || !/^\w+$/.test(name)) return undefined;
-  const text = host.readTrimmed(`/lib/modules/${release}/modules.dep`) ?? "";
+  if (!/^\w+$/.test(name)) return undefined;
   // A file name may spell the module's "_" as "-" (vfio-pci.ko is vfio_pci).
   const line = new RegExp(`^(?:[^:]*/)?${name.replace(/_/g, "[-_]")}\\.ko(?:\\.\\w+)?:(.*)$`);
   const needle = `${name.split("_").pop()}.ko`; // the same in every spelling
@@ -46,6 +51,8 @@ export function moduleDependencies(host: Host, release: string, module: string):
  */
 export function moduleClosure(host: Host, module: string): string[] {
   const release = kernelRelease(host);
+  // Read once: a module's line lists all it needs, however deep (depmod writes it so), so only soft dependencies are looked up again.
+  const dep = plainRelease(release) ? (host.readTrimmed(`/lib/modules/${release}/modules.dep`) ?? "") : "";
   const softdeps = new Map<string, string[]>();
   for (const line of moduleList(host, release, "modules.softdep")) {
     const [word, name, ...rest] = line.trim().split(/\s+/);
@@ -55,14 +62,14 @@ export function moduleClosure(host: Host, module: string): string[] {
   const visit = (name: string, dependencies: string[] | undefined) => {
     if (name === "" || found.includes(name)) return;
     found.push(name);
-    for (const each of dependencies ?? []) visit(each, moduleDependencies(host, release, each));
+    for (const each of dependencies ?? []) visit(each, []);
     // A soft dependency this kernel does not have (vfio_iommu_spapr_tce on x86) is skipped by modprobe too.
     for (const soft of softdeps.get(name) ?? []) {
-      const theirs = moduleDependencies(host, release, soft);
+      const theirs = dependenciesIn(dep, soft);
       if (theirs !== undefined) visit(soft, theirs);
     }
   };
-  visit(moduleName(`${module}.ko`), moduleDependencies(host, release, module));
+  visit(moduleName(`${module}.ko`), dependenciesIn(dep, module));
   return found;
 }
 

@@ -107,4 +107,13 @@ test("prepare reads the host settings once: the policy rule and the steps see th
   assert.is(reads.length, 1);
 });
 
+test("prepare reads modules.dep once (500 KB on a distribution kernel): the closure of what modprobe vfio-pci loads takes the dependencies from its one line, soft dependencies included", async () => {
+  const kernel = workstation(["card1"]);
+  const reads = watch(kernel, "readTrimmed", (hostPath) => hostPath.endsWith("/modules.dep"));
+  const prepare = await runHookEvent(kernel.sim, "prepare", "begin", DOMAIN);
+  assert.is(prepare.code, 0, prepare.stderr);
+  assert.is(kernel.driverOf(GPU), "vfio-pci");
+  assert.is(reads.length, 1);
+});
+
 test.run();
