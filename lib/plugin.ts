@@ -213,6 +213,7 @@ export interface StepHandle {
 export interface LegacyContext<Config> extends PlanContext<Config> {
   /** True in `vmhook plan`: steps are listed, not run. */
   dryRun: boolean;
+  /** Journals `undo` (pending), then runs `action`: every change belongs inside it, each part named with handle.update before it is made, or a kill in between leaves it in no record. */
   step(description: string, undo: UndoRecord, action: (handle: StepHandle) => void | Promise<void>): Promise<void>;
 }
 

@@ -65,16 +65,22 @@ const STOP_UNITS = `${paths.pluginsDir}/stop-units`;
 /** Where the simulated systemctl of the stop-units host keeps each unit's state. */
 const UNIT_STATES = "/var/lib/systemd/sim-units";
 
+/** A host with `file` (from `source`) in vmhook's plugins directory, both as vmhook requires: root's, not writable by others. */
+function customPluginHost(file: string, source: string, mode: number): SimHost {
+  const sim = new SimHost().dir("/run/vmhook").dir("/var/log").dir(paths.pluginsDir);
+  fs.chmodSync(sim.resolve(paths.pluginsDir), 0o755);
+  sim.file(`${paths.pluginsDir}/${file}`, source);
+  fs.chmodSync(sim.resolve(`${paths.pluginsDir}/${file}`), mode);
+  return sim;
+}
+
 /**
  * examples/plugins/stop-units, run for real under the root, with a systemctl
  * (a shell script there too) keeping each unit's state in a file: two units
  * that run and one that does not.
  */
 function stopUnitsHost(): SimHost {
-  const sim = new SimHost().dir("/run/vmhook").dir("/var/log").dir(paths.pluginsDir);
-  fs.chmodSync(sim.resolve(paths.pluginsDir), 0o755);
-  fs.copyFileSync(path.join(REPO, "examples/plugins/stop-units"), sim.resolve(STOP_UNITS));
-  fs.chmodSync(sim.resolve(STOP_UNITS), 0o755);
+  const sim = customPluginHost("stop-units", fs.readFileSync(path.join(REPO, "examples/plugins/stop-units"), "utf8"), 0o755);
   sim.onExec(STOP_UNITS, (args, host, options) => RootedHost.prototype.exec.call(host, STOP_UNITS, args, options));
   for (const [unit, state] of [["backup.timer", "active"], ["sync@alice.service", "active"], ["idle.service", "inactive"]]) sim.file(`${UNIT_STATES}/${unit}`, state);
   sim.file("/usr/bin/systemctl", `#!/bin/sh
@@ -89,6 +95,87 @@ esac
   fs.chmodSync(sim.resolve("/usr/bin/systemctl"), 0o755);
   return sim;
 }
+
+/** examples/plugins/looking-glass.mjs, with the user and group it names. Its apply and undo change /dev/shm with node:fs, where no kill lands: it is killed around them. */
+function lookingGlassHost(): SimHost {
+  return customPluginHost("looking-glass.mjs", fs.readFileSync(path.join(REPO, "examples/plugins/looking-glass.mjs"), "utf8"), 0o644)
+    .dir("/dev/shm")
+    .file("/etc/passwd", "root:x:0:0:root:/root:/bin/bash\nalice:x:1234:1234:Alice:/home/alice:/bin/bash\n")
+    .file("/etc/group", "root:x:0:\nkvm:x:993:alice\n");
+}
+
+/** What the JavaScript plugins below change: a file that exists, and notes in a directory they create. */
+const GOVERNOR = "/etc/tune/governor";
+const NOTES = "/var/lib/vm-notes";
+
+/** A host where the module plugin `file` finds the governor file it changes; every change goes through ctx.host, where the kill can land. */
+function modulePluginHost(file: string, source: string): SimHost {
+  return customPluginHost(file, source, 0o644).file(GOVERNOR, "powersave\n").dir("/var/lib");
+}
+
+/** The start of both module plugins below, up to their planners or handlers. */
+const pluginStart = (name: string) => `
+const [GOVERNOR, NOTES] = ${JSON.stringify([GOVERNOR, NOTES])};
+export default {
+  name: "${name}",
+  summary: "sets the CPU governor and leaves notes while the VM runs",
+  parse: () => ({}),`;
+
+/** A plugin of the typed interface (plan + actions), as docs/plugins.md describes it. */
+const TYPED_PLUGIN = `${pluginStart("tune")}
+  plan: {
+    prepare: (ctx) => [
+      { action: "set-file", record: { action: "set-file", path: GOVERNOR, value: "performance\\n", old: ctx.host.read(GOVERNOR) }, description: "governor: performance" },
+      {
+        action: "write-notes",
+        record: { action: "write-notes", dir: NOTES, createdDir: !ctx.host.exists(NOTES), notes: ["a", "b"].map((name) => \`\${NOTES}/\${ctx.domain.uuid}.\${name}\`) },
+        description: "notes",
+      },
+    ],
+  },
+  actions: {
+    "set-file": {
+      check: (record) => record,
+      apply(record, ctx) { ctx.host.write(record.path, record.value); },
+      undo(record, ctx) { ctx.host.write(record.path, record.old); },
+    },
+    "write-notes": {
+      check: (record) => record,
+      apply(record, ctx) {
+        if (record.createdDir) ctx.host.mkdir(record.dir);
+        for (const note of record.notes) ctx.host.createFile(note, ctx.domain.name);
+      },
+      undo(record, ctx) {
+        for (const note of record.notes) ctx.host.remove(note);
+        if (record.createdDir) ctx.host.remove(record.dir);
+      },
+    },
+  },
+};
+`;
+
+/** The same changes by a plugin of the first interface: its handler journals each step's undo, and what a step has begun, before making it. */
+const LEGACY_PLUGIN = `${pluginStart("legacy-tune")}
+  async prepare(ctx) {
+    await ctx.step("governor: performance", { action: "restore-file", path: GOVERNOR, old: ctx.host.read(GOVERNOR) }, () => ctx.host.write(GOVERNOR, "performance\\n"));
+    const createdDir = !ctx.host.exists(NOTES);
+    await ctx.step("notes", { action: "remove-notes", dir: NOTES, createdDir, notes: [] }, (handle) => {
+      if (createdDir) ctx.host.mkdir(NOTES);
+      const notes = [];
+      for (const name of ["a", "b"]) {
+        notes.push(\`\${NOTES}/\${ctx.domain.uuid}.\${name}\`);
+        handle.update({ action: "remove-notes", dir: NOTES, createdDir, notes });
+        ctx.host.createFile(notes.at(-1), ctx.domain.name);
+      }
+    });
+  },
+  undo(record, ctx) {
+    if (record.action === "restore-file") return ctx.host.write(record.path, record.old);
+    for (const note of record.notes) ctx.host.remove(note);
+    if (record.createdDir) ctx.host.remove(record.dir);
+  },
+};
+`;
 
 const SCENARIOS: Scenario[] = [
   { name: "hugepages", build: () => hugepageHost(), hooks: "<vmhook:hugepages/>", devices: HUGEPAGES },
@@ -110,6 +197,9 @@ const SCENARIOS: Scenario[] = [
   },
   { name: "nosleep", build: () => logindHost({ sim: new SimHost().dir("/var/log") }).sim, hooks: "<vmhook:nosleep/>" },
   { name: "custom executable plugin (stop-units)", build: stopUnitsHost, hooks: '<vmhook:plugin name="stop-units" units="backup.timer idle.service sync@alice.service"/>' },
+  { name: "custom module plugin (looking-glass)", build: lookingGlassHost, hooks: '<vmhook:plugin name="looking-glass" owner="alice" group="kvm" size="1M"/>' },
+  { name: "custom module plugin (typed interface)", build: () => modulePluginHost("tune.mjs", TYPED_PLUGIN), hooks: '<vmhook:plugin name="tune"/>' },
+  { name: "custom module plugin (first interface)", build: () => modulePluginHost("legacy-tune.mjs", LEGACY_PLUGIN), hooks: '<vmhook:plugin name="legacy-tune"/>' },
   {
     name: "forward",
     build: () => nftHost(UUID).sim,
