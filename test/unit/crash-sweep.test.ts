@@ -10,8 +10,6 @@
 // left. Every simulated program keeps its state in files under the root,
 // where the snapshot sees it.
 import * as fs from "node:fs";
-import * as path from "node:path";
-import { fileURLToPath } from "node:url";
 import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { cli } from "../helpers/cli.ts";
@@ -23,6 +21,7 @@ import { logindHost } from "../helpers/logind-host.ts";
 import { nftHost } from "../helpers/nft-host.ts";
 import { GPU, gvtHost, mdevHostdevXml, nvidiaHost, pciHostdevXml, VF, VF2 } from "../helpers/mdev-kernel.ts";
 import { SimHost } from "../helpers/simhost.ts";
+import { stopUnitsAllowing } from "../helpers/stop-units.ts";
 import { RootedHost } from "../../lib/host.ts";
 import { paths } from "../../lib/paths.ts";
 
@@ -60,7 +59,6 @@ function everythingHost(): SimHost {
 const MDEV_A = "4b20d080-1b54-4048-85b3-a6a62d165c01";
 const MDEV_B = "4b20d080-1b54-4048-85b3-a6a62d165c02";
 
-const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
 const STOP_UNITS = `${paths.pluginsDir}/stop-units`;
 /** Where the simulated systemctl of the stop-units host keeps each unit's state. */
 const UNIT_STATES = "/var/lib/systemd/sim-units";
@@ -73,7 +71,7 @@ const UNIT_STATES = "/var/lib/systemd/sim-units";
 function stopUnitsHost(): SimHost {
   const sim = new SimHost().dir("/run/vmhook").dir("/var/log").dir(paths.pluginsDir);
   fs.chmodSync(sim.resolve(paths.pluginsDir), 0o755);
-  fs.copyFileSync(path.join(REPO, "examples/plugins/stop-units"), sim.resolve(STOP_UNITS));
+  fs.writeFileSync(sim.resolve(STOP_UNITS), stopUnitsAllowing("backup.timer idle.service sync@*.service"));
   fs.chmodSync(sim.resolve(STOP_UNITS), 0o755);
   sim.onExec(STOP_UNITS, (args, host, options) => RootedHost.prototype.exec.call(host, STOP_UNITS, args, options));
   for (const [unit, state] of [["backup.timer", "active"], ["sync@alice.service", "active"], ["idle.service", "inactive"]]) sim.file(`${UNIT_STATES}/${unit}`, state);
