@@ -34,11 +34,12 @@ export interface LoggerOptions {
  * separator) cannot forge log lines, move a terminal's cursor or push the
  * cause off the first line of stderr.
  */
-export function oneLine(text: string): string {
-  return text.replace(/[\u0000-\u001f\u007f-\u009f\u2028\u2029]/g, (char) =>
-    char < " " ? JSON.stringify(char).slice(1, -1) : `\\u${char.charCodeAt(0).toString(16).padStart(4, "0")}`,
-  );
-}
+export const oneLine = (text: string): string => text.replace(/[\u0000-\u001f\u007f-\u009f\u2028\u2029]/g, escapeControl);
+
+/** For the terminal (the CLI's output): line breaks and tabs stay, every other control is shown escaped, as oneLine does. */
+export const terminalText = (text: string): string => text.replace(/[\u0000-\u0008\u000b-\u001f\u007f-\u009f\u2028\u2029]/g, escapeControl);
+
+const escapeControl = (char: string): string => (char < " " ? JSON.stringify(char).slice(1, -1) : `\\u${char.charCodeAt(0).toString(16).padStart(4, "0")}`);
 
 export function createLogger(host: Host, options: LoggerOptions): Logger {
   const transcript: string[] = [];

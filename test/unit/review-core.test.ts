@@ -233,6 +233,18 @@ test("a journal whose domain is not the one its file is named for (copied or edi
   }
 });
 
+test("vmhook status shows a domain name's carriage return and C1 controls escaped: a name cannot rewrite root's terminal", async () => {
+  const sim = new SimHost();
+  try {
+    writeJournal(sim, { ...newJournal(sim, { name: "vm\r\u009b2Jok", uuid: UUID }), phase: "running" });
+    const status = await cli(["status", "--root", sim.root]);
+    assert.not.match(status.stdout, /[\r\u0085\u009b]/);
+    assert.match(status.stdout, "vm\\r\\u009b2Jok");
+  } finally {
+    sim.cleanup();
+  }
+});
+
 test("recover reports a journal it cannot read and exits 1, instead of \"nothing to recover\"", async () => {
   const sim = new SimHost();
   try {
