@@ -58,7 +58,8 @@ export class HookRun {
 
   constructor(readonly invocation: HookInvocation) {
     this.host = invocation.host ?? new RootedHost(invocation.root);
-    this.name = invocation.args[0] ?? "?";
+    // For messages only: whoever defined the domain chose it, control characters and all.
+    this.name = oneLine(invocation.args[0] ?? "?");
     this.log = createLogger(this.host, {
       domain: this.name,
       event: invocation.args.slice(1, 3).join(" "),
@@ -299,7 +300,7 @@ export async function runEvent(invocation: HookInvocation, event: HookEvent | un
     const details = error instanceof VmhookError ? error.lines : [String((error as Error)?.stack ?? "")];
     for (const line of details) run.log.error(line);
     process.stderr.write(
-      [`vmhook: ${oneLine(headline)}`, ...details.map((line) => `  ${line}`), `  (${event ?? "event"} of ${run.name}; log: /var/log/vmhook.log)`].join("\n") + "\n",
+      [`vmhook: ${oneLine(headline)}`, ...details.map((line) => `  ${oneLine(line)}`), `  (${event ?? "event"} of ${run.name}; log: /var/log/vmhook.log)`].join("\n") + "\n",
     );
     return mayFail ? 1 : 0;
   }

@@ -28,17 +28,23 @@ export interface LoggerOptions {
 }
 
 /**
- * Control characters shown escaped ("\n"): one message is one line, so a
- * value from the domain XML (size="2M&#10;...") cannot forge log lines or push
- * the cause off the first line of stderr.
+ * Control characters shown escaped ("\n", "\r", "\u009b"): one message is one
+ * line, so a value from the domain XML (size="2M&#10;...", a domain name with
+ * a carriage return, a C1 control such as NEL or CSI, a Unicode line
+ * separator) cannot forge log lines, move a terminal's cursor or push the
+ * cause off the first line of stderr.
  */
-export function oneLine(text: string): string {
-  return text.replace(/[\u0000-\u001f\u007f]/g, (char) => JSON.stringify(char).slice(1, -1));
-}
+export const oneLine = (text: string): string => text.replace(/[\u0000-\u001f\u007f-\u009f\u2028\u2029]/g, escapeControl);
+
+/** For the terminal (the CLI's output): line breaks and tabs stay, every other control is shown escaped, as oneLine does. */
+export const terminalText = (text: string): string => text.replace(/[\u0000-\u0008\u000b-\u001f\u007f-\u009f\u2028\u2029]/g, escapeControl);
+
+const escapeControl = (char: string): string => (char < " " ? JSON.stringify(char).slice(1, -1) : `\\u${char.charCodeAt(0).toString(16).padStart(4, "0")}`);
 
 export function createLogger(host: Host, options: LoggerOptions): Logger {
   const transcript: string[] = [];
-  const context = [options.domain, options.event].filter(Boolean).join(" ");
+  // The domain name is libvirt's argument, written by whoever defined the domain.
+  const context = oneLine([options.domain, options.event].filter(Boolean).join(" "));
   let fileBroken = !options.file;
   const emit = (level: LogLevel, message: string) => {
     const text = oneLine(message);

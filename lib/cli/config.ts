@@ -8,6 +8,7 @@ import { CUSTOM_ELEMENT, loadDomainPlugins } from "../config.ts";
 import { parseDomain, storedPlugins, type Domain } from "../domain.ts";
 import { dryRun } from "../dry-run.ts";
 import { describeError, VmhookError } from "../errors.ts";
+import { terminalText } from "../log.ts";
 import type { Host } from "../host.ts";
 import { Virsh, type Scope } from "../libvirt-client.ts";
 import { readPastedMetadata, renderHooks, repairDoubledPrefixes, shellWord, type MetadataNode } from "../metadata-text.ts";
@@ -119,7 +120,7 @@ function save(virsh: Virsh, name: string, current: Current, nodes: MetadataNode[
     printJson({ domain: name, changed: true, metadata: after, notes, refusedHere });
     return;
   }
-  for (const refusal of refusedHere) process.stderr.write(`vmhook: warning: a start of ${name} on this host now would be refused: ${refusal}\n`);
+  for (const refusal of refusedHere) process.stderr.write(`vmhook: warning: a start of ${name} on this host now would be refused: ${terminalText(refusal)}\n`);
   const diff = unifiedDiff(before, after, `${name} (before)`, `${name} (after)`);
   print(`${name}: saved to ${current.describeScope}${diff ? "" : ": the same elements, stored correctly now"}`);
   if (diff) print(diff);
@@ -170,7 +171,7 @@ async function edit(host: Host, virsh: Virsh, name: string, current: Current, ar
     } catch (error) {
       // another change came in meanwhile: editing again would start from what libvirt no longer has
       if (error instanceof ChangedMeanwhile) throw error;
-      process.stderr.write(`vmhook: ${describeError(error)}\n`);
+      process.stderr.write(`vmhook: ${terminalText(describeError(error))}\n`);
       if (!askYes("Edit again?")) throw new VmhookError(`kept the old metadata of ${name}: the edit was not saved`);
       text = edited;
     }

@@ -3,6 +3,7 @@
 import yargs from "yargs";
 import type { CommandModule } from "yargs";
 import { describeError, VmhookError } from "../errors.ts";
+import { terminalText } from "../log.ts";
 import { RootedHost, type Host } from "../host.ts";
 import { installCommands } from "./install.ts";
 import { inspectCommands } from "./inspect.ts";
@@ -72,8 +73,8 @@ export async function runCli(args: string[], hookMain: HookMain, hostAt: (root: 
       process.stderr.write(`vmhook: ${usageError(error.message, args, usages)}\n`);
       return 2;
     }
-    process.stderr.write(`vmhook: ${describeError(error)}\n`);
-    if (error instanceof VmhookError) for (const line of error.lines) process.stderr.write(`  ${line}\n`);
+    process.stderr.write(`vmhook: ${terminalText(describeError(error))}\n`);
+    if (error instanceof VmhookError) for (const line of error.lines) process.stderr.write(`  ${terminalText(line)}\n`);
     else if (process.env.VMHOOK_DEBUG) process.stderr.write(`${(error as Error).stack}\n`);
     return 1;
   }

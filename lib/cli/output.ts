@@ -1,9 +1,12 @@
 // CLI output: the only place besides the CLI commands that writes to stdout.
 import { readFileSync } from "node:fs";
 import { VmhookError } from "../errors.ts";
+import { terminalText } from "../log.ts";
 
+/** Domain names and XML values reach the output: their control characters are shown escaped (lib/log.ts). */
 export function print(text: string): void {
-  process.stdout.write(text.endsWith("\n") ? text : `${text}\n`);
+  const shown = terminalText(text);
+  process.stdout.write(shown.endsWith("\n") ? shown : `${shown}\n`);
 }
 
 export function printJson(value: unknown): void {

@@ -75,9 +75,10 @@ export function dnatRules(forward: ResolvedForward): string[] {
     : forward.hairpin
       ? ""
       : `iifname != ${quoted(forward.bridge)} `;
-  const to = forward.hostAddress
-    ? `${ip} daddr ${forward.hostAddress.text} `
-    : `fib daddr type local ${ip} daddr != ${forward.family === 4 ? "127.0.0.0/8" : "::1"} `;
+  // Always addressed to the host: host-address= only narrows that to one of its
+  // addresses, so a foreign one (the host's own connections out, traffic it
+  // routes) never reaches the guest.
+  const to = `fib daddr type local ${ip} daddr ${forward.hostAddress ? forward.hostAddress.text : `!= ${forward.family === 4 ? "127.0.0.0/8" : "::1"}`} `;
   return forward.ports.map(
     (port) => `meta nfproto ${nfproto(forward.family)} ${from}${to}meta l4proto ${port.protocol} th dport ${nftPorts(port.host)} dnat ${ip} to ${dnatTarget(forward, port)}`,
   );

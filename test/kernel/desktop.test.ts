@@ -8,15 +8,12 @@
 // refusal of holders single-GPU mode may not stop (a system unit, a user
 // unit outside the session), isolate through systemd's AllowedCPUs with two
 // VMs, nosleep's inhibitor lock and the stop-units example plugin.
-import * as fs from "node:fs";
-import * as path from "node:path";
-import { fileURLToPath } from "node:url";
 import { suite } from "uvu";
 import * as assert from "uvu/assert";
 import { bootGuest, skipReason, type Guest } from "./guest.ts";
 import { domainXml, hook, STATE, UUID, writeDomain } from "./vfio-domain.ts";
+import { stopUnitsAllowing } from "../helpers/stop-units.ts";
 
-const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
 const desktop = suite<{ guest?: Guest; baseline?: string }>("the desktop guest (systemd, OVMF, weston as a user unit, pipewire)");
 const skip = skipReason({ desktop: true });
 if (skip) console.log(`desktop kernel tests: skipped: ${skip}`);
@@ -146,7 +143,7 @@ it("nosleep: logind lists vmhook's sleep lock while the VM runs, held by a trans
 });
 
 it("the stop-units example plugin stops a running unit for the VM's life and starts exactly it again", async ({ guest }) => {
-  const plugin = fs.readFileSync(path.join(REPO, "examples/plugins/stop-units"), "utf8");
+  const plugin = stopUnitsAllowing("backup.service idle.service");
   await guest!.ok(`mkdir -p /etc/vmhook/plugins.d && cat > /etc/vmhook/plugins.d/stop-units <<'PLUGIN'\n${plugin}\nPLUGIN
 chmod 755 /etc/vmhook/plugins.d/stop-units
 printf '[Service]\\nExecStart=/bin/sleep infinity\\n' > /etc/systemd/system/backup.service

@@ -23,6 +23,7 @@ import { logindHost } from "../helpers/logind-host.ts";
 import { nftHost } from "../helpers/nft-host.ts";
 import { GPU, gvtHost, mdevHostdevXml, nvidiaHost, pciHostdevXml, VF, VF2 } from "../helpers/mdev-kernel.ts";
 import { SimHost } from "../helpers/simhost.ts";
+import { stopUnitsAllowing } from "../helpers/stop-units.ts";
 import { RootedHost } from "../../lib/host.ts";
 import { paths } from "../../lib/paths.ts";
 
@@ -80,7 +81,7 @@ function customPluginHost(file: string, source: string, mode: number): SimHost {
  * that run and one that does not.
  */
 function stopUnitsHost(): SimHost {
-  const sim = customPluginHost("stop-units", fs.readFileSync(path.join(REPO, "examples/plugins/stop-units"), "utf8"), 0o755);
+  const sim = customPluginHost("stop-units", stopUnitsAllowing("backup.timer idle.service sync@*.service"), 0o755);
   sim.onExec(STOP_UNITS, (args, host, options) => RootedHost.prototype.exec.call(host, STOP_UNITS, args, options));
   for (const [unit, state] of [["backup.timer", "active"], ["sync@alice.service", "active"], ["idle.service", "inactive"]]) sim.file(`${UNIT_STATES}/${unit}`, state);
   sim.file("/usr/bin/systemctl", `#!/bin/sh

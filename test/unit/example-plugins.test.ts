@@ -8,6 +8,7 @@ import * as path from "node:path";
 import { fileURLToPath } from "node:url";
 import { test } from "uvu";
 import * as assert from "uvu/assert";
+import { stopUnitsAllowing } from "../helpers/stop-units.ts";
 
 const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
 const BINARY = path.join(REPO, "dist/vmhook");
@@ -137,9 +138,30 @@ esac
 
 const systemctlCalls = (root: Root) => fs.readFileSync(root.at("/systemctl.log"), "utf8").trim().split("\n");
 
+/** Root's edit of the installed stop-units: the units domains may have it stop. */
+const allowUnits = (root: Root, units: string) => fs.writeFileSync(root.at("/etc/vmhook/plugins.d/stop-units"), stopUnitsAllowing(units));
+
+test("stop-units: metadata stops only units root allows in the installed plugin; as shipped it stops none (not sshd, not the firewall)", () => {
+  const root = makeRoot();
+  fakeSystemctl(root, ["sshd.service", "nftables.service", "backup.timer"]);
+  const outcome = root.hook("prepare", "begin", domain('<vmhook:plugin name="stop-units" units="sshd.service"/>'));
+  assert.is(outcome.code, 1);
+  assert.match(outcome.stderr.split("\n")[0]!, "units: sshd.service is not a unit this host lets domains stop; to allow it, add it to ALLOWED_UNITS in ");
+  assert.not.ok(fs.existsSync(root.at("/systemctl.log")), "systemctl was never called");
+
+  allowUnits(root, "backup.timer sync@*.service");
+  const firewall = root.hook("prepare", "begin", domain('<vmhook:plugin name="stop-units" units="backup.timer nftables.service"/>'));
+  assert.is(firewall.code, 1);
+  assert.match(firewall.stderr.split("\n")[0]!, "units: nftables.service is not a unit this host lets domains stop");
+  assert.not.ok(fs.existsSync(root.at("/systemctl.log")), "refused before any unit was stopped");
+  assert.equal(fs.readdirSync(root.at("/units")).sort(), ["backup.timer", "nftables.service", "sshd.service"]);
+  fs.rmSync(root.dir, { recursive: true, force: true });
+});
+
 test("stop-units: stops the active units (one in auto-restart too) at prepare and starts exactly those again at release", () => {
   const root = makeRoot();
   fakeSystemctl(root, ["backup.timer", "sync@alice.service=activating"]);
+  allowUnits(root, "backup.timer idle.service sync@*.service");
   const xml = domain('<vmhook:plugin name="stop-units" units="backup.timer idle.service sync@alice.service"/>');
   const prepared = root.hook("prepare", "begin", xml);
   assert.is(prepared.code, 0, prepared.stderr);
@@ -167,6 +189,7 @@ test("stop-units: stops the active units (one in auto-restart too) at prepare an
 test("stop-units: a unit that will not stop fails prepare, and the ones already stopped are started again", () => {
   const root = makeRoot();
   fakeSystemctl(root, ["backup.timer", "stuck.service"], ["stuck.service"]);
+  allowUnits(root, "backup.timer stuck.service ok.service idle.service");
   const outcome = root.hook("prepare", "begin", domain('<vmhook:plugin name="stop-units" units="backup.timer stuck.service"/>'));
   assert.is(outcome.code, 1);
   assert.match(outcome.stderr.split("\n")[0]!, "vmhook: plugin stop-units failed at prepare: could not stop stuck.service");
@@ -188,6 +211,7 @@ test("stop-units: a unit that will not stop fails prepare, and the ones already 
 test("stop-units: a unit whose state systemctl cannot tell fails prepare, and the ones already stopped are started again", () => {
   const root = makeRoot();
   fakeSystemctl(root, ["backup.timer", "gpu-job.service"], [], ["gpu-job.service"]);
+  allowUnits(root, "backup.timer gpu-job.service");
   const outcome = root.hook("prepare", "begin", domain('<vmhook:plugin name="stop-units" units="backup.timer gpu-job.service"/>'));
   assert.is(outcome.code, 1);
   assert.match(outcome.stderr.split("\n")[0]!, "vmhook: plugin stop-units failed at prepare: systemctl could not tell whether gpu-job.service runs (is-active exit 1)");

@@ -122,7 +122,12 @@ test("apply: one transaction with vmhook's table, the domain's chain, its jumps,
 
 test("interface= and host-address= narrow the DNAT; IPv6 targets are bracketed", () => {
   const v6: ResolvedForward = { ...FORWARD, family: 6, guest: parseIp("fd00::10")!, hostAddress: parseIp("2001:db8::1")!, interface: "eth0", ports: [FORWARD.ports[0]!] };
-  assert.match(applyScript(EMPTY, UUID, [v6]), `meta nfproto ipv6 iifname "eth0" ip6 daddr 2001:db8::1 meta l4proto tcp th dport 2222 dnat ip6 to [fd00::10]:22\n`);
+  assert.match(applyScript(EMPTY, UUID, [v6]), `meta nfproto ipv6 iifname "eth0" fib daddr type local ip6 daddr 2001:db8::1 meta l4proto tcp th dport 2222 dnat ip6 to [fd00::10]:22\n`);
+});
+
+test("host-address= only narrows the host's own addresses: an address that is not the host's (the host's own connections out, traffic routed through) is never redirected to the guest", () => {
+  const elsewhere: ResolvedForward = { ...FORWARD, hostAddress: parseIp("198.51.100.7")!, ports: [FORWARD.ports[0]!] };
+  assert.match(applyScript(EMPTY, UUID, [elsewhere]), `meta nfproto ipv4 iifname != "virbr0" fib daddr type local ip daddr 198.51.100.7 meta l4proto tcp th dport 2222 dnat ip to 192.168.122.10:22\n`);
 });
 
 const listing = (objects: object[]) => JSON.stringify({ nftables: [{ metainfo: {} }, ...objects] });

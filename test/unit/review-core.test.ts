@@ -164,6 +164,27 @@ test("a newline in an XML value cannot forge log lines or push the cause off std
   }
 });
 
+test("a domain name or XML value with a carriage return or a C1 control (NEL, CSI) cannot forge lines in the log or on stderr", async () => {
+  const sim = new SimHost().dir("/var/log");
+  try {
+    new HugepageKernel(sim, { initial: { 2048: 0 } });
+    const forged = "2026-01-01T00:00:00.000Z [other release end] released: 9 change(s) undone";
+    // libvirt refuses a newline in a domain name, not a carriage return; XML 1.0 allows C1 controls anywhere.
+    const name = `vm\r${forged}\u009b2J`;
+    const xml = XML.replace("<name>vm</name>", `<name>vm&#13;${forged}\u009b2J</name>`).replace("<vmhook:hugepages/>", `<vmhook:hugepages size="2M\u0085${forged}"/>`);
+    const outcome = await runHookEvent(sim, "prepare", "begin", xml, name);
+    assert.is(outcome.code, 1);
+    const controls = /[\r\u0085\u009b\u2028\u2029]/;
+    assert.not.match(outcome.stderr, controls);
+    const log = sim.read(paths.log);
+    assert.not.match(log, controls);
+    assert.is(log.trim().split("\n").length, 1);
+    assert.match(log, `[vm\\r${forged}\\u009b2J prepare begin] error: <vmhook:hugepages size="2M\\u0085${forged}">`);
+  } finally {
+    sim.cleanup();
+  }
+});
+
 test("module and unit names never start with a dash (they are arguments of modprobe, rmmod and systemctl)", () => {
   for (const name of ["-r", "--remove-holders"]) assert.not.ok(PATTERNS.moduleName.test(name), name);
   for (const name of ["--force", "-sKILL"]) assert.not.ok(PATTERNS.unitName.test(name), name);
@@ -207,6 +228,18 @@ test("a journal whose domain is not the one its file is named for (copied or edi
     assert.throws(() => readJournal(sim, UUID), (error: Error) => error.message.includes("names no domain"));
     const status = await cli(["status", "--root", sim.root]);
     assert.match(status.stdout, `unreadable journal /run/vmhook/${UUID}.json`);
+  } finally {
+    sim.cleanup();
+  }
+});
+
+test("vmhook status shows a domain name's carriage return and C1 controls escaped: a name cannot rewrite root's terminal", async () => {
+  const sim = new SimHost();
+  try {
+    writeJournal(sim, { ...newJournal(sim, { name: "vm\r\u009b2Jok", uuid: UUID }), phase: "running" });
+    const status = await cli(["status", "--root", sim.root]);
+    assert.not.match(status.stdout, /[\r\u0085\u009b]/);
+    assert.match(status.stdout, "vm\\r\\u009b2Jok");
   } finally {
     sim.cleanup();
   }
