@@ -157,15 +157,13 @@ for (const order of [["A", "B"], ["B", "A"]] as const) {
       assert.not.ok(kernel.loaded("nvidia"), "no NVIDIA card is left to the host");
 
       const [first, second] = order;
-      const released = await runHookEvent(kernel.sim, "release", "end", vms[first], names[first]);
-      assert.equal([released.code, released.stderr], [0, ""]);
+      await releaseCleanly(kernel, vms[first], names[first]);
       assert.equal(readJournal(kernel.sim, first === "A" ? UUID_A : UUID_B), undefined, "nothing stale is kept");
       const secondCard = second === "A" ? CARD_A : CARD_B;
       assert.is(kernel.driverOf(secondCard), "vfio-pci", "the running VM keeps its card");
       assert.not.ok(persistenced(kernel), "nvidia-persistenced stays stopped while a VM needs nvidia unloaded");
 
-      const last = await runHookEvent(kernel.sim, "release", "end", vms[second], names[second]);
-      assert.equal([last.code, last.stderr], [0, ""]);
+      await releaseCleanly(kernel, vms[second], names[second]);
       assert.ok(kernel.loaded("nvidia"));
       assert.equal([kernel.driverOf(CARD_A), kernel.driverOf(CARD_B)], ["nvidia", "nvidia"]);
       assert.ok(persistenced(kernel));
@@ -214,29 +212,45 @@ function nvidiaStackHost(): GpuKernel {
     .device({ address: CARD_B, classCode: "0x030000", vendor: "0x10de", nativeDriver: "nvidia", group: 2, nodes: ["card2", "renderD130"] });
 }
 
-/** B, A started; B released (its card waits in A's claim on nvidia) and started again while A runs. */
-async function bRestartedWhileAKeepsNvidiaUnloaded(kernel: GpuKernel, a: string, b: string): Promise<void> {
-  assert.is((await runHookEvent(kernel.sim, "prepare", "begin", b, "b")).code, 0);
-  assert.is((await runHookEvent(kernel.sim, "prepare", "begin", a, "a")).code, 0);
-  assert.not.ok(kernel.loaded("nvidia"));
-  assert.is((await runHookEvent(kernel.sim, "release", "end", b, "b")).code, 0);
-  assert.is(kernel.driverOf(CARD_B), undefined);
-  assert.equal(readClaims(kernel)["module:nvidia"]?.waiting, [{ address: CARD_B, driver: "nvidia" }], "B's card waits in A's claim");
-  const again = await runHookEvent(kernel.sim, "prepare", "begin", b, "b");
-  assert.is(again.code, 0, again.stderr);
-  assert.is(kernel.driverOf(CARD_B), "vfio-pci");
-}
-
-const readClaims = (kernel: GpuKernel): Record<string, { holders: string[]; waiting: unknown[] }> =>
-  kernel.sim.exists(paths.claims) ? JSON.parse(kernel.sim.read(paths.claims)).claims : {};
-
-test("VM B restarted while VM A keeps nvidia unloaded: after both are released (A first), B's card is back on nvidia", async () => {
+/**
+ * B, A started; B released (its card waits in A's claim on nvidia) and
+ * started again while A runs; then `releases` (both VMs released, in the
+ * order under test), after which the host is as before.
+ */
+async function bRestartedWhileAKeepsNvidiaUnloaded(releases: (kernel: GpuKernel, a: string, b: string) => Promise<void>): Promise<void> {
   const kernel = nvidiaStackHost();
   try {
     const before = kernel.sim.snapshot();
     const a = managedPassthrough("a", UUID_A, CARD_A);
     const b = managedPassthrough("b", UUID_B, CARD_B);
-    await bRestartedWhileAKeepsNvidiaUnloaded(kernel, a, b);
+    assert.is((await runHookEvent(kernel.sim, "prepare", "begin", b, "b")).code, 0);
+    assert.is((await runHookEvent(kernel.sim, "prepare", "begin", a, "a")).code, 0);
+    assert.not.ok(kernel.loaded("nvidia"));
+    assert.is((await runHookEvent(kernel.sim, "release", "end", b, "b")).code, 0);
+    assert.is(kernel.driverOf(CARD_B), undefined);
+    assert.equal(readClaims(kernel)["module:nvidia"]?.waiting, [{ address: CARD_B, driver: "nvidia" }], "B's card waits in A's claim");
+    const again = await runHookEvent(kernel.sim, "prepare", "begin", b, "b");
+    assert.is(again.code, 0, again.stderr);
+    assert.is(kernel.driverOf(CARD_B), "vfio-pci");
+    await releases(kernel, a, b);
+    assert.equal(kernel.sim.snapshot(), before);
+    assert.equal(kernel.sim.stateFiles(), [], "no journal, no claims ledger");
+  } finally {
+    kernel.sim.cleanup();
+  }
+}
+
+/** libvirt's release of the domain: exit 0, nothing on stderr. */
+async function releaseCleanly(kernel: GpuKernel, xml: string, name: string): Promise<void> {
+  const released = await runHookEvent(kernel.sim, "release", "end", xml, name);
+  assert.equal([released.code, released.stderr], [0, ""], `release of ${name}`);
+}
+
+const readClaims = (kernel: GpuKernel): Record<string, { holders: string[]; waiting: unknown[] }> =>
+  kernel.sim.exists(paths.claims) ? JSON.parse(kernel.sim.read(paths.claims)).claims : {};
+
+test("VM B restarted while VM A keeps nvidia unloaded: after both are released (A first), B's card is back on nvidia", () =>
+  bRestartedWhileAKeepsNvidiaUnloaded(async (kernel, a, b) => {
     assert.equal(
       readJournal(kernel.sim, UUID_B)!.entries.map((entry) => entry.undo).filter((record) => record.action === "bind-vfio").map((record) => [record.driver, record.homeClaim]),
       [["nvidia", "module:nvidia"]],
@@ -244,46 +258,26 @@ test("VM B restarted while VM A keeps nvidia unloaded: after both are released (
     );
     assert.equal(readClaims(kernel)["module:nvidia"]?.waiting, [], "B's own record carries its card now");
 
-    const releasedA = await runHookEvent(kernel.sim, "release", "end", a, "a");
-    assert.equal([releasedA.code, releasedA.stderr], [0, ""]);
+    await releaseCleanly(kernel, a, "a");
     assert.ok(kernel.loaded("nvidia"));
     assert.is(kernel.driverOf(CARD_A), "nvidia");
     assert.is(kernel.driverOf(CARD_B), "vfio-pci", "B still runs");
 
-    const releasedB = await runHookEvent(kernel.sim, "release", "end", b, "b");
-    assert.equal([releasedB.code, releasedB.stderr], [0, ""]);
+    await releaseCleanly(kernel, b, "b");
     assert.is(kernel.driverOf(CARD_B), "nvidia", "B's card is left on no driver while nvidia is loaded");
-    assert.equal(kernel.sim.snapshot(), before);
-    assert.equal(kernel.sim.stateFiles(), [], "no journal, no claims ledger");
-  } finally {
-    kernel.sim.cleanup();
-  }
-});
+  }));
 
-test("VM B restarted while VM A keeps nvidia unloaded, released first again: its card waits in A's claim once more and comes home with nvidia", async () => {
-  const kernel = nvidiaStackHost();
-  try {
-    const before = kernel.sim.snapshot();
-    const a = managedPassthrough("a", UUID_A, CARD_A);
-    const b = managedPassthrough("b", UUID_B, CARD_B);
-    await bRestartedWhileAKeepsNvidiaUnloaded(kernel, a, b);
-
-    const releasedB = await runHookEvent(kernel.sim, "release", "end", b, "b");
-    assert.equal([releasedB.code, releasedB.stderr], [0, ""]);
+test("VM B restarted while VM A keeps nvidia unloaded, released first again: its card waits in A's claim once more and comes home with nvidia", () =>
+  bRestartedWhileAKeepsNvidiaUnloaded(async (kernel, a, b) => {
+    await releaseCleanly(kernel, b, "b");
     assert.is(kernel.driverOf(CARD_B), undefined);
     assert.equal(readClaims(kernel)["module:nvidia"]?.waiting, [{ address: CARD_B, driver: "nvidia" }], "it waits in A's claim again");
     assert.equal(readJournal(kernel.sim, UUID_B), undefined);
 
-    const releasedA = await runHookEvent(kernel.sim, "release", "end", a, "a");
-    assert.equal([releasedA.code, releasedA.stderr], [0, ""]);
+    await releaseCleanly(kernel, a, "a");
     assert.ok(kernel.loaded("nvidia"));
     assert.equal([kernel.driverOf(CARD_A), kernel.driverOf(CARD_B)], ["nvidia", "nvidia"]);
-    assert.equal(kernel.sim.snapshot(), before);
-    assert.equal(kernel.sim.stateFiles(), [], "no journal, no claims ledger");
-  } finally {
-    kernel.sim.cleanup();
-  }
-});
+  }));
 
 test("a card waiting in a module claim that something else put on vfio-pci (no VM's journal brings it back): the last release keeps the claim and says so; recover returns the card once it left vfio-pci", async () => {
   const kernel = nvidiaStackHost();
