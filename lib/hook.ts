@@ -13,7 +13,7 @@ import { loadSettings, type HostSettings } from "./settings.ts";
 import { runPlugins, undoJournal, type RunEnvironment } from "./transaction.ts";
 import { PATTERNS } from "./validate.ts";
 import { paths } from "./paths.ts";
-import { ancestorRunning } from "./processes.ts";
+import { ancestorRunning, LIBVIRT_DAEMONS } from "./processes.ts";
 import { libc } from "./libc.ts";
 import { withDomainLock } from "./lock.ts";
 import { removeStaleTemps } from "./state-files.ts";
@@ -37,8 +37,6 @@ export interface HookInvocation {
   parentPid?: number;
 }
 
-/** libvirt's daemons that run the QEMU hook: the monolithic one and the modular QEMU driver's. */
-const LIBVIRT_DAEMONS = ["libvirtd", "virtqemud"];
 
 /** The domain UUID found by a plain text search: enough to find a journal without parsing XML. */
 export function uuidFromXml(xml: string): string | undefined {

@@ -4,18 +4,29 @@
 // them, does not outlive it.
 import type { Host } from "./host.ts";
 
-/** Fields of /proc/PID/stat after the command (which may hold spaces and parentheses): [state, ppid, ...]; undefined when no such process. */
-export function procStat(host: Host, pid: number): string[] | undefined {
+/** libvirt's daemons that run the QEMU hook: the monolithic one and the modular QEMU driver's. */
+export const LIBVIRT_DAEMONS = ["libvirtd", "virtqemud"];
+
+/** /proc/PID/stat: its command (which may hold spaces and parentheses) and the fields after it, [state, ppid, ...]; undefined when no such process. */
+function readStat(host: Host, pid: number): { command: string; fields: string[] } | undefined {
   const text = host.readTrimmed(`/proc/${pid}/stat`);
   const end = text?.lastIndexOf(")") ?? -1;
-  return text && end > 0 ? text.slice(end + 2).split(" ") : undefined;
+  return text && end > 0 ? { command: text.slice(text.indexOf("(") + 1, end), fields: text.slice(end + 2).split(" ") } : undefined;
+}
+
+/** Fields of /proc/PID/stat after the command: [state, ppid, ...]; undefined when no such process. */
+export const procStat = (host: Host, pid: number): string[] | undefined => readStat(host, pid)?.fields;
+
+/** "PID:STARTTIME" from the process's stat fields; undefined for a zombie, or a start time that is no number. */
+function instanceOf(pid: number, fields: string[]): string | undefined {
+  const startTime = fields[19];
+  return fields[0] !== "Z" && startTime && /^\d+$/.test(startTime) ? `${pid}:${startTime}` : undefined;
 }
 
 /** "PID:STARTTIME" of the process running now under this pid; undefined when none, or only its zombie is left. */
 export function processInstance(host: Host, pid: number): string | undefined {
-  const stat = procStat(host, pid);
-  const startTime = stat?.[19];
-  return stat?.[0] !== "Z" && startTime && /^\d+$/.test(startTime) ? `${pid}:${startTime}` : undefined;
+  const fields = procStat(host, pid);
+  return fields && instanceOf(pid, fields);
 }
 
 /**
@@ -25,14 +36,11 @@ export function processInstance(host: Host, pid: number): string | undefined {
  */
 export function ancestorRunning(host: Host, pid: number, commands: readonly string[]): { command: string; instance: string } | undefined {
   for (let generation = 0; generation < 4 && Number.isSafeInteger(pid) && pid > 1; generation++) {
-    const text = host.readTrimmed(`/proc/${pid}/stat`);
-    const end = text?.lastIndexOf(")") ?? -1;
-    if (!text || end < 0) return undefined;
-    const [, ppid, ...rest] = text.slice(end + 2).split(" ");
-    const command = text.slice(text.indexOf("(") + 1, end);
-    const startTime = rest[17];
-    if (commands.includes(command) && startTime && /^\d+$/.test(startTime)) return { command, instance: `${pid}:${startTime}` };
-    pid = Number(ppid);
+    const stat = readStat(host, pid);
+    if (!stat) return undefined;
+    const instance = instanceOf(pid, stat.fields);
+    if (commands.includes(stat.command) && instance) return { command: stat.command, instance };
+    pid = Number(stat.fields[1]);
   }
   return undefined;
 }

@@ -15,6 +15,7 @@ import type { Host } from "../host.ts";
 import { listJournals } from "../journal.ts";
 import { serviceCommand } from "../host-advice.ts";
 import { paths } from "../paths.ts";
+import { LIBVIRT_DAEMONS } from "../processes.ts";
 import type { GlobalOptions } from "./options.ts";
 import { describeLeftovers, findLeftovers, purge } from "./leftovers.ts";
 import { print, printJson } from "./output.ts";
@@ -26,7 +27,6 @@ const SAVED_HOOK = `${paths.libvirtHooksDir}/qemu.vmhook-saved`;
 const SAVED_HOOK_LAUNCHER = `${paths.libvirtHooksDir}/qemu.d/vmhook-saved-qemu-hook`;
 const CLI_LINK = "/usr/local/bin/vmhook";
 const INSTALL_RECORD = "/etc/vmhook/install.json";
-const LIBVIRT_DAEMONS = ["libvirtd", "virtqemud"];
 
 interface InstallRecord {
   savedHook?: string;
