@@ -75,7 +75,7 @@ export async function runThroughDriver(ctx: WriteContext, run: ModuleRun): Promi
   const { command, module, devices } = run;
   const modules = command === "modprobe" ? moduleClosure(host, module) : [module];
   const subjects = [moduleSubject(module), ...devices.map((device) => device.address)];
-  for (const subject of [...modules.map(moduleSubject), ...subjects]) clearForWrite(host, subject);
+  for (const subject of new Set([...modules.map(moduleSubject), ...subjects])) clearForWrite(host, subject);
   const cmdline = `${command} ${module}`;
   ctx.deadline.check(`starting ${cmdline}`);
   const timeoutMs = ctx.deadline.clamp(run.timeoutMs);
