@@ -166,9 +166,10 @@ function refuseDoctype(xml: string): void {
   let at = 0;
   for (;;) {
     while (at < xml.length && " \t\r\n\uFEFF".includes(xml[at]!)) at++;
-    const close = xml.startsWith("<?", at) ? "?>" : xml.startsWith("<!--", at) ? "-->" : undefined;
-    if (!close) break;
-    const end = xml.indexOf(close, at + 2);
+    const [open, close] = xml.startsWith("<?", at) ? ["<?", "?>"] : xml.startsWith("<!--", at) ? ["<!--", "-->"] : [];
+    if (!open || !close) break;
+    // The close is looked for after the whole opening, as the parser does: "<!-->" does not close itself.
+    const end = xml.indexOf(close, at + open.length);
     if (end < 0) return; // not well-formed: the parser says so
     at = end + close.length;
   }

@@ -67,6 +67,9 @@ for (const [what, xml] of WELL_FORMED) {
 const MALFORMED: [string, string, RegExp][] = [
   ["DOCTYPE", `<?xml version="1.0"?>\n<!DOCTYPE domain SYSTEM "x.dtd"><domain/>`, /^line 2, column 1: a DOCTYPE is not allowed: vmhook reads no DTD; remove it$/],
   ["entity declared in a DOCTYPE", `<!DOCTYPE a [<!ENTITY e "x">]><a>&e;</a>`, /^line 1, column 1: a DOCTYPE is not allowed: vmhook reads no DTD; remove it$/],
+  // "<!-->" opens a comment that only a later "-->" closes (the parser reads it so): the DOCTYPE after it is still in the prolog.
+  ["DOCTYPE after a comment opened as <!-->", `<!--> --><!DOCTYPE a [<!ENTITY e "x">]><a>&e;</a>`, /^line 1, column 10: a DOCTYPE is not allowed: vmhook reads no DTD; remove it$/],
+  ["DOCTYPE after a comment opened as <!--->", `<!---> --><!DOCTYPE a [<!ENTITY e "x">]><a>&e;</a>`, /^line 1, column 11: a DOCTYPE is not allowed: vmhook reads no DTD; remove it$/],
   ["unclosed tag", "<domain>\n  <name>vm</name>\n  <devices>\n</domain>", /^Expected closing tag <\/devices> but found <\/domain>$/],
   ["never closed", "<domain>\n  <name>vm", /^Missing closing tag for element 'name'$/],
   ["document ends in a start tag", "<domain><name", /^Expected an attribute name, '>' or '\/>' in the start tag but found end of input$/],
