@@ -35,7 +35,7 @@ export interface MetadataNode {
 export function prefixMistake(xml: string): ConfigError | undefined {
   const doubled = xml.match(DOUBLED_PREFIX);
   if (!doubled) return undeclaredPrefix(xml);
-  const name = /<name>([^<]*)<\/name>/.exec(xml)?.[1]?.trim() || "VM";
+  const name = domainNameInText(xml)?.trim() || "VM";
   const stored = `${doubled[0]}${/^[A-Za-z_][\w.-]*/.exec(xml.slice(xml.indexOf(doubled[0]) + doubled[0].length))?.[0] ?? ""}>`;
   let command = `vmhook config ${shellWord(name)} --edit`;
   try {
@@ -48,6 +48,17 @@ export function prefixMistake(xml: string): ConfigError | undefined {
     `holds ${stored}: the vmhook: prefix is written twice, so the XML cannot be read; virsh metadata --set/--edit add the prefix from --key themselves and take the element without one`,
     [`fix: vmhook config ${shellWord(name)} --edit (or --set FILE) accepts it in any form and stores it correctly; or: ${command}`],
   );
+}
+
+const PREDEFINED_ENTITIES: Record<string, string> = { lt: "<", gt: ">", amp: "&", quot: '"', apos: "'" };
+
+/**
+ * The domain's name found by a text search, for XML no parser reads (or
+ * files only listed): decoded as libvirt writes it (' & < > " escaped, the
+ * rest as it is), so a command it goes into names the domain libvirt knows.
+ */
+export function domainNameInText(xml: string): string | undefined {
+  return /<name>([^<]*)<\/name>/.exec(xml)?.[1]?.replace(/&(lt|gt|amp|quot|apos);/g, (_, entity: string) => PREDEFINED_ENTITIES[entity]!);
 }
 
 /** The virsh command that stores these plugin elements as vmhook reads them: one <hooks> around them, under vmhook's key. */

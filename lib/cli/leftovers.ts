@@ -7,7 +7,7 @@ import * as fs from "node:fs";
 import type { Host } from "../host.ts";
 import { listJournals } from "../journal.ts";
 import { NAMESPACE_URI, paths } from "../paths.ts";
-import { shellWord } from "../metadata-text.ts";
+import { domainNameInText, shellWord } from "../metadata-text.ts";
 
 const LIBVIRT_DOMAINS_DIR = "/etc/libvirt/qemu";
 /** vmhook's own files and directories: --purge removes them. */
@@ -67,7 +67,7 @@ export function findLeftovers(host: Host): Leftovers {
         return [];
       }
       if (!xml.includes(NAMESPACE_URI)) return [];
-      const name = /<name>([^<]*)<\/name>/.exec(xml)?.[1] ?? entry.slice(0, -4);
+      const name = domainNameInText(xml) || entry.slice(0, -4);
       return [{ name, hugepageBacked: /<vmhook:hugepages[\s/>]/.test(xml) && /<memoryBacking>[\s\S]*?<hugepages[\s/>]/.test(xml) }];
     });
   return { files, domains, unreadable };

@@ -76,6 +76,18 @@ test("<vmhook:vmhook:hooks>, as libvirt stores a prefixed element: a ConfigError
   assert.equal(lines, [`fix: vmhook config 'win 11' --edit (or --set FILE) accepts it in any form and stores it correctly; or: virsh metadata 'win 11' --uri urn:vmhook:1 --key vmhook --config --set '<hooks><hugepages size="2M"/></hooks>'`]);
 });
 
+test("the doubled prefix in a domain whose name libvirt wrote escaped: the fix names the domain as libvirt knows it", () => {
+  const xml = DOMAIN(DOUBLED).replace("<name>win 11</name>", "<name>Bob&apos;s &amp; VM</name>");
+  const error = (() => {
+    try {
+      parseDomain(xml);
+    } catch (caught) {
+      return caught as ConfigError;
+    }
+  })();
+  assert.equal(error?.lines, [`fix: vmhook config 'Bob'\\''s & VM' --edit (or --set FILE) accepts it in any form and stores it correctly; or: virsh metadata 'Bob'\\''s & VM' --uri urn:vmhook:1 --key vmhook --config --set '<hooks><hugepages size="2M"/></hooks>'`]);
+});
+
 test("doctor on the doubled prefix: the finding's fix is the exact command, not 'pass the XML from virsh dumpxml'", async () => {
   const sim = new SimHost();
   try {

@@ -194,6 +194,16 @@ test("uninstall lists what it leaves: the plugins, the log, and domains still as
   ]);
 });
 
+test("uninstall names a domain as libvirt knows it: the name's escapes in the saved XML are decoded before it goes into the virsh command", () => {
+  const { host, binary } = setUp();
+  install(host, binary);
+  fs.mkdirSync(host.resolve("/etc/libvirt/qemu"), { recursive: true });
+  // libvirt writes a name with ' and & escaped, as every string it puts in XML.
+  fs.writeFileSync(host.resolve("/etc/libvirt/qemu/Bob's VM.xml"), domainXml("Bob&apos;s &amp; VM", '  <metadata><vmhook:hooks xmlns:vmhook="urn:vmhook:1"><vmhook:isolate/></vmhook:hooks></metadata>'));
+  const { notes } = uninstall(host, false);
+  assert.ok(notes.includes(`left domain Bob's & VM's vmhook metadata (harmless without vmhook; virsh metadata 'Bob'\\''s & VM' --uri urn:vmhook:1 --config --remove drops it)`), notes.join("\n"));
+});
+
 test("uninstall names a domain file it cannot read instead of passing over it", () => {
   const { host, binary } = setUp();
   install(host, binary);
