@@ -275,19 +275,22 @@ function parseNumatune(document: XmlNode): Pick<Domain, "numatuneMemory" | "memn
 
 function parseHostdevs(document: XmlNode): Domain["hostdevs"] {
   const hostdevs: Domain["hostdevs"] = [];
-  for (const hostdev of nodes(document, "domain", "devices", "hostdev").filter((hostdev) => hostdev.getAttribute("mode") === "subsystem")) {
+  // libvirt takes a hostdev without mode as a subsystem one.
+  for (const hostdev of nodes(document, "domain", "devices", "hostdev").filter((hostdev) => (attr(hostdev, "mode") ?? "subsystem") === "subsystem")) {
     const type = attr(hostdev, "type");
     if (type === "pci") {
       const address = first(hostdev, "source", "address");
       if (!address) throw new ConfigError("<hostdev type='pci'>", "has no <source><address>");
-      const hex = (name: string, fallback?: string) => {
+      // As libvirt reads them (strtoul, base 0): 0x0a hexadecimal, 10 decimal, 012 octal.
+      const addressPart = (name: string, fallback?: string) => {
         const value = attr(address, name) ?? fallback;
-        if (value === undefined || !/^(0x)?[0-9a-fA-F]{1,4}$/.test(value)) {
-          throw new ConfigError("<hostdev type='pci'><source><address>", `${name}="${value ?? ""}" is not a hexadecimal number like 0x01`);
+        const number = value === undefined ? undefined : /^0[xX][0-9a-fA-F]+$/.test(value) ? parseInt(value, 16) : /^0[0-7]*$/.test(value) ? parseInt(value, 8) : /^[1-9][0-9]*$/.test(value) ? parseInt(value, 10) : undefined;
+        if (number === undefined || number > 0xffff) {
+          throw new ConfigError("<hostdev type='pci'><source><address>", `${name}="${value ?? ""}" is not a number like 0x01 (hexadecimal), 1 (decimal) or 01 (octal)`);
         }
-        return parseInt(value, 16);
+        return number;
       };
-      const pci = `${hex("domain", "0").toString(16).padStart(4, "0")}:${hex("bus").toString(16).padStart(2, "0")}:${hex("slot").toString(16).padStart(2, "0")}.${hex("function", "0").toString(16)}`;
+      const pci = `${addressPart("domain", "0").toString(16).padStart(4, "0")}:${addressPart("bus").toString(16).padStart(2, "0")}:${addressPart("slot").toString(16).padStart(2, "0")}.${addressPart("function", "0").toString(16)}`;
       hostdevs.push({
         type: "pci",
         address: parsePciAddress(pci, "<hostdev type='pci'><source><address>", "address"),
