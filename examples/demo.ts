@@ -50,7 +50,7 @@ function show(command: string, args: string[], root?: string) {
 const sim = simulatedDesktop();
 try {
   process.stdout.write(`vmhook demo: ${path.relative(REPO, DOMAIN)} on a simulated desktop host\n`);
-  show("validate", ["validate", DOMAIN]);
+  show("validate", ["validate", DOMAIN], sim.root);
   show("iommu", ["iommu"], sim.root);
   show("doctor", ["doctor", DOMAIN], sim.root);
   show("plan", ["plan", DOMAIN], sim.root);

@@ -248,4 +248,43 @@ test("the published plugin types check the JavaScript example (as a plugin autho
   assert.is(result.status, 0, result.stdout + result.stderr);
 });
 
+/** The plugin code docs/plugins.md prints: its fenced block of this language that holds `marker`, as a reader would copy it. */
+function docsPlugin(language: string, marker: string): string {
+  const blocks = [...fs.readFileSync(path.join(REPO, "docs/plugins.md"), "utf8").matchAll(new RegExp("^```" + language + "\\n([\\s\\S]*?)^```$", "gm"))];
+  const block = blocks.find((match) => match[1]!.includes(marker));
+  if (!block) throw new Error(`docs/plugins.md has no ${language} block holding ${marker}`);
+  return block[1]!;
+}
+
+test("docs/plugins.md's stop-units, as printed (with root's ALLOWED_UNITS): vmhook plugins gets its description, and the run the page describes happens", () => {
+  const root = makeRoot();
+  const script = docsPlugin("sh", "ALLOWED_UNITS=").replace(/^ALLOWED_UNITS=""/m, 'ALLOWED_UNITS="backup.timer idle.service"');
+  fs.writeFileSync(root.at("/etc/vmhook/plugins.d/stop-units"), script);
+  assert.match(root.cli("plugins").stdout, "  stop-units     stops systemd units while the VM runs; starts them again at release [executable]\n");
+
+  fakeSystemctl(root, ["backup.timer"]);
+  const xml = domain('<vmhook:plugin name="stop-units" units="backup.timer idle.service"/>');
+  const prepared = root.hook("prepare", "begin", xml);
+  assert.is(prepared.code, 0, prepared.stderr);
+  assert.is(JSON.parse(fs.readFileSync(root.at(`/run/vmhook/${UUID}.json`), "utf8")).entries[0].undo.undo, "backup.timer");
+  assert.is(root.hook("release", "end", xml).code, 0);
+  assert.equal(systemctlCalls(root), ["is-active backup.timer", "stop backup.timer", "is-active idle.service", "start backup.timer"]);
+  fs.rmSync(root.dir, { recursive: true, force: true });
+});
+
+test("docs/plugins.md's marker.mjs, as printed: vmhook plan lists its step, prepare writes /run/marker and release removes it", () => {
+  const root = makeRoot();
+  fs.writeFileSync(root.at("/etc/vmhook/plugins.d/marker.mjs"), docsPlugin("js", 'name: "marker"'), { mode: 0o644 });
+  const xml = domain('<vmhook:plugin name="marker" text="hello"/>');
+  fs.writeFileSync(root.at("/win.xml"), xml);
+  const planned = root.cli("plan", root.at("/win.xml"));
+  assert.is(planned.code, 0, planned.stderr);
+  assert.match(planned.stdout, "1. plugin:marker: write /run/marker");
+  assert.is(root.hook("prepare", "begin", xml).code, 0);
+  assert.is(fs.readFileSync(root.at("/run/marker"), "utf8"), "hello");
+  assert.is(root.hook("release", "end", xml).code, 0);
+  assert.not.ok(fs.existsSync(root.at("/run/marker")));
+  fs.rmSync(root.dir, { recursive: true, force: true });
+});
+
 test.run();
