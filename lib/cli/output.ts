@@ -3,8 +3,18 @@ import { readFileSync } from "node:fs";
 import { VmhookError } from "../errors.ts";
 import { terminalText } from "../log.ts";
 
+// The reader may leave early (vmhook recover | head -1). The write's EPIPE
+// comes as the stream's error event; from then the output is dropped, never
+// the work, which must not stop halfway.
+let readerGone = false;
+process.stdout.on("error", (error: NodeJS.ErrnoException) => {
+  if (error.code !== "EPIPE") throw error;
+  readerGone = true;
+});
+
 /** Domain names and XML values reach the output: their control characters are shown escaped (lib/log.ts). */
 export function print(text: string): void {
+  if (readerGone) return;
   const shown = terminalText(text);
   process.stdout.write(shown.endsWith("\n") ? shown : `${shown}\n`);
 }

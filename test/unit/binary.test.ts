@@ -568,4 +568,27 @@ test("defect 4, hook mode: VM A released while VM B keeps nvidia unloaded: A's c
   }
 });
 
+test("CLI output into a pipe its reader has closed (vmhook recover | head -1): every VM is still recovered, no stack trace, the command's own exit status", () => {
+  const t = tree();
+  try {
+    const qemu = t.link("hooks/qemu");
+    const vmhook = t.link("bin/vmhook");
+    const second = "d0d0d0d0-0000-4000-8000-0000000000d1";
+    // Two VMs started, then gone without their release (no pid file): recover undoes both.
+    for (const [name, xml] of [["vm", domain()], ["vm2", domain(undefined, "vm2").replace(UUID, second)]] as const) {
+      for (const event of ["prepare", "started"]) assert.is(run(qemu, [name, event, "begin", "-"], xml, t.root).code, 0);
+    }
+    assert.is(t.pool(), 1024);
+    // The reader closes its end at once; the first line vmhook writes meets a pipe nobody reads.
+    const pipeline = '{ "$0" recover; echo "exit $?" >&2; } | { exec 0<&-; }';
+    const recovered = spawnSync("sh", ["-c", pipeline, vmhook], { encoding: "utf8", timeout: 20_000, env: { PATH: "/usr/sbin:/usr/bin:/sbin:/bin", LC_ALL: "C", VMHOOK_ROOT: t.root } });
+    assert.not.match(recovered.stderr, "EPIPE");
+    assert.match(recovered.stderr, /exit 0\n$/, recovered.stderr);
+    assert.is(t.pool(), 0);
+    assert.equal(fs.readdirSync(path.join(t.root, "run/vmhook")).filter((file) => file.endsWith(".json")), []);
+  } finally {
+    t.cleanup();
+  }
+});
+
 test.run();
