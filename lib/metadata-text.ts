@@ -6,7 +6,7 @@
 // accepts).
 import { ConfigError, VmhookError } from "./errors.ts";
 import { NAMESPACE_URI, ROOT_ELEMENT } from "./paths.ts";
-import { ELEMENT_NODE, xmldom, type XmlElement } from "./xml.ts";
+import { ELEMENT_NODE, xmldom, type XmlElement, type XmlNode } from "./xml.ts";
 
 /** The --key of `virsh metadata`: libvirt writes it as the element's prefix. */
 export const METADATA_KEY = "vmhook";
@@ -103,7 +103,18 @@ export function shellWord(word: string): string {
  * `<metadata>`, or the doubled prefix libvirt stores. Empty text: no elements.
  */
 export function readPastedMetadata(text: string): MetadataNode[] {
-  const where = "the vmhook metadata you gave";
+  return pastedContent(text).flatMap((node) => (node.nodeType === ELEMENT_NODE ? [toNode(node as XmlElement, PASTED)] : []));
+}
+
+const PASTED = "the vmhook metadata you gave";
+
+/**
+ * What goes inside <hooks> of a paste in any of the forms above: the plugin
+ * elements (checked to be vmhook's) with the comments, processing
+ * instructions and text between them, as xmldom nodes. Whatever stands
+ * outside a pasted <hooks> is left out.
+ */
+export function pastedContent(text: string): XmlNode[] {
   if (text.trim() === "") return [];
   const body = repairDoubledPrefixes(text).replace(/^\s*<\?xml[^>]*\?>/, "");
   // The vmhook prefix is bound around the text, so a paste without xmlns:vmhook reads too.
@@ -117,18 +128,26 @@ export function readPastedMetadata(text: string): MetadataNode[] {
     problems.push((error as Error).message);
   }
   if (!root || problems.length > 0) {
-    throw new VmhookError(`${where} is not well-formed XML: ${problems[0]?.split("\n")[0] ?? "unknown error"}; write it as <hooks><hugepages size="2M"/></hooks>`);
+    throw new VmhookError(`${PASTED} is not well-formed XML: ${problems[0]?.split("\n")[0] ?? "unknown error"}; write it as <hooks><hugepages size="2M"/></hooks>`);
   }
+  let container = root;
   let elements = childElements(root);
   // Unwrap <metadata> and then <hooks>, when given.
-  if (elements.length === 1 && elements[0]!.localName === "metadata" && !elements[0]!.namespaceURI) elements = childElements(elements[0]!);
-  const hooks = elements.filter((element) => element.localName === ROOT_ELEMENT && inVmhookNamespace(element));
-  if (hooks.length > 1) throw new ConfigError(`<${ROOT_ELEMENT}>`, `appears ${hooks.length} times in ${where}; merge them into one`);
-  if (hooks.length === 1) {
-    if (elements.length > 1) throw new ConfigError(`<${ROOT_ELEMENT}>`, `has siblings in ${where}; put every plugin element inside <${ROOT_ELEMENT}>`);
-    elements = childElements(hooks[0]!);
+  if (elements.length === 1 && elements[0]!.localName === "metadata" && !elements[0]!.namespaceURI) {
+    container = elements[0]!;
+    elements = childElements(container);
   }
-  return elements.map((element) => toNode(element, where));
+  const hooks = elements.filter((element) => element.localName === ROOT_ELEMENT && inVmhookNamespace(element));
+  if (hooks.length > 1) throw new ConfigError(`<${ROOT_ELEMENT}>`, `appears ${hooks.length} times in ${PASTED}; merge them into one`);
+  if (hooks.length === 1) {
+    if (elements.length > 1) throw new ConfigError(`<${ROOT_ELEMENT}>`, `has siblings in ${PASTED}; put every plugin element inside <${ROOT_ELEMENT}>`);
+    container = hooks[0]!;
+  }
+  const content: XmlNode[] = [];
+  for (let node = container.firstChild; node; node = node.nextSibling) content.push(node);
+  // Every element is checked to be vmhook's, as readPastedMetadata reads them.
+  for (const element of childElements(container)) toNode(element, PASTED);
+  return content;
 }
 
 /** Child elements in document order; of an xmldom element, xmldom elements. */

@@ -3,6 +3,7 @@
 // vmhook metadata through libvirt (virsh), so nobody has to write the XML by
 // hand. Every change is checked against the rest of the domain and this host
 // (the dry run of prepare) before libvirt stores it, and printed as a diff.
+import type { Element } from "@xmldom/xmldom";
 import type { Argv, CommandModule } from "yargs";
 import { CUSTOM_ELEMENT, loadDomainPlugins } from "../config.ts";
 import { parseDomain, storedPlugins, type Domain } from "../domain.ts";
@@ -11,8 +12,8 @@ import { describeError, VmhookError } from "../errors.ts";
 import { terminalText } from "../log.ts";
 import type { Host } from "../host.ts";
 import { Virsh, type Scope } from "../libvirt-client.ts";
-import { readPastedMetadata, renderHooks, repairDoubledPrefixes, shellWord, type MetadataNode } from "../metadata-text.ts";
-import { withVmhookMetadata } from "../metadata-in-domain.ts";
+import { childElements, metadataNodes, repairDoubledPrefixes, shellWord } from "../metadata-text.ts";
+import { appendPlugin, emptyHooks, hooksText, pastedHooks, storedHooks, withVmhookMetadata } from "../metadata-in-domain.ts";
 import { unifiedDiff } from "../text-diff.ts";
 import { registry } from "../../plugins/index.ts";
 import { askYes, runEditor } from "./editor.ts";
@@ -37,7 +38,8 @@ function libvirtOptions<T>(y: Argv<T>) {
 interface Current {
   /** The domain XML with any doubled prefix repaired. */
   xml: string;
-  nodes: MetadataNode[];
+  /** vmhook's element as stored, edited in place by the commands (undefined: none). */
+  hooks?: Element;
   /** libvirt stored the element with a doubled prefix (<vmhook:vmhook:hooks>): saving repairs it. */
   doubledPrefix: boolean;
   /** A plugin element libvirt stores outside <hooks> (<vmhook:hugepages>), where the hook refuses it: saving moves it inside. */
@@ -48,11 +50,18 @@ interface Current {
 }
 
 /** The metadata in one definition: the persistent one (inactive) or the running one. */
-function readStored(virsh: Virsh, name: string, inactive: boolean): Pick<Current, "xml" | "nodes" | "doubledPrefix" | "stray"> {
+function readStored(virsh: Virsh, name: string, inactive: boolean): Pick<Current, "xml" | "hooks" | "doubledPrefix" | "stray"> {
   const stored = virsh.dumpxml(name, inactive);
   const xml = repairDoubledPrefixes(stored);
-  const { nodes, stray } = storedPlugins(xml, name);
-  return { xml, nodes, doubledPrefix: xml !== stored, ...(stray ? { stray } : {}) };
+  // Checked as the hook reads them first: an element in another namespace is refused, naming it.
+  const { stray } = storedPlugins(xml, name);
+  const hooks = storedHooks(xml);
+  return { xml, ...(hooks ? { hooks } : {}), doubledPrefix: xml !== stored, ...(stray ? { stray } : {}) };
+}
+
+/** The metadata as shown, compared and stored: "" when it holds no plugin element (saving then removes it). */
+function elementText(hooks: Element | undefined): string {
+  return hooks && childElements(hooks).length > 0 ? hooksText(hooks, "domain") : "";
 }
 
 function readCurrent(virsh: Virsh, name: string, flags: Scope): Current {
@@ -69,13 +78,13 @@ function readCurrent(virsh: Virsh, name: string, flags: Scope): Current {
 /** Thrown when libvirt's metadata is no longer what was read: saving would overwrite another change. */
 class ChangedMeanwhile extends VmhookError {}
 
-function refuseIfChangedMeanwhile(virsh: Virsh, name: string, current: Current, nodes: MetadataNode[]): void {
+function refuseIfChangedMeanwhile(virsh: Virsh, name: string, current: Current, hooks: Element): void {
   const now = readStored(virsh, name, current.scope.config);
-  const render = (read: MetadataNode[]) => (read.length > 0 ? renderHooks(read, "domain") : "");
-  if (render(now.nodes) === render(current.nodes) && now.doubledPrefix === current.doubledPrefix && now.stray === current.stray) return;
+  if (elementText(now.hooks) === elementText(current.hooks) && now.doubledPrefix === current.doubledPrefix && now.stray === current.stray) return;
+  const unsaved = elementText(hooks);
   throw new ChangedMeanwhile(
     `the vmhook metadata of ${name} changed while vmhook was editing it (another vmhook config, enable or disable, or virsh); nothing was saved: run the command again`,
-    nodes.length > 0 ? [`what was not saved (vmhook config ${shellWord(name)} --set - takes it):`, ...render(nodes).split("\n")] : [],
+    unsaved ? [`what was not saved (vmhook config ${shellWord(name)} --set - takes it):`, ...unsaved.split("\n")] : [],
   );
 }
 
@@ -90,31 +99,31 @@ function repairs(current: Current): boolean {
   return current.doubledPrefix || current.stray !== undefined;
 }
 
-/** The domain as it would be with these elements, checked like prepare checks it, on this host; throws what is wrong. */
-async function checkCandidate(host: Host, current: Current, nodes: MetadataNode[], name: string): Promise<Candidate> {
-  const domain = parseDomain(withVmhookMetadata(current.xml, nodes), `domain ${name}`);
+/** The domain as it would be with this element, checked like prepare checks it, on this host; throws what is wrong. */
+async function checkCandidate(host: Host, current: Current, hooks: Element, name: string): Promise<Candidate> {
+  const domain = parseDomain(withVmhookMetadata(current.xml, elementText(hooks) ? hooks : undefined), `domain ${name}`);
   const instances = await loadDomainPlugins(domain, host, registry);
   const steps = await dryRun(host, domain, instances, "prepare", "none", registry);
   const refusedHere = steps.flatMap(({ plugin, refused }) => (refused ? [`${plugin}: ${refused.reason}${refused.remedies.map((remedy) => `; ${remedy}`).join("")}`] : []));
   return { domain, refusedHere };
 }
 
-/** Stores the elements (none: removes the metadata) and prints what changed. */
-function save(virsh: Virsh, name: string, current: Current, nodes: MetadataNode[], { domain, refusedHere }: Candidate, args: GlobalOptions): void {
-  const before = current.nodes.length > 0 ? renderHooks(current.nodes, "domain") : "";
-  const after = nodes.length > 0 ? renderHooks(nodes, "domain") : "";
+/** Stores the element (without plugin elements: removes the metadata) and prints what changed. */
+function save(virsh: Virsh, name: string, current: Current, hooks: Element, { domain, refusedHere }: Candidate, args: GlobalOptions): void {
+  const before = elementText(current.hooks);
+  const after = elementText(hooks);
   if (before === after && !repairs(current)) {
     if (args.json) printJson({ domain: name, changed: false, metadata: after });
     else print(`${name}: no change`);
     return;
   }
-  refuseIfChangedMeanwhile(virsh, name, current, nodes);
-  if (nodes.length === 0) virsh.removeMetadata(name, current.scope);
-  else virsh.setMetadata(name, renderHooks(nodes, "virsh", ""), current.scope);
+  refuseIfChangedMeanwhile(virsh, name, current, hooks);
+  if (!after) virsh.removeMetadata(name, current.scope);
+  else virsh.setMetadata(name, hooksText(hooks, "virsh"), current.scope);
   const notes = [
     ...(current.doubledPrefix ? [`repaired the doubled prefix libvirt had stored (<vmhook:vmhook:…>)`] : []),
     ...(current.stray ? [`moved ${current.stray} into <vmhook:hooks>, where the hook reads it`] : []),
-    ...advice(nodes, domain, name),
+    ...advice(hooks, domain, name),
   ];
   if (args.json) {
     printJson({ domain: name, changed: true, metadata: after, notes, refusedHere });
@@ -128,8 +137,8 @@ function save(virsh: Virsh, name: string, current: Current, nodes: MetadataNode[
 }
 
 /** What the rest of the domain needs for the new elements to work. */
-function advice(nodes: MetadataNode[], domain: Domain, name: string): string[] {
-  return nodes.some((node) => node.name === "hugepages") && !domain.hugepages
+function advice(hooks: Element, domain: Domain, name: string): string[] {
+  return metadataNodes(hooks).some((node) => node.name === "hugepages") && !domain.hugepages
     ? [`the VM uses the pages only with <memoryBacking><hugepages/>; vmhook doctor --fix ${shellWord(name)} shows the change, --apply makes it`]
     : [];
 }
@@ -156,7 +165,7 @@ const HEADER = (name: string) =>
   `<!-- vmhook metadata of ${name}. Save to apply, empty the file to remove it. With or without the vmhook: prefix.\n     Elements: ${[...registry.builtinNames(), CUSTOM_ELEMENT].join(", ")}; see vmhook plugins. -->\n`;
 
 async function edit(host: Host, virsh: Virsh, name: string, current: Current, args: GlobalOptions): Promise<void> {
-  const original = `${HEADER(name)}${current.nodes.length > 0 ? renderHooks(current.nodes, "domain") : renderHooks([], "domain")}\n`;
+  const original = `${HEADER(name)}${elementText(current.hooks) || hooksText(emptyHooks(), "domain")}\n`;
   let text = original;
   for (;;) {
     const edited = runEditor(text, name);
@@ -165,8 +174,9 @@ async function edit(host: Host, virsh: Virsh, name: string, current: Current, ar
       return;
     }
     try {
-      const nodes = readPastedMetadata(edited.replace(/<!--[\s\S]*?-->/g, ""));
-      save(virsh, name, current, nodes, await checkCandidate(host, current, nodes, name), args);
+      // The header goes; the user's own comments stay.
+      const hooks = pastedHooks(edited.replace(HEADER(name), ""));
+      save(virsh, name, current, hooks, await checkCandidate(host, current, hooks, name), args);
       return;
     } catch (error) {
       // another change came in meanwhile: editing again would start from what libvirt no longer has
@@ -190,10 +200,10 @@ const configCommand: CommandModule<GlobalOptions, ConfigArgs> = {
     const { host, virsh, current } = open(args);
     if (args.edit) return edit(host, virsh, args.domain, current, args);
     if (args.set !== undefined) {
-      const nodes = readPastedMetadata(readDomainFile(args.set));
-      return save(virsh, args.domain, current, nodes, await checkCandidate(host, current, nodes, args.domain), args);
+      const hooks = pastedHooks(readDomainFile(args.set));
+      return save(virsh, args.domain, current, hooks, await checkCandidate(host, current, hooks, args.domain), args);
     }
-    const text = current.nodes.length > 0 ? renderHooks(current.nodes, "domain") : "";
+    const text = elementText(current.hooks);
     if (args.json) {
       printJson({ domain: args.domain, metadata: text, doubledPrefix: current.doubledPrefix });
       return;
@@ -220,20 +230,18 @@ function parseSetting(setting: string): [string, string] {
   return [match[1]!, match[2]!];
 }
 
-/** Whether a node is the element of this plugin: <NAME> for a built-in, <plugin name="NAME"> for a custom one. */
-function isPlugin(node: MetadataNode, plugin: string): boolean {
-  if (registry.builtinNames().includes(plugin)) return node.name === plugin;
-  return node.name === CUSTOM_ELEMENT && node.attributes.some(([key, value]) => key === "name" && value === plugin);
+/** Whether an element is this plugin's: <NAME> for a built-in, <plugin name="NAME"> for a custom one. */
+function isPlugin(element: Element, plugin: string): boolean {
+  if (registry.builtinNames().includes(plugin)) return element.localName === plugin;
+  return element.localName === CUSTOM_ELEMENT && element.getAttribute("name") === plugin;
 }
 
-function withSettings(node: MetadataNode, settings: [string, string][]): MetadataNode {
-  const attributes = [...node.attributes];
-  for (const [key, value] of settings) {
-    const index = attributes.findIndex(([existing]) => existing === key);
-    if (index >= 0) attributes[index] = [key, value];
-    else attributes.push([key, value]);
-  }
-  return { ...node, attributes };
+/** A new element for this plugin after the others: <NAME> for a built-in, <plugin name="NAME"> for a custom one. */
+function appendPluginElement(hooks: Element, plugin: string): Element {
+  if (registry.builtinNames().includes(plugin)) return appendPlugin(hooks, plugin);
+  const element = appendPlugin(hooks, CUSTOM_ELEMENT);
+  element.setAttribute("name", plugin);
+  return element;
 }
 
 const enableCommand: CommandModule<GlobalOptions, EnableArgs> = {
@@ -246,14 +254,11 @@ const enableCommand: CommandModule<GlobalOptions, EnableArgs> = {
   async handler(args) {
     const settings = args.settings.map(String).map(parseSetting);
     const { host, virsh, current } = open(args);
-    const existing = current.nodes.findIndex((node) => isPlugin(node, args.plugin));
-    const fresh: MetadataNode = registry.builtinNames().includes(args.plugin)
-      ? { name: args.plugin, attributes: [], children: [] }
-      : { name: CUSTOM_ELEMENT, attributes: [["name", args.plugin]], children: [] };
-    const nodes = [...current.nodes];
-    if (existing >= 0) nodes[existing] = withSettings(nodes[existing]!, settings);
-    else nodes.push(withSettings(fresh, settings));
-    save(virsh, args.domain, current, nodes, await checkCandidate(host, current, nodes, args.domain), args);
+    // Edited in place: only this plugin's element changes.
+    const hooks = current.hooks ? (current.hooks.cloneNode(true) as Element) : emptyHooks();
+    const element = childElements(hooks).find((candidate) => isPlugin(candidate, args.plugin)) ?? appendPluginElement(hooks, args.plugin);
+    for (const [key, value] of settings) element.setAttribute(key, value);
+    save(virsh, args.domain, current, hooks, await checkCandidate(host, current, hooks, args.domain), args);
   },
 };
 
@@ -268,13 +273,16 @@ const disableCommand: CommandModule<GlobalOptions, DisableArgs> = {
     domainOptions(y).positional("plugin", { type: "string", demandOption: true, describe: "a built-in or installed plugin's name" }),
   async handler(args) {
     const { host, virsh, current } = open(args);
-    const nodes = current.nodes.filter((node) => !isPlugin(node, args.plugin));
-    if (nodes.length === current.nodes.length && !repairs(current)) {
+    // Edited in place: only this plugin's elements go.
+    const hooks = current.hooks ? (current.hooks.cloneNode(true) as Element) : emptyHooks();
+    const removed = childElements(hooks).filter((element) => isPlugin(element, args.plugin));
+    for (const element of removed) hooks.removeChild(element);
+    if (removed.length === 0 && !repairs(current)) {
       if (args.json) printJson({ domain: args.domain, changed: false });
       else print(`${args.domain}: ${args.plugin} is not enabled; nothing changed`);
       return;
     }
-    save(virsh, args.domain, current, nodes, await checkCandidate(host, current, nodes, args.domain), args);
+    save(virsh, args.domain, current, hooks, await checkCandidate(host, current, hooks, args.domain), args);
   },
 };
 

@@ -6,8 +6,8 @@
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
-import { withVmhookMetadata } from "../../lib/metadata-in-domain.ts";
-import { readPastedMetadata } from "../../lib/metadata-text.ts";
+import { DOMParser, type Element } from "@xmldom/xmldom";
+import { inNamespace, withVmhookMetadata } from "../../lib/metadata-in-domain.ts";
 
 export interface FakeLibvirt {
   dir: string;
@@ -76,12 +76,24 @@ function fakeVirsh(dir: string, args: string[]): number {
       return 1;
     }
     const set = rest.indexOf("--set");
-    const nodes = set >= 0 ? readPastedMetadata(rest[set + 1]!) : [];
-    for (const target of targets) fs.writeFileSync(file(target), withVmhookMetadata(fs.readFileSync(file(target), "utf8"), nodes));
+    for (const target of targets) fs.writeFileSync(file(target), storeMetadata(fs.readFileSync(file(target), "utf8"), set >= 0 ? rest[set + 1]! : undefined));
     return 0;
   }
   process.stderr.write(`error: the fake virsh does not know ${command}\n`);
   return 1;
+}
+
+/**
+ * The domain XML after `virsh metadata --set GIVEN` (undefined: --remove), as
+ * libvirt stores it: every element of vmhook's namespace in <metadata>
+ * replaced by the given element as given, each element in it without a
+ * namespace put in vmhook's (comments, CDATA, processing instructions and
+ * other namespaces kept).
+ */
+function storeMetadata(domainXml: string, given: string | undefined): string {
+  if (given === undefined) return withVmhookMetadata(domainXml, undefined);
+  const document = new DOMParser().parseFromString(given, "text/xml");
+  return withVmhookMetadata(domainXml, inNamespace(document, document.documentElement!, "prefixed") as Element);
 }
 
 if (import.meta.main) process.exit(fakeVirsh(process.argv[2]!, process.argv.slice(3)));

@@ -74,6 +74,16 @@ test("enable hugepages size=2M: libvirt stores it unprefixed under the key, and 
   assert.not.match(await virshOk("dumpxml", domain.name), "urn:vmhook:1");
 });
 
+test("enable and disable keep the user's comment inside <hooks>: libvirt stores it as vmhook gives it", async () => {
+  const domain = await defineDomain("notes", { hooks: '<!-- GPU for gaming --><vmhook:hugepages size="2M"/>' });
+  const enabled = await vmhook(["enable", domain.name, "nosleep"]);
+  assert.is(enabled.code, 0, enabled.stderr);
+  assert.is(await storedMetadata(domain.name), '<hooks><!-- GPU for gaming --><hugepages size="2M"/><nosleep/></hooks>');
+  const disabled = await vmhook(["disable", domain.name, "hugepages"]);
+  assert.is(disabled.code, 0, disabled.stderr);
+  assert.is(await storedMetadata(domain.name), "<hooks><!-- GPU for gaming --><nosleep/></hooks>");
+});
+
 test("config --edit: a valid edit is saved; an invalid one is refused with the reason and the old metadata kept", async () => {
   const domain = await defineDomain("edit", { hooks: '<vmhook:hugepages size="2M"/>' });
   const before = await storedMetadata(domain.name);

@@ -12,7 +12,7 @@ import * as assert from "uvu/assert";
 import { runDoctor } from "../../lib/diagnostics/doctor.ts";
 import { metadataChildren, parseDomain } from "../../lib/domain.ts";
 import { ConfigError } from "../../lib/errors.ts";
-import { withVmhookMetadata } from "../../lib/metadata-in-domain.ts";
+import { pastedHooks, withVmhookMetadata } from "../../lib/metadata-in-domain.ts";
 import { readPastedMetadata, renderHooks } from "../../lib/metadata-text.ts";
 import { closest, usageError } from "../../lib/cli/usage.ts";
 import { runHookEvent } from "../helpers/hook.ts";
@@ -177,13 +177,13 @@ test("a config error of a valid XML is logged once too: at prepare, not again at
 
 test("the domain with new metadata: the old element replaced, the rest kept; none removes it", () => {
   const xml = DOMAIN('<metadata><other xmlns="urn:x"/><vmhook:hooks xmlns:vmhook="urn:vmhook:1"><vmhook:isolate/></vmhook:hooks></metadata>');
-  const changed = withVmhookMetadata(xml, readPastedMetadata('<hugepages size="2M"/>'));
+  const changed = withVmhookMetadata(xml, pastedHooks('<hugepages size="2M"/>'));
   const domain = parseDomain(changed);
   assert.equal(metadataChildren(domain.metadata!).map((element) => element.localName), ["hugepages"]);
   assert.match(changed, '<other xmlns="urn:x"/>');
   assert.not.match(changed, "isolate");
-  assert.is(parseDomain(withVmhookMetadata(xml, [])).metadata, undefined);
-  assert.is(parseDomain(withVmhookMetadata(DOMAIN(""), readPastedMetadata("<isolate/>"))).metadata?.localName, "hooks");
+  assert.is(parseDomain(withVmhookMetadata(xml, undefined)).metadata, undefined);
+  assert.is(parseDomain(withVmhookMetadata(DOMAIN(""), pastedHooks("<isolate/>"))).metadata?.localName, "hooks");
 });
 
 const BINARY = fileURLToPath(new URL("../../dist/vmhook", import.meta.url));

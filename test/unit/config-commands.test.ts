@@ -3,8 +3,10 @@
 // they worked is never overwritten.
 import * as fs from "node:fs";
 import * as path from "node:path";
+import { DOMParser } from "@xmldom/xmldom";
 import { test } from "uvu";
 import * as assert from "uvu/assert";
+import { NAMESPACE_URI, paths } from "../../lib/paths.ts";
 import { cli } from "../helpers/cli.ts";
 import { fakeLibvirt, type FakeLibvirt } from "../helpers/fake-virsh.ts";
 import { desktopHost } from "../helpers/pci-hosts.ts";
@@ -93,6 +95,62 @@ test("enable of a valid element that this host could not start now (pages that d
       assert.match(json.refusedHere[0]!, /^hugepages: /);
     },
     DOMAIN.replace('<memory unit="KiB">1048576</memory>', '<memory unit="GiB">1000</memory>'),
+  ));
+
+/** A user's metadata with their own notes in it: a comment and a processing instruction between the plugin elements. */
+const ANNOTATED = DOMAIN.replace(
+  "<vmhook:hooks xmlns:vmhook=\"urn:vmhook:1\"><vmhook:nosleep/></vmhook:hooks>",
+  `<vmhook:hooks xmlns:vmhook="urn:vmhook:1">
+      <!-- GPU for gaming -->
+      <vmhook:hugepages size="2M"/>
+      <?note ask before changing?>
+    </vmhook:hooks>`,
+);
+
+test("enable and disable change only the plugin element named: the user's comment, processing instruction, order and other attributes are kept", () =>
+  withDomain(async (sim, libvirt) => {
+    const enabled = await cli(["enable", "win11", "nosleep", "--root", sim.root]);
+    assert.is(enabled.code, 0, enabled.stderr);
+    assert.match(libvirt.xml("config"), "<!-- GPU for gaming -->");
+    assert.match(libvirt.xml("config"), "<?note ask before changing?>");
+    assert.match(libvirt.xml("config"), '<vmhook:hugepages size="2M"/>');
+    assert.equal(elements(libvirt.xml("config")), ["hugepages", "nosleep"]);
+    assert.match(enabled.stdout, '   <!-- GPU for gaming -->\n   <vmhook:hugepages size="2M"/>\n   <?note ask before changing?>\n+  <vmhook:nosleep/>', "the diff shows the one new line");
+
+    const disabled = await cli(["disable", "win11", "hugepages", "--root", sim.root]);
+    assert.is(disabled.code, 0, disabled.stderr);
+    assert.match(libvirt.xml("config"), "<!-- GPU for gaming -->");
+    assert.match(libvirt.xml("config"), "<?note ask before changing?>");
+    assert.equal(elements(libvirt.xml("config")), ["nosleep"]);
+    assert.match((await cli(["config", "win11", "--root", sim.root])).stdout, "<!-- GPU for gaming -->", "config shows the comment");
+  }, ANNOTATED));
+
+test("config --edit keeps the comments the user has and writes inside <hooks>", () =>
+  withDomain(async (sim, libvirt) => {
+    process.env.EDITOR = editor(libvirt, "<hooks><!-- GPU for gaming --><nosleep/><!-- pages for the guest --><hugepages/></hooks>", "");
+    const edited = await cli(["config", "win11", "--edit", "--root", sim.root]);
+    assert.is(edited.code, 0, edited.stderr);
+    assert.match(libvirt.xml("config"), "<!-- GPU for gaming -->");
+    assert.match(libvirt.xml("config"), "<!-- pages for the guest -->");
+    assert.equal(elements(libvirt.xml("config")), ["nosleep", "hugepages"]);
+  }));
+
+/** An installed module plugin that takes any attributes and content. */
+const NOTES_PLUGIN = `export default { name: "notes", summary: "keeps notes", usage: '<vmhook:plugin name="notes" text="…"/>', parse: () => ({}), async prepare() {}, undo() {} };\n`;
+
+test("enable keeps another plugin's element as stored: an attribute with entities, a line break and non-ASCII text, and CDATA round-trip", () =>
+  withDomain(
+    async (sim, libvirt) => {
+      fs.mkdirSync(sim.resolve(paths.pluginsDir), { recursive: true, mode: 0o755 });
+      fs.writeFileSync(sim.resolve(`${paths.pluginsDir}/notes.mjs`), NOTES_PLUGIN, { mode: 0o644 });
+      const enabled = await cli(["enable", "win11", "nosleep", "--root", sim.root]);
+      assert.is(enabled.code, 0, enabled.stderr);
+      const notes = new DOMParser().parseFromString(libvirt.xml("config"), "text/xml").getElementsByTagNameNS(NAMESPACE_URI, "plugin")[0]!;
+      assert.is(notes.getAttribute("text"), 'café & <tea> "x"\nsecond line');
+      assert.match(libvirt.xml("config"), "<![CDATA[raw <data>]]>");
+      assert.equal(elements(libvirt.xml("config")), ["plugin", "nosleep"]);
+    },
+    DOMAIN.replace("<vmhook:nosleep/>", '<vmhook:plugin name="notes" text="café &amp; &lt;tea&gt; &quot;x&quot;&#10;second line"><![CDATA[raw <data>]]></vmhook:plugin>'),
   ));
 
 test.run();
