@@ -413,7 +413,27 @@ test("hook mode, hard deadline on reconnect: the hook is ended with exit 0 (a fa
     const reconnect = run(qemu, ["vm", "reconnect", "begin", "-"], xml, t.root);
     assert.equal([reconnect.code, reconnect.stdout], [0, ""]);
     assert.match(reconnect.stderr, /vmhook: reconnect begin of vm was killed after 6 s [\s\S]*\n  it holds nothing \(its journal is empty\): vmhook recover is not needed\n$/);
+    assert.match(fs.readFileSync(path.join(t.root, "var/log/vmhook.log"), "utf8"), "vmhook: reconnect begin of vm was killed after 6 s");
     assert.ok(fs.existsSync(t.journal), "the journal is kept");
+  } finally {
+    t.cleanup();
+  }
+});
+
+test("hook mode, hard deadline: the watchdog's message never goes through a symlink planted at /var/log/vmhook.log", () => {
+  const t = tree();
+  try {
+    fs.mkdirSync(path.join(t.root, "etc/vmhook/plugins.d"), { recursive: true });
+    fs.writeFileSync(path.join(t.root, "etc/vmhook/vmhook.json"), JSON.stringify({ deadlineSeconds: 0.5, undoDeadlineSeconds: 0.5 }));
+    fs.writeFileSync(path.join(t.root, "etc/vmhook/plugins.d/spin.mjs"), "export default { name: 'spin', summary: 'spins', parse: () => ({}), prepare() { for (;;) {} }, undo() {} };\n", { mode: 0o644 });
+    const bashrc = path.join(t.root, "root/.bashrc");
+    fs.mkdirSync(path.dirname(bashrc));
+    fs.writeFileSync(bashrc, "# root's shell\n");
+    fs.symlinkSync(bashrc, path.join(t.root, "var/log/vmhook.log"));
+    const result = run(t.link("hooks/qemu"), ["x;touch /tmp/owned;", "prepare", "begin", "-"], domain('<vmhook:plugin name="spin"/>'), t.root);
+    assert.is(result.code, 1);
+    assert.match(result.stderr, "prepare begin of x;touch /tmp/owned; was killed after");
+    assert.is(fs.readFileSync(bashrc, "utf8"), "# root's shell\n");
   } finally {
     t.cleanup();
   }
