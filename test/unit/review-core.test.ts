@@ -185,7 +185,7 @@ test("a domain name or XML value with a carriage return or a C1 control (NEL, CS
   }
 });
 
-test("a symlink or hard link planted at /var/log/vmhook.log (a group may write /var/log: root:syslog 0775 on Ubuntu) is never appended to; the cause still reaches stderr", async () => {
+test("a symlink, hard link or another user's file at /var/log/vmhook.log (a group may write /var/log: root:syslog 0775 on Ubuntu) is never appended to; the cause still reaches stderr", async () => {
   const sim = new SimHost().dir("/var/log");
   try {
     new HugepageKernel(sim, { initial: { 2048: 0 } });
@@ -201,6 +201,12 @@ test("a symlink or hard link planted at /var/log/vmhook.log (a group may write /
       assert.match(outcome.stderr.split("\n")[0]!, `size="lots" is not a size`);
       assert.is(fs.readFileSync(bashrc, "utf8"), "# root's shell\n", plant.name);
     }
+    // A log someone else created there: whoever owns it could edit or empty what root writes.
+    fs.rmSync(sim.resolve(paths.log));
+    fs.writeFileSync(sim.resolve(paths.log), "");
+    fs.chownSync(sim.resolve(paths.log), 1000, 1000);
+    assert.is((await runHookEvent(sim, "prepare", "begin", badXml, name)).code, 1);
+    assert.is(fs.readFileSync(sim.resolve(paths.log), "utf8"), "");
   } finally {
     sim.cleanup();
   }
