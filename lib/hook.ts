@@ -6,7 +6,7 @@ import { parseDomain, type Domain } from "./domain.ts";
 import { describeError, VmhookError } from "./errors.ts";
 import { RootedHost, type Host } from "./host.ts";
 import { newJournal, readJournal, writeJournal, type Journal, type JournalEntry } from "./journal.ts";
-import { createLogger, oneLine, type Logger } from "./log.ts";
+import { createLogger, oneLine, openLog, type Logger } from "./log.ts";
 import { isLegacyPlugin, type HookEvent, type PlannedEvent, type PluginRegistry } from "./plugin.ts";
 import { registry as builtinRegistry } from "../plugins/index.ts";
 import { loadSettings, type HostSettings } from "./settings.ts";
@@ -255,6 +255,15 @@ async function settleOrDrain(work: Promise<void>, invocation: HookInvocation): P
   }
 }
 
+/** The log for the watchdog's last words, opened now (its worker cannot check the file); none when it cannot be written. */
+function logForWatchdog(host: Host): number | undefined {
+  try {
+    return openLog(host, "append");
+  } catch {
+    return undefined;
+  }
+}
+
 /**
  * Runs one event and turns the outcome into libvirt's terms: the exit code,
  * and on failure a stderr whose first line says what failed and what to do.
@@ -284,7 +293,7 @@ export async function runEvent(invocation: HookInvocation, event: HookEvent | un
         startedAt: performance.timeOrigin,
         what: `${invocation.args.slice(1, 3).join(" ")} of ${run.name}`,
         budgetSource: `deadlineSeconds + undoDeadlineSeconds + 5 in ${paths.hostConfig}`,
-        logFile: run.host.resolve(paths.log),
+        logFd: logForWatchdog(run.host),
         journalFile: uuid && run.host.resolve(paths.journal(uuid)),
         recoverCommand: `vmhook recover ${run.name}`,
         exitCode: mayFail ? 1 : 0,

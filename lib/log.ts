@@ -3,6 +3,7 @@
 // stderr or kept for the failure report (libvirt shows the first stderr
 // line to the user, so in hook mode the cause must come first).
 import * as fs from "node:fs";
+import { VmhookError } from "./errors.ts";
 import type { Host } from "./host.ts";
 import { paths } from "./paths.ts";
 
@@ -41,6 +42,34 @@ export const terminalText = (text: string): string => text.replace(/[\u0000-\u00
 
 const escapeControl = (char: string): string => (char < " " ? JSON.stringify(char).slice(1, -1) : `\\u${char.charCodeAt(0).toString(16).padStart(4, "0")}`);
 
+/**
+ * The log file, opened to append to or to read. /var/log may be writable by a
+ * group (root:syslog 0775 on Ubuntu), and every line carries the domain name
+ * whoever defined the domain chose ("x;cmd;"): a symlink or hard link planted
+ * at the log's place would have root append such lines to the file it names
+ * (root's .bashrc), or copy that file's end into a bug-report bundle. So never
+ * through a symlink, and only a regular file with one name, owned by the user
+ * vmhook runs as; anything else (a FIFO too, opened without waiting) is refused.
+ */
+export function openLog(host: Host, purpose: "append" | "read"): number {
+  const { O_APPEND, O_CREAT, O_NOFOLLOW, O_NONBLOCK, O_RDONLY, O_WRONLY } = fs.constants;
+  const refuse = (what: string) =>
+    new VmhookError(`${paths.log} is ${what}, not the log vmhook writes; others may write /var/log, so vmhook neither writes nor reads through it: inspect it, then remove it (rm ${paths.log})`);
+  let fd: number;
+  try {
+    fd = fs.openSync(host.resolve(paths.log), (purpose === "append" ? O_WRONLY | O_APPEND | O_CREAT : O_RDONLY) | O_NOFOLLOW | O_NONBLOCK, 0o640);
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === "ELOOP") throw refuse("a symlink");
+    throw error;
+  }
+  const stat = fs.fstatSync(fd);
+  const uid = process.geteuid?.() ?? 0;
+  const problem = !stat.isFile() ? "not a regular file" : stat.nlink !== 1 ? `a hard link (${stat.nlink} names)` : stat.uid !== uid ? `owned by uid ${stat.uid}` : undefined;
+  if (problem === undefined) return fd;
+  fs.closeSync(fd);
+  throw refuse(problem);
+}
+
 export function createLogger(host: Host, options: LoggerOptions): Logger {
   const transcript: string[] = [];
   // The domain name is libvirt's argument, written by whoever defined the domain.
@@ -54,10 +83,16 @@ export function createLogger(host: Host, options: LoggerOptions): Logger {
     if (options.echo === "stderr") process.stderr.write(`vmhook: ${line}\n`);
     if (fileBroken) return;
     try {
-      const logPath = host.resolve(paths.log);
-      fs.appendFileSync(logPath, `${new Date(host.now()).toISOString()} ${context ? `[${context}] ` : ""}${line}\n`, { mode: 0o640 });
-    } catch {
+      const fd = openLog(host, "append");
+      try {
+        fs.writeSync(fd, `${new Date(host.now()).toISOString()} ${context ? `[${context}] ` : ""}${line}\n`);
+      } finally {
+        fs.closeSync(fd);
+      }
+    } catch (error) {
       fileBroken = true; // a read-only /var/log must never fail a VM start
+      // The CLI says why once; in hook mode stderr's first line stays the cause.
+      if (options.echo === "stderr" && error instanceof VmhookError) process.stderr.write(`vmhook: warn: ${oneLine(error.message)}\n`);
     }
   };
   return {

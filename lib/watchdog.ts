@@ -21,7 +21,8 @@ export interface WatchdogOptions {
   what: string;
   /** Where the budget comes from, for the message. */
   budgetSource: string;
-  logFile: string;
+  /** The log, opened by the main thread (lib/log.ts openLog); absent when it cannot be written. */
+  logFd?: number;
   /** The domain's journal, as a real path; absent or empty means nothing is left to undo. */
   journalFile?: string;
   /** The command that gives back what the journal holds. */
@@ -36,7 +37,7 @@ export interface Watchdog {
 
 export function startWatchdog(options: WatchdogOptions): Watchdog {
   const source = `
-    import { appendFileSync, readFileSync, writeSync } from "node:fs";
+    import { readFileSync, writeSync } from "node:fs";
     import { dlopen, FFIType } from "bun:ffi";
     const options = ${JSON.stringify(options)};
     let cause, step;
@@ -56,7 +57,7 @@ export function startWatchdog(options: WatchdogOptions): Watchdog {
       lines.push(stillHeld() ? "once it is stopped, run " + options.recoverCommand + " to give back what it still holds" : "it holds nothing (its journal is empty): vmhook recover is not needed");
       const text = "vmhook: " + lines.join("\\n  ") + "\\n";
       try { writeSync(2, text); } catch {}
-      try { appendFileSync(options.logFile, new Date().toISOString() + " " + text); } catch {}
+      if (options.logFd !== undefined) try { writeSync(options.logFd, new Date().toISOString() + " " + text); } catch {}
       // Bound only now: dlopen compiles with TinyCC, a cost every hook would pay at start.
       // Should it fail, the process still ends (by a signal).
       try {

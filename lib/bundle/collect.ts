@@ -8,6 +8,7 @@ import { readIommuGroups } from "../diagnostics/iommu.ts";
 import { describeError } from "../errors.ts";
 import type { Host } from "../host.ts";
 import { listJournals } from "../journal.ts";
+import { openLog } from "../log.ts";
 import { paths } from "../paths.ts";
 import { listPciDevices } from "../pci.ts";
 import { VERSION } from "../version.ts";
@@ -60,8 +61,7 @@ function drivers(host: Host): string {
 /** Reads the end of the log from its real path under the host's root: Host.read would load the whole file. */
 function logTail(host: Host): string {
   if (!host.exists(paths.log)) return `(no log yet: ${paths.log} does not exist)\n`;
-  const file = host.resolve(paths.log);
-  const fd = fs.openSync(file, "r");
+  const fd = openLog(host, "read");
   try {
     const size = fs.fstatSync(fd).size;
     const length = Math.min(size, LOG_TAIL_BYTES);

@@ -71,6 +71,13 @@ function runAsync(program: string, args: string[], input: string, root: string):
   });
 }
 
+/** plugins.d with spin.mjs (`plugin`: its default export) and the hook's deadlines: a hook its watchdog must end. */
+function installSpin(root: string, plugin: string, deadlineSeconds: number): void {
+  fs.mkdirSync(path.join(root, "etc/vmhook/plugins.d"), { recursive: true });
+  fs.writeFileSync(path.join(root, "etc/vmhook/vmhook.json"), JSON.stringify({ deadlineSeconds, undoDeadlineSeconds: deadlineSeconds }));
+  fs.writeFileSync(path.join(root, "etc/vmhook/plugins.d/spin.mjs"), `export default ${plugin};\n`, { mode: 0o644 });
+}
+
 const firstLine = (text: string) => text.split("\n")[0]!;
 
 const ALL_EVENTS = [
@@ -347,11 +354,9 @@ test("CLI status and recover: a running domain (live pid) is kept, a dead one is
 test("hook mode, hard deadline: a plugin stuck in a busy loop (after printing) gets the hook ended with exit 1, the last cause first; stdout stays empty", () => {
   const t = tree();
   try {
-    fs.mkdirSync(path.join(t.root, "etc/vmhook/plugins.d"), { recursive: true });
-    fs.writeFileSync(path.join(t.root, "etc/vmhook/vmhook.json"), JSON.stringify({ deadlineSeconds: 1, undoDeadlineSeconds: 1 }));
     // A JavaScript plugin that never yields: only a watchdog outside the main thread can stop it.
     // It also prints, which must not reach stdout (libvirt reads it on migrate and restore).
-    fs.writeFileSync(path.join(t.root, "etc/vmhook/plugins.d/spin.mjs"), "export default { name: 'spin', summary: 'spins', parse: () => ({}), async prepare(ctx) { console.log('<domain/>'); process.stdout.write('x'); await ctx.step('take', { action: 'take' }, () => {}); ctx.log.warn('waiting for the frobnicator'); for (;;) {} }, undo() {} };\n", { mode: 0o644 });
+    installSpin(t.root, "{ name: 'spin', summary: 'spins', parse: () => ({}), async prepare(ctx) { console.log('<domain/>'); process.stdout.write('x'); await ctx.step('take', { action: 'take' }, () => {}); ctx.log.warn('waiting for the frobnicator'); for (;;) {} }, undo() {} }", 1);
     const started = Date.now();
     const result = spawnSync(t.link("hooks/qemu"), ["vm", "prepare", "begin", "-"], {
       input: domain('<vmhook:plugin name="spin"/>'),
@@ -406,16 +411,32 @@ test("hook mode, reconnect: a plugin's stray error (a promise nobody awaits) is 
 test("hook mode, hard deadline on reconnect: the hook is ended with exit 0 (a failing reconnect makes libvirt kill the VM)", () => {
   const t = tree();
   try {
-    fs.mkdirSync(path.join(t.root, "etc/vmhook/plugins.d"), { recursive: true });
-    fs.writeFileSync(path.join(t.root, "etc/vmhook/vmhook.json"), JSON.stringify({ deadlineSeconds: 0.5, undoDeadlineSeconds: 0.5 }));
-    fs.writeFileSync(path.join(t.root, "etc/vmhook/plugins.d/spin.mjs"), "export default { name: 'spin', summary: 'spins', parse: () => ({}), reconnect() { for (;;) {} }, undo() {} };\n", { mode: 0o644 });
+    installSpin(t.root, "{ name: 'spin', summary: 'spins', parse: () => ({}), reconnect() { for (;;) {} }, undo() {} }", 0.5);
     const qemu = t.link("hooks/qemu");
     const xml = domain('<vmhook:plugin name="spin"/>');
     assert.equal(run(qemu, ["vm", "prepare", "begin", "-"], xml, t.root), { code: 0, stdout: "", stderr: "" });
     const reconnect = run(qemu, ["vm", "reconnect", "begin", "-"], xml, t.root);
     assert.equal([reconnect.code, reconnect.stdout], [0, ""]);
     assert.match(reconnect.stderr, /vmhook: reconnect begin of vm was killed after 6 s [\s\S]*\n  it holds nothing \(its journal is empty\): vmhook recover is not needed\n$/);
+    assert.match(fs.readFileSync(path.join(t.root, "var/log/vmhook.log"), "utf8"), "vmhook: reconnect begin of vm was killed after 6 s");
     assert.ok(fs.existsSync(t.journal), "the journal is kept");
+  } finally {
+    t.cleanup();
+  }
+});
+
+test("hook mode, hard deadline: the watchdog's message never goes through a symlink planted at /var/log/vmhook.log", () => {
+  const t = tree();
+  try {
+    installSpin(t.root, "{ name: 'spin', summary: 'spins', parse: () => ({}), prepare() { for (;;) {} }, undo() {} }", 0.5);
+    const bashrc = path.join(t.root, "root/.bashrc");
+    fs.mkdirSync(path.dirname(bashrc));
+    fs.writeFileSync(bashrc, "# root's shell\n");
+    fs.symlinkSync(bashrc, path.join(t.root, "var/log/vmhook.log"));
+    const result = run(t.link("hooks/qemu"), ["x;touch /tmp/owned;", "prepare", "begin", "-"], domain('<vmhook:plugin name="spin"/>'), t.root);
+    assert.is(result.code, 1);
+    assert.match(result.stderr, "prepare begin of x;touch /tmp/owned; was killed after");
+    assert.is(fs.readFileSync(bashrc, "utf8"), "# root's shell\n");
   } finally {
     t.cleanup();
   }

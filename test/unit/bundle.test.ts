@@ -129,6 +129,17 @@ test("a log line longer than the part of the log read is left out, never cut int
   sim.cleanup();
 });
 
+test("a symlink planted at the log's place (others may write /var/log) is not followed: the bundle holds no line of the file it names", async () => {
+  const sim = identifiableHost();
+  sim.file("/etc/shadow", "root:$6$secrethash:19000:0:99999:7:::");
+  fs.rmSync(sim.resolve("/var/log/vmhook.log"));
+  fs.symlinkSync(sim.resolve("/etc/shadow"), sim.resolve("/var/log/vmhook.log"));
+  const files = unpack(await bundleOf(sim));
+  assert.not.match(files.get("vmhook.log")!, "secrethash");
+  assert.match(files.get("vmhook.log")!, "unavailable: /var/log/vmhook.log is a symlink, not the log vmhook writes");
+  sim.cleanup();
+});
+
 test("a part that cannot be read says why inside the bundle; an unreadable user list writes nothing", async () => {
   const sim = identifiableHost();
   fs.rmSync(sim.resolve("/proc/cmdline"));

@@ -185,6 +185,33 @@ test("a domain name or XML value with a carriage return or a C1 control (NEL, CS
   }
 });
 
+test("a symlink, hard link or another user's file at /var/log/vmhook.log (a group may write /var/log: root:syslog 0775 on Ubuntu) is never appended to; the cause still reaches stderr", async () => {
+  const sim = new SimHost().dir("/var/log");
+  try {
+    new HugepageKernel(sim, { initial: { 2048: 0 } });
+    const bashrc = sim.file("/root/.bashrc", "# root's shell\n").resolve("/root/.bashrc");
+    // Each log line starts "[NAME prepare begin]": a shell reading it would run the command between the semicolons.
+    const name = "x;touch /tmp/owned;";
+    const badXml = XML.replace("<vmhook:hugepages/>", `<vmhook:hugepages size="lots"/>`);
+    for (const plant of [fs.symlinkSync, fs.linkSync]) {
+      fs.rmSync(sim.resolve(paths.log), { force: true });
+      plant(bashrc, sim.resolve(paths.log));
+      const outcome = await runHookEvent(sim, "prepare", "begin", badXml, name);
+      assert.is(outcome.code, 1);
+      assert.match(outcome.stderr.split("\n")[0]!, `size="lots" is not a size`);
+      assert.is(fs.readFileSync(bashrc, "utf8"), "# root's shell\n", plant.name);
+    }
+    // A log someone else created there: whoever owns it could edit or empty what root writes.
+    fs.rmSync(sim.resolve(paths.log));
+    fs.writeFileSync(sim.resolve(paths.log), "");
+    fs.chownSync(sim.resolve(paths.log), 1000, 1000);
+    assert.is((await runHookEvent(sim, "prepare", "begin", badXml, name)).code, 1);
+    assert.is(fs.readFileSync(sim.resolve(paths.log), "utf8"), "");
+  } finally {
+    sim.cleanup();
+  }
+});
+
 test("module and unit names never start with a dash (they are arguments of modprobe, rmmod and systemctl)", () => {
   for (const name of ["-r", "--remove-holders"]) assert.not.ok(PATTERNS.moduleName.test(name), name);
   for (const name of ["--force", "-sKILL"]) assert.not.ok(PATTERNS.unitName.test(name), name);
