@@ -61,7 +61,8 @@ function holdInhibitor(record: HoldRecord, ctx: ApplyContext<NosleepConfig>): vo
   const { why } = ctx.config;
   ctx.run("systemd-run", [
     `--unit=${record.unit}`, "--collect", "--quiet", `--description=vmhook: no sleep while ${ctx.domain.name} runs`,
-    "systemd-inhibit", "--what=sleep", `--who=${WHO}`, `--why=${why}`, "--mode=block", "sleep", "infinity",
+    // systemd expands "${NAME}" and "$$" in the command it runs (as in ExecStart=), and the domain name is anyone's text: every "$" goes as "$$".
+    "systemd-inhibit", "--what=sleep", `--who=${WHO}`, `--why=${why.replace(/\$/g, "$$$$")}`, "--mode=block", "sleep", "infinity",
   ], { timeoutMs: 30_000 });
   ctx.waitFor(`logind lists the sleep inhibitor of ${record.unit}`, () => lockHeld(ctx, why), { timeoutMs: 5_000 });
 }

@@ -31,7 +31,9 @@ export function logindHost(options: { lockFails?: boolean; sim?: SimHost } = {})
   };
   sim.onExec("systemd-run", (args) => {
     const unit = args.find((arg) => arg.startsWith("--unit="))!.slice("--unit=".length);
-    startUnit(unit, options.lockFails ? "" : args.find((arg) => arg.startsWith("--why="))!.slice("--why=".length));
+    // The service manager expands the command line as in ExecStart= (no variables set here): "${NAME}" in a word, "$NAME" as a word, "$$" is "$".
+    const command = args.slice(args.findIndex((arg) => !arg.startsWith("--"))).flatMap((arg) => (/^\$\w+$/.test(arg) ? [] : [arg.replace(/\$(\$|\{\w*\})/g, (_, what: string) => (what === "$" ? "$" : ""))]));
+    startUnit(unit, options.lockFails ? "" : command.find((arg) => arg.startsWith("--why="))!.slice("--why=".length));
   });
   sim.onExec("systemctl", (args) => {
     const unit = args[args.length - 1]!;

@@ -31,6 +31,17 @@ test("prepare holds the lock in a transient unit, without pipes to the hook; rel
   assert.equal(sim.stateFiles(), []);
 });
 
+test("a domain name with $ or ${…} in it: systemd expands the command line it runs, so the lock logind lists still names the VM as it is", async () => {
+  const { sim, units } = logindHost();
+  const named = xml().replace("<name>gaming</name>", () => "<name>lab${HOME}$$ $USER</name>");
+  const result = await runHookEvent(sim, "prepare", "begin", named);
+  assert.is(result.code, 0, result.stderr);
+  assert.equal(units(), [UNIT]);
+  assert.match(sim.read(`/proc/${sim.readTrimmed(`/sys/fs/cgroup/system.slice/${UNIT}/cgroup.procs`)}/cmdline`), "--why=VM lab${HOME}$$ $USER runs with devices passed through");
+  assert.is((await runHookEvent(sim, "release", "end", named)).code, 0);
+  assert.equal(units(), []);
+});
+
 test("vmhook plan lists exactly the step prepare runs", async () => {
   const { sim } = logindHost();
   assert.equal(await assertPlanIsPrepare(sim, xml(), "gaming"), [`nosleep: hold a sleep inhibitor lock in ${UNIT}`]);
