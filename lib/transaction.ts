@@ -9,7 +9,7 @@ import { Deadline, waitFor } from "./deadline.ts";
 import type { Domain } from "./domain.ts";
 import { describeError, VmhookError } from "./errors.ts";
 import type { ExecResult, Host } from "./host.ts";
-import { listJournals, removeJournal, sharedState, writeJournal, type Journal, type JournalEntry, type JournalPhase } from "./journal.ts";
+import { JOURNAL_VERSION, listJournals, removeJournal, sharedState, writeJournal, type Journal, type JournalEntry, type JournalPhase } from "./journal.ts";
 import { withHostLock, type HeldLock } from "./lock.ts";
 import type { Logger } from "./log.ts";
 import {
@@ -445,6 +445,27 @@ function journalOutcome(host: Host, journal: Journal, entry: JournalEntry, outco
   writeJournal(host, journal);
 }
 
+/** The plugin that journaled the entry: one the caller loaded, or loaded by its journal id. */
+async function pluginOf(entry: JournalEntry, env: RunEnvironment, loaded: PluginInstance[]): Promise<AnyPlugin> {
+  return loaded.find((instance) => instance.id === entry.plugin)?.plugin ?? env.registry.load(entry.plugin, env.host);
+}
+
+/**
+ * Brings an earlier version's journal to this one before its first undo:
+ * each record through its action's upgrade, judged by the entry's state and
+ * the phase the journal was found in. It reaches the file with the undo's
+ * first write, so it happens once. A plugin that cannot be loaded upgrades
+ * nothing (custom plugins own their records); its undo says why it fails.
+ */
+async function upgradeRecords(journal: Journal, env: RunEnvironment, loaded: PluginInstance[]): Promise<void> {
+  for (const entry of journal.entries) {
+    const plugin = await pluginOf(entry, env, loaded).catch(() => undefined);
+    const upgrade = plugin && !isLegacyPlugin(plugin) ? plugin.actions[entry.undo.action]?.upgrade : undefined;
+    if (upgrade) entry.undo = upgrade(entry.undo, { version: journal.version, state: entry.state, phase: journal.phase });
+  }
+  journal.version = JOURNAL_VERSION;
+}
+
 /**
  * Undoes a journal's entries in reverse order, best effort: each success is
  * removed from the journal at once (so a crash here resumes where it stopped),
@@ -456,6 +477,7 @@ function journalOutcome(host: Host, journal: Journal, entry: JournalEntry, outco
  */
 export async function undoJournal(journal: Journal, env: RunEnvironment, deadline: Deadline, loaded: PluginInstance[] = []): Promise<UndoResult> {
   const { host, log } = env;
+  if (journal.version < JOURNAL_VERSION) await upgradeRecords(journal, env, loaded);
   journal.phase = "releasing";
   writeJournal(host, journal);
   let undone = 0;
@@ -464,7 +486,7 @@ export async function undoJournal(journal: Journal, env: RunEnvironment, deadlin
     let finished = undefined as UndoOutcome | undefined;
     let outcome: UndoOutcome;
     try {
-      const plugin = loaded.find((instance) => instance.id === entry.plugin)?.plugin ?? (await env.registry.load(entry.plugin, host));
+      const plugin = await pluginOf(entry, env, loaded);
       // A shared plugin's entry leaves the journal (or is marked undo-failed)
       // under the same host lock as its undo: other VMs' prepares compute the
       // shared resources from the journals, and one that took the lock between

@@ -12,7 +12,7 @@ import { runDoctor } from "../../lib/diagnostics/doctor.ts";
 import { ensureStateDir } from "../../lib/state-files.ts";
 import { journalsAndClaims } from "../../lib/claims.ts";
 import { cli } from "../helpers/cli.ts";
-import { readJournal } from "../../lib/journal.ts";
+import { JOURNAL_VERSION, readJournal } from "../../lib/journal.ts";
 import { createLogger } from "../../lib/log.ts";
 import { paths } from "../../lib/paths.ts";
 import { DEFAULT_SETTINGS } from "../../lib/settings.ts";
@@ -58,7 +58,7 @@ test("defect 3: releasing VM A while VM B's journal cannot be read changes no CP
     const journalB = sim.resolve(paths.journal(UUID_B));
     const intact = fs.readFileSync(journalB, "utf8");
 
-    for (const broken of ["{ half a journal", intact.replace('"version": 1', '"version": 99')]) {
+    for (const broken of ["{ half a journal", intact.replace(`"version": ${JOURNAL_VERSION}`, '"version": 99')]) {
       fs.writeFileSync(journalB, broken);
       const released = await runHookEvent(sim, "release", "end", vmA, "vmA");
       assert.is(released.code, 0, "release never fails libvirt");

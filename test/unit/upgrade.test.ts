@@ -1,0 +1,118 @@
+// vmhook upgraded while VMs run: journals an earlier vmhook wrote (journal
+// version 1, test/fixtures/journal-v1) are released, recovered and shown by
+// this one. Each old shape is undone as it was meant, or refused naming the
+// file and what to do; never undone by this version's reading of its fields.
+import * as fs from "node:fs";
+import { test } from "uvu";
+import * as assert from "uvu/assert";
+import { JOURNAL_VERSION, readJournal } from "../../lib/journal.ts";
+import { paths } from "../../lib/paths.ts";
+import { cli } from "../helpers/cli.ts";
+import { nvidiaDesktop } from "../helpers/gpu-kernel.ts";
+import { runHookEvent } from "../helpers/hook.ts";
+import { HugepageKernel } from "../helpers/hugepage-kernel.ts";
+import { SimHost } from "../helpers/simhost.ts";
+
+const HUGEPAGES_UUID = "0a0a0a0a-0000-4000-8000-00000000000a";
+const GPU_UUID = "0b5c64e3-55a1-4b84-9d2b-4e0a3e7d2f10";
+const POOL_2M = "/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages";
+
+/** Puts an earlier vmhook's journal (a fixture) in place of the domain's. */
+function leaveOldJournal(sim: SimHost, fixture: string, uuid: string): void {
+  fs.mkdirSync(sim.resolve(paths.stateDir), { recursive: true });
+  fs.copyFileSync(new URL(`../fixtures/journal-v1/${fixture}.json`, import.meta.url), sim.resolve(paths.journal(uuid)));
+}
+
+const hugepagesXml = `<domain type='kvm'><name>vm</name><uuid>${HUGEPAGES_UUID}</uuid><memory unit='GiB'>1</memory><vcpu>2</vcpu>
+  <memoryBacking><hugepages/></memoryBacking>
+  <metadata><vmhook:hooks xmlns:vmhook="urn:vmhook:1"><vmhook:hugepages/></vmhook:hooks></metadata></domain>`;
+
+/** A host whose 2M pool holds `pages` persistent pages, with an earlier vmhook's hugepages journal. */
+function hugepagesHost(pages: number, fixture: string): { sim: SimHost; kernel: HugepageKernel } {
+  const sim = new SimHost().dir("/var/log");
+  const kernel = new HugepageKernel(sim, { initial: { 2048: pages } });
+  leaveOldJournal(sim, fixture, HUGEPAGES_UUID);
+  return { sim, kernel };
+}
+
+test("a vmhook 0.1 journal of a single-GPU NVIDIA handover (records named by their undo) is undone: the host is as before the VM", async () => {
+  const kernel = nvidiaDesktop();
+  try {
+    const before = kernel.sim.snapshot();
+    const xml = `<domain type='kvm'><name>win11</name><uuid>${GPU_UUID}</uuid><memory unit='GiB'>8</memory>
+      <metadata><vmhook:hooks xmlns:vmhook="urn:vmhook:1"><vmhook:vfio/></vmhook:hooks></metadata>
+      <devices><hostdev mode='subsystem' type='pci' managed='no'><source><address domain='0x0000' bus='0x01' slot='0x00' function='0x0'/></source></hostdev></devices></domain>`;
+    // The host as the earlier vmhook left it while the VM ran; it kept no claims ledger.
+    assert.is((await runHookEvent(kernel.sim, "prepare", "begin", xml)).code, 0);
+    fs.rmSync(kernel.sim.resolve(paths.claims));
+    leaveOldJournal(kernel.sim, "vfio-nvidia-single-gpu", GPU_UUID);
+
+    const status = await cli(["status", "--root", kernel.sim.root], kernel.sim);
+    assert.match(status.stdout, "vfio: bind 0000:01:00.0 to vfio-pci (from nvidia)");
+    const released = await runHookEvent(kernel.sim, "release", "end", xml);
+    assert.is(released.code, 0, released.stderr);
+    assert.equal(kernel.sim.snapshot(), before);
+    assert.equal(kernel.sim.stateFiles(), []);
+  } finally {
+    kernel.sim.cleanup();
+  }
+});
+
+test("a version 1 hugepages journal of a running VM gives back exactly the pages it added", async () => {
+  const { sim, kernel } = hugepagesHost(612, "hugepages-running");
+  try {
+    const released = await runHookEvent(sim, "release", "end", hugepagesXml);
+    assert.is(released.code, 0, released.stderr);
+    assert.is(kernel.pool(2048), 100);
+    assert.equal(sim.stateFiles(), []);
+  } finally {
+    sim.cleanup();
+  }
+});
+
+// Before journal version 2 a pool write was journaled only once it was read
+// back: a hook stopped during the write left a record that does not say what
+// the kernel did. Its pages are neither given back blindly nor forgotten.
+const CUT_OFF: { name: string; fixture: string; pool: number }[] = [
+  // killed while growing the pool: the kernel granted 512 pages the record does not count
+  { name: "a grow", fixture: "hugepages-grow-cut-off", pool: 612 },
+  // killed while giving the pages back: the kernel took them, the record still holds them
+  { name: "a give-back", fixture: "hugepages-give-back-cut-off", pool: 100 },
+];
+
+for (const { name, fixture, pool } of CUT_OFF) {
+  test(`a version 1 journal whose hook was stopped during ${name} is refused, naming the pool and what to do; the pool is left as it is, also by vmhook recover`, async () => {
+    const { sim, kernel } = hugepagesHost(pool, fixture);
+    try {
+      const released = await runHookEvent(sim, "release", "end", hugepagesXml);
+      assert.is(kernel.pool(2048), pool, "the release changed the pool by what the record says, not by what the hook did");
+      assert.match(released.stderr, `cannot tell how many pages of the 2M pool (${POOL_2M}) this VM holds`);
+      assert.match(released.stderr, `then remove ${paths.journal(HUGEPAGES_UUID)}`);
+      const recovered = await cli(["recover", "--root", sim.root], sim);
+      assert.is(recovered.code, 1, recovered.stdout);
+      assert.is(kernel.pool(2048), pool);
+      const kept = readJournal(sim, HUGEPAGES_UUID)!;
+      assert.is(kept.version, JOURNAL_VERSION, "upgraded once, with the record marked: the next reader does not take it for a counted one");
+      assert.is(kept.entries[0]!.undo.uncountedWrite, true);
+    } finally {
+      sim.cleanup();
+    }
+  });
+}
+
+test("journals are written in this version's format; one of a later version is refused, naming the file", async () => {
+  const { sim } = hugepagesHost(612, "hugepages-running");
+  try {
+    const file = sim.resolve(paths.journal(HUGEPAGES_UUID));
+    fs.writeFileSync(file, fs.readFileSync(file, "utf8").replace('"version": 1', `"version": ${JOURNAL_VERSION + 1}`));
+    const status = await cli(["status", "--root", sim.root], sim);
+    assert.match(`${status.stdout}${status.stderr}`, `journal ${paths.journal(HUGEPAGES_UUID)} cannot be read (unsupported version ${JOURNAL_VERSION + 1}; this vmhook reads versions 1 to ${JOURNAL_VERSION}: a later vmhook wrote it`);
+    fs.rmSync(file);
+    assert.is((await runHookEvent(sim, "prepare", "begin", hugepagesXml)).code, 0);
+    assert.is(readJournal(sim, HUGEPAGES_UUID)!.version, JOURNAL_VERSION);
+  } finally {
+    sim.cleanup();
+  }
+});
+
+test.run();
