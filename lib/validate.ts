@@ -34,9 +34,10 @@ export function parseUuid(value: string, element: string, attribute: string): st
   return lower;
 }
 
-export function checkPattern(value: string, pattern: RegExp, element: string, attribute: string, what: string): string {
+/** `what` names the kind of value with its article ("a kernel module name"); `fix` says where the valid ones are listed. */
+export function checkPattern(value: string, pattern: RegExp, element: string, attribute: string, what: string, fix: string): string {
   if (!pattern.test(value)) {
-    throw new ConfigError(element, `${attribute}="${value}" is not a valid ${what} (allowed: ${pattern.source})`);
+    throw new ConfigError(element, `${attribute}="${value}" is not ${what}; ${fix}`);
   }
   return value;
 }

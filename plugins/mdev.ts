@@ -28,6 +28,8 @@ const mdevPath = (uuid: string, file = "") => `${MDEV_DEVICES}/${uuid}${file && 
 /** Device names of mdev parents that are not PCI functions: mtty, mdpy, matrix (vfio-ap), 0.0.0313 (vfio-ccw). */
 const PARENT_NAME = /^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$/;
 const LOOKS_LIKE_PCI = /^([0-9a-f]{4}:)?[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$/i;
+/** Where a user finds the type to write. */
+const LIST_TYPES = `name an mdev type as ls ${MDEV_BUS}/*/mdev_supported_types lists them, e.g. type="i915-GVTg_V5_4"`;
 
 interface MdevType {
   id: string;
@@ -110,10 +112,10 @@ function parseMdevUuid(uuid: string | undefined, element: string, domain: Domain
 export function readMdevElement(element: XmlElement): Omit<MdevDevice, "uuid"> & { uuid?: string } {
   const where = describeElement(element);
   const attrs = readAttributes(element, ["type", "parent", "uuid"]);
-  if (attrs.type === undefined) throw new ConfigError(where, `has no type attribute; name an mdev type, e.g. type="i915-GVTg_V5_4" (ls ${MDEV_BUS}/*/mdev_supported_types)`);
+  if (attrs.type === undefined) throw new ConfigError(where, `has no type attribute; ${LIST_TYPES}`);
   return {
     element: where,
-    type: checkPattern(attrs.type, PATTERNS.mdevType, where, "type", "mdev type"),
+    type: checkPattern(attrs.type, PATTERNS.mdevType, where, "type", "an mdev type", LIST_TYPES),
     parent: attrs.parent === undefined ? undefined : parseParent(attrs.parent, where),
     uuid: attrs.uuid === undefined ? undefined : parseUuid(attrs.uuid, where, "uuid"),
   };
@@ -140,7 +142,12 @@ function findParent(host: Host, device: MdevDevice): string {
   if (offering.length === 1) return offering[0]!;
   if (offering.length > 1) throw new ConfigError(device.element, `type ${device.type} is offered by ${offering.join(" and ")}; add parent="..." naming one`);
   if (parents.length === 0) throw noParents(device.element);
-  throw new ConfigError(device.element, `no device on this host offers mdev type ${device.type}; the types offered are below`, parents.flatMap((parent) => offeredTypes(host, parent).map((type) => `${parent}: ${describeType(type)}`)));
+  const offered = parents.flatMap((parent) => offeredTypes(host, parent).map((type) => ({ parent, type })));
+  throw new ConfigError(
+    device.element,
+    `type="${device.type}" is offered by no device on this host; choose one of ${[...new Set(offered.map(({ type }) => type.id))].join(", ")} (described below)`,
+    offered.map(({ parent, type }) => `${parent}: ${describeType(type)}`),
+  );
 }
 
 function noParents(element: string): ConfigError {

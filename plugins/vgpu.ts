@@ -21,6 +21,8 @@ import { checkPattern, parsePciAddress, PATTERNS } from "../lib/validate.ts";
 const vgpuFile = (vf: string, file: "creatable_vgpu_types" | "current_vgpu_type") => pciPath(vf, `nvidia/${file}`);
 /** A vGPU type as written in config: its numeric id or its name (NVIDIA L40S-12Q, or L40S-12Q). */
 const VGPU_TYPE = /^[A-Za-z0-9][A-Za-z0-9 _.:+-]{0,63}$/;
+/** Where a user finds the type to write. */
+const LIST_TYPES = 'name a vGPU type by id or name as cat /sys/bus/pci/devices/VF/nvidia/creatable_vgpu_types lists them, e.g. type="NVIDIA L40S-12Q"';
 
 interface VgpuType {
   id: number;
@@ -49,8 +51,8 @@ export interface VgpuDevice {
 function parseVgpuElement(element: XmlElement, domain: Domain, count: number): VgpuDevice {
   const where = describeElement(element);
   const attrs = readAttributes(element, ["vf", "type"]);
-  if (attrs.type === undefined) throw new ConfigError(where, `has no type attribute; name a vGPU type by id or name as cat /sys/bus/pci/devices/VF/nvidia/creatable_vgpu_types lists them, e.g. type="NVIDIA L40S-12Q"`);
-  const type = checkPattern(attrs.type.trim(), VGPU_TYPE, where, "type", "vGPU type id or name");
+  if (attrs.type === undefined) throw new ConfigError(where, `has no type attribute; ${LIST_TYPES}`);
+  const type = checkPattern(attrs.type.trim(), VGPU_TYPE, where, "type", "a vGPU type id or name", LIST_TYPES);
   const hostdevs = domain.hostdevs.flatMap((hostdev) => (hostdev.type === "pci" ? [hostdev.address] : []));
   if (attrs.vf === undefined) {
     if (hostdevs.length === 1 && count === 1) return { element: where, vf: hostdevs[0]!, type };

@@ -53,7 +53,7 @@ export function parseVfioConfig(elements: XmlElement[], domain: Domain): VfioCon
 
   const singleGpu = parseSingleGpu(attrs["single-gpu"], where);
 
-  const modules = (attribute: string) => list(attrs[attribute] ?? "").map((name) => checkPattern(name, PATTERNS.moduleName, where, attribute, "kernel module name"));
+  const modules = (attribute: string) => list(attrs[attribute] ?? "").map((name) => checkPattern(name, PATTERNS.moduleName, where, attribute, "a kernel module name", "write names as lsmod lists the loaded ones, e.g. nvidia_drm"));
   const unload = attrs["unload-modules"]?.trim();
   return {
     devices: [...new Set(devices)],
@@ -64,7 +64,7 @@ export function parseVfioConfig(elements: XmlElement[], domain: Domain): VfioCon
     displayManagerUnits:
       attrs["display-manager"] === undefined
         ? undefined
-        : list(attrs["display-manager"]).map((unit) => checkPattern(unit, PATTERNS.unitName, where, "display-manager", "systemd unit name")),
+        : list(attrs["display-manager"]).map((unit) => checkPattern(unit, PATTERNS.unitName, where, "display-manager", "a systemd unit name", "write names as systemctl list-units lists them, e.g. gdm.service")),
   };
 }
 

@@ -63,8 +63,8 @@ function refusedIfMissing(host: Host, step: Step, remedy: (release: string) => s
   return {
     ...step,
     refused: {
-      reason: `vfio: module ${module} is not in this kernel's modules (/lib/modules/${release}: modules.dep, modules.builtin), so modprobe ${module} would fail once the display had let go`,
-      remedies: [remedy(release)],
+      reason: `vfio: module ${module} is not in this kernel's modules (/lib/modules/${release}: modules.dep, modules.builtin); ${remedy(release)}`,
+      remedies: [`modprobe ${module} would fail once the display had let go, so the start is refused before anything changes`],
     },
   };
 }

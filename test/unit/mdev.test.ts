@@ -176,7 +176,7 @@ test("a bad UUID or parent in the XML is rejected before any host path is built 
     { hooks: `<vmhook:mdev type="i915-GVTg_V5_4" uuid="../../../../etc/passwd"/>`, mdevs: [UUID_A], bad: "../../../../etc/passwd", message: `uuid="../../../../etc/passwd" is not a UUID` },
     { hooks: `<vmhook:mdev type="i915-GVTg_V5_4"/>`, mdevs: ["../../../../x"], bad: "../../../../x", message: `<hostdev type='mdev'><source><address>: uuid="../../../../x" is not a UUID` },
     { hooks: `<vmhook:mdev type="i915-GVTg_V5_4" parent="../../../etc"/>`, mdevs: [UUID_A], bad: "../../../etc", message: `parent="../../../etc" is neither a PCI address` },
-    { hooks: `<vmhook:mdev type="../create"/>`, mdevs: [UUID_A], bad: "../create", message: `type="../create" is not a valid mdev type` },
+    { hooks: `<vmhook:mdev type="../create"/>`, mdevs: [UUID_A], bad: "../create", message: `type="../create" is not an mdev type` },
   ];
   for (const { hooks, mdevs, bad, message } of cases) {
     const sim = gvtHost();

@@ -249,8 +249,8 @@ test("vfio-pci missing from the running kernel's modules (modules.dep, modules.b
   await assertMissingModuleRefused(
     "<vmhook:vfio/>",
     "kernel/drivers/gpu/drm/drm.ko:\n",
-    "vmhook: vfio: module vfio-pci is not in this kernel's modules (/lib/modules/6.1.0-sim: modules.dep, modules.builtin), so modprobe vfio-pci would fail once the display had let go",
-    "install the modules of kernel 6.1.0-sim, or boot a kernel built with CONFIG_VFIO_PCI",
+    "vmhook: vfio: module vfio-pci is not in this kernel's modules (/lib/modules/6.1.0-sim: modules.dep, modules.builtin); install the modules of kernel 6.1.0-sim, or boot a kernel built with CONFIG_VFIO_PCI",
+    "modprobe vfio-pci would fail once the display had let go",
   );
 });
 
@@ -258,8 +258,8 @@ test("a load-modules module missing from the running kernel's modules (kvmfr's D
   await assertMissingModuleRefused(
     '<vmhook:vfio load-modules="kvmfr"/>',
     "kernel/drivers/vfio/pci/vfio-pci.ko: kernel/drivers/vfio/pci/vfio-pci-core.ko kernel/drivers/vfio/vfio.ko\n",
-    "vmhook: vfio: module kvmfr is not in this kernel's modules (/lib/modules/6.1.0-sim: modules.dep, modules.builtin), so modprobe kvmfr would fail once the display had let go",
-    "install kvmfr for kernel 6.1.0-sim (its DKMS package builds it for each kernel), or remove it from load-modules",
+    "vmhook: vfio: module kvmfr is not in this kernel's modules (/lib/modules/6.1.0-sim: modules.dep, modules.builtin); install kvmfr for kernel 6.1.0-sim (its DKMS package builds it for each kernel), or remove it from load-modules",
+    "modprobe kvmfr would fail once the display had let go",
   );
 });
 
@@ -764,8 +764,8 @@ const BAD_CONFIGS: [string, string][] = [
   ['<vmhook:vfio single-gpu="maybe"/>', 'single-gpu="maybe" must be auto, yes or no'],
   ['<vmhook:vfio devices="01:00"/>', 'devices="01:00" is not a PCI address'],
   ['<vmhook:vfio include-slot="sometimes"/>', 'include-slot="sometimes" must be yes or no'],
-  ['<vmhook:vfio unload-modules="nvidia/../x"/>', 'unload-modules="nvidia/../x" is not a valid kernel module name'],
-  ['<vmhook:vfio display-manager="gdm/service"/>', 'display-manager="gdm/service" is not a valid systemd unit name'],
+  ['<vmhook:vfio unload-modules="nvidia/../x"/>', 'unload-modules="nvidia/../x" is not a kernel module name'],
+  ['<vmhook:vfio display-manager="gdm/service"/>', 'display-manager="gdm/service" is not a systemd unit name'],
   ['<vmhook:vfio single_gpu="yes"/>', "has unknown attribute single_gpu; allowed: devices, include-slot"],
   ["<vmhook:vfio/><vmhook:vfio/>", "appears 2 times; keep one"],
 ];
