@@ -1,37 +1,59 @@
 // CPU lists as libvirt and the kernel write them: "0-3,8,^2".
 import { ConfigError } from "./errors.ts";
 
+/** What a list holds, for its messages: a node list must not be explained as CPUs. */
+interface ListKind {
+  item: "CPU" | "node";
+  example: string;
+  max: number;
+}
+
+const CPUS: ListKind = { item: "CPU", example: "0-3,8,^2", max: 8191 };
+/** Linux's largest NODES_SHIFT (10) allows 1024 NUMA nodes. */
+export const MAX_NODE = 1023;
+const NODES: ListKind = { item: "node", example: "0-1,3", max: MAX_NODE };
+
 /** Parses a libvirt cpuset (ranges, single CPUs, ^exclusions) into sorted CPU numbers. */
-export function parseCpuset(text: string, element: string, attribute: string, maxCpu = 8191): number[] {
+export function parseCpuset(text: string, element: string, attribute: string): number[] {
+  return parseList(text, element, attribute, CPUS);
+}
+
+/** Parses a libvirt nodeset (NUMA nodes, written as a cpuset) into sorted node numbers. */
+export function parseNodeset(text: string, element: string, attribute: string): number[] {
+  return parseList(text, element, attribute, NODES);
+}
+
+function parseList(text: string, element: string, attribute: string, kind: ListKind): number[] {
+  const { item } = kind;
   const include = new Set<number>();
   const exclude = new Set<number>();
   const fail = (why: string) =>
-    new ConfigError(element, `${attribute}="${text}" ${why}; write CPUs as a list like 0-3,8,^2`);
+    new ConfigError(element, `${attribute}="${text}" ${why}; write ${item}s as a list like ${kind.example}`);
   if (text.trim() === "") throw fail("is empty");
   for (const rawPart of text.split(",")) {
     const part = rawPart.trim();
     let match: RegExpExecArray | null;
     if ((match = /^\^(\d+)$/.exec(part))) {
-      exclude.add(checkCpu(Number(match[1]), maxCpu, fail));
+      exclude.add(checkItem(Number(match[1]), kind, fail));
     } else if ((match = /^(\d+)$/.exec(part))) {
-      include.add(checkCpu(Number(match[1]), maxCpu, fail));
+      include.add(checkItem(Number(match[1]), kind, fail));
     } else if ((match = /^(\d+)\s*-\s*(\d+)$/.exec(part))) {
-      const first = checkCpu(Number(match[1]), maxCpu, fail);
-      const last = checkCpu(Number(match[2]), maxCpu, fail);
+      const first = checkItem(Number(match[1]), kind, fail);
+      const last = checkItem(Number(match[2]), kind, fail);
       if (last < first) throw fail(`has a range ${part} that runs backwards`);
       for (let cpu = first; cpu <= last; cpu++) include.add(cpu);
     } else {
-      throw fail(`has "${part}", which is not a CPU, a range or ^CPU`);
+      throw fail(`has "${part}", which is not a ${item}, a range or ^${item}`);
     }
   }
-  const cpus = [...include].filter((cpu) => !exclude.has(cpu)).sort((a, b) => a - b);
-  if (cpus.length === 0) throw fail("leaves no CPU");
-  return cpus;
+  const items = [...include].filter((number) => !exclude.has(number)).sort((a, b) => a - b);
+  if (items.length === 0) throw fail(`leaves no ${item}`);
+  return items;
 }
 
-function checkCpu(cpu: number, maxCpu: number, fail: (why: string) => Error): number {
-  if (!Number.isSafeInteger(cpu) || cpu > maxCpu) throw fail(`names CPU ${cpu}, beyond the largest possible (${maxCpu})`);
-  return cpu;
+function checkItem(number: number, kind: ListKind, fail: (why: string) => Error): number {
+  if (!Number.isSafeInteger(number) || number > kind.max) throw fail(`names ${kind.item} ${number}, beyond the largest possible (${kind.max})`);
+  return number;
 }
 
 /** Parses a kernel CPU list (/sys/devices/system/cpu/online, cpuset.cpus); "" is the empty set. */

@@ -4,7 +4,7 @@
 import { ConfigError, VmhookError } from "./errors.ts";
 import { NAMESPACE_URI, ROOT_ELEMENT } from "./paths.ts";
 import { childElements, metadataNode, metadataNodes, prefixMistake, refuseMisplacedNamespace, virshSetCommand, type MetadataNode } from "./metadata-text.ts";
-import { parseCpuset } from "./cpuset.ts";
+import { parseCpuset, parseNodeset } from "./cpuset.ts";
 import { PATTERNS, parseInteger, parsePciAddress, parseUuid, sizeToKiB } from "./validate.ts";
 import { ELEMENT_NODE, xmldom, type XmlDocument, type XmlElement, type XmlNode } from "./xml.ts";
 import { readXml, XmlSyntaxError } from "./xml-reader.ts";
@@ -252,8 +252,8 @@ function parseMemoryBacking(document: XmlNode): Domain["hugepages"] {
   };
 }
 
-function parseNodeset(value: string | undefined, where: string): number[] {
-  return parseCpuset(value ?? "", where, "nodeset", 1023);
+function nodesetAttribute(value: string | undefined, where: string): number[] {
+  return parseNodeset(value ?? "", where, "nodeset");
 }
 
 function parseNumatune(document: XmlNode): Pick<Domain, "numatuneMemory" | "memnodes"> {
@@ -262,13 +262,13 @@ function parseNumatune(document: XmlNode): Pick<Domain, "numatuneMemory" | "memn
     numatuneMemory: memory
       ? {
           mode: attr(memory, "mode") ?? "strict",
-          nodeset: attr(memory, "nodeset") !== undefined ? parseNodeset(attr(memory, "nodeset"), "<numatune><memory>") : undefined,
+          nodeset: attr(memory, "nodeset") !== undefined ? nodesetAttribute(attr(memory, "nodeset"), "<numatune><memory>") : undefined,
         }
       : undefined,
     memnodes: nodes(document, "domain", "numatune", "memnode").map((memnode) => ({
       cellid: parseInteger(attr(memnode, "cellid") ?? "", "<numatune><memnode>", "cellid", 0, 1023),
       mode: attr(memnode, "mode") ?? "strict",
-      nodeset: parseNodeset(attr(memnode, "nodeset"), "<numatune><memnode>"),
+      nodeset: nodesetAttribute(attr(memnode, "nodeset"), "<numatune><memnode>"),
     })),
   };
 }

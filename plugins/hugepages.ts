@@ -14,7 +14,7 @@ import type { XmlElement } from "../lib/xml.ts";
 import { howToBootWith } from "../lib/host-advice.ts";
 import { boundedProduct, boundedSum } from "../lib/bounded.ts";
 import { readAttributes, single } from "../lib/element.ts";
-import { parseCpuset } from "../lib/cpuset.ts";
+import { MAX_NODE, parseNodeset } from "../lib/cpuset.ts";
 import { describeElement, type Domain } from "../lib/domain.ts";
 import { ConfigError, describeError, VmhookError } from "../lib/errors.ts";
 import type { Host } from "../lib/host.ts";
@@ -78,7 +78,6 @@ const ATTRIBUTES = ["size", "node", "timeout"] as const;
 const DEFAULT_SIZE_KIB = 2048;
 const DEFAULT_RETRY_SECONDS = 10;
 const BASE_PAGE_KIB = 4;
-const MAX_NODE = 1023;
 
 // ---- config: the metadata element plus the domain XML → pools and page counts
 
@@ -87,7 +86,7 @@ function parseConfig(elements: XmlElement[], domain: Domain): HugepagesConfig {
   const where = describeElement(element);
   const attrs = readAttributes(element, ATTRIBUTES);
   const size = attrs.size === undefined ? undefined : checkPageSize(parseSizeWithSuffix(attrs.size, where, "size"), where, `size="${attrs.size}"`);
-  const nodes = attrs.node === undefined ? undefined : parseCpuset(attrs.node, where, "node", MAX_NODE);
+  const nodes = attrs.node === undefined ? undefined : parseNodeset(attrs.node, where, "node");
   const retrySeconds = attrs.timeout === undefined ? DEFAULT_RETRY_SECONDS : parseInteger(attrs.timeout, where, "timeout", 0, 3600);
   return { pools: poolNeeds(domain, where, size, nodes), retrySeconds, backedByHugepages: domain.hugepages !== undefined };
 }
@@ -122,7 +121,7 @@ function pageSizeOf(part: MemoryPart, domain: Domain, sizeAttribute: number | un
     return sizeAttribute;
   }
   const inCell = (nodeset: string) =>
-    part.cell !== undefined && parseCpuset(nodeset, "<memoryBacking><hugepages><page>", "nodeset", MAX_NODE).includes(part.cell);
+    part.cell !== undefined && parseNodeset(nodeset, "<memoryBacking><hugepages><page>", "nodeset").includes(part.cell);
   const page = pages.find((p) => p.nodeset !== undefined && inCell(p.nodeset)) ?? pages.find((p) => p.nodeset === undefined);
   return page ? checkPageSize(page.sizeKiB, "<memoryBacking><hugepages><page>", `size="${page.sizeKiB}" (KiB)`) : DEFAULT_SIZE_KIB;
 }

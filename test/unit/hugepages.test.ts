@@ -129,7 +129,7 @@ test("config errors name the element, the attribute, the value and the fix", asy
     [{ element: "<vmhook:hugepages size='4k'/>" }, /size="4k" is not a huge page size/],
     [{ element: "<vmhook:hugepages size='big'/>" }, /^<vmhook:hugepages size="big">: size="big" is not a size; write e.g. 2M or 1G$/],
     [{ element: "<vmhook:hugepages node='zero'/>" }, /^<vmhook:hugepages node="zero">: node="zero" has "zero"/],
-    [{ element: "<vmhook:hugepages node='2000'/>" }, /node="2000" names CPU 2000, beyond the largest possible \(1023\)/],
+    [{ element: "<vmhook:hugepages node='2000'/>" }, /node="2000" names node 2000, beyond the largest possible \(1023\)/],
     [{ element: "<vmhook:hugepages timeout='-1'/>" }, /^<vmhook:hugepages timeout="-1">: timeout="-1" must be a whole number from 0 to 3600$/],
     [{ element: "<vmhook:hugepages/><vmhook:hugepages size='1G'/>" }, /^<vmhook:hugepages size="1G">: appears 2 times; keep one$/],
     [
