@@ -73,8 +73,8 @@ export async function loadDomainPlugins(domain: Domain, host: Host, registry: Pl
 }
 
 function customId(element: XmlElement): string {
-  const name = element.getAttribute("name");
-  if (!name) throw new ConfigError(describeElement(element), `has no name attribute; write <vmhook:plugin name="NAME"> with NAME a file in the plugins directory`);
+  if (!element.hasAttribute("name")) throw new ConfigError(describeElement(element), `has no name attribute; write <vmhook:plugin name="NAME"> with NAME a file in the plugins directory`);
+  const name = element.getAttribute("name")!;
   if (!PATTERNS.pluginName.test(name)) {
     throw new ConfigError(describeElement(element), `name="${name}" is not a plugin name: lower-case letters, digits, ".", "_" and "-", starting with a letter or digit`);
   }

@@ -17,7 +17,7 @@ const CDATA_NODE = 4;
  */
 export function readAttributes(element: XmlElement, allowed: readonly string[]): Record<string, string> {
   const where = describeElement(element);
-  rejectContent(element, where);
+  rejectContent(element, where, allowed);
   const found: Record<string, string> = {};
   for (let i = 0; i < element.attributes.length; i++) {
     const attribute = element.attributes.item(i)!;
@@ -35,13 +35,14 @@ export function readAttributes(element: XmlElement, allowed: readonly string[]):
 }
 
 /** Built-in elements are empty: <vmhook:NAME attr="..."/>. */
-function rejectContent(element: XmlElement, where: string): void {
+function rejectContent(element: XmlElement, where: string, allowed: readonly string[]): void {
+  const remedy = allowed.length > 0 ? `write its settings as attributes (allowed: ${allowed.join(", ")})` : `it has no settings: write <vmhook:${element.localName}/>`;
   for (let node = element.firstChild; node; node = node.nextSibling) {
     if (node.nodeType === ELEMENT_NODE) {
-      throw new ConfigError(where, `contains <${(node as XmlElement).tagName}>, but takes no child elements; write its settings as attributes (see vmhook plugins)`);
+      throw new ConfigError(where, `contains <${(node as XmlElement).tagName}>, but takes no child elements; ${remedy}`);
     }
     if ((node.nodeType === TEXT_NODE || node.nodeType === CDATA_NODE) && (node.nodeValue ?? "").trim() !== "") {
-      throw new ConfigError(where, `contains the text ${JSON.stringify((node.nodeValue ?? "").trim().slice(0, 40))}, but takes none; write its settings as attributes, e.g. size="1G"`);
+      throw new ConfigError(where, `contains the text ${JSON.stringify((node.nodeValue ?? "").trim().slice(0, 40))}, but takes none; ${remedy}`);
     }
   }
 }
