@@ -90,7 +90,7 @@ function baseContext(env: RunEnvironment, pluginId: string, event: HookEvent, do
     journals: () => completeJournals(host),
     claims: claimsFor(host, domain.uuid),
     shared: {
-      read: <T>() => sharedState.read<T>(host, sharedName),
+      read: <T>(check: (value: unknown) => T) => sharedState.read(host, sharedName, check),
       write: (value: unknown) => sharedState.write(host, sharedName, value),
       remove: () => sharedState.remove(host, sharedName),
     },
