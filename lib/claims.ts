@@ -14,6 +14,7 @@ import { VmhookError } from "./errors.ts";
 import type { Host } from "./host.ts";
 import { listJournals } from "./journal.ts";
 import { paths } from "./paths.ts";
+import { PATTERNS } from "./validate.ts";
 import type { Json } from "./records.ts";
 import { ensureStateDir, readStateFile, removeStateFile, writeStateFile } from "./state-files.ts";
 
@@ -47,7 +48,20 @@ function read(host: Host): Ledger {
   if (ledger?.version !== CLAIMS_VERSION || typeof ledger.claims !== "object" || ledger.claims === null) {
     throw new VmhookError(`claims ledger ${paths.claims} has unknown version ${JSON.stringify(ledger?.version)} (this vmhook reads version ${CLAIMS_VERSION}); ${FIX}`);
   }
+  for (const [resource, claim] of Object.entries(ledger.claims)) {
+    const problem = claimProblem(claim);
+    if (problem) throw new VmhookError(`claims ledger ${paths.claims}: claim "${resource}" ${problem}; ${FIX}`);
+  }
   return ledger;
+}
+
+/** What is wrong with a claim as read: its holders decide who gives the resource back, so none may be guessed. */
+function claimProblem(claim: Partial<Claim> | null): string | undefined {
+  if (typeof claim !== "object" || claim === null || Array.isArray(claim)) return `is ${JSON.stringify(claim)}, not a claim`;
+  if (!Array.isArray(claim.holders) || !claim.holders.every((holder) => typeof holder === "string" && PATTERNS.uuid.test(holder))) return `has "holders" ${JSON.stringify(claim.holders) ?? "missing"}, not a list of domain UUIDs`;
+  if (!Array.isArray(claim.waiting)) return `has "waiting" ${JSON.stringify(claim.waiting) ?? "missing"}, not a list`;
+  if (claim.original === undefined) return `has no "original"`;
+  return undefined;
 }
 
 /** A claim's holder as the journals show it: its domain's name, or why no release will give the claim back. */

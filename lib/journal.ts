@@ -120,17 +120,40 @@ export function listJournals(host: Host): { journals: Journal[]; broken: { file:
 }
 
 /**
+ * Every record of `plugin` in other domains' journals, each through `check`
+ * (its action's check): what a shared resource is computed from must not
+ * skip, or misread, one VM's record. One that fails throws, naming its journal.
+ */
+export function othersRecords<Record>(journals: Journal[], self: string, plugin: string, check: (record: UndoRecord) => Record): { domain: Journal["domain"]; record: Record }[] {
+  return journals
+    .filter((journal) => journal.domain.uuid !== self)
+    .flatMap((journal) =>
+      journal.entries
+        .filter((entry) => entry.plugin === plugin)
+        .map((entry) => {
+          try {
+            return { domain: journal.domain, record: check(entry.undo) };
+          } catch (error) {
+            const file = paths.journal(journal.domain.uuid);
+            throw new VmhookError(`${plugin}: cannot tell what VM ${journal.domain.name} holds: its journal ${file} has a record vmhook cannot read (${(error as Error).message}); vmhook changes nothing shared until it is fixed: see vmhook status, then restore what the record names by hand and remove the record or the journal`);
+          }
+        }),
+    );
+}
+
+/**
  * Host-wide state files of shared resources (/run/vmhook/shared/NAME.json).
- * Missing means "nothing saved"; a file that cannot be read or parsed throws:
- * what it held (e.g. the host's original CPU set) must not be guessed.
+ * Missing means "nothing saved"; a file that cannot be read or parsed, or
+ * whose content `check` refuses, throws: what it held (e.g. the host's
+ * original CPU set) must not be guessed.
  */
 export const sharedState = {
-  read<T>(host: Host, name: string): T | undefined {
+  read<T>(host: Host, name: string, check: (value: unknown) => T): T | undefined {
     const file = paths.sharedState(name);
     const text = readStateFile(host, file, "shared state");
     if (text === undefined) return undefined;
     try {
-      return JSON.parse(text) as T;
+      return check(JSON.parse(text));
     } catch (error) {
       throw new VmhookError(`shared state ${file} cannot be read (${(error as Error).message}); it holds the host's values from before the first VM: restore them by hand, then remove it`);
     }

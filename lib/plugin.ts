@@ -54,9 +54,9 @@ export interface BaseContext {
   journals(): Journal[];
   /** The host-wide claims ledger, as this domain sees it (lib/claims.ts). `shared` plugins only: it is read under the host lock. */
   claims: Claims;
-  /** Host-wide state of a shared resource, e.g. the values the host had before the first VM changed them. */
+  /** Host-wide state of a shared resource, e.g. the values the host had before the first VM changed them. `check` validates what the file holds, throwing what is wrong. */
   shared: {
-    read<T>(): T | undefined;
+    read<T>(check: (value: unknown) => T): T | undefined;
     write(value: unknown): void;
     remove(): void;
   };

@@ -75,13 +75,39 @@ function withStatus(host: Host, write: StuckWrite): StuckWriteStatus {
   return running ? { ...write, running, state: stat[0] } : { ...write, running };
 }
 
+/**
+ * A note as noteWrite writes it: one whose helper cannot be matched (a start
+ * time of another type never equals /proc's) would pass for a finished write,
+ * and the device be written to while its driver still blocks.
+ */
+function checkNote(note: Partial<StuckWrite> | null, file: string): StuckWrite {
+  const text = (value: unknown) => typeof value === "string";
+  const optionalText = (value: unknown) => value === undefined || text(value);
+  const device = file.slice(file.lastIndexOf("/") + 1).replace(/\.json(\.tmp)?$/, "");
+  if (typeof note !== "object" || note === null) throw new Error(`it holds ${JSON.stringify(note)}, not a note`);
+  const wrong = (
+    [
+      ["pid", Number.isSafeInteger(note.pid) && note.pid! > 0],
+      ["startTime", text(note.startTime) && /^\d*$/.test(note.startTime!)],
+      ["device", note.device === device],
+      ["driver", text(note.driver)],
+      ["since", text(note.since)],
+      ["domain", text(note.domain?.name) && text(note.domain?.uuid)],
+      ["file", optionalText(note.file)],
+      ["value", optionalText(note.value)],
+      ["command", optionalText(note.command)],
+    ] as const
+  ).find(([, valid]) => !valid);
+  if (wrong) throw new Error(`"${wrong[0]}" is ${JSON.stringify(note[wrong[0]]) ?? "missing"}${wrong[0] === "device" ? `, not ${device} as its file name says` : ""}`);
+  return note as StuckWrite;
+}
+
 function readStuckWrite(host: Host, file: string): StuckWriteStatus | undefined {
   const text = readStateFile(host, file, "stuck-write note");
   if (text === undefined) return undefined;
   let write: StuckWrite;
   try {
-    write = JSON.parse(text) as StuckWrite;
-    if (!Number.isSafeInteger(write.pid) || write.pid <= 0 || typeof write.device !== "string") throw new Error("no pid or device");
+    write = checkNote(JSON.parse(text), file);
   } catch (error) {
     throw new VmhookError(`stuck-write note ${file} cannot be read (${(error as Error).message}); a driver may still hold a device: check vmhook's log, then remove it (rm ${file})`);
   }

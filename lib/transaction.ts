@@ -14,6 +14,7 @@ import { withHostLock, type HeldLock } from "./lock.ts";
 import type { Logger } from "./log.ts";
 import {
   isLegacyPlugin,
+  type Action,
   type AnyPlugin,
   type ApplyContext,
   type BaseContext,
@@ -90,7 +91,7 @@ function baseContext(env: RunEnvironment, pluginId: string, event: HookEvent, do
     journals: () => completeJournals(host),
     claims: claimsFor(host, domain.uuid),
     shared: {
-      read: <T>() => sharedState.read<T>(host, sharedName),
+      read: <T>(check: (value: unknown) => T) => sharedState.read(host, sharedName, check),
       write: (value: unknown) => sharedState.write(host, sharedName, value),
       remove: () => sharedState.remove(host, sharedName),
     },
@@ -111,12 +112,23 @@ function checkedRun(command: string, args: string[], options: RunOptions, result
 }
 
 function planContext(env: RunEnvironment, instance: PluginInstance, event: PlannedEvent, domain: Domain, journal: Journal, deadline: Deadline): PlanContext<unknown> {
+  const { plugin } = instance;
   return {
     ...baseContext(env, instance.id, event, journal.domain, deadline),
     config: instance.config,
     domainXml: domain,
-    records: journal.entries.filter((entry) => entry.plugin === instance.id).map((entry) => entry.undo),
+    // Through their actions' checks, as before an undo: a planner builds paths and arguments from them too.
+    records: journal.entries
+      .filter((entry) => entry.plugin === instance.id)
+      .map((entry) => (isLegacyPlugin(plugin) ? entry.undo : actionOf(plugin, instance.id, entry.undo).check(entry.undo))),
   };
+}
+
+/** The action a journaled record names, or an error: a record of an unknown kind is not undone, nor planned from, as if it were none. */
+function actionOf(plugin: Plugin, pluginId: string, record: UndoRecord): Action<UndoRecord, unknown> {
+  const action = plugin.actions[record.action];
+  if (!action) throw new VmhookError(`${pluginId}: the journal holds an unknown change "${record.action}"; was it written by a newer vmhook?`);
+  return action;
 }
 
 /** Every journal, or an error naming the first that cannot be read: a shared resource computed from part of them would be wrong. */
@@ -422,8 +434,7 @@ async function undoEntry(env: RunEnvironment, plugin: AnyPlugin, entry: JournalE
     },
   };
   if (isLegacyPlugin(plugin)) return plugin.undo(entry.undo, ctx);
-  const action = plugin.actions[entry.undo.action];
-  if (!action) throw new VmhookError(`${entry.plugin}: the journal holds an unknown change "${entry.undo.action}"; was it written by a newer vmhook?`);
+  const action = actionOf(plugin, entry.plugin, entry.undo);
   await action.undo(action.check(entry.undo), ctx);
 }
 

@@ -22,6 +22,7 @@ import { fail, ok, roundMiB, warn, type Finding } from "../lib/diagnostics/findi
 import { HUGEPAGE_DIR, hostNodes, hugepagePool, hugepageSizes, memoryFacts, NODE_DIR, nodeDir } from "../lib/memory.ts";
 import { defineAction, definePlugin, type ApplyContext, type BaseContext, type CheckContext, type EarlierEntry, type PlanContext, type Step, type UndoContext, type UndoRecord } from "../lib/plugin.ts";
 import { loadSettings } from "../lib/settings.ts";
+import { othersRecords } from "../lib/journal.ts";
 import { paths } from "../lib/paths.ts";
 import { formatKiB, parseInteger, parseSizeWithSuffix } from "../lib/validate.ts";
 import { checkFit, formatMiB, nodeFloorKiB, readHostView, type HostView, type PoolNeed } from "./hugepages/fit.ts";
@@ -232,19 +233,10 @@ function pagesDoneBy(write: PoolWrite, persistent: number): number {
 
 /** Another domain's pool write of this page size that its journal has not settled: its hook was killed, or could not read the pool back. */
 function cutOffWrite(ctx: BaseContext, sizeKiB: number): { domain: string; pool: string; write: PoolWrite } | undefined {
-  for (const journal of ctx.journals()) {
-    if (journal.domain.uuid === ctx.domain.uuid) continue;
-    for (const entry of journal.entries) {
-      const record = entry.plugin === "hugepages" ? entry.undo : undefined;
-      if (record?.action !== "grow-pool" || record.sizeKiB !== sizeKiB || record.writing === undefined) continue;
-      let checked: GrowRecord;
-      try {
-        checked = checkRecord(record);
-      } catch (error) {
-        throw new VmhookError(`hugepages: the journal of ${journal.domain.name} (${paths.journal(journal.domain.uuid)}) holds a pool record vmhook cannot read: ${describeError(error)}`);
-      }
-      return { domain: journal.domain.name, pool: poolName(sizeKiB, checked.node ?? undefined), write: inFlight(checked)! };
-    }
+  // Every record checked before any is judged: one of this size could hide behind a field vmhook cannot read.
+  for (const { domain, record } of othersRecords(ctx.journals(), ctx.domain.uuid, "hugepages", checkRecord)) {
+    const write = record.sizeKiB === sizeKiB ? inFlight(record) : undefined;
+    if (write) return { domain: domain.name, pool: poolName(sizeKiB, record.node ?? undefined), write };
   }
   return undefined;
 }

@@ -5,12 +5,12 @@
 import type { Domain } from "../../lib/domain.ts";
 import { VmhookError } from "../../lib/errors.ts";
 import type { Host } from "../../lib/host.ts";
-import type { Journal } from "../../lib/journal.ts";
+import { othersRecords, type Journal } from "../../lib/journal.ts";
 import { lastOf, type Family, type IpAddress } from "./address.ts";
 import { addressesMeet, formatRange, overlaps, type ForwardConfig, type ForwardSpec, type PortForward } from "./config.ts";
 import { readListeners, socketOwner } from "./listeners.ts";
 import { formatSubnet, readNetwork, subnetOf, type NetworkInfo } from "./network.ts";
-import { checkRecord, PLUGIN_ID, serializeForward, type CheckedRecord, type ForwardRecord, type IptablesTool } from "./record.ts";
+import { checkRecord, PLUGIN_ID, serializeForward, type ForwardRecord, type IptablesTool } from "./record.ts";
 import { iptablesNftChain, type ResolvedForward, type RulesetView } from "./rules.ts";
 
 /** The forwards with guest, bridge and subnet filled in from the domain's libvirt network. */
@@ -111,26 +111,17 @@ const describePort = (family: Family, port: PortForward) => `${port.protocol} ${
 
 /** Refuses a host port that another running VM forwards already, naming that VM. */
 export function checkOtherVms(forwards: ResolvedForward[], uuid: string, journals: Journal[]): void {
-  for (const journal of journals) {
-    if (journal.domain.uuid === uuid) continue;
-    for (const entry of journal.entries.filter((candidate) => candidate.plugin === PLUGIN_ID)) {
-      let theirs: CheckedRecord;
-      try {
-        theirs = checkRecord(entry.undo);
-      } catch (error) {
-        throw new VmhookError(`forward: cannot tell which ports VM "${journal.domain.name}" holds: ${(error as Error).message}`);
-      }
-      for (const mine of forwards) {
-        for (const port of mine.ports) {
-          const clash = theirs.forwards.find(
-            (other) =>
-              other.family === mine.family &&
-              addressesMeet(other.hostAddress, mine.hostAddress) &&
-              other.ports.some((their) => their.protocol === port.protocol && overlaps(their.host, port.host)),
-          );
-          if (clash) {
-            throw new VmhookError(`forward: host port ${describePort(mine.family, port)} is forwarded to VM "${journal.domain.name}" already (vmhook status shows it); choose another host port or stop that VM`);
-          }
+  for (const { domain, record: theirs } of othersRecords(journals, uuid, PLUGIN_ID, checkRecord)) {
+    for (const mine of forwards) {
+      for (const port of mine.ports) {
+        const clash = theirs.forwards.find(
+          (other) =>
+            other.family === mine.family &&
+            addressesMeet(other.hostAddress, mine.hostAddress) &&
+            other.ports.some((their) => their.protocol === port.protocol && overlaps(their.host, port.host)),
+        );
+        if (clash) {
+          throw new VmhookError(`forward: host port ${describePort(mine.family, port)} is forwarded to VM "${domain.name}" already (vmhook status shows it); choose another host port or stop that VM`);
         }
       }
     }

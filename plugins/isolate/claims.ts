@@ -1,6 +1,7 @@
 // Claims: what each running VM isolates, one journal record per kind of
 // setting, read from every journal (which fail closed when one is unreadable).
 import { VmhookError } from "../../lib/errors.ts";
+import { othersRecords } from "../../lib/journal.ts";
 import type { BaseContext, UndoRecord } from "../../lib/plugin.ts";
 import { PLUGIN_ID } from "./config.ts";
 
@@ -26,31 +27,33 @@ export interface OtherVm {
 
 /** Every claim of this kind in every journal, except those of `exceptDomain` (the one being released). */
 export function claimsOf(ctx: BaseContext, action: Action, exceptDomain?: string): Claim[] {
-  return ctx
-    .journals()
-    .filter((journal) => journal.domain.uuid !== exceptDomain)
-    .flatMap((journal) => journal.entries)
-    .filter((entry) => entry.plugin === PLUGIN_ID && entry.undo.action === action)
-    .map((entry) => entry.undo as Claim);
+  return othersRecords(ctx.journals(), exceptDomain ?? "", PLUGIN_ID, checkClaim)
+    .map(({ record }) => record)
+    .filter((claim) => claim.action === action);
 }
 
 /** The other running VMs that isolate CPUs, whatever settings they changed. */
 export function otherVms(ctx: BaseContext): OtherVm[] {
-  const vms: OtherVm[] = [];
-  for (const journal of ctx.journals()) {
-    if (journal.domain.uuid === ctx.domain.uuid) continue;
-    const claim = journal.entries.find((entry) => entry.plugin === PLUGIN_ID)?.undo as Claim | undefined;
-    if (claim) vms.push({ name: journal.domain.name, isolated: claim.isolated, own: claim.own });
+  const vms = new Map<string, OtherVm>();
+  for (const { domain, record } of othersRecords(ctx.journals(), ctx.domain.uuid, PLUGIN_ID, checkClaim)) {
+    if (!vms.has(domain.uuid)) vms.set(domain.uuid, { name: domain.name, isolated: record.isolated, own: record.own });
   }
-  return vms;
+  return [...vms.values()];
 }
 
-/** A claim from a journal: its CPU lists and governor become file contents and unit properties. */
+const isCpuList = (value: unknown) => Array.isArray(value) && value.every((cpu) => Number.isSafeInteger(cpu) && (cpu as number) >= 0 && (cpu as number) < 8192);
+
+/** A claim from a journal: its CPU lists and governor become file contents, paths and unit properties. */
 export function checkClaim(record: UndoRecord): Claim {
-  const cpus = (value: unknown) => Array.isArray(value) && value.every((cpu) => Number.isSafeInteger(cpu) && (cpu as number) >= 0 && (cpu as number) < 8192);
   const { action, isolated, own, governor } = record;
-  if (!ACTIONS.includes(action as Action) || !cpus(isolated) || !cpus(own) || !(governor === null || (typeof governor === "string" && /^[a-z][a-z0-9_]{0,31}$/.test(governor)))) {
-    throw new VmhookError(`isolate: the journal holds a claim that is not one vmhook writes: ${JSON.stringify(record).slice(0, 160)}; restore the CPU settings by hand`);
-  }
+  const wrong = (
+    [
+      ["action", ACTIONS.includes(action as Action), "not an isolate setting"],
+      ["isolated", isCpuList(isolated), "not a list of CPU numbers 0 to 8191"],
+      ["own", isCpuList(own), "not a list of CPU numbers 0 to 8191"],
+      ["governor", governor === null || (typeof governor === "string" && /^[a-z][a-z0-9_]{0,31}$/.test(governor)), "not a governor name or null"],
+    ] as const
+  ).find(([, valid]) => !valid);
+  if (wrong) throw new VmhookError(`isolate: the journal holds a claim that is not one vmhook writes: "${wrong[0]}" is ${JSON.stringify(record[wrong[0]]) ?? "missing"}, ${wrong[2]}; restore the CPU settings by hand`);
   return record as Claim;
 }

@@ -17,7 +17,7 @@ export type Originals = Partial<Record<Action, Record<string, string>>>;
  */
 export function retune(ctx: BaseContext, action: Action, claims: Claim[]): void {
   const setting = SETTINGS[action];
-  const state = ctx.shared.read<Originals>() ?? {};
+  const state = ctx.shared.read(checkOriginals) ?? {};
   const originals = (state[action] ??= {});
   const save = () => {
     if (Object.keys(originals).length === 0) delete state[action];
@@ -54,6 +54,26 @@ export function retune(ctx: BaseContext, action: Action, claims: Claim[]): void 
   }
   save();
 }
+
+/** A value as the kernel and systemd show these settings: a CPU list or mask, "cpuset" or nothing, a governor name. */
+const SETTING_VALUE = /^[0-9a-z_, -]{0,4096}$/;
+
+/** The shared state as retune writes it: each original is written back to its key, as root, once the last claim goes. */
+export function checkOriginals(value: unknown): Originals {
+  if (!isObject(value)) throw new Error(`it holds ${JSON.stringify(value)}, not the originals of isolate's settings`);
+  for (const [action, originals] of Object.entries(value)) {
+    const setting: Setting | undefined = Object.hasOwn(SETTINGS, action) ? SETTINGS[action as Action] : undefined;
+    if (!setting) throw new Error(`"${action}" is not an isolate setting`);
+    if (!isObject(originals)) throw new Error(`"${action}" holds ${JSON.stringify(originals)}, not the originals of its files or units`);
+    for (const [key, original] of Object.entries(originals)) {
+      if (!setting.owns(key)) throw new Error(`"${action}" names "${key}", not one of its files or units`);
+      if (typeof original !== "string" || !SETTING_VALUE.test(original)) throw new Error(`"${action}" keeps ${JSON.stringify(original)} for "${key}", not a value it has`);
+    }
+  }
+  return value as Originals;
+}
+
+const isObject = (value: unknown): value is Record<string, unknown> => typeof value === "object" && value !== null && !Array.isArray(value);
 
 /** After a failed write: usually nothing was written, and then there is nothing to restore either. */
 export function stillOriginal(ctx: BaseContext, setting: Setting, key: string, original: string): boolean {

@@ -17,6 +17,8 @@ export interface Setting {
   /** What the claims ask for, in the order to apply (restore goes in reverse). */
   targets(ctx: BaseContext, claims: Claim[], hostCpus: number[]): Target[];
   read(ctx: BaseContext, key: string): string;
+  /** Whether `key` is one this setting's targets name: an original kept for another key is not vmhook's to write back. */
+  owns(key: string): boolean;
   /** false: the kernel refused this one (e.g. an IRQ that cannot move); it is skipped. */
   write(ctx: BaseContext, key: string, value: string): boolean;
 }
@@ -40,6 +42,7 @@ export const SETTINGS: Record<Action, Setting> = {
       const shown = ctx.run("systemctl", ["show", "-p", "AllowedCPUs", unit]).stdout.trim();
       return shown.replace(/^AllowedCPUs=/, "");
     },
+    owns: (unit) => SYSTEMD_UNITS.includes(unit),
     write(ctx, unit, value) {
       // An empty value is systemd's "no restriction": exactly what a unit had before if it showed nothing.
       ctx.run("systemctl", ["set-property", "--runtime", unit, `AllowedCPUs=${value}`]);
@@ -61,12 +64,17 @@ export const SETTINGS: Record<Action, Setting> = {
       // Before the controller is enabled the file is missing; it then starts empty, meaning "as the parent".
       return ctx.host.readTrimmed(key) ?? "";
     },
+    owns(key) {
+      const group = new RegExp(`^${CGROUP}/([^/]+)/cpuset\\.cpus$`).exec(key)?.[1];
+      return key === `${CGROUP}/cgroup.subtree_control` || (group !== undefined && group !== "." && group !== ".." && !isVmGroup(group));
+    },
     write: (ctx, key, value) => (key.endsWith("/cgroup.subtree_control") ? writeSubtreeControl(ctx, key, value) : writeGroupCpus(ctx, key, value)),
   },
   "workqueue-mask": {
     describe: (claim) => `keep unbound kernel workqueues off CPUs ${formatCpuList(claim.isolated)}`,
     targets: (_ctx, _claims, hostCpus) => [{ key: WORKQUEUE_MASK, want: narrowedMask(hostCpus) }],
     read: (ctx, key) => ctx.host.read(key).trim(),
+    owns: (key) => key === WORKQUEUE_MASK,
     write: (ctx, key, value) => writeOrRefuse(ctx, key, value, []),
   },
   "irq-affinity": {
@@ -79,6 +87,7 @@ export const SETTINGS: Record<Action, Setting> = {
         .map((irq) => ({ key: `/proc/irq/${irq}/smp_affinity_list`, want: narrowedList(hostCpus) })),
     ],
     read: (ctx, key) => ctx.host.read(key).trim(),
+    owns: (key) => key === DEFAULT_IRQ_MASK || /^\/proc\/irq\/\d+\/smp_affinity_list$/.test(key),
     write: (ctx, key, value) => writeOrRefuse(ctx, key, value, IRQ_REFUSALS),
   },
   governor: {
@@ -86,6 +95,7 @@ export const SETTINGS: Record<Action, Setting> = {
     targets: (_ctx, claims) =>
       claims.flatMap((claim) => claim.own.map((cpu) => ({ key: `${CPU_DIR}/cpu${cpu}/cpufreq/scaling_governor`, want: () => claim.governor! }))),
     read: (ctx, key) => ctx.host.read(key).trim(),
+    owns: (key) => new RegExp(`^${CPU_DIR}/cpu\\d+/cpufreq/scaling_governor$`).test(key),
     write: (ctx, key, value) => writeOrRefuse(ctx, key, value, []),
   },
 };

@@ -732,21 +732,28 @@ test("a write cut off by another VM while this prepare reclaims memory (the host
   }
 });
 
-test("another VM's journal with a pool record vmhook cannot read refuses prepare, naming that VM and its journal", async () => {
-  const { sim, kernel } = host({ initial: { 2048: 100 } });
-  try {
-    const broken = newJournal(sim, { name: "b", uuid: UUID_B });
-    const undo = { action: "grow-pool", sizeKiB: 2048, node: null, pages: 64, added: 0, returned: 0, writing: { from: "100", to: 164 } };
-    broken.entries.push({ plugin: "hugepages", event: "prepare", description: "grow the 2M pool by 64 pages", undo, state: "pending", at: broken.createdAt });
-    writeJournal(sim, broken);
-    const outcome = await runHookEvent(sim, "prepare", "begin", domainXml());
-    assert.is(outcome.code, 1);
-    assert.match(firstLine(outcome.stderr), `hugepages: the journal of b (/run/vmhook/${UUID_B}.json) holds a pool record vmhook cannot read: hugepages: cannot undo journal record`);
-    assert.is(kernel.pool(2048), 100);
-  } finally {
-    sim.cleanup();
-  }
-});
+const UNREADABLE_POOL_RECORDS: [string, Record<string, unknown>][] = [
+  ["its write's count as a string", { sizeKiB: 2048, writing: { from: "100", to: 164 } }],
+  ["its page size as a string", { sizeKiB: "2048", writing: { from: 100, to: 164 } }],
+];
+
+for (const [what, fields] of UNREADABLE_POOL_RECORDS) {
+  test(`another VM's journal with a pool record vmhook cannot read (${what}) refuses prepare, naming that VM and its journal`, async () => {
+    const { sim, kernel } = host({ initial: { 2048: 100 } });
+    try {
+      const broken = newJournal(sim, { name: "b", uuid: UUID_B });
+      const undo = { action: "grow-pool", node: null, pages: 64, added: 0, returned: 0, ...fields } as UndoRecord;
+      broken.entries.push({ plugin: "hugepages", event: "prepare", description: "grow the 2M pool by 64 pages", undo, state: "pending", at: broken.createdAt });
+      writeJournal(sim, broken);
+      const outcome = await runHookEvent(sim, "prepare", "begin", domainXml());
+      assert.is(outcome.code, 1);
+      assert.match(firstLine(outcome.stderr), `hugepages: cannot tell what VM b holds: its journal /run/vmhook/${UUID_B}.json has a record vmhook cannot read (hugepages: cannot undo journal record`);
+      assert.is(kernel.pool(2048), 100);
+    } finally {
+      sim.cleanup();
+    }
+  });
+}
 
 test("while another VM's pool write is cut off, no pool of that page size grows: prepare refuses, naming the VM and vmhook recover", async () => {
   const { sim, kernel } = host({ nodes: 2, initial: { 2048: 100 } });

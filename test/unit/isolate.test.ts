@@ -453,4 +453,67 @@ test("A's release drops its claim from the journal before it lets go of the host
   assertClean(sim, before);
 });
 
+// ---- state files that are not as vmhook wrote them
+
+/** Rewrites a state file as JSON after `change`: a hand edit, or a disk that kept part of a write. */
+function editStateFile(sim: SimHost, file: string, change: (value: any) => void): void {
+  const value = JSON.parse(fs.readFileSync(sim.resolve(file), "utf8"));
+  change(value);
+  fs.writeFileSync(sim.resolve(file), JSON.stringify(value));
+}
+
+const isolateEntries = (journal: { entries: { plugin: string; undo: Record<string, unknown> }[] }) => journal.entries.filter((entry) => entry.plugin === "isolate");
+
+const BAD_CLAIMS: [string, (claim: Record<string, unknown>) => void, string][] = [
+  ["its isolated CPUs as a string", (claim) => (claim.isolated = "2-3"), "isolated"],
+  ["a CPU beyond any host", (claim) => (claim.own = [2, 9000]), "own"],
+  ["no own CPUs", (claim) => delete claim.own, "own"],
+];
+
+for (const [what, corrupt, field] of BAD_CLAIMS) {
+  test(`another VM's journal whose isolate claim has ${what}: the next prepare refuses, naming that journal and "${field}", and changes nothing`, async () => {
+    const sim = cgroupHost();
+    const a = { ...vmA, isolate: 'governor="performance"' };
+    assert.is((await prepare(sim, a)).code, 0);
+    editStateFile(sim, paths.journal(vmA.uuid), (journal) => isolateEntries(journal).forEach((entry) => corrupt(entry.undo)));
+    const before = sim.snapshot();
+    const outcome = await prepare(sim, { ...vmB, isolate: 'governor="performance"' });
+    assert.is(outcome.code, 1);
+    assert.match(outcome.stderr, paths.journal(vmA.uuid));
+    assert.match(outcome.stderr, `"${field}"`);
+    assert.equal(sim.snapshot(), before, "A's CPUs are not handed back to the host, no governor file of a CPU taken from the record is written");
+  });
+}
+
+const BAD_ORIGINALS: [string, (state: Record<string, any>) => void, string][] = [
+  ["a file no isolate setting writes", (state) => (state["cgroup-cpuset"]["/etc/motd"] = "x"), "/etc/motd"],
+  ["an original value that is not text", (state) => (state["cgroup-cpuset"]["/sys/fs/cgroup/user/cpuset.cpus"] = 5), "/sys/fs/cgroup/user/cpuset.cpus"],
+  ["a setting whose originals are null", (state) => (state["cgroup-cpuset"] = null), "cgroup-cpuset"],
+];
+
+for (const [what, corrupt, field] of BAD_ORIGINALS) {
+  test(`isolate's shared state with ${what}: the release refuses, naming the file and "${field}", and writes nothing from it`, async () => {
+    const sim = cgroupHost();
+    sim.file("/etc/motd", "welcome");
+    assert.is((await prepare(sim, vmA)).code, 0);
+    editStateFile(sim, paths.sharedState("isolate"), corrupt);
+    const before = sim.snapshot();
+    const outcome = await release(sim, vmA);
+    assert.match(outcome.stderr, paths.sharedState("isolate"));
+    assert.match(outcome.stderr, field);
+    assert.equal(sim.snapshot(), before);
+    assert.is(readJournal(sim, vmA.uuid)?.entries.length, isolateEntries(readJournal(sim, vmA.uuid)!).length, "the claims stay journaled for vmhook recover");
+  });
+}
+
+test("isolate's shared state that holds null (not an object) is not taken for \"nothing saved\": the release refuses", async () => {
+  const sim = cgroupHost();
+  assert.is((await prepare(sim, vmA)).code, 0);
+  fs.writeFileSync(sim.resolve(paths.sharedState("isolate")), "null\n");
+  const before = sim.snapshot();
+  const outcome = await release(sim, vmA);
+  assert.match(outcome.stderr, paths.sharedState("isolate"));
+  assert.equal(sim.snapshot(), before);
+});
+
 test.run();

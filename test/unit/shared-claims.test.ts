@@ -191,6 +191,34 @@ test("defect 4: a claims ledger that cannot be read stops the module handover (p
   }
 });
 
+const BAD_CLAIMS: [string, (claim: Record<string, unknown>) => void, string][] = [
+  ["no holders", (claim) => delete claim.holders, "holders"],
+  ["its holders as one string", (claim) => (claim.holders = `${UUID_A},${UUID_B}`), "holders"],
+  ["waiting that is not a list", (claim) => (claim.waiting = { address: CARD_A }), "waiting"],
+];
+
+for (const [what, corrupt, field] of BAD_CLAIMS) {
+  test(`a claim in the ledger with ${what} is not taken for "no other VM holds it": releasing B refuses (naming the file, the claim and "${field}"), nvidia stays unloaded for A`, async () => {
+    const kernel = twoCardHost();
+    try {
+      assert.is((await runHookEvent(kernel.sim, "prepare", "begin", passthrough("vmA", UUID_A, CARD_A), "vmA")).code, 0);
+      assert.is((await runHookEvent(kernel.sim, "prepare", "begin", passthrough("vmB", UUID_B, CARD_B), "vmB")).code, 0);
+      const ledger = JSON.parse(kernel.sim.read(paths.claims));
+      corrupt(ledger.claims["module:nvidia"]);
+      kernel.sim.file(paths.claims, JSON.stringify(ledger));
+      const released = await runHookEvent(kernel.sim, "release", "end", passthrough("vmB", UUID_B, CARD_B), "vmB");
+      assert.not.ok(kernel.loaded("nvidia"), "A's card is passed through: its module stays unloaded");
+      assert.not.ok(persistenced(kernel));
+      assert.is(kernel.driverOf(CARD_A), "vfio-pci");
+      assert.equal(JSON.parse(kernel.sim.read(paths.claims)), ledger, "the ledger is left for the fix");
+      assert.ok(readJournal(kernel.sim, UUID_B), "B's entries stay for vmhook recover");
+      assert.match(released.stderr, `claims ledger ${paths.claims}: claim "module:nvidia" has "${field}"`);
+    } finally {
+      kernel.sim.cleanup();
+    }
+  });
+}
+
 // ---- a card that waits in another VM's module claim is handed over again
 
 // Two NVIDIA cards, one per VM, the host's desktop on an iGPU. B starts first

@@ -118,6 +118,31 @@ test("while the helper is blocked: status and doctor show it in D state; prepare
   kernel.sim.cleanup();
 });
 
+const BAD_NOTES: [string, (note: Record<string, unknown>) => void, string][] = [
+  ["its start time as a number", (note) => (note.startTime = Number(note.startTime)), "startTime"],
+  ["no domain", (note) => delete note.domain, "domain"],
+  ["another device than its file's", (note) => (note.device = AUDIO), "device"],
+];
+
+for (const [what, corrupt, field] of BAD_NOTES) {
+  test(`a stuck-write note with ${what} is not taken for a finished write: recover refuses naming the note and "${field}", keeps it, writes nothing to the device`, async () => {
+    const kernel = workstation();
+    kernel.sim.hangWrite(UNBIND);
+    assert.is((await runHookEvent(kernel.sim, "prepare", "begin", XML, "win11")).code, 1);
+    const note = JSON.parse(kernel.sim.read(paths.stuckWrite(GPU)));
+    corrupt(note);
+    kernel.sim.file(paths.stuckWrite(GPU), JSON.stringify(note));
+    const from = kernel.sim.writes.length;
+    assert.throws(() => forgetFinishedWrites(kernel.sim), (error: Error) => error.message.includes(`stuck-write note ${paths.stuckWrite(GPU)}`) && error.message.includes(`"${field}"`));
+    const again = await runHookEvent(kernel.sim, "prepare", "begin", XML.replace(UUID, "11111111-2222-4333-8444-555555555555").replace("win11", "other"), "other");
+    assert.is(again.code, 1);
+    assert.match(again.stderr, `stuck-write note ${paths.stuckWrite(GPU)}`);
+    assert.equal(JSON.parse(kernel.sim.read(paths.stuckWrite(GPU))), note, "the note is kept");
+    assert.equal(writesTo(kernel, from, GPU), []);
+    kernel.sim.cleanup();
+  });
+}
+
 test("once the driver returns: status says so, vmhook recover forgets the note and brings the device back", async () => {
   const kernel = workstation();
   const before = kernel.sim.snapshot();

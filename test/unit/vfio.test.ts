@@ -637,6 +637,21 @@ test("reconnect (libvirtd restarted): a device no longer on vfio-pci is logged, 
   assert.equal(kernel.sim.snapshot(), before);
 });
 
+test("reconnect: a journaled device address that is not a PCI address is refused by the record's check, never read as a sysfs path", async () => {
+  const kernel = twoGpuWorkstation();
+  const xml = domainXml("<vmhook:vfio/>");
+  assert.is((await runHookEvent(kernel.sim, "prepare", "begin", xml)).code, 0);
+  const journal = readJournal(kernel.sim, UUID)!;
+  const bind = journal.entries.find((entry) => entry.undo.action === "bind-vfio" && entry.undo.address === AUDIO)!;
+  bind.undo.address = "../../../../../run/elsewhere";
+  fs.writeFileSync(kernel.sim.resolve(paths.journal(UUID)), JSON.stringify(journal));
+  kernel.sim.failReadlink(/elsewhere/, "EACCES");
+  const reconnect = await runHookEvent(kernel.sim, "reconnect", "begin", xml);
+  assert.is(reconnect.code, 0);
+  const log = kernel.sim.read("/var/log/vmhook.log");
+  assert.match(log, `vfio: reconnect check failed: vfio: the journal names "../../../../../run/elsewhere", which is not a PCI address`);
+});
+
 test("without systemd: the configured display manager commands stop it, vmhook waits for its processes, and start it again", async () => {
   const kernel = new GpuKernel({ systemd: false })
     .module({ name: "bochs", driver: "bochs-drm", loaded: true })
