@@ -104,7 +104,7 @@ async function checkCandidate(host: Host, current: Current, hooks: Element, name
   const domain = parseDomain(withVmhookMetadata(current.xml, elementText(hooks) ? hooks : undefined), `domain ${name}`);
   const instances = await loadDomainPlugins(domain, host, registry);
   const steps = await dryRun(host, domain, instances, "prepare", "none", registry);
-  const refusedHere = steps.flatMap(({ plugin, refused }) => (refused ? [`${plugin}: ${refused.reason}${refused.remedies.map((remedy) => `; ${remedy}`).join("")}`] : []));
+  const refusedHere = steps.flatMap(({ refused }) => (refused ? [`${refused.reason}${refused.remedies.map((remedy) => `; ${remedy}`).join("")}`] : []));
   return { domain, refusedHere };
 }
 
