@@ -36,9 +36,9 @@ function editor(libvirt: FakeLibvirt, content: string, meanwhile: string): strin
   return script;
 }
 
-async function withDomain(check: (sim: SimHost, libvirt: FakeLibvirt) => Promise<void>, xml = DOMAIN): Promise<void> {
+async function withDomain(check: (sim: SimHost, libvirt: FakeLibvirt) => Promise<void>, xml = DOMAIN, name = "win11"): Promise<void> {
   const sim = desktopHost();
-  const libvirt = fakeLibvirt("win11", xml);
+  const libvirt = fakeLibvirt(name, xml.replace("<name>win11</name>", `<name>${name}</name>`));
   const savedEditor = process.env.EDITOR;
   try {
     await check(sim, libvirt);
@@ -68,6 +68,24 @@ test("config --edit of a shut-off domain started while the editor is open: the e
     assert.equal(elements(libvirt.xml("config")), ["nosleep", "hugepages"], "the next start has the edit");
     assert.equal(elements(libvirt.xml("live")), ["nosleep"], "the running domain, never read, is left alone");
   }));
+
+test("enable and disable of a domain named --lab: virsh gets the name after --, so it is never read as an option", () =>
+  withDomain(
+    async (sim, libvirt) => {
+      const enabled = await cli(["enable", "--root", sim.root, "--", "--lab", "hugepages"]);
+      assert.is(enabled.code, 0, enabled.stderr);
+      assert.equal(elements(libvirt.xml("config")), ["nosleep", "hugepages"]);
+      const disabled = await cli(["disable", "--root", sim.root, "--", "--lab", "nosleep"]);
+      assert.is(disabled.code, 0, disabled.stderr);
+      assert.equal(elements(libvirt.xml("config")), ["hugepages"]);
+      assert.is((await cli(["disable", "--root", sim.root, "--", "--lab", "hugepages"])).code, 0, "the last element goes: the metadata is removed");
+      assert.equal(elements(libvirt.xml("config")), []);
+      assert.ok(libvirt.calls().some((call) => call.includes("--remove")));
+      for (const call of libvirt.calls()) assert.is(call[call.indexOf("--lab") - 1], "--", call.join(" "));
+    },
+    DOMAIN,
+    "--lab",
+  ));
 
 test("config --edit while someone else changes the metadata: refused, their change kept, the edit shown so it is not lost", () =>
   withDomain(async (sim, libvirt) => {
