@@ -87,6 +87,19 @@ test("enable and disable of a domain named --lab: virsh gets the name after --, 
     "--lab",
   ));
 
+test("enable with a setting named xmlns or xmlns:x (a namespace, not an attribute): refused, naming it and the fix; nothing stored", () =>
+  withDomain(async (sim, libvirt) => {
+    for (const setting of ["xmlns=urn:x", "xmlns:foo=urn:x"]) {
+      const enabled = await cli(["enable", "win11", "hugepages", "size=2M", setting, "--root", sim.root]);
+      assert.equal(
+        [enabled.code, enabled.stderr],
+        [1, `vmhook: "${setting}": a name starting with xmlns declares an XML namespace, not a plugin attribute, and would take the element of hugepages out of vmhook's namespace, where the hook refuses it; leave it out (settings are the plugin's attributes, e.g. size=2M)\n`],
+      );
+    }
+    assert.equal(elements(libvirt.xml("config")), ["nosleep"]);
+    assert.not.ok(libvirt.calls().some((args) => args.includes("metadata")), "nothing was written");
+  }));
+
 test("config --edit while someone else changes the metadata: refused, their change kept, the edit shown so it is not lost", () =>
   withDomain(async (sim, libvirt) => {
     const theirs = DOMAIN.replace("<vmhook:nosleep/>", '<vmhook:nosleep/><vmhook:isolate host-cpus="0-1"/>');
