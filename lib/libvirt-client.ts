@@ -14,6 +14,7 @@ export interface Scope {
 
 const TIMEOUT_MS = 30_000;
 
+/** Every value a user gives (a domain name) comes last, after "--": virsh reads a word starting with "--" before it as an option. */
 export class Virsh {
   /** uri: --connect URI; without it virsh uses LIBVIRT_DEFAULT_URI or its own default. */
   constructor(readonly uri?: string) {}
@@ -58,11 +59,11 @@ export class Virsh {
 
   /** Stores <hooks> given WITHOUT a prefix: libvirt adds `vmhook:` from --key. */
   setMetadata(domain: string, unprefixedHooks: string, scope: Scope): void {
-    this.run(["metadata", domain, "--uri", NAMESPACE_URI, "--key", METADATA_KEY, ...scopeFlags(scope), "--set", unprefixedHooks]);
+    this.run(["metadata", "--uri", NAMESPACE_URI, "--key", METADATA_KEY, ...scopeFlags(scope), "--set", unprefixedHooks, "--", domain]);
   }
 
   removeMetadata(domain: string, scope: Scope): void {
-    this.run(["metadata", domain, "--uri", NAMESPACE_URI, ...scopeFlags(scope), "--remove"]);
+    this.run(["metadata", "--uri", NAMESPACE_URI, ...scopeFlags(scope), "--remove", "--", domain]);
   }
 
   /** Defines (replaces) the persistent domain from XML text. */

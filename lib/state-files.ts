@@ -30,8 +30,10 @@ export function ensureStateDir(host: Host, dir = paths.stateDir): void {
   if (stat.isSymbolicLink()) throw new VmhookError(`${dir} is a symlink; vmhook keeps its journals only in a directory it owns: remove it (rm ${dir}) and let vmhook create it`);
   if (!stat.isDirectory()) throw new VmhookError(`${dir} is not a directory; remove it (rm ${dir}) and let vmhook create it`);
   const uid = process.geteuid?.() ?? 0;
-  if (stat.uid !== uid) throw new VmhookError(`${dir} is owned by uid ${stat.uid}, not ${uid === 0 ? "root" : `uid ${uid}`}; run chown root:root ${dir} && chmod 700 ${dir}`);
-  if ((stat.mode & 0o022) !== 0) throw new VmhookError(`${dir} has mode ${octal(stat.mode)}: others could change vmhook's journals; run chmod 700 ${dir}`);
+  // chown or chmod would keep whatever others put there: what vmhook then reads cannot be trusted.
+  const remove = `whoever could write it may have put files there that vmhook would act on as root: inspect it (ls -la ${dir}) and, once no VM with vmhook metadata runs, remove it (rm -r ${dir}) for vmhook to create anew (a reboot empties /run too)`;
+  if (stat.uid !== uid) throw new VmhookError(`${dir} is owned by uid ${stat.uid}, not ${uid === 0 ? "root" : `uid ${uid}`}; ${remove}`);
+  if ((stat.mode & 0o022) !== 0) throw new VmhookError(`${dir} has mode ${octal(stat.mode)}; ${remove}`);
   if ((stat.mode & 0o077) !== 0) fs.chmodSync(real, 0o700);
 }
 

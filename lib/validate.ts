@@ -26,12 +26,14 @@ export function parsePciAddress(value: string, element: string, attribute: strin
   return full;
 }
 
+/** A UUID as libvirt's virUUIDParse reads it (32 hex digits, dashes or spaces between pairs), written as libvirt writes it: 8-4-4-4-12, lower case. */
 export function parseUuid(value: string, element: string, attribute: string): string {
   const lower = value.trim().toLowerCase();
-  if (!PATTERNS.uuid.test(lower)) {
+  if (!/^(?:[- ]*[0-9a-f]{2}){16}$/.test(lower)) {
     throw new ConfigError(element, `${attribute}="${value}" is not a UUID; write it as xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx (uuidgen makes one)`);
   }
-  return lower;
+  const digits = lower.replace(/[- ]/g, "");
+  return [digits.slice(0, 8), digits.slice(8, 12), digits.slice(12, 16), digits.slice(16, 20), digits.slice(20)].join("-");
 }
 
 /** `what` names the kind of value with its article ("a kernel module name"); `fix` says where the valid ones are listed. */
@@ -63,17 +65,27 @@ export function parseInteger(value: string, element: string, attribute: string, 
   return number;
 }
 
-const SIZE_UNITS: Record<string, number> = {
-  "": 1, b: 1 / 1024, bytes: 1 / 1024, k: 1, kib: 1, kb: 1000 / 1024, m: 1024, mib: 1024, mb: 1e6 / 1024,
-  g: 1024 ** 2, gib: 1024 ** 2, gb: 1e9 / 1024, t: 1024 ** 3, tib: 1024 ** 3, tb: 1e12 / 1024,
-};
+/**
+ * KiB per unit as libvirt's virScaleInteger reads it, in any case: b, byte,
+ * bytes; k, m, g, t, p, e alone or with iB are powers of 1024, with B powers
+ * of 1000; no unit is KiB. Anything else libvirt refuses too.
+ */
+function kibPerUnit(unit: string): number | undefined {
+  const lower = unit.toLowerCase();
+  if (lower === "") return 1;
+  if (lower === "b" || lower === "byte" || lower === "bytes") return 1 / 1024;
+  const power = "kmgtpe".indexOf(lower[0]!) + 1;
+  if (power === 0) return undefined;
+  if (lower.length === 1 || lower.slice(1) === "ib") return 1024 ** (power - 1);
+  return lower.slice(1) === "b" ? 1000 ** power / 1024 : undefined;
+}
 
-/** A size as libvirt writes it (value + unit, default KiB), in KiB. */
+/** A size as libvirt writes it (value + unit, default KiB), in KiB; a part KiB rounds up, as libvirt rounds memory. */
 export function sizeToKiB(value: string, unit: string | undefined, element: string, attribute: string): number {
-  const factor = SIZE_UNITS[(unit ?? "").trim().toLowerCase()];
+  const factor = kibPerUnit((unit ?? "").trim());
   const number = Number(value.trim());
   if (factor === undefined || !/^\d+$/.test(value.trim()) || !Number.isSafeInteger(number)) {
-    throw new ConfigError(element, `${attribute}="${value}${unit ? ` ${unit}` : ""}" is not a size (a whole number with unit KiB, MiB, GiB, k, M, G)`);
+    throw new ConfigError(element, `${attribute}="${value}${unit ? ` ${unit}` : ""}" is not a size (a whole number with a unit libvirt takes: b, KiB or k, MiB or M, … EiB or E; KB … EB count in 1000s)`);
   }
   const kib = Math.ceil(number * factor);
   if (!Number.isSafeInteger(kib)) {

@@ -104,7 +104,7 @@ async function checkCandidate(host: Host, current: Current, hooks: Element, name
   const domain = parseDomain(withVmhookMetadata(current.xml, elementText(hooks) ? hooks : undefined), `domain ${name}`);
   const instances = await loadDomainPlugins(domain, host, registry);
   const steps = await dryRun(host, domain, instances, "prepare", "none", registry);
-  const refusedHere = steps.flatMap(({ plugin, refused }) => (refused ? [`${plugin}: ${refused.reason}${refused.remedies.map((remedy) => `; ${remedy}`).join("")}`] : []));
+  const refusedHere = steps.flatMap(({ refused }) => (refused ? [`${refused.reason}${refused.remedies.map((remedy) => `; ${remedy}`).join("")}`] : []));
   return { domain, refusedHere };
 }
 
@@ -224,7 +224,10 @@ interface EnableArgs extends DomainArgs {
 }
 
 /** "size=2M" → ["size", "2M"]. */
-function parseSetting(setting: string): [string, string] {
+function parseSetting(setting: string, plugin: string): [string, string] {
+  if (setting.startsWith("xmlns")) {
+    throw new VmhookError(`"${setting}": a name starting with xmlns declares an XML namespace, not a plugin attribute, and would take the element of ${plugin} out of vmhook's namespace, where the hook refuses it; leave it out (settings are the plugin's attributes, e.g. size=2M)`);
+  }
   const match = /^([A-Za-z_][\w.-]*)=(.*)$/s.exec(setting);
   if (!match) throw new VmhookError(`"${setting}" is not attribute=value; write e.g. size=2M`);
   return [match[1]!, match[2]!];
@@ -252,7 +255,7 @@ const enableCommand: CommandModule<GlobalOptions, EnableArgs> = {
       .positional("plugin", { type: "string", demandOption: true, describe: `${registry.builtinNames().join(", ")}, or an installed plugin's name` })
       .positional("settings", { type: "string", array: true, default: [], describe: "attribute=value, e.g. size=2M" }),
   async handler(args) {
-    const settings = args.settings.map(String).map(parseSetting);
+    const settings = args.settings.map((setting) => parseSetting(String(setting), args.plugin));
     const { host, virsh, current } = open(args);
     // Edited in place: only this plugin's element changes.
     const hooks = current.hooks ? (current.hooks.cloneNode(true) as Element) : emptyHooks();

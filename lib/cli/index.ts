@@ -24,6 +24,24 @@ class UsageError extends Error {}
 export type { GlobalOptions } from "./options.ts";
 
 /**
+ * yargs binds no command argument given after "--" (yargs/yargs#2423), so a
+ * domain named -lab could not be named at all: each word after "--" goes to
+ * yargs behind this mark, which no option starts with, and loses it before
+ * any command runs.
+ */
+const LITERAL_MARK = "\u0000";
+
+function afterDoubleDashAsArguments(args: string[]): string[] {
+  const end = args.indexOf("--");
+  return end < 0 ? args : [...args.slice(0, end), ...args.slice(end + 1).map((word) => `${LITERAL_MARK}${word}`)];
+}
+
+function withoutLiteralMark(value: unknown): unknown {
+  if (typeof value === "string") return value.startsWith(LITERAL_MARK) ? value.slice(LITERAL_MARK.length) : value;
+  return Array.isArray(value) ? value.map(withoutLiteralMark) : value;
+}
+
+/**
  * `hookMain` runs `vmhook hook`: the entry (hooks/qemu.ts) hands it over, so
  * lib/ never imports the entry. `hostAt` gives the host under --root that
  * the commands act on.
@@ -38,7 +56,7 @@ export async function runCli(args: string[], hookMain: HookMain, hostAt: (root: 
   try {
     // yargs takes the "-" after an option for an option of its own: join them
     const joined = args.map((arg, index) => (arg === "--set" && args[index + 1] === "-" ? "--set=-" : arg)).filter((arg, index) => !(arg === "-" && args[index - 1] === "--set"));
-    await yargs(joined)
+    await yargs(afterDoubleDashAsArguments(joined))
       .scriptName("vmhook")
       .usage("$0 COMMAND\n\nlibvirt QEMU hook framework. Installed as /etc/libvirt/hooks/qemu it runs the plugins a domain's <metadata> asks for.")
       .option("root", {
@@ -51,6 +69,7 @@ export async function runCli(args: string[], hookMain: HookMain, hostAt: (root: 
       .option("json", { type: "boolean", default: false, describe: "print data as JSON", global: true })
       // yargs hands a lone "-" positional over as "" (it takes it for an option); "-" means stdin.
       .middleware((argv) => {
+        for (const key of Object.keys(argv)) argv[key] = withoutLiteralMark(argv[key]);
         if (argv.domain === "") argv.domain = "-";
       }, true)
       .middleware((argv) => {

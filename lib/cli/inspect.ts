@@ -65,7 +65,7 @@ const validate: CommandModule<GlobalOptions, DomainArgs> = {
 async function checkHere(host: Host, domain: Domain, instances: PluginInstance[]): Promise<{ refused: string[] } | { unchecked: string }> {
   if (instances.length === 0) return { refused: [] };
   try {
-    return { refused: (await dryRun(host, domain, instances, "prepare", "none", registry)).flatMap((step) => (step.refused ? [`${step.plugin}: ${step.refused.reason}`] : [])) };
+    return { refused: (await dryRun(host, domain, instances, "prepare", "none", registry)).flatMap((step) => (step.refused ? [step.refused.reason] : [])) };
   } catch (error) {
     return { unchecked: describeError(error).split("\n")[0]! };
   }

@@ -41,7 +41,10 @@ const OPTIONS_WITH_VALUE = ["--root", "--connect", "-c", "--set", "--event"];
  * what yargs said, used to tell the kind of mistake apart.
  */
 export function usageError(message: string, args: string[], commands: CommandUsage[]): string {
-  const words = args.filter((arg, index) => !arg.startsWith("-") && !OPTIONS_WITH_VALUE.includes(args[index - 1] ?? ""));
+  // After "--" every word is an argument (a domain named -lab).
+  const end = args.indexOf("--");
+  const options = end < 0 ? args : args.slice(0, end);
+  const words = [...options.filter((arg, index) => !arg.startsWith("-") && !OPTIONS_WITH_VALUE.includes(args[index - 1] ?? "")), ...(end < 0 ? [] : args.slice(end + 1))];
   const command = commands.find((candidate) => candidate.name === words[0]);
   const names = commands.map((candidate) => candidate.name);
   if (!command) {

@@ -55,7 +55,7 @@ function fakeVirsh(dir: string, args: string[]): number {
   const words = args[0] === "--connect" ? args.slice(2) : args;
   const [command, ...rest] = words;
   const running = fs.readFileSync(file("state"), "utf8").trim() === "running";
-  const domain = rest.filter((word) => word !== "--" && !word.startsWith("--"))[0];
+  const domain = firstPositional(rest);
   if (domain !== fs.readFileSync(file("name"), "utf8")) {
     process.stderr.write(`error: failed to get domain '${domain}'\n`);
     return 1;
@@ -81,6 +81,20 @@ function fakeVirsh(dir: string, args: string[]): number {
   }
   process.stderr.write(`error: the fake virsh does not know ${command}\n`);
   return 1;
+}
+
+/** Options of the commands above that take the next word as their value. */
+const VALUE_OPTIONS = new Set(["--uri", "--key", "--set"]);
+
+/** The first positional argument, as virsh reads it: before "--", a word starting with "--" and a letter or digit is an option. */
+function firstPositional(words: string[]): string | undefined {
+  for (let index = 0; index < words.length; index++) {
+    const word = words[index]!;
+    if (word === "--") return words[index + 1];
+    if (!/^--[A-Za-z0-9]/.test(word)) return word;
+    if (VALUE_OPTIONS.has(word)) index++;
+  }
+  return undefined;
 }
 
 /**

@@ -308,7 +308,7 @@ test("CLI plan and validate: a request that cannot fit on this host is marked an
     const json = JSON.parse(run(vmhook, ["plan", "--json", "-"], oversized, t.root).stdout);
     assert.equal(json.steps[0].refused, { reason: refusal, remedies });
     const validate = run(vmhook, ["validate", "-"], oversized, t.root);
-    assert.equal([validate.code, validate.stdout], [1, `stdin: valid, but prepare would refuse it on this host:\n  hugepages: ${refusal}\n`]);
+    assert.equal([validate.code, validate.stdout], [1, `stdin: valid, but prepare would refuse it on this host:\n  ${refusal}\n`]);
     assert.is(t.pool(), 0);
     assert.not.ok(fs.existsSync(t.journal));
   } finally {

@@ -72,4 +72,30 @@ test("a PCI hostdev written by hand reads as libvirt reads it: no mode is subsys
   }
 });
 
+const withMemory = (memory: string, uuid = UUID) => parseDomain(`<domain><name>vm</name><uuid>${uuid}</uuid>${memory}</domain>`);
+
+test("memory units read as libvirt's virScaleInteger reads them: bytes, powers of 1024 up to E/EiB, powers of 1000 (KB…EB), any case; a part KiB rounds up", () => {
+  const cases: [string, string, number][] = [
+    ["b", "1073741824", 1048576], ["bytes", "1073741824", 1048576], ["byte", "1000", 1],
+    ["KB", "1024000", 1000000], ["k", "4", 4], ["KiB", "4", 4], ["kib", "4", 4],
+    ["MB", "1000", 976563], ["M", "2", 2048], ["MiB", "2", 2048],
+    ["GB", "1", 976563], ["G", "1", 1024 ** 2], ["GIB", "1", 1024 ** 2],
+    ["TB", "1", 976562500], ["T", "1", 1024 ** 3], ["TiB", "1", 1024 ** 3],
+    ["PB", "1", 976562500000], ["P", "1", 1024 ** 4], ["PiB", "1", 1024 ** 4],
+    ["EB", "1", 976562500000000], ["E", "1", 1024 ** 5], ["EiB", "1", 1024 ** 5],
+  ];
+  for (const [unit, value, kib] of cases) assert.is(withMemory(`<memory unit='${unit}'>${value}</memory>`).memoryKiB, kib, `${value} ${unit}`);
+  for (const unit of ["KiBs", "x", "Ki", "kbb"]) {
+    assert.throws(() => withMemory(`<memory unit='${unit}'>1</memory>`), (error: Error) => error.message.startsWith(`<memory>: value="1 ${unit}" is not a size (a whole number with a unit libvirt takes: b, KiB or k, MiB or M, … EiB or E; KB … EB count in 1000s)`));
+  }
+});
+
+test("a <uuid> as libvirt reads it: 32 hex digits without dashes (or in groups) are the UUID libvirt writes with dashes", () => {
+  assert.is(withMemory("", "6B0E2A4C6A4E4C579A430D1A5B3C7E01").uuid, UUID);
+  assert.is(withMemory("", "6b0e2a4c-6a4e4c57-9a43-0d1a5b3c7e01").uuid, UUID);
+  for (const bad of ["6b0e2a4c6a4e4c579a430d1a5b3c7e0", "6b0e2a4c6a4e4c579a430d1a5b3c7e011", "../../../../etc/passwd", "6b0e2a4c-6a4e-4c57-9a43-0d1a5b3c7e0g"]) {
+    assert.throws(() => withMemory("", bad), (error: Error) => error.message === `<uuid>: value="${bad}" is not a UUID; write it as xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx (uuidgen makes one)`);
+  }
+});
+
 test.run();

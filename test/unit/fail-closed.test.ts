@@ -129,15 +129,19 @@ test("defect 5: /run/vmhook as a symlink is refused, naming it and the fix; noth
   }
 });
 
-test("defect 5: /run/vmhook that others can write is refused; one only others can read is made 0700", async () => {
+test("defect 5: /run/vmhook that others can write or own is refused, advising to inspect and remove it (chown or chmod would keep what was planted); one only others can read is made 0700", async () => {
   const { sim, kernel } = hugepageHost();
   try {
     sim.dir("/run/vmhook");
+    const advice = "whoever could write it may have put files there that vmhook would act on as root: inspect it (ls -la /run/vmhook) and, once no VM with vmhook metadata runs, remove it (rm -r /run/vmhook) for vmhook to create anew (a reboot empties /run too)";
     fs.chmodSync(sim.resolve("/run/vmhook"), 0o777);
     const refused = await runHookEvent(sim, "prepare", "begin", xml("<vmhook:hugepages/>"));
-    assert.is(refused.code, 1);
-    assert.match(firstLine(refused.stderr), "/run/vmhook has mode 0777");
-    assert.match(firstLine(refused.stderr), "chmod 700 /run/vmhook");
+    assert.equal([refused.code, firstLine(refused.stderr)], [1, `vmhook: /run/vmhook has mode 0777; ${advice}`]);
+    fs.chmodSync(sim.resolve("/run/vmhook"), 0o700);
+    fs.chownSync(sim.resolve("/run/vmhook"), 1000, 1000);
+    const foreign = await runHookEvent(sim, "prepare", "begin", xml("<vmhook:hugepages/>"));
+    assert.equal([foreign.code, firstLine(foreign.stderr)], [1, `vmhook: /run/vmhook is owned by uid 1000, not root; ${advice}`]);
+    fs.chownSync(sim.resolve("/run/vmhook"), 0, 0);
     assert.is(kernel.pool(2048), 0);
 
     fs.chmodSync(sim.resolve("/run/vmhook"), 0o755);
