@@ -10,16 +10,13 @@ import { PATTERNS } from "./validate.ts";
 import type { UndoRecord } from "./records.ts";
 
 /**
- * The journal's format, raised whenever what a record means changes in a way
- * its own fields cannot show. A journal keeps the version it was written in
- * until its records are upgraded (lib/transaction.ts, before an undo), so an
- * earlier vmhook's records are read by that version's rules; a later version
- * than this one is refused (a downgrade while VMs run).
- *   1: vmhook 0.1, including every record shape each action's check still takes.
- *   2: a change is journaled before it is made, also each hugepages pool write.
+ * The journal's format, raised only when what a record means changes in a way
+ * its own fields cannot show; a later version than this one is refused (a
+ * downgrade while VMs run). 1: vmhook 0.1, which journals every change before
+ * it is made (each hugepages pool write too), in every record shape each
+ * action's check still takes.
  */
-export const JOURNAL_VERSION = 2;
-const EARLIEST_JOURNAL_VERSION = 1;
+export const JOURNAL_VERSION = 1;
 
 /** pending: journaled, its change may or may not have happened; applied: done; undo-failed: its undo failed (kept for vmhook recover). Undone entries leave the journal. */
 export type EntryState = "pending" | "applied" | "undo-failed";
@@ -75,9 +72,9 @@ export function readJournal(host: Host, uuid: string): Journal | undefined {
   try {
     const journal = JSON.parse(text) as Journal;
     const { version } = journal;
-    if (!Number.isSafeInteger(version) || version < EARLIEST_JOURNAL_VERSION || version > JOURNAL_VERSION || !Array.isArray(journal.entries)) {
+    if (version !== JOURNAL_VERSION || !Array.isArray(journal.entries)) {
       const later = Number.isSafeInteger(version) && version > JOURNAL_VERSION ? ": a later vmhook wrote it, and that one undoes it: install it again" : "";
-      throw new Error(`unsupported version ${JSON.stringify(version)}; this vmhook reads versions ${EARLIEST_JOURNAL_VERSION} to ${JOURNAL_VERSION}${later}`);
+      throw new Error(`unsupported version ${JSON.stringify(version)}; this vmhook reads version ${JOURNAL_VERSION}${later}`);
     }
     // Its writes and its removal go to the file its domain names: one copied or edited under another name would leave this one behind, undone again.
     const domain = journal.domain as Partial<Journal["domain"]> | undefined;

@@ -18,7 +18,7 @@ import type { Claims } from "./claims.ts";
 import type { Deadline, WaitOptions } from "./deadline.ts";
 import type { Domain } from "./domain.ts";
 import type { ExecResult, Host } from "./host.ts";
-import type { EntryState, Journal, JournalPhase } from "./journal.ts";
+import type { Journal } from "./journal.ts";
 import type { Finding } from "./diagnostics/findings.ts";
 import type { Logger } from "./log.ts";
 
@@ -146,24 +146,6 @@ export interface Action<Record extends UndoRecord, Config> {
   apply(record: Record, ctx: ApplyContext<Config>): void | Record | Promise<void | Record>;
   /** Gives the change back. Idempotent: it may run after a crash halfway, or twice. */
   undo(record: Record, ctx: UndoContext): void | Promise<void>;
-  /**
-   * Turns a record an earlier journal version wrote (lib/journal.ts
-   * JOURNAL_VERSION) into this version's format, once, before its first undo.
-   * What the earlier format cannot tell (a change that may have been cut off)
-   * is made explicit in the record, for undo to refuse rather than guess.
-   * Without it, the record is taken as it is.
-   */
-  upgrade?(record: UndoRecord, earlier: EarlierEntry): UndoRecord;
-}
-
-/** Where an earlier version's record stood when this vmhook found it. */
-export interface EarlierEntry {
-  /** The journal version that wrote it. */
-  version: number;
-  /** pending: its hook may have been stopped while it made the change. */
-  state: EntryState;
-  /** The journal's phase as found: "releasing" means an undo was under way when its hook stopped. */
-  phase: JournalPhase;
 }
 
 /** What `vmhook doctor` asks a plugin about one domain: its elements, as written (they may not parse). */

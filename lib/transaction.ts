@@ -9,7 +9,7 @@ import { Deadline, waitFor } from "./deadline.ts";
 import type { Domain } from "./domain.ts";
 import { describeError, VmhookError } from "./errors.ts";
 import type { ExecResult, Host } from "./host.ts";
-import { JOURNAL_VERSION, listJournals, removeJournal, sharedState, writeJournal, type Journal, type JournalEntry, type JournalPhase } from "./journal.ts";
+import { listJournals, removeJournal, sharedState, writeJournal, type Journal, type JournalEntry, type JournalPhase } from "./journal.ts";
 import { withHostLock, type HeldLock } from "./lock.ts";
 import type { Logger } from "./log.ts";
 import {
@@ -462,22 +462,6 @@ async function pluginOf(entry: JournalEntry, env: RunEnvironment, loaded: Plugin
 }
 
 /**
- * Brings an earlier version's journal to this one before its first undo:
- * each record through its action's upgrade, judged by the entry's state and
- * the phase the journal was found in. It reaches the file with the undo's
- * first write, so it happens once. A plugin that cannot be loaded upgrades
- * nothing (custom plugins own their records); its undo says why it fails.
- */
-async function upgradeRecords(journal: Journal, env: RunEnvironment, loaded: PluginInstance[]): Promise<void> {
-  for (const entry of journal.entries) {
-    const plugin = await pluginOf(entry, env, loaded).catch(() => undefined);
-    const upgrade = plugin && !isLegacyPlugin(plugin) ? plugin.actions[entry.undo.action]?.upgrade : undefined;
-    if (upgrade) entry.undo = upgrade(entry.undo, { version: journal.version, state: entry.state, phase: journal.phase });
-  }
-  journal.version = JOURNAL_VERSION;
-}
-
-/**
  * Undoes a journal's entries in reverse order, best effort: each success is
  * removed from the journal at once (so a crash here resumes where it stopped),
  * each failure is logged and kept for `vmhook recover`. The journal file is
@@ -488,7 +472,6 @@ async function upgradeRecords(journal: Journal, env: RunEnvironment, loaded: Plu
  */
 export async function undoJournal(journal: Journal, env: RunEnvironment, deadline: Deadline, loaded: PluginInstance[] = []): Promise<UndoResult> {
   const { host, log } = env;
-  if (journal.version < JOURNAL_VERSION) await upgradeRecords(journal, env, loaded);
   journal.phase = "releasing";
   writeJournal(host, journal);
   let undone = 0;

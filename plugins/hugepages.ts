@@ -20,10 +20,9 @@ import { ConfigError, describeError, VmhookError } from "../lib/errors.ts";
 import type { Host } from "../lib/host.ts";
 import { fail, ok, roundMiB, warn, type Finding } from "../lib/diagnostics/findings.ts";
 import { HUGEPAGE_DIR, hostNodes, hugepagePool, hugepageSizes, memoryFacts, NODE_DIR, nodeDir } from "../lib/memory.ts";
-import { defineAction, definePlugin, type ApplyContext, type BaseContext, type CheckContext, type EarlierEntry, type PlanContext, type Step, type UndoContext, type UndoRecord } from "../lib/plugin.ts";
+import { defineAction, definePlugin, type ApplyContext, type BaseContext, type CheckContext, type PlanContext, type Step, type UndoContext, type UndoRecord } from "../lib/plugin.ts";
 import { loadSettings } from "../lib/settings.ts";
 import { othersRecords } from "../lib/journal.ts";
-import { paths } from "../lib/paths.ts";
 import { formatKiB, parseInteger, parseSizeWithSuffix } from "../lib/validate.ts";
 import { checkFit, formatMiB, nodeFloorKiB, readHostView, type HostView, type PoolNeed } from "./hugepages/fit.ts";
 import { growWithRetries, RETRY_ROUNDS, type GrowResult, type PoolCount, type RetryIo } from "./hugepages/grow.ts";
@@ -55,15 +54,6 @@ interface GrowRecord extends UndoRecord {
   added: number;
   returned: number;
 }
-
-/**
- * Journal version 1 journaled a pool write only once it was read back, so its
- * record does not say what a write cut off did: marked `uncountedWrite` (by
- * upgradeRecord), the record is refused by undo, never given back by a guess.
- */
-type UpgradedRecord = GrowRecord & { uncountedWrite?: true };
-/** The first journal version that journals each pool write before it is made. */
-const POOL_WRITES_JOURNALED = 2;
 
 /**
  * A write of the persistent count from `from` to `to`. The kernel keeps what
@@ -389,14 +379,8 @@ function shortfall(host: Host, need: PoolNeed, result: Extract<GrowResult, { ok:
  * shrink is journaled before it is made, so an undo cut off in turn is
  * settled the same way by the next one and gives nothing back twice.
  */
-function undo(grown: UpgradedRecord, ctx: UndoContext): void {
+function undo(grown: GrowRecord, ctx: UndoContext): void {
   const node = grown.node ?? undefined;
-  if (grown.uncountedWrite) {
-    const file = poolFile(grown.sizeKiB, node);
-    throw new VmhookError(
-      `hugepages: an earlier vmhook was stopped during a write of ${poolName(grown.sizeKiB, node)} it had not journaled, so vmhook cannot tell how many pages of ${poolName(grown.sizeKiB, node)} (${file}) this VM holds (its record: ${grown.added} added, ${grown.returned} given back); set ${file} to the count the host should have without this VM, then remove ${paths.journal(ctx.domain.uuid)} (vmhook status shows what else it holds)`,
-    );
-  }
   const cutOff = inFlight(grown);
   if (cutOff) {
     const persistent = readPool(ctx.host, grown.sizeKiB, node).persistent;
@@ -420,8 +404,8 @@ function undo(grown: UpgradedRecord, ctx: UndoContext): void {
 }
 
 /** Journal records are root-owned, but they still become paths: check the numbers. */
-function checkRecord(record: UndoRecord): UpgradedRecord {
-  const { action, sizeKiB, node, pages, added, returned, writing, uncountedWrite } = record;
+function checkRecord(record: UndoRecord): GrowRecord {
+  const { action, sizeKiB, node, pages, added, returned, writing } = record;
   const count = (value: unknown) => typeof value === "number" && Number.isSafeInteger(value) && value >= 0;
   const write = writing as Partial<PoolWrite> | null | undefined;
   const valid =
@@ -431,16 +415,9 @@ function checkRecord(record: UndoRecord): UpgradedRecord {
     count(returned) &&
     (pages === undefined || count(pages)) &&
     (node === null || (count(node) && (node as number) <= MAX_NODE)) &&
-    (write === undefined || (typeof write === "object" && write !== null && !Array.isArray(write) && count(write.from) && count(write.to))) &&
-    (uncountedWrite === undefined || uncountedWrite === true);
+    (write === undefined || (typeof write === "object" && write !== null && !Array.isArray(write) && count(write.from) && count(write.to)));
   if (!valid) throw new VmhookError(`hugepages: cannot undo journal record ${JSON.stringify(record)}; fix the pool by hand, then run vmhook recover`);
-  return record as UpgradedRecord;
-}
-
-/** A version 1 record whose grow (the entry pending) or give-back (the journal releasing) may have been cut off; one that journaled its write is settled by it. */
-function upgradeRecord(record: UndoRecord, earlier: EarlierEntry): UndoRecord {
-  const mayBeCutOff = earlier.version < POOL_WRITES_JOURNALED && record.writing === undefined && (earlier.state === "pending" || earlier.phase === "releasing");
-  return mayBeCutOff ? { ...record, uncountedWrite: true } : record;
+  return record as GrowRecord;
 }
 
 // ---- reconnect: the daemon restarted; say so if a pool lost pages meanwhile
@@ -520,6 +497,6 @@ export default definePlugin<HugepagesConfig>({
   plan: { prepare: planPrepare, reconnect },
   check,
   actions: {
-    "grow-pool": defineAction<UpgradedRecord, HugepagesConfig>({ check: checkRecord, apply: (record, ctx) => grow(ctx, record), undo, upgrade: upgradeRecord }),
+    "grow-pool": defineAction<GrowRecord, HugepagesConfig>({ check: checkRecord, apply: (record, ctx) => grow(ctx, record), undo }),
   },
 });
