@@ -100,8 +100,10 @@ export function inNamespace(document: Document, node: Node, form: "prefixed" | "
   const copy = form === "prefixed" ? document.createElementNS(NAMESPACE_URI, `${METADATA_KEY}:${element.localName}`) : document.createElementNS(null, element.localName!);
   for (let i = 0; i < element.attributes.length; i++) {
     const attribute = element.attributes.item(i)!;
-    // vmhook's own declaration: the serializer writes it where the prefix needs it
-    if (attribute.namespaceURI === XMLNS_URI && attribute.value === NAMESPACE_URI) continue;
+    // vmhook's own declaration: the serializer writes it where the prefix needs it. A default
+    // one (xmlns="urn:…") would take the copy, unprefixed for virsh, into that namespace, where
+    // the hook refuses it; the serializer declares it again on any content that is in it.
+    if (attribute.namespaceURI === XMLNS_URI && (attribute.value === NAMESPACE_URI || attribute.name === "xmlns")) continue;
     copy.setAttributeNS(attribute.namespaceURI, attribute.name, attribute.value);
   }
   for (const child of childNodes(element)) copy.appendChild(inNamespace(document, child, form));

@@ -84,6 +84,13 @@ test("enable and disable keep the user's comment inside <hooks>: libvirt stores 
   assert.is(await storedMetadata(domain.name), "<hooks><!-- GPU for gaming --><nosleep/></hooks>");
 });
 
+test("enable keeps an element that declares a default namespace of its own (xmlns=\"urn:…\") in vmhook's namespace", async () => {
+  const domain = await defineDomain("defaultns", { hooks: '<vmhook:hugepages size="2M" xmlns="urn:example:other"/>' });
+  const enabled = await vmhook(["enable", domain.name, "nosleep"]);
+  assert.is(enabled.code, 0, enabled.stderr);
+  assert.is(await storedMetadata(domain.name), '<hooks><hugepages size="2M"/><nosleep/></hooks>');
+});
+
 test("config --edit: a valid edit is saved; an invalid one is refused with the reason and the old metadata kept", async () => {
   const domain = await defineDomain("edit", { hooks: '<vmhook:hugepages size="2M"/>' });
   const before = await storedMetadata(domain.name);

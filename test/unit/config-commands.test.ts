@@ -169,19 +169,34 @@ test("config --edit keeps the comments the user has and writes inside <hooks>", 
 /** An installed module plugin that takes any attributes and content. */
 const NOTES_PLUGIN = `export default { name: "notes", summary: "keeps notes", usage: '<vmhook:plugin name="notes" text="…"/>', parse: () => ({}), async prepare() {}, undo() {} };\n`;
 
+/** Installs the notes plugin and runs `vmhook enable win11 nosleep`: the stored <vmhook:plugin> elements after it. */
+async function enableBesideNotes(sim: SimHost, libvirt: FakeLibvirt) {
+  fs.mkdirSync(sim.resolve(paths.pluginsDir), { recursive: true, mode: 0o755 });
+  fs.writeFileSync(sim.resolve(`${paths.pluginsDir}/notes.mjs`), NOTES_PLUGIN, { mode: 0o644 });
+  const enabled = await cli(["enable", "win11", "nosleep", "--root", sim.root]);
+  assert.is(enabled.code, 0, enabled.stderr);
+  return new DOMParser().parseFromString(libvirt.xml("config"), "text/xml").getElementsByTagNameNS(NAMESPACE_URI, "plugin");
+}
+
 test("enable keeps another plugin's element as stored: an attribute with entities, a line break and non-ASCII text, and CDATA round-trip", () =>
   withDomain(
     async (sim, libvirt) => {
-      fs.mkdirSync(sim.resolve(paths.pluginsDir), { recursive: true, mode: 0o755 });
-      fs.writeFileSync(sim.resolve(`${paths.pluginsDir}/notes.mjs`), NOTES_PLUGIN, { mode: 0o644 });
-      const enabled = await cli(["enable", "win11", "nosleep", "--root", sim.root]);
-      assert.is(enabled.code, 0, enabled.stderr);
-      const notes = new DOMParser().parseFromString(libvirt.xml("config"), "text/xml").getElementsByTagNameNS(NAMESPACE_URI, "plugin")[0]!;
+      const notes = (await enableBesideNotes(sim, libvirt))[0]!;
       assert.is(notes.getAttribute("text"), 'café & <tea> "x"\nsecond line');
       assert.match(libvirt.xml("config"), "<![CDATA[raw <data>]]>");
       assert.equal(elements(libvirt.xml("config")), ["plugin", "nosleep"]);
     },
     DOMAIN.replace("<vmhook:nosleep/>", '<vmhook:plugin name="notes" text="café &amp; &lt;tea&gt; &quot;x&quot;&#10;second line"><![CDATA[raw <data>]]></vmhook:plugin>'),
+  ));
+
+test("enable keeps another plugin's element in vmhook's namespace when it declares a default namespace of its own (xmlns=\"urn:…\")", () =>
+  withDomain(
+    async (sim, libvirt) => {
+      assert.is((await enableBesideNotes(sim, libvirt)).length, 1, libvirt.xml("config"));
+      const shown = await cli(["config", "win11", "--root", sim.root]);
+      assert.is(shown.code, 0, "the hook still reads it: " + shown.stderr);
+    },
+    DOMAIN.replace("<vmhook:nosleep/>", '<vmhook:plugin name="notes" xmlns="urn:example:notes" text="x"/>'),
   ));
 
 test.run();
