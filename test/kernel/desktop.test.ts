@@ -127,14 +127,16 @@ it("a GPU job in its own unit is refused before the display manager is touched, 
   assert.fixture(await guest!.ok(DESKTOP_STATE), baseline!);
 });
 
-it("nosleep: logind lists vmhook's sleep lock while the VM runs, held by a transient unit; release ends it", async ({ guest }) => {
-  const xml = `<domain type='kvm'><name>gpu-vm</name><uuid>${UUID}</uuid><memory unit='MiB'>256</memory>
+it("nosleep: logind lists vmhook's sleep lock while the VM runs, held by a transient unit; release ends it (a name with ${…} and $$, which systemd would expand, kept as it is)", async ({ guest }) => {
+  // The name, as libvirt passes it: systemd expands ${NAME} and $$ in the command a transient unit runs.
+  const name = "gpu-${HOME}$$-vm";
+  const xml = `<domain type='kvm'><name>${name}</name><uuid>${UUID}</uuid><memory unit='MiB'>256</memory>
 <metadata><vmhook:hooks xmlns:vmhook="urn:vmhook:1"><vmhook:nosleep/></vmhook:hooks></metadata></domain>`;
-  const run = (event: string) => guest!.sh(`${writeDomain(xml)}\n/etc/libvirt/hooks/qemu gpu-vm ${event} - < /tmp/domain.xml`);
+  const run = (event: string) => guest!.sh(`${writeDomain(xml)}\n/etc/libvirt/hooks/qemu '${name}' ${event} - < /tmp/domain.xml`);
   const prepare = await run("prepare begin");
   assert.equal(prepare, { code: 0, stdout: "" }, prepare.stdout);
   const locks = await guest!.ok("systemd-inhibit --list --no-pager");
-  assert.match(locks, /vmhook .*sleep.*VM gpu-vm runs with devices passed through.*block/);
+  assert.match(locks, /vmhook .*sleep.*VM gpu-\$\{HOME\}\$\$-vm runs with devices passed through.*block/);
   assert.is((await guest!.ok(`systemctl is-active vmhook-nosleep-${UUID}.service`)).trim(), "active");
   const release = await run("release end");
   assert.equal(release, { code: 0, stdout: "" }, release.stdout);
