@@ -50,6 +50,8 @@ export class HookRun {
   readonly name: string;
   /** Set once the hard deadline runs (the hook's own process only). */
   watchdog?: Watchdog;
+  /** The log, opened once by the hook's own process; open until it exits. */
+  readonly logFd?: number;
   private settingsCache?: HostSettings;
   private domainCache?: Domain;
   private workDeadlineCache?: Deadline;
@@ -58,11 +60,13 @@ export class HookRun {
     this.host = invocation.host ?? new RootedHost(invocation.root);
     // For messages only: whoever defined the domain chose it, control characters and all.
     this.name = oneLine(invocation.args[0] ?? "?");
+    // The hook's own process opens the log once, for every line and for the watchdog's last words.
+    this.logFd = invocation.ownProcess ? openLogOnce(this.host) : undefined;
     this.log = createLogger(this.host, {
       domain: this.name,
       event: invocation.args.slice(1, 3).join(" "),
       echo: "buffer",
-      file: true,
+      file: this.logFd ?? !invocation.ownProcess,
       onEntry: (level, line) => this.watchdog?.note(level, line),
     });
   }
@@ -255,8 +259,8 @@ async function settleOrDrain(work: Promise<void>, invocation: HookInvocation): P
   }
 }
 
-/** The log for the watchdog's last words, opened now (its worker cannot check the file); none when it cannot be written. */
-function logForWatchdog(host: Host): number | undefined {
+/** The log, checked and opened (the watchdog's worker cannot check it); none when it cannot be written. */
+function openLogOnce(host: Host): number | undefined {
   try {
     return openLog(host, "append");
   } catch {
@@ -293,7 +297,7 @@ export async function runEvent(invocation: HookInvocation, event: HookEvent | un
         startedAt: performance.timeOrigin,
         what: `${invocation.args.slice(1, 3).join(" ")} of ${run.name}`,
         budgetSource: `deadlineSeconds + undoDeadlineSeconds + 5 in ${paths.hostConfig}`,
-        logFd: logForWatchdog(run.host),
+        logFd: run.logFd,
         journalFile: uuid && run.host.resolve(paths.journal(uuid)),
         recoverCommand: `vmhook recover ${run.name}`,
         exitCode: mayFail ? 1 : 0,

@@ -22,8 +22,8 @@ export interface LoggerOptions {
   event?: string;
   /** "stderr": print each line as it comes (CLI); "buffer": keep it for the end (hook mode); "none": file only. */
   echo: "stderr" | "buffer" | "none";
-  /** Write to the log file under the host's root (off for dry runs). */
-  file: boolean;
+  /** Write to the log file under the host's root (off for dry runs): opened for each line, or the fd of the log a hook's own process opened once (openLog). */
+  file: boolean | number;
   /** Sees every line as it is logged (the watchdog keeps the last cause). */
   onEntry?: (level: LogLevel, line: string) => void;
 }
@@ -70,6 +70,15 @@ export function openLog(host: Host, purpose: "append" | "read"): number {
   throw refuse(problem);
 }
 
+function appendToLog(host: Host, entry: string): void {
+  const fd = openLog(host, "append");
+  try {
+    fs.writeSync(fd, entry);
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
 export function createLogger(host: Host, options: LoggerOptions): Logger {
   const transcript: string[] = [];
   // The domain name is libvirt's argument, written by whoever defined the domain.
@@ -83,12 +92,9 @@ export function createLogger(host: Host, options: LoggerOptions): Logger {
     if (options.echo === "stderr") process.stderr.write(`vmhook: ${line}\n`);
     if (fileBroken) return;
     try {
-      const fd = openLog(host, "append");
-      try {
-        fs.writeSync(fd, `${new Date(host.now()).toISOString()} ${context ? `[${context}] ` : ""}${line}\n`);
-      } finally {
-        fs.closeSync(fd);
-      }
+      const entry = `${new Date(host.now()).toISOString()} ${context ? `[${context}] ` : ""}${line}\n`;
+      if (typeof options.file === "number") fs.writeSync(options.file, entry);
+      else appendToLog(host, entry);
     } catch (error) {
       fileBroken = true; // a read-only /var/log must never fail a VM start
       // The CLI says why once; in hook mode stderr's first line stays the cause.
