@@ -37,7 +37,6 @@ export interface HookInvocation {
   parentPid?: number;
 }
 
-
 /** The domain UUID found by a plain text search: enough to find a journal without parsing XML. */
 export function uuidFromXml(xml: string): string | undefined {
   const uuid = /<uuid>\s*([0-9a-fA-F-]{36})\s*<\/uuid>/.exec(xml)?.[1]?.toLowerCase();

@@ -456,11 +456,6 @@ function journalOutcome(host: Host, journal: Journal, entry: JournalEntry, outco
   writeJournal(host, journal);
 }
 
-/** The plugin that journaled the entry: one the caller loaded, or loaded by its journal id. */
-async function pluginOf(entry: JournalEntry, env: RunEnvironment, loaded: PluginInstance[]): Promise<AnyPlugin> {
-  return loaded.find((instance) => instance.id === entry.plugin)?.plugin ?? env.registry.load(entry.plugin, env.host);
-}
-
 /**
  * Undoes a journal's entries in reverse order, best effort: each success is
  * removed from the journal at once (so a crash here resumes where it stopped),
@@ -480,7 +475,7 @@ export async function undoJournal(journal: Journal, env: RunEnvironment, deadlin
     let finished = undefined as UndoOutcome | undefined;
     let outcome: UndoOutcome;
     try {
-      const plugin = await pluginOf(entry, env, loaded);
+      const plugin = loaded.find((instance) => instance.id === entry.plugin)?.plugin ?? (await env.registry.load(entry.plugin, host));
       // A shared plugin's entry leaves the journal (or is marked undo-failed)
       // under the same host lock as its undo: other VMs' prepares compute the
       // shared resources from the journals, and one that took the lock between
