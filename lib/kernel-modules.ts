@@ -9,10 +9,16 @@ export const kernelRelease = (host: Host) => host.readTrimmed("/proc/sys/kernel/
 /** A release that is safe in a path under /lib/modules. */
 const plainRelease = (release: string) => /^[\w+~-][\w.+~-]*$/.test(release);
 
-/** A list of the module tree (modules.dep, modules.builtin) as its lines; [] when the release is not a plain name or the file is missing. */
-export function moduleList(host: Host, release: string, list: "modules.dep" | "modules.softdep" | "modules.builtin"): string[] {
-  if (!plainRelease(release)) return [];
-  return (host.readTrimmed(`/lib/modules/${release}/${list}`) ?? "").split("\n");
+type ModuleTreeFile = "modules.dep" | "modules.softdep" | "modules.builtin";
+
+/** A file of the module tree as text; "" when the release is not a plain name or the file is missing. */
+function moduleTreeText(host: Host, release: string, file: ModuleTreeFile): string {
+  return plainRelease(release) ? (host.readTrimmed(`/lib/modules/${release}/${file}`) ?? "") : "";
+}
+
+/** A list of the module tree (modules.dep, modules.builtin) as its lines; [] when the release is not a plain name. */
+export function moduleList(host: Host, release: string, list: ModuleTreeFile): string[] {
+  return plainRelease(release) ? moduleTreeText(host, release, list).split("\n") : [];
 }
 
 /**
@@ -23,8 +29,7 @@ export function moduleList(host: Host, release: string, list: "modules.dep" | "m
  * whole text costs several times more under TCG), then checked whole.
  */
 export function moduleDependencies(host: Host, release: string, module: string): string[] | undefined {
-  if (!plainRelease(release)) return undefined;
-  return dependenciesIn(host.readTrimmed(`/lib/modules/${release}/modules.dep`) ?? "", module);
+  return dependenciesIn(moduleTreeText(host, release, "modules.dep"), module);
 }
 
 /** moduleDependencies in modules.dep's text, for callers that look up several modules in one read. */
@@ -52,7 +57,7 @@ function dependenciesIn(text: string, module: string): string[] | undefined {
 export function moduleClosure(host: Host, module: string): string[] {
   const release = kernelRelease(host);
   // Read once: a module's line lists all it needs, however deep (depmod writes it so), so only soft dependencies are looked up again.
-  const dep = plainRelease(release) ? (host.readTrimmed(`/lib/modules/${release}/modules.dep`) ?? "") : "";
+  const dep = moduleTreeText(host, release, "modules.dep");
   const softdeps = new Map<string, string[]>();
   for (const line of moduleList(host, release, "modules.softdep")) {
     const [word, name, ...rest] = line.trim().split(/\s+/);
