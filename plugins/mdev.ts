@@ -12,7 +12,7 @@ import { attributes, describeElement, type Domain } from "../lib/domain.ts";
 import { fail, ok, type Finding } from "../lib/diagnostics/findings.ts";
 import { ConfigError, describeError, VmhookError } from "../lib/errors.ts";
 import type { Host } from "../lib/host.ts";
-import { defineAction, definePlugin, type ApplyContext, type BaseContext, type CheckContext, type PlanContext, type Step, type UndoRecord } from "../lib/plugin.ts";
+import { defineAction, definePlugin, type ApplyContext, type BaseContext, type CheckContext, type PlanContext, type Refusal, type Step, type UndoRecord } from "../lib/plugin.ts";
 import { checkPattern, parsePciAddress, parseUuid, PATTERNS } from "../lib/validate.ts";
 
 // ---- mdev: sysfs -------------------------------------------------------------
@@ -179,20 +179,22 @@ function planMdev(ctx: PlanContext<MdevDevice[]>, device: MdevDevice): MdevPlan 
   return { ...device, parent, offered, create: !existing };
 }
 
-/** Enough free instances for every mdev of each parent and type. The kernel may still refuse (types share resources): then the step fails and rolls back. */
-function checkInstances(ctx: PlanContext<MdevDevice[]>, plans: MdevPlan[]): void {
-  const toCreate = plans.filter((plan) => plan.create);
-  for (const plan of toCreate) {
-    const needed = toCreate.filter((other) => other.parent === plan.parent && other.type === plan.type).length;
-    if (needed <= plan.offered.available) continue;
-    const held = mdevsOn(ctx, plan.parent);
-    throw new ConfigError(
-      plan.element,
-      `${needed > 1 ? `needs ${needed} ${plan.type} instances` : `no ${plan.type} instance is left`} on ${plan.parent} (available_instances is ${plan.offered.available}); ` +
-        `stop a VM that uses one, remove an unused one (echo 1 > ${MDEV_DEVICES}/UUID/remove) or choose a smaller type`,
-      held.length > 0 ? [`mdevs on ${plan.parent}:`, ...held.map((line) => `  ${line}`)] : [`${plan.parent} has no mdev now; its types' resources are in use elsewhere`],
-    );
-  }
+/**
+ * Enough free instances for every mdev of each parent and type, or why not: a
+ * shortage is a refusal of this host now (another VM may give the instance
+ * back before the next start), not a wrong config. The kernel may still refuse
+ * (types share resources): then the step fails and rolls back.
+ */
+function instanceShortage(ctx: PlanContext<MdevDevice[]>, plans: MdevPlan[], plan: MdevPlan): Refusal | undefined {
+  const needed = plans.filter((other) => other.create && other.parent === plan.parent && other.type === plan.type).length;
+  if (needed <= plan.offered.available) return undefined;
+  const held = mdevsOn(ctx, plan.parent);
+  return {
+    reason:
+      `${plan.element}: ${needed > 1 ? `needs ${needed} ${plan.type} instances` : `no ${plan.type} instance is left`} on ${plan.parent} (available_instances is ${plan.offered.available}); ` +
+      `stop a VM that uses one, remove an unused one (echo 1 > ${MDEV_DEVICES}/UUID/remove) or choose a smaller type`,
+    remedies: held.length > 0 ? [`mdevs on ${plan.parent}:`, ...held.map((line) => `  ${line}`)] : [`${plan.parent} has no mdev now; its types' resources are in use elsewhere`],
+  };
 }
 
 interface CreateRecord extends UndoRecord {
@@ -247,14 +249,17 @@ const createMdevAction = defineAction<CreateRecord, MdevDevice[]>({
 /** Checks that change nothing (parent, type, free instances, an existing mdev with this UUID), then one step per mdev to create. */
 function planPrepare(ctx: PlanContext<MdevDevice[]>): Step<CreateRecord>[] {
   const plans = ctx.config.map((device) => planMdev(ctx, device));
-  checkInstances(ctx, plans);
   return plans
     .filter((plan) => plan.create)
-    .map((plan) => ({
-      action: "create-mdev",
-      record: { action: "create-mdev", uuid: plan.uuid, parent: plan.parent, type: plan.type },
-      description: `create mdev ${plan.uuid} (${plan.type} on ${plan.parent})`,
-    }));
+    .map((plan): Step<CreateRecord> => {
+      const refused = instanceShortage(ctx, plans, plan);
+      return {
+        action: "create-mdev",
+        record: { action: "create-mdev", uuid: plan.uuid, parent: plan.parent, type: plan.type },
+        description: `create mdev ${plan.uuid} (${plan.type} on ${plan.parent})`,
+        ...(refused ? { refused } : {}),
+      };
+    });
 }
 
 /** `vmhook doctor`: a parent offers each element's type with an instance free, or the mdev exists. */

@@ -7,7 +7,7 @@ import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { runDoctor, type Finding } from "../../lib/diagnostics/doctor.ts";
 import type { SimHost } from "../helpers/simhost.ts";
-import { desktopHost, gvtLaptopHost, iommuOffHost, sharedGroupHost } from "../helpers/pci-hosts.ts";
+import { addPciDevice, desktopHost, gvtLaptopHost, iommuOffHost, sharedGroupHost } from "../helpers/pci-hosts.ts";
 
 const BINARY = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../../dist/vmhook");
 const UUID = "3f0a4c7e-2b1d-4e8f-9a6c-5d7e8f9a0b1c";
@@ -272,6 +272,31 @@ test("doctor with parts of the host unreadable: each check that cannot read what
     assert.is(domain("hostdevs").status, "fail", "the hostdev checks need the IOMMU groups");
     assert.match(domain("hostdevs").reason, "cannot list /sys/kernel/iommu_groups (EIO)");
     assert.is(domain("config").status, "ok");
+  } finally {
+    sim.cleanup();
+  }
+});
+
+/** The check names of docs/diagnostics.md's tables, as patterns: `hostdev ADDRESS` matches "hostdev 0000:01:00.0". */
+function documentedChecks(): RegExp[] {
+  const page = fs.readFileSync(path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../../docs/diagnostics.md"), "utf8");
+  const names = [...page.matchAll(/^\| (`[^|]*`)[^|]*\|/gm)].flatMap((row) => [...row[1]!.matchAll(/`([^`]+)`/g)].map((name) => name[1]!));
+  return names.map((name) => new RegExp(`^${name.replace(/[.*+?^${}()|[\]\\]/g, "\\$&").replace(/\b[A-Z]+\b/g, "\\S+")}$`));
+}
+
+test("every check doctor runs on a domain using each built-in plugin is a row of docs/diagnostics.md", async () => {
+  const sim = desktopHost();
+  // An AMD Navi 10 card, which resets only through vendor-reset.
+  addPciDevice(sim, { address: "0000:03:00.0", classCode: "0x030000", vendor: "0x1002", device: "0x731f", driver: "amdgpu", group: 3 });
+  const metadata =
+    "<vmhook:hugepages/><vmhook:isolate host-cpus='0-1'/><vmhook:vfio/><vmhook:nosleep/><vmhook:forward ports='2222:22'/>" +
+    "<vmhook:mdev type='i915-GVTg_V5_4'/><vmhook:vgpu vf='0000:03:00.0' type='L40S-12Q'/>";
+  try {
+    const report = await runDoctor(sim, { file: "win.xml", xml: domainXml({ metadata, devices: GPU_AND_AUDIO + hostdev("0x03", "0x0") }) });
+    const documented = documentedChecks();
+    const checks = [...report.host, ...report.domain!.findings].map((finding) => finding.check);
+    const undocumented = checks.filter((check) => !documented.some((pattern) => pattern.test(check)));
+    assert.equal(undocumented, [], `checks: ${checks.join(", ")}`);
   } finally {
     sim.cleanup();
   }

@@ -2,6 +2,8 @@
 // test/helpers/mdev-kernel.ts.
 import { test } from "uvu";
 import * as assert from "uvu/assert";
+import { cli } from "../helpers/cli.ts";
+import { fakeLibvirt } from "../helpers/fake-virsh.ts";
 import { runHookEvent } from "../helpers/hook.ts";
 import { SimHost } from "../helpers/simhost.ts";
 import { assertPlanIsPrepare } from "../helpers/plan.ts";
@@ -134,6 +136,34 @@ test("no instance left: fails naming the mdevs on the parent and who made them; 
   assert.is(sim.writes.length, writes);
   assert.equal(sim.snapshot(), before);
   sim.cleanup();
+});
+
+test("no instance left now: validate exits 1 saying prepare would refuse it here, plan marks the step REFUSED, enable stores it with that warning", async () => {
+  const sim = gvtHost();
+  // Another VM holds the only V5_1 instance; this VM may start once that one stops.
+  const other = domainXml({ name: "win10", uuid: "0b6e2ea6-3f1b-4bb2-9a41-6c1c4a2f9e10", mdevs: [UUID_B], hooks: `<vmhook:mdev type="i915-GVTg_V5_1"/>` });
+  assert.is((await runHookEvent(sim, "prepare", "begin", other, "win10")).code, 0);
+  const xml = domainXml({ mdevs: [UUID_A], hooks: `<vmhook:mdev type="i915-GVTg_V5_1"/>` });
+  sim.file("/vm.xml", xml);
+  const refusal = `<vmhook:mdev type="i915-GVTg_V5_1">: no i915-GVTg_V5_1 instance is left on ${GPU} (available_instances is 0)`;
+
+  const validated = await cli(["validate", sim.resolve("/vm.xml"), "--root", sim.root]);
+  assert.is(validated.code, 1, validated.stdout);
+  assert.match(validated.stdout, `valid, but prepare would refuse it on this host:\n  ${refusal}`);
+  const planned = await cli(["plan", sim.resolve("/vm.xml"), "--root", sim.root]);
+  assert.is(planned.code, 1, planned.stderr);
+  assert.match(planned.stdout, `1. mdev: create mdev ${UUID_A} (i915-GVTg_V5_1 on ${GPU})\n     REFUSED: ${refusal}`);
+
+  const libvirt = fakeLibvirt("vm", xml.replace(/<metadata>.*<\/metadata>/s, ""));
+  try {
+    const enabled = await cli(["enable", "vm", "mdev", "type=i915-GVTg_V5_1", "--root", sim.root]);
+    assert.is(enabled.code, 0, enabled.stderr);
+    assert.match(enabled.stderr, `vmhook: warning: a start of vm on this host now would be refused: ${refusal}`);
+    assert.match(libvirt.xml("config"), '<vmhook:mdev type="i915-GVTg_V5_1"/>');
+  } finally {
+    libvirt.cleanup();
+    sim.cleanup();
+  }
 });
 
 test("two mdevs of a type with one instance left: refused before either is created", async () => {
