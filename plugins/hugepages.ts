@@ -253,9 +253,12 @@ function refuseWhileCutOff(ctx: BaseContext, sizeKiB: number): void {
 /** Checks that change nothing, before the first step: the node and the pool exist. */
 function checkPoolExists(host: Host, need: PoolNeed): void {
   if (need.node !== undefined && !host.exists(nodeDir(need.node))) {
-    const online = host.readTrimmed(`${NODE_DIR}/online`) || "0";
+    // a kernel built without NUMA has no node directory at all, and so no per-node pools
+    const online = host.readTrimmed(`${NODE_DIR}/online`);
     throw new VmhookError(
-      `hugepages: host NUMA node ${need.node} does not exist (this host has node(s) ${online}); fix node= on <vmhook:hugepages> or the nodeset in <numatune>`,
+      online
+        ? `hugepages: host NUMA node ${need.node} does not exist (this host has node(s) ${online}); fix node= on <vmhook:hugepages> or the nodeset in <numatune>`
+        : `hugepages: this kernel has no NUMA nodes (${NODE_DIR} is missing), so node="${need.node}" has no per-node pool; remove node= from <vmhook:hugepages> and the nodeset in <numatune>`,
     );
   }
   if (!host.exists(poolFile(need.sizeKiB, need.node))) {

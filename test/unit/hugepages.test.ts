@@ -471,6 +471,24 @@ test("a missing node or pool size fails before any step, naming what the host ha
   }
 });
 
+test("node= on a kernel without NUMA (no /sys/devices/system/node) says so, not that node 0 is missing from node 0", async () => {
+  const { sim } = host();
+  try {
+    fs.rmSync(sim.resolve("/sys/devices/system/node"), { recursive: true });
+    const before = sim.snapshot();
+    const outcome = await runHookEvent(sim, "prepare", "begin", domainXml({ element: "<vmhook:hugepages node='0'/>" }));
+    assert.is(outcome.code, 1);
+    assert.is(
+      firstLine(outcome.stderr),
+      "vmhook: hugepages: this kernel has no NUMA nodes (/sys/devices/system/node is missing), so node=\"0\" has no per-node pool; remove node= from <vmhook:hugepages> and the nodeset in <numatune>",
+    );
+    assert.equal(sim.snapshot(), before);
+    assert.equal(sim.stateFiles(), []);
+  } finally {
+    sim.cleanup();
+  }
+});
+
 test("a bad config aborts prepare with the host untouched", async () => {
   const { sim } = host();
   try {
