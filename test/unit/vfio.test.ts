@@ -14,6 +14,7 @@ import { DEFAULT_SETTINGS } from "../../lib/settings.ts";
 import { undoJournal } from "../../lib/transaction.ts";
 import { registry } from "../../plugins/index.ts";
 import { GpuKernel, nvidiaDesktop } from "../helpers/gpu-kernel.ts";
+import { cli } from "../helpers/cli.ts";
 import { runHookEvent } from "../helpers/hook.ts";
 import { assertPlanIsPrepare, plannedSteps } from "../helpers/plan.ts";
 
@@ -477,6 +478,27 @@ test("a module used by one outside unload-modules is refused before anything cha
   const result = await runHookEvent(kernel.sim, "prepare", "begin", domainXml('<vmhook:vfio unload-modules="nvidia_modeset,nvidia"/>'));
   assert.is(result.code, 1);
   assert.match(firstLine(result.stderr), "cannot unload module nvidia_modeset: module nvidia_drm uses it; add nvidia_drm to unload-modules");
+  assert.equal(kernel.sim.snapshot(), before);
+});
+
+test("unload-modules: a name neither loaded nor in the running kernel's module tree (a typo) is refused by validate and at prepare, naming it and the fix; a known module that is not loaded is skipped, in either spelling", async () => {
+  const kernel = nvidiaDesktop().module({ name: "nvidia_peermem" });
+  const file = kernel.sim.file("/vm.xml", domainXml('<vmhook:vfio unload-modules="nvidia_drm,nvidia_modeset,nvidia_uvm,nvidia,nvidia_drn"/>')).resolve("/vm.xml");
+  const before = kernel.sim.snapshot();
+  const refusal =
+    "vfio: <vmhook:vfio> unload-modules names nvidia_drn, which is neither loaded nor in this kernel's modules (/lib/modules/6.1.0-sim: modules.dep, modules.builtin); check its spelling (lsmod lists the loaded modules), or, for an out-of-tree (DKMS) module not built for kernel 6.1.0-sim, build it or remove it from unload-modules";
+  const validate = await cli(["validate", file, "--root", kernel.sim.root], kernel.sim);
+  assert.equal([validate.code, validate.stdout], [1, `${file}: valid, but prepare would refuse it on this host:\n  ${refusal}\n`]);
+  const prepare = await runHookEvent(kernel.sim, "prepare", "begin", kernel.sim.read("/vm.xml"));
+  assert.is(prepare.code, 1);
+  assert.is(firstLine(prepare.stderr), `vmhook: ${refusal}`);
+  assert.equal(kernel.sim.snapshot(), before);
+  assert.not.ok(kernel.sim.execs.some((e) => e.command === "rmmod" || e.command === "modprobe" || (e.command === "systemctl" && e.args[0] === "stop")));
+
+  const known = domainXml('<vmhook:vfio unload-modules="nvidia_drm,nvidia_modeset,nvidia_uvm,nvidia,nvidia-peermem"/>');
+  assert.is((await runHookEvent(kernel.sim, "prepare", "begin", known)).code, 0);
+  assert.not.ok(kernel.loaded("nvidia"));
+  assert.is((await runHookEvent(kernel.sim, "release", "end", known)).code, 0);
   assert.equal(kernel.sim.snapshot(), before);
 });
 
