@@ -1,6 +1,7 @@
 // The running kernel's module tree, as modprobe reads it: modules.dep (each
 // loadable module with all its dependencies), modules.softdep (modules loaded
-// before or after one, e.g. vfio_iommu_type1 after vfio) and modules.builtin.
+// before or after one, e.g. vfio_iommu_type1 after vfio) and modules.builtin;
+// and the softdep lines of modprobe.d, which modprobe follows too.
 import type { Host } from "./host.ts";
 
 /** The running kernel's release, "" when it cannot be told. */
@@ -9,7 +10,7 @@ export const kernelRelease = (host: Host) => host.readTrimmed("/proc/sys/kernel/
 /** A release that is safe in a path under /lib/modules. */
 const plainRelease = (release: string) => /^[\w+~-][\w.+~-]*$/.test(release);
 
-type ModuleTreeFile = "modules.dep" | "modules.softdep" | "modules.builtin";
+type ModuleTreeFile = "modules.dep" | "modules.builtin";
 
 /** A file of the module tree as text; "" when the release is not a plain name or the file is missing. */
 function moduleTreeText(host: Host, release: string, file: ModuleTreeFile): string {
@@ -51,31 +52,62 @@ function dependenciesIn(text: string, module: string): string[] | undefined {
 /**
  * Every module `modprobe module` may load, by name: the module, what
  * modules.dep says it needs, and the soft dependencies (pre: and post: of
- * modules.softdep) of each of them that modules.dep knows, with theirs in
- * turn. Just the module when modules.dep has no line for it.
+ * modules.softdep and modprobe.d) of each of them that modules.dep knows,
+ * with theirs in turn. Just the module when modules.dep has no line for it.
  */
 export function moduleClosure(host: Host, module: string): string[] {
   const release = kernelRelease(host);
   // Read once: a module's line lists all it needs, however deep (depmod writes it so), so only soft dependencies are looked up again.
   const dep = moduleTreeText(host, release, "modules.dep");
-  const softdeps = new Map<string, string[]>();
-  for (const line of moduleList(host, release, "modules.softdep")) {
-    const [word, name, ...rest] = line.trim().split(/\s+/);
-    if (word === "softdep" && name) softdeps.set(moduleName(`${name}.ko`), rest.filter((each) => !each.endsWith(":")).map((each) => moduleName(`${each}.ko`)));
-  }
+  const softdeps = softdepLines(host, release);
   const found: string[] = [];
   const visit = (name: string, dependencies: string[] | undefined) => {
     if (name === "" || found.includes(name)) return;
     found.push(name);
     for (const each of dependencies ?? []) visit(each, []);
     // A soft dependency this kernel does not have (vfio_iommu_spapr_tce on x86) is skipped by modprobe too.
-    for (const soft of softdeps.get(name) ?? []) {
+    for (const soft of softdeps.find((line) => line.matches(name))?.modules ?? []) {
       const theirs = dependenciesIn(dep, soft);
       if (theirs !== undefined) visit(soft, theirs);
     }
   };
   visit(moduleName(`${module}.ko`), dependenciesIn(dep, module));
   return found;
+}
+
+/** modprobe's configuration directories, in kmod's order: a file in one hides a file of the same name in those after it (modprobe.d(5)). */
+const MODPROBE_D = ["/etc/modprobe.d", "/run/modprobe.d", "/usr/local/lib/modprobe.d", "/usr/lib/modprobe.d", "/lib/modprobe.d"];
+
+interface SoftdepLine {
+  /** Whether the line's module (a glob: softdep nvidia* pre: ...) names this module. */
+  matches: (module: string) => boolean;
+  /** Its pre: and post: modules, by name. */
+  modules: string[];
+}
+
+/**
+ * The softdep lines modprobe follows, in the order kmod reads them: the
+ * *.conf files of the modprobe.d directories and the module tree's
+ * modules.softdep (a file of that name among them), by file name. For each
+ * module the first line that matches it counts, so a user's `softdep vfio-pci
+ * post: kvmfr` in /etc/modprobe.d makes modprobe vfio-pci load kvmfr.
+ */
+function softdepLines(host: Host, release: string): SoftdepLine[] {
+  const files = new Map<string, string>();
+  if (plainRelease(release)) files.set("modules.softdep", `/lib/modules/${release}/modules.softdep`);
+  for (const dir of MODPROBE_D) {
+    for (const name of host.list(dir)) if (/^[^.].*\.conf$/.test(name) && !files.has(name)) files.set(name, `${dir}/${name}`);
+  }
+  // A line ending in a backslash goes on in the next one.
+  const lines = [...files.keys()].sort().flatMap((name) => (host.readTrimmed(files.get(name)!) ?? "").replace(/\\\n/g, " ").split("\n"));
+  return lines.flatMap((line) => {
+    const [word, glob, ...rest] = line.trim().split(/[\t ]+/);
+    if (word !== "softdep" || !glob) return [];
+    const module = moduleName(`${glob}.ko`);
+    // fnmatch's * and ? within a module name; anything else only as itself.
+    const pattern = /^[\w*?]+$/.test(module) ? new RegExp(`^${module.replace(/\*/g, "\\w*").replace(/\?/g, "\\w")}$`) : undefined;
+    return [{ matches: (name: string) => pattern?.test(name) ?? name === module, modules: rest.filter((each) => each !== "pre:" && each !== "post:").map((each) => moduleName(`${each}.ko`)) }];
+  });
 }
 
 /**

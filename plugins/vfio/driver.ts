@@ -63,17 +63,37 @@ function refusedIfMissing(host: Host, step: Step, remedy: (release: string) => s
   return {
     ...step,
     refused: {
-      reason: `vfio: module ${module} is not in this kernel's modules (/lib/modules/${release}: modules.dep, modules.builtin); ${remedy(release)}`,
+      reason: `vfio: module ${module} is not in this kernel's ${moduleTree(release)}; ${remedy(release)}`,
       remedies: [`modprobe ${module} would fail once the display had let go, so the start is refused before anything changes`],
     },
   };
+}
+
+const moduleTree = (release: string) => `modules (/lib/modules/${release}: modules.dep, modules.builtin)`;
+
+/**
+ * unload-modules names that are not loaded are skipped, but one the running
+ * kernel's module tree does not have either is no module at all here: a typo
+ * (nvidia_drn) that would leave the module meant loaded, refused before anything changes.
+ */
+function refusedUnknownUnloads(ctx: PlanContext<VfioConfig>, found: Survey): Step[] {
+  if (ctx.config.unloadModules === "auto") return [];
+  const notLoaded = ctx.config.unloadModules.filter((module) => !found.unload.includes(module.replace(/-/g, "_")));
+  const release = kernelRelease(ctx.host);
+  return notLoaded
+    .filter((module) => moduleMissing(ctx.host, module))
+    .map((module) => {
+      const record: UnloadRecord = { action: "unload-module", module, devices: [], bindTimeoutMs: 0, watched: { ...found.watched } };
+      const reason = `vfio: <vmhook:vfio> unload-modules names ${module}, which is neither loaded nor in this kernel's ${moduleTree(release)}; check its spelling (lsmod lists the loaded modules), or, for an out-of-tree (DKMS) module not built for kernel ${release}, build it or remove it from unload-modules`;
+      return { action: "unload-module", record, description: `unload module ${module}`, refused: { reason, remedies: [] } };
+    });
 }
 
 /** The handover, as steps: modules go (users first), each device moves (once vfio-pci is there), extra modules load. */
 export function takeOverSteps(ctx: PlanContext<VfioConfig>, found: Survey, settings: VfioSettings): Step[] {
   const bindTimeoutMs = settings.bindTimeoutSeconds * 1000;
   const reloaded = new Set<string>();
-  const steps: Step[] = [];
+  const steps: Step[] = refusedUnknownUnloads(ctx, found);
 
   for (const module of found.unload) {
     // After reloading the module, these devices must be back on its drivers.

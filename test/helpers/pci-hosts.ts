@@ -87,9 +87,13 @@ function basics(sim: SimHost, cpu: "GenuineIntel" | "AuthenticAMD", cmdline: str
       "kernel/drivers/vfio/pci/vfio-pci.ko: kernel/drivers/vfio/pci/vfio-pci-core.ko kernel/drivers/vfio/vfio.ko",
       "kernel/drivers/nvme/host/nvme.ko: kernel/drivers/nvme/host/nvme-core.ko",
       "kernel/net/dccp/dccp.ko:",
+      "kernel/drivers/tty/n_hdlc.ko:",
       // Out-of-tree modules, as DKMS installs them for the running kernel.
       "updates/dkms/kvmfr.ko:",
       "updates/dkms/vendor-reset.ko:",
+      "updates/dkms/nvidia.ko:",
+      "updates/dkms/nvidia-modeset.ko: updates/dkms/nvidia.ko",
+      "updates/dkms/nvidia-drm.ko: updates/dkms/nvidia-modeset.ko updates/dkms/nvidia.ko",
     ].join("\n"),
   );
   sim.file(`/lib/modules/${KERNEL_RELEASE}/modules.builtin`, "kernel/drivers/pci/pcieport.ko\n");

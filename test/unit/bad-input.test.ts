@@ -94,6 +94,7 @@ const MISTAKES: Record<string, Mistake[]> = {
     { hooks: `<vmhook:vfio unload-modules="-r"/>`, says: `unload-modules="-r" is not a kernel module name`, fix: "lsmod lists the loaded ones" },
     { hooks: `<vmhook:vfio load-modules="../vfio"/>`, says: `load-modules="../vfio" is not a kernel module name`, fix: "lsmod lists the loaded ones" },
     { hooks: `<vmhook:vfio unload-modules="snd_hda_intel"/>`, says: "snd_hda_intel is not a GPU, VFIO or passthrough helper module", fix: `add "snd_hda_intel" to "vfio.modules"` },
+    { hooks: `<vmhook:vfio unload-modules="nvidia_drm,nvidia_drn"/>`, names: "<vmhook:vfio> unload-modules", says: "names nvidia_drn, which is neither loaded nor in this kernel's modules", fix: "check its spelling" },
     { hooks: `<vmhook:vfio load-modules="vfio_pcx"/>`, names: "load-modules", says: "module vfio_pcx is not in this kernel's modules", fix: "or remove it from load-modules" },
     { hooks: `<vmhook:vfio display-manager="gdm;x"/>`, says: `display-manager="gdm;x" is not a systemd unit name`, fix: "systemctl list-units" },
     { hooks: `<vmhook:vfio display-manager="sshd.service"/>`, says: "sshd.service is not a display manager", fix: `add "sshd.service" to "vfio.units"` },

@@ -7,13 +7,14 @@ import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { Deadline } from "../../lib/deadline.ts";
 import { readJournal } from "../../lib/journal.ts";
-import { moduleDependencies } from "../../lib/kernel-modules.ts";
+import { moduleClosure, moduleDependencies } from "../../lib/kernel-modules.ts";
 import { createLogger } from "../../lib/log.ts";
 import { paths } from "../../lib/paths.ts";
 import { DEFAULT_SETTINGS } from "../../lib/settings.ts";
 import { undoJournal } from "../../lib/transaction.ts";
 import { registry } from "../../plugins/index.ts";
 import { GpuKernel, nvidiaDesktop } from "../helpers/gpu-kernel.ts";
+import { cli } from "../helpers/cli.ts";
 import { runHookEvent } from "../helpers/hook.ts";
 import { assertPlanIsPrepare, plannedSteps } from "../helpers/plan.ts";
 
@@ -231,6 +232,28 @@ test("the load of vfio-pci is journaled, before modprobe runs, with all that mod
   assert.equal(kernel.sim.snapshot(), before);
 });
 
+test("a soft dependency from /etc/modprobe.d (softdep vfio-pci post: kvmfr) is journaled before modprobe runs: a hook killed after modprobe loaded it leaves a journal whose recover unloads it too", async () => {
+  const kernel = bochsGuest().module({ name: "kvmfr" }).module({ name: "vfio_pci", uses: ["vfio_pci_core"], driver: "vfio-pci", post: ["kvmfr"] });
+  // The simulated modprobe follows that softdep; the host has it in its modprobe.d, not in the module tree's modules.softdep.
+  kernel.sim.file("/lib/modules/6.1.0-sim/modules.softdep", "softdep vfio post: vfio_iommu_type1").file("/etc/modprobe.d/looking-glass.conf", "softdep vfio-pci post: kvmfr\n");
+  const exec = kernel.sim.exec.bind(kernel.sim);
+  kernel.sim.exec = (command, args, options) => {
+    const result = exec(command, args, options);
+    // Killed (kill -9, OOM) once modprobe returned, before its journal entry says what it loaded.
+    if (command === "modprobe") kernel.sim.killAtChange(1);
+    return result;
+  };
+  const before = kernel.sim.snapshot();
+  await runHookEvent(kernel.sim, "prepare", "begin", domainXml("<vmhook:vfio/>"));
+  assert.ok(kernel.sim.revive(), "the hook was killed");
+  assert.ok(kernel.loaded("kvmfr"), "modprobe vfio-pci loaded kvmfr");
+  const recover = await cli(["recover", "--force", "--root", kernel.sim.root], kernel.sim);
+  assert.is(recover.code, 0, recover.stderr);
+  assert.not.ok(kernel.loaded("kvmfr"), "recover unloaded kvmfr with vfio-pci");
+  assert.equal(kernel.sim.snapshot(), before);
+  assert.equal(kernel.sim.stateFiles(), []);
+});
+
 /** A module missing from the single-GPU desktop's module tree (modules.dep as given): prepare refuses with `reason` and `remedy`, before anything changes. */
 async function assertMissingModuleRefused(vfio: string, modulesDep: string, reason: string, remedy: string) {
   const kernel = nvidiaDesktop();
@@ -286,6 +309,21 @@ test("a module's dependencies are its own line of modules.dep: either spelling o
   assert.is(deps("pci"), undefined, "no line of its own");
   assert.is(deps("vfio-pci", "../../etc"), undefined, "a release that is no plain name reads nothing");
   assert.is(deps("vfio-pci", "6.2.0-missing"), undefined);
+});
+
+test("what modprobe may load follows softdep lines as kmod reads them: modprobe.d files and modules.softdep by file name, a file hiding a same-named one in a later directory, the first line that matches a module (a glob too) counting", () => {
+  const { sim } = bochsGuest();
+  const modules = ["vfio", "vfio_iommu_type1", "vfio-pci", "kvmfr", "vendor-reset", "nvidia", "nvidia-drm", "snd-hda-intel"];
+  sim.file("/lib/modules/6.1.0-sim/modules.dep", modules.map((name) => `kernel/sim/${name}.ko:`).join("\n"));
+  sim.file("/lib/modules/6.1.0-sim/modules.softdep", "softdep vfio post: vfio_iommu_type1\nsoftdep kvmfr post: vendor-reset");
+  sim.file("/lib/modprobe.d/vfio.conf", "softdep vfio-pci post: vendor-reset");
+  sim.file("/etc/modprobe.d/vfio.conf", "# the user's own: it hides /lib/modprobe.d/vfio.conf\nsoftdep vfio-pci post: \\\n  kvmfr");
+  sim.file("/usr/lib/modprobe.d/00-early.conf", "softdep kvmfr pre: snd-hda-intel\nsoftdep kvmfr post: vfio");
+  sim.file("/run/modprobe.d/nvidia.conf", "softdep nvidia* pre: vfio-pci");
+  sim.file("/etc/modprobe.d/vfio.conf.disabled", "softdep vfio-pci pre: nvidia");
+  assert.equal(moduleClosure(sim, "vfio-pci"), ["vfio_pci", "kvmfr", "snd_hda_intel"], "vfio.conf of /etc, whose kvmfr's softdep is 00-early.conf's first line");
+  assert.equal(moduleClosure(sim, "vfio"), ["vfio", "vfio_iommu_type1"]);
+  assert.equal(moduleClosure(sim, "nvidia-drm"), ["nvidia_drm", "vfio_pci", "kvmfr", "snd_hda_intel"]);
 });
 
 test("a modular dummy console whose framebuffer mapping fails: the rollback says what it tried and how to finish, and keeps the record", async () => {
@@ -477,6 +515,27 @@ test("a module used by one outside unload-modules is refused before anything cha
   const result = await runHookEvent(kernel.sim, "prepare", "begin", domainXml('<vmhook:vfio unload-modules="nvidia_modeset,nvidia"/>'));
   assert.is(result.code, 1);
   assert.match(firstLine(result.stderr), "cannot unload module nvidia_modeset: module nvidia_drm uses it; add nvidia_drm to unload-modules");
+  assert.equal(kernel.sim.snapshot(), before);
+});
+
+test("unload-modules: a name neither loaded nor in the running kernel's module tree (a typo) is refused by validate and at prepare, naming it and the fix; a known module that is not loaded is skipped, in either spelling", async () => {
+  const kernel = nvidiaDesktop().module({ name: "nvidia_peermem" });
+  const file = kernel.sim.file("/vm.xml", domainXml('<vmhook:vfio unload-modules="nvidia_drm,nvidia_modeset,nvidia_uvm,nvidia,nvidia_drn"/>')).resolve("/vm.xml");
+  const before = kernel.sim.snapshot();
+  const refusal =
+    "vfio: <vmhook:vfio> unload-modules names nvidia_drn, which is neither loaded nor in this kernel's modules (/lib/modules/6.1.0-sim: modules.dep, modules.builtin); check its spelling (lsmod lists the loaded modules), or, for an out-of-tree (DKMS) module not built for kernel 6.1.0-sim, build it or remove it from unload-modules";
+  const validate = await cli(["validate", file, "--root", kernel.sim.root], kernel.sim);
+  assert.equal([validate.code, validate.stdout], [1, `${file}: valid, but prepare would refuse it on this host:\n  ${refusal}\n`]);
+  const prepare = await runHookEvent(kernel.sim, "prepare", "begin", kernel.sim.read("/vm.xml"));
+  assert.is(prepare.code, 1);
+  assert.is(firstLine(prepare.stderr), `vmhook: ${refusal}`);
+  assert.equal(kernel.sim.snapshot(), before);
+  assert.not.ok(kernel.sim.execs.some((e) => e.command === "rmmod" || e.command === "modprobe" || (e.command === "systemctl" && e.args[0] === "stop")));
+
+  const known = domainXml('<vmhook:vfio unload-modules="nvidia_drm,nvidia_modeset,nvidia_uvm,nvidia,nvidia-peermem"/>');
+  assert.is((await runHookEvent(kernel.sim, "prepare", "begin", known)).code, 0);
+  assert.not.ok(kernel.loaded("nvidia"));
+  assert.is((await runHookEvent(kernel.sim, "release", "end", known)).code, 0);
   assert.equal(kernel.sim.snapshot(), before);
 });
 
