@@ -72,6 +72,21 @@ function isHookInvocation(argv0: string): boolean {
 // imports this file.
 if (import.meta.main) {
   const args = process.argv.slice(2);
-  const exitCode = isHookInvocation(process.argv0) ? hookMain(args) : import("../lib/cli/index.ts").then(({ runCli }) => runCli(args, hookMain));
-  void exitCode.then((code) => (process.exitCode = code));
+  if (isHookInvocation(process.argv0)) void hookMain(args).then(endHook);
+  else void import("../lib/cli/index.ts").then(({ runCli }) => runCli(args, hookMain)).then((code) => (process.exitCode = code));
 }
+
+/** Time for stderr to reach libvirt's pipe (a few lines, far below its buffer) before a process something else keeps alive is ended. */
+const LAST_WRITES_MS = 200;
+
+/**
+ * libvirt waits for the hook to exit, and the event's work has ended (a step
+ * abandoned at its time limit included): a timer or socket a plugin left
+ * open must not keep the process until its watchdog reports it killed. It
+ * ends by itself once its output is written; what is left gets a moment more.
+ */
+function endHook(code: number): void {
+  process.exitCode = code;
+  setTimeout(() => process.exit(code), LAST_WRITES_MS).unref();
+}
+

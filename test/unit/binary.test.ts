@@ -465,6 +465,30 @@ test("defect 1, hook mode: a JS plugin step that never settles ends prepare with
   }
 });
 
+test("hook mode: what a plugin leaves running (a timer, an undo abandoned at its time limit) never keeps the hook: it exits once the event's work has ended", () => {
+  const t = tree();
+  try {
+    // Its step leaves a timer ticking; its undo polls for ever. The budget is 4 + 4 + 5 s.
+    installSpin(t.root, "{ name: 'spin', summary: 'leaves timers', parse: () => ({}), async prepare(ctx) { await ctx.step('poll', { action: 'poll' }, () => { setInterval(() => {}, 100); }); }, undo: () => new Promise(() => setInterval(() => {}, 100)) }", 4);
+    const qemu = t.link("hooks/qemu");
+    const xml = domain('<vmhook:plugin name="spin"/>');
+    const timed = (event: string, subop: string) => {
+      const started = Date.now();
+      return { ...run(qemu, ["vm", event, subop, "-"], xml, t.root), seconds: (Date.now() - started) / 1000 };
+    };
+    const prepared = timed("prepare", "begin");
+    assert.equal([prepared.code, prepared.stdout, prepared.stderr], [0, "", ""], "a prepare that did its work succeeds");
+    assert.ok(prepared.seconds < 9, `prepare ended after ${prepared.seconds} s`);
+    const released = timed("release", "end");
+    assert.is(released.code, 0);
+    assert.match(firstLine(released.stderr), "vmhook: release of vm: 1 change(s) could not be undone");
+    assert.not.match(released.stderr, "was killed");
+    assert.ok(released.seconds < 10, `release ended after ${released.seconds} s, its undo abandoned after 4 s`);
+  } finally {
+    t.cleanup();
+  }
+});
+
 test("defect 5, hook mode: /run/vmhook as a symlink is refused before anything changes; a symlink at the journal's place is never written through", () => {
   const t = tree();
   try {
