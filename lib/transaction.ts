@@ -203,7 +203,9 @@ async function planUnits(event: PlannedEvent, instances: PluginInstance[], domai
       if (!action || step.record.action !== step.action) {
         throw new VmhookError(`internal: ${instance.id} planned a step "${step.description}" with action ${step.action}, which it does not declare`);
       }
-      const planned: PlannedStep = { plugin: instance.id, event, action: step.action, description: step.description, record: action.check(step.record), ...(step.background ? { background: true } : {}) };
+      // A refused step is never applied, journaled or undone: its record may lack what only the host could have given (a vGPU type's id).
+      const record = step.refused ? step.record : action.check(step.record);
+      const planned: PlannedStep = { plugin: instance.id, event, action: step.action, description: step.description, record, ...(step.background ? { background: true } : {}) };
       units.push({ instance, step: step.refused ? { ...planned, refused: step.refused } : planned });
     }
   }

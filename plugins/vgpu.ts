@@ -13,7 +13,7 @@ import { readAttributes } from "../lib/element.ts";
 import { ConfigError, describeError, VmhookError } from "../lib/errors.ts";
 import type { Host } from "../lib/host.ts";
 import { pciPath } from "../lib/pci.ts";
-import { defineAction, definePlugin, type ApplyContext, type BaseContext, type CheckContext, type PlanContext, type Step, type UndoRecord } from "../lib/plugin.ts";
+import { defineAction, definePlugin, type ApplyContext, type BaseContext, type CheckContext, type PlanContext, type Refusal, type Step, type UndoRecord } from "../lib/plugin.ts";
 import { fail, ok, type Finding } from "../lib/diagnostics/findings.ts";
 import { checkPattern, parsePciAddress, PATTERNS } from "../lib/validate.ts";
 
@@ -70,6 +70,8 @@ export interface VgpuPlan extends VgpuDevice {
   name: string;
   /** False: the VF carries this type already: used, and kept at release. */
   create: boolean;
+  /** Why this host cannot set the type now (another vGPU holds the VF or the GPU's capacity), though the config may be right. */
+  refused?: Refusal;
 }
 
 /** Everything checked before anything changes; `vmhook doctor` runs it too. */
@@ -88,17 +90,23 @@ export function planVgpu(host: Host, device: VgpuDevice): VgpuPlan {
     if ((wanted?.id ?? Number(device.type)) === currentId) {
       return { ...device, id: currentId, name: wanted?.name ?? device.type, create: false };
     }
-    throw new ConfigError(device.element, `${device.vf} already carries vGPU type ${currentId}; if that is the one, write type="${currentId}", else pick a free VF or clear it (echo 0 > ${vgpuFile(device.vf, "current_vgpu_type")})`);
+    const reason = `${device.vf} already carries vGPU type ${currentId}; if that is the one, write type="${currentId}", else pick a free VF or clear it (echo 0 > ${vgpuFile(device.vf, "current_vgpu_type")})`;
+    return refusedPlan(device, reason);
   }
   if (!wanted) {
-    throw new ConfigError(
-      device.element,
+    // What is creatable depends on the GPU's other vGPUs: a type refused now may fit once one of them stops.
+    return refusedPlan(
+      device,
       creatable.length === 0
         ? `no vGPU type can be created on ${device.vf} now: the GPU's other vGPUs use what is left; stop one or use another GPU`
-        : `vGPU type "${device.type}" cannot be created on ${device.vf}; creatable now: ${creatable.map((type) => `${type.id} (${type.name})`).join(", ")}`,
+        : `vGPU type "${device.type}" cannot be created on ${device.vf} now; creatable now: ${creatable.map((type) => `${type.id} (${type.name})`).join(", ")}`,
     );
   }
   return { ...device, id: wanted.id, name: wanted.name, create: true };
+}
+
+function refusedPlan(device: VgpuDevice, reason: string): VgpuPlan {
+  return { ...device, id: 0, name: device.type, create: true, refused: { reason: `${device.element}: ${reason}`, remedies: [] } };
 }
 
 function parse(elements: XmlElement[], domain: Domain): VgpuDevice[] {
@@ -122,7 +130,12 @@ function planPrepare(ctx: PlanContext<VgpuDevice[]>): Step<SetRecord>[] {
   for (const plan of plans.filter((p) => !p.create)) ctx.log.info(`${plan.vf} carries vGPU type ${plan.id} already: using it, and keeping it at release`);
   return plans
     .filter((plan) => plan.create)
-    .map((plan) => ({ action: "set-vgpu", record: { action: "set-vgpu", vf: plan.vf, id: plan.id, name: plan.name }, description: `set vGPU type ${plan.id} (${plan.name}) on ${plan.vf}` }));
+    .map((plan) => ({
+      action: "set-vgpu",
+      record: { action: "set-vgpu", vf: plan.vf, id: plan.id, name: plan.name },
+      description: plan.refused ? `set vGPU type ${plan.type} on ${plan.vf}` : `set vGPU type ${plan.id} (${plan.name}) on ${plan.vf}`,
+      ...(plan.refused ? { refused: plan.refused } : {}),
+    }));
 }
 
 function setVgpu(record: SetRecord, ctx: ApplyContext<VgpuDevice[]>): void {
@@ -177,6 +190,7 @@ function check({ host, domain, elements }: CheckContext): Finding[] {
     const check = `vgpu ${device.vf}`;
     try {
       const plan = planVgpu(host, device);
+      if (plan.refused) return fail(check, plan.refused.reason, "stop the VM whose vGPU holds the VF or the GPU, or pick another type or VF");
       return ok(check, plan.create ? `${device.vf} can carry vGPU type ${plan.id} (${plan.name})` : `${device.vf} carries vGPU type ${plan.id} already; vmhook uses it and leaves it at release`);
     } catch (error) {
       return fail(check, describeError(error), "fix the element or the host as the message says");

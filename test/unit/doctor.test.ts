@@ -181,7 +181,7 @@ test("vgpu: the VF's creatable types, through the plugin's own checks", async ()
   assert.equal([good.status, good.reason], ["ok", `${vf} can carry vGPU type 1433 (NVIDIA L40S-12Q)`]);
   const bad = await check("L40S-48Q");
   assert.equal(bad.status, "fail");
-  assert.match(bad.reason, `vGPU type "L40S-48Q" cannot be created on ${vf}; creatable now: 1433 (NVIDIA L40S-12Q)`);
+  assert.match(bad.reason, `vGPU type "L40S-48Q" cannot be created on ${vf} now; creatable now: 1433 (NVIDIA L40S-12Q)`);
   sim.cleanup();
 });
 

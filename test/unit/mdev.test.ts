@@ -348,7 +348,7 @@ test("vgpu: a type the VF cannot create fails listing the creatable ones; a VF c
   assert.is(unknown.code, 1);
   assert.match(
     unknown.stderr.split("\n")[0]!,
-    `<vmhook:vgpu type="L40S-96Q">: vGPU type "L40S-96Q" cannot be created on ${VF}; creatable now: 1433 (NVIDIA L40S-12Q), 1434 (NVIDIA L40S-24Q), 1435 (NVIDIA L40S-48Q)`,
+    `<vmhook:vgpu type="L40S-96Q">: vGPU type "L40S-96Q" cannot be created on ${VF} now; creatable now: 1433 (NVIDIA L40S-12Q), 1434 (NVIDIA L40S-24Q), 1435 (NVIDIA L40S-48Q)`,
   );
   assert.equal(sim.snapshot(), before);
 
@@ -363,6 +363,38 @@ test("vgpu: a type the VF cannot create fails listing the creatable ones; a VF c
   const taken = await runHookEvent(sim, "prepare", "begin", domainXml({ pcis: ["41:00.4"], hooks: `<vmhook:vgpu type="L40S-12Q"/>` }));
   assert.is(taken.code, 1);
   assert.match(taken.stderr.split("\n")[0]!, `${VF} already carries vGPU type 1434; if that is the one, write type="1434", else pick a free VF`);
+  assert.equal(sim.snapshot(), before);
+  sim.cleanup();
+});
+
+test("vgpu: a type not creatable now (the GPU's other vGPUs) is a refusal of this host: validate exits 1, plan marks it REFUSED, enable stores it with a warning, prepare changes nothing", async () => {
+  const sim = nvidiaHost();
+  // Another VM's L40S-24Q on the first VF leaves only 24Q creatable on the second (one time-sliced type per GPU).
+  sim.file(`/sys/bus/pci/devices/${VF2}/nvidia/creatable_vgpu_types`, "ID    : vGPU Name\n1434 : NVIDIA L40S-24Q\n");
+  const xml = domainXml({ pcis: ["41:00.5"], hooks: `<vmhook:vgpu type="L40S-12Q"/>` });
+  sim.file("/vm.xml", xml);
+  const before = sim.snapshot();
+  const refusal = `<vmhook:vgpu type="L40S-12Q">: vGPU type "L40S-12Q" cannot be created on ${VF2} now; creatable now: 1434 (NVIDIA L40S-24Q)`;
+
+  const validated = await cli(["validate", sim.resolve("/vm.xml"), "--root", sim.root]);
+  assert.is(validated.code, 1, validated.stdout);
+  assert.match(validated.stdout, `valid, but prepare would refuse it on this host:\n  ${refusal}`);
+  const planned = await cli(["plan", sim.resolve("/vm.xml"), "--root", sim.root]);
+  assert.is(planned.code, 1, planned.stderr);
+  assert.match(planned.stdout, `REFUSED: ${refusal}`);
+  const prepared = await runHookEvent(sim, "prepare", "begin", xml);
+  assert.is(prepared.code, 1);
+  assert.match(prepared.stderr.split("\n")[0]!, refusal);
+
+  const libvirt = fakeLibvirt("vm", xml.replace(/<metadata>.*<\/metadata>/s, ""));
+  try {
+    const enabled = await cli(["enable", "vm", "vgpu", `vf=${VF2}`, "type=L40S-12Q", "--root", sim.root]);
+    assert.is(enabled.code, 0, enabled.stderr);
+    assert.match(enabled.stderr, `vmhook: warning: a start of vm on this host now would be refused: ${refusal.replace("<vmhook:vgpu ", `<vmhook:vgpu vf="${VF2}" `)}`);
+    assert.match(libvirt.xml("config"), `<vmhook:vgpu vf="${VF2}" type="L40S-12Q"/>`);
+  } finally {
+    libvirt.cleanup();
+  }
   assert.equal(sim.snapshot(), before);
   sim.cleanup();
 });
