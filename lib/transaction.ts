@@ -204,10 +204,20 @@ async function planUnits(event: PlannedEvent, instances: PluginInstance[], domai
         throw new VmhookError(`internal: ${instance.id} planned a step "${step.description}" with action ${step.action}, which it does not declare`);
       }
       const planned: PlannedStep = { plugin: instance.id, event, action: step.action, description: step.description, record: action.check(step.record), ...(step.background ? { background: true } : {}) };
-      units.push({ instance, step: step.refused ? { ...planned, refused: step.refused } : planned });
+      units.push({ instance, step: step.refused ? { ...planned, refused: namedRefusal(instance.id, step.refused) } : planned });
     }
   }
   return units;
+}
+
+/**
+ * The refusal naming the plugin that made it, once: built-ins start their
+ * reason with their id ("hugepages: …"), a custom plugin may write its name
+ * or nothing, and the user must see which plugin refused the start.
+ */
+function namedRefusal(pluginId: string, refusal: Refusal): Refusal {
+  const names = [pluginId, pluginId.replace(/^plugin:/, "")];
+  return names.some((name) => refusal.reason.startsWith(`${name}:`)) ? refusal : { ...refusal, reason: `${pluginId}: ${refusal.reason}` };
 }
 
 /**
