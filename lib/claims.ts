@@ -50,9 +50,23 @@ function read(host: Host): Ledger {
   }
   for (const [resource, claim] of Object.entries(ledger.claims)) {
     const problem = claimProblem(claim);
-    if (problem) throw new VmhookError(`claims ledger ${paths.claims}: claim "${resource}" ${problem}; ${FIX}`);
+    if (problem) throw malformedClaim(resource, problem);
   }
   return ledger;
+}
+
+const malformedClaim = (resource: string, problem: string) => new VmhookError(`claims ledger ${paths.claims}: claim "${resource}" ${problem}; ${FIX}`);
+
+/**
+ * A claim's "original" as the plugin that took it reads it: `read` returns it
+ * typed, or undefined when it is not `expected`, and the ledger is refused
+ * like one with a malformed field. What the first taker recorded decides what
+ * comes back, so it is never guessed.
+ */
+export function claimOriginal<T>(resource: string, claim: Claim, expected: string, read: (original: Json) => T | undefined): T {
+  const value = read(claim.original);
+  if (value === undefined) throw malformedClaim(resource, `has "original" ${JSON.stringify(claim.original)}, not ${expected}`);
+  return value;
 }
 
 /** What is wrong with a claim as read: its holders decide who gives the resource back, so none may be guessed. */

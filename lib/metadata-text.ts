@@ -11,12 +11,25 @@ import { ELEMENT_NODE, xmldom, type XmlElement, type XmlNode } from "./xml.ts";
 /** The --key of `virsh metadata`: libvirt writes it as the element's prefix. */
 export const METADATA_KEY = "vmhook";
 
-/** A start or end tag whose name has two prefixes: `<vmhook:vmhook:hooks`, `</vmhook:vm:isolate`. */
-const DOUBLED_PREFIX = /<(\/?)([A-Za-z_][\w.-]*):[A-Za-z_][\w.-]*:(?=[A-Za-z_])/g;
+/**
+ * The markup of XML text, one piece a match: a comment, a CDATA section or a
+ * processing instruction (whose text is no element name, even when it reads
+ * `<a:b:c`: another application's data or a user's note), or a tag with its
+ * attributes, quoted values included.
+ */
+const MARKUP = /<!--[\s\S]*?(?:-->|$)|<!\[CDATA\[[\s\S]*?(?:\]\]>|$)|<\?[\s\S]*?(?:\?>|$)|<\/?[A-Za-z_][\w.:-]*(?:[^<>"']|"[^"]*"|'[^']*')*/g;
 
-/** The XML with every doubled prefix reduced to the first one, as the user meant it. */
+/** A start or end tag whose name has two prefixes: `<vmhook:vmhook:hooks`, `</vmhook:vm:isolate`. */
+const DOUBLED_PREFIX = /^<(\/?)([A-Za-z_][\w.-]*):[A-Za-z_][\w.-]*:(?=[A-Za-z_])/;
+
+/** The XML with every doubled prefix reduced to the first one, as the user meant it; only element names change. */
 export function repairDoubledPrefixes(xml: string): string {
-  return xml.replace(DOUBLED_PREFIX, "<$1$2:");
+  return xml.replace(MARKUP, (markup) => markup.replace(DOUBLED_PREFIX, "<$1$2:"));
+}
+
+/** The tags with a doubled prefix, in order, as `<vmhook:vmhook:hooks` or `</vmhook:vmhook:hooks`, with where each starts. */
+function doubledTags(xml: string): { tag: string; index: number }[] {
+  return [...xml.matchAll(MARKUP)].flatMap((markup) => (DOUBLED_PREFIX.test(markup[0]) ? [{ tag: /^<\/?[^\s/>]*/.exec(markup[0])![0], index: markup.index! }] : []));
 }
 
 /** One plugin element as plain data: enough to render it in either form. */
@@ -33,10 +46,10 @@ export interface MetadataNode {
  * command that stores it correctly. Undefined when there is no such mistake.
  */
 export function prefixMistake(xml: string): ConfigError | undefined {
-  const doubled = xml.match(DOUBLED_PREFIX);
+  const doubled = doubledTags(xml)[0];
   if (!doubled) return undeclaredPrefix(xml);
   const name = domainNameInText(xml)?.trim() || "VM";
-  const stored = `${doubled[0]}${/^[A-Za-z_][\w.-]*/.exec(xml.slice(xml.indexOf(doubled[0]) + doubled[0].length))?.[0] ?? ""}>`;
+  const stored = `${doubled.tag}>`;
   let command = `vmhook config ${shellWord(name)} --edit`;
   try {
     command = virshSetCommand(name, readPastedMetadata(repairDoubledPrefixes(metadataText(xml))));
@@ -85,8 +98,9 @@ export function refuseMisplacedNamespace(metadataChildren: XmlElement[], domainN
 
 /** The text of the vmhook element inside <metadata>, for the repair above. */
 function metadataText(xml: string): string {
-  const start = xml.search(/<[A-Za-z_][\w.-]*:[A-Za-z_][\w.-]*:hooks[\s>/]/);
-  const end = xml.search(/<\/[A-Za-z_][\w.-]*:[A-Za-z_][\w.-]*:hooks\s*>/);
+  const tags = doubledTags(xml);
+  const start = tags.find(({ tag }) => /^<[^/]*:hooks$/.test(tag))?.index ?? -1;
+  const end = tags.find(({ tag }) => /^<\/.*:hooks$/.test(tag))?.index ?? -1;
   if (start < 0 || end < start) throw new VmhookError("no doubled hooks element");
   return xml.slice(start, xml.indexOf(">", end) + 1);
 }

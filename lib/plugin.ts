@@ -103,7 +103,7 @@ export interface Step<Record extends UndoRecord = UndoRecord> {
 
 /** Why a planned step cannot succeed on this host (the error's first line), and what to do about it. */
 export interface Refusal {
-  /** Starts with the plugin's id ("hugepages: …") like every error a plugin throws: it is shown as is. */
+  /** Starts with the plugin's id ("hugepages: …") like every error a plugin throws: it is shown as is (the runner puts the id in front when it is missing). */
   reason: string;
   remedies: string[];
 }

@@ -206,10 +206,22 @@ async function planUnits(event: PlannedEvent, instances: PluginInstance[], domai
       // A refused step is never applied, journaled or undone: its record may lack what only the host could have given (a vGPU type's id).
       const record = step.refused ? step.record : action.check(step.record);
       const planned: PlannedStep = { plugin: instance.id, event, action: step.action, description: step.description, record, ...(step.background ? { background: true } : {}) };
-      units.push({ instance, step: step.refused ? { ...planned, refused: step.refused } : planned });
+      units.push({ instance, step: step.refused ? { ...planned, refused: namedRefusal(instance.id, step.refused) } : planned });
     }
   }
   return units;
+}
+
+/**
+ * The refusal naming the plugin that made it, once: built-ins start their
+ * reason with their id ("hugepages: …") or their element ("<vmhook:mdev …>: …"),
+ * a custom plugin may write its name or nothing, and the user must see which
+ * plugin refused the start.
+ */
+function namedRefusal(pluginId: string, refusal: Refusal): Refusal {
+  const name = pluginId.replace(/^plugin:/, "");
+  const named = [`${pluginId}:`, `${name}:`, `<vmhook:${name} `, `<vmhook:${name}>`].some((start) => refusal.reason.startsWith(start));
+  return named ? refusal : { ...refusal, reason: `${pluginId}: ${refusal.reason}` };
 }
 
 /**

@@ -40,14 +40,14 @@ export function isVmhookBinary(file: string): boolean {
   }
 }
 
-/** Whether anything is at the path, a dangling symlink included (existsSync follows links). */
-function present(file: string): boolean {
-  try {
-    fs.lstatSync(file);
-    return true;
-  } catch {
-    return false;
-  }
+/**
+ * Whether anything is at the host path, a dangling symlink included (lstat):
+ * a lookup that fails otherwise than "nothing there" (EACCES from a security
+ * module, ELOOP, EIO) throws naming the path, so a hook vmhook cannot see is
+ * never taken for none and overwritten or given up.
+ */
+function present(host: Host, hostPath: string): boolean {
+  return host.stat(hostPath) !== undefined;
 }
 
 /** A symlink vmhook may replace: one to a vmhook binary (an earlier install, a build) or to nothing. */
@@ -136,9 +136,9 @@ export function install(host: Host, binary: string, { cliLink = true } = {}): In
   fs.mkdirSync(host.resolve(paths.pluginsDir), { recursive: true, mode: 0o755 });
   fs.mkdirSync(host.resolve(paths.stateDir), { recursive: true, mode: 0o700 });
   const record = readRecord(host);
-  const keepForeignHook = present(hook) && !isVmhookBinary(hook);
+  const keepForeignHook = present(host, HOOK) && !isVmhookBinary(hook);
   const saved = host.resolve(SAVED_HOOK);
-  if (keepForeignHook && present(saved)) throw new VmhookError(`${HOOK} is not vmhook and ${SAVED_HOOK} exists already; move one of them away by hand`);
+  if (keepForeignHook && present(host, SAVED_HOOK)) throw new VmhookError(`${HOOK} is not vmhook and ${SAVED_HOOK} exists already; move one of them away by hand`);
 
   // Each change registers how to take it back: an install that fails halfway
   // (the disk filling up while the binary is copied) leaves the hooks as they were.
@@ -198,7 +198,7 @@ export function install(host: Host, binary: string, { cliLink = true } = {}): In
   const current = host.readlink(CLI_LINK);
   if (!cliLink || current === HOOK) {
     // not wanted, or already linked
-  } else if (present(link) && !replaceableLink(link)) {
+  } else if (present(host, CLI_LINK) && !replaceableLink(link)) {
     notes.push(`left ${CLI_LINK} alone: it is not vmhook's link; run the CLI as ${HOOK} under another name`);
   } else {
     fs.mkdirSync(path.dirname(link), { recursive: true });
@@ -227,26 +227,29 @@ function removeHook(host: Host, force: boolean): InstallResult {
   // Read before anything is removed: a record that cannot be read stops the uninstall with the host as it was.
   const record = readRecord(host);
   const hook = host.resolve(HOOK);
+  // Looked at before anything is removed: a path that cannot be looked at stops the uninstall with the host as it was.
+  const saved = record.savedHook;
+  const savedThere = !!saved && present(host, saved);
+  const launcherThere = present(host, SAVED_HOOK_LAUNCHER);
   let hooksChanged = false;
   if (isVmhookBinary(hook)) {
     fs.rmSync(hook);
     hooksChanged = true;
     notes.push(`removed ${HOOK}`);
-  } else if (present(hook)) {
+  } else if (present(host, HOOK)) {
     notes.push(`left ${HOOK} alone: it is not vmhook`);
   }
-  const saved = record.savedHook && host.resolve(record.savedHook);
-  if (saved && present(saved)) {
-    if (present(hook)) {
+  if (savedThere) {
+    if (present(host, HOOK)) {
       // someone put another hook in place since: keep both and the record, say so
-      notes.push(`kept ${record.savedHook} (the hook vmhook replaced) and its launcher: ${HOOK} is taken; sort them out by hand`);
+      notes.push(`kept ${saved} (the hook vmhook replaced) and its launcher: ${HOOK} is taken; sort them out by hand`);
       return { notes: [...notes, ...removeCliLink(host)], hooksChanged };
     }
-    fs.renameSync(saved, hook);
+    fs.renameSync(host.resolve(saved), hook);
     fs.rmSync(host.resolve(SAVED_HOOK_LAUNCHER), { force: true });
     hooksChanged = true;
-    notes.push(`restored the previous hook from ${record.savedHook}`);
-  } else if (present(host.resolve(SAVED_HOOK_LAUNCHER))) {
+    notes.push(`restored the previous hook from ${saved}`);
+  } else if (launcherThere) {
     // the kept hook was deleted by hand: its launcher would fail every hook call, and so every VM start
     fs.rmSync(host.resolve(SAVED_HOOK_LAUNCHER));
     hooksChanged = true;

@@ -4,6 +4,7 @@
 // Each undo puts one thing back and checks that it is back.
 import { runThroughDriver, writeThroughDriver } from "../../lib/bounded-write.ts";
 import { kernelRelease, moduleClosure, moduleMissing } from "../../lib/kernel-modules.ts";
+import { claimOriginal, type Claim } from "../../lib/claims.ts";
 import { VmhookError } from "../../lib/errors.ts";
 import { readForMessage, type ExecResult, type Host } from "../../lib/host.ts";
 import { PCI_DRIVERS, pciDriver, pciDriverRegistered, pciExists, pciPath } from "../../lib/pci.ts";
@@ -222,7 +223,23 @@ function waitingHome(ctx: BaseContext, address: string): { driver: string; claim
 
 /** The claim of the unloaded module that registers `driver`, if any VM holds one. */
 export function claimProviding(ctx: BaseContext, driver: string): string | undefined {
-  return Object.entries(ctx.claims.list("module:")).find(([, claim]) => ((claim.original as { drivers?: string[] })?.drivers ?? []).includes(driver))?.[0];
+  // Every claim is checked, not only those before the match: a malformed ledger is refused whole, as on reading.
+  const claims = Object.entries(ctx.claims.list("module:")).map(([resource, claim]) => ({ resource, drivers: originalNames(resource, claim, "drivers") }));
+  return claims.find(({ drivers }) => drivers.includes(driver))?.resource;
+}
+
+/**
+ * What a module claim's first taker recorded: the drivers the module
+ * registered ("module:…"), or the modules modprobe loaded ("loaded:…", null
+ * for one a VM joined). Of any other shape the ledger is refused.
+ */
+function originalNames(resource: string, claim: Claim, field: "drivers" | "modules"): string[] {
+  const expected = field === "drivers" ? `{"drivers": [driver names]}` : `null or {"modules": [module names]}`;
+  return claimOriginal(resource, claim, expected, (original) => {
+    if (original === null && field === "modules") return [];
+    const names = (original as Record<string, unknown> | null)?.[field];
+    return Array.isArray(names) && names.every((name) => typeof name === "string" && PATTERNS.moduleName.test(name)) ? (names as string[]) : undefined;
+  });
 }
 
 const loadedModules = (host: Host) => host.read("/proc/modules").split("\n").map((line) => line.split(" ")[0]!).filter(Boolean);
@@ -453,7 +470,8 @@ function unloadModules(record: LoadRecord, ctx: BaseContext): void {
       ctx.log.info(`vfio: leaving module(s) ${modules.join(", ") || claim.slice("loaded:".length)} loaded: ${others.length} other VM(s) use them`);
       return;
     }
-    const claimed = ((ctx.claims.get(claim)?.original as { modules?: unknown[] } | null)?.modules ?? []).map((module) => checkedDriver(module)!);
+    const held = ctx.claims.get(claim);
+    const claimed = held ? originalNames(claim, held, "modules") : [];
     modules = [...new Set([...modules, ...claimed])];
   }
   unloadUnused(ctx, modules);

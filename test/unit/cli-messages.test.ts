@@ -13,7 +13,7 @@ import { runDoctor } from "../../lib/diagnostics/doctor.ts";
 import { metadataChildren, parseDomain } from "../../lib/domain.ts";
 import { ConfigError } from "../../lib/errors.ts";
 import { pastedHooks, withVmhookMetadata } from "../../lib/metadata-in-domain.ts";
-import { readPastedMetadata, renderHooks } from "../../lib/metadata-text.ts";
+import { readPastedMetadata, renderHooks, repairDoubledPrefixes } from "../../lib/metadata-text.ts";
 import { closest, usageError } from "../../lib/cli/usage.ts";
 import { runHookEvent } from "../helpers/hook.ts";
 import { SimHost } from "../helpers/simhost.ts";
@@ -53,6 +53,12 @@ test("pasted metadata: prefixed or not, with or without <hooks>, <metadata> or t
     assert.is(renderHooks(nodes, "virsh", ""), '<hooks><hugepages size="2M"/><plugin name="looking-glass" size="32M"/></hooks>', form);
   }
   assert.equal(readPastedMetadata("  \n"), []);
+});
+
+test("the doubled-prefix repair changes element names only: comments, CDATA, processing instructions and attribute values keep <a:b:c> as written", () => {
+  const untouched = '<!-- <a:b:c/> --><![CDATA[<a:b:c/>]]><?note <a:b:c/>?>';
+  assert.is(repairDoubledPrefixes(`<vmhook:vmhook:hooks note="1>2">${untouched}<vmhook:vmhook:nosleep/></vmhook:vmhook:hooks>`), `<vmhook:hooks note="1>2">${untouched}<vmhook:nosleep/></vmhook:hooks>`);
+  assert.is(repairDoubledPrefixes(`<x note='<a:b:c/>'/>`), `<x note='<a:b:c/>'/>`);
 });
 
 test("pasted metadata that is not vmhook's is refused naming the element and the fix", () => {

@@ -166,6 +166,25 @@ test("config --edit keeps the comments the user has and writes inside <hooks>", 
     assert.equal(elements(libvirt.xml("config")), ["nosleep", "hugepages"]);
   }));
 
+/** Text that looks like a doubled prefix where no element name is: another application's CDATA and a comment of the user's. */
+const LOOKALIKES = DOMAIN.replace(
+  "<vmhook:nosleep/></vmhook:hooks>",
+  `<!-- was <vmhook:vmhook:nosleep/> until fixed --><vmhook:nosleep/></vmhook:hooks>
+    <app:notes xmlns:app="urn:example:app"><![CDATA[<app:app:raw/>]]></app:notes>`,
+);
+
+test("enable with <a:b:c> inside another application's CDATA and in a comment: nothing 'repaired', both kept as written, a second enable changes nothing", () =>
+  withDomain(async (sim, libvirt) => {
+    const enabled = await cli(["enable", "win11", "hugepages", "--root", sim.root]);
+    assert.is(enabled.code, 0, enabled.stderr);
+    assert.not.match(enabled.stdout, "repaired");
+    assert.match(libvirt.xml("config"), "<!-- was <vmhook:vmhook:nosleep/> until fixed -->");
+    assert.match(libvirt.xml("config"), "<![CDATA[<app:app:raw/>]]>");
+    const again = await cli(["enable", "win11", "hugepages", "--root", sim.root]);
+    assert.is(again.code, 0, again.stderr);
+    assert.is(again.stdout.trim(), "win11: no change");
+  }, LOOKALIKES));
+
 /** An installed module plugin that takes any attributes and content. */
 const NOTES_PLUGIN = `export default { name: "notes", summary: "keeps notes", usage: '<vmhook:plugin name="notes" text="…"/>', parse: () => ({}), async prepare() {}, undo() {} };\n`;
 

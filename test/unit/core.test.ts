@@ -449,9 +449,9 @@ test("a refused step, planned by a later plugin, fails the event with its reason
     const before = sim.snapshot();
     const instances = [instance("a", { files: ["/a1"] }), instance("b", { files: ["/b1", "/b2"], refuse: "/b2" }, { shared: true })];
     const steps = await planEvent("prepare", instances, DOMAIN, journal, env, deadline(sim));
-    assert.equal(steps.map((s) => s.refused?.reason), [undefined, undefined, "/b2 cannot be set on this host"]);
+    assert.equal(steps.map((s) => s.refused?.reason), [undefined, undefined, "b: /b2 cannot be set on this host"], "the reason names its plugin");
     const error = await runPlugins("prepare", instances, DOMAIN, journal, env, deadline(sim)).then(() => undefined, (e: VmhookError) => e);
-    assert.is(error?.message, "/b2 cannot be set on this host");
+    assert.is(error?.message, "b: /b2 cannot be set on this host");
     assert.equal(error?.lines, ["free it first"]);
     assert.equal(journal.entries, []);
     assert.equal(sim.snapshot(), before);

@@ -8,6 +8,7 @@ import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { install, uninstall } from "../../lib/cli/install.ts";
 import { RootedHost } from "../../lib/host.ts";
+import { SimHost } from "../helpers/simhost.ts";
 
 const HOOK = "/etc/libvirt/hooks/qemu";
 const SAVED = "/etc/libvirt/hooks/qemu.vmhook-saved";
@@ -17,8 +18,8 @@ const PREVIOUS = "#!/bin/sh\n# the admin's own hook, finding its scripts from $(
 const roots: string[] = [];
 test.after(() => roots.forEach((root) => fs.rmSync(root, { recursive: true, force: true })));
 
-function setUp() {
-  const host = new RootedHost(fs.mkdtempSync(path.join(os.tmpdir(), "vmhook-install-")));
+/** `host`: a SimHost, for a test whose lookups must fail. */
+function setUp(host: RootedHost = new RootedHost(fs.mkdtempSync(path.join(os.tmpdir(), "vmhook-install-")))) {
   roots.push(host.root);
   // Only the marker string makes a file "vmhook" for install.
   const binary = path.join(host.root, "vmhook-build");
@@ -123,6 +124,30 @@ test("a dangling symlink at the hook's place is kept, not overwritten", () => {
   assert.not.ok(host.stat(LAUNCHER), "a launcher execs the dangling link at every VM start");
   uninstall(host, false);
   assert.is(host.readlink(HOOK), "/opt/hooks/qemu-dispatcher");
+});
+
+test("install refuses when it cannot look at the hook or the saved hook (lstat EACCES from a security module, ELOOP): a hook it cannot see is not taken for none and overwritten; nothing changes", () => {
+  for (const [unseen, code] of [[HOOK, "EACCES"], [SAVED, "EACCES"], [SAVED, "ELOOP"]] as const) {
+    const { host, binary, read, exists, putPreviousHook } = setUp(new SimHost().failStat(unseen, code));
+    putPreviousHook();
+    fs.writeFileSync(host.resolve(SAVED), "#!/bin/sh\n# saved by an earlier install\n", { mode: 0o755 });
+    assert.throws(() => install(host, binary), new RegExp(`${unseen.replace(/\./g, "\\.")}.*${code}`), `${unseen} ${code}`);
+    assert.is(read(HOOK), PREVIOUS, `${unseen} ${code}: the hook was overwritten`);
+    assert.is(read(SAVED), "#!/bin/sh\n# saved by an earlier install\n", `${unseen} ${code}: the saved hook was overwritten`);
+    for (const absent of [LAUNCHER, `${HOOK}.vmhook-new`, "/etc/vmhook/install.json", "/usr/local/bin/vmhook"]) assert.not.ok(exists(absent), `${unseen} ${code}: ${absent} is there`);
+  }
+});
+
+test("uninstall refuses when it cannot look at the saved hook: the record naming it and its launcher are kept, not dropped as if it were gone", () => {
+  const sim = new SimHost();
+  const { host, binary, read, exists, putPreviousHook } = setUp(sim);
+  putPreviousHook();
+  install(host, binary);
+  sim.failStat(SAVED, "ELOOP");
+  assert.throws(() => uninstall(host, false), /qemu\.vmhook-saved.*ELOOP/);
+  assert.is(read(HOOK), fs.readFileSync(binary, "utf8"), "vmhook's hook was removed");
+  assert.is(read(SAVED), PREVIOUS);
+  for (const kept of [LAUNCHER, "/etc/vmhook/install.json", "/usr/local/bin/vmhook"]) assert.ok(exists(kept), `${kept} is gone`);
 });
 
 test("install without a previous hook saves nothing and uninstall leaves no hook", () => {

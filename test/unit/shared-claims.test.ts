@@ -342,6 +342,39 @@ test("a card waiting in a module claim that something else put on vfio-pci (no V
   }
 });
 
+// What the first taker recorded as "original" decides what comes back: one of
+// another shape is refused like the ledger's other fields, never read as "no
+// drivers" (the card's driver then taken for gone) or matched by substring.
+const BAD_ORIGINALS: [string, string, unknown, string[]][] = [
+  ["a driver that is not a name", "module:nvidia", { drivers: [7] }, ["b"]],
+  ["no drivers", "module:nvidia", null, ["b"]],
+  ["its drivers as one string", "module:nvidia", { drivers: "nvidia" }, ["b"]],
+  ["its modules as one string", "loaded:vfio_pci", { modules: "vfio_pci" }, ["b", "a"]],
+];
+
+for (const [what, resource, original, released] of BAD_ORIGINALS) {
+  test(`a claim whose "original" has ${what} (${resource}): the release of ${released.at(-1)} refuses naming the file, the claim and "original", and keeps its entries and the claim`, async () => {
+    const kernel = nvidiaStackHost();
+    try {
+      const vms: Record<string, [string, string]> = { a: [managedPassthrough("a", UUID_A, CARD_A), UUID_A], b: [managedPassthrough("b", UUID_B, CARD_B), UUID_B] };
+      assert.is((await runHookEvent(kernel.sim, "prepare", "begin", vms.b![0], "b")).code, 0);
+      assert.is((await runHookEvent(kernel.sim, "prepare", "begin", vms.a![0], "a")).code, 0);
+      const ledger = JSON.parse(kernel.sim.read(paths.claims));
+      ledger.claims[resource].original = original;
+      kernel.sim.file(paths.claims, JSON.stringify(ledger));
+      let stderr = "";
+      for (const name of released) stderr = (await runHookEvent(kernel.sim, "release", "end", vms[name]![0], name)).stderr;
+      const last = released.at(-1)!;
+      assert.match(stderr, `claims ledger ${paths.claims}: claim "${resource}" has "original" ${JSON.stringify(original)}`);
+      assert.not.match(stderr, "load it (modprobe)", "the fix is the ledger's, not a modprobe while another VM needs the module unloaded");
+      assert.equal(JSON.parse(kernel.sim.read(paths.claims)).claims[resource]?.original, original, "the claim is left for the fix");
+      assert.ok(readJournal(kernel.sim, vms[last]![1]), `${last}'s entries stay for vmhook recover`);
+    } finally {
+      kernel.sim.cleanup();
+    }
+  });
+}
+
 // ---- a writer killed mid-write: its temp file goes with the file
 
 const GPU_VM = `<domain><name>gpu</name><uuid>${UUID_A}</uuid><memory unit='GiB'>1</memory>
