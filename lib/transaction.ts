@@ -3,7 +3,7 @@
 // order, each journaled with its record *before* it acts; when one fails,
 // what was done is undone in reverse and the host is as it was. Every
 // journaled record is checked by its action before its undo runs.
-import type { PluginInstance } from "./config.ts";
+import { CUSTOM_PREFIX, type PluginInstance } from "./config.ts";
 import { claimsFor } from "./claims.ts";
 import { Deadline, waitFor } from "./deadline.ts";
 import type { Domain } from "./domain.ts";
@@ -194,7 +194,7 @@ async function planUnits(event: PlannedEvent, instances: PluginInstance[], domai
       steps = await settleWithin(env, instance.id, `planning ${event}`, deadline, () => "its planner", planner(planContext(env, instance, event, domain, journal, deadline)));
     } catch (error) {
       // reconnect only checks a running VM and never fails: one plugin that cannot check keeps no other from putting back what it lost.
-      if (event !== "reconnect") throw error;
+      if (event !== "reconnect") throw instance.id.startsWith(CUSTOM_PREFIX) ? customPluginError(instance.id, error) : error;
       env.log.warn(`${instance.id}: reconnect check failed: ${describeError(error)}`);
       continue;
     }
@@ -219,9 +219,18 @@ async function planUnits(event: PlannedEvent, instances: PluginInstance[], domai
  * plugin refused the start.
  */
 function namedRefusal(pluginId: string, refusal: Refusal): Refusal {
-  const name = pluginId.replace(/^plugin:/, "");
-  const named = [`${pluginId}:`, `${name}:`, `<vmhook:${name} `, `<vmhook:${name}>`].some((start) => refusal.reason.startsWith(start));
-  return named ? refusal : { ...refusal, reason: `${pluginId}: ${refusal.reason}` };
+  return namesPlugin(pluginId, refusal.reason) ? refusal : { ...refusal, reason: `${pluginId}: ${refusal.reason}` };
+}
+
+function namesPlugin(pluginId: string, text: string): boolean {
+  const name = pluginId.replace(CUSTOM_PREFIX, "");
+  return [`${pluginId}:`, `${name}:`, `<vmhook:${name} `, `<vmhook:${name}>`].some((start) => text.startsWith(start));
+}
+
+/** A custom plugin's planner failed: the user must see which plugin, as with its refusals (built-ins' errors name their element). */
+function customPluginError(pluginId: string, error: unknown): VmhookError {
+  const message = describeError(error);
+  return new VmhookError(namesPlugin(pluginId, message) ? message : `${pluginId}: ${message}`, error instanceof VmhookError ? error.lines : []);
 }
 
 /**

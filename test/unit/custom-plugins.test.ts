@@ -347,6 +347,25 @@ test("module: a refused step is reported naming the plugin, once: added when its
   sim.cleanup();
 });
 
+test("module: a planner that throws is reported naming the plugin, once, and nothing was changed", async () => {
+  const sim = pluginHost();
+  const throwing = (name: string, message: string) =>
+    `export default { name: "${name}", summary: "throws", parse: () => ({}),
+      plan: { prepare: () => { throw new Error(${JSON.stringify(message)}); } },
+      actions: { noop: { check: (record) => record, apply() {}, undo() {} } } };\n`;
+  install(sim, "gate.mjs", throwing("gate", "the license server does not answer"), 0o644);
+  install(sim, "named.mjs", throwing("named", "named: the license server does not answer"), 0o644);
+  const before = sim.snapshot();
+  const unnamed = await runHookEvent(sim, "prepare", "begin", domainXml('<vmhook:plugin name="gate"/>'));
+  assert.is(unnamed.code, 1);
+  assert.match(unnamed.stderr, /^vmhook: plugin:gate: the license server does not answer$/m);
+  const named = await runHookEvent(sim, "prepare", "begin", domainXml('<vmhook:plugin name="named"/>'));
+  assert.is(named.code, 1);
+  assert.match(named.stderr, /^vmhook: named: the license server does not answer$/m);
+  assert.equal(sim.snapshot(), before);
+  sim.cleanup();
+});
+
 test("a JS plugin of the first interface (handlers calling ctx.step, one undo) still runs: plan lists its steps, prepare journals them, release undoes them", async () => {
   const sim = pluginHost();
   sim.file("/flag", "off");
