@@ -135,6 +135,8 @@ export interface Claims {
   get(resource: string): Claim | undefined;
   /** This domain holds `resource`; `original` is kept from the first taker. True: this domain is the first. */
   take(resource: string, original: Json): boolean;
+  /** The first taker, still the only holder, replaces `original` (taken before its change, as what it may do) with what it did. */
+  setOriginal(resource: string, original: Json): void;
   /** Holders of `resource` other than this domain. */
   others(resource: string): string[];
   /** Something the last releaser brings back too. */
@@ -162,6 +164,12 @@ export function claimsFor(host: Host, holder: string): Claims {
         if (!claim.holders.includes(holder)) claim.holders.push(holder);
       });
       return first;
+    },
+    setOriginal(resource, original) {
+      change((ledger) => {
+        const claim = ledger.claims[resource];
+        if (claim?.holders.length === 1 && claim.holders[0] === holder) claim.original = original;
+      });
     },
     others: (resource) => (read(host).claims[resource]?.holders ?? []).filter((other) => other !== holder),
     addWaiting(resource, item) {

@@ -83,6 +83,8 @@ const holdsNothing = (host: Host, uuid: string) => () => !fs.existsSync(host.res
 export interface HeldLock {
   /** Releases the lock, runs `work`, and takes the lock again (waiting no longer than the deadline). */
   released<T>(work: () => T): T;
+  /** How often it was let go so far: what was read under it before may have changed since. */
+  readonly timesLetGo: number;
 }
 
 const hostLockBusy = `another vmhook held the host-wide lock ${paths.hostLock} until the deadline; see vmhook status`;
@@ -101,8 +103,13 @@ function relock(host: Host, fd: number, deadline: Deadline): void {
 export async function withHostLock<T>(host: Host, deadline: Deadline, work: (held: HeldLock) => Promise<T>): Promise<T> {
   const fd = await acquire(host, paths.hostLock, deadline);
   if (fd === undefined) throw new VmhookError(hostLockBusy);
+  let timesLetGo = 0;
   const held: HeldLock = {
+    get timesLetGo() {
+      return timesLetGo;
+    },
     released(inner) {
+      timesLetGo++;
       flock!(fd, LOCK_UN);
       try {
         return inner();

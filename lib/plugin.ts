@@ -118,7 +118,8 @@ export interface ApplyContext<Config> extends PlanContext<Config> {
    * Runs `work` without the host-wide lock the runner holds around a shared
    * plugin's event (a slow wait that needs no lock, such as reclaiming
    * memory), then takes the lock again. Whatever was read under the lock must
-   * be read again afterwards. Without the lock held, it just runs `work`.
+   * be read again afterwards (the runner plans the plugins after this one
+   * again). Without the lock held, it just runs `work`.
    */
   outsideHostLock<T>(work: () => T): T;
   /** Waits until the background steps (Step.background) started before this step have finished; throws the first one's error. */

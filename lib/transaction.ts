@@ -171,7 +171,7 @@ async function settleWithin<T>(env: RunEnvironment, pluginId: string, event: str
  * event at once, so nothing changes between plan and apply, and each undo
  * with its journal write, so no other VM counts a claim already given back.
  * `work` gets the held lock, so an apply can step outside it for a slow wait
- * (ApplyContext.outsideHostLock).
+ * (ApplyContext.outsideHostLock); the plugins after it are planned again.
  */
 async function underLockIf<T>(shared: boolean, env: RunEnvironment, deadline: Deadline, work: (held?: HeldLock) => Promise<T>): Promise<T> {
   return shared ? (env.withHostLock ?? withHostLock)(env.host, deadline, work) : work();
@@ -265,11 +265,22 @@ export async function planEvent(event: PlannedEvent, instances: PluginInstance[]
 export async function runPlugins(event: PlannedEvent, instances: PluginInstance[], domain: Domain, journal: Journal, env: RunEnvironment, deadline: Deadline, phaseAfter?: JournalPhase): Promise<void> {
   const shared = instances.some((instance) => instance.plugin.shared);
   await underLockIf(shared, env, deadline, async (held) => {
-    const units = await planUnits(event, instances, domain, journal, env, deadline);
+    let units = await planUnits(event, instances, domain, journal, env, deadline);
     refuseIfAnyRefused(units);
+    let plannedWhenLetGo = held?.timesLetGo ?? 0;
     const background = new BackgroundSteps();
     try {
-      for (const unit of units) {
+      for (let index = 0; index < units.length; index++) {
+        // A step let go of the host lock (outsideHostLock): another VM's hook may have changed what the plugins still to come planned from.
+        if (held && held.timesLetGo !== plannedWhenLetGo && startsPlugin(units, index)) {
+          await background.finished();
+          const replanned = await planUnits(event, instances.slice(instances.indexOf(units[index]!.instance)), domain, journal, env, deadline);
+          refuseIfAnyRefused(replanned);
+          units = [...units.slice(0, index), ...replanned];
+          plannedWhenLetGo = held.timesLetGo;
+          if (index === units.length) break;
+        }
+        const unit = units[index]!;
         background.throwIfFailed();
         deadline.check(`applying ${unit.instance.id}`);
         if ("step" in unit) {
@@ -301,6 +312,9 @@ export async function runPlugins(event: PlannedEvent, instances: PluginInstance[
     if (units.length > 0 || phaseAfter) writeJournal(env.host, journal);
   });
 }
+
+/** Whether `units[index]` is its plugin's first. */
+const startsPlugin = (units: Unit[], index: number) => index === 0 || units[index - 1]!.instance !== units[index]!.instance;
 
 /** The steps applying in the background (Step.background) and the first one's failure. */
 class BackgroundSteps {

@@ -211,9 +211,8 @@ function shrinkPool(host: Host, sizeKiB: number, node: number | undefined, pages
  * What a write that was cut off before it was read back did, from the pool's
  * persistent count now: the part of from → to the pool shows (positive: pages
  * taken, negative: pages given back), never more than the write asked for.
- * Exact when nothing else wrote the pool since: other VMs do not grow a pool
- * of its size meanwhile (refuseWhileCutOff), and their shrinks can only make
- * it count less given back or taken, so it never takes what others hold.
+ * Exact when nothing else wrote the pool since: other VMs write no pool of
+ * its size meanwhile (refuseWhileCutOff).
  */
 function pagesDoneBy(write: PoolWrite, persistent: number): number {
   const low = Math.min(write.from, write.to);
@@ -232,21 +231,25 @@ function cutOffWrite(ctx: BaseContext, sizeKiB: number): { domain: string; pool:
 }
 
 /**
- * Growing a pool while another domain's write of that page size is cut off
- * would make its undo count our pages as its own (a node's pool and the
- * global pool hold the same pages, so any pool of the size counts).
+ * Writing a pool while another domain's write of that page size is cut off
+ * would make its undo count our change as its own: a grow as pages it took,
+ * a shrink as pages it gave back, which then stay reserved for no VM (a
+ * node's pool and the global pool hold the same pages, so any pool of the
+ * size counts). `then`: what to run once that journal is undone.
  */
-function cutOffRefusal(ctx: BaseContext, sizeKiB: number): { reason: string; remedies: string[] } | undefined {
+function cutOffRefusal(ctx: BaseContext, sizeKiB: number, then: string): { reason: string; remedies: string[] } | undefined {
   const cut = cutOffWrite(ctx, sizeKiB);
   if (!cut) return undefined;
   return {
-    reason: `hugepages: a write of ${cut.domain} to ${cut.pool} (persistent count ${cut.write.from} to ${cut.write.to}) was cut off before its journal said what the kernel did, so no ${formatKiB(sizeKiB)} pool grows until ${cut.domain}'s journal is undone; run vmhook recover ${cut.domain}, then start this VM again`,
-    remedies: [`${cut.domain}'s hook was killed or could not read the pool back; its undo counts what the write did from the pool, which is exact only while no other VM grows a pool of this size (vmhook status shows its journal)`],
+    reason: `hugepages: a write of ${cut.domain} to ${cut.pool} (persistent count ${cut.write.from} to ${cut.write.to}) was cut off before its journal said what the kernel did, so no ${formatKiB(sizeKiB)} pool is written until ${cut.domain}'s journal is undone; run vmhook recover ${cut.domain}, then ${then}`,
+    remedies: [`${cut.domain}'s hook was killed or could not read the pool back; its undo counts what the write did from the pool, which is exact only while no other VM writes a pool of this size (vmhook status shows its journal)`],
   };
 }
 
-function refuseWhileCutOff(ctx: BaseContext, sizeKiB: number): void {
-  const refused = cutOffRefusal(ctx, sizeKiB);
+const START_AGAIN = "start this VM again";
+
+function refuseWhileCutOff(ctx: BaseContext, sizeKiB: number, then: string): void {
+  const refused = cutOffRefusal(ctx, sizeKiB, then);
   if (refused) throw new VmhookError(refused.reason, refused.remedies);
 }
 
@@ -295,7 +298,7 @@ function planPrepare(ctx: PlanContext<HugepagesConfig>): Step<GrowRecord>[] {
     ctx.log.warn("hugepages: the domain has no <memoryBacking><hugepages/>, so QEMU will not use the pages reserved for it");
   }
   return fits.map(({ need, refused, remedies }) => {
-    const cutOff = cutOffRefusal(ctx, need.sizeKiB);
+    const cutOff = cutOffRefusal(ctx, need.sizeKiB, START_AGAIN);
     return {
       action: "grow-pool",
       record: { action: "grow-pool", sizeKiB: need.sizeKiB, node: need.node ?? null, pages: need.pages, added: 0, returned: 0 },
@@ -320,7 +323,7 @@ function poolIo(ctx: ApplyContext<HugepagesConfig>, view: HostView, need: PoolNe
     read: () => readPool(host, sizeKiB, node),
     write(count, before) {
       // Checked before every write: while reclaiming, the lock was let go.
-      refuseWhileCutOff(ctx, sizeKiB);
+      refuseWhileCutOff(ctx, sizeKiB, START_AGAIN);
       journal({ from: before.persistent, to: count });
       writeCount(host, poolFile(sizeKiB, node), count);
     },
@@ -397,6 +400,8 @@ function undo(grown: GrowRecord, ctx: UndoContext): void {
   }
   const remaining = grown.added - grown.returned;
   if (remaining <= 0) return;
+  // Kept in the journal (undo-failed) until then: vmhook recover gives the pages back.
+  refuseWhileCutOff(ctx, grown.sizeKiB, `vmhook recover ${ctx.domain.name}`);
   // What was settled above reaches the journal with the shrink's own write, in one.
   const target = shrinkPool(ctx.host, grown.sizeKiB, node, remaining, (writing) => ctx.update(Object.assign(grown, { writing })));
   // Kept in the journal if anything below fails, so a second undo gives nothing back twice.

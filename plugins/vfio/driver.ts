@@ -292,6 +292,9 @@ async function loadModules(record: LoadRecord, ctx: ApplyContext<unknown>): Prom
     ctx.claims.take(record.claim, null);
     return;
   }
+  // Claimed before modprobe runs, with all it may load, as the record is journaled: a hook killed
+  // meanwhile leaves the modules to the last VM that uses them, not to a VM that finds them loaded.
+  const first = ctx.claims.take(record.claim, { modules: record.modules });
   // What appears in /proc/modules meanwhile is this modprobe's: the runner never runs two loads at once.
   const before = new Set(loadedModules(ctx.host));
   try {
@@ -302,7 +305,7 @@ async function loadModules(record: LoadRecord, ctx: ApplyContext<unknown>): Prom
   } finally {
     const loaded = loadedModules(ctx.host).filter((name) => !before.has(name));
     ctx.update({ ...record, modules: loaded });
-    ctx.claims.take(record.claim, { modules: loaded });
+    if (first) ctx.claims.setOriginal(record.claim, { modules: loaded });
   }
 }
 

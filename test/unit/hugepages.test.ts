@@ -13,6 +13,7 @@ import { paths } from "../../lib/paths.ts";
 import type { UndoContext, UndoRecord } from "../../lib/plugin.ts";
 import hugepages, { type HugepagesConfig } from "../../plugins/hugepages.ts";
 import { GiB, HugepageKernel, MiB, type HugepageKernelOptions } from "../helpers/hugepage-kernel.ts";
+import { cli } from "../helpers/cli.ts";
 import { runHookEvent } from "../helpers/hook.ts";
 import { SimHost } from "../helpers/simhost.ts";
 import { assertPlanIsPrepare } from "../helpers/plan.ts";
@@ -787,7 +788,7 @@ test("while another VM's pool write is cut off, no pool of that page size grows:
     assert.is(refused.code, 1);
     assert.is(
       firstLine(refused.stderr),
-      "vmhook: hugepages: a write of a to the 2M pool (persistent count 100 to 612) was cut off before its journal said what the kernel did, so no 2M pool grows until a's journal is undone; run vmhook recover a, then start this VM again",
+      "vmhook: hugepages: a write of a to the 2M pool (persistent count 100 to 612) was cut off before its journal said what the kernel did, so no 2M pool is written until a's journal is undone; run vmhook recover a, then start this VM again",
     );
     assert.equal([kernel.pool(2048, 0), kernel.pool(2048, 1)], pools, "b took nothing");
     assert.is(readJournal(sim, UUID_B), undefined);
@@ -805,9 +806,37 @@ test("while another VM's pool write is cut off, no pool of that page size grows:
   }
 });
 
-/** The hugepages undo uses only host, log and update (here the record is changed in place, which the runner then journals). */
+test("while another VM's shrink is cut off, no pool of that page size shrinks either: b's release keeps its pages until a's journal is undone, and neither VM's pages stay behind", async () => {
+  const { sim, kernel } = host({ initial: { 2048: 100 } });
+  try {
+    const a = domainXml({ uuid: UUID_A, name: "a" });
+    const b = domainXml({ uuid: UUID_B, name: "b" });
+    assert.is((await runHookEvent(sim, "prepare", "begin", a, "a")).code, 0);
+    assert.is((await runHookEvent(sim, "prepare", "begin", b, "b")).code, 0);
+    let left = "";
+    afterPoolWrite(sim, () => (left = journalOnDisk(sim, UUID_A)), 612);
+    assert.is((await runHookEvent(sim, "release", "end", a, "a")).code, 0);
+    // a's hook was killed right before its shrink reached the kernel: b's 512 and a's 512 are still there, a's journal names the write.
+    sim.write(POOL_2M, "1124");
+    leaveJournal(sim, UUID_A, left);
+
+    const releasedB = await runHookEvent(sim, "release", "end", b, "b");
+    const afterB = kernel.pool(2048);
+    for (const name of ["a", "b"]) assert.is((await cli(["recover", name, "--root", sim.root], sim)).code, 0, `vmhook recover ${name}`);
+    assert.is(kernel.pool(2048), 100, `${kernel.pool(2048) - 100} pages stay reserved with no VM holding them: b's shrink made a's cut-off write look done`);
+    assert.equal(sim.stateFiles(), []);
+
+    assert.is(afterB, 1124, "b gave back nothing while a's write was cut off");
+    assert.is(releasedB.code, 0, "release never fails libvirt");
+    assert.match(releasedB.stderr, "hugepages: a write of a to the 2M pool (persistent count 1124 to 612) was cut off before its journal said what the kernel did, so no 2M pool is written until a's journal is undone; run vmhook recover a, then vmhook recover b");
+  } finally {
+    sim.cleanup();
+  }
+});
+
+/** The hugepages undo uses only host, log, update (here the record is changed in place, which the runner then journals) and, before a pool write, the other VMs' journals (none here). */
 function undoContext(sim: SimHost): UndoContext {
-  return { host: sim, log: createLogger(sim, { echo: "none", file: false }), update: () => {} } as unknown as UndoContext;
+  return { host: sim, domain: { name: "vm", uuid: UUID_A }, log: createLogger(sim, { echo: "none", file: false }), update: () => {}, journals: () => [] } as unknown as UndoContext;
 }
 
 /** As the runner undoes a journal entry: the record is checked by its action first. */

@@ -7,7 +7,7 @@ import { test } from "uvu";
 import * as assert from "uvu/assert";
 import * as fs from "node:fs";
 import { Deadline } from "../../lib/deadline.ts";
-import { readJournal } from "../../lib/journal.ts";
+import { newJournal, readJournal, writeJournal } from "../../lib/journal.ts";
 import { withHostLock } from "../../lib/lock.ts";
 import { createLogger } from "../../lib/log.ts";
 import { paths } from "../../lib/paths.ts";
@@ -17,6 +17,7 @@ import { registry as builtins } from "../../plugins/index.ts";
 import { runHookEvent, type HookOutcome } from "../helpers/hook.ts";
 import type { SimHost } from "../helpers/simhost.ts";
 import { baseHost, cgroupHost, systemdHost } from "../helpers/cpu-hosts.ts";
+import { HugepageKernel, MiB } from "../helpers/hugepage-kernel.ts";
 import { assertPlanIsPrepare } from "../helpers/plan.ts";
 
 const UUIDS = ["11111111-1111-4111-8111-111111111111", "22222222-2222-4222-8222-222222222222", "33333333-3333-4333-8333-333333333333"];
@@ -452,6 +453,53 @@ test("A's release drops its claim from the journal before it lets go of the host
   assert.is((await release(sim, b)).code, 0);
   assertClean(sim, before);
 });
+
+// ---- a prepare racing another VM's prepare while that one lets go of the host lock
+
+// A's hugepages step gives back, drops caches and compacts outside the host
+// lock (a slow reclaim), then takes the lock again. A's isolation was planned
+// before that, against the journals as they were: B's prepare may run whole in
+// between, and B sees no isolate claim of A's yet (A's step comes after).
+const RACING_PREPARES: { what: string; b: VmSpec; claim: number[]; policy?: object; refusal: string }[] = [
+  { what: "isolating CPU 3, one of A's", b: { ...vmB, pins: ["3", "4"] }, claim: [3, 4], refusal: "CPU isolation: CPU 3 of this VM is already isolated for running VM vmB" },
+  {
+    what: "isolating CPUs 4-6: with A, the host keeps fewer CPUs than the policy's minimum",
+    b: { ...vmB, pins: ["4", "5", "6"] },
+    claim: [4, 5, 6],
+    policy: { isolate: { minHostCpus: 4 } },
+    refusal: "this VM (isolating 2-3) and running VM vmB (4-6) together leave the host only CPU 0-1,7, but the host policy keeps at least 4 CPU(s) for the host",
+  },
+];
+
+for (const { what, b, claim, policy, refusal } of RACING_PREPARES) {
+  test(`B prepared (${what}) while A's hugepages reclaim memory outside the host lock: A's isolation is planned again after it, and refused`, async () => {
+    const sim = cgroupHost();
+    if (policy) sim.file(paths.policy, JSON.stringify(policy));
+    const kernel = new HugepageKernel(sim, { freeKiB: 800 * MiB, cacheKiB: 1536 * MiB });
+    const a = domainXml(vmA).replace('<memory unit="MiB">512</memory>', '<memory unit="GiB">1</memory>').replace("<vmhook:isolate", "<vmhook:hugepages/><vmhook:isolate");
+    const write = sim.write.bind(sim);
+    let raced = false;
+    sim.write = (hostPath: string, data: string) => {
+      write(hostPath, data);
+      if (hostPath !== "/proc/sys/vm/drop_caches" || raced) return;
+      raced = true;
+      assert.equal(isolateEntries(readJournal(sim, vmA.uuid)!), [], "B's prepare, taking the lock now, finds no isolate claim of A's");
+      // B's prepare as it ends then: its claim journaled (its host writes do not matter here).
+      const journal = newJournal(sim, { name: b.name, uuid: b.uuid });
+      journal.phase = "starting";
+      const undo = { action: "cgroup-cpuset", isolated: claim, own: claim, governor: null };
+      journal.entries.push({ plugin: "isolate", event: "prepare", description: "keep the host's top-level cgroups off B's CPUs", undo, state: "applied", at: journal.createdAt });
+      writeJournal(sim, journal);
+    };
+    const outcome = await runHookEvent(sim, "prepare", "begin", a, vmA.name);
+    assert.ok(raced, "A's hugepages reclaimed memory");
+    assert.is(outcome.code, 1, `A started; the host keeps CPU ${read(sim, HOST_CPUS)}`);
+    assert.match(outcome.stderr.split("\n")[0]!, refusal);
+    assert.is(read(sim, HOST_CPUS), undefined, "A fenced off no CPU");
+    assert.is(kernel.pool(2048), 0, "A's pages went back with the rollback");
+    assert.is(readJournal(sim, vmA.uuid), undefined);
+  });
+}
 
 // ---- state files that are not as vmhook wrote them
 

@@ -375,6 +375,40 @@ for (const [what, resource, original, released] of BAD_ORIGINALS) {
   });
 }
 
+// ---- a hook killed while it loads vfio-pci for its VM
+
+test("VM A's hook killed while modprobe vfio-pci runs, VM B prepared meanwhile: the modules A loaded go once the last of them is released (recover A, then release B)", async () => {
+  const a = passthrough("vmA", UUID_A, CARD_A);
+  const b = passthrough("vmB", UUID_B, CARD_B);
+  const clean = twoCardHost();
+  let changes: string[];
+  try {
+    assert.is((await runHookEvent(clean.sim, "prepare", "begin", a, "vmA")).code, 0);
+    changes = [...clean.sim.changes];
+  } finally {
+    clean.sim.cleanup();
+  }
+  const kernel = twoCardHost();
+  try {
+    const before = kernel.sim.snapshot();
+    // Killed at the change right after modprobe started: modprobe goes on and loads vfio-pci.
+    kernel.sim.killAtChange(changes.indexOf("start modprobe vfio-pci") + 2);
+    await runHookEvent(kernel.sim, "prepare", "begin", a, "vmA");
+    assert.ok(kernel.sim.revive(), "A's hook was killed");
+    assert.ok(kernel.loaded("vfio_pci"));
+    const preparedB = await runHookEvent(kernel.sim, "prepare", "begin", b, "vmB");
+    assert.is(preparedB.code, 0, preparedB.stderr);
+    assert.is((await cli(["recover", "vmA", "--root", kernel.sim.root], kernel.sim)).code, 0);
+    assert.ok(kernel.loaded("vfio_pci"), "B's card is on vfio-pci");
+    await releaseCleanly(kernel, b, "vmB");
+    assert.not.ok(kernel.loaded("vfio_pci"), "vfio-pci, loaded by vmhook for A and used by B, stays loaded after both are gone");
+    assert.equal(kernel.sim.snapshot(), before);
+    assert.equal(kernel.sim.stateFiles(), []);
+  } finally {
+    kernel.sim.cleanup();
+  }
+});
+
 // ---- a writer killed mid-write: its temp file goes with the file
 
 const GPU_VM = `<domain><name>gpu</name><uuid>${UUID_A}</uuid><memory unit='GiB'>1</memory>
