@@ -7,7 +7,9 @@
 // the write fails. Each helper is noted in /run/vmhook/stuck
 // (lib/stuck-writes.ts) from its start until it returns: a hook killed
 // meanwhile leaves the note, so whoever undoes its changes next knows the
-// device may still be held. Writes that call no driver (driver_override)
+// device may still be held. A helper acts only once its note is in place
+// (Host.writeInHelper): one whose hook was killed before that ends having
+// done nothing, so there is never a note missing, nor one without a pid. Writes that call no driver (driver_override)
 // stay in-process. rmmod and modprobe of a driver's module run its remove()
 // or probe() for each device it drives: they run the same way, noted for the
 // module and for each of those devices.

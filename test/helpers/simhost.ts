@@ -298,17 +298,22 @@ export class SimHost extends RootedHost {
     return this.hangingPrograms.some((hang) => hang.command === command && (hang.args === undefined || hang.args.join(" ") === args.join(" ")));
   }
 
-  /** A helper process: in /proc while it runs (the note taken at its start sees a live helper), it does its work whatever becomes of the hook. */
+  /**
+   * A helper process, in /proc while it runs (the note taken at its start
+   * sees a live helper). As RootedHost's, it acts only once `started` has
+   * returned, and then whatever becomes of the hook; when `started` throws
+   * (the hook killed before it noted the helper), it ends having done nothing.
+   */
   private inHelper<T>(comm: string, hangs: boolean, started: (pid: number) => void, work: (pid: number) => T): T {
     const pid = this.nextPid++;
     this.file(`/proc/${pid}/stat`, `${pid} (${comm}) ${hangs ? "D" : "R"} 1 ${pid} ${pid} 0 -1 4194304 0 0 0 0 0 0 0 0 20 0 1 0 ${pid * 10} 2314240 1`);
-    let result: T;
     try {
       started(pid);
-    } finally {
-      result = this.asKernel(() => work(pid));
+    } catch (error) {
+      this.asKernel(() => this.remove(`/proc/${pid}`));
+      throw error;
     }
-    return result;
+    return this.asKernel(() => work(pid));
   }
 
   private helperWrites(pid: number, hostPath: string, data: string, hangs: boolean): HelperWrite {
