@@ -63,6 +63,8 @@ export interface ModuleRun {
   timeoutMs: number;
   /** The setting that sets timeoutMs, named in the message; none for a fixed bound. */
   setting?: string;
+  /** For modprobe: what it may load, when the caller knows it already (read from modules.dep at planning: 500 KB not read twice). */
+  loads?: string[];
 }
 
 /**
@@ -75,7 +77,7 @@ export interface ModuleRun {
 export async function runThroughDriver(ctx: WriteContext, run: ModuleRun): Promise<ExecResult> {
   const { host } = ctx;
   const { command, module, devices } = run;
-  const modules = command === "modprobe" ? moduleClosure(host, module) : [module];
+  const modules = command === "modprobe" ? (run.loads ?? moduleClosure(host, module)) : [module];
   const subjects = [moduleSubject(module), ...devices.map((device) => device.address)];
   for (const subject of new Set([...modules.map(moduleSubject), ...subjects])) clearForWrite(host, subject);
   const cmdline = `${command} ${module}`;

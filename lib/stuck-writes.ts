@@ -43,8 +43,8 @@ export interface StuckWriteStatus extends StuckWrite {
 export const STUCK_ADVICE = "do not use the device, and do not unload its driver; wait until the driver lets go (vmhook status shows it), or reboot the host";
 
 const MODULE = "module:";
-/** What a module's note is filed under: no device name starts with "module:". */
-export const moduleSubject = (module: string) => `${MODULE}${module}`;
+/** What a module's note is filed under: no device name starts with "module:". Named as /proc/modules names it: modprobe vfio-pci and rmmod vfio_pci act on one module. */
+export const moduleSubject = (module: string) => `${MODULE}${module.replace(/-/g, "_")}`;
 /** The module a note is filed for; undefined for a device's. */
 const noteModule = (subject: string) => (subject.startsWith(MODULE) ? subject.slice(MODULE.length) : undefined);
 
