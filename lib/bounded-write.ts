@@ -7,7 +7,9 @@
 // the write fails. Each helper is noted in /run/vmhook/stuck
 // (lib/stuck-writes.ts) from its start until it returns: a hook killed
 // meanwhile leaves the note, so whoever undoes its changes next knows the
-// device may still be held. Writes that call no driver (driver_override)
+// device may still be held. A helper acts only once its note is in place
+// (Host.writeInHelper): one whose hook was killed before that ends having
+// done nothing, so there is never a note missing, nor one without a pid. Writes that call no driver (driver_override)
 // stay in-process. rmmod and modprobe of a driver's module run its remove()
 // or probe() for each device it drives: they run the same way, noted for the
 // module and for each of those devices.
@@ -61,6 +63,8 @@ export interface ModuleRun {
   timeoutMs: number;
   /** The setting that sets timeoutMs, named in the message; none for a fixed bound. */
   setting?: string;
+  /** For modprobe: what it may load, when the caller knows it already (read from modules.dep at planning: 500 KB not read twice). */
+  loads?: string[];
 }
 
 /**
@@ -73,7 +77,7 @@ export interface ModuleRun {
 export async function runThroughDriver(ctx: WriteContext, run: ModuleRun): Promise<ExecResult> {
   const { host } = ctx;
   const { command, module, devices } = run;
-  const modules = command === "modprobe" ? moduleClosure(host, module) : [module];
+  const modules = command === "modprobe" ? (run.loads ?? moduleClosure(host, module)) : [module];
   const subjects = [moduleSubject(module), ...devices.map((device) => device.address)];
   for (const subject of new Set([...modules.map(moduleSubject), ...subjects])) clearForWrite(host, subject);
   const cmdline = `${command} ${module}`;

@@ -26,6 +26,12 @@ interface BunSubprocess {
   unref(): void;
 }
 
+/** The child's stdin, when spawned with stdin: "pipe" (lib/host.ts's helpers). */
+interface BunFileSink {
+  write(chunk: string): number;
+  end(): number | Promise<number>;
+}
+
 /** Bun's file API (the hook's fast path uses it instead of node:fs, which is slow to load), spawn and spawnSync (lib/host.ts, bench/). */
 /** A node of Bun.XML.parse's ordered tree ({ compact: false }): text, an element, a comment or a processing instruction. */
 type BunXmlNode = string | BunXmlElement | { comment: string } | { target: string; data: string };
@@ -40,6 +46,10 @@ declare const Bun: {
   /** Bun's XML 1.0 parser (lib/xml-reader.ts): a SyntaxError for anything not well-formed. */
   XML: { parse(text: string, options: { compact: false }): BunXmlElement };
   file(path: string): { exists(): Promise<boolean> };
+  spawn(
+    command: string[],
+    options: { stdin: "pipe"; stdout: "ignore" | "pipe"; stderr: "pipe"; env: Record<string, string>; detached?: boolean },
+  ): BunSubprocess & { readonly stdin: BunFileSink };
   spawn(
     command: string[],
     options: { stdin: Uint8Array; stdout: "ignore" | "pipe"; stderr: "pipe"; env: Record<string, string>; detached?: boolean },

@@ -85,7 +85,9 @@ export interface Host {
    * pipes) and waits at most timeoutMs for it. A helper still blocked then
    * (a driver's remove() that never returns keeps it in D state, where no
    * signal reaches it) is left running, never waited for. `started` is
-   * called with the helper's pid before the wait.
+   * called with the helper's pid before the wait, and the helper acts only
+   * once it has returned: a hook killed before (or a `started` that throws)
+   * leaves a helper that writes nothing and ends.
    */
   writeInHelper(hostPath: string, data: string, timeoutMs: number, started: (pid: number) => void): Promise<HelperWrite>;
   /**
@@ -324,6 +326,8 @@ export class RootedHost implements Host {
     // driver's probe), where dash says "I/O error" and busybox ash nothing.
     // The value reaches it through a pipe that bun closes at once; no shell
     // parses anything. dd is the system's, never one under the root.
+    // The value is its gate: dd reads it only once `started` has returned,
+    // and writes nothing when its input ends first (the hook died).
     const run = await this.spawnHelper(["dd", `of=${this.resolve(hostPath)}`, "conv=notrunc"], data, { PATH: SEARCH_PATH.join(":"), LC_ALL: "C" }, timeoutMs, started);
     if (!run.done) return run;
     const { result } = run;
@@ -337,23 +341,38 @@ export class RootedHost implements Host {
   async runInHelper(command: string, args: string[], timeoutMs: number, started: (pid: number) => void): Promise<HelperRun> {
     const program = this.findProgram(command);
     if (!program) return { done: true, result: notStarted(`${command}: not found`) };
-    return this.spawnHelper([program, ...args], "", this.childEnv({ timeoutMs }), timeoutMs, started);
+    // The system's sh waits for a line before it becomes the program (exec
+    // keeps the pid that `started` noted), and ends when its input ends first
+    // (the hook died). It parses only this script: the program and its
+    // arguments stay words of their own.
+    return this.spawnHelper(["sh", "-c", 'read -r go && exec "$@"', "sh", program, ...args], "go\n", this.childEnv({ timeoutMs }), timeoutMs, started);
   }
 
   /**
-   * Starts `argv` detached (own session; stdin from `input`, stdout to
-   * /dev/null, stderr read) and waits at most timeoutMs for it, reading its
-   * stderr only until then (a process it left in the background may hold it).
-   * Bun.spawn, as in exec: half node's spawn cost under TCG.
+   * Starts `argv` detached (own session; stdout to /dev/null, stderr read)
+   * and waits at most timeoutMs for it, reading its stderr only until then (a
+   * process it left in the background may hold it). Its stdin gets `input`
+   * only once `started` has returned: until then it has nothing to act on,
+   * and once this process is gone (killed in `started`) its input ends
+   * without it. Bun.spawn, as in exec: half node's spawn cost under TCG.
    */
   private async spawnHelper(argv: string[], input: string, env: Record<string, string>, timeoutMs: number, started: (pid: number) => void): Promise<HelperRun> {
-    let child: BunSubprocess;
+    let child: BunSubprocess & { readonly stdin: BunFileSink };
     try {
-      child = Bun.spawn(argv, { stdin: new TextEncoder().encode(input), stdout: "ignore", stderr: "pipe", env, detached: true });
+      child = Bun.spawn(argv, { stdin: "pipe", stdout: "ignore", stderr: "pipe", env, detached: true });
     } catch (error) {
       return { done: true, result: notStarted(`${argv[0]!.split("/").pop()}: ${(error as Error).message}`) };
     }
-    started(child.pid);
+    try {
+      started(child.pid);
+    } catch (error) {
+      // Not noted: the helper must not act. Its input ends empty, and it ends.
+      void child.stdin.end();
+      child.unref();
+      throw error;
+    }
+    child.stdin.write(input);
+    void child.stdin.end();
     const stderr = child.stderr.getReader();
     const output = readAll(stderr);
     let timer: ReturnType<typeof setTimeout> | undefined;

@@ -43,8 +43,8 @@ export interface StuckWriteStatus extends StuckWrite {
 export const STUCK_ADVICE = "do not use the device, and do not unload its driver; wait until the driver lets go (vmhook status shows it), or reboot the host";
 
 const MODULE = "module:";
-/** What a module's note is filed under: no device name starts with "module:". */
-export const moduleSubject = (module: string) => `${MODULE}${module}`;
+/** What a module's note is filed under: no device name starts with "module:". Named as /proc/modules names it: modprobe vfio-pci and rmmod vfio_pci act on one module. */
+export const moduleSubject = (module: string) => `${MODULE}${module.replace(/-/g, "_")}`;
 /** The module a note is filed for; undefined for a device's. */
 const noteModule = (subject: string) => (subject.startsWith(MODULE) ? subject.slice(MODULE.length) : undefined);
 
@@ -183,11 +183,16 @@ export function forgetFinishedWrites(host: Host): StuckWriteStatus[] {
 
 /**
  * A hook killed after a helper started, between writing its note's temp copy
- * and renaming it, left the copy alone: while the helper it names runs, the
- * copy becomes the note (the device is held); once it is gone, the copy goes.
- * A copy that cannot be read (killed while writing it) is left for a person.
+ * and renaming it, left the copy alone. That helper never got its input
+ * (lib/host.ts: a helper acts only once noted) and ends as it sees that
+ * input end, but until then it still runs: while the helper it names runs,
+ * the copy becomes the note (the device is held); once it is gone, the copy
+ * goes. A copy that cannot be read (killed while writing it) is left for a
+ * person. With `domainUuid`, only that domain's copies: its own undo settles
+ * them (the write never happened, so nothing else would), never racing
+ * another domain's hook between its copy and the rename.
  */
-function settleUnrenamedNotes(host: Host): void {
+export function settleUnrenamedNotes(host: Host, domainUuid?: string): void {
   for (const { file, temp } of lonelyTemps(host, paths.stuckWrites)) {
     let write: StuckWriteStatus | undefined;
     try {
@@ -195,6 +200,7 @@ function settleUnrenamedNotes(host: Host): void {
     } catch {
       continue;
     }
+    if (domainUuid !== undefined && write?.domain.uuid !== domainUuid) continue;
     if (write?.running) host.rename(temp, file);
     else host.remove(temp);
   }

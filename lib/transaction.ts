@@ -12,6 +12,7 @@ import type { ExecResult, Host } from "./host.ts";
 import { listJournals, removeJournal, sharedState, writeJournal, type Journal, type JournalEntry, type JournalPhase } from "./journal.ts";
 import { withHostLock, type HeldLock } from "./lock.ts";
 import type { Logger } from "./log.ts";
+import { paths } from "./paths.ts";
 import {
   isLegacyPlugin,
   type Action,
@@ -33,6 +34,7 @@ import {
   type UndoRecord,
 } from "./plugin.ts";
 import { pluginTimeLimitMs, settingToRaise, type HostSettings } from "./settings.ts";
+import { settleUnrenamedNotes } from "./stuck-writes.ts";
 
 export interface RunEnvironment {
   host: Host;
@@ -535,6 +537,12 @@ export async function undoJournal(journal: Journal, env: RunEnvironment, deadlin
       undone++;
       log.info(`${entry.plugin}: undo ${entry.description}: done`);
     } else log.error(`${entry.plugin}: undo ${entry.description}: ${entry.error}`);
+  }
+  try {
+    // A note copy of a hook killed before it renamed it: its helper never acted, and no write of the undo took its place.
+    settleUnrenamedNotes(host, journal.domain.uuid);
+  } catch (error) {
+    log.warn(`the stuck-write notes in ${paths.stuckWrites} cannot be looked at (${describeError(error)}); vmhook recover settles them`);
   }
   const failed = journal.entries.filter((entry) => entry.state === "undo-failed");
   if (journal.entries.length === 0) {

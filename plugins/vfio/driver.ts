@@ -9,7 +9,7 @@ import { VmhookError } from "../../lib/errors.ts";
 import { readForMessage, type ExecResult, type Host } from "../../lib/host.ts";
 import { PCI_DRIVERS, pciDriver, pciDriverRegistered, pciExists, pciPath } from "../../lib/pci.ts";
 import { defineAction, type ApplyContext, type BaseContext, type PlanContext, type Step, type UndoRecord } from "../../lib/plugin.ts";
-import { listStuckWrites, moduleSubject, refuseIfStuck } from "../../lib/stuck-writes.ts";
+import { clearForWrite, listStuckWrites, moduleSubject, refuseIfStuck, StuckWriteError } from "../../lib/stuck-writes.ts";
 import { PATTERNS } from "../../lib/validate.ts";
 import type { VfioConfig, VfioSettings } from "./config.ts";
 import { describeHolders, isWatched, moduleLoaded, processesHolding, VFIO_DRIVER, type Survey, type Watched } from "./survey.ts";
@@ -175,10 +175,16 @@ interface UnloadRecord extends UndoRecord {
  * (a driver's probe may load firmware for seconds: NVIDIA's GSP), or
  * bindTimeoutSeconds when that is longer.
  */
-function moduleChange(ctx: BaseContext, command: "rmmod" | "modprobe", module: string, devices: { address: string; driver: string }[], bindTimeoutMs: number): Promise<ExecResult> {
+function moduleChange(ctx: BaseContext, command: "rmmod" | "modprobe", module: string, devices: { address: string; driver: string }[], bindTimeoutMs: number, loads?: string[]): Promise<ExecResult> {
   const usual = command === "rmmod" ? 30_000 : 60_000;
   const bound = devices.length > 0 ? { timeoutMs: Math.max(usual, bindTimeoutMs), setting: "plugins.vfio.bindTimeoutSeconds" } : { timeoutMs: usual };
-  return runThroughDriver(ctx, { command, module, devices, ...bound });
+  return runThroughDriver(ctx, { command, module, devices, ...bound, ...(loads ? { loads } : {}) });
+}
+
+/** modprobe through moduleChange, or an error naming the module and modprobe's first line. */
+async function modprobe(ctx: BaseContext, module: string, devices: { address: string; driver: string }[], bindTimeoutMs: number, loads?: string[]): Promise<void> {
+  const result = await moduleChange(ctx, "modprobe", module, devices, bindTimeoutMs, loads);
+  if (result.error || result.status !== 0) throw new VmhookError(`modprobe ${module} failed: ${(result.error || result.stderr).trim().split("\n")[0] || `exit status ${result.status ?? result.signal}`}`);
 }
 
 /** Claimed before it goes: a device of another VM that needs it back waits for the last holder. */
@@ -297,15 +303,22 @@ async function loadModules(record: LoadRecord, ctx: ApplyContext<unknown>): Prom
   const first = ctx.claims.take(record.claim, { modules: record.modules });
   // What appears in /proc/modules meanwhile is this modprobe's: the runner never runs two loads at once.
   const before = new Set(loadedModules(ctx.host));
+  let stillLoading = false;
   try {
-    await ctx.runAsync("modprobe", [record.module]);
+    // vfio-pci's probe() runs in it for each device whose override names it (and any module's init): bounded and noted as a driver write.
+    await modprobe(ctx, record.module, [], record.bindTimeoutMs, record.modules);
     if (record.module === VFIO_DRIVER) {
       ctx.waitFor("the vfio-pci driver is registered", () => pciDriverRegistered(ctx.host, VFIO_DRIVER), { timeoutMs: record.bindTimeoutMs });
     }
+  } catch (error) {
+    stillLoading = error instanceof StuckWriteError;
+    throw error;
   } finally {
+    // A modprobe left blocked may load the rest yet: the record keeps all it may load.
     const loaded = loadedModules(ctx.host).filter((name) => !before.has(name));
-    ctx.update({ ...record, modules: loaded });
-    if (first) ctx.claims.setOriginal(record.claim, { modules: loaded });
+    const modules = stillLoading ? [...new Set([...record.modules, ...loaded])] : loaded;
+    ctx.update({ ...record, modules });
+    if (first) ctx.claims.setOriginal(record.claim, { modules });
   }
 }
 
@@ -422,10 +435,7 @@ async function loadModule(record: UnloadRecord, ctx: BaseContext): Promise<void>
   const returning = [...ownDevices, ...waiting.filter((device) => !ownDevices.some((own) => own.address === device.address))];
   // A module whose rmmod is still blocked is loaded only in name: refused, as is a device held by a write into its driver.
   refuseIfStuck(ctx.host, [moduleSubject(module), ...returning.map((device) => device.address)]);
-  if (!moduleLoaded(ctx.host, module)) {
-    const result = await moduleChange(ctx, "modprobe", module, returning, record.bindTimeoutMs);
-    if (result.error || result.status !== 0) throw new VmhookError(`modprobe ${module} failed: ${(result.error || result.stderr).trim().split("\n")[0] || `exit status ${result.status ?? result.signal}`}`);
-  }
+  if (!moduleLoaded(ctx.host, module)) await modprobe(ctx, module, returning, record.bindTimeoutMs);
   const own = new Set(ownDevices.map((device) => device.address));
   const unreturned: string[] = [];
   for (const { address, driver } of returning) {
@@ -464,6 +474,8 @@ function journalCarrying(ctx: BaseContext, address: string, driver: string): str
  * refcnt shows, not holders/).
  */
 function unloadModules(record: LoadRecord, ctx: BaseContext): void {
+  // A modprobe of it still blocked may load more yet: the record stays until it has returned (a note of one that has, goes).
+  if (record.module !== "") clearForWrite(ctx.host, moduleSubject(record.module));
   let modules = record.modules;
   const claim = record.claim === "" ? undefined : record.claim;
   if (claim) {

@@ -198,6 +198,11 @@ export class SimHost extends RootedHost {
     if (this.killedAt !== undefined && this.kernelDepth === 0) throw new ProcessKilled(`the hook was killed at: ${this.killedAt}`);
   }
 
+  /** Whether the simulated kernel or a program is at work now (what it reads is not the hook's). */
+  get inKernel(): boolean {
+    return this.kernelDepth > 0;
+  }
+
   /** The simulated kernel or a program at work: what it does goes on whether the hook lives or not. */
   private asKernel<T>(work: () => T): T {
     this.kernelDepth++;
@@ -273,21 +278,25 @@ export class SimHost extends RootedHost {
   override async writeInHelper(hostPath: string, data: string, _timeoutMs: number, started: (pid: number) => void): Promise<HelperWrite> {
     this.change(`start a helper writing "${data}" to ${hostPath}`);
     const hangs = this.hangs.some((hang) => matches(hang.match, hostPath) && (hang.data === undefined || hang.data === data));
-    return this.inHelper(hangs ? "sh" : "dd", hangs, started, (pid) => this.helperWrites(pid, hostPath, data, hangs));
+    const pid = this.startHelper(hangs ? "sh" : "dd", hangs, started);
+    return this.asKernel(() => this.helperWrites(pid, hostPath, data, hangs));
   }
 
   /** The simulated program in a simulated helper process; one that hangs appears in /proc in D state and runs at finishHungWrites(). */
   override async runInHelper(command: string, args: string[], timeoutMs: number, started: (pid: number) => void): Promise<HelperRun> {
     this.change(`start a helper running ${[command, ...args].join(" ")}`);
     const hangs = this.programHangs(command, args);
-    return this.inHelper(command, hangs, started, (pid) => {
-      if (hangs) {
-        this.execs.push({ command, args });
-        this.hungPrograms.push({ pid, command, args });
-        return { done: false, pid };
-      }
+    const pid = this.startHelper(command, hangs, started);
+    this.execs.push({ command, args });
+    if (hangs) {
+      this.hungPrograms.push({ pid, command, args });
+      return { done: false, pid };
+    }
+    // It runs a macrotask later, as execAsync's program: what the caller does meanwhile (a background modprobe's next steps) comes first.
+    await new Promise((resolve) => setTimeout(resolve, 0));
+    return this.asKernel(() => {
       try {
-        return { done: true, result: this.runProgram(command, args, { timeoutMs }) };
+        return { done: true, result: this.programResult(command, args, { timeoutMs }) };
       } finally {
         this.remove(`/proc/${pid}`);
       }
@@ -298,17 +307,22 @@ export class SimHost extends RootedHost {
     return this.hangingPrograms.some((hang) => hang.command === command && (hang.args === undefined || hang.args.join(" ") === args.join(" ")));
   }
 
-  /** A helper process: in /proc while it runs (the note taken at its start sees a live helper), it does its work whatever becomes of the hook. */
-  private inHelper<T>(comm: string, hangs: boolean, started: (pid: number) => void, work: (pid: number) => T): T {
+  /**
+   * A helper process, in /proc while it runs (the note taken at its start
+   * sees a live helper). As RootedHost's, it acts only once `started` has
+   * returned, and then whatever becomes of the hook; when `started` throws
+   * (the hook killed before it noted the helper), it ends having done nothing.
+   */
+  private startHelper(comm: string, hangs: boolean, started: (pid: number) => void): number {
     const pid = this.nextPid++;
     this.file(`/proc/${pid}/stat`, `${pid} (${comm}) ${hangs ? "D" : "R"} 1 ${pid} ${pid} 0 -1 4194304 0 0 0 0 0 0 0 0 20 0 1 0 ${pid * 10} 2314240 1`);
-    let result: T;
     try {
       started(pid);
-    } finally {
-      result = this.asKernel(() => work(pid));
+    } catch (error) {
+      this.asKernel(() => this.remove(`/proc/${pid}`));
+      throw error;
     }
-    return result;
+    return pid;
   }
 
   private helperWrites(pid: number, hostPath: string, data: string, hangs: boolean): HelperWrite {
@@ -345,10 +359,8 @@ export class SimHost extends RootedHost {
     this.change(`run ${[command, ...args].join(" ")}`);
     if (this.programHangs(command, args)) {
       this.execs.push({ command, args });
-      return this.inHelper(command, true, () => {}, (pid) => {
-        this.hungPrograms.push({ pid, command, args });
-        return { status: null, signal: "SIGKILL", stdout: "", stderr: "", timedOut: true };
-      });
+      this.hungPrograms.push({ pid: this.startHelper(command, true, () => {}), command, args });
+      return { status: null, signal: "SIGKILL", stdout: "", stderr: "", timedOut: true };
     }
     return this.asKernel(() => this.runProgram(command, args, options));
   }

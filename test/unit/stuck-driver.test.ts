@@ -3,10 +3,11 @@
 // device, its driver and the file, keeps what it could not undo, and writes
 // nothing more to the device until the helper is gone. The real kernel test
 // is test/kernel/stuck-driver.test.ts.
-import { execFileSync } from "node:child_process";
+import { execFileSync, spawnSync } from "node:child_process";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
+import { fileURLToPath } from "node:url";
 import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { Deadline } from "../../lib/deadline.ts";
@@ -222,7 +223,28 @@ test("every write into a driver is noted while its helper runs (a hook killed me
   kernel.sim.cleanup();
 });
 
-test("a hook killed between its note's temp copy and the rename: recover keeps the copy as the note while the helper is blocked, drops it once the driver returned", async () => {
+test("a hook killed at each change from starting the unbind's helper to noting it: no helper is left blocked without a note that status shows and recover keeps", async () => {
+  const probe = workstation();
+  probe.sim.hangWrite(UNBIND).changes.length = 0;
+  await runHookEvent(probe.sim, "prepare", "begin", XML, "win11");
+  const first = probe.sim.changes.indexOf(`start a helper writing "${GPU}" to ${UNBIND}`) + 1;
+  const last = probe.sim.changes.indexOf(`rename ${paths.stuckWrite(GPU)}.tmp to ${paths.stuckWrite(GPU)}`) + 1;
+  probe.sim.cleanup();
+  assert.ok(first > 0 && last > first);
+  for (let n = first; n <= last; n++) {
+    const kernel = workstation();
+    kernel.sim.hangWrite(UNBIND).killAtChange(n);
+    await runHookEvent(kernel.sim, "prepare", "begin", XML, "win11");
+    const killedAt = kernel.sim.revive();
+    const blocked = kernel.sim.hung.map((write) => write.pid);
+    const shown = JSON.parse((await cliOn(kernel, "--json", "status")).stdout).stuckWrites.filter((write: { running: boolean }) => write.running).map((write: { pid: number }) => write.pid);
+    assert.equal(shown, blocked, `killed at ${killedAt}: status shows the blocked helper`);
+    if (blocked.length === 0) assert.is(kernel.sim.readTrimmed(`/sys/bus/pci/devices/${GPU}/driver_override`), "(null)");
+    kernel.sim.cleanup();
+  }
+});
+
+test("a hook killed between its note's temp copy and the rename: the helper never wrote; recover keeps the copy as the note only while the helper it names still runs", async () => {
   const noted = `rename ${paths.stuckWrite(GPU)}.tmp to ${paths.stuckWrite(GPU)}`;
   const probe = workstation();
   probe.sim.hangWrite(UNBIND).changes.length = 0;
@@ -235,13 +257,19 @@ test("a hook killed between its note's temp copy and the rename: recover keeps t
   kernel.sim.hangWrite(UNBIND).killAtChange(killAt);
   await runHookEvent(kernel.sim, "prepare", "begin", XML, "win11");
   assert.is(kernel.sim.revive(), noted);
-  assert.equal(kernel.sim.list(paths.stuckWrites), [`${GPU}.json.tmp`]);
-  const blocked = await cli(["recover", "--force", "--root", kernel.sim.root], kernel.sim);
-  assert.is(blocked.code, 1);
-  assert.match(blocked.stderr, `${GPU}: driver amdgpu did not return from writing "${GPU}" to ${UNBIND}`);
-  assert.equal(kernel.sim.list(paths.stuckWrites), [`${GPU}.json`], "the copy is the note: the device is held");
+  // (The background modprobe vfio-pci may have left the note of its finished helper too: the hook was killed before it forgot it.)
+  const gpuNotes = () => kernel.sim.list(paths.stuckWrites).filter((name) => name.startsWith(GPU));
+  assert.equal(gpuNotes(), [`${GPU}.json.tmp`]);
+  assert.equal(kernel.sim.hung, [], "the unbind never reached the driver");
+  // The helper has not seen its input end yet (or a vmhook before the gate left it): the copy is the note while it runs.
+  const { pid } = JSON.parse(kernel.sim.read(`${paths.stuckWrite(GPU)}.tmp`));
+  kernel.sim.file(`/proc/${pid}/stat`, `${pid} (dd) S 1 ${pid} ${pid} 0 -1 4194304 0 0 0 0 0 0 0 0 20 0 1 0 ${pid * 10} 2314240 1`);
+  const held = await cli(["recover", "--force", "--root", kernel.sim.root], kernel.sim);
+  assert.is(held.code, 1);
+  assert.match(held.stderr, `${GPU}: driver amdgpu did not return from writing "${GPU}" to ${UNBIND}`);
+  assert.equal(gpuNotes(), [`${GPU}.json`], "the copy is the note: the device is held");
 
-  kernel.sim.finishHungWrites();
+  kernel.sim.remove(`/proc/${pid}`);
   const recovered = await cli(["recover", "--force", "--root", kernel.sim.root], kernel.sim);
   assert.is(recovered.code, 0, recovered.stderr);
   assert.equal(kernel.sim.list(paths.stuckWrites), []);
@@ -269,6 +297,60 @@ test("RootedHost.writeInHelper: writes through dd, nothing parsed by a shell; re
     const pid = (blocked as { pid: number }).pid;
     assert.ok(host.processAlive(pid), "left running, not waited for");
     process.kill(pid, "SIGKILL");
+  } finally {
+    fs.rmSync(root, { recursive: true, force: true });
+  }
+});
+
+/** A hook (a bun process) that starts a helper through RootedHost and is killed (kill -9) as it is told the helper's pid, before it can note it: the helper's pid. */
+function hookKilledAtHelperStart(root: string, start: "writeInHelper" | "runInHelper"): number {
+  const script = `
+import * as fs from "node:fs";
+import { RootedHost } from ${JSON.stringify(fileURLToPath(new URL("../../lib/host.ts", import.meta.url)))};
+const root = ${JSON.stringify(root)};
+const host = new RootedHost(root);
+const killed = (pid) => { fs.writeFileSync(root + "/helper-pid", String(pid)); process.kill(process.pid, "SIGKILL"); };
+if (${JSON.stringify(start)} === "writeInHelper") await host.writeInHelper("/value", "1", 5000, killed);
+else await host.runInHelper("rmmod", ["nvidia"], 5000, killed);
+`;
+  fs.writeFileSync(`${root}/hook.mjs`, script);
+  assert.is(spawnSync(process.execPath, [`${root}/hook.mjs`], { stdio: "ignore" }).signal, "SIGKILL");
+  const pid = Number(fs.readFileSync(`${root}/helper-pid`, "utf8"));
+  // The helper outlives the hook: wait until it has ended (a zombie, or reaped).
+  const ended = () => {
+    try {
+      const stat = fs.readFileSync(`/proc/${pid}/stat`, "utf8");
+      return stat.slice(stat.lastIndexOf(")") + 2).startsWith("Z");
+    } catch {
+      return true;
+    }
+  };
+  for (let waited = 0; waited < 5000 && !ended(); waited += 20) execFileSync("sleep", ["0.02"]);
+  assert.ok(ended(), "the helper ended");
+  return pid;
+}
+
+test("a hook killed after starting a helper, before its note exists: the helper acts on nothing (dd writes no value, rmmod never runs), so no unnoted helper can block in a driver", async () => {
+  const root = fs.mkdtempSync(path.join(os.tmpdir(), "vmhook-helper-"));
+  try {
+    fs.writeFileSync(`${root}/value`, "");
+    fs.mkdirSync(`${root}/usr/bin`, { recursive: true });
+    fs.writeFileSync(`${root}/usr/bin/rmmod`, '#!/bin/sh\necho "$1" > "$VMHOOK_ROOT/rmmod-ran"\n', { mode: 0o755 });
+    hookKilledAtHelperStart(root, "writeInHelper");
+    assert.is(fs.readFileSync(`${root}/value`, "utf8"), "", "dd wrote nothing");
+    hookKilledAtHelperStart(root, "runInHelper");
+    assert.not.ok(fs.existsSync(`${root}/rmmod-ran`), "rmmod never ran");
+    // A note that cannot be written (/run full) fails the write before the helper acts.
+    const host = new RootedHost(root);
+    const unnoted = () => {
+      throw new Error("ENOSPC: no space left on device");
+    };
+    const failure = (started: Promise<unknown>) => started.then(String, (error: Error) => error.message);
+    assert.match(await failure(host.writeInHelper("/value", "1", 5000, unnoted)), "ENOSPC");
+    assert.match(await failure(host.runInHelper("rmmod", ["nvidia"], 5000, unnoted)), "ENOSPC");
+    execFileSync("sleep", ["0.3"]);
+    assert.is(fs.readFileSync(`${root}/value`, "utf8"), "", "dd wrote nothing");
+    assert.not.ok(fs.existsSync(`${root}/rmmod-ran`), "rmmod never ran");
   } finally {
     fs.rmSync(root, { recursive: true, force: true });
   }

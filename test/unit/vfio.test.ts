@@ -163,10 +163,10 @@ test("a modular dummy console: after the VM, the GPU's framebuffer registers aga
  */
 async function handoverEvents(kernel: GpuKernel): Promise<string[]> {
   const events: string[] = [];
-  const execAsync = kernel.sim.execAsync.bind(kernel.sim);
-  kernel.sim.execAsync = async (command, args, options) => {
+  const runInHelper = kernel.sim.runInHelper.bind(kernel.sim);
+  kernel.sim.runInHelper = async (command, args, timeoutMs, started) => {
     events.push(`${command} starts`);
-    const result = await execAsync(command, args, options);
+    const result = await runInHelper(command, args, timeoutMs, started);
     events.push(`${command} ends`);
     return result;
   };
@@ -218,10 +218,10 @@ test("the load of vfio-pci is journaled, before modprobe runs, with all that mod
     "kernel/drivers/gpu/drm/tiny/bochs.ko: kernel/drivers/gpu/drm/drm.ko\nkernel/drivers/vfio/pci/vfio-pci.ko: kernel/drivers/vfio/pci/vfio-pci-core.ko kernel/drivers/vfio/vfio.ko\nkernel/drivers/vfio/vfio.ko:\nkernel/drivers/vfio/vfio_iommu_type1.ko: kernel/drivers/vfio/vfio.ko\n",
   );
   let journaled: unknown;
-  const exec = kernel.sim.exec.bind(kernel.sim);
-  kernel.sim.exec = (command, args, options) => {
+  const runInHelper = kernel.sim.runInHelper.bind(kernel.sim);
+  kernel.sim.runInHelper = (command, args, timeoutMs, started) => {
     if (command === "modprobe") journaled = readJournal(kernel.sim, UUID)!.entries.find((entry) => entry.undo.action === "load-modules")?.undo.modules;
-    return exec(command, args, options);
+    return runInHelper(command, args, timeoutMs, started);
   };
   const before = kernel.sim.snapshot();
   const xml = domainXml("<vmhook:vfio/>");
