@@ -236,12 +236,12 @@ test("a soft dependency from /etc/modprobe.d (softdep vfio-pci post: kvmfr) is j
   const kernel = bochsGuest().module({ name: "kvmfr" }).module({ name: "vfio_pci", uses: ["vfio_pci_core"], driver: "vfio-pci", post: ["kvmfr"] });
   // The simulated modprobe follows that softdep; the host has it in its modprobe.d, not in the module tree's modules.softdep.
   kernel.sim.file("/lib/modules/6.1.0-sim/modules.softdep", "softdep vfio post: vfio_iommu_type1").file("/etc/modprobe.d/looking-glass.conf", "softdep vfio-pci post: kvmfr\n");
-  const exec = kernel.sim.exec.bind(kernel.sim);
-  kernel.sim.exec = (command, args, options) => {
-    const result = exec(command, args, options);
+  const runInHelper = kernel.sim.runInHelper.bind(kernel.sim);
+  kernel.sim.runInHelper = async (command, args, timeoutMs, started) => {
+    const run = await runInHelper(command, args, timeoutMs, started);
     // Killed (kill -9, OOM) once modprobe returned, before its journal entry says what it loaded.
     if (command === "modprobe") kernel.sim.killAtChange(1);
-    return result;
+    return run;
   };
   const before = kernel.sim.snapshot();
   await runHookEvent(kernel.sim, "prepare", "begin", domainXml("<vmhook:vfio/>"));
