@@ -328,43 +328,32 @@ test("module: a module without a Plugin default export is refused with what to e
   sim.cleanup();
 });
 
-/** A module plugin whose one prepare step is refused with `reason`. */
-const refusingPlugin = (name: string, reason: string) =>
-  `export default { name: "${name}", summary: "refuses", parse: () => ({}),
-    plan: { prepare: () => [{ action: "noop", record: { action: "noop" }, description: "nothing", refused: { reason: ${JSON.stringify(reason)}, remedies: [] } }] },
+/** A module plugin whose prepare planner says `message`: as a refused step's reason, or as an error it throws. */
+const failingPlugin = (name: string, message: string, how: "refuses" | "throws") =>
+  `export default { name: "${name}", summary: "${how}", parse: () => ({}),
+    plan: { prepare: () => ${
+      how === "refuses"
+        ? `[{ action: "noop", record: { action: "noop" }, description: "nothing", refused: { reason: ${JSON.stringify(message)}, remedies: [] } }]`
+        : `{ throw new Error(${JSON.stringify(message)}); }`
+    } },
     actions: { noop: { check: (record) => record, apply() {}, undo() {} } } };\n`;
 
-test("module: a refused step is reported naming the plugin, once: added when its reason does not start with the name, kept when it does", async () => {
-  const sim = pluginHost();
-  install(sim, "gate.mjs", refusingPlugin("gate", "the license server does not answer"), 0o644);
-  install(sim, "named.mjs", refusingPlugin("named", "named: the license server does not answer"), 0o644);
-  const unnamed = await runHookEvent(sim, "prepare", "begin", domainXml('<vmhook:plugin name="gate"/>'));
-  assert.is(unnamed.code, 1);
-  assert.match(unnamed.stderr, /^vmhook: plugin:gate: the license server does not answer$/m);
-  const named = await runHookEvent(sim, "prepare", "begin", domainXml('<vmhook:plugin name="named"/>'));
-  assert.is(named.code, 1);
-  assert.match(named.stderr, /^vmhook: named: the license server does not answer$/m);
-  sim.cleanup();
-});
-
-test("module: a planner that throws is reported naming the plugin, once, and nothing was changed", async () => {
-  const sim = pluginHost();
-  const throwing = (name: string, message: string) =>
-    `export default { name: "${name}", summary: "throws", parse: () => ({}),
-      plan: { prepare: () => { throw new Error(${JSON.stringify(message)}); } },
-      actions: { noop: { check: (record) => record, apply() {}, undo() {} } } };\n`;
-  install(sim, "gate.mjs", throwing("gate", "the license server does not answer"), 0o644);
-  install(sim, "named.mjs", throwing("named", "named: the license server does not answer"), 0o644);
-  const before = sim.snapshot();
-  const unnamed = await runHookEvent(sim, "prepare", "begin", domainXml('<vmhook:plugin name="gate"/>'));
-  assert.is(unnamed.code, 1);
-  assert.match(unnamed.stderr, /^vmhook: plugin:gate: the license server does not answer$/m);
-  const named = await runHookEvent(sim, "prepare", "begin", domainXml('<vmhook:plugin name="named"/>'));
-  assert.is(named.code, 1);
-  assert.match(named.stderr, /^vmhook: named: the license server does not answer$/m);
-  assert.equal(sim.snapshot(), before);
-  sim.cleanup();
-});
+for (const how of ["refuses", "throws"] as const) {
+  test(`module: a planner that ${how} is reported naming the plugin, once: added when its message does not start with the name, kept when it does; nothing changed`, async () => {
+    const sim = pluginHost();
+    install(sim, "gate.mjs", failingPlugin("gate", "the license server does not answer", how), 0o644);
+    install(sim, "named.mjs", failingPlugin("named", "named: the license server does not answer", how), 0o644);
+    const before = sim.snapshot();
+    const unnamed = await runHookEvent(sim, "prepare", "begin", domainXml('<vmhook:plugin name="gate"/>'));
+    assert.is(unnamed.code, 1);
+    assert.match(unnamed.stderr, /^vmhook: plugin:gate: the license server does not answer$/m);
+    const named = await runHookEvent(sim, "prepare", "begin", domainXml('<vmhook:plugin name="named"/>'));
+    assert.is(named.code, 1);
+    assert.match(named.stderr, /^vmhook: named: the license server does not answer$/m);
+    assert.equal(sim.snapshot(), before);
+    sim.cleanup();
+  });
+}
 
 test("a JS plugin of the first interface (handlers calling ctx.step, one undo) still runs: plan lists its steps, prepare journals them, release undoes them", async () => {
   const sim = pluginHost();
