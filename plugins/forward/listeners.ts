@@ -4,14 +4,14 @@
 import { describeError } from "../../lib/errors.ts";
 import type { Host } from "../../lib/host.ts";
 import { openFiles, processIds, processName } from "../../lib/open-files.ts";
-import type { Family } from "./address.ts";
+import { addressFromBytes, type Family } from "./address.ts";
 import type { Protocol } from "./config.ts";
 
 export interface Listener {
   protocol: Protocol;
   /** 6: an IPv6 socket; bound to :: it takes IPv4 too (unless IPV6_V6ONLY, which /proc does not show). */
   family: Family;
-  /** Hex bytes decoded to text: 0.0.0.0, 127.0.0.1, ::, ::1, … */
+  /** Hex bytes decoded to text: 0.0.0.0, 127.0.0.1, ::, ::1, …, canonical as the forward's own addresses, so the two compare as text. */
   address: string;
   wildcard: boolean;
   loopback: boolean;
@@ -40,7 +40,7 @@ export function parseProcNet(text: string, protocol: Protocol, family: Family): 
     if (!bytes || !Number.isSafeInteger(inode)) continue;
     const wildcard = bytes.every((byte) => byte === 0);
     const loopback = family === 4 ? bytes[0] === 127 : bytes.slice(0, 15).every((byte) => byte === 0) && bytes[15] === 1;
-    listeners.push({ protocol, family, address: formatBytes(bytes), wildcard, loopback, port: parseInt(portHex, 16), inode });
+    listeners.push({ protocol, family, address: addressFromBytes(bytes).text, wildcard, loopback, port: parseInt(portHex, 16), inode });
   }
   return listeners;
 }
@@ -54,12 +54,6 @@ function decodeAddress(hex: string): number[] | undefined {
     for (let index = 3; index >= 0; index--) bytes.push(parseInt(chunk.slice(index * 2, index * 2 + 2), 16));
   }
   return bytes;
-}
-
-function formatBytes(bytes: number[]): string {
-  if (bytes.length === 4) return bytes.join(".");
-  const words = Array.from({ length: 8 }, (_, index) => ((bytes[2 * index]! << 8) | bytes[2 * index + 1]!).toString(16));
-  return words.join(":").replace(/(^|:)0(:0)+(:|$)/, "::").replace(/:{3,}/, "::");
 }
 
 export function readListeners(host: Host, protocol: Protocol): Listener[] {

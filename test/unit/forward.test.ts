@@ -6,6 +6,7 @@ import * as assert from "uvu/assert";
 import { assertPlanIsPrepare, plannedSteps as plannedStepsFor } from "../helpers/plan.ts";
 import { runHookEvent } from "../helpers/hook.ts";
 import { NAT_NETWORK, nftHost } from "../helpers/nft-host.ts";
+import { SimHost } from "../helpers/simhost.ts";
 import { loadDomainPlugins } from "../../lib/config.ts";
 import { parseDomain } from "../../lib/domain.ts";
 import { RootedHost } from "../../lib/host.ts";
@@ -15,7 +16,7 @@ import { registry } from "../../plugins/index.ts";
 import type { ForwardConfig } from "../../plugins/forward/config.ts";
 import { parseProcNet } from "../../plugins/forward/listeners.ts";
 import { parseNetworkXml } from "../../plugins/forward/network.ts";
-import { buildRecord, checkOtherVms } from "../../plugins/forward/plan.ts";
+import { buildRecord, checkListeners, checkOtherVms } from "../../plugins/forward/plan.ts";
 import { checkRecord, describeForwards } from "../../plugins/forward/record.ts";
 import { applyScript, iptablesApplyInput, iptablesRemovalInput, parseRuleset, removalScript, type ResolvedForward, type RulesetView } from "../../plugins/forward/rules.ts";
 
@@ -207,6 +208,16 @@ test("/proc/net: listening TCP and unconnected UDP sockets, IPv4 and IPv6 addres
    0: 00000000000000000000000000000000:0016 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 5001 1 0 100 0 0 10 0
    1: 00000000000000000000000001000000:1F90 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 5003 1 0 100 0 0 10 0`;
   assert.equal(parseProcNet(tcp6, "tcp", 6).map(({ address, port, loopback }) => `${address} ${port} ${loopback}`), [":: 22 false", "::1 8080 true"]);
+});
+
+test("a host service bound to the forward's IPv6 host-address is found, whichever zero run the kernel's address has: the forward would take its traffic", () => {
+  // fd00:0:0:1::1, as /proc/net/tcp6 prints it (each 32-bit word little-endian), listening on 2222.
+  const tcp6 = `  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 000000FD010000000000000001000000:08AE 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 5002 1 0 100 0 0 10 0`;
+  assert.equal(parseProcNet(tcp6, "tcp", 6).map(({ address }) => address), ["fd00:0:0:1::1"], "written as the forward's own addresses are (RFC 5952)");
+  const host = new SimHost().file("/proc/net/tcp6", tcp6);
+  const v6: ResolvedForward = { ...FORWARD, family: 6, guest: parseIp("fd00:122::10")!, hostAddress: parseIp("fd00:0:0:1::1")!, ports: [FORWARD.ports[0]!] };
+  assert.throws(() => checkListeners(host, [v6]), /host port tcp 2222 \(IPv6\) is in use: .* listens on \[fd00:0:0:1::1\]:2222/);
 });
 
 test("libvirt network files: status or definition, NAT by default, netmask or prefix, DHCP hosts by MAC", () => {
