@@ -220,6 +220,24 @@ test("a host service bound to the forward's IPv6 host-address is found, whicheve
   assert.throws(() => checkListeners(host, [v6]), /host port tcp 2222 \(IPv6\) is in use: .* listens on \[fd00:0:0:1::1\]:2222/);
 });
 
+test("an IPv6 socket bound to an IPv4-mapped address (Java binds IPv4 addresses so) is an IPv4 listener: it holds the IPv4 port, not the IPv6 one", () => {
+  // ::ffff:203.0.113.5 on 8080 and ::ffff:127.0.0.1 on 8081, as /proc/net/tcp6 prints them.
+  const tcp6 = `  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 0000000000000000FFFF0000057100CB:1F90 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 5004 1 0 100 0 0 10 0
+   1: 0000000000000000FFFF00000100007F:1F91 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 5005 1 0 100 0 0 10 0`;
+  assert.equal(
+    parseProcNet(tcp6, "tcp", 6).map(({ family, address, loopback }) => `${family} ${address} ${loopback}`),
+    ["4 203.0.113.5 false", "4 127.0.0.1 true"],
+  );
+  const host = new SimHost().file("/proc/net/tcp6", tcp6);
+  const on = (port: number, family: 4 | 6 = 4): ResolvedForward[] => [
+    { ...FORWARD, family, guest: family === 4 ? FORWARD.guest : parseIp("fd00:122::10")!, ports: [{ protocol: "tcp", host: { first: port, last: port }, guest: { first: 80, last: 80 } }] },
+  ];
+  assert.throws(() => checkListeners(host, on(8080)), /host port tcp 8080 is in use: .* listens on 203\.0\.113\.5:8080/);
+  checkListeners(host, on(8080, 6));
+  checkListeners(host, on(8081));
+});
+
 test("libvirt network files: status or definition, NAT by default, netmask or prefix, DHCP hosts by MAC", () => {
   const network = parseNetworkXml(
     `<networkstatus><network><name>default</name><forward/><bridge name='virbr0'/>
