@@ -70,8 +70,11 @@ function dnatTarget(forward: ResolvedForward, port: PortForward): string {
 /** The DNAT rules of one domain's chain (jumped to from prerouting and output). */
 export function dnatRules(forward: ResolvedForward): string[] {
   const ip = ipKeyword(forward.family);
+  // Hairpin traffic (the network's other guests) arrives on the bridge, whatever interface= says.
   const from = forward.interface
-    ? `iifname ${quoted(forward.interface)} `
+    ? forward.hairpin
+      ? `iifname { ${quoted(forward.interface)}, ${quoted(forward.bridge)} } `
+      : `iifname ${quoted(forward.interface)} `
     : forward.hairpin
       ? ""
       : `iifname != ${quoted(forward.bridge)} `;

@@ -126,6 +126,11 @@ test("interface= and host-address= narrow the DNAT; IPv6 targets are bracketed",
   assert.match(applyScript(EMPTY, UUID, [v6]), `meta nfproto ipv6 iifname "eth0" fib daddr type local ip6 daddr 2001:db8::1 meta l4proto tcp th dport 2222 dnat ip6 to [fd00::10]:22\n`);
 });
 
+test("hairpin= with interface= lets the network's other guests in too: their connections arrive on the bridge, not on interface=", () => {
+  const both: ResolvedForward = { ...FORWARD, interface: "eth0", hairpin: true, ports: [FORWARD.ports[0]!] };
+  assert.match(applyScript(EMPTY, UUID, [both]), `meta nfproto ipv4 iifname { "eth0", "virbr0" } fib daddr type local ip daddr != 127.0.0.0/8 meta l4proto tcp th dport 2222 dnat ip to 192.168.122.10:22\n`);
+});
+
 test("host-address= only narrows the host's own addresses: an address that is not the host's (the host's own connections out, traffic routed through) is never redirected to the guest", () => {
   const elsewhere: ResolvedForward = { ...FORWARD, hostAddress: parseIp("198.51.100.7")!, ports: [FORWARD.ports[0]!] };
   assert.match(applyScript(EMPTY, UUID, [elsewhere]), `meta nfproto ipv4 iifname != "virbr0" fib daddr type local ip daddr 198.51.100.7 meta l4proto tcp th dport 2222 dnat ip to 192.168.122.10:22\n`);
