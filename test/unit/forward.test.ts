@@ -157,12 +157,14 @@ test("undo: nothing left gives an empty transaction; the last domain takes the t
   assert.is(removalScript(shared, UUID), `delete rule inet vmhook prerouting handle 4\nflush chain inet vmhook vm-${UUID}\ndelete chain inet vmhook vm-${UUID}\n`);
 });
 
-test("libvirt's iptables backend: exceptions in LIBVIRT_FWI, removed exactly from iptables -S", () => {
-  const input = iptablesApplyInput([FORWARD], 4, UUID);
+test("libvirt's iptables backend: exceptions in LIBVIRT_FWI, removed exactly from iptables -S, and replaced in the same restore", () => {
+  const input = iptablesApplyInput("-N LIBVIRT_FWI\n", [FORWARD], 4, UUID);
   assert.match(input, `-I LIBVIRT_FWI -d 192.168.122.10/32 -o virbr0 -p udp -m udp --dport 60000:60010 -m conntrack --ctstate DNAT -m comment --comment "vmhook:${UUID}" -j ACCEPT`);
-  assert.is(iptablesApplyInput([FORWARD], 6, UUID), "");
-  const shown = `-N LIBVIRT_FWI\n-A LIBVIRT_FWI -d 192.168.122.10/32 -o virbr0 -p tcp -m tcp --dport 22 -m conntrack --ctstate DNAT -m comment --comment "vmhook:${UUID}" -j ACCEPT\n-A LIBVIRT_FWI -o virbr0 -j REJECT --reject-with icmp-port-unreachable\n`;
-  assert.is(iptablesRemovalInput(shown, UUID), `*filter\n-D LIBVIRT_FWI -d 192.168.122.10/32 -o virbr0 -p tcp -m tcp --dport 22 -m conntrack --ctstate DNAT -m comment --comment "vmhook:${UUID}" -j ACCEPT\nCOMMIT\n`);
+  assert.is(iptablesApplyInput("-N LIBVIRT_FWI\n", [FORWARD], 6, UUID), "");
+  const exception = `LIBVIRT_FWI -d 192.168.122.10/32 -o virbr0 -p tcp -m tcp --dport 22 -m conntrack --ctstate DNAT -m comment --comment "vmhook:${UUID}" -j ACCEPT`;
+  const shown = `-N LIBVIRT_FWI\n-A ${exception}\n-A LIBVIRT_FWI -o virbr0 -j REJECT --reject-with icmp-port-unreachable\n`;
+  assert.is(iptablesRemovalInput(shown, UUID), `*filter\n-D ${exception}\nCOMMIT\n`);
+  assert.is(iptablesApplyInput(shown, [{ ...FORWARD, ports: [FORWARD.ports[0]!] }], 4, UUID), `*filter\n-D ${exception}\n-I ${exception}\nCOMMIT\n`);
   assert.is(iptablesRemovalInput(shown, OTHER), "");
 });
 
