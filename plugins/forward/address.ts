@@ -59,6 +59,11 @@ export function parseIp(value: string): IpAddress | undefined {
   return undefined;
 }
 
+/** The address of 4 or 16 bytes in network order (as the kernel reports a socket's), in the same canonical text as parseIp's. */
+export function addressFromBytes(bytes: number[]): IpAddress {
+  return bytes.length === 4 ? { family: 4, bytes, text: bytes.join(".") } : { family: 6, bytes, text: formatIpv6(bytes) };
+}
+
 /** Whether `address` lies in `network`/`prefix` (same family). */
 export function inSubnet(address: IpAddress, network: IpAddress, prefix: number): boolean {
   if (address.family !== network.family) return false;

@@ -94,10 +94,7 @@ export function listForApply(ctx: Runner, record: CheckedRecord, when: "start" |
 /** Puts exactly the record's forwards in place (replacing whatever the domain had), from what listForApply read. */
 export function applyRecord(ctx: Runner, record: CheckedRecord, { view, listings }: Listed): void {
   runNft(ctx, applyScript(view, record.uuid, record.forwards));
-  for (const { tool, listing } of listings) {
-    restore(ctx, tool, iptablesRemovalInput(listing, record.uuid));
-    restore(ctx, tool, iptablesApplyInput(record.forwards, iptablesFamily(tool), record.uuid));
-  }
+  for (const { tool, listing } of listings) restore(ctx, tool, iptablesApplyInput(listing, record.forwards, iptablesFamily(tool), record.uuid));
 }
 
 /** Takes out everything the domain has; does nothing when nothing is left (the chain gone holds nothing). Throws when it cannot tell. */

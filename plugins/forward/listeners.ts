@@ -4,14 +4,14 @@
 import { describeError } from "../../lib/errors.ts";
 import type { Host } from "../../lib/host.ts";
 import { openFiles, processIds, processName } from "../../lib/open-files.ts";
-import type { Family } from "./address.ts";
+import { addressFromBytes, isLoopback, type Family } from "./address.ts";
 import type { Protocol } from "./config.ts";
 
 export interface Listener {
   protocol: Protocol;
-  /** 6: an IPv6 socket; bound to :: it takes IPv4 too (unless IPV6_V6ONLY, which /proc does not show). */
+  /** 6: an IPv6 socket; bound to :: it takes IPv4 too (unless IPV6_V6ONLY, which /proc does not show). 4: an IPv4 socket, or an IPv6 one bound to an IPv4-mapped address. */
   family: Family;
-  /** Hex bytes decoded to text: 0.0.0.0, 127.0.0.1, ::, ::1, … */
+  /** Hex bytes decoded to text: 0.0.0.0, 127.0.0.1, ::, ::1, …, canonical as the forward's own addresses, so the two compare as text. */
   address: string;
   wildcard: boolean;
   loopback: boolean;
@@ -35,14 +35,20 @@ export function parseProcNet(text: string, protocol: Protocol, family: Family): 
     const [addressHex, portHex] = (fields[1] ?? "").split(":");
     const state = fields[3];
     if (state !== (protocol === "tcp" ? TCP_LISTEN : UDP_UNCONNECTED) || !addressHex || !portHex) continue;
-    const bytes = decodeAddress(addressHex);
+    const decoded = decodeAddress(addressHex);
     const inode = Number(fields[9]);
-    if (!bytes || !Number.isSafeInteger(inode)) continue;
-    const wildcard = bytes.every((byte) => byte === 0);
-    const loopback = family === 4 ? bytes[0] === 127 : bytes.slice(0, 15).every((byte) => byte === 0) && bytes[15] === 1;
-    listeners.push({ protocol, family, address: formatBytes(bytes), wildcard, loopback, port: parseInt(portHex, 16), inode });
+    if (decoded?.length !== (family === 4 ? 4 : 16) || !Number.isSafeInteger(inode)) continue;
+    const address = addressFromBytes(unmapIpv4(decoded));
+    const wildcard = address.bytes.every((byte) => byte === 0);
+    listeners.push({ protocol, family: address.family, address: address.text, wildcard, loopback: isLoopback(address), port: parseInt(portHex, 16), inode });
   }
   return listeners;
+}
+
+/** An IPv6 socket bound to ::ffff:a.b.c.d (Java binds IPv4 addresses so) takes IPv4 traffic to a.b.c.d, and no IPv6: it is an IPv4 listener. */
+function unmapIpv4(bytes: number[]): number[] {
+  const mapped = bytes.length === 16 && bytes.slice(0, 10).every((byte) => byte === 0) && bytes[10] === 0xff && bytes[11] === 0xff;
+  return mapped ? bytes.slice(12) : bytes;
 }
 
 /** The kernel prints each 32-bit word of the address in host (little-endian) order. */
@@ -54,12 +60,6 @@ function decodeAddress(hex: string): number[] | undefined {
     for (let index = 3; index >= 0; index--) bytes.push(parseInt(chunk.slice(index * 2, index * 2 + 2), 16));
   }
   return bytes;
-}
-
-function formatBytes(bytes: number[]): string {
-  if (bytes.length === 4) return bytes.join(".");
-  const words = Array.from({ length: 8 }, (_, index) => ((bytes[2 * index]! << 8) | bytes[2 * index + 1]!).toString(16));
-  return words.join(":").replace(/(^|:)0(:0)+(:|$)/, "::").replace(/:{3,}/, "::");
 }
 
 export function readListeners(host: Host, protocol: Protocol): Listener[] {

@@ -70,8 +70,11 @@ function dnatTarget(forward: ResolvedForward, port: PortForward): string {
 /** The DNAT rules of one domain's chain (jumped to from prerouting and output). */
 export function dnatRules(forward: ResolvedForward): string[] {
   const ip = ipKeyword(forward.family);
+  // Hairpin traffic (the network's other guests) arrives on the bridge, whatever interface= says.
   const from = forward.interface
-    ? `iifname ${quoted(forward.interface)} `
+    ? forward.hairpin
+      ? `iifname { ${quoted(forward.interface)}, ${quoted(forward.bridge)} } `
+      : `iifname ${quoted(forward.interface)} `
     : forward.hairpin
       ? ""
       : `iifname != ${quoted(forward.bridge)} `;
@@ -163,9 +166,25 @@ export function applyScript(view: RulesetView, uuid: string, forwards: ResolvedF
 
 // ---- libvirt's iptables backend
 
-/** iptables-restore input adding the exceptions of one family to LIBVIRT_FWI. */
-export function iptablesApplyInput(forwards: ResolvedForward[], family: Family, uuid: string): string {
-  const lines = forwards
+const restoreInput = (lines: string[]) => (lines.length === 0 ? "" : `*filter\n${lines.join("\n")}\nCOMMIT\n`);
+
+/** `-D` lines for the domain's exceptions in `iptables -S LIBVIRT_FWI`. */
+function exceptionRemovals(listing: string, uuid: string): string[] {
+  const marker = `--comment "${domainTag(uuid)}"`;
+  return listing
+    .split("\n")
+    .filter((line) => line.startsWith(`-A ${LIBVIRT_IPTABLES_CHAIN} `) && line.includes(marker))
+    .map((line) => `-D${line.slice(2)}`);
+}
+
+/**
+ * iptables-restore input making the domain's exceptions of one family in
+ * LIBVIRT_FWI exactly `forwards`'s: whatever `listing` shows of the domain's
+ * goes out in the same restore (one transaction), so a repeat (reconnect)
+ * never doubles them, and a restore that fails leaves them as they were.
+ */
+export function iptablesApplyInput(listing: string, forwards: ResolvedForward[], family: Family, uuid: string): string {
+  const inserts = forwards
     .filter((forward) => forward.family === family)
     .flatMap((forward) =>
       forward.ports.map((port) => {
@@ -174,17 +193,12 @@ export function iptablesApplyInput(forwards: ResolvedForward[], family: Family, 
         return `-I ${LIBVIRT_IPTABLES_CHAIN} -d ${forward.guest.text}/${hostBits} -o ${forward.bridge} -p ${port.protocol} -m ${port.protocol} --dport ${ports} -m conntrack --ctstate DNAT -m comment --comment "${domainTag(uuid)}" -j ACCEPT`;
       }),
     );
-  return lines.length === 0 ? "" : `*filter\n${lines.join("\n")}\nCOMMIT\n`;
+  return restoreInput([...exceptionRemovals(listing, uuid), ...inserts]);
 }
 
 /** iptables-restore input deleting the domain's exceptions, from `iptables -S LIBVIRT_FWI`; "" when there are none. */
 export function iptablesRemovalInput(listing: string, uuid: string): string {
-  const marker = `--comment "${domainTag(uuid)}"`;
-  const lines = listing
-    .split("\n")
-    .filter((line) => line.startsWith(`-A ${LIBVIRT_IPTABLES_CHAIN} `) && line.includes(marker))
-    .map((line) => `-D${line.slice(2)}`);
-  return lines.length === 0 ? "" : `*filter\n${lines.join("\n")}\nCOMMIT\n`;
+  return restoreInput(exceptionRemovals(listing, uuid));
 }
 
 // ---- reading nft's JSON listing

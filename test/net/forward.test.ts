@@ -107,6 +107,10 @@ test("hairpin: another VM on the same network reaches the forward through the ho
   withDomain("hairpin", `<vmhook:forward ports="2222:22" hairpin="yes"/>`, () => {
     assert.is(lab.probe("tcp", ADDRESSES.hostV4, 2222, "neighbour"), REACHED);
   });
+  withDomain("hairpin-interface", `<vmhook:forward ports="2222:22" interface="vc0h" hairpin="yes"/>`, () => {
+    assert.is(lab.probe("tcp", ADDRESSES.hostV4, 2222, "neighbour"), REACHED, "hairpin with interface=: the bridge too");
+    assert.is(lab.probe("tcp", ADDRESSES.hostV4, 2222), REACHED, "and the client on interface=");
+  });
   withDomain("nohairpin", `<vmhook:forward ports="2222:22"/>`, () => {
     assert.match(lab.probe("tcp", ADDRESSES.hostV4, 2222, "neighbour"), /^no answer/, "without hairpin the bridge is left out");
   });

@@ -47,6 +47,8 @@ function iptablesHost(backend: Backend = "iptables-nft") {
   let applied = false;
   let lockHeld = false;
   let chainGone = false;
+  /** Restores that still succeed before the xtables lock is held by another program; Infinity: never held. */
+  let restoresBeforeLockHeld = Infinity;
   sim.onExec("nft", (args, _sim, options) => {
     if (args.join(" ") === "-j list ruleset") {
       const ours = applied ? [{ table: { family: "inet", name: "vmhook" } }, { chain: { family: "inet", table: "vmhook", name: `vm-${UUID}` } }] : [];
@@ -65,6 +67,8 @@ function iptablesHost(backend: Backend = "iptables-nft") {
     return { status: 1, stderr: `unexpected ${args.join(" ")}` };
   });
   sim.onExec(`${backend}-restore`, (_args, _sim, options) => {
+    // A restore is one transaction: one that fails changes nothing.
+    if (restoresBeforeLockHeld-- <= 0) return { status: 4, stderr: `${LOCK_HELD}.\n` };
     restores.push(options.input ?? "");
     for (const line of (options.input ?? "").split("\n")) {
       if (line.startsWith("-I ")) fwi.unshift(`-A${line.slice(2)}`);
@@ -79,6 +83,9 @@ function iptablesHost(backend: Backend = "iptables-nft") {
     ours: () => fwi.filter((line) => line.includes(TAG)),
     setLockHeld: (held: boolean) => (lockHeld = held),
     dropChain: () => (chainGone = true),
+    /** vmhook's own nft table gone (nft delete table inet vmhook, a firewall reload); libvirt's chains stay. */
+    dropOurTable: () => (applied = false),
+    holdLockAfterRestores: (count: number) => (restoresBeforeLockHeld = count),
   };
 }
 
@@ -89,6 +96,18 @@ async function recover(sim: SimHost) {
   const env = { host: sim, log: createLogger(sim, { echo: "none", file: false }), settings: DEFAULT_SETTINGS, registry };
   return undoJournal(journal!, env, new Deadline(sim, 10_000));
 }
+
+test("reconnect: the exceptions in LIBVIRT_FWI are replaced in one restore: another program taking the xtables lock meanwhile cannot leave them taken out", async () => {
+  const { sim, ours, dropOurTable, holdLockAfterRestores } = iptablesHost();
+  const xml = domain(`<vmhook:forward ports="2222:22"/>`);
+  assert.is((await runHookEvent(sim, "start", "begin", xml)).code, 0);
+  const exceptions = ours();
+  assert.is(exceptions.length, 1, "the exception went in");
+  dropOurTable();
+  holdLockAfterRestores(1);
+  await runHookEvent(sim, "reconnect", "begin", xml);
+  assert.equal(ours(), exceptions, "the exception is in LIBVIRT_FWI after the put-back, once");
+});
 
 // ---- defect 1: a failed listing of LIBVIRT_FWI is not "the chain is gone"
 

@@ -6,6 +6,7 @@ import * as assert from "uvu/assert";
 import { assertPlanIsPrepare, plannedSteps as plannedStepsFor } from "../helpers/plan.ts";
 import { runHookEvent } from "../helpers/hook.ts";
 import { NAT_NETWORK, nftHost } from "../helpers/nft-host.ts";
+import { SimHost } from "../helpers/simhost.ts";
 import { loadDomainPlugins } from "../../lib/config.ts";
 import { parseDomain } from "../../lib/domain.ts";
 import { RootedHost } from "../../lib/host.ts";
@@ -15,7 +16,7 @@ import { registry } from "../../plugins/index.ts";
 import type { ForwardConfig } from "../../plugins/forward/config.ts";
 import { parseProcNet } from "../../plugins/forward/listeners.ts";
 import { parseNetworkXml } from "../../plugins/forward/network.ts";
-import { buildRecord, checkOtherVms } from "../../plugins/forward/plan.ts";
+import { buildRecord, checkListeners, checkOtherVms } from "../../plugins/forward/plan.ts";
 import { checkRecord, describeForwards } from "../../plugins/forward/record.ts";
 import { applyScript, iptablesApplyInput, iptablesRemovalInput, parseRuleset, removalScript, type ResolvedForward, type RulesetView } from "../../plugins/forward/rules.ts";
 
@@ -125,6 +126,11 @@ test("interface= and host-address= narrow the DNAT; IPv6 targets are bracketed",
   assert.match(applyScript(EMPTY, UUID, [v6]), `meta nfproto ipv6 iifname "eth0" fib daddr type local ip6 daddr 2001:db8::1 meta l4proto tcp th dport 2222 dnat ip6 to [fd00::10]:22\n`);
 });
 
+test("hairpin= with interface= lets the network's other guests in too: their connections arrive on the bridge, not on interface=", () => {
+  const both: ResolvedForward = { ...FORWARD, interface: "eth0", hairpin: true, ports: [FORWARD.ports[0]!] };
+  assert.match(applyScript(EMPTY, UUID, [both]), `meta nfproto ipv4 iifname { "eth0", "virbr0" } fib daddr type local ip daddr != 127.0.0.0/8 meta l4proto tcp th dport 2222 dnat ip to 192.168.122.10:22\n`);
+});
+
 test("host-address= only narrows the host's own addresses: an address that is not the host's (the host's own connections out, traffic routed through) is never redirected to the guest", () => {
   const elsewhere: ResolvedForward = { ...FORWARD, hostAddress: parseIp("198.51.100.7")!, ports: [FORWARD.ports[0]!] };
   assert.match(applyScript(EMPTY, UUID, [elsewhere]), `meta nfproto ipv4 iifname != "virbr0" fib daddr type local ip daddr 198.51.100.7 meta l4proto tcp th dport 2222 dnat ip to 192.168.122.10:22\n`);
@@ -151,12 +157,14 @@ test("undo: nothing left gives an empty transaction; the last domain takes the t
   assert.is(removalScript(shared, UUID), `delete rule inet vmhook prerouting handle 4\nflush chain inet vmhook vm-${UUID}\ndelete chain inet vmhook vm-${UUID}\n`);
 });
 
-test("libvirt's iptables backend: exceptions in LIBVIRT_FWI, removed exactly from iptables -S", () => {
-  const input = iptablesApplyInput([FORWARD], 4, UUID);
+test("libvirt's iptables backend: exceptions in LIBVIRT_FWI, removed exactly from iptables -S, and replaced in the same restore", () => {
+  const input = iptablesApplyInput("-N LIBVIRT_FWI\n", [FORWARD], 4, UUID);
   assert.match(input, `-I LIBVIRT_FWI -d 192.168.122.10/32 -o virbr0 -p udp -m udp --dport 60000:60010 -m conntrack --ctstate DNAT -m comment --comment "vmhook:${UUID}" -j ACCEPT`);
-  assert.is(iptablesApplyInput([FORWARD], 6, UUID), "");
-  const shown = `-N LIBVIRT_FWI\n-A LIBVIRT_FWI -d 192.168.122.10/32 -o virbr0 -p tcp -m tcp --dport 22 -m conntrack --ctstate DNAT -m comment --comment "vmhook:${UUID}" -j ACCEPT\n-A LIBVIRT_FWI -o virbr0 -j REJECT --reject-with icmp-port-unreachable\n`;
-  assert.is(iptablesRemovalInput(shown, UUID), `*filter\n-D LIBVIRT_FWI -d 192.168.122.10/32 -o virbr0 -p tcp -m tcp --dport 22 -m conntrack --ctstate DNAT -m comment --comment "vmhook:${UUID}" -j ACCEPT\nCOMMIT\n`);
+  assert.is(iptablesApplyInput("-N LIBVIRT_FWI\n", [FORWARD], 6, UUID), "");
+  const exception = `LIBVIRT_FWI -d 192.168.122.10/32 -o virbr0 -p tcp -m tcp --dport 22 -m conntrack --ctstate DNAT -m comment --comment "vmhook:${UUID}" -j ACCEPT`;
+  const shown = `-N LIBVIRT_FWI\n-A ${exception}\n-A LIBVIRT_FWI -o virbr0 -j REJECT --reject-with icmp-port-unreachable\n`;
+  assert.is(iptablesRemovalInput(shown, UUID), `*filter\n-D ${exception}\nCOMMIT\n`);
+  assert.is(iptablesApplyInput(shown, [{ ...FORWARD, ports: [FORWARD.ports[0]!] }], 4, UUID), `*filter\n-D ${exception}\n-I ${exception}\nCOMMIT\n`);
   assert.is(iptablesRemovalInput(shown, OTHER), "");
 });
 
@@ -207,6 +215,34 @@ test("/proc/net: listening TCP and unconnected UDP sockets, IPv4 and IPv6 addres
    0: 00000000000000000000000000000000:0016 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 5001 1 0 100 0 0 10 0
    1: 00000000000000000000000001000000:1F90 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 5003 1 0 100 0 0 10 0`;
   assert.equal(parseProcNet(tcp6, "tcp", 6).map(({ address, port, loopback }) => `${address} ${port} ${loopback}`), [":: 22 false", "::1 8080 true"]);
+});
+
+test("a host service bound to the forward's IPv6 host-address is found, whichever zero run the kernel's address has: the forward would take its traffic", () => {
+  // fd00:0:0:1::1, as /proc/net/tcp6 prints it (each 32-bit word little-endian), listening on 2222.
+  const tcp6 = `  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 000000FD010000000000000001000000:08AE 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 5002 1 0 100 0 0 10 0`;
+  assert.equal(parseProcNet(tcp6, "tcp", 6).map(({ address }) => address), ["fd00:0:0:1::1"], "written as the forward's own addresses are (RFC 5952)");
+  const host = new SimHost().file("/proc/net/tcp6", tcp6);
+  const v6: ResolvedForward = { ...FORWARD, family: 6, guest: parseIp("fd00:122::10")!, hostAddress: parseIp("fd00:0:0:1::1")!, ports: [FORWARD.ports[0]!] };
+  assert.throws(() => checkListeners(host, [v6]), /host port tcp 2222 \(IPv6\) is in use: .* listens on \[fd00:0:0:1::1\]:2222/);
+});
+
+test("an IPv6 socket bound to an IPv4-mapped address (Java binds IPv4 addresses so) is an IPv4 listener: it holds the IPv4 port, not the IPv6 one", () => {
+  // ::ffff:203.0.113.5 on 8080 and ::ffff:127.0.0.1 on 8081, as /proc/net/tcp6 prints them.
+  const tcp6 = `  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 0000000000000000FFFF0000057100CB:1F90 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 5004 1 0 100 0 0 10 0
+   1: 0000000000000000FFFF00000100007F:1F91 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 5005 1 0 100 0 0 10 0`;
+  assert.equal(
+    parseProcNet(tcp6, "tcp", 6).map(({ family, address, loopback }) => `${family} ${address} ${loopback}`),
+    ["4 203.0.113.5 false", "4 127.0.0.1 true"],
+  );
+  const host = new SimHost().file("/proc/net/tcp6", tcp6);
+  const on = (port: number, family: 4 | 6 = 4): ResolvedForward[] => [
+    { ...FORWARD, family, guest: family === 4 ? FORWARD.guest : parseIp("fd00:122::10")!, ports: [{ protocol: "tcp", host: { first: port, last: port }, guest: { first: 80, last: 80 } }] },
+  ];
+  assert.throws(() => checkListeners(host, on(8080)), /host port tcp 8080 is in use: .* listens on 203\.0\.113\.5:8080/);
+  checkListeners(host, on(8080, 6));
+  checkListeners(host, on(8081));
 });
 
 test("libvirt network files: status or definition, NAT by default, netmask or prefix, DHCP hosts by MAC", () => {
