@@ -11,8 +11,8 @@
 // (Host.writeInHelper): one whose hook was killed before that ends having
 // done nothing, so there is never a note missing, nor one without a pid. Writes that call no driver (driver_override)
 // stay in-process. rmmod and modprobe of a driver's module run its remove()
-// or probe() for each device it drives: they run the same way, noted for the
-// module and for each of those devices.
+// or probe() for each device it drives, and rmmod its exit: they run the same
+// way, noted for each module and for each of those devices.
 import type { Deadline } from "./deadline.ts";
 import { VmhookError } from "./errors.ts";
 import type { ExecResult, Host } from "./host.ts";
@@ -57,7 +57,8 @@ export async function writeThroughDriver(ctx: WriteContext, write: DriverWrite):
 
 export interface ModuleRun {
   command: "rmmod" | "modprobe";
-  module: string;
+  /** The module modprobe loads; or those rmmod removes, in this order (one rmmod for a stack, users first). */
+  modules: string[];
   /** The devices the module's driver drives: their remove() (rmmod) or probe() (modprobe) runs in the program. */
   devices: { address: string; driver: string }[];
   timeoutMs: number;
@@ -68,32 +69,32 @@ export interface ModuleRun {
 }
 
 /**
- * `rmmod module` or `modprobe module`, waiting at most timeoutMs (and the
+ * `rmmod module…` or `modprobe module`, waiting at most timeoutMs (and the
  * deadline): its result, or a StuckWriteError for a program left blocked in
- * the kernel. Refused while an earlier one of the module (for modprobe: of a
+ * the kernel. Refused while an earlier one of a module (for modprobe: of a
  * module it may load; the kernel would make it wait), or a write into one of
  * the devices, is blocked.
  */
 export async function runThroughDriver(ctx: WriteContext, run: ModuleRun): Promise<ExecResult> {
   const { host } = ctx;
-  const { command, module, devices } = run;
-  const modules = command === "modprobe" ? (run.loads ?? moduleClosure(host, module)) : [module];
-  const subjects = [moduleSubject(module), ...devices.map((device) => device.address)];
-  for (const subject of new Set([...modules.map(moduleSubject), ...subjects])) clearForWrite(host, subject);
-  const cmdline = `${command} ${module}`;
+  const { command, modules, devices } = run;
+  const waitsFor = command === "modprobe" ? (run.loads ?? moduleClosure(host, modules[0]!)) : modules;
+  const subjects = [...modules.map(moduleSubject), ...devices.map((device) => device.address)];
+  for (const subject of new Set([...waitsFor.map(moduleSubject), ...subjects])) clearForWrite(host, subject);
+  const cmdline = [command, ...modules].join(" ");
   ctx.deadline.check(`starting ${cmdline}`);
   const timeoutMs = ctx.deadline.clamp(run.timeoutMs);
   const since = new Date(host.now()).toISOString();
   const noted = (pid: number) => {
-    noteWrite(host, { pid, device: moduleSubject(module), driver: module, command: cmdline, since, domain: ctx.domain });
+    for (const module of modules) noteWrite(host, { pid, device: moduleSubject(module), driver: module, command: cmdline, since, domain: ctx.domain });
     for (const { address, driver } of devices) noteWrite(host, { pid, device: address, driver, command: cmdline, since, domain: ctx.domain });
   };
-  const result = await host.runInHelper(command, [module], timeoutMs, noted);
+  const result = await host.runInHelper(command, modules, timeoutMs, noted);
   if (result.done) {
     for (const subject of subjects) forgetWrite(host, subject);
     return result.result;
   }
-  const driven = devices.length > 0 ? `: module ${module} is the driver of ${devices.map((device) => device.address).join(", ")} (its ${command === "rmmod" ? "remove()" : "probe()"} runs in ${command})` : "";
+  const driven = devices.length > 0 ? `: module ${modules.join(", ")} is the driver of ${devices.map((device) => device.address).join(", ")} (its ${command === "rmmod" ? "remove()" : "probe()"} runs in ${command})` : "";
   throw new StuckWriteError(`${cmdline} did not return within ${seconds(timeoutMs)} s${driven}; vmhook left ${command} (pid ${result.pid}) blocked in the kernel and gave up`, stuckAdvice(run.setting));
 }
 

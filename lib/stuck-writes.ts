@@ -164,7 +164,7 @@ export function refuseIfStuck(host: Host, devices: string[]): void {
 export function clearForWrite(host: Host, device: string): void {
   const write = stuckWriteFor(host, device);
   if (write?.running) throw stillBlocked(write, device);
-  if (write) forgetWrite(host, device);
+  if (write) forgetNoteRead(host, write);
 }
 
 function stillBlocked(write: StuckWriteStatus, device: string): StuckWriteError {
@@ -177,8 +177,38 @@ function stillBlocked(write: StuckWriteStatus, device: string): StuckWriteError 
 export function forgetFinishedWrites(host: Host): StuckWriteStatus[] {
   settleUnrenamedNotes(host);
   const finished = listStuckWrites(host).filter((write) => !write.running);
-  for (const write of finished) forgetWrite(host, write.device);
+  for (const write of finished) forgetNoteRead(host, write);
   return finished;
+}
+
+/**
+ * Removes the device's note only while it is the one `read` came from (same
+ * helper: pid and start time). Notes take no lock: between the read and
+ * the removal, a hook may have replaced a finished note with that of its own
+ * helper, now blocked in the driver, which must stay. So the note is first
+ * taken aside (rename is atomic), then checked; one that is not the note read
+ * goes back.
+ */
+function forgetNoteRead(host: Host, read: StuckWrite): void {
+  const file = paths.stuckWrite(checkedDevice(read.device));
+  const aside = `${file}.forgetting`;
+  try {
+    host.rename(file, aside);
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === "ENOENT") return; // forgotten already (a hook's clearForWrite)
+    throw error;
+  }
+  if (sameHelper(readStateFile(host, aside, "stuck-write note"), read)) host.remove(aside);
+  else host.rename(aside, file);
+}
+
+function sameHelper(text: string | undefined, read: StuckWrite): boolean {
+  try {
+    const note = JSON.parse(text ?? "null") as Partial<StuckWrite> | null;
+    return note?.pid === read.pid && note.startTime === read.startTime;
+  } catch {
+    return false;
+  }
 }
 
 /**

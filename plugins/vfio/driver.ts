@@ -169,21 +169,22 @@ interface UnloadRecord extends UndoRecord {
 }
 
 /**
- * rmmod or modprobe of a module whose driver drives `devices` runs its
- * remove() or probe() for each of them, in a helper noted while it runs
+ * rmmod or modprobe of modules (a module's init or exit may block in the
+ * kernel), one of whose driver drives `devices`, runs its remove() or
+ * probe() for each of them: in a helper noted while it runs
  * (lib/bounded-write.ts). Its bound is the one these commands always had
  * (a driver's probe may load firmware for seconds: NVIDIA's GSP), or
  * bindTimeoutSeconds when that is longer.
  */
-function moduleChange(ctx: BaseContext, command: "rmmod" | "modprobe", module: string, devices: { address: string; driver: string }[], bindTimeoutMs: number, loads?: string[]): Promise<ExecResult> {
+function moduleChange(ctx: BaseContext, command: "rmmod" | "modprobe", modules: string[], devices: { address: string; driver: string }[], bindTimeoutMs: number, loads?: string[]): Promise<ExecResult> {
   const usual = command === "rmmod" ? 30_000 : 60_000;
   const bound = devices.length > 0 ? { timeoutMs: Math.max(usual, bindTimeoutMs), setting: "plugins.vfio.bindTimeoutSeconds" } : { timeoutMs: usual };
-  return runThroughDriver(ctx, { command, module, devices, ...bound, ...(loads ? { loads } : {}) });
+  return runThroughDriver(ctx, { command, modules, devices, ...bound, ...(loads ? { loads } : {}) });
 }
 
 /** modprobe through moduleChange, or an error naming the module and modprobe's first line. */
 async function modprobe(ctx: BaseContext, module: string, devices: { address: string; driver: string }[], bindTimeoutMs: number, loads?: string[]): Promise<void> {
-  const result = await moduleChange(ctx, "modprobe", module, devices, bindTimeoutMs, loads);
+  const result = await moduleChange(ctx, "modprobe", [module], devices, bindTimeoutMs, loads);
   if (result.error || result.status !== 0) throw new VmhookError(`modprobe ${module} failed: ${(result.error || result.stderr).trim().split("\n")[0] || `exit status ${result.status ?? result.signal}`}`);
 }
 
@@ -193,7 +194,7 @@ async function unloadModule(record: UnloadRecord, ctx: BaseContext): Promise<voi
   // rmmod runs remove() for each device still bound: one blocked there already, or an earlier rmmod of it, would block rmmod too.
   refuseIfStuck(ctx.host, [moduleSubject(module), ...record.devices.map((device) => device.address)]);
   ctx.claims.take(moduleClaim(module), { drivers: driversOf(ctx.host, module) });
-  const result = await moduleChange(ctx, "rmmod", module, record.devices, record.bindTimeoutMs);
+  const result = await moduleChange(ctx, "rmmod", [module], record.devices, record.bindTimeoutMs);
   if (moduleLoaded(ctx.host, module)) {
     const users = [...ctx.host.list(`/sys/module/${module}/holders`).map((holder) => `module ${holder}`), describeHolders(processesHolding(ctx.host, isWatched(record.watched)))].filter(Boolean);
     throw new VmhookError(
@@ -473,7 +474,7 @@ function journalCarrying(ctx: BaseContext, address: string, driver: string): str
  * vfio_iommu_type1 while another VM's QEMU holds a container: a use that only
  * refcnt shows, not holders/).
  */
-function unloadModules(record: LoadRecord, ctx: BaseContext): void {
+async function unloadModules(record: LoadRecord, ctx: BaseContext): Promise<void> {
   // A modprobe of it still blocked may load more yet: the record stays until it has returned (a note of one that has, goes).
   if (record.module !== "") clearForWrite(ctx.host, moduleSubject(record.module));
   let modules = record.modules;
@@ -489,11 +490,11 @@ function unloadModules(record: LoadRecord, ctx: BaseContext): void {
     const claimed = held ? originalNames(claim, held, "modules") : [];
     modules = [...new Set([...modules, ...claimed])];
   }
-  unloadUnused(ctx, modules);
+  await unloadUnused(ctx, modules);
   if (claim) ctx.claims.drop(claim);
 }
 
-function unloadUnused(ctx: BaseContext, modules: string[]): void {
+async function unloadUnused(ctx: BaseContext, modules: string[]): Promise<void> {
   // rmmod of a driver whose remove() is blocked would block as well (and vmhook with it): such a module stays.
   const stuckDrivers = new Set(listStuckWrites(ctx.host).flatMap((write) => (write.running ? [write.driver] : [])));
   // Which drivers a module registers takes a look at every PCI driver: only when some write is stuck.
@@ -506,12 +507,14 @@ function unloadUnused(ctx: BaseContext, modules: string[]): void {
   // usual chain (vfio_pci, vfio_pci_core, vfio_iommu_type1, vfio) costs one
   // process. Then each round unloads what nothing uses any more (busybox's
   // rmmod stops at its first failure). A module taken meanwhile (a VM
-  // starting) just stays loaded.
+  // starting) just stays loaded. A module's exit that blocks leaves rmmod
+  // behind, noted: the record stays for vmhook recover.
+  const rmmod = (names: string[]) => moduleChange(ctx, "rmmod", names, [], 0);
   const unused = remaining.filter((module) => !(module === "vfio_pci" && stillUsed(module)));
-  if (unused.length > 1) ctx.run("rmmod", usersFirst(ctx.host, unused), { allowFailure: true });
+  if (unused.length > 1) await rmmod(usersFirst(ctx.host, unused));
   remaining = remaining.filter((module) => moduleLoaded(ctx.host, module));
   for (let unloaded = true; unloaded && remaining.length > 0; ) {
-    for (const module of remaining.filter((module) => !stillUsed(module))) ctx.run("rmmod", [module], { allowFailure: true });
+    for (const module of remaining.filter((module) => !stillUsed(module))) await rmmod([module]);
     const before = remaining.length;
     remaining = remaining.filter((module) => moduleLoaded(ctx.host, module));
     unloaded = remaining.length < before;

@@ -16,6 +16,9 @@ type ReadCall = "read" | "list" | "readlink" | "stat" | "exists";
 /** What every host operation of a hook killed by killAtChange() throws: a killed process does nothing more. */
 export class ProcessKilled extends Error {}
 
+/** What exec of a program that hangs in a driver throws: the real exec would never return. */
+export class HookHung extends Error {}
+
 export class SimHost extends RootedHost {
   /** Every write and exec, in order: what a test asserts on. */
   readonly writes: { path: string; data: string }[] = [];
@@ -354,14 +357,14 @@ export class SimHost extends RootedHost {
     handler.handler(request, argument, hostPath, this);
   }
 
-  /** A program that hangs in a driver blocks exec, which cannot leave it: here it returns at once, as killed at its timeout, while the process stays in D state. */
+  /**
+   * A program that hangs in a driver blocks exec for good: Bun.spawnSync waits
+   * for its child even after the SIGKILL at its timeout, which a process in D
+   * state never gets. The hook would hang (and libvirt with it): HookHung.
+   */
   override exec(command: string, args: string[], options: ExecOptions): ExecResult {
     this.change(`run ${[command, ...args].join(" ")}`);
-    if (this.programHangs(command, args)) {
-      this.execs.push({ command, args });
-      this.hungPrograms.push({ pid: this.startHelper(command, true, () => {}), command, args });
-      return { status: null, signal: "SIGKILL", stdout: "", stderr: "", timedOut: true };
-    }
+    if (this.programHangs(command, args)) throw new HookHung(`the hook hangs: exec waits forever for ${[command, ...args].join(" ")}, blocked in the kernel (run it through runInHelper)`);
     return this.asKernel(() => this.runProgram(command, args, options));
   }
 

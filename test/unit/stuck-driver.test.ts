@@ -15,11 +15,12 @@ import { RootedHost } from "../../lib/host.ts";
 import { readJournal } from "../../lib/journal.ts";
 import { createLogger } from "../../lib/log.ts";
 import { loadSettings } from "../../lib/settings.ts";
-import { forgetFinishedWrites } from "../../lib/stuck-writes.ts";
+import { clearForWrite, forgetFinishedWrites, noteWrite, stuckWriteFor } from "../../lib/stuck-writes.ts";
 import { undoJournal } from "../../lib/transaction.ts";
 import { registry } from "../../plugins/index.ts";
 import { paths } from "../../lib/paths.ts";
 import { GpuKernel } from "../helpers/gpu-kernel.ts";
+import { SimHost } from "../helpers/simhost.ts";
 import { cli } from "../helpers/cli.ts";
 import { runHookEvent } from "../helpers/hook.ts";
 
@@ -276,6 +277,34 @@ test("a hook killed between its note's temp copy and the rename: the helper neve
   assert.is(kernel.driverOf(GPU), "amdgpu");
   assert.equal(kernel.sim.stateFiles(), []);
   kernel.sim.cleanup();
+});
+
+test("vmhook recover forgets only the finished note it read: a hook's note of a new write into the device, put in its place meanwhile, stays", () => {
+  const sim = new SimHost();
+  try {
+    const write = { device: GPU, driver: "amdgpu", file: UNBIND, value: GPU, since: "2026-01-01T00:00:00.000Z", domain: { name: "win11", uuid: UUID } };
+    noteWrite(sim, { ...write, pid: 5001 }); // its helper is gone
+    const live = 5002;
+    sim.file(`/proc/${live}/stat`, `${live} (dd) D 1 ${live} ${live} 0 -1 4194304 0 0 0 0 0 0 0 0 20 0 1 0 ${live * 10} 2314240 1`);
+    // A hook starting a write into the device once recover has read the finished note, before recover changes anything there.
+    let hookWrote = false;
+    const hookInterleaves = (hostPath: string) => {
+      if (hookWrote || !hostPath.startsWith(paths.stuckWrites)) return;
+      hookWrote = true;
+      clearForWrite(sim, GPU);
+      noteWrite(sim, { ...write, pid: live });
+    };
+    const [rename, remove] = [sim.rename.bind(sim), sim.remove.bind(sim)];
+    sim.rename = (from, to) => (hookInterleaves(from), rename(from, to));
+    sim.remove = (hostPath) => (hookInterleaves(hostPath), remove(hostPath));
+
+    assert.equal(forgetFinishedWrites(sim).map((note) => note.pid), [5001]);
+    assert.ok(hookWrote, "the hook wrote its note in between");
+    assert.equal({ pid: stuckWriteFor(sim, GPU)?.pid, running: stuckWriteFor(sim, GPU)?.running }, { pid: live, running: true }, "the live helper's note stays");
+    assert.equal(sim.list(paths.stuckWrites), [`${GPU}.json`]);
+  } finally {
+    sim.cleanup();
+  }
 });
 
 test("RootedHost.writeInHelper: writes through dd, nothing parsed by a shell; reports the kernel's error; leaves a helper that blocks", async () => {

@@ -152,6 +152,33 @@ test("modprobe nvidia never returns at release (its probe() blocks on the GPU): 
   assertAsBefore(kernel, before);
 });
 
+test("rmmod of the vfio modules vmhook loaded never returns at release (a module's exit blocks): release exits 0 naming them, notes them, keeps the record; recover finishes once it has returned", async () => {
+  const kernel = workstation();
+  const before = kernel.sim.snapshot();
+  assert.is((await runHookEvent(kernel.sim, "prepare", "begin", XML, "win11")).code, 0);
+  kernel.sim.hangProgram("rmmod");
+  const release = await runHookEvent(kernel.sim, "release", "end", XML, "win11");
+  assert.is(release.code, 0, "release never fails libvirt");
+  const [hung] = kernel.sim.hungPrograms;
+  assert.ok(hung, "rmmod ran in a helper vmhook could leave");
+  const rmmod = ["rmmod", ...hung.args].join(" ");
+  assert.equal([...hung.args].sort(), ["vfio", "vfio_iommu_type1", "vfio_pci", "vfio_pci_core"]);
+  assert.match(release.stderr, `${rmmod} did not return within 30 s; vmhook left rmmod (pid ${hung.pid}) blocked in the kernel and gave up`);
+  assert.ok(entries(kernel).includes("undo-failed load module vfio-pci"), entries(kernel).join("\n"));
+  for (const module of hung.args) {
+    const note = JSON.parse(kernel.sim.read(paths.stuckWrite(`module:${module}`)));
+    assert.equal({ ...note, since: "" }, { pid: hung.pid, startTime: String(hung.pid * 10), device: `module:${module}`, driver: module, command: rmmod, since: "", domain: { name: "win11", uuid: UUID } });
+  }
+  assert.match((await cliOn(kernel, "status")).stdout, `stuck driver: module vfio_pci: ${rmmod} did not return (since `);
+  assert.is((await recover(kernel)).failed.length, 1, "refused while rmmod is blocked");
+
+  kernel.sim.finishHungWrites();
+  const recovered = await cli(["recover", "--force", "--root", kernel.sim.root], kernel.sim);
+  assert.is(recovered.code, 0, recovered.stderr);
+  assert.match(recovered.stdout, `module vfio: ${rmmod}, which did not return, has finished since (pid ${hung.pid} is gone)`);
+  assertAsBefore(kernel, before);
+});
+
 test("modprobe vfio-pci never returns at prepare (vfio-pci's probe blocks on a device): prepare fails naming it; status and doctor show it; its load stays in the journal until it has returned", async () => {
   const kernel = workstation();
   const before = kernel.sim.snapshot();
