@@ -226,7 +226,8 @@ function namedRefusal(pluginId: string, refusal: Refusal): Refusal {
 
 function namesPlugin(pluginId: string, text: string): boolean {
   const name = pluginId.replace(CUSTOM_PREFIX, "");
-  return [`${pluginId}:`, `${name}:`, `<vmhook:${name} `, `<vmhook:${name}>`].some((start) => text.startsWith(start));
+  // `${pluginId} `: the runner's own errors ("plugin:gate did not finish planning prepare within …").
+  return [`${pluginId}:`, `${pluginId} `, `${name}:`, `<vmhook:${name} `, `<vmhook:${name}>`].some((start) => text.startsWith(start));
 }
 
 /** A custom plugin's planner failed: the user must see which plugin, as with its refusals (built-ins' errors name their element). */

@@ -299,6 +299,14 @@ async function loadModules(record: LoadRecord, ctx: ApplyContext<unknown>): Prom
     ctx.claims.take(record.claim, null);
     return;
   }
+  // An earlier modprobe or rmmod of a module it may load, still blocked, refuses it before it starts: nothing
+  // changed, so no claim and no entry to undo (whose undo would wait for that other helper too).
+  try {
+    for (const module of [record.module, ...record.modules]) clearForWrite(ctx.host, moduleSubject(module));
+  } catch (error) {
+    ctx.nothingToUndo();
+    throw error;
+  }
   // Claimed before modprobe runs, with all it may load, as the record is journaled: a hook killed
   // meanwhile leaves the modules to the last VM that uses them, not to a VM that finds them loaded.
   const first = ctx.claims.take(record.claim, { modules: record.modules });

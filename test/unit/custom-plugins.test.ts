@@ -355,6 +355,18 @@ for (const how of ["refuses", "throws"] as const) {
   });
 }
 
+test("module: a planner that never settles is abandoned at its time limit, the plugin named once", async () => {
+  const sim = pluginHost();
+  install(sim, "slow.mjs", `export default { name: "slow", summary: "hangs", parse: () => ({}), plan: { prepare: () => new Promise(() => {}) }, actions: {} };\n`, 0o644);
+  sim.file(paths.hostConfig, JSON.stringify({ plugins: { "plugin:slow": { timeoutSeconds: 0.2 } } }));
+  const before = sim.snapshot();
+  const outcome = await runHookEvent(sim, "prepare", "begin", domainXml('<vmhook:plugin name="slow"/>'));
+  assert.is(outcome.code, 1);
+  assert.match(outcome.stderr, /^vmhook: plugin:slow did not finish planning prepare within 0\.2 s \(its planner\) and was abandoned; /m);
+  assert.equal(sim.snapshot(), before);
+  sim.cleanup();
+});
+
 test("a JS plugin of the first interface (handlers calling ctx.step, one undo) still runs: plan lists its steps, prepare journals them, release undoes them", async () => {
   const sim = pluginHost();
   sim.file("/flag", "off");

@@ -411,6 +411,27 @@ test("VM A's hook killed while modprobe vfio-pci runs, VM B prepared meanwhile: 
   }
 });
 
+// ---- a VM whose modprobe vfio-pci another VM left blocked
+
+test("VM B's modprobe vfio-pci left blocked in the kernel: VM A's prepare is refused naming it, and leaves nothing of A's (no journal entry to recover, no claim)", async () => {
+  const kernel = twoCardHost();
+  try {
+    kernel.sim.hangProgram("modprobe", ["vfio-pci"]);
+    assert.is((await runHookEvent(kernel.sim, "prepare", "begin", passthrough("vmB", UUID_B, CARD_B), "vmB")).code, 1);
+    const claimsBefore = readClaims(kernel);
+    const prepared = await runHookEvent(kernel.sim, "prepare", "begin", passthrough("vmA", UUID_A, CARD_A), "vmA");
+    assert.is(prepared.code, 1);
+    assert.match(firstLine(prepared.stderr), "module vfio_pci: modprobe vfio-pci did not return");
+    assert.match(firstLine(prepared.stderr), "for vmB");
+    assert.not.match(prepared.stderr, "could not be undone", prepared.stderr);
+    assert.is(readJournal(kernel.sim, UUID_A), undefined, "A changed nothing that needs vmhook recover");
+    assert.equal(readClaims(kernel), claimsBefore, "A joined no claim");
+    assert.is(kernel.driverOf(CARD_A), "nvidia");
+  } finally {
+    kernel.sim.cleanup();
+  }
+});
+
 // ---- a writer killed mid-write: its temp file goes with the file
 
 const GPU_VM = `<domain><name>gpu</name><uuid>${UUID_A}</uuid><memory unit='GiB'>1</memory>
