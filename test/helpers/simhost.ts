@@ -17,7 +17,7 @@ type ReadCall = "read" | "list" | "readlink" | "stat" | "exists";
 export class ProcessKilled extends Error {}
 
 /** What exec of a program that hangs in a driver throws: the real exec would never return. */
-export class HookHung extends Error {}
+class HookHung extends Error {}
 
 export class SimHost extends RootedHost {
   /** Every write and exec, in order: what a test asserts on. */
