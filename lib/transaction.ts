@@ -273,16 +273,18 @@ export async function runPlugins(event: PlannedEvent, instances: PluginInstance[
     let plannedWhenLetGo = held?.timesLetGo ?? 0;
     const background = new BackgroundSteps();
     try {
-      for (let index = 0; index < units.length; index++) {
-        // A step let go of the host lock (outsideHostLock): another VM's hook may have changed what the plugins still to come planned from.
-        if (held && held.timesLetGo !== plannedWhenLetGo && startsPlugin(units, index)) {
+      for (let index = 0; index <= units.length; index++) {
+        // A step let go of the host lock (outsideHostLock): another VM's hook may have changed what every plugin after its own planned from,
+        // one that planned no step included.
+        if (held && held.timesLetGo !== plannedWhenLetGo && endsPlugin(units, index)) {
           await background.finished();
-          const replanned = await planUnits(event, instances.slice(instances.indexOf(units[index]!.instance)), domain, journal, env, deadline);
+          const after = instances.slice(instances.indexOf(units[index - 1]!.instance) + 1);
+          const replanned = await planUnits(event, after, domain, journal, env, deadline);
           refuseIfAnyRefused(replanned);
           units = [...units.slice(0, index), ...replanned];
           plannedWhenLetGo = held.timesLetGo;
-          if (index === units.length) break;
         }
+        if (index === units.length) break;
         const unit = units[index]!;
         background.throwIfFailed();
         deadline.check(`applying ${unit.instance.id}`);
@@ -316,8 +318,8 @@ export async function runPlugins(event: PlannedEvent, instances: PluginInstance[
   });
 }
 
-/** Whether `units[index]` is its plugin's first. */
-const startsPlugin = (units: Unit[], index: number) => index === 0 || units[index - 1]!.instance !== units[index]!.instance;
+/** Whether the unit before `index` is its plugin's last (the last of all, at units.length). */
+const endsPlugin = (units: Unit[], index: number) => index > 0 && (index === units.length || units[index - 1]!.instance !== units[index]!.instance);
 
 /** The steps applying in the background (Step.background) and the first one's failure. */
 class BackgroundSteps {

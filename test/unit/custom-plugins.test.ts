@@ -367,6 +367,24 @@ test("module: a planner that never settles is abandoned at its time limit, the p
   sim.cleanup();
 });
 
+test("shared plugins: a step that let go of the host lock has every later plugin planned again, one that planned no step before included", async () => {
+  const sim = pluginHost().file("/another-vm", "absent");
+  // "reclaim" waits outside the host lock, as hugepages' reclaim does; meanwhile another VM takes what "gate" guards.
+  install(sim, "reclaim.mjs", `export default { name: "reclaim", summary: "waits outside the lock", shared: true, parse: () => ({}),
+    plan: { prepare: () => [{ action: "wait", record: { action: "wait" }, description: "wait outside the lock" }] },
+    actions: { wait: { check: (record) => record, apply(record, ctx) { ctx.outsideHostLock(() => ctx.host.write("/another-vm", "started")); }, undo() {} } } };\n`, 0o644);
+  install(sim, "gate.mjs", `export default { name: "gate", summary: "refuses once another VM started", shared: true, parse: () => ({}),
+    plan: { prepare: (ctx) => ctx.host.read("/another-vm").trim() === "started"
+      ? [{ action: "take", record: { action: "take" }, description: "take", refused: { reason: "gate: another VM holds it now", remedies: [] } }]
+      : [] },
+    actions: { take: { check: (record) => record, apply() {}, undo() {} } } };\n`, 0o644);
+  const outcome = await runHookEvent(sim, "prepare", "begin", domainXml('<vmhook:plugin name="reclaim"/><vmhook:plugin name="gate"/>'));
+  assert.is(outcome.code, 1, outcome.stderr);
+  assert.match(outcome.stderr, /^vmhook: gate: another VM holds it now$/m);
+  assert.equal(sim.stateFiles(), []);
+  sim.cleanup();
+});
+
 test("a JS plugin of the first interface (handlers calling ctx.step, one undo) still runs: plan lists its steps, prepare journals them, release undoes them", async () => {
   const sim = pluginHost();
   sim.file("/flag", "off");
