@@ -38,7 +38,7 @@ const validate: CommandModule<GlobalOptions, DomainArgs> = {
     const source = readDomainSource(args.domain, args.connect);
     const domain = parseDomain(source.xml, source.source);
     const instances = await loadDomainPlugins(domain, host, registry);
-    const hostCheck = await checkHere(host, domain, instances);
+    const hostCheck = await checkHere(host, domain, instances, source.onThisHost);
     if ("refused" in hostCheck && hostCheck.refused.length > 0) {
       process.exitCode = 1;
       if (args.json) printJson({ ok: false, domain: { name: domain.name, uuid: domain.uuid }, refused: hostCheck.refused });
@@ -58,16 +58,18 @@ const validate: CommandModule<GlobalOptions, DomainArgs> = {
 };
 
 /**
- * What prepare would refuse on this host (a request that cannot fit), from its
- * plan. Where the host cannot be read (another machine's XML, a bare
- * --root), validate checks the config alone and says why the host was not checked.
+ * What prepare would refuse on this host (a request that cannot fit, a plan
+ * that fails), from its plan. A file or another host's libvirt may describe a
+ * VM of another machine, whose devices this host need not have: a plan that
+ * fails there leaves the config checked alone, saying why the host was not.
  */
-async function checkHere(host: Host, domain: Domain, instances: PluginInstance[]): Promise<{ refused: string[] } | { unchecked: string }> {
+async function checkHere(host: Host, domain: Domain, instances: PluginInstance[], onThisHost: boolean): Promise<{ refused: string[] } | { unchecked: string }> {
   if (instances.length === 0) return { refused: [] };
   try {
     return { refused: (await dryRun(host, domain, instances, "prepare", "none", registry)).flatMap((step) => (step.refused ? [step.refused.reason] : [])) };
   } catch (error) {
-    return { unchecked: describeError(error).split("\n")[0]! };
+    const reason = describeError(error).split("\n")[0]!;
+    return onThisHost ? { refused: [reason] } : { unchecked: reason };
   }
 }
 
