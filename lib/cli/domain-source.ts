@@ -2,6 +2,7 @@
 // libvirt domain (its persistent XML, read with virsh).
 import * as fs from "node:fs";
 import { Virsh } from "../libvirt-client.ts";
+import { shellWord } from "../metadata-text.ts";
 import { readDomainFile, sourceName } from "./output.ts";
 
 export interface DomainSource {
@@ -40,4 +41,9 @@ export function readDomainSource(argument: string, connect?: string): DomainSour
 export function isThisHostsLibvirt(connect: string | undefined): boolean {
   const uri = connect || process.env.LIBVIRT_DEFAULT_URI;
   return uri === undefined || uri === "" || /^qemu(\+unix)?:\/\/\/(system|session)(\?.*)?$/.test(uri);
+}
+
+/** What validate and enable say when this host cannot plan another machine's VM: its config is valid, the host unchecked. */
+export function notCheckedHere(reason: string, domainArgument: string): string {
+  return `NOT checked against this host: ${reason}; run vmhook plan ${shellWord(domainArgument)} on the host that runs the VM to check it there`;
 }

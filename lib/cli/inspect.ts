@@ -3,12 +3,11 @@ import type { CommandModule } from "yargs";
 import { loadDomainPlugins, type PluginInstance } from "../config.ts";
 import { parseDomain, type Domain } from "../domain.ts";
 import { describeError } from "../errors.ts";
-import { shellWord } from "../metadata-text.ts";
 import type { Host } from "../host.ts";
 import { runDoctor } from "../diagnostics/doctor.ts";
 import { dryRun } from "../dry-run.ts";
 import { markRefused, refusalOf } from "../plan-feasibility.ts";
-import { readDomainSource } from "./domain-source.ts";
+import { notCheckedHere, readDomainSource } from "./domain-source.ts";
 import { readJournal, type Journal } from "../journal.ts";
 import { isLegacyPlugin, type HookEvent, type PlannedEvent, type Refusal } from "../plugin.ts";
 import type { PlannedStep } from "../transaction.ts";
@@ -46,7 +45,7 @@ const validate: CommandModule<GlobalOptions, DomainArgs> = {
       return;
     }
     // A config valid elsewhere is still valid: exit 0, but never pass "not checked" off as "fits here".
-    const unchecked = "unchecked" in hostCheck ? `NOT checked against this host: ${hostCheck.unchecked}; run vmhook plan ${shellWord(args.domain)} on the host that runs the VM to check it there` : undefined;
+    const unchecked = "unchecked" in hostCheck ? notCheckedHere(hostCheck.unchecked, args.domain) : undefined;
     if (args.json) {
       printJson({ ok: true, domain: { name: domain.name, uuid: domain.uuid }, plugins: instances.map((i) => ({ id: i.id, config: i.config })), hostChecked: !unchecked, ...(unchecked ? { notChecked: unchecked } : {}) });
     } else if (instances.length === 0) {

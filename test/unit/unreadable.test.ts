@@ -247,6 +247,28 @@ test("validate of a domain read from this host's libvirt (no URI, qemu:///system
   }
 });
 
+test("enable through another host's libvirt: a plan this host cannot make is no refusal, the element is stored and said NOT checked, as validate says; through this host's libvirt nothing is stored", async () => {
+  const sim = new SimHost();
+  const libvirt = fakeLibvirt("win11", domainXml(""));
+  const reason = `vfio: PCI device ${GPU} does not exist on this host`;
+  try {
+    const local = await cli(["enable", "win11", "vfio", "--connect", "qemu:///system", "--root", sim.root]);
+    assert.is(local.code, 1, local.stdout);
+    assert.match(local.stderr, reason);
+    assert.not.match(libvirt.xml("config"), "<vmhook:vfio", "refused here: nothing stored");
+    const remote = await cli(["enable", "win11", "vfio", "--connect", "qemu+ssh://server/system", "--root", sim.root]);
+    assert.is(remote.code, 0, remote.stderr);
+    assert.match(remote.stderr, `vmhook: warning: NOT checked against this host: ${reason}`);
+    assert.match(remote.stderr, "; run vmhook plan win11 on the host that runs the VM to check it there");
+    assert.match(libvirt.xml("config"), "<vmhook:vfio/>");
+    const json = JSON.parse((await cli(["disable", "--json", "win11", "vfio", "--connect", "qemu+ssh://server/system", "--root", sim.root])).stdout);
+    assert.equal([json.changed, json.notChecked], [true, undefined], "nothing left to plan");
+  } finally {
+    libvirt.cleanup();
+    sim.cleanup();
+  }
+});
+
 test("validate: a config checked on this host says nothing more, and --json says hostChecked", async () => {
   const kernel = workstation();
   kernel.sim.remove("/proc/4242");
