@@ -8,6 +8,7 @@ import type { Argv, CommandModule } from "yargs";
 import { CUSTOM_ELEMENT, loadDomainPlugins } from "../config.ts";
 import { parseDomain, storedPlugins, type Domain } from "../domain.ts";
 import { dryRun } from "../dry-run.ts";
+import type { PlannedStep } from "../transaction.ts";
 import { describeError, VmhookError } from "../errors.ts";
 import { terminalText } from "../log.ts";
 import type { Host } from "../host.ts";
@@ -16,6 +17,7 @@ import { childElements, metadataNodes, repairDoubledPrefixes, shellWord } from "
 import { appendPlugin, emptyHooks, hooksText, pastedHooks, storedHooks, withVmhookMetadata } from "../metadata-in-domain.ts";
 import { unifiedDiff } from "../text-diff.ts";
 import { registry } from "../../plugins/index.ts";
+import { isThisHostsLibvirt, notCheckedHere } from "./domain-source.ts";
 import { askYes, runEditor } from "./editor.ts";
 import type { GlobalOptions } from "./options.ts";
 import { print, printJson, readDomainFile } from "./output.ts";
@@ -47,6 +49,8 @@ interface Current {
   /** What was read, and what the change goes to: never virsh's --current, which libvirt decides again when it stores. */
   scope: Scope;
   describeScope: string;
+  /** Read from this host's own libvirt: this host is the one whose prepare runs the VM. */
+  onThisHost: boolean;
 }
 
 /** The metadata in one definition: the persistent one (inactive) or the running one. */
@@ -72,7 +76,7 @@ function readCurrent(virsh: Virsh, name: string, flags: Scope): Current {
   // With both flags the persistent definition is the base: it is what stays.
   const describeScope =
     scope.live && scope.config ? "the running domain and its persistent definition" : scope.live ? "the running domain only (as virsh does; add --config for the next start too)" : "the persistent definition";
-  return { ...readStored(virsh, name, scope.config), scope, describeScope };
+  return { ...readStored(virsh, name, scope.config), scope, describeScope, onThisHost: isThisHostsLibvirt(virsh.uri) };
 }
 
 /** Thrown when libvirt's metadata is no longer what was read: saving would overwrite another change. */
@@ -92,6 +96,8 @@ interface Candidate {
   domain: Domain;
   /** What a prepare on this host would refuse now, with the fixes: a valid config is stored all the same (pages in use now may be free by the next start), and said. */
   refusedHere: string[];
+  /** Another host's VM that this host cannot plan (its devices are there, not here): the config alone was checked, and why. */
+  notChecked?: string;
 }
 
 /** Saving stores the metadata differently even when the elements stay the same. */
@@ -99,17 +105,27 @@ function repairs(current: Current): boolean {
   return current.doubledPrefix || current.stray !== undefined;
 }
 
-/** The domain as it would be with this element, checked like prepare checks it, on this host; throws what is wrong. */
+/**
+ * The domain as it would be with this element, checked like prepare checks it,
+ * on this host; throws what is wrong. A plan that fails refuses the change
+ * only for this host's own VM, as validate does.
+ */
 async function checkCandidate(host: Host, current: Current, hooks: Element, name: string): Promise<Candidate> {
   const domain = parseDomain(withVmhookMetadata(current.xml, elementText(hooks) ? hooks : undefined), `domain ${name}`);
   const instances = await loadDomainPlugins(domain, host, registry);
-  const steps = await dryRun(host, domain, instances, "prepare", "none", registry);
+  let steps: PlannedStep[];
+  try {
+    steps = await dryRun(host, domain, instances, "prepare", "none", registry);
+  } catch (error) {
+    if (current.onThisHost) throw error;
+    return { domain, refusedHere: [], notChecked: notCheckedHere(describeError(error).split("\n")[0]!, name) };
+  }
   const refusedHere = steps.flatMap(({ refused }) => (refused ? [`${refused.reason}${refused.remedies.map((remedy) => `; ${remedy}`).join("")}`] : []));
   return { domain, refusedHere };
 }
 
 /** Stores the element (without plugin elements: removes the metadata) and prints what changed. */
-function save(virsh: Virsh, name: string, current: Current, hooks: Element, { domain, refusedHere }: Candidate, args: GlobalOptions): void {
+function save(virsh: Virsh, name: string, current: Current, hooks: Element, { domain, refusedHere, notChecked }: Candidate, args: GlobalOptions): void {
   const before = elementText(current.hooks);
   const after = elementText(hooks);
   if (before === after && !repairs(current)) {
@@ -126,9 +142,10 @@ function save(virsh: Virsh, name: string, current: Current, hooks: Element, { do
     ...advice(hooks, domain, name),
   ];
   if (args.json) {
-    printJson({ domain: name, changed: true, metadata: after, notes, refusedHere });
+    printJson({ domain: name, changed: true, metadata: after, notes, refusedHere, ...(notChecked ? { notChecked } : {}) });
     return;
   }
+  if (notChecked) process.stderr.write(`vmhook: warning: ${terminalText(notChecked)}\n`);
   for (const refusal of refusedHere) process.stderr.write(`vmhook: warning: a start of ${name} on this host now would be refused: ${terminalText(refusal)}\n`);
   const diff = unifiedDiff(before, after, `${name} (before)`, `${name} (after)`);
   print(`${name}: saved to ${current.describeScope}${diff ? "" : ": the same elements, stored correctly now"}`);

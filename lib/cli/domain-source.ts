@@ -2,6 +2,7 @@
 // libvirt domain (its persistent XML, read with virsh).
 import * as fs from "node:fs";
 import { Virsh } from "../libvirt-client.ts";
+import { shellWord } from "../metadata-text.ts";
 import { readDomainFile, sourceName } from "./output.ts";
 
 export interface DomainSource {
@@ -10,6 +11,8 @@ export interface DomainSource {
   xml: string;
   /** Set when it was read from libvirt: the domain's name there. */
   libvirtName?: string;
+  /** Read from this host's own libvirt: this host is the one whose prepare runs the VM. */
+  onThisHost: boolean;
   /** From libvirt: the same XML with its secrets (graphics passwords), read only to define the domain again. */
   readWithSecrets?: () => string;
 }
@@ -17,8 +20,30 @@ export interface DomainSource {
 /** A path (it exists, has a slash or ends in .xml) or "-" is a file; anything else names a libvirt domain. */
 export function readDomainSource(argument: string, connect?: string): DomainSource {
   if (argument === "-" || fs.existsSync(argument) || argument.includes("/") || argument.endsWith(".xml")) {
-    return { source: sourceName(argument), xml: readDomainFile(argument) };
+    return { source: sourceName(argument), xml: readDomainFile(argument), onThisHost: false };
   }
   const virsh = new Virsh(connect);
-  return { source: `domain ${argument}`, xml: virsh.dumpxml(argument, true), libvirtName: argument, readWithSecrets: () => virsh.dumpxml(argument, true, true) };
+  return {
+    source: `domain ${argument}`,
+    xml: virsh.dumpxml(argument, true),
+    libvirtName: argument,
+    onThisHost: isThisHostsLibvirt(connect),
+    readWithSecrets: () => virsh.dumpxml(argument, true, true),
+  };
+}
+
+/**
+ * Whether virsh with this --connect reaches this host's QEMU driver: no URI
+ * (LIBVIRT_DEFAULT_URI, else virsh's default) or qemu:///system or
+ * qemu:///session, over the local socket. Any other URI (a host, another
+ * driver, an alias) may name another machine.
+ */
+export function isThisHostsLibvirt(connect: string | undefined): boolean {
+  const uri = connect || process.env.LIBVIRT_DEFAULT_URI;
+  return uri === undefined || uri === "" || /^qemu(\+unix)?:\/\/\/(system|session)(\?.*)?$/.test(uri);
+}
+
+/** What validate and enable say when this host cannot plan another machine's VM: its config is valid, the host unchecked. */
+export function notCheckedHere(reason: string, domainArgument: string): string {
+  return `NOT checked against this host: ${reason}; run vmhook plan ${shellWord(domainArgument)} on the host that runs the VM to check it there`;
 }

@@ -3,12 +3,11 @@ import type { CommandModule } from "yargs";
 import { loadDomainPlugins, type PluginInstance } from "../config.ts";
 import { parseDomain, type Domain } from "../domain.ts";
 import { describeError } from "../errors.ts";
-import { shellWord } from "../metadata-text.ts";
 import type { Host } from "../host.ts";
 import { runDoctor } from "../diagnostics/doctor.ts";
 import { dryRun } from "../dry-run.ts";
 import { markRefused, refusalOf } from "../plan-feasibility.ts";
-import { readDomainSource } from "./domain-source.ts";
+import { notCheckedHere, readDomainSource } from "./domain-source.ts";
 import { readJournal, type Journal } from "../journal.ts";
 import { isLegacyPlugin, type HookEvent, type PlannedEvent, type Refusal } from "../plugin.ts";
 import type { PlannedStep } from "../transaction.ts";
@@ -38,7 +37,7 @@ const validate: CommandModule<GlobalOptions, DomainArgs> = {
     const source = readDomainSource(args.domain, args.connect);
     const domain = parseDomain(source.xml, source.source);
     const instances = await loadDomainPlugins(domain, host, registry);
-    const hostCheck = await checkHere(host, domain, instances);
+    const hostCheck = await checkHere(host, domain, instances, source.onThisHost);
     if ("refused" in hostCheck && hostCheck.refused.length > 0) {
       process.exitCode = 1;
       if (args.json) printJson({ ok: false, domain: { name: domain.name, uuid: domain.uuid }, refused: hostCheck.refused });
@@ -46,7 +45,7 @@ const validate: CommandModule<GlobalOptions, DomainArgs> = {
       return;
     }
     // A config valid elsewhere is still valid: exit 0, but never pass "not checked" off as "fits here".
-    const unchecked = "unchecked" in hostCheck ? `NOT checked against this host: ${hostCheck.unchecked}; run vmhook plan ${shellWord(args.domain)} on the host that runs the VM to check it there` : undefined;
+    const unchecked = "unchecked" in hostCheck ? notCheckedHere(hostCheck.unchecked, args.domain) : undefined;
     if (args.json) {
       printJson({ ok: true, domain: { name: domain.name, uuid: domain.uuid }, plugins: instances.map((i) => ({ id: i.id, config: i.config })), hostChecked: !unchecked, ...(unchecked ? { notChecked: unchecked } : {}) });
     } else if (instances.length === 0) {
@@ -58,16 +57,18 @@ const validate: CommandModule<GlobalOptions, DomainArgs> = {
 };
 
 /**
- * What prepare would refuse on this host (a request that cannot fit), from its
- * plan. Where the host cannot be read (another machine's XML, a bare
- * --root), validate checks the config alone and says why the host was not checked.
+ * What prepare would refuse on this host (a request that cannot fit, a plan
+ * that fails), from its plan. A file or another host's libvirt may describe a
+ * VM of another machine, whose devices this host need not have: a plan that
+ * fails there leaves the config checked alone, saying why the host was not.
  */
-async function checkHere(host: Host, domain: Domain, instances: PluginInstance[]): Promise<{ refused: string[] } | { unchecked: string }> {
+async function checkHere(host: Host, domain: Domain, instances: PluginInstance[], onThisHost: boolean): Promise<{ refused: string[] } | { unchecked: string }> {
   if (instances.length === 0) return { refused: [] };
   try {
     return { refused: (await dryRun(host, domain, instances, "prepare", "none", registry)).flatMap((step) => (step.refused ? [step.refused.reason] : [])) };
   } catch (error) {
-    return { unchecked: describeError(error).split("\n")[0]! };
+    const reason = describeError(error).split("\n")[0]!;
+    return onThisHost ? { refused: [reason] } : { unchecked: reason };
   }
 }
 

@@ -14,6 +14,7 @@ import { runHookEvent } from "../helpers/hook.ts";
 import { SimHost } from "../helpers/simhost.ts";
 import { withLoopTree } from "../helpers/loop-tree.ts";
 import { cli } from "../helpers/cli.ts";
+import { fakeLibvirt } from "../helpers/fake-virsh.ts";
 
 const UUID = "0b5c64e3-55a1-4b84-9d2b-4e0a3e7d2f77";
 const GPU = "0000:01:00.0";
@@ -215,6 +216,55 @@ test("validate: a valid config that cannot be checked on this host is ok (exit 0
     assert.equal([json.ok, json.hostChecked], [true, false]);
     assert.match(json.notChecked, `NOT checked against this host: vfio: PCI device ${GPU} does not exist on this host`);
   } finally {
+    sim.cleanup();
+  }
+});
+
+test("validate of a domain read from this host's libvirt (no URI, qemu:///system): a planning error is what prepare would refuse here, exit 1; read from another host's libvirt it stays NOT checked", async () => {
+  const sim = new SimHost();
+  const libvirt = fakeLibvirt("win11", domainXml());
+  const savedUri = process.env.LIBVIRT_DEFAULT_URI;
+  try {
+    delete process.env.LIBVIRT_DEFAULT_URI;
+    // A typo in the hostdev, on the host that runs the VM: prepare refuses it there.
+    const reason = `vfio: PCI device ${GPU} does not exist on this host; fix the <hostdev> address or devices= (lspci -D lists the devices)`;
+    for (const connect of [[], ["--connect", "qemu:///system"], ["--connect", "qemu:///session"]]) {
+      const text = await cli(["validate", "win11", ...connect, "--root", sim.root]);
+      assert.equal([text.code, text.stdout], [1, `domain win11: valid, but prepare would refuse it on this host:\n  ${reason}\n`], connect.join(" "));
+      const json = JSON.parse((await cli(["validate", "--json", "win11", ...connect, "--root", sim.root])).stdout);
+      assert.equal([json.ok, json.refused], [false, [reason]], connect.join(" "));
+    }
+    const remote = await cli(["validate", "win11", "--connect", "qemu+ssh://server/system", "--root", sim.root]);
+    assert.is(remote.code, 0, remote.stdout);
+    assert.match(remote.stdout, `the config is valid, but it was NOT checked against this host: ${reason}`);
+    process.env.LIBVIRT_DEFAULT_URI = "qemu+ssh://server/system";
+    assert.is((await cli(["validate", "win11", "--root", sim.root])).code, 0, "LIBVIRT_DEFAULT_URI names another host");
+  } finally {
+    if (savedUri === undefined) delete process.env.LIBVIRT_DEFAULT_URI;
+    else process.env.LIBVIRT_DEFAULT_URI = savedUri;
+    libvirt.cleanup();
+    sim.cleanup();
+  }
+});
+
+test("enable through another host's libvirt: a plan this host cannot make is no refusal, the element is stored and said NOT checked, as validate says; through this host's libvirt nothing is stored", async () => {
+  const sim = new SimHost();
+  const libvirt = fakeLibvirt("win11", domainXml(""));
+  const reason = `vfio: PCI device ${GPU} does not exist on this host`;
+  try {
+    const local = await cli(["enable", "win11", "vfio", "--connect", "qemu:///system", "--root", sim.root]);
+    assert.is(local.code, 1, local.stdout);
+    assert.match(local.stderr, reason);
+    assert.not.match(libvirt.xml("config"), "<vmhook:vfio", "refused here: nothing stored");
+    const remote = await cli(["enable", "win11", "vfio", "--connect", "qemu+ssh://server/system", "--root", sim.root]);
+    assert.is(remote.code, 0, remote.stderr);
+    assert.match(remote.stderr, `vmhook: warning: NOT checked against this host: ${reason}`);
+    assert.match(remote.stderr, "; run vmhook plan win11 on the host that runs the VM to check it there");
+    assert.match(libvirt.xml("config"), "<vmhook:vfio/>");
+    const json = JSON.parse((await cli(["disable", "--json", "win11", "vfio", "--connect", "qemu+ssh://server/system", "--root", sim.root])).stdout);
+    assert.equal([json.changed, json.notChecked], [true, undefined], "nothing left to plan");
+  } finally {
+    libvirt.cleanup();
     sim.cleanup();
   }
 });
