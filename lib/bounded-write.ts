@@ -1,6 +1,7 @@
 // Writes that call into a driver (a device's driver/unbind, drivers_probe, a
-// driver's bind, a device's remove, the bus rescan) run a driver's probe()
-// or remove(), which may never return. They run in a helper process that
+// driver's bind, a device's remove, the bus rescan, an mdev's create and
+// remove, a VF's vGPU type) run a driver's probe() or remove(), which may
+// never return. They run in a helper process that
 // vmhook waits for only so long: libvirt waits for the hook without any
 // timeout, so a hook blocked in the kernel would wedge libvirt. A helper
 // still blocked then is left (no signal reaches a process in D state) and
@@ -14,7 +15,7 @@
 // or probe() for each device it drives, and rmmod its exit: they run the same
 // way, noted for each module and for each of those devices.
 import type { Deadline } from "./deadline.ts";
-import { VmhookError } from "./errors.ts";
+import { describeError, VmhookError } from "./errors.ts";
 import type { ExecResult, Host } from "./host.ts";
 import { moduleClosure } from "./kernel-modules.ts";
 import { clearForWrite, forgetWrite, moduleSubject, noteWrite, STUCK_ADVICE, StuckWriteError } from "./stuck-writes.ts";
@@ -27,8 +28,8 @@ export interface DriverWrite {
   file: string;
   value: string;
   timeoutMs: number;
-  /** The setting that sets timeoutMs, named in the message (e.g. "plugins.vfio.bindTimeoutSeconds"). */
-  setting: string;
+  /** The setting that sets timeoutMs, named in the message (e.g. "plugins.vfio.bindTimeoutSeconds"); none for a fixed bound. */
+  setting?: string;
 }
 
 export interface WriteContext {
@@ -104,6 +105,9 @@ function stuckAdvice(setting: string | undefined): string[] {
   const slow = setting ? ` (if the driver is just slow, raise ${setting} in /etc/vmhook/vmhook.json)` : "";
   return [STUCK_ADVICE, `vmhook status shows the helper; once it is gone, vmhook recover finishes the undo${slow}`];
 }
+
+/** Why a write that returned failed: the kernel's answer without the write itself, or what kept it from being made. */
+export const kernelAnswer = (error: unknown) => (error instanceof DriverWriteError ? error.reason : describeError(error));
 
 /** A write the driver answered with an error: `reason` is the kernel's answer as the helper reported it. */
 export class DriverWriteError extends VmhookError {

@@ -19,7 +19,7 @@ export interface StuckWrite {
   pid: number;
   /** Its start time (field 22 of /proc/PID/stat): a later process given the same pid is not it. */
   startTime: string;
-  /** What the write acts on: a PCI address, a platform device's name, or module:NAME (moduleSubject) for a module's rmmod or modprobe. */
+  /** What the write acts on: a PCI address, a platform device's name, an mdev's UUID, or module:NAME (moduleSubject) for a module's rmmod or modprobe. */
   device: string;
   driver: string;
   /** A write: value written to file. */

@@ -7,12 +7,14 @@
 // NVIDIA vGPU 17+ on SR-IOV virtual functions has no mdev: plugins/vgpu.ts.
 // Sysfs layout: Documentation/ABI/testing/sysfs-bus-vfio-mdev.
 import type { XmlElement } from "../lib/xml.ts";
+import { kernelAnswer, writeThroughDriver } from "../lib/bounded-write.ts";
 import { readAttributes } from "../lib/element.ts";
 import { attributes, describeElement, type Domain } from "../lib/domain.ts";
 import { fail, ok, type Finding } from "../lib/diagnostics/findings.ts";
 import { ConfigError, describeError, VmhookError } from "../lib/errors.ts";
 import type { Host } from "../lib/host.ts";
 import { defineAction, definePlugin, type ApplyContext, type BaseContext, type CheckContext, type PlanContext, type Refusal, type Step, type UndoRecord } from "../lib/plugin.ts";
+import { clearForWrite, refuseIfStuck, StuckWriteError } from "../lib/stuck-writes.ts";
 import { checkPattern, parsePciAddress, parseUuid, PATTERNS } from "../lib/validate.ts";
 
 // ---- mdev: sysfs -------------------------------------------------------------
@@ -24,6 +26,16 @@ const MDEV_DEVICES = "/sys/bus/mdev/devices";
 
 const typePath = (parent: string, type: string, file = "") => `${MDEV_BUS}/${parent}/mdev_supported_types/${type}${file && `/${file}`}`;
 const mdevPath = (uuid: string, file = "") => `${MDEV_DEVICES}/${uuid}${file && `/${file}`}`;
+
+/**
+ * An mdev's create runs its parent driver's code, its remove the mdev
+ * driver's remove(), which waits for the last user of the mdev's vfio device
+ * (a leaked fd of /dev/vfio/N): each runs in a helper noted under the mdev's
+ * UUID and waited for this long (lib/bounded-write.ts). Both take at most
+ * seconds when the driver is well; a fixed bound, as a slow driver is not a
+ * setting to tune.
+ */
+const MDEV_WRITE_TIMEOUT_MS = 30_000;
 
 /** Device names of mdev parents that are not PCI functions: mtty, mdpy, matrix (vfio-ap), 0.0.0313 (vfio-ccw). */
 const PARENT_NAME = /^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$/;
@@ -58,6 +70,19 @@ function existingMdev(host: Host, uuid: string): { parent: string; type: string 
   const target = host.readlink(mdevPath(uuid));
   if (!target) return undefined;
   return { parent: target.split("/").at(-2) ?? "?", type: host.readlink(mdevPath(uuid, "mdev_type"))?.split("/").pop() ?? "?" };
+}
+
+/** The driver a device directory is bound to (the name its driver link points to), if any. */
+function driverOf(host: Host, deviceDir: string): string | undefined {
+  return host.readlink(`${deviceDir}/driver`)?.split("/").pop();
+}
+
+/** The parent's driver, whose code creates its mdevs; a virtual parent (mtty) has none: its name is its module's. */
+const parentDriver = (host: Host, parent: string) => driverOf(host, `${MDEV_BUS}/${parent}`) ?? parent;
+
+/** A write into the mdev's driver (its create or remove), in a bounded helper noted under its UUID (lib/bounded-write.ts). */
+function throughDriver(ctx: BaseContext, uuid: string, driver: string, file: string, value: string): Promise<void> {
+  return writeThroughDriver(ctx, { device: uuid, driver, file, value, timeoutMs: MDEV_WRITE_TIMEOUT_MS });
 }
 
 /** The mdevs on a parent, each with the domain vmhook made it for, if any: who holds the instances. */
@@ -157,6 +182,8 @@ function noParents(element: string): ConfigError {
 /** Everything checked before anything changes: parent, type, an existing mdev with this UUID. */
 function planMdev(ctx: PlanContext<MdevDevice[]>, device: MdevDevice): MdevPlan {
   const { host } = ctx;
+  // An earlier create or remove of this UUID still blocked in its driver: reading the parent's files could block too.
+  refuseIfStuck(host, [device.uuid]);
   const parent = device.parent ?? findParent(host, device);
   if (!host.exists(`${MDEV_BUS}/${parent}`)) {
     const parents = host.list(MDEV_BUS);
@@ -204,26 +231,34 @@ interface CreateRecord extends UndoRecord {
   type: string;
 }
 
-function createMdev(record: CreateRecord, ctx: ApplyContext<MdevDevice[]>): void {
+async function createMdev(record: CreateRecord, ctx: ApplyContext<MdevDevice[]>): Promise<void> {
   const { host } = ctx;
   try {
-    host.write(typePath(record.parent, record.type, "create"), record.uuid);
+    await throughDriver(ctx, record.uuid, parentDriver(host, record.parent), typePath(record.parent, record.type, "create"), record.uuid);
   } catch (error) {
+    // Not returned: the driver may still create the mdev; the record stays, and the undo removes it once the driver has returned.
+    if (error instanceof StuckWriteError) throw error;
     // The kernel created nothing: an mdev with this UUID now (mdevctl's, made after the plan) is someone else's, never to remove.
     ctx.nothingToUndo();
-    throw new VmhookError(`could not create mdev ${record.uuid} (${record.type} on ${record.parent}): ${describeError(error)}; the kernel log (dmesg) may say why`);
+    throw new VmhookError(`could not create mdev ${record.uuid} (${record.type} on ${record.parent}): ${kernelAnswer(error)}; the kernel log (dmesg) may say why`);
   }
   // Created by this write: a wait that fails keeps the record, and the undo removes whatever appeared.
   ctx.waitFor(`mdev ${record.uuid} appears in ${MDEV_DEVICES} as ${record.type}`, () => existingMdev(host, record.uuid)?.type === record.type);
 }
 
-function removeMdev(record: CreateRecord, ctx: BaseContext): void {
+async function removeMdev(record: CreateRecord, ctx: BaseContext): Promise<void> {
+  const { host } = ctx;
   const { uuid } = record;
-  if (!ctx.host.exists(mdevPath(uuid))) return;
+  // A create not returned yet may still make the mdev: until it has, its absence proves nothing.
+  clearForWrite(host, uuid);
+  if (!host.exists(mdevPath(uuid))) return;
+  // The mdev's driver runs its remove(); an mdev on none, only the parent's code.
+  const driver = driverOf(host, mdevPath(uuid)) ?? parentDriver(host, record.parent);
   try {
-    ctx.host.write(mdevPath(uuid, "remove"), "1");
+    await throughDriver(ctx, uuid, driver, mdevPath(uuid, "remove"), "1");
   } catch (error) {
-    throw new VmhookError(`could not remove mdev ${uuid}: ${describeError(error)}; if a process still uses it (lsof ${mdevPath(uuid)}), stop it, then run vmhook recover`);
+    if (error instanceof StuckWriteError) throw error;
+    throw new VmhookError(`could not remove mdev ${uuid}: ${kernelAnswer(error)}; if a process still uses it (lsof ${mdevPath(uuid)}), stop it, then run vmhook recover`);
   }
   ctx.waitFor(`mdev ${uuid} is gone from ${MDEV_DEVICES}`, () => !ctx.host.exists(mdevPath(uuid)));
 }

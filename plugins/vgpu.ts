@@ -8,17 +8,25 @@
 // names. Layout: NVIDIA's vGPU 17 "vendor-specific VFIO framework"
 // (nvidia/creatable_vgpu_types, nvidia/current_vgpu_type under the VF).
 import type { XmlElement } from "../lib/xml.ts";
+import { kernelAnswer, writeThroughDriver } from "../lib/bounded-write.ts";
 import { describeElement, type Domain } from "../lib/domain.ts";
 import { readAttributes } from "../lib/element.ts";
 import { ConfigError, describeError, VmhookError } from "../lib/errors.ts";
 import type { Host } from "../lib/host.ts";
-import { pciPath } from "../lib/pci.ts";
+import { pciDriver, pciPath } from "../lib/pci.ts";
 import { defineAction, definePlugin, type ApplyContext, type BaseContext, type CheckContext, type PlanContext, type Refusal, type Step, type UndoRecord } from "../lib/plugin.ts";
 import { fail, ok, type Finding } from "../lib/diagnostics/findings.ts";
+import { clearForWrite, refuseIfStuck, StuckWriteError } from "../lib/stuck-writes.ts";
 import { checkPattern, parsePciAddress, PATTERNS } from "../lib/validate.ts";
 
-
 const vgpuFile = (vf: string, file: "creatable_vgpu_types" | "current_vgpu_type") => pciPath(vf, `nvidia/${file}`);
+/**
+ * Setting or clearing a VF's vGPU type runs NVIDIA's driver code for the VF:
+ * in a helper noted under the VF's address and waited for this long
+ * (lib/bounded-write.ts); fixed, as for an mdev's create and remove.
+ */
+const VGPU_WRITE_TIMEOUT_MS = 30_000;
+
 /** A vGPU type as written in config: its numeric id or its name (NVIDIA L40S-12Q, or L40S-12Q). */
 const VGPU_TYPE = /^[A-Za-z0-9][A-Za-z0-9 _.:+-]{0,63}$/;
 /** Where a user finds the type to write. */
@@ -76,6 +84,8 @@ export interface VgpuPlan extends VgpuDevice {
 
 /** Everything checked before anything changes; `vmhook doctor` runs it too. */
 export function planVgpu(host: Host, device: VgpuDevice): VgpuPlan {
+  // An earlier type write still blocked in the driver: reading the VF's files could block too.
+  refuseIfStuck(host, [device.vf]);
   const current = host.readTrimmed(vgpuFile(device.vf, "current_vgpu_type"));
   if (current === undefined) {
     throw new ConfigError(
@@ -138,21 +148,31 @@ function planPrepare(ctx: PlanContext<VgpuDevice[]>): Step<SetRecord>[] {
     }));
 }
 
-function setVgpu(record: SetRecord, ctx: ApplyContext<VgpuDevice[]>): void {
+/** A write of the VF's vGPU type, through its driver in a bounded helper noted under the VF (lib/bounded-write.ts). */
+function writeType(ctx: BaseContext, vf: string, value: string): Promise<void> {
+  const driver = pciDriver(ctx.host, vf) ?? "nvidia";
+  return writeThroughDriver(ctx, { device: vf, driver, file: vgpuFile(vf, "current_vgpu_type"), value, timeoutMs: VGPU_WRITE_TIMEOUT_MS });
+}
+
+async function setVgpu(record: SetRecord, ctx: ApplyContext<VgpuDevice[]>): Promise<void> {
   const file = vgpuFile(record.vf, "current_vgpu_type");
   try {
-    ctx.host.write(file, String(record.id));
+    await writeType(ctx, record.vf, String(record.id));
   } catch (error) {
+    // Not returned: the driver may still set the type; the record stays, and the undo clears it once the driver has returned.
+    if (error instanceof StuckWriteError) throw error;
     // The kernel set nothing: a type on the VF now (another tool's, set after the plan) is not vmhook's to clear.
     ctx.nothingToUndo();
-    throw new VmhookError(`could not set vGPU type ${record.id} (${record.name}) on ${record.vf}: ${describeError(error)}; the kernel log (dmesg) and nvidia-smi vgpu may say why`);
+    throw new VmhookError(`could not set vGPU type ${record.id} (${record.name}) on ${record.vf}: ${kernelAnswer(error)}; the kernel log (dmesg) and nvidia-smi vgpu may say why`);
   }
   ctx.waitFor(`${file} reads ${record.id}`, () => ctx.host.readTrimmed(file) === String(record.id));
 }
 
-function clearVgpu(record: SetRecord, ctx: BaseContext): void {
+async function clearVgpu(record: SetRecord, ctx: BaseContext): Promise<void> {
   const { vf } = record;
   const file = vgpuFile(vf, "current_vgpu_type");
+  // A set not returned yet may still set the type: until it has, the VF's type proves nothing.
+  clearForWrite(ctx.host, vf);
   const current = ctx.host.readTrimmed(file);
   // Gone (VFs disabled) or never set (the step failed): nothing to give back.
   if (current === undefined || current === "0") return;
@@ -161,9 +181,10 @@ function clearVgpu(record: SetRecord, ctx: BaseContext): void {
     return;
   }
   try {
-    ctx.host.write(file, "0");
+    await writeType(ctx, vf, "0");
   } catch (error) {
-    throw new VmhookError(`could not clear the vGPU on ${vf}: ${describeError(error)}; if a process still uses the VF, stop it, then run vmhook recover`);
+    if (error instanceof StuckWriteError) throw error;
+    throw new VmhookError(`could not clear the vGPU on ${vf}: ${kernelAnswer(error)}; if a process still uses the VF, stop it, then run vmhook recover`);
   }
   ctx.waitFor(`${file} reads 0`, () => ctx.host.readTrimmed(file) === "0");
 }

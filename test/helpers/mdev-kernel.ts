@@ -20,9 +20,10 @@ export const GVT_TYPES: SimType[] = [
   { id: "i915-GVTg_V5_1", available: 1, description: "low_gm_size: 512MB\nhigh_gm_size: 2048MB\nfence: 4\nresolution: 1920x1200\nweight: 16" },
 ];
 
-/** An mdev parent as the kernel shows it: a device directory, its mdev_bus link and its types. */
-export function addParent(sim: SimHost, name: string, deviceDir: string, types: SimType[]): void {
+/** An mdev parent as the kernel shows it: a device directory on its driver (i915 for GVT-g), its mdev_bus link and its types. */
+export function addParent(sim: SimHost, name: string, deviceDir: string, types: SimType[], driver = "i915"): void {
   sim.link(`/sys/class/mdev_bus/${name}`, path.posix.relative("/sys/class/mdev_bus", deviceDir));
+  sim.link(`${deviceDir}/driver`, path.posix.relative(deviceDir, `/sys/bus/pci/drivers/${driver}`));
   for (const type of types) {
     const dir = `${deviceDir}/mdev_supported_types/${type.id}`;
     sim.file(`${dir}/name`, type.id.split("-").pop()!).file(`${dir}/available_instances`, type.available).file(`${dir}/device_api`, "vfio-pci").file(`${dir}/create`).dir(`${dir}/devices`);
@@ -34,7 +35,7 @@ export function errno(code: string, what: string): Error {
   return Object.assign(new Error(`${code}: ${what}`), { code });
 }
 
-/** The mdev core: create makes the device (mdev_type link, remove file, bus link) and takes an instance; remove gives it back. */
+/** The mdev core: create makes the device (mdev_type link, on GVT-g's mdev driver, remove file, bus link) and takes an instance; remove gives it back. */
 export function simulateMdevKernel(sim: SimHost): void {
   sim.dir("/sys/bus/mdev/devices");
   sim.onWrite(/^\/sys\/class\/mdev_bus\/[^/]+\/mdev_supported_types\/[^/]+\/create$/, (uuid, file) => {
@@ -47,6 +48,7 @@ export function simulateMdevKernel(sim: SimHost): void {
     if (available < 1) throw errno("EINVAL", "no instance left");
     sim.file(`${typeDir}/available_instances`, available - 1);
     sim.link(`${deviceDir}/${uuid}/mdev_type`, `../mdev_supported_types/${type}`).file(`${deviceDir}/${uuid}/remove`);
+    sim.link(`${deviceDir}/${uuid}/driver`, path.posix.relative(`${deviceDir}/${uuid}`, "/sys/bus/mdev/drivers/intel_vgpu_mdev"));
     sim.link(`/sys/bus/mdev/devices/${uuid}`, path.posix.relative("/sys/bus/mdev/devices", `${deviceDir}/${uuid}`));
     sim.link(`${typeDir}/devices/${uuid}`, `../../../${uuid}`);
   });
@@ -69,8 +71,8 @@ export function pciHostdevXml(address: string): string {
   return `<hostdev mode='subsystem' type='pci' managed='no'><source><address domain='0x${domain}' bus='0x${bus}' slot='0x${slot}' function='0x${fn}'/></source></hostdev>`;
 }
 
-/** A host's /run exists before vmhook writes its journal there. */
-export const newHost = () => new SimHost().dir("/run");
+/** A host's /run exists before vmhook writes its journal there, and /proc before its helpers run (lib/bounded-write.ts). */
+export const newHost = () => new SimHost().dir("/run").dir("/proc");
 
 export function gvtHost(types = GVT_TYPES): SimHost {
   const sim = newHost();
@@ -86,12 +88,12 @@ export const VF = "0000:41:00.4";
 export const VF2 = "0000:41:00.5";
 export const CREATABLE = "ID    : vGPU Name\n1433 : NVIDIA L40S-12Q\n1434 : NVIDIA L40S-24Q\n1435 : NVIDIA L40S-48Q\n";
 
-/** Virtual functions of an L40S under NVIDIA's vGPU manager: setting a type empties the VF's creatable list. */
+/** Virtual functions of an L40S on NVIDIA's driver under its vGPU manager: setting a type empties the VF's creatable list. */
 export function nvidiaHost(sim = newHost(), vfs = [VF, VF2]): SimHost {
   sim.dir(`/sys/devices/pci0000:40/${PF}`).link(`/sys/bus/pci/devices/${PF}`, `../../../devices/pci0000:40/${PF}`);
   for (const vf of vfs) {
     const dir = `/sys/devices/pci0000:40/${vf}`;
-    sim.link(`/sys/bus/pci/devices/${vf}`, `../../../devices/pci0000:40/${vf}`).link(`${dir}/physfn`, `../${PF}`);
+    sim.link(`/sys/bus/pci/devices/${vf}`, `../../../devices/pci0000:40/${vf}`).link(`${dir}/physfn`, `../${PF}`).link(`${dir}/driver`, "../../../bus/pci/drivers/nvidia");
     sim.file(`${dir}/nvidia/creatable_vgpu_types`, CREATABLE).file(`${dir}/nvidia/current_vgpu_type`, 0);
   }
   sim.onWrite(/\/nvidia\/current_vgpu_type$/, (value, file) => {

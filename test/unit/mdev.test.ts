@@ -5,6 +5,8 @@ import * as assert from "uvu/assert";
 import { cli } from "../helpers/cli.ts";
 import { fakeLibvirt } from "../helpers/fake-virsh.ts";
 import { runHookEvent } from "../helpers/hook.ts";
+import { readJournal } from "../../lib/journal.ts";
+import { paths } from "../../lib/paths.ts";
 import { SimHost } from "../helpers/simhost.ts";
 import { assertPlanIsPrepare } from "../helpers/plan.ts";
 import { addParent, GPU, GVT_TYPES, gvtHost, mdevHostdevXml, newHost, nvidiaHost, pciHostdevXml, VF, VF2 } from "../helpers/mdev-kernel.ts";
@@ -436,6 +438,85 @@ test("a failure in a later plugin removes the mdevs created before it", async ()
   );
   assert.equal(sim.snapshot(), before);
   assert.equal(sim.stateFiles(), []);
+  sim.cleanup();
+});
+
+// ---- writes into a driver that never return (lib/bounded-write.ts) ----------------
+
+interface StuckCase {
+  what: string;
+  host: () => SimHost;
+  xml: string;
+  event: "prepare" | "release";
+  /** What the note is filed under: the mdev's UUID, the VF's address. */
+  device: string;
+  driver: string;
+  file: string;
+  value: string;
+}
+
+const GVT_XML = domainXml({ mdevs: [UUID_A], hooks: `<vmhook:mdev parent="${GPU}" type="i915-GVTg_V5_4"/>` });
+const GVT_CREATE = `/sys/class/mdev_bus/${GPU}/mdev_supported_types/i915-GVTg_V5_4/create`;
+const VGPU_XML = domainXml({ pcis: ["41:00.4"], hooks: `<vmhook:vgpu vf="${VF}" type="L40S-12Q"/>` });
+const VGPU_FILE = `/sys/bus/pci/devices/${VF}/nvidia/current_vgpu_type`;
+const STUCK_CASES: StuckCase[] = [
+  { what: "an mdev's create", host: gvtHost, xml: GVT_XML, event: "prepare", device: UUID_A, driver: "i915", file: GVT_CREATE, value: UUID_A },
+  // vfio's unregister waits for the last user of the device: a leaked fd of /dev/vfio/N.
+  { what: "an mdev's remove, its vfio device still held open", host: gvtHost, xml: GVT_XML, event: "release", device: UUID_A, driver: "intel_vgpu_mdev", file: `/sys/bus/mdev/devices/${UUID_A}/remove`, value: "1" },
+  { what: "a VF's vGPU type set", host: nvidiaHost, xml: VGPU_XML, event: "prepare", device: VF, driver: "nvidia", file: VGPU_FILE, value: "1433" },
+  { what: "a VF's vGPU type cleared", host: nvidiaHost, xml: VGPU_XML, event: "release", device: VF, driver: "nvidia", file: VGPU_FILE, value: "0" },
+];
+
+for (const stuck of STUCK_CASES) {
+  test(`${stuck.what} that never returns: the ${stuck.event} ends naming device, driver and file; a note is left; status and doctor show it; recover refuses, then undoes exactly once it has returned`, async () => {
+    const sim = stuck.host();
+    const before = sim.snapshot();
+    const [op, subop] = stuck.event === "prepare" ? ["prepare", "begin"] : ["release", "end"];
+    if (stuck.event === "release") assert.is((await runHookEvent(sim, "prepare", "begin", stuck.xml)).code, 0);
+    sim.hangWrite(stuck.file, stuck.value);
+    const hook = await runHookEvent(sim, op, subop, stuck.xml);
+    const [pid] = sim.hung.map((write) => write.pid);
+    assert.ok(pid, "the write reached the driver");
+    assert.is(hook.code, stuck.event === "prepare" ? 1 : 0, hook.stderr);
+    const stuckAt = `${stuck.device}: driver ${stuck.driver} did not return`;
+    assert.match(hook.stderr, `${stuckAt} within 30 s from writing "${stuck.value}" to ${stuck.file}; vmhook left its helper (pid ${pid}) blocked in the kernel and gave up`);
+    // The write may still take effect: the record stays for vmhook recover.
+    assert.equal(readJournal(sim, DOMAIN_UUID)?.entries.map((entry) => entry.state), ["undo-failed"]);
+    const note = JSON.parse(sim.read(paths.stuckWrite(stuck.device)));
+    assert.equal([note.pid, note.device, note.driver, note.file, note.value], [pid, stuck.device, stuck.driver, stuck.file, stuck.value]);
+
+    const shown = `${stuckAt} from writing "${stuck.value}" to ${stuck.file}`;
+    const status = await cli(["--root", sim.root, "status"]);
+    assert.match(status.stdout, `stuck driver: ${shown}`);
+    assert.match(status.stdout, `its helper, pid ${pid}, is still blocked in the kernel (state D: uninterruptible)`);
+    assert.match((await cli(["--root", sim.root, "doctor"])).stdout, `fail  stuck driver: ${shown}`);
+    const writesBefore = sim.writes.length;
+    const refused = await cli(["recover", "--force", "--root", sim.root], sim);
+    assert.is(refused.code, 1);
+    assert.match(refused.stderr, `${shown} (since `);
+    assert.equal(sim.writes.slice(writesBefore), [], "nothing is written while the driver holds the device");
+
+    sim.finishHungWrites();
+    if (stuck.event === "prepare") assert.not.equal(sim.snapshot(), before, "the write took effect late");
+    const recovered = await cli(["recover", "--force", "--root", sim.root], sim);
+    assert.is(recovered.code, 0, recovered.stderr);
+    assert.equal(sim.snapshot(), before);
+    assert.equal(sim.stateFiles(), []);
+    sim.cleanup();
+  });
+}
+
+test("while an mdev's create is blocked, another domain's start with that UUID is refused before anything is read or written", async () => {
+  const sim = gvtHost();
+  sim.hangWrite(GVT_CREATE);
+  assert.is((await runHookEvent(sim, "prepare", "begin", GVT_XML)).code, 1);
+  const writesBefore = sim.writes.length;
+  const other = await runHookEvent(sim, "prepare", "begin", domainXml({ mdevs: [UUID_A], hooks: `<vmhook:mdev parent="${GPU}" type="i915-GVTg_V5_4"/>`, uuid: "11111111-2222-4333-8444-555555555555", name: "other" }), "other");
+  assert.is(other.code, 1);
+  assert.match(other.stderr.split("\n")[0]!, `${UUID_A}: driver i915 did not return from writing "${UUID_A}" to ${GVT_CREATE}`);
+  assert.match(other.stderr, `vmhook writes nothing to ${UUID_A} until it has returned`);
+  assert.match(other.stderr, "the host was left as it was (0 change(s) undone)");
+  assert.equal(sim.writes.slice(writesBefore), []);
   sim.cleanup();
 });
 
