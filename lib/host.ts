@@ -367,12 +367,11 @@ export class RootedHost implements Host {
       started(child.pid);
     } catch (error) {
       // Not noted: the helper must not act. Its input ends empty, and it ends.
-      void child.stdin.end();
+      feed(child.stdin, "");
       child.unref();
       throw error;
     }
-    child.stdin.write(input);
-    void child.stdin.end();
+    feed(child.stdin, input);
     const stderr = child.stderr.getReader();
     const output = readAll(stderr);
     let timer: ReturnType<typeof setTimeout> | undefined;
@@ -511,4 +510,19 @@ async function readAll(reader: ReadableStreamDefaultReader<Uint8Array>, overflow
     // cancelled: the helper was left behind
   }
   return text;
+}
+
+/**
+ * Writes a helper's input and ends it. A helper that exited before reading it
+ * (dd that could not open its file) leaves the pipe without a reader: the
+ * write fails with EPIPE, which says nothing its exit status and stderr do not.
+ */
+function feed(stdin: BunFileSink, input: string): void {
+  try {
+    if (input) stdin.write(input);
+    const ended = stdin.end();
+    if (ended instanceof Promise) ended.catch(() => {});
+  } catch {
+    // the helper is gone: its exit tells what happened
+  }
 }

@@ -307,6 +307,12 @@ test("vmhook recover forgets only the finished note it read: a hook's note of a 
   }
 });
 
+/** A `started` that returns only once the helper has exited (a zombie: this process reaps it later), so its input pipe has no reader when it is fed. */
+function exitedBeforeFed(pid: number): void {
+  const waiting = new Int32Array(new SharedArrayBuffer(4));
+  for (let tries = 0; tries < 500 && fs.readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]?.[0] !== "Z"; tries++) Atomics.wait(waiting, 0, 0, 10);
+}
+
 test("RootedHost.writeInHelper: writes through dd, nothing parsed by a shell; reports the kernel's error; leaves a helper that blocks", async () => {
   const root = fs.mkdtempSync(path.join(os.tmpdir(), "vmhook-helper-"));
   const host = new RootedHost(root);
@@ -316,9 +322,12 @@ test("RootedHost.writeInHelper: writes through dd, nothing parsed by a shell; re
     assert.equal(await host.writeInHelper("/value", odd, 5000, () => {}), { done: true });
     assert.is(fs.readFileSync(`${root}/value`, "utf8"), odd);
     assert.not.ok(fs.existsSync(`${root}/injected`));
-    const failed = await host.writeInHelper("/missing/value", "1", 5000, () => {});
-    assert.is(failed.done, true);
-    assert.match((failed as { error: string }).error, /missing\/value/);
+    // dd opens its output first: one that cannot fails and exits before it reads its input (fed once noted).
+    for (const noted of [() => {}, exitedBeforeFed]) {
+      const failed = await host.writeInHelper("/missing/value", "1", 5000, noted);
+      assert.is(failed.done, true);
+      assert.match((failed as { error: string }).error, /missing\/value/);
+    }
     // Opening a FIFO without a reader blocks, as a driver's remove() would (though interruptibly).
     execFileSync("mkfifo", [`${root}/fifo`]);
     const blocked = await host.writeInHelper("/fifo", "1", 200, () => {});
