@@ -221,19 +221,20 @@ async function planUnits(event: PlannedEvent, instances: PluginInstance[], domai
  * plugin refused the start.
  */
 function namedRefusal(pluginId: string, refusal: Refusal): Refusal {
-  return namesPlugin(pluginId, refusal.reason) ? refusal : { ...refusal, reason: `${pluginId}: ${refusal.reason}` };
-}
-
-function namesPlugin(pluginId: string, text: string): boolean {
-  const name = pluginId.replace(CUSTOM_PREFIX, "");
-  // `${pluginId} `: the runner's own errors ("plugin:gate did not finish planning prepare within …").
-  return [`${pluginId}:`, `${pluginId} `, `${name}:`, `<vmhook:${name} `, `<vmhook:${name}>`].some((start) => text.startsWith(start));
+  return { ...refusal, reason: withPluginName(pluginId, refusal.reason) };
 }
 
 /** A custom plugin's planner failed: the user must see which plugin, as with its refusals (built-ins' errors name their element). */
 function customPluginError(pluginId: string, error: unknown): VmhookError {
-  const message = describeError(error);
-  return new VmhookError(namesPlugin(pluginId, message) ? message : `${pluginId}: ${message}`, error instanceof VmhookError ? error.lines : []);
+  return new VmhookError(withPluginName(pluginId, describeError(error)), error instanceof VmhookError ? error.lines : []);
+}
+
+/** The text with the plugin's id in front, unless it starts with the plugin's name already. */
+function withPluginName(pluginId: string, text: string): string {
+  const name = pluginId.replace(CUSTOM_PREFIX, "");
+  // `${pluginId} `: the runner's own errors ("plugin:gate did not finish planning prepare within …").
+  const named = [`${pluginId}:`, `${pluginId} `, `${name}:`, `<vmhook:${name} `, `<vmhook:${name}>`].some((start) => text.startsWith(start));
+  return named ? text : `${pluginId}: ${text}`;
 }
 
 /**
