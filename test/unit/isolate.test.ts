@@ -6,6 +6,7 @@
 import { test } from "uvu";
 import * as assert from "uvu/assert";
 import * as fs from "node:fs";
+import { parseKernelCpuList } from "../../lib/cpuset.ts";
 import { Deadline } from "../../lib/deadline.ts";
 import { newJournal, readJournal, writeJournal } from "../../lib/journal.ts";
 import { withHostLock } from "../../lib/lock.ts";
@@ -377,6 +378,25 @@ test("a second VM whose prepare fails leaves the first VM's isolation exactly as
   assert.ok(sim.writes.some((w) => w.path === "/sys/devices/virtual/workqueue/cpumask" && w.data === "c3\n"), "B's workqueue step ran before the failure");
   assert.equal(sim.snapshot(), afterA);
   assert.equal(sim.stateFiles(), [`${vmA.uuid}.json`, "shared/isolate.json"]);
+});
+
+test("an IRQ that takes A's narrowing but refuses B's gets its value from before A back once both VMs are gone, in either order", async () => {
+  for (const order of [[vmA, vmB], [vmB, vmA]]) {
+    const sim = cgroupHost().file("/proc/irq/18/smp_affinity_list", "0-7");
+    // As an interrupt controller that reaches only CPUs 2-5: a list without any of them is refused (EINVAL).
+    sim.onWrite("/proc/irq/18/smp_affinity_list", (data, hostPath, host) => {
+      if (!parseKernelCpuList(data).some((cpu) => cpu >= 2 && cpu <= 5)) throw Object.assign(new Error("EINVAL: invalid argument"), { code: "EINVAL" });
+      fs.writeFileSync(host.resolve(hostPath), `${data}\n`);
+    });
+    const before = sim.snapshot();
+    const [a, b] = [vmA, vmB].map((vm) => ({ ...vm, isolate: 'irqs="yes"' }));
+    assert.is((await prepare(sim, a!)).code, 0);
+    assert.is(read(sim, "/proc/irq/18/smp_affinity_list"), "0-1,4-7");
+    assert.is((await prepare(sim, b!)).code, 0);
+    assert.is(read(sim, "/proc/irq/18/smp_affinity_list"), "0-1,4-7", "B's 0-1,6-7 was refused: left as it is");
+    for (const vm of order) assert.is((await release(sim, { ...vm, isolate: 'irqs="yes"' })).code, 0);
+    assertClean(sim, before);
+  }
 });
 
 test("undo is idempotent: a release that crashed before updating the journal runs again harmlessly", async () => {
