@@ -17,12 +17,15 @@ export interface Claim extends UndoRecord {
   /** CPUs the VM runs on: the pinned ones, or all isolated ones when it pins nothing. */
   own: number[];
   governor: string | null;
+  /** The VM's allow-overlap; a record without it (an older vmhook's) is read as false, which refuses an overlap. */
+  allowOverlap: boolean;
 }
 
 export interface OtherVm {
   name: string;
   isolated: number[];
   own: number[];
+  allowOverlap: boolean;
 }
 
 /** Every claim of this kind in every journal, except those of `exceptDomain` (the one being released). */
@@ -36,7 +39,8 @@ export function claimsOf(ctx: BaseContext, action: Action, exceptDomain?: string
 export function otherVms(ctx: BaseContext): OtherVm[] {
   const vms = new Map<string, OtherVm>();
   for (const { domain, record } of othersRecords(ctx.journals(), ctx.domain.uuid, PLUGIN_ID, checkClaim)) {
-    if (!vms.has(domain.uuid)) vms.set(domain.uuid, { name: domain.name, isolated: record.isolated, own: record.own });
+    const allowOverlap = record.allowOverlap && (vms.get(domain.uuid)?.allowOverlap ?? true);
+    vms.set(domain.uuid, { name: domain.name, isolated: record.isolated, own: record.own, ...vms.get(domain.uuid), allowOverlap });
   }
   return [...vms.values()];
 }
@@ -45,15 +49,16 @@ const isCpuList = (value: unknown) => Array.isArray(value) && value.every((cpu) 
 
 /** A claim from a journal: its CPU lists and governor become file contents, paths and unit properties. */
 export function checkClaim(record: UndoRecord): Claim {
-  const { action, isolated, own, governor } = record;
+  const { action, isolated, own, governor, allowOverlap } = record;
   const wrong = (
     [
       ["action", ACTIONS.includes(action as Action), "not an isolate setting"],
       ["isolated", isCpuList(isolated), "not a list of CPU numbers 0 to 8191"],
       ["own", isCpuList(own), "not a list of CPU numbers 0 to 8191"],
       ["governor", governor === null || (typeof governor === "string" && /^[a-z][a-z0-9_]{0,31}$/.test(governor)), "not a governor name or null"],
+      ["allowOverlap", allowOverlap === undefined || typeof allowOverlap === "boolean", "not true or false"],
     ] as const
   ).find(([, valid]) => !valid);
   if (wrong) throw new VmhookError(`isolate: the journal holds a claim that is not one vmhook writes: "${wrong[0]}" is ${JSON.stringify(record[wrong[0]]) ?? "missing"}, ${wrong[2]}; restore the CPU settings by hand`);
-  return record as Claim;
+  return { ...record, allowOverlap: allowOverlap ?? false } as Claim;
 }

@@ -56,7 +56,7 @@ function planPrepare(ctx: PlanContext<IsolateConfig>): Step<Claim>[] {
   }
 
   return actions.map((action) => {
-    const claim: Claim = { action, isolated, own, governor: action === "governor" ? config.governor! : null };
+    const claim: Claim = { action, isolated, own, governor: action === "governor" ? config.governor! : null, allowOverlap: config.allowOverlap };
     return { action, record: claim, description: SETTINGS[action].describe(claim) };
   });
 }
@@ -81,12 +81,15 @@ function checkCpusExist(ctx: BaseContext, cpus: number[], where: string, online:
 
 function checkOthers(ctx: PlanContext<IsolateConfig>, isolated: number[], own: number[], online: number[]): void {
   const others = otherVms(ctx);
-  if (!ctx.config.allowOverlap) {
-    for (const other of others) {
-      const overlap = intersect(own, other.own);
-      if (overlap.length > 0) {
-        throw new VmhookError(`CPU isolation: CPU ${formatCpuList(overlap)} of this VM is already isolated for running VM ${other.name}; pin the VMs to different CPUs, or set allow-overlap="yes" on ${ctx.config.element}`);
-      }
+  // An overlap needs every VM involved to allow it: one VM's author cannot take another's isolated CPUs.
+  for (const other of others) {
+    const overlap = intersect(own, other.own);
+    if (overlap.length === 0) continue;
+    if (!ctx.config.allowOverlap) {
+      throw new VmhookError(`CPU isolation: CPU ${formatCpuList(overlap)} of this VM is already isolated for running VM ${other.name}; pin the VMs to different CPUs, or set allow-overlap="yes" on ${ctx.config.element}`);
+    }
+    if (!other.allowOverlap) {
+      throw new VmhookError(`CPU isolation: CPU ${formatCpuList(overlap)} of this VM is isolated for running VM ${other.name}, which does not allow overlap; pin the VMs to different CPUs, or set allow-overlap="yes" on ${other.name} too (it takes effect when ${other.name} starts next)`);
     }
   }
   const taken = new Set(union([isolated, ...others.map((other) => other.isolated)]));

@@ -40,12 +40,14 @@ export function retune(ctx: BaseContext, action: Action, claims: Claim[]): void 
       failures.push(describeError(error));
     }
   }
+  // Kept from an earlier claim: the key may still hold that claim's value, so a refusal now does not forget it.
+  const keptEarlier = new Set(Object.keys(originals));
   for (const target of targets) originals[target.key] ??= setting.read(ctx, target.key);
   save();
   if (failures.length > 0) throw new VmhookError(`isolate: could not restore ${failures.length} setting(s): ${failures[0]}`, failures.slice(1));
   for (const target of targets) {
     try {
-      if (!setting.write(ctx, target.key, target.want(originals[target.key]!))) delete originals[target.key];
+      if (!setting.write(ctx, target.key, target.want(originals[target.key]!)) && !keptEarlier.has(target.key)) delete originals[target.key];
     } catch (error) {
       if (stillOriginal(ctx, setting, target.key, originals[target.key]!)) delete originals[target.key];
       save();

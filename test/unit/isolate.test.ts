@@ -6,6 +6,7 @@
 import { test } from "uvu";
 import * as assert from "uvu/assert";
 import * as fs from "node:fs";
+import { parseKernelCpuList } from "../../lib/cpuset.ts";
 import { Deadline } from "../../lib/deadline.ts";
 import { newJournal, readJournal, writeJournal } from "../../lib/journal.ts";
 import { withHostLock } from "../../lib/lock.ts";
@@ -294,26 +295,50 @@ test("two VMs under systemd: releasing the first recomputes AllowedCPUs without 
   assertClean(sim, before);
 });
 
-test("overlap with a running VM's CPUs is an error naming the CPU and the VM, unless allowed", async () => {
+test("a VM that does not allow overlap does not start on a running VM's CPUs, even one that allows it: the error names the CPU and the VM", async () => {
   const sim = cgroupHost();
-  const before = sim.snapshot();
-  assert.is((await prepare(sim, vmA)).code, 0);
+  assert.is((await prepare(sim, { ...vmA, isolate: 'allow-overlap="yes"' })).code, 0);
   const afterA = sim.snapshot();
-  const overlapping = { ...vmB, pins: ["3", "4"] };
-  const outcome = await prepare(sim, overlapping);
+  const outcome = await prepare(sim, { ...vmB, pins: ["3", "4"] });
   assert.is(outcome.code, 1);
   assert.match(outcome.stderr.split("\n")[0]!, /CPU 3 of this VM is already isolated for running VM vmA; .* allow-overlap="yes"/);
   assert.equal(sim.snapshot(), afterA);
   assert.equal(sim.stateFiles(), [`${vmA.uuid}.json`, "shared/isolate.json"]);
+});
 
-  const allowed = { ...overlapping, isolate: 'allow-overlap="yes"' };
-  assert.is((await prepare(sim, allowed)).code, 0);
+test('allow-overlap="yes" on both VMs: they share a CPU, and each release keeps the other\'s CPUs off the host', async () => {
+  const sim = cgroupHost();
+  const before = sim.snapshot();
+  const a = { ...vmA, isolate: 'allow-overlap="yes"' };
+  const b = { ...vmB, pins: ["3", "4"], isolate: 'allow-overlap="yes"' };
+  assert.is((await prepare(sim, a)).code, 0);
+  assert.is((await prepare(sim, b)).code, 0);
   assert.is(read(sim, "/sys/fs/cgroup/system.slice/cpuset.cpus"), "0-1,5-7");
-  assert.is((await release(sim, vmA)).code, 0);
+  assert.is((await release(sim, a)).code, 0);
   assert.is(read(sim, "/sys/fs/cgroup/system.slice/cpuset.cpus"), "0-2,5-7");
-  assert.is((await release(sim, allowed)).code, 0);
+  assert.is((await release(sim, b)).code, 0);
   assertClean(sim, before);
 });
+
+// An overlap needs every VM involved to allow it: B's author cannot put B on the CPUs A isolates for itself.
+const INTRUDERS: [string, string, (sim: SimHost) => void][] = [
+  ["A says nothing (allow-overlap defaults to no)", "", () => {}],
+  ["A's claims were journaled by a vmhook that did not record allow-overlap", 'allow-overlap="yes"', (sim) => editStateFile(sim, paths.journal(vmA.uuid), (journal) => isolateEntries(journal).forEach((entry) => delete entry.undo.allowOverlap))],
+];
+
+for (const [what, aIsolate, edit] of INTRUDERS) {
+  test(`B with allow-overlap="yes" does not start on CPUs of a running A that does not allow it (${what}): the refusal names A, the CPU and the fix`, async () => {
+    const sim = cgroupHost();
+    assert.is((await prepare(sim, { ...vmA, isolate: aIsolate })).code, 0);
+    edit(sim);
+    const afterA = sim.snapshot();
+    const outcome = await prepare(sim, { ...vmB, pins: ["3", "4"], isolate: 'allow-overlap="yes"' });
+    assert.is(outcome.code, 1);
+    assert.match(outcome.stderr.split("\n")[0]!, /CPU 3 of this VM is isolated for running VM vmA, which does not allow overlap; pin the VMs to different CPUs, or set allow-overlap="yes" on vmA too/);
+    assert.equal(sim.snapshot(), afterA, "A's CPU 3 stays off the host and off B");
+    assert.equal(sim.stateFiles(), [`${vmA.uuid}.json`, "shared/isolate.json"]);
+  });
+}
 
 test("a second VM that would leave the host no CPU names the running VMs", async () => {
   const sim = cgroupHost();
@@ -353,6 +378,25 @@ test("a second VM whose prepare fails leaves the first VM's isolation exactly as
   assert.ok(sim.writes.some((w) => w.path === "/sys/devices/virtual/workqueue/cpumask" && w.data === "c3\n"), "B's workqueue step ran before the failure");
   assert.equal(sim.snapshot(), afterA);
   assert.equal(sim.stateFiles(), [`${vmA.uuid}.json`, "shared/isolate.json"]);
+});
+
+test("an IRQ that takes A's narrowing but refuses B's gets its value from before A back once both VMs are gone, in either order", async () => {
+  for (const order of [[vmA, vmB], [vmB, vmA]]) {
+    const sim = cgroupHost().file("/proc/irq/18/smp_affinity_list", "0-7");
+    // As an interrupt controller that reaches only CPUs 2-5: a list without any of them is refused (EINVAL).
+    sim.onWrite("/proc/irq/18/smp_affinity_list", (data, hostPath, host) => {
+      if (!parseKernelCpuList(data).some((cpu) => cpu >= 2 && cpu <= 5)) throw Object.assign(new Error("EINVAL: invalid argument"), { code: "EINVAL" });
+      fs.writeFileSync(host.resolve(hostPath), `${data}\n`);
+    });
+    const before = sim.snapshot();
+    const [a, b] = [vmA, vmB].map((vm) => ({ ...vm, isolate: 'irqs="yes"' }));
+    assert.is((await prepare(sim, a!)).code, 0);
+    assert.is(read(sim, "/proc/irq/18/smp_affinity_list"), "0-1,4-7");
+    assert.is((await prepare(sim, b!)).code, 0);
+    assert.is(read(sim, "/proc/irq/18/smp_affinity_list"), "0-1,4-7", "B's 0-1,6-7 was refused: left as it is");
+    for (const vm of order) assert.is((await release(sim, { ...vm, isolate: 'irqs="yes"' })).code, 0);
+    assertClean(sim, before);
+  }
 });
 
 test("undo is idempotent: a release that crashed before updating the journal runs again harmlessly", async () => {
@@ -516,6 +560,7 @@ const BAD_CLAIMS: [string, (claim: Record<string, unknown>) => void, string][] =
   ["its isolated CPUs as a string", (claim) => (claim.isolated = "2-3"), "isolated"],
   ["a CPU beyond any host", (claim) => (claim.own = [2, 9000]), "own"],
   ["no own CPUs", (claim) => delete claim.own, "own"],
+  ["allow-overlap as text", (claim) => (claim.allowOverlap = "yes"), "allowOverlap"],
 ];
 
 for (const [what, corrupt, field] of BAD_CLAIMS) {
