@@ -307,6 +307,39 @@ test("vmhook recover forgets only the finished note it read: a hook's note of a 
   }
 });
 
+test("a note a killed recover left taken aside (NAME.json.forgetting) is still the note: while its helper runs, status, doctor, recover and hooks see it and write nothing to the device; once it is gone, recover forgets it", async () => {
+  const kernel = workstation();
+  kernel.sim.hangWrite(UNBIND);
+  assert.is((await runHookEvent(kernel.sim, "prepare", "begin", XML, "win11")).code, 1);
+  const [pid] = kernel.sim.hung.map((write) => write.pid);
+  // Killed between taking the note aside and removing it or putting it back (as when a hook had replaced the note it read).
+  const aside = `${paths.stuckWrite(GPU)}.forgetting`;
+  kernel.sim.rename(paths.stuckWrite(GPU), aside);
+  const stuckLine = `${GPU}: driver amdgpu did not return from writing "${GPU}" to ${UNBIND}`;
+
+  assert.match((await cliOn(kernel, "status")).stdout, `stuck driver: ${stuckLine}`);
+  assert.equal(JSON.parse((await cliOn(kernel, "--json", "status")).stdout).stuckWrites.map((write: { pid: number; running: boolean }) => [write.pid, write.running]), [[pid, true]]);
+  assert.match((await cliOn(kernel, "doctor")).stdout, `fail  stuck driver: ${stuckLine}`);
+  const from = kernel.sim.writes.length;
+  const other = await runHookEvent(kernel.sim, "prepare", "begin", XML.replace(UUID, "11111111-2222-4333-8444-555555555555").replace("win11", "other"), "other");
+  assert.is(other.code, 1);
+  assert.match(other.stderr.split("\n")[0]!, `${stuckLine} (since `);
+  const held = await cli(["recover", "--force", "--root", kernel.sim.root], kernel.sim);
+  assert.is(held.code, 1);
+  assert.match(held.stderr, `${stuckLine} (since `);
+  assert.equal(writesTo(kernel, from, GPU), []);
+  assert.equal(kernel.sim.list(paths.stuckWrites), [`${GPU}.json.forgetting`]);
+
+  kernel.sim.finishHungWrites();
+  const recovered = await cli(["recover", "--force", "--root", kernel.sim.root], kernel.sim);
+  assert.is(recovered.code, 0, recovered.stderr);
+  assert.match(recovered.stdout, `${GPU}: the write into driver amdgpu that did not return has finished since (pid ${pid} is gone)`);
+  assert.equal(kernel.sim.list(paths.stuckWrites), []);
+  assert.is(kernel.driverOf(GPU), "amdgpu");
+  assert.equal(kernel.sim.stateFiles(), []);
+  kernel.sim.cleanup();
+});
+
 /** A `started` that returns only once the helper has exited (a zombie: this process reaps it later), so its input pipe has no reader when it is fed. */
 function exitedBeforeFed(pid: number): void {
   const waiting = new Int32Array(new SharedArrayBuffer(4));
