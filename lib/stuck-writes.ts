@@ -12,7 +12,7 @@ import { VmhookError } from "./errors.ts";
 import type { Host } from "./host.ts";
 import { paths } from "./paths.ts";
 import { procStat } from "./processes.ts";
-import { ensureStateDir, lonelyTemps, readStateFile, removeStateFile, writeStateFile } from "./state-files.ts";
+import { ensureStateDir, lonelyTemps, readStateFile, writeStateFile } from "./state-files.ts";
 
 export interface StuckWrite {
   /** The helper process blocked in the write. */
@@ -58,17 +58,22 @@ function checkedDevice(device: string): string {
   return device;
 }
 
-/** Notes a helper that has started a write into the device's driver, with its start time (field 22 of /proc/PID/stat): a later process given the same pid is not it. */
-export function noteWrite(host: Host, write: Omit<StuckWrite, "startTime">): void {
+/** Notes a helper that has started a write into the device's driver, with its start time (field 22 of /proc/PID/stat): a later process given the same pid is not it. Returns the note, for forgetWrite. */
+export function noteWrite(host: Host, write: Omit<StuckWrite, "startTime">): StuckWrite {
   ensureStateDir(host);
   ensureStateDir(host, paths.stuckWrites);
   const noted: StuckWrite = { ...write, startTime: procStat(host, write.pid)?.[19] ?? "" };
   writeStateFile(host, paths.stuckWrite(checkedDevice(write.device)), `${JSON.stringify(noted, null, 2)}\n`);
+  return noted;
 }
 
-/** Removes the device's note: its helper returned, or is gone. */
-export function forgetWrite(host: Host, device: string): void {
-  removeStateFile(host, paths.stuckWrite(checkedDevice(device)));
+/**
+ * Removes the note of a helper that returned, while it is still its own:
+ * once the helper ended, another hook may have found the note finished,
+ * forgotten it and noted its own helper there, which must stay.
+ */
+export function forgetWrite(host: Host, noted: StuckWrite): void {
+  forgetNoteRead(host, noted, paths.stuckWrite(checkedDevice(noted.device)));
 }
 
 function withStatus(host: Host, write: StuckWrite, note: string): StuckWriteStatus {
@@ -182,7 +187,7 @@ export function clearForWrite(host: Host, device: string): void {
   const notes = notesOf(host, device);
   const blocked = notes.find((write) => write.running);
   if (blocked) throw stillBlocked(blocked, device);
-  for (const write of notes) forgetNoteRead(host, write);
+  for (const write of notes) forgetNoteRead(host, write, write.note);
 }
 
 function stillBlocked(write: StuckWriteStatus, device: string): StuckWriteError {
@@ -196,24 +201,24 @@ export function forgetFinishedWrites(host: Host): StuckWriteStatus[] {
   settleUnrenamedNotes(host);
   const finished = listStuckWrites(host).filter((write) => !write.running);
   const aside = (write: StuckWriteStatus) => write.note.endsWith(ASIDE);
-  for (const write of [...finished.filter(aside), ...finished.filter((write) => !aside(write))]) forgetNoteRead(host, write);
+  for (const write of [...finished.filter(aside), ...finished.filter((write) => !aside(write))]) forgetNoteRead(host, write, write.note);
   return finished;
 }
 
 /**
- * Removes the device's note only while it is the one `read` came from (same
- * helper: pid and start time). Notes take no lock: between the read and
- * the removal, a hook may have replaced a finished note with that of its own
- * helper, now blocked in the driver, which must stay. So the note is first
- * taken aside (rename is atomic), then checked; one that is not the note read
- * goes back. Every reader sees a note aside as the note (notesOf,
- * listStuckWrites): one a killed forgetter left is forgotten once its helper
- * is gone, as any other.
+ * Removes the device's note, read from `from` (its file, or the one aside),
+ * only while it is still the one `read` (same helper: pid and start time).
+ * Notes take no lock: between the read and the removal, a hook may have
+ * replaced a finished note with that of its own helper, now blocked in the
+ * driver, which must stay. So the note is first taken aside (rename is
+ * atomic), then checked; one that is not the note read goes back. Every
+ * reader sees a note aside as the note (notesOf, listStuckWrites): one a
+ * killed forgetter left is forgotten once its helper is gone, as any other.
  */
-function forgetNoteRead(host: Host, read: StuckWriteStatus): void {
+function forgetNoteRead(host: Host, read: StuckWrite, from: string): void {
   const file = paths.stuckWrite(checkedDevice(read.device));
   const aside = asideOf(file);
-  if (read.note === aside) {
+  if (from === aside) {
     if (sameHelper(readStateFile(host, aside, "stuck-write note"), read)) host.remove(aside);
     return;
   }
