@@ -18,7 +18,7 @@ import type { Deadline } from "./deadline.ts";
 import { describeError, VmhookError } from "./errors.ts";
 import type { ExecResult, Host } from "./host.ts";
 import { moduleClosure } from "./kernel-modules.ts";
-import { clearForWrite, forgetWrite, moduleSubject, noteWrite, STUCK_ADVICE, StuckWriteError } from "./stuck-writes.ts";
+import { clearForWrite, forgetWrite, moduleSubject, noteWrite, STUCK_ADVICE, type StuckWrite, StuckWriteError } from "./stuck-writes.ts";
 
 export interface DriverWrite {
   /** The device the write acts on; while a write into it is stuck, no other is made. */
@@ -46,10 +46,11 @@ export async function writeThroughDriver(ctx: WriteContext, write: DriverWrite):
   ctx.deadline.check(`writing ${file}`);
   const timeoutMs = ctx.deadline.clamp(write.timeoutMs);
   const since = new Date(host.now()).toISOString();
-  const noted = (pid: number) => noteWrite(host, { pid, device, driver, file, value, since, domain: ctx.domain });
+  const notes: StuckWrite[] = [];
+  const noted = (pid: number) => notes.push(noteWrite(host, { pid, device, driver, file, value, since, domain: ctx.domain }));
   const result = await host.writeInHelper(file, value, timeoutMs, noted);
   if (result.done) {
-    forgetWrite(host, device);
+    for (const note of notes) forgetWrite(host, note);
     if (result.error) throw new DriverWriteError(`writing "${value}" to ${file} failed: ${result.error}`, result.error);
     return;
   }
@@ -86,13 +87,14 @@ export async function runThroughDriver(ctx: WriteContext, run: ModuleRun): Promi
   ctx.deadline.check(`starting ${cmdline}`);
   const timeoutMs = ctx.deadline.clamp(run.timeoutMs);
   const since = new Date(host.now()).toISOString();
+  const notes: StuckWrite[] = [];
   const noted = (pid: number) => {
-    for (const module of modules) noteWrite(host, { pid, device: moduleSubject(module), driver: module, command: cmdline, since, domain: ctx.domain });
-    for (const { address, driver } of devices) noteWrite(host, { pid, device: address, driver, command: cmdline, since, domain: ctx.domain });
+    for (const module of modules) notes.push(noteWrite(host, { pid, device: moduleSubject(module), driver: module, command: cmdline, since, domain: ctx.domain }));
+    for (const { address, driver } of devices) notes.push(noteWrite(host, { pid, device: address, driver, command: cmdline, since, domain: ctx.domain }));
   };
   const result = await host.runInHelper(command, modules, timeoutMs, noted);
   if (result.done) {
-    for (const subject of subjects) forgetWrite(host, subject);
+    for (const note of notes) forgetWrite(host, note);
     return result.result;
   }
   const driven = devices.length > 0 ? `: module ${modules.join(", ")} is the driver of ${devices.map((device) => device.address).join(", ")} (its ${command === "rmmod" ? "remove()" : "probe()"} runs in ${command})` : "";

@@ -12,7 +12,7 @@ import { VmhookError } from "./errors.ts";
 import type { Host } from "./host.ts";
 import { paths } from "./paths.ts";
 import { procStat } from "./processes.ts";
-import { ensureStateDir, lonelyTemps, readStateFile, removeStateFile, writeStateFile } from "./state-files.ts";
+import { ensureStateDir, lonelyTemps, readStateFile, writeStateFile } from "./state-files.ts";
 
 export interface StuckWrite {
   /** The helper process blocked in the write. */
@@ -37,6 +37,8 @@ export interface StuckWriteStatus extends StuckWrite {
   running: boolean;
   /** Its state letter from /proc/PID/stat ("D": uninterruptible sleep), when running. */
   state?: string;
+  /** The file that holds it: NAME.json, or NAME.json.forgetting while forgetNoteRead checks it (or was killed doing so). */
+  note: string;
 }
 
 /** What the user can do while a helper is stuck. */
@@ -56,23 +58,28 @@ function checkedDevice(device: string): string {
   return device;
 }
 
-/** Notes a helper that has started a write into the device's driver, with its start time (field 22 of /proc/PID/stat): a later process given the same pid is not it. */
-export function noteWrite(host: Host, write: Omit<StuckWrite, "startTime">): void {
+/** Notes a helper that has started a write into the device's driver, with its start time (field 22 of /proc/PID/stat): a later process given the same pid is not it. Returns the note, for forgetWrite. */
+export function noteWrite(host: Host, write: Omit<StuckWrite, "startTime">): StuckWrite {
   ensureStateDir(host);
   ensureStateDir(host, paths.stuckWrites);
   const noted: StuckWrite = { ...write, startTime: procStat(host, write.pid)?.[19] ?? "" };
   writeStateFile(host, paths.stuckWrite(checkedDevice(write.device)), `${JSON.stringify(noted, null, 2)}\n`);
+  return noted;
 }
 
-/** Removes the device's note: its helper returned, or is gone. */
-export function forgetWrite(host: Host, device: string): void {
-  removeStateFile(host, paths.stuckWrite(checkedDevice(device)));
+/**
+ * Removes the note of a helper that returned, while it is still its own:
+ * once the helper ended, another hook may have found the note finished,
+ * forgotten it and noted its own helper there, which must stay.
+ */
+export function forgetWrite(host: Host, noted: StuckWrite): void {
+  forgetNoteRead(host, noted, paths.stuckWrite(checkedDevice(noted.device)));
 }
 
-function withStatus(host: Host, write: StuckWrite): StuckWriteStatus {
+function withStatus(host: Host, write: StuckWrite, note: string): StuckWriteStatus {
   const stat = procStat(host, write.pid);
   const running = stat !== undefined && stat[19] === write.startTime && stat[0] !== "Z";
-  return running ? { ...write, running, state: stat[0] } : { ...write, running };
+  return running ? { ...write, running, state: stat[0], note } : { ...write, running, note };
 }
 
 /**
@@ -83,7 +90,7 @@ function withStatus(host: Host, write: StuckWrite): StuckWriteStatus {
 function checkNote(note: Partial<StuckWrite> | null, file: string): StuckWrite {
   const text = (value: unknown) => typeof value === "string";
   const optionalText = (value: unknown) => value === undefined || text(value);
-  const device = file.slice(file.lastIndexOf("/") + 1).replace(/\.json(\.tmp)?$/, "");
+  const device = file.slice(file.lastIndexOf("/") + 1).replace(/\.json(\.tmp|\.forgetting)?$/, "");
   if (typeof note !== "object" || note === null) throw new Error(`it holds ${JSON.stringify(note)}, not a note`);
   const wrong = (
     [
@@ -111,18 +118,33 @@ function readStuckWrite(host: Host, file: string): StuckWriteStatus | undefined 
   } catch (error) {
     throw new VmhookError(`stuck-write note ${file} cannot be read (${(error as Error).message}); a driver may still hold a device: check vmhook's log, then remove it (rm ${file})`);
   }
-  return withStatus(host, write);
+  return withStatus(host, write, file);
 }
 
-/** The note of a write into this device's driver that did not return, if any. */
+/**
+ * Where forgetNoteRead takes a note aside to check it. Until it is removed
+ * or put back (never, when the forgetter was killed in between), it is the
+ * note still: its helper may be one blocked in the driver.
+ */
+const ASIDE = ".forgetting";
+const asideOf = (file: string) => `${file}${ASIDE}`;
+
+/** The device's notes: the one taken aside first, then its own file. */
+function notesOf(host: Host, device: string): StuckWriteStatus[] {
+  const file = paths.stuckWrite(checkedDevice(device));
+  return [asideOf(file), file].flatMap((note) => readStuckWrite(host, note) ?? []);
+}
+
+/** The note of a write into this device's driver that did not return, if any: one whose helper still runs first. */
 export function stuckWriteFor(host: Host, device: string): StuckWriteStatus | undefined {
-  return readStuckWrite(host, paths.stuckWrite(checkedDevice(device)));
+  const notes = notesOf(host, device);
+  return notes.find((write) => write.running) ?? notes[0];
 }
 
 export function listStuckWrites(host: Host): StuckWriteStatus[] {
   return host
     .list(paths.stuckWrites)
-    .filter((name) => name.endsWith(".json"))
+    .filter((name) => name.endsWith(".json") || name.endsWith(`.json${ASIDE}`))
     .flatMap((name) => readStuckWrite(host, `${paths.stuckWrites}/${name}`) ?? []);
 }
 
@@ -162,9 +184,10 @@ export function refuseIfStuck(host: Host, devices: string[]): void {
 
 /** Before a write into the device's driver, from one read of its note: refuses while an earlier one is blocked, forgets one that has finished. */
 export function clearForWrite(host: Host, device: string): void {
-  const write = stuckWriteFor(host, device);
-  if (write?.running) throw stillBlocked(write, device);
-  if (write) forgetNoteRead(host, write);
+  const notes = notesOf(host, device);
+  const blocked = notes.find((write) => write.running);
+  if (blocked) throw stillBlocked(blocked, device);
+  for (const write of notes) forgetNoteRead(host, write, write.note);
 }
 
 function stillBlocked(write: StuckWriteStatus, device: string): StuckWriteError {
@@ -173,33 +196,50 @@ function stillBlocked(write: StuckWriteStatus, device: string): StuckWriteError 
   return new StuckWriteError(`${describeStuckWrite(write)}; ${refused} until it has returned`, [STUCK_ADVICE]);
 }
 
-/** Removes the notes whose helper is gone; returns them. */
+/** Removes the notes whose helper is gone; returns them. Those taken aside go first: a note is not taken aside over another. */
 export function forgetFinishedWrites(host: Host): StuckWriteStatus[] {
   settleUnrenamedNotes(host);
   const finished = listStuckWrites(host).filter((write) => !write.running);
-  for (const write of finished) forgetNoteRead(host, write);
+  const aside = (write: StuckWriteStatus) => write.note.endsWith(ASIDE);
+  for (const write of [...finished.filter(aside), ...finished.filter((write) => !aside(write))]) forgetNoteRead(host, write, write.note);
   return finished;
 }
 
 /**
- * Removes the device's note only while it is the one `read` came from (same
- * helper: pid and start time). Notes take no lock: between the read and
- * the removal, a hook may have replaced a finished note with that of its own
- * helper, now blocked in the driver, which must stay. So the note is first
- * taken aside (rename is atomic), then checked; one that is not the note read
- * goes back.
+ * Removes the device's note, read from `from` (its file, or the one aside),
+ * only while it is still the one `read` (same helper: pid and start time).
+ * Notes take no lock: between the read and the removal, a hook may have
+ * replaced a finished note with that of its own helper, now blocked in the
+ * driver, which must stay. So the note is first taken aside (rename is
+ * atomic), then checked; one that is not the note read goes back. Every
+ * reader sees a note aside as the note (notesOf, listStuckWrites): one a
+ * killed forgetter left is forgotten once its helper is gone, as any other.
  */
-function forgetNoteRead(host: Host, read: StuckWrite): void {
+function forgetNoteRead(host: Host, read: StuckWrite, from: string): void {
   const file = paths.stuckWrite(checkedDevice(read.device));
-  const aside = `${file}.forgetting`;
+  const aside = asideOf(file);
+  if (from === aside) {
+    if (sameHelper(readStateFile(host, aside, "stuck-write note"), read)) host.remove(aside);
+    return;
+  }
+  // Another note is aside (a forgetter at work, or killed): it is not replaced; this one waits for the next forgetter.
+  if (host.exists(aside)) return;
+  if (!moved(() => host.rename(file, aside))) return; // forgotten already (a hook's clearForWrite)
+  const held = readStateFile(host, aside, "stuck-write note");
+  if (sameHelper(held, read)) host.remove(aside);
+  // Not the note read: it goes back, unless another forgetter removed it meanwhile (its helper is gone).
+  else if (held !== undefined) moved(() => host.rename(aside, file));
+}
+
+/** Runs a rename; false when what it moves is gone (ENOENT): another forgetter took it. */
+function moved(rename: () => void): boolean {
   try {
-    host.rename(file, aside);
+    rename();
+    return true;
   } catch (error) {
-    if ((error as NodeJS.ErrnoException).code === "ENOENT") return; // forgotten already (a hook's clearForWrite)
+    if ((error as NodeJS.ErrnoException).code === "ENOENT") return false;
     throw error;
   }
-  if (sameHelper(readStateFile(host, aside, "stuck-write note"), read)) host.remove(aside);
-  else host.rename(aside, file);
 }
 
 function sameHelper(text: string | undefined, read: StuckWrite): boolean {

@@ -251,7 +251,14 @@ async function removeMdev(record: CreateRecord, ctx: BaseContext): Promise<void>
   const { uuid } = record;
   // A create not returned yet may still make the mdev: until it has, its absence proves nothing.
   clearForWrite(host, uuid);
-  if (!host.exists(mdevPath(uuid))) return;
+  const existing = existingMdev(host, uuid);
+  if (!existing) return;
+  // The kernel keeps a UUID for the create that took it, so another type or parent is not what this record's create made
+  // (it failed, and mdevctl or a person made this one since): someone else's, never removed. A type it cannot read proves nothing.
+  if (existing.type !== "?" && (existing.type !== record.type || existing.parent !== record.parent)) {
+    ctx.log.warn(`mdev ${uuid} is now ${existing.type} on ${existing.parent}, not the ${record.type} on ${record.parent} vmhook created: another tool made it; it stays`);
+    return;
+  }
   // The mdev's driver runs its remove(); an mdev on none, only the parent's code.
   const driver = driverOf(host, mdevPath(uuid)) ?? parentDriver(host, record.parent);
   try {

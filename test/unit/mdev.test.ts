@@ -506,6 +506,25 @@ for (const stuck of STUCK_CASES) {
   });
 }
 
+test("an mdev's create that never returned, then failed: an mdev of another type that mdevctl made with that UUID since is not vmhook's, and recover leaves it", async () => {
+  const sim = gvtHost();
+  sim.hangWrite(GVT_CREATE);
+  assert.is((await runHookEvent(sim, "prepare", "begin", GVT_XML)).code, 1);
+  // The driver's create fails: its helper ends, nothing was made (the kernel gave the UUID back). Then mdevctl takes that UUID for another type.
+  const [{ pid }] = sim.hung.splice(0);
+  sim.remove(`/proc/${pid}`);
+  sim.write(`/sys/class/mdev_bus/${GPU}/mdev_supported_types/i915-GVTg_V5_8/create`, UUID_A);
+  const writesBefore = sim.writes.length;
+
+  const recovered = await cli(["recover", "--force", "--root", sim.root], sim);
+  assert.is(recovered.code, 0, recovered.stderr);
+  assert.match(recovered.stderr, `mdev ${UUID_A} is now i915-GVTg_V5_8 on ${GPU}, not the i915-GVTg_V5_4 on ${GPU} vmhook created: another tool made it; it stays`);
+  assert.is(sim.readlink(`/sys/bus/mdev/devices/${UUID_A}/mdev_type`), "../mdev_supported_types/i915-GVTg_V5_8");
+  assert.equal(sim.writes.slice(writesBefore), [], "nothing is written to mdevctl's mdev");
+  assert.equal(sim.stateFiles(), []);
+  sim.cleanup();
+});
+
 test("while an mdev's create is blocked, another domain's start with that UUID is refused before anything is read or written", async () => {
   const sim = gvtHost();
   sim.hangWrite(GVT_CREATE);

@@ -15,7 +15,8 @@ import { RootedHost } from "../../lib/host.ts";
 import { readJournal } from "../../lib/journal.ts";
 import { createLogger } from "../../lib/log.ts";
 import { loadSettings } from "../../lib/settings.ts";
-import { clearForWrite, forgetFinishedWrites, noteWrite, stuckWriteFor } from "../../lib/stuck-writes.ts";
+import { runThroughDriver, writeThroughDriver, type WriteContext } from "../../lib/bounded-write.ts";
+import { clearForWrite, forgetFinishedWrites, noteWrite, stuckWriteFor, type StuckWrite } from "../../lib/stuck-writes.ts";
 import { undoJournal } from "../../lib/transaction.ts";
 import { registry } from "../../plugins/index.ts";
 import { paths } from "../../lib/paths.ts";
@@ -279,32 +280,102 @@ test("a hook killed between its note's temp copy and the rename: the helper neve
   kernel.sim.cleanup();
 });
 
+/**
+ * Another hook starting a write into the device: at the first rename or
+ * removal vmhook makes under /run/vmhook/stuck (once a helper has ended,
+ * with `afterHelperEnds`), it clears the device and notes its own helper,
+ * pid `live`, blocked in the driver. Returns whether it has.
+ */
+function anotherHookNotesAt(sim: SimHost, write: Omit<StuckWrite, "pid" | "startTime">, live: number, afterHelperEnds = false): () => boolean {
+  sim.file(`/proc/${live}/stat`, `${live} (dd) D 1 ${live} ${live} 0 -1 4194304 0 0 0 0 0 0 0 0 20 0 1 0 ${live * 10} 2314240 1`);
+  let [helperEnded, hookWrote] = [!afterHelperEnds, false];
+  const hookInterleaves = (hostPath: string) => {
+    if (hostPath.startsWith("/proc/")) helperEnded = true;
+    if (hookWrote || !helperEnded || !hostPath.startsWith(paths.stuckWrites)) return;
+    hookWrote = true;
+    clearForWrite(sim, write.device);
+    noteWrite(sim, { ...write, pid: live });
+  };
+  const [rename, remove] = [sim.rename.bind(sim), sim.remove.bind(sim)];
+  sim.rename = (from, to) => (hookInterleaves(from), rename(from, to));
+  sim.remove = (hostPath) => (hookInterleaves(hostPath), remove(hostPath));
+  return () => hookWrote;
+}
+
+const UNBIND_NOTE = { device: GPU, driver: "amdgpu", file: UNBIND, value: GPU, since: "2026-01-01T00:00:00.000Z", domain: { name: "win11", uuid: UUID } };
+const LIVE = 5002;
+const liveNoteStays = (sim: SimHost) => {
+  const note = stuckWriteFor(sim, GPU);
+  assert.equal({ pid: note?.pid, running: note?.running }, { pid: LIVE, running: true }, "the live helper's note stays");
+  assert.equal(sim.list(paths.stuckWrites).filter((name) => name.startsWith(GPU)), [`${GPU}.json`]);
+};
+
 test("vmhook recover forgets only the finished note it read: a hook's note of a new write into the device, put in its place meanwhile, stays", () => {
   const sim = new SimHost();
   try {
-    const write = { device: GPU, driver: "amdgpu", file: UNBIND, value: GPU, since: "2026-01-01T00:00:00.000Z", domain: { name: "win11", uuid: UUID } };
-    noteWrite(sim, { ...write, pid: 5001 }); // its helper is gone
-    const live = 5002;
-    sim.file(`/proc/${live}/stat`, `${live} (dd) D 1 ${live} ${live} 0 -1 4194304 0 0 0 0 0 0 0 0 20 0 1 0 ${live * 10} 2314240 1`);
+    noteWrite(sim, { ...UNBIND_NOTE, pid: 5001 }); // its helper is gone
     // A hook starting a write into the device once recover has read the finished note, before recover changes anything there.
-    let hookWrote = false;
-    const hookInterleaves = (hostPath: string) => {
-      if (hookWrote || !hostPath.startsWith(paths.stuckWrites)) return;
-      hookWrote = true;
-      clearForWrite(sim, GPU);
-      noteWrite(sim, { ...write, pid: live });
-    };
-    const [rename, remove] = [sim.rename.bind(sim), sim.remove.bind(sim)];
-    sim.rename = (from, to) => (hookInterleaves(from), rename(from, to));
-    sim.remove = (hostPath) => (hookInterleaves(hostPath), remove(hostPath));
-
+    const hookWrote = anotherHookNotesAt(sim, UNBIND_NOTE, LIVE);
     assert.equal(forgetFinishedWrites(sim).map((note) => note.pid), [5001]);
-    assert.ok(hookWrote, "the hook wrote its note in between");
-    assert.equal({ pid: stuckWriteFor(sim, GPU)?.pid, running: stuckWriteFor(sim, GPU)?.running }, { pid: live, running: true }, "the live helper's note stays");
-    assert.equal(sim.list(paths.stuckWrites), [`${GPU}.json`]);
+    assert.ok(hookWrote(), "the hook wrote its note in between");
+    liveNoteStays(sim);
   } finally {
     sim.cleanup();
   }
+});
+
+const OWN_WRITES: [string, (ctx: WriteContext) => Promise<unknown>][] = [
+  ["a write into a driver", (ctx) => writeThroughDriver(ctx, { device: GPU, driver: "amdgpu", file: UNBIND, value: GPU, timeoutMs: 1000 })],
+  ["an rmmod", (ctx) => runThroughDriver(ctx, { command: "rmmod", modules: ["amdgpu"], devices: [{ address: GPU, driver: "amdgpu" }], timeoutMs: 1000 })],
+];
+
+for (const [what, run] of OWN_WRITES) {
+  test(`${what} whose helper returned forgets only its own note: another hook's note of a new write into the device, put in its place meanwhile, stays`, async () => {
+    const sim = new SimHost();
+    try {
+      sim.file(UNBIND, "");
+      // Once the helper has ended, before the hook forgets its note: another hook finds that note finished, and notes its own helper.
+      const hookWrote = anotherHookNotesAt(sim, UNBIND_NOTE, LIVE, true);
+      await run({ host: sim, domain: { name: "other", uuid: "11111111-2222-4333-8444-555555555555" }, deadline: new Deadline(sim, 10_000) });
+      assert.ok(hookWrote(), "the other hook wrote its note in between");
+      liveNoteStays(sim);
+    } finally {
+      sim.cleanup();
+    }
+  });
+}
+
+test("a note a killed recover left taken aside (NAME.json.forgetting) is still the note: while its helper runs, status, doctor, recover and hooks see it and write nothing to the device; once it is gone, recover forgets it", async () => {
+  const kernel = workstation();
+  kernel.sim.hangWrite(UNBIND);
+  assert.is((await runHookEvent(kernel.sim, "prepare", "begin", XML, "win11")).code, 1);
+  const [pid] = kernel.sim.hung.map((write) => write.pid);
+  // Killed between taking the note aside and removing it or putting it back (as when a hook had replaced the note it read).
+  const aside = `${paths.stuckWrite(GPU)}.forgetting`;
+  kernel.sim.rename(paths.stuckWrite(GPU), aside);
+  const stuckLine = `${GPU}: driver amdgpu did not return from writing "${GPU}" to ${UNBIND}`;
+
+  assert.match((await cliOn(kernel, "status")).stdout, `stuck driver: ${stuckLine}`);
+  assert.equal(JSON.parse((await cliOn(kernel, "--json", "status")).stdout).stuckWrites.map((write: { pid: number; running: boolean }) => [write.pid, write.running]), [[pid, true]]);
+  assert.match((await cliOn(kernel, "doctor")).stdout, `fail  stuck driver: ${stuckLine}`);
+  const from = kernel.sim.writes.length;
+  const other = await runHookEvent(kernel.sim, "prepare", "begin", XML.replace(UUID, "11111111-2222-4333-8444-555555555555").replace("win11", "other"), "other");
+  assert.is(other.code, 1);
+  assert.match(other.stderr.split("\n")[0]!, `${stuckLine} (since `);
+  const held = await cli(["recover", "--force", "--root", kernel.sim.root], kernel.sim);
+  assert.is(held.code, 1);
+  assert.match(held.stderr, `${stuckLine} (since `);
+  assert.equal(writesTo(kernel, from, GPU), []);
+  assert.equal(kernel.sim.list(paths.stuckWrites), [`${GPU}.json.forgetting`]);
+
+  kernel.sim.finishHungWrites();
+  const recovered = await cli(["recover", "--force", "--root", kernel.sim.root], kernel.sim);
+  assert.is(recovered.code, 0, recovered.stderr);
+  assert.match(recovered.stdout, `${GPU}: the write into driver amdgpu that did not return has finished since (pid ${pid} is gone)`);
+  assert.equal(kernel.sim.list(paths.stuckWrites), []);
+  assert.is(kernel.driverOf(GPU), "amdgpu");
+  assert.equal(kernel.sim.stateFiles(), []);
+  kernel.sim.cleanup();
 });
 
 /** A `started` that returns only once the helper has exited (a zombie: this process reaps it later), so its input pipe has no reader when it is fed. */
