@@ -8,7 +8,7 @@ import type { Domain } from "../lib/domain.ts";
 import { ConfigError, describeError } from "../lib/errors.ts";
 import type { Host } from "../lib/host.ts";
 import { iommuGroupMembers, pciIommuGroup, slotFunctions } from "../lib/pci.ts";
-import { allowHint, DEFAULT_UNITS, formatSpan, moduleAllowed, normalUnit } from "../lib/policy.ts";
+import { allowHint, DEFAULT_UNITS, formatSpan, moduleAllowed, normalUnit, type PortSpan } from "../lib/policy.ts";
 import type { ForwardConfig } from "./forward/config.ts";
 import type { HugepagesConfig } from "./hugepages.ts";
 import type { IsolateConfig } from "./isolate/config.ts";
@@ -121,9 +121,23 @@ function authorizeForward(config: ForwardConfig, { policy, settings, element }: 
   const allowed = policy.forward.hostPorts;
   for (const spec of config.forwards) {
     for (const port of spec.ports) {
-      if (allowed.some((span) => span.first <= port.host.first && port.host.last <= span.last)) continue;
-      const ports = formatSpan(port.host);
-      throw new ConfigError(spec.element, `ports: host port ${port.protocol} ${ports} is not one the host policy lets VMs claim (allowed: ${allowed.map(formatSpan).join(", ") || "none"}); use an allowed port, or ${allowHint(policy, `add ${port.host.first === port.host.last ? ports : `"${ports}"`} to "forward.hostPorts"`)}`);
+      const gap = firstUncovered(port.host, allowed);
+      if (!gap) continue;
+      const missing = formatSpan(gap);
+      throw new ConfigError(spec.element, `ports: host port ${port.protocol} ${formatSpan(port.host)} is not one the host policy lets VMs claim (allowed: ${allowed.map(formatSpan).join(", ") || "none"}); use an allowed port, or ${allowHint(policy, `add ${gap.first === gap.last ? missing : `"${missing}"`} to "forward.hostPorts"`)}`);
     }
   }
+}
+
+/** The first run of ports in `wanted` that no span of `allowed` holds; undefined when the spans together cover it (each alone need not). */
+function firstUncovered(wanted: PortSpan, allowed: PortSpan[]): PortSpan | undefined {
+  let next = wanted.first;
+  // Sorted by first port, each span that starts at or before `next` moves it past its end.
+  for (const span of [...allowed].sort((a, b) => a.first - b.first)) {
+    if (span.first > next) break;
+    next = Math.max(next, span.last + 1);
+    if (next > wanted.last) return undefined;
+  }
+  const after = allowed.filter((span) => span.first > next).map((span) => span.first);
+  return { first: next, last: Math.min(wanted.last, ...after.map((first) => first - 1)) };
 }

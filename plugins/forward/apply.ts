@@ -4,7 +4,7 @@
 import { VmhookError } from "../../lib/errors.ts";
 import type { BaseContext } from "../../lib/plugin.ts";
 import { iptablesFamily, type CheckedRecord, type IptablesTool } from "./record.ts";
-import { applyScript, domainChain, domainTag, iptablesApplyInput, iptablesNftChain, iptablesRemovalInput, libvirtNftChain, LIBVIRT_IPTABLES_CHAIN, parseRuleset, removalScript, TABLE, type RulesetView } from "./rules.ts";
+import { applyScript, domainChains, domainTag, iptablesApplyInput, iptablesNftChain, iptablesRemovalInput, libvirtNftChain, LIBVIRT_IPTABLES_CHAIN, parseRuleset, removalScript, TABLE, type RulesetView } from "./rules.ts";
 
 type Runner = Pick<BaseContext, "run">;
 
@@ -113,9 +113,12 @@ export function missingRules(ctx: Runner, record: CheckedRecord): string[] {
   const tag = domainTag(record.uuid);
   const tagged = view.tagged.filter((rule) => rule.comment === tag);
   const missing: string[] = [];
-  if (!view.chains.includes(domainChain(record.uuid))) missing.push(`chain inet ${TABLE} ${domainChain(record.uuid)}`);
-  for (const base of ["prerouting", "output"]) {
-    if (!tagged.some((rule) => rule.table === TABLE && rule.chain === base)) missing.push(`the jump from inet ${TABLE} ${base}`);
+  for (const { name, rules, jumpsFrom } of domainChains(record.uuid, record.forwards)) {
+    if (!view.chains.includes(name)) missing.push(`chain inet ${TABLE} ${name}`);
+    else if ((view.rulesIn.get(name) ?? 0) < rules.length) missing.push(`${rules.length - (view.rulesIn.get(name) ?? 0)} rule(s) of chain inet ${TABLE} ${name}`);
+    for (const base of jumpsFrom) {
+      if (!tagged.some((rule) => rule.family === "inet" && rule.table === TABLE && rule.chain === base)) missing.push(`the jump from inet ${TABLE} ${base}`);
+    }
   }
   for (const family of [4, 6] as const) {
     const chain = libvirtNftChain(family);

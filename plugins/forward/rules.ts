@@ -45,6 +45,8 @@ export interface RulesetView {
   tableExists: boolean;
   /** Chains of inet vmhook. */
   chains: string[];
+  /** How many rules each chain of inet vmhook holds (chains without rules are left out). */
+  rulesIn: Map<string, number>;
   /** Rules carrying a "vmhook:…" comment, anywhere. */
   tagged: { family: string; table: string; chain: string; handle: number; comment: string }[];
   /** Chains that exist, as "family table chain" (to know libvirt's backend). */
@@ -133,29 +135,44 @@ export function removalScript(view: RulesetView, uuid: string): string {
   return lines.length === 0 ? "" : `${lines.join("\n")}\n`;
 }
 
+/** One of the domain's chains in inet vmhook: its rules and the base chains that jump to it. */
+export interface DomainChain {
+  name: string;
+  rules: string[];
+  jumpsFrom: string[];
+}
+
+/**
+ * The domain's chains as applyScript writes them (vm-<uuid>, and
+ * vm-<uuid>-hairpin when a forward has hairpin): reconnect checks each part
+ * from the same list, so nothing apply writes goes missing unnoticed.
+ */
+export function domainChains(uuid: string, forwards: ResolvedForward[]): DomainChain[] {
+  const hairpins = forwards.flatMap(hairpinRules);
+  return [
+    { name: domainChain(uuid), rules: forwards.flatMap(dnatRules), jumpsFrom: ["prerouting", "output"] },
+    ...(hairpins.length > 0 ? [{ name: hairpinChain(uuid), rules: hairpins, jumpsFrom: ["postrouting"] }] : []),
+  ];
+}
+
 /**
  * The nft transaction that makes a domain's forwards exactly `forwards`:
  * whatever the domain had before goes out in the same transaction, so a repeat
  * (reconnect) or a leftover never doubles a rule.
  */
 export function applyScript(view: RulesetView, uuid: string, forwards: ResolvedForward[]): string {
-  const chain = domainChain(uuid);
-  const hairpin = hairpinChain(uuid);
   const tag = quoted(domainTag(uuid));
-  const hairpins = forwards.flatMap(hairpinRules);
   // Removing first may delete the whole table (last domain); re-adding it in the same transaction is valid.
   const lines = [
     ...removalLines(view, uuid),
     `add table inet ${TABLE}`,
     ...BASE_CHAINS.map((base) => `add chain inet ${TABLE} ${base.name} { ${base.spec} }`),
-    `add chain inet ${TABLE} ${chain}`,
-    ...forwards.flatMap(dnatRules).map((rule) => `add rule inet ${TABLE} ${chain} ${rule}`),
-    `add rule inet ${TABLE} prerouting jump ${chain} comment ${tag}`,
-    `add rule inet ${TABLE} output jump ${chain} comment ${tag}`,
+    ...domainChains(uuid, forwards).flatMap(({ name, rules, jumpsFrom }) => [
+      `add chain inet ${TABLE} ${name}`,
+      ...rules.map((rule) => `add rule inet ${TABLE} ${name} ${rule}`),
+      ...jumpsFrom.map((base) => `add rule inet ${TABLE} ${base} jump ${name} comment ${tag}`),
+    ]),
   ];
-  if (hairpins.length > 0) {
-    lines.push(`add chain inet ${TABLE} ${hairpin}`, ...hairpins.map((rule) => `add rule inet ${TABLE} ${hairpin} ${rule}`), `add rule inet ${TABLE} postrouting jump ${hairpin} comment ${tag}`);
-  }
   for (const forward of forwards) {
     const libvirtChain = libvirtNftChain(forward.family);
     if (!view.allChains.has(libvirtChain)) continue;
@@ -213,7 +230,7 @@ interface NftObject {
 export function parseRuleset(json: string): RulesetView {
   const parsed = JSON.parse(json) as { nftables?: NftObject[] };
   if (!Array.isArray(parsed.nftables)) throw new Error("no nftables array");
-  const view: RulesetView = { tableExists: false, chains: [], tagged: [], allChains: new Set() };
+  const view: RulesetView = { tableExists: false, chains: [], rulesIn: new Map(), tagged: [], allChains: new Set() };
   for (const object of parsed.nftables) {
     if (object.table && object.table.family === "inet" && object.table.name === TABLE) view.tableExists = true;
     if (object.chain) {
@@ -221,6 +238,7 @@ export function parseRuleset(json: string): RulesetView {
       if (object.chain.family === "inet" && object.chain.table === TABLE) view.chains.push(object.chain.name);
     }
     const rule = object.rule;
+    if (rule && rule.family === "inet" && rule.table === TABLE) view.rulesIn.set(rule.chain, (view.rulesIn.get(rule.chain) ?? 0) + 1);
     if (rule && typeof rule.comment === "string" && rule.comment.startsWith("vmhook:") && Number.isSafeInteger(rule.handle)) {
       view.tagged.push({ family: rule.family, table: rule.table, chain: rule.chain, handle: rule.handle, comment: rule.comment });
     }

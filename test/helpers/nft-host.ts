@@ -1,7 +1,8 @@
 // A simulated host for the forward plugin: libvirt's NAT network "default"
 // and an nft that keeps one domain's rules while they are applied (enough for
-// missingRules and undo). The ruleset lives in a file under the root, where
-// the host snapshot sees it.
+// missingRules and undo): the table, chains and rules of inet vmhook that the
+// last apply transaction added. The ruleset lives in a file under the root,
+// where the host snapshot sees it.
 import { SimHost } from "./simhost.ts";
 
 export const NAT_NETWORK = `<network><name>default</name><forward mode='nat'/><bridge name='virbr0'/>
@@ -10,28 +11,47 @@ export const NAT_NETWORK = `<network><name>default</name><forward mode='nat'/><b
 /** The simulated kernel's ruleset, as nft -j list ruleset prints it; absent while nothing of vmhook's is applied. */
 const RULESET = "/var/lib/nft-sim/ruleset.json";
 
-/** The NAT network and nft for the domain `uuid` on `sim`; nftScripts: every script nft -f took. */
-export function nftHost(uuid: string, sim = new SimHost().dir("/var/log").dir("/run")): { sim: SimHost; nftScripts: string[]; dropRules(): void } {
+/** One object of nft's JSON listing, as far as the forward plugin reads it. */
+export interface NftObject {
+  table?: { family: string; name: string; handle: number };
+  chain?: { family: string; table: string; name: string; handle: number };
+  rule?: { family: string; table: string; chain: string; handle: number; comment?: string };
+}
+
+/** What the `add table|chain|rule inet vmhook …` lines of an nft script leave in the ruleset. */
+function addedObjects(script: string): NftObject[] {
+  const ours = { family: "inet", table: "vmhook" };
+  let handle = 1;
+  return script.split("\n").flatMap((line): NftObject[] => {
+    if (line === "add table inet vmhook") return [{ table: { family: "inet", name: "vmhook", handle: handle++ } }];
+    const chain = /^add chain inet vmhook (\S+)/.exec(line);
+    if (chain) return [{ chain: { ...ours, name: chain[1]!, handle: handle++ } }];
+    const rule = /^add rule inet vmhook (\S+) .*?(?: comment "([^"]+)")?$/.exec(line);
+    if (rule) return [{ rule: { ...ours, chain: rule[1]!, handle: handle++, ...(rule[2] ? { comment: rule[2] } : {}) } }];
+    return [];
+  });
+}
+
+/**
+ * The NAT network and nft for the domain `uuid` on `sim`; nftScripts: every
+ * script nft -f took; dropRules: the whole ruleset gone (nft flush ruleset);
+ * dropWhere: the objects `gone` picks taken out (nft delete rule …, flush chain …).
+ */
+export function nftHost(uuid: string, sim = new SimHost().dir("/var/log").dir("/run")) {
   sim.file("/run/libvirt/network/default.xml", NAT_NETWORK).dir("/var/lib/nft-sim");
   const nftScripts: string[] = [];
-  const ours = { family: "inet", table: "vmhook" };
-  const applied = JSON.stringify({
-    nftables: [
-      { table: { family: "inet", name: "vmhook", handle: 1 } },
-      ...["prerouting", "output", "postrouting", `vm-${uuid}`].map((name) => ({ chain: { ...ours, name, handle: 2 } })),
-      ...["prerouting", "output"].map((chain, index) => ({ rule: { ...ours, chain, handle: 10 + index, comment: `vmhook:${uuid}` } })),
-    ],
-  });
+  const listed = (): NftObject[] => (sim.exists(RULESET) ? (JSON.parse(sim.read(RULESET)) as { nftables: NftObject[] }).nftables : []);
   const dropRules = () => {
     if (sim.exists(RULESET)) sim.remove(RULESET);
   };
+  const dropWhere = (gone: (object: NftObject) => boolean) => sim.file(RULESET, JSON.stringify({ nftables: listed().filter((object) => !gone(object)) }));
   sim.onExec("nft", (args, _sim, options) => {
-    if (args.join(" ") === "-j list ruleset") return { status: 0, stdout: sim.exists(RULESET) ? sim.read(RULESET) : JSON.stringify({ nftables: [{ metainfo: { version: "1.0.6" } }] }) };
+    if (args.join(" ") === "-j list ruleset") return { status: 0, stdout: JSON.stringify({ nftables: [{ metainfo: { version: "1.0.6" } }, ...listed()] }) };
     if (args.join(" ") !== "-f -") return { status: 1, stderr: `unexpected nft ${args.join(" ")}` };
     nftScripts.push(options.input ?? "");
-    if ((options.input ?? "").includes(`add chain inet vmhook vm-${uuid}`)) sim.file(RULESET, applied);
+    if ((options.input ?? "").includes(`add chain inet vmhook vm-${uuid}`)) sim.file(RULESET, JSON.stringify({ nftables: addedObjects(options.input ?? "") }));
     else dropRules();
     return { status: 0 };
   });
-  return { sim, nftScripts, dropRules };
+  return { sim, nftScripts, dropRules, dropWhere, listed };
 }

@@ -197,4 +197,17 @@ test("reconnect puts back rules a firewall reload took away", () => {
   });
 });
 
+// The rules, not traffic: with br_netfilter loaded on the machine (Docker loads it) the
+// neighbour's replies are un-DNATed on the bridge and reach it without the masquerade.
+test("reconnect puts back a hairpin a firewall change took away (the jump from postrouting), not only the DNAT", () => {
+  withDomain("hairpin-again", `<vmhook:forward ports="2222:22" hairpin="yes"/>`, (xml) => {
+    const applied = lab.ruleset();
+    lab.inOk("host", "nft", ["flush", "chain", "inet", "vmhook", "postrouting"]);
+    assert.not.match(lab.ruleset(), /jump vm-[-0-9a-f]+-hairpin/);
+    assert.is(lab.hookEvent("hairpin-again", "reconnect", "begin", xml).code, 0);
+    assert.is(lab.ruleset(), applied, "the hairpin's jump is back, and nothing is doubled");
+    assert.is(lab.probe("tcp", ADDRESSES.hostV4, 2222, "neighbour"), REACHED);
+  });
+});
+
 forward.run();

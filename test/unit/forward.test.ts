@@ -5,7 +5,7 @@ import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { assertPlanIsPrepare, plannedSteps as plannedStepsFor } from "../helpers/plan.ts";
 import { runHookEvent } from "../helpers/hook.ts";
-import { NAT_NETWORK, nftHost } from "../helpers/nft-host.ts";
+import { NAT_NETWORK, nftHost, type NftObject } from "../helpers/nft-host.ts";
 import { SimHost } from "../helpers/simhost.ts";
 import { loadDomainPlugins } from "../../lib/config.ts";
 import { parseDomain } from "../../lib/domain.ts";
@@ -97,7 +97,7 @@ const FORWARD: ResolvedForward = {
     { protocol: "udp", host: { first: 60000, last: 60010 }, guest: { first: 60000, last: 60010 } },
   ],
 };
-const EMPTY: RulesetView = { tableExists: false, chains: [], tagged: [], allChains: new Set() };
+const EMPTY: RulesetView = { tableExists: false, chains: [], rulesIn: new Map(), tagged: [], allChains: new Set() };
 
 test("apply: one transaction with vmhook's table, the domain's chain, its jumps, and libvirt's exceptions when libvirt's chain exists", () => {
   const view: RulesetView = { ...EMPTY, allChains: new Set(["ip libvirt_network guest_input"]) };
@@ -310,6 +310,27 @@ test("reconnect puts back rules that went missing, warns, and adds nothing to th
   assert.is(nftScripts.length, 2, "the rules went in again");
   assert.match(sim.read("/var/log/vmhook.log"), /chain inet vmhook vm-11111111-2222-4333-8444-555555555555, the jump from inet vmhook prerouting, the jump from inet vmhook output went missing/);
   assert.equal(JSON.parse(sim.read(`/run/vmhook/${UUID}.json`)).entries, JSON.parse(journal).entries, "the journal holds the start step only");
+});
+
+test("reconnect puts back a hairpin that went missing (its jump from postrouting, the masquerade rules of its chain), as it does the DNAT: other guests reach the forward again", async () => {
+  const { sim, dropWhere, listed } = nftHost(UUID);
+  const xml = domain(`<vmhook:forward ports="2222:22,60000-60010/udp" hairpin="yes"/>`);
+  assert.is((await runHookEvent(sim, "start", "begin", xml)).code, 0);
+  const applied = listed();
+  assert.equal(await plannedStepsFor(sim, xml, "reconnect"), [], "all in place: nothing to put back");
+  const losses: [string, (object: NftObject) => boolean, RegExp][] = [
+    ["nft delete rule inet vmhook postrouting handle …", (object) => object.rule?.chain === "postrouting", /the jump from inet vmhook postrouting went missing/],
+    ["nft flush chain inet vmhook vm-…-hairpin", (object) => object.rule?.chain === `vm-${UUID}-hairpin`, /2 rule\(s\) of chain inet vmhook vm-[-0-9a-f]+-hairpin went missing/],
+    ["nft flush chain inet vmhook vm-…", (object) => object.rule?.chain === `vm-${UUID}`, /2 rule\(s\) of chain inet vmhook vm-[-0-9a-f]+5555 went missing/],
+  ];
+  for (const [how, gone, warning] of losses) {
+    dropWhere(gone);
+    assert.equal(await plannedStepsFor(sim, xml, "reconnect"), ["forward: put back forward tcp 2222 → 192.168.122.10:22, udp 60000-60010 → 192.168.122.10:60000-60010, hairpin (nft table inet vmhook)"], how);
+    const reconnected = await runHookEvent(sim, "reconnect", "begin", xml);
+    assert.is(reconnected.code, 0, reconnected.stderr);
+    assert.match(sim.read("/var/log/vmhook.log"), warning, how);
+    assert.equal(listed(), applied, `${how}: all back`);
+  }
 });
 
 test.run();

@@ -191,6 +191,13 @@ const CASES: Case[] = [
     allow: { forward: { hostPorts: [2222, "60000-60010"] } },
   },
   {
+    name: "forward: a range the policy's entries cover only together (a port, a range, overlapping), named by the ports it leaves out",
+    element: `<vmhook:forward guest="192.168.122.10" ports="2222-2224"/>`,
+    policy: { forward: { hostPorts: [2222, 2223] } },
+    refused: [`ports: host port tcp 2222-2224 is not one the host policy lets VMs claim (allowed: 2222, 2223)`, `add 2224 to "${hint("forward.hostPorts")}`],
+    allow: { forward: { hostPorts: [2224, "2000-2222", "2222-2223"] } },
+  },
+  {
     name: "custom plugin: one the policy does not list",
     element: `<vmhook:plugin name="hello"/>`,
     policy: { plugins: ["looking-glass"] },
