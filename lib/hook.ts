@@ -5,8 +5,9 @@ import { Deadline } from "./deadline.ts";
 import { parseDomain, type Domain } from "./domain.ts";
 import { describeError, VmhookError } from "./errors.ts";
 import { RootedHost, type Host } from "./host.ts";
-import { newJournal, readJournal, writeJournal, type Journal, type JournalEntry } from "./journal.ts";
+import { listJournals, newJournal, readJournal, writeJournal, type Journal, type JournalEntry } from "./journal.ts";
 import { createLogger, oneLine, openLog, type Logger } from "./log.ts";
+import { shellWord } from "./metadata-text.ts";
 import { isLegacyPlugin, type HookEvent, type PlannedEvent, type PluginRegistry } from "./plugin.ts";
 import { registry as builtinRegistry } from "../plugins/index.ts";
 import { loadSettings, type HostSettings } from "./settings.ts";
@@ -223,6 +224,40 @@ async function guardStdout(): Promise<void> {
 }
 
 export type EventAction = (run: HookRun) => Promise<void>;
+
+/**
+ * The action of a known event whose domain XML is missing (`problem`: why):
+ * of the domain only its name is known. An event that may fail refuses; one
+ * that may not (stopped, release, reconnect) changes nothing and says what
+ * vmhook still holds under that name, for vmhook recover.
+ */
+export function withoutDomainXml(problem: string, mayFail: boolean): EventAction {
+  return async (run) => {
+    const [name = "?", op, subop] = run.invocation.args;
+    const passItOn = `whatever runs vmhook (a dispatcher script at /etc/libvirt/hooks/qemu?) must pass its stdin on; by hand: virsh dumpxml ${shellWord(name)} | vmhook hook ${shellWord(name)} ${op} ${subop}`;
+    if (mayFail) {
+      throw new VmhookError(`${op} of ${run.name} refused: the domain XML on stdin ${problem}, so vmhook cannot tell whether ${run.name} asks for its plugins`, [
+        `libvirt passes it at every ${op}: ${passItOn}`,
+      ]);
+    }
+    throw new VmhookError(`${op} of ${run.name}: the domain XML on stdin ${problem}, so vmhook cannot tell which of its changes are ${run.name}'s`, [...heldUnderName(run.host, name), passItOn]);
+  };
+}
+
+/** What the journals hold for the domain called `name` (journals are kept by UUID; each names its domain), or why that is unknown. */
+function heldUnderName(host: Host, name: string): string[] {
+  let listed: ReturnType<typeof listJournals>;
+  try {
+    listed = listJournals(host);
+  } catch (error) {
+    return [`${paths.stateDir} cannot be read (${describeError(error)}), so what vmhook holds for ${name} is unknown: see vmhook status`];
+  }
+  const held = listed.journals
+    .filter((journal) => journal.domain.name === name)
+    .map((journal) => `its journal ${paths.journal(journal.domain.uuid)} holds ${journal.entries.length} change(s), kept: once ${name} is shut off, run vmhook recover ${shellWord(name)}`);
+  if (listed.broken.length > 0) held.push(`${listed.broken.length} journal(s) in ${paths.stateDir} cannot be read and may be ${name}'s: see vmhook status`);
+  return held.length > 0 ? held : [`no journal in ${paths.stateDir} names ${name}: vmhook holds nothing for it`];
+}
 
 /**
  * Every hook run of a domain holds the domain's lock (so does vmhook
