@@ -52,6 +52,8 @@ export class HookRun {
   watchdog?: Watchdog;
   /** The log, opened once by the hook's own process; open until it exits. */
   readonly logFd?: number;
+  /** Why this run's lines (all or some) are not in the log, for stderr at the end. */
+  logProblem?: string;
   private settingsCache?: HostSettings;
   private domainCache?: Domain;
   private workDeadlineCache?: Deadline;
@@ -61,13 +63,15 @@ export class HookRun {
     // For messages only: whoever defined the domain chose it, control characters and all.
     this.name = oneLine(invocation.args[0] ?? "?");
     // The hook's own process opens the log once, for every line and for the watchdog's last words.
-    this.logFd = invocation.ownProcess ? openLogOnce(this.host) : undefined;
+    const noteLogProblem = (error: unknown) => (this.logProblem ??= error instanceof VmhookError ? error.message : `${paths.log} cannot be written (${describeError(error)})`);
+    this.logFd = invocation.ownProcess ? openLogOnce(this.host, noteLogProblem) : undefined;
     this.log = createLogger(this.host, {
       domain: this.name,
       event: invocation.args.slice(1, 3).join(" "),
       echo: "buffer",
       file: this.logFd ?? !invocation.ownProcess,
       onEntry: (level, line) => this.watchdog?.note(level, line),
+      onFileBroken: noteLogProblem,
     });
   }
 
@@ -293,11 +297,12 @@ async function settleOrDrain(work: Promise<void>, invocation: HookInvocation): P
   }
 }
 
-/** The log, checked and opened (the watchdog's worker cannot check it); none when it cannot be written. */
-function openLogOnce(host: Host): number | undefined {
+/** The log, checked and opened (the watchdog's worker cannot check it); none, and `onFailure` told why, when it cannot be written. */
+function openLogOnce(host: Host, onFailure: (error: unknown) => void): number | undefined {
   try {
     return openLog(host, "append");
-  } catch {
+  } catch (error) {
+    onFailure(error);
     return undefined;
   }
 }
@@ -310,6 +315,16 @@ function openLogOnce(host: Host): number | undefined {
  */
 export async function runEvent(invocation: HookInvocation, event: HookEvent | undefined, action: EventAction | undefined, mayFail: boolean): Promise<number> {
   const run = new HookRun(invocation);
+  try {
+    return await runEventOnce(run, event, action, mayFail);
+  } finally {
+    // Last: libvirt shows stderr's first line as the cause of a failure.
+    if (run.logProblem) process.stderr.write(`vmhook: warn: this run is missing from vmhook's log: ${oneLine(run.logProblem)}\n`);
+  }
+}
+
+async function runEventOnce(run: HookRun, event: HookEvent | undefined, action: EventAction | undefined, mayFail: boolean): Promise<number> {
+  const { invocation } = run;
   if (!action) {
     run.log.info(`event "${invocation.args.slice(1, 3).join(" ")}" is not one vmhook knows; nothing to do`);
     return 0;

@@ -491,6 +491,30 @@ test("hook mode, hard deadline: the watchdog's message never goes through a syml
   }
 });
 
+test("hook mode, a log vmhook refuses to open (a symlink planted at /var/log/vmhook.log): said once on stderr, after the cause; exit codes and stdout unchanged", () => {
+  const t = tree();
+  try {
+    const elsewhere = path.join(t.root, "elsewhere");
+    fs.writeFileSync(elsewhere, "");
+    fs.symlinkSync(elsewhere, path.join(t.root, "var/log/vmhook.log"));
+    const qemu = t.link("hooks/qemu");
+    const warning = "vmhook: warn: this run is missing from vmhook's log: /var/log/vmhook.log is a symlink, not the log vmhook writes;";
+    fs.writeFileSync(path.join(t.root, POOL), "8\n");
+    const prepared = run(qemu, ["vm", "prepare", "begin", "-"], domain(), t.root);
+    assert.equal([prepared.code, prepared.stdout], [0, ""], prepared.stderr);
+    assert.ok(prepared.stderr.startsWith(warning), prepared.stderr);
+    assert.is(prepared.stderr.split(warning).length, 2, "said once");
+    assert.is(t.pool(), 520);
+    const refused = run(qemu, ["vm", "prepare", "begin", "-"], domain("<vmhook:hugepages size='3M'/>"), t.root);
+    assert.equal([refused.code, refused.stdout], [1, ""]);
+    assert.match(firstLine(refused.stderr), /^vmhook: <vmhook:hugepages size="3M">: /);
+    assert.match(refused.stderr, `(prepare of vm; log: /var/log/vmhook.log)\n${warning}`);
+    assert.is(fs.readFileSync(elsewhere, "utf8"), "");
+  } finally {
+    t.cleanup();
+  }
+});
+
 test("defect 1, hook mode: a JS plugin step that never settles ends prepare with exit 1 at its time limit, naming plugin and step, its changes undone", () => {
   const t = tree();
   try {
