@@ -40,11 +40,23 @@ export const EVENTS: Record<string, { event: HookEvent; mayFail: boolean; action
 const NAMESPACE_URI = "urn:vmhook:1"; // lib/paths.ts; repeated so the fast path loads nothing
 
 export async function hookMain(args: string[], root = process.env.VMHOOK_ROOT || "/"): Promise<number> {
+  const known = EVENTS[`${args[1]} ${args[2]}`];
   let xml = "";
+  let missingXml: string | undefined;
   try {
     xml = await Bun.stdin.text();
-  } catch {
-    // no stdin: treated like a domain without vmhook metadata
+  } catch (error) {
+    const { code, message } = error as NodeJS.ErrnoException;
+    missingXml = `cannot be read (${code ? `${code}: ` : ""}${message})`;
+  }
+  // libvirt writes the domain XML to stdin at every event vmhook knows, unless
+  // it failed to format it: then prepare, start, started, migrate and restore
+  // do not run at all, while stopped, release and reconnect run with an empty
+  // stdin (qemu_process.c). So a stdin unreadable or empty never passes for a
+  // domain without metadata: vmhook cannot tell whether it asks for plugins.
+  if (known && (missingXml !== undefined || xml === "")) {
+    const { runEvent, withoutDomainXml } = await import("../lib/hook.ts");
+    return runEvent({ args, xml, root, ownProcess: true }, known.event, withoutDomainXml(missingXml ?? "is empty", known.mayFail), known.mayFail);
   }
   // The fast path: a domain that never mentions vmhook and holds no journal
   // costs one string search and one stat.
@@ -52,7 +64,6 @@ export async function hookMain(args: string[], root = process.env.VMHOOK_ROOT ||
   if (!xml.includes(NAMESPACE_URI) && !xml.includes("<vmhook:") && !(await holdsJournal(xml, root))) return 0;
   const { runEvent } = await import("../lib/hook.ts");
   const invocation: HookInvocation = { args, xml, root, ownProcess: true };
-  const known = EVENTS[`${args[1]} ${args[2]}`];
   return runEvent(invocation, known?.event, known?.action, known?.mayFail ?? false);
 }
 

@@ -5,8 +5,9 @@ import { Deadline } from "./deadline.ts";
 import { parseDomain, type Domain } from "./domain.ts";
 import { describeError, VmhookError } from "./errors.ts";
 import { RootedHost, type Host } from "./host.ts";
-import { newJournal, readJournal, writeJournal, type Journal, type JournalEntry } from "./journal.ts";
+import { listJournals, newJournal, readJournal, writeJournal, type Journal, type JournalEntry } from "./journal.ts";
 import { createLogger, oneLine, openLog, type Logger } from "./log.ts";
+import { shellWord } from "./metadata-text.ts";
 import { isLegacyPlugin, type HookEvent, type PlannedEvent, type PluginRegistry } from "./plugin.ts";
 import { registry as builtinRegistry } from "../plugins/index.ts";
 import { loadSettings, type HostSettings } from "./settings.ts";
@@ -51,6 +52,8 @@ export class HookRun {
   watchdog?: Watchdog;
   /** The log, opened once by the hook's own process; open until it exits. */
   readonly logFd?: number;
+  /** Why this run's lines (all or some) are not in the log, for stderr at the end. */
+  logProblem?: string;
   private settingsCache?: HostSettings;
   private domainCache?: Domain;
   private workDeadlineCache?: Deadline;
@@ -60,13 +63,15 @@ export class HookRun {
     // For messages only: whoever defined the domain chose it, control characters and all.
     this.name = oneLine(invocation.args[0] ?? "?");
     // The hook's own process opens the log once, for every line and for the watchdog's last words.
-    this.logFd = invocation.ownProcess ? openLogOnce(this.host) : undefined;
+    const noteLogProblem = (error: unknown) => (this.logProblem ??= error instanceof VmhookError ? error.message : `${paths.log} cannot be written (${describeError(error)})`);
+    this.logFd = invocation.ownProcess ? openLogOnce(this.host, noteLogProblem) : undefined;
     this.log = createLogger(this.host, {
       domain: this.name,
       event: invocation.args.slice(1, 3).join(" "),
       echo: "buffer",
       file: this.logFd ?? !invocation.ownProcess,
       onEntry: (level, line) => this.watchdog?.note(level, line),
+      onFileBroken: noteLogProblem,
     });
   }
 
@@ -225,6 +230,40 @@ async function guardStdout(): Promise<void> {
 export type EventAction = (run: HookRun) => Promise<void>;
 
 /**
+ * The action of a known event whose domain XML is missing (`problem`: why):
+ * of the domain only its name is known. An event that may fail refuses; one
+ * that may not (stopped, release, reconnect) changes nothing and says what
+ * vmhook still holds under that name, for vmhook recover.
+ */
+export function withoutDomainXml(problem: string, mayFail: boolean): EventAction {
+  return async (run) => {
+    const [name = "?", op, subop] = run.invocation.args;
+    const passItOn = `whatever runs vmhook (a dispatcher script at /etc/libvirt/hooks/qemu?) must pass its stdin on; by hand: virsh dumpxml ${shellWord(name)} | vmhook hook ${shellWord(name)} ${op} ${subop}`;
+    if (mayFail) {
+      throw new VmhookError(`${op} of ${run.name} refused: the domain XML on stdin ${problem}, so vmhook cannot tell whether ${run.name} asks for its plugins`, [
+        `libvirt passes it at every ${op}: ${passItOn}`,
+      ]);
+    }
+    throw new VmhookError(`${op} of ${run.name}: the domain XML on stdin ${problem}, so vmhook cannot tell which of its changes are ${run.name}'s`, [...heldUnderName(run.host, name), passItOn]);
+  };
+}
+
+/** What the journals hold for the domain called `name` (journals are kept by UUID; each names its domain), or why that is unknown. */
+function heldUnderName(host: Host, name: string): string[] {
+  let listed: ReturnType<typeof listJournals>;
+  try {
+    listed = listJournals(host);
+  } catch (error) {
+    return [`${paths.stateDir} cannot be read (${describeError(error)}), so what vmhook holds for ${name} is unknown: see vmhook status`];
+  }
+  const held = listed.journals
+    .filter((journal) => journal.domain.name === name)
+    .map((journal) => `its journal ${paths.journal(journal.domain.uuid)} holds ${journal.entries.length} change(s), kept: once ${name} is shut off, run vmhook recover ${shellWord(name)}`);
+  if (listed.broken.length > 0) held.push(`${listed.broken.length} journal(s) in ${paths.stateDir} cannot be read and may be ${name}'s: see vmhook status`);
+  return held.length > 0 ? held : [`no journal in ${paths.stateDir} names ${name}: vmhook holds nothing for it`];
+}
+
+/**
  * Every hook run of a domain holds the domain's lock (so does vmhook
  * recover): two runs never interleave on one journal, and leftovers of a
  * killed run, such as a half-written journal temp file, are cleared first.
@@ -258,11 +297,12 @@ async function settleOrDrain(work: Promise<void>, invocation: HookInvocation): P
   }
 }
 
-/** The log, checked and opened (the watchdog's worker cannot check it); none when it cannot be written. */
-function openLogOnce(host: Host): number | undefined {
+/** The log, checked and opened (the watchdog's worker cannot check it); none, and `onFailure` told why, when it cannot be written. */
+function openLogOnce(host: Host, onFailure: (error: unknown) => void): number | undefined {
   try {
     return openLog(host, "append");
-  } catch {
+  } catch (error) {
+    onFailure(error);
     return undefined;
   }
 }
@@ -275,6 +315,16 @@ function openLogOnce(host: Host): number | undefined {
  */
 export async function runEvent(invocation: HookInvocation, event: HookEvent | undefined, action: EventAction | undefined, mayFail: boolean): Promise<number> {
   const run = new HookRun(invocation);
+  try {
+    return await runEventOnce(run, event, action, mayFail);
+  } finally {
+    // Last: libvirt shows stderr's first line as the cause of a failure.
+    if (run.logProblem) process.stderr.write(`vmhook: warn: this run is missing from vmhook's log: ${oneLine(run.logProblem)}\n`);
+  }
+}
+
+async function runEventOnce(run: HookRun, event: HookEvent | undefined, action: EventAction | undefined, mayFail: boolean): Promise<number> {
+  const { invocation } = run;
   if (!action) {
     run.log.info(`event "${invocation.args.slice(1, 3).join(" ")}" is not one vmhook knows; nothing to do`);
     return 0;

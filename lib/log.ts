@@ -26,6 +26,8 @@ export interface LoggerOptions {
   file: boolean | number;
   /** Sees every line as it is logged (the watchdog keeps the last cause). */
   onEntry?: (level: LogLevel, line: string) => void;
+  /** Told once why the log file cannot be written, when it cannot (hook mode says so at its end). */
+  onFileBroken?: (error: unknown) => void;
 }
 
 /**
@@ -97,6 +99,7 @@ export function createLogger(host: Host, options: LoggerOptions): Logger {
       else appendToLog(host, entry);
     } catch (error) {
       fileBroken = true; // a read-only /var/log must never fail a VM start
+      options.onFileBroken?.(error);
       // The CLI says why once; in hook mode stderr's first line stays the cause.
       if (options.echo === "stderr" && error instanceof VmhookError) process.stderr.write(`vmhook: warn: ${oneLine(error.message)}\n`);
     }

@@ -51,9 +51,10 @@ interface Run {
   stderr: string;
 }
 
-/** Runs a program with libvirt's environment (and VMHOOK_ROOT). */
-function run(program: string, args: string[], input: string, root: string): Run {
-  const result = spawnSync(program, args, { input, encoding: "utf8", timeout: 20_000, env: { PATH: "/usr/sbin:/usr/bin:/sbin:/bin", LC_ALL: "C", VMHOOK_ROOT: root } });
+/** Runs a program with libvirt's environment (and VMHOOK_ROOT); `input` is stdin's text, or a file descriptor to be its stdin. */
+function run(program: string, args: string[], input: string | number, root: string): Run {
+  const stdin = typeof input === "string" ? { input } : { stdio: [input, "pipe", "pipe"] as ("pipe" | number)[] };
+  const result = spawnSync(program, args, { ...stdin, encoding: "utf8", timeout: 20_000, env: { PATH: "/usr/sbin:/usr/bin:/sbin:/bin", LC_ALL: "C", VMHOOK_ROOT: root } });
   return { code: result.status, stdout: result.stdout, stderr: result.stderr };
 }
 
@@ -173,8 +174,56 @@ test("hook mode, bad input: prepare exits 1 with the cause on the first stderr l
     }
     assert.is(t.pool(), 0);
     assert.not.ok(fs.existsSync(t.journal));
-    assert.equal(run(qemu, ["vm", "prepare", "begin", "-"], "", t.root), { code: 0, stdout: "", stderr: "" }, "empty stdin: nothing to do");
   } finally {
+    t.cleanup();
+  }
+});
+
+test("hook mode, stdin that cannot be read or is empty: prepare, start, started, migrate and restore refuse (exit 1), the cause first; an unknown event stays silent", () => {
+  const t = tree();
+  const directory = fs.openSync(t.root, "r"); // as stdin, its read fails (EISDIR)
+  try {
+    const qemu = t.link("hooks/qemu");
+    for (const [op, subop] of [["prepare", "begin"], ["start", "begin"], ["started", "begin"], ["migrate", "begin"], ["restore", "begin"]]) {
+      const unreadable = run(qemu, ["vm", op!, subop!, "-"], directory, t.root);
+      assert.equal([unreadable.code, unreadable.stdout], [1, ""], `${op}: ${unreadable.stderr}`);
+      assert.match(firstLine(unreadable.stderr), new RegExp(`^vmhook: ${op} of vm refused: the domain XML on stdin cannot be read \\(EISDIR.*\\), so vmhook cannot tell whether vm asks for its plugins$`));
+      const empty = run(qemu, ["vm", op!, subop!, "-"], "", t.root);
+      assert.equal([empty.code, empty.stdout, firstLine(empty.stderr)], [1, "", `vmhook: ${op} of vm refused: the domain XML on stdin is empty, so vmhook cannot tell whether vm asks for its plugins`]);
+      assert.match(empty.stderr, `must pass its stdin on; by hand: virsh dumpxml vm | vmhook hook vm ${op} ${subop}`);
+    }
+    assert.match(fs.readFileSync(path.join(t.root, "var/log/vmhook.log"), "utf8"), "[vm prepare begin] error: prepare of vm refused: the domain XML on stdin cannot be read (EISDIR");
+    assert.equal(run(qemu, ["vm", "attach", "begin", "-"], directory, t.root), { code: 0, stdout: "", stderr: "" }, "an event vmhook does not know");
+    assert.equal(run(qemu, ["vm", "attach", "begin", "-"], "", t.root), { code: 0, stdout: "", stderr: "" }, "an event vmhook does not know");
+  } finally {
+    fs.closeSync(directory);
+    t.cleanup();
+  }
+});
+
+test("hook mode, stdin that cannot be read or is empty at stopped, release or reconnect: exit 0, said on stderr and in the log, the domain's journal kept and vmhook recover named", () => {
+  const t = tree();
+  const directory = fs.openSync(t.root, "r");
+  try {
+    const qemu = t.link("hooks/qemu");
+    const nothingHeld = run(qemu, ["vm", "release", "end", "-"], directory, t.root);
+    assert.equal([nothingHeld.code, nothingHeld.stdout], [0, ""]);
+    assert.match(firstLine(nothingHeld.stderr), /^vmhook: release of vm: the domain XML on stdin cannot be read \(EISDIR.*\), so vmhook cannot tell which of its changes are vm's$/);
+    assert.match(nothingHeld.stderr, "no journal in /run/vmhook names vm: vmhook holds nothing for it");
+    fs.writeFileSync(path.join(t.root, POOL), "8\n");
+    assert.equal(run(qemu, ["vm", "prepare", "begin", "-"], domain(), t.root), { code: 0, stdout: "", stderr: "" });
+    for (const [op, subop] of [["reconnect", "begin"], ["stopped", "end"], ["release", "end"]]) {
+      for (const stdin of [directory, ""]) {
+        const result = run(qemu, ["vm", op!, subop!, "-"], stdin, t.root);
+        assert.equal([result.code, result.stdout], [0, ""], `${op} ${subop}`);
+        assert.match(result.stderr, `its journal /run/vmhook/${UUID}.json holds 1 change(s), kept: once vm is shut off, run vmhook recover vm`);
+      }
+    }
+    assert.is(t.pool(), 520);
+    assert.ok(fs.existsSync(t.journal));
+    assert.match(fs.readFileSync(path.join(t.root, "var/log/vmhook.log"), "utf8"), "[vm release end] error: release of vm: the domain XML on stdin is empty, so vmhook cannot tell which of its changes are vm's");
+  } finally {
+    fs.closeSync(directory);
     t.cleanup();
   }
 });
@@ -437,6 +486,30 @@ test("hook mode, hard deadline: the watchdog's message never goes through a syml
     assert.is(result.code, 1);
     assert.match(result.stderr, "prepare begin of x;touch /tmp/owned; was killed after");
     assert.is(fs.readFileSync(bashrc, "utf8"), "# root's shell\n");
+  } finally {
+    t.cleanup();
+  }
+});
+
+test("hook mode, a log vmhook refuses to open (a symlink planted at /var/log/vmhook.log): said once on stderr, after the cause; exit codes and stdout unchanged", () => {
+  const t = tree();
+  try {
+    const elsewhere = path.join(t.root, "elsewhere");
+    fs.writeFileSync(elsewhere, "");
+    fs.symlinkSync(elsewhere, path.join(t.root, "var/log/vmhook.log"));
+    const qemu = t.link("hooks/qemu");
+    const warning = "vmhook: warn: this run is missing from vmhook's log: /var/log/vmhook.log is a symlink, not the log vmhook writes;";
+    fs.writeFileSync(path.join(t.root, POOL), "8\n");
+    const prepared = run(qemu, ["vm", "prepare", "begin", "-"], domain(), t.root);
+    assert.equal([prepared.code, prepared.stdout], [0, ""], prepared.stderr);
+    assert.ok(prepared.stderr.startsWith(warning), prepared.stderr);
+    assert.is(prepared.stderr.split(warning).length, 2, "said once");
+    assert.is(t.pool(), 520);
+    const refused = run(qemu, ["vm", "prepare", "begin", "-"], domain("<vmhook:hugepages size='3M'/>"), t.root);
+    assert.equal([refused.code, refused.stdout], [1, ""]);
+    assert.match(firstLine(refused.stderr), /^vmhook: <vmhook:hugepages size="3M">: /);
+    assert.match(refused.stderr, `(prepare of vm; log: /var/log/vmhook.log)\n${warning}`);
+    assert.is(fs.readFileSync(elsewhere, "utf8"), "");
   } finally {
     t.cleanup();
   }

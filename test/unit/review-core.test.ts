@@ -199,6 +199,7 @@ test("a symlink, hard link or another user's file at /var/log/vmhook.log (a grou
       const outcome = await runHookEvent(sim, "prepare", "begin", badXml, name);
       assert.is(outcome.code, 1);
       assert.match(outcome.stderr.split("\n")[0]!, `size="lots" is not a size`);
+      assert.match(outcome.stderr, /\n {2}\(prepare of x;touch \/tmp\/owned;; log: \/var\/log\/vmhook\.log\)\nvmhook: warn: this run is missing from vmhook's log: \/var\/log\/vmhook\.log is a (symlink|hard link \(2 names\)), not the log vmhook writes;[^\n]*\n$/, "the refused log said once, after the cause");
       assert.is(fs.readFileSync(bashrc, "utf8"), "# root's shell\n", plant.name);
     }
     // A log someone else created there: whoever owns it could edit or empty what root writes.

@@ -4,6 +4,7 @@
 // modules use a module) refuses instead of going on from partial knowledge.
 import { spawnSync } from "node:child_process";
 import * as fs from "node:fs";
+import * as os from "node:os";
 import * as path from "node:path";
 import { test } from "uvu";
 import * as assert from "uvu/assert";
@@ -15,6 +16,7 @@ import { SimHost } from "../helpers/simhost.ts";
 import { withLoopTree } from "../helpers/loop-tree.ts";
 import { cli } from "../helpers/cli.ts";
 import { fakeLibvirt } from "../helpers/fake-virsh.ts";
+import { isThisHostsLibvirt } from "../../lib/cli/domain-source.ts";
 
 const UUID = "0b5c64e3-55a1-4b84-9d2b-4e0a3e7d2f77";
 const GPU = "0000:01:00.0";
@@ -244,6 +246,37 @@ test("validate of a domain read from this host's libvirt (no URI, qemu:///system
     else process.env.LIBVIRT_DEFAULT_URI = savedUri;
     libvirt.cleanup();
     sim.cleanup();
+  }
+});
+
+test("which libvirt virsh reaches without --connect: VIRSH_DEFAULT_CONNECT_URI, then LIBVIRT_DEFAULT_URI, then uri_default in libvirt.conf; one naming another host is not this host's", () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "vmhook-libvirt-conf-"));
+  const conf = path.join(dir, "libvirt.conf");
+  const saved = { LIBVIRT_DEFAULT_URI: process.env.LIBVIRT_DEFAULT_URI, VIRSH_DEFAULT_CONNECT_URI: process.env.VIRSH_DEFAULT_CONNECT_URI };
+  try {
+    delete process.env.LIBVIRT_DEFAULT_URI;
+    delete process.env.VIRSH_DEFAULT_CONNECT_URI;
+    assert.ok(isThisHostsLibvirt(undefined, conf), "no libvirt.conf: virsh's own default, this host");
+    fs.writeFileSync(conf, '#uri_default = "qemu:///system"\nuri_default = "qemu+ssh://server/system"\n');
+    assert.not.ok(isThisHostsLibvirt(undefined, conf), "uri_default names another host");
+    assert.ok(isThisHostsLibvirt("qemu:///system", conf), "--connect comes first");
+    process.env.LIBVIRT_DEFAULT_URI = "qemu:///system";
+    assert.ok(isThisHostsLibvirt(undefined, conf), "LIBVIRT_DEFAULT_URI before uri_default");
+    process.env.VIRSH_DEFAULT_CONNECT_URI = "qemu+tcp://server/system";
+    assert.not.ok(isThisHostsLibvirt(undefined, conf), "virsh's VIRSH_DEFAULT_CONNECT_URI before LIBVIRT_DEFAULT_URI");
+    delete process.env.LIBVIRT_DEFAULT_URI;
+    delete process.env.VIRSH_DEFAULT_CONNECT_URI;
+    fs.writeFileSync(conf, "uri_default = 'qemu:///system'\n");
+    assert.ok(isThisHostsLibvirt(undefined, conf), "uri_default names this host's QEMU");
+    fs.rmSync(conf);
+    fs.mkdirSync(conf);
+    assert.match(catchError(() => isThisHostsLibvirt(undefined, conf)).message, `cannot read ${conf} (EISDIR), so which libvirt virsh reaches without --connect is unknown; pass --connect qemu:///system, or the URI of the VM's host`);
+  } finally {
+    for (const [name, value] of Object.entries(saved)) {
+      if (value === undefined) delete process.env[name];
+      else process.env[name] = value;
+    }
+    fs.rmSync(dir, { recursive: true, force: true });
   }
 });
 
