@@ -77,7 +77,7 @@ interface PlanArgs extends DomainArgs {
   connect?: string;
 }
 
-const DOMAIN_ARGUMENT = "a libvirt domain's name, a domain XML file, or - for stdin";
+const DOMAIN_ARGUMENT = "a libvirt domain's name, a domain XML file (with a / or ending in .xml: ./vm), or - for stdin";
 
 const PLANNABLE = ["prepare", "start", "started", "stopped", "release"] as const;
 

@@ -21,6 +21,7 @@ import { runHookEvent } from "../helpers/hook.ts";
 import { HugepageKernel } from "../helpers/hugepage-kernel.ts";
 import { SimHost } from "../helpers/simhost.ts";
 import { cli } from "../helpers/cli.ts";
+import { fakeLibvirt } from "../helpers/fake-virsh.ts";
 
 const UUID = "e1e1e1e1-0000-4000-8000-0000000000e1";
 const XML = `<domain type='kvm'><name>vm</name><uuid>${UUID}</uuid><memory unit='GiB'>1</memory>
@@ -404,6 +405,32 @@ test("RootedHost finds a program in the first directory of the search path where
     assert.match(host.exec("tool", [], { timeoutMs: 5000 }).error!, "tool: not found");
   } finally {
     fs.rmSync(root, { recursive: true, force: true });
+  }
+});
+
+test("sudo vmhook validate/plan/doctor NAME in a directory others write reads libvirt's domain NAME, never a file of that name planted there", async () => {
+  const cwd = process.cwd();
+  const here = fs.mkdtempSync(path.join(os.tmpdir(), "vmhook-shared-cwd-"));
+  const libvirt = fakeLibvirt("vm", XML.replace("<metadata>", "<description>libvirt's</description><metadata>"));
+  const sim = new SimHost();
+  try {
+    // Another user's file where root runs the command: a domain without vmhook's metadata, said to be fine.
+    fs.writeFileSync(path.join(here, "vm"), XML.replace(/<metadata>.*<\/metadata>/s, "").replace("<name>vm</name>", "<name>planted</name>"));
+    process.chdir(here);
+    for (const command of ["validate", "plan", "doctor"]) {
+      const outcome = await cli([command, "--json", "vm", "--root", sim.root]);
+      assert.not.match(outcome.stdout + outcome.stderr, "planted", command);
+      assert.ok(libvirt.calls().some((call) => call.includes("dumpxml") && call.at(-1) === "vm"), command);
+    }
+    // A file is still read when the argument says so; a name libvirt does not know says how.
+    assert.match((await cli(["validate", "./vm", "--root", sim.root])).stdout, "./vm: ok; planted has no vmhook metadata");
+    fs.renameSync("vm", "other");
+    assert.match((await cli(["validate", "other", "--root", sim.root])).stderr, "\n  to read the file other here instead, write ./other\n");
+  } finally {
+    process.chdir(cwd);
+    libvirt.cleanup();
+    sim.cleanup();
+    fs.rmSync(here, { recursive: true, force: true });
   }
 });
 
