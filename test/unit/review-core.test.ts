@@ -21,6 +21,7 @@ import { runHookEvent } from "../helpers/hook.ts";
 import { HugepageKernel } from "../helpers/hugepage-kernel.ts";
 import { SimHost } from "../helpers/simhost.ts";
 import { cli } from "../helpers/cli.ts";
+import { runDoctor } from "../../lib/diagnostics/doctor.ts";
 import { fakeLibvirt } from "../helpers/fake-virsh.ts";
 
 const UUID = "e1e1e1e1-0000-4000-8000-0000000000e1";
@@ -29,8 +30,8 @@ const XML = `<domain type='kvm'><name>vm</name><uuid>${UUID}</uuid><memory unit=
   <metadata><vmhook:hooks xmlns:vmhook="urn:vmhook:1"><vmhook:hugepages/></vmhook:hooks></metadata></domain>`;
 
 /** A journal left by a crashed run, holding one change of `plugin`. */
-function leftover(sim: SimHost, plugin: string, undo: UndoRecord): void {
-  const journal = newJournal(sim, { name: "vm", uuid: UUID });
+function leftover(sim: SimHost, plugin: string, undo: UndoRecord, name = "vm"): void {
+  const journal = newJournal(sim, { name, uuid: UUID });
   journal.entries.push({ plugin, event: "prepare", description: "a change", undo, state: "applied", at: new Date().toISOString() });
   writeJournal(sim, journal);
 }
@@ -55,6 +56,33 @@ test("prepare: undoing a leftover journal counts against the work deadline (the 
     assert.is(outcome.stderr.split("\n")[0], "vmhook: an earlier run of vm left changes that cannot be undone; run vmhook recover vm and check vmhook status");
     assert.match(outcome.stderr, `vmhook ran out of time (deadline 0 s) while undoing slowly; raise "deadlineSeconds"`);
     assert.is(kernel.pool(2048), 0, "nothing new was taken");
+  } finally {
+    sim.cleanup();
+  }
+});
+
+test("a command vmhook suggests for a domain takes its name, which whoever defined the domain chose, as one argument: pasted, '--force x;reboot' is neither an option nor a second command", async () => {
+  const sim = new SimHost().dir("/var/log");
+  const name = "--force x;reboot";
+  const recover = "vmhook recover -- '--force x;reboot'";
+  const leftovers = async () => (await runDoctor(sim)).host.find((finding) => finding.check === "leftovers")?.fix;
+  try {
+    installSlowPlugin(sim);
+    sim.file(paths.hostConfig, JSON.stringify({ deadlineSeconds: 0.3, undoDeadlineSeconds: 0.3 }));
+    leftover(sim, "plugin:slow", { action: "wait" }, name);
+    writeJournal(sim, { ...readJournal(sim, UUID)!, phase: "starting" });
+    const force = "if virsh domstate -- '--force x;reboot' says shut off and no start is under way, run vmhook recover --force -- '--force x;reboot'";
+    assert.match((await cli(["recover", "--root", sim.root])).stdout, `nothing of it was undone: ${force}\n`);
+    assert.is(await leftovers(), force);
+
+    const xml = XML.replace("<name>vm</name>", `<name>${name}</name>`);
+    assert.match((await runHookEvent(sim, "prepare", "begin", xml, name)).stderr.split("\n")[0]!, `; run ${recover} and check vmhook status`);
+    assert.match((await runHookEvent(sim, "release", "end", xml, name)).stderr.split("\n")[0]!, `; see /var/log/vmhook.log, then run ${recover}`);
+    assert.match((await cli(["status", "--root", sim.root])).stdout, `(${recover} gives it back)`);
+    assert.is(await leftovers(), `fix the cause, then run ${recover}`);
+    // As suggested, it gives back this domain's changes.
+    sim.file(paths.hostConfig, JSON.stringify({ deadlineSeconds: 60, undoDeadlineSeconds: 60 }));
+    assert.is((await cli(["recover", "--root", sim.root, "--", name])).stdout, `${name}: 1 change(s) undone\n`);
   } finally {
     sim.cleanup();
   }
