@@ -14,6 +14,7 @@ import { loadSettings, type HostSettings } from "./settings.ts";
 import { runPlugins, undoJournal, type RunEnvironment } from "./transaction.ts";
 import { PATTERNS } from "./validate.ts";
 import { paths } from "./paths.ts";
+import { recoverCommandLine } from "./metadata-text.ts";
 import { ancestorRunning, LIBVIRT_DAEMONS } from "./processes.ts";
 import { libc } from "./libc.ts";
 import { withDomainLock } from "./lock.ts";
@@ -148,7 +149,7 @@ export class HookRun {
     if (!journal) return;
     const { undone, failed } = await undoJournal(journal, this.env(), this.undoDeadline());
     if (failed.length > 0) {
-      throw new VmhookError(`release of ${journal.domain.name}: ${failed.length} change(s) could not be undone; see /var/log/vmhook.log, then run vmhook recover ${journal.domain.name}`, [
+      throw new VmhookError(`release of ${journal.domain.name}: ${failed.length} change(s) could not be undone; see /var/log/vmhook.log, then run ${recoverCommandLine(journal.domain.name)}`, [
         ...failed.map((entry) => `${entry.plugin}: ${entry.description}: ${entry.error}`),
       ]);
     }
@@ -196,7 +197,7 @@ export class HookRun {
     this.log.warn(`found a journal from an earlier run (phase ${leftover.phase}, ${leftover.entries.length} change(s)); undoing it first`);
     const { failed } = await undoJournal(leftover, this.env(), deadline);
     if (failed.length > 0) {
-      throw new VmhookError(`an earlier run of ${this.domain.name} left changes that cannot be undone; run vmhook recover ${this.domain.name} and check vmhook status`, failed.map((entry) => `${entry.plugin}: ${entry.description}: ${entry.error}`));
+      throw new VmhookError(`an earlier run of ${this.domain.name} left changes that cannot be undone; run ${recoverCommandLine(this.domain.name)} and check vmhook status`, failed.map((entry) => `${entry.plugin}: ${entry.description}: ${entry.error}`));
     }
   }
 }
@@ -348,7 +349,7 @@ async function runEventOnce(run: HookRun, event: HookEvent | undefined, action: 
         budgetSource: `deadlineSeconds + undoDeadlineSeconds + 5 in ${paths.hostConfig}`,
         logFd: run.logFd,
         journalFile: uuid && run.host.resolve(paths.journal(uuid)),
-        recoverCommand: `vmhook recover ${run.name}`,
+        recoverCommand: oneLine(recoverCommandLine(invocation.args[0] ?? "?")),
         exitCode: mayFail ? 1 : 0,
       });
     }

@@ -72,6 +72,23 @@ export function openLog(host: Host, purpose: "append" | "read"): number {
   throw refuse(problem);
 }
 
+/**
+ * The log from byte `from(size)` to its end, read as openLog allows (never
+ * through a symlink or another user's file), with the size it had then.
+ */
+export function readLogFrom(host: Host, from: (size: number) => number): { text: string; size: number; start: number } {
+  const fd = openLog(host, "read");
+  try {
+    const size = fs.fstatSync(fd).size;
+    const start = Math.max(0, Math.min(size, from(size)));
+    const buffer = Buffer.alloc(size - start);
+    fs.readSync(fd, buffer, 0, buffer.length, start);
+    return { text: buffer.toString("utf8"), size, start };
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
 function appendToLog(host: Host, entry: string): void {
   const fd = openLog(host, "append");
   try {

@@ -111,6 +111,16 @@ export function shellWord(word: string): string {
 }
 
 /**
+ * A domain name as the last word of a command vmhook tells root to run:
+ * whoever defined the domain chose it, so it is quoted for the shell, and put
+ * after "--" when it would read as an option (a domain named "--force").
+ */
+export const nameArgument = (name: string): string => `${name.startsWith("-") ? "-- " : ""}${shellWord(name)}`;
+
+/** The command that gives back what a domain's journal holds. */
+export const recoverCommandLine = (name: string, force = false): string => `vmhook recover ${force ? "--force " : ""}${nameArgument(name)}`;
+
+/**
  * The plugin elements in what a user pasted: `<vmhook:hooks
  * xmlns:vmhook="urn:vmhook:1">…`, `<hooks>…`, `<hooks xmlns="urn:vmhook:1">…`,
  * the children alone (`<vmhook:hugepages/>` or `<hugepages/>`), a whole

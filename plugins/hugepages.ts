@@ -17,6 +17,7 @@ import { readAttributes, single } from "../lib/element.ts";
 import { MAX_NODE, parseNodeset } from "../lib/cpuset.ts";
 import { describeElement, type Domain } from "../lib/domain.ts";
 import { ConfigError, describeError, VmhookError } from "../lib/errors.ts";
+import { recoverCommandLine } from "../lib/metadata-text.ts";
 import type { Host } from "../lib/host.ts";
 import { fail, ok, roundMiB, warn, type Finding } from "../lib/diagnostics/findings.ts";
 import { HUGEPAGE_DIR, hostNodes, hugepagePool, hugepageSizes, memoryFacts, NODE_DIR, nodeDir } from "../lib/memory.ts";
@@ -241,7 +242,7 @@ function cutOffRefusal(ctx: BaseContext, sizeKiB: number, then: string): { reaso
   const cut = cutOffWrite(ctx, sizeKiB);
   if (!cut) return undefined;
   return {
-    reason: `hugepages: a write of ${cut.domain} to ${cut.pool} (persistent count ${cut.write.from} to ${cut.write.to}) was cut off before its journal said what the kernel did, so no ${formatKiB(sizeKiB)} pool is written until ${cut.domain}'s journal is undone; run vmhook recover ${cut.domain}, then ${then}`,
+    reason: `hugepages: a write of ${cut.domain} to ${cut.pool} (persistent count ${cut.write.from} to ${cut.write.to}) was cut off before its journal said what the kernel did, so no ${formatKiB(sizeKiB)} pool is written until ${cut.domain}'s journal is undone; run ${recoverCommandLine(cut.domain)}, then ${then}`,
     remedies: [`${cut.domain}'s hook was killed or could not read the pool back; its undo counts what the write did from the pool, which is exact only while no other VM writes a pool of this size (vmhook status shows its journal)`],
   };
 }
@@ -401,7 +402,7 @@ function undo(grown: GrowRecord, ctx: UndoContext): void {
   const remaining = grown.added - grown.returned;
   if (remaining <= 0) return;
   // Kept in the journal (undo-failed) until then: vmhook recover gives the pages back.
-  refuseWhileCutOff(ctx, grown.sizeKiB, `vmhook recover ${ctx.domain.name}`);
+  refuseWhileCutOff(ctx, grown.sizeKiB, recoverCommandLine(ctx.domain.name));
   // What was settled above reaches the journal with the shrink's own write, in one.
   const target = shrinkPool(ctx.host, grown.sizeKiB, node, remaining, (writing) => ctx.update(Object.assign(grown, { writing })));
   // Kept in the journal if anything below fails, so a second undo gives nothing back twice.

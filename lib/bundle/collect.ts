@@ -8,7 +8,7 @@ import { readIommuGroups } from "../diagnostics/iommu.ts";
 import { describeError } from "../errors.ts";
 import type { Host } from "../host.ts";
 import { listJournals } from "../journal.ts";
-import { openLog } from "../log.ts";
+import { readLogFrom } from "../log.ts";
 import { paths } from "../paths.ts";
 import { listPciDevices } from "../pci.ts";
 import { VERSION } from "../version.ts";
@@ -61,20 +61,12 @@ function drivers(host: Host): string {
 /** Reads the end of the log from its real path under the host's root: Host.read would load the whole file. */
 function logTail(host: Host): string {
   if (!host.exists(paths.log)) return `(no log yet: ${paths.log} does not exist)\n`;
-  const fd = openLog(host, "read");
-  try {
-    const size = fs.fstatSync(fd).size;
-    const length = Math.min(size, LOG_TAIL_BYTES);
-    const buffer = Buffer.alloc(length);
-    fs.readSync(fd, buffer, 0, length, size - length);
-    const lines = buffer.toString("utf8").split("\n");
-    if (lines.at(-1) === "") lines.pop();
-    // A line cut by the start of what was read may begin inside a name or a UUID, which the redaction then misses.
-    if (length < size) lines.shift();
-    return `${lines.slice(-LOG_LINES).join("\n")}\n`;
-  } finally {
-    fs.closeSync(fd);
-  }
+  const { text, start } = readLogFrom(host, (size) => size - LOG_TAIL_BYTES);
+  const lines = text.split("\n");
+  if (lines.at(-1) === "") lines.pop();
+  // A line cut by the start of what was read may begin inside a name or a UUID, which the redaction then misses.
+  if (start > 0) lines.shift();
+  return `${lines.slice(-LOG_LINES).join("\n")}\n`;
 }
 
 const PARTS: Part[] = [

@@ -28,7 +28,7 @@ export const doctorCommand: CommandModule<GlobalOptions, DoctorArgs> = {
   describe: "check the host (and a domain XML) for what passthrough and vmhook's plugins need; exit 1 when something fails",
   builder: (y) =>
     y
-      .positional("domain", { type: "string", describe: "a libvirt domain's name, a domain XML file, or - for stdin" })
+      .positional("domain", { type: "string", describe: "a libvirt domain's name, a domain XML file (with a / or ending in .xml: ./vm), or - for stdin" })
       .option("fix", { type: "boolean", default: false, describe: "print the advice on the domain XML as a unified diff" })
       .option("apply", { type: "boolean", default: false, describe: "with --fix: define the changed domain, keeping the old XML in /var/lib/vmhook/backups" })
       .option("connect", { alias: "c", type: "string", describe: "libvirt URI, as virsh --connect" }),

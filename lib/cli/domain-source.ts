@@ -20,15 +20,28 @@ export interface DomainSource {
   readWithSecrets?: () => string;
 }
 
-/** A path (it exists, has a slash or ends in .xml) or "-" is a file; anything else names a libvirt domain. */
+/**
+ * "-", or a path that says it is one (a slash, or .xml at the end), is a
+ * file; anything else names a libvirt domain, whatever the directory holds:
+ * root runs vmhook in directories others write (/tmp), where a file named
+ * like the domain would otherwise be read in its place.
+ */
 export function readDomainSource(argument: string, connect?: string): DomainSource {
-  if (argument === "-" || fs.existsSync(argument) || argument.includes("/") || argument.endsWith(".xml")) {
+  if (argument === "-" || argument.includes("/") || argument.endsWith(".xml")) {
     return { source: sourceName(argument), xml: readDomainFile(argument), onThisHost: false };
   }
   const virsh = new Virsh(connect);
+  let xml: string;
+  try {
+    xml = virsh.dumpxml(argument, true);
+  } catch (error) {
+    // Meant the file here? Said, never done: the file may be anyone's.
+    if (error instanceof VmhookError && fs.existsSync(argument)) throw new VmhookError(error.message, [...error.lines, `to read the file ${argument} here instead, write ./${argument}`]);
+    throw error;
+  }
   return {
     source: `domain ${argument}`,
-    xml: virsh.dumpxml(argument, true),
+    xml,
     libvirtName: argument,
     onThisHost: isThisHostsLibvirt(connect),
     readWithSecrets: () => virsh.dumpxml(argument, true, true),

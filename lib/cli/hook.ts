@@ -1,8 +1,10 @@
 // `vmhook hook NAME OP SUBOP [EXTRA]`: run one libvirt event by hand, exactly
 // as libvirt would (domain XML on stdin), for debugging. Unlike the real hook
 // it then says what it did: the lines it logged, or why there were none.
-import * as fs from "node:fs";
 import type { CommandModule } from "yargs";
+import { describeError } from "../errors.ts";
+import type { Host } from "../host.ts";
+import { readLogFrom, terminalText } from "../log.ts";
 import { paths } from "../paths.ts";
 import type { GlobalOptions } from "./options.ts";
 
@@ -16,11 +18,25 @@ interface HookArgs extends GlobalOptions {
   extra?: string;
 }
 
-function logSize(file: string): number {
+/** The log's size now; 0 when there is none, or none the hook writes to (readLogFrom says why, after the event). */
+function logSize(host: Host): number {
   try {
-    return fs.statSync(file).size;
+    return readLogFrom(host, (size) => size).size;
   } catch {
     return 0;
+  }
+}
+
+/**
+ * What the event logged: the log past `offset`, read only as the hook writes
+ * it. /var/log may be writable by a group: a symlink or another user's file
+ * planted there, growing meanwhile, must not reach root's terminal.
+ */
+function loggedSince(host: Host, offset: number): { logged: string } | { unread: string } {
+  try {
+    return { logged: readLogFrom(host, () => offset).text };
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === "ENOENT" ? { logged: "" } : { unread: describeError(error) };
   }
 }
 
@@ -34,16 +50,18 @@ export const hookCommand = (hookMain: HookMain): CommandModule<GlobalOptions, Ho
       .positional("subop", { type: "string", demandOption: true, describe: "begin or end" })
       .positional("extra", { type: "string", default: "-" }),
   async handler(args) {
-    const log = args.host.resolve(paths.log);
-    const offset = logSize(log);
+    const offset = logSize(args.host);
     const event = `${args.op} ${args.subop} of ${args.name}`;
     const code = await hookMain([args.name, args.op, args.subop, args.extra ?? "-"], args.root);
     process.exitCode = code;
     // The hook keeps stdout empty (libvirt may read it as XML): the report goes to stderr.
-    const logged = logSize(log) > offset ? fs.readFileSync(log).subarray(offset).toString("utf8") : "";
-    const what = logged
-      ? `what it did (from ${paths.log}):\n${logged.replace(/^\S+ /gm, "  ")}`
-      : `nothing logged: the domain XML on stdin has no vmhook metadata and holds no journal, or ${args.op} ${args.subop} has nothing to do for it${fs.existsSync(log) ? "" : ` (or ${paths.log} cannot be written)`}\n`;
-    process.stderr.write(`vmhook hook: ${event} exited ${code}; ${what}`);
+    const since = loggedSince(args.host, offset);
+    const what =
+      "unread" in since
+        ? `what it did is not shown: ${since.unread}\n`
+        : since.logged
+          ? `what it did (from ${paths.log}):\n${since.logged.replace(/^\S+ /gm, "  ")}`
+          : `nothing logged: the domain XML on stdin has no vmhook metadata and holds no journal, or ${args.op} ${args.subop} has nothing to do for it${args.host.exists(paths.log) ? "" : ` (or ${paths.log} cannot be written)`}\n`;
+    process.stderr.write(terminalText(`vmhook hook: ${event} exited ${code}; ${what}`));
   },
 });

@@ -3,6 +3,7 @@ import type { CommandModule } from "yargs";
 import { loadDomainPlugins, type PluginInstance } from "../config.ts";
 import { parseDomain, type Domain } from "../domain.ts";
 import { describeError } from "../errors.ts";
+import { recoverCommandLine } from "../metadata-text.ts";
 import type { Host } from "../host.ts";
 import { runDoctor } from "../diagnostics/doctor.ts";
 import { dryRun } from "../dry-run.ts";
@@ -77,7 +78,7 @@ interface PlanArgs extends DomainArgs {
   connect?: string;
 }
 
-const DOMAIN_ARGUMENT = "a libvirt domain's name, a domain XML file, or - for stdin";
+const DOMAIN_ARGUMENT = "a libvirt domain's name, a domain XML file (with a / or ending in .xml: ./vm), or - for stdin";
 
 const PLANNABLE = ["prepare", "start", "started", "stopped", "release"] as const;
 
@@ -150,9 +151,9 @@ function describeState(summary: Awaited<ReturnType<typeof journalSummary>>): str
   if (summary.hookAtWork) return `its hook is at work right now${phase ? ` (${phase})` : ""}; vmhook holds for it`;
   if (summary.running === null) return `cannot tell whether it runs (${summary.runningUnknown}); vmhook holds for it`;
   if (summary.running) return `running${phase ? `, ${phase}` : ""}; vmhook holds for it`;
-  if (summary.abandonedStart) return `its start was abandoned (${summary.abandonedStart}), yet vmhook still holds for it (vmhook recover ${summary.domain.name} gives it back)`;
+  if (summary.abandonedStart) return `its start was abandoned (${summary.abandonedStart}), yet vmhook still holds for it (${recoverCommandLine(summary.domain.name)} gives it back)`;
   if (summary.phase === "starting") return "being started (prepared; QEMU not launched yet); vmhook holds for it";
-  return `not running${phase ? ` (${phase})` : ""}, yet vmhook still holds for it (vmhook recover ${summary.domain.name} gives it back)`;
+  return `not running${phase ? ` (${phase})` : ""}, yet vmhook still holds for it (${recoverCommandLine(summary.domain.name)} gives it back)`;
 }
 
 const HOLDER_WITHOUT_JOURNAL = { unreadable: "its journal cannot be read", changing: "its journal is being written or removed right now" } as const;

