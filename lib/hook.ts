@@ -7,14 +7,13 @@ import { describeError, VmhookError } from "./errors.ts";
 import { RootedHost, type Host } from "./host.ts";
 import { listJournals, newJournal, readJournal, writeJournal, type Journal, type JournalEntry } from "./journal.ts";
 import { createLogger, oneLine, openLog, type Logger } from "./log.ts";
-import { shellWord } from "./metadata-text.ts";
 import { isLegacyPlugin, type HookEvent, type PlannedEvent, type PluginRegistry } from "./plugin.ts";
 import { registry as builtinRegistry } from "../plugins/index.ts";
 import { loadSettings, type HostSettings } from "./settings.ts";
 import { runPlugins, undoJournal, type RunEnvironment } from "./transaction.ts";
 import { PATTERNS } from "./validate.ts";
 import { paths } from "./paths.ts";
-import { recoverCommandLine } from "./metadata-text.ts";
+import { nameArgument, recoverCommandLine } from "./metadata-text.ts";
 import { ancestorRunning, LIBVIRT_DAEMONS } from "./processes.ts";
 import { libc } from "./libc.ts";
 import { withDomainLock } from "./lock.ts";
@@ -239,7 +238,7 @@ export type EventAction = (run: HookRun) => Promise<void>;
 export function withoutDomainXml(problem: string, mayFail: boolean): EventAction {
   return async (run) => {
     const [name = "?", op, subop] = run.invocation.args;
-    const passItOn = `whatever runs vmhook (a dispatcher script at /etc/libvirt/hooks/qemu?) must pass its stdin on; by hand: virsh dumpxml ${shellWord(name)} | vmhook hook ${shellWord(name)} ${op} ${subop}`;
+    const passItOn = `whatever runs vmhook (a dispatcher script at /etc/libvirt/hooks/qemu?) must pass its stdin on; by hand: virsh dumpxml ${nameArgument(name)} | vmhook hook ${nameArgument(name)} ${op} ${subop}`;
     if (mayFail) {
       throw new VmhookError(`${op} of ${run.name} refused: the domain XML on stdin ${problem}, so vmhook cannot tell whether ${run.name} asks for its plugins`, [
         `libvirt passes it at every ${op}: ${passItOn}`,
@@ -259,7 +258,7 @@ function heldUnderName(host: Host, name: string): string[] {
   }
   const held = listed.journals
     .filter((journal) => journal.domain.name === name)
-    .map((journal) => `its journal ${paths.journal(journal.domain.uuid)} holds ${journal.entries.length} change(s), kept: once ${name} is shut off, run vmhook recover ${shellWord(name)}`);
+    .map((journal) => `its journal ${paths.journal(journal.domain.uuid)} holds ${journal.entries.length} change(s), kept: once ${name} is shut off, run ${recoverCommandLine(name)}`);
   if (listed.broken.length > 0) held.push(`${listed.broken.length} journal(s) in ${paths.stateDir} cannot be read and may be ${name}'s: see vmhook status`);
   return held.length > 0 ? held : [`no journal in ${paths.stateDir} names ${name}: vmhook holds nothing for it`];
 }
