@@ -418,6 +418,26 @@ test("policy isolate.everyNumaNode (the default) counts every running VM: two VM
   assert.equal(sim.snapshot(), afterA);
 });
 
+test("policy: what prepare admitted holds for the rest of the run; irqs=\"yes\" moving the boot console's IRQ onto the one host CPU fails neither start, started, reconnect nor stopped", async () => {
+  const sim = cgroupHost();
+  // ttyS0 on IRQ 4, delivered to CPU 0; as the kernel, the effective CPU follows a new affinity.
+  sim.file("/proc/interrupts", "            CPU0       CPU1\n   4:        120          0   IO-APIC    4-edge      ttyS0\n");
+  sim.file("/proc/irq/4/smp_affinity_list", "0-7").file("/proc/irq/4/effective_affinity_list", "0");
+  sim.onWrite("/proc/irq/4/smp_affinity_list", (data, hostPath, host) => {
+    host.file(hostPath, data).file("/proc/irq/4/effective_affinity_list", data.split(/[-,]/)[0]!);
+  });
+  const before = sim.snapshot();
+  const vm = { ...vmA, isolate: 'host-cpus="1" irqs="yes"' };
+  const xml = domainXml(vm);
+  assert.is((await prepare(sim, vm)).code, 0);
+  assert.is(read(sim, "/proc/irq/4/effective_affinity_list"), "1", "the console's IRQ went to the CPU the host keeps");
+  for (const [op, subop] of [["start", "begin"], ["started", "begin"], ["reconnect", "begin"], ["stopped", "end"]] as const) {
+    assert.equal(await runHookEvent(sim, op, subop, xml, vm.name), { code: 0, stderr: "" }, `${op} ${subop}`);
+  }
+  assert.is((await release(sim, vm)).code, 0);
+  assertClean(sim, before);
+});
+
 // ---- a release racing another VM's prepare
 
 test("A's release drops its claim from the journal before it lets go of the host lock: B's prepare, waiting for the lock, leaves A's CPUs to the host", async () => {
