@@ -104,11 +104,13 @@ export class HookRun {
 
   /** prepare: undo anything a crashed earlier run left, then apply every plugin's steps as one transaction. */
   async prepare(): Promise<void> {
-    const instances = await this.plugins();
-    // Leftovers are undone within the work deadline: the watchdog allows one
-    // work and one undo budget, and the rollback below needs the undo one.
+    // Leftovers are undone first, so the config is judged on the host as it
+    // was before that run, not as it left it (the console's IRQ moved); and
+    // within the work deadline: the watchdog allows one work and one undo
+    // budget, and the rollback below needs the undo one.
     const deadline = this.workDeadline();
     await this.undoLeftovers(deadline);
+    const instances = await this.plugins();
     if (instances.length === 0) return;
     const journal = newJournal(this.host, { name: this.domain.name, uuid: this.domain.uuid });
     const starter = this.starter();
