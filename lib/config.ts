@@ -30,8 +30,10 @@ export interface PluginInstance {
  * metadata (prepare runs them in that order, release undoes in reverse),
  * each config allowed by the host policy. `settings` gives the run's
  * snapshot of the host settings (the hook's own, so one run reads them once).
+ * `admitted`: the run's prepare held these configs against the policy
+ * already, and they are not judged again on a host that run has changed.
  */
-export async function loadDomainPlugins(domain: Domain, host: Host, registry: PluginRegistry, settings: () => HostSettings = () => loadSettings(host)): Promise<PluginInstance[]> {
+export async function loadDomainPlugins(domain: Domain, host: Host, registry: PluginRegistry, settings: () => HostSettings = () => loadSettings(host), admitted = false): Promise<PluginInstance[]> {
   const builtinNames = () => registry.builtinNames();
   const metadata = domain.metadata;
   if (!metadata) return [];
@@ -68,7 +70,7 @@ export async function loadDomainPlugins(domain: Domain, host: Host, registry: Pl
     const given = id.startsWith(CUSTOM_PREFIX) ? elements.map(domElement) : elements;
     instances.push({ id, plugin, config: plugin.parse(given, domain), elements: given });
   }
-  await authorizeInstances(policy, instances, registry.policyRules, domain, host, settings);
+  if (!admitted) await authorizeInstances(policy, instances, registry.policyRules, domain, host, settings);
   return instances;
 }
 

@@ -102,17 +102,20 @@ export class HookRun {
     return new Deadline(this.host, this.settings.undoDeadlineSeconds * 1000, "undoDeadlineSeconds");
   }
 
-  private async plugins(): Promise<PluginInstance[]> {
-    return loadDomainPlugins(this.domain, this.host, this.invocation.registry ?? builtinRegistry, () => this.settings);
+  /** `admitted`: an event after this run's prepare, which the policy allowed (lib/config.ts); a refusal now would fail or kill that run. */
+  private async plugins(admitted = false): Promise<PluginInstance[]> {
+    return loadDomainPlugins(this.domain, this.host, this.invocation.registry ?? builtinRegistry, () => this.settings, admitted);
   }
 
   /** prepare: undo anything a crashed earlier run left, then apply every plugin's steps as one transaction. */
   async prepare(): Promise<void> {
-    const instances = await this.plugins();
-    // Leftovers are undone within the work deadline: the watchdog allows one
-    // work and one undo budget, and the rollback below needs the undo one.
+    // Leftovers are undone first, so the config is judged on the host as it
+    // was before that run, not as it left it (the console's IRQ moved); and
+    // within the work deadline: the watchdog allows one work and one undo
+    // budget, and the rollback below needs the undo one.
     const deadline = this.workDeadline();
     await this.undoLeftovers(deadline);
+    const instances = await this.plugins();
     if (instances.length === 0) return;
     const journal = newJournal(this.host, { name: this.domain.name, uuid: this.domain.uuid });
     const starter = this.starter();
@@ -130,7 +133,7 @@ export class HookRun {
   /** start, started, stopped: the plugins' optional steps; they join the same journal. */
   async handlers(event: "start" | "started" | "stopped"): Promise<void> {
     if (event === "started") this.markRunning();
-    const instances = await this.plugins().catch((error: unknown) => {
+    const instances = await this.plugins(true).catch((error: unknown) => {
       // libvirt runs stopped after a refused prepare too: its config error was reported there once already.
       const uuid = uuidFromXml(this.invocation.xml);
       if (event === "stopped" && error instanceof VmhookError && !(uuid && readJournal(this.host, uuid))) return [];
@@ -165,7 +168,7 @@ export class HookRun {
     const journal = this.markRunning();
     if (!journal) return;
     this.log.info(`reconnected: journal holds ${journal.entries.length} change(s), phase ${journal.phase}`);
-    const instances = await this.plugins();
+    const instances = await this.plugins(true);
     await runPlugins("reconnect", instances, this.domain, journal, this.env(), this.workDeadline());
   }
 

@@ -462,6 +462,45 @@ test("policy isolate.everyNumaNode (the default) counts every running VM: two VM
   assert.equal(sim.snapshot(), afterA);
 });
 
+/** cgroupHost with ttyS0 on IRQ 4, delivered to CPU 0; as the kernel, the effective CPU follows a new affinity. */
+function consoleIrqHost(): SimHost {
+  const sim = cgroupHost();
+  sim.file("/proc/interrupts", "            CPU0       CPU1\n   4:        120          0   IO-APIC    4-edge      ttyS0\n");
+  sim.file("/proc/irq/4/smp_affinity_list", "0-7").file("/proc/irq/4/effective_affinity_list", "0");
+  sim.onWrite("/proc/irq/4/smp_affinity_list", (data, hostPath, host) => {
+    host.file(hostPath, data).file("/proc/irq/4/effective_affinity_list", data.split(/[-,]/)[0]!);
+  });
+  return sim;
+}
+
+/** Keeps CPU 1 alone for the host, and moves the IRQs (the console's too) there. */
+const consoleVm = { ...vmA, isolate: 'host-cpus="1" irqs="yes"' };
+
+test("policy: what prepare admitted holds for the rest of the run; irqs=\"yes\" moving the boot console's IRQ onto the one host CPU fails neither start, started, reconnect nor stopped", async () => {
+  const sim = consoleIrqHost();
+  const before = sim.snapshot();
+  const vm = consoleVm;
+  const xml = domainXml(vm);
+  assert.is((await prepare(sim, vm)).code, 0);
+  assert.is(read(sim, "/proc/irq/4/effective_affinity_list"), "1", "the console's IRQ went to the CPU the host keeps");
+  for (const [op, subop] of [["start", "begin"], ["started", "begin"], ["reconnect", "begin"], ["stopped", "end"]] as const) {
+    assert.equal(await runHookEvent(sim, op, subop, xml, vm.name), { code: 0, stderr: "" }, `${op} ${subop}`);
+  }
+  assert.is((await release(sim, vm)).code, 0);
+  assertClean(sim, before);
+});
+
+test("policy: a run whose release never came (libvirtd died) is given back before the next prepare judges the config, so the console's IRQ it moved refuses nothing", async () => {
+  const sim = consoleIrqHost();
+  const before = sim.snapshot();
+  assert.is((await prepare(sim, consoleVm)).code, 0);
+  const outcome = await prepare(sim, consoleVm);
+  assert.is(outcome.code, 0, outcome.stderr);
+  assert.match(sim.read(paths.log), "found a journal from an earlier run (phase starting, ");
+  assert.is((await release(sim, consoleVm)).code, 0);
+  assertClean(sim, before);
+});
+
 // ---- a release racing another VM's prepare
 
 test("A's release drops its claim from the journal before it lets go of the host lock: B's prepare, waiting for the lock, leaves A's CPUs to the host", async () => {
