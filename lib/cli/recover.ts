@@ -4,7 +4,7 @@
 // calling libvirt.
 import type { CommandModule } from "yargs";
 import { Deadline } from "../deadline.ts";
-import { describeError } from "../errors.ts";
+import { describeError, VmhookError } from "../errors.ts";
 import type { Host } from "../host.ts";
 import { listJournals, readJournal, type Journal } from "../journal.ts";
 import { ifDomainIdle } from "../lock.ts";
@@ -20,9 +20,13 @@ import type { GlobalOptions } from "./options.ts";
 import { print, printJson } from "./output.ts";
 import { PATTERNS } from "../validate.ts";
 
-/** libvirt keeps /run/libvirt/qemu/NAME.pid while the domain's QEMU runs. */
+/**
+ * libvirt keeps /run/libvirt/qemu/NAME.pid while the domain's QEMU runs. "."
+ * and ".." are names libvirt takes ("..pid" is a file like any other); one
+ * with a slash names no pid file, so whether it runs cannot be told.
+ */
 export function domainRunning(host: Host, name: string): boolean {
-  if (name.includes("/") || name === "." || name === "..") return false;
+  if (name.includes("/")) throw new VmhookError(`the name ${JSON.stringify(name)} has a slash, which libvirt refuses in a domain's name: it names no pid file in ${paths.libvirtQemuRunDir}`);
   const pid = Number(host.readTrimmed(`${paths.libvirtQemuRunDir}/${name}.pid`));
   return Number.isSafeInteger(pid) && pid > 0 && host.processAlive(pid);
 }
