@@ -40,7 +40,8 @@ export function refuseUntrustedStateDir(host: Host, dir = paths.stateDir): void 
   const uid = process.geteuid?.() ?? 0;
   // chown or chmod would keep whatever others put there: what vmhook then reads cannot be trusted.
   const remove = `whoever could write it may have put files there that vmhook would act on as root: inspect it (ls -la ${dir}) and, once no VM with vmhook metadata runs, remove it (rm -r ${dir}) for vmhook to create anew (a reboot empties /run too)`;
-  if (stat.uid !== uid) throw new VmhookError(`${dir} is owned by uid ${stat.uid}, not ${uid === 0 ? "root" : `uid ${uid}`}; ${remove}`);
+  // root's own is trusted by anyone (vmhook status run by a user then meets EACCES, which says to run it as root).
+  if (stat.uid !== uid && stat.uid !== 0) throw new VmhookError(`${dir} is owned by uid ${stat.uid}, not ${uid === 0 ? "root" : `uid ${uid}`}; ${remove}`);
   if ((stat.mode & 0o022) !== 0) throw new VmhookError(`${dir} has mode ${octal(stat.mode)}; ${remove}`);
 }
 

@@ -14,7 +14,7 @@ import { processInstance } from "../processes.ts";
 import { loadSettings } from "../settings.ts";
 import { undoJournal } from "../transaction.ts";
 import { describeFinishedWrite, forgetFinishedWrites } from "../stuck-writes.ts";
-import { lonelyTemps, removeStaleTemps } from "../state-files.ts";
+import { lonelyTemps, refuseUntrustedStateDir, removeStaleTemps } from "../state-files.ts";
 import { registry } from "../../plugins/index.ts";
 import type { GlobalOptions } from "./options.ts";
 import { print, printJson } from "./output.ts";
@@ -93,6 +93,8 @@ export const recoverCommand: CommandModule<GlobalOptions, RecoverArgs> = {
   async handler(args) {
     const host = args.host;
     const settings = loadSettings(host);
+    // What others could have put there is not undone, nor any note there removed, as the hook would not.
+    refuseUntrustedStateDir(host);
     const { journals, broken } = listJournals(host);
     // Helpers that were blocked in a driver and have finished since: their notes go, so the undos below may write to those devices again.
     const finished = forgetFinishedWrites(host);
