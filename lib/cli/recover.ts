@@ -6,6 +6,7 @@ import type { CommandModule } from "yargs";
 import { Deadline } from "../deadline.ts";
 import { describeError, VmhookError } from "../errors.ts";
 import type { Host } from "../host.ts";
+import { journalsAndClaims } from "../claims.ts";
 import { listJournals, readJournal, type Journal } from "../journal.ts";
 import { ifDomainIdle } from "../lock.ts";
 import { createLogger } from "../log.ts";
@@ -158,12 +159,15 @@ export const recoverCommand: CommandModule<GlobalOptions, RecoverArgs> = {
     }
     // Journals it cannot read are left as they are, and said so: they may hold changes.
     const unreadable = unreadableOf(args.name, broken, chosen.length > 0);
-    if (unreadable.length > 0) process.exitCode = 1;
+    // The ledger is no one domain's: a recover of all says when it cannot be read, as for a journal.
+    const unreadableClaims = args.name ? undefined : journalsAndClaims(host).claimsError;
+    if (unreadable.length > 0 || unreadableClaims) process.exitCode = 1;
     if (args.json) {
-      printJson({ recovered: results, unreadable, finishedStuckWrites: finished });
+      printJson({ recovered: results, unreadable, finishedStuckWrites: finished, ...(unreadableClaims ? { unreadableClaims } : {}) });
       return;
     }
-    if (chosen.length === 0 && unreadable.length === 0) print(args.name ? `nothing to recover for ${args.name} (no journal in ${paths.stateDir})` : "nothing to recover");
+    if (chosen.length === 0 && unreadable.length === 0 && !unreadableClaims) print(args.name ? `nothing to recover for ${args.name} (no journal in ${paths.stateDir})` : "nothing to recover");
     for (const item of unreadable) print(`unreadable journal ${item.file}: ${item.error}; nothing of it was undone`);
+    if (unreadableClaims) print(`unreadable claims ledger: ${unreadableClaims}; nothing it holds was given back`);
   },
 };
