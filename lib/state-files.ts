@@ -22,19 +22,27 @@ const octal = (mode: number) => `0${(mode & 0o777).toString(8)}`;
  */
 export function ensureStateDir(host: Host, dir = paths.stateDir): void {
   const real = host.resolve(dir);
-  let stat = lstat(real);
-  if (!stat) {
-    fs.mkdirSync(real, { recursive: true, mode: 0o700 });
-    stat = lstat(real)!;
-  }
+  if (!lstat(real)) fs.mkdirSync(real, { recursive: true, mode: 0o700 });
+  refuseUntrustedStateDir(host, dir);
+  if ((lstat(real)!.mode & 0o077) !== 0) fs.chmodSync(real, 0o700);
+}
+
+/**
+ * Throws unless the state directory there is one vmhook may trust (see
+ * ensureStateDir); changes nothing, so `vmhook doctor` says what the hook
+ * would refuse. Nothing there passes: there is nothing to trust yet.
+ */
+export function refuseUntrustedStateDir(host: Host, dir = paths.stateDir): void {
+  const stat = lstat(host.resolve(dir));
+  if (!stat) return;
   if (stat.isSymbolicLink()) throw new VmhookError(`${dir} is a symlink; vmhook keeps its journals only in a directory it owns: remove it (rm ${dir}) and let vmhook create it`);
   if (!stat.isDirectory()) throw new VmhookError(`${dir} is not a directory; remove it (rm ${dir}) and let vmhook create it`);
   const uid = process.geteuid?.() ?? 0;
   // chown or chmod would keep whatever others put there: what vmhook then reads cannot be trusted.
   const remove = `whoever could write it may have put files there that vmhook would act on as root: inspect it (ls -la ${dir}) and, once no VM with vmhook metadata runs, remove it (rm -r ${dir}) for vmhook to create anew (a reboot empties /run too)`;
-  if (stat.uid !== uid) throw new VmhookError(`${dir} is owned by uid ${stat.uid}, not ${uid === 0 ? "root" : `uid ${uid}`}; ${remove}`);
+  // root's own is trusted by anyone (vmhook status run by a user then meets EACCES, which says to run it as root).
+  if (stat.uid !== uid && stat.uid !== 0) throw new VmhookError(`${dir} is owned by uid ${stat.uid}, not ${uid === 0 ? "root" : `uid ${uid}`}; ${remove}`);
   if ((stat.mode & 0o022) !== 0) throw new VmhookError(`${dir} has mode ${octal(stat.mode)}; ${remove}`);
-  if ((stat.mode & 0o077) !== 0) fs.chmodSync(real, 0o700);
 }
 
 function lstat(real: string): fs.Stats | undefined {

@@ -20,6 +20,7 @@ import { abandonedStart, runningOrWhyUnknown } from "./recover.ts";
 import { describeStuckWrite, listStuckWrites, STUCK_ADVICE } from "../stuck-writes.ts";
 import { journalsAndClaims, type HolderView } from "../claims.ts";
 import type { Json } from "../records.ts";
+import { refuseUntrustedStateDir } from "../state-files.ts";
 
 interface DomainArgs extends GlobalOptions {
   domain: string;
@@ -178,6 +179,8 @@ const status: CommandModule<GlobalOptions, GlobalOptions> = {
   describe: "which VM holds what, from the journals in /run/vmhook",
   async handler(args) {
     const host = args.host;
+    // What others could have put there is not shown as what VMs hold.
+    refuseUntrustedStateDir(host);
     // The ledger may hold what no journal does any more (a journal removed by hand): shown apart, never folded into "nothing".
     const { journals, broken, claims: claimViews, claimsError } = journalsAndClaims(host);
     const summaries = await Promise.all(journals.map((journal) => journalSummary(host, journal)));

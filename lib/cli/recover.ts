@@ -4,9 +4,10 @@
 // calling libvirt.
 import type { CommandModule } from "yargs";
 import { Deadline } from "../deadline.ts";
-import { describeError } from "../errors.ts";
+import { describeError, VmhookError } from "../errors.ts";
 import { nameArgument, recoverCommandLine } from "../metadata-text.ts";
 import type { Host } from "../host.ts";
+import { journalsAndClaims } from "../claims.ts";
 import { listJournals, readJournal, type Journal } from "../journal.ts";
 import { ifDomainIdle } from "../lock.ts";
 import { createLogger } from "../log.ts";
@@ -15,15 +16,19 @@ import { processInstance } from "../processes.ts";
 import { loadSettings } from "../settings.ts";
 import { undoJournal } from "../transaction.ts";
 import { describeFinishedWrite, forgetFinishedWrites } from "../stuck-writes.ts";
-import { lonelyTemps, removeStaleTemps } from "../state-files.ts";
+import { lonelyTemps, refuseUntrustedStateDir, removeStaleTemps } from "../state-files.ts";
 import { registry } from "../../plugins/index.ts";
 import type { GlobalOptions } from "./options.ts";
 import { print, printJson } from "./output.ts";
 import { PATTERNS } from "../validate.ts";
 
-/** libvirt keeps /run/libvirt/qemu/NAME.pid while the domain's QEMU runs. */
+/**
+ * libvirt keeps /run/libvirt/qemu/NAME.pid while the domain's QEMU runs. "."
+ * and ".." are names libvirt takes ("..pid" is a file like any other); one
+ * with a slash names no pid file, so whether it runs cannot be told.
+ */
 export function domainRunning(host: Host, name: string): boolean {
-  if (name.includes("/") || name === "." || name === "..") return false;
+  if (name.includes("/")) throw new VmhookError(`the name ${JSON.stringify(name)} has a slash, which libvirt refuses in a domain's name: it names no pid file in ${paths.libvirtQemuRunDir}`);
   const pid = Number(host.readTrimmed(`${paths.libvirtQemuRunDir}/${name}.pid`));
   return Number.isSafeInteger(pid) && pid > 0 && host.processAlive(pid);
 }
@@ -90,6 +95,8 @@ export const recoverCommand: CommandModule<GlobalOptions, RecoverArgs> = {
   async handler(args) {
     const host = args.host;
     const settings = loadSettings(host);
+    // What others could have put there is not undone, nor any note there removed, as the hook would not.
+    refuseUntrustedStateDir(host);
     const { journals, broken } = listJournals(host);
     // Helpers that were blocked in a driver and have finished since: their notes go, so the undos below may write to those devices again.
     const finished = forgetFinishedWrites(host);
@@ -153,12 +160,15 @@ export const recoverCommand: CommandModule<GlobalOptions, RecoverArgs> = {
     }
     // Journals it cannot read are left as they are, and said so: they may hold changes.
     const unreadable = unreadableOf(args.name, broken, chosen.length > 0);
-    if (unreadable.length > 0) process.exitCode = 1;
+    // The ledger is no one domain's: a recover of all says when it cannot be read, as for a journal.
+    const unreadableClaims = args.name ? undefined : journalsAndClaims(host).claimsError;
+    if (unreadable.length > 0 || unreadableClaims) process.exitCode = 1;
     if (args.json) {
-      printJson({ recovered: results, unreadable, finishedStuckWrites: finished });
+      printJson({ recovered: results, unreadable, finishedStuckWrites: finished, ...(unreadableClaims ? { unreadableClaims } : {}) });
       return;
     }
-    if (chosen.length === 0 && unreadable.length === 0) print(args.name ? `nothing to recover for ${args.name} (no journal in ${paths.stateDir})` : "nothing to recover");
+    if (chosen.length === 0 && unreadable.length === 0 && !unreadableClaims) print(args.name ? `nothing to recover for ${args.name} (no journal in ${paths.stateDir})` : "nothing to recover");
     for (const item of unreadable) print(`unreadable journal ${item.file}: ${item.error}; nothing of it was undone`);
+    if (unreadableClaims) print(`unreadable claims ledger: ${unreadableClaims}; nothing it holds was given back`);
   },
 };

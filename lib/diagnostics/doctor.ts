@@ -16,6 +16,7 @@ import { journalsAndClaims, type ClaimView } from "../claims.ts";
 import { kernelRelease, moduleList, moduleName } from "../kernel-modules.ts";
 import { describeStuckWrite, listStuckWrites, STUCK_ADVICE } from "../stuck-writes.ts";
 import { paths } from "../paths.ts";
+import { refuseUntrustedStateDir } from "../state-files.ts";
 import { pciExists } from "../pci.ts";
 import { formatKiB } from "../validate.ts";
 import { hostNodes, hugepagePool, hugepageSizes, HUGEPAGE_DIR, meminfo } from "../memory.ts";
@@ -183,6 +184,12 @@ function libvirtHook(host: Host): Finding {
 }
 
 function leftovers(host: Host): Finding[] {
+  try {
+    refuseUntrustedStateDir(host);
+  } catch (error) {
+    // What others could have written there is no journal of vmhook's: it is not listed.
+    return [fail("leftovers", describeError(error), `do as the message says; until then every prepare of a VM with vmhook metadata, and vmhook recover, refuse ${paths.stateDir}`)];
+  }
   const { journals, broken, claims, claimsError } = journalsAndClaims(host);
   const findings = [
     ...broken.map((item) => fail("leftovers", `unreadable journal ${item.file}: ${item.error}`, `inspect ${item.file}, undo what it lists by hand, then remove it`)),

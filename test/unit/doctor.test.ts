@@ -77,6 +77,29 @@ test("host checks: missing vfio modules, cgroup v1, no hook, a leftover journal,
   sim.cleanup();
 });
 
+test("leftovers: /run/vmhook that others can write or another user owns fails, as every prepare and vmhook recover refuse it; its journals are not taken for vmhook's", async () => {
+  const sim = desktopHost();
+  try {
+    sim.file(`/run/vmhook/${UUID}.json`, JSON.stringify({ version: 1, domain: { name: "planted", uuid: UUID }, phase: "running", pid: 1, createdAt: "", updatedAt: "", entries: [] }));
+    for (const [change, problem] of [
+      [() => fs.chmodSync(sim.resolve("/run/vmhook"), 0o777), "/run/vmhook has mode 0777"],
+      [() => fs.chownSync(sim.resolve("/run/vmhook"), 1000, 1000), "/run/vmhook is owned by uid 1000, not root"],
+    ] as const) {
+      fs.chmodSync(sim.resolve("/run/vmhook"), 0o700);
+      fs.chownSync(sim.resolve("/run/vmhook"), 0, 0);
+      change();
+      const { host } = await doctor(sim);
+      assert.is(host("leftovers").status, "fail");
+      assert.match(host("leftovers").reason, `${problem}; whoever could write it may have put files there`);
+      assert.match(host("leftovers").reason, "remove it (rm -r /run/vmhook)");
+      assert.not.match(host("leftovers").reason, "planted");
+    }
+    assert.is(fs.statSync(sim.resolve("/run/vmhook")).uid, 1000, "doctor changes nothing");
+  } finally {
+    sim.cleanup();
+  }
+});
+
 test("desktop + GPU domain: isolated group; advice on memoryBacking, currentMemory, NVIDIA, disks and NICs", async () => {
   const sim = desktopHost();
   const xml = domainXml({

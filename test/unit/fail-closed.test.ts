@@ -154,6 +154,22 @@ test("defect 5: /run/vmhook that others can write or own is refused, advising to
   }
 });
 
+test("vmhook recover and status in a /run/vmhook that others can write: refused before anything there is read or removed, as the hook refuses it", async () => {
+  const sim = new SimHost();
+  try {
+    const note = `${paths.stuckWrites}/0000:01:00.0.json`;
+    sim.file(note, JSON.stringify({ pid: 999999, startTime: "1", device: "0000:01:00.0", driver: "nvidia", file: "/sys/bus/pci/drivers/nvidia/unbind", value: "0000:01:00.0", since: "", domain: { name: "vm", uuid: UUID } }));
+    fs.chmodSync(sim.resolve(paths.stateDir), 0o777);
+    for (const command of ["recover", "status"]) {
+      const { code, stdout, stderr } = await cli([command, "--root", sim.root]);
+      assert.equal({ code, stdout, refusal: firstLine(stderr) }, { code: 1, stdout: "", refusal: "vmhook: /run/vmhook has mode 0777; whoever could write it may have put files there that vmhook would act on as root: inspect it (ls -la /run/vmhook) and, once no VM with vmhook metadata runs, remove it (rm -r /run/vmhook) for vmhook to create anew (a reboot empties /run too)" }, command);
+    }
+    assert.ok(sim.exists(note), "the note is left for the person to inspect");
+  } finally {
+    sim.cleanup();
+  }
+});
+
 test("defect 5: a symlink planted at the journal's place is replaced, never followed; temp files of killed hooks are removed", async () => {
   const { sim, kernel } = hugepageHost();
   try {

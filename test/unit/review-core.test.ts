@@ -143,17 +143,22 @@ test("RootedHost resolves a path as node:path did (normalize, then join to the r
   }
 });
 
-test("a domain name with spaces is kept exactly, so status and recover find libvirt's pid file", async () => {
-  const sim = new SimHost().dir("/var/log");
-  try {
-    new HugepageKernel(sim, { initial: { 2048: 0 } });
-    assert.is((await runHookEvent(sim, "prepare", "begin", XML.replace("<name>vm</name>", "<name> my vm </name>"), " my vm ")).code, 0);
-    assert.is(readJournal(sim, UUID)!.domain.name, " my vm ");
-    sim.file("/run/libvirt/qemu/ my vm .pid", process.pid);
-    const { code, stdout } = await cli(["recover", "--root", sim.root]);
-    assert.equal({ code, stdout }, { code: 0, stdout: " my vm : still running; its changes are given back when it stops (use --force to undo now)\n" });
-  } finally {
-    sim.cleanup();
+test("a domain name with spaces, or . or .. (libvirt takes both), is kept exactly, so status and recover find libvirt's pid file and leave the running VM's changes", async () => {
+  for (const name of [" my vm ", ".", ".."]) {
+    const sim = new SimHost().dir("/var/log");
+    try {
+      const kernel = new HugepageKernel(sim, { initial: { 2048: 0 } });
+      const xml = XML.replace("<name>vm</name>", `<name>${name}</name>`);
+      for (const event of ["prepare", "started"]) assert.is((await runHookEvent(sim, event, "begin", xml, name)).code, 0);
+      assert.is(readJournal(sim, UUID)!.domain.name, name);
+      sim.file(`/run/libvirt/qemu/${name}.pid`, process.pid);
+      const { code, stdout } = await cli(["recover", "--root", sim.root]);
+      assert.equal({ code, stdout }, { code: 0, stdout: `${name}: still running; its changes are given back when it stops (use --force to undo now)\n` });
+      assert.is(kernel.pool(2048), 512, `${name}: its pages stay`);
+      assert.match((await cli(["status", "--root", sim.root])).stdout, `${name} (${UUID}): running; vmhook holds for it`);
+    } finally {
+      sim.cleanup();
+    }
   }
 });
 

@@ -219,6 +219,21 @@ for (const [what, corrupt, field] of BAD_CLAIMS) {
   });
 }
 
+test("vmhook recover with a claims ledger it cannot read says so and exits 1, as for an unreadable journal: what the ledger holds is not given back", async () => {
+  const sim = new SimHost();
+  try {
+    ensureStateDir(sim);
+    sim.file(paths.claims, '{"version": 2, "claims": {}}');
+    const text = await cli(["recover", "--root", sim.root], sim);
+    assert.equal({ code: text.code, stdout: text.stdout }, { code: 1, stdout: `unreadable claims ledger: claims ledger ${paths.claims} has unknown version 2 (this vmhook reads version 1); inspect it; once the resources it names are back as they were (see vmhook status), remove it; nothing it holds was given back\n` });
+    const json = await cli(["recover", "--json", "--root", sim.root], sim);
+    assert.is(json.code, 1);
+    assert.match(JSON.parse(json.stdout).unreadableClaims, "has unknown version 2");
+  } finally {
+    sim.cleanup();
+  }
+});
+
 // ---- a card that waits in another VM's module claim is handed over again
 
 // Two NVIDIA cards, one per VM, the host's desktop on an iGPU. B starts first
