@@ -107,6 +107,8 @@ export interface Host {
 }
 
 export const SEARCH_PATH = ["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"];
+/** Where `program` is installed in SEARCH_PATH, or undefined when it is not. */
+export const installedProgram = (host: Host, program: string): string | undefined => SEARCH_PATH.map((dir) => `${dir}/${program}`).find((file) => host.exists(file));
 const sleepCell = new Int32Array(new SharedArrayBuffer(4));
 /** How long execAsync waits for a child it killed before leaving it behind. */
 const KILL_GRACE_MS = 1000;

@@ -3,10 +3,12 @@
 // computed from what the ruleset holds right now, so both are idempotent.
 import { VmhookError } from "../../lib/errors.ts";
 import type { BaseContext } from "../../lib/plugin.ts";
+import { deleteStaleEntries } from "./conntrack.ts";
 import { iptablesFamily, type CheckedRecord, type IptablesTool } from "./record.ts";
 import { applyScript, domainChains, domainTag, iptablesApplyInput, iptablesNftChain, iptablesRemovalInput, libvirtNftChain, LIBVIRT_IPTABLES_CHAIN, parseRuleset, removalScript, TABLE, type RulesetView } from "./rules.ts";
 
 type Runner = Pick<BaseContext, "run">;
+type Changer = Pick<BaseContext, "host" | "log" | "run">;
 
 const NFT_TIMEOUT_MS = 10_000;
 
@@ -91,19 +93,34 @@ export function listForApply(ctx: Runner, record: CheckedRecord, when: "start" |
   return { view, listings };
 }
 
-/** Puts exactly the record's forwards in place (replacing whatever the domain had), from what listForApply read. */
-export function applyRecord(ctx: Runner, record: CheckedRecord, { view, listings }: Listed): void {
+/**
+ * Puts exactly the record's forwards in place (replacing whatever the domain
+ * had), from what listForApply read, then deletes the conntrack entries of the
+ * host ports that bypass them. What conntrack could not delete is a warning:
+ * the rules are right, and only peers that were sending already wait longer.
+ */
+export function applyRecord(ctx: Changer, record: CheckedRecord, { view, listings }: Listed): void {
   runNft(ctx, applyScript(view, record.uuid, record.forwards));
   for (const { tool, listing } of listings) restore(ctx, tool, iptablesApplyInput(listing, record.forwards, iptablesFamily(tool), record.uuid));
+  for (const failure of deleteStaleEntries(ctx, record.forwards, "apply")) ctx.log.warn(`forward: ${failure}; a peer already sending to a forwarded port may keep reaching the host until it pauses`);
 }
 
-/** Takes out everything the domain has; does nothing when nothing is left (the chain gone holds nothing). Throws when it cannot tell. */
-export function undoRecord(ctx: Runner, record: CheckedRecord): void {
+/**
+ * Takes out everything the domain has; does nothing when nothing is left (the
+ * chain gone holds nothing), then deletes the conntrack entries the forward
+ * made. Throws when it cannot tell, or when an entry may be left: its flow
+ * would keep reaching the guest's address, so the entry stays for vmhook recover.
+ */
+export function undoRecord(ctx: Changer, record: CheckedRecord): void {
   const view = readRuleset(ctx);
   runNft(ctx, removalScript(view, record.uuid));
   for (const tool of record.iptables) {
     const listing = iptablesListing(ctx, tool, view, "undo");
     if (listing !== undefined) restore(ctx, tool, iptablesRemovalInput(listing, record.uuid));
+  }
+  const failures = deleteStaleEntries(ctx, record.forwards, "undo");
+  if (failures.length > 0) {
+    throw new VmhookError(`forward: the rules are out, but flows the forward made may still reach ${[...new Set(record.forwards.map((forward) => forward.guest.text))].join(", ")}: ${failures.join("; ")}; find out why, then run vmhook recover`);
   }
 }
 

@@ -55,3 +55,26 @@ export function nftHost(uuid: string, sim = new SimHost().dir("/var/log").dir("/
   });
   return { sim, nftScripts, dropRules, dropWhere, listed };
 }
+
+/**
+ * conntrack(8) on `sim`, holding `entries` (lines as `conntrack -L` prints
+ * them): -L -f FAMILY -p PROTO lists that protocol's, -D with an original
+ * tuple deletes the entry (exit 1 when none matched, as conntrack does).
+ * calls: every command line it took; entries: what the table holds now.
+ */
+export function conntrackOn(sim: SimHost, entries: string[]): { calls: string[]; entries: string[] } {
+  const calls: string[] = [];
+  sim.file("/usr/sbin/conntrack", "");
+  sim.onExec("conntrack", (args) => {
+    calls.push(args.join(" "));
+    const option = (name: string) => args[args.indexOf(name) + 1];
+    const family = option("-f") === "ipv6" ? ":" : ".";
+    const ofProtocol = entries.filter((entry) => entry.startsWith(`${option("-p")} `) && entry.split(" src=")[1]!.split(" ")[0]!.includes(family));
+    if (args[0] === "-L") return { status: 0, stdout: ofProtocol.map((entry) => `${entry}\n`).join(""), stderr: `conntrack v1.4.7 (conntrack-tools): ${ofProtocol.length} flow entries have been shown.\n` };
+    const tuple = `src=${option("-s")} dst=${option("-d")} sport=${option("--sport")} dport=${option("--dport")} `;
+    const matched = ofProtocol.filter((entry) => entry.indexOf(tuple) === entry.indexOf("src="));
+    for (const entry of matched) entries.splice(entries.indexOf(entry), 1);
+    return { status: matched.length === 0 ? 1 : 0, stderr: `conntrack v1.4.7 (conntrack-tools): ${matched.length} flow entries have been deleted.\n` };
+  });
+  return { calls, entries };
+}

@@ -27,7 +27,7 @@ export const ADDRESSES = {
   guestV6: "fd00:150::10",
   guestMac: "52:54:00:aa:bb:01",
 };
-const TOOLS = ["nft", "iptables-nft", "ip6tables-nft", "iptables-nft-restore", "ip6tables-nft-restore"];
+const TOOLS = ["nft", "iptables-nft", "ip6tables-nft", "iptables-nft-restore", "ip6tables-nft-restore", "conntrack"];
 const ENV = { PATH: "/usr/sbin:/usr/bin:/sbin:/bin", LC_ALL: "C" };
 
 export interface Result {
@@ -62,9 +62,12 @@ export function sayingWhy(hook: () => void | Promise<void>): () => Promise<void>
   };
 }
 
+/** Whether `program` is installed. */
+export const installed = (program: string): boolean => sh("sh", ["-c", `command -v ${program}`]).code === 0;
+
 /** Throws, naming the first of `programs` that is not installed and how to install it. */
 export function requireTools(programs: string[], install: string): void {
-  for (const program of programs) if (sh("sh", ["-c", `command -v ${program}`]).code !== 0) throw new Error(`${program} is not installed (${install})`);
+  for (const program of programs) if (!installed(program)) throw new Error(`${program} is not installed (${install})`);
 }
 
 export class Lab {
@@ -157,8 +160,9 @@ export class Lab {
   }
 
   /** One TCP or UDP request from the client namespace: the answer, or "no answer: …". */
-  probe(protocol: "tcp" | "udp", address: string, port: number, from: keyof Lab["ns"] = "client"): string {
-    return this.in(from, BUN, [path.join(REPO, "test/net/probe.ts"), protocol, address, String(port)]).stdout.trim();
+  probe(protocol: "tcp" | "udp", address: string, port: number, from: keyof Lab["ns"] = "client", sourcePort?: number): string {
+    const source = sourcePort === undefined ? [] : [String(sourcePort)];
+    return this.in(from, BUN, [path.join(REPO, "test/net/probe.ts"), protocol, address, String(port), ...source]).stdout.trim();
   }
 
   /** The host namespace's ruleset without counters: what "exactly as before" compares. */

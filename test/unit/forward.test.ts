@@ -5,7 +5,7 @@ import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { assertPlanIsPrepare, plannedSteps as plannedStepsFor } from "../helpers/plan.ts";
 import { runHookEvent } from "../helpers/hook.ts";
-import { NAT_NETWORK, nftHost, type NftObject } from "../helpers/nft-host.ts";
+import { conntrackOn, NAT_NETWORK, nftHost, type NftObject } from "../helpers/nft-host.ts";
 import { SimHost } from "../helpers/simhost.ts";
 import { loadDomainPlugins } from "../../lib/config.ts";
 import { parseDomain } from "../../lib/domain.ts";
@@ -14,6 +14,7 @@ import type { Journal } from "../../lib/journal.ts";
 import { parseIp } from "../../plugins/forward/address.ts";
 import { registry } from "../../plugins/index.ts";
 import type { ForwardConfig } from "../../plugins/forward/config.ts";
+import { parseConntrackListing, staleEntries } from "../../plugins/forward/conntrack.ts";
 import { parseProcNet } from "../../plugins/forward/listeners.ts";
 import { parseNetworkXml } from "../../plugins/forward/network.ts";
 import { buildRecord, checkListeners, checkOtherVms } from "../../plugins/forward/plan.ts";
@@ -331,6 +332,80 @@ test("reconnect puts back a hairpin that went missing (its jump from postrouting
     assert.match(sim.read("/var/log/vmhook.log"), warning, how);
     assert.equal(listed(), applied, `${how}: all back`);
   }
+});
+
+/** conntrack -L lines: a client (203.0.113.9) of the host (10.0.0.1), and the guest (192.168.122.10) masqueraded to a remote peer. */
+const CONNTRACK = {
+  /** A WireGuard-like peer sending to host port 60005 before the forward went in: no DNAT. */
+  beforeForward: "udp      17 29 src=203.0.113.9 dst=10.0.0.1 sport=51820 dport=60005 [UNREPLIED] src=10.0.0.1 dst=203.0.113.9 sport=60005 dport=51820 mark=0 use=1",
+  /** The guest's own connection out to a remote port 60005, masqueraded: not addressed to the host. */
+  guestOut: "udp      17 29 src=192.168.122.10 dst=198.51.100.7 sport=40000 dport=60005 src=198.51.100.7 dst=10.0.0.1 sport=60005 dport=40000 mark=0 use=1",
+  /** A flow the forward DNATed to the guest. */
+  forwardedUdp: "udp      17 170 src=203.0.113.9 dst=10.0.0.1 sport=51821 dport=60006 src=192.168.122.10 dst=203.0.113.9 sport=60006 dport=51821 [ASSURED] mark=0 use=1",
+  forwardedTcp: "tcp      6 431999 ESTABLISHED src=203.0.113.9 dst=10.0.0.1 sport=50000 dport=2222 src=192.168.122.10 dst=203.0.113.9 sport=22 dport=50000 [ASSURED] mark=0 use=1",
+  /** Another port altogether. */
+  dns: "udp      17 29 src=10.0.0.1 dst=10.0.0.53 sport=41000 dport=53 src=10.0.0.53 dst=10.0.0.1 sport=53 dport=41000 mark=0 use=1",
+};
+const deleted = (protocol: string, source: string, sourcePort: number, destinationPort: number) => `-D -f ipv4 -p ${protocol} -s ${source} -d 10.0.0.1 --sport ${sourcePort} --dport ${destinationPort}`;
+
+test("start, reconnect and release delete the conntrack entries of the forwarded host ports that go elsewhere than the rules now say: a UDP peer that kept sending gets the guest, and a forwarded flow stops at release", async () => {
+  const { sim, dropRules } = nftHost(UUID);
+  const conntrack = conntrackOn(sim, [CONNTRACK.beforeForward, CONNTRACK.guestOut, CONNTRACK.dns]);
+  const xml = domain(`<vmhook:forward ports="2222:22,60000-60010/udp"/>`);
+  const started = await runHookEvent(sim, "start", "begin", xml);
+  assert.is(started.code, 0, started.stderr);
+  assert.equal(conntrack.calls, ["-L -f ipv4 -p tcp", "-L -f ipv4 -p udp", deleted("udp", "203.0.113.9", 51820, 60005)]);
+  assert.equal(conntrack.entries, [CONNTRACK.guestOut, CONNTRACK.dns], "the guest's masqueraded connection out to a remote port 60005 stays");
+
+  conntrack.entries.push(CONNTRACK.forwardedUdp, CONNTRACK.forwardedTcp, CONNTRACK.beforeForward); // the peer sent again while the rules were gone
+  dropRules();
+  conntrack.calls.length = 0;
+  assert.is((await runHookEvent(sim, "reconnect", "begin", xml)).code, 0);
+  assert.equal(conntrack.calls, ["-L -f ipv4 -p tcp", "-L -f ipv4 -p udp", deleted("udp", "203.0.113.9", 51820, 60005)], "flows already going to the guest are kept");
+
+  conntrack.calls.length = 0;
+  const released = await runHookEvent(sim, "release", "end", xml);
+  assert.is(released.code, 0, released.stderr);
+  assert.equal(conntrack.calls, ["-L -f ipv4 -p tcp", deleted("tcp", "203.0.113.9", 50000, 2222), "-L -f ipv4 -p udp", deleted("udp", "203.0.113.9", 51821, 60006)]);
+  assert.equal(conntrack.entries, [CONNTRACK.guestOut, CONNTRACK.dns]);
+  assert.not.match(sim.read("/var/log/vmhook.log"), /conntrack/, "no warning");
+});
+
+test("conntrack entries: host-address= narrows them to that address; IPv6 listings are read; a line that cannot be read is an error, not a skipped entry", () => {
+  const peer = (destination: string) => `udp      17 29 src=203.0.113.9 dst=${destination} sport=51820 dport=60005 [UNREPLIED] src=${destination} dst=203.0.113.9 sport=60005 dport=51820 mark=0 use=1`;
+  const entries = parseConntrackListing(`${peer("10.0.0.1")}\n${peer("10.0.0.2")}\n`, "udp");
+  const narrowed: ResolvedForward = { ...FORWARD, hostAddress: parseIp("10.0.0.2")! };
+  assert.equal(staleEntries(entries, [narrowed], "apply").map((entry) => entry.original.destination.text), ["10.0.0.2"]);
+  assert.equal(staleEntries(entries, [narrowed], "undo"), [], "neither goes to the guest");
+  const v6 = parseConntrackListing("udp      17 29 src=fd00:250::2 dst=fd00:250:0:0::1 sport=40000 dport=60005 src=fd00:150::10 dst=fd00:250::2 sport=60005 dport=40000 [ASSURED] mark=0 use=1\n", "udp");
+  assert.is(v6[0]!.original.destination.text, "fd00:250::1");
+  assert.is(staleEntries(v6, [{ ...FORWARD, family: 6, guest: parseIp("fd00:150::10")! }], "undo").length, 1);
+  assert.throws(() => parseConntrackListing("udp      17 29 src=10.0.0.1 dport=5\n", "udp"), /cannot read conntrack's listing: udp +17 29 src=10\.0\.0\.1 dport=5/);
+});
+
+test("without conntrack the forward starts and releases all the same, with one warning each naming the package", async () => {
+  const { sim, nftScripts } = nftHost(UUID);
+  const xml = domain(`<vmhook:forward ports="2222:22,60000-60010/udp"/>`);
+  const started = await runHookEvent(sim, "start", "begin", xml);
+  assert.is(started.code, 0, started.stderr);
+  assert.is(nftScripts.length, 1, "the rules went in");
+  assert.is((await runHookEvent(sim, "release", "end", xml)).code, 0);
+  const warnings = sim.read("/var/log/vmhook.log").split("\n").filter((line) => line.includes("conntrack"));
+  assert.is(warnings.length, 2, warnings.join("\n"));
+  for (const line of warnings) assert.match(line, /warn: forward: conntrack is not installed \(apt install conntrack\)/);
+});
+
+test("a conntrack that fails: start goes on with a warning (the rules are right), release stays undo-failed for vmhook recover (flows it could not cut would still reach the guest's address)", async () => {
+  const { sim } = nftHost(UUID);
+  conntrackOn(sim, []);
+  sim.onExec("conntrack", () => ({ status: 1, stderr: "conntrack v1.4.7 (conntrack-tools): Operation failed: Device or resource busy\n" }));
+  const xml = domain(`<vmhook:forward ports="60000-60010/udp"/>`);
+  assert.is((await runHookEvent(sim, "start", "begin", xml)).code, 0);
+  assert.match(sim.read("/var/log/vmhook.log"), /warn: forward: conntrack -L -f ipv4 -p udp failed: .*Device or resource busy; a peer already sending/);
+  await runHookEvent(sim, "release", "end", xml);
+  const journal = JSON.parse(sim.read(`/run/vmhook/${UUID}.json`));
+  assert.match(JSON.stringify(journal), /undo-failed/);
+  assert.match(JSON.stringify(journal), /conntrack -L -f ipv4 -p udp failed: .*Device or resource busy/);
 });
 
 test.run();
