@@ -68,11 +68,18 @@ const toGuest = (entry: ConntrackEntry, forward: ResolvedForward, port: PortForw
 const masqueradedOut = (entry: ConntrackEntry) =>
   entry.reply.source.text === entry.original.destination.text && entry.reply.sourcePort === entry.original.destinationPort && entry.reply.destination.text !== entry.original.source.text;
 
-/** The entries whose path the rules just changed: after apply, those of the host ports not going to the guest; after undo, those going to it. */
+/**
+ * The entries whose path the rules just changed: after apply, those of the
+ * host's UDP ports not going to the guest; after undo, those going to it.
+ * Apply leaves TCP alone: nothing on the host listens on a forwarded port (the
+ * plan refuses one), so no TCP flow to it can be waiting, while the host's
+ * own connections out to a remote port of that number have entries there,
+ * which a stateful firewall would cut if they were deleted.
+ */
 export function staleEntries(entries: ConntrackEntry[], forwards: ResolvedForward[], after: "apply" | "undo"): ConntrackEntry[] {
   return entries.filter((entry) =>
     forwards.some((forward) =>
-      forward.ports.some((port) => ofHostPort(entry, forward, port) && (after === "undo" ? toGuest(entry, forward, port) : !toGuest(entry, forward, port) && !masqueradedOut(entry))),
+      forward.ports.some((port) => ofHostPort(entry, forward, port) && (after === "undo" ? toGuest(entry, forward, port) : entry.protocol === "udp" && !toGuest(entry, forward, port) && !masqueradedOut(entry))),
     ),
   );
 }
@@ -98,6 +105,7 @@ export function deleteStaleEntries(ctx: Pick<BaseContext, "host" | "log" | "run"
   }
   const groups = forwards
     .flatMap((forward) => forward.ports.map((port) => ({ family: forward.family, protocol: port.protocol })))
+    .filter((group) => after === "undo" || group.protocol === "udp")
     .filter((group, index, all) => all.findIndex((other) => other.family === group.family && other.protocol === group.protocol) === index);
   const failures: string[] = [];
   for (const { family, protocol } of groups) {

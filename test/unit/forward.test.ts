@@ -343,6 +343,8 @@ const CONNTRACK = {
   /** A flow the forward DNATed to the guest. */
   forwardedUdp: "udp      17 170 src=203.0.113.9 dst=10.0.0.1 sport=51821 dport=60006 src=192.168.122.10 dst=203.0.113.9 sport=60006 dport=51821 [ASSURED] mark=0 use=1",
   forwardedTcp: "tcp      6 431999 ESTABLISHED src=203.0.113.9 dst=10.0.0.1 sport=50000 dport=2222 src=192.168.122.10 dst=203.0.113.9 sport=22 dport=50000 [ASSURED] mark=0 use=1",
+  /** The host's own TCP connection out to a remote port 2222: apply leaves TCP alone (a stateful firewall would cut it). */
+  hostOutTcp: "tcp      6 431999 ESTABLISHED src=10.0.0.1 dst=198.51.100.7 sport=45000 dport=2222 src=198.51.100.7 dst=10.0.0.1 sport=2222 dport=45000 [ASSURED] mark=0 use=1",
   /** Another port altogether. */
   dns: "udp      17 29 src=10.0.0.1 dst=10.0.0.53 sport=41000 dport=53 src=10.0.0.53 dst=10.0.0.1 sport=53 dport=41000 mark=0 use=1",
 };
@@ -350,24 +352,24 @@ const deleted = (protocol: string, source: string, sourcePort: number, destinati
 
 test("start, reconnect and release delete the conntrack entries of the forwarded host ports that go elsewhere than the rules now say: a UDP peer that kept sending gets the guest, and a forwarded flow stops at release", async () => {
   const { sim, dropRules } = nftHost(UUID);
-  const conntrack = conntrackOn(sim, [CONNTRACK.beforeForward, CONNTRACK.guestOut, CONNTRACK.dns]);
+  const conntrack = conntrackOn(sim, [CONNTRACK.beforeForward, CONNTRACK.guestOut, CONNTRACK.hostOutTcp, CONNTRACK.dns]);
   const xml = domain(`<vmhook:forward ports="2222:22,60000-60010/udp"/>`);
   const started = await runHookEvent(sim, "start", "begin", xml);
   assert.is(started.code, 0, started.stderr);
-  assert.equal(conntrack.calls, ["-L -f ipv4 -p tcp", "-L -f ipv4 -p udp", deleted("udp", "203.0.113.9", 51820, 60005)]);
-  assert.equal(conntrack.entries, [CONNTRACK.guestOut, CONNTRACK.dns], "the guest's masqueraded connection out to a remote port 60005 stays");
+  assert.equal(conntrack.calls, ["-L -f ipv4 -p udp", deleted("udp", "203.0.113.9", 51820, 60005)], "TCP is not even listed");
+  assert.equal(conntrack.entries, [CONNTRACK.guestOut, CONNTRACK.hostOutTcp, CONNTRACK.dns], "the guest's masqueraded connection out to a remote port 60005 stays, and the host's own TCP connection out");
 
   conntrack.entries.push(CONNTRACK.forwardedUdp, CONNTRACK.forwardedTcp, CONNTRACK.beforeForward); // the peer sent again while the rules were gone
   dropRules();
   conntrack.calls.length = 0;
   assert.is((await runHookEvent(sim, "reconnect", "begin", xml)).code, 0);
-  assert.equal(conntrack.calls, ["-L -f ipv4 -p tcp", "-L -f ipv4 -p udp", deleted("udp", "203.0.113.9", 51820, 60005)], "flows already going to the guest are kept");
+  assert.equal(conntrack.calls, ["-L -f ipv4 -p udp", deleted("udp", "203.0.113.9", 51820, 60005)], "flows already going to the guest are kept");
 
   conntrack.calls.length = 0;
   const released = await runHookEvent(sim, "release", "end", xml);
   assert.is(released.code, 0, released.stderr);
   assert.equal(conntrack.calls, ["-L -f ipv4 -p tcp", deleted("tcp", "203.0.113.9", 50000, 2222), "-L -f ipv4 -p udp", deleted("udp", "203.0.113.9", 51821, 60006)]);
-  assert.equal(conntrack.entries, [CONNTRACK.guestOut, CONNTRACK.dns]);
+  assert.equal(conntrack.entries, [CONNTRACK.guestOut, CONNTRACK.hostOutTcp, CONNTRACK.dns]);
   assert.not.match(sim.read("/var/log/vmhook.log"), /conntrack/, "no warning");
 });
 
