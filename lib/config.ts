@@ -4,7 +4,7 @@
 import { domElement } from "./dom-element.ts";
 import type { XmlElement } from "./xml.ts";
 import { attributes, describeElement, metadataChildren, type Domain } from "./domain.ts";
-import { ConfigError } from "./errors.ts";
+import { ConfigError, describeError, VmhookError } from "./errors.ts";
 import type { Host } from "./host.ts";
 import { NAMESPACE_URI, ROOT_ELEMENT } from "./paths.ts";
 import type { AnyPlugin, PluginRegistry } from "./plugin.ts";
@@ -37,42 +37,118 @@ export async function loadDomainPlugins(domain: Domain, host: Host, registry: Pl
   const builtinNames = () => registry.builtinNames();
   const metadata = domain.metadata;
   if (!metadata) return [];
-  const rootName = `<vmhook:${ROOT_ELEMENT}>`;
-  const extra = Object.keys(attributes(metadata));
-  if (extra.length > 0) throw new ConfigError(rootName, `has attribute ${extra[0]}, but takes none; configure plugins in its child elements`);
-  const text = [...metadataText(metadata)].join("").trim();
-  if (text !== "") throw new ConfigError(rootName, `contains the text ${JSON.stringify(text.slice(0, 40))}; it holds only plugin elements such as <vmhook:hugepages/>`);
+  checkRoot(metadata);
 
   const policy = loadPolicy(host);
   const groups = new Map<string, XmlElement[]>();
   for (const element of metadataChildren(metadata)) {
-    if (element.namespaceURI !== NAMESPACE_URI) {
-      throw new ConfigError(rootName, `contains <${element.tagName}> from namespace "${element.namespaceURI ?? "none"}"; its children must be vmhook elements (xmlns:vmhook="${NAMESPACE_URI}")`);
-    }
-    const id = element.localName === CUSTOM_ELEMENT ? customId(element) : element.localName!;
-    if (element.localName !== CUSTOM_ELEMENT && !builtinNames().includes(id)) {
-      throw new ConfigError(
-        describeElement(element),
-        `is not a vmhook element; use one of ${[...builtinNames(), CUSTOM_ELEMENT].map((name) => `<vmhook:${name}>`).join(", ")}`,
-      );
-    }
-    if (id.startsWith(CUSTOM_PREFIX) && groups.has(id)) {
-      throw new ConfigError(describeElement(element), `names plugin ${id.slice(CUSTOM_PREFIX.length)} a second time; merge the two elements`);
-    }
+    const id = pluginId(element, builtinNames);
+    if (id.startsWith(CUSTOM_PREFIX) && groups.has(id)) throw secondCustomElement(element, id);
     if (id.startsWith(CUSTOM_PREFIX)) authorizeCustomPlugin(policy, id.slice(CUSTOM_PREFIX.length), element);
     groups.set(id, [...(groups.get(id) ?? []), element]);
   }
 
   const instances: PluginInstance[] = [];
-  for (const [id, elements] of groups) {
-    const plugin = await registry.load(id, host);
-    // Custom plugins may use any DOM method: they get xmldom's elements, read only for them.
-    const given = id.startsWith(CUSTOM_PREFIX) ? elements.map(domElement) : elements;
-    instances.push({ id, plugin, config: plugin.parse(given, domain), elements: given });
-  }
+  for (const [id, elements] of groups) instances.push(await loadInstance(id, elements, domain, host, registry));
   if (!admitted) await authorizeInstances(policy, instances, registry.policyRules, domain, host, settings);
   return instances;
 }
+
+/** The plugins reconnect checks, and why each one that cannot be checked as configured is not. */
+export interface ReconnectPlugins {
+  instances: PluginInstance[];
+  problems: string[];
+}
+
+/**
+ * reconnect's plugins: those with changes in the journal (`held`, in its
+ * order, the prepare's), then the others the metadata names now. Each is
+ * read on its own, so an element that no longer reads (a live metadata
+ * edit, a custom plugin gone from plugins.d) keeps no other plugin from
+ * putting back what it lost. A built-in plugin with changes is checked even
+ * then, from its records alone (its config undefined: built-in reconnect
+ * planners need only their records); any other is left out. Which custom
+ * plugins may run is still checked. `problems`: one line per element left
+ * unread, naming it and why.
+ */
+export async function loadReconnectPlugins(domain: Domain, held: string[], host: Host, registry: PluginRegistry): Promise<ReconnectPlugins> {
+  const problems: string[] = [];
+  const groups = new Map<string, XmlElement[] | Error>();
+  const metadata = domain.metadata;
+  if (metadata) {
+    try {
+      checkRoot(metadata);
+    } catch (error) {
+      problems.push(describeError(error));
+    }
+  }
+  for (const element of metadata ? metadataChildren(metadata) : []) {
+    try {
+      const id = pluginId(element, () => registry.builtinNames());
+      const earlier = groups.get(id);
+      groups.set(id, earlier instanceof Error ? earlier : id.startsWith(CUSTOM_PREFIX) && earlier ? secondCustomElement(element, id) : [...(earlier ?? []), element]);
+    } catch (error) {
+      problems.push(`${describeError(error)}; it is left out of this reconnect`);
+    }
+  }
+  const instances: PluginInstance[] = [];
+  for (const id of new Set([...held, ...groups.keys()])) {
+    try {
+      instances.push(await reconnectInstance(id, groups.get(id), domain, host, registry));
+    } catch (error) {
+      const fromRecords = !id.startsWith(CUSTOM_PREFIX) && held.includes(id);
+      problems.push(`${id}: ${describeError(error)}; ${fromRecords ? `its changes in the journal are still checked, from the journal alone` : `${id} is left out of this reconnect`}`);
+      if (fromRecords) instances.push(await recordsOnly(id, host, registry));
+    }
+  }
+  return { instances, problems };
+}
+
+async function reconnectInstance(id: string, elements: XmlElement[] | Error | undefined, domain: Domain, host: Host, registry: PluginRegistry): Promise<PluginInstance> {
+  if (elements instanceof Error) throw elements;
+  if (id.startsWith(CUSTOM_PREFIX)) {
+    const name = id.slice(CUSTOM_PREFIX.length);
+    if (!elements) throw new VmhookError(`its <vmhook:${CUSTOM_ELEMENT} name="${name}"> is no longer in the domain's metadata`);
+    authorizeCustomPlugin(loadPolicy(host), name, elements[0]!);
+  }
+  return elements ? loadInstance(id, elements, domain, host, registry) : recordsOnly(id, host, registry);
+}
+
+/** A built-in plugin without a config: its reconnect planner works from its records. */
+async function recordsOnly(id: string, host: Host, registry: PluginRegistry): Promise<PluginInstance> {
+  return { id, plugin: await registry.load(id, host), config: undefined, elements: [] };
+}
+
+/** One plugin's instance: loaded, its elements parsed into its config. */
+async function loadInstance(id: string, elements: XmlElement[], domain: Domain, host: Host, registry: PluginRegistry): Promise<PluginInstance> {
+  const plugin = await registry.load(id, host);
+  // Custom plugins may use any DOM method: they get xmldom's elements, read only for them.
+  const given = id.startsWith(CUSTOM_PREFIX) ? elements.map(domElement) : elements;
+  return { id, plugin, config: plugin.parse(given, domain), elements: given };
+}
+
+/** <vmhook:hooks> itself: no attributes, no text of its own. */
+function checkRoot(metadata: XmlElement): void {
+  const rootName = `<vmhook:${ROOT_ELEMENT}>`;
+  const extra = Object.keys(attributes(metadata));
+  if (extra.length > 0) throw new ConfigError(rootName, `has attribute ${extra[0]}, but takes none; configure plugins in its child elements`);
+  const text = [...metadataText(metadata)].join("").trim();
+  if (text !== "") throw new ConfigError(rootName, `contains the text ${JSON.stringify(text.slice(0, 40))}; it holds only plugin elements such as <vmhook:hugepages/>`);
+}
+
+/** The plugin id a child of <vmhook:hooks> names, or an error naming it when it names none. */
+function pluginId(element: XmlElement, builtinNames: () => string[]): string {
+  if (element.namespaceURI !== NAMESPACE_URI) {
+    throw new ConfigError(`<vmhook:${ROOT_ELEMENT}>`, `contains <${element.tagName}> from namespace "${element.namespaceURI ?? "none"}"; its children must be vmhook elements (xmlns:vmhook="${NAMESPACE_URI}")`);
+  }
+  const id = element.localName === CUSTOM_ELEMENT ? customId(element) : element.localName!;
+  if (element.localName !== CUSTOM_ELEMENT && !builtinNames().includes(id)) {
+    throw new ConfigError(describeElement(element), `is not a vmhook element; use one of ${[...builtinNames(), CUSTOM_ELEMENT].map((name) => `<vmhook:${name}>`).join(", ")}`);
+  }
+  return id;
+}
+
+const secondCustomElement = (element: XmlElement, id: string) => new ConfigError(describeElement(element), `names plugin ${id.slice(CUSTOM_PREFIX.length)} a second time; merge the two elements`);
 
 function customId(element: XmlElement): string {
   if (!element.hasAttribute("name")) throw new ConfigError(describeElement(element), `has no name attribute; write <vmhook:plugin name="NAME"> with NAME a file in the plugins directory`);

@@ -1,6 +1,6 @@
 // Hook mode: what vmhook does for one libvirt event, given the domain XML on
 // stdin. hooks/qemu.ts decides which of these runs for which event.
-import { loadDomainPlugins, type PluginInstance } from "./config.ts";
+import { loadDomainPlugins, loadReconnectPlugins, type PluginInstance } from "./config.ts";
 import { Deadline } from "./deadline.ts";
 import { parseDomain, type Domain } from "./domain.ts";
 import { describeError, VmhookError } from "./errors.ts";
@@ -163,12 +163,18 @@ export class HookRun {
     await this.plugins();
   }
 
-  /** reconnect: the daemon restarted while the VM runs. Keep the journal; let plugins check it. Never fails. */
+  /**
+   * reconnect: the daemon restarted while the VM runs. Keep the journal; let
+   * plugins check what it holds, each read on its own (one element that no
+   * longer reads is logged, and the others still put back what they lost). Never fails.
+   */
   async reconnect(): Promise<void> {
     const journal = this.markRunning();
     if (!journal) return;
     this.log.info(`reconnected: journal holds ${journal.entries.length} change(s), phase ${journal.phase}`);
-    const instances = await this.plugins(true);
+    const held = journal.entries.map((entry) => entry.plugin);
+    const { instances, problems } = await loadReconnectPlugins(this.domain, held, this.host, this.invocation.registry ?? builtinRegistry);
+    for (const problem of problems) this.log.error(problem);
     await runPlugins("reconnect", instances, this.domain, journal, this.env(), this.workDeadline());
   }
 

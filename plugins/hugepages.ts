@@ -431,7 +431,7 @@ function checkRecord(record: UndoRecord): GrowRecord {
 
 // ---- reconnect: the daemon restarted; say so if a pool lost pages meanwhile
 
-function reconnect(ctx: PlanContext<HugepagesConfig>): Step[] {
+function reconnect(ctx: PlanContext<unknown>): Step[] {
   for (const grown of ctx.records.map(checkRecord)) {
     const node = grown.node ?? undefined;
     const held = grown.added - grown.returned;

@@ -52,8 +52,11 @@ function planPrepare(ctx: PlanContext<NosleepConfig>): Step<HoldRecord>[] {
   return [step];
 }
 
-function planReconnect(ctx: PlanContext<NosleepConfig>): Step[] {
-  if (!unitActive(ctx, ctx.config.unit)) ctx.log.warn(`nosleep: ${ctx.config.unit} should hold the sleep inhibitor while ${ctx.domain.name} runs, but is not running`);
+/** reconnect: the units the journal holds must still run (from the records: the config may no longer read). */
+function planReconnect(ctx: PlanContext<unknown>): Step[] {
+  for (const { unit } of ctx.records.map(checkHoldRecord)) {
+    if (!unitActive(ctx, unit)) ctx.log.warn(`nosleep: ${unit} should hold the sleep inhibitor while ${ctx.domain.name} runs, but is not running`);
+  }
   return [];
 }
 

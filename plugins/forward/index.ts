@@ -35,7 +35,7 @@ const legacyFilterTable = (ctx: BaseContext, tool: string) =>
   (ctx.host.readTrimmed(tool.startsWith("ip6") ? "/proc/net/ip6_tables_names" : "/proc/net/ip_tables_names") ?? "").split("\n").includes("filter");
 
 /** reconnect: one step per record whose rules a network restart or a firewall reload took out. */
-function planReconnect(ctx: PlanContext<ForwardConfig>): Step<ForwardRecord>[] {
+function planReconnect(ctx: PlanContext<unknown>): Step<ForwardRecord>[] {
   return ctx.records
     .filter((record) => record.action === "nft-forward")
     .flatMap((journaled): Step<ForwardRecord>[] => {

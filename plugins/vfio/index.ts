@@ -59,7 +59,7 @@ function planPrepare(ctx: PlanContext<VfioConfig>): Step[] {
 }
 
 /** libvirtd restarted while the VM runs: the devices the journal moved must still be on vfio-pci. */
-function planReconnect(ctx: PlanContext<VfioConfig>): Step[] {
+function planReconnect(ctx: PlanContext<unknown>): Step[] {
   for (const record of ctx.records.filter((record) => record.action === "bind-vfio" || record.action === "rebind-device")) {
     const driver = pciDriver(ctx.host, String(record.address));
     if (driver !== VFIO_DRIVER) ctx.log.warn(`vfio: ${record.address} should be on vfio-pci while ${ctx.domain.name} runs, but is on ${driver ?? "no driver"}`);

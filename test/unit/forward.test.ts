@@ -410,4 +410,24 @@ test("a conntrack that fails: start goes on with a warning (the rules are right)
   assert.match(JSON.stringify(journal), /conntrack -L -f ipv4 -p udp failed: .*Device or resource busy/);
 });
 
+test("reconnect: an element that no longer reads (a live metadata edit, a plugin gone from plugins.d) is logged naming it, and forward still puts back its rules from the journal", async () => {
+  const started = domain(`<vmhook:forward ports="2222:22"/>`);
+  const edits: [string, string, RegExp][] = [
+    ["an unknown element", `<vmhook:forward ports="2222:22"/><vmhook:frobnicate/>`, /error: .*<vmhook:frobnicate>: is not a vmhook element/],
+    ["another plugin's bad attribute", `<vmhook:forward ports="2222:22"/><vmhook:nosleep when="always"/>`, /error: .*nosleep: .*<vmhook:nosleep when="always">: .*when/],
+    ["a custom plugin not installed", `<vmhook:forward ports="2222:22"/><vmhook:plugin name="gone"/>`, /error: .*plugin:gone: .*gone/],
+    ["forward's own element", `<vmhook:forward ports="70000"/>`, /error: .*forward: .*<vmhook:forward ports="70000">: ports= item "70000"/],
+    ["forward's element removed", ``, /reconnected: journal holds 1 change/],
+  ];
+  for (const [what, elements, logged] of edits) {
+    const { sim, nftScripts, dropRules } = nftHost(UUID);
+    assert.is((await runHookEvent(sim, "start", "begin", started)).code, 0);
+    dropRules();
+    const reconnected = await runHookEvent(sim, "reconnect", "begin", domain(elements));
+    assert.is(reconnected.code, 0, what);
+    assert.is(nftScripts.length, 2, `${what}: the rules went in again`);
+    assert.match(sim.read("/var/log/vmhook.log"), logged, what);
+  }
+});
+
 test.run();

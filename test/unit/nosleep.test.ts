@@ -85,6 +85,17 @@ test("release while systemctl cannot reach systemd keeps the entry for vmhook re
   assert.equal(sim.stateFiles(), []);
 });
 
+test("reconnect checks the unit the journal names, also when the element no longer reads or is gone from the live metadata", async () => {
+  for (const element of [`<vmhook:nosleep when="always"/>`, ""]) {
+    const { sim } = logindHost();
+    sim.dir("/var/log");
+    assert.is((await runHookEvent(sim, "prepare", "begin", xml())).code, 0);
+    sim.remove(`/sys/fs/cgroup/system.slice/${UNIT}`); // the unit ended behind vmhook's back
+    assert.is((await runHookEvent(sim, "reconnect", "begin", xml(element))).code, 0, element);
+    assert.match(sim.read(paths.log), `nosleep: ${UNIT} should hold the sleep inhibitor while gaming runs, but is not running`, element);
+  }
+});
+
 test("reconnect while systemctl cannot reach systemd warns, naming systemctl's answer, and does not fail", async () => {
   const { sim, bus } = logindHost();
   sim.dir("/var/log");
