@@ -7,12 +7,14 @@ import { formatCpuList, parseKernelCpuList } from "../lib/cpuset.ts";
 import type { Domain } from "../lib/domain.ts";
 import { ConfigError, describeError } from "../lib/errors.ts";
 import type { Host } from "../lib/host.ts";
+import { sharedState } from "../lib/journal.ts";
 import { iommuGroupMembers, pciIommuGroup, slotFunctions } from "../lib/pci.ts";
 import { allowHint, DEFAULT_UNITS, formatSpan, moduleAllowed, normalUnit, type PortSpan } from "../lib/policy.ts";
 import type { ForwardConfig } from "./forward/config.ts";
 import type { HugepagesConfig } from "./hugepages.ts";
-import type { IsolateConfig } from "./isolate/config.ts";
+import { PLUGIN_ID as ISOLATE_ID, type IsolateConfig } from "./isolate/config.ts";
 import { hostShortfall } from "./isolate/host-minimum.ts";
+import { checkOriginals } from "./isolate/retune.ts";
 import type { VfioConfig } from "./vfio/config.ts";
 
 export const policyRules: Readonly<Record<string, PolicyRule>> = {
@@ -88,7 +90,8 @@ function authorizeIsolate(config: IsolateConfig, { policy, host, element }: Poli
   // A CPU that is not online gets the plugin's own, more precise refusal at prepare.
   if ([...(config.hostCpus ?? []), ...config.pinned].some((cpu) => !online.includes(cpu))) return;
   const kept = config.hostCpus ? online.filter((cpu) => config.hostCpus!.includes(cpu)) : online.filter((cpu) => !config.pinned.includes(cpu));
-  const shortfall = hostShortfall(policy.isolate, host, online, kept);
+  // While another VM runs, its irqs="yes" may have moved the console's IRQs: judged where the host had them.
+  const shortfall = hostShortfall(policy.isolate, host, online, kept, () => sharedState.read(host, ISOLATE_ID, checkOriginals));
   if (!shortfall) return;
   const what = config.hostCpus ? `host-cpus="${formatCpuList(config.hostCpus)}"` : `pinning CPUs ${formatCpuList(config.pinned)} in <cputune>`;
   const keeps = `leaves the host ${kept.length > 0 ? `only CPU ${formatCpuList(kept)}` : "no online CPU"}`;

@@ -45,7 +45,7 @@ export function otherVms(ctx: BaseContext): OtherVm[] {
   return [...vms.values()];
 }
 
-const isCpuList = (value: unknown) => Array.isArray(value) && value.every((cpu) => Number.isSafeInteger(cpu) && (cpu as number) >= 0 && (cpu as number) < 8192);
+export const isCpuList = (value: unknown) => Array.isArray(value) && value.every((cpu) => Number.isSafeInteger(cpu) && (cpu as number) >= 0 && (cpu as number) < 8192);
 
 /** A claim from a journal: its CPU lists and governor become file contents, paths and unit properties. */
 export function checkClaim(record: UndoRecord): Claim {

@@ -26,6 +26,13 @@ function numaNodes(host: Host, online: number[]): { node: string; cpus: number[]
 }
 
 /**
+ * Where isolate's shared state keeps the boot console's CPUs as the host had
+ * them, saved with the first IRQ original (retune.ts): while a VM's irqs="yes"
+ * holds the IRQs elsewhere, the policy is held against the host's own placement.
+ */
+export const BOOT_CONSOLE = "boot-console-cpus";
+
+/**
  * The CPUs that take the boot console's IRQs (serial port, i8042 keyboard),
  * from /proc/interrupts and each IRQ's effective affinity; when none is
  * listed, the boot CPU 0, where the kernel routes the legacy IRQs.
@@ -40,8 +47,14 @@ export function bootConsoleCpus(host: Host): number[] {
   return cpus.length > 0 ? [...new Set(cpus)].sort((a, b) => a - b) : [0];
 }
 
-/** How the host, keeping `kept` of the `online` CPUs, falls short of the policy's isolate rules; undefined when it does not. */
-export function hostShortfall(rules: HostPolicy["isolate"], host: Host, online: number[], kept: number[]): Shortfall | undefined {
+/**
+ * How the host, keeping `kept` of the `online` CPUs, falls short of the
+ * policy's isolate rules; undefined when it does not. The boot console's CPUs
+ * are the host's own: those saved in isolate's shared state (`originals`, as
+ * retune.ts keeps them, read only when the rule needs them), else where its
+ * IRQs go now.
+ */
+export function hostShortfall(rules: HostPolicy["isolate"], host: Host, online: number[], kept: number[], originals: () => { [BOOT_CONSOLE]?: number[] } | undefined): Shortfall | undefined {
   const { minHostCpus, everyNumaNode, allowBootConsoleCpuAlone } = rules;
   if (kept.length < minHostCpus) {
     return { reason: `but the host policy keeps at least ${minHostCpus} CPU(s) for the host`, remedy: "give the host more CPUs", change: `lower "isolate.minHostCpus"` };
@@ -50,7 +63,7 @@ export function hostShortfall(rules: HostPolicy["isolate"], host: Host, online: 
   if (bare) {
     return { reason: `none on NUMA node ${bare.node} (CPUs ${formatCpuList(bare.cpus)})`, remedy: "keep one of them for the host", change: `set "isolate.everyNumaNode": false` };
   }
-  if (!allowBootConsoleCpuAlone && kept.length === 1 && bootConsoleCpus(host).includes(kept[0]!)) {
+  if (!allowBootConsoleCpuAlone && kept.length === 1 && (originals()?.[BOOT_CONSOLE] ?? bootConsoleCpus(host)).includes(kept[0]!)) {
     return {
       reason: "the CPU that takes the boot console's IRQs: the host would answer slowly on its console",
       remedy: "keep another CPU for the host",

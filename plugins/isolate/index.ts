@@ -23,7 +23,7 @@ import { ACTIONS, checkClaim, claimsOf, otherVms, type Action, type Claim, type 
 import { parse, PLUGIN_ID, type IsolateConfig } from "./config.ts";
 import { CPU_DIR, intersect, onlineCpus, union } from "./cpus.ts";
 import { hostShortfall } from "./host-minimum.ts";
-import { retune } from "./retune.ts";
+import { checkOriginals, retune } from "./retune.ts";
 import { CGROUP, SETTINGS, WORKQUEUE_MASK } from "./settings.ts";
 
 // ---- prepare: checks that change nothing, then one step per kind of setting --------
@@ -112,7 +112,7 @@ function checkPolicyWithOthers(ctx: PlanContext<IsolateConfig>, isolated: number
   const holding = others.filter((other) => other.isolated.length > 0);
   if (holding.length === 0) return;
   const policy = loadPolicy(ctx.host);
-  const shortfall = hostShortfall(policy.isolate, ctx.host, online, kept);
+  const shortfall = hostShortfall(policy.isolate, ctx.host, online, kept, () => ctx.shared.read(checkOriginals));
   if (!shortfall) return;
   const running = holding.map((other) => `${other.name} (${formatCpuList(other.isolated)})`).join(", ");
   throw new VmhookError(

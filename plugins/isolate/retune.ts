@@ -3,12 +3,13 @@
 import { formatCpuList } from "../../lib/cpuset.ts";
 import { describeError, VmhookError } from "../../lib/errors.ts";
 import type { BaseContext } from "../../lib/plugin.ts";
-import type { Action, Claim } from "./claims.ts";
+import { isCpuList, type Action, type Claim } from "./claims.ts";
 import { onlineCpus, union } from "./cpus.ts";
+import { BOOT_CONSOLE, bootConsoleCpus } from "./host-minimum.ts";
 import { SETTINGS, type Setting } from "./settings.ts";
 
-/** Per kind of setting: key → the host's value before the first claim. */
-export type Originals = Partial<Record<Action, Record<string, string>>>;
+/** Per kind of setting: key → the host's value before the first claim; with IRQ originals, the boot console's CPUs. */
+export type Originals = Partial<Record<Action, Record<string, string>>> & { [BOOT_CONSOLE]?: number[] };
 
 /**
  * Writes what the current claims ask for. Settings no claim wants any more get
@@ -21,6 +22,7 @@ export function retune(ctx: BaseContext, action: Action, claims: Claim[]): void 
   const originals = (state[action] ??= {});
   const save = () => {
     if (Object.keys(originals).length === 0) delete state[action];
+    if (!state["irq-affinity"]) delete state[BOOT_CONSOLE];
     if (Object.keys(state).length === 0) ctx.shared.remove();
     else ctx.shared.write(state);
   };
@@ -43,6 +45,8 @@ export function retune(ctx: BaseContext, action: Action, claims: Claim[]): void 
   // Kept from an earlier claim: the key may still hold that claim's value, so a refusal now does not forget it.
   const keptEarlier = new Set(Object.keys(originals));
   for (const target of targets) originals[target.key] ??= setting.read(ctx, target.key);
+  // No IRQ holds a VM's placement yet: where the console's IRQs go now is the host's own.
+  if (action === "irq-affinity" && keptEarlier.size === 0 && targets.length > 0) state[BOOT_CONSOLE] = bootConsoleCpus(ctx.host);
   save();
   if (failures.length > 0) throw new VmhookError(`isolate: could not restore ${failures.length} setting(s): ${failures[0]}`, failures.slice(1));
   for (const target of targets) {
@@ -64,6 +68,10 @@ const SETTING_VALUE = /^[0-9a-z_, -]{0,4096}$/;
 export function checkOriginals(value: unknown): Originals {
   if (!isObject(value)) throw new Error(`it holds ${JSON.stringify(value)}, not the originals of isolate's settings`);
   for (const [action, originals] of Object.entries(value)) {
+    if (action === BOOT_CONSOLE) {
+      if (!isCpuList(originals)) throw new Error(`"${BOOT_CONSOLE}" holds ${JSON.stringify(originals)}, not a list of CPU numbers`);
+      continue;
+    }
     const setting: Setting | undefined = Object.hasOwn(SETTINGS, action) ? SETTINGS[action as Action] : undefined;
     if (!setting) throw new Error(`"${action}" is not an isolate setting`);
     if (!isObject(originals)) throw new Error(`"${action}" holds ${JSON.stringify(originals)}, not the originals of its files or units`);

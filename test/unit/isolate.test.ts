@@ -462,11 +462,11 @@ test("policy isolate.everyNumaNode (the default) counts every running VM: two VM
   assert.equal(sim.snapshot(), afterA);
 });
 
-/** cgroupHost with ttyS0 on IRQ 4, delivered to CPU 0; as the kernel, the effective CPU follows a new affinity. */
-function consoleIrqHost(): SimHost {
+/** cgroupHost with ttyS0 on IRQ 4, delivered to CPU `deliveredTo`; as the kernel (GIC), the effective CPU follows a new affinity. */
+function consoleIrqHost(deliveredTo = "0"): SimHost {
   const sim = cgroupHost();
   sim.file("/proc/interrupts", "            CPU0       CPU1\n   4:        120          0   IO-APIC    4-edge      ttyS0\n");
-  sim.file("/proc/irq/4/smp_affinity_list", "0-7").file("/proc/irq/4/effective_affinity_list", "0");
+  sim.file("/proc/irq/4/smp_affinity_list", "0-7").file("/proc/irq/4/effective_affinity_list", deliveredTo);
   sim.onWrite("/proc/irq/4/smp_affinity_list", (data, hostPath, host) => {
     host.file(hostPath, data).file("/proc/irq/4/effective_affinity_list", data.split(/[-,]/)[0]!);
   });
@@ -499,6 +499,38 @@ test("policy: a run whose release never came (libvirtd died) is given back befor
   assert.match(sim.read(paths.log), "found a journal from an earlier run (phase starting, ");
   assert.is((await release(sim, consoleVm)).code, 0);
   assertClean(sim, before);
+});
+
+// Another VM's irqs="yes" moved the console's IRQ: B is judged on where the host had it, as A alone was.
+const CONSOLE_NEIGHBOURS: [string, VmSpec, VmSpec][] = [
+  ["both keep host CPU 1 only, allowing overlap", { ...consoleVm, isolate: 'host-cpus="1" irqs="yes" allow-overlap="yes"' }, { ...vmB, pins: [], isolate: 'host-cpus="1" allow-overlap="yes"' }],
+  ["disjoint pins leave the host CPU 1 together", { ...vmA, pins: ["0", "2", "3"], emulatorpin: undefined, isolate: 'irqs="yes"' }, { ...vmB, pins: ["4", "5", "6", "7"] }],
+];
+
+for (const [what, a, b] of CONSOLE_NEIGHBOURS) {
+  test(`policy: the console's IRQ that running VM A's irqs="yes" moved onto the one host CPU does not refuse B (${what}): the host had it on CPU 0`, async () => {
+    const sim = consoleIrqHost();
+    const before = sim.snapshot();
+    assert.is((await prepare(sim, a)).code, 0);
+    assert.is(read(sim, "/proc/irq/4/effective_affinity_list"), "1", "A moved the console's IRQ to CPU 1");
+    const outcome = await prepare(sim, b);
+    assert.is(outcome.code, 0, outcome.stderr);
+    assert.is(read(sim, HOST_CPUS), "1");
+    assert.is((await release(sim, a)).code, 0);
+    assert.is((await release(sim, b)).code, 0);
+    assertClean(sim, before);
+  });
+}
+
+test('policy: the console\'s IRQ that running VM A\'s irqs="yes" moved off CPU 1 does not let B leave the host only CPU 1, where the host has it', async () => {
+  const sim = consoleIrqHost("1");
+  assert.is((await prepare(sim, { ...vmA, isolate: 'irqs="yes"' })).code, 0);
+  assert.is(read(sim, "/proc/irq/4/effective_affinity_list"), "0", "A's narrowing moved the console's IRQ to CPU 0");
+  const afterA = sim.snapshot();
+  const outcome = await prepare(sim, { ...vmB, pins: ["0", "4", "5", "6", "7"] });
+  assert.is(outcome.code, 1, `B started; the host keeps only CPU ${read(sim, HOST_CPUS)}, where the host takes the console's IRQs`);
+  assert.match(outcome.stderr.split("\n")[0]!, "this VM (isolating 0,4-7) and running VM vmA (2-3) together leave the host only CPU 1, the CPU that takes the boot console's IRQs");
+  assert.equal(sim.snapshot(), afterA);
 });
 
 // ---- a release racing another VM's prepare
@@ -621,6 +653,7 @@ const BAD_ORIGINALS: [string, (state: Record<string, any>) => void, string][] = 
   ["a file no isolate setting writes", (state) => (state["cgroup-cpuset"]["/etc/motd"] = "x"), "/etc/motd"],
   ["an original value that is not text", (state) => (state["cgroup-cpuset"]["/sys/fs/cgroup/user/cpuset.cpus"] = 5), "/sys/fs/cgroup/user/cpuset.cpus"],
   ["a setting whose originals are null", (state) => (state["cgroup-cpuset"] = null), "cgroup-cpuset"],
+  ["boot console CPUs that are not CPU numbers", (state) => (state["boot-console-cpus"] = ["0; rm -rf /"]), "boot-console-cpus"],
 ];
 
 for (const [what, corrupt, field] of BAD_ORIGINALS) {
