@@ -402,6 +402,29 @@ test("single GPU: a display manager in auto-restart (is-active says \"activating
   assert.ok(kernel.units.get("display-manager.service")!.active, "started again at release");
 });
 
+test("single GPU: a display manager still stopping when systemctl stop is killed at stopTimeoutSeconds is started again by the rollback, not taken for a running one", async () => {
+  const kernel = nvidiaDesktop();
+  const displayManager = kernel.units.get("display-manager.service")!;
+  const systemd = kernel.sim.execHandler("systemctl")!;
+  kernel.sim.onExec("systemctl", (args, sim, options) => {
+    const verb = args.join(" ");
+    if (verb === "stop display-manager.service") {
+      // systemd goes on stopping it (TimeoutStopSec, 90 s by default) once systemctl is killed.
+      displayManager.state = "deactivating";
+      return { status: null, signal: "SIGKILL", timedOut: true };
+    }
+    // systemctl start waits for the stop job, then starts the unit.
+    if (verb === "start display-manager.service") displayManager.state = undefined;
+    return systemd(args, sim, options);
+  });
+  const result = await runHookEvent(kernel.sim, "prepare", "begin", domainXml("<vmhook:vfio/>"));
+  assert.is(result.code, 1);
+  assert.match(firstLine(result.stderr), "systemctl stop display-manager.service did not finish in time and was killed");
+  assert.ok(kernel.sim.execs.some((e) => e.command === "systemctl" && e.args.join(" ") === "start display-manager.service"), "the rollback starts the display manager again");
+  assert.is(displayManager.state, undefined, "running, not left to finish stopping");
+  assert.equal(kernel.sim.stateFiles(), []);
+});
+
 test("single GPU, NVIDIA without fbdev: the console that cannot come back (no framebuffer, efifb gone for good) is warned about, and the next start is not blocked", async () => {
   const kernel = nvidiaDesktop();
   assert.is((await runHookEvent(kernel.sim, "prepare", "begin", domainXml("<vmhook:vfio/>"))).code, 0);
