@@ -734,12 +734,17 @@ test("reconnect: a journaled device address that is not a PCI address is refused
   assert.match(log, `vfio: reconnect check failed: vfio: the journal names "../../../../../run/elsewhere", which is not a PCI address`);
 });
 
-test("without systemd: the configured display manager commands stop it, vmhook waits for its processes, and start it again", async () => {
-  const kernel = new GpuKernel({ systemd: false })
+/** A host without systemd (OpenRC) whose display manager's process `comm` holds the only GPU. */
+function withoutSystemd(comm: string): GpuKernel {
+  return new GpuKernel({ systemd: false })
     .module({ name: "bochs", driver: "bochs-drm", loaded: true })
     .device({ address: GPU, classCode: "0x030000", vendor: "0x1234", nativeDriver: "bochs-drm", group: 1, bootVga: true, nodes: ["card0", "fb0"] })
     .vtconsole("vtcon0", "(M) frame buffer device", true)
-    .process(900, "sddm", ["/dev/dri/card0"]);
+    .process(900, comm, ["/dev/dri/card0"]);
+}
+
+test("without systemd: the configured display manager commands stop it, vmhook waits for its processes, and start it again", async () => {
+  const kernel = withoutSystemd("sddm");
   settings(kernel, { displayManagerCommand: { stop: ["rc-service", "sddm", "stop"], start: ["rc-service", "sddm", "start"], processes: ["sddm"] } });
   kernel.sim.onExec("rc-service", ([, verb]) => {
     if (verb === "stop") kernel.sim.remove("/proc/900");
@@ -770,6 +775,18 @@ test("without systemd: the configured display manager commands stop it, vmhook w
   assert.match(unreadable.stderr, "cannot read /proc/900/comm (EIO)");
   assert.not.match(unreadable.stderr, "did not come back");
   assert.equal(readJournal(kernel.sim, UUID)!.entries.map((entry) => entry.undo.action), ["stop-display-manager"]);
+});
+
+test("without systemd: a displayManagerCommand process longer than the 15 characters the kernel keeps of a name (it never matches) is refused at prepare, naming it and the name to write", async () => {
+  const kernel = withoutSystemd("lightdm-gtk-gre");
+  const lightdm = (verb: string) => ["rc-service", "lightdm", verb];
+  settings(kernel, { displayManagerCommand: { stop: lightdm("stop"), start: lightdm("start"), processes: ["lightdm", "lightdm-gtk-greeter"] } });
+  const before = kernel.sim.snapshot();
+  const result = await runHookEvent(kernel.sim, "prepare", "begin", domainXml("<vmhook:vfio/>"));
+  assert.is(result.code, 1);
+  assert.match(firstLine(result.stderr), 'plugins.vfio.displayManagerCommand.processes names "lightdm-gtk-greeter", which no process matches: /proc/PID/comm keeps the first 15 characters of a name; write "lightdm-gtk-gre" (as ps -e shows it)');
+  assert.equal(kernel.sim.execs.filter((e) => e.command === "rc-service"), [], "nothing was stopped");
+  assert.equal(kernel.sim.snapshot(), before);
 });
 
 test("single-GPU without a display manager to stop: a holder of the GPU is refused at once", async () => {
