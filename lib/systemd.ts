@@ -22,12 +22,22 @@ const NO_SUCH_UNIT = 4;
  * timeout, systemctl missing) throws, naming what systemctl said: a unit of
  * unknown state is never taken for a stopped one.
  */
-export function unitActive(ctx: Pick<BaseContext, "run">, unit: string): boolean {
+export const unitActive = (ctx: Pick<BaseContext, "run">, unit: string): boolean => !STOPPED.includes(unitState(ctx, unit));
+
+/**
+ * Whether the unit runs or starts, and stays so: a deactivating one is on its
+ * way down (a stop job that runs on after its systemctl was killed at a
+ * timeout), so it is not up and needs a start. Throws as unitActive does.
+ */
+export const unitUp = (ctx: Pick<BaseContext, "run">, unit: string): boolean => ![...STOPPED, "deactivating"].includes(unitState(ctx, unit));
+
+/** is-active's word for the unit ("inactive" for one systemd does not know); throws when systemctl gives none. */
+function unitState(ctx: Pick<BaseContext, "run">, unit: string): string {
   const result = ctx.run("systemctl", ["is-active", unit], { allowFailure: true });
   const state = result.stdout.trim();
   if (!result.error && !result.timedOut) {
-    if (result.status === NO_SUCH_UNIT) return false;
-    if ((result.status === 0 || result.status === 3) && /^[a-z-]+$/.test(state)) return !STOPPED.includes(state);
+    if (result.status === NO_SUCH_UNIT) return "inactive";
+    if ((result.status === 0 || result.status === 3) && /^[a-z-]+$/.test(state)) return state;
   }
   const why = result.error ?? (result.timedOut ? "it did not answer in time" : (result.stderr.trim().split("\n")[0] || `exit status ${result.status ?? result.signal}${state ? `, "${state}"` : ""}`));
   throw new VmhookError(`systemctl is-active ${unit} could not tell whether ${unit} runs: ${why}; is systemd (PID 1) answering? (systemctl status)`);

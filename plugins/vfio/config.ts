@@ -89,6 +89,9 @@ const DEFAULT_SETTINGS: VfioSettings = {
   bindTimeoutSeconds: 10,
 };
 
+/** The characters of a process name the kernel keeps in /proc/PID/comm (TASK_COMM_LEN, 16 with its NUL). */
+const COMM_LENGTH = 15;
+
 export function readVfioSettings(raw: Record<string, unknown>): VfioSettings {
   const where = (key: string) => `${paths.hostConfig}: plugins.vfio.${key}`;
   const strings = (key: string, value: unknown, pattern?: RegExp): string[] => {
@@ -102,6 +105,12 @@ export function readVfioSettings(raw: Record<string, unknown>): VfioSettings {
     if (typeof value !== "number" || !(value > 0 && value <= 600)) throw new VmhookError(`${where(key)} must be a number of seconds from 1 to 600; it is ${JSON.stringify(value)}`);
     return value;
   };
+  // A longer name never equals a comm: prepare would refuse the display manager's own processes as outsiders, release wait for them in vain.
+  const processNames = (names: string[]): string[] => {
+    const long = names.find((name) => name.length > COMM_LENGTH);
+    if (long === undefined) return names;
+    throw new VmhookError(`${where("displayManagerCommand.processes")} names "${long}", which no process matches: /proc/PID/comm keeps the first ${COMM_LENGTH} characters of a name; write "${long.slice(0, COMM_LENGTH)}" (as ps -e shows it)`);
+  };
   const command = raw.displayManagerCommand as Record<string, unknown> | undefined;
   if (command !== undefined && (typeof command !== "object" || command === null || !Array.isArray(command.stop) || !command.stop.length || !Array.isArray(command.start) || !command.start.length)) {
     throw new VmhookError(`${where("displayManagerCommand")} must be {"stop": ["rc-service", "sddm", "stop"], "start": [...], "processes": ["sddm"]}`);
@@ -111,7 +120,7 @@ export function readVfioSettings(raw: Record<string, unknown>): VfioSettings {
     displayManagerCommand: command && {
       stop: strings("displayManagerCommand.stop", command.stop),
       start: strings("displayManagerCommand.start", command.start),
-      processes: command.processes === undefined ? [] : strings("displayManagerCommand.processes", command.processes),
+      processes: command.processes === undefined ? [] : processNames(strings("displayManagerCommand.processes", command.processes)),
     },
     helperServices: raw.helperServices === undefined ? DEFAULT_SETTINGS.helperServices : strings("helperServices", raw.helperServices, PATTERNS.unitName),
     stopTimeoutSeconds: seconds("stopTimeoutSeconds"),

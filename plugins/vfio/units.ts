@@ -3,7 +3,7 @@
 import { VmhookError } from "../../lib/errors.ts";
 import { defineAction, type BaseContext, type Step, type UndoRecord } from "../../lib/plugin.ts";
 import { PATTERNS } from "../../lib/validate.ts";
-import { unitActive } from "../../lib/systemd.ts";
+import { unitUp } from "../../lib/systemd.ts";
 
 /** A unit name from the journal: it becomes an argument of systemctl, so it must look like one (and not like an option). */
 export function checkedUnit(value: unknown): string {
@@ -69,9 +69,10 @@ function startUnit(record: StopUnitRecord, ctx: BaseContext): void {
     ctx.log.info(`vfio: ${unit} stays stopped: ${others.length} other VM(s) need it so`);
     return;
   }
-  if (!unitActive(ctx, unit)) {
+  // A unit still deactivating (its stop outlived systemctl's timeout at prepare) finishes stopping: it needs the start.
+  if (!unitUp(ctx, unit)) {
     ctx.run("systemctl", ["start", unit], { timeoutMs: 60_000 });
-    if (!unitActive(ctx, unit)) throw new VmhookError(`${unit} did not start again; see systemctl status ${unit}`);
+    if (!unitUp(ctx, unit)) throw new VmhookError(`${unit} did not start again; see systemctl status ${unit}`);
   }
   ctx.claims.drop(claim);
 }

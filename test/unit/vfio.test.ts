@@ -402,6 +402,29 @@ test("single GPU: a display manager in auto-restart (is-active says \"activating
   assert.ok(kernel.units.get("display-manager.service")!.active, "started again at release");
 });
 
+test("single GPU: a display manager still stopping when systemctl stop is killed at stopTimeoutSeconds is started again by the rollback, not taken for a running one", async () => {
+  const kernel = nvidiaDesktop();
+  const displayManager = kernel.units.get("display-manager.service")!;
+  const systemd = kernel.sim.execHandler("systemctl")!;
+  kernel.sim.onExec("systemctl", (args, sim, options) => {
+    const verb = args.join(" ");
+    if (verb === "stop display-manager.service") {
+      // systemd goes on stopping it (TimeoutStopSec, 90 s by default) once systemctl is killed.
+      displayManager.state = "deactivating";
+      return { status: null, signal: "SIGKILL", timedOut: true };
+    }
+    // systemctl start waits for the stop job, then starts the unit.
+    if (verb === "start display-manager.service") displayManager.state = undefined;
+    return systemd(args, sim, options);
+  });
+  const result = await runHookEvent(kernel.sim, "prepare", "begin", domainXml("<vmhook:vfio/>"));
+  assert.is(result.code, 1);
+  assert.match(firstLine(result.stderr), "systemctl stop display-manager.service did not finish in time and was killed");
+  assert.ok(kernel.sim.execs.some((e) => e.command === "systemctl" && e.args.join(" ") === "start display-manager.service"), "the rollback starts the display manager again");
+  assert.is(displayManager.state, undefined, "running, not left to finish stopping");
+  assert.equal(kernel.sim.stateFiles(), []);
+});
+
 test("single GPU, NVIDIA without fbdev: the console that cannot come back (no framebuffer, efifb gone for good) is warned about, and the next start is not blocked", async () => {
   const kernel = nvidiaDesktop();
   assert.is((await runHookEvent(kernel.sim, "prepare", "begin", domainXml("<vmhook:vfio/>"))).code, 0);
@@ -711,12 +734,17 @@ test("reconnect: a journaled device address that is not a PCI address is refused
   assert.match(log, `vfio: reconnect check failed: vfio: the journal names "../../../../../run/elsewhere", which is not a PCI address`);
 });
 
-test("without systemd: the configured display manager commands stop it, vmhook waits for its processes, and start it again", async () => {
-  const kernel = new GpuKernel({ systemd: false })
+/** A host without systemd (OpenRC) whose display manager's process `comm` holds the only GPU. */
+function withoutSystemd(comm: string): GpuKernel {
+  return new GpuKernel({ systemd: false })
     .module({ name: "bochs", driver: "bochs-drm", loaded: true })
     .device({ address: GPU, classCode: "0x030000", vendor: "0x1234", nativeDriver: "bochs-drm", group: 1, bootVga: true, nodes: ["card0", "fb0"] })
     .vtconsole("vtcon0", "(M) frame buffer device", true)
-    .process(900, "sddm", ["/dev/dri/card0"]);
+    .process(900, comm, ["/dev/dri/card0"]);
+}
+
+test("without systemd: the configured display manager commands stop it, vmhook waits for its processes, and start it again", async () => {
+  const kernel = withoutSystemd("sddm");
   settings(kernel, { displayManagerCommand: { stop: ["rc-service", "sddm", "stop"], start: ["rc-service", "sddm", "start"], processes: ["sddm"] } });
   kernel.sim.onExec("rc-service", ([, verb]) => {
     if (verb === "stop") kernel.sim.remove("/proc/900");
@@ -747,6 +775,18 @@ test("without systemd: the configured display manager commands stop it, vmhook w
   assert.match(unreadable.stderr, "cannot read /proc/900/comm (EIO)");
   assert.not.match(unreadable.stderr, "did not come back");
   assert.equal(readJournal(kernel.sim, UUID)!.entries.map((entry) => entry.undo.action), ["stop-display-manager"]);
+});
+
+test("without systemd: a displayManagerCommand process longer than the 15 characters the kernel keeps of a name (it never matches) is refused at prepare, naming it and the name to write", async () => {
+  const kernel = withoutSystemd("lightdm-gtk-gre");
+  const lightdm = (verb: string) => ["rc-service", "lightdm", verb];
+  settings(kernel, { displayManagerCommand: { stop: lightdm("stop"), start: lightdm("start"), processes: ["lightdm", "lightdm-gtk-greeter"] } });
+  const before = kernel.sim.snapshot();
+  const result = await runHookEvent(kernel.sim, "prepare", "begin", domainXml("<vmhook:vfio/>"));
+  assert.is(result.code, 1);
+  assert.match(firstLine(result.stderr), 'plugins.vfio.displayManagerCommand.processes names "lightdm-gtk-greeter", which no process matches: /proc/PID/comm keeps the first 15 characters of a name; write "lightdm-gtk-gre" (as ps -e shows it)');
+  assert.equal(kernel.sim.execs.filter((e) => e.command === "rc-service"), [], "nothing was stopped");
+  assert.equal(kernel.sim.snapshot(), before);
 });
 
 test("single-GPU without a display manager to stop: a holder of the GPU is refused at once", async () => {
