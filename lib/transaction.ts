@@ -3,7 +3,7 @@
 // order, each journaled with its record *before* it acts; when one fails,
 // what was done is undone in reverse and the host is as it was. Every
 // journaled record is checked by its action before its undo runs.
-import { CUSTOM_PREFIX, type PluginInstance } from "./config.ts";
+import { CUSTOM_ELEMENT, CUSTOM_PREFIX, type PluginInstance } from "./config.ts";
 import { claimsFor } from "./claims.ts";
 import { Deadline, waitFor } from "./deadline.ts";
 import type { Domain } from "./domain.ts";
@@ -232,8 +232,9 @@ function customPluginError(pluginId: string, error: unknown): VmhookError {
 /** The text with the plugin's id in front, unless it starts with the plugin's name already. */
 function withPluginName(pluginId: string, text: string): string {
   const name = pluginId.replace(CUSTOM_PREFIX, "");
-  // `${pluginId} `: the runner's own errors ("plugin:gate did not finish planning prepare within …").
-  const named = [`${pluginId}:`, `${pluginId} `, `${name}:`, `<vmhook:${name} `, `<vmhook:${name}>`].some((start) => text.startsWith(start));
+  // `${pluginId} `: the runner's own errors ("plugin:gate did not finish planning prepare within …");
+  // `<vmhook:plugin name="gate"`: a custom plugin's element, as docs/plugins.md's examples name it.
+  const named = [`${pluginId}:`, `${pluginId} `, `${name}:`, `<vmhook:${name} `, `<vmhook:${name}>`, `<vmhook:${CUSTOM_ELEMENT} name="${name}"`].some((start) => text.startsWith(start));
   return named ? text : `${pluginId}: ${text}`;
 }
 

@@ -355,6 +355,15 @@ for (const how of ["refuses", "throws"] as const) {
   });
 }
 
+test("module: an error that names the plugin by its element, as docs/plugins.md's marker does, is not named twice", async () => {
+  const sim = pluginHost();
+  install(sim, "gate.mjs", failingPlugin("gate", '<vmhook:plugin name="gate">: the license server does not answer', "throws"), 0o644);
+  const outcome = await runHookEvent(sim, "prepare", "begin", domainXml('<vmhook:plugin name="gate"/>'));
+  assert.is(outcome.code, 1);
+  assert.match(outcome.stderr, /^vmhook: <vmhook:plugin name="gate">: the license server does not answer$/m);
+  sim.cleanup();
+});
+
 test("module: a planner that never settles is abandoned at its time limit, the plugin named once", async () => {
   const sim = pluginHost();
   install(sim, "slow.mjs", `export default { name: "slow", summary: "hangs", parse: () => ({}), plan: { prepare: () => new Promise(() => {}) }, actions: {} };\n`, 0o644);
