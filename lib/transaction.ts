@@ -3,7 +3,7 @@
 // order, each journaled with its record *before* it acts; when one fails,
 // what was done is undone in reverse and the host is as it was. Every
 // journaled record is checked by its action before its undo runs.
-import { CUSTOM_ELEMENT, CUSTOM_PREFIX, type PluginInstance } from "./config.ts";
+import { customPluginError, withPluginName, type PluginInstance } from "./config.ts";
 import { claimsFor } from "./claims.ts";
 import { Deadline, waitFor } from "./deadline.ts";
 import type { Domain } from "./domain.ts";
@@ -196,7 +196,7 @@ async function planUnits(event: PlannedEvent, instances: PluginInstance[], domai
       steps = await settleWithin(env, instance.id, `planning ${event}`, deadline, () => "its planner", planner(planContext(env, instance, event, domain, journal, deadline)));
     } catch (error) {
       // reconnect only checks a running VM and never fails: one plugin that cannot check keeps no other from putting back what it lost.
-      if (event !== "reconnect") throw instance.id.startsWith(CUSTOM_PREFIX) ? customPluginError(instance.id, error) : error;
+      if (event !== "reconnect") throw customPluginError(instance.id, error);
       env.log.warn(`${instance.id}: reconnect check failed: ${describeError(error)}`);
       continue;
     }
@@ -206,7 +206,7 @@ async function planUnits(event: PlannedEvent, instances: PluginInstance[], domai
         throw new VmhookError(`internal: ${instance.id} planned a step "${step.description}" with action ${step.action}, which it does not declare`);
       }
       // A refused step is never applied, journaled or undone: its record may lack what only the host could have given (a vGPU type's id).
-      const record = step.refused ? step.record : action.check(step.record);
+      const record = step.refused ? step.record : checkedBy(instance.id, action, step.record);
       const planned: PlannedStep = { plugin: instance.id, event, action: step.action, description: step.description, record, ...(step.background ? { background: true } : {}) };
       units.push({ instance, step: step.refused ? { ...planned, refused: namedRefusal(instance.id, step.refused) } : planned });
     }
@@ -222,20 +222,6 @@ async function planUnits(event: PlannedEvent, instances: PluginInstance[], domai
  */
 function namedRefusal(pluginId: string, refusal: Refusal): Refusal {
   return { ...refusal, reason: withPluginName(pluginId, refusal.reason) };
-}
-
-/** A custom plugin's planner failed: the user must see which plugin, as with its refusals (built-ins' errors name their element). */
-function customPluginError(pluginId: string, error: unknown): VmhookError {
-  return new VmhookError(withPluginName(pluginId, describeError(error)), error instanceof VmhookError ? error.lines : []);
-}
-
-/** The text with the plugin's id in front, unless it starts with the plugin's name already. */
-function withPluginName(pluginId: string, text: string): string {
-  const name = pluginId.replace(CUSTOM_PREFIX, "");
-  // `${pluginId} `: the runner's own errors ("plugin:gate did not finish planning prepare within …");
-  // `<vmhook:plugin name="gate"`: a custom plugin's element, as docs/plugins.md's examples name it.
-  const named = [`${pluginId}:`, `${pluginId} `, `${name}:`, `<vmhook:${name} `, `<vmhook:${name}>`, `<vmhook:${CUSTOM_ELEMENT} name="${name}"`].some((start) => text.startsWith(start));
-  return named ? text : `${pluginId}: ${text}`;
 }
 
 /**
@@ -305,7 +291,7 @@ export async function runPlugins(event: PlannedEvent, instances: PluginInstance[
         } else {
           await background.finished();
           const handled = runLegacyHandler(env, journal, unit.instance, unit.legacy, event, domain, deadline);
-          if (event === "reconnect") await handled.catch((error: unknown) => env.log.error(`${unit.instance.id}: reconnect: ${describeError(error)}`));
+          if (event === "reconnect") await handled.catch((error: unknown) => env.log.error(describeError(error))); // it names the plugin (customPluginError)
           else await handled;
         }
       }
@@ -384,21 +370,23 @@ function refuseIfAnyRefused(units: Unit[]): void {
 async function applyStep(env: RunEnvironment, journal: Journal, instance: PluginInstance, planned: PlannedStep, domain: Domain, deadline: Deadline, held: HeldLock | undefined, background: BackgroundSteps): Promise<void> {
   const action = (instance.plugin as Plugin<unknown>).actions[planned.action]!;
   const afterBackgroundSteps = background.startedSoFar();
-  await journaled(env, journal, planned, async (handle) => {
-    const ctx: ApplyContext<unknown> = {
-      ...planContext(env, instance, planned.event as PlannedEvent, domain, journal, deadline),
-      update: handle.update,
-      nothingToUndo: handle.nothingToUndo,
-      outsideHostLock(work) {
-        // A step in the background may write what the lock guards (the claims ledger).
-        if (background.anyRunning) throw new VmhookError(`internal: ${instance.id} steps outside the host lock while a step runs in the background`);
-        return held ? held.released(work) : work();
-      },
-      afterBackgroundSteps,
-    };
-    const updated = await settleWithin(env, instance.id, planned.event, deadline, () => `step "${planned.description}"`, action.apply(planned.record, ctx));
-    if (updated) handle.update(updated);
-  });
+  await journaled(env, journal, planned, (handle) =>
+    namingCustomPlugin(instance.id, async () => {
+      const ctx: ApplyContext<unknown> = {
+        ...planContext(env, instance, planned.event as PlannedEvent, domain, journal, deadline),
+        update: handle.update,
+        nothingToUndo: handle.nothingToUndo,
+        outsideHostLock(work) {
+          // A step in the background may write what the lock guards (the claims ledger).
+          if (background.anyRunning) throw new VmhookError(`internal: ${instance.id} steps outside the host lock while a step runs in the background`);
+          return held ? held.released(work) : work();
+        },
+        afterBackgroundSteps,
+      };
+      const updated = await settleWithin(env, instance.id, planned.event, deadline, () => `step "${planned.description}"`, action.apply(planned.record, ctx));
+      if (updated) handle.update(updated);
+    }),
+  );
 }
 
 /** The adapter for first-interface custom plugins: their handler runs with a ctx.step that journals like a planned step. */
@@ -412,7 +400,25 @@ async function runLegacyHandler(env: RunEnvironment, journal: Journal, instance:
       return journaled(env, journal, { plugin: instance.id, event, action: record.action, description, record }, action);
     },
   };
-  await settleWithin(env, instance.id, event, deadline, () => currentStep, plugin[event]!(ctx));
+  await namingCustomPlugin(instance.id, () => settleWithin(env, instance.id, event, deadline, () => currentStep, plugin[event]!(ctx)));
+}
+
+/** `work`, a plugin's own code: a custom plugin's error comes out naming the plugin (customPluginError). */
+async function namingCustomPlugin<T>(pluginId: string, work: () => Promise<T>): Promise<T> {
+  try {
+    return await work();
+  } catch (error) {
+    throw customPluginError(pluginId, error);
+  }
+}
+
+/** A planned record through its action's check, a custom plugin's error naming it. */
+function checkedBy(pluginId: string, action: Action<UndoRecord, unknown>, record: UndoRecord): UndoRecord {
+  try {
+    return action.check(record);
+  } catch (error) {
+    throw customPluginError(pluginId, error);
+  }
 }
 
 /**

@@ -355,6 +355,26 @@ for (const how of ["refuses", "throws"] as const) {
   });
 }
 
+/** A module plugin whose `where` (parse, a step's apply, a first-interface handler) hits a bug: a TypeError, not an error written for the user. */
+const buggyPlugin = (name: string, where: "parse" | "apply" | "handler") =>
+  where === "handler"
+    ? `export default { name: "${name}", summary: "bug", parse: () => ({}), async prepare(ctx) { ctx.missing(); }, undo() {} };\n`
+    : `export default { name: "${name}", summary: "bug", parse: (elements) => ${where === "parse" ? "elements[1].getAttribute('x')" : "({})"},
+        plan: { prepare: () => [{ action: "go", record: { action: "go" }, description: "go" }], started: () => [{ action: "go", record: { action: "go" }, description: "go" }] },
+        actions: { go: { check: (record) => record, apply() { null.x; }, undo() {} } } };\n`;
+
+test("module: a bug in parse, in a step's apply or in a first-interface handler is reported naming the plugin, without its stack, at prepare and started", async () => {
+  const sim = pluginHost();
+  for (const where of ["parse", "apply", "handler"] as const) install(sim, `${where}.mjs`, buggyPlugin(where, where), 0o644);
+  for (const [where, event] of [["parse", "prepare"], ["apply", "prepare"], ["handler", "prepare"], ["apply", "started"]] as const) {
+    const outcome = await runHookEvent(sim, event, "begin", domainXml(`<vmhook:plugin name="${where}"/>`));
+    assert.is(outcome.code, 1, `${where} at ${event}`);
+    assert.match(outcome.stderr.split("\n")[0]!, new RegExp(`^vmhook: plugin:${where}: \\S`), `${where} at ${event}: ${outcome.stderr}`);
+    assert.not.match(outcome.stderr, /\.mjs:\d|TypeError/, `${where} at ${event}: no stack`);
+  }
+  sim.cleanup();
+});
+
 test("module: an error that names the plugin by its element, as docs/plugins.md's marker does, is not named twice", async () => {
   const sim = pluginHost();
   install(sim, "gate.mjs", failingPlugin("gate", '<vmhook:plugin name="gate">: the license server does not answer', "throws"), 0o644);
