@@ -146,18 +146,35 @@ test("executable: output larger than vmhook reads fails prepare saying so, not a
   sim.cleanup();
 });
 
-test("executable: an undo too large to hand back as VMHOOK_UNDO fails prepare at once, and the plugin is called to undo as interrupted", async () => {
-  const sim = pluginHost();
-  // 200 KiB: past the kernel's limit for one environment string (128 KiB), so no undo call could ever start with it.
-  install(sim, "hoarder", shellPlugin("hoarder", '[ "$1" = prepare ] && { printf \'{"undo": "\'; head -c 204800 /dev/zero | tr "\\000" x; echo \'"}\'; }; exit 0'));
-  const xml = domainXml('<vmhook:plugin name="hoarder"/>');
-  const outcome = await runHookEvent(sim, "prepare", "begin", xml);
-  assert.is(outcome.code, 1);
-  assert.match(outcome.stderr.split("\n")[0]!, "plugin hoarder returned an undo of 204800 bytes at prepare; one that large cannot be handed back as VMHOOK_UNDO (at most 131059 bytes): return less, such as the path of a file that holds the state");
-  assert.equal(calls(sim), ["hoarder prepare undo= interrupted=", "hoarder undo undo= interrupted=1"]);
-  assert.not.ok(fs.existsSync(journalPath(sim)));
-  sim.cleanup();
-});
+const UNRETURNABLE_UNDOS = [
+  {
+    // 200 KiB: past the kernel's limit for one environment string (128 KiB), so no undo call could ever start with it.
+    why: "too large",
+    name: "hoarder",
+    prints: 'printf \'{"undo": "\'; head -c 204800 /dev/zero | tr "\\000" x; echo \'"}\'',
+    message: "plugin hoarder returned an undo of 204800 bytes at prepare; one that large cannot be handed back as VMHOOK_UNDO (at most 131059 bytes): return less, such as the path of a file that holds the state",
+  },
+  {
+    // Say, a process's /proc/PID/cmdline, whose arguments NULs separate: no environment string can hold a NUL.
+    why: "a string holding a NUL",
+    name: "cmdline",
+    prints: 'echo \'{"undo": "backupd\\u0000--nightly"}\'',
+    message: "plugin cmdline returned an undo string holding a NUL character at prepare, which VMHOOK_UNDO cannot carry: return it as a JSON array or object (it then comes back as JSON)",
+  },
+];
+
+for (const { why, name, prints, message } of UNRETURNABLE_UNDOS) {
+  test(`executable: an undo that cannot be handed back as VMHOOK_UNDO (${why}) fails prepare at once, and the plugin is called to undo as interrupted`, async () => {
+    const sim = pluginHost();
+    install(sim, name, shellPlugin(name, `[ "$1" = prepare ] && { ${prints}; }; exit 0`));
+    const outcome = await runHookEvent(sim, "prepare", "begin", domainXml(`<vmhook:plugin name="${name}"/>`));
+    assert.is(outcome.code, 1);
+    assert.match(outcome.stderr.split("\n")[0]!, message);
+    assert.equal(calls(sim), [`${name} prepare undo= interrupted=`, `${name} undo undo= interrupted=1`]);
+    assert.not.ok(fs.existsSync(journalPath(sim)), "nothing journaled that no release could give back");
+    sim.cleanup();
+  });
+}
 
 test("executable: output that is not JSON fails prepare and says what to print", async () => {
   const sim = pluginHost();
