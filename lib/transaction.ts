@@ -179,8 +179,45 @@ async function underLockIf<T>(shared: boolean, env: RunEnvironment, deadline: De
   return shared ? (env.withHostLock ?? withHostLock)(env.host, deadline, work) : work();
 }
 
-/** Each plugin's planned steps for `event`, checked against the plugin's actions. Changes nothing. */
-async function planUnits(event: PlannedEvent, instances: PluginInstance[], domain: Domain, journal: Journal, env: RunEnvironment, deadline: Deadline): Promise<Unit[]> {
+/**
+ * reconnect and stopped never fail (the VM runs on; QEMU has exited): one
+ * plugin that fails keeps no other from its steps. Each failure is logged and
+ * the next plugins still run; stopped reports the first one at its end.
+ */
+class CarryOn {
+  private first: { error: unknown } | undefined;
+  private constructor(
+    private readonly event: PlannedEvent,
+    private readonly log: Logger,
+  ) {}
+
+  static at(event: PlannedEvent, log: Logger): CarryOn | undefined {
+    return event === "reconnect" || event === "stopped" ? new CarryOn(event, log) : undefined;
+  }
+
+  /** `line`: what to log, unless journaled() logged it already (stopped's first failure: the hook logs what it throws). */
+  failed(error: unknown, line?: string): void {
+    const thrownAtEnd = this.event === "stopped" && this.first === undefined;
+    this.first ??= { error };
+    if (line !== undefined && !thrownAtEnd) this.log.error(line);
+  }
+
+  plannerFailed(pluginId: string, error: unknown): void {
+    if (this.event === "reconnect") {
+      this.log.warn(`${pluginId}: reconnect check failed: ${describeError(error)}`);
+      return;
+    }
+    const named = customPluginError(pluginId, error);
+    this.failed(named, describeError(named));
+  }
+
+  throwFirst(): void {
+    if (this.event === "stopped" && this.first) throw this.first.error;
+  }
+}
+
+/** Each plugin's planned steps for `event`, checked against the plugin's actions. Changes nothing. `carryOn`: a planner that fails is left out, the others still planned. */
+async function planUnits(event: PlannedEvent, instances: PluginInstance[], domain: Domain, journal: Journal, env: RunEnvironment, deadline: Deadline, carryOn?: CarryOn): Promise<Unit[]> {
   const units: Unit[] = [];
   for (const instance of instances) {
     const plugin = instance.plugin;
@@ -195,9 +232,8 @@ async function planUnits(event: PlannedEvent, instances: PluginInstance[], domai
     try {
       steps = await settleWithin(env, instance.id, `planning ${event}`, deadline, () => "its planner", planner(planContext(env, instance, event, domain, journal, deadline)));
     } catch (error) {
-      // reconnect only checks a running VM and never fails: one plugin that cannot check keeps no other from putting back what it lost.
-      if (event !== "reconnect") throw customPluginError(instance.id, error);
-      env.log.warn(`${instance.id}: reconnect check failed: ${describeError(error)}`);
+      if (!carryOn) throw customPluginError(instance.id, error);
+      carryOn.plannerFailed(instance.id, error);
       continue;
     }
     for (const step of steps) {
@@ -252,11 +288,13 @@ export async function planEvent(event: PlannedEvent, instances: PluginInstance[]
  * Plans and applies one event of every plugin, in order. Steps go into
  * `journal`, which enters `phaseAfter` (when given) with the write that ends
  * the event. Throws at the first failure; the caller decides whether to roll back.
+ * reconnect and stopped go on past a failure (CarryOn).
  */
 export async function runPlugins(event: PlannedEvent, instances: PluginInstance[], domain: Domain, journal: Journal, env: RunEnvironment, deadline: Deadline, phaseAfter?: JournalPhase): Promise<void> {
   const shared = instances.some((instance) => instance.plugin.shared);
+  const carryOn = CarryOn.at(event, env.log);
   await underLockIf(shared, env, deadline, async (held) => {
-    let units = await planUnits(event, instances, domain, journal, env, deadline);
+    let units = await planUnits(event, instances, domain, journal, env, deadline, carryOn);
     refuseIfAnyRefused(units);
     let plannedWhenLetGo = held?.timesLetGo ?? 0;
     const background = new BackgroundSteps();
@@ -267,7 +305,7 @@ export async function runPlugins(event: PlannedEvent, instances: PluginInstance[
         if (held && held.timesLetGo !== plannedWhenLetGo && endsPlugin(units, index)) {
           await background.finished();
           const after = instances.slice(instances.indexOf(units[index - 1]!.instance) + 1);
-          const replanned = await planUnits(event, after, domain, journal, env, deadline);
+          const replanned = await planUnits(event, after, domain, journal, env, deadline, carryOn);
           refuseIfAnyRefused(replanned);
           units = [...units.slice(0, index), ...replanned];
           plannedWhenLetGo = held.timesLetGo;
@@ -284,14 +322,14 @@ export async function runPlugins(event: PlannedEvent, instances: PluginInstance[
           if (unit.step.background) {
             env.log.info(`${unit.instance.id}: ${unit.step.description}: started in the background`);
             background.start(kind, applying);
-          } else if (event === "reconnect") {
-            // A check that puts something back and fails is logged (journaled() does); the next plugins' still run.
-            await applying.catch(() => {});
+          } else if (carryOn) {
+            // A step that fails is logged (journaled() does); the next plugins' still run.
+            await applying.catch((error: unknown) => carryOn.failed(error));
           } else await applying;
         } else {
           await background.finished();
           const handled = runLegacyHandler(env, journal, unit.instance, unit.legacy, event, domain, deadline);
-          if (event === "reconnect") await handled.catch((error: unknown) => env.log.error(describeError(error))); // it names the plugin (customPluginError)
+          if (carryOn) await handled.catch((error: unknown) => carryOn.failed(error, describeError(error))); // it names the plugin (customPluginError)
           else await handled;
         }
       }
@@ -304,6 +342,7 @@ export async function runPlugins(event: PlannedEvent, instances: PluginInstance[
     if (phaseAfter) journal.phase = phaseAfter;
     if (units.length > 0 || phaseAfter) writeJournal(env.host, journal);
   });
+  carryOn?.throwFirst();
 }
 
 /** Whether the unit before `index` is its plugin's last (the last of all, at units.length). */

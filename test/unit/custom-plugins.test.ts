@@ -265,6 +265,24 @@ test("undo order: custom plugins are undone in reverse order of their steps", as
   sim.cleanup();
 });
 
+test("stopped: a plugin whose stopped planner throws or whose stopped run fails keeps no other plugin from its stopped call; the failure is still reported", async () => {
+  const sim = pluginHost();
+  install(sim, "broken.mjs", `export default { name: "broken", summary: "x", parse: () => ({}), plan: { stopped: () => { throw new Error("cannot tell"); } }, actions: {} };\n`, 0o644);
+  install(sim, "failing", shellPlugin("failing", '[ "$1" = stopped ] && { echo "its daemon is gone" >&2; exit 3; }; exit 0'));
+  install(sim, "last", shellPlugin("last", "exit 0"));
+  const xml = domainXml('<vmhook:plugin name="broken"/><vmhook:plugin name="failing"/><vmhook:plugin name="last"/>');
+  assert.is((await runHookEvent(sim, "prepare", "begin", xml)).code, 0);
+  const stopped = await runHookEvent(sim, "stopped", "end", xml);
+  assert.is(stopped.code, 0);
+  assert.equal(
+    calls(sim).filter((call) => call.includes(" stopped ")),
+    ["failing stopped undo= interrupted=", "last stopped undo= interrupted="],
+  );
+  assert.match(stopped.stderr.split("\n")[0]!, "vmhook: plugin:broken: cannot tell");
+  assert.match(log(sim), "plugin failing (/etc/vmhook/plugins.d/failing) failed at stopped: exit status 3: its daemon is gone");
+  sim.cleanup();
+});
+
 test("undo order: a built-in between two custom plugins is undone between them, in reverse", async () => {
   const sim = pluginHost();
   const kernel = new HugepageKernel(sim);
