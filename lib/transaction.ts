@@ -279,7 +279,7 @@ export async function planEvent(event: PlannedEvent, instances: PluginInstance[]
         steps.push({ plugin: unit.instance.id, event, action: record.action, description, record });
       },
     };
-    await settleWithin(env, unit.instance.id, event, deadline, () => "its handler, listing steps", unit.legacy[event]!(ctx));
+    await namingCustomPlugin(unit.instance.id, () => settleWithin(env, unit.instance.id, event, deadline, () => "its handler, listing steps", unit.legacy[event]!(ctx)));
   }
   return steps;
 }

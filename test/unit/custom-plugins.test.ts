@@ -5,12 +5,13 @@ import * as fs from "node:fs";
 import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { findCustomPlugin } from "../../lib/custom-plugins.ts";
+import { VmhookError } from "../../lib/errors.ts";
 import { RootedHost } from "../../lib/host.ts";
 import { readJournal } from "../../lib/journal.ts";
 import { paths } from "../../lib/paths.ts";
 import { runHookEvent } from "../helpers/hook.ts";
 import { HugepageKernel } from "../helpers/hugepage-kernel.ts";
-import { assertPlanIsPrepare } from "../helpers/plan.ts";
+import { assertPlanIsPrepare, plannedSteps } from "../helpers/plan.ts";
 import { SimHost } from "../helpers/simhost.ts";
 
 const UUID = "6f1c2f0e-8a51-4a8e-9f7c-0d3b7c1e2a44";
@@ -407,6 +408,10 @@ test("module: a bug in parse, in a step's apply or in a first-interface handler 
     assert.match(outcome.stderr.split("\n")[0]!, new RegExp(`^vmhook: plugin:${where}: \\S`), `${where} at ${event}: ${outcome.stderr}`);
     assert.not.match(outcome.stderr, /\.mjs:\d|TypeError/, `${where} at ${event}: no stack`);
   }
+  // vmhook plan runs a first-interface handler too (with dryRun set).
+  const planning = await plannedSteps(sim, domainXml('<vmhook:plugin name="handler"/>')).catch((error: unknown) => error);
+  assert.instance(planning, VmhookError);
+  assert.match((planning as Error).message, /^plugin:handler: \S/);
   sim.cleanup();
 });
 
