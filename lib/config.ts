@@ -124,7 +124,36 @@ async function loadInstance(id: string, elements: XmlElement[], domain: Domain, 
   const plugin = await registry.load(id, host);
   // Custom plugins may use any DOM method: they get xmldom's elements, read only for them.
   const given = id.startsWith(CUSTOM_PREFIX) ? elements.map(domElement) : elements;
-  return { id, plugin, config: plugin.parse(given, domain), elements: given };
+  let config: unknown;
+  try {
+    config = plugin.parse(given, domain);
+  } catch (error) {
+    throw customPluginError(id, error);
+  }
+  return { id, plugin, config, elements: given };
+}
+
+/**
+ * An error from a custom plugin's own code (parse, planner, check, apply,
+ * handler) as the user sees it: naming the plugin, once, and without the
+ * stack of a plain Error (a bug's TypeError is the plugin's, not vmhook's).
+ * A built-in's error is passed on as it is: built-ins name their element.
+ */
+export function customPluginError(pluginId: string, error: unknown): unknown {
+  if (!pluginId.startsWith(CUSTOM_PREFIX)) return error;
+  return new VmhookError(withPluginName(pluginId, describeError(error)), error instanceof VmhookError ? error.lines : []);
+}
+
+/** The text with the plugin's id in front, unless it starts with the plugin's name already. */
+export function withPluginName(pluginId: string, text: string): string {
+  const name = pluginId.replace(CUSTOM_PREFIX, "");
+  // `${pluginId} `: the runner's own errors ("plugin:gate did not finish planning prepare within …");
+  // `plugin gate `: an executable plugin's ("plugin gate failed at prepare: …");
+  // `<vmhook:plugin name="gate"`: a custom plugin's element, as docs/plugins.md's examples name it.
+  const named = [`${pluginId}:`, `${pluginId} `, `plugin ${name} `, `${name}:`, `<vmhook:${name} `, `<vmhook:${name}>`, `<vmhook:${CUSTOM_ELEMENT} name="${name}"`].some((start) =>
+    text.startsWith(start),
+  );
+  return named ? text : `${pluginId}: ${text}`;
 }
 
 /** <vmhook:hooks> itself: no attributes, no text of its own. */

@@ -3,7 +3,7 @@
 // order, each journaled with its record *before* it acts; when one fails,
 // what was done is undone in reverse and the host is as it was. Every
 // journaled record is checked by its action before its undo runs.
-import { CUSTOM_PREFIX, type PluginInstance } from "./config.ts";
+import { customPluginError, withPluginName, type PluginInstance } from "./config.ts";
 import { claimsFor } from "./claims.ts";
 import { Deadline, waitFor } from "./deadline.ts";
 import type { Domain } from "./domain.ts";
@@ -179,8 +179,45 @@ async function underLockIf<T>(shared: boolean, env: RunEnvironment, deadline: De
   return shared ? (env.withHostLock ?? withHostLock)(env.host, deadline, work) : work();
 }
 
-/** Each plugin's planned steps for `event`, checked against the plugin's actions. Changes nothing. */
-async function planUnits(event: PlannedEvent, instances: PluginInstance[], domain: Domain, journal: Journal, env: RunEnvironment, deadline: Deadline): Promise<Unit[]> {
+/**
+ * reconnect and stopped never fail (the VM runs on; QEMU has exited): one
+ * plugin that fails keeps no other from its steps. Each failure is logged and
+ * the next plugins still run; stopped reports the first one at its end.
+ */
+class CarryOn {
+  private first: { error: unknown } | undefined;
+  private constructor(
+    private readonly event: PlannedEvent,
+    private readonly log: Logger,
+  ) {}
+
+  static at(event: PlannedEvent, log: Logger): CarryOn | undefined {
+    return event === "reconnect" || event === "stopped" ? new CarryOn(event, log) : undefined;
+  }
+
+  /** `line`: what to log, unless journaled() logged it already (stopped's first failure: the hook logs what it throws). */
+  failed(error: unknown, line?: string): void {
+    const thrownAtEnd = this.event === "stopped" && this.first === undefined;
+    this.first ??= { error };
+    if (line !== undefined && !thrownAtEnd) this.log.error(line);
+  }
+
+  plannerFailed(pluginId: string, error: unknown): void {
+    if (this.event === "reconnect") {
+      this.log.warn(`${pluginId}: reconnect check failed: ${describeError(error)}`);
+      return;
+    }
+    const named = customPluginError(pluginId, error);
+    this.failed(named, describeError(named));
+  }
+
+  throwFirst(): void {
+    if (this.event === "stopped" && this.first) throw this.first.error;
+  }
+}
+
+/** Each plugin's planned steps for `event`, checked against the plugin's actions. Changes nothing. `carryOn`: a planner that fails is left out, the others still planned. */
+async function planUnits(event: PlannedEvent, instances: PluginInstance[], domain: Domain, journal: Journal, env: RunEnvironment, deadline: Deadline, carryOn?: CarryOn): Promise<Unit[]> {
   const units: Unit[] = [];
   for (const instance of instances) {
     const plugin = instance.plugin;
@@ -195,9 +232,8 @@ async function planUnits(event: PlannedEvent, instances: PluginInstance[], domai
     try {
       steps = await settleWithin(env, instance.id, `planning ${event}`, deadline, () => "its planner", planner(planContext(env, instance, event, domain, journal, deadline)));
     } catch (error) {
-      // reconnect only checks a running VM and never fails: one plugin that cannot check keeps no other from putting back what it lost.
-      if (event !== "reconnect") throw instance.id.startsWith(CUSTOM_PREFIX) ? customPluginError(instance.id, error) : error;
-      env.log.warn(`${instance.id}: reconnect check failed: ${describeError(error)}`);
+      if (!carryOn) throw customPluginError(instance.id, error);
+      carryOn.plannerFailed(instance.id, error);
       continue;
     }
     for (const step of steps) {
@@ -206,7 +242,7 @@ async function planUnits(event: PlannedEvent, instances: PluginInstance[], domai
         throw new VmhookError(`internal: ${instance.id} planned a step "${step.description}" with action ${step.action}, which it does not declare`);
       }
       // A refused step is never applied, journaled or undone: its record may lack what only the host could have given (a vGPU type's id).
-      const record = step.refused ? step.record : action.check(step.record);
+      const record = step.refused ? step.record : checkedBy(instance.id, action, step.record);
       const planned: PlannedStep = { plugin: instance.id, event, action: step.action, description: step.description, record, ...(step.background ? { background: true } : {}) };
       units.push({ instance, step: step.refused ? { ...planned, refused: namedRefusal(instance.id, step.refused) } : planned });
     }
@@ -222,19 +258,6 @@ async function planUnits(event: PlannedEvent, instances: PluginInstance[], domai
  */
 function namedRefusal(pluginId: string, refusal: Refusal): Refusal {
   return { ...refusal, reason: withPluginName(pluginId, refusal.reason) };
-}
-
-/** A custom plugin's planner failed: the user must see which plugin, as with its refusals (built-ins' errors name their element). */
-function customPluginError(pluginId: string, error: unknown): VmhookError {
-  return new VmhookError(withPluginName(pluginId, describeError(error)), error instanceof VmhookError ? error.lines : []);
-}
-
-/** The text with the plugin's id in front, unless it starts with the plugin's name already. */
-function withPluginName(pluginId: string, text: string): string {
-  const name = pluginId.replace(CUSTOM_PREFIX, "");
-  // `${pluginId} `: the runner's own errors ("plugin:gate did not finish planning prepare within …").
-  const named = [`${pluginId}:`, `${pluginId} `, `${name}:`, `<vmhook:${name} `, `<vmhook:${name}>`].some((start) => text.startsWith(start));
-  return named ? text : `${pluginId}: ${text}`;
 }
 
 /**
@@ -256,7 +279,7 @@ export async function planEvent(event: PlannedEvent, instances: PluginInstance[]
         steps.push({ plugin: unit.instance.id, event, action: record.action, description, record });
       },
     };
-    await settleWithin(env, unit.instance.id, event, deadline, () => "its handler, listing steps", unit.legacy[event]!(ctx));
+    await namingCustomPlugin(unit.instance.id, () => settleWithin(env, unit.instance.id, event, deadline, () => "its handler, listing steps", unit.legacy[event]!(ctx)));
   }
   return steps;
 }
@@ -265,11 +288,13 @@ export async function planEvent(event: PlannedEvent, instances: PluginInstance[]
  * Plans and applies one event of every plugin, in order. Steps go into
  * `journal`, which enters `phaseAfter` (when given) with the write that ends
  * the event. Throws at the first failure; the caller decides whether to roll back.
+ * reconnect and stopped go on past a failure (CarryOn).
  */
 export async function runPlugins(event: PlannedEvent, instances: PluginInstance[], domain: Domain, journal: Journal, env: RunEnvironment, deadline: Deadline, phaseAfter?: JournalPhase): Promise<void> {
   const shared = instances.some((instance) => instance.plugin.shared);
+  const carryOn = CarryOn.at(event, env.log);
   await underLockIf(shared, env, deadline, async (held) => {
-    let units = await planUnits(event, instances, domain, journal, env, deadline);
+    let units = await planUnits(event, instances, domain, journal, env, deadline, carryOn);
     refuseIfAnyRefused(units);
     let plannedWhenLetGo = held?.timesLetGo ?? 0;
     const background = new BackgroundSteps();
@@ -280,7 +305,7 @@ export async function runPlugins(event: PlannedEvent, instances: PluginInstance[
         if (held && held.timesLetGo !== plannedWhenLetGo && endsPlugin(units, index)) {
           await background.finished();
           const after = instances.slice(instances.indexOf(units[index - 1]!.instance) + 1);
-          const replanned = await planUnits(event, after, domain, journal, env, deadline);
+          const replanned = await planUnits(event, after, domain, journal, env, deadline, carryOn);
           refuseIfAnyRefused(replanned);
           units = [...units.slice(0, index), ...replanned];
           plannedWhenLetGo = held.timesLetGo;
@@ -297,14 +322,14 @@ export async function runPlugins(event: PlannedEvent, instances: PluginInstance[
           if (unit.step.background) {
             env.log.info(`${unit.instance.id}: ${unit.step.description}: started in the background`);
             background.start(kind, applying);
-          } else if (event === "reconnect") {
-            // A check that puts something back and fails is logged (journaled() does); the next plugins' still run.
-            await applying.catch(() => {});
+          } else if (carryOn) {
+            // A step that fails is logged (journaled() does); the next plugins' still run.
+            await applying.catch((error: unknown) => carryOn.failed(error));
           } else await applying;
         } else {
           await background.finished();
           const handled = runLegacyHandler(env, journal, unit.instance, unit.legacy, event, domain, deadline);
-          if (event === "reconnect") await handled.catch((error: unknown) => env.log.error(`${unit.instance.id}: reconnect: ${describeError(error)}`));
+          if (carryOn) await handled.catch((error: unknown) => carryOn.failed(error, describeError(error))); // it names the plugin (customPluginError)
           else await handled;
         }
       }
@@ -317,6 +342,7 @@ export async function runPlugins(event: PlannedEvent, instances: PluginInstance[
     if (phaseAfter) journal.phase = phaseAfter;
     if (units.length > 0 || phaseAfter) writeJournal(env.host, journal);
   });
+  carryOn?.throwFirst();
 }
 
 /** Whether the unit before `index` is its plugin's last (the last of all, at units.length). */
@@ -383,21 +409,23 @@ function refuseIfAnyRefused(units: Unit[]): void {
 async function applyStep(env: RunEnvironment, journal: Journal, instance: PluginInstance, planned: PlannedStep, domain: Domain, deadline: Deadline, held: HeldLock | undefined, background: BackgroundSteps): Promise<void> {
   const action = (instance.plugin as Plugin<unknown>).actions[planned.action]!;
   const afterBackgroundSteps = background.startedSoFar();
-  await journaled(env, journal, planned, async (handle) => {
-    const ctx: ApplyContext<unknown> = {
-      ...planContext(env, instance, planned.event as PlannedEvent, domain, journal, deadline),
-      update: handle.update,
-      nothingToUndo: handle.nothingToUndo,
-      outsideHostLock(work) {
-        // A step in the background may write what the lock guards (the claims ledger).
-        if (background.anyRunning) throw new VmhookError(`internal: ${instance.id} steps outside the host lock while a step runs in the background`);
-        return held ? held.released(work) : work();
-      },
-      afterBackgroundSteps,
-    };
-    const updated = await settleWithin(env, instance.id, planned.event, deadline, () => `step "${planned.description}"`, action.apply(planned.record, ctx));
-    if (updated) handle.update(updated);
-  });
+  await journaled(env, journal, planned, (handle) =>
+    namingCustomPlugin(instance.id, async () => {
+      const ctx: ApplyContext<unknown> = {
+        ...planContext(env, instance, planned.event as PlannedEvent, domain, journal, deadline),
+        update: handle.update,
+        nothingToUndo: handle.nothingToUndo,
+        outsideHostLock(work) {
+          // A step in the background may write what the lock guards (the claims ledger).
+          if (background.anyRunning) throw new VmhookError(`internal: ${instance.id} steps outside the host lock while a step runs in the background`);
+          return held ? held.released(work) : work();
+        },
+        afterBackgroundSteps,
+      };
+      const updated = await settleWithin(env, instance.id, planned.event, deadline, () => `step "${planned.description}"`, action.apply(planned.record, ctx));
+      if (updated) handle.update(updated);
+    }),
+  );
 }
 
 /** The adapter for first-interface custom plugins: their handler runs with a ctx.step that journals like a planned step. */
@@ -411,7 +439,25 @@ async function runLegacyHandler(env: RunEnvironment, journal: Journal, instance:
       return journaled(env, journal, { plugin: instance.id, event, action: record.action, description, record }, action);
     },
   };
-  await settleWithin(env, instance.id, event, deadline, () => currentStep, plugin[event]!(ctx));
+  await namingCustomPlugin(instance.id, () => settleWithin(env, instance.id, event, deadline, () => currentStep, plugin[event]!(ctx)));
+}
+
+/** `work`, a plugin's own code: a custom plugin's error comes out naming the plugin (customPluginError). */
+async function namingCustomPlugin<T>(pluginId: string, work: () => Promise<T>): Promise<T> {
+  try {
+    return await work();
+  } catch (error) {
+    throw customPluginError(pluginId, error);
+  }
+}
+
+/** A planned record through its action's check, a custom plugin's error naming it. */
+function checkedBy(pluginId: string, action: Action<UndoRecord, unknown>, record: UndoRecord): UndoRecord {
+  try {
+    return action.check(record);
+  } catch (error) {
+    throw customPluginError(pluginId, error);
+  }
 }
 
 /**

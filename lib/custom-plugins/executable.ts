@@ -77,10 +77,15 @@ const UNDO_VALUE_LIMIT = 128 * 1024 - "VMHOOK_UNDO=".length - 1;
 
 /**
  * Refuses an undo that could never be handed back: its undo call would fail
- * to start (E2BIG) at every release and recover. Refused before it is
+ * to start at every release and recover (too long an environment string:
+ * E2BIG; a NUL, which no environment string can hold). Refused before it is
  * journaled, the run stays unfinished and its undo is called as interrupted.
  */
 function refuseUnreturnableUndo(undo: Json, file: PluginFile, event: string): void {
+  if (undoValue(undo).includes("\0")) {
+    // Only a string can hold one: anything else is passed as JSON, which escapes it.
+    throw new VmhookError(`plugin ${file.name} returned an undo string holding a NUL character at ${event}, which VMHOOK_UNDO cannot carry: return it as a JSON array or object (it then comes back as JSON)`);
+  }
   const bytes = Buffer.byteLength(undoValue(undo));
   if (bytes > UNDO_VALUE_LIMIT) {
     throw new VmhookError(`plugin ${file.name} returned an undo of ${bytes} bytes at ${event}; one that large cannot be handed back as VMHOOK_UNDO (at most ${UNDO_VALUE_LIMIT} bytes): return less, such as the path of a file that holds the state`);

@@ -654,7 +654,7 @@ test("reconnect: a plugin whose check, restore step or (first interface) handler
     const log = sim.read(paths.log);
     assert.match(log, "warn: checker: reconnect check failed: systemctl is-active could not tell: Failed to connect to bus");
     assert.match(log, "error: failing-restorer: put /missing/b2 back:");
-    assert.match(log, "error: plugin:old: reconnect: its daemon is gone");
+    assert.match(log, "error: plugin:old: its daemon is gone");
   } finally {
     sim.cleanup();
   }

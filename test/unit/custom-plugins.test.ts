@@ -5,12 +5,13 @@ import * as fs from "node:fs";
 import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { findCustomPlugin } from "../../lib/custom-plugins.ts";
+import { VmhookError } from "../../lib/errors.ts";
 import { RootedHost } from "../../lib/host.ts";
 import { readJournal } from "../../lib/journal.ts";
 import { paths } from "../../lib/paths.ts";
 import { runHookEvent } from "../helpers/hook.ts";
 import { HugepageKernel } from "../helpers/hugepage-kernel.ts";
-import { assertPlanIsPrepare } from "../helpers/plan.ts";
+import { assertPlanIsPrepare, plannedSteps } from "../helpers/plan.ts";
 import { SimHost } from "../helpers/simhost.ts";
 
 const UUID = "6f1c2f0e-8a51-4a8e-9f7c-0d3b7c1e2a44";
@@ -146,18 +147,35 @@ test("executable: output larger than vmhook reads fails prepare saying so, not a
   sim.cleanup();
 });
 
-test("executable: an undo too large to hand back as VMHOOK_UNDO fails prepare at once, and the plugin is called to undo as interrupted", async () => {
-  const sim = pluginHost();
-  // 200 KiB: past the kernel's limit for one environment string (128 KiB), so no undo call could ever start with it.
-  install(sim, "hoarder", shellPlugin("hoarder", '[ "$1" = prepare ] && { printf \'{"undo": "\'; head -c 204800 /dev/zero | tr "\\000" x; echo \'"}\'; }; exit 0'));
-  const xml = domainXml('<vmhook:plugin name="hoarder"/>');
-  const outcome = await runHookEvent(sim, "prepare", "begin", xml);
-  assert.is(outcome.code, 1);
-  assert.match(outcome.stderr.split("\n")[0]!, "plugin hoarder returned an undo of 204800 bytes at prepare; one that large cannot be handed back as VMHOOK_UNDO (at most 131059 bytes): return less, such as the path of a file that holds the state");
-  assert.equal(calls(sim), ["hoarder prepare undo= interrupted=", "hoarder undo undo= interrupted=1"]);
-  assert.not.ok(fs.existsSync(journalPath(sim)));
-  sim.cleanup();
-});
+const UNRETURNABLE_UNDOS = [
+  {
+    // 200 KiB: past the kernel's limit for one environment string (128 KiB), so no undo call could ever start with it.
+    why: "too large",
+    name: "hoarder",
+    prints: 'printf \'{"undo": "\'; head -c 204800 /dev/zero | tr "\\000" x; echo \'"}\'',
+    message: "plugin hoarder returned an undo of 204800 bytes at prepare; one that large cannot be handed back as VMHOOK_UNDO (at most 131059 bytes): return less, such as the path of a file that holds the state",
+  },
+  {
+    // Say, a process's /proc/PID/cmdline, whose arguments NULs separate: no environment string can hold a NUL.
+    why: "a string holding a NUL",
+    name: "cmdline",
+    prints: 'echo \'{"undo": "backupd\\u0000--nightly"}\'',
+    message: "plugin cmdline returned an undo string holding a NUL character at prepare, which VMHOOK_UNDO cannot carry: return it as a JSON array or object (it then comes back as JSON)",
+  },
+];
+
+for (const { why, name, prints, message } of UNRETURNABLE_UNDOS) {
+  test(`executable: an undo that cannot be handed back as VMHOOK_UNDO (${why}) fails prepare at once, and the plugin is called to undo as interrupted`, async () => {
+    const sim = pluginHost();
+    install(sim, name, shellPlugin(name, `[ "$1" = prepare ] && { ${prints}; }; exit 0`));
+    const outcome = await runHookEvent(sim, "prepare", "begin", domainXml(`<vmhook:plugin name="${name}"/>`));
+    assert.is(outcome.code, 1);
+    assert.match(outcome.stderr.split("\n")[0]!, message);
+    assert.equal(calls(sim), [`${name} prepare undo= interrupted=`, `${name} undo undo= interrupted=1`]);
+    assert.not.ok(fs.existsSync(journalPath(sim)), "nothing journaled that no release could give back");
+    sim.cleanup();
+  });
+}
 
 test("executable: output that is not JSON fails prepare and says what to print", async () => {
   const sim = pluginHost();
@@ -245,6 +263,24 @@ test("undo order: custom plugins are undone in reverse order of their steps", as
     "second undo undo=prepare-state interrupted=",
     "first undo undo=prepare-state interrupted=",
   ]);
+  sim.cleanup();
+});
+
+test("stopped: a plugin whose stopped planner throws or whose stopped run fails keeps no other plugin from its stopped call; the failure is still reported", async () => {
+  const sim = pluginHost();
+  install(sim, "broken.mjs", `export default { name: "broken", summary: "x", parse: () => ({}), plan: { stopped: () => { throw new Error("cannot tell"); } }, actions: {} };\n`, 0o644);
+  install(sim, "failing", shellPlugin("failing", '[ "$1" = stopped ] && { echo "its daemon is gone" >&2; exit 3; }; exit 0'));
+  install(sim, "last", shellPlugin("last", "exit 0"));
+  const xml = domainXml('<vmhook:plugin name="broken"/><vmhook:plugin name="failing"/><vmhook:plugin name="last"/>');
+  assert.is((await runHookEvent(sim, "prepare", "begin", xml)).code, 0);
+  const stopped = await runHookEvent(sim, "stopped", "end", xml);
+  assert.is(stopped.code, 0);
+  assert.equal(
+    calls(sim).filter((call) => call.includes(" stopped ")),
+    ["failing stopped undo= interrupted=", "last stopped undo= interrupted="],
+  );
+  assert.match(stopped.stderr.split("\n")[0]!, "vmhook: plugin:broken: cannot tell");
+  assert.match(log(sim), "plugin failing (/etc/vmhook/plugins.d/failing) failed at stopped: exit status 3: its daemon is gone");
   sim.cleanup();
 });
 
@@ -354,6 +390,39 @@ for (const how of ["refuses", "throws"] as const) {
     sim.cleanup();
   });
 }
+
+/** A module plugin whose `where` (parse, a step's apply, a first-interface handler) hits a bug: a TypeError, not an error written for the user. */
+const buggyPlugin = (name: string, where: "parse" | "apply" | "handler") =>
+  where === "handler"
+    ? `export default { name: "${name}", summary: "bug", parse: () => ({}), async prepare(ctx) { ctx.missing(); }, undo() {} };\n`
+    : `export default { name: "${name}", summary: "bug", parse: (elements) => ${where === "parse" ? "elements[1].getAttribute('x')" : "({})"},
+        plan: { prepare: () => [{ action: "go", record: { action: "go" }, description: "go" }], started: () => [{ action: "go", record: { action: "go" }, description: "go" }] },
+        actions: { go: { check: (record) => record, apply() { null.x; }, undo() {} } } };\n`;
+
+test("module: a bug in parse, in a step's apply or in a first-interface handler is reported naming the plugin, without its stack, at prepare and started", async () => {
+  const sim = pluginHost();
+  for (const where of ["parse", "apply", "handler"] as const) install(sim, `${where}.mjs`, buggyPlugin(where, where), 0o644);
+  for (const [where, event] of [["parse", "prepare"], ["apply", "prepare"], ["handler", "prepare"], ["apply", "started"]] as const) {
+    const outcome = await runHookEvent(sim, event, "begin", domainXml(`<vmhook:plugin name="${where}"/>`));
+    assert.is(outcome.code, 1, `${where} at ${event}`);
+    assert.match(outcome.stderr.split("\n")[0]!, new RegExp(`^vmhook: plugin:${where}: \\S`), `${where} at ${event}: ${outcome.stderr}`);
+    assert.not.match(outcome.stderr, /\.mjs:\d|TypeError/, `${where} at ${event}: no stack`);
+  }
+  // vmhook plan runs a first-interface handler too (with dryRun set).
+  const planning = await plannedSteps(sim, domainXml('<vmhook:plugin name="handler"/>')).catch((error: unknown) => error);
+  assert.instance(planning, VmhookError);
+  assert.match((planning as Error).message, /^plugin:handler: \S/);
+  sim.cleanup();
+});
+
+test("module: an error that names the plugin by its element, as docs/plugins.md's marker does, is not named twice", async () => {
+  const sim = pluginHost();
+  install(sim, "gate.mjs", failingPlugin("gate", '<vmhook:plugin name="gate">: the license server does not answer', "throws"), 0o644);
+  const outcome = await runHookEvent(sim, "prepare", "begin", domainXml('<vmhook:plugin name="gate"/>'));
+  assert.is(outcome.code, 1);
+  assert.match(outcome.stderr, /^vmhook: <vmhook:plugin name="gate">: the license server does not answer$/m);
+  sim.cleanup();
+});
 
 test("module: a planner that never settles is abandoned at its time limit, the plugin named once", async () => {
   const sim = pluginHost();
