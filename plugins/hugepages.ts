@@ -91,14 +91,23 @@ function checkPageSize(sizeKiB: number, element: string, value: string): number 
   return sizeKiB;
 }
 
-/** One part of guest memory: a guest NUMA cell, or all of it when the guest has no cells. */
+/** One part of guest memory: a guest NUMA cell, a DIMM, or all of it when the guest has no cells. */
 interface MemoryPart {
   cell?: number;
   memoryKiB: number;
+  /** A DIMM's own <source><pagesize> and <source><nodemask>. */
+  pageSizeKiB?: number;
+  hostNodes?: number[];
 }
 
+const DIMM_SOURCE = "<devices><memory model='dimm'><source>";
+
 function memoryParts(domain: Domain): MemoryPart[] {
-  if (domain.numaCells.length > 0) return domain.numaCells.map((cell) => ({ cell: cell.id, memoryKiB: cell.memoryKiB }));
+  if (domain.numaCells.length > 0) {
+    // <memory> is the cells plus the DIMMs, and QEMU backs each DIMM with huge pages as it does its target cell.
+    const dimms = domain.dimms.map(({ sizeKiB, node, pageSizeKiB, nodemask }) => ({ cell: node, memoryKiB: sizeKiB, pageSizeKiB, hostNodes: nodemask }));
+    return [...domain.numaCells.map((cell) => ({ cell: cell.id, memoryKiB: cell.memoryKiB })), ...dimms];
+  }
   if (domain.memoryKiB <= 0) throw new ConfigError("<domain>", "has no <memory>, so there is nothing to back with huge pages; add <memory unit='GiB'>N</memory>");
   return [{ memoryKiB: domain.memoryKiB }];
 }
@@ -110,8 +119,12 @@ function pageSizeOf(part: MemoryPart, domain: Domain, sizeAttribute: number | un
     if (other) {
       throw new ConfigError(where, `size="${formatKiB(sizeAttribute)}" disagrees with <memoryBacking><hugepages><page size="${other.sizeKiB}" unit="KiB">; remove size= or make both the same`);
     }
+    if (part.pageSizeKiB !== undefined && part.pageSizeKiB !== sizeAttribute) {
+      throw new ConfigError(where, `size="${formatKiB(sizeAttribute)}" disagrees with ${DIMM_SOURCE}<pagesize unit="KiB">${part.pageSizeKiB}</pagesize>; remove size= or make both the same`);
+    }
     return sizeAttribute;
   }
+  if (part.pageSizeKiB !== undefined) return checkPageSize(part.pageSizeKiB, `${DIMM_SOURCE}<pagesize>`, `${part.pageSizeKiB} (KiB)`);
   const inCell = (nodeset: string) =>
     part.cell !== undefined && parseNodeset(nodeset, "<memoryBacking><hugepages><page>", "nodeset").includes(part.cell);
   const page = pages.find((p) => p.nodeset !== undefined && inCell(p.nodeset)) ?? pages.find((p) => p.nodeset === undefined);
@@ -120,6 +133,7 @@ function pageSizeOf(part: MemoryPart, domain: Domain, sizeAttribute: number | un
 
 function hostNodesOf(part: MemoryPart, domain: Domain, nodeAttribute: number[] | undefined): number[] | undefined {
   if (nodeAttribute) return nodeAttribute;
+  if (part.hostNodes) return part.hostNodes;
   const memnode = part.cell === undefined ? undefined : domain.memnodes.find((m) => m.cellid === part.cell);
   return memnode?.nodeset ?? domain.numatuneMemory?.nodeset;
 }
