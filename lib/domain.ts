@@ -36,6 +36,17 @@ export interface NumaCell {
   memoryKiB: number;
 }
 
+/** <devices><memory model='dimm'>: hotpluggable memory present at start, counted in <memory> beside the cells. */
+export interface Dimm {
+  sizeKiB: number;
+  /** <target><node>: the guest NUMA cell it belongs to. */
+  node?: number;
+  /** <source><pagesize>: its own huge page size. */
+  pageSizeKiB?: number;
+  /** <source><nodemask>: the host nodes its memory comes from. */
+  nodemask?: number[];
+}
+
 export interface Domain {
   name: string;
   uuid: string;
@@ -50,6 +61,7 @@ export interface Domain {
   memnodes: { cellid: number; mode: string; nodeset: number[] }[];
   /** <cpu><numa><cell>: guest NUMA cells. */
   numaCells: NumaCell[];
+  dimms: Dimm[];
   cputune: { vcpupins: number[][]; emulatorpin?: number[]; iothreadpins: number[][] };
   hostdevs: (PciHostdev | MdevHostdev)[];
   interfaces: NetworkInterface[];
@@ -174,6 +186,7 @@ export function parseDomain(xml: string, what = "domain XML"): Domain {
       id: attr(cell, "id") !== undefined ? parseInteger(attr(cell, "id")!, "<cpu><numa><cell>", "id", 0, 1023) : index,
       memoryKiB: sizeToKiB(attr(cell, "memory") ?? "0", attr(cell, "unit"), "<cpu><numa><cell>", "memory"),
     })),
+    dimms: parseDimms(document),
     cputune: {
       vcpupins: nodes(document, "domain", "cputune", "vcpupin").map((pin) =>
         parseCpuset(attr(pin, "cpuset") ?? "", "<cputune><vcpupin>", "cpuset"),
@@ -250,6 +263,24 @@ function parseMemoryBacking(document: XmlNode): Domain["hugepages"] {
       nodeset: attr(page, "nodeset"),
     })),
   };
+}
+
+function parseDimms(document: XmlNode): Dimm[] {
+  const where = "<devices><memory model='dimm'>";
+  return nodes(document, "domain", "devices", "memory")
+    .filter((memory) => attr(memory, "model") === "dimm")
+    .map((memory) => {
+      const size = first(memory, "target", "size");
+      const node = text(memory, "target", "node");
+      const pagesize = first(memory, "source", "pagesize");
+      const nodemask = text(memory, "source", "nodemask");
+      return {
+        sizeKiB: sizeToKiB(size?.textContent ?? "", attr(size, "unit"), `${where}<target><size>`, "value"),
+        ...(node === undefined ? {} : { node: parseInteger(node, `${where}<target><node>`, "value", 0, 1023) }),
+        ...(pagesize ? { pageSizeKiB: sizeToKiB(pagesize.textContent ?? "", attr(pagesize, "unit"), `${where}<source><pagesize>`, "value") } : {}),
+        ...(nodemask === undefined ? {} : { nodemask: parseNodeset(nodemask, `${where}<source><nodemask>`, "value") }),
+      };
+    });
 }
 
 function nodesetAttribute(value: string | undefined, where: string): number[] {

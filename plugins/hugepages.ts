@@ -20,7 +20,7 @@ import { ConfigError, describeError, VmhookError } from "../lib/errors.ts";
 import { recoverCommandLine } from "../lib/metadata-text.ts";
 import type { Host } from "../lib/host.ts";
 import { fail, ok, roundMiB, warn, type Finding } from "../lib/diagnostics/findings.ts";
-import { HUGEPAGE_DIR, hostNodes, hugepagePool, hugepageSizes, memoryFacts, NODE_DIR, nodeDir } from "../lib/memory.ts";
+import { HUGEPAGE_DIR, hostNodes, hugepagePool, hugepageSizes, meminfo, memoryFacts, NODE_DIR, nodeDir } from "../lib/memory.ts";
 import { defineAction, definePlugin, type ApplyContext, type BaseContext, type CheckContext, type PlanContext, type Step, type UndoContext, type UndoRecord } from "../lib/plugin.ts";
 import { loadSettings } from "../lib/settings.ts";
 import { othersRecords } from "../lib/journal.ts";
@@ -36,6 +36,12 @@ export interface HugepagesConfig {
   retrySeconds: number;
   /** <memoryBacking><hugepages> is present; without it QEMU does not use the pages. */
   backedByHugepages: boolean;
+  /**
+   * The page size reserved for guest memory that <memoryBacking><hugepages>
+   * gives no <page size>: libvirt backs it with the host's default huge page
+   * size, so prepare checks that the two agree.
+   */
+  hostDefaultSizeKiB?: number;
 }
 
 /**
@@ -80,7 +86,9 @@ function parseConfig(elements: XmlElement[], domain: Domain): HugepagesConfig {
   const size = attrs.size === undefined ? undefined : checkPageSize(parseSizeWithSuffix(attrs.size, where, "size"), where, `size="${attrs.size}"`);
   const nodes = attrs.node === undefined ? undefined : parseNodeset(attrs.node, where, "node");
   const retrySeconds = attrs.timeout === undefined ? DEFAULT_RETRY_SECONDS : parseInteger(attrs.timeout, where, "timeout", 0, 3600);
-  return { pools: poolNeeds(domain, where, size, nodes), retrySeconds, backedByHugepages: domain.hugepages !== undefined };
+  const backedByHugepages = domain.hugepages !== undefined;
+  const leftToLibvirt = backedByHugepages && memoryParts(domain).some((part) => declaredPageSize(part, domain) === undefined);
+  return { pools: poolNeeds(domain, where, size, nodes), retrySeconds, backedByHugepages, ...(leftToLibvirt ? { hostDefaultSizeKiB: size ?? DEFAULT_SIZE_KIB } : {}) };
 }
 
 function checkPageSize(sizeKiB: number, element: string, value: string): number {
@@ -91,35 +99,52 @@ function checkPageSize(sizeKiB: number, element: string, value: string): number 
   return sizeKiB;
 }
 
-/** One part of guest memory: a guest NUMA cell, or all of it when the guest has no cells. */
+/** One part of guest memory: a guest NUMA cell, a DIMM, or all of it when the guest has no cells. */
 interface MemoryPart {
   cell?: number;
   memoryKiB: number;
+  /** A DIMM's own <source><pagesize> and <source><nodemask>. */
+  pageSizeKiB?: number;
+  hostNodes?: number[];
 }
 
+const DIMM_SOURCE = "<devices><memory model='dimm'><source>";
+
 function memoryParts(domain: Domain): MemoryPart[] {
-  if (domain.numaCells.length > 0) return domain.numaCells.map((cell) => ({ cell: cell.id, memoryKiB: cell.memoryKiB }));
+  if (domain.numaCells.length > 0) {
+    // <memory> is the cells plus the DIMMs, and QEMU backs each DIMM with huge pages as it does its target cell.
+    const dimms = domain.dimms.map(({ sizeKiB, node, pageSizeKiB, nodemask }) => ({ cell: node, memoryKiB: sizeKiB, pageSizeKiB, hostNodes: nodemask }));
+    return [...domain.numaCells.map((cell) => ({ cell: cell.id, memoryKiB: cell.memoryKiB })), ...dimms];
+  }
   if (domain.memoryKiB <= 0) throw new ConfigError("<domain>", "has no <memory>, so there is nothing to back with huge pages; add <memory unit='GiB'>N</memory>");
   return [{ memoryKiB: domain.memoryKiB }];
 }
 
-function pageSizeOf(part: MemoryPart, domain: Domain, sizeAttribute: number | undefined, where: string): number {
+/** The page size the domain gives this part of memory, if any: without one, libvirt backs it with the host's default huge page size. */
+function declaredPageSize(part: MemoryPart, domain: Domain): number | undefined {
+  if (part.pageSizeKiB !== undefined) return checkPageSize(part.pageSizeKiB, `${DIMM_SOURCE}<pagesize>`, `${part.pageSizeKiB} (KiB)`);
   const pages = domain.hugepages?.pages ?? [];
-  if (sizeAttribute !== undefined) {
-    const other = pages.find((page) => page.sizeKiB !== sizeAttribute);
-    if (other) {
-      throw new ConfigError(where, `size="${formatKiB(sizeAttribute)}" disagrees with <memoryBacking><hugepages><page size="${other.sizeKiB}" unit="KiB">; remove size= or make both the same`);
-    }
-    return sizeAttribute;
-  }
   const inCell = (nodeset: string) =>
     part.cell !== undefined && parseNodeset(nodeset, "<memoryBacking><hugepages><page>", "nodeset").includes(part.cell);
   const page = pages.find((p) => p.nodeset !== undefined && inCell(p.nodeset)) ?? pages.find((p) => p.nodeset === undefined);
-  return page ? checkPageSize(page.sizeKiB, "<memoryBacking><hugepages><page>", `size="${page.sizeKiB}" (KiB)`) : DEFAULT_SIZE_KIB;
+  return page && checkPageSize(page.sizeKiB, "<memoryBacking><hugepages><page>", `size="${page.sizeKiB}" (KiB)`);
+}
+
+function pageSizeOf(part: MemoryPart, domain: Domain, sizeAttribute: number | undefined, where: string): number {
+  if (sizeAttribute === undefined) return declaredPageSize(part, domain) ?? DEFAULT_SIZE_KIB;
+  const other = (domain.hugepages?.pages ?? []).find((page) => page.sizeKiB !== sizeAttribute);
+  if (other) {
+    throw new ConfigError(where, `size="${formatKiB(sizeAttribute)}" disagrees with <memoryBacking><hugepages><page size="${other.sizeKiB}" unit="KiB">; remove size= or make both the same`);
+  }
+  if (part.pageSizeKiB !== undefined && part.pageSizeKiB !== sizeAttribute) {
+    throw new ConfigError(where, `size="${formatKiB(sizeAttribute)}" disagrees with ${DIMM_SOURCE}<pagesize unit="KiB">${part.pageSizeKiB}</pagesize>; remove size= or make both the same`);
+  }
+  return sizeAttribute;
 }
 
 function hostNodesOf(part: MemoryPart, domain: Domain, nodeAttribute: number[] | undefined): number[] | undefined {
   if (nodeAttribute) return nodeAttribute;
+  if (part.hostNodes) return part.hostNodes;
   const memnode = part.cell === undefined ? undefined : domain.memnodes.find((m) => m.cellid === part.cell);
   return memnode?.nodeset ?? domain.numatuneMemory?.nodeset;
 }
@@ -276,6 +301,30 @@ function checkPoolExists(host: Host, need: PoolNeed): void {
   }
 }
 
+/**
+ * libvirt backs guest memory without a <page size> with the host's default
+ * huge page size (default_hugepagesz=): reserving another size would leave
+ * QEMU without pages, or have it take pages reserved for others.
+ */
+function hostDefaultMismatch(host: Host, sizeKiB: number): { reason: string; fixes: string[] } | undefined {
+  const hostDefault = meminfo(host).Hugepagesize;
+  if (hostDefault === sizeKiB) return undefined;
+  const found = hostDefault === undefined ? "cannot read this host's default huge page size" : `this host's default huge page size is ${formatKiB(hostDefault)}`;
+  return {
+    reason: `${found} (Hugepagesize in /proc/meminfo), which libvirt uses for guest memory that <memoryBacking><hugepages> gives no <page size>, while vmhook would reserve ${formatKiB(sizeKiB)} pages for it`,
+    fixes: [
+      `add <page size="${sizeKiB}" unit="KiB"/> to <memoryBacking><hugepages> (virsh edit)`,
+      ...(hostDefault === undefined ? [] : [`or reserve pages of the default size: size="${formatKiB(hostDefault)}" on <vmhook:hugepages>`]),
+      `a <page size> other than the default needs a hugetlbfs mount of that size for libvirt: mount -t hugetlbfs -o pagesize=${formatKiB(sizeKiB)} none /dev/hugepages${formatKiB(sizeKiB)}`,
+    ],
+  };
+}
+
+function checkHostDefaultSize(host: Host, sizeKiB: number): void {
+  const mismatch = hostDefaultMismatch(host, sizeKiB);
+  if (mismatch) throw new VmhookError(`hugepages: ${mismatch.reason}; ${mismatch.fixes[0]}`, mismatch.fixes.slice(1));
+}
+
 /** Frees what the kernel can give up and defragments, so a retry can find contiguous memory. */
 function reclaim(host: Host, node: number | undefined): void {
   host.write("/proc/sys/vm/drop_caches", "3\n");
@@ -294,6 +343,7 @@ function reclaim(host: Host, node: number | undefined): void {
 function planPrepare(ctx: PlanContext<HugepagesConfig>): Step<GrowRecord>[] {
   const { config, host } = ctx;
   for (const need of config.pools) checkPoolExists(host, need);
+  if (config.hostDefaultSizeKiB !== undefined) checkHostDefaultSize(host, config.hostDefaultSizeKiB);
   const fits = checkFit(config.pools, readHostView(host, config.pools, ctx.settings));
   if (!config.backedByHugepages) {
     ctx.log.warn("hugepages: the domain has no <memoryBacking><hugepages/>, so QEMU will not use the pages reserved for it");
@@ -444,14 +494,17 @@ function reconnect(ctx: PlanContext<unknown>): Step[] {
 /** `vmhook doctor`: whether each pool exists and can grow by this VM's pages now, by the fit check prepare runs, against the same floor. */
 function check({ host, domain, elements }: CheckContext): Finding[] {
   // The plugin's own reading: pools and counts per guest cell, size and host node as prepare derives them.
-  let pools: PoolNeed[];
+  let config: HugepagesConfig;
   try {
-    pools = parseConfig(elements, domain).pools;
+    config = parseConfig(elements, domain);
   } catch {
     return []; // reported by the config check
   }
+  const { pools, hostDefaultSizeKiB } = config;
   const checkName = (node: number | undefined) => (node === undefined ? "hugepages" : `hugepages node ${node}`);
   const findings: Finding[] = [];
+  const mismatch = hostDefaultSizeKiB === undefined ? undefined : hostDefaultMismatch(host, hostDefaultSizeKiB);
+  if (mismatch) findings.push(fail("hugepages page size", mismatch.reason, mismatch.fixes.join("; ")));
   const present = pools.filter(({ sizeKiB, node }) => {
     const pool = hugepagePool(sizeKiB, node);
     if (node !== undefined && !host.exists(nodeDir(node))) {

@@ -28,6 +28,8 @@ export interface HugepageKernelOptions {
   compactionHelps?: boolean;
   /** MemTotal per node (default 16 GiB). */
   totalKiB?: number;
+  /** The default huge page size, meminfo's Hugepagesize (default 2M; default_hugepagesz=1G makes it 1G). */
+  defaultSizeKiB?: number;
   /** Pages already in each pool when the test starts, e.g. reserved at boot: {2048: 100} (global, on node 0). */
   initial?: Record<number, number>;
 }
@@ -50,6 +52,7 @@ export class HugepageKernel {
   /** The lowest MemAvailable of the host since the kernel was created. */
   lowestAvailableKiB = Infinity;
   readonly totalKiB: number;
+  readonly defaultSizeKiB: number;
 
   constructor(
     private readonly sim: SimHost,
@@ -57,6 +60,7 @@ export class HugepageKernel {
   ) {
     this.sizes = options.sizes ?? [2048, GiB];
     this.totalKiB = options.totalKiB ?? 16 * GiB;
+    this.defaultSizeKiB = options.defaultSizeKiB ?? 2048;
     const free = options.freeKiB ?? 8 * GiB;
     this.nodes = Array.from({ length: options.nodes ?? 1 }, (_, node) => ({
       freeKiB: Array.isArray(free) ? free[node]! : free,
@@ -175,7 +179,7 @@ export class HugepageKernel {
     const availableKiB = freeKiB + this.sum(undefined, (state) => state.cacheKiB);
     this.lowestAvailableKiB = Math.min(this.lowestAvailableKiB, availableKiB);
     const totalKiB = this.totalKiB * this.nodes.length;
-    sim.file("/proc/meminfo", `MemTotal:       ${totalKiB} kB\nMemFree:        ${freeKiB} kB\nMemAvailable:   ${availableKiB} kB\nHugepagesize:       2048 kB\n`);
+    sim.file("/proc/meminfo", `MemTotal:       ${totalKiB} kB\nMemFree:        ${freeKiB} kB\nMemAvailable:   ${availableKiB} kB\nHugepagesize:       ${this.defaultSizeKiB} kB\n`);
     sim.file("/proc/sys/vm/drop_caches", "0");
     sim.file("/proc/sys/vm/compact_memory", "");
   }

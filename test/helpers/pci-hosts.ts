@@ -98,7 +98,7 @@ function basics(sim: SimHost, cpu: "GenuineIntel" | "AuthenticAMD", cmdline: str
   );
   sim.file(`/lib/modules/${KERNEL_RELEASE}/modules.builtin`, "kernel/drivers/pci/pcieport.ko\n");
   sim.dir("/sys/module/vfio");
-  sim.file("/proc/meminfo", "MemTotal:       32768000 kB\nMemFree:        20000000 kB\nMemAvailable:   26000000 kB\n");
+  sim.file("/proc/meminfo", "MemTotal:       32768000 kB\nMemFree:        20000000 kB\nMemAvailable:   26000000 kB\nHugepagesize:       2048 kB\n");
   sim.file("/sys/devices/system/node/node0/meminfo", "Node 0 MemTotal:       32768000 kB\nNode 0 MemFree:        20000000 kB\nNode 0 Inactive(file):  6000000 kB\n");
   for (const size of [2048, 1048576]) {
     sim.file(`/sys/kernel/mm/hugepages/hugepages-${size}kB/nr_hugepages`, 0).file(`/sys/kernel/mm/hugepages/hugepages-${size}kB/free_hugepages`, 0);

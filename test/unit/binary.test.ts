@@ -39,7 +39,7 @@ function tree() {
   fs.writeFileSync(path.join(root, POOL), "0\n");
   // The fit check reads the free memory: 16 GiB, 8 GiB available (floor 1 GiB); the host policy caps a VM at MemTotal minus the floor.
   fs.mkdirSync(path.join(root, "proc"));
-  fs.writeFileSync(path.join(root, "proc/meminfo"), "MemTotal: 16777216 kB\nMemFree: 8388608 kB\nMemAvailable: 8388608 kB\n");
+  fs.writeFileSync(path.join(root, "proc/meminfo"), "MemTotal: 16777216 kB\nMemFree: 8388608 kB\nMemAvailable: 8388608 kB\nHugepagesize: 2048 kB\n");
   const pool = () => Number(fs.readFileSync(path.join(root, POOL), "utf8"));
   const journal = path.join(root, "run/vmhook", `${UUID}.json`);
   return { dir, root, link, pool, journal, cleanup: () => fs.rmSync(dir, { recursive: true, force: true }) };
@@ -308,7 +308,7 @@ test("CLI validate: ok for a good config, the named error and exit 1 for a bad o
     const good = run(vmhook, ["validate", path.join(t.dir, "good.xml")], "", t.root);
     assert.equal([good.code, good.stdout.trim()], [0, `${path.join(t.dir, "good.xml")}: ok; vm runs hugepages`]);
     const json = JSON.parse(run(vmhook, ["validate", "--json", "-"], domain(), t.root).stdout);
-    assert.equal(json.plugins, [{ id: "hugepages", config: { pools: [{ sizeKiB: 2048, pages: 512 }], retrySeconds: 10, backedByHugepages: true } }]);
+    assert.equal(json.plugins, [{ id: "hugepages", config: { pools: [{ sizeKiB: 2048, pages: 512 }], retrySeconds: 10, backedByHugepages: true, hostDefaultSizeKiB: 2048 } }]);
     assert.is(run(vmhook, ["validate", "-"], domain(), t.root).stdout.trim(), "stdin: ok; vm runs hugepages");
     // doctor reads the domain from stdin with "-" too, rather than checking the host alone
     assert.match(run(vmhook, ["doctor", "-"], domain(), t.root).stdout, "Domain vm (stdin):");

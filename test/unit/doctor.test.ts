@@ -230,6 +230,20 @@ test("hugepages: more than the machine can give fails (no boot reservation sugge
   sim.cleanup();
 });
 
+test("hugepages: a size= other than the host's default for memory without a <page size> fails, as prepare refuses it", async () => {
+  const sim = desktopHost();
+  const bare = await doctor(sim, domainXml({ metadata: '<vmhook:hugepages size="1G"/>', extra: "<memoryBacking><hugepages/></memoryBacking>" }));
+  const mismatch = bare.domain("hugepages page size");
+  assert.equal(
+    [mismatch.status, mismatch.reason],
+    ["fail", "this host's default huge page size is 2M (Hugepagesize in /proc/meminfo), which libvirt uses for guest memory that <memoryBacking><hugepages> gives no <page size>, while vmhook would reserve 1G pages for it"],
+  );
+  assert.match(mismatch.fix!, 'add <page size="1048576" unit="KiB"/> to <memoryBacking><hugepages> (virsh edit); or reserve pages of the default size: size="2M" on <vmhook:hugepages>');
+  const declared = await doctor(sim, domainXml({ metadata: '<vmhook:hugepages size="1G"/>', extra: "<memoryBacking><hugepages><page size='1' unit='GiB'/></hugepages></memoryBacking>" }));
+  assert.not.ok(declared.report.domain!.findings.some((finding) => finding.check === "hugepages page size"));
+  sim.cleanup();
+});
+
 test("isolate: CPUs pinned but offline fail; online ones are ok and the host's share is named", async () => {
   const sim = desktopHost();
   const pins = (cpus: number[]) => `<cputune>${cpus.map((cpu, vcpu) => `<vcpupin vcpu='${vcpu}' cpuset='${cpu}'/>`).join("")}</cputune>`;

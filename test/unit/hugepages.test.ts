@@ -37,6 +37,9 @@ function domainXml({ uuid = UUID_A, name = "vm", memory = "<memory unit='GiB'>1<
 </domain>`;
 }
 
+/** 1G pages for QEMU too: without a <page size>, libvirt uses the host's default size, 2M here. */
+const ONE_G_BACKING = "<memoryBacking><hugepages><page size='1' unit='GiB'/></hugepages></memoryBacking>";
+
 const cells = (...cells: string[]) => `<cpu><numa>${cells.join("")}</numa></cpu>`;
 
 async function config(options: DomainOptions): Promise<HugepagesConfig> {
@@ -116,6 +119,27 @@ test("cells without a <memnode> fall back to <numatune><memory>; pages of one po
   assert.equal(parsed.pools, [{ sizeKiB: 2048, node: 0, pages: 1024 }]);
 });
 
+test("memory hotplug: a <memory model='dimm'> present at start is backed too, on its guest cell's pool and page size (or its own)", async () => {
+  // libvirt's <memory> counts the cells and the DIMMs; QEMU backs each DIMM with huge pages like its target cell
+  const dimm = (size: string, node: number, source = "") => `<memory model='dimm'>${source}<target><size unit='MiB'>${size}</size><node>${node}</node></target></memory>`;
+  const parsed = await config({
+    memory: "<maxMemory slots='4' unit='GiB'>16</maxMemory><memory unit='MiB'>3584</memory>",
+    extra: `<memoryBacking><hugepages/></memoryBacking><numatune><memnode cellid='1' nodeset='1'/></numatune>
+      ${cells("<cell id='0' cpus='0' memory='1' unit='GiB'/>", "<cell id='1' cpus='1' memory='1' unit='GiB'/>")}
+      <devices>${dimm("512", 1)}${dimm("1024", 0, "<source><pagesize unit='GiB'>1</pagesize><nodemask>0</nodemask></source>")}</devices>`,
+  });
+  assert.equal(parsed.pools, [
+    { sizeKiB: 2048, pages: 512 },
+    { sizeKiB: 2048, node: 1, pages: 768 },
+    { sizeKiB: GiB, node: 0, pages: 1 },
+  ]);
+  const message = await configError({
+    element: "<vmhook:hugepages size='2M'/>",
+    extra: `${cells("<cell id='0' cpus='0' memory='1' unit='GiB'/>")}<devices>${dimm("1024", 0, "<source><pagesize unit='GiB'>1</pagesize></source>")}</devices>`,
+  });
+  assert.match(message, /size="2M" disagrees with <devices><memory model='dimm'><source><pagesize unit="KiB">1048576<\/pagesize>; remove size= or make both the same/);
+});
+
 test("node= overrides <numatune>; timeout= is read", async () => {
   const parsed = await config({ element: "<vmhook:hugepages node='1' timeout='3'/>", extra: "<numatune><memory nodeset='0'/></numatune>" });
   assert.equal(parsed.pools, [{ sizeKiB: 2048, node: 1, pages: 512 }]);
@@ -179,7 +203,7 @@ test("prepare adds exactly this VM's pages on top of what the pool holds; releas
 test("1G pages: the 1G pool grows, the 2M pool is left alone", async () => {
   const { sim, kernel } = host();
   try {
-    const xml = domainXml({ memory: "<memory unit='GiB'>3</memory>", element: "<vmhook:hugepages size='1G'/>" });
+    const xml = domainXml({ memory: "<memory unit='GiB'>3</memory>", element: "<vmhook:hugepages size='1G'/>", extra: ONE_G_BACKING });
     assert.is((await runHookEvent(sim, "prepare", "begin", xml)).code, 0);
     assert.is(kernel.pool(GiB), 3);
     assert.is(kernel.pool(2048), 0);
@@ -378,7 +402,7 @@ test("an error while retrying is reported as it is, not as a shortfall, and stil
 test("1G on one node: the node keeps its share of the floor (its part of the host's 1638 MiB); refused naming the node and the per-node boot option", async () => {
   const { sim } = host({ nodes: 2, freeKiB: 1536 * MiB });
   try {
-    const xml = domainXml({ memory: "<memory unit='GiB'>2</memory>", element: "<vmhook:hugepages size='1G' node='1'/>" });
+    const xml = domainXml({ memory: "<memory unit='GiB'>2</memory>", element: "<vmhook:hugepages size='1G' node='1'/>", extra: ONE_G_BACKING });
     const outcome = await runHookEvent(sim, "prepare", "begin", xml);
     assert.is(outcome.code, 1);
     assert.is(firstLine(outcome.stderr), "vmhook: hugepages: 2 pages of 1G (2048 MiB) for the 1G pool of node 1 cannot fit: node 1 has 1536 MiB available and keeps 819 MiB free, so it can give 716 MiB");
@@ -392,7 +416,7 @@ test("1G on one node: the node keeps its share of the floor (its part of the hos
 test("1G pages fragmented on one node: the shortfall names the node and suggests 2M pages", async () => {
   const { sim } = host({ nodes: 2, freeKiB: 4 * GiB, fragmentedKiB: [0, 3 * GiB], compactionHelps: false });
   try {
-    const xml = domainXml({ memory: "<memory unit='GiB'>2</memory>", element: "<vmhook:hugepages size='1G' node='1' timeout='0'/>" });
+    const xml = domainXml({ memory: "<memory unit='GiB'>2</memory>", element: "<vmhook:hugepages size='1G' node='1' timeout='0'/>", extra: ONE_G_BACKING });
     const outcome = await runHookEvent(sim, "prepare", "begin", xml);
     assert.is(outcome.code, 1);
     assert.match(firstLine(outcome.stderr), "vmhook: hugepages: got 1 of 2 pages of 1G on node 1; after giving them back 4096 MiB available");
@@ -438,7 +462,7 @@ test("several pools of one node are counted together: the pool where the sum sto
 test("a free-memory figure the kernel gives that is no exact count fails closed, naming it", async () => {
   const { sim } = host();
   try {
-    sim.file("/proc/meminfo", "MemTotal: 33554432 kB\nMemFree: 99999999999999999999 kB\nMemAvailable: 1 kB\n");
+    sim.file("/proc/meminfo", "MemTotal: 33554432 kB\nMemFree: 99999999999999999999 kB\nMemAvailable: 1 kB\nHugepagesize: 2048 kB\n");
     const outcome = await runHookEvent(sim, "prepare", "begin", domainXml());
     assert.is(firstLine(outcome.stderr), "vmhook: cannot read MemFree from /proc/meminfo (got 100000000000000000000); vmhook does not take huge pages without knowing the free memory");
     assert.equal(poolFiles(sim), []);
@@ -487,6 +511,44 @@ test("node= on a kernel without NUMA (no /sys/devices/system/node) says so, not 
     assert.equal(sim.stateFiles(), []);
   } finally {
     sim.cleanup();
+  }
+});
+
+test("memory whose page size the domain leaves to libvirt (the host's default, Hugepagesize) is refused when vmhook would reserve another size", async () => {
+  // libvirt backs <hugepages/> without <page size> with the default huge page size: QEMU would find none of the pages vmhook reserved
+  const cases: [HugepageKernelOptions, string, string][] = [
+    [{}, "<vmhook:hugepages size='1G'/>", "this host's default huge page size is 2M (Hugepagesize in /proc/meminfo), which libvirt uses for guest memory that <memoryBacking><hugepages> gives no <page size>, while vmhook would reserve 1G pages for it; add <page size=\"1048576\" unit=\"KiB\"/> to <memoryBacking><hugepages> (virsh edit)"],
+    [{ defaultSizeKiB: GiB }, "<vmhook:hugepages/>", "this host's default huge page size is 1G (Hugepagesize in /proc/meminfo), which libvirt uses for guest memory that <memoryBacking><hugepages> gives no <page size>, while vmhook would reserve 2M pages for it; add <page size=\"2048\" unit=\"KiB\"/> to <memoryBacking><hugepages> (virsh edit)"],
+  ];
+  for (const [options, element, message] of cases) {
+    const { sim } = host(options);
+    try {
+      const before = sim.snapshot();
+      const outcome = await runHookEvent(sim, "prepare", "begin", domainXml({ element }));
+      assert.is(outcome.code, 1, element);
+      assert.is(firstLine(outcome.stderr), `vmhook: hugepages: ${message}`);
+      assert.equal(sim.snapshot(), before);
+      assert.equal(sim.stateFiles(), []);
+    } finally {
+      sim.cleanup();
+    }
+  }
+  // The same size as the host's default, or a <page size> that says it: the pages QEMU takes are the ones reserved.
+  const fine: [HugepageKernelOptions, DomainOptions, number][] = [
+    [{ defaultSizeKiB: GiB }, { element: "<vmhook:hugepages size='1G'/>" }, GiB],
+    [{}, { element: "<vmhook:hugepages size='1G'/>", extra: ONE_G_BACKING }, GiB],
+    [{ defaultSizeKiB: GiB }, { extra: "<memoryBacking><hugepages><page size='2' unit='MiB'/></hugepages></memoryBacking>" }, 2048],
+    [{ defaultSizeKiB: GiB }, { extra: "" }, 2048],
+  ];
+  for (const [options, domain, size] of fine) {
+    const { sim, kernel } = host(options);
+    try {
+      const outcome = await runHookEvent(sim, "prepare", "begin", domainXml(domain));
+      assert.is(outcome.code, 0, outcome.stderr);
+      assert.is(kernel.pool(size) * size, GiB);
+    } finally {
+      sim.cleanup();
+    }
   }
 });
 
@@ -793,7 +855,7 @@ test("while another VM's pool write is cut off, no pool of that page size grows:
     assert.equal([kernel.pool(2048, 0), kernel.pool(2048, 1)], pools, "b took nothing");
     assert.is(readJournal(sim, UUID_B), undefined);
     // A 1G pool is another pool: it may grow.
-    const other = await runHookEvent(sim, "prepare", "begin", domainXml({ uuid: UUID_B, name: "b", element: "<vmhook:hugepages size='1G'/>" }), "b");
+    const other = await runHookEvent(sim, "prepare", "begin", domainXml({ uuid: UUID_B, name: "b", element: "<vmhook:hugepages size='1G'/>", extra: ONE_G_BACKING }), "b");
     assert.is(other.code, 0, other.stderr);
     assert.is((await runHookEvent(sim, "release", "end", b, "b")).code, 0);
     // Once a's journal is undone, b starts.
