@@ -57,10 +57,19 @@ export function iommuGroupMembers(host: Host, group: string): string[] {
   return host.list(`/sys/kernel/iommu_groups/${group}/devices`);
 }
 
-/** The other functions of a device's slot (0000:01:00.1 for 0000:01:00.0's audio). */
+/** Whether the device is an SR-IOV virtual function (it has a physfn link). */
+export const isVirtualFunction = (host: Host, address: string) => host.exists(pciPath(address, "physfn"));
+
+/**
+ * The other functions of a device's card (0000:01:00.1 for 0000:01:00.0's
+ * audio). SR-IOV functions share a slot without being one card: a VF's slot
+ * holds its PF (the host's own GPU: unbinding it destroys every VF) and other
+ * VFs, each passed on its own, so a VF has none and a PF's VFs are not its.
+ */
 export function slotFunctions(host: Host, address: string): string[] {
+  if (isVirtualFunction(host, address)) return [];
   const slot = address.slice(0, -2);
-  return host.list(PCI_DEVICES).filter((other) => other.startsWith(`${slot}.`));
+  return host.list(PCI_DEVICES).filter((other) => other.startsWith(`${slot}.`) && !isVirtualFunction(host, other));
 }
 
 export const isDisplayClass = (classCode: string) => classCode.startsWith("0x03");

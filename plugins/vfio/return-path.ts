@@ -9,7 +9,7 @@
 import { DriverWriteError, writeThroughDriver } from "../../lib/bounded-write.ts";
 import { WaitTimedOut } from "../../lib/deadline.ts";
 import { describeError, VmhookError } from "../../lib/errors.ts";
-import { PCI_DRIVERS, pciDriver, pciDriverOverride, pciExists, pciPath, pciResetMethod, readPciDevice } from "../../lib/pci.ts";
+import { isVirtualFunction, PCI_DRIVERS, pciDriver, pciDriverOverride, pciExists, pciPath, pciResetMethod, readPciDevice } from "../../lib/pci.ts";
 import type { BaseContext } from "../../lib/plugin.ts";
 import { StuckWriteError } from "../../lib/stuck-writes.ts";
 import { VFIO_DRIVER } from "./survey.ts";
@@ -119,10 +119,13 @@ async function resetDevice(ctx: BaseContext, target: ReturnTarget): Promise<stri
  * removal, so a value set before is written again. Only the device's own bus
  * is rescanned: the whole tree's rescan would bring back every device a user
  * removed on purpose. A kernel without the bus's rescan file gets that one.
+ * Skipped for an SR-IOV virtual function.
  */
 async function removeAndRescan(ctx: BaseContext, target: ReturnTarget): Promise<string | undefined> {
   const { host } = ctx;
   const { address, timeoutMs } = target;
+  // A scan finds only what config space shows; a VF exists while its PF's driver keeps sriov_numvfs: removed, it would be gone for good.
+  if (isVirtualFunction(host, address)) return "it is an SR-IOV virtual function, which no rescan finds again (only its physical function's driver creates it)";
   const override = pciDriverOverride(host, address);
   const bus = address.slice(0, address.lastIndexOf(":"));
   const busRescan = `/sys/class/pci_bus/${bus}/rescan`;

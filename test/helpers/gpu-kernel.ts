@@ -22,6 +22,8 @@ export interface SimPciDevice {
   nodes?: string[];
   /** reset_method as the kernel lists it ("flr bus"); undefined: no reset method (no reset or reset_method file). */
   resetMethod?: string;
+  /** An SR-IOV virtual function: its physical function's address (the physfn link; the PF gets a virtfnN link). */
+  physfn?: string;
 }
 
 export interface SimModule {
@@ -192,6 +194,10 @@ export class GpuKernel {
       .link(`${dir}/iommu_group`, `../../../kernel/iommu_groups/${spec.group}`)
       .link(`/sys/kernel/iommu_groups/${spec.group}/devices/${spec.address}`, `../../../../bus/pci/devices/${spec.address}`);
     if (spec.resetMethod) this.sim.file(`${dir}/reset_method`, spec.resetMethod).file(`${dir}/reset`);
+    if (spec.physfn) {
+      const index = [...this.devices.values()].filter((other) => other.physfn === spec.physfn).indexOf(spec);
+      this.sim.link(`${dir}/physfn`, `../${spec.physfn}`).link(`${DEV}/${spec.physfn}/virtfn${index}`, `../${spec.address}`);
+    }
     if (spec.nativeDriver && (spec.bound ?? true) && this.sim.exists(`${DRIVERS}/${spec.nativeDriver}`)) this.bind(spec.address, spec.nativeDriver);
     return this;
   }
@@ -409,9 +415,12 @@ export class GpuKernel {
     this.removed.add(address);
   }
 
-  /** Enumerates removed devices afresh (driver_override and reset_method as the kernel sets them) and probes them: those of one bus ("0000:03"), or all. */
+  /**
+   * Enumerates removed devices afresh (driver_override and reset_method as the kernel sets them) and probes them: those of one bus ("0000:03"), or all.
+   * A virtual function is not found by a scan (only its PF's driver creates it, through sriov_numvfs): it stays gone.
+   */
   private rescan(bus?: string): void {
-    for (const address of [...this.removed].filter((removed) => bus === undefined || removed.startsWith(`${bus}:`))) {
+    for (const address of [...this.removed].filter((removed) => (bus === undefined || removed.startsWith(`${bus}:`)) && !this.devices.get(removed)!.physfn)) {
       this.removed.delete(address);
       this.refuseUntilRescan.delete(address);
       this.device({ ...this.devices.get(address)!, bound: false });

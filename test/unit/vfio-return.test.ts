@@ -100,6 +100,24 @@ test("remove + rescan rescans only the GPU's bus: a device the user removed on p
   assert.equal(kernel.sim.snapshot(), before);
 });
 
+test("an SR-IOV VF its driver refuses: remove + rescan is skipped (a rescan never finds a VF again, only its PF makes it), so the VF stays on the bus for vmhook recover", async () => {
+  const VF = "0000:03:02.0";
+  const kernel = new GpuKernel()
+    .module({ name: "ice", driver: "ice", loaded: true })
+    .module({ name: "iavf", driver: "iavf", loaded: true })
+    .device({ address: "0000:03:00.0", classCode: "0x020000", vendor: "0x8086", nativeDriver: "ice", group: 3 })
+    .device({ address: VF, classCode: "0x020000", vendor: "0x8086", nativeDriver: "iavf", group: 4, resetMethod: "flr", physfn: "0000:03:00.0" });
+  kernel.sim.file(paths.hostConfig, JSON.stringify({ plugins: { vfio: { bindTimeoutSeconds: 1 } } }));
+  const vfXml = xml.replace("slot='0x00'", "slot='0x02'");
+  assert.is((await runHookEvent(kernel.sim, "prepare", "begin", vfXml)).code, 0);
+  kernel.refuseUntilRescan.add(VF);
+  const release = await runHookEvent(kernel.sim, "release", "end", vfXml);
+  assert.match(release.stderr, `${VF} did not come back to iavf: tried probe (iavf refused it: ENODEV), reset (iavf refused it: ENODEV), remove + rescan (skipped: it is an SR-IOV virtual function`);
+  assert.is(writesTo(kernel, `${VF}/remove`), 0);
+  assert.ok(kernel.sim.exists(`/sys/bus/pci/devices/${VF}`), "the VF is still on the bus");
+  assert.is(readJournal(kernel.sim, UUID)?.entries.length, 1, "the change stays for vmhook recover");
+});
+
 test("a kernel without the bus's rescan file: remove + rescan falls back to the whole tree's rescan and says so", async () => {
   const kernel = amdWorkstation();
   kernel.sim.remove("/sys/class/pci_bus");

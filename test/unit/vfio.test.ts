@@ -523,6 +523,32 @@ test("two groups, a second GPU on the host: not single-GPU, amdgpu stays loaded,
   assert.equal(kernel.sim.snapshot(), before);
 });
 
+/** An Intel iGPU with SR-IOV (i915): the PF 00:02.0 shows the host's display, its VFs 00:02.1 and 00:02.2 share its slot, each in its own group. */
+function sriovIgpu(): GpuKernel {
+  const vf = (address: string, group: number) => ({ address, classCode: "0x030000", vendor: "0x8086", nativeDriver: "i915", group, physfn: "0000:00:02.0" });
+  return new GpuKernel()
+    .module({ name: "i915", driver: "i915", loaded: true })
+    .device({ address: "0000:00:02.0", classCode: "0x030000", vendor: "0x8086", nativeDriver: "i915", group: 0, bootVga: true, nodes: ["card0"] })
+    .device(vf("0000:00:02.1", 1))
+    .device(vf("0000:00:02.2", 2))
+    .unit({ name: "display-manager.service", active: true, processes: { 500: ["Xorg", ["/dev/dri/card0"]] } });
+}
+
+test("an SR-IOV VF of the host's iGPU: only the VF moves; its PF (the host's display, whose unbind would destroy every VF) and the other VFs in its slot stay", async () => {
+  const kernel = sriovIgpu();
+  const before = kernel.sim.snapshot();
+  const xml = domainXml("<vmhook:vfio/>", [{ address: "0000:00:02.1" }]);
+  const prepare = await runHookEvent(kernel.sim, "prepare", "begin", xml);
+  assert.is(prepare.code, 0, prepare.stderr);
+  assert.is(kernel.driverOf("0000:00:02.1"), "vfio-pci");
+  assert.is(kernel.driverOf("0000:00:02.0"), "i915");
+  assert.is(kernel.driverOf("0000:00:02.2"), "i915");
+  assert.ok(kernel.units.get("display-manager.service")!.active, "the host keeps its display");
+  const release = await runHookEvent(kernel.sim, "release", "end", xml);
+  assert.is(release.code, 0, release.stderr);
+  assert.equal(kernel.sim.snapshot(), before);
+});
+
 test("a program holding the passed GPU's render node makes prepare refuse, naming pid and command", async () => {
   const kernel = twoGpuWorkstation().process(4242, "blender", ["/dev/null", "/dev/dri/renderD129"]);
   const before = kernel.sim.snapshot();
