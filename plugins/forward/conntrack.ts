@@ -7,10 +7,10 @@
 // ports that do not go to the guest are deleted, and after they go out, the
 // ones that do; with conntrack(8) (conntrack-tools), one entry at a time by its
 // original tuple, since conntrack's own filters know no port ranges.
-import { VmhookError } from "../../lib/errors.ts";
-import { installedProgram, type ExecResult } from "../../lib/host.ts";
+import { describeError, VmhookError } from "../../lib/errors.ts";
+import { installedProgram, type ExecResult, type Host } from "../../lib/host.ts";
 import type { BaseContext } from "../../lib/plugin.ts";
-import { parseIp, type Family, type IpAddress } from "./address.ts";
+import { addressFromBytes, isLoopback, parseIp, type Family, type IpAddress } from "./address.ts";
 import type { PortForward, Protocol } from "./config.ts";
 import type { ResolvedForward } from "./rules.ts";
 
@@ -64,24 +64,55 @@ const ofHostPort = (entry: ConntrackEntry, forward: ResolvedForward, port: PortF
 const toGuest = (entry: ConntrackEntry, forward: ResolvedForward, port: PortForward) =>
   entry.reply.source.text === forward.guest.text && entry.reply.sourcePort === port.guest.first + entry.original.destinationPort - port.host.first;
 
-/** Source NAT only: a connection out (a guest's, masqueraded) to a remote port of the same number, not addressed to the host. */
-const masqueradedOut = (entry: ConntrackEntry) =>
-  entry.reply.source.text === entry.original.destination.text && entry.reply.sourcePort === entry.original.destinationPort && entry.reply.destination.text !== entry.original.source.text;
-
 /**
  * The entries whose path the rules just changed: after apply, those of the
- * host's UDP ports not going to the guest; after undo, those going to it.
- * Apply leaves TCP alone: nothing on the host listens on a forwarded port (the
- * plan refuses one), so no TCP flow to it can be waiting, while the host's
- * own connections out to a remote port of that number have entries there,
- * which a stateful firewall would cut if they were deleted.
+ * host's UDP ports not going to the guest, addressed to one of the host's own
+ * addresses (`local`: what the DNAT rule takes, fib daddr type local); after
+ * undo, those going to the guest. Flows to other machines' ports of that
+ * number (the host's own out, a guest's masqueraded) are not the forward's:
+ * deleted, a stateful firewall would drop their next reply as new. Apply
+ * leaves TCP alone: nothing on the host listens on a forwarded port (the plan
+ * refuses one), so no TCP flow to it can be waiting.
  */
-export function staleEntries(entries: ConntrackEntry[], forwards: ResolvedForward[], after: "apply" | "undo"): ConntrackEntry[] {
+export function staleEntries(entries: ConntrackEntry[], forwards: ResolvedForward[], after: "apply" | "undo", local: ReadonlySet<string>): ConntrackEntry[] {
   return entries.filter((entry) =>
     forwards.some((forward) =>
-      forward.ports.some((port) => ofHostPort(entry, forward, port) && (after === "undo" ? toGuest(entry, forward, port) : entry.protocol === "udp" && !toGuest(entry, forward, port) && !masqueradedOut(entry))),
+      forward.ports.some(
+        (port) =>
+          ofHostPort(entry, forward, port) &&
+          (after === "undo" ? toGuest(entry, forward, port) : entry.protocol === "udp" && local.has(entry.original.destination.text) && !toGuest(entry, forward, port)),
+      ),
     ),
   );
+}
+
+/**
+ * The host's own addresses of `family` but loopback (the DNAT rule leaves
+ * those out): the "/32 host LOCAL" leaves of /proc/net/fib_trie, the
+ * addresses of /proc/net/if_inet6 (32 hex digits, network order).
+ */
+export function localAddresses(host: Host, family: Family): Set<string> {
+  const file = family === 4 ? "/proc/net/fib_trie" : "/proc/net/if_inet6";
+  let text: string;
+  try {
+    text = host.read(file);
+  } catch (error) {
+    throw new VmhookError(`cannot read ${file} for the host's own addresses (${describeError(error)})`);
+  }
+  const addresses: IpAddress[] = [];
+  let leaf: string | undefined;
+  for (const line of text.split("\n")) {
+    if (family === 6) {
+      const hex = /^([0-9a-f]{32})\s/i.exec(line)?.[1];
+      if (hex) addresses.push(addressFromBytes(hex.match(/../g)!.map((pair) => parseInt(pair, 16))));
+      continue;
+    }
+    const at = /^\s*\|-- (\S+)$/.exec(line);
+    if (at) leaf = at[1];
+    const address = leaf !== undefined && /^\s*\/32 host LOCAL\b/.test(line) ? parseIp(leaf) : undefined;
+    if (address) addresses.push(address);
+  }
+  return new Set(addresses.filter((address) => !isLoopback(address)).map((address) => address.text));
 }
 
 const familyName = (family: Family) => (family === 4 ? "ipv4" : "ipv6");
@@ -122,7 +153,15 @@ export function deleteStaleEntries(ctx: Pick<BaseContext, "host" | "log" | "run"
       failures.push((error as Error).message.replace(/^forward: /, ""));
       continue;
     }
-    for (const { original } of staleEntries(entries, forwards.filter((forward) => forward.family === family), after)) {
+    // Only apply needs them: undo picks the entries that go to the guest.
+    let local: Set<string>;
+    try {
+      local = after === "apply" ? localAddresses(ctx.host, family) : new Set();
+    } catch (error) {
+      failures.push(describeError(error));
+      continue;
+    }
+    for (const { original } of staleEntries(entries, forwards.filter((forward) => forward.family === family), after, local)) {
       const args = ["-D", "-f", familyName(family), "-p", protocol, "-s", original.source.text, "-d", original.destination.text, "--sport", `${original.sourcePort}`, "--dport", `${original.destinationPort}`];
       const result = ctx.run("conntrack", args, { timeoutMs: TIMEOUT_MS, allowFailure: true });
       if ((result.status !== 0 || result.error) && !(result.status === 1 && NONE_DELETED.test(result.stderr))) failures.push(failure(args, result));

@@ -56,15 +56,29 @@ export function nftHost(uuid: string, sim = new SimHost().dir("/var/log").dir("/
   return { sim, nftScripts, dropRules, dropWhere, listed };
 }
 
+/** /proc/net/fib_trie of a host whose own addresses are 10.0.0.1 and loopback's (its Local table). */
+const FIB_TRIE = `Local:
+  +-- 0.0.0.0/0 3 0 4
+     +-- 10.0.0.0/24 2 0 2
+        |-- 10.0.0.0
+           /24 link UNICAST
+        |-- 10.0.0.1
+           /32 host LOCAL
+     +-- 127.0.0.0/8 2 0 2
+        |-- 127.0.0.1
+           /32 host LOCAL
+`;
+
 /**
  * conntrack(8) on `sim`, holding `entries` (lines as `conntrack -L` prints
  * them): -L -f FAMILY -p PROTO lists that protocol's, -D with an original
  * tuple deletes the entry (exit 1 when none matched, as conntrack does).
+ * The host's own address is 10.0.0.1 (/proc/net/fib_trie).
  * calls: every command line it took; entries: what the table holds now.
  */
 export function conntrackOn(sim: SimHost, entries: string[]): { calls: string[]; entries: string[] } {
   const calls: string[] = [];
-  sim.file("/usr/sbin/conntrack", "");
+  sim.file("/usr/sbin/conntrack", "").file("/proc/net/fib_trie", FIB_TRIE);
   sim.onExec("conntrack", (args) => {
     calls.push(args.join(" "));
     const option = (name: string) => args[args.indexOf(name) + 1];

@@ -14,7 +14,7 @@ import type { Journal } from "../../lib/journal.ts";
 import { parseIp } from "../../plugins/forward/address.ts";
 import { registry } from "../../plugins/index.ts";
 import type { ForwardConfig } from "../../plugins/forward/config.ts";
-import { parseConntrackListing, staleEntries } from "../../plugins/forward/conntrack.ts";
+import { localAddresses, parseConntrackListing, staleEntries } from "../../plugins/forward/conntrack.ts";
 import { parseProcNet } from "../../plugins/forward/listeners.ts";
 import { parseNetworkXml } from "../../plugins/forward/network.ts";
 import { buildRecord, checkListeners, checkOtherVms } from "../../plugins/forward/plan.ts";
@@ -345,6 +345,8 @@ const CONNTRACK = {
   forwardedTcp: "tcp      6 431999 ESTABLISHED src=203.0.113.9 dst=10.0.0.1 sport=50000 dport=2222 src=192.168.122.10 dst=203.0.113.9 sport=22 dport=50000 [ASSURED] mark=0 use=1",
   /** The host's own TCP connection out to a remote port 2222: apply leaves TCP alone (a stateful firewall would cut it). */
   hostOutTcp: "tcp      6 431999 ESTABLISHED src=10.0.0.1 dst=198.51.100.7 sport=45000 dport=2222 src=198.51.100.7 dst=10.0.0.1 sport=2222 dport=45000 [ASSURED] mark=0 use=1",
+  /** The host's own UDP flow out to a remote port 60005 (QUIC, a WireGuard client): not addressed to the host, no rule takes it. */
+  hostOutUdp: "udp      17 170 src=10.0.0.1 dst=198.51.100.7 sport=41000 dport=60005 src=198.51.100.7 dst=10.0.0.1 sport=60005 dport=41000 [ASSURED] mark=0 use=1",
   /** Another port altogether. */
   dns: "udp      17 29 src=10.0.0.1 dst=10.0.0.53 sport=41000 dport=53 src=10.0.0.53 dst=10.0.0.1 sport=53 dport=41000 mark=0 use=1",
 };
@@ -352,12 +354,12 @@ const deleted = (protocol: string, source: string, sourcePort: number, destinati
 
 test("start, reconnect and release delete the conntrack entries of the forwarded host ports that go elsewhere than the rules now say: a UDP peer that kept sending gets the guest, and a forwarded flow stops at release", async () => {
   const { sim, dropRules } = nftHost(UUID);
-  const conntrack = conntrackOn(sim, [CONNTRACK.beforeForward, CONNTRACK.guestOut, CONNTRACK.hostOutTcp, CONNTRACK.dns]);
+  const conntrack = conntrackOn(sim, [CONNTRACK.beforeForward, CONNTRACK.guestOut, CONNTRACK.hostOutTcp, CONNTRACK.hostOutUdp, CONNTRACK.dns]);
   const xml = domain(`<vmhook:forward ports="2222:22,60000-60010/udp"/>`);
   const started = await runHookEvent(sim, "start", "begin", xml);
   assert.is(started.code, 0, started.stderr);
   assert.equal(conntrack.calls, ["-L -f ipv4 -p udp", deleted("udp", "203.0.113.9", 51820, 60005)], "TCP is not even listed");
-  assert.equal(conntrack.entries, [CONNTRACK.guestOut, CONNTRACK.hostOutTcp, CONNTRACK.dns], "the guest's masqueraded connection out to a remote port 60005 stays, and the host's own TCP connection out");
+  assert.equal(conntrack.entries, [CONNTRACK.guestOut, CONNTRACK.hostOutTcp, CONNTRACK.hostOutUdp, CONNTRACK.dns], "the guest's masqueraded connection out to a remote port 60005 stays, and the host's own connections out (TCP and UDP)");
 
   conntrack.entries.push(CONNTRACK.forwardedUdp, CONNTRACK.forwardedTcp, CONNTRACK.beforeForward); // the peer sent again while the rules were gone
   dropRules();
@@ -369,7 +371,7 @@ test("start, reconnect and release delete the conntrack entries of the forwarded
   const released = await runHookEvent(sim, "release", "end", xml);
   assert.is(released.code, 0, released.stderr);
   assert.equal(conntrack.calls, ["-L -f ipv4 -p tcp", deleted("tcp", "203.0.113.9", 50000, 2222), "-L -f ipv4 -p udp", deleted("udp", "203.0.113.9", 51821, 60006)]);
-  assert.equal(conntrack.entries, [CONNTRACK.guestOut, CONNTRACK.hostOutTcp, CONNTRACK.dns]);
+  assert.equal(conntrack.entries, [CONNTRACK.guestOut, CONNTRACK.hostOutTcp, CONNTRACK.hostOutUdp, CONNTRACK.dns]);
   assert.not.match(sim.read("/var/log/vmhook.log"), /conntrack/, "no warning");
 });
 
@@ -377,12 +379,21 @@ test("conntrack entries: host-address= narrows them to that address; IPv6 listin
   const peer = (destination: string) => `udp      17 29 src=203.0.113.9 dst=${destination} sport=51820 dport=60005 [UNREPLIED] src=${destination} dst=203.0.113.9 sport=60005 dport=51820 mark=0 use=1`;
   const entries = parseConntrackListing(`${peer("10.0.0.1")}\n${peer("10.0.0.2")}\n`, "udp");
   const narrowed: ResolvedForward = { ...FORWARD, hostAddress: parseIp("10.0.0.2")! };
-  assert.equal(staleEntries(entries, [narrowed], "apply").map((entry) => entry.original.destination.text), ["10.0.0.2"]);
-  assert.equal(staleEntries(entries, [narrowed], "undo"), [], "neither goes to the guest");
+  const local = new Set(["10.0.0.1", "10.0.0.2"]);
+  assert.equal(staleEntries(entries, [narrowed], "apply", local).map((entry) => entry.original.destination.text), ["10.0.0.2"]);
+  assert.equal(staleEntries(entries, [narrowed], "undo", local), [], "neither goes to the guest");
   const v6 = parseConntrackListing("udp      17 29 src=fd00:250::2 dst=fd00:250:0:0::1 sport=40000 dport=60005 src=fd00:150::10 dst=fd00:250::2 sport=60005 dport=40000 [ASSURED] mark=0 use=1\n", "udp");
   assert.is(v6[0]!.original.destination.text, "fd00:250::1");
-  assert.is(staleEntries(v6, [{ ...FORWARD, family: 6, guest: parseIp("fd00:150::10")! }], "undo").length, 1);
+  assert.is(staleEntries(v6, [{ ...FORWARD, family: 6, guest: parseIp("fd00:150::10")! }], "undo", new Set()).length, 1);
   assert.throws(() => parseConntrackListing("udp      17 29 src=10.0.0.1 dport=5\n", "udp"), /cannot read conntrack's listing: udp +17 29 src=10\.0\.0\.1 dport=5/);
+});
+
+test("the host's own addresses, as the DNAT rule takes them: fib_trie's LOCAL leaves and if_inet6's addresses, loopback left out; unreadable, an error", () => {
+  const sim = new SimHost().file("/proc/net/if_inet6", "00000000000000000000000000000001 01 80 10 80       lo\nfd000250000000000000000000000001 02 40 00 80     eth0\n");
+  assert.equal([...localAddresses(sim, 6)], ["fd00:250::1"]);
+  assert.throws(() => localAddresses(sim, 4), /cannot read \/proc\/net\/fib_trie for the host's own addresses/);
+  conntrackOn(sim, []);
+  assert.equal([...localAddresses(sim, 4)], ["10.0.0.1"]);
 });
 
 test("without conntrack the forward starts and releases all the same, with one warning each naming the package", async () => {
