@@ -69,6 +69,23 @@ test("config --edit of a shut-off domain started while the editor is open: the e
     assert.equal(elements(libvirt.xml("live")), ["nosleep"], "the running domain, never read, is left alone");
   }));
 
+test("enable on a shut-off domain of a German desktop (virsh says ausgeschaltet): stored in its persistent definition, not refused as if it ran", () =>
+  withDomain(async (sim, libvirt) => {
+    const saved = { LANG: process.env.LANG, LANGUAGE: process.env.LANGUAGE };
+    Object.assign(process.env, { LANG: "de_DE.UTF-8", LANGUAGE: "de" });
+    try {
+      const enabled = await cli(["enable", "win11", "hugepages", "--root", sim.root]);
+      assert.is(enabled.code, 0, enabled.stderr);
+      assert.match(enabled.stdout, "win11: saved to the persistent definition");
+      assert.equal(elements(libvirt.xml("config")), ["nosleep", "hugepages"]);
+    } finally {
+      for (const [name, value] of Object.entries(saved)) {
+        if (value === undefined) delete process.env[name];
+        else process.env[name] = value;
+      }
+    }
+  }));
+
 test("enable and disable of a domain named --lab: virsh gets the name after --, so it is never read as an option", () =>
   withDomain(
     async (sim, libvirt) => {
