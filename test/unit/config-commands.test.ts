@@ -86,6 +86,15 @@ test("enable on a shut-off domain of a German desktop (virsh says ausgeschaltet)
     }
   }));
 
+test("config --edit while Ctrl-C reaches vmhook (a command run from the editor stopped with it): vmhook waits for the editor and stores what was saved", () =>
+  withDomain(async (sim, libvirt) => {
+    // the terminal sends SIGINT to vmhook and the editor alike; the editor, like vi, carries on
+    process.env.EDITOR = editor(libvirt, "<hooks><nosleep/><hugepages/></hooks>", `trap '' INT; kill -INT ${process.pid}; sleep 0.5`);
+    const edited = await cli(["config", "win11", "--edit", "--config", "--root", sim.root]);
+    assert.is(edited.code, 0, edited.stderr);
+    assert.equal(elements(libvirt.xml("config")), ["nosleep", "hugepages"]);
+  }));
+
 test("enable and disable of a domain named --lab: virsh gets the name after --, so it is never read as an option", () =>
   withDomain(
     async (sim, libvirt) => {
