@@ -139,6 +139,18 @@ test("config --edit while someone else changes the metadata: refused, their chan
     assert.not.ok(libvirt.calls().some((args) => args.includes("metadata")), "nothing was written");
   }));
 
+test("config --edit of a running domain shut down while the editor is open: libvirt refuses the running definition, the edit is shown so it is not lost", () =>
+  withDomain(async (sim, libvirt) => {
+    libvirt.setRunning(true);
+    process.env.EDITOR = editor(libvirt, "<hooks><nosleep/><hugepages/></hooks>", `echo "shut off" > ${libvirt.dir}/state; rm ${libvirt.dir}/live`);
+    const edited = await cli(["config", "win11", "--edit", "--root", sim.root]);
+    assert.is(edited.code, 1, edited.stdout);
+    assert.match(edited.stderr, "failed: Requested operation is not valid: domain is not running; nothing was saved");
+    assert.match(edited.stderr, "what was not saved (vmhook config win11 --set - takes it):");
+    assert.match(edited.stderr, "  <vmhook:hugepages/>", "the edit is shown");
+    assert.equal(elements(libvirt.xml("config")), ["nosleep"]);
+  }));
+
 test("enable of a valid element that this host could not start now (pages that do not fit): stored, and the refusal prepare would make is said with its fix", () =>
   withDomain(
     async (sim, libvirt) => {
