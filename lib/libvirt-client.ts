@@ -24,6 +24,8 @@ export class Virsh {
     const full = [...(this.uri ? ["--connect", this.uri] : []), ...args];
     const result = spawnSync("virsh", full, {
       input: input ?? "",
+      // virsh translates what it prints ("shut off" is "ausgeschaltet" on a German desktop): vmhook reads it in virsh's own words.
+      env: { ...process.env, LC_ALL: "C" },
       stdio: ["pipe", "pipe", "pipe"],
       encoding: "utf8",
       timeout: TIMEOUT_MS,

@@ -79,17 +79,18 @@ function readCurrent(virsh: Virsh, name: string, flags: Scope): Current {
   return { ...readStored(virsh, name, scope.config), scope, describeScope, onThisHost: isThisHostsLibvirt(virsh.uri) };
 }
 
-/** Thrown when libvirt's metadata is no longer what was read: saving would overwrite another change. */
-class ChangedMeanwhile extends VmhookError {}
+/** Thrown when a checked change was not stored (libvirt's metadata changed meanwhile, or libvirt refused it): editing again cannot help; what was not saved is shown. */
+class NotSaved extends VmhookError {}
+
+function notSaved(reason: string, name: string, hooks: Element): NotSaved {
+  const unsaved = elementText(hooks);
+  return new NotSaved(reason, unsaved ? [`what was not saved (vmhook config ${shellWord(name)} --set - takes it):`, ...unsaved.split("\n")] : []);
+}
 
 function refuseIfChangedMeanwhile(virsh: Virsh, name: string, current: Current, hooks: Element): void {
   const now = readStored(virsh, name, current.scope.config);
   if (elementText(now.hooks) === elementText(current.hooks) && now.doubledPrefix === current.doubledPrefix && now.stray === current.stray) return;
-  const unsaved = elementText(hooks);
-  throw new ChangedMeanwhile(
-    `the vmhook metadata of ${name} changed while vmhook was editing it (another vmhook config, enable or disable, or virsh); nothing was saved: run the command again`,
-    unsaved ? [`what was not saved (vmhook config ${shellWord(name)} --set - takes it):`, ...unsaved.split("\n")] : [],
-  );
+  throw notSaved(`the vmhook metadata of ${name} changed while vmhook was editing it (another vmhook config, enable or disable, or virsh); nothing was saved: run the command again`, name, hooks);
 }
 
 interface Candidate {
@@ -134,8 +135,14 @@ function save(virsh: Virsh, name: string, current: Current, hooks: Element, { do
     return;
   }
   refuseIfChangedMeanwhile(virsh, name, current, hooks);
-  if (!after) virsh.removeMetadata(name, current.scope);
-  else virsh.setMetadata(name, hooksText(hooks, "virsh"), current.scope);
+  try {
+    if (!after) virsh.removeMetadata(name, current.scope);
+    else virsh.setMetadata(name, hooksText(hooks, "virsh"), current.scope);
+  } catch (error) {
+    // e.g. the running domain, read before, shut down meanwhile
+    if (error instanceof VmhookError) throw notSaved(`${error.message}; nothing was saved`, name, hooks);
+    throw error;
+  }
   const notes = [
     ...(current.doubledPrefix ? [`repaired the doubled prefix libvirt had stored (<vmhook:vmhook:…>)`] : []),
     ...(current.stray ? [`moved ${current.stray} into <vmhook:hooks>, where the hook reads it`] : []),
@@ -196,8 +203,8 @@ async function edit(host: Host, virsh: Virsh, name: string, current: Current, ar
       save(virsh, name, current, hooks, await checkCandidate(host, current, hooks, name), args);
       return;
     } catch (error) {
-      // another change came in meanwhile: editing again would start from what libvirt no longer has
-      if (error instanceof ChangedMeanwhile) throw error;
+      // checked but not stored (another change came in meanwhile, libvirt refused it): editing again cannot help
+      if (error instanceof NotSaved) throw error;
       process.stderr.write(`vmhook: ${terminalText(describeError(error))}\n`);
       if (!askYes("Edit again?")) throw new VmhookError(`kept the old metadata of ${name}: the edit was not saved`);
       text = edited;

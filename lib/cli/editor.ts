@@ -16,11 +16,28 @@ export function runEditor(text: string, name: string): string {
     fs.writeFileSync(file, text, { mode: 0o600 });
     const editor = process.env.VISUAL || process.env.EDITOR || "vi";
     // As git does: the variable is a shell command line, the file its last argument.
-    const result = spawnSync("sh", ["-c", `${editor} "$1"`, "sh", file], { stdio: "inherit", timeout: EDITOR_TIMEOUT_MS });
+    const result = whileTheEditorHasTheTerminal(() => spawnSync("sh", ["-c", `${editor} "$1"`, "sh", file], { stdio: "inherit", timeout: EDITOR_TIMEOUT_MS }));
     if (result.status !== 0) throw new VmhookError(`the editor (${editor}) exited with ${result.status ?? result.signal}; nothing was changed`);
     return fs.readFileSync(file, "utf8");
   } finally {
     fs.rmSync(directory, { recursive: true, force: true });
+  }
+}
+
+/**
+ * Runs the editor with Ctrl-C and Ctrl-\ left to it, as git does: the terminal
+ * sends them to vmhook too (a command run from the editor, vi's :!, stopped
+ * with Ctrl-C), which would otherwise end vmhook under a running editor, the
+ * edit lost and its file left behind. An editor that the signal ends is an
+ * editor that failed: nothing is stored.
+ */
+function whileTheEditorHasTheTerminal<T>(run: () => T): T {
+  const ignore = () => {};
+  process.on("SIGINT", ignore).on("SIGQUIT", ignore);
+  try {
+    return run();
+  } finally {
+    process.off("SIGINT", ignore).off("SIGQUIT", ignore);
   }
 }
 

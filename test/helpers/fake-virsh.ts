@@ -61,7 +61,7 @@ function fakeVirsh(dir: string, args: string[]): number {
     return 1;
   }
   if (command === "domstate") {
-    process.stdout.write(`${running ? "running" : "shut off"}\n\n`);
+    process.stdout.write(`${inCallersLanguage(running ? "running" : "shut off")}\n\n`);
     return 0;
   }
   if (command === "dumpxml") {
@@ -81,6 +81,13 @@ function fakeVirsh(dir: string, args: string[]): number {
   }
   process.stderr.write(`error: the fake virsh does not know ${command}\n`);
   return 1;
+}
+
+/** virsh's words as gettext gives them: German when the locale asks for it (LC_ALL=C or POSIX: the words as written, whatever LANGUAGE says). */
+function inCallersLanguage(words: "running" | "shut off"): string {
+  const locale = process.env.LC_ALL || process.env.LC_MESSAGES || process.env.LANG || "C";
+  if (locale === "C" || locale === "POSIX") return words;
+  return (process.env.LANGUAGE || locale).startsWith("de") ? { running: "laufend", "shut off": "ausgeschaltet" }[words] : words;
 }
 
 /** Options of the commands above that take the next word as their value. */

@@ -69,6 +69,32 @@ test("config --edit of a shut-off domain started while the editor is open: the e
     assert.equal(elements(libvirt.xml("live")), ["nosleep"], "the running domain, never read, is left alone");
   }));
 
+test("enable on a shut-off domain of a German desktop (virsh says ausgeschaltet): stored in its persistent definition, not refused as if it ran", () =>
+  withDomain(async (sim, libvirt) => {
+    const saved = { LANG: process.env.LANG, LANGUAGE: process.env.LANGUAGE };
+    Object.assign(process.env, { LANG: "de_DE.UTF-8", LANGUAGE: "de" });
+    try {
+      const enabled = await cli(["enable", "win11", "hugepages", "--root", sim.root]);
+      assert.is(enabled.code, 0, enabled.stderr);
+      assert.match(enabled.stdout, "win11: saved to the persistent definition");
+      assert.equal(elements(libvirt.xml("config")), ["nosleep", "hugepages"]);
+    } finally {
+      for (const [name, value] of Object.entries(saved)) {
+        if (value === undefined) delete process.env[name];
+        else process.env[name] = value;
+      }
+    }
+  }));
+
+test("config --edit while Ctrl-C reaches vmhook (a command run from the editor stopped with it): vmhook waits for the editor and stores what was saved", () =>
+  withDomain(async (sim, libvirt) => {
+    // the terminal sends SIGINT to vmhook and the editor alike; the editor, like vi, carries on
+    process.env.EDITOR = editor(libvirt, "<hooks><nosleep/><hugepages/></hooks>", `trap '' INT; kill -INT ${process.pid}; sleep 0.5`);
+    const edited = await cli(["config", "win11", "--edit", "--config", "--root", sim.root]);
+    assert.is(edited.code, 0, edited.stderr);
+    assert.equal(elements(libvirt.xml("config")), ["nosleep", "hugepages"]);
+  }));
+
 test("enable and disable of a domain named --lab: virsh gets the name after --, so it is never read as an option", () =>
   withDomain(
     async (sim, libvirt) => {
@@ -111,6 +137,18 @@ test("config --edit while someone else changes the metadata: refused, their chan
     assert.match(edited.stderr, "  <vmhook:hugepages/>", "the refused edit is shown");
     assert.equal(elements(libvirt.xml("config")), ["nosleep", "isolate"], "the other change stays");
     assert.not.ok(libvirt.calls().some((args) => args.includes("metadata")), "nothing was written");
+  }));
+
+test("config --edit of a running domain shut down while the editor is open: libvirt refuses the running definition, the edit is shown so it is not lost", () =>
+  withDomain(async (sim, libvirt) => {
+    libvirt.setRunning(true);
+    process.env.EDITOR = editor(libvirt, "<hooks><nosleep/><hugepages/></hooks>", `echo "shut off" > ${libvirt.dir}/state; rm ${libvirt.dir}/live`);
+    const edited = await cli(["config", "win11", "--edit", "--root", sim.root]);
+    assert.is(edited.code, 1, edited.stdout);
+    assert.match(edited.stderr, "failed: Requested operation is not valid: domain is not running; nothing was saved");
+    assert.match(edited.stderr, "what was not saved (vmhook config win11 --set - takes it):");
+    assert.match(edited.stderr, "  <vmhook:hugepages/>", "the edit is shown");
+    assert.equal(elements(libvirt.xml("config")), ["nosleep"]);
   }));
 
 test("enable of a valid element that this host could not start now (pages that do not fit): stored, and the refusal prepare would make is said with its fix", () =>
