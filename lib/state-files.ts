@@ -21,20 +21,23 @@ const octal = (mode: number) => `0${(mode & 0o777).toString(8)}`;
  * others. One that others may only read is tightened to 0700.
  */
 export function ensureStateDir(host: Host, dir = paths.stateDir): void {
-  const real = host.resolve(dir);
-  if (!lstat(real)) fs.mkdirSync(real, { recursive: true, mode: 0o700 });
-  refuseUntrustedStateDir(host, dir);
-  if ((lstat(real)!.mode & 0o077) !== 0) fs.chmodSync(real, 0o700);
+  let stat = refuseUntrustedStateDir(host, dir);
+  if (!stat) {
+    fs.mkdirSync(host.resolve(dir), { recursive: true, mode: 0o700 });
+    stat = refuseUntrustedStateDir(host, dir)!;
+  }
+  if ((stat.mode & 0o077) !== 0) fs.chmodSync(host.resolve(dir), 0o700);
 }
 
 /**
  * Throws unless the state directory there is one vmhook may trust (see
  * ensureStateDir); changes nothing, so `vmhook doctor` says what the hook
  * would refuse. Nothing there passes: there is nothing to trust yet.
+ * Returns what it checked (lstat), undefined when nothing is there.
  */
-export function refuseUntrustedStateDir(host: Host, dir = paths.stateDir): void {
+export function refuseUntrustedStateDir(host: Host, dir = paths.stateDir): fs.Stats | undefined {
   const stat = lstat(host.resolve(dir));
-  if (!stat) return;
+  if (!stat) return undefined;
   if (stat.isSymbolicLink()) throw new VmhookError(`${dir} is a symlink; vmhook keeps its journals only in a directory it owns: remove it (rm ${dir}) and let vmhook create it`);
   if (!stat.isDirectory()) throw new VmhookError(`${dir} is not a directory; remove it (rm ${dir}) and let vmhook create it`);
   const uid = process.geteuid?.() ?? 0;
@@ -43,6 +46,7 @@ export function refuseUntrustedStateDir(host: Host, dir = paths.stateDir): void 
   // root's own is trusted by anyone (vmhook status run by a user then meets EACCES, which says to run it as root).
   if (stat.uid !== uid && stat.uid !== 0) throw new VmhookError(`${dir} is owned by uid ${stat.uid}, not ${uid === 0 ? "root" : `uid ${uid}`}; ${remove}`);
   if ((stat.mode & 0o022) !== 0) throw new VmhookError(`${dir} has mode ${octal(stat.mode)}; ${remove}`);
+  return stat;
 }
 
 function lstat(real: string): fs.Stats | undefined {
