@@ -122,6 +122,16 @@ export function journalsAndClaims(host: Host): ReturnType<typeof listJournals> &
   return { journals, broken, claims };
 }
 
+/** Why the claims ledger cannot be read (as journalsAndClaims' claimsError says it); undefined when it can. */
+export function claimsLedgerError(host: Host): string | undefined {
+  try {
+    read(host);
+    return undefined;
+  } catch (error) {
+    return (error as Error).message;
+  }
+}
+
 function write(host: Host, ledger: Ledger): void {
   if (Object.keys(ledger.claims).length === 0) return removeStateFile(host, paths.claims);
   ensureStateDir(host);

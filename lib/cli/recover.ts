@@ -7,7 +7,7 @@ import { Deadline } from "../deadline.ts";
 import { describeError, VmhookError } from "../errors.ts";
 import { nameArgument, recoverCommandLine } from "../metadata-text.ts";
 import type { Host } from "../host.ts";
-import { journalsAndClaims } from "../claims.ts";
+import { claimsLedgerError } from "../claims.ts";
 import { listJournals, readJournal, type Journal } from "../journal.ts";
 import { ifDomainIdle } from "../lock.ts";
 import { createLogger } from "../log.ts";
@@ -161,7 +161,7 @@ export const recoverCommand: CommandModule<GlobalOptions, RecoverArgs> = {
     // Journals it cannot read are left as they are, and said so: they may hold changes.
     const unreadable = unreadableOf(args.name, broken, chosen.length > 0);
     // The ledger is no one domain's: a recover of all says when it cannot be read, as for a journal.
-    const unreadableClaims = args.name ? undefined : journalsAndClaims(host).claimsError;
+    const unreadableClaims = args.name ? undefined : claimsLedgerError(host);
     if (unreadable.length > 0 || unreadableClaims) process.exitCode = 1;
     if (args.json) {
       printJson({ recovered: results, unreadable, finishedStuckWrites: finished, ...(unreadableClaims ? { unreadableClaims } : {}) });
