@@ -39,8 +39,10 @@ export function claimsOf(ctx: BaseContext, action: Action, exceptDomain?: string
 export function otherVms(ctx: BaseContext): OtherVm[] {
   const vms = new Map<string, OtherVm>();
   for (const { domain, record } of othersRecords(ctx.journals(), ctx.domain.uuid, PLUGIN_ID, checkClaim)) {
-    const allowOverlap = record.allowOverlap && (vms.get(domain.uuid)?.allowOverlap ?? true);
-    vms.set(domain.uuid, { name: domain.name, isolated: record.isolated, own: record.own, ...vms.get(domain.uuid), allowOverlap });
+    const earlier = vms.get(domain.uuid);
+    // A VM allows overlap only when every claim of it says so; its CPUs are its first claim's.
+    if (earlier) earlier.allowOverlap &&= record.allowOverlap;
+    else vms.set(domain.uuid, { name: domain.name, isolated: record.isolated, own: record.own, allowOverlap: record.allowOverlap });
   }
   return [...vms.values()];
 }
