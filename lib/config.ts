@@ -124,13 +124,24 @@ async function loadInstance(id: string, elements: XmlElement[], domain: Domain, 
   const plugin = await registry.load(id, host);
   // Custom plugins may use any DOM method: they get xmldom's elements, read only for them.
   const given = id.startsWith(CUSTOM_PREFIX) ? elements.map(domElement) : elements;
-  let config: unknown;
+  return { id, plugin, config: namingCustomPlugin(id, () => plugin.parse(given, domain)), elements: given };
+}
+
+/**
+ * Runs a plugin's own code (its parse, a record's check, an apply, a
+ * handler): a custom plugin's error comes out naming it (customPluginError),
+ * whether `work` throws or the promise it returns rejects.
+ */
+export function namingCustomPlugin<T>(pluginId: string, work: () => T): T {
   try {
-    config = plugin.parse(given, domain);
+    const result = work();
+    if (!(result instanceof Promise)) return result;
+    return result.catch((error: unknown) => {
+      throw customPluginError(pluginId, error);
+    }) as T;
   } catch (error) {
-    throw customPluginError(id, error);
+    throw customPluginError(pluginId, error);
   }
-  return { id, plugin, config, elements: given };
 }
 
 /**

@@ -3,7 +3,7 @@
 // order, each journaled with its record *before* it acts; when one fails,
 // what was done is undone in reverse and the host is as it was. Every
 // journaled record is checked by its action before its undo runs.
-import { customPluginError, withPluginName, type PluginInstance } from "./config.ts";
+import { customPluginError, namingCustomPlugin, withPluginName, type PluginInstance } from "./config.ts";
 import { claimsFor } from "./claims.ts";
 import { Deadline, waitFor } from "./deadline.ts";
 import type { Domain } from "./domain.ts";
@@ -242,7 +242,7 @@ async function planUnits(event: PlannedEvent, instances: PluginInstance[], domai
         throw new VmhookError(`internal: ${instance.id} planned a step "${step.description}" with action ${step.action}, which it does not declare`);
       }
       // A refused step is never applied, journaled or undone: its record may lack what only the host could have given (a vGPU type's id).
-      const record = step.refused ? step.record : checkedBy(instance.id, action, step.record);
+      const record = step.refused ? step.record : namingCustomPlugin(instance.id, () => action.check(step.record));
       const planned: PlannedStep = { plugin: instance.id, event, action: step.action, description: step.description, record, ...(step.background ? { background: true } : {}) };
       units.push({ instance, step: step.refused ? { ...planned, refused: namedRefusal(instance.id, step.refused) } : planned });
     }
@@ -440,24 +440,6 @@ async function runLegacyHandler(env: RunEnvironment, journal: Journal, instance:
     },
   };
   await namingCustomPlugin(instance.id, () => settleWithin(env, instance.id, event, deadline, () => currentStep, plugin[event]!(ctx)));
-}
-
-/** `work`, a plugin's own code: a custom plugin's error comes out naming the plugin (customPluginError). */
-async function namingCustomPlugin<T>(pluginId: string, work: () => Promise<T>): Promise<T> {
-  try {
-    return await work();
-  } catch (error) {
-    throw customPluginError(pluginId, error);
-  }
-}
-
-/** A planned record through its action's check, a custom plugin's error naming it. */
-function checkedBy(pluginId: string, action: Action<UndoRecord, unknown>, record: UndoRecord): UndoRecord {
-  try {
-    return action.check(record);
-  } catch (error) {
-    throw customPluginError(pluginId, error);
-  }
 }
 
 /**
