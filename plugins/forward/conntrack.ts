@@ -140,6 +140,14 @@ export function deleteStaleEntries(ctx: Pick<BaseContext, "host" | "log" | "run"
     .filter((group, index, all) => all.findIndex((other) => other.family === group.family && other.protocol === group.protocol) === index);
   const failures: string[] = [];
   for (const { family, protocol } of groups) {
+    // Only apply needs them: undo picks the entries that go to the guest.
+    let local: Set<string>;
+    try {
+      local = after === "apply" ? localAddresses(ctx.host, family) : new Set();
+    } catch (error) {
+      failures.push(describeError(error));
+      continue;
+    }
     const listArgs = ["-L", "-f", familyName(family), "-p", protocol];
     const listed = ctx.run("conntrack", listArgs, { timeoutMs: TIMEOUT_MS, allowFailure: true });
     if (listed.status !== 0 || listed.error) {
@@ -151,14 +159,6 @@ export function deleteStaleEntries(ctx: Pick<BaseContext, "host" | "log" | "run"
       entries = parseConntrackListing(listed.stdout, protocol);
     } catch (error) {
       failures.push((error as Error).message.replace(/^forward: /, ""));
-      continue;
-    }
-    // Only apply needs them: undo picks the entries that go to the guest.
-    let local: Set<string>;
-    try {
-      local = after === "apply" ? localAddresses(ctx.host, family) : new Set();
-    } catch (error) {
-      failures.push(describeError(error));
       continue;
     }
     for (const { original } of staleEntries(entries, forwards.filter((forward) => forward.family === family), after, local)) {
