@@ -67,9 +67,9 @@ export interface ReconnectPlugins {
  * edit, a custom plugin gone from plugins.d) keeps no other plugin from
  * putting back what it lost. A built-in plugin with changes is checked even
  * then, from its records alone (its config undefined: built-in reconnect
- * planners need only their records); any other is left out. Which custom
- * plugins may run is still checked. `problems`: one line per element left
- * unread, naming it and why.
+ * planners need only their records), unless it does not load at all; any
+ * other is left out. Which custom plugins may run is still checked.
+ * `problems`: one line per element left unread, naming it and why.
  */
 export async function loadReconnectPlugins(domain: Domain, held: string[], host: Host, registry: PluginRegistry): Promise<ReconnectPlugins> {
   const problems: string[] = [];
@@ -97,11 +97,28 @@ export async function loadReconnectPlugins(domain: Domain, held: string[], host:
       instances.push(await reconnectInstance(id, groups.get(id), domain, host, registry));
     } catch (error) {
       const fromRecords = !id.startsWith(CUSTOM_PREFIX) && held.includes(id);
-      problems.push(`${id}: ${describeError(error)}; ${fromRecords ? `its changes in the journal are still checked, from the journal alone` : `${id} is left out of this reconnect`}`);
-      if (fromRecords) instances.push(await recordsOnly(id, host, registry));
+      if (!fromRecords) problems.push(`${id}: ${describeError(error)}; ${id} is left out of this reconnect`);
+      else problems.push(await checkedFromRecords(id, error, held, instances, host, registry));
     }
   }
   return { instances, problems };
+}
+
+/**
+ * A built-in plugin with changes whose element does not read: its instance
+ * from the records joins `instances`, unless the plugin itself does not load
+ * (a journal of a newer vmhook naming a plugin this one lacks); the line says which.
+ */
+async function checkedFromRecords(id: string, error: unknown, held: string[], instances: PluginInstance[], host: Host, registry: PluginRegistry): Promise<string> {
+  const why = `${id}: ${describeError(error)}`;
+  try {
+    instances.push(await recordsOnly(id, host, registry));
+    return `${why}; its changes in the journal are still checked, from the journal alone`;
+  } catch (loadError) {
+    const alsoWhy = describeError(loadError) === describeError(error) ? "" : ` (${describeError(loadError)})`;
+    const count = held.filter((plugin) => plugin === id).length;
+    return `${why}; its ${count} change(s) in the journal cannot be checked at this reconnect${alsoWhy}; they stay in the journal, and release gives them back only where ${id} loads (vmhook status lists them)`;
+  }
 }
 
 async function reconnectInstance(id: string, elements: XmlElement[] | Error | undefined, domain: Domain, host: Host, registry: PluginRegistry): Promise<PluginInstance> {

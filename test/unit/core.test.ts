@@ -602,6 +602,27 @@ test("reconnect keeps the journal and the pages, and warns when the pool lost pa
   }
 });
 
+test("reconnect after a downgrade: a journal naming a plugin this vmhook does not have still lets the others check what they hold, and names the one it cannot", async () => {
+  const { sim, kernel } = hugepageHost(0);
+  try {
+    assert.is((await runHookEvent(sim, "prepare", "begin", XML)).code, 0);
+    // A newer vmhook journaled a change of a plugin this (older) one lacks.
+    const journal = readJournal(sim, UUID)!;
+    const newer = { ...journal.entries[0]!, plugin: "portal", description: "open the portal", undo: { action: "open" } };
+    writeJournal(sim, { ...journal, entries: [newer, ...journal.entries] });
+    sim.write(POOL, "10");
+    assert.equal(await runHookEvent(sim, "reconnect", "begin", XML), { code: 0, stderr: "" });
+    const log = sim.read(paths.log);
+    assert.match(log, "warn: hugepages: the 2M pool holds 10 pages, fewer than the 512 this VM added");
+    assert.match(log, `error: portal: no built-in plugin "portal"; built-in plugins are hugepages,`);
+    assert.match(log, "its 1 change(s) in the journal cannot be checked at this reconnect");
+    assert.is(readJournal(sim, UUID)!.entries.length, 2, "every change stays for release or vmhook recover");
+    assert.is(kernel.pool(2048), 10);
+  } finally {
+    sim.cleanup();
+  }
+});
+
 test("reconnect: a plugin whose check, restore step or (first interface) handler fails is logged, and the plugins after it still put back what they lost", async () => {
   const { sim, env, journal } = setup();
   try {
