@@ -228,26 +228,30 @@ async function planUnits(event: PlannedEvent, instances: PluginInstance[], domai
     const planner = plugin.plan[event];
     if (!planner) continue;
     deadline.check(`planning ${instance.id}`);
-    let steps: Step[];
     try {
-      steps = await settleWithin(env, instance.id, `planning ${event}`, deadline, () => "its planner", planner(planContext(env, instance, event, domain, journal, deadline)));
+      const steps = await namingCustomPlugin(instance.id, () =>
+        settleWithin(env, instance.id, `planning ${event}`, deadline, () => "its planner", planner(planContext(env, instance, event, domain, journal, deadline))),
+      );
+      // Checked before any is kept: a plugin left out (carryOn) is left out whole.
+      units.push(...steps.map((step) => plannedUnit(instance, event, step)));
     } catch (error) {
-      if (!carryOn) throw customPluginError(instance.id, error);
+      if (!carryOn) throw error;
       carryOn.plannerFailed(instance.id, error);
-      continue;
-    }
-    for (const step of steps) {
-      const action = plugin.actions[step.action];
-      if (!action || step.record.action !== step.action) {
-        throw new VmhookError(`internal: ${instance.id} planned a step "${step.description}" with action ${step.action}, which it does not declare`);
-      }
-      // A refused step is never applied, journaled or undone: its record may lack what only the host could have given (a vGPU type's id).
-      const record = step.refused ? step.record : namingCustomPlugin(instance.id, () => action.check(step.record));
-      const planned: PlannedStep = { plugin: instance.id, event, action: step.action, description: step.description, record, ...(step.background ? { background: true } : {}) };
-      units.push({ instance, step: step.refused ? { ...planned, refused: namedRefusal(instance.id, step.refused) } : planned });
     }
   }
   return units;
+}
+
+/** One planned step, checked against its plugin's actions. */
+function plannedUnit(instance: PluginInstance, event: PlannedEvent, step: Step): Unit {
+  const action = (instance.plugin as Plugin).actions[step.action];
+  if (!action || step.record.action !== step.action) {
+    throw new VmhookError(`internal: ${instance.id} planned a step "${step.description}" with action ${step.action}, which it does not declare`);
+  }
+  // A refused step is never applied, journaled or undone: its record may lack what only the host could have given (a vGPU type's id).
+  const record = step.refused ? step.record : namingCustomPlugin(instance.id, () => action.check(step.record));
+  const planned: PlannedStep = { plugin: instance.id, event, action: step.action, description: step.description, record, ...(step.background ? { background: true } : {}) };
+  return { instance, step: step.refused ? { ...planned, refused: namedRefusal(instance.id, step.refused) } : planned };
 }
 
 /**

@@ -284,6 +284,25 @@ test("stopped: a plugin whose stopped planner throws or whose stopped run fails 
   sim.cleanup();
 });
 
+test("stopped: a plugin whose stopped planner returns a step it does not declare, or a record its check refuses, keeps no other plugin from its stopped call", async () => {
+  const sim = pluginHost();
+  install(sim, "broken.mjs", `export default { name: "broken", summary: "x", parse: () => ({}), plan: { stopped: () => { throw new Error("cannot tell"); } }, actions: {} };\n`, 0o644);
+  const step = `[{ action: "note", record: { action: "note" }, description: "note the stop" }]`;
+  install(sim, "typo.mjs", `export default { name: "typo", summary: "x", parse: () => ({}), plan: { stopped: () => ${step} }, actions: {} };\n`, 0o644);
+  const refusing = `{ note: { check: () => { throw new Error("a note record needs a file"); }, apply: () => {}, undo: () => {} } }`;
+  install(sim, "strict.mjs", `export default { name: "strict", summary: "x", parse: () => ({}), plan: { stopped: () => ${step} }, actions: ${refusing} };\n`, 0o644);
+  install(sim, "last", shellPlugin("last", "exit 0"));
+  const xml = domainXml(["broken", "typo", "strict", "last"].map((name) => `<vmhook:plugin name="${name}"/>`).join(""));
+  assert.is((await runHookEvent(sim, "prepare", "begin", xml)).code, 0);
+  const stopped = await runHookEvent(sim, "stopped", "end", xml);
+  assert.is(stopped.code, 0);
+  assert.equal(calls(sim), ["last prepare undo= interrupted=", "last stopped undo= interrupted="]);
+  assert.match(stopped.stderr.split("\n")[0]!, "vmhook: plugin:broken: cannot tell");
+  assert.match(log(sim), `plugin:typo planned a step "note the stop" with action note, which it does not declare`);
+  assert.match(log(sim), "plugin:strict: a note record needs a file");
+  sim.cleanup();
+});
+
 test("undo order: a built-in between two custom plugins is undone between them, in reverse", async () => {
   const sim = pluginHost();
   const kernel = new HugepageKernel(sim);
