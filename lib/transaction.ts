@@ -185,7 +185,8 @@ async function underLockIf<T>(shared: boolean, env: RunEnvironment, deadline: De
  * the next plugins still run; stopped reports the first one at its end.
  */
 class CarryOn {
-  private first: { error: unknown } | undefined;
+  /** `unlogged`: its line, left for the hook to log when throwFirst throws it. */
+  private first: { error: unknown; unlogged?: string } | undefined;
   private constructor(
     private readonly event: PlannedEvent,
     private readonly log: Logger,
@@ -197,9 +198,17 @@ class CarryOn {
 
   /** `line`: what to log, unless journaled() logged it already (stopped's first failure: the hook logs what it throws). */
   failed(error: unknown, line?: string): void {
-    const thrownAtEnd = this.event === "stopped" && this.first === undefined;
+    if (this.event === "stopped" && this.first === undefined) {
+      this.first = { error, unlogged: line };
+      return;
+    }
     this.first ??= { error };
-    if (line !== undefined && !thrownAtEnd) this.log.error(line);
+    if (line !== undefined) this.log.error(line);
+  }
+
+  /** The event ended on an error of its own (the deadline, a journal write): the first failure, never thrown now, is logged. */
+  endedOnAnotherError(): void {
+    if (this.first?.unlogged !== undefined) this.log.error(this.first.unlogged);
   }
 
   plannerFailed(pluginId: string, error: unknown): void {
@@ -345,6 +354,9 @@ export async function runPlugins(event: PlannedEvent, instances: PluginInstance[
     // The last step's "applied" (journaled() leaves it to the next write), and the new phase.
     if (phaseAfter) journal.phase = phaseAfter;
     if (units.length > 0 || phaseAfter) writeJournal(env.host, journal);
+  }).catch((error: unknown) => {
+    carryOn?.endedOnAnotherError();
+    throw error;
   });
   carryOn?.throwFirst();
 }

@@ -303,6 +303,20 @@ test("stopped: a plugin whose stopped planner returns a step it does not declare
   sim.cleanup();
 });
 
+test("stopped: a plugin whose stopped planner runs out the deadline is logged by name, though the event then ends on the deadline", async () => {
+  const sim = pluginHost();
+  sim.file(paths.hostConfig, '{"deadlineSeconds": 1}');
+  install(sim, "hangs.mjs", `export default { name: "hangs", summary: "x", parse: () => ({}), plan: { stopped: () => new Promise(() => {}) }, actions: {} };\n`, 0o644);
+  install(sim, "last", shellPlugin("last", "exit 0"));
+  const xml = domainXml('<vmhook:plugin name="hangs"/><vmhook:plugin name="last"/>');
+  assert.is((await runHookEvent(sim, "prepare", "begin", xml)).code, 0);
+  const stopped = await runHookEvent(sim, "stopped", "end", xml);
+  assert.is(stopped.code, 0);
+  assert.match(stopped.stderr.split("\n")[0]!, "vmhook: vmhook ran out of time (deadline 1 s) while planning plugin:last");
+  assert.match(log(sim), /error: plugin:hangs did not finish planning stopped within [\d.]+ s \(its planner\) and was abandoned/);
+  sim.cleanup();
+});
+
 test("undo order: a built-in between two custom plugins is undone between them, in reverse", async () => {
   const sim = pluginHost();
   const kernel = new HugepageKernel(sim);
