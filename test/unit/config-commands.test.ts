@@ -223,6 +223,22 @@ test("enable with <a:b:c> inside another application's CDATA and in a comment: n
     assert.is(again.stdout.trim(), "win11: no change");
   }, LOOKALIKES));
 
+/** Another application's element as libvirt stores a prefixed one given to its virsh metadata: its prefix doubled. */
+const FOREIGN_DOUBLED = DOMAIN.replace("</vmhook:hooks>", `</vmhook:hooks>
+    <app:app:settings xmlns:app="urn:example:app" mode="fast"/>`);
+
+test("another application's element with libvirt's doubled prefix (<app:app:settings>): config shows vmhook's without a repair warning, enable of what is there changes nothing", () =>
+  withDomain(async (sim, libvirt) => {
+    const shown = await cli(["config", "win11", "--root", sim.root]);
+    assert.is(shown.code, 0, shown.stderr);
+    assert.is(shown.stderr, "");
+    assert.match(shown.stdout, "<vmhook:nosleep/>");
+    const enabled = await cli(["enable", "win11", "nosleep", "--root", sim.root]);
+    assert.is(enabled.code, 0, enabled.stderr);
+    assert.is(enabled.stdout.trim(), "win11: no change");
+    assert.not.ok(libvirt.calls().some(([command]) => command === "metadata"), "nothing stored");
+  }, FOREIGN_DOUBLED));
+
 /** An installed module plugin that takes any attributes and content. */
 const NOTES_PLUGIN = `export default { name: "notes", summary: "keeps notes", usage: '<vmhook:plugin name="notes" text="…"/>', parse: () => ({}), async prepare() {}, undo() {} };\n`;
 
