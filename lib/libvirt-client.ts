@@ -54,9 +54,9 @@ export class Virsh {
     return this.run(["dumpxml", ...(inactive ? ["--inactive"] : []), ...(secure ? ["--security-info"] : []), "--", domain]);
   }
 
+  /** Whether its QEMU is there, as libvirt's "active": "crashed" is a guest panicked under <on_crash>preserve</on_crash>, its QEMU kept (a QEMU that died is "shut off"). */
   isActive(domain: string): boolean {
-    const state = this.run(["domstate", "--", domain]).trim();
-    return state !== "shut off" && state !== "crashed";
+    return this.run(["domstate", "--", domain]).trim() !== "shut off";
   }
 
   /** Stores <hooks> given WITHOUT a prefix: libvirt adds `vmhook:` from --key. */

@@ -15,6 +15,8 @@ export interface FakeLibvirt {
   xml(which: "config" | "live"): string;
   setXml(which: "config" | "live", xml: string): void;
   setRunning(running: boolean): void;
+  /** The guest panicked under <on_crash>preserve</on_crash>: libvirt keeps its QEMU (paused) and the running definition, in state "crashed". */
+  preserveCrash(): void;
   /** The argument lists virsh was called with, in order. */
   calls(): string[][];
   /** Restores PATH and removes the directory. */
@@ -40,6 +42,7 @@ export function fakeLibvirt(name: string, configXml: string): FakeLibvirt {
       if (running) fs.copyFileSync(file("config"), file("live"));
       else fs.rmSync(file("live"), { force: true });
     },
+    preserveCrash: () => fs.writeFileSync(file("state"), "crashed"),
     calls: () => (fs.existsSync(file("calls")) ? fs.readFileSync(file("calls"), "utf8").trim().split("\n").map((line) => JSON.parse(line) as string[]) : []),
     cleanup() {
       process.env.PATH = savedPath;
@@ -54,14 +57,16 @@ function fakeVirsh(dir: string, args: string[]): number {
   fs.appendFileSync(file("calls"), `${JSON.stringify(args)}\n`);
   const words = args[0] === "--connect" ? args.slice(2) : args;
   const [command, ...rest] = words;
-  const running = fs.readFileSync(file("state"), "utf8").trim() === "running";
+  const state = fs.readFileSync(file("state"), "utf8").trim() as DomainState;
+  // libvirt's "active": a QEMU process is there, a crashed one it preserved included
+  const running = state !== "shut off";
   const domain = firstPositional(rest);
   if (domain !== fs.readFileSync(file("name"), "utf8")) {
     process.stderr.write(`error: failed to get domain '${domain}'\n`);
     return 1;
   }
   if (command === "domstate") {
-    process.stdout.write(`${inCallersLanguage(running ? "running" : "shut off")}\n\n`);
+    process.stdout.write(`${inCallersLanguage(state)}\n\n`);
     return 0;
   }
   if (command === "dumpxml") {
@@ -83,11 +88,13 @@ function fakeVirsh(dir: string, args: string[]): number {
   return 1;
 }
 
+type DomainState = "running" | "shut off" | "crashed";
+
 /** virsh's words as gettext gives them: German when the locale asks for it (LC_ALL=C or POSIX: the words as written, whatever LANGUAGE says). */
-function inCallersLanguage(words: "running" | "shut off"): string {
+function inCallersLanguage(words: DomainState): string {
   const locale = process.env.LC_ALL || process.env.LC_MESSAGES || process.env.LANG || "C";
   if (locale === "C" || locale === "POSIX") return words;
-  return (process.env.LANGUAGE || locale).startsWith("de") ? { running: "laufend", "shut off": "ausgeschaltet" }[words] : words;
+  return (process.env.LANGUAGE || locale).startsWith("de") ? { running: "laufend", "shut off": "ausgeschaltet", crashed: "abgestürzt" }[words] : words;
 }
 
 /** Options of the commands above that take the next word as their value. */

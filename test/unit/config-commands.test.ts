@@ -86,6 +86,17 @@ test("enable on a shut-off domain of a German desktop (virsh says ausgeschaltet)
     }
   }));
 
+test("enable on a VM kept crashed by <on_crash>preserve</on_crash> (QEMU still there): the change goes to the running domain, as virsh's --current, and says so", () =>
+  withDomain(async (sim, libvirt) => {
+    libvirt.setRunning(true);
+    libvirt.preserveCrash();
+    const enabled = await cli(["enable", "win11", "hugepages", "--root", sim.root]);
+    assert.is(enabled.code, 0, enabled.stderr);
+    assert.match(enabled.stdout, "win11: saved to the running domain only");
+    assert.equal(elements(libvirt.xml("live")), ["nosleep", "hugepages"]);
+    assert.equal(elements(libvirt.xml("config")), ["nosleep"], "the persistent definition only with --config");
+  }));
+
 test("config --edit while Ctrl-C reaches vmhook (a command run from the editor stopped with it): vmhook waits for the editor and stores what was saved", () =>
   withDomain(async (sim, libvirt) => {
     // the terminal sends SIGINT to vmhook and the editor alike; the editor, like vi, carries on
