@@ -17,6 +17,8 @@ export interface FakeLibvirt {
   setRunning(running: boolean): void;
   /** The guest panicked under <on_crash>preserve</on_crash>: libvirt keeps its QEMU (paused) and the running definition, in state "crashed". */
   preserveCrash(): void;
+  /** The domain made by virsh create from XML: running, without a persistent definition. */
+  makeTransient(): void;
   /** The argument lists virsh was called with, in order. */
   calls(): string[][];
   /** Restores PATH and removes the directory. */
@@ -43,6 +45,10 @@ export function fakeLibvirt(name: string, configXml: string): FakeLibvirt {
       else fs.rmSync(file("live"), { force: true });
     },
     preserveCrash: () => fs.writeFileSync(file("state"), "crashed"),
+    makeTransient() {
+      fs.writeFileSync(file("state"), "running");
+      fs.renameSync(file("config"), file("live"));
+    },
     calls: () => (fs.existsSync(file("calls")) ? fs.readFileSync(file("calls"), "utf8").trim().split("\n").map((line) => JSON.parse(line) as string[]) : []),
     cleanup() {
       process.env.PATH = savedPath;
@@ -69,8 +75,14 @@ function fakeVirsh(dir: string, args: string[]): number {
     process.stdout.write(`${inCallersLanguage(state)}\n\n`);
     return 0;
   }
+  const persistent = fs.existsSync(file("config"));
+  if (command === "dominfo") {
+    process.stdout.write(`Id:             1\nName:           ${domain}\nState:          ${state}\nPersistent:     ${persistent ? "yes" : "no"}\nAutostart:      disable\n\n`);
+    return 0;
+  }
   if (command === "dumpxml") {
-    process.stdout.write(fs.readFileSync(file(rest.includes("--inactive") || !running ? "config" : "live"), "utf8"));
+    // a transient domain's "inactive" XML is its running one
+    process.stdout.write(fs.readFileSync(file((rest.includes("--inactive") || !running) && persistent ? "config" : "live"), "utf8"));
     return 0;
   }
   if (command === "metadata") {
@@ -78,6 +90,10 @@ function fakeVirsh(dir: string, args: string[]): number {
     const targets = [...(live ? ["live"] : []), ...(rest.includes("--config") || !running ? ["config"] : [])];
     if (live && !running) {
       process.stderr.write("error: Requested operation is not valid: domain is not running\n");
+      return 1;
+    }
+    if (targets.includes("config") && !persistent) {
+      process.stderr.write("error: Requested operation is not valid: cannot change persistent config of a transient domain\n");
       return 1;
     }
     const set = rest.indexOf("--set");

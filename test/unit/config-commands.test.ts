@@ -97,6 +97,16 @@ test("enable on a VM kept crashed by <on_crash>preserve</on_crash> (QEMU still t
     assert.equal(elements(libvirt.xml("config")), ["nosleep"], "the persistent definition only with --config");
   }));
 
+test("enable on a transient VM (virsh create): stored in the running domain, with advice that works for it, not --config, which libvirt refuses", () =>
+  withDomain(async (sim, libvirt) => {
+    libvirt.makeTransient();
+    const enabled = await cli(["enable", "win11", "hugepages", "--root", sim.root]);
+    assert.is(enabled.code, 0, enabled.stderr);
+    assert.equal(elements(libvirt.xml("live")), ["nosleep", "hugepages"]);
+    assert.match(enabled.stdout, "win11: saved to the running domain only (a transient VM, made by virsh create, has no persistent definition: the XML it is created from next time needs the change too)");
+    assert.not.match(enabled.stdout, "--config");
+  }));
+
 test("config --edit while Ctrl-C reaches vmhook (a command run from the editor stopped with it): vmhook waits for the editor and stores what was saved", () =>
   withDomain(async (sim, libvirt) => {
     // the terminal sends SIGINT to vmhook and the editor alike; the editor, like vi, carries on
