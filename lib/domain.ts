@@ -3,7 +3,7 @@
 // derive from standard libvirt XML is read here once.
 import { ConfigError, VmhookError } from "./errors.ts";
 import { NAMESPACE_URI, ROOT_ELEMENT } from "./paths.ts";
-import { childElements, metadataNode, metadataNodes, prefixMistake, refuseMisplacedNamespace, virshSetCommand, type MetadataNode } from "./metadata-text.ts";
+import { childElements, metadataNode, metadataNodes, prefixMistake, readableOthersPrefixes, refuseMisplacedNamespace, virshSetCommand, type MetadataNode } from "./metadata-text.ts";
 import { parseCpuset, parseNodeset } from "./cpuset.ts";
 import { PATTERNS, parseInteger, parsePciAddress, parseUuid, sizeToKiB } from "./validate.ts";
 import { ELEMENT_NODE, xmldom, type XmlDocument, type XmlElement, type XmlNode } from "./xml.ts";
@@ -124,7 +124,7 @@ function notWellFormed(xml: string, what: string, problem: string): Error {
 export function readXmlDocument(xml: string, what: string): XmlDocument {
   refuseEmpty(xml, what);
   try {
-    return readXml(xml);
+    return readXml(readableOthersPrefixes(xml));
   } catch (error) {
     if (error instanceof XmlSyntaxError) throw notWellFormed(xml, what, error.message);
     throw error;
@@ -142,7 +142,7 @@ export function parseXmlDocument(xml: string, what: string) {
       onError: (level: string, message: string) => {
         if (level !== "warning") problems.push(message);
       },
-    }).parseFromString(xml, "text/xml");
+    }).parseFromString(readableOthersPrefixes(xml), "text/xml");
   } catch (error) {
     problems.push(error instanceof Error ? error.message : String(error));
   }

@@ -4,7 +4,7 @@
 import { spawnSync } from "node:child_process";
 import { VmhookError } from "./errors.ts";
 import { NAMESPACE_URI } from "./paths.ts";
-import { METADATA_KEY } from "./metadata-text.ts";
+import { METADATA_KEY, nameArgument } from "./metadata-text.ts";
 
 /** Which definition a change goes to, as virsh's --live, --config and --current. */
 export interface Scope {
@@ -54,9 +54,16 @@ export class Virsh {
     return this.run(["dumpxml", ...(inactive ? ["--inactive"] : []), ...(secure ? ["--security-info"] : []), "--", domain]);
   }
 
+  /** Whether its QEMU is there, as libvirt's "active": "crashed" is a guest panicked under <on_crash>preserve</on_crash>, its QEMU kept (a QEMU that died is "shut off"). */
   isActive(domain: string): boolean {
-    const state = this.run(["domstate", "--", domain]).trim();
-    return state !== "shut off" && state !== "crashed";
+    return this.run(["domstate", "--", domain]).trim() !== "shut off";
+  }
+
+  /** Whether it has a persistent definition: a transient domain (virsh create) has none, and libvirt refuses --config for it. */
+  isPersistent(domain: string): boolean {
+    const persistent = /^Persistent:\s*(yes|no)\s*$/m.exec(this.run(["dominfo", "--", domain]))?.[1];
+    if (!persistent) throw new VmhookError(`virsh dominfo ${nameArgument(domain)} did not say whether ${domain} is persistent (no "Persistent: yes|no" line)`);
+    return persistent === "yes";
   }
 
   /** Stores <hooks> given WITHOUT a prefix: libvirt adds `vmhook:` from --key. */

@@ -19,17 +19,42 @@ export const METADATA_KEY = "vmhook";
  */
 const MARKUP = /<!--[\s\S]*?(?:-->|$)|<!\[CDATA\[[\s\S]*?(?:\]\]>|$)|<\?[\s\S]*?(?:\?>|$)|<\/?[A-Za-z_][\w.:-]*(?:[^<>"']|"[^"]*"|'[^']*')*/g;
 
-/** A start or end tag whose name has two prefixes: `<vmhook:vmhook:hooks`, `</vmhook:vm:isolate`. */
+/** A start or end tag whose name has two prefixes: `<vmhook:vmhook:hooks`, `</vmhook:vm:isolate`; the first is the one libvirt declares (its --key). */
 const DOUBLED_PREFIX = /^<(\/?)([A-Za-z_][\w.-]*):[A-Za-z_][\w.-]*:(?=[A-Za-z_])/;
 
-/** The XML with every doubled prefix reduced to the first one, as the user meant it; only element names change. */
-export function repairDoubledPrefixes(xml: string): string {
-  return xml.replace(MARKUP, (markup) => markup.replace(DOUBLED_PREFIX, "<$1$2:"));
+/** The prefixes of vmhook's namespace in this text: the key libvirt stores it under, and any it declares for urn:vmhook:1. */
+function vmhookPrefixes(xml: string): Set<string> {
+  const declarations = xml.matchAll(/xmlns:([A-Za-z_][\w.-]*)\s*=\s*(["'])([^"']*)\2/g);
+  return new Set([METADATA_KEY, ...[...declarations].flatMap(([, prefix, , uri]) => (uri === NAMESPACE_URI ? [prefix!] : []))]);
 }
 
-/** The tags with a doubled prefix, in order, as `<vmhook:vmhook:hooks` or `</vmhook:vmhook:hooks`, with where each starts. */
+/** The doubled prefixes of one side reduced to the first one; only element names change. */
+function repairDoubled(xml: string, whose: "vmhook's" | "others'"): string {
+  const ours = vmhookPrefixes(xml);
+  return xml.replace(MARKUP, (markup) => markup.replace(DOUBLED_PREFIX, (tag, slash: string, prefix: string) => (ours.has(prefix) === (whose === "vmhook's") ? `<${slash}${prefix}:` : tag)));
+}
+
+/**
+ * The XML with the doubled prefixes of vmhook's own elements reduced to the
+ * first one, as the user meant it. Another application's element stored so
+ * is that application's to fix: vmhook neither repairs nor reports it.
+ */
+export const repairDoubledPrefixes = (xml: string): string => repairDoubled(xml, "vmhook's");
+
+/**
+ * The XML with other applications' doubled prefixes reduced, for reading
+ * only: vmhook never looks into their elements, so a name libvirt stored
+ * that way does not keep vmhook from reading the domain.
+ */
+export const readableOthersPrefixes = (xml: string): string => repairDoubled(xml, "others'");
+
+/** vmhook's tags with a doubled prefix, in order, as `<vmhook:vmhook:hooks` or `</vmhook:vmhook:hooks`, with where each starts. */
 function doubledTags(xml: string): { tag: string; index: number }[] {
-  return [...xml.matchAll(MARKUP)].flatMap((markup) => (DOUBLED_PREFIX.test(markup[0]) ? [{ tag: /^<\/?[^\s/>]*/.exec(markup[0])![0], index: markup.index! }] : []));
+  const ours = vmhookPrefixes(xml);
+  return [...xml.matchAll(MARKUP)].flatMap((markup) => {
+    const doubled = DOUBLED_PREFIX.exec(markup[0]);
+    return doubled && ours.has(doubled[2]!) ? [{ tag: /^<\/?[^\s/>]*/.exec(markup[0])![0], index: markup.index! }] : [];
+  });
 }
 
 /** One plugin element as plain data: enough to render it in either form. */

@@ -74,9 +74,15 @@ function readCurrent(virsh: Virsh, name: string, flags: Scope): Current {
   const running = flags.live || flags.config ? undefined : virsh.isActive(name);
   const scope = running === undefined ? { live: flags.live, config: flags.config } : { live: running, config: !running };
   // With both flags the persistent definition is the base: it is what stays.
-  const describeScope =
-    scope.live && scope.config ? "the running domain and its persistent definition" : scope.live ? "the running domain only (as virsh does; add --config for the next start too)" : "the persistent definition";
+  const describeScope = scope.live && scope.config ? "the running domain and its persistent definition" : scope.live ? `the running domain only ${liveOnlyAdvice(virsh, name)}` : "the persistent definition";
   return { ...readStored(virsh, name, scope.config), scope, describeScope, onThisHost: isThisHostsLibvirt(virsh.uri) };
+}
+
+/** How a change to the running domain alone reaches the next start: --config, which libvirt refuses for a transient VM. */
+function liveOnlyAdvice(virsh: Virsh, name: string): string {
+  return virsh.isPersistent(name)
+    ? "(as virsh does; add --config for the next start too)"
+    : "(a transient VM, made by virsh create, has no persistent definition: the XML it is created from next time needs the change too)";
 }
 
 /** Thrown when a checked change was not stored (libvirt's metadata changed meanwhile, or libvirt refused it): editing again cannot help; what was not saved is shown. */

@@ -22,8 +22,12 @@ export function runDoctorFix(host: Host, domain: DomainSource, options: FixOptio
   const name = domain.libvirtName ?? domain.source;
   const diff = unifiedDiff(fixed.before, fixed.after, `${name} (now)`, `${name} (fixed)`);
   let backup: string | undefined;
+  // virsh define and virsh edit would make a transient VM persistent; its next start is made from the XML given to virsh create.
+  const transient = domain.libvirtName !== undefined && fixed.fixes.length > 0 && !new Virsh(options.connect).isPersistent(domain.libvirtName);
+  const makeThemThere = "its next start is made from the XML given to virsh create";
   if (options.apply && fixed.fixes.length > 0) {
     if (!domain.libvirtName || !domain.readWithSecrets) throw new VmhookError(`--apply defines the domain in libvirt: name the domain (vmhook doctor --fix --apply VM), not the file ${domain.source}`);
+    if (transient) throw new VmhookError(`${name} is a transient VM (made by virsh create): defining it would make it persistent, and ${makeThemThere}; nothing was defined: make these changes there`, diff.split("\n"));
     // Defined from the dump with its secrets, or libvirt would drop the graphics passwords; the diff shown stays the one without them.
     const stored = domain.readWithSecrets();
     const toDefine = fixDomainXml(host, stored, domain.source);
@@ -47,6 +51,7 @@ export function runDoctorFix(host: Host, domain: DomainSource, options: FixOptio
   print(`${fixed.fixes.length} change(s):`);
   for (const fix of fixed.fixes) print(`  ${fix.element}: ${fix.reason}`);
   if (backup) print(`defined ${name} with these changes; the old XML is in ${backup} (virsh define ${backup} puts it back)`);
+  else if (transient) print(`${name} is a transient VM (made by virsh create): ${makeThemThere}; make them there`);
   else if (domain.libvirtName) print(`vmhook doctor --fix --apply ${name} makes them (keeping a backup of the old XML); or virsh edit ${name}`);
   else print(`apply them with virsh edit, or name the libvirt domain: vmhook doctor --fix --apply VM`);
 }

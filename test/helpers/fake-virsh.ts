@@ -15,6 +15,10 @@ export interface FakeLibvirt {
   xml(which: "config" | "live"): string;
   setXml(which: "config" | "live", xml: string): void;
   setRunning(running: boolean): void;
+  /** The guest panicked under <on_crash>preserve</on_crash>: libvirt keeps its QEMU (paused) and the running definition, in state "crashed". */
+  preserveCrash(): void;
+  /** The domain made by virsh create from XML: running, without a persistent definition. */
+  makeTransient(): void;
   /** The argument lists virsh was called with, in order. */
   calls(): string[][];
   /** Restores PATH and removes the directory. */
@@ -40,6 +44,11 @@ export function fakeLibvirt(name: string, configXml: string): FakeLibvirt {
       if (running) fs.copyFileSync(file("config"), file("live"));
       else fs.rmSync(file("live"), { force: true });
     },
+    preserveCrash: () => fs.writeFileSync(file("state"), "crashed"),
+    makeTransient() {
+      fs.writeFileSync(file("state"), "running");
+      fs.renameSync(file("config"), file("live"));
+    },
     calls: () => (fs.existsSync(file("calls")) ? fs.readFileSync(file("calls"), "utf8").trim().split("\n").map((line) => JSON.parse(line) as string[]) : []),
     cleanup() {
       process.env.PATH = savedPath;
@@ -54,18 +63,26 @@ function fakeVirsh(dir: string, args: string[]): number {
   fs.appendFileSync(file("calls"), `${JSON.stringify(args)}\n`);
   const words = args[0] === "--connect" ? args.slice(2) : args;
   const [command, ...rest] = words;
-  const running = fs.readFileSync(file("state"), "utf8").trim() === "running";
+  const state = fs.readFileSync(file("state"), "utf8").trim() as DomainState;
+  // libvirt's "active": a QEMU process is there, a crashed one it preserved included
+  const running = state !== "shut off";
   const domain = firstPositional(rest);
   if (domain !== fs.readFileSync(file("name"), "utf8")) {
     process.stderr.write(`error: failed to get domain '${domain}'\n`);
     return 1;
   }
   if (command === "domstate") {
-    process.stdout.write(`${inCallersLanguage(running ? "running" : "shut off")}\n\n`);
+    process.stdout.write(`${inCallersLanguage(state)}\n\n`);
+    return 0;
+  }
+  const persistent = fs.existsSync(file("config"));
+  if (command === "dominfo") {
+    process.stdout.write(`Id:             1\nName:           ${domain}\nState:          ${state}\nPersistent:     ${persistent ? "yes" : "no"}\nAutostart:      disable\n\n`);
     return 0;
   }
   if (command === "dumpxml") {
-    process.stdout.write(fs.readFileSync(file(rest.includes("--inactive") || !running ? "config" : "live"), "utf8"));
+    // a transient domain's "inactive" XML is its running one
+    process.stdout.write(fs.readFileSync(file((rest.includes("--inactive") || !running) && persistent ? "config" : "live"), "utf8"));
     return 0;
   }
   if (command === "metadata") {
@@ -73,6 +90,10 @@ function fakeVirsh(dir: string, args: string[]): number {
     const targets = [...(live ? ["live"] : []), ...(rest.includes("--config") || !running ? ["config"] : [])];
     if (live && !running) {
       process.stderr.write("error: Requested operation is not valid: domain is not running\n");
+      return 1;
+    }
+    if (targets.includes("config") && !persistent) {
+      process.stderr.write("error: Requested operation is not valid: cannot change persistent config of a transient domain\n");
       return 1;
     }
     const set = rest.indexOf("--set");
@@ -83,11 +104,13 @@ function fakeVirsh(dir: string, args: string[]): number {
   return 1;
 }
 
+type DomainState = "running" | "shut off" | "crashed";
+
 /** virsh's words as gettext gives them: German when the locale asks for it (LC_ALL=C or POSIX: the words as written, whatever LANGUAGE says). */
-function inCallersLanguage(words: "running" | "shut off"): string {
+function inCallersLanguage(words: DomainState): string {
   const locale = process.env.LC_ALL || process.env.LC_MESSAGES || process.env.LANG || "C";
   if (locale === "C" || locale === "POSIX") return words;
-  return (process.env.LANGUAGE || locale).startsWith("de") ? { running: "laufend", "shut off": "ausgeschaltet" }[words] : words;
+  return (process.env.LANGUAGE || locale).startsWith("de") ? { running: "laufend", "shut off": "ausgeschaltet", crashed: "abgestürzt" }[words] : words;
 }
 
 /** Options of the commands above that take the next word as their value. */

@@ -59,6 +59,8 @@ test("the doubled-prefix repair changes element names only: comments, CDATA, pro
   const untouched = '<!-- <a:b:c/> --><![CDATA[<a:b:c/>]]><?note <a:b:c/>?>';
   assert.is(repairDoubledPrefixes(`<vmhook:vmhook:hooks note="1>2">${untouched}<vmhook:vmhook:nosleep/></vmhook:vmhook:hooks>`), `<vmhook:hooks note="1>2">${untouched}<vmhook:nosleep/></vmhook:hooks>`);
   assert.is(repairDoubledPrefixes(`<x note='<a:b:c/>'/>`), `<x note='<a:b:c/>'/>`);
+  assert.is(repairDoubledPrefixes(`<app:app:x xmlns:app="urn:example:app"/>`), `<app:app:x xmlns:app="urn:example:app"/>`, "another application's element is its own to fix");
+  assert.is(repairDoubledPrefixes(`<v:vmhook:hooks xmlns:v="urn:vmhook:1"/>`), `<v:hooks xmlns:v="urn:vmhook:1"/>`, "vmhook's namespace under another --key");
 });
 
 test("pasted metadata that is not vmhook's is refused naming the element and the fix", () => {
@@ -93,6 +95,17 @@ test("the doubled prefix in a domain whose name libvirt wrote escaped: the fix n
     }
   })();
   assert.equal(error?.lines, [`fix: vmhook config 'Bob'\\''s & VM' --edit (or --set FILE) accepts it in any form and stores it correctly; or: virsh metadata 'Bob'\\''s & VM' --uri urn:vmhook:1 --key vmhook --config --set '<hooks><hugepages size="2M"/></hooks>'`]);
+});
+
+test("hook mode: another application's element with libvirt's doubled prefix (<app:app:settings>) beside vmhook's: prepare reads the domain and starts it", async () => {
+  const sim = new SimHost();
+  try {
+    sim.dir("/var/log");
+    const foreign = '<metadata>\n    <vmhook:hooks xmlns:vmhook="urn:vmhook:1"/>\n    <app:app:settings xmlns:app="urn:example:app" mode="fast"/>\n  </metadata>';
+    assert.equal(await runHookEvent(sim, "prepare", "begin", DOMAIN(foreign), "win 11"), { code: 0, stderr: "" });
+  } finally {
+    sim.cleanup();
+  }
 });
 
 test("doctor on the doubled prefix: the finding's fix is the exact command, not 'pass the XML from virsh dumpxml'", async () => {

@@ -86,6 +86,27 @@ test("enable on a shut-off domain of a German desktop (virsh says ausgeschaltet)
     }
   }));
 
+test("enable on a VM kept crashed by <on_crash>preserve</on_crash> (QEMU still there): the change goes to the running domain, as virsh's --current, and says so", () =>
+  withDomain(async (sim, libvirt) => {
+    libvirt.setRunning(true);
+    libvirt.preserveCrash();
+    const enabled = await cli(["enable", "win11", "hugepages", "--root", sim.root]);
+    assert.is(enabled.code, 0, enabled.stderr);
+    assert.match(enabled.stdout, "win11: saved to the running domain only");
+    assert.equal(elements(libvirt.xml("live")), ["nosleep", "hugepages"]);
+    assert.equal(elements(libvirt.xml("config")), ["nosleep"], "the persistent definition only with --config");
+  }));
+
+test("enable on a transient VM (virsh create): stored in the running domain, with advice that works for it, not --config, which libvirt refuses", () =>
+  withDomain(async (sim, libvirt) => {
+    libvirt.makeTransient();
+    const enabled = await cli(["enable", "win11", "hugepages", "--root", sim.root]);
+    assert.is(enabled.code, 0, enabled.stderr);
+    assert.equal(elements(libvirt.xml("live")), ["nosleep", "hugepages"]);
+    assert.match(enabled.stdout, "win11: saved to the running domain only (a transient VM, made by virsh create, has no persistent definition: the XML it is created from next time needs the change too)");
+    assert.not.match(enabled.stdout, "--config");
+  }));
+
 test("config --edit while Ctrl-C reaches vmhook (a command run from the editor stopped with it): vmhook waits for the editor and stores what was saved", () =>
   withDomain(async (sim, libvirt) => {
     // the terminal sends SIGINT to vmhook and the editor alike; the editor, like vi, carries on
@@ -222,6 +243,22 @@ test("enable with <a:b:c> inside another application's CDATA and in a comment: n
     assert.is(again.code, 0, again.stderr);
     assert.is(again.stdout.trim(), "win11: no change");
   }, LOOKALIKES));
+
+/** Another application's element as libvirt stores a prefixed one given to its virsh metadata: its prefix doubled. */
+const FOREIGN_DOUBLED = DOMAIN.replace("</vmhook:hooks>", `</vmhook:hooks>
+    <app:app:settings xmlns:app="urn:example:app" mode="fast"/>`);
+
+test("another application's element with libvirt's doubled prefix (<app:app:settings>): config shows vmhook's without a repair warning, enable of what is there changes nothing", () =>
+  withDomain(async (sim, libvirt) => {
+    const shown = await cli(["config", "win11", "--root", sim.root]);
+    assert.is(shown.code, 0, shown.stderr);
+    assert.is(shown.stderr, "");
+    assert.match(shown.stdout, "<vmhook:nosleep/>");
+    const enabled = await cli(["enable", "win11", "nosleep", "--root", sim.root]);
+    assert.is(enabled.code, 0, enabled.stderr);
+    assert.is(enabled.stdout.trim(), "win11: no change");
+    assert.not.ok(libvirt.calls().some(([command]) => command === "metadata"), "nothing stored");
+  }, FOREIGN_DOUBLED));
 
 /** An installed module plugin that takes any attributes and content. */
 const NOTES_PLUGIN = `export default { name: "notes", summary: "keeps notes", usage: '<vmhook:plugin name="notes" text="…"/>', parse: () => ({}), async prepare() {}, undo() {} };\n`;

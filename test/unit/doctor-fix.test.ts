@@ -95,16 +95,18 @@ test("<vmhook:hugepages> without size gets a plain <hugepages/>; an existing <me
 
 // A virsh that answers as libvirt does for what --apply needs: dumpxml leaves
 // the graphics password out unless --security-info is given
-// (VIR_DOMAIN_XML_SECURE); define stores exactly the XML it is given.
+// (VIR_DOMAIN_XML_SECURE); define stores exactly the XML it is given (and
+// makes a transient domain persistent); dominfo says whether it is persistent.
 const FAKE_VIRSH = `#!/bin/sh
 state="$VMHOOK_TEST_VIRSH_STATE"
 case " $* " in
+  *" dominfo "*) if [ -e "$state/transient" ]; then echo "Persistent:     no"; else echo "Persistent:     yes"; fi ;;
   *" dumpxml "*)
     case " $* " in
       *" --security-info "*) if [ -e "$state/changed.xml" ]; then cat "$state/changed.xml"; else cat "$state/domain.xml"; fi ;;
       *) sed -e "s/ passwd='[^']*'//" "$state/domain.xml" ;;
     esac ;;
-  *" define "*) cat > "$state/domain.xml"; echo "Domain 'win11' defined from /dev/stdin" ;;
+  *" define "*) cat > "$state/domain.xml"; rm -f "$state/transient"; echo "Domain 'win11' defined from /dev/stdin" ;;
   *) echo "error: fake virsh: unsupported: $*" >&2; exit 1 ;;
 esac
 `;
@@ -112,12 +114,13 @@ esac
 /**
  * Runs `vmhook doctor --fix --apply win11` against the fake virsh, whose
  * domain is `stored` (and, for the read with secrets, `secureRead` when
- * given); `check` gets the outcome, what libvirt holds after it and the host.
+ * given; made by virsh create when `transient`); `check` gets the outcome,
+ * what libvirt holds after it and the host.
  */
 async function applyWithFakeVirsh(
   stored: string,
   check: (applied: { code: number; stdout: string; stderr: string }, defined: string, sim: SimHost) => void,
-  secureRead?: string,
+  { secureRead, transient = false }: { secureRead?: string; transient?: boolean } = {},
 ): Promise<void> {
   const sim = nvidiaHost();
   const bin = fs.mkdtempSync(path.join(os.tmpdir(), "vmhook-fake-virsh-"));
@@ -126,6 +129,7 @@ async function applyWithFakeVirsh(
     fs.writeFileSync(path.join(bin, "virsh"), FAKE_VIRSH, { mode: 0o755 });
     fs.writeFileSync(path.join(bin, "domain.xml"), stored);
     if (secureRead !== undefined) fs.writeFileSync(path.join(bin, "changed.xml"), secureRead);
+    if (transient) fs.writeFileSync(path.join(bin, "transient"), "");
     process.env.PATH = `${bin}:${oldPath}`;
     process.env.VMHOOK_TEST_VIRSH_STATE = bin;
     const applied = await cli(["doctor", "--fix", "--apply", "win11", "--root", sim.root]);
@@ -163,7 +167,22 @@ test("doctor --fix --apply VM refuses, defining nothing, when the domain changed
       assert.is(defined, stored, "nothing was defined");
       assert.not.ok(fs.existsSync(sim.resolve("/var/lib/vmhook/backups")) && fs.readdirSync(sim.resolve("/var/lib/vmhook/backups")).length > 0, "no backup was written");
     },
-    changed,
+    { secureRead: changed },
+  );
+});
+
+test("doctor --fix --apply of a transient VM (virsh create): refused with the diff, nothing defined, as defining it would make it persistent", async () => {
+  const stored = degradedWin11();
+  await applyWithFakeVirsh(
+    stored,
+    (applied, defined, sim) => {
+      assert.is(applied.code, 1, applied.stdout);
+      assert.match(applied.stderr, "win11 is a transient VM (made by virsh create): defining it would make it persistent, and its next start is made from the XML given to virsh create; nothing was defined: make these changes there");
+      for (const shown of ["+++ win11 (fixed)", "+  <memoryBacking>"]) assert.match(applied.stderr, shown, "the changes are shown");
+      assert.is(defined, stored, "nothing was defined");
+      assert.not.ok(fs.existsSync(sim.resolve("/var/lib/vmhook/backups")), "no backup was written");
+    },
+    { transient: true },
   );
 });
 
