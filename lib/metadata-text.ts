@@ -28,8 +28,12 @@ function vmhookPrefixes(xml: string): Set<string> {
   return new Set([METADATA_KEY, ...[...declarations].flatMap(([, prefix, , uri]) => (uri === NAMESPACE_URI ? [prefix!] : []))]);
 }
 
+/** Any tag name with two prefixes, anywhere: most domain XML has none, and is returned as it is. */
+const ANY_DOUBLED_PREFIX = /<\/?[A-Za-z_][\w.-]*:[A-Za-z_][\w.-]*:[A-Za-z_]/;
+
 /** The doubled prefixes of one side reduced to the first one; only element names change. */
 function repairDoubled(xml: string, whose: "vmhook's" | "others'"): string {
+  if (!ANY_DOUBLED_PREFIX.test(xml)) return xml;
   const ours = vmhookPrefixes(xml);
   return xml.replace(MARKUP, (markup) => markup.replace(DOUBLED_PREFIX, (tag, slash: string, prefix: string) => (ours.has(prefix) === (whose === "vmhook's") ? `<${slash}${prefix}:` : tag)));
 }
