@@ -36,8 +36,14 @@ export interface NumaCell {
   memoryKiB: number;
 }
 
-/** <devices><memory model='dimm'>: hotpluggable memory present at start, counted in <memory> beside the cells. */
-export interface Dimm {
+/**
+ * <devices><memory model='dimm|virtio-mem'>: hotpluggable memory present at
+ * start, counted in <memory> beside the cells, backed like its target cell
+ * (virtio-mem: up to its whole <size>, as the guest plugs it).
+ */
+export interface MemoryDevice {
+  model: "dimm" | "virtio-mem";
+  /** <target><size>: for virtio-mem, the most the guest can plug. */
   sizeKiB: number;
   /** <target><node>: the guest NUMA cell it belongs to. */
   node?: number;
@@ -61,7 +67,7 @@ export interface Domain {
   memnodes: { cellid: number; mode: string; nodeset: number[] }[];
   /** <cpu><numa><cell>: guest NUMA cells. */
   numaCells: NumaCell[];
-  dimms: Dimm[];
+  memoryDevices: MemoryDevice[];
   cputune: { vcpupins: number[][]; emulatorpin?: number[]; iothreadpins: number[][] };
   hostdevs: (PciHostdev | MdevHostdev)[];
   interfaces: NetworkInterface[];
@@ -186,7 +192,7 @@ export function parseDomain(xml: string, what = "domain XML"): Domain {
       id: attr(cell, "id") !== undefined ? parseInteger(attr(cell, "id")!, "<cpu><numa><cell>", "id", 0, 1023) : index,
       memoryKiB: sizeToKiB(attr(cell, "memory") ?? "0", attr(cell, "unit"), "<cpu><numa><cell>", "memory"),
     })),
-    dimms: parseDimms(document),
+    memoryDevices: parseMemoryDevices(document),
     cputune: {
       vcpupins: nodes(document, "domain", "cputune", "vcpupin").map((pin) =>
         parseCpuset(attr(pin, "cpuset") ?? "", "<cputune><vcpupin>", "cpuset"),
@@ -265,22 +271,28 @@ function parseMemoryBacking(document: XmlNode): Domain["hugepages"] {
   };
 }
 
-function parseDimms(document: XmlNode): Dimm[] {
-  const where = "<devices><memory model='dimm'>";
-  return nodes(document, "domain", "devices", "memory")
-    .filter((memory) => attr(memory, "model") === "dimm")
-    .map((memory) => {
-      const size = first(memory, "target", "size");
-      const node = text(memory, "target", "node");
-      const pagesize = first(memory, "source", "pagesize");
-      const nodemask = text(memory, "source", "nodemask");
-      return {
+/** Memory devices whose memory is RAM (nvdimm and virtio-pmem map a file, sgx-epc is enclave memory). */
+const RAM_MEMORY_MODELS = ["dimm", "virtio-mem"] as const;
+
+function parseMemoryDevices(document: XmlNode): MemoryDevice[] {
+  return nodes(document, "domain", "devices", "memory").flatMap((memory) => {
+    const model = RAM_MEMORY_MODELS.find((ram) => ram === attr(memory, "model"));
+    if (!model) return [];
+    const where = `<devices><memory model='${model}'>`;
+    const size = first(memory, "target", "size");
+    const node = text(memory, "target", "node");
+    const pagesize = first(memory, "source", "pagesize");
+    const nodemask = text(memory, "source", "nodemask");
+    return [
+      {
+        model,
         sizeKiB: sizeToKiB(size?.textContent ?? "", attr(size, "unit"), `${where}<target><size>`, "value"),
         ...(node === undefined ? {} : { node: parseInteger(node, `${where}<target><node>`, "value", 0, 1023) }),
         ...(pagesize ? { pageSizeKiB: sizeToKiB(pagesize.textContent ?? "", attr(pagesize, "unit"), `${where}<source><pagesize>`, "value") } : {}),
         ...(nodemask === undefined ? {} : { nodemask: parseNodeset(nodemask, `${where}<source><nodemask>`, "value") }),
-      };
-    });
+      },
+    ];
+  });
 }
 
 function nodesetAttribute(value: string | undefined, where: string): number[] {

@@ -99,22 +99,28 @@ function checkPageSize(sizeKiB: number, element: string, value: string): number 
   return sizeKiB;
 }
 
-/** One part of guest memory: a guest NUMA cell, a DIMM, or all of it when the guest has no cells. */
+/** One part of guest memory: a guest NUMA cell, a memory device, or all of it when the guest has no cells. */
 interface MemoryPart {
   cell?: number;
   memoryKiB: number;
-  /** A DIMM's own <source><pagesize> and <source><nodemask>. */
+  /** A memory device's own <source><pagesize> and <source><nodemask>, and its element for messages. */
   pageSizeKiB?: number;
   hostNodes?: number[];
+  source?: string;
 }
-
-const DIMM_SOURCE = "<devices><memory model='dimm'><source>";
 
 function memoryParts(domain: Domain): MemoryPart[] {
   if (domain.numaCells.length > 0) {
-    // <memory> is the cells plus the DIMMs, and QEMU backs each DIMM with huge pages as it does its target cell.
-    const dimms = domain.dimms.map(({ sizeKiB, node, pageSizeKiB, nodemask }) => ({ cell: node, memoryKiB: sizeKiB, pageSizeKiB, hostNodes: nodemask }));
-    return [...domain.numaCells.map((cell) => ({ cell: cell.id, memoryKiB: cell.memoryKiB })), ...dimms];
+    // <memory> is the cells plus the memory devices, and QEMU backs each device with huge pages as it does its target cell;
+    // a virtio-mem device up to its whole <size>: the guest plugs blocks at run time, when no hook runs.
+    const devices = domain.memoryDevices.map(({ model, sizeKiB, node, pageSizeKiB, nodemask }) => ({
+      cell: node,
+      memoryKiB: sizeKiB,
+      pageSizeKiB,
+      hostNodes: nodemask,
+      source: `<devices><memory model='${model}'><source>`,
+    }));
+    return [...domain.numaCells.map((cell) => ({ cell: cell.id, memoryKiB: cell.memoryKiB })), ...devices];
   }
   if (domain.memoryKiB <= 0) throw new ConfigError("<domain>", "has no <memory>, so there is nothing to back with huge pages; add <memory unit='GiB'>N</memory>");
   return [{ memoryKiB: domain.memoryKiB }];
@@ -122,7 +128,7 @@ function memoryParts(domain: Domain): MemoryPart[] {
 
 /** The page size the domain gives this part of memory, if any: without one, libvirt backs it with the host's default huge page size. */
 function declaredPageSize(part: MemoryPart, domain: Domain): number | undefined {
-  if (part.pageSizeKiB !== undefined) return checkPageSize(part.pageSizeKiB, `${DIMM_SOURCE}<pagesize>`, `${part.pageSizeKiB} (KiB)`);
+  if (part.pageSizeKiB !== undefined) return checkPageSize(part.pageSizeKiB, `${part.source}<pagesize>`, `${part.pageSizeKiB} (KiB)`);
   const pages = domain.hugepages?.pages ?? [];
   const inCell = (nodeset: string) =>
     part.cell !== undefined && parseNodeset(nodeset, "<memoryBacking><hugepages><page>", "nodeset").includes(part.cell);
@@ -137,7 +143,7 @@ function pageSizeOf(part: MemoryPart, domain: Domain, sizeAttribute: number | un
     throw new ConfigError(where, `size="${formatKiB(sizeAttribute)}" disagrees with <memoryBacking><hugepages><page size="${other.sizeKiB}" unit="KiB">; remove size= or make both the same`);
   }
   if (part.pageSizeKiB !== undefined && part.pageSizeKiB !== sizeAttribute) {
-    throw new ConfigError(where, `size="${formatKiB(sizeAttribute)}" disagrees with ${DIMM_SOURCE}<pagesize unit="KiB">${part.pageSizeKiB}</pagesize>; remove size= or make both the same`);
+    throw new ConfigError(where, `size="${formatKiB(sizeAttribute)}" disagrees with ${part.source}<pagesize unit="KiB">${part.pageSizeKiB}</pagesize>; remove size= or make both the same`);
   }
   return sizeAttribute;
 }

@@ -119,26 +119,35 @@ test("cells without a <memnode> fall back to <numatune><memory>; pages of one po
   assert.equal(parsed.pools, [{ sizeKiB: 2048, node: 0, pages: 1024 }]);
 });
 
-test("memory hotplug: a <memory model='dimm'> present at start is backed too, on its guest cell's pool and page size (or its own)", async () => {
-  // libvirt's <memory> counts the cells and the DIMMs; QEMU backs each DIMM with huge pages like its target cell
-  const dimm = (size: string, node: number, source = "") => `<memory model='dimm'>${source}<target><size unit='MiB'>${size}</size><node>${node}</node></target></memory>`;
-  const parsed = await config({
-    memory: "<maxMemory slots='4' unit='GiB'>16</maxMemory><memory unit='MiB'>3584</memory>",
-    extra: `<memoryBacking><hugepages/></memoryBacking><numatune><memnode cellid='1' nodeset='1'/></numatune>
-      ${cells("<cell id='0' cpus='0' memory='1' unit='GiB'/>", "<cell id='1' cpus='1' memory='1' unit='GiB'/>")}
-      <devices>${dimm("512", 1)}${dimm("1024", 0, "<source><pagesize unit='GiB'>1</pagesize><nodemask>0</nodemask></source>")}</devices>`,
+// libvirt's <memory> counts the cells and the memory devices; QEMU backs each with huge pages like its target cell.
+// A virtio-mem device's backend is mapped with reserve=off: huge pages are taken as the guest plugs blocks, up to <size>, when no hook runs.
+const hotplugModels: [string, string][] = [
+  ["dimm", ""],
+  ["virtio-mem", "<block unit='MiB'>2</block><requested unit='MiB'>0</requested>"],
+];
+
+for (const [model, target] of hotplugModels) {
+  test(`memory hotplug: a <memory model='${model}'> present at start is backed too, all of its <target><size>, on its guest cell's pool and page size (or its own); virtio-pmem and nvdimm are files, not counted`, async () => {
+    const device = (size: string, node: number, source = "") => `<memory model='${model}'>${source}<target><size unit='MiB'>${size}</size><node>${node}</node>${target}</target></memory>`;
+    const files = "<memory model='virtio-pmem' access='shared'><source><path>/tmp/pmem</path></source><target><size unit='GiB'>4</size></target></memory><memory model='nvdimm'><source><path>/tmp/nvdimm</path></source><target><size unit='GiB'>4</size><node>0</node></target></memory>";
+    const parsed = await config({
+      memory: "<maxMemory slots='4' unit='GiB'>16</maxMemory><memory unit='MiB'>11776</memory>",
+      extra: `<memoryBacking><hugepages/></memoryBacking><numatune><memnode cellid='1' nodeset='1'/></numatune>
+        ${cells("<cell id='0' cpus='0' memory='1' unit='GiB'/>", "<cell id='1' cpus='1' memory='1' unit='GiB'/>")}
+        <devices>${device("512", 1)}${device("1024", 0, "<source><pagesize unit='GiB'>1</pagesize><nodemask>0</nodemask></source>")}${files}</devices>`,
+    });
+    assert.equal(parsed.pools, [
+      { sizeKiB: 2048, pages: 512 },
+      { sizeKiB: 2048, node: 1, pages: 768 },
+      { sizeKiB: GiB, node: 0, pages: 1 },
+    ]);
+    const message = await configError({
+      element: "<vmhook:hugepages size='2M'/>",
+      extra: `${cells("<cell id='0' cpus='0' memory='1' unit='GiB'/>")}<devices>${device("1024", 0, "<source><pagesize unit='GiB'>1</pagesize></source>")}</devices>`,
+    });
+    assert.match(message, `size="2M" disagrees with <devices><memory model='${model}'><source><pagesize unit="KiB">1048576</pagesize>; remove size= or make both the same`);
   });
-  assert.equal(parsed.pools, [
-    { sizeKiB: 2048, pages: 512 },
-    { sizeKiB: 2048, node: 1, pages: 768 },
-    { sizeKiB: GiB, node: 0, pages: 1 },
-  ]);
-  const message = await configError({
-    element: "<vmhook:hugepages size='2M'/>",
-    extra: `${cells("<cell id='0' cpus='0' memory='1' unit='GiB'/>")}<devices>${dimm("1024", 0, "<source><pagesize unit='GiB'>1</pagesize></source>")}</devices>`,
-  });
-  assert.match(message, /size="2M" disagrees with <devices><memory model='dimm'><source><pagesize unit="KiB">1048576<\/pagesize>; remove size= or make both the same/);
-});
+}
 
 test("node= overrides <numatune>; timeout= is read", async () => {
   const parsed = await config({ element: "<vmhook:hugepages node='1' timeout='3'/>", extra: "<numatune><memory nodeset='0'/></numatune>" });
