@@ -61,8 +61,12 @@ export interface Domain {
   vcpus: number;
   /** <memoryBacking><hugepages>: present, with its <page> entries (size in KiB, optional guest nodeset). */
   hugepages?: { pages: { sizeKiB: number; nodeset?: string }[] };
-  /** <numatune><memory>: host NUMA nodes for all guest memory. */
-  numatuneMemory?: { mode: string; nodeset?: number[] };
+  /**
+   * <numatune><memory>: host NUMA nodes for all guest memory. placement
+   * "auto": numad picks them as the domain starts, after the prepare hook
+   * (libvirt drops any nodeset), also implied by <vcpu placement='auto'>.
+   */
+  numatuneMemory?: { mode: string; placement: "static" | "auto"; nodeset?: number[] };
   /** <numatune><memnode cellid nodeset>: host nodes per guest cell. */
   memnodes: { cellid: number; mode: string; nodeset: number[] }[];
   /** <cpu><numa><cell>: guest NUMA cells. */
@@ -301,13 +305,19 @@ function nodesetAttribute(value: string | undefined, where: string): number[] {
 
 function parseNumatune(document: XmlNode): Pick<Domain, "numatuneMemory" | "memnodes"> {
   const memory = first(document, "domain", "numatune", "memory");
+  const nodeset = attr(memory, "nodeset");
+  const placement = attr(memory, "placement") ?? (nodeset === undefined && attr(first(document, "domain", "vcpu"), "placement") === "auto" ? "auto" : "static");
+  // As libvirt reads it: numad's placement for the vCPUs is the memory's too when no <numatune><memory> names nodes.
+  const placedByNumad = placement === "auto";
   return {
-    numatuneMemory: memory
-      ? {
-          mode: attr(memory, "mode") ?? "strict",
-          nodeset: attr(memory, "nodeset") !== undefined ? nodesetAttribute(attr(memory, "nodeset"), "<numatune><memory>") : undefined,
-        }
-      : undefined,
+    numatuneMemory:
+      memory || placedByNumad
+        ? {
+            mode: attr(memory, "mode") ?? "strict",
+            placement: placedByNumad ? "auto" : "static",
+            nodeset: nodeset !== undefined && !placedByNumad ? nodesetAttribute(nodeset, "<numatune><memory>") : undefined,
+          }
+        : undefined,
     memnodes: nodes(document, "domain", "numatune", "memnode").map((memnode) => ({
       cellid: parseInteger(attr(memnode, "cellid") ?? "", "<numatune><memnode>", "cellid", 0, 1023),
       mode: attr(memnode, "mode") ?? "strict",

@@ -42,6 +42,12 @@ export interface HugepagesConfig {
    * size, so prepare checks that the two agree.
    */
   hostDefaultSizeKiB?: number;
+  /**
+   * The mode of <numatune><memory placement='auto'> when it binds the VM's
+   * memory to numad's nodes (strict, restrictive): nodes picked after the
+   * prepare hook, so on a host of several nodes no pool is known to serve it.
+   */
+  boundByNumad?: string;
 }
 
 /**
@@ -88,8 +94,18 @@ function parseConfig(elements: XmlElement[], domain: Domain): HugepagesConfig {
   const retrySeconds = attrs.timeout === undefined ? DEFAULT_RETRY_SECONDS : parseInteger(attrs.timeout, where, "timeout", 0, 3600);
   const backedByHugepages = domain.hugepages !== undefined;
   const leftToLibvirt = backedByHugepages && memoryParts(domain).some((part) => declaredPageSize(part, domain) === undefined);
-  return { pools: poolNeeds(domain, where, size, nodes), retrySeconds, backedByHugepages, ...(leftToLibvirt ? { hostDefaultSizeKiB: size ?? DEFAULT_SIZE_KIB } : {}) };
+  const numad = domain.numatuneMemory?.placement === "auto" && BINDING_MODES.includes(domain.numatuneMemory.mode) ? domain.numatuneMemory.mode : undefined;
+  return {
+    pools: poolNeeds(domain, where, size, nodes),
+    retrySeconds,
+    backedByHugepages,
+    ...(leftToLibvirt ? { hostDefaultSizeKiB: size ?? DEFAULT_SIZE_KIB } : {}),
+    ...(numad ? { boundByNumad: numad } : {}),
+  };
 }
+
+/** <numatune> modes whose memory comes from the nodes named and no other (preferred and interleave fall back to others). */
+const BINDING_MODES = ["strict", "restrictive"];
 
 function checkPageSize(sizeKiB: number, element: string, value: string): number {
   const powerOfTwo = sizeKiB > 0 && (sizeKiB & (sizeKiB - 1)) === 0;
@@ -326,6 +342,24 @@ function hostDefaultMismatch(host: Host, sizeKiB: number): { reason: string; fix
   };
 }
 
+/**
+ * libvirt asks numad for placement='auto' nodes only after the prepare hook,
+ * and the XML never names them: with several host nodes, pages grown in any
+ * pool may sit on nodes the VM is not allowed to take them from.
+ */
+function numadRefusal(host: Host, mode: string): { reason: string; fixes: string[] } | undefined {
+  const nodes = hostNodes(host);
+  if (nodes.length <= 1) return undefined;
+  return {
+    reason: `<numatune><memory placement='auto'>: numad picks the host NUMA nodes for this VM only after the prepare hook, so vmhook cannot know which node's pool must hold its pages, and with mode='${mode}' the VM takes none from the other nodes (this host has nodes ${nodes.join(", ")})`,
+    fixes: [
+      `name the nodes: <numatune><memory mode='${mode}' nodeset='${nodes[0]}'/> (virsh edit)`,
+      "or mode='preferred' or 'interleave', which may take pages from any node: vmhook then grows the global pool",
+      "or reserve the pages at boot on the nodes numad may pick and drop <vmhook:hugepages>",
+    ],
+  };
+}
+
 function checkHostDefaultSize(host: Host, sizeKiB: number): void {
   const mismatch = hostDefaultMismatch(host, sizeKiB);
   if (mismatch) throw new VmhookError(`hugepages: ${mismatch.reason}; ${mismatch.fixes[0]}`, mismatch.fixes.slice(1));
@@ -348,6 +382,8 @@ function reclaim(host: Host, node: number | undefined): void {
  */
 function planPrepare(ctx: PlanContext<HugepagesConfig>): Step<GrowRecord>[] {
   const { config, host } = ctx;
+  const numad = config.boundByNumad === undefined ? undefined : numadRefusal(host, config.boundByNumad);
+  if (numad) throw new VmhookError(`hugepages: ${numad.reason}; ${numad.fixes[0]}`, numad.fixes.slice(1));
   for (const need of config.pools) checkPoolExists(host, need);
   if (config.hostDefaultSizeKiB !== undefined) checkHostDefaultSize(host, config.hostDefaultSizeKiB);
   const fits = checkFit(config.pools, readHostView(host, config.pools, ctx.settings));
@@ -506,9 +542,11 @@ function check({ host, domain, elements }: CheckContext): Finding[] {
   } catch {
     return []; // reported by the config check
   }
-  const { pools, hostDefaultSizeKiB } = config;
+  const { pools, hostDefaultSizeKiB, boundByNumad } = config;
   const checkName = (node: number | undefined) => (node === undefined ? "hugepages" : `hugepages node ${node}`);
   const findings: Finding[] = [];
+  const numad = boundByNumad === undefined ? undefined : numadRefusal(host, boundByNumad);
+  if (numad) findings.push(fail("hugepages NUMA placement", numad.reason, numad.fixes.join("; ")));
   const mismatch = hostDefaultSizeKiB === undefined ? undefined : hostDefaultMismatch(host, hostDefaultSizeKiB);
   if (mismatch) findings.push(fail("hugepages page size", mismatch.reason, mismatch.fixes.join("; ")));
   const present = pools.filter(({ sizeKiB, node }) => {

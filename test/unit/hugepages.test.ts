@@ -238,6 +238,49 @@ test("per-node pools: each node's pool grows by its share", async () => {
   }
 });
 
+test("<numatune><memory placement='auto'> (numad picks the nodes after the prepare hook) on a host of several nodes: a VM bound to them is refused, nothing taken; one node, or a mode that falls back, takes the global pool", async () => {
+  const auto = (memory: string, vcpu = "<vcpu>2</vcpu>", element = "<vmhook:hugepages/>") =>
+    domainXml({ element, extra: `<memoryBacking><hugepages/></memoryBacking>${memory}` }).replace("<vcpu>2</vcpu>", vcpu);
+  const refused: [string, string][] = [
+    ["strict", auto("<numatune><memory mode='strict' placement='auto'/></numatune>")],
+    ["restrictive", auto("<numatune><memory mode='restrictive' placement='auto'/></numatune>")],
+    ["a nodeset libvirt drops", auto("<numatune><memory placement='auto' nodeset='1'/></numatune>", undefined, "<vmhook:hugepages node='1'/>")],
+    // libvirt adds <numatune><memory mode='strict' placement='auto'/> itself when the vCPUs are placed by numad
+    ["<vcpu placement='auto'>", auto("", "<vcpu placement='auto'>2</vcpu>")],
+    ["<vcpu placement='auto'> and a <numatune><memory> without nodeset", auto("<numatune><memory mode='strict'/></numatune>", "<vcpu placement='auto'>2</vcpu>")],
+  ];
+  for (const [what, xml] of refused) {
+    const { sim } = host({ nodes: 2 });
+    try {
+      const before = sim.snapshot();
+      const outcome = await runHookEvent(sim, "prepare", "begin", xml);
+      assert.is(outcome.code, 1, what);
+      assert.match(firstLine(outcome.stderr), "vmhook: hugepages: <numatune><memory placement='auto'>: numad picks the host NUMA nodes for this VM only after the prepare hook, so vmhook cannot know which node's pool", what);
+      assert.match(outcome.stderr, "nodeset='0'/> (virsh edit)", what);
+      assert.equal(sim.snapshot(), before, what);
+      assert.equal(sim.stateFiles(), [], what);
+    } finally {
+      sim.cleanup();
+    }
+  }
+  // Pages anywhere serve a VM whose memory may fall back to other nodes, and on one node the global pool is that node's.
+  const fine: [string, number, string][] = [
+    ["preferred", 2, auto("<numatune><memory mode='preferred' placement='auto'/></numatune>")],
+    ["interleave", 2, auto("<numatune><memory mode='interleave' placement='auto'/></numatune>")],
+    ["one node", 1, auto("<numatune><memory mode='strict' placement='auto'/></numatune>")],
+  ];
+  for (const [what, nodes, xml] of fine) {
+    const { sim, kernel } = host({ nodes });
+    try {
+      const outcome = await runHookEvent(sim, "prepare", "begin", xml);
+      assert.is(outcome.code, 0, `${what}: ${outcome.stderr}`);
+      assert.is(kernel.pool(2048), 512, what);
+    } finally {
+      sim.cleanup();
+    }
+  }
+});
+
 const poolFiles = (sim: SimHost) => sim.writes.filter((w) => w.path.endsWith("/nr_hugepages"));
 
 test("a request that cannot fit is refused before a page is taken: need, what the host can give, the floor, the remedy", async () => {
