@@ -142,19 +142,24 @@ function memoryParts(domain: Domain): MemoryPart[] {
   return [{ memoryKiB: domain.memoryKiB }];
 }
 
+/** A page size the domain declares: a huge page size, or the base page size, libvirt's way of backing that memory without huge pages. */
+const checkDeclaredSize = (sizeKiB: number, element: string, value: string) => (sizeKiB === BASE_PAGE_KIB ? sizeKiB : checkPageSize(sizeKiB, element, value));
+
 /** The page size the domain gives this part of memory, if any: without one, libvirt backs it with the host's default huge page size. */
 function declaredPageSize(part: MemoryPart, domain: Domain): number | undefined {
-  if (part.pageSizeKiB !== undefined) return checkPageSize(part.pageSizeKiB, `${part.source}<pagesize>`, `${part.pageSizeKiB} (KiB)`);
+  if (part.pageSizeKiB !== undefined) return checkDeclaredSize(part.pageSizeKiB, `${part.source}<pagesize>`, `${part.pageSizeKiB} (KiB)`);
   const pages = domain.hugepages?.pages ?? [];
   const inCell = (nodeset: string) =>
     part.cell !== undefined && parseNodeset(nodeset, "<memoryBacking><hugepages><page>", "nodeset").includes(part.cell);
   const page = pages.find((p) => p.nodeset !== undefined && inCell(p.nodeset)) ?? pages.find((p) => p.nodeset === undefined);
-  return page && checkPageSize(page.sizeKiB, "<memoryBacking><hugepages><page>", `size="${page.sizeKiB}" (KiB)`);
+  return page && checkDeclaredSize(page.sizeKiB, "<memoryBacking><hugepages><page>", `size="${page.sizeKiB}" (KiB)`);
 }
 
+/** The page size of this part of memory; BASE_PAGE_KIB: none of it is backed by huge pages. */
 function pageSizeOf(part: MemoryPart, domain: Domain, sizeAttribute: number | undefined, where: string): number {
-  if (sizeAttribute === undefined) return declaredPageSize(part, domain) ?? DEFAULT_SIZE_KIB;
-  const other = (domain.hugepages?.pages ?? []).find((page) => page.sizeKiB !== sizeAttribute);
+  const declared = declaredPageSize(part, domain);
+  if (sizeAttribute === undefined || declared === BASE_PAGE_KIB) return declared ?? DEFAULT_SIZE_KIB;
+  const other = (domain.hugepages?.pages ?? []).find((page) => page.sizeKiB !== sizeAttribute && page.sizeKiB !== BASE_PAGE_KIB);
   if (other) {
     throw new ConfigError(where, `size="${formatKiB(sizeAttribute)}" disagrees with <memoryBacking><hugepages><page size="${other.sizeKiB}" unit="KiB">; remove size= or make both the same`);
   }
@@ -184,6 +189,7 @@ function poolNeeds(domain: Domain, where: string, sizeAttribute: number | undefi
   const byNodeset = new Map<string, { sizeKiB: number; nodes?: number[]; pages: number }>();
   for (const part of memoryParts(domain)) {
     const sizeKiB = pageSizeOf(part, domain, sizeAttribute, where);
+    if (sizeKiB === BASE_PAGE_KIB) continue;
     const nodes = hostNodesOf(part, domain, nodeAttribute);
     const key = `${sizeKiB}/${nodes?.join(",") ?? "global"}`;
     const group = byNodeset.get(key) ?? { sizeKiB, nodes, pages: 0 };

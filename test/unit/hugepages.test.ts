@@ -149,6 +149,15 @@ for (const [model, target] of hotplugModels) {
   });
 }
 
+test("a <page> or <source><pagesize> of the base page size (4 KiB) is memory libvirt backs without huge pages: not counted, not refused", async () => {
+  const extra = `<memoryBacking><hugepages><page size='2' unit='MiB' nodeset='0'/><page size='4' unit='KiB' nodeset='1'/></hugepages></memoryBacking>
+    ${cells("<cell id='0' cpus='0' memory='1' unit='GiB'/>", "<cell id='1' cpus='1' memory='1' unit='GiB'/>")}
+    <devices><memory model='dimm'><source><pagesize unit='KiB'>4</pagesize></source><target><size unit='GiB'>1</size><node>0</node></target></memory></devices>`;
+  const memory = "<maxMemory slots='2' unit='GiB'>8</maxMemory><memory unit='GiB'>3</memory>";
+  assert.equal((await config({ memory, extra })).pools, [{ sizeKiB: 2048, pages: 512 }]);
+  assert.equal((await config({ memory, extra, element: "<vmhook:hugepages size='2M'/>" })).pools, [{ sizeKiB: 2048, pages: 512 }]);
+});
+
 test("node= overrides <numatune>; timeout= is read", async () => {
   const parsed = await config({ element: "<vmhook:hugepages node='1' timeout='3'/>", extra: "<numatune><memory nodeset='0'/></numatune>" });
   assert.equal(parsed.pools, [{ sizeKiB: 2048, node: 1, pages: 512 }]);
