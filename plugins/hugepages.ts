@@ -149,8 +149,11 @@ const checkDeclaredSize = (sizeKiB: number, element: string, value: string) => (
 function declaredPageSize(part: MemoryPart, domain: Domain): number | undefined {
   if (part.pageSizeKiB !== undefined) return checkDeclaredSize(part.pageSizeKiB, `${part.source}<pagesize>`, `${part.pageSizeKiB} (KiB)`);
   const pages = domain.hugepages?.pages ?? [];
-  const inCell = (nodeset: string) =>
-    part.cell !== undefined && parseNodeset(nodeset, "<memoryBacking><hugepages><page>", "nodeset").includes(part.cell);
+  const inCell = (nodeset: string) => {
+    const cells = parseNodeset(nodeset, "<memoryBacking><hugepages><page>", "nodeset");
+    // Without guest cells libvirt takes a <page nodeset='0'> as the page of all memory (and drops the nodeset once defined).
+    return part.cell === undefined ? domain.numaCells.length === 0 && cells.every((cell) => cell === 0) : cells.includes(part.cell);
+  };
   const page = pages.find((p) => p.nodeset !== undefined && inCell(p.nodeset)) ?? pages.find((p) => p.nodeset === undefined);
   return page && checkDeclaredSize(page.sizeKiB, "<memoryBacking><hugepages><page>", `size="${page.sizeKiB}" (KiB)`);
 }

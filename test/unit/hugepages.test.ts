@@ -158,6 +158,12 @@ test("a <page> or <source><pagesize> of the base page size (4 KiB) is memory lib
   assert.equal((await config({ memory, extra, element: "<vmhook:hugepages size='2M'/>" })).pools, [{ sizeKiB: 2048, pages: 512 }]);
 });
 
+test("no guest NUMA cells: a <page nodeset='0'> is the page of all memory, as libvirt reads it (a domain file not yet defined still has it)", async () => {
+  const parsed = await config({ memory: "<memory unit='GiB'>4</memory>", extra: "<memoryBacking><hugepages><page size='1' unit='GiB' nodeset='0'/></hugepages></memoryBacking>" });
+  assert.equal(parsed.pools, [{ sizeKiB: GiB, pages: 4 }]);
+  assert.is(parsed.hostDefaultSizeKiB, undefined, "the page size is declared, not left to the host's default");
+});
+
 test("node= overrides <numatune>; timeout= is read", async () => {
   const parsed = await config({ element: "<vmhook:hugepages node='1' timeout='3'/>", extra: "<numatune><memory nodeset='0'/></numatune>" });
   assert.equal(parsed.pools, [{ sizeKiB: 2048, node: 1, pages: 512 }]);
