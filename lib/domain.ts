@@ -36,8 +36,14 @@ export interface NumaCell {
   memoryKiB: number;
 }
 
-/** <devices><memory model='dimm'>: hotpluggable memory present at start, counted in <memory> beside the cells. */
-export interface Dimm {
+/**
+ * <devices><memory model='dimm|virtio-mem'>: hotpluggable memory present at
+ * start, counted in <memory> beside the cells, backed like its target cell
+ * (virtio-mem: up to its whole <size>, as the guest plugs it).
+ */
+export interface MemoryDevice {
+  model: "dimm" | "virtio-mem";
+  /** <target><size>: for virtio-mem, the most the guest can plug. */
   sizeKiB: number;
   /** <target><node>: the guest NUMA cell it belongs to. */
   node?: number;
@@ -55,13 +61,17 @@ export interface Domain {
   vcpus: number;
   /** <memoryBacking><hugepages>: present, with its <page> entries (size in KiB, optional guest nodeset). */
   hugepages?: { pages: { sizeKiB: number; nodeset?: string }[] };
-  /** <numatune><memory>: host NUMA nodes for all guest memory. */
-  numatuneMemory?: { mode: string; nodeset?: number[] };
+  /**
+   * <numatune><memory>: host NUMA nodes for all guest memory. placement
+   * "auto": numad picks them as the domain starts, after the prepare hook
+   * (libvirt drops any nodeset), also implied by <vcpu placement='auto'>.
+   */
+  numatuneMemory?: { mode: string; placement: "static" | "auto"; nodeset?: number[] };
   /** <numatune><memnode cellid nodeset>: host nodes per guest cell. */
   memnodes: { cellid: number; mode: string; nodeset: number[] }[];
   /** <cpu><numa><cell>: guest NUMA cells. */
   numaCells: NumaCell[];
-  dimms: Dimm[];
+  memoryDevices: MemoryDevice[];
   cputune: { vcpupins: number[][]; emulatorpin?: number[]; iothreadpins: number[][] };
   hostdevs: (PciHostdev | MdevHostdev)[];
   interfaces: NetworkInterface[];
@@ -186,7 +196,7 @@ export function parseDomain(xml: string, what = "domain XML"): Domain {
       id: attr(cell, "id") !== undefined ? parseInteger(attr(cell, "id")!, "<cpu><numa><cell>", "id", 0, 1023) : index,
       memoryKiB: sizeToKiB(attr(cell, "memory") ?? "0", attr(cell, "unit"), "<cpu><numa><cell>", "memory"),
     })),
-    dimms: parseDimms(document),
+    memoryDevices: parseMemoryDevices(document),
     cputune: {
       vcpupins: nodes(document, "domain", "cputune", "vcpupin").map((pin) =>
         parseCpuset(attr(pin, "cpuset") ?? "", "<cputune><vcpupin>", "cpuset"),
@@ -265,22 +275,28 @@ function parseMemoryBacking(document: XmlNode): Domain["hugepages"] {
   };
 }
 
-function parseDimms(document: XmlNode): Dimm[] {
-  const where = "<devices><memory model='dimm'>";
-  return nodes(document, "domain", "devices", "memory")
-    .filter((memory) => attr(memory, "model") === "dimm")
-    .map((memory) => {
-      const size = first(memory, "target", "size");
-      const node = text(memory, "target", "node");
-      const pagesize = first(memory, "source", "pagesize");
-      const nodemask = text(memory, "source", "nodemask");
-      return {
+/** Memory devices whose memory is RAM (nvdimm and virtio-pmem map a file, sgx-epc is enclave memory). */
+const RAM_MEMORY_MODELS = ["dimm", "virtio-mem"] as const;
+
+function parseMemoryDevices(document: XmlNode): MemoryDevice[] {
+  return nodes(document, "domain", "devices", "memory").flatMap((memory) => {
+    const model = RAM_MEMORY_MODELS.find((ram) => ram === attr(memory, "model"));
+    if (!model) return [];
+    const where = `<devices><memory model='${model}'>`;
+    const size = first(memory, "target", "size");
+    const node = text(memory, "target", "node");
+    const pagesize = first(memory, "source", "pagesize");
+    const nodemask = text(memory, "source", "nodemask");
+    return [
+      {
+        model,
         sizeKiB: sizeToKiB(size?.textContent ?? "", attr(size, "unit"), `${where}<target><size>`, "value"),
         ...(node === undefined ? {} : { node: parseInteger(node, `${where}<target><node>`, "value", 0, 1023) }),
         ...(pagesize ? { pageSizeKiB: sizeToKiB(pagesize.textContent ?? "", attr(pagesize, "unit"), `${where}<source><pagesize>`, "value") } : {}),
         ...(nodemask === undefined ? {} : { nodemask: parseNodeset(nodemask, `${where}<source><nodemask>`, "value") }),
-      };
-    });
+      },
+    ];
+  });
 }
 
 function nodesetAttribute(value: string | undefined, where: string): number[] {
@@ -289,13 +305,19 @@ function nodesetAttribute(value: string | undefined, where: string): number[] {
 
 function parseNumatune(document: XmlNode): Pick<Domain, "numatuneMemory" | "memnodes"> {
   const memory = first(document, "domain", "numatune", "memory");
+  const nodeset = attr(memory, "nodeset");
+  const placement = attr(memory, "placement") ?? (nodeset === undefined && attr(first(document, "domain", "vcpu"), "placement") === "auto" ? "auto" : "static");
+  // As libvirt reads it: numad's placement for the vCPUs is the memory's too when no <numatune><memory> names nodes.
+  const placedByNumad = placement === "auto";
   return {
-    numatuneMemory: memory
-      ? {
-          mode: attr(memory, "mode") ?? "strict",
-          nodeset: attr(memory, "nodeset") !== undefined ? nodesetAttribute(attr(memory, "nodeset"), "<numatune><memory>") : undefined,
-        }
-      : undefined,
+    numatuneMemory:
+      memory || placedByNumad
+        ? {
+            mode: attr(memory, "mode") ?? "strict",
+            placement: placedByNumad ? "auto" : "static",
+            nodeset: nodeset !== undefined && !placedByNumad ? nodesetAttribute(nodeset, "<numatune><memory>") : undefined,
+          }
+        : undefined,
     memnodes: nodes(document, "domain", "numatune", "memnode").map((memnode) => ({
       cellid: parseInteger(attr(memnode, "cellid") ?? "", "<numatune><memnode>", "cellid", 0, 1023),
       mode: attr(memnode, "mode") ?? "strict",

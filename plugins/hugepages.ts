@@ -42,6 +42,12 @@ export interface HugepagesConfig {
    * size, so prepare checks that the two agree.
    */
   hostDefaultSizeKiB?: number;
+  /**
+   * The mode of <numatune><memory placement='auto'> when it binds the VM's
+   * memory to numad's nodes (strict, restrictive): nodes picked after the
+   * prepare hook, so on a host of several nodes no pool is known to serve it.
+   */
+  boundByNumad?: string;
 }
 
 /**
@@ -88,8 +94,18 @@ function parseConfig(elements: XmlElement[], domain: Domain): HugepagesConfig {
   const retrySeconds = attrs.timeout === undefined ? DEFAULT_RETRY_SECONDS : parseInteger(attrs.timeout, where, "timeout", 0, 3600);
   const backedByHugepages = domain.hugepages !== undefined;
   const leftToLibvirt = backedByHugepages && memoryParts(domain).some((part) => declaredPageSize(part, domain) === undefined);
-  return { pools: poolNeeds(domain, where, size, nodes), retrySeconds, backedByHugepages, ...(leftToLibvirt ? { hostDefaultSizeKiB: size ?? DEFAULT_SIZE_KIB } : {}) };
+  const numad = domain.numatuneMemory?.placement === "auto" && BINDING_MODES.includes(domain.numatuneMemory.mode) ? domain.numatuneMemory.mode : undefined;
+  return {
+    pools: poolNeeds(domain, where, size, nodes),
+    retrySeconds,
+    backedByHugepages,
+    ...(leftToLibvirt ? { hostDefaultSizeKiB: size ?? DEFAULT_SIZE_KIB } : {}),
+    ...(numad ? { boundByNumad: numad } : {}),
+  };
 }
+
+/** <numatune> modes whose memory comes from the nodes named and no other (preferred and interleave fall back to others). */
+const BINDING_MODES = ["strict", "restrictive"];
 
 function checkPageSize(sizeKiB: number, element: string, value: string): number {
   const powerOfTwo = sizeKiB > 0 && (sizeKiB & (sizeKiB - 1)) === 0;
@@ -99,45 +115,59 @@ function checkPageSize(sizeKiB: number, element: string, value: string): number 
   return sizeKiB;
 }
 
-/** One part of guest memory: a guest NUMA cell, a DIMM, or all of it when the guest has no cells. */
+/** One part of guest memory: a guest NUMA cell, a memory device, or all of it when the guest has no cells. */
 interface MemoryPart {
   cell?: number;
   memoryKiB: number;
-  /** A DIMM's own <source><pagesize> and <source><nodemask>. */
+  /** A memory device's own <source><pagesize> and <source><nodemask>, and its element for messages. */
   pageSizeKiB?: number;
   hostNodes?: number[];
+  source?: string;
 }
-
-const DIMM_SOURCE = "<devices><memory model='dimm'><source>";
 
 function memoryParts(domain: Domain): MemoryPart[] {
   if (domain.numaCells.length > 0) {
-    // <memory> is the cells plus the DIMMs, and QEMU backs each DIMM with huge pages as it does its target cell.
-    const dimms = domain.dimms.map(({ sizeKiB, node, pageSizeKiB, nodemask }) => ({ cell: node, memoryKiB: sizeKiB, pageSizeKiB, hostNodes: nodemask }));
-    return [...domain.numaCells.map((cell) => ({ cell: cell.id, memoryKiB: cell.memoryKiB })), ...dimms];
+    // <memory> is the cells plus the memory devices, and QEMU backs each device with huge pages as it does its target cell;
+    // a virtio-mem device up to its whole <size>: the guest plugs blocks at run time, when no hook runs.
+    const devices = domain.memoryDevices.map(({ model, sizeKiB, node, pageSizeKiB, nodemask }) => ({
+      cell: node,
+      memoryKiB: sizeKiB,
+      pageSizeKiB,
+      hostNodes: nodemask,
+      source: `<devices><memory model='${model}'><source>`,
+    }));
+    return [...domain.numaCells.map((cell) => ({ cell: cell.id, memoryKiB: cell.memoryKiB })), ...devices];
   }
   if (domain.memoryKiB <= 0) throw new ConfigError("<domain>", "has no <memory>, so there is nothing to back with huge pages; add <memory unit='GiB'>N</memory>");
   return [{ memoryKiB: domain.memoryKiB }];
 }
 
+/** A page size the domain declares: a huge page size, or the base page size, libvirt's way of backing that memory without huge pages. */
+const checkDeclaredSize = (sizeKiB: number, element: string, value: string) => (sizeKiB === BASE_PAGE_KIB ? sizeKiB : checkPageSize(sizeKiB, element, value));
+
 /** The page size the domain gives this part of memory, if any: without one, libvirt backs it with the host's default huge page size. */
 function declaredPageSize(part: MemoryPart, domain: Domain): number | undefined {
-  if (part.pageSizeKiB !== undefined) return checkPageSize(part.pageSizeKiB, `${DIMM_SOURCE}<pagesize>`, `${part.pageSizeKiB} (KiB)`);
+  if (part.pageSizeKiB !== undefined) return checkDeclaredSize(part.pageSizeKiB, `${part.source}<pagesize>`, `${part.pageSizeKiB} (KiB)`);
   const pages = domain.hugepages?.pages ?? [];
-  const inCell = (nodeset: string) =>
-    part.cell !== undefined && parseNodeset(nodeset, "<memoryBacking><hugepages><page>", "nodeset").includes(part.cell);
+  const inCell = (nodeset: string) => {
+    const cells = parseNodeset(nodeset, "<memoryBacking><hugepages><page>", "nodeset");
+    // Without guest cells libvirt takes a <page nodeset='0'> as the page of all memory (and drops the nodeset once defined).
+    return part.cell === undefined ? domain.numaCells.length === 0 && cells.every((cell) => cell === 0) : cells.includes(part.cell);
+  };
   const page = pages.find((p) => p.nodeset !== undefined && inCell(p.nodeset)) ?? pages.find((p) => p.nodeset === undefined);
-  return page && checkPageSize(page.sizeKiB, "<memoryBacking><hugepages><page>", `size="${page.sizeKiB}" (KiB)`);
+  return page && checkDeclaredSize(page.sizeKiB, "<memoryBacking><hugepages><page>", `size="${page.sizeKiB}" (KiB)`);
 }
 
+/** The page size of this part of memory; BASE_PAGE_KIB: none of it is backed by huge pages. */
 function pageSizeOf(part: MemoryPart, domain: Domain, sizeAttribute: number | undefined, where: string): number {
-  if (sizeAttribute === undefined) return declaredPageSize(part, domain) ?? DEFAULT_SIZE_KIB;
-  const other = (domain.hugepages?.pages ?? []).find((page) => page.sizeKiB !== sizeAttribute);
+  const declared = declaredPageSize(part, domain);
+  if (sizeAttribute === undefined || declared === BASE_PAGE_KIB) return declared ?? DEFAULT_SIZE_KIB;
+  const other = (domain.hugepages?.pages ?? []).find((page) => page.sizeKiB !== sizeAttribute && page.sizeKiB !== BASE_PAGE_KIB);
   if (other) {
     throw new ConfigError(where, `size="${formatKiB(sizeAttribute)}" disagrees with <memoryBacking><hugepages><page size="${other.sizeKiB}" unit="KiB">; remove size= or make both the same`);
   }
   if (part.pageSizeKiB !== undefined && part.pageSizeKiB !== sizeAttribute) {
-    throw new ConfigError(where, `size="${formatKiB(sizeAttribute)}" disagrees with ${DIMM_SOURCE}<pagesize unit="KiB">${part.pageSizeKiB}</pagesize>; remove size= or make both the same`);
+    throw new ConfigError(where, `size="${formatKiB(sizeAttribute)}" disagrees with ${part.source}<pagesize unit="KiB">${part.pageSizeKiB}</pagesize>; remove size= or make both the same`);
   }
   return sizeAttribute;
 }
@@ -162,6 +192,7 @@ function poolNeeds(domain: Domain, where: string, sizeAttribute: number | undefi
   const byNodeset = new Map<string, { sizeKiB: number; nodes?: number[]; pages: number }>();
   for (const part of memoryParts(domain)) {
     const sizeKiB = pageSizeOf(part, domain, sizeAttribute, where);
+    if (sizeKiB === BASE_PAGE_KIB) continue;
     const nodes = hostNodesOf(part, domain, nodeAttribute);
     const key = `${sizeKiB}/${nodes?.join(",") ?? "global"}`;
     const group = byNodeset.get(key) ?? { sizeKiB, nodes, pages: 0 };
@@ -320,6 +351,24 @@ function hostDefaultMismatch(host: Host, sizeKiB: number): { reason: string; fix
   };
 }
 
+/**
+ * libvirt asks numad for placement='auto' nodes only after the prepare hook,
+ * and the XML never names them: with several host nodes, pages grown in any
+ * pool may sit on nodes the VM is not allowed to take them from.
+ */
+function numadRefusal(host: Host, mode: string): { reason: string; fixes: string[] } | undefined {
+  const nodes = hostNodes(host);
+  if (nodes.length <= 1) return undefined;
+  return {
+    reason: `<numatune><memory placement='auto'>: numad picks the host NUMA nodes for this VM only after the prepare hook, so vmhook cannot know which node's pool must hold its pages, and with mode='${mode}' the VM takes none from the other nodes (this host has nodes ${nodes.join(", ")})`,
+    fixes: [
+      `name the nodes: <numatune><memory mode='${mode}' nodeset='${nodes[0]}'/> (virsh edit)`,
+      "or mode='preferred' or 'interleave', which may take pages from any node: vmhook then grows the global pool",
+      "or reserve the pages at boot on the nodes numad may pick and drop <vmhook:hugepages>",
+    ],
+  };
+}
+
 function checkHostDefaultSize(host: Host, sizeKiB: number): void {
   const mismatch = hostDefaultMismatch(host, sizeKiB);
   if (mismatch) throw new VmhookError(`hugepages: ${mismatch.reason}; ${mismatch.fixes[0]}`, mismatch.fixes.slice(1));
@@ -342,6 +391,8 @@ function reclaim(host: Host, node: number | undefined): void {
  */
 function planPrepare(ctx: PlanContext<HugepagesConfig>): Step<GrowRecord>[] {
   const { config, host } = ctx;
+  const numad = config.boundByNumad === undefined ? undefined : numadRefusal(host, config.boundByNumad);
+  if (numad) throw new VmhookError(`hugepages: ${numad.reason}; ${numad.fixes[0]}`, numad.fixes.slice(1));
   for (const need of config.pools) checkPoolExists(host, need);
   if (config.hostDefaultSizeKiB !== undefined) checkHostDefaultSize(host, config.hostDefaultSizeKiB);
   const fits = checkFit(config.pools, readHostView(host, config.pools, ctx.settings));
@@ -500,9 +551,11 @@ function check({ host, domain, elements }: CheckContext): Finding[] {
   } catch {
     return []; // reported by the config check
   }
-  const { pools, hostDefaultSizeKiB } = config;
+  const { pools, hostDefaultSizeKiB, boundByNumad } = config;
   const checkName = (node: number | undefined) => (node === undefined ? "hugepages" : `hugepages node ${node}`);
   const findings: Finding[] = [];
+  const numad = boundByNumad === undefined ? undefined : numadRefusal(host, boundByNumad);
+  if (numad) findings.push(fail("hugepages NUMA placement", numad.reason, numad.fixes.join("; ")));
   const mismatch = hostDefaultSizeKiB === undefined ? undefined : hostDefaultMismatch(host, hostDefaultSizeKiB);
   if (mismatch) findings.push(fail("hugepages page size", mismatch.reason, mismatch.fixes.join("; ")));
   const present = pools.filter(({ sizeKiB, node }) => {

@@ -244,6 +244,18 @@ test("hugepages: a size= other than the host's default for memory without a <pag
   sim.cleanup();
 });
 
+test("hugepages: <numatune><memory placement='auto'> binding the VM to numad's nodes fails on a host of several nodes, as prepare refuses it", async () => {
+  const sim = desktopHost();
+  const xml = domainXml({ metadata: "<vmhook:hugepages/>", extra: "<memoryBacking><hugepages/></memoryBacking><numatune><memory mode='strict' placement='auto'/></numatune>" });
+  const placement = (report: Awaited<ReturnType<typeof doctor>>) => report.report.domain!.findings.find((finding) => finding.check === "hugepages NUMA placement");
+  assert.is(placement(await doctor(sim, xml)), undefined, "one node: the global pool is that node's");
+  sim.dir("/sys/devices/system/node/node1");
+  const twoNodes = placement(await doctor(sim, xml))!;
+  assert.equal([twoNodes.status, twoNodes.reason.split(":")[0]], ["fail", "<numatune><memory placement='auto'>"]);
+  assert.match(twoNodes.fix!, "name the nodes: <numatune><memory mode='strict' nodeset='0'/> (virsh edit)");
+  sim.cleanup();
+});
+
 test("isolate: CPUs pinned but offline fail; online ones are ok and the host's share is named", async () => {
   const sim = desktopHost();
   const pins = (cpus: number[]) => `<cputune>${cpus.map((cpu, vcpu) => `<vcpupin vcpu='${vcpu}' cpuset='${cpu}'/>`).join("")}</cputune>`;

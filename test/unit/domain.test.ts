@@ -40,7 +40,7 @@ test("every part vmhook reads, in document order, across repeated parents", () =
   assert.is(domain.currentMemoryKiB, 2048 * 1024);
   assert.is(domain.vcpus, 4);
   assert.equal(domain.hugepages, { pages: [{ sizeKiB: 2048, nodeset: "0" }, { sizeKiB: 1048576, nodeset: undefined }] });
-  assert.equal(domain.numatuneMemory, { mode: "preferred", nodeset: [0, 1] });
+  assert.equal(domain.numatuneMemory, { mode: "preferred", placement: "static", nodeset: [0, 1] });
   assert.equal(domain.memnodes, [{ cellid: 1, mode: "strict", nodeset: [1] }]);
   assert.equal(domain.numaCells, [{ id: 0, memoryKiB: 2 * 1024 * 1024 }, { id: 1, memoryKiB: 2048 * 1024 }]);
   assert.equal(domain.cputune, { vcpupins: [[2], [3, 4]], emulatorpin: [0], iothreadpins: [[1]] });

@@ -119,25 +119,49 @@ test("cells without a <memnode> fall back to <numatune><memory>; pages of one po
   assert.equal(parsed.pools, [{ sizeKiB: 2048, node: 0, pages: 1024 }]);
 });
 
-test("memory hotplug: a <memory model='dimm'> present at start is backed too, on its guest cell's pool and page size (or its own)", async () => {
-  // libvirt's <memory> counts the cells and the DIMMs; QEMU backs each DIMM with huge pages like its target cell
-  const dimm = (size: string, node: number, source = "") => `<memory model='dimm'>${source}<target><size unit='MiB'>${size}</size><node>${node}</node></target></memory>`;
-  const parsed = await config({
-    memory: "<maxMemory slots='4' unit='GiB'>16</maxMemory><memory unit='MiB'>3584</memory>",
-    extra: `<memoryBacking><hugepages/></memoryBacking><numatune><memnode cellid='1' nodeset='1'/></numatune>
-      ${cells("<cell id='0' cpus='0' memory='1' unit='GiB'/>", "<cell id='1' cpus='1' memory='1' unit='GiB'/>")}
-      <devices>${dimm("512", 1)}${dimm("1024", 0, "<source><pagesize unit='GiB'>1</pagesize><nodemask>0</nodemask></source>")}</devices>`,
+// libvirt's <memory> counts the cells and the memory devices; QEMU backs each with huge pages like its target cell.
+// A virtio-mem device's backend is mapped with reserve=off: huge pages are taken as the guest plugs blocks, up to <size>, when no hook runs.
+const hotplugModels: [string, string][] = [
+  ["dimm", ""],
+  ["virtio-mem", "<block unit='MiB'>2</block><requested unit='MiB'>0</requested>"],
+];
+
+for (const [model, target] of hotplugModels) {
+  test(`memory hotplug: a <memory model='${model}'> present at start is backed too, all of its <target><size>, on its guest cell's pool and page size (or its own); virtio-pmem and nvdimm are files, not counted`, async () => {
+    const device = (size: string, node: number, source = "") => `<memory model='${model}'>${source}<target><size unit='MiB'>${size}</size><node>${node}</node>${target}</target></memory>`;
+    const files = "<memory model='virtio-pmem' access='shared'><source><path>/tmp/pmem</path></source><target><size unit='GiB'>4</size></target></memory><memory model='nvdimm'><source><path>/tmp/nvdimm</path></source><target><size unit='GiB'>4</size><node>0</node></target></memory>";
+    const parsed = await config({
+      memory: "<maxMemory slots='4' unit='GiB'>16</maxMemory><memory unit='MiB'>11776</memory>",
+      extra: `<memoryBacking><hugepages/></memoryBacking><numatune><memnode cellid='1' nodeset='1'/></numatune>
+        ${cells("<cell id='0' cpus='0' memory='1' unit='GiB'/>", "<cell id='1' cpus='1' memory='1' unit='GiB'/>")}
+        <devices>${device("512", 1)}${device("1024", 0, "<source><pagesize unit='GiB'>1</pagesize><nodemask>0</nodemask></source>")}${files}</devices>`,
+    });
+    assert.equal(parsed.pools, [
+      { sizeKiB: 2048, pages: 512 },
+      { sizeKiB: 2048, node: 1, pages: 768 },
+      { sizeKiB: GiB, node: 0, pages: 1 },
+    ]);
+    const message = await configError({
+      element: "<vmhook:hugepages size='2M'/>",
+      extra: `${cells("<cell id='0' cpus='0' memory='1' unit='GiB'/>")}<devices>${device("1024", 0, "<source><pagesize unit='GiB'>1</pagesize></source>")}</devices>`,
+    });
+    assert.match(message, `size="2M" disagrees with <devices><memory model='${model}'><source><pagesize unit="KiB">1048576</pagesize>; remove size= or make both the same`);
   });
-  assert.equal(parsed.pools, [
-    { sizeKiB: 2048, pages: 512 },
-    { sizeKiB: 2048, node: 1, pages: 768 },
-    { sizeKiB: GiB, node: 0, pages: 1 },
-  ]);
-  const message = await configError({
-    element: "<vmhook:hugepages size='2M'/>",
-    extra: `${cells("<cell id='0' cpus='0' memory='1' unit='GiB'/>")}<devices>${dimm("1024", 0, "<source><pagesize unit='GiB'>1</pagesize></source>")}</devices>`,
-  });
-  assert.match(message, /size="2M" disagrees with <devices><memory model='dimm'><source><pagesize unit="KiB">1048576<\/pagesize>; remove size= or make both the same/);
+}
+
+test("a <page> or <source><pagesize> of the base page size (4 KiB) is memory libvirt backs without huge pages: not counted, not refused", async () => {
+  const extra = `<memoryBacking><hugepages><page size='2' unit='MiB' nodeset='0'/><page size='4' unit='KiB' nodeset='1'/></hugepages></memoryBacking>
+    ${cells("<cell id='0' cpus='0' memory='1' unit='GiB'/>", "<cell id='1' cpus='1' memory='1' unit='GiB'/>")}
+    <devices><memory model='dimm'><source><pagesize unit='KiB'>4</pagesize></source><target><size unit='GiB'>1</size><node>0</node></target></memory></devices>`;
+  const memory = "<maxMemory slots='2' unit='GiB'>8</maxMemory><memory unit='GiB'>3</memory>";
+  assert.equal((await config({ memory, extra })).pools, [{ sizeKiB: 2048, pages: 512 }]);
+  assert.equal((await config({ memory, extra, element: "<vmhook:hugepages size='2M'/>" })).pools, [{ sizeKiB: 2048, pages: 512 }]);
+});
+
+test("no guest NUMA cells: a <page nodeset='0'> is the page of all memory, as libvirt reads it (a domain file not yet defined still has it)", async () => {
+  const parsed = await config({ memory: "<memory unit='GiB'>4</memory>", extra: "<memoryBacking><hugepages><page size='1' unit='GiB' nodeset='0'/></hugepages></memoryBacking>" });
+  assert.equal(parsed.pools, [{ sizeKiB: GiB, pages: 4 }]);
+  assert.is(parsed.hostDefaultSizeKiB, undefined, "the page size is declared, not left to the host's default");
 });
 
 test("node= overrides <numatune>; timeout= is read", async () => {
@@ -226,6 +250,49 @@ test("per-node pools: each node's pool grows by its share", async () => {
     assert.equal(sim.snapshot(), before);
   } finally {
     sim.cleanup();
+  }
+});
+
+test("<numatune><memory placement='auto'> (numad picks the nodes after the prepare hook) on a host of several nodes: a VM bound to them is refused, nothing taken; one node, or a mode that falls back, takes the global pool", async () => {
+  const auto = (memory: string, vcpu = "<vcpu>2</vcpu>", element = "<vmhook:hugepages/>") =>
+    domainXml({ element, extra: `<memoryBacking><hugepages/></memoryBacking>${memory}` }).replace("<vcpu>2</vcpu>", vcpu);
+  const refused: [string, string][] = [
+    ["strict", auto("<numatune><memory mode='strict' placement='auto'/></numatune>")],
+    ["restrictive", auto("<numatune><memory mode='restrictive' placement='auto'/></numatune>")],
+    ["a nodeset libvirt drops", auto("<numatune><memory placement='auto' nodeset='1'/></numatune>", undefined, "<vmhook:hugepages node='1'/>")],
+    // libvirt adds <numatune><memory mode='strict' placement='auto'/> itself when the vCPUs are placed by numad
+    ["<vcpu placement='auto'>", auto("", "<vcpu placement='auto'>2</vcpu>")],
+    ["<vcpu placement='auto'> and a <numatune><memory> without nodeset", auto("<numatune><memory mode='strict'/></numatune>", "<vcpu placement='auto'>2</vcpu>")],
+  ];
+  for (const [what, xml] of refused) {
+    const { sim } = host({ nodes: 2 });
+    try {
+      const before = sim.snapshot();
+      const outcome = await runHookEvent(sim, "prepare", "begin", xml);
+      assert.is(outcome.code, 1, what);
+      assert.match(firstLine(outcome.stderr), "vmhook: hugepages: <numatune><memory placement='auto'>: numad picks the host NUMA nodes for this VM only after the prepare hook, so vmhook cannot know which node's pool", what);
+      assert.match(outcome.stderr, "nodeset='0'/> (virsh edit)", what);
+      assert.equal(sim.snapshot(), before, what);
+      assert.equal(sim.stateFiles(), [], what);
+    } finally {
+      sim.cleanup();
+    }
+  }
+  // Pages anywhere serve a VM whose memory may fall back to other nodes, and on one node the global pool is that node's.
+  const fine: [string, number, string][] = [
+    ["preferred", 2, auto("<numatune><memory mode='preferred' placement='auto'/></numatune>")],
+    ["interleave", 2, auto("<numatune><memory mode='interleave' placement='auto'/></numatune>")],
+    ["one node", 1, auto("<numatune><memory mode='strict' placement='auto'/></numatune>")],
+  ];
+  for (const [what, nodes, xml] of fine) {
+    const { sim, kernel } = host({ nodes });
+    try {
+      const outcome = await runHookEvent(sim, "prepare", "begin", xml);
+      assert.is(outcome.code, 0, `${what}: ${outcome.stderr}`);
+      assert.is(kernel.pool(2048), 512, what);
+    } finally {
+      sim.cleanup();
+    }
   }
 });
 
