@@ -1,11 +1,12 @@
 // Who holds the GPU, classified by cgroup before anything changes: single-GPU
-// mode may stop the display manager (and the graphical sessions it runs), the
-// helper services and, through the user's own systemd manager, the units of
-// a graphical session (session.slice: the compositor, its portals, Xwayland);
-// a holder anywhere else (a compute job in its own unit, a user's job in
-// app.slice, a program in a text or remote session) refuses the start while
-// the desktop is still untouched. Reads only: /proc/PID/cgroup and logind's
-// records under /run/systemd.
+// mode may stop the display manager (and the graphical sessions it runs on
+// seat0), the helper services and, through the user's own systemd manager,
+// the units of such a graphical session (session.slice: the compositor, its
+// portals, Xwayland); a holder anywhere else (a compute job in its own unit,
+// a user's job in app.slice, a program in a text session, a remote graphical
+// session such as xrdp's or VNC's, a session on another seat or closing)
+// refuses the start while the desktop is still untouched. Reads only:
+// /proc/PID/cgroup and logind's records under /run/systemd.
 import type { Host } from "../../lib/host.ts";
 import { PATTERNS } from "../../lib/validate.ts";
 import type { Holder } from "./survey.ts";
@@ -17,9 +18,21 @@ export interface HolderPlace {
   /** The innermost unit (service or scope) the process runs in. */
   unit?: string;
   /** The logind session, when the process runs in a session scope. */
-  session?: { id: string; type: string; user: string };
+  session?: LogindSession;
   /** When the unit belongs to a user's systemd manager (user@UID.service). */
   userManager?: UserManagerPlace;
+}
+
+/** What logind's record of a session says (/run/systemd/sessions/ID); the optional fields are absent when the record has none. */
+export interface LogindSession {
+  id: string;
+  type: string;
+  user: string;
+  /** The seat it runs on; undefined for a session on no seat (ssh, xrdp, VNC). */
+  seat?: string;
+  /** The PAM service that opened it (gdm-password, sddm, xrdp-sesman, sshd). */
+  service?: string;
+  state?: string;
 }
 
 export interface UserManagerPlace {
@@ -30,6 +43,8 @@ export interface UserManagerPlace {
   slice?: string;
   /** The unit's own cgroup: what must be empty once it stopped. */
   unitCgroup?: string;
+  /** logind's display session of the user: the one a compositor in a user unit displays on. */
+  displaySession?: LogindSession;
 }
 
 export interface ClassifiedHolder extends Holder {
@@ -55,6 +70,21 @@ const SESSION_DEVICE_KEEPERS = (pid: number, place: HolderPlace) => place.unit =
 export const GRAPHICAL_SESSION_TYPES = ["x11", "wayland", "mir"];
 /** systemd.special(7): the user manager's slice for what the graphical session needs to run (display server, portals). */
 const SESSION_SLICE = "session.slice";
+/**
+ * The seat the display manager serves: logind's seat0, which every host has.
+ * A remote graphical session (xrdp, VNC, GNOME's remote login) has no seat
+ * and outlives the display manager, as a session on another seat may: its
+ * holders would keep the GPU after the local desktop was stopped for nothing.
+ */
+const DISPLAY_MANAGER_SEAT = "seat0";
+
+/**
+ * A graphical session that ends when the display manager stops: on its seat
+ * and not closing (a session whose leader is gone keeps the processes left in
+ * its scope without KillUserProcesses=, whatever the display manager does).
+ */
+const endsWithDisplayManager = (session: LogindSession | undefined) =>
+  session !== undefined && GRAPHICAL_SESSION_TYPES.includes(session.type) && session.seat === DISPLAY_MANAGER_SEAT && session.state !== "closing";
 
 /** A process's cgroup v2 path ("0::/path"), unit, session and user manager. */
 export function placeOf(host: Host, pid: number): HolderPlace {
@@ -77,9 +107,15 @@ export function readLogindRecord(host: Host, file: string): Map<string, string> 
   );
 }
 
-function readSession(host: Host, id: string): HolderPlace["session"] {
+function readSession(host: Host, id: string): LogindSession {
   const fields = readLogindRecord(host, `/run/systemd/sessions/${id}`);
-  return { id, type: fields.get("TYPE") ?? "unknown", user: fields.get("USER") ?? fields.get("UID") ?? "unknown" };
+  return { id, type: fields.get("TYPE") ?? "unknown", user: fields.get("USER") ?? fields.get("UID") ?? "unknown", seat: fields.get("SEAT"), service: fields.get("SERVICE"), state: fields.get("STATE") };
+}
+
+/** logind's display session of the user (DISPLAY= of /run/systemd/users/UID); undefined when the user has none. */
+export function userDisplaySession(host: Host, uid: number): LogindSession | undefined {
+  const id = readLogindRecord(host, `/run/systemd/users/${uid}`).get("DISPLAY");
+  return id && /^\w+$/.test(id) ? readSession(host, id) : undefined;
 }
 
 /** "/user.slice/user-1000.slice/user@1000.service/session.slice/weston.service" → uid 1000, session.slice, the unit's cgroup. */
@@ -95,6 +131,7 @@ function userManagerPlace(host: Host, cgroup: string): UserManagerPlace | undefi
     user: readLogindRecord(host, `/run/systemd/users/${uid}`).get("NAME"),
     slice: inside[0]?.endsWith(".slice") ? inside[0] : undefined,
     unitCgroup: unitIndex === -1 ? undefined : `${prefix}/${inside.slice(0, unitIndex + 1).join("/")}`,
+    displaySession: userDisplaySession(host, uid),
   };
 }
 
@@ -104,10 +141,15 @@ const within = (cgroup: string, parent: string) => cgroup === parent || cgroup.s
 /** A login name as logind and `systemctl --machine=USER@.host` take it; never an option. */
 export const USER_NAME = /^[a-z_][a-z0-9_.-]{0,31}$/i;
 
-/** A unit of a user's graphical session: in the manager's session.slice, with a name and a user vmhook can pass to systemctl (else it is refused). */
+/**
+ * A unit of a user's graphical session: in the manager's session.slice, for
+ * a display session that ends with the display manager, with a name and a
+ * user vmhook can pass to systemctl (else it is refused).
+ */
 function sessionUnitOf(place: HolderPlace): SessionUnit | undefined {
   const manager = place.userManager;
-  if (!manager || manager.slice !== SESSION_SLICE || !manager.user || !USER_NAME.test(manager.user) || !manager.unitCgroup || !place.unit) return undefined;
+  if (!manager || manager.slice !== SESSION_SLICE || !endsWithDisplayManager(manager.displaySession)) return undefined;
+  if (!manager.user || !USER_NAME.test(manager.user) || !manager.unitCgroup || !place.unit) return undefined;
   if (!PATTERNS.unitName.test(place.unit) || place.unit.startsWith("-")) return undefined;
   return { uid: manager.uid, user: manager.user, unit: place.unit, cgroup: manager.unitCgroup };
 }
@@ -121,8 +163,8 @@ export interface HolderClasses {
 
 /**
  * Sorts the holders: inside the given units' cgroups (stopped with them);
- * with `graphicalSessions` (the display manager stops), in a graphical
- * session scope or logind's keeping of its devices; with `sessionUnits`
+ * with `graphicalSessions` (the display manager stops), in the scope of a
+ * graphical session on seat0 or logind's keeping of its devices; with `sessionUnits`
  * (single-GPU mode under systemd), in a graphical session's user unit, which
  * is then stopped through its manager. Everything else is refused, including
  * a holder whose cgroup cannot be read.
@@ -139,7 +181,7 @@ export function classifyHolders(host: Host, holders: Holder[], stoppable: { cgro
       sessionUnits.set(sessionUnit.cgroup, sessionUnit);
       continue;
     }
-    const inGraphicalSession = place.session !== undefined && GRAPHICAL_SESSION_TYPES.includes(place.session.type);
+    const inGraphicalSession = endsWithDisplayManager(place.session);
     const keeper = (stoppable.graphicalSessions || stoppable.sessionUnits) && SESSION_DEVICE_KEEPERS(holder.pid, place);
     if (place.cgroup !== undefined && ((stoppable.graphicalSessions && inGraphicalSession) || keeper)) continue;
     refused.push({ ...holder, place });
@@ -147,11 +189,21 @@ export function classifyHolders(host: Host, holders: Holder[], stoppable: { cgro
   return { refused, sessionUnits: [...sessionUnits.values()] };
 }
 
+/** "session 6 of bob, type x11, service xrdp-sesman, no seat", and how to end a graphical one the display manager's stop would not. */
+function describeSession(session: LogindSession): string {
+  const seat = session.seat ? `seat ${session.seat}` : "no seat";
+  const described = `session ${session.id} of ${session.user}, type ${session.type}${session.service ? `, service ${session.service}` : ""}, ${seat}${session.state === "closing" ? ", closing" : ""}`;
+  if (!GRAPHICAL_SESSION_TYPES.includes(session.type) || endsWithDisplayManager(session)) return described;
+  return `${described}; vmhook stops no session off ${DISPLAY_MANAGER_SEAT} or closing: end it with loginctl terminate-session ${session.id}`;
+}
+
 /** "pid 42 (obs) holds /dev/dri/renderD128 in obs.service" plus the session or the user manager when there is one. */
 export function describeClassifiedHolder({ pid, command, file, place }: ClassifiedHolder): string {
   const where = place.cgroup === undefined ? "in an unknown cgroup" : place.unit ? `in ${place.unit}` : `in cgroup ${place.cgroup}`;
-  const session = place.session ? ` (session ${place.session.id} of ${place.session.user}, type ${place.session.type})` : "";
+  const session = place.session ? ` (${describeSession(place.session)})` : "";
   const manager = place.userManager;
-  const owner = manager ? ` (a unit of ${manager.user ?? `uid ${manager.uid}`}'s systemd user manager${manager.slice ? `, ${manager.slice}` : ""})` : "";
+  // A session unit whose display session outlives the display manager is refused for that session: name it.
+  const display = manager?.slice === SESSION_SLICE && !endsWithDisplayManager(manager.displaySession) ? `, for ${manager.displaySession ? describeSession(manager.displaySession) : "no graphical session"}` : "";
+  const owner = manager ? ` (a unit of ${manager.user ?? `uid ${manager.uid}`}'s systemd user manager${manager.slice ? `, ${manager.slice}` : ""}${display})` : "";
   return `pid ${pid} (${command}) holds ${file} ${where}${session}${owner}`;
 }

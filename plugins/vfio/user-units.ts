@@ -11,7 +11,7 @@
 import { VmhookError } from "../../lib/errors.ts";
 import { defineAction, type BaseContext, type Refusal, type Step, type UndoRecord } from "../../lib/plugin.ts";
 import { processInstance } from "../../lib/processes.ts";
-import { GRAPHICAL_SESSION_TYPES, readLogindRecord, USER_NAME, type SessionUnit } from "./holders.ts";
+import { GRAPHICAL_SESSION_TYPES, USER_NAME, userDisplaySession, type SessionUnit } from "./holders.ts";
 import { cgroupProcesses, checkedUnit } from "./units.ts";
 
 const lingerFile = (user: string) => `/var/lib/systemd/linger/${user}`;
@@ -38,10 +38,8 @@ function userManagerInstance(ctx: BaseContext, uid: number): string | undefined 
  * checks the same).
  */
 function displaySessionOf(ctx: BaseContext, uid: number): string | undefined {
-  const id = readLogindRecord(ctx.host, `/run/systemd/users/${uid}`).get("DISPLAY");
-  if (!id || !/^\w+$/.test(id)) return undefined;
-  const session = readLogindRecord(ctx.host, `/run/systemd/sessions/${id}`);
-  return GRAPHICAL_SESSION_TYPES.includes(session.get("TYPE") ?? "") && session.get("STATE") !== "closing" ? id : undefined;
+  const session = userDisplaySession(ctx.host, uid);
+  return session && GRAPHICAL_SESSION_TYPES.includes(session.type) && session.state !== "closing" ? session.id : undefined;
 }
 
 interface LingerRecord extends UndoRecord {

@@ -56,12 +56,29 @@ export interface SimUserUnit {
   processes?: Record<number, [string, string[]]>;
 }
 
+/** A logind session as its record says: no `seat` is a session on no seat (ssh, xrdp, VNC); `service`: the PAM service that opened it. */
+export interface SimSession {
+  type: string;
+  seat?: string;
+  service?: string;
+  /** Default "user"; "greeter" for a display manager's login screen. */
+  class?: string;
+  /** Default "active"; "closing" once its leader is gone and processes are left in its scope. */
+  state?: string;
+}
+
+/** logind's record of a session (/run/systemd/sessions/ID), with the fields vmhook reads. */
+function sessionRecord(session: SimSession, uid: number, user: string): string {
+  const optional = [session.seat && `SEAT=${session.seat}`, session.service && `SERVICE=${session.service}`].filter(Boolean).map((line) => `${line}\n`);
+  return `UID=${uid}\nUSER=${user}\nACTIVE=1\nSTATE=${session.state ?? "active"}\nTYPE=${session.type}\nCLASS=${session.class ?? "user"}\n${optional.join("")}`;
+}
+
 /** A user's systemd manager and logind's record of the user; `display`: the user's graphical session. */
 export interface SimUserManager {
   uid: number;
   user: string;
   managerPid: number;
-  display?: { id: number; type: string };
+  display?: SimSession & { id: number };
   units: SimUserUnit[];
 }
 
@@ -233,8 +250,8 @@ export class GpuKernel {
   }
 
   /** A logind session (its record in /run/systemd/sessions) with processes in its scope. */
-  session(id: number, spec: { type: string; user: string; uid: number; processes: Record<number, [string, string[]]> }): this {
-    this.sim.file(`/run/systemd/sessions/${id}`, `UID=${spec.uid}\nUSER=${spec.user}\nACTIVE=1\nTYPE=${spec.type}\nCLASS=user\n`);
+  session(id: number | string, spec: SimSession & { user: string; uid: number; processes: Record<number, [string, string[]]> }): this {
+    this.sim.file(`/run/systemd/sessions/${id}`, sessionRecord(spec, spec.uid, spec.user));
     const scope = `/user.slice/user-${spec.uid}.slice/session-${id}.scope`;
     for (const [pid, [comm, files]] of Object.entries(spec.processes)) this.process(Number(pid), comm, files, scope);
     return this;
@@ -248,7 +265,7 @@ export class GpuKernel {
     this.sim.file(`/proc/${spec.managerPid}/stat`, `${spec.managerPid} (systemd) S 1 ${spec.managerPid} ${spec.managerPid} 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0 4242 0 0`);
     this.sim.file(`/sys/fs/cgroup${manager}/init.scope/cgroup.procs`, spec.managerPid);
     this.sim.file(`/run/systemd/users/${spec.uid}`, `NAME=${spec.user}\nSTATE=active\n${spec.display ? `DISPLAY=${spec.display.id}\n` : ""}`);
-    if (spec.display) this.sim.file(`/run/systemd/sessions/${spec.display.id}`, `UID=${spec.uid}\nUSER=${spec.user}\nACTIVE=1\nSTATE=active\nTYPE=${spec.display.type}\nCLASS=user\n`);
+    if (spec.display) this.sim.file(`/run/systemd/sessions/${spec.display.id}`, sessionRecord(spec.display, spec.uid, spec.user));
     for (const unit of spec.units) this.userUnitUp(spec, unit);
     return this;
   }

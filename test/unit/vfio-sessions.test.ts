@@ -35,7 +35,7 @@ function gnomeDesktop(extra: SimUserUnit[] = []): GpuKernel {
     .device({ address: "0000:00:01.0", classCode: "0x060400", vendor: "0x1022", group: 1 })
     .device({ address: GPU, classCode: "0x030000", vendor: "0x1002", nativeDriver: "amdgpu", group: 1, bootVga: true, nodes: ["card0", "renderD128"] })
     .unit({ name: "display-manager.service", active: true, processes: { 500: ["gdm", ["/dev/null"]] } })
-    .userManager({ uid: 1000, user: "ana", managerPid: 880, display: { id: 2, type: "wayland" }, units: [...SESSION_UNITS.map((unit) => ({ ...unit })), ...extra] })
+    .userManager({ uid: 1000, user: "ana", managerPid: 880, display: { id: 2, type: "wayland", seat: "seat0", service: "gdm-password" }, units: [...SESSION_UNITS.map((unit) => ({ ...unit })), ...extra] })
     .process(1, "systemd", ["/dev/null"], "/init.scope");
   kernel.sim.dir("/var/lib/systemd/linger");
   return kernel;
@@ -148,6 +148,25 @@ test("a user unit outside the graphical session (a CUDA job in app.slice) is ref
   assert.match(
     result.stderr.split("\n")[0]!,
     `the GPU is in use: pid 950 (python3) holds /dev/dri/renderD128 in cuda-train.service (a unit of ana's systemd user manager, app.slice); vmhook stops only ${SHELL} of ana, ${PORTAL} of ana, display-manager.service with its graphical sessions`,
+  );
+  assert.equal(stops(kernel), [], "nothing was stopped, linger untouched");
+  assert.equal(kernel.sim.snapshot(), before);
+});
+
+test("a compositor in the session.slice of a remote user (bob's GNOME over xrdp, a session on no seat) is refused before anything stops: the display manager's stop does not end bob's session", async () => {
+  const kernel = gnomeDesktop().userManager({
+    uid: 1001,
+    user: "bob",
+    managerPid: 881,
+    display: { id: 7, type: "x11", service: "xrdp-sesman" },
+    units: [{ name: "org.gnome.Shell@x11.service", slice: "session.slice", active: true, processes: { 960: ["gnome-shell", ["/dev/dri/renderD128"]] } }],
+  });
+  const before = kernel.sim.snapshot();
+  const result = await runHookEvent(kernel.sim, "prepare", "begin", XML, "win11");
+  assert.is(result.code, 1);
+  assert.match(
+    result.stderr.split("\n")[0]!,
+    `the GPU is in use: pid 960 (gnome-shell) holds /dev/dri/renderD128 in org.gnome.Shell@x11.service (a unit of bob's systemd user manager, session.slice, for session 7 of bob, type x11, service xrdp-sesman, no seat; vmhook stops no session off seat0 or closing: end it with loginctl terminate-session 7); vmhook stops only ${SHELL} of ana, ${PORTAL} of ana, display-manager.service with its graphical sessions`,
   );
   assert.equal(stops(kernel), [], "nothing was stopped, linger untouched");
   assert.equal(kernel.sim.snapshot(), before);

@@ -97,7 +97,7 @@ const FAILURES: { name: string; inject: (kernel: GpuKernel) => void; vfio?: stri
   { name: "the display manager does not stop", inject: (k) => (k.units.get("display-manager.service")!.failStop = "Job failed"), message: "systemctl stop display-manager.service failed: Job failed" },
   {
     name: "a program of the graphical session keeps the GPU after the display manager stopped",
-    inject: (k) => k.session(2, { type: "wayland", user: "ana", uid: 1000, processes: { 700: ["obs", ["/dev/dri/renderD128"]] } }),
+    inject: (k) => k.session(2, { type: "wayland", seat: "seat0", service: "gdm-password", user: "ana", uid: 1000, processes: { 700: ["obs", ["/dev/dri/renderD128"]] } }),
     message: "the GPU is still in use after stopping the display manager: pid 700 (obs) holds /dev/dri/renderD128",
   },
   { name: "the console does not unbind", inject: (k) => k.sim.failWrite("/sys/class/vtconsole/vtcon1/bind", "EIO"), message: "simulated failure writing /sys/class/vtconsole/vtcon1/bind" },
@@ -340,12 +340,30 @@ test("a modular dummy console whose framebuffer mapping fails: the rollback says
 });
 
 // A holder outside what single-GPU mode stops refuses the start before the display manager is touched.
+const NOT_ENDED = "; vmhook stops no session off seat0 or closing: end it with loginctl terminate-session";
 const OUTSIDERS: { name: string; add: (kernel: GpuKernel) => void; where: string }[] = [
   { name: "a compute job in its own service", add: (k) => k.process(710, "cuda-job", ["/dev/nvidia0"], "/system.slice/render-farm.service"), where: "pid 710 (cuda-job) holds /dev/nvidia0 in render-farm.service" },
   {
     name: "a program in a text (ssh) session",
     add: (k) => k.session(5, { type: "tty", user: "bob", uid: 1001, processes: { 720: ["obs", ["/dev/dri/renderD128"]] } }),
-    where: "pid 720 (obs) holds /dev/dri/renderD128 in session-5.scope (session 5 of bob, type tty)",
+    where: "pid 720 (obs) holds /dev/dri/renderD128 in session-5.scope (session 5 of bob, type tty, no seat)",
+  },
+  {
+    // Stopping the display manager does not end a remote session: the GPU would stay held, and the rollback would restart the display manager after the local session was gone.
+    name: "a program in a remote graphical session (xrdp: type x11, no seat)",
+    add: (k) => k.session(6, { type: "x11", service: "xrdp-sesman", user: "bob", uid: 1001, processes: { 770: ["Xorg", ["/dev/dri/renderD128"]] } }),
+    where: `pid 770 (Xorg) holds /dev/dri/renderD128 in session-6.scope (session 6 of bob, type x11, service xrdp-sesman, no seat${NOT_ENDED} 6)`,
+  },
+  {
+    // Logged out, its leader gone: without KillUserProcesses= what was left in the scope outlives the display manager.
+    name: "a program left in a closing graphical session on seat0",
+    add: (k) => k.session(3, { type: "x11", seat: "seat0", service: "sddm", state: "closing", user: "ana", uid: 1000, processes: { 790: ["blender", ["/dev/dri/renderD128"]] } }),
+    where: `pid 790 (blender) holds /dev/dri/renderD128 in session-3.scope (session 3 of ana, type x11, service sddm, seat seat0, closing${NOT_ENDED} 3)`,
+  },
+  {
+    name: "a program in a graphical session on another seat",
+    add: (k) => k.session(8, { type: "wayland", seat: "seat1", service: "gdm-password", user: "carol", uid: 1002, processes: { 780: ["kwin_wayland", ["/dev/dri/card0"]] } }),
+    where: `pid 780 (kwin_wayland) holds /dev/dri/card0 in session-8.scope (session 8 of carol, type wayland, service gdm-password, seat seat1${NOT_ENDED} 8)`,
   },
   { name: "a browser in a user unit", add: (k) => k.process(730, "firefox", ["/dev/dri/renderD128"], "/user.slice/user-1001.slice/user@1001.service/app.slice/firefox.service"), where: "pid 730 (firefox) holds /dev/dri/renderD128 in firefox.service (a unit of uid 1001's systemd user manager, app.slice)" },
   { name: "a process in no unit", add: (k) => k.process(740, "blender", ["/dev/dri/card0"]), where: "pid 740 (blender) holds /dev/dri/card0 in cgroup /" },
@@ -374,9 +392,12 @@ for (const outsider of OUTSIDERS) {
   });
 }
 
-test("single GPU: holders in the display manager, its graphical session and the helper services are stopped, not refused", async () => {
-  const kernel = nvidiaDesktop().session(2, { type: "x11", user: "ana", uid: 1000, processes: { 750: ["kwin_x11", ["/dev/dri/card0"]] } });
-  kernel.units.get("display-manager.service")!.processes![750] = ["kwin_x11", ["/dev/dri/card0"]]; // the session ends with its display manager
+test("single GPU: holders in the display manager, its graphical sessions on seat0 (a user's, the greeter) and the helper services are stopped, not refused", async () => {
+  const kernel = nvidiaDesktop()
+    .session(2, { type: "x11", seat: "seat0", service: "sddm", user: "ana", uid: 1000, processes: { 750: ["kwin_x11", ["/dev/dri/card0"]] } })
+    .session("c1", { type: "wayland", class: "greeter", seat: "seat0", service: "sddm-greeter", user: "sddm", uid: 970, processes: { 751: ["sddm-greeter", ["/dev/dri/card0"]] } });
+  // The sessions end with their display manager.
+  Object.assign(kernel.units.get("display-manager.service")!.processes!, { 750: ["kwin_x11", ["/dev/dri/card0"]], 751: ["sddm-greeter", ["/dev/dri/card0"]] });
   const result = await runHookEvent(kernel.sim, "prepare", "begin", domainXml("<vmhook:vfio/>"));
   assert.is(result.code, 0, result.stderr);
   assert.is(kernel.driverOf(GPU), "vfio-pci");
