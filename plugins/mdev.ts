@@ -85,19 +85,25 @@ function throughDriver(ctx: BaseContext, uuid: string, driver: string, file: str
   return writeThroughDriver(ctx, { device: uuid, driver, file, value, timeoutMs: MDEV_WRITE_TIMEOUT_MS });
 }
 
-/** The mdevs on a parent, each with the domain vmhook made it for, if any: who holds the instances. */
-function mdevsOn(ctx: BaseContext, parent: string): string[] {
-  const creators = new Map<string, string>();
+/** The domain each mdev in a journal was created for, by UUID: that domain's release removes it. */
+function mdevCreators(ctx: BaseContext): Map<string, { name: string; uuid: string }> {
+  const creators = new Map<string, { name: string; uuid: string }>();
   for (const journal of ctx.journals()) {
     for (const entry of journal.entries) {
-      if (entry.plugin === "mdev" && (entry.undo.action === "create-mdev" || entry.undo.action === "remove-mdev")) creators.set(String(entry.undo.uuid), journal.domain.name);
+      if (entry.plugin === "mdev" && (entry.undo.action === "create-mdev" || entry.undo.action === "remove-mdev")) creators.set(String(entry.undo.uuid), journal.domain);
     }
   }
+  return creators;
+}
+
+/** The mdevs on a parent, each with the domain vmhook made it for, if any: who holds the instances. */
+function mdevsOn(ctx: BaseContext, parent: string): string[] {
+  const creators = mdevCreators(ctx);
   return ctx.host.list(MDEV_DEVICES).flatMap((uuid) => {
     const mdev = existingMdev(ctx.host, uuid);
     if (mdev?.parent !== parent) return [];
     const creator = creators.get(uuid);
-    return [`${uuid} (${mdev.type}, ${creator ? `created by vmhook for domain ${creator}` : "not created by vmhook: mdevctl or by hand"})`];
+    return [`${uuid} (${mdev.type}, ${creator ? `created by vmhook for domain ${creator.name}` : "not created by vmhook: mdevctl or by hand"})`];
   });
 }
 
@@ -158,6 +164,8 @@ interface MdevPlan extends MdevDevice {
   offered: MdevType;
   /** False: the mdev exists already with this type (mdevctl, by hand): used, and kept at release. */
   create: boolean;
+  /** Why it cannot be created now: vmhook's mdev of another domain has the UUID until that domain's release. */
+  refused?: Refusal;
 }
 
 /** The parent of a device whose element names none: the only one offering its type. */
@@ -202,8 +210,15 @@ function planMdev(ctx: PlanContext<MdevDevice[]>, device: MdevDevice): MdevPlan 
       `mdev ${device.uuid} already exists as ${existing.type} on ${existing.parent}; remove it (mdevctl stop --uuid ${device.uuid}, or echo 1 > ${mdevPath(device.uuid, "remove")}) or give this domain another UUID`,
     );
   }
-  if (existing) ctx.log.info(`mdev ${device.uuid} (${device.type} on ${parent}) exists already: using it, and keeping it at release`);
-  return { ...device, parent, offered, create: !existing };
+  if (!existing) return { ...device, parent, offered, create: true };
+  // Another domain's release removes it, whoever uses it by then; once that domain has stopped, this one creates its own.
+  const creator = mdevCreators(ctx).get(device.uuid);
+  if (creator && creator.uuid !== ctx.domain.uuid) {
+    const reason = `${device.element}: mdev ${device.uuid} is the one vmhook created for domain ${creator.name}, which removes it at its release; start this domain once ${creator.name} has stopped, or give it an mdev <hostdev> with its own UUID (uuidgen)`;
+    return { ...device, parent, offered, create: true, refused: { reason, remedies: [] } };
+  }
+  ctx.log.info(`mdev ${device.uuid} (${device.type} on ${parent}) exists already: using it, and keeping it at release`);
+  return { ...device, parent, offered, create: false };
 }
 
 /**
@@ -213,7 +228,7 @@ function planMdev(ctx: PlanContext<MdevDevice[]>, device: MdevDevice): MdevPlan 
  * (types share resources): then the step fails and rolls back.
  */
 function instanceShortage(ctx: PlanContext<MdevDevice[]>, plans: MdevPlan[], plan: MdevPlan): Refusal | undefined {
-  const needed = plans.filter((other) => other.create && other.parent === plan.parent && other.type === plan.type).length;
+  const needed = plans.filter((other) => other.create && !other.refused && other.parent === plan.parent && other.type === plan.type).length;
   if (needed <= plan.offered.available) return undefined;
   const held = mdevsOn(ctx, plan.parent);
   return {
@@ -294,7 +309,7 @@ function planPrepare(ctx: PlanContext<MdevDevice[]>): Step<CreateRecord>[] {
   return plans
     .filter((plan) => plan.create)
     .map((plan): Step<CreateRecord> => {
-      const refused = instanceShortage(ctx, plans, plan);
+      const refused = plan.refused ?? instanceShortage(ctx, plans, plan);
       return {
         action: "create-mdev",
         record: { action: "create-mdev", uuid: plan.uuid, parent: plan.parent, type: plan.type },

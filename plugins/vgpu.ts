@@ -13,6 +13,7 @@ import { describeElement, type Domain } from "../lib/domain.ts";
 import { readAttributes } from "../lib/element.ts";
 import { ConfigError, describeError, VmhookError } from "../lib/errors.ts";
 import type { Host } from "../lib/host.ts";
+import { othersRecords } from "../lib/journal.ts";
 import { pciDriver, pciPath } from "../lib/pci.ts";
 import { defineAction, definePlugin, type ApplyContext, type BaseContext, type CheckContext, type PlanContext, type Refusal, type Step, type UndoRecord } from "../lib/plugin.ts";
 import { fail, ok, type Finding } from "../lib/diagnostics/findings.ts";
@@ -135,9 +136,20 @@ interface SetRecord extends UndoRecord {
   name: string;
 }
 
+/** A VF that carries its type already is used and kept, unless vmhook set it for another domain: that domain's release clears it, whoever uses it by then. */
+function unlessAnotherDomains(ctx: PlanContext<VgpuDevice[]>, plan: VgpuPlan): VgpuPlan {
+  if (plan.create) return plan;
+  const setter = othersRecords(ctx.journals(), ctx.domain.uuid, "vgpu", checkSetRecord).find(({ record }) => record.vf === plan.vf);
+  if (setter) {
+    const { name } = setter.domain;
+    return refusedPlan(plan, `${plan.vf} carries the vGPU type ${plan.id} vmhook set for domain ${name}, which clears it at its release; start this domain once ${name} has stopped, or give it another VF`);
+  }
+  ctx.log.info(`${plan.vf} carries vGPU type ${plan.id} already: using it, and keeping it at release`);
+  return plan;
+}
+
 function planPrepare(ctx: PlanContext<VgpuDevice[]>): Step<SetRecord>[] {
-  const plans = ctx.config.map((device) => planVgpu(ctx.host, device));
-  for (const plan of plans.filter((p) => !p.create)) ctx.log.info(`${plan.vf} carries vGPU type ${plan.id} already: using it, and keeping it at release`);
+  const plans = ctx.config.map((device) => unlessAnotherDomains(ctx, planVgpu(ctx.host, device)));
   return plans
     .filter((plan) => plan.create)
     .map((plan) => ({

@@ -14,6 +14,8 @@ import { addParent, GPU, GVT_TYPES, gvtHost, mdevHostdevXml, newHost, nvidiaHost
 const UUID_A = "4b20d080-1b54-4048-85b3-a6a62d165c01";
 const UUID_B = "4b20d080-1b54-4048-85b3-a6a62d165c02";
 const DOMAIN_UUID = "c7a5fdbd-cdaf-9455-926a-d65c16db1809";
+/** Another domain on the same host. */
+const WIN10 = { name: "win10", uuid: "0b6e2ea6-3f1b-4bb2-9a41-6c1c4a2f9e10" };
 
 const available = (sim: SimHost, type: string, parent = GPU) => Number(sim.readTrimmed(`/sys/class/mdev_bus/${parent}/mdev_supported_types/${type}/available_instances`));
 const mdevType = (sim: SimHost, uuid: string) => sim.readlink(`/sys/bus/mdev/devices/${uuid}/mdev_type`)?.split("/").pop();
@@ -121,7 +123,7 @@ test("a parent that is not in /sys/class/mdev_bus fails naming the parents there
 test("no instance left: fails naming the mdevs on the parent and who made them; host untouched", async () => {
   const sim = gvtHost();
   // One V5_1 instance in all: another VM started by vmhook holds it...
-  const other = domainXml({ name: "win10", uuid: "0b6e2ea6-3f1b-4bb2-9a41-6c1c4a2f9e10", mdevs: [UUID_B], hooks: `<vmhook:mdev type="i915-GVTg_V5_1"/>` });
+  const other = domainXml({ ...WIN10, mdevs: [UUID_B], hooks: `<vmhook:mdev type="i915-GVTg_V5_1"/>` });
   assert.is((await runHookEvent(sim, "prepare", "begin", other, "win10")).code, 0);
   // ...and mdevctl made a V5_8 by hand.
   const handMade = "9d2bbd6c-8c3a-43c5-9d0a-1f2e3d4c5b6a";
@@ -143,7 +145,7 @@ test("no instance left: fails naming the mdevs on the parent and who made them; 
 test("no instance left now: validate exits 1 saying prepare would refuse it here, plan marks the step REFUSED, enable stores it with that warning", async () => {
   const sim = gvtHost();
   // Another VM holds the only V5_1 instance; this VM may start once that one stops.
-  const other = domainXml({ name: "win10", uuid: "0b6e2ea6-3f1b-4bb2-9a41-6c1c4a2f9e10", mdevs: [UUID_B], hooks: `<vmhook:mdev type="i915-GVTg_V5_1"/>` });
+  const other = domainXml({ ...WIN10, mdevs: [UUID_B], hooks: `<vmhook:mdev type="i915-GVTg_V5_1"/>` });
   assert.is((await runHookEvent(sim, "prepare", "begin", other, "win10")).code, 0);
   const xml = domainXml({ mdevs: [UUID_A], hooks: `<vmhook:mdev type="i915-GVTg_V5_1"/>` });
   sim.file("/vm.xml", xml);
@@ -200,6 +202,25 @@ test("an mdev that exists with the same type is used and kept at release; with a
   assert.is(other.code, 1);
   assert.match(other.stderr.split("\n")[0]!, `mdev ${UUID_A} already exists as i915-GVTg_V5_4 on ${GPU}; remove it (mdevctl stop --uuid ${UUID_A}`);
   assert.equal(sim.snapshot(), before);
+  sim.cleanup();
+});
+
+test("an mdev vmhook created for another domain (both name its UUID) is refused, not used: that domain removes it at its release", async () => {
+  const sim = gvtHost();
+  const hooks = `<vmhook:mdev parent="${GPU}" type="i915-GVTg_V5_4"/>`;
+  assert.is((await runHookEvent(sim, "prepare", "begin", domainXml({ ...WIN10, mdevs: [UUID_A], hooks }), WIN10.name)).code, 0);
+  const before = sim.snapshot();
+  const writes = sim.writes.length;
+
+  const result = await runHookEvent(sim, "prepare", "begin", domainXml({ mdevs: [UUID_A], hooks }));
+  assert.is(result.code, 1, result.stderr);
+  assert.match(
+    result.stderr.split("\n")[0]!,
+    `${hooks.replace("/>", ">")}: mdev ${UUID_A} is the one vmhook created for domain win10, which removes it at its release; start this domain once win10 has stopped, or give it an mdev <hostdev> with its own UUID (uuidgen)`,
+  );
+  assert.is(sim.writes.length, writes);
+  assert.equal(sim.snapshot(), before);
+  assert.equal(sim.stateFiles(), [`${WIN10.uuid}.json`]);
   sim.cleanup();
 });
 
@@ -365,6 +386,24 @@ test("vgpu: a type the VF cannot create fails listing the creatable ones; a VF c
   const taken = await runHookEvent(sim, "prepare", "begin", domainXml({ pcis: ["41:00.4"], hooks: `<vmhook:vgpu type="L40S-12Q"/>` }));
   assert.is(taken.code, 1);
   assert.match(taken.stderr.split("\n")[0]!, `${VF} already carries vGPU type 1434; if that is the one, write type="1434", else pick a free VF`);
+  assert.equal(sim.snapshot(), before);
+  sim.cleanup();
+});
+
+test("vgpu: a VF carrying the vGPU vmhook set for another domain is refused, not used: that domain clears it at its release", async () => {
+  const sim = nvidiaHost();
+  const hooks = `<vmhook:vgpu vf="${VF}" type="1433"/>`;
+  assert.is((await runHookEvent(sim, "prepare", "begin", domainXml({ ...WIN10, pcis: ["41:00.4"], hooks }), WIN10.name)).code, 0);
+  const before = sim.snapshot();
+  const writes = sim.writes.length;
+
+  const result = await runHookEvent(sim, "prepare", "begin", domainXml({ pcis: ["41:00.4"], hooks }));
+  assert.is(result.code, 1, result.stderr);
+  assert.match(
+    result.stderr.split("\n")[0]!,
+    `${hooks.replace("/>", ">")}: ${VF} carries the vGPU type 1433 vmhook set for domain win10, which clears it at its release; start this domain once win10 has stopped, or give it another VF`,
+  );
+  assert.is(sim.writes.length, writes);
   assert.equal(sim.snapshot(), before);
   sim.cleanup();
 });
