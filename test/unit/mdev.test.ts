@@ -5,11 +5,12 @@ import * as assert from "uvu/assert";
 import { cli } from "../helpers/cli.ts";
 import { fakeLibvirt } from "../helpers/fake-virsh.ts";
 import { runHookEvent } from "../helpers/hook.ts";
+import { runDoctor } from "../../lib/diagnostics/doctor.ts";
 import { readJournal } from "../../lib/journal.ts";
 import { paths } from "../../lib/paths.ts";
 import { SimHost } from "../helpers/simhost.ts";
 import { assertPlanIsPrepare } from "../helpers/plan.ts";
-import { addParent, GPU, GVT_TYPES, gvtHost, mdevHostdevXml, newHost, nvidiaHost, pciHostdevXml, VF, VF2 } from "../helpers/mdev-kernel.ts";
+import { addParent, GPU, GPU_DIR, GVT_TYPES, gvtHost, mdevHostdevXml, newHost, nvidiaHost, pciHostdevXml, VF, VF2 } from "../helpers/mdev-kernel.ts";
 
 const UUID_A = "4b20d080-1b54-4048-85b3-a6a62d165c01";
 const UUID_B = "4b20d080-1b54-4048-85b3-a6a62d165c02";
@@ -222,6 +223,36 @@ test("an mdev vmhook created for another domain (both name its UUID) is refused,
   assert.equal(sim.snapshot(), before);
   assert.equal(sim.stateFiles(), [`${WIN10.uuid}.json`]);
   sim.cleanup();
+});
+
+test("vmhook doctor's mdev check fails exactly where prepare refuses, with prepare's reason", async () => {
+  const twoGpus = () => {
+    const sim = gvtHost();
+    addParent(sim, "0000:03:00.0", "/sys/devices/pci0000:00/0000:00:01.0/0000:03:00.0", GVT_TYPES);
+    return sim;
+  };
+  const otherType = () => {
+    const sim = gvtHost();
+    sim.write(`/sys/class/mdev_bus/${GPU}/mdev_supported_types/i915-GVTg_V5_8/create`, UUID_A); // mdevctl start
+    return sim;
+  };
+  const cases: { what: string; sim: () => SimHost; parts: DomainParts }[] = [
+    { what: "two parents offer the type", sim: twoGpus, parts: { mdevs: [UUID_A], hooks: `<vmhook:mdev type="i915-GVTg_V5_4"/>` } },
+    { what: "the UUID exists with another type", sim: otherType, parts: { mdevs: [UUID_A], hooks: `<vmhook:mdev type="i915-GVTg_V5_4"/>` } },
+    { what: "another element's UUID exists", sim: () => otherType().file(`${GPU_DIR}/mdev_supported_types/i915-GVTg_V5_1/available_instances`, 0), parts: { mdevs: [UUID_A, UUID_B], hooks: `<vmhook:mdev type="i915-GVTg_V5_1" uuid="${UUID_B}"/><vmhook:mdev type="i915-GVTg_V5_8" uuid="${UUID_A}"/>` } },
+    { what: "two mdevs of a type with one instance left", sim: gvtHost, parts: { mdevs: [UUID_A, UUID_B], hooks: `<vmhook:mdev type="i915-GVTg_V5_2" uuid="${UUID_A}"/><vmhook:mdev type="i915-GVTg_V5_2" uuid="${UUID_B}"/>` } },
+  ];
+  for (const { what, sim: makeHost, parts } of cases) {
+    const sim = makeHost();
+    const xml = domainXml(parts);
+    const prepare = await runHookEvent(sim, "prepare", "begin", xml);
+    assert.is(prepare.code, 1, what);
+    const refusal = prepare.stderr.split("\n")[0]!.replace(/^vmhook: /, "");
+    const report = await runDoctor(sim, { file: "vm.xml", xml });
+    const findings = report.domain!.findings.filter((finding) => finding.plugin === "mdev");
+    assert.ok(findings.some((finding) => finding.status === "fail" && finding.reason === refusal), `${what}: doctor says ${JSON.stringify(findings)}, prepare ${refusal}`);
+    sim.cleanup();
+  }
 });
 
 test("a bad UUID or parent in the XML is rejected before any host path is built from it", async () => {
