@@ -62,14 +62,23 @@ function parseVgpuElement(element: XmlElement, domain: Domain, count: number): V
   const attrs = readAttributes(element, ["vf", "type"]);
   if (attrs.type === undefined) throw new ConfigError(where, `has no type attribute; ${LIST_TYPES}`);
   const type = checkPattern(attrs.type.trim(), VGPU_TYPE, where, "type", "a vGPU type id or name", LIST_TYPES);
-  const hostdevs = domain.hostdevs.flatMap((hostdev) => (hostdev.type === "pci" ? [hostdev.address] : []));
+  const pciHostdevs = domain.hostdevs.flatMap((hostdev) => (hostdev.type === "pci" ? [hostdev] : []));
+  const hostdevs = pciHostdevs.map((hostdev) => hostdev.address);
+  let vf: string;
   if (attrs.vf === undefined) {
-    if (hostdevs.length === 1 && count === 1) return { element: where, vf: hostdevs[0]!, type };
-    throw new ConfigError(where, `has no vf attribute; add vf="DDDD:BB:SS.F" naming the virtual function (one of the domain's PCI <hostdev>s${hostdevs.length ? `: ${hostdevs.join(", ")}` : ""})`);
+    if (hostdevs.length !== 1 || count !== 1) {
+      throw new ConfigError(where, `has no vf attribute; add vf="DDDD:BB:SS.F" naming the virtual function (one of the domain's PCI <hostdev>s${hostdevs.length ? `: ${hostdevs.join(", ")}` : ""})`);
+    }
+    vf = hostdevs[0]!;
+  } else {
+    vf = parsePciAddress(attrs.vf, where, "vf");
+    if (!hostdevs.includes(vf)) {
+      throw new ConfigError(where, `vf="${attrs.vf}" is not a PCI <hostdev> of this domain; add <hostdev mode='subsystem' type='pci' managed='no'> with its <source><address> to <devices>, or fix vf`);
+    }
   }
-  const vf = parsePciAddress(attrs.vf, where, "vf");
-  if (!hostdevs.includes(vf)) {
-    throw new ConfigError(where, `vf="${attrs.vf}" is not a PCI <hostdev> of this domain; add <hostdev mode='subsystem' type='pci' managed='no'> with its <source><address> to <devices>, or fix vf`);
+  // The vGPU lives in NVIDIA's driver: a managed hostdev is moved to vfio-pci by libvirt after prepare, and the guest gets no vGPU.
+  if (pciHostdevs.find((hostdev) => hostdev.address === vf)!.managed) {
+    throw new ConfigError(where, `the <hostdev> of VF ${vf} is managed='yes': libvirt would unbind the VF from NVIDIA's driver, which carries the vGPU, and bind it to vfio-pci; set managed='no' in that <hostdev>`);
   }
   return { element: where, vf, type };
 }

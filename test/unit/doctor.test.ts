@@ -201,7 +201,7 @@ test("vgpu: the VF's creatable types, through the plugin's own checks", async ()
   const vf = "0000:41:00.4";
   sim.dir(`/sys/devices/pci0000:40/${vf}`).link(`/sys/bus/pci/devices/${vf}`, `../../../devices/pci0000:40/${vf}`);
   sim.file(`/sys/devices/pci0000:40/${vf}/nvidia/creatable_vgpu_types`, "ID    : vGPU Name\n1433 : NVIDIA L40S-12Q\n").file(`/sys/devices/pci0000:40/${vf}/nvidia/current_vgpu_type`, 0);
-  const check = async (type: string) => (await doctor(sim, domainXml({ metadata: `<vmhook:vgpu vf="${vf}" type="${type}"/>`, devices: hostdev("0x41", "0x4") }))).domain(`vgpu ${vf}`);
+  const check = async (type: string) => (await doctor(sim, domainXml({ metadata: `<vmhook:vgpu vf="${vf}" type="${type}"/>`, devices: hostdev("0x41", "0x4").replace("managed='yes'", "managed='no'") }))).domain(`vgpu ${vf}`);
   const good = await check("L40S-12Q");
   assert.equal([good.status, good.reason], ["ok", `${vf} can carry vGPU type 1433 (NVIDIA L40S-12Q)`]);
   const bad = await check("L40S-48Q");

@@ -484,6 +484,21 @@ test("vgpu: a PCI function without NVIDIA's vGPU files, or a vf not assigned to 
   sim.cleanup();
 });
 
+test("vgpu: a VF whose <hostdev> is managed='yes' is refused before anything changes: libvirt would move it off NVIDIA's driver", async () => {
+  const sim = nvidiaHost();
+  const before = sim.snapshot();
+  const xml = domainXml({ pcis: ["41:00.4"], hooks: `<vmhook:vgpu type="L40S-12Q"/>` }).replace("managed='no'", "managed='yes'");
+  const result = await runHookEvent(sim, "prepare", "begin", xml);
+  assert.is(result.code, 1, result.stderr);
+  assert.match(
+    result.stderr.split("\n")[0]!,
+    `<vmhook:vgpu type="L40S-12Q">: the <hostdev> of VF ${VF} is managed='yes': libvirt would unbind the VF from NVIDIA's driver, which carries the vGPU, and bind it to vfio-pci; set managed='no' in that <hostdev>`,
+  );
+  assert.equal(sim.writes, []);
+  assert.equal(sim.snapshot(), before);
+  sim.cleanup();
+});
+
 test("a failure in a later plugin removes the mdevs created before it", async () => {
   // One host with both: GVT-g mdevs, then an NVIDIA VF whose type write fails.
   const sim = nvidiaHost(gvtHost(), [VF]);
