@@ -11,7 +11,7 @@ import { kernelAnswer, writeThroughDriver } from "../lib/bounded-write.ts";
 import { readAttributes } from "../lib/element.ts";
 import { attributes, describeElement, type Domain } from "../lib/domain.ts";
 import { fail, ok, type Finding } from "../lib/diagnostics/findings.ts";
-import { listJournals } from "../lib/journal.ts";
+import { completeJournals } from "../lib/journal.ts";
 import { ConfigError, describeError, VmhookError } from "../lib/errors.ts";
 import type { Host } from "../lib/host.ts";
 import { defineAction, definePlugin, type ApplyContext, type BaseContext, type CheckContext, type PlanContext, type Refusal, type Step, type UndoRecord } from "../lib/plugin.ts";
@@ -328,7 +328,7 @@ function planPrepare(ctx: PlanContext<MdevDevice[]>): Step<CreateRecord>[] {
  * so it fails exactly where prepare would refuse, with prepare's reason.
  */
 function check({ host, domain, elements }: CheckContext): Finding[] {
-  const view: PlanView = { host, domain, journals: () => listJournals(host).journals };
+  const view: PlanView = { host, domain, journals: () => completeJournals(host) };
   const planned = elements.map((element): { plan: MdevPlan } | { error: unknown } => {
     try {
       return { plan: planMdev(view, parseMdevElement(element, domain)) };

@@ -231,15 +231,18 @@ test("vmhook doctor's mdev check fails exactly where prepare refuses, with prepa
     addParent(sim, "0000:03:00.0", "/sys/devices/pci0000:00/0000:00:01.0/0000:03:00.0", GVT_TYPES);
     return sim;
   };
-  const otherType = () => {
+  /** A GVT-g host where mdevctl started UUID_A as `type`. */
+  const startedAs = (type: string) => () => {
     const sim = gvtHost();
-    sim.write(`/sys/class/mdev_bus/${GPU}/mdev_supported_types/i915-GVTg_V5_8/create`, UUID_A); // mdevctl start
+    sim.write(`/sys/class/mdev_bus/${GPU}/mdev_supported_types/${type}/create`, UUID_A);
     return sim;
   };
+  const otherType = startedAs("i915-GVTg_V5_8");
   const cases: { what: string; sim: () => SimHost; parts: DomainParts }[] = [
     { what: "two parents offer the type", sim: twoGpus, parts: { mdevs: [UUID_A], hooks: `<vmhook:mdev type="i915-GVTg_V5_4"/>` } },
     { what: "the UUID exists with another type", sim: otherType, parts: { mdevs: [UUID_A], hooks: `<vmhook:mdev type="i915-GVTg_V5_4"/>` } },
     { what: "another element's UUID exists", sim: () => otherType().file(`${GPU_DIR}/mdev_supported_types/i915-GVTg_V5_1/available_instances`, 0), parts: { mdevs: [UUID_A, UUID_B], hooks: `<vmhook:mdev type="i915-GVTg_V5_1" uuid="${UUID_B}"/><vmhook:mdev type="i915-GVTg_V5_8" uuid="${UUID_A}"/>` } },
+    { what: "the UUID exists and a journal cannot be read", sim: () => startedAs("i915-GVTg_V5_4")().file(paths.journal(WIN10.uuid), "{"), parts: { mdevs: [UUID_A], hooks: `<vmhook:mdev type="i915-GVTg_V5_4"/>` } },
     { what: "two mdevs of a type with one instance left", sim: gvtHost, parts: { mdevs: [UUID_A, UUID_B], hooks: `<vmhook:mdev type="i915-GVTg_V5_2" uuid="${UUID_A}"/><vmhook:mdev type="i915-GVTg_V5_2" uuid="${UUID_B}"/>` } },
   ];
   for (const { what, sim: makeHost, parts } of cases) {
