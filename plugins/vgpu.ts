@@ -13,7 +13,7 @@ import { describeElement, type Domain } from "../lib/domain.ts";
 import { readAttributes } from "../lib/element.ts";
 import { ConfigError, describeError, VmhookError } from "../lib/errors.ts";
 import type { Host } from "../lib/host.ts";
-import { othersRecords } from "../lib/journal.ts";
+import { completeJournals, othersRecords } from "../lib/journal.ts";
 import { pciDriver, pciPath } from "../lib/pci.ts";
 import { defineAction, definePlugin, type ApplyContext, type BaseContext, type CheckContext, type PlanContext, type Refusal, type Step, type UndoRecord } from "../lib/plugin.ts";
 import { fail, ok, type Finding } from "../lib/diagnostics/findings.ts";
@@ -146,19 +146,19 @@ interface SetRecord extends UndoRecord {
 }
 
 /** A VF that carries its type already is used and kept, unless vmhook set it for another domain: that domain's release clears it, whoever uses it by then. */
-function unlessAnotherDomains(ctx: PlanContext<VgpuDevice[]>, plan: VgpuPlan): VgpuPlan {
+function unlessAnotherDomains(ctx: Pick<BaseContext, "domain" | "journals">, plan: VgpuPlan): VgpuPlan {
   if (plan.create) return plan;
   const setter = othersRecords(ctx.journals(), ctx.domain.uuid, "vgpu", checkSetRecord).find(({ record }) => record.vf === plan.vf);
   if (setter) {
     const { name } = setter.domain;
     return refusedPlan(plan, `${plan.vf} carries the vGPU type ${plan.id} vmhook set for domain ${name}, which clears it at its release; start this domain once ${name} has stopped, or give it another VF`);
   }
-  ctx.log.info(`${plan.vf} carries vGPU type ${plan.id} already: using it, and keeping it at release`);
   return plan;
 }
 
 function planPrepare(ctx: PlanContext<VgpuDevice[]>): Step<SetRecord>[] {
   const plans = ctx.config.map((device) => unlessAnotherDomains(ctx, planVgpu(ctx.host, device)));
+  for (const plan of plans.filter((each) => !each.create)) ctx.log.info(`${plan.vf} carries vGPU type ${plan.id} already: using it, and keeping it at release`);
   return plans
     .filter((plan) => plan.create)
     .map((plan) => ({
@@ -231,7 +231,7 @@ function check({ host, domain, elements }: CheckContext): Finding[] {
   return devices.map((device) => {
     const check = `vgpu ${device.vf}`;
     try {
-      const plan = planVgpu(host, device);
+      const plan = unlessAnotherDomains({ domain, journals: () => completeJournals(host) }, planVgpu(host, device));
       if (plan.refused) return fail(check, plan.refused.reason, "stop the VM whose vGPU holds the VF or the GPU, or pick another type or VF");
       return ok(check, plan.create ? `${device.vf} can carry vGPU type ${plan.id} (${plan.name})` : `${device.vf} carries vGPU type ${plan.id} already; vmhook uses it and leaves it at release`);
     } catch (error) {

@@ -437,6 +437,9 @@ test("vgpu: a VF carrying the vGPU vmhook set for another domain is refused, not
     result.stderr.split("\n")[0]!,
     `${hooks.replace("/>", ">")}: ${VF} carries the vGPU type 1433 vmhook set for domain win10, which clears it at its release; start this domain once win10 has stopped, or give it another VF`,
   );
+  const doctor = await runDoctor(sim, { file: "vm.xml", xml: domainXml({ pcis: ["41:00.4"], hooks }) });
+  const finding = doctor.domain!.findings.find((each) => each.plugin === "vgpu");
+  assert.equal([finding?.status, finding?.reason], ["fail", result.stderr.split("\n")[0]!.replace(/^vmhook: /, "")]);
   assert.is(sim.writes.length, writes);
   assert.equal(sim.snapshot(), before);
   sim.cleanup();
