@@ -116,6 +116,15 @@ export function listJournals(host: Host): { journals: Journal[]; broken: { file:
   return { journals, broken };
 }
 
+/** Every journal on the host, or why not: what the other VMs hold must not be computed from some of them. */
+export function completeJournals(host: Host): Journal[] {
+  const { journals, broken } = listJournals(host);
+  if (broken.length > 0) {
+    throw new VmhookError(`${broken[0]!.error}; vmhook cannot tell what the other VMs hold, so it changes no shared resource (vmhook status lists the journals)`);
+  }
+  return journals;
+}
+
 /**
  * Every record of `plugin` in other domains' journals, each through `check`
  * (its action's check): what a shared resource is computed from must not

@@ -9,7 +9,7 @@ import { Deadline, waitFor } from "./deadline.ts";
 import type { Domain } from "./domain.ts";
 import { describeError, VmhookError } from "./errors.ts";
 import type { ExecResult, Host } from "./host.ts";
-import { listJournals, removeJournal, sharedState, writeJournal, type Journal, type JournalEntry, type JournalPhase } from "./journal.ts";
+import { completeJournals, removeJournal, sharedState, writeJournal, type Journal, type JournalEntry, type JournalPhase } from "./journal.ts";
 import { withHostLock, type HeldLock } from "./lock.ts";
 import type { Logger } from "./log.ts";
 import { paths } from "./paths.ts";
@@ -134,14 +134,6 @@ function actionOf(plugin: Plugin, pluginId: string, record: UndoRecord): Action<
 }
 
 /** Every journal, or an error naming the first that cannot be read: a shared resource computed from part of them would be wrong. */
-function completeJournals(host: Host): Journal[] {
-  const { journals, broken } = listJournals(host);
-  if (broken.length > 0) {
-    throw new VmhookError(`${broken[0]!.error}; vmhook cannot tell what the other VMs hold, so it changes no shared resource (vmhook status lists the journals)`);
-  }
-  return journals;
-}
-
 /**
  * A plugin's planner, apply, handler or undo, bounded in time: a JS plugin
  * may return a promise that never settles, and a hook that just waits would

@@ -11,6 +11,7 @@ import { kernelAnswer, writeThroughDriver } from "../lib/bounded-write.ts";
 import { readAttributes } from "../lib/element.ts";
 import { attributes, describeElement, type Domain } from "../lib/domain.ts";
 import { fail, ok, type Finding } from "../lib/diagnostics/findings.ts";
+import { completeJournals } from "../lib/journal.ts";
 import { ConfigError, describeError, VmhookError } from "../lib/errors.ts";
 import type { Host } from "../lib/host.ts";
 import { defineAction, definePlugin, type ApplyContext, type BaseContext, type CheckContext, type PlanContext, type Refusal, type Step, type UndoRecord } from "../lib/plugin.ts";
@@ -85,19 +86,28 @@ function throughDriver(ctx: BaseContext, uuid: string, driver: string, file: str
   return writeThroughDriver(ctx, { device: uuid, driver, file, value, timeoutMs: MDEV_WRITE_TIMEOUT_MS });
 }
 
-/** The mdevs on a parent, each with the domain vmhook made it for, if any: who holds the instances. */
-function mdevsOn(ctx: BaseContext, parent: string): string[] {
-  const creators = new Map<string, string>();
+/** What planning reads: the host, this domain, every domain's journal (prepare's context, or doctor's view of the host). */
+type PlanView = Pick<BaseContext, "host" | "domain" | "journals">;
+
+/** The domain each mdev in a journal was created for, by UUID: that domain's release removes it. */
+function mdevCreators(ctx: PlanView): Map<string, { name: string; uuid: string }> {
+  const creators = new Map<string, { name: string; uuid: string }>();
   for (const journal of ctx.journals()) {
     for (const entry of journal.entries) {
-      if (entry.plugin === "mdev" && (entry.undo.action === "create-mdev" || entry.undo.action === "remove-mdev")) creators.set(String(entry.undo.uuid), journal.domain.name);
+      if (entry.plugin === "mdev" && (entry.undo.action === "create-mdev" || entry.undo.action === "remove-mdev")) creators.set(String(entry.undo.uuid), journal.domain);
     }
   }
+  return creators;
+}
+
+/** The mdevs on a parent, each with the domain vmhook made it for, if any: who holds the instances. */
+function mdevsOn(ctx: PlanView, parent: string): string[] {
+  const creators = mdevCreators(ctx);
   return ctx.host.list(MDEV_DEVICES).flatMap((uuid) => {
     const mdev = existingMdev(ctx.host, uuid);
     if (mdev?.parent !== parent) return [];
     const creator = creators.get(uuid);
-    return [`${uuid} (${mdev.type}, ${creator ? `created by vmhook for domain ${creator}` : "not created by vmhook: mdevctl or by hand"})`];
+    return [`${uuid} (${mdev.type}, ${creator ? `created by vmhook for domain ${creator.name}` : "not created by vmhook: mdevctl or by hand"})`];
   });
 }
 
@@ -158,6 +168,8 @@ interface MdevPlan extends MdevDevice {
   offered: MdevType;
   /** False: the mdev exists already with this type (mdevctl, by hand): used, and kept at release. */
   create: boolean;
+  /** Why it cannot be created now: vmhook's mdev of another domain has the UUID until that domain's release. */
+  refused?: Refusal;
 }
 
 /** The parent of a device whose element names none: the only one offering its type. */
@@ -180,7 +192,7 @@ function noParents(element: string): ConfigError {
 }
 
 /** Everything checked before anything changes: parent, type, an existing mdev with this UUID. */
-function planMdev(ctx: PlanContext<MdevDevice[]>, device: MdevDevice): MdevPlan {
+function planMdev(ctx: PlanView, device: MdevDevice): MdevPlan {
   const { host } = ctx;
   // An earlier create or remove of this UUID still blocked in its driver: reading the parent's files could block too.
   refuseIfStuck(host, [device.uuid]);
@@ -202,8 +214,14 @@ function planMdev(ctx: PlanContext<MdevDevice[]>, device: MdevDevice): MdevPlan 
       `mdev ${device.uuid} already exists as ${existing.type} on ${existing.parent}; remove it (mdevctl stop --uuid ${device.uuid}, or echo 1 > ${mdevPath(device.uuid, "remove")}) or give this domain another UUID`,
     );
   }
-  if (existing) ctx.log.info(`mdev ${device.uuid} (${device.type} on ${parent}) exists already: using it, and keeping it at release`);
-  return { ...device, parent, offered, create: !existing };
+  if (!existing) return { ...device, parent, offered, create: true };
+  // Another domain's release removes it, whoever uses it by then; once that domain has stopped, this one creates its own.
+  const creator = mdevCreators(ctx).get(device.uuid);
+  if (creator && creator.uuid !== ctx.domain.uuid) {
+    const reason = `${device.element}: mdev ${device.uuid} is the one vmhook created for domain ${creator.name}, which removes it at its release; start this domain once ${creator.name} has stopped, or give it an mdev <hostdev> with its own UUID (uuidgen)`;
+    return { ...device, parent, offered, create: true, refused: { reason, remedies: [] } };
+  }
+  return { ...device, parent, offered, create: false };
 }
 
 /**
@@ -212,8 +230,8 @@ function planMdev(ctx: PlanContext<MdevDevice[]>, device: MdevDevice): MdevPlan 
  * back before the next start), not a wrong config. The kernel may still refuse
  * (types share resources): then the step fails and rolls back.
  */
-function instanceShortage(ctx: PlanContext<MdevDevice[]>, plans: MdevPlan[], plan: MdevPlan): Refusal | undefined {
-  const needed = plans.filter((other) => other.create && other.parent === plan.parent && other.type === plan.type).length;
+function instanceShortage(ctx: PlanView, plans: MdevPlan[], plan: MdevPlan): Refusal | undefined {
+  const needed = plans.filter((other) => other.create && !other.refused && other.parent === plan.parent && other.type === plan.type).length;
   if (needed <= plan.offered.available) return undefined;
   const held = mdevsOn(ctx, plan.parent);
   return {
@@ -291,10 +309,11 @@ const createMdevAction = defineAction<CreateRecord, MdevDevice[]>({
 /** Checks that change nothing (parent, type, free instances, an existing mdev with this UUID), then one step per mdev to create. */
 function planPrepare(ctx: PlanContext<MdevDevice[]>): Step<CreateRecord>[] {
   const plans = ctx.config.map((device) => planMdev(ctx, device));
+  for (const plan of plans.filter((each) => !each.create)) ctx.log.info(`mdev ${plan.uuid} (${plan.type} on ${plan.parent}) exists already: using it, and keeping it at release`);
   return plans
     .filter((plan) => plan.create)
     .map((plan): Step<CreateRecord> => {
-      const refused = instanceShortage(ctx, plans, plan);
+      const refused = plan.refused ?? instanceShortage(ctx, plans, plan);
       return {
         action: "create-mdev",
         record: { action: "create-mdev", uuid: plan.uuid, parent: plan.parent, type: plan.type },
@@ -304,35 +323,31 @@ function planPrepare(ctx: PlanContext<MdevDevice[]>): Step<CreateRecord>[] {
     });
 }
 
-/** `vmhook doctor`: a parent offers each element's type with an instance free, or the mdev exists. */
+/**
+ * `vmhook doctor`: each element through prepare's own reading and planning,
+ * so it fails exactly where prepare would refuse, with prepare's reason.
+ */
 function check({ host, domain, elements }: CheckContext): Finding[] {
-  const gvtFix = "for Intel GVT-g boot with i915.enable_gvt=1 and load kvmgt; for NVIDIA vGPU install the vGPU host driver";
-  return elements.map((element) => {
-    // The plugin's own reading: every value is checked before it becomes part of a path.
-    let device: ReturnType<typeof readMdevElement>;
+  const view: PlanView = { host, domain, journals: () => completeJournals(host) };
+  const planned = elements.map((element): { plan: MdevPlan } | { error: unknown } => {
     try {
-      device = readMdevElement(element);
+      return { plan: planMdev(view, parseMdevElement(element, domain)) };
     } catch (error) {
-      return fail(`mdev ${attributes(element).type ?? "?"}`, describeError(error), "fix the element as the message says");
+      return { error };
     }
-    const { type, parent, uuid } = device;
-    const check = `mdev ${type}`;
-    const parents = parent ? [parent] : host.list(MDEV_BUS).filter((candidate) => host.exists(`${MDEV_BUS}/${candidate}/mdev_supported_types/${type}`));
-    if (parents.length === 0) {
-      const offered = host.list(MDEV_BUS).flatMap((candidate) => host.list(`${MDEV_BUS}/${candidate}/mdev_supported_types`));
-      return fail(check, `no device offers mdev type ${type}${offered.length > 0 ? ` (offered: ${offered.join(", ")})` : ": no device offers mediated devices at all"}`, offered.length > 0 ? "use one of the offered types" : gvtFix);
+  });
+  const plans = planned.flatMap((each) => ("plan" in each ? [each.plan] : []));
+  return planned.map((each, index) => {
+    const check = `mdev ${attributes(elements[index]!).type ?? "?"}`;
+    if (!("plan" in each)) {
+      const fix = host.list(MDEV_BUS).length === 0 ? "for Intel GVT-g boot with i915.enable_gvt=1 and load kvmgt; for NVIDIA vGPU install the vGPU host driver" : "fix the element or the host as the message says";
+      return fail(check, describeError(each.error), fix);
     }
-    const at = parents[0]!;
-    if (!host.exists(`${MDEV_BUS}/${at}`)) return fail(check, `${at} offers no mediated devices (not in ${MDEV_BUS})`, gvtFix);
-    const types = `${MDEV_BUS}/${at}/mdev_supported_types`;
-    if (!host.exists(`${types}/${type}`)) return fail(check, `${at} does not offer ${type}; it offers ${host.list(types).join(", ") || "nothing"}`, "use one of the types it offers");
-    const uuids = [uuid, ...domain.hostdevs.flatMap((hostdev) => (hostdev.type === "mdev" ? [hostdev.uuid] : []))].filter(Boolean) as string[];
-    const existing = uuids.find((candidate) => host.exists(`/sys/bus/mdev/devices/${candidate}`));
-    if (existing) return ok(check, `mdev ${existing} already exists on ${at}`);
-    const available = Number(host.readTrimmed(`${types}/${type}/available_instances`) ?? 0);
-    return available > 0
-      ? ok(check, `${at} offers ${type}: ${available} instance(s) available`)
-      : fail(check, `${at} has no ${type} instance left (available_instances is 0)`, "stop the VMs using them, or choose a smaller type");
+    const { plan } = each;
+    if (!plan.create) return ok(check, `mdev ${plan.uuid} exists already as ${plan.type} on ${plan.parent}: vmhook uses it and leaves it at release`);
+    const refused = plan.refused ?? instanceShortage(view, plans, plan);
+    if (refused) return fail(check, refused.reason, "stop the VM that holds it, or choose a smaller type");
+    return ok(check, `${plan.parent} offers ${plan.type}: ${plan.offered.available} instance(s) available`);
   });
 }
 

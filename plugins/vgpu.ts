@@ -13,6 +13,7 @@ import { describeElement, type Domain } from "../lib/domain.ts";
 import { readAttributes } from "../lib/element.ts";
 import { ConfigError, describeError, VmhookError } from "../lib/errors.ts";
 import type { Host } from "../lib/host.ts";
+import { completeJournals, othersRecords } from "../lib/journal.ts";
 import { pciDriver, pciPath } from "../lib/pci.ts";
 import { defineAction, definePlugin, type ApplyContext, type BaseContext, type CheckContext, type PlanContext, type Refusal, type Step, type UndoRecord } from "../lib/plugin.ts";
 import { fail, ok, type Finding } from "../lib/diagnostics/findings.ts";
@@ -61,14 +62,23 @@ function parseVgpuElement(element: XmlElement, domain: Domain, count: number): V
   const attrs = readAttributes(element, ["vf", "type"]);
   if (attrs.type === undefined) throw new ConfigError(where, `has no type attribute; ${LIST_TYPES}`);
   const type = checkPattern(attrs.type.trim(), VGPU_TYPE, where, "type", "a vGPU type id or name", LIST_TYPES);
-  const hostdevs = domain.hostdevs.flatMap((hostdev) => (hostdev.type === "pci" ? [hostdev.address] : []));
+  const pciHostdevs = domain.hostdevs.flatMap((hostdev) => (hostdev.type === "pci" ? [hostdev] : []));
+  const hostdevs = pciHostdevs.map((hostdev) => hostdev.address);
+  let vf: string;
   if (attrs.vf === undefined) {
-    if (hostdevs.length === 1 && count === 1) return { element: where, vf: hostdevs[0]!, type };
-    throw new ConfigError(where, `has no vf attribute; add vf="DDDD:BB:SS.F" naming the virtual function (one of the domain's PCI <hostdev>s${hostdevs.length ? `: ${hostdevs.join(", ")}` : ""})`);
+    if (hostdevs.length !== 1 || count !== 1) {
+      throw new ConfigError(where, `has no vf attribute; add vf="DDDD:BB:SS.F" naming the virtual function (one of the domain's PCI <hostdev>s${hostdevs.length ? `: ${hostdevs.join(", ")}` : ""})`);
+    }
+    vf = hostdevs[0]!;
+  } else {
+    vf = parsePciAddress(attrs.vf, where, "vf");
+    if (!hostdevs.includes(vf)) {
+      throw new ConfigError(where, `vf="${attrs.vf}" is not a PCI <hostdev> of this domain; add <hostdev mode='subsystem' type='pci' managed='no'> with its <source><address> to <devices>, or fix vf`);
+    }
   }
-  const vf = parsePciAddress(attrs.vf, where, "vf");
-  if (!hostdevs.includes(vf)) {
-    throw new ConfigError(where, `vf="${attrs.vf}" is not a PCI <hostdev> of this domain; add <hostdev mode='subsystem' type='pci' managed='no'> with its <source><address> to <devices>, or fix vf`);
+  // The vGPU lives in NVIDIA's driver: a managed hostdev is moved to vfio-pci by libvirt after prepare, and the guest gets no vGPU.
+  if (pciHostdevs.find((hostdev) => hostdev.address === vf)!.managed) {
+    throw new ConfigError(where, `the <hostdev> of VF ${vf} is managed='yes': libvirt would unbind the VF from NVIDIA's driver, which carries the vGPU, and bind it to vfio-pci; set managed='no' in that <hostdev>`);
   }
   return { element: where, vf, type };
 }
@@ -135,9 +145,20 @@ interface SetRecord extends UndoRecord {
   name: string;
 }
 
+/** A VF that carries its type already is used and kept, unless vmhook set it for another domain: that domain's release clears it, whoever uses it by then. */
+function unlessAnotherDomains(ctx: Pick<BaseContext, "domain" | "journals">, plan: VgpuPlan): VgpuPlan {
+  if (plan.create) return plan;
+  const setter = othersRecords(ctx.journals(), ctx.domain.uuid, "vgpu", checkSetRecord).find(({ record }) => record.vf === plan.vf);
+  if (setter) {
+    const { name } = setter.domain;
+    return refusedPlan(plan, `${plan.vf} carries the vGPU type ${plan.id} vmhook set for domain ${name}, which clears it at its release; start this domain once ${name} has stopped, or give it another VF`);
+  }
+  return plan;
+}
+
 function planPrepare(ctx: PlanContext<VgpuDevice[]>): Step<SetRecord>[] {
-  const plans = ctx.config.map((device) => planVgpu(ctx.host, device));
-  for (const plan of plans.filter((p) => !p.create)) ctx.log.info(`${plan.vf} carries vGPU type ${plan.id} already: using it, and keeping it at release`);
+  const plans = ctx.config.map((device) => unlessAnotherDomains(ctx, planVgpu(ctx.host, device)));
+  for (const plan of plans.filter((each) => !each.create)) ctx.log.info(`${plan.vf} carries vGPU type ${plan.id} already: using it, and keeping it at release`);
   return plans
     .filter((plan) => plan.create)
     .map((plan) => ({
@@ -210,7 +231,7 @@ function check({ host, domain, elements }: CheckContext): Finding[] {
   return devices.map((device) => {
     const check = `vgpu ${device.vf}`;
     try {
-      const plan = planVgpu(host, device);
+      const plan = unlessAnotherDomains({ domain, journals: () => completeJournals(host) }, planVgpu(host, device));
       if (plan.refused) return fail(check, plan.refused.reason, "stop the VM whose vGPU holds the VF or the GPU, or pick another type or VF");
       return ok(check, plan.create ? `${device.vf} can carry vGPU type ${plan.id} (${plan.name})` : `${device.vf} carries vGPU type ${plan.id} already; vmhook uses it and leaves it at release`);
     } catch (error) {

@@ -7,6 +7,7 @@ import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { runDoctor, type Finding } from "../../lib/diagnostics/doctor.ts";
 import type { SimHost } from "../helpers/simhost.ts";
+import { mdevHostdevXml } from "../helpers/mdev-kernel.ts";
 import { addPciDevice, desktopHost, gvtLaptopHost, iommuOffHost, sharedGroupHost } from "../helpers/pci-hosts.ts";
 
 const BINARY = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../../dist/vmhook");
@@ -165,18 +166,19 @@ test("IOMMU off: a host warning without a domain, a failure with a passthrough d
 
 test("laptop with GVT-g: the mdev type is offered; a type it does not offer or has no instance left fails", async () => {
   const sim = gvtLaptopHost();
-  const check = async (attributes: string) => (await doctor(sim, domainXml({ metadata: `<vmhook:mdev ${attributes}/>` }))).domain(`mdev ${/type="([^"]*)"/.exec(attributes)![1]}`);
+  const devices = mdevHostdevXml("4b20d080-1b54-4048-85b3-a6a62d165c01");
+  const check = async (attributes: string) => (await doctor(sim, domainXml({ devices, metadata: `<vmhook:mdev ${attributes}/>` }))).domain(`mdev ${/type="([^"]*)"/.exec(attributes)![1]}`);
   const offered = await check('parent="0000:00:02.0" type="i915-GVTg_V5_4"');
   assert.equal([offered.status, offered.reason], ["ok", "0000:00:02.0 offers i915-GVTg_V5_4: 1 instance(s) available"]);
   const found = await check('type="i915-GVTg_V5_8"');
   assert.equal([found.status, found.reason], ["ok", "0000:00:02.0 offers i915-GVTg_V5_8: 2 instance(s) available"]);
   const missing = await check('parent="00:02.0" type="i915-GVTg_V5_1"');
-  assert.equal([missing.status, missing.reason], ["fail", "0000:00:02.0 does not offer i915-GVTg_V5_1; it offers i915-GVTg_V5_4, i915-GVTg_V5_8"]);
+  assert.equal([missing.status, missing.reason], ["fail", '<vmhook:mdev parent="00:02.0" type="i915-GVTg_V5_1">: type i915-GVTg_V5_1 is not offered by 0000:00:02.0; choose one of i915-GVTg_V5_4, i915-GVTg_V5_8']);
   sim.file("/sys/bus/pci/devices/0000:00:02.0/mdev_supported_types/i915-GVTg_V5_4/available_instances", 0);
   const full = await check('parent="0000:00:02.0" type="i915-GVTg_V5_4"');
-  assert.equal([full.status, full.reason], ["fail", "0000:00:02.0 has no i915-GVTg_V5_4 instance left (available_instances is 0)"]);
+  assert.equal([full.status, full.reason.split(";")[0]], ["fail", '<vmhook:mdev parent="0000:00:02.0" type="i915-GVTg_V5_4">: no i915-GVTg_V5_4 instance is left on 0000:00:02.0 (available_instances is 0)']);
   const desktop = desktopHost();
-  const none = (await doctor(desktop, domainXml({ metadata: '<vmhook:mdev type="i915-GVTg_V5_4"/>' }))).domain("mdev i915-GVTg_V5_4");
+  const none = (await doctor(desktop, domainXml({ devices, metadata: '<vmhook:mdev type="i915-GVTg_V5_4"/>' }))).domain("mdev i915-GVTg_V5_4");
   assert.equal([none.status, none.fix], ["fail", "for Intel GVT-g boot with i915.enable_gvt=1 and load kvmgt; for NVIDIA vGPU install the vGPU host driver"]);
   desktop.cleanup();
   sim.cleanup();
@@ -199,7 +201,7 @@ test("vgpu: the VF's creatable types, through the plugin's own checks", async ()
   const vf = "0000:41:00.4";
   sim.dir(`/sys/devices/pci0000:40/${vf}`).link(`/sys/bus/pci/devices/${vf}`, `../../../devices/pci0000:40/${vf}`);
   sim.file(`/sys/devices/pci0000:40/${vf}/nvidia/creatable_vgpu_types`, "ID    : vGPU Name\n1433 : NVIDIA L40S-12Q\n").file(`/sys/devices/pci0000:40/${vf}/nvidia/current_vgpu_type`, 0);
-  const check = async (type: string) => (await doctor(sim, domainXml({ metadata: `<vmhook:vgpu vf="${vf}" type="${type}"/>`, devices: hostdev("0x41", "0x4") }))).domain(`vgpu ${vf}`);
+  const check = async (type: string) => (await doctor(sim, domainXml({ metadata: `<vmhook:vgpu vf="${vf}" type="${type}"/>`, devices: hostdev("0x41", "0x4").replace("managed='yes'", "managed='no'") }))).domain(`vgpu ${vf}`);
   const good = await check("L40S-12Q");
   assert.equal([good.status, good.reason], ["ok", `${vf} can carry vGPU type 1433 (NVIDIA L40S-12Q)`]);
   const bad = await check("L40S-48Q");

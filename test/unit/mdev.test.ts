@@ -5,15 +5,18 @@ import * as assert from "uvu/assert";
 import { cli } from "../helpers/cli.ts";
 import { fakeLibvirt } from "../helpers/fake-virsh.ts";
 import { runHookEvent } from "../helpers/hook.ts";
+import { runDoctor } from "../../lib/diagnostics/doctor.ts";
 import { readJournal } from "../../lib/journal.ts";
 import { paths } from "../../lib/paths.ts";
 import { SimHost } from "../helpers/simhost.ts";
 import { assertPlanIsPrepare } from "../helpers/plan.ts";
-import { addParent, GPU, GVT_TYPES, gvtHost, mdevHostdevXml, newHost, nvidiaHost, pciHostdevXml, VF, VF2 } from "../helpers/mdev-kernel.ts";
+import { addParent, GPU, GPU_DIR, GVT_TYPES, gvtHost, mdevHostdevXml, newHost, nvidiaHost, pciHostdevXml, VF, VF2 } from "../helpers/mdev-kernel.ts";
 
 const UUID_A = "4b20d080-1b54-4048-85b3-a6a62d165c01";
 const UUID_B = "4b20d080-1b54-4048-85b3-a6a62d165c02";
 const DOMAIN_UUID = "c7a5fdbd-cdaf-9455-926a-d65c16db1809";
+/** Another domain on the same host. */
+const WIN10 = { name: "win10", uuid: "0b6e2ea6-3f1b-4bb2-9a41-6c1c4a2f9e10" };
 
 const available = (sim: SimHost, type: string, parent = GPU) => Number(sim.readTrimmed(`/sys/class/mdev_bus/${parent}/mdev_supported_types/${type}/available_instances`));
 const mdevType = (sim: SimHost, uuid: string) => sim.readlink(`/sys/bus/mdev/devices/${uuid}/mdev_type`)?.split("/").pop();
@@ -121,7 +124,7 @@ test("a parent that is not in /sys/class/mdev_bus fails naming the parents there
 test("no instance left: fails naming the mdevs on the parent and who made them; host untouched", async () => {
   const sim = gvtHost();
   // One V5_1 instance in all: another VM started by vmhook holds it...
-  const other = domainXml({ name: "win10", uuid: "0b6e2ea6-3f1b-4bb2-9a41-6c1c4a2f9e10", mdevs: [UUID_B], hooks: `<vmhook:mdev type="i915-GVTg_V5_1"/>` });
+  const other = domainXml({ ...WIN10, mdevs: [UUID_B], hooks: `<vmhook:mdev type="i915-GVTg_V5_1"/>` });
   assert.is((await runHookEvent(sim, "prepare", "begin", other, "win10")).code, 0);
   // ...and mdevctl made a V5_8 by hand.
   const handMade = "9d2bbd6c-8c3a-43c5-9d0a-1f2e3d4c5b6a";
@@ -143,7 +146,7 @@ test("no instance left: fails naming the mdevs on the parent and who made them; 
 test("no instance left now: validate exits 1 saying prepare would refuse it here, plan marks the step REFUSED, enable stores it with that warning", async () => {
   const sim = gvtHost();
   // Another VM holds the only V5_1 instance; this VM may start once that one stops.
-  const other = domainXml({ name: "win10", uuid: "0b6e2ea6-3f1b-4bb2-9a41-6c1c4a2f9e10", mdevs: [UUID_B], hooks: `<vmhook:mdev type="i915-GVTg_V5_1"/>` });
+  const other = domainXml({ ...WIN10, mdevs: [UUID_B], hooks: `<vmhook:mdev type="i915-GVTg_V5_1"/>` });
   assert.is((await runHookEvent(sim, "prepare", "begin", other, "win10")).code, 0);
   const xml = domainXml({ mdevs: [UUID_A], hooks: `<vmhook:mdev type="i915-GVTg_V5_1"/>` });
   sim.file("/vm.xml", xml);
@@ -201,6 +204,58 @@ test("an mdev that exists with the same type is used and kept at release; with a
   assert.match(other.stderr.split("\n")[0]!, `mdev ${UUID_A} already exists as i915-GVTg_V5_4 on ${GPU}; remove it (mdevctl stop --uuid ${UUID_A}`);
   assert.equal(sim.snapshot(), before);
   sim.cleanup();
+});
+
+test("an mdev vmhook created for another domain (both name its UUID) is refused, not used: that domain removes it at its release", async () => {
+  const sim = gvtHost();
+  const hooks = `<vmhook:mdev parent="${GPU}" type="i915-GVTg_V5_4"/>`;
+  assert.is((await runHookEvent(sim, "prepare", "begin", domainXml({ ...WIN10, mdevs: [UUID_A], hooks }), WIN10.name)).code, 0);
+  const before = sim.snapshot();
+  const writes = sim.writes.length;
+
+  const result = await runHookEvent(sim, "prepare", "begin", domainXml({ mdevs: [UUID_A], hooks }));
+  assert.is(result.code, 1, result.stderr);
+  assert.match(
+    result.stderr.split("\n")[0]!,
+    `${hooks.replace("/>", ">")}: mdev ${UUID_A} is the one vmhook created for domain win10, which removes it at its release; start this domain once win10 has stopped, or give it an mdev <hostdev> with its own UUID (uuidgen)`,
+  );
+  assert.is(sim.writes.length, writes);
+  assert.equal(sim.snapshot(), before);
+  assert.equal(sim.stateFiles(), [`${WIN10.uuid}.json`]);
+  sim.cleanup();
+});
+
+test("vmhook doctor's mdev check fails exactly where prepare refuses, with prepare's reason", async () => {
+  const twoGpus = () => {
+    const sim = gvtHost();
+    addParent(sim, "0000:03:00.0", "/sys/devices/pci0000:00/0000:00:01.0/0000:03:00.0", GVT_TYPES);
+    return sim;
+  };
+  /** A GVT-g host where mdevctl started UUID_A as `type`. */
+  const startedAs = (type: string) => () => {
+    const sim = gvtHost();
+    sim.write(`/sys/class/mdev_bus/${GPU}/mdev_supported_types/${type}/create`, UUID_A);
+    return sim;
+  };
+  const otherType = startedAs("i915-GVTg_V5_8");
+  const cases: { what: string; sim: () => SimHost; parts: DomainParts }[] = [
+    { what: "two parents offer the type", sim: twoGpus, parts: { mdevs: [UUID_A], hooks: `<vmhook:mdev type="i915-GVTg_V5_4"/>` } },
+    { what: "the UUID exists with another type", sim: otherType, parts: { mdevs: [UUID_A], hooks: `<vmhook:mdev type="i915-GVTg_V5_4"/>` } },
+    { what: "another element's UUID exists", sim: () => otherType().file(`${GPU_DIR}/mdev_supported_types/i915-GVTg_V5_1/available_instances`, 0), parts: { mdevs: [UUID_A, UUID_B], hooks: `<vmhook:mdev type="i915-GVTg_V5_1" uuid="${UUID_B}"/><vmhook:mdev type="i915-GVTg_V5_8" uuid="${UUID_A}"/>` } },
+    { what: "the UUID exists and a journal cannot be read", sim: () => startedAs("i915-GVTg_V5_4")().file(paths.journal(WIN10.uuid), "{"), parts: { mdevs: [UUID_A], hooks: `<vmhook:mdev type="i915-GVTg_V5_4"/>` } },
+    { what: "two mdevs of a type with one instance left", sim: gvtHost, parts: { mdevs: [UUID_A, UUID_B], hooks: `<vmhook:mdev type="i915-GVTg_V5_2" uuid="${UUID_A}"/><vmhook:mdev type="i915-GVTg_V5_2" uuid="${UUID_B}"/>` } },
+  ];
+  for (const { what, sim: makeHost, parts } of cases) {
+    const sim = makeHost();
+    const xml = domainXml(parts);
+    const prepare = await runHookEvent(sim, "prepare", "begin", xml);
+    assert.is(prepare.code, 1, what);
+    const refusal = prepare.stderr.split("\n")[0]!.replace(/^vmhook: /, "");
+    const report = await runDoctor(sim, { file: "vm.xml", xml });
+    const findings = report.domain!.findings.filter((finding) => finding.plugin === "mdev");
+    assert.ok(findings.some((finding) => finding.status === "fail" && finding.reason === refusal), `${what}: doctor says ${JSON.stringify(findings)}, prepare ${refusal}`);
+    sim.cleanup();
+  }
 });
 
 test("a bad UUID or parent in the XML is rejected before any host path is built from it", async () => {
@@ -369,6 +424,27 @@ test("vgpu: a type the VF cannot create fails listing the creatable ones; a VF c
   sim.cleanup();
 });
 
+test("vgpu: a VF carrying the vGPU vmhook set for another domain is refused, not used: that domain clears it at its release", async () => {
+  const sim = nvidiaHost();
+  const hooks = `<vmhook:vgpu vf="${VF}" type="1433"/>`;
+  assert.is((await runHookEvent(sim, "prepare", "begin", domainXml({ ...WIN10, pcis: ["41:00.4"], hooks }), WIN10.name)).code, 0);
+  const before = sim.snapshot();
+  const writes = sim.writes.length;
+
+  const result = await runHookEvent(sim, "prepare", "begin", domainXml({ pcis: ["41:00.4"], hooks }));
+  assert.is(result.code, 1, result.stderr);
+  assert.match(
+    result.stderr.split("\n")[0]!,
+    `${hooks.replace("/>", ">")}: ${VF} carries the vGPU type 1433 vmhook set for domain win10, which clears it at its release; start this domain once win10 has stopped, or give it another VF`,
+  );
+  const doctor = await runDoctor(sim, { file: "vm.xml", xml: domainXml({ pcis: ["41:00.4"], hooks }) });
+  const finding = doctor.domain!.findings.find((each) => each.plugin === "vgpu");
+  assert.equal([finding?.status, finding?.reason], ["fail", result.stderr.split("\n")[0]!.replace(/^vmhook: /, "")]);
+  assert.is(sim.writes.length, writes);
+  assert.equal(sim.snapshot(), before);
+  sim.cleanup();
+});
+
 test("vgpu: a type not creatable now (the GPU's other vGPUs) is a refusal of this host: validate exits 1, plan marks it REFUSED, enable stores it with a warning, prepare changes nothing", async () => {
   const sim = nvidiaHost();
   // Another VM's L40S-24Q on the first VF leaves only 24Q creatable on the second (one time-sliced type per GPU).
@@ -411,6 +487,21 @@ test("vgpu: a PCI function without NVIDIA's vGPU files, or a vf not assigned to 
   assert.is(unassigned.code, 1);
   assert.match(unassigned.stderr.split("\n")[0]!, `vf="${VF}" is not a PCI <hostdev> of this domain`);
   assert.equal(sim.writes, []);
+  sim.cleanup();
+});
+
+test("vgpu: a VF whose <hostdev> is managed='yes' is refused before anything changes: libvirt would move it off NVIDIA's driver", async () => {
+  const sim = nvidiaHost();
+  const before = sim.snapshot();
+  const xml = domainXml({ pcis: ["41:00.4"], hooks: `<vmhook:vgpu type="L40S-12Q"/>` }).replace("managed='no'", "managed='yes'");
+  const result = await runHookEvent(sim, "prepare", "begin", xml);
+  assert.is(result.code, 1, result.stderr);
+  assert.match(
+    result.stderr.split("\n")[0]!,
+    `<vmhook:vgpu type="L40S-12Q">: the <hostdev> of VF ${VF} is managed='yes': libvirt would unbind the VF from NVIDIA's driver, which carries the vGPU, and bind it to vfio-pci; set managed='no' in that <hostdev>`,
+  );
+  assert.equal(sim.writes, []);
+  assert.equal(sim.snapshot(), before);
   sim.cleanup();
 });
 
