@@ -7,7 +7,9 @@ import { kernelRelease, moduleClosure, moduleMissing } from "../../lib/kernel-mo
 import { claimOriginal, type Claim } from "../../lib/claims.ts";
 import { VmhookError } from "../../lib/errors.ts";
 import { readForMessage, type ExecResult, type Host } from "../../lib/host.ts";
-import { PCI_DRIVERS, pciDriver, pciDriverRegistered, pciExists, pciPath } from "../../lib/pci.ts";
+import { othersRecords } from "../../lib/journal.ts";
+import { recoverCommandLine } from "../../lib/metadata-text.ts";
+import { PCI_DRIVERS, pciDriver, pciDriverRegistered, pciExists, pciIommuGroup, pciPath } from "../../lib/pci.ts";
 import { defineAction, type ApplyContext, type BaseContext, type PlanContext, type Step, type UndoRecord } from "../../lib/plugin.ts";
 import { clearForWrite, listStuckWrites, moduleSubject, refuseIfStuck, StuckWriteError } from "../../lib/stuck-writes.ts";
 import { PATTERNS } from "../../lib/validate.ts";
@@ -352,6 +354,24 @@ interface BindRecord extends UndoRecord {
   bindTimeoutMs: number;
 }
 
+/**
+ * A device (or its IOMMU group) that another VM's journal moved to vfio-pci
+ * goes to no second VM: libvirt would refuse the start with its own words,
+ * and vfio hands a group to one VM. Refused before anything changes, naming
+ * the VM; a journal that cannot be read refuses too (ctx.journals).
+ */
+export function refuseDevicesOfOtherVms(ctx: BaseContext, addresses: string[]): void {
+  const held = othersRecords(ctx.journals(), ctx.domain.uuid, "vfio", (record) => (isBindRecord(record) ? checkBind(record) : undefined)).flatMap(({ domain, record }) => (record ? [{ vm: domain.name, ...record }] : []));
+  const remedy = (vm: string) => `shut ${vm} down first, or, if it is not running, run ${recoverCommandLine(vm)} (it gives ${vm}'s devices back)`;
+  for (const address of addresses) {
+    const device = held.find((record) => record.address === address);
+    if (device) throw new VmhookError(`vfio: ${address} is held by VM ${device.vm} (vmhook moved it to vfio-pci for it); a device goes to one VM at a time: ${remedy(device.vm)}`);
+    const group = pciIommuGroup(ctx.host, address);
+    const member = held.find((record) => record.group !== "" && record.group === group);
+    if (member) throw new VmhookError(`vfio: ${address} is in IOMMU group ${group}, held by VM ${member.vm} (vmhook moved ${member.address} to vfio-pci for it); a group goes to one VM at a time: ${remedy(member.vm)}`);
+  }
+}
+
 /** A write that runs `driver`'s code for the device (remove() or probe()), in a helper bounded by bindTimeoutSeconds (lib/bounded-write.ts). */
 function throughDriver(ctx: BaseContext, address: string, driver: string, file: string, timeoutMs: number): Promise<void> {
   return writeThroughDriver(ctx, { device: address, driver, file, value: address, timeoutMs, setting: "plugins.vfio.bindTimeoutSeconds" });
@@ -570,8 +590,10 @@ function checkLoad(record: UndoRecord): LoadRecord {
   return { action: "load-modules", module, modules, claim, bindTimeoutMs: timeout(record.bindTimeoutMs) };
 }
 
+const isBindRecord = (record: UndoRecord) => record.action === "bind-vfio" || record.action === "rebind-device";
+
 function checkBind(record: UndoRecord): BindRecord {
-  if (record.action !== "bind-vfio" && record.action !== "rebind-device") throw new VmhookError(`vfio: not a bind-vfio record: ${record.action}`);
+  if (!isBindRecord(record)) throw new VmhookError(`vfio: not a bind-vfio record: ${record.action}`);
   const override = record.override === null || record.override === undefined ? null : String(record.override);
   if (override !== null && !PATTERNS.moduleName.test(override)) throw new VmhookError(`vfio: the journal names driver_override "${override}", which is not a driver name`);
   const group = record.group === undefined ? "" : String(record.group);
