@@ -505,6 +505,29 @@ test("a group shared with a device on a host driver (USB controller) refuses bef
   assert.equal(kernel.sim.snapshot(), before);
 });
 
+// What the kernel's vfio accepts beside a device in use: no driver, or a driver that manages DMA itself (vfio-pci,
+// pci-stub, pcieport: driver_managed_dma); before 5.19, a PCI-to-PCI bridge on any driver.
+for (const [driver, release, accepted] of [["pcieport", "6.1.0-sim", true], ["shpchp", "6.1.0-sim", false], ["shpchp", "5.15.0-91-generic", true]] as const) {
+  test(`a bridge in the GPU's IOMMU group on ${driver}, kernel ${release}: ${accepted ? "left alone, the handover goes on" : "refused before anything changes, naming it: vfio does not accept that driver"}`, async () => {
+    const kernel = twoGpuWorkstation()
+      .module({ name: driver, driver, loaded: true })
+      .device({ address: "0000:00:01.0", classCode: "0x060400", vendor: "0x1022", nativeDriver: driver, group: 1 });
+    // Loaded before: the modules tree of the simulated kernel is 6.1.0-sim's.
+    kernel.sim.exec("modprobe", ["vfio-pci"], { timeoutMs: 1000 });
+    kernel.sim.file("/proc/sys/kernel/osrelease", release);
+    const before = kernel.sim.snapshot();
+    const result = await runHookEvent(kernel.sim, "prepare", "begin", domainXml("<vmhook:vfio/>"));
+    if (accepted) {
+      assert.is(result.code, 0, result.stderr);
+      assert.equal([kernel.driverOf(GPU), kernel.driverOf("0000:00:01.0")], ["vfio-pci", driver]);
+      return;
+    }
+    assert.is(result.code, 1);
+    assert.match(firstLine(result.stderr), `IOMMU group 1 holds 0000:01:00.0, 0000:01:00.1 and also 0000:00:01.0 (class 0x060400, driver ${driver}); 0000:00:01.0 is a bridge, which vfio-pci does not take: unbind it from ${driver}`);
+    assert.equal(kernel.sim.snapshot(), before);
+  });
+}
+
 test("two groups, a second GPU on the host: not single-GPU, amdgpu stays loaded, GPU+audio+USB on vfio-pci, both /dev/vfio groups, all back", async () => {
   const kernel = twoGpuWorkstation();
   const before = kernel.sim.snapshot();
