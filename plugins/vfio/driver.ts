@@ -9,7 +9,7 @@ import { VmhookError } from "../../lib/errors.ts";
 import { readForMessage, type ExecResult, type Host } from "../../lib/host.ts";
 import { othersRecords } from "../../lib/journal.ts";
 import { recoverCommandLine } from "../../lib/metadata-text.ts";
-import { PCI_DRIVERS, pciDriver, pciDriverRegistered, pciExists, pciIommuGroup, pciPath } from "../../lib/pci.ts";
+import { checkSriovOrigin, goneFromBus, PCI_DRIVERS, pciDriver, pciDriverRegistered, pciExists, pciIommuGroup, pciPath, sriovOrigin, type SriovOrigin } from "../../lib/pci.ts";
 import { defineAction, type ApplyContext, type BaseContext, type PlanContext, type Step, type UndoRecord } from "../../lib/plugin.ts";
 import { clearForWrite, listStuckWrites, moduleSubject, refuseIfStuck, StuckWriteError } from "../../lib/stuck-writes.ts";
 import { PATTERNS } from "../../lib/validate.ts";
@@ -125,6 +125,7 @@ export function takeOverSteps(ctx: PlanContext<VfioConfig>, found: Survey, setti
       override: device.override ?? null,
       moduleReloaded: reloaded.has(device.address),
       homeClaim: home?.claim ?? null,
+      sriov: sriovOrigin(ctx.host, device.address),
       bindTimeoutMs,
     };
     const from = device.driver ?? (home ? `no driver; its driver ${home.driver} waits for ${home.claim}` : "no driver");
@@ -351,6 +352,8 @@ interface BindRecord extends UndoRecord {
    * null: `driver` is the one the device was on.
    */
   homeClaim: string | null;
+  /** For an SR-IOV virtual function: what creates it again should it vanish (no rescan does). */
+  sriov: SriovOrigin | null;
   bindTimeoutMs: number;
 }
 
@@ -419,7 +422,7 @@ async function rebindDevice(record: BindRecord, ctx: BaseContext): Promise<void>
   // A write into the device still blocked in its driver holds the device's lock: a write now would block too.
   refuseIfStuck(host, [address]);
   if (!pciExists(host, address)) {
-    throw new VmhookError(`vfio: ${address} is gone from the PCI bus; run echo 1 > /sys/bus/pci/rescan, then vmhook recover`);
+    throw new VmhookError(`vfio: ${goneFromBus(host, address, record.sriov)}, then run vmhook recover`);
   }
   if (pciDriver(host, address) === VFIO_DRIVER) await throughDriver(ctx, address, VFIO_DRIVER, `${PCI_DRIVERS}/${VFIO_DRIVER}/unbind`, timeoutMs);
   // An empty write clears driver_override.
@@ -609,6 +612,7 @@ function checkBind(record: UndoRecord): BindRecord {
     // A record without moduleReloaded (a journal from before it): a later undo reloads the module.
     moduleReloaded: record.moduleReloaded !== false,
     homeClaim,
+    sriov: checkSriovOrigin(record.sriov),
     bindTimeoutMs: timeout(record.bindTimeoutMs),
   };
 }

@@ -547,12 +547,14 @@ test("two groups, a second GPU on the host: not single-GPU, amdgpu stays loaded,
 });
 
 /** An Intel iGPU with SR-IOV (i915): the PF 00:02.0 shows the host's display, its VFs 00:02.1 and 00:02.2 share its slot, each in its own group. */
-function sriovIgpu(): GpuKernel {
-  const vf = (address: string, group: number) => ({ address, classCode: "0x030000", vendor: "0x8086", nativeDriver: "i915", group, physfn: "0000:00:02.0" });
-  return new GpuKernel()
+function sriovIgpu(firstVfNodes?: string[]): GpuKernel {
+  const vf = (address: string, group: number, nodes?: string[]) => ({ address, classCode: "0x030000", vendor: "0x8086", nativeDriver: "i915", group, physfn: "0000:00:02.0", nodes });
+  const kernel = new GpuKernel()
     .module({ name: "i915", driver: "i915", loaded: true })
-    .device({ address: "0000:00:02.0", classCode: "0x030000", vendor: "0x8086", nativeDriver: "i915", group: 0, bootVga: true, nodes: ["card0"] })
-    .device(vf("0000:00:02.1", 1))
+    .device({ address: "0000:00:02.0", classCode: "0x030000", vendor: "0x8086", nativeDriver: "i915", group: 0, bootVga: true, nodes: ["card0"] });
+  kernel.sim.file("/sys/bus/pci/devices/0000:00:02.0/sriov_numvfs", "2");
+  return kernel
+    .device(vf("0000:00:02.1", 1, firstVfNodes))
     .device(vf("0000:00:02.2", 2))
     .unit({ name: "display-manager.service", active: true, processes: { 500: ["Xorg", ["/dev/dri/card0"]] } });
 }
@@ -570,6 +572,21 @@ test("an SR-IOV VF of the host's iGPU: only the VF moves; its PF (the host's dis
   const release = await runHookEvent(kernel.sim, "release", "end", xml);
   assert.is(release.code, 0, release.stderr);
   assert.equal(kernel.sim.snapshot(), before);
+});
+
+test("an SR-IOV VF gone while the VM ran (its PF's sriov_numvfs set to 0): release says to create it again through sriov_numvfs, which a rescan never does, and keeps the journal", async () => {
+  const kernel = sriovIgpu(["card1", "renderD129"]);
+  const xml = domainXml("<vmhook:vfio/>", [{ address: "0000:00:02.1" }]);
+  assert.is((await runHookEvent(kernel.sim, "prepare", "begin", xml)).code, 0);
+  // echo 0 > sriov_numvfs: the PF's driver removes every VF.
+  for (const vf of ["0000:00:02.1", "0000:00:02.2"]) kernel.sim.write(`/sys/bus/pci/devices/${vf}/remove`, "1");
+  kernel.sim.file("/sys/bus/pci/devices/0000:00:02.0/sriov_numvfs", "0");
+  const release = await runHookEvent(kernel.sim, "release", "end", xml);
+  const advice = "0000:00:02.1 is gone from the PCI bus: it is an SR-IOV virtual function of 0000:00:02.0, which no rescan finds again; create it again with echo 2 > /sys/bus/pci/devices/0000:00:02.0/sriov_numvfs (the number of VFs it had), then run vmhook recover";
+  assert.match(release.stderr, `vfio: ${advice}`);
+  assert.match(release.stderr, `vfio: the display of ${advice}`);
+  assert.not.match(release.stderr, "/sys/bus/pci/rescan");
+  assert.equal(readJournal(kernel.sim, UUID)!.entries.map((entry) => entry.state), ["undo-failed", "undo-failed"]);
 });
 
 test("a program holding the passed GPU's render node makes prepare refuse, naming pid and command", async () => {
