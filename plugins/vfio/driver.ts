@@ -384,6 +384,11 @@ async function bindToVfio(record: BindRecord, ctx: ApplyContext<unknown>): Promi
   const { host } = ctx;
   const { address, group, bindTimeoutMs: timeoutMs } = record;
   refuseIfStuck(host, [address]);
+  if (!pciExists(host, address)) {
+    // Unplugged since the plan: nothing of it changed, so no record of it may block the VM's next start.
+    ctx.nothingToUndo();
+    throw new VmhookError(`vfio: ${goneFromBus(host, address, record.sriov)}, or take it out of the domain; then start the VM again (it left the bus after the plan: nothing of it was changed)`);
+  }
   if (record.homeClaim !== null) {
     // Journaled with its home before this runs: from here on this VM's release brings it back, not the claim's last holder.
     ctx.claims.removeWaiting(record.homeClaim, (item) => (item as UndoRecord | null)?.address === address);

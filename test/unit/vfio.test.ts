@@ -589,6 +589,21 @@ test("an SR-IOV VF gone while the VM ran (its PF's sriov_numvfs set to 0): relea
   assert.equal(readJournal(kernel.sim, UUID)!.entries.map((entry) => entry.state), ["undo-failed", "undo-failed"]);
 });
 
+test("a device unplugged after the plan (while vfio-pci loads): prepare fails naming it, the GPU goes back, and no record of the device that was never changed blocks the next start", async () => {
+  const kernel = twoGpuWorkstation();
+  const modprobe = kernel.sim.execHandler("modprobe")!;
+  kernel.sim.onExec("modprobe", (args, sim, options) => {
+    sim.write(`/sys/bus/pci/devices/${AUDIO}/remove`, "1");
+    return modprobe(args, sim, options);
+  });
+  const prepare = await runHookEvent(kernel.sim, "prepare", "begin", domainXml("<vmhook:vfio/>"));
+  assert.is(prepare.code, 1);
+  assert.match(firstLine(prepare.stderr), `vfio: ${AUDIO} is gone from the PCI bus; echo 1 > /sys/bus/pci/rescan, or take it out of the domain; then start the VM again (it left the bus after the plan: nothing of it was changed)`);
+  assert.match(prepare.stderr, "the host was left as it was");
+  assert.is(kernel.driverOf(GPU), "amdgpu");
+  assert.equal(readJournal(kernel.sim, UUID), undefined);
+});
+
 test("a program holding the passed GPU's render node makes prepare refuse, naming pid and command", async () => {
   const kernel = twoGpuWorkstation().process(4242, "blender", ["/dev/null", "/dev/dri/renderD129"]);
   const before = kernel.sim.snapshot();
