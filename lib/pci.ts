@@ -107,6 +107,12 @@ export function goneFromBus(host: Host, address: string, sriov: SriovOrigin | nu
 
 const PCI_RESCAN = "/sys/bus/pci/rescan";
 
+/** An SR-IOV physical function's virtual functions now (its virtfnN links), sorted; none for any other device. */
+export function virtualFunctions(host: Host, address: string): string[] {
+  const links = host.list(pciPath(address)).filter((name) => /^virtfn\d+$/.test(name));
+  return links.flatMap((link) => host.readlink(pciPath(address, link))?.split("/").pop() ?? []).sort();
+}
+
 /**
  * The other functions of a device's card (0000:01:00.1 for 0000:01:00.0's
  * audio). SR-IOV functions share a slot without being one card: a VF's slot

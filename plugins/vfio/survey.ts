@@ -19,6 +19,7 @@ import {
   pciPath,
   readPciDevice,
   slotFunctions,
+  virtualFunctions,
   type PciDevice,
 } from "../../lib/pci.ts";
 import type { VfioConfig } from "./config.ts";
@@ -54,6 +55,7 @@ export interface Survey {
 
 export function survey(host: Host, config: VfioConfig): Survey {
   const devices = expandDevices(host, config);
+  refusePhysicalFunctionsWithVfs(host, devices);
   checkIommuGroups(host, devices);
   const singleGpu = isSingleGpu(host, config, devices);
   const unload = unloadOrder(host, modulesToUnload(host, config, devices));
@@ -83,6 +85,21 @@ export function handedOverAddresses(host: Host, config: VfioConfig): string[] {
     }
   }
   return [...addresses].sort();
+}
+
+/**
+ * An SR-IOV physical function's driver disables SR-IOV in its remove(): every
+ * VF goes with the unbind (and the unbind waits while a VM holds one). A PF is
+ * handed over only without VFs.
+ */
+function refusePhysicalFunctionsWithVfs(host: Host, devices: Device[]): void {
+  for (const { address } of devices) {
+    const vfs = virtualFunctions(host, address);
+    if (vfs.length === 0) continue;
+    throw new VmhookError(
+      `vfio: ${address} is an SR-IOV physical function with ${vfs.length} virtual function${vfs.length === 1 ? "" : "s"} (${vfs.join(", ")}): unbinding its driver destroys them; echo 0 > ${pciPath(address, "sriov_numvfs")} first (once nothing uses them), or pass one of its VFs instead`,
+    );
+  }
 }
 
 function describeDevice(device: PciDevice): string {

@@ -574,6 +574,18 @@ test("an SR-IOV VF of the host's iGPU: only the VF moves; its PF (the host's dis
   assert.equal(kernel.sim.snapshot(), before);
 });
 
+test("an SR-IOV PF with VFs is refused before anything changes (single-GPU would stop the display manager), naming them: its driver's remove() destroys every VF (some may be other VMs')", async () => {
+  const kernel = sriovIgpu();
+  const before = kernel.sim.snapshot();
+  const result = await runHookEvent(kernel.sim, "prepare", "begin", domainXml('<vmhook:vfio single-gpu="yes"/>', [{ address: "0000:00:02.0" }]));
+  assert.is(result.code, 1);
+  assert.match(
+    firstLine(result.stderr),
+    "vfio: 0000:00:02.0 is an SR-IOV physical function with 2 virtual functions (0000:00:02.1, 0000:00:02.2): unbinding its driver destroys them; echo 0 > /sys/bus/pci/devices/0000:00:02.0/sriov_numvfs first",
+  );
+  assert.equal(kernel.sim.snapshot(), before);
+});
+
 test("an SR-IOV VF gone while the VM ran (its PF's sriov_numvfs set to 0): release says to create it again through sriov_numvfs, which a rescan never does, and keeps the journal", async () => {
   const kernel = sriovIgpu(["card1", "renderD129"]);
   const xml = domainXml("<vmhook:vfio/>", [{ address: "0000:00:02.1" }]);
