@@ -1,6 +1,8 @@
 // Read-only views of PCI devices in sysfs, shared by the vfio plugin and the
 // diagnostics. Addresses must already be validated (lib/validate.ts).
+import { VmhookError } from "./errors.ts";
 import type { Host } from "./host.ts";
+import { PATTERNS } from "./validate.ts";
 
 export const PCI_DEVICES = "/sys/bus/pci/devices";
 
@@ -59,6 +61,57 @@ export function iommuGroupMembers(host: Host, group: string): string[] {
 
 /** Whether the device is an SR-IOV virtual function (it has a physfn link). */
 export const isVirtualFunction = (host: Host, address: string) => host.exists(pciPath(address, "physfn"));
+
+/** Where an SR-IOV virtual function comes from: its physical function and that one's sriov_numvfs then (null: unreadable). */
+// A type, not an interface: it is journaled (Json).
+export type SriovOrigin = {
+  physfn: string;
+  numVfs: number | null;
+};
+
+/** The device's SR-IOV origin, read while it exists; null for a device that is no virtual function. */
+export function sriovOrigin(host: Host, address: string): SriovOrigin | null {
+  const physfn = host.readlink(pciPath(address, "physfn"))?.split("/").pop();
+  if (physfn === undefined) return null;
+  const numVfs = Number(host.readTrimmed(pciPath(physfn, "sriov_numvfs")));
+  return { physfn, numVfs: Number.isSafeInteger(numVfs) && numVfs > 0 ? numVfs : null };
+}
+
+/** A journaled SriovOrigin, checked before it becomes a path or a command; absent in records from before it: null. */
+export function checkSriovOrigin(value: unknown): SriovOrigin | null {
+  if (value === null || value === undefined) return null;
+  const { physfn, numVfs } = value as Partial<SriovOrigin>;
+  if (typeof physfn !== "string" || !PATTERNS.pciAddress.test(physfn) || !(numVfs === null || (Number.isSafeInteger(numVfs) && numVfs! > 0))) {
+    throw new VmhookError(`vfio: the journal names SR-IOV origin ${JSON.stringify(value).slice(0, 120)}, which is not a physical function and a number of VFs`);
+  }
+  return { physfn, numVfs: numVfs as number | null };
+}
+
+/**
+ * "ADDRESS is gone from the PCI bus", and what brings it back: a rescan, or
+ * for a virtual function (which no scan finds: only its physical function's
+ * driver creates it) its PF's sriov_numvfs, written from 0.
+ */
+export function goneFromBus(host: Host, address: string, sriov: SriovOrigin | null): string {
+  if (sriov === null) return `${address} is gone from the PCI bus; echo 1 > ${PCI_RESCAN}`;
+  const numvfs = pciPath(sriov.physfn, "sriov_numvfs");
+  const count = sriov.numVfs ?? "N";
+  const now = host.readTrimmed(numvfs);
+  const first = !pciExists(host, sriov.physfn)
+    ? `echo 1 > ${PCI_RESCAN} (brings back ${sriov.physfn}), then `
+    : now !== undefined && now !== "0"
+      ? `echo 0 > ${numvfs} (it shows ${now}; the kernel changes a count only from 0, removing its other VFs), then `
+      : "";
+  return `${address} is gone from the PCI bus: it is an SR-IOV virtual function of ${sriov.physfn}, which no rescan finds again; create it again with ${first}echo ${count} > ${numvfs} (the number of VFs it had)`;
+}
+
+const PCI_RESCAN = "/sys/bus/pci/rescan";
+
+/** An SR-IOV physical function's virtual functions now (its virtfnN links), sorted; none for any other device. */
+export function virtualFunctions(host: Host, address: string): string[] {
+  const links = host.list(pciPath(address)).filter((name) => /^virtfn\d+$/.test(name));
+  return links.flatMap((link) => host.readlink(pciPath(address, link))?.split("/").pop() ?? []).sort();
+}
 
 /**
  * The other functions of a device's card (0000:01:00.1 for 0000:01:00.0's

@@ -7,7 +7,9 @@ import { kernelRelease, moduleClosure, moduleMissing } from "../../lib/kernel-mo
 import { claimOriginal, type Claim } from "../../lib/claims.ts";
 import { VmhookError } from "../../lib/errors.ts";
 import { readForMessage, type ExecResult, type Host } from "../../lib/host.ts";
-import { PCI_DRIVERS, pciDriver, pciDriverRegistered, pciExists, pciPath } from "../../lib/pci.ts";
+import { othersRecords } from "../../lib/journal.ts";
+import { recoverCommandLine } from "../../lib/metadata-text.ts";
+import { checkSriovOrigin, goneFromBus, PCI_DRIVERS, pciDriver, pciDriverRegistered, pciExists, pciIommuGroup, pciPath, sriovOrigin, type SriovOrigin } from "../../lib/pci.ts";
 import { defineAction, type ApplyContext, type BaseContext, type PlanContext, type Step, type UndoRecord } from "../../lib/plugin.ts";
 import { clearForWrite, listStuckWrites, moduleSubject, refuseIfStuck, StuckWriteError } from "../../lib/stuck-writes.ts";
 import { PATTERNS } from "../../lib/validate.ts";
@@ -123,6 +125,7 @@ export function takeOverSteps(ctx: PlanContext<VfioConfig>, found: Survey, setti
       override: device.override ?? null,
       moduleReloaded: reloaded.has(device.address),
       homeClaim: home?.claim ?? null,
+      sriov: sriovOrigin(ctx.host, device.address),
       bindTimeoutMs,
     };
     const from = device.driver ?? (home ? `no driver; its driver ${home.driver} waits for ${home.claim}` : "no driver");
@@ -349,7 +352,27 @@ interface BindRecord extends UndoRecord {
    * null: `driver` is the one the device was on.
    */
   homeClaim: string | null;
+  /** For an SR-IOV virtual function: what creates it again should it vanish (no rescan does). */
+  sriov: SriovOrigin | null;
   bindTimeoutMs: number;
+}
+
+/**
+ * A device (or its IOMMU group) that another VM's journal moved to vfio-pci
+ * goes to no second VM: libvirt would refuse the start with its own words,
+ * and vfio hands a group to one VM. Refused before anything changes, naming
+ * the VM; a journal that cannot be read refuses too (ctx.journals).
+ */
+export function refuseDevicesOfOtherVms(ctx: BaseContext, addresses: string[]): void {
+  const held = othersRecords(ctx.journals(), ctx.domain.uuid, "vfio", (record) => (isBindRecord(record) ? checkBind(record) : undefined)).flatMap(({ domain, record }) => (record ? [{ vm: domain.name, ...record }] : []));
+  const remedy = (vm: string) => `shut ${vm} down first, or, if it is not running, run ${recoverCommandLine(vm)} (it gives ${vm}'s devices back)`;
+  for (const address of addresses) {
+    const device = held.find((record) => record.address === address);
+    if (device) throw new VmhookError(`vfio: ${address} is held by VM ${device.vm} (vmhook moved it to vfio-pci for it); a device goes to one VM at a time: ${remedy(device.vm)}`);
+    const group = pciIommuGroup(ctx.host, address);
+    const member = held.find((record) => record.group !== "" && record.group === group);
+    if (member) throw new VmhookError(`vfio: ${address} is in IOMMU group ${group}, held by VM ${member.vm} (vmhook moved ${member.address} to vfio-pci for it); a group goes to one VM at a time: ${remedy(member.vm)}`);
+  }
 }
 
 /** A write that runs `driver`'s code for the device (remove() or probe()), in a helper bounded by bindTimeoutSeconds (lib/bounded-write.ts). */
@@ -361,6 +384,11 @@ async function bindToVfio(record: BindRecord, ctx: ApplyContext<unknown>): Promi
   const { host } = ctx;
   const { address, group, bindTimeoutMs: timeoutMs } = record;
   refuseIfStuck(host, [address]);
+  if (!pciExists(host, address)) {
+    // Unplugged since the plan: nothing of it changed, so no record of it may block the VM's next start.
+    ctx.nothingToUndo();
+    throw new VmhookError(`vfio: ${goneFromBus(host, address, record.sriov)}, or take it out of the domain; then start the VM again (it left the bus after the plan: nothing of it was changed)`);
+  }
   if (record.homeClaim !== null) {
     // Journaled with its home before this runs: from here on this VM's release brings it back, not the claim's last holder.
     ctx.claims.removeWaiting(record.homeClaim, (item) => (item as UndoRecord | null)?.address === address);
@@ -399,7 +427,7 @@ async function rebindDevice(record: BindRecord, ctx: BaseContext): Promise<void>
   // A write into the device still blocked in its driver holds the device's lock: a write now would block too.
   refuseIfStuck(host, [address]);
   if (!pciExists(host, address)) {
-    throw new VmhookError(`vfio: ${address} is gone from the PCI bus; run echo 1 > /sys/bus/pci/rescan, then vmhook recover`);
+    throw new VmhookError(`vfio: ${goneFromBus(host, address, record.sriov)}, then run vmhook recover`);
   }
   if (pciDriver(host, address) === VFIO_DRIVER) await throughDriver(ctx, address, VFIO_DRIVER, `${PCI_DRIVERS}/${VFIO_DRIVER}/unbind`, timeoutMs);
   // An empty write clears driver_override.
@@ -570,8 +598,10 @@ function checkLoad(record: UndoRecord): LoadRecord {
   return { action: "load-modules", module, modules, claim, bindTimeoutMs: timeout(record.bindTimeoutMs) };
 }
 
+const isBindRecord = (record: UndoRecord) => record.action === "bind-vfio" || record.action === "rebind-device";
+
 function checkBind(record: UndoRecord): BindRecord {
-  if (record.action !== "bind-vfio" && record.action !== "rebind-device") throw new VmhookError(`vfio: not a bind-vfio record: ${record.action}`);
+  if (!isBindRecord(record)) throw new VmhookError(`vfio: not a bind-vfio record: ${record.action}`);
   const override = record.override === null || record.override === undefined ? null : String(record.override);
   if (override !== null && !PATTERNS.moduleName.test(override)) throw new VmhookError(`vfio: the journal names driver_override "${override}", which is not a driver name`);
   const group = record.group === undefined ? "" : String(record.group);
@@ -587,6 +617,7 @@ function checkBind(record: UndoRecord): BindRecord {
     // A record without moduleReloaded (a journal from before it): a later undo reloads the module.
     moduleReloaded: record.moduleReloaded !== false,
     homeClaim,
+    sriov: checkSriovOrigin(record.sriov),
     bindTimeoutMs: timeout(record.bindTimeoutMs),
   };
 }

@@ -13,7 +13,7 @@
 import { definePlugin, type CheckContext, type PlanContext, type Step } from "../../lib/plugin.ts";
 import { parseVfioConfig, readVfioSettings, type VfioConfig } from "./config.ts";
 import { consoleSteps, displayManagerSteps, findDisplayManager, stopDisplayManagerAction, unbindFramebufferAction, unbindVtconsoleAction, waitGpuFreeAction, waitGpuFreeStep } from "./display.ts";
-import { bindVfioAction, helperServices, loadModulesAction, loadVfioSteps, stoppedHelpers, takeOverSteps, unloadModuleAction } from "./driver.ts";
+import { bindVfioAction, helperServices, refuseDevicesOfOtherVms, loadModulesAction, loadVfioSteps, stoppedHelpers, takeOverSteps, unloadModuleAction } from "./driver.ts";
 import { gpuHolders } from "./refuse.ts";
 import { handedOverAddresses, survey, VFIO_DRIVER } from "./survey.ts";
 import { refuseIfStuck } from "../../lib/stuck-writes.ts";
@@ -35,7 +35,10 @@ import type { Finding } from "../../lib/diagnostics/findings.ts";
 function planPrepare(ctx: PlanContext<VfioConfig>): Step[] {
   const settings = readVfioSettings(ctx.settings);
   // Before the survey reads them: a device whose driver is stuck in remove() is not handed anywhere.
-  refuseIfStuck(ctx.host, handedOverAddresses(ctx.host, ctx.config));
+  const addresses = handedOverAddresses(ctx.host, ctx.config);
+  refuseIfStuck(ctx.host, addresses);
+  // A device another VM holds: refused naming that VM, before libvirt would refuse in its own words.
+  refuseDevicesOfOtherVms(ctx, addresses);
   const found = survey(ctx.host, ctx.config);
   const displayManager = found.singleGpu ? findDisplayManager(ctx, ctx.config, settings) : undefined;
   const helpers = helperServices(ctx, found, settings);

@@ -3,6 +3,7 @@
 // so a refusal leaves the host exactly as it was (and `vmhook plan` shows it).
 import { VmhookError } from "../../lib/errors.ts";
 import { iommuOffAdvice } from "../../lib/diagnostics/iommu.ts";
+import { kernelRelease } from "../../lib/kernel-modules.ts";
 import type { Host } from "../../lib/host.ts";
 import { openFiles, processIds, processName } from "../../lib/open-files.ts";
 import {
@@ -18,6 +19,7 @@ import {
   pciPath,
   readPciDevice,
   slotFunctions,
+  virtualFunctions,
   type PciDevice,
 } from "../../lib/pci.ts";
 import type { VfioConfig } from "./config.ts";
@@ -53,6 +55,7 @@ export interface Survey {
 
 export function survey(host: Host, config: VfioConfig): Survey {
   const devices = expandDevices(host, config);
+  refusePhysicalFunctionsWithVfs(host, devices);
   checkIommuGroups(host, devices);
   const singleGpu = isSingleGpu(host, config, devices);
   const unload = unloadOrder(host, modulesToUnload(host, config, devices));
@@ -84,13 +87,46 @@ export function handedOverAddresses(host: Host, config: VfioConfig): string[] {
   return [...addresses].sort();
 }
 
+/**
+ * An SR-IOV physical function's driver disables SR-IOV in its remove(): every
+ * VF goes with the unbind (and the unbind waits while a VM holds one). A PF is
+ * handed over only without VFs.
+ */
+function refusePhysicalFunctionsWithVfs(host: Host, devices: Device[]): void {
+  for (const { address } of devices) {
+    const vfs = virtualFunctions(host, address);
+    if (vfs.length === 0) continue;
+    throw new VmhookError(
+      `vfio: ${address} is an SR-IOV physical function with ${vfs.length} virtual function${vfs.length === 1 ? "" : "s"} (${vfs.join(", ")}): unbinding its driver destroys them; echo 0 > ${pciPath(address, "sriov_numvfs")} first (once nothing uses them), or pass one of its VFs instead`,
+    );
+  }
+}
+
 function describeDevice(device: PciDevice): string {
   return `${device.address} (class ${device.classCode}, ${device.driver ? `driver ${device.driver}` : "no driver"})`;
 }
 
-/** vfio hands over whole IOMMU groups: every other member must be a bridge or free. */
+/** Drivers the kernel's vfio accepts beside a device in use: they manage DMA themselves (driver_managed_dma). */
+const GROUP_VIABLE_DRIVERS = [...HARMLESS_DRIVERS, "pcieport"];
+
+/**
+ * Whether vfio lets a group be used while `other` (a member not handed over)
+ * stays as it is: with no driver, or one of GROUP_VIABLE_DRIVERS. Kernels
+ * before 5.19 also took a PCI-to-PCI bridge (a header other than normal) on
+ * any driver; since, that driver must manage DMA itself. A host bridge's
+ * header is normal: on a driver, it never is.
+ */
+function viableBeside(other: PciDevice, release: string): boolean {
+  if (other.driver === undefined || GROUP_VIABLE_DRIVERS.includes(other.driver)) return true;
+  const [major, minor] = (/^(\d+)\.(\d+)/.exec(release) ?? []).slice(1).map(Number);
+  const before519 = major !== undefined && minor !== undefined && (major < 5 || (major === 5 && minor < 19));
+  return before519 && other.classCode.startsWith("0x0604");
+}
+
+/** vfio hands over whole IOMMU groups: every other member must be free, or on a driver vfio accepts (viableBeside). */
 function checkIommuGroups(host: Host, devices: Device[]): void {
   const ours = new Set(devices.map((device) => device.address));
+  const release = kernelRelease(host);
   const problems: string[] = [];
   for (const device of devices) {
     if (device.iommuGroup === undefined) {
@@ -102,10 +138,12 @@ function checkIommuGroups(host: Host, devices: Device[]): void {
     const blocking = iommuGroupMembers(host, group)
       .filter((address) => !ours.has(address))
       .map((address) => readPciDevice(host, address))
-      .filter((other) => !isBridgeClass(other.classCode) && other.driver !== undefined && !HARMLESS_DRIVERS.includes(other.driver));
+      .filter((other) => !viableBeside(other, release));
     if (blocking.length > 0) {
       const members = devices.filter((device) => device.iommuGroup === group).map((device) => device.address);
-      problems.push(`IOMMU group ${group} holds ${members.join(", ")} and also ${blocking.map(describeDevice).join(", ")}`);
+      // vfio-pci takes no bridge: one stays in the group, on no driver or one that vfio accepts.
+      const bridges = blocking.filter((other) => isBridgeClass(other.classCode)).map((bridge) => `${bridge.address} is a bridge, which vfio-pci does not take: unbind it from ${bridge.driver} (echo ${bridge.address} > /sys/bus/pci/drivers/${bridge.driver}/unbind) or let pcieport drive it`);
+      problems.push([`IOMMU group ${group} holds ${members.join(", ")} and also ${blocking.map(describeDevice).join(", ")}`, ...bridges].join("; "));
     }
   }
   if (problems.length > 0) {

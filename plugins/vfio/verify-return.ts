@@ -8,7 +8,7 @@
 import { WaitTimedOut } from "../../lib/deadline.ts";
 import { VmhookError } from "../../lib/errors.ts";
 import type { Host } from "../../lib/host.ts";
-import { pciDeviceNodes, pciDriver, pciDriverRegistered, pciExists } from "../../lib/pci.ts";
+import { checkSriovOrigin, goneFromBus, pciDeviceNodes, pciDriver, pciDriverRegistered, pciExists, sriovOrigin, type SriovOrigin } from "../../lib/pci.ts";
 import { defineAction, type BaseContext, type Step, type UndoRecord } from "../../lib/plugin.ts";
 import { refuseIfStuck } from "../../lib/stuck-writes.ts";
 import { PATTERNS } from "../../lib/validate.ts";
@@ -22,7 +22,8 @@ type NodeKind = (typeof NODE_KINDS)[number];
 interface VerifyRecord extends UndoRecord {
   action: "verify-return";
   /** What must be back: the driver, and the kinds of node it had made. */
-  devices: { address: string; driver: string; nodes: NodeKind[] }[];
+  /** sriov: for a virtual function, what creates it again (lib/pci.ts). */
+  devices: { address: string; driver: string; nodes: NodeKind[]; sriov: SriovOrigin | null }[];
   timeoutMs: number;
 }
 
@@ -39,7 +40,7 @@ function nodeKinds(host: Host, address: string): NodeKind[] {
 export function verifyReturnStep(host: Host, devices: Device[], bindTimeoutMs: number): Step<VerifyRecord>[] {
   const shown = devices
     .filter((device) => device.driver !== undefined && device.driver !== VFIO_DRIVER)
-    .map((device) => ({ address: device.address, driver: device.driver!, nodes: nodeKinds(host, device.address) }))
+    .map((device) => ({ address: device.address, driver: device.driver!, nodes: nodeKinds(host, device.address), sriov: sriovOrigin(host, device.address) }))
     .filter((device) => device.nodes.length > 0);
   if (shown.length === 0) return [];
   const what = shown.map((device) => `${device.address} on ${device.driver} with ${device.nodes.join(", ")}`).join("; ");
@@ -50,8 +51,8 @@ function verifyReturned(record: VerifyRecord, ctx: BaseContext): void {
   const { host } = ctx;
   // A device whose driver is blocked in the kernel is not back: say so now, not after the bound.
   refuseIfStuck(host, record.devices.map((device) => device.address));
-  for (const { address, driver, nodes } of record.devices) {
-    if (!pciExists(host, address)) throw new VmhookError(`vfio: ${address} is not on the PCI bus; echo 1 > /sys/bus/pci/rescan, then run vmhook recover`);
+  for (const { address, driver, nodes, sriov } of record.devices) {
+    if (!pciExists(host, address)) throw new VmhookError(`vfio: the display of ${goneFromBus(host, address, sriov)}, then run vmhook recover`);
     if (!pciDriverRegistered(host, driver)) {
       // Another VM keeps the module unloaded: the device comes back with it. A claim only this VM holds is its own module's failed reload.
       const claim = claimProviding(ctx, driver);
@@ -80,12 +81,12 @@ function checkVerify(record: UndoRecord): VerifyRecord {
   return {
     action: "verify-return",
     devices: devices.map((entry) => {
-      const { address, driver, nodes } = (entry ?? {}) as { address?: unknown; driver?: unknown; nodes?: unknown };
+      const { address, driver, nodes, sriov } = (entry ?? {}) as { address?: unknown; driver?: unknown; nodes?: unknown; sriov?: unknown };
       const kinds = Array.isArray(nodes) ? nodes : [];
       if (typeof address !== "string" || !PATTERNS.pciAddress.test(address) || typeof driver !== "string" || !PATTERNS.moduleName.test(driver) || !kinds.every((kind) => NODE_KINDS.includes(kind))) {
         throw new VmhookError(`vfio: not a verify-return record: ${JSON.stringify(entry).slice(0, 120)}`);
       }
-      return { address, driver, nodes: kinds as NodeKind[] };
+      return { address, driver, nodes: kinds as NodeKind[], sriov: checkSriovOrigin(sriov) };
     }),
     timeoutMs,
   };

@@ -126,6 +126,8 @@ export class GpuKernel {
     sim.file("/sys/bus/pci/drivers_probe");
     sim.onWrite("/sys/bus/pci/drivers_probe", (address) => this.probe(address));
     sim.onWrite(/^\/sys\/bus\/pci\/devices\/[^/]+\/driver_override$/, (value, file) => {
+      // A device removed from the bus has no sysfs directory left to write into.
+      if (!sim.exists(file)) throw Object.assign(new Error(`ENOENT: no such file ${file}`), { code: "ENOENT" });
       sim.file(file, value === "" ? "(null)" : value);
     });
     sim.onWrite(/^\/sys\/bus\/pci\/devices\/[^/]+\/driver\/unbind$/, (address) => this.unbind(address));

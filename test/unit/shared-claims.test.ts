@@ -118,10 +118,10 @@ const CARD_A = "0000:01:00.0";
 const CARD_B = "0000:02:00.0";
 
 const passthrough = (name: string, uuid: string, card: string) => {
-  const [, bus] = /^0000:(\w\w):/.exec(card)!;
+  const [, bus, slot, fn] = /^0000:(\w\w):(\w\w)\.(\d)$/.exec(card)!;
   return `<domain type='kvm'><name>${name}</name><uuid>${uuid}</uuid><memory unit='GiB'>4</memory>
   <metadata><vmhook:hooks xmlns:vmhook="urn:vmhook:1"><vmhook:vfio/></vmhook:hooks></metadata>
-  <devices><hostdev mode='subsystem' type='pci' managed='no'><source><address domain='0x0000' bus='0x${bus}' slot='0x00' function='0x0'/></source></hostdev></devices></domain>`;
+  <devices><hostdev mode='subsystem' type='pci' managed='no'><source><address domain='0x0000' bus='0x${bus}' slot='0x${slot}' function='0x${fn}'/></source></hostdev></devices></domain>`;
 };
 
 /**
@@ -190,6 +190,40 @@ test("defect 4: a claims ledger that cannot be read stops the module handover (p
     kernel.sim.cleanup();
   }
 });
+
+// ---- one device, two VMs: the second is refused before anything, naming the first
+
+/** VM A runs with its card on vfio-pci; VM B, naming `card`, is refused at prepare with `message`, and its release after the refusal takes nothing from A. */
+async function secondVmRefused(kernel: GpuKernel, card: string, message: string): Promise<void> {
+  try {
+    const vmA = passthrough("vmA", UUID_A, CARD_A);
+    assert.is((await runHookEvent(kernel.sim, "prepare", "begin", vmA, "vmA")).code, 0);
+    const whileARuns = kernel.sim.snapshot();
+    const vmB = passthrough("vmB", UUID_B, card);
+    const refused = await runHookEvent(kernel.sim, "prepare", "begin", vmB, "vmB");
+    assert.is(refused.code, 1);
+    assert.match(firstLine(refused.stderr), message);
+    assert.equal(kernel.sim.snapshot(), whileARuns);
+    // libvirt runs release after a failed prepare: it gives nothing of A's back to the host.
+    await releaseCleanly(kernel, vmB, "vmB");
+    assert.equal(kernel.sim.snapshot(), whileARuns);
+    assert.equal(readJournal(kernel.sim, UUID_B), undefined);
+    await releaseCleanly(kernel, vmA, "vmA");
+    assert.is(kernel.driverOf(CARD_A), "nvidia");
+  } finally {
+    kernel.sim.cleanup();
+  }
+}
+
+test("a second VM naming the card another VM runs with is refused at prepare, naming the card and that VM; its release leaves the card to the first", () =>
+  secondVmRefused(twoCardHost(), CARD_A, `vfio: ${CARD_A} is held by VM vmA (vmhook moved it to vfio-pci for it); a device goes to one VM at a time: shut vmA down first, or, if it is not running, run vmhook recover vmA (it gives vmA's devices back)`));
+
+test("a second VM naming a device of the IOMMU group another VM runs with is refused at prepare: the group goes to one VM", () =>
+  secondVmRefused(
+    twoCardHost().device({ address: "0000:01:01.0", classCode: "0x0c8000", vendor: "0x10de", group: 1 }),
+    "0000:01:01.0",
+    `vfio: 0000:01:01.0 is in IOMMU group 1, held by VM vmA (vmhook moved ${CARD_A} to vfio-pci for it); a group goes to one VM at a time: shut vmA down first`,
+  ));
 
 const BAD_CLAIMS: [string, (claim: Record<string, unknown>) => void, string][] = [
   ["no holders", (claim) => delete claim.holders, "holders"],

@@ -526,6 +526,29 @@ test("a group shared with a device on a host driver (USB controller) refuses bef
   assert.equal(kernel.sim.snapshot(), before);
 });
 
+// What the kernel's vfio accepts beside a device in use: no driver, or a driver that manages DMA itself (vfio-pci,
+// pci-stub, pcieport: driver_managed_dma); before 5.19, a PCI-to-PCI bridge on any driver.
+for (const [driver, release, accepted] of [["pcieport", "6.1.0-sim", true], ["shpchp", "6.1.0-sim", false], ["shpchp", "5.15.0-91-generic", true]] as const) {
+  test(`a bridge in the GPU's IOMMU group on ${driver}, kernel ${release}: ${accepted ? "left alone, the handover goes on" : "refused before anything changes, naming it: vfio does not accept that driver"}`, async () => {
+    const kernel = twoGpuWorkstation()
+      .module({ name: driver, driver, loaded: true })
+      .device({ address: "0000:00:01.0", classCode: "0x060400", vendor: "0x1022", nativeDriver: driver, group: 1 });
+    // Loaded before: the modules tree of the simulated kernel is 6.1.0-sim's.
+    kernel.sim.exec("modprobe", ["vfio-pci"], { timeoutMs: 1000 });
+    kernel.sim.file("/proc/sys/kernel/osrelease", release);
+    const before = kernel.sim.snapshot();
+    const result = await runHookEvent(kernel.sim, "prepare", "begin", domainXml("<vmhook:vfio/>"));
+    if (accepted) {
+      assert.is(result.code, 0, result.stderr);
+      assert.equal([kernel.driverOf(GPU), kernel.driverOf("0000:00:01.0")], ["vfio-pci", driver]);
+      return;
+    }
+    assert.is(result.code, 1);
+    assert.match(firstLine(result.stderr), `IOMMU group 1 holds 0000:01:00.0, 0000:01:00.1 and also 0000:00:01.0 (class 0x060400, driver ${driver}); 0000:00:01.0 is a bridge, which vfio-pci does not take: unbind it from ${driver}`);
+    assert.equal(kernel.sim.snapshot(), before);
+  });
+}
+
 test("two groups, a second GPU on the host: not single-GPU, amdgpu stays loaded, GPU+audio+USB on vfio-pci, both /dev/vfio groups, all back", async () => {
   const kernel = twoGpuWorkstation();
   const before = kernel.sim.snapshot();
@@ -545,12 +568,14 @@ test("two groups, a second GPU on the host: not single-GPU, amdgpu stays loaded,
 });
 
 /** An Intel iGPU with SR-IOV (i915): the PF 00:02.0 shows the host's display, its VFs 00:02.1 and 00:02.2 share its slot, each in its own group. */
-function sriovIgpu(): GpuKernel {
-  const vf = (address: string, group: number) => ({ address, classCode: "0x030000", vendor: "0x8086", nativeDriver: "i915", group, physfn: "0000:00:02.0" });
-  return new GpuKernel()
+function sriovIgpu(firstVfNodes?: string[]): GpuKernel {
+  const vf = (address: string, group: number, nodes?: string[]) => ({ address, classCode: "0x030000", vendor: "0x8086", nativeDriver: "i915", group, physfn: "0000:00:02.0", nodes });
+  const kernel = new GpuKernel()
     .module({ name: "i915", driver: "i915", loaded: true })
-    .device({ address: "0000:00:02.0", classCode: "0x030000", vendor: "0x8086", nativeDriver: "i915", group: 0, bootVga: true, nodes: ["card0"] })
-    .device(vf("0000:00:02.1", 1))
+    .device({ address: "0000:00:02.0", classCode: "0x030000", vendor: "0x8086", nativeDriver: "i915", group: 0, bootVga: true, nodes: ["card0"] });
+  kernel.sim.file("/sys/bus/pci/devices/0000:00:02.0/sriov_numvfs", "2");
+  return kernel
+    .device(vf("0000:00:02.1", 1, firstVfNodes))
     .device(vf("0000:00:02.2", 2))
     .unit({ name: "display-manager.service", active: true, processes: { 500: ["Xorg", ["/dev/dri/card0"]] } });
 }
@@ -568,6 +593,48 @@ test("an SR-IOV VF of the host's iGPU: only the VF moves; its PF (the host's dis
   const release = await runHookEvent(kernel.sim, "release", "end", xml);
   assert.is(release.code, 0, release.stderr);
   assert.equal(kernel.sim.snapshot(), before);
+});
+
+test("an SR-IOV PF with VFs is refused before anything changes (single-GPU would stop the display manager), naming them: its driver's remove() destroys every VF (some may be other VMs')", async () => {
+  const kernel = sriovIgpu();
+  const before = kernel.sim.snapshot();
+  const result = await runHookEvent(kernel.sim, "prepare", "begin", domainXml('<vmhook:vfio single-gpu="yes"/>', [{ address: "0000:00:02.0" }]));
+  assert.is(result.code, 1);
+  assert.match(
+    firstLine(result.stderr),
+    "vfio: 0000:00:02.0 is an SR-IOV physical function with 2 virtual functions (0000:00:02.1, 0000:00:02.2): unbinding its driver destroys them; echo 0 > /sys/bus/pci/devices/0000:00:02.0/sriov_numvfs first",
+  );
+  assert.equal(kernel.sim.snapshot(), before);
+});
+
+test("an SR-IOV VF gone while the VM ran (its PF's sriov_numvfs set to 0): release says to create it again through sriov_numvfs, which a rescan never does, and keeps the journal", async () => {
+  const kernel = sriovIgpu(["card1", "renderD129"]);
+  const xml = domainXml("<vmhook:vfio/>", [{ address: "0000:00:02.1" }]);
+  assert.is((await runHookEvent(kernel.sim, "prepare", "begin", xml)).code, 0);
+  // echo 0 > sriov_numvfs: the PF's driver removes every VF.
+  for (const vf of ["0000:00:02.1", "0000:00:02.2"]) kernel.sim.write(`/sys/bus/pci/devices/${vf}/remove`, "1");
+  kernel.sim.file("/sys/bus/pci/devices/0000:00:02.0/sriov_numvfs", "0");
+  const release = await runHookEvent(kernel.sim, "release", "end", xml);
+  const advice = "0000:00:02.1 is gone from the PCI bus: it is an SR-IOV virtual function of 0000:00:02.0, which no rescan finds again; create it again with echo 2 > /sys/bus/pci/devices/0000:00:02.0/sriov_numvfs (the number of VFs it had), then run vmhook recover";
+  assert.match(release.stderr, `vfio: ${advice}`);
+  assert.match(release.stderr, `vfio: the display of ${advice}`);
+  assert.not.match(release.stderr, "/sys/bus/pci/rescan");
+  assert.equal(readJournal(kernel.sim, UUID)!.entries.map((entry) => entry.state), ["undo-failed", "undo-failed"]);
+});
+
+test("a device unplugged after the plan (while vfio-pci loads): prepare fails naming it, the GPU goes back, and no record of the device that was never changed blocks the next start", async () => {
+  const kernel = twoGpuWorkstation();
+  const modprobe = kernel.sim.execHandler("modprobe")!;
+  kernel.sim.onExec("modprobe", (args, sim, options) => {
+    sim.write(`/sys/bus/pci/devices/${AUDIO}/remove`, "1");
+    return modprobe(args, sim, options);
+  });
+  const prepare = await runHookEvent(kernel.sim, "prepare", "begin", domainXml("<vmhook:vfio/>"));
+  assert.is(prepare.code, 1);
+  assert.match(firstLine(prepare.stderr), `vfio: ${AUDIO} is gone from the PCI bus; echo 1 > /sys/bus/pci/rescan, or take it out of the domain; then start the VM again (it left the bus after the plan: nothing of it was changed)`);
+  assert.match(prepare.stderr, "the host was left as it was");
+  assert.is(kernel.driverOf(GPU), "amdgpu");
+  assert.equal(readJournal(kernel.sim, UUID), undefined);
 });
 
 test("a program holding the passed GPU's render node makes prepare refuse, naming pid and command", async () => {
