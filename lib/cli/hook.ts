@@ -8,7 +8,7 @@ import { readLogFrom, terminalText } from "../log.ts";
 import { nameArgument } from "../metadata-text.ts";
 import { paths } from "../paths.ts";
 import type { GlobalOptions } from "./options.ts";
-import { runningOrWhyUnknown } from "./recover.ts";
+import { runningOrWhyUnknown } from "./running.ts";
 
 /** hooks/qemu.ts's hookMain: the hook exactly as libvirt runs it. */
 export type HookMain = (args: string[], root: string) => Promise<number>;
