@@ -180,6 +180,21 @@ export interface Plugin<Config = unknown, Element extends XmlElement = XmlElemen
   actions: Record<string, Action<any, Config>>;
   /** `vmhook doctor`: whether this host has what the domain's elements ask for. Reads only; a config error is reported by doctor itself. */
   check?(ctx: CheckContext): Finding[];
+  /**
+   * vmhook recover, for a claim in the ledger (lib/claims.ts) whose holder's
+   * journal is gone and which does not run: the step whose undo, run as that
+   * holder, gives its claim on `resource` back as its release would have.
+   * Undefined: not this plugin's claim. Throws for a resource that names what
+   * no record of it may (the ledger's keys become arguments too).
+   */
+  orphanedClaim?(resource: string): Step | undefined;
+  /**
+   * vmhook recover: the steps whose undo gives back this plugin's shared state
+   * (BaseContext.shared) that no claim in any journal needs any more (the
+   * journal that held it removed by hand, or lost in a crash). Planned under
+   * the host lock; throws when what it is computed from cannot be read.
+   */
+  unheldShared?(ctx: BaseContext): Step[];
 }
 
 /** Identity helper that gives a plugin object its types. */

@@ -501,20 +501,44 @@ export interface UndoResult {
  * undo abandoned at its time limit that calls it later changes nothing.
  */
 async function undoEntry(env: RunEnvironment, plugin: AnyPlugin, entry: JournalEntry, journal: Journal, deadline: Deadline, open: () => boolean): Promise<void> {
-  const ctx: UndoContext = {
-    ...baseContext(env, entry.plugin, "release", journal.domain, deadline),
-    update(next) {
-      if (!open()) {
-        env.log.warn(`${entry.plugin}: undo ${entry.description}: an update after the undo was given up on is ignored`);
-        return;
-      }
-      entry.undo = next;
-      writeJournal(env.host, journal);
-    },
+  const update = (next: UndoRecord) => {
+    if (!open()) {
+      env.log.warn(`${entry.plugin}: undo ${entry.description}: an update after the undo was given up on is ignored`);
+      return;
+    }
+    entry.undo = next;
+    writeJournal(env.host, journal);
   };
-  if (isLegacyPlugin(plugin)) return plugin.undo(entry.undo, ctx);
-  const action = actionOf(plugin, entry.plugin, entry.undo);
-  await action.undo(action.check(entry.undo), ctx);
+  await undoRecord(env, plugin, entry.plugin, entry.undo, journal.domain, deadline, update);
+}
+
+/** One record's undo, as `domain`'s: checked by its action first. */
+async function undoRecord(env: RunEnvironment, plugin: AnyPlugin, pluginId: string, record: UndoRecord, domain: DomainId, deadline: Deadline, update: UndoContext["update"]): Promise<void> {
+  const ctx: UndoContext = { ...baseContext(env, pluginId, "release", domain, deadline), update };
+  if (isLegacyPlugin(plugin)) return plugin.undo(record, ctx);
+  const action = actionOf(plugin, pluginId, record);
+  await action.undo(action.check(record), ctx);
+}
+
+/**
+ * vmhook recover, for what no journal holds (a claim whose holder's journal
+ * is gone, shared state no claim needs): the steps `plan` makes from a
+ * context of `domain`, each undone as a journaled one would be, bounded the
+ * same way, under the host lock the caller holds. Each step's description,
+ * with the error its undo failed with; a plan that throws, throws.
+ */
+export async function undoUnjournaled(env: RunEnvironment, pluginId: string, plugin: Plugin, domain: DomainId, deadline: Deadline, plan: (ctx: BaseContext) => Step[]): Promise<{ description: string; error?: string }[]> {
+  const outcomes: { description: string; error?: string }[] = [];
+  for (const { description, record } of plan(baseContext(env, pluginId, "release", domain, deadline))) {
+    try {
+      // No journal to rewrite: what an undo records as it goes is read again from the ledger or the shared state by the next recover.
+      await settleWithin(env, pluginId, "undo", deadline, () => `undo of "${description}"`, undoRecord(env, plugin, pluginId, record, domain, deadline, () => {}));
+      outcomes.push({ description });
+    } catch (error) {
+      outcomes.push({ description, error: describeError(error) });
+    }
+  }
+  return outcomes;
 }
 
 /** How an entry's undo ended: it leaves the journal, or stays marked undo-failed with its cause. */

@@ -2,11 +2,13 @@
 // as libvirt would (domain XML on stdin), for debugging. Unlike the real hook
 // it then says what it did: the lines it logged, or why there were none.
 import type { CommandModule } from "yargs";
-import { describeError } from "../errors.ts";
+import { describeError, VmhookError } from "../errors.ts";
 import type { Host } from "../host.ts";
 import { readLogFrom, terminalText } from "../log.ts";
+import { nameArgument } from "../metadata-text.ts";
 import { paths } from "../paths.ts";
 import type { GlobalOptions } from "./options.ts";
+import { runningOrWhyUnknown } from "./running.ts";
 
 /** hooks/qemu.ts's hookMain: the hook exactly as libvirt runs it. */
 export type HookMain = (args: string[], root: string) => Promise<number>;
@@ -40,6 +42,26 @@ function loggedSince(host: Host, offset: number): { logged: string } | { unread:
   }
 }
 
+/**
+ * The events libvirt runs only while the domain's QEMU does not: the hook
+ * takes a journal found at prepare for a crashed run's and undoes it, release
+ * gives everything back, start and stopped run steps meant for before and
+ * after QEMU. By hand on a running VM they would take its GPU from under it.
+ */
+const NOT_WHILE_RUNNING = ["prepare", "start", "stopped", "release"];
+
+/** Refuses an event libvirt never runs for a running domain when the domain runs, or when that cannot be told. */
+function refuseIfRunning(host: Host, { name, op, subop }: HookArgs): void {
+  if (!NOT_WHILE_RUNNING.includes(op)) return;
+  const running = runningOrWhyUnknown(host, name);
+  if (running === false) return;
+  const command = `vmhook hook ${nameArgument(name)} ${op} ${subop}`;
+  if (typeof running === "string") throw new VmhookError(`${command} refused: cannot tell whether ${name} runs (${running})`, [`fix what that names, then run it again`]);
+  throw new VmhookError(`${command} refused: ${name} is running (${paths.libvirtQemuRunDir}/${name}.pid names a live process), and libvirt runs ${op} only while it is not: it would take back what the running VM uses`, [
+    `shut ${name} down first (virsh shutdown ${nameArgument(name)}); started and reconnect are the events of a running VM`,
+  ]);
+}
+
 export const hookCommand = (hookMain: HookMain): CommandModule<GlobalOptions, HookArgs> => ({
   command: "hook <name> <op> <subop> [extra]",
   describe: "run one hook event by hand, as libvirt does (domain XML on stdin), and say what it did",
@@ -50,6 +72,7 @@ export const hookCommand = (hookMain: HookMain): CommandModule<GlobalOptions, Ho
       .positional("subop", { type: "string", demandOption: true, describe: "begin or end" })
       .positional("extra", { type: "string", default: "-" }),
   async handler(args) {
+    refuseIfRunning(args.host, args);
     const offset = logSize(args.host);
     const event = `${args.op} ${args.subop} of ${args.name}`;
     const code = await hookMain([args.name, args.op, args.subop, args.extra ?? "-"], args.root);

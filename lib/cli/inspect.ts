@@ -16,7 +16,8 @@ import { registry } from "../../plugins/index.ts";
 import type { GlobalOptions } from "./options.ts";
 import { print, printJson } from "./output.ts";
 import { domainBusy } from "../lock.ts";
-import { abandonedStart, runningOrWhyUnknown } from "./recover.ts";
+import { abandonedStart } from "./recover.ts";
+import { runningOrWhyUnknown } from "./running.ts";
 import { describeStuckWrite, listStuckWrites, STUCK_ADVICE } from "../stuck-writes.ts";
 import { journalsAndClaims, type HolderView } from "../claims.ts";
 import type { Json } from "../records.ts";
@@ -161,7 +162,7 @@ const HOLDER_WITHOUT_JOURNAL = { unreadable: "its journal cannot be read", chang
 
 function describeClaimHolder(holder: HolderView): string {
   if (holder.name) return holder.name;
-  return `${holder.uuid} (${holder.journal === false ? "no journal of it is left, so no release gives it back" : HOLDER_WITHOUT_JOURNAL[holder.journal as keyof typeof HOLDER_WITHOUT_JOURNAL]})`;
+  return `${holder.uuid} (${holder.journal === false ? "no journal of it is left, so no release gives it back: vmhook recover does once it does not run" : HOLDER_WITHOUT_JOURNAL[holder.journal as keyof typeof HOLDER_WITHOUT_JOURNAL]})`;
 }
 
 /** "; waiting: 0000:01:00.0 (nvidia)": what the last releaser brings back too. */

@@ -1,10 +1,10 @@
 // `vmhook recover`: give back what journals hold for domains that no longer
-// run (the hook was killed, the host crashed mid-release, an undo failed).
+// run (the hook was killed, the host crashed mid-release, an undo failed),
+// then what no journal holds any more (recover-unheld.ts).
 // Whether a domain runs is read from libvirt's own state directory, never by
 // calling libvirt.
 import type { CommandModule } from "yargs";
 import { Deadline } from "../deadline.ts";
-import { describeError, VmhookError } from "../errors.ts";
 import { nameArgument, recoverCommandLine } from "../metadata-text.ts";
 import type { Host } from "../host.ts";
 import { claimsLedgerError } from "../claims.ts";
@@ -13,6 +13,8 @@ import { ifDomainIdle } from "../lock.ts";
 import { createLogger } from "../log.ts";
 import { paths } from "../paths.ts";
 import { processInstance } from "../processes.ts";
+import { runningOrWhyUnknown } from "./running.ts";
+import { describeOrphanClaim, describeUnheldShared, giveBackOrphanClaims, giveBackUnheldShared, type Recovery } from "./recover-unheld.ts";
 import { loadSettings } from "../settings.ts";
 import { undoJournal } from "../transaction.ts";
 import { describeFinishedWrite, forgetFinishedWrites } from "../stuck-writes.ts";
@@ -21,26 +23,6 @@ import { registry } from "../../plugins/index.ts";
 import type { GlobalOptions } from "./options.ts";
 import { print, printJson } from "./output.ts";
 import { PATTERNS } from "../validate.ts";
-
-/**
- * libvirt keeps /run/libvirt/qemu/NAME.pid while the domain's QEMU runs. "."
- * and ".." are names libvirt takes ("..pid" is a file like any other); one
- * with a slash names no pid file, so whether it runs cannot be told.
- */
-export function domainRunning(host: Host, name: string): boolean {
-  if (name.includes("/")) throw new VmhookError(`the name ${JSON.stringify(name)} has a slash, which libvirt refuses in a domain's name: it names no pid file in ${paths.libvirtQemuRunDir}`);
-  const pid = Number(host.readTrimmed(`${paths.libvirtQemuRunDir}/${name}.pid`));
-  return Number.isSafeInteger(pid) && pid > 0 && host.processAlive(pid);
-}
-
-/** Whether the domain runs, or why that cannot be told (its pid file cannot be read). */
-export function runningOrWhyUnknown(host: Host, name: string): boolean | string {
-  try {
-    return domainRunning(host, name);
-  } catch (error) {
-    return describeError(error);
-  }
-}
 
 /**
  * The unreadable journals that may be the named domain's: by UUID its own
@@ -158,16 +140,24 @@ export const recoverCommand: CommandModule<GlobalOptions, RecoverArgs> = {
       if (!args.json) print(failed.length === 0 ? `${name}: ${undone} change(s) undone` : `${name}: ${undone} undone, ${failed.length} still failing (see above); fix the cause and run vmhook recover again`);
       if (failed.length > 0) process.exitCode = 1;
     }
+    // What no journal holds: claims of a domain whose journal is gone (recovering all, or its UUID), and shared state no claim needs (recovering all).
+    const recovery: Recovery = { host, settings, registry, echo: args.json ? "none" : "stderr" };
+    const uuid = args.name?.toLowerCase();
+    const orphanClaims = uuid === undefined || PATTERNS.uuid.test(uuid) ? await giveBackOrphanClaims(recovery, uuid) : [];
+    const unheldShared = args.name ? [] : await giveBackUnheldShared(recovery);
+    if ([...orphanClaims, ...unheldShared].some((item) => item.error)) process.exitCode = 1;
     // Journals it cannot read are left as they are, and said so: they may hold changes.
     const unreadable = unreadableOf(args.name, broken, chosen.length > 0);
     // The ledger is no one domain's: a recover of all says when it cannot be read, as for a journal.
     const unreadableClaims = args.name ? undefined : claimsLedgerError(host);
     if (unreadable.length > 0 || unreadableClaims) process.exitCode = 1;
     if (args.json) {
-      printJson({ recovered: results, unreadable, finishedStuckWrites: finished, ...(unreadableClaims ? { unreadableClaims } : {}) });
+      printJson({ recovered: results, orphanClaims, unheldShared, unreadable, finishedStuckWrites: finished, ...(unreadableClaims ? { unreadableClaims } : {}) });
       return;
     }
-    if (chosen.length === 0 && unreadable.length === 0 && !unreadableClaims) print(args.name ? `nothing to recover for ${args.name} (no journal in ${paths.stateDir})` : "nothing to recover");
+    for (const claim of orphanClaims) print(describeOrphanClaim(claim));
+    for (const shared of unheldShared) print(describeUnheldShared(shared));
+    if (chosen.length + orphanClaims.length + unheldShared.length === 0 && unreadable.length === 0 && !unreadableClaims) print(args.name ? `nothing to recover for ${args.name} (no journal in ${paths.stateDir})` : "nothing to recover");
     for (const item of unreadable) print(`unreadable journal ${item.file}: ${item.error}; nothing of it was undone`);
     if (unreadableClaims) print(`unreadable claims ledger: ${unreadableClaims}; nothing it holds was given back`);
   },

@@ -24,7 +24,8 @@ import { listInstalledPlugins } from "../custom-plugins.ts";
 import { describePolicy, loadPolicy } from "../policy.ts";
 import { loadSettings } from "../settings.ts";
 import { isVmhookBinary } from "../cli/install.ts";
-import { abandonedStart, BEING_STARTED, forceWhenShutOff, runningOrWhyUnknown } from "../cli/recover.ts";
+import { abandonedStart, BEING_STARTED, forceWhenShutOff } from "../cli/recover.ts";
+import { runningOrWhyUnknown } from "../cli/running.ts";
 import { isLegacyPlugin } from "../plugin.ts";
 import { fail, ok, roundMiB, warn, type Finding } from "./findings.ts";
 import { readIommuGroups, type IommuReport } from "./iommu.ts";
@@ -226,7 +227,7 @@ function claimLeftovers(claims: Record<string, ClaimView>, claimsError: string |
   return Object.entries(claims).flatMap(([resource, claim]) =>
     claim.holders
       .filter((holder) => holder.journal === false)
-      .map((holder) => warn("leftovers", `claim ${resource} in ${paths.claims} is held by ${holder.uuid}, whose journal is gone: no release gives it back`, `bring back by hand what vmhook status shows for it, then remove ${holder.uuid} from the claim's holders in ${paths.claims}`)),
+      .map((holder) => warn("leftovers", `claim ${resource} in ${paths.claims} is held by ${holder.uuid}, whose journal is gone: no release gives it back`, `run vmhook recover: once ${holder.uuid} does not run, it gives the claim back as that domain's release would have`)),
   );
 }
 

@@ -175,6 +175,23 @@ const claimAction = (action: Action) =>
     undo: (_claim, ctx) => retune(ctx, action, claimsOf(ctx, action, ctx.domain.uuid)),
   });
 
+/**
+ * vmhook recover: each kind of setting whose originals are still kept while no
+ * journal claims it, last applied first; its undo restores them as a claim's
+ * would, with no claim left.
+ */
+function unheldShared(ctx: BaseContext): Step<Claim>[] {
+  const state = ctx.shared.read(checkOriginals) ?? {};
+  return [...ACTIONS]
+    .reverse()
+    .filter((action) => state[action] && claimsOf(ctx, action).length === 0)
+    .map((action) => {
+      const keys = Object.keys(state[action]!);
+      const named = keys.length > 3 ? `${keys.slice(0, 3).join(", ")}, …` : keys.join(", ");
+      return { action, record: { action, isolated: [], own: [], governor: null, allowOverlap: false }, description: `put back the ${action} values saved before the first VM (${keys.length}: ${named})` };
+    });
+}
+
 export default definePlugin<IsolateConfig>({
   name: PLUGIN_ID,
   summary: "keeps host processes, workqueues and IRQs off the VM's CPUs while it runs",
@@ -183,5 +200,6 @@ export default definePlugin<IsolateConfig>({
   parse,
   plan: { prepare: planPrepare },
   check,
+  unheldShared,
   actions: Object.fromEntries(ACTIONS.map((action) => [action, claimAction(action)])),
 });

@@ -622,6 +622,21 @@ function checkBind(record: UndoRecord): BindRecord {
   };
 }
 
+/**
+ * vmhook recover: the undo that gives back a module claim of a domain whose
+ * journal is gone, as its release would have. Its own devices went with its
+ * journal; those waiting in the claim come back with the module.
+ */
+export function orphanedModuleClaim(resource: string): Step | undefined {
+  if (resource.startsWith("module:")) {
+    const record = checkUnload({ action: "unload-module", module: resource.slice("module:".length), devices: [] });
+    return { action: "unload-module", record, description: `load module ${record.module} again, with the devices waiting for it, once no other VM needs it unloaded` };
+  }
+  if (!resource.startsWith("loaded:")) return undefined;
+  const record = checkLoad({ action: "load-modules", module: "", modules: [], claim: resource });
+  return { action: "load-modules", record, description: `unload the modules loaded with ${resource.slice("loaded:".length)} that nothing uses, once no other VM uses them` };
+}
+
 export const unloadModuleAction = defineAction<UnloadRecord>({ check: checkUnload, apply: unloadModule, undo: loadModule });
 export const loadModulesAction = defineAction<LoadRecord>({ check: checkLoad, apply: loadModules, undo: unloadModules });
 export const bindVfioAction = defineAction<BindRecord>({ check: checkBind, apply: bindToVfio, undo: rebindDevice });

@@ -13,11 +13,11 @@
 import { definePlugin, type CheckContext, type PlanContext, type Step } from "../../lib/plugin.ts";
 import { parseVfioConfig, readVfioSettings, type VfioConfig } from "./config.ts";
 import { consoleSteps, displayManagerSteps, findDisplayManager, stopDisplayManagerAction, unbindFramebufferAction, unbindVtconsoleAction, waitGpuFreeAction, waitGpuFreeStep } from "./display.ts";
-import { bindVfioAction, helperServices, refuseDevicesOfOtherVms, loadModulesAction, loadVfioSteps, stoppedHelpers, takeOverSteps, unloadModuleAction } from "./driver.ts";
+import { bindVfioAction, helperServices, loadModulesAction, loadVfioSteps, orphanedModuleClaim, refuseDevicesOfOtherVms, stoppedHelpers, takeOverSteps, unloadModuleAction } from "./driver.ts";
 import { gpuHolders } from "./refuse.ts";
 import { handedOverAddresses, survey, VFIO_DRIVER } from "./survey.ts";
 import { refuseIfStuck } from "../../lib/stuck-writes.ts";
-import { keepStoppedSteps, stopUnitAction, stopUnitStep } from "./units.ts";
+import { keepStoppedSteps, orphanedUnitClaim, stopUnitAction, stopUnitStep } from "./units.ts";
 import { lingerUserAction, sessionUnitSteps, stopUserUnitAction } from "./user-units.ts";
 import { verifyReturnAction, verifyReturnStep } from "./verify-return.ts";
 import { setResetMethodAction, VENDOR_RESET_MODULE, vendorResetFindings } from "./vendor-reset.ts";
@@ -95,6 +95,7 @@ export default definePlugin<VfioConfig>({
   shared: true,
   plan: { prepare: planPrepare, reconnect: planReconnect },
   check: checkVfio,
+  orphanedClaim: (resource) => orphanedModuleClaim(resource) ?? orphanedUnitClaim(resource),
   actions: {
     "stop-unit": stopUnitAction,
     "linger-user": lingerUserAction,

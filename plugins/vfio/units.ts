@@ -84,4 +84,11 @@ function checkStopUnit(record: UndoRecord): StopUnitRecord {
   return { action: "stop-unit", unit: checkedUnit(record.unit), timeoutMs, alreadyStopped: record.alreadyStopped === true };
 }
 
+/** vmhook recover: the undo that gives back a unit claim of a domain whose journal is gone, as its release would have. */
+export function orphanedUnitClaim(resource: string): Step<StopUnitRecord> | undefined {
+  if (!resource.startsWith("unit:")) return undefined;
+  const record = checkStopUnit({ action: "stop-unit", unit: resource.slice("unit:".length) });
+  return { action: "stop-unit", record, description: `start ${record.unit} again once no other VM needs it stopped` };
+}
+
 export const stopUnitAction = defineAction<StopUnitRecord>({ check: checkStopUnit, apply: stopUnit, undo: startUnit });

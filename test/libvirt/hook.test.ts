@@ -1,7 +1,8 @@
 // vmhook as libvirtd's real QEMU hook: the fast path for domains without
 // metadata, and a bad config failing `virsh start` with vmhook's message.
+import * as fs from "node:fs";
 import * as assert from "uvu/assert";
-import { defineDomain, hugepages, libvirtSuite, logSince, logSize, markerEvents, stateFiles, virsh, virshOk } from "./fixture.ts";
+import { binary, defineDomain, hugepages, libvirtSuite, logSince, logSize, markerEvents, run as runProgram, stateFiles, virsh, virshOk } from "./fixture.ts";
 
 const { test, run } = libvirtSuite("libvirt: hook");
 
@@ -40,5 +41,26 @@ for (const [index, { hooks, error }] of BAD_CONFIGS.entries()) {
     assert.equal(markerEvents(domain), ["prepare begin", "stopped end", "release end"]);
   });
 }
+
+test("a running domain is told by its QEMU's -uuid: recover leaves a claim of it whose journal is gone until it stops, and vmhook hook prepare is refused while it runs", async () => {
+  const domain = await defineDomain("orphan");
+  const claims = "/run/vmhook/claims.json";
+  fs.mkdirSync("/run/vmhook", { recursive: true, mode: 0o700 });
+  // A claim no plugin takes: if the judgement were wrong, recover would only say so, and change nothing.
+  fs.writeFileSync(claims, JSON.stringify({ version: 1, claims: { "tape:0": { holders: [domain.uuid], original: null, waiting: [] } } }), { mode: 0o600 });
+  try {
+    await virshOk("start", domain.name);
+    const running = await runProgram(binary(), ["recover"]);
+    assert.match(running.stdout, `claim tape:0 of ${domain.uuid} (no journal of it is left): left as it is: it still runs`, running.stdout + running.stderr);
+    const prepare = await runProgram(binary(), ["hook", domain.name, "prepare", "begin"]);
+    assert.is(prepare.code, 1);
+    assert.match(prepare.stderr, `vmhook: vmhook hook ${domain.name} prepare begin refused: ${domain.name} is running`);
+    await virshOk("destroy", domain.name);
+    const stopped = await runProgram(binary(), ["recover"]);
+    assert.match(stopped.stdout, `claim tape:0 of ${domain.uuid} (no journal of it is left): not given back: no plugin of this vmhook takes claims on tape:0`);
+  } finally {
+    fs.rmSync(claims, { force: true });
+  }
+});
 
 run();

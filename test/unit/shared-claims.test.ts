@@ -519,7 +519,7 @@ test("status and doctor: a claim whose holder has no journal left is shown and w
     assert.is(status.code, 0);
     assert.is(
       status.stdout,
-      `claim module:nvidia: held by ${ORPHAN} (no journal of it is left, so no release gives it back); waiting: 0000:01:00.0 (nvidia)\n`,
+      `claim module:nvidia: held by ${ORPHAN} (no journal of it is left, so no release gives it back: vmhook recover does once it does not run); waiting: 0000:01:00.0 (nvidia)\n`,
     );
     const json = JSON.parse((await cli(["status", "--json", "--root", sim.root])).stdout);
     assert.equal(json.claims, { "module:nvidia": { holders: [{ uuid: ORPHAN, journal: false }], waiting: [{ address: "0000:01:00.0", driver: "nvidia" }] } });
@@ -565,6 +565,123 @@ test("status and doctor: a claim taken while the journals are listed (a prepare 
     // What status shows it as (the CLI reads through its own host, so the race is staged on this one).
     fs.rmSync(sim.resolve(paths.claims));
     assert.equal(journalsAndClaims(sim).claims["module:nvidia"]!.holders, [{ uuid: ORPHAN, journal: "changing" }]);
+  } finally {
+    sim.cleanup();
+  }
+});
+
+// ---- recover gives back what no journal holds: a claim whose holder's journal is gone, shared state no claim needs
+
+/** The journal removed by hand (or lost to a crash between writes): what it held in the ledger and the shared state stays. */
+const journalLost = (sim: SimHost, uuid: string) => fs.rmSync(sim.resolve(paths.journal(uuid)));
+
+/** A host whose claims ledger holds `claims`, all of ORPHAN's, whose journal is gone. */
+function orphanLedger(claims: Record<string, { original: unknown }>): { sim: SimHost; ledger: unknown } {
+  const sim = new SimHost();
+  ensureStateDir(sim);
+  const ledger = { version: 1, claims: Object.fromEntries(Object.entries(claims).map(([resource, { original }]) => [resource, { holders: [ORPHAN], original, waiting: [] }])) };
+  fs.writeFileSync(sim.resolve(paths.claims), JSON.stringify(ledger), { mode: 0o600 });
+  return { sim, ledger };
+}
+
+/** libvirt's pid file of a domain `name` whose QEMU (this process, standing in) was started with `cmdline`. */
+const qemuRunning = (sim: SimHost, name: string, cmdline: string[]) => sim.file(`/run/libvirt/qemu/${name}.pid`, process.pid).file(`/proc/${process.pid}/cmdline`, `${cmdline.join("\0")}\0`);
+
+test("recover gives back the claims of a VM whose journal is gone and that does not run: nvidia loaded again, the card waiting for it back on it, nvidia-persistenced started; it used to say \"nothing to recover\"", async () => {
+  const kernel = twoCardHost();
+  try {
+    const vms = { A: passthrough("vmA", UUID_A, CARD_A), B: passthrough("vmB", UUID_B, CARD_B) };
+    assert.is((await runHookEvent(kernel.sim, "prepare", "begin", vms.A, "vmA")).code, 0);
+    assert.is((await runHookEvent(kernel.sim, "prepare", "begin", vms.B, "vmB")).code, 0);
+    await releaseCleanly(kernel, vms.A, "vmA");
+    assert.equal(readClaims(kernel)["module:nvidia"]?.waiting, [{ address: CARD_A, driver: "nvidia" }], "A's card waits in B's claim");
+    journalLost(kernel.sim, UUID_B);
+
+    const { code, stdout } = await cli(["recover", "--root", kernel.sim.root], kernel.sim);
+    assert.is(code, 0, stdout);
+    assert.match(stdout, `claim module:nvidia of ${UUID_B} (no journal of it is left, and it does not run): given back: load module nvidia again, with the devices waiting for it, once no other VM needs it unloaded\n`);
+    assert.match(stdout, `claim unit:nvidia-persistenced.service of ${UUID_B} (no journal of it is left, and it does not run): given back: start nvidia-persistenced.service again once no other VM needs it stopped\n`);
+    assert.not.match(stdout, "nothing to recover");
+    assert.ok(kernel.loaded("nvidia"));
+    assert.is(kernel.driverOf(CARD_A), "nvidia", "A's card is home");
+    assert.ok(persistenced(kernel));
+    assert.equal(readClaims(kernel), {}, "no claim is left to anyone");
+    assert.equal((await cli(["recover", "--root", kernel.sim.root], kernel.sim)).stdout, "nothing to recover\n", "given back once");
+  } finally {
+    kernel.sim.cleanup();
+  }
+});
+
+test("recover leaves the claims of a VM whose journal is gone while its QEMU runs (libvirt's pid file, -uuid), and, exiting 1, when the command line of a live pid file's process cannot be read", async () => {
+  const { sim, ledger } = orphanLedger({ "unit:gdm.service": { original: "active" } });
+  try {
+    sim.onExec("systemctl", () => assert.unreachable("nothing is started for a VM that runs or may run"));
+
+    qemuRunning(sim, "ghost", ["qemu-system-x86_64", "-name", "guest=ghost", "-uuid", ORPHAN]);
+    const running = await cli(["recover", "--root", sim.root], sim);
+    assert.equal({ code: running.code, stdout: running.stdout }, { code: 0, stdout: `claim unit:gdm.service of ${ORPHAN} (no journal of it is left): left as it is: it still runs; once it stops, run vmhook recover\n` });
+    const json = JSON.parse((await cli(["recover", "--json", "--root", sim.root], sim)).stdout);
+    assert.equal(json.orphanClaims, [{ uuid: ORPHAN, resource: "unit:gdm.service", skipped: "running" }]);
+
+    sim.failRead(`/proc/${process.pid}/cmdline`, "EACCES");
+    const unknown = await cli(["recover", "--root", sim.root], sim);
+    assert.is(unknown.code, 1);
+    assert.match(unknown.stdout, `claim unit:gdm.service of ${ORPHAN} (no journal of it is left): left as it is: cannot tell whether it runs: cannot read /proc/${process.pid}/cmdline (EACCES)`);
+    assert.equal(JSON.parse(sim.read(paths.claims)), ledger, "the claim stays");
+  } finally {
+    sim.cleanup();
+  }
+});
+
+test("recover says which claim of a VM whose journal is gone it could not give back (a unit that does not start, a claim no plugin takes), keeps it, and exits 1", async () => {
+  const { sim, ledger } = orphanLedger({ "unit:gdm.service": { original: "active" }, "tape:0": { original: null } });
+  try {
+    // libvirt's own daemon keeps driver.pid there: its process, with no -uuid, is no domain's QEMU.
+    qemuRunning(sim, "driver", ["/usr/sbin/virtqemud", "--timeout", "120"]);
+    sim.onExec("systemctl", (args) => (args[0] === "is-active" ? { status: 3, stdout: "inactive\n" } : { status: 1, stderr: "Job for gdm.service failed.\n" }));
+    const { code, stdout } = await cli(["recover", "--root", sim.root], sim);
+    assert.is(code, 1);
+    assert.is(
+      stdout,
+      `claim tape:0 of ${ORPHAN} (no journal of it is left): not given back: no plugin of this vmhook takes claims on tape:0; bring it back by hand, then remove ${ORPHAN} from its holders in ${paths.claims}\n` +
+        `claim unit:gdm.service of ${ORPHAN} (no journal of it is left, and it does not run): could not be given back (start gdm.service again once no other VM needs it stopped): systemctl start gdm.service failed: Job for gdm.service failed.; fix the cause and run vmhook recover again\n`,
+    );
+    assert.equal(JSON.parse(sim.read(paths.claims)), ledger, "both claims stay for the next recover");
+  } finally {
+    sim.cleanup();
+  }
+});
+
+test("recover puts back isolate's saved originals that no VM's claim needs (IRQ affinities, the default IRQ mask, systemd's AllowedCPUs), and forgets them; it used to say \"nothing to recover\"", async () => {
+  const { sim, units } = isolateHost();
+  try {
+    sim.file("/proc/irq/default_smp_affinity", "ff").file("/proc/irq/30/smp_affinity_list", "0-7");
+    const withIrqs = vmA.replace("<vmhook:isolate/>", '<vmhook:isolate irqs="yes"/>');
+    assert.is((await runHookEvent(sim, "prepare", "begin", withIrqs, "vmA")).code, 0);
+    assert.is(sim.read("/proc/irq/30/smp_affinity_list").trim(), "0-1,4-7");
+    journalLost(sim, UUID_A);
+
+    const { code, stdout } = await cli(["recover", "--root", sim.root], sim);
+    assert.is(code, 0, stdout);
+    assert.match(stdout, "isolate: given back what no VM holds: put back the irq-affinity values saved before the first VM (2: /proc/irq/default_smp_affinity, /proc/irq/30/smp_affinity_list)\n");
+    assert.match(stdout, "isolate: given back what no VM holds: put back the systemd-allowed-cpus values saved before the first VM (3: system.slice, user.slice, init.scope)\n");
+    assert.equal([sim.read("/proc/irq/30/smp_affinity_list").trim(), sim.read("/proc/irq/default_smp_affinity").trim()], ["0-7", "ff"]);
+    assert.equal(units, { "system.slice": "", "user.slice": "", "init.scope": "" });
+    assert.equal(sim.stateFiles(), [], "the originals are forgotten once put back");
+  } finally {
+    sim.cleanup();
+  }
+});
+
+test("recover leaves isolate's saved originals while a VM's journal holds a claim on them", async () => {
+  const { sim, units } = isolateHost();
+  try {
+    assert.is((await runHookEvent(sim, "prepare", "begin", vmA, "vmA")).code, 0);
+    assert.is((await runHookEvent(sim, "started", "begin", vmA, "vmA")).code, 0);
+    qemuRunning(sim, "vmA", ["qemu-system-x86_64", "-uuid", UUID_A]);
+    const { code, stdout } = await cli(["recover", "--root", sim.root], sim);
+    assert.equal({ code, stdout }, { code: 0, stdout: "vmA: still running; its changes are given back when it stops (use --force to undo now)\n" });
+    assert.equal(units, { "system.slice": "0-1,4-7", "user.slice": "0-1,4-7", "init.scope": "0-1,4-7" });
   } finally {
     sim.cleanup();
   }

@@ -1,0 +1,56 @@
+// Whether a domain's QEMU runs, read from libvirt's own state directory
+// (/run/libvirt/qemu/NAME.pid), never by calling libvirt; or why that cannot
+// be told, which is never taken for "not running".
+import { describeError, VmhookError } from "../errors.ts";
+import type { Host } from "../host.ts";
+import { paths } from "../paths.ts";
+
+/**
+ * libvirt keeps /run/libvirt/qemu/NAME.pid while the domain's QEMU runs. "."
+ * and ".." are names libvirt takes ("..pid" is a file like any other); one
+ * with a slash names no pid file, so whether it runs cannot be told.
+ */
+export function domainRunning(host: Host, name: string): boolean {
+  return livePid(host, name) !== undefined;
+}
+
+/** The pid in the domain's pid file, when that process is alive. */
+function livePid(host: Host, name: string): number | undefined {
+  if (name.includes("/")) throw new VmhookError(`the name ${JSON.stringify(name)} has a slash, which libvirt refuses in a domain's name: it names no pid file in ${paths.libvirtQemuRunDir}`);
+  const pid = Number(host.readTrimmed(`${paths.libvirtQemuRunDir}/${name}.pid`));
+  return Number.isSafeInteger(pid) && pid > 0 && host.processAlive(pid) ? pid : undefined;
+}
+
+/**
+ * Whether the domain of this UUID runs, when no journal names it (a claim's
+ * holder whose journal is gone): one of libvirt's pid files names a live QEMU
+ * started with -uuid UUID. libvirt always passes -uuid, so a live process
+ * without it is no domain's (driver.pid there is libvirt's own daemon). Or
+ * why that cannot be told: the directory, a pid file or a command line
+ * cannot be read.
+ */
+export function uuidRunningOrWhyUnknown(host: Host, uuid: string): boolean | string {
+  try {
+    return host
+      .list(paths.libvirtQemuRunDir)
+      .filter((entry) => entry.endsWith(".pid"))
+      .some((entry) => {
+        const pid = livePid(host, entry.slice(0, -".pid".length));
+        // One that has just exited has no command line left (undefined).
+        const args = pid === undefined ? [] : (host.readTrimmed(`/proc/${pid}/cmdline`) ?? "").split("\0");
+        const at = args.indexOf("-uuid");
+        return at >= 0 && args[at + 1]?.toLowerCase() === uuid;
+      });
+  } catch (error) {
+    return describeError(error);
+  }
+}
+
+/** Whether the domain runs, or why that cannot be told (its pid file cannot be read). */
+export function runningOrWhyUnknown(host: Host, name: string): boolean | string {
+  try {
+    return domainRunning(host, name);
+  } catch (error) {
+    return describeError(error);
+  }
+}

@@ -1,0 +1,61 @@
+// `vmhook hook NAME OP SUBOP`, the event run by hand: libvirt never runs
+// prepare, start, stopped or release while the domain's QEMU runs, so the
+// hook takes a journal found at prepare for a crashed run's and undoes it.
+// By hand, on a running VM, that would take its GPU and pages from under it.
+import { test } from "uvu";
+import * as assert from "uvu/assert";
+import { cli } from "../helpers/cli.ts";
+import { SimHost } from "../helpers/simhost.ts";
+
+/** `vmhook hook vm OP SUBOP` on `sim`: its outcome, and whether the hook itself ran. */
+async function byHand(sim: SimHost, op: string, subop: string): Promise<{ code: number; stderr: string; ran: boolean }> {
+  let ran = false;
+  const hookMain = async () => {
+    ran = true;
+    return 0;
+  };
+  const { code, stderr } = await cli(["hook", "vm", op, subop, "--root", sim.root], sim, hookMain);
+  return { code, stderr, ran };
+}
+
+const NOT_WHILE_RUNNING = [["prepare", "begin"], ["start", "begin"], ["stopped", "end"], ["release", "end"]] as const;
+
+test("vmhook hook prepare (start, stopped, release) on a running VM is refused, naming the VM and what to do: the hook would undo its live journal as a crashed run's", async () => {
+  const sim = new SimHost().dir("/var/log").file("/run/libvirt/qemu/vm.pid", process.pid);
+  try {
+    for (const [op, subop] of NOT_WHILE_RUNNING) {
+      const outcome = await byHand(sim, op, subop);
+      assert.equal([outcome.code, outcome.ran], [1, false], `${op} ${subop}`);
+      assert.is(
+        outcome.stderr,
+        `vmhook: vmhook hook vm ${op} ${subop} refused: vm is running (/run/libvirt/qemu/vm.pid names a live process), and libvirt runs ${op} only while it is not: it would take back what the running VM uses\n  shut vm down first (virsh shutdown vm); started and reconnect are the events of a running VM\n`,
+        `${op} ${subop}`,
+      );
+    }
+    for (const [op, subop] of [["started", "begin"], ["reconnect", "begin"], ["migrate", "begin"]]) assert.ok((await byHand(sim, op!, subop!)).ran, `${op} runs on a running VM`);
+  } finally {
+    sim.cleanup();
+  }
+});
+
+test("vmhook hook prepare when whether the VM runs cannot be told (its pid file unreadable) is refused too, naming the file", async () => {
+  const sim = new SimHost().dir("/var/log").dir("/run/libvirt/qemu/vm.pid");
+  try {
+    const outcome = await byHand(sim, "prepare", "begin");
+    assert.equal([outcome.code, outcome.ran], [1, false]);
+    assert.match(outcome.stderr, "vmhook: vmhook hook vm prepare begin refused: cannot tell whether vm runs (cannot read /run/libvirt/qemu/vm.pid (EISDIR)");
+  } finally {
+    sim.cleanup();
+  }
+});
+
+test("vmhook hook prepare on a VM that is shut off runs the hook", async () => {
+  const sim = new SimHost().dir("/var/log");
+  try {
+    for (const [op, subop] of NOT_WHILE_RUNNING) assert.ok((await byHand(sim, op, subop)).ran, `${op} ${subop}`);
+  } finally {
+    sim.cleanup();
+  }
+});
+
+test.run();
