@@ -128,6 +128,27 @@ export function slotFunctions(host: Host, address: string): string[] {
 export const isDisplayClass = (classCode: string) => classCode.startsWith("0x03");
 export const isBridgeClass = (classCode: string) => classCode.startsWith("0x0604") || classCode.startsWith("0x0600");
 
+/** Drivers the kernel's vfio accepts beside a device in use: they manage DMA themselves (driver_managed_dma). */
+const GROUP_VIABLE_DRIVERS = ["vfio-pci", "pci-stub", "pcieport"];
+
+/**
+ * Whether vfio lets a group be used while `other` (a member not handed over)
+ * stays as it is: with no driver, or one of GROUP_VIABLE_DRIVERS. Kernels
+ * before 5.19 also took a PCI-to-PCI bridge (a header other than normal) on
+ * any driver; since, that driver must manage DMA itself. A host bridge's
+ * header is normal: on a driver, it never is. The one rule for prepare,
+ * doctor and `vmhook iommu`.
+ */
+export function viableBeside(other: Pick<PciDevice, "classCode" | "driver">, release: string): boolean {
+  if (other.driver === undefined || GROUP_VIABLE_DRIVERS.includes(other.driver)) return true;
+  const [major, minor] = (/^(\d+)\.(\d+)/.exec(release) ?? []).slice(1).map(Number);
+  const before519 = major !== undefined && minor !== undefined && (major < 5 || (major === 5 && minor < 19));
+  return before519 && other.classCode.startsWith("0x0604");
+}
+
+/** How to free a bridge vfio does not accept beside a device in use: vfio-pci takes no bridge, so off its driver or onto pcieport. */
+export const freeBridge = (address: string, driver: string) => `unbind it from ${driver} (echo ${address} > ${PCI_DRIVERS}/${driver}/unbind) or let pcieport drive it`;
+
 export const PCI_DRIVERS = "/sys/bus/pci/drivers";
 
 /** Whether a PCI driver is registered (its module is loaded or built in). */

@@ -5,7 +5,7 @@ import { describeDevice, readIommuGroups, type GroupDevice } from "../diagnostic
 import type { GlobalOptions } from "./options.ts";
 import { print, printJson } from "./output.ts";
 
-const VERDICT_LABEL = { isolated: "isolated", shared: "NOT isolated", "bridges-only": "bridges only" };
+const VERDICT_LABEL = { isolated: "isolated", blocked: "isolated, but blocked by a bridge", shared: "NOT isolated", "bridges-only": "bridges only" };
 
 function deviceLine(device: GroupDevice): string {
   if (!device.ids) return `  ${device.address}  (not a PCI device)`;

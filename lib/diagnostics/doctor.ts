@@ -17,7 +17,7 @@ import { kernelRelease, moduleList, moduleName } from "../kernel-modules.ts";
 import { describeStuckWrite, listStuckWrites, STUCK_ADVICE } from "../stuck-writes.ts";
 import { paths } from "../paths.ts";
 import { refuseUntrustedStateDir } from "../state-files.ts";
-import { pciExists } from "../pci.ts";
+import { freeBridge, pciExists } from "../pci.ts";
 import { formatKiB } from "../validate.ts";
 import { hostNodes, hugepagePool, hugepageSizes, HUGEPAGE_DIR, meminfo } from "../memory.ts";
 import { listInstalledPlugins } from "../custom-plugins.ts";
@@ -28,7 +28,7 @@ import { abandonedStart, BEING_STARTED, forceWhenShutOff } from "../cli/recover.
 import { runningOrWhyUnknown } from "../cli/running.ts";
 import { isLegacyPlugin } from "../plugin.ts";
 import { fail, ok, roundMiB, warn, type Finding } from "./findings.ts";
-import { readIommuGroups, type IommuReport } from "./iommu.ts";
+import { describeBlockingBridge, readIommuGroups, type IommuReport } from "./iommu.ts";
 import { nvidiaGpus } from "./domain-fixes.ts";
 
 export type { Finding, Status } from "./findings.ts";
@@ -294,6 +294,11 @@ function hostdevChecks(host: Host, domain: Domain, iommu: IommuReport): Finding[
     const otherCards = outside.filter((device) => slotOf(device.address) !== slotOf(address));
     if (otherCards.length > 0) {
       return fail(check, `IOMMU group ${group.id} also holds ${otherCards.map(label).join(", ")}, which the VM does not get; VFIO takes the whole group from the host`, "give the VM those devices too, or move the card to a slot with its own IOMMU group (vmhook iommu shows the groups)");
+    }
+    // Bridges are no card, yet one on a driver vfio does not accept beside a device in use blocks the group: prepare refuses it.
+    const blocking = group.devices.filter((device) => device.bridge && !device.viableBeside && !addresses.has(device.address));
+    if (blocking.length > 0) {
+      return fail(check, `IOMMU group ${group.id} also holds ${blocking.map(describeBlockingBridge).join(", ")}: the group is not viable`, blocking.map((bridge) => freeBridge(bridge.address, bridge.driver!)).join("; "));
     }
     const sameCard = outside.filter((device) => slotOf(device.address) === slotOf(address));
     if (sameCard.length > 0) {

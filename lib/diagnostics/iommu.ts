@@ -1,9 +1,10 @@
 // IOMMU groups as passthrough sees them: a device can only be given to a VM
-// together with every other device of its IOMMU group (bridges aside), so
-// each group gets a verdict. Reads sysfs and procfs only, through the Host.
+// together with every other device of its IOMMU group (bridges aside, when
+// on a driver vfio accepts beside it), so each group gets a verdict. Reads sysfs and procfs only, through the Host.
 import type { Host } from "../host.ts";
 import { howToBootWith, howToBootWithout } from "../host-advice.ts";
-import { isBridgeClass, readPciDevice } from "../pci.ts";
+import { kernelRelease } from "../kernel-modules.ts";
+import { freeBridge, isBridgeClass, readPciDevice, viableBeside } from "../pci.ts";
 import { PATTERNS } from "../validate.ts";
 import { readPciNames } from "./pciids.ts";
 
@@ -20,9 +21,11 @@ export interface GroupDevice {
   deviceName?: string;
   driver?: string;
   bridge: boolean;
+  /** Whether vfio accepts it, as it is now, beside a device of its group passed through (viableBeside): the verdict counts no bridge that it accepts. */
+  viableBeside: boolean;
 }
 
-export type GroupVerdict = "isolated" | "shared" | "bridges-only";
+export type GroupVerdict = "isolated" | "blocked" | "shared" | "bridges-only";
 
 export interface IommuGroup {
   id: string;
@@ -52,6 +55,7 @@ export function readIommuGroups(host: Host): IommuReport {
 
   const members = ids.map((id) => ({ id, addresses: host.list(`${IOMMU_GROUPS}/${id}/devices`) }));
   const pci = members.flatMap((group) => group.addresses).filter((address) => PATTERNS.pciAddress.test(address)).map((address) => readPciDevice(host, address));
+  const release = kernelRelease(host);
   const names = readPciNames(host, pci.map((device) => ({ vendor: hex(device.vendor), device: hex(device.device), classCode: hex(device.classCode).slice(0, 4) })));
   const byAddress = new Map(
     pci.map((device) => {
@@ -65,19 +69,32 @@ export function readIommuGroups(host: Host): IommuReport {
         deviceName: names.device(vendor, id),
         driver: device.driver,
         bridge: isBridgeClass(device.classCode),
+        viableBeside: viableBeside(device, release),
       };
       return [device.address, entry];
     }),
   );
   const groups = members.map(({ id, addresses }) => {
     // Non-PCI members (rare on x86) still share the group: list them by name.
-    const devices = addresses.map((address) => byAddress.get(address) ?? { address, classCode: "", ids: "", bridge: false });
+    const devices = addresses.map((address) => byAddress.get(address) ?? { address, classCode: "", ids: "", bridge: false, viableBeside: true });
     return { id, devices, ...verdict(devices) };
   });
   return { enabled: true, groups, namesFrom: names.source };
 }
 
+/** A group to pass through that holds a bridge vfio does not accept: "blocked", naming it and how to free it (as prepare refuses it). */
 function verdict(devices: GroupDevice[]): { verdict: GroupVerdict; reason: string } {
+  const grouping = groupingVerdict(devices);
+  const blocking = devices.filter((device) => device.bridge && !device.viableBeside);
+  if (grouping.verdict === "bridges-only" || blocking.length === 0) return grouping;
+  return { verdict: grouping.verdict === "isolated" ? "blocked" : grouping.verdict, reason: [grouping.reason, ...blocking.map((bridge) => `but it holds ${describeBlockingBridge(bridge)}: ${freeBridge(bridge.address, bridge.driver!)}`)].join("; ") };
+}
+
+/** "bridge 00:01.0 on shpchp, which vfio does not accept beside a device passed through". */
+export const describeBlockingBridge = (bridge: GroupDevice) => `bridge ${short(bridge.address)} on ${bridge.driver}, which vfio does not accept beside a device passed through`;
+
+/** The verdict from which cards share the group, bridges aside. */
+function groupingVerdict(devices: GroupDevice[]): { verdict: GroupVerdict; reason: string } {
   const endpoints = devices.filter((device) => !device.bridge);
   const slots = [...new Set(endpoints.map((device) => slotOf(device.address)))];
   if (endpoints.length === 0) return { verdict: "bridges-only", reason: "only bridges: nothing to pass through" };

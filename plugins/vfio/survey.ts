@@ -7,6 +7,7 @@ import { kernelRelease } from "../../lib/kernel-modules.ts";
 import type { Host } from "../../lib/host.ts";
 import { openFiles, processIds, processName } from "../../lib/open-files.ts";
 import {
+  freeBridge,
   iommuGroupMembers,
   isBridgeClass,
   isDisplayClass,
@@ -19,6 +20,7 @@ import {
   pciPath,
   readPciDevice,
   slotFunctions,
+  viableBeside,
   virtualFunctions,
   type PciDevice,
 } from "../../lib/pci.ts";
@@ -106,23 +108,6 @@ function describeDevice(device: PciDevice): string {
   return `${device.address} (class ${device.classCode}, ${device.driver ? `driver ${device.driver}` : "no driver"})`;
 }
 
-/** Drivers the kernel's vfio accepts beside a device in use: they manage DMA themselves (driver_managed_dma). */
-const GROUP_VIABLE_DRIVERS = [...HARMLESS_DRIVERS, "pcieport"];
-
-/**
- * Whether vfio lets a group be used while `other` (a member not handed over)
- * stays as it is: with no driver, or one of GROUP_VIABLE_DRIVERS. Kernels
- * before 5.19 also took a PCI-to-PCI bridge (a header other than normal) on
- * any driver; since, that driver must manage DMA itself. A host bridge's
- * header is normal: on a driver, it never is.
- */
-function viableBeside(other: PciDevice, release: string): boolean {
-  if (other.driver === undefined || GROUP_VIABLE_DRIVERS.includes(other.driver)) return true;
-  const [major, minor] = (/^(\d+)\.(\d+)/.exec(release) ?? []).slice(1).map(Number);
-  const before519 = major !== undefined && minor !== undefined && (major < 5 || (major === 5 && minor < 19));
-  return before519 && other.classCode.startsWith("0x0604");
-}
-
 /** vfio hands over whole IOMMU groups: every other member must be free, or on a driver vfio accepts (viableBeside). */
 function checkIommuGroups(host: Host, devices: Device[]): void {
   const ours = new Set(devices.map((device) => device.address));
@@ -142,7 +127,7 @@ function checkIommuGroups(host: Host, devices: Device[]): void {
     if (blocking.length > 0) {
       const members = devices.filter((device) => device.iommuGroup === group).map((device) => device.address);
       // vfio-pci takes no bridge: one stays in the group, on no driver or one that vfio accepts.
-      const bridges = blocking.filter((other) => isBridgeClass(other.classCode)).map((bridge) => `${bridge.address} is a bridge, which vfio-pci does not take: unbind it from ${bridge.driver} (echo ${bridge.address} > /sys/bus/pci/drivers/${bridge.driver}/unbind) or let pcieport drive it`);
+      const bridges = blocking.filter((other) => isBridgeClass(other.classCode)).map((bridge) => `${bridge.address} is a bridge, which vfio-pci does not take: ${freeBridge(bridge.address, bridge.driver!)}`);
       problems.push([`IOMMU group ${group} holds ${members.join(", ")} and also ${blocking.map(describeDevice).join(", ")}`, ...bridges].join("; "));
     }
   }

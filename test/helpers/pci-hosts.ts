@@ -112,11 +112,11 @@ function basics(sim: SimHost, cpu: "GenuineIntel" | "AuthenticAMD", cmdline: str
   return sim;
 }
 
-/** Intel desktop, one NVIDIA GPU in the x16 slot: the root port, the GPU and its audio function in group 1. */
-export function desktopHost(): SimHost {
+/** Intel desktop, one NVIDIA GPU in the x16 slot: the root port (on rootPortDriver), the GPU and its audio function in group 1. */
+export function desktopHost(rootPortDriver = "pcieport"): SimHost {
   const sim = basics(new SimHost(), "GenuineIntel", "intel_iommu=on iommu=pt");
   addPciDevice(sim, { address: "0000:00:00.0", classCode: "0x060000", vendor: "0x8086", device: "0x3e30", group: 0 });
-  addPciDevice(sim, { address: "0000:00:01.0", classCode: "0x060400", vendor: "0x8086", device: "0x1901", driver: "pcieport", group: 1 });
+  addPciDevice(sim, { address: "0000:00:01.0", classCode: "0x060400", vendor: "0x8086", device: "0x1901", driver: rootPortDriver, group: 1 });
   addPciDevice(sim, { address: "0000:01:00.0", classCode: "0x030000", vendor: "0x10de", device: "0x2684", driver: "nvidia", group: 1 });
   addPciDevice(sim, { address: "0000:01:00.1", classCode: "0x040300", vendor: "0x10de", device: "0x22ba", driver: "snd_hda_intel", group: 1 });
   addPciDevice(sim, { address: "0000:02:00.0", classCode: "0x010802", vendor: "0x144d", device: "0xa808", driver: "nvme", group: 2 });

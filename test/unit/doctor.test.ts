@@ -152,6 +152,17 @@ test("shared group behind a root port: the hostdev fails, naming the device it s
   sim.cleanup();
 });
 
+test("a root port on shpchp in the GPU's group: the hostdev fails on kernel 6.1, as prepare refuses it, naming the bridge, its driver and how to free it; ok before 5.19", async () => {
+  const sim = desktopHost("shpchp");
+  const { domain } = await doctor(sim, domainXml({ devices: GPU_AND_AUDIO }));
+  assert.is(domain("hostdev 0000:01:00.0").status, "fail");
+  assert.is(domain("hostdev 0000:01:00.0").reason, "IOMMU group 1 also holds bridge 00:01.0 on shpchp, which vfio does not accept beside a device passed through: the group is not viable");
+  assert.is(domain("hostdev 0000:01:00.0").fix, "unbind it from shpchp (echo 0000:00:01.0 > /sys/bus/pci/drivers/shpchp/unbind) or let pcieport drive it");
+  sim.file("/proc/sys/kernel/osrelease", "5.15.0-91-generic");
+  assert.is((await doctor(sim, domainXml({ devices: GPU_AND_AUDIO }))).domain("hostdev 0000:01:00.0").status, "ok");
+  sim.cleanup();
+});
+
 test("IOMMU off: a host warning without a domain, a failure with a passthrough domain", async () => {
   const sim = iommuOffHost();
   assert.is((await doctor(sim)).host("iommu").status, "warn");

@@ -50,6 +50,19 @@ test("a group shared behind a root port: not isolated, naming the other card", (
   sim.cleanup();
 });
 
+test("a root port on shpchp in the GPU's group: blocked on kernel 6.1 (prepare refuses it), naming the bridge, its driver and the fix; isolated before 5.19", () => {
+  const sim = desktopHost("shpchp");
+  const blocked = readIommuGroups(sim).groups[1]!;
+  assert.is(blocked.verdict, "blocked");
+  assert.is(
+    blocked.reason,
+    "one card: pass all 2 functions (01:00.0, 01:00.1) together; but it holds bridge 00:01.0 on shpchp, which vfio does not accept beside a device passed through: unbind it from shpchp (echo 0000:00:01.0 > /sys/bus/pci/drivers/shpchp/unbind) or let pcieport drive it",
+  );
+  sim.file("/proc/sys/kernel/osrelease", "5.15.0-91-generic");
+  assert.is(readIommuGroups(sim).groups[1]!.verdict, "isolated");
+  sim.cleanup();
+});
+
 test("IOMMU off: no groups, and the kernel parameter that turns it on, by CPU vendor and command line", () => {
   const cases: [ReturnType<typeof iommuOffHost>, RegExp][] = [
     [iommuOffHost("GenuineIntel").file("/etc/default/grub", "GRUB_CMDLINE_LINUX_DEFAULT=quiet\n").file("/usr/sbin/update-grub"), /boot with intel_iommu=on iommu=pt: add intel_iommu=on iommu=pt to GRUB_CMDLINE_LINUX_DEFAULT in \/etc\/default\/grub, run update-grub and reboot/],
