@@ -48,7 +48,8 @@ interface MdevType {
   id: string;
   name?: string;
   description?: string;
-  available: number;
+  /** Instances left, from available_instances; or what that file shows instead of a count. */
+  available: number | { unreadable: string };
 }
 
 function offeredTypes(host: Host, parent: string): MdevType[] {
@@ -56,14 +57,20 @@ function offeredTypes(host: Host, parent: string): MdevType[] {
     id,
     name: host.readTrimmed(typePath(parent, id, "name")),
     description: host.readTrimmed(typePath(parent, id, "description")),
-    available: Number(host.readTrimmed(typePath(parent, id, "available_instances")) ?? 0),
+    available: availableInstances(host.readTrimmed(typePath(parent, id, "available_instances"))),
   }));
+}
+
+/** A count, or what the file shows instead: never taken for 0 left, which would say the type is used up. */
+function availableInstances(text: string | undefined): MdevType["available"] {
+  if (text !== undefined && /^\d+$/.test(text)) return Number(text);
+  return { unreadable: text === undefined ? "is absent" : text === "" ? "is empty" : `holds ${JSON.stringify(text.slice(0, 40))}, not a count` };
 }
 
 /** "i915-GVTg_V5_4: GVTg_V5_4, low_gm_size: 128MB, ..., resolution: 1920x1200; 2 available" */
 function describeType(type: MdevType): string {
   const about = [type.name, type.description?.replace(/\s*\n\s*/g, ", ")].filter(Boolean).join(", ");
-  return `${type.id}: ${about ? `${about}; ` : ""}${type.available} available`;
+  return `${type.id}: ${about ? `${about}; ` : ""}${typeof type.available === "number" ? type.available : "?"} available`;
 }
 
 /** An existing mdev's parent (the directory it lives in) and type (its mdev_type link), or undefined. */
@@ -232,11 +239,18 @@ function planMdev(ctx: PlanView, device: MdevDevice): MdevPlan {
  */
 function instanceShortage(ctx: PlanView, plans: MdevPlan[], plan: MdevPlan): Refusal | undefined {
   const needed = plans.filter((other) => other.create && !other.refused && other.parent === plan.parent && other.type === plan.type).length;
-  if (needed <= plan.offered.available) return undefined;
+  const { available } = plan.offered;
+  if (typeof available !== "number") {
+    return {
+      reason: `${plan.element}: cannot tell how many ${plan.type} instances are left on ${plan.parent}: ${typePath(plan.parent, plan.type, "available_instances")} ${available.unreadable}; check the parent's driver (dmesg), or choose another type`,
+      remedies: [],
+    };
+  }
+  if (needed <= available) return undefined;
   const held = mdevsOn(ctx, plan.parent);
   return {
     reason:
-      `${plan.element}: ${needed > 1 ? `needs ${needed} ${plan.type} instances` : `no ${plan.type} instance is left`} on ${plan.parent} (available_instances is ${plan.offered.available}); ` +
+      `${plan.element}: ${needed > 1 ? `needs ${needed} ${plan.type} instances` : `no ${plan.type} instance is left`} on ${plan.parent} (available_instances is ${available}); ` +
       `stop a VM that uses one, remove an unused one (echo 1 > ${MDEV_DEVICES}/UUID/remove) or choose a smaller type`,
     remedies: held.length > 0 ? [`mdevs on ${plan.parent}:`, ...held.map((line) => `  ${line}`)] : [`${plan.parent} has no mdev now; its types' resources are in use elsewhere`],
   };

@@ -1,5 +1,6 @@
 // The mdev and vgpu plugins on the simulated GVT-g and NVIDIA vGPU hosts of
 // test/helpers/mdev-kernel.ts.
+import * as fs from "node:fs";
 import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { cli } from "../helpers/cli.ts";
@@ -143,6 +144,21 @@ test("no instance left: fails naming the mdevs on the parent and who made them; 
   sim.cleanup();
 });
 
+test("available_instances absent, empty or not a count: refused before anything changes, naming the file and what it holds, not taken for 0 instances left", async () => {
+  const file = `/sys/class/mdev_bus/${GPU}/mdev_supported_types/i915-GVTg_V5_4/available_instances`;
+  for (const [content, holds] of [[undefined, "is absent"], ["", "is empty"], ["n/a", 'holds "n/a", not a count']] as const) {
+    const sim = gvtHost();
+    if (content === undefined) fs.rmSync(sim.resolve(file));
+    else sim.file(file, content);
+    const before = sim.snapshot();
+    const result = await runHookEvent(sim, "prepare", "begin", domainXml({ mdevs: [UUID_A], hooks: `<vmhook:mdev type="i915-GVTg_V5_4"/>` }));
+    assert.is(result.code, 1);
+    assert.match(result.stderr.split("\n")[0]!, `<vmhook:mdev type="i915-GVTg_V5_4">: cannot tell how many i915-GVTg_V5_4 instances are left on ${GPU}: ${file} ${holds}; `);
+    assert.equal(sim.snapshot(), before);
+    sim.cleanup();
+  }
+});
+
 test("no instance left now: validate exits 1 saying prepare would refuse it here, plan marks the step REFUSED, enable stores it with that warning", async () => {
   const sim = gvtHost();
   // Another VM holds the only V5_1 instance; this VM may start once that one stops.
@@ -243,6 +259,7 @@ test("vmhook doctor's mdev check fails exactly where prepare refuses, with prepa
     { what: "the UUID exists with another type", sim: otherType, parts: { mdevs: [UUID_A], hooks: `<vmhook:mdev type="i915-GVTg_V5_4"/>` } },
     { what: "another element's UUID exists", sim: () => otherType().file(`${GPU_DIR}/mdev_supported_types/i915-GVTg_V5_1/available_instances`, 0), parts: { mdevs: [UUID_A, UUID_B], hooks: `<vmhook:mdev type="i915-GVTg_V5_1" uuid="${UUID_B}"/><vmhook:mdev type="i915-GVTg_V5_8" uuid="${UUID_A}"/>` } },
     { what: "the UUID exists and a journal cannot be read", sim: () => startedAs("i915-GVTg_V5_4")().file(paths.journal(WIN10.uuid), "{"), parts: { mdevs: [UUID_A], hooks: `<vmhook:mdev type="i915-GVTg_V5_4"/>` } },
+    { what: "available_instances is not a count", sim: () => gvtHost().file(`${GPU_DIR}/mdev_supported_types/i915-GVTg_V5_4/available_instances`, "n/a"), parts: { mdevs: [UUID_A], hooks: `<vmhook:mdev type="i915-GVTg_V5_4"/>` } },
     { what: "two mdevs of a type with one instance left", sim: gvtHost, parts: { mdevs: [UUID_A, UUID_B], hooks: `<vmhook:mdev type="i915-GVTg_V5_2" uuid="${UUID_A}"/><vmhook:mdev type="i915-GVTg_V5_2" uuid="${UUID_B}"/>` } },
   ];
   for (const { what, sim: makeHost, parts } of cases) {
