@@ -15,7 +15,7 @@ import { paths } from "../paths.ts";
 import { isLegacyPlugin, type Plugin, type PluginRegistry } from "../plugin.ts";
 import type { HostSettings } from "../settings.ts";
 import { undoUnjournaled, type RunEnvironment } from "../transaction.ts";
-import { uuidRunningOrWhyUnknown } from "./running.ts";
+import { runningDomains, uuidRunningOrWhyUnknown } from "./running.ts";
 
 /** A claim of a holder whose journal is gone: given back (what its undo did), failed (what it tried, and why), or left (why). */
 export interface OrphanClaim {
@@ -27,11 +27,12 @@ export interface OrphanClaim {
   error?: string;
 }
 
-/** A plugin's shared state no claim needs: given back, or failed (what it tried, if it got that far, and why). */
+/** A plugin's shared state no claim needs: given back, failed (what it tried, if it got that far, and why), or left (why: a domain runs that may need it). */
 export interface UnheldShared {
   plugin: string;
   given?: string;
   failed?: string;
+  left?: string;
   error?: string;
 }
 
@@ -136,7 +137,13 @@ export async function giveBackUnheldShared(recovery: Recovery): Promise<UnheldSh
       const results: UnheldShared[] = [];
       for (const { id, plugin } of plugins) {
         try {
-          const outcomes = await undoUnjournaled(environment(recovery, id), id, plugin, { name: id, uuid: "" }, undoDeadline(recovery), (ctx) => plugin.unheldShared!(ctx));
+          let left: string | undefined;
+          const outcomes = await undoUnjournaled(environment(recovery, id), id, plugin, { name: id, uuid: "" }, undoDeadline(recovery), (ctx) => {
+            const steps = plugin.unheldShared!(ctx);
+            left = steps.length > 0 ? runningWithoutJournal(recovery.host) : undefined;
+            return left === undefined ? steps : [];
+          });
+          if (left !== undefined) results.push({ plugin: id, left });
           results.push(...outcomes.map((outcome) => ({ plugin: id, ...reported(outcome) })));
         } catch (error) {
           results.push({ plugin: id, error: describeError(error) });
@@ -147,6 +154,18 @@ export async function giveBackUnheldShared(recovery: Recovery): Promise<UnheldSh
   } catch (error) {
     return plugins.map(({ id }) => ({ plugin: id, error: describeError(error) }));
   }
+}
+
+/**
+ * Why shared state no journal claims stays: a domain runs with no journal
+ * (the one removed by hand while it ran may be the one that needed it), or
+ * undefined. Throws when which domains run cannot be told.
+ */
+function runningWithoutJournal(host: Host): string | undefined {
+  const unjournaled = runningDomains(host).filter(({ uuid }) => !journaled(host, uuid));
+  if (unjournaled.length === 0) return undefined;
+  const named = unjournaled.map(({ name, uuid }) => `${name} (${uuid})`).join(", ");
+  return `${named} run${unjournaled.length === 1 ? "s" : ""} with no journal of it, and may need it; once ${unjournaled.length === 1 ? "it stops" : "they stop"}, run vmhook recover`;
 }
 
 /** What recover prints for a claim of a holder whose journal is gone. */
@@ -161,8 +180,9 @@ export function describeOrphanClaim({ uuid, resource, given, failed, skipped, er
 }
 
 /** What recover prints for a plugin's shared state no claim needs. */
-export function describeUnheldShared({ plugin, given, failed, error }: UnheldShared): string {
+export function describeUnheldShared({ plugin, given, failed, left, error }: UnheldShared): string {
   if (given) return `${plugin}: given back what no VM holds: ${given}`;
+  if (left) return `${plugin}: left what no journal holds: ${left}`;
   if (failed) return `${plugin}: could not give back what no VM holds (${failed}): ${error}; fix the cause and run vmhook recover again`;
   return `${plugin}: what no VM holds was not given back: ${error}`;
 }

@@ -22,25 +22,35 @@ function livePid(host: Host, name: string): number | undefined {
 }
 
 /**
+ * The domains whose QEMU runs, each with the UUID it was started with: every
+ * libvirt pid file naming a live process with -uuid UUID. libvirt always
+ * passes -uuid, so a live process without it is no domain's (driver.pid
+ * there is libvirt's own daemon). Throws when the directory, a pid file or a
+ * command line cannot be read.
+ */
+export function runningDomains(host: Host): { name: string; uuid: string }[] {
+  return host
+    .list(paths.libvirtQemuRunDir)
+    .filter((entry) => entry.endsWith(".pid"))
+    .flatMap((entry) => {
+      const name = entry.slice(0, -".pid".length);
+      const pid = livePid(host, name);
+      // One that has just exited has no command line left (undefined).
+      const args = pid === undefined ? [] : (host.readTrimmed(`/proc/${pid}/cmdline`) ?? "").split("\0");
+      const at = args.indexOf("-uuid");
+      const uuid = at >= 0 ? args[at + 1] : undefined;
+      return uuid ? [{ name, uuid: uuid.toLowerCase() }] : [];
+    });
+}
+
+/**
  * Whether the domain of this UUID runs, when no journal names it (a claim's
- * holder whose journal is gone): one of libvirt's pid files names a live QEMU
- * started with -uuid UUID. libvirt always passes -uuid, so a live process
- * without it is no domain's (driver.pid there is libvirt's own daemon). Or
- * why that cannot be told: the directory, a pid file or a command line
- * cannot be read.
+ * holder whose journal is gone): one of runningDomains. Or why that cannot be
+ * told: the directory, a pid file or a command line cannot be read.
  */
 export function uuidRunningOrWhyUnknown(host: Host, uuid: string): boolean | string {
   try {
-    return host
-      .list(paths.libvirtQemuRunDir)
-      .filter((entry) => entry.endsWith(".pid"))
-      .some((entry) => {
-        const pid = livePid(host, entry.slice(0, -".pid".length));
-        // One that has just exited has no command line left (undefined).
-        const args = pid === undefined ? [] : (host.readTrimmed(`/proc/${pid}/cmdline`) ?? "").split("\0");
-        const at = args.indexOf("-uuid");
-        return at >= 0 && args[at + 1]?.toLowerCase() === uuid;
-      });
+    return runningDomains(host).some((domain) => domain.uuid === uuid);
   } catch (error) {
     return describeError(error);
   }

@@ -652,12 +652,17 @@ test("recover says which claim of a VM whose journal is gone it could not give b
   }
 });
 
+/** vmA prepared with <vmhook:isolate irqs="yes"> on an isolateHost whose IRQ 30 may run on every CPU. */
+async function prepareWithIrqs(sim: SimHost): Promise<void> {
+  sim.file("/proc/irq/default_smp_affinity", "ff").file("/proc/irq/30/smp_affinity_list", "0-7");
+  const withIrqs = vmA.replace("<vmhook:isolate/>", '<vmhook:isolate irqs="yes"/>');
+  assert.is((await runHookEvent(sim, "prepare", "begin", withIrqs, "vmA")).code, 0);
+}
+
 test("recover puts back isolate's saved originals that no VM's claim needs (IRQ affinities, the default IRQ mask, systemd's AllowedCPUs), and forgets them; it used to say \"nothing to recover\"", async () => {
   const { sim, units } = isolateHost();
   try {
-    sim.file("/proc/irq/default_smp_affinity", "ff").file("/proc/irq/30/smp_affinity_list", "0-7");
-    const withIrqs = vmA.replace("<vmhook:isolate/>", '<vmhook:isolate irqs="yes"/>');
-    assert.is((await runHookEvent(sim, "prepare", "begin", withIrqs, "vmA")).code, 0);
+    await prepareWithIrqs(sim);
     assert.is(sim.read("/proc/irq/30/smp_affinity_list").trim(), "0-1,4-7");
     journalLost(sim, UUID_A);
 
@@ -668,6 +673,25 @@ test("recover puts back isolate's saved originals that no VM's claim needs (IRQ 
     assert.equal([sim.read("/proc/irq/30/smp_affinity_list").trim(), sim.read("/proc/irq/default_smp_affinity").trim()], ["0-7", "ff"]);
     assert.equal(units, { "system.slice": "", "user.slice": "", "init.scope": "" });
     assert.equal(sim.stateFiles(), [], "the originals are forgotten once put back");
+  } finally {
+    sim.cleanup();
+  }
+});
+
+test("recover leaves isolate's saved originals while a VM whose journal is gone still runs (libvirt's pid file, -uuid): its CPUs stay isolated, and it says so", async () => {
+  const { sim, units } = isolateHost();
+  try {
+    await prepareWithIrqs(sim);
+    qemuRunning(sim, "vmA", ["qemu-system-x86_64", "-uuid", UUID_A]);
+    journalLost(sim, UUID_A);
+
+    const { code, stdout } = await cli(["recover", "--root", sim.root], sim);
+    assert.is(code, 0, stdout);
+    assert.match(stdout, `isolate: left what no journal holds: vmA (${UUID_A}) runs with no journal of it, and may need it; once it stops, run vmhook recover\n`);
+    assert.is(sim.read("/proc/irq/30/smp_affinity_list").trim(), "0-1,4-7");
+    assert.equal(units, { "system.slice": "0-1,4-7", "user.slice": "0-1,4-7", "init.scope": "0-1,4-7" });
+    const json = JSON.parse((await cli(["recover", "--json", "--root", sim.root], sim)).stdout);
+    assert.equal(json.unheldShared, [{ plugin: "isolate", left: `vmA (${UUID_A}) runs with no journal of it, and may need it; once it stops, run vmhook recover` }]);
   } finally {
     sim.cleanup();
   }
