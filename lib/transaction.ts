@@ -529,7 +529,7 @@ async function undoRecord(env: RunEnvironment, plugin: AnyPlugin, pluginId: stri
  */
 export async function undoUnjournaled(env: RunEnvironment, pluginId: string, plugin: Plugin, domain: DomainId, deadline: Deadline, plan: (ctx: BaseContext) => Step[]): Promise<{ description: string; error?: string }[]> {
   const outcomes: { description: string; error?: string }[] = [];
-  for (const { description, record } of plan(baseContext(env, pluginId, "release", domain, deadline))) {
+  for (const { description, record } of planUnjournaled(env, pluginId, domain, deadline, plan)) {
     try {
       // No journal to rewrite: what an undo records as it goes is read again from the ledger or the shared state by the next recover.
       await settleWithin(env, pluginId, "undo", deadline, () => `undo of "${description}"`, undoRecord(env, plugin, pluginId, record, domain, deadline, () => {}));
@@ -539,6 +539,11 @@ export async function undoUnjournaled(env: RunEnvironment, pluginId: string, plu
     }
   }
   return outcomes;
+}
+
+/** The steps undoUnjournaled would undo, planned in the context it gives them and not run (status and doctor show them). */
+export function planUnjournaled(env: RunEnvironment, pluginId: string, domain: DomainId, deadline: Deadline, plan: (ctx: BaseContext) => Step[]): Step[] {
+  return plan(baseContext(env, pluginId, "release", domain, deadline));
 }
 
 /** How an entry's undo ended: it leaves the journal, or stays marked undo-failed with its cause. */

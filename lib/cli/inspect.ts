@@ -17,6 +17,7 @@ import type { GlobalOptions } from "./options.ts";
 import { print, printJson } from "./output.ts";
 import { domainBusy } from "../lock.ts";
 import { abandonedStart } from "./recover.ts";
+import { describeUnheldSharedView, unheldSharedNow } from "./recover-unheld.ts";
 import { runningOrWhyUnknown } from "./running.ts";
 import { describeStuckWrite, listStuckWrites, STUCK_ADVICE } from "../stuck-writes.ts";
 import { journalsAndClaims, type HolderView } from "../claims.ts";
@@ -186,11 +187,14 @@ const status: CommandModule<GlobalOptions, GlobalOptions> = {
     const { journals, broken, claims: claimViews, claimsError } = journalsAndClaims(host);
     const summaries = await Promise.all(journals.map((journal) => journalSummary(host, journal)));
     const stuck = listStuckWrites(host);
+    // Shared state no journal claims any more (what vmhook recover gives back), or why that cannot be told.
+    const unheldShared = await unheldSharedNow(host, registry);
     if (args.json) {
-      printJson({ domains: summaries, unreadable: broken, stuckWrites: stuck, claims: claimViews, ...(claimsError ? { unreadableClaims: claimsError } : {}) });
+      printJson({ domains: summaries, unreadable: broken, stuckWrites: stuck, claims: claimViews, unheldShared, ...(claimsError ? { unreadableClaims: claimsError } : {}) });
       return;
     }
-    if (summaries.length === 0 && broken.length === 0 && stuck.length === 0 && Object.keys(claimViews).length === 0 && !claimsError) print("no VM holds anything (no journals in /run/vmhook)");
+    const nothing = summaries.length + broken.length + stuck.length + Object.keys(claimViews).length + unheldShared.length === 0 && !claimsError;
+    if (nothing) print("no VM holds anything (no journals in /run/vmhook)");
     for (const summary of summaries) {
       print(`${summary.domain.name} (${summary.domain.uuid}): ${describeState(summary)}:`);
       for (const held of summary.holds) print(`  ${held.state === "applied" ? "-" : `[${held.state}]`} ${held.plugin}: ${held.description}${held.error ? `: ${held.error}` : ""}`);
@@ -198,6 +202,7 @@ const status: CommandModule<GlobalOptions, GlobalOptions> = {
     for (const item of broken) print(`unreadable journal ${item.file}: ${item.error}`);
     for (const [resource, view] of Object.entries(claimViews)) print(`claim ${resource}: held by ${view.holders.map(describeClaimHolder).join(", ")}${describeWaiting(view.waiting)}`);
     if (claimsError) print(`unreadable claims ledger: ${claimsError}`);
+    for (const shared of unheldShared) print(describeUnheldSharedView(shared));
     for (const write of stuck) print(`stuck driver: ${describeStuckWrite(write)}\n  ${write.running ? STUCK_ADVICE : "vmhook recover forgets this note and finishes what the journal still holds"}`);
   },
 };

@@ -13,8 +13,8 @@ import { ifDomainIdle, withHostLock } from "../lock.ts";
 import { createLogger } from "../log.ts";
 import { paths } from "../paths.ts";
 import { isLegacyPlugin, type Plugin, type PluginRegistry } from "../plugin.ts";
-import type { HostSettings } from "../settings.ts";
-import { undoUnjournaled, type RunEnvironment } from "../transaction.ts";
+import { loadSettings, type HostSettings } from "../settings.ts";
+import { planUnjournaled, undoUnjournaled, type RunEnvironment } from "../transaction.ts";
 import { runningDomains, uuidRunningOrWhyUnknown } from "./running.ts";
 
 /** A claim of a holder whose journal is gone: given back (what its undo did), failed (what it tried, and why), or left (why). */
@@ -48,7 +48,7 @@ export interface Recovery {
   echo: "none" | "stderr";
 }
 
-async function builtins({ host, registry }: Recovery): Promise<Builtin[]> {
+async function builtins({ host, registry }: Pick<Recovery, "host" | "registry">): Promise<Builtin[]> {
   const loaded = await Promise.all(registry.builtinNames().map(async (id) => ({ id, plugin: await registry.load(id, host) })));
   return loaded.flatMap(({ id, plugin }) => (isLegacyPlugin(plugin) ? [] : [{ id, plugin }]));
 }
@@ -166,6 +166,56 @@ function runningWithoutJournal(host: Host): string | undefined {
   if (unjournaled.length === 0) return undefined;
   const named = unjournaled.map(({ name, uuid }) => `${name} (${uuid})`).join(", ");
   return `${named} run${unjournaled.length === 1 ? "s" : ""} with no journal of it, and may need it; once ${unjournaled.length === 1 ? "it stops" : "they stop"}, run vmhook recover`;
+}
+
+/** A plugin's shared state no claim needs, as status and doctor show it: what recover would give back, or why that cannot be told. */
+export interface UnheldSharedView {
+  plugin: string;
+  recoverWould?: string;
+  /** Why recover leaves it for now (giveBackUnheldShared's runningWithoutJournal). */
+  left?: string;
+  error?: string;
+}
+
+/**
+ * What giveBackUnheldShared would give back now, planned by the same plugin
+ * function with no lock taken and nothing changed (status, doctor: a
+ * snapshot). A release that ends while it reads (the originals forgotten,
+ * then its journal removed) leaves one plan naming what its claim held: only
+ * what two plans in a row name is shown. Each plugin's error when what the
+ * plan is computed from cannot be read.
+ */
+export async function unheldSharedNow(host: Host, registry: PluginRegistry): Promise<UnheldSharedView[]> {
+  const plugins = (await builtins({ host, registry })).filter(({ plugin }) => plugin.unheldShared);
+  try {
+    if (host.list(`${paths.stateDir}/shared`).length === 0) return [];
+    const settings = loadSettings(host);
+    const deadline = undoDeadline({ host, settings, registry, echo: "none" });
+    const results: UnheldSharedView[] = [];
+    for (const { id, plugin } of plugins) {
+      const env: RunEnvironment = { host, settings, registry, log: createLogger(host, { domain: id, event: "status", echo: "none", file: false }) };
+      const plan = () => planUnjournaled(env, id, { name: id, uuid: "" }, deadline, (ctx) => plugin.unheldShared!(ctx)).map((step) => step.description);
+      try {
+        const first = plan();
+        const again = first.length > 0 ? plan() : [];
+        const shown = first.filter((description) => again.includes(description));
+        const left = shown.length > 0 ? runningWithoutJournal(host) : undefined;
+        results.push(...shown.map((description) => ({ plugin: id, recoverWould: description, ...(left ? { left } : {}) })));
+      } catch (error) {
+        results.push({ plugin: id, error: describeError(error) });
+      }
+    }
+    return results;
+  } catch (error) {
+    return plugins.map(({ id }) => ({ plugin: id, error: describeError(error) }));
+  }
+}
+
+/** What status and doctor say of a plugin's shared state no claim needs. */
+export function describeUnheldSharedView({ plugin, recoverWould, left, error }: UnheldSharedView): string {
+  if (!recoverWould) return `${plugin}: cannot tell whether it keeps what no VM holds: ${error}`;
+  const kept = `${plugin} keeps what no VM holds (no journal claims it)`;
+  return left ? `${kept}: vmhook recover leaves it for now (${recoverWould}): ${left}` : `${kept}: vmhook recover would ${recoverWould}`;
 }
 
 /** What recover prints for a claim of a holder whose journal is gone. */

@@ -26,6 +26,7 @@ import { loadSettings } from "../settings.ts";
 import { isVmhookBinary } from "../cli/install.ts";
 import { abandonedStart, BEING_STARTED, forceWhenShutOff } from "../cli/recover.ts";
 import { runningOrWhyUnknown } from "../cli/running.ts";
+import { describeUnheldSharedView, unheldSharedNow } from "../cli/recover-unheld.ts";
 import { isLegacyPlugin } from "../plugin.ts";
 import { fail, ok, roundMiB, warn, type Finding } from "./findings.ts";
 import { describeBlockingBridge, readIommuGroups, type IommuReport } from "./iommu.ts";
@@ -184,7 +185,7 @@ function libvirtHook(host: Host): Finding {
   return ok("libvirt hook", `vmhook is installed as ${hook}`);
 }
 
-function leftovers(host: Host): Finding[] {
+async function leftovers(host: Host): Promise<Finding[]> {
   try {
     refuseUntrustedStateDir(host);
   } catch (error) {
@@ -218,6 +219,13 @@ function leftovers(host: Host): Finding[] {
     }),
   ];
   findings.push(...claimLeftovers(claims, claimsError));
+  for (const shared of await unheldSharedNow(host, registry)) {
+    findings.push(
+      shared.error
+        ? fail("leftovers", describeUnheldSharedView(shared), "fix what the message names, then run vmhook doctor again; until then vmhook recover cannot give it back either")
+        : warn("leftovers", describeUnheldSharedView(shared), "run vmhook recover: it gives back what no VM holds, as the last VM's release would have"),
+    );
+  }
   return findings.length > 0 ? findings : [ok("leftovers", `nothing left behind in ${paths.stateDir}`)];
 }
 

@@ -67,7 +67,7 @@ const USER_MANAGER = /^\/user\.slice\/user-(\d+)\.slice\/user@(\d+)\.service(\/.
  */
 const SESSION_DEVICE_KEEPERS = (pid: number, place: HolderPlace) => place.unit === "systemd-logind.service" || (pid === 1 && place.unit === "init.scope");
 /** logind session types that are a display, as opposed to tty, unspecified (ssh, cron) or a greeter-less program. */
-export const GRAPHICAL_SESSION_TYPES = ["x11", "wayland", "mir"];
+const GRAPHICAL_SESSION_TYPES = ["x11", "wayland", "mir"];
 /** systemd.special(7): the user manager's slice for what the graphical session needs to run (display server, portals). */
 const SESSION_SLICE = "session.slice";
 /**
@@ -83,7 +83,7 @@ const DISPLAY_MANAGER_SEAT = "seat0";
  * and not closing (a session whose leader is gone keeps the processes left in
  * its scope without KillUserProcesses=, whatever the display manager does).
  */
-const endsWithDisplayManager = (session: LogindSession | undefined) =>
+export const endsWithDisplayManager = (session: LogindSession | undefined) =>
   session !== undefined && GRAPHICAL_SESSION_TYPES.includes(session.type) && session.seat === DISPLAY_MANAGER_SEAT && session.state !== "closing";
 
 /** A process's cgroup v2 path ("0::/path"), unit, session and user manager. */

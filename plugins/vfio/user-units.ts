@@ -11,7 +11,7 @@
 import { VmhookError } from "../../lib/errors.ts";
 import { defineAction, type BaseContext, type Refusal, type Step, type UndoRecord } from "../../lib/plugin.ts";
 import { processInstance } from "../../lib/processes.ts";
-import { GRAPHICAL_SESSION_TYPES, USER_NAME, userDisplaySession, type SessionUnit } from "./holders.ts";
+import { endsWithDisplayManager, USER_NAME, userDisplaySession, type SessionUnit } from "./holders.ts";
 import { cgroupProcesses, checkedUnit } from "./units.ts";
 
 const lingerFile = (user: string) => `/var/lib/systemd/linger/${user}`;
@@ -30,17 +30,16 @@ function userManagerInstance(ctx: BaseContext, uid: number): string | undefined 
 }
 
 /**
- * The session a compositor of the user would display on: logind's display
- * session of the user (the one a compositor in a user unit takes the GPU
- * for, e.g. through libseat), when it is graphical and not ending; undefined
- * otherwise. With no graphical session left logind elects any other, e.g. the
- * ssh login the VM was started from, where a compositor cannot run (mutter
- * checks the same).
+ * Whether the user has a session a compositor of the user can display on:
+ * logind's display session of the user (the one a compositor in a user unit
+ * takes the GPU for, through libseat or logind's seat), graphical, on the
+ * display manager's seat and not ending: the kind prepare stopped the units
+ * for. With no graphical session left logind elects any other, e.g. the ssh
+ * login the VM was started from; a remote graphical one (xrdp) has no seat:
+ * mutter and kwin exit there, and a failed start would keep the release's
+ * entry, refusing every later start of the VM.
  */
-function displaySessionOf(ctx: BaseContext, uid: number): string | undefined {
-  const session = userDisplaySession(ctx.host, uid);
-  return session && GRAPHICAL_SESSION_TYPES.includes(session.type) && session.state !== "closing" ? session.id : undefined;
-}
+const hasSeatDisplaySession = (ctx: BaseContext, uid: number): boolean => endsWithDisplayManager(userDisplaySession(ctx.host, uid));
 
 interface LingerRecord extends UndoRecord {
   action: "linger-user";
@@ -129,7 +128,7 @@ function startUserUnit(record: StopUserUnitRecord, ctx: BaseContext): void {
     ctx.log.info(`vfio: ${unit} stays stopped: the systemd user manager of ${user} that ran it has ended (the session ended and nothing kept it); ${user}'s next login starts it`);
     return;
   }
-  if (displaySessionOf(ctx, uid) === undefined) {
+  if (!hasSeatDisplaySession(ctx, uid)) {
     ctx.log.info(`vfio: ${unit} stays stopped: ${user} has no session to display on now (it ended with the display manager); ${user} logs in again and the session starts it`);
     return;
   }

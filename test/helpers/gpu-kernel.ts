@@ -54,6 +54,8 @@ export interface SimUserUnit {
   slice: string;
   active: boolean;
   processes?: Record<number, [string, string[]]>;
+  /** Starting it fails with this message. */
+  failStart?: string;
 }
 
 /** A logind session as its record says: no `seat` is a session on no seat (ssh, xrdp, VNC); `service`: the PAM service that opened it. */
@@ -471,8 +473,10 @@ export class GpuKernel {
     if (verb === "stop") {
       for (const pid of Object.keys(unit.processes ?? {})) this.sim.remove(`/proc/${pid}`);
       unit.active = false;
-    } else if (verb === "start") unit.active = true;
-    else return { status: 1, stderr: `unknown verb ${verb}` };
+    } else if (verb === "start") {
+      if (unit.failStart) return { status: 1, stderr: unit.failStart };
+      unit.active = true;
+    } else return { status: 1, stderr: `unknown verb ${verb}` };
     this.userUnitUp(spec, unit);
     return { status: 0 };
   }

@@ -711,4 +711,118 @@ test("recover leaves isolate's saved originals while a VM's journal holds a clai
   }
 });
 
+// ---- status and doctor show what recover would give back of the shared state: computed as recover does, with no lock
+
+const IRQ_ORIGINALS = "put back the irq-affinity values saved before the first VM (2: /proc/irq/default_smp_affinity, /proc/irq/30/smp_affinity_list)";
+const ALLOWED_CPUS_ORIGINALS = "put back the systemd-allowed-cpus values saved before the first VM (3: system.slice, user.slice, init.scope)";
+
+/** vmA isolating IRQs too, prepared: isolate keeps the IRQ and AllowedCPUs originals in its shared state. */
+async function isolatePrepared(): Promise<{ sim: SimHost; units: Record<string, string> }> {
+  const { sim, units } = isolateHost();
+  sim.file("/proc/irq/default_smp_affinity", "ff").file("/proc/irq/30/smp_affinity_list", "0-7");
+  assert.is((await runHookEvent(sim, "prepare", "begin", vmA.replace("<vmhook:isolate/>", '<vmhook:isolate irqs="yes"/>'), "vmA")).code, 0);
+  return { sim, units };
+}
+
+const leftoversOf = async (sim: SimHost) => (await runDoctor(sim)).host.filter((finding) => finding.check === "leftovers").map((finding) => [finding.status, finding.reason]);
+
+test("status and doctor show isolate's saved originals that no VM's claim needs, as recover would give them back, without waiting for the host lock or changing anything; they used to show nothing", async () => {
+  const { sim } = await isolatePrepared();
+  const { dlopen, FFIType } = await import("bun:ffi");
+  const libc = dlopen("libc.so.6", { flock: { args: [FFIType.i32, FFIType.i32], returns: FFIType.i32 } });
+  try {
+    journalLost(sim, UUID_A);
+    // A lock taken would be waited for until this deadline, then fail.
+    sim.file("/etc/vmhook/vmhook.json", JSON.stringify({ deadlineSeconds: 1, undoDeadlineSeconds: 1 }));
+    const shared = sim.read(paths.sharedState("isolate"));
+    const before = sim.snapshot();
+    const fd = fs.openSync(sim.resolve(paths.hostLock), "a");
+    try {
+      assert.is(libc.symbols.flock(fd, 2 /* LOCK_EX */), 0, "a hook of another VM holds the host lock");
+      const status = await cli(["status", "--root", sim.root], sim);
+      assert.equal({ code: status.code, stdout: status.stdout }, {
+        code: 0,
+        stdout: `isolate keeps what no VM holds (no journal claims it): vmhook recover would ${IRQ_ORIGINALS}\nisolate keeps what no VM holds (no journal claims it): vmhook recover would ${ALLOWED_CPUS_ORIGINALS}\n`,
+      });
+      const json = JSON.parse((await cli(["status", "--json", "--root", sim.root], sim)).stdout);
+      assert.equal(json.unheldShared, [{ plugin: "isolate", recoverWould: IRQ_ORIGINALS }, { plugin: "isolate", recoverWould: ALLOWED_CPUS_ORIGINALS }]);
+      assert.equal(await leftoversOf(sim), [
+        ["warn", `isolate keeps what no VM holds (no journal claims it): vmhook recover would ${IRQ_ORIGINALS}`],
+        ["warn", `isolate keeps what no VM holds (no journal claims it): vmhook recover would ${ALLOWED_CPUS_ORIGINALS}`],
+      ]);
+    } finally {
+      fs.closeSync(fd);
+      libc.close();
+    }
+    assert.equal(sim.snapshot(), before, "nothing was given back");
+    assert.is(sim.read(paths.sharedState("isolate")), shared);
+
+    assert.is((await cli(["recover", "--root", sim.root], sim)).code, 0);
+    assert.is((await cli(["status", "--root", sim.root], sim)).stdout, "no VM holds anything (no journals in /run/vmhook)\n");
+    assert.equal(await leftoversOf(sim), [["ok", `nothing left behind in ${paths.stateDir}`]]);
+  } finally {
+    sim.cleanup();
+  }
+});
+
+test("status and doctor: isolate's shared state that a VM's journal claims is not shown as what no VM holds", async () => {
+  const { sim } = await isolatePrepared();
+  try {
+    const status = await cli(["status", "--json", "--root", sim.root], sim);
+    assert.equal(JSON.parse(status.stdout).unheldShared, []);
+    assert.not.match((await cli(["status", "--root", sim.root], sim)).stdout, "what no VM holds");
+    assert.equal((await leftoversOf(sim)).filter(([, reason]) => reason!.includes("what no VM holds")), []);
+  } finally {
+    sim.cleanup();
+  }
+});
+
+test("status and doctor: when isolate's shared state or the journals cannot be read, they say they cannot tell what recover would give back, never nothing", async () => {
+  const { sim } = await isolatePrepared();
+  try {
+    const journal = sim.resolve(paths.journal(UUID_A));
+    const intact = fs.readFileSync(journal, "utf8");
+    fs.writeFileSync(journal, "{ half a journal");
+    const unreadableJournal = await cli(["status", "--root", sim.root], sim);
+    assert.match(unreadableJournal.stdout, `isolate: cannot tell whether it keeps what no VM holds: journal ${paths.journal(UUID_A)} cannot be read`);
+    assert.ok((await leftoversOf(sim)).some(([status, reason]) => status === "fail" && reason!.startsWith(`isolate: cannot tell whether it keeps what no VM holds: journal ${paths.journal(UUID_A)} cannot be read`)));
+
+    fs.writeFileSync(journal, intact);
+    journalLost(sim, UUID_A);
+    fs.writeFileSync(sim.resolve(paths.sharedState("isolate")), "not json");
+    const status = await cli(["status", "--root", sim.root], sim);
+    assert.match(status.stdout, `isolate: cannot tell whether it keeps what no VM holds: shared state ${paths.sharedState("isolate")} cannot be read`);
+    assert.not.match(status.stdout, "no VM holds anything");
+    const json = JSON.parse((await cli(["status", "--json", "--root", sim.root], sim)).stdout);
+    assert.match(json.unheldShared[0].error, `shared state ${paths.sharedState("isolate")} cannot be read`);
+    const leftovers = await leftoversOf(sim);
+    assert.equal(leftovers.map(([status]) => status), ["fail"]);
+    assert.match(leftovers[0]![1]!, `isolate: cannot tell whether it keeps what no VM holds: shared state ${paths.sharedState("isolate")} cannot be read`);
+  } finally {
+    sim.cleanup();
+  }
+});
+
+test("status and doctor: a release that ends while they read (originals forgotten, then its journal removed) is not shown as what no VM holds", async () => {
+  const { sim } = await isolatePrepared();
+  try {
+    // Armed once the shared state is looked for; the release ends before the journals are listed.
+    let armed = false;
+    const list = sim.list.bind(sim);
+    sim.list = (hostPath: string) => {
+      if (hostPath === `${paths.stateDir}/shared`) armed = true;
+      else if (hostPath === paths.stateDir && armed && fs.existsSync(sim.resolve(paths.journal(UUID_A)))) {
+        fs.rmSync(sim.resolve(paths.sharedState("isolate")));
+        journalLost(sim, UUID_A);
+      }
+      return list(hostPath);
+    };
+    const leftovers = await leftoversOf(sim);
+    assert.ok(armed && !fs.existsSync(sim.resolve(paths.journal(UUID_A))), "the release ended while doctor read");
+    assert.equal(leftovers.filter(([, reason]) => reason!.includes("what no VM holds")), [], JSON.stringify(leftovers));
+  } finally {
+    sim.cleanup();
+  }
+});
+
 test.run();

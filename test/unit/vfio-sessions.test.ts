@@ -128,6 +128,23 @@ test("GNOME started over SSH: at release logind's display session of ana is her 
   assert.match(log(kernel), `vfio: ${SHELL} stays stopped: ana has no session to display on now`);
 });
 
+test("ana logged in over xrdp while the VM ran: at release her display session is that remote one (x11, no seat), where a compositor gets no GPU, so her units stay stopped; starting them failed the release and refused every later start of the VM", async () => {
+  const kernel = gnomeDesktop();
+  assert.is((await runHookEvent(kernel.sim, "prepare", "begin", XML, "win11")).code, 0);
+  kernel.endDisplaySession("ana");
+  kernel.session(8, { type: "x11", service: "xrdp-sesman", user: "ana", uid: 1000, processes: { 970: ["Xorg", []] } });
+  kernel.sim.file("/run/systemd/users/1000", "NAME=ana\nSTATE=active\nDISPLAY=8\n");
+  // mutter and kwin take the GPU through logind's seat of the display session: with no seat they exit.
+  for (const unit of kernel.userManagers.get("ana")!.units) unit.failStart = `Job for ${unit.name} failed because the control process exited with error code.`;
+  const release = await runHookEvent(kernel.sim, "release", "end", XML, "win11");
+  assert.is(release.code, 0, release.stderr);
+  assert.not.match(release.stderr, "could not be undone");
+  assert.not.ok(kernel.sim.execs.some((e) => e.args.includes("start") && e.args.includes("--user")), "no compositor started for a session on no seat");
+  assert.match(log(kernel), `vfio: ${SHELL} stays stopped: ana has no session to display on now`);
+  assert.equal(kernel.sim.stateFiles(), [], "nothing left for vmhook recover");
+  assert.is((await runHookEvent(kernel.sim, "prepare", "begin", XML, "win11")).code, 0, "the VM starts again");
+});
+
 test("GNOME: when ana's manager is a new one at release (it ended meanwhile), nothing is started in it", async () => {
   const kernel = gnomeDesktop();
   assert.is((await runHookEvent(kernel.sim, "prepare", "begin", XML, "win11")).code, 0);
