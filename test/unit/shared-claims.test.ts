@@ -692,6 +692,10 @@ test("recover leaves isolate's saved originals while a VM whose journal is gone 
     assert.equal(units, { "system.slice": "0-1,4-7", "user.slice": "0-1,4-7", "init.scope": "0-1,4-7" });
     const json = JSON.parse((await cli(["recover", "--json", "--root", sim.root], sim)).stdout);
     assert.equal(json.unheldShared, [{ plugin: "isolate", left: `vmA (${UUID_A}) runs with no journal of it, and may need it; once it stops, run vmhook recover` }]);
+    // status says the same before anyone runs recover.
+    const status = await cli(["status", "--root", sim.root], sim);
+    assert.match(status.stdout, `isolate keeps what no VM holds (no journal claims it): vmhook recover leaves it for now (put back the irq-affinity values saved before the first VM`);
+    assert.match(status.stdout, `: vmA (${UUID_A}) runs with no journal of it, and may need it; once it stops, run vmhook recover\n`);
   } finally {
     sim.cleanup();
   }
