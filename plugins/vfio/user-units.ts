@@ -6,7 +6,11 @@
 // all, keeps running for the VM's life. At release a unit starts again only
 // where it can run: in the same manager, with a session of the user to
 // display on (e.g. after an automatic login); otherwise the user's next
-// login starts it.
+// login starts it. A unit that refuses a manual stop (RefuseManualStop=,
+// GNOME's shell) stops with a target it is PartOf= that allows one (GNOME's
+// gnome-session-initialized.target: the session ends, as at logout); a unit
+// that refuses a manual start, or whose session vmhook ended, comes back at
+// the user's next login.
 // User docs: docs/vfio.md, "Desktop sessions".
 import { VmhookError } from "../../lib/errors.ts";
 import { defineAction, type BaseContext, type Refusal, type Step, type UndoRecord } from "../../lib/plugin.ts";
@@ -56,13 +60,73 @@ interface StopUserUnitRecord extends UndoRecord {
   /** userManagerInstance() when the unit was stopped: it starts again only in that manager. */
   manager: string;
   timeoutMs: number;
+  /** The target PartOf= which vmhook stopped instead of the unit, which refuses a manual stop; null when it stopped the unit (and in journals before this field). */
+  via: string | null;
+  /** The unit refuses a manual start (RefuseManualStart=yes); false in journals before this field. */
+  refusesStart: boolean;
+}
+
+/** What `systemctl show` says of a unit about stopping and starting it by hand. */
+interface ManualControl {
+  refusesStart: boolean;
+  refusesStop: boolean;
+  partOf: string[];
+}
+
+/**
+ * RefuseManualStart=, RefuseManualStop= and PartOf= of the units, read from
+ * the user's manager in one call (systemd refuses a manual stop or start of
+ * such a unit whatever its state); undefined when the manager does not answer.
+ */
+function manualControls(ctx: BaseContext, user: string, units: string[]): Map<string, ManualControl> | undefined {
+  const shown = ctx.run("systemctl", userSystemctl(user, "show", "--property=Id,RefuseManualStart,RefuseManualStop,PartOf", ...units), { allowFailure: true, timeoutMs: 10_000 });
+  if (shown.status !== 0) return undefined;
+  const controls = new Map<string, ManualControl>();
+  for (const block of shown.stdout.split(/\n\s*\n/)) {
+    const fields = new Map(block.split("\n").filter((line) => line.includes("=")).map((line) => [line.slice(0, line.indexOf("=")), line.slice(line.indexOf("=") + 1)] as const));
+    const id = fields.get("Id");
+    if (id) controls.set(id, { refusesStart: fields.get("RefuseManualStart") === "yes", refusesStop: fields.get("RefuseManualStop") === "yes", partOf: (fields.get("PartOf") ?? "").split(/\s+/).filter((name) => name.endsWith(".target")) });
+  }
+  return units.every((unit) => controls.has(unit)) ? controls : undefined;
+}
+
+/** How vmhook stops a unit and whether it may start it again. */
+interface StopPath {
+  /** The target PartOf= to stop instead of the unit, which refuses a manual stop; null: the unit itself. */
+  via: string | null;
+  refusesStart: boolean;
+}
+
+/** How each unit stops: itself, or through a target PartOf= that allows a manual stop; a refusal naming the unit when neither can, or when the manager does not answer. */
+function stopPaths(ctx: BaseContext, user: string, units: string[]): Map<string, StopPath> | Refusal {
+  const unanswered: Refusal = {
+    reason: `vfio: ${units.join(", ")} of ${user} hold the GPU, but ${user}'s systemd user manager does not say whether they may be stopped (systemctl --user --machine=${user}@.host show ${units.join(" ")}); start the VM again once it answers, or log out of that session first`,
+    remedies: [],
+  };
+  const controls = manualControls(ctx, user, units);
+  if (!controls) return unanswered;
+  const targets = [...new Set(units.filter((unit) => controls.get(unit)!.refusesStop).flatMap((unit) => controls.get(unit)!.partOf))];
+  const targetControls = targets.length > 0 ? manualControls(ctx, user, targets) : new Map<string, ManualControl>();
+  if (!targetControls) return unanswered;
+  const paths = new Map<string, StopPath>();
+  for (const unit of units) {
+    const { refusesStop, refusesStart, partOf } = controls.get(unit)!;
+    const target = refusesStop ? partOf.find((name) => !targetControls.get(name)!.refusesStop) : undefined;
+    if (refusesStop && !target) {
+      const why = partOf.length > 0 ? `and so does every target it is PartOf= (${partOf.join(", ")})` : "and it is PartOf= no target";
+      return { reason: `vfio: ${unit} of ${user} holds the GPU and refuses a manual stop (RefuseManualStop=yes), ${why}: vmhook cannot stop it; log out of ${user}'s session and start the VM again`, remedies: [] };
+    }
+    paths.set(unit, { via: target ?? null, refusesStart });
+  }
+  return paths;
 }
 
 /**
  * Per user with graphical units holding the GPU: keep the manager running
  * (linger, unless the user lingers already), then stop each unit. A user
- * whose manager cannot be found refuses the first step: vmhook could not
- * undo what it stops.
+ * whose manager cannot be found or does not answer, or a unit that neither
+ * it nor a target it is PartOf= lets stop, refuses the first step, before
+ * anything changed.
  */
 export function sessionUnitSteps(ctx: BaseContext, units: SessionUnit[], timeoutMs: number): Step[] {
   const steps: Step[] = [];
@@ -70,10 +134,11 @@ export function sessionUnitSteps(ctx: BaseContext, units: SessionUnit[], timeout
     const own = units.filter((unit) => unit.uid === uid);
     const user = own[0]!.user;
     const manager = userManagerInstance(ctx, uid);
-    const refused: Refusal | undefined =
+    const paths =
       manager === undefined
-        ? { reason: `vfio: ${own.map((unit) => unit.unit).join(", ")} of ${user} hold the GPU, but vmhook cannot find ${user}'s systemd user manager to stop them; log out of that session and start the VM again`, remedies: [] }
-        : undefined;
+        ? ({ reason: `vfio: ${own.map((unit) => unit.unit).join(", ")} of ${user} hold the GPU, but vmhook cannot find ${user}'s systemd user manager to stop them; log out of that session and start the VM again`, remedies: [] } satisfies Refusal)
+        : stopPaths(ctx, user, own.map((unit) => unit.unit));
+    const refused = paths instanceof Map ? undefined : paths;
     if (!ctx.host.exists(lingerFile(user)) || refused) {
       steps.push({
         action: "linger-user",
@@ -82,11 +147,16 @@ export function sessionUnitSteps(ctx: BaseContext, units: SessionUnit[], timeout
         ...(refused ? { refused } : {}),
       });
     }
+    if (!(paths instanceof Map)) continue;
     for (const unit of own) {
+      const { via, refusesStart } = paths.get(unit.unit)!;
+      const command = `systemctl --user --machine=${user}@.host stop ${via ?? unit.unit}`;
       steps.push({
         action: "stop-user-unit",
-        record: { action: "stop-user-unit", uid, user, unit: unit.unit, cgroup: unit.cgroup, manager: manager ?? "", timeoutMs },
-        description: `stop ${unit.unit} of ${user}'s graphical session (systemctl --user --machine=${user}@.host stop ${unit.unit})`,
+        record: { action: "stop-user-unit", uid, user, unit: unit.unit, cgroup: unit.cgroup, manager: manager!, timeoutMs, via, refusesStart },
+        description: via
+          ? `stop ${via} of ${user}'s graphical session, and with it ${unit.unit}, which refuses a manual stop (RefuseManualStop=yes) and is PartOf= that target (${command})`
+          : `stop ${unit.unit} of ${user}'s graphical session (${command})`,
       });
     }
   }
@@ -116,14 +186,20 @@ function checkLinger(record: UndoRecord): LingerRecord {
 export const lingerUserAction = defineAction<LingerRecord>({ check: checkLinger, apply: enableLinger, undo: disableLinger });
 
 function stopUserUnit(record: StopUserUnitRecord, ctx: BaseContext): void {
-  const { user, unit, cgroup, timeoutMs } = record;
-  ctx.run("systemctl", userSystemctl(user, "stop", unit), { timeoutMs });
+  const { user, unit, cgroup, timeoutMs, via } = record;
+  ctx.run("systemctl", userSystemctl(user, "stop", via ?? unit), { timeoutMs });
   ctx.waitFor(`the processes of ${unit} (${user}'s user manager) are gone`, () => cgroupProcesses(ctx, cgroup).length === 0, { timeoutMs });
 }
 
-/** Starts the unit again where it can run; says why not when its manager or its graphical session ended. */
+/** Starts the unit again where it can and may run; says why not when it refuses a manual start, vmhook ended its session, or its manager or graphical session ended. */
 function startUserUnit(record: StopUserUnitRecord, ctx: BaseContext): void {
-  const { uid, user, unit, cgroup } = record;
+  const { uid, user, unit, cgroup, via } = record;
+  // systemd refuses the start; a session vmhook ended comes back as after a logout.
+  if (record.refusesStart || via) {
+    const why = [record.refusesStart && "it refuses a manual start", via && `vmhook ended ${user}'s session to stop it (systemctl --user --machine=${user}@.host stop ${via})`].filter(Boolean).join(", and ");
+    ctx.log.info(`vfio: ${unit} stays stopped: ${why}; ${user}'s next login at the display manager's greeter starts it`);
+    return;
+  }
   if (userManagerInstance(ctx, uid) !== record.manager) {
     ctx.log.info(`vfio: ${unit} stays stopped: the systemd user manager of ${user} that ran it has ended (the session ended and nothing kept it); ${user}'s next login starts it`);
     return;
@@ -138,7 +214,7 @@ function startUserUnit(record: StopUserUnitRecord, ctx: BaseContext): void {
 
 function checkStopUserUnit(record: UndoRecord): StopUserUnitRecord {
   if (record.action !== "stop-user-unit") throw new VmhookError(`vfio: not a stop-user-unit record: ${record.action}`);
-  const { uid, manager, timeoutMs } = record;
+  const { uid, manager, timeoutMs, via, refusesStart } = record;
   const unit = checkedUnit(record.unit);
   const cgroup = record.cgroup;
   const valid =
@@ -150,9 +226,11 @@ function checkStopUserUnit(record: UndoRecord): StopUserUnitRecord {
     !cgroup.split("/").includes("..") &&
     typeof manager === "string" &&
     /^\d+:\d+$/.test(manager) &&
-    Number.isSafeInteger(timeoutMs);
+    Number.isSafeInteger(timeoutMs) &&
+    (via === undefined || via === null || (checkedUnit(via) === via && via.endsWith(".target"))) &&
+    (refusesStart === undefined || typeof refusesStart === "boolean");
   if (!valid) throw new VmhookError(`vfio: not a stop-user-unit record vmhook writes: ${JSON.stringify(record).slice(0, 160)}`);
-  return { action: "stop-user-unit", uid: uid as number, user: checkUser(record.user), unit, cgroup: cgroup as string, manager: manager as string, timeoutMs: timeoutMs as number };
+  return { action: "stop-user-unit", uid: uid as number, user: checkUser(record.user), unit, cgroup: cgroup as string, manager: manager as string, timeoutMs: timeoutMs as number, via: (via as string | undefined) ?? null, refusesStart: refusesStart === true };
 }
 
 export const stopUserUnitAction = defineAction<StopUserUnitRecord>({ check: checkStopUserUnit, apply: stopUserUnit, undo: startUserUnit });

@@ -48,7 +48,7 @@ export interface SimUnit {
   failStop?: string;
 }
 
-/** A unit of a user's systemd manager (user@UID.service), in one of its slices. */
+/** A unit of a user's systemd manager (user@UID.service), in one of its slices; a target has no cgroup (its slice is ignored). */
 export interface SimUserUnit {
   name: string;
   slice: string;
@@ -56,6 +56,11 @@ export interface SimUserUnit {
   processes?: Record<number, [string, string[]]>;
   /** Starting it fails with this message. */
   failStart?: string;
+  /** RefuseManualStart=, RefuseManualStop=: systemd refuses such a systemctl start/stop (GNOME's shell and session targets). */
+  refuseManualStart?: boolean;
+  refuseManualStop?: boolean;
+  /** PartOf=: stopping one of these targets stops this unit too. */
+  partOf?: string[];
 }
 
 /** A logind session as its record says: no `seat` is a session on no seat (ssh, xrdp, VNC); `service`: the PAM service that opened it. */
@@ -82,6 +87,8 @@ export interface SimUserManager {
   managerPid: number;
   display?: SimSession & { id: number };
   units: SimUserUnit[];
+  /** systemctl show fails with this message (a manager that does not answer). */
+  failShow?: string;
 }
 
 const DEV = "/sys/bus/pci/devices";
@@ -287,6 +294,7 @@ export class GpuKernel {
   }
 
   private userUnitUp(spec: SimUserManager, unit: SimUserUnit): void {
+    if (unit.name.endsWith(".target")) return;
     const cgroup = this.userUnitCgroup(spec, unit);
     const pids = unit.active ? Object.keys(unit.processes ?? {}) : [];
     this.sim.file(`/sys/fs/cgroup${cgroup}/cgroup.procs`, pids.join("\n"));
@@ -467,18 +475,38 @@ export class GpuKernel {
     if (!spec || !this.sim.readTrimmed(`/sys/fs/cgroup/user.slice/user-${spec.uid}.slice/user@${spec.uid}.service/init.scope/cgroup.procs`)) {
       return { status: 1, stderr: "Failed to connect to bus: No such file or directory" };
     }
-    const [verb, name] = [args[2], args[3]];
-    const unit = spec.units.find((candidate) => candidate.name === name);
-    if (!unit) return { status: 5, stderr: `Unit ${name} not loaded.` };
-    if (verb === "stop") {
-      for (const pid of Object.keys(unit.processes ?? {})) this.sim.remove(`/proc/${pid}`);
-      unit.active = false;
-    } else if (verb === "start") {
+    const verb = args[2];
+    const names = args.slice(3).filter((arg) => !arg.startsWith("-"));
+    if (verb === "show" && spec.failShow) return { status: 1, stderr: spec.failShow };
+    if (verb === "show") return { status: 0, stdout: names.map((name) => this.userUnitProperties(spec, name)).join("\n") };
+    const unit = spec.units.find((candidate) => candidate.name === names[0]);
+    if (!unit) return { status: 5, stderr: `Unit ${names[0]} not loaded.` };
+    if ((verb === "stop" && unit.refuseManualStop) || (verb === "start" && unit.refuseManualStart)) {
+      // As systemd's bus_unit_queue_job(), whatever the unit's state.
+      return { status: 1, stderr: `Failed to ${verb} ${unit.name}: Operation refused, unit ${unit.name} may be requested by dependency only (it is configured to refuse manual start/stop).` };
+    }
+    if (verb === "stop") this.userUnitDown(spec, unit);
+    else if (verb === "start") {
       if (unit.failStart) return { status: 1, stderr: unit.failStart };
       unit.active = true;
+      this.userUnitUp(spec, unit);
     } else return { status: 1, stderr: `unknown verb ${verb}` };
-    this.userUnitUp(spec, unit);
     return { status: 0 };
+  }
+
+  /** A unit stops, and with it every unit PartOf= it (as systemd propagates the stop). */
+  private userUnitDown(spec: SimUserManager, unit: SimUserUnit): void {
+    for (const pid of Object.keys(unit.processes ?? {})) this.sim.remove(`/proc/${pid}`);
+    unit.active = false;
+    this.userUnitUp(spec, unit);
+    for (const part of spec.units.filter((candidate) => candidate.active && candidate.partOf?.includes(unit.name))) this.userUnitDown(spec, part);
+  }
+
+  /** systemctl show -p Id,RefuseManualStart,RefuseManualStop,PartOf of one unit (a unit it does not know refuses nothing). */
+  private userUnitProperties(spec: SimUserManager, name: string): string {
+    const unit = spec.units.find((candidate) => candidate.name === name);
+    const yesNo = (value: boolean | undefined) => (value ? "yes" : "no");
+    return `Id=${name}\nRefuseManualStart=${yesNo(unit?.refuseManualStart)}\nRefuseManualStop=${yesNo(unit?.refuseManualStop)}\nPartOf=${(unit?.partOf ?? []).join(" ")}\n`;
   }
 
   private systemctl(args: string[]): { status: number; stdout?: string; stderr?: string } {

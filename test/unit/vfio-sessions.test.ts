@@ -1,9 +1,10 @@
 // Desktop sessions in single-GPU mode on a simulated host: GNOME's compositor
 // and portal run as units of the user's systemd manager (session.slice). They
-// are stopped through that manager before the display manager, the manager
+// are stopped through that manager before the display manager (GNOME's shell,
+// which refuses a manual stop, through the target it is PartOf=), the manager
 // is kept running (linger) so pipewire survives, and release starts them
-// again only where they can run. A user unit outside the graphical session
-// is refused before anything changes.
+// again only where they can and may run. A user unit outside the graphical
+// session is refused before anything changes.
 import * as fs from "node:fs";
 import { test } from "uvu";
 import * as assert from "uvu/assert";
@@ -21,21 +22,24 @@ const XML = `<domain type='kvm'><name>win11</name><uuid>${UUID}</uuid><memory un
   <devices><hostdev mode='subsystem' type='pci' managed='no'><source><address domain='0x0000' bus='0x03' slot='0x00' function='0x0'/></source></hostdev></devices></domain>`;
 const SHELL = "org.gnome.Shell@wayland.service";
 const PORTAL = "xdg-desktop-portal-gnome.service";
+const INITIALIZED = "gnome-session-initialized.target";
+// As gnome-shell's and gnome-session's units declare them: the shell refuses a manual start and stop and is PartOf= the initialized target, which refuses only a manual start.
 const SESSION_UNITS: SimUserUnit[] = [
-  { name: SHELL, slice: "session.slice", active: true, processes: { 900: ["gnome-shell", ["/dev/dri/card0"]], 901: ["Xwayland", ["/dev/dri/renderD128"]] } },
+  { name: INITIALIZED, slice: "", active: true, refuseManualStart: true },
+  { name: SHELL, slice: "session.slice", active: true, refuseManualStart: true, refuseManualStop: true, partOf: [INITIALIZED], processes: { 900: ["gnome-shell", ["/dev/dri/card0"]], 901: ["Xwayland", ["/dev/dri/renderD128"]] } },
   { name: PORTAL, slice: "session.slice", active: true, processes: { 910: ["xdg-desktop-por", ["/dev/dri/renderD128"]] } },
   { name: "pipewire.service", slice: "session.slice", active: true, processes: { 920: ["pipewire", ["/dev/snd/controlC0"]] } },
   { name: "wireplumber.service", slice: "session.slice", active: true, processes: { 921: ["wireplumber", ["/dev/snd/controlC0"]] } },
 ];
 
 /** GNOME 40+ on one AMD card: GDM as display-manager.service, ana's desktop in her user manager. */
-function gnomeDesktop(extra: SimUserUnit[] = []): GpuKernel {
+function gnomeDesktop(extra: SimUserUnit[] = [], sessionUnits: SimUserUnit[] = SESSION_UNITS): GpuKernel {
   const kernel = new GpuKernel()
     .module({ name: "amdgpu", driver: "amdgpu", loaded: true })
     .device({ address: "0000:00:01.0", classCode: "0x060400", vendor: "0x1022", group: 1 })
     .device({ address: GPU, classCode: "0x030000", vendor: "0x1002", nativeDriver: "amdgpu", group: 1, bootVga: true, nodes: ["card0", "renderD128"] })
     .unit({ name: "display-manager.service", active: true, processes: { 500: ["gdm", ["/dev/null"]] } })
-    .userManager({ uid: 1000, user: "ana", managerPid: 880, display: { id: 2, type: "wayland", seat: "seat0", service: "gdm-password" }, units: [...SESSION_UNITS.map((unit) => ({ ...unit })), ...extra] })
+    .userManager({ uid: 1000, user: "ana", managerPid: 880, display: { id: 2, type: "wayland", seat: "seat0", service: "gdm-password" }, units: [...sessionUnits.map((unit) => ({ ...unit })), ...extra] })
     .process(1, "systemd", ["/dev/null"], "/init.scope");
   kernel.sim.dir("/var/lib/systemd/linger");
   return kernel;
@@ -46,51 +50,94 @@ const stops = (kernel: GpuKernel) =>
   kernel.sim.execs.filter((e) => e.command === "loginctl" || (e.command === "systemctl" && (e.args.includes("stop") || e.args.includes("start")))).map((e) => `${e.command} ${e.args.join(" ")}`);
 const log = (kernel: GpuKernel) => fs.readFileSync(kernel.sim.resolve(paths.log), "utf8");
 
-test("GNOME: the shell and the portal stop through ana's manager before GDM, the manager lingers so pipewire keeps running; release starts them again in her session", async () => {
+const execCount = (kernel: GpuKernel) => kernel.sim.execs.length;
+const stopsSince = (kernel: GpuKernel, from: number) => stops({ sim: { execs: kernel.sim.execs.slice(from) } } as unknown as GpuKernel);
+const ENDS_SESSION = `vfio: stop ${INITIALIZED} of ana's graphical session, and with it ${SHELL}, which refuses a manual stop (RefuseManualStop=yes) and is PartOf= that target (systemctl --user --machine=ana@.host stop ${INITIALIZED})`;
+const BACK_AT_LOGIN = `vfio: ${SHELL} stays stopped: it refuses a manual start, and vmhook ended ana's session to stop it (systemctl --user --machine=ana@.host stop ${INITIALIZED}); ana's next login at the display manager's greeter starts it`;
+
+test("GNOME: the shell refuses a manual stop, so ana's session ends through the target it is PartOf= before GDM stops; the manager lingers so pipewire keeps running; release leaves the shell to her next login at the greeter", async () => {
   const kernel = gnomeDesktop();
-  const before = kernel.sim.snapshot();
   const applied = await assertPlanIsPrepare(kernel.sim, XML, "win11");
   assert.equal(applied.slice(0, 6), [
     "vfio: load module vfio-pci",
     `vfio: at release, check that the display is back: ${GPU} on amdgpu with card, renderD`,
     "vfio: keep ana's systemd user manager running while the VM runs (loginctl enable-linger ana), so audio (pipewire) survives the end of the session",
-    `vfio: stop ${SHELL} of ana's graphical session (systemctl --user --machine=ana@.host stop ${SHELL})`,
+    ENDS_SESSION,
     `vfio: stop ${PORTAL} of ana's graphical session (systemctl --user --machine=ana@.host stop ${PORTAL})`,
     "vfio: stop display-manager.service",
   ]);
   assert.equal(stops(kernel), [
     "loginctl enable-linger ana",
-    `systemctl --user --machine=ana@.host stop ${SHELL}`,
+    `systemctl --user --machine=ana@.host stop ${INITIALIZED}`,
     `systemctl --user --machine=ana@.host stop ${PORTAL}`,
     "systemctl stop display-manager.service",
   ]);
   assert.is(kernel.driverOf(GPU), "vfio-pci");
-  assert.ok(kernel.sim.exists("/var/lib/systemd/linger/ana"));
   for (const pid of [920, 921]) assert.ok(running(kernel, pid), `pipewire/wireplumber (pid ${pid}) hold no GPU and keep running`);
   for (const pid of [900, 901, 910]) assert.not.ok(running(kernel, pid));
 
-  const prepared = kernel.sim.execs.length;
+  const prepared = execCount(kernel);
   const release = await runHookEvent(kernel.sim, "release", "end", XML, "win11");
   assert.is(release.code, 0, release.stderr);
-  assert.equal(stops({ sim: { execs: kernel.sim.execs.slice(prepared) } } as unknown as GpuKernel), [
-    "systemctl start display-manager.service",
-    `systemctl --user --machine=ana@.host start ${PORTAL}`,
-    `systemctl --user --machine=ana@.host start ${SHELL}`,
-    "loginctl disable-linger ana",
-  ]);
-  assert.equal(kernel.sim.snapshot(), before);
+  assert.equal(stopsSince(kernel, prepared), ["systemctl start display-manager.service", `systemctl --user --machine=ana@.host start ${PORTAL}`, "loginctl disable-linger ana"]);
+  assert.match(log(kernel), BACK_AT_LOGIN);
+  assert.ok(kernel.units.get("display-manager.service")!.active, "GDM runs again: its greeter is where ana logs in");
+  assert.not.ok(kernel.sim.exists("/var/lib/systemd/linger/ana"));
+  assert.ok(running(kernel, 920), "pipewire still runs");
   assert.equal(kernel.sim.stateFiles(), []);
 });
 
-test("GNOME: when GDM does not stop, the rollback starts the shell and the portal again in ana's session and ends the linger: the host is as before", async () => {
-  const kernel = gnomeDesktop();
-  kernel.units.get("display-manager.service")!.failStop = "Job for gdm.service canceled";
+test("Plasma: plasma-kwin_wayland.service allows a manual stop and start: it stops through ana's manager and starts again in her session at release; the host is as before", async () => {
+  const KWIN = "plasma-kwin_wayland.service";
+  const kernel = gnomeDesktop([], [
+    { name: KWIN, slice: "session.slice", active: true, partOf: ["graphical-session.target"], processes: { 900: ["kwin_wayland", ["/dev/dri/card0"]] } },
+    { name: "pipewire.service", slice: "session.slice", active: true, processes: { 920: ["pipewire", ["/dev/snd/controlC0"]] } },
+  ]);
+  const before = kernel.sim.snapshot();
+  const planned = await plannedSteps(kernel.sim, XML);
+  assert.ok(planned.includes(`vfio: stop ${KWIN} of ana's graphical session (systemctl --user --machine=ana@.host stop ${KWIN})`), planned.join("\n"));
+  assert.is((await runHookEvent(kernel.sim, "prepare", "begin", XML, "win11")).code, 0);
+  assert.not.ok(running(kernel, 900));
+  const prepared = execCount(kernel);
+  assert.is((await runHookEvent(kernel.sim, "release", "end", XML, "win11")).code, 0);
+  assert.equal(stopsSince(kernel, prepared), ["systemctl start display-manager.service", `systemctl --user --machine=ana@.host start ${KWIN}`, "loginctl disable-linger ana"]);
+  assert.equal(kernel.sim.snapshot(), before);
+});
+
+test("GNOME: when the shell and every target it is PartOf= refuse a manual stop, the start is refused before anything changes, naming the unit and the fix", async () => {
+  const kernel = gnomeDesktop([], SESSION_UNITS.map((unit) => (unit.name === INITIALIZED ? { ...unit, refuseManualStop: true } : unit)));
   const before = kernel.sim.snapshot();
   const result = await runHookEvent(kernel.sim, "prepare", "begin", XML, "win11");
   assert.is(result.code, 1);
-  assert.match(result.stderr.split("\n")[0]!, "systemctl stop display-manager.service failed: Job for gdm.service canceled");
-  assert.equal(stops(kernel).slice(-3), [`systemctl --user --machine=ana@.host start ${PORTAL}`, `systemctl --user --machine=ana@.host start ${SHELL}`, "loginctl disable-linger ana"]);
+  assert.match(
+    result.stderr.split("\n")[0]!,
+    `vfio: ${SHELL} of ana holds the GPU and refuses a manual stop (RefuseManualStop=yes), and so does every target it is PartOf= (${INITIALIZED}): vmhook cannot stop it; log out of ana's session and start the VM again`,
+  );
+  assert.equal(stops(kernel), [], "nothing was stopped, linger untouched");
   assert.equal(kernel.sim.snapshot(), before);
+});
+
+test("when ana's manager does not say whether her session units may be stopped, the start is refused before anything changes", async () => {
+  const kernel = gnomeDesktop();
+  kernel.userManagers.get("ana")!.failShow = "Failed to get properties: Connection timed out";
+  const before = kernel.sim.snapshot();
+  const result = await runHookEvent(kernel.sim, "prepare", "begin", XML, "win11");
+  assert.is(result.code, 1);
+  assert.match(result.stderr.split("\n")[0]!, `vfio: ${SHELL}, ${PORTAL} of ana hold the GPU, but ana's systemd user manager does not say whether they may be stopped`);
+  assert.equal(stops(kernel), [], "nothing was stopped, linger untouched");
+  assert.equal(kernel.sim.snapshot(), before);
+});
+
+test("GNOME: when GDM does not stop, the rollback starts the portal again and ends the linger, and says the shell comes back at ana's next login", async () => {
+  const kernel = gnomeDesktop();
+  kernel.units.get("display-manager.service")!.failStop = "Job for gdm.service canceled";
+  const result = await runHookEvent(kernel.sim, "prepare", "begin", XML, "win11");
+  assert.is(result.code, 1);
+  assert.match(result.stderr.split("\n")[0]!, "systemctl stop display-manager.service failed: Job for gdm.service canceled");
+  assert.equal(stops(kernel).slice(-2), [`systemctl --user --machine=ana@.host start ${PORTAL}`, "loginctl disable-linger ana"]);
+  assert.match(log(kernel), BACK_AT_LOGIN);
+  assert.ok(running(kernel, 910), "the portal runs again");
+  assert.not.ok(kernel.sim.exists("/var/lib/systemd/linger/ana"));
 });
 
 test("GNOME: a user who lingers already keeps lingering; no linger step", async () => {
@@ -110,7 +157,7 @@ test("GNOME: when ana's session ended with GDM, release leaves her units to her 
   const release = await runHookEvent(kernel.sim, "release", "end", XML, "win11");
   assert.is(release.code, 0, release.stderr);
   assert.not.ok(kernel.sim.execs.some((e) => e.args.includes("start") && e.args.includes("--user")), "nothing started in a manager without a graphical session");
-  assert.match(log(kernel), `vfio: ${SHELL} stays stopped: ana has no session to display on now (it ended with the display manager); ana logs in again and the session starts it`);
+  assert.match(log(kernel), `vfio: ${PORTAL} stays stopped: ana has no session to display on now (it ended with the display manager); ana logs in again and the session starts it`);
   assert.not.ok(kernel.sim.exists("/var/lib/systemd/linger/ana"), "the linger vmhook added is gone");
   assert.ok(running(kernel, 920), "pipewire still runs");
 });
@@ -125,7 +172,7 @@ test("GNOME started over SSH: at release logind's display session of ana is her 
   const release = await runHookEvent(kernel.sim, "release", "end", XML, "win11");
   assert.is(release.code, 0, release.stderr);
   assert.not.ok(kernel.sim.execs.some((e) => e.args.includes("start") && e.args.includes("--user")), "no compositor started for a text session");
-  assert.match(log(kernel), `vfio: ${SHELL} stays stopped: ana has no session to display on now`);
+  assert.match(log(kernel), `vfio: ${PORTAL} stays stopped: ana has no session to display on now`);
 });
 
 test("ana logged in over xrdp while the VM ran: at release her display session is that remote one (x11, no seat), where a compositor gets no GPU, so her units stay stopped; starting them failed the release and refused every later start of the VM", async () => {
@@ -206,6 +253,8 @@ const BAD_RECORDS: [UndoRecord, string][] = [
   [{ ...GOOD_RECORD, unit: "--now.service" }, 'names unit "--now.service", which is not a systemd unit name'],
   [{ ...GOOD_RECORD, cgroup: "/system.slice/sshd.service" }, "not a stop-user-unit record vmhook writes"],
   [{ ...GOOD_RECORD, cgroup: `/user.slice/user-1000.slice/user@1000.service/../../../system.slice/${SHELL}` }, "not a stop-user-unit record vmhook writes"],
+  [{ ...GOOD_RECORD, via: "sshd.service" }, "not a stop-user-unit record vmhook writes"],
+  [{ ...GOOD_RECORD, via: "--now.target" }, 'names unit "--now.target", which is not a systemd unit name'],
   [{ action: "linger-user", user: "../../etc/passwd" }, 'names user "../../etc/passwd", which is not a login name'],
 ];
 for (const [record, message] of BAD_RECORDS) {
