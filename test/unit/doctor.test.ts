@@ -146,11 +146,31 @@ test("shared group behind a root port: the hostdev fails, naming the device it s
   const sim = sharedGroupHost();
   const { domain, report } = await doctor(sim, domainXml({ devices: GPU_AND_AUDIO }));
   assert.is(domain("hostdev 0000:01:00.0").status, "fail");
-  assert.is(domain("hostdev 0000:01:00.0").reason, "IOMMU group 5 also holds 02:00.0 (Non-Volatile memory controller), which the VM does not get; VFIO takes the whole group from the host");
+  assert.is(domain("hostdev 0000:01:00.0").reason, "IOMMU group 5 also holds 02:00.0 (Non-Volatile memory controller) on nvme, which vfio does not accept beside a device passed through; VFIO takes the whole group from the host");
   assert.match(domain("hostdev 0000:01:00.0").fix!, "move the card to a slot with its own IOMMU group");
   assert.ok(report.domain!.findings.some((finding) => finding.status === "fail"));
   sim.cleanup();
 });
+
+// The rule prepare uses (viableBeside): a device of the group the VM does not get is fine with no driver or on a
+// driver that manages DMA itself; on any other driver prepare refuses, and so does doctor.
+for (const [driver, status] of [[undefined, "warn"], ["vfio-pci", "warn"], ["pci-stub", "warn"], ["nvme", "fail"]] as const) {
+  test(`a second NVMe drive ${driver ? `on ${driver}` : "with no driver"} in the GPU's IOMMU group: the hostdev check says ${status}, as prepare ${status === "fail" ? "refuses" : "goes on"}`, async () => {
+    const sim = desktopHost();
+    addPciDevice(sim, { address: "0000:03:00.0", classCode: "0x010802", vendor: "0x144d", device: "0xa808", driver, group: 1 });
+    const { domain } = await doctor(sim, domainXml({ devices: GPU_AND_AUDIO }));
+    const finding = domain("hostdev 0000:01:00.0");
+    assert.is(finding.status, status);
+    if (status === "fail") {
+      assert.is(finding.reason, "IOMMU group 1 also holds 03:00.0 (Non-Volatile memory controller) on nvme, which vfio does not accept beside a device passed through; VFIO takes the whole group from the host");
+      assert.match(finding.fix!, "give the VM those devices too, or move the card to a slot with its own IOMMU group");
+    } else {
+      assert.is(finding.reason, `IOMMU group 1 also holds 03:00.0 (Non-Volatile memory controller) ${driver ? `on ${driver}` : "with no driver"}, which the VM does not get: vfio accepts it beside the device passed through as it is, but no host driver can take it while the VM runs`);
+      assert.match(finding.fix!, "nothing to do while it stays so; a driver other than vfio-pci or pci-stub that takes it before the VM starts makes prepare refuse");
+    }
+    sim.cleanup();
+  });
+}
 
 test("a root port on shpchp in the GPU's group: the hostdev fails on kernel 6.1, as prepare refuses it, naming the bridge, its driver and how to free it; ok before 5.19", async () => {
   const sim = desktopHost("shpchp");
