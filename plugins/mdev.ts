@@ -11,7 +11,9 @@ import { kernelAnswer, writeThroughDriver } from "../lib/bounded-write.ts";
 import { readAttributes } from "../lib/element.ts";
 import { attributes, describeElement, type Domain } from "../lib/domain.ts";
 import { fail, ok, type Finding } from "../lib/diagnostics/findings.ts";
+import { readPciNames } from "../lib/diagnostics/pciids.ts";
 import { completeJournals } from "../lib/journal.ts";
+import { isDisplayClass, listPciDevices, type PciDevice } from "../lib/pci.ts";
 import { ConfigError, describeError, VmhookError } from "../lib/errors.ts";
 import type { Host } from "../lib/host.ts";
 import { defineAction, definePlugin, type ApplyContext, type BaseContext, type CheckContext, type PlanContext, type Refusal, type Step, type UndoRecord } from "../lib/plugin.ts";
@@ -185,7 +187,7 @@ function findParent(host: Host, device: MdevDevice): string {
   const offering = parents.filter((parent) => host.exists(typePath(parent, device.type)));
   if (offering.length === 1) return offering[0]!;
   if (offering.length > 1) throw new ConfigError(device.element, `type ${device.type} is offered by ${offering.join(" and ")}; add parent="..." naming one`);
-  if (parents.length === 0) throw noParents(device.element);
+  if (parents.length === 0) throw noParents(host, device.element);
   const offered = parents.flatMap((parent) => offeredTypes(host, parent).map((type) => ({ parent, type })));
   throw new ConfigError(
     device.element,
@@ -194,8 +196,40 @@ function findParent(host: Host, device: MdevDevice): string {
   );
 }
 
-function noParents(element: string): ConfigError {
-  return new ConfigError(element, `this host has no mdev parent device (${MDEV_BUS} is empty); for Intel GVT-g boot with i915.enable_gvt=1 and load kvmgt (see docs/mdev.md), for NVIDIA vGPU install its host driver`);
+function noParents(host: Host, element: string): ConfigError {
+  return new ConfigError(element, `this host has no mdev parent device (${MDEV_BUS} is empty); ${noParentAdvice(host)}`);
+}
+
+/**
+ * The Intel GPUs i915's GVT-g supports (intel_gvt.c: Broadwell, Skylake, Kaby
+ * Lake, Broxton, Coffee Lake, Comet Lake; Gen8-Gen9.5), by PCI device id:
+ * 0x16xx, 0x19xx, 0x59xx, 0x9Bxx, 0x3E9x/0x3EAx, 0x87C0/0x87CA (Amber Lake),
+ * 0x5A84/0x5A85/0x1A84/0x1A85 (Broxton). Newer ones have none at all.
+ */
+const GVT_G_DEVICE_IDS = /^0x(?:(?:16|19|59|9b)[0-9a-f]{2}|3e[9a][0-9a-f]|87c[0a]|[15]a8[45])$/;
+
+/** How this host could get an mdev parent: only the GVT-g steps still missing, and only on a GPU that has GVT-g. */
+function noParentAdvice(host: Host): string {
+  const vgpu = "for NVIDIA vGPU install its host driver";
+  const intelGpus = listPciDevices(host).filter((device) => device.vendor === "0x8086" && isDisplayClass(device.classCode));
+  if (intelGpus.length === 0) return `GVT-g needs an Intel GPU of Broadwell to Comet Lake, and this host has no Intel GPU; ${vgpu}`;
+  const names = readPciNames(host, intelGpus.map((gpu) => ({ vendor: "8086", device: gpu.device.replace(/^0x/, "").toLowerCase(), classCode: "0300" })));
+  const describe = (gpus: PciDevice[]) =>
+    gpus.map((gpu) => {
+      const id = gpu.device.replace(/^0x/, "").toLowerCase();
+      return `${gpu.address} (8086:${id}${names.device("8086", id) ? ` ${names.device("8086", id)}` : ""})`;
+    }).join(", ");
+  const capable = intelGpus.filter((gpu) => GVT_G_DEVICE_IDS.test(gpu.device.toLowerCase()));
+  if (capable.length === 0) {
+    return `${describe(intelGpus)} has no GVT-g (Intel GPUs have it from Broadwell to Comet Lake only): pass the whole GPU through instead, or on Tiger Lake and newer (Gen12) use SR-IOV virtual functions with a driver that supports them; ${vgpu}`;
+  }
+  const enabled = host.readTrimmed("/sys/module/i915/parameters/enable_gvt") === "Y";
+  const kvmgt = host.exists("/sys/module/kvmgt");
+  if (enabled && kvmgt) {
+    return `i915.enable_gvt is Y and kvmgt is loaded, yet ${describe(capable)} offers no mdev types: i915 did not start GVT-g on it (dmesg | grep -i gvt says why); ${vgpu}`;
+  }
+  const steps = [...(enabled ? [] : ["boot with i915.enable_gvt=1"]), ...(kvmgt ? [] : ["load kvmgt"])];
+  return `for Intel GVT-g on ${describe(capable)}: ${steps.join(" and ")} (see docs/mdev.md); ${vgpu}`;
 }
 
 /** Everything checked before anything changes: parent, type, an existing mdev with this UUID. */
@@ -206,7 +240,7 @@ function planMdev(ctx: PlanView, device: MdevDevice): MdevPlan {
   const parent = device.parent ?? findParent(host, device);
   if (!host.exists(`${MDEV_BUS}/${parent}`)) {
     const parents = host.list(MDEV_BUS);
-    if (parents.length === 0) throw noParents(device.element);
+    if (parents.length === 0) throw noParents(host, device.element);
     throw new ConfigError(device.element, `parent ${parent} is not an mdev parent on this host (not in ${MDEV_BUS}); the parents are ${parents.join(", ")}`);
   }
   const types = offeredTypes(host, parent);
@@ -354,7 +388,7 @@ function check({ host, domain, elements }: CheckContext): Finding[] {
   return planned.map((each, index) => {
     const check = `mdev ${attributes(elements[index]!).type ?? "?"}`;
     if (!("plan" in each)) {
-      const fix = host.list(MDEV_BUS).length === 0 ? "for Intel GVT-g boot with i915.enable_gvt=1 and load kvmgt; for NVIDIA vGPU install the vGPU host driver" : "fix the element or the host as the message says";
+      const fix = host.list(MDEV_BUS).length === 0 ? noParentAdvice(host) : "fix the element or the host as the message says";
       return fail(check, describeError(each.error), fix);
     }
     const { plan } = each;

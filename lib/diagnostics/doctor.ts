@@ -298,20 +298,28 @@ function hostdevChecks(host: Host, domain: Domain, iommu: IommuReport): Finding[
     if (!group) return fail(check, `${address} has no IOMMU group: ${iommu.advice?.reason ?? "the IOMMU does not cover it"}`, iommu.advice?.fix ?? "enable the IOMMU (vmhook iommu)");
     const self = group.devices.find((device) => device.address === address)!;
     const label = (device: (typeof group.devices)[number]) => `${short(device.address)} (${device.className ?? device.ids})`;
-    const outside = group.devices.filter((device) => !device.bridge && !addresses.has(device.address));
-    const otherCards = outside.filter((device) => slotOf(device.address) !== slotOf(address));
-    if (otherCards.length > 0) {
-      return fail(check, `IOMMU group ${group.id} also holds ${otherCards.map(label).join(", ")}, which the VM does not get; VFIO takes the whole group from the host`, "give the VM those devices too, or move the card to a slot with its own IOMMU group (vmhook iommu shows the groups)");
+    const withDriver = (device: (typeof group.devices)[number]) => `${label(device)} ${device.driver ? `on ${device.driver}` : "with no driver"}`;
+    const outside = group.devices.filter((device) => !addresses.has(device.address));
+    // The same card's functions go to vfio-pci with it (vfio's include-slot); every other member must be as prepare accepts it (viableBeside).
+    const otherCards = outside.filter((device) => !device.bridge && slotOf(device.address) !== slotOf(address));
+    const blockingCards = otherCards.filter((device) => !device.viableBeside);
+    if (blockingCards.length > 0) {
+      return fail(check, `IOMMU group ${group.id} also holds ${blockingCards.map(withDriver).join(", ")}, which vfio does not accept beside a device passed through; VFIO takes the whole group from the host`, "give the VM those devices too, or move the card to a slot with its own IOMMU group (vmhook iommu shows the groups)");
     }
-    // Bridges are no card, yet one on a driver vfio does not accept beside a device in use blocks the group: prepare refuses it.
-    const blocking = group.devices.filter((device) => device.bridge && !device.viableBeside && !addresses.has(device.address));
-    if (blocking.length > 0) {
-      return fail(check, `IOMMU group ${group.id} also holds ${blocking.map(describeBlockingBridge).join(", ")}: the group is not viable`, blocking.map((bridge) => freeBridge(bridge.address, bridge.driver!)).join("; "));
+    const blockingBridges = outside.filter((device) => device.bridge && !device.viableBeside);
+    if (blockingBridges.length > 0) {
+      return fail(check, `IOMMU group ${group.id} also holds ${blockingBridges.map(describeBlockingBridge).join(", ")}: the group is not viable`, blockingBridges.map((bridge) => freeBridge(bridge.address, bridge.driver!)).join("; "));
     }
-    const sameCard = outside.filter((device) => slotOf(device.address) === slotOf(address));
-    if (sameCard.length > 0) {
-      return warn(check, `${sameCard.map(label).join(", ")} on the same card is not in the domain: the host loses it too, but the VM cannot use it`, `add a <hostdev> for ${sameCard.map((device) => short(device.address)).join(", ")} as well`);
-    }
+    const sameCard = outside.filter((device) => !device.bridge && slotOf(device.address) === slotOf(address));
+    const warnings = [
+      ...(otherCards.length > 0
+        ? [{ reason: `IOMMU group ${group.id} also holds ${otherCards.map(withDriver).join(", ")}, which the VM does not get: vfio accepts it beside the device passed through as it is, but no host driver can take it while the VM runs`, fix: "nothing to do while it stays so; a driver other than vfio-pci or pci-stub that takes it before the VM starts makes prepare refuse, and a group goes to one VM at a time" }]
+        : []),
+      ...(sameCard.length > 0
+        ? [{ reason: `${sameCard.map(label).join(", ")} on the same card is not in the domain: the host loses it too, but the VM cannot use it`, fix: `add a <hostdev> for ${sameCard.map((device) => short(device.address)).join(", ")} as well` }]
+        : []),
+    ];
+    if (warnings.length > 0) return warn(check, warnings.map((warning) => warning.reason).join("; "), warnings.map((warning) => warning.fix).join("; "));
     return ok(check, `${label(self)} is in IOMMU group ${group.id} with nothing the VM does not get; driver now: ${self.driver ?? "none"}`);
   });
 }

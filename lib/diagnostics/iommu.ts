@@ -109,7 +109,8 @@ function groupingVerdict(devices: GroupDevice[]): { verdict: GroupVerdict; reaso
   });
   return {
     verdict: "shared",
-    reason: `${slots.length} cards share it: ${cards.join(", ")}; passing one through takes all of them from the host (or move the card to a slot with its own group)`,
+    // Not "impossible": prepare accepts the others beside it when they have no driver or one vfio accepts (viableBeside).
+    reason: `${slots.length} cards share it: ${cards.join(", ")}; a group goes to a VM whole: to pass one card through, give the VM the others too, or leave them with no driver or on vfio-pci/pci-stub (the host cannot use them meanwhile), or move the card to a slot with its own group`,
   };
 }
 

@@ -33,6 +33,7 @@ export const PCI_IDS_EXCERPT = `#
 8086  Intel Corporation
 	1901  6th-10th Gen Core Processor PCIe Controller (x16)
 	3e30  8th/9th Gen Core 8-core Desktop Processor Host Bridge/DRAM Registers [Coffee Lake S]
+	3ea0  WhiskeyLake-U GT2 [UHD Graphics 620]
 	9a14  11th Gen Core Processor Host Bridge/DRAM Registers
 	9a49  TigerLake-LP GT2 [Iris Xe Graphics]
 	a0c8  Tiger Lake-LP Smart Sound Technology Audio Controller
@@ -123,7 +124,7 @@ export function desktopHost(rootPortDriver = "pcieport"): SimHost {
   return sim;
 }
 
-/** Intel laptop with GVT-g: i915 at 00:02.0 offering two mdev types. */
+/** Intel laptop with GVT-g (Whiskey Lake, Gen9.5): i915 at 00:02.0 offering two mdev types. */
 export function gvtLaptopHost(): SimHost {
   const sim = basics(new SimHost(), "GenuineIntel", "intel_iommu=on i915.enable_gvt=1");
   addPciDevice(sim, { address: "0000:00:00.0", classCode: "0x060000", vendor: "0x8086", device: "0x9a14", group: 0 });
@@ -131,7 +132,7 @@ export function gvtLaptopHost(): SimHost {
     address: "0000:00:02.0",
     classCode: "0x030000",
     vendor: "0x8086",
-    device: "0x9a49",
+    device: "0x3ea0",
     driver: "i915",
     group: 1,
     mdevTypes: { "i915-GVTg_V5_4": 1, "i915-GVTg_V5_8": 2 },

@@ -146,11 +146,31 @@ test("shared group behind a root port: the hostdev fails, naming the device it s
   const sim = sharedGroupHost();
   const { domain, report } = await doctor(sim, domainXml({ devices: GPU_AND_AUDIO }));
   assert.is(domain("hostdev 0000:01:00.0").status, "fail");
-  assert.is(domain("hostdev 0000:01:00.0").reason, "IOMMU group 5 also holds 02:00.0 (Non-Volatile memory controller), which the VM does not get; VFIO takes the whole group from the host");
+  assert.is(domain("hostdev 0000:01:00.0").reason, "IOMMU group 5 also holds 02:00.0 (Non-Volatile memory controller) on nvme, which vfio does not accept beside a device passed through; VFIO takes the whole group from the host");
   assert.match(domain("hostdev 0000:01:00.0").fix!, "move the card to a slot with its own IOMMU group");
   assert.ok(report.domain!.findings.some((finding) => finding.status === "fail"));
   sim.cleanup();
 });
+
+// The rule prepare uses (viableBeside): a device of the group the VM does not get is fine with no driver or on a
+// driver that manages DMA itself; on any other driver prepare refuses, and so does doctor.
+for (const [driver, status] of [[undefined, "warn"], ["vfio-pci", "warn"], ["pci-stub", "warn"], ["nvme", "fail"]] as const) {
+  test(`a second NVMe drive ${driver ? `on ${driver}` : "with no driver"} in the GPU's IOMMU group: the hostdev check says ${status}, as prepare ${status === "fail" ? "refuses" : "goes on"}`, async () => {
+    const sim = desktopHost();
+    addPciDevice(sim, { address: "0000:03:00.0", classCode: "0x010802", vendor: "0x144d", device: "0xa808", driver, group: 1 });
+    const { domain } = await doctor(sim, domainXml({ devices: GPU_AND_AUDIO }));
+    const finding = domain("hostdev 0000:01:00.0");
+    assert.is(finding.status, status);
+    if (status === "fail") {
+      assert.is(finding.reason, "IOMMU group 1 also holds 03:00.0 (Non-Volatile memory controller) on nvme, which vfio does not accept beside a device passed through; VFIO takes the whole group from the host");
+      assert.match(finding.fix!, "give the VM those devices too, or move the card to a slot with its own IOMMU group");
+    } else {
+      assert.is(finding.reason, `IOMMU group 1 also holds 03:00.0 (Non-Volatile memory controller) ${driver ? `on ${driver}` : "with no driver"}, which the VM does not get: vfio accepts it beside the device passed through as it is, but no host driver can take it while the VM runs`);
+      assert.match(finding.fix!, "nothing to do while it stays so; a driver other than vfio-pci or pci-stub that takes it before the VM starts makes prepare refuse");
+    }
+    sim.cleanup();
+  });
+}
 
 test("a root port on shpchp in the GPU's group: the hostdev fails on kernel 6.1, as prepare refuses it, naming the bridge, its driver and how to free it; ok before 5.19", async () => {
   const sim = desktopHost("shpchp");
@@ -190,10 +210,33 @@ test("laptop with GVT-g: the mdev type is offered; a type it does not offer or h
   assert.equal([full.status, full.reason.split(";")[0]], ["fail", '<vmhook:mdev parent="0000:00:02.0" type="i915-GVTg_V5_4">: no i915-GVTg_V5_4 instance is left on 0000:00:02.0 (available_instances is 0)']);
   const desktop = desktopHost();
   const none = (await doctor(desktop, domainXml({ devices, metadata: '<vmhook:mdev type="i915-GVTg_V5_4"/>' }))).domain("mdev i915-GVTg_V5_4");
-  assert.equal([none.status, none.fix], ["fail", "for Intel GVT-g boot with i915.enable_gvt=1 and load kvmgt; for NVIDIA vGPU install the vGPU host driver"]);
+  assert.equal([none.status, none.fix], ["fail", "GVT-g needs an Intel GPU of Broadwell to Comet Lake, and this host has no Intel GPU; for NVIDIA vGPU install its host driver"]);
   desktop.cleanup();
   sim.cleanup();
 });
+
+// GVT-g exists only for Broadwell to Comet Lake (i915's intel_gvt.c): the advice for a host without mdev parents
+// names only the steps still missing on a GPU that has it, and on one that has not, what may work instead.
+const NO_GVT_G = "0000:00:02.0 (8086:9a49 TigerLake-LP GT2 [Iris Xe Graphics]) has no GVT-g (Intel GPUs have it from Broadwell to Comet Lake only): pass the whole GPU through instead, or on Tiger Lake and newer (Gen12) use SR-IOV virtual functions with a driver that supports them; for NVIDIA vGPU install its host driver";
+for (const [gpu, enableGvt, kvmgt, fix] of [
+  ["0x9a49", "Y", true, NO_GVT_G],
+  ["0x9a49", "N", false, NO_GVT_G],
+  ["0x3ea0", "N", false, "for Intel GVT-g on 0000:00:02.0 (8086:3ea0 WhiskeyLake-U GT2 [UHD Graphics 620]): boot with i915.enable_gvt=1 and load kvmgt (see docs/mdev.md); for NVIDIA vGPU install its host driver"],
+  ["0x3ea0", "Y", false, "for Intel GVT-g on 0000:00:02.0 (8086:3ea0 WhiskeyLake-U GT2 [UHD Graphics 620]): load kvmgt (see docs/mdev.md); for NVIDIA vGPU install its host driver"],
+  ["0x3ea0", "Y", true, "i915.enable_gvt is Y and kvmgt is loaded, yet 0000:00:02.0 (8086:3ea0 WhiskeyLake-U GT2 [UHD Graphics 620]) offers no mdev types: i915 did not start GVT-g on it (dmesg | grep -i gvt says why); for NVIDIA vGPU install its host driver"],
+] as const) {
+  test(`no mdev parent, Intel GPU ${gpu}, i915.enable_gvt ${enableGvt}, kvmgt ${kvmgt ? "loaded" : "not loaded"}: the advice is true for the host`, async () => {
+    const sim = desktopHost();
+    addPciDevice(sim, { address: "0000:00:02.0", classCode: "0x030000", vendor: "0x8086", device: gpu, driver: "i915", group: 3 });
+    sim.file("/sys/module/i915/parameters/enable_gvt", enableGvt);
+    if (kvmgt) sim.dir("/sys/module/kvmgt");
+    const finding = (await doctor(sim, domainXml({ devices: mdevHostdevXml("4b20d080-1b54-4048-85b3-a6a62d165c01"), metadata: '<vmhook:mdev type="i915-GVTg_V5_4"/>' }))).domain("mdev i915-GVTg_V5_4");
+    assert.is(finding.status, "fail");
+    assert.is(finding.fix, fix);
+    assert.is(finding.reason, `<vmhook:mdev type="i915-GVTg_V5_4">: this host has no mdev parent device (/sys/class/mdev_bus is empty); ${fix}`, "prepare's reason, with the same advice");
+    sim.cleanup();
+  });
+}
 
 test("mdev: values from the XML are checked before any path use, as the plugin checks them", async () => {
   const sim = gvtLaptopHost();

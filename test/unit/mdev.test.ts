@@ -115,10 +115,12 @@ test("a parent that is not in /sys/class/mdev_bus fails naming the parents there
   assert.match(result.stderr.split("\n")[0]!, `parent mtty is not an mdev parent on this host (not in /sys/class/mdev_bus); the parents are ${GPU}`);
   sim.cleanup();
 
-  const bare = newHost();
+  // A Coffee Lake iGPU (GVT-g capable) with i915.enable_gvt=1 but no kvmgt: only the step still missing.
+  const bare = newHost().file(`${GPU_DIR}/class`, "0x030000").file(`${GPU_DIR}/vendor`, "0x8086").file(`${GPU_DIR}/device`, "0x3e92").link(`/sys/bus/pci/devices/${GPU}`, `../../../devices/pci0000:00/${GPU}`);
+  bare.file("/sys/module/i915/parameters/enable_gvt", "Y");
   const none = await runHookEvent(bare, "prepare", "begin", domainXml({ mdevs: [UUID_A], hooks: `<vmhook:mdev type="i915-GVTg_V5_4"/>` }));
   assert.is(none.code, 1);
-  assert.match(none.stderr.split("\n")[0]!, "this host has no mdev parent device (/sys/class/mdev_bus is empty); for Intel GVT-g boot with i915.enable_gvt=1 and load kvmgt");
+  assert.match(none.stderr.split("\n")[0]!, `this host has no mdev parent device (/sys/class/mdev_bus is empty); for Intel GVT-g on ${GPU} (8086:3e92): load kvmgt (see docs/mdev.md); for NVIDIA vGPU install its host driver`);
   bare.cleanup();
 });
 

@@ -526,6 +526,13 @@ test("a group shared with a device on a host driver (USB controller) refuses bef
   assert.equal(kernel.sim.snapshot(), before);
 });
 
+test("a group shared with a device that has no driver goes on, leaving it so (doctor warns, as it does not fail)", async () => {
+  const kernel = twoGpuWorkstation().device({ address: "0000:00:14.0", classCode: "0x0c0330", vendor: "0x8086", nativeDriver: "xhci_hcd", bound: false, group: 1 });
+  const result = await runHookEvent(kernel.sim, "prepare", "begin", domainXml("<vmhook:vfio/>"));
+  assert.is(result.code, 0, result.stderr);
+  assert.equal([kernel.driverOf(GPU), kernel.driverOf("0000:00:14.0")], ["vfio-pci", undefined]);
+});
+
 // What the kernel's vfio accepts beside a device in use: no driver, or a driver that manages DMA itself (vfio-pci,
 // pci-stub, pcieport: driver_managed_dma); before 5.19, a PCI-to-PCI bridge on any driver.
 for (const [driver, release, accepted] of [["pcieport", "6.1.0-sim", true], ["shpchp", "6.1.0-sim", false], ["shpchp", "5.15.0-91-generic", true]] as const) {
