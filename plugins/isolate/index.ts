@@ -20,7 +20,7 @@ import { fail, ok, type Finding } from "../../lib/diagnostics/findings.ts";
 import { howToGetCgroupV2, isolationExample } from "../../lib/host-advice.ts";
 import { allowHint, loadPolicy } from "../../lib/policy.ts";
 import { ACTIONS, checkClaim, claimsOf, otherVms, type Action, type Claim, type OtherVm } from "./claims.ts";
-import { parse, PLUGIN_ID, type IsolateConfig } from "./config.ts";
+import { isolatedCpus, nothingIsolated, parse, PLUGIN_ID, type IsolateConfig } from "./config.ts";
 import { CPU_DIR, intersect, onlineCpus, union } from "./cpus.ts";
 import { hostShortfall } from "./host-minimum.ts";
 import { checkOriginals, retune } from "./retune.ts";
@@ -33,9 +33,10 @@ function planPrepare(ctx: PlanContext<IsolateConfig>): Step<Claim>[] {
   const online = onlineCpus(ctx);
   checkCpusExist(ctx, config.hostCpus ?? [], `${config.element} host-cpus`, online);
   checkCpusExist(ctx, config.pinned, "<cputune> (vcpupin, emulatorpin, iothreadpin)", online);
-  const isolated = config.hostCpus ? online.filter((cpu) => !config.hostCpus!.includes(cpu)) : config.pinned;
+  const isolated = isolatedCpus(config.hostCpus, config.pinned, online);
   if (isolated.length === 0) {
-    throw new ConfigError(config.element, `host-cpus="${formatCpuList(config.hostCpus!)}" keeps every online CPU (${formatCpuList(online)}) for the host, so nothing is isolated; leave the VM's CPUs out of it`);
+    const { reason, fix } = nothingIsolated(config.hostCpus!, online);
+    throw new ConfigError(config.element, `${reason}; ${fix}`);
   }
   const own = config.pinned.length > 0 ? config.pinned : isolated;
   checkOthers(ctx, isolated, own, online);
@@ -158,6 +159,10 @@ function check({ host, domain, elements }: CheckContext): Finding[] {
     return [fail("isolate", `CPU ${formatCpuList(offline)} is pinned or named in host-cpus but not online (online: ${formatCpuList(online)})`, "use online CPUs only (cat /sys/devices/system/cpu/online)")];
   }
   if (!hostCpus && pinned.length === 0) return [fail("isolate", "the domain pins no CPUs and sets no host-cpus: vmhook cannot tell which CPUs are the VM's", isolationExample(online))];
+  if (hostCpus && isolatedCpus(hostCpus, pinned, online).length === 0) {
+    const { reason, fix } = nothingIsolated(hostCpus, online);
+    return [fail("isolate", reason, fix)];
+  }
   const kept = hostCpus ?? online.filter((cpu) => !pinned.includes(cpu));
   if (kept.length === 0) return [fail("isolate", `no CPU would be left for the host (online: ${formatCpuList(online)})`, "leave at least one CPU out of the VM's pinning, or set host-cpus")];
   return [ok("isolate", `VM CPUs ${formatCpuList(pinned) || "(none pinned)"} are online; the host keeps ${formatCpuList(kept)}`)];
