@@ -399,6 +399,18 @@ test("an IRQ that takes A's narrowing but refuses B's gets its value from before
   }
 });
 
+test('irqs="yes": an IRQ freed between listing /proc/irq and reading its affinity (another VM\'s vfio MSI-X going away) is skipped, the start goes on', async () => {
+  const sim = cgroupHost().file("/proc/irq/40/smp_affinity_list", "0-7").failRead("/proc/irq/40/smp_affinity_list", "ENOENT");
+  const before = sim.snapshot();
+  const vm = { ...vmA, isolate: 'irqs="yes"' };
+  const outcome = await prepare(sim, vm);
+  assert.is(outcome.code, 0, outcome.stderr);
+  assert.is(read(sim, "/proc/irq/16/smp_affinity_list"), "0-1,4-7");
+  assert.not.ok(sim.writes.some((w) => w.path === "/proc/irq/40/smp_affinity_list"), "nothing written to the IRQ that is gone");
+  assert.is((await release(sim, vm)).code, 0);
+  assertClean(sim, before);
+});
+
 test("undo is idempotent: a release that crashed before updating the journal runs again harmlessly", async () => {
   const sim = cgroupHost();
   const before = sim.snapshot();
