@@ -18,6 +18,7 @@ import { ConfigError, VmhookError } from "../../lib/errors.ts";
 import { defineAction, definePlugin, type BaseContext, type CheckContext, type PlanContext, type Step } from "../../lib/plugin.ts";
 import { fail, ok, type Finding } from "../../lib/diagnostics/findings.ts";
 import { howToGetCgroupV2, isolationExample } from "../../lib/host-advice.ts";
+import { readForMessage } from "../../lib/host.ts";
 import { allowHint, loadPolicy } from "../../lib/policy.ts";
 import { ACTIONS, checkClaim, claimsOf, otherVms, type Action, type Claim, type OtherVm } from "./claims.ts";
 import { isolatedCpus, nothingIsolated, parse, PLUGIN_ID, type IsolateConfig } from "./config.ts";
@@ -44,7 +45,11 @@ function planPrepare(ctx: PlanContext<IsolateConfig>): Step<Claim>[] {
   const actions: Action[] = [];
   const cgroups = cgroupMechanism(ctx);
   if (typeof cgroups === "string") skipOrFail(ctx, cgroups);
-  else actions.push(cgroups.systemd ? "systemd-allowed-cpus" : "cgroup-cpuset");
+  else if (cgroups.systemd) actions.push("systemd-allowed-cpus");
+  else {
+    actions.push("cgroup-cpuset");
+    warnUnfenced(ctx, isolated);
+  }
   if (config.workqueues) {
     if (ctx.host.exists(WORKQUEUE_MASK)) actions.push("workqueue-mask");
     else skipOrFail(ctx, `workqueues="yes", but this kernel has no ${WORKQUEUE_MASK} (Linux 4.2 or later has it)`);
@@ -131,6 +136,24 @@ function cgroupMechanism(ctx: BaseContext): { systemd: boolean } | string {
     return `the cgroup v2 hierarchy at /sys/fs/cgroup has no cpuset controller (it has: ${controllers || "none"}), probably because a cgroup v1 hierarchy holds it; boot with systemd.unified_cgroup_hierarchy=1 and cgroup_no_v1=all`;
   }
   return { systemd: ctx.host.readTrimmed("/proc/1/comm") === "systemd" };
+}
+
+/**
+ * Without systemd, processes can stay in the root cgroup (those an init
+ * started before or outside its groups: gettys, a session begun with startx),
+ * and the root group has no cpuset.cpus: they keep every CPU. Said, not
+ * refused: vmhook cannot move a process it does not own into a group. Kernel
+ * threads (empty cmdline) and an idle PID 1 are left out; what cannot be read
+ * only shortens the warning.
+ */
+function warnUnfenced(ctx: BaseContext, isolated: number[]): void {
+  const pids = readForMessage(ctx.host, `${CGROUP}/cgroup.procs`, "").split("\n").filter((pid) => /^\d+$/.test(pid) && pid !== "1");
+  const unfenced = pids.filter((pid) => readForMessage(ctx.host, `/proc/${pid}/cmdline`, "") !== "");
+  if (unfenced.length === 0) return;
+  const named = unfenced.slice(0, 5).map((pid) => `${pid} (${readForMessage(ctx.host, `/proc/${pid}/comm`, "?")})`);
+  ctx.log.warn(
+    `isolate: ${unfenced.length} process(es) in the root cgroup keep running on CPUs ${formatCpuList(isolated)} too, as cgroup v2 cannot restrict the root group: ${named.join(", ")}${unfenced.length > 5 ? ", …" : ""}; start them from a service or session your init puts in a top-level group (or move them: echo PID > ${CGROUP}/GROUP/cgroup.procs)`,
+  );
 }
 
 function governorProblem(ctx: BaseContext, cpus: number[], governor: string): string | undefined {

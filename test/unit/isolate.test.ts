@@ -164,6 +164,19 @@ test("cgroup v2 without systemd: a child group that enabled cpuset itself keeps 
   ]);
 });
 
+test("cgroup v2 without systemd: processes left in the root cgroup, which no cpuset restricts, are named in a warning (kernel threads and init aside)", async () => {
+  const sim = cgroupHost().file("/sys/fs/cgroup/cgroup.procs", "1\n2\n812\n");
+  sim.file("/proc/1/cmdline", "init\0").file("/proc/2/cmdline", "").file("/proc/2/comm", "kthreadd");
+  sim.file("/proc/812/cmdline", "/usr/bin/Xorg\0:0\0").file("/proc/812/comm", "Xorg");
+  const before = sim.snapshot();
+  assert.is((await prepare(sim, vmA)).code, 0);
+  const log = fs.readFileSync(sim.resolve("/var/log/vmhook.log"), "utf8");
+  assert.match(log, /warn: isolate: 1 process\(es\) in the root cgroup keep running on CPUs 2-3 too, as cgroup v2 cannot restrict the root group: 812 \(Xorg\)/);
+  assert.not.match(log, /kthreadd|\b1 \(init/);
+  assert.is((await release(sim, vmA)).code, 0);
+  assertClean(sim, before);
+});
+
 test("governor, IRQs (one refusing) and the workqueue mask, with host-cpus", async () => {
   const sim = cgroupHost();
   const before = sim.snapshot();
