@@ -56,3 +56,14 @@ export function parse(elements: XmlElement[], domain: Domain): IsolateConfig {
     element: where,
   };
 }
+
+/** The CPUs kept from the host: every online CPU outside host-cpus, or the pinned ones; empty when host-cpus keeps them all. */
+export function isolatedCpus(hostCpus: number[] | undefined, pinned: number[], online: number[]): number[] {
+  return hostCpus ? online.filter((cpu) => !hostCpus.includes(cpu)) : pinned;
+}
+
+/** Why a host-cpus that isolates nothing is refused (prepare) or fails (doctor), and the fix. */
+export const nothingIsolated = (hostCpus: number[], online: number[]) => ({
+  reason: `host-cpus="${formatCpuList(hostCpus)}" keeps every online CPU (${formatCpuList(online)}) for the host, so nothing is isolated`,
+  fix: "leave the VM's CPUs out of host-cpus",
+});

@@ -18,9 +18,10 @@ import { ConfigError, VmhookError } from "../../lib/errors.ts";
 import { defineAction, definePlugin, type BaseContext, type CheckContext, type PlanContext, type Step } from "../../lib/plugin.ts";
 import { fail, ok, type Finding } from "../../lib/diagnostics/findings.ts";
 import { howToGetCgroupV2, isolationExample } from "../../lib/host-advice.ts";
+import { readForMessage } from "../../lib/host.ts";
 import { allowHint, loadPolicy } from "../../lib/policy.ts";
 import { ACTIONS, checkClaim, claimsOf, otherVms, type Action, type Claim, type OtherVm } from "./claims.ts";
-import { parse, PLUGIN_ID, type IsolateConfig } from "./config.ts";
+import { isolatedCpus, nothingIsolated, parse, PLUGIN_ID, type IsolateConfig } from "./config.ts";
 import { CPU_DIR, intersect, onlineCpus, union } from "./cpus.ts";
 import { hostShortfall } from "./host-minimum.ts";
 import { checkOriginals, retune } from "./retune.ts";
@@ -33,9 +34,10 @@ function planPrepare(ctx: PlanContext<IsolateConfig>): Step<Claim>[] {
   const online = onlineCpus(ctx);
   checkCpusExist(ctx, config.hostCpus ?? [], `${config.element} host-cpus`, online);
   checkCpusExist(ctx, config.pinned, "<cputune> (vcpupin, emulatorpin, iothreadpin)", online);
-  const isolated = config.hostCpus ? online.filter((cpu) => !config.hostCpus!.includes(cpu)) : config.pinned;
+  const isolated = isolatedCpus(config.hostCpus, config.pinned, online);
   if (isolated.length === 0) {
-    throw new ConfigError(config.element, `host-cpus="${formatCpuList(config.hostCpus!)}" keeps every online CPU (${formatCpuList(online)}) for the host, so nothing is isolated; leave the VM's CPUs out of it`);
+    const { reason, fix } = nothingIsolated(config.hostCpus!, online);
+    throw new ConfigError(config.element, `${reason}; ${fix}`);
   }
   const own = config.pinned.length > 0 ? config.pinned : isolated;
   checkOthers(ctx, isolated, own, online);
@@ -43,7 +45,11 @@ function planPrepare(ctx: PlanContext<IsolateConfig>): Step<Claim>[] {
   const actions: Action[] = [];
   const cgroups = cgroupMechanism(ctx);
   if (typeof cgroups === "string") skipOrFail(ctx, cgroups);
-  else actions.push(cgroups.systemd ? "systemd-allowed-cpus" : "cgroup-cpuset");
+  else if (cgroups.systemd) actions.push("systemd-allowed-cpus");
+  else {
+    actions.push("cgroup-cpuset");
+    warnUnfenced(ctx, isolated);
+  }
   if (config.workqueues) {
     if (ctx.host.exists(WORKQUEUE_MASK)) actions.push("workqueue-mask");
     else skipOrFail(ctx, `workqueues="yes", but this kernel has no ${WORKQUEUE_MASK} (Linux 4.2 or later has it)`);
@@ -132,6 +138,24 @@ function cgroupMechanism(ctx: BaseContext): { systemd: boolean } | string {
   return { systemd: ctx.host.readTrimmed("/proc/1/comm") === "systemd" };
 }
 
+/**
+ * Without systemd, processes can stay in the root cgroup (those an init
+ * started before or outside its groups: gettys, a session begun with startx),
+ * and the root group has no cpuset.cpus: they keep every CPU. Said, not
+ * refused: vmhook cannot move a process it does not own into a group. Kernel
+ * threads (empty cmdline) and an idle PID 1 are left out; what cannot be read
+ * only shortens the warning.
+ */
+function warnUnfenced(ctx: BaseContext, isolated: number[]): void {
+  const pids = readForMessage(ctx.host, `${CGROUP}/cgroup.procs`, "").split("\n").filter((pid) => /^\d+$/.test(pid) && pid !== "1");
+  const unfenced = pids.filter((pid) => readForMessage(ctx.host, `/proc/${pid}/cmdline`, "") !== "");
+  if (unfenced.length === 0) return;
+  const named = unfenced.slice(0, 5).map((pid) => `${pid} (${readForMessage(ctx.host, `/proc/${pid}/comm`, "?")})`);
+  ctx.log.warn(
+    `isolate: ${unfenced.length} process(es) in the root cgroup keep running on CPUs ${formatCpuList(isolated)} too, as cgroup v2 cannot restrict the root group: ${named.join(", ")}${unfenced.length > 5 ? ", …" : ""}; start them from a service or session your init puts in a top-level group (or move them: echo PID > ${CGROUP}/GROUP/cgroup.procs)`,
+  );
+}
+
 function governorProblem(ctx: BaseContext, cpus: number[], governor: string): string | undefined {
   for (const cpu of cpus) {
     const available = ctx.host.readTrimmed(`${CPU_DIR}/cpu${cpu}/cpufreq/scaling_available_governors`);
@@ -158,6 +182,10 @@ function check({ host, domain, elements }: CheckContext): Finding[] {
     return [fail("isolate", `CPU ${formatCpuList(offline)} is pinned or named in host-cpus but not online (online: ${formatCpuList(online)})`, "use online CPUs only (cat /sys/devices/system/cpu/online)")];
   }
   if (!hostCpus && pinned.length === 0) return [fail("isolate", "the domain pins no CPUs and sets no host-cpus: vmhook cannot tell which CPUs are the VM's", isolationExample(online))];
+  if (hostCpus && isolatedCpus(hostCpus, pinned, online).length === 0) {
+    const { reason, fix } = nothingIsolated(hostCpus, online);
+    return [fail("isolate", reason, fix)];
+  }
   const kept = hostCpus ?? online.filter((cpu) => !pinned.includes(cpu));
   if (kept.length === 0) return [fail("isolate", `no CPU would be left for the host (online: ${formatCpuList(online)})`, "leave at least one CPU out of the VM's pinning, or set host-cpus")];
   return [ok("isolate", `VM CPUs ${formatCpuList(pinned) || "(none pinned)"} are online; the host keeps ${formatCpuList(kept)}`)];

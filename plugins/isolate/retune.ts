@@ -44,12 +44,16 @@ export function retune(ctx: BaseContext, action: Action, claims: Claim[]): void 
   }
   // Kept from an earlier claim: the key may still hold that claim's value, so a refusal now does not forget it.
   const keptEarlier = new Set(Object.keys(originals));
-  for (const target of targets) originals[target.key] ??= setting.read(ctx, target.key);
+  const present = targets.filter((target) => {
+    const original = originals[target.key] ?? setting.read(ctx, target.key);
+    if (original !== undefined) originals[target.key] = original;
+    return original !== undefined;
+  });
   // No IRQ holds a VM's placement yet: where the console's IRQs go now is the host's own.
-  if (action === "irq-affinity" && keptEarlier.size === 0 && targets.length > 0) state[BOOT_CONSOLE] = bootConsoleCpus(ctx.host);
+  if (action === "irq-affinity" && keptEarlier.size === 0 && present.length > 0) state[BOOT_CONSOLE] = bootConsoleCpus(ctx.host);
   save();
   if (failures.length > 0) throw new VmhookError(`isolate: could not restore ${failures.length} setting(s): ${failures[0]}`, failures.slice(1));
-  for (const target of targets) {
+  for (const target of present) {
     try {
       if (!setting.write(ctx, target.key, target.want(originals[target.key]!)) && !keptEarlier.has(target.key)) delete originals[target.key];
     } catch (error) {

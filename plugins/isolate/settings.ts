@@ -16,7 +16,8 @@ export interface Setting {
   describe(claim: Claim): string;
   /** What the claims ask for, in the order to apply (restore goes in reverse). */
   targets(ctx: BaseContext, claims: Claim[], hostCpus: number[]): Target[];
-  read(ctx: BaseContext, key: string): string;
+  /** undefined: the key is gone since targets listed it (an IRQ freed meanwhile): nothing to change or restore. */
+  read(ctx: BaseContext, key: string): string | undefined;
   /** Whether `key` is one this setting's targets name: an original kept for another key is not vmhook's to write back. */
   owns(key: string): boolean;
   /** false: the kernel refused this one (e.g. an IRQ that cannot move); it is skipped. */
@@ -86,7 +87,14 @@ export const SETTINGS: Record<Action, Setting> = {
         .filter((irq) => /^\d+$/.test(irq) && ctx.host.exists(`/proc/irq/${irq}/smp_affinity_list`))
         .map((irq) => ({ key: `/proc/irq/${irq}/smp_affinity_list`, want: narrowedList(hostCpus) })),
     ],
-    read: (ctx, key) => ctx.host.read(key).trim(),
+    read(ctx, key) {
+      try {
+        return ctx.host.read(key).trim();
+      } catch (error) {
+        if ((error as NodeJS.ErrnoException).code === "ENOENT") return undefined; // freed after the listing (e.g. another VM's vfio MSI-X)
+        throw error;
+      }
+    },
     owns: (key) => key === DEFAULT_IRQ_MASK || /^\/proc\/irq\/\d+\/smp_affinity_list$/.test(key),
     write: (ctx, key, value) => writeOrRefuse(ctx, key, value, IRQ_REFUSALS),
   },

@@ -322,6 +322,14 @@ test("isolate: CPUs pinned but offline fail; online ones are ok and the host's s
   sim.cleanup();
 });
 
+test("isolate: host-cpus that keeps every online CPU fails, as prepare refuses it (nothing would be isolated)", async () => {
+  const sim = desktopHost();
+  const { domain } = await doctor(sim, domainXml({ metadata: '<vmhook:isolate host-cpus="0-7"/>' }));
+  assert.equal([domain("isolate").status, domain("isolate").reason], ["fail", 'host-cpus="0-7" keeps every online CPU (0-7) for the host, so nothing is isolated']);
+  assert.match(domain("isolate").fix!, "leave the VM's CPUs out of host-cpus");
+  sim.cleanup();
+});
+
 test("hugepages: each host node is checked for its own share, as prepare derives it from <numatune><memnode>", async () => {
   const sim = desktopHost();
   sim.file("/sys/devices/system/node/node1/meminfo", "Node 1 MemTotal:       8388608 kB\nNode 1 MemFree:        1048576 kB\nNode 1 Inactive(file):        0 kB\n");

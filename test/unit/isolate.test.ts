@@ -164,6 +164,19 @@ test("cgroup v2 without systemd: a child group that enabled cpuset itself keeps 
   ]);
 });
 
+test("cgroup v2 without systemd: processes left in the root cgroup, which no cpuset restricts, are named in a warning (kernel threads and init aside)", async () => {
+  const sim = cgroupHost().file("/sys/fs/cgroup/cgroup.procs", "1\n2\n812\n");
+  sim.file("/proc/1/cmdline", "init\0").file("/proc/2/cmdline", "").file("/proc/2/comm", "kthreadd");
+  sim.file("/proc/812/cmdline", "/usr/bin/Xorg\0:0\0").file("/proc/812/comm", "Xorg");
+  const before = sim.snapshot();
+  assert.is((await prepare(sim, vmA)).code, 0);
+  const log = fs.readFileSync(sim.resolve("/var/log/vmhook.log"), "utf8");
+  assert.match(log, /warn: isolate: 1 process\(es\) in the root cgroup keep running on CPUs 2-3 too, as cgroup v2 cannot restrict the root group: 812 \(Xorg\)/);
+  assert.not.match(log, /kthreadd|\b1 \(init/);
+  assert.is((await release(sim, vmA)).code, 0);
+  assertClean(sim, before);
+});
+
 test("governor, IRQs (one refusing) and the workqueue mask, with host-cpus", async () => {
   const sim = cgroupHost();
   const before = sim.snapshot();
@@ -397,6 +410,18 @@ test("an IRQ that takes A's narrowing but refuses B's gets its value from before
     for (const vm of order) assert.is((await release(sim, { ...vm, isolate: 'irqs="yes"' })).code, 0);
     assertClean(sim, before);
   }
+});
+
+test('irqs="yes": an IRQ freed between listing /proc/irq and reading its affinity (another VM\'s vfio MSI-X going away) is skipped, the start goes on', async () => {
+  const sim = cgroupHost().file("/proc/irq/40/smp_affinity_list", "0-7").failRead("/proc/irq/40/smp_affinity_list", "ENOENT");
+  const before = sim.snapshot();
+  const vm = { ...vmA, isolate: 'irqs="yes"' };
+  const outcome = await prepare(sim, vm);
+  assert.is(outcome.code, 0, outcome.stderr);
+  assert.is(read(sim, "/proc/irq/16/smp_affinity_list"), "0-1,4-7");
+  assert.not.ok(sim.writes.some((w) => w.path === "/proc/irq/40/smp_affinity_list"), "nothing written to the IRQ that is gone");
+  assert.is((await release(sim, vm)).code, 0);
+  assertClean(sim, before);
 });
 
 test("undo is idempotent: a release that crashed before updating the journal runs again harmlessly", async () => {
