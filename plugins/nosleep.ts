@@ -1,8 +1,8 @@
 // The nosleep plugin: the host does not suspend or hibernate while the VM
 // runs (a passed-through GPU or USB controller rarely survives a host sleep).
-// It holds a logind inhibitor lock ("sleep", mode block) from a transient
-// systemd unit, so no process of the hook keeps it or any of libvirt's pipes,
-// and stops that unit at release.
+// It holds a logind inhibitor lock ("sleep" and "handle-lid-switch", mode
+// block) from a transient systemd unit, so no process of the hook keeps it or
+// any of libvirt's pipes, and stops that unit at release.
 //
 //   <vmhook:nosleep/>
 import type { XmlElement } from "../lib/xml.ts";
@@ -25,6 +25,12 @@ interface HoldRecord extends UndoRecord {
 }
 
 const WHO = "vmhook";
+/**
+ * logind ignores "sleep" locks when the lid closes (LidSwitchIgnoreInhibited=yes
+ * by default): without "handle-lid-switch" closing a laptop's lid suspends the
+ * host all the same. With it logind leaves the lid alone while the VM runs.
+ */
+const WHAT = "sleep:handle-lid-switch";
 const UNIT = /^vmhook-nosleep-[0-9a-f-]{36}\.service$/;
 const NO_SYSTEMD = "the host does not run systemd, so there is no logind to hold a sleep inhibitor lock";
 
@@ -65,7 +71,7 @@ function holdInhibitor(record: HoldRecord, ctx: ApplyContext<NosleepConfig>): vo
   ctx.run("systemd-run", [
     `--unit=${record.unit}`, "--collect", "--quiet", `--description=vmhook: no sleep while ${ctx.domain.name} runs`,
     // systemd expands "${NAME}" and "$$" in the command it runs (as in ExecStart=), and the domain name is anyone's text: every "$" goes as "$$".
-    "systemd-inhibit", "--what=sleep", `--who=${WHO}`, `--why=${why.replace(/\$/g, "$$$$")}`, "--mode=block", "sleep", "infinity",
+    "systemd-inhibit", `--what=${WHAT}`, `--who=${WHO}`, `--why=${why.replace(/\$/g, "$$$$")}`, "--mode=block", "sleep", "infinity",
   ], { timeoutMs: 30_000 });
   ctx.waitFor(`logind lists the sleep inhibitor of ${record.unit}`, () => lockHeld(ctx, why), { timeoutMs: 5_000 });
 }

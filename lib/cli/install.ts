@@ -11,7 +11,7 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import type { CommandModule } from "yargs";
 import { describeError, VmhookError } from "../errors.ts";
-import type { Host } from "../host.ts";
+import { installedProgram, type Host } from "../host.ts";
 import { listJournals } from "../journal.ts";
 import { serviceCommand } from "../host-advice.ts";
 import { paths } from "../paths.ts";
@@ -72,6 +72,39 @@ function sameFile(a: string, b: string): boolean {
     return fs.readFileSync(a).equals(fs.readFileSync(b));
   } catch {
     return false;
+  }
+}
+
+/** libvirt's version as its daemons tell it ("libvirtd (libvirt) 6.0.0"), or why none does. */
+function libvirtVersion(host: Host): { version: [number, number, string] } | { unknown: string } {
+  const answers: string[] = [];
+  for (const daemon of LIBVIRT_DAEMONS) {
+    if (!installedProgram(host, daemon)) {
+      answers.push(`no ${daemon}`);
+      continue;
+    }
+    const result = host.exec(daemon, ["--version"], { timeoutMs: 10_000 });
+    const match = /\(libvirt\) ((\d+)\.(\d+)\S*)/.exec(result.stdout);
+    if (match) return { version: [Number(match[2]), Number(match[3]), match[1]!] };
+    answers.push(`${daemon}: ${result.error ?? (result.timedOut ? "no answer in time" : result.stderr.trim().split("\n")[0] || `exit status ${result.status ?? result.signal}`)}`);
+  }
+  return { unknown: answers.join("; ") };
+}
+
+/**
+ * The kept hook runs from qemu.d/, which libvirt runs from 6.5 on: an older
+ * one (or one whose version vmhook cannot tell) would silently stop running
+ * it, so install refuses before anything changes.
+ */
+function refuseWithoutHooksDir(host: Host): void {
+  const libvirt = libvirtVersion(host);
+  const fix = `move ${HOOK} away by hand (what it does then no longer runs), then run vmhook install again`;
+  if ("unknown" in libvirt) {
+    throw new VmhookError(`${HOOK} is not vmhook, and neither libvirtd --version nor virtqemud --version tells libvirt's version (${libvirt.unknown}): a libvirt older than 6.5 runs only ${HOOK}, not the scripts in qemu.d/, so vmhook install would stop that hook running; install libvirt first, or ${fix}`);
+  }
+  const [major, minor, text] = libvirt.version;
+  if (major < 6 || (major === 6 && minor < 5)) {
+    throw new VmhookError(`${HOOK} is not vmhook, and libvirt ${text} runs only that file (the scripts in qemu.d/ from libvirt 6.5 on), so vmhook install would stop that hook running; upgrade libvirt, or ${fix}`);
   }
 }
 
@@ -139,6 +172,7 @@ export function install(host: Host, binary: string, { cliLink = true } = {}): In
   const keepForeignHook = present(host, HOOK) && !isVmhookBinary(hook);
   const saved = host.resolve(SAVED_HOOK);
   if (keepForeignHook && present(host, SAVED_HOOK)) throw new VmhookError(`${HOOK} is not vmhook and ${SAVED_HOOK} exists already; move one of them away by hand`);
+  if (keepForeignHook && libvirtRuns(hook)) refuseWithoutHooksDir(host);
 
   // Each change registers how to take it back: an install that fails halfway
   // (the disk filling up while the binary is copied) leaves the hooks as they were.

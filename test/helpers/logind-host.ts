@@ -11,8 +11,15 @@ export interface LogindHost {
   sim: SimHost;
   /** The transient units that run. */
   units(): string[];
-  /** A unit started outside vmhook (another start of the VM), holding a lock for `why`. */
-  startUnit(unit: string, why: string): void;
+  /** A unit started outside vmhook (another start of the VM), holding a lock on `what` for `why`. */
+  startUnit(unit: string, why: string, what?: string): void;
+  /**
+   * The laptop's lid is closed: what logind does with its defaults
+   * (HandleLidSwitch=suspend, LidSwitchIgnoreInhibited=yes, logind.conf(5)):
+   * it suspends unless a block lock holds "handle-lid-switch"; a "sleep" lock
+   * does not count for the lid.
+   */
+  closeLid(): "suspend" | "ignored";
   /** Whether systemctl reaches PID 1 (false: a bus timeout, a daemon-reexec). */
   bus: { up: boolean };
 }
@@ -25,15 +32,19 @@ export function logindHost(options: { lockFails?: boolean; sim?: SimHost } = {})
   const running = (unit: string) => sim.exists(`${UNITS}/${unit}/cgroup.procs`);
   const pidOf = (unit: string) => sim.readTrimmed(`${UNITS}/${unit}/cgroup.procs`)!;
   const units = () => sim.list(UNITS).filter(running);
-  const startUnit = (unit: string, why: string) => {
+  const startUnit = (unit: string, why: string, what = "sleep") => {
     const pid = nextPid++;
-    sim.file(`${UNITS}/${unit}/cgroup.procs`, pid).file(`/proc/${pid}/cmdline`, `systemd-inhibit\0--why=${why}\0`);
+    sim.file(`${UNITS}/${unit}/cgroup.procs`, pid).file(`/proc/${pid}/cmdline`, `systemd-inhibit\0--what=${what}\0--why=${why}\0`);
   };
+  const lockArgument = (unit: string, name: string) => new RegExp(`--${name}=([^\\0]*)`).exec(sim.read(`/proc/${pidOf(unit)}/cmdline`))![1]!;
+  /** logind's locks: [what, why] of each unit whose lock logind lists. */
+  const locks = () => units().map((unit) => [lockArgument(unit, "what"), lockArgument(unit, "why")] as const).filter(([, why]) => why);
   sim.onExec("systemd-run", (args) => {
     const unit = args.find((arg) => arg.startsWith("--unit="))!.slice("--unit=".length);
     // The service manager expands the command line as in ExecStart= (no variables set here): "${NAME}" in a word, "$NAME" as a word, "$$" is "$".
     const command = args.slice(args.findIndex((arg) => !arg.startsWith("--"))).flatMap((arg) => (/^\$\w+$/.test(arg) ? [] : [arg.replace(/\$(\$|\{\w*\})/g, (_, what: string) => (what === "$" ? "$" : ""))]));
-    startUnit(unit, options.lockFails ? "" : command.find((arg) => arg.startsWith("--why="))!.slice("--why=".length));
+    const argument = (name: string) => command.find((arg) => arg.startsWith(`--${name}=`))!.slice(`--${name}=`.length);
+    startUnit(unit, options.lockFails ? "" : argument("why"), argument("what"));
   });
   sim.onExec("systemctl", (args) => {
     const unit = args[args.length - 1]!;
@@ -47,11 +58,10 @@ export function logindHost(options: { lockFails?: boolean; sim?: SimHost } = {})
     }
   });
   sim.onExec("systemd-inhibit", () => ({
-    stdout: units()
-      .map((unit) => /--why=([^\0]*)/.exec(sim.read(`/proc/${pidOf(unit)}/cmdline`))![1]!)
-      .filter(Boolean)
-      .map((why) => `vmhook 0 root 812 systemd-inhibit sleep ${why} block\n`)
+    stdout: locks()
+      .map(([what, why]) => `vmhook 0 root 812 systemd-inhibit ${what} ${why} block\n`)
       .join(""),
   }));
-  return { sim, units, startUnit, bus };
+  const closeLid = () => (locks().some(([what]) => what.split(":").includes("handle-lid-switch")) ? "ignored" : "suspend");
+  return { sim, units, startUnit, bus, closeLid };
 }

@@ -26,11 +26,22 @@ function setUp(host: RootedHost = new RootedHost(fs.mkdtempSync(path.join(os.tmp
   fs.writeFileSync(binary, "ELF... vmhook-binary-marker:c0ffee-1 ...");
   const read = (hostPath: string) => fs.readFileSync(host.resolve(hostPath), "utf8");
   const exists = (hostPath: string) => host.stat(hostPath) !== undefined;
+  /** A libvirtd that tells its version as the real one does; `undefined`: none installed. */
+  const putLibvirt = (version: string | undefined) => {
+    const daemon = host.resolve("/usr/sbin/libvirtd");
+    fs.rmSync(daemon, { force: true });
+    if (version === undefined) return;
+    fs.mkdirSync(path.dirname(daemon), { recursive: true });
+    fs.writeFileSync(daemon, `#!/bin/sh\necho "libvirtd (libvirt) ${version}"\n`, { mode: 0o755 });
+    if (host instanceof SimHost) host.onExec("libvirtd", () => ({ stdout: `libvirtd (libvirt) ${version}\n` }));
+  };
+  /** The admin's own hook, on a libvirt that also runs qemu.d/ (6.5 and later). */
   const putPreviousHook = () => {
     fs.mkdirSync(host.resolve(path.dirname(HOOK)), { recursive: true });
     fs.writeFileSync(host.resolve(HOOK), PREVIOUS, { mode: 0o755 });
+    putLibvirt("10.0.0");
   };
-  return { host, binary, read, exists, putPreviousHook };
+  return { host, binary, read, exists, putPreviousHook, putLibvirt };
 }
 
 test("install keeps the previous hook beside it, run from qemu.d/ by a launcher; installing again changes nothing", () => {
@@ -52,6 +63,23 @@ test("install keeps the previous hook beside it, run from qemu.d/ by a launcher;
   assert.equal(again, { notes: [`${HOOK} is already this vmhook`], hooksChanged: false });
   assert.ok(record);
   assert.is(fs.statSync(host.resolve("/etc/vmhook/install.json")).mtimeMs, mtime, "the install record was rewritten");
+  assert.is(read(SAVED), PREVIOUS);
+});
+
+test("install refuses to move a hook libvirt runs when libvirt is older than 6.5 or does not tell its version: that libvirt does not run qemu.d/, so the kept hook would silently stop running; nothing changes", () => {
+  for (const [version, reason] of [["6.0.0", "libvirt 6.0.0 runs only"], [undefined, "neither libvirtd --version nor virtqemud --version tells"]] as const) {
+    const { host, binary, read, exists, putPreviousHook, putLibvirt } = setUp();
+    putPreviousHook();
+    putLibvirt(version);
+    assert.throws(() => install(host, binary), (error: Error) => error.message.startsWith(`${HOOK} is not vmhook, and ${reason}`), String(version));
+    assert.is(read(HOOK), PREVIOUS, `${version}: the hook was moved`);
+    for (const absent of [SAVED, LAUNCHER, `${HOOK}.vmhook-new`, "/etc/vmhook/install.json", "/usr/local/bin/vmhook"]) assert.not.ok(exists(absent), `${version}: ${absent} is there`);
+  }
+  // 6.5 is the first libvirt that runs qemu.d/
+  const { host, binary, read, putPreviousHook, putLibvirt } = setUp();
+  putPreviousHook();
+  putLibvirt("6.5.0");
+  install(host, binary);
   assert.is(read(SAVED), PREVIOUS);
 });
 

@@ -24,11 +24,20 @@ test("prepare holds the lock in a transient unit, without pipes to the hook; rel
   assert.equal(units(), [UNIT]);
   const run = sim.execs.find((e) => e.command === "systemd-run")!;
   assert.equal(run.args.slice(run.args.indexOf("systemd-inhibit")), [
-    "systemd-inhibit", "--what=sleep", "--who=vmhook", "--why=VM gaming runs with devices passed through", "--mode=block", "sleep", "infinity",
+    "systemd-inhibit", "--what=sleep:handle-lid-switch", "--who=vmhook", "--why=VM gaming runs with devices passed through", "--mode=block", "sleep", "infinity",
   ]);
   assert.is((await runHookEvent(sim, "release", "end", xml())).code, 0);
   assert.equal(units(), []);
   assert.equal(sim.stateFiles(), []);
+});
+
+test("closing a laptop's lid while the VM runs does not suspend the host: logind ignores sleep locks for the lid by default (LidSwitchIgnoreInhibited=yes)", async () => {
+  const { sim, closeLid } = logindHost();
+  assert.is(closeLid(), "suspend", "before the VM starts");
+  assert.is((await runHookEvent(sim, "prepare", "begin", xml())).code, 0);
+  assert.is(closeLid(), "ignored", "while the VM runs");
+  assert.is((await runHookEvent(sim, "release", "end", xml())).code, 0);
+  assert.is(closeLid(), "suspend", "after release");
 });
 
 test("a domain name with $ or ${…} in it: systemd expands the command line it runs, so the lock logind lists still names the VM as it is", async () => {
