@@ -112,11 +112,16 @@ function readSession(host: Host, id: string): LogindSession {
   return { id, type: fields.get("TYPE") ?? "unknown", user: fields.get("USER") ?? fields.get("UID") ?? "unknown", seat: fields.get("SEAT"), service: fields.get("SERVICE"), state: fields.get("STATE") };
 }
 
-/** logind's display session of the user (DISPLAY= of /run/systemd/users/UID); undefined when the user has none. */
-export function userDisplaySession(host: Host, uid: number): LogindSession | undefined {
-  const id = readLogindRecord(host, `/run/systemd/users/${uid}`).get("DISPLAY");
+const userRecord = (host: Host, uid: number) => readLogindRecord(host, `/run/systemd/users/${uid}`);
+
+/** The display session a user's logind record names (DISPLAY=); undefined when it names none. */
+function displaySessionIn(host: Host, user: Map<string, string>): LogindSession | undefined {
+  const id = user.get("DISPLAY");
   return id && /^\w+$/.test(id) ? readSession(host, id) : undefined;
 }
+
+/** logind's display session of the user (DISPLAY= of /run/systemd/users/UID); undefined when the user has none. */
+export const userDisplaySession = (host: Host, uid: number) => displaySessionIn(host, userRecord(host, uid));
 
 /** "/user.slice/user-1000.slice/user@1000.service/session.slice/weston.service" → uid 1000, session.slice, the unit's cgroup. */
 function userManagerPlace(host: Host, cgroup: string): UserManagerPlace | undefined {
@@ -126,12 +131,13 @@ function userManagerPlace(host: Host, cgroup: string): UserManagerPlace | undefi
   const inside = (match[3] ?? "").split("/").filter(Boolean);
   const unitIndex = inside.findIndex((component) => UNIT_NAME.test(component));
   const prefix = `/user.slice/user-${uid}.slice/user@${uid}.service`;
+  const record = userRecord(host, uid);
   return {
     uid,
-    user: readLogindRecord(host, `/run/systemd/users/${uid}`).get("NAME"),
+    user: record.get("NAME"),
     slice: inside[0]?.endsWith(".slice") ? inside[0] : undefined,
     unitCgroup: unitIndex === -1 ? undefined : `${prefix}/${inside.slice(0, unitIndex + 1).join("/")}`,
-    displaySession: userDisplaySession(host, uid),
+    displaySession: displaySessionIn(host, record),
   };
 }
 
