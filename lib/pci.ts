@@ -128,8 +128,10 @@ export function slotFunctions(host: Host, address: string): string[] {
 export const isDisplayClass = (classCode: string) => classCode.startsWith("0x03");
 export const isBridgeClass = (classCode: string) => classCode.startsWith("0x0604") || classCode.startsWith("0x0600");
 
+/** Drivers that leave a device free for vfio-pci's group check (no host use of it). */
+export const HARMLESS_DRIVERS = ["vfio-pci", "pci-stub"];
 /** Drivers the kernel's vfio accepts beside a device in use: they manage DMA themselves (driver_managed_dma). */
-const GROUP_VIABLE_DRIVERS = ["vfio-pci", "pci-stub", "pcieport"];
+const GROUP_VIABLE_DRIVERS = [...HARMLESS_DRIVERS, "pcieport"];
 
 /**
  * Whether vfio lets a group be used while `other` (a member not handed over)

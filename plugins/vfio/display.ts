@@ -5,10 +5,10 @@ import { writeThroughDriver } from "../../lib/bounded-write.ts";
 import { WaitTimedOut } from "../../lib/deadline.ts";
 import { VmhookError } from "../../lib/errors.ts";
 import { defineAction, type ApplyContext, type BaseContext, type Step, type UndoRecord } from "../../lib/plugin.ts";
-import { isDisplayClass, listPciDevices } from "../../lib/pci.ts";
+import { HARMLESS_DRIVERS, isDisplayClass, listPciDevices } from "../../lib/pci.ts";
 import { PATTERNS } from "../../lib/validate.ts";
 import { readVfioSettings, type VfioConfig, type VfioSettings } from "./config.ts";
-import { describeHolders, HARMLESS_DRIVERS, isWatched, processesHolding, type Survey } from "./survey.ts";
+import { describeHolders, isWatched, processesHolding, type Survey } from "./survey.ts";
 import { systemdRuns, unitActive } from "../../lib/systemd.ts";
 import { stopUnitStep } from "./units.ts";
 

@@ -8,6 +8,7 @@ import type { Host } from "../../lib/host.ts";
 import { openFiles, processIds, processName } from "../../lib/open-files.ts";
 import {
   freeBridge,
+  HARMLESS_DRIVERS,
   iommuGroupMembers,
   isBridgeClass,
   isDisplayClass,
@@ -29,8 +30,6 @@ import type { VfioConfig } from "./config.ts";
 export const VFIO_DRIVER = "vfio-pci";
 /** NVIDIA's proprietary stack, users first. amdgpu, radeon and nouveau stay loaded: unbinding suffices. */
 const NVIDIA_MODULES = ["nvidia_drm", "nvidia_modeset", "nvidia_uvm", "nvidia"];
-/** Drivers that leave a device free for vfio-pci's group check. */
-export const HARMLESS_DRIVERS = [VFIO_DRIVER, "pci-stub"];
 
 export interface Device extends PciDevice {
   /** driver_override before vmhook, undefined when none. */
