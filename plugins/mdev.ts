@@ -281,13 +281,40 @@ function instanceShortage(ctx: PlanView, plans: MdevPlan[], plan: MdevPlan): Ref
     };
   }
   if (needed <= available) return undefined;
-  const held = mdevsOn(ctx, plan.parent);
   return {
     reason:
       `${plan.element}: ${needed > 1 ? `needs ${needed} ${plan.type} instances` : `no ${plan.type} instance is left`} on ${plan.parent} (available_instances is ${available}); ` +
       `stop a VM that uses one, remove an unused one (echo 1 > ${MDEV_DEVICES}/UUID/remove) or choose a smaller type`,
-    remedies: held.length > 0 ? [`mdevs on ${plan.parent}:`, ...held.map((line) => `  ${line}`)] : [`${plan.parent} has no mdev now; its types' resources are in use elsewhere`],
+    remedies: holders(ctx, plan.parent),
   };
+}
+
+/** What holds a parent's instances: its mdevs, each with the domain vmhook made it for. */
+function holders(ctx: PlanView, parent: string): string[] {
+  const held = mdevsOn(ctx, parent);
+  return held.length > 0 ? [`mdevs on ${parent}:`, ...held.map((line) => `  ${line}`)] : [`${parent} has no mdev now; its types' resources are in use elsewhere`];
+}
+
+/**
+ * Why a create the kernel refused found no instance, when none is left now:
+ * the plan saw one, and another domain's start (planned at the same time) or
+ * mdevctl (starting its auto-start mdevs when the parent appears) took it
+ * since. Says what holds them, as the plan's refusal would have.
+ */
+function whyCreateFailed(ctx: PlanView, record: CreateRecord): { advice: string; lines: string[] } {
+  let left: string | undefined;
+  try {
+    left = ctx.host.readTrimmed(typePath(record.parent, record.type, "available_instances"));
+  } catch {
+    left = undefined; // the kernel's refusal is the error to show, not this read's
+  }
+  if (availableInstances(left) !== 0) return { advice: "the kernel log (dmesg) may say why", lines: [] };
+  const advice = `no ${record.type} instance is left on ${record.parent} now (available_instances is 0): an mdev made since vmhook's check took it; stop a VM that uses one or choose a smaller type`;
+  try {
+    return { advice, lines: holders(ctx, record.parent) };
+  } catch (error) {
+    return { advice, lines: [`which mdevs hold them cannot be told: ${describeError(error)}`] };
+  }
 }
 
 interface CreateRecord extends UndoRecord {
@@ -306,7 +333,8 @@ async function createMdev(record: CreateRecord, ctx: ApplyContext<MdevDevice[]>)
     if (error instanceof StuckWriteError) throw error;
     // The kernel created nothing: an mdev with this UUID now (mdevctl's, made after the plan) is someone else's, never to remove.
     ctx.nothingToUndo();
-    throw new VmhookError(`could not create mdev ${record.uuid} (${record.type} on ${record.parent}): ${kernelAnswer(error)}; the kernel log (dmesg) may say why`);
+    const why = whyCreateFailed(ctx, record);
+    throw new VmhookError(`could not create mdev ${record.uuid} (${record.type} on ${record.parent}): ${kernelAnswer(error)}; ${why.advice}`, why.lines);
   }
   // Created by this write: a wait that fails keeps the record, and the undo removes whatever appeared.
   ctx.waitFor(`mdev ${record.uuid} appears in ${MDEV_DEVICES} as ${record.type}`, () => existingMdev(host, record.uuid)?.type === record.type);

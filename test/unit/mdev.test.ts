@@ -361,6 +361,30 @@ test("a create the kernel refuses because the UUID exists (mdevctl made it after
   sim.cleanup();
 });
 
+test("the last instance taken between the check and the create (another VM's start, mdevctl's auto-start): the failure names what holds the instances", async () => {
+  const sim = gvtHost();
+  // Two V5_4 instances: another VM started by vmhook holds one...
+  const other = domainXml({ ...WIN10, mdevs: [UUID_B], hooks: `<vmhook:mdev type="i915-GVTg_V5_4"/>` });
+  assert.is((await runHookEvent(sim, "prepare", "begin", other, "win10")).code, 0);
+  // ...and mdevctl starts a persistent auto-start mdev of the type (its parent reappeared) between vmhook's plan and its write.
+  const create = `/sys/class/mdev_bus/${GPU}/mdev_supported_types/i915-GVTg_V5_4/create`;
+  const autoStarted = "9d2bbd6c-8c3a-43c5-9d0a-1f2e3d4c5b6a";
+  const write = sim.write.bind(sim);
+  sim.write = (file: string, data: string) => {
+    if (file === create && data === UUID_A) write(file, autoStarted);
+    write(file, data);
+  };
+  const result = await runHookEvent(sim, "prepare", "begin", domainXml({ mdevs: [UUID_A], hooks: `<vmhook:mdev type="i915-GVTg_V5_4"/>` }));
+  assert.is(result.code, 1, result.stderr);
+  const lines = result.stderr.split("\n");
+  assert.match(lines[0]!, `could not create mdev ${UUID_A} (i915-GVTg_V5_4 on ${GPU}): EINVAL: no instance left; no i915-GVTg_V5_4 instance is left on ${GPU} now (available_instances is 0): an mdev made since vmhook's check took it; stop a VM that uses one or choose a smaller type`);
+  assert.ok(lines.includes(`    ${UUID_B} (i915-GVTg_V5_4, created by vmhook for domain win10)`), result.stderr);
+  assert.ok(lines.includes(`    ${autoStarted} (i915-GVTg_V5_4, not created by vmhook: mdevctl or by hand)`), result.stderr);
+  assert.not.ok(mdevType(sim, UUID_A), "nothing was created for this domain");
+  assert.equal(sim.stateFiles(), [`${WIN10.uuid}.json`]);
+  sim.cleanup();
+});
+
 // ---- vgpu: NVIDIA vGPU 17+ on SR-IOV virtual functions ----------------------------
 
 const currentType = (sim: SimHost, vf = VF) => sim.readTrimmed(`/sys/bus/pci/devices/${vf}/nvidia/current_vgpu_type`);
