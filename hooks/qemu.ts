@@ -39,7 +39,7 @@ export const EVENTS: Record<string, { event: HookEvent; mayFail: boolean; action
 
 const NAMESPACE_URI = "urn:vmhook:1"; // lib/paths.ts; repeated so the fast path loads nothing
 
-export async function hookMain(args: string[], root = process.env.VMHOOK_ROOT || "/"): Promise<number> {
+export async function hookMain(args: string[], root = process.env.VMHOOK_ROOT || "/", checkXml?: (xml: string) => void): Promise<number> {
   const known = EVENTS[`${args[1]} ${args[2]}`];
   let xml = "";
   let missingXml: string | undefined;
@@ -49,6 +49,8 @@ export async function hookMain(args: string[], root = process.env.VMHOOK_ROOT ||
     const { code, message } = error as NodeJS.ErrnoException;
     missingXml = `cannot be read (${code ? `${code}: ` : ""}${message})`;
   }
+  // By hand (vmhook hook): the XML read here is the one acted on, checked before anything runs.
+  if (xml !== "") checkXml?.(xml);
   // libvirt writes the domain XML to stdin at every event vmhook knows, unless
   // it failed to format it: then prepare, start, started, migrate and restore
   // do not run at all, while stopped, release and reconnect run with an empty

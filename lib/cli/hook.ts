@@ -3,15 +3,17 @@
 // it then says what it did: the lines it logged, or why there were none.
 import type { CommandModule } from "yargs";
 import { describeError, VmhookError } from "../errors.ts";
+import { uuidFromXml } from "../hook.ts";
 import type { Host } from "../host.ts";
+import { readJournal } from "../journal.ts";
 import { readLogFrom, terminalText } from "../log.ts";
 import { nameArgument } from "../metadata-text.ts";
 import { paths } from "../paths.ts";
 import type { GlobalOptions } from "./options.ts";
 import { runningOrWhyUnknown } from "./running.ts";
 
-/** hooks/qemu.ts's hookMain: the hook exactly as libvirt runs it. */
-export type HookMain = (args: string[], root: string) => Promise<number>;
+/** hooks/qemu.ts's hookMain: the hook exactly as libvirt runs it; `checkXml` sees the domain XML it read before it acts on it (by hand). */
+export type HookMain = (args: string[], root: string, checkXml?: (xml: string) => void) => Promise<number>;
 
 interface HookArgs extends GlobalOptions {
   name: string;
@@ -62,6 +64,23 @@ function refuseIfRunning(host: Host, { name, op, subop }: HookArgs): void {
   ]);
 }
 
+/**
+ * The hook acts on the journal of the UUID in the XML on stdin, whatever name
+ * is typed: another domain's XML (a saved dumpxml) would have it undo that
+ * domain's changes, running or not, as this one's. The journal names its
+ * domain; it must be the one typed, whose running was checked.
+ */
+function refuseAnotherDomainsXml(host: Host, { name, op, subop }: HookArgs, xml: string): void {
+  if (!NOT_WHILE_RUNNING.includes(op)) return;
+  const uuid = uuidFromXml(xml);
+  const owner = uuid === undefined ? undefined : readJournal(host, uuid)?.domain.name;
+  if (uuid === undefined || owner === undefined || owner === name) return;
+  const command = `vmhook hook ${nameArgument(name)} ${op} ${subop}`;
+  throw new VmhookError(`${command} refused: the domain XML on stdin has the UUID of ${owner} (${uuid}), not ${name}'s: the hook would take ${owner}'s journal (${paths.journal(uuid)}) for ${name}'s and act on it`, [
+    `pass ${name}'s own XML: virsh dumpxml ${nameArgument(name)} | ${command}`,
+  ]);
+}
+
 export const hookCommand = (hookMain: HookMain): CommandModule<GlobalOptions, HookArgs> => ({
   command: "hook <name> <op> <subop> [extra]",
   describe: "run one hook event by hand, as libvirt does (domain XML on stdin), and say what it did",
@@ -75,7 +94,7 @@ export const hookCommand = (hookMain: HookMain): CommandModule<GlobalOptions, Ho
     refuseIfRunning(args.host, args);
     const offset = logSize(args.host);
     const event = `${args.op} ${args.subop} of ${args.name}`;
-    const code = await hookMain([args.name, args.op, args.subop, args.extra ?? "-"], args.root);
+    const code = await hookMain([args.name, args.op, args.subop, args.extra ?? "-"], args.root, (xml) => refuseAnotherDomainsXml(args.host, args, xml));
     process.exitCode = code;
     // The hook keeps stdout empty (libvirt may read it as XML): the report goes to stderr.
     const since = loggedSince(args.host, offset);

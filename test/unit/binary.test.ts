@@ -686,6 +686,34 @@ test("defect 4, hook mode: VM A released while VM B keeps nvidia unloaded: A's c
   }
 });
 
+test("CLI hook by hand with another domain's XML on stdin (a saved dumpxml): refused, that domain's journal and changes kept while it runs", () => {
+  const t = tree();
+  try {
+    const qemu = t.link("hooks/qemu");
+    const vmhook = t.link("bin/vmhook");
+    for (const event of ["prepare", "started"]) assert.is(run(qemu, ["vm", event, "begin", "-"], domain(), t.root).code, 0);
+    fs.writeFileSync(path.join(t.root, "run/libvirt/qemu/vm.pid"), `${process.pid}\n`);
+    assert.is(t.pool(), 512);
+    // vm runs; vm2 is shut off, and vm's XML is what reaches stdin: the hook would release vm's journal, its pages from under it.
+    for (const [op, subop] of [["release", "end"], ["prepare", "begin"], ["stopped", "end"]]) {
+      const byHand = run(vmhook, ["hook", "vm2", op!, subop!], domain(), t.root);
+      assert.is(byHand.code, 1, `${op}: ${byHand.stderr}`);
+      assert.is(
+        firstLine(byHand.stderr),
+        `vmhook: vmhook hook vm2 ${op} ${subop} refused: the domain XML on stdin has the UUID of vm (${UUID}), not vm2's: the hook would take vm's journal (/run/vmhook/${UUID}.json) for vm2's and act on it`,
+      );
+      assert.is(t.pool(), 512, op);
+      assert.ok(fs.existsSync(t.journal), op);
+    }
+    // vm2's own XML runs as before (it holds nothing).
+    const own = run(vmhook, ["hook", "vm2", "release", "end"], domain(undefined, "vm2").replace(UUID, "d0d0d0d0-0000-4000-8000-0000000000d1"), t.root);
+    assert.is(own.code, 0, own.stderr);
+    assert.is(t.pool(), 512);
+  } finally {
+    t.cleanup();
+  }
+});
+
 test("CLI output into a pipe its reader has closed (vmhook recover | head -1): every VM is still recovered, no stack trace, the command's own exit status", () => {
   const t = tree();
   try {
