@@ -232,6 +232,64 @@ function noParentAdvice(host: Host): string {
   return `for Intel GVT-g on ${describe(capable)}: ${steps.join(" and ")} (see docs/mdev.md); ${vgpu}`;
 }
 
+// ---- mdev: mdevctl's definitions ------------------------------------------------
+
+/** mdevctl's persistent definitions: DIR/PARENT/UUID, JSON {mdev_type, start: auto|manual, attrs: [{NAME: VALUE}...]}. */
+const MDEVCTL_DEFINITIONS = "/etc/mdevctl.d";
+
+interface MdevctlDefinition {
+  file: string;
+  parent: string;
+  type: string;
+  /** The sysfs attributes mdevctl writes after its create. */
+  attributes: string[];
+}
+
+/** mdevctl's definition of the UUID, under any parent (mdevctl's scripts.d holds callouts, no definitions). */
+function mdevctlDefinition(host: Host, uuid: string, element: string): MdevctlDefinition | undefined {
+  for (const parent of host.list(MDEVCTL_DEFINITIONS).filter((entry) => entry !== "scripts.d")) {
+    const file = `${MDEVCTL_DEFINITIONS}/${parent}/${uuid}`;
+    const text = host.readTrimmed(file);
+    if (text === undefined) continue;
+    let json: { mdev_type?: unknown; attrs?: unknown } | undefined;
+    try {
+      json = JSON.parse(text) as typeof json;
+    } catch {
+      json = undefined;
+    }
+    const attrs = json?.attrs ?? [];
+    if (typeof json?.mdev_type !== "string" || !Array.isArray(attrs)) {
+      throw new ConfigError(element, `mdevctl's definition of mdev ${uuid} (${file}) is not its JSON (mdev_type, start, attrs): vmhook cannot tell what device mdevctl defines; fix or remove it (mdevctl undefine --uuid ${uuid})`);
+    }
+    const attributes = attrs.flatMap((attr: unknown) => (attr !== null && typeof attr === "object" ? Object.keys(attr) : [String(attr)]));
+    return { file, parent, type: json.mdev_type, attributes };
+  }
+  return undefined;
+}
+
+/**
+ * An mdev mdevctl defines but has not started: vmhook's create makes a bare
+ * device of the element's type under its UUID, without the attributes
+ * mdevctl writes after its own create (NVIDIA's vgpu_params, vfio-ap's
+ * adapters), and removes it at release. Only a definition that the create
+ * matches lets vmhook make it; mdevctl's started one is used as it is.
+ */
+function refuseMdevctlConflict(host: Host, device: MdevDevice, parent: string): void {
+  const defined = mdevctlDefinition(host, device.uuid, device.element);
+  if (!defined) return;
+  const otherDevice = defined.type !== device.type || defined.parent !== parent;
+  if (!otherDevice && defined.attributes.length === 0) return;
+  const attributes = defined.attributes.length > 0 ? `, attributes ${defined.attributes.map((name) => JSON.stringify(name.slice(0, 64))).join(", ")}` : "";
+  const created = otherDevice ? `${device.type}${parent === defined.parent ? "" : ` on ${parent}`}` : "without those attributes";
+  const fix = otherDevice
+    ? `write type="${defined.type}" parent="${defined.parent}" and start it (mdevctl start --uuid ${device.uuid})`
+    : `start it (mdevctl start --uuid ${device.uuid}): vmhook then uses it and leaves it to mdevctl`;
+  throw new ConfigError(
+    device.element,
+    `mdev ${device.uuid} is defined by mdevctl (${defined.file}: ${defined.type} on ${defined.parent}${attributes}) and not started: vmhook would create another device under its UUID (${created}); ${fix}; or give this domain an mdev <hostdev> with its own UUID (uuidgen)`,
+  );
+}
+
 /** Everything checked before anything changes: parent, type, an existing mdev with this UUID. */
 function planMdev(ctx: PlanView, device: MdevDevice): MdevPlan {
   const { host } = ctx;
@@ -255,7 +313,10 @@ function planMdev(ctx: PlanView, device: MdevDevice): MdevPlan {
       `mdev ${device.uuid} already exists as ${existing.type} on ${existing.parent}; remove it (mdevctl stop --uuid ${device.uuid}, or echo 1 > ${mdevPath(device.uuid, "remove")}) or give this domain another UUID`,
     );
   }
-  if (!existing) return { ...device, parent, offered, create: true };
+  if (!existing) {
+    refuseMdevctlConflict(host, device, parent);
+    return { ...device, parent, offered, create: true };
+  }
   // Another domain's release removes it, whoever uses it by then; once that domain has stopped, this one creates its own.
   const creator = mdevCreators(ctx).get(device.uuid);
   if (creator && creator.uuid !== ctx.domain.uuid) {

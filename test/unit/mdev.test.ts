@@ -224,6 +224,39 @@ test("an mdev that exists with the same type is used and kept at release; with a
   sim.cleanup();
 });
 
+test("an mdev UUID mdevctl defines (/etc/mdevctl.d) as another type or with attributes, not started: refused, as vmhook would create another device than mdevctl's; one that agrees is created as before", async () => {
+  const sim = gvtHost();
+  const definition = `/etc/mdevctl.d/${GPU}/${UUID_A}`;
+  const xml = domainXml({ mdevs: [UUID_A], hooks: `<vmhook:mdev type="i915-GVTg_V5_4"/>` });
+  const refused = async (expected: string) => {
+    const before = sim.snapshot();
+    const result = await runHookEvent(sim, "prepare", "begin", xml);
+    assert.is(result.code, 1, result.stderr);
+    assert.is(result.stderr.split("\n")[0], `vmhook: <vmhook:mdev type="i915-GVTg_V5_4">: ${expected}`);
+    assert.equal(sim.writes, []);
+    assert.equal(sim.snapshot(), before);
+  };
+
+  sim.file(definition, JSON.stringify({ mdev_type: "i915-GVTg_V5_8", start: "auto", attrs: [] }));
+  await refused(
+    `mdev ${UUID_A} is defined by mdevctl (${definition}: i915-GVTg_V5_8 on ${GPU}) and not started: vmhook would create another device under its UUID (i915-GVTg_V5_4); write type="i915-GVTg_V5_8" parent="${GPU}" and start it (mdevctl start --uuid ${UUID_A}); or give this domain an mdev <hostdev> with its own UUID (uuidgen)`,
+  );
+  sim.file(definition, JSON.stringify({ mdev_type: "i915-GVTg_V5_4", start: "manual", attrs: [{ "nvidia/vgpu_params": "frame_rate_limiter=0" }] }));
+  await refused(
+    `mdev ${UUID_A} is defined by mdevctl (${definition}: i915-GVTg_V5_4 on ${GPU}, attributes "nvidia/vgpu_params") and not started: vmhook would create another device under its UUID (without those attributes); start it (mdevctl start --uuid ${UUID_A}): vmhook then uses it and leaves it to mdevctl; or give this domain an mdev <hostdev> with its own UUID (uuidgen)`,
+  );
+  sim.file(definition, "{ not json");
+  await refused(`mdevctl's definition of mdev ${UUID_A} (${definition}) is not its JSON (mdev_type, start, attrs): vmhook cannot tell what device mdevctl defines; fix or remove it (mdevctl undefine --uuid ${UUID_A})`);
+
+  // A definition vmhook's create matches (type, parent, no attributes): created and removed as before.
+  sim.file(definition, JSON.stringify({ mdev_type: "i915-GVTg_V5_4", start: "auto", attrs: [] }));
+  assert.is((await runHookEvent(sim, "prepare", "begin", xml)).code, 0);
+  assert.is(mdevType(sim, UUID_A), "i915-GVTg_V5_4");
+  assert.is((await runHookEvent(sim, "release", "end", xml)).code, 0);
+  assert.not.ok(mdevType(sim, UUID_A));
+  sim.cleanup();
+});
+
 test("an mdev vmhook created for another domain (both name its UUID) is refused, not used: that domain removes it at its release", async () => {
   const sim = gvtHost();
   const hooks = `<vmhook:mdev parent="${GPU}" type="i915-GVTg_V5_4"/>`;
