@@ -272,6 +272,25 @@ test("vmhook plan --event start lists exactly the step start runs; release takes
   assert.not.ok(sim.exists(`/run/vmhook/${UUID}.json`), "the journal is gone after release");
 });
 
+test("prepare refuses what start would (nft not installed, a host port another VM forwards), before any plugin of the domain changes the host", async () => {
+  const xml = domain(`<vmhook:forward ports="2222:22"/>`);
+  const noNft = new SimHost().dir("/var/log").dir("/run").file("/run/libvirt/network/default.xml", NAT_NETWORK);
+  const withoutNft = await runHookEvent(noNft, "prepare", "begin", xml);
+  assert.is(withoutNft.code, 1, "refused at prepare");
+  assert.match(withoutNft.stderr.split("\n")[0]!, /^vmhook: forward: nft is not available \(nft: not found\); install nftables \(apt install nftables\)$/);
+  assert.equal(noNft.stateFiles(), [], "nothing journaled");
+
+  const { sim, nftScripts } = nftHost(OTHER);
+  const other = xml.replace(UUID, OTHER).replace("<name>vm</name>", "<name>db</name>");
+  assert.is((await runHookEvent(sim, "start", "begin", other, "db")).code, 0);
+  const before = sim.snapshot();
+  const clash = await runHookEvent(sim, "prepare", "begin", xml);
+  assert.is(clash.code, 1, "refused at prepare");
+  assert.match(clash.stderr.split("\n")[0]!, 'forward: host port tcp 2222 is forwarded to VM "db" already');
+  assert.equal(sim.snapshot(), before, "the host is as it was");
+  assert.is(nftScripts.length, 1, "only db's rules went in");
+});
+
 test("an unreadable listening-socket table refuses the forward at start, naming the file and the errno: no listeners seen is not no listeners", async () => {
   const { sim, nftScripts } = nftHost(UUID);
   sim.file("/proc/net/tcp", "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode").failRead("/proc/net/tcp", "EIO");
