@@ -4,8 +4,9 @@
 //   <vmhook:forward guest="ADDRESS" ports="HOST[:GUEST][/tcp|/udp],…"
 //                   host-address="ADDRESS" interface="IFACE" hairpin="yes|no"/>
 //
-// start plans one step (the rules go in when libvirt has started the guest's
-// network); the plugin is shared, so the runner plans and applies it under the
+// prepare checks what start will (refusing before other plugins change the
+// host); start plans one step (the rules go in when libvirt has started the
+// guest's network); the plugin is shared, so the runner plans and applies it under the
 // host-wide lock and the other VMs' ports cannot change in between. reconnect
 // plans a step that puts back what went missing while libvirtd was away.
 import type { Domain } from "../../lib/domain.ts";
@@ -15,13 +16,30 @@ import { parseForwardConfig, type ForwardConfig } from "./config.ts";
 import { forwardChecks } from "./doctor.ts";
 import { buildRecord, checkListeners, checkOtherVms, resolveForwards } from "./plan.ts";
 import { checkRecord, describeForwards, PLUGIN_ID, type ForwardRecord } from "./record.ts";
+import type { ResolvedForward, RulesetView } from "./rules.ts";
 
-/** start: reads the host (network, ruleset, listeners, other VMs' journals) and checks everything; changes nothing. */
-function planStart(ctx: PlanContext<ForwardConfig>): Step<ForwardRecord>[] {
+/** The forwards, checked against the host (network, other VMs' journals, listeners) and the ruleset as nft lists it now. */
+function checkedForwards(ctx: PlanContext<ForwardConfig>): { forwards: ResolvedForward[]; view: RulesetView } {
   const forwards = resolveForwards(ctx.host, ctx.domainXml, ctx.config);
   checkOtherVms(forwards, ctx.domain.uuid, ctx.journals());
   checkListeners(ctx.host, forwards);
-  const view = readRuleset(ctx);
+  return { forwards, view: readRuleset(ctx) };
+}
+
+/**
+ * prepare: start's checks, so what start would refuse (nft missing, a port
+ * another VM forwards or a service holds) is refused before the domain's
+ * other plugins change the host (a GPU taken from the desktop, hugepages).
+ * No step: the rules go in at start, which checks again.
+ */
+function planPrepare(ctx: PlanContext<ForwardConfig>): Step<ForwardRecord>[] {
+  checkedForwards(ctx);
+  return [];
+}
+
+/** start: reads the host (network, ruleset, listeners, other VMs' journals) and checks everything; changes nothing. */
+function planStart(ctx: PlanContext<ForwardConfig>): Step<ForwardRecord>[] {
+  const { forwards, view } = checkedForwards(ctx);
   // A legacy listing that fails refuses the start: it is not "no LIBVIRT_FWI there".
   const record = buildRecord(ctx.domain.uuid, forwards, view, (tool) => legacyFilterTable(ctx, tool) && iptablesListing(ctx, tool, view, "start") !== undefined);
   return [{ action: record.action, record, description: describeForwards(forwards) }];
@@ -57,7 +75,7 @@ export default definePlugin<ForwardConfig>({
   usage: '<vmhook:forward guest="ADDRESS" ports="HOST[:GUEST][/tcp|/udp],…" host-address="ADDRESS" interface="IFACE" hairpin="yes|no"/>',
   shared: true,
   parse: (elements, _domain: Domain) => parseForwardConfig(elements),
-  plan: { start: planStart, reconnect: planReconnect },
+  plan: { prepare: planPrepare, start: planStart, reconnect: planReconnect },
   check: forwardChecks,
   actions: {
     "nft-forward": defineAction<ForwardRecord, ForwardConfig>({

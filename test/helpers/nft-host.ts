@@ -69,10 +69,24 @@ const FIB_TRIE = `Local:
            /32 host LOCAL
 `;
 
+/** conntrack -D's filters: the original (first) or reply (second) src=, dst=, sport=, dport= of an entry. */
+const CONNTRACK_FILTERS: Record<string, [key: string, index: number]> = {
+  "-s": ["src", 0],
+  "-d": ["dst", 0],
+  "--sport": ["sport", 0],
+  "--dport": ["dport", 0],
+  "-r": ["src", 1],
+  "-q": ["dst", 1],
+  "--reply-port-src": ["sport", 1],
+  "--reply-port-dst": ["dport", 1],
+};
+
+const conntrackField = (entry: string, [key, index]: [string, number]) => [...entry.matchAll(new RegExp(`\\b${key}=(\\S+)`, "g"))][index]?.[1];
+
 /**
  * conntrack(8) on `sim`, holding `entries` (lines as `conntrack -L` prints
- * them): -L -f FAMILY -p PROTO lists that protocol's, -D with an original
- * tuple deletes the entry (exit 1 when none matched, as conntrack does).
+ * them): -L -f FAMILY -p PROTO lists that protocol's, -D deletes every entry
+ * its filters (CONNTRACK_FILTERS) match (exit 1 when none matched, as conntrack does).
  * The host's own address is 10.0.0.1 (/proc/net/fib_trie).
  * calls: every command line it took; entries: what the table holds now.
  */
@@ -85,8 +99,7 @@ export function conntrackOn(sim: SimHost, entries: string[]): { calls: string[];
     const family = option("-f") === "ipv6" ? ":" : ".";
     const ofProtocol = entries.filter((entry) => entry.startsWith(`${option("-p")} `) && entry.split(" src=")[1]!.split(" ")[0]!.includes(family));
     if (args[0] === "-L") return { status: 0, stdout: ofProtocol.map((entry) => `${entry}\n`).join(""), stderr: `conntrack v1.4.7 (conntrack-tools): ${ofProtocol.length} flow entries have been shown.\n` };
-    const tuple = `src=${option("-s")} dst=${option("-d")} sport=${option("--sport")} dport=${option("--dport")} `;
-    const matched = ofProtocol.filter((entry) => entry.indexOf(tuple) === entry.indexOf("src="));
+    const matched = ofProtocol.filter((entry) => Object.entries(CONNTRACK_FILTERS).every(([name, field]) => !args.includes(name) || conntrackField(entry, field) === option(name)));
     for (const entry of matched) entries.splice(entries.indexOf(entry), 1);
     return { status: matched.length === 0 ? 1 : 0, stderr: `conntrack v1.4.7 (conntrack-tools): ${matched.length} flow entries have been deleted.\n` };
   });

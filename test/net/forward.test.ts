@@ -77,6 +77,28 @@ if (withoutConntrack && !skip) console.log("SKIPPED the forward's conntrack test
   });
 });
 
+(skip || withoutConntrack ? forward.skip : forward)("release cuts a forwarded UDP service's many flows (600 peers) with real conntrack in seconds, and keeps the host's other entries", () => {
+  requireTools(["conntrack"], "apt install conntrack");
+  const xml = domainXml("busy", `<vmhook:forward ports="60000-60010/udp"/>`);
+  const started = lab.startDomain("busy", xml);
+  try {
+    assert.is(started.code, 0, started.stderr);
+    // As the DNAT leaves them: from peers to the host's port, replied by the guest. And the host's own flow out to a remote port 60005.
+    const { clientV4, hostV4, guestV4 } = ADDRESSES;
+    const peers = `for port in $(seq 20000 20599); do conntrack -I -p udp -s ${clientV4} -d ${hostV4} --sport $port --dport 60005 -r ${guestV4} -q ${clientV4} --reply-port-src 60005 --reply-port-dst $port -t 120 || exit 1; done 2>/dev/null`;
+    lab.inOk("host", "sh", ["-c", `${peers}; conntrack -I -p udp -s ${hostV4} -d 198.51.100.7 --sport 41000 --dport 60005 -r 198.51.100.7 -q ${hostV4} --reply-port-src 60005 --reply-port-dst 41000 -t 120 2>/dev/null`]);
+    assert.is(lab.inOk("host", "conntrack", ["-C"]).trim(), "601");
+  } finally {
+    const begun = Date.now();
+    lab.stopDomain("busy", xml);
+    const seconds = (Date.now() - begun) / 1000;
+    assert.ok(seconds < 10, `stopped and released in ${seconds} s`);
+  }
+  assert.is(lab.in("host", "conntrack", ["-L", "-p", "udp", "--dport", "60005", "-r", ADDRESSES.guestV4]).stdout, "", "the peers' 600 entries are gone");
+  assert.match(lab.inOk("host", "conntrack", ["-L", "-p", "udp", "-d", "198.51.100.7"]), /sport=41000 dport=60005/, "the host's own flow out stays");
+  lab.inOk("host", "conntrack", ["-D", "-p", "udp", "-d", "198.51.100.7"]);
+});
+
 test("the host itself reaches the forward (DNAT in output)", () => {
   withDomain("self", `<vmhook:forward ports="2222:22"/>`, () => {
     assert.is(lab.probe("tcp", ADDRESSES.hostV4, 2222, "host"), REACHED);

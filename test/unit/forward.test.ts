@@ -272,6 +272,25 @@ test("vmhook plan --event start lists exactly the step start runs; release takes
   assert.not.ok(sim.exists(`/run/vmhook/${UUID}.json`), "the journal is gone after release");
 });
 
+test("prepare refuses what start would (nft not installed, a host port another VM forwards), before any plugin of the domain changes the host", async () => {
+  const xml = domain(`<vmhook:forward ports="2222:22"/>`);
+  const noNft = new SimHost().dir("/var/log").dir("/run").file("/run/libvirt/network/default.xml", NAT_NETWORK);
+  const withoutNft = await runHookEvent(noNft, "prepare", "begin", xml);
+  assert.is(withoutNft.code, 1, "refused at prepare");
+  assert.match(withoutNft.stderr.split("\n")[0]!, /^vmhook: forward: nft is not available \(nft: not found\); install nftables \(apt install nftables\)$/);
+  assert.equal(noNft.stateFiles(), [], "nothing journaled");
+
+  const { sim, nftScripts } = nftHost(OTHER);
+  const other = xml.replace(UUID, OTHER).replace("<name>vm</name>", "<name>db</name>");
+  assert.is((await runHookEvent(sim, "start", "begin", other, "db")).code, 0);
+  const before = sim.snapshot();
+  const clash = await runHookEvent(sim, "prepare", "begin", xml);
+  assert.is(clash.code, 1, "refused at prepare");
+  assert.match(clash.stderr.split("\n")[0]!, 'forward: host port tcp 2222 is forwarded to VM "db" already');
+  assert.equal(sim.snapshot(), before, "the host is as it was");
+  assert.is(nftScripts.length, 1, "only db's rules went in");
+});
+
 test("an unreadable listening-socket table refuses the forward at start, naming the file and the errno: no listeners seen is not no listeners", async () => {
   const { sim, nftScripts } = nftHost(UUID);
   sim.file("/proc/net/tcp", "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode").failRead("/proc/net/tcp", "EIO");
@@ -350,7 +369,8 @@ const CONNTRACK = {
   /** Another port altogether. */
   dns: "udp      17 29 src=10.0.0.1 dst=10.0.0.53 sport=41000 dport=53 src=10.0.0.53 dst=10.0.0.1 sport=53 dport=41000 mark=0 use=1",
 };
-const deleted = (protocol: string, source: string, sourcePort: number, destinationPort: number) => `-D -f ipv4 -p ${protocol} -s ${source} -d 10.0.0.1 --sport ${sourcePort} --dport ${destinationPort}`;
+/** conntrack -D of the entries to host port `hostPort` whose replies come from replySource:replyPort. */
+const deleted = (protocol: string, hostPort: number, replySource: string, replyPort: number) => `-D -f ipv4 -p ${protocol} -d 10.0.0.1 --dport ${hostPort} -r ${replySource} --reply-port-src ${replyPort}`;
 
 test("start, reconnect and release delete the conntrack entries of the forwarded host ports that go elsewhere than the rules now say: a UDP peer that kept sending gets the guest, and a forwarded flow stops at release", async () => {
   const { sim, dropRules } = nftHost(UUID);
@@ -358,21 +378,39 @@ test("start, reconnect and release delete the conntrack entries of the forwarded
   const xml = domain(`<vmhook:forward ports="2222:22,60000-60010/udp"/>`);
   const started = await runHookEvent(sim, "start", "begin", xml);
   assert.is(started.code, 0, started.stderr);
-  assert.equal(conntrack.calls, ["-L -f ipv4 -p udp", deleted("udp", "203.0.113.9", 51820, 60005)], "TCP is not even listed");
+  assert.equal(conntrack.calls, ["-L -f ipv4 -p udp", deleted("udp", 60005, "10.0.0.1", 60005)], "TCP is not even listed");
   assert.equal(conntrack.entries, [CONNTRACK.guestOut, CONNTRACK.hostOutTcp, CONNTRACK.hostOutUdp, CONNTRACK.dns], "the guest's masqueraded connection out to a remote port 60005 stays, and the host's own connections out (TCP and UDP)");
 
   conntrack.entries.push(CONNTRACK.forwardedUdp, CONNTRACK.forwardedTcp, CONNTRACK.beforeForward); // the peer sent again while the rules were gone
   dropRules();
   conntrack.calls.length = 0;
   assert.is((await runHookEvent(sim, "reconnect", "begin", xml)).code, 0);
-  assert.equal(conntrack.calls, ["-L -f ipv4 -p udp", deleted("udp", "203.0.113.9", 51820, 60005)], "flows already going to the guest are kept");
+  assert.equal(conntrack.calls, ["-L -f ipv4 -p udp", deleted("udp", 60005, "10.0.0.1", 60005)], "flows already going to the guest are kept");
 
   conntrack.calls.length = 0;
   const released = await runHookEvent(sim, "release", "end", xml);
   assert.is(released.code, 0, released.stderr);
-  assert.equal(conntrack.calls, ["-L -f ipv4 -p tcp", deleted("tcp", "203.0.113.9", 50000, 2222), "-L -f ipv4 -p udp", deleted("udp", "203.0.113.9", 51821, 60006)]);
+  assert.equal(conntrack.calls, ["-L -f ipv4 -p tcp", deleted("tcp", 2222, "192.168.122.10", 22), "-L -f ipv4 -p udp", deleted("udp", 60006, "192.168.122.10", 60006)]);
   assert.equal(conntrack.entries, [CONNTRACK.guestOut, CONNTRACK.hostOutTcp, CONNTRACK.hostOutUdp, CONNTRACK.dns]);
   assert.not.match(sim.read("/var/log/vmhook.log"), /conntrack/, "no warning");
+});
+
+test("a forwarded UDP service with many peers (DNS, a game server): release cuts their flows with one conntrack per host port, not one per flow (each a dump of the whole table), and start likewise", async () => {
+  const { sim } = nftHost(UUID);
+  const flow = (peerPort: number, replySource: string, replyPort: number) =>
+    `udp      17 29 src=203.0.113.9 dst=10.0.0.1 sport=${peerPort} dport=60005 src=${replySource} dst=203.0.113.9 sport=${replyPort} dport=${peerPort} mark=0 use=1`;
+  const peers = Array.from({ length: 300 }, (_, index) => 20_000 + index);
+  const conntrack = conntrackOn(sim, [...peers.map((port) => flow(port, "10.0.0.1", 60005)), CONNTRACK.guestOut, CONNTRACK.hostOutUdp]);
+  const xml = domain(`<vmhook:forward ports="60000-60010/udp"/>`);
+  assert.is((await runHookEvent(sim, "start", "begin", xml)).code, 0);
+  assert.equal(conntrack.calls, ["-L -f ipv4 -p udp", deleted("udp", 60005, "10.0.0.1", 60005)], "the peers that were sending to the host");
+  assert.equal(conntrack.entries, [CONNTRACK.guestOut, CONNTRACK.hostOutUdp]);
+
+  conntrack.entries.push(...peers.map((port) => flow(port, "192.168.122.10", 60005)));
+  conntrack.calls.length = 0;
+  assert.is((await runHookEvent(sim, "release", "end", xml)).code, 0);
+  assert.equal(conntrack.calls, ["-L -f ipv4 -p udp", deleted("udp", 60005, "192.168.122.10", 60005)], "the flows the forward made");
+  assert.equal(conntrack.entries, [CONNTRACK.guestOut, CONNTRACK.hostOutUdp]);
 });
 
 test("conntrack entries: host-address= narrows them to that address; IPv6 listings are read; a line that cannot be read is an error, not a skipped entry", () => {

@@ -112,6 +112,9 @@ interface Case {
   allowedIn?: ("validate" | "plan")[];
 }
 
+/** Planned, forward's prepare checks the guest's NAT network and nft's ruleset (forward.test.ts simulates them); this host has neither. */
+const FORWARD_ALLOWED_IN: Case["allowedIn"] = ["validate"];
+
 const CASES: Case[] = [
   {
     name: "vfio: a device that is not the domain's (nor in its slot or IOMMU group)",
@@ -182,6 +185,7 @@ const CASES: Case[] = [
     element: `<vmhook:forward guest="192.168.122.10" ports="2222:22,80/tcp"/>`,
     refused: [`ports: host port tcp 80 is not one the host policy lets VMs claim (allowed: 1024-65535)`, `add 80 to "${hint("forward.hostPorts")}`],
     allow: { forward: { hostPorts: [80, "1024-65535"] } },
+    allowedIn: FORWARD_ALLOWED_IN,
   },
   {
     name: "forward: a range beyond the policy's ports",
@@ -189,6 +193,7 @@ const CASES: Case[] = [
     policy: { forward: { hostPorts: [2222] } },
     refused: [`ports: host port udp 60000-60010 is not one the host policy lets VMs claim (allowed: 2222)`, `add "60000-60010" to "${hint("forward.hostPorts")}`],
     allow: { forward: { hostPorts: [2222, "60000-60010"] } },
+    allowedIn: FORWARD_ALLOWED_IN,
   },
   {
     name: "forward: a range the policy's entries cover only together (a port, a range, overlapping), named by the ports it leaves out",
@@ -196,6 +201,7 @@ const CASES: Case[] = [
     policy: { forward: { hostPorts: [2222, 2223] } },
     refused: [`ports: host port tcp 2222-2224 is not one the host policy lets VMs claim (allowed: 2222, 2223)`, `add 2224 to "${hint("forward.hostPorts")}`],
     allow: { forward: { hostPorts: [2224, "2000-2222", "2222-2223"] } },
+    allowedIn: FORWARD_ALLOWED_IN,
   },
   {
     name: "custom plugin: one the policy does not list",
