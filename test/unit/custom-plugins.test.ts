@@ -469,6 +469,56 @@ test("module: a planner that never settles is abandoned at its time limit, the p
   sim.cleanup();
 });
 
+/** A module plugin "late" that sets /flag at prepare and, through its context, `then` (given `lateWrite(ctx)`, which sets it again and updates its record). */
+const latePlugin = (then: string) => `const lateWrite = async (ctx) => {
+    try { ctx.update({ action: "flag", old: "late\\n" }); } catch {}
+    ctx.host.write("/flag", "on\\n");
+  };
+  export default { name: "late", summary: "writes after its call", parse: () => ({}),
+    plan: { prepare: (ctx) => [{ action: "flag", record: { action: "flag", old: ctx.host.read("/flag") }, description: "set /flag" }] },
+    actions: { flag: { check: (record) => record,
+      async apply(record, ctx) { ctx.host.write("/flag", "on\\n"); ${then} },
+      undo(record, ctx) { ctx.host.write("/flag", record.old); } } } };\n`;
+
+const lateCases = [
+  {
+    what: "an apply abandoned at its time limit that writes later",
+    then: "await new Promise((resolve) => setTimeout(resolve, 400)); await lateWrite(ctx);",
+    others: "",
+    failure: /^vmhook: plugin:late did not finish prepare within 0\.2 s \(step "set \/flag"\) and was abandoned; /m,
+    ended: "was abandoned",
+  },
+  {
+    what: "a timer a finished apply left behind, the next plugin failing",
+    then: "setTimeout(() => lateWrite(ctx).catch(() => {}), 400);",
+    others: '<vmhook:plugin name="breaks"/>',
+    failure: /^vmhook: plugin:breaks: out of order$/m,
+    ended: "ended",
+  },
+];
+
+for (const { what, then, others, failure, ended } of lateCases) {
+  test(`module: ${what}, after the rollback, reaches neither the host nor the journal`, async () => {
+    const sim = pluginHost().file("/flag", "off\n");
+    sim.file(paths.hostConfig, JSON.stringify({ plugins: { "plugin:late": { timeoutSeconds: 0.2 } } }));
+    install(sim, "late.mjs", latePlugin(then), 0o644);
+    install(sim, "breaks.mjs", `export default { name: "breaks", summary: "fails", parse: () => ({}),
+      plan: { prepare: () => [{ action: "fail", record: { action: "fail" }, description: "fail" }] },
+      actions: { fail: { check: (record) => record, apply() { throw new Error("out of order"); }, undo() {} } } };\n`, 0o644);
+    const outcome = await runHookEvent(sim, "prepare", "begin", domainXml(`<vmhook:plugin name="late"/>${others}`));
+    assert.is(outcome.code, 1, outcome.stderr);
+    assert.match(outcome.stderr, failure);
+    assert.is(sim.read("/flag"), "off\n", "rolled back");
+    // The late plugin code wakes up after the rollback and writes again through its context.
+    await new Promise((resolve) => setTimeout(resolve, 400));
+    assert.is(sim.read("/flag"), "off\n", "the late write did not reach the host");
+    assert.not.ok(fs.existsSync(journalPath(sim)), "the late update did not write a journal");
+    assert.match(log(sim), `plugin:late: refused ctx.update after its call ${ended}`);
+    assert.match(log(sim), `plugin:late: refused ctx.host.write("/flag", …) after its call ${ended}`);
+    sim.cleanup();
+  });
+}
+
 test("shared plugins: a step that let go of the host lock has every later plugin planned again, one that planned no step before included", async () => {
   const sim = pluginHost().file("/another-vm", "absent");
   // "reclaim" waits outside the host lock, as hugepages' reclaim does; meanwhile another VM takes what "gate" guards.
