@@ -4,14 +4,16 @@
 // write it makes after the rollback would redo what was just undone, with
 // nothing journaled; so would a timer a finished call left behind. Once the
 // call has ended, its context refuses every use that reaches the host or the
-// journal.
+// journal, and a program it started in the background is killed.
 import { VmhookError } from "./errors.ts";
-import type { Host } from "./host.ts";
+import type { ExecOptions, Host } from "./host.ts";
 import type { Logger } from "./log.ts";
 
 export class CallLease {
   /** How the call ended ("was abandoned", "ended"), once it has. */
   private endedAs: string | undefined;
+  /** Aborts when the call ends: what kills the programs it left running (ExecOptions.signal). */
+  private readonly ending = new AbortController();
 
   constructor(
     private readonly pluginId: string,
@@ -21,6 +23,7 @@ export class CallLease {
   /** From now on, everything guarded by this lease throws. */
   end(how: string): void {
     this.endedAs ??= how;
+    this.ending.abort();
   }
 
   private refuseIfEnded(what: string): void {
@@ -31,7 +34,7 @@ export class CallLease {
     throw new VmhookError(message);
   }
 
-  /** `host`, each of whose methods throws once the call has ended. */
+  /** `host`, each of whose methods throws once the call has ended; a program execAsync started then is killed. */
   host(host: Host): Host {
     return new Proxy(host, {
       get: (target, key) => {
@@ -39,6 +42,7 @@ export class CallLease {
         if (typeof value !== "function") return value;
         return (...args: unknown[]) => {
           this.refuseIfEnded(`ctx.host.${String(key)}(${typeof args[0] === "string" ? `${JSON.stringify(args[0])}, …` : "…"})`);
+          if (key === "execAsync") args[2] = { ...(args[2] as ExecOptions), signal: this.ending.signal };
           return value.apply(target, args);
         };
       },

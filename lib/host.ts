@@ -12,6 +12,8 @@ export interface ExecOptions {
   timeoutMs: number;
   input?: string;
   env?: Record<string, string>;
+  /** execAsync: kill the child once this aborts (the plugin call that started it has ended). */
+  signal?: AbortSignal;
 }
 
 export interface ExecResult {
@@ -295,6 +297,7 @@ export class RootedHost implements Host {
       timedOut = true;
       stop();
     }, Math.max(1, Math.floor(options.timeoutMs)));
+    options.signal?.addEventListener("abort", stop);
     const tooMuch = () => {
       overflowed = true;
       stop();
@@ -313,6 +316,7 @@ export class RootedHost implements Host {
     } finally {
       clearTimeout(timer);
       clearTimeout(grace);
+      options.signal?.removeEventListener("abort", stop);
     }
   }
 

@@ -486,18 +486,25 @@ const lateCases = [
     then: "await new Promise((resolve) => setTimeout(resolve, 400)); await lateWrite(ctx);",
     others: "",
     failure: /^vmhook: plugin:late did not finish prepare within 0\.2 s \(step "set \/flag"\) and was abandoned; /m,
-    ended: "was abandoned",
+    refused: ["ctx.update after its call was abandoned", 'ctx.host.write("/flag", …) after its call was abandoned'],
   },
   {
     what: "a timer a finished apply left behind, the next plugin failing",
     then: "setTimeout(() => lateWrite(ctx).catch(() => {}), 400);",
     others: '<vmhook:plugin name="breaks"/>',
     failure: /^vmhook: plugin:breaks: out of order$/m,
-    ended: "ended",
+    refused: ["ctx.update after its call ended", 'ctx.host.write("/flag", …) after its call ended'],
+  },
+  {
+    what: "a program an abandoned apply started with ctx.runAsync",
+    then: 'await ctx.runAsync("/usr/local/bin/set-flag-later", []);',
+    others: "",
+    failure: /^vmhook: plugin:late did not finish prepare within 0\.2 s \(step "set \/flag"\) and was abandoned; /m,
+    refused: [],
   },
 ];
 
-for (const { what, then, others, failure, ended } of lateCases) {
+for (const { what, then, others, failure, refused } of lateCases) {
   test(`module: ${what}, after the rollback, reaches neither the host nor the journal`, async () => {
     const sim = pluginHost().file("/flag", "off\n");
     sim.file(paths.hostConfig, JSON.stringify({ plugins: { "plugin:late": { timeoutSeconds: 0.2 } } }));
@@ -505,6 +512,10 @@ for (const { what, then, others, failure, ended } of lateCases) {
     install(sim, "breaks.mjs", `export default { name: "breaks", summary: "fails", parse: () => ({}),
       plan: { prepare: () => [{ action: "fail", record: { action: "fail" }, description: "fail" }] },
       actions: { fail: { check: (record) => record, apply() { throw new Error("out of order"); }, undo() {} } } };\n`, 0o644);
+    sim.file("/usr/local/bin/set-flag-later", '#!/bin/sh\nsleep 0.3\necho on > "$VMHOOK_ROOT/flag"\n');
+    fs.chmodSync(sim.resolve("/usr/local/bin/set-flag-later"), 0o755);
+    // Programs started in the background really run, under the root.
+    sim.execAsync = (command, args, options) => RootedHost.prototype.execAsync.call(sim, command, args, options);
     const outcome = await runHookEvent(sim, "prepare", "begin", domainXml(`<vmhook:plugin name="late"/>${others}`));
     assert.is(outcome.code, 1, outcome.stderr);
     assert.match(outcome.stderr, failure);
@@ -513,8 +524,7 @@ for (const { what, then, others, failure, ended } of lateCases) {
     await new Promise((resolve) => setTimeout(resolve, 400));
     assert.is(sim.read("/flag"), "off\n", "the late write did not reach the host");
     assert.not.ok(fs.existsSync(journalPath(sim)), "the late update did not write a journal");
-    assert.match(log(sim), `plugin:late: refused ctx.update after its call ${ended}`);
-    assert.match(log(sim), `plugin:late: refused ctx.host.write("/flag", …) after its call ${ended}`);
+    for (const what of refused) assert.match(log(sim), `plugin:late: refused ${what}`);
     sim.cleanup();
   });
 }
