@@ -137,6 +137,25 @@ test("executable: a plugin that hangs is killed at its timeout and prepare fails
   sim.cleanup();
 });
 
+test("executable: what a plugin killed at its timeout started (a subshell, a slow tool) is killed with it: it cannot redo its change after the undo", async () => {
+  const sim = pluginHost().file("/flag", "off\n");
+  sim.file(paths.hostConfig, JSON.stringify({ plugins: { "plugin:slow": { timeoutSeconds: 0.3 } } }));
+  // At prepare: sets /flag, then a subshell (as a slow tool would) sets it again after 0.6 s; at undo: clears it.
+  const body = `case "$1" in
+    prepare) echo on > "$VMHOOK_ROOT/flag"; ( sleep 0.6; echo on > "$VMHOOK_ROOT/flag" ) ;;
+    undo) echo off > "$VMHOOK_ROOT/flag" ;;
+  esac`;
+  install(sim, "slow", shellPlugin("slow", body));
+  const outcome = await runHookEvent(sim, "prepare", "begin", domainXml('<vmhook:plugin name="slow"/>'));
+  assert.is(outcome.code, 1);
+  assert.match(outcome.stderr, "did not finish prepare within 0.3 s and was killed");
+  assert.equal(calls(sim), ["slow prepare undo= interrupted=", "slow undo undo= interrupted=1"]);
+  assert.is(sim.read("/flag"), "off\n", "undone");
+  await new Promise((resolve) => setTimeout(resolve, 800));
+  assert.is(sim.read("/flag"), "off\n", "nothing the killed plugin started changed it again");
+  sim.cleanup();
+});
+
 test("executable: output larger than vmhook reads fails prepare saying so, not as a start failure", async () => {
   const sim = pluginHost();
   install(sim, "flood", shellPlugin("flood", '[ "$1" = prepare ] && head -c 20000000 /dev/zero | tr "\\000" x; exit 0'));
