@@ -64,8 +64,11 @@ declare const Bun: {
       timeout?: number;
       killSignal?: string;
       maxBuffer?: number;
+      /** setsid(2): the child leads a process group of its own. */
+      detached?: boolean;
     },
   ): {
+    pid: number;
     exitCode: number | null;
     signalCode?: string | null;
     stdout?: Uint8Array;

@@ -12,6 +12,8 @@ export interface ExecOptions {
   timeoutMs: number;
   input?: string;
   env?: Record<string, string>;
+  /** execAsync: kill the child once this aborts (the plugin call that started it has ended). */
+  signal?: AbortSignal;
 }
 
 export interface ExecResult {
@@ -112,6 +114,22 @@ export const installedProgram = (host: Host, program: string): string | undefine
 const sleepCell = new Int32Array(new SharedArrayBuffer(4));
 /** How long execAsync waits for a child it killed before leaving it behind. */
 const KILL_GRACE_MS = 1000;
+
+/**
+ * SIGKILL to the process group a program killed by vmhook led (exec and
+ * execAsync start each in its own): a subshell or tool it started would
+ * otherwise run on, and change the host after the undo of what it was doing.
+ */
+function killGroup(pid: number): void {
+  // kill(-0) would be vmhook's own group (and libvirt's, when it runs the hook in its own).
+  if (!(pid > 0)) return;
+  try {
+    process.kill(-pid, "SIGKILL");
+  } catch {
+    // ESRCH: nothing of it is left.
+  }
+}
+
 /** What a child may print on each of stdout and stderr; past that it is killed. */
 const OUTPUT_LIMIT = 16 * 1024 * 1024;
 
@@ -236,6 +254,7 @@ export class RootedHost implements Host {
     // Never hand libvirt's stdout/stderr pipes to a child: a child that outlives
     // us while holding them would make libvirt wait forever. Bun.spawnSync,
     // not node:child_process: a spawn costs half as much under TCG (docs/bench.md).
+    // Its own process group, so that a kill reaches what it started (killGroup).
     let result: ReturnType<typeof Bun.spawnSync>;
     try {
       result = Bun.spawnSync([program, ...args], {
@@ -246,10 +265,12 @@ export class RootedHost implements Host {
         timeout: Math.max(1, Math.floor(options.timeoutMs)),
         killSignal: "SIGKILL",
         maxBuffer: OUTPUT_LIMIT,
+        detached: true,
       });
     } catch (error) {
       return notStarted(`${command}: ${(error as Error).message}`);
     }
+    if (result.exitCode === null) killGroup(result.pid);
     const text = (bytes: Uint8Array | undefined) => (bytes ? Buffer.from(bytes).toString("utf8") : "");
     const overflowed = result.exitCode === null && [result.stdout, result.stderr].some((bytes) => (bytes?.length ?? 0) >= OUTPUT_LIMIT);
     return {
@@ -269,7 +290,7 @@ export class RootedHost implements Host {
     if (!program) return notStarted(`${command}: not found`);
     let child: BunSubprocess;
     try {
-      child = Bun.spawn([program, ...args], { stdin: new TextEncoder().encode(options.input ?? ""), stdout: "pipe", stderr: "pipe", env: this.childEnv(options) });
+      child = Bun.spawn([program, ...args], { stdin: new TextEncoder().encode(options.input ?? ""), stdout: "pipe", stderr: "pipe", env: this.childEnv(options), detached: true });
     } catch (error) {
       return notStarted(`${command}: ${(error as Error).message}`);
     }
@@ -281,7 +302,7 @@ export class RootedHost implements Host {
     const abandoned = new Promise<null>((resolve) => (giveUp = resolve));
     let grace: ReturnType<typeof setTimeout> | undefined;
     const stop = () => {
-      child.kill("SIGKILL");
+      killGroup(child.pid);
       // A process it left in the background may hold the pipes: stop reading them too.
       void stdout.cancel().catch(() => {});
       void stderr.cancel().catch(() => {});
@@ -295,6 +316,7 @@ export class RootedHost implements Host {
       timedOut = true;
       stop();
     }, Math.max(1, Math.floor(options.timeoutMs)));
+    options.signal?.addEventListener("abort", stop);
     const tooMuch = () => {
       overflowed = true;
       stop();
@@ -313,6 +335,7 @@ export class RootedHost implements Host {
     } finally {
       clearTimeout(timer);
       clearTimeout(grace);
+      options.signal?.removeEventListener("abort", stop);
     }
   }
 

@@ -3,6 +3,7 @@
 // order, each journaled with its record *before* it acts; when one fails,
 // what was done is undone in reverse and the host is as it was. Every
 // journaled record is checked by its action before its undo runs.
+import { CallLease } from "./call-lease.ts";
 import { customPluginError, namingCustomPlugin, withPluginName, type PluginInstance } from "./config.ts";
 import { claimsFor } from "./claims.ts";
 import { Deadline, waitFor } from "./deadline.ts";
@@ -68,8 +69,10 @@ type Unit = { instance: PluginInstance; step: PlannedStep } | { instance: Plugin
 
 type DomainId = { name: string; uuid: string };
 
-function baseContext(env: RunEnvironment, pluginId: string, event: HookEvent, domain: DomainId, deadline: Deadline): BaseContext {
-  const { host, log } = env;
+/** A context's common part, all of it reaching the host through `lease`'s host; what hands it to a plugin guards it whole (lease.context). */
+function baseContext(env: RunEnvironment, lease: CallLease, pluginId: string, event: HookEvent, domain: DomainId, deadline: Deadline): BaseContext {
+  const host = lease.host(env.host);
+  const { log } = env;
   // A program starts only within the deadline, and is killed at its end at the latest.
   const bounded = (command: string, options: RunOptions) => {
     deadline.check(`starting ${command}`);
@@ -113,17 +116,19 @@ function checkedRun(command: string, args: string[], options: RunOptions, result
   return result;
 }
 
-function planContext(env: RunEnvironment, instance: PluginInstance, event: PlannedEvent, domain: Domain, journal: Journal, deadline: Deadline): PlanContext<unknown> {
+/** A planner's context, with `extras` (an apply's update, a handler's step), guarded whole by `lease`. */
+function planContext<Extras extends object>(env: RunEnvironment, lease: CallLease, instance: PluginInstance, event: PlannedEvent, domain: Domain, journal: Journal, deadline: Deadline, extras: Extras): PlanContext<unknown> & Extras {
   const { plugin } = instance;
-  return {
-    ...baseContext(env, instance.id, event, journal.domain, deadline),
+  return lease.context({
+    ...baseContext(env, lease, instance.id, event, journal.domain, deadline),
     config: instance.config,
     domainXml: domain,
     // Through their actions' checks, as before an undo: a planner builds paths and arguments from them too.
     records: journal.entries
       .filter((entry) => entry.plugin === instance.id)
       .map((entry) => (isLegacyPlugin(plugin) ? entry.undo : actionOf(plugin, instance.id, entry.undo).check(entry.undo))),
-  };
+    ...extras,
+  });
 }
 
 /** The action a journaled record names, or an error: a record of an unknown kind is not undone, nor planned from, as if it were none. */
@@ -140,23 +145,28 @@ function actionOf(plugin: Plugin, pluginId: string, record: UndoRecord): Action<
  * either hang libvirt or, once the event loop drains, end as if all went
  * well. The timer keeps the process alive until then; past the limit the
  * work is abandoned and reported as failed (the caller rolls back what was
- * journaled).
+ * journaled). `work` builds the plugin's context on the lease it is given:
+ * once the call is abandoned or has ended, nothing it still does through
+ * that context reaches the host or the journal.
  */
-async function settleWithin<T>(env: RunEnvironment, pluginId: string, event: string, deadline: Deadline, where: () => string, work: T | Promise<T>): Promise<T> {
+async function settleWithin<T>(env: RunEnvironment, pluginId: string, event: string, deadline: Deadline, where: () => string, work: (lease: CallLease) => T | Promise<T>): Promise<T> {
   const pluginSettings = env.settings.plugins[pluginId] ?? {};
   const limitMs = pluginTimeLimitMs(pluginSettings, pluginId, deadline.remainingMs());
+  const lease = new CallLease(pluginId, env.log);
   let timer: ReturnType<typeof setTimeout> | undefined;
   const overrun = new Promise<never>((_, reject) => {
     timer = setTimeout(() => {
+      lease.end("was abandoned");
       const setting = settingToRaise(pluginSettings, pluginId, limitMs, deadline.setting);
       const raise = pluginId.startsWith("plugin:") ? `; make it finish, or raise ${setting}` : `; raise ${setting} if the host is just slow`;
       reject(new VmhookError(`${pluginId} did not finish ${event} within ${limitMs / 1000} s (${where()}) and was abandoned${raise}`));
     }, limitMs);
   });
   try {
-    return await Promise.race([work, overrun]);
+    return await Promise.race([work(lease), overrun]);
   } finally {
     clearTimeout(timer);
+    lease.end("ended");
   }
 }
 
@@ -231,7 +241,7 @@ async function planUnits(event: PlannedEvent, instances: PluginInstance[], domai
     deadline.check(`planning ${instance.id}`);
     try {
       const steps = await namingCustomPlugin(instance.id, () =>
-        settleWithin(env, instance.id, `planning ${event}`, deadline, () => "its planner", planner(planContext(env, instance, event, domain, journal, deadline))),
+        settleWithin(env, instance.id, `planning ${event}`, deadline, () => "its planner", (lease) => planner(planContext(env, lease, instance, event, domain, journal, deadline, {}))),
       );
       // Checked before any is kept: a plugin left out (carryOn) is left out whole.
       units.push(...steps.map((step) => plannedUnit(instance, event, step)));
@@ -277,14 +287,16 @@ export async function planEvent(event: PlannedEvent, instances: PluginInstance[]
       steps.push(unit.step);
       continue;
     }
-    const ctx: LegacyContext<unknown> = {
-      ...planContext(env, unit.instance, event, domain, journal, deadline),
-      dryRun: true,
-      step: async (description, record) => {
-        steps.push({ plugin: unit.instance.id, event, action: record.action, description, record });
-      },
+    const listSteps = (lease: CallLease) => {
+      const ctx: LegacyContext<unknown> = planContext(env, lease, unit.instance, event, domain, journal, deadline, {
+        dryRun: true,
+        step: async (description: string, record: UndoRecord) => {
+          steps.push({ plugin: unit.instance.id, event, action: record.action, description, record });
+        },
+      });
+      return unit.legacy[event]!(ctx);
     };
-    await namingCustomPlugin(unit.instance.id, () => settleWithin(env, unit.instance.id, event, deadline, () => "its handler, listing steps", unit.legacy[event]!(ctx)));
+    await namingCustomPlugin(unit.instance.id, () => settleWithin(env, unit.instance.id, event, deadline, () => "its handler, listing steps", listSteps));
   }
   return steps;
 }
@@ -419,18 +431,20 @@ async function applyStep(env: RunEnvironment, journal: Journal, instance: Plugin
   const afterBackgroundSteps = background.startedSoFar();
   await journaled(env, journal, planned, (handle) =>
     namingCustomPlugin(instance.id, async () => {
-      const ctx: ApplyContext<unknown> = {
-        ...planContext(env, instance, planned.event as PlannedEvent, domain, journal, deadline),
-        update: handle.update,
-        nothingToUndo: handle.nothingToUndo,
-        outsideHostLock(work) {
-          // A step in the background may write what the lock guards (the claims ledger).
-          if (background.anyRunning) throw new VmhookError(`internal: ${instance.id} steps outside the host lock while a step runs in the background`);
-          return held ? held.released(work) : work();
-        },
-        afterBackgroundSteps,
+      const apply = (lease: CallLease) => {
+        const ctx: ApplyContext<unknown> = planContext(env, lease, instance, planned.event as PlannedEvent, domain, journal, deadline, {
+          update: handle.update,
+          nothingToUndo: handle.nothingToUndo,
+          outsideHostLock<T>(work: () => T): T {
+            // A step in the background may write what the lock guards (the claims ledger).
+            if (background.anyRunning) throw new VmhookError(`internal: ${instance.id} steps outside the host lock while a step runs in the background`);
+            return held ? held.released(work) : work();
+          },
+          afterBackgroundSteps,
+        });
+        return action.apply(planned.record, ctx);
       };
-      const updated = await settleWithin(env, instance.id, planned.event, deadline, () => `step "${planned.description}"`, action.apply(planned.record, ctx));
+      const updated = await settleWithin(env, instance.id, planned.event, deadline, () => `step "${planned.description}"`, apply);
       if (updated) handle.update(updated);
     }),
   );
@@ -439,15 +453,18 @@ async function applyStep(env: RunEnvironment, journal: Journal, instance: Plugin
 /** The adapter for first-interface custom plugins: their handler runs with a ctx.step that journals like a planned step. */
 async function runLegacyHandler(env: RunEnvironment, journal: Journal, instance: PluginInstance, plugin: LegacyPlugin<unknown>, event: PlannedEvent, domain: Domain, deadline: Deadline): Promise<void> {
   let currentStep = "before its first step";
-  const ctx: LegacyContext<unknown> = {
-    ...planContext(env, instance, event, domain, journal, deadline),
-    dryRun: false,
-    step: (description, record, action) => {
-      currentStep = `step "${description}"`;
-      return journaled(env, journal, { plugin: instance.id, event, action: record.action, description, record }, action);
-    },
+  const handle = (lease: CallLease) => {
+    const ctx: LegacyContext<unknown> = planContext(env, lease, instance, event, domain, journal, deadline, {
+      dryRun: false,
+      step: (description: string, record: UndoRecord, action: (handle: StepHandle) => void | Promise<void>) => {
+        currentStep = `step "${description}"`;
+        // The handle too lasts as long as the handler's call.
+        return journaled(env, journal, { plugin: instance.id, event, action: record.action, description, record }, (stepHandle) => action(lease.context(stepHandle)));
+      },
+    });
+    return plugin[event]!(ctx);
   };
-  await namingCustomPlugin(instance.id, () => settleWithin(env, instance.id, event, deadline, () => currentStep, plugin[event]!(ctx)));
+  await namingCustomPlugin(instance.id, () => settleWithin(env, instance.id, event, deadline, () => currentStep, handle));
 }
 
 /**
@@ -497,24 +514,19 @@ export interface UndoResult {
 
 /**
  * Gives one journaled change back: the record is checked by its action first.
- * ctx.update rewrites the entry's record at once, while the undo is `open`: an
- * undo abandoned at its time limit that calls it later changes nothing.
+ * ctx.update rewrites the entry's record at once (while the undo's lease lasts).
  */
-async function undoEntry(env: RunEnvironment, plugin: AnyPlugin, entry: JournalEntry, journal: Journal, deadline: Deadline, open: () => boolean): Promise<void> {
+async function undoEntry(env: RunEnvironment, lease: CallLease, plugin: AnyPlugin, entry: JournalEntry, journal: Journal, deadline: Deadline): Promise<void> {
   const update = (next: UndoRecord) => {
-    if (!open()) {
-      env.log.warn(`${entry.plugin}: undo ${entry.description}: an update after the undo was given up on is ignored`);
-      return;
-    }
     entry.undo = next;
     writeJournal(env.host, journal);
   };
-  await undoRecord(env, plugin, entry.plugin, entry.undo, journal.domain, deadline, update);
+  await undoRecord(env, lease, plugin, entry.plugin, entry.undo, journal.domain, deadline, update);
 }
 
 /** One record's undo, as `domain`'s: checked by its action first. */
-async function undoRecord(env: RunEnvironment, plugin: AnyPlugin, pluginId: string, record: UndoRecord, domain: DomainId, deadline: Deadline, update: UndoContext["update"]): Promise<void> {
-  const ctx: UndoContext = { ...baseContext(env, pluginId, "release", domain, deadline), update };
+async function undoRecord(env: RunEnvironment, lease: CallLease, plugin: AnyPlugin, pluginId: string, record: UndoRecord, domain: DomainId, deadline: Deadline, update: UndoContext["update"]): Promise<void> {
+  const ctx: UndoContext = lease.context({ ...baseContext(env, lease, pluginId, "release", domain, deadline), update });
   if (isLegacyPlugin(plugin)) return plugin.undo(record, ctx);
   const action = actionOf(plugin, pluginId, record);
   await action.undo(action.check(record), ctx);
@@ -532,7 +544,7 @@ export async function undoUnjournaled(env: RunEnvironment, pluginId: string, plu
   for (const { description, record } of planUnjournaled(env, pluginId, domain, deadline, plan)) {
     try {
       // No journal to rewrite: what an undo records as it goes is read again from the ledger or the shared state by the next recover.
-      await settleWithin(env, pluginId, "undo", deadline, () => `undo of "${description}"`, undoRecord(env, plugin, pluginId, record, domain, deadline, () => {}));
+      await settleWithin(env, pluginId, "undo", deadline, () => `undo of "${description}"`, (lease) => undoRecord(env, lease, plugin, pluginId, record, domain, deadline, () => {}));
       outcomes.push({ description });
     } catch (error) {
       outcomes.push({ description, error: describeError(error) });
@@ -543,15 +555,20 @@ export async function undoUnjournaled(env: RunEnvironment, pluginId: string, plu
 
 /** The steps undoUnjournaled would undo, planned in the context it gives them and not run (status and doctor show them). */
 export function planUnjournaled(env: RunEnvironment, pluginId: string, domain: DomainId, deadline: Deadline, plan: (ctx: BaseContext) => Step[]): Step[] {
-  return plan(baseContext(env, pluginId, "release", domain, deadline));
+  const lease = new CallLease(pluginId, env.log);
+  try {
+    return plan(lease.context(baseContext(env, lease, pluginId, "release", domain, deadline)));
+  } finally {
+    lease.end("ended");
+  }
 }
 
 /** How an entry's undo ended: it leaves the journal, or stays marked undo-failed with its cause. */
 type UndoOutcome = { done: true } | { done: false; cause: unknown };
 
-async function undoOutcome(env: RunEnvironment, plugin: AnyPlugin, entry: JournalEntry, journal: Journal, deadline: Deadline, open: () => boolean): Promise<UndoOutcome> {
+async function undoOutcome(env: RunEnvironment, plugin: AnyPlugin, entry: JournalEntry, journal: Journal, deadline: Deadline): Promise<UndoOutcome> {
   try {
-    await settleWithin(env, entry.plugin, "undo", deadline, () => `undo of "${entry.description}"`, undoEntry(env, plugin, entry, journal, deadline, open));
+    await settleWithin(env, entry.plugin, "undo", deadline, () => `undo of "${entry.description}"`, (lease) => undoEntry(env, lease, plugin, entry, journal, deadline));
     return { done: true };
   } catch (cause) {
     return { done: false, cause };
@@ -589,7 +606,7 @@ export async function undoJournal(journal: Journal, env: RunEnvironment, deadlin
       // shared resources from the journals, and one that took the lock between
       // the undo and the journal write would count a claim already given back.
       outcome = await underLockIf(plugin.shared === true, env, deadline, async () => {
-        finished = await undoOutcome(env, plugin, entry, journal, deadline, () => finished === undefined);
+        finished = await undoOutcome(env, plugin, entry, journal, deadline);
         journalOutcome(host, journal, entry, finished);
         return finished;
       });

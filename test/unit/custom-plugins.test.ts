@@ -137,6 +137,25 @@ test("executable: a plugin that hangs is killed at its timeout and prepare fails
   sim.cleanup();
 });
 
+test("executable: what a plugin killed at its timeout started (a subshell, a slow tool) is killed with it: it cannot redo its change after the undo", async () => {
+  const sim = pluginHost().file("/flag", "off\n");
+  sim.file(paths.hostConfig, JSON.stringify({ plugins: { "plugin:slow": { timeoutSeconds: 0.3 } } }));
+  // At prepare: sets /flag, then a subshell (as a slow tool would) sets it again after 0.6 s; at undo: clears it.
+  const body = `case "$1" in
+    prepare) echo on > "$VMHOOK_ROOT/flag"; ( sleep 0.6; echo on > "$VMHOOK_ROOT/flag" ) ;;
+    undo) echo off > "$VMHOOK_ROOT/flag" ;;
+  esac`;
+  install(sim, "slow", shellPlugin("slow", body));
+  const outcome = await runHookEvent(sim, "prepare", "begin", domainXml('<vmhook:plugin name="slow"/>'));
+  assert.is(outcome.code, 1);
+  assert.match(outcome.stderr, "did not finish prepare within 0.3 s and was killed");
+  assert.equal(calls(sim), ["slow prepare undo= interrupted=", "slow undo undo= interrupted=1"]);
+  assert.is(sim.read("/flag"), "off\n", "undone");
+  await new Promise((resolve) => setTimeout(resolve, 800));
+  assert.is(sim.read("/flag"), "off\n", "nothing the killed plugin started changed it again");
+  sim.cleanup();
+});
+
 test("executable: output larger than vmhook reads fails prepare saying so, not as a start failure", async () => {
   const sim = pluginHost();
   install(sim, "flood", shellPlugin("flood", '[ "$1" = prepare ] && head -c 20000000 /dev/zero | tr "\\000" x; exit 0'));
@@ -468,6 +487,66 @@ test("module: a planner that never settles is abandoned at its time limit, the p
   assert.equal(sim.snapshot(), before);
   sim.cleanup();
 });
+
+/** A module plugin "late" that sets /flag at prepare and, through its context, `then` (given `lateWrite(ctx)`, which sets it again and updates its record). */
+const latePlugin = (then: string) => `const lateWrite = async (ctx) => {
+    try { ctx.update({ action: "flag", old: "late\\n" }); } catch {}
+    ctx.host.write("/flag", "on\\n");
+  };
+  export default { name: "late", summary: "writes after its call", parse: () => ({}),
+    plan: { prepare: (ctx) => [{ action: "flag", record: { action: "flag", old: ctx.host.read("/flag") }, description: "set /flag" }] },
+    actions: { flag: { check: (record) => record,
+      async apply(record, ctx) { ctx.host.write("/flag", "on\\n"); ${then} },
+      undo(record, ctx) { ctx.host.write("/flag", record.old); } } } };\n`;
+
+const lateCases = [
+  {
+    what: "an apply abandoned at its time limit that writes later",
+    then: "await new Promise((resolve) => setTimeout(resolve, 400)); await lateWrite(ctx);",
+    others: "",
+    failure: /^vmhook: plugin:late did not finish prepare within 0\.2 s \(step "set \/flag"\) and was abandoned; /m,
+    refused: ["ctx.update after its call was abandoned", 'ctx.host.write("/flag", …) after its call was abandoned'],
+  },
+  {
+    what: "a timer a finished apply left behind, the next plugin failing",
+    then: "setTimeout(() => lateWrite(ctx).catch(() => {}), 400);",
+    others: '<vmhook:plugin name="breaks"/>',
+    failure: /^vmhook: plugin:breaks: out of order$/m,
+    refused: ["ctx.update after its call ended", 'ctx.host.write("/flag", …) after its call ended'],
+  },
+  {
+    what: "a program an abandoned apply started with ctx.runAsync",
+    then: 'await ctx.runAsync("/usr/local/bin/set-flag-later", []);',
+    others: "",
+    failure: /^vmhook: plugin:late did not finish prepare within 0\.2 s \(step "set \/flag"\) and was abandoned; /m,
+    refused: [],
+  },
+];
+
+for (const { what, then, others, failure, refused } of lateCases) {
+  test(`module: ${what}, after the rollback, reaches neither the host nor the journal`, async () => {
+    const sim = pluginHost().file("/flag", "off\n");
+    sim.file(paths.hostConfig, JSON.stringify({ plugins: { "plugin:late": { timeoutSeconds: 0.2 } } }));
+    install(sim, "late.mjs", latePlugin(then), 0o644);
+    install(sim, "breaks.mjs", `export default { name: "breaks", summary: "fails", parse: () => ({}),
+      plan: { prepare: () => [{ action: "fail", record: { action: "fail" }, description: "fail" }] },
+      actions: { fail: { check: (record) => record, apply() { throw new Error("out of order"); }, undo() {} } } };\n`, 0o644);
+    sim.file("/usr/local/bin/set-flag-later", '#!/bin/sh\nsleep 0.3\necho on > "$VMHOOK_ROOT/flag"\n');
+    fs.chmodSync(sim.resolve("/usr/local/bin/set-flag-later"), 0o755);
+    // Programs started in the background really run, under the root.
+    sim.execAsync = (command, args, options) => RootedHost.prototype.execAsync.call(sim, command, args, options);
+    const outcome = await runHookEvent(sim, "prepare", "begin", domainXml(`<vmhook:plugin name="late"/>${others}`));
+    assert.is(outcome.code, 1, outcome.stderr);
+    assert.match(outcome.stderr, failure);
+    assert.is(sim.read("/flag"), "off\n", "rolled back");
+    // The late plugin code wakes up after the rollback and writes again through its context.
+    await new Promise((resolve) => setTimeout(resolve, 400));
+    assert.is(sim.read("/flag"), "off\n", "the late write did not reach the host");
+    assert.not.ok(fs.existsSync(journalPath(sim)), "the late update did not write a journal");
+    for (const what of refused) assert.match(log(sim), `plugin:late: refused ${what}`);
+    sim.cleanup();
+  });
+}
 
 test("shared plugins: a step that let go of the host lock has every later plugin planned again, one that planned no step before included", async () => {
   const sim = pluginHost().file("/another-vm", "absent");
