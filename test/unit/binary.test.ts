@@ -73,9 +73,9 @@ function runAsync(program: string, args: string[], input: string, root: string):
 }
 
 /** plugins.d with spin.mjs (`plugin`: its default export) and the hook's deadlines: a hook its watchdog must end. */
-function installSpin(root: string, plugin: string, deadlineSeconds: number): void {
+function installSpin(root: string, plugin: string, deadlineSeconds: number, undoDeadlineSeconds = deadlineSeconds): void {
   fs.mkdirSync(path.join(root, "etc/vmhook/plugins.d"), { recursive: true });
-  fs.writeFileSync(path.join(root, "etc/vmhook/vmhook.json"), JSON.stringify({ deadlineSeconds, undoDeadlineSeconds: deadlineSeconds }));
+  fs.writeFileSync(path.join(root, "etc/vmhook/vmhook.json"), JSON.stringify({ deadlineSeconds, undoDeadlineSeconds }));
   fs.writeFileSync(path.join(root, "etc/vmhook/plugins.d/spin.mjs"), `export default ${plugin};\n`, { mode: 0o644 });
 }
 
@@ -460,14 +460,15 @@ test("hook mode, reconnect: a plugin's stray error (a promise nobody awaits) is 
 test("hook mode, hard deadline on reconnect: the hook is ended with exit 0 (a failing reconnect makes libvirt kill the VM)", () => {
   const t = tree();
   try {
-    installSpin(t.root, "{ name: 'spin', summary: 'spins', parse: () => ({}), reconnect() { for (;;) {} }, undo() {} }", 0.5);
+    // 1.5 s to reach the plugin: a start slowed by other load must not end the event before the spin does
+    installSpin(t.root, "{ name: 'spin', summary: 'spins', parse: () => ({}), reconnect() { for (;;) {} }, undo() {} }", 1.5, 0.5);
     const qemu = t.link("hooks/qemu");
     const xml = domain('<vmhook:plugin name="spin"/>');
     assert.equal(run(qemu, ["vm", "prepare", "begin", "-"], xml, t.root), { code: 0, stdout: "", stderr: "" });
     const reconnect = run(qemu, ["vm", "reconnect", "begin", "-"], xml, t.root);
     assert.equal([reconnect.code, reconnect.stdout], [0, ""]);
-    assert.match(reconnect.stderr, /vmhook: reconnect begin of vm was killed after 6 s [\s\S]*\n  it holds nothing \(its journal is empty\): vmhook recover is not needed\n$/);
-    assert.match(fs.readFileSync(path.join(t.root, "var/log/vmhook.log"), "utf8"), "vmhook: reconnect begin of vm was killed after 6 s");
+    assert.match(reconnect.stderr, /vmhook: reconnect begin of vm was killed after 7 s [\s\S]*\n  it holds nothing \(its journal is empty\): vmhook recover is not needed\n$/);
+    assert.match(fs.readFileSync(path.join(t.root, "var/log/vmhook.log"), "utf8"), "vmhook: reconnect begin of vm was killed after 7 s");
     assert.ok(fs.existsSync(t.journal), "the journal is kept");
   } finally {
     t.cleanup();
@@ -477,7 +478,7 @@ test("hook mode, hard deadline on reconnect: the hook is ended with exit 0 (a fa
 test("hook mode, hard deadline: the watchdog's message never goes through a symlink planted at /var/log/vmhook.log", () => {
   const t = tree();
   try {
-    installSpin(t.root, "{ name: 'spin', summary: 'spins', parse: () => ({}), prepare() { for (;;) {} }, undo() {} }", 0.5);
+    installSpin(t.root, "{ name: 'spin', summary: 'spins', parse: () => ({}), prepare() { for (;;) {} }, undo() {} }", 1.5, 0.5);
     const bashrc = path.join(t.root, "root/.bashrc");
     fs.mkdirSync(path.dirname(bashrc));
     fs.writeFileSync(bashrc, "# root's shell\n");
