@@ -138,7 +138,6 @@ function actionOf(plugin: Plugin, pluginId: string, record: UndoRecord): Action<
   return action;
 }
 
-/** Every journal, or an error naming the first that cannot be read: a shared resource computed from part of them would be wrong. */
 /**
  * A plugin's planner, apply, handler or undo, bounded in time: a JS plugin
  * may return a promise that never settles, and a hook that just waits would
