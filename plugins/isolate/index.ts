@@ -25,7 +25,7 @@ import { isolatedCpus, nothingIsolated, parse, PLUGIN_ID, type IsolateConfig } f
 import { bootIsolatedNote, CPU_DIR, hostUsableCpus, intersect, onlineCpus, union } from "./cpus.ts";
 import { hostShortfall } from "./host-minimum.ts";
 import { checkOriginals, retune } from "./retune.ts";
-import { CGROUP, SETTINGS, WORKQUEUE_MASK } from "./settings.ts";
+import { CGROUP, SETTINGS, SYSTEMD_UNITS, WORKQUEUE_MASK } from "./settings.ts";
 
 // ---- prepare: checks that change nothing, then one step per kind of setting --------
 
@@ -138,7 +138,12 @@ function cgroupMechanism(ctx: BaseContext): { systemd: boolean } | string {
   if (!controllers.split(/\s+/).includes("cpuset")) {
     return `the cgroup v2 hierarchy at /sys/fs/cgroup has no cpuset controller (it has: ${controllers || "none"}), probably because a cgroup v1 hierarchy holds it; boot with systemd.unified_cgroup_hierarchy=1 and cgroup_no_v1=all`;
   }
-  return { systemd: ctx.host.readTrimmed("/proc/1/comm") === "systemd" };
+  const systemd = ctx.host.readTrimmed("/proc/1/comm") === "systemd";
+  // systemctl show prints a property asked for by name even when empty, and nothing when the unit has no such property.
+  if (systemd && !/^AllowedCPUs=/m.test(ctx.run("systemctl", ["show", "-p", "AllowedCPUs", SYSTEMD_UNITS[0]!]).stdout)) {
+    return `systemd on this host has no AllowedCPUs (systemd 244 or later has it), so it cannot keep its units off CPUs; update systemd`;
+  }
+  return { systemd };
 }
 
 /**

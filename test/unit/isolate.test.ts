@@ -62,6 +62,7 @@ test("systemd: AllowedCPUs of system.slice, user.slice and init.scope, previous 
   const outcome = await prepare(sim, vmA);
   assert.is(outcome.code, 0, outcome.stderr);
   assert.equal(systemctlCalls(sim), [
+    "show -p AllowedCPUs system.slice", // at the checks: this systemd has AllowedCPUs (244 or later)
     "show -p AllowedCPUs system.slice",
     "show -p AllowedCPUs user.slice",
     "show -p AllowedCPUs init.scope",
@@ -208,9 +209,15 @@ test("workqueue mask beyond 32 CPUs is written as comma-separated 32-bit words",
   assertClean(sim, before);
 });
 
-test("cgroup v1: a clear error at prepare, nothing changed", async () => {
+/** systemd on the legacy hierarchy: no cgroup.controllers at /sys/fs/cgroup. */
+function cgroupV1Host(): SimHost {
   const sim = baseHost().file("/proc/1/comm", "systemd");
   sim.remove("/sys/fs/cgroup/cgroup.controllers");
+  return sim;
+}
+
+test("cgroup v1: a clear error at prepare, nothing changed", async () => {
+  const sim = cgroupV1Host();
   sim.dir("/sys/fs/cgroup/cpuset");
   const before = sim.snapshot();
   const outcome = await prepare(sim, { ...vmA, isolate: 'irqs="yes"' });
@@ -222,18 +229,49 @@ test("cgroup v1: a clear error at prepare, nothing changed", async () => {
   assertClean(sim, before);
 });
 
-test('cgroup v1 with required="no": a warning, the VM starts, the other settings still apply', async () => {
+/** systemd before 244 (RHEL 8 has 239): no AllowedCPUs, so show prints nothing for it and set-property refuses it. */
+function systemdWithoutAllowedCpus(): SimHost {
   const sim = baseHost().file("/proc/1/comm", "systemd");
-  sim.remove("/sys/fs/cgroup/cgroup.controllers");
+  sim.onExec("systemctl", (args) => {
+    if (args[0] === "show") return {};
+    if (args[0] === "set-property") return { status: 1, stderr: `Unknown assignment: ${args[3]}\n` };
+    return { status: 1, stderr: `unexpected systemctl ${args.join(" ")}` };
+  });
+  return sim;
+}
+
+test("systemd without AllowedCPUs (before 244): a clear error at prepare naming the version needed, nothing changed, nothing left to recover", async () => {
+  const sim = systemdWithoutAllowedCpus();
   const before = sim.snapshot();
-  const vm = { ...vmA, isolate: 'required="no" irqs="yes"' };
-  assert.is((await prepare(sim, vm)).code, 0);
-  assert.match(fs.readFileSync(sim.resolve("/var/log/vmhook.log"), "utf8"), /warn: isolate: it needs the unified cgroup v2 hierarchy.*skipped because of required="no"/);
-  assert.is(read(sim, "/proc/irq/16/smp_affinity_list"), "0-1,4-7");
-  assert.equal(sim.execs, []);
-  assert.is((await release(sim, vm)).code, 0);
+  const outcome = await prepare(sim, vmA);
+  assert.is(outcome.code, 1);
+  const first = outcome.stderr.split("\n")[0]!;
+  assert.match(first, "systemd on this host has no AllowedCPUs (systemd 244 or later has it)");
+  assert.match(first, 'required="no"');
+  assert.not.ok(systemctlCalls(sim).some((call) => call.startsWith("set-property")), "no unit is changed");
   assertClean(sim, before);
 });
+
+/** Hosts whose cgroups vmhook cannot fence, and the start of the warning required="no" turns the refusal into. */
+const UNFENCEABLE: [string, () => SimHost, string][] = [
+  ["cgroup v1", cgroupV1Host, "it needs the unified cgroup v2 hierarchy"],
+  ["systemd without AllowedCPUs", systemdWithoutAllowedCpus, "systemd on this host has no AllowedCPUs"],
+];
+
+for (const [what, makeHost, warning] of UNFENCEABLE) {
+  test(`${what} with required="no": a warning, the VM starts, the other settings still apply`, async () => {
+    const sim = makeHost();
+    const before = sim.snapshot();
+    const vm = { ...vmA, isolate: 'required="no" irqs="yes"' };
+    const outcome = await prepare(sim, vm);
+    assert.is(outcome.code, 0, outcome.stderr);
+    assert.match(fs.readFileSync(sim.resolve("/var/log/vmhook.log"), "utf8"), new RegExp(`warn: isolate: ${warning}.*skipped because of required="no"`));
+    assert.is(read(sim, "/proc/irq/16/smp_affinity_list"), "0-1,4-7");
+    assert.not.ok(systemctlCalls(sim).some((call) => call.startsWith("set-property")), "no unit is changed");
+    assert.is((await release(sim, vm)).code, 0);
+    assertClean(sim, before);
+  });
+}
 
 test("a governor the CPUs do not offer is an error naming the available ones", async () => {
   const sim = cgroupHost();
