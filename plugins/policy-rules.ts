@@ -13,6 +13,7 @@ import { allowHint, DEFAULT_UNITS, formatSpan, moduleAllowed, normalUnit, type P
 import type { ForwardConfig } from "./forward/config.ts";
 import type { HugepagesConfig } from "./hugepages.ts";
 import { PLUGIN_ID as ISOLATE_ID, type IsolateConfig } from "./isolate/config.ts";
+import { bootIsolatedNote, hostUsableCpus } from "./isolate/cpus.ts";
 import { hostShortfall } from "./isolate/host-minimum.ts";
 import { checkOriginals } from "./isolate/retune.ts";
 import type { VfioConfig } from "./vfio/config.ts";
@@ -89,12 +90,14 @@ function authorizeIsolate(config: IsolateConfig, { policy, host, element }: Poli
   const online = parseKernelCpuList(onlineText);
   // A CPU that is not online gets the plugin's own, more precise refusal at prepare.
   if ([...(config.hostCpus ?? []), ...config.pinned].some((cpu) => !online.includes(cpu))) return;
-  const kept = config.hostCpus ? online.filter((cpu) => config.hostCpus!.includes(cpu)) : online.filter((cpu) => !config.pinned.includes(cpu));
+  // CPUs isolated at boot (isolcpus=, nohz_full=) are not the host's to keep: it never runs there.
+  const usable = hostUsableCpus(host, online);
+  const kept = config.hostCpus ? usable.filter((cpu) => config.hostCpus!.includes(cpu)) : usable.filter((cpu) => !config.pinned.includes(cpu));
   // While another VM runs, its irqs="yes" may have moved the console's IRQs: judged where the host had them.
-  const shortfall = hostShortfall(policy.isolate, host, online, kept, () => sharedState.read(host, ISOLATE_ID, checkOriginals));
+  const shortfall = hostShortfall(policy.isolate, host, usable, kept, () => sharedState.read(host, ISOLATE_ID, checkOriginals));
   if (!shortfall) return;
   const what = config.hostCpus ? `host-cpus="${formatCpuList(config.hostCpus)}"` : `pinning CPUs ${formatCpuList(config.pinned)} in <cputune>`;
-  const keeps = `leaves the host ${kept.length > 0 ? `only CPU ${formatCpuList(kept)}` : "no online CPU"}`;
+  const keeps = `leaves the host ${kept.length > 0 ? `only CPU ${formatCpuList(kept)}` : "no online CPU"}${bootIsolatedNote(host, online)}`;
   throw new ConfigError(element, `${what} ${keeps}, ${shortfall.reason}; ${shortfall.remedy}, or ${allowHint(policy, shortfall.change)}`);
 }
 

@@ -1,5 +1,6 @@
 // CPU sets as the kernel and systemd write them: lists, hex masks.
 import { formatCpuList, parseKernelCpuList } from "../../lib/cpuset.ts";
+import type { Host } from "../../lib/host.ts";
 import type { BaseContext } from "../../lib/plugin.ts";
 
 export const CPU_DIR = "/sys/devices/system/cpu";
@@ -8,21 +9,55 @@ export function onlineCpus(ctx: BaseContext): number[] {
   return parseKernelCpuList(ctx.host.read(`${CPU_DIR}/online`));
 }
 
+/**
+ * The CPUs the kernel command line keeps from the host: isolcpus= (sysfs
+ * "isolated") and nohz_full=. Host processes never ran there, so vmhook never
+ * gives them any: none of them is host capacity. A kernel without the file
+ * (nohz_full needs CONFIG_NO_HZ_FULL) isolates none that way; booted without
+ * nohz_full=, it shows its never-allocated mask as "(null)".
+ */
+export function bootIsolatedCpus(host: Host): number[] {
+  const listed = ["isolated", "nohz_full"].map((file) => host.readTrimmed(`${CPU_DIR}/${file}`) ?? "");
+  return union(listed.map((text) => parseKernelCpuList(text === "(null)" ? "" : text)));
+}
+
+/** The online CPUs the host may run its work on: all but those isolated at boot. */
+export function hostUsableCpus(host: Host, online: number[]): number[] {
+  const bootIsolated = bootIsolatedCpus(host);
+  return online.filter((cpu) => !bootIsolated.includes(cpu));
+}
+
+/** For a message on what the host keeps: the online CPUs isolated at boot, which it does not, or "". */
+export function bootIsolatedNote(host: Host, online: number[]): string {
+  const isolated = intersect(online, bootIsolatedCpus(host));
+  return isolated.length > 0 ? ` (CPU ${formatCpuList(isolated)} isolated at boot by isolcpus=/nohz_full=, where the host never runs)` : "";
+}
+
 /** A CPU list as the kernel ("0-3,8") or older systemd ("0 1 2 3") writes it. */
 export function parseCpuText(text: string): number[] {
   return parseKernelCpuList(text.trim().replace(/\s+/g, ","));
 }
 
-/** The original CPUs (empty means "all") narrowed to the host set; the whole host set if none is left. */
-export function narrow(original: number[], hostCpus: number[]): number[] {
-  const kept = intersect(original, hostCpus);
-  return kept.length > 0 ? kept : hostCpus;
+/** The online CPUs no VM isolates (`free`), and those of them the host runs on (`host`: none isolated at boot). */
+export interface HostSet {
+  free: number[];
+  host: number[];
+}
+
+/**
+ * The original CPUs (empty means "all") less the VMs' ones: what the admin put
+ * on CPUs isolated at boot stays there. When none is left, or for "all"
+ * (which would let a group's processes onto the boot-isolated CPUs), the host's.
+ */
+export function narrow(original: number[], hostSet: HostSet): number[] {
+  const kept = intersect(original, hostSet.free);
+  return kept.length > 0 ? kept : hostSet.host;
 }
 
 /** Target.want for CPU-list files and properties. */
-export const narrowedList = (hostCpus: number[]) => (original: string) => formatCpuList(narrow(parseCpuText(original), hostCpus));
+export const narrowedList = (hostSet: HostSet) => (original: string) => formatCpuList(narrow(parseCpuText(original), hostSet));
 /** Target.want for hex cpumask files. */
-export const narrowedMask = (hostCpus: number[]) => (original: string) => formatHexMask(narrow(parseHexMask(original), hostCpus));
+export const narrowedMask = (hostSet: HostSet) => (original: string) => formatHexMask(narrow(parseHexMask(original), hostSet));
 
 export function union(sets: number[][]): number[] {
   return [...new Set(sets.flat())].sort((a, b) => a - b);

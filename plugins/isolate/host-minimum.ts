@@ -16,12 +16,12 @@ export interface Shortfall {
   change: string;
 }
 
-/** Online CPUs per NUMA node that has any. */
-function numaNodes(host: Host, online: number[]): { node: string; cpus: number[] }[] {
+/** The usable CPUs per NUMA node that has any. */
+function numaNodes(host: Host, usable: number[]): { node: string; cpus: number[] }[] {
   return host
     .list(NODE_DIR)
     .filter((entry) => /^node\d+$/.test(entry))
-    .map((node) => ({ node: node.slice(4), cpus: parseKernelCpuList(host.readTrimmed(`${NODE_DIR}/${node}/cpulist`) ?? "").filter((cpu) => online.includes(cpu)) }))
+    .map((node) => ({ node: node.slice(4), cpus: parseKernelCpuList(host.readTrimmed(`${NODE_DIR}/${node}/cpulist`) ?? "").filter((cpu) => usable.includes(cpu)) }))
     .filter((node) => node.cpus.length > 0);
 }
 
@@ -48,18 +48,19 @@ export function bootConsoleCpus(host: Host): number[] {
 }
 
 /**
- * How the host, keeping `kept` of the `online` CPUs, falls short of the
- * policy's isolate rules; undefined when it does not. The boot console's CPUs
+ * How the host, keeping `kept` of the `usable` CPUs (online, not isolated at
+ * boot: a node with none is not the host's), falls short of the policy's
+ * isolate rules; undefined when it does not. The boot console's CPUs
  * are the host's own: those saved in isolate's shared state (`originals`, as
  * retune.ts keeps them, read only when the rule needs them), else where its
  * IRQs go now.
  */
-export function hostShortfall(rules: HostPolicy["isolate"], host: Host, online: number[], kept: number[], originals: () => { [BOOT_CONSOLE]?: number[] } | undefined): Shortfall | undefined {
+export function hostShortfall(rules: HostPolicy["isolate"], host: Host, usable: number[], kept: number[], originals: () => { [BOOT_CONSOLE]?: number[] } | undefined): Shortfall | undefined {
   const { minHostCpus, everyNumaNode, allowBootConsoleCpuAlone } = rules;
   if (kept.length < minHostCpus) {
     return { reason: `but the host policy keeps at least ${minHostCpus} CPU(s) for the host`, remedy: "give the host more CPUs", change: `lower "isolate.minHostCpus"` };
   }
-  const bare = everyNumaNode ? numaNodes(host, online).find((node) => !node.cpus.some((cpu) => kept.includes(cpu))) : undefined;
+  const bare = everyNumaNode ? numaNodes(host, usable).find((node) => !node.cpus.some((cpu) => kept.includes(cpu))) : undefined;
   if (bare) {
     return { reason: `none on NUMA node ${bare.node} (CPUs ${formatCpuList(bare.cpus)})`, remedy: "keep one of them for the host", change: `set "isolate.everyNumaNode": false` };
   }

@@ -22,10 +22,10 @@ import { readForMessage } from "../../lib/host.ts";
 import { allowHint, loadPolicy } from "../../lib/policy.ts";
 import { ACTIONS, checkClaim, claimsOf, otherVms, type Action, type Claim, type OtherVm } from "./claims.ts";
 import { isolatedCpus, nothingIsolated, parse, PLUGIN_ID, type IsolateConfig } from "./config.ts";
-import { CPU_DIR, intersect, onlineCpus, union } from "./cpus.ts";
+import { bootIsolatedNote, CPU_DIR, hostUsableCpus, intersect, onlineCpus, union } from "./cpus.ts";
 import { hostShortfall } from "./host-minimum.ts";
 import { checkOriginals, retune } from "./retune.ts";
-import { CGROUP, SETTINGS, WORKQUEUE_MASK } from "./settings.ts";
+import { CGROUP, SETTINGS, SYSTEMD_UNITS, WORKQUEUE_MASK } from "./settings.ts";
 
 // ---- prepare: checks that change nothing, then one step per kind of setting --------
 
@@ -99,11 +99,14 @@ function checkOthers(ctx: PlanContext<IsolateConfig>, isolated: number[], own: n
     }
   }
   const taken = new Set(union([isolated, ...others.map((other) => other.isolated)]));
-  if (online.every((cpu) => taken.has(cpu))) {
+  // CPUs isolated at boot are not the host's to keep: it never runs there.
+  const usable = hostUsableCpus(ctx.host, online);
+  const kept = usable.filter((cpu) => !taken.has(cpu));
+  if (kept.length === 0) {
     const running = others.map((other) => `${other.name} ${formatCpuList(other.isolated)}`).join(", ");
-    throw new VmhookError(`CPU isolation would leave the host no CPU: this VM isolates ${formatCpuList(isolated)}${running ? `, running VMs ${running}` : ""} (online: ${formatCpuList(online)}); keep at least one CPU for the host`);
+    throw new VmhookError(`CPU isolation would leave the host no CPU${bootIsolatedNote(ctx.host, online)}: this VM isolates ${formatCpuList(isolated)}${running ? `, running VMs ${running}` : ""} (online: ${formatCpuList(online)}); keep at least one CPU for the host`);
   }
-  checkPolicyWithOthers(ctx, isolated, online, others, online.filter((cpu) => !taken.has(cpu)));
+  checkPolicyWithOthers(ctx, isolated, usable, others, kept);
 }
 
 /**
@@ -114,11 +117,11 @@ function checkOthers(ctx: PlanContext<IsolateConfig>, isolated: number[], own: n
  * host lock, with the journals the host set is computed from; the policy file
  * is read only when another VM isolates CPUs.
  */
-function checkPolicyWithOthers(ctx: PlanContext<IsolateConfig>, isolated: number[], online: number[], others: OtherVm[], kept: number[]): void {
+function checkPolicyWithOthers(ctx: PlanContext<IsolateConfig>, isolated: number[], usable: number[], others: OtherVm[], kept: number[]): void {
   const holding = others.filter((other) => other.isolated.length > 0);
   if (holding.length === 0) return;
   const policy = loadPolicy(ctx.host);
-  const shortfall = hostShortfall(policy.isolate, ctx.host, online, kept, () => ctx.shared.read(checkOriginals));
+  const shortfall = hostShortfall(policy.isolate, ctx.host, usable, kept, () => ctx.shared.read(checkOriginals));
   if (!shortfall) return;
   const running = holding.map((other) => `${other.name} (${formatCpuList(other.isolated)})`).join(", ");
   throw new VmhookError(
@@ -135,7 +138,12 @@ function cgroupMechanism(ctx: BaseContext): { systemd: boolean } | string {
   if (!controllers.split(/\s+/).includes("cpuset")) {
     return `the cgroup v2 hierarchy at /sys/fs/cgroup has no cpuset controller (it has: ${controllers || "none"}), probably because a cgroup v1 hierarchy holds it; boot with systemd.unified_cgroup_hierarchy=1 and cgroup_no_v1=all`;
   }
-  return { systemd: ctx.host.readTrimmed("/proc/1/comm") === "systemd" };
+  const systemd = ctx.host.readTrimmed("/proc/1/comm") === "systemd";
+  // systemctl show prints a property asked for by name even when empty, and nothing when the unit has no such property.
+  if (systemd && !/^AllowedCPUs=/m.test(ctx.run("systemctl", ["show", "-p", "AllowedCPUs", SYSTEMD_UNITS[0]!]).stdout)) {
+    return `systemd on this host has no AllowedCPUs (systemd 244 or later has it), so it cannot keep its units off CPUs; update systemd`;
+  }
+  return { systemd };
 }
 
 /**
@@ -186,9 +194,10 @@ function check({ host, domain, elements }: CheckContext): Finding[] {
     const { reason, fix } = nothingIsolated(hostCpus, online);
     return [fail("isolate", reason, fix)];
   }
-  const kept = hostCpus ?? online.filter((cpu) => !pinned.includes(cpu));
-  if (kept.length === 0) return [fail("isolate", `no CPU would be left for the host (online: ${formatCpuList(online)})`, "leave at least one CPU out of the VM's pinning, or set host-cpus")];
-  return [ok("isolate", `VM CPUs ${formatCpuList(pinned) || "(none pinned)"} are online; the host keeps ${formatCpuList(kept)}`)];
+  const kept = hostUsableCpus(host, online).filter((cpu) => (hostCpus ? hostCpus.includes(cpu) : !pinned.includes(cpu)));
+  const atBoot = bootIsolatedNote(host, online);
+  if (kept.length === 0) return [fail("isolate", `no CPU would be left for the host (online: ${formatCpuList(online)})${atBoot}`, "leave at least one CPU out of the VM's pinning, or set host-cpus")];
+  return [ok("isolate", `VM CPUs ${formatCpuList(pinned) || "(none pinned)"} are online; the host keeps ${formatCpuList(kept)}${atBoot}`)];
 }
 
 /**

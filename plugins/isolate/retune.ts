@@ -4,7 +4,7 @@ import { formatCpuList } from "../../lib/cpuset.ts";
 import { describeError, VmhookError } from "../../lib/errors.ts";
 import type { BaseContext } from "../../lib/plugin.ts";
 import { isCpuList, type Action, type Claim } from "./claims.ts";
-import { onlineCpus, union } from "./cpus.ts";
+import { hostUsableCpus, onlineCpus, union, type HostSet } from "./cpus.ts";
 import { BOOT_CONSOLE, bootConsoleCpus } from "./host-minimum.ts";
 import { SETTINGS, type Setting } from "./settings.ts";
 
@@ -26,8 +26,7 @@ export function retune(ctx: BaseContext, action: Action, claims: Claim[]): void 
     if (Object.keys(state).length === 0) ctx.shared.remove();
     else ctx.shared.write(state);
   };
-  const hostCpus = claims.length > 0 ? hostSetFor(ctx, claims) : [];
-  const targets = claims.length > 0 ? setting.targets(ctx, claims, hostCpus) : [];
+  const targets = claims.length > 0 ? setting.targets(ctx, claims, hostSetFor(ctx, claims)) : [];
   const wanted = new Set(targets.map((target) => target.key));
 
   // Best effort, each one: what cannot be restored keeps its original for the next try.
@@ -98,10 +97,11 @@ export function stillOriginal(ctx: BaseContext, setting: Setting, key: string, o
   }
 }
 
-/** All online CPUs minus every claim's isolated ones. */
-export function hostSetFor(ctx: BaseContext, claims: Claim[]): number[] {
+/** The online CPUs minus every claim's isolated ones; of them, the host's are those not isolated at boot. */
+export function hostSetFor(ctx: BaseContext, claims: Claim[]): HostSet {
   const isolated = new Set(union(claims.map((claim) => claim.isolated)));
-  const host = onlineCpus(ctx).filter((cpu) => !isolated.has(cpu));
-  if (host.length === 0) throw new VmhookError(`isolating CPUs ${formatCpuList([...isolated])} would leave the host no online CPU`);
-  return host;
+  const free = onlineCpus(ctx).filter((cpu) => !isolated.has(cpu));
+  const host = hostUsableCpus(ctx.host, free);
+  if (host.length === 0) throw new VmhookError(`isolating CPUs ${formatCpuList([...isolated])} would leave the host no online CPU outside those isolated at boot (isolcpus=, nohz_full=)`);
+  return { free, host };
 }

@@ -4,7 +4,7 @@ import { formatCpuList } from "../../lib/cpuset.ts";
 import { VmhookError } from "../../lib/errors.ts";
 import type { BaseContext } from "../../lib/plugin.ts";
 import type { Action, Claim } from "./claims.ts";
-import { CPU_DIR, narrowedList, narrowedMask } from "./cpus.ts";
+import { CPU_DIR, narrowedList, narrowedMask, type HostSet } from "./cpus.ts";
 
 export interface Target {
   key: string;
@@ -15,7 +15,7 @@ export interface Target {
 export interface Setting {
   describe(claim: Claim): string;
   /** What the claims ask for, in the order to apply (restore goes in reverse). */
-  targets(ctx: BaseContext, claims: Claim[], hostCpus: number[]): Target[];
+  targets(ctx: BaseContext, claims: Claim[], hostSet: HostSet): Target[];
   /** undefined: the key is gone since targets listed it (an IRQ freed meanwhile): nothing to change or restore. */
   read(ctx: BaseContext, key: string): string | undefined;
   /** Whether `key` is one this setting's targets name: an original kept for another key is not vmhook's to write back. */
@@ -38,7 +38,7 @@ export const IRQ_REFUSALS = ["EIO", "EINVAL", "ENOENT"];
 export const SETTINGS: Record<Action, Setting> = {
   "systemd-allowed-cpus": {
     describe: (claim) => `keep systemd's ${SYSTEMD_UNITS.join(", ")} off CPUs ${formatCpuList(claim.isolated)}`,
-    targets: (_ctx, _claims, hostCpus) => SYSTEMD_UNITS.map((unit) => ({ key: unit, want: narrowedList(hostCpus) })),
+    targets: (_ctx, _claims, hostSet) => SYSTEMD_UNITS.map((unit) => ({ key: unit, want: narrowedList(hostSet) })),
     read(ctx, unit) {
       const shown = ctx.run("systemctl", ["show", "-p", "AllowedCPUs", unit]).stdout.trim();
       return shown.replace(/^AllowedCPUs=/, "");
@@ -52,12 +52,12 @@ export const SETTINGS: Record<Action, Setting> = {
   },
   "cgroup-cpuset": {
     describe: (claim) => `keep the host's top-level cgroups off CPUs ${formatCpuList(claim.isolated)}`,
-    targets(ctx, _claims, hostCpus) {
+    targets(ctx, _claims, hostSet) {
       const groups = ctx.host.list(CGROUP).filter((name) => !isVmGroup(name) && ctx.host.stat(`${CGROUP}/${name}`)?.isDirectory);
       return [
         // cpuset.cpus exists in the top-level groups only once the root hands the controller down.
         { key: `${CGROUP}/cgroup.subtree_control`, want: () => "cpuset" },
-        ...groups.map((name) => ({ key: `${CGROUP}/${name}/cpuset.cpus`, want: narrowedList(hostCpus) })),
+        ...groups.map((name) => ({ key: `${CGROUP}/${name}/cpuset.cpus`, want: narrowedList(hostSet) })),
       ];
     },
     read(ctx, key) {
@@ -73,19 +73,19 @@ export const SETTINGS: Record<Action, Setting> = {
   },
   "workqueue-mask": {
     describe: (claim) => `keep unbound kernel workqueues off CPUs ${formatCpuList(claim.isolated)}`,
-    targets: (_ctx, _claims, hostCpus) => [{ key: WORKQUEUE_MASK, want: narrowedMask(hostCpus) }],
+    targets: (_ctx, _claims, hostSet) => [{ key: WORKQUEUE_MASK, want: narrowedMask(hostSet) }],
     read: (ctx, key) => ctx.host.read(key).trim(),
     owns: (key) => key === WORKQUEUE_MASK,
     write: (ctx, key, value) => writeOrRefuse(ctx, key, value, []),
   },
   "irq-affinity": {
     describe: (claim) => `move IRQs off CPUs ${formatCpuList(claim.isolated)}`,
-    targets: (ctx, _claims, hostCpus) => [
-      ...(ctx.host.exists(DEFAULT_IRQ_MASK) ? [{ key: DEFAULT_IRQ_MASK, want: narrowedMask(hostCpus) }] : []),
+    targets: (ctx, _claims, hostSet) => [
+      ...(ctx.host.exists(DEFAULT_IRQ_MASK) ? [{ key: DEFAULT_IRQ_MASK, want: narrowedMask(hostSet) }] : []),
       ...ctx.host
         .list("/proc/irq")
         .filter((irq) => /^\d+$/.test(irq) && ctx.host.exists(`/proc/irq/${irq}/smp_affinity_list`))
-        .map((irq) => ({ key: `/proc/irq/${irq}/smp_affinity_list`, want: narrowedList(hostCpus) })),
+        .map((irq) => ({ key: `/proc/irq/${irq}/smp_affinity_list`, want: narrowedList(hostSet) })),
     ],
     read(ctx, key) {
       try {

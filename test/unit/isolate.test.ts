@@ -62,6 +62,7 @@ test("systemd: AllowedCPUs of system.slice, user.slice and init.scope, previous 
   const outcome = await prepare(sim, vmA);
   assert.is(outcome.code, 0, outcome.stderr);
   assert.equal(systemctlCalls(sim), [
+    "show -p AllowedCPUs system.slice", // at the checks: this systemd has AllowedCPUs (244 or later)
     "show -p AllowedCPUs system.slice",
     "show -p AllowedCPUs user.slice",
     "show -p AllowedCPUs init.scope",
@@ -208,9 +209,15 @@ test("workqueue mask beyond 32 CPUs is written as comma-separated 32-bit words",
   assertClean(sim, before);
 });
 
-test("cgroup v1: a clear error at prepare, nothing changed", async () => {
+/** systemd on the legacy hierarchy: no cgroup.controllers at /sys/fs/cgroup. */
+function cgroupV1Host(): SimHost {
   const sim = baseHost().file("/proc/1/comm", "systemd");
   sim.remove("/sys/fs/cgroup/cgroup.controllers");
+  return sim;
+}
+
+test("cgroup v1: a clear error at prepare, nothing changed", async () => {
+  const sim = cgroupV1Host();
   sim.dir("/sys/fs/cgroup/cpuset");
   const before = sim.snapshot();
   const outcome = await prepare(sim, { ...vmA, isolate: 'irqs="yes"' });
@@ -222,18 +229,49 @@ test("cgroup v1: a clear error at prepare, nothing changed", async () => {
   assertClean(sim, before);
 });
 
-test('cgroup v1 with required="no": a warning, the VM starts, the other settings still apply', async () => {
+/** systemd before 244 (RHEL 8 has 239): no AllowedCPUs, so show prints nothing for it and set-property refuses it. */
+function systemdWithoutAllowedCpus(): SimHost {
   const sim = baseHost().file("/proc/1/comm", "systemd");
-  sim.remove("/sys/fs/cgroup/cgroup.controllers");
+  sim.onExec("systemctl", (args) => {
+    if (args[0] === "show") return {};
+    if (args[0] === "set-property") return { status: 1, stderr: `Unknown assignment: ${args[3]}\n` };
+    return { status: 1, stderr: `unexpected systemctl ${args.join(" ")}` };
+  });
+  return sim;
+}
+
+test("systemd without AllowedCPUs (before 244): a clear error at prepare naming the version needed, nothing changed, nothing left to recover", async () => {
+  const sim = systemdWithoutAllowedCpus();
   const before = sim.snapshot();
-  const vm = { ...vmA, isolate: 'required="no" irqs="yes"' };
-  assert.is((await prepare(sim, vm)).code, 0);
-  assert.match(fs.readFileSync(sim.resolve("/var/log/vmhook.log"), "utf8"), /warn: isolate: it needs the unified cgroup v2 hierarchy.*skipped because of required="no"/);
-  assert.is(read(sim, "/proc/irq/16/smp_affinity_list"), "0-1,4-7");
-  assert.equal(sim.execs, []);
-  assert.is((await release(sim, vm)).code, 0);
+  const outcome = await prepare(sim, vmA);
+  assert.is(outcome.code, 1);
+  const first = outcome.stderr.split("\n")[0]!;
+  assert.match(first, "systemd on this host has no AllowedCPUs (systemd 244 or later has it)");
+  assert.match(first, 'required="no"');
+  assert.not.ok(systemctlCalls(sim).some((call) => call.startsWith("set-property")), "no unit is changed");
   assertClean(sim, before);
 });
+
+/** Hosts whose cgroups vmhook cannot fence, and the start of the warning required="no" turns the refusal into. */
+const UNFENCEABLE: [string, () => SimHost, string][] = [
+  ["cgroup v1", cgroupV1Host, "it needs the unified cgroup v2 hierarchy"],
+  ["systemd without AllowedCPUs", systemdWithoutAllowedCpus, "systemd on this host has no AllowedCPUs"],
+];
+
+for (const [what, makeHost, warning] of UNFENCEABLE) {
+  test(`${what} with required="no": a warning, the VM starts, the other settings still apply`, async () => {
+    const sim = makeHost();
+    const before = sim.snapshot();
+    const vm = { ...vmA, isolate: 'required="no" irqs="yes"' };
+    const outcome = await prepare(sim, vm);
+    assert.is(outcome.code, 0, outcome.stderr);
+    assert.match(fs.readFileSync(sim.resolve("/var/log/vmhook.log"), "utf8"), new RegExp(`warn: isolate: ${warning}.*skipped because of required="no"`));
+    assert.is(read(sim, "/proc/irq/16/smp_affinity_list"), "0-1,4-7");
+    assert.not.ok(systemctlCalls(sim).some((call) => call.startsWith("set-property")), "no unit is changed");
+    assert.is((await release(sim, vm)).code, 0);
+    assertClean(sim, before);
+  });
+}
 
 test("a governor the CPUs do not offer is an error naming the available ones", async () => {
   const sim = cgroupHost();
@@ -295,17 +333,23 @@ test("two VMs: the host set is recomputed on each prepare and release, originals
   assertClean(sim, before);
 });
 
-test("two VMs under systemd: releasing the first recomputes AllowedCPUs without it", async () => {
-  const { sim, units } = systemdHost();
+/** vmA starts, vmB starts, vmA stops, vmB stops: the three units' AllowedCPUs after each of the first three, all as before after the last. */
+async function assertTwoVmsUnderSystemd(sim: SimHost, units: Record<string, string>, hostCpus: [string, string, string]): Promise<void> {
   const before = sim.snapshot();
-  assert.is((await prepare(sim, vmA)).code, 0);
-  assert.is((await prepare(sim, vmB)).code, 0);
-  assert.equal(units, { "system.slice": "0-1,6-7", "user.slice": "0-1,6-7", "init.scope": "0-1,6-7" });
-  assert.is((await release(sim, vmA)).code, 0);
-  assert.equal(units, { "system.slice": "0-3,6-7", "user.slice": "0-3,6-7", "init.scope": "0-3,6-7" });
+  const steps = [() => prepare(sim, vmA), () => prepare(sim, vmB), () => release(sim, vmA)];
+  for (const [index, step] of steps.entries()) {
+    assert.is((await step()).code, 0);
+    const cpus = hostCpus[index]!;
+    assert.equal(units, { "system.slice": cpus, "user.slice": cpus, "init.scope": cpus });
+  }
   assert.is((await release(sim, vmB)).code, 0);
   assert.equal(units, { "system.slice": "", "user.slice": "", "init.scope": "" });
   assertClean(sim, before);
+}
+
+test("two VMs under systemd: releasing the first recomputes AllowedCPUs without it", async () => {
+  const { sim, units } = systemdHost();
+  await assertTwoVmsUnderSystemd(sim, units, ["0-1,4-7", "0-1,6-7", "0-3,6-7"]);
 });
 
 test("a VM that does not allow overlap does not start on a running VM's CPUs, even one that allows it: the error names the CPU and the VM", async () => {
@@ -361,6 +405,51 @@ test("a second VM that would leave the host no CPU names the running VMs", async
   assert.is(outcome.code, 1);
   assert.match(outcome.stderr.split("\n")[0]!, /would leave the host no CPU: this VM isolates 4-7, running VMs vmA 0-3 \(online: 0-7\)/);
   assert.equal(sim.snapshot(), afterA);
+});
+
+// ---- CPUs the kernel command line isolates (isolcpus=, nohz_full=): never the host's
+
+/** A host booted with isolcpus= and nohz_full=, as the kernel lists them in sysfs ("(null)": booted without nohz_full=). */
+const bootIsolating = (sim: SimHost, isolcpus: string, nohzFull = "(null)") =>
+  sim.file("/sys/devices/system/cpu/isolated", isolcpus).file("/sys/devices/system/cpu/nohz_full", nohzFull);
+
+test("CPUs isolated at boot (isolcpus=, nohz_full=) never join the host set: not at prepare, not when another VM's release recomputes it", async () => {
+  const { sim, units } = systemdHost();
+  bootIsolating(sim, "6", "7");
+  await assertTwoVmsUnderSystemd(sim, units, ["0-1,4-5", "0-1", "0-3"]);
+});
+
+test("what the admin put on CPUs isolated at boot stays there: only the VM's CPUs are taken out, and what must move goes to the host's CPUs", async () => {
+  const sim = bootIsolating(cgroupHost(), "6-7");
+  sim.file("/proc/irq/18/smp_affinity_list", "6").file("/proc/irq/19/smp_affinity_list", "3,7");
+  const before = sim.snapshot();
+  const vm = { ...vmA, isolate: 'irqs="yes" workqueues="yes"' };
+  assert.is((await prepare(sim, vm)).code, 0);
+  assert.is(read(sim, "/proc/irq/18/smp_affinity_list"), "6", "an IRQ the admin pinned to a boot-isolated CPU the VM does not use");
+  assert.is(read(sim, "/proc/irq/19/smp_affinity_list"), "7");
+  assert.is(read(sim, "/proc/irq/16/smp_affinity_list"), "0-1,4-7", "allowed on 6-7 before, and still");
+  assert.is(read(sim, "/proc/irq/17/smp_affinity_list"), "0-1,4-5", "on the VM's CPU 3 before: moved to the host's CPUs, not onto 6-7");
+  assert.is(read(sim, "/sys/fs/cgroup/system.slice/cpuset.cpus"), "0-1,4-5", "a group without its own CPUs gets the host's");
+  assert.is((await release(sim, vm)).code, 0);
+  assertClean(sim, before);
+});
+
+test("CPUs isolated at boot do not count for the host: a VM that leaves the host only those is refused at prepare, naming them", async () => {
+  const sim = bootIsolating(cgroupHost(), "2-7");
+  const before = sim.snapshot();
+  const outcome = await prepare(sim, { ...vmA, pins: ["0-1"], emulatorpin: undefined });
+  assert.is(outcome.code, 1, `started; the host's groups got CPU ${read(sim, HOST_CPUS)}`);
+  assert.match(outcome.stderr.split("\n")[0]!, "pinning CPUs 0-1 in <cputune> leaves the host no online CPU (CPU 2-7 isolated at boot by isolcpus=/nohz_full=, where the host never runs)");
+  assertClean(sim, before);
+});
+
+test("policy isolate.minHostCpus does not count CPUs isolated at boot, which the host never uses", async () => {
+  const sim = bootIsolating(cgroupHost().file(paths.policy, JSON.stringify({ isolate: { minHostCpus: 3 } })), "4-5", "6-7");
+  const before = sim.snapshot();
+  const outcome = await prepare(sim, vmA);
+  assert.is(outcome.code, 1, `started; the host keeps only CPU ${read(sim, HOST_CPUS)}`);
+  assert.match(outcome.stderr.split("\n")[0]!, "leaves the host only CPU 0-1 (CPU 4-7 isolated at boot by isolcpus=/nohz_full=, where the host never runs), but the host policy keeps at least 3 CPU(s)");
+  assertClean(sim, before);
 });
 
 test("a failure in a later step rolls back the earlier ones: nothing left behind", async () => {
