@@ -90,7 +90,7 @@ function authorizeIsolate(config: IsolateConfig, { policy, host, element }: Poli
   const online = parseKernelCpuList(onlineText);
   // A CPU that is not online gets the plugin's own, more precise refusal at prepare.
   if ([...(config.hostCpus ?? []), ...config.pinned].some((cpu) => !online.includes(cpu))) return;
-  // CPUs isolated at boot (isolcpus=, nohz_full=) are not the host's to keep: it never runs there.
+  // CPUs isolated at boot (isolcpus=) are not the host's to keep: it never runs there.
   const usable = hostUsableCpus(host, online);
   const kept = config.hostCpus ? usable.filter((cpu) => config.hostCpus!.includes(cpu)) : usable.filter((cpu) => !config.pinned.includes(cpu));
   // While another VM runs, its irqs="yes" may have moved the console's IRQs: judged where the host had them.

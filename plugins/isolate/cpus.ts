@@ -10,15 +10,14 @@ export function onlineCpus(ctx: BaseContext): number[] {
 }
 
 /**
- * The CPUs the kernel command line keeps from the host: isolcpus= (sysfs
- * "isolated") and nohz_full=. Host processes never ran there, so vmhook never
- * gives them any: none of them is host capacity. A kernel without the file
- * (nohz_full needs CONFIG_NO_HZ_FULL) isolates none that way; booted without
- * nohz_full=, it shows its never-allocated mask as "(null)".
+ * The CPUs the kernel command line keeps from the host's scheduler: isolcpus=
+ * (sysfs "isolated", the CPUs outside every scheduling domain). Host
+ * processes never ran there, so vmhook never gives them any: none of them is
+ * host capacity. nohz_full= alone is not such a CPU: it moves the tick and
+ * kernel work away, but processes are still scheduled there.
  */
 export function bootIsolatedCpus(host: Host): number[] {
-  const listed = ["isolated", "nohz_full"].map((file) => host.readTrimmed(`${CPU_DIR}/${file}`) ?? "");
-  return union(listed.map((text) => parseKernelCpuList(text === "(null)" ? "" : text)));
+  return parseKernelCpuList(host.readTrimmed(`${CPU_DIR}/isolated`) ?? "");
 }
 
 /** The online CPUs the host may run its work on: all but those isolated at boot. */
@@ -30,7 +29,7 @@ export function hostUsableCpus(host: Host, online: number[]): number[] {
 /** For a message on what the host keeps: the online CPUs isolated at boot, which it does not, or "". */
 export function bootIsolatedNote(host: Host, online: number[]): string {
   const isolated = intersect(online, bootIsolatedCpus(host));
-  return isolated.length > 0 ? ` (CPU ${formatCpuList(isolated)} isolated at boot by isolcpus=/nohz_full=, where the host never runs)` : "";
+  return isolated.length > 0 ? ` (CPU ${formatCpuList(isolated)} isolated at boot by isolcpus=, where the host never runs)` : "";
 }
 
 /** A CPU list as the kernel ("0-3,8") or older systemd ("0 1 2 3") writes it. */

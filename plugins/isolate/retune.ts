@@ -102,6 +102,6 @@ export function hostSetFor(ctx: BaseContext, claims: Claim[]): HostSet {
   const isolated = new Set(union(claims.map((claim) => claim.isolated)));
   const free = onlineCpus(ctx).filter((cpu) => !isolated.has(cpu));
   const host = hostUsableCpus(ctx.host, free);
-  if (host.length === 0) throw new VmhookError(`isolating CPUs ${formatCpuList([...isolated])} would leave the host no online CPU outside those isolated at boot (isolcpus=, nohz_full=)`);
+  if (host.length === 0) throw new VmhookError(`isolating CPUs ${formatCpuList([...isolated])} would leave the host no online CPU outside those isolated at boot (isolcpus=)`);
   return { free, host };
 }
