@@ -260,11 +260,18 @@ export class GpuKernel {
     return this;
   }
 
-  /** A logind session (its record in /run/systemd/sessions) with processes in its scope. */
-  session(id: number | string, spec: SimSession & { user: string; uid: number; processes: Record<number, [string, string[]]> }): this {
-    this.sim.file(`/run/systemd/sessions/${id}`, sessionRecord(spec, spec.uid, spec.user));
+  /**
+   * A logind session (its record in /run/systemd/sessions) with processes in its scope; `leader`: the process
+   * that opened it with PAM (LEADER=), in the scope too, and its parent (a display manager's session worker is its child).
+   */
+  session(id: number | string, spec: SimSession & { user: string; uid: number; processes: Record<number, [string, string[]]>; leader?: { pid: number; comm: string; parent: number } }): this {
+    this.sim.file(`/run/systemd/sessions/${id}`, sessionRecord(spec, spec.uid, spec.user) + (spec.leader ? `LEADER=${spec.leader.pid}\n` : ""));
     const scope = `/user.slice/user-${spec.uid}.slice/session-${id}.scope`;
     for (const [pid, [comm, files]] of Object.entries(spec.processes)) this.process(Number(pid), comm, files, scope);
+    if (spec.leader) {
+      const { pid, comm, parent } = spec.leader;
+      this.process(pid, comm, [], scope).sim.file(`/proc/${pid}/stat`, `${pid} (${comm}) S ${parent} ${pid} ${pid} 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0 4300 0 0`);
+    }
     return this;
   }
 
