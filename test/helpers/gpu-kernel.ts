@@ -46,6 +46,8 @@ export interface SimUnit {
   processes?: Record<number, [string, string[]]>;
   /** Stopping it fails with this message. */
   failStop?: string;
+  /** Inactive, with a start job waiting (at boot, for the units it is After=): `systemctl show --property=Job` names the job; a stop cancels it. */
+  startQueued?: boolean;
 }
 
 /** A unit of a user's systemd manager (user@UID.service), in one of its slices; a target has no cgroup (its slice is ignored). */
@@ -527,11 +529,13 @@ export class GpuKernel {
         if (!unit.active) return { status: 3, stdout: "inactive\n" };
         return { status: (unit.state ?? "active") === "active" ? 0 : 3, stdout: `${unit.state ?? "active"}\n` };
       case "show":
+        if (rest.includes("--property=Job")) return { status: 0, stdout: unit?.startQueued ? "105\n" : "\n" };
         return { status: 0, stdout: unit ? `/system.slice/${name}\n` : "\n" };
       case "stop":
         if (unit?.failStop) return { status: 1, stderr: unit.failStop };
         if (unit) {
           unit.active = false;
+          unit.startQueued = false;
           for (const pid of Object.keys(unit.processes ?? {})) this.sim.remove(`/proc/${pid}`);
           this.sim.file(`/sys/fs/cgroup/system.slice/${name}/cgroup.procs`, "");
         }

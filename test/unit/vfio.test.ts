@@ -466,6 +466,21 @@ test("single GPU: a display manager still stopping when systemctl stop is killed
   assert.equal(kernel.sim.stateFiles(), []);
 });
 
+test("single GPU at boot (libvirt autostart): a display manager whose start job still waits (is-active says inactive) has it cancelled, so it does not start on the GPU the VM took, and is started at release", async () => {
+  const kernel = nvidiaDesktop();
+  const displayManager = kernel.units.get("display-manager.service")!;
+  kernel.sim.exec("systemctl", ["stop", "display-manager.service"], { timeoutMs: 1000 });
+  displayManager.startQueued = true;
+  const booted = kernel.sim.execs.length;
+  const result = await runHookEvent(kernel.sim, "prepare", "begin", domainXml("<vmhook:vfio/>"));
+  assert.is(result.code, 0, result.stderr);
+  assert.ok(kernel.sim.execs.slice(booted).some((e) => e.command === "systemctl" && e.args.join(" ") === "stop display-manager.service"), "its start job is cancelled");
+  assert.not.ok(displayManager.startQueued || displayManager.active);
+  assert.is(kernel.driverOf(GPU), "vfio-pci");
+  assert.is((await runHookEvent(kernel.sim, "release", "end", domainXml("<vmhook:vfio/>"))).code, 0);
+  assert.ok(displayManager.active, "started at release, as the boot would have");
+});
+
 test("single GPU, NVIDIA without fbdev: the console that cannot come back (no framebuffer, efifb gone for good) is warned about, and the next start is not blocked", async () => {
   const kernel = nvidiaDesktop();
   assert.is((await runHookEvent(kernel.sim, "prepare", "begin", domainXml("<vmhook:vfio/>"))).code, 0);
