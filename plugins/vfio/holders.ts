@@ -184,9 +184,9 @@ export const USER_NAME = /^[a-z_][a-z0-9_.-]{0,31}$/i;
  * a display session that ends with the display manager, with a name and a
  * user vmhook can pass to systemctl (else it is refused).
  */
-function sessionUnitOf(place: HolderPlace): SessionUnit | undefined {
+function sessionUnitOf(place: HolderPlace, endsWithIt: (session: LogindSession | undefined) => boolean): SessionUnit | undefined {
   const manager = place.userManager;
-  if (!manager || manager.slice !== SESSION_SLICE || !endsWithDisplayManager(manager.displaySession)) return undefined;
+  if (!manager || manager.slice !== SESSION_SLICE || !endsWithIt(manager.displaySession)) return undefined;
   if (!manager.user || !USER_NAME.test(manager.user) || !manager.unitCgroup || !place.unit) return undefined;
   if (!PATTERNS.unitName.test(place.unit) || place.unit.startsWith("-")) return undefined;
   return { uid: manager.uid, user: manager.user, unit: place.unit, cgroup: manager.unitCgroup };
@@ -202,27 +202,27 @@ export interface HolderClasses {
 /**
  * Sorts the holders: inside the given units' cgroups (stopped with them);
  * with `graphicalSessions` (the display manager stops), in the scope of a
- * graphical session on seat0 or of one the display manager's units
- * (`displayManagerCgroups`) opened, or logind's keeping of its devices; with `sessionUnits`
- * (single-GPU mode under systemd), in a graphical session's user unit, which
- * is then stopped through its manager. Everything else is refused, including
+ * session that ends with it (graphical on seat0, or one the display manager's
+ * units, `displayManagerCgroups`, opened) or logind's keeping of its devices;
+ * with `sessionUnits` (single-GPU mode under systemd), in a user unit of such
+ * a session, which is then stopped through its manager. Everything else is refused, including
  * a holder whose cgroup cannot be read.
  */
 export function classifyHolders(host: Host, holders: Holder[], stoppable: { cgroups: string[]; displayManagerCgroups: string[]; graphicalSessions: boolean; sessionUnits: boolean }): HolderClasses {
   const refused: ClassifiedHolder[] = [];
   const sessionUnits = new Map<string, SessionUnit>();
+  const endsWithIt = (session: LogindSession | undefined) => endsWithDisplayManager(session) || openedByDisplayManager(host, session, stoppable.displayManagerCgroups);
   for (const holder of holders.filter((holder) => host.exists(`/proc/${holder.pid}`))) {
     // gone meanwhile: no longer a holder
     const place = placeOf(host, holder.pid);
     if (place.cgroup !== undefined && stoppable.cgroups.some((parent) => within(place.cgroup!, parent))) continue;
-    const sessionUnit = stoppable.sessionUnits ? sessionUnitOf(place) : undefined;
+    const sessionUnit = stoppable.sessionUnits ? sessionUnitOf(place, endsWithIt) : undefined;
     if (sessionUnit) {
       sessionUnits.set(sessionUnit.cgroup, sessionUnit);
       continue;
     }
-    const inGraphicalSession = endsWithDisplayManager(place.session) || openedByDisplayManager(host, place.session, stoppable.displayManagerCgroups);
     const keeper = (stoppable.graphicalSessions || stoppable.sessionUnits) && SESSION_DEVICE_KEEPERS(holder.pid, place);
-    if (place.cgroup !== undefined && ((stoppable.graphicalSessions && inGraphicalSession) || keeper)) continue;
+    if (place.cgroup !== undefined && ((stoppable.graphicalSessions && endsWithIt(place.session)) || keeper)) continue;
     refused.push({ ...holder, place });
   }
   return { refused, sessionUnits: [...sessionUnits.values()] };
