@@ -1,12 +1,13 @@
 // Who holds the GPU, classified by cgroup before anything changes: single-GPU
-// mode may stop the display manager (and the graphical sessions it runs on
-// seat0), the helper services and, through the user's own systemd manager,
-// the units of such a graphical session (session.slice: the compositor, its
-// portals, Xwayland); a holder anywhere else (a compute job in its own unit,
-// a user's job in app.slice, a program in a text session, a remote graphical
-// session such as xrdp's or VNC's, a session on another seat or closing)
-// refuses the start while the desktop is still untouched. Reads only:
-// /proc/PID/cgroup and logind's records under /run/systemd.
+// mode may stop the display manager (and the sessions it runs on seat0:
+// graphical ones, and those it opened), the helper services and, through the
+// user's own systemd manager, the units of such a session (session.slice: the
+// compositor, its portals, Xwayland); a holder anywhere else (a compute job in
+// its own unit, a user's job in app.slice, a program in a text login, a remote
+// graphical session such as xrdp's or VNC's, a session on another seat or
+// closing) refuses the start while the desktop is still untouched. Reads only:
+// /proc/PID/cgroup, a session leader's /proc/PID/stat (its parent) and
+// logind's records under /run/systemd.
 import type { Host } from "../../lib/host.ts";
 import { procStat } from "../../lib/processes.ts";
 import { PATTERNS } from "../../lib/validate.ts";
