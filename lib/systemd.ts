@@ -31,6 +31,18 @@ export const unitActive = (ctx: Pick<BaseContext, "run">, unit: string): boolean
  */
 export const unitUp = (ctx: Pick<BaseContext, "run">, unit: string): boolean => ![...STOPPED, "deactivating"].includes(unitState(ctx, unit));
 
+/**
+ * Whether the unit has a job queued (`systemctl show --property=Job` names
+ * its number): for an inactive one, a start that waits for the units it is
+ * After=, as at boot, when libvirt may already start a VM. Throws when
+ * systemctl says neither a job number nor none.
+ */
+export function jobQueued(ctx: Pick<BaseContext, "run">, unit: string): boolean {
+  const job = ctx.run("systemctl", ["show", "--property=Job", "--value", unit]).stdout.trim();
+  if (job !== "" && !/^\d+$/.test(job)) throw new VmhookError(`systemctl show --property=Job ${unit} said ${JSON.stringify(job.slice(0, 80))}, not a job number: vmhook cannot tell whether ${unit} is about to start`);
+  return job !== "";
+}
+
 /** is-active's word for the unit ("inactive" for one systemd does not know); throws when systemctl gives none. */
 function unitState(ctx: Pick<BaseContext, "run">, unit: string): string {
   const result = ctx.run("systemctl", ["is-active", unit], { allowFailure: true });

@@ -1,13 +1,15 @@
 // Who holds the GPU, classified by cgroup before anything changes: single-GPU
-// mode may stop the display manager (and the graphical sessions it runs on
-// seat0), the helper services and, through the user's own systemd manager,
-// the units of such a graphical session (session.slice: the compositor, its
-// portals, Xwayland); a holder anywhere else (a compute job in its own unit,
-// a user's job in app.slice, a program in a text session, a remote graphical
-// session such as xrdp's or VNC's, a session on another seat or closing)
-// refuses the start while the desktop is still untouched. Reads only:
-// /proc/PID/cgroup and logind's records under /run/systemd.
+// mode may stop the display manager (and the sessions it runs on seat0:
+// graphical ones, and those it opened), the helper services and, through the
+// user's own systemd manager, the units of such a session (session.slice: the
+// compositor, its portals, Xwayland); a holder anywhere else (a compute job in
+// its own unit, a user's job in app.slice, a program in a text login, a remote
+// graphical session such as xrdp's or VNC's, a session on another seat or
+// closing) refuses the start while the desktop is still untouched. Reads only:
+// /proc/PID/cgroup, a session leader's /proc/PID/stat (its parent) and
+// logind's records under /run/systemd.
 import type { Host } from "../../lib/host.ts";
+import { procStat } from "../../lib/processes.ts";
 import { PATTERNS } from "../../lib/validate.ts";
 import type { Holder } from "./survey.ts";
 
@@ -33,6 +35,8 @@ export interface LogindSession {
   /** The PAM service that opened it (gdm-password, sddm, xrdp-sesman, sshd). */
   service?: string;
   state?: string;
+  /** The process that opened it with PAM (LEADER=): a display manager's session worker, login(1), sshd. */
+  leader?: number;
 }
 
 export interface UserManagerPlace {
@@ -86,11 +90,31 @@ const DISPLAY_MANAGER_SEAT = "seat0";
 export const endsWithDisplayManager = (session: LogindSession | undefined) =>
   session !== undefined && GRAPHICAL_SESSION_TYPES.includes(session.type) && session.seat === DISPLAY_MANAGER_SEAT && session.state !== "closing";
 
-/** A process's cgroup v2 path ("0::/path"), unit, session and user manager. */
+/**
+ * A session the display manager opened on its seat and that is not closing:
+ * its leader, the process that opened it with PAM (gdm-session-worker,
+ * sddm-helper, greetd's session worker), is a child of the display manager's
+ * unit and ends its session when that stops. logind's type does not tell:
+ * greetd passes no XDG_SESSION_TYPE, so its greeter's session and its users'
+ * (a compositor's too) are "tty", as a text login's on seat0, whose leader
+ * is login(1), a child of PID 1.
+ */
+function openedByDisplayManager(host: Host, session: LogindSession | undefined, displayManagerCgroups: string[]): boolean {
+  if (session?.leader === undefined || session.seat !== DISPLAY_MANAGER_SEAT || session.state === "closing") return false;
+  const parent = Number(procStat(host, session.leader)?.[1]);
+  const cgroup = Number.isSafeInteger(parent) && parent > 1 ? cgroupOf(host, parent) : undefined;
+  return cgroup !== undefined && displayManagerCgroups.some((unit) => within(cgroup, unit));
+}
+
+/** A process's cgroup v2 path ("0::/path"); undefined when it cannot be read. */
+function cgroupOf(host: Host, pid: number): string | undefined {
+  return (host.readTrimmed(`/proc/${pid}/cgroup`) ?? "").split("\n").find((entry) => entry.startsWith("0::"))?.slice(3);
+}
+
+/** A process's cgroup v2 path, unit, session and user manager. */
 export function placeOf(host: Host, pid: number): HolderPlace {
-  const line = (host.readTrimmed(`/proc/${pid}/cgroup`) ?? "").split("\n").find((entry) => entry.startsWith("0::"));
-  if (!line) return {};
-  const cgroup = line.slice(3);
+  const cgroup = cgroupOf(host, pid);
+  if (cgroup === undefined) return {};
   const components = cgroup.split("/").filter(Boolean);
   const unit = [...components].reverse().find((component) => UNIT_NAME.test(component));
   const sessionId = /^session-(\w+)\.scope$/.exec(components.find((component) => /^session-\w+\.scope$/.test(component)) ?? "")?.[1];
@@ -109,7 +133,16 @@ export function readLogindRecord(host: Host, file: string): Map<string, string> 
 
 function readSession(host: Host, id: string): LogindSession {
   const fields = readLogindRecord(host, `/run/systemd/sessions/${id}`);
-  return { id, type: fields.get("TYPE") ?? "unknown", user: fields.get("USER") ?? fields.get("UID") ?? "unknown", seat: fields.get("SEAT"), service: fields.get("SERVICE"), state: fields.get("STATE") };
+  const leader = fields.get("LEADER");
+  return {
+    id,
+    type: fields.get("TYPE") ?? "unknown",
+    user: fields.get("USER") ?? fields.get("UID") ?? "unknown",
+    seat: fields.get("SEAT"),
+    service: fields.get("SERVICE"),
+    state: fields.get("STATE"),
+    leader: leader && /^\d+$/.test(leader) ? Number(leader) : undefined,
+  };
 }
 
 const userRecord = (host: Host, uid: number) => readLogindRecord(host, `/run/systemd/users/${uid}`);
@@ -152,9 +185,9 @@ export const USER_NAME = /^[a-z_][a-z0-9_.-]{0,31}$/i;
  * a display session that ends with the display manager, with a name and a
  * user vmhook can pass to systemctl (else it is refused).
  */
-function sessionUnitOf(place: HolderPlace): SessionUnit | undefined {
+function sessionUnitOf(place: HolderPlace, endsWithIt: (session: LogindSession | undefined) => boolean): SessionUnit | undefined {
   const manager = place.userManager;
-  if (!manager || manager.slice !== SESSION_SLICE || !endsWithDisplayManager(manager.displaySession)) return undefined;
+  if (!manager || manager.slice !== SESSION_SLICE || !endsWithIt(manager.displaySession)) return undefined;
   if (!manager.user || !USER_NAME.test(manager.user) || !manager.unitCgroup || !place.unit) return undefined;
   if (!PATTERNS.unitName.test(place.unit) || place.unit.startsWith("-")) return undefined;
   return { uid: manager.uid, user: manager.user, unit: place.unit, cgroup: manager.unitCgroup };
@@ -170,26 +203,27 @@ export interface HolderClasses {
 /**
  * Sorts the holders: inside the given units' cgroups (stopped with them);
  * with `graphicalSessions` (the display manager stops), in the scope of a
- * graphical session on seat0 or logind's keeping of its devices; with `sessionUnits`
- * (single-GPU mode under systemd), in a graphical session's user unit, which
- * is then stopped through its manager. Everything else is refused, including
+ * session that ends with it (graphical on seat0, or one the display manager's
+ * units, `displayManagerCgroups`, opened) or logind's keeping of its devices;
+ * with `sessionUnits` (single-GPU mode under systemd), in a user unit of such
+ * a session, which is then stopped through its manager. Everything else is refused, including
  * a holder whose cgroup cannot be read.
  */
-export function classifyHolders(host: Host, holders: Holder[], stoppable: { cgroups: string[]; graphicalSessions: boolean; sessionUnits: boolean }): HolderClasses {
+export function classifyHolders(host: Host, holders: Holder[], stoppable: { cgroups: string[]; displayManagerCgroups: string[]; graphicalSessions: boolean; sessionUnits: boolean }): HolderClasses {
   const refused: ClassifiedHolder[] = [];
   const sessionUnits = new Map<string, SessionUnit>();
+  const endsWithIt = (session: LogindSession | undefined) => endsWithDisplayManager(session) || openedByDisplayManager(host, session, stoppable.displayManagerCgroups);
   for (const holder of holders.filter((holder) => host.exists(`/proc/${holder.pid}`))) {
     // gone meanwhile: no longer a holder
     const place = placeOf(host, holder.pid);
     if (place.cgroup !== undefined && stoppable.cgroups.some((parent) => within(place.cgroup!, parent))) continue;
-    const sessionUnit = stoppable.sessionUnits ? sessionUnitOf(place) : undefined;
+    const sessionUnit = stoppable.sessionUnits ? sessionUnitOf(place, endsWithIt) : undefined;
     if (sessionUnit) {
       sessionUnits.set(sessionUnit.cgroup, sessionUnit);
       continue;
     }
-    const inGraphicalSession = endsWithDisplayManager(place.session);
     const keeper = (stoppable.graphicalSessions || stoppable.sessionUnits) && SESSION_DEVICE_KEEPERS(holder.pid, place);
-    if (place.cgroup !== undefined && ((stoppable.graphicalSessions && inGraphicalSession) || keeper)) continue;
+    if (place.cgroup !== undefined && ((stoppable.graphicalSessions && endsWithIt(place.session)) || keeper)) continue;
     refused.push({ ...holder, place });
   }
   return { refused, sessionUnits: [...sessionUnits.values()] };

@@ -29,13 +29,15 @@ export interface GpuHolders {
 
 export function gpuHolders(ctx: BaseContext, found: Survey, displayManager: DisplayManager, helpers: string[]): GpuHolders {
   if (found.holders.length === 0) return { sessionUnits: [] };
-  const units = [...(displayManager && "units" in displayManager ? displayManager.units : []), ...helpers];
+  const cgroups = (units: string[]) => units.map((unit) => unitCgroup(ctx, unit)).filter((cgroup): cgroup is string => cgroup !== undefined);
+  const displayManagerCgroups = cgroups(displayManager && "units" in displayManager ? displayManager.units : []);
   const commands = displayManager && "command" in displayManager ? displayManager.command.processes : [];
   const { refused, sessionUnits } = classifyHolders(
     ctx.host,
     found.holders.filter((holder) => !commands.includes(holder.command)),
     {
-      cgroups: units.map((unit) => unitCgroup(ctx, unit)).filter((cgroup): cgroup is string => cgroup !== undefined),
+      cgroups: [...displayManagerCgroups, ...cgroups(helpers)],
+      displayManagerCgroups,
       graphicalSessions: displayManager !== undefined,
       sessionUnits: found.singleGpu && systemdRuns(ctx.host),
     },

@@ -46,6 +46,8 @@ export interface SimUnit {
   processes?: Record<number, [string, string[]]>;
   /** Stopping it fails with this message. */
   failStop?: string;
+  /** Inactive, with a start job waiting (at boot, for the units it is After=): `systemctl show --property=Job` names the job; a stop cancels it. */
+  startQueued?: boolean;
 }
 
 /** A unit of a user's systemd manager (user@UID.service), in one of its slices; a target has no cgroup (its slice is ignored). */
@@ -72,11 +74,13 @@ export interface SimSession {
   class?: string;
   /** Default "active"; "closing" once its leader is gone and processes are left in its scope. */
   state?: string;
+  /** The process that opened it with PAM (LEADER=), in its scope, and that process's parent (a display manager's session worker is its child). */
+  leader?: { pid: number; comm: string; parent: number };
 }
 
 /** logind's record of a session (/run/systemd/sessions/ID), with the fields vmhook reads. */
 function sessionRecord(session: SimSession, uid: number, user: string): string {
-  const optional = [session.seat && `SEAT=${session.seat}`, session.service && `SERVICE=${session.service}`].filter(Boolean).map((line) => `${line}\n`);
+  const optional = [session.seat && `SEAT=${session.seat}`, session.service && `SERVICE=${session.service}`, session.leader && `LEADER=${session.leader.pid}`].filter(Boolean).map((line) => `${line}\n`);
   return `UID=${uid}\nUSER=${user}\nACTIVE=1\nSTATE=${session.state ?? "active"}\nTYPE=${session.type}\nCLASS=${session.class ?? "user"}\n${optional.join("")}`;
 }
 
@@ -260,12 +264,21 @@ export class GpuKernel {
     return this;
   }
 
-  /** A logind session (its record in /run/systemd/sessions) with processes in its scope. */
+  /** A logind session (its record in /run/systemd/sessions) with processes, and its leader, in its scope. */
   session(id: number | string, spec: SimSession & { user: string; uid: number; processes: Record<number, [string, string[]]> }): this {
-    this.sim.file(`/run/systemd/sessions/${id}`, sessionRecord(spec, spec.uid, spec.user));
+    this.sessionUp(id, spec, spec.uid, spec.user);
     const scope = `/user.slice/user-${spec.uid}.slice/session-${id}.scope`;
     for (const [pid, [comm, files]] of Object.entries(spec.processes)) this.process(Number(pid), comm, files, scope);
     return this;
+  }
+
+  /** logind's record of the session, and its leader in its scope. */
+  private sessionUp(id: number | string, session: SimSession, uid: number, user: string): void {
+    this.sim.file(`/run/systemd/sessions/${id}`, sessionRecord(session, uid, user));
+    if (!session.leader) return;
+    const { pid, comm, parent } = session.leader;
+    this.process(pid, comm, [], `/user.slice/user-${uid}.slice/session-${id}.scope`);
+    this.sim.file(`/proc/${pid}/stat`, `${pid} (${comm}) S ${parent} ${pid} ${pid} 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0 4300 0 0`);
   }
 
   /** A user's systemd manager with its units, logind's record of the user and, with `display`, the user's graphical session. */
@@ -276,7 +289,7 @@ export class GpuKernel {
     this.sim.file(`/proc/${spec.managerPid}/stat`, `${spec.managerPid} (systemd) S 1 ${spec.managerPid} ${spec.managerPid} 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0 4242 0 0`);
     this.sim.file(`/sys/fs/cgroup${manager}/init.scope/cgroup.procs`, spec.managerPid);
     this.sim.file(`/run/systemd/users/${spec.uid}`, `NAME=${spec.user}\nSTATE=active\n${spec.display ? `DISPLAY=${spec.display.id}\n` : ""}`);
-    if (spec.display) this.sim.file(`/run/systemd/sessions/${spec.display.id}`, sessionRecord(spec.display, spec.uid, spec.user));
+    if (spec.display) this.sessionUp(spec.display.id, spec.display, spec.uid, spec.user);
     for (const unit of spec.units) this.userUnitUp(spec, unit);
     return this;
   }
@@ -520,11 +533,13 @@ export class GpuKernel {
         if (!unit.active) return { status: 3, stdout: "inactive\n" };
         return { status: (unit.state ?? "active") === "active" ? 0 : 3, stdout: `${unit.state ?? "active"}\n` };
       case "show":
+        if (rest.includes("--property=Job")) return { status: 0, stdout: unit?.startQueued ? "105\n" : "\n" };
         return { status: 0, stdout: unit ? `/system.slice/${name}\n` : "\n" };
       case "stop":
         if (unit?.failStop) return { status: 1, stderr: unit.failStop };
         if (unit) {
           unit.active = false;
+          unit.startQueued = false;
           for (const pid of Object.keys(unit.processes ?? {})) this.sim.remove(`/proc/${pid}`);
           this.sim.file(`/sys/fs/cgroup/system.slice/${name}/cgroup.procs`, "");
         }

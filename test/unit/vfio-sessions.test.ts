@@ -11,7 +11,7 @@ import * as assert from "uvu/assert";
 import { newJournal, readJournal, writeJournal } from "../../lib/journal.ts";
 import { paths } from "../../lib/paths.ts";
 import type { UndoRecord } from "../../lib/plugin.ts";
-import { GpuKernel, type SimUserUnit } from "../helpers/gpu-kernel.ts";
+import { GpuKernel, type SimSession, type SimUserUnit } from "../helpers/gpu-kernel.ts";
 import { runHookEvent } from "../helpers/hook.ts";
 import { assertPlanIsPrepare, plannedSteps } from "../helpers/plan.ts";
 
@@ -32,14 +32,16 @@ const SESSION_UNITS: SimUserUnit[] = [
   { name: "wireplumber.service", slice: "session.slice", active: true, processes: { 921: ["wireplumber", ["/dev/snd/controlC0"]] } },
 ];
 
-/** GNOME 40+ on one AMD card: GDM as display-manager.service, ana's desktop in her user manager. */
-function gnomeDesktop(extra: SimUserUnit[] = [], sessionUnits: SimUserUnit[] = SESSION_UNITS): GpuKernel {
+const GDM_SESSION: SimSession & { id: number } = { id: 2, type: "wayland", seat: "seat0", service: "gdm-password" };
+
+/** GNOME 40+ on one AMD card: GDM (pid 500) as display-manager.service, ana's desktop in her user manager. */
+function gnomeDesktop(extra: SimUserUnit[] = [], sessionUnits: SimUserUnit[] = SESSION_UNITS, display = GDM_SESSION): GpuKernel {
   const kernel = new GpuKernel()
     .module({ name: "amdgpu", driver: "amdgpu", loaded: true })
     .device({ address: "0000:00:01.0", classCode: "0x060400", vendor: "0x1022", group: 1 })
     .device({ address: GPU, classCode: "0x030000", vendor: "0x1002", nativeDriver: "amdgpu", group: 1, bootVga: true, nodes: ["card0", "renderD128"] })
     .unit({ name: "display-manager.service", active: true, processes: { 500: ["gdm", ["/dev/null"]] } })
-    .userManager({ uid: 1000, user: "ana", managerPid: 880, display: { id: 2, type: "wayland", seat: "seat0", service: "gdm-password" }, units: [...sessionUnits.map((unit) => ({ ...unit })), ...extra] })
+    .userManager({ uid: 1000, user: "ana", managerPid: 880, display, units: [...sessionUnits.map((unit) => ({ ...unit })), ...extra] })
     .process(1, "systemd", ["/dev/null"], "/init.scope");
   kernel.sim.dir("/var/lib/systemd/linger");
   return kernel;
@@ -102,6 +104,19 @@ test("Plasma: plasma-kwin_wayland.service allows a manual stop and start: it sto
   assert.is((await runHookEvent(kernel.sim, "release", "end", XML, "win11")).code, 0);
   assert.equal(stopsSince(kernel, prepared), ["systemctl start display-manager.service", `systemctl --user --machine=ana@.host start ${KWIN}`, "loginctl disable-linger ana"]);
   assert.equal(kernel.sim.snapshot(), before);
+});
+
+test("Hyprland under uwsm, logged in through greetd: the compositor unit's display session is logind type tty (greetd passes no XDG_SESSION_TYPE) but greetd opened it, so the unit stops through ana's manager, not refused; release leaves it to her next login", async () => {
+  const HYPRLAND = "wayland-wm@hyprland.desktop.service";
+  const greetdSession = { id: 2, type: "tty", seat: "seat0", service: "greetd", leader: { pid: 890, comm: "greetd", parent: 500 } };
+  const kernel = gnomeDesktop([], [{ name: HYPRLAND, slice: "session.slice", active: true, processes: { 900: ["Hyprland", ["/dev/dri/card0"]] } }], greetdSession);
+  const result = await runHookEvent(kernel.sim, "prepare", "begin", XML, "win11");
+  assert.is(result.code, 0, result.stderr);
+  assert.ok(stops(kernel).includes(`systemctl --user --machine=ana@.host stop ${HYPRLAND}`), stops(kernel).join("\n"));
+  assert.is(kernel.driverOf(GPU), "vfio-pci");
+  assert.is((await runHookEvent(kernel.sim, "release", "end", XML, "win11")).code, 0);
+  assert.match(log(kernel), `vfio: ${HYPRLAND} stays stopped: ana has no session to display on now`);
+  assert.not.ok(kernel.sim.exists("/var/lib/systemd/linger/ana"));
 });
 
 test("GNOME: when the shell and every target it is PartOf= refuse a manual stop, the start is refused before anything changes, naming the unit and the fix", async () => {

@@ -365,6 +365,12 @@ const OUTSIDERS: { name: string; add: (kernel: GpuKernel) => void; where: string
     add: (k) => k.session(8, { type: "wayland", seat: "seat1", service: "gdm-password", user: "carol", uid: 1002, processes: { 780: ["kwin_wayland", ["/dev/dri/card0"]] } }),
     where: `pid 780 (kwin_wayland) holds /dev/dri/card0 in session-8.scope (session 8 of carol, type wayland, service gdm-password, seat seat1${NOT_ENDED} 8)`,
   },
+  {
+    // Its leader is login(1), started by getty: the display manager's stop does not end it.
+    name: "a program in a text login on seat0",
+    add: (k) => k.session(4, { type: "tty", seat: "seat0", service: "login", user: "bob", uid: 1001, leader: { pid: 715, comm: "login", parent: 1 }, processes: { 716: ["obs", ["/dev/dri/renderD128"]] } }),
+    where: "pid 716 (obs) holds /dev/dri/renderD128 in session-4.scope (session 4 of bob, type tty, service login, seat seat0)",
+  },
   { name: "a browser in a user unit", add: (k) => k.process(730, "firefox", ["/dev/dri/renderD128"], "/user.slice/user-1001.slice/user@1001.service/app.slice/firefox.service"), where: "pid 730 (firefox) holds /dev/dri/renderD128 in firefox.service (a unit of uid 1001's systemd user manager, app.slice)" },
   { name: "a process in no unit", add: (k) => k.process(740, "blender", ["/dev/dri/card0"]), where: "pid 740 (blender) holds /dev/dri/card0 in cgroup /" },
   {
@@ -398,6 +404,20 @@ test("single GPU: holders in the display manager, its graphical sessions on seat
     .session("c1", { type: "wayland", class: "greeter", seat: "seat0", service: "sddm-greeter", user: "sddm", uid: 970, processes: { 751: ["sddm-greeter", ["/dev/dri/card0"]] } });
   // The sessions end with their display manager.
   Object.assign(kernel.units.get("display-manager.service")!.processes!, { 750: ["kwin_x11", ["/dev/dri/card0"]], 751: ["sddm-greeter", ["/dev/dri/card0"]] });
+  const result = await runHookEvent(kernel.sim, "prepare", "begin", domainXml("<vmhook:vfio/>"));
+  assert.is(result.code, 0, result.stderr);
+  assert.is(kernel.driverOf(GPU), "vfio-pci");
+  assert.is((await runHookEvent(kernel.sim, "release", "end", domainXml("<vmhook:vfio/>"))).code, 0);
+});
+
+test("single GPU, greetd: its greeter's and its users' sessions are logind type tty (greetd passes no XDG_SESSION_TYPE), but it opened them (their leader, its session worker, is its child) and they end with it: stopped, not refused", async () => {
+  const kernel = nvidiaDesktop().process(501, "greetd", ["/dev/null"], "/system.slice/display-manager.service");
+  const worker = (pid: number) => ({ pid, comm: "greetd", parent: 501 });
+  kernel
+    .session("c1", { type: "tty", class: "greeter", seat: "seat0", service: "greetd", user: "greeter", uid: 970, leader: worker(740), processes: { 741: ["cage", ["/dev/dri/card0"]] } })
+    .session(2, { type: "tty", seat: "seat0", service: "greetd", user: "ana", uid: 1000, leader: worker(750), processes: { 751: ["sway", ["/dev/dri/card0"]] } });
+  // The sessions end with their display manager (its workers' parent-death signal).
+  Object.assign(kernel.units.get("display-manager.service")!.processes!, { 501: ["greetd", ["/dev/null"]], 741: ["cage", ["/dev/dri/card0"]], 751: ["sway", ["/dev/dri/card0"]] });
   const result = await runHookEvent(kernel.sim, "prepare", "begin", domainXml("<vmhook:vfio/>"));
   assert.is(result.code, 0, result.stderr);
   assert.is(kernel.driverOf(GPU), "vfio-pci");
@@ -444,6 +464,21 @@ test("single GPU: a display manager still stopping when systemctl stop is killed
   assert.ok(kernel.sim.execs.some((e) => e.command === "systemctl" && e.args.join(" ") === "start display-manager.service"), "the rollback starts the display manager again");
   assert.is(displayManager.state, undefined, "running, not left to finish stopping");
   assert.equal(kernel.sim.stateFiles(), []);
+});
+
+test("single GPU at boot (libvirt autostart): a display manager whose start job still waits (is-active says inactive) has it cancelled, so it does not start on the GPU the VM took, and is started at release", async () => {
+  const kernel = nvidiaDesktop();
+  const displayManager = kernel.units.get("display-manager.service")!;
+  kernel.sim.exec("systemctl", ["stop", "display-manager.service"], { timeoutMs: 1000 });
+  displayManager.startQueued = true;
+  const booted = kernel.sim.execs.length;
+  const result = await runHookEvent(kernel.sim, "prepare", "begin", domainXml("<vmhook:vfio/>"));
+  assert.is(result.code, 0, result.stderr);
+  assert.ok(kernel.sim.execs.slice(booted).some((e) => e.command === "systemctl" && e.args.join(" ") === "stop display-manager.service"), "its start job is cancelled");
+  assert.not.ok(displayManager.startQueued || displayManager.active);
+  assert.is(kernel.driverOf(GPU), "vfio-pci");
+  assert.is((await runHookEvent(kernel.sim, "release", "end", domainXml("<vmhook:vfio/>"))).code, 0);
+  assert.ok(displayManager.active, "started at release, as the boot would have");
 });
 
 test("single GPU, NVIDIA without fbdev: the console that cannot come back (no framebuffer, efifb gone for good) is warned about, and the next start is not blocked", async () => {
