@@ -122,7 +122,7 @@ function checkIommuGroups(host: Host, devices: Device[]): void {
     const blocking = iommuGroupMembers(host, group)
       .filter((address) => !ours.has(address))
       .map((address) => readPciDevice(host, address))
-      .filter((other) => !viableBeside(other, release));
+      .filter((other) => !viableBeside(host, other, release));
     if (blocking.length > 0) {
       const members = devices.filter((device) => device.iommuGroup === group).map((device) => device.address);
       // vfio-pci takes no bridge: one stays in the group, on no driver or one that vfio accepts.

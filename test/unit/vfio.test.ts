@@ -556,6 +556,26 @@ for (const [driver, release, accepted] of [["pcieport", "6.1.0-sim", true], ["sh
   });
 }
 
+// A vfio-pci variant driver (mlx5_vfio_pci, xe-vfio-pci, ...) is built on vfio-pci-core and manages DMA itself, as
+// vfio-pci does: the kernel's vfio accepts its device beside one passed through. Known by its module using vfio_pci_core.
+for (const [module, driver, accepted] of [["mlx5_vfio_pci", "mlx5_vfio_pci", true], ["xe_vfio_pci", "xe-vfio-pci", true], ["mlx5_core", "mlx5_core", false]] as const) {
+  test(`a network VF on ${driver} (module ${module}${accepted ? ", a user of vfio_pci_core" : ""}) in the GPU's IOMMU group: ${accepted ? "left alone, the handover goes on" : "refused before anything changes"}`, async () => {
+    const kernel = twoGpuWorkstation()
+      .module({ name: module, driver, uses: accepted ? ["vfio_pci_core"] : [], loaded: true })
+      .device({ address: "0000:03:00.2", classCode: "0x020000", vendor: "0x15b3", nativeDriver: driver, group: 1 });
+    const before = kernel.sim.snapshot();
+    const result = await runHookEvent(kernel.sim, "prepare", "begin", domainXml("<vmhook:vfio/>"));
+    if (accepted) {
+      assert.is(result.code, 0, result.stderr);
+      assert.equal([kernel.driverOf(GPU), kernel.driverOf("0000:03:00.2")], ["vfio-pci", driver]);
+      return;
+    }
+    assert.is(result.code, 1);
+    assert.match(firstLine(result.stderr), `IOMMU group 1 holds 0000:01:00.0, 0000:01:00.1 and also 0000:03:00.2 (class 0x020000, driver ${driver})`);
+    assert.equal(kernel.sim.snapshot(), before);
+  });
+}
+
 test("two groups, a second GPU on the host: not single-GPU, amdgpu stays loaded, GPU+audio+USB on vfio-pci, both /dev/vfio groups, all back", async () => {
   const kernel = twoGpuWorkstation();
   const before = kernel.sim.snapshot();
