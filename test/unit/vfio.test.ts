@@ -24,8 +24,8 @@ const AUDIO = "0000:01:00.1";
 
 function domainXml(vfio: string, hostdevs: { address: string; managed?: boolean }[] = [{ address: GPU }]): string {
   const hostdev = ({ address, managed }: { address: string; managed?: boolean }) => {
-    const [, bus, slot, fn] = /^0000:(\w\w):(\w\w)\.(\d)$/.exec(address)!;
-    return `<hostdev mode='subsystem' type='pci' managed='${managed ? "yes" : "no"}'><source><address domain='0x0000' bus='0x${bus}' slot='0x${slot}' function='0x${fn}'/></source></hostdev>`;
+    const [, domain, bus, slot, fn] = /^(\w{4,8}):(\w\w):(\w\w)\.(\d)$/.exec(address)!;
+    return `<hostdev mode='subsystem' type='pci' managed='${managed ? "yes" : "no"}'><source><address domain='0x${domain}' bus='0x${bus}' slot='0x${slot}' function='0x${fn}'/></source></hostdev>`;
   };
   return `<domain type='kvm'><name>win11</name><uuid>${UUID}</uuid><memory unit='GiB'>8</memory>
   <metadata><vmhook:hooks xmlns:vmhook="urn:vmhook:1">${vfio}</vmhook:hooks></metadata>
@@ -575,6 +575,17 @@ for (const [module, driver, accepted] of [["mlx5_vfio_pci", "mlx5_vfio_pci", tru
     assert.equal(kernel.sim.snapshot(), before);
   });
 }
+
+test("an NVMe drive behind Intel VMD (PCI domain 10000, which libvirt accepts) goes to vfio-pci and back like any device", async () => {
+  const DRIVE = "10000:e1:00.0";
+  const kernel = twoGpuWorkstation().module({ name: "nvme", driver: "nvme", loaded: true }).device({ address: DRIVE, classCode: "0x010802", vendor: "0x144d", nativeDriver: "nvme", group: 12 });
+  const xml = domainXml("<vmhook:vfio/>", [{ address: DRIVE }]);
+  const prepare = await runHookEvent(kernel.sim, "prepare", "begin", xml);
+  assert.is(prepare.code, 0, prepare.stderr);
+  assert.equal([kernel.driverOf(DRIVE), kernel.driverOf(GPU)], ["vfio-pci", "amdgpu"]);
+  await runHookEvent(kernel.sim, "release", "end", xml);
+  assert.is(kernel.driverOf(DRIVE), "nvme");
+});
 
 test("two groups, a second GPU on the host: not single-GPU, amdgpu stays loaded, GPU+audio+USB on vfio-pci, both /dev/vfio groups, all back", async () => {
   const kernel = twoGpuWorkstation();
