@@ -142,7 +142,7 @@ const GROUP_VIABLE_DRIVERS = [...HARMLESS_DRIVERS, "pcieport"];
  * module among vfio_pci_core's holders (none when vfio_pci_core is built in:
  * then not known, so not accepted).
  */
-function isVfioPciVariant(host: Host, driver: string): boolean {
+export function isVfioPciVariant(host: Host, driver: string): boolean {
   const module = host.readlink(`${PCI_DRIVERS}/${driver}/module`)?.split("/").pop();
   return module !== undefined && host.exists(`/sys/module/vfio_pci_core/holders/${module}`);
 }

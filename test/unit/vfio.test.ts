@@ -587,6 +587,27 @@ test("an NVMe drive behind Intel VMD (PCI domain 10000, which libvirt accepts) g
   assert.is(kernel.driverOf(DRIVE), "nvme");
 });
 
+// A VM that vmhook does not serve (libvirt's managed='yes' moved the device) holds the group through /dev/vfio/N:
+// vfio gives a group to one VM, and libvirt would refuse the start after prepare had changed the host.
+for (const held of [true, false]) {
+  test(`a device of the GPU's IOMMU group on vfio-pci ${held ? "held by another VM's QEMU (no vmhook journal): refused before anything changes, naming the process" : "that no process holds: left alone, the handover goes on"}`, async () => {
+    const kernel = twoGpuWorkstation();
+    kernel.sim.exec("modprobe", ["vfio-pci"], { timeoutMs: 1000 });
+    kernel.device({ address: "0000:00:14.0", classCode: "0x0c0330", vendor: "0x8086", nativeDriver: "vfio-pci", group: 1 });
+    if (held) kernel.process(900, "qemu-system-x86", ["/dev/vfio/1"]);
+    const before = kernel.sim.snapshot();
+    const result = await runHookEvent(kernel.sim, "prepare", "begin", domainXml("<vmhook:vfio/>"));
+    if (!held) {
+      assert.is(result.code, 0, result.stderr);
+      assert.is(kernel.driverOf(GPU), "vfio-pci");
+      return;
+    }
+    assert.is(result.code, 1);
+    assert.is(firstLine(result.stderr), "vmhook: vfio: IOMMU group 1 (0000:01:00.0, 0000:01:00.1) is in use by another VM: pid 900 (qemu-system-x86) holds /dev/vfio/1, with 0000:00:14.0 on vfio-pci; a group goes to one VM at a time: shut that VM down first");
+    assert.equal(kernel.sim.snapshot(), before);
+  });
+}
+
 test("two groups, a second GPU on the host: not single-GPU, amdgpu stays loaded, GPU+audio+USB on vfio-pci, both /dev/vfio groups, all back", async () => {
   const kernel = twoGpuWorkstation();
   const before = kernel.sim.snapshot();
