@@ -533,6 +533,20 @@ test("a group shared with a device that has no driver goes on, leaving it so (do
   assert.equal([kernel.driverOf(GPU), kernel.driverOf("0000:00:14.0")], ["vfio-pci", undefined]);
 });
 
+/** Prepare with `address` staying in the GPU's group on `driver`: without `refusal`, it stays so while the GPU goes to vfio-pci; with one, the first line holds it and nothing changed. */
+async function prepareBesideGroupMember(kernel: GpuKernel, address: string, driver: string, refusal: string | undefined): Promise<void> {
+  const before = kernel.sim.snapshot();
+  const result = await runHookEvent(kernel.sim, "prepare", "begin", domainXml("<vmhook:vfio/>"));
+  if (refusal === undefined) {
+    assert.is(result.code, 0, result.stderr);
+    assert.equal([kernel.driverOf(GPU), kernel.driverOf(address)], ["vfio-pci", driver]);
+    return;
+  }
+  assert.is(result.code, 1);
+  assert.match(firstLine(result.stderr), refusal);
+  assert.equal(kernel.sim.snapshot(), before);
+}
+
 // What the kernel's vfio accepts beside a device in use: no driver, or a driver that manages DMA itself (vfio-pci,
 // pci-stub, pcieport: driver_managed_dma); before 5.19, a PCI-to-PCI bridge on any driver.
 for (const [driver, release, accepted] of [["pcieport", "6.1.0-sim", true], ["shpchp", "6.1.0-sim", false], ["shpchp", "5.15.0-91-generic", true]] as const) {
@@ -543,16 +557,8 @@ for (const [driver, release, accepted] of [["pcieport", "6.1.0-sim", true], ["sh
     // Loaded before: the modules tree of the simulated kernel is 6.1.0-sim's.
     kernel.sim.exec("modprobe", ["vfio-pci"], { timeoutMs: 1000 });
     kernel.sim.file("/proc/sys/kernel/osrelease", release);
-    const before = kernel.sim.snapshot();
-    const result = await runHookEvent(kernel.sim, "prepare", "begin", domainXml("<vmhook:vfio/>"));
-    if (accepted) {
-      assert.is(result.code, 0, result.stderr);
-      assert.equal([kernel.driverOf(GPU), kernel.driverOf("0000:00:01.0")], ["vfio-pci", driver]);
-      return;
-    }
-    assert.is(result.code, 1);
-    assert.match(firstLine(result.stderr), `IOMMU group 1 holds 0000:01:00.0, 0000:01:00.1 and also 0000:00:01.0 (class 0x060400, driver ${driver}); 0000:00:01.0 is a bridge, which vfio-pci does not take: unbind it from ${driver}`);
-    assert.equal(kernel.sim.snapshot(), before);
+    const refusal = `IOMMU group 1 holds 0000:01:00.0, 0000:01:00.1 and also 0000:00:01.0 (class 0x060400, driver ${driver}); 0000:00:01.0 is a bridge, which vfio-pci does not take: unbind it from ${driver}`;
+    await prepareBesideGroupMember(kernel, "0000:00:01.0", driver, accepted ? undefined : refusal);
   });
 }
 
@@ -563,16 +569,8 @@ for (const [module, driver, accepted] of [["mlx5_vfio_pci", "mlx5_vfio_pci", tru
     const kernel = twoGpuWorkstation()
       .module({ name: module, driver, uses: accepted ? ["vfio_pci_core"] : [], loaded: true })
       .device({ address: "0000:03:00.2", classCode: "0x020000", vendor: "0x15b3", nativeDriver: driver, group: 1 });
-    const before = kernel.sim.snapshot();
-    const result = await runHookEvent(kernel.sim, "prepare", "begin", domainXml("<vmhook:vfio/>"));
-    if (accepted) {
-      assert.is(result.code, 0, result.stderr);
-      assert.equal([kernel.driverOf(GPU), kernel.driverOf("0000:03:00.2")], ["vfio-pci", driver]);
-      return;
-    }
-    assert.is(result.code, 1);
-    assert.match(firstLine(result.stderr), `IOMMU group 1 holds 0000:01:00.0, 0000:01:00.1 and also 0000:03:00.2 (class 0x020000, driver ${driver})`);
-    assert.equal(kernel.sim.snapshot(), before);
+    const refusal = `IOMMU group 1 holds 0000:01:00.0, 0000:01:00.1 and also 0000:03:00.2 (class 0x020000, driver ${driver})`;
+    await prepareBesideGroupMember(kernel, "0000:03:00.2", driver, accepted ? undefined : refusal);
   });
 }
 
@@ -595,16 +593,8 @@ for (const held of [true, false]) {
     kernel.sim.exec("modprobe", ["vfio-pci"], { timeoutMs: 1000 });
     kernel.device({ address: "0000:00:14.0", classCode: "0x0c0330", vendor: "0x8086", nativeDriver: "vfio-pci", group: 1 });
     if (held) kernel.process(900, "qemu-system-x86", ["/dev/vfio/1"]);
-    const before = kernel.sim.snapshot();
-    const result = await runHookEvent(kernel.sim, "prepare", "begin", domainXml("<vmhook:vfio/>"));
-    if (!held) {
-      assert.is(result.code, 0, result.stderr);
-      assert.is(kernel.driverOf(GPU), "vfio-pci");
-      return;
-    }
-    assert.is(result.code, 1);
-    assert.is(firstLine(result.stderr), "vmhook: vfio: IOMMU group 1 (0000:01:00.0, 0000:01:00.1) is in use by another VM: pid 900 (qemu-system-x86) holds /dev/vfio/1, with 0000:00:14.0 on vfio-pci; a group goes to one VM at a time: shut that VM down first");
-    assert.equal(kernel.sim.snapshot(), before);
+    const refusal = "vmhook: vfio: IOMMU group 1 (0000:01:00.0, 0000:01:00.1) is in use by another VM: pid 900 (qemu-system-x86) holds /dev/vfio/1, with 0000:00:14.0 on vfio-pci; a group goes to one VM at a time: shut that VM down first";
+    await prepareBesideGroupMember(kernel, "0000:00:14.0", "vfio-pci", held ? refusal : undefined);
   });
 }
 
