@@ -326,6 +326,9 @@ function parseNumatune(document: XmlNode): Pick<Domain, "numatuneMemory" | "memn
   };
 }
 
+/** The largest value of each part of a PCI address (libvirt's virPCIDeviceAddressIsValid). */
+const PCI_ADDRESS_LIMITS = { domain: 0xffffffff, bus: 0xff, slot: 0x1f, function: 0x7 };
+
 function parseHostdevs(document: XmlNode): Domain["hostdevs"] {
   const hostdevs: Domain["hostdevs"] = [];
   // libvirt takes a hostdev without mode as a subsystem one.
@@ -334,12 +337,15 @@ function parseHostdevs(document: XmlNode): Domain["hostdevs"] {
     if (type === "pci") {
       const address = first(hostdev, "source", "address");
       if (!address) throw new ConfigError("<hostdev type='pci'>", "has no <source><address>");
-      // As libvirt reads them (strtoul, base 0): 0x0a hexadecimal, 10 decimal, 012 octal.
-      const addressPart = (name: string, fallback?: string) => {
+      // As libvirt reads them (strtoul, base 0): 0x0a hexadecimal, 10 decimal, 012 octal; within its limits (virPCIDeviceAddressIsValid, a 32-bit domain).
+      const addressPart = (name: keyof typeof PCI_ADDRESS_LIMITS, fallback?: string) => {
         const value = attr(address, name) ?? fallback;
         const number = value === undefined ? undefined : /^0[xX][0-9a-fA-F]+$/.test(value) ? parseInt(value, 16) : /^0[0-7]*$/.test(value) ? parseInt(value, 8) : /^[1-9][0-9]*$/.test(value) ? parseInt(value, 10) : undefined;
-        if (number === undefined || number > 0xffff) {
+        if (number === undefined) {
           throw new ConfigError("<hostdev type='pci'><source><address>", `${name}="${value ?? ""}" is not a number like 0x01 (hexadecimal), 1 (decimal) or 01 (octal)`);
+        }
+        if (number > PCI_ADDRESS_LIMITS[name]) {
+          throw new ConfigError("<hostdev type='pci'><source><address>", `${name}="${value}" is above 0x${PCI_ADDRESS_LIMITS[name].toString(16)}, the largest PCI ${name}; lspci -D shows the device's address`);
         }
         return number;
       };

@@ -134,15 +134,29 @@ export const HARMLESS_DRIVERS = ["vfio-pci", "pci-stub"];
 const GROUP_VIABLE_DRIVERS = [...HARMLESS_DRIVERS, "pcieport"];
 
 /**
- * Whether vfio lets a group be used while `other` (a member not handed over)
- * stays as it is: with no driver, or one of GROUP_VIABLE_DRIVERS. Kernels
- * before 5.19 also took a PCI-to-PCI bridge (a header other than normal) on
- * any driver; since, that driver must manage DMA itself. A host bridge's
- * header is normal: on a driver, it never is. The one rule for prepare,
- * doctor and `vmhook iommu`.
+ * Whether a PCI driver is a vfio-pci variant (mlx5_vfio_pci, xe-vfio-pci,
+ * nvgrace_gpu_vfio_pci, ...): its module uses vfio_pci_core. Such a driver
+ * exists to hand its device to vfio, which claims the whole group's DMA, so
+ * it manages DMA itself (driver_managed_dma) as vfio-pci does. Known from
+ * the kernel, not from a list of names: the driver's module link, and that
+ * module among vfio_pci_core's holders (none when vfio_pci_core is built in:
+ * then not known, so not accepted).
  */
-export function viableBeside(other: Pick<PciDevice, "classCode" | "driver">, release: string): boolean {
-  if (other.driver === undefined || GROUP_VIABLE_DRIVERS.includes(other.driver)) return true;
+export function isVfioPciVariant(host: Host, driver: string): boolean {
+  const module = host.readlink(`${PCI_DRIVERS}/${driver}/module`)?.split("/").pop();
+  return module !== undefined && host.exists(`/sys/module/vfio_pci_core/holders/${module}`);
+}
+
+/**
+ * Whether vfio lets a group be used while `other` (a member not handed over)
+ * stays as it is: with no driver, one of GROUP_VIABLE_DRIVERS or a vfio-pci
+ * variant. Kernels before 5.19 also took a PCI-to-PCI bridge (a header other
+ * than normal) on any driver; since, that driver must manage DMA itself. A
+ * host bridge's header is normal: on a driver, it never is. The one rule for
+ * prepare, doctor and `vmhook iommu`.
+ */
+export function viableBeside(host: Host, other: Pick<PciDevice, "classCode" | "driver">, release: string): boolean {
+  if (other.driver === undefined || GROUP_VIABLE_DRIVERS.includes(other.driver) || isVfioPciVariant(host, other.driver)) return true;
   const [major, minor] = (/^(\d+)\.(\d+)/.exec(release) ?? []).slice(1).map(Number);
   const before519 = major !== undefined && minor !== undefined && (major < 5 || (major === 5 && minor < 19));
   return before519 && other.classCode.startsWith("0x0604");

@@ -4,7 +4,8 @@
 import { ConfigError } from "./errors.ts";
 
 export const PATTERNS = {
-  pciAddress: /^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$/,
+  /** As the kernel names a device ("%04x:%02x:%02x.%d"): a 32-bit domain, 5 digits and more behind Intel VMD (10000:e1:00.0). */
+  pciAddress: /^(?:[0-9a-f]{4}|[1-9a-f][0-9a-f]{4,7}):[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$/,
   uuid: /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/,
   /** Kernel module and driver names. Never starting with "-": they become arguments of modprobe and rmmod. */
   moduleName: /^[a-zA-Z0-9_][a-zA-Z0-9_-]{0,63}$/,
@@ -16,10 +17,11 @@ export const PATTERNS = {
   unitName: /^[A-Za-z0-9:_.@\\][A-Za-z0-9:_.@\\-]{0,254}$/,
 };
 
-/** Accepts 0000:01:00.0, 01:00.0 (domain 0000) in any case; returns the canonical lower-case form. */
+/** Accepts 0000:01:00.0, 10000:e1:00.0, 01:00.0 (domain 0000) in any case; returns the kernel's name of the device (lower case, the domain in 4 digits or more). */
 export function parsePciAddress(value: string, element: string, attribute: string): string {
   const raw = value.trim().toLowerCase();
-  const full = /^[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$/.test(raw) ? `0000:${raw}` : raw;
+  const [, domain = "0", rest = ""] = /^(?:([0-9a-f]{4,8}):)?([0-9a-f]{2}:[0-9a-f]{2}\.[0-7])$/.exec(raw) ?? [];
+  const full = rest ? `${parseInt(domain, 16).toString(16).padStart(4, "0")}:${rest}` : raw;
   if (!PATTERNS.pciAddress.test(full)) {
     throw new ConfigError(element, `${attribute}="${value}" is not a PCI address; write it as DDDD:BB:SS.F, e.g. 0000:01:00.0 (see lspci -D)`);
   }

@@ -42,7 +42,7 @@ const MDEV_WRITE_TIMEOUT_MS = 30_000;
 
 /** Device names of mdev parents that are not PCI functions: mtty, mdpy, matrix (vfio-ap), 0.0.0313 (vfio-ccw). */
 const PARENT_NAME = /^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$/;
-const LOOKS_LIKE_PCI = /^([0-9a-f]{4}:)?[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$/i;
+const LOOKS_LIKE_PCI = /^([0-9a-f]{4,8}:)?[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$/i;
 /** Where a user finds the type to write. */
 const LIST_TYPES = `name an mdev type as ls ${MDEV_BUS}/*/mdev_supported_types lists them, e.g. type="i915-GVTg_V5_4"`;
 

@@ -69,7 +69,7 @@ export function readIommuGroups(host: Host): IommuReport {
         deviceName: names.device(vendor, id),
         driver: device.driver,
         bridge: isBridgeClass(device.classCode),
-        viableBeside: viableBeside(device, release),
+        viableBeside: viableBeside(host, device, release),
       };
       return [device.address, entry];
     }),

@@ -12,6 +12,7 @@ import {
   iommuGroupMembers,
   isBridgeClass,
   isDisplayClass,
+  isVfioPciVariant,
   listPciDevices,
   PCI_DEVICES,
   pciDeviceNodes,
@@ -58,6 +59,7 @@ export function survey(host: Host, config: VfioConfig): Survey {
   const devices = expandDevices(host, config);
   refusePhysicalFunctionsWithVfs(host, devices);
   checkIommuGroups(host, devices);
+  refuseGroupsInUse(host, devices);
   const singleGpu = isSingleGpu(host, config, devices);
   const unload = unloadOrder(host, modulesToUnload(host, config, devices));
   const watched = watchedFiles(host, devices, singleGpu, unload.includes("nvidia"));
@@ -122,7 +124,7 @@ function checkIommuGroups(host: Host, devices: Device[]): void {
     const blocking = iommuGroupMembers(host, group)
       .filter((address) => !ours.has(address))
       .map((address) => readPciDevice(host, address))
-      .filter((other) => !viableBeside(other, release));
+      .filter((other) => !viableBeside(host, other, release));
     if (blocking.length > 0) {
       const members = devices.filter((device) => device.iommuGroup === group).map((device) => device.address);
       // vfio-pci takes no bridge: one stays in the group, on no driver or one that vfio accepts.
@@ -132,6 +134,33 @@ function checkIommuGroups(host: Host, devices: Device[]): void {
   }
   if (problems.length > 0) {
     throw new VmhookError(`vfio: ${problems[0]}; a group goes to the VM whole: add those devices to devices=, move the card to a slot with its own group, or use a kernel with the ACS override patch`, problems.slice(1));
+  }
+}
+
+/**
+ * vfio gives a group to one user at a time. A VM that vmhook does not serve
+ * (libvirt's managed='yes' moved its device to vfio-pci; no journal says so)
+ * holds the group's /dev/vfio/N, or with iommufd a member's
+ * /dev/vfio/devices/vfioN: libvirt would refuse this start only after prepare
+ * changed the host, so it is refused here. Looked for only while a member is
+ * on a vfio driver: no one else can hold the group otherwise.
+ */
+function refuseGroupsInUse(host: Host, devices: Device[]): void {
+  for (const group of new Set(devices.map((device) => device.iommuGroup!))) {
+    const onVfio = iommuGroupMembers(host, group).flatMap((address) => {
+      const driver = pciDriver(host, address);
+      return driver === VFIO_DRIVER || (driver !== undefined && isVfioPciVariant(host, driver)) ? [{ address, driver }] : [];
+    });
+    if (onVfio.length === 0) continue;
+    const cdevs = onVfio.flatMap(({ address }) => host.list(pciPath(address, "vfio-dev")).filter((name) => /^vfio\d+$/.test(name)).map((name) => `/dev/vfio/devices/${name}`));
+    const files = [`/dev/vfio/${group}`, ...cdevs];
+    const holders = processesHolding(host, (file) => files.includes(file));
+    if (holders.length === 0) continue;
+    const ours = devices.filter((device) => device.iommuGroup === group).map((device) => device.address);
+    const others = onVfio.filter(({ address }) => !ours.includes(address)).map(({ address, driver }) => `${address} on ${driver}`);
+    throw new VmhookError(
+      `vfio: IOMMU group ${group} (${ours.join(", ")}) is in use by another VM: ${describeHolders(holders)}${others.length > 0 ? `, with ${others.join(", ")}` : ""}; a group goes to one VM at a time: shut that VM down first`,
+    );
   }
 }
 

@@ -74,6 +74,12 @@ export function addPciDevice(sim: SimHost, spec: PciSpec): void {
   }
 }
 
+/** The module that registers a PCI driver (its driver's module link) and the modules it uses (each lists it as a holder), as sysfs shows them. */
+export function addDriverModule(sim: SimHost, driver: string, module: string, uses: string[]): void {
+  sim.dir(`/sys/module/${module}/holders`).link(`/sys/bus/pci/drivers/${driver}/module`, `../../../../module/${module}`);
+  for (const used of uses) sim.link(`/sys/module/${used}/holders/${module}`, `../../${module}`);
+}
+
 /** What every host has besides its PCI devices: a healthy vmhook host unless a test breaks it. */
 function basics(sim: SimHost, cpu: "GenuineIntel" | "AuthenticAMD", cmdline: string): SimHost {
   sim.dir("/var/log").dir("/run/vmhook");

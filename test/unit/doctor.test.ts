@@ -6,9 +6,10 @@ import { fileURLToPath } from "node:url";
 import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { runDoctor, type Finding } from "../../lib/diagnostics/doctor.ts";
+import { readIommuGroups } from "../../lib/diagnostics/iommu.ts";
 import type { SimHost } from "../helpers/simhost.ts";
 import { mdevHostdevXml } from "../helpers/mdev-kernel.ts";
-import { addPciDevice, desktopHost, gvtLaptopHost, iommuOffHost, sharedGroupHost } from "../helpers/pci-hosts.ts";
+import { addDriverModule, addPciDevice, desktopHost, gvtLaptopHost, iommuOffHost, sharedGroupHost } from "../helpers/pci-hosts.ts";
 
 const BINARY = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../../dist/vmhook");
 const UUID = "3f0a4c7e-2b1d-4e8f-9a6c-5d7e8f9a0b1c";
@@ -168,6 +169,21 @@ for (const [driver, status] of [[undefined, "warn"], ["vfio-pci", "warn"], ["pci
       assert.is(finding.reason, `IOMMU group 1 also holds 03:00.0 (Non-Volatile memory controller) ${driver ? `on ${driver}` : "with no driver"}, which the VM does not get: vfio accepts it beside the device passed through as it is, but no host driver can take it while the VM runs`);
       assert.match(finding.fix!, "nothing to do while it stays so; a driver other than vfio-pci or pci-stub that takes it before the VM starts makes prepare refuse");
     }
+    sim.cleanup();
+  });
+}
+
+// A vfio-pci variant driver (its module uses vfio_pci_core) manages DMA itself: accepted beside the GPU, as prepare does.
+for (const [uses, status] of [[["vfio_pci_core"], "warn"], [[], "fail"]] as const) {
+  test(`a network VF on mlx5_vfio_pci in the GPU's IOMMU group, its module ${uses.length > 0 ? "a user" : "no user"} of vfio_pci_core: the hostdev check says ${status}, and vmhook iommu's viableBeside agrees`, async () => {
+    const sim = desktopHost();
+    addPciDevice(sim, { address: "0000:03:00.2", classCode: "0x020000", vendor: "0x15b3", device: "0x101e", driver: "mlx5_vfio_pci", group: 1 });
+    addDriverModule(sim, "mlx5_vfio_pci", "mlx5_vfio_pci", [...uses]);
+    const { domain } = await doctor(sim, domainXml({ devices: GPU_AND_AUDIO }));
+    assert.is(domain("hostdev 0000:01:00.0").status, status);
+    assert.match(domain("hostdev 0000:01:00.0").reason, "03:00.2 (Ethernet controller) on mlx5_vfio_pci");
+    const member = readIommuGroups(sim).groups.find((group) => group.id === "1")!.devices.find((device) => device.address === "0000:03:00.2")!;
+    assert.is(member.viableBeside, status === "warn");
     sim.cleanup();
   });
 }

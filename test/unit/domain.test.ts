@@ -4,6 +4,7 @@
 import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { parseDomain } from "../../lib/domain.ts";
+import { parsePciAddress, PATTERNS } from "../../lib/validate.ts";
 
 const UUID = "6b0e2a4c-6a4e-4c57-9a43-0d1a5b3c7e01";
 
@@ -70,6 +71,20 @@ test("a PCI hostdev written by hand reads as libvirt reads it: no mode is subsys
   for (const bad of ["09", "0x", "-1", "1a"]) {
     assert.throws(() => hostdevs(`<hostdev mode='subsystem' type='pci'><source><address bus='${bad}' slot='0'/></source></hostdev>`), (error: Error) => error.message === `<hostdev type='pci'><source><address>: bus="${bad}" is not a number like 0x01 (hexadecimal), 1 (decimal) or 01 (octal)`);
   }
+});
+
+// libvirt's PCI domain is 32 bits (pciDomain: uint32), and the kernel names a device "%04x:%02x:%02x.%d": a device
+// behind Intel VMD is 10000:e1:00.0. vmhook reads the hostdev, and devices= in any case, as the kernel names it.
+test("a PCI domain above 0xffff (Intel VMD: 10000:e1:00.0) reads as the kernel names the device; beyond 32 bits it is refused", () => {
+  const vmd = (domain: string) => hostdevs(`<hostdev mode='subsystem' type='pci'><source><address domain='${domain}' bus='0xe1' slot='0x00' function='0x0'/></source></hostdev>`);
+  assert.equal(vmd("0x10000"), [{ type: "pci", address: "10000:e1:00.0", managed: false }]);
+  assert.equal(vmd("0xffffffff"), [{ type: "pci", address: "ffffffff:e1:00.0", managed: false }]);
+  assert.throws(() => vmd("0x100000000"), (error: Error) => error.message.startsWith(`<hostdev type='pci'><source><address>: domain="0x100000000"`));
+  assert.is(parsePciAddress("10000:E1:00.0", "<vmhook:vfio>", "devices"), "10000:e1:00.0");
+  assert.is(parsePciAddress("00010000:e1:00.0", "<vmhook:vfio>", "devices"), "10000:e1:00.0");
+  assert.ok(PATTERNS.pciAddress.test("10000:e1:00.0"));
+  // One name per device: no leading zeros beyond the kernel's four digits, no domain beyond 32 bits.
+  for (const bad of ["010000:e1:00.0", "100000000:e1:00.0"]) assert.not.ok(PATTERNS.pciAddress.test(bad), bad);
 });
 
 const withMemory = (memory: string, uuid = UUID) => parseDomain(`<domain><name>vm</name><uuid>${uuid}</uuid>${memory}</domain>`);

@@ -7,7 +7,7 @@ import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { readIommuGroups } from "../../lib/diagnostics/iommu.ts";
 import { readPciNames } from "../../lib/diagnostics/pciids.ts";
-import { desktopHost, gvtLaptopHost, iommuOffHost, sharedGroupHost } from "../helpers/pci-hosts.ts";
+import { addPciDevice, desktopHost, gvtLaptopHost, iommuOffHost, sharedGroupHost } from "../helpers/pci-hosts.ts";
 
 const BINARY = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../../dist/vmhook");
 
@@ -28,6 +28,14 @@ test("desktop: the GPU, its audio function and the root port form one group, iso
   assert.equal([gpu.ids, gpu.classCode, gpu.className, gpu.vendorName, gpu.deviceName], ["10de:2684", "0300", "VGA compatible controller", "NVIDIA Corporation", "AD102 [GeForce RTX 4090]"]);
   assert.is(gpuGroup.devices[2]!.deviceName, "AD102 High Definition Audio Controller");
   assert.is(report.groups[2]!.reason, "02:00.0 can be passed through alone");
+  sim.cleanup();
+});
+
+test("a device behind Intel VMD (PCI domain 10000) is a PCI device of its group: named, with its driver, judged by viableBeside", () => {
+  const sim = desktopHost();
+  addPciDevice(sim, { address: "10000:e1:00.0", classCode: "0x010802", vendor: "0x144d", device: "0xa808", driver: "nvme", group: 1 });
+  const member = readIommuGroups(sim).groups.find((group) => group.id === "1")!.devices.find((device) => device.address === "10000:e1:00.0")!;
+  assert.equal([member.ids, member.driver, member.viableBeside], ["144d:a808", "nvme", false]);
   sim.cleanup();
 });
 

@@ -24,8 +24,8 @@ const AUDIO = "0000:01:00.1";
 
 function domainXml(vfio: string, hostdevs: { address: string; managed?: boolean }[] = [{ address: GPU }]): string {
   const hostdev = ({ address, managed }: { address: string; managed?: boolean }) => {
-    const [, bus, slot, fn] = /^0000:(\w\w):(\w\w)\.(\d)$/.exec(address)!;
-    return `<hostdev mode='subsystem' type='pci' managed='${managed ? "yes" : "no"}'><source><address domain='0x0000' bus='0x${bus}' slot='0x${slot}' function='0x${fn}'/></source></hostdev>`;
+    const [, domain, bus, slot, fn] = /^(\w{4,8}):(\w\w):(\w\w)\.(\d)$/.exec(address)!;
+    return `<hostdev mode='subsystem' type='pci' managed='${managed ? "yes" : "no"}'><source><address domain='0x${domain}' bus='0x${bus}' slot='0x${slot}' function='0x${fn}'/></source></hostdev>`;
   };
   return `<domain type='kvm'><name>win11</name><uuid>${UUID}</uuid><memory unit='GiB'>8</memory>
   <metadata><vmhook:hooks xmlns:vmhook="urn:vmhook:1">${vfio}</vmhook:hooks></metadata>
@@ -568,6 +568,20 @@ test("a group shared with a device that has no driver goes on, leaving it so (do
   assert.equal([kernel.driverOf(GPU), kernel.driverOf("0000:00:14.0")], ["vfio-pci", undefined]);
 });
 
+/** Prepare with `address` staying in the GPU's group on `driver`: without `refusal`, it stays so while the GPU goes to vfio-pci; with one, the first line holds it and nothing changed. */
+async function prepareBesideGroupMember(kernel: GpuKernel, address: string, driver: string, refusal: string | undefined): Promise<void> {
+  const before = kernel.sim.snapshot();
+  const result = await runHookEvent(kernel.sim, "prepare", "begin", domainXml("<vmhook:vfio/>"));
+  if (refusal === undefined) {
+    assert.is(result.code, 0, result.stderr);
+    assert.equal([kernel.driverOf(GPU), kernel.driverOf(address)], ["vfio-pci", driver]);
+    return;
+  }
+  assert.is(result.code, 1);
+  assert.match(firstLine(result.stderr), refusal);
+  assert.equal(kernel.sim.snapshot(), before);
+}
+
 // What the kernel's vfio accepts beside a device in use: no driver, or a driver that manages DMA itself (vfio-pci,
 // pci-stub, pcieport: driver_managed_dma); before 5.19, a PCI-to-PCI bridge on any driver.
 for (const [driver, release, accepted] of [["pcieport", "6.1.0-sim", true], ["shpchp", "6.1.0-sim", false], ["shpchp", "5.15.0-91-generic", true]] as const) {
@@ -578,16 +592,44 @@ for (const [driver, release, accepted] of [["pcieport", "6.1.0-sim", true], ["sh
     // Loaded before: the modules tree of the simulated kernel is 6.1.0-sim's.
     kernel.sim.exec("modprobe", ["vfio-pci"], { timeoutMs: 1000 });
     kernel.sim.file("/proc/sys/kernel/osrelease", release);
-    const before = kernel.sim.snapshot();
-    const result = await runHookEvent(kernel.sim, "prepare", "begin", domainXml("<vmhook:vfio/>"));
-    if (accepted) {
-      assert.is(result.code, 0, result.stderr);
-      assert.equal([kernel.driverOf(GPU), kernel.driverOf("0000:00:01.0")], ["vfio-pci", driver]);
-      return;
-    }
-    assert.is(result.code, 1);
-    assert.match(firstLine(result.stderr), `IOMMU group 1 holds 0000:01:00.0, 0000:01:00.1 and also 0000:00:01.0 (class 0x060400, driver ${driver}); 0000:00:01.0 is a bridge, which vfio-pci does not take: unbind it from ${driver}`);
-    assert.equal(kernel.sim.snapshot(), before);
+    const refusal = `IOMMU group 1 holds 0000:01:00.0, 0000:01:00.1 and also 0000:00:01.0 (class 0x060400, driver ${driver}); 0000:00:01.0 is a bridge, which vfio-pci does not take: unbind it from ${driver}`;
+    await prepareBesideGroupMember(kernel, "0000:00:01.0", driver, accepted ? undefined : refusal);
+  });
+}
+
+// A vfio-pci variant driver (mlx5_vfio_pci, xe-vfio-pci, ...) is built on vfio-pci-core and manages DMA itself, as
+// vfio-pci does: the kernel's vfio accepts its device beside one passed through. Known by its module using vfio_pci_core.
+for (const [module, driver, accepted] of [["mlx5_vfio_pci", "mlx5_vfio_pci", true], ["xe_vfio_pci", "xe-vfio-pci", true], ["mlx5_core", "mlx5_core", false]] as const) {
+  test(`a network VF on ${driver} (module ${module}${accepted ? ", a user of vfio_pci_core" : ""}) in the GPU's IOMMU group: ${accepted ? "left alone, the handover goes on" : "refused before anything changes"}`, async () => {
+    const kernel = twoGpuWorkstation()
+      .module({ name: module, driver, uses: accepted ? ["vfio_pci_core"] : [], loaded: true })
+      .device({ address: "0000:03:00.2", classCode: "0x020000", vendor: "0x15b3", nativeDriver: driver, group: 1 });
+    const refusal = `IOMMU group 1 holds 0000:01:00.0, 0000:01:00.1 and also 0000:03:00.2 (class 0x020000, driver ${driver})`;
+    await prepareBesideGroupMember(kernel, "0000:03:00.2", driver, accepted ? undefined : refusal);
+  });
+}
+
+test("an NVMe drive behind Intel VMD (PCI domain 10000, which libvirt accepts) goes to vfio-pci and back like any device", async () => {
+  const DRIVE = "10000:e1:00.0";
+  const kernel = twoGpuWorkstation().module({ name: "nvme", driver: "nvme", loaded: true }).device({ address: DRIVE, classCode: "0x010802", vendor: "0x144d", nativeDriver: "nvme", group: 12 });
+  const xml = domainXml("<vmhook:vfio/>", [{ address: DRIVE }]);
+  const prepare = await runHookEvent(kernel.sim, "prepare", "begin", xml);
+  assert.is(prepare.code, 0, prepare.stderr);
+  assert.equal([kernel.driverOf(DRIVE), kernel.driverOf(GPU)], ["vfio-pci", "amdgpu"]);
+  await runHookEvent(kernel.sim, "release", "end", xml);
+  assert.is(kernel.driverOf(DRIVE), "nvme");
+});
+
+// A VM that vmhook does not serve (libvirt's managed='yes' moved the device) holds the group through /dev/vfio/N:
+// vfio gives a group to one VM, and libvirt would refuse the start after prepare had changed the host.
+for (const held of [true, false]) {
+  test(`a device of the GPU's IOMMU group on vfio-pci ${held ? "held by another VM's QEMU (no vmhook journal): refused before anything changes, naming the process" : "that no process holds: left alone, the handover goes on"}`, async () => {
+    const kernel = twoGpuWorkstation();
+    kernel.sim.exec("modprobe", ["vfio-pci"], { timeoutMs: 1000 });
+    kernel.device({ address: "0000:00:14.0", classCode: "0x0c0330", vendor: "0x8086", nativeDriver: "vfio-pci", group: 1 });
+    if (held) kernel.process(900, "qemu-system-x86", ["/dev/vfio/1"]);
+    const refusal = "vmhook: vfio: IOMMU group 1 (0000:01:00.0, 0000:01:00.1) is in use by another VM: pid 900 (qemu-system-x86) holds /dev/vfio/1, with 0000:00:14.0 on vfio-pci; a group goes to one VM at a time: shut that VM down first";
+    await prepareBesideGroupMember(kernel, "0000:00:14.0", "vfio-pci", held ? refusal : undefined);
   });
 }
 
