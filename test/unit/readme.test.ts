@@ -1,7 +1,8 @@
-// README.md's metadata reference against the built-in plugins' parsers: each
+// README.md against the built-in plugins: in the metadata reference each
 // plugin has its section, the section's table names exactly the attributes
 // its parser accepts, and a default written there as one value is what the
-// parser takes when the attribute is left out.
+// parser takes when the attribute is left out; Development names each
+// plugin's source.
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { fileURLToPath } from "node:url";
@@ -89,6 +90,15 @@ test("a default README's tables give as one value is the parser's: leaving the a
     }
   }
   assert.ok(compared >= 8, `only ${compared} defaults compared`);
+});
+
+test("README's Development lists the source of every built-in plugin, as a file or directory that exists", () => {
+  const listed = /^plugins\/ +built-in plugins: (.*)$/m.exec(section(README, "##", "Development"))?.[1]?.split(", ") ?? [];
+  for (const name of registry.builtinNames()) {
+    const source = listed.find((entry) => entry === `${name}.ts` || entry === `${name}/`);
+    assert.ok(source, `README.md's Development lists no plugins/${name}.ts or plugins/${name}/ (it lists ${listed.join(", ")})`);
+    assert.ok(fs.existsSync(path.join(REPO, "plugins", source!)), `plugins/${source} does not exist`);
+  }
 });
 
 test.run();
