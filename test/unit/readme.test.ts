@@ -71,10 +71,12 @@ async function acceptedAttributes(name: string): Promise<string[]> {
   throw new Error(`${name} accepted an unknown attribute`);
 }
 
-test("README's metadata reference documents every built-in plugin's attributes, and only those", async () => {
+test("README's metadata reference and vmhook plugins document every built-in plugin's attributes, and only those", async () => {
   for (const name of registry.builtinNames()) {
-    const documented = documentedRows(name).map((row) => row.attribute);
-    assert.equal(documented.toSorted(), (await acceptedAttributes(name)).toSorted(), `<vmhook:${name}> in README.md`);
+    const accepted = (await acceptedAttributes(name)).toSorted();
+    assert.equal(documentedRows(name).map((row) => row.attribute).toSorted(), accepted, `<vmhook:${name}> in README.md`);
+    const usage = (await registry.load(name, new SimHost())).usage ?? "";
+    assert.equal([...usage.matchAll(/ ([a-z-]+)="/g)].map((match) => match[1]).toSorted(), accepted, `${name}'s usage in vmhook plugins: ${usage}`);
   }
 });
 
