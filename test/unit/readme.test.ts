@@ -15,6 +15,9 @@ import { SimHost } from "../helpers/simhost.ts";
 
 const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
 const README = fs.readFileSync(path.join(REPO, "README.md"), "utf8");
+/** The registry's loader needs a host; built-in plugins are loaded without reading it. */
+const host = new SimHost();
+test.after(() => host.cleanup());
 
 /** README's text from the `## title` heading to the next heading of that level. */
 function section(text: string, level: string, title: string): string {
@@ -52,7 +55,7 @@ const REQUIRED: Record<string, string> = { mdev: ' type="mtty-2"', vgpu: ' type=
 /** The plugin's config from <vmhook:NAME attributes/>, without the element as written (it quotes the attributes). */
 async function parse(name: string, attributes: string): Promise<unknown> {
   const domain = domainWith(`<vmhook:${name}${attributes}/>`);
-  const plugin = await registry.load(name, new SimHost());
+  const plugin = await registry.load(name, host);
   const config = plugin.parse(metadataChildren(domain.metadata!), domain);
   return JSON.parse(JSON.stringify(config, (key, value) => (key === "element" ? undefined : value)));
 }
@@ -73,10 +76,10 @@ async function acceptedAttributes(name: string): Promise<string[]> {
 
 test("README's metadata reference and vmhook plugins document every built-in plugin's attributes, and only those", async () => {
   for (const name of registry.builtinNames()) {
-    const accepted = (await acceptedAttributes(name)).toSorted();
-    assert.equal(documentedRows(name).map((row) => row.attribute).toSorted(), accepted, `<vmhook:${name}> in README.md`);
-    const usage = (await registry.load(name, new SimHost())).usage ?? "";
-    assert.equal([...usage.matchAll(/ ([a-z-]+)="/g)].map((match) => match[1]).toSorted(), accepted, `${name}'s usage in vmhook plugins: ${usage}`);
+    const accepted = (await acceptedAttributes(name)).sort();
+    assert.equal(documentedRows(name).map((row) => row.attribute).sort(), accepted, `<vmhook:${name}> in README.md`);
+    const usage = (await registry.load(name, host)).usage ?? "";
+    assert.equal([...usage.matchAll(/ ([a-z-]+)="/g)].map((match) => match[1]).sort(), accepted, `${name}'s usage in vmhook plugins: ${usage}`);
   }
 });
 
