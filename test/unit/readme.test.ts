@@ -1,8 +1,10 @@
 // README.md against the built-in plugins: in the metadata reference each
 // plugin has its section, the section's table names exactly the attributes
 // its parser accepts, and a default written there as one value is what the
-// parser takes when the attribute is left out; Development names each
-// plugin's source.
+// parser takes when the attribute is left out; the CLI table names exactly
+// the binary's commands, with options and choices its --help has; Development
+// names each plugin's source.
+import { spawnSync } from "node:child_process";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { fileURLToPath } from "node:url";
@@ -95,6 +97,27 @@ test("a default README's tables give as one value is the parser's: leaving the a
     }
   }
   assert.ok(compared >= 8, `only ${compared} defaults compared`);
+});
+
+/** `vmhook ARGS` of the built binary (npm test builds it before the unit tests). */
+function vmhook(...args: string[]): string {
+  const result = spawnSync(path.join(REPO, "dist/vmhook"), args, { encoding: "utf8", timeout: 30_000, env: { PATH: "/usr/bin:/bin", LC_ALL: "C" } });
+  assert.is(result.status, 0, `vmhook ${args.join(" ")}: ${result.stderr}`);
+  return result.stdout;
+}
+
+test("README's CLI table shows exactly the binary's commands, each with options and choices its --help has", () => {
+  const usages = [...section(README, "##", "CLI").matchAll(/^\| (`vmhook .*?`(?: \/ `vmhook .*?`)*) \|/gm)].flatMap((row) => [...row[1]!.matchAll(/`vmhook ([a-z]+)([^`]*)`/g)]);
+  const listed = usages.map((usage) => usage[1]!);
+  const commands = [...vmhook("--help").matchAll(/^ {2}vmhook ([a-z]+)/gm)].map((match) => match[1]!);
+  assert.equal([...listed].sort(), [...commands].sort(), "the commands of README's CLI table and of vmhook --help");
+  for (const [, command, shown] of usages) {
+    const help = vmhook(command!, "--help");
+    for (const option of shown!.match(/--?[a-z][a-z-]*/g) ?? []) assert.ok(help.includes(option), `README shows vmhook ${command} ${option}; its --help has no ${option}`);
+    for (const choices of shown!.match(/[a-z]+(?:\\\|[a-z]+)+/g) ?? []) {
+      for (const choice of choices.split("\\|")) assert.ok(help.includes(`"${choice}"`), `README shows ${choice} as a choice of vmhook ${command}; its --help does not list it`);
+    }
+  }
 });
 
 test("README's Development lists the source of every built-in plugin, as a file or directory that exists", () => {
