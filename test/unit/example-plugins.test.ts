@@ -248,17 +248,17 @@ test("the published plugin types check the JavaScript example (as a plugin autho
   assert.is(result.status, 0, result.stdout + result.stderr);
 });
 
-/** The plugin code docs/plugins.md prints: its fenced block of this language that holds `marker`, as a reader would copy it. */
-function docsPlugin(language: string, marker: string): string {
-  const blocks = [...fs.readFileSync(path.join(REPO, "docs/plugins.md"), "utf8").matchAll(new RegExp("^```" + language + "\\n([\\s\\S]*?)^```$", "gm"))];
+/** The plugin code a page prints: its fenced block of this language that holds `marker`, as a reader would copy it. */
+function printedPlugin(page: string, language: string, marker: string): string {
+  const blocks = [...fs.readFileSync(path.join(REPO, page), "utf8").matchAll(new RegExp("^```" + language + "\\n([\\s\\S]*?)^```$", "gm"))];
   const block = blocks.find((match) => match[1]!.includes(marker));
-  if (!block) throw new Error(`docs/plugins.md has no ${language} block holding ${marker}`);
+  if (!block) throw new Error(`${page} has no ${language} block holding ${marker}`);
   return block[1]!;
 }
 
 test("docs/plugins.md's stop-units, as printed (with root's ALLOWED_UNITS): vmhook plugins gets its description, and the run the page describes happens", () => {
   const root = makeRoot();
-  const script = docsPlugin("sh", "ALLOWED_UNITS=").replace(/^ALLOWED_UNITS=""/m, 'ALLOWED_UNITS="backup.timer idle.service"');
+  const script = printedPlugin("docs/plugins.md", "sh", "ALLOWED_UNITS=").replace(/^ALLOWED_UNITS=""/m, 'ALLOWED_UNITS="backup.timer idle.service"');
   fs.writeFileSync(root.at("/etc/vmhook/plugins.d/stop-units"), script);
   assert.match(root.cli("plugins").stdout, "  stop-units     stops systemd units while the VM runs; starts them again at release [executable]\n");
 
@@ -272,19 +272,21 @@ test("docs/plugins.md's stop-units, as printed (with root's ALLOWED_UNITS): vmho
   fs.rmSync(root.dir, { recursive: true, force: true });
 });
 
-test("docs/plugins.md's marker.mjs, as printed: vmhook plan lists its step, prepare writes /run/marker and release removes it", () => {
-  const root = makeRoot();
-  fs.writeFileSync(root.at("/etc/vmhook/plugins.d/marker.mjs"), docsPlugin("js", 'name: "marker"'), { mode: 0o644 });
-  const xml = domain('<vmhook:plugin name="marker" text="hello"/>');
-  fs.writeFileSync(root.at("/win.xml"), xml);
-  const planned = root.cli("plan", root.at("/win.xml"));
-  assert.is(planned.code, 0, planned.stderr);
-  assert.match(planned.stdout, "1. plugin:marker: write /run/marker");
-  assert.is(root.hook("prepare", "begin", xml).code, 0);
-  assert.is(fs.readFileSync(root.at("/run/marker"), "utf8"), "hello");
-  assert.is(root.hook("release", "end", xml).code, 0);
-  assert.not.ok(fs.existsSync(root.at("/run/marker")));
-  fs.rmSync(root.dir, { recursive: true, force: true });
-});
+for (const page of ["docs/plugins.md", "README.md"]) {
+  test(`${page}'s marker.mjs, as printed: vmhook plan lists its step, prepare writes /run/marker and release removes it`, () => {
+    const root = makeRoot();
+    fs.writeFileSync(root.at("/etc/vmhook/plugins.d/marker.mjs"), printedPlugin(page, "js", 'name: "marker"'), { mode: 0o644 });
+    const xml = domain('<vmhook:plugin name="marker" text="hello"/>');
+    fs.writeFileSync(root.at("/win.xml"), xml);
+    const planned = root.cli("plan", root.at("/win.xml"));
+    assert.is(planned.code, 0, planned.stderr);
+    assert.match(planned.stdout, "1. plugin:marker: write /run/marker");
+    assert.is(root.hook("prepare", "begin", xml).code, 0);
+    assert.is(fs.readFileSync(root.at("/run/marker"), "utf8"), "hello");
+    assert.is(root.hook("release", "end", xml).code, 0);
+    assert.not.ok(fs.existsSync(root.at("/run/marker")));
+    fs.rmSync(root.dir, { recursive: true, force: true });
+  });
+}
 
 test.run();

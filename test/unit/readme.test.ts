@@ -1,0 +1,132 @@
+// README.md against the built-in plugins: in the metadata reference each
+// plugin has its section, the section's table names exactly the attributes
+// its parser accepts, and a default written there as one value is what the
+// parser takes when the attribute is left out; the CLI table names exactly
+// the binary's commands, with options and choices its --help has; Development
+// names each plugin's source.
+import { spawnSync } from "node:child_process";
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { fileURLToPath } from "node:url";
+import { test } from "uvu";
+import * as assert from "uvu/assert";
+import { metadataChildren, parseDomain } from "../../lib/domain.ts";
+import { ConfigError } from "../../lib/errors.ts";
+import { registry } from "../../plugins/index.ts";
+import { SimHost } from "../helpers/simhost.ts";
+
+const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
+const README = fs.readFileSync(path.join(REPO, "README.md"), "utf8");
+/** The registry's loader needs a host; built-in plugins are loaded without reading it. */
+const host = new SimHost();
+test.after(() => host.cleanup());
+
+/** README's text from the `## title` heading to the next heading of that level. */
+function section(text: string, level: string, title: string): string {
+  const start = text.indexOf(`\n${level} ${title}`);
+  if (start < 0) throw new Error(`README.md has no heading "${level} ${title}"`);
+  const end = text.indexOf(`\n${level} `, start + 1);
+  return text.slice(start, end < 0 ? undefined : end);
+}
+
+interface Row {
+  attribute: string;
+  default: string;
+}
+
+/** The rows of the attribute tables (| `attr` | default | meaning |) in a plugin's section. */
+function documentedRows(name: string): Row[] {
+  const reference = section(README, "##", "Metadata reference");
+  return [...section(reference, "###", `\`<vmhook:${name}>\``).matchAll(/^\| `([a-z-]+)` \| ([^|]*) \|/gm)].map((match) => ({ attribute: match[1]!, default: match[2]!.trim() }));
+}
+
+/** A domain every built-in parser accepts: pinned CPUs, one unmanaged PCI hostdev, one mdev hostdev, memory. */
+function domainWith(element: string) {
+  return parseDomain(`<domain type="kvm"><name>vm</name><uuid>0b1d6a52-3c7e-4d55-a0a4-8f2a61f0c9d3</uuid><memory unit="GiB">1</memory><vcpu>2</vcpu>
+  <cputune><vcpupin vcpu="0" cpuset="2"/><vcpupin vcpu="1" cpuset="3"/></cputune>
+  <devices>
+    <hostdev mode="subsystem" type="pci" managed="no"><source><address domain="0x0000" bus="0x01" slot="0x00" function="0x0"/></source></hostdev>
+    <hostdev mode="subsystem" type="mdev" model="vfio-pci"><source><address uuid="4b20d080-1b54-4048-85b3-a6a62d165c01"/></source></hostdev>
+  </devices>
+  <metadata><vmhook:hooks xmlns:vmhook="urn:vmhook:1">${element}</vmhook:hooks></metadata></domain>`);
+}
+
+/** What the attributes a required attribute needs (the parser refuses the element without them). */
+const REQUIRED: Record<string, string> = { mdev: ' type="mtty-2"', vgpu: ' type="L40S-12Q"', forward: ' ports="2222:22"' };
+
+/** The plugin's config from <vmhook:NAME attributes/>, without the element as written (it quotes the attributes). */
+async function parse(name: string, attributes: string): Promise<unknown> {
+  const domain = domainWith(`<vmhook:${name}${attributes}/>`);
+  const plugin = await registry.load(name, host);
+  const config = plugin.parse(metadataChildren(domain.metadata!), domain);
+  return JSON.parse(JSON.stringify(config, (key, value) => (key === "element" ? undefined : value)));
+}
+
+/** The attributes the parser accepts, as its refusal of an unknown one lists them. */
+async function acceptedAttributes(name: string): Promise<string[]> {
+  try {
+    await parse(name, ' not-an-attribute="1"');
+  } catch (error) {
+    if (!(error instanceof ConfigError)) throw error;
+    if (error.message.includes("it takes no attributes")) return [];
+    const allowed = /allowed: ([a-z, -]+)$/.exec(error.message);
+    if (allowed) return allowed[1]!.split(", ");
+    throw error;
+  }
+  throw new Error(`${name} accepted an unknown attribute`);
+}
+
+test("README's metadata reference and vmhook plugins document every built-in plugin's attributes, and only those", async () => {
+  for (const name of registry.builtinNames()) {
+    const accepted = (await acceptedAttributes(name)).sort();
+    assert.equal(documentedRows(name).map((row) => row.attribute).sort(), accepted, `<vmhook:${name}> in README.md`);
+    const usage = (await registry.load(name, host)).usage ?? "";
+    assert.equal([...usage.matchAll(/ ([a-z-]+)="/g)].map((match) => match[1]).sort(), accepted, `${name}'s usage in vmhook plugins: ${usage}`);
+  }
+});
+
+test("a default README's tables give as one value is the parser's: leaving the attribute out is writing it", async () => {
+  let compared = 0;
+  for (const name of registry.builtinNames()) {
+    for (const row of documentedRows(name)) {
+      const value = /^`([^`]+)`$/.exec(row.default)?.[1];
+      if (value === undefined) continue;
+      const required = REQUIRED[name] ?? "";
+      assert.equal(await parse(name, `${required} ${row.attribute}="${value}"`), await parse(name, required), `<vmhook:${name} ${row.attribute}="${value}"> in README.md`);
+      compared++;
+    }
+  }
+  assert.ok(compared >= 8, `only ${compared} defaults compared`);
+});
+
+/** `vmhook ARGS` of the built binary (npm test builds it before the unit tests). */
+function vmhook(...args: string[]): string {
+  const result = spawnSync(path.join(REPO, "dist/vmhook"), args, { encoding: "utf8", timeout: 30_000, env: { PATH: "/usr/bin:/bin", LC_ALL: "C" } });
+  assert.is(result.status, 0, `vmhook ${args.join(" ")}: ${result.stderr}`);
+  return result.stdout;
+}
+
+test("README's CLI table shows exactly the binary's commands, each with options and choices its --help has", () => {
+  const usages = [...section(README, "##", "CLI").matchAll(/^\| (`vmhook .*?`(?: \/ `vmhook .*?`)*) \|/gm)].flatMap((row) => [...row[1]!.matchAll(/`vmhook ([a-z]+)([^`]*)`/g)]);
+  const listed = usages.map((usage) => usage[1]!);
+  const commands = [...vmhook("--help").matchAll(/^ {2}vmhook ([a-z]+)/gm)].map((match) => match[1]!);
+  assert.equal([...listed].sort(), [...commands].sort(), "the commands of README's CLI table and of vmhook --help");
+  for (const [, command, shown] of usages) {
+    const help = vmhook(command!, "--help");
+    for (const option of shown!.match(/--?[a-z][a-z-]*/g) ?? []) assert.ok(help.includes(option), `README shows vmhook ${command} ${option}; its --help has no ${option}`);
+    for (const choices of shown!.match(/[a-z]+(?:\\\|[a-z]+)+/g) ?? []) {
+      for (const choice of choices.split("\\|")) assert.ok(help.includes(`"${choice}"`), `README shows ${choice} as a choice of vmhook ${command}; its --help does not list it`);
+    }
+  }
+});
+
+test("README's Development lists the source of every built-in plugin, as a file or directory that exists", () => {
+  const listed = /^plugins\/ +built-in plugins: (.*)$/m.exec(section(README, "##", "Development"))?.[1]?.split(", ") ?? [];
+  for (const name of registry.builtinNames()) {
+    const source = listed.find((entry) => entry === `${name}.ts` || entry === `${name}/`);
+    assert.ok(source, `README.md's Development lists no plugins/${name}.ts or plugins/${name}/ (it lists ${listed.join(", ")})`);
+    assert.ok(fs.existsSync(path.join(REPO, "plugins", source!)), `plugins/${source} does not exist`);
+  }
+});
+
+test.run();
