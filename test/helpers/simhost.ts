@@ -54,6 +54,7 @@ export class SimHost extends RootedHost {
 
   constructor() {
     super(fs.mkdtempSync(path.join(SimHost.parent ?? os.tmpdir(), "vmhook-sim-")));
+    leftAtExit.add(this.root);
   }
 
   /** Runs `build` with every SimHost it creates in RAM (/dev/shm), for tests that build hundreds: on a disk, their metadata writes cost most of the time. Call cleanup() on each. */
@@ -450,7 +451,14 @@ export class SimHost extends RootedHost {
 
   cleanup(): void {
     fs.rmSync(this.root, { recursive: true, force: true });
+    leftAtExit.delete(this.root);
   }
 }
+
+/** The hosts no test cleaned up, removed when the test process exits: a run leaves nothing in the temporary directory. */
+const leftAtExit = new Set<string>();
+process.once("exit", () => {
+  for (const root of leftAtExit) fs.rmSync(root, { recursive: true, force: true });
+});
 
 const matches = (match: string | RegExp, hostPath: string) => (typeof match === "string" ? match === hostPath : match.test(hostPath));
