@@ -4,6 +4,7 @@
 // (and SimHost adds simulated kernel behaviour on top), the way mdevctl's
 // environment root makes its sysfs code testable.
 import * as fs from "node:fs";
+import * as os from "node:os";
 import { describeError, VmhookError } from "./errors.ts";
 import { ioctl } from "./libc.ts";
 
@@ -128,6 +129,31 @@ function killGroup(pid: number): void {
   } catch {
     // ESRCH: nothing of it is left.
   }
+}
+
+/**
+ * The process groups of the programs execAsync is running. Each leads a
+ * session of its own, out of reach of the terminal: Ctrl-C (or a hangup, a
+ * SIGTERM) ends vmhook run by hand, and a program left running would change
+ * the host after vmhook is gone. While any runs, such a signal kills them
+ * first, and vmhook then ends as the signal would have ended it.
+ */
+const runningGroups = new Set<number>();
+const ENDING_SIGNALS = ["SIGINT", "SIGTERM", "SIGHUP"] as const;
+
+function endWithRunningGroups(signal: NodeJS.Signals): void {
+  for (const pid of runningGroups) killGroup(pid);
+  process.exit(128 + os.constants.signals[signal]);
+}
+
+function trackGroup(pid: number): void {
+  if (runningGroups.size === 0) for (const signal of ENDING_SIGNALS) process.on(signal, endWithRunningGroups);
+  runningGroups.add(pid);
+}
+
+function untrackGroup(pid: number): void {
+  runningGroups.delete(pid);
+  if (runningGroups.size === 0) for (const signal of ENDING_SIGNALS) process.off(signal, endWithRunningGroups);
 }
 
 /** What a child may print on each of stdout and stderr; past that it is killed. */
@@ -294,6 +320,7 @@ export class RootedHost implements Host {
     } catch (error) {
       return notStarted(`${command}: ${(error as Error).message}`);
     }
+    trackGroup(child.pid);
     const stdout = child.stdout.getReader();
     const stderr = child.stderr.getReader();
     let timedOut = false;
@@ -336,6 +363,7 @@ export class RootedHost implements Host {
       clearTimeout(timer);
       clearTimeout(grace);
       options.signal?.removeEventListener("abort", stop);
+      untrackGroup(child.pid);
     }
   }
 

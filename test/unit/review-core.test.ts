@@ -398,6 +398,27 @@ test("execAsync: as exec, without blocking the process; the status, the output, 
   assert.match((await host.execAsync("vmhook-no-such-program", [], { timeoutMs: 1000 })).error!, "not found");
 });
 
+test("execAsync: vmhook run by hand and stopped with Ctrl-C ends the program it runs (in a session of its own, out of the terminal's reach), which would otherwise change the host after vmhook is gone", async () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "vmhook-interrupt-"));
+  try {
+    const script = path.join(dir, "run.ts");
+    fs.writeFileSync(
+      script,
+      `import { RootedHost } from ${JSON.stringify(path.resolve("lib/host.ts"))};
+await new RootedHost("/").execAsync("/bin/sh", ["-c", "touch ${dir}/started; sleep 0.6; touch ${dir}/changed"], { timeoutMs: 5000 });`,
+    );
+    const vmhook = Bun.spawn([process.execPath, script], { stdin: new Uint8Array(), stdout: "ignore", stderr: "pipe", env: process.env as Record<string, string> });
+    while (!fs.existsSync(path.join(dir, "started"))) await new Promise((resolve) => setTimeout(resolve, 20));
+    // What the terminal does on Ctrl-C: SIGINT to its foreground process group, which the program is not in.
+    vmhook.kill("SIGINT");
+    assert.is(await vmhook.exited, 130, "vmhook ended as interrupted");
+    await new Promise((resolve) => setTimeout(resolve, 900));
+    assert.not.ok(fs.existsSync(path.join(dir, "changed")), "the program was killed with it");
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
 test("a state file is written through a fresh temp file: a leftover temp, or a symlink planted there, is replaced, never followed", () => {
   const sim = new SimHost().file("/secret", "secret");
   try {
