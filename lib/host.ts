@@ -4,7 +4,6 @@
 // (and SimHost adds simulated kernel behaviour on top), the way mdevctl's
 // environment root makes its sysfs code testable.
 import * as fs from "node:fs";
-import * as os from "node:os";
 import { describeError, VmhookError } from "./errors.ts";
 import { ioctl } from "./libc.ts";
 
@@ -139,21 +138,23 @@ function killGroup(pid: number): void {
  * first, and vmhook then ends as the signal would have ended it.
  */
 const runningGroups = new Set<number>();
-const ENDING_SIGNALS = ["SIGINT", "SIGTERM", "SIGHUP"] as const;
+/** The signals that end vmhook, by number (not from node:os, which the hook would load for this alone). */
+const ENDING_SIGNALS = { SIGHUP: 1, SIGINT: 2, SIGTERM: 15 } as const;
+type EndingSignal = keyof typeof ENDING_SIGNALS;
 
-function endWithRunningGroups(signal: NodeJS.Signals): void {
+function endWithRunningGroups(signal: EndingSignal): void {
   for (const pid of runningGroups) killGroup(pid);
-  process.exit(128 + os.constants.signals[signal]);
+  process.exit(128 + ENDING_SIGNALS[signal]);
 }
 
 function trackGroup(pid: number): void {
-  if (runningGroups.size === 0) for (const signal of ENDING_SIGNALS) process.on(signal, endWithRunningGroups);
+  if (runningGroups.size === 0) for (const signal of Object.keys(ENDING_SIGNALS)) process.on(signal, endWithRunningGroups);
   runningGroups.add(pid);
 }
 
 function untrackGroup(pid: number): void {
   runningGroups.delete(pid);
-  if (runningGroups.size === 0) for (const signal of ENDING_SIGNALS) process.off(signal, endWithRunningGroups);
+  if (runningGroups.size === 0) for (const signal of Object.keys(ENDING_SIGNALS)) process.off(signal, endWithRunningGroups);
 }
 
 /** What a child may print on each of stdout and stderr; past that it is killed. */
