@@ -31,6 +31,7 @@ import { isLegacyPlugin } from "../plugin.ts";
 import { fail, ok, roundMiB, warn, type Finding } from "./findings.ts";
 import { describeBlockingBridge, readIommuGroups, type IommuReport } from "./iommu.ts";
 import { nvidiaGpus } from "./domain-fixes.ts";
+import { groupInUse } from "../../plugins/vfio/survey.ts";
 
 export type { Finding, Status } from "./findings.ts";
 
@@ -310,6 +311,10 @@ function hostdevChecks(host: Host, domain: Domain, iommu: IommuReport): Finding[
     if (blockingBridges.length > 0) {
       return fail(check, `IOMMU group ${group.id} also holds ${blockingBridges.map(describeBlockingBridge).join(", ")}: the group is not viable`, blockingBridges.map((bridge) => freeBridge(bridge.address, bridge.driver!)).join("; "));
     }
+    // Its own QEMU holds the group while the domain runs (vfio opens a group once): only another VM's counts, as at prepare.
+    const passed = group.devices.filter((device) => addresses.has(device.address)).map((device) => device.address);
+    const inUse = runningOrWhyUnknown(host, domain.name) === true ? undefined : groupInUse(host, group.id, passed);
+    if (inUse) return fail(check, inUse.reason, inUse.fix);
     const sameCard = outside.filter((device) => !device.bridge && slotOf(device.address) === slotOf(address));
     const warnings = [
       ...(otherCards.length > 0

@@ -147,21 +147,27 @@ function checkIommuGroups(host: Host, devices: Device[]): void {
  */
 function refuseGroupsInUse(host: Host, devices: Device[]): void {
   for (const group of new Set(devices.map((device) => device.iommuGroup!))) {
-    const onVfio = iommuGroupMembers(host, group).flatMap((address) => {
-      const driver = pciDriver(host, address);
-      return driver === VFIO_DRIVER || (driver !== undefined && isVfioPciVariant(host, driver)) ? [{ address, driver }] : [];
-    });
-    if (onVfio.length === 0) continue;
-    const cdevs = onVfio.flatMap(({ address }) => host.list(pciPath(address, "vfio-dev")).filter((name) => /^vfio\d+$/.test(name)).map((name) => `/dev/vfio/devices/${name}`));
-    const files = [`/dev/vfio/${group}`, ...cdevs];
-    const holders = processesHolding(host, (file) => files.includes(file));
-    if (holders.length === 0) continue;
-    const ours = devices.filter((device) => device.iommuGroup === group).map((device) => device.address);
-    const others = onVfio.filter(({ address }) => !ours.includes(address)).map(({ address, driver }) => `${address} on ${driver}`);
-    throw new VmhookError(
-      `vfio: IOMMU group ${group} (${ours.join(", ")}) is in use by another VM: ${describeHolders(holders)}${others.length > 0 ? `, with ${others.join(", ")}` : ""}; a group goes to one VM at a time: shut that VM down first`,
-    );
+    const inUse = groupInUse(host, group, devices.filter((device) => device.iommuGroup === group).map((device) => device.address));
+    if (inUse) throw new VmhookError(`vfio: ${inUse.reason}; ${inUse.fix}`);
   }
+}
+
+/** Why IOMMU group `group`, which `ours` (its members to pass through) are in, is another VM's now; undefined when no process holds it. The rule prepare refuses by, and doctor reports by. */
+export function groupInUse(host: Host, group: string, ours: string[]): { reason: string; fix: string } | undefined {
+  const onVfio = iommuGroupMembers(host, group).flatMap((address) => {
+    const driver = pciDriver(host, address);
+    return driver === VFIO_DRIVER || (driver !== undefined && isVfioPciVariant(host, driver)) ? [{ address, driver }] : [];
+  });
+  if (onVfio.length === 0) return undefined;
+  const cdevs = onVfio.flatMap(({ address }) => host.list(pciPath(address, "vfio-dev")).filter((name) => /^vfio\d+$/.test(name)).map((name) => `/dev/vfio/devices/${name}`));
+  const files = [`/dev/vfio/${group}`, ...cdevs];
+  const holders = processesHolding(host, (file) => files.includes(file));
+  if (holders.length === 0) return undefined;
+  const others = onVfio.filter(({ address }) => !ours.includes(address)).map(({ address, driver }) => `${address} on ${driver}`);
+  return {
+    reason: `IOMMU group ${group} (${ours.join(", ")}) is in use by another VM: ${describeHolders(holders)}${others.length > 0 ? `, with ${others.join(", ")}` : ""}`,
+    fix: "a group goes to one VM at a time: shut that VM down first",
+  };
 }
 
 function isSingleGpu(host: Host, config: VfioConfig, devices: Device[]): boolean {

@@ -188,6 +188,28 @@ for (const [uses, status] of [[["vfio_pci_core"], "warn"], [[], "fail"]] as cons
   });
 }
 
+// vfio gives a group to one VM: a member on vfio-pci whose /dev/vfio/N another VM's QEMU holds makes prepare refuse (refuseGroupsInUse), and doctor with it.
+for (const holder of ["another VM", "this VM", "none"] as const) {
+  test(`a USB controller on vfio-pci in the GPU's IOMMU group, ${holder === "none" ? "its group held by no process" : `its /dev/vfio/1 held by ${holder}'s QEMU`}: the hostdev check says ${holder === "another VM" ? "fail, in prepare's words" : "warn"}`, async () => {
+    const sim = desktopHost();
+    addPciDevice(sim, { address: "0000:00:14.0", classCode: "0x0c0330", vendor: "0x8086", device: "0xa36d", driver: "vfio-pci", group: 1 });
+    const qemu = holder === "this VM" ? process.pid : 900;
+    if (holder !== "none") sim.file(`/proc/${qemu}/comm`, "qemu-system-x86").link(`/proc/${qemu}/fd/0`, "/dev/vfio/1");
+    // libvirt's pid file of the domain doctor checks: its own QEMU holding its group is no other VM.
+    if (holder === "this VM") sim.file("/run/libvirt/qemu/win.pid", String(qemu));
+    const finding = (await doctor(sim, domainXml({ devices: GPU_AND_AUDIO }))).domain("hostdev 0000:01:00.0");
+    if (holder === "another VM") {
+      assert.is(finding.status, "fail");
+      assert.is(finding.reason, "IOMMU group 1 (0000:01:00.0, 0000:01:00.1) is in use by another VM: pid 900 (qemu-system-x86) holds /dev/vfio/1, with 0000:00:14.0 on vfio-pci");
+      assert.is(finding.fix, "a group goes to one VM at a time: shut that VM down first");
+    } else {
+      assert.is(finding.status, "warn");
+      assert.match(finding.reason, "00:14.0 (USB controller) on vfio-pci, which the VM does not get");
+    }
+    sim.cleanup();
+  });
+}
+
 test("a root port on shpchp in the GPU's group: the hostdev fails on kernel 6.1, as prepare refuses it, naming the bridge, its driver and how to free it; ok before 5.19", async () => {
   const sim = desktopHost("shpchp");
   const { domain } = await doctor(sim, domainXml({ devices: GPU_AND_AUDIO }));
