@@ -17,7 +17,7 @@ import { kernelRelease, moduleList, moduleName } from "../kernel-modules.ts";
 import { describeStuckWrite, listStuckWrites, STUCK_ADVICE } from "../stuck-writes.ts";
 import { paths } from "../paths.ts";
 import { refuseUntrustedStateDir } from "../state-files.ts";
-import { freeBridge, pciExists } from "../pci.ts";
+import { freeBridge, pciExists, VIABLE_BESIDE_WORDS } from "../pci.ts";
 import { formatKiB } from "../validate.ts";
 import { hostNodes, hugepagePool, hugepageSizes, HUGEPAGE_DIR, meminfo } from "../memory.ts";
 import { listInstalledPlugins } from "../custom-plugins.ts";
@@ -318,7 +318,7 @@ function hostdevChecks(host: Host, domain: Domain, iommu: IommuReport): Finding[
     const sameCard = outside.filter((device) => !device.bridge && slotOf(device.address) === slotOf(address));
     const warnings = [
       ...(otherCards.length > 0
-        ? [{ reason: `IOMMU group ${group.id} also holds ${otherCards.map(withDriver).join(", ")}, which the VM does not get: vfio accepts it beside the device passed through as it is, but no host driver can take it while the VM runs`, fix: "nothing to do while it stays so; a driver other than vfio-pci or pci-stub that takes it before the VM starts makes prepare refuse, and a group goes to one VM at a time" }]
+        ? [{ reason: `IOMMU group ${group.id} also holds ${otherCards.map(withDriver).join(", ")}, which the VM does not get: vfio accepts it beside the device passed through as it is, but no host driver can take it while the VM runs`, fix: `nothing to do while it stays ${VIABLE_BESIDE_WORDS}; any other driver that takes it before the VM starts makes prepare refuse, and a group goes to one VM at a time` }]
         : []),
       ...(sameCard.length > 0
         ? [{ reason: `${sameCard.map(label).join(", ")} on the same card is not in the domain: the host loses it too, but the VM cannot use it`, fix: `add a <hostdev> for ${sameCard.map((device) => short(device.address)).join(", ")} as well` }]
