@@ -47,6 +47,8 @@ export interface Survey {
   /** Every device to hand over (configured + slot functions), in address order. */
   devices: Device[];
   singleGpu: boolean;
+  /** Why single-GPU mode is off (the display manager stays), for a refusal's words; undefined when it is on. */
+  singleGpuOff?: string;
   /** The device files whose users block the handover. */
   watched: Watched;
   /** Processes holding them now. */
@@ -60,12 +62,12 @@ export function survey(host: Host, config: VfioConfig): Survey {
   refusePhysicalFunctionsWithVfs(host, devices);
   checkIommuGroups(host, devices);
   refuseGroupsInUse(host, devices);
-  const singleGpu = isSingleGpu(host, config, devices);
+  const { singleGpu, singleGpuOff } = singleGpuMode(host, config, devices);
   const unload = unloadOrder(host, modulesToUnload(host, config, devices));
   const watched = watchedFiles(host, devices, singleGpu, unload.includes("nvidia"));
   // Nothing to watch (a GPU without DRM or fbdev nodes, e.g. already on vfio-pci): no process can hold it, so no /proc scan.
   const holders = watchesSomething(watched) ? processesHolding(host, isWatched(watched)) : [];
-  return { devices, singleGpu, watched, holders, unload };
+  return { devices, singleGpu, singleGpuOff, watched, holders, unload };
 }
 
 function expandDevices(host: Host, config: VfioConfig): Device[] {
@@ -170,8 +172,9 @@ export function groupInUse(host: Host, group: string, ours: string[]): { reason:
   };
 }
 
-function isSingleGpu(host: Host, config: VfioConfig, devices: Device[]): boolean {
-  if (config.singleGpu !== "auto") return config.singleGpu === "yes";
+/** Whether single-GPU mode is on, and when it is off, why. */
+function singleGpuMode(host: Host, config: VfioConfig, devices: Device[]): { singleGpu: boolean; singleGpuOff?: string } {
+  if (config.singleGpu !== "auto") return config.singleGpu === "yes" ? { singleGpu: true } : { singleGpu: false, singleGpuOff: 'single-gpu="no"' };
   const ours = new Set(devices.map((device) => device.address));
   // A boot GPU already on vfio-pci (vfio-pci.ids=...) shows no host display to release.
   const bootGpu = devices.some((device) => isDisplayClass(device.classCode) && device.bootVga && device.driver !== VFIO_DRIVER);
@@ -179,7 +182,8 @@ function isSingleGpu(host: Host, config: VfioConfig, devices: Device[]): boolean
   const otherDisplays = listPciDevices(host).filter(
     (device) => isDisplayClass(device.classCode) && !ours.has(device.address) && device.driver !== undefined && !HARMLESS_DRIVERS.includes(device.driver),
   );
-  return bootGpu && otherDisplays.length === 0;
+  if (otherDisplays.length > 0) return { singleGpu: false, singleGpuOff: `the host keeps a display on ${otherDisplays.map((device) => `${device.address} (${device.driver})`).join(", ")}` };
+  return bootGpu ? { singleGpu: true } : { singleGpu: false, singleGpuOff: "no GPU handed over is the boot VGA device on a host driver" };
 }
 
 /** The device files whose users block the handover, as data: it is journaled with the steps that wait for them. */
