@@ -1,6 +1,6 @@
 // The host's own storage behind a PCI device: the disks below it in sysfs
 // (NVMe, SATA, SAS controllers) and whether the host uses any of them —
-// mounted, swap, or held by LVM, mdraid or dm-crypt. Such a device never goes
+// mounted, swap, held by LVM, mdraid or dm-crypt, or in an imported ZFS pool. Such a device never goes
 // to a VM, whatever the policy says: pulling a controller from under a
 // mounted filesystem or the root disk takes the host down with it.
 import type { Host } from "./host.ts";
@@ -10,6 +10,27 @@ const BLOCK = "/sys/class/block";
 const MOUNTINFO = "/proc/self/mountinfo";
 const SWAPS = "/proc/swaps";
 const BTRFS = "/sys/fs/btrfs";
+const UDEV_DATA = "/run/udev/data";
+const ZFS_POOLS = "/proc/spl/kstat/zfs";
+/** zpool's rule for a pool name (spaces allowed); no slash, so it is one path component. */
+const ZFS_POOL_NAME = /^[A-Za-z][A-Za-z0-9_.: -]*$/;
+
+/**
+ * The imported ZFS pool this block device (major:minor) is a member of, if
+ * any. ZFS opens its vdevs with no sysfs holder and mountinfo names its
+ * datasets, not devices: the member is known from udev's blkid record, the
+ * pool imported from /proc/spl/kstat/zfs/POOL. Only while the zfs module is
+ * loaded (no pool is imported otherwise); an unreadable record cannot tell.
+ */
+function importedZfsPool(host: Host, name: string, device: string | undefined, address: string): string | undefined {
+  if (!host.exists("/sys/module/zfs")) return undefined;
+  const record = device === undefined ? undefined : host.readTrimmed(`${UDEV_DATA}/b${device}`);
+  if (record === undefined) throw new Error(`cannot tell whether ${name} behind ${address} is part of an imported ZFS pool: ${UDEV_DATA}/b${device ?? "?"} cannot be read`);
+  if (!/^E:ID_FS_TYPE=zfs_member$/m.test(record)) return undefined;
+  // ID_FS_LABEL has spaces made "_"; ID_FS_LABEL_ENC keeps them as \x20.
+  const pool = (/^E:ID_FS_LABEL_ENC=(.*)$/m.exec(record)?.[1] ?? "").replace(/\\x([0-9a-fA-F]{2})/g, (_, hex: string) => String.fromCharCode(parseInt(hex, 16)));
+  return ZFS_POOL_NAME.test(pool) && host.exists(`${ZFS_POOLS}/${pool}`) ? pool : undefined;
+}
 
 /** With native NVMe multipath the controller holds path nodes nvme0c0n1; the disk the host uses is the head nvme0n1. */
 const multipathHead = (name: string) => name.replace(/^nvme(\d+)c\d+n(\d+)$/, "nvme$1n$2");
@@ -77,10 +98,12 @@ export function storageInUse(host: Host, address: string): string[] {
   for (const disk of disks) {
     const found = withPartitions(host, disk).flatMap((name) => {
       const device = host.readTrimmed(`${BLOCK}/${name}/dev`);
+      const pool = importedZfsPool(host, name, device, address);
       return [
         ...mounts.filter((mount) => mount.device === device || baseName(mount.source) === name).map((mount) => `${name} is mounted on ${mount.mountPoint}`),
         ...(swaps.includes(name) ? [`${name} is swap`] : []),
         ...(btrfsMembers.includes(name) ? [`${name} is part of a mounted btrfs filesystem`] : []),
+        ...(pool ? [`${name} is part of imported ZFS pool ${pool}`] : []),
         ...host.list(`${BLOCK}/${name}/holders`).map((holder) => `${name} is part of ${describeHolder(host, holder)}`),
       ];
     });

@@ -162,6 +162,9 @@ export function viableBeside(host: Host, other: Pick<PciDevice, "classCode" | "d
   return before519 && other.classCode.startsWith("0x0604");
 }
 
+/** viableBeside's rule for a device other than a bridge, in words: "with no driver or on vfio-pci, pci-stub, pcieport or a vfio-pci variant driver (...)". */
+export const VIABLE_BESIDE_WORDS = `with no driver or on ${GROUP_VIABLE_DRIVERS.join(", ")} or a vfio-pci variant driver (its module uses vfio_pci_core)`;
+
 /** How to free a bridge vfio does not accept beside a device in use: vfio-pci takes no bridge, so off its driver or onto pcieport. */
 export const freeBridge = (address: string, driver: string) => `unbind it from ${driver} (echo ${address} > ${PCI_DRIVERS}/${driver}/unbind) or let pcieport drive it`;
 

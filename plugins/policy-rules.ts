@@ -59,7 +59,7 @@ async function authorizeVfio(config: VfioConfig, { policy, domain, host, setting
       throw new ConfigError(element, `refusing to hand over ${address}: ${describeError(error)}`);
     }
     if (uses.length > 0) {
-      throw new ConfigError(element, `${address} carries storage the host uses (${uses.join("; ")}); vmhook never hands such a device to a VM, whatever the policy says: unmount it (and swapoff, vgchange -an, mdadm --stop) first, or pass the disk instead of the controller`);
+      throw new ConfigError(element, `${address} carries storage the host uses (${uses.join("; ")}); vmhook never hands such a device to a VM, whatever the policy says: unmount it (and swapoff, vgchange -an, mdadm --stop, zpool export) first, or pass the disk instead of the controller`);
     }
   }
 

@@ -17,7 +17,7 @@ import { kernelRelease, moduleList, moduleName } from "../kernel-modules.ts";
 import { describeStuckWrite, listStuckWrites, STUCK_ADVICE } from "../stuck-writes.ts";
 import { paths } from "../paths.ts";
 import { refuseUntrustedStateDir } from "../state-files.ts";
-import { freeBridge, pciExists } from "../pci.ts";
+import { freeBridge, pciExists, VIABLE_BESIDE_WORDS } from "../pci.ts";
 import { formatKiB } from "../validate.ts";
 import { hostNodes, hugepagePool, hugepageSizes, HUGEPAGE_DIR, meminfo } from "../memory.ts";
 import { listInstalledPlugins } from "../custom-plugins.ts";
@@ -31,6 +31,7 @@ import { isLegacyPlugin } from "../plugin.ts";
 import { fail, ok, roundMiB, warn, type Finding } from "./findings.ts";
 import { describeBlockingBridge, readIommuGroups, type IommuReport } from "./iommu.ts";
 import { nvidiaGpus } from "./domain-fixes.ts";
+import { groupInUse } from "../../plugins/vfio/survey.ts";
 
 export type { Finding, Status } from "./findings.ts";
 
@@ -310,10 +311,14 @@ function hostdevChecks(host: Host, domain: Domain, iommu: IommuReport): Finding[
     if (blockingBridges.length > 0) {
       return fail(check, `IOMMU group ${group.id} also holds ${blockingBridges.map(describeBlockingBridge).join(", ")}: the group is not viable`, blockingBridges.map((bridge) => freeBridge(bridge.address, bridge.driver!)).join("; "));
     }
+    // Its own QEMU holds the group while the domain runs (vfio opens a group once): only another VM's counts, as at prepare.
+    const passed = group.devices.filter((device) => addresses.has(device.address)).map((device) => device.address);
+    const inUse = runningOrWhyUnknown(host, domain.name) === true ? undefined : groupInUse(host, group.id, passed);
+    if (inUse) return fail(check, inUse.reason, inUse.fix);
     const sameCard = outside.filter((device) => !device.bridge && slotOf(device.address) === slotOf(address));
     const warnings = [
       ...(otherCards.length > 0
-        ? [{ reason: `IOMMU group ${group.id} also holds ${otherCards.map(withDriver).join(", ")}, which the VM does not get: vfio accepts it beside the device passed through as it is, but no host driver can take it while the VM runs`, fix: "nothing to do while it stays so; a driver other than vfio-pci or pci-stub that takes it before the VM starts makes prepare refuse, and a group goes to one VM at a time" }]
+        ? [{ reason: `IOMMU group ${group.id} also holds ${otherCards.map(withDriver).join(", ")}, which the VM does not get: vfio accepts it beside the device passed through as it is, but no host driver can take it while the VM runs`, fix: `nothing to do while it stays ${VIABLE_BESIDE_WORDS}; any other driver that takes it before the VM starts makes prepare refuse, and a group goes to one VM at a time` }]
         : []),
       ...(sameCard.length > 0
         ? [{ reason: `${sameCard.map(label).join(", ")} on the same card is not in the domain: the host loses it too, but the VM cannot use it`, fix: `add a <hostdev> for ${sameCard.map((device) => short(device.address)).join(", ")} as well` }]

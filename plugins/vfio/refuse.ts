@@ -9,15 +9,16 @@ import { classifyHolders, describeClassifiedHolder, type SessionUnit } from "./h
 import type { Survey } from "./survey.ts";
 import { unitCgroup } from "./units.ts";
 
-/** What prepare will stop, in words, for the refusal message. */
-function whatStops(displayManager: DisplayManager, helpers: string[], sessionUnits: SessionUnit[]): string {
+/** What prepare will stop, in words, for the refusal message; with single-GPU mode off, why the display manager stays. */
+function whatStops(displayManager: DisplayManager, helpers: string[], sessionUnits: SessionUnit[], singleGpuOff: string | undefined): string {
   const parts = [
     ...sessionUnits.map((unit) => `${unit.unit} of ${unit.user}`),
     ...(displayManager && "units" in displayManager ? [`${displayManager.units.join(", ")} with its graphical sessions`] : []),
     ...(displayManager && "command" in displayManager ? [`the display manager's ${displayManager.command.processes.join("/")} processes`] : []),
     ...helpers,
   ];
-  return parts.length > 0 ? `vmhook stops only ${parts.join(", ")}` : "vmhook stops nothing here (no display manager runs)";
+  const off = singleGpuOff && ` (single-GPU mode is off: ${singleGpuOff}; with single-gpu="yes" vmhook stops the display manager too)`;
+  return parts.length > 0 ? `vmhook stops only ${parts.join(", ")}${off || ""}` : `vmhook stops nothing here${off || " (no display manager runs)"}`;
 }
 
 export interface GpuHolders {
@@ -46,7 +47,7 @@ export function gpuHolders(ctx: BaseContext, found: Survey, displayManager: Disp
   return {
     sessionUnits,
     refusal: {
-      reason: `vfio: the GPU is in use: ${refused.map(describeClassifiedHolder).join(", ")}; ${whatStops(displayManager, helpers, sessionUnits)}: close those programs (or stop their units) and start the VM again`,
+      reason: `vfio: the GPU is in use: ${refused.map(describeClassifiedHolder).join(", ")}; ${whatStops(displayManager, helpers, sessionUnits, found.singleGpuOff)}: close those programs (or stop their units) and start the VM again`,
       remedies: [],
     },
   };

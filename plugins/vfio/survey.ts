@@ -47,6 +47,8 @@ export interface Survey {
   /** Every device to hand over (configured + slot functions), in address order. */
   devices: Device[];
   singleGpu: boolean;
+  /** Why single-GPU mode is off (the display manager stays), for a refusal's words; undefined when it is on. */
+  singleGpuOff?: string;
   /** The device files whose users block the handover. */
   watched: Watched;
   /** Processes holding them now. */
@@ -60,12 +62,12 @@ export function survey(host: Host, config: VfioConfig): Survey {
   refusePhysicalFunctionsWithVfs(host, devices);
   checkIommuGroups(host, devices);
   refuseGroupsInUse(host, devices);
-  const singleGpu = isSingleGpu(host, config, devices);
+  const { singleGpu, singleGpuOff } = singleGpuMode(host, config, devices);
   const unload = unloadOrder(host, modulesToUnload(host, config, devices));
   const watched = watchedFiles(host, devices, singleGpu, unload.includes("nvidia"));
   // Nothing to watch (a GPU without DRM or fbdev nodes, e.g. already on vfio-pci): no process can hold it, so no /proc scan.
   const holders = watchesSomething(watched) ? processesHolding(host, isWatched(watched)) : [];
-  return { devices, singleGpu, watched, holders, unload };
+  return { devices, singleGpu, singleGpuOff, watched, holders, unload };
 }
 
 function expandDevices(host: Host, config: VfioConfig): Device[] {
@@ -147,25 +149,32 @@ function checkIommuGroups(host: Host, devices: Device[]): void {
  */
 function refuseGroupsInUse(host: Host, devices: Device[]): void {
   for (const group of new Set(devices.map((device) => device.iommuGroup!))) {
-    const onVfio = iommuGroupMembers(host, group).flatMap((address) => {
-      const driver = pciDriver(host, address);
-      return driver === VFIO_DRIVER || (driver !== undefined && isVfioPciVariant(host, driver)) ? [{ address, driver }] : [];
-    });
-    if (onVfio.length === 0) continue;
-    const cdevs = onVfio.flatMap(({ address }) => host.list(pciPath(address, "vfio-dev")).filter((name) => /^vfio\d+$/.test(name)).map((name) => `/dev/vfio/devices/${name}`));
-    const files = [`/dev/vfio/${group}`, ...cdevs];
-    const holders = processesHolding(host, (file) => files.includes(file));
-    if (holders.length === 0) continue;
-    const ours = devices.filter((device) => device.iommuGroup === group).map((device) => device.address);
-    const others = onVfio.filter(({ address }) => !ours.includes(address)).map(({ address, driver }) => `${address} on ${driver}`);
-    throw new VmhookError(
-      `vfio: IOMMU group ${group} (${ours.join(", ")}) is in use by another VM: ${describeHolders(holders)}${others.length > 0 ? `, with ${others.join(", ")}` : ""}; a group goes to one VM at a time: shut that VM down first`,
-    );
+    const inUse = groupInUse(host, group, devices.filter((device) => device.iommuGroup === group).map((device) => device.address));
+    if (inUse) throw new VmhookError(`vfio: ${inUse.reason}; ${inUse.fix}`);
   }
 }
 
-function isSingleGpu(host: Host, config: VfioConfig, devices: Device[]): boolean {
-  if (config.singleGpu !== "auto") return config.singleGpu === "yes";
+/** Why IOMMU group `group`, which `ours` (its members to pass through) are in, is another VM's now; undefined when no process holds it. The rule prepare refuses by, and doctor reports by. */
+export function groupInUse(host: Host, group: string, ours: string[]): { reason: string; fix: string } | undefined {
+  const onVfio = iommuGroupMembers(host, group).flatMap((address) => {
+    const driver = pciDriver(host, address);
+    return driver === VFIO_DRIVER || (driver !== undefined && isVfioPciVariant(host, driver)) ? [{ address, driver }] : [];
+  });
+  if (onVfio.length === 0) return undefined;
+  const cdevs = onVfio.flatMap(({ address }) => host.list(pciPath(address, "vfio-dev")).filter((name) => /^vfio\d+$/.test(name)).map((name) => `/dev/vfio/devices/${name}`));
+  const files = [`/dev/vfio/${group}`, ...cdevs];
+  const holders = processesHolding(host, (file) => files.includes(file));
+  if (holders.length === 0) return undefined;
+  const others = onVfio.filter(({ address }) => !ours.includes(address)).map(({ address, driver }) => `${address} on ${driver}`);
+  return {
+    reason: `IOMMU group ${group} (${ours.join(", ")}) is in use by another VM: ${describeHolders(holders)}${others.length > 0 ? `, with ${others.join(", ")}` : ""}`,
+    fix: "a group goes to one VM at a time: shut that VM down first",
+  };
+}
+
+/** Whether single-GPU mode is on, and when it is off, why. */
+function singleGpuMode(host: Host, config: VfioConfig, devices: Device[]): { singleGpu: boolean; singleGpuOff?: string } {
+  if (config.singleGpu !== "auto") return config.singleGpu === "yes" ? { singleGpu: true } : { singleGpu: false, singleGpuOff: 'single-gpu="no"' };
   const ours = new Set(devices.map((device) => device.address));
   // A boot GPU already on vfio-pci (vfio-pci.ids=...) shows no host display to release.
   const bootGpu = devices.some((device) => isDisplayClass(device.classCode) && device.bootVga && device.driver !== VFIO_DRIVER);
@@ -173,7 +182,8 @@ function isSingleGpu(host: Host, config: VfioConfig, devices: Device[]): boolean
   const otherDisplays = listPciDevices(host).filter(
     (device) => isDisplayClass(device.classCode) && !ours.has(device.address) && device.driver !== undefined && !HARMLESS_DRIVERS.includes(device.driver),
   );
-  return bootGpu && otherDisplays.length === 0;
+  if (otherDisplays.length > 0) return { singleGpu: false, singleGpuOff: `the host keeps a display on ${otherDisplays.map((device) => `${device.address} (${device.driver})`).join(", ")}` };
+  return bootGpu ? { singleGpu: true } : { singleGpu: false, singleGpuOff: "no GPU handed over is the boot VGA device on a host driver" };
 }
 
 /** The device files whose users block the handover, as data: it is journaled with the steps that wait for them. */

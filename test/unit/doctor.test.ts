@@ -153,6 +153,8 @@ test("shared group behind a root port: the hostdev fails, naming the device it s
   sim.cleanup();
 });
 
+const STAYS_VIABLE = "nothing to do while it stays with no driver or on vfio-pci, pci-stub, pcieport or a vfio-pci variant driver (its module uses vfio_pci_core); any other driver that takes it before the VM starts makes prepare refuse";
+
 // The rule prepare uses (viableBeside): a device of the group the VM does not get is fine with no driver or on a
 // driver that manages DMA itself; on any other driver prepare refuses, and so does doctor.
 for (const [driver, status] of [[undefined, "warn"], ["vfio-pci", "warn"], ["pci-stub", "warn"], ["nvme", "fail"]] as const) {
@@ -167,7 +169,7 @@ for (const [driver, status] of [[undefined, "warn"], ["vfio-pci", "warn"], ["pci
       assert.match(finding.fix!, "give the VM those devices too, or move the card to a slot with its own IOMMU group");
     } else {
       assert.is(finding.reason, `IOMMU group 1 also holds 03:00.0 (Non-Volatile memory controller) ${driver ? `on ${driver}` : "with no driver"}, which the VM does not get: vfio accepts it beside the device passed through as it is, but no host driver can take it while the VM runs`);
-      assert.match(finding.fix!, "nothing to do while it stays so; a driver other than vfio-pci or pci-stub that takes it before the VM starts makes prepare refuse");
+      assert.match(finding.fix!, STAYS_VIABLE);
     }
     sim.cleanup();
   });
@@ -182,8 +184,32 @@ for (const [uses, status] of [[["vfio_pci_core"], "warn"], [[], "fail"]] as cons
     const { domain } = await doctor(sim, domainXml({ devices: GPU_AND_AUDIO }));
     assert.is(domain("hostdev 0000:01:00.0").status, status);
     assert.match(domain("hostdev 0000:01:00.0").reason, "03:00.2 (Ethernet controller) on mlx5_vfio_pci");
+    // The fix names the rule prepare goes by: the variant driver it is on now is one prepare accepts.
+    if (status === "warn") assert.match(domain("hostdev 0000:01:00.0").fix!, STAYS_VIABLE);
     const member = readIommuGroups(sim).groups.find((group) => group.id === "1")!.devices.find((device) => device.address === "0000:03:00.2")!;
     assert.is(member.viableBeside, status === "warn");
+    sim.cleanup();
+  });
+}
+
+// vfio gives a group to one VM: a member on vfio-pci whose /dev/vfio/N another VM's QEMU holds makes prepare refuse (refuseGroupsInUse), and doctor with it.
+for (const holder of ["another VM", "this VM", "none"] as const) {
+  test(`a USB controller on vfio-pci in the GPU's IOMMU group, ${holder === "none" ? "its group held by no process" : `its /dev/vfio/1 held by ${holder}'s QEMU`}: the hostdev check says ${holder === "another VM" ? "fail, in prepare's words" : "warn"}`, async () => {
+    const sim = desktopHost();
+    addPciDevice(sim, { address: "0000:00:14.0", classCode: "0x0c0330", vendor: "0x8086", device: "0xa36d", driver: "vfio-pci", group: 1 });
+    const qemu = holder === "this VM" ? process.pid : 900;
+    if (holder !== "none") sim.file(`/proc/${qemu}/comm`, "qemu-system-x86").link(`/proc/${qemu}/fd/0`, "/dev/vfio/1");
+    // libvirt's pid file of the domain doctor checks: its own QEMU holding its group is no other VM.
+    if (holder === "this VM") sim.file("/run/libvirt/qemu/win.pid", String(qemu));
+    const finding = (await doctor(sim, domainXml({ devices: GPU_AND_AUDIO }))).domain("hostdev 0000:01:00.0");
+    if (holder === "another VM") {
+      assert.is(finding.status, "fail");
+      assert.is(finding.reason, "IOMMU group 1 (0000:01:00.0, 0000:01:00.1) is in use by another VM: pid 900 (qemu-system-x86) holds /dev/vfio/1, with 0000:00:14.0 on vfio-pci");
+      assert.is(finding.fix, "a group goes to one VM at a time: shut that VM down first");
+    } else {
+      assert.is(finding.status, "warn");
+      assert.match(finding.reason, "00:14.0 (USB controller) on vfio-pci, which the VM does not get");
+    }
     sim.cleanup();
   });
 }

@@ -15,7 +15,7 @@ import { GpuKernel } from "../helpers/gpu-kernel.ts";
 import { runHookEvent } from "../helpers/hook.ts";
 import { desktopHost } from "../helpers/pci-hosts.ts";
 import type { SimHost } from "../helpers/simhost.ts";
-import { addDeviceMapper, addDisk, mountsAndSwaps } from "../helpers/storage.ts";
+import { addDeviceMapper, addDisk, addZfsMember, mountsAndSwaps } from "../helpers/storage.ts";
 
 const REPO = path.resolve(import.meta.dirname, "../..");
 const BINARY = path.join(REPO, "dist/vmhook");
@@ -412,6 +412,14 @@ const STORAGE_CASES: { name: string; setup: (sim: SimHost) => void; use: string 
     },
     use: "nvme0n1p2 is part of a mounted btrfs filesystem",
   },
+  {
+    name: "a member of an imported ZFS pool (ZFS holds its vdevs with no sysfs holder; mountinfo names datasets)",
+    setup: (sim) => {
+      mountsAndSwaps(sim, [["0:45", "rpool/ROOT/debian", "/"], ["0:46", "fast\\040pool/vms", "/srv/vms"]]);
+      addZfsMember(sim, "259:3", "fast pool", true);
+    },
+    use: "nvme0n1p3 is part of imported ZFS pool fast pool",
+  },
   { name: "the root filesystem found by its source (btrfs shows 0:NN)", setup: (sim) => mountsAndSwaps(sim, [["0:27", "/dev/nvme0n1p2", "/"]]), use: "nvme0n1p2 is mounted on /" },
 ];
 
@@ -437,6 +445,19 @@ test("storage guard: an idle disk may go; an unreadable /proc/swaps refuses", ()
     assertAllowed(sim, domainXml(`<vmhook:vfio devices="${NVME}"/>`));
     sim.remove("/proc/swaps");
     assertRefusedEverywhere(sim, domainXml(`<vmhook:vfio devices="${NVME}"/>`), [`refusing to hand over ${NVME}: cannot tell whether nvme0n1 behind ${NVME} is in use: /proc/swaps cannot be read`]);
+  } finally {
+    sim.cleanup();
+  }
+});
+
+test("storage guard: a member of a ZFS pool not imported may go (a NAS VM imports it); with the zfs module loaded, a disk whose udev record cannot be read refuses", () => {
+  const sim = nvmeHost();
+  try {
+    mountsAndSwaps(sim, [["8:1", "/dev/sda1", "/"]]);
+    addZfsMember(sim, "259:3", "tank", false);
+    assert.equal(storageInUse(sim, NVME), []);
+    sim.remove("/run/udev/data/b259:1");
+    assert.throws(() => storageInUse(sim, NVME), /cannot tell whether nvme0n1p1 behind 0000:02:00.0 is part of an imported ZFS pool: \/run\/udev\/data\/b259:1 cannot be read/);
   } finally {
     sim.cleanup();
   }

@@ -730,6 +730,19 @@ test("a program holding the passed GPU's render node makes prepare refuse, namin
   assert.equal(kernel.sim.snapshot(), before);
 });
 
+// Xorg opens every GPU (AutoAddGPU): on a host that keeps another display, single-GPU mode is off and the display manager stays, which the refusal says, and why.
+test("the display manager's Xorg holding the passed GPU while the host keeps another display: refused, saying single-GPU mode is off and which display the host keeps", async () => {
+  const kernel = twoGpuWorkstation().process(500, "Xorg", ["/dev/dri/card0", "/dev/dri/card1"], "/system.slice/display-manager.service");
+  const before = kernel.sim.snapshot();
+  const result = await runHookEvent(kernel.sim, "prepare", "begin", domainXml("<vmhook:vfio/>"));
+  assert.is(result.code, 1);
+  assert.match(
+    firstLine(result.stderr),
+    'the GPU is in use: pid 500 (Xorg) holds /dev/dri/card1 in display-manager.service; vmhook stops nothing here (single-GPU mode is off: the host keeps a display on 0000:00:02.0 (i915); with single-gpu="yes" vmhook stops the display manager too): close those programs',
+  );
+  assert.equal(kernel.sim.snapshot(), before);
+});
+
 test("a module used by one outside unload-modules is refused before anything changes", async () => {
   const kernel = nvidiaDesktop();
   const before = kernel.sim.snapshot();
