@@ -93,6 +93,8 @@ export interface SimUserManager {
   units: SimUserUnit[];
   /** systemctl show fails with this message (a manager that does not answer). */
   failShow?: string;
+  /** The system unit whose stop ends `display` and the units of this manager (GDM's greeter, whose gnome-session runs in its user's manager). */
+  endsWith?: string;
 }
 
 const DEV = "/sys/bus/pci/devices";
@@ -542,6 +544,10 @@ export class GpuKernel {
           unit.startQueued = false;
           for (const pid of Object.keys(unit.processes ?? {})) this.sim.remove(`/proc/${pid}`);
           this.sim.file(`/sys/fs/cgroup/system.slice/${name}/cgroup.procs`, "");
+          for (const manager of [...this.userManagers.values()].filter((candidate) => candidate.endsWith === name)) {
+            for (const ended of manager.units.filter((candidate) => candidate.active)) this.userUnitDown(manager, ended);
+            this.endDisplaySession(manager.user);
+          }
         }
         return { status: 0 };
       case "start":
