@@ -9,30 +9,18 @@ import { HARMLESS_DRIVERS, isDisplayClass, listPciDevices } from "../../lib/pci.
 import { PATTERNS } from "../../lib/validate.ts";
 import { readVfioSettings, type VfioConfig, type VfioSettings } from "./config.ts";
 import { describeHolders, isWatched, processesHolding, type Survey } from "./survey.ts";
-import { jobQueued, systemdRuns, unitActive } from "../../lib/systemd.ts";
-import { stopUnitStep } from "./units.ts";
+import { systemdRuns } from "../../lib/systemd.ts";
+import { activeOrStarting, stopUnitStep } from "./units.ts";
 
 /** What stops the display manager: running systemd units, or the configured commands; undefined: nothing to stop. */
 export type DisplayManager = { units: string[] } | { command: NonNullable<VfioSettings["displayManagerCommand"]> } | undefined;
 
 export function findDisplayManager(ctx: BaseContext, config: VfioConfig, settings: VfioSettings): DisplayManager {
   if (systemdRuns(ctx.host)) {
-    const units = (config.displayManagerUnits ?? settings.displayManagerUnits).filter((unit) => unitActive(ctx, unit) || startsSoon(ctx, unit));
+    const units = (config.displayManagerUnits ?? settings.displayManagerUnits).filter((unit) => activeOrStarting(ctx, unit));
     return units.length > 0 ? { units } : undefined;
   }
   return settings.displayManagerCommand ? { command: settings.displayManagerCommand } : undefined;
-}
-
-/**
- * An inactive display manager whose start job waits (a VM started at boot,
- * before the display manager's turn) would start on the GPU the VM takes,
- * and nothing would start it at release: its stop cancels the job, and
- * release starts it.
- */
-function startsSoon(ctx: BaseContext, unit: string): boolean {
-  if (!jobQueued(ctx, unit)) return false;
-  ctx.log.info(`vfio: ${unit} is about to start (its start job waits, as at boot): vmhook cancels it now and starts ${unit} at release`);
-  return true;
 }
 
 const VTCONSOLES = "/sys/class/vtconsole";

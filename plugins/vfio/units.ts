@@ -3,7 +3,7 @@
 import { VmhookError } from "../../lib/errors.ts";
 import { defineAction, type BaseContext, type Step, type UndoRecord } from "../../lib/plugin.ts";
 import { PATTERNS } from "../../lib/validate.ts";
-import { unitUp } from "../../lib/systemd.ts";
+import { jobQueued, unitActive, unitUp } from "../../lib/systemd.ts";
 
 /** A unit name from the journal: it becomes an argument of systemctl, so it must look like one (and not like an option). */
 export function checkedUnit(value: unknown): string {
@@ -13,6 +13,19 @@ export function checkedUnit(value: unknown): string {
   return value;
 }
 
+/**
+ * Whether the unit runs, or is inactive with a start job waiting (a VM
+ * started at boot, before the unit's turn): the display manager would start
+ * on the GPU the VM takes, a helper service (nvidia-persistenced) would take
+ * the modules being unloaded back or fail, and nothing would start either at
+ * release. Its stop cancels the job, and release starts it.
+ */
+export function activeOrStarting(ctx: BaseContext, unit: string): boolean {
+  if (unitActive(ctx, unit)) return true;
+  if (!jobQueued(ctx, unit)) return false;
+  ctx.log.info(`vfio: ${unit} is about to start (its start job waits, as at boot): vmhook cancels it now and starts ${unit} at release`);
+  return true;
+}
 
 /** The unit's cgroup v2 path as systemd reports it (aliases resolved), undefined when it has none (not running). */
 export function unitCgroup(ctx: BaseContext, unit: string): string | undefined {

@@ -481,6 +481,20 @@ test("single GPU at boot (libvirt autostart): a display manager whose start job 
   assert.ok(displayManager.active, "started at release, as the boot would have");
 });
 
+test("at boot (libvirt autostart): a helper service whose start job still waits (nvidia-persistenced, inactive) has it cancelled, so it does not start while the modules go (taking them back, or failing with no GPU), and is started at release", async () => {
+  const kernel = nvidiaDesktop();
+  const persistenced = kernel.units.get("nvidia-persistenced.service")!;
+  kernel.sim.exec("systemctl", ["stop", "nvidia-persistenced.service"], { timeoutMs: 1000 });
+  persistenced.startQueued = true;
+  const booted = kernel.sim.execs.length;
+  const result = await runHookEvent(kernel.sim, "prepare", "begin", domainXml("<vmhook:vfio/>"));
+  assert.is(result.code, 0, result.stderr);
+  assert.ok(kernel.sim.execs.slice(booted).some((e) => e.command === "systemctl" && e.args.join(" ") === "stop nvidia-persistenced.service"), "its start job is cancelled");
+  assert.not.ok(persistenced.startQueued || persistenced.active);
+  assert.is((await runHookEvent(kernel.sim, "release", "end", domainXml("<vmhook:vfio/>"))).code, 0);
+  assert.ok(persistenced.active, "started at release, as the boot would have");
+});
+
 test("single GPU, NVIDIA without fbdev: the console that cannot come back (no framebuffer, efifb gone for good) is warned about, and the next start is not blocked", async () => {
   const kernel = nvidiaDesktop();
   assert.is((await runHookEvent(kernel.sim, "prepare", "begin", domainXml("<vmhook:vfio/>"))).code, 0);
