@@ -562,8 +562,13 @@ export class GpuKernel {
   }
 }
 
-/** A desktop with one NVIDIA card (GPU 0000:01:00.0 + HDMI audio 0000:01:00.1 behind a root port), GDM on it, efifb and fbcon. */
-export function nvidiaDesktop(): GpuKernel {
+/**
+ * A desktop with one NVIDIA card (GPU 0000:01:00.0 + HDMI audio 0000:01:00.1
+ * behind a root port), GDM on it, efifb and fbcon. `displayManager`: GDM's
+ * unit as systemd knows it (display-manager.service, the alias that enabling
+ * it makes; gdm.service when started without being enabled).
+ */
+export function nvidiaDesktop(displayManager = "display-manager.service"): GpuKernel {
   return new GpuKernel()
     .module({ name: "nvidia", driver: "nvidia", loaded: true })
     .module({ name: "nvidia_modeset", uses: ["nvidia"], loaded: true })
@@ -577,7 +582,7 @@ export function nvidiaDesktop(): GpuKernel {
     .vtconsole("vtcon0", "(S) dummy device", false)
     .vtconsole("vtcon1", "(M) frame buffer device", true)
     .platformFramebuffer("efi-framebuffer", "efi-framebuffer.0")
-    .unit({ name: "display-manager.service", active: true, processes: { 500: ["Xorg", ["/dev/nvidia0", "/dev/nvidiactl", "/dev/dri/card0"]], 501: ["gdm", ["/dev/null"]] } })
+    .unit({ name: displayManager, active: true, processes: { 500: ["Xorg", ["/dev/nvidia0", "/dev/nvidiactl", "/dev/dri/card0"]], 501: ["gdm", ["/dev/null"]] } })
     .unit({ name: "nvidia-persistenced.service", active: true, processes: { 600: ["nvidia-persiste", ["/dev/nvidiactl"]] } })
     .process(1, "systemd", ["/dev/null"]);
 }
