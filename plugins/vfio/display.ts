@@ -29,8 +29,8 @@ export function findDisplayManager(ctx: BaseContext, config: VfioConfig, setting
 }
 
 /**
- * Why single-GPU mode found no display manager to stop, for a refusal: a
- * display manager started without being enabled runs under its own name
+ * Why single-GPU mode found no display manager to stop, for a refusal: one
+ * started by hand, not the one that starts at boot, runs under its own name
  * (gdm.service), not as the display-manager.service alias; named once
  * (gdm3.service is gdm.service's alias: one cgroup).
  */
@@ -45,7 +45,7 @@ export function noDisplayManagerFound(ctx: BaseContext, searched: string[]): str
     cgroups.add(cgroup);
   }
   const named = running.length > 0 ? running.join(", ") : "UNIT";
-  const found = running.length > 0 ? `, but ${named} runs (started, not enabled: display-manager.service is the alias systemctl enable makes)` : "";
+  const found = running.length > 0 ? `, but ${named} runs (started by hand: display-manager.service is the alias of the display manager that starts at boot, set by systemctl enable or, on Debian, dpkg-reconfigure)` : "";
   return `no display manager runs as ${searched.join(", ")}${found}: name it in display-manager="${named}" of <vmhook:vfio> or in "displayManagerUnits" ${vfioSettings}`;
 }
 

@@ -491,14 +491,14 @@ test("single GPU: when the display manager's stop (GDM: TimeoutStopSec 90 s) out
   assert.not.equal(kernel.sim.stateFiles(), [], "the entry stays for vmhook recover");
 });
 
-test("single GPU: GDM started but not enabled (no display-manager.service alias) is refused before anything changes, naming gdm.service and where to name it, not \"no display manager runs\"", async () => {
+test("single GPU: GDM started by hand (not the display-manager.service alias) is refused before anything changes, naming gdm.service and where to name it, not \"no display manager runs\"", async () => {
   const kernel = nvidiaDesktop("gdm.service");
   const before = kernel.sim.snapshot();
   const result = await runHookEvent(kernel.sim, "prepare", "begin", domainXml("<vmhook:vfio/>"));
   assert.is(result.code, 1);
   assert.match(
     firstLine(result.stderr),
-    `vmhook stops only nvidia-persistenced.service; no display manager runs as display-manager.service, but gdm.service runs (started, not enabled: display-manager.service is the alias systemctl enable makes): name it in display-manager="gdm.service" of <vmhook:vfio> or in "displayManagerUnits" under "plugins": {"vfio": …} of /etc/vmhook/vmhook.json`,
+    `vmhook stops only nvidia-persistenced.service; no display manager runs as display-manager.service, but gdm.service runs (started by hand: display-manager.service is the alias of the display manager that starts at boot, set by systemctl enable or, on Debian, dpkg-reconfigure): name it in display-manager="gdm.service" of <vmhook:vfio> or in "displayManagerUnits" under "plugins": {"vfio": …} of /etc/vmhook/vmhook.json`,
   );
   assert.equal(kernel.sim.snapshot(), before);
 });
