@@ -503,34 +503,28 @@ test("single GPU: GDM started by hand (not the display-manager.service alias) is
   assert.equal(kernel.sim.snapshot(), before);
 });
 
-test("single GPU at boot (libvirt autostart): a display manager whose start job still waits (is-active says inactive) has it cancelled, so it does not start on the GPU the VM took, and is started at release", async () => {
-  const kernel = nvidiaDesktop();
-  const displayManager = kernel.units.get("display-manager.service")!;
-  kernel.sim.exec("systemctl", ["stop", "display-manager.service"], { timeoutMs: 1000 });
-  displayManager.startQueued = true;
-  const booted = kernel.sim.execs.length;
-  const result = await runHookEvent(kernel.sim, "prepare", "begin", domainXml("<vmhook:vfio/>"));
-  assert.is(result.code, 0, result.stderr);
-  assert.ok(kernel.sim.execs.slice(booted).some((e) => e.command === "systemctl" && e.args.join(" ") === "stop display-manager.service"), "its start job is cancelled");
-  assert.not.ok(displayManager.startQueued || displayManager.active);
-  assert.is(kernel.driverOf(GPU), "vfio-pci");
-  assert.is((await runHookEvent(kernel.sim, "release", "end", domainXml("<vmhook:vfio/>"))).code, 0);
-  assert.ok(displayManager.active, "started at release, as the boot would have");
-});
-
-test("at boot (libvirt autostart): a helper service whose start job still waits (nvidia-persistenced, inactive) has it cancelled, so it does not start while the modules go (taking them back, or failing with no GPU), and is started at release", async () => {
-  const kernel = nvidiaDesktop();
-  const persistenced = kernel.units.get("nvidia-persistenced.service")!;
-  kernel.sim.exec("systemctl", ["stop", "nvidia-persistenced.service"], { timeoutMs: 1000 });
-  persistenced.startQueued = true;
-  const booted = kernel.sim.execs.length;
-  const result = await runHookEvent(kernel.sim, "prepare", "begin", domainXml("<vmhook:vfio/>"));
-  assert.is(result.code, 0, result.stderr);
-  assert.ok(kernel.sim.execs.slice(booted).some((e) => e.command === "systemctl" && e.args.join(" ") === "stop nvidia-persistenced.service"), "its start job is cancelled");
-  assert.not.ok(persistenced.startQueued || persistenced.active);
-  assert.is((await runHookEvent(kernel.sim, "release", "end", domainXml("<vmhook:vfio/>"))).code, 0);
-  assert.ok(persistenced.active, "started at release, as the boot would have");
-});
+// At boot (libvirt autostart) a unit's start job may still wait (is-active says inactive): it would start on the GPU the VM took,
+// or (a helper) while the modules go, taking them back or failing with no GPU; and nothing would start it at release.
+const QUEUED_AT_BOOT: [string, string][] = [
+  ["display-manager.service", "single GPU at boot (libvirt autostart): a display manager whose start job still waits (is-active says inactive) has it cancelled, so it does not start on the GPU the VM took, and is started at release"],
+  ["nvidia-persistenced.service", "at boot (libvirt autostart): a helper service whose start job still waits (nvidia-persistenced, inactive) has it cancelled, so it does not start while the modules go (taking them back, or failing with no GPU), and is started at release"],
+];
+for (const [name, title] of QUEUED_AT_BOOT) {
+  test(title, async () => {
+    const kernel = nvidiaDesktop();
+    const unit = kernel.units.get(name)!;
+    kernel.sim.exec("systemctl", ["stop", name], { timeoutMs: 1000 });
+    unit.startQueued = true;
+    const booted = kernel.sim.execs.length;
+    const result = await runHookEvent(kernel.sim, "prepare", "begin", domainXml("<vmhook:vfio/>"));
+    assert.is(result.code, 0, result.stderr);
+    assert.ok(kernel.sim.execs.slice(booted).some((e) => e.command === "systemctl" && e.args.join(" ") === `stop ${name}`), "its start job is cancelled");
+    assert.not.ok(unit.startQueued || unit.active);
+    assert.is(kernel.driverOf(GPU), "vfio-pci");
+    assert.is((await runHookEvent(kernel.sim, "release", "end", domainXml("<vmhook:vfio/>"))).code, 0);
+    assert.ok(unit.active, "started at release, as the boot would have");
+  });
+}
 
 test("single GPU, NVIDIA without fbdev: the console that cannot come back (no framebuffer, efifb gone for good) is warned about, and the next start is not blocked", async () => {
   const kernel = nvidiaDesktop();
