@@ -25,8 +25,8 @@ function simulatedDesktop() {
   sim.file("/sys/class/vtconsole/vtcon0/name", "(S) dummy device").file("/sys/class/vtconsole/vtcon0/bind", 0);
   sim.file("/sys/class/vtconsole/vtcon1/name", "(M) frame buffer device").file("/sys/class/vtconsole/vtcon1/bind", 1);
   sim.file("/proc/1/comm", "systemd").dir("/run/systemd/system");
-  // A stand-in systemctl: GDM runs as display-manager.service, nothing is pinned yet. is-active prints the state, as systemctl does.
-  sim.file("/usr/bin/systemctl", '#!/bin/sh\ncase "$1" in\n  is-active) if [ "$2" = display-manager.service ]; then echo active; else echo inactive; exit 3; fi ;;\n  show) echo "AllowedCPUs=" ;;\nesac\n');
+  // A stand-in systemctl: GDM runs as display-manager.service, no start job waits, nothing is pinned yet. is-active prints the state, as systemctl does.
+  sim.file("/usr/bin/systemctl", '#!/bin/sh\ncase "$1" in\n  is-active) if [ "$2" = display-manager.service ]; then echo active; else echo inactive; exit 3; fi ;;\n  show) if [ "$2" = --property=Job ]; then echo; else echo "AllowedCPUs="; fi ;;\nesac\n');
   fs.chmodSync(sim.resolve("/usr/bin/systemctl"), 0o755);
   // NVIDIA's driver stack, loaded and holding the GPU.
   const stack: [string, string[]][] = [["nvidia_drm", []], ["nvidia_modeset", ["nvidia_drm"]], ["nvidia_uvm", []], ["nvidia", ["nvidia_modeset", "nvidia_uvm"]]];

@@ -12,6 +12,9 @@ export class VmhookError extends Error {
   }
 }
 
+/** A program that outlived its timeout and was killed: apart from one that failed, for a message naming the setting that bounds it. */
+export class CommandTimedOut extends VmhookError {}
+
 /** A problem in the domain XML or the vmhook metadata: found before anything on the host changes. */
 export class ConfigError extends VmhookError {
   constructor(

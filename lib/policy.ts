@@ -48,18 +48,11 @@ export interface PortSpan {
   last: number;
 }
 
+/** The display managers' own unit names (display-manager.service is the alias enabling one makes). */
+export const DISPLAY_MANAGERS = ["gdm.service", "gdm3.service", "sddm.service", "lightdm.service", "greetd.service", "ly.service"];
+
 /** Display managers and the GPU helpers that hold the card: what single-GPU mode stops. */
-export const DEFAULT_UNITS = [
-  "display-manager.service",
-  "gdm.service",
-  "gdm3.service",
-  "sddm.service",
-  "lightdm.service",
-  "greetd.service",
-  "ly.service",
-  "nvidia-persistenced.service",
-  "nvidia-powerd.service",
-];
+export const DEFAULT_UNITS = ["display-manager.service", ...DISPLAY_MANAGERS, "nvidia-persistenced.service", "nvidia-powerd.service"];
 
 /** The GPU driver stacks, VFIO itself, Looking Glass's kvmfr and vendor-reset. */
 export const DEFAULT_MODULES = ["nvidia*", "nouveau", "amdgpu", "radeon", "i915", "xe", "vfio*", "kvmfr", "vendor_reset"];

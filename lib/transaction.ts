@@ -8,7 +8,7 @@ import { customPluginError, namingCustomPlugin, withPluginName, type PluginInsta
 import { claimsFor } from "./claims.ts";
 import { Deadline, waitFor } from "./deadline.ts";
 import type { Domain } from "./domain.ts";
-import { describeError, VmhookError } from "./errors.ts";
+import { CommandTimedOut, describeError, VmhookError } from "./errors.ts";
 import type { ExecResult, Host } from "./host.ts";
 import { completeJournals, removeJournal, sharedState, writeJournal, type Journal, type JournalEntry, type JournalPhase } from "./journal.ts";
 import { withHostLock, type HeldLock } from "./lock.ts";
@@ -108,7 +108,7 @@ function checkedRun(command: string, args: string[], options: RunOptions, result
   if (options.allowFailure) return result;
   const cmdline = [command, ...args].join(" ");
   if (result.error) throw new VmhookError(`could not run ${cmdline}: ${result.error}`);
-  if (result.timedOut) throw new VmhookError(`${cmdline} did not finish in time and was killed`);
+  if (result.timedOut) throw new CommandTimedOut(`${cmdline} did not finish in time and was killed`);
   if (result.status !== 0) {
     const why = (result.stderr.trim() || result.stdout.trim()).split("\n")[0] || `exit status ${result.status ?? result.signal}`;
     throw new VmhookError(`${cmdline} failed: ${why}`);

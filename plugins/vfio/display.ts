@@ -9,30 +9,44 @@ import { HARMLESS_DRIVERS, isDisplayClass, listPciDevices } from "../../lib/pci.
 import { PATTERNS } from "../../lib/validate.ts";
 import { readVfioSettings, type VfioConfig, type VfioSettings } from "./config.ts";
 import { describeHolders, isWatched, processesHolding, type Survey } from "./survey.ts";
-import { jobQueued, systemdRuns, unitActive } from "../../lib/systemd.ts";
-import { stopUnitStep } from "./units.ts";
+import { systemdRuns, unitActive } from "../../lib/systemd.ts";
+import { paths } from "../../lib/paths.ts";
+import { DISPLAY_MANAGERS } from "../../lib/policy.ts";
+import { activeOrStarting, stopUnitStep, unitCgroup } from "./units.ts";
 
 /** What stops the display manager: running systemd units, or the configured commands; undefined: nothing to stop. */
 export type DisplayManager = { units: string[] } | { command: NonNullable<VfioSettings["displayManagerCommand"]> } | undefined;
 
+/** The units that are the display manager: the domain's display-manager=, else displayManagerUnits. */
+export const displayManagerUnits = (config: VfioConfig, settings: VfioSettings): string[] => config.displayManagerUnits ?? settings.displayManagerUnits;
+
 export function findDisplayManager(ctx: BaseContext, config: VfioConfig, settings: VfioSettings): DisplayManager {
   if (systemdRuns(ctx.host)) {
-    const units = (config.displayManagerUnits ?? settings.displayManagerUnits).filter((unit) => unitActive(ctx, unit) || startsSoon(ctx, unit));
+    const units = displayManagerUnits(config, settings).filter((unit) => activeOrStarting(ctx, unit));
     return units.length > 0 ? { units } : undefined;
   }
   return settings.displayManagerCommand ? { command: settings.displayManagerCommand } : undefined;
 }
 
 /**
- * An inactive display manager whose start job waits (a VM started at boot,
- * before the display manager's turn) would start on the GPU the VM takes,
- * and nothing would start it at release: its stop cancels the job, and
- * release starts it.
+ * Why single-GPU mode found no display manager to stop, for a refusal: one
+ * started by hand, not the one that starts at boot, runs under its own name
+ * (gdm.service), not as the display-manager.service alias; named once
+ * (gdm3.service is gdm.service's alias: one cgroup).
  */
-function startsSoon(ctx: BaseContext, unit: string): boolean {
-  if (!jobQueued(ctx, unit)) return false;
-  ctx.log.info(`vfio: ${unit} is about to start (its start job waits, as at boot): vmhook cancels it now and starts ${unit} at release`);
-  return true;
+export function noDisplayManagerFound(ctx: BaseContext, searched: string[]): string {
+  const vfioSettings = `under "plugins": {"vfio": …} of ${paths.hostConfig}`;
+  if (!systemdRuns(ctx.host)) return `no displayManagerCommand ${vfioSettings} says how to stop the display manager`;
+  const running: string[] = [];
+  const cgroups = new Set<string>();
+  for (const unit of DISPLAY_MANAGERS.filter((name) => !searched.includes(name) && unitActive(ctx, name))) {
+    const cgroup = unitCgroup(ctx, unit) ?? unit;
+    if (!cgroups.has(cgroup)) running.push(unit);
+    cgroups.add(cgroup);
+  }
+  const named = running.length > 0 ? running.join(", ") : "UNIT";
+  const found = running.length > 0 ? `, but ${named} runs (started by hand: display-manager.service is the alias of the display manager that starts at boot, set by systemctl enable or, on Debian, dpkg-reconfigure)` : "";
+  return `no display manager runs as ${searched.join(", ")}${found}: name it in display-manager="${named}" of <vmhook:vfio> or in "displayManagerUnits" ${vfioSettings}`;
 }
 
 const VTCONSOLES = "/sys/class/vtconsole";

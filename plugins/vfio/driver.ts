@@ -16,7 +16,7 @@ import { PATTERNS } from "../../lib/validate.ts";
 import type { VfioConfig, VfioSettings } from "./config.ts";
 import { describeHolders, isWatched, moduleLoaded, processesHolding, VFIO_DRIVER, type Survey, type Watched } from "./survey.ts";
 import { systemdRuns, unitActive } from "../../lib/systemd.ts";
-import { unitProcesses } from "./units.ts";
+import { activeOrStarting, unitProcesses } from "./units.ts";
 import { returnToDriver } from "./return-path.ts";
 import { missingAdvice, needsVendorReset, setResetMethodStep, VENDOR_RESET_FIX, VENDOR_RESET_MODULE, vendorResetState } from "./vendor-reset.ts";
 
@@ -34,7 +34,7 @@ export function helperServices(ctx: BaseContext, found: Survey, settings: VfioSe
   if (!systemdRuns(ctx.host)) return [];
   const holders = new Set(found.holders.map((holder) => String(holder.pid)));
   const needed = (unit: string) => found.unload.length > 0 || (holders.size > 0 && unitProcesses(ctx, unit).some((pid) => holders.has(pid)));
-  return settings.helperServices.filter((unit) => needed(unit) && unitActive(ctx, unit));
+  return settings.helperServices.filter((unit) => needed(unit) && activeOrStarting(ctx, unit));
 }
 
 /** Helper services already stopped for another VM that this handover needs stopped too (it unloads modules). */

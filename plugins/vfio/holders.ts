@@ -29,6 +29,8 @@ export interface HolderPlace {
 export interface LogindSession {
   id: string;
   type: string;
+  /** logind's class: "user", or "greeter" for a display manager's login screen. */
+  class?: string;
   user: string;
   /** The seat it runs on; undefined for a session on no seat (ssh, xrdp, VNC). */
   seat?: string;
@@ -137,6 +139,7 @@ function readSession(host: Host, id: string): LogindSession {
   return {
     id,
     type: fields.get("TYPE") ?? "unknown",
+    class: fields.get("CLASS"),
     user: fields.get("USER") ?? fields.get("UID") ?? "unknown",
     seat: fields.get("SEAT"),
     service: fields.get("SERVICE"),
@@ -193,6 +196,17 @@ function sessionUnitOf(place: HolderPlace, endsWithIt: (session: LogindSession |
   return { uid: manager.uid, user: manager.user, unit: place.unit, cgroup: manager.unitCgroup };
 }
 
+/**
+ * A unit of a display manager's login screen that ends with it: GDM (43+)
+ * runs its greeter's gnome-session, and so its shell, in the session.slice of
+ * its own user's manager (Debian-gdm, gdm). Stopping GDM ends the greeter's
+ * session, gnome-session then stops its units and, with no session left,
+ * logind the manager: nothing to stop through that manager, and no linger
+ * for the display manager's user.
+ */
+const greeterUnit = (place: HolderPlace, endsWithIt: (session: LogindSession | undefined) => boolean) =>
+  place.userManager?.slice === SESSION_SLICE && place.userManager.displaySession?.class === "greeter" && endsWithIt(place.userManager.displaySession);
+
 export interface HolderClasses {
   /** Holders single-GPU mode may not stop: the start is refused. */
   refused: ClassifiedHolder[];
@@ -204,7 +218,8 @@ export interface HolderClasses {
  * Sorts the holders: inside the given units' cgroups (stopped with them);
  * with `graphicalSessions` (the display manager stops), in the scope of a
  * session that ends with it (graphical on seat0, or one the display manager's
- * units, `displayManagerCgroups`, opened) or logind's keeping of its devices;
+ * units, `displayManagerCgroups`, opened), a user unit of its greeter's
+ * session, or logind's keeping of its devices;
  * with `sessionUnits` (single-GPU mode under systemd), in a user unit of such
  * a session, which is then stopped through its manager. Everything else is refused, including
  * a holder whose cgroup cannot be read.
@@ -217,6 +232,7 @@ export function classifyHolders(host: Host, holders: Holder[], stoppable: { cgro
     // gone meanwhile: no longer a holder
     const place = placeOf(host, holder.pid);
     if (place.cgroup !== undefined && stoppable.cgroups.some((parent) => within(place.cgroup!, parent))) continue;
+    if (stoppable.graphicalSessions && greeterUnit(place, endsWithIt)) continue;
     const sessionUnit = stoppable.sessionUnits ? sessionUnitOf(place, endsWithIt) : undefined;
     if (sessionUnit) {
       sessionUnits.set(sessionUnit.cgroup, sessionUnit);

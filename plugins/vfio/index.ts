@@ -12,7 +12,7 @@
 // (virsh nodedev-reattach may have run).
 import { definePlugin, type CheckContext, type PlanContext, type Step } from "../../lib/plugin.ts";
 import { parseVfioConfig, readVfioSettings, type VfioConfig } from "./config.ts";
-import { consoleSteps, displayManagerSteps, findDisplayManager, stopDisplayManagerAction, unbindFramebufferAction, unbindVtconsoleAction, waitGpuFreeAction, waitGpuFreeStep } from "./display.ts";
+import { consoleSteps, displayManagerSteps, displayManagerUnits, findDisplayManager, stopDisplayManagerAction, unbindFramebufferAction, unbindVtconsoleAction, waitGpuFreeAction, waitGpuFreeStep } from "./display.ts";
 import { bindVfioAction, helperServices, loadModulesAction, loadVfioSteps, orphanedModuleClaim, refuseDevicesOfOtherVms, stoppedHelpers, takeOverSteps, unloadModuleAction } from "./driver.ts";
 import { gpuHolders } from "./refuse.ts";
 import { handedOverAddresses, survey, VFIO_DRIVER } from "./survey.ts";
@@ -43,7 +43,7 @@ function planPrepare(ctx: PlanContext<VfioConfig>): Step[] {
   const displayManager = found.singleGpu ? findDisplayManager(ctx, ctx.config, settings) : undefined;
   const helpers = helperServices(ctx, found, settings);
   // Users of the GPU outside what is stopped first: the wait for a free GPU is refused, so the start fails before any step.
-  const { refusal: refused, sessionUnits } = gpuHolders(ctx, found, displayManager, helpers);
+  const { refusal: refused, sessionUnits } = gpuHolders(ctx, found, displayManager, helpers, found.singleGpu ? displayManagerUnits(ctx.config, settings) : undefined);
   ctx.log.info(`vfio: devices ${found.devices.map((device) => `${device.address} (${device.driver ?? "no driver"})`).join(", ")}; single-GPU mode ${found.singleGpu ? "on" : "off"}`);
 
   return [

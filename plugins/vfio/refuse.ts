@@ -4,21 +4,26 @@
 // manager (user-units.ts).
 import type { BaseContext, Refusal } from "../../lib/plugin.ts";
 import { systemdRuns } from "../../lib/systemd.ts";
-import type { DisplayManager } from "./display.ts";
+import { noDisplayManagerFound, type DisplayManager } from "./display.ts";
 import { classifyHolders, describeClassifiedHolder, type SessionUnit } from "./holders.ts";
 import type { Survey } from "./survey.ts";
 import { unitCgroup } from "./units.ts";
 
-/** What prepare will stop, in words, for the refusal message; with single-GPU mode off, why the display manager stays. */
-function whatStops(displayManager: DisplayManager, helpers: string[], sessionUnits: SessionUnit[], singleGpuOff: string | undefined): string {
+/**
+ * What prepare will stop, in words, for the refusal message: with single-GPU
+ * mode off, why the display manager stays; in single-GPU mode (`searched`:
+ * the display manager's units), why no display manager is among it.
+ */
+function whatStops(ctx: BaseContext, displayManager: DisplayManager, helpers: string[], sessionUnits: SessionUnit[], searched: string[] | undefined, singleGpuOff: string | undefined): string {
   const parts = [
     ...sessionUnits.map((unit) => `${unit.unit} of ${unit.user}`),
     ...(displayManager && "units" in displayManager ? [`${displayManager.units.join(", ")} with its graphical sessions`] : []),
     ...(displayManager && "command" in displayManager ? [`the display manager's ${displayManager.command.processes.join("/")} processes`] : []),
     ...helpers,
   ];
-  const off = singleGpuOff && ` (single-GPU mode is off: ${singleGpuOff}; with single-gpu="yes" vmhook stops the display manager too)`;
-  return parts.length > 0 ? `vmhook stops only ${parts.join(", ")}${off || ""}` : `vmhook stops nothing here${off || " (no display manager runs)"}`;
+  const stops = parts.length > 0 ? `vmhook stops only ${parts.join(", ")}` : "vmhook stops nothing here";
+  if (singleGpuOff) return `${stops} (single-GPU mode is off: ${singleGpuOff}; with single-gpu="yes" vmhook stops the display manager too)`;
+  return searched && !displayManager ? `${stops}; ${noDisplayManagerFound(ctx, searched)}` : stops;
 }
 
 export interface GpuHolders {
@@ -28,7 +33,8 @@ export interface GpuHolders {
   sessionUnits: SessionUnit[];
 }
 
-export function gpuHolders(ctx: BaseContext, found: Survey, displayManager: DisplayManager, helpers: string[]): GpuHolders {
+/** `searched`: in single-GPU mode, the units that are the display manager (displayManagerUnits or display-manager=). */
+export function gpuHolders(ctx: BaseContext, found: Survey, displayManager: DisplayManager, helpers: string[], searched: string[] | undefined): GpuHolders {
   if (found.holders.length === 0) return { sessionUnits: [] };
   const cgroups = (units: string[]) => units.map((unit) => unitCgroup(ctx, unit)).filter((cgroup): cgroup is string => cgroup !== undefined);
   const displayManagerCgroups = cgroups(displayManager && "units" in displayManager ? displayManager.units : []);
@@ -47,7 +53,7 @@ export function gpuHolders(ctx: BaseContext, found: Survey, displayManager: Disp
   return {
     sessionUnits,
     refusal: {
-      reason: `vfio: the GPU is in use: ${refused.map(describeClassifiedHolder).join(", ")}; ${whatStops(displayManager, helpers, sessionUnits, found.singleGpuOff)}: close those programs (or stop their units) and start the VM again`,
+      reason: `vfio: the GPU is in use: ${refused.map(describeClassifiedHolder).join(", ")}; ${whatStops(ctx, displayManager, helpers, sessionUnits, searched, found.singleGpuOff)}: close those programs (or stop their units) and start the VM again`,
       remedies: [],
     },
   };

@@ -1,9 +1,11 @@
 // systemd units the handover stops and starts again: the display manager in
 // single-GPU mode, helper services such as nvidia-persistenced.
-import { VmhookError } from "../../lib/errors.ts";
+import { CommandTimedOut, VmhookError } from "../../lib/errors.ts";
+import { WaitTimedOut } from "../../lib/deadline.ts";
+import { paths } from "../../lib/paths.ts";
 import { defineAction, type BaseContext, type Step, type UndoRecord } from "../../lib/plugin.ts";
 import { PATTERNS } from "../../lib/validate.ts";
-import { unitUp } from "../../lib/systemd.ts";
+import { jobQueued, unitActive, unitUp } from "../../lib/systemd.ts";
 
 /** A unit name from the journal: it becomes an argument of systemctl, so it must look like one (and not like an option). */
 export function checkedUnit(value: unknown): string {
@@ -13,6 +15,19 @@ export function checkedUnit(value: unknown): string {
   return value;
 }
 
+/**
+ * Whether the unit runs, or is inactive with a start job waiting (a VM
+ * started at boot, before the unit's turn): the display manager would start
+ * on the GPU the VM takes, a helper service (nvidia-persistenced) would take
+ * the modules being unloaded back or fail, and nothing would start either at
+ * release. Its stop cancels the job, and release starts it.
+ */
+export function activeOrStarting(ctx: BaseContext, unit: string): boolean {
+  if (unitActive(ctx, unit)) return true;
+  if (!jobQueued(ctx, unit)) return false;
+  ctx.log.info(`vfio: ${unit} is about to start (its start job waits, as at boot): vmhook cancels it now and starts ${unit} at release`);
+  return true;
+}
 
 /** The unit's cgroup v2 path as systemd reports it (aliases resolved), undefined when it has none (not running). */
 export function unitCgroup(ctx: BaseContext, unit: string): string | undefined {
@@ -54,10 +69,19 @@ export function keepStoppedSteps(ctx: BaseContext, units: string[]): Step<StopUn
 
 /** Stops the unit and waits until its processes are gone; claimed first, so the last VM released starts it again. */
 function stopUnit(record: StopUnitRecord, ctx: BaseContext): void {
-  ctx.claims.take(unitClaim(record.unit), "active");
+  const { unit, timeoutMs } = record;
+  ctx.claims.take(unitClaim(unit), "active");
   if (record.alreadyStopped) return;
-  ctx.run("systemctl", ["stop", record.unit], { timeoutMs: record.timeoutMs });
-  ctx.waitFor(`the processes of ${record.unit} are gone`, () => unitProcesses(ctx, record.unit).length === 0, { timeoutMs: record.timeoutMs });
+  try {
+    ctx.run("systemctl", ["stop", unit], { timeoutMs });
+    ctx.waitFor(`the processes of ${unit} are gone`, () => unitProcesses(ctx, unit).length === 0, { timeoutMs });
+  } catch (error) {
+    if (!(error instanceof CommandTimedOut || error instanceof WaitTimedOut)) throw error;
+    // systemd goes on stopping it, for up to the unit's own TimeoutStopSec=: the bound to raise is vmhook's.
+    throw new VmhookError(
+      `vfio: ${unit} did not stop within ${timeoutMs / 1000} s; raise "stopTimeoutSeconds" under "plugins": {"vfio": …} in ${paths.hostConfig} if it only stops slowly (systemd allows it TimeoutStopSec=, 90 s unless the unit sets another: systemctl show --property=TimeoutStopUSec ${unit}): ${error.message}`,
+    );
+  }
 }
 
 function startUnit(record: StopUnitRecord, ctx: BaseContext): void {
@@ -71,10 +95,28 @@ function startUnit(record: StopUnitRecord, ctx: BaseContext): void {
   }
   // A unit still deactivating (its stop outlived systemctl's timeout at prepare) finishes stopping: it needs the start.
   if (!unitUp(ctx, unit)) {
-    ctx.run("systemctl", ["start", unit], { timeoutMs: 60_000 });
+    startWaitingForStop(ctx, unit);
     if (!unitUp(ctx, unit)) throw new VmhookError(`${unit} did not start again; see systemctl status ${unit}`);
   }
   ctx.claims.drop(claim);
+}
+
+/**
+ * systemctl start, which waits for a stop still running (one that outlasted
+ * stopTimeoutSeconds at prepare): when that stop outlasts the start's bound
+ * too, the start job stays queued in systemd once systemctl is killed, and
+ * the unit comes back by itself when the stop ends; the error says so (the
+ * entry stays for vmhook recover, which finds it running).
+ */
+function startWaitingForStop(ctx: BaseContext, unit: string): void {
+  try {
+    ctx.run("systemctl", ["start", unit], { timeoutMs: 60_000 });
+  } catch (error) {
+    if (!(error instanceof CommandTimedOut) || !jobQueued(ctx, unit)) throw error;
+    throw new VmhookError(
+      `vfio: ${unit} is not back yet: its start waits for its stop, which systemd lets run up to the unit's TimeoutStopSec=; systemd starts it once that stop ends: wait until it runs (systemctl status ${unit}), then run vmhook recover`,
+    );
+  }
 }
 
 /** vmhook 0.1 named the record by its undo (start-unit) and kept no timeout. */

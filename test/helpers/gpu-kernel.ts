@@ -93,6 +93,8 @@ export interface SimUserManager {
   units: SimUserUnit[];
   /** systemctl show fails with this message (a manager that does not answer). */
   failShow?: string;
+  /** The system unit whose stop ends `display` and the units of this manager (GDM's greeter, whose gnome-session runs in its user's manager). */
+  endsWith?: string;
 }
 
 const DEV = "/sys/bus/pci/devices";
@@ -542,6 +544,10 @@ export class GpuKernel {
           unit.startQueued = false;
           for (const pid of Object.keys(unit.processes ?? {})) this.sim.remove(`/proc/${pid}`);
           this.sim.file(`/sys/fs/cgroup/system.slice/${name}/cgroup.procs`, "");
+          for (const manager of [...this.userManagers.values()].filter((candidate) => candidate.endsWith === name)) {
+            for (const ended of manager.units.filter((candidate) => candidate.active)) this.userUnitDown(manager, ended);
+            this.endDisplaySession(manager.user);
+          }
         }
         return { status: 0 };
       case "start":
@@ -556,8 +562,13 @@ export class GpuKernel {
   }
 }
 
-/** A desktop with one NVIDIA card (GPU 0000:01:00.0 + HDMI audio 0000:01:00.1 behind a root port), GDM on it, efifb and fbcon. */
-export function nvidiaDesktop(): GpuKernel {
+/**
+ * A desktop with one NVIDIA card (GPU 0000:01:00.0 + HDMI audio 0000:01:00.1
+ * behind a root port), GDM on it, efifb and fbcon. `displayManager`: GDM's
+ * unit as systemd knows it (display-manager.service, the alias that enabling
+ * it makes; gdm.service when started without being enabled).
+ */
+export function nvidiaDesktop(displayManager = "display-manager.service"): GpuKernel {
   return new GpuKernel()
     .module({ name: "nvidia", driver: "nvidia", loaded: true })
     .module({ name: "nvidia_modeset", uses: ["nvidia"], loaded: true })
@@ -571,7 +582,7 @@ export function nvidiaDesktop(): GpuKernel {
     .vtconsole("vtcon0", "(S) dummy device", false)
     .vtconsole("vtcon1", "(M) frame buffer device", true)
     .platformFramebuffer("efi-framebuffer", "efi-framebuffer.0")
-    .unit({ name: "display-manager.service", active: true, processes: { 500: ["Xorg", ["/dev/nvidia0", "/dev/nvidiactl", "/dev/dri/card0"]], 501: ["gdm", ["/dev/null"]] } })
+    .unit({ name: displayManager, active: true, processes: { 500: ["Xorg", ["/dev/nvidia0", "/dev/nvidiactl", "/dev/dri/card0"]], 501: ["gdm", ["/dev/null"]] } })
     .unit({ name: "nvidia-persistenced.service", active: true, processes: { 600: ["nvidia-persiste", ["/dev/nvidiactl"]] } })
     .process(1, "systemd", ["/dev/null"]);
 }

@@ -34,18 +34,21 @@ const SESSION_UNITS: SimUserUnit[] = [
 
 const GDM_SESSION: SimSession & { id: number } = { id: 2, type: "wayland", seat: "seat0", service: "gdm-password" };
 
-/** GNOME 40+ on one AMD card: GDM (pid 500) as display-manager.service, ana's desktop in her user manager. */
-function gnomeDesktop(extra: SimUserUnit[] = [], sessionUnits: SimUserUnit[] = SESSION_UNITS, display = GDM_SESSION): GpuKernel {
+/** One AMD card, GDM (pid 500) as display-manager.service. */
+function gdmHost(): GpuKernel {
   const kernel = new GpuKernel()
     .module({ name: "amdgpu", driver: "amdgpu", loaded: true })
     .device({ address: "0000:00:01.0", classCode: "0x060400", vendor: "0x1022", group: 1 })
     .device({ address: GPU, classCode: "0x030000", vendor: "0x1002", nativeDriver: "amdgpu", group: 1, bootVga: true, nodes: ["card0", "renderD128"] })
     .unit({ name: "display-manager.service", active: true, processes: { 500: ["gdm", ["/dev/null"]] } })
-    .userManager({ uid: 1000, user: "ana", managerPid: 880, display, units: [...sessionUnits.map((unit) => ({ ...unit })), ...extra] })
     .process(1, "systemd", ["/dev/null"], "/init.scope");
   kernel.sim.dir("/var/lib/systemd/linger");
   return kernel;
 }
+
+/** GNOME 40+ on one AMD card: GDM, ana's desktop in her user manager. */
+const gnomeDesktop = (extra: SimUserUnit[] = [], sessionUnits: SimUserUnit[] = SESSION_UNITS, display = GDM_SESSION): GpuKernel =>
+  gdmHost().userManager({ uid: 1000, user: "ana", managerPid: 880, display, units: [...sessionUnits.map((unit) => ({ ...unit })), ...extra] });
 
 const running = (kernel: GpuKernel, pid: number) => kernel.sim.exists(`/proc/${pid}/comm`);
 const stops = (kernel: GpuKernel) =>
@@ -86,6 +89,21 @@ test("GNOME: the shell refuses a manual stop, so ana's session ends through the 
   assert.ok(kernel.units.get("display-manager.service")!.active, "GDM runs again: its greeter is where ana logs in");
   assert.not.ok(kernel.sim.exists("/var/lib/systemd/linger/ana"));
   assert.ok(running(kernel, 920), "pipewire still runs");
+  assert.equal(kernel.sim.stateFiles(), []);
+});
+
+test("GDM's login screen (Debian 12, GDM 43): the greeter's shell runs in Debian-gdm's user manager (gnome-session@gnome-login) and ends with GDM, so GDM's stop alone frees the GPU: no linger for Debian-gdm, nothing stopped through its manager", async () => {
+  // The greeter's session: class greeter, opened by gdm-launch-environment (pam_systemd starts user@118.service for it).
+  const greeter = { id: 1, type: "wayland", seat: "seat0", class: "greeter", service: "gdm-launch-environment" };
+  const kernel = gdmHost().userManager({ uid: 118, user: "Debian-gdm", managerPid: 870, display: greeter, endsWith: "display-manager.service", units: SESSION_UNITS.map((unit) => ({ ...unit })) });
+  const result = await runHookEvent(kernel.sim, "prepare", "begin", XML, "win11");
+  assert.is(result.code, 0, result.stderr);
+  assert.equal(stops(kernel), ["systemctl stop display-manager.service"]);
+  assert.not.ok(kernel.sim.exists("/var/lib/systemd/linger/Debian-gdm"));
+  assert.is(kernel.driverOf(GPU), "vfio-pci");
+  const prepared = execCount(kernel);
+  assert.is((await runHookEvent(kernel.sim, "release", "end", XML, "win11")).code, 0);
+  assert.equal(stopsSince(kernel, prepared), ["systemctl start display-manager.service"]);
   assert.equal(kernel.sim.stateFiles(), []);
 });
 

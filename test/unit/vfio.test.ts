@@ -13,7 +13,7 @@ import { paths } from "../../lib/paths.ts";
 import { DEFAULT_SETTINGS } from "../../lib/settings.ts";
 import { undoJournal } from "../../lib/transaction.ts";
 import { registry } from "../../plugins/index.ts";
-import { GpuKernel, nvidiaDesktop } from "../helpers/gpu-kernel.ts";
+import { GpuKernel, nvidiaDesktop, type SimUnit } from "../helpers/gpu-kernel.ts";
 import { cli } from "../helpers/cli.ts";
 import { runHookEvent } from "../helpers/hook.ts";
 import { assertPlanIsPrepare, plannedSteps } from "../helpers/plan.ts";
@@ -443,43 +443,88 @@ test("single GPU: a display manager in auto-restart (is-active says \"activating
   assert.ok(kernel.units.get("display-manager.service")!.active, "started again at release");
 });
 
-test("single GPU: a display manager still stopping when systemctl stop is killed at stopTimeoutSeconds is started again by the rollback, not taken for a running one", async () => {
-  const kernel = nvidiaDesktop();
+/**
+ * A display manager whose stop outlasts systemctl's bound (stopTimeoutSeconds):
+ * systemd goes on stopping it (TimeoutStopSec, 90 s by default) once systemctl
+ * is killed. systemctl start waits for that stop, then starts it; with
+ * `stopOutlastsStart`, the stop outlasts the start's bound too, and the start
+ * job stays queued once systemctl is killed.
+ */
+function slowStoppingDisplayManager(kernel: GpuKernel, stopOutlastsStart = false): SimUnit {
   const displayManager = kernel.units.get("display-manager.service")!;
   const systemd = kernel.sim.execHandler("systemctl")!;
   kernel.sim.onExec("systemctl", (args, sim, options) => {
     const verb = args.join(" ");
     if (verb === "stop display-manager.service") {
-      // systemd goes on stopping it (TimeoutStopSec, 90 s by default) once systemctl is killed.
       displayManager.state = "deactivating";
       return { status: null, signal: "SIGKILL", timedOut: true };
     }
-    // systemctl start waits for the stop job, then starts the unit.
+    if (verb === "start display-manager.service" && stopOutlastsStart) {
+      displayManager.startQueued = true;
+      return { status: null, signal: "SIGKILL", timedOut: true };
+    }
     if (verb === "start display-manager.service") displayManager.state = undefined;
     return systemd(args, sim, options);
   });
+  return displayManager;
+}
+
+test("single GPU: a display manager still stopping when systemctl stop is killed at stopTimeoutSeconds is started again by the rollback, not taken for a running one", async () => {
+  const kernel = nvidiaDesktop();
+  const displayManager = slowStoppingDisplayManager(kernel);
   const result = await runHookEvent(kernel.sim, "prepare", "begin", domainXml("<vmhook:vfio/>"));
   assert.is(result.code, 1);
   assert.match(firstLine(result.stderr), "systemctl stop display-manager.service did not finish in time and was killed");
+  assert.match(firstLine(result.stderr), `display-manager.service did not stop within 20 s; raise "stopTimeoutSeconds" under "plugins": {"vfio": …} in /etc/vmhook/vmhook.json`);
   assert.ok(kernel.sim.execs.some((e) => e.command === "systemctl" && e.args.join(" ") === "start display-manager.service"), "the rollback starts the display manager again");
   assert.is(displayManager.state, undefined, "running, not left to finish stopping");
   assert.equal(kernel.sim.stateFiles(), []);
 });
 
-test("single GPU at boot (libvirt autostart): a display manager whose start job still waits (is-active says inactive) has it cancelled, so it does not start on the GPU the VM took, and is started at release", async () => {
+test("single GPU: when the display manager's stop (GDM: TimeoutStopSec 90 s) outlasts vmhook's stop and the rollback's start too, the rollback says the start waits for that stop and comes by itself, and keeps the entry for vmhook recover", async () => {
   const kernel = nvidiaDesktop();
-  const displayManager = kernel.units.get("display-manager.service")!;
-  kernel.sim.exec("systemctl", ["stop", "display-manager.service"], { timeoutMs: 1000 });
-  displayManager.startQueued = true;
-  const booted = kernel.sim.execs.length;
+  const displayManager = slowStoppingDisplayManager(kernel, true);
   const result = await runHookEvent(kernel.sim, "prepare", "begin", domainXml("<vmhook:vfio/>"));
-  assert.is(result.code, 0, result.stderr);
-  assert.ok(kernel.sim.execs.slice(booted).some((e) => e.command === "systemctl" && e.args.join(" ") === "stop display-manager.service"), "its start job is cancelled");
-  assert.not.ok(displayManager.startQueued || displayManager.active);
-  assert.is(kernel.driverOf(GPU), "vfio-pci");
-  assert.is((await runHookEvent(kernel.sim, "release", "end", domainXml("<vmhook:vfio/>"))).code, 0);
-  assert.ok(displayManager.active, "started at release, as the boot would have");
+  assert.is(result.code, 1);
+  assert.match(result.stderr, "display-manager.service is not back yet: its start waits for its stop, which systemd lets run up to the unit's TimeoutStopSec=; systemd starts it once that stop ends: wait until it runs (systemctl status display-manager.service), then run vmhook recover");
+  assert.ok(displayManager.startQueued, "the start job stays queued in systemd");
+  assert.not.equal(kernel.sim.stateFiles(), [], "the entry stays for vmhook recover");
 });
+
+test("single GPU: GDM started by hand (not the display-manager.service alias) is refused before anything changes, naming gdm.service and where to name it, not \"no display manager runs\"", async () => {
+  const kernel = nvidiaDesktop("gdm.service");
+  const before = kernel.sim.snapshot();
+  const result = await runHookEvent(kernel.sim, "prepare", "begin", domainXml("<vmhook:vfio/>"));
+  assert.is(result.code, 1);
+  assert.match(
+    firstLine(result.stderr),
+    `vmhook stops only nvidia-persistenced.service; no display manager runs as display-manager.service, but gdm.service runs (started by hand: display-manager.service is the alias of the display manager that starts at boot, set by systemctl enable or, on Debian, dpkg-reconfigure): name it in display-manager="gdm.service" of <vmhook:vfio> or in "displayManagerUnits" under "plugins": {"vfio": …} of /etc/vmhook/vmhook.json`,
+  );
+  assert.equal(kernel.sim.snapshot(), before);
+});
+
+// At boot (libvirt autostart) a unit's start job may still wait (is-active says inactive): it would start on the GPU the VM took,
+// or (a helper) while the modules go, taking them back or failing with no GPU; and nothing would start it at release.
+const QUEUED_AT_BOOT: [string, string][] = [
+  ["display-manager.service", "single GPU at boot (libvirt autostart): a display manager whose start job still waits (is-active says inactive) has it cancelled, so it does not start on the GPU the VM took, and is started at release"],
+  ["nvidia-persistenced.service", "at boot (libvirt autostart): a helper service whose start job still waits (nvidia-persistenced, inactive) has it cancelled, so it does not start while the modules go (taking them back, or failing with no GPU), and is started at release"],
+];
+for (const [name, title] of QUEUED_AT_BOOT) {
+  test(title, async () => {
+    const kernel = nvidiaDesktop();
+    const unit = kernel.units.get(name)!;
+    kernel.sim.exec("systemctl", ["stop", name], { timeoutMs: 1000 });
+    unit.startQueued = true;
+    const booted = kernel.sim.execs.length;
+    const result = await runHookEvent(kernel.sim, "prepare", "begin", domainXml("<vmhook:vfio/>"));
+    assert.is(result.code, 0, result.stderr);
+    assert.ok(kernel.sim.execs.slice(booted).some((e) => e.command === "systemctl" && e.args.join(" ") === `stop ${name}`), "its start job is cancelled");
+    assert.not.ok(unit.startQueued || unit.active);
+    assert.is(kernel.driverOf(GPU), "vfio-pci");
+    assert.is((await runHookEvent(kernel.sim, "release", "end", domainXml("<vmhook:vfio/>"))).code, 0);
+    assert.ok(unit.active, "started at release, as the boot would have");
+  });
+}
 
 test("single GPU, NVIDIA without fbdev: the console that cannot come back (no framebuffer, efifb gone for good) is warned about, and the next start is not blocked", async () => {
   const kernel = nvidiaDesktop();
