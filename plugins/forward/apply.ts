@@ -5,7 +5,7 @@ import { VmhookError } from "../../lib/errors.ts";
 import type { BaseContext } from "../../lib/plugin.ts";
 import { deleteStaleEntries } from "./conntrack.ts";
 import { iptablesFamily, type CheckedRecord, type IptablesTool } from "./record.ts";
-import { applyScript, domainChains, domainTag, iptablesApplyInput, iptablesNftChain, iptablesRemovalInput, libvirtNftChain, LIBVIRT_IPTABLES_CHAIN, parseRuleset, removalScript, TABLE, type RulesetView } from "./rules.ts";
+import { applyScript, domainChains, domainTag, inFrontOfReject, iptablesApplyInput, iptablesNftChain, iptablesRemovalInput, libvirtNftChain, LIBVIRT_IPTABLES_CHAIN, parseRuleset, removalScript, TABLE, type RulesetView } from "./rules.ts";
 
 type Runner = Pick<BaseContext, "run">;
 type Changer = Pick<BaseContext, "host" | "log" | "run">;
@@ -140,14 +140,14 @@ export function missingRules(ctx: Runner, record: CheckedRecord): string[] {
   for (const family of [4, 6] as const) {
     const chain = libvirtNftChain(family);
     const wanted = record.forwards.filter((forward) => forward.family === family).reduce((sum, forward) => sum + forward.ports.length, 0);
-    const found = tagged.filter((rule) => `${rule.family} ${rule.table} ${rule.chain}` === chain).length;
-    if (view.allChains.has(chain) && found < wanted) missing.push(`${wanted - found} exception(s) in ${chain}`);
+    const found = tagged.filter((rule) => `${rule.family} ${rule.table} ${rule.chain}` === chain && !rule.behindReject).length;
+    if (view.allChains.has(chain) && found < wanted) missing.push(`${wanted - found} exception(s) in front of libvirt's reject in ${chain}`);
   }
   for (const tool of record.iptables) {
     const listing = iptablesListing(ctx, tool, view, "reconnect") ?? "";
     const wanted = record.forwards.filter((forward) => forward.family === iptablesFamily(tool)).reduce((sum, forward) => sum + forward.ports.length, 0);
-    const found = listing.split("\n").filter((line) => line.includes(`--comment "${tag}"`)).length;
-    if (found < wanted) missing.push(`${wanted - found} exception(s) in ${tool} ${LIBVIRT_IPTABLES_CHAIN}`);
+    const found = inFrontOfReject(listing).filter((line) => line.includes(`--comment "${tag}"`)).length;
+    if (found < wanted) missing.push(`${wanted - found} exception(s) in front of libvirt's reject in ${tool} ${LIBVIRT_IPTABLES_CHAIN}`);
   }
   return missing;
 }

@@ -47,8 +47,12 @@ export interface RulesetView {
   chains: string[];
   /** How many rules each chain of inet vmhook holds (chains without rules are left out). */
   rulesIn: Map<string, number>;
-  /** Rules carrying a "vmhook:…" comment, anywhere. */
-  tagged: { family: string; table: string; chain: string; handle: number; comment: string }[];
+  /**
+   * Rules carrying a "vmhook:…" comment, anywhere; behindReject: a reject
+   * comes before it in its chain, so it lets nothing through (libvirt
+   * re-inserts its rules at the head of its chains when it reloads them).
+   */
+  tagged: { family: string; table: string; chain: string; handle: number; comment: string; behindReject: boolean }[];
   /** Chains that exist, as "family table chain" (to know libvirt's backend). */
   allChains: Set<string>;
 }
@@ -213,6 +217,13 @@ export function iptablesApplyInput(listing: string, forwards: ResolvedForward[],
   return restoreInput([...exceptionRemovals(listing, uuid), ...inserts]);
 }
 
+/** The rules of `iptables -S LIBVIRT_FWI` in front of its first REJECT: only there does an exception let a connection through. */
+export function inFrontOfReject(listing: string): string[] {
+  const lines = listing.split("\n");
+  const reject = lines.findIndex((line) => / -j REJECT\b/.test(line));
+  return reject === -1 ? lines : lines.slice(0, reject);
+}
+
 /** iptables-restore input deleting the domain's exceptions, from `iptables -S LIBVIRT_FWI`; "" when there are none. */
 export function iptablesRemovalInput(listing: string, uuid: string): string {
   return restoreInput(exceptionRemovals(listing, uuid));
@@ -223,7 +234,7 @@ export function iptablesRemovalInput(listing: string, uuid: string): string {
 interface NftObject {
   table?: { family: string; name: string };
   chain?: { family: string; table: string; name: string };
-  rule?: { family: string; table: string; chain: string; handle: number; comment?: string };
+  rule?: { family: string; table: string; chain: string; handle: number; comment?: string; expr?: unknown };
 }
 
 /** Parses `nft -j list ruleset`. Throws when the text is not nft's JSON. */
@@ -231,6 +242,8 @@ export function parseRuleset(json: string): RulesetView {
   const parsed = JSON.parse(json) as { nftables?: NftObject[] };
   if (!Array.isArray(parsed.nftables)) throw new Error("no nftables array");
   const view: RulesetView = { tableExists: false, chains: [], rulesIn: new Map(), tagged: [], allChains: new Set() };
+  /** Chains ("family table chain") where a reject came already: nft lists a chain's rules in order. */
+  const rejecting = new Set<string>();
   for (const object of parsed.nftables) {
     if (object.table && object.table.family === "inet" && object.table.name === TABLE) view.tableExists = true;
     if (object.chain) {
@@ -239,9 +252,12 @@ export function parseRuleset(json: string): RulesetView {
     }
     const rule = object.rule;
     if (rule && rule.family === "inet" && rule.table === TABLE) view.rulesIn.set(rule.chain, (view.rulesIn.get(rule.chain) ?? 0) + 1);
-    if (rule && typeof rule.comment === "string" && rule.comment.startsWith("vmhook:") && Number.isSafeInteger(rule.handle)) {
-      view.tagged.push({ family: rule.family, table: rule.table, chain: rule.chain, handle: rule.handle, comment: rule.comment });
+    if (!rule) continue;
+    const chain = `${rule.family} ${rule.table} ${rule.chain}`;
+    if (typeof rule.comment === "string" && rule.comment.startsWith("vmhook:") && Number.isSafeInteger(rule.handle)) {
+      view.tagged.push({ family: rule.family, table: rule.table, chain: rule.chain, handle: rule.handle, comment: rule.comment, behindReject: rejecting.has(chain) });
     }
+    if (Array.isArray(rule.expr) && rule.expr.some((statement) => typeof statement === "object" && statement !== null && "reject" in statement)) rejecting.add(chain);
   }
   return view;
 }

@@ -19,7 +19,7 @@ export interface NftObject {
 }
 
 /** What the `add table|chain|rule inet vmhook …` lines of an nft script leave in the ruleset. */
-function addedObjects(script: string): NftObject[] {
+export function addedObjects(script: string): NftObject[] {
   const ours = { family: "inet", table: "vmhook" };
   let handle = 1;
   return script.split("\n").flatMap((line): NftObject[] => {

@@ -60,9 +60,22 @@ echo "$(cat /run/virtlogd.pid) $(cat /run/libvirtd.pid)"`;
     if (started.code !== 0 || this.pids.length !== 2) throw new Error(`private libvirtd did not start (exit ${started.code}): ${started.stderr.trim()} ${started.stdout.trim()}`);
   }
 
-  /** A command inside the daemon's network and mount namespaces. */
+  /** A command inside the daemon's network and mount namespaces (virtlogd's: they outlive a libvirtd restart). */
   inside(command: string, args: string[], input = "") {
-    return sh("nsenter", ["-t", String(this.pids[1]), "-m", "-n", command, ...args], input, 60_000);
+    return sh("nsenter", ["-t", String(this.pids[0]), "-m", "-n", command, ...args], input, 60_000);
+  }
+
+  /** libvirtd stopped (its domains keep running) and started again: it reloads its firewall rules, then reconnects the domains (the reconnect hook). */
+  restartLibvirtd(): void {
+    const libvirtd = this.pids[1]!;
+    process.kill(libvirtd, "SIGTERM");
+    for (let tries = 0; tries < 300 && sh("kill", ["-0", String(libvirtd)]).code === 0; tries++) sh("sleep", ["0.1"]);
+    const started = this.inside("sh", ["-c", `rm -f /run/libvirtd.pid; libvirtd -d -p /run/libvirtd.pid
+for i in $(seq 300); do [ -S /run/libvirt/libvirt-sock ] && [ -s /run/libvirtd.pid ] && break; sleep 0.1; done
+cat /run/libvirtd.pid`]);
+    const pid = Number(started.stdout.trim());
+    if (started.code !== 0 || !pid) throw new Error(`libvirtd did not start again (exit ${started.code}): ${started.stderr.trim()}`);
+    this.pids[1] = pid;
   }
 
   virsh(...args: string[]) {
@@ -120,19 +133,27 @@ if (skip) {
 
 const machineRuleset = () => sh("nft", ["-s", "list", "ruleset"]).stdout;
 
+const DOMAIN_NAME = `vmhook-fw-${process.pid}`;
+
+/** virsh create of a domain on the suite's network with these forwards; returns its UUID. */
+function createDomain(ports: string): string {
+  const uuid = randomUUID();
+  const xml = `<domain type='qemu'><name>${DOMAIN_NAME}</name><uuid>${uuid}</uuid><memory unit='MiB'>64</memory>
+  <os><type arch='x86_64' machine='pc'>hvm</type></os>
+  <devices><emulator>/usr/bin/qemu-system-x86_64</emulator><interface type='network'><mac address='${MAC}'/><source network='${NETWORK}'/><model type='e1000'/></interface>
+  <memballoon model='none'/></devices>
+  <metadata><vmhook:hooks xmlns:vmhook="urn:vmhook:1"><vmhook:forward ports="${ports}"/></vmhook:hooks></metadata></domain>`;
+  const file = path.join(libvirt.dir, "domain.xml");
+  fs.writeFileSync(file, xml);
+  libvirt.virshOk("create", file);
+  return uuid;
+}
+
 test("virsh create starts the domain with its forward in vmhook's table inside the namespace; destroy takes it out; the machine's firewall is untouched", () => {
   const machineBefore = machineRuleset();
   const insideBefore = libvirt.inside("nft", ["-s", "list", "ruleset"]).stdout;
   assert.match(insideBefore, /LIBVIRT_FWI|libvirt_network/, "libvirt's own rules for the network are in the namespace");
-  const uuid = randomUUID();
-  const xml = `<domain type='qemu'><name>vmhook-fw-${process.pid}</name><uuid>${uuid}</uuid><memory unit='MiB'>64</memory>
-  <os><type arch='x86_64' machine='pc'>hvm</type></os>
-  <devices><emulator>/usr/bin/qemu-system-x86_64</emulator><interface type='network'><mac address='${MAC}'/><source network='${NETWORK}'/><model type='e1000'/></interface>
-  <memballoon model='none'/></devices>
-  <metadata><vmhook:hooks xmlns:vmhook="urn:vmhook:1"><vmhook:forward ports="2222:22,60000-60010/udp"/></vmhook:hooks></metadata></domain>`;
-  const file = path.join(libvirt.dir, "domain.xml");
-  fs.writeFileSync(file, xml);
-  libvirt.virshOk("create", file);
+  const uuid = createDomain("2222:22,60000-60010/udp");
   try {
     const table = libvirt.inside("nft", ["list", "table", "inet", "vmhook"]);
     assert.is(table.code, 0, `vmhook's table after start: ${table.stderr}`);
@@ -141,11 +162,39 @@ test("virsh create starts the domain with its forward in vmhook's table inside t
     const exceptions = `${libvirt.inside("iptables-nft", ["-S", "LIBVIRT_FWI"]).stdout}${libvirt.inside("nft", ["list", "ruleset"]).stdout}`;
     assert.match(exceptions, new RegExp(`vmhook:${uuid}`), "an exception in libvirt's reject chain");
   } finally {
-    libvirt.virshOk("destroy", `vmhook-fw-${process.pid}`);
+    libvirt.virshOk("destroy", DOMAIN_NAME);
   }
   assert.is(libvirt.inside("nft", ["list", "table", "inet", "vmhook"]).code, 1, "vmhook's table is gone after destroy");
   assert.is(libvirt.inside("nft", ["-s", "list", "ruleset"]).stdout, insideBefore, "the namespace's ruleset is as before the start");
   assert.is(machineRuleset(), machineBefore, "the machine's own ruleset never changed");
+});
+
+/** Where the domain's exceptions and libvirt's reject for the bridge stand in LIBVIRT_FWI (-1: not there). */
+function fwiOrder(uuid: string): { exception: number; reject: number; listing: string } {
+  const listing = libvirt.inside("iptables-nft", ["-w", "10", "-S", "LIBVIRT_FWI"]).stdout;
+  const lines = listing.split("\n");
+  return { exception: lines.findIndex((line) => line.includes(`vmhook:${uuid}`)), reject: lines.findIndex((line) => line.includes(`-o ${BRIDGE} -j REJECT`)), listing };
+}
+
+test("libvirtd restarted with the domain running: libvirt re-inserts its rules at the head of LIBVIRT_FWI, and reconnect puts the exception back in front of its reject", () => {
+  const uuid = createDomain("2222:22");
+  try {
+    const started = fwiOrder(uuid);
+    assert.ok(started.exception >= 0 && started.exception < started.reject, `start put the exception in front of libvirt's reject:\n${started.listing}`);
+    libvirt.restartLibvirtd();
+    const state = libvirt.virsh("domstate", DOMAIN_NAME);
+    assert.match(state.stdout, /running/, `the domain survived the restart: ${state.stderr}\n${libvirt.inside("sh", ["-c", `tail -5 /var/log/libvirt/qemu/${DOMAIN_NAME}.log`]).stdout}`);
+    // reconnect runs in libvirtd's own threads once it is up: wait for it
+    let after = fwiOrder(uuid);
+    for (let tries = 0; tries < 100 && !(after.exception >= 0 && after.exception < after.reject); tries++) {
+      sh("sleep", ["0.1"]);
+      after = fwiOrder(uuid);
+    }
+    assert.ok(after.exception >= 0 && after.exception < after.reject, `after the restart the exception is behind libvirt's reject (the forward is dead):\n${after.listing}`);
+    assert.is(after.listing.split("\n").filter((line) => line.includes(`vmhook:${uuid}`)).length, 1, "once");
+  } finally {
+    libvirt.virsh("destroy", DOMAIN_NAME);
+  }
 });
 
 namespaced.run();

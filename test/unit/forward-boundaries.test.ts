@@ -13,6 +13,7 @@ import { DEFAULT_SETTINGS } from "../../lib/settings.ts";
 import { undoJournal } from "../../lib/transaction.ts";
 import { registry } from "../../plugins/index.ts";
 import { runHookEvent } from "../helpers/hook.ts";
+import { addedObjects, type NftObject } from "../helpers/nft-host.ts";
 import { SimHost } from "../helpers/simhost.ts";
 
 const UUID = "11111111-2222-4333-8444-555555555555";
@@ -44,20 +45,20 @@ function iptablesHost(backend: Backend = "iptables-nft") {
   const fwi = ["-A LIBVIRT_FWI -o virbr0 -j REJECT --reject-with icmp-port-unreachable"];
   const nftScripts: string[] = [];
   const restores: string[] = [];
-  let applied = false;
+  /** vmhook's objects in the nft ruleset: what the last apply transaction added, until dropOurTable. */
+  let ourObjects: NftObject[] = [];
   let lockHeld = false;
   let chainGone = false;
   /** Restores that still succeed before the xtables lock is held by another program; Infinity: never held. */
   let restoresBeforeLockHeld = Infinity;
   sim.onExec("nft", (args, _sim, options) => {
     if (args.join(" ") === "-j list ruleset") {
-      const ours = applied ? [{ table: { family: "inet", name: "vmhook" } }, { chain: { family: "inet", table: "vmhook", name: `vm-${UUID}` } }] : [];
       const theirs = backend === "iptables-nft" && !chainGone ? [{ table: { family: "ip", name: "filter" } }, { chain: { family: "ip", table: "filter", name: "LIBVIRT_FWI" } }] : [];
-      return { stdout: JSON.stringify({ nftables: [{ metainfo: {} }, ...theirs, ...ours] }) };
+      return { stdout: JSON.stringify({ nftables: [{ metainfo: {} }, ...theirs, ...ourObjects] }) };
     }
     if (args.join(" ") !== "-f -") return { status: 1, stderr: `unexpected nft ${args.join(" ")}` };
     nftScripts.push(options.input ?? "");
-    applied = (options.input ?? "").includes("add chain inet vmhook vm-");
+    ourObjects = addedObjects(options.input ?? "");
   });
   sim.onExec(backend, (args) => {
     if (lockHeld) return { status: 4, stderr: `${LOCK_HELD}.\n` };
@@ -84,7 +85,7 @@ function iptablesHost(backend: Backend = "iptables-nft") {
     setLockHeld: (held: boolean) => (lockHeld = held),
     dropChain: () => (chainGone = true),
     /** vmhook's own nft table gone (nft delete table inet vmhook, a firewall reload); libvirt's chains stay. */
-    dropOurTable: () => (applied = false),
+    dropOurTable: () => (ourObjects = []),
     holdLockAfterRestores: (count: number) => (restoresBeforeLockHeld = count),
   };
 }
@@ -107,6 +108,32 @@ test("reconnect: the exceptions in LIBVIRT_FWI are replaced in one restore: anot
   holdLockAfterRestores(1);
   await runHookEvent(sim, "reconnect", "begin", xml);
   assert.equal(ours(), exceptions, "the exception is in LIBVIRT_FWI after the put-back, once");
+});
+
+/**
+ * What libvirt (9.0, iptables backend) does to its own rules when it reloads
+ * them (daemon start, SIGHUP, firewalld reload, net-update): deletes them one
+ * by one and inserts them again at the head of LIBVIRT_FWI
+ * (networkReloadFirewallRulesHelper, iptablesForwardRejectIn's --insert).
+ * vmhook's exceptions stay, behind libvirt's reject.
+ */
+function reloadLibvirtRules(fwi: string[]): void {
+  const libvirts = fwi.filter((line) => !line.includes("vmhook:"));
+  for (const line of libvirts) fwi.splice(fwi.indexOf(line), 1);
+  fwi.unshift(...libvirts);
+}
+
+test("reconnect: an exception that libvirt's reload left behind its reject (it deletes and re-inserts its rules at the head) is put back in front of it: the forward works again", async () => {
+  const { sim, fwi, ours } = iptablesHost();
+  const xml = domain(`<vmhook:forward ports="2222:22"/>`);
+  assert.is((await runHookEvent(sim, "start", "begin", xml)).code, 0);
+  const reject = fwi.findIndex((line) => line.includes("-j REJECT"));
+  assert.ok(fwi.indexOf(ours()[0]!) < reject, "start put the exception in front of libvirt's reject");
+  reloadLibvirtRules(fwi);
+  assert.ok(fwi.indexOf(ours()[0]!) > fwi.findIndex((line) => line.includes("-j REJECT")), "the reload left it behind");
+  await runHookEvent(sim, "reconnect", "begin", xml);
+  assert.is(ours().length, 1, "the exception is there once");
+  assert.ok(fwi.indexOf(ours()[0]!) < fwi.findIndex((line) => line.includes("-j REJECT")), `reconnect left the exception behind libvirt's reject: ${fwi.join(" | ")}`);
 });
 
 // ---- defect 1: a failed listing of LIBVIRT_FWI is not "the chain is gone"

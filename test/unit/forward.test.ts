@@ -19,7 +19,7 @@ import { parseProcNet } from "../../plugins/forward/listeners.ts";
 import { parseNetworkXml } from "../../plugins/forward/network.ts";
 import { buildRecord, checkListeners, checkOtherVms } from "../../plugins/forward/plan.ts";
 import { checkRecord, describeForwards } from "../../plugins/forward/record.ts";
-import { applyScript, iptablesApplyInput, iptablesRemovalInput, parseRuleset, removalScript, type ResolvedForward, type RulesetView } from "../../plugins/forward/rules.ts";
+import { applyScript, inFrontOfReject, iptablesApplyInput, iptablesRemovalInput, parseRuleset, removalScript, type ResolvedForward, type RulesetView } from "../../plugins/forward/rules.ts";
 
 const UUID = "11111111-2222-4333-8444-555555555555";
 const OTHER = "99999999-2222-4333-8444-555555555555";
@@ -167,6 +167,20 @@ test("libvirt's iptables backend: exceptions in LIBVIRT_FWI, removed exactly fro
   assert.is(iptablesRemovalInput(shown, UUID), `*filter\n-D ${exception}\nCOMMIT\n`);
   assert.is(iptablesApplyInput(shown, [{ ...FORWARD, ports: [FORWARD.ports[0]!] }], 4, UUID), `*filter\n-D ${exception}\n-I ${exception}\nCOMMIT\n`);
   assert.is(iptablesRemovalInput(shown, OTHER), "");
+});
+
+test("libvirt's nftables backend: an exception that a reject comes before in guest_input (libvirt re-inserted its rules at the head on a reload) is read as behind it; in front, it is not", () => {
+  const chain = { family: "ip", table: "libvirt_network", chain: "guest_input" };
+  const accept = { ...chain, handle: 9, comment: `vmhook:${UUID}`, expr: [{ accept: null }] };
+  const libvirts = [
+    { rule: { ...chain, handle: 7, expr: [{ match: { op: "in", left: { ct: { key: "state" } }, right: ["established", "related"] } }, { accept: null }] } },
+    { rule: { ...chain, handle: 8, expr: [{ match: { op: "==", left: { meta: { key: "oif" } }, right: "virbr0" } }, { reject: null }] } },
+  ];
+  const listed = (rules: object[]) => parseRuleset(JSON.stringify({ nftables: [{ chain: { family: "ip", table: "libvirt_network", name: "guest_input" } }, ...rules] })).tagged.map((rule) => rule.behindReject);
+  assert.equal(listed([{ rule: accept }, ...libvirts]), [false], "as vmhook inserted it");
+  assert.equal(listed([...libvirts, { rule: accept }]), [true], "after libvirt's reload");
+  assert.equal(listed([libvirts[1]!, { rule: { ...accept, chain: "guest_output" } }]), [false], "a reject in another chain does not count");
+  assert.equal(inFrontOfReject(`-N LIBVIRT_FWI\n-A LIBVIRT_FWI -o virbr0 -j REJECT --reject-with icmp-port-unreachable\n-A LIBVIRT_FWI -j ACCEPT\n`), ["-N LIBVIRT_FWI"]);
 });
 
 test("the record names the iptables tool that holds libvirt's LIBVIRT_FWI: iptables-nft when nft shows it, else iptables-legacy when that has it", () => {
