@@ -12,7 +12,7 @@ import { iommuGroupMembers, pciIommuGroup, slotFunctions } from "../lib/pci.ts";
 import { allowHint, DEFAULT_UNITS, formatSpan, moduleAllowed, normalUnit, type PortSpan } from "../lib/policy.ts";
 import type { ForwardConfig } from "./forward/config.ts";
 import type { HugepagesConfig } from "./hugepages.ts";
-import { PLUGIN_ID as ISOLATE_ID, type IsolateConfig } from "./isolate/config.ts";
+import { isolatedCpus, PLUGIN_ID as ISOLATE_ID, type IsolateConfig } from "./isolate/config.ts";
 import { bootIsolatedNote, hostUsableCpus } from "./isolate/cpus.ts";
 import { hostShortfall } from "./isolate/host-minimum.ts";
 import { checkOriginals } from "./isolate/retune.ts";
@@ -92,7 +92,8 @@ function authorizeIsolate(config: IsolateConfig, { policy, host, element }: Poli
   if ([...(config.hostCpus ?? []), ...config.pinned].some((cpu) => !online.includes(cpu))) return;
   // CPUs isolated at boot (isolcpus=) are not the host's to keep: it never runs there.
   const usable = hostUsableCpus(host, online);
-  const kept = config.hostCpus ? usable.filter((cpu) => config.hostCpus!.includes(cpu)) : usable.filter((cpu) => !config.pinned.includes(cpu));
+  const isolated = isolatedCpus(config.hostCpus, config.pinned, online);
+  const kept = usable.filter((cpu) => !isolated.includes(cpu));
   // While another VM runs, its irqs="yes" may have moved the console's IRQs: judged where the host had them.
   const shortfall = hostShortfall(policy.isolate, host, usable, kept, () => sharedState.read(host, ISOLATE_ID, checkOriginals));
   if (!shortfall) return;

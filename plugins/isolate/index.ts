@@ -190,11 +190,12 @@ function check({ host, domain, elements }: CheckContext): Finding[] {
     return [fail("isolate", `CPU ${formatCpuList(offline)} is pinned or named in host-cpus but not online (online: ${formatCpuList(online)})`, "use online CPUs only (cat /sys/devices/system/cpu/online)")];
   }
   if (!hostCpus && pinned.length === 0) return [fail("isolate", "the domain pins no CPUs and sets no host-cpus: vmhook cannot tell which CPUs are the VM's", isolationExample(online))];
-  if (hostCpus && isolatedCpus(hostCpus, pinned, online).length === 0) {
+  const isolated = isolatedCpus(hostCpus, pinned, online);
+  if (hostCpus && isolated.length === 0) {
     const { reason, fix } = nothingIsolated(hostCpus, online);
     return [fail("isolate", reason, fix)];
   }
-  const kept = hostUsableCpus(host, online).filter((cpu) => (hostCpus ? hostCpus.includes(cpu) : !pinned.includes(cpu)));
+  const kept = hostUsableCpus(host, online).filter((cpu) => !isolated.includes(cpu));
   const atBoot = bootIsolatedNote(host, online);
   if (kept.length === 0) return [fail("isolate", `no CPU would be left for the host (online: ${formatCpuList(online)})${atBoot}`, "leave at least one CPU out of the VM's pinning, or set host-cpus")];
   return [ok("isolate", `VM CPUs ${formatCpuList(pinned) || "(none pinned)"} are online; the host keeps ${formatCpuList(kept)}${atBoot}`)];
