@@ -147,7 +147,8 @@ function readRecord(host: Host): InstallRecord {
   }
   try {
     const record = JSON.parse(text) as InstallRecord;
-    if (typeof record !== "object" || record === null || (record.savedHook !== undefined && typeof record.savedHook !== "string")) throw new Error("not an install record");
+    // The one hook install saves: uninstall renames what the record names into the hook's place, for libvirt to run as root.
+    if (typeof record !== "object" || record === null || (record.savedHook !== undefined && record.savedHook !== SAVED_HOOK)) throw new Error("not an install record");
     return record;
   } catch (error) {
     throw new VmhookError(`${INSTALL_RECORD} is damaged (${(error as Error).message}); it records the hook vmhook replaced (${SAVED_HOOK}): fix it to {"savedHook": "${SAVED_HOOK}"} if that file exists, else to {}`);
@@ -206,7 +207,11 @@ export function install(host: Host, binary: string, { cliLink = true } = {}): In
       );
     }
     const recordText = `${JSON.stringify(record, null, 2)}\n`;
-    if (host.readTrimmed(INSTALL_RECORD) !== recordText.trim()) fs.writeFileSync(host.resolve(INSTALL_RECORD), recordText);
+    if (host.readTrimmed(INSTALL_RECORD) !== recordText.trim()) {
+      // Root's alone whatever the umask: it names the hook uninstall puts back.
+      fs.writeFileSync(host.resolve(INSTALL_RECORD), recordText, { mode: 0o644 });
+      fs.chmodSync(host.resolve(INSTALL_RECORD), 0o644);
+    }
 
     if (temporary) {
       fs.renameSync(temporary, hook); // atomic: libvirt never runs half a binary
@@ -235,7 +240,7 @@ export function install(host: Host, binary: string, { cliLink = true } = {}): In
   } else if (present(host, CLI_LINK) && !replaceableLink(link)) {
     notes.push(`left ${CLI_LINK} alone: it is not vmhook's link; run the CLI as ${HOOK} under another name`);
   } else {
-    fs.mkdirSync(path.dirname(link), { recursive: true });
+    fs.mkdirSync(path.dirname(link), { recursive: true, mode: 0o755 });
     fs.rmSync(link, { force: true });
     fs.symlinkSync(HOOK, link); // invoked as "vmhook", the same binary is the CLI
     notes.push(`linked ${CLI_LINK} -> ${HOOK}`);
