@@ -117,20 +117,35 @@ function ownBinary(): string {
   return binary;
 }
 
+/**
+ * The system's libvirt daemons: those running as root. A user's session
+ * daemon (qemu:///session: virt-manager's, GNOME Boxes') has the same name
+ * but runs the hooks as that user; signalling it reloads nothing of root's.
+ */
+export function systemLibvirtDaemons(host: Host): { pid: number; command: string }[] {
+  return host
+    .list("/proc")
+    .filter((pid) => /^\d+$/.test(pid))
+    .sort((a, b) => Number(a) - Number(b))
+    .flatMap((pid) => {
+      const command = host.readTrimmed(`/proc/${pid}/comm`);
+      if (!command || !LIBVIRT_DAEMONS.includes(command)) return [];
+      // Uid: real, effective, saved, filesystem; gone in the meantime: not running.
+      const uids = /^Uid:\s+(\d+)\s+(\d+)/m.exec(host.readTrimmed(`/proc/${pid}/status`) ?? "");
+      return uids && uids[1] === "0" && uids[2] === "0" ? [{ pid: Number(pid), command }] : [];
+    });
+}
+
 /** Makes running libvirt daemons re-read the hooks directory: SIGHUP resets libvirt's cache of hook scripts. */
 function reloadLibvirt(host: Host): string[] {
   if (host.root !== "/") return [];
   const reloaded: string[] = [];
-  for (const pid of host.list("/proc")) {
-    if (!/^\d+$/.test(pid)) continue;
-    const comm = host.readTrimmed(`/proc/${pid}/comm`);
-    if (comm && LIBVIRT_DAEMONS.includes(comm)) {
-      try {
-        process.kill(Number(pid), "SIGHUP");
-        reloaded.push(`${comm} (pid ${pid})`);
-      } catch {
-        // gone in the meantime
-      }
+  for (const { pid, command } of systemLibvirtDaemons(host)) {
+    try {
+      process.kill(pid, "SIGHUP");
+      reloaded.push(`${command} (pid ${pid})`);
+    } catch {
+      // gone in the meantime
     }
   }
   return reloaded;

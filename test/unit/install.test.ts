@@ -6,7 +6,7 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { test } from "uvu";
 import * as assert from "uvu/assert";
-import { install, uninstall } from "../../lib/cli/install.ts";
+import { install, systemLibvirtDaemons, uninstall } from "../../lib/cli/install.ts";
 import { RootedHost } from "../../lib/host.ts";
 import { SimHost } from "../helpers/simhost.ts";
 
@@ -135,6 +135,21 @@ test("install writes its record readable by all and writable by root alone, what
   }
   assert.is(host.stat("/etc/vmhook/install.json")!.mode & 0o777, 0o644);
   assert.is(host.stat("/etc/vmhook")!.mode & 0o777, 0o755);
+});
+
+test("install signals only the system's libvirt daemons, run by root: a user's session daemon of the same name (virt-manager's, GNOME Boxes') is neither signalled nor reported as reloaded", () => {
+  const sim = new SimHost();
+  const daemon = (pid: number, comm: string, uid: number) => sim.file(`/proc/${pid}/comm`, `${comm}\n`).file(`/proc/${pid}/status`, `Name:\t${comm}\nUid:\t${uid}\t${uid}\t${uid}\t${uid}\n`);
+  daemon(812, "libvirtd", 0);
+  daemon(4051, "libvirtd", 1000);
+  daemon(4052, "virtqemud", 1000);
+  daemon(990, "virtqemud", 0);
+  daemon(5000, "bash", 0);
+  assert.equal(systemLibvirtDaemons(sim), [
+    { pid: 812, command: "libvirtd" },
+    { pid: 990, command: "virtqemud" },
+  ]);
+  sim.cleanup();
 });
 
 test("a previous hook that is not executable (libvirt skips it) is kept without a launcher: the launcher would fail every VM start", () => {
