@@ -117,20 +117,35 @@ function ownBinary(): string {
   return binary;
 }
 
+/**
+ * The system's libvirt daemons: those running as root. A user's session
+ * daemon (qemu:///session: virt-manager's, GNOME Boxes') has the same name
+ * but runs the hooks as that user; signalling it reloads nothing of root's.
+ */
+export function systemLibvirtDaemons(host: Host): { pid: number; command: string }[] {
+  return host
+    .list("/proc")
+    .filter((pid) => /^\d+$/.test(pid))
+    .sort((a, b) => Number(a) - Number(b))
+    .flatMap((pid) => {
+      const command = host.readTrimmed(`/proc/${pid}/comm`);
+      if (!command || !LIBVIRT_DAEMONS.includes(command)) return [];
+      // Uid: real, effective, saved, filesystem; gone in the meantime: not running.
+      const uids = /^Uid:\s+(\d+)\s+(\d+)/m.exec(host.readTrimmed(`/proc/${pid}/status`) ?? "");
+      return uids && uids[1] === "0" && uids[2] === "0" ? [{ pid: Number(pid), command }] : [];
+    });
+}
+
 /** Makes running libvirt daemons re-read the hooks directory: SIGHUP resets libvirt's cache of hook scripts. */
 function reloadLibvirt(host: Host): string[] {
   if (host.root !== "/") return [];
   const reloaded: string[] = [];
-  for (const pid of host.list("/proc")) {
-    if (!/^\d+$/.test(pid)) continue;
-    const comm = host.readTrimmed(`/proc/${pid}/comm`);
-    if (comm && LIBVIRT_DAEMONS.includes(comm)) {
-      try {
-        process.kill(Number(pid), "SIGHUP");
-        reloaded.push(`${comm} (pid ${pid})`);
-      } catch {
-        // gone in the meantime
-      }
+  for (const { pid, command } of systemLibvirtDaemons(host)) {
+    try {
+      process.kill(pid, "SIGHUP");
+      reloaded.push(`${command} (pid ${pid})`);
+    } catch {
+      // gone in the meantime
     }
   }
   return reloaded;
@@ -147,7 +162,8 @@ function readRecord(host: Host): InstallRecord {
   }
   try {
     const record = JSON.parse(text) as InstallRecord;
-    if (typeof record !== "object" || record === null || (record.savedHook !== undefined && typeof record.savedHook !== "string")) throw new Error("not an install record");
+    // The one hook install saves: uninstall renames what the record names into the hook's place, for libvirt to run as root.
+    if (typeof record !== "object" || record === null || (record.savedHook !== undefined && record.savedHook !== SAVED_HOOK)) throw new Error("not an install record");
     return record;
   } catch (error) {
     throw new VmhookError(`${INSTALL_RECORD} is damaged (${(error as Error).message}); it records the hook vmhook replaced (${SAVED_HOOK}): fix it to {"savedHook": "${SAVED_HOOK}"} if that file exists, else to {}`);
@@ -206,7 +222,11 @@ export function install(host: Host, binary: string, { cliLink = true } = {}): In
       );
     }
     const recordText = `${JSON.stringify(record, null, 2)}\n`;
-    if (host.readTrimmed(INSTALL_RECORD) !== recordText.trim()) fs.writeFileSync(host.resolve(INSTALL_RECORD), recordText);
+    if (host.readTrimmed(INSTALL_RECORD) !== recordText.trim()) {
+      // Root's alone whatever the umask: it names the hook uninstall puts back.
+      fs.writeFileSync(host.resolve(INSTALL_RECORD), recordText, { mode: 0o644 });
+      fs.chmodSync(host.resolve(INSTALL_RECORD), 0o644);
+    }
 
     if (temporary) {
       fs.renameSync(temporary, hook); // atomic: libvirt never runs half a binary
@@ -235,7 +255,7 @@ export function install(host: Host, binary: string, { cliLink = true } = {}): In
   } else if (present(host, CLI_LINK) && !replaceableLink(link)) {
     notes.push(`left ${CLI_LINK} alone: it is not vmhook's link; run the CLI as ${HOOK} under another name`);
   } else {
-    fs.mkdirSync(path.dirname(link), { recursive: true });
+    fs.mkdirSync(path.dirname(link), { recursive: true, mode: 0o755 });
     fs.rmSync(link, { force: true });
     fs.symlinkSync(HOOK, link); // invoked as "vmhook", the same binary is the CLI
     notes.push(`linked ${CLI_LINK} -> ${HOOK}`);

@@ -5,7 +5,7 @@ import { pathToFileURL } from "node:url";
 import { describeError, VmhookError } from "../errors.ts";
 import type { Host } from "../host.ts";
 import type { AnyPlugin } from "../plugin.ts";
-import type { PluginFile } from "./trust.ts";
+import { transpilerCacheProblem, type PluginFile } from "./trust.ts";
 
 /**
  * A module's default export: a Plugin (plan + actions), or a plugin of the
@@ -13,6 +13,8 @@ import type { PluginFile } from "./trust.ts";
  * through the runner's adapter (docs/plugins.md, "Migrating").
  */
 export async function importModulePlugin(host: Host, file: PluginFile): Promise<AnyPlugin> {
+  const cacheProblem = transpilerCacheProblem();
+  if (cacheProblem) throw new VmhookError(`plugin ${file.name}: not loading ${file.path}: ${cacheProblem}`);
   let module: { default?: unknown };
   try {
     module = await import(pathToFileURL(host.resolve(file.path)).href);

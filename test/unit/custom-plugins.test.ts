@@ -2,6 +2,8 @@
 // modules, run for real under a temporary root, with their safety checks.
 import { spawn, spawnSync } from "node:child_process";
 import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
 import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { findCustomPlugin } from "../../lib/custom-plugins.ts";
@@ -13,6 +15,9 @@ import { runHookEvent } from "../helpers/hook.ts";
 import { HugepageKernel } from "../helpers/hugepage-kernel.ts";
 import { assertPlanIsPrepare, plannedSteps } from "../helpers/plan.ts";
 import { SimHost } from "../helpers/simhost.ts";
+
+/** What decides where Bun keeps transpiled modules (lib/custom-plugins/trust.ts). */
+const CACHE_VARIABLES = ["HOME", "XDG_CACHE_HOME", "BUN_RUNTIME_TRANSPILER_CACHE_PATH"];
 
 const UUID = "6f1c2f0e-8a51-4a8e-9f7c-0d3b7c1e2a44";
 
@@ -405,6 +410,46 @@ test("module: a .mjs plugin runs through the same transaction; its parse errors 
   assert.is(bad.code, 1);
   assert.match(bad.stderr, 'vmhook: <vmhook:plugin name="marker">: give text="…"');
   sim.cleanup();
+});
+
+test("module: with HOME, XDG_CACHE_HOME or BUN_RUNTIME_TRANSPILER_CACHE_PATH in a directory another user writes (sudo -E), a module plugin is refused before it loads: Bun would run what that user left in its transpiler cache", async () => {
+  const sim = pluginHost();
+  install(sim, "marker.mjs", MODULE_PLUGIN, 0o644);
+  const xml = domainXml('<vmhook:plugin name="marker" text="hi"/>');
+  // A user's home: theirs, below a directory everyone writes, as /home/alice is alice's.
+  const home = fs.mkdtempSync(path.join(os.tmpdir(), "vmhook-user-home-"));
+  fs.chownSync(home, 1000, 1000);
+  const saved = Object.fromEntries(CACHE_VARIABLES.map((name) => [name, process.env[name]]));
+  const setEnv = (values: Record<string, string | undefined>) => {
+    for (const name of CACHE_VARIABLES) {
+      if (values[name] === undefined) delete process.env[name];
+      else process.env[name] = values[name];
+    }
+  };
+  try {
+    for (const [values, cache, variable] of [
+      [{ HOME: home }, `${home}/.bun/install/cache/@t@`, "HOME"],
+      [{ HOME: "/root", XDG_CACHE_HOME: `${home}/.cache` }, `${home}/.cache/bun/@t@`, "XDG_CACHE_HOME"],
+      [{ HOME: "/root", BUN_RUNTIME_TRANSPILER_CACHE_PATH: `${home}/cache` }, `${home}/cache`, "BUN_RUNTIME_TRANSPILER_CACHE_PATH"],
+    ] as const) {
+      setEnv(values);
+      const refused = await runHookEvent(sim, "prepare", "begin", xml);
+      assert.is(refused.code, 1, variable);
+      assert.match(refused.stderr, `vmhook: plugin marker: not loading /etc/vmhook/plugins.d/marker.mjs: Bun, which runs vmhook, keeps the modules it transpiles in ${cache} (from ${variable}=`, variable);
+      assert.match(refused.stderr, "BUN_RUNTIME_TRANSPILER_CACHE_PATH=0", variable);
+      assert.not.ok(fs.existsSync(sim.resolve("/marker")), variable);
+    }
+    // The cache turned off: nothing there is read, the plugin runs.
+    setEnv({ HOME: home, BUN_RUNTIME_TRANSPILER_CACHE_PATH: "0" });
+    const prepared = await runHookEvent(sim, "prepare", "begin", xml);
+    assert.is(prepared.code, 0, prepared.stderr);
+    assert.is(fs.readFileSync(sim.resolve("/marker"), "utf8"), "hi");
+    assert.is((await runHookEvent(sim, "release", "end", xml)).code, 0);
+  } finally {
+    setEnv(saved);
+    fs.rmSync(home, { recursive: true, force: true });
+    sim.cleanup();
+  }
 });
 
 test("module: a module without a Plugin default export is refused with what to export", async () => {

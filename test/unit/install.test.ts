@@ -6,7 +6,7 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { test } from "uvu";
 import * as assert from "uvu/assert";
-import { install, uninstall } from "../../lib/cli/install.ts";
+import { install, systemLibvirtDaemons, uninstall } from "../../lib/cli/install.ts";
 import { RootedHost } from "../../lib/host.ts";
 import { SimHost } from "../helpers/simhost.ts";
 
@@ -108,6 +108,48 @@ test("a damaged install record is refused by install and uninstall: it names the
   assert.is(read(HOOK), fs.readFileSync(binary, "utf8"), "the refused uninstall removed vmhook's hook");
   assert.is(read(SAVED), PREVIOUS, "the saved hook was touched");
   assert.ok(exists(LAUNCHER), "the saved hook's launcher is gone");
+});
+
+test("uninstall puts back only the hook install saved: a record naming another file (a user's, through a loose umask) is refused, and that file never becomes the hook libvirt runs as root", () => {
+  const { host, binary, read, exists, putPreviousHook } = setUp();
+  putPreviousHook();
+  install(host, binary);
+  const planted = "/home/alice/hook";
+  fs.mkdirSync(host.resolve("/home/alice"), { recursive: true });
+  fs.writeFileSync(host.resolve(planted), "#!/bin/sh\nid > /tmp/owned\n", { mode: 0o755 });
+  fs.renameSync(host.resolve(SAVED), host.resolve(`${SAVED}.kept`));
+  fs.writeFileSync(host.resolve("/etc/vmhook/install.json"), JSON.stringify({ savedHook: planted }));
+  assert.throws(() => uninstall(host, false), /install\.json is damaged/);
+  assert.is(read(HOOK), fs.readFileSync(binary, "utf8"), "the refused uninstall removed vmhook's hook");
+  assert.ok(exists(planted), "the planted file was moved");
+});
+
+test("install writes its record readable by all and writable by root alone, whatever the umask it runs under", () => {
+  const { host, binary, putPreviousHook } = setUp();
+  putPreviousHook();
+  const umask = process.umask(0);
+  try {
+    install(host, binary);
+  } finally {
+    process.umask(umask);
+  }
+  assert.is(host.stat("/etc/vmhook/install.json")!.mode & 0o777, 0o644);
+  assert.is(host.stat("/etc/vmhook")!.mode & 0o777, 0o755);
+});
+
+test("install signals only the system's libvirt daemons, run by root: a user's session daemon of the same name (virt-manager's, GNOME Boxes') is neither signalled nor reported as reloaded", () => {
+  const sim = new SimHost();
+  const daemon = (pid: number, comm: string, uid: number) => sim.file(`/proc/${pid}/comm`, `${comm}\n`).file(`/proc/${pid}/status`, `Name:\t${comm}\nUid:\t${uid}\t${uid}\t${uid}\t${uid}\n`);
+  daemon(812, "libvirtd", 0);
+  daemon(4051, "libvirtd", 1000);
+  daemon(4052, "virtqemud", 1000);
+  daemon(990, "virtqemud", 0);
+  daemon(5000, "bash", 0);
+  assert.equal(systemLibvirtDaemons(sim), [
+    { pid: 812, command: "libvirtd" },
+    { pid: 990, command: "virtqemud" },
+  ]);
+  sim.cleanup();
 });
 
 test("a previous hook that is not executable (libvirt skips it) is kept without a launcher: the launcher would fail every VM start", () => {

@@ -340,6 +340,26 @@ test("vmhook status shows a domain name's carriage return and C1 controls escape
   }
 });
 
+test("a domain name's bidirectional controls (RLO U+202E, isolates U+2066-2069, marks U+200E/F, ALM U+061C) are shown escaped in vmhook status and the log: a name cannot reorder what root reads after it", async () => {
+  const sim = new SimHost().dir("/var/log");
+  try {
+    // Shown raw, "vm\u202e..." makes the terminal draw the rest of the line right to left.
+    const name = "vm\u202ecod\u2066x\u2069\u200e\u200f\u061c\u202a";
+    writeJournal(sim, { ...newJournal(sim, { name, uuid: UUID }), phase: "running" });
+    const status = await cli(["status", "--root", sim.root]);
+    const bidi = /[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]/;
+    assert.not.match(status.stdout, bidi);
+    assert.match(status.stdout, "vm\\u202ecod\\u2066x\\u2069\\u200e\\u200f\\u061c\\u202a");
+    new HugepageKernel(sim, { initial: { 2048: 0 } });
+    const outcome = await runHookEvent(sim, "prepare", "begin", XML.replace("<name>vm</name>", `<name>${name}</name>`).replace("<vmhook:hugepages/>", '<vmhook:hugepages size="lots"/>'), name);
+    assert.is(outcome.code, 1);
+    assert.not.match(outcome.stderr, bidi);
+    assert.not.match(sim.read(paths.log), bidi);
+  } finally {
+    sim.cleanup();
+  }
+});
+
 test("recover reports a journal it cannot read and exits 1, instead of \"nothing to recover\"", async () => {
   const sim = new SimHost();
   try {
