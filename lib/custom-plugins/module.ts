@@ -1,11 +1,13 @@
 // Custom plugins as JavaScript modules (NAME.js, NAME.mjs): the default
 // export is a Plugin, or a plugin of the first interface that the runner
 // still runs through its adapter.
+import * as fs from "node:fs";
+import * as nodePath from "node:path";
 import { pathToFileURL } from "node:url";
 import { describeError, VmhookError } from "../errors.ts";
 import type { Host } from "../host.ts";
 import type { AnyPlugin } from "../plugin.ts";
-import { transpilerCacheProblem, type PluginFile } from "./trust.ts";
+import { octal, ROOT_UID, type PluginFile } from "./trust.ts";
 
 /**
  * A module's default export: a Plugin (plan + actions), or a plugin of the
@@ -38,4 +40,42 @@ function moduleProblem(value: unknown, name: string): string | undefined {
   const incomplete = Object.entries(plugin.actions as Record<string, Record<string, unknown>>).find(([, action]) => ["check", "apply", "undo"].some((hook) => typeof action?.[hook] !== "function"));
   if (incomplete) return `action ${incomplete[0]} must have the functions check(record), apply(record, ctx) and undo(record, ctx)`;
   return undefined;
+}
+
+/**
+ * Where Bun keeps the modules it transpiles (files of 50 KB and more, a
+ * plugin's or what it imports), as Bun picks it from the environment it
+ * started with, and the variable it came from; undefined when it keeps none.
+ * An empty or relative value counts from the working directory, as Bun takes it.
+ */
+function transpilerCache(env: NodeJS.ProcessEnv, cwd: string): { dir: string; variable: string } | undefined {
+  const explicit = env.BUN_RUNTIME_TRANSPILER_CACHE_PATH;
+  if (explicit !== undefined) return explicit === "" || explicit === "0" ? undefined : { dir: nodePath.resolve(cwd, explicit), variable: "BUN_RUNTIME_TRANSPILER_CACHE_PATH" };
+  if (env.XDG_CACHE_HOME !== undefined) return { dir: nodePath.resolve(cwd, env.XDG_CACHE_HOME, "bun/@t@"), variable: "XDG_CACHE_HOME" };
+  if (env.HOME !== undefined) return { dir: nodePath.resolve(cwd, env.HOME, ".bun/install/cache/@t@"), variable: "HOME" };
+  return undefined;
+}
+
+/**
+ * Why a module plugin must not be imported in this process, or undefined.
+ * Bun runs a transpiled copy from its cache when one is there for the file's
+ * contents (found and checked by unkeyed hashes, no signature), so the cache
+ * and every directory above it must be root's alone, as the plugin is; under
+ * sudo -E (or a sudo that keeps HOME) it is the invoking user's. Bun creates
+ * what is missing, as root: the part that exists is checked, symlinks
+ * resolved (an ostree host's /root is one), each directory of the real path.
+ */
+function transpilerCacheProblem(env: NodeJS.ProcessEnv = process.env, cwd = process.cwd()): string | undefined {
+  const cache = transpilerCache(env, cwd);
+  if (!cache) return undefined;
+  let dir = cache.dir;
+  while (dir !== "/" && !fs.existsSync(dir)) dir = nodePath.dirname(dir);
+  for (dir = fs.realpathSync(dir); ; dir = nodePath.dirname(dir)) {
+    const stat = fs.statSync(dir);
+    const unsafe = stat.uid !== ROOT_UID ? `is owned by uid ${stat.uid}` : (stat.mode & 0o022) !== 0 ? `has mode ${octal(stat.mode)}` : undefined;
+    if (unsafe) {
+      return `Bun, which runs vmhook, keeps the modules it transpiles in ${cache.dir} (from ${cache.variable}=${env[cache.variable]}), and ${dir} ${unsafe}: whoever can write there could have their code run as root in place of the plugin's; run vmhook with root's own environment (sudo -i, or sudo without -E), or with BUN_RUNTIME_TRANSPILER_CACHE_PATH=0`;
+    }
+    if (dir === "/") return undefined;
+  }
 }
