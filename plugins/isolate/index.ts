@@ -21,7 +21,7 @@ import { howToGetCgroupV2, isolationExample } from "../../lib/host-advice.ts";
 import { readForMessage } from "../../lib/host.ts";
 import { allowHint, loadPolicy } from "../../lib/policy.ts";
 import { ACTIONS, checkClaim, claimsOf, otherVms, type Action, type Claim, type OtherVm } from "./claims.ts";
-import { isolatedCpus, nothingIsolated, parse, PLUGIN_ID, type IsolateConfig } from "./config.ts";
+import { isolatedCpus, nothingIsolated, parse, pinnedCpus, PLUGIN_ID, type IsolateConfig } from "./config.ts";
 import { bootIsolatedNote, CPU_DIR, hostUsableCpus, intersect, onlineCpus, union } from "./cpus.ts";
 import { hostShortfall } from "./host-minimum.ts";
 import { checkOriginals, retune } from "./retune.ts";
@@ -33,7 +33,7 @@ function planPrepare(ctx: PlanContext<IsolateConfig>): Step<Claim>[] {
   const { config } = ctx;
   const online = onlineCpus(ctx);
   checkCpusExist(ctx, config.hostCpus ?? [], `${config.element} host-cpus`, online);
-  checkCpusExist(ctx, config.pinned, "<cputune> (vcpupin, emulatorpin, iothreadpin)", online);
+  checkCpusExist(ctx, config.pinned, "<cputune> (vcpupin, emulatorpin, iothreadpin) and <vcpu cpuset>", online);
   const isolated = isolatedCpus(config.hostCpus, config.pinned, online);
   if (isolated.length === 0) {
     const { reason, fix } = nothingIsolated(config.hostCpus!, online);
@@ -177,7 +177,7 @@ function governorProblem(ctx: BaseContext, cpus: number[], governor: string): st
 /** `vmhook doctor`: the VM's CPUs are online and the host keeps at least one. */
 function check({ host, domain, elements }: CheckContext): Finding[] {
   const online = parseKernelCpuList(host.readTrimmed("/sys/devices/system/cpu/online") ?? "");
-  const pinned = [...new Set([...domain.cputune.vcpupins.flat(), ...(domain.cputune.emulatorpin ?? []), ...domain.cputune.iothreadpins.flat()])].sort((a, b) => a - b);
+  const pinned = pinnedCpus(domain);
   let hostCpus: number[] | undefined;
   try {
     const value = attributes(elements[0]!)["host-cpus"];

@@ -31,13 +31,15 @@ interface VmSpec {
   /** One cpuset per vcpupin. */
   pins?: string[];
   emulatorpin?: string;
+  /** <vcpu cpuset>: libvirt's CPUs for every vCPU, emulator and I/O thread without a pin of its own. */
+  vcpuCpuset?: string;
 }
 
 function domainXml(vm: VmSpec): string {
   const pins = (vm.pins ?? []).map((cpuset, vcpu) => `<vcpupin vcpu="${vcpu}" cpuset="${cpuset}"/>`).join("");
   const emulator = vm.emulatorpin ? `<emulatorpin cpuset="${vm.emulatorpin}"/>` : "";
   return `<domain type="kvm"><name>${vm.name}</name><uuid>${vm.uuid}</uuid><memory unit="MiB">512</memory>
-  <vcpu>${Math.max(1, vm.pins?.length ?? 1)}</vcpu><cputune>${pins}${emulator}</cputune>
+  <vcpu${vm.vcpuCpuset ? ` cpuset="${vm.vcpuCpuset}"` : ""}>${Math.max(1, vm.pins?.length ?? 1)}</vcpu><cputune>${pins}${emulator}</cputune>
   <metadata><vmhook:hooks xmlns:vmhook="urn:vmhook:1"><vmhook:isolate ${vm.isolate}/></vmhook:hooks></metadata></domain>`;
 }
 
@@ -97,6 +99,34 @@ test("systemd: a failing systemctl aborts the start and the units get their valu
   assert.match(outcome.stderr.split("\n")[0]!, /systemctl set-property --runtime init.scope AllowedCPUs=0-1,4-7 failed: Failed to set unit properties on init.scope/);
   assert.equal(units, { "system.slice": "0-7", "user.slice": "", "init.scope": "" });
   assert.ok(systemctlCalls(sim).includes("set-property --runtime system.slice AllowedCPUs=0-7"), "system.slice got its value back");
+  assertClean(sim, before);
+});
+
+// libvirt runs every vCPU, the emulator and I/O threads without a pin of their own on <vcpu cpuset> (qemuProcessSetupPid).
+test("<vcpu cpuset> without <cputune>: the VM's CPUs are that cpuset, kept from the host", async () => {
+  const { sim, units } = systemdHost();
+  const before = sim.snapshot();
+  const outcome = await prepare(sim, { ...vmA, pins: [], emulatorpin: undefined, vcpuCpuset: "2-3" });
+  assert.is(outcome.code, 0, outcome.stderr);
+  assert.equal(units, { "system.slice": "0-1,4-7", "user.slice": "0-1,4-7", "init.scope": "0-1,4-7" });
+  assert.is((await release(sim, vmA)).code, 0);
+  assertClean(sim, before);
+});
+
+test("<vcpu cpuset> beside a <vcpupin>: the emulator, which has no pin, runs there too, and those CPUs are kept from the host", async () => {
+  const { sim, units } = systemdHost();
+  const outcome = await prepare(sim, { ...vmA, pins: ["2"], emulatorpin: undefined, vcpuCpuset: "3-4" });
+  assert.is(outcome.code, 0, outcome.stderr);
+  assert.equal(units, { "system.slice": "0-1,5-7", "user.slice": "0-1,5-7", "init.scope": "0-1,5-7" });
+});
+
+test("<vcpu placement='auto'>: numad picks the CPUs as the domain starts and libvirt ignores its cpuset, which is not taken for the VM's", async () => {
+  const sim = baseHost().file("/proc/1/comm", "init");
+  const before = sim.snapshot();
+  const xml = domainXml({ ...vmA, pins: [], emulatorpin: undefined, vcpuCpuset: "2-3" }).replace("<vcpu ", "<vcpu placement=\"auto\" ");
+  const outcome = await runHookEvent(sim, "prepare", "begin", xml, vmA.name);
+  assert.is(outcome.code, 1);
+  assert.match(outcome.stderr.split("\n")[0]!, /has no host-cpus and the domain pins no CPUs/);
   assertClean(sim, before);
 });
 
@@ -285,13 +315,15 @@ test("a governor the CPUs do not offer is an error naming the available ones", a
 const BAD_CONFIGS: [string, Partial<VmSpec>, RegExp, { online?: string }?][] = [
   ["a CPU that does not exist", { isolate: 'host-cpus="0-1,9"' }, /host-cpus: CPU 9 does not exist on this host \(present: 0-7\)/],
   ["an offline CPU in host-cpus", { isolate: 'host-cpus="0,6"' }, /host-cpus: CPU 6 is offline \(online: 0-5\)/, { online: "0-5" }],
-  ["an offline pinned CPU", { pins: ["2", "7"] }, /<cputune> \(vcpupin, emulatorpin, iothreadpin\): CPU 7 is offline \(online: 0-5\)/, { online: "0-5" }],
+  ["an offline pinned CPU", { pins: ["2", "7"] }, /<cputune> \(vcpupin, emulatorpin, iothreadpin\) and <vcpu cpuset>: CPU 7 is offline \(online: 0-5\)/, { online: "0-5" }],
   ["a cpuset that is not one", { isolate: 'host-cpus="0-x"' }, /host-cpus="0-x" has "0-x", which is not a CPU/],
   ["an empty host set", { isolate: 'host-cpus="1,^1"' }, /host-cpus="1,\^1" leaves no CPU/],
   ["host-cpus that keep every CPU", { isolate: 'host-cpus="0-5"', pins: [], emulatorpin: undefined }, /host-cpus="0-5" keeps every online CPU \(0-5\) for the host/, { online: "0-5" }],
-  ["host-cpus that include a pinned CPU", { isolate: 'host-cpus="0-2"' }, /host-cpus="0-2" includes CPU 2, which <cputune> pins the VM to/],
-  ["no pins and no host-cpus", { pins: [], emulatorpin: undefined }, /has no host-cpus and the domain pins no CPUs in <cputune>/],
-  ["pins that leave the host nothing", { pins: ["0-3", "4-7"] }, /pinning CPUs 0-7 in <cputune> leaves the host no online CPU, but the host policy keeps at least 1 CPU\(s\) for the host/],
+  ["host-cpus that include a pinned CPU", { isolate: 'host-cpus="0-2"' }, /host-cpus="0-2" includes CPU 2, which the domain pins the VM to \(<cputune> or <vcpu cpuset>\)/],
+  ["no pins and no host-cpus", { pins: [], emulatorpin: undefined }, /has no host-cpus and the domain pins no CPUs \(<cputune> or <vcpu cpuset>\)/],
+  ["host-cpus that include a CPU of <vcpu cpuset>", { isolate: 'host-cpus="0-1,4"', pins: [], emulatorpin: undefined, vcpuCpuset: "4-5" }, /host-cpus="0-1,4" includes CPU 4, which the domain pins the VM to \(<cputune> or <vcpu cpuset>\)/],
+  ["an offline CPU in <vcpu cpuset>", { pins: [], emulatorpin: undefined, vcpuCpuset: "2,7" }, /<cputune> \(vcpupin, emulatorpin, iothreadpin\) and <vcpu cpuset>: CPU 7 is offline \(online: 0-5\)/, { online: "0-5" }],
+  ["pins that leave the host nothing", { pins: ["0-3", "4-7"] }, /pinning CPUs 0-7 \(<cputune> or <vcpu cpuset>\) leaves the host no online CPU, but the host policy keeps at least 1 CPU\(s\) for the host/],
   ["an unknown attribute", { isolate: 'host-cpu="0"' }, /has unknown attribute host-cpu; allowed: host-cpus, governor/],
   ["a bad yes/no", { isolate: 'irqs="maybe"' }, /irqs="maybe" must be yes or no/],
 ];
@@ -439,7 +471,7 @@ test("CPUs isolated at boot do not count for the host: a VM that leaves the host
   const before = sim.snapshot();
   const outcome = await prepare(sim, { ...vmA, pins: ["0-1"], emulatorpin: undefined });
   assert.is(outcome.code, 1, `started; the host's groups got CPU ${read(sim, HOST_CPUS)}`);
-  assert.match(outcome.stderr.split("\n")[0]!, "pinning CPUs 0-1 in <cputune> leaves the host no online CPU (CPU 2-7 isolated at boot by isolcpus=, where the host never runs)");
+  assert.match(outcome.stderr.split("\n")[0]!, "pinning CPUs 0-1 (<cputune> or <vcpu cpuset>) leaves the host no online CPU (CPU 2-7 isolated at boot by isolcpus=, where the host never runs)");
   assertClean(sim, before);
 });
 
