@@ -16,14 +16,16 @@ import { formatCpuList, parseCpuset, parseKernelCpuList } from "../../lib/cpuset
 import { attributes } from "../../lib/domain.ts";
 import { ConfigError, VmhookError } from "../../lib/errors.ts";
 import { defineAction, definePlugin, type BaseContext, type CheckContext, type PlanContext, type Step } from "../../lib/plugin.ts";
-import { fail, ok, type Finding } from "../../lib/diagnostics/findings.ts";
+import { fail, ok, warn, type Finding } from "../../lib/diagnostics/findings.ts";
 import { howToGetCgroupV2, isolationExample } from "../../lib/host-advice.ts";
 import { readForMessage } from "../../lib/host.ts";
 import { allowHint, loadPolicy } from "../../lib/policy.ts";
+import { parseYesNo } from "../../lib/validate.ts";
 import { ACTIONS, checkClaim, claimsOf, otherVms, type Action, type Claim, type OtherVm } from "./claims.ts";
 import { isolatedCpus, nothingIsolated, parse, pinnedCpus, PLUGIN_ID, type IsolateConfig } from "./config.ts";
 import { bootIsolatedNote, CPU_DIR, hostUsableCpus, intersect, onlineCpus, union } from "./cpus.ts";
 import { hostShortfall } from "./host-minimum.ts";
+import { irqbalanceProblem } from "./irqbalance.ts";
 import { checkOriginals, retune } from "./retune.ts";
 import { CGROUP, SETTINGS, SYSTEMD_UNITS, WORKQUEUE_MASK } from "./settings.ts";
 
@@ -54,7 +56,11 @@ function planPrepare(ctx: PlanContext<IsolateConfig>): Step<Claim>[] {
     if (ctx.host.exists(WORKQUEUE_MASK)) actions.push("workqueue-mask");
     else skipOrFail(ctx, `workqueues="yes", but this kernel has no ${WORKQUEUE_MASK} (Linux 4.2 or later has it)`);
   }
-  if (config.irqs) actions.push("irq-affinity");
+  if (config.irqs) {
+    const problem = irqbalanceProblem(ctx.host, isolated);
+    if (problem) skipOrFail(ctx, `${problem.reason}; ${problem.fix}`);
+    else actions.push("irq-affinity");
+  }
   if (config.governor) {
     const problem = governorProblem(ctx, own, config.governor);
     if (problem) skipOrFail(ctx, problem);
@@ -179,9 +185,13 @@ function check({ host, domain, elements }: CheckContext): Finding[] {
   const online = parseKernelCpuList(host.readTrimmed("/sys/devices/system/cpu/online") ?? "");
   const pinned = pinnedCpus(domain);
   let hostCpus: number[] | undefined;
+  let irqs: boolean;
+  let required: boolean;
   try {
-    const value = attributes(elements[0]!)["host-cpus"];
-    hostCpus = value !== undefined ? parseCpuset(value, "<vmhook:isolate>", "host-cpus") : undefined;
+    const attrs = attributes(elements[0]!);
+    hostCpus = attrs["host-cpus"] !== undefined ? parseCpuset(attrs["host-cpus"], "<vmhook:isolate>", "host-cpus") : undefined;
+    irqs = parseYesNo(attrs.irqs, "<vmhook:isolate>", "irqs", false);
+    required = parseYesNo(attrs.required, "<vmhook:isolate>", "required", true);
   } catch {
     return []; // reported by the config check
   }
@@ -198,7 +208,11 @@ function check({ host, domain, elements }: CheckContext): Finding[] {
   const kept = hostUsableCpus(host, online).filter((cpu) => !isolated.includes(cpu));
   const atBoot = bootIsolatedNote(host, online);
   if (kept.length === 0) return [fail("isolate", `no CPU would be left for the host (online: ${formatCpuList(online)})${atBoot}`, "leave at least one CPU out of the VM's pinning, or set host-cpus")];
-  return [ok("isolate", `VM CPUs ${formatCpuList(pinned) || "(none pinned)"} are online; the host keeps ${formatCpuList(kept)}${atBoot}`)];
+  const findings = [ok("isolate", `VM CPUs ${formatCpuList(pinned) || "(none pinned)"} are online; the host keeps ${formatCpuList(kept)}${atBoot}`)];
+  const irqbalance = irqs ? irqbalanceProblem(host, isolated) : undefined;
+  // As prepare: refused, or with required="no" started without moving IRQs.
+  if (irqbalance) findings.push((required ? fail : warn)("isolate irqbalance", irqbalance.reason, irqbalance.fix));
+  return findings;
 }
 
 /**

@@ -208,6 +208,44 @@ test("cgroup v2 without systemd: processes left in the root cgroup, which no cpu
   assertClean(sim, before);
 });
 
+// irqbalance keeps IRQs off only the CPUs of IRQBALANCE_BANNED_CPUS/_CPULIST, or else those isolcpus= and nohz_full= isolate (setup_banned_cpus):
+// every rebalance may move an IRQ back onto the VM's CPUs.
+const withIrqbalance = (sim: SimHost, environment: string[] = []) =>
+  sim.file("/proc/905/comm", "irqbalance").file("/proc/905/environ", ["PATH=/usr/sbin:/usr/bin", ...environment].map((entry) => `${entry}\0`).join(""));
+
+test('irqs="yes" with irqbalance running and not banned from the VM\'s CPUs: prepare refuses, naming it, the CPUs and the fix, host untouched', async () => {
+  const sim = withIrqbalance(cgroupHost(), ["IRQBALANCE_ARGS="]);
+  const before = sim.snapshot();
+  const outcome = await prepare(sim, { ...vmA, isolate: 'irqs="yes"' });
+  assert.is(outcome.code, 1);
+  assert.match(outcome.stderr.split("\n")[0]!, /irqs="yes", but irqbalance \(pid 905\) runs and moves IRQs back onto CPU 2-3 when it rebalances.*IRQBALANCE_BANNED_CPULIST=2-3/);
+  assertClean(sim, before);
+});
+
+const BANNING: [string, (sim: SimHost) => SimHost][] = [
+  ["IRQBALANCE_BANNED_CPULIST", (sim) => withIrqbalance(sim, ["IRQBALANCE_BANNED_CPULIST=2-5"])],
+  ["IRQBALANCE_BANNED_CPUS (a mask, older irqbalance)", (sim) => withIrqbalance(sim, ["IRQBALANCE_BANNED_CPUS=0000000c"])],
+  ["isolcpus= and nohz_full=, banned when no list is given", (sim) => withIrqbalance(sim).file("/sys/devices/system/cpu/isolated", "2").file("/sys/devices/system/cpu/nohz_full", "3")],
+];
+
+for (const [what, setUp] of BANNING) {
+  test(`irqs="yes" with irqbalance banned from the VM's CPUs (${what}): the IRQs move`, async () => {
+    const sim = setUp(cgroupHost());
+    const outcome = await prepare(sim, { ...vmA, isolate: 'irqs="yes"' });
+    assert.is(outcome.code, 0, outcome.stderr);
+    assert.is(read(sim, "/proc/irq/17/smp_affinity_list"), read(sim, "/sys/fs/cgroup/system.slice/cpuset.cpus"));
+  });
+}
+
+test('irqs="yes" required="no" with irqbalance running: a warning, the VM starts, the IRQs are left to irqbalance', async () => {
+  const sim = withIrqbalance(cgroupHost());
+  const outcome = await prepare(sim, { ...vmA, isolate: 'irqs="yes" required="no"' });
+  assert.is(outcome.code, 0, outcome.stderr);
+  assert.match(fs.readFileSync(sim.resolve("/var/log/vmhook.log"), "utf8"), /warn: isolate: irqs="yes", but irqbalance \(pid 905\) runs.*skipped because of required="no"/);
+  assert.is(read(sim, "/proc/irq/17/smp_affinity_list"), "3");
+  assert.is(read(sim, "/sys/fs/cgroup/system.slice/cpuset.cpus"), "0-1,4-7");
+});
+
 test("governor, IRQs (one refusing) and the workqueue mask, with host-cpus", async () => {
   const sim = cgroupHost();
   const before = sim.snapshot();
