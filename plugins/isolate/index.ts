@@ -23,7 +23,7 @@ import { allowHint, loadPolicy } from "../../lib/policy.ts";
 import { parseYesNo } from "../../lib/validate.ts";
 import { ACTIONS, checkClaim, claimsOf, otherVms, type Action, type Claim, type OtherVm } from "./claims.ts";
 import { isolatedCpus, nothingIsolated, parse, pinnedCpus, PLUGIN_ID, type IsolateConfig } from "./config.ts";
-import { bootIsolatedNote, CPU_DIR, hostUsableCpus, intersect, onlineCpus, union } from "./cpus.ts";
+import { bootIsolatedNote, CPU_DIR, hostUsableCpus, intersect, onlineCpus, splitCoresWarning, union } from "./cpus.ts";
 import { hostShortfall } from "./host-minimum.ts";
 import { irqbalanceProblem } from "./irqbalance.ts";
 import { checkOriginals, retune } from "./retune.ts";
@@ -42,7 +42,9 @@ function planPrepare(ctx: PlanContext<IsolateConfig>): Step<Claim>[] {
     throw new ConfigError(config.element, `${reason}; ${fix}`);
   }
   const own = config.pinned.length > 0 ? config.pinned : isolated;
-  checkOthers(ctx, isolated, own, online);
+  const kept = checkOthers(ctx, isolated, own, online);
+  const split = splitCoresWarning(ctx.host, isolated, kept, config.hostCpus !== undefined);
+  if (split) ctx.log.warn(`isolate: ${split.reason}; ${split.fix}`);
 
   const actions: Action[] = [];
   const cgroups = cgroupMechanism(ctx);
@@ -91,7 +93,8 @@ function checkCpusExist(ctx: BaseContext, cpus: number[], where: string, online:
   }
 }
 
-function checkOthers(ctx: PlanContext<IsolateConfig>, isolated: number[], own: number[], online: number[]): void {
+/** Refuses what the running VMs forbid; returns the CPUs the host keeps with them all. */
+function checkOthers(ctx: PlanContext<IsolateConfig>, isolated: number[], own: number[], online: number[]): number[] {
   const others = otherVms(ctx);
   // An overlap needs every VM involved to allow it: one VM's author cannot take another's isolated CPUs.
   for (const other of others) {
@@ -113,6 +116,7 @@ function checkOthers(ctx: PlanContext<IsolateConfig>, isolated: number[], own: n
     throw new VmhookError(`CPU isolation would leave the host no CPU${bootIsolatedNote(ctx.host, online)}: this VM isolates ${formatCpuList(isolated)}${running ? `, running VMs ${running}` : ""} (online: ${formatCpuList(online)}); keep at least one CPU for the host`);
   }
   checkPolicyWithOthers(ctx, isolated, usable, others, kept);
+  return kept;
 }
 
 /**
@@ -209,6 +213,8 @@ function check({ host, domain, elements }: CheckContext): Finding[] {
   const atBoot = bootIsolatedNote(host, online);
   if (kept.length === 0) return [fail("isolate", `no CPU would be left for the host (online: ${formatCpuList(online)})${atBoot}`, "leave at least one CPU out of the VM's pinning, or set host-cpus")];
   const findings = [ok("isolate", `VM CPUs ${formatCpuList(pinned) || "(none pinned)"} are online; the host keeps ${formatCpuList(kept)}${atBoot}`)];
+  const split = splitCoresWarning(host, isolated, kept, hostCpus !== undefined);
+  if (split) findings.push(warn("isolate SMT", split.reason, split.fix));
   const irqbalance = irqs ? irqbalanceProblem(host, isolated) : undefined;
   // As prepare: refused, or with required="no" started without moving IRQs.
   if (irqbalance) findings.push((required ? fail : warn)("isolate irqbalance", irqbalance.reason, irqbalance.fix));

@@ -208,6 +208,34 @@ test("cgroup v2 without systemd: processes left in the root cgroup, which no cpu
   assertClean(sim, before);
 });
 
+// SMT: two threads of a core share its execution units and caches; the kernel lists a CPU's threads in topology/thread_siblings_list.
+/** 8 CPUs as 4 cores of two threads, numbered as Linux does on most x86 hosts: CPU N and N+4 are one core. */
+const withSmtPairs = (sim: SimHost) => {
+  for (let cpu = 0; cpu < 8; cpu++) sim.file(`/sys/devices/system/cpu/cpu${cpu}/topology/thread_siblings_list`, `${cpu % 4},${(cpu % 4) + 4}`);
+  return sim;
+};
+const smtWarnings = (sim: SimHost) => (fs.readFileSync(sim.resolve("/var/log/vmhook.log"), "utf8").match(/warn: isolate: CPU .* (shares a core|share cores) .*/g) ?? []);
+
+const SPLIT_CORES: [string, Partial<VmSpec>, string | undefined][] = [
+  ["pinned to one thread of two cores", { pins: ["2", "3"], emulatorpin: "2-3" }, "CPU 2-3 of this VM share cores with CPU 6-7, which the host keeps"],
+  ["pinned to both threads of its cores", { pins: ["2", "3", "6", "7"], emulatorpin: "2-3" }, undefined],
+  ["with host-cpus keeping whole cores", { isolate: 'host-cpus="0-1,4-5"', pins: [], emulatorpin: undefined }, undefined],
+  ["with host-cpus keeping one thread of a core it isolates", { isolate: 'host-cpus="0-1,4-6"', pins: [], emulatorpin: undefined }, "CPU 2 of this VM shares a core with CPU 6, which the host keeps"],
+];
+
+for (const [what, spec, warning] of SPLIT_CORES) {
+  test(`SMT: a VM ${what}: ${warning ? "a warning names the host's threads on the VM's cores" : "no warning"}, and the VM starts`, async () => {
+    const sim = withSmtPairs(cgroupHost());
+    const outcome = await prepare(sim, { ...vmA, ...spec });
+    assert.is(outcome.code, 0, outcome.stderr);
+    const warnings = smtWarnings(sim);
+    if (warning) {
+      assert.is(warnings.length, 1, warnings.join("\n"));
+      assert.match(warnings[0]!, warning);
+    } else assert.equal(warnings, []);
+  });
+}
+
 // irqbalance keeps IRQs off only the CPUs of IRQBALANCE_BANNED_CPUS/_CPULIST, or else those isolcpus= and nohz_full= isolate (setup_banned_cpus):
 // every rebalance may move an IRQ back onto the VM's CPUs.
 const withIrqbalance = (sim: SimHost, environment: string[] = []) =>
