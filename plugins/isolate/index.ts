@@ -14,7 +14,7 @@
 // recomputing without it, which is idempotent by construction.
 import { formatCpuList, parseCpuset, parseKernelCpuList } from "../../lib/cpuset.ts";
 import { attributes } from "../../lib/domain.ts";
-import { ConfigError, VmhookError } from "../../lib/errors.ts";
+import { ConfigError, describeError, VmhookError } from "../../lib/errors.ts";
 import { defineAction, definePlugin, type BaseContext, type CheckContext, type PlanContext, type Step } from "../../lib/plugin.ts";
 import { fail, ok, warn, type Finding } from "../../lib/diagnostics/findings.ts";
 import { howToGetCgroupV2, isolationExample } from "../../lib/host-advice.ts";
@@ -23,7 +23,7 @@ import { allowHint, loadPolicy } from "../../lib/policy.ts";
 import { parseYesNo } from "../../lib/validate.ts";
 import { ACTIONS, checkClaim, claimsOf, otherVms, type Action, type Claim, type OtherVm } from "./claims.ts";
 import { isolatedCpus, nothingIsolated, parse, pinnedCpus, PLUGIN_ID, type IsolateConfig } from "./config.ts";
-import { bootIsolatedNote, CPU_DIR, hostUsableCpus, intersect, onlineCpus, splitCoresWarning, union } from "./cpus.ts";
+import { bootIsolatedNote, CPU_DIR, hostUsableCpus, intersect, onlineCpus, parseCpuText, splitCoresWarning, union } from "./cpus.ts";
 import { hostShortfall } from "./host-minimum.ts";
 import { irqbalanceProblem } from "./irqbalance.ts";
 import { checkOriginals, retune } from "./retune.ts";
@@ -49,8 +49,10 @@ function planPrepare(ctx: PlanContext<IsolateConfig>): Step<Claim>[] {
   const actions: Action[] = [];
   const cgroups = cgroupMechanism(ctx);
   if (typeof cgroups === "string") skipOrFail(ctx, cgroups);
-  else if (cgroups.systemd) actions.push("systemd-allowed-cpus");
-  else {
+  else if (cgroups.systemd) {
+    actions.push("systemd-allowed-cpus");
+    warnOverridingDropIns(ctx, isolated);
+  } else {
     actions.push("cgroup-cpuset");
     warnUnfenced(ctx, isolated);
   }
@@ -172,6 +174,49 @@ function warnUnfenced(ctx: BaseContext, isolated: number[]): void {
   ctx.log.warn(
     `isolate: ${unfenced.length} process(es) in the root cgroup keep running on CPUs ${formatCpuList(isolated)} too, as cgroup v2 cannot restrict the root group: ${named.join(", ")}${unfenced.length > 5 ? ", …" : ""}; start them from a service or session your init puts in a top-level group (or move them: echo PID > ${CGROUP}/GROUP/cgroup.procs)`,
   );
+}
+
+/** The drop-in `systemctl set-property --runtime UNIT AllowedCPUs=` writes. */
+const RUNTIME_DROP_IN = "50-AllowedCPUs.conf";
+
+/**
+ * vmhook's AllowedCPUs lives in a runtime drop-in; a daemon-reload (package
+ * installs run one) applies a unit's drop-ins again in file-name order, one of
+ * the same name in /etc/systemd/system.control hiding vmhook's. An admin's
+ * AllowedCPUs in a drop-in that comes later (systemctl edit's override.conf,
+ * a persistent set-property) then gives the host the VM's CPUs back while it
+ * runs. Said, not refused: until such a reload the isolation holds. What
+ * cannot be listed or read only leaves the warning out.
+ */
+function warnOverridingDropIns(ctx: BaseContext, isolated: number[]): void {
+  let shown: string;
+  try {
+    shown = ctx.run("systemctl", ["show", "-p", "DropInPaths", ...SYSTEMD_UNITS]).stdout;
+  } catch (error) {
+    ctx.log.info(`isolate: could not list the units' drop-ins, which a daemon-reload applies again: ${describeError(error)}`);
+    return;
+  }
+  const blocks = shown.split(/\n\s*\n/);
+  SYSTEMD_UNITS.forEach((unit, index) => {
+    const paths = (/^DropInPaths=(.*)$/m.exec(blocks[index] ?? "")?.[1] ?? "").split(/\s+/).filter((path) => path.startsWith("/"));
+    const later = paths
+      .filter((path) => path !== `/run/systemd/system.control/${unit}.d/${RUNTIME_DROP_IN}` && path.slice(path.lastIndexOf("/") + 1) >= RUNTIME_DROP_IN)
+      .map((path) => ({ path, cpus: allowedCpusIn(readForMessage(ctx.host, path, "")) }))
+      .filter(({ cpus }) => cpus !== undefined)
+      .at(-1);
+    // Empty is "no limit": every CPU.
+    const regained = later && (later.cpus!.length === 0 ? isolated : intersect(isolated, later.cpus!));
+    if (!regained || regained.length === 0) return;
+    ctx.log.warn(
+      `isolate: ${unit}'s AllowedCPUs in ${later.path} takes over from vmhook's at the next systemctl daemon-reload (package installs run one), which gives ${unit} CPU ${formatCpuList(regained)} back while the VM runs; move that AllowedCPUs= line into a drop-in whose name sorts before ${RUNTIME_DROP_IN}, e.g. /etc/systemd/system/${unit}.d/10-allowed-cpus.conf, then systemctl daemon-reload`,
+    );
+  });
+}
+
+/** The CPUs of a unit file's last AllowedCPUs= ([] for an empty one: no limit); undefined when it sets none. */
+function allowedCpusIn(text: string): number[] | undefined {
+  const value = [...text.matchAll(/^\s*AllowedCPUs\s*=(.*)$/gm)].at(-1)?.[1];
+  return value === undefined ? undefined : parseCpuText(value.replace(/,\s+/g, ","));
 }
 
 function governorProblem(ctx: BaseContext, cpus: number[], governor: string): string | undefined {

@@ -65,6 +65,7 @@ test("systemd: AllowedCPUs of system.slice, user.slice and init.scope, previous 
   assert.is(outcome.code, 0, outcome.stderr);
   assert.equal(systemctlCalls(sim), [
     "show -p AllowedCPUs system.slice", // at the checks: this systemd has AllowedCPUs (244 or later)
+    "show -p DropInPaths system.slice user.slice init.scope", // and whether a daemon-reload would undo it
     "show -p AllowedCPUs system.slice",
     "show -p AllowedCPUs user.slice",
     "show -p AllowedCPUs init.scope",
@@ -84,6 +85,30 @@ test("systemd: AllowedCPUs of system.slice, user.slice and init.scope, previous 
   assert.equal(units, { "system.slice": "", "user.slice": "0-5", "init.scope": "0 1 2 3" });
   assertClean(sim, before);
 });
+
+// set-property --runtime writes /run/systemd/system.control/UNIT.d/50-AllowedCPUs.conf; a daemon-reload applies a unit's drop-ins again, in
+// file-name order, one of the same name in /etc/systemd/system.control hiding it.
+const OVERRIDING_DROP_INS: [string, string, string | undefined][] = [
+  ["systemctl edit's override.conf, which sorts after it", "/etc/systemd/system/system.slice.d/override.conf", "/etc/systemd/system/system.slice.d/override.conf"],
+  ["a persistent systemctl set-property, of the same name in a higher directory", "/etc/systemd/system.control/system.slice.d/50-AllowedCPUs.conf", "/etc/systemd/system.control/system.slice.d/50-AllowedCPUs.conf"],
+  ["a drop-in that sorts before it", "/etc/systemd/system/system.slice.d/10-cpus.conf", undefined],
+  ["a later drop-in that keeps the host off the VM's CPUs itself", "/etc/systemd/system/system.slice.d/override.conf:0-1", undefined],
+];
+
+for (const [what, path, named] of OVERRIDING_DROP_INS) {
+  test(`systemd: the admin's AllowedCPUs in ${what}: ${named ? "a warning says a daemon-reload gives the host the VM's CPUs back, and how to avoid it" : "no warning"}`, async () => {
+    const { sim } = systemdHost({ "system.slice": "0-7" });
+    const [file, cpus] = path.split(":");
+    sim.file(file!, `[Slice]\nAllowedCPUs=${cpus ?? ""}\n`).file("/etc/systemd/system/user.slice.d/limits.conf", "[Slice]\nMemoryHigh=8G\n");
+    const outcome = await prepare(sim, vmA);
+    assert.is(outcome.code, 0, outcome.stderr);
+    const warnings = fs.readFileSync(sim.resolve("/var/log/vmhook.log"), "utf8").match(/warn: isolate: .*daemon-reload.*/g) ?? [];
+    if (!named) return assert.equal(warnings, []);
+    assert.is(warnings.length, 1, warnings.join("\n"));
+    assert.match(warnings[0]!, `system.slice's AllowedCPUs in ${named} takes over from vmhook's at the next systemctl daemon-reload`);
+    assert.match(warnings[0]!, "/etc/systemd/system/system.slice.d/10-allowed-cpus.conf");
+  });
+}
 
 test("systemd: a failing systemctl aborts the start and the units get their values back", async () => {
   const { sim, units } = systemdHost({ "system.slice": "0-7" });
