@@ -171,6 +171,21 @@ test("cgroup v2 without systemd: +cpuset in the root, cpuset.cpus of host groups
   assertClean(sim, before);
 });
 
+// Without systemd libvirt puts a domain with <resource><partition>/vms</partition> in /sys/fs/cgroup/vms.partition (virCgroupSetPartitionSuffix),
+// which stays after the VM: narrowing it would move every VM started there onto the host's CPUs.
+test("cgroup v2 without systemd: libvirt's partition groups (<resource><partition>: NAME.partition) are VMs', left alone", async () => {
+  const sim = cgroupHost();
+  sim.file("/sys/fs/cgroup/vms.partition/cgroup.procs", "");
+  const before = sim.snapshot();
+  const outcome = await prepare(sim, vmA);
+  assert.is(outcome.code, 0, outcome.stderr);
+  assert.is(read(sim, "/sys/fs/cgroup/user/cpuset.cpus"), "0-1,4-7");
+  assert.is(read(sim, "/sys/fs/cgroup/vms.partition/cpuset.cpus"), "");
+  assert.not.ok(sim.writes.some((w) => w.path.startsWith("/sys/fs/cgroup/vms.partition/")));
+  assert.is((await release(sim, vmA)).code, 0);
+  assertClean(sim, before);
+});
+
 test("cgroup v2 without systemd: cpuset already enabled and a group's own cpuset.cpus narrowed, then restored", async () => {
   const sim = cgroupHost();
   sim.file("/sys/fs/cgroup/cgroup.subtree_control", "cpuset cpu");
