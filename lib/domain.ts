@@ -73,6 +73,12 @@ export interface Domain {
   numaCells: NumaCell[];
   memoryDevices: MemoryDevice[];
   cputune: { vcpupins: number[][]; emulatorpin?: number[]; iothreadpins: number[][] };
+  /**
+   * <vcpu cpuset>: where libvirt runs every vCPU, the emulator and each I/O
+   * thread that has no pin of its own; undefined with placement 'auto', where
+   * libvirt ignores it for numad's choice.
+   */
+  vcpuCpuset?: number[];
   hostdevs: (PciHostdev | MdevHostdev)[];
   interfaces: NetworkInterface[];
   /** The <vmhook:hooks> element, if the domain has one. */
@@ -183,6 +189,9 @@ export function parseDomain(xml: string, what = "domain XML"): Domain {
     : memoryKiB;
   const vcpuText = text(document, "domain", "vcpu");
   const vcpus = vcpuText ? parseInteger(vcpuText, "<vcpu>", "value", 1, 16384) : 1;
+  const vcpuElement = first(document, "domain", "vcpu");
+  const vcpuCpusetText = attr(vcpuElement, "placement") === "auto" ? undefined : attr(vcpuElement, "cpuset");
+  const vcpuCpuset = vcpuCpusetText !== undefined ? parseCpuset(vcpuCpusetText, "<vcpu>", "cpuset") : undefined;
 
   return {
     name,
@@ -206,6 +215,7 @@ export function parseDomain(xml: string, what = "domain XML"): Domain {
         parseCpuset(attr(pin, "cpuset") ?? "", "<cputune><iothreadpin>", "cpuset"),
       ),
     },
+    ...(vcpuCpuset ? { vcpuCpuset } : {}),
     hostdevs: parseHostdevs(document),
     interfaces: parseInterfaces(document),
     metadata: parseMetadata(document, name),

@@ -12,7 +12,7 @@ import { iommuGroupMembers, pciIommuGroup, slotFunctions } from "../lib/pci.ts";
 import { allowHint, DEFAULT_UNITS, formatSpan, moduleAllowed, normalUnit, type PortSpan } from "../lib/policy.ts";
 import type { ForwardConfig } from "./forward/config.ts";
 import type { HugepagesConfig } from "./hugepages.ts";
-import { isolatedCpus, PLUGIN_ID as ISOLATE_ID, type IsolateConfig } from "./isolate/config.ts";
+import { isolatedCpus, PINS, PLUGIN_ID as ISOLATE_ID, type IsolateConfig } from "./isolate/config.ts";
 import { bootIsolatedNote, hostUsableCpus } from "./isolate/cpus.ts";
 import { hostShortfall } from "./isolate/host-minimum.ts";
 import { checkOriginals } from "./isolate/retune.ts";
@@ -97,7 +97,7 @@ function authorizeIsolate(config: IsolateConfig, { policy, host, element }: Poli
   // While another VM runs, its irqs="yes" may have moved the console's IRQs: judged where the host had them.
   const shortfall = hostShortfall(policy.isolate, host, usable, kept, () => sharedState.read(host, ISOLATE_ID, checkOriginals));
   if (!shortfall) return;
-  const what = config.hostCpus ? `host-cpus="${formatCpuList(config.hostCpus)}"` : `pinning CPUs ${formatCpuList(config.pinned)} in <cputune>`;
+  const what = config.hostCpus ? `host-cpus="${formatCpuList(config.hostCpus)}"` : `pinning CPUs ${formatCpuList(config.pinned)} (${PINS})`;
   const keeps = `leaves the host ${kept.length > 0 ? `only CPU ${formatCpuList(kept)}` : "no online CPU"}${bootIsolatedNote(host, online)}`;
   throw new ConfigError(element, `${what} ${keeps}, ${shortfall.reason}; ${shortfall.remedy}, or ${allowHint(policy, shortfall.change)}`);
 }

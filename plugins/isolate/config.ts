@@ -13,7 +13,7 @@ export const ATTRIBUTES = ["host-cpus", "governor", "workqueues", "irqs", "requi
 export interface IsolateConfig {
   /** host-cpus as written; undefined: all online CPUs minus the pinned ones. */
   hostCpus?: number[];
-  /** Every CPU in <cputune> vcpupin, emulatorpin and iothreadpin. */
+  /** Every CPU the domain pins a thread to (pinnedCpus). */
   pinned: number[];
   governor?: string;
   workqueues: boolean;
@@ -25,21 +25,32 @@ export interface IsolateConfig {
   element: string;
 }
 
+/** Where messages say the domain pins its CPUs. */
+export const PINS = "<cputune> or <vcpu cpuset>";
+
+/**
+ * Every CPU the domain pins a thread to: <cputune>'s vcpupin, emulatorpin and
+ * iothreadpin, and <vcpu cpuset>, where libvirt runs each thread without a pin
+ * of its own (the emulator's, an unpinned vCPU's or I/O thread's).
+ */
+export function pinnedCpus(domain: Domain): number[] {
+  const { vcpupins, emulatorpin, iothreadpins } = domain.cputune;
+  return union([...vcpupins, emulatorpin ?? [], ...iothreadpins, domain.vcpuCpuset ?? []]);
+}
 
 export function parse(elements: XmlElement[], domain: Domain): IsolateConfig {
   const element = single(elements);
   const where = describeElement(element);
   const attrs = readAttributes(element, ATTRIBUTES);
-  const { vcpupins, emulatorpin, iothreadpins } = domain.cputune;
-  const pinned = union([...vcpupins, emulatorpin ?? [], ...iothreadpins]);
+  const pinned = pinnedCpus(domain);
   const hostCpus = attrs["host-cpus"] !== undefined ? parseCpuset(attrs["host-cpus"], where, "host-cpus") : undefined;
 
   if (!hostCpus && pinned.length === 0) {
-    throw new ConfigError(where, `has no host-cpus and the domain pins no CPUs in <cputune>, so vmhook cannot tell which CPUs are the VM's; pin them with <vcpupin> in <cputune>, or set host-cpus (vmhook doctor VM suggests CPUs that exist on this host)`);
+    throw new ConfigError(where, `has no host-cpus and the domain pins no CPUs (${PINS}), so vmhook cannot tell which CPUs are the VM's; pin them with <vcpupin> in <cputune>, or set host-cpus (vmhook doctor VM suggests CPUs that exist on this host)`);
   }
   const shared = hostCpus ? intersect(hostCpus, pinned) : [];
   if (shared.length > 0) {
-    throw new ConfigError(where, `host-cpus="${attrs["host-cpus"]}" includes CPU ${formatCpuList(shared)}, which <cputune> pins the VM to; keep the VM's CPUs out of host-cpus`);
+    throw new ConfigError(where, `host-cpus="${attrs["host-cpus"]}" includes CPU ${formatCpuList(shared)}, which the domain pins the VM to (${PINS}); keep the VM's CPUs out of host-cpus`);
   }
   const governor = attrs.governor?.trim();
   if (governor !== undefined && !/^[a-z][a-z0-9_]{0,31}$/.test(governor)) {

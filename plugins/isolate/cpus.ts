@@ -32,6 +32,33 @@ export function bootIsolatedNote(host: Host, online: number[]): string {
   return isolated.length > 0 ? ` (CPU ${formatCpuList(isolated)} isolated at boot by isolcpus=, where the host never runs)` : "";
 }
 
+/**
+ * The VM's CPUs (`isolated`) whose core has another thread among the CPUs the
+ * host keeps (`kept`), and those threads: SMT siblings share the core's
+ * execution units and caches, so host work there still slows the VM.
+ */
+export function splitCores(host: Host, isolated: number[], kept: number[]): { vm: number[]; host: number[] } {
+  const vm: number[] = [];
+  const hostThreads = new Set<number>();
+  for (const cpu of isolated) {
+    const siblings = parseKernelCpuList(host.readTrimmed(`${CPU_DIR}/cpu${cpu}/topology/thread_siblings_list`) ?? "").filter((sibling) => kept.includes(sibling));
+    if (siblings.length > 0) vm.push(cpu);
+    for (const sibling of siblings) hostThreads.add(sibling);
+  }
+  return { vm, host: union([[...hostThreads]]) };
+}
+
+/** For a warning: the VM's CPUs on cores whose other thread the host keeps, and the fix; undefined when none. */
+export function splitCoresWarning(host: Host, isolated: number[], kept: number[], hostCpusGiven: boolean): { reason: string; fix: string } | undefined {
+  const split = splitCores(host, isolated, kept);
+  if (split.vm.length === 0) return undefined;
+  const [vm, hostThreads] = [formatCpuList(split.vm), formatCpuList(split.host)];
+  return {
+    reason: `CPU ${vm} of this VM ${split.vm.length > 1 ? "share cores" : "shares a core"} with CPU ${hostThreads}, which the host keeps (SMT threads, ${CPU_DIR}/cpuN/topology/thread_siblings_list): host work there slows the VM on those cores`,
+    fix: hostCpusGiven ? `leave CPU ${hostThreads} out of host-cpus too` : `give the VM whole cores: pin it to CPU ${hostThreads} as well (its emulatorpin or more vCPUs)`,
+  };
+}
+
 /** A CPU list as the kernel ("0-3,8") or older systemd ("0 1 2 3") writes it. */
 export function parseCpuText(text: string): number[] {
   return parseKernelCpuList(text.trim().replace(/\s+/g, ","));

@@ -14,16 +14,18 @@
 // recomputing without it, which is idempotent by construction.
 import { formatCpuList, parseCpuset, parseKernelCpuList } from "../../lib/cpuset.ts";
 import { attributes } from "../../lib/domain.ts";
-import { ConfigError, VmhookError } from "../../lib/errors.ts";
+import { ConfigError, describeError, VmhookError } from "../../lib/errors.ts";
 import { defineAction, definePlugin, type BaseContext, type CheckContext, type PlanContext, type Step } from "../../lib/plugin.ts";
-import { fail, ok, type Finding } from "../../lib/diagnostics/findings.ts";
+import { fail, ok, warn, type Finding } from "../../lib/diagnostics/findings.ts";
 import { howToGetCgroupV2, isolationExample } from "../../lib/host-advice.ts";
 import { readForMessage } from "../../lib/host.ts";
 import { allowHint, loadPolicy } from "../../lib/policy.ts";
+import { parseYesNo } from "../../lib/validate.ts";
 import { ACTIONS, checkClaim, claimsOf, otherVms, type Action, type Claim, type OtherVm } from "./claims.ts";
-import { isolatedCpus, nothingIsolated, parse, PLUGIN_ID, type IsolateConfig } from "./config.ts";
-import { bootIsolatedNote, CPU_DIR, hostUsableCpus, intersect, onlineCpus, union } from "./cpus.ts";
+import { isolatedCpus, nothingIsolated, parse, pinnedCpus, PLUGIN_ID, type IsolateConfig } from "./config.ts";
+import { bootIsolatedNote, CPU_DIR, hostUsableCpus, intersect, onlineCpus, parseCpuText, splitCoresWarning, union } from "./cpus.ts";
 import { hostShortfall } from "./host-minimum.ts";
+import { irqbalanceProblem } from "./irqbalance.ts";
 import { checkOriginals, retune } from "./retune.ts";
 import { CGROUP, SETTINGS, SYSTEMD_UNITS, WORKQUEUE_MASK } from "./settings.ts";
 
@@ -33,20 +35,24 @@ function planPrepare(ctx: PlanContext<IsolateConfig>): Step<Claim>[] {
   const { config } = ctx;
   const online = onlineCpus(ctx);
   checkCpusExist(ctx, config.hostCpus ?? [], `${config.element} host-cpus`, online);
-  checkCpusExist(ctx, config.pinned, "<cputune> (vcpupin, emulatorpin, iothreadpin)", online);
+  checkCpusExist(ctx, config.pinned, "<cputune> (vcpupin, emulatorpin, iothreadpin) and <vcpu cpuset>", online);
   const isolated = isolatedCpus(config.hostCpus, config.pinned, online);
   if (isolated.length === 0) {
     const { reason, fix } = nothingIsolated(config.hostCpus!, online);
     throw new ConfigError(config.element, `${reason}; ${fix}`);
   }
   const own = config.pinned.length > 0 ? config.pinned : isolated;
-  checkOthers(ctx, isolated, own, online);
+  const kept = checkOthers(ctx, isolated, own, online);
+  const split = splitCoresWarning(ctx.host, isolated, kept, config.hostCpus !== undefined);
+  if (split) ctx.log.warn(`isolate: ${split.reason}; ${split.fix}`);
 
   const actions: Action[] = [];
   const cgroups = cgroupMechanism(ctx);
   if (typeof cgroups === "string") skipOrFail(ctx, cgroups);
-  else if (cgroups.systemd) actions.push("systemd-allowed-cpus");
-  else {
+  else if (cgroups.systemd) {
+    actions.push("systemd-allowed-cpus");
+    warnOverridingDropIns(ctx, isolated);
+  } else {
     actions.push("cgroup-cpuset");
     warnUnfenced(ctx, isolated);
   }
@@ -54,7 +60,11 @@ function planPrepare(ctx: PlanContext<IsolateConfig>): Step<Claim>[] {
     if (ctx.host.exists(WORKQUEUE_MASK)) actions.push("workqueue-mask");
     else skipOrFail(ctx, `workqueues="yes", but this kernel has no ${WORKQUEUE_MASK} (Linux 4.2 or later has it)`);
   }
-  if (config.irqs) actions.push("irq-affinity");
+  if (config.irqs) {
+    const problem = irqbalanceProblem(ctx.host, isolated);
+    if (problem) skipOrFail(ctx, `${problem.reason}; ${problem.fix}`);
+    else actions.push("irq-affinity");
+  }
   if (config.governor) {
     const problem = governorProblem(ctx, own, config.governor);
     if (problem) skipOrFail(ctx, problem);
@@ -85,7 +95,8 @@ function checkCpusExist(ctx: BaseContext, cpus: number[], where: string, online:
   }
 }
 
-function checkOthers(ctx: PlanContext<IsolateConfig>, isolated: number[], own: number[], online: number[]): void {
+/** Refuses what the running VMs forbid; returns the CPUs the host keeps with them all. */
+function checkOthers(ctx: PlanContext<IsolateConfig>, isolated: number[], own: number[], online: number[]): number[] {
   const others = otherVms(ctx);
   // An overlap needs every VM involved to allow it: one VM's author cannot take another's isolated CPUs.
   for (const other of others) {
@@ -107,6 +118,7 @@ function checkOthers(ctx: PlanContext<IsolateConfig>, isolated: number[], own: n
     throw new VmhookError(`CPU isolation would leave the host no CPU${bootIsolatedNote(ctx.host, online)}: this VM isolates ${formatCpuList(isolated)}${running ? `, running VMs ${running}` : ""} (online: ${formatCpuList(online)}); keep at least one CPU for the host`);
   }
   checkPolicyWithOthers(ctx, isolated, usable, others, kept);
+  return kept;
 }
 
 /**
@@ -164,6 +176,49 @@ function warnUnfenced(ctx: BaseContext, isolated: number[]): void {
   );
 }
 
+/** The drop-in `systemctl set-property --runtime UNIT AllowedCPUs=` writes. */
+const RUNTIME_DROP_IN = "50-AllowedCPUs.conf";
+
+/**
+ * vmhook's AllowedCPUs lives in a runtime drop-in; a daemon-reload (package
+ * installs run one) applies a unit's drop-ins again in file-name order, one of
+ * the same name in /etc/systemd/system.control hiding vmhook's. An admin's
+ * AllowedCPUs in a drop-in that comes later (systemctl edit's override.conf,
+ * a persistent set-property) then gives the host the VM's CPUs back while it
+ * runs. Said, not refused: until such a reload the isolation holds. What
+ * cannot be listed or read only leaves the warning out.
+ */
+function warnOverridingDropIns(ctx: BaseContext, isolated: number[]): void {
+  let shown: string;
+  try {
+    shown = ctx.run("systemctl", ["show", "-p", "DropInPaths", ...SYSTEMD_UNITS]).stdout;
+  } catch (error) {
+    ctx.log.info(`isolate: could not list the units' drop-ins, which a daemon-reload applies again: ${describeError(error)}`);
+    return;
+  }
+  const blocks = shown.split(/\n\s*\n/);
+  SYSTEMD_UNITS.forEach((unit, index) => {
+    const paths = (/^DropInPaths=(.*)$/m.exec(blocks[index] ?? "")?.[1] ?? "").split(/\s+/).filter((path) => path.startsWith("/"));
+    const later = paths
+      .filter((path) => path !== `/run/systemd/system.control/${unit}.d/${RUNTIME_DROP_IN}` && path.slice(path.lastIndexOf("/") + 1) >= RUNTIME_DROP_IN)
+      .map((path) => ({ path, cpus: allowedCpusIn(readForMessage(ctx.host, path, "")) }))
+      .filter(({ cpus }) => cpus !== undefined)
+      .at(-1);
+    // Empty is "no limit": every CPU.
+    const regained = later && (later.cpus!.length === 0 ? isolated : intersect(isolated, later.cpus!));
+    if (!regained || regained.length === 0) return;
+    ctx.log.warn(
+      `isolate: ${unit}'s AllowedCPUs in ${later.path} takes over from vmhook's at the next systemctl daemon-reload (package installs run one), which gives ${unit} CPU ${formatCpuList(regained)} back while the VM runs; move that AllowedCPUs= line into a drop-in whose name sorts before ${RUNTIME_DROP_IN}, e.g. /etc/systemd/system/${unit}.d/10-allowed-cpus.conf, then systemctl daemon-reload`,
+    );
+  });
+}
+
+/** The CPUs of a unit file's last AllowedCPUs= ([] for an empty one: no limit); undefined when it sets none. */
+function allowedCpusIn(text: string): number[] | undefined {
+  const value = [...text.matchAll(/^\s*AllowedCPUs\s*=(.*)$/gm)].at(-1)?.[1];
+  return value === undefined ? undefined : parseCpuText(value.replace(/,\s+/g, ","));
+}
+
 function governorProblem(ctx: BaseContext, cpus: number[], governor: string): string | undefined {
   for (const cpu of cpus) {
     const available = ctx.host.readTrimmed(`${CPU_DIR}/cpu${cpu}/cpufreq/scaling_available_governors`);
@@ -177,11 +232,15 @@ function governorProblem(ctx: BaseContext, cpus: number[], governor: string): st
 /** `vmhook doctor`: the VM's CPUs are online and the host keeps at least one. */
 function check({ host, domain, elements }: CheckContext): Finding[] {
   const online = parseKernelCpuList(host.readTrimmed("/sys/devices/system/cpu/online") ?? "");
-  const pinned = [...new Set([...domain.cputune.vcpupins.flat(), ...(domain.cputune.emulatorpin ?? []), ...domain.cputune.iothreadpins.flat()])].sort((a, b) => a - b);
+  const pinned = pinnedCpus(domain);
   let hostCpus: number[] | undefined;
+  let irqs: boolean;
+  let required: boolean;
   try {
-    const value = attributes(elements[0]!)["host-cpus"];
-    hostCpus = value !== undefined ? parseCpuset(value, "<vmhook:isolate>", "host-cpus") : undefined;
+    const attrs = attributes(elements[0]!);
+    hostCpus = attrs["host-cpus"] !== undefined ? parseCpuset(attrs["host-cpus"], "<vmhook:isolate>", "host-cpus") : undefined;
+    irqs = parseYesNo(attrs.irqs, "<vmhook:isolate>", "irqs", false);
+    required = parseYesNo(attrs.required, "<vmhook:isolate>", "required", true);
   } catch {
     return []; // reported by the config check
   }
@@ -198,7 +257,13 @@ function check({ host, domain, elements }: CheckContext): Finding[] {
   const kept = hostUsableCpus(host, online).filter((cpu) => !isolated.includes(cpu));
   const atBoot = bootIsolatedNote(host, online);
   if (kept.length === 0) return [fail("isolate", `no CPU would be left for the host (online: ${formatCpuList(online)})${atBoot}`, "leave at least one CPU out of the VM's pinning, or set host-cpus")];
-  return [ok("isolate", `VM CPUs ${formatCpuList(pinned) || "(none pinned)"} are online; the host keeps ${formatCpuList(kept)}${atBoot}`)];
+  const findings = [ok("isolate", `VM CPUs ${formatCpuList(pinned) || "(none pinned)"} are online; the host keeps ${formatCpuList(kept)}${atBoot}`)];
+  const split = splitCoresWarning(host, isolated, kept, hostCpus !== undefined);
+  if (split) findings.push(warn("isolate SMT", split.reason, split.fix));
+  const irqbalance = irqs ? irqbalanceProblem(host, isolated) : undefined;
+  // As prepare: refused, or with required="no" started without moving IRQs.
+  if (irqbalance) findings.push((required ? fail : warn)("isolate irqbalance", irqbalance.reason, irqbalance.fix));
+  return findings;
 }
 
 /**

@@ -26,8 +26,9 @@ export interface Setting {
 
 // systemd owns the cgroup tree: ask it. machine.slice, where libvirt puts VMs, is never touched.
 export const SYSTEMD_UNITS = ["system.slice", "user.slice", "init.scope"];
-// Without systemd: the VMs' top-level groups (systemd-style and libvirt's own names) are left alone.
-export const isVmGroup = (name: string) => name === "machine.slice" || name === "machine" || name.includes("libvirt");
+// Without systemd: the VMs' top-level groups (systemd-style and libvirt's own names) are left alone,
+// <resource><partition>s among them: libvirt names /vms "vms.partition" (virCgroupSetPartitionSuffix).
+export const isVmGroup = (name: string) => name === "machine.slice" || name === "machine" || name.endsWith(".partition") || name.includes("libvirt");
 export const CGROUP = "/sys/fs/cgroup";
 export const WORKQUEUE_MASK = "/sys/devices/virtual/workqueue/cpumask";
 // The mask IRQs get when they are set up later, e.g. those of the devices QEMU opens (kernel IRQ-affinity docs).

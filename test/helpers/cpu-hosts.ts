@@ -48,6 +48,7 @@ export function systemdAllowedCpus(sim: SimHost, allowed: Record<string, string>
   const other = sim.execHandler("systemctl");
   sim.onExec("systemctl", (args, host, options) => {
     if (args[0] === "show" && args[2] === "AllowedCPUs") return { stdout: `AllowedCPUs=${units[args[3]!] ?? ""}\n` };
+    if (args[0] === "show" && args[2] === "DropInPaths") return { stdout: args.slice(3).map((unit) => `DropInPaths=${dropInPaths(host as SimHost, unit).join(" ")}\n`).join("\n") };
     if (args[0] === "set-property") {
       keep(args[2]!, args[3]!.replace(/^AllowedCPUs=/, ""));
       return {};
@@ -55,6 +56,19 @@ export function systemdAllowedCpus(sim: SimHost, allowed: Record<string, string>
     return other ? other(args, host, options) : { status: 1, stderr: `unexpected systemctl ${args.join(" ")}` };
   });
   return units;
+}
+
+/** The drop-in directories systemd reads a unit's from, highest priority first (a subset of its search path). */
+const DROP_IN_DIRS = ["/etc/systemd/system.control", "/run/systemd/system.control", "/etc/systemd/system", "/run/systemd/system", "/usr/lib/systemd/system"];
+
+/** As systemctl show -p DropInPaths: the unit's drop-ins in the order systemd applies them (by file name; of two of one name, the higher directory's). */
+function dropInPaths(sim: SimHost, unit: string): string[] {
+  const byName = new Map<string, string>();
+  for (const dir of DROP_IN_DIRS) {
+    if (!sim.exists(`${dir}/${unit}.d`)) continue;
+    for (const name of sim.list(`${dir}/${unit}.d`)) if (name.endsWith(".conf") && !byName.has(name)) byName.set(name, `${dir}/${unit}.d/${name}`);
+  }
+  return [...byName.keys()].sort().map((name) => byName.get(name)!);
 }
 
 /** No systemd: busybox init, a cgroup tree with host groups and libvirt's machine group. */

@@ -160,7 +160,7 @@ it("a VM pinned to a CPU taken offline is refused, naming the CPU and the online
     await guest!.ok(`sed -e 's/vmA/vmD/; s/aaaaaaaa/dddddddd/; s/cpuset="2"/cpuset="1"/g' /tmp/vmA.xml > /tmp/vmD.xml`);
     const result = await guest!.sh("/etc/libvirt/hooks/qemu vmD prepare begin - < /tmp/vmD.xml");
     assert.is(result.code, 1);
-    assert.match(result.stdout.split("\n")[0]!, /<cputune> \(vcpupin, emulatorpin, iothreadpin\): CPU 1 is offline \(online: 0,2-3\)/);
+    assert.match(result.stdout.split("\n")[0]!, /<cputune> \(vcpupin, emulatorpin, iothreadpin\) and <vcpu cpuset>: CPU 1 is offline \(online: 0,2-3\)/);
     assert.is((await guest!.ok("find /run/vmhook -name '*.json'")).trim(), "");
   } finally {
     await guest!.ok("echo 1 > /sys/devices/system/cpu/cpu1/online");

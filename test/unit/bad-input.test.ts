@@ -75,7 +75,7 @@ const MISTAKES: Record<string, Mistake[]> = {
     { hooks: `<vmhook:isolate host-cpus="0 1"/>`, says: `host-cpus="0 1" has "0 1", which is not a CPU`, fix: "write CPUs as a list like 0-3,8,^2" },
     { hooks: `<vmhook:isolate host-cpus="a-b"/>`, says: `host-cpus="a-b" has "a-b"`, fix: "write CPUs as a list like 0-3,8,^2" },
     { hooks: `<vmhook:isolate host-cpus="99999"/>`, says: `host-cpus="99999" names CPU 99999, beyond the largest possible`, fix: "write CPUs as a list like 0-3,8,^2" },
-    { hooks: `<vmhook:isolate host-cpus="0-3"/>`, says: `host-cpus="0-3" includes CPU 2-3, which <cputune> pins the VM to`, fix: "keep the VM's CPUs out of host-cpus" },
+    { hooks: `<vmhook:isolate host-cpus="0-3"/>`, says: `host-cpus="0-3" includes CPU 2-3, which the domain pins the VM to (<cputune> or <vcpu cpuset>)`, fix: "keep the VM's CPUs out of host-cpus" },
     { hooks: `<vmhook:isolate governor="Performance"/>`, says: `governor="Performance" is not a cpufreq governor name`, fix: "scaling_available_governors" },
     { hooks: `<vmhook:isolate irqs="maybe"/>`, says: `irqs="maybe"`, fix: "must be yes or no" },
     { hooks: `<vmhook:isolate required=""/>`, says: `required=""`, fix: "must be yes or no" },

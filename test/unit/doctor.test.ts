@@ -374,6 +374,31 @@ test("isolate: CPUs isolated at boot (isolcpus=) are not named as the host's, an
   sim.cleanup();
 });
 
+test('isolate: irqs="yes" with an irqbalance that may put IRQs back on the VM\'s CPUs fails, as prepare refuses it (with required="no", a warning)', async () => {
+  const sim = desktopHost().file("/proc/905/comm", "irqbalance").file("/proc/905/environ", "IRQBALANCE_BANNED_CPULIST=7\0");
+  const pins = "<cputune><vcpupin vcpu='0' cpuset='6'/><vcpupin vcpu='1' cpuset='7'/></cputune>";
+  const refused = await doctor(sim, domainXml({ metadata: '<vmhook:isolate irqs="yes"/>', extra: pins }));
+  assert.equal([refused.domain("isolate irqbalance").status, refused.domain("isolate irqbalance").reason.split(" when")[0]], ["fail", 'irqs="yes", but irqbalance (pid 905) runs and moves IRQs back onto CPU 6']);
+  assert.match(refused.domain("isolate irqbalance").fix!, "IRQBALANCE_BANNED_CPULIST=6-7");
+  const warned = await doctor(sim, domainXml({ metadata: '<vmhook:isolate irqs="yes" required="no"/>', extra: pins }));
+  assert.is(warned.domain("isolate irqbalance").status, "warn");
+  const without = await doctor(sim, domainXml({ metadata: "<vmhook:isolate/>", extra: pins }));
+  assert.not.ok(without.report.domain!.findings.some((finding) => finding.check === "isolate irqbalance"), "irqs not asked for: irqbalance is no matter");
+  sim.cleanup();
+});
+
+test("isolate: a VM on one thread of a core whose other thread the host keeps (SMT) gets a warning naming both and the fix", async () => {
+  const sim = desktopHost();
+  for (let cpu = 0; cpu < 8; cpu++) sim.file(`/sys/devices/system/cpu/cpu${cpu}/topology/thread_siblings_list`, `${cpu % 4},${(cpu % 4) + 4}`);
+  const pins = (cpus: number[]) => `<cputune>${cpus.map((cpu, vcpu) => `<vcpupin vcpu='${vcpu}' cpuset='${cpu}'/>`).join("")}</cputune>`;
+  const split = await doctor(sim, domainXml({ metadata: "<vmhook:isolate/>", extra: pins([2, 3]) }));
+  assert.equal([split.domain("isolate SMT").status, split.domain("isolate SMT").reason.split(" (")[0]], ["warn", "CPU 2-3 of this VM share cores with CPU 6-7, which the host keeps"]);
+  assert.match(split.domain("isolate SMT").fix!, "pin it to CPU 6-7 as well");
+  const whole = await doctor(sim, domainXml({ metadata: "<vmhook:isolate/>", extra: pins([2, 3, 6, 7]) }));
+  assert.not.ok(whole.report.domain!.findings.some((finding) => finding.check === "isolate SMT"));
+  sim.cleanup();
+});
+
 test("isolate: host-cpus that keeps every online CPU fails, as prepare refuses it (nothing would be isolated)", async () => {
   const sim = desktopHost();
   const { domain } = await doctor(sim, domainXml({ metadata: '<vmhook:isolate host-cpus="0-7"/>' }));

@@ -13,7 +13,7 @@ const FULL = `<domain type='kvm' xmlns:qemu='http://libvirt.org/schemas/domain/q
   <uuid> ${UUID} </uuid>
   <memory unit='GiB'>4</memory>
   <currentMemory unit='MiB'>2048</currentMemory>
-  <vcpu placement='static'>4</vcpu>
+  <vcpu placement='static' cpuset='5-7,^6'>4</vcpu>
   <memoryBacking><hugepages><page size='2' unit='MiB' nodeset='0'/><page size='1048576'/></hugepages></memoryBacking>
   <numatune><memory mode='preferred' nodeset='0-1'/><memnode cellid='1' mode='strict' nodeset='1'/></numatune>
   <cputune><vcpupin vcpu='0' cpuset='2'/><vcpupin vcpu='1' cpuset='3-4'/><emulatorpin cpuset='0'/><iothreadpin iothread='1' cpuset='1'/></cputune>
@@ -45,6 +45,7 @@ test("every part vmhook reads, in document order, across repeated parents", () =
   assert.equal(domain.memnodes, [{ cellid: 1, mode: "strict", nodeset: [1] }]);
   assert.equal(domain.numaCells, [{ id: 0, memoryKiB: 2 * 1024 * 1024 }, { id: 1, memoryKiB: 2048 * 1024 }]);
   assert.equal(domain.cputune, { vcpupins: [[2], [3, 4]], emulatorpin: [0], iothreadpins: [[1]] });
+  assert.equal(domain.vcpuCpuset, [5, 7]);
   // The storage hostdev (not mode='subsystem') and the one in another namespace are not vmhook's.
   assert.equal(domain.hostdevs, [
     { type: "pci", address: "0000:01:00.1", managed: true },

@@ -31,13 +31,15 @@ interface VmSpec {
   /** One cpuset per vcpupin. */
   pins?: string[];
   emulatorpin?: string;
+  /** <vcpu cpuset>: libvirt's CPUs for every vCPU, emulator and I/O thread without a pin of its own. */
+  vcpuCpuset?: string;
 }
 
 function domainXml(vm: VmSpec): string {
   const pins = (vm.pins ?? []).map((cpuset, vcpu) => `<vcpupin vcpu="${vcpu}" cpuset="${cpuset}"/>`).join("");
   const emulator = vm.emulatorpin ? `<emulatorpin cpuset="${vm.emulatorpin}"/>` : "";
   return `<domain type="kvm"><name>${vm.name}</name><uuid>${vm.uuid}</uuid><memory unit="MiB">512</memory>
-  <vcpu>${Math.max(1, vm.pins?.length ?? 1)}</vcpu><cputune>${pins}${emulator}</cputune>
+  <vcpu${vm.vcpuCpuset ? ` cpuset="${vm.vcpuCpuset}"` : ""}>${Math.max(1, vm.pins?.length ?? 1)}</vcpu><cputune>${pins}${emulator}</cputune>
   <metadata><vmhook:hooks xmlns:vmhook="urn:vmhook:1"><vmhook:isolate ${vm.isolate}/></vmhook:hooks></metadata></domain>`;
 }
 
@@ -63,6 +65,7 @@ test("systemd: AllowedCPUs of system.slice, user.slice and init.scope, previous 
   assert.is(outcome.code, 0, outcome.stderr);
   assert.equal(systemctlCalls(sim), [
     "show -p AllowedCPUs system.slice", // at the checks: this systemd has AllowedCPUs (244 or later)
+    "show -p DropInPaths system.slice user.slice init.scope", // and whether a daemon-reload would undo it
     "show -p AllowedCPUs system.slice",
     "show -p AllowedCPUs user.slice",
     "show -p AllowedCPUs init.scope",
@@ -83,6 +86,30 @@ test("systemd: AllowedCPUs of system.slice, user.slice and init.scope, previous 
   assertClean(sim, before);
 });
 
+// set-property --runtime writes /run/systemd/system.control/UNIT.d/50-AllowedCPUs.conf; a daemon-reload applies a unit's drop-ins again, in
+// file-name order, one of the same name in /etc/systemd/system.control hiding it.
+const OVERRIDING_DROP_INS: [string, string, string | undefined][] = [
+  ["systemctl edit's override.conf, which sorts after it", "/etc/systemd/system/system.slice.d/override.conf", "/etc/systemd/system/system.slice.d/override.conf"],
+  ["a persistent systemctl set-property, of the same name in a higher directory", "/etc/systemd/system.control/system.slice.d/50-AllowedCPUs.conf", "/etc/systemd/system.control/system.slice.d/50-AllowedCPUs.conf"],
+  ["a drop-in that sorts before it", "/etc/systemd/system/system.slice.d/10-cpus.conf", undefined],
+  ["a later drop-in that keeps the host off the VM's CPUs itself", "/etc/systemd/system/system.slice.d/override.conf:0-1", undefined],
+];
+
+for (const [what, path, named] of OVERRIDING_DROP_INS) {
+  test(`systemd: the admin's AllowedCPUs in ${what}: ${named ? "a warning says a daemon-reload gives the host the VM's CPUs back, and how to avoid it" : "no warning"}`, async () => {
+    const { sim } = systemdHost({ "system.slice": "0-7" });
+    const [file, cpus] = path.split(":");
+    sim.file(file!, `[Slice]\nAllowedCPUs=${cpus ?? ""}\n`).file("/etc/systemd/system/user.slice.d/limits.conf", "[Slice]\nMemoryHigh=8G\n");
+    const outcome = await prepare(sim, vmA);
+    assert.is(outcome.code, 0, outcome.stderr);
+    const warnings = fs.readFileSync(sim.resolve("/var/log/vmhook.log"), "utf8").match(/warn: isolate: .*daemon-reload.*/g) ?? [];
+    if (!named) return assert.equal(warnings, []);
+    assert.is(warnings.length, 1, warnings.join("\n"));
+    assert.match(warnings[0]!, `system.slice's AllowedCPUs in ${named} takes over from vmhook's at the next systemctl daemon-reload`);
+    assert.match(warnings[0]!, "/etc/systemd/system/system.slice.d/10-allowed-cpus.conf");
+  });
+}
+
 test("systemd: a failing systemctl aborts the start and the units get their values back", async () => {
   const { sim, units } = systemdHost({ "system.slice": "0-7" });
   sim.onExec("systemctl", (args) => {
@@ -100,6 +127,34 @@ test("systemd: a failing systemctl aborts the start and the units get their valu
   assertClean(sim, before);
 });
 
+// libvirt runs every vCPU, the emulator and I/O threads without a pin of their own on <vcpu cpuset> (qemuProcessSetupPid).
+test("<vcpu cpuset> without <cputune>: the VM's CPUs are that cpuset, kept from the host", async () => {
+  const { sim, units } = systemdHost();
+  const before = sim.snapshot();
+  const outcome = await prepare(sim, { ...vmA, pins: [], emulatorpin: undefined, vcpuCpuset: "2-3" });
+  assert.is(outcome.code, 0, outcome.stderr);
+  assert.equal(units, { "system.slice": "0-1,4-7", "user.slice": "0-1,4-7", "init.scope": "0-1,4-7" });
+  assert.is((await release(sim, vmA)).code, 0);
+  assertClean(sim, before);
+});
+
+test("<vcpu cpuset> beside a <vcpupin>: the emulator, which has no pin, runs there too, and those CPUs are kept from the host", async () => {
+  const { sim, units } = systemdHost();
+  const outcome = await prepare(sim, { ...vmA, pins: ["2"], emulatorpin: undefined, vcpuCpuset: "3-4" });
+  assert.is(outcome.code, 0, outcome.stderr);
+  assert.equal(units, { "system.slice": "0-1,5-7", "user.slice": "0-1,5-7", "init.scope": "0-1,5-7" });
+});
+
+test("<vcpu placement='auto'>: numad picks the CPUs as the domain starts and libvirt ignores its cpuset, which is not taken for the VM's", async () => {
+  const sim = baseHost().file("/proc/1/comm", "init");
+  const before = sim.snapshot();
+  const xml = domainXml({ ...vmA, pins: [], emulatorpin: undefined, vcpuCpuset: "2-3" }).replace("<vcpu ", "<vcpu placement=\"auto\" ");
+  const outcome = await runHookEvent(sim, "prepare", "begin", xml, vmA.name);
+  assert.is(outcome.code, 1);
+  assert.match(outcome.stderr.split("\n")[0]!, /has no host-cpus and the domain pins no CPUs/);
+  assertClean(sim, before);
+});
+
 test("cgroup v2 without systemd: +cpuset in the root, cpuset.cpus of host groups, machine untouched, all undone", async () => {
   const sim = cgroupHost();
   const before = sim.snapshot();
@@ -112,6 +167,21 @@ test("cgroup v2 without systemd: +cpuset in the root, cpuset.cpus of host groups
   assert.not.ok(sim.writes.some((w) => w.path.startsWith("/sys/fs/cgroup/machine/")));
   assert.equal(sim.execs, []);
 
+  assert.is((await release(sim, vmA)).code, 0);
+  assertClean(sim, before);
+});
+
+// Without systemd libvirt puts a domain with <resource><partition>/vms</partition> in /sys/fs/cgroup/vms.partition (virCgroupSetPartitionSuffix),
+// which stays after the VM: narrowing it would move every VM started there onto the host's CPUs.
+test("cgroup v2 without systemd: libvirt's partition groups (<resource><partition>: NAME.partition) are VMs', left alone", async () => {
+  const sim = cgroupHost();
+  sim.file("/sys/fs/cgroup/vms.partition/cgroup.procs", "");
+  const before = sim.snapshot();
+  const outcome = await prepare(sim, vmA);
+  assert.is(outcome.code, 0, outcome.stderr);
+  assert.is(read(sim, "/sys/fs/cgroup/user/cpuset.cpus"), "0-1,4-7");
+  assert.is(read(sim, "/sys/fs/cgroup/vms.partition/cpuset.cpus"), "");
+  assert.not.ok(sim.writes.some((w) => w.path.startsWith("/sys/fs/cgroup/vms.partition/")));
   assert.is((await release(sim, vmA)).code, 0);
   assertClean(sim, before);
 });
@@ -176,6 +246,72 @@ test("cgroup v2 without systemd: processes left in the root cgroup, which no cpu
   assert.not.match(log, /kthreadd|\b1 \(init/);
   assert.is((await release(sim, vmA)).code, 0);
   assertClean(sim, before);
+});
+
+// SMT: two threads of a core share its execution units and caches; the kernel lists a CPU's threads in topology/thread_siblings_list.
+/** 8 CPUs as 4 cores of two threads, numbered as Linux does on most x86 hosts: CPU N and N+4 are one core. */
+const withSmtPairs = (sim: SimHost) => {
+  for (let cpu = 0; cpu < 8; cpu++) sim.file(`/sys/devices/system/cpu/cpu${cpu}/topology/thread_siblings_list`, `${cpu % 4},${(cpu % 4) + 4}`);
+  return sim;
+};
+const smtWarnings = (sim: SimHost) => (fs.readFileSync(sim.resolve("/var/log/vmhook.log"), "utf8").match(/warn: isolate: CPU .* (shares a core|share cores) .*/g) ?? []);
+
+const SPLIT_CORES: [string, Partial<VmSpec>, string | undefined][] = [
+  ["pinned to one thread of two cores", { pins: ["2", "3"], emulatorpin: "2-3" }, "CPU 2-3 of this VM share cores with CPU 6-7, which the host keeps"],
+  ["pinned to both threads of its cores", { pins: ["2", "3", "6", "7"], emulatorpin: "2-3" }, undefined],
+  ["with host-cpus keeping whole cores", { isolate: 'host-cpus="0-1,4-5"', pins: [], emulatorpin: undefined }, undefined],
+  ["with host-cpus keeping one thread of a core it isolates", { isolate: 'host-cpus="0-1,4-6"', pins: [], emulatorpin: undefined }, "CPU 2 of this VM shares a core with CPU 6, which the host keeps"],
+];
+
+for (const [what, spec, warning] of SPLIT_CORES) {
+  test(`SMT: a VM ${what}: ${warning ? "a warning names the host's threads on the VM's cores" : "no warning"}, and the VM starts`, async () => {
+    const sim = withSmtPairs(cgroupHost());
+    const outcome = await prepare(sim, { ...vmA, ...spec });
+    assert.is(outcome.code, 0, outcome.stderr);
+    const warnings = smtWarnings(sim);
+    if (warning) {
+      assert.is(warnings.length, 1, warnings.join("\n"));
+      assert.match(warnings[0]!, warning);
+    } else assert.equal(warnings, []);
+  });
+}
+
+// irqbalance keeps IRQs off only the CPUs of IRQBALANCE_BANNED_CPUS/_CPULIST, or else those isolcpus= and nohz_full= isolate (setup_banned_cpus):
+// every rebalance may move an IRQ back onto the VM's CPUs.
+const withIrqbalance = (sim: SimHost, environment: string[] = []) =>
+  sim.file("/proc/905/comm", "irqbalance").file("/proc/905/environ", ["PATH=/usr/sbin:/usr/bin", ...environment].map((entry) => `${entry}\0`).join(""));
+
+test('irqs="yes" with irqbalance running and not banned from the VM\'s CPUs: prepare refuses, naming it, the CPUs and the fix, host untouched', async () => {
+  const sim = withIrqbalance(cgroupHost(), ["IRQBALANCE_ARGS="]);
+  const before = sim.snapshot();
+  const outcome = await prepare(sim, { ...vmA, isolate: 'irqs="yes"' });
+  assert.is(outcome.code, 1);
+  assert.match(outcome.stderr.split("\n")[0]!, /irqs="yes", but irqbalance \(pid 905\) runs and moves IRQs back onto CPU 2-3 when it rebalances.*IRQBALANCE_BANNED_CPULIST=2-3/);
+  assertClean(sim, before);
+});
+
+const BANNING: [string, (sim: SimHost) => SimHost][] = [
+  ["IRQBALANCE_BANNED_CPULIST", (sim) => withIrqbalance(sim, ["IRQBALANCE_BANNED_CPULIST=2-5"])],
+  ["IRQBALANCE_BANNED_CPUS (a mask, older irqbalance)", (sim) => withIrqbalance(sim, ["IRQBALANCE_BANNED_CPUS=0000000c"])],
+  ["isolcpus= and nohz_full=, banned when no list is given", (sim) => withIrqbalance(sim).file("/sys/devices/system/cpu/isolated", "2").file("/sys/devices/system/cpu/nohz_full", "3")],
+];
+
+for (const [what, setUp] of BANNING) {
+  test(`irqs="yes" with irqbalance banned from the VM's CPUs (${what}): the IRQs move`, async () => {
+    const sim = setUp(cgroupHost());
+    const outcome = await prepare(sim, { ...vmA, isolate: 'irqs="yes"' });
+    assert.is(outcome.code, 0, outcome.stderr);
+    assert.is(read(sim, "/proc/irq/17/smp_affinity_list"), read(sim, "/sys/fs/cgroup/system.slice/cpuset.cpus"));
+  });
+}
+
+test('irqs="yes" required="no" with irqbalance running: a warning, the VM starts, the IRQs are left to irqbalance', async () => {
+  const sim = withIrqbalance(cgroupHost());
+  const outcome = await prepare(sim, { ...vmA, isolate: 'irqs="yes" required="no"' });
+  assert.is(outcome.code, 0, outcome.stderr);
+  assert.match(fs.readFileSync(sim.resolve("/var/log/vmhook.log"), "utf8"), /warn: isolate: irqs="yes", but irqbalance \(pid 905\) runs.*skipped because of required="no"/);
+  assert.is(read(sim, "/proc/irq/17/smp_affinity_list"), "3");
+  assert.is(read(sim, "/sys/fs/cgroup/system.slice/cpuset.cpus"), "0-1,4-7");
 });
 
 test("governor, IRQs (one refusing) and the workqueue mask, with host-cpus", async () => {
@@ -285,13 +421,15 @@ test("a governor the CPUs do not offer is an error naming the available ones", a
 const BAD_CONFIGS: [string, Partial<VmSpec>, RegExp, { online?: string }?][] = [
   ["a CPU that does not exist", { isolate: 'host-cpus="0-1,9"' }, /host-cpus: CPU 9 does not exist on this host \(present: 0-7\)/],
   ["an offline CPU in host-cpus", { isolate: 'host-cpus="0,6"' }, /host-cpus: CPU 6 is offline \(online: 0-5\)/, { online: "0-5" }],
-  ["an offline pinned CPU", { pins: ["2", "7"] }, /<cputune> \(vcpupin, emulatorpin, iothreadpin\): CPU 7 is offline \(online: 0-5\)/, { online: "0-5" }],
+  ["an offline pinned CPU", { pins: ["2", "7"] }, /<cputune> \(vcpupin, emulatorpin, iothreadpin\) and <vcpu cpuset>: CPU 7 is offline \(online: 0-5\)/, { online: "0-5" }],
   ["a cpuset that is not one", { isolate: 'host-cpus="0-x"' }, /host-cpus="0-x" has "0-x", which is not a CPU/],
   ["an empty host set", { isolate: 'host-cpus="1,^1"' }, /host-cpus="1,\^1" leaves no CPU/],
   ["host-cpus that keep every CPU", { isolate: 'host-cpus="0-5"', pins: [], emulatorpin: undefined }, /host-cpus="0-5" keeps every online CPU \(0-5\) for the host/, { online: "0-5" }],
-  ["host-cpus that include a pinned CPU", { isolate: 'host-cpus="0-2"' }, /host-cpus="0-2" includes CPU 2, which <cputune> pins the VM to/],
-  ["no pins and no host-cpus", { pins: [], emulatorpin: undefined }, /has no host-cpus and the domain pins no CPUs in <cputune>/],
-  ["pins that leave the host nothing", { pins: ["0-3", "4-7"] }, /pinning CPUs 0-7 in <cputune> leaves the host no online CPU, but the host policy keeps at least 1 CPU\(s\) for the host/],
+  ["host-cpus that include a pinned CPU", { isolate: 'host-cpus="0-2"' }, /host-cpus="0-2" includes CPU 2, which the domain pins the VM to \(<cputune> or <vcpu cpuset>\)/],
+  ["no pins and no host-cpus", { pins: [], emulatorpin: undefined }, /has no host-cpus and the domain pins no CPUs \(<cputune> or <vcpu cpuset>\)/],
+  ["host-cpus that include a CPU of <vcpu cpuset>", { isolate: 'host-cpus="0-1,4"', pins: [], emulatorpin: undefined, vcpuCpuset: "4-5" }, /host-cpus="0-1,4" includes CPU 4, which the domain pins the VM to \(<cputune> or <vcpu cpuset>\)/],
+  ["an offline CPU in <vcpu cpuset>", { pins: [], emulatorpin: undefined, vcpuCpuset: "2,7" }, /<cputune> \(vcpupin, emulatorpin, iothreadpin\) and <vcpu cpuset>: CPU 7 is offline \(online: 0-5\)/, { online: "0-5" }],
+  ["pins that leave the host nothing", { pins: ["0-3", "4-7"] }, /pinning CPUs 0-7 \(<cputune> or <vcpu cpuset>\) leaves the host no online CPU, but the host policy keeps at least 1 CPU\(s\) for the host/],
   ["an unknown attribute", { isolate: 'host-cpu="0"' }, /has unknown attribute host-cpu; allowed: host-cpus, governor/],
   ["a bad yes/no", { isolate: 'irqs="maybe"' }, /irqs="maybe" must be yes or no/],
 ];
@@ -439,7 +577,7 @@ test("CPUs isolated at boot do not count for the host: a VM that leaves the host
   const before = sim.snapshot();
   const outcome = await prepare(sim, { ...vmA, pins: ["0-1"], emulatorpin: undefined });
   assert.is(outcome.code, 1, `started; the host's groups got CPU ${read(sim, HOST_CPUS)}`);
-  assert.match(outcome.stderr.split("\n")[0]!, "pinning CPUs 0-1 in <cputune> leaves the host no online CPU (CPU 2-7 isolated at boot by isolcpus=, where the host never runs)");
+  assert.match(outcome.stderr.split("\n")[0]!, "pinning CPUs 0-1 (<cputune> or <vcpu cpuset>) leaves the host no online CPU (CPU 2-7 isolated at boot by isolcpus=, where the host never runs)");
   assertClean(sim, before);
 });
 
