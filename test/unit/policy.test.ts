@@ -10,6 +10,7 @@ import * as path from "node:path";
 import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { storageInUse } from "../../lib/blockdev.ts";
+import { networkInUse } from "../../lib/netdev.ts";
 import { bootConsoleCpus } from "../../plugins/isolate/host-minimum.ts";
 import { GpuKernel } from "../helpers/gpu-kernel.ts";
 import { runHookEvent } from "../helpers/hook.ts";
@@ -533,6 +534,22 @@ test("network guard: a NIC the host keeps another default route beside (NetworkM
     assertAllowed(sim, domainXml(`<vmhook:vfio devices="${NIC}"/>`));
     sim.remove("/proc/net/route");
     assertRefusedEverywhere(sim, domainXml(`<vmhook:vfio devices="${NIC}"/>`), [`refusing to hand over ${NIC}: cannot tell whether the host routes through enp3s0: /proc/net/route cannot be read`]);
+  } finally {
+    sim.cleanup();
+  }
+});
+
+test("network guard: two NICs each with a default route (a dual-port card): either may go alone, both together leave the host none and are refused", () => {
+  const sim = nicHost({ ipv4: ["enp3s0", "enp3s0f1"] });
+  try {
+    const second = "0000:03:00.1";
+    sim.dir(`/sys/bus/pci/devices/${second}/net/enp3s0f1`).dir("/sys/class/net/enp3s0f1");
+    assert.equal(networkInUse(sim, [NIC]), []);
+    assert.equal(networkInUse(sim, [second]), []);
+    assert.equal(
+      networkInUse(sim, [NIC, second]).map(({ address, use }) => `${address}: ${use}`),
+      [`${NIC}: enp3s0 carries the host's only IPv4 default route`, `${second}: enp3s0f1 carries the host's only IPv4 default route`],
+    );
   } finally {
     sim.cleanup();
   }
