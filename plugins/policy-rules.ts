@@ -7,6 +7,7 @@ import { formatCpuList, parseKernelCpuList } from "../lib/cpuset.ts";
 import type { Domain } from "../lib/domain.ts";
 import { ConfigError, describeError } from "../lib/errors.ts";
 import type { Host } from "../lib/host.ts";
+import { networkInUse, type NetworkUse } from "../lib/netdev.ts";
 import { sharedState } from "../lib/journal.ts";
 import { iommuGroupMembers, pciIommuGroup, slotFunctions } from "../lib/pci.ts";
 import { allowHint, DEFAULT_UNITS, formatSpan, moduleAllowed, normalUnit, type PortSpan } from "../lib/policy.ts";
@@ -50,8 +51,9 @@ async function authorizeVfio(config: VfioConfig, { policy, domain, host, setting
     throw new ConfigError(element, `devices: ${foreign} is not one of the domain's PCI <hostdev>s, a function of their slots or in their IOMMU groups; add it to the domain as a <hostdev>, or ${allowHint(policy, `add "${foreign}" to "vfio.devices"`)}`);
   }
 
-  // Never the host's own storage, whatever the policy says.
-  for (const address of handedOverAddresses(host, config)) {
+  // Never the host's own storage or its only way out, whatever the policy says.
+  const addresses = handedOverAddresses(host, config);
+  for (const address of addresses) {
     let uses: string[];
     try {
       uses = storageInUse(host, address);
@@ -61,6 +63,20 @@ async function authorizeVfio(config: VfioConfig, { policy, domain, host, setting
     if (uses.length > 0) {
       throw new ConfigError(element, `${address} carries storage the host uses (${uses.join("; ")}); vmhook never hands such a device to a VM, whatever the policy says: unmount it (and swapoff, vgchange -an, mdadm --stop, zpool export) first, or pass the disk instead of the controller`);
     }
+  }
+
+  let routes: NetworkUse[];
+  try {
+    routes = networkInUse(host, addresses);
+  } catch (error) {
+    throw new ConfigError(element, `refusing to hand over ${addresses.join(", ")}: ${describeError(error)}`);
+  }
+  if (routes.length > 0) {
+    const { address, iface } = routes[0]!;
+    throw new ConfigError(
+      element,
+      `${address} carries the host's network (${routes.map(({ use }) => use).join("; ")}): unbinding its driver takes the interface away, and the host's network with it (the ssh session the VM was started from too); vmhook never hands such a device to a VM, whatever the policy says: give the host a default route through an interface that stays first, or stop routing through ${iface} (take it out of its bridge or bond; nmcli device set ${iface} managed no, or ip link set ${iface} down)`,
+    );
   }
 
   const vfioSettings = readVfioSettings(settings.plugins.vfio ?? {});

@@ -14,7 +14,7 @@ import { defineAction, type ApplyContext, type BaseContext, type PlanContext, ty
 import { clearForWrite, listStuckWrites, moduleSubject, refuseIfStuck, StuckWriteError } from "../../lib/stuck-writes.ts";
 import { PATTERNS } from "../../lib/validate.ts";
 import type { VfioConfig, VfioSettings } from "./config.ts";
-import { describeHolders, isWatched, moduleLoaded, processesHolding, VFIO_DRIVER, type Survey, type Watched } from "./survey.ts";
+import { describeHolders, isWatched, moduleLoaded, processesHolding, VFIO_DRIVER, type Holder, type Survey, type Watched } from "./survey.ts";
 import { systemdRuns, unitActive } from "../../lib/systemd.ts";
 import { activeOrStarting, unitProcesses } from "./units.ts";
 import { returnToDriver } from "./return-path.ts";
@@ -380,6 +380,38 @@ function throughDriver(ctx: BaseContext, address: string, driver: string, file: 
   return writeThroughDriver(ctx, { device: address, driver, file, value: address, timeoutMs, setting: "plugins.vfio.bindTimeoutSeconds" });
 }
 
+/** The device nodes of the sound cards a PCI device has (an HDMI audio function's): /dev/snd/controlC1, pcmC1D3p, ... */
+function soundNodes(host: Host, address: string): string[] {
+  return host.list(pciPath(address, "sound")).flatMap((card) => (/^card\d+$/.test(card) ? host.list(pciPath(address, `sound/${card}`)).filter((name) => /^(controlC|pcmC|hwC|midiC)\d+/.test(name)).map((name) => `/dev/snd/${name}`) : []));
+}
+
+/**
+ * A sound card's remove() (snd_card_free) disconnects the card, then waits,
+ * uninterruptibly, until every program has closed it: PipeWire and
+ * PulseAudio close it at once, a program that keeps a node open holds the
+ * unbind until it exits. An unbind that does not return names them, since
+ * closing them, not a reboot, frees the card. The nodes are read before:
+ * the disconnect removes them, and the holders' descriptors then end in
+ * " (deleted)".
+ */
+async function unbindHostDriver(ctx: BaseContext, address: string, driver: string, timeoutMs: number): Promise<void> {
+  const nodes = soundNodes(ctx.host, address);
+  try {
+    await throughDriver(ctx, address, driver, pciPath(address, "driver/unbind"), timeoutMs);
+  } catch (error) {
+    if (!(error instanceof StuckWriteError) || nodes.length === 0) throw error;
+    let holders: Holder[];
+    try {
+      holders = processesHolding(ctx.host, (file) => nodes.includes(file.replace(/ \(deleted\)$/, "")));
+    } catch {
+      throw error; // a process whose files cannot be read: the stuck write still says what happened
+    }
+    if (holders.length === 0) throw error;
+    const named = holders.map((holder) => ({ ...holder, file: holder.file.replace(/ \(deleted\)$/, "") }));
+    throw new StuckWriteError(`${error.message}; its sound card's remove() waits until every program has closed the card, and ${describeHolders(named)}: close it (or end it) and the unbind finishes`, error.lines);
+  }
+}
+
 async function bindToVfio(record: BindRecord, ctx: ApplyContext<unknown>): Promise<void> {
   const { host } = ctx;
   const { address, group, bindTimeoutMs: timeoutMs } = record;
@@ -395,7 +427,7 @@ async function bindToVfio(record: BindRecord, ctx: ApplyContext<unknown>): Promi
     ctx.log.info(`vfio: ${address} no longer waits for ${record.homeClaim}: ${ctx.domain.name}'s release brings it back to ${record.driver}`);
   }
   const driver = pciDriver(host, address);
-  if (driver !== undefined) await throughDriver(ctx, address, driver, pciPath(address, "driver/unbind"), timeoutMs);
+  if (driver !== undefined) await unbindHostDriver(ctx, address, driver, timeoutMs);
   // The override once the device's own remove() has returned, never before:
   // vfio-pci, registering in the background, locks every device its
   // override names, and a remove() that never returned would hold modprobe

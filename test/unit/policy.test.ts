@@ -10,6 +10,7 @@ import * as path from "node:path";
 import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { storageInUse } from "../../lib/blockdev.ts";
+import { networkInUse } from "../../lib/netdev.ts";
 import { bootConsoleCpus } from "../../plugins/isolate/host-minimum.ts";
 import { GpuKernel } from "../helpers/gpu-kernel.ts";
 import { runHookEvent } from "../helpers/hook.ts";
@@ -475,6 +476,80 @@ test("storage guard: SATA disks behind an AHCI controller, NVMe heads under nati
     assert.equal(storageInUse(sim, "0000:00:17.0"), ["disk sda: sda1 is part of dm-crypt mapping cryptroot (dm-1)"]);
     assert.equal(storageInUse(sim, NVME), ["disk nvme0n1: nvme0n1 is mounted on /srv"]);
     assert.equal(storageInUse(sim, GPU), []);
+  } finally {
+    sim.cleanup();
+  }
+});
+
+// ---- the network guard: never the host's only way out, whatever the policy says
+
+const NIC = "0000:03:00.0";
+
+/** The desktop with an Intel NIC (03:00.0, igb, enp3s0, group 3) and the routes the host has: [interface, destination] pairs, "default" or a subnet. */
+function nicHost(routes: { ipv4: string[]; ipv6?: string[] }, uppers: Record<string, string[]> = {}): SimHost {
+  const sim = host({ vfio: { devices: [NIC] } });
+  sim.file(`/sys/bus/pci/devices/${NIC}/class`, "0x020000").file(`/sys/bus/pci/devices/${NIC}/vendor`, "0x8086").file(`/sys/bus/pci/devices/${NIC}/device`, "0x1533");
+  sim.dir("/sys/bus/pci/drivers/igb").link(`/sys/bus/pci/devices/${NIC}/driver`, "../../../../bus/pci/drivers/igb");
+  sim.link(`/sys/bus/pci/devices/${NIC}/iommu_group`, "../../../../kernel/iommu_groups/3").link(`/sys/kernel/iommu_groups/3/devices/${NIC}`, `../../../../devices/pci0000:00/${NIC}`);
+  sim.dir(`/sys/bus/pci/devices/${NIC}/net/enp3s0`);
+  for (const iface of ["lo", "enp3s0", "wlp4s0", ...Object.keys(uppers), ...Object.values(uppers).flat()]) sim.dir(`/sys/class/net/${iface}`);
+  // The kernel links each lower device to its uppers (bridge or bond master, VLAN): upper_NAME.
+  for (const [lower, names] of Object.entries(uppers)) for (const upper of names) sim.link(`/sys/class/net/${lower}/upper_${upper}`, `../${upper}`);
+  const v4 = routes.ipv4.map((iface) => `${iface}\t00000000\t0101A8C0\t0003\t0\t0\t100\t00000000\t0\t0\t0`);
+  sim.file("/proc/net/route", ["Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT", "enp3s0\t0001A8C0\t00000000\t0001\t0\t0\t100\t00FFFFFF\t0\t0\t0", ...v4].join("\n"));
+  const zero = "0".repeat(32);
+  // Every host lists lo's unreachable default (a reject route), which leads nowhere.
+  const v6 = [`${zero} 00 ${zero} 00 ${zero} ffffffff 00000001 00000000 00200200       lo`, ...(routes.ipv6 ?? []).map((iface) => `${zero} 00 ${zero} 00 fe800000000000000000000000000001 00000400 00000001 00000000 00000003 ${iface.padStart(8)}`)];
+  sim.file("/proc/net/ipv6_route", v6.join("\n"));
+  mountsAndSwaps(sim, [["8:1", "/dev/sda1", "/"]]);
+  return sim;
+}
+
+const NETWORK_CASES: { name: string; routes: { ipv4: string[]; ipv6?: string[] }; uppers?: Record<string, string[]>; use: string }[] = [
+  { name: "the host's only IPv4 default route", routes: { ipv4: ["enp3s0"] }, use: "enp3s0 carries the host's only IPv4 default route" },
+  { name: "a bridge port whose bridge carries the only default route", routes: { ipv4: ["br0"] }, uppers: { enp3s0: ["br0"] }, use: "br0, which runs on enp3s0, carries the host's only IPv4 default route" },
+  { name: "a bond in a bridge (enp3s0 → bond0 → br0)", routes: { ipv4: ["br0"] }, uppers: { enp3s0: ["bond0"], bond0: ["br0"] }, use: "br0, which runs on enp3s0, carries the host's only IPv4 default route" },
+  { name: "the only IPv6 default route (IPv4 leaves through wifi)", routes: { ipv4: ["wlp4s0"], ipv6: ["enp3s0"] }, use: "enp3s0 carries the host's only IPv6 default route" },
+];
+
+for (const each of NETWORK_CASES) {
+  test(`network guard: a NIC with ${each.name} is refused whatever the policy says (validate, plan, prepare; host unchanged)`, () => {
+    const sim = nicHost(each.routes, each.uppers);
+    try {
+      assertRefusedEverywhere(sim, domainXml(`<vmhook:vfio devices="${NIC}"/>`), [`${NIC} carries the host's network (${each.use}): unbinding its driver takes the interface away`, "whatever the policy says", "stop routing through enp3s0"]);
+      // Also when the domain lists the NIC as its own hostdev.
+      assertRefusedEverywhere(sim, domainXml(`<vmhook:vfio/>`, { hostdevs: [NIC] }), [`${NIC} carries the host's network (${each.use})`]);
+    } finally {
+      sim.cleanup();
+    }
+  });
+}
+
+test("network guard: a NIC the host keeps another default route beside (NetworkManager's DHCP on both) may go, as may one with no default route; without /proc/net/route it refuses", () => {
+  const sim = nicHost({ ipv4: ["enp3s0", "wlp4s0"], ipv6: ["enp3s0", "wlp4s0"] });
+  try {
+    assertAllowed(sim, domainXml(`<vmhook:vfio devices="${NIC}"/>`));
+    sim.file("/proc/net/route", "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\nwlp4s0\t00000000\t0101A8C0\t0003\t0\t0\t600\t00000000\t0\t0\t0");
+    sim.remove("/proc/net/ipv6_route");
+    assertAllowed(sim, domainXml(`<vmhook:vfio devices="${NIC}"/>`));
+    sim.remove("/proc/net/route");
+    assertRefusedEverywhere(sim, domainXml(`<vmhook:vfio devices="${NIC}"/>`), [`refusing to hand over ${NIC}: cannot tell whether the host routes through enp3s0: /proc/net/route cannot be read`]);
+  } finally {
+    sim.cleanup();
+  }
+});
+
+test("network guard: two NICs each with a default route (a dual-port card): either may go alone, both together leave the host none and are refused", () => {
+  const sim = nicHost({ ipv4: ["enp3s0", "enp3s0f1"] });
+  try {
+    const second = "0000:03:00.1";
+    sim.dir(`/sys/bus/pci/devices/${second}/net/enp3s0f1`).dir("/sys/class/net/enp3s0f1");
+    assert.equal(networkInUse(sim, [NIC]), []);
+    assert.equal(networkInUse(sim, [second]), []);
+    assert.equal(
+      networkInUse(sim, [NIC, second]).map(({ address, use }) => `${address}: ${use}`),
+      [`${NIC}: enp3s0 carries the host's only IPv4 default route`, `${second}: enp3s0f1 carries the host's only IPv4 default route`],
+    );
   } finally {
     sim.cleanup();
   }

@@ -87,6 +87,30 @@ test("an unbind that never returns: prepare fails naming device, driver and file
   kernel.sim.cleanup();
 });
 
+test("the HDMI audio function's unbind held by a program keeping its sound card open: the failed start names the program, whose closing frees the card (snd_card_free waits for it), not only a reboot", async () => {
+  const kernel = workstation();
+  const audioUnbind = `/sys/bus/pci/devices/${AUDIO}/driver/unbind`;
+  for (const node of ["controlC1", "pcmC1D3p", "hwC1D0"]) kernel.sim.dir(`/sys/bus/pci/devices/${AUDIO}/sound/card1/${node}`);
+  // The card is disconnected by then: its nodes are gone from /dev, and the holder's descriptor says so.
+  kernel.process(777, "aplay", ["/dev/null", "/dev/snd/pcmC1D3p (deleted)"]).process(778, "pipewire", ["/dev/snd/controlC0"]);
+  kernel.sim.hangWrite(audioUnbind);
+  const prepare = await runHookEvent(kernel.sim, "prepare", "begin", XML, "win11");
+  assert.is(prepare.code, 1);
+  const [pid] = kernel.sim.hung.map((write) => write.pid);
+  assert.is(
+    prepare.stderr.split("\n")[0],
+    `vmhook: ${AUDIO}: driver snd_hda_intel did not return within 2 s from writing "${AUDIO}" to ${audioUnbind}; vmhook left its helper (pid ${pid}) blocked in the kernel and gave up; its sound card's remove() waits until every program has closed the card, and pid 777 (aplay) holds /dev/snd/pcmC1D3p: close it (or end it) and the unbind finishes`,
+  );
+  // aplay closed the card: the unbind returns, and vmhook recover gives the card back.
+  kernel.sim.finishHungWrites();
+  const { forgotten, failed } = await recover(kernel);
+  assert.equal(forgotten, [AUDIO]);
+  assert.equal(failed, []);
+  assert.is(kernel.driverOf(AUDIO), "snd_hda_intel");
+  assert.is(kernel.driverOf(GPU), "amdgpu");
+  kernel.sim.cleanup();
+});
+
 test("while the helper is blocked: status and doctor show it in D state; prepare and recover refuse without writing to the device", async () => {
   const kernel = workstation();
   kernel.sim.hangWrite(UNBIND);
