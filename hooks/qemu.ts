@@ -30,8 +30,8 @@ export const EVENTS: Record<string, { event: HookEvent; mayFail: boolean; action
   "release end": { event: "release", mayFail: false, action: (run) => run.release() },
   // Incoming migration or restore: check the config; print nothing (stdout
   // would replace the XML). prepare follows as usual.
-  "migrate begin": { event: "migrate", mayFail: true, action: (run) => run.validate() },
-  "restore begin": { event: "restore", mayFail: true, action: (run) => run.validate() },
+  "migrate begin": { event: "migrate", mayFail: true, action: (run) => run.validate("migrate") },
+  "restore begin": { event: "restore", mayFail: true, action: (run) => run.validate("restore") },
   // The daemon restarted with the VM running: keep the journal, never fail
   // (a failing reconnect hook makes libvirt kill the VM).
   "reconnect begin": { event: "reconnect", mayFail: false, action: (run) => run.reconnect() },

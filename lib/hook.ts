@@ -3,7 +3,7 @@
 import { loadDomainPlugins, loadReconnectPlugins, type PluginInstance } from "./config.ts";
 import { Deadline } from "./deadline.ts";
 import { parseDomain, type Domain } from "./domain.ts";
-import { describeError, VmhookError } from "./errors.ts";
+import { ConfigError, describeError, VmhookError } from "./errors.ts";
 import { RootedHost, type Host } from "./host.ts";
 import { listJournals, newJournal, readJournal, writeJournal, type Journal, type JournalEntry } from "./journal.ts";
 import { createLogger, oneLine, openLog, type Logger } from "./log.ts";
@@ -158,9 +158,19 @@ export class HookRun {
     this.log.info(`released: ${undone} change(s) undone`);
   }
 
-  /** migrate, restore: the incoming XML must carry a valid config; nothing is changed or printed. */
-  async validate(): Promise<void> {
-    await this.plugins();
+  /**
+   * migrate, restore: the incoming XML must carry a valid config; nothing is
+   * changed or printed. A refusal says where that XML comes from: a fix to
+   * the domain's definition on this host does not reach it.
+   */
+  async validate(source: "migrate" | "restore"): Promise<void> {
+    try {
+      await this.plugins();
+    } catch (error) {
+      // Only an element's refusal is the XML's to fix; an unreadable host file is this host's.
+      if (!(error instanceof ConfigError)) throw error;
+      throw new VmhookError(error.message, [...error.lines, ...whereIncomingXmlIsFixed(source, this.name, nameArgument(this.invocation.args[0] ?? "?"))]);
+    }
   }
 
   /**
@@ -214,6 +224,22 @@ export class HookRun {
 function handles(instance: PluginInstance, event: PlannedEvent): boolean {
   const plugin = instance.plugin;
   return isLegacyPlugin(plugin) ? plugin[event] !== undefined : plugin.plan[event] !== undefined;
+}
+
+/**
+ * Where the XML of a refused migrate or restore is fixed. A restore gets the
+ * XML saved with the VM's state (libvirt reads it from the image), a
+ * migrate the source's running XML: editing the definition here changes
+ * neither, and the next start from the managed save is refused alike.
+ */
+function whereIncomingXmlIsFixed(source: "migrate" | "restore", name: string, command: string): string[] {
+  if (source === "migrate") {
+    return [`the XML checked is ${name}'s as it runs on the source host: fix it there (vmhook config ${command} --edit on the source edits the running domain), or give the destination a fixed one with virsh migrate --xml FILE`];
+  }
+  return [
+    `the XML checked is the one saved with ${name}'s state (virsh managedsave, virsh save), not ${name}'s definition: virsh metadata and vmhook config do not change it`,
+    `to change that XML: virsh managedsave-edit ${command} (virsh save-image-edit FILE before virsh restore FILE); or virsh start --force-boot ${command} boots ${name} afresh from its definition, discarding the saved state`,
+  ];
 }
 
 /** The cause, then what the rollback did: each change it could not undo, with why, is what `virsh start` shows. */

@@ -136,10 +136,15 @@ export async function startLibvirt(): Promise<void> {
   await waitUntil("libvirtd answers virsh", async () => (await virsh("version")).code === 0);
 }
 
-/** Stops libvirtd (its domains keep running; SIGKILL: as a crash would, in the middle of what it does) and starts it again: libvirt runs `reconnect begin` for each of them. */
-export async function restartLibvirtd(signal: "SIGTERM" | "SIGKILL" = "SIGTERM"): Promise<void> {
+/**
+ * Stops libvirtd (its domains keep running; SIGKILL: as a crash would, in the
+ * middle of what it does), runs `whileDown`, and starts it again: libvirt runs
+ * `reconnect begin` for each domain still running.
+ */
+export async function restartLibvirtd(signal: "SIGTERM" | "SIGKILL" = "SIGTERM", whileDown: () => unknown = () => {}): Promise<void> {
   for (const pid of pidsOf(LIBVIRTD.name)) process.kill(pid, signal);
   await waitUntil("libvirtd exits", () => pidsOf(LIBVIRTD.name).length === 0);
+  await whileDown();
   await startLibvirt();
 }
 
@@ -197,12 +202,15 @@ interface DomainOptions {
   hugepageBacked?: boolean;
   /** The content of <vmhook:hooks>; undefined: no vmhook metadata at all. */
   hooks?: string;
+  /** Extra arguments on QEMU's command line (<qemu:commandline>): a bad one makes QEMU exit after libvirt launched it, past prepare and start. */
+  qemuArgs?: string[];
 }
 
 /** A tiny TCG guest: no disk, no network, no graphics; it boots nothing but runs. */
-function domainXml(domain: TestDomain, { memoryMiB = 64, hugepageBacked = false, hooks }: DomainOptions): string {
+function domainXml(domain: TestDomain, { memoryMiB = 64, hugepageBacked = false, hooks, qemuArgs = [] }: DomainOptions): string {
   const metadata = hooks === undefined ? "" : `<metadata><vmhook:hooks xmlns:vmhook="urn:vmhook:1">${hooks}</vmhook:hooks></metadata>`;
-  return `<domain type='qemu'>
+  const commandline = qemuArgs.length === 0 ? "" : `<qemu:commandline>${qemuArgs.map((arg) => `<qemu:arg value='${arg}'/>`).join("")}</qemu:commandline>`;
+  return `<domain type='qemu' xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>
   <name>${domain.name}</name>
   <uuid>${domain.uuid}</uuid>
   ${metadata}
@@ -215,6 +223,7 @@ function domainXml(domain: TestDomain, { memoryMiB = 64, hugepageBacked = false,
     <console type='pty'/>
     <memballoon model='none'/>
   </devices>
+  ${commandline}
 </domain>
 `;
 }

@@ -726,6 +726,31 @@ test("migrate and restore check the config and change nothing", async () => {
   }
 });
 
+test("a refused restore says its XML is the one saved with the VM's state, which a fix to the definition does not reach, and how to fix or skip it; a refused migrate says where its XML comes from", async () => {
+  const { sim } = hugepageHost();
+  try {
+    const bad = XML.replace("<vmhook:hugepages/>", "<vmhook:hugepages size='5M'/>");
+    const restore = await runHookEvent(sim, "restore", "begin", bad);
+    assert.is(restore.code, 1);
+    assert.match(firstLine(restore.stderr), `size="5M" is not a huge page size`);
+    assert.match(restore.stderr, "saved with vm's state (virsh managedsave, virsh save), not vm's definition: virsh metadata and vmhook config do not change it");
+    assert.match(restore.stderr, "to change that XML: virsh managedsave-edit vm (virsh save-image-edit FILE before virsh restore FILE); or virsh start --force-boot vm boots vm afresh from its definition, discarding the saved state");
+    const migrate = await runHookEvent(sim, "migrate", "begin", bad);
+    assert.is(migrate.code, 1);
+    assert.match(firstLine(migrate.stderr), `size="5M" is not a huge page size`);
+    assert.match(migrate.stderr, "the XML checked is vm's as it runs on the source host: fix it there (vmhook config vm --edit on the source edits the running domain), or give the destination a fixed one with virsh migrate --xml FILE");
+    assert.equal(sim.stateFiles(), []);
+    // A host file that cannot be read is this host's to fix, not the XML's.
+    sim.file(paths.policy, "{");
+    const hostSide = await runHookEvent(sim, "restore", "begin", XML);
+    assert.is(hostSide.code, 1);
+    assert.match(firstLine(hostSide.stderr), paths.policy);
+    assert.not.match(hostSide.stderr, "the XML checked");
+  } finally {
+    sim.cleanup();
+  }
+});
+
 test("an unknown event exits 0, changes nothing and leaves a log line", async () => {
   const { sim } = hugepageHost();
   try {
