@@ -11,6 +11,7 @@ import { nameArgument } from "../metadata-text.ts";
 import { paths } from "../paths.ts";
 import type { GlobalOptions } from "./options.ts";
 import { runningOrWhyUnknown } from "./running.ts";
+import { notAHookEvent } from "./usage.ts";
 
 /** hooks/qemu.ts's hookMain: the hook exactly as libvirt runs it; `checkXml` sees the domain XML it read before it acts on it (by hand). */
 export type HookMain = (args: string[], root: string, checkXml?: (xml: string) => void) => Promise<number>;
@@ -89,7 +90,8 @@ export const hookCommand = (hookMain: HookMain): CommandModule<GlobalOptions, Ho
       .positional("name", { type: "string", demandOption: true })
       .positional("op", { type: "string", demandOption: true, describe: "prepare, start, started, stopped, release, migrate, restore, reconnect" })
       .positional("subop", { type: "string", demandOption: true, describe: "begin or end" })
-      .positional("extra", { type: "string", default: "-" }),
+      .positional("extra", { type: "string", default: "-" })
+      .check(({ name, op, subop }) => notAHookEvent(name, op, subop) ?? true),
   async handler(args) {
     refuseIfRunning(args.host, args);
     const offset = logSize(args.host);

@@ -83,8 +83,9 @@ export async function runCli(args: string[], hookMain: HookMain, hostAt: (root: 
       .alias("h", "help")
       .version(VERSION)
       .wrap(Math.min(100, process.stdout.columns || 100))
-      .fail((message, error) => {
-        throw error ?? new UsageError(message);
+      // A command's .check() refusal comes as its string, a usage error too.
+      .fail((message, error: unknown) => {
+        throw error instanceof Error ? error : new UsageError(message);
       })
       .parseAsync();
   } catch (error) {
