@@ -10,6 +10,7 @@ import { readLogFrom, terminalText } from "../log.ts";
 import { nameArgument } from "../metadata-text.ts";
 import { paths } from "../paths.ts";
 import type { GlobalOptions } from "./options.ts";
+import { requireRoot } from "./as-root.ts";
 import { runningOrWhyUnknown } from "./running.ts";
 import { notAHookEvent } from "./usage.ts";
 
@@ -93,6 +94,7 @@ export const hookCommand = (hookMain: HookMain): CommandModule<GlobalOptions, Ho
       .positional("extra", { type: "string", default: "-" })
       .check(({ name, op, subop }) => notAHookEvent(name, op, subop) ?? true),
   async handler(args) {
+    requireRoot(`vmhook hook ${nameArgument(args.name)} ${args.op} ${args.subop}`, "libvirt runs the hook as root, and its steps change the host as root", args.root);
     refuseIfRunning(args.host, args);
     const offset = logSize(args.host);
     const event = `${args.op} ${args.subop} of ${args.name}`;

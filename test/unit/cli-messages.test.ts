@@ -233,4 +233,28 @@ test("vmhook hook run by hand says what it did, or why it did nothing, on stderr
   }
 });
 
+test("the built binary as a user other than root: install, uninstall and hook say up front that they need root and the command to run, never a bare EACCES or a stack trace", () => {
+  assert.is(process.getuid?.(), 0, "the test runs the binary as nobody, which only root can");
+  const asNobody = (args: string[], input = "") => spawnSync(BINARY, args, { uid: 65534, gid: 65534, cwd: "/", input, encoding: "utf8", timeout: 20_000, env: { PATH: process.env.PATH } });
+  const domain = DOMAIN('<metadata><vmhook:hooks xmlns:vmhook="urn:vmhook:1"><vmhook:hugepages size="2M"/></vmhook:hooks></metadata>');
+  const cases: [string[], string][] = [
+    [["install"], "vmhook: vmhook install must run as root (it writes /etc/libvirt/hooks/qemu and /etc/vmhook), not as uid 65534: run sudo vmhook install\n"],
+    [["uninstall"], "vmhook: vmhook uninstall must run as root (it removes /etc/libvirt/hooks/qemu and puts back the hook it replaced), not as uid 65534: run sudo vmhook uninstall\n"],
+    [["hook", "vm", "prepare", "begin"], "vmhook: vmhook hook vm prepare begin must run as root (libvirt runs the hook as root, and its steps change the host as root), not as uid 65534: run sudo vmhook hook vm prepare begin\n"],
+  ];
+  for (const [args, stderr] of cases) {
+    const result = asNobody(args, domain);
+    assert.equal([result.status, result.stdout, result.stderr], [1, "", stderr], args.join(" "));
+  }
+  // a tree of the user's own under --root is theirs to change
+  const tree = fs.mkdtempSync(path.join(os.tmpdir(), "vmhook-as-user-"));
+  try {
+    fs.chownSync(tree, 65534, 65534);
+    const result = asNobody(["uninstall", "--root", tree]);
+    assert.equal([result.status, result.stderr], [0, ""]);
+  } finally {
+    fs.rmSync(tree, { recursive: true, force: true });
+  }
+});
+
 test.run();
