@@ -107,7 +107,9 @@ export const hookCommand = (hookMain: HookMain): CommandModule<GlobalOptions, Ho
         ? `what it did is not shown: ${since.unread}\n`
         : since.logged
           ? `what it did (from ${paths.log}):\n${since.logged.replace(/^\S+ /gm, "  ")}`
-          : `nothing logged: the domain XML on stdin has no vmhook metadata and holds no journal, or ${args.op} ${args.subop} has nothing to do for it${args.host.exists(paths.log) ? "" : ` (or ${paths.log} cannot be written)`}\n`;
+          : code !== 0
+            ? "nothing logged: the error above says what failed\n"
+            : `nothing logged: the domain XML on stdin has no vmhook metadata and holds no journal, or ${args.op} ${args.subop} has nothing to do for it${args.host.exists(paths.log) ? "" : ` (or ${paths.log} cannot be written)`}\n`;
     process.stderr.write(terminalText(`vmhook hook: ${event} exited ${code}; ${what}`));
   },
 });

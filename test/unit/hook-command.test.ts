@@ -79,4 +79,18 @@ test("vmhook hook with an event libvirt never sends (release begin for release e
   }
 });
 
+test("vmhook hook whose event failed before it logged anything does not say the domain had nothing to do", async () => {
+  const sim = new SimHost().dir("/var/log");
+  try {
+    const failing = async () => {
+      process.stderr.write("vmhook: EIO reading the domain\n");
+      return 1;
+    };
+    const { code, stderr } = await cli(["hook", "vm", "prepare", "begin", "--root", sim.root], sim, failing);
+    assert.equal([code, stderr], [1, "vmhook: EIO reading the domain\nvmhook hook: prepare begin of vm exited 1; nothing logged: the error above says what failed\n"]);
+  } finally {
+    sim.cleanup();
+  }
+});
+
 test.run();
