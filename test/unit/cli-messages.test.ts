@@ -15,6 +15,7 @@ import { ConfigError } from "../../lib/errors.ts";
 import { pastedHooks, withVmhookMetadata } from "../../lib/metadata-in-domain.ts";
 import { readPastedMetadata, renderHooks, repairDoubledPrefixes } from "../../lib/metadata-text.ts";
 import { closest, usageError } from "../../lib/cli/usage.ts";
+import { cli } from "../helpers/cli.ts";
 import { runHookEvent } from "../helpers/hook.ts";
 import { SimHost } from "../helpers/simhost.ts";
 
@@ -255,6 +256,57 @@ test("the built binary as a user other than root: install, uninstall and hook sa
   } finally {
     fs.rmSync(tree, { recursive: true, force: true });
   }
+});
+
+/** A virsh on PATH that fails every call with these lines on stderr, as virsh does; `run` runs with it there. */
+async function failingVirsh(stderr: string, run: (dir: string) => unknown): Promise<void> {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "vmhook-failing-virsh-"));
+  const savedPath = process.env.PATH;
+  try {
+    fs.chmodSync(dir, 0o755);
+    fs.writeFileSync(path.join(dir, "stderr"), stderr, { mode: 0o644 });
+    fs.writeFileSync(path.join(dir, "virsh"), `#!/bin/sh\ncat ${dir}/stderr >&2\nexit 1\n`, { mode: 0o755 });
+    process.env.PATH = `${dir}:${savedPath}`;
+    await run(dir);
+  } finally {
+    process.env.PATH = savedPath;
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+test("a domain named while libvirt's daemon is down: the error says to start it, or to pass the domain's XML as a file", async () => {
+  const down = "error: failed to connect to the hypervisor\nerror: Failed to connect socket to '/var/run/libvirt/libvirt-sock': No such file or directory\n";
+  const saved = { LIBVIRT_DEFAULT_URI: process.env.LIBVIRT_DEFAULT_URI, VIRSH_DEFAULT_CONNECT_URI: process.env.VIRSH_DEFAULT_CONNECT_URI };
+  delete process.env.LIBVIRT_DEFAULT_URI;
+  delete process.env.VIRSH_DEFAULT_CONNECT_URI;
+  try {
+    await failingVirsh(down, async () => {
+      for (const command of ["validate", "plan", "doctor"]) {
+        const { code, stdout, stderr } = await cli([command, "win11", "--root", "/nonexistent"]);
+        assert.equal([code, stdout], [1, ""], command);
+        assert.is(
+          stderr,
+          "vmhook: virsh dumpxml --inactive -- win11 failed: failed to connect to the hypervisor; Failed to connect socket to '/var/run/libvirt/libvirt-sock': No such file or directory\n" +
+            "  no libvirt daemon answered: start it (service libvirtd start, or virtqemud on hosts with modular daemons)\n" +
+            "  or name its XML file in place of the name: /etc/libvirt/qemu/win11.xml holds its definition (readable by root)\n",
+          command,
+        );
+      }
+    });
+  } finally {
+    for (const [key, value] of Object.entries(saved)) if (value !== undefined) process.env[key] = value;
+  }
+});
+
+test("the built binary as a user other than root naming a domain virsh does not find: the error says that virsh read qemu:///session and names --connect qemu:///system", async () => {
+  assert.is(process.getuid?.(), 0, "the test runs the binary as nobody, which only root can");
+  await failingVirsh("error: failed to get domain 'win11'\n", (dir) => {
+    const result = spawnSync(BINARY, ["validate", "win11"], { uid: 65534, gid: 65534, cwd: "/", encoding: "utf8", timeout: 20_000, env: { PATH: `${dir}:${process.env.PATH}`, HOME: "/nonexistent" } });
+    assert.equal(
+      [result.status, result.stdout, result.stderr],
+      [1, "", "vmhook: virsh dumpxml --inactive -- win11 failed: failed to get domain 'win11'\n  as uid 65534, virsh without --connect reads qemu:///session, this user's own VMs: for a VM of the system (virt-manager's), add --connect qemu:///system\n"],
+    );
+  });
 });
 
 test.run();
