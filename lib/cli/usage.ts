@@ -85,7 +85,11 @@ export function usageError(message: string, args: string[], commands: CommandUsa
     const missing = /<(\w+)>/g;
     const given = words.length - 1;
     const required = [...command.usage.matchAll(missing)].map((match) => match[1]!.toUpperCase());
-    return `vmhook ${command.name} needs ${required.slice(Math.max(0, given)).join(" and ") || "more arguments"}; usage: ${usage}`;
+    const unnamed = required.slice(Math.max(0, given));
+    // Every word is there, yet one is missing: an option the command does not have took the word after it for its value.
+    const eater = unnamed.length === 0 ? options.findIndex((arg, index) => /^--?[^-=]/.test(arg) && !arg.includes("=") && words.includes(options[index + 1] ?? "")) : -1;
+    if (eater >= 0) return `vmhook ${command.name} has no option ${options[eater]}, which took ${options[eater + 1]} for its value; usage: ${usage} (vmhook ${command.name} --help lists the options)`;
+    return `vmhook ${command.name} needs ${unnamed.join(" and ") || "more arguments"}; usage: ${usage}`;
   }
   const exclusive = /^Arguments (\S+) and (\S+) are mutually exclusive/.exec(message);
   if (exclusive) return `--${exclusive[1]} and --${exclusive[2]} cannot be used together; usage: ${usage}`;

@@ -31,6 +31,11 @@ test("usage errors: a typo gets the closest command, missing words and unknown o
   assert.is(usageError("Not enough non-option arguments: got 1, need at least 2", ["enable", "--config", "--", "-lab"], COMMANDS), "vmhook enable needs PLUGIN; usage: vmhook enable DOMAIN PLUGIN [SETTINGS …]", "after --, -lab is the domain");
   assert.is(usageError("Unknown argument: bogus", ["status", "--bogus"], COMMANDS), "vmhook status has no option --bogus; usage: vmhook status (vmhook status --help lists the options)");
   assert.is(usageError("Unknown argument: extra", ["validate", "a.xml", "extra"], COMMANDS), 'vmhook validate takes no argument "extra" there; usage: vmhook validate DOMAIN');
+  assert.is(
+    usageError("Not enough non-option arguments: got 0, need at least 1", ["validate", "--frob", "win11.xml"], COMMANDS),
+    "vmhook validate has no option --frob, which took win11.xml for its value; usage: vmhook validate DOMAIN (vmhook validate --help lists the options)",
+    "an unknown option ate the argument: the option is the mistake, not a missing word",
+  );
   assert.is(usageError("name a command", [], COMMANDS), "name a command: config, enable, validate, status, doctor, plugins (vmhook --help says what each does)");
 });
 
