@@ -314,4 +314,24 @@ test("the built binary as a user other than root naming a domain virsh does not 
   });
 });
 
+test("validate --json (and plan --json) on a config that is not valid prints ok: false (possible: false) with what is wrong, as for one the host refuses; the message stays on stderr", async () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "vmhook-validate-json-"));
+  try {
+    const file = (name: string, xml: string) => (fs.writeFileSync(path.join(dir, name), xml), path.join(dir, name));
+    const misspelt = file("misspelt.xml", DOMAIN('<metadata><vmhook:hooks xmlns:vmhook="urn:vmhook:1"><vmhook:hugepage/></vmhook:hooks></metadata>'));
+    const wrong = "<vmhook:hugepage>: is not a vmhook element; use one of <vmhook:hugepages>, <vmhook:isolate>, <vmhook:mdev>, <vmhook:nosleep>, <vmhook:vgpu>, <vmhook:vfio>, <vmhook:forward>, <vmhook:plugin>";
+    const refused = await cli(["validate", "--json", misspelt, "--root", dir]);
+    assert.equal([refused.code, JSON.parse(refused.stdout), refused.stderr], [1, { ok: false, domain: { name: "win 11", uuid: "e0e0e0e0-0000-4000-8000-0000000000e0" }, invalid: wrong }, `vmhook: ${wrong}\n`]);
+    const broken = file("broken.xml", "<domain><name>x</name");
+    const unparsed = await cli(["validate", "--json", broken, "--root", dir]);
+    assert.equal([unparsed.code, JSON.parse(unparsed.stdout)], [1, { ok: false, invalid: `${broken} is not well-formed XML: Expected '>' to end the closing tag but found end of input` }]);
+    // plan --json keeps its shape too: nothing possible, and why
+    const unplanned = await cli(["plan", "--json", misspelt, "--root", dir]);
+    assert.equal([unplanned.code, JSON.parse(unplanned.stdout), unplanned.stderr], [1, { domain: { name: "win 11", uuid: "e0e0e0e0-0000-4000-8000-0000000000e0" }, event: "prepare", steps: [], blocking: [], possible: false, error: wrong }, `vmhook: ${wrong}\n`]);
+    assert.equal(JSON.parse((await cli(["plan", "--json", broken, "--event", "release", "--root", dir])).stdout), { event: "release", steps: [], blocking: [], possible: false, error: `${broken} is not well-formed XML: Expected '>' to end the closing tag but found end of input` });
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
 test.run();
