@@ -287,7 +287,7 @@ test("a domain named while libvirt's daemon is down: the error says to start it,
   try {
     await failingVirsh(down, async () => {
       for (const command of ["validate", "plan", "doctor"]) {
-        const { code, stdout, stderr } = await cli([command, "win11", "--root", "/nonexistent"]);
+        const { code, stdout, stderr } = await cli([command, "win11", "--root", os.tmpdir()]);
         assert.equal([code, stdout], [1, ""], command);
         assert.is(
           stderr,
@@ -331,6 +331,22 @@ test("validate --json (and plan --json) on a config that is not valid prints ok:
     assert.equal(JSON.parse((await cli(["plan", "--json", broken, "--event", "release", "--root", dir])).stdout), { event: "release", steps: [], blocking: [], possible: false, error: `${broken} is not well-formed XML: Expected '>' to end the closing tag but found end of input` });
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test("a --root (or VMHOOK_ROOT) that is no directory is refused naming it: status, recover and doctor never report on a tree that is not there as on an empty host", async () => {
+  for (const command of [["status"], ["recover"], ["doctor"], ["iommu"]]) {
+    const { code, stdout, stderr } = await cli([...command, "--root", "/nonexistent-vmhook-root"]);
+    assert.equal([code, stdout, stderr], [1, "", "vmhook: --root /nonexistent-vmhook-root is not a directory (ENOENT): name the tree to treat as the host's /, or leave --root out for this host\n"], command[0]);
+  }
+  const saved = process.env.VMHOOK_ROOT;
+  process.env.VMHOOK_ROOT = "/nonexistent-vmhook-root";
+  try {
+    const { code, stderr } = await cli(["status"]);
+    assert.equal([code, stderr], [1, "vmhook: VMHOOK_ROOT=/nonexistent-vmhook-root is not a directory (ENOENT): name the tree to treat as the host's /, or unset VMHOOK_ROOT for this host\n"]);
+  } finally {
+    if (saved === undefined) delete process.env.VMHOOK_ROOT;
+    else process.env.VMHOOK_ROOT = saved;
   }
 });
 
