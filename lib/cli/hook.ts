@@ -12,7 +12,7 @@ import { paths } from "../paths.ts";
 import type { GlobalOptions } from "./options.ts";
 import { requireRoot } from "./as-root.ts";
 import { runningOrWhyUnknown } from "./running.ts";
-import { notAHookEvent } from "./usage.ts";
+import { LIBVIRT_HOOK_EVENTS, notAHookEvent } from "./usage.ts";
 
 /** hooks/qemu.ts's hookMain: the hook exactly as libvirt runs it; `checkXml` sees the domain XML it read before it acts on it (by hand). */
 export type HookMain = (args: string[], root: string, checkXml?: (xml: string) => void) => Promise<number>;
@@ -89,8 +89,8 @@ export const hookCommand = (hookMain: HookMain): CommandModule<GlobalOptions, Ho
   builder: (y) =>
     y
       .positional("name", { type: "string", demandOption: true })
-      .positional("op", { type: "string", demandOption: true, describe: "prepare, start, started, stopped, release, migrate, restore, reconnect" })
-      .positional("subop", { type: "string", demandOption: true, describe: "begin or end" })
+      .positional("op", { type: "string", demandOption: true, describe: `with subop, an event libvirt runs: ${LIBVIRT_HOOK_EVENTS.join(", ")}` })
+      .positional("subop", { type: "string", demandOption: true, describe: "begin or end, as the event above has it" })
       .positional("extra", { type: "string", default: "-" })
       .check(({ name, op, subop }) => notAHookEvent(name, op, subop) ?? true),
   async handler(args) {
