@@ -166,9 +166,7 @@ export function install(host: Host, binary: string, { cliLink = true } = {}): In
   const notes: string[] = [];
   let hooksChanged = false;
   const hook = host.resolve(HOOK);
-  fs.mkdirSync(path.dirname(hook), { recursive: true, mode: 0o755 });
-  fs.mkdirSync(host.resolve(paths.pluginsDir), { recursive: true, mode: 0o755 });
-  fs.mkdirSync(host.resolve(paths.stateDir), { recursive: true, mode: 0o700 });
+  // Every refusal comes before the first change, a directory made included.
   const record = readRecord(host);
   const keepForeignHook = present(host, HOOK) && !isVmhookBinary(hook);
   const saved = host.resolve(SAVED_HOOK);
@@ -179,6 +177,11 @@ export function install(host: Host, binary: string, { cliLink = true } = {}): In
   // (the disk filling up while the binary is copied) leaves the hooks as they were.
   const undos: (() => void)[] = [];
   try {
+    for (const [dir, mode] of [[path.dirname(HOOK), 0o755], [paths.pluginsDir, 0o755], [paths.stateDir, 0o700]] as const) {
+      // the first directory it made, holding only what this install puts there
+      const made = fs.mkdirSync(host.resolve(dir), { recursive: true, mode });
+      if (made) undos.push(() => fs.rmSync(made, { recursive: true, force: true }));
+    }
     const temporary = sameFile(binary, hook) ? undefined : `${hook}.vmhook-new`;
     if (temporary) {
       // Copied before the existing hook is touched: the copy is the step most likely to fail.
