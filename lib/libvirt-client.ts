@@ -57,12 +57,7 @@ export class Virsh {
   /** The uid of a user other than root whose virsh, given no URI at all, connects to their own qemu:///session; undefined otherwise. */
   private readsSessionUnasked(): number | undefined {
     const euid = process.geteuid?.();
-    if (euid === undefined || euid === 0) return undefined;
-    try {
-      return virshUri(this.uri) === undefined ? euid : undefined;
-    } catch {
-      return undefined; // its client config unreadable: which libvirt it reads is unknown
-    }
+    return euid !== undefined && euid !== 0 && noUriSet(this.uri) ? euid : undefined;
   }
 
   /**
@@ -108,7 +103,7 @@ export class LibvirtUnreachable extends VmhookError {
   constructor(message: string, uri: string | undefined) {
     super(message, [`no libvirt daemon answered${uri ? ` at ${uri}` : ""}: start it (service libvirtd start, or virtqemud on hosts with modular daemons)`]);
     this.name = "LibvirtUnreachable";
-    this.ownSystemDaemon = process.geteuid?.() === 0 && virshUri(uri) === undefined;
+    this.ownSystemDaemon = process.geteuid?.() === 0 && noUriSet(uri);
   }
 }
 
@@ -120,6 +115,15 @@ export class LibvirtUnreachable extends VmhookError {
  */
 export function virshUri(connect: string | undefined, clientConfig = libvirtClientConfig()): string | undefined {
   return connect || process.env.VIRSH_DEFAULT_CONNECT_URI || process.env.LIBVIRT_DEFAULT_URI || configuredDefaultUri(clientConfig);
+}
+
+/** Whether virsh connects without any URI set (libvirt probes this host); false too when its client config cannot be read, as that is unknown. */
+function noUriSet(connect: string | undefined): boolean {
+  try {
+    return virshUri(connect) === undefined;
+  } catch {
+    return false;
+  }
 }
 
 /** libvirt's client config: root's in /etc, another user's under XDG_CONFIG_HOME (virsh reads it, not under --root). */
