@@ -311,7 +311,7 @@ const disableCommand: CommandModule<GlobalOptions, DisableArgs> = {
     const removed = childElements(hooks).filter((element) => isPlugin(element, args.plugin));
     for (const element of removed) hooks.removeChild(element);
     if (removed.length === 0 && !repairs(current)) {
-      if (args.json) printJson({ domain: args.domain, changed: false });
+      if (args.json) printJson({ domain: args.domain, changed: false, metadata: elementText(current.hooks) });
       else print(`${args.domain}: ${args.plugin} is not enabled; nothing changed`);
       return;
     }

@@ -302,4 +302,13 @@ test("config --set with a file that cannot be read names what --set takes (the m
   });
 });
 
+test("disable --json of a plugin not enabled has the shape of any unchanged save: changed false, with the metadata as it is", async () => {
+  await withDomain(async (sim) => {
+    const unchanged = await cli(["enable", "win11", "nosleep", "--json", "--root", sim.root], sim);
+    const notEnabled = await cli(["disable", "win11", "hugepages", "--json", "--root", sim.root], sim);
+    assert.equal([notEnabled.code, JSON.parse(notEnabled.stdout)], [0, JSON.parse(unchanged.stdout)]);
+    assert.equal(Object.keys(JSON.parse(notEnabled.stdout)), ["domain", "changed", "metadata"]);
+  });
+});
+
 test.run();
