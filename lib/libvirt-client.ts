@@ -2,6 +2,9 @@
 // the hook must never call libvirt (libvirt holds the domain's lock while it
 // runs the hook, so the call would wait forever).
 import { spawnSync } from "node:child_process";
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
 import { VmhookError } from "./errors.ts";
 import { NAMESPACE_URI } from "./paths.ts";
 import { METADATA_KEY, nameArgument } from "./metadata-text.ts";
@@ -39,9 +42,22 @@ export class Virsh {
     if (failure) throw new VmhookError(`${command}: ${failure.message}`);
     if (result.status !== 0) {
       const why = result.stderr.replace(/^error:\s*/gm, "").trim().split("\n").filter(Boolean).join("; ") || `exit status ${result.status}`;
+      const unconnected = /failed to connect to the hypervisor/.test(result.stderr);
+      const session = this.readsSessionUnasked();
+      if (session !== undefined && (unconnected || /failed to get domain/.test(result.stderr))) {
+        throw new VmhookError(`${command} failed: ${why}`, [`as uid ${session}, virsh without --connect reads qemu:///session, this user's own VMs: for a VM of the system (virt-manager's), add --connect qemu:///system`]);
+      }
+      // No daemon behind the socket (not one that answered and refused, as for a URI it does not serve).
+      if (unconnected && /Failed to connect socket/.test(result.stderr)) throw new LibvirtUnreachable(`${command} failed: ${why}`, this.uri);
       throw new VmhookError(`${command} failed: ${why}`);
     }
     return result.stdout;
+  }
+
+  /** The uid of a user other than root whose virsh, given no URI at all, connects to their own qemu:///session; undefined otherwise. */
+  private readsSessionUnasked(): number | undefined {
+    const euid = process.geteuid?.();
+    return euid !== undefined && euid !== 0 && noUriSet(this.uri) ? euid : undefined;
   }
 
   /**
@@ -79,6 +95,55 @@ export class Virsh {
   define(xml: string): void {
     this.run(["define", "/dev/stdin"], xml);
   }
+}
+
+/** No libvirt daemon answered virsh: with `ownSystemDaemon`, this host's own (no URI, as root), whose definitions are in /etc/libvirt/qemu. */
+export class LibvirtUnreachable extends VmhookError {
+  readonly ownSystemDaemon: boolean;
+  constructor(message: string, uri: string | undefined) {
+    super(message, [`no libvirt daemon answered${uri ? ` at ${uri}` : ""}: start it (service libvirtd start, or virtqemud on hosts with modular daemons)`]);
+    this.name = "LibvirtUnreachable";
+    this.ownSystemDaemon = process.geteuid?.() === 0 && noUriSet(uri);
+  }
+}
+
+/**
+ * The URI virsh connects to: --connect, VIRSH_DEFAULT_CONNECT_URI,
+ * LIBVIRT_DEFAULT_URI, uri_default in libvirt's client config, in that
+ * order; undefined when none is set (libvirt then probes this host:
+ * qemu:///system for root, qemu:///session for another user).
+ */
+export function virshUri(connect: string | undefined, clientConfig = libvirtClientConfig()): string | undefined {
+  return connect || process.env.VIRSH_DEFAULT_CONNECT_URI || process.env.LIBVIRT_DEFAULT_URI || configuredDefaultUri(clientConfig);
+}
+
+/** Whether virsh connects without any URI set (libvirt probes this host); false too when its client config cannot be read, as that is unknown. */
+function noUriSet(connect: string | undefined): boolean {
+  try {
+    return virshUri(connect) === undefined;
+  } catch {
+    return false;
+  }
+}
+
+/** libvirt's client config: root's in /etc, another user's under XDG_CONFIG_HOME (virsh reads it, not under --root). */
+export function libvirtClientConfig(): string {
+  if (process.geteuid?.() === 0) return "/etc/libvirt/libvirt.conf";
+  return path.join(process.env.XDG_CONFIG_HOME || path.join(os.homedir(), ".config"), "libvirt/libvirt.conf");
+}
+
+/** uri_default in libvirt's client config (`uri_default = "qemu+ssh://host/system"`), if set. */
+function configuredDefaultUri(file: string): string | undefined {
+  let text: string;
+  try {
+    text = fs.readFileSync(file, "utf8");
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code;
+    if (code === "ENOENT") return undefined;
+    throw new VmhookError(`cannot read ${file} (${code ?? (error as Error).message}), so which libvirt virsh reaches without --connect is unknown; pass --connect qemu:///system, or the URI of the VM's host`);
+  }
+  const match = /^[ \t]*uri_default[ \t]*=[ \t]*(?:"([^"]*)"|'([^']*)')/m.exec(text);
+  return match ? (match[1] ?? match[2]) || undefined : undefined;
 }
 
 function scopeFlags(scope: Scope): string[] {

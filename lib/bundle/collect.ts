@@ -5,7 +5,7 @@
 import * as fs from "node:fs";
 import { runDoctor } from "../diagnostics/doctor.ts";
 import { readIommuGroups } from "../diagnostics/iommu.ts";
-import { describeError } from "../errors.ts";
+import { describeError, VmhookError } from "../errors.ts";
 import type { Host } from "../host.ts";
 import { listJournals } from "../journal.ts";
 import { readLogFrom } from "../log.ts";
@@ -118,6 +118,12 @@ export async function writeBundle(host: Host, output: string, now = new Date(hos
     entries.push({ name: `${top}/${part.file}`, content: redactor.redact(content) });
   }
   entries.unshift({ name: `${top}/README.txt`, content: redactor.redact(readme(missing)) });
-  fs.writeFileSync(output, tarGz(entries, now.getTime() / 1000), { flag: "wx", mode: 0o600 });
+  try {
+    fs.writeFileSync(output, tarGz(entries, now.getTime() / 1000), { flag: "wx", mode: 0o600 });
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code ?? describeError(error);
+    if (code === "EEXIST") throw new VmhookError(`${output} exists (EEXIST), and vmhook bundle never overwrites a file: name another with -o FILE, or leave -o out for a new name`);
+    throw new VmhookError(`cannot write the bundle to ${output} (${code}): with -o FILE, name a file in a directory that exists and you may write`);
+  }
   return output;
 }

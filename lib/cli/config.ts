@@ -20,7 +20,7 @@ import { registry } from "../../plugins/index.ts";
 import { isThisHostsLibvirt, notCheckedHere } from "./domain-source.ts";
 import { askYes, runEditor } from "./editor.ts";
 import type { GlobalOptions } from "./options.ts";
-import { print, printJson, readDomainFile } from "./output.ts";
+import { print, printJson, readInputFile } from "./output.ts";
 
 interface LibvirtArgs extends GlobalOptions {
   connect?: string;
@@ -230,7 +230,7 @@ const configCommand: CommandModule<GlobalOptions, ConfigArgs> = {
     const { host, virsh, current } = open(args);
     if (args.edit) return edit(host, virsh, args.domain, current, args);
     if (args.set !== undefined) {
-      const hooks = pastedHooks(readDomainFile(args.set));
+      const hooks = pastedHooks(readInputFile(args.set, "--set takes a file holding the vmhook metadata (<hooks>…</hooks>, prefixed or not), or - for stdin"));
       return save(virsh, args.domain, current, hooks, await checkCandidate(host, current, hooks, args.domain), args);
     }
     const text = elementText(current.hooks);
@@ -311,7 +311,7 @@ const disableCommand: CommandModule<GlobalOptions, DisableArgs> = {
     const removed = childElements(hooks).filter((element) => isPlugin(element, args.plugin));
     for (const element of removed) hooks.removeChild(element);
     if (removed.length === 0 && !repairs(current)) {
-      if (args.json) printJson({ domain: args.domain, changed: false });
+      if (args.json) printJson({ domain: args.domain, changed: false, metadata: elementText(current.hooks) });
       else print(`${args.domain}: ${args.plugin} is not enabled; nothing changed`);
       return;
     }

@@ -10,7 +10,9 @@ import { readLogFrom, terminalText } from "../log.ts";
 import { nameArgument } from "../metadata-text.ts";
 import { paths } from "../paths.ts";
 import type { GlobalOptions } from "./options.ts";
+import { requireRoot } from "./as-root.ts";
 import { runningOrWhyUnknown } from "./running.ts";
+import { LIBVIRT_HOOK_EVENTS, notAHookEvent } from "./usage.ts";
 
 /** hooks/qemu.ts's hookMain: the hook exactly as libvirt runs it; `checkXml` sees the domain XML it read before it acts on it (by hand). */
 export type HookMain = (args: string[], root: string, checkXml?: (xml: string) => void) => Promise<number>;
@@ -87,10 +89,12 @@ export const hookCommand = (hookMain: HookMain): CommandModule<GlobalOptions, Ho
   builder: (y) =>
     y
       .positional("name", { type: "string", demandOption: true })
-      .positional("op", { type: "string", demandOption: true, describe: "prepare, start, started, stopped, release, migrate, restore, reconnect" })
-      .positional("subop", { type: "string", demandOption: true, describe: "begin or end" })
-      .positional("extra", { type: "string", default: "-" }),
+      .positional("op", { type: "string", demandOption: true, describe: `with subop, an event libvirt runs: ${LIBVIRT_HOOK_EVENTS.join(", ")}` })
+      .positional("subop", { type: "string", demandOption: true, describe: "begin or end, as the event above has it" })
+      .positional("extra", { type: "string", default: "-" })
+      .check(({ name, op, subop }) => notAHookEvent(name, op, subop) ?? true),
   async handler(args) {
+    requireRoot(`vmhook hook ${nameArgument(args.name)} ${args.op} ${args.subop}`, "libvirt runs the hook as root, and its steps change the host as root", args.root);
     refuseIfRunning(args.host, args);
     const offset = logSize(args.host);
     const event = `${args.op} ${args.subop} of ${args.name}`;
@@ -103,7 +107,9 @@ export const hookCommand = (hookMain: HookMain): CommandModule<GlobalOptions, Ho
         ? `what it did is not shown: ${since.unread}\n`
         : since.logged
           ? `what it did (from ${paths.log}):\n${since.logged.replace(/^\S+ /gm, "  ")}`
-          : `nothing logged: the domain XML on stdin has no vmhook metadata and holds no journal, or ${args.op} ${args.subop} has nothing to do for it${args.host.exists(paths.log) ? "" : ` (or ${paths.log} cannot be written)`}\n`;
+          : code !== 0
+            ? "nothing logged: the error above says what failed\n"
+            : `nothing logged: the domain XML on stdin has no vmhook metadata and holds no journal, or ${args.op} ${args.subop} has nothing to do for it${args.host.exists(paths.log) ? "" : ` (or ${paths.log} cannot be written)`}\n`;
     process.stderr.write(terminalText(`vmhook hook: ${event} exited ${code}; ${what}`));
   },
 });

@@ -1,5 +1,6 @@
 // CLI mode: `vmhook COMMAND`. yargs and the commands load only here, never on
 // the hook's fast path.
+import * as fs from "node:fs";
 import yargs from "yargs";
 import type { CommandModule } from "yargs";
 import { describeError, VmhookError } from "../errors.ts";
@@ -42,6 +43,24 @@ function withoutLiteralMark(value: unknown): unknown {
 }
 
 /**
+ * A --root (or a VMHOOK_ROOT left set) that names no directory: every file
+ * under it is missing, which status, recover and doctor would report as a
+ * host with nothing held and nothing to recover.
+ */
+function refuseMissingRoot(root: string, args: string[]): void {
+  let code: string | undefined;
+  try {
+    code = fs.statSync(root).isDirectory() ? undefined : "ENOTDIR";
+  } catch (error) {
+    code = (error as NodeJS.ErrnoException).code ?? describeError(error);
+  }
+  if (code === undefined) return;
+  const fromEnvironment = !args.some((arg) => arg === "--root" || arg.startsWith("--root=")) && process.env.VMHOOK_ROOT === root;
+  const named = fromEnvironment ? `VMHOOK_ROOT=${root}` : `--root ${root}`;
+  throw new VmhookError(`${named} is not a directory (${code}): name the tree to treat as the host's /, or ${fromEnvironment ? "unset VMHOOK_ROOT" : "leave --root out"} for this host`);
+}
+
+/**
  * `hookMain` runs `vmhook hook`: the entry (hooks/qemu.ts) hands it over, so
  * lib/ never imports the entry. `hostAt` gives the host under --root that
  * the commands act on.
@@ -73,6 +92,7 @@ export async function runCli(args: string[], hookMain: HookMain, hostAt: (root: 
         if (argv.domain === "") argv.domain = "-";
       }, true)
       .middleware((argv) => {
+        refuseMissingRoot(argv.root, args);
         argv.host = hostAt(argv.root);
       })
       // Every command gets GlobalOptions: host is the middleware's.
@@ -83,8 +103,9 @@ export async function runCli(args: string[], hookMain: HookMain, hostAt: (root: 
       .alias("h", "help")
       .version(VERSION)
       .wrap(Math.min(100, process.stdout.columns || 100))
-      .fail((message, error) => {
-        throw error ?? new UsageError(message);
+      // A command's .check() refusal comes as its string, a usage error too.
+      .fail((message, error: unknown) => {
+        throw error instanceof Error ? error : new UsageError(message);
       })
       .parseAsync();
   } catch (error) {

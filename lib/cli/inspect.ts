@@ -2,7 +2,7 @@
 import type { CommandModule } from "yargs";
 import { loadDomainPlugins, type PluginInstance } from "../config.ts";
 import { parseDomain, type Domain } from "../domain.ts";
-import { describeError } from "../errors.ts";
+import { describeError, VmhookError } from "../errors.ts";
 import { recoverCommandLine } from "../metadata-text.ts";
 import type { Host } from "../host.ts";
 import { runDoctor } from "../diagnostics/doctor.ts";
@@ -39,8 +39,16 @@ const validate: CommandModule<GlobalOptions, DomainArgs> = {
   async handler(args) {
     const host = args.host;
     const source = readDomainSource(args.domain, args.connect);
-    const domain = parseDomain(source.xml, source.source);
-    const instances = await loadDomainPlugins(domain, host, registry);
+    let domain: Domain | undefined;
+    let instances: PluginInstance[];
+    try {
+      domain = parseDomain(source.xml, source.source);
+      instances = await loadDomainPlugins(domain, host, registry);
+    } catch (error) {
+      // --json answers "is it valid?" here too, never with an empty stdout; the message still goes to stderr.
+      if (args.json) printJson({ ok: false, ...(domain ? { domain: { name: domain.name, uuid: domain.uuid } } : {}), ...errorFields("invalid", error) });
+      throw error;
+    }
     const hostCheck = await checkHere(host, domain, instances, source.onThisHost);
     if ("refused" in hostCheck && hostCheck.refused.length > 0) {
       process.exitCode = 1;
@@ -59,6 +67,11 @@ const validate: CommandModule<GlobalOptions, DomainArgs> = {
     }
   },
 };
+
+/** An error as --json reports it: its message under `key`, and its further lines (the fix) as details when it has any. */
+function errorFields(key: string, error: unknown): Record<string, string | string[]> {
+  return { [key]: describeError(error), ...(error instanceof VmhookError && error.lines.length > 0 ? { details: error.lines } : {}) };
+}
 
 /**
  * What prepare would refuse on this host (a request that cannot fit, a plan
@@ -96,15 +109,23 @@ const plan: CommandModule<GlobalOptions, PlanArgs> = {
   async handler(args) {
     const host = args.host;
     const source = readDomainSource(args.domain, args.connect);
-    const domain = parseDomain(source.xml, source.source);
-    const instances = await loadDomainPlugins(domain, host, registry);
     const event = args.event as (typeof PLANNABLE)[number];
+    let domain: Domain | undefined;
+    let instances: PluginInstance[];
     let planned: PlannedStep[];
-    if (event === "release") {
-      const journal = readJournal(host, domain.uuid);
-      planned = (journal?.entries ?? []).reverse().map((entry) => ({ plugin: entry.plugin, event: "release" as HookEvent, action: entry.undo.action, description: `undo: ${entry.description}`, record: entry.undo }));
-    } else {
-      planned = await dryRun(host, domain, instances, event, args.json ? "none" : "stderr", registry);
+    try {
+      domain = parseDomain(source.xml, source.source);
+      instances = await loadDomainPlugins(domain, host, registry);
+      if (event === "release") {
+        const journal = readJournal(host, domain.uuid);
+        planned = (journal?.entries ?? []).reverse().map((entry) => ({ plugin: entry.plugin, event: "release" as HookEvent, action: entry.undo.action, description: `undo: ${entry.description}`, record: entry.undo }));
+      } else {
+        planned = await dryRun(host, domain, instances, event, args.json ? "none" : "stderr", registry);
+      }
+    } catch (error) {
+      // --json keeps its shape when there is no plan: nothing possible, and why; the message still goes to stderr.
+      if (args.json) printJson({ ...(domain ? { domain: { name: domain.name, uuid: domain.uuid } } : {}), event, steps: [], blocking: [], possible: false, ...errorFields("error", error) });
+      throw error;
     }
     // What the plugins' checks say cannot work on this host (prepare is where the host must give something).
     const findings = event === "prepare" ? ((await runDoctor(host, { file: source.source, xml: source.xml })).domain?.findings ?? []) : [];

@@ -17,6 +17,7 @@ import { serviceCommand } from "../host-advice.ts";
 import { paths } from "../paths.ts";
 import { LIBVIRT_DAEMONS } from "../processes.ts";
 import type { GlobalOptions } from "./options.ts";
+import { requireRoot } from "./as-root.ts";
 import { describeLeftovers, findLeftovers, purge } from "./leftovers.ts";
 import { print, printJson } from "./output.ts";
 
@@ -181,9 +182,7 @@ export function install(host: Host, binary: string, { cliLink = true } = {}): In
   const notes: string[] = [];
   let hooksChanged = false;
   const hook = host.resolve(HOOK);
-  fs.mkdirSync(path.dirname(hook), { recursive: true, mode: 0o755 });
-  fs.mkdirSync(host.resolve(paths.pluginsDir), { recursive: true, mode: 0o755 });
-  fs.mkdirSync(host.resolve(paths.stateDir), { recursive: true, mode: 0o700 });
+  // Every refusal comes before the first change, a directory made included.
   const record = readRecord(host);
   const keepForeignHook = present(host, HOOK) && !isVmhookBinary(hook);
   const saved = host.resolve(SAVED_HOOK);
@@ -194,6 +193,11 @@ export function install(host: Host, binary: string, { cliLink = true } = {}): In
   // (the disk filling up while the binary is copied) leaves the hooks as they were.
   const undos: (() => void)[] = [];
   try {
+    for (const [dir, mode] of [[path.dirname(HOOK), 0o755], [paths.pluginsDir, 0o755], [paths.stateDir, 0o700]] as const) {
+      // the first directory it made, holding only what this install puts there
+      const made = fs.mkdirSync(host.resolve(dir), { recursive: true, mode });
+      if (made) undos.push(() => fs.rmSync(made, { recursive: true, force: true }));
+    }
     const temporary = sameFile(binary, hook) ? undefined : `${hook}.vmhook-new`;
     if (temporary) {
       // Copied before the existing hook is touched: the copy is the step most likely to fail.
@@ -346,6 +350,7 @@ const installCommand: CommandModule<GlobalOptions, InstallArgs> = {
   describe: `install this binary as ${HOOK} (keeping an existing hook) and ${CLI_LINK}; running it again changes nothing`,
   builder: (y) => y.option("cli-link", { type: "boolean", default: true, describe: `link ${CLI_LINK} to the hook (--no-cli-link: the Debian package has /usr/bin/vmhook)` }),
   handler(args) {
+    requireRoot("vmhook install", `it writes ${HOOK} and /etc/vmhook`, args.root);
     const host = args.host;
     report(host, args, install(host, ownBinary(), { cliLink: args["cli-link"] }));
   },
@@ -359,6 +364,7 @@ const uninstallCommand: CommandModule<GlobalOptions, UninstallArgs> = {
       .option("force", { type: "boolean", default: false, describe: "even while domains hold changes" })
       .option("purge", { type: "boolean", default: false, describe: "also remove vmhook's own files: /etc/vmhook, the log, /var/lib/vmhook, /run/vmhook" }),
   handler(args) {
+    requireRoot("vmhook uninstall", `it removes ${HOOK} and puts back the hook it replaced`, args.root);
     const host = args.host;
     report(host, args, uninstall(host, args.force, args.purge));
   },

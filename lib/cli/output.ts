@@ -25,10 +25,15 @@ export function printJson(value: unknown): void {
 
 /** A domain XML file, or "-" for stdin (e.g. `virsh dumpxml VM | vmhook plan -`). */
 export function readDomainFile(file: string): string {
+  return readInputFile(file, "pass a domain XML file (virsh dumpxml VM > VM.xml) or - for stdin");
+}
+
+/** A file the user names, or "-" for stdin; `expected` says what to pass when it cannot be read. */
+export function readInputFile(file: string, expected: string): string {
   try {
     return readFileSync(file === "-" ? 0 : file, "utf8");
   } catch (error) {
-    throw new VmhookError(`cannot read ${file}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}; pass a domain XML file (virsh dumpxml VM > VM.xml) or - for stdin`);
+    throw new VmhookError(`cannot read ${file}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}; ${expected}`);
   }
 }
 

@@ -2,6 +2,8 @@
 // enough non-option arguments: got 0, need at least 1", "Unknown argument:
 // lsit"): each names what is wrong and the command line that works.
 
+import { nameArgument } from "../metadata-text.ts";
+
 export interface CommandUsage {
   /** "validate" */
   name: string;
@@ -31,7 +33,23 @@ export function closest(word: string, known: string[]): string | undefined {
 
 const upper = (usage: string) => usage.replace(/<(\w+)>/g, (_, name: string) => name.toUpperCase()).replace(/\[(\w+)(\.\.)?\]/g, (_, name: string, many?: string) => `[${name.toUpperCase()}${many ? " …" : ""}]`);
 
-const HOOK_OPERATIONS = ["prepare", "start", "started", "stopped", "release", "migrate", "restore", "reconnect", "attach"];
+/** What libvirt runs its qemu hook with, OP SUBOP (qemu_process.c, qemu_migration.c, qemu_saveimage.c; attach is never sent any more). */
+export const LIBVIRT_HOOK_EVENTS = ["prepare begin", "start begin", "started begin", "stopped end", "release end", "migrate begin", "restore begin", "reconnect begin", "attach begin"];
+
+const HOOK_OPERATIONS = LIBVIRT_HOOK_EVENTS.map((event) => event.split(" ")[0]!);
+
+/**
+ * Why `vmhook hook NAME OP SUBOP` names no event libvirt runs, or undefined
+ * when it does. The hook passes over an event it does not know (a later
+ * libvirt's): typed by hand, that is a typo it would report as done.
+ */
+export function notAHookEvent(name: string, op: string, subop: string): string | undefined {
+  const event = `${op} ${subop}`;
+  if (LIBVIRT_HOOK_EVENTS.includes(event)) return undefined;
+  const meant = LIBVIRT_HOOK_EVENTS.find((known) => known.startsWith(`${closest(op, HOOK_OPERATIONS)} `));
+  const fix = meant ? `did you mean vmhook hook ${nameArgument(name)} ${meant}?` : `the events are ${LIBVIRT_HOOK_EVENTS.join(", ")}`;
+  return `"${event}" is not an event libvirt runs, so the hook would do nothing; ${fix}`;
+}
 
 /** Options whose value is the next word: that word is not a command or an argument. */
 const OPTIONS_WITH_VALUE = ["--root", "--connect", "-c", "--set", "--event"];
@@ -67,7 +85,11 @@ export function usageError(message: string, args: string[], commands: CommandUsa
     const missing = /<(\w+)>/g;
     const given = words.length - 1;
     const required = [...command.usage.matchAll(missing)].map((match) => match[1]!.toUpperCase());
-    return `vmhook ${command.name} needs ${required.slice(Math.max(0, given)).join(" and ") || "more arguments"}; usage: ${usage}`;
+    const unnamed = required.slice(Math.max(0, given));
+    // Every word is there, yet one is missing: an option the command does not have took the word after it for its value.
+    const eater = unnamed.length === 0 ? options.findIndex((arg, index) => /^--?[^-=]/.test(arg) && !arg.includes("=") && words.includes(options[index + 1] ?? "")) : -1;
+    if (eater >= 0) return `vmhook ${command.name} has no option ${options[eater]}, which took ${options[eater + 1]} for its value; usage: ${usage} (vmhook ${command.name} --help lists the options)`;
+    return `vmhook ${command.name} needs ${unnamed.join(" and ") || "more arguments"}; usage: ${usage}`;
   }
   const exclusive = /^Arguments (\S+) and (\S+) are mutually exclusive/.exec(message);
   if (exclusive) return `--${exclusive[1]} and --${exclusive[2]} cannot be used together; usage: ${usage}`;

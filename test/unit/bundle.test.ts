@@ -172,9 +172,20 @@ test("an existing file is never overwritten", async () => {
     await writeBundle(sim, output);
     assert.unreachable("the bundle overwrote an existing file");
   } catch (error) {
-    assert.match((error as Error).message, "EEXIST");
+    assert.is((error as Error).message, `${output} exists (EEXIST), and vmhook bundle never overwrites a file: name another with -o FILE, or leave -o out for a new name`);
   }
   assert.is(fs.readFileSync(output, "utf8"), "keep me");
+  sim.cleanup();
+});
+
+test("-o in a directory that does not exist: the error names the file, the errno and the fix, not a bare ENOENT", async () => {
+  const sim = identifiableHost();
+  try {
+    await writeBundle(sim, "/nonexistent/dir/bundle.tar.gz");
+    assert.unreachable("the bundle was written where no directory is");
+  } catch (error) {
+    assert.is((error as Error).message, "cannot write the bundle to /nonexistent/dir/bundle.tar.gz (ENOENT): with -o FILE, name a file in a directory that exists and you may write");
+  }
   sim.cleanup();
 });
 

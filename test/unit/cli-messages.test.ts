@@ -15,6 +15,7 @@ import { ConfigError } from "../../lib/errors.ts";
 import { pastedHooks, withVmhookMetadata } from "../../lib/metadata-in-domain.ts";
 import { readPastedMetadata, renderHooks, repairDoubledPrefixes } from "../../lib/metadata-text.ts";
 import { closest, usageError } from "../../lib/cli/usage.ts";
+import { cli } from "../helpers/cli.ts";
 import { runHookEvent } from "../helpers/hook.ts";
 import { SimHost } from "../helpers/simhost.ts";
 
@@ -30,6 +31,11 @@ test("usage errors: a typo gets the closest command, missing words and unknown o
   assert.is(usageError("Not enough non-option arguments: got 1, need at least 2", ["enable", "--config", "--", "-lab"], COMMANDS), "vmhook enable needs PLUGIN; usage: vmhook enable DOMAIN PLUGIN [SETTINGS …]", "after --, -lab is the domain");
   assert.is(usageError("Unknown argument: bogus", ["status", "--bogus"], COMMANDS), "vmhook status has no option --bogus; usage: vmhook status (vmhook status --help lists the options)");
   assert.is(usageError("Unknown argument: extra", ["validate", "a.xml", "extra"], COMMANDS), 'vmhook validate takes no argument "extra" there; usage: vmhook validate DOMAIN');
+  assert.is(
+    usageError("Not enough non-option arguments: got 0, need at least 1", ["validate", "--frob", "win11.xml"], COMMANDS),
+    "vmhook validate has no option --frob, which took win11.xml for its value; usage: vmhook validate DOMAIN (vmhook validate --help lists the options)",
+    "an unknown option ate the argument: the option is the mistake, not a missing word",
+  );
   assert.is(usageError("name a command", [], COMMANDS), "name a command: config, enable, validate, status, doctor, plugins (vmhook --help says what each does)");
 });
 
@@ -230,6 +236,117 @@ test("vmhook hook run by hand says what it did, or why it did nothing, on stderr
     assert.match(bad.stderr, "vmhook hook: prepare begin of vm exited 1; what it did (from /var/log/vmhook.log):\n  [vm prepare begin] error: <vmhook:hugepage>: is not a vmhook element");
   } finally {
     fs.rmSync(root, { recursive: true, force: true });
+  }
+});
+
+test("the built binary as a user other than root: install, uninstall and hook say up front that they need root and the command to run, never a bare EACCES or a stack trace", () => {
+  assert.is(process.getuid?.(), 0, "the test runs the binary as nobody, which only root can");
+  const asNobody = (args: string[], input = "") => spawnSync(BINARY, args, { uid: 65534, gid: 65534, cwd: "/", input, encoding: "utf8", timeout: 20_000, env: { PATH: process.env.PATH } });
+  const domain = DOMAIN('<metadata><vmhook:hooks xmlns:vmhook="urn:vmhook:1"><vmhook:hugepages size="2M"/></vmhook:hooks></metadata>');
+  const cases: [string[], string][] = [
+    [["install"], "vmhook: vmhook install must run as root (it writes /etc/libvirt/hooks/qemu and /etc/vmhook), not as uid 65534: run sudo vmhook install\n"],
+    [["uninstall"], "vmhook: vmhook uninstall must run as root (it removes /etc/libvirt/hooks/qemu and puts back the hook it replaced), not as uid 65534: run sudo vmhook uninstall\n"],
+    [["hook", "vm", "prepare", "begin"], "vmhook: vmhook hook vm prepare begin must run as root (libvirt runs the hook as root, and its steps change the host as root), not as uid 65534: run sudo vmhook hook vm prepare begin\n"],
+  ];
+  for (const [args, stderr] of cases) {
+    const result = asNobody(args, domain);
+    assert.equal([result.status, result.stdout, result.stderr], [1, "", stderr], args.join(" "));
+  }
+  // a tree of the user's own under --root is theirs to change
+  const tree = fs.mkdtempSync(path.join(os.tmpdir(), "vmhook-as-user-"));
+  try {
+    fs.chownSync(tree, 65534, 65534);
+    const result = asNobody(["uninstall", "--root", tree]);
+    assert.equal([result.status, result.stderr], [0, ""]);
+  } finally {
+    fs.rmSync(tree, { recursive: true, force: true });
+  }
+});
+
+/** A virsh on PATH that fails every call with these lines on stderr, as virsh does; `run` runs with it there. */
+async function failingVirsh(stderr: string, run: (dir: string) => unknown): Promise<void> {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "vmhook-failing-virsh-"));
+  const savedPath = process.env.PATH;
+  try {
+    fs.chmodSync(dir, 0o755);
+    fs.writeFileSync(path.join(dir, "stderr"), stderr, { mode: 0o644 });
+    fs.writeFileSync(path.join(dir, "virsh"), `#!/bin/sh\ncat ${dir}/stderr >&2\nexit 1\n`, { mode: 0o755 });
+    process.env.PATH = `${dir}:${savedPath}`;
+    await run(dir);
+  } finally {
+    process.env.PATH = savedPath;
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+test("a domain named while libvirt's daemon is down: the error says to start it, or to pass the domain's XML as a file", async () => {
+  const down = "error: failed to connect to the hypervisor\nerror: Failed to connect socket to '/var/run/libvirt/libvirt-sock': No such file or directory\n";
+  const saved = { LIBVIRT_DEFAULT_URI: process.env.LIBVIRT_DEFAULT_URI, VIRSH_DEFAULT_CONNECT_URI: process.env.VIRSH_DEFAULT_CONNECT_URI };
+  delete process.env.LIBVIRT_DEFAULT_URI;
+  delete process.env.VIRSH_DEFAULT_CONNECT_URI;
+  try {
+    await failingVirsh(down, async () => {
+      for (const command of ["validate", "plan", "doctor"]) {
+        const { code, stdout, stderr } = await cli([command, "win11", "--root", os.tmpdir()]);
+        assert.equal([code, stdout], [1, ""], command);
+        assert.is(
+          stderr,
+          "vmhook: virsh dumpxml --inactive -- win11 failed: failed to connect to the hypervisor; Failed to connect socket to '/var/run/libvirt/libvirt-sock': No such file or directory\n" +
+            "  no libvirt daemon answered: start it (service libvirtd start, or virtqemud on hosts with modular daemons)\n" +
+            "  or name its XML file in place of the name: /etc/libvirt/qemu/win11.xml holds its definition (readable by root)\n",
+          command,
+        );
+      }
+    });
+  } finally {
+    for (const [key, value] of Object.entries(saved)) if (value !== undefined) process.env[key] = value;
+  }
+});
+
+test("the built binary as a user other than root naming a domain virsh does not find: the error says that virsh read qemu:///session and names --connect qemu:///system", async () => {
+  assert.is(process.getuid?.(), 0, "the test runs the binary as nobody, which only root can");
+  await failingVirsh("error: failed to get domain 'win11'\n", (dir) => {
+    const result = spawnSync(BINARY, ["validate", "win11"], { uid: 65534, gid: 65534, cwd: "/", encoding: "utf8", timeout: 20_000, env: { PATH: `${dir}:${process.env.PATH}`, HOME: "/nonexistent" } });
+    assert.equal(
+      [result.status, result.stdout, result.stderr],
+      [1, "", "vmhook: virsh dumpxml --inactive -- win11 failed: failed to get domain 'win11'\n  as uid 65534, virsh without --connect reads qemu:///session, this user's own VMs: for a VM of the system (virt-manager's), add --connect qemu:///system\n"],
+    );
+  });
+});
+
+test("validate --json (and plan --json) on a config that is not valid prints ok: false (possible: false) with what is wrong, as for one the host refuses; the message stays on stderr", async () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "vmhook-validate-json-"));
+  try {
+    const file = (name: string, xml: string) => (fs.writeFileSync(path.join(dir, name), xml), path.join(dir, name));
+    const misspelt = file("misspelt.xml", DOMAIN('<metadata><vmhook:hooks xmlns:vmhook="urn:vmhook:1"><vmhook:hugepage/></vmhook:hooks></metadata>'));
+    const wrong = "<vmhook:hugepage>: is not a vmhook element; use one of <vmhook:hugepages>, <vmhook:isolate>, <vmhook:mdev>, <vmhook:nosleep>, <vmhook:vgpu>, <vmhook:vfio>, <vmhook:forward>, <vmhook:plugin>";
+    const refused = await cli(["validate", "--json", misspelt, "--root", dir]);
+    assert.equal([refused.code, JSON.parse(refused.stdout), refused.stderr], [1, { ok: false, domain: { name: "win 11", uuid: "e0e0e0e0-0000-4000-8000-0000000000e0" }, invalid: wrong }, `vmhook: ${wrong}\n`]);
+    const broken = file("broken.xml", "<domain><name>x</name");
+    const unparsed = await cli(["validate", "--json", broken, "--root", dir]);
+    assert.equal([unparsed.code, JSON.parse(unparsed.stdout)], [1, { ok: false, invalid: `${broken} is not well-formed XML: Expected '>' to end the closing tag but found end of input` }]);
+    // plan --json keeps its shape too: nothing possible, and why
+    const unplanned = await cli(["plan", "--json", misspelt, "--root", dir]);
+    assert.equal([unplanned.code, JSON.parse(unplanned.stdout), unplanned.stderr], [1, { domain: { name: "win 11", uuid: "e0e0e0e0-0000-4000-8000-0000000000e0" }, event: "prepare", steps: [], blocking: [], possible: false, error: wrong }, `vmhook: ${wrong}\n`]);
+    assert.equal(JSON.parse((await cli(["plan", "--json", broken, "--event", "release", "--root", dir])).stdout), { event: "release", steps: [], blocking: [], possible: false, error: `${broken} is not well-formed XML: Expected '>' to end the closing tag but found end of input` });
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test("a --root (or VMHOOK_ROOT) that is no directory is refused naming it: status, recover and doctor never report on a tree that is not there as on an empty host", async () => {
+  for (const command of [["status"], ["recover"], ["doctor"], ["iommu"]]) {
+    const { code, stdout, stderr } = await cli([...command, "--root", "/nonexistent-vmhook-root"]);
+    assert.equal([code, stdout, stderr], [1, "", "vmhook: --root /nonexistent-vmhook-root is not a directory (ENOENT): name the tree to treat as the host's /, or leave --root out for this host\n"], command[0]);
+  }
+  const saved = process.env.VMHOOK_ROOT;
+  process.env.VMHOOK_ROOT = "/nonexistent-vmhook-root";
+  try {
+    const { code, stderr } = await cli(["status"]);
+    assert.equal([code, stderr], [1, "vmhook: VMHOOK_ROOT=/nonexistent-vmhook-root is not a directory (ENOENT): name the tree to treat as the host's /, or unset VMHOOK_ROOT for this host\n"]);
+  } finally {
+    if (saved === undefined) delete process.env.VMHOOK_ROOT;
+    else process.env.VMHOOK_ROOT = saved;
   }
 });
 

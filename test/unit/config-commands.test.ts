@@ -293,4 +293,22 @@ test("enable keeps another plugin's element in vmhook's namespace when it declar
     DOMAIN.replace("<vmhook:nosleep/>", '<vmhook:plugin name="notes" xmlns="urn:example:notes" text="x"/>'),
   ));
 
+test("config --set with a file that cannot be read names what --set takes (the metadata, not a domain XML) and changes nothing", async () => {
+  await withDomain(async (sim, libvirt) => {
+    const missing = path.join(libvirt.dir, "hooks.xml");
+    const { code, stdout, stderr } = await cli(["config", "win11", "--set", missing, "--root", sim.root], sim);
+    assert.equal([code, stdout, stderr], [1, "", `vmhook: cannot read ${missing}: ENOENT; --set takes a file holding the vmhook metadata (<hooks>…</hooks>, prefixed or not), or - for stdin\n`]);
+    assert.is(libvirt.xml("config"), DOMAIN);
+  });
+});
+
+test("disable --json of a plugin not enabled has the shape of any unchanged save: changed false, with the metadata as it is", async () => {
+  await withDomain(async (sim) => {
+    const unchanged = await cli(["enable", "win11", "nosleep", "--json", "--root", sim.root], sim);
+    const notEnabled = await cli(["disable", "win11", "hugepages", "--json", "--root", sim.root], sim);
+    assert.equal([notEnabled.code, JSON.parse(notEnabled.stdout)], [0, JSON.parse(unchanged.stdout)]);
+    assert.equal(Object.keys(JSON.parse(notEnabled.stdout)), ["domain", "changed", "metadata"]);
+  });
+});
+
 test.run();

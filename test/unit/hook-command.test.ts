@@ -58,4 +58,39 @@ test("vmhook hook prepare on a VM that is shut off runs the hook", async () => {
   }
 });
 
+
+test("vmhook hook with an event libvirt never sends (release begin for release end, a typo) is a usage error naming the event to type; the hook does not run and report success", async () => {
+  const sim = new SimHost().dir("/var/log");
+  try {
+    const expected: Record<string, string> = {
+      "release begin": `vmhook: "release begin" is not an event libvirt runs, so the hook would do nothing; did you mean vmhook hook vm release end?; usage: vmhook hook NAME OP SUBOP [EXTRA]\n`,
+      "prepare end": `vmhook: "prepare end" is not an event libvirt runs, so the hook would do nothing; did you mean vmhook hook vm prepare begin?; usage: vmhook hook NAME OP SUBOP [EXTRA]\n`,
+      "prepar begin": `vmhook: "prepar begin" is not an event libvirt runs, so the hook would do nothing; did you mean vmhook hook vm prepare begin?; usage: vmhook hook NAME OP SUBOP [EXTRA]\n`,
+      "bogus begin": `vmhook: "bogus begin" is not an event libvirt runs, so the hook would do nothing; the events are prepare begin, start begin, started begin, stopped end, release end, migrate begin, restore begin, reconnect begin, attach begin; usage: vmhook hook NAME OP SUBOP [EXTRA]\n`,
+    };
+    for (const [event, stderr] of Object.entries(expected)) {
+      const [op, subop] = event.split(" ");
+      const outcome = await byHand(sim, op!, subop!);
+      assert.equal([outcome.code, outcome.ran, outcome.stderr], [2, false, stderr], event);
+    }
+    assert.ok((await byHand(sim, "attach", "begin")).ran, "attach begin is libvirt's too (never sent any more, but not a typo)");
+  } finally {
+    sim.cleanup();
+  }
+});
+
+test("vmhook hook whose event failed before it logged anything does not say the domain had nothing to do", async () => {
+  const sim = new SimHost().dir("/var/log");
+  try {
+    const failing = async () => {
+      process.stderr.write("vmhook: EIO reading the domain\n");
+      return 1;
+    };
+    const { code, stderr } = await cli(["hook", "vm", "prepare", "begin", "--root", sim.root], sim, failing);
+    assert.equal([code, stderr], [1, "vmhook: EIO reading the domain\nvmhook hook: prepare begin of vm exited 1; nothing logged: the error above says what failed\n"]);
+  } finally {
+    sim.cleanup();
+  }
+});
+
 test.run();

@@ -66,14 +66,14 @@ test("install keeps the previous hook beside it, run from qemu.d/ by a launcher;
   assert.is(read(SAVED), PREVIOUS);
 });
 
-test("install refuses to move a hook libvirt runs when libvirt is older than 6.5 or does not tell its version: that libvirt does not run qemu.d/, so the kept hook would silently stop running; nothing changes", () => {
+test("install refuses to move a hook libvirt runs when libvirt is older than 6.5 or does not tell its version: that libvirt does not run qemu.d/, so the kept hook would silently stop running; nothing changes, not even a directory made", () => {
   for (const [version, reason] of [["6.0.0", "libvirt 6.0.0 runs only"], [undefined, "neither libvirtd --version nor virtqemud --version tells"]] as const) {
     const { host, binary, read, exists, putPreviousHook, putLibvirt } = setUp();
     putPreviousHook();
     putLibvirt(version);
     assert.throws(() => install(host, binary), (error: Error) => error.message.startsWith(`${HOOK} is not vmhook, and ${reason}`), String(version));
     assert.is(read(HOOK), PREVIOUS, `${version}: the hook was moved`);
-    for (const absent of [SAVED, LAUNCHER, `${HOOK}.vmhook-new`, "/etc/vmhook/install.json", "/usr/local/bin/vmhook"]) assert.not.ok(exists(absent), `${version}: ${absent} is there`);
+    for (const absent of [SAVED, LAUNCHER, `${HOOK}.vmhook-new`, "/etc/vmhook", "/run/vmhook", "/usr/local/bin/vmhook"]) assert.not.ok(exists(absent), `${version}: ${absent} is there`);
   }
   // 6.5 is the first libvirt that runs qemu.d/
   const { host, binary, read, putPreviousHook, putLibvirt } = setUp();
@@ -170,7 +170,7 @@ test("an install that cannot copy the binary leaves the previous hook where it w
   putPreviousHook();
   assert.throws(() => install(host, path.join(host.root, "no-such-build")), /ENOENT/);
   assert.is(read(HOOK), PREVIOUS);
-  for (const absent of [SAVED, LAUNCHER, `${HOOK}.vmhook-new`, "/etc/vmhook/install.json"]) assert.not.ok(exists(absent), `${absent} is there`);
+  for (const absent of [SAVED, LAUNCHER, `${HOOK}.vmhook-new`, "/etc/vmhook", "/run/vmhook"]) assert.not.ok(exists(absent), `${absent} is there`);
 });
 
 test("uninstall with another hook in vmhook's place since keeps that one and the saved hook", () => {
@@ -204,7 +204,7 @@ test("install refuses when it cannot look at the hook or the saved hook (lstat E
     assert.throws(() => install(host, binary), new RegExp(`${unseen.replace(/\./g, "\\.")}.*${code}`), `${unseen} ${code}`);
     assert.is(read(HOOK), PREVIOUS, `${unseen} ${code}: the hook was overwritten`);
     assert.is(read(SAVED), "#!/bin/sh\n# saved by an earlier install\n", `${unseen} ${code}: the saved hook was overwritten`);
-    for (const absent of [LAUNCHER, `${HOOK}.vmhook-new`, "/etc/vmhook/install.json", "/usr/local/bin/vmhook"]) assert.not.ok(exists(absent), `${unseen} ${code}: ${absent} is there`);
+    for (const absent of [LAUNCHER, `${HOOK}.vmhook-new`, "/etc/vmhook", "/run/vmhook", "/usr/local/bin/vmhook"]) assert.not.ok(exists(absent), `${unseen} ${code}: ${absent} is there`);
   }
 });
 
