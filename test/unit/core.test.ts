@@ -17,6 +17,7 @@ import { planEvent, runPlugins, undoJournal, type RunEnvironment } from "../../l
 import { paths } from "../../lib/paths.ts";
 import { registry } from "../../plugins/index.ts";
 import { HugepageKernel } from "../helpers/hugepage-kernel.ts";
+import { cli } from "../helpers/cli.ts";
 import { runHookEvent } from "../helpers/hook.ts";
 import { SimHost } from "../helpers/simhost.ts";
 
@@ -567,6 +568,25 @@ test("a prepare whose leftover journal cannot be undone fails, naming vmhook rec
     assert.is(outcome.code, 1);
     assert.is(firstLine(outcome.stderr), "vmhook: an earlier run of vm left changes that cannot be undone; run vmhook recover vm and check vmhook status");
     assert.is(kernel.pool(2048), 612);
+  } finally {
+    sim.cleanup();
+  }
+});
+
+test("a domain renamed since its leftover journal (virsh domrename keeps the UUID): the prepare's refusal names vmhook recover with its name now, and that recover finds the journal", async () => {
+  const { sim, kernel } = hugepageHost(612);
+  try {
+    crashedJournal(sim);
+    sim.failWrite(POOL, "EIO");
+    const renamed = XML.replace("<name>vm</name>", "<name>gaming</name>");
+    const outcome = await runHookEvent(sim, "prepare", "begin", renamed, "gaming");
+    assert.is(firstLine(outcome.stderr), "vmhook: an earlier run of gaming left changes that cannot be undone; run vmhook recover gaming and check vmhook status");
+    sim.clearFailures();
+    const recover = await cli(["recover", "gaming", "--root", sim.root], sim);
+    assert.is(recover.code, 0, recover.stdout + recover.stderr);
+    assert.match(recover.stdout, "gaming: 1 change(s) undone");
+    assert.is(kernel.pool(2048), 100);
+    assert.equal(sim.stateFiles(), []);
   } finally {
     sim.cleanup();
   }
