@@ -12,7 +12,7 @@
 // that refuses a manual start, or whose session vmhook ended, comes back at
 // the user's next login.
 // User docs: docs/vfio.md, "Desktop sessions".
-import { VmhookError } from "../../lib/errors.ts";
+import { describeError, VmhookError } from "../../lib/errors.ts";
 import { defineAction, type BaseContext, type Refusal, type Step, type UndoRecord } from "../../lib/plugin.ts";
 import { processInstance } from "../../lib/processes.ts";
 import { endsWithDisplayManager, USER_NAME, userDisplaySession, type SessionUnit } from "./holders.ts";
@@ -174,14 +174,19 @@ export function sessionUnitSteps(ctx: BaseContext, units: SessionUnit[], timeout
 
 function enableLinger(record: LingerRecord, ctx: BaseContext): void {
   const cleanup = lingerBootCleanup(record.user);
-  ctx.host.mkdir("/etc/tmpfiles.d");
-  // Written and fsynced before the linger: a power loss cannot keep the linger without it.
-  ctx.host.createFile(
-    cleanup,
-    `# vmhook: ${record.user} lingers only while a VM runs (loginctl enable-linger ${record.user}), until its release.\n` +
-      `# A reboot ends the VM without its release: the boot ends the linger, and this file.\n` +
-      `r ${lingerFile(record.user)}\nr ${cleanup}\n`,
-  );
+  try {
+    ctx.host.mkdir("/etc/tmpfiles.d");
+    // Written and fsynced before the linger: a power loss cannot keep the linger without it.
+    ctx.host.createFile(
+      cleanup,
+      `# vmhook: ${record.user} lingers only while a VM runs (loginctl enable-linger ${record.user}), until its release.\n` +
+        `# A reboot ends the VM without its release: the boot ends the linger, and this file.\n` +
+        `r ${lingerFile(record.user)}\nr ${cleanup}\n`,
+    );
+  } catch (error) {
+    // /etc read-only (NixOS links it into its store): the VM still starts, as the linger only outlasts it after a crash of the host.
+    ctx.log.warn(`vfio: cannot write ${cleanup} (${describeError(error)}): should the host go down while the VM runs, ${record.user} lingers on after the boot; then run loginctl disable-linger ${record.user}`);
+  }
   ctx.run("loginctl", ["enable-linger", record.user], { timeoutMs: 10_000 });
   if (!ctx.host.exists(lingerFile(record.user))) throw new VmhookError(`vfio: loginctl enable-linger ${record.user} left no ${lingerFile(record.user)}`);
 }

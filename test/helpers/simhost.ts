@@ -405,8 +405,8 @@ export class SimHost extends RootedHost {
     this.change(`create ${hostPath}`);
     const failure = this.failures.find((f) => matches(f.match, hostPath));
     if (failure) {
-      // As open(2) then write(2) on a full file system: the file is created, its text does not fit.
-      super.createFile(hostPath, "");
+      // On a full file system open(2) creates the file and write(2) fails; otherwise (EROFS, EACCES) open(2) fails.
+      if (failure.error === "ENOSPC") super.createFile(hostPath, "");
       throw Object.assign(new Error(`${failure.error}: simulated failure writing ${hostPath}`), { code: failure.error });
     }
     super.createFile(hostPath, text);

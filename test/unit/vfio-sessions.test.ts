@@ -193,6 +193,16 @@ test("GNOME: a reboot while the VM ran (power loss, a kernel panic) takes the jo
   assert.equal(kernel.sim.list("/etc/tmpfiles.d"), [], "and so did what ended it");
 });
 
+test("GNOME: /etc/tmpfiles.d cannot be written (read-only /etc): the VM still starts, and the log says what a reboot would leave and how to end it", async () => {
+  const kernel = gnomeDesktop();
+  kernel.sim.failWrite("/etc/tmpfiles.d/vmhook-linger-ana.conf", "EROFS");
+  const result = await runHookEvent(kernel.sim, "prepare", "begin", XML, "win11");
+  assert.is(result.code, 0, result.stderr);
+  assert.match(log(kernel), "vfio: cannot write /etc/tmpfiles.d/vmhook-linger-ana.conf (EROFS: simulated failure writing /etc/tmpfiles.d/vmhook-linger-ana.conf): should the host go down while the VM runs, ana lingers on after the boot; then run loginctl disable-linger ana");
+  assert.is((await runHookEvent(kernel.sim, "release", "end", XML, "win11")).code, 0);
+  assert.not.ok(kernel.sim.exists("/var/lib/systemd/linger/ana"));
+});
+
 test("GNOME: release and a rollback leave no boot-time cleanup of the linger behind: a linger ana takes later is hers", async () => {
   const kernel = gnomeDesktop();
   assert.is((await runHookEvent(kernel.sim, "prepare", "begin", XML, "win11")).code, 0);
