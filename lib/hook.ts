@@ -213,6 +213,11 @@ export class HookRun {
     const leftover = readJournal(this.host, this.domain.uuid);
     if (!leftover) return;
     this.log.warn(`found a journal from an earlier run (phase ${leftover.phase}, ${leftover.entries.length} change(s)); undoing it first`);
+    // libvirt renames only a domain that is shut off, keeping its UUID: what stays of the journal must name it as vmhook recover and libvirt's pid file will.
+    if (leftover.domain.name !== this.domain.name) {
+      this.log.info(`the journal names the domain ${leftover.domain.name}, renamed ${this.domain.name} since`);
+      leftover.domain.name = this.domain.name;
+    }
     const { failed } = await undoJournal(leftover, this.env(), deadline);
     if (failed.length > 0) {
       throw new VmhookError(`an earlier run of ${this.domain.name} left changes that cannot be undone; run ${recoverCommandLine(this.domain.name)} and check vmhook status`, failed.map((entry) => `${entry.plugin}: ${entry.description}: ${entry.error}`));

@@ -81,8 +81,16 @@ export function readStateFile(host: Host, file: string, what: string): string | 
  */
 export function writeStateFile(host: Host, file: string, text: string): void {
   const temp = `${file}${TEMP_SUFFIX}`;
-  host.createFile(temp, text);
-  host.rename(temp, file);
+  try {
+    host.createFile(temp, text);
+    host.rename(temp, file);
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code;
+    if (code !== "ENOSPC") throw error;
+    // The temp copy the file system had no room for holds what room is left; FILE is as it was.
+    host.remove(temp);
+    throw new VmhookError(`cannot write ${file} (ENOSPC: the file system is full): vmhook records every change there before it makes it; free space in /run (df -h ${paths.stateDir}), then run vmhook recover`);
+  }
 }
 
 /** Removes FILE and a killed writer's FILE.tmp (callers hold FILE's lock, as for writes): a state file that goes leaves nothing of itself. */

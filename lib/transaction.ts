@@ -592,7 +592,12 @@ function journalOutcome(host: Host, journal: Journal, entry: JournalEntry, outco
 export async function undoJournal(journal: Journal, env: RunEnvironment, deadline: Deadline, loaded: PluginInstance[] = []): Promise<UndoResult> {
   const { host, log } = env;
   journal.phase = "releasing";
-  writeJournal(host, journal);
+  try {
+    writeJournal(host, journal);
+  } catch (error) {
+    // /run full (ENOSPC): the phase is only what vmhook status shows; what the entries changed is given back all the same.
+    log.warn(`the journal could not be marked as releasing (${describeError(error)}); undoing its changes all the same`);
+  }
   let undone = 0;
   for (const entry of [...journal.entries].reverse()) {
     // Set when the undo itself has ended: a failure after it is the journal write's.
@@ -634,7 +639,12 @@ export async function undoJournal(journal: Journal, env: RunEnvironment, deadlin
     removeJournal(host, journal.domain.uuid);
   } else {
     journal.phase = "release-failed";
-    writeJournal(host, journal);
+    try {
+      writeJournal(host, journal);
+    } catch (error) {
+      // What failed is reported all the same; the journal as last written still holds it, and each undo checks what it gives back.
+      log.error(`the journal could not be written after the undo (${describeError(error)}); it holds what vmhook recover gives back`);
+    }
   }
   return { undone, failed };
 }

@@ -12,13 +12,22 @@
 // that refuses a manual start, or whose session vmhook ended, comes back at
 // the user's next login.
 // User docs: docs/vfio.md, "Desktop sessions".
-import { VmhookError } from "../../lib/errors.ts";
+import { describeError, VmhookError } from "../../lib/errors.ts";
 import { defineAction, type BaseContext, type Refusal, type Step, type UndoRecord } from "../../lib/plugin.ts";
 import { processInstance } from "../../lib/processes.ts";
 import { endsWithDisplayManager, USER_NAME, userDisplaySession, type SessionUnit } from "./holders.ts";
 import { cgroupProcesses, checkedUnit } from "./units.ts";
 
 const lingerFile = (user: string) => `/var/lib/systemd/linger/${user}`;
+/**
+ * A linger outlives a reboot (logind keeps it in /var/lib), the journal in
+ * /run does not: after a power loss while the VM ran no release would end it,
+ * and the next start would take it for the user's own. This tmpfiles.d entry
+ * ends it at the next boot, and itself with it: systemd-tmpfiles-setup runs
+ * --remove before sysinit.target, so before logind starts the user's manager.
+ * USER_NAME admits no glob or "%" specifier tmpfiles.d would expand.
+ */
+const lingerBootCleanup = (user: string) => `/etc/tmpfiles.d/vmhook-linger-${user}.conf`;
 const managerCgroup = (uid: number) => `/user.slice/user-${uid}.slice/user@${uid}.service`;
 /** systemctl talking to the user's manager (systemd ≥ 248 connects as that user). */
 const userSystemctl = (user: string, ...args: string[]) => ["--user", `--machine=${user}@.host`, ...args];
@@ -164,6 +173,20 @@ export function sessionUnitSteps(ctx: BaseContext, units: SessionUnit[], timeout
 }
 
 function enableLinger(record: LingerRecord, ctx: BaseContext): void {
+  const cleanup = lingerBootCleanup(record.user);
+  try {
+    ctx.host.mkdir("/etc/tmpfiles.d");
+    // Written and fsynced before the linger: a power loss cannot keep the linger without it.
+    ctx.host.createFile(
+      cleanup,
+      `# vmhook: ${record.user} lingers only while a VM runs (loginctl enable-linger ${record.user}), until its release.\n` +
+        `# A reboot ends the VM without its release: the boot ends the linger, and this file.\n` +
+        `r ${lingerFile(record.user)}\nr ${cleanup}\n`,
+    );
+  } catch (error) {
+    // /etc read-only (NixOS links it into its store): the VM still starts, as the linger only outlasts it after a crash of the host.
+    ctx.log.warn(`vfio: cannot write ${cleanup} (${describeError(error)}): should the host go down while the VM runs, ${record.user} lingers on after the boot; then run loginctl disable-linger ${record.user}`);
+  }
   ctx.run("loginctl", ["enable-linger", record.user], { timeoutMs: 10_000 });
   if (!ctx.host.exists(lingerFile(record.user))) throw new VmhookError(`vfio: loginctl enable-linger ${record.user} left no ${lingerFile(record.user)}`);
 }
@@ -171,6 +194,7 @@ function enableLinger(record: LingerRecord, ctx: BaseContext): void {
 /** Gives back what vmhook changed: the user did not linger before. Without a session left, logind then stops the manager (as it would have at logout). */
 function disableLinger(record: LingerRecord, ctx: BaseContext): void {
   if (ctx.host.exists(lingerFile(record.user))) ctx.run("loginctl", ["disable-linger", record.user], { timeoutMs: 10_000 });
+  ctx.host.remove(lingerBootCleanup(record.user));
 }
 
 function checkUser(value: unknown): string {

@@ -112,6 +112,7 @@ export class SimHost extends RootedHost {
   }
 
   /** Makes writes to matching paths fail with this error (e.g. "EBUSY"). */
+  /** Makes writes to matching paths fail with this errno: write(2) of a sysfs file, or a state file's createFile (e.g. "ENOSPC": /run is full). */
   failWrite(match: string | RegExp, error: string): this {
     this.failures.push({ match, error });
     return this;
@@ -402,6 +403,12 @@ export class SimHost extends RootedHost {
 
   override createFile(hostPath: string, text: string): void {
     this.change(`create ${hostPath}`);
+    const failure = this.failures.find((f) => matches(f.match, hostPath));
+    if (failure) {
+      // On a full file system open(2) creates the file and write(2) fails; otherwise (EROFS, EACCES) open(2) fails.
+      if (failure.error === "ENOSPC") super.createFile(hostPath, "");
+      throw Object.assign(new Error(`${failure.error}: simulated failure writing ${hostPath}`), { code: failure.error });
+    }
     super.createFile(hostPath, text);
   }
 

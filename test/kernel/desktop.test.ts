@@ -27,6 +27,7 @@ echo "compositor cgroup: $(for p in $(pgrep -x weston); do cut -d: -f3 /proc/$p/
 echo "user manager: $(systemctl show -p MainPID --value user@1000.service)"
 for program in pipewire wireplumber; do echo "$program: $(for p in $(pgrep -x $program); do echo "$p $(cut -d: -f3 /proc/$p/cgroup)"; done)"; done
 echo "lingering: $(ls /var/lib/systemd/linger 2>/dev/null)"
+echo "boot-time cleanups: $(ls /etc/tmpfiles.d | grep vmhook)"
 echo "firmware framebuffers: $(ls /sys/bus/platform/drivers/efi-framebuffer /sys/bus/platform/drivers/simple-framebuffer 2>/dev/null | grep framebuffer. | tr '\\n' ' ')"
 `;
 
@@ -83,6 +84,12 @@ it("single GPU: the compositor stops through the user's manager, then the displa
   assert.not.match(during, /frame buffer device bind=1/);
   assert.match(during, `journals: ${UUID}.json`);
   assert.match(during, "lingering: desktop\n");
+  assert.match(during, "boot-time cleanups: vmhook-linger-desktop.conf\n");
+  // What the next boot's systemd-tmpfiles-setup does with it, in a copy: the linger goes, and the entry itself; another user's linger stays.
+  const boot = await guest!.ok(`root=$(mktemp -d); mkdir -p $root/etc/tmpfiles.d $root/var/lib/systemd/linger; cp /etc/tmpfiles.d/vmhook-linger-desktop.conf $root/etc/tmpfiles.d/; touch $root/var/lib/systemd/linger/desktop $root/var/lib/systemd/linger/other
+systemd-tmpfiles --root=$root --create --remove --boot --exclude-prefix=/dev
+for file in var/lib/systemd/linger/desktop etc/tmpfiles.d/vmhook-linger-desktop.conf var/lib/systemd/linger/other; do if [ -e $root/$file ]; then echo "kept /$file"; else echo "removed /$file"; fi; done; rm -r $root`);
+  assert.match(boot, "removed /var/lib/systemd/linger/desktop\nremoved /etc/tmpfiles.d/vmhook-linger-desktop.conf\nkept /var/lib/systemd/linger/other\n");
   // The session ended with the display manager; the user's manager, kept by the linger, still runs pipewire and wireplumber (the same processes).
   for (const line of ["user manager", "pipewire", "wireplumber"]) assert.match(during, new RegExp(`^${line}: .*$`, "m").exec(baseline!)![0]);
   const log = await guest!.ok("cat /var/log/vmhook.log");

@@ -17,6 +17,7 @@ import { planEvent, runPlugins, undoJournal, type RunEnvironment } from "../../l
 import { paths } from "../../lib/paths.ts";
 import { registry } from "../../plugins/index.ts";
 import { HugepageKernel } from "../helpers/hugepage-kernel.ts";
+import { cli } from "../helpers/cli.ts";
 import { runHookEvent } from "../helpers/hook.ts";
 import { SimHost } from "../helpers/simhost.ts";
 
@@ -112,6 +113,30 @@ function twoPlugins(failOn?: FileSetter["failOn"], failingUndo?: string): Plugin
   const pick = (files: string[]) => (failOn && files.includes(failOn.file) ? { files, failOn } : { files });
   return [instance("a", pick(["/a1", "/a2"]), { failingUndo }), instance("b", pick(["/b1", "/b2"]), { shared: true, failingUndo })];
 }
+
+test("/run full (ENOSPC) in the middle of a prepare: the journal cannot take the next step, and the rollback still gives back every step before it, leaving neither the journal nor its temp copy", async () => {
+  const { sim, env, journal } = setup();
+  try {
+    const before = sim.snapshot();
+    sim.onWrite("/a1", (data, file, host) => {
+      fs.writeFileSync(host.resolve(file), `${data}\n`);
+      host.failWrite(`${paths.journal(UUID)}.tmp`, "ENOSPC");
+    });
+    const instances = twoPlugins();
+    const failure = await runPlugins("prepare", instances, DOMAIN, journal, env, deadline(sim)).then(
+      () => undefined,
+      (error: Error) => error,
+    );
+    assert.match(failure?.message ?? "", "ENOSPC");
+    const result = await undoJournal(journal, env, deadline(sim), instances);
+    assert.equal(result.failed, []);
+    assert.equal(undone, ["a:/a2", "a:/a1"]);
+    assert.equal(sim.snapshot(), before);
+    assert.equal(sim.stateFiles(), []);
+  } finally {
+    sim.cleanup();
+  }
+});
 
 test("a prepare that fails at any step, before or after acting, leaves the host as it was and no journal", async () => {
   for (const file of ["/a1", "/a2", "/b1", "/b2"]) {
@@ -567,6 +592,51 @@ test("a prepare whose leftover journal cannot be undone fails, naming vmhook rec
     assert.is(outcome.code, 1);
     assert.is(firstLine(outcome.stderr), "vmhook: an earlier run of vm left changes that cannot be undone; run vmhook recover vm and check vmhook status");
     assert.is(kernel.pool(2048), 612);
+  } finally {
+    sim.cleanup();
+  }
+});
+
+test("a domain renamed since its leftover journal (virsh domrename keeps the UUID): the prepare's refusal names vmhook recover with its name now, and that recover finds the journal", async () => {
+  const { sim, kernel } = hugepageHost(612);
+  try {
+    crashedJournal(sim);
+    sim.failWrite(POOL, "EIO");
+    const renamed = XML.replace("<name>vm</name>", "<name>gaming</name>");
+    const outcome = await runHookEvent(sim, "prepare", "begin", renamed, "gaming");
+    assert.is(firstLine(outcome.stderr), "vmhook: an earlier run of gaming left changes that cannot be undone; run vmhook recover gaming and check vmhook status");
+    sim.clearFailures();
+    const recover = await cli(["recover", "gaming", "--root", sim.root], sim);
+    assert.is(recover.code, 0, recover.stdout + recover.stderr);
+    assert.match(recover.stdout, "gaming: 1 change(s) undone");
+    assert.is(kernel.pool(2048), 100);
+    assert.equal(sim.stateFiles(), []);
+  } finally {
+    sim.cleanup();
+  }
+});
+
+test("/run full (ENOSPC) once the pool has grown: the prepare fails saying what filled up and what to do, and that the pages stay journaled for vmhook recover, which gives them back once there is room", async () => {
+  const { sim, kernel } = hugepageHost(100);
+  try {
+    let full = true;
+    const createFile = sim.createFile.bind(sim);
+    sim.createFile = (file: string, text: string) => {
+      if (full && kernel.pool(2048) > 100) sim.failWrite(`${paths.journal(UUID)}.tmp`, "ENOSPC");
+      createFile(file, text);
+    };
+    const outcome = await runHookEvent(sim, "prepare", "begin", XML);
+    assert.is(outcome.code, 1);
+    assert.is(firstLine(outcome.stderr), `vmhook: cannot write ${paths.journal(UUID)} (ENOSPC: the file system is full): vmhook records every change there before it makes it; free space in /run (df -h /run/vmhook), then run vmhook recover`);
+    assert.match(outcome.stderr, "1 of 1 change(s) could not be undone: run vmhook recover");
+    assert.not.match(outcome.stderr, /\n\s+at /, "no stack trace");
+    assert.is(kernel.pool(2048), 612, "the shrink is journaled before it is made: with no room for that, the pages stay");
+    full = false;
+    sim.clearFailures();
+    const recover = await cli(["recover", "--root", sim.root], sim);
+    assert.is(recover.code, 0, recover.stdout + recover.stderr);
+    assert.is(kernel.pool(2048), 100);
+    assert.equal(sim.stateFiles(), []);
   } finally {
     sim.cleanup();
   }

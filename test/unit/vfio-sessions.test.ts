@@ -43,6 +43,7 @@ function gdmHost(): GpuKernel {
     .unit({ name: "display-manager.service", active: true, processes: { 500: ["gdm", ["/dev/null"]] } })
     .process(1, "systemd", ["/dev/null"], "/init.scope");
   kernel.sim.dir("/var/lib/systemd/linger");
+  kernel.sim.dir("/etc/tmpfiles.d"); // systemd's package ships it
   return kernel;
 }
 
@@ -171,6 +172,46 @@ test("GNOME: when GDM does not stop, the rollback starts the portal again and en
   assert.match(log(kernel), BACK_AT_LOGIN);
   assert.ok(running(kernel, 910), "the portal runs again");
   assert.not.ok(kernel.sim.exists("/var/lib/systemd/linger/ana"));
+});
+
+/** A boot as far as vmhook's changes go: /run is empty again, and systemd-tmpfiles-setup (--create --remove --boot, before logind starts) removes what the "r" lines of /etc/tmpfiles.d name. */
+function reboot(kernel: GpuKernel): void {
+  kernel.sim.remove("/run/vmhook");
+  const configs = kernel.sim.list("/etc/tmpfiles.d").map((name) => kernel.sim.read(`/etc/tmpfiles.d/${name}`));
+  for (const line of configs.flatMap((text) => text.split("\n"))) {
+    const [type, path] = line.trim().split(/\s+/);
+    if (type === "r" && path) kernel.sim.remove(path);
+  }
+}
+
+test("GNOME: a reboot while the VM ran (power loss, a kernel panic) takes the journal in /run and no release runs, so the next boot ends the linger vmhook added: ana does not linger for good", async () => {
+  const kernel = gnomeDesktop();
+  assert.is((await runHookEvent(kernel.sim, "prepare", "begin", XML, "win11")).code, 0);
+  assert.ok(kernel.sim.exists("/var/lib/systemd/linger/ana"));
+  reboot(kernel);
+  assert.not.ok(kernel.sim.exists("/var/lib/systemd/linger/ana"), "the linger went with the boot");
+  assert.equal(kernel.sim.list("/etc/tmpfiles.d"), [], "and so did what ended it");
+});
+
+test("GNOME: /etc/tmpfiles.d cannot be written (read-only /etc): the VM still starts, and the log says what a reboot would leave and how to end it", async () => {
+  const kernel = gnomeDesktop();
+  kernel.sim.failWrite("/etc/tmpfiles.d/vmhook-linger-ana.conf", "EROFS");
+  const result = await runHookEvent(kernel.sim, "prepare", "begin", XML, "win11");
+  assert.is(result.code, 0, result.stderr);
+  assert.match(log(kernel), "vfio: cannot write /etc/tmpfiles.d/vmhook-linger-ana.conf (EROFS: simulated failure writing /etc/tmpfiles.d/vmhook-linger-ana.conf): should the host go down while the VM runs, ana lingers on after the boot; then run loginctl disable-linger ana");
+  assert.is((await runHookEvent(kernel.sim, "release", "end", XML, "win11")).code, 0);
+  assert.not.ok(kernel.sim.exists("/var/lib/systemd/linger/ana"));
+});
+
+test("GNOME: release and a rollback leave no boot-time cleanup of the linger behind: a linger ana takes later is hers", async () => {
+  const kernel = gnomeDesktop();
+  assert.is((await runHookEvent(kernel.sim, "prepare", "begin", XML, "win11")).code, 0);
+  assert.is((await runHookEvent(kernel.sim, "release", "end", XML, "win11")).code, 0);
+  assert.equal(kernel.sim.list("/etc/tmpfiles.d"), []);
+  kernel.units.get("display-manager.service")!.failStop = "Job for gdm.service canceled";
+  assert.is((await runHookEvent(kernel.sim, "prepare", "begin", XML, "win11")).code, 1);
+  assert.not.ok(kernel.sim.exists("/var/lib/systemd/linger/ana"));
+  assert.equal(kernel.sim.list("/etc/tmpfiles.d"), []);
 });
 
 test("GNOME: a user who lingers already keeps lingering; no linger step", async () => {
