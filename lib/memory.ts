@@ -2,6 +2,7 @@
 // node) and meminfo. Shared by the hugepages plugin and `vmhook doctor`.
 import { VmhookError } from "./errors.ts";
 import type { Host } from "./host.ts";
+import { parseKernelCpuList } from "./cpuset.ts";
 
 export const NODE_DIR = "/sys/devices/system/node";
 export const HUGEPAGE_DIR = "/sys/kernel/mm/hugepages";
@@ -63,3 +64,14 @@ export function memoryFacts(host: Host, node?: number): MemoryFacts {
 
 /** The host's NUMA node numbers, in order. */
 export const hostNodes = (host: Host) => host.list(NODE_DIR).filter((entry) => /^node\d+$/.test(entry)).map((entry) => Number(entry.slice(4))).sort((a, b) => a - b);
+
+/**
+ * The nodes that have memory (has_memory, the kernel's N_MEMORY), or
+ * undefined when the kernel does not say. A node missing from it (CPUs only,
+ * or all its memory taken offline) has no huge pages to give: Linux 6.1 gives
+ * it no pools at all, later kernels pools that never grow.
+ */
+export function nodesWithMemory(host: Host): number[] | undefined {
+  const text = host.readTrimmed(`${NODE_DIR}/has_memory`);
+  return text === undefined ? undefined : parseKernelCpuList(text);
+}

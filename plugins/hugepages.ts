@@ -14,13 +14,13 @@ import type { XmlElement } from "../lib/xml.ts";
 import { howToBootWith } from "../lib/host-advice.ts";
 import { boundedProduct, boundedSum } from "../lib/bounded.ts";
 import { readAttributes, single } from "../lib/element.ts";
-import { MAX_NODE, parseNodeset } from "../lib/cpuset.ts";
+import { formatCpuList, MAX_NODE, parseNodeset } from "../lib/cpuset.ts";
 import { describeElement, type Domain } from "../lib/domain.ts";
 import { ConfigError, describeError, VmhookError } from "../lib/errors.ts";
 import { recoverCommandLine } from "../lib/metadata-text.ts";
 import type { Host } from "../lib/host.ts";
 import { fail, ok, roundMiB, warn, type Finding } from "../lib/diagnostics/findings.ts";
-import { HUGEPAGE_DIR, hostNodes, hugepagePool, hugepageSizes, meminfo, memoryFacts, NODE_DIR, nodeDir } from "../lib/memory.ts";
+import { HUGEPAGE_DIR, hostNodes, hugepagePool, hugepageSizes, meminfo, memoryFacts, NODE_DIR, nodeDir, nodesWithMemory } from "../lib/memory.ts";
 import { defineAction, definePlugin, type ApplyContext, type BaseContext, type CheckContext, type PlanContext, type Step, type UndoContext, type UndoRecord } from "../lib/plugin.ts";
 import { loadSettings } from "../lib/settings.ts";
 import { othersRecords } from "../lib/journal.ts";
@@ -310,6 +310,15 @@ function refuseWhileCutOff(ctx: BaseContext, sizeKiB: number, then: string): voi
   if (refused) throw new VmhookError(refused.reason, refused.remedies);
 }
 
+const NODE_FIX = "fix node= on <vmhook:hugepages> or the nodeset in <numatune>";
+
+/** Why a node that exists cannot hold huge pages: it has no memory (the kernel's pools there are missing, or never grow). */
+function memorylessNode(host: Host, node: number): string | undefined {
+  const withMemory = nodesWithMemory(host);
+  if (!withMemory || withMemory.includes(node)) return undefined;
+  return `host NUMA node ${node} has no memory (it is not in ${NODE_DIR}/has_memory, which lists ${formatCpuList(withMemory) || "none"}: a node of CPUs only, or its memory was taken offline), so it has no huge pages to give`;
+}
+
 /** Checks that change nothing, before the first step: the node and the pool exist. */
 function checkPoolExists(host: Host, need: PoolNeed): void {
   if (need.node !== undefined && !host.exists(nodeDir(need.node))) {
@@ -317,10 +326,12 @@ function checkPoolExists(host: Host, need: PoolNeed): void {
     const online = host.readTrimmed(`${NODE_DIR}/online`);
     throw new VmhookError(
       online
-        ? `hugepages: host NUMA node ${need.node} does not exist (this host has node(s) ${online}); fix node= on <vmhook:hugepages> or the nodeset in <numatune>`
+        ? `hugepages: host NUMA node ${need.node} does not exist (this host has node(s) ${online}); ${NODE_FIX}`
         : `hugepages: this kernel has no NUMA nodes (${NODE_DIR} is missing), so node="${need.node}" has no per-node pool; remove node= from <vmhook:hugepages> and the nodeset in <numatune>`,
     );
   }
+  const memoryless = need.node === undefined ? undefined : memorylessNode(host, need.node);
+  if (memoryless) throw new VmhookError(`hugepages: ${memoryless}; take them from a node with memory: ${NODE_FIX}`);
   if (!host.exists(poolFile(need.sizeKiB, need.node))) {
     const sizes = hugepageSizes(host);
     throw new VmhookError(
@@ -560,8 +571,11 @@ function check({ host, domain, elements }: CheckContext): Finding[] {
   if (mismatch) findings.push(fail("hugepages page size", mismatch.reason, mismatch.fixes.join("; ")));
   const present = pools.filter(({ sizeKiB, node }) => {
     const pool = hugepagePool(sizeKiB, node);
+    const memoryless = node === undefined ? undefined : memorylessNode(host, node);
     if (node !== undefined && !host.exists(nodeDir(node))) {
-      findings.push(fail(checkName(node), `host NUMA node ${node} does not exist (nodes: ${hostNodes(host).join(", ") || "none"})`, "fix node= on <vmhook:hugepages> or the nodeset in <numatune>"));
+      findings.push(fail(checkName(node), `host NUMA node ${node} does not exist (nodes: ${hostNodes(host).join(", ") || "none"})`, NODE_FIX));
+    } else if (memoryless) {
+      findings.push(fail(checkName(node), memoryless, `take the pages from a node with memory: ${NODE_FIX}`));
     } else if (!host.exists(pool)) {
       findings.push(fail(checkName(node), `the kernel has no pool of ${formatKiB(sizeKiB)} pages (${pool})`, sizeKiB === 1024 * 1024 ? 'use size="2M": 1G pages need a CPU with pdpe1gb' : `use one of the sizes in ${HUGEPAGE_DIR}`));
     } else return true;

@@ -32,6 +32,13 @@ export interface HugepageKernelOptions {
   defaultSizeKiB?: number;
   /** Pages already in each pool when the test starts, e.g. reserved at boot: {2048: 100} (global, on node 0). */
   initial?: Record<number, number>;
+  /**
+   * Nodes without memory (CPUs only, or all of it taken offline): MemTotal 0,
+   * left out of has_memory, and with no hugepages directory, as Linux 6.1
+   * registers pools only for nodes with memory ("pools": as later kernels
+   * do, which give every online node pools that can never grow).
+   */
+  memoryless?: { nodes: number[]; pools?: boolean };
 }
 
 interface NodeState {
@@ -53,6 +60,7 @@ export class HugepageKernel {
   lowestAvailableKiB = Infinity;
   readonly totalKiB: number;
   readonly defaultSizeKiB: number;
+  private readonly memoryless: { nodes: number[]; pools?: boolean };
 
   constructor(
     private readonly sim: SimHost,
@@ -62,8 +70,9 @@ export class HugepageKernel {
     this.totalKiB = options.totalKiB ?? 16 * GiB;
     this.defaultSizeKiB = options.defaultSizeKiB ?? 2048;
     const free = options.freeKiB ?? 8 * GiB;
+    this.memoryless = options.memoryless ?? { nodes: [] };
     this.nodes = Array.from({ length: options.nodes ?? 1 }, (_, node) => ({
-      freeKiB: Array.isArray(free) ? free[node]! : free,
+      freeKiB: this.memoryless.nodes.includes(node) ? 0 : Array.isArray(free) ? free[node]! : free,
       cacheKiB: options.cacheKiB ?? 0,
       fragmentedKiB: Array.isArray(options.fragmentedKiB) ? options.fragmentedKiB[node]! : (options.fragmentedKiB ?? 0),
       pages: new Map(this.sizes.map((size) => [size, 0])),
@@ -167,18 +176,21 @@ export class HugepageKernel {
   private render(): void {
     const sim = this.sim;
     let freeKiB = 0;
+    const withMemory = this.nodes.map((_, node) => node).filter((node) => !this.memoryless.nodes.includes(node));
     this.nodes.forEach((state, node) => {
       const dir = `/sys/devices/system/node/node${node}`;
-      sim.file(`${dir}/meminfo`, `Node ${node} MemTotal:       ${this.totalKiB} kB\nNode ${node} MemFree:        ${state.freeKiB} kB\nNode ${node} Inactive(file): ${state.cacheKiB} kB\n`);
+      const totalKiB = withMemory.includes(node) ? this.totalKiB : 0;
+      sim.file(`${dir}/meminfo`, `Node ${node} MemTotal:       ${totalKiB} kB\nNode ${node} MemFree:        ${state.freeKiB} kB\nNode ${node} Inactive(file): ${state.cacheKiB} kB\n`);
       sim.file(`${dir}/compact`, "");
-      for (const size of this.sizes) this.renderPool(`${dir}/hugepages/hugepages-${size}kB`, size, node);
+      if (withMemory.includes(node) || this.memoryless.pools) for (const size of this.sizes) this.renderPool(`${dir}/hugepages/hugepages-${size}kB`, size, node);
       freeKiB += state.freeKiB;
     });
     sim.file("/sys/devices/system/node/online", this.nodes.length === 1 ? "0" : `0-${this.nodes.length - 1}`);
+    sim.file("/sys/devices/system/node/has_memory", nodeList(withMemory));
     for (const size of this.sizes) this.renderPool(`/sys/kernel/mm/hugepages/hugepages-${size}kB`, size);
     const availableKiB = freeKiB + this.sum(undefined, (state) => state.cacheKiB);
     this.lowestAvailableKiB = Math.min(this.lowestAvailableKiB, availableKiB);
-    const totalKiB = this.totalKiB * this.nodes.length;
+    const totalKiB = this.totalKiB * withMemory.length;
     sim.file("/proc/meminfo", `MemTotal:       ${totalKiB} kB\nMemFree:        ${freeKiB} kB\nMemAvailable:   ${availableKiB} kB\nHugepagesize:       ${this.defaultSizeKiB} kB\n`);
     sim.file("/proc/sys/vm/drop_caches", "0");
     sim.file("/proc/sys/vm/compact_memory", "");
@@ -191,5 +203,12 @@ export class HugepageKernel {
     this.sim.file(`${dir}/free_hugepages`, pages - this.sum(node, (state) => state.used.get(sizeKiB)!));
   }
 }
+
+/** Node numbers as the kernel prints a nodemask (%*pbl): "0-1,3". */
+const nodeList = (nodes: number[]) =>
+  nodes
+    .reduce<number[][]>((runs, node) => (runs.at(-1)?.at(-1) === node - 1 ? runs.at(-1)!.push(node) : runs.push([node]), runs), [])
+    .map((run) => (run.length === 1 ? `${run[0]}` : `${run[0]}-${run.at(-1)}`))
+    .join(",");
 
 const add = (map: Map<number, number>, key: number, delta: number) => map.set(key, map.get(key)! + delta);

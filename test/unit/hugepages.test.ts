@@ -6,6 +6,7 @@ import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { loadDomainPlugins } from "../../lib/config.ts";
 import { registry } from "../../plugins/index.ts";
+import { runDoctor } from "../../lib/diagnostics/doctor.ts";
 import { parseDomain } from "../../lib/domain.ts";
 import { newJournal, readJournal, writeJournal } from "../../lib/journal.ts";
 import { createLogger } from "../../lib/log.ts";
@@ -560,6 +561,31 @@ test("a missing node or pool size fails before any step, naming what the host ha
     assert.equal(sim.stateFiles(), []);
   } finally {
     sim.cleanup();
+  }
+});
+
+test("a host NUMA node without memory (CPUs only, or its memory taken offline) is refused as such, not as a missing page size or a VM too large", async () => {
+  // Linux 6.1 gives such a node no hugepages directory; later kernels give it pools that can never grow
+  for (const pools of [false, true]) {
+    const { sim } = host({ nodes: 2, memoryless: { nodes: [1], pools } });
+    try {
+      const before = sim.snapshot();
+      const outcome = await runHookEvent(sim, "prepare", "begin", domainXml({ element: "<vmhook:hugepages node='1'/>" }));
+      assert.is(outcome.code, 1);
+      assert.is(
+        firstLine(outcome.stderr),
+        "vmhook: hugepages: host NUMA node 1 has no memory (it is not in /sys/devices/system/node/has_memory, which lists 0: a node of CPUs only, or its memory was taken offline), so it has no huge pages to give; take them from a node with memory: fix node= on <vmhook:hugepages> or the nodeset in <numatune>",
+        `pools: ${pools}`,
+      );
+      assert.equal(sim.writes, []);
+      assert.equal(sim.snapshot(), before);
+      assert.equal(sim.stateFiles(), []);
+      const doctor = await runDoctor(sim, { file: "vm.xml", xml: domainXml({ element: "<vmhook:hugepages node='1'/>" }) });
+      const finding = doctor.domain!.findings.find((found) => found.check === "hugepages node 1");
+      assert.equal([finding?.status, finding?.reason.replace(/ \(it is .*/, "")], ["fail", "host NUMA node 1 has no memory"], `pools: ${pools}`);
+    } finally {
+      sim.cleanup();
+    }
   }
 });
 
