@@ -39,6 +39,8 @@ export interface HugepageKernelOptions {
    * do, which give every online node pools that can never grow).
    */
   memoryless?: { nodes: number[]; pools?: boolean };
+  /** Page sizes with a hugetlbfs mount in /proc/self/mountinfo, the default size at /dev/hugepages as systemd mounts it (default: all sizes). */
+  mounted?: number[];
 }
 
 interface NodeState {
@@ -100,6 +102,7 @@ export class HugepageKernel {
       if (options.compactionHelps ?? true) for (const node of this.nodes) node.fragmentedKiB = 0;
     });
     this.render();
+    sim.file("/proc/self/mountinfo", mountinfo(options.mounted ?? this.sizes, this.defaultSizeKiB));
   }
 
   /** Pages in a pool, surplus included (as nr_hugepages shows them): one node's, or the global one (sum of all nodes). */
@@ -202,6 +205,17 @@ export class HugepageKernel {
     this.sim.file(`${dir}/surplus_hugepages`, this.surplus(sizeKiB, node));
     this.sim.file(`${dir}/free_hugepages`, pages - this.sum(node, (state) => state.used.get(sizeKiB)!));
   }
+}
+
+/** hugetlbfs mounts as the kernel shows them (hugetlbfs_show_options prints the size in K or M: 1G is pagesize=1024M). */
+function mountinfo(sizes: number[], defaultSizeKiB: number): string {
+  const root = "21 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw";
+  const hugetlbfs = sizes.map((size, index) => {
+    const point = size === defaultSizeKiB ? "/dev/hugepages" : `/dev/hugepages${size >= GiB ? `${size / GiB}G` : `${size / MiB}M`}`;
+    const shown = size >= MiB ? `${size / MiB}M` : `${size}K`;
+    return `${40 + index} 22 0:${40 + index} / ${point} rw,relatime shared:${20 + index} - hugetlbfs hugetlbfs rw,pagesize=${shown}`;
+  });
+  return [root, ...hugetlbfs].join("\n") + "\n";
 }
 
 /** Node numbers as the kernel prints a nodemask (%*pbl): "0-1,3". */

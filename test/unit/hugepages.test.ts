@@ -589,6 +589,56 @@ test("a host NUMA node without memory (CPUs only, or its memory taken offline) i
   }
 });
 
+test("a page size libvirt finds no hugetlbfs mount for is refused before a page is taken: the mount, and that libvirt looks for mounts when it starts", async () => {
+  // libvirt backs guest memory with a page size only from a hugetlbfs mount of that size ("Unable to find any usable
+  // hugetlbfs mount for 1048576 KiB"), and fails the start only after the prepare hook has grown the pool
+  const cases: [HugepageKernelOptions, DomainOptions, string][] = [
+    [{ mounted: [2048] }, { element: "<vmhook:hugepages size='1G'/>", extra: ONE_G_BACKING }, "libvirt backs guest memory with 1G pages only from a hugetlbfs mount of that size, and this host has none (hugetlbfs mounts: /dev/hugepages of 2M pages); mount one: mkdir -p /dev/hugepages1G && mount -t hugetlbfs -o pagesize=1G none /dev/hugepages1G, then restart libvirt (systemctl restart libvirtd, or virtqemud): it finds hugetlbfs mounts when it starts"],
+    [{ mounted: [] }, {}, "libvirt backs guest memory with 2M pages only from a hugetlbfs mount of that size, and this host has none (no hugetlbfs is mounted); mount one: mkdir -p /dev/hugepages && mount -t hugetlbfs -o pagesize=2M none /dev/hugepages, then restart libvirt (systemctl restart libvirtd, or virtqemud): it finds hugetlbfs mounts when it starts"],
+  ];
+  for (const [options, domain, message] of cases) {
+    const { sim, kernel } = host(options);
+    try {
+      const before = sim.snapshot();
+      const outcome = await runHookEvent(sim, "prepare", "begin", domainXml(domain));
+      assert.is(outcome.code, 1, message);
+      assert.is(firstLine(outcome.stderr), `vmhook: hugepages: ${message}`);
+      assert.equal(sim.writes, []);
+      assert.is(kernel.dropCaches, 0);
+      assert.equal(sim.snapshot(), before);
+      assert.equal(sim.stateFiles(), []);
+      const doctor = await runDoctor(sim, { file: "vm.xml", xml: domainXml(domain) });
+      const finding = doctor.domain!.findings.find((found) => found.check === "hugepages mount");
+      assert.equal([finding?.status, finding?.reason], ["fail", message.replace(/; mount one: .*/, "")]);
+    } finally {
+      sim.cleanup();
+    }
+  }
+  // The kernel prints a 1G mount's size as pagesize=1024M; with it mounted the VM starts.
+  const { sim, kernel } = host({ mounted: [2048, GiB] });
+  try {
+    assert.match(sim.read("/proc/self/mountinfo"), "pagesize=1024M");
+    const outcome = await runHookEvent(sim, "prepare", "begin", domainXml({ element: "<vmhook:hugepages size='1G'/>", extra: ONE_G_BACKING }));
+    assert.is(outcome.code, 0, outcome.stderr);
+    assert.is(kernel.pool(GiB), 1);
+    // Unreadable: vmhook cannot know, so it takes nothing.
+    fs.rmSync(sim.resolve("/proc/self/mountinfo"));
+    const unread = await runHookEvent(sim, "prepare", "begin", domainXml({ uuid: UUID_B, name: "b" }), "b");
+    assert.is(firstLine(unread.stderr), "vmhook: hugepages: cannot read /proc/self/mountinfo, so vmhook cannot tell whether libvirt has a hugetlbfs mount of 2M pages to back the guest memory with");
+    assert.is(kernel.pool(2048), 0);
+  } finally {
+    sim.cleanup();
+  }
+  // Without <memoryBacking><hugepages> libvirt needs no mount (vmhook only warns that QEMU will not use the pages).
+  const bare = host({ mounted: [] });
+  try {
+    const outcome = await runHookEvent(bare.sim, "prepare", "begin", domainXml({ extra: "" }));
+    assert.is(outcome.code, 0, outcome.stderr);
+  } finally {
+    bare.sim.cleanup();
+  }
+});
+
 test("node= on a kernel without NUMA (no /sys/devices/system/node) says so, not that node 0 is missing from node 0", async () => {
   const { sim } = host();
   try {
