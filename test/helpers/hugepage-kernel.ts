@@ -63,6 +63,8 @@ export class HugepageKernel {
   readonly totalKiB: number;
   readonly defaultSizeKiB: number;
   private readonly memoryless: { nodes: number[]; pools?: boolean };
+  /** Pages reserved by mappings and not faulted yet, per size (the kernel keeps one count for all nodes). */
+  private readonly reserved: Map<number, number>;
 
   constructor(
     private readonly sim: SimHost,
@@ -73,6 +75,7 @@ export class HugepageKernel {
     this.defaultSizeKiB = options.defaultSizeKiB ?? 2048;
     const free = options.freeKiB ?? 8 * GiB;
     this.memoryless = options.memoryless ?? { nodes: [] };
+    this.reserved = new Map(this.sizes.map((size) => [size, 0]));
     this.nodes = Array.from({ length: options.nodes ?? 1 }, (_, node) => ({
       freeKiB: this.memoryless.nodes.includes(node) ? 0 : Array.isArray(free) ? free[node]! : free,
       cacheKiB: options.cacheKiB ?? 0,
@@ -124,6 +127,16 @@ export class HugepageKernel {
     add(state.surplus, sizeKiB, overcommitted);
     add(state.used, sizeKiB, count);
     state.freeKiB -= overcommitted * sizeKiB;
+    this.render();
+  }
+
+  /**
+   * A process maps `count` pages without touching them yet (QEMU before its
+   * guest does): the kernel reserves them from the free pages, which still
+   * count in free_hugepages, and shows the reservation in resv_hugepages.
+   */
+  reserve(sizeKiB: number, count: number): void {
+    add(this.reserved, sizeKiB, count);
     this.render();
   }
 
@@ -190,7 +203,10 @@ export class HugepageKernel {
     });
     sim.file("/sys/devices/system/node/online", this.nodes.length === 1 ? "0" : `0-${this.nodes.length - 1}`);
     sim.file("/sys/devices/system/node/has_memory", nodeList(withMemory));
-    for (const size of this.sizes) this.renderPool(`/sys/kernel/mm/hugepages/hugepages-${size}kB`, size);
+    for (const size of this.sizes) {
+      this.renderPool(`/sys/kernel/mm/hugepages/hugepages-${size}kB`, size);
+      sim.file(`/sys/kernel/mm/hugepages/hugepages-${size}kB/resv_hugepages`, this.reserved.get(size)!);
+    }
     const availableKiB = freeKiB + this.sum(undefined, (state) => state.cacheKiB);
     this.lowestAvailableKiB = Math.min(this.lowestAvailableKiB, availableKiB);
     const totalKiB = this.totalKiB * withMemory.length;

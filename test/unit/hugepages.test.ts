@@ -639,6 +639,24 @@ test("a page size libvirt finds no hugetlbfs mount for is refused before a page 
   }
 });
 
+test("free pages another VM's QEMU has mapped but not touched yet (resv_hugepages) are not offered to this VM as its own", async () => {
+  // 8192 pages of 2M (16 GiB) reserved at boot, 8 GiB left free: a 16 GiB VM cannot fit in new pages
+  const xml = domainXml({ memory: "<memory unit='GiB'>16</memory>" });
+  for (const [reserved, offered] of [[0, "8192"], [8192, undefined], [4096, undefined]] as const) {
+    const { sim, kernel } = host({ freeKiB: 24 * GiB, totalKiB: 32 * GiB, initial: { 2048: 8192 } });
+    try {
+      kernel.reserve(2048, reserved);
+      const outcome = await runHookEvent(sim, "prepare", "begin", xml);
+      assert.is(outcome.code, 1, outcome.stderr);
+      assert.match(outcome.stderr, "for the 2M pool cannot fit");
+      assert.is(/the 2M pool already holds (\d+) free pages/.exec(outcome.stderr)?.[1], offered, `${reserved} reserved`);
+      assert.is(kernel.pool(2048), 8192);
+    } finally {
+      sim.cleanup();
+    }
+  }
+});
+
 test("node= on a kernel without NUMA (no /sys/devices/system/node) says so, not that node 0 is missing from node 0", async () => {
   const { sim } = host();
   try {
