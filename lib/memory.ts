@@ -70,7 +70,7 @@ export const hostNodes = (host: Host) => host.list(NODE_DIR).filter((entry) => /
  * The nodes that have memory (has_memory, the kernel's N_MEMORY), or
  * undefined when the kernel does not say. A node missing from it (CPUs only,
  * or all its memory taken offline) has no huge pages to give: Linux 6.1 gives
- * it no pools at all, later kernels pools that never grow.
+ * it pools that never grow, older kernels no pools at all.
  */
 export function nodesWithMemory(host: Host): number[] | undefined {
   const text = host.readTrimmed(`${NODE_DIR}/has_memory`);

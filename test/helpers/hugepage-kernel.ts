@@ -34,9 +34,9 @@ export interface HugepageKernelOptions {
   initial?: Record<number, number>;
   /**
    * Nodes without memory (CPUs only, or all of it taken offline): MemTotal 0,
-   * left out of has_memory, and with no hugepages directory, as Linux 6.1
-   * registers pools only for nodes with memory ("pools": as later kernels
-   * do, which give every online node pools that can never grow).
+   * left out of has_memory, with pools that never grow, as Linux 6.1 gives
+   * every online node ("pools": false, as older kernels, which registered
+   * pools only for nodes with memory: no hugepages directory).
    */
   memoryless?: { nodes: number[]; pools?: boolean };
   /** Page sizes with a hugetlbfs mount in /proc/self/mountinfo, the default size at /dev/hugepages as systemd mounts it (default: all sizes). */

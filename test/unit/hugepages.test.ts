@@ -565,7 +565,7 @@ test("a missing node or pool size fails before any step, naming what the host ha
 });
 
 test("a host NUMA node without memory (CPUs only, or its memory taken offline) is refused as such, not as a missing page size or a VM too large", async () => {
-  // Linux 6.1 gives such a node no hugepages directory; later kernels give it pools that can never grow
+  // Linux 6.1 gives such a node pools that never grow (test/kernel shows it); older kernels gave it no hugepages directory
   for (const pools of [false, true]) {
     const { sim } = host({ nodes: 2, memoryless: { nodes: [1], pools } });
     try {
