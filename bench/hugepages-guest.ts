@@ -36,6 +36,8 @@ if (unavailable) {
 }
 const guest = await bootGuest({ memoryMiB: 1536 });
 try {
+  // libvirt's hugetlbfs mount, as systemd mounts it: without it prepare refuses
+  await guest.ok("mkdir -p /dev/hugepages && mount -t hugetlbfs hugetlbfs /dev/hugepages");
   for (const [name, xml] of Object.entries({ impossible: IMPOSSIBLE, fits: FITS, plain: PLAIN })) await guest.ok(`cat > /tmp/${name}.xml <<'EOF'\n${xml}\nEOF`);
   const totalKiB = Number(/MemTotal:\s+(\d+)/.exec(await guest.ok("cat /proc/meminfo"))![1]);
   const floorKiB = Math.max(Math.ceil(totalKiB / 20), 1024 * 1024);

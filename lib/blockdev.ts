@@ -4,10 +4,10 @@
 // to a VM, whatever the policy says: pulling a controller from under a
 // mounted filesystem or the root disk takes the host down with it.
 import type { Host } from "./host.ts";
+import { MOUNTINFO, readMounts } from "./mounts.ts";
 import { pciPath } from "./pci.ts";
 
 const BLOCK = "/sys/class/block";
-const MOUNTINFO = "/proc/self/mountinfo";
 const SWAPS = "/proc/swaps";
 const BTRFS = "/sys/fs/btrfs";
 const UDEV_DATA = "/run/udev/data";
@@ -55,25 +55,6 @@ function describeHolder(host: Host, holder: string): string {
   const dmUuid = host.readTrimmed(`${BLOCK}/${holder}/dm/uuid`) ?? "";
   const kind = dmUuid.startsWith("LVM-") ? "LVM volume" : dmUuid.startsWith("CRYPT-") ? "dm-crypt mapping" : "device-mapper device";
   return `${kind} ${dmName} (${holder})`;
-}
-
-interface Mount {
-  /** major:minor */
-  device: string;
-  source: string;
-  mountPoint: string;
-}
-
-/** /proc/self/mountinfo: "36 1 259:2 / / rw shared:1 - ext4 /dev/nvme0n1p2 rw" (octal escapes kept; only compared). */
-function readMounts(text: string): Mount[] {
-  return text
-    .split("\n")
-    .filter(Boolean)
-    .map((line) => {
-      const fields = line.split(" ");
-      const separator = fields.indexOf("-");
-      return { device: fields[2] ?? "", mountPoint: fields[4] ?? "", source: fields[separator + 2] ?? "" };
-    });
 }
 
 const baseName = (devicePath: string) => devicePath.split("/").pop() ?? "";

@@ -2,6 +2,8 @@
 // node) and meminfo. Shared by the hugepages plugin and `vmhook doctor`.
 import { VmhookError } from "./errors.ts";
 import type { Host } from "./host.ts";
+import { parseKernelCpuList } from "./cpuset.ts";
+import { MOUNTINFO, readMounts } from "./mounts.ts";
 
 export const NODE_DIR = "/sys/devices/system/node";
 export const HUGEPAGE_DIR = "/sys/kernel/mm/hugepages";
@@ -63,3 +65,31 @@ export function memoryFacts(host: Host, node?: number): MemoryFacts {
 
 /** The host's NUMA node numbers, in order. */
 export const hostNodes = (host: Host) => host.list(NODE_DIR).filter((entry) => /^node\d+$/.test(entry)).map((entry) => Number(entry.slice(4))).sort((a, b) => a - b);
+
+/**
+ * The nodes that have memory (has_memory, the kernel's N_MEMORY), or
+ * undefined when the kernel does not say. A node missing from it (CPUs only,
+ * or all its memory taken offline) has no huge pages to give: Linux 6.1 gives
+ * it pools that never grow, older kernels no pools at all.
+ */
+export function nodesWithMemory(host: Host): number[] | undefined {
+  const text = host.readTrimmed(`${NODE_DIR}/has_memory`);
+  return text === undefined ? undefined : parseKernelCpuList(text);
+}
+
+/**
+ * The hugetlbfs mounts and the page size of each, or undefined when the
+ * mount table cannot be read. The kernel shows the size as pagesize=NK or
+ * pagesize=NM (a 1G mount: pagesize=1024M).
+ */
+export function hugetlbfsMounts(host: Host): { mountPoint: string; sizeKiB: number }[] | undefined {
+  const text = host.readTrimmed(MOUNTINFO);
+  if (text === undefined) return undefined;
+  const unit: Record<string, number> = { K: 1, M: 1024, G: 1024 * 1024 };
+  return readMounts(text)
+    .filter((mount) => mount.type === "hugetlbfs")
+    .flatMap(({ mountPoint, superOptions }) => {
+      const size = superOptions.map((option) => /^pagesize=(\d+)([KMG])$/.exec(option)).find(Boolean);
+      return size ? [{ mountPoint, sizeKiB: Number(size[1]) * unit[size[2]!]! }] : [];
+    });
+}

@@ -14,13 +14,14 @@ import type { XmlElement } from "../lib/xml.ts";
 import { howToBootWith } from "../lib/host-advice.ts";
 import { boundedProduct, boundedSum } from "../lib/bounded.ts";
 import { readAttributes, single } from "../lib/element.ts";
-import { MAX_NODE, parseNodeset } from "../lib/cpuset.ts";
+import { formatCpuList, MAX_NODE, parseNodeset } from "../lib/cpuset.ts";
 import { describeElement, type Domain } from "../lib/domain.ts";
 import { ConfigError, describeError, VmhookError } from "../lib/errors.ts";
 import { recoverCommandLine } from "../lib/metadata-text.ts";
 import type { Host } from "../lib/host.ts";
 import { fail, ok, roundMiB, warn, type Finding } from "../lib/diagnostics/findings.ts";
-import { HUGEPAGE_DIR, hostNodes, hugepagePool, hugepageSizes, meminfo, memoryFacts, NODE_DIR, nodeDir } from "../lib/memory.ts";
+import { HUGEPAGE_DIR, hostNodes, hugepagePool, hugepageSizes, hugetlbfsMounts, meminfo, memoryFacts, NODE_DIR, nodeDir, nodesWithMemory } from "../lib/memory.ts";
+import { MOUNTINFO } from "../lib/mounts.ts";
 import { defineAction, definePlugin, type ApplyContext, type BaseContext, type CheckContext, type PlanContext, type Step, type UndoContext, type UndoRecord } from "../lib/plugin.ts";
 import { loadSettings } from "../lib/settings.ts";
 import { othersRecords } from "../lib/journal.ts";
@@ -310,6 +311,15 @@ function refuseWhileCutOff(ctx: BaseContext, sizeKiB: number, then: string): voi
   if (refused) throw new VmhookError(refused.reason, refused.remedies);
 }
 
+const NODE_FIX = "fix node= on <vmhook:hugepages> or the nodeset in <numatune>";
+
+/** Why a node that exists cannot hold huge pages: it has no memory (the kernel's pools there are missing, or never grow). */
+function memorylessNode(host: Host, node: number): string | undefined {
+  const withMemory = nodesWithMemory(host);
+  if (!withMemory || withMemory.includes(node)) return undefined;
+  return `host NUMA node ${node} has no memory (it is not in ${NODE_DIR}/has_memory, which lists ${formatCpuList(withMemory) || "none"}: a node of CPUs only, or its memory was taken offline), so it has no huge pages to give`;
+}
+
 /** Checks that change nothing, before the first step: the node and the pool exist. */
 function checkPoolExists(host: Host, need: PoolNeed): void {
   if (need.node !== undefined && !host.exists(nodeDir(need.node))) {
@@ -317,10 +327,12 @@ function checkPoolExists(host: Host, need: PoolNeed): void {
     const online = host.readTrimmed(`${NODE_DIR}/online`);
     throw new VmhookError(
       online
-        ? `hugepages: host NUMA node ${need.node} does not exist (this host has node(s) ${online}); fix node= on <vmhook:hugepages> or the nodeset in <numatune>`
+        ? `hugepages: host NUMA node ${need.node} does not exist (this host has node(s) ${online}); ${NODE_FIX}`
         : `hugepages: this kernel has no NUMA nodes (${NODE_DIR} is missing), so node="${need.node}" has no per-node pool; remove node= from <vmhook:hugepages> and the nodeset in <numatune>`,
     );
   }
+  const memoryless = need.node === undefined ? undefined : memorylessNode(host, need.node);
+  if (memoryless) throw new VmhookError(`hugepages: ${memoryless}; take them from a node with memory: ${NODE_FIX}`);
   if (!host.exists(poolFile(need.sizeKiB, need.node))) {
     const sizes = hugepageSizes(host);
     throw new VmhookError(
@@ -346,7 +358,7 @@ function hostDefaultMismatch(host: Host, sizeKiB: number): { reason: string; fix
     fixes: [
       `add <page size="${sizeKiB}" unit="KiB"/> to <memoryBacking><hugepages> (virsh edit)`,
       ...(hostDefault === undefined ? [] : [`or reserve pages of the default size: size="${formatKiB(hostDefault)}" on <vmhook:hugepages>`]),
-      `a <page size> other than the default needs a hugetlbfs mount of that size for libvirt: mount -t hugetlbfs -o pagesize=${formatKiB(sizeKiB)} none /dev/hugepages${formatKiB(sizeKiB)}`,
+      `a <page size> other than the default needs a hugetlbfs mount of that size for libvirt: mkdir -p /dev/hugepages${formatKiB(sizeKiB)} && mount -t hugetlbfs -o pagesize=${formatKiB(sizeKiB)} none /dev/hugepages${formatKiB(sizeKiB)}, then restart libvirtd (or virtqemud)`,
     ],
   };
 }
@@ -367,6 +379,37 @@ function numadRefusal(host: Host, mode: string): { reason: string; fixes: string
       "or reserve the pages at boot on the nodes numad may pick and drop <vmhook:hugepages>",
     ],
   };
+}
+
+/**
+ * libvirt takes guest memory of a page size only from a hugetlbfs mount of
+ * that size, found when the daemon starts (or named by hugetlbfs_mount in
+ * qemu.conf), and fails the start without one only after this hook has
+ * grown the pool: so no mount, no page taken.
+ */
+function missingMount(host: Host, sizeKiB: number): { reason: string; fixes: string[] } | undefined {
+  const size = formatKiB(sizeKiB);
+  const mounts = hugetlbfsMounts(host);
+  if (!mounts) return { reason: `cannot read ${MOUNTINFO}, so vmhook cannot tell whether libvirt has a hugetlbfs mount of ${size} pages to back the guest memory with`, fixes: [] };
+  if (mounts.some((mount) => mount.sizeKiB === sizeKiB)) return undefined;
+  const found = mounts.length === 0 ? "no hugetlbfs is mounted" : `hugetlbfs mounts: ${mounts.map((mount) => `${mount.mountPoint} of ${formatKiB(mount.sizeKiB)} pages`).join(", ")}`;
+  // systemd mounts /dev/hugepages with the default size; another size gets a directory of its own
+  const point = sizeKiB === meminfo(host).Hugepagesize ? "/dev/hugepages" : `/dev/hugepages${size}`;
+  return {
+    reason: `libvirt backs guest memory with ${size} pages only from a hugetlbfs mount of that size, and this host has none (${found})`,
+    fixes: [
+      `mount one: mkdir -p ${point} && mount -t hugetlbfs -o pagesize=${size} none ${point}, then restart libvirt (systemctl restart libvirtd, or virtqemud): it finds hugetlbfs mounts when it starts`,
+      `to mount it at every boot: "none ${point} hugetlbfs pagesize=${size} 0 0" in /etc/fstab`,
+      `when hugetlbfs_mount is set in /etc/libvirt/qemu.conf, libvirt uses only the mounts it names: add ${point} there too`,
+    ],
+  };
+}
+
+function checkMounts(host: Host, pools: PoolNeed[]): void {
+  for (const sizeKiB of new Set(pools.map((need) => need.sizeKiB))) {
+    const missing = missingMount(host, sizeKiB);
+    if (missing) throw new VmhookError([`hugepages: ${missing.reason}`, ...missing.fixes.slice(0, 1)].join("; "), missing.fixes.slice(1));
+  }
 }
 
 function checkHostDefaultSize(host: Host, sizeKiB: number): void {
@@ -395,6 +438,8 @@ function planPrepare(ctx: PlanContext<HugepagesConfig>): Step<GrowRecord>[] {
   if (numad) throw new VmhookError(`hugepages: ${numad.reason}; ${numad.fixes[0]}`, numad.fixes.slice(1));
   for (const need of config.pools) checkPoolExists(host, need);
   if (config.hostDefaultSizeKiB !== undefined) checkHostDefaultSize(host, config.hostDefaultSizeKiB);
+  // Without <memoryBacking><hugepages> QEMU takes no huge pages and libvirt needs no mount (warned below).
+  if (config.backedByHugepages) checkMounts(host, config.pools);
   const fits = checkFit(config.pools, readHostView(host, config.pools, ctx.settings));
   if (!config.backedByHugepages) {
     ctx.log.warn("hugepages: the domain has no <memoryBacking><hugepages/>, so QEMU will not use the pages reserved for it");
@@ -558,10 +603,19 @@ function check({ host, domain, elements }: CheckContext): Finding[] {
   if (numad) findings.push(fail("hugepages NUMA placement", numad.reason, numad.fixes.join("; ")));
   const mismatch = hostDefaultSizeKiB === undefined ? undefined : hostDefaultMismatch(host, hostDefaultSizeKiB);
   if (mismatch) findings.push(fail("hugepages page size", mismatch.reason, mismatch.fixes.join("; ")));
+  if (config.backedByHugepages) {
+    for (const sizeKiB of new Set(pools.map((need) => need.sizeKiB))) {
+      const missing = missingMount(host, sizeKiB);
+      if (missing) findings.push(fail("hugepages mount", missing.reason, missing.fixes.join("; ") || `vmhook needs ${MOUNTINFO} to check`));
+    }
+  }
   const present = pools.filter(({ sizeKiB, node }) => {
     const pool = hugepagePool(sizeKiB, node);
+    const memoryless = node === undefined ? undefined : memorylessNode(host, node);
     if (node !== undefined && !host.exists(nodeDir(node))) {
-      findings.push(fail(checkName(node), `host NUMA node ${node} does not exist (nodes: ${hostNodes(host).join(", ") || "none"})`, "fix node= on <vmhook:hugepages> or the nodeset in <numatune>"));
+      findings.push(fail(checkName(node), `host NUMA node ${node} does not exist (nodes: ${hostNodes(host).join(", ") || "none"})`, NODE_FIX));
+    } else if (memoryless) {
+      findings.push(fail(checkName(node), memoryless, `take the pages from a node with memory: ${NODE_FIX}`));
     } else if (!host.exists(pool)) {
       findings.push(fail(checkName(node), `the kernel has no pool of ${formatKiB(sizeKiB)} pages (${pool})`, sizeKiB === 1024 * 1024 ? 'use size="2M": 1G pages need a CPU with pdpe1gb' : `use one of the sizes in ${HUGEPAGE_DIR}`));
     } else return true;

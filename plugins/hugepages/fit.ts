@@ -55,7 +55,7 @@ export interface HostView {
   host: MemoryFacts;
   floorKiB: number;
   nodes: Map<number, MemoryFacts>;
-  /** Free pages already in each needed pool, keyed "sizeKiB/node". */
+  /** Free pages already in each needed pool that no mapping has reserved, keyed "sizeKiB/node". */
   poolFree: Map<string, number>;
 }
 
@@ -67,8 +67,12 @@ export function readHostView(host: Host, needs: PoolNeed[], settings: Record<str
   const poolFree = new Map<string, number>();
   for (const need of needs) {
     if (need.node !== undefined && !nodes.has(need.node)) nodes.set(need.node, memoryFacts(host, need.node));
+    // free_hugepages still counts pages a process mapped and has not touched yet (another VM's QEMU);
+    // the kernel keeps their count, resv_hugepages, for the global pool only, so a node's pool is
+    // charged all of it: never more pages offered than are really unclaimed.
     const free = Number(host.readTrimmed(`${hugepagePool(need.sizeKiB, need.node)}/free_hugepages`));
-    poolFree.set(poolKey(need), Number.isSafeInteger(free) ? free : 0);
+    const reserved = Number(host.readTrimmed(`${hugepagePool(need.sizeKiB, undefined)}/resv_hugepages`));
+    poolFree.set(poolKey(need), Number.isSafeInteger(free) && Number.isSafeInteger(reserved) ? Math.max(0, free - reserved) : 0);
   }
   return { host: facts, floorKiB: freeMemoryFloorKiB(facts.totalKiB, floorSetting(settings)), nodes, poolFree };
 }

@@ -32,6 +32,15 @@ export interface HugepageKernelOptions {
   defaultSizeKiB?: number;
   /** Pages already in each pool when the test starts, e.g. reserved at boot: {2048: 100} (global, on node 0). */
   initial?: Record<number, number>;
+  /**
+   * Nodes without memory (CPUs only, or all of it taken offline): MemTotal 0,
+   * left out of has_memory, with pools that never grow, as Linux 6.1 gives
+   * every online node ("pools": false, as older kernels, which registered
+   * pools only for nodes with memory: no hugepages directory).
+   */
+  memoryless?: { nodes: number[]; pools?: boolean };
+  /** Page sizes with a hugetlbfs mount in /proc/self/mountinfo, the default size at /dev/hugepages as systemd mounts it (default: all sizes). */
+  mounted?: number[];
 }
 
 interface NodeState {
@@ -53,6 +62,9 @@ export class HugepageKernel {
   lowestAvailableKiB = Infinity;
   readonly totalKiB: number;
   readonly defaultSizeKiB: number;
+  private readonly memoryless: { nodes: number[]; pools?: boolean };
+  /** Pages reserved by mappings and not faulted yet, per size (the kernel keeps one count for all nodes). */
+  private readonly reserved: Map<number, number>;
 
   constructor(
     private readonly sim: SimHost,
@@ -62,8 +74,10 @@ export class HugepageKernel {
     this.totalKiB = options.totalKiB ?? 16 * GiB;
     this.defaultSizeKiB = options.defaultSizeKiB ?? 2048;
     const free = options.freeKiB ?? 8 * GiB;
+    this.memoryless = options.memoryless ?? { nodes: [] };
+    this.reserved = new Map(this.sizes.map((size) => [size, 0]));
     this.nodes = Array.from({ length: options.nodes ?? 1 }, (_, node) => ({
-      freeKiB: Array.isArray(free) ? free[node]! : free,
+      freeKiB: this.memoryless.nodes.includes(node) ? 0 : Array.isArray(free) ? free[node]! : free,
       cacheKiB: options.cacheKiB ?? 0,
       fragmentedKiB: Array.isArray(options.fragmentedKiB) ? options.fragmentedKiB[node]! : (options.fragmentedKiB ?? 0),
       pages: new Map(this.sizes.map((size) => [size, 0])),
@@ -91,6 +105,7 @@ export class HugepageKernel {
       if (options.compactionHelps ?? true) for (const node of this.nodes) node.fragmentedKiB = 0;
     });
     this.render();
+    sim.file("/proc/self/mountinfo", mountinfo(options.mounted ?? this.sizes, this.defaultSizeKiB));
   }
 
   /** Pages in a pool, surplus included (as nr_hugepages shows them): one node's, or the global one (sum of all nodes). */
@@ -112,6 +127,16 @@ export class HugepageKernel {
     add(state.surplus, sizeKiB, overcommitted);
     add(state.used, sizeKiB, count);
     state.freeKiB -= overcommitted * sizeKiB;
+    this.render();
+  }
+
+  /**
+   * A process maps `count` pages without touching them yet (QEMU before its
+   * guest does): the kernel reserves them from the free pages, which still
+   * count in free_hugepages, and shows the reservation in resv_hugepages.
+   */
+  reserve(sizeKiB: number, count: number): void {
+    add(this.reserved, sizeKiB, count);
     this.render();
   }
 
@@ -167,18 +192,24 @@ export class HugepageKernel {
   private render(): void {
     const sim = this.sim;
     let freeKiB = 0;
+    const withMemory = this.nodes.map((_, node) => node).filter((node) => !this.memoryless.nodes.includes(node));
     this.nodes.forEach((state, node) => {
       const dir = `/sys/devices/system/node/node${node}`;
-      sim.file(`${dir}/meminfo`, `Node ${node} MemTotal:       ${this.totalKiB} kB\nNode ${node} MemFree:        ${state.freeKiB} kB\nNode ${node} Inactive(file): ${state.cacheKiB} kB\n`);
+      const totalKiB = withMemory.includes(node) ? this.totalKiB : 0;
+      sim.file(`${dir}/meminfo`, `Node ${node} MemTotal:       ${totalKiB} kB\nNode ${node} MemFree:        ${state.freeKiB} kB\nNode ${node} Inactive(file): ${state.cacheKiB} kB\n`);
       sim.file(`${dir}/compact`, "");
-      for (const size of this.sizes) this.renderPool(`${dir}/hugepages/hugepages-${size}kB`, size, node);
+      if (withMemory.includes(node) || this.memoryless.pools) for (const size of this.sizes) this.renderPool(`${dir}/hugepages/hugepages-${size}kB`, size, node);
       freeKiB += state.freeKiB;
     });
     sim.file("/sys/devices/system/node/online", this.nodes.length === 1 ? "0" : `0-${this.nodes.length - 1}`);
-    for (const size of this.sizes) this.renderPool(`/sys/kernel/mm/hugepages/hugepages-${size}kB`, size);
+    sim.file("/sys/devices/system/node/has_memory", nodeList(withMemory));
+    for (const size of this.sizes) {
+      this.renderPool(`/sys/kernel/mm/hugepages/hugepages-${size}kB`, size);
+      sim.file(`/sys/kernel/mm/hugepages/hugepages-${size}kB/resv_hugepages`, this.reserved.get(size)!);
+    }
     const availableKiB = freeKiB + this.sum(undefined, (state) => state.cacheKiB);
     this.lowestAvailableKiB = Math.min(this.lowestAvailableKiB, availableKiB);
-    const totalKiB = this.totalKiB * this.nodes.length;
+    const totalKiB = this.totalKiB * withMemory.length;
     sim.file("/proc/meminfo", `MemTotal:       ${totalKiB} kB\nMemFree:        ${freeKiB} kB\nMemAvailable:   ${availableKiB} kB\nHugepagesize:       ${this.defaultSizeKiB} kB\n`);
     sim.file("/proc/sys/vm/drop_caches", "0");
     sim.file("/proc/sys/vm/compact_memory", "");
@@ -191,5 +222,23 @@ export class HugepageKernel {
     this.sim.file(`${dir}/free_hugepages`, pages - this.sum(node, (state) => state.used.get(sizeKiB)!));
   }
 }
+
+/** hugetlbfs mounts as the kernel shows them (hugetlbfs_show_options prints the size in K or M: 1G is pagesize=1024M). */
+function mountinfo(sizes: number[], defaultSizeKiB: number): string {
+  const root = "21 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw";
+  const hugetlbfs = sizes.map((size, index) => {
+    const point = size === defaultSizeKiB ? "/dev/hugepages" : `/dev/hugepages${size >= GiB ? `${size / GiB}G` : `${size / MiB}M`}`;
+    const shown = size >= MiB ? `${size / MiB}M` : `${size}K`;
+    return `${40 + index} 22 0:${40 + index} / ${point} rw,relatime shared:${20 + index} - hugetlbfs hugetlbfs rw,pagesize=${shown}`;
+  });
+  return [root, ...hugetlbfs].join("\n") + "\n";
+}
+
+/** Node numbers as the kernel prints a nodemask (%*pbl): "0-1,3". */
+const nodeList = (nodes: number[]) =>
+  nodes
+    .reduce<number[][]>((runs, node) => (runs.at(-1)?.at(-1) === node - 1 ? runs.at(-1)!.push(node) : runs.push([node]), runs), [])
+    .map((run) => (run.length === 1 ? `${run[0]}` : `${run[0]}-${run.at(-1)}`))
+    .join(",");
 
 const add = (map: Map<number, number>, key: number, delta: number) => map.set(key, map.get(key)! + delta);

@@ -110,6 +110,8 @@ function basics(sim: SimHost, cpu: "GenuineIntel" | "AuthenticAMD", cmdline: str
   for (const size of [2048, 1048576]) {
     sim.file(`/sys/kernel/mm/hugepages/hugepages-${size}kB/nr_hugepages`, 0).file(`/sys/kernel/mm/hugepages/hugepages-${size}kB/free_hugepages`, 0);
   }
+  // hugetlbfs of the default size as systemd mounts it, and one of 1G pages for libvirt (the kernel shows 1G as 1024M)
+  sim.file("/proc/self/mountinfo", "24 1 259:2 / / rw,relatime shared:1 - ext4 /dev/nvme0n1p2 rw\n40 22 0:40 / /dev/hugepages rw,relatime shared:20 - hugetlbfs hugetlbfs rw,pagesize=2M\n41 22 0:41 / /dev/hugepages1G rw,relatime shared:21 - hugetlbfs none rw,pagesize=1024M\n");
   sim.file("/sys/devices/system/cpu/online", "0-7");
   sim.file("/sys/fs/cgroup/cgroup.controllers", "cpuset cpu io memory hugetlb pids rdma misc");
   // The installed hook: found by the marker every vmhook binary carries.

@@ -5,7 +5,12 @@
 //  - a request that fits only once the page cache (a disk read) is dropped;
 //  - memory fragmented on purpose with unmovable pages (test/kernel/fragment.js):
 //    the retry path gives back, reclaims, and fails above the floor with the
-//    pool unchanged; once the memory is whole again the same request succeeds.
+//    pool unchanged; once the memory is whole again the same request succeeds;
+//  - no hugetlbfs mount (libvirt could not start the VM): refused before a
+//    page is taken; mounted as systemd mounts it, the kernel's mountinfo
+//    (pagesize=2M) passes, for the tests after it;
+//  - a host NUMA node of CPUs only (QEMU's node 1 has no memory): Linux 6.1
+//    gives it pools that never grow, and prepare says the node has no memory.
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
@@ -30,7 +35,8 @@ bench.before(async (context) => {
     memoryMiB: 1536,
     extraModules: ["virtio_pci", "virtio_blk"],
     files: { "/root/fragment.js": path.join(import.meta.dirname, "fragment.js") },
-    qemuArgs: ["-drive", `file=${context.disk},if=virtio,format=raw,readonly=on`],
+    // Node 1: a CPU and no memory.
+    qemuArgs: ["-drive", `file=${context.disk},if=virtio,format=raw,readonly=on`, "-object", "memory-backend-ram,id=ram0,size=1536M", "-numa", "node,nodeid=0,cpus=0,memdev=ram0", "-numa", "node,nodeid=1,cpus=1"],
   });
 });
 bench.after(async (context) => {
@@ -40,9 +46,9 @@ bench.after(async (context) => {
 
 const it = skip ? bench.skip : bench;
 
-const domainXml = (memoryMiB: number) => `<domain type="kvm"><name>vm</name><uuid>${UUID}</uuid><memory unit="MiB">${memoryMiB}</memory><vcpu>1</vcpu>
+const domainXml = (memoryMiB: number, attributes = "") => `<domain type="kvm"><name>vm</name><uuid>${UUID}</uuid><memory unit="MiB">${memoryMiB}</memory><vcpu>1</vcpu>
 <memoryBacking><hugepages/></memoryBacking>
-<metadata><vmhook:hooks xmlns:vmhook="urn:vmhook:1"><vmhook:hugepages size="2M" timeout="5"/></vmhook:hooks></metadata></domain>`;
+<metadata><vmhook:hooks xmlns:vmhook="urn:vmhook:1"><vmhook:hugepages size="2M" timeout="5"${attributes}/></vmhook:hooks></metadata></domain>`;
 
 interface Prepared {
   code: number;
@@ -57,8 +63,8 @@ interface Prepared {
 const meminfo = async (guest: Guest, field: string) => Number(/(\d+)/.exec(await guest.ok(`grep '^${field}:' /proc/meminfo`))![1]);
 
 /** prepare through the hook, MemAvailable sampled with shell builtins only (no fork per sample) meanwhile. */
-async function prepare(guest: Guest, memoryMiB: number): Promise<Prepared> {
-  await guest.ok(`cat > /tmp/vm.xml <<'EOF'\n${domainXml(memoryMiB)}\nEOF`);
+async function prepare(guest: Guest, memoryMiB: number, attributes = ""): Promise<Prepared> {
+  await guest.ok(`cat > /tmp/vm.xml <<'EOF'\n${domainXml(memoryMiB, attributes)}\nEOF`);
   const out = await guest.sh(`
     pool_before=$(cat ${POOL})
     ( while :; do while read -r key value unit; do [ "$key" = MemAvailable: ] && echo "$value"; done < /proc/meminfo; done > /tmp/samples ) &
@@ -75,6 +81,32 @@ async function prepare(guest: Guest, memoryMiB: number): Promise<Prepared> {
 const release = (guest: Guest) => guest.ok("/etc/libvirt/hooks/qemu vm release end - < /tmp/vm.xml");
 const setFloorMiB = (guest: Guest, mib: number | undefined) =>
   guest.ok(mib === undefined ? "rm -f /etc/vmhook/vmhook.json" : `mkdir -p /etc/vmhook && echo '{"plugins": {"hugepages": {"minFreeMiB": ${mib}}}}' > /etc/vmhook/vmhook.json`);
+
+it("no hugetlbfs mount: refused before a page is taken, naming the mount libvirt needs; the kernel's own mountinfo of one passes", async ({ guest }) => {
+  const unmounted = await prepare(guest!, 64);
+  assert.is(unmounted.code, 1, unmounted.stderr);
+  assert.match(unmounted.stderr, /^vmhook: hugepages: libvirt backs guest memory with 2M pages only from a hugetlbfs mount of that size, and this host has none \(no hugetlbfs is mounted\); mount one: mkdir -p \/dev\/hugepages && mount -t hugetlbfs -o pagesize=2M none \/dev\/hugepages, then restart libvirt/);
+  assert.equal([unmounted.poolBefore, unmounted.poolAfter], [0, 0]);
+  // As systemd's dev-hugepages.mount does, left for the tests below.
+  await guest!.ok("mkdir -p /dev/hugepages && mount -t hugetlbfs hugetlbfs /dev/hugepages && grep hugetlbfs /proc/self/mountinfo");
+  const mounted = await prepare(guest!, 64);
+  assert.is(mounted.code, 0, mounted.stderr);
+  assert.is(mounted.poolAfter, 32);
+  await release(guest!);
+  assert.is(Number((await guest!.ok(`cat ${POOL}`)).trim()), 0);
+});
+
+it("a NUMA node of CPUs only: Linux 6.1 gives it pools that never grow, and prepare says it has no memory, taking nothing", async ({ guest }) => {
+  assert.is((await guest!.ok("cat /sys/devices/system/node/has_memory")).trim(), "0");
+  // The pool is there (older kernels had none) and the kernel takes a write to it, granting nothing.
+  await guest!.ok("echo 1 > /sys/devices/system/node/node1/hugepages/hugepages-2048kB/nr_hugepages");
+  assert.is((await guest!.ok("cat /sys/devices/system/node/node1/hugepages/hugepages-2048kB/nr_hugepages")).trim(), "0");
+  const refused = await prepare(guest!, 64, ' node="1"');
+  assert.is(refused.code, 1, refused.stderr);
+  assert.match(refused.stderr, /^vmhook: hugepages: host NUMA node 1 has no memory \(it is not in \/sys\/devices\/system\/node\/has_memory, which lists 0: /);
+  assert.equal([refused.poolBefore, refused.poolAfter], [0, 0]);
+  assert.not.ok((await guest!.sh(`test -e /run/vmhook/${UUID}.json`)).code === 0, "no journal left");
+});
 
 it("more memory than the guest has: refused at once, pool unchanged, MemAvailable never below the 1 GiB floor", async ({ guest }) => {
   const floorKiB = 1024 * 1024; // the larger of 5 % of ~1.4 GiB and 1 GiB

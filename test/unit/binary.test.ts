@@ -40,6 +40,9 @@ function tree() {
   // The fit check reads the free memory: 16 GiB, 8 GiB available (floor 1 GiB); the host policy caps a VM at MemTotal minus the floor.
   fs.mkdirSync(path.join(root, "proc"));
   fs.writeFileSync(path.join(root, "proc/meminfo"), "MemTotal: 16777216 kB\nMemFree: 8388608 kB\nMemAvailable: 8388608 kB\nHugepagesize: 2048 kB\n");
+  // libvirt's hugetlbfs mount, as systemd mounts it
+  fs.mkdirSync(path.join(root, "proc/self"));
+  fs.writeFileSync(path.join(root, "proc/self/mountinfo"), "40 22 0:40 / /dev/hugepages rw,relatime shared:20 - hugetlbfs hugetlbfs rw,pagesize=2M\n");
   const pool = () => Number(fs.readFileSync(path.join(root, POOL), "utf8"));
   const journal = path.join(root, "run/vmhook", `${UUID}.json`);
   return { dir, root, link, pool, journal, cleanup: () => fs.rmSync(dir, { recursive: true, force: true }) };

@@ -6,6 +6,7 @@ import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { loadDomainPlugins } from "../../lib/config.ts";
 import { registry } from "../../plugins/index.ts";
+import { runDoctor } from "../../lib/diagnostics/doctor.ts";
 import { parseDomain } from "../../lib/domain.ts";
 import { newJournal, readJournal, writeJournal } from "../../lib/journal.ts";
 import { createLogger } from "../../lib/log.ts";
@@ -560,6 +561,99 @@ test("a missing node or pool size fails before any step, naming what the host ha
     assert.equal(sim.stateFiles(), []);
   } finally {
     sim.cleanup();
+  }
+});
+
+test("a host NUMA node without memory (CPUs only, or its memory taken offline) is refused as such, not as a missing page size or a VM too large", async () => {
+  // Linux 6.1 gives such a node pools that never grow (test/kernel shows it); older kernels gave it no hugepages directory
+  for (const pools of [false, true]) {
+    const { sim } = host({ nodes: 2, memoryless: { nodes: [1], pools } });
+    try {
+      const before = sim.snapshot();
+      const outcome = await runHookEvent(sim, "prepare", "begin", domainXml({ element: "<vmhook:hugepages node='1'/>" }));
+      assert.is(outcome.code, 1);
+      assert.is(
+        firstLine(outcome.stderr),
+        "vmhook: hugepages: host NUMA node 1 has no memory (it is not in /sys/devices/system/node/has_memory, which lists 0: a node of CPUs only, or its memory was taken offline), so it has no huge pages to give; take them from a node with memory: fix node= on <vmhook:hugepages> or the nodeset in <numatune>",
+        `pools: ${pools}`,
+      );
+      assert.equal(sim.writes, []);
+      assert.equal(sim.snapshot(), before);
+      assert.equal(sim.stateFiles(), []);
+      const doctor = await runDoctor(sim, { file: "vm.xml", xml: domainXml({ element: "<vmhook:hugepages node='1'/>" }) });
+      const finding = doctor.domain!.findings.find((found) => found.check === "hugepages node 1");
+      assert.equal([finding?.status, finding?.reason.replace(/ \(it is .*/, "")], ["fail", "host NUMA node 1 has no memory"], `pools: ${pools}`);
+    } finally {
+      sim.cleanup();
+    }
+  }
+});
+
+test("a page size libvirt finds no hugetlbfs mount for is refused before a page is taken: the mount, and that libvirt looks for mounts when it starts", async () => {
+  // libvirt backs guest memory with a page size only from a hugetlbfs mount of that size ("Unable to find any usable
+  // hugetlbfs mount for 1048576 KiB"), and fails the start only after the prepare hook has grown the pool
+  const cases: [HugepageKernelOptions, DomainOptions, string][] = [
+    [{ mounted: [2048] }, { element: "<vmhook:hugepages size='1G'/>", extra: ONE_G_BACKING }, "libvirt backs guest memory with 1G pages only from a hugetlbfs mount of that size, and this host has none (hugetlbfs mounts: /dev/hugepages of 2M pages); mount one: mkdir -p /dev/hugepages1G && mount -t hugetlbfs -o pagesize=1G none /dev/hugepages1G, then restart libvirt (systemctl restart libvirtd, or virtqemud): it finds hugetlbfs mounts when it starts"],
+    [{ mounted: [] }, {}, "libvirt backs guest memory with 2M pages only from a hugetlbfs mount of that size, and this host has none (no hugetlbfs is mounted); mount one: mkdir -p /dev/hugepages && mount -t hugetlbfs -o pagesize=2M none /dev/hugepages, then restart libvirt (systemctl restart libvirtd, or virtqemud): it finds hugetlbfs mounts when it starts"],
+  ];
+  for (const [options, domain, message] of cases) {
+    const { sim, kernel } = host(options);
+    try {
+      const before = sim.snapshot();
+      const outcome = await runHookEvent(sim, "prepare", "begin", domainXml(domain));
+      assert.is(outcome.code, 1, message);
+      assert.is(firstLine(outcome.stderr), `vmhook: hugepages: ${message}`);
+      assert.equal(sim.writes, []);
+      assert.is(kernel.dropCaches, 0);
+      assert.equal(sim.snapshot(), before);
+      assert.equal(sim.stateFiles(), []);
+      const doctor = await runDoctor(sim, { file: "vm.xml", xml: domainXml(domain) });
+      const finding = doctor.domain!.findings.find((found) => found.check === "hugepages mount");
+      assert.equal([finding?.status, finding?.reason], ["fail", message.replace(/; mount one: .*/, "")]);
+    } finally {
+      sim.cleanup();
+    }
+  }
+  // The kernel prints a 1G mount's size as pagesize=1024M; with it mounted the VM starts.
+  const { sim, kernel } = host({ mounted: [2048, GiB] });
+  try {
+    assert.match(sim.read("/proc/self/mountinfo"), "pagesize=1024M");
+    const outcome = await runHookEvent(sim, "prepare", "begin", domainXml({ element: "<vmhook:hugepages size='1G'/>", extra: ONE_G_BACKING }));
+    assert.is(outcome.code, 0, outcome.stderr);
+    assert.is(kernel.pool(GiB), 1);
+    // Unreadable: vmhook cannot know, so it takes nothing.
+    fs.rmSync(sim.resolve("/proc/self/mountinfo"));
+    const unread = await runHookEvent(sim, "prepare", "begin", domainXml({ uuid: UUID_B, name: "b" }), "b");
+    assert.is(firstLine(unread.stderr), "vmhook: hugepages: cannot read /proc/self/mountinfo, so vmhook cannot tell whether libvirt has a hugetlbfs mount of 2M pages to back the guest memory with");
+    assert.is(kernel.pool(2048), 0);
+  } finally {
+    sim.cleanup();
+  }
+  // Without <memoryBacking><hugepages> libvirt needs no mount (vmhook only warns that QEMU will not use the pages).
+  const bare = host({ mounted: [] });
+  try {
+    const outcome = await runHookEvent(bare.sim, "prepare", "begin", domainXml({ extra: "" }));
+    assert.is(outcome.code, 0, outcome.stderr);
+  } finally {
+    bare.sim.cleanup();
+  }
+});
+
+test("free pages another VM's QEMU has mapped but not touched yet (resv_hugepages) are not offered to this VM as its own", async () => {
+  // 8192 pages of 2M (16 GiB) reserved at boot, 8 GiB left free: a 16 GiB VM cannot fit in new pages
+  const xml = domainXml({ memory: "<memory unit='GiB'>16</memory>" });
+  for (const [reserved, offered] of [[0, "8192"], [8192, undefined], [4096, undefined]] as const) {
+    const { sim, kernel } = host({ freeKiB: 24 * GiB, totalKiB: 32 * GiB, initial: { 2048: 8192 } });
+    try {
+      kernel.reserve(2048, reserved);
+      const outcome = await runHookEvent(sim, "prepare", "begin", xml);
+      assert.is(outcome.code, 1, outcome.stderr);
+      assert.match(outcome.stderr, "for the 2M pool cannot fit");
+      assert.is(/the 2M pool already holds (\d+) free pages/.exec(outcome.stderr)?.[1], offered, `${reserved} reserved`);
+      assert.is(kernel.pool(2048), 8192);
+    } finally {
+      sim.cleanup();
+    }
   }
 });
 

@@ -16,6 +16,7 @@ function smallHost(): SimHost {
     .file("/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages", 0)
     .file("/sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages", 0)
     .file("/proc/meminfo", "MemTotal: 4000000 kB\nMemFree: 1000000 kB\nMemAvailable: 1500000 kB\nHugepagesize: 2048 kB\n")
+    .file("/proc/self/mountinfo", "40 22 0:40 / /dev/hugepages rw,relatime shared:20 - hugetlbfs hugetlbfs rw,pagesize=2M\n")
     .file("/etc/default/grub", "GRUB_CMDLINE_LINUX_DEFAULT=quiet\n")
     .file("/usr/sbin/update-grub");
 }
