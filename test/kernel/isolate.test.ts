@@ -167,6 +167,27 @@ it("a VM pinned to a CPU taken offline is refused, naming the CPU and the online
   }
 });
 
+// libvirt's <resource><partition>/vms</partition> without systemd: the top-level group vms.partition, which libvirt
+// names (virCgroupSetPartitionSuffix) and keeps after its VMs; narrowed to the host's CPUs, it would leave the VM's none.
+it("vmA prepared, then put by libvirt in vms.partition with its vCPU's group on CPU 2: the kernel runs it on CPU 2, not on the host's", async ({ guest }) => {
+  await guest!.ok("mkdir /sys/fs/cgroup/vms.partition");
+  assert.equal(await hook(guest!, "vmA", "prepare begin"), { code: 0, stdout: "" });
+  const placed = await guest!.ok(`
+    cd /sys/fs/cgroup/vms.partition
+    echo +cpuset > cgroup.subtree_control && mkdir vmA && echo 2 > vmA/cpuset.cpus
+    setsid sleep 100000 </dev/null >/dev/null 2>&1 & echo $! > /tmp/vcpu.pid
+    echo $(cat /tmp/vcpu.pid) > vmA/cgroup.procs
+    echo "partition=[$(cat cpuset.cpus)] vm=$(cat vmA/cpuset.cpus.effective) vcpu=$(grep Cpus_allowed_list /proc/$(cat /tmp/vcpu.pid)/status | cut -f2)"`);
+  assert.is(placed.trim(), "partition=[] vm=2 vcpu=2", "vms.partition untouched, the vCPU on its own CPU");
+});
+
+it("the VM gone (libvirt removes its group), releasing vmA leaves no cpuset and no state", async ({ guest }) => {
+  await guest!.ok("kill $(cat /tmp/vcpu.pid); sleep 0.2; rmdir /sys/fs/cgroup/vms.partition/vmA; echo -cpuset > /sys/fs/cgroup/vms.partition/cgroup.subtree_control");
+  assert.equal(await hook(guest!, "vmA", "release end"), { code: 0, stdout: "" });
+  assert.not.match(await guest!.ok("cat /sys/fs/cgroup/cgroup.subtree_control"), /cpuset/);
+  assert.is((await guest!.ok("find /run/vmhook -name '*.json'")).trim(), "");
+});
+
 bench.run();
 
 // ---- a kernel booted with isolcpus=3: CPU 3 is never the host's ----
