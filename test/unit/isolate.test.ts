@@ -290,6 +290,23 @@ test('irqs="yes" with irqbalance running and not banned from the VM\'s CPUs: pre
   assertClean(sim, before);
 });
 
+// Setting IRQBALANCE_BANNED_CPULIST ends the isolcpus=/nohz_full= ban, and IRQBALANCE_BANNED_CPUS, when set, wins over it:
+// the line to add keeps what irqbalance bans already, in the variable it reads.
+const ADVICE: [string, (sim: SimHost) => SimHost, string][] = [
+  ["IRQBALANCE_BANNED_CPUS set (tuned's cpu-partitioning), which irqbalance reads before _CPULIST", (sim) => withIrqbalance(sim, ["IRQBALANCE_BANNED_CPUS=00000040"]), "IRQBALANCE_BANNED_CPUS=4c"],
+  ["IRQBALANCE_BANNED_CPULIST set", (sim) => withIrqbalance(sim, ["IRQBALANCE_BANNED_CPULIST=6"]), "IRQBALANCE_BANNED_CPULIST=2-3,6"],
+  ["isolcpus= banned by default", (sim) => withIrqbalance(sim).file("/sys/devices/system/cpu/isolated", "6"), "IRQBALANCE_BANNED_CPULIST=2-3,6"],
+];
+
+for (const [what, setUp, line] of ADVICE) {
+  test(`irqs="yes" with irqbalance banning other CPUs (${what}): the refusal's line bans the VM's CPUs and keeps those, in the variable irqbalance reads`, async () => {
+    const sim = setUp(cgroupHost());
+    const outcome = await prepare(sim, { ...vmA, isolate: 'irqs="yes"' });
+    assert.is(outcome.code, 1, outcome.stderr);
+    assert.match(outcome.stderr.split("\n")[0]!, `ban them: ${line} in its environment file`);
+  });
+}
+
 const BANNING: [string, (sim: SimHost) => SimHost][] = [
   ["IRQBALANCE_BANNED_CPULIST", (sim) => withIrqbalance(sim, ["IRQBALANCE_BANNED_CPULIST=2-5"])],
   ["IRQBALANCE_BANNED_CPUS (a mask, older irqbalance)", (sim) => withIrqbalance(sim, ["IRQBALANCE_BANNED_CPUS=0000000c"])],
