@@ -27,13 +27,17 @@ function stackedOn(host: Host, iface: string): string[] {
   return found;
 }
 
-/** The interfaces the main table's IPv4 default routes leave through (/proc/net/route: destination and mask 0). */
+/**
+ * The interfaces the main table's IPv4 default routes leave through
+ * (/proc/net/route: destination and mask 0, up). A route with no device
+ * ("*": unreachable, prohibit, blackhole, as a VPN kill switch adds) leads nowhere.
+ */
 function ipv4Defaults(text: string): string[] {
   return text
     .split("\n")
     .slice(1)
     .map((line) => line.trim().split(/\s+/))
-    .filter((fields) => fields[1] === "00000000" && fields[7] === "00000000" && (parseInt(fields[3] ?? "0", 16) & RTF_UP) !== 0)
+    .filter((fields) => fields[0] !== "*" && fields[1] === "00000000" && fields[7] === "00000000" && (parseInt(fields[3] ?? "0", 16) & (RTF_UP | RTF_REJECT)) === RTF_UP)
     .map((fields) => fields[0]!);
 }
 

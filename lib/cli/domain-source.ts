@@ -4,6 +4,7 @@ import * as fs from "node:fs";
 import { VmhookError } from "../errors.ts";
 import { LibvirtUnreachable, libvirtClientConfig, Virsh, virshUri } from "../libvirt-client.ts";
 import { shellWord } from "../metadata-text.ts";
+import { PATTERNS } from "../validate.ts";
 import { readDomainFile, sourceName } from "./output.ts";
 
 export interface DomainSource {
@@ -36,7 +37,11 @@ export function readDomainSource(argument: string, connect?: string): DomainSour
     // Meant the file here? Said, never done: the file may be anyone's.
     if (error instanceof VmhookError && fs.existsSync(argument)) throw new VmhookError(error.message, [...error.lines, `to read the file ${argument} here instead, write ./${argument}`]);
     if (error instanceof LibvirtUnreachable && error.ownSystemDaemon) {
-      throw new VmhookError(error.message, [...error.lines, `or name its XML file in place of the name: ${shellWord(`/etc/libvirt/qemu/${argument}.xml`)} holds its definition (readable by root)`]);
+      // libvirt names the file after the VM, never after its UUID (which virsh also takes).
+      const file = PATTERNS.uuid.test(argument.toLowerCase())
+        ? `or name its XML file in place of the UUID: the file in /etc/libvirt/qemu named after the VM holds its definition (readable by root; grep -l ${argument} /etc/libvirt/qemu/*.xml finds it)`
+        : `or name its XML file in place of the name: ${shellWord(`/etc/libvirt/qemu/${argument}.xml`)} holds its definition (readable by root)`;
+      throw new VmhookError(error.message, [...error.lines, file]);
     }
     throw error;
   }

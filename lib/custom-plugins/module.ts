@@ -61,21 +61,64 @@ function transpilerCache(env: NodeJS.ProcessEnv, cwd: string): { dir: string; va
  * Bun runs a transpiled copy from its cache when one is there for the file's
  * contents (found and checked by unkeyed hashes, no signature), so the cache
  * and every directory above it must be root's alone, as the plugin is; under
- * sudo -E (or a sudo that keeps HOME) it is the invoking user's. Bun creates
- * what is missing, as root: the part that exists is checked, symlinks
- * resolved (an ostree host's /root is one), each directory of the real path.
+ * sudo -E (or a sudo that keeps HOME) it is the invoking user's.
  */
 function transpilerCacheProblem(env: NodeJS.ProcessEnv = process.env, cwd = process.cwd()): string | undefined {
   const cache = transpilerCache(env, cwd);
   if (!cache) return undefined;
-  let dir = cache.dir;
-  while (dir !== "/" && !fs.existsSync(dir)) dir = nodePath.dirname(dir);
-  for (dir = fs.realpathSync(dir); ; dir = nodePath.dirname(dir)) {
-    const stat = fs.statSync(dir);
+  const unsafe = untrustedOnTheWay(cache.dir);
+  if (!unsafe) return undefined;
+  return `Bun, which runs vmhook, keeps the modules it transpiles in ${cache.dir} (from ${cache.variable}=${env[cache.variable]}), and ${unsafe}: whoever can write there could have their code run as root in place of the plugin's; run vmhook with root's own environment (sudo -i, or sudo without -E), or with BUN_RUNTIME_TRANSPILER_CACHE_PATH=0`;
+}
+
+/** Lookups through more symlinks than this fail (ELOOP, the kernel's MAXSYMLINKS). */
+const MAX_SYMLINKS = 40;
+
+/**
+ * "DIR is owned by uid N" (or "has mode M") for the first directory a lookup
+ * of the absolute `dir` passes through that another user could change, or
+ * undefined. The lookup is followed as the kernel does it, a component at a
+ * time: a symlink is judged where it lies (whoever writes that directory can
+ * point it elsewhere, after any check of its target), then its target is
+ * walked too (an ostree host's /root -> var/roothome). Where the path stops
+ * existing, Bun creates the rest, as root, in a directory already judged.
+ */
+function untrustedOnTheWay(dir: string): string | undefined {
+  const pending = dir.split("/").filter(Boolean);
+  let current = "/";
+  let symlinks = 0;
+  let stat = fs.statSync(current);
+  for (;;) {
     const unsafe = stat.uid !== ROOT_UID ? `is owned by uid ${stat.uid}` : (stat.mode & 0o022) !== 0 ? `has mode ${octal(stat.mode)}` : undefined;
-    if (unsafe) {
-      return `Bun, which runs vmhook, keeps the modules it transpiles in ${cache.dir} (from ${cache.variable}=${env[cache.variable]}), and ${dir} ${unsafe}: whoever can write there could have their code run as root in place of the plugin's; run vmhook with root's own environment (sudo -i, or sudo without -E), or with BUN_RUNTIME_TRANSPILER_CACHE_PATH=0`;
+    if (unsafe) return `${current} ${unsafe}`;
+    const name = pending.shift();
+    if (name === undefined) return undefined;
+    if (name === ".") continue;
+    // `current` has no symlink in it, so its parent is the one the lookup reaches.
+    if (name === "..") {
+      current = nodePath.dirname(current);
+      stat = fs.statSync(current);
+      continue;
     }
-    if (dir === "/") return undefined;
+    const next = nodePath.join(current, name);
+    let entry: fs.Stats;
+    try {
+      entry = fs.lstatSync(next);
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code === "ENOENT") return undefined;
+      return `${next} cannot be looked at (${(error as NodeJS.ErrnoException).code ?? describeError(error)})`;
+    }
+    if (entry.isSymbolicLink()) {
+      if (++symlinks > MAX_SYMLINKS) return `${dir} passes through more than ${MAX_SYMLINKS} symlinks`;
+      const target = fs.readlinkSync(next);
+      pending.unshift(...target.split("/").filter(Boolean));
+      if (target.startsWith("/")) {
+        current = "/";
+        stat = fs.statSync(current);
+      }
+      continue;
+    }
+    current = next;
+    stat = entry;
   }
 }

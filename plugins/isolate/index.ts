@@ -14,7 +14,7 @@
 // recomputing without it, which is idempotent by construction.
 import { formatCpuList, parseCpuset, parseKernelCpuList } from "../../lib/cpuset.ts";
 import { attributes } from "../../lib/domain.ts";
-import { ConfigError, describeError, VmhookError } from "../../lib/errors.ts";
+import { ConfigError, VmhookError } from "../../lib/errors.ts";
 import { defineAction, definePlugin, type BaseContext, type CheckContext, type PlanContext, type Step } from "../../lib/plugin.ts";
 import { fail, ok, warn, type Finding } from "../../lib/diagnostics/findings.ts";
 import { howToGetCgroupV2, isolationExample } from "../../lib/host-advice.ts";
@@ -51,7 +51,7 @@ function planPrepare(ctx: PlanContext<IsolateConfig>): Step<Claim>[] {
   if (typeof cgroups === "string") skipOrFail(ctx, cgroups);
   else if (cgroups.systemd) {
     actions.push("systemd-allowed-cpus");
-    warnOverridingDropIns(ctx, isolated);
+    warnOverridingDropIns(ctx, isolated, cgroups.shown);
   } else {
     actions.push("cgroup-cpuset");
     warnUnfenced(ctx, isolated);
@@ -141,8 +141,12 @@ function checkPolicyWithOthers(ctx: PlanContext<IsolateConfig>, isolated: number
   );
 }
 
-/** How this host's cgroups are changed, or why they cannot be. */
-function cgroupMechanism(ctx: BaseContext): { systemd: boolean } | string {
+/**
+ * How this host's cgroups are changed, or why they cannot be. Under systemd,
+ * `shown` is systemctl show's AllowedCPUs and DropInPaths of SYSTEMD_UNITS,
+ * a block each: asked once, for this check and warnOverridingDropIns.
+ */
+function cgroupMechanism(ctx: BaseContext): { systemd: false } | { systemd: true; shown: string } | string {
   const controllers = ctx.host.readTrimmed(`${CGROUP}/cgroup.controllers`);
   if (controllers === undefined) {
     return `it needs the unified cgroup v2 hierarchy, but this host mounts cgroup v1 at /sys/fs/cgroup; ${howToGetCgroupV2(ctx.host)}`;
@@ -150,12 +154,13 @@ function cgroupMechanism(ctx: BaseContext): { systemd: boolean } | string {
   if (!controllers.split(/\s+/).includes("cpuset")) {
     return `the cgroup v2 hierarchy at /sys/fs/cgroup has no cpuset controller (it has: ${controllers || "none"}), probably because a cgroup v1 hierarchy holds it; boot with systemd.unified_cgroup_hierarchy=1 and cgroup_no_v1=all`;
   }
-  const systemd = ctx.host.readTrimmed("/proc/1/comm") === "systemd";
+  if (ctx.host.readTrimmed("/proc/1/comm") !== "systemd") return { systemd: false };
+  const shown = ctx.run("systemctl", ["show", "-p", "AllowedCPUs", "-p", "DropInPaths", ...SYSTEMD_UNITS]).stdout;
   // systemctl show prints a property asked for by name even when empty, and nothing when the unit has no such property.
-  if (systemd && !/^AllowedCPUs=/m.test(ctx.run("systemctl", ["show", "-p", "AllowedCPUs", SYSTEMD_UNITS[0]!]).stdout)) {
+  if (!/^AllowedCPUs=/m.test(shown.split(/\n\s*\n/)[0] ?? "")) {
     return `systemd on this host has no AllowedCPUs (systemd 244 or later has it), so it cannot keep its units off CPUs; update systemd`;
   }
-  return { systemd };
+  return { systemd: true, shown };
 }
 
 /**
@@ -185,17 +190,10 @@ const RUNTIME_DROP_IN = "50-AllowedCPUs.conf";
  * the same name in /etc/systemd/system.control hiding vmhook's. An admin's
  * AllowedCPUs in a drop-in that comes later (systemctl edit's override.conf,
  * a persistent set-property) then gives the host the VM's CPUs back while it
- * runs. Said, not refused: until such a reload the isolation holds. What
- * cannot be listed or read only leaves the warning out.
+ * runs. Said, not refused: until such a reload the isolation holds. A
+ * drop-in that cannot be read only leaves the warning out.
  */
-function warnOverridingDropIns(ctx: BaseContext, isolated: number[]): void {
-  let shown: string;
-  try {
-    shown = ctx.run("systemctl", ["show", "-p", "DropInPaths", ...SYSTEMD_UNITS]).stdout;
-  } catch (error) {
-    ctx.log.info(`isolate: could not list the units' drop-ins, which a daemon-reload applies again: ${describeError(error)}`);
-    return;
-  }
+function warnOverridingDropIns(ctx: BaseContext, isolated: number[], shown: string): void {
   const blocks = shown.split(/\n\s*\n/);
   SYSTEMD_UNITS.forEach((unit, index) => {
     const paths = (/^DropInPaths=(.*)$/m.exec(blocks[index] ?? "")?.[1] ?? "").split(/\s+/).filter((path) => path.startsWith("/"));

@@ -47,8 +47,13 @@ export function systemdAllowedCpus(sim: SimHost, allowed: Record<string, string>
   for (const [unit, value] of Object.entries(units)) keep(unit, value);
   const other = sim.execHandler("systemctl");
   sim.onExec("systemctl", (args, host, options) => {
-    if (args[0] === "show" && args[2] === "AllowedCPUs") return { stdout: `AllowedCPUs=${units[args[3]!] ?? ""}\n` };
-    if (args[0] === "show" && args[2] === "DropInPaths") return { stdout: args.slice(3).map((unit) => `DropInPaths=${dropInPaths(host as SimHost, unit).join(" ")}\n`).join("\n") };
+    if (args[0] === "show" && args[1] === "-p") {
+      // show -p PROPERTY ... UNIT ...: a block of the properties asked for per unit, blocks apart by an empty line.
+      const properties = args.filter((_, index) => args[index - 1] === "-p");
+      const shown = args.slice(1).filter((arg, index) => arg !== "-p" && args[index] !== "-p");
+      const value = (property: string, unit: string) => (property === "AllowedCPUs" ? (units[unit] ?? "") : property === "DropInPaths" ? dropInPaths(host as SimHost, unit).join(" ") : "");
+      return { stdout: shown.map((unit) => properties.map((property) => `${property}=${value(property, unit)}\n`).join("")).join("\n") };
+    }
     if (args[0] === "set-property") {
       keep(args[2]!, args[3]!.replace(/^AllowedCPUs=/, ""));
       return {};

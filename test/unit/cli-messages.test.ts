@@ -297,6 +297,10 @@ test("a domain named while libvirt's daemon is down: the error says to start it,
           command,
         );
       }
+      // Named by its UUID: the file is named after the VM, not after that.
+      const uuid = "6f1c2f0e-8a51-4a8e-9f7c-0d3b7c1e2a44";
+      const { stderr } = await cli(["validate", uuid, "--root", os.tmpdir()]);
+      assert.match(stderr, `  or name its XML file in place of the UUID: the file in /etc/libvirt/qemu named after the VM holds its definition (readable by root; grep -l ${uuid} /etc/libvirt/qemu/*.xml finds it)\n`);
     });
   } finally {
     for (const [key, value] of Object.entries(saved)) if (value !== undefined) process.env[key] = value;

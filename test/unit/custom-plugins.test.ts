@@ -452,6 +452,49 @@ test("module: with HOME, XDG_CACHE_HOME or BUN_RUNTIME_TRANSPILER_CACHE_PATH in 
   }
 });
 
+test("module: a transpiler cache reached through a symlink in a directory another user writes is refused, though its target is root's alone: that user can point the link elsewhere between the check and Bun's read", async () => {
+  const sim = pluginHost();
+  install(sim, "marker.mjs", MODULE_PLUGIN, 0o644);
+  const xml = domainXml('<vmhook:plugin name="marker" text="hi"/>');
+  // A user's home below directories root's alone (/run, not a /tmp everyone writes), as /home/alice
+  const home = fs.mkdtempSync("/run/vmhook-user-home-");
+  fs.chownSync(home, 1000, 1000);
+  const rootsCache = fs.mkdtempSync("/run/vmhook-test-cache-");
+  fs.mkdirSync(`${rootsCache}/install/cache/@t@`, { recursive: true });
+  fs.symlinkSync(rootsCache, `${home}/.bun`);
+  fs.lchownSync(`${home}/.bun`, 1000, 1000);
+  const rootsHome = fs.mkdtempSync("/run/vmhook-test-home-");
+  fs.symlinkSync(rootsCache, `${rootsHome}/.bun`);
+  const saved = Object.fromEntries(CACHE_VARIABLES.map((name) => [name, process.env[name]]));
+  try {
+    for (const name of CACHE_VARIABLES) delete process.env[name];
+    process.env.HOME = home;
+    const refused = await runHookEvent(sim, "prepare", "begin", xml);
+    assert.is(refused.code, 1, refused.stderr);
+    assert.match(refused.stderr, `keeps the modules it transpiles in ${home}/.bun/install/cache/@t@ (from HOME=${home}), and ${home} is owned by uid 1000`);
+    assert.not.ok(fs.existsSync(sim.resolve("/marker")));
+    // The same link in a directory root's alone, as an ostree host's /root -> var/roothome: followed, its target checked.
+    process.env.HOME = rootsHome;
+    const prepared = await runHookEvent(sim, "prepare", "begin", xml);
+    assert.is(prepared.code, 0, prepared.stderr);
+    assert.is((await runHookEvent(sim, "release", "end", xml)).code, 0);
+    // ... and a target another user may change is refused through it
+    fs.chownSync(rootsCache, 1000, 1000);
+    const throughLink = await runHookEvent(sim, "prepare", "begin", xml);
+    assert.is(throughLink.code, 1, throughLink.stderr);
+    assert.match(throughLink.stderr, `and ${rootsCache} is owned by uid 1000`);
+  } finally {
+    for (const name of CACHE_VARIABLES) {
+      if (saved[name] === undefined) delete process.env[name];
+      else process.env[name] = saved[name];
+    }
+    fs.rmSync(home, { recursive: true, force: true });
+    fs.rmSync(rootsCache, { recursive: true, force: true });
+    fs.rmSync(rootsHome, { recursive: true, force: true });
+    sim.cleanup();
+  }
+});
+
 test("module: a module without a Plugin default export is refused with what to export", async () => {
   const sim = pluginHost();
   install(sim, "empty.js", "export const x = 1;\n", 0o644);

@@ -64,8 +64,8 @@ test("systemd: AllowedCPUs of system.slice, user.slice and init.scope, previous 
   const outcome = await prepare(sim, vmA);
   assert.is(outcome.code, 0, outcome.stderr);
   assert.equal(systemctlCalls(sim), [
-    "show -p AllowedCPUs system.slice", // at the checks: this systemd has AllowedCPUs (244 or later)
-    "show -p DropInPaths system.slice user.slice init.scope", // and whether a daemon-reload would undo it
+    // at the checks, one call: this systemd has AllowedCPUs (244 or later), and whether a daemon-reload would undo it
+    "show -p AllowedCPUs -p DropInPaths system.slice user.slice init.scope",
     "show -p AllowedCPUs system.slice",
     "show -p AllowedCPUs user.slice",
     "show -p AllowedCPUs init.scope",
@@ -289,6 +289,23 @@ test('irqs="yes" with irqbalance running and not banned from the VM\'s CPUs: pre
   assert.match(outcome.stderr.split("\n")[0]!, /irqs="yes", but irqbalance \(pid 905\) runs and moves IRQs back onto CPU 2-3 when it rebalances.*IRQBALANCE_BANNED_CPULIST=2-3/);
   assertClean(sim, before);
 });
+
+// Setting IRQBALANCE_BANNED_CPULIST ends the isolcpus=/nohz_full= ban, and IRQBALANCE_BANNED_CPUS, when set, wins over it:
+// the line to add keeps what irqbalance bans already, in the variable it reads.
+const ADVICE: [string, (sim: SimHost) => SimHost, string][] = [
+  ["IRQBALANCE_BANNED_CPUS set (tuned's cpu-partitioning), which irqbalance reads before _CPULIST", (sim) => withIrqbalance(sim, ["IRQBALANCE_BANNED_CPUS=00000040"]), "IRQBALANCE_BANNED_CPUS=4c"],
+  ["IRQBALANCE_BANNED_CPULIST set", (sim) => withIrqbalance(sim, ["IRQBALANCE_BANNED_CPULIST=6"]), "IRQBALANCE_BANNED_CPULIST=2-3,6"],
+  ["isolcpus= banned by default", (sim) => withIrqbalance(sim).file("/sys/devices/system/cpu/isolated", "6"), "IRQBALANCE_BANNED_CPULIST=2-3,6"],
+];
+
+for (const [what, setUp, line] of ADVICE) {
+  test(`irqs="yes" with irqbalance banning other CPUs (${what}): the refusal's line bans the VM's CPUs and keeps those, in the variable irqbalance reads`, async () => {
+    const sim = setUp(cgroupHost());
+    const outcome = await prepare(sim, { ...vmA, isolate: 'irqs="yes"' });
+    assert.is(outcome.code, 1, outcome.stderr);
+    assert.match(outcome.stderr.split("\n")[0]!, `ban them: ${line} in its environment file`);
+  });
+}
 
 const BANNING: [string, (sim: SimHost) => SimHost][] = [
   ["IRQBALANCE_BANNED_CPULIST", (sim) => withIrqbalance(sim, ["IRQBALANCE_BANNED_CPULIST=2-5"])],

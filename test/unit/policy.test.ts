@@ -539,6 +539,21 @@ test("network guard: a NIC the host keeps another default route beside (NetworkM
   }
 });
 
+test("network guard: an unreachable or blackhole default route (a VPN kill switch's, ip route add unreachable default metric 9999) leads nowhere: beside it the NIC still carries the only way out and is refused", () => {
+  const sim = nicHost({ ipv4: ["enp3s0"] });
+  try {
+    const header = "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT";
+    const viaNic = "enp3s0\t00000000\t0101A8C0\t0003\t0\t0\t100\t00000000\t0\t0\t0";
+    // /proc/net/route shows a route without a device as "*": unreachable and prohibit flagged RTF_REJECT, blackhole not.
+    for (const [kind, flags] of [["unreachable", "0201"], ["blackhole", "0001"]]) {
+      sim.file("/proc/net/route", [header, viaNic, `*\t00000000\t00000000\t${flags}\t0\t0\t9999\t00000000\t0\t0\t0`].join("\n"));
+      assert.equal(networkInUse(sim, [NIC]).map(({ use }) => use), ["enp3s0 carries the host's only IPv4 default route"], kind);
+    }
+  } finally {
+    sim.cleanup();
+  }
+});
+
 test("network guard: two NICs each with a default route (a dual-port card): either may go alone, both together leave the host none and are refused", () => {
   const sim = nicHost({ ipv4: ["enp3s0", "enp3s0f1"] });
   try {
