@@ -3,7 +3,7 @@
 import { loadDomainPlugins, loadReconnectPlugins, type PluginInstance } from "./config.ts";
 import { Deadline } from "./deadline.ts";
 import { parseDomain, type Domain } from "./domain.ts";
-import { ConfigError, describeError, VmhookError } from "./errors.ts";
+import { ConfigError, describeError, StrayError, VmhookError } from "./errors.ts";
 import { RootedHost, type Host } from "./host.ts";
 import { listJournals, newJournal, readJournal, writeJournal, type Journal, type JournalEntry } from "./journal.ts";
 import { createLogger, oneLine, openLog, type Logger } from "./log.ts";
@@ -123,6 +123,7 @@ export class HookRun {
     writeJournal(this.host, journal);
     try {
       await runPlugins("prepare", instances, this.domain, journal, this.env(), deadline, "starting");
+      deadline.throwIfAbandoned();
     } catch (error) {
       const steps = journal.entries.length;
       const { failed } = await undoJournal(journal, this.env(), this.undoDeadline());
@@ -337,6 +338,23 @@ async function settleOrDrain(work: Promise<void>, invocation: HookInvocation): P
   }
 }
 
+/**
+ * A plugin's stray error (a promise nobody awaits, a throw in a timer's
+ * callback) would have the runtime print its own text and exit 1, skipping
+ * the rollback. In an event that may fail it abandons the work as its
+ * deadline would (the call running fails, naming the plugin; prepare rolls
+ * back); in one that may not (libvirt kills a VM whose reconnect hook fails;
+ * release must give back all it can) it is logged and the work goes on.
+ * The undo budget is never abandoned: a rollback runs to its end.
+ */
+function watchStrayErrors(run: HookRun, mayFail: boolean): void {
+  const onStray = (error: unknown) => {
+    run.log.error(`stray error of a plugin, ${mayFail ? "failing the event" : "ignored"}: ${describeError(error)}`);
+    if (mayFail) run.workDeadline().abandon(new StrayError(error));
+  };
+  process.on("uncaughtException", onStray).on("unhandledRejection", onStray);
+}
+
 /** The log, checked and opened (the watchdog's worker cannot check it); none, and `onFailure` told why, when it cannot be written. */
 function openLogOnce(host: Host, onFailure: (error: unknown) => void): number | undefined {
   try {
@@ -372,13 +390,8 @@ async function runEventOnce(run: HookRun, event: HookEvent | undefined, action: 
   try {
     if (invocation.ownProcess) {
       await guardStdout();
-      if (!mayFail) {
-        // A plugin's stray error (a promise nobody awaits) would make the
-        // runtime exit 1, and libvirt kills a VM whose reconnect hook fails.
-        const logStray = (error: unknown) => run.log.error(`stray error of a plugin, ignored: ${describeError(error)}`);
-        process.on("uncaughtException", logStray).on("unhandledRejection", logStray);
-      }
       const { deadlineSeconds, undoDeadlineSeconds } = run.settings;
+      watchStrayErrors(run, mayFail);
       const budgetSeconds = deadlineSeconds + undoDeadlineSeconds + 5;
       const uuid = uuidFromXml(invocation.xml);
       run.watchdog = startWatchdog({
@@ -393,6 +406,7 @@ async function runEventOnce(run: HookRun, event: HookEvent | undefined, action: 
       });
     }
     await settleOrDrain(runUnderDomainLock(run, action), invocation);
+    run.workDeadline().throwIfAbandoned();
     return 0;
   } catch (error) {
     const headline = describeError(error);
