@@ -5,6 +5,12 @@ import type { Host } from "./host.ts";
 
 export class Deadline {
   readonly at: number;
+  /** Why the work was given up before its time (abandon), once it was. */
+  private abandonedBy: { cause: unknown } | undefined;
+  private rejectAbandoned: (cause: unknown) => void = () => {};
+  /** Rejects with the cause once the work is abandoned: what a plugin's call races (lib/transaction.ts settleWithin). */
+  readonly abandoned = new Promise<never>((_, reject) => (this.rejectAbandoned = reject));
+
   constructor(
     private readonly host: Host,
     readonly totalMs: number,
@@ -12,6 +18,22 @@ export class Deadline {
     readonly setting: "deadlineSeconds" | "undoDeadlineSeconds" = "deadlineSeconds",
   ) {
     this.at = host.now() + totalMs;
+    this.abandoned.catch(() => {}); // a deadline nobody races is no unhandled rejection
+  }
+
+  /**
+   * Gives the work up now, for `cause` (a stray error in the hook's process):
+   * the call running is abandoned as at its time limit, and every check
+   * after throws it. The first cause stays.
+   */
+  abandon(cause: unknown): void {
+    if (this.abandonedBy) return;
+    this.abandonedBy = { cause };
+    this.rejectAbandoned(cause);
+  }
+
+  throwIfAbandoned(): void {
+    if (this.abandonedBy) throw this.abandonedBy.cause;
   }
 
   remainingMs(): number {
@@ -24,6 +46,7 @@ export class Deadline {
   }
 
   check(what: string): void {
+    this.throwIfAbandoned();
     if (this.remainingMs() <= 0) {
       throw new VmhookError(
         `vmhook ran out of time (deadline ${Math.round(this.totalMs / 1000)} s) while ${what}; raise "${this.setting}" in /etc/vmhook/vmhook.json if the host is just slow`,

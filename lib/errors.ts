@@ -27,6 +27,17 @@ export class ConfigError extends VmhookError {
   }
 }
 
+/**
+ * An error nothing caught in the hook's process (a promise nobody awaited, a
+ * throw in a timer's callback): it fails the event it happens in. Its message
+ * is for one seen outside any plugin's call; a call it interrupts names the plugin.
+ */
+export class StrayError extends VmhookError {
+  constructor(readonly stray: unknown) {
+    super(`a stray error (a promise nobody awaited, or a throw in a callback) outside any plugin's call: ${describeError(stray)}; a custom plugin must await every promise it makes, otherwise report it as a fault in vmhook with /var/log/vmhook.log`);
+  }
+}
+
 export function describeError(error: unknown): string {
   if (error instanceof Error) return error.message;
   return String(error);

@@ -3,7 +3,7 @@
 import { loadDomainPlugins, loadReconnectPlugins, type PluginInstance } from "./config.ts";
 import { Deadline } from "./deadline.ts";
 import { parseDomain, type Domain } from "./domain.ts";
-import { ConfigError, describeError, VmhookError } from "./errors.ts";
+import { ConfigError, describeError, StrayError, VmhookError } from "./errors.ts";
 import { RootedHost, type Host } from "./host.ts";
 import { listJournals, newJournal, readJournal, writeJournal, type Journal, type JournalEntry } from "./journal.ts";
 import { createLogger, oneLine, openLog, type Logger } from "./log.ts";
@@ -14,7 +14,7 @@ import { runPlugins, undoJournal, type RunEnvironment } from "./transaction.ts";
 import { PATTERNS } from "./validate.ts";
 import { paths } from "./paths.ts";
 import { nameArgument, recoverCommandLine } from "./metadata-text.ts";
-import { ancestorRunning, LIBVIRT_DAEMONS } from "./processes.ts";
+import { ancestorRunning, LIBVIRT_DAEMONS, qemuProcessesOf } from "./processes.ts";
 import { libc } from "./libc.ts";
 import { withDomainLock } from "./lock.ts";
 import { removeStaleTemps } from "./state-files.ts";
@@ -123,6 +123,7 @@ export class HookRun {
     writeJournal(this.host, journal);
     try {
       await runPlugins("prepare", instances, this.domain, journal, this.env(), deadline, "starting");
+      deadline.throwIfAbandoned();
     } catch (error) {
       const steps = journal.entries.length;
       const { failed } = await undoJournal(journal, this.env(), this.undoDeadline());
@@ -209,9 +210,32 @@ export class HookRun {
     return journal;
   }
 
+  /**
+   * libvirt runs prepare only for a domain it believes shut off; a QEMU of
+   * this UUID alive now is a guest it lost track of, and what the journal
+   * holds (devices, pages, CPUs) is that guest's.
+   */
+  private refuseIfQemuRuns(leftover: Journal): void {
+    const { name, uuid } = this.domain;
+    const kept = `the ${leftover.entries.length} change(s) an earlier run made for it are kept`;
+    let live: number[];
+    try {
+      live = qemuProcessesOf(this.host, uuid);
+    } catch (error) {
+      throw new VmhookError(`prepare of ${name} refused: whether a QEMU of this domain still runs cannot be told (${describeError(error)}), so ${kept}`, [`once /proc can be read, start ${name} again`]);
+    }
+    if (live.length === 0) return;
+    const pids = live.join(", ");
+    throw new VmhookError(`prepare of ${name} refused: a QEMU of this domain still runs (pid ${pids}, -uuid ${uuid}), which libvirt has lost track of; ${kept}, not taken from under it`, [
+      `shut that guest down from inside, or kill ${live.join(" ")}, then start ${name} again: prepare gives back what the earlier run holds first`,
+      "vmhook status shows what it holds",
+    ]);
+  }
+
   private async undoLeftovers(deadline: Deadline): Promise<void> {
     const leftover = readJournal(this.host, this.domain.uuid);
     if (!leftover) return;
+    this.refuseIfQemuRuns(leftover);
     this.log.warn(`found a journal from an earlier run (phase ${leftover.phase}, ${leftover.entries.length} change(s)); undoing it first`);
     // libvirt renames only a domain that is shut off, keeping its UUID: what stays of the journal must name it as vmhook recover and libvirt's pid file will.
     if (leftover.domain.name !== this.domain.name) {
@@ -337,6 +361,23 @@ async function settleOrDrain(work: Promise<void>, invocation: HookInvocation): P
   }
 }
 
+/**
+ * A plugin's stray error (a promise nobody awaits, a throw in a timer's
+ * callback) would have the runtime print its own text and exit 1, skipping
+ * the rollback. In an event that may fail it abandons the work as its
+ * deadline would (the call running fails, naming the plugin; prepare rolls
+ * back); in one that may not (libvirt kills a VM whose reconnect hook fails;
+ * release must give back all it can) it is logged and the work goes on.
+ * The undo budget is never abandoned: a rollback runs to its end.
+ */
+function watchStrayErrors(run: HookRun, mayFail: boolean): void {
+  const onStray = (error: unknown) => {
+    run.log.error(`stray error of a plugin, ${mayFail ? "failing the event" : "ignored"}: ${describeError(error)}`);
+    if (mayFail) run.workDeadline().abandon(new StrayError(error));
+  };
+  process.on("uncaughtException", onStray).on("unhandledRejection", onStray);
+}
+
 /** The log, checked and opened (the watchdog's worker cannot check it); none, and `onFailure` told why, when it cannot be written. */
 function openLogOnce(host: Host, onFailure: (error: unknown) => void): number | undefined {
   try {
@@ -372,13 +413,8 @@ async function runEventOnce(run: HookRun, event: HookEvent | undefined, action: 
   try {
     if (invocation.ownProcess) {
       await guardStdout();
-      if (!mayFail) {
-        // A plugin's stray error (a promise nobody awaits) would make the
-        // runtime exit 1, and libvirt kills a VM whose reconnect hook fails.
-        const logStray = (error: unknown) => run.log.error(`stray error of a plugin, ignored: ${describeError(error)}`);
-        process.on("uncaughtException", logStray).on("unhandledRejection", logStray);
-      }
       const { deadlineSeconds, undoDeadlineSeconds } = run.settings;
+      watchStrayErrors(run, mayFail);
       const budgetSeconds = deadlineSeconds + undoDeadlineSeconds + 5;
       const uuid = uuidFromXml(invocation.xml);
       run.watchdog = startWatchdog({
@@ -393,6 +429,7 @@ async function runEventOnce(run: HookRun, event: HookEvent | undefined, action: 
       });
     }
     await settleOrDrain(runUnderDomainLock(run, action), invocation);
+    run.workDeadline().throwIfAbandoned();
     return 0;
   } catch (error) {
     const headline = describeError(error);

@@ -44,3 +44,23 @@ export function ancestorRunning(host: Host, pid: number, commands: readonly stri
   }
   return undefined;
 }
+
+/** The UUID a QEMU process runs a domain of (-uuid UUID, which libvirt always passes), lower case; undefined for any other process, or one gone. */
+export function qemuUuid(host: Host, pid: number): string | undefined {
+  const args = (host.readTrimmed(`/proc/${pid}/cmdline`) ?? "").split("\0");
+  const at = args.indexOf("-uuid");
+  return at >= 0 ? args[at + 1]?.toLowerCase() : undefined;
+}
+
+/**
+ * Every live QEMU of the domain of this UUID, found in /proc whatever
+ * libvirt's pid files say: a libvirtd that crashed, or a domain defined
+ * again, leaves a guest running that libvirt no longer knows of.
+ */
+export function qemuProcessesOf(host: Host, uuid: string): number[] {
+  return host
+    .list("/proc")
+    .filter((entry) => /^\d+$/.test(entry))
+    .map(Number)
+    .filter((pid) => qemuUuid(host, pid) === uuid);
+}

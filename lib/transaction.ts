@@ -4,11 +4,11 @@
 // what was done is undone in reverse and the host is as it was. Every
 // journaled record is checked by its action before its undo runs.
 import { CallLease } from "./call-lease.ts";
-import { customPluginError, namingCustomPlugin, withPluginName, type PluginInstance } from "./config.ts";
+import { CUSTOM_PREFIX, customPluginError, namingCustomPlugin, withPluginName, type PluginInstance } from "./config.ts";
 import { claimsFor } from "./claims.ts";
 import { Deadline, waitFor } from "./deadline.ts";
 import type { Domain } from "./domain.ts";
-import { CommandTimedOut, describeError, VmhookError } from "./errors.ts";
+import { CommandTimedOut, describeError, StrayError, VmhookError } from "./errors.ts";
 import type { ExecResult, Host } from "./host.ts";
 import { completeJournals, removeJournal, sharedState, writeJournal, type Journal, type JournalEntry, type JournalPhase } from "./journal.ts";
 import { withHostLock, type HeldLock } from "./lock.ts";
@@ -152,6 +152,11 @@ async function settleWithin<T>(env: RunEnvironment, pluginId: string, event: str
   const pluginSettings = env.settings.plugins[pluginId] ?? {};
   const limitMs = pluginTimeLimitMs(pluginSettings, pluginId, deadline.remainingMs());
   const lease = new CallLease(pluginId, env.log);
+  // A stray error while the call runs is most likely its own: it is abandoned as at its time limit, named.
+  const stray = deadline.abandoned.catch((cause: unknown) => {
+    lease.end("was abandoned");
+    throw cause instanceof StrayError ? strayInCall(pluginId, event, where(), cause.stray) : cause;
+  });
   let timer: ReturnType<typeof setTimeout> | undefined;
   const overrun = new Promise<never>((_, reject) => {
     timer = setTimeout(() => {
@@ -162,11 +167,19 @@ async function settleWithin<T>(env: RunEnvironment, pluginId: string, event: str
     }, limitMs);
   });
   try {
-    return await Promise.race([work(lease), overrun]);
+    const result = await Promise.race([stray, work(lease), overrun]);
+    // A promise the call left rejected is reported only once the microtasks have run: still this call's failure.
+    await new Promise((resolve) => setImmediate(resolve));
+    return await Promise.race([stray, result]); // `stray` first: rejected by now, it wins
   } finally {
     clearTimeout(timer);
     lease.end("ended");
   }
+}
+
+function strayInCall(pluginId: string, event: string, where: string, stray: unknown): VmhookError {
+  const fix = pluginId.startsWith(CUSTOM_PREFIX) ? "the plugin must await every promise it makes and catch what its callbacks throw" : "a fault in vmhook: report it with /var/log/vmhook.log";
+  return new VmhookError(`${pluginId}: a stray error while ${event} ran (${where}): ${describeError(stray)}; ${fix}`);
 }
 
 /**

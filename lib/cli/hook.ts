@@ -54,13 +54,27 @@ function loggedSince(host: Host, offset: number): { logged: string } | { unread:
  */
 const NOT_WHILE_RUNNING = ["prepare", "start", "stopped", "release"];
 
-/** Refuses an event libvirt never runs for a running domain when the domain runs, or when that cannot be told. */
-function refuseIfRunning(host: Host, { name, op, subop }: HookArgs): void {
-  if (!NOT_WHILE_RUNNING.includes(op)) return;
+/**
+ * The events libvirt runs only while the domain's QEMU runs: started marks
+ * the journal running, and so does reconnect; by hand on a VM shut off they
+ * would have vmhook recover take a journal of a VM being started (prepared,
+ * QEMU not launched yet) for a stopped one's.
+ */
+const ONLY_WHILE_RUNNING = ["started", "reconnect"];
+
+/** Refuses an event libvirt runs only while the domain runs (or only while it does not) when it does not (or does), or when that cannot be told. */
+function refuseUnlessLibvirtWould(host: Host, { name, op, subop }: HookArgs): void {
+  const runningWanted = ONLY_WHILE_RUNNING.includes(op) ? true : NOT_WHILE_RUNNING.includes(op) ? false : undefined;
+  if (runningWanted === undefined) return;
   const running = runningOrWhyUnknown(host, name);
-  if (running === false) return;
+  if (running === runningWanted) return;
   const command = `vmhook hook ${nameArgument(name)} ${op} ${subop}`;
   if (typeof running === "string") throw new VmhookError(`${command} refused: cannot tell whether ${name} runs (${running})`, [`fix what that names, then run it again`]);
+  if (runningWanted) {
+    throw new VmhookError(`${command} refused: ${name} is not running (no live process in ${paths.libvirtQemuRunDir}/${name}.pid), and libvirt runs ${op} only while its QEMU does: it would mark what an earlier run left as a running VM's`, [
+      `start ${name} first (virsh start ${nameArgument(name)}); prepare, start, stopped and release are the events of a VM that is not running`,
+    ]);
+  }
   throw new VmhookError(`${command} refused: ${name} is running (${paths.libvirtQemuRunDir}/${name}.pid names a live process), and libvirt runs ${op} only while it is not: it would take back what the running VM uses`, [
     `shut ${name} down first (virsh shutdown ${nameArgument(name)}); started and reconnect are the events of a running VM`,
   ]);
@@ -95,7 +109,7 @@ export const hookCommand = (hookMain: HookMain): CommandModule<GlobalOptions, Ho
       .check(({ name, op, subop }) => notAHookEvent(name, op, subop) ?? true),
   async handler(args) {
     requireRoot(`vmhook hook ${nameArgument(args.name)} ${args.op} ${args.subop}`, "libvirt runs the hook as root, and its steps change the host as root", args.root);
-    refuseIfRunning(args.host, args);
+    refuseUnlessLibvirtWould(args.host, args);
     const offset = logSize(args.host);
     const event = `${args.op} ${args.subop} of ${args.name}`;
     const code = await hookMain([args.name, args.op, args.subop, args.extra ?? "-"], args.root, (xml) => refuseAnotherDomainsXml(args.host, args, xml));

@@ -4,6 +4,7 @@
 import { describeError, VmhookError } from "../errors.ts";
 import type { Host } from "../host.ts";
 import { paths } from "../paths.ts";
+import { qemuUuid } from "../processes.ts";
 
 /**
  * libvirt keeps /run/libvirt/qemu/NAME.pid while the domain's QEMU runs. "."
@@ -36,10 +37,8 @@ export function runningDomains(host: Host): { name: string; uuid: string }[] {
       const name = entry.slice(0, -".pid".length);
       const pid = livePid(host, name);
       // One that has just exited has no command line left (undefined).
-      const args = pid === undefined ? [] : (host.readTrimmed(`/proc/${pid}/cmdline`) ?? "").split("\0");
-      const at = args.indexOf("-uuid");
-      const uuid = at >= 0 ? args[at + 1] : undefined;
-      return uuid ? [{ name, uuid: uuid.toLowerCase() }] : [];
+      const uuid = pid === undefined ? undefined : qemuUuid(host, pid);
+      return uuid ? [{ name, uuid }] : [];
     });
 }
 

@@ -460,6 +460,67 @@ test("hook mode, reconnect: a plugin's stray error (a promise nobody awaits) is 
   }
 });
 
+/** plugins.d/stray.mjs: a plugin whose `handlers` (object body text) leave errors nobody catches. */
+function installStray(root: string, handlers: string): void {
+  fs.mkdirSync(path.join(root, "etc/vmhook/plugins.d"), { recursive: true });
+  fs.writeFileSync(path.join(root, "etc/vmhook/plugins.d/stray.mjs"), `export default { name: 'stray', summary: 'stray', parse: () => ({}), ${handlers} };\n`, { mode: 0o644 });
+}
+
+test("hook mode, prepare: a plugin's stray error (a promise nobody awaits, a throw in a timer) fails prepare with a vmhook: first line naming the plugin and the fix, the host left as it was", () => {
+  const strays = {
+    "a promise nobody awaits": "Promise.reject(new Error('nobody awaits me'))",
+    "a throw in a timer": "setTimeout(() => { throw new Error('nobody awaits me'); }, 0); await new Promise((resolve) => setTimeout(resolve, 50))",
+  };
+  for (const [kind, stray] of Object.entries(strays)) {
+    const t = tree();
+    try {
+      installStray(t.root, `async prepare(ctx) { await ctx.step('take', { action: 'take' }, () => {}); ${stray}; }, undo() {}`);
+      const result = run(t.link("hooks/qemu"), ["vm", "prepare", "begin", "-"], domain('<vmhook:hugepages/><vmhook:plugin name="stray"/>'), t.root);
+      assert.equal([result.code, result.stdout], [1, ""], `${kind}: ${result.stderr}`);
+      assert.match(firstLine(result.stderr), /^vmhook: plugin:stray: a stray error while prepare ran \(step "take"\): nobody awaits me; the plugin must await every promise it makes/, kind);
+      assert.match(result.stderr, "the host was left as it was (2 change(s) undone)", kind);
+      assert.is(t.pool(), 0, `${kind}: the pages are given back`);
+      assert.not.ok(fs.existsSync(t.journal), `${kind}: nothing is left for release`);
+    } finally {
+      t.cleanup();
+    }
+  }
+});
+
+test("hook mode, started: a plugin's stray error fails the event with a vmhook: first line (libvirt then stops the VM and release gives everything back)", () => {
+  const t = tree();
+  try {
+    installStray(t.root, "started() { Promise.reject(new Error('nobody awaits me')); }, undo() {}");
+    const qemu = t.link("hooks/qemu");
+    const xml = domain('<vmhook:hugepages/><vmhook:plugin name="stray"/>');
+    assert.equal(run(qemu, ["vm", "prepare", "begin", "-"], xml, t.root), { code: 0, stdout: "", stderr: "" });
+    const started = run(qemu, ["vm", "started", "begin", "-"], xml, t.root);
+    assert.equal([started.code, started.stdout], [1, ""], started.stderr);
+    assert.match(firstLine(started.stderr), /^vmhook: plugin:stray: a stray error while started ran \(before its first step\): nobody awaits me/);
+    assert.equal(run(qemu, ["vm", "release", "end", "-"], xml, t.root), { code: 0, stdout: "", stderr: "" });
+    assert.is(t.pool(), 0);
+  } finally {
+    t.cleanup();
+  }
+});
+
+test("hook mode, release: a plugin's stray error in its undo is logged and the remaining undo goes on", () => {
+  const t = tree();
+  try {
+    installStray(t.root, "async prepare(ctx) { await ctx.step('take', { action: 'take' }, () => {}); }, undo() { Promise.reject(new Error('nobody awaits me')); }");
+    const qemu = t.link("hooks/qemu");
+    const xml = domain('<vmhook:hugepages/><vmhook:plugin name="stray"/>');
+    assert.equal(run(qemu, ["vm", "prepare", "begin", "-"], xml, t.root), { code: 0, stdout: "", stderr: "" });
+    assert.is(t.pool(), 512);
+    assert.equal(run(qemu, ["vm", "release", "end", "-"], xml, t.root), { code: 0, stdout: "", stderr: "" });
+    assert.is(t.pool(), 0);
+    assert.not.ok(fs.existsSync(t.journal));
+    assert.match(fs.readFileSync(path.join(t.root, "var/log/vmhook.log"), "utf8"), "[vm release end] error: stray error of a plugin, ignored: nobody awaits me");
+  } finally {
+    t.cleanup();
+  }
+});
+
 test("hook mode, hard deadline on reconnect: the hook is ended with exit 0 (a failing reconnect makes libvirt kill the VM)", () => {
   const t = tree();
   try {

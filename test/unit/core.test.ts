@@ -546,6 +546,33 @@ test("crash: the next prepare undoes the leftover journal first, then allocates 
   }
 });
 
+test("crash: a prepare whose leftover journal's VM still runs in a QEMU libvirt lost track of refuses, naming the pid; the host and the journal as they were", async () => {
+  const { sim, kernel } = hugepageHost(612);
+  try {
+    crashedJournal(sim);
+    const journalBefore = sim.read(paths.journal(UUID));
+    // libvirt's pid file is gone (libvirtd crashed, the domain defined again), the guest runs on
+    sim.file("/proc/4242/cmdline", `/usr/bin/qemu-system-x86_64\0-name\0guest=vm,debug-threads=on\0-uuid\0${UUID.toUpperCase()}\0-m\0size=1048576k\0`);
+    // neither another domain's QEMU nor a process gone since (an empty command line) holds it back
+    sim.file("/proc/4243/cmdline", "/usr/bin/qemu-system-x86_64\0-uuid\0d1d1d1d1-0000-4000-8000-0000000000d1\0").file("/proc/4244/cmdline", "");
+    const outcome = await runHookEvent(sim, "prepare", "begin", XML);
+    assert.is(outcome.code, 1);
+    assert.is(
+      firstLine(outcome.stderr),
+      `vmhook: prepare of vm refused: a QEMU of this domain still runs (pid 4242, -uuid ${UUID}), which libvirt has lost track of; the 1 change(s) an earlier run made for it are kept, not taken from under it`,
+    );
+    assert.match(outcome.stderr, "shut that guest down from inside, or kill 4242, then start vm again");
+    assert.is(kernel.pool(2048), 612);
+    assert.is(sim.read(paths.journal(UUID)), journalBefore);
+
+    sim.remove("/proc/4242/cmdline");
+    assert.is((await runHookEvent(sim, "prepare", "begin", XML)).code, 0, "once it is gone, prepare undoes the leftover");
+    assert.is(kernel.pool(2048), 612);
+  } finally {
+    sim.cleanup();
+  }
+});
+
 test("crash: release undoes the leftover journal", async () => {
   const { sim, kernel } = hugepageHost(612);
   try {

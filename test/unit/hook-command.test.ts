@@ -59,6 +59,25 @@ test("vmhook hook prepare on a VM that is shut off runs the hook", async () => {
 });
 
 
+test("vmhook hook started (reconnect) on a VM that is shut off is refused, naming what to do: the hook would mark a leftover journal running, as if its QEMU ran", async () => {
+  const sim = new SimHost().dir("/var/log");
+  try {
+    for (const [op, subop] of [["started", "begin"], ["reconnect", "begin"]] as const) {
+      const outcome = await byHand(sim, op, subop);
+      assert.equal([outcome.code, outcome.ran], [1, false], `${op} ${subop}`);
+      assert.is(
+        outcome.stderr,
+        `vmhook: vmhook hook vm ${op} ${subop} refused: vm is not running (no live process in /run/libvirt/qemu/vm.pid), and libvirt runs ${op} only while its QEMU does: it would mark what an earlier run left as a running VM's\n  start vm first (virsh start vm); prepare, start, stopped and release are the events of a VM that is not running\n`,
+        `${op} ${subop}`,
+      );
+    }
+    sim.dir("/run/libvirt/qemu/vm.pid");
+    assert.match((await byHand(sim, "started", "begin")).stderr, "vmhook: vmhook hook vm started begin refused: cannot tell whether vm runs (cannot read /run/libvirt/qemu/vm.pid (EISDIR)");
+  } finally {
+    sim.cleanup();
+  }
+});
+
 test("vmhook hook with an event libvirt never sends (release begin for release end, a typo) is a usage error naming the event to type; the hook does not run and report success", async () => {
   const sim = new SimHost().dir("/var/log");
   try {

@@ -166,6 +166,8 @@ async function handoverEvents(kernel: GpuKernel): Promise<string[]> {
   const runInHelper = kernel.sim.runInHelper.bind(kernel.sim);
   kernel.sim.runInHelper = async (command, args, timeoutMs, started) => {
     events.push(`${command} starts`);
+    // A real modprobe of vfio-pci outlasts the few writes that let the GPU go: it registers the driver once an override is written (at the latest after a second).
+    for (let waited = 0; waited < 1000 && !events.some((event) => event.endsWith("/driver_override")); waited += 5) await new Promise((resolve) => setTimeout(resolve, 5));
     const result = await runInHelper(command, args, timeoutMs, started);
     events.push(`${command} ends`);
     return result;
