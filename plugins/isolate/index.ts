@@ -27,7 +27,7 @@ import { bootIsolatedNote, CPU_DIR, hostUsableCpus, intersect, onlineCpus, parse
 import { hostShortfall } from "./host-minimum.ts";
 import { irqbalanceProblem } from "./irqbalance.ts";
 import { checkOriginals, retune } from "./retune.ts";
-import { CGROUP, SETTINGS, SYSTEMD_UNITS, WORKQUEUE_MASK } from "./settings.ts";
+import { CGROUP, RUNTIME_DROP_IN, runtimeDropIn, SETTINGS, SYSTEMD_UNITS, WORKQUEUE_MASK } from "./settings.ts";
 
 // ---- prepare: checks that change nothing, then one step per kind of setting --------
 
@@ -176,9 +176,6 @@ function warnUnfenced(ctx: BaseContext, isolated: number[]): void {
   );
 }
 
-/** The drop-in `systemctl set-property --runtime UNIT AllowedCPUs=` writes. */
-const RUNTIME_DROP_IN = "50-AllowedCPUs.conf";
-
 /**
  * vmhook's AllowedCPUs lives in a runtime drop-in; a daemon-reload (package
  * installs run one) applies a unit's drop-ins again in file-name order, one of
@@ -200,7 +197,7 @@ function warnOverridingDropIns(ctx: BaseContext, isolated: number[]): void {
   SYSTEMD_UNITS.forEach((unit, index) => {
     const paths = (/^DropInPaths=(.*)$/m.exec(blocks[index] ?? "")?.[1] ?? "").split(/\s+/).filter((path) => path.startsWith("/"));
     const later = paths
-      .filter((path) => path !== `/run/systemd/system.control/${unit}.d/${RUNTIME_DROP_IN}` && path.slice(path.lastIndexOf("/") + 1) >= RUNTIME_DROP_IN)
+      .filter((path) => path !== runtimeDropIn(unit) && path.slice(path.lastIndexOf("/") + 1) >= RUNTIME_DROP_IN)
       .map((path) => ({ path, cpus: allowedCpusIn(readForMessage(ctx.host, path, "")) }))
       .filter(({ cpus }) => cpus !== undefined)
       .at(-1);

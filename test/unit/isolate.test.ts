@@ -15,6 +15,7 @@ import { paths } from "../../lib/paths.ts";
 import { loadSettings } from "../../lib/settings.ts";
 import { undoJournal, type RunEnvironment } from "../../lib/transaction.ts";
 import { registry as builtins } from "../../plugins/index.ts";
+import { checkOriginals } from "../../plugins/isolate/retune.ts";
 import { runHookEvent, type HookOutcome } from "../helpers/hook.ts";
 import type { SimHost } from "../helpers/simhost.ts";
 import { baseHost, cgroupHost, systemdHost } from "../helpers/cpu-hosts.ts";
@@ -84,6 +85,29 @@ test("systemd: AllowedCPUs of system.slice, user.slice and init.scope, previous 
   ]);
   assert.equal(units, { "system.slice": "", "user.slice": "0-5", "init.scope": "0 1 2 3" });
   assertClean(sim, before);
+});
+
+// set-property --runtime leaves its drop-in behind; left there after release, it would hide an admin's AllowedCPUs in a drop-in sorting before it at every daemon-reload until reboot.
+test("systemd: release leaves each unit's runtime drop-ins as they were: vmhook's removed with the directories it made, an earlier set-property --runtime's back as it was", async () => {
+  const { sim, units } = systemdHost({ "system.slice": "0-5" });
+  const adminRuntime = "# This is a drop-in unit file extension, created via \"systemctl set-property\"\n# or an equivalent operation. Do not edit.\n[Slice]\nAllowedCPUs=\nAllowedCPUs=0-5\n";
+  sim.file("/run/systemd/system.control/system.slice.d/50-AllowedCPUs.conf", adminRuntime);
+  sim.file("/etc/systemd/system/user.slice.d/10-cpus.conf", "[Slice]\nAllowedCPUs=0-6\n");
+  const before = sim.snapshot();
+  assert.is((await prepare(sim, vmA)).code, 0);
+  assert.match(read(sim, "/run/systemd/system.control/user.slice.d/50-AllowedCPUs.conf")!, "AllowedCPUs=0-1,4-7");
+  assert.is((await release(sim, vmA)).code, 0);
+  assert.equal(units, { "system.slice": "0-5", "user.slice": "", "init.scope": "" });
+  assert.is(sim.read("/run/systemd/system.control/system.slice.d/50-AllowedCPUs.conf"), adminRuntime);
+  assert.not.ok(sim.exists("/run/systemd/system.control/user.slice.d"), "user.slice's drop-in directory, which set-property made, is gone");
+  assertClean(sim, before);
+});
+
+test("systemd: a unit's kept original is its AllowedCPUs and its runtime drop-in as vmhook reads them, or an older vmhook's value alone; anything else is refused", () => {
+  for (const original of ["0-5", "0-5\nno-control-dir", "\nno-drop-in", "0-5\ndrop-in\n[Slice]\nAllowedCPUs=0-5\n"]) checkOriginals({ "systemd-allowed-cpus": { "system.slice": original } });
+  for (const original of ["0-5\nExecStart=/bin/sh", "0-5\nno-drop-in\n", `0-5\ndrop-in\n${"x".repeat(70000)}`, "0-5\ndrop-in\n\0"]) {
+    assert.throws(() => checkOriginals({ "systemd-allowed-cpus": { "system.slice": original } }), /keeps .* for "system.slice", not a value it has/, JSON.stringify(original).slice(0, 40));
+  }
 });
 
 // set-property --runtime writes /run/systemd/system.control/UNIT.d/50-AllowedCPUs.conf; a daemon-reload applies a unit's drop-ins again, in
