@@ -134,6 +134,34 @@ for (const [what, path, named] of OVERRIDING_DROP_INS) {
   });
 }
 
+// systemd puts a unit in the slice its Slice= names; vmhook narrows only system.slice, user.slice and init.scope. Another top-level
+// slice may hold another manager's pinned work (kubelet's kubepods.slice) or VMs (a libvirt <partition>, /production: production.slice).
+test("systemd: processes in other top-level slices that may run on the VM's CPUs are named in a warning; VMs' slices, idle groups and slices kept off those CPUs are not", async () => {
+  const { sim, units } = systemdHost();
+  const group = (name: string, populated: boolean, effective?: string) => {
+    sim.file(`/sys/fs/cgroup/${name}/cgroup.events`, `populated ${populated ? 1 : 0}\nfrozen 0\n`);
+    if (effective) sim.file(`/sys/fs/cgroup/${name}/cpuset.cpus.effective`, effective);
+  };
+  group("batch.slice", true); // an admin's Slice=batch.slice
+  group("capsule.slice", true, "0-7"); // systemd 256's capsules
+  group("kubepods.slice", true, "0-1"); // kept off the VM's CPUs by its own AllowedCPUs
+  group("dev-hugepages.mount", false); // mount units sit at the top too, without processes
+  group("machine.slice", true);
+  group("production.slice", true); // a libvirt <partition>: machined's scopes in it are VMs'
+  sim.dir("/sys/fs/cgroup/production.slice/machine-qemu\\x2d1\\x2dother.scope");
+  const before = sim.snapshot();
+  const outcome = await prepare(sim, vmA);
+  assert.is(outcome.code, 0, outcome.stderr);
+  const warnings = fs.readFileSync(sim.resolve("/var/log/vmhook.log"), "utf8").match(/warn: isolate: .*top-level.*/g) ?? [];
+  assert.is(warnings.length, 1, warnings.join("\n"));
+  assert.match(warnings[0]!, "processes in batch.slice, capsule.slice keep running on CPU 2-3 too: vmhook keeps only system.slice, user.slice, init.scope off them");
+  assert.match(warnings[0]!, "with its own AllowedCPUs, e.g. systemctl set-property batch.slice AllowedCPUs=0-1,4-7");
+  assert.not.ok(systemctlCalls(sim).some((call) => /batch|capsule|kubepods|production/.test(call)), "other slices are left alone");
+  assert.equal(units, { "system.slice": "0-1,4-7", "user.slice": "0-1,4-7", "init.scope": "0-1,4-7" });
+  assert.is((await release(sim, vmA)).code, 0);
+  assertClean(sim, before);
+});
+
 test("systemd: a failing systemctl aborts the start and the units get their values back", async () => {
   const { sim, units } = systemdHost({ "system.slice": "0-7" });
   sim.onExec("systemctl", (args) => {
