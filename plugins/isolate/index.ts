@@ -27,7 +27,7 @@ import { bootIsolatedNote, CPU_DIR, hostUsableCpus, intersect, onlineCpus, parse
 import { hostShortfall } from "./host-minimum.ts";
 import { irqbalanceProblem } from "./irqbalance.ts";
 import { checkOriginals, retune } from "./retune.ts";
-import { CGROUP, SETTINGS, SYSTEMD_UNITS, WORKQUEUE_MASK } from "./settings.ts";
+import { CGROUP, RUNTIME_DROP_IN, runtimeDropIn, SETTINGS, SYSTEMD_UNITS, WORKQUEUE_MASK } from "./settings.ts";
 
 // ---- prepare: checks that change nothing, then one step per kind of setting --------
 
@@ -52,6 +52,7 @@ function planPrepare(ctx: PlanContext<IsolateConfig>): Step<Claim>[] {
   else if (cgroups.systemd) {
     actions.push("systemd-allowed-cpus");
     warnOverridingDropIns(ctx, isolated, cgroups.shown);
+    warnOtherSlices(ctx, isolated, kept);
   } else {
     actions.push("cgroup-cpuset");
     warnUnfenced(ctx, isolated);
@@ -181,8 +182,35 @@ function warnUnfenced(ctx: BaseContext, isolated: number[]): void {
   );
 }
 
-/** The drop-in `systemctl set-property --runtime UNIT AllowedCPUs=` writes. */
-const RUNTIME_DROP_IN = "50-AllowedCPUs.conf";
+/**
+ * systemd puts a unit in any slice its Slice= names: an admin's batch.slice,
+ * capsule.slice (systemd 256), kubelet's kubepods.slice. Such a top-level
+ * slice is not narrowed: it may hold VMs (a libvirt <partition> such as
+ * /production is production.slice), whose pins narrowing it would override,
+ * or work another manager pins itself (kubelet's CPU manager). Said, not
+ * refused, for those with processes that may run on the VM's CPUs; the VMs'
+ * slices (machined's machine-*.scope in them) are left out. What cannot be
+ * read only shortens the warning.
+ */
+function warnOtherSlices(ctx: BaseContext, isolated: number[], kept: number[]): void {
+  const online = onlineCpus(ctx);
+  const holdsVms = (name: string) => {
+    try {
+      return name === "machine.slice" || ctx.host.list(`${CGROUP}/${name}`).some((child) => child.startsWith("machine-") && child.endsWith(".scope"));
+    } catch {
+      return true; // unknown: not named
+    }
+  };
+  const unfenced = ctx.host
+    .list(CGROUP)
+    .filter((name) => !SYSTEMD_UNITS.includes(name) && /^populated 1$/m.test(readForMessage(ctx.host, `${CGROUP}/${name}/cgroup.events`, "")) && !holdsVms(name))
+    // Without a cpuset.cpus.effective of its own (the controller not enabled for the root's children yet), a group runs on every CPU.
+    .filter((name) => intersect(isolated, parseCpuText(readForMessage(ctx.host, `${CGROUP}/${name}/cpuset.cpus.effective`, formatCpuList(online)))).length > 0);
+  if (unfenced.length === 0) return;
+  ctx.log.warn(
+    `isolate: processes in ${unfenced.join(", ")} keep running on CPU ${formatCpuList(isolated)} too: vmhook keeps only ${SYSTEMD_UNITS.join(", ")} off them, not other top-level slices, which may hold VMs (a libvirt <partition>) or work another manager pins; keep such a slice off the VM's CPUs with its own AllowedCPUs, e.g. systemctl set-property ${unfenced[0]} AllowedCPUs=${formatCpuList(kept)}, or run that work in system.slice`,
+  );
+}
 
 /**
  * vmhook's AllowedCPUs lives in a runtime drop-in; a daemon-reload (package
@@ -198,7 +226,7 @@ function warnOverridingDropIns(ctx: BaseContext, isolated: number[], shown: stri
   SYSTEMD_UNITS.forEach((unit, index) => {
     const paths = (/^DropInPaths=(.*)$/m.exec(blocks[index] ?? "")?.[1] ?? "").split(/\s+/).filter((path) => path.startsWith("/"));
     const later = paths
-      .filter((path) => path !== `/run/systemd/system.control/${unit}.d/${RUNTIME_DROP_IN}` && path.slice(path.lastIndexOf("/") + 1) >= RUNTIME_DROP_IN)
+      .filter((path) => path !== runtimeDropIn(unit) && path.slice(path.lastIndexOf("/") + 1) >= RUNTIME_DROP_IN)
       .map((path) => ({ path, cpus: allowedCpusIn(readForMessage(ctx.host, path, "")) }))
       .filter(({ cpus }) => cpus !== undefined)
       .at(-1);

@@ -6,7 +6,7 @@ import type { BaseContext } from "../../lib/plugin.ts";
 import { isCpuList, type Action, type Claim } from "./claims.ts";
 import { hostUsableCpus, onlineCpus, union, type HostSet } from "./cpus.ts";
 import { BOOT_CONSOLE, bootConsoleCpus } from "./host-minimum.ts";
-import { SETTINGS, type Setting } from "./settings.ts";
+import { SETTING_VALUE, SETTINGS, type Setting } from "./settings.ts";
 
 /** Per kind of setting: key → the host's value before the first claim; with IRQ originals, the boot console's CPUs. */
 export type Originals = Partial<Record<Action, Record<string, string>>> & { [BOOT_CONSOLE]?: number[] };
@@ -35,7 +35,7 @@ export function retune(ctx: BaseContext, action: Action, claims: Claim[]): void 
   for (const key of Object.keys(originals).reverse()) {
     if (wanted.has(key)) continue;
     try {
-      setting.write(ctx, key, originals[key]!);
+      (setting.restore ?? setting.write)(ctx, key, originals[key]!);
       delete originals[key];
     } catch (error) {
       failures.push(describeError(error));
@@ -64,9 +64,6 @@ export function retune(ctx: BaseContext, action: Action, claims: Claim[]): void 
   save();
 }
 
-/** A value as the kernel and systemd show these settings: a CPU list or mask, "cpuset" or nothing, a governor name. */
-const SETTING_VALUE = /^[0-9a-z_, -]{0,4096}$/;
-
 /** The shared state as retune writes it: each original is written back to its key, as root, once the last claim goes. */
 export function checkOriginals(value: unknown): Originals {
   if (!isObject(value)) throw new Error(`it holds ${JSON.stringify(value)}, not the originals of isolate's settings`);
@@ -80,7 +77,7 @@ export function checkOriginals(value: unknown): Originals {
     if (!isObject(originals)) throw new Error(`"${action}" holds ${JSON.stringify(originals)}, not the originals of its files or units`);
     for (const [key, original] of Object.entries(originals)) {
       if (!setting.owns(key)) throw new Error(`"${action}" names "${key}", not one of its files or units`);
-      if (typeof original !== "string" || !SETTING_VALUE.test(original)) throw new Error(`"${action}" keeps ${JSON.stringify(original)} for "${key}", not a value it has`);
+      if (typeof original !== "string" || !(setting.validOriginal?.(original) ?? SETTING_VALUE.test(original))) throw new Error(`"${action}" keeps ${JSON.stringify(original)} for "${key}", not a value it has`);
     }
   }
   return value as Originals;

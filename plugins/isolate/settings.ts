@@ -22,10 +22,21 @@ export interface Setting {
   owns(key: string): boolean;
   /** false: the kernel refused this one (e.g. an IRQ that cannot move); it is skipped. */
   write(ctx: BaseContext, key: string, value: string): boolean;
+  /** Puts back what `read` returned before the first claim, when that is more than a write (default: write). */
+  restore?(ctx: BaseContext, key: string, original: string): boolean;
+  /** Whether a kept original is one `read` returns (default: SETTING_VALUE): it is written back as root. */
+  validOriginal?(original: string): boolean;
 }
+
+/** A value as the kernel and systemd show these settings: a CPU list or mask, "cpuset" or nothing, a governor name. */
+export const SETTING_VALUE = /^[0-9a-z_, -]{0,4096}$/;
 
 // systemd owns the cgroup tree: ask it. machine.slice, where libvirt puts VMs, is never touched.
 export const SYSTEMD_UNITS = ["system.slice", "user.slice", "init.scope"];
+/** Where set-property --runtime keeps a unit's AllowedCPUs: systemd makes the directories as needed and replaces the file whole (unit_write_setting). */
+const CONTROL_DIR = "/run/systemd/system.control";
+export const RUNTIME_DROP_IN = "50-AllowedCPUs.conf";
+export const runtimeDropIn = (unit: string) => `${CONTROL_DIR}/${unit}.d/${RUNTIME_DROP_IN}`;
 // Without systemd: the VMs' top-level groups (systemd-style and libvirt's own names) are left alone,
 // <resource><partition>s among them: libvirt names /vms "vms.partition" (virCgroupSetPartitionSuffix).
 export const isVmGroup = (name: string) => name === "machine.slice" || name === "machine" || name.endsWith(".partition") || name.includes("libvirt");
@@ -39,16 +50,28 @@ export const IRQ_REFUSALS = ["EIO", "EINVAL", "ENOENT"];
 export const SETTINGS: Record<Action, Setting> = {
   "systemd-allowed-cpus": {
     describe: (claim) => `keep systemd's ${SYSTEMD_UNITS.join(", ")} off CPUs ${formatCpuList(claim.isolated)}`,
-    targets: (_ctx, _claims, hostSet) => SYSTEMD_UNITS.map((unit) => ({ key: unit, want: narrowedList(hostSet) })),
+    // A unit's original is its AllowedCPUs, then on the next lines its runtime drop-in as it was (RuntimeDropIn).
+    targets: (_ctx, _claims, hostSet) => SYSTEMD_UNITS.map((unit) => ({ key: unit, want: (original) => narrowedList(hostSet)(original.split("\n")[0]!) })),
     read(ctx, unit) {
       const shown = ctx.run("systemctl", ["show", "-p", "AllowedCPUs", unit]).stdout.trim();
-      return shown.replace(/^AllowedCPUs=/, "");
+      return `${shown.replace(/^AllowedCPUs=/, "")}\n${runtimeDropInState(ctx, unit)}`;
     },
     owns: (unit) => SYSTEMD_UNITS.includes(unit),
-    write(ctx, unit, value) {
-      // An empty value is systemd's "no restriction": exactly what a unit had before if it showed nothing.
-      ctx.run("systemctl", ["set-property", "--runtime", unit, `AllowedCPUs=${value}`]);
+    write: setAllowedCpus,
+    // The live value first, which set-property can only set by writing its drop-in; then the drop-in as it was, so that a
+    // daemon-reload or reboot gives the unit what its own drop-ins say, not the copy vmhook's set-property left.
+    restore(ctx, unit, original) {
+      const newline = original.indexOf("\n");
+      setAllowedCpus(ctx, unit, newline < 0 ? original : original.slice(0, newline));
+      // An original without a second line was kept by an older vmhook, which did not read the drop-in: it stays.
+      if (newline >= 0) putBackRuntimeDropIn(ctx, unit, original.slice(newline + 1) as RuntimeDropIn);
       return true;
+    },
+    validOriginal(original) {
+      const newline = original.indexOf("\n");
+      if (newline < 0) return SETTING_VALUE.test(original);
+      const dropIn = original.slice(newline + 1);
+      return SETTING_VALUE.test(original.slice(0, newline)) && (DROP_IN_ABSENT.includes(dropIn) || (dropIn.startsWith("drop-in\n") && dropIn.length <= 65536 && !dropIn.includes("\0")));
     },
   },
   "cgroup-cpuset": {
@@ -108,6 +131,41 @@ export const SETTINGS: Record<Action, Setting> = {
     write: (ctx, key, value) => writeOrRefuse(ctx, key, value, []),
   },
 };
+
+function setAllowedCpus(ctx: BaseContext, unit: string, value: string): boolean {
+  // An empty value is systemd's "no restriction": exactly what a unit had before if it showed nothing.
+  ctx.run("systemctl", ["set-property", "--runtime", unit, `AllowedCPUs=${value}`]);
+  return true;
+}
+
+/**
+ * A unit's runtime drop-in before set-property: "drop-in" and its content on
+ * the next lines, or which of what set-property makes was missing: the file,
+ * its unit's directory, or /run/systemd/system.control too.
+ */
+type RuntimeDropIn = `drop-in\n${string}` | "no-drop-in" | "no-unit-dir" | "no-control-dir";
+const DROP_IN_ABSENT: string[] = ["no-drop-in", "no-unit-dir", "no-control-dir"];
+
+function runtimeDropInState(ctx: BaseContext, unit: string): RuntimeDropIn {
+  if (!ctx.host.exists(CONTROL_DIR)) return "no-control-dir";
+  if (!ctx.host.exists(`${CONTROL_DIR}/${unit}.d`)) return "no-unit-dir";
+  if (!ctx.host.exists(runtimeDropIn(unit))) return "no-drop-in";
+  return `drop-in\n${ctx.host.read(runtimeDropIn(unit))}`;
+}
+
+/** Idempotent: run again after a crash, it finds the same or less to do. A directory something else put a file in meanwhile stays. */
+function putBackRuntimeDropIn(ctx: BaseContext, unit: string, before: RuntimeDropIn): void {
+  const file = runtimeDropIn(unit);
+  if (before.startsWith("drop-in\n")) {
+    // set-property just wrote the file, so it exists and keeps systemd's mode.
+    ctx.host.write(file, before.slice("drop-in\n".length));
+    return;
+  }
+  ctx.host.remove(file);
+  const removeIfEmpty = (dir: string) => ctx.host.list(dir).length === 0 && ctx.host.exists(dir) && ctx.host.remove(dir);
+  if (before !== "no-drop-in") removeIfEmpty(`${CONTROL_DIR}/${unit}.d`);
+  if (before === "no-control-dir") removeIfEmpty(CONTROL_DIR);
+}
 
 export function writeSubtreeControl(ctx: BaseContext, key: string, value: string): boolean {
   try {

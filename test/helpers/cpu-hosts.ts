@@ -45,6 +45,8 @@ export function systemdAllowedCpus(sim: SimHost, allowed: Record<string, string>
     sim.file(`/sys/fs/cgroup/${unit}/cpuset.cpus`, value);
   };
   for (const [unit, value] of Object.entries(units)) keep(unit, value);
+  // systemd's runtime directory is there from boot; only system.control below it comes with the first set-property --runtime.
+  sim.dir("/run/systemd");
   const other = sim.execHandler("systemctl");
   sim.onExec("systemctl", (args, host, options) => {
     if (args[0] === "show" && args[1] === "-p") {
@@ -55,12 +57,25 @@ export function systemdAllowedCpus(sim: SimHost, allowed: Record<string, string>
       return { stdout: shown.map((unit) => properties.map((property) => `${property}=${value(property, unit)}\n`).join("")).join("\n") };
     }
     if (args[0] === "set-property") {
-      keep(args[2]!, args[3]!.replace(/^AllowedCPUs=/, ""));
+      const [unit, value] = [args[2]!, args[3]!.replace(/^AllowedCPUs=/, "")];
+      keep(unit, value);
+      if (args[1] === "--runtime") writeRuntimeDropIn(host as SimHost, unit, value);
       return {};
     }
     return other ? other(args, host, options) : { status: 1, stderr: `unexpected systemctl ${args.join(" ")}` };
   });
   return units;
+}
+
+/** As systemd's unit_write_setting for set-property --runtime: its directories made as needed, the drop-in replaced whole. */
+function writeRuntimeDropIn(sim: SimHost, unit: string, value: string): void {
+  const dir = `/run/systemd/system.control/${unit}.d`;
+  if (!sim.exists(dir)) sim.dir(dir);
+  const section = unit.endsWith(".scope") ? "Scope" : "Slice";
+  fs.writeFileSync(
+    sim.resolve(`${dir}/50-AllowedCPUs.conf`),
+    `# This is a drop-in unit file extension, created via "systemctl set-property"\n# or an equivalent operation. Do not edit.\n[${section}]\nAllowedCPUs=\nAllowedCPUs=${value}\n`,
+  );
 }
 
 /** The drop-in directories systemd reads a unit's from, highest priority first (a subset of its search path). */

@@ -193,7 +193,10 @@ echo "vm process runs on: $(grep Cpus_allowed_list /proc/$(systemctl show -p Mai
 it("isolate, two VMs: systemd keeps system.slice, user.slice and init.scope off each VM's CPU; the last release restores all", async ({ guest }) => {
   // A stand-in for QEMU in machine.slice, where libvirt puts VMs: never narrowed.
   await guest!.ok("systemd-run --unit=vm-qemu --slice=machine.slice --quiet sleep infinity");
+  // set-property --runtime's drop-ins, which vmhook puts back as they were: left behind, they would outlast a daemon-reload.
+  const runtimeDropIns = "find /run/systemd/system.control 2>/dev/null | sort";
   try {
+    const dropInsBefore = await guest!.ok(runtimeDropIns);
     const before = await guest!.ok(CPU_STATE);
     for (const unit of ["system.slice", "user.slice", "init.scope"]) assert.match(before, new RegExp(`${unit} allowed= effective=(all|0-3)\n`));
     assert.match(before, "weston runs on: 0-3");
@@ -216,6 +219,9 @@ it("isolate, two VMs: systemd keeps system.slice, user.slice and init.scope off 
     for (const unit of ["system.slice", "user.slice", "init.scope"]) assert.match(after, new RegExp(`${unit} allowed= effective=(all|0-3)\n`));
     assert.match(after, "weston runs on: 0-3");
     assert.match(after, "vm process runs on: 0-3");
+    assert.is(await guest!.ok(runtimeDropIns), dropInsBefore);
+    await guest!.ok("systemctl daemon-reload");
+    for (const unit of ["system.slice", "user.slice", "init.scope"]) assert.match(await guest!.ok(CPU_STATE), new RegExp(`${unit} allowed= effective=(all|0-3)\n`));
     assert.is((await guest!.ok("find /run/vmhook -name '*.json'")).trim(), "");
   } finally {
     await guest!.ok("systemctl stop vm-qemu.service");

@@ -181,6 +181,12 @@ const LEGACY_PLUGIN = `${pluginStart("legacy-tune")}
 const SCENARIOS: Scenario[] = [
   { name: "hugepages", build: () => hugepageHost(), hooks: "<vmhook:hugepages/>", devices: HUGEPAGES },
   { name: "isolate (systemd AllowedCPUs)", build: () => systemdHost().sim, hooks: "<vmhook:isolate/>", devices: PINNED },
+  {
+    name: "isolate (systemd AllowedCPUs, an admin's set-property --runtime drop-in already there)",
+    build: () => systemdHost({ "system.slice": "0-5" }).sim.file("/run/systemd/system.control/system.slice.d/50-AllowedCPUs.conf", "[Slice]\nAllowedCPUs=0-5\n"),
+    hooks: "<vmhook:isolate/>",
+    devices: PINNED,
+  },
   { name: "isolate (cgroup v2 cpuset)", build: cgroupHost, hooks: "<vmhook:isolate/>", devices: PINNED },
   { name: "vfio single GPU", build: () => nvidiaDesktop().sim, hooks: "<vmhook:vfio/>", devices: GPU_HOSTDEV },
   { name: "vfio + hugepages + isolate", build: everythingHost, hooks: "<vmhook:hugepages/><vmhook:isolate/><vmhook:vfio/>", devices: HUGEPAGES + PINNED + GPU_HOSTDEV },

@@ -15,6 +15,7 @@ import { paths } from "../../lib/paths.ts";
 import { loadSettings } from "../../lib/settings.ts";
 import { undoJournal, type RunEnvironment } from "../../lib/transaction.ts";
 import { registry as builtins } from "../../plugins/index.ts";
+import { checkOriginals } from "../../plugins/isolate/retune.ts";
 import { runHookEvent, type HookOutcome } from "../helpers/hook.ts";
 import type { SimHost } from "../helpers/simhost.ts";
 import { baseHost, cgroupHost, systemdHost } from "../helpers/cpu-hosts.ts";
@@ -86,6 +87,29 @@ test("systemd: AllowedCPUs of system.slice, user.slice and init.scope, previous 
   assertClean(sim, before);
 });
 
+// set-property --runtime leaves its drop-in behind; left there after release, it would hide an admin's AllowedCPUs in a drop-in sorting before it at every daemon-reload until reboot.
+test("systemd: release leaves each unit's runtime drop-ins as they were: vmhook's removed with the directories it made, an earlier set-property --runtime's back as it was", async () => {
+  const { sim, units } = systemdHost({ "system.slice": "0-5" });
+  const adminRuntime = "# This is a drop-in unit file extension, created via \"systemctl set-property\"\n# or an equivalent operation. Do not edit.\n[Slice]\nAllowedCPUs=\nAllowedCPUs=0-5\n";
+  sim.file("/run/systemd/system.control/system.slice.d/50-AllowedCPUs.conf", adminRuntime);
+  sim.file("/etc/systemd/system/user.slice.d/10-cpus.conf", "[Slice]\nAllowedCPUs=0-6\n");
+  const before = sim.snapshot();
+  assert.is((await prepare(sim, vmA)).code, 0);
+  assert.match(read(sim, "/run/systemd/system.control/user.slice.d/50-AllowedCPUs.conf")!, "AllowedCPUs=0-1,4-7");
+  assert.is((await release(sim, vmA)).code, 0);
+  assert.equal(units, { "system.slice": "0-5", "user.slice": "", "init.scope": "" });
+  assert.is(sim.read("/run/systemd/system.control/system.slice.d/50-AllowedCPUs.conf"), adminRuntime);
+  assert.not.ok(sim.exists("/run/systemd/system.control/user.slice.d"), "user.slice's drop-in directory, which set-property made, is gone");
+  assertClean(sim, before);
+});
+
+test("systemd: a unit's kept original is its AllowedCPUs and its runtime drop-in as vmhook reads them, or an older vmhook's value alone; anything else is refused", () => {
+  for (const original of ["0-5", "0-5\nno-control-dir", "\nno-drop-in", "0-5\ndrop-in\n[Slice]\nAllowedCPUs=0-5\n"]) checkOriginals({ "systemd-allowed-cpus": { "system.slice": original } });
+  for (const original of ["0-5\nExecStart=/bin/sh", "0-5\nno-drop-in\n", `0-5\ndrop-in\n${"x".repeat(70000)}`, "0-5\ndrop-in\n\0"]) {
+    assert.throws(() => checkOriginals({ "systemd-allowed-cpus": { "system.slice": original } }), /keeps .* for "system.slice", not a value it has/, JSON.stringify(original).slice(0, 40));
+  }
+});
+
 // set-property --runtime writes /run/systemd/system.control/UNIT.d/50-AllowedCPUs.conf; a daemon-reload applies a unit's drop-ins again, in
 // file-name order, one of the same name in /etc/systemd/system.control hiding it.
 const OVERRIDING_DROP_INS: [string, string, string | undefined][] = [
@@ -109,6 +133,34 @@ for (const [what, path, named] of OVERRIDING_DROP_INS) {
     assert.match(warnings[0]!, "/etc/systemd/system/system.slice.d/10-allowed-cpus.conf");
   });
 }
+
+// systemd puts a unit in the slice its Slice= names; vmhook narrows only system.slice, user.slice and init.scope. Another top-level
+// slice may hold another manager's pinned work (kubelet's kubepods.slice) or VMs (a libvirt <partition>, /production: production.slice).
+test("systemd: processes in other top-level slices that may run on the VM's CPUs are named in a warning; VMs' slices, idle groups and slices kept off those CPUs are not", async () => {
+  const { sim, units } = systemdHost();
+  const group = (name: string, populated: boolean, effective?: string) => {
+    sim.file(`/sys/fs/cgroup/${name}/cgroup.events`, `populated ${populated ? 1 : 0}\nfrozen 0\n`);
+    if (effective) sim.file(`/sys/fs/cgroup/${name}/cpuset.cpus.effective`, effective);
+  };
+  group("batch.slice", true); // an admin's Slice=batch.slice
+  group("capsule.slice", true, "0-7"); // systemd 256's capsules
+  group("kubepods.slice", true, "0-1"); // kept off the VM's CPUs by its own AllowedCPUs
+  group("dev-hugepages.mount", false); // mount units sit at the top too, without processes
+  group("machine.slice", true);
+  group("production.slice", true); // a libvirt <partition>: machined's scopes in it are VMs'
+  sim.dir("/sys/fs/cgroup/production.slice/machine-qemu\\x2d1\\x2dother.scope");
+  const before = sim.snapshot();
+  const outcome = await prepare(sim, vmA);
+  assert.is(outcome.code, 0, outcome.stderr);
+  const warnings = fs.readFileSync(sim.resolve("/var/log/vmhook.log"), "utf8").match(/warn: isolate: .*top-level.*/g) ?? [];
+  assert.is(warnings.length, 1, warnings.join("\n"));
+  assert.match(warnings[0]!, "processes in batch.slice, capsule.slice keep running on CPU 2-3 too: vmhook keeps only system.slice, user.slice, init.scope off them");
+  assert.match(warnings[0]!, "with its own AllowedCPUs, e.g. systemctl set-property batch.slice AllowedCPUs=0-1,4-7");
+  assert.not.ok(systemctlCalls(sim).some((call) => /batch|capsule|kubepods|production/.test(call)), "other slices are left alone");
+  assert.equal(units, { "system.slice": "0-1,4-7", "user.slice": "0-1,4-7", "init.scope": "0-1,4-7" });
+  assert.is((await release(sim, vmA)).code, 0);
+  assertClean(sim, before);
+});
 
 test("systemd: a failing systemctl aborts the start and the units get their values back", async () => {
   const { sim, units } = systemdHost({ "system.slice": "0-7" });
