@@ -19,7 +19,7 @@ const UUID = "2c7e9f10-4b3a-4d5e-8f60-71a2b3c4d5e6";
 const DELAY = "/sys/module/vmhook_stuck/parameters/remove_delay_ms";
 const LET_GO = "/sys/module/vmhook_stuck/parameters/let_go";
 
-const bench = suite<{ guest?: Guest; edu?: string; baseline?: string; nic?: string; audio?: string }>("a driver whose remove() blocks");
+const bench = suite<{ guest?: Guest; edu?: string; baseline?: string; nic?: string; virtioNic?: string; audio?: string }>("a driver whose remove() blocks");
 const skip = skipReason();
 if (skip) console.log(`stuck-driver kernel tests: skipped: ${skip}`);
 const it = skip ? bench.skip : bench;
@@ -30,19 +30,23 @@ const FIND_EDU = find("0x1234:0x11e8");
 /** QEMU's e1000e (82574L) and ich9-intel-hda. */
 const FIND_NIC = find("0x8086:0x10d3");
 const FIND_AUDIO = find("0x8086:0x293e");
+/** virtio-net-pci (transitional): its interface sits under virtio0, not in the PCI device's net/. */
+const FIND_VIRTIO_NIC = find("0x1af4:0x1000");
 
 bench.before(async (context) => {
   if (skip) return;
   context.guest = await bootGuest({
     // The codec's driver before the controller's: the controller probes its codec in the background, and the
     // kernel's request_module finds no /sbin/modprobe in this initramfs.
-    extraModules: [buildStuckDriver(), "e1000e", "snd_hda_codec_generic", "snd_hda_intel"],
+    extraModules: [buildStuckDriver(), "e1000e", "virtio_net", "snd_hda_codec_generic", "snd_hda_intel"],
     availableModules: ["dummy", "bridge"],
-    qemuArgs: ["-device", "edu", "-netdev", "user,id=lan,restrict=on,ipv6=off", "-device", "e1000e,netdev=lan", "-device", "ich9-intel-hda", "-device", "hda-duplex"],
+    qemuArgs: ["-device", "edu", "-netdev", "user,id=lan,restrict=on,ipv6=off", "-device", "e1000e,netdev=lan",
+      "-netdev", "user,id=lan2,restrict=on,ipv6=off", "-device", "virtio-net-pci,netdev=lan2", "-device", "ich9-intel-hda", "-device", "hda-duplex"],
   });
   context.edu = (await context.guest.ok(FIND_EDU)).trim();
   context.nic = (await context.guest.ok(FIND_NIC)).trim();
   context.audio = (await context.guest.ok(FIND_AUDIO)).trim();
+  context.virtioNic = (await context.guest.ok(FIND_VIRTIO_NIC)).trim();
   await context.guest.ok(`mkdir -p /etc/vmhook && echo '{"plugins": {"vfio": {"bindTimeoutSeconds": 2}}}' > /etc/vmhook/vmhook.json`);
   context.baseline = await context.guest.ok(state(context.edu));
 });
@@ -228,14 +232,30 @@ ip addr add 192.168.77.1/24 dev uplink && ip route add default via 192.168.77.25
   assert.is(prepare.code, 0, prepare.stdout);
   const during = await guest!.ok(nicState(nic!));
   assert.match(during, "nic driver: vfio-pci\n");
-  assert.match(during, "interfaces: lo uplink \n");
+  const interfacesBefore = /^interfaces: .*$/m.exec(twoRoutes)![0];
+  assert.match(during, `${interfacesBefore.replace(" eth0 ", " ")}\n`, "eth0 went with its NIC");
   assert.match(during, /^routes: default via 192\.168\.77\.254 dev uplink +metric 100 *;[^;]*dev uplink[^;]*;$/m, "eth0's routes went with it");
   const release = await guest!.sh(hook(nic!, "release end"));
   assert.is(release.code, 0, release.stdout);
   const after = await guest!.ok(nicState(nic!));
   assert.match(after, "nic driver: e1000e\n");
-  assert.match(after, "interfaces: eth0 lo uplink \n", "e1000e brings eth0 back (its addresses and routes were the host's to restore)");
+  assert.match(after, `${interfacesBefore}\n`, "e1000e brings eth0 back (its addresses and routes were the host's to restore)");
   assert.fixture(after.replace(/^routes: .*$/m, ""), twoRoutes.replace(/^routes: .*$/m, ""));
+});
+
+it("the network guard: a virtio-net NIC, whose interface sysfs puts under virtio0 and not in its net/, carrying the only default route is refused", async ({ guest, virtioNic }) => {
+  assert.match(virtioNic!, /^0000:00:\w\w\.0$/);
+  assert.is(await guest!.ok(`ls /sys/bus/pci/devices/${virtioNic}/net 2>&1; true`), `ls: /sys/bus/pci/devices/${virtioNic}/net: No such file or directory\n`);
+  const iface = (await guest!.ok(`ls /sys/bus/pci/devices/${virtioNic}/virtio*/net`)).trim();
+  assert.match(iface, /^eth\d$/);
+  // The previous scenario's uplink goes: the virtio NIC's route is the only one.
+  await guest!.ok(`ip link del uplink; ip link set ${iface} up && ip addr add 10.0.3.15/24 dev ${iface} && ip route add default via 10.0.3.2 dev ${iface}`);
+  const routed = await guest!.ok(nicState(virtioNic!));
+  assert.match(routed, `routes: default via 10.0.3.2 dev ${iface}`);
+  const refused = await guest!.sh(hook(virtioNic!, "prepare begin"));
+  assert.is(refused.code, 1, refused.stdout);
+  assert.match(refused.stdout, `${virtioNic} carries the host's network (${iface} carries the host's only IPv4 default route)`);
+  assert.fixture(await guest!.ok(nicState(virtioNic!)), routed, "nothing changed: virtio-pci keeps it");
 });
 
 // ---- the HDMI audio function whose sound card a program keeps open ----------
