@@ -6,7 +6,6 @@
 // VM was started from (in single-GPU mode, the only way in left). Such
 // devices never go to a VM, whatever the policy says.
 import type { Host } from "./host.ts";
-import { pciPath } from "./pci.ts";
 
 const NET = "/sys/class/net";
 const IPV4_ROUTES = "/proc/net/route";
@@ -14,6 +13,15 @@ const IPV6_ROUTES = "/proc/net/ipv6_route";
 /** route flags (linux/route.h, ipv6_route.h): the route is up; a reject route (unreachable, prohibit) leads nowhere. */
 const RTF_UP = 0x1;
 const RTF_REJECT = 0x200;
+
+/**
+ * The interfaces of a PCI device: those whose sysfs path runs through it. A
+ * NIC's own sit in ADDR/net, but virtio-net's sit under ADDR/virtio0, a USB
+ * adapter's under the USB controller it is plugged into: all go with the device.
+ */
+function interfacesOf(host: Host, address: string): string[] {
+  return host.list(NET).filter((iface) => (host.readlink(`${NET}/${iface}`) ?? "").split("/").includes(address));
+}
 
 /** The interfaces running on `iface`: itself, then its uppers, theirs, and so on (upper_NAME links). */
 function stackedOn(host: Host, iface: string): string[] {
@@ -69,7 +77,7 @@ export interface NetworkUse {
  * (IPv4, IPv6). Throws when the routes cannot be read.
  */
 export function networkInUse(host: Host, addresses: string[]): NetworkUse[] {
-  const interfaces = addresses.flatMap((address) => host.list(pciPath(address, "net")).map((iface) => ({ address, iface, stacked: stackedOn(host, iface) })));
+  const interfaces = addresses.flatMap((address) => interfacesOf(host, address).map((iface) => ({ address, iface, stacked: stackedOn(host, iface) })));
   if (interfaces.length === 0) return [];
   const ipv4 = host.readTrimmed(IPV4_ROUTES);
   if (ipv4 === undefined) throw new Error(`cannot tell whether the host routes through ${interfaces.map(({ iface }) => iface).join(", ")}: ${IPV4_ROUTES} cannot be read`);

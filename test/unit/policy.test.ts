@@ -491,8 +491,9 @@ function nicHost(routes: { ipv4: string[]; ipv6?: string[] }, uppers: Record<str
   sim.file(`/sys/bus/pci/devices/${NIC}/class`, "0x020000").file(`/sys/bus/pci/devices/${NIC}/vendor`, "0x8086").file(`/sys/bus/pci/devices/${NIC}/device`, "0x1533");
   sim.dir("/sys/bus/pci/drivers/igb").link(`/sys/bus/pci/devices/${NIC}/driver`, "../../../../bus/pci/drivers/igb");
   sim.link(`/sys/bus/pci/devices/${NIC}/iommu_group`, "../../../../kernel/iommu_groups/3").link(`/sys/kernel/iommu_groups/3/devices/${NIC}`, `../../../../devices/pci0000:00/${NIC}`);
-  sim.dir(`/sys/bus/pci/devices/${NIC}/net/enp3s0`);
-  for (const iface of ["lo", "enp3s0", "wlp4s0", ...Object.keys(uppers), ...Object.values(uppers).flat()]) sim.dir(`/sys/class/net/${iface}`);
+  // As the kernel has them: /sys/class/net/NAME links to the interface under its device, or under virtual/.
+  const parents: Record<string, string> = { enp3s0: `pci0000:00/${NIC}`, wlp4s0: "pci0000:00/0000:00:1c.0/0000:04:00.0" };
+  for (const iface of new Set(["lo", "enp3s0", "wlp4s0", ...Object.keys(uppers), ...Object.values(uppers).flat()])) addInterface(sim, iface, parents[iface] ?? "virtual");
   // The kernel links each lower device to its uppers (bridge or bond master, VLAN): upper_NAME.
   for (const [lower, names] of Object.entries(uppers)) for (const upper of names) sim.link(`/sys/class/net/${lower}/upper_${upper}`, `../${upper}`);
   const v4 = routes.ipv4.map((iface) => `${iface}\t00000000\t0101A8C0\t0003\t0\t0\t100\t00000000\t0\t0\t0`);
@@ -503,6 +504,11 @@ function nicHost(routes: { ipv4: string[]; ipv6?: string[] }, uppers: Record<str
   sim.file("/proc/net/ipv6_route", v6.join("\n"));
   mountsAndSwaps(sim, [["8:1", "/dev/sda1", "/"]]);
   return sim;
+}
+
+/** A network interface at /sys/devices/PARENT/net/NAME, linked from /sys/class/net. */
+function addInterface(sim: SimHost, iface: string, parent: string): void {
+  sim.dir(`/sys/devices/${parent}/net/${iface}`).link(`/sys/class/net/${iface}`, `../../devices/${parent}/net/${iface}`);
 }
 
 const NETWORK_CASES: { name: string; routes: { ipv4: string[]; ipv6?: string[] }; uppers?: Record<string, string[]>; use: string }[] = [
@@ -558,13 +564,29 @@ test("network guard: two NICs each with a default route (a dual-port card): eith
   const sim = nicHost({ ipv4: ["enp3s0", "enp3s0f1"] });
   try {
     const second = "0000:03:00.1";
-    sim.dir(`/sys/bus/pci/devices/${second}/net/enp3s0f1`).dir("/sys/class/net/enp3s0f1");
+    addInterface(sim, "enp3s0f1", `pci0000:00/${second}`);
     assert.equal(networkInUse(sim, [NIC]), []);
     assert.equal(networkInUse(sim, [second]), []);
     assert.equal(
       networkInUse(sim, [NIC, second]).map(({ address, use }) => `${address}: ${use}`),
       [`${NIC}: enp3s0 carries the host's only IPv4 default route`, `${second}: enp3s0f1 carries the host's only IPv4 default route`],
     );
+  } finally {
+    sim.cleanup();
+  }
+});
+
+test("network guard: an interface below the device, not in its own net/ (a USB adapter on the USB controller handed over, virtio-net's under virtio0), carrying the only default route is refused", () => {
+  const sim = nicHost({ ipv4: ["enx00e04c680001"] });
+  try {
+    const xhci = "0000:00:14.0";
+    addInterface(sim, "enx00e04c680001", `pci0000:00/${xhci}/usb2/2-1/2-1:1.0`);
+    assert.equal(networkInUse(sim, [xhci]).map(({ address, use }) => `${address}: ${use}`), [`${xhci}: enx00e04c680001 carries the host's only IPv4 default route`]);
+    assert.equal(networkInUse(sim, [NIC]), []);
+    const virtio = "0000:00:03.0";
+    sim.file("/proc/net/route", `Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\nens3\t00000000\t0202000A\t0003\t0\t0\t0\t00000000\t0\t0\t0`);
+    addInterface(sim, "ens3", `pci0000:00/${virtio}/virtio0`);
+    assert.equal(networkInUse(sim, [virtio]).map(({ use }) => use), ["ens3 carries the host's only IPv4 default route"]);
   } finally {
     sim.cleanup();
   }
