@@ -43,7 +43,8 @@ export class SimHost extends RootedHost {
    * the simulated kernel and programs do on their behalf is not the hook's.
    */
   readonly changes: string[] = [];
-  private killAt: number | undefined;
+  /** The change the hook is killed at: its number, or (where a background helper makes the order vary) the change itself. */
+  private killAt: number | string | undefined;
   /** The operation the hook was killed at; from then on every operation throws ProcessKilled. */
   private killedAt: string | undefined;
   /** Above 0 while the simulated kernel or a program acts: its own operations are never killed. */
@@ -175,7 +176,7 @@ export class SimHost extends RootedHost {
   }
 
   /** The hook is killed (kill -9) at its `n`-th state-changing operation from now: that one and everything after it throw ProcessKilled. */
-  killAtChange(n: number): void {
+  killAtChange(n: number | string): void {
     this.changes.length = 0;
     this.killAt = n;
     this.killedAt = undefined;
@@ -193,7 +194,7 @@ export class SimHost extends RootedHost {
     if (this.kernelDepth > 0) return;
     this.stillAlive();
     this.changes.push(what);
-    if (this.changes.length === this.killAt) {
+    if (this.changes.length === this.killAt || what === this.killAt) {
       this.killedAt = what;
       this.stillAlive();
     }
