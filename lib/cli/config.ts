@@ -315,6 +315,13 @@ interface DisableArgs extends DomainArgs {
   plugin: string;
 }
 
+/** "; did you mean vmhook disable VM nosleep?" for a name close to a built-in the VM has enabled, else "". */
+function nearMissOfEnabled(hooks: Element, plugin: string, domain: string): string {
+  const enabled = childElements(hooks).flatMap((element) => (element.localName && registry.builtinNames().includes(element.localName) ? [element.localName] : []));
+  const meant = closest(plugin, enabled);
+  return meant ? `; did you mean vmhook disable ${shellWord(domain)} ${meant}?` : "";
+}
+
 const disableCommand: CommandModule<GlobalOptions, DisableArgs> = {
   command: "disable <domain> <plugin>",
   describe: "remove a plugin's elements from a VM's metadata (the whole metadata when none is left)",
@@ -328,7 +335,7 @@ const disableCommand: CommandModule<GlobalOptions, DisableArgs> = {
     for (const element of removed) hooks.removeChild(element);
     if (removed.length === 0 && !repairs(current)) {
       if (args.json) printJson({ domain: args.domain, changed: false, metadata: elementText(current.hooks) });
-      else print(`${args.domain}: ${args.plugin} is not enabled; nothing changed`);
+      else print(`${args.domain}: ${args.plugin} is not enabled; nothing changed${nearMissOfEnabled(hooks, args.plugin, args.domain)}`);
       return;
     }
     save(virsh, args.domain, current, hooks, await checkCandidate(host, current, hooks, args.domain), args);

@@ -333,4 +333,11 @@ test("enable of an installed custom plugin whose name is close to a built-in's (
     assert.match(libvirt.xml("config"), '<vmhook:plugin name="hugepage"/>');
   }));
 
+test("disable of a near-miss of an enabled built-in's name (no-sleep): nothing changed, and the command that was meant is named", () =>
+  withDomain(async (sim, libvirt) => {
+    const disabled = await cli(["disable", "win11", "no-sleep", "--root", sim.root]);
+    assert.equal([disabled.code, disabled.stdout], [0, "win11: no-sleep is not enabled; nothing changed; did you mean vmhook disable win11 nosleep?\n"]);
+    assert.equal(elements(libvirt.xml("config")), ["nosleep"]);
+  }));
+
 test.run();
