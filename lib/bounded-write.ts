@@ -30,6 +30,8 @@ export interface DriverWrite {
   timeoutMs: number;
   /** The setting that sets timeoutMs, named in the message (e.g. "plugins.vfio.bindTimeoutSeconds"); none for a fixed bound. */
   setting?: string;
+  /** A sound card's nodes whose programs the driver's remove() waits for: noted, so vmhook status can name them. */
+  waitsFor?: string[];
 }
 
 export interface WriteContext {
@@ -41,13 +43,13 @@ export interface WriteContext {
 /** Writes `value` to `file` through the device's driver, waiting at most timeoutMs (and the deadline). */
 export async function writeThroughDriver(ctx: WriteContext, write: DriverWrite): Promise<void> {
   const { host } = ctx;
-  const { device, driver, file, value } = write;
+  const { device, driver, file, value, waitsFor } = write;
   clearForWrite(host, device);
   ctx.deadline.check(`writing ${file}`);
   const timeoutMs = ctx.deadline.clamp(write.timeoutMs);
   const since = new Date(host.now()).toISOString();
   const notes: StuckWrite[] = [];
-  const noted = (pid: number) => notes.push(noteWrite(host, { pid, device, driver, file, value, since, domain: ctx.domain }));
+  const noted = (pid: number) => notes.push(noteWrite(host, { pid, device, driver, file, value, ...(waitsFor?.length ? { waitsFor } : {}), since, domain: ctx.domain }));
   const result = await host.writeInHelper(file, value, timeoutMs, noted);
   if (result.done) {
     for (const note of notes) forgetWrite(host, note);

@@ -13,7 +13,7 @@ import { executablePlugin } from "./custom-plugins/executable.ts";
 import { importModulePlugin } from "./custom-plugins/module.ts";
 import { findCustomPlugin } from "./custom-plugins/trust.ts";
 
-export { findCustomPlugin } from "./custom-plugins/trust.ts";
+export { customPluginPresent, findCustomPlugin } from "./custom-plugins/trust.ts";
 export { listInstalledPlugins, type InstalledPlugin } from "./custom-plugins/listing.ts";
 
 /** Plugin NAME as a Plugin object: its file is found, checked and (for modules) imported. */

@@ -10,6 +10,7 @@
 // note is stale: the next write to the device, or vmhook recover, removes it.
 import { VmhookError } from "./errors.ts";
 import type { Host } from "./host.ts";
+import { openFiles, processIds, processName } from "./open-files.ts";
 import { paths } from "./paths.ts";
 import { procStat } from "./processes.ts";
 import { ensureStateDir, lonelyTemps, readStateFile, writeStateFile } from "./state-files.ts";
@@ -27,6 +28,8 @@ export interface StuckWrite {
   value?: string;
   /** Or a program that loads or unloads a module: its command line ("rmmod nvidia"). */
   command?: string;
+  /** A sound card's device nodes (an HDMI audio function's unbind): its remove() waits until every program has closed them. */
+  waitsFor?: string[];
   /** When the write began, ISO 8601. */
   since: string;
   domain: { name: string; uuid: string };
@@ -43,6 +46,36 @@ export interface StuckWriteStatus extends StuckWrite {
 
 /** What the user can do while a helper is stuck. */
 export const STUCK_ADVICE = "do not use the device, and do not unload its driver; wait until the driver lets go (vmhook status shows it), or reboot the host";
+
+/** A sound card's device node: /dev/snd/controlC1, pcmC1D3p, hwC1D0, midiC1D0. */
+export const SOUND_NODE = /^\/dev\/snd\/(controlC|pcmC|hwC|midiC)\d+[A-Za-z0-9]*$/;
+
+/**
+ * The programs keeping a sound card's nodes open, "pid 777 (aplay) holds
+ * /dev/snd/pcmC1D3p": a stuck unbind of the card's device waits for them.
+ * The card is disconnected by then, so their descriptors end in " (deleted)".
+ * Throws when a process's files cannot be read.
+ */
+export function soundCardHolders(host: Host, nodes: string[]): string[] {
+  if (nodes.length === 0) return [];
+  return processIds(host).flatMap((pid) =>
+    openFiles(host, pid)
+      .map((file) => file.replace(/ \(deleted\)$/, ""))
+      .filter((file) => nodes.includes(file))
+      .map((file) => `pid ${pid} (${processName(host, pid)}) holds ${file}`),
+  );
+}
+
+/** What the user can do about this stuck write: close the programs holding its sound card, when any can be named, else STUCK_ADVICE. */
+export function adviceFor(host: Host, write: StuckWriteStatus): string {
+  let holders: string[] = [];
+  try {
+    holders = soundCardHolders(host, write.waitsFor ?? []);
+  } catch {
+    // a process whose files cannot be read: the general advice still holds
+  }
+  return holders.length > 0 ? `${holders.join(", ")}, and its sound card's remove() waits until every program has closed the card: close it (or end it) and the unbind finishes; otherwise ${STUCK_ADVICE}` : STUCK_ADVICE;
+}
 
 const MODULE = "module:";
 /** What a module's note is filed under: no device name starts with "module:". Named as /proc/modules names it: modprobe vfio-pci and rmmod vfio_pci act on one module. */
@@ -103,6 +136,7 @@ function checkNote(note: Partial<StuckWrite> | null, file: string): StuckWrite {
       ["file", optionalText(note.file)],
       ["value", optionalText(note.value)],
       ["command", optionalText(note.command)],
+      ["waitsFor", note.waitsFor === undefined || (Array.isArray(note.waitsFor) && note.waitsFor.every((node) => typeof node === "string" && SOUND_NODE.test(node)))],
     ] as const
   ).find(([, valid]) => !valid);
   if (wrong) throw new Error(`"${wrong[0]}" is ${JSON.stringify(note[wrong[0]]) ?? "missing"}${wrong[0] === "device" ? `, not ${device} as its file name says` : ""}`);

@@ -6,6 +6,7 @@
 import type { Element } from "@xmldom/xmldom";
 import type { Argv, CommandModule } from "yargs";
 import { CUSTOM_ELEMENT, loadDomainPlugins } from "../config.ts";
+import { customPluginPresent } from "../custom-plugins.ts";
 import { parseDomain, storedPlugins, type Domain } from "../domain.ts";
 import { dryRun } from "../dry-run.ts";
 import type { PlannedStep } from "../transaction.ts";
@@ -15,12 +16,14 @@ import type { Host } from "../host.ts";
 import { Virsh, type Scope } from "../libvirt-client.ts";
 import { childElements, metadataNodes, repairDoubledPrefixes, shellWord } from "../metadata-text.ts";
 import { appendPlugin, emptyHooks, hooksText, pastedHooks, storedHooks, withVmhookMetadata } from "../metadata-in-domain.ts";
+import { paths } from "../paths.ts";
 import { unifiedDiff } from "../text-diff.ts";
 import { registry } from "../../plugins/index.ts";
 import { isThisHostsLibvirt, notCheckedHere } from "./domain-source.ts";
 import { askYes, runEditor } from "./editor.ts";
 import type { GlobalOptions } from "./options.ts";
 import { print, printJson, readInputFile } from "./output.ts";
+import { closest } from "./usage.ts";
 
 interface LibvirtArgs extends GlobalOptions {
   connect?: string;
@@ -277,6 +280,18 @@ function appendPluginElement(hooks: Element, plugin: string): Element {
   return element;
 }
 
+/**
+ * Refuses a name close to a built-in's (hugepage) that no installed plugin
+ * has: it is a typo, which the search of the plugins directory would only
+ * call "not installed".
+ */
+function refuseNearMissOfBuiltin(host: Host, plugin: string, domain: string): void {
+  const builtins = registry.builtinNames();
+  if (builtins.includes(plugin) || customPluginPresent(host, plugin)) return;
+  const meant = closest(plugin, builtins);
+  if (meant) throw new VmhookError(`${plugin} is not a built-in plugin, and no plugin of that name is installed in ${paths.pluginsDir}; did you mean vmhook enable ${shellWord(domain)} ${meant}?`);
+}
+
 const enableCommand: CommandModule<GlobalOptions, EnableArgs> = {
   command: "enable <domain> <plugin> [settings..]",
   describe: "add a plugin to a VM's metadata (or change its attributes): vmhook enable win11 hugepages size=2M",
@@ -285,6 +300,7 @@ const enableCommand: CommandModule<GlobalOptions, EnableArgs> = {
       .positional("plugin", { type: "string", demandOption: true, describe: `${registry.builtinNames().join(", ")}, or an installed plugin's name` })
       .positional("settings", { type: "string", array: true, default: [], describe: "attribute=value, e.g. size=2M" }),
   async handler(args) {
+    refuseNearMissOfBuiltin(args.host, args.plugin, args.domain);
     const settings = args.settings.map((setting) => parseSetting(String(setting), args.plugin));
     const { host, virsh, current } = open(args);
     // Edited in place: only this plugin's element changes.
@@ -297,6 +313,13 @@ const enableCommand: CommandModule<GlobalOptions, EnableArgs> = {
 
 interface DisableArgs extends DomainArgs {
   plugin: string;
+}
+
+/** "; did you mean vmhook disable VM nosleep?" for a name close to a built-in the VM has enabled, else "". */
+function nearMissOfEnabled(hooks: Element, plugin: string, domain: string): string {
+  const enabled = childElements(hooks).flatMap((element) => (element.localName && registry.builtinNames().includes(element.localName) ? [element.localName] : []));
+  const meant = closest(plugin, enabled);
+  return meant ? `; did you mean vmhook disable ${shellWord(domain)} ${meant}?` : "";
 }
 
 const disableCommand: CommandModule<GlobalOptions, DisableArgs> = {
@@ -312,7 +335,7 @@ const disableCommand: CommandModule<GlobalOptions, DisableArgs> = {
     for (const element of removed) hooks.removeChild(element);
     if (removed.length === 0 && !repairs(current)) {
       if (args.json) printJson({ domain: args.domain, changed: false, metadata: elementText(current.hooks) });
-      else print(`${args.domain}: ${args.plugin} is not enabled; nothing changed`);
+      else print(`${args.domain}: ${args.plugin} is not enabled; nothing changed${nearMissOfEnabled(hooks, args.plugin, args.domain)}`);
       return;
     }
     save(virsh, args.domain, current, hooks, await checkCandidate(host, current, hooks, args.domain), args);

@@ -19,7 +19,7 @@ import { domainBusy } from "../lock.ts";
 import { abandonedStart } from "./recover.ts";
 import { describeUnheldSharedView, unheldSharedNow } from "./recover-unheld.ts";
 import { runningOrWhyUnknown } from "./running.ts";
-import { describeStuckWrite, listStuckWrites, STUCK_ADVICE } from "../stuck-writes.ts";
+import { adviceFor, describeStuckWrite, listStuckWrites } from "../stuck-writes.ts";
 import { journalsAndClaims, type HolderView } from "../claims.ts";
 import type { Json } from "../records.ts";
 import { refuseUntrustedStateDir } from "../state-files.ts";
@@ -224,7 +224,7 @@ const status: CommandModule<GlobalOptions, GlobalOptions> = {
     for (const [resource, view] of Object.entries(claimViews)) print(`claim ${resource}: held by ${view.holders.map(describeClaimHolder).join(", ")}${describeWaiting(view.waiting)}`);
     if (claimsError) print(`unreadable claims ledger: ${claimsError}`);
     for (const shared of unheldShared) print(describeUnheldSharedView(shared));
-    for (const write of stuck) print(`stuck driver: ${describeStuckWrite(write)}\n  ${write.running ? STUCK_ADVICE : "vmhook recover forgets this note and finishes what the journal still holds"}`);
+    for (const write of stuck) print(`stuck driver: ${describeStuckWrite(write)}\n  ${write.running ? adviceFor(host, write) : "vmhook recover forgets this note and finishes what the journal still holds"}`);
   },
 };
 

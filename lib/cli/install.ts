@@ -289,8 +289,12 @@ function removeHook(host: Host, force: boolean): InstallResult {
   const saved = record.savedHook;
   const savedThere = !!saved && present(host, saved);
   const launcherThere = present(host, SAVED_HOOK_LAUNCHER);
+  const hookIsVmhook = isVmhookBinary(hook);
+  if (!hookIsVmhook && !present(host, INSTALL_RECORD) && !savedThere && !launcherThere && host.readlink(CLI_LINK) !== HOOK) {
+    return { notes: [`vmhook is not installed here: ${HOOK} ${present(host, HOOK) ? "is another program" : "does not exist"} and there is no ${INSTALL_RECORD}; nothing to remove`], hooksChanged: false };
+  }
   let hooksChanged = false;
-  if (isVmhookBinary(hook)) {
+  if (hookIsVmhook) {
     fs.rmSync(hook);
     hooksChanged = true;
     notes.push(`removed ${HOOK}`);

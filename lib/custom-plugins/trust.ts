@@ -69,6 +69,9 @@ export function rootsAloneProblem(host: Host, hostPath: string, kind: "directory
 /** Why the plugins directory is unsafe, or undefined. */
 export const pluginsDirProblem = (host: Host): string | undefined => rootsAloneProblem(host, paths.pluginsDir, "directory");
 
+/** Whether a file that may hold plugin NAME is there, trusted or not. */
+export const customPluginPresent = (host: Host, name: string): boolean => PATTERNS.pluginName.test(name) && candidates(name).some((file) => host.stat(file.path) !== undefined);
+
 /** Finds plugin NAME's file and checks it. Throws naming what was searched, or what is unsafe and how to fix it. */
 export function findCustomPlugin(host: Host, name: string): PluginFile {
   const element = `<vmhook:plugin name="${name}">`;

@@ -14,7 +14,7 @@ import type { Host } from "../host.ts";
 import { howToGetCgroupV2 } from "../host-advice.ts";
 import { journalsAndClaims, type ClaimView } from "../claims.ts";
 import { kernelRelease, moduleList, moduleName } from "../kernel-modules.ts";
-import { describeStuckWrite, listStuckWrites, STUCK_ADVICE } from "../stuck-writes.ts";
+import { adviceFor, describeStuckWrite, listStuckWrites } from "../stuck-writes.ts";
 import { paths } from "../paths.ts";
 import { refuseUntrustedStateDir } from "../state-files.ts";
 import { freeBridge, pciExists, VIABLE_BESIDE_WORDS } from "../pci.ts";
@@ -243,7 +243,7 @@ function claimLeftovers(claims: Record<string, ClaimView>, claimsError: string |
 /** Writes into a driver that did not return (lib/stuck-writes.ts): a helper blocked in the kernel, or a note to forget. */
 function stuckDrivers(host: Host): Finding[] {
   return listStuckWrites(host).map((write) =>
-    write.running ? fail("stuck driver", describeStuckWrite(write), STUCK_ADVICE) : warn("stuck driver", describeStuckWrite(write), "run vmhook recover: it forgets this note and finishes what the journal still holds"),
+    write.running ? fail("stuck driver", describeStuckWrite(write), adviceFor(host, write)) : warn("stuck driver", describeStuckWrite(write), "run vmhook recover: it forgets this note and finishes what the journal still holds"),
   );
 }
 

@@ -11,10 +11,10 @@ import { othersRecords } from "../../lib/journal.ts";
 import { recoverCommandLine } from "../../lib/metadata-text.ts";
 import { checkSriovOrigin, goneFromBus, PCI_DRIVERS, pciDriver, pciDriverRegistered, pciExists, pciIommuGroup, pciPath, sriovOrigin, type SriovOrigin } from "../../lib/pci.ts";
 import { defineAction, type ApplyContext, type BaseContext, type PlanContext, type Step, type UndoRecord } from "../../lib/plugin.ts";
-import { clearForWrite, listStuckWrites, moduleSubject, refuseIfStuck, StuckWriteError } from "../../lib/stuck-writes.ts";
+import { clearForWrite, listStuckWrites, moduleSubject, refuseIfStuck, soundCardHolders, StuckWriteError } from "../../lib/stuck-writes.ts";
 import { PATTERNS } from "../../lib/validate.ts";
 import type { VfioConfig, VfioSettings } from "./config.ts";
-import { describeHolders, isWatched, moduleLoaded, processesHolding, VFIO_DRIVER, type Holder, type Survey, type Watched } from "./survey.ts";
+import { describeHolders, isWatched, moduleLoaded, processesHolding, VFIO_DRIVER, type Survey, type Watched } from "./survey.ts";
 import { systemdRuns, unitActive } from "../../lib/systemd.ts";
 import { activeOrStarting, unitProcesses } from "./units.ts";
 import { returnToDriver } from "./return-path.ts";
@@ -375,9 +375,9 @@ export function refuseDevicesOfOtherVms(ctx: BaseContext, addresses: string[]): 
   }
 }
 
-/** A write that runs `driver`'s code for the device (remove() or probe()), in a helper bounded by bindTimeoutSeconds (lib/bounded-write.ts). */
-function throughDriver(ctx: BaseContext, address: string, driver: string, file: string, timeoutMs: number): Promise<void> {
-  return writeThroughDriver(ctx, { device: address, driver, file, value: address, timeoutMs, setting: "plugins.vfio.bindTimeoutSeconds" });
+/** A write that runs `driver`'s code for the device (remove() or probe()), in a helper bounded by bindTimeoutSeconds (lib/bounded-write.ts); `waitsFor`: its sound card's nodes. */
+function throughDriver(ctx: BaseContext, address: string, driver: string, file: string, timeoutMs: number, waitsFor?: string[]): Promise<void> {
+  return writeThroughDriver(ctx, { device: address, driver, file, value: address, timeoutMs, setting: "plugins.vfio.bindTimeoutSeconds", waitsFor });
 }
 
 /** The device nodes of the sound cards a PCI device has (an HDMI audio function's): /dev/snd/controlC1, pcmC1D3p, ... */
@@ -397,18 +397,17 @@ function soundNodes(host: Host, address: string): string[] {
 async function unbindHostDriver(ctx: BaseContext, address: string, driver: string, timeoutMs: number): Promise<void> {
   const nodes = soundNodes(ctx.host, address);
   try {
-    await throughDriver(ctx, address, driver, pciPath(address, "driver/unbind"), timeoutMs);
+    await throughDriver(ctx, address, driver, pciPath(address, "driver/unbind"), timeoutMs, nodes);
   } catch (error) {
     if (!(error instanceof StuckWriteError) || nodes.length === 0) throw error;
-    let holders: Holder[];
+    let holders: string[];
     try {
-      holders = processesHolding(ctx.host, (file) => nodes.includes(file.replace(/ \(deleted\)$/, "")));
+      holders = soundCardHolders(ctx.host, nodes);
     } catch {
       throw error; // a process whose files cannot be read: the stuck write still says what happened
     }
     if (holders.length === 0) throw error;
-    const named = holders.map((holder) => ({ ...holder, file: holder.file.replace(/ \(deleted\)$/, "") }));
-    throw new StuckWriteError(`${error.message}; its sound card's remove() waits until every program has closed the card, and ${describeHolders(named)}: close it (or end it) and the unbind finishes`, error.lines);
+    throw new StuckWriteError(`${error.message}; its sound card's remove() waits until every program has closed the card, and ${holders.join(", ")}: close it (or end it) and the unbind finishes`, error.lines);
   }
 }
 

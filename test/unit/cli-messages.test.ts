@@ -354,4 +354,21 @@ test("a --root (or VMHOOK_ROOT) that is no directory is refused naming it: statu
   }
 });
 
+test("doctor --apply without --fix, and --fix without a domain, are usage errors (exit 2) naming the command that works; nothing is read or defined", async () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "vmhook-doctor-usage-"));
+  try {
+    const cases: [string[], string][] = [
+      [["doctor", "win11", "--apply"], "--apply defines the change --fix shows, so it needs --fix: vmhook doctor win11 --fix --apply; usage: vmhook doctor [DOMAIN]"],
+      [["doctor", "--apply"], "--apply defines the change --fix shows, so it needs --fix: vmhook doctor VM --fix --apply; usage: vmhook doctor [DOMAIN]"],
+      [["doctor", "--fix"], "--fix needs a domain: vmhook doctor VM --fix; usage: vmhook doctor [DOMAIN]"],
+    ];
+    for (const [args, message] of cases) {
+      const { code, stdout, stderr } = await cli([...args, "--root", dir]);
+      assert.equal([code, stdout, stderr], [2, "", `vmhook: ${message}\n`], args.join(" "));
+    }
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
 test.run();

@@ -311,4 +311,33 @@ test("disable --json of a plugin not enabled has the shape of any unchanged save
   });
 });
 
+test("enable of a near-miss of a built-in's name (hugepage, no-sleep) that no installed plugin has: refused with the built-in it is close to; nothing stored", () =>
+  withDomain(async (sim, libvirt) => {
+    for (const [typo, meant] of [["hugepage", "hugepages"], ["no-sleep", "nosleep"], ["vfoi", "vfio"]]) {
+      const enabled = await cli(["enable", "win11", typo!, "size=2M", "--root", sim.root]);
+      assert.equal(
+        [enabled.code, enabled.stderr],
+        [1, `vmhook: ${typo} is not a built-in plugin, and no plugin of that name is installed in ${paths.pluginsDir}; did you mean vmhook enable win11 ${meant}?\n`],
+      );
+    }
+    assert.equal(elements(libvirt.xml("config")), ["nosleep"]);
+    assert.not.ok(libvirt.calls().some((args) => args.includes("metadata")), "nothing was written");
+  }));
+
+test("enable of an installed custom plugin whose name is close to a built-in's (hugepage): stored as that plugin, no guess", () =>
+  withDomain(async (sim, libvirt) => {
+    fs.mkdirSync(sim.resolve(paths.pluginsDir), { recursive: true, mode: 0o755 });
+    fs.writeFileSync(sim.resolve(`${paths.pluginsDir}/hugepage.mjs`), NOTES_PLUGIN.replaceAll("notes", "hugepage"), { mode: 0o644 });
+    const enabled = await cli(["enable", "win11", "hugepage", "--root", sim.root]);
+    assert.is(enabled.code, 0, enabled.stderr);
+    assert.match(libvirt.xml("config"), '<vmhook:plugin name="hugepage"/>');
+  }));
+
+test("disable of a near-miss of an enabled built-in's name (no-sleep): nothing changed, and the command that was meant is named", () =>
+  withDomain(async (sim, libvirt) => {
+    const disabled = await cli(["disable", "win11", "no-sleep", "--root", sim.root]);
+    assert.equal([disabled.code, disabled.stdout], [0, "win11: no-sleep is not enabled; nothing changed; did you mean vmhook disable win11 nosleep?\n"]);
+    assert.equal(elements(libvirt.xml("config")), ["nosleep"]);
+  }));
+
 test.run();

@@ -93,7 +93,7 @@ test("uninstall puts the previous hook back and removes the launcher, the link a
   assert.is(read(HOOK), PREVIOUS);
   for (const gone of [SAVED, LAUNCHER, "/usr/local/bin/vmhook", "/etc/vmhook/install.json"]) assert.not.ok(exists(gone), `${gone} is still there`);
   assert.equal(uninstall(host, false), {
-    notes: [`left ${HOOK} alone: it is not vmhook`, "left /etc/vmhook: the empty /etc/vmhook/plugins.d (vmhook uninstall --purge removes it)"],
+    notes: [`vmhook is not installed here: ${HOOK} is another program and there is no /etc/vmhook/install.json; nothing to remove`, "left /etc/vmhook: the empty /etc/vmhook/plugins.d (vmhook uninstall --purge removes it)"],
     hooksChanged: false,
   });
 });
@@ -325,6 +325,20 @@ test("uninstall --purge removes vmhook's own files; the domains are only listed,
   }
   assert.match(notes.join("\n"), "left domain win11's vmhook metadata");
   assert.is(fs.readFileSync(host.resolve("/etc/libvirt/qemu/win11.xml"), "utf8"), domain);
+});
+
+test("uninstall where vmhook is not installed says so, naming what it looked at, and leaves another program's hook alone", () => {
+  const { host, binary, read, putPreviousHook } = setUp();
+  const notInstalled = (hook: string) => `vmhook is not installed here: ${HOOK} ${hook} and there is no /etc/vmhook/install.json; nothing to remove`;
+  let result = uninstall(host, false);
+  assert.equal([result.notes[0], result.hooksChanged], [notInstalled("does not exist"), false]);
+  install(host, binary);
+  uninstall(host, false);
+  assert.is(uninstall(host, false).notes[0], notInstalled("does not exist"), "a second uninstall");
+  putPreviousHook();
+  result = uninstall(host, false);
+  assert.equal([result.notes[0], result.hooksChanged], [notInstalled("is another program"), false]);
+  assert.is(read(HOOK), PREVIOUS);
 });
 
 test.run();

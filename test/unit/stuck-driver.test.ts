@@ -101,6 +101,14 @@ test("the HDMI audio function's unbind held by a program keeping its sound card 
     prepare.stderr.split("\n")[0],
     `vmhook: ${AUDIO}: driver snd_hda_intel did not return within 2 s from writing "${AUDIO}" to ${audioUnbind}; vmhook left its helper (pid ${pid}) blocked in the kernel and gave up; its sound card's remove() waits until every program has closed the card, and pid 777 (aplay) holds /dev/snd/pcmC1D3p: close it (or end it) and the unbind finishes`,
   );
+  // Status and doctor, run later (the card's nodes are gone from sysfs by then too), name the program as well.
+  fs.rmSync(kernel.sim.resolve(`/sys/bus/pci/devices/${AUDIO}/sound`), { recursive: true });
+  const holderAdvice = "pid 777 (aplay) holds /dev/snd/pcmC1D3p, and its sound card's remove() waits until every program has closed the card: close it (or end it) and the unbind finishes";
+  const status = await cliOn(kernel, "status");
+  assert.match(status.stdout, `stuck driver: ${AUDIO}: driver snd_hda_intel did not return from writing "${AUDIO}" to ${audioUnbind}`);
+  assert.match(status.stdout, `is still blocked in the kernel (state D: uninterruptible)\n  ${holderAdvice}; otherwise do not use the device`);
+  const doctor = await cliOn(kernel, "doctor");
+  assert.match(doctor.stdout, `fix: ${holderAdvice}; otherwise do not use the device`);
   // aplay closed the card: the unbind returns, and vmhook recover gives the card back.
   kernel.sim.finishHungWrites();
   const { forgotten, failed } = await recover(kernel);
@@ -149,6 +157,7 @@ const BAD_NOTES: [string, (note: Record<string, unknown>) => void, string][] = [
   ["its start time as a number", (note) => (note.startTime = Number(note.startTime)), "startTime"],
   ["no domain", (note) => delete note.domain, "domain"],
   ["another device than its file's", (note) => (note.device = AUDIO), "device"],
+  ["a sound card node that is no /dev/snd node", (note) => (note.waitsFor = ["/etc/shadow"]), "waitsFor"],
 ];
 
 for (const [what, corrupt, field] of BAD_NOTES) {
