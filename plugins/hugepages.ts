@@ -417,12 +417,36 @@ function checkHostDefaultSize(host: Host, sizeKiB: number): void {
   if (mismatch) throw new VmhookError(`hugepages: ${mismatch.reason}; ${mismatch.fixes[0]}`, mismatch.fixes.slice(1));
 }
 
-/** Frees what the kernel can give up and defragments, so a retry can find contiguous memory. */
-function reclaim(host: Host, node: number | undefined): void {
-  host.write("/proc/sys/vm/drop_caches", "3\n");
+/** A reclaim write that failed: what it was for, the file, the data and the errno. */
+interface ReclaimFailure {
+  what: string;
+  file: string;
+  data: string;
+  code: string;
+}
+
+const describeReclaimFailure = ({ what, file, code }: ReclaimFailure) => `${what} (writing ${file} failed: ${code})`;
+
+/**
+ * Frees what the kernel can give up and defragments, so a retry can find
+ * contiguous memory; returns what it could not do (a read-only /proc/sys, as
+ * in a container). It only makes room: the next round runs without it.
+ */
+function reclaim(host: Host, node: number | undefined): ReclaimFailure[] {
   // compact files exist only with CONFIG_COMPACTION
   const compact = node === undefined ? "/proc/sys/vm/compact_memory" : `${nodeDir(node)}/compact`;
-  if (host.exists(compact)) host.write(compact, "1\n");
+  const writes = [{ what: "drop caches", file: "/proc/sys/vm/drop_caches", data: "3" }, ...(host.exists(compact) ? [{ what: "compact memory", file: compact, data: "1" }] : [])];
+  const failed: ReclaimFailure[] = [];
+  for (const write of writes) {
+    try {
+      host.write(write.file, `${write.data}\n`);
+    } catch (error) {
+      const code = (error as NodeJS.ErrnoException).code;
+      if (typeof code !== "string") throw error;
+      failed.push({ ...write, code });
+    }
+  }
+  return failed;
 }
 
 // ---- prepare: check that every pool fits above the floor, then grow each by this VM's need
@@ -461,7 +485,7 @@ function planPrepare(ctx: PlanContext<HugepagesConfig>): Step<GrowRecord>[] {
  * settled once read back (holding), so a hook killed or a read failing in
  * between leaves a journal whose undo gives back what the kernel granted.
  */
-function poolIo(ctx: ApplyContext<HugepagesConfig>, view: HostView, need: PoolNeed, record: GrowRecord): RetryIo {
+function poolIo(ctx: ApplyContext<HugepagesConfig>, view: HostView, need: PoolNeed, record: GrowRecord, reclaimFailures: Map<string, ReclaimFailure>): RetryIo {
   const { host } = ctx;
   const { sizeKiB, node } = need;
   const nodeFloor = node === undefined ? 0 : nodeFloorKiB(view.floorKiB, view.host, view.nodes.get(node)!);
@@ -484,7 +508,13 @@ function poolIo(ctx: ApplyContext<HugepagesConfig>, view: HostView, need: PoolNe
     },
     giveBack: (pages) => void shrinkPool(host, sizeKiB, node, pages, journal),
     // Slow, and needs no lock: other VMs may start or stop meanwhile; the next round reads everything again.
-    reclaim: () => ctx.outsideHostLock(() => reclaim(host, node)),
+    reclaim() {
+      for (const failure of ctx.outsideHostLock(() => reclaim(host, node))) {
+        const described = describeReclaimFailure(failure);
+        if (!reclaimFailures.has(described)) ctx.log.warn(`hugepages: cannot ${described}; it only makes room for the next round, which runs without it`);
+        reclaimFailures.set(described, failure);
+      }
+    },
     memory: () => memoryFacts(host, node),
     now: () => host.now(),
   };
@@ -498,12 +528,13 @@ function grow(ctx: ApplyContext<HugepagesConfig>, record: GrowRecord): void {
   // Also the last step the watchdog names, should the kernel stall a write.
   ctx.log.info(`hugepages: growing ${poolName(need.sizeKiB, need.node)} by ${need.pages} pages, keeping ${formatMiB(view.floorKiB)} free`);
   const retryMs = Math.min(ctx.config.retrySeconds * 1000, ctx.deadline.remainingMs());
-  const result = growWithRetries(poolIo(ctx, view, need, record), need.pages, need.sizeKiB, { maxRounds: RETRY_ROUNDS, retryMs });
-  if (!result.ok) throw shortfall(ctx.host, need, result, view.floorKiB, ctx.config.retrySeconds);
+  const reclaimFailures = new Map<string, ReclaimFailure>();
+  const result = growWithRetries(poolIo(ctx, view, need, record, reclaimFailures), need.pages, need.sizeKiB, { maxRounds: RETRY_ROUNDS, retryMs });
+  if (!result.ok) throw shortfall(ctx.host, need, result, view.floorKiB, ctx.config.retrySeconds, [...reclaimFailures.values()]);
   if (result.rounds > 1) ctx.log.info(`hugepages: ${poolName(need.sizeKiB, need.node)} grew by ${need.pages} pages in round ${result.rounds}`);
 }
 
-function shortfall(host: Host, need: PoolNeed, result: Extract<GrowResult, { ok: false }>, floorKiB: number, retrySeconds: number): VmhookError {
+function shortfall(host: Host, need: PoolNeed, result: Extract<GrowResult, { ok: false }>, floorKiB: number, retrySeconds: number, reclaimFailures: ReclaimFailure[]): VmhookError {
   const size = formatKiB(need.sizeKiB);
   const where = need.node === undefined ? "" : ` on node ${need.node}`;
   const bootOption = need.node === undefined ? `hugepagesz=${size} hugepages=${need.pages}` : `hugepagesz=${size} hugepages=${need.node}:${need.pages}`;
@@ -511,11 +542,14 @@ function shortfall(host: Host, need: PoolNeed, result: Extract<GrowResult, { ok:
   const why =
     result.stop === "floor"
       ? `growing further would have taken${where === "" ? " the host" : ` node ${need.node}`} below the free-memory floor (${formatMiB(floorKiB)} for the host)`
-      : `the kernel found no more contiguous ${size} blocks${where}, even after dropping caches and compacting memory`;
+      : `the kernel found no more contiguous ${size} blocks${where}${reclaimFailures.length === 0 ? ", even after dropping caches and compacting memory" : ""}`;
+  const unreclaimed = reclaimFailures.length === 0 ? "" : `, and vmhook could not ${reclaimFailures.map(describeReclaimFailure).join(" nor ")}`;
+  const byHand = reclaimFailures.map(({ file, data }) => `${file === "/proc/sys/vm/drop_caches" ? "sync; " : ""}echo ${data} > ${file}`).join("; ");
   return new VmhookError(
     `hugepages: got ${result.best} of ${need.pages} pages of ${size}${where}; after giving them back ${formatMiB(availableKiB)} available, ${formatMiB(freeKiB)} free; free memory on the host, use smaller pages, or reserve them at boot`,
     [
-      `${why}; ${result.rounds} round(s), each giving back before reclaiming (at most ${RETRY_ROUNDS}; none starts after timeout=${retrySeconds} s)`,
+      `${why}${unreclaimed}; ${result.rounds} round(s), each giving back before reclaiming (at most ${RETRY_ROUNDS}; none starts after timeout=${retrySeconds} s)`,
+      ...(byHand ? [`where those files are read-only (a container), run on the host: ${byHand}; then start the VM again`] : []),
       "remedies: stop other VMs or services; raise timeout= on <vmhook:hugepages>",
       need.sizeKiB > DEFAULT_SIZE_KIB ? `2M pages need far less contiguous memory than ${size} pages: size="2M" (and the same in <memoryBacking>)` : "give the VM less <memory>",
       `or reserve the pages at boot and drop <vmhook:hugepages>: ${howToBootWith(host, bootOption)}`,

@@ -83,11 +83,11 @@ function refuseUnlessLibvirtWould(host: Host, { name, op, subop }: HookArgs): vo
 /**
  * The hook acts on the journal of the UUID in the XML on stdin, whatever name
  * is typed: another domain's XML (a saved dumpxml) would have it undo that
- * domain's changes, running or not, as this one's. The journal names its
- * domain; it must be the one typed, whose running was checked.
+ * domain's changes, running or not, as this one's, or (started, reconnect)
+ * mark a shut-off one's leftover journal running. Whatever the event, the
+ * journal names its domain; it must be the one typed, whose running was checked.
  */
 function refuseAnotherDomainsXml(host: Host, { name, op, subop }: HookArgs, xml: string): void {
-  if (!NOT_WHILE_RUNNING.includes(op)) return;
   const uuid = uuidFromXml(xml);
   const owner = uuid === undefined ? undefined : readJournal(host, uuid)?.domain.name;
   if (uuid === undefined || owner === undefined || owner === name) return;

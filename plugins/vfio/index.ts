@@ -18,7 +18,7 @@ import { gpuHolders } from "./refuse.ts";
 import { handedOverAddresses, survey, VFIO_DRIVER } from "./survey.ts";
 import { refuseIfStuck } from "../../lib/stuck-writes.ts";
 import { keepStoppedSteps, orphanedUnitClaim, stopUnitAction, stopUnitStep } from "./units.ts";
-import { lingerUserAction, sessionUnitSteps, stopUserUnitAction } from "./user-units.ts";
+import { lingerUserAction, orphanedLingerClaim, sessionUnitSteps, stopUserUnitAction } from "./user-units.ts";
 import { verifyReturnAction, verifyReturnStep } from "./verify-return.ts";
 import { setResetMethodAction, VENDOR_RESET_MODULE, vendorResetFindings } from "./vendor-reset.ts";
 import { pciDriver, pciExists, readPciDevice } from "../../lib/pci.ts";
@@ -95,7 +95,7 @@ export default definePlugin<VfioConfig>({
   shared: true,
   plan: { prepare: planPrepare, reconnect: planReconnect },
   check: checkVfio,
-  orphanedClaim: (resource) => orphanedModuleClaim(resource) ?? orphanedUnitClaim(resource),
+  orphanedClaim: (resource) => orphanedModuleClaim(resource) ?? orphanedUnitClaim(resource) ?? orphanedLingerClaim(resource),
   actions: {
     "stop-unit": stopUnitAction,
     "linger-user": lingerUserAction,

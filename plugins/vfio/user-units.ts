@@ -28,6 +28,8 @@ const lingerFile = (user: string) => `/var/lib/systemd/linger/${user}`;
  * USER_NAME admits no glob or "%" specifier tmpfiles.d would expand.
  */
 const lingerBootCleanup = (user: string) => `/etc/tmpfiles.d/vmhook-linger-${user}.conf`;
+/** The ledger key of a user vmhook keeps lingering (lib/claims.ts): VMs that stopped the user's units share it, the last release ends it. */
+const lingerClaim = (user: string) => `linger:${user}`;
 const managerCgroup = (uid: number) => `/user.slice/user-${uid}.slice/user@${uid}.service`;
 /** systemctl talking to the user's manager (systemd ≥ 248 connects as that user). */
 const userSystemctl = (user: string, ...args: string[]) => ["--user", `--machine=${user}@.host`, ...args];
@@ -148,11 +150,15 @@ export function sessionUnitSteps(ctx: BaseContext, units: SessionUnit[], timeout
         ? ({ reason: `vfio: ${own.map((unit) => unit.unit).join(", ")} of ${user} hold the GPU, but vmhook cannot find ${user}'s systemd user manager to stop them; log out of that session and start the VM again`, remedies: [] } satisfies Refusal)
         : stopPaths(ctx, user, own.map((unit) => unit.unit));
     const refused = paths instanceof Map ? undefined : paths;
-    if (!ctx.host.exists(lingerFile(user)) || refused) {
+    // A linger another VM took is vmhook's, not the user's own: this VM joins its claim.
+    const lingeringForAnotherVm = ctx.claims.get(lingerClaim(user)) !== undefined;
+    if (!ctx.host.exists(lingerFile(user)) || lingeringForAnotherVm || refused) {
       steps.push({
         action: "linger-user",
         record: { action: "linger-user", user },
-        description: `keep ${user}'s systemd user manager running while the VM runs (loginctl enable-linger ${user}), so audio (pipewire) survives the end of the session`,
+        description: lingeringForAnotherVm
+          ? `keep ${user}'s systemd user manager running while the VM runs (lingering for another VM already), so audio (pipewire) survives the end of the session`
+          : `keep ${user}'s systemd user manager running while the VM runs (loginctl enable-linger ${user}), so audio (pipewire) survives the end of the session`,
         ...(refused ? { refused } : {}),
       });
     }
@@ -172,7 +178,10 @@ export function sessionUnitSteps(ctx: BaseContext, units: SessionUnit[], timeout
   return steps;
 }
 
+/** Claimed first, so the last VM released ends the linger; a VM joining another's claim changes nothing while the linger lasts. */
 function enableLinger(record: LingerRecord, ctx: BaseContext): void {
+  const first = ctx.claims.take(lingerClaim(record.user), null);
+  if (!first && ctx.host.exists(lingerFile(record.user))) return;
   const cleanup = lingerBootCleanup(record.user);
   try {
     ctx.host.mkdir("/etc/tmpfiles.d");
@@ -191,10 +200,18 @@ function enableLinger(record: LingerRecord, ctx: BaseContext): void {
   if (!ctx.host.exists(lingerFile(record.user))) throw new VmhookError(`vfio: loginctl enable-linger ${record.user} left no ${lingerFile(record.user)}`);
 }
 
-/** Gives back what vmhook changed: the user did not linger before. Without a session left, logind then stops the manager (as it would have at logout). */
+/** Gives back what vmhook changed, once no other VM needs it: the user did not linger before. Without a session left, logind then stops the manager (as it would have at logout). */
 function disableLinger(record: LingerRecord, ctx: BaseContext): void {
+  const claim = lingerClaim(record.user);
+  const others = ctx.claims.others(claim);
+  if (others.length > 0) {
+    ctx.claims.drop(claim);
+    ctx.log.info(`vfio: ${record.user} keeps lingering: ${others.length} other VM(s) stopped ${record.user}'s session units too`);
+    return;
+  }
   if (ctx.host.exists(lingerFile(record.user))) ctx.run("loginctl", ["disable-linger", record.user], { timeoutMs: 10_000 });
   ctx.host.remove(lingerBootCleanup(record.user));
+  ctx.claims.drop(claim);
 }
 
 function checkUser(value: unknown): string {
@@ -208,6 +225,13 @@ function checkLinger(record: UndoRecord): LingerRecord {
 }
 
 export const lingerUserAction = defineAction<LingerRecord>({ check: checkLinger, apply: enableLinger, undo: disableLinger });
+
+/** vmhook recover: the undo that gives back a linger claim of a domain whose journal is gone, as its release would have. */
+export function orphanedLingerClaim(resource: string): Step<LingerRecord> | undefined {
+  if (!resource.startsWith("linger:")) return undefined;
+  const record = checkLinger({ action: "linger-user", user: resource.slice("linger:".length) });
+  return { action: "linger-user", record, description: `end ${record.user}'s linger (loginctl disable-linger ${record.user}) once no other VM needs it` };
+}
 
 function stopUserUnit(record: StopUserUnitRecord, ctx: BaseContext): void {
   const { user, unit, cgroup, timeoutMs, via } = record;

@@ -112,4 +112,25 @@ test("vmhook hook whose event failed before it logged anything does not say the 
   }
 });
 
+test("vmhook hook started (reconnect) of a running VM given another domain's XML (a saved dumpxml of one shut off) is refused before the hook acts: it would mark that domain's leftover journal running", async () => {
+  const uuid = "d0d0d0d0-0000-4000-8000-0000000000a1";
+  const journal = JSON.stringify({ version: 1, domain: { name: "vm", uuid }, phase: "starting", pid: 1, entries: [] });
+  // vm2 runs; vm is shut off, with a journal a start of it left behind.
+  const sim = new SimHost().dir("/var/log").file("/run/libvirt/qemu/vm2.pid", process.pid).file(`/run/vmhook/${uuid}.json`, journal);
+  try {
+    for (const op of ["started", "reconnect"]) {
+      let acted = false;
+      const hookMain = async (_args: string[], _root: string, checkXml?: (xml: string) => void) => {
+        checkXml?.(`<domain type="kvm"><name>vm</name><uuid>${uuid}</uuid></domain>`);
+        acted = true;
+        return 0;
+      };
+      const { code, stderr } = await cli(["hook", "vm2", op, "begin", "--root", sim.root], sim, hookMain);
+      assert.equal([code, acted], [1, false], `${op}: ${stderr}`);
+      assert.match(stderr, `vmhook: vmhook hook vm2 ${op} begin refused: the domain XML on stdin has the UUID of vm (${uuid}), not vm2's: the hook would take vm's journal (/run/vmhook/${uuid}.json) for vm2's and act on it\n`, op);
+    }
+  } finally {
+    sim.cleanup();
+  }
+});
 test.run();

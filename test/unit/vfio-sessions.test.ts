@@ -11,6 +11,7 @@ import * as assert from "uvu/assert";
 import { newJournal, readJournal, writeJournal } from "../../lib/journal.ts";
 import { paths } from "../../lib/paths.ts";
 import type { UndoRecord } from "../../lib/plugin.ts";
+import { cli } from "../helpers/cli.ts";
 import { GpuKernel, type SimSession, type SimUserUnit } from "../helpers/gpu-kernel.ts";
 import { runHookEvent } from "../helpers/hook.ts";
 import { assertPlanIsPrepare, plannedSteps } from "../helpers/plan.ts";
@@ -309,6 +310,55 @@ test("a compositor in the session.slice of a remote user (bob's GNOME over xrdp,
   );
   assert.equal(stops(kernel), [], "nothing was stopped, linger untouched");
   assert.equal(kernel.sim.snapshot(), before);
+});
+
+test("two single-GPU VMs that both stopped ana's session units (GDM started again by hand in between): the linger is theirs to share, and ends with the last release, not the first", async () => {
+  const GPU_B = "0000:04:00.0";
+  const UUID_B = "5d0f3f57-96c1-4d0e-8a52-6c1c2b7d9e02";
+  const KWIN = "plasma-kwin_wayland.service";
+  const vmA = XML.replace("<vmhook:vfio/>", '<vmhook:vfio single-gpu="yes"/>');
+  const vmB = vmA.replace("win11", "games").replace(UUID, UUID_B).replace("bus='0x03'", "bus='0x04'");
+  const kernel = gnomeDesktop().device({ address: GPU_B, classCode: "0x030000", vendor: "0x1002", nativeDriver: "amdgpu", group: 2, nodes: ["card1", "renderD129"] });
+  assert.is((await runHookEvent(kernel.sim, "prepare", "begin", vmA, "win11")).code, 0);
+  assert.ok(kernel.sim.exists("/var/lib/systemd/linger/ana"));
+  // While win11 runs, ana starts GDM again and logs in on the second card: her manager (the same one, kept by the linger) runs her new session.
+  kernel.unit({ name: "display-manager.service", active: true, processes: { 501: ["gdm", ["/dev/null"]] } });
+  kernel.userManager({
+    uid: 1000,
+    user: "ana",
+    managerPid: 880,
+    display: { id: 3, type: "wayland", seat: "seat0", service: "gdm-password" },
+    units: [
+      { name: KWIN, slice: "session.slice", active: true, processes: { 950: ["kwin_wayland", ["/dev/dri/card1"]] } },
+      ...SESSION_UNITS.map((unit) => ({ ...unit, active: unit.name.startsWith("pipewire") || unit.name.startsWith("wireplumber") })),
+    ],
+  });
+  const gamesPrepare = await runHookEvent(kernel.sim, "prepare", "begin", vmB, "games");
+  assert.is(gamesPrepare.code, 0, gamesPrepare.stderr);
+  assert.is(kernel.driverOf(GPU_B), "vfio-pci");
+
+  const win11Release = await runHookEvent(kernel.sim, "release", "end", vmA, "win11");
+  assert.is(win11Release.code, 0, win11Release.stderr);
+  assert.not.ok(kernel.sim.execs.some((e) => e.command === "loginctl" && e.args[0] === "disable-linger"), "games still runs: ana keeps lingering");
+  assert.ok(kernel.sim.exists("/var/lib/systemd/linger/ana"));
+  assert.ok(kernel.sim.exists("/etc/tmpfiles.d/vmhook-linger-ana.conf"), "a reboot while games runs still ends the linger");
+
+  assert.is((await runHookEvent(kernel.sim, "release", "end", vmB, "games")).code, 0);
+  assert.not.ok(kernel.sim.exists("/var/lib/systemd/linger/ana"), "the last release ends the linger");
+  assert.not.ok(kernel.sim.exists("/etc/tmpfiles.d/vmhook-linger-ana.conf"));
+  assert.equal(kernel.sim.stateFiles(), []);
+});
+
+test("vmhook recover ends the linger claimed by a VM whose journal is gone and that does not run, as its release would have", async () => {
+  const kernel = gnomeDesktop();
+  assert.is((await runHookEvent(kernel.sim, "prepare", "begin", XML, "win11")).code, 0);
+  fs.rmSync(kernel.sim.resolve(paths.journal(UUID)));
+  const { code, stdout } = await cli(["recover", "--root", kernel.sim.root], kernel.sim);
+  assert.match(stdout, `claim linger:ana of ${UUID} (no journal of it is left, and it does not run): given back: end ana's linger (loginctl disable-linger ana) once no other VM needs it\n`);
+  assert.not.ok(kernel.sim.exists("/var/lib/systemd/linger/ana"));
+  assert.not.ok(kernel.sim.exists("/etc/tmpfiles.d/vmhook-linger-ana.conf"));
+  assert.is(code, 0, stdout);
+  assert.not.ok(kernel.sim.exists(paths.claims), "every claim is given back");
 });
 
 test("not single-GPU: a session unit holding the passed-through card is refused, the desktop left alone", async () => {
