@@ -3,6 +3,7 @@
 // process for the life of the boot, and /run, where vmhook keeps what names
 // them, does not outlive it.
 import type { Host } from "./host.ts";
+import { processIds } from "./open-files.ts";
 
 /** libvirt's daemons that run the QEMU hook: the monolithic one and the modular QEMU driver's. */
 export const LIBVIRT_DAEMONS = ["libvirtd", "virtqemud"];
@@ -58,9 +59,7 @@ export function qemuUuid(host: Host, pid: number): string | undefined {
  * again, leaves a guest running that libvirt no longer knows of.
  */
 export function qemuProcessesOf(host: Host, uuid: string): number[] {
-  return host
-    .list("/proc")
-    .filter((entry) => /^\d+$/.test(entry))
+  return processIds(host)
     .map(Number)
     .filter((pid) => qemuUuid(host, pid) === uuid);
 }

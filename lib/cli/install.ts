@@ -15,6 +15,7 @@ import { installedProgram, type Host } from "../host.ts";
 import { listJournals } from "../journal.ts";
 import { serviceCommand } from "../host-advice.ts";
 import { paths } from "../paths.ts";
+import { processIds } from "../open-files.ts";
 import { LIBVIRT_DAEMONS } from "../processes.ts";
 import type { GlobalOptions } from "./options.ts";
 import { requireRoot } from "./as-root.ts";
@@ -124,9 +125,7 @@ function ownBinary(): string {
  * but runs the hooks as that user; signalling it reloads nothing of root's.
  */
 export function systemLibvirtDaemons(host: Host): { pid: number; command: string }[] {
-  return host
-    .list("/proc")
-    .filter((pid) => /^\d+$/.test(pid))
+  return processIds(host)
     .sort((a, b) => Number(a) - Number(b))
     .flatMap((pid) => {
       const command = host.readTrimmed(`/proc/${pid}/comm`);

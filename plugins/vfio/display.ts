@@ -6,6 +6,7 @@ import { WaitTimedOut } from "../../lib/deadline.ts";
 import { VmhookError } from "../../lib/errors.ts";
 import { defineAction, type ApplyContext, type BaseContext, type Step, type UndoRecord } from "../../lib/plugin.ts";
 import { HARMLESS_DRIVERS, isDisplayClass, listPciDevices } from "../../lib/pci.ts";
+import { processIds } from "../../lib/open-files.ts";
 import { PATTERNS } from "../../lib/validate.ts";
 import { readVfioSettings, type VfioConfig, type VfioSettings } from "./config.ts";
 import { describeHolders, isWatched, processesHolding, type Survey } from "./survey.ts";
@@ -206,10 +207,7 @@ function checkFramebuffer(record: UndoRecord): UndoRecord {
 }
 
 function runningCommands(ctx: BaseContext): string[] {
-  return ctx.host
-    .list("/proc")
-    .filter((name) => /^\d+$/.test(name))
-    .map((pid) => ctx.host.readTrimmed(`/proc/${pid}/comm`) ?? "");
+  return processIds(ctx.host).map((pid) => ctx.host.readTrimmed(`/proc/${pid}/comm`) ?? "");
 }
 
 /**

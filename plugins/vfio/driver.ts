@@ -11,7 +11,7 @@ import { othersRecords } from "../../lib/journal.ts";
 import { recoverCommandLine } from "../../lib/metadata-text.ts";
 import { checkSriovOrigin, goneFromBus, PCI_DRIVERS, pciDriver, pciDriverRegistered, pciExists, pciIommuGroup, pciPath, sriovOrigin, type SriovOrigin } from "../../lib/pci.ts";
 import { defineAction, type ApplyContext, type BaseContext, type PlanContext, type Step, type UndoRecord } from "../../lib/plugin.ts";
-import { clearForWrite, listStuckWrites, moduleSubject, refuseIfStuck, soundCardHolders, StuckWriteError } from "../../lib/stuck-writes.ts";
+import { clearForWrite, listStuckWrites, moduleSubject, refuseIfStuck, SOUND_NODE, soundCardHolders, StuckWriteError } from "../../lib/stuck-writes.ts";
 import { PATTERNS } from "../../lib/validate.ts";
 import type { VfioConfig, VfioSettings } from "./config.ts";
 import { describeHolders, isWatched, moduleLoaded, processesHolding, VFIO_DRIVER, type Survey, type Watched } from "./survey.ts";
@@ -382,7 +382,7 @@ function throughDriver(ctx: BaseContext, address: string, driver: string, file: 
 
 /** The device nodes of the sound cards a PCI device has (an HDMI audio function's): /dev/snd/controlC1, pcmC1D3p, ... */
 function soundNodes(host: Host, address: string): string[] {
-  return host.list(pciPath(address, "sound")).flatMap((card) => (/^card\d+$/.test(card) ? host.list(pciPath(address, `sound/${card}`)).filter((name) => /^(controlC|pcmC|hwC|midiC)\d+/.test(name)).map((name) => `/dev/snd/${name}`) : []));
+  return host.list(pciPath(address, "sound")).flatMap((card) => (/^card\d+$/.test(card) ? host.list(pciPath(address, `sound/${card}`)).map((name) => `/dev/snd/${name}`).filter((node) => SOUND_NODE.test(node)) : []));
 }
 
 /**
