@@ -9,7 +9,7 @@ import { listJournals, newJournal, readJournal, writeJournal, type Journal, type
 import { createLogger, oneLine, openLog, type Logger } from "./log.ts";
 import { isLegacyPlugin, type HookEvent, type PlannedEvent, type PluginRegistry } from "./plugin.ts";
 import { registry as builtinRegistry } from "../plugins/index.ts";
-import { loadSettings, type HostSettings } from "./settings.ts";
+import { DEFAULT_SETTINGS, loadSettings, type HostSettings } from "./settings.ts";
 import { runPlugins, undoJournal, type RunEnvironment } from "./transaction.ts";
 import { PATTERNS } from "./validate.ts";
 import { paths } from "./paths.ts";
@@ -76,7 +76,24 @@ export class HookRun {
   }
 
   get settings(): HostSettings {
-    return (this.settingsCache ??= loadSettings(this.host));
+    return (this.settingsCache ??= this.loadSettings());
+  }
+
+  /**
+   * The host settings; at release, settings that cannot be read (edited while
+   * the VM ran, written for a later vmhook) give way to the defaults: refusing
+   * would keep what the VM took (its GPU, its pages) from the host, and an
+   * undo that needs a setting (displayManagerCommand) fails alone, kept for
+   * vmhook recover. Every other event refuses.
+   */
+  private loadSettings(): HostSettings {
+    try {
+      return loadSettings(this.host);
+    } catch (error) {
+      if (this.invocation.args[1] !== "release") throw error;
+      this.log.error(`${describeError(error)}; released with the default settings; the next start refuses until it is fixed`);
+      return DEFAULT_SETTINGS;
+    }
   }
 
   get domain(): Domain {

@@ -3,6 +3,7 @@
 // this one. Each old shape is undone as it was meant, or refused naming the
 // file and what to do; never undone by this version's reading of its fields.
 import * as fs from "node:fs";
+import * as path from "node:path";
 import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { JOURNAL_VERSION, readJournal } from "../../lib/journal.ts";
@@ -108,5 +109,40 @@ test("journals are written in this version's format; one of a later version is r
     sim.cleanup();
   }
 });
+
+// The settings file is read anew by every hook: one edited while the VM
+// runs (a stray comma, a value this vmhook refuses, written for a later
+// one) must not keep release from giving the host back what the VM took.
+const UNREADABLE_SETTINGS: { name: string; text: string; problem: string }[] = [
+  { name: "not valid JSON", text: `{"deadlineSeconds": 300,}`, problem: `${paths.hostConfig} is not valid JSON` },
+  { name: "a value this vmhook refuses", text: `{"undoDeadlineSeconds": 7200}`, problem: `${paths.hostConfig}: "undoDeadlineSeconds" is 7200` },
+];
+
+for (const { name, text, problem } of UNREADABLE_SETTINGS) {
+  test(`host settings made ${name} while a single-GPU VM runs: release still gives the GPU back to the host with the defaults, and says so`, async () => {
+    const kernel = nvidiaDesktop();
+    try {
+      kernel.sim.dir(path.dirname(paths.hostConfig));
+      const before = kernel.sim.snapshot();
+      const xml = `<domain type='kvm'><name>win11</name><uuid>${GPU_UUID}</uuid><memory unit='GiB'>8</memory>
+        <metadata><vmhook:hooks xmlns:vmhook="urn:vmhook:1"><vmhook:vfio/></vmhook:hooks></metadata>
+        <devices><hostdev mode='subsystem' type='pci' managed='no'><source><address domain='0x0000' bus='0x01' slot='0x00' function='0x0'/></source></hostdev></devices></domain>`;
+      const prepared = await runHookEvent(kernel.sim, "prepare", "begin", xml);
+      assert.is(prepared.code, 0, prepared.stderr);
+      kernel.sim.file(paths.hostConfig, text);
+      const released = await runHookEvent(kernel.sim, "release", "end", xml);
+      assert.is(released.code, 0, released.stderr);
+      const log = kernel.sim.read(paths.log);
+      assert.match(log, problem);
+      assert.match(log, "released with the default settings; the next start refuses until it is fixed");
+      assert.match(log, "released: ");
+      fs.rmSync(kernel.sim.resolve(paths.hostConfig));
+      assert.equal(kernel.sim.snapshot(), before);
+      assert.equal(kernel.sim.stateFiles(), []);
+    } finally {
+      kernel.sim.cleanup();
+    }
+  });
+}
 
 test.run();
