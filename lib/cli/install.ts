@@ -67,11 +67,17 @@ function libvirtRuns(file: string): boolean {
   }
 }
 
-function sameFile(a: string, b: string): boolean {
+/**
+ * Whether the hook is this binary as install leaves it: a file of its own
+ * (no symlink into a build another user may write), root's, mode 0755.
+ * Anything else is copied anew: libvirt runs it as root, or skips it
+ * without an execute bit.
+ */
+function installedAsIs(binary: string, hook: string): boolean {
   try {
-    const [sa, sb] = [fs.statSync(a), fs.statSync(b)];
-    if (sa.size !== sb.size) return false;
-    return fs.readFileSync(a).equals(fs.readFileSync(b));
+    const stat = fs.lstatSync(hook);
+    if (!stat.isFile() || stat.uid !== (process.geteuid?.() ?? 0) || (stat.mode & 0o7777) !== 0o755) return false;
+    return stat.size === fs.statSync(binary).size && fs.readFileSync(hook).equals(fs.readFileSync(binary));
   } catch {
     return false;
   }
@@ -197,10 +203,12 @@ export function install(host: Host, binary: string, { cliLink = true } = {}): In
       const made = fs.mkdirSync(host.resolve(dir), { recursive: true, mode });
       if (made) undos.push(() => fs.rmSync(made, { recursive: true, force: true }));
     }
-    const temporary = sameFile(binary, hook) ? undefined : `${hook}.vmhook-new`;
+    const temporary = installedAsIs(binary, hook) ? undefined : `${hook}.vmhook-new`;
     if (temporary) {
       // Copied before the existing hook is touched: the copy is the step most likely to fail.
+      // A new file, root's: a killed install's leftover is not written through.
       undos.push(() => fs.rmSync(temporary, { force: true }));
+      fs.rmSync(temporary, { force: true });
       fs.copyFileSync(binary, temporary);
       fs.chmodSync(temporary, 0o755);
     }

@@ -220,6 +220,34 @@ test("uninstall refuses when it cannot look at the saved hook: the record naming
   for (const kept of [LAUNCHER, "/etc/vmhook/install.json", "/usr/local/bin/vmhook"]) assert.ok(exists(kept), `${kept} is gone`);
 });
 
+// What libvirt runs as root must be root's alone: a run of install over a
+// hook that is vmhook but not a root-owned 0755 file puts one in its place.
+const NOT_QUITE_INSTALLED: { name: string; spoil: (hook: string, binary: string) => void }[] = [
+  { name: "a symlink to a build in a user's checkout (that user could replace what root runs)", spoil: (hook, binary) => fs.symlinkSync(binary, hook) },
+  { name: "a copy without its execute bits (libvirt skips it: no VM gets vmhook)", spoil: (hook, binary) => fs.copyFileSync(binary, hook) },
+  { name: "a copy writable by all", spoil: (hook, binary) => (fs.copyFileSync(binary, hook), fs.chmodSync(hook, 0o777)) },
+  { name: "a copy owned by a user", spoil: (hook, binary) => (fs.copyFileSync(binary, hook), fs.chmodSync(hook, 0o755), fs.chownSync(hook, 1000, 1000)) },
+];
+
+for (const { name, spoil } of NOT_QUITE_INSTALLED) {
+  test(`install over a vmhook hook that is ${name} puts a root-owned 0755 copy in its place and reloads libvirt`, () => {
+    const { host, binary } = setUp();
+    const hook = host.resolve(HOOK);
+    fs.mkdirSync(path.dirname(hook), { recursive: true });
+    fs.chmodSync(binary, 0o644);
+    spoil(hook, binary);
+    const result = install(host, binary);
+    assert.ok(result.hooksChanged, result.notes.join("\n"));
+    assert.match(result.notes.join("\n"), `installed ${HOOK}`);
+    const stat = fs.lstatSync(hook);
+    assert.ok(stat.isFile(), "a regular file");
+    assert.is(stat.mode & 0o7777, 0o755);
+    assert.is(stat.uid, 0);
+    assert.is(fs.readFileSync(hook, "utf8"), fs.readFileSync(binary, "utf8"));
+    assert.equal(install(host, binary), { notes: [`${HOOK} is already this vmhook`], hooksChanged: false });
+  });
+}
+
 test("install without a previous hook saves nothing and uninstall leaves no hook", () => {
   const { host, binary, exists } = setUp();
   assert.not.match(install(host, binary).notes.join("\n"), "kept");
