@@ -12,7 +12,8 @@ import * as path from "node:path";
 import type { CommandModule } from "yargs";
 import { describeError, VmhookError } from "../errors.ts";
 import { installedProgram, type Host } from "../host.ts";
-import { listJournals } from "../journal.ts";
+import { listJournals, type Journal } from "../journal.ts";
+import { recoverCommandLine } from "../metadata-text.ts";
 import { serviceCommand } from "../host-advice.ts";
 import { paths } from "../paths.ts";
 import { processIds } from "../open-files.ts";
@@ -276,19 +277,27 @@ export function install(host: Host, binary: string, { cliLink = true } = {}): In
 
 /** Removes the hook (putting back the one it replaced) and the CLI link; --purge also vmhook's own files. */
 export function uninstall(host: Host, force: boolean, purgeOwnFiles = false): InstallResult {
-  const { notes, hooksChanged } = removeHook(host, force);
-  const purged = purgeOwnFiles ? purge(host) : [];
-  return { notes: [...notes, ...purged, ...describeLeftovers(findLeftovers(host), purgeOwnFiles)], hooksChanged };
-}
-
-function removeHook(host: Host, force: boolean): InstallResult {
-  const notes: string[] = [];
   // an unreadable journal may hold changes too
   const { journals, broken } = listJournals(host);
   const held = [...journals.map((journal) => journal.domain.name), ...broken.map((item) => item.file)];
   if (held.length > 0 && !force) {
     throw new VmhookError(`${held.length} domain(s) still hold changes (${held.join(", ")}); stop them or run vmhook recover first, or pass --force`);
   }
+  const { notes, hooksChanged } = removeHook(host);
+  const purged = purgeOwnFiles ? purge(host) : [];
+  return { notes: [...notes, ...purged, ...describeLeftovers(findLeftovers(host), purgeOwnFiles), ...describeUnreleased(journals, broken)], hooksChanged };
+}
+
+/** Forced past domains that hold changes: nothing undoes them now (release was the hook's), so each is named with the way back. */
+function describeUnreleased(journals: Journal[], broken: { file: string }[]): string[] {
+  return [
+    ...journals.map(({ domain, entries }) => `domain ${domain.name} still holds ${entries.length} change(s) (${paths.journal(domain.uuid)}): without the hook libvirt's release no longer undoes them; once ${domain.name} has stopped, install vmhook again and run ${recoverCommandLine(domain.name)}`),
+    ...broken.map(({ file }) => `${file} cannot be read and may hold changes no release undoes now: install vmhook again and see vmhook status`),
+  ];
+}
+
+function removeHook(host: Host): InstallResult {
+  const notes: string[] = [];
   // Read before anything is removed: a record that cannot be read stops the uninstall with the host as it was.
   const record = readRecord(host);
   const hook = host.resolve(HOOK);

@@ -43,6 +43,9 @@ function describeFile(host: Host, file: string): string | undefined {
   if (file === "/var/lib/vmhook") return "backups of domain XML made by vmhook doctor --fix --apply";
   const state = listing(host, file);
   if (state.error) return `journals and host state, maybe: it could not be listed (${state.error})`;
+  // Journals that hold changes keep it (purge too): uninstall names their domains instead.
+  const { journals, broken } = listJournals(host);
+  if (journals.length + broken.length > 0) return undefined;
   const held = state.entries.filter((entry) => entry !== "host.lock");
   return held.length > 0 ? `journals and host state (${held.join(", ")})` : undefined;
 }

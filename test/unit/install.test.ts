@@ -8,6 +8,7 @@ import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { install, systemLibvirtDaemons, uninstall } from "../../lib/cli/install.ts";
 import { RootedHost } from "../../lib/host.ts";
+import { newJournal, writeJournal } from "../../lib/journal.ts";
 import { SimHost } from "../helpers/simhost.ts";
 
 const HOOK = "/etc/libvirt/hooks/qemu";
@@ -291,6 +292,20 @@ test("uninstall refuses while a journal holds changes, an unreadable one include
   assert.ok(exists(HOOK));
   uninstall(host, true);
   assert.not.ok(exists(HOOK));
+});
+
+test("uninstall --force while a domain holds changes says that its release no longer undoes them and how they are undone once it stops, not that --purge removes its journal", () => {
+  const { host, binary } = setUp();
+  install(host, binary);
+  const uuid = "e2e2e2e2-0000-4000-8000-0000000000e2";
+  const journal = newJournal(host, { name: "win11", uuid });
+  journal.phase = "running";
+  journal.entries.push({ plugin: "hugepages", event: "prepare", description: "add 512 pages of 2048 kB", undo: { action: "x" }, state: "applied", at: journal.createdAt });
+  writeJournal(host, journal);
+  const notes = uninstall(host, true).notes.join("\n");
+  assert.match(notes, `domain win11 still holds 1 change(s) (/run/vmhook/${uuid}.json): without the hook libvirt's release no longer undoes them; once win11 has stopped, install vmhook again and run vmhook recover win11`);
+  assert.not.match(notes, "left /run/vmhook");
+  assert.match(uninstall(host, true, true).notes.join("\n"), "kept /run/vmhook: journals there still hold changes");
 });
 
 const domainXml = (name: string, body: string) => `<domain type='kvm'>\n  <name>${name}</name>\n${body}\n</domain>\n`;
