@@ -5,6 +5,7 @@ import { VmhookError } from "./errors.ts";
 import type { Host } from "./host.ts";
 import { paths } from "./paths.ts";
 import { rootsAloneProblem } from "./custom-plugins/trust.ts";
+import { closest } from "./cli/usage.ts";
 
 export interface HostSettings {
   /** Hard limit for one hook invocation's work (prepare, start, ...). */
@@ -38,6 +39,13 @@ export function loadSettings(host: Host): HostSettings {
   }
   if (notObject(raw)) {
     throw new VmhookError(`${paths.hostConfig} holds ${JSON.stringify(raw)}; it must be a JSON object such as {"deadlineSeconds": 120}`);
+  }
+  // One left at its default in silence would look set (a typo, a key of another vmhook version).
+  const known = Object.keys(DEFAULT_SETTINGS);
+  const unknown = Object.keys(raw).find((key) => !known.includes(key));
+  if (unknown !== undefined) {
+    const meant = closest(unknown, known);
+    throw new VmhookError(`${paths.hostConfig}: ${JSON.stringify(unknown)} is not a host setting of this vmhook${meant ? `; did you mean "${meant}"?` : ` (it has ${known.slice(0, -1).join(", ")} and ${known.at(-1)}): remove it, or if a later vmhook has it, install that one again`}`);
   }
   const seconds = (key: "deadlineSeconds" | "undoDeadlineSeconds") => {
     const value = raw[key] ?? DEFAULT_SETTINGS[key];

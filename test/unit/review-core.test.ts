@@ -182,6 +182,22 @@ test("host settings that are not JSON objects are errors naming the file and wha
   }
 });
 
+test("a host setting this vmhook does not know (a typo, one a later or earlier vmhook has) is refused naming it and the one meant, not silently left at its default", () => {
+  const sim = new SimHost();
+  try {
+    const cases: [string, string][] = [
+      [`{"undoDeadlineSecond": 300}`, `/etc/vmhook/vmhook.json: "undoDeadlineSecond" is not a host setting of this vmhook; did you mean "undoDeadlineSeconds"?`],
+      [`{"deadlineSeconds": 60, "stuckWriteSeconds": 30}`, `/etc/vmhook/vmhook.json: "stuckWriteSeconds" is not a host setting of this vmhook (it has deadlineSeconds, undoDeadlineSeconds and plugins): remove it, or if a later vmhook has it, install that one again`],
+    ];
+    for (const [text, message] of cases) {
+      sim.file(paths.hostConfig, text);
+      assert.throws(() => loadSettings(sim), (error: Error) => error.message === message, text);
+    }
+  } finally {
+    sim.cleanup();
+  }
+});
+
 test("a newline in an XML value cannot forge log lines or push the cause off stderr's first line", async () => {
   const sim = new SimHost().dir("/var/log");
   try {
