@@ -31,7 +31,7 @@ import { isLegacyPlugin } from "../plugin.ts";
 import { fail, ok, roundMiB, warn, type Finding } from "./findings.ts";
 import { describeBlockingBridge, readIommuGroups, type IommuReport } from "./iommu.ts";
 import { nvidiaGpus } from "./domain-fixes.ts";
-import { groupInUse } from "../../plugins/vfio/survey.ts";
+import { groupInUse, handedOverByElements } from "../../plugins/vfio/survey.ts";
 
 export type { Finding, Status } from "./findings.ts";
 
@@ -281,8 +281,11 @@ async function domainChecks(host: Host, domain: Domain, xml: string, iommu: Iomm
     const check = plugin.check;
     findings.push(...(await guarded(name, () => check({ host, domain, elements: elements.filter((element) => element.localName === name) }))).map((finding) => ({ ...finding, plugin: name })));
   }
-  // vfio hands the hostdevs over: their problems are its problems
-  findings.push(...(await guarded("hostdevs", () => hostdevChecks(host, domain, iommuKnown(iommu)))).map((finding) => (used.has("vfio") ? { ...finding, plugin: "vfio" } : finding)));
+  // vfio hands the hostdevs over: their problems are its problems. What goes to vfio-pci is what prepare
+  // hands over (a GPU's slot with include-slot), or without vfio the hostdevs alone (libvirt's managed='yes').
+  const vfioElements = elements.filter((element) => element.localName === "vfio");
+  const handedOver = () => new Set(used.has("vfio") ? (handedOverByElements(host, vfioElements, domain) ?? []) : []);
+  findings.push(...(await guarded("hostdevs", () => hostdevChecks(host, domain, iommuKnown(iommu), handedOver()))).map((finding) => (used.has("vfio") ? { ...finding, plugin: "vfio" } : finding)));
   findings.push(...(await guarded("domain XML", () => xmlAdvice(host, domain, parseXmlDocument(xml, "domain XML"), used))));
   return findings;
 }
@@ -290,7 +293,8 @@ async function domainChecks(host: Host, domain: Domain, xml: string, iommu: Iomm
 const short = (address: string) => address.replace(/^0000:/, "");
 const slotOf = (address: string) => address.replace(/\.[0-7]$/, "");
 
-function hostdevChecks(host: Host, domain: Domain, iommu: IommuReport): Finding[] {
+/** `handedOver`: what vfio moves to vfio-pci besides the hostdevs (a GPU's other functions); a group member neither is judged as prepare judges it. */
+function hostdevChecks(host: Host, domain: Domain, iommu: IommuReport, handedOver: Set<string>): Finding[] {
   const addresses = new Set(domain.hostdevs.flatMap((hostdev) => (hostdev.type === "pci" ? [hostdev.address] : [])));
   return [...addresses].map((address) => {
     const check = `hostdev ${address}`;
@@ -300,9 +304,9 @@ function hostdevChecks(host: Host, domain: Domain, iommu: IommuReport): Finding[
     const self = group.devices.find((device) => device.address === address)!;
     const label = (device: (typeof group.devices)[number]) => `${short(device.address)} (${device.className ?? device.ids})`;
     const withDriver = (device: (typeof group.devices)[number]) => `${label(device)} ${device.driver ? `on ${device.driver}` : "with no driver"}`;
-    const outside = group.devices.filter((device) => !addresses.has(device.address));
-    // The same card's functions go to vfio-pci with it (vfio's include-slot); every other member must be as prepare accepts it (viableBeside).
-    const otherCards = outside.filter((device) => !device.bridge && slotOf(device.address) !== slotOf(address));
+    const outside = group.devices.filter((device) => !addresses.has(device.address) && !handedOver.has(device.address));
+    // What vfio hands over goes to vfio-pci with it (include-slot); every other member must be as prepare accepts it (viableBeside).
+    const otherCards = outside.filter((device) => !device.bridge);
     const blockingCards = otherCards.filter((device) => !device.viableBeside);
     if (blockingCards.length > 0) {
       return fail(check, `IOMMU group ${group.id} also holds ${blockingCards.map(withDriver).join(", ")}, which vfio does not accept beside a device passed through; VFIO takes the whole group from the host`, "give the VM those devices too, or move the card to a slot with its own IOMMU group (vmhook iommu shows the groups)");
@@ -315,7 +319,7 @@ function hostdevChecks(host: Host, domain: Domain, iommu: IommuReport): Finding[
     const passed = group.devices.filter((device) => addresses.has(device.address)).map((device) => device.address);
     const inUse = runningOrWhyUnknown(host, domain.name) === true ? undefined : groupInUse(host, group.id, passed);
     if (inUse) return fail(check, inUse.reason, inUse.fix);
-    const sameCard = outside.filter((device) => !device.bridge && slotOf(device.address) === slotOf(address));
+    const sameCard = group.devices.filter((device) => !addresses.has(device.address) && handedOver.has(device.address) && slotOf(device.address) === slotOf(address));
     const warnings = [
       ...(otherCards.length > 0
         ? [{ reason: `IOMMU group ${group.id} also holds ${otherCards.map(withDriver).join(", ")}, which the VM does not get: vfio accepts it beside the device passed through as it is, but no host driver can take it while the VM runs`, fix: `nothing to do while it stays ${VIABLE_BESIDE_WORDS}; any other driver that takes it before the VM starts makes prepare refuse, and a group goes to one VM at a time` }]
