@@ -148,4 +148,17 @@ test("plan of a domain while it runs says its next prepare cannot be planned unt
   assert.match(validated.stdout, "NOT checked against this host: win11 runs now");
 });
 
+test("plan marks no vfio step for a <hostdev> vfio leaves to libvirt (devices= names the GPU alone), and prepare takes every step it plans", async () => {
+  const kernel = nvidiaDesktop();
+  const sim = kernel.sim;
+  const xml = win11
+    .replace("<vmhook:vfio/>", '<vmhook:vfio devices="0000:01:00.0"/>')
+    .replace("</devices>", "<hostdev mode='subsystem' type='pci' managed='yes'><source><address domain='0x0000' bus='0x05' slot='0x00' function='0x0'/></source></hostdev></devices>");
+  fs.writeFileSync(sim.resolve("/win11.xml"), xml);
+  const planned = await cli(["plan", sim.resolve("/win11.xml")], sim);
+  assert.not.match(planned.stdout, "REFUSED");
+  assert.is(planned.code, 0, planned.stdout);
+  assert.is((await runHookEvent(sim, "prepare", "begin", xml, "win11")).code, 0);
+});
+
 test.run();
