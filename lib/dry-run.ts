@@ -6,7 +6,9 @@ import { Deadline } from "./deadline.ts";
 import type { Domain } from "./domain.ts";
 import type { Host } from "./host.ts";
 import { newJournal, readJournal } from "./journal.ts";
+import { leftoverBeforePrepare, LeftoverUnplanned } from "./leftover.ts";
 import { createLogger } from "./log.ts";
+import { runningOrWhyUnknown } from "./cli/running.ts";
 import type { PluginRegistry } from "./plugin.ts";
 import { loadSettings } from "./settings.ts";
 import { planEvent, type PlannedStep } from "./transaction.ts";
@@ -14,8 +16,16 @@ import { planEvent, type PlannedStep } from "./transaction.ts";
 export type PlannableEvent = "prepare" | "start" | "started" | "stopped";
 
 export async function dryRun(host: Host, domain: Domain, instances: PluginInstance[], event: PlannableEvent, echo: "stderr" | "none", registry: PluginRegistry): Promise<PlannedStep[]> {
+  // Changes of the domain in place are given back before its prepare plans: said, never planned past (the host it would plan on is not this one).
+  if (event === "prepare") {
+    // libvirt runs prepare only for a domain shut off: a running one's journal is its own run's, which its release gives back.
+    const running = runningOrWhyUnknown(host, domain.name) === true;
+    const held = running ? readJournal(host, domain.uuid) : leftoverBeforePrepare(host, domain);
+    if (held) throw new LeftoverUnplanned(domain, held, running);
+  }
   const log = createLogger(host, { domain: domain.name, event, echo, file: false });
   const settings = loadSettings(host);
-  const journal = readJournal(host, domain.uuid) ?? newJournal(host, { name: domain.name, uuid: domain.uuid });
+  // A prepare starts a journal of its own; the later events join the one it wrote.
+  const journal = (event !== "prepare" && readJournal(host, domain.uuid)) || newJournal(host, { name: domain.name, uuid: domain.uuid });
   return planEvent(event, instances, domain, journal, { host, log, settings, registry }, new Deadline(host, settings.deadlineSeconds * 1000));
 }

@@ -14,7 +14,8 @@ import { runPlugins, undoJournal, type RunEnvironment } from "./transaction.ts";
 import { PATTERNS } from "./validate.ts";
 import { paths } from "./paths.ts";
 import { nameArgument, recoverCommandLine } from "./metadata-text.ts";
-import { ancestorRunning, LIBVIRT_DAEMONS, qemuProcessesOf } from "./processes.ts";
+import { ancestorRunning, LIBVIRT_DAEMONS } from "./processes.ts";
+import { leftoverBeforePrepare } from "./leftover.ts";
 import { libc } from "./libc.ts";
 import { withDomainLock } from "./lock.ts";
 import { removeStaleTemps } from "./state-files.ts";
@@ -227,32 +228,9 @@ export class HookRun {
     return journal;
   }
 
-  /**
-   * libvirt runs prepare only for a domain it believes shut off; a QEMU of
-   * this UUID alive now is a guest it lost track of, and what the journal
-   * holds (devices, pages, CPUs) is that guest's.
-   */
-  private refuseIfQemuRuns(leftover: Journal): void {
-    const { name, uuid } = this.domain;
-    const kept = `the ${leftover.entries.length} change(s) an earlier run made for it are kept`;
-    let live: number[];
-    try {
-      live = qemuProcessesOf(this.host, uuid);
-    } catch (error) {
-      throw new VmhookError(`prepare of ${name} refused: whether a QEMU of this domain still runs cannot be told (${describeError(error)}), so ${kept}`, [`once /proc can be read, start ${name} again`]);
-    }
-    if (live.length === 0) return;
-    const pids = live.join(", ");
-    throw new VmhookError(`prepare of ${name} refused: a QEMU of this domain still runs (pid ${pids}, -uuid ${uuid}), which libvirt has lost track of; ${kept}, not taken from under it`, [
-      `shut that guest down from inside, or kill ${live.join(" ")}, then start ${name} again: prepare gives back what the earlier run holds first`,
-      "vmhook status shows what it holds",
-    ]);
-  }
-
   private async undoLeftovers(deadline: Deadline): Promise<void> {
-    const leftover = readJournal(this.host, this.domain.uuid);
+    const leftover = leftoverBeforePrepare(this.host, this.domain);
     if (!leftover) return;
-    this.refuseIfQemuRuns(leftover);
     this.log.warn(`found a journal from an earlier run (phase ${leftover.phase}, ${leftover.entries.length} change(s)); undoing it first`);
     // libvirt renames only a domain that is shut off, keeping its UUID: what stays of the journal must name it as vmhook recover and libvirt's pid file will.
     if (leftover.domain.name !== this.domain.name) {

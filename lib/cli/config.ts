@@ -9,6 +9,7 @@ import { CUSTOM_ELEMENT, loadDomainPlugins } from "../config.ts";
 import { customPluginPresent } from "../custom-plugins.ts";
 import { parseDomain, storedPlugins, type Domain } from "../domain.ts";
 import { dryRun } from "../dry-run.ts";
+import { LeftoverUnplanned } from "../leftover.ts";
 import type { PlannedStep } from "../transaction.ts";
 import { describeError, VmhookError } from "../errors.ts";
 import { terminalText } from "../log.ts";
@@ -118,7 +119,8 @@ function repairs(current: Current): boolean {
 /**
  * The domain as it would be with this element, checked like prepare checks it,
  * on this host; throws what is wrong. A plan that fails refuses the change
- * only for this host's own VM, as validate does.
+ * only for this host's own VM, as validate does; while the domain's changes
+ * are in place (it runs) there is no plan, which is said.
  */
 async function checkCandidate(host: Host, current: Current, hooks: Element, name: string): Promise<Candidate> {
   const domain = parseDomain(withVmhookMetadata(current.xml, elementText(hooks) ? hooks : undefined), `domain ${name}`);
@@ -127,6 +129,7 @@ async function checkCandidate(host: Host, current: Current, hooks: Element, name
   try {
     steps = await dryRun(host, domain, instances, "prepare", "none", registry);
   } catch (error) {
+    if (error instanceof LeftoverUnplanned) return { domain, refusedHere: [], notChecked: error.notChecked };
     if (current.onThisHost) throw error;
     return { domain, refusedHere: [], notChecked: notCheckedHere(describeError(error).split("\n")[0]!, name) };
   }

@@ -7,6 +7,7 @@ import { recoverCommandLine } from "../metadata-text.ts";
 import type { Host } from "../host.ts";
 import { runDoctor } from "../diagnostics/doctor.ts";
 import { dryRun } from "../dry-run.ts";
+import { LeftoverUnplanned } from "../leftover.ts";
 import { markRefused, refusalOf } from "../plan-feasibility.ts";
 import { notCheckedHere, readDomainSource } from "./domain-source.ts";
 import { readJournal, type Journal } from "../journal.ts";
@@ -49,7 +50,7 @@ const validate: CommandModule<GlobalOptions, DomainArgs> = {
       if (args.json) printJson({ ok: false, ...(domain ? { domain: { name: domain.name, uuid: domain.uuid } } : {}), ...errorFields("invalid", error) });
       throw error;
     }
-    const hostCheck = await checkHere(host, domain, instances, source.onThisHost);
+    const hostCheck = await checkHere(host, domain, instances, source.onThisHost, args.domain);
     if ("refused" in hostCheck && hostCheck.refused.length > 0) {
       process.exitCode = 1;
       if (args.json) printJson({ ok: false, domain: { name: domain.name, uuid: domain.uuid }, refused: hostCheck.refused });
@@ -57,7 +58,7 @@ const validate: CommandModule<GlobalOptions, DomainArgs> = {
       return;
     }
     // A config valid elsewhere is still valid: exit 0, but never pass "not checked" off as "fits here".
-    const unchecked = "unchecked" in hostCheck ? notCheckedHere(hostCheck.unchecked, args.domain) : undefined;
+    const unchecked = "unchecked" in hostCheck ? hostCheck.unchecked : undefined;
     if (args.json) {
       printJson({ ok: true, domain: { name: domain.name, uuid: domain.uuid }, plugins: instances.map((i) => ({ id: i.id, config: i.config })), hostChecked: !unchecked, ...(unchecked ? { notChecked: unchecked } : {}) });
     } else if (instances.length === 0) {
@@ -77,15 +78,18 @@ function errorFields(key: string, error: unknown): Record<string, string | strin
  * What prepare would refuse on this host (a request that cannot fit, a plan
  * that fails), from its plan. A file or another host's libvirt may describe a
  * VM of another machine, whose devices this host need not have: a plan that
- * fails there leaves the config checked alone, saying why the host was not.
+ * fails there leaves the config checked alone, saying why the host was not,
+ * as do the domain's changes in place, which are given back before its prepare plans.
  */
-async function checkHere(host: Host, domain: Domain, instances: PluginInstance[], onThisHost: boolean): Promise<{ refused: string[] } | { unchecked: string }> {
+async function checkHere(host: Host, domain: Domain, instances: PluginInstance[], onThisHost: boolean, domainArgument: string): Promise<{ refused: string[] } | { unchecked: string }> {
   if (instances.length === 0) return { refused: [] };
   try {
     return { refused: (await dryRun(host, domain, instances, "prepare", "none", registry)).flatMap((step) => (step.refused ? [step.refused.reason] : [])) };
   } catch (error) {
+    // The domain's changes in place (it runs, or an earlier run left them): not a refusal, but no plan of this host either.
+    if (error instanceof LeftoverUnplanned) return { unchecked: error.notChecked };
     const reason = describeError(error).split("\n")[0]!;
-    return onThisHost ? { refused: [reason] } : { unchecked: reason };
+    return onThisHost ? { refused: [reason] } : { unchecked: notCheckedHere(reason, domainArgument) };
   }
 }
 

@@ -15,13 +15,13 @@ import { parseVfioConfig, readVfioSettings, type VfioConfig } from "./config.ts"
 import { consoleSteps, displayManagerSteps, displayManagerUnits, findDisplayManager, stopDisplayManagerAction, unbindFramebufferAction, unbindVtconsoleAction, waitGpuFreeAction, waitGpuFreeStep } from "./display.ts";
 import { bindVfioAction, helperServices, loadModulesAction, loadVfioSteps, orphanedModuleClaim, refuseDevicesOfOtherVms, stoppedHelpers, takeOverSteps, unloadModuleAction } from "./driver.ts";
 import { gpuHolders } from "./refuse.ts";
-import { handedOverAddresses, survey, VFIO_DRIVER } from "./survey.ts";
+import { handedOverAddresses, handedOverByElements, survey, VFIO_DRIVER } from "./survey.ts";
 import { refuseIfStuck } from "../../lib/stuck-writes.ts";
 import { keepStoppedSteps, orphanedUnitClaim, stopUnitAction, stopUnitStep } from "./units.ts";
 import { lingerUserAction, orphanedLingerClaim, sessionUnitSteps, stopUserUnitAction } from "./user-units.ts";
 import { verifyReturnAction, verifyReturnStep } from "./verify-return.ts";
 import { setResetMethodAction, VENDOR_RESET_MODULE, vendorResetFindings } from "./vendor-reset.ts";
-import { pciDriver, pciExists, readPciDevice } from "../../lib/pci.ts";
+import { pciDriver, readPciDevice } from "../../lib/pci.ts";
 import type { Finding } from "../../lib/diagnostics/findings.ts";
 
 /**
@@ -72,14 +72,8 @@ function planReconnect(ctx: PlanContext<unknown>): Step[] {
 
 /** `vmhook doctor`: an AMD GPU of the domain that resets only through vendor-reset, and whether the host has the module. */
 function checkVfio(ctx: CheckContext): Finding[] {
-  let config: VfioConfig;
-  try {
-    config = parseVfioConfig(ctx.elements, ctx.domain);
-  } catch {
-    return []; // doctor reports the config error itself
-  }
-  const present = { ...config, devices: config.devices.filter((address) => pciExists(ctx.host, address)) };
-  const devices = handedOverAddresses(ctx.host, present).map((address) => readPciDevice(ctx.host, address));
+  // undefined: doctor reports the config error itself
+  const devices = (handedOverByElements(ctx.host, ctx.elements, ctx.domain) ?? []).map((address) => readPciDevice(ctx.host, address));
   return vendorResetFindings(ctx.host, devices, () => ctx.host.exec("modinfo", ["-n", VENDOR_RESET_MODULE], { timeoutMs: 5_000 }).status === 0);
 }
 

@@ -26,7 +26,9 @@ import {
   virtualFunctions,
   type PciDevice,
 } from "../../lib/pci.ts";
-import type { VfioConfig } from "./config.ts";
+import { parseVfioConfig, type VfioConfig } from "./config.ts";
+import type { Domain } from "../../lib/domain.ts";
+import type { XmlElement } from "../../lib/xml.ts";
 
 export const VFIO_DRIVER = "vfio-pci";
 /** NVIDIA's proprietary stack, users first. amdgpu, radeon and nouveau stay loaded: unbinding suffices. */
@@ -78,6 +80,21 @@ function expandDevices(host: Host, config: VfioConfig): Device[] {
     );
   }
   return handedOverAddresses(host, config).map((address) => ({ ...readPciDevice(host, address), override: pciDriverOverride(host, address) }));
+}
+
+/**
+ * What `<vmhook:vfio>` elements would move to vfio-pci on this host, of the
+ * devices it has (doctor's view: a missing one is its own finding); undefined
+ * when they do not parse (doctor reports that as the config's).
+ */
+export function handedOverByElements(host: Host, elements: XmlElement[], domain: Domain): string[] | undefined {
+  let config: VfioConfig;
+  try {
+    config = parseVfioConfig(elements, domain);
+  } catch {
+    return undefined;
+  }
+  return handedOverAddresses(host, { ...config, devices: config.devices.filter((address) => pciExists(host, address)) });
 }
 
 /** What moves to vfio-pci: the configured devices and, for a GPU, the other functions of its slot; sorted. */

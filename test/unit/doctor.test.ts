@@ -9,6 +9,7 @@ import { runDoctor, type Finding } from "../../lib/diagnostics/doctor.ts";
 import { readIommuGroups } from "../../lib/diagnostics/iommu.ts";
 import type { SimHost } from "../helpers/simhost.ts";
 import { mdevHostdevXml } from "../helpers/mdev-kernel.ts";
+import { runHookEvent } from "../helpers/hook.ts";
 import { addDriverModule, addPciDevice, desktopHost, gvtLaptopHost, iommuOffHost, sharedGroupHost } from "../helpers/pci-hosts.ts";
 
 const BINARY = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../../dist/vmhook");
@@ -135,13 +136,33 @@ test("desktop + GPU domain: isolated group; advice on memoryBacking, currentMemo
   sim.cleanup();
 });
 
-test("desktop, GPU without its audio function: a warning to add it", async () => {
+test("desktop, GPU without its audio function, handed over by <vmhook:vfio> (include-slot): a warning to add it", async () => {
   const sim = desktopHost();
-  const { domain } = await doctor(sim, domainXml({ devices: hostdev("0x01", "0x0") }));
+  const { domain } = await doctor(sim, domainXml({ metadata: "<vmhook:vfio/>", devices: hostdev("0x01", "0x0") }));
   assert.is(domain("hostdev 0000:01:00.0").status, "warn");
   assert.is(domain("hostdev 0000:01:00.0").reason, "01:00.1 (Audio device) on the same card is not in the domain: the host loses it too, but the VM cannot use it");
   sim.cleanup();
 });
+
+// Only vfio's include-slot takes a card's other functions; else the audio function stays on snd_hda_intel in the
+// GPU's group: prepare refuses (vfio), or QEMU cannot open a group that is not viable (libvirt's managed='yes').
+for (const [how, metadata] of [["include-slot=\"no\"", '<vmhook:vfio include-slot="no"/>'], ["no <vmhook:vfio> (libvirt's managed='yes' alone)", ""]] as const) {
+  test(`desktop, GPU without its audio function, ${how}: the hostdev check fails, naming the function that stays behind, as prepare refuses`, async () => {
+    const sim = desktopHost();
+    const xml = domainXml({ metadata, devices: hostdev("0x01", "0x0") });
+    const { domain } = await doctor(sim, xml);
+    assert.is(domain("hostdev 0000:01:00.0").status, "fail");
+    assert.is(domain("hostdev 0000:01:00.0").reason, "IOMMU group 1 also holds 01:00.1 (Audio device) on snd_hda_intel, which vfio does not accept beside a device passed through; VFIO takes the whole group from the host");
+    // vfio's own problem (plan marks its steps) only for a device it hands over
+    assert.is(domain("hostdev 0000:01:00.0").plugin, metadata ? "vfio" : undefined);
+    if (metadata) {
+      const prepared = await runHookEvent(sim, "prepare", "begin", xml, "win");
+      assert.is(prepared.code, 1);
+      assert.match(prepared.stderr.split("\n")[0]!, "IOMMU group 1 holds 0000:01:00.0 and also 0000:01:00.1 (class 0x040300, driver snd_hda_intel)");
+    }
+    sim.cleanup();
+  });
+}
 
 test("shared group behind a root port: the hostdev fails, naming the device it shares with", async () => {
   const sim = sharedGroupHost();

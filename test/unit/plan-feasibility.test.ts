@@ -9,6 +9,11 @@ import { SimHost } from "../helpers/simhost.ts";
 import { fail, ok } from "../../lib/diagnostics/findings.ts";
 import { markRefused } from "../../lib/plan-feasibility.ts";
 import type { PlannedStep } from "../../lib/transaction.ts";
+import { readJournal } from "../../lib/journal.ts";
+import { paths } from "../../lib/paths.ts";
+import { nvidiaDesktop } from "../helpers/gpu-kernel.ts";
+import { runHookEvent } from "../helpers/hook.ts";
+import { plannedSteps } from "../helpers/plan.ts";
 
 /** 4 GB of RAM, about 1.5 GB of it free or reclaimable, an empty 2M pool, GRUB. */
 function smallHost(): SimHost {
@@ -70,6 +75,90 @@ test("a plugin's failing doctor check marks its steps refused with the fix; a pl
   assert.equal(blocking.map((finding) => finding.plugin), ["vfio"]);
   // a plugin that acts at a later event (forward at start) blocks nothing in this plan
   assert.equal(markRefused([], findings, ["mdev"]).blocking.map((finding) => finding.plugin), ["mdev"]);
+});
+
+
+// A journal an earlier run of the same domain left (libvirt gone between prepare and QEMU's launch, a
+// prepare killed): prepare refuses while a QEMU of it runs, and otherwise gives it back before it plans.
+const WIN11 = "0b5c64e3-55a1-4b84-9d2b-4e0a3e7d2f10";
+const win11 = `<domain type='kvm'><name>win11</name><uuid>${WIN11}</uuid><memory unit='GiB'>8</memory>
+  <metadata><vmhook:hooks xmlns:vmhook="urn:vmhook:1"><vmhook:vfio/></vmhook:hooks></metadata>
+  <devices><hostdev mode='subsystem' type='pci' managed='no'><source><address domain='0x0000' bus='0x01' slot='0x00' function='0x0'/></source></hostdev></devices></domain>`;
+
+test("plan of a domain an earlier prepare left changes for lists what prepare gives back first, never steps planned on the host those changes made (NVIDIA single GPU)", async () => {
+  const kernel = nvidiaDesktop();
+  const sim = kernel.sim;
+  assert.is((await runHookEvent(sim, "prepare", "begin", win11, "win11")).code, 0);
+  fs.writeFileSync(sim.resolve("/win11.xml"), win11);
+  const held = readJournal(sim, WIN11)!.entries.length;
+  const before = sim.snapshot();
+
+  const planned = await cli(["plan", sim.resolve("/win11.xml")], sim);
+  assert.is(planned.code, 1, "no plan it could show is what prepare runs");
+  assert.not.match(planned.stdout, "loaded for another VM");
+  assert.match(planned.stderr, `prepare of win11 first gives back the ${held} change(s) an earlier run of it left (its journal ${paths.journal(WIN11)}, phase starting), then plans on the host as that leaves it`);
+  assert.match(planned.stderr, "undo: vfio: unload module nvidia");
+  assert.match(planned.stderr, "vmhook recover win11 gives them back now; then vmhook plan shows the steps");
+  const json = JSON.parse((await cli(["plan", "--json", sim.resolve("/win11.xml")], sim)).stdout);
+  assert.equal([json.possible, json.steps], [false, []]);
+
+  const validated = await cli(["validate", sim.resolve("/win11.xml")], sim);
+  assert.is(validated.code, 0, "the config is valid all the same");
+  assert.match(validated.stdout, "NOT checked against this host: prepare of win11 first gives back");
+  assert.equal(sim.snapshot(), before, "plan and validate change nothing");
+
+  // What the plan named: prepare gives the leftover back, then takes every step of a first start.
+  assert.is((await cli(["recover", "win11", "--force"], sim)).code, 0);
+  assert.is((await plannedSteps(sim, win11)).length, 13);
+});
+
+test("plan of a domain whose leftover journal's QEMU still runs (libvirt lost track of it): prepare's refusal, word for word", async () => {
+  const kernel = nvidiaDesktop();
+  const sim = kernel.sim;
+  assert.is((await runHookEvent(sim, "prepare", "begin", win11, "win11")).code, 0);
+  sim.file("/proc/4242/cmdline", `/usr/bin/qemu-system-x86_64\0-name\0guest=win11\0-uuid\0${WIN11}\0`);
+  fs.writeFileSync(sim.resolve("/win11.xml"), win11);
+
+  const planned = await cli(["plan", sim.resolve("/win11.xml")], sim);
+  const prepared = await runHookEvent(sim, "prepare", "begin", win11, "win11");
+  assert.is(prepared.code, 1);
+  const refusal = prepared.stderr.split("\n")[0]!.replace(/^vmhook: /, "");
+  assert.match(refusal, "a QEMU of this domain still runs (pid 4242");
+  assert.is(planned.code, 1);
+  assert.match(planned.stderr, refusal);
+  assert.match(planned.stderr, "shut that guest down from inside, or kill 4242");
+});
+
+test("plan of a domain while it runs says its next prepare cannot be planned until it is shut off; validate says the host was not checked", async () => {
+  const kernel = nvidiaDesktop();
+  const sim = kernel.sim;
+  assert.is((await runHookEvent(sim, "prepare", "begin", win11, "win11")).code, 0);
+  // QEMU runs, as libvirt's pid file says
+  sim.file("/run/libvirt/qemu/win11.pid", process.pid).file(`/proc/${process.pid}/cmdline`, `/usr/bin/qemu-system-x86_64\0-name\0guest=win11\0-uuid\0${WIN11}\0`);
+  assert.is((await runHookEvent(sim, "started", "begin", win11, "win11")).code, 0);
+  fs.writeFileSync(sim.resolve("/win11.xml"), win11);
+
+  const planned = await cli(["plan", sim.resolve("/win11.xml")], sim);
+  assert.is(planned.code, 1);
+  assert.not.match(planned.stderr, "lost track");
+  assert.match(planned.stderr, `win11 runs now, holding the ${readJournal(sim, WIN11)!.entries.length} change(s) of its journal ${paths.journal(WIN11)}: its release gives them back`);
+  assert.match(planned.stderr, "once win11 is shut off, vmhook plan shows the steps");
+  const validated = await cli(["validate", sim.resolve("/win11.xml")], sim);
+  assert.is(validated.code, 0);
+  assert.match(validated.stdout, "NOT checked against this host: win11 runs now");
+});
+
+test("plan marks no vfio step for a <hostdev> vfio leaves to libvirt (devices= names the GPU alone), and prepare takes every step it plans", async () => {
+  const kernel = nvidiaDesktop();
+  const sim = kernel.sim;
+  const xml = win11
+    .replace("<vmhook:vfio/>", '<vmhook:vfio devices="0000:01:00.0"/>')
+    .replace("</devices>", "<hostdev mode='subsystem' type='pci' managed='yes'><source><address domain='0x0000' bus='0x05' slot='0x00' function='0x0'/></source></hostdev></devices>");
+  fs.writeFileSync(sim.resolve("/win11.xml"), xml);
+  const planned = await cli(["plan", sim.resolve("/win11.xml")], sim);
+  assert.not.match(planned.stdout, "REFUSED");
+  assert.is(planned.code, 0, planned.stdout);
+  assert.is((await runHookEvent(sim, "prepare", "begin", xml, "win11")).code, 0);
 });
 
 test.run();
