@@ -18,7 +18,7 @@ import { octal, ROOT_UID, rootsAloneProblem, type PluginFile } from "./trust.ts"
 export async function importModulePlugin(host: Host, file: PluginFile): Promise<AnyPlugin> {
   const cacheProblem = transpilerCacheProblem();
   if (cacheProblem) throw new VmhookError(`plugin ${file.name}: not loading ${file.path}: ${cacheProblem}`);
-  const importProblem = importsProblem(host, file.path);
+  const importProblem = moduleImports(host, file.path).problem;
   if (importProblem) throw new VmhookError(`plugin ${file.name}: not loading ${file.path}: ${importProblem}`);
   let module: { default?: unknown };
   try {
@@ -51,19 +51,20 @@ const SCANNED_LOADERS: Record<string, "js" | "jsx" | "ts" | "tsx"> = { ".js": "j
 const isBuiltin = (specifier: string) => specifier.startsWith("node:") || specifier.startsWith("bun:") || builtinModules.includes(specifier);
 
 /**
- * Why a module plugin's imports must not be loaded as root, or undefined.
- * Every file it imports, and what those import, runs as root as the plugin
- * does, so each is held to the plugin file's rule (root's, not writable by
- * group or others, no symlink on the way) and must be named by its own path:
- * a name Bun resolves further (a symlink, a guessed extension, a package in
- * some node_modules) could be made to load a file nobody checked. Imports by
- * a computed name are not seen here; they are the plugin's own code.
+ * The files a module plugin imports, and what those import (host paths), up
+ * to the first that must not be loaded as root, with why (`problem`). Every
+ * file it imports runs as root as the plugin does, so each is held to the
+ * plugin file's rule (root's, not writable by group or others, no symlink
+ * on the way) and must be named by its own path: a name Bun resolves further
+ * (a symlink, a guessed extension, a package in some node_modules) could be
+ * made to load a file nobody checked. Imports by a computed name are not
+ * seen here; they are the plugin's own code. Reads the files, runs none.
  */
-function importsProblem(host: Host, pluginPath: string): string | undefined {
+export function moduleImports(host: Host, pluginPath: string): { files: string[]; problem?: string } {
   const root = fs.realpathSync(host.root);
   const toHostPath = (realPath: string) => (root === "/" ? realPath : realPath.startsWith(`${root}/`) ? realPath.slice(root.length) : undefined);
   const pending: { hostPath: string; chain: string }[] = [{ hostPath: pluginPath, chain: "it imports" }];
-  const seen = new Set([pluginPath]);
+  const files: string[] = [];
   for (let module = pending.shift(); module; module = pending.shift()) {
     const loader = SCANNED_LOADERS[nodePath.extname(module.hostPath)];
     if (!loader) continue;
@@ -72,33 +73,33 @@ function importsProblem(host: Host, pluginPath: string): string | undefined {
     try {
       imports = new Bun.Transpiler({ loader }).scanImports(fs.readFileSync(realPath, "utf8"));
     } catch (error) {
-      return `${module.hostPath} could not be read for its imports: ${describeError(error).split("\n")[0]}`;
+      return { files, problem: `${module.hostPath} could not be read for its imports: ${describeError(error).split("\n")[0]}` };
     }
     for (const { path: specifier } of imports) {
       if (isBuiltin(specifier)) continue;
       const named = specifier.startsWith("file:") ? fileURLToPath(specifier) : specifier.startsWith("/") || specifier.startsWith("./") || specifier.startsWith("../") ? specifier : undefined;
-      if (named === undefined) return `${module.chain} ${JSON.stringify(specifier)}, a package: plugins import only Node.js and Bun built-ins and files by their path (./helper.mjs)`;
+      if (named === undefined) return { files, problem: `${module.chain} ${JSON.stringify(specifier)}, a package: plugins import only Node.js and Bun built-ins and files by their path (./helper.mjs)` };
       const importer = nodePath.dirname(realPath);
-      const literal = nodePath.resolve(importer, named);
       let loaded: string;
       try {
         loaded = Bun.resolveSync(specifier, importer);
       } catch (error) {
-        return `${module.chain} ${specifier}, which cannot be found: ${describeError(error).split("\n")[0]}`;
+        return { files, problem: `${module.chain} ${specifier}, which cannot be found: ${describeError(error).split("\n")[0]}` };
       }
-      if (loaded !== literal) return `${module.chain} ${specifier}, which Bun would load from ${toHostPath(loaded) ?? loaded}: vmhook checks only what it loads by the name given; import the file by its own path, with its extension (no symlink)`;
+      if (loaded !== nodePath.resolve(importer, named)) {
+        return { files, problem: `${module.chain} ${specifier}, which Bun would load from ${toHostPath(loaded) ?? loaded}: vmhook checks only what it loads by the name given; import the file by its own path, with its extension (no symlink)` };
+      }
       const hostPath = toHostPath(loaded);
-      if (hostPath === undefined) return `${module.chain} ${specifier}, which is outside ${host.root}, the root vmhook runs in`;
+      if (hostPath === undefined) return { files, problem: `${module.chain} ${specifier}, which is outside ${host.root}, the root vmhook runs in` };
+      if (hostPath === pluginPath || files.includes(hostPath)) continue;
+      files.push(hostPath);
       const chain = `${module.chain} ${specifier} (${hostPath})`;
       const unsafe = rootsAloneProblem(host, hostPath, "file", "what a plugin imports runs as root too");
-      if (unsafe) return `${chain}, and ${unsafe}`;
-      if (!seen.has(hostPath)) {
-        seen.add(hostPath);
-        pending.push({ hostPath, chain: `${chain}, which imports` });
-      }
+      if (unsafe) return { files, problem: `${chain}, and ${unsafe}` };
+      pending.push({ hostPath, chain: `${chain}, which imports` });
     }
   }
-  return undefined;
+  return { files };
 }
 
 /**

@@ -11,6 +11,7 @@ import { VmhookError } from "../../lib/errors.ts";
 import { RootedHost } from "../../lib/host.ts";
 import { readJournal } from "../../lib/journal.ts";
 import { paths } from "../../lib/paths.ts";
+import { cli } from "../helpers/cli.ts";
 import { runHookEvent } from "../helpers/hook.ts";
 import { HugepageKernel } from "../helpers/hugepage-kernel.ts";
 import { assertPlanIsPrepare, plannedSteps } from "../helpers/plan.ts";
@@ -539,6 +540,26 @@ test("module: what a JavaScript plugin imports is held to the plugin's own rule,
   const prepared = await runHookEvent(sim, "prepare", "begin", domainXml('<vmhook:plugin name="marker"/>'));
   assert.is(prepared.code, 0, prepared.stderr);
   assert.is(fs.readFileSync(sim.resolve("/marker"), "utf8"), "from the helper");
+  sim.cleanup();
+});
+
+test("vmhook plugins and doctor: a helper module beside its plugin is listed as that plugin's helper, not as a plugin that does not run; an unsafe helper is a problem of the plugin that imports it", async () => {
+  const sim = pluginHost();
+  install(sim, "helper.mjs", 'export const text = "from the helper";\n', 0o644);
+  install(sim, "marker.mjs", IMPORTING_PLUGIN("./helper.mjs"), 0o644);
+  const listed = await cli(["plugins"], sim);
+  assert.is(listed.code, 0, listed.stderr);
+  assert.match(listed.stdout, "  helper         helper module of marker (imported, not a plugin)\n");
+  assert.match(listed.stdout, "  marker         marks [JavaScript module]\n");
+  const doctor = await cli(["doctor"], sim);
+  assert.match(doctor.stdout, "ok    custom plugins: 1 installed, all safe: marker (helper modules: helper)");
+
+  fs.chmodSync(sim.resolve(`${paths.pluginsDir}/helper.mjs`), 0o666);
+  const unsafe = (await cli(["plugins"], sim)).stdout;
+  assert.match(unsafe, "  helper         helper module of marker (imported, not a plugin) NOT RUN: /etc/vmhook/plugins.d/helper.mjs has mode 0666");
+  assert.match(unsafe, "  marker         NOT RUN: it imports ./helper.mjs (/etc/vmhook/plugins.d/helper.mjs), and /etc/vmhook/plugins.d/helper.mjs has mode 0666");
+  // doctor reads the imports (it runs no plugin code) and warns of the plugin the hook would refuse
+  assert.match((await cli(["doctor"], sim)).stdout, "warn  custom plugins: marker: it imports ./helper.mjs (/etc/vmhook/plugins.d/helper.mjs), and /etc/vmhook/plugins.d/helper.mjs has mode 0666");
   sim.cleanup();
 });
 
