@@ -563,6 +563,22 @@ test("vmhook plugins and doctor: a helper module beside its plugin is listed as 
   sim.cleanup();
 });
 
+test("vmhook status after a failed prepare whose rollback could not undo a step says the start failed, not that a release did", async () => {
+  const sim = pluginHost();
+  install(sim, "stuck.mjs", `export default { name: "stuck", summary: "stuck", parse: () => ({}),
+    plan: { prepare: () => [{ action: "hold", record: { action: "hold" }, description: "hold a thing" }, { action: "fail", record: { action: "fail" }, description: "fail" }] },
+    actions: {
+      hold: { check: (record) => record, apply() {}, undo() { throw new Error("stuck: the thing will not let go"); } },
+      fail: { check: (record) => record, apply() { throw new Error("stuck: no"); }, undo() {} },
+    } };\n`, 0o644);
+  const prepared = await runHookEvent(sim, "prepare", "begin", domainXml('<vmhook:plugin name="stuck"/>'));
+  assert.is(prepared.code, 1);
+  const status = (await cli(["status"], sim)).stdout;
+  assert.match(status, `vm (${UUID}): not running (its start failed, and undoing it did not finish), yet vmhook still holds for it (vmhook recover vm gives it back):`);
+  assert.not.match(status, "release");
+  sim.cleanup();
+});
+
 test("module: a module without a Plugin default export is refused with what to export", async () => {
   const sim = pluginHost();
   install(sim, "empty.js", "export const x = 1;\n", 0o644);
