@@ -9,6 +9,7 @@ import { runDoctor } from "../diagnostics/doctor.ts";
 import { dryRun } from "../dry-run.ts";
 import { markRefused, refusalOf } from "../plan-feasibility.ts";
 import { notCheckedHere, readDomainSource } from "./domain-source.ts";
+import { describeRunHolding } from "../custom-plugins/executable.ts";
 import { readJournal, type Journal } from "../journal.ts";
 import { isLegacyPlugin, type HookEvent, type PlannedEvent, type Refusal } from "../plugin.ts";
 import type { PlannedStep } from "../transaction.ts";
@@ -163,7 +164,11 @@ async function journalSummary(host: Host, journal: Journal) {
     ...(abandoned ? { abandonedStart: abandoned } : {}),
     hookAtWork: await domainBusy(host, journal.domain.uuid),
     since: journal.createdAt,
-    holds: journal.entries.map((entry) => ({ plugin: entry.plugin, description: entry.description, state: entry.state, error: entry.error })),
+    holds: journal.entries.map((entry) => {
+      // An executable's description says only that it ran; what it replied says what it holds.
+      const holding = entry.plugin.startsWith("plugin:") ? describeRunHolding(entry.undo) : undefined;
+      return { plugin: entry.plugin, description: holding ? `${entry.description}: ${holding}` : entry.description, state: entry.state, error: entry.error };
+    }),
   };
 }
 

@@ -78,6 +78,8 @@ test("executable: prepare gets the protocol request, its undo is journaled and h
     ["plugin:notes", "applied", { action: "run", event: "prepare", finished: true, undo: { file: "/x" } }],
   ]);
   assert.match(log(sim), "plugin:notes: working on vm");
+  // vmhook status shows what the plugin said it holds, not only that it ran
+  assert.match((await cli(["status"], sim)).stdout, `  - plugin:notes: run /etc/vmhook/plugins.d/notes prepare: holds {"file":"/x"}\n`);
 
   // started: called too; it reports nothing to undo, so the journal keeps only prepare's entry; it sees prepare's record
   assert.is((await runHookEvent(sim, "started", "begin", xml)).code, 0);
