@@ -46,6 +46,10 @@ declare const Bun: {
   /** Bun's XML 1.0 parser (lib/xml-reader.ts): a SyntaxError for anything not well-formed. */
   XML: { parse(text: string, options: { compact: false }): BunXmlElement };
   file(path: string): { exists(): Promise<boolean> };
+  /** What a module imports by a literal name (lib/custom-plugins/module.ts checks each before a plugin loads). */
+  Transpiler: new (options: { loader: "js" | "jsx" | "ts" | "tsx" }) => { scanImports(code: string): { path: string; kind: string }[] };
+  /** The file Bun loads for `specifier` imported from the directory `from` (symlinks followed); throws when there is none. */
+  resolveSync(specifier: string, from: string): string;
   spawn(
     command: string[],
     options: { stdin: "pipe"; stdout: "ignore" | "pipe"; stderr: "pipe"; env: Record<string, string>; detached?: boolean },

@@ -604,6 +604,8 @@ function journalOutcome(host: Host, journal: Journal, entry: JournalEntry, outco
  */
 export async function undoJournal(journal: Journal, env: RunEnvironment, deadline: Deadline, loaded: PluginInstance[] = []): Promise<UndoResult> {
   const { host, log } = env;
+  // What is left after a failed undo is said as what it was: a start that never ran, or a VM's release.
+  const phaseIfLeft = journal.phase === "preparing" || journal.phase === "rollback-failed" ? "rollback-failed" : "release-failed";
   journal.phase = "releasing";
   try {
     writeJournal(host, journal);
@@ -651,7 +653,7 @@ export async function undoJournal(journal: Journal, env: RunEnvironment, deadlin
   if (journal.entries.length === 0) {
     removeJournal(host, journal.domain.uuid);
   } else {
-    journal.phase = "release-failed";
+    journal.phase = phaseIfLeft;
     try {
       writeJournal(host, journal);
     } catch (error) {

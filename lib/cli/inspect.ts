@@ -10,6 +10,7 @@ import { dryRun } from "../dry-run.ts";
 import { LeftoverUnplanned } from "../leftover.ts";
 import { markRefused, refusalOf } from "../plan-feasibility.ts";
 import { notCheckedHere, readDomainSource } from "./domain-source.ts";
+import { describeRunHolding } from "../custom-plugins/executable.ts";
 import { readJournal, type Journal } from "../journal.ts";
 import { isLegacyPlugin, type HookEvent, type PlannedEvent, type Refusal } from "../plugin.ts";
 import type { PlannedStep } from "../transaction.ts";
@@ -167,11 +168,15 @@ async function journalSummary(host: Host, journal: Journal) {
     ...(abandoned ? { abandonedStart: abandoned } : {}),
     hookAtWork: await domainBusy(host, journal.domain.uuid),
     since: journal.createdAt,
-    holds: journal.entries.map((entry) => ({ plugin: entry.plugin, description: entry.description, state: entry.state, error: entry.error })),
+    holds: journal.entries.map((entry) => {
+      // An executable's description says only that it ran; what it replied says what it holds.
+      const holding = entry.plugin.startsWith("plugin:") ? describeRunHolding(entry.undo) : undefined;
+      return { plugin: entry.plugin, description: holding ? `${entry.description}: ${holding}` : entry.description, state: entry.state, error: entry.error };
+    }),
   };
 }
 
-const PHASES: Record<string, string> = { preparing: "preparing", releasing: "releasing", "release-failed": "its release failed" };
+const PHASES: Record<string, string> = { preparing: "preparing", releasing: "releasing", "release-failed": "its release failed", "rollback-failed": "its start failed, and undoing it did not finish" };
 
 /** The VM's state and the journal's phase, said once each: "running", "not running, …". */
 function describeState(summary: Awaited<ReturnType<typeof journalSummary>>): string {

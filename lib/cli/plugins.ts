@@ -29,6 +29,10 @@ export const pluginsCommand: CommandModule<GlobalOptions, GlobalOptions> = {
     if (directoryProblem) print(`  UNSAFE: ${directoryProblem}`);
     if (installed.length === 0) print("  none");
     for (const plugin of installed) {
+      if (plugin.helperOf) {
+        print(`  ${plugin.name.padEnd(14)} helper module of ${plugin.helperOf.join(", ")} (imported, not a plugin)${plugin.problem ? ` NOT RUN: ${plugin.problem}` : ""}`);
+        continue;
+      }
       if (plugin.problem) {
         print(`  ${plugin.name.padEnd(14)} NOT RUN: ${plugin.problem}`);
         continue;

@@ -34,6 +34,20 @@ interface RunRecord extends UndoRecord {
   undo: Json;
 }
 
+/** Longest part of an undo value `vmhook status` prints. */
+const SHOWN_UNDO_CHARS = 200;
+
+/**
+ * What an executable's journaled run holds, for `vmhook status`: the undo
+ * value it replied (its own words for what it changed); undefined for
+ * another record, or a run that has not replied.
+ */
+export function describeRunHolding(record: UndoRecord): string | undefined {
+  if (record.action !== "run" || record.finished !== true || record.undo === null || record.undo === undefined) return undefined;
+  const text = JSON.stringify(record.undo);
+  return `holds ${text.length > SHOWN_UNDO_CHARS ? `${text.slice(0, SHOWN_UNDO_CHARS)}…` : text}`;
+}
+
 interface Reply {
   undo?: Json;
   error?: string;

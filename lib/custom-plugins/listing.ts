@@ -5,7 +5,7 @@ import type { Host } from "../host.ts";
 import { paths } from "../paths.ts";
 import { PATTERNS } from "../validate.ts";
 import { PROTOCOL_VERSION } from "./executable.ts";
-import { importModulePlugin } from "./module.ts";
+import { importModulePlugin, moduleImports } from "./module.ts";
 import { fileRefusal, pluginsDirProblem, type PluginFile } from "./trust.ts";
 
 const DESCRIBE_TIMEOUT_MS = 5_000;
@@ -18,14 +18,15 @@ export interface InstalledPlugin {
   usage?: string;
   /** Why vmhook refuses or ignores it. */
   problem?: string;
+  /** The module plugins that import this file from the plugins directory: a helper module, not a plugin of its own. */
+  helperOf?: string[];
 }
 
 /** Every file in the plugins directory, checked; `describe` also asks each safe plugin for its summary and usage. */
 export async function listInstalledPlugins(host: Host, options: { describe: boolean }): Promise<{ directoryProblem?: string; plugins: InstalledPlugin[] }> {
   // No directory means no plugins; a directory that is unsafe is reported.
   const directoryProblem = host.stat(paths.pluginsDir) ? pluginsDirProblem(host) : undefined;
-  const plugins: InstalledPlugin[] = [];
-  for (const entry of host.list(paths.pluginsDir)) {
+  const checked = host.list(paths.pluginsDir).map((entry) => {
     const name = entry.replace(/\.m?js$/, "");
     const file: PluginFile = { name, path: `${paths.pluginsDir}/${entry}`, kind: entry === name ? "executable" : "module" };
     const problem = !PATTERNS.pluginName.test(name)
@@ -33,7 +34,15 @@ export async function listInstalledPlugins(host: Host, options: { describe: bool
       : directoryProblem
         ? `refused: the plugins directory is unsafe`
         : fileRefusal(host, file);
-    plugins.push({ ...file, ...(problem ? { problem } : options.describe ? await describePlugin(host, file) : {}) });
+    // What a module imports is read, never run: doctor too sees a helper the hook would refuse.
+    const imports = !problem && file.kind === "module" ? moduleImports(host, file.path) : { files: [] };
+    return { file, problem: problem ?? imports.problem, imports: imports.files };
+  });
+  const plugins: InstalledPlugin[] = [];
+  for (const { file, problem } of checked) {
+    const helperOf = checked.filter((other) => other.imports.includes(file.path)).map((other) => other.file.name);
+    if (helperOf.length > 0) plugins.push({ ...file, helperOf, ...(problem ? { problem } : {}) });
+    else plugins.push({ ...file, ...(problem ? { problem } : options.describe ? await describePlugin(host, file) : {}) });
   }
   return { directoryProblem, plugins };
 }

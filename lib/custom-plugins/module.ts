@@ -2,12 +2,13 @@
 // export is a Plugin, or a plugin of the first interface that the runner
 // still runs through its adapter.
 import * as fs from "node:fs";
+import { builtinModules } from "node:module";
 import * as nodePath from "node:path";
-import { pathToFileURL } from "node:url";
+import { fileURLToPath, pathToFileURL } from "node:url";
 import { describeError, VmhookError } from "../errors.ts";
 import type { Host } from "../host.ts";
 import type { AnyPlugin } from "../plugin.ts";
-import { octal, ROOT_UID, type PluginFile } from "./trust.ts";
+import { octal, ROOT_UID, rootsAloneProblem, type PluginFile } from "./trust.ts";
 
 /**
  * A module's default export: a Plugin (plan + actions), or a plugin of the
@@ -17,6 +18,8 @@ import { octal, ROOT_UID, type PluginFile } from "./trust.ts";
 export async function importModulePlugin(host: Host, file: PluginFile): Promise<AnyPlugin> {
   const cacheProblem = transpilerCacheProblem();
   if (cacheProblem) throw new VmhookError(`plugin ${file.name}: not loading ${file.path}: ${cacheProblem}`);
+  const importProblem = moduleImports(host, file.path).problem;
+  if (importProblem) throw new VmhookError(`plugin ${file.name}: not loading ${file.path}: ${importProblem}`);
   let module: { default?: unknown };
   try {
     module = await import(pathToFileURL(host.resolve(file.path)).href);
@@ -40,6 +43,63 @@ function moduleProblem(value: unknown, name: string): string | undefined {
   const incomplete = Object.entries(plugin.actions as Record<string, Record<string, unknown>>).find(([, action]) => ["check", "apply", "undo"].some((hook) => typeof action?.[hook] !== "function"));
   if (incomplete) return `action ${incomplete[0]} must have the functions check(record), apply(record, ctx) and undo(record, ctx)`;
   return undefined;
+}
+
+/** How Bun reads a module of this extension, for its imports; other files (JSON, text) import nothing. */
+const SCANNED_LOADERS: Record<string, "js" | "jsx" | "ts" | "tsx"> = { ".js": "js", ".mjs": "js", ".cjs": "js", ".jsx": "jsx", ".ts": "ts", ".mts": "ts", ".cts": "ts", ".tsx": "tsx" };
+
+const isBuiltin = (specifier: string) => specifier.startsWith("node:") || specifier.startsWith("bun:") || builtinModules.includes(specifier);
+
+/**
+ * The files a module plugin imports, and what those import (host paths), up
+ * to the first that must not be loaded as root, with why (`problem`). Every
+ * file it imports runs as root as the plugin does, so each is held to the
+ * plugin file's rule (root's, not writable by group or others, no symlink
+ * on the way) and must be named by its own path: a name Bun resolves further
+ * (a symlink, a guessed extension, a package in some node_modules) could be
+ * made to load a file nobody checked. Imports by a computed name are not
+ * seen here; they are the plugin's own code. Reads the files, runs none.
+ */
+export function moduleImports(host: Host, pluginPath: string): { files: string[]; problem?: string } {
+  const root = fs.realpathSync(host.root);
+  const toHostPath = (realPath: string) => (root === "/" ? realPath : realPath.startsWith(`${root}/`) ? realPath.slice(root.length) : undefined);
+  const pending: { hostPath: string; chain: string }[] = [{ hostPath: pluginPath, chain: "it imports" }];
+  const files: string[] = [];
+  for (let module = pending.shift(); module; module = pending.shift()) {
+    const loader = SCANNED_LOADERS[nodePath.extname(module.hostPath)];
+    if (!loader) continue;
+    const realPath = host.resolve(module.hostPath);
+    let imports: { path: string }[];
+    try {
+      imports = new Bun.Transpiler({ loader }).scanImports(fs.readFileSync(realPath, "utf8"));
+    } catch (error) {
+      return { files, problem: `${module.hostPath} could not be read for its imports: ${describeError(error).split("\n")[0]}` };
+    }
+    for (const { path: specifier } of imports) {
+      if (isBuiltin(specifier)) continue;
+      const named = specifier.startsWith("file:") ? fileURLToPath(specifier) : specifier.startsWith("/") || specifier.startsWith("./") || specifier.startsWith("../") ? specifier : undefined;
+      if (named === undefined) return { files, problem: `${module.chain} ${JSON.stringify(specifier)}, a package: plugins import only Node.js and Bun built-ins and files by their path (./helper.mjs)` };
+      const importer = nodePath.dirname(realPath);
+      let loaded: string;
+      try {
+        loaded = Bun.resolveSync(specifier, importer);
+      } catch (error) {
+        return { files, problem: `${module.chain} ${specifier}, which cannot be found: ${describeError(error).split("\n")[0]}` };
+      }
+      if (loaded !== nodePath.resolve(importer, named)) {
+        return { files, problem: `${module.chain} ${specifier}, which Bun would load from ${toHostPath(loaded) ?? loaded}: vmhook checks only what it loads by the name given; import the file by its own path, with its extension (no symlink)` };
+      }
+      const hostPath = toHostPath(loaded);
+      if (hostPath === undefined) return { files, problem: `${module.chain} ${specifier}, which is outside ${host.root}, the root vmhook runs in` };
+      if (hostPath === pluginPath || files.includes(hostPath)) continue;
+      files.push(hostPath);
+      const chain = `${module.chain} ${specifier} (${hostPath})`;
+      const unsafe = rootsAloneProblem(host, hostPath, "file", "what a plugin imports runs as root too");
+      if (unsafe) return { files, problem: `${chain}, and ${unsafe}` };
+      pending.push({ hostPath, chain: `${chain}, which imports` });
+    }
+  }
+  return { files };
 }
 
 /**

@@ -252,10 +252,12 @@ async function customPlugins(host: Host): Promise<Finding[]> {
   const { directoryProblem, plugins } = await listInstalledPlugins(host, { describe: false });
   if (directoryProblem) return [warn("custom plugins", directoryProblem, "fix it as the message says; until then no custom plugin runs")];
   const broken = plugins.filter((plugin) => plugin.problem);
+  const [helpers, own] = [plugins.filter((plugin) => plugin.helperOf), plugins.filter((plugin) => !plugin.helperOf)];
+  const helperNote = helpers.length > 0 ? ` (helper modules: ${helpers.map((plugin) => plugin.name).join(", ")})` : "";
   return broken.length > 0
     ? broken.map((plugin) => warn("custom plugins", `${plugin.name}: ${plugin.problem}`, "fix it as the message says, or remove the file"))
-    : plugins.length > 0
-      ? [ok("custom plugins", `${plugins.length} installed, all safe: ${plugins.map((plugin) => plugin.name).join(", ")}`)]
+    : own.length > 0
+      ? [ok("custom plugins", `${own.length} installed, all safe: ${own.map((plugin) => plugin.name).join(", ")}${helperNote}`)]
       : [];
 }
 

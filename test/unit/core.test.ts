@@ -389,7 +389,7 @@ test("a failing undo keeps its entry (state undo-failed, the error, what the und
   const { sim, env, journal } = setup();
   try {
     const instances = twoPlugins(undefined, "/a2");
-    await runPlugins("prepare", instances, DOMAIN, journal, env, deadline(sim));
+    await runPlugins("prepare", instances, DOMAIN, journal, env, deadline(sim), "starting");
     const result = await undoJournal(journal, env, deadline(sim), instances);
     assert.equal(undone, ["b:/b2", "b:/b1", "a:/a1"]);
     assert.equal(result.failed.map((e) => e.undo.file), ["/a2"]);

@@ -11,6 +11,7 @@ import { VmhookError } from "../../lib/errors.ts";
 import { RootedHost } from "../../lib/host.ts";
 import { readJournal } from "../../lib/journal.ts";
 import { paths } from "../../lib/paths.ts";
+import { cli } from "../helpers/cli.ts";
 import { runHookEvent } from "../helpers/hook.ts";
 import { HugepageKernel } from "../helpers/hugepage-kernel.ts";
 import { assertPlanIsPrepare, plannedSteps } from "../helpers/plan.ts";
@@ -77,6 +78,8 @@ test("executable: prepare gets the protocol request, its undo is journaled and h
     ["plugin:notes", "applied", { action: "run", event: "prepare", finished: true, undo: { file: "/x" } }],
   ]);
   assert.match(log(sim), "plugin:notes: working on vm");
+  // vmhook status shows what the plugin said it holds, not only that it ran
+  assert.match((await cli(["status"], sim)).stdout, `  - plugin:notes: run /etc/vmhook/plugins.d/notes prepare: holds {"file":"/x"}\n`);
 
   // started: called too; it reports nothing to undo, so the journal keeps only prepare's entry; it sees prepare's record
   assert.is((await runHookEvent(sim, "started", "begin", xml)).code, 0);
@@ -493,6 +496,89 @@ test("module: a transpiler cache reached through a symlink in a directory anothe
     fs.rmSync(rootsHome, { recursive: true, force: true });
     sim.cleanup();
   }
+});
+
+/** A plugin that writes /marker with the text its helper module exports; the helper leaves helper-ran beside itself when it is evaluated. */
+const IMPORTING_PLUGIN = (specifier: string) => `import { text } from ${JSON.stringify(specifier)};
+export default { name: "marker", summary: "marks", parse: () => ({}),
+  plan: { prepare: () => [{ action: "mark", record: { action: "mark" }, description: "write /marker" }] },
+  actions: { mark: { check: (record) => record, apply(record, ctx) { ctx.host.createFile("/marker", text); }, undo(record, ctx) { ctx.host.remove("/marker"); } } } };
+`;
+const HELPER = (imports = "") => `${imports}import * as fs from "node:fs";
+fs.writeFileSync(new URL("./helper-ran", import.meta.url), "evaluated");
+export const text = "from the helper";
+`;
+
+test("module: what a JavaScript plugin imports is held to the plugin's own rule, file by file: a helper another user owns or may write, one behind a symlink or in a user's directory, and a package found by name are refused before any of it runs", async () => {
+  const user = 1234;
+  const cases: [string, (sim: SimHost) => void, string][] = [
+    ["a helper others may write", (sim) => { install(sim, "helper.mjs", HELPER(), 0o666); install(sim, "marker.mjs", IMPORTING_PLUGIN("./helper.mjs"), 0o644); },
+      `vmhook: plugin marker: not loading /etc/vmhook/plugins.d/marker.mjs: it imports ./helper.mjs (/etc/vmhook/plugins.d/helper.mjs), and /etc/vmhook/plugins.d/helper.mjs has mode 0666: group or others can write it, and what a plugin imports runs as root too; run chmod go-w /etc/vmhook/plugins.d/helper.mjs`],
+    ["a helper another user owns", (sim) => { install(sim, "helper.mjs", HELPER(), 0o644); fs.chownSync(sim.resolve(`${paths.pluginsDir}/helper.mjs`), user, user); install(sim, "marker.mjs", IMPORTING_PLUGIN("./helper.mjs"), 0o644); },
+      `/etc/vmhook/plugins.d/helper.mjs is owned by uid ${user}, not root; what a plugin imports runs as root too, so run chown root:root /etc/vmhook/plugins.d/helper.mjs`],
+    ["a helper's own import others may write", (sim) => { install(sim, "deeper.mjs", "export const more = 1;\n", 0o646); install(sim, "helper.mjs", HELPER('import { more } from "./deeper.mjs";\n'), 0o644); install(sim, "marker.mjs", IMPORTING_PLUGIN("./helper.mjs"), 0o644); },
+      "it imports ./helper.mjs (/etc/vmhook/plugins.d/helper.mjs), which imports ./deeper.mjs (/etc/vmhook/plugins.d/deeper.mjs), and /etc/vmhook/plugins.d/deeper.mjs has mode 0646"],
+    ["a helper in a user's directory", (sim) => { sim.dir("/home/alice"); fs.writeFileSync(sim.resolve("/home/alice/helper.mjs"), HELPER()); fs.chownSync(sim.resolve("/home/alice"), user, user); install(sim, "marker.mjs", IMPORTING_PLUGIN("../../../home/alice/helper.mjs"), 0o644); },
+      `it imports ../../../home/alice/helper.mjs (/home/alice/helper.mjs), and /home/alice is owned by uid ${user}, not root`],
+    ["a helper behind a symlink", (sim) => { sim.dir("/usr/lib/mine"); fs.writeFileSync(sim.resolve("/usr/lib/mine/helper.mjs"), HELPER()); fs.symlinkSync(sim.resolve("/usr/lib/mine/helper.mjs"), sim.resolve(`${paths.pluginsDir}/helper.mjs`)); install(sim, "marker.mjs", IMPORTING_PLUGIN("./helper.mjs"), 0o644); },
+      "it imports ./helper.mjs, which Bun would load from /usr/lib/mine/helper.mjs: vmhook checks only what it loads by the name given; import the file by its own path, with its extension (no symlink)"],
+    ["a package found by name", (sim) => { sim.dir("/etc/vmhook/node_modules/helper"); fs.writeFileSync(sim.resolve("/etc/vmhook/node_modules/helper/index.mjs"), HELPER()); install(sim, "marker.mjs", IMPORTING_PLUGIN("helper"), 0o644); },
+      'it imports "helper", a package: plugins import only Node.js and Bun built-ins and files by their path (./helper.mjs)'],
+  ];
+  for (const [what, setUp, message] of cases) {
+    const sim = pluginHost();
+    setUp(sim);
+    const outcome = await runHookEvent(sim, "prepare", "begin", domainXml('<vmhook:plugin name="marker"/>'));
+    assert.is(outcome.code, 1, what);
+    assert.match(outcome.stderr.split("\n")[0]!, message, `${what}: ${outcome.stderr}`);
+    for (const ran of [`${paths.pluginsDir}/helper-ran`, "/home/alice/helper-ran", "/usr/lib/mine/helper-ran", "/etc/vmhook/node_modules/helper/helper-ran", "/marker"]) assert.not.ok(fs.existsSync(sim.resolve(ran)), `${what}: ${ran}`);
+    assert.not.ok(fs.existsSync(journalPath(sim)), what);
+    sim.cleanup();
+  }
+  // Root's own helper beside the plugin, by its name, runs.
+  const sim = pluginHost();
+  install(sim, "helper.mjs", HELPER(), 0o644);
+  install(sim, "marker.mjs", IMPORTING_PLUGIN("./helper.mjs"), 0o644);
+  const prepared = await runHookEvent(sim, "prepare", "begin", domainXml('<vmhook:plugin name="marker"/>'));
+  assert.is(prepared.code, 0, prepared.stderr);
+  assert.is(fs.readFileSync(sim.resolve("/marker"), "utf8"), "from the helper");
+  sim.cleanup();
+});
+
+test("vmhook plugins and doctor: a helper module beside its plugin is listed as that plugin's helper, not as a plugin that does not run; an unsafe helper is a problem of the plugin that imports it", async () => {
+  const sim = pluginHost();
+  install(sim, "helper.mjs", 'export const text = "from the helper";\n', 0o644);
+  install(sim, "marker.mjs", IMPORTING_PLUGIN("./helper.mjs"), 0o644);
+  const listed = await cli(["plugins"], sim);
+  assert.is(listed.code, 0, listed.stderr);
+  assert.match(listed.stdout, "  helper         helper module of marker (imported, not a plugin)\n");
+  assert.match(listed.stdout, "  marker         marks [JavaScript module]\n");
+  const doctor = await cli(["doctor"], sim);
+  assert.match(doctor.stdout, "ok    custom plugins: 1 installed, all safe: marker (helper modules: helper)");
+
+  fs.chmodSync(sim.resolve(`${paths.pluginsDir}/helper.mjs`), 0o666);
+  const unsafe = (await cli(["plugins"], sim)).stdout;
+  assert.match(unsafe, "  helper         helper module of marker (imported, not a plugin) NOT RUN: /etc/vmhook/plugins.d/helper.mjs has mode 0666");
+  assert.match(unsafe, "  marker         NOT RUN: it imports ./helper.mjs (/etc/vmhook/plugins.d/helper.mjs), and /etc/vmhook/plugins.d/helper.mjs has mode 0666");
+  // doctor reads the imports (it runs no plugin code) and warns of the plugin the hook would refuse
+  assert.match((await cli(["doctor"], sim)).stdout, "warn  custom plugins: marker: it imports ./helper.mjs (/etc/vmhook/plugins.d/helper.mjs), and /etc/vmhook/plugins.d/helper.mjs has mode 0666");
+  sim.cleanup();
+});
+
+test("vmhook status after a failed prepare whose rollback could not undo a step says the start failed, not that a release did", async () => {
+  const sim = pluginHost();
+  install(sim, "stuck.mjs", `export default { name: "stuck", summary: "stuck", parse: () => ({}),
+    plan: { prepare: () => [{ action: "hold", record: { action: "hold" }, description: "hold a thing" }, { action: "fail", record: { action: "fail" }, description: "fail" }] },
+    actions: {
+      hold: { check: (record) => record, apply() {}, undo() { throw new Error("stuck: the thing will not let go"); } },
+      fail: { check: (record) => record, apply() { throw new Error("stuck: no"); }, undo() {} },
+    } };\n`, 0o644);
+  const prepared = await runHookEvent(sim, "prepare", "begin", domainXml('<vmhook:plugin name="stuck"/>'));
+  assert.is(prepared.code, 1);
+  const status = (await cli(["status"], sim)).stdout;
+  assert.match(status, `vm (${UUID}): not running (its start failed, and undoing it did not finish), yet vmhook still holds for it (vmhook recover vm gives it back):`);
+  assert.not.match(status, "release");
+  sim.cleanup();
 });
 
 test("module: a module without a Plugin default export is refused with what to export", async () => {

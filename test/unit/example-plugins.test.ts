@@ -275,7 +275,10 @@ test("docs/plugins.md's stop-units, as printed (with root's ALLOWED_UNITS): vmho
 for (const page of ["docs/plugins.md", "README.md"]) {
   test(`${page}'s marker.mjs, as printed: vmhook plan lists its step, prepare writes /run/marker and release removes it`, () => {
     const root = makeRoot();
-    fs.writeFileSync(root.at("/etc/vmhook/plugins.d/marker.mjs"), printedPlugin(page, "js", 'name: "marker"'), { mode: 0o644 });
+    const printed = printedPlugin(page, "js", 'name: "marker"');
+    // The page's own rule: a module that changes the host with node:fs itself is outside the ctx guard and the journal.
+    assert.not.match(printed, /from "node:(fs|child_process)"/, "the example changes the host through ctx.host, as the page tells plugins to");
+    fs.writeFileSync(root.at("/etc/vmhook/plugins.d/marker.mjs"), printed, { mode: 0o644 });
     const xml = domain('<vmhook:plugin name="marker" text="hello"/>');
     fs.writeFileSync(root.at("/win.xml"), xml);
     const planned = root.cli("plan", root.at("/win.xml"));
