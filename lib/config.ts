@@ -6,7 +6,9 @@ import type { XmlElement } from "./xml.ts";
 import { attributes, describeElement, metadataChildren, type Domain } from "./domain.ts";
 import { ConfigError, describeError, VmhookError } from "./errors.ts";
 import type { Host } from "./host.ts";
-import { NAMESPACE_URI, ROOT_ELEMENT } from "./paths.ts";
+import { NAMESPACE_URI, paths, ROOT_ELEMENT } from "./paths.ts";
+import { closest } from "./cli/usage.ts";
+import { customPluginPresent } from "./custom-plugins/trust.ts";
 import type { AnyPlugin, PluginRegistry } from "./plugin.ts";
 import { authorizeCustomPlugin, authorizeInstances } from "./authorize.ts";
 import { loadPolicy } from "./policy.ts";
@@ -44,6 +46,7 @@ export async function loadDomainPlugins(domain: Domain, host: Host, registry: Pl
   for (const element of metadataChildren(metadata)) {
     const id = pluginId(element, builtinNames);
     if (id.startsWith(CUSTOM_PREFIX) && groups.has(id)) throw secondCustomElement(element, id);
+    if (id.startsWith(CUSTOM_PREFIX)) refuseBuiltinAsCustom(host, element, id.slice(CUSTOM_PREFIX.length), builtinNames());
     if (id.startsWith(CUSTOM_PREFIX)) authorizeCustomPlugin(policy, id.slice(CUSTOM_PREFIX.length), element);
     groups.set(id, [...(groups.get(id) ?? []), element]);
   }
@@ -203,6 +206,18 @@ function pluginId(element: XmlElement, builtinNames: () => string[]): string {
     throw new ConfigError(describeElement(element), `is not a vmhook element; use one of ${[...builtinNames(), CUSTOM_ELEMENT].map((name) => `<vmhook:${name}>`).join(", ")}`);
   }
   return id;
+}
+
+/**
+ * <vmhook:plugin name="hugepage"> (or name="hugepages") that no installed
+ * plugin has: a built-in is meant, which the plugins directory's search
+ * would only call "not installed".
+ */
+function refuseBuiltinAsCustom(host: Host, element: XmlElement, name: string, builtins: string[]): void {
+  if (customPluginPresent(host, name)) return;
+  if (builtins.includes(name)) throw new ConfigError(describeElement(element), `${name} is a built-in plugin, not one in ${paths.pluginsDir}; write <vmhook:${name}/> in its place`);
+  const meant = closest(name, builtins);
+  if (meant) throw new ConfigError(describeElement(element), `no plugin ${name} is installed in ${paths.pluginsDir}, and ${name} is not a built-in; did you mean <vmhook:${meant}/>?`);
 }
 
 const secondCustomElement = (element: XmlElement, id: string) => new ConfigError(describeElement(element), `names plugin ${id.slice(CUSTOM_PREFIX.length)} a second time; merge the two elements`);

@@ -126,6 +126,8 @@ export function slotFunctions(host: Host, address: string): string[] {
 }
 
 export const isDisplayClass = (classCode: string) => classCode.startsWith("0x03");
+/** A 3D controller (0x0302): not VGA-compatible, without display outputs (NVIDIA's data-centre cards; a card whose outputs are switched off): it shows the host nothing. */
+export const isComputeOnlyClass = (classCode: string) => classCode.startsWith("0x0302");
 export const isBridgeClass = (classCode: string) => classCode.startsWith("0x0604") || classCode.startsWith("0x0600");
 
 /** Drivers that leave a device free for vfio-pci's group check (no host use of it). */

@@ -22,6 +22,7 @@ import type { Host } from "../lib/host.ts";
 import { fail, ok, roundMiB, warn, type Finding } from "../lib/diagnostics/findings.ts";
 import { HUGEPAGE_DIR, hostNodes, hugepagePool, hugepageSizes, hugetlbfsMounts, meminfo, memoryFacts, NODE_DIR, nodeDir, nodesWithMemory } from "../lib/memory.ts";
 import { MOUNTINFO } from "../lib/mounts.ts";
+import { hugetlbfsMountSetting, QEMU_CONF } from "../lib/qemu-conf.ts";
 import { defineAction, definePlugin, type ApplyContext, type BaseContext, type CheckContext, type PlanContext, type Step, type UndoContext, type UndoRecord } from "../lib/plugin.ts";
 import { loadSettings } from "../lib/settings.ts";
 import { othersRecords } from "../lib/journal.ts";
@@ -383,26 +384,53 @@ function numadRefusal(host: Host, mode: string): { reason: string; fixes: string
 
 /**
  * libvirt takes guest memory of a page size only from a hugetlbfs mount of
- * that size, found when the daemon starts (or named by hugetlbfs_mount in
- * qemu.conf), and fails the start without one only after this hook has
- * grown the pool: so no mount, no page taken.
+ * that size, found when the daemon starts or, when hugetlbfs_mount is set in
+ * qemu.conf, only from the paths it names; it fails the start without one
+ * only after this hook has grown the pool: so no mount, no page taken.
  */
 function missingMount(host: Host, sizeKiB: number): { reason: string; fixes: string[] } | undefined {
   const size = formatKiB(sizeKiB);
   const mounts = hugetlbfsMounts(host);
   if (!mounts) return { reason: `cannot read ${MOUNTINFO}, so vmhook cannot tell whether libvirt has a hugetlbfs mount of ${size} pages to back the guest memory with`, fixes: [] };
-  if (mounts.some((mount) => mount.sizeKiB === sizeKiB)) return undefined;
-  const found = mounts.length === 0 ? "no hugetlbfs is mounted" : `hugetlbfs mounts: ${mounts.map((mount) => `${mount.mountPoint} of ${formatKiB(mount.sizeKiB)} pages`).join(", ")}`;
+  let named: string[] | undefined;
+  try {
+    named = hugetlbfsMountSetting(host);
+  } catch (error) {
+    return { reason: `${describeError(error)}, so vmhook cannot tell which hugetlbfs mounts libvirt takes ${size} pages from`, fixes: [] };
+  }
+  const describe = (list: { mountPoint: string; sizeKiB: number }[]) => list.map((mount) => `${mount.mountPoint} of ${formatKiB(mount.sizeKiB)} pages`).join(", ");
+  const usable = named === undefined ? mounts : named.flatMap((path) => mountHolding(mounts, path) ?? []);
+  if (usable.some((mount) => mount.sizeKiB === sizeKiB)) return undefined;
   // systemd mounts /dev/hugepages with the default size; another size gets a directory of its own
   const point = sizeKiB === meminfo(host).Hugepagesize ? "/dev/hugepages" : `/dev/hugepages${size}`;
-  return {
-    reason: `libvirt backs guest memory with ${size} pages only from a hugetlbfs mount of that size, and this host has none (${found})`,
-    fixes: [
-      `mount one: mkdir -p ${point} && mount -t hugetlbfs -o pagesize=${size} none ${point}, then restart libvirt (systemctl restart libvirtd, or virtqemud): it finds hugetlbfs mounts when it starts`,
-      `to mount it at every boot: "none ${point} hugetlbfs pagesize=${size} 0 0" in /etc/fstab`,
-      `when hugetlbfs_mount is set in /etc/libvirt/qemu.conf, libvirt uses only the mounts it names: add ${point} there too`,
-    ],
+  const mountOne = `mount one: mkdir -p ${point} && mount -t hugetlbfs -o pagesize=${size} none ${point}`;
+  const atBoot = `to mount it at every boot: "none ${point} hugetlbfs pagesize=${size} 0 0" in /etc/fstab`;
+  if (named === undefined) {
+    const found = mounts.length === 0 ? "no hugetlbfs is mounted" : `hugetlbfs mounts: ${describe(mounts)}`;
+    return {
+      reason: `libvirt backs guest memory with ${size} pages only from a hugetlbfs mount of that size, and this host has none (${found})`,
+      fixes: [`${mountOne}, then restart libvirt (systemctl restart libvirtd, or virtqemud): it finds hugetlbfs mounts when it starts`, atBoot],
+    };
+  }
+  const describeNamed = (path: string) => {
+    const mount = mountHolding(mounts, path);
+    return mount ? describe([mount]) : `${path}, no hugetlbfs mount`;
   };
+  const namedFound = named.length === 0 ? "no path" : named.map(describeNamed).join(", ");
+  const unnamed = mounts.find((mount) => mount.sizeKiB === sizeKiB);
+  const add = unnamed?.mountPoint ?? point;
+  const setting = `hugetlbfs_mount = [${[...named, add].map((path) => `"${path}"`).join(", ")}] in ${QEMU_CONF}, then restart libvirt (systemctl restart libvirtd, or virtqemud): it reads qemu.conf when it starts`;
+  return {
+    reason: `libvirt backs guest memory with ${size} pages only from a hugetlbfs mount of that size, and hugetlbfs_mount in ${QEMU_CONF}, which libvirt uses in place of the mounts it finds, names none (it names ${namedFound}; mounted: ${describe(mounts) || "no hugetlbfs"})`,
+    fixes: unnamed ? [`add ${add} to it: ${setting}`] : [`${mountOne} and add it there: ${setting}`, atBoot],
+  };
+}
+
+/** The hugetlbfs mount a path lies in (libvirt takes a named path's page size from the filesystem holding it), as that path. */
+function mountHolding(mounts: { mountPoint: string; sizeKiB: number }[], path: string): { mountPoint: string; sizeKiB: number } | undefined {
+  const trimmed = path.replace(/(.)\/+$/, "$1");
+  const holder = mounts.filter((mount) => trimmed === mount.mountPoint || trimmed.startsWith(`${mount.mountPoint}/`)).sort((a, b) => b.mountPoint.length - a.mountPoint.length)[0];
+  return holder && { mountPoint: trimmed, sizeKiB: holder.sizeKiB };
 }
 
 function checkMounts(host: Host, pools: PoolNeed[]): void {

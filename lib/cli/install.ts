@@ -35,12 +35,22 @@ interface InstallRecord {
   savedHook?: string;
 }
 
+/**
+ * Whether the file is a vmhook binary; false when nothing is there. A file
+ * that cannot be read (EACCES from a security module, EIO, a directory) is
+ * refused, naming it: taken for another program, vmhook's own hook would be
+ * kept and run from qemu.d/ beside the new one.
+ */
 export function isVmhookBinary(file: string): boolean {
+  let content: Buffer;
   try {
-    return fs.readFileSync(file).includes(BINARY_MARKER);
-  } catch {
-    return false;
+    content = fs.readFileSync(file);
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code;
+    if (code === "ENOENT" || code === "ENOTDIR") return false;
+    throw new VmhookError(`cannot read ${file} (${code ?? describeError(error)}), so vmhook cannot tell whether it is vmhook's own hook or another program; check why (ls -ld, dmesg) and fix it or move it away by hand`);
   }
+  return content.includes(BINARY_MARKER);
 }
 
 /**

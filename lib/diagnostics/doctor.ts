@@ -181,7 +181,13 @@ function libvirtHook(host: Host): Finding {
   }
   const stat = host.stat(hook);
   if (!stat) return warn("libvirt hook", `${hook} does not exist: libvirt will not run vmhook`, "run vmhook install");
-  if (!isVmhookBinary(host.resolve(hook))) return warn("libvirt hook", `${hook} is another program, not vmhook`, "run vmhook install (it keeps the existing hook running from qemu.d/)");
+  let isVmhook: boolean;
+  try {
+    isVmhook = isVmhookBinary(host.resolve(hook));
+  } catch (error) {
+    return fail("libvirt hook", describeError(error), "until then vmhook install and uninstall refuse too");
+  }
+  if (!isVmhook) return warn("libvirt hook", `${hook} is another program, not vmhook`, "run vmhook install (it keeps the existing hook running from qemu.d/)");
   if ((stat.mode & 0o100) === 0) return fail("libvirt hook", `${hook} is vmhook but not executable: libvirt skips it`, `chmod 755 ${hook}`);
   return ok("libvirt hook", `vmhook is installed as ${hook}`);
 }

@@ -18,7 +18,7 @@ import { ConfigError, VmhookError } from "../../lib/errors.ts";
 import { defineAction, definePlugin, type BaseContext, type CheckContext, type PlanContext, type Step } from "../../lib/plugin.ts";
 import { fail, ok, warn, type Finding } from "../../lib/diagnostics/findings.ts";
 import { howToGetCgroupV2, isolationExample } from "../../lib/host-advice.ts";
-import { readForMessage } from "../../lib/host.ts";
+import { readForMessage, type Host } from "../../lib/host.ts";
 import { allowHint, loadPolicy } from "../../lib/policy.ts";
 import { parseYesNo } from "../../lib/validate.ts";
 import { ACTIONS, checkClaim, claimsOf, otherVms, type Action, type Claim, type OtherVm } from "./claims.ts";
@@ -52,7 +52,8 @@ function planPrepare(ctx: PlanContext<IsolateConfig>): Step<Claim>[] {
   else if (cgroups.systemd) {
     actions.push("systemd-allowed-cpus");
     warnOverridingDropIns(ctx, isolated, cgroups.shown);
-    warnOtherSlices(ctx, isolated, kept);
+    const slices = otherSlices(ctx.host, isolated, kept, online);
+    if (slices) ctx.log.warn(`isolate: ${slices.reason}; ${slices.fix}`);
   } else {
     actions.push("cgroup-cpuset");
     warnUnfenced(ctx, isolated);
@@ -188,28 +189,29 @@ function warnUnfenced(ctx: BaseContext, isolated: number[]): void {
  * slice is not narrowed: it may hold VMs (a libvirt <partition> such as
  * /production is production.slice), whose pins narrowing it would override,
  * or work another manager pins itself (kubelet's CPU manager). Said, not
- * refused, for those with processes that may run on the VM's CPUs; the VMs'
- * slices (machined's machine-*.scope in them) are left out. What cannot be
- * read only shortens the warning.
+ * refused (by prepare in the log, by vmhook doctor whenever it runs, a slice
+ * made after the start included), for those with processes that may run on
+ * the VM's CPUs; the VMs' slices (machined's machine-*.scope in them) are
+ * left out. What cannot be read only shortens the warning.
  */
-function warnOtherSlices(ctx: BaseContext, isolated: number[], kept: number[]): void {
-  const online = onlineCpus(ctx);
+function otherSlices(host: Host, isolated: number[], kept: number[], online: number[]): { reason: string; fix: string } | undefined {
   const holdsVms = (name: string) => {
     try {
-      return name === "machine.slice" || ctx.host.list(`${CGROUP}/${name}`).some((child) => child.startsWith("machine-") && child.endsWith(".scope"));
+      return name === "machine.slice" || host.list(`${CGROUP}/${name}`).some((child) => child.startsWith("machine-") && child.endsWith(".scope"));
     } catch {
       return true; // unknown: not named
     }
   };
-  const unfenced = ctx.host
+  const unfenced = host
     .list(CGROUP)
-    .filter((name) => !SYSTEMD_UNITS.includes(name) && /^populated 1$/m.test(readForMessage(ctx.host, `${CGROUP}/${name}/cgroup.events`, "")) && !holdsVms(name))
+    .filter((name) => !SYSTEMD_UNITS.includes(name) && /^populated 1$/m.test(readForMessage(host, `${CGROUP}/${name}/cgroup.events`, "")) && !holdsVms(name))
     // Without a cpuset.cpus.effective of its own (the controller not enabled for the root's children yet), a group runs on every CPU.
-    .filter((name) => intersect(isolated, parseCpuText(readForMessage(ctx.host, `${CGROUP}/${name}/cpuset.cpus.effective`, formatCpuList(online)))).length > 0);
-  if (unfenced.length === 0) return;
-  ctx.log.warn(
-    `isolate: processes in ${unfenced.join(", ")} keep running on CPU ${formatCpuList(isolated)} too: vmhook keeps only ${SYSTEMD_UNITS.join(", ")} off them, not other top-level slices, which may hold VMs (a libvirt <partition>) or work another manager pins; keep such a slice off the VM's CPUs with its own AllowedCPUs, e.g. systemctl set-property ${unfenced[0]} AllowedCPUs=${formatCpuList(kept)}, or run that work in system.slice`,
-  );
+    .filter((name) => intersect(isolated, parseCpuText(readForMessage(host, `${CGROUP}/${name}/cpuset.cpus.effective`, formatCpuList(online)))).length > 0);
+  if (unfenced.length === 0) return undefined;
+  return {
+    reason: `processes in ${unfenced.join(", ")} keep running on CPU ${formatCpuList(isolated)} too: vmhook keeps only ${SYSTEMD_UNITS.join(", ")} off them, not other top-level slices, which may hold VMs (a libvirt <partition>) or work another manager pins`,
+    fix: `keep such a slice off the VM's CPUs with its own AllowedCPUs, e.g. systemctl set-property ${unfenced[0]} AllowedCPUs=${formatCpuList(kept)}, or run that work in system.slice`,
+  };
 }
 
 /**
@@ -289,6 +291,8 @@ function check({ host, domain, elements }: CheckContext): Finding[] {
   const irqbalance = irqs ? irqbalanceProblem(host, isolated) : undefined;
   // As prepare: refused, or with required="no" started without moving IRQs.
   if (irqbalance) findings.push((required ? fail : warn)("isolate irqbalance", irqbalance.reason, irqbalance.fix));
+  const slices = host.readTrimmed("/proc/1/comm") === "systemd" ? otherSlices(host, isolated, kept, online) : undefined;
+  if (slices) findings.push(warn("isolate slices", slices.reason, slices.fix));
   return findings;
 }
 

@@ -11,6 +11,7 @@ import {
   HARMLESS_DRIVERS,
   iommuGroupMembers,
   isBridgeClass,
+  isComputeOnlyClass,
   isDisplayClass,
   isVfioPciVariant,
   listPciDevices,
@@ -195,9 +196,9 @@ function singleGpuMode(host: Host, config: VfioConfig, devices: Device[]): { sin
   const ours = new Set(devices.map((device) => device.address));
   // A boot GPU already on vfio-pci (vfio-pci.ids=...) shows no host display to release.
   const bootGpu = devices.some((device) => isDisplayClass(device.classCode) && device.bootVga && device.driver !== VFIO_DRIVER);
-  // A GPU with no driver, or on vfio-pci/pci-stub (another VM's), shows nothing on the host.
+  // A GPU with no driver, on vfio-pci/pci-stub (another VM's), or compute-only shows nothing on the host.
   const otherDisplays = listPciDevices(host).filter(
-    (device) => isDisplayClass(device.classCode) && !ours.has(device.address) && device.driver !== undefined && !HARMLESS_DRIVERS.includes(device.driver),
+    (device) => isDisplayClass(device.classCode) && !isComputeOnlyClass(device.classCode) && !ours.has(device.address) && device.driver !== undefined && !HARMLESS_DRIVERS.includes(device.driver),
   );
   if (otherDisplays.length > 0) return { singleGpu: false, singleGpuOff: `the host keeps a display on ${otherDisplays.map((device) => `${device.address} (${device.driver})`).join(", ")}` };
   return bootGpu ? { singleGpu: true } : { singleGpu: false, singleGpuOff: "no GPU handed over is the boot VGA device on a host driver" };

@@ -152,6 +152,8 @@ const MISTAKES: Record<string, Mistake[]> = {
     { hooks: `<vmhook:plugin name="My-Plugin"/>`, says: `name="My-Plugin" is not a plugin name`, fix: "lower-case letters, digits" },
     { hooks: `<vmhook:plugin name="../backup"/>`, says: `name="../backup" is not a plugin name`, fix: "lower-case letters, digits" },
     { hooks: `<vmhook:plugin name="backup"/>`, says: "plugin backup is not installed", fix: "install the plugin there" },
+    { hooks: `<vmhook:plugin name="hugepage"/>`, says: "no plugin hugepage is installed in /etc/vmhook/plugins.d, and hugepage is not a built-in", fix: "did you mean <vmhook:hugepages/>?" },
+    { hooks: `<vmhook:plugin name="nosleep"/>`, says: "nosleep is a built-in plugin, not one in /etc/vmhook/plugins.d", fix: "write <vmhook:nosleep/> in its place" },
     { hooks: `<vmhook:plugin name="backup"/><vmhook:plugin name="backup"/>`, says: "names plugin backup a second time", fix: "merge the two elements" },
   ],
   hooks: [

@@ -663,6 +663,57 @@ test("a page size libvirt finds no hugetlbfs mount for is refused before a page 
   }
 });
 
+test("with hugetlbfs_mount set in qemu.conf, libvirt takes pages only from the mounts it names: a mount of the size it leaves out is refused, one it names (a list, a subdirectory) is taken", async () => {
+  // qemu_conf.c: a set hugetlbfs_mount replaces the mounts libvirt found, each path's page size read by statfs
+  const oneG = { element: "<vmhook:hugepages size='1G'/>", extra: ONE_G_BACKING };
+  const refused: [string, string, string][] = [
+    [
+      'hugetlbfs_mount = "/dev/hugepages"\n',
+      "libvirt backs guest memory with 1G pages only from a hugetlbfs mount of that size, and hugetlbfs_mount in /etc/libvirt/qemu.conf, which libvirt uses in place of the mounts it finds, names none (it names /dev/hugepages of 2M pages; mounted: /dev/hugepages of 2M pages, /dev/hugepages1G of 1G pages)",
+      'add /dev/hugepages1G to it: hugetlbfs_mount = ["/dev/hugepages", "/dev/hugepages1G"] in /etc/libvirt/qemu.conf, then restart libvirt (systemctl restart libvirtd, or virtqemud): it reads qemu.conf when it starts',
+    ],
+    [
+      "# hugetlbfs_mount = [\"/dev/hugepages1G\"]\nhugetlbfs_mount = [ ]\n",
+      "libvirt backs guest memory with 1G pages only from a hugetlbfs mount of that size, and hugetlbfs_mount in /etc/libvirt/qemu.conf, which libvirt uses in place of the mounts it finds, names none (it names no path; mounted: /dev/hugepages of 2M pages, /dev/hugepages1G of 1G pages)",
+      'add /dev/hugepages1G to it: hugetlbfs_mount = ["/dev/hugepages1G"] in /etc/libvirt/qemu.conf, then restart libvirt (systemctl restart libvirtd, or virtqemud): it reads qemu.conf when it starts',
+    ],
+    [
+      "hugetlbfs_mount = /dev/hugepages1G\n",
+      "cannot read hugetlbfs_mount in /etc/libvirt/qemu.conf (a \"quoted path\" or a [list] of them), so vmhook cannot tell which hugetlbfs mounts libvirt takes 1G pages from",
+      "",
+    ],
+  ];
+  for (const [conf, reason, fix] of refused) {
+    const { sim, kernel } = host({ mounted: [2048, GiB] });
+    try {
+      sim.file("/etc/libvirt/qemu.conf", `# the mounts libvirt uses\n${conf}`);
+      const before = sim.snapshot();
+      const outcome = await runHookEvent(sim, "prepare", "begin", domainXml(oneG));
+      assert.is(outcome.code, 1, conf);
+      assert.is(firstLine(outcome.stderr), `vmhook: hugepages: ${reason}${fix ? `; ${fix}` : ""}`);
+      assert.is(kernel.pool(GiB), 0);
+      assert.equal(sim.snapshot(), before);
+      const doctor = await runDoctor(sim, { file: "vm.xml", xml: domainXml(oneG) });
+      const finding = doctor.domain!.findings.find((found) => found.check === "hugepages mount");
+      assert.equal([finding?.status, finding?.reason], ["fail", reason]);
+    } finally {
+      sim.cleanup();
+    }
+  }
+  const taken = ['hugetlbfs_mount = ["/dev/hugepages", # the default size\n  "/dev/hugepages1G/libvirt/",\n]\n', "hugetlbfs_mount = '/dev/hugepages1G'\n", '#hugetlbfs_mount = "/dev/hugepages"\n'];
+  for (const conf of taken) {
+    const { sim, kernel } = host({ mounted: [2048, GiB] });
+    try {
+      sim.file("/etc/libvirt/qemu.conf", conf);
+      const outcome = await runHookEvent(sim, "prepare", "begin", domainXml(oneG));
+      assert.is(outcome.code, 0, `${conf}: ${outcome.stderr}`);
+      assert.is(kernel.pool(GiB), 1);
+    } finally {
+      sim.cleanup();
+    }
+  }
+});
+
 test("free pages another VM's QEMU has mapped but not touched yet (resv_hugepages) are not offered to this VM as its own", async () => {
   // 8192 pages of 2M (16 GiB) reserved at boot, 8 GiB left free: a 16 GiB VM cannot fit in new pages
   const xml = domainXml({ memory: "<memory unit='GiB'>16</memory>" });

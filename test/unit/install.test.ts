@@ -8,6 +8,7 @@ import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { install, systemLibvirtDaemons, uninstall } from "../../lib/cli/install.ts";
 import { RootedHost } from "../../lib/host.ts";
+import { runDoctor } from "../../lib/diagnostics/doctor.ts";
 import { newJournal, writeJournal } from "../../lib/journal.ts";
 import { SimHost } from "../helpers/simhost.ts";
 
@@ -207,6 +208,20 @@ test("install refuses when it cannot look at the hook or the saved hook (lstat E
     assert.is(read(SAVED), "#!/bin/sh\n# saved by an earlier install\n", `${unseen} ${code}: the saved hook was overwritten`);
     for (const absent of [LAUNCHER, `${HOOK}.vmhook-new`, "/etc/vmhook", "/run/vmhook", "/usr/local/bin/vmhook"]) assert.not.ok(exists(absent), `${unseen} ${code}: ${absent} is there`);
   }
+});
+
+test("install, uninstall and doctor refuse a hook they cannot read (EACCES from a security module, EIO, a directory: EISDIR) rather than call it another program: vmhook's own hook would be kept and run twice from qemu.d/; nothing changes", async () => {
+  const { host, binary, exists } = setUp();
+  fs.mkdirSync(host.resolve(HOOK), { recursive: true });
+  fs.writeFileSync(host.resolve(`${HOOK}/inside`), "");
+  const refusal = /^cannot read \S*\/etc\/libvirt\/hooks\/qemu \(EISDIR\), so vmhook cannot tell whether it is vmhook's own hook/;
+  assert.throws(() => install(host, binary), refusal);
+  assert.throws(() => uninstall(host, false), refusal);
+  assert.ok(exists(`${HOOK}/inside`));
+  for (const absent of [SAVED, LAUNCHER, "/etc/vmhook", "/run/vmhook", "/usr/local/bin/vmhook"]) assert.not.ok(exists(absent), `${absent} is there`);
+  const finding = (await runDoctor(host)).host.find((found) => found.check === "libvirt hook");
+  assert.is(finding?.status, "fail");
+  assert.match(finding?.reason ?? "", refusal);
 });
 
 test("uninstall refuses when it cannot look at the saved hook: the record naming it and its launcher are kept, not dropped as if it were gone", () => {

@@ -15,6 +15,7 @@ import { paths } from "../../lib/paths.ts";
 import { loadSettings } from "../../lib/settings.ts";
 import { undoJournal, type RunEnvironment } from "../../lib/transaction.ts";
 import { registry as builtins } from "../../plugins/index.ts";
+import { runDoctor } from "../../lib/diagnostics/doctor.ts";
 import { checkOriginals } from "../../plugins/isolate/retune.ts";
 import { runHookEvent, type HookOutcome } from "../helpers/hook.ts";
 import type { SimHost } from "../helpers/simhost.ts";
@@ -158,6 +159,12 @@ test("systemd: processes in other top-level slices that may run on the VM's CPUs
   assert.match(warnings[0]!, "with its own AllowedCPUs, e.g. systemctl set-property batch.slice AllowedCPUs=0-1,4-7");
   assert.not.ok(systemctlCalls(sim).some((call) => /batch|capsule|kubepods|production/.test(call)), "other slices are left alone");
   assert.equal(units, { "system.slice": "0-1,4-7", "user.slice": "0-1,4-7", "init.scope": "0-1,4-7" });
+  // vmhook doctor says the same, and names a slice made after the start too, which prepare could not
+  group("late.slice", true);
+  const finding = (await runDoctor(sim, { file: "vmA.xml", xml: domainXml(vmA) })).domain!.findings.find((found) => found.check === "isolate slices");
+  assert.equal([finding?.status, finding?.reason.replace(/: vmhook keeps .*/, "")], ["warn", "processes in batch.slice, capsule.slice, late.slice keep running on CPU 2-3 too"]);
+  assert.match(finding?.fix ?? "", "systemctl set-property batch.slice AllowedCPUs=0-1,4-7");
+  fs.rmSync(sim.resolve("/sys/fs/cgroup/late.slice"), { recursive: true });
   assert.is((await release(sim, vmA)).code, 0);
   assertClean(sim, before);
 });

@@ -909,6 +909,21 @@ test("Intel iGPU on i915 + NVIDIA dGPU as boot VGA: single-GPU auto stays off (t
   assert.equal(kernel.sim.snapshot(), before);
 });
 
+test("single-GPU auto: a compute-only card beside the boot GPU (a 3D controller, class 0302, with no display outputs) is no host display, so the boot GPU's handover stops the display manager", async () => {
+  const kernel = nvidiaDesktop()
+    .module({ name: "amdgpu", driver: "amdgpu", loaded: true })
+    .device({ address: "0000:02:00.0", classCode: "0x030200", vendor: "0x1002", nativeDriver: "amdgpu", group: 2, nodes: ["renderD129"] });
+  const before = kernel.sim.snapshot();
+  const xml = domainXml("<vmhook:vfio/>");
+  const prepare = await runHookEvent(kernel.sim, "prepare", "begin", xml);
+  assert.is(prepare.code, 0, prepare.stderr);
+  assert.is(kernel.driverOf(GPU), "vfio-pci");
+  assert.is(kernel.driverOf("0000:02:00.0"), "amdgpu");
+  assert.not.ok(kernel.units.get("display-manager.service")!.active);
+  assert.is((await runHookEvent(kernel.sim, "release", "end", xml)).code, 0);
+  assert.equal(kernel.sim.snapshot(), before);
+});
+
 test("the handover takes the host-wide lock: while another vmhook holds it (a VM starting or releasing), prepare waits and changes nothing", async () => {
   const kernel = twoGpuWorkstation();
   kernel.sim.file("/etc/vmhook/vmhook.json", JSON.stringify({ deadlineSeconds: 1 }));
