@@ -45,6 +45,23 @@ it("single-GPU prepare moves the GPU to vfio-pci and unbinds the console; releas
   assert.fixture(await guest!.ok(STATE), baseline!);
 });
 
+// vfio-pci forbids runtime PM as it lets a device go (vfio_pci_core_unregister_device); bochs-drm's probe leaves it alone.
+it("a GPU with runtime PM allowed (power/control auto) comes back with auto, not the on vfio-pci's release leaves", async ({ guest, baseline }) => {
+  assert.match(baseline!, "power: on");
+  await guest!.ok(`echo auto > /sys/bus/pci/devices/${GPU}/power/control`);
+  try {
+    const before = await guest!.ok(STATE);
+    assert.match(before, "power: auto");
+    assert.is((await guest!.sh(hook(domainXml(), "prepare begin"))).code, 0);
+    assert.equal(await guest!.sh(hook(domainXml(), "release end")), { code: 0, stdout: "" });
+    assert.fixture(await guest!.ok(STATE), before);
+    assert.match(await guest!.ok("cat /var/log/vmhook.log"), `vfio: ${GPU}: power/control back to auto, as before the VM (runtime PM allowed)`);
+  } finally {
+    await guest!.ok(`echo on > /sys/bus/pci/devices/${GPU}/power/control`);
+  }
+  assert.fixture(await guest!.ok(STATE), baseline!);
+});
+
 /**
  * The hook's prepare with `program` replaced, first on vmhook's PATH, by a
  * script that runs `failure` (shell) when its arguments match the case
