@@ -48,9 +48,33 @@ export function stoppedHelpers(ctx: BaseContext, found: Survey, settings: VfioSe
  * host's drivers let go of the devices, which the moves wait for.
  */
 export function loadVfioSteps(ctx: PlanContext<VfioConfig>, settings: VfioSettings): Step[] {
-  if (pciDriverRegistered(ctx.host, VFIO_DRIVER)) return keepLoadedSteps(ctx, VFIO_DRIVER);
-  const step: Step = { ...loadModulesStep(VFIO_DRIVER, settings.bindTimeoutSeconds * 1000, ctx.host), background: true };
-  return [refusedIfMissing(ctx.host, step, (release) => `install the modules of kernel ${release}, or boot a kernel built with CONFIG_VFIO_PCI`)];
+  // What modprobe loads is read (modules.dep) only when vfio-pci is to load.
+  const step: Step<LoadRecord> | undefined = pciDriverRegistered(ctx.host, VFIO_DRIVER) ? undefined : { ...loadModulesStep(VFIO_DRIVER, settings.bindTimeoutSeconds * 1000, ctx.host), background: true };
+  const load = step && refusedIfMissing(ctx.host, step, (release) => `install the modules of kernel ${release}, or boot a kernel built with CONFIG_VFIO_PCI`);
+  if (load?.refused) return [load];
+  const noBackend = noIommuBackend(ctx.host, step?.record.modules ?? []);
+  if (noBackend) {
+    const refused = { reason: noBackend, remedies: ["QEMU would fail to open the device (No available IOMMU models) once the display had let go, so the start is refused before anything changes"] };
+    return [{ ...(step ?? { ...keepLoadedStep(VFIO_DRIVER), description: `use module ${VFIO_DRIVER} (loaded)` }), refused }];
+  }
+  return load ? [load] : keepLoadedSteps(ctx, VFIO_DRIVER);
+}
+
+/** The modules through which QEMU maps a VM's memory for vfio: the container's type1 (modprobe loads it after vfio, its softdep), or iommufd. */
+const IOMMU_BACKENDS = ["vfio_iommu_type1", "iommufd"];
+
+/**
+ * Why vfio-pci would leave QEMU no IOMMU backend: none is loaded (or built
+ * in), none is among what modprobe vfio-pci loads (`loads`), and the
+ * kernel's module tree has none either. undefined when one is there, or
+ * when the module tree cannot tell.
+ */
+function noIommuBackend(host: Host, loads: string[]): string | undefined {
+  // A built-in module has a /sys/module directory (type1 and iommufd have parameters) but no refcnt.
+  if (IOMMU_BACKENDS.some((module) => host.exists(`/sys/module/${module}`) || loads.includes(module))) return undefined;
+  if (!IOMMU_BACKENDS.every((module) => moduleMissing(host, module))) return undefined;
+  const release = kernelRelease(host);
+  return `vfio: no VFIO IOMMU backend for kernel ${release}: vfio_iommu_type1 (and iommufd) is neither loaded nor in this kernel's ${moduleTree(release)}, so QEMU could not map the VM's memory for the device; install the modules of kernel ${release} (its vfio_iommu_type1.ko), or boot a kernel built with CONFIG_VFIO_IOMMU_TYPE1`;
 }
 
 /**
@@ -290,8 +314,14 @@ function loadModulesStep(module: string, bindTimeoutMs: number, host: Host): Ste
 function keepLoadedSteps(ctx: BaseContext, module: string): Step<LoadRecord>[] {
   const claim = loadedClaim(module);
   if (!ctx.claims.get(claim)) return []; // loaded by someone else than vmhook: theirs to keep
-  return [{ action: "load-modules", record: { action: "load-modules", module: "", modules: [], claim, bindTimeoutMs: 0 }, description: `keep module ${module} loaded (loaded for another VM)` }];
+  return [keepLoadedStep(module)];
 }
+
+const keepLoadedStep = (module: string): Step<LoadRecord> => ({
+  action: "load-modules",
+  record: { action: "load-modules", module: "", modules: [], claim: loadedClaim(module), bindTimeoutMs: 0 },
+  description: `keep module ${module} loaded (loaded for another VM)`,
+});
 
 /**
  * modprobe, journaling exactly the modules it loaded, claimed in the ledger:

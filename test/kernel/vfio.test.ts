@@ -112,6 +112,20 @@ it("a module the host policy does not allow is refused before anything changes; 
   assert.fixture(await guest!.ok(STATE), baseline!);
 });
 
+it("a kernel whose modules lack vfio_iommu_type1 (6.1 has no iommufd): prepare refuses before the console or the GPU is touched, as QEMU could not use the device", async ({ guest, baseline }) => {
+  const dep = "/lib/modules/$(uname -r)/modules.dep";
+  assert.not.match(baseline!, "vfio_iommu_type1");
+  await guest!.ok(`cp ${dep} /tmp/modules.dep.orig && sed -i '/vfio_iommu_type1/d' ${dep}`);
+  try {
+    const result = await guest!.sh(hook(domainXml('single-gpu="yes"'), "prepare begin"));
+    assert.is(result.code, 1);
+    assert.match(result.stdout.split("\n")[0]!, /^vmhook: vfio: no VFIO IOMMU backend for kernel 6\.1\.\S+: vfio_iommu_type1 \(and iommufd\) is neither loaded nor in this kernel's modules/);
+  } finally {
+    await guest!.ok(`cp /tmp/modules.dep.orig ${dep}`);
+  }
+  assert.fixture(await guest!.ok(STATE), baseline!);
+});
+
 // The guest's other console is the dummy one, modular like fbcon: the kernel's
 // vtconsole bind is then a no-op, and only a framebuffer brings fbcon back.
 // Here the GPU never left bochs-drm, so no framebuffer registers again.
