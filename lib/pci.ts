@@ -183,6 +183,12 @@ export function pciDriverOverride(host: Host, address: string): string | undefin
   return value && value !== "(null)" ? value : undefined;
 }
 
+/** power/control: "auto" when runtime PM may suspend the device, "on" when it is forbidden; undefined when unreadable. */
+export function pciPowerControl(host: Host, address: string): "on" | "auto" | undefined {
+  const value = host.readTrimmed(pciPath(address, "power/control"));
+  return value === "on" || value === "auto" ? value : undefined;
+}
+
 /** How the kernel resets the device ("flr bus", ...), or undefined when the kernel does not say. */
 export function pciResetMethod(host: Host, address: string): string | undefined {
   return host.readTrimmed(pciPath(address, "reset_method")) || undefined;

@@ -9,7 +9,7 @@ import { VmhookError } from "../../lib/errors.ts";
 import { readForMessage, type ExecResult, type Host } from "../../lib/host.ts";
 import { othersRecords } from "../../lib/journal.ts";
 import { recoverCommandLine } from "../../lib/metadata-text.ts";
-import { checkSriovOrigin, goneFromBus, PCI_DRIVERS, pciDriver, pciDriverRegistered, pciExists, pciIommuGroup, pciPath, sriovOrigin, type SriovOrigin } from "../../lib/pci.ts";
+import { checkSriovOrigin, goneFromBus, PCI_DRIVERS, pciDriver, pciDriverRegistered, pciExists, pciIommuGroup, pciPath, pciPowerControl, sriovOrigin, type SriovOrigin } from "../../lib/pci.ts";
 import { defineAction, type ApplyContext, type BaseContext, type PlanContext, type Step, type UndoRecord } from "../../lib/plugin.ts";
 import { clearForWrite, listStuckWrites, moduleSubject, refuseIfStuck, SOUND_NODE, soundCardHolders, StuckWriteError } from "../../lib/stuck-writes.ts";
 import { PATTERNS } from "../../lib/validate.ts";
@@ -48,9 +48,33 @@ export function stoppedHelpers(ctx: BaseContext, found: Survey, settings: VfioSe
  * host's drivers let go of the devices, which the moves wait for.
  */
 export function loadVfioSteps(ctx: PlanContext<VfioConfig>, settings: VfioSettings): Step[] {
-  if (pciDriverRegistered(ctx.host, VFIO_DRIVER)) return keepLoadedSteps(ctx, VFIO_DRIVER);
-  const step: Step = { ...loadModulesStep(VFIO_DRIVER, settings.bindTimeoutSeconds * 1000, ctx.host), background: true };
-  return [refusedIfMissing(ctx.host, step, (release) => `install the modules of kernel ${release}, or boot a kernel built with CONFIG_VFIO_PCI`)];
+  // What modprobe loads is read (modules.dep) only when vfio-pci is to load.
+  const step: Step<LoadRecord> | undefined = pciDriverRegistered(ctx.host, VFIO_DRIVER) ? undefined : { ...loadModulesStep(VFIO_DRIVER, settings.bindTimeoutSeconds * 1000, ctx.host), background: true };
+  const load = step && refusedIfMissing(ctx.host, step, (release) => `install the modules of kernel ${release}, or boot a kernel built with CONFIG_VFIO_PCI`);
+  if (load?.refused) return [load];
+  const noBackend = noIommuBackend(ctx.host, step?.record.modules ?? []);
+  if (noBackend) {
+    const refused = { reason: noBackend, remedies: ["QEMU would fail to open the device (No available IOMMU models) once the display had let go, so the start is refused before anything changes"] };
+    return [{ ...(step ?? { ...keepLoadedStep(VFIO_DRIVER), description: `use module ${VFIO_DRIVER} (loaded)` }), refused }];
+  }
+  return load ? [load] : keepLoadedSteps(ctx, VFIO_DRIVER);
+}
+
+/** The modules through which QEMU maps a VM's memory for vfio: the container's type1 (modprobe loads it after vfio, its softdep), or iommufd. */
+const IOMMU_BACKENDS = ["vfio_iommu_type1", "iommufd"];
+
+/**
+ * Why vfio-pci would leave QEMU no IOMMU backend: none is loaded (or built
+ * in), none is among what modprobe vfio-pci loads (`loads`), and the
+ * kernel's module tree has none either. undefined when one is there, or
+ * when the module tree cannot tell.
+ */
+function noIommuBackend(host: Host, loads: string[]): string | undefined {
+  // A built-in module has a /sys/module directory (type1 and iommufd have parameters) but no refcnt.
+  if (IOMMU_BACKENDS.some((module) => host.exists(`/sys/module/${module}`) || loads.includes(module))) return undefined;
+  if (!IOMMU_BACKENDS.every((module) => moduleMissing(host, module))) return undefined;
+  const release = kernelRelease(host);
+  return `vfio: no VFIO IOMMU backend for kernel ${release}: vfio_iommu_type1 (and iommufd) is neither loaded nor in this kernel's ${moduleTree(release)}, so QEMU could not map the VM's memory for the device; install the modules of kernel ${release} (its vfio_iommu_type1.ko), or boot a kernel built with CONFIG_VFIO_IOMMU_TYPE1`;
 }
 
 /**
@@ -123,6 +147,7 @@ export function takeOverSteps(ctx: PlanContext<VfioConfig>, found: Survey, setti
       group: device.iommuGroup!,
       driver: device.driver ?? home?.driver ?? null,
       override: device.override ?? null,
+      powerControl: pciPowerControl(ctx.host, device.address) ?? null,
       moduleReloaded: reloaded.has(device.address),
       homeClaim: home?.claim ?? null,
       sriov: sriovOrigin(ctx.host, device.address),
@@ -289,8 +314,14 @@ function loadModulesStep(module: string, bindTimeoutMs: number, host: Host): Ste
 function keepLoadedSteps(ctx: BaseContext, module: string): Step<LoadRecord>[] {
   const claim = loadedClaim(module);
   if (!ctx.claims.get(claim)) return []; // loaded by someone else than vmhook: theirs to keep
-  return [{ action: "load-modules", record: { action: "load-modules", module: "", modules: [], claim, bindTimeoutMs: 0 }, description: `keep module ${module} loaded (loaded for another VM)` }];
+  return [keepLoadedStep(module)];
 }
+
+const keepLoadedStep = (module: string): Step<LoadRecord> => ({
+  action: "load-modules",
+  record: { action: "load-modules", module: "", modules: [], claim: loadedClaim(module), bindTimeoutMs: 0 },
+  description: `keep module ${module} loaded (loaded for another VM)`,
+});
 
 /**
  * modprobe, journaling exactly the modules it loaded, claimed in the ledger:
@@ -342,6 +373,8 @@ interface BindRecord extends UndoRecord {
   driver: string | null;
   /** driver_override before vmhook; null: none. */
   override: string | null;
+  /** power/control before vmhook; null: unreadable (or a journal from before it), left as the kernel leaves it. */
+  powerControl: "on" | "auto" | null;
   /** The driver's module is unloaded here and loaded again by a later undo, which brings the device back. */
   moduleReloaded: boolean;
   /**
@@ -463,24 +496,42 @@ async function rebindDevice(record: BindRecord, ctx: BaseContext): Promise<void>
   if (pciDriver(host, address) === VFIO_DRIVER) await throughDriver(ctx, address, VFIO_DRIVER, `${PCI_DRIVERS}/${VFIO_DRIVER}/unbind`, timeoutMs);
   // An empty write clears driver_override.
   host.write(pciPath(address, "driver_override"), override ?? "\n");
-  if (driver === null || pciDriver(host, address) === driver) return;
-  if (!pciDriverRegistered(host, driver)) {
-    // Its module is unloaded for a VM (this one or another): the last of them brings the device back with it.
-    const claim = (record.homeClaim !== null && ctx.claims.get(record.homeClaim) ? record.homeClaim : undefined) ?? claimProviding(ctx, driver);
-    if (claim) {
-      ctx.claims.addWaiting(claim, { address, driver });
-      ctx.log.info(`vfio: ${address} waits for driver ${driver}: ${claim} is loaded again when the last VM that needs it unloaded is released`);
-      return;
+  if (driver !== null && pciDriver(host, address) !== driver) {
+    if (!pciDriverRegistered(host, driver)) {
+      // Its module is unloaded for a VM (this one or another): the last of them brings the device back with it.
+      const claim = (record.homeClaim !== null && ctx.claims.get(record.homeClaim) ? record.homeClaim : undefined) ?? claimProviding(ctx, driver);
+      if (claim) {
+        ctx.claims.addWaiting(claim, { address, driver });
+        ctx.log.info(`vfio: ${address} waits for driver ${driver}: ${claim} is loaded again when the last VM that needs it unloaded is released`);
+        // A driver that manages runtime PM may change power/control again as it probes the device then.
+        return restorePowerControl(ctx, record);
+      }
+      // A record without moduleReloaded (a journal from before the claims ledger): a later undo reloads the module.
+      if (record.moduleReloaded !== false) {
+        ctx.log.info(`vfio: ${address} waits for driver ${driver}, whose module is loaded again later`);
+        return restorePowerControl(ctx, record);
+      }
+      // Unloaded by someone else and reloaded by no later undo: returning would drop the record, leaving the device on no driver.
+      throw new VmhookError(`vfio: ${address} cannot go back to ${driver}: that driver is no longer registered (its module was unloaded); load it (modprobe), then run vmhook recover`);
     }
-    // A record without moduleReloaded (a journal from before the claims ledger): a later undo reloads the module.
-    if (record.moduleReloaded !== false) {
-      ctx.log.info(`vfio: ${address} waits for driver ${driver}, whose module is loaded again later`);
-      return;
-    }
-    // Unloaded by someone else and reloaded by no later undo: returning would drop the record, leaving the device on no driver.
-    throw new VmhookError(`vfio: ${address} cannot go back to ${driver}: that driver is no longer registered (its module was unloaded); load it (modprobe), then run vmhook recover`);
+    await returnToDriver(ctx, { address, driver, timeoutMs });
   }
-  await returnToDriver(ctx, { address, driver, timeoutMs });
+  await restorePowerControl(ctx, record);
+}
+
+/**
+ * power/control as before the VM, once the device is home: vfio-pci forbids
+ * runtime PM as it lets a device go (on: an idle laptop dGPU stays powered),
+ * a driver that manages runtime PM allows it as it probes (auto: a user's
+ * "on" against its runtime-PM hangs is gone), and a rescan enumerates the
+ * device with on. "on" resumes the device through its driver: bounded.
+ */
+async function restorePowerControl(ctx: BaseContext, record: BindRecord): Promise<void> {
+  const { address, powerControl } = record;
+  if (powerControl === null || pciPowerControl(ctx.host, address) === powerControl) return;
+  const driver = pciDriver(ctx.host, address) ?? "the PCI core (no driver)";
+  await writeThroughDriver(ctx, { device: address, driver, file: pciPath(address, "power/control"), value: powerControl, timeoutMs: record.bindTimeoutMs, setting: "plugins.vfio.bindTimeoutSeconds" });
+  ctx.log.info(`vfio: ${address}: power/control back to ${powerControl}, as before the VM (runtime PM ${powerControl === "auto" ? "allowed" : "forbidden"})`);
 }
 
 /**
@@ -637,6 +688,8 @@ function checkBind(record: UndoRecord): BindRecord {
   if (override !== null && !PATTERNS.moduleName.test(override)) throw new VmhookError(`vfio: the journal names driver_override "${override}", which is not a driver name`);
   const group = record.group === undefined ? "" : String(record.group);
   if (!/^\d{0,6}$/.test(group)) throw new VmhookError(`vfio: the journal names IOMMU group "${group}", which is not a group number`);
+  const powerControl = record.powerControl === null || record.powerControl === undefined ? null : record.powerControl;
+  if (powerControl !== null && powerControl !== "on" && powerControl !== "auto") throw new VmhookError(`vfio: the journal names power/control ${JSON.stringify(powerControl).slice(0, 40)}, which is neither on nor auto`);
   const homeClaim = record.homeClaim === null || record.homeClaim === undefined ? null : String(record.homeClaim);
   if (homeClaim !== null && !/^module:[a-z0-9_]{1,64}$/.test(homeClaim)) throw new VmhookError(`vfio: the journal names claim ${JSON.stringify(record.homeClaim)}, which is not a module claim`);
   return {
@@ -645,6 +698,7 @@ function checkBind(record: UndoRecord): BindRecord {
     group,
     driver: checkedDriver(record.driver),
     override,
+    powerControl,
     // A record without moduleReloaded (a journal from before it): a later undo reloads the module.
     moduleReloaded: record.moduleReloaded !== false,
     homeClaim,

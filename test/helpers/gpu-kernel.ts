@@ -24,6 +24,10 @@ export interface SimPciDevice {
   resetMethod?: string;
   /** An SR-IOV virtual function: its physical function's address (the physfn link; the PF gets a virtfnN link). */
   physfn?: string;
+  /** power/control now (default "on", as the kernel enumerates a device): "auto" lets runtime PM suspend it. */
+  powerControl?: "on" | "auto";
+  /** Its native driver's probe allows runtime PM (pm_runtime_allow: amdgpu, nouveau, snd_hda_intel), setting power/control to auto. */
+  driverAllowsRuntimePm?: boolean;
 }
 
 export interface SimModule {
@@ -156,6 +160,11 @@ export class GpuKernel {
     sim.onWrite(/^\/sys\/class\/pci_bus\/[^/]+\/rescan$/, (_value, file) => this.rescan(file.split("/")[4]));
     sim.onWrite(/^\/sys\/bus\/pci\/devices\/[^/]+\/remove$/, (_value, file) => this.removeDevice(file.split("/")[5]!));
     sim.onWrite(/^\/sys\/bus\/pci\/devices\/[^/]+\/reset$/, (_value, file) => this.reset(file.split("/")[5]!));
+    // control_store(): "on" or "auto", a trailing newline allowed; anything else EINVAL.
+    sim.onWrite(/^\/sys\/bus\/pci\/devices\/[^/]+\/power\/control$/, (value, file) => {
+      if (!["on", "auto"].includes(value.replace(/\n$/, ""))) throw Object.assign(new Error("EINVAL"), { code: "EINVAL" });
+      this.sim.file(file, value.replace(/\n$/, ""));
+    });
     sim.onWrite(/^\/sys\/bus\/pci\/devices\/[^/]+\/reset_method$/, (value, file) => this.setResetMethod(file.split("/")[5]!, value, file));
     sim.onWrite(/^\/sys\/class\/vtconsole\/[^/]+\/bind$/, (value, file) => {
       if (value === "0" || builtinConsole) sim.file(file, value);
@@ -223,6 +232,7 @@ export class GpuKernel {
       .file(`${dir}/device`, spec.deviceId ?? "0x1234")
       .file(`${dir}/boot_vga`, spec.bootVga ? 1 : 0)
       .file(`${dir}/driver_override`, "(null)")
+      .file(`${dir}/power/control`, spec.powerControl ?? "on")
       .file(`${dir}/remove`)
       .file(`/sys/class/pci_bus/${spec.address.slice(0, 7)}/rescan`)
       .link(`${dir}/iommu_group`, `../../../kernel/iommu_groups/${spec.group}`)
@@ -394,6 +404,8 @@ export class GpuKernel {
     if (!this.sim.exists(`${DRIVERS}/${driver}`) || this.driverOf(address)) throw Object.assign(new Error("ENODEV"), { code: "ENODEV" });
     if (driver !== "vfio-pci" && (this.refuses(address) || driver !== device.nativeDriver)) throw Object.assign(new Error("ENODEV"), { code: "ENODEV" });
     this.sim.link(`${DEV}/${address}/driver`, `../../../bus/pci/drivers/${driver}`).link(`${DRIVERS}/${driver}/${address}`, `../../../../devices/${address}`);
+    // vfio_pci_core_register_device() allows runtime PM (pm_runtime_allow), as a driver that manages it does in its probe.
+    if (driver === "vfio-pci" || device.driverAllowsRuntimePm) this.sim.file(`${DEV}/${address}/power/control`, "auto");
     if (driver === "vfio-pci") this.sim.file(`/dev/vfio/${device.group}`);
     else {
       for (const node of device.nodes ?? []) {
@@ -417,6 +429,8 @@ export class GpuKernel {
       this.sim.remove(node.startsWith("fb") ? `/dev/${node}` : `/dev/dri/${node}`);
       if (node.startsWith("fb")) this.sim.remove(`/sys/class/graphics/${node}`);
     }
+    // vfio_pci_core_unregister_device() forbids runtime PM (pm_runtime_forbid), whatever power/control said before vfio-pci.
+    if (driver === "vfio-pci") this.sim.file(`${DEV}/${address}/power/control`, "on");
     const groupStillUsed = [...this.devices.values()].some((d) => d.group === device.group && this.driverOf(d.address) === "vfio-pci");
     if (driver === "vfio-pci" && !groupStillUsed) this.sim.remove(`/dev/vfio/${device.group}`);
   }
@@ -460,14 +474,14 @@ export class GpuKernel {
   }
 
   /**
-   * Enumerates removed devices afresh (driver_override and reset_method as the kernel sets them) and probes them: those of one bus ("0000:03"), or all.
+   * Enumerates removed devices afresh (driver_override, reset_method and power/control as the kernel sets them) and probes them: those of one bus ("0000:03"), or all.
    * A virtual function is not found by a scan (only its PF's driver creates it, through sriov_numvfs): it stays gone.
    */
   private rescan(bus?: string): void {
     for (const address of [...this.removed].filter((removed) => (bus === undefined || removed.startsWith(`${bus}:`)) && !this.devices.get(removed)!.physfn)) {
       this.removed.delete(address);
       this.refuseUntilRescan.delete(address);
-      this.device({ ...this.devices.get(address)!, bound: false });
+      this.device({ ...this.devices.get(address)!, bound: false, powerControl: undefined });
       this.probe(address);
     }
   }

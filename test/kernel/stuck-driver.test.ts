@@ -50,6 +50,24 @@ bench.before(async (context) => {
   await context.guest.ok(`mkdir -p /etc/vmhook && echo '{"plugins": {"vfio": {"bindTimeoutSeconds": 2}}}' > /etc/vmhook/vmhook.json`);
   context.baseline = await context.guest.ok(state(context.edu));
 });
+/**
+ * Each scenario starts from the guest as booted, whatever one before it left
+ * on failing: a remove() still blocked is let go (and waited for), a journal
+ * left behind is recovered, the parameters and settings are as at boot. So
+ * one failure is reported once, not again by every scenario after it.
+ */
+bench.before.each(async ({ guest }) => {
+  if (!guest) return;
+  await guest.ok(`echo 1 > ${LET_GO}
+for note in /run/vmhook/stuck/*.json; do
+  [ -e "$note" ] || continue
+  pid=$(sed -n 's/.*"pid": *\\([0-9]*\\).*/\\1/p' "$note")
+  while [ -n "$pid" ] && [ -e /proc/$pid ]; do sleep 0.2; done
+done
+echo 0 > ${LET_GO}; echo 0 > ${DELAY}
+echo '{"plugins": {"vfio": {"bindTimeoutSeconds": 2}}}' > /etc/vmhook/vmhook.json
+if ls /run/vmhook/*.json >/dev/null 2>&1; then vmhook recover > /dev/null 2>&1; fi; true`, { timeoutMs: 120_000 });
+});
 bench.after(async ({ guest }) => {
   await guest?.shutdown();
 });

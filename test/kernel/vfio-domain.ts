@@ -37,6 +37,7 @@ export const STATE = `
 d=/sys/bus/pci/devices/${GPU}
 echo "driver: $(basename "$(readlink $d/driver)")"
 echo "override: $(cat $d/driver_override)"
+echo "power: $(cat $d/power/control)"
 for v in /sys/class/vtconsole/*; do echo "$(basename $v): $(cat $v/name) bind=$(cat $v/bind)"; done
 echo "fb: $(ls /dev | grep '^fb' | tr '\\n' ' ')"
 echo "dri: $(ls /dev/dri 2>/dev/null | tr '\\n' ' ')"

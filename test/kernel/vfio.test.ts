@@ -45,6 +45,23 @@ it("single-GPU prepare moves the GPU to vfio-pci and unbinds the console; releas
   assert.fixture(await guest!.ok(STATE), baseline!);
 });
 
+// vfio-pci forbids runtime PM as it lets a device go (vfio_pci_core_unregister_device); bochs-drm's probe leaves it alone.
+it("a GPU with runtime PM allowed (power/control auto) comes back with auto, not the on vfio-pci's release leaves", async ({ guest, baseline }) => {
+  assert.match(baseline!, "power: on");
+  await guest!.ok(`echo auto > /sys/bus/pci/devices/${GPU}/power/control`);
+  try {
+    const before = await guest!.ok(STATE);
+    assert.match(before, "power: auto");
+    assert.is((await guest!.sh(hook(domainXml(), "prepare begin"))).code, 0);
+    assert.equal(await guest!.sh(hook(domainXml(), "release end")), { code: 0, stdout: "" });
+    assert.fixture(await guest!.ok(STATE), before);
+    assert.match(await guest!.ok("cat /var/log/vmhook.log"), `vfio: ${GPU}: power/control back to auto, as before the VM (runtime PM allowed)`);
+  } finally {
+    await guest!.ok(`echo on > /sys/bus/pci/devices/${GPU}/power/control`);
+  }
+  assert.fixture(await guest!.ok(STATE), baseline!);
+});
+
 /**
  * The hook's prepare with `program` replaced, first on vmhook's PATH, by a
  * script that runs `failure` (shell) when its arguments match the case
@@ -92,6 +109,20 @@ it("a module the host policy does not allow is refused before anything changes; 
   assert.match(result.stdout.split("\n")[0]!, "vfio: module vmhook_no_such_module is not in this kernel's modules");
   const log = await guest!.ok("cat /var/log/vmhook.log");
   assert.not.match(log, `vfio: bind ${GPU} to vfio-pci`);
+  assert.fixture(await guest!.ok(STATE), baseline!);
+});
+
+it("a kernel whose modules lack vfio_iommu_type1 (6.1 has no iommufd): prepare refuses before the console or the GPU is touched, as QEMU could not use the device", async ({ guest, baseline }) => {
+  const dep = "/lib/modules/$(uname -r)/modules.dep";
+  assert.not.match(baseline!, "vfio_iommu_type1");
+  await guest!.ok(`cp ${dep} /tmp/modules.dep.orig && sed -i '/vfio_iommu_type1/d' ${dep}`);
+  try {
+    const result = await guest!.sh(hook(domainXml('single-gpu="yes"'), "prepare begin"));
+    assert.is(result.code, 1);
+    assert.match(result.stdout.split("\n")[0]!, /^vmhook: vfio: no VFIO IOMMU backend for kernel 6\.1\.\S+: vfio_iommu_type1 \(and iommufd\) is neither loaded nor in this kernel's modules/);
+  } finally {
+    await guest!.ok(`cp /tmp/modules.dep.orig ${dep}`);
+  }
   assert.fixture(await guest!.ok(STATE), baseline!);
 });
 

@@ -163,6 +163,48 @@ test("nothing helps: release names every attempt and the remedies, keeps the cha
   assert.equal(kernel.sim.stateFiles(), []);
 });
 
+// vfio-pci forbids runtime PM as it lets a device go (vfio_pci_core_unregister_device: pm_runtime_forbid),
+// and a driver that manages runtime PM allows it again in its probe: power/control after the VM is theirs, not the user's.
+const POWER = `/sys/bus/pci/devices/${GPU}/power/control`;
+
+test("a GPU whose power/control the user set to auto (runtime PM for an idle dGPU) comes back with auto, not with the on vfio-pci leaves", async () => {
+  const kernel = amdWorkstation({ powerControl: "auto" });
+  const before = kernel.sim.snapshot();
+  await prepared(kernel);
+  const release = await runHookEvent(kernel.sim, "release", "end", xml);
+  assert.equal([release.code, release.stderr], [0, ""]);
+  assert.is(kernel.sim.readTrimmed(POWER), "auto");
+  assert.equal(kernel.sim.snapshot(), before);
+});
+
+test("a GPU whose driver allows runtime PM but the user forbade it (echo on, against its runtime-PM hangs) comes back with on", async () => {
+  const kernel = amdWorkstation({ driverAllowsRuntimePm: true });
+  kernel.sim.write(POWER, "on");
+  const before = kernel.sim.snapshot();
+  await prepared(kernel);
+  const release = await runHookEvent(kernel.sim, "release", "end", xml);
+  assert.equal([release.code, release.stderr], [0, ""]);
+  assert.is(kernel.sim.readTrimmed(POWER), "on");
+  assert.equal(kernel.sim.snapshot(), before);
+});
+
+test("power/control auto survives the return through remove + rescan, which enumerates the GPU afresh with on", async () => {
+  const kernel = amdWorkstation({ powerControl: "auto" });
+  const before = await releaseRefused(kernel, kernel.refuseUntilRescan);
+  assert.is(writesTo(kernel, `${GPU}/remove`), 1);
+  assert.is(kernel.sim.readTrimmed(POWER), "auto");
+  assert.equal(kernel.sim.snapshot(), before);
+});
+
+test("a journaled power/control other than on or auto is refused before any write; a journal from before it restores none", async () => {
+  const vfio = (await registry.load("vfio", new GpuKernel().sim)) as { actions: Record<string, { check(record: object): unknown }> };
+  const check = vfio.actions["bind-vfio"]!.check;
+  const record = { action: "bind-vfio", address: GPU, group: "3", driver: "amdgpu", override: null };
+  assert.throws(() => check({ ...record, powerControl: "auto\n/etc/passwd" }), /the journal names power\/control "auto\\n\/etc\/passwd", which is neither on nor auto/);
+  assert.is((check({ ...record, powerControl: "auto" }) as { powerControl: unknown }).powerControl, "auto");
+  assert.is((check(record) as { powerControl: unknown }).powerControl, null);
+});
+
 test("the GPU is back on its driver but its card node is not: release keeps the display check, never reports it back; recover checks again", async () => {
   const kernel = amdWorkstation();
   const before = kernel.sim.snapshot();

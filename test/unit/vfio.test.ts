@@ -282,10 +282,31 @@ test("vfio-pci missing from the running kernel's modules (modules.dep, modules.b
 test("a load-modules module missing from the running kernel's modules (kvmfr's DKMS not built for it) is refused at plan, before the display manager stops", async () => {
   await assertMissingModuleRefused(
     '<vmhook:vfio load-modules="kvmfr"/>',
-    "kernel/drivers/vfio/pci/vfio-pci.ko: kernel/drivers/vfio/pci/vfio-pci-core.ko kernel/drivers/vfio/vfio.ko\n",
+    "kernel/drivers/vfio/pci/vfio-pci.ko: kernel/drivers/vfio/pci/vfio-pci-core.ko kernel/drivers/vfio/vfio.ko\nkernel/drivers/vfio/vfio_iommu_type1.ko: kernel/drivers/vfio/vfio.ko\n",
     "vmhook: vfio: module kvmfr is not in this kernel's modules (/lib/modules/6.1.0-sim: modules.dep, modules.builtin); install kvmfr for kernel 6.1.0-sim (its DKMS package builds it for each kernel), or remove it from load-modules",
     "modprobe kvmfr would fail once the display had let go",
   );
+});
+
+test("a kernel with vfio-pci but no IOMMU backend (vfio_iommu_type1 and iommufd neither loaded nor in its modules) is refused at plan, before the display manager stops: QEMU could not use the device", async () => {
+  await assertMissingModuleRefused(
+    "<vmhook:vfio/>",
+    "kernel/drivers/vfio/pci/vfio-pci.ko: kernel/drivers/vfio/pci/vfio-pci-core.ko kernel/drivers/vfio/vfio.ko\nkernel/drivers/vfio/vfio.ko:\n",
+    "vmhook: vfio: no VFIO IOMMU backend for kernel 6.1.0-sim: vfio_iommu_type1 (and iommufd) is neither loaded nor in this kernel's modules (/lib/modules/6.1.0-sim: modules.dep, modules.builtin), so QEMU could not map the VM's memory for the device; install the modules of kernel 6.1.0-sim (its vfio_iommu_type1.ko), or boot a kernel built with CONFIG_VFIO_IOMMU_TYPE1",
+    "QEMU would fail to open the device (No available IOMMU models) once the display had let go",
+  );
+});
+
+test("vfio_iommu_type1 built into the kernel (modules.builtin), or iommufd in its modules instead: no refusal", async () => {
+  for (const [dep, builtin] of [
+    ["kernel/drivers/vfio/pci/vfio-pci.ko: kernel/drivers/vfio/vfio.ko\nkernel/drivers/vfio/vfio.ko:\n", "kernel/drivers/vfio/vfio_iommu_type1.ko\n"],
+    ["kernel/drivers/vfio/pci/vfio-pci.ko: kernel/drivers/vfio/vfio.ko\nkernel/drivers/vfio/vfio.ko:\nkernel/drivers/iommu/iommufd/iommufd.ko:\n", ""],
+  ]) {
+    const kernel = nvidiaDesktop();
+    kernel.sim.file("/lib/modules/6.1.0-sim/modules.dep", dep!).file("/lib/modules/6.1.0-sim/modules.builtin", builtin!);
+    const plan = await cli(["plan", kernel.sim.file("/vm.xml", domainXml("<vmhook:vfio/>")).resolve("/vm.xml"), "--root", kernel.sim.root], kernel.sim);
+    assert.is(plan.code, 0, plan.stdout + plan.stderr);
+  }
 });
 
 test("a module's dependencies are its own line of modules.dep: either spelling of its file, compressed or not, never a module whose name merely ends or starts the same", () => {
