@@ -37,7 +37,13 @@ export const EVENTS: Record<string, { event: HookEvent; mayFail: boolean; action
   "reconnect begin": { event: "reconnect", mayFail: false, action: (run) => run.reconnect() },
 };
 
-const NAMESPACE_URI = "urn:vmhook:1"; // lib/paths.ts; repeated so the fast path loads nothing
+/**
+ * What sends a domain past the fast path: vmhook's prefix, or a namespace
+ * declaration naming vmhook in any case (urn:vmhook:1, and the wrong URIs the
+ * hook refuses under any prefix: urn:vmhook, urn:vmhook:2, URN:VMHOOK:1).
+ * Nothing here loads a module, so a domain without vmhook costs no import.
+ */
+const MENTIONS_VMHOOK = /<vmhook:|xmlns(?::[^\s=]*)?\s*=\s*["'][^"']*vmhook/i;
 
 export async function hookMain(args: string[], root = process.env.VMHOOK_ROOT || "/", checkXml?: (xml: string) => void): Promise<number> {
   const known = EVENTS[`${args[1]} ${args[2]}`];
@@ -61,9 +67,9 @@ export async function hookMain(args: string[], root = process.env.VMHOOK_ROOT ||
     return runEvent({ args, xml, root, ownProcess: true }, known.event, withoutDomainXml(missingXml ?? "is empty", known.mayFail), known.mayFail);
   }
   // The fast path: a domain that never mentions vmhook and holds no journal
-  // costs one string search and one stat.
-  // "<vmhook:" without the namespace is a mistake to report (an undeclared prefix, a wrong URI), never to skip.
-  if (!xml.includes(NAMESPACE_URI) && !xml.includes("<vmhook:") && !(await holdsJournal(xml, root))) return 0;
+  // costs one pattern search and one stat.
+  // "<vmhook:" without the namespace, or a namespace close to vmhook's, is a mistake to report, never to skip.
+  if (!MENTIONS_VMHOOK.test(xml) && !(await holdsJournal(xml, root))) return 0;
   const { runEvent } = await import("../lib/hook.ts");
   const invocation: HookInvocation = { args, xml, root, ownProcess: true };
   return runEvent(invocation, known?.event, known?.action, known?.mayFail ?? false);

@@ -13,7 +13,12 @@ const CPUS: ListKind = { item: "CPU", example: "0-3,8,^2", max: 8191 };
 export const MAX_NODE = 1023;
 const NODES: ListKind = { item: "node", example: "0-1,3", max: MAX_NODE };
 
-/** Parses a libvirt cpuset (ranges, single CPUs, ^exclusions) into sorted CPU numbers. */
+/**
+ * Parses a libvirt cpuset (ranges, single CPUs, ^exclusions) into sorted CPU
+ * numbers, as libvirt's virBitmapParse reads it: left to right, so ^N takes
+ * away only what the list named before it ("^2,0-3" is 0-3), and a trailing
+ * comma is allowed.
+ */
 export function parseCpuset(text: string, element: string, attribute: string): number[] {
   return parseList(text, element, attribute, CPUS);
 }
@@ -25,28 +30,27 @@ export function parseNodeset(text: string, element: string, attribute: string): 
 
 function parseList(text: string, element: string, attribute: string, kind: ListKind): number[] {
   const { item } = kind;
-  const include = new Set<number>();
-  const exclude = new Set<number>();
+  const set = new Set<number>();
   const fail = (why: string) =>
     new ConfigError(element, `${attribute}="${text}" ${why}; write ${item}s as a list like ${kind.example}`);
   if (text.trim() === "") throw fail("is empty");
-  for (const rawPart of text.split(",")) {
+  for (const rawPart of text.replace(/,\s*$/, "").split(",")) {
     const part = rawPart.trim();
     let match: RegExpExecArray | null;
     if ((match = /^\^(\d+)$/.exec(part))) {
-      exclude.add(checkItem(Number(match[1]), kind, fail));
+      set.delete(checkItem(Number(match[1]), kind, fail));
     } else if ((match = /^(\d+)$/.exec(part))) {
-      include.add(checkItem(Number(match[1]), kind, fail));
+      set.add(checkItem(Number(match[1]), kind, fail));
     } else if ((match = /^(\d+)\s*-\s*(\d+)$/.exec(part))) {
       const first = checkItem(Number(match[1]), kind, fail);
       const last = checkItem(Number(match[2]), kind, fail);
       if (last < first) throw fail(`has a range ${part} that runs backwards`);
-      for (let cpu = first; cpu <= last; cpu++) include.add(cpu);
+      for (let cpu = first; cpu <= last; cpu++) set.add(cpu);
     } else {
       throw fail(`has "${part}", which is not a ${item}, a range or ^${item}`);
     }
   }
-  const items = [...include].filter((number) => !exclude.has(number)).sort((a, b) => a - b);
+  const items = [...set].sort((a, b) => a - b);
   if (items.length === 0) throw fail(`leaves no ${item}`);
   return items;
 }

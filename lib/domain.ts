@@ -229,10 +229,18 @@ function parseMetadata(document: XmlNode, domainName: string): XmlElement | unde
   return elements.find((element) => element.namespaceURI === NAMESPACE_URI && element.localName === ROOT_ELEMENT) ?? refuseMisplacedNamespace(elements, domainName);
 }
 
+/**
+ * The elements of the first <metadata>: libvirt reads only that one
+ * (./metadata[1]) and drops the others at define. vmhook's element in a later
+ * one is refused, as it would pass a check of the file and never run.
+ */
 function metadataElements(document: XmlNode): XmlElement[] {
-  const elements: XmlElement[] = [];
-  for (const metadata of nodes(document, "domain", "metadata")) elements.push(...childElements(metadata));
-  return elements;
+  const [first, ...later] = nodes(document, "domain", "metadata");
+  for (const [index, metadata] of later.entries()) {
+    const ours = childElements(metadata).find((element) => element.namespaceURI === NAMESPACE_URI);
+    if (ours) throw new ConfigError("<metadata>", `appears ${later.length + 1} times: libvirt keeps only the first (virsh define drops the others), so <${ours.tagName}> in <metadata> number ${index + 2} would never run; move it into the first <metadata>`);
+  }
+  return first ? childElements(first) : [];
 }
 
 /** vmhook's elements in <metadata> (libvirt keeps one), and the first that is not <hooks>. */

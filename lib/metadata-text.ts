@@ -116,11 +116,12 @@ function undeclaredPrefix(xml: string): ConfigError | undefined {
 
 /**
  * A <hooks> element in <metadata> under another namespace than vmhook's
- * (urn:vmhook, urn:vmhook:2, no namespace): without this it would be a domain
- * without vmhook metadata, whose configuration silently never runs.
+ * (urn:vmhook, urn:vmhook:2, URN:VMHOOK:1, no namespace): without this it
+ * would be a domain without vmhook metadata, whose configuration silently
+ * never runs. The hook's fast path (hooks/qemu.ts) lets all of these through.
  */
 export function refuseMisplacedNamespace(metadataChildren: XmlElement[], domainName: string): undefined {
-  const hooks = metadataChildren.find((element) => element.localName === ROOT_ELEMENT && element.namespaceURI !== NAMESPACE_URI && (element.prefix === METADATA_KEY || !element.namespaceURI || element.namespaceURI.includes("vmhook")));
+  const hooks = metadataChildren.find((element) => element.localName === ROOT_ELEMENT && element.namespaceURI !== NAMESPACE_URI && (element.prefix === METADATA_KEY || !element.namespaceURI || /vmhook/i.test(element.namespaceURI)));
   if (!hooks) return undefined;
   throw new ConfigError(`<${hooks.tagName}>`, `is in namespace "${hooks.namespaceURI ?? "none"}", not vmhook's; write <${METADATA_KEY}:${ROOT_ELEMENT} xmlns:${METADATA_KEY}="${NAMESPACE_URI}"> there with virsh edit ${shellWord(domainName)}`);
 }

@@ -182,6 +182,28 @@ test("hook mode, bad input: prepare exits 1 with the cause on the first stderr l
   }
 });
 
+test("hook mode, <hooks> in a namespace that is not vmhook's under any prefix (virsh edit, --key vm): prepare refuses it, as it does under vmhook:, never skips it as a domain without metadata", () => {
+  const t = tree();
+  try {
+    const qemu = t.link("hooks/qemu");
+    const misplaced = (metadata: string) => NO_METADATA.replace("</domain>", `<metadata>${metadata}</metadata></domain>`);
+    const cases: [string, string][] = [
+      ['<vm:hooks xmlns:vm="urn:vmhook"><vm:hugepages/></vm:hooks>', 'vmhook: <vm:hooks>: is in namespace "urn:vmhook", not vmhook\'s'],
+      ['<hooks xmlns="urn:vmhook:2"><hugepages/></hooks>', 'vmhook: <hooks>: is in namespace "urn:vmhook:2", not vmhook\'s'],
+      ['<v:hooks xmlns:v="URN:VMHOOK:1"><v:hugepages/></v:hooks>', 'vmhook: <v:hooks>: is in namespace "URN:VMHOOK:1", not vmhook\'s'],
+    ];
+    for (const [metadata, expected] of cases) {
+      const prepared = run(qemu, ["plain", "prepare", "begin", "-"], misplaced(metadata), t.root);
+      assert.equal([prepared.code, prepared.stdout], [1, ""], metadata);
+      assert.match(firstLine(prepared.stderr), expected);
+    }
+    // another application's <hooks> is its own
+    assert.equal(run(qemu, ["plain", "prepare", "begin", "-"], misplaced('<app:hooks xmlns:app="https://example.org/app"/>'), t.root), { code: 0, stdout: "", stderr: "" });
+  } finally {
+    t.cleanup();
+  }
+});
+
 test("hook mode, stdin that cannot be read or is empty: prepare, start, started, migrate and restore refuse (exit 1), the cause first; an unknown event stays silent", () => {
   const t = tree();
   const directory = fs.openSync(t.root, "r"); // as stdin, its read fails (EISDIR)

@@ -10,6 +10,14 @@ test("libvirt cpusets: ranges, single CPUs and ^exclusions, as libvirt reads the
   assert.is(formatCpuList(parseCpuset("0-3,^2,8", "<x>", "cpuset")), "0-1,3,8");
 });
 
+test("libvirt cpusets are read left to right, as libvirt's virBitmapParse does: ^N takes away only what the list named before it", () => {
+  // libvirt pins <vcpupin cpuset='^2,0-3'> to 0-3 and writes it back so; vmhook must plan with the same CPUs
+  assert.is(formatCpuList(parseCpuset("^2,0-3", "<x>", "cpuset")), "0-3");
+  assert.is(formatCpuList(parseCpuset("0-3,^2,2", "<x>", "cpuset")), "0-3");
+  assert.is(formatCpuList(parseCpuset("0-3,^2,^9", "<x>", "cpuset")), "0-1,3");
+  assert.is(formatCpuList(parseCpuset("0-3,", "<x>", "cpuset")), "0-3", "a trailing comma, which libvirt takes");
+});
+
 test("libvirt cpusets: every malformed list is a ConfigError naming the element, the attribute and the value", () => {
   for (const bad of ["", "3-1", "a", "1,,2", "^1", "0-3,^0-3", "9000"]) {
     try {

@@ -63,6 +63,17 @@ test("elements in a namespace are not libvirt's: a <domain> in a default namespa
   assert.is(domain.metadata, undefined);
 });
 
+test("only the first <metadata> is the domain's, as libvirt keeps it: vmhook's element in a later one, which libvirt drops at define, is refused naming the move", () => {
+  const domain = (metadata: string) => `<domain><name>vm</name><uuid>${UUID}</uuid>${metadata}</domain>`;
+  const HOOKS = "<vmhook:hooks xmlns:vmhook='urn:vmhook:1'><vmhook:vfio/></vmhook:hooks>";
+  assert.throws(
+    () => parseDomain(domain(`<metadata><app:x xmlns:app='urn:app'/></metadata><metadata>${HOOKS}</metadata>`)),
+    (error: Error) => error.message.startsWith("<metadata>: appears 2 times: libvirt keeps only the first (virsh define drops the others), so <vmhook:hooks> in <metadata> number 2 would never run; move it into the first <metadata>"),
+  );
+  // another application's element in a later <metadata> is its own affair; vmhook reads the first
+  assert.is(parseDomain(domain(`<metadata>${HOOKS}</metadata><metadata><app:x xmlns:app='urn:app'/></metadata>`)).metadata?.localName, "hooks");
+});
+
 const hostdevs = (devices: string) => parseDomain(`<domain><name>vm</name><uuid>${UUID}</uuid><devices>${devices}</devices></domain>`).hostdevs;
 
 test("a PCI hostdev written by hand reads as libvirt reads it: no mode is subsystem; a number without 0x is decimal, with a leading 0 octal", () => {
