@@ -601,6 +601,27 @@ test("crash: the stopped and release libvirt runs after that refused prepare kee
   }
 });
 
+test("crash: vmhook recover and status take a QEMU with the VM's -uuid that libvirt lost track of (no pid file) for the VM running: its journal is kept until it has gone", async () => {
+  const { sim, kernel } = hugepageHost(612);
+  try {
+    crashedJournal(sim);
+    const journalBefore = sim.read(paths.journal(UUID));
+    sim.file("/proc/4242/cmdline", `/usr/bin/qemu-system-x86_64\0-name\0guest=vm,debug-threads=on\0-uuid\0${UUID}\0`);
+    const kept = await cli(["recover", "--root", sim.root], sim);
+    assert.equal([kept.code, kept.stdout], [0, "vm: still running; its changes are given back when it stops (use --force to undo now)\n"]);
+    assert.is(kernel.pool(2048), 612, "the lost guest's pages are still reserved");
+    assert.is(sim.read(paths.journal(UUID)), journalBefore);
+    assert.match((await cli(["status", "--root", sim.root], sim)).stdout, `vm (${UUID}): running, preparing; vmhook holds for it`);
+
+    sim.remove("/proc/4242/cmdline");
+    const recovered = await cli(["recover", "--root", sim.root], sim);
+    assert.equal([recovered.code, recovered.stdout], [0, "vm: 1 change(s) undone\n"]);
+    assert.is(kernel.pool(2048), 100);
+  } finally {
+    sim.cleanup();
+  }
+});
+
 test("crash: release undoes the leftover journal", async () => {
   const { sim, kernel } = hugepageHost(612);
   try {
