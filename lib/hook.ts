@@ -15,7 +15,7 @@ import { PATTERNS } from "./validate.ts";
 import { paths } from "./paths.ts";
 import { nameArgument, recoverCommandLine } from "./metadata-text.ts";
 import { ancestorRunning, LIBVIRT_DAEMONS } from "./processes.ts";
-import { leftoverBeforePrepare } from "./leftover.ts";
+import { keepWhileQemuRuns, leftoverBeforePrepare } from "./leftover.ts";
 import { libc } from "./libc.ts";
 import { withDomainLock } from "./lock.ts";
 import { removeStaleTemps } from "./state-files.ts";
@@ -168,6 +168,7 @@ export class HookRun {
     const uuid = uuidFromXml(this.invocation.xml);
     const journal = uuid ? readJournal(this.host, uuid) : undefined;
     if (!journal) return;
+    keepWhileQemuRuns(this.host, journal);
     const { undone, failed } = await undoJournal(journal, this.env(), this.undoDeadline());
     if (failed.length > 0) {
       throw new VmhookError(`release of ${journal.domain.name}: ${failed.length} change(s) could not be undone; see /var/log/vmhook.log, then run ${recoverCommandLine(journal.domain.name)}`, [

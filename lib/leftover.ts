@@ -19,23 +19,49 @@ export function leftoverBeforePrepare(host: Host, domain: Domain): Journal | und
 }
 
 /**
- * libvirt runs prepare only for a domain it believes shut off; a QEMU of
- * this UUID alive now is a guest it lost track of, and what the journal
- * holds (devices, pages, CPUs) is that guest's.
+ * libvirt runs prepare only for a domain it believes shut off, and release
+ * once it has killed the domain's QEMU, or after a failed start (a refused
+ * prepare) without one: a QEMU of this UUID alive now is a guest libvirt
+ * lost track of, and what the journal holds (devices, pages, CPUs) is that
+ * guest's. Neither event takes it from under it.
  */
-function refuseIfQemuRuns(host: Host, { name, uuid }: Domain, leftover: Journal): void {
-  const kept = `the ${leftover.entries.length} change(s) an earlier run made for it are kept`;
-  let live: number[];
-  try {
-    live = qemuProcessesOf(host, uuid);
-  } catch (error) {
-    throw new VmhookError(`prepare of ${name} refused: whether a QEMU of this domain still runs cannot be told (${describeError(error)}), so ${kept}`, [`once /proc can be read, start ${name} again`]);
-  }
+function refuseIfQemuRuns(host: Host, { name }: Domain, leftover: Journal): void {
+  const live = liveQemus(host, leftover, `prepare of ${name} refused`, EARLIER_RUN, [`once /proc can be read, start ${name} again`]);
   if (live.length === 0) return;
-  throw new VmhookError(`prepare of ${name} refused: a QEMU of this domain still runs (pid ${live.join(", ")}, -uuid ${uuid}), which libvirt has lost track of; ${kept}, not taken from under it`, [
+  throw new VmhookError(`prepare of ${name} refused: ${lostQemu(live, leftover, EARLIER_RUN)}`, [
     `shut that guest down from inside, or kill ${live.join(" ")}, then start ${name} again: prepare gives back what the earlier run holds first`,
     "vmhook status shows what it holds",
   ]);
+}
+
+/** release: see refuseIfQemuRuns; the journal stays for the next prepare or vmhook recover once that QEMU has gone. */
+export function keepWhileQemuRuns(host: Host, journal: Journal): void {
+  const { name } = journal.domain;
+  const recover = recoverCommandLine(name);
+  const live = liveQemus(host, journal, `release of ${name}`, ITS_JOURNAL, [`once /proc can be read and no QEMU of ${name} runs, run ${recover}`]);
+  if (live.length === 0) return;
+  throw new VmhookError(`release of ${name}: ${lostQemu(live, journal, ITS_JOURNAL)}`, [
+    `once it has exited (shut that guest down from inside, or kill ${live.join(" ")}), run ${recover}`,
+    "vmhook status shows what it holds",
+  ]);
+}
+
+const EARLIER_RUN = "an earlier run made for it";
+const ITS_JOURNAL = "its journal holds";
+const keptChanges = (journal: Journal, whose: string) => `the ${journal.entries.length} change(s) ${whose} are kept`;
+
+/** The pids of every live QEMU of the journal's domain; when /proc cannot tell, `what` fails and the journal is kept. */
+function liveQemus(host: Host, journal: Journal, what: string, whose: string, remedies: string[]): number[] {
+  try {
+    return qemuProcessesOf(host, journal.domain.uuid);
+  } catch (error) {
+    throw new VmhookError(`${what}: whether a QEMU of this domain still runs cannot be told (${describeError(error)}), so ${keptChanges(journal, whose)}`, remedies);
+  }
+}
+
+/** Why a journal stays: the domain's QEMU that libvirt lost track of still runs. */
+function lostQemu(live: number[], journal: Journal, whose: string): string {
+  return `a QEMU of this domain still runs (pid ${live.join(", ")}, -uuid ${journal.domain.uuid}), which libvirt has lost track of; ${keptChanges(journal, whose)}, not taken from under it`;
 }
 
 /**

@@ -157,7 +157,7 @@ const plan: CommandModule<GlobalOptions, PlanArgs> = {
 };
 
 async function journalSummary(host: Host, journal: Journal) {
-  const running = runningOrWhyUnknown(host, journal.domain.name);
+  const running = runningOrWhyUnknown(host, journal.domain.name, journal.domain.uuid);
   const abandoned = running === false ? abandonedStart(host, journal) : undefined;
   return {
     domain: journal.domain,

@@ -4,7 +4,7 @@
 import { describeError, VmhookError } from "../errors.ts";
 import type { Host } from "../host.ts";
 import { paths } from "../paths.ts";
-import { qemuUuid } from "../processes.ts";
+import { qemuProcessesOf, qemuUuid } from "../processes.ts";
 
 /**
  * libvirt keeps /run/libvirt/qemu/NAME.pid while the domain's QEMU runs. "."
@@ -55,10 +55,14 @@ export function uuidRunningOrWhyUnknown(host: Host, uuid: string): boolean | str
   }
 }
 
-/** Whether the domain runs, or why that cannot be told (its pid file cannot be read). */
-export function runningOrWhyUnknown(host: Host, name: string): boolean | string {
+/**
+ * Whether the domain runs, or why that cannot be told (its pid file, or /proc,
+ * cannot be read). Given its UUID, a QEMU of it that libvirt lost track of (a
+ * libvirtd that crashed: no pid file) runs too: what its journal holds is that guest's.
+ */
+export function runningOrWhyUnknown(host: Host, name: string, uuid?: string): boolean | string {
   try {
-    return domainRunning(host, name);
+    return domainRunning(host, name) || (uuid !== undefined && qemuProcessesOf(host, uuid).length > 0);
   } catch (error) {
     return describeError(error);
   }

@@ -208,7 +208,7 @@ async function leftovers(host: Host): Promise<Finding[]> {
       if (failed.length > 0) {
         return [fail("leftovers", `${name}: ${failed.length} change(s) could not be undone (${failed[0]!.plugin}: ${failed[0]!.error})`, `fix the cause, then run ${recoverCommandLine(name)}`)];
       }
-      const running = runningOrWhyUnknown(host, name);
+      const running = runningOrWhyUnknown(host, name, journal.domain.uuid);
       if (typeof running === "string") {
         return [fail("leftovers", `${name}: cannot tell whether it runs (${running}); its journal in ${paths.stateDir} holds ${journal.entries.length} change(s)`, `fix what the message names; then vmhook status shows whether it runs, and ${recoverCommandLine(name)} gives back what a stopped one holds`)];
       }

@@ -169,4 +169,61 @@ test("libvirtd killed while it starts the domain (prepared, QEMU not launched): 
   }
 });
 
+/** The pid of the live QEMU started with -uuid UUID (libvirt passes it always), whatever libvirt knows of it. */
+function qemuWithUuid(uuid: string): number | undefined {
+  const pids = fs.readdirSync("/proc").filter((entry) => /^\d+$/.test(entry));
+  const live = pids.filter((pid) => {
+    try {
+      const args = fs.readFileSync(`/proc/${pid}/cmdline`, "utf8").split("\0"); // empty for a zombie
+      const at = args.indexOf("-uuid");
+      return at >= 0 && args[at + 1] === uuid;
+    } catch {
+      return false; // exited meanwhile
+    }
+  });
+  return live.length > 0 ? Number(live[0]) : undefined;
+}
+
+test("libvirtd crashed and lost the running domain's state, its QEMU still running: virsh start is refused naming that QEMU, the release libvirt runs after it and vmhook recover keep its pages, and once it is killed the next start gives them back first", async () => {
+  const domain = await hugepagesDomain("lost-qemu");
+  const pool = hugepages();
+  let lost: number | undefined;
+  try {
+    await virshOk("start", domain.name);
+    lost = qemuWithUuid(domain.uuid);
+    assert.ok(lost, `no QEMU with -uuid ${domain.uuid} runs`);
+    const journal = fs.readFileSync(`/run/vmhook/${domain.uuid}.json`, "utf8");
+    // What a libvirtd that crashed writing its state leaves: no status XML, no pid file; the guest runs on.
+    await restartLibvirtd("SIGKILL", () => {
+      for (const file of [`${domain.name}.xml`, `${domain.name}.pid`]) fs.rmSync(path.join("/run/libvirt/qemu", file), { force: true });
+    });
+    assert.is((await virshOk("domstate", domain.name)).trim(), "shut off", "libvirt lost track of the domain");
+    assert.is(qemuWithUuid(domain.uuid), lost, "its QEMU runs on");
+
+    const logOffset = logSize();
+    const started = await virsh("start", domain.name);
+    assert.is.not(started.code, 0, "virsh start succeeded beside the lost QEMU");
+    assert.match(started.stderr, `exit status 1: vmhook: prepare of ${domain.name} refused: a QEMU of this domain still runs (pid ${lost}, -uuid ${domain.uuid}), which libvirt has lost track of; the 1 change(s) an earlier run made for it are kept, not taken from under it`);
+    // libvirt ran stopped and release after the refused prepare, before virsh start returned
+    assert.match(logSince(logOffset), `[${domain.name} release end] error: release of ${domain.name}: a QEMU of this domain still runs (pid ${lost}`);
+    assert.is(hugepages(), pool + PAGES_OF_64_MIB, "the lost guest's pages stay reserved");
+    assert.is(fs.readFileSync(`/run/vmhook/${domain.uuid}.json`, "utf8"), journal, "its journal as it was");
+    const recover = await runProgram(binary(), ["recover", domain.name]);
+    assert.match(recover.stdout, `${domain.name}: still running`, recover.stdout + recover.stderr);
+    assert.is(hugepages(), pool + PAGES_OF_64_MIB, "recover leaves them too");
+
+    process.kill(lost, "SIGKILL");
+    await waitUntil(`the lost QEMU ${lost} has gone`, () => qemuWithUuid(domain.uuid) === undefined);
+    await virshOk("start", domain.name);
+    await expectHeld(domain, pool + PAGES_OF_64_MIB);
+    await virshOk("destroy", domain.name);
+    expectReleased(domain, pool);
+  } finally {
+    // Had the test failed midway: the lost QEMU goes, and the pages its journal holds, for the tests after it.
+    if (lost !== undefined && qemuWithUuid(domain.uuid) === lost) process.kill(lost, "SIGKILL");
+    await virsh("destroy", domain.name); // fails when not running: fine
+    if (journalExists(domain.uuid)) await runProgram(binary(), ["recover", "--force", domain.name]);
+  }
+});
+
 run();

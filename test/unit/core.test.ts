@@ -573,6 +573,55 @@ test("crash: a prepare whose leftover journal's VM still runs in a QEMU libvirt 
   }
 });
 
+test("crash: the stopped and release libvirt runs after that refused prepare keep the journal while the lost QEMU runs, saying why; once it is gone, release gives the changes back", async () => {
+  const { sim, kernel } = hugepageHost(612);
+  try {
+    crashedJournal(sim);
+    const journalBefore = sim.read(paths.journal(UUID));
+    sim.file("/proc/4242/cmdline", `/usr/bin/qemu-system-x86_64\0-name\0guest=vm,debug-threads=on\0-uuid\0${UUID}\0`);
+    assert.is((await runHookEvent(sim, "prepare", "begin", XML)).code, 1);
+    // libvirt's qemuProcessStop after the failed start: stopped, then release (reason failed)
+    assert.is((await runHookEvent(sim, "stopped", "end", XML)).code, 0);
+    const released = await runHookEvent(sim, "release", "end", XML);
+    assert.is(released.code, 0);
+    assert.is(
+      firstLine(released.stderr),
+      `vmhook: release of vm: a QEMU of this domain still runs (pid 4242, -uuid ${UUID}), which libvirt has lost track of; the 1 change(s) its journal holds are kept, not taken from under it`,
+    );
+    assert.match(released.stderr, "once it has exited (shut that guest down from inside, or kill 4242), run vmhook recover vm");
+    assert.is(kernel.pool(2048), 612, "the lost guest's pages are still reserved");
+    assert.is(sim.read(paths.journal(UUID)), journalBefore);
+
+    sim.remove("/proc/4242/cmdline");
+    assert.equal(await runHookEvent(sim, "release", "end", XML), { code: 0, stderr: "" });
+    assert.is(kernel.pool(2048), 100);
+    assert.equal(sim.stateFiles(), []);
+  } finally {
+    sim.cleanup();
+  }
+});
+
+test("crash: vmhook recover and status take a QEMU with the VM's -uuid that libvirt lost track of (no pid file) for the VM running: its journal is kept until it has gone", async () => {
+  const { sim, kernel } = hugepageHost(612);
+  try {
+    crashedJournal(sim);
+    const journalBefore = sim.read(paths.journal(UUID));
+    sim.file("/proc/4242/cmdline", `/usr/bin/qemu-system-x86_64\0-name\0guest=vm,debug-threads=on\0-uuid\0${UUID}\0`);
+    const kept = await cli(["recover", "--root", sim.root], sim);
+    assert.equal([kept.code, kept.stdout], [0, "vm: still running; its changes are given back when it stops (use --force to undo now)\n"]);
+    assert.is(kernel.pool(2048), 612, "the lost guest's pages are still reserved");
+    assert.is(sim.read(paths.journal(UUID)), journalBefore);
+    assert.match((await cli(["status", "--root", sim.root], sim)).stdout, `vm (${UUID}): running, preparing; vmhook holds for it`);
+
+    sim.remove("/proc/4242/cmdline");
+    const recovered = await cli(["recover", "--root", sim.root], sim);
+    assert.equal([recovered.code, recovered.stdout], [0, "vm: 1 change(s) undone\n"]);
+    assert.is(kernel.pool(2048), 100);
+  } finally {
+    sim.cleanup();
+  }
+});
+
 test("crash: release undoes the leftover journal", async () => {
   const { sim, kernel } = hugepageHost(612);
   try {
