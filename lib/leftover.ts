@@ -2,7 +2,8 @@
 // libvirt abandoned before QEMU ran): prepare refuses while a QEMU of the
 // domain runs, and otherwise gives it back first and plans on the host as
 // that leaves it. The one rule the hook's prepare acts by and `vmhook plan`
-// (with validate and enable) reports by.
+// (with validate and enable) reports by; release keeps a journal alike
+// while that QEMU runs.
 import type { Domain } from "./domain.ts";
 import { describeError, VmhookError } from "./errors.ts";
 import type { Host } from "./host.ts";
