@@ -199,6 +199,23 @@ test("<hooks> set with virsh metadata under a wrong URI (--uri urn:vmhook --key 
   assert.is(hugepages(), pool);
 });
 
+test("a second <vmhook:hooks> in one <metadata>: virsh define keeps only the first; vmhook validate on the file refuses it, and its fix stores both as one", async () => {
+  const domain = await defineDomain("two-hooks", { hooks: "<vmhook:nosleep/>" });
+  const file = path.join(scratchDir(), `${domain.name}-two.xml`);
+  fs.writeFileSync(file, (await virshOk("dumpxml", domain.name)).replace("</metadata>", '<v:hooks xmlns:v="urn:vmhook:1"><v:hugepages size="2M"/></v:hooks></metadata>'));
+  const validated = await vmhook(["validate", file]);
+  assert.is(validated.code, 1, validated.stdout);
+  assert.match(validated.stderr, "vmhook: <v:hooks>: is a second element in vmhook's namespace in <metadata>: libvirt keeps only the first (virsh define drops the others)");
+  await virshOk("define", file);
+  assert.is(await storedMetadata(domain.name), "<hooks><nosleep/></hooks>");
+
+  const fix = /fix: (virsh metadata .*)$/m.exec(validated.stderr)?.[1];
+  assert.ok(fix, `no virsh command in: ${validated.stderr}`);
+  const fixed = await new Promise<number | null>((resolve) => spawn("sh", ["-c", fix!.replace(/^virsh /, "virsh --connect qemu:///system ")], { stdio: "ignore" }).on("close", resolve));
+  assert.is(fixed, 0);
+  assert.is(await storedMetadata(domain.name), '<hooks><nosleep/><hugepages size="2M"/></hooks>');
+});
+
 test("vmhook config --edit saved unchanged repairs the doubled prefix", async () => {
   const domain = await defineDomain("repair");
   await virshOk("metadata", domain.name, "--uri", "urn:vmhook:1", "--key", "vmhook", "--set", "<vmhook:hooks><vmhook:hugepages/></vmhook:hooks>");
