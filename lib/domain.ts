@@ -226,6 +226,7 @@ export function parseDomain(xml: string, what = "domain XML"): Domain {
 function parseMetadata(document: XmlNode, domainName: string): XmlElement | undefined {
   const elements = metadataElements(document);
   refuseStrayElements(elements, domainName);
+  refuseSecondHooks(elements, domainName);
   return elements.find((element) => element.namespaceURI === NAMESPACE_URI && element.localName === ROOT_ELEMENT) ?? refuseMisplacedNamespace(elements, domainName);
 }
 
@@ -264,6 +265,18 @@ function refuseStrayElements(metadataChildren: XmlElement[], domainName: string)
   if (!stray) return;
   // The fix stores every vmhook element there in one <hooks>, so none is lost.
   throw new ConfigError(describeElement(stray), `stands straight in <metadata>, outside <vmhook:${ROOT_ELEMENT}>, where vmhook does not read it, so it would never run; vmhook's metadata is one <${ROOT_ELEMENT}> element around the plugin elements`, [`fix: ${virshSetCommand(domainName, pluginNodes(vmhooks))}`]);
+}
+
+/**
+ * A second <vmhook:hooks> in <metadata>, as written by hand in a file: libvirt
+ * keeps the first element of each namespace there and drops the others at
+ * define (virXMLNodeSanitizeNamespaces), so its plugins would silently never run.
+ */
+function refuseSecondHooks(metadataChildren: XmlElement[], domainName: string): void {
+  const { vmhooks } = vmhookElements(metadataChildren);
+  const second = vmhooks[1];
+  if (!second) return;
+  throw new ConfigError(`<${second.tagName}>`, `is a second element in vmhook's namespace in <metadata>: libvirt keeps only the first (virsh define drops the others), so its plugins would never run; merge them into one <vmhook:${ROOT_ELEMENT}>`, [`fix: ${virshSetCommand(domainName, pluginNodes(vmhooks))}`]);
 }
 
 /**

@@ -8,7 +8,7 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import * as assert from "uvu/assert";
 import { degradedWin11, NVIDIA_CARD } from "../helpers/degraded-domain.ts";
-import { binary, defineDomain, hugepages, journalExists, libvirtSuite, scratchDir, virsh, virshOk } from "./fixture.ts";
+import { binary, defineDomain, hugepages, journalExists, libvirtSuite, scratchDir, stateFiles, virsh, virshOk } from "./fixture.ts";
 
 const { test, run } = libvirtSuite("libvirt: vmhook config, enable, disable");
 
@@ -174,6 +174,46 @@ test("<vmhook:vmhook:hooks> as libvirt stores a prefixed element: virsh start re
   assert.is(hugepages(), pool + PAGES_OF_64_MIB);
   await virshOk("destroy", domain.name);
   assert.is(hugepages(), pool);
+});
+
+test("<hooks> set with virsh metadata under a wrong URI (--uri urn:vmhook --key vm): virsh start refused naming the namespace and the fix, nothing changed; the right URI under --key vm starts with its configuration", async () => {
+  const domain = await defineDomain("wrong-uri");
+  await virshOk("metadata", domain.name, "--uri", "urn:vmhook", "--key", "vm", "--set", '<hooks><hugepages size="2M"/></hooks>');
+  assert.match(await virshOk("dumpxml", domain.name), '<vm:hooks xmlns:vm="urn:vmhook">');
+
+  const [pool, files] = [hugepages(), stateFiles()];
+  const started = await virsh("start", domain.name);
+  assert.is.not(started.code, 0, "virsh start succeeded without the domain's vmhook configuration");
+  assert.match(started.stderr, /exit status 1: vmhook: <vm:hooks>: is in namespace "urn:vmhook", not vmhook's; write <vmhook:hooks xmlns:vmhook="urn:vmhook:1"> there with virsh edit /);
+  assert.is((await virshOk("domstate", domain.name)).trim(), "shut off");
+  assert.is(hugepages(), pool);
+  assert.equal(stateFiles(), files);
+
+  // The same element under vmhook's URI is vmhook's, whatever the prefix.
+  await virshOk("metadata", domain.name, "--uri", "urn:vmhook", "--remove");
+  await virshOk("metadata", domain.name, "--uri", "urn:vmhook:1", "--key", "vm", "--set", '<hooks><hugepages size="2M"/></hooks>');
+  assert.match(await virshOk("dumpxml", domain.name), '<vm:hooks xmlns:vm="urn:vmhook:1">');
+  await virshOk("start", domain.name);
+  assert.is(hugepages(), pool + PAGES_OF_64_MIB);
+  await virshOk("destroy", domain.name);
+  assert.is(hugepages(), pool);
+});
+
+test("a second <vmhook:hooks> in one <metadata>: virsh define keeps only the first; vmhook validate on the file refuses it, and its fix stores both as one", async () => {
+  const domain = await defineDomain("two-hooks", { hooks: "<vmhook:nosleep/>" });
+  const file = path.join(scratchDir(), `${domain.name}-two.xml`);
+  fs.writeFileSync(file, (await virshOk("dumpxml", domain.name)).replace("</metadata>", '<v:hooks xmlns:v="urn:vmhook:1"><v:hugepages size="2M"/></v:hooks></metadata>'));
+  const validated = await vmhook(["validate", file]);
+  assert.is(validated.code, 1, validated.stdout);
+  assert.match(validated.stderr, "vmhook: <v:hooks>: is a second element in vmhook's namespace in <metadata>: libvirt keeps only the first (virsh define drops the others)");
+  await virshOk("define", file);
+  assert.is(await storedMetadata(domain.name), "<hooks><nosleep/></hooks>");
+
+  const fix = /fix: (virsh metadata .*)$/m.exec(validated.stderr)?.[1];
+  assert.ok(fix, `no virsh command in: ${validated.stderr}`);
+  const fixed = await new Promise<number | null>((resolve) => spawn("sh", ["-c", fix!.replace(/^virsh /, "virsh --connect qemu:///system ")], { stdio: "ignore" }).on("close", resolve));
+  assert.is(fixed, 0);
+  assert.is(await storedMetadata(domain.name), '<hooks><nosleep/><hugepages size="2M"/></hooks>');
 });
 
 test("vmhook config --edit saved unchanged repairs the doubled prefix", async () => {

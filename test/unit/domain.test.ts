@@ -4,6 +4,7 @@
 import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { parseDomain } from "../../lib/domain.ts";
+import type { VmhookError } from "../../lib/errors.ts";
 import { parsePciAddress, PATTERNS } from "../../lib/validate.ts";
 
 const UUID = "6b0e2a4c-6a4e-4c57-9a43-0d1a5b3c7e01";
@@ -72,6 +73,20 @@ test("only the first <metadata> is the domain's, as libvirt keeps it: vmhook's e
   );
   // another application's element in a later <metadata> is its own affair; vmhook reads the first
   assert.is(parseDomain(domain(`<metadata>${HOOKS}</metadata><metadata><app:x xmlns:app='urn:app'/></metadata>`)).metadata?.localName, "hooks");
+});
+
+test("a second <vmhook:hooks> in <metadata>, which libvirt drops at define (it keeps the first element of each namespace), is refused naming the merge, whatever its prefix", () => {
+  const domain = (metadata: string) => `<domain><name>vm</name><uuid>${UUID}</uuid><metadata>${metadata}</metadata></domain>`;
+  const FIRST = "<vmhook:hooks xmlns:vmhook='urn:vmhook:1'><vmhook:vfio/></vmhook:hooks>";
+  for (const second of ["<vmhook:hooks xmlns:vmhook='urn:vmhook:1'><vmhook:hugepages size='2M'/></vmhook:hooks>", "<v:hooks xmlns:v='urn:vmhook:1'><v:hugepages size='2M'/></v:hooks>"]) {
+    assert.throws(
+      () => parseDomain(domain(`${FIRST}<app:x xmlns:app='urn:app'/>${second}`)),
+      (error: VmhookError) =>
+        error.message === `<${second.slice(1, second.indexOf(" "))}>: is a second element in vmhook's namespace in <metadata>: libvirt keeps only the first (virsh define drops the others), so its plugins would never run; merge them into one <vmhook:hooks>` &&
+        error.lines.join("\n") === `fix: virsh metadata vm --uri urn:vmhook:1 --key vmhook --config --set '<hooks><vfio/><hugepages size="2M"/></hooks>'`,
+      second,
+    );
+  }
 });
 
 const hostdevs = (devices: string) => parseDomain(`<domain><name>vm</name><uuid>${UUID}</uuid><devices>${devices}</devices></domain>`).hostdevs;
