@@ -346,22 +346,59 @@ function checkPoolExists(host: Host, need: PoolNeed): void {
 }
 
 /**
- * libvirt backs guest memory without a <page size> with the host's default
- * huge page size (default_hugepagesz=): reserving another size would leave
- * QEMU without pages, or have it take pages reserved for others.
+ * libvirt backs guest memory without a <page size> with the page size of its
+ * default hugetlbfs mount: among the mounts it finds, the host's default huge
+ * page size (default_hugepagesz=); with hugetlbfs_mount set, a path it names
+ * (qemu_conf.c marks the first as the default in older libvirt, those after
+ * the first since, and takes the first when none is). Reserving another size
+ * would leave QEMU without pages, or have it take pages reserved for others.
  */
 function hostDefaultMismatch(host: Host, sizeKiB: number): { reason: string; fixes: string[] } | undefined {
+  const pageSizeFix = `add <page size="${sizeKiB}" unit="KiB"/> to <memoryBacking><hugepages> (virsh edit)`;
+  const named = namedMountSizes(host);
+  if (named === "unreadable") return undefined;
+  if (named) {
+    const sizes = [...new Set(named.map((mount) => mount.sizeKiB))];
+    // None named is on hugetlbfs: the mount check says so.
+    if (sizes.length === 0 || (sizes.length === 1 && sizes[0] === sizeKiB)) return undefined;
+    const mounts = named.map((mount) => `${mount.mountPoint} of ${formatKiB(mount.sizeKiB)} pages`).join(", ");
+    const unnamedSize = "guest memory that <memoryBacking><hugepages> gives no <page size>";
+    return {
+      reason:
+        sizes.length === 1
+          ? `hugetlbfs_mount in ${QEMU_CONF} names only mounts of ${formatKiB(sizes[0]!)} pages (${mounts}), and libvirt backs ${unnamedSize} with that size, while vmhook would reserve ${formatKiB(sizeKiB)} pages for it`
+          : `hugetlbfs_mount in ${QEMU_CONF} names mounts of different page sizes (${mounts}), and which one backs ${unnamedSize} depends on the libvirt version (the first named, or the second), so vmhook cannot tell which pool to grow`,
+      fixes: [pageSizeFix, ...(sizes.length === 1 ? [`or reserve pages of that size: size="${formatKiB(sizes[0]!)}" on <vmhook:hugepages>`] : [])],
+    };
+  }
   const hostDefault = meminfo(host).Hugepagesize;
   if (hostDefault === sizeKiB) return undefined;
   const found = hostDefault === undefined ? "cannot read this host's default huge page size" : `this host's default huge page size is ${formatKiB(hostDefault)}`;
   return {
     reason: `${found} (Hugepagesize in /proc/meminfo), which libvirt uses for guest memory that <memoryBacking><hugepages> gives no <page size>, while vmhook would reserve ${formatKiB(sizeKiB)} pages for it`,
     fixes: [
-      `add <page size="${sizeKiB}" unit="KiB"/> to <memoryBacking><hugepages> (virsh edit)`,
+      pageSizeFix,
       ...(hostDefault === undefined ? [] : [`or reserve pages of the default size: size="${formatKiB(hostDefault)}" on <vmhook:hugepages>`]),
       `a <page size> other than the default needs a hugetlbfs mount of that size for libvirt: mkdir -p /dev/hugepages${formatKiB(sizeKiB)} && mount -t hugetlbfs -o pagesize=${formatKiB(sizeKiB)} none /dev/hugepages${formatKiB(sizeKiB)}, then restart libvirtd (or virtqemud)`,
     ],
   };
+}
+
+/**
+ * The hugetlbfs mounts hugetlbfs_mount names, each with its page size;
+ * undefined when it is not set; "unreadable" when it or the mounts cannot be
+ * read, which the mount check refuses, naming why.
+ */
+function namedMountSizes(host: Host): { mountPoint: string; sizeKiB: number }[] | "unreadable" | undefined {
+  const mounts = hugetlbfsMounts(host);
+  let named: string[] | undefined;
+  try {
+    named = hugetlbfsMountSetting(host);
+  } catch {
+    return "unreadable";
+  }
+  if (named === undefined) return undefined;
+  return mounts ? named.flatMap((path) => mountHolding(mounts, path) ?? []) : "unreadable";
 }
 
 /**

@@ -45,8 +45,30 @@ function moduleProblem(value: unknown, name: string): string | undefined {
   return undefined;
 }
 
-/** How Bun reads a module of this extension, for its imports; other files (JSON, text) import nothing. */
-const SCANNED_LOADERS: Record<string, "js" | "jsx" | "ts" | "tsx"> = { ".js": "js", ".mjs": "js", ".cjs": "js", ".jsx": "jsx", ".ts": "ts", ".mts": "ts", ".cts": "ts", ".tsx": "tsx" };
+type CodeLoader = "js" | "jsx" | "ts" | "tsx";
+/** How Bun reads a module of this extension, for its imports. */
+const SCANNED_LOADERS: Record<string, CodeLoader> = { ".js": "js", ".mjs": "js", ".cjs": "js", ".jsx": "jsx", ".ts": "ts", ".mts": "ts", ".cts": "ts", ".tsx": "tsx" };
+const CODE_LOADERS: CodeLoader[] = ["js", "jsx", "ts", "tsx"];
+
+/**
+ * The imports of a module as Bun may run it. Bun runs a file without an
+ * extension as JavaScript, and any file imported `with { type: "js" }` (ts,
+ * jsx, tsx) as that: a file of another extension is read with each of them,
+ * and what one parses imports is held to the rule too. Data no loader parses
+ * (JSON, text) cannot run as code either. Throws when a JavaScript file does
+ * not parse.
+ */
+function scanImports(text: string, file: string): { path: string }[] {
+  const own = SCANNED_LOADERS[nodePath.extname(file)];
+  if (own) return new Bun.Transpiler({ loader: own }).scanImports(text);
+  return CODE_LOADERS.flatMap((loader) => {
+    try {
+      return new Bun.Transpiler({ loader }).scanImports(text);
+    } catch {
+      return [];
+    }
+  });
+}
 
 const isBuiltin = (specifier: string) => specifier.startsWith("node:") || specifier.startsWith("bun:") || builtinModules.includes(specifier);
 
@@ -66,12 +88,10 @@ export function moduleImports(host: Host, pluginPath: string): { files: string[]
   const pending: { hostPath: string; chain: string }[] = [{ hostPath: pluginPath, chain: "it imports" }];
   const files: string[] = [];
   for (let module = pending.shift(); module; module = pending.shift()) {
-    const loader = SCANNED_LOADERS[nodePath.extname(module.hostPath)];
-    if (!loader) continue;
     const realPath = host.resolve(module.hostPath);
     let imports: { path: string }[];
     try {
-      imports = new Bun.Transpiler({ loader }).scanImports(fs.readFileSync(realPath, "utf8"));
+      imports = scanImports(fs.readFileSync(realPath, "utf8"), module.hostPath);
     } catch (error) {
       return { files, problem: `${module.hostPath} could not be read for its imports: ${describeError(error).split("\n")[0]}` };
     }

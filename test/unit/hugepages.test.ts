@@ -714,6 +714,57 @@ test("with hugetlbfs_mount set in qemu.conf, libvirt takes pages only from the m
   }
 });
 
+test("with hugetlbfs_mount set, memory the domain gives no <page size> is backed with a named mount's page size, not Hugepagesize: vmhook reserves that size, and refuses when libvirt versions pick different ones", async () => {
+  // qemu_conf.c marks the named mounts' default (the first in older libvirt, the second of two or more since), and
+  // <hugepages/> without <page size> takes the default mount's size (qemuGetDomainDefaultHugepath), whatever Hugepagesize says.
+  const only1G = 'hugetlbfs_mount = "/dev/hugepages1G"\n';
+  const taken: [string, string, number][] = [
+    [only1G, "<vmhook:hugepages size='1G'/>", GiB],
+    ['hugetlbfs_mount = ["/dev/hugepages1G", "/dev/hugepages1G/libvirt"]\n', "<vmhook:hugepages size='1G'/>", GiB],
+    ['hugetlbfs_mount = ["/dev/hugepages"]\n', "<vmhook:hugepages/>", 2048],
+  ];
+  for (const [conf, element, size] of taken) {
+    const { sim, kernel } = host({ mounted: [2048, GiB] });
+    try {
+      sim.file("/etc/libvirt/qemu.conf", conf);
+      const outcome = await runHookEvent(sim, "prepare", "begin", domainXml({ element }));
+      assert.is(outcome.code, 0, `${conf}: ${outcome.stderr}`);
+      assert.is(kernel.pool(size) * size, GiB, conf);
+    } finally {
+      sim.cleanup();
+    }
+  }
+  const refused: [string, string, string][] = [
+    [
+      only1G,
+      "<vmhook:hugepages/>",
+      'hugetlbfs_mount in /etc/libvirt/qemu.conf names only mounts of 1G pages (/dev/hugepages1G of 1G pages), and libvirt backs guest memory that <memoryBacking><hugepages> gives no <page size> with that size, while vmhook would reserve 2M pages for it; add <page size="2048" unit="KiB"/> to <memoryBacking><hugepages> (virsh edit)',
+    ],
+    [
+      'hugetlbfs_mount = ["/dev/hugepages", "/dev/hugepages1G"]\n',
+      "<vmhook:hugepages/>",
+      "hugetlbfs_mount in /etc/libvirt/qemu.conf names mounts of different page sizes (/dev/hugepages of 2M pages, /dev/hugepages1G of 1G pages), and which one backs guest memory that <memoryBacking><hugepages> gives no <page size> depends on the libvirt version (the first named, or the second), so vmhook cannot tell which pool to grow; add <page size=\"2048\" unit=\"KiB\"/> to <memoryBacking><hugepages> (virsh edit)",
+    ],
+  ];
+  for (const [conf, element, message] of refused) {
+    const { sim, kernel } = host({ mounted: [2048, GiB] });
+    try {
+      sim.file("/etc/libvirt/qemu.conf", conf);
+      const before = sim.snapshot();
+      const outcome = await runHookEvent(sim, "prepare", "begin", domainXml({ element }));
+      assert.is(outcome.code, 1, conf);
+      assert.is(firstLine(outcome.stderr), `vmhook: hugepages: ${message}`);
+      assert.is(kernel.pool(2048) + kernel.pool(GiB), 0);
+      assert.equal(sim.snapshot(), before);
+      const doctor = await runDoctor(sim, { file: "vm.xml", xml: domainXml({ element }) });
+      const finding = doctor.domain!.findings.find((found) => found.check === "hugepages page size");
+      assert.equal([finding?.status, finding?.reason], ["fail", message.split("; add ")[0]]);
+    } finally {
+      sim.cleanup();
+    }
+  }
+});
+
 test("free pages another VM's QEMU has mapped but not touched yet (resv_hugepages) are not offered to this VM as its own", async () => {
   // 8192 pages of 2M (16 GiB) reserved at boot, 8 GiB left free: a 16 GiB VM cannot fit in new pages
   const xml = domainXml({ memory: "<memory unit='GiB'>16</memory>" });
