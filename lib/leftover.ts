@@ -62,7 +62,9 @@ function liveQemus(host: Host, journal: Journal, what: string, whose: string, re
 
 /** Why a journal stays: the domain's QEMU that libvirt lost track of still runs. */
 function lostQemu(live: number[], journal: Journal, whose: string): string {
-  return `a QEMU of this domain still runs (pid ${live.join(", ")}, -uuid ${journal.domain.uuid}), which libvirt has lost track of; ${keptChanges(journal, whose)}, not taken from under it`;
+  // At release it may also be the domain's own QEMU that libvirt killed and that has not exited (stuck in a device's driver).
+  const which = whose === ITS_JOURNAL ? "which libvirt has lost track of, or which has not exited since libvirt killed it (stuck in the kernel)" : "which libvirt has lost track of";
+  return `a QEMU of this domain still runs (pid ${live.join(", ")}, -uuid ${journal.domain.uuid}), ${which}; ${keptChanges(journal, whose)}, not taken from under it`;
 }
 
 /**
