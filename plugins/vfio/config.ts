@@ -89,6 +89,9 @@ const DEFAULT_SETTINGS: VfioSettings = {
   bindTimeoutSeconds: 10,
 };
 
+/** What plugins.vfio may hold: lib/settings.ts refuses any other key. */
+export const VFIO_SETTING_KEYS: (keyof VfioSettings)[] = ["displayManagerUnits", "displayManagerCommand", "helperServices", "stopTimeoutSeconds", "bindTimeoutSeconds"];
+
 /** The characters of a process name the kernel keeps in /proc/PID/comm (TASK_COMM_LEN, 16 with its NUL). */
 const COMM_LENGTH = 15;
 
