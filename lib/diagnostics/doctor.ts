@@ -32,6 +32,8 @@ import { fail, ok, roundMiB, warn, type Finding } from "./findings.ts";
 import { describeBlockingBridge, readIommuGroups, type IommuReport } from "./iommu.ts";
 import { nvidiaGpus } from "./domain-fixes.ts";
 import { groupInUse, handedOverByElements } from "../../plugins/vfio/survey.ts";
+import { parseVfioConfig } from "../../plugins/vfio/config.ts";
+import type { XmlElement } from "../xml.ts";
 
 export type { Finding, Status } from "./findings.ts";
 
@@ -300,7 +302,7 @@ async function domainChecks(host: Host, domain: Domain, xml: string, iommu: Iomm
   findings.push(
     ...(await guarded("hostdevs", () => {
       const handedOver = new Set(used.has("vfio") ? (handedOverByElements(host, vfioElements, domain) ?? []) : []);
-      return hostdevChecks(host, domain, iommuKnown(iommu), handedOver).map(({ address, finding }) => (handedOver.has(address) ? { ...finding, plugin: "vfio" } : finding));
+      return hostdevChecks(host, domain, iommuKnown(iommu), handedOver, used.has("vfio") ? configuredVfioDevices(vfioElements, domain) : []).map(({ address, finding }) => (handedOver.has(address) ? { ...finding, plugin: "vfio" } : finding));
     })),
   );
   findings.push(...(await guarded("domain XML", () => xmlAdvice(host, domain, parseXmlDocument(xml, "domain XML"), used))));
@@ -310,15 +312,30 @@ async function domainChecks(host: Host, domain: Domain, xml: string, iommu: Iomm
 const short = (address: string) => address.replace(/^0000:/, "");
 const slotOf = (address: string) => address.replace(/\.[0-7]$/, "");
 
-/** `handedOver`: what vfio moves to vfio-pci (with a GPU's other functions); a group member that is neither it nor a hostdev is judged as prepare judges it. */
-function hostdevChecks(host: Host, domain: Domain, iommu: IommuReport, handedOver: Set<string>): { address: string; finding: Finding }[] {
+/**
+ * `handedOver`: what vfio moves to vfio-pci (with a GPU's other functions); a group member that is neither it nor a hostdev is judged as prepare judges it.
+ * `vfioDevices`: vfio's devices= list, whose members without a <hostdev> prepare checks the groups of too.
+ */
+function hostdevChecks(host: Host, domain: Domain, iommu: IommuReport, handedOver: Set<string>, vfioDevices: string[]): { address: string; finding: Finding }[] {
   const addresses = new Set(domain.hostdevs.flatMap((hostdev) => (hostdev.type === "pci" ? [hostdev.address] : [])));
-  return [...addresses].map((address) => ({ address, finding: hostdevCheck(host, iommu, address, addresses, handedOver, domain.name) }));
+  const vfioOnly = vfioDevices.filter((address) => !addresses.has(address));
+  return [
+    ...[...addresses].map((address) => ({ address, finding: hostdevCheck(host, iommu, address, addresses, handedOver, domain.name, `hostdev ${address}`) })),
+    ...vfioOnly.map((address) => ({ address, finding: hostdevCheck(host, iommu, address, addresses, handedOver, domain.name, `vfio device ${address}`) })),
+  ];
 }
 
-function hostdevCheck(host: Host, iommu: IommuReport, address: string, addresses: Set<string>, handedOver: Set<string>, domainName: string): Finding {
-  const check = `hostdev ${address}`;
-  if (!pciExists(host, address)) return fail(check, `${address} is not on this host`, "fix the <hostdev><source><address> (lspci -D lists this host's devices)");
+/** The devices vfio's devices= names; none when it is invalid (the config check says why) or absent (the <hostdev>s). */
+function configuredVfioDevices(elements: XmlElement[], domain: Domain): string[] {
+  try {
+    return parseVfioConfig(elements, domain).devices;
+  } catch {
+    return [];
+  }
+}
+
+function hostdevCheck(host: Host, iommu: IommuReport, address: string, addresses: Set<string>, handedOver: Set<string>, domainName: string, check: string): Finding {
+  if (!pciExists(host, address)) return fail(check, `${address} is not on this host`, check.startsWith("hostdev") ? "fix the <hostdev><source><address> (lspci -D lists this host's devices)" : "fix devices= of <vmhook:vfio> (lspci -D lists this host's devices)");
   const group = iommu.groups.find((candidate) => candidate.devices.some((device) => device.address === address));
   if (!group) return fail(check, `${address} has no IOMMU group: ${iommu.advice?.reason ?? "the IOMMU does not cover it"}`, iommu.advice?.fix ?? "enable the IOMMU (vmhook iommu)");
   const self = group.devices.find((device) => device.address === address)!;
@@ -336,7 +353,7 @@ function hostdevCheck(host: Host, iommu: IommuReport, address: string, addresses
     return fail(check, `IOMMU group ${group.id} also holds ${blockingBridges.map(describeBlockingBridge).join(", ")}: the group is not viable`, blockingBridges.map((bridge) => freeBridge(bridge.address, bridge.driver!)).join("; "));
   }
   // Its own QEMU holds the group while the domain runs (vfio opens a group once): only another VM's counts, as at prepare.
-  const passed = group.devices.filter((device) => addresses.has(device.address)).map((device) => device.address);
+  const passed = group.devices.filter((device) => addresses.has(device.address) || handedOver.has(device.address)).map((device) => device.address);
   const inUse = runningOrWhyUnknown(host, domainName) === true ? undefined : groupInUse(host, group.id, passed);
   if (inUse) return fail(check, inUse.reason, inUse.fix);
   const sameCard = group.devices.filter((device) => !addresses.has(device.address) && handedOver.has(device.address) && slotOf(device.address) === slotOf(address));

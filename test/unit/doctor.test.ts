@@ -193,6 +193,19 @@ test("shared group behind a root port: the hostdev fails, naming the device it s
   sim.cleanup();
 });
 
+test("a device vfio hands over from devices= without a <hostdev> has its IOMMU group checked as prepare checks it", async () => {
+  const sim = sharedGroupHost();
+  try {
+    const { domain } = await doctor(sim, domainXml({ metadata: `<vmhook:vfio devices="0000:01:00.0"/>` }));
+    const finding = domain("vfio device 0000:01:00.0");
+    assert.is(finding.status, "fail");
+    assert.is(finding.plugin, "vfio");
+    assert.is(finding.reason, "IOMMU group 5 also holds 02:00.0 (Non-Volatile memory controller) on nvme, which vfio does not accept beside a device passed through; VFIO takes the whole group from the host");
+  } finally {
+    sim.cleanup();
+  }
+});
+
 const STAYS_VIABLE = "nothing to do while it stays with no driver or on vfio-pci, pci-stub, pcieport or a vfio-pci variant driver (its module uses vfio_pci_core); any other driver that takes it before the VM starts makes prepare refuse";
 
 // The rule prepare uses (viableBeside): a device of the group the VM does not get is fine with no driver or on a
