@@ -194,6 +194,7 @@ test("a host setting this vmhook does not know (a typo, one a later or earlier v
       [`{"plugins": {"hugepages": {"reserve": 2048}}}`, `/etc/vmhook/vmhook.json: plugins.hugepages.reserve is not a setting of the hugepages plugin (it has minFreeMiB): remove it, or if a later vmhook has it, install that one again`],
       [`{"plugins": {"vfio": {"bindTimeoutSeconds": "30"}}}`, `/etc/vmhook/vmhook.json: plugins.vfio.bindTimeoutSeconds must be a number of seconds from 1 to 600; it is "30"`],
       [`{"plugins": {"hugepages": {"minFreeMiB": -1}}}`, `/etc/vmhook/vmhook.json: "plugins": {"hugepages": {"minFreeMiB": -1}} is not a whole number of MiB from 0 to 4294967296; e.g. 2048 keeps 2 GiB free`],
+      [`{"plugins": {"vfio": {"displayManagerCommand": {"stop": ["rc-service", "sddm", "stop"], "start": ["rc-service", "sddm", "start"], "proceses": ["sddm"]}}}}`, `/etc/vmhook/vmhook.json: plugins.vfio.displayManagerCommand.proceses is not a setting of the vfio plugin; did you mean "processes"?`],
       [`{"plugins": {"vifo": {"bindTimeoutSeconds": 30}}}`, `/etc/vmhook/vmhook.json: "plugins": {"vifo": …}: no plugin of this vmhook has host settings by that name; did you mean "vfio"?`],
       [`{"plugins": {"isolate": {}}}`, `/etc/vmhook/vmhook.json: "plugins": {"isolate": …}: no plugin of this vmhook has host settings by that name (vfio, hugepages and forward have; a custom plugin's are under "plugin:NAME"): remove it`],
     ];
