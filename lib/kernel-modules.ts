@@ -7,6 +7,9 @@ import type { Host } from "./host.ts";
 /** The running kernel's release, "" when it cannot be told. */
 export const kernelRelease = (host: Host) => host.readTrimmed("/proc/sys/kernel/osrelease") ?? "";
 
+/** The modules through which QEMU maps a VM's memory for vfio, either will do: the container's type1 (modprobe loads it after vfio, its softdep), or iommufd (a kernel may build only one). */
+export const VFIO_IOMMU_BACKENDS = ["vfio_iommu_type1", "iommufd"];
+
 /** A release that is safe in a path under /lib/modules. */
 const plainRelease = (release: string) => /^[\w+~-][\w.+~-]*$/.test(release);
 

@@ -6,6 +6,8 @@ import type { Host } from "./host.ts";
 import { paths } from "./paths.ts";
 import { rootsAloneProblem } from "./custom-plugins/trust.ts";
 import { closest } from "./cli/usage.ts";
+import { readVfioSettings, VFIO_SETTING_KEYS } from "../plugins/vfio/config.ts";
+import { FLOOR_SETTING, floorSetting } from "../plugins/hugepages/fit.ts";
 
 export interface HostSettings {
   /** Hard limit for one hook invocation's work (prepare, start, ...). */
@@ -22,6 +24,46 @@ const notObject = (value: unknown) => typeof value !== "object" || value === nul
 
 /** Why the settings file is root's business: it names the commands and units vmhook runs as root (vfio's displayManagerCommand, helperServices). */
 const SETTINGS_FILE_REASON = "it names commands and units root runs";
+
+/**
+ * The built-in plugins with host settings: the keys each takes and its own
+ * reader, run here so that a bad value refuses the whole file (a start
+ * refuses, a release gives back with the defaults) instead of failing one
+ * step or undo where the plugin reads it.
+ */
+const PLUGIN_SETTINGS: Record<string, { keys: readonly string[]; read: (settings: Record<string, unknown>) => unknown }> = {
+  vfio: { keys: VFIO_SETTING_KEYS, read: readVfioSettings },
+  hugepages: { keys: [FLOOR_SETTING], read: floorSetting },
+  // Moved to the policy: still known, so that the forward plugin's refusal says where the list went.
+  forward: { keys: ["allowedHostPorts"], read: () => undefined },
+};
+
+/** Custom plugins' settings are under "plugin:NAME"; the plugin reads its own keys. */
+const CUSTOM_PLUGIN_PREFIX = "plugin:";
+
+const inWords = (names: readonly string[]) => (names.length > 1 ? `${names.slice(0, -1).join(", ")} and ${names.at(-1)}` : names.join(""));
+
+/** One left at its default in silence would look set (a typo, a key of another vmhook version). */
+function refuseUnknown(key: string, known: readonly string[], what: string, owner: string): void {
+  if (known.includes(key)) return;
+  const meant = closest(key, [...known]);
+  throw new VmhookError(`${paths.hostConfig}: ${what} is not a setting of ${owner}${meant ? `; did you mean "${meant}"?` : ` (it has ${inWords(known)}): remove it, or if a later vmhook has it, install that one again`}`);
+}
+
+function checkPluginSettings(name: string, settings: Record<string, unknown>): void {
+  if (name.startsWith(CUSTOM_PLUGIN_PREFIX)) {
+    pluginTimeLimitMs(settings, name, Infinity);
+    return;
+  }
+  const builtin = PLUGIN_SETTINGS[name];
+  if (!builtin) {
+    const names = Object.keys(PLUGIN_SETTINGS);
+    const meant = closest(name, names);
+    throw new VmhookError(`${paths.hostConfig}: "plugins": {"${name}": …}: no plugin of this vmhook has host settings by that name${meant ? `; did you mean "${meant}"?` : ` (${inWords(names)} have; a custom plugin's are under "${CUSTOM_PLUGIN_PREFIX}NAME"): remove it`}`);
+  }
+  for (const key of Object.keys(settings)) refuseUnknown(key, builtin.keys, `plugins.${name}.${key}`, `the ${name} plugin`);
+  builtin.read(settings);
+}
 
 export function loadSettings(host: Host): HostSettings {
   // No file means the defaults; one that cannot be read must not: it may set what the defaults do not.
@@ -45,7 +87,7 @@ export function loadSettings(host: Host): HostSettings {
   const unknown = Object.keys(raw).find((key) => !known.includes(key));
   if (unknown !== undefined) {
     const meant = closest(unknown, known);
-    throw new VmhookError(`${paths.hostConfig}: ${JSON.stringify(unknown)} is not a host setting of this vmhook${meant ? `; did you mean "${meant}"?` : ` (it has ${known.slice(0, -1).join(", ")} and ${known.at(-1)}): remove it, or if a later vmhook has it, install that one again`}`);
+    throw new VmhookError(`${paths.hostConfig}: ${JSON.stringify(unknown)} is not a host setting of this vmhook${meant ? `; did you mean "${meant}"?` : ` (it has ${inWords(known)}): remove it, or if a later vmhook has it, install that one again`}`);
   }
   const seconds = (key: "deadlineSeconds" | "undoDeadlineSeconds") => {
     const value = raw[key] ?? DEFAULT_SETTINGS[key];
@@ -58,6 +100,7 @@ export function loadSettings(host: Host): HostSettings {
   if (notObject(plugins)) throw new VmhookError(`${paths.hostConfig}: "plugins" must be an object keyed by plugin name`);
   const badPlugin = Object.keys(plugins).find((name) => notObject(plugins[name]));
   if (badPlugin) throw new VmhookError(`${paths.hostConfig}: "plugins": {"${badPlugin}": …} must be an object of that plugin's settings`);
+  for (const [name, settings] of Object.entries(plugins)) checkPluginSettings(name, settings as Record<string, unknown>);
   return { deadlineSeconds: seconds("deadlineSeconds"), undoDeadlineSeconds: seconds("undoDeadlineSeconds"), plugins };
 }
 

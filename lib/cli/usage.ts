@@ -26,7 +26,7 @@ function distance(a: string, b: string): number {
 
 /** The known word closest to a typo, when it is close enough to be meant. */
 export function closest(word: string, known: string[]): string | undefined {
-  const ranked = known.map((candidate) => ({ candidate, cost: distance(word.toLowerCase(), candidate) })).sort((a, b) => a.cost - b.cost);
+  const ranked = known.map((candidate) => ({ candidate, cost: distance(word.toLowerCase(), candidate.toLowerCase()) })).sort((a, b) => a.cost - b.cost);
   const best = ranked[0];
   return best && best.cost <= Math.max(2, Math.floor(best.candidate.length / 3)) ? best.candidate : undefined;
 }

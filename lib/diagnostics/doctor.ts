@@ -13,7 +13,7 @@ import { recoverCommandLine } from "../metadata-text.ts";
 import type { Host } from "../host.ts";
 import { howToGetCgroupV2 } from "../host-advice.ts";
 import { journalsAndClaims, type ClaimView } from "../claims.ts";
-import { kernelRelease, moduleList, moduleName } from "../kernel-modules.ts";
+import { kernelRelease, moduleList, moduleName, VFIO_IOMMU_BACKENDS } from "../kernel-modules.ts";
 import { adviceFor, describeStuckWrite, listStuckWrites } from "../stuck-writes.ts";
 import { paths } from "../paths.ts";
 import { refuseUntrustedStateDir } from "../state-files.ts";
@@ -32,6 +32,8 @@ import { fail, ok, roundMiB, warn, type Finding } from "./findings.ts";
 import { describeBlockingBridge, readIommuGroups, type IommuReport } from "./iommu.ts";
 import { nvidiaGpus } from "./domain-fixes.ts";
 import { groupInUse, handedOverByElements } from "../../plugins/vfio/survey.ts";
+import { parseVfioConfig } from "../../plugins/vfio/config.ts";
+import type { XmlElement } from "../xml.ts";
 
 export type { Finding, Status } from "./findings.ts";
 
@@ -137,18 +139,23 @@ function hostSettings(host: Host): Finding {
   }
 }
 
-const VFIO_MODULES = ["vfio", "vfio_iommu_type1", "vfio_pci"];
+const VFIO_MODULES = ["vfio", "vfio_pci"];
+const BACKEND_WORDS = `a VFIO IOMMU backend (${VFIO_IOMMU_BACKENDS.join(" or ")})`;
 
+/** The rule prepare applies (plugins/vfio/driver.ts, noIommuBackend): vfio and vfio_pci, and either IOMMU backend. */
 function vfioModules(host: Host, needed: boolean): Finding {
   const release = kernelRelease(host);
   // modules.dep lists loadable modules, modules.builtin the ones built into the kernel.
   const known = new Set((["modules.dep", "modules.builtin"] as const).flatMap((list) => moduleList(host, release, list).map((line) => moduleName(line.split(":")[0]!))));
-  const loaded = VFIO_MODULES.filter((module) => host.exists(`/sys/module/${module}`));
-  const missing = VFIO_MODULES.filter((module) => !loaded.includes(module) && !known.has(module));
+  const isLoaded = (module: string) => host.exists(`/sys/module/${module}`);
+  const present = (module: string) => isLoaded(module) || known.has(module);
+  const missing = [...VFIO_MODULES.filter((module) => !present(module)), ...(VFIO_IOMMU_BACKENDS.some(present) ? [] : [BACKEND_WORDS])];
   if (missing.length > 0) {
-    return lacking(needed)("vfio modules", `${missing.join(", ")} not found for kernel ${release || "?"} (neither loaded nor in /lib/modules/${release}/modules.dep or modules.builtin)`, "install the kernel's modules package (VFIO is in Debian's linux-image) or build the kernel with CONFIG_VFIO_PCI");
+    return lacking(needed)("vfio modules", `${missing.join(", ")} not found for kernel ${release || "?"} (neither loaded nor in /lib/modules/${release}/modules.dep or modules.builtin)`, "install the kernel's modules package (VFIO is in Debian's linux-image) or build the kernel with CONFIG_VFIO_PCI and CONFIG_VFIO_IOMMU_TYPE1 (or CONFIG_IOMMUFD)");
   }
-  return ok("vfio modules", loaded.length === VFIO_MODULES.length ? "vfio, vfio_iommu_type1 and vfio_pci are loaded" : `available (loaded: ${loaded.join(", ") || "none yet"}; the rest load when a device is handed over)`);
+  const loaded = ["vfio", ...VFIO_IOMMU_BACKENDS, "vfio_pci"].filter(isLoaded);
+  const allLoaded = VFIO_MODULES.every(isLoaded) && VFIO_IOMMU_BACKENDS.some(isLoaded);
+  return ok("vfio modules", allLoaded ? `${loaded.slice(0, -1).join(", ")} and ${loaded.at(-1)} are loaded` : `available (loaded: ${loaded.join(", ") || "none yet"}; the rest load when a device is handed over)`);
 }
 
 function hugepagePools(host: Host): Finding[] {
@@ -295,7 +302,7 @@ async function domainChecks(host: Host, domain: Domain, xml: string, iommu: Iomm
   findings.push(
     ...(await guarded("hostdevs", () => {
       const handedOver = new Set(used.has("vfio") ? (handedOverByElements(host, vfioElements, domain) ?? []) : []);
-      return hostdevChecks(host, domain, iommuKnown(iommu), handedOver).map(({ address, finding }) => (handedOver.has(address) ? { ...finding, plugin: "vfio" } : finding));
+      return hostdevChecks(host, domain, iommuKnown(iommu), handedOver, used.has("vfio") ? configuredVfioDevices(vfioElements, domain) : []).map(({ address, finding }) => (handedOver.has(address) ? { ...finding, plugin: "vfio" } : finding));
     })),
   );
   findings.push(...(await guarded("domain XML", () => xmlAdvice(host, domain, parseXmlDocument(xml, "domain XML"), used))));
@@ -305,15 +312,30 @@ async function domainChecks(host: Host, domain: Domain, xml: string, iommu: Iomm
 const short = (address: string) => address.replace(/^0000:/, "");
 const slotOf = (address: string) => address.replace(/\.[0-7]$/, "");
 
-/** `handedOver`: what vfio moves to vfio-pci (with a GPU's other functions); a group member that is neither it nor a hostdev is judged as prepare judges it. */
-function hostdevChecks(host: Host, domain: Domain, iommu: IommuReport, handedOver: Set<string>): { address: string; finding: Finding }[] {
+/**
+ * `handedOver`: what vfio moves to vfio-pci (with a GPU's other functions); a group member that is neither it nor a hostdev is judged as prepare judges it.
+ * `vfioDevices`: vfio's devices= list, whose members without a <hostdev> prepare checks the groups of too.
+ */
+function hostdevChecks(host: Host, domain: Domain, iommu: IommuReport, handedOver: Set<string>, vfioDevices: string[]): { address: string; finding: Finding }[] {
   const addresses = new Set(domain.hostdevs.flatMap((hostdev) => (hostdev.type === "pci" ? [hostdev.address] : [])));
-  return [...addresses].map((address) => ({ address, finding: hostdevCheck(host, iommu, address, addresses, handedOver, domain.name) }));
+  const vfioOnly = vfioDevices.filter((address) => !addresses.has(address));
+  return [
+    ...[...addresses].map((address) => ({ address, finding: hostdevCheck(host, iommu, address, addresses, handedOver, domain.name, `hostdev ${address}`) })),
+    ...vfioOnly.map((address) => ({ address, finding: hostdevCheck(host, iommu, address, addresses, handedOver, domain.name, `vfio device ${address}`) })),
+  ];
 }
 
-function hostdevCheck(host: Host, iommu: IommuReport, address: string, addresses: Set<string>, handedOver: Set<string>, domainName: string): Finding {
-  const check = `hostdev ${address}`;
-  if (!pciExists(host, address)) return fail(check, `${address} is not on this host`, "fix the <hostdev><source><address> (lspci -D lists this host's devices)");
+/** The devices vfio's devices= names; none when it is invalid (the config check says why) or absent (the <hostdev>s). */
+function configuredVfioDevices(elements: XmlElement[], domain: Domain): string[] {
+  try {
+    return parseVfioConfig(elements, domain).devices;
+  } catch {
+    return [];
+  }
+}
+
+function hostdevCheck(host: Host, iommu: IommuReport, address: string, addresses: Set<string>, handedOver: Set<string>, domainName: string, check: string): Finding {
+  if (!pciExists(host, address)) return fail(check, `${address} is not on this host`, check.startsWith("hostdev") ? "fix the <hostdev><source><address> (lspci -D lists this host's devices)" : "fix devices= of <vmhook:vfio> (lspci -D lists this host's devices)");
   const group = iommu.groups.find((candidate) => candidate.devices.some((device) => device.address === address));
   if (!group) return fail(check, `${address} has no IOMMU group: ${iommu.advice?.reason ?? "the IOMMU does not cover it"}`, iommu.advice?.fix ?? "enable the IOMMU (vmhook iommu)");
   const self = group.devices.find((device) => device.address === address)!;
@@ -331,7 +353,7 @@ function hostdevCheck(host: Host, iommu: IommuReport, address: string, addresses
     return fail(check, `IOMMU group ${group.id} also holds ${blockingBridges.map(describeBlockingBridge).join(", ")}: the group is not viable`, blockingBridges.map((bridge) => freeBridge(bridge.address, bridge.driver!)).join("; "));
   }
   // Its own QEMU holds the group while the domain runs (vfio opens a group once): only another VM's counts, as at prepare.
-  const passed = group.devices.filter((device) => addresses.has(device.address)).map((device) => device.address);
+  const passed = group.devices.filter((device) => addresses.has(device.address) || handedOver.has(device.address)).map((device) => device.address);
   const inUse = runningOrWhyUnknown(host, domainName) === true ? undefined : groupInUse(host, group.id, passed);
   if (inUse) return fail(check, inUse.reason, inUse.fix);
   const sameCard = group.devices.filter((device) => !addresses.has(device.address) && handedOver.has(device.address) && slotOf(device.address) === slotOf(address));

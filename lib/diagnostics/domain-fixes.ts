@@ -9,8 +9,9 @@ import { parseDomain, parseXmlDocument, type PciHostdev } from "../domain.ts";
 import type { Host } from "../host.ts";
 import { childElements } from "../metadata-text.ts";
 import { NAMESPACE_URI } from "../paths.ts";
-import { isDisplayClass, pciExists, readPciDevice, slotFunctions } from "../pci.ts";
+import { isDisplayClass, pciExists, pciIommuGroup, readPciDevice, slotFunctions } from "../pci.ts";
 import { parseSizeWithSuffix } from "../validate.ts";
+import { handedOverByElements } from "../../plugins/vfio/survey.ts";
 
 export interface DomainFix {
   /** The element it changes: "<features><kvm>". */
@@ -164,14 +165,28 @@ export function fixDomainXml(host: Host, xml: string, what: string): FixedDomain
   }
 
   const present = new Set(pci.map((hostdev) => hostdev.address));
+  const vfioElements = domain.metadata ? childElements(domain.metadata).filter((element) => element.namespaceURI === NAMESPACE_URI && element.localName === "vfio") : [];
+  const handedOver = new Set(vfioElements.length > 0 ? (handedOverByElements(host, vfioElements, domain) ?? []) : []);
   for (const gpu of pci.filter((hostdev) => pciExists(host, hostdev.address) && isDisplayClass(readPciDevice(host, hostdev.address).classCode))) {
     for (const sibling of slotFunctions(host, gpu.address).filter((address) => !present.has(address))) {
       appendXml(document, devices, hostdevXml(sibling));
       present.add(sibling);
-      fixes.push({ element: `<hostdev> ${sibling}`, reason: `on the same card as ${gpu.address}: vfio takes it from the host anyway, so the VM should have it` });
+      fixes.push({ element: `<hostdev> ${sibling}`, reason: siblingReason(host, gpu.address, sibling, handedOver) });
     }
   }
   return { before, after: serialize(), fixes };
+}
+
+/** Why the VM should have another function of its GPU's card: what takes it from the host anyway, if anything does. */
+function siblingReason(host: Host, gpu: string, sibling: string, handedOver: Set<string>): string {
+  const card = `on the same card as ${gpu}`;
+  if (handedOver.has(sibling)) return `${card}: vfio takes it from the host anyway, so the VM should have it`;
+  // The kernel lets QEMU open a group only when no host driver holds a member; managed='yes' detaches the <hostdev>s alone.
+  const group = pciIommuGroup(host, gpu);
+  if (group !== undefined && pciIommuGroup(host, sibling) === group) {
+    return `${card} and in its IOMMU group ${group}: QEMU can open ${gpu} only once every device of the group is off the host's drivers, and libvirt detaches only the <hostdev>s, so the VM should have it`;
+  }
+  return `${card}: without a <hostdev> the VM gets the GPU without this function (its HDMI audio or USB-C)`;
 }
 
 function virtioDisks(devices: Element): DomainFix[] {

@@ -1,7 +1,7 @@
 // Claims: what each running VM isolates, one journal record per kind of
 // setting, read from every journal (which fail closed when one is unreadable).
 import { VmhookError } from "../../lib/errors.ts";
-import { othersRecords } from "../../lib/journal.ts";
+import { othersRecords, type Journal } from "../../lib/journal.ts";
 import type { BaseContext, UndoRecord } from "../../lib/plugin.ts";
 import { PLUGIN_ID } from "./config.ts";
 
@@ -36,9 +36,9 @@ export function claimsOf(ctx: BaseContext, action: Action, exceptDomain?: string
 }
 
 /** The other running VMs that isolate CPUs, whatever settings they changed. */
-export function otherVms(ctx: BaseContext): OtherVm[] {
+export function otherVms(journals: Journal[], self: string): OtherVm[] {
   const vms = new Map<string, OtherVm>();
-  for (const { domain, record } of othersRecords(ctx.journals(), ctx.domain.uuid, PLUGIN_ID, checkClaim)) {
+  for (const { domain, record } of othersRecords(journals, self, PLUGIN_ID, checkClaim)) {
     const earlier = vms.get(domain.uuid);
     // A VM allows overlap only when every claim of it says so; its CPUs are its first claim's.
     if (earlier) earlier.allowOverlap &&= record.allowOverlap;

@@ -19,6 +19,7 @@ import { defineAction, definePlugin, type BaseContext, type CheckContext, type P
 import { fail, ok, warn, type Finding } from "../../lib/diagnostics/findings.ts";
 import { howToGetCgroupV2, isolationExample } from "../../lib/host-advice.ts";
 import { readForMessage, type Host } from "../../lib/host.ts";
+import { completeJournals } from "../../lib/journal.ts";
 import { allowHint, loadPolicy } from "../../lib/policy.ts";
 import { parseYesNo } from "../../lib/validate.ts";
 import { ACTIONS, checkClaim, claimsOf, otherVms, type Action, type Claim, type OtherVm } from "./claims.ts";
@@ -99,28 +100,40 @@ function checkCpusExist(ctx: BaseContext, cpus: number[], where: string, online:
 
 /** Refuses what the running VMs forbid; returns the CPUs the host keeps with them all. */
 function checkOthers(ctx: PlanContext<IsolateConfig>, isolated: number[], own: number[], online: number[]): number[] {
-  const others = otherVms(ctx);
+  const others = otherVms(ctx.journals(), ctx.domain.uuid);
+  const beside = besideOthers(ctx.host, others, { isolated, own, allowOverlap: ctx.config.allowOverlap, element: ctx.config.element }, online);
+  if ("refusal" in beside) throw new VmhookError(`CPU isolation: ${beside.refusal.reason}; ${beside.refusal.fix}`);
+  const { usable, kept } = beside;
+  checkPolicyWithOthers(ctx, isolated, usable, others, kept);
+  return kept;
+}
+
+/**
+ * What the running VMs forbid this one (prepare refuses it, doctor fails it):
+ * CPUs both isolate unless both allow overlap, or no CPU left for the host;
+ * else the CPUs the host can use and those it keeps with them all.
+ */
+function besideOthers(host: Host, others: OtherVm[], vm: { isolated: number[]; own: number[]; allowOverlap: boolean; element: string }, online: number[]): { refusal: { reason: string; fix: string } } | { usable: number[]; kept: number[] } {
   // An overlap needs every VM involved to allow it: one VM's author cannot take another's isolated CPUs.
   for (const other of others) {
-    const overlap = intersect(own, other.own);
+    const overlap = intersect(vm.own, other.own);
     if (overlap.length === 0) continue;
-    if (!ctx.config.allowOverlap) {
-      throw new VmhookError(`CPU isolation: CPU ${formatCpuList(overlap)} of this VM is already isolated for running VM ${other.name}; pin the VMs to different CPUs, or set allow-overlap="yes" on ${ctx.config.element}`);
+    if (!vm.allowOverlap) {
+      return { refusal: { reason: `CPU ${formatCpuList(overlap)} of this VM is already isolated for running VM ${other.name}`, fix: `pin the VMs to different CPUs, or set allow-overlap="yes" on ${vm.element}` } };
     }
     if (!other.allowOverlap) {
-      throw new VmhookError(`CPU isolation: CPU ${formatCpuList(overlap)} of this VM is isolated for running VM ${other.name}, which does not allow overlap; pin the VMs to different CPUs, or set allow-overlap="yes" on ${other.name} too (it takes effect when ${other.name} starts next)`);
+      return { refusal: { reason: `CPU ${formatCpuList(overlap)} of this VM is isolated for running VM ${other.name}, which does not allow overlap`, fix: `pin the VMs to different CPUs, or set allow-overlap="yes" on ${other.name} too (it takes effect when ${other.name} starts next)` } };
     }
   }
-  const taken = new Set(union([isolated, ...others.map((other) => other.isolated)]));
+  const taken = new Set(union([vm.isolated, ...others.map((other) => other.isolated)]));
   // CPUs isolated at boot are not the host's to keep: it never runs there.
-  const usable = hostUsableCpus(ctx.host, online);
+  const usable = hostUsableCpus(host, online);
   const kept = usable.filter((cpu) => !taken.has(cpu));
   if (kept.length === 0) {
     const running = others.map((other) => `${other.name} ${formatCpuList(other.isolated)}`).join(", ");
-    throw new VmhookError(`CPU isolation would leave the host no CPU${bootIsolatedNote(ctx.host, online)}: this VM isolates ${formatCpuList(isolated)}${running ? `, running VMs ${running}` : ""} (online: ${formatCpuList(online)}); keep at least one CPU for the host`);
+    return { refusal: { reason: `starting it would leave the host no CPU${bootIsolatedNote(host, online)}: this VM isolates ${formatCpuList(vm.isolated)}${running ? `, running VMs ${running}` : ""} (online: ${formatCpuList(online)})`, fix: "keep at least one CPU for the host, or stop one of those VMs first" } };
   }
-  checkPolicyWithOthers(ctx, isolated, usable, others, kept);
-  return kept;
+  return { usable, kept };
 }
 
 /**
@@ -264,11 +277,13 @@ function check({ host, domain, elements }: CheckContext): Finding[] {
   let hostCpus: number[] | undefined;
   let irqs: boolean;
   let required: boolean;
+  let allowOverlap: boolean;
   try {
     const attrs = attributes(elements[0]!);
     hostCpus = attrs["host-cpus"] !== undefined ? parseCpuset(attrs["host-cpus"], "<vmhook:isolate>", "host-cpus") : undefined;
     irqs = parseYesNo(attrs.irqs, "<vmhook:isolate>", "irqs", false);
     required = parseYesNo(attrs.required, "<vmhook:isolate>", "required", true);
+    allowOverlap = parseYesNo(attrs["allow-overlap"], "<vmhook:isolate>", "allow-overlap", false);
   } catch {
     return []; // reported by the config check
   }
@@ -285,6 +300,11 @@ function check({ host, domain, elements }: CheckContext): Finding[] {
   const kept = hostUsableCpus(host, online).filter((cpu) => !isolated.includes(cpu));
   const atBoot = bootIsolatedNote(host, online);
   if (kept.length === 0) return [fail("isolate", `no CPU would be left for the host (online: ${formatCpuList(online)})${atBoot}`, "leave at least one CPU out of the VM's pinning, or set host-cpus")];
+  // As prepare judges it beside the VMs running now (their journals); the refusal says what to change.
+  const others = otherVms(completeJournals(host), domain.uuid);
+  const own = pinned.length > 0 ? pinned : isolated;
+  const beside = besideOthers(host, others, { isolated, own, allowOverlap, element: "<vmhook:isolate>" }, online);
+  if ("refusal" in beside) return [fail("isolate", `${beside.refusal.reason}: prepare refuses it while they run`, beside.refusal.fix)];
   const findings = [ok("isolate", `VM CPUs ${formatCpuList(pinned) || "(none pinned)"} are online; the host keeps ${formatCpuList(kept)}${atBoot}`)];
   const split = splitCoresWarning(host, isolated, kept, hostCpus !== undefined);
   if (split) findings.push(warn("isolate SMT", split.reason, split.fix));

@@ -8,6 +8,7 @@ import { readAttributes, single } from "../../lib/element.ts";
 import { describeElement, type Domain } from "../../lib/domain.ts";
 import { ConfigError, VmhookError } from "../../lib/errors.ts";
 import { paths } from "../../lib/paths.ts";
+import { closest } from "../../lib/cli/usage.ts";
 import { checkPattern, parsePciAddress, parseYesNo, PATTERNS } from "../../lib/validate.ts";
 
 export interface VfioConfig {
@@ -89,6 +90,11 @@ const DEFAULT_SETTINGS: VfioSettings = {
   bindTimeoutSeconds: 10,
 };
 
+/** What plugins.vfio may hold: lib/settings.ts refuses any other key. */
+export const VFIO_SETTING_KEYS: (keyof VfioSettings)[] = ["displayManagerUnits", "displayManagerCommand", "helperServices", "stopTimeoutSeconds", "bindTimeoutSeconds"];
+
+const COMMAND_KEYS = ["stop", "start", "processes"];
+
 /** The characters of a process name the kernel keeps in /proc/PID/comm (TASK_COMM_LEN, 16 with its NUL). */
 const COMM_LENGTH = 15;
 
@@ -114,6 +120,12 @@ export function readVfioSettings(raw: Record<string, unknown>): VfioSettings {
   const command = raw.displayManagerCommand as Record<string, unknown> | undefined;
   if (command !== undefined && (typeof command !== "object" || command === null || !Array.isArray(command.stop) || !command.stop.length || !Array.isArray(command.start) || !command.start.length)) {
     throw new VmhookError(`${where("displayManagerCommand")} must be {"stop": ["rc-service", "sddm", "stop"], "start": [...], "processes": ["sddm"]}`);
+  }
+  // A misspelled "processes" would leave release not waiting for the display manager to go.
+  const commandKey = command === undefined ? undefined : Object.keys(command).find((key) => !COMMAND_KEYS.includes(key));
+  if (commandKey !== undefined) {
+    const meant = closest(commandKey, COMMAND_KEYS);
+    throw new VmhookError(`${where(`displayManagerCommand.${commandKey}`)} is not a setting of the vfio plugin; ${meant ? `did you mean "${meant}"?` : `displayManagerCommand takes ${COMMAND_KEYS.join(", ")}`}`);
   }
   return {
     displayManagerUnits: raw.displayManagerUnits === undefined ? DEFAULT_SETTINGS.displayManagerUnits : strings("displayManagerUnits", raw.displayManagerUnits, PATTERNS.unitName),

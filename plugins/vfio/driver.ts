@@ -3,7 +3,7 @@
 // vfio-pci as it registers, or by drivers_probe); extra modules load last.
 // Each undo puts one thing back and checks that it is back.
 import { runThroughDriver, writeThroughDriver } from "../../lib/bounded-write.ts";
-import { kernelRelease, moduleClosure, moduleMissing } from "../../lib/kernel-modules.ts";
+import { kernelRelease, moduleClosure, moduleMissing, VFIO_IOMMU_BACKENDS } from "../../lib/kernel-modules.ts";
 import { claimOriginal, type Claim } from "../../lib/claims.ts";
 import { VmhookError } from "../../lib/errors.ts";
 import { readForMessage, type ExecResult, type Host } from "../../lib/host.ts";
@@ -60,9 +60,6 @@ export function loadVfioSteps(ctx: PlanContext<VfioConfig>, settings: VfioSettin
   return load ? [load] : keepLoadedSteps(ctx, VFIO_DRIVER);
 }
 
-/** The modules through which QEMU maps a VM's memory for vfio: the container's type1 (modprobe loads it after vfio, its softdep), or iommufd. */
-const IOMMU_BACKENDS = ["vfio_iommu_type1", "iommufd"];
-
 /**
  * Why vfio-pci would leave QEMU no IOMMU backend: none is loaded (or built
  * in), none is among what modprobe vfio-pci loads (`loads`), and the
@@ -71,8 +68,8 @@ const IOMMU_BACKENDS = ["vfio_iommu_type1", "iommufd"];
  */
 function noIommuBackend(host: Host, loads: string[]): string | undefined {
   // A built-in module has a /sys/module directory (type1 and iommufd have parameters) but no refcnt.
-  if (IOMMU_BACKENDS.some((module) => host.exists(`/sys/module/${module}`) || loads.includes(module))) return undefined;
-  if (!IOMMU_BACKENDS.every((module) => moduleMissing(host, module))) return undefined;
+  if (VFIO_IOMMU_BACKENDS.some((module) => host.exists(`/sys/module/${module}`) || loads.includes(module))) return undefined;
+  if (!VFIO_IOMMU_BACKENDS.every((module) => moduleMissing(host, module))) return undefined;
   const release = kernelRelease(host);
   return `vfio: no VFIO IOMMU backend for kernel ${release}: vfio_iommu_type1 (and iommufd) is neither loaded nor in this kernel's ${moduleTree(release)}, so QEMU could not map the VM's memory for the device; install the modules of kernel ${release} (its vfio_iommu_type1.ko), or boot a kernel built with CONFIG_VFIO_IOMMU_TYPE1`;
 }

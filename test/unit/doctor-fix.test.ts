@@ -45,6 +45,27 @@ test("the degraded win11 example: each piece of advice is one edit, shown as a u
   }
 });
 
+test("the GPU's audio function added without vfio handing it over: the reason names what really takes it (its IOMMU group), never vfio", () => {
+  const cases: { metadata: string; groups?: [number, number]; reason: string }[] = [
+    { metadata: `<vmhook:vfio single-gpu="auto"/>`, reason: "on the same card as 0000:01:00.0: vfio takes it from the host anyway, so the VM should have it" },
+    { metadata: `<vmhook:vfio single-gpu="auto" include-slot="no"/>`, groups: [7, 7], reason: "on the same card as 0000:01:00.0 and in its IOMMU group 7: QEMU can open 0000:01:00.0 only once every device of the group is off the host's drivers, and libvirt detaches only the <hostdev>s, so the VM should have it" },
+    { metadata: "", groups: [7, 7], reason: "on the same card as 0000:01:00.0 and in its IOMMU group 7: QEMU can open 0000:01:00.0 only once every device of the group is off the host's drivers, and libvirt detaches only the <hostdev>s, so the VM should have it" },
+    { metadata: "", groups: [7, 8], reason: "on the same card as 0000:01:00.0: without a <hostdev> the VM gets the GPU without this function (its HDMI audio or USB-C)" },
+    { metadata: "", reason: "on the same card as 0000:01:00.0: without a <hostdev> the VM gets the GPU without this function (its HDMI audio or USB-C)" },
+  ];
+  for (const { metadata, groups, reason } of cases) {
+    const sim = new SimHost();
+    try {
+      NVIDIA_CARD.forEach((device, index) => addPciDevice(sim, { ...device, group: groups?.[index] }));
+      const xml = degradedWin11().replace(`<vmhook:vfio single-gpu="auto"/>`, metadata);
+      const sibling = fixDomainXml(sim, xml, "win11.xml").fixes.find((fix) => fix.element === "<hostdev> 0000:01:00.1");
+      assert.is(sibling?.reason, reason, metadata);
+    } finally {
+      sim.cleanup();
+    }
+  }
+});
+
 test("vmhook doctor --fix FILE prints the diff, each change's reason, and how to apply it (golden)", async () => {
   const sim = nvidiaHost();
   try {

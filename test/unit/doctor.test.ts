@@ -59,6 +59,25 @@ test("host checks on a healthy desktop: all ok", async () => {
   sim.cleanup();
 });
 
+test("vfio modules: a kernel with iommufd as its VFIO IOMMU backend and no vfio_iommu_type1 passes, as prepare accepts it; one with neither fails for a passthrough domain", async () => {
+  const sim = desktopHost();
+  try {
+    const depFile = "/lib/modules/6.1.0-18-amd64/modules.dep";
+    const withoutType1 = sim.read(depFile).replace("kernel/drivers/vfio/vfio_iommu_type1.ko: kernel/drivers/vfio/vfio.ko", "kernel/drivers/iommu/iommufd/iommufd.ko:");
+    sim.file(depFile, withoutType1);
+    const xml = domainXml({ devices: GPU_AND_AUDIO });
+    const iommufd = (await doctor(sim, xml)).host("vfio modules");
+    assert.is(iommufd.status, "ok", iommufd.reason);
+    assert.match(iommufd.reason, "available (loaded: vfio; the rest load when a device is handed over)");
+    sim.file(depFile, withoutType1.replace("kernel/drivers/iommu/iommufd/iommufd.ko:\n", "").replace("vfio.ko: kernel/drivers/iommu/iommufd/iommufd.ko", "vfio.ko:"));
+    const neither = (await doctor(sim, xml)).host("vfio modules");
+    assert.is(neither.status, "fail");
+    assert.match(neither.reason, "a VFIO IOMMU backend (vfio_iommu_type1 or iommufd) not found for kernel 6.1.0-18-amd64");
+  } finally {
+    sim.cleanup();
+  }
+});
+
 test("host checks: missing vfio modules, cgroup v1, no hook, a leftover journal, an unsafe plugin", async () => {
   const sim = desktopHost();
   fs.rmSync(sim.resolve("/lib/modules"), { recursive: true });
@@ -71,7 +90,7 @@ test("host checks: missing vfio modules, cgroup v1, no hook, a leftover journal,
   fs.chmodSync(sim.resolve("/etc/vmhook/plugins.d/loose"), 0o777);
   const { report, host } = await doctor(sim);
   assert.equal([host("vfio modules").status, host("cgroup v2 cpuset").status, host("libvirt hook").status, host("leftovers").status, host("custom plugins").status], ["warn", "warn", "warn", "warn", "warn"]);
-  assert.match(host("vfio modules").reason, "vfio, vfio_iommu_type1, vfio_pci not found for kernel 6.1.0-18-amd64");
+  assert.match(host("vfio modules").reason, "vfio, vfio_pci, a VFIO IOMMU backend (vfio_iommu_type1 or iommufd) not found for kernel 6.1.0-18-amd64");
   assert.is(host("libvirt hook").fix, "run vmhook install");
   assert.is(host("leftovers").reason, "old-vm is not running but its journal in /run/vmhook still holds 1 change(s)");
   assert.is(host("leftovers").fix, "run vmhook recover old-vm");
@@ -172,6 +191,19 @@ test("shared group behind a root port: the hostdev fails, naming the device it s
   assert.match(domain("hostdev 0000:01:00.0").fix!, "move the card to a slot with its own IOMMU group");
   assert.ok(report.domain!.findings.some((finding) => finding.status === "fail"));
   sim.cleanup();
+});
+
+test("a device vfio hands over from devices= without a <hostdev> has its IOMMU group checked as prepare checks it", async () => {
+  const sim = sharedGroupHost();
+  try {
+    const { domain } = await doctor(sim, domainXml({ metadata: `<vmhook:vfio devices="0000:01:00.0"/>` }));
+    const finding = domain("vfio device 0000:01:00.0");
+    assert.is(finding.status, "fail");
+    assert.is(finding.plugin, "vfio");
+    assert.is(finding.reason, "IOMMU group 5 also holds 02:00.0 (Non-Volatile memory controller) on nvme, which vfio does not accept beside a device passed through; VFIO takes the whole group from the host");
+  } finally {
+    sim.cleanup();
+  }
 });
 
 const STAYS_VIABLE = "nothing to do while it stays with no driver or on vfio-pci, pci-stub, pcieport or a vfio-pci variant driver (its module uses vfio_pci_core); any other driver that takes it before the VM starts makes prepare refuse";

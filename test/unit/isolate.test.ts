@@ -577,6 +577,22 @@ test("a VM that does not allow overlap does not start on a running VM's CPUs, ev
   assert.equal(sim.stateFiles(), [`${vmA.uuid}.json`, "shared/isolate.json"]);
 });
 
+test("vmhook doctor judges the isolate element beside the running VMs, as prepare does: a CPU another VM isolates, or none left for the host, fails with prepare's reason", async () => {
+  const sim = cgroupHost();
+  assert.is((await prepare(sim, vmA)).code, 0);
+  const isolateFinding = async (vm: VmSpec) => (await runDoctor(sim, { file: `${vm.name}.xml`, xml: domainXml(vm) })).domain!.findings.find((found) => found.check === "isolate")!;
+  const overlapping = await isolateFinding({ ...vmB, pins: ["3", "4"] });
+  assert.is(overlapping.status, "fail");
+  assert.is(overlapping.reason, "CPU 3 of this VM is already isolated for running VM vmA: prepare refuses it while they run");
+  assert.is(overlapping.fix, 'pin the VMs to different CPUs, or set allow-overlap="yes" on <vmhook:isolate>');
+  const rest = await isolateFinding({ ...vmB, pins: ["0", "1", "4", "5", "6", "7"] });
+  assert.is(rest.status, "fail");
+  assert.is(rest.reason, "starting it would leave the host no CPU: this VM isolates 0-1,4-7, running VMs vmA 2-3 (online: 0-7): prepare refuses it while they run");
+  // vmA itself, running, is not beside itself
+  assert.is((await isolateFinding(vmA)).status, "ok");
+  assert.is((await isolateFinding(vmB)).status, "ok");
+});
+
 test('allow-overlap="yes" on both VMs: they share a CPU, and each release keeps the other\'s CPUs off the host', async () => {
   const sim = cgroupHost();
   const before = sim.snapshot();

@@ -183,12 +183,20 @@ test("host settings that are not JSON objects are errors naming the file and wha
   }
 });
 
-test("a host setting this vmhook does not know (a typo, one a later or earlier vmhook has) is refused naming it and the one meant, not silently left at its default", () => {
+test("a host setting this vmhook does not know (a typo, one a later or earlier vmhook has), at the top, of a plugin or a plugin's name, is refused naming it and the one meant, not silently left at its default", () => {
   const sim = new SimHost();
   try {
     const cases: [string, string][] = [
       [`{"undoDeadlineSecond": 300}`, `/etc/vmhook/vmhook.json: "undoDeadlineSecond" is not a host setting of this vmhook; did you mean "undoDeadlineSeconds"?`],
       [`{"deadlineSeconds": 60, "stuckWriteSeconds": 30}`, `/etc/vmhook/vmhook.json: "stuckWriteSeconds" is not a host setting of this vmhook (it has deadlineSeconds, undoDeadlineSeconds and plugins): remove it, or if a later vmhook has it, install that one again`],
+      [`{"plugins": {"vfio": {"bindTimeoutSecond": 30}}}`, `/etc/vmhook/vmhook.json: plugins.vfio.bindTimeoutSecond is not a setting of the vfio plugin; did you mean "bindTimeoutSeconds"?`],
+      [`{"plugins": {"hugepages": {"minFreeMB": 2048}}}`, `/etc/vmhook/vmhook.json: plugins.hugepages.minFreeMB is not a setting of the hugepages plugin; did you mean "minFreeMiB"?`],
+      [`{"plugins": {"hugepages": {"reserve": 2048}}}`, `/etc/vmhook/vmhook.json: plugins.hugepages.reserve is not a setting of the hugepages plugin (it has minFreeMiB): remove it, or if a later vmhook has it, install that one again`],
+      [`{"plugins": {"vfio": {"bindTimeoutSeconds": "30"}}}`, `/etc/vmhook/vmhook.json: plugins.vfio.bindTimeoutSeconds must be a number of seconds from 1 to 600; it is "30"`],
+      [`{"plugins": {"hugepages": {"minFreeMiB": -1}}}`, `/etc/vmhook/vmhook.json: "plugins": {"hugepages": {"minFreeMiB": -1}} is not a whole number of MiB from 0 to 4294967296; e.g. 2048 keeps 2 GiB free`],
+      [`{"plugins": {"vfio": {"displayManagerCommand": {"stop": ["rc-service", "sddm", "stop"], "start": ["rc-service", "sddm", "start"], "proceses": ["sddm"]}}}}`, `/etc/vmhook/vmhook.json: plugins.vfio.displayManagerCommand.proceses is not a setting of the vfio plugin; did you mean "processes"?`],
+      [`{"plugins": {"vifo": {"bindTimeoutSeconds": 30}}}`, `/etc/vmhook/vmhook.json: "plugins": {"vifo": …}: no plugin of this vmhook has host settings by that name; did you mean "vfio"?`],
+      [`{"plugins": {"isolate": {}}}`, `/etc/vmhook/vmhook.json: "plugins": {"isolate": …}: no plugin of this vmhook has host settings by that name (vfio, hugepages and forward have; a custom plugin's are under "plugin:NAME"): remove it`],
     ];
     for (const [text, message] of cases) {
       sim.file(paths.hostConfig, text);

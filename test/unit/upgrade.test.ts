@@ -116,6 +116,8 @@ test("journals are written in this version's format; one of a later version is r
 const UNREADABLE_SETTINGS: { name: string; text: string; problem: string }[] = [
   { name: "not valid JSON", text: `{"deadlineSeconds": 300,}`, problem: `${paths.hostConfig} is not valid JSON` },
   { name: "a value this vmhook refuses", text: `{"undoDeadlineSeconds": 7200}`, problem: `${paths.hostConfig}: "undoDeadlineSeconds" is 7200` },
+  { name: "a vfio setting this vmhook refuses", text: `{"plugins": {"vfio": {"bindTimeoutSeconds": "30"}}}`, problem: `${paths.hostConfig}: plugins.vfio.bindTimeoutSeconds must be a number of seconds` },
+  { name: "a vfio setting this vmhook does not know", text: `{"plugins": {"vfio": {"bindTimeoutSecond": 30}}}`, problem: `${paths.hostConfig}: plugins.vfio.bindTimeoutSecond is not a setting of the vfio plugin` },
 ];
 
 for (const { name, text, problem } of UNREADABLE_SETTINGS) {
