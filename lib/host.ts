@@ -14,6 +14,12 @@ export interface ExecOptions {
   env?: Record<string, string>;
   /** execAsync: kill the child once this aborts (the plugin call that started it has ended). */
   signal?: AbortSignal;
+  /**
+   * execAsync: called with the child's pid before the program runs, which
+   * waits until this has returned (a hook killed before leaves a child that
+   * runs nothing and ends). When it throws, the child is killed.
+   */
+  started?: (pid: number) => void;
 }
 
 export interface ExecResult {
@@ -106,6 +112,8 @@ export interface Host {
   now(): number;
   /** Whether a process id is alive on this host. */
   processAlive(pid: number): boolean;
+  /** SIGKILL to the process group `pid` leads (exec and execAsync start each program as the leader of its own). */
+  killProcessGroup(pid: number): void;
 }
 
 export const SEARCH_PATH = ["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"];
@@ -315,12 +323,25 @@ export class RootedHost implements Host {
   async execAsync(command: string, args: string[], options: ExecOptions): Promise<ExecResult> {
     const program = this.findProgram(command);
     if (!program) return notStarted(`${command}: not found`);
-    let child: BunSubprocess;
+    let child: BunSubprocess & { readonly stdin: BunFileSink };
+    // With `started`, the system's sh holds the program back until it reads
+    // a line, then becomes it (exec keeps the pid `started` was given); its
+    // input follows that line. It parses only this script.
+    const argv = options.started ? ["sh", "-c", 'read -r go && exec "$@"', "sh", program, ...args] : [program, ...args];
     try {
-      child = Bun.spawn([program, ...args], { stdin: new TextEncoder().encode(options.input ?? ""), stdout: "pipe", stderr: "pipe", env: this.childEnv(options), detached: true });
+      child = Bun.spawn(argv, { stdin: "pipe", stdout: "pipe", stderr: "pipe", env: this.childEnv(options), detached: true });
     } catch (error) {
       return notStarted(`${command}: ${(error as Error).message}`);
     }
+    try {
+      options.started?.(child.pid);
+    } catch (error) {
+      killGroup(child.pid);
+      feed(child.stdin, "");
+      child.unref();
+      throw error;
+    }
+    feed(child.stdin, `${options.started ? "go\n" : ""}${options.input ?? ""}`);
     trackGroup(child.pid);
     const stdout = child.stdout.getReader();
     const stderr = child.stderr.getReader();
@@ -489,6 +510,10 @@ export class RootedHost implements Host {
     } catch (error) {
       return (error as NodeJS.ErrnoException).code === "EPERM";
     }
+  }
+
+  killProcessGroup(pid: number): void {
+    killGroup(pid);
   }
 }
 

@@ -6,6 +6,7 @@ import { domElement } from "../dom-element.ts";
 import { xmldom, type XmlElement } from "../xml.ts";
 import { ConfigError, VmhookError } from "../errors.ts";
 import { defineAction, type BaseContext, type Json, type PlanContext, type Plugin, type Step, type UndoRecord } from "../plugin.ts";
+import { processInstance } from "../processes.ts";
 import { pluginTimeLimitMs, settingToRaise } from "../settings.ts";
 import type { PluginFile } from "./trust.ts";
 
@@ -32,7 +33,18 @@ interface RunRecord extends UndoRecord {
   finished: boolean;
   /** What the plugin returned as "undo": handed back to it at release. */
   undo: Json;
+  /**
+   * The plugin's process for this record (its run, then its undo) as
+   * "PID:STARTTIME", journaled before it may act: a hook killed meanwhile
+   * (kill -9, OOM) leaves it running, and it must be gone before the undo.
+   * Absent until it starts, and once it has replied (typed Json: a record
+   * has no optional fields); checkRunRecord takes a string or nothing.
+   */
+  process: Json;
 }
+
+/** How long an undo waits for a plugin's process it killed to be gone. */
+const KILLED_GONE_MS = 2000;
 
 /** Longest part of an undo value `vmhook status` prints. */
 const SHOWN_UNDO_CHARS = 200;
@@ -123,23 +135,32 @@ function environment(request: Record<string, Json>, config?: ExecutableConfig): 
   return env;
 }
 
-/** Runs the plugin once for `request.event` and reads its reply. Throws when it did not finish cleanly. */
-function invoke(ctx: BaseContext, file: PluginFile, request: Record<string, Json>, config?: ExecutableConfig): Reply {
+/**
+ * Runs the plugin once for `request.event` and reads its reply. Throws when
+ * it did not finish cleanly. `started` journals its process before it runs.
+ */
+async function invoke(ctx: BaseContext, file: PluginFile, request: Record<string, Json>, started: (process: string) => void, config?: ExecutableConfig): Promise<Reply> {
   const event = String(request.event);
   const who = `plugin ${file.name} (${file.path})`;
   ctx.deadline.check(`starting ${who} for ${event}`);
   const limit = pluginTimeLimitMs(ctx.settings, `plugin:${file.name}`, ctx.deadline.remainingMs());
-  const result = ctx.host.exec(file.path, [event], { timeoutMs: limit, input: JSON.stringify(request), env: environment(request, config) });
+  const noteProcess = (pid: number) => {
+    // Unknown only under a test root without /proc: a real host always has it.
+    const instance = processInstance(ctx.host, pid);
+    if (instance) started(instance);
+  };
+  const result = await ctx.host.execAsync(file.path, [event], { timeoutMs: limit, input: JSON.stringify(request), env: environment(request, config), started: noteProcess });
   const stderr = result.stderr.split("\n").filter((line) => line.trim() !== "");
   for (const line of stderr) ctx.log.info(`plugin:${file.name}: ${line}`);
   const lastWords = stderr.length > 0 ? `: ${stderr[stderr.length - 1]}` : " (nothing on stderr)";
 
   // ENOBUFS: the output went past the host's buffer and the plugin was killed.
   if (result.error?.includes("ENOBUFS")) throw new VmhookError(`${who} printed more than vmhook reads at ${event} and was killed; print only the JSON reply on stdout (logs go to stderr)`);
-  if (result.error) throw new VmhookError(`${who} could not be started for ${event}: ${result.error}`);
   if (result.timedOut) {
-    throw new VmhookError(`${who} did not finish ${event} within ${(limit / 1000).toFixed(1)} s and was killed; make it faster or raise ${settingToRaise(ctx.settings, `plugin:${file.name}`, limit, ctx.deadline.setting)}`);
+    const leftBehind = result.error ? ` (${result.error})` : "";
+    throw new VmhookError(`${who} did not finish ${event} within ${(limit / 1000).toFixed(1)} s and was killed${leftBehind}; make it faster or raise ${settingToRaise(ctx.settings, `plugin:${file.name}`, limit, ctx.deadline.setting)}`);
   }
+  if (result.error) throw new VmhookError(`${who} could not be started for ${event}: ${result.error}`);
   if (result.status !== 0) {
     throw new VmhookError(`${who} failed at ${event}: ${result.status === null ? `killed by ${result.signal}` : `exit status ${result.status}`}${lastWords}`);
   }
@@ -169,11 +190,30 @@ function request(ctx: BaseContext, event: string, fields: Record<string, Json>):
 const EVENTS = ["prepare", "start", "started", "stopped", "reconnect"] as const;
 
 function checkRunRecord(record: UndoRecord): RunRecord {
-  const { event, finished } = record;
-  if (record.action !== "run" || typeof event !== "string" || !(EVENTS as readonly string[]).includes(event) || typeof finished !== "boolean" || !("undo" in record)) {
+  const { event, finished, process } = record;
+  const processOk = process === undefined || process === null || (typeof process === "string" && /^[1-9]\d*:\d+$/.test(process));
+  if (record.action !== "run" || typeof event !== "string" || !(EVENTS as readonly string[]).includes(event) || typeof finished !== "boolean" || !("undo" in record) || !processOk) {
     throw new VmhookError(`the journal holds a run record of an executable plugin that is not one vmhook writes: ${JSON.stringify(record).slice(0, 120)}`);
   }
   return record as RunRecord;
+}
+
+/**
+ * Kills the plugin's process the record names when it is still running (its
+ * hook was killed, and it went on): its change would land after the undo,
+ * for good. Throws, naming it, when it outlives SIGKILL (blocked in the kernel).
+ */
+function endLeftRunning(ctx: BaseContext, file: PluginFile, run: RunRecord): void {
+  if (typeof run.process !== "string") return;
+  const pid = Number(run.process.split(":")[0]);
+  if (processInstance(ctx.host, pid) !== run.process) return;
+  ctx.log.warn(`plugin ${file.name}: its process pid ${pid}, left running by a vmhook that was killed, is killed (with what it started) before the undo`);
+  ctx.host.killProcessGroup(pid);
+  const until = ctx.host.now() + ctx.deadline.clamp(KILLED_GONE_MS);
+  while (processInstance(ctx.host, pid) === run.process && ctx.host.now() < until) ctx.host.sleep(20);
+  if (processInstance(ctx.host, pid) === run.process) {
+    throw new VmhookError(`plugin ${file.name}: its process pid ${pid} (${file.path}), left running by a vmhook that was killed, is still there after SIGKILL (blocked in the kernel); its undo waits: once pid ${pid} is gone, run vmhook recover ${ctx.domain.name}`);
+  }
 }
 
 /**
@@ -203,9 +243,10 @@ export function executablePlugin(file: PluginFile): Plugin<ExecutableConfig> {
     actions: {
       run: defineAction<RunRecord, ExecutableConfig>({
         check: checkRunRecord,
-        apply(pending, ctx) {
+        async apply(pending, ctx) {
           const records = (ctx.records as RunRecord[]).filter((record) => record.finished && record.undo !== null).map((record) => record.undo);
-          const reply = invoke(ctx, file, request(ctx, pending.event, { config: ctx.config.element as unknown as Json, records, domainXml: ctx.config.domainXml }), ctx.config);
+          const journalProcess = (process: string) => ctx.update({ ...pending, process });
+          const reply = await invoke(ctx, file, request(ctx, pending.event, { config: ctx.config.element as unknown as Json, records, domainXml: ctx.config.domainXml }), journalProcess, ctx.config);
           // It reported back: what it says it changed (also with an error) is what release undoes.
           if (reply.undo === undefined || reply.undo === null) ctx.nothingToUndo();
           else {
@@ -214,9 +255,11 @@ export function executablePlugin(file: PluginFile): Plugin<ExecutableConfig> {
           }
           if (reply.error !== undefined) throw new VmhookError(`plugin ${file.name} failed at ${pending.event}: ${reply.error}`);
         },
-        undo(run, ctx) {
+        async undo(run, ctx) {
+          endLeftRunning(ctx, file, run);
           if (run.finished && run.undo === null) return; // it said it changed nothing
-          const reply = invoke(ctx, file, request(ctx, "undo", { undo: run.undo, interrupted: !run.finished, of: run.event }));
+          const journalProcess = (process: string) => ctx.update({ ...run, process });
+          const reply = await invoke(ctx, file, request(ctx, "undo", { undo: run.undo, interrupted: !run.finished, of: run.event }), journalProcess);
           if (reply.error !== undefined) throw new VmhookError(`plugin ${file.name} could not undo its ${run.event}: ${reply.error}`);
         },
       }),

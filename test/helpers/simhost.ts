@@ -386,10 +386,29 @@ export class SimHost extends RootedHost {
   override async execAsync(command: string, args: string[], options: ExecOptions): Promise<ExecResult> {
     this.change(`start ${[command, ...args].join(" ")}`);
     const started = this.execs.length;
+    // With `started`: a process in /proc while it runs, as startHelper's.
+    const pid = options.started ? this.startHelper(command, false, options.started) : undefined;
     // Once started, the program runs to its end whatever becomes of the hook.
     const result = await new Promise<ExecResult>((resolve) => setTimeout(() => resolve(this.asKernel(() => this.exec(command, args, options))), 0));
+    if (pid !== undefined) this.endProcess(pid);
     this.execs.splice(started, 0, this.execs.pop()!);
     return result;
+  }
+
+  /** The groups killed (killProcessGroup): a process in D state stays in /proc. */
+  readonly killedGroups: number[] = [];
+
+  override killProcessGroup(pid: number): void {
+    this.killedGroups.push(pid);
+    if (!/^\d+ \(.*\) D /.test(this.readTrimmed(`/proc/${pid}/stat`) ?? "")) this.endProcess(pid);
+  }
+
+  /** The process leaves /proc; so does /proc once empty (a host tree without one gets it only while a process runs). */
+  private endProcess(pid: number): void {
+    this.asKernel(() => {
+      this.remove(`/proc/${pid}`);
+      if (this.list("/proc").length === 0) this.remove("/proc");
+    });
   }
 
   override mkdir(hostPath: string): void {

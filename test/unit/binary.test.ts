@@ -390,6 +390,65 @@ test("CLI plan and validate: a request that cannot fit on this host is marked an
   }
 });
 
+/** Whether a process with this pid runs (a zombie counts as gone). */
+const alive = (pid: number) => {
+  try {
+    return !/^\d+ \(.*\) Z /.test(fs.readFileSync(`/proc/${pid}/stat`, "utf8"));
+  } catch {
+    return false;
+  }
+};
+
+test("hook mode, a script plugin still running when its hook is killed (kill -9, libvirt's timeout, OOM): vmhook recover run meanwhile kills it, naming its pid, before it undoes; the plugin's late change never lands after the undo", async () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "vmhook-bin-"));
+  const root = path.join(dir, "root");
+  let pluginPid = 0;
+  try {
+    for (const sub of ["var/log", "run/libvirt/qemu", "etc/vmhook/plugins.d", "hooks", "bin"]) fs.mkdirSync(path.join(dir, sub === "hooks" || sub === "bin" ? sub : `root/${sub}`), { recursive: true });
+    // The real /proc: the plugin's process is the host's own.
+    fs.symlinkSync("/proc", path.join(root, "proc"));
+    fs.symlinkSync(BINARY, path.join(dir, "hooks/qemu"));
+    fs.symlinkSync(BINARY, path.join(dir, "bin/vmhook"));
+    // At prepare: says it started (its pid), takes 2 s, then sets /flag; its undo clears it.
+    const plugin = `#!/bin/sh
+case "$1" in
+  prepare) echo $$ > "$VMHOOK_ROOT/started"; sleep 2; echo on > "$VMHOOK_ROOT/flag"; echo '{"undo": "flag"}' ;;
+  undo) echo off > "$VMHOOK_ROOT/flag" ;;
+esac
+`;
+    fs.writeFileSync(path.join(root, "etc/vmhook/plugins.d/slow"), plugin, { mode: 0o755 });
+    const xml = `<domain type='kvm'><name>vm</name><uuid>${UUID}</uuid><memory unit='GiB'>1</memory>
+  <metadata><vmhook:hooks xmlns:vmhook="urn:vmhook:1"><vmhook:plugin name="slow"/></vmhook:hooks></metadata></domain>`;
+    const hook = spawn(path.join(dir, "hooks/qemu"), ["vm", "prepare", "begin", "-"], { stdio: ["pipe", "ignore", "ignore"], env: { PATH: "/usr/sbin:/usr/bin:/sbin:/bin", LC_ALL: "C", VMHOOK_ROOT: root } });
+    const hookEnded = new Promise((resolve) => hook.on("exit", resolve));
+    hook.stdin.end(xml);
+    const started = path.join(root, "started");
+    for (let tries = 0; !fs.existsSync(started) && tries < 400; tries++) await new Promise((resolve) => setTimeout(resolve, 25));
+    pluginPid = Number(fs.readFileSync(started, "utf8"));
+    hook.kill("SIGKILL");
+    await hookEnded;
+    assert.ok(alive(pluginPid), "the plugin outlived its hook");
+
+    const recovered = run(path.join(dir, "bin/vmhook"), ["recover", "vm"], "", root);
+    assert.is(recovered.code, 0, recovered.stderr);
+    assert.match(recovered.stderr, `pid ${pluginPid}`);
+    assert.is(fs.readFileSync(path.join(root, "flag"), "utf8"), "off\n", "undone");
+    assert.not.ok(alive(pluginPid), "the plugin the killed hook left running is gone");
+    await new Promise((resolve) => setTimeout(resolve, 2500));
+    assert.is(fs.readFileSync(path.join(root, "flag"), "utf8"), "off\n", "the plugin's late change never landed after the undo");
+  } finally {
+    // process.kill, not the kill program: procps-ng 4.0.2's kill reads -PGID as -1 (every process).
+    if (pluginPid > 0) {
+      try {
+        process.kill(-pluginPid, "SIGKILL");
+      } catch {
+        // gone
+      }
+    }
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
 test("CLI status and recover: a running domain (live pid) is kept, a dead one is undone", () => {
   const t = tree();
   try {

@@ -9,7 +9,7 @@ import * as assert from "uvu/assert";
 import { findCustomPlugin } from "../../lib/custom-plugins.ts";
 import { VmhookError } from "../../lib/errors.ts";
 import { RootedHost } from "../../lib/host.ts";
-import { readJournal } from "../../lib/journal.ts";
+import { newJournal, readJournal, writeJournal } from "../../lib/journal.ts";
 import { paths } from "../../lib/paths.ts";
 import { cli } from "../helpers/cli.ts";
 import { runHookEvent } from "../helpers/hook.ts";
@@ -161,6 +161,39 @@ test("executable: what a plugin killed at its timeout started (a subshell, a slo
   assert.is(sim.read("/flag"), "off\n", "undone");
   await new Promise((resolve) => setTimeout(resolve, 800));
   assert.is(sim.read("/flag"), "off\n", "nothing the killed plugin started changed it again");
+  sim.cleanup();
+});
+
+test("executable: a plugin's process its killed hook left running (the journal names it) is killed before its undo; one SIGKILL cannot reach (D state) holds the undo back, named, until it is gone", async () => {
+  const sim = pluginHost();
+  install(sim, "slow", shellPlugin("slow", "exit 0"));
+  const xml = domainXml('<vmhook:plugin name="slow"/>');
+  // A prepare killed while its plugin ran: the run journaled unfinished, with the plugin's process (pid 4242, started at 42420).
+  const run = { action: "run", event: "prepare", finished: false, undo: null, process: "4242:42420" };
+  const entry = { plugin: "plugin:slow", event: "prepare", description: "run /etc/vmhook/plugins.d/slow prepare", undo: run, state: "pending" as const, at: new Date().toISOString() };
+  writeJournal(sim, { ...newJournal(sim, { name: "vm", uuid: UUID }), phase: "rollback-failed", pid: spawnSync("true").pid, entries: [entry] });
+  const stat = (state: string) => sim.file("/proc/4242/stat", `4242 (slow) ${state} 1 4242 4242 0 -1 4194304 0 0 0 0 0 0 0 0 20 0 1 0 42420 2314240 1`);
+
+  stat("D");
+  const held = await runHookEvent(sim, "release", "end", xml);
+  assert.match(held.stderr, "plugin slow: its process pid 4242 (/etc/vmhook/plugins.d/slow), left running by a vmhook that was killed, is still there after SIGKILL (blocked in the kernel); its undo waits: once pid 4242 is gone, run vmhook recover vm");
+  assert.equal(sim.killedGroups, [4242]);
+  assert.equal(calls(sim), [], "no undo while it may still change the host");
+  assert.ok(readJournal(sim, UUID), "kept for vmhook recover");
+
+  stat("S");
+  const recovered = await cli(["recover", "vm"], sim);
+  assert.is(recovered.code, 0, recovered.stderr);
+  assert.match(recovered.stderr, "plugin slow: its process pid 4242, left running by a vmhook that was killed, is killed (with what it started) before the undo");
+  assert.equal(sim.killedGroups, [4242, 4242]);
+  assert.equal(calls(sim), ["slow undo undo= interrupted=1"]);
+  assert.is(readJournal(sim, UUID), undefined);
+
+  // A later process given pid 4242 is not the plugin's: never killed.
+  writeJournal(sim, { ...newJournal(sim, { name: "vm", uuid: UUID }), phase: "rollback-failed", pid: spawnSync("true").pid, entries: [entry] });
+  sim.file("/proc/4242/stat", "4242 (sshd) S 1 4242 4242 0 -1 4194304 0 0 0 0 0 0 0 0 20 0 1 0 99999 2314240 1");
+  assert.is((await cli(["recover", "vm"], sim)).code, 0);
+  assert.equal(sim.killedGroups, [4242, 4242]);
   sim.cleanup();
 });
 
