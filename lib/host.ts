@@ -324,10 +324,10 @@ export class RootedHost implements Host {
     const program = this.findProgram(command);
     if (!program) return notStarted(`${command}: not found`);
     let child: BunSubprocess & { readonly stdin: BunFileSink };
-    // With `started`, the system's sh holds the program back until it reads
+    // With `started`, /bin/sh holds the program back until it reads
     // a line, then becomes it (exec keeps the pid `started` was given); its
     // input follows that line. It parses only this script.
-    const argv = options.started ? ["sh", "-c", 'read -r go && exec "$@"', "sh", program, ...args] : [program, ...args];
+    const argv = options.started ? ["/bin/sh", "-c", 'read -r go && exec "$@"', "sh", program, ...args] : [program, ...args];
     try {
       child = Bun.spawn(argv, { stdin: "pipe", stdout: "pipe", stderr: "pipe", env: this.childEnv(options), detached: true });
     } catch (error) {
