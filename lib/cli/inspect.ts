@@ -157,7 +157,7 @@ const plan: CommandModule<GlobalOptions, PlanArgs> = {
 };
 
 async function journalSummary(host: Host, journal: Journal) {
-  const running = runningOrWhyUnknown(host, journal.domain.name, journal.domain.uuid);
+  const running = runningOrWhyUnknown(host, journal.domain);
   const abandoned = running === false ? abandonedStart(host, journal) : undefined;
   return {
     domain: journal.domain,

@@ -208,7 +208,7 @@ async function leftovers(host: Host): Promise<Finding[]> {
       if (failed.length > 0) {
         return [fail("leftovers", `${name}: ${failed.length} change(s) could not be undone (${failed[0]!.plugin}: ${failed[0]!.error})`, `fix the cause, then run ${recoverCommandLine(name)}`)];
       }
-      const running = runningOrWhyUnknown(host, name, journal.domain.uuid);
+      const running = runningOrWhyUnknown(host, journal.domain);
       if (typeof running === "string") {
         return [fail("leftovers", `${name}: cannot tell whether it runs (${running}); its journal in ${paths.stateDir} holds ${journal.entries.length} change(s)`, `fix what the message names; then vmhook status shows whether it runs, and ${recoverCommandLine(name)} gives back what a stopped one holds`)];
       }
@@ -308,10 +308,10 @@ const slotOf = (address: string) => address.replace(/\.[0-7]$/, "");
 /** `handedOver`: what vfio moves to vfio-pci (with a GPU's other functions); a group member that is neither it nor a hostdev is judged as prepare judges it. */
 function hostdevChecks(host: Host, domain: Domain, iommu: IommuReport, handedOver: Set<string>): { address: string; finding: Finding }[] {
   const addresses = new Set(domain.hostdevs.flatMap((hostdev) => (hostdev.type === "pci" ? [hostdev.address] : [])));
-  return [...addresses].map((address) => ({ address, finding: hostdevCheck(host, iommu, address, addresses, handedOver, domain.name) }));
+  return [...addresses].map((address) => ({ address, finding: hostdevCheck(host, iommu, address, addresses, handedOver, domain) }));
 }
 
-function hostdevCheck(host: Host, iommu: IommuReport, address: string, addresses: Set<string>, handedOver: Set<string>, domainName: string): Finding {
+function hostdevCheck(host: Host, iommu: IommuReport, address: string, addresses: Set<string>, handedOver: Set<string>, domain: Domain): Finding {
   const check = `hostdev ${address}`;
   if (!pciExists(host, address)) return fail(check, `${address} is not on this host`, "fix the <hostdev><source><address> (lspci -D lists this host's devices)");
   const group = iommu.groups.find((candidate) => candidate.devices.some((device) => device.address === address));
@@ -332,7 +332,7 @@ function hostdevCheck(host: Host, iommu: IommuReport, address: string, addresses
   }
   // Its own QEMU holds the group while the domain runs (vfio opens a group once): only another VM's counts, as at prepare.
   const passed = group.devices.filter((device) => addresses.has(device.address)).map((device) => device.address);
-  const inUse = runningOrWhyUnknown(host, domainName) === true ? undefined : groupInUse(host, group.id, passed);
+  const inUse = runningOrWhyUnknown(host, domain) === true ? undefined : groupInUse(host, group.id, passed);
   if (inUse) return fail(check, inUse.reason, inUse.fix);
   const sameCard = group.devices.filter((device) => !addresses.has(device.address) && handedOver.has(device.address) && slotOf(device.address) === slotOf(address));
   const warnings = [
