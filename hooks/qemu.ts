@@ -55,8 +55,8 @@ export async function hookMain(args: string[], root = process.env.VMHOOK_ROOT ||
     const { code, message } = error as NodeJS.ErrnoException;
     missingXml = `cannot be read (${code ? `${code}: ` : ""}${message})`;
   }
-  // By hand (vmhook hook): the XML read here is the one acted on, checked before anything runs.
-  if (xml !== "") checkXml?.(xml);
+  // By hand (vmhook hook): the XML read here (empty or not) is the one acted on, checked before anything runs.
+  checkXml?.(xml);
   // libvirt writes the domain XML to stdin at every event vmhook knows, unless
   // it failed to format it: then prepare, start, started, migrate and restore
   // do not run at all, while stopped, release and reconnect run with an empty

@@ -19,7 +19,8 @@ export async function dryRun(host: Host, domain: Domain, instances: PluginInstan
   // Changes of the domain in place are given back before its prepare plans: said, never planned past (the host it would plan on is not this one).
   if (event === "prepare") {
     // libvirt runs prepare only for a domain shut off: a running one's journal is its own run's, which its release gives back.
-    const running = runningOrWhyUnknown(host, domain.name) === true;
+    // Only one libvirt runs (its pid file): for a QEMU libvirt lost track of it runs no release, and prepare's own refusal (leftoverBeforePrepare) names it.
+    const running = runningOrWhyUnknown(host, { name: domain.name, uuid: undefined }) === true;
     const held = running ? readJournal(host, domain.uuid) : leftoverBeforePrepare(host, domain);
     if (held) throw new LeftoverUnplanned(domain, held, running);
   }

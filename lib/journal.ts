@@ -37,10 +37,10 @@ export interface JournalEntry {
  * preparing: the prepare hook at work; starting: prepared, and libvirt has not
  * said "started" yet (it launches QEMU, and writes its pid file, only after
  * the prepare and start hooks); running: started (or reconnected);
- * releasing: being undone; release-failed, rollback-failed: an undo left
- * changes, of a release, or of a prepare that failed (or was killed).
+ * releasing, rolling-back: being undone, a release, or a prepare that failed
+ * (or was killed); release-failed, rollback-failed: an undo of either left changes.
  */
-export type JournalPhase = "preparing" | "starting" | "running" | "releasing" | "release-failed" | "rollback-failed";
+export type JournalPhase = "preparing" | "starting" | "running" | "releasing" | "rolling-back" | "release-failed" | "rollback-failed";
 
 export interface Journal {
   /** The format its records were written in (JOURNAL_VERSION). */

@@ -605,13 +605,14 @@ function journalOutcome(host: Host, journal: Journal, entry: JournalEntry, outco
 export async function undoJournal(journal: Journal, env: RunEnvironment, deadline: Deadline, loaded: PluginInstance[] = []): Promise<UndoResult> {
   const { host, log } = env;
   // What is left after a failed undo is said as what it was: a start that never ran, or a VM's release.
-  const phaseIfLeft = journal.phase === "preparing" || journal.phase === "rollback-failed" ? "rollback-failed" : "release-failed";
-  journal.phase = "releasing";
+  // The phase while undoing keeps which, so an undo killed partway and taken up again still says it.
+  const rollback = journal.phase === "preparing" || journal.phase === "rolling-back" || journal.phase === "rollback-failed";
+  journal.phase = rollback ? "rolling-back" : "releasing";
   try {
     writeJournal(host, journal);
   } catch (error) {
     // /run full (ENOSPC): the phase is only what vmhook status shows; what the entries changed is given back all the same.
-    log.warn(`the journal could not be marked as releasing (${describeError(error)}); undoing its changes all the same`);
+    log.warn(`the journal could not be marked as ${journal.phase} (${describeError(error)}); undoing its changes all the same`);
   }
   let undone = 0;
   for (const entry of [...journal.entries].reverse()) {
@@ -653,7 +654,7 @@ export async function undoJournal(journal: Journal, env: RunEnvironment, deadlin
   if (journal.entries.length === 0) {
     removeJournal(host, journal.domain.uuid);
   } else {
-    journal.phase = phaseIfLeft;
+    journal.phase = rollback ? "rollback-failed" : "release-failed";
     try {
       writeJournal(host, journal);
     } catch (error) {

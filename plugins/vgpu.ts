@@ -244,6 +244,9 @@ export default definePlugin<VgpuDevice[]>({
   name: "vgpu",
   summary: "sets an NVIDIA vGPU type (vGPU 17+, SR-IOV) on the domain's virtual functions at prepare, clears it at release",
   usage: '<vmhook:vgpu vf="PCI-ADDRESS" type="ID|NAME"/>  (one per VF)',
+  // A VF is free to every domain naming it: planned and set under the host lock, a second prepare sees the first one's type
+  // and journal (unlessAnotherDomains), not the "0" both read before either wrote, whether or not NVIDIA's driver refuses a rewrite.
+  shared: true,
 
   parse,
   plan: { prepare: planPrepare },

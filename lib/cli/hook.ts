@@ -11,7 +11,7 @@ import { nameArgument } from "../metadata-text.ts";
 import { paths } from "../paths.ts";
 import type { GlobalOptions } from "./options.ts";
 import { requireRoot } from "./as-root.ts";
-import { runningOrWhyUnknown } from "./running.ts";
+import { lostTrackPids, runningOrWhyUnknown } from "./running.ts";
 import { LIBVIRT_HOOK_EVENTS, notAHookEvent } from "./usage.ts";
 
 /** hooks/qemu.ts's hookMain: the hook exactly as libvirt runs it; `checkXml` sees the domain XML it read before it acts on it (by hand). */
@@ -62,20 +62,27 @@ const NOT_WHILE_RUNNING = ["prepare", "start", "stopped", "release"];
  */
 const ONLY_WHILE_RUNNING = ["started", "reconnect"];
 
-/** Refuses an event libvirt runs only while the domain runs (or only while it does not) when it does not (or does), or when that cannot be told. */
-function refuseUnlessLibvirtWould(host: Host, { name, op, subop }: HookArgs): void {
+/**
+ * Refuses an event libvirt runs only while the domain runs (or only while it
+ * does not) when it does not (or does), or when that cannot be told. `uuid`:
+ * the one in the domain XML on stdin, for a QEMU of it libvirt lost track of.
+ */
+function refuseUnlessLibvirtWould(host: Host, { name, op, subop }: HookArgs, uuid: string | undefined): void {
   const runningWanted = ONLY_WHILE_RUNNING.includes(op) ? true : NOT_WHILE_RUNNING.includes(op) ? false : undefined;
   if (runningWanted === undefined) return;
-  const running = runningOrWhyUnknown(host, name);
+  const running = runningOrWhyUnknown(host, { name, uuid });
   if (running === runningWanted) return;
   const command = `vmhook hook ${nameArgument(name)} ${op} ${subop}`;
   if (typeof running === "string") throw new VmhookError(`${command} refused: cannot tell whether ${name} runs (${running})`, [`fix what that names, then run it again`]);
+  const pidFile = `${paths.libvirtQemuRunDir}/${name}.pid`;
   if (runningWanted) {
-    throw new VmhookError(`${command} refused: ${name} is not running (no live process in ${paths.libvirtQemuRunDir}/${name}.pid), and libvirt runs ${op} only while its QEMU does: it would mark what an earlier run left as a running VM's`, [
+    throw new VmhookError(`${command} refused: ${name} is not running (no live process in ${pidFile}${uuid ? `, nor one with -uuid ${uuid}` : ""}), and libvirt runs ${op} only while its QEMU does: it would mark what an earlier run left as a running VM's`, [
       `start ${name} first (virsh start ${nameArgument(name)}); prepare, start, stopped and release are the events of a VM that is not running`,
     ]);
   }
-  throw new VmhookError(`${command} refused: ${name} is running (${paths.libvirtQemuRunDir}/${name}.pid names a live process), and libvirt runs ${op} only while it is not: it would take back what the running VM uses`, [
+  const lostTrack = lostTrackPids(host, { name, uuid });
+  const how = lostTrack.length > 0 ? `a QEMU with its UUID ${uuid} runs, pid ${lostTrack.join(", ")}, with no live process in ${pidFile}: libvirt has lost track of it` : `${pidFile} names a live process`;
+  throw new VmhookError(`${command} refused: ${name} is running (${how}), and libvirt runs ${op} only while it is not: it would take back what the running VM uses`, [
     `shut ${name} down first (virsh shutdown ${nameArgument(name)}); started and reconnect are the events of a running VM`,
   ]);
 }
@@ -109,10 +116,14 @@ export const hookCommand = (hookMain: HookMain): CommandModule<GlobalOptions, Ho
       .check(({ name, op, subop }) => notAHookEvent(name, op, subop) ?? true),
   async handler(args) {
     requireRoot(`vmhook hook ${nameArgument(args.name)} ${args.op} ${args.subop}`, "libvirt runs the hook as root, and its steps change the host as root", args.root);
-    refuseUnlessLibvirtWould(args.host, args);
     const offset = logSize(args.host);
     const event = `${args.op} ${args.subop} of ${args.name}`;
-    const code = await hookMain([args.name, args.op, args.subop, args.extra ?? "-"], args.root, (xml) => refuseAnotherDomainsXml(args.host, args, xml));
+    // Checked on the XML the hook read, before it acts: its UUID finds a QEMU libvirt lost track of.
+    const checkXml = (xml: string) => {
+      refuseUnlessLibvirtWould(args.host, args, uuidFromXml(xml));
+      refuseAnotherDomainsXml(args.host, args, xml);
+    };
+    const code = await hookMain([args.name, args.op, args.subop, args.extra ?? "-"], args.root, checkXml);
     process.exitCode = code;
     // The hook keeps stdout empty (libvirt may read it as XML): the report goes to stderr.
     const since = loggedSince(args.host, offset);

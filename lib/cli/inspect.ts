@@ -157,7 +157,7 @@ const plan: CommandModule<GlobalOptions, PlanArgs> = {
 };
 
 async function journalSummary(host: Host, journal: Journal) {
-  const running = runningOrWhyUnknown(host, journal.domain.name, journal.domain.uuid);
+  const running = runningOrWhyUnknown(host, journal.domain);
   const abandoned = running === false ? abandonedStart(host, journal) : undefined;
   return {
     domain: journal.domain,
@@ -176,7 +176,7 @@ async function journalSummary(host: Host, journal: Journal) {
   };
 }
 
-const PHASES: Record<string, string> = { preparing: "preparing", releasing: "releasing", "release-failed": "its release failed", "rollback-failed": "its start failed, and undoing it did not finish" };
+const PHASES: Record<string, string> = { preparing: "preparing", releasing: "releasing", "rolling-back": "undoing a start that failed", "release-failed": "its release failed", "rollback-failed": "its start failed, and undoing it did not finish" };
 
 /** The VM's state and the journal's phase, said once each: "running", "not running, …". */
 function describeState(summary: Awaited<ReturnType<typeof journalSummary>>): string {

@@ -102,7 +102,7 @@ export const recoverCommand: CommandModule<GlobalOptions, RecoverArgs> = {
         const current = readJournal(host, uuid);
         if (!current) return { undone: 0, failed: [] };
         if (!args.force) {
-          const running = runningOrWhyUnknown(host, name, uuid);
+          const running = runningOrWhyUnknown(host, { name, uuid });
           if (running !== false) return { running };
           // No pid file yet says nothing while libvirt is starting the VM: only --force takes that back, or the end of the daemon that was starting it.
           const abandoned = abandonedStart(host, current);

@@ -57,13 +57,20 @@ export function uuidRunningOrWhyUnknown(host: Host, uuid: string): boolean | str
 
 /**
  * Whether the domain runs, or why that cannot be told (its pid file, or /proc,
- * cannot be read). Given its UUID, a QEMU of it that libvirt lost track of (a
- * libvirtd that crashed: no pid file) runs too: what its journal holds is that guest's.
+ * cannot be read). A QEMU of its UUID that libvirt lost track of (a libvirtd
+ * that crashed: no pid file) runs too: what its journal holds is that guest's.
+ * The UUID is asked for everywhere (undefined only when nothing names it), so
+ * no command counts such a guest shut off where another counts it running.
  */
-export function runningOrWhyUnknown(host: Host, name: string, uuid?: string): boolean | string {
+export function runningOrWhyUnknown(host: Host, domain: { name: string; uuid: string | undefined }): boolean | string {
   try {
-    return domainRunning(host, name) || (uuid !== undefined && qemuProcessesOf(host, uuid).length > 0);
+    return domainRunning(host, domain.name) || lostTrackPids(host, domain).length > 0;
   } catch (error) {
     return describeError(error);
   }
+}
+
+/** The live QEMUs with the domain's -uuid when no live process is in its pid file: libvirt has lost track of them. Throws as runningOrWhyUnknown says. */
+export function lostTrackPids(host: Host, domain: { name: string; uuid: string | undefined }): number[] {
+  return domain.uuid === undefined || domainRunning(host, domain.name) ? [] : qemuProcessesOf(host, domain.uuid);
 }

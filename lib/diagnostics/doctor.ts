@@ -215,7 +215,7 @@ async function leftovers(host: Host): Promise<Finding[]> {
       if (failed.length > 0) {
         return [fail("leftovers", `${name}: ${failed.length} change(s) could not be undone (${failed[0]!.plugin}: ${failed[0]!.error})`, `fix the cause, then run ${recoverCommandLine(name)}`)];
       }
-      const running = runningOrWhyUnknown(host, name, journal.domain.uuid);
+      const running = runningOrWhyUnknown(host, journal.domain);
       if (typeof running === "string") {
         return [fail("leftovers", `${name}: cannot tell whether it runs (${running}); its journal in ${paths.stateDir} holds ${journal.entries.length} change(s)`, `fix what the message names; then vmhook status shows whether it runs, and ${recoverCommandLine(name)} gives back what a stopped one holds`)];
       }
@@ -320,8 +320,8 @@ function hostdevChecks(host: Host, domain: Domain, iommu: IommuReport, handedOve
   const addresses = new Set(domain.hostdevs.flatMap((hostdev) => (hostdev.type === "pci" ? [hostdev.address] : [])));
   const vfioOnly = vfioDevices.filter((address) => !addresses.has(address));
   return [
-    ...[...addresses].map((address) => ({ address, finding: hostdevCheck(host, iommu, address, addresses, handedOver, domain.name, `hostdev ${address}`) })),
-    ...vfioOnly.map((address) => ({ address, finding: hostdevCheck(host, iommu, address, addresses, handedOver, domain.name, `vfio device ${address}`) })),
+    ...[...addresses].map((address) => ({ address, finding: hostdevCheck(host, iommu, address, addresses, handedOver, domain, `hostdev ${address}`) })),
+    ...vfioOnly.map((address) => ({ address, finding: hostdevCheck(host, iommu, address, addresses, handedOver, domain, `vfio device ${address}`) })),
   ];
 }
 
@@ -334,7 +334,7 @@ function configuredVfioDevices(elements: XmlElement[], domain: Domain): string[]
   }
 }
 
-function hostdevCheck(host: Host, iommu: IommuReport, address: string, addresses: Set<string>, handedOver: Set<string>, domainName: string, check: string): Finding {
+function hostdevCheck(host: Host, iommu: IommuReport, address: string, addresses: Set<string>, handedOver: Set<string>, domain: Domain, check: string): Finding {
   if (!pciExists(host, address)) return fail(check, `${address} is not on this host`, check.startsWith("hostdev") ? "fix the <hostdev><source><address> (lspci -D lists this host's devices)" : "fix devices= of <vmhook:vfio> (lspci -D lists this host's devices)");
   const group = iommu.groups.find((candidate) => candidate.devices.some((device) => device.address === address));
   if (!group) return fail(check, `${address} has no IOMMU group: ${iommu.advice?.reason ?? "the IOMMU does not cover it"}`, iommu.advice?.fix ?? "enable the IOMMU (vmhook iommu)");
@@ -354,7 +354,7 @@ function hostdevCheck(host: Host, iommu: IommuReport, address: string, addresses
   }
   // Its own QEMU holds the group while the domain runs (vfio opens a group once): only another VM's counts, as at prepare.
   const passed = group.devices.filter((device) => addresses.has(device.address) || handedOver.has(device.address)).map((device) => device.address);
-  const inUse = runningOrWhyUnknown(host, domainName) === true ? undefined : groupInUse(host, group.id, passed);
+  const inUse = runningOrWhyUnknown(host, domain) === true ? undefined : groupInUse(host, group.id, passed);
   if (inUse) return fail(check, inUse.reason, inUse.fix);
   const sameCard = group.devices.filter((device) => !addresses.has(device.address) && handedOver.has(device.address) && slotOf(device.address) === slotOf(address));
   const warnings = [

@@ -157,6 +157,43 @@ test("hook mode, several domains at once: the host lock keeps every pool delta",
   }
 });
 
+test("hook mode, two domains' prepares naming one VF at the same moment: the second waits for the host lock, then is refused naming the first, even though the driver (a plain file here) takes a rewrite", async () => {
+  const t = tree();
+  try {
+    const qemu = t.link("hooks/qemu");
+    const vf = "0000:41:00.4";
+    const device = path.join(t.root, "sys/devices/pci0000:40", vf);
+    fs.mkdirSync(path.join(device, "nvidia"), { recursive: true });
+    fs.writeFileSync(path.join(device, "nvidia/creatable_vgpu_types"), "ID    : vGPU Name\n1433 : NVIDIA L40S-12Q\n");
+    fs.writeFileSync(path.join(device, "nvidia/current_vgpu_type"), "0\n");
+    fs.mkdirSync(path.join(t.root, "sys/bus/pci/drivers/nvidia"), { recursive: true });
+    fs.symlinkSync("../../../bus/pci/drivers/nvidia", path.join(device, "driver"));
+    fs.mkdirSync(path.join(t.root, "sys/bus/pci/devices"), { recursive: true });
+    fs.symlinkSync(`../../../devices/pci0000:40/${vf}`, path.join(t.root, "sys/bus/pci/devices", vf));
+    // vm's first plugin says when it applies (every plugin of vm planned by then, the VF read free), then takes a while.
+    const applying = path.join(t.dir, "applying");
+    fs.mkdirSync(path.join(t.root, "etc/vmhook/plugins.d"), { recursive: true });
+    const slow = `import * as fs from "node:fs";\nexport default { name: "slow", summary: "slow", parse: () => ({}), async prepare(ctx) { await ctx.step("wait", { action: "wait" }, () => { fs.writeFileSync(${JSON.stringify(applying)}, ""); ctx.host.sleep(1500); }); }, undo() {} };\n`;
+    fs.writeFileSync(path.join(t.root, "etc/vmhook/plugins.d/slow.mjs"), slow, { mode: 0o644 });
+    const xml = (name: string, uuid: string, plugins: string) => `<domain type='kvm'><name>${name}</name><uuid>${uuid}</uuid><memory unit='GiB'>1</memory>
+  <devices><hostdev mode='subsystem' type='pci' managed='no'><source><address domain='0x0000' bus='0x41' slot='0x00' function='0x4'/></source></hostdev></devices>
+  <metadata><vmhook:hooks xmlns:vmhook="urn:vmhook:1">${plugins}<vmhook:vgpu vf="${vf}" type="1433"/></vmhook:hooks></metadata></domain>`;
+    const first = runAsync(qemu, ["vm", "prepare", "begin", "-"], xml("vm", UUID, '<vmhook:plugin name="slow"/>'), t.root);
+    for (let waited = 0; !fs.existsSync(applying); waited += 10) {
+      assert.ok(waited < 20_000, "vm's prepare never applied");
+      await new Promise((resolve) => setTimeout(resolve, 10));
+    }
+    const second = await runAsync(qemu, ["vm2", "prepare", "begin", "-"], xml("vm2", UUID.replace(/0$/, "2"), ""), t.root);
+    assert.equal(await first, { code: 0, stdout: "", stderr: "" });
+    assert.is(second.code, 1, second.stderr);
+    assert.is(firstLine(second.stderr), `vmhook: <vmhook:vgpu vf="${vf}" type="1433">: ${vf} carries the vGPU type 1433 vmhook set for domain vm, which clears it at its release; start this domain once vm has stopped, or give it another VF`);
+    assert.ok(fs.existsSync(t.journal), "vm holds the VF");
+    assert.not.ok(fs.existsSync(t.journal.replace(/0\.json$/, "2.json")), "vm2 holds nothing: its release cannot clear vm's vGPU");
+  } finally {
+    t.cleanup();
+  }
+});
+
 test("hook mode, bad input: prepare exits 1 with the cause on the first stderr line, release exits 0; stdout stays empty", () => {
   const t = tree();
   try {

@@ -7,10 +7,13 @@ import * as assert from "uvu/assert";
 import { cli } from "../helpers/cli.ts";
 import { SimHost } from "../helpers/simhost.ts";
 
-/** `vmhook hook vm OP SUBOP` on `sim`: its outcome, and whether the hook itself ran. */
+const VM_UUID = "d0d0d0d0-0000-4000-8000-0000000000a0";
+
+/** `vmhook hook vm OP SUBOP` on `sim`, vm's XML on stdin: its outcome, and whether the hook acted (past the check of the XML it read). */
 async function byHand(sim: SimHost, op: string, subop: string): Promise<{ code: number; stderr: string; ran: boolean }> {
   let ran = false;
-  const hookMain = async () => {
+  const hookMain = async (_args: string[], _root: string, checkXml?: (xml: string) => void) => {
+    checkXml?.(`<domain type="kvm"><name>vm</name><uuid>${VM_UUID}</uuid></domain>`);
     ran = true;
     return 0;
   };
@@ -33,6 +36,30 @@ test("vmhook hook prepare (start, stopped, release) on a running VM is refused, 
       );
     }
     for (const [op, subop] of [["started", "begin"], ["reconnect", "begin"], ["migrate", "begin"]]) assert.ok((await byHand(sim, op!, subop!)).ran, `${op} runs on a running VM`);
+  } finally {
+    sim.cleanup();
+  }
+});
+
+test("vmhook hook prepare (start, stopped, release) on a VM whose QEMU libvirt lost track of (no pid file, its -uuid running) is refused, naming the process, as recover and status count it running", async () => {
+  const uuid = "d0d0d0d0-0000-4000-8000-0000000000a2";
+  const sim = new SimHost().dir("/var/log").file("/proc/4242/cmdline", `/usr/bin/qemu-system-x86_64\0-name\0guest=vm\0-uuid\0${uuid}\0`);
+  try {
+    for (const [op, subop] of NOT_WHILE_RUNNING) {
+      let acted = false;
+      const hookMain = async (_args: string[], _root: string, checkXml?: (xml: string) => void) => {
+        checkXml?.(`<domain type="kvm"><name>vm</name><uuid>${uuid}</uuid></domain>`);
+        acted = true;
+        return 0;
+      };
+      const { code, stderr } = await cli(["hook", "vm", op, subop, "--root", sim.root], sim, hookMain);
+      assert.equal([code, acted], [1, false], `${op} ${subop}: ${stderr}`);
+      assert.is(
+        stderr,
+        `vmhook: vmhook hook vm ${op} ${subop} refused: vm is running (a QEMU with its UUID ${uuid} runs, pid 4242, with no live process in /run/libvirt/qemu/vm.pid: libvirt has lost track of it), and libvirt runs ${op} only while it is not: it would take back what the running VM uses\n  shut vm down first (virsh shutdown vm); started and reconnect are the events of a running VM\n`,
+        `${op} ${subop}`,
+      );
+    }
   } finally {
     sim.cleanup();
   }
@@ -67,7 +94,7 @@ test("vmhook hook started (reconnect) on a VM that is shut off is refused, namin
       assert.equal([outcome.code, outcome.ran], [1, false], `${op} ${subop}`);
       assert.is(
         outcome.stderr,
-        `vmhook: vmhook hook vm ${op} ${subop} refused: vm is not running (no live process in /run/libvirt/qemu/vm.pid), and libvirt runs ${op} only while its QEMU does: it would mark what an earlier run left as a running VM's\n  start vm first (virsh start vm); prepare, start, stopped and release are the events of a VM that is not running\n`,
+        `vmhook: vmhook hook vm ${op} ${subop} refused: vm is not running (no live process in /run/libvirt/qemu/vm.pid, nor one with -uuid ${VM_UUID}), and libvirt runs ${op} only while its QEMU does: it would mark what an earlier run left as a running VM's\n  start vm first (virsh start vm); prepare, start, stopped and release are the events of a VM that is not running\n`,
         `${op} ${subop}`,
       );
     }

@@ -104,6 +104,27 @@ test("an undo that runs out of time names the setting to raise: undoDeadlineSeco
   }
 });
 
+test("a rollback of a failed start killed partway, then failing again, still says a start failed (rollback-failed), not a release: vmhook status does not tell of a release of a VM that never ran", async () => {
+  const sim = new SimHost().dir("/var/log");
+  try {
+    installSlowPlugin(sim);
+    // Its undo keeps the journal as it is on disk while it is undone: what a hook killed at that moment leaves.
+    const plugin = `export default { name: 'slow', summary: 'slow undo', parse: () => ({}), undo(record, ctx) { ctx.host.write('/killed.json', ctx.host.read('${paths.journal(UUID)}')); ctx.host.sleep(500); ctx.deadline.check('undoing slowly'); } };\n`;
+    fs.writeFileSync(sim.resolve(`${paths.pluginsDir}/slow.mjs`), plugin, { mode: 0o644 });
+    sim.file(paths.hostConfig, JSON.stringify({ deadlineSeconds: 60, undoDeadlineSeconds: 0.3 }));
+    leftover(sim, "plugin:slow", { action: "wait" });
+    sim.file("/killed.json", "");
+    assert.is((await runHookEvent(sim, "release", "end", XML)).code, 0);
+    // Killed while undoing: the journal as it was then, not as the finished undo wrote it.
+    sim.file(paths.journal(UUID), sim.read("/killed.json"));
+    assert.is((await runHookEvent(sim, "release", "end", XML)).code, 0);
+    assert.is(readJournal(sim, UUID)!.phase, "rollback-failed");
+    assert.match((await cli(["status", "--root", sim.root])).stdout, "its start failed, and undoing it did not finish");
+  } finally {
+    sim.cleanup();
+  }
+});
+
 test("recover leaves a journal alone while a hook of the domain holds its lock (prepare: no pid file yet), even with --force; then undoes it (a UUID in any case names it)", async () => {
   const sim = new SimHost().dir("/var/log");
   try {
