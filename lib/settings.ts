@@ -43,11 +43,15 @@ const CUSTOM_PLUGIN_PREFIX = "plugin:";
 
 const inWords = (names: readonly string[]) => (names.length > 1 ? `${names.slice(0, -1).join(", ")} and ${names.at(-1)}` : names.join(""));
 
-/** One left at its default in silence would look set (a typo, a key of another vmhook version). */
-function refuseUnknown(key: string, known: readonly string[], what: string, owner: string): void {
+/**
+ * One left at its default in silence would look set (a typo, a key of
+ * another vmhook version). `notOne`: what the key is not, e.g. `"x" is not a
+ * host setting of this vmhook`.
+ */
+function refuseUnknown(key: string, known: readonly string[], notOne: string): void {
   if (known.includes(key)) return;
   const meant = closest(key, [...known]);
-  throw new VmhookError(`${paths.hostConfig}: ${what} is not a setting of ${owner}${meant ? `; did you mean "${meant}"?` : ` (it has ${inWords(known)}): remove it, or if a later vmhook has it, install that one again`}`);
+  throw new VmhookError(`${paths.hostConfig}: ${notOne}${meant ? `; did you mean "${meant}"?` : ` (it has ${inWords(known)}): remove it, or if a later vmhook has it, install that one again`}`);
 }
 
 function checkPluginSettings(name: string, settings: Record<string, unknown>): void {
@@ -61,7 +65,7 @@ function checkPluginSettings(name: string, settings: Record<string, unknown>): v
     const meant = closest(name, names);
     throw new VmhookError(`${paths.hostConfig}: "plugins": {"${name}": …}: no plugin of this vmhook has host settings by that name${meant ? `; did you mean "${meant}"?` : ` (${inWords(names)} have; a custom plugin's are under "${CUSTOM_PLUGIN_PREFIX}NAME"): remove it`}`);
   }
-  for (const key of Object.keys(settings)) refuseUnknown(key, builtin.keys, `plugins.${name}.${key}`, `the ${name} plugin`);
+  for (const key of Object.keys(settings)) refuseUnknown(key, builtin.keys, `plugins.${name}.${key} is not a setting of the ${name} plugin`);
   builtin.read(settings);
 }
 
@@ -82,13 +86,8 @@ export function loadSettings(host: Host): HostSettings {
   if (notObject(raw)) {
     throw new VmhookError(`${paths.hostConfig} holds ${JSON.stringify(raw)}; it must be a JSON object such as {"deadlineSeconds": 120}`);
   }
-  // One left at its default in silence would look set (a typo, a key of another vmhook version).
   const known = Object.keys(DEFAULT_SETTINGS);
-  const unknown = Object.keys(raw).find((key) => !known.includes(key));
-  if (unknown !== undefined) {
-    const meant = closest(unknown, known);
-    throw new VmhookError(`${paths.hostConfig}: ${JSON.stringify(unknown)} is not a host setting of this vmhook${meant ? `; did you mean "${meant}"?` : ` (it has ${inWords(known)}): remove it, or if a later vmhook has it, install that one again`}`);
-  }
+  for (const key of Object.keys(raw)) refuseUnknown(key, known, `${JSON.stringify(key)} is not a host setting of this vmhook`);
   const seconds = (key: "deadlineSeconds" | "undoDeadlineSeconds") => {
     const value = raw[key] ?? DEFAULT_SETTINGS[key];
     if (typeof value !== "number" || !(value > 0 && value <= 3600)) {
