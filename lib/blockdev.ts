@@ -36,7 +36,7 @@ function importedZfsPool(host: Host, name: string, device: string | undefined, a
 const multipathHead = (name: string) => name.replace(/^nvme(\d+)c\d+n(\d+)$/, "nvme$1n$2");
 
 /** Disks whose sysfs path runs through the PCI device, as the host names them. */
-export function disksBelow(host: Host, address: string): string[] {
+function disksBelow(host: Host, address: string): string[] {
   const throughDevice = host.list(BLOCK).filter((name) => (host.readlink(`${BLOCK}/${name}`) ?? "").split("/").includes(address));
   const nvmePaths = host.list(pciPath(address, "nvme")).flatMap((controller) => host.list(pciPath(address, `nvme/${controller}`)).filter((entry) => /^nvme\d+c\d+n\d+$/.test(entry)));
   const disks = [...throughDevice, ...nvmePaths].map(multipathHead).filter((name) => !host.exists(`${BLOCK}/${name}/partition`));

@@ -18,7 +18,7 @@ import { PATTERNS } from "./validate.ts";
 import type { Json } from "./records.ts";
 import { ensureStateDir, readStateFile, removeStateFile, writeStateFile } from "./state-files.ts";
 
-export const CLAIMS_VERSION = 1;
+const CLAIMS_VERSION = 1;
 
 export interface Claim {
   /** UUIDs of the domains that hold it, first taker first. */

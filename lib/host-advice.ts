@@ -11,7 +11,7 @@ export type Bootloader = "kernelstub" | "systemd-boot" | "grub" | "unknown";
 
 const SYSTEMD_BOOT_ROOTS = ["/boot/efi", "/efi", "/boot"];
 
-export function detectBootloader(host: Host): Bootloader {
+function detectBootloader(host: Host): Bootloader {
   // Pop!_OS: kernelstub writes the systemd-boot entries itself, so it comes first.
   if (host.exists("/usr/bin/kernelstub")) return "kernelstub";
   if (SYSTEMD_BOOT_ROOTS.some((root) => host.exists(`${root}/loader/loader.conf`))) return "systemd-boot";
@@ -60,7 +60,7 @@ export function howToBootWithout(host: Host, parameter: string): string {
 
 export type InitSystem = "systemd" | "openrc" | "other";
 
-export function detectInit(host: Host): InitSystem {
+function detectInit(host: Host): InitSystem {
   // sd_booted(): systemd creates /run/systemd/system when it runs as init; pid 1's name says the same.
   if (systemdRuns(host) || host.readTrimmed("/proc/1/comm") === "systemd") return "systemd";
   if (host.exists("/run/openrc") || host.exists("/sbin/openrc-run")) return "openrc";

@@ -116,7 +116,7 @@ export interface Host {
   killProcessGroup(pid: number): void;
 }
 
-export const SEARCH_PATH = ["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"];
+const SEARCH_PATH = ["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"];
 /** Where `program` is installed in SEARCH_PATH, or undefined when it is not. */
 export const installedProgram = (host: Host, program: string): string | undefined => SEARCH_PATH.map((dir) => `${dir}/${program}`).find((file) => host.exists(file));
 const sleepCell = new Int32Array(new SharedArrayBuffer(4));

@@ -55,9 +55,9 @@ export const DISPLAY_MANAGERS = ["gdm.service", "gdm3.service", "sddm.service", 
 export const DEFAULT_UNITS = ["display-manager.service", ...DISPLAY_MANAGERS, "nvidia-persistenced.service", "nvidia-powerd.service"];
 
 /** The GPU driver stacks, VFIO itself, Looking Glass's kvmfr and vendor-reset. */
-export const DEFAULT_MODULES = ["nvidia*", "nouveau", "amdgpu", "radeon", "i915", "xe", "vfio*", "kvmfr", "vendor_reset"];
+const DEFAULT_MODULES = ["nvidia*", "nouveau", "amdgpu", "radeon", "i915", "xe", "vfio*", "kvmfr", "vendor_reset"];
 
-export const DEFAULT_POLICY: HostPolicy = {
+const DEFAULT_POLICY: HostPolicy = {
   vfio: { devices: [], units: [], modules: [] },
   isolate: { minHostCpus: 1, everyNumaNode: true, allowBootConsoleCpuAlone: false },
   hugepages: {},
@@ -168,7 +168,7 @@ function readPolicy(raw: unknown): HostPolicy {
 /** systemctl reads "gdm" as "gdm.service": compare the full names. */
 export const normalUnit = (unit: string) => (unit.includes(".") ? unit : `${unit}.service`);
 /** The kernel treats "-" and "_" in module names alike. */
-export const normalModule = (module: string) => module.replace(/-/g, "_");
+const normalModule = (module: string) => module.replace(/-/g, "_");
 
 export function moduleAllowed(policy: HostPolicy, module: string): boolean {
   const name = normalModule(module);

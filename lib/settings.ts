@@ -104,7 +104,7 @@ export function loadSettings(host: Host): HostSettings {
 }
 
 /** Custom plugins: "plugins": {"plugin:NAME": {"timeoutSeconds": N}}, 30 s unless set. */
-export const DEFAULT_PLUGIN_TIMEOUT_SECONDS = 30;
+const DEFAULT_PLUGIN_TIMEOUT_SECONDS = 30;
 
 /**
  * How long one handler or undo of a plugin may take: a custom plugin's

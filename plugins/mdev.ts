@@ -153,7 +153,7 @@ function parseMdevUuid(uuid: string | undefined, element: string, domain: Domain
 }
 
 /** The element's attributes, each checked before any use in a path; `vmhook doctor` reads elements with this too. */
-export function readMdevElement(element: XmlElement): Omit<MdevDevice, "uuid"> & { uuid?: string } {
+function readMdevElement(element: XmlElement): Omit<MdevDevice, "uuid"> & { uuid?: string } {
   const where = describeElement(element);
   const attrs = readAttributes(element, ["type", "parent", "uuid"]);
   if (attrs.type === undefined) throw new ConfigError(where, `has no type attribute; ${LIST_TYPES}`);

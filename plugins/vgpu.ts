@@ -93,7 +93,7 @@ export interface VgpuPlan extends VgpuDevice {
 }
 
 /** Everything checked before anything changes; `vmhook doctor` runs it too. */
-export function planVgpu(host: Host, device: VgpuDevice): VgpuPlan {
+function planVgpu(host: Host, device: VgpuDevice): VgpuPlan {
   // An earlier type write still blocked in the driver: reading the VF's files could block too.
   refuseIfStuck(host, [device.vf]);
   const current = host.readTrimmed(vgpuFile(device.vf, "current_vgpu_type"));

@@ -11,7 +11,7 @@ import { qemuProcessesOf, qemuUuid } from "../processes.ts";
  * and ".." are names libvirt takes ("..pid" is a file like any other); one
  * with a slash names no pid file, so whether it runs cannot be told.
  */
-export function domainRunning(host: Host, name: string): boolean {
+function domainRunning(host: Host, name: string): boolean {
   return livePid(host, name) !== undefined;
 }
 

@@ -33,7 +33,7 @@ export const octal = (mode: number) => `0${(mode & 0o7777).toString(8)}`;
  * owns it, group and others cannot write it, and it is no symlink (whose
  * target would escape the check). `because` says what root trusts it for.
  */
-export function unsafeReason(host: Host, hostPath: string, kind: "directory" | "file", because = "plugins run as root"): string | undefined {
+function unsafeReason(host: Host, hostPath: string, kind: "directory" | "file", because = "plugins run as root"): string | undefined {
   const stat = host.stat(hostPath);
   if (!stat) return `${hostPath} does not exist`;
   if (stat.isSymlink) return `${hostPath} is a symlink; vmhook only trusts what it can check, so put the real ${kind} there`;

@@ -8,7 +8,7 @@ import { freeBridge, isBridgeClass, readPciDevice, viableBeside } from "../pci.t
 import { PATTERNS } from "../validate.ts";
 import { readPciNames } from "./pciids.ts";
 
-export const IOMMU_GROUPS = "/sys/kernel/iommu_groups";
+const IOMMU_GROUPS = "/sys/kernel/iommu_groups";
 
 export interface GroupDevice {
   address: string;

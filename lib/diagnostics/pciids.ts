@@ -3,7 +3,7 @@
 // keeps only the entries asked for instead of building a table of all of it.
 import type { Host } from "../host.ts";
 
-export const PCI_IDS_FILES = ["/usr/share/misc/pci.ids", "/usr/share/hwdata/pci.ids"];
+const PCI_IDS_FILES = ["/usr/share/misc/pci.ids", "/usr/share/hwdata/pci.ids"];
 
 /** What to name: lower-case hex ids without 0x ("10de", "2684", class "0300"). */
 export interface PciIdQuery {

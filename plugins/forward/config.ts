@@ -131,7 +131,7 @@ function checkOverlaps(forwards: ForwardSpec[]): void {
 }
 
 /** IPv4 unless an address says otherwise: the address libvirt's DHCP gives a MAC is an IPv4 one. */
-export const familyOf = (spec: Pick<ForwardSpec, "guest" | "hostAddress">): 4 | 6 => spec.guest?.family ?? spec.hostAddress?.family ?? 4;
+const familyOf = (spec: Pick<ForwardSpec, "guest" | "hostAddress">): 4 | 6 => spec.guest?.family ?? spec.hostAddress?.family ?? 4;
 
 /** Whether two host-address settings can catch the same packet (undefined: any address). */
 export const addressesMeet = (a: { text: string } | undefined | null, b: { text: string } | undefined | null): boolean => !a || !b || a.text === b.text;

@@ -125,7 +125,7 @@ export function localAddresses(host: Host, family: Family): Set<string> {
  * four fields alone, so every entry a filter matches is stale (one that
  * appeared since the listing too), whoever the peer.
  */
-export function deletionFilters(stale: ConntrackEntry[]): string[][] {
+function deletionFilters(stale: ConntrackEntry[]): string[][] {
   const filters = new Map<string, string[]>();
   for (const { original, reply } of stale) {
     const filter = ["-d", original.destination.text, "--dport", `${original.destinationPort}`, "-r", reply.source.text, "--reply-port-src", `${reply.sourcePort}`];

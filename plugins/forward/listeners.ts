@@ -24,7 +24,7 @@ const TCP_LISTEN = "0A";
 const UDP_UNCONNECTED = "07";
 
 /** The /proc/net files vmhook reads for one protocol. */
-export const procNetFiles = (protocol: Protocol) => [`/proc/net/${protocol}`, `/proc/net/${protocol}6`];
+const procNetFiles = (protocol: Protocol) => [`/proc/net/${protocol}`, `/proc/net/${protocol}6`];
 
 /** Parses one /proc/net/{tcp,udp}[6] file. */
 export function parseProcNet(text: string, protocol: Protocol, family: Family): Listener[] {

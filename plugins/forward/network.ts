@@ -28,7 +28,7 @@ export interface NetworkInfo {
   dhcpHosts: { mac: string; ip: IpAddress }[];
 }
 
-export const NETWORK_DIRS = ["/run/libvirt/network", "/var/lib/libvirt/network", "/etc/libvirt/qemu/networks"];
+const NETWORK_DIRS = ["/run/libvirt/network", "/var/lib/libvirt/network", "/etc/libvirt/qemu/networks"];
 /** libvirt allows more; these are the names vmhook will turn into a file name. */
 const NETWORK_NAME = /^[A-Za-z0-9_][A-Za-z0-9_.+-]{0,63}$/;
 

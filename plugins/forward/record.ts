@@ -11,7 +11,7 @@ import type { ResolvedForward } from "./rules.ts";
 export const PLUGIN_ID = "forward";
 
 /** libvirt's iptables backend runs whichever iptables the host has: the nft flavour (Debian, Fedora) or the legacy one. */
-export const IPTABLES_TOOLS = ["iptables-nft", "ip6tables-nft", "iptables-legacy", "ip6tables-legacy"] as const;
+const IPTABLES_TOOLS = ["iptables-nft", "ip6tables-nft", "iptables-legacy", "ip6tables-legacy"] as const;
 export type IptablesTool = (typeof IPTABLES_TOOLS)[number];
 export const iptablesFamily = (tool: IptablesTool): 4 | 6 => (tool.startsWith("ip6") ? 6 : 4);
 
@@ -29,7 +29,7 @@ interface SerializedForward {
 }
 
 /** nft-forward: the rules put in at start; restore-forward: the same rules put back at reconnect. */
-export const FORWARD_ACTIONS = ["nft-forward", "restore-forward"] as const;
+const FORWARD_ACTIONS = ["nft-forward", "restore-forward"] as const;
 
 export interface ForwardRecord extends UndoRecord {
   action: (typeof FORWARD_ACTIONS)[number];

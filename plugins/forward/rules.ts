@@ -21,7 +21,7 @@ const BASE_CHAINS = [
 ] as const;
 
 /** libvirt's nftables backend (10.4+): per family a table libvirt_network whose guest_input chain rejects new connections to a NAT network. */
-export const LIBVIRT_NFT = { table: "libvirt_network", chain: "guest_input" };
+const LIBVIRT_NFT = { table: "libvirt_network", chain: "guest_input" };
 /** libvirt's iptables backend: the FORWARD sub-chain that rejects new connections into the bridge. */
 export const LIBVIRT_IPTABLES_CHAIN = "LIBVIRT_FWI";
 
@@ -58,7 +58,7 @@ export interface RulesetView {
 }
 
 export const domainTag = (uuid: string) => `vmhook:${uuid}`;
-export const domainChain = (uuid: string) => `vm-${uuid}`;
+const domainChain = (uuid: string) => `vm-${uuid}`;
 const hairpinChain = (uuid: string) => `vm-${uuid}-hairpin`;
 
 const nfproto = (family: Family) => (family === 4 ? "ipv4" : "ipv6");
@@ -74,7 +74,7 @@ function dnatTarget(forward: ResolvedForward, port: PortForward): string {
 }
 
 /** The DNAT rules of one domain's chain (jumped to from prerouting and output). */
-export function dnatRules(forward: ResolvedForward): string[] {
+function dnatRules(forward: ResolvedForward): string[] {
   const ip = ipKeyword(forward.family);
   // Hairpin traffic (the network's other guests) arrives on the bridge, whatever interface= says.
   const from = forward.interface
@@ -94,7 +94,7 @@ export function dnatRules(forward: ResolvedForward): string[] {
 }
 
 /** Hairpin: guests of the same network reaching the forward get the host as their peer, so replies come back through it. */
-export function hairpinRules(forward: ResolvedForward): string[] {
+function hairpinRules(forward: ResolvedForward): string[] {
   if (!forward.hairpin) return [];
   const ip = ipKeyword(forward.family);
   return forward.ports.map(
@@ -110,7 +110,7 @@ export function hairpinRules(forward: ResolvedForward): string[] {
  * made (ct status dnat) to the guest's forwarded port is let through, before
  * libvirt's reject.
  */
-export function libvirtExceptionRule(forward: ResolvedForward, port: PortForward, uuid: string): string {
+function libvirtExceptionRule(forward: ResolvedForward, port: PortForward, uuid: string): string {
   const ip = ipKeyword(forward.family);
   return `oifname ${quoted(forward.bridge)} ${ip} daddr ${forward.guest.text} meta l4proto ${port.protocol} th dport ${nftPorts(port.guest)} ct status dnat counter accept comment ${quoted(domainTag(uuid))}`;
 }

@@ -26,7 +26,7 @@ export interface PoolIo {
 
 const GiB = 1024 * 1024;
 /** MemAvailable is read again after at most this much. */
-export const MAX_STEP_KIB = GiB;
+const MAX_STEP_KIB = GiB;
 
 /** Pages to ask for in the next step: what is missing, capped by the headroom and by one step's size. */
 export function stepPages(missing: number, sizeKiB: number, headroomKiB: number): number {

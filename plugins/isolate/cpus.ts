@@ -37,7 +37,7 @@ export function bootIsolatedNote(host: Host, online: number[]): string {
  * host keeps (`kept`), and those threads: SMT siblings share the core's
  * execution units and caches, so host work there still slows the VM.
  */
-export function splitCores(host: Host, isolated: number[], kept: number[]): { vm: number[]; host: number[] } {
+function splitCores(host: Host, isolated: number[], kept: number[]): { vm: number[]; host: number[] } {
   const vm: number[] = [];
   const hostThreads = new Set<number>();
   for (const cpu of isolated) {

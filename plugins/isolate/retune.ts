@@ -86,7 +86,7 @@ export function checkOriginals(value: unknown): Originals {
 const isObject = (value: unknown): value is Record<string, unknown> => typeof value === "object" && value !== null && !Array.isArray(value);
 
 /** After a failed write: usually nothing was written, and then there is nothing to restore either. */
-export function stillOriginal(ctx: BaseContext, setting: Setting, key: string, original: string): boolean {
+function stillOriginal(ctx: BaseContext, setting: Setting, key: string, original: string): boolean {
   try {
     return setting.read(ctx, key) === original;
   } catch {
@@ -95,7 +95,7 @@ export function stillOriginal(ctx: BaseContext, setting: Setting, key: string, o
 }
 
 /** The online CPUs minus every claim's isolated ones; of them, the host's are those not isolated at boot. */
-export function hostSetFor(ctx: BaseContext, claims: Claim[]): HostSet {
+function hostSetFor(ctx: BaseContext, claims: Claim[]): HostSet {
   const isolated = new Set(union(claims.map((claim) => claim.isolated)));
   const free = onlineCpus(ctx).filter((cpu) => !isolated.has(cpu));
   const host = hostUsableCpus(ctx.host, free);

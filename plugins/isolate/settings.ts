@@ -39,13 +39,13 @@ export const RUNTIME_DROP_IN = "50-AllowedCPUs.conf";
 export const runtimeDropIn = (unit: string) => `${CONTROL_DIR}/${unit}.d/${RUNTIME_DROP_IN}`;
 // Without systemd: the VMs' top-level groups (systemd-style and libvirt's own names) are left alone,
 // <resource><partition>s among them: libvirt names /vms "vms.partition" (virCgroupSetPartitionSuffix).
-export const isVmGroup = (name: string) => name === "machine.slice" || name === "machine" || name.endsWith(".partition") || name.includes("libvirt");
+const isVmGroup = (name: string) => name === "machine.slice" || name === "machine" || name.endsWith(".partition") || name.includes("libvirt");
 export const CGROUP = "/sys/fs/cgroup";
 export const WORKQUEUE_MASK = "/sys/devices/virtual/workqueue/cpumask";
 // The mask IRQs get when they are set up later, e.g. those of the devices QEMU opens (kernel IRQ-affinity docs).
-export const DEFAULT_IRQ_MASK = "/proc/irq/default_smp_affinity";
+const DEFAULT_IRQ_MASK = "/proc/irq/default_smp_affinity";
 // Per-CPU timers and managed IRQs refuse to move (EIO, EINVAL); an IRQ freed meanwhile is gone (ENOENT).
-export const IRQ_REFUSALS = ["EIO", "EINVAL", "ENOENT"];
+const IRQ_REFUSALS = ["EIO", "EINVAL", "ENOENT"];
 
 export const SETTINGS: Record<Action, Setting> = {
   "systemd-allowed-cpus": {
@@ -167,7 +167,7 @@ function putBackRuntimeDropIn(ctx: BaseContext, unit: string, before: RuntimeDro
   if (before === "no-control-dir") removeIfEmpty(CONTROL_DIR);
 }
 
-export function writeSubtreeControl(ctx: BaseContext, key: string, value: string): boolean {
+function writeSubtreeControl(ctx: BaseContext, key: string, value: string): boolean {
   try {
     ctx.host.write(key, value === "cpuset" ? "+cpuset" : "-cpuset");
   } catch (error) {
@@ -178,7 +178,7 @@ export function writeSubtreeControl(ctx: BaseContext, key: string, value: string
   return true;
 }
 
-export function writeGroupCpus(ctx: BaseContext, key: string, value: string): boolean {
+function writeGroupCpus(ctx: BaseContext, key: string, value: string): boolean {
   if (value === "") {
     try {
       ctx.host.write(key, "\n");
@@ -195,7 +195,7 @@ export function writeGroupCpus(ctx: BaseContext, key: string, value: string): bo
   return writeOrRefuse(ctx, key, value, ["ENOENT"]);
 }
 
-export function writeOrRefuse(ctx: BaseContext, key: string, value: string, refusals: string[]): boolean {
+function writeOrRefuse(ctx: BaseContext, key: string, value: string, refusals: string[]): boolean {
   try {
     ctx.host.write(key, `${value}\n`);
     return true;

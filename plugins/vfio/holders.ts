@@ -114,7 +114,7 @@ function cgroupOf(host: Host, pid: number): string | undefined {
 }
 
 /** A process's cgroup v2 path, unit, session and user manager. */
-export function placeOf(host: Host, pid: number): HolderPlace {
+function placeOf(host: Host, pid: number): HolderPlace {
   const cgroup = cgroupOf(host, pid);
   if (cgroup === undefined) return {};
   const components = cgroup.split("/").filter(Boolean);
@@ -124,7 +124,7 @@ export function placeOf(host: Host, pid: number): HolderPlace {
 }
 
 /** logind's records are KEY=VALUE lines (/run/systemd/sessions/ID, /run/systemd/users/UID). */
-export function readLogindRecord(host: Host, file: string): Map<string, string> {
+function readLogindRecord(host: Host, file: string): Map<string, string> {
   return new Map(
     (host.readTrimmed(file) ?? "")
       .split("\n")
