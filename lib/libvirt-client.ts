@@ -19,7 +19,7 @@ const TIMEOUT_MS = 30_000;
 
 /** Every value a user gives (a domain name) comes last, after "--": virsh reads a word starting with "--" before it as an option. */
 export class Virsh {
-  /** uri: --connect URI; without it virsh uses LIBVIRT_DEFAULT_URI or its own default. */
+  /** uri: --connect URI; without it virsh picks its own (virshUri below). */
   constructor(readonly uri?: string) {}
 
   /** virsh's stdout; throws naming the command and virsh's own error. */

@@ -35,7 +35,7 @@ interface LibvirtArgs extends GlobalOptions {
 /** The options of every command that talks to libvirt. */
 function libvirtOptions<T>(y: Argv<T>) {
   return y
-    .option("connect", { alias: "c", type: "string", describe: "libvirt URI, as virsh --connect (default: $LIBVIRT_DEFAULT_URI, else virsh's)" })
+    .option("connect", { alias: "c", type: "string", describe: "libvirt URI, as virsh --connect (default, as virsh: $VIRSH_DEFAULT_CONNECT_URI, else $LIBVIRT_DEFAULT_URI, else uri_default in libvirt.conf)" })
     .option("live", { type: "boolean", default: false, describe: "the running domain, as virsh --live" })
     .option("config", { type: "boolean", default: false, describe: "the persistent definition (the next start), as virsh --config" });
 }
