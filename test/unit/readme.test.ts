@@ -1,7 +1,8 @@
 // README.md against the built-in plugins: in the metadata reference each
 // plugin has its section, the section's table names exactly the attributes
 // its parser accepts, and a default written there as one value is what the
-// parser takes when the attribute is left out; the CLI table names exactly
+// parser takes when the attribute is left out, and it says so of a plugin
+// whose parser takes several elements; the CLI table names exactly
 // the binary's commands, with options and choices its --help has; Development
 // names each plugin's source.
 import { spawnSync } from "node:child_process";
@@ -97,6 +98,28 @@ test("a default README's tables give as one value is the parser's: leaving the a
     }
   }
   assert.ok(compared >= 8, `only ${compared} defaults compared`);
+});
+
+/** Whether the parser takes a second <vmhook:NAME> in one domain, or refuses it as a repeat. */
+async function acceptsSeveral(name: string): Promise<boolean> {
+  const element = `<vmhook:${name}${REQUIRED[name] ?? ""}/>`;
+  const domain = domainWith(element + element);
+  const plugin = await registry.load(name, host);
+  try {
+    plugin.parse(metadataChildren(domain.metadata!), domain);
+  } catch (error) {
+    if (error instanceof ConfigError && error.message.includes("appears 2 times")) return false;
+  }
+  return true;
+}
+
+test("README's metadata reference says which plugins take one element per device or port set, as their parsers do", async () => {
+  const reference = section(README, "##", "Metadata reference");
+  for (const name of registry.builtinNames()) {
+    const text = section(reference, "###", `\`<vmhook:${name}>\``);
+    const documented = /\b(?:one|several) elements? per \w+/i.test(text);
+    assert.is(documented, await acceptsSeveral(name), `<vmhook:${name}> in README.md ${documented ? "says it takes several elements; its parser refuses a second" : "does not say it takes one element per device or port set, as its parser does"}`);
+  }
 });
 
 /** `vmhook ARGS` of the built binary (npm test builds it before the unit tests). */
