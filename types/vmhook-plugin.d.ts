@@ -13,7 +13,6 @@ export type {
   Action,
   ApplyContext,
   BaseContext,
-  Finding,
   HookEvent,
   Json,
   LegacyContext,
@@ -26,6 +25,7 @@ export type {
   UndoContext,
   UndoRecord,
 } from "../lib/plugin.ts";
+export type { Finding } from "../lib/diagnostics/findings.ts";
 export type { Claim, Claims } from "../lib/claims.ts";
 export type { ExecResult, FileStat, Host } from "../lib/host.ts";
 export type { Domain, MdevHostdev, PciHostdev } from "../lib/domain.ts";
