@@ -102,7 +102,8 @@ export function bundleName(time: Date): string {
 }
 
 /** Writes the bundle to `output` (created, never overwritten, mode 0600) and returns its path. */
-export async function writeBundle(host: Host, output: string, now = new Date(host.now())): Promise<string> {
+export async function writeBundle(host: Host, output: string): Promise<string> {
+  const now = new Date(host.now());
   const redactor = redactorFor(host);
   const top = bundleName(now);
   const missing: string[] = [];

@@ -5,7 +5,8 @@ import * as path from "node:path";
 import { VmhookError } from "../errors.ts";
 
 /** `command`: the command line to repeat with sudo; `why`: what it changes that only root may. */
-export function requireRoot(command: string, why: string, root: string, euid = process.geteuid?.()): void {
+export function requireRoot(command: string, why: string, root: string): void {
+  const euid = process.geteuid?.();
   if (euid === undefined || euid === 0 || path.resolve(root) !== "/") return;
   throw new VmhookError(`${command} must run as root (${why}), not as uid ${euid}: run sudo ${command}`);
 }

@@ -143,8 +143,9 @@ function transpilerCache(env: NodeJS.ProcessEnv, cwd: string): { dir: string; va
  * and every directory above it must be root's alone, as the plugin is; under
  * sudo -E (or a sudo that keeps HOME) it is the invoking user's.
  */
-function transpilerCacheProblem(env: NodeJS.ProcessEnv = process.env, cwd = process.cwd()): string | undefined {
-  const cache = transpilerCache(env, cwd);
+function transpilerCacheProblem(): string | undefined {
+  const env = process.env;
+  const cache = transpilerCache(env, process.cwd());
   if (!cache) return undefined;
   const unsafe = untrustedOnTheWay(cache.dir);
   if (!unsafe) return undefined;
