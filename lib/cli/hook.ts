@@ -109,10 +109,10 @@ export const hookCommand = (hookMain: HookMain): CommandModule<GlobalOptions, Ho
   describe: "run one hook event by hand, as libvirt does (domain XML on stdin), and say what it did",
   builder: (y) =>
     y
-      .positional("name", { type: "string", demandOption: true })
+      .positional("name", { type: "string", demandOption: true, describe: "the domain's name, as libvirt passes it" })
       .positional("op", { type: "string", demandOption: true, describe: `with subop, an event libvirt runs: ${LIBVIRT_HOOK_EVENTS.join(", ")}` })
       .positional("subop", { type: "string", demandOption: true, describe: "begin or end, as the event above has it" })
-      .positional("extra", { type: "string", default: "-" })
+      .positional("extra", { type: "string", default: "-", describe: "libvirt's fourth argument (it passes - at these events)" })
       .check(({ name, op, subop }) => notAHookEvent(name, op, subop) ?? true),
   async handler(args) {
     requireRoot(`vmhook hook ${nameArgument(args.name)} ${args.op} ${args.subop}`, "libvirt runs the hook as root, and its steps change the host as root", args.root);

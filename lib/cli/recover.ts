@@ -69,7 +69,7 @@ interface RecoverArgs extends GlobalOptions {
 
 export const recoverCommand: CommandModule<GlobalOptions, RecoverArgs> = {
   command: "recover [name]",
-  describe: "undo the journals of domains that are no longer running (all, or the one named)",
+  describe: "undo the journals of domains that are no longer running (all, or the one named); also give back what no journal holds: the claims of a domain whose journal is gone (all, or that UUID) and shared state no claim needs (all)",
   builder: (y) =>
     y
       .positional("name", { type: "string", describe: "domain name or UUID" })
