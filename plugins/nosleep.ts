@@ -99,7 +99,7 @@ function check({ host }: CheckContext): Finding[] {
 
 export default definePlugin<NosleepConfig>({
   name: "nosleep",
-  summary: "keep the host from suspending or hibernating while the VM runs (a logind inhibitor lock)",
+  summary: "keeps the host from suspending or hibernating while the VM runs (a logind inhibitor lock)",
   usage: "<vmhook:nosleep/>",
   parse: parseConfig,
   plan: { prepare: planPrepare, reconnect: planReconnect },

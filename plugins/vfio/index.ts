@@ -79,7 +79,7 @@ function checkVfio(ctx: CheckContext): Finding[] {
 
 export default definePlugin<VfioConfig>({
   name: "vfio",
-  summary: "hand PCI devices (a GPU and its slot's functions) to vfio-pci and back; single-GPU passthrough",
+  summary: "hands PCI devices (a GPU and its slot's functions) to vfio-pci and back; single-GPU passthrough",
   usage:
     '<vmhook:vfio devices="0000:01:00.0,..." include-slot="yes|no" single-gpu="auto|yes|no" unload-modules="auto|none|mod,..." load-modules="mod,..." display-manager="unit,..."/>',
   parse: parseVfioConfig,
