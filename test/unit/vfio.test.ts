@@ -1159,6 +1159,21 @@ test("two NVIDIA cards, the host keeps one: nvidia-persistenced, which holds eve
   assert.equal(kernel.sim.snapshot(), before);
 });
 
+test("NVIDIA single GPU with nvidia-powerd (Dynamic Boost, enabled by NVIDIA's packages) holding /dev/nvidiactl: it is stopped with the helpers before the modules go and started at release; it used to refuse the start, naming it", async () => {
+  const kernel = nvidiaDesktop().unit({ name: "nvidia-powerd.service", active: true, processes: { 610: ["nvidia-powerd", ["/dev/nvidiactl", "/dev/nvidia0"]] } });
+  kernel.sim.file(`/proc/driver/nvidia/gpus/${GPU}/information`, "Device Minor: 0\n");
+  const before = kernel.sim.snapshot();
+  const xml = domainXml("<vmhook:vfio/>");
+  const prepare = await runHookEvent(kernel.sim, "prepare", "begin", xml);
+  assert.is(prepare.code, 0, prepare.stderr);
+  assert.is(kernel.driverOf(GPU), "vfio-pci");
+  assert.not.ok(kernel.units.get("nvidia-powerd.service")!.active);
+  assert.not.ok(kernel.loaded("nvidia"));
+  assert.is((await runHookEvent(kernel.sim, "release", "end", xml)).code, 0);
+  assert.ok(kernel.units.get("nvidia-powerd.service")!.active);
+  assert.equal(kernel.sim.snapshot(), before);
+});
+
 test("single-gpu takes yes/no as every yes/no attribute does (true/on/1, false/off/0), beside auto", async () => {
   const kernel = nvidiaDesktop();
   const plan = (value: string) => plannedSteps(kernel.sim, domainXml(`<vmhook:vfio single-gpu="${value}"/>`));
