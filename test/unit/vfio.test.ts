@@ -1174,6 +1174,22 @@ test("NVIDIA single GPU with nvidia-powerd (Dynamic Boost, enabled by NVIDIA's p
   assert.equal(kernel.sim.snapshot(), before);
 });
 
+test("a start that failed after prepare (QEMU never ran: the screen goes dark, then the login screen is back): release says so in the log, naming libvirt's log of the VM; a VM that ran gets no such line", async () => {
+  const kernel = nvidiaDesktop();
+  const xml = domainXml("<vmhook:vfio/>");
+  const failedStart = "warn: win11 stopped before it ran: libvirt ended its start after prepare (it never reported started), so vmhook gives back what prepare took; why the start failed is in /var/log/libvirt/qemu/win11.log and in the error virsh start printed";
+  assert.is((await runHookEvent(kernel.sim, "prepare", "begin", xml, "win11")).code, 0);
+  assert.is((await runHookEvent(kernel.sim, "release", "end", xml, "win11")).code, 0);
+  assert.match(kernel.sim.read(paths.log), failedStart);
+
+  fs.rmSync(kernel.sim.resolve(paths.log));
+  assert.is((await runHookEvent(kernel.sim, "prepare", "begin", xml, "win11")).code, 0);
+  assert.is((await runHookEvent(kernel.sim, "started", "begin", xml, "win11")).code, 0);
+  assert.is((await runHookEvent(kernel.sim, "release", "end", xml, "win11")).code, 0);
+  assert.match(kernel.sim.read(paths.log), "released: ");
+  assert.not.match(kernel.sim.read(paths.log), "stopped before it ran");
+});
+
 test("single-gpu takes yes/no as every yes/no attribute does (true/on/1, false/off/0), beside auto", async () => {
   const kernel = nvidiaDesktop();
   const plan = (value: string) => plannedSteps(kernel.sim, domainXml(`<vmhook:vfio single-gpu="${value}"/>`));
