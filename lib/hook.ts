@@ -169,6 +169,12 @@ export class HookRun {
     const journal = uuid ? readJournal(this.host, uuid) : undefined;
     if (!journal) return;
     keepWhileQemuRuns(this.host, journal);
+    // Still "starting": QEMU failed to launch (or a later hook refused); the user saw the display go and come back, and asks why.
+    if (journal.phase === "starting") {
+      this.log.warn(
+        `${this.name} stopped before it ran: libvirt ended its start after prepare (it never reported started), so vmhook gives back what prepare took; why the start failed is in /var/log/libvirt/qemu/${this.name}.log and in the error virsh start printed`,
+      );
+    }
     const { undone, failed } = await undoJournal(journal, this.env(), this.undoDeadline());
     if (failed.length > 0) {
       throw new VmhookError(`release of ${journal.domain.name}: ${failed.length} change(s) could not be undone; see /var/log/vmhook.log, then run ${recoverCommandLine(journal.domain.name)}`, [

@@ -26,7 +26,7 @@ import { print, printJson } from "./output.ts";
 /** Found in every vmhook binary: tells our hook from someone else's. */
 const BINARY_MARKER = "vmhook-binary-marker:c0ffee-1";
 const HOOK = `${paths.libvirtHooksDir}/qemu`;
-const SAVED_HOOK = `${paths.libvirtHooksDir}/qemu.vmhook-saved`;
+export const SAVED_HOOK = `${paths.libvirtHooksDir}/qemu.vmhook-saved`;
 const SAVED_HOOK_LAUNCHER = `${paths.libvirtHooksDir}/qemu.d/vmhook-saved-qemu-hook`;
 const CLI_LINK = "/usr/local/bin/vmhook";
 const INSTALL_RECORD = "/etc/vmhook/install.json";

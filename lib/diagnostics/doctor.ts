@@ -23,7 +23,7 @@ import { hostNodes, hugepagePool, hugepageSizes, HUGEPAGE_DIR, meminfo } from ".
 import { listInstalledPlugins } from "../custom-plugins.ts";
 import { describePolicy, loadPolicy } from "../policy.ts";
 import { loadSettings } from "../settings.ts";
-import { isVmhookBinary } from "../cli/install.ts";
+import { isVmhookBinary, SAVED_HOOK } from "../cli/install.ts";
 import { abandonedStart, BEING_STARTED, forceWhenShutOff } from "../cli/recover.ts";
 import { runningOrWhyUnknown } from "../cli/running.ts";
 import { describeUnheldSharedView, unheldSharedNow } from "../cli/recover-unheld.ts";
@@ -306,7 +306,41 @@ async function domainChecks(host: Host, domain: Domain, xml: string, iommu: Iomm
     })),
   );
   findings.push(...(await guarded("domain XML", () => xmlAdvice(host, domain, parseXmlDocument(xml, "domain XML"), used))));
+  if (used.has("vfio")) findings.push(...(await guarded("hook scripts", () => guideScripts(host, domain.name))));
   return findings;
+}
+
+/** The events a dispatcher of qemu.d/VM/OP/SUBOP (single-GPU guides' hook) runs scripts for. */
+const DISPATCHED_EVENTS = ["prepare/begin", "start/begin", "started/begin", "stopped/end", "release/end"];
+
+/**
+ * A single-GPU guide's scripts for this VM (qemu.d/VM/prepare/begin/start.sh,
+ * release/end/revert.sh), which the hook vmhook install kept still
+ * dispatches: they hand the GPU over a second time, after vmhook.
+ */
+function guideScripts(host: Host, name: string): Finding[] {
+  // A libvirt domain name has no "/"; "." and ".." would name other directories.
+  if (name.includes("/") || name === "." || name === "..") return [];
+  const dir = `${paths.libvirtHooksDir}/qemu.d/${name}`;
+  const runnable = (file: string) => {
+    const stat = host.stat(file);
+    return stat !== undefined && (stat.isSymlink || (stat.isFile && (stat.mode & 0o111) !== 0));
+  };
+  // The dispatcher runs OP/SUBOP itself when it is a file, else each executable in it.
+  const scripts = DISPATCHED_EVENTS.flatMap((event) => {
+    const path = `${dir}/${event}`;
+    return runnable(path) ? [path] : host.list(path).map((entry) => `${path}/${entry}`).filter(runnable);
+  });
+  const hook = `${paths.libvirtHooksDir}/qemu`;
+  const dispatcher = host.exists(SAVED_HOOK) ? `${SAVED_HOOK} (the hook vmhook install kept)` : host.exists(hook) && !isVmhookBinary(host.resolve(hook)) ? hook : undefined;
+  if (scripts.length === 0 || !dispatcher) return [];
+  return [
+    warn(
+      "hook scripts",
+      `${scripts.join(", ")} run at this VM's events too, through ${dispatcher}: after vmhook's prepare they stop, unbind and wait again, an error of theirs fails the start, and they act again after vmhook's release`,
+      `remove ${dir}: vmhook hands this VM's GPU over`,
+    ),
+  ];
 }
 
 const short = (address: string) => address.replace(/^0000:/, "");

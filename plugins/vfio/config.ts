@@ -75,7 +75,11 @@ export interface VfioSettings {
   displayManagerUnits: string[];
   /** Without systemd: commands that stop and start the display manager, and the process names to wait for. */
   displayManagerCommand?: { stop: string[]; start: string[]; processes: string[] };
-  /** Stopped while the devices are away when present and running (default nvidia-persistenced.service). */
+  /**
+   * Stopped while the devices are away when present and running: NVIDIA's
+   * daemons that keep /dev/nvidia* open (persistenced; powerd, Dynamic Boost,
+   * which NVIDIA's packages enable), so the modules could not go.
+   */
   helperServices: string[];
   /** How long to wait for the display manager's processes and the GPU's users to be gone. */
   stopTimeoutSeconds: number;
@@ -85,7 +89,7 @@ export interface VfioSettings {
 
 const DEFAULT_SETTINGS: VfioSettings = {
   displayManagerUnits: ["display-manager.service"],
-  helperServices: ["nvidia-persistenced.service"],
+  helperServices: ["nvidia-persistenced.service", "nvidia-powerd.service"],
   stopTimeoutSeconds: 20,
   bindTimeoutSeconds: 10,
 };

@@ -45,8 +45,14 @@ export function noDisplayManagerFound(ctx: BaseContext, searched: string[]): str
     if (!cgroups.has(cgroup)) running.push(unit);
     cgroups.add(cgroup);
   }
-  const named = running.length > 0 ? running.join(", ") : "UNIT";
-  const found = running.length > 0 ? `, but ${named} runs (started by hand: display-manager.service is the alias of the display manager that starts at boot, set by systemctl enable or, on Debian, dpkg-reconfigure)` : "";
+  if (running.length === 0) {
+    // None at all: most often a desktop started from a console login, which runs in no unit vmhook stops.
+    const known = DISPLAY_MANAGERS.filter((name) => !searched.includes(name));
+    const nor = known.length > 0 ? `, nor as ${known.slice(0, -1).join(", ")}${known.length > 1 ? " or " : ""}${known.at(-1)}` : "";
+    return `no display manager runs as ${searched.join(", ")}${nor}: a desktop started from a console login (startx, a compositor run from its shell) has none, and vmhook does not end it: quit it, then start the VM from that console or over ssh; a display manager under another name: name it in display-manager="UNIT" of <vmhook:vfio> or in "displayManagerUnits" ${vfioSettings}`;
+  }
+  const named = running.join(", ");
+  const found = `, but ${named} runs (started by hand: display-manager.service is the alias of the display manager that starts at boot, set by systemctl enable or, on Debian, dpkg-reconfigure)`;
   return `no display manager runs as ${searched.join(", ")}${found}: name it in display-manager="${named}" of <vmhook:vfio> or in "displayManagerUnits" ${vfioSettings}`;
 }
 

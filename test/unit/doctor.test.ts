@@ -183,6 +183,25 @@ for (const [how, metadata] of [["include-slot=\"no\"", '<vmhook:vfio include-slo
   });
 }
 
+test("a single-GPU guide's per-VM scripts (qemu.d/VM/prepare/begin/start.sh, release/end/revert.sh) that the hook vmhook install kept still dispatches: a warning naming them, for a VM vfio hands the GPU over for", async () => {
+  const sim = desktopHost();
+  const xml = domainXml({ metadata: "<vmhook:vfio/>", devices: GPU_AND_AUDIO });
+  const script = (file: string, text: string) => fs.chmodSync(sim.file(file, text).resolve(file), 0o755);
+  const hasCheck = async () => (await doctor(sim, xml)).report.domain!.findings.some((finding) => finding.check === "hook scripts");
+  script("/etc/libvirt/hooks/qemu.d/win/prepare/begin/start.sh", "#!/bin/bash\nsystemctl stop display-manager.service\n");
+  script("/etc/libvirt/hooks/qemu.d/win/release/end/revert.sh", "#!/bin/bash\nsystemctl start display-manager.service\n");
+  assert.not.ok(await hasCheck(), "no hook dispatches them: nothing runs them");
+  script("/etc/libvirt/hooks/qemu.vmhook-saved", '#!/bin/bash\nHOOKPATH="$(dirname $0)/qemu.d/$1/$2/$3"\n');
+  const { domain } = await doctor(sim, xml);
+  assert.is(domain("hook scripts").status, "warn");
+  assert.is(
+    domain("hook scripts").reason,
+    "/etc/libvirt/hooks/qemu.d/win/prepare/begin/start.sh, /etc/libvirt/hooks/qemu.d/win/release/end/revert.sh run at this VM's events too, through /etc/libvirt/hooks/qemu.vmhook-saved (the hook vmhook install kept): after vmhook's prepare they stop, unbind and wait again, an error of theirs fails the start, and they act again after vmhook's release",
+  );
+  assert.is(domain("hook scripts").fix, "remove /etc/libvirt/hooks/qemu.d/win: vmhook hands this VM's GPU over");
+  sim.cleanup();
+});
+
 test("shared group behind a root port: the hostdev fails, naming the device it shares with", async () => {
   const sim = sharedGroupHost();
   const { domain, report } = await doctor(sim, domainXml({ devices: GPU_AND_AUDIO }));

@@ -526,6 +526,25 @@ test("single GPU: GDM started by hand (not the display-manager.service alias) is
   assert.equal(kernel.sim.snapshot(), before);
 });
 
+test("single GPU, a desktop started with startx from a console login (no display manager at all): refused before anything changes, saying vmhook does not end such a desktop and what to do, not only to name a display manager", async () => {
+  const kernel = new GpuKernel()
+    .module({ name: "nvidia", driver: "nvidia", loaded: true })
+    .module({ name: "nvidia_modeset", uses: ["nvidia"], loaded: true })
+    .module({ name: "nvidia_drm", uses: ["nvidia_modeset"], loaded: true })
+    .device({ address: "0000:00:01.0", classCode: "0x060400", vendor: "0x8086", group: 1 })
+    .device({ address: GPU, classCode: "0x030000", vendor: "0x10de", nativeDriver: "nvidia", group: 1, bootVga: true, nodes: ["card0", "renderD128"], resetMethod: "bus" })
+    .session(1, { type: "tty", seat: "seat0", service: "login", user: "ana", uid: 1000, leader: { pid: 700, comm: "login", parent: 1 }, processes: { 701: ["Xorg", ["/dev/dri/card0"]] } })
+    .process(1, "systemd", ["/dev/null"]);
+  const before = kernel.sim.snapshot();
+  const result = await runHookEvent(kernel.sim, "prepare", "begin", domainXml("<vmhook:vfio/>"));
+  assert.is(result.code, 1);
+  assert.match(
+    firstLine(result.stderr),
+    `the GPU is in use: pid 701 (Xorg) holds /dev/dri/card0 in session-1.scope (session 1 of ana, type tty, service login, seat seat0); vmhook stops nothing here; no display manager runs as display-manager.service, nor as gdm.service, gdm3.service, sddm.service, lightdm.service, greetd.service or ly.service: a desktop started from a console login (startx, a compositor run from its shell) has none, and vmhook does not end it: quit it, then start the VM from that console or over ssh; a display manager under another name: name it in display-manager="UNIT" of <vmhook:vfio> or in "displayManagerUnits" under "plugins": {"vfio": …} of /etc/vmhook/vmhook.json`,
+  );
+  assert.equal(kernel.sim.snapshot(), before);
+});
+
 // At boot (libvirt autostart) a unit's start job may still wait (is-active says inactive): it would start on the GPU the VM took,
 // or (a helper) while the modules go, taking them back or failing with no GPU; and nothing would start it at release.
 const QUEUED_AT_BOOT: [string, string][] = [
@@ -1157,6 +1176,37 @@ test("two NVIDIA cards, the host keeps one: nvidia-persistenced, which holds eve
   assert.is((await runHookEvent(kernel.sim, "release", "end", xml)).code, 0);
   assert.ok(kernel.units.get("nvidia-persistenced.service")!.active);
   assert.equal(kernel.sim.snapshot(), before);
+});
+
+test("NVIDIA single GPU with nvidia-powerd (Dynamic Boost, enabled by NVIDIA's packages) holding /dev/nvidiactl: it is stopped with the helpers before the modules go and started at release; it used to refuse the start, naming it", async () => {
+  const kernel = nvidiaDesktop().unit({ name: "nvidia-powerd.service", active: true, processes: { 610: ["nvidia-powerd", ["/dev/nvidiactl", "/dev/nvidia0"]] } });
+  kernel.sim.file(`/proc/driver/nvidia/gpus/${GPU}/information`, "Device Minor: 0\n");
+  const before = kernel.sim.snapshot();
+  const xml = domainXml("<vmhook:vfio/>");
+  const prepare = await runHookEvent(kernel.sim, "prepare", "begin", xml);
+  assert.is(prepare.code, 0, prepare.stderr);
+  assert.is(kernel.driverOf(GPU), "vfio-pci");
+  assert.not.ok(kernel.units.get("nvidia-powerd.service")!.active);
+  assert.not.ok(kernel.loaded("nvidia"));
+  assert.is((await runHookEvent(kernel.sim, "release", "end", xml)).code, 0);
+  assert.ok(kernel.units.get("nvidia-powerd.service")!.active);
+  assert.equal(kernel.sim.snapshot(), before);
+});
+
+test("a start that failed after prepare (QEMU never ran: the screen goes dark, then the login screen is back): release says so in the log, naming libvirt's log of the VM; a VM that ran gets no such line", async () => {
+  const kernel = nvidiaDesktop();
+  const xml = domainXml("<vmhook:vfio/>");
+  const failedStart = "warn: win11 stopped before it ran: libvirt ended its start after prepare (it never reported started), so vmhook gives back what prepare took; why the start failed is in /var/log/libvirt/qemu/win11.log and in the error virsh start printed";
+  assert.is((await runHookEvent(kernel.sim, "prepare", "begin", xml, "win11")).code, 0);
+  assert.is((await runHookEvent(kernel.sim, "release", "end", xml, "win11")).code, 0);
+  assert.match(kernel.sim.read(paths.log), failedStart);
+
+  fs.rmSync(kernel.sim.resolve(paths.log));
+  assert.is((await runHookEvent(kernel.sim, "prepare", "begin", xml, "win11")).code, 0);
+  assert.is((await runHookEvent(kernel.sim, "started", "begin", xml, "win11")).code, 0);
+  assert.is((await runHookEvent(kernel.sim, "release", "end", xml, "win11")).code, 0);
+  assert.match(kernel.sim.read(paths.log), "released: ");
+  assert.not.match(kernel.sim.read(paths.log), "stopped before it ran");
 });
 
 test("single-gpu takes yes/no as every yes/no attribute does (true/on/1, false/off/0), beside auto", async () => {
