@@ -29,14 +29,15 @@ const SETTINGS_FILE_REASON = "it names commands and units root runs";
  * The built-in plugins with host settings: the keys each takes and its own
  * reader, run here so that a bad value refuses the whole file (a start
  * refuses, a release gives back with the defaults) instead of failing one
- * step or undo where the plugin reads it.
+ * step or undo where the plugin reads it. A Map: a name from the file
+ * ("constructor", "toString") must not find what every object inherits.
  */
-const PLUGIN_SETTINGS: Record<string, { keys: readonly string[]; read: (settings: Record<string, unknown>) => unknown }> = {
-  vfio: { keys: VFIO_SETTING_KEYS, read: readVfioSettings },
-  hugepages: { keys: [FLOOR_SETTING], read: floorSetting },
+const PLUGIN_SETTINGS = new Map<string, { keys: readonly string[]; read: (settings: Record<string, unknown>) => unknown }>([
+  ["vfio", { keys: VFIO_SETTING_KEYS, read: readVfioSettings }],
+  ["hugepages", { keys: [FLOOR_SETTING], read: floorSetting }],
   // Moved to the policy: still known, so that the forward plugin's refusal says where the list went.
-  forward: { keys: ["allowedHostPorts"], read: () => undefined },
-};
+  ["forward", { keys: ["allowedHostPorts"], read: () => undefined }],
+]);
 
 /** Custom plugins' settings are under "plugin:NAME"; the plugin reads its own keys. */
 const CUSTOM_PLUGIN_PREFIX = "plugin:";
@@ -59,9 +60,9 @@ function checkPluginSettings(name: string, settings: Record<string, unknown>): v
     pluginTimeLimitMs(settings, name, Infinity);
     return;
   }
-  const builtin = PLUGIN_SETTINGS[name];
+  const builtin = PLUGIN_SETTINGS.get(name);
   if (!builtin) {
-    const names = Object.keys(PLUGIN_SETTINGS);
+    const names = [...PLUGIN_SETTINGS.keys()];
     const meant = closest(name, names);
     throw new VmhookError(`${paths.hostConfig}: "plugins": {"${name}": …}: no plugin of this vmhook has host settings by that name${meant ? `; did you mean "${meant}"?` : ` (${inWords(names)} have; a custom plugin's are under "${CUSTOM_PLUGIN_PREFIX}NAME"): remove it`}`);
   }

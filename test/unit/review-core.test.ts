@@ -218,6 +218,9 @@ test("a host setting this vmhook does not know (a typo, one a later or earlier v
       [`{"plugins": {"vfio": {"displayManagerCommand": {"stop": ["rc-service", "sddm", "stop"], "start": ["rc-service", "sddm", "start"], "proceses": ["sddm"]}}}}`, `/etc/vmhook/vmhook.json: plugins.vfio.displayManagerCommand.proceses is not a setting of the vfio plugin; did you mean "processes"?`],
       [`{"plugins": {"vifo": {"bindTimeoutSeconds": 30}}}`, `/etc/vmhook/vmhook.json: "plugins": {"vifo": …}: no plugin of this vmhook has host settings by that name; did you mean "vfio"?`],
       [`{"plugins": {"isolate": {}}}`, `/etc/vmhook/vmhook.json: "plugins": {"isolate": …}: no plugin of this vmhook has host settings by that name (vfio, hugepages and forward have; a custom plugin's are under "plugin:NAME"): remove it`],
+      // Names every JavaScript object has (Object.prototype's): no plugin's either.
+      [`{"plugins": {"constructor": {}}}`, `/etc/vmhook/vmhook.json: "plugins": {"constructor": …}: no plugin of this vmhook has host settings by that name (vfio, hugepages and forward have; a custom plugin's are under "plugin:NAME"): remove it`],
+      [`{"plugins": {"toString": {"keys": 1}}}`, `/etc/vmhook/vmhook.json: "plugins": {"toString": …}: no plugin of this vmhook has host settings by that name (vfio, hugepages and forward have; a custom plugin's are under "plugin:NAME"): remove it`],
     ];
     for (const [text, message] of cases) {
       sim.file(paths.hostConfig, text);
