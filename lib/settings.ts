@@ -1,7 +1,7 @@
 // Host-level settings: /etc/vmhook/vmhook.json, written by root. Per-VM
 // configuration lives in the domain's metadata; this file only holds what
 // belongs to the host (time limits, host-specific plugin defaults).
-import { VmhookError } from "./errors.ts";
+import { jsonText, VmhookError } from "./errors.ts";
 import type { Host } from "./host.ts";
 import { paths } from "./paths.ts";
 import { rootsAloneProblem } from "./custom-plugins/trust.ts";
@@ -85,14 +85,14 @@ export function loadSettings(host: Host): HostSettings {
     throw new VmhookError(`${paths.hostConfig} is not valid JSON (${(error as Error).message}); fix or remove it`);
   }
   if (notObject(raw)) {
-    throw new VmhookError(`${paths.hostConfig} holds ${JSON.stringify(raw)}; it must be a JSON object such as {"deadlineSeconds": 120}`);
+    throw new VmhookError(`${paths.hostConfig} holds ${jsonText(raw)}; it must be a JSON object such as {"deadlineSeconds": 120}`);
   }
   const known = Object.keys(DEFAULT_SETTINGS);
   for (const key of Object.keys(raw)) refuseUnknown(key, known, `${JSON.stringify(key)} is not a host setting of this vmhook`);
   const seconds = (key: "deadlineSeconds" | "undoDeadlineSeconds") => {
     const value = raw[key] ?? DEFAULT_SETTINGS[key];
     if (typeof value !== "number" || !(value > 0 && value <= 3600)) {
-      throw new VmhookError(`${paths.hostConfig}: "${key}" is ${JSON.stringify(value)}; use a number of seconds from 1 to 3600`);
+      throw new VmhookError(`${paths.hostConfig}: "${key}" is ${jsonText(value)}; use a number of seconds from 1 to 3600`);
     }
     return value;
   };
@@ -115,7 +115,7 @@ export function pluginTimeLimitMs(pluginSettings: Record<string, unknown>, plugi
   if (!pluginId.startsWith("plugin:")) return Math.max(1, remainingMs);
   const seconds = pluginSettings.timeoutSeconds ?? DEFAULT_PLUGIN_TIMEOUT_SECONDS;
   if (typeof seconds !== "number" || !(seconds > 0 && seconds <= 3600)) {
-    throw new VmhookError(`${paths.hostConfig}: "plugins": {"${pluginId}": {"timeoutSeconds": ${JSON.stringify(seconds)}}} must be a number of seconds from 1 to 3600`);
+    throw new VmhookError(`${paths.hostConfig}: "plugins": {"${pluginId}": {"timeoutSeconds": ${jsonText(seconds)}}} must be a number of seconds from 1 to 3600`);
   }
   return Math.max(1, Math.min(seconds * 1000, remainingMs));
 }
