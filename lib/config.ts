@@ -13,7 +13,7 @@ import type { AnyPlugin, PluginRegistry } from "./plugin.ts";
 import { authorizeCustomPlugin, authorizeInstances } from "./authorize.ts";
 import { loadPolicy } from "./policy.ts";
 import { loadSettings, type HostSettings } from "./settings.ts";
-import { PATTERNS } from "./validate.ts";
+import { PATTERNS, PLUGIN_NAME_RULE } from "./validate.ts";
 
 /** The element <vmhook:plugin name="NAME"> names a custom plugin, journaled as "plugin:NAME". */
 export const CUSTOM_ELEMENT = "plugin";
@@ -226,7 +226,7 @@ function customId(element: XmlElement): string {
   if (!element.hasAttribute("name")) throw new ConfigError(describeElement(element), `has no name attribute; write <vmhook:plugin name="NAME"> with NAME a file in the plugins directory`);
   const name = element.getAttribute("name")!;
   if (!PATTERNS.pluginName.test(name)) {
-    throw new ConfigError(describeElement(element), `name="${name}" is not a plugin name: lower-case letters, digits, ".", "_" and "-", starting with a letter or digit`);
+    throw new ConfigError(describeElement(element), `name="${name}" is not a plugin name: ${PLUGIN_NAME_RULE}`);
   }
   return `${CUSTOM_PREFIX}${name}`;
 }

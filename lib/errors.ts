@@ -38,6 +38,19 @@ export class StrayError extends VmhookError {
   }
 }
 
+/** Stands in for a number JSON cannot write, inside jsonText. */
+const NOT_JSON_NUMBER = "\u0000";
+
+/**
+ * A value read from a JSON file (root's settings, policy), as a message
+ * quotes it: its JSON, but a number beyond a double's range (1e400, which
+ * JSON.parse reads as Infinity) as what it is, not the null JSON.stringify writes.
+ */
+export function jsonText(value: unknown): string {
+  const text = JSON.stringify(value, (_key, item: unknown) => (typeof item === "number" && !Number.isFinite(item) ? `${NOT_JSON_NUMBER}${item}` : item)) ?? "nothing";
+  return text.replace(/"\\u0000(-?)Infinity"/g, (_, minus: string) => (minus ? "-1.8e308 or less" : "1.8e308 or more"));
+}
+
 export function describeError(error: unknown): string {
   if (error instanceof Error) return error.message;
   return String(error);

@@ -5,7 +5,7 @@
 // stop, modules to load, CPUs and memory taken from the host, custom plugins
 // — must be allowed here. Read from /etc/vmhook/policy.json (root-owned,
 // checked like plugins.d); without it the defaults below apply.
-import { VmhookError } from "./errors.ts";
+import { jsonText, VmhookError } from "./errors.ts";
 import type { Host } from "./host.ts";
 import { paths } from "./paths.ts";
 import { rootsAloneProblem } from "./custom-plugins/trust.ts";
@@ -91,7 +91,7 @@ export function loadPolicy(host: Host): HostPolicy {
 const isObject = (value: unknown): value is Record<string, unknown> => typeof value === "object" && value !== null && !Array.isArray(value);
 
 function fail(key: string, value: unknown, want: string): never {
-  throw new VmhookError(`${paths.policy}: "${key}" is ${JSON.stringify(value)}; ${want}`);
+  throw new VmhookError(`${paths.policy}: "${key}" is ${jsonText(value)}; ${want}`);
 }
 
 function section(raw: Record<string, unknown>, key: string, known: string[]): Record<string, unknown> {

@@ -1,7 +1,7 @@
 // Host-level settings: /etc/vmhook/vmhook.json, written by root. Per-VM
 // configuration lives in the domain's metadata; this file only holds what
 // belongs to the host (time limits, host-specific plugin defaults).
-import { VmhookError } from "./errors.ts";
+import { jsonText, VmhookError } from "./errors.ts";
 import type { Host } from "./host.ts";
 import { paths } from "./paths.ts";
 import { rootsAloneProblem } from "./custom-plugins/trust.ts";
@@ -29,14 +29,15 @@ const SETTINGS_FILE_REASON = "it names commands and units root runs";
  * The built-in plugins with host settings: the keys each takes and its own
  * reader, run here so that a bad value refuses the whole file (a start
  * refuses, a release gives back with the defaults) instead of failing one
- * step or undo where the plugin reads it.
+ * step or undo where the plugin reads it. A Map: a name from the file
+ * ("constructor", "toString") must not find what every object inherits.
  */
-const PLUGIN_SETTINGS: Record<string, { keys: readonly string[]; read: (settings: Record<string, unknown>) => unknown }> = {
-  vfio: { keys: VFIO_SETTING_KEYS, read: readVfioSettings },
-  hugepages: { keys: [FLOOR_SETTING], read: floorSetting },
+const PLUGIN_SETTINGS = new Map<string, { keys: readonly string[]; read: (settings: Record<string, unknown>) => unknown }>([
+  ["vfio", { keys: VFIO_SETTING_KEYS, read: readVfioSettings }],
+  ["hugepages", { keys: [FLOOR_SETTING], read: floorSetting }],
   // Moved to the policy: still known, so that the forward plugin's refusal says where the list went.
-  forward: { keys: ["allowedHostPorts"], read: () => undefined },
-};
+  ["forward", { keys: ["allowedHostPorts"], read: () => undefined }],
+]);
 
 /** Custom plugins' settings are under "plugin:NAME"; the plugin reads its own keys. */
 const CUSTOM_PLUGIN_PREFIX = "plugin:";
@@ -59,9 +60,9 @@ function checkPluginSettings(name: string, settings: Record<string, unknown>): v
     pluginTimeLimitMs(settings, name, Infinity);
     return;
   }
-  const builtin = PLUGIN_SETTINGS[name];
+  const builtin = PLUGIN_SETTINGS.get(name);
   if (!builtin) {
-    const names = Object.keys(PLUGIN_SETTINGS);
+    const names = [...PLUGIN_SETTINGS.keys()];
     const meant = closest(name, names);
     throw new VmhookError(`${paths.hostConfig}: "plugins": {"${name}": …}: no plugin of this vmhook has host settings by that name${meant ? `; did you mean "${meant}"?` : ` (${inWords(names)} have; a custom plugin's are under "${CUSTOM_PLUGIN_PREFIX}NAME"): remove it`}`);
   }
@@ -84,14 +85,14 @@ export function loadSettings(host: Host): HostSettings {
     throw new VmhookError(`${paths.hostConfig} is not valid JSON (${(error as Error).message}); fix or remove it`);
   }
   if (notObject(raw)) {
-    throw new VmhookError(`${paths.hostConfig} holds ${JSON.stringify(raw)}; it must be a JSON object such as {"deadlineSeconds": 120}`);
+    throw new VmhookError(`${paths.hostConfig} holds ${jsonText(raw)}; it must be a JSON object such as {"deadlineSeconds": 120}`);
   }
   const known = Object.keys(DEFAULT_SETTINGS);
   for (const key of Object.keys(raw)) refuseUnknown(key, known, `${JSON.stringify(key)} is not a host setting of this vmhook`);
   const seconds = (key: "deadlineSeconds" | "undoDeadlineSeconds") => {
     const value = raw[key] ?? DEFAULT_SETTINGS[key];
     if (typeof value !== "number" || !(value > 0 && value <= 3600)) {
-      throw new VmhookError(`${paths.hostConfig}: "${key}" is ${JSON.stringify(value)}; use a number of seconds from 1 to 3600`);
+      throw new VmhookError(`${paths.hostConfig}: "${key}" is ${jsonText(value)}; use a number of seconds from 1 to 3600`);
     }
     return value;
   };
@@ -114,7 +115,7 @@ export function pluginTimeLimitMs(pluginSettings: Record<string, unknown>, plugi
   if (!pluginId.startsWith("plugin:")) return Math.max(1, remainingMs);
   const seconds = pluginSettings.timeoutSeconds ?? DEFAULT_PLUGIN_TIMEOUT_SECONDS;
   if (typeof seconds !== "number" || !(seconds > 0 && seconds <= 3600)) {
-    throw new VmhookError(`${paths.hostConfig}: "plugins": {"${pluginId}": {"timeoutSeconds": ${JSON.stringify(seconds)}}} must be a number of seconds from 1 to 3600`);
+    throw new VmhookError(`${paths.hostConfig}: "plugins": {"${pluginId}": {"timeoutSeconds": ${jsonText(seconds)}}} must be a number of seconds from 1 to 3600`);
   }
   return Math.max(1, Math.min(seconds * 1000, remainingMs));
 }

@@ -11,11 +11,14 @@ export const PATTERNS = {
   moduleName: /^[a-zA-Z0-9_][a-zA-Z0-9_-]{0,63}$/,
   /** mdev type ids (i915-GVTg_V5_4, nvidia-63, mtty-2). */
   mdevType: /^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$/,
-  /** Custom plugin names: never a path. */
-  pluginName: /^[a-z0-9][a-z0-9._-]*$/,
+  /** Custom plugin names: never a path, and NAME.mjs within a file name's 255 bytes (longer, stat fails with ENAMETOOLONG). */
+  pluginName: /^[a-z0-9][a-z0-9._-]{0,250}$/,
   /** systemd unit names. Never starting with "-": they become arguments of systemctl. */
   unitName: /^[A-Za-z0-9:_.@\\][A-Za-z0-9:_.@\\-]{0,254}$/,
 };
+
+/** PATTERNS.pluginName in words, for the messages that refuse a name. */
+export const PLUGIN_NAME_RULE = 'at most 251 lower-case letters, digits, ".", "_" and "-", starting with a letter or digit';
 
 /** Accepts 0000:01:00.0, 10000:e1:00.0, 01:00.0 (domain 0000) in any case; returns the kernel's name of the device (lower case, the domain in 4 digits or more). */
 export function parsePciAddress(value: string, element: string, attribute: string): string {

@@ -259,6 +259,9 @@ interface EnableArgs extends DomainArgs {
   settings: string[];
 }
 
+/** A character outside XML 1.0's Char production (C0 controls but tab and line breaks, U+FFFE, U+FFFF, a lone surrogate). */
+const NOT_XML_CHARACTER = /[^\t\n\r\u0020-\ud7ff\ue000-\ufffd\u{10000}-\u{10ffff}]/u;
+
 /** "size=2M" → ["size", "2M"]. */
 function parseSetting(setting: string, plugin: string): [string, string] {
   if (setting.startsWith("xmlns")) {
@@ -266,6 +269,11 @@ function parseSetting(setting: string, plugin: string): [string, string] {
   }
   const match = /^([A-Za-z_][\w.-]*)=(.*)$/s.exec(setting);
   if (!match) throw new VmhookError(`"${setting}" is not attribute=value; write e.g. size=2M`);
+  // Caught here, the value named: the metadata it would be written into would not parse, blamed on the domain's XML.
+  const unwritable = NOT_XML_CHARACTER.exec(match[2]!)?.[0];
+  if (unwritable !== undefined) {
+    throw new VmhookError(`"${setting}": the value holds the character U+${unwritable.codePointAt(0)!.toString(16).toUpperCase().padStart(4, "0")}, which XML cannot hold, so no domain's metadata can; write the value without it`);
+  }
   return [match[1]!, match[2]!];
 }
 

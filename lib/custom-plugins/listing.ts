@@ -3,7 +3,7 @@
 import { describeError } from "../errors.ts";
 import type { Host } from "../host.ts";
 import { paths } from "../paths.ts";
-import { PATTERNS } from "../validate.ts";
+import { PATTERNS, PLUGIN_NAME_RULE } from "../validate.ts";
 import { PROTOCOL_VERSION } from "./executable.ts";
 import { importModulePlugin, moduleImports } from "./module.ts";
 import { fileRefusal, pluginsDirProblem, type PluginFile } from "./trust.ts";
@@ -30,7 +30,7 @@ export async function listInstalledPlugins(host: Host, options: { describe: bool
     const name = entry.replace(/\.m?js$/, "");
     const file: PluginFile = { name, path: `${paths.pluginsDir}/${entry}`, kind: entry === name ? "executable" : "module" };
     const problem = !PATTERNS.pluginName.test(name)
-      ? `ignored: "${name}" is not a plugin name (lower-case letters, digits, ".", "_", "-")`
+      ? `ignored: "${name}" is not a plugin name (${PLUGIN_NAME_RULE})`
       : directoryProblem
         ? `refused: the plugins directory is unsafe`
         : fileRefusal(host, file);

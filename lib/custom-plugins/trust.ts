@@ -4,7 +4,7 @@
 import { VmhookError } from "../errors.ts";
 import type { Host } from "../host.ts";
 import { paths } from "../paths.ts";
-import { PATTERNS } from "../validate.ts";
+import { PATTERNS, PLUGIN_NAME_RULE } from "../validate.ts";
 
 /** Plugins run as root: root must own them. */
 export const ROOT_UID = 0;
@@ -76,7 +76,7 @@ export const customPluginPresent = (host: Host, name: string): boolean => PATTER
 export function findCustomPlugin(host: Host, name: string): PluginFile {
   const element = `<vmhook:plugin name="${name}">`;
   if (!PATTERNS.pluginName.test(name)) {
-    throw new VmhookError(`${element}: "${name}" is not a plugin name (lower-case letters, digits, ".", "_", "-"); plugin names are never paths`);
+    throw new VmhookError(`${element}: "${name}" is not a plugin name (${PLUGIN_NAME_RULE}); plugin names are never paths`);
   }
   if (!host.stat(paths.pluginsDir)) {
     throw new VmhookError(`${element}: plugin ${name} is not installed: ${paths.pluginsDir} does not exist; create it (owned by root, mode 755) and install the plugin there`);

@@ -3,7 +3,7 @@
 // facts read beforehand (readHostView), so `vmhook plan`, `validate`,
 // `doctor` and host policy ask the same question prepare does.
 import { boundedProduct, boundedSum } from "../../lib/bounded.ts";
-import { VmhookError } from "../../lib/errors.ts";
+import { jsonText, VmhookError } from "../../lib/errors.ts";
 import type { Host } from "../../lib/host.ts";
 import { hugepagePool, memoryFacts, type MemoryFacts } from "../../lib/memory.ts";
 import { paths } from "../../lib/paths.ts";
@@ -31,7 +31,7 @@ export function floorSetting(settings: Record<string, unknown>): number | undefi
   if (value === undefined) return undefined;
   if (typeof value !== "number" || !Number.isSafeInteger(value) || value < 0 || value > MAX_FLOOR_MIB) {
     throw new VmhookError(
-      `${paths.hostConfig}: "plugins": {"hugepages": {"${FLOOR_SETTING}": ${JSON.stringify(value)}}} is not a whole number of MiB from 0 to ${MAX_FLOOR_MIB}; e.g. 2048 keeps 2 GiB free`,
+      `${paths.hostConfig}: "plugins": {"hugepages": {"${FLOOR_SETTING}": ${jsonText(value)}}} is not a whole number of MiB from 0 to ${MAX_FLOOR_MIB}; e.g. 2048 keeps 2 GiB free`,
     );
   }
   return value;

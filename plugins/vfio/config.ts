@@ -6,7 +6,7 @@
 import type { XmlElement } from "../../lib/xml.ts";
 import { readAttributes, single } from "../../lib/element.ts";
 import { describeElement, type Domain } from "../../lib/domain.ts";
-import { ConfigError, VmhookError } from "../../lib/errors.ts";
+import { ConfigError, jsonText, VmhookError } from "../../lib/errors.ts";
 import { paths } from "../../lib/paths.ts";
 import { closest } from "../../lib/cli/usage.ts";
 import { checkPattern, parsePciAddress, parseYesNo, PATTERNS } from "../../lib/validate.ts";
@@ -106,13 +106,13 @@ export function readVfioSettings(raw: Record<string, unknown>): VfioSettings {
   const where = (key: string) => `${paths.hostConfig}: plugins.vfio.${key}`;
   const strings = (key: string, value: unknown, pattern?: RegExp): string[] => {
     if (!Array.isArray(value) || !value.every((item) => typeof item === "string" && (!pattern || pattern.test(item)))) {
-      throw new VmhookError(`${where(key)} must be a list of ${pattern ? "names" : "strings"}, e.g. ["gdm.service"]; it is ${JSON.stringify(value)}`);
+      throw new VmhookError(`${where(key)} must be a list of ${pattern ? "names" : "strings"}, e.g. ["gdm.service"]; it is ${jsonText(value)}`);
     }
     return value as string[];
   };
   const seconds = (key: "stopTimeoutSeconds" | "bindTimeoutSeconds"): number => {
     const value = raw[key] ?? DEFAULT_SETTINGS[key];
-    if (typeof value !== "number" || !(value > 0 && value <= 600)) throw new VmhookError(`${where(key)} must be a number of seconds from 1 to 600; it is ${JSON.stringify(value)}`);
+    if (typeof value !== "number" || !(value > 0 && value <= 600)) throw new VmhookError(`${where(key)} must be a number of seconds from 1 to 600; it is ${jsonText(value)}`);
     return value;
   };
   // A longer name never equals a comm: prepare would refuse the display manager's own processes as outsiders, release wait for them in vain.

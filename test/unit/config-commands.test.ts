@@ -147,6 +147,17 @@ test("enable with a setting named xmlns or xmlns:x (a namespace, not an attribut
     assert.not.ok(libvirt.calls().some((args) => args.includes("metadata")), "nothing was written");
   }));
 
+test("enable with a value holding a control character XML cannot hold (size=2M^A): refused naming the setting and the character, not blamed on the domain's XML; nothing stored", () =>
+  withDomain(async (sim, libvirt) => {
+    const enabled = await cli(["enable", "win11", "hugepages", "size=2M\u0001", "--root", sim.root]);
+    assert.equal(
+      [enabled.code, enabled.stderr],
+      [1, `vmhook: "size=2M\\u0001": the value holds the character U+0001, which XML cannot hold, so no domain's metadata can; write the value without it\n`],
+    );
+    assert.equal(elements(libvirt.xml("config")), ["nosleep"]);
+    assert.not.ok(libvirt.calls().some((args) => args.includes("metadata")), "nothing was written");
+  }));
+
 test("config --edit while someone else changes the metadata: refused, their change kept, the edit shown so it is not lost", () =>
   withDomain(async (sim, libvirt) => {
     const theirs = DOMAIN.replace("<vmhook:nosleep/>", '<vmhook:nosleep/><vmhook:isolate host-cpus="0-1"/>');

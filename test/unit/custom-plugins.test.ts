@@ -310,6 +310,20 @@ test("safety: a named plugin that is missing fails prepare naming the directory 
   sim.cleanup();
 });
 
+test("safety: a plugin name too long to be a file name (NAME.mjs over 255 bytes) is refused as a name, not as a file vmhook cannot stat", async () => {
+  const sim = pluginHost();
+  const longest = "a".repeat(251);
+  const fits = await runHookEvent(sim, "prepare", "begin", domainXml(`<vmhook:plugin name="${longest}"/>`));
+  assert.is(fits.code, 1);
+  assert.match(fits.stderr.split("\n")[0]!, `plugin ${longest} is not installed: searched /etc/vmhook/plugins.d for ${longest}, ${longest}.js, ${longest}.mjs`);
+  const tooLong = `${longest}a`;
+  const outcome = await runHookEvent(sim, "prepare", "begin", domainXml(`<vmhook:plugin name="${tooLong}"/>`));
+  assert.is(outcome.code, 1);
+  assert.match(outcome.stderr.split("\n")[0]!, `name="${tooLong}" is not a plugin name: at most 251 lower-case letters`);
+  assert.throws(() => findCustomPlugin(sim, tooLong), /is not a plugin name \(at most 251 lower-case letters/);
+  sim.cleanup();
+});
+
 test("undo order: custom plugins are undone in reverse order of their steps", async () => {
   const sim = pluginHost();
   install(sim, "first", shellPlugin("first"));

@@ -304,6 +304,8 @@ test("a policy file with bad JSON, an unknown key or a bad value is refused nami
     [`{"vfio": {"devices": ["02:00.0"]}}`, `"vfio.devices" is ["02:00.0"]; it must be a list like ["0000:03:00.0"]`],
     [`{"vfio": {"modules": ["../x"]}}`, `"vfio.modules" is ["../x"]`],
     [`{"isolate": {"minHostCpus": 0}}`, `"isolate.minHostCpus" is 0; it must be a whole number from 1 to 8192`],
+    // JSON.parse reads 1e400 as Infinity, which JSON.stringify writes null: the message must not say the file holds null.
+    [`{"isolate": {"minHostCpus": 1e400}}`, `"isolate.minHostCpus" is 1.8e308 or more; it must be a whole number from 1 to 8192`],
     [`{"hugepages": {"maxMiBPerVm": "lots"}}`, `"hugepages.maxMiBPerVm" is "lots"`],
     [`{"plugins": "all"}`, `"plugins" is "all"; it must be a list like ["looking-glass"]`],
     [`{"forward": {"hostPorts": "22"}}`, `"forward.hostPorts" is "22"; it must be a list of ports and ranges from 1 to 65535`],

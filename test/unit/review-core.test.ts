@@ -204,6 +204,25 @@ test("host settings that are not JSON objects are errors naming the file and wha
   }
 });
 
+test("a number in the host settings beyond what JSON.parse holds (1e400, read as Infinity) is refused as that, not said to be null as JSON.stringify writes it", () => {
+  const sim = new SimHost();
+  try {
+    const cases: [string, string][] = [
+      [`{"deadlineSeconds": 1e400}`, `/etc/vmhook/vmhook.json: "deadlineSeconds" is 1.8e308 or more; use a number of seconds from 1 to 3600`],
+      [`{"plugins": {"plugin:gate": {"timeoutSeconds": -1e400}}}`, `/etc/vmhook/vmhook.json: "plugins": {"plugin:gate": {"timeoutSeconds": -1.8e308 or less}} must be a number of seconds from 1 to 3600`],
+      [`{"plugins": {"vfio": {"stopTimeoutSeconds": 1e999}}}`, `/etc/vmhook/vmhook.json: plugins.vfio.stopTimeoutSeconds must be a number of seconds from 1 to 600; it is 1.8e308 or more`],
+      [`{"plugins": {"vfio": {"helperServices": [1e400]}}}`, `/etc/vmhook/vmhook.json: plugins.vfio.helperServices must be a list of names, e.g. ["gdm.service"]; it is [1.8e308 or more]`],
+      [`{"plugins": {"hugepages": {"minFreeMiB": 1e400}}}`, `/etc/vmhook/vmhook.json: "plugins": {"hugepages": {"minFreeMiB": 1.8e308 or more}} is not a whole number of MiB from 0 to 4294967296; e.g. 2048 keeps 2 GiB free`],
+    ];
+    for (const [text, message] of cases) {
+      sim.file(paths.hostConfig, text);
+      assert.throws(() => loadSettings(sim), (error: Error) => error.message === message, text);
+    }
+  } finally {
+    sim.cleanup();
+  }
+});
+
 test("a host setting this vmhook does not know (a typo, one a later or earlier vmhook has), at the top, of a plugin or a plugin's name, is refused naming it and the one meant, not silently left at its default", () => {
   const sim = new SimHost();
   try {
@@ -218,6 +237,9 @@ test("a host setting this vmhook does not know (a typo, one a later or earlier v
       [`{"plugins": {"vfio": {"displayManagerCommand": {"stop": ["rc-service", "sddm", "stop"], "start": ["rc-service", "sddm", "start"], "proceses": ["sddm"]}}}}`, `/etc/vmhook/vmhook.json: plugins.vfio.displayManagerCommand.proceses is not a setting of the vfio plugin; did you mean "processes"?`],
       [`{"plugins": {"vifo": {"bindTimeoutSeconds": 30}}}`, `/etc/vmhook/vmhook.json: "plugins": {"vifo": …}: no plugin of this vmhook has host settings by that name; did you mean "vfio"?`],
       [`{"plugins": {"isolate": {}}}`, `/etc/vmhook/vmhook.json: "plugins": {"isolate": …}: no plugin of this vmhook has host settings by that name (vfio, hugepages and forward have; a custom plugin's are under "plugin:NAME"): remove it`],
+      // Names every JavaScript object has (Object.prototype's): no plugin's either.
+      [`{"plugins": {"constructor": {}}}`, `/etc/vmhook/vmhook.json: "plugins": {"constructor": …}: no plugin of this vmhook has host settings by that name (vfio, hugepages and forward have; a custom plugin's are under "plugin:NAME"): remove it`],
+      [`{"plugins": {"toString": {"keys": 1}}}`, `/etc/vmhook/vmhook.json: "plugins": {"toString": …}: no plugin of this vmhook has host settings by that name (vfio, hugepages and forward have; a custom plugin's are under "plugin:NAME"): remove it`],
     ];
     for (const [text, message] of cases) {
       sim.file(paths.hostConfig, text);
