@@ -1,11 +1,46 @@
 // systemd as vmhook asks it: whether it is the running init (sd_booted(3)'s
-// test, the directory systemd creates at boot) and whether a unit runs. One
-// place, so every plugin agrees.
+// test, the directory systemd creates at boot), whether a unit runs and where
+// it keeps its units' cgroups. One place, so every plugin agrees.
 import { VmhookError } from "./errors.ts";
 import type { Host } from "./host.ts";
 import type { BaseContext } from "./plugin.ts";
 
 export const systemdRuns = (host: Host): boolean => host.exists("/run/systemd/system");
+
+/** The hierarchy systemd keeps its units' cgroups in: where it is mounted, and the line of /proc/PID/cgroup that gives a process's path in it. */
+export interface UnitHierarchy {
+  mount: string;
+  entry: RegExp;
+}
+
+const V2_ENTRY = /^0::(.*)$/m;
+
+/**
+ * Where systemd keeps its units' cgroups, as it mounted them at boot (its
+ * cg_unified_cached()): cgroup v2 at /sys/fs/cgroup (unified, systemd 247's
+ * default); v2 at /sys/fs/cgroup/unified beside the v1 controllers (hybrid:
+ * Debian 10, Ubuntu 20.04, and any host booted with
+ * systemd.unified_cgroup_hierarchy=0); v1's name=systemd hierarchy at
+ * /sys/fs/cgroup/systemd (legacy). A unit's cgroup path, as systemctl show's
+ * ControlGroup= gives it, is the same in each. Undefined when none is mounted.
+ */
+export function unitHierarchy(host: Host): UnitHierarchy | undefined {
+  if (host.exists("/sys/fs/cgroup/cgroup.controllers")) return { mount: "/sys/fs/cgroup", entry: V2_ENTRY };
+  if (host.exists("/sys/fs/cgroup/unified/cgroup.controllers")) return { mount: "/sys/fs/cgroup/unified", entry: V2_ENTRY };
+  if (host.exists("/sys/fs/cgroup/systemd/cgroup.procs")) return { mount: "/sys/fs/cgroup/systemd", entry: /^\d+:name=systemd:(.*)$/m };
+  return undefined;
+}
+
+/** The processes in a unit's cgroup (none when it is gone); throws when no hierarchy of systemd's is mounted, as then no process could be seen. */
+export function cgroupProcesses(host: Host, cgroup: string): string[] {
+  const hierarchy = unitHierarchy(host);
+  if (!hierarchy) {
+    throw new VmhookError(
+      `vmhook cannot see the processes of ${cgroup}: neither cgroup v2 (/sys/fs/cgroup, or /sys/fs/cgroup/unified beside v1) nor systemd's v1 hierarchy (/sys/fs/cgroup/systemd) is mounted; mount them as systemd does at boot, or boot with systemd as init`,
+    );
+  }
+  return (host.readTrimmed(`${hierarchy.mount}${cgroup}/cgroup.procs`) ?? "").split("\n").filter(Boolean);
+}
 
 /**
  * The states `systemctl is-active` prints for a unit that does not run. Its

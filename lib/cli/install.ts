@@ -211,7 +211,7 @@ export function install(host: Host, binary: string, { cliLink = true } = {}): In
   try {
     for (const [dir, mode] of [[path.dirname(HOOK), 0o755], [paths.pluginsDir, 0o755], [paths.stateDir, 0o700]] as const) {
       // the first directory it made, holding only what this install puts there
-      const made = fs.mkdirSync(host.resolve(dir), { recursive: true, mode });
+      const made = makeDirectories(host.resolve(dir), mode);
       if (made) undos.push(() => fs.rmSync(made, { recursive: true, force: true }));
     }
     const temporary = installedAsIs(binary, hook) ? undefined : `${hook}.vmhook-new`;
@@ -230,10 +230,11 @@ export function install(host: Host, binary: string, { cliLink = true } = {}): In
       undos.push(() => fs.renameSync(saved, hook));
       if (libvirtRanIt) {
         const launcher = host.resolve(SAVED_HOOK_LAUNCHER);
-        fs.mkdirSync(path.dirname(launcher), { recursive: true, mode: 0o755 });
+        makeDirectories(path.dirname(launcher), 0o755);
         undos.push(() => fs.rmSync(launcher, { force: true }));
         // stdin (the domain XML) and stdout (replacement XML on migrate/restore) pass straight through exec
         fs.writeFileSync(launcher, `#!/bin/sh\n# the hook that was ${HOOK} before vmhook install; vmhook uninstall puts it back\nexec ${SAVED_HOOK} "$@"\n`, { mode: 0o755 });
+        fs.chmodSync(launcher, 0o755);
       }
       record.savedHook = SAVED_HOOK;
       hooksChanged = true;
@@ -277,12 +278,27 @@ export function install(host: Host, binary: string, { cliLink = true } = {}): In
   } else if (present(host, CLI_LINK) && !replaceableLink(link)) {
     notes.push(`left ${CLI_LINK} alone: it is not vmhook's link; run the CLI as ${HOOK} under another name`);
   } else {
-    fs.mkdirSync(path.dirname(link), { recursive: true, mode: 0o755 });
+    makeDirectories(path.dirname(link), 0o755);
     fs.rmSync(link, { force: true });
     fs.symlinkSync(HOOK, link); // invoked as "vmhook", the same binary is the CLI
     notes.push(`linked ${CLI_LINK} -> ${HOOK}`);
   }
   return { notes, hooksChanged };
+}
+
+/**
+ * mkdir -p with `mode` on every directory it makes, whatever the umask: mkdir
+ * takes the umask off, and a 077 one (hardened hosts) left /etc/vmhook to root
+ * alone, so every user's vmhook validate and plan failed reading its policy.
+ * Returns the first directory made, as fs.mkdirSync does.
+ */
+function makeDirectories(dir: string, mode: number): string | undefined {
+  const made = fs.mkdirSync(dir, { recursive: true, mode });
+  for (let each = dir; made !== undefined; each = path.dirname(each)) {
+    fs.chmodSync(each, mode);
+    if (each === made) break;
+  }
+  return made;
 }
 
 /** Removes the hook (putting back the one it replaced) and the CLI link; --purge also vmhook's own files. */

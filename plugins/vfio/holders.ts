@@ -10,10 +10,11 @@
 // logind's records under /run/systemd.
 import type { Host } from "../../lib/host.ts";
 import { procStat } from "../../lib/processes.ts";
+import { unitHierarchy } from "../../lib/systemd.ts";
 import { PATTERNS } from "../../lib/validate.ts";
 import type { Holder } from "./survey.ts";
 
-/** Where a holder lives, from its cgroup v2 path. */
+/** Where a holder lives, from its cgroup path. */
 export interface HolderPlace {
   /** The cgroup path ("/system.slice/gdm.service"); undefined when it could not be read. */
   cgroup?: string;
@@ -101,21 +102,28 @@ export const endsWithDisplayManager = (session: LogindSession | undefined) =>
  * (a compositor's too) are "tty", as a text login's on seat0, whose leader
  * is login(1), a child of PID 1.
  */
-function openedByDisplayManager(host: Host, session: LogindSession | undefined, displayManagerCgroups: string[]): boolean {
+function openedByDisplayManager(host: Host, entry: RegExp, session: LogindSession | undefined, displayManagerCgroups: string[]): boolean {
   if (session?.leader === undefined || session.seat !== DISPLAY_MANAGER_SEAT || session.state === "closing") return false;
   const parent = Number(procStat(host, session.leader)?.[1]);
-  const cgroup = Number.isSafeInteger(parent) && parent > 1 ? cgroupOf(host, parent) : undefined;
+  const cgroup = Number.isSafeInteger(parent) && parent > 1 ? cgroupOf(host, entry, parent) : undefined;
   return cgroup !== undefined && displayManagerCgroups.some((unit) => within(cgroup, unit));
 }
 
-/** A process's cgroup v2 path ("0::/path"); undefined when it cannot be read. */
-function cgroupOf(host: Host, pid: number): string | undefined {
-  return (host.readTrimmed(`/proc/${pid}/cgroup`) ?? "").split("\n").find((entry) => entry.startsWith("0::"))?.slice(3);
+/**
+ * The line of /proc/PID/cgroup that places a process in systemd's units:
+ * cgroup v2's ("0::/path") unless systemd keeps them in v1's name=systemd
+ * (lib/systemd.ts); the v2 line too where no hierarchy of systemd's is mounted.
+ */
+const placeEntry = (host: Host): RegExp => unitHierarchy(host)?.entry ?? /^0::(.*)$/m;
+
+/** A process's cgroup path from its `entry` line; undefined when it cannot be read. */
+function cgroupOf(host: Host, entry: RegExp, pid: number): string | undefined {
+  return entry.exec(host.readTrimmed(`/proc/${pid}/cgroup`) ?? "")?.[1];
 }
 
-/** A process's cgroup v2 path, unit, session and user manager. */
-function placeOf(host: Host, pid: number): HolderPlace {
-  const cgroup = cgroupOf(host, pid);
+/** A process's cgroup path, unit, session and user manager. */
+function placeOf(host: Host, entry: RegExp, pid: number): HolderPlace {
+  const cgroup = cgroupOf(host, entry, pid);
   if (cgroup === undefined) return {};
   const components = cgroup.split("/").filter(Boolean);
   const unit = [...components].reverse().find((component) => UNIT_NAME.test(component));
@@ -227,10 +235,11 @@ export interface HolderClasses {
 export function classifyHolders(host: Host, holders: Holder[], stoppable: { cgroups: string[]; displayManagerCgroups: string[]; graphicalSessions: boolean; sessionUnits: boolean }): HolderClasses {
   const refused: ClassifiedHolder[] = [];
   const sessionUnits = new Map<string, SessionUnit>();
-  const endsWithIt = (session: LogindSession | undefined) => endsWithDisplayManager(session) || openedByDisplayManager(host, session, stoppable.displayManagerCgroups);
+  const entry = placeEntry(host);
+  const endsWithIt = (session: LogindSession | undefined) => endsWithDisplayManager(session) || openedByDisplayManager(host, entry, session, stoppable.displayManagerCgroups);
   for (const holder of holders.filter((holder) => host.exists(`/proc/${holder.pid}`))) {
     // gone meanwhile: no longer a holder
-    const place = placeOf(host, holder.pid);
+    const place = placeOf(host, entry, holder.pid);
     if (place.cgroup !== undefined && stoppable.cgroups.some((parent) => within(place.cgroup!, parent))) continue;
     if (stoppable.graphicalSessions && greeterUnit(place, endsWithIt)) continue;
     const sessionUnit = stoppable.sessionUnits ? sessionUnitOf(place, endsWithIt) : undefined;

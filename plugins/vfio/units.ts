@@ -5,7 +5,7 @@ import { WaitTimedOut } from "../../lib/deadline.ts";
 import { paths } from "../../lib/paths.ts";
 import { defineAction, type BaseContext, type Step, type UndoRecord } from "../../lib/plugin.ts";
 import { PATTERNS } from "../../lib/validate.ts";
-import { jobQueued, unitActive, unitUp } from "../../lib/systemd.ts";
+import { cgroupProcesses, jobQueued, unitActive, unitUp } from "../../lib/systemd.ts";
 
 /** A unit name from the journal: it becomes an argument of systemctl, so it must look like one (and not like an option). */
 export function checkedUnit(value: unknown): string {
@@ -29,19 +29,16 @@ export function activeOrStarting(ctx: BaseContext, unit: string): boolean {
   return true;
 }
 
-/** The unit's cgroup v2 path as systemd reports it (aliases resolved), undefined when it has none (not running). */
+/** The unit's cgroup path as systemd reports it (aliases resolved), undefined when it has none (not running). */
 export function unitCgroup(ctx: BaseContext, unit: string): string | undefined {
   const cgroup = ctx.run("systemctl", ["show", "--property=ControlGroup", "--value", unit]).stdout.trim();
   return cgroup.startsWith("/") ? cgroup : undefined;
 }
 
-/** The processes in a cgroup v2 path (none when it is gone). */
-export const cgroupProcesses = (ctx: BaseContext, cgroup: string): string[] => (ctx.host.readTrimmed(`/sys/fs/cgroup${cgroup}/cgroup.procs`) ?? "").split("\n").filter(Boolean);
-
 /** The unit's processes, from its cgroup. */
 export function unitProcesses(ctx: BaseContext, unit: string): string[] {
   const cgroup = unitCgroup(ctx, unit);
-  return cgroup ? cgroupProcesses(ctx, cgroup) : [];
+  return cgroup ? cgroupProcesses(ctx.host, cgroup) : [];
 }
 
 interface StopUnitRecord extends UndoRecord {

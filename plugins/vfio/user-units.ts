@@ -14,9 +14,10 @@
 // User docs: docs/vfio.md, "Desktop sessions".
 import { describeError, VmhookError } from "../../lib/errors.ts";
 import { defineAction, type BaseContext, type Refusal, type Step, type UndoRecord } from "../../lib/plugin.ts";
+import { cgroupProcesses } from "../../lib/systemd.ts";
 import { processInstance } from "../../lib/processes.ts";
 import { endsWithDisplayManager, USER_NAME, userDisplaySession, type SessionUnit } from "./holders.ts";
-import { cgroupProcesses, checkedUnit } from "./units.ts";
+import { checkedUnit } from "./units.ts";
 
 const lingerFile = (user: string) => `/var/lib/systemd/linger/${user}`;
 /**
@@ -40,7 +41,7 @@ const userSystemctl = (user: string, ...args: string[]) => ["--user", `--machine
  * Undefined when none runs.
  */
 function userManagerInstance(ctx: BaseContext, uid: number): string | undefined {
-  const pid = (ctx.host.readTrimmed(`/sys/fs/cgroup${managerCgroup(uid)}/init.scope/cgroup.procs`) ?? "").split("\n")[0];
+  const pid = cgroupProcesses(ctx.host, `${managerCgroup(uid)}/init.scope`)[0];
   return pid && /^\d+$/.test(pid) ? processInstance(ctx.host, Number(pid)) : undefined;
 }
 
@@ -236,7 +237,7 @@ export function orphanedLingerClaim(resource: string): Step<LingerRecord> | unde
 function stopUserUnit(record: StopUserUnitRecord, ctx: BaseContext): void {
   const { user, unit, cgroup, timeoutMs, via } = record;
   ctx.run("systemctl", userSystemctl(user, "stop", via ?? unit), { timeoutMs });
-  ctx.waitFor(`the processes of ${unit} (${user}'s user manager) are gone`, () => cgroupProcesses(ctx, cgroup).length === 0, { timeoutMs });
+  ctx.waitFor(`the processes of ${unit} (${user}'s user manager) are gone`, () => cgroupProcesses(ctx.host, cgroup).length === 0, { timeoutMs });
 }
 
 /** Starts the unit again where it can and may run; says why not when it refuses a manual start, vmhook ended its session, or its manager or graphical session ended. */
@@ -257,7 +258,7 @@ function startUserUnit(record: StopUserUnitRecord, ctx: BaseContext): void {
     return;
   }
   ctx.run("systemctl", userSystemctl(user, "start", unit), { timeoutMs: 60_000 });
-  if (cgroupProcesses(ctx, cgroup).length === 0) throw new VmhookError(`vfio: ${unit} of ${user} did not start again; see systemctl --user --machine=${user}@.host status ${unit}`);
+  if (cgroupProcesses(ctx.host, cgroup).length === 0) throw new VmhookError(`vfio: ${unit} of ${user} did not start again; see systemctl --user --machine=${user}@.host status ${unit}`);
 }
 
 function checkStopUserUnit(record: UndoRecord): StopUserUnitRecord {

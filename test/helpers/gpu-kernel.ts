@@ -101,6 +101,16 @@ export interface SimUserManager {
   endsWith?: string;
 }
 
+/**
+ * How systemd mounted the cgroups: cgroup v2 alone at /sys/fs/cgroup
+ * (unified, systemd 247+'s default); v2 at /sys/fs/cgroup/unified beside the
+ * v1 controllers (hybrid: Debian 10, Ubuntu 20.04, systemd.unified_cgroup_hierarchy=0);
+ * v1 alone, units in its name=systemd hierarchy (legacy: RHEL 8).
+ */
+export type CgroupLayout = "unified" | "hybrid" | "legacy";
+/** Where systemd keeps its units' cgroups in each layout. */
+export const CGROUP_MOUNTS: Record<CgroupLayout, string> = { unified: "/sys/fs/cgroup", hybrid: "/sys/fs/cgroup/unified", legacy: "/sys/fs/cgroup/systemd" };
+
 const DEV = "/sys/bus/pci/devices";
 const RELEASE = "6.1.0-sim";
 const FBIOPUT_CON2FBMAP = 0x4610;
@@ -129,6 +139,10 @@ export class GpuKernel {
   readonly refuseVfio = new Set<string>();
   /** try_module_get() users that are no module (another VM's QEMU holding a vfio container): module → count. */
   private readonly gets = new Map<string, number>();
+  /** The cgroup layout systemd mounted (see the constructor). */
+  readonly cgroups: CgroupLayout;
+  /** Where systemd keeps its units' cgroups in that layout. */
+  private readonly unitsMount: string;
 
   /**
    * `builtinConsole: false`: the only other console driver is modular (the
@@ -136,8 +150,14 @@ export class GpuKernel {
    * bind is a no-op and fbcon comes back only through a framebuffer: one that
    * registers, or one mapped to a console (FBIOPUT_CON2FBMAP).
    */
-  constructor(options: { systemd?: boolean; builtinConsole?: boolean } = {}) {
+  constructor(options: { systemd?: boolean; builtinConsole?: boolean; cgroups?: CgroupLayout } = {}) {
     const sim = this.sim;
+    this.cgroups = options.cgroups ?? "unified";
+    this.unitsMount = CGROUP_MOUNTS[this.cgroups];
+    if (this.cgroups === "unified") sim.file("/sys/fs/cgroup/cgroup.controllers", "cpuset cpu io memory pids");
+    if (this.cgroups === "hybrid") sim.file("/sys/fs/cgroup/unified/cgroup.controllers", "");
+    // name=systemd, the v1 hierarchy systemd keeps beside the controllers' in both (hybrid: for compatibility only)
+    if (this.cgroups !== "unified") sim.file("/sys/fs/cgroup/systemd/cgroup.procs", "1").file("/sys/fs/cgroup/cpu,cpuacct/cgroup.procs", "1");
     const builtinConsole = options.builtinConsole ?? true;
     sim.dir("/var/log").dir("/run/vmhook").dir("/proc").dir("/dev/vfio").dir(DRIVERS).file("/proc/modules", "").file("/proc/sys/kernel/osrelease", RELEASE);
     if (options.systemd ?? true) sim.dir("/run/systemd/system");
@@ -263,14 +283,15 @@ export class GpuKernel {
 
   /** A process with files open, in a cgroup v2 path ("/" by default). */
   process(pid: number, comm: string, files: string[], cgroup = "/"): this {
-    this.sim.file(`/proc/${pid}/comm`, comm).file(`/proc/${pid}/cgroup`, `0::${cgroup}\n`).dir(`/proc/${pid}/fd`);
+    const entries = { unified: `0::${cgroup}\n`, hybrid: `4:cpu,cpuacct:/\n1:name=systemd:${cgroup}\n0::${cgroup}\n`, legacy: `4:cpu,cpuacct:/\n1:name=systemd:${cgroup}\n` };
+    this.sim.file(`/proc/${pid}/comm`, comm).file(`/proc/${pid}/cgroup`, entries[this.cgroups]).dir(`/proc/${pid}/fd`);
     files.forEach((file, fd) => this.sim.link(`/proc/${pid}/fd/${fd}`, file));
     return this;
   }
 
   unit(spec: SimUnit): this {
     this.units.set(spec.name, spec);
-    const cgroup = `/sys/fs/cgroup/system.slice/${spec.name}/cgroup.procs`;
+    const cgroup = `${this.unitsMount}/system.slice/${spec.name}/cgroup.procs`;
     this.sim.file(cgroup, Object.keys(spec.processes ?? {}).join("\n"));
     for (const [pid, [comm, files]] of Object.entries(spec.processes ?? {})) this.process(Number(pid), comm, files, `/system.slice/${spec.name}`);
     return this;
@@ -299,7 +320,7 @@ export class GpuKernel {
     const manager = `/user.slice/user-${spec.uid}.slice/user@${spec.uid}.service`;
     this.process(spec.managerPid, "systemd", [], `${manager}/init.scope`);
     this.sim.file(`/proc/${spec.managerPid}/stat`, `${spec.managerPid} (systemd) S 1 ${spec.managerPid} ${spec.managerPid} 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0 4242 0 0`);
-    this.sim.file(`/sys/fs/cgroup${manager}/init.scope/cgroup.procs`, spec.managerPid);
+    this.sim.file(`${this.unitsMount}${manager}/init.scope/cgroup.procs`, spec.managerPid);
     this.sim.file(`/run/systemd/users/${spec.uid}`, `NAME=${spec.user}\nSTATE=active\n${spec.display ? `DISPLAY=${spec.display.id}\n` : ""}`);
     if (spec.display) this.sessionUp(spec.display.id, spec.display, spec.uid, spec.user);
     for (const unit of spec.units) this.userUnitUp(spec, unit);
@@ -322,7 +343,7 @@ export class GpuKernel {
     if (unit.name.endsWith(".target")) return;
     const cgroup = this.userUnitCgroup(spec, unit);
     const pids = unit.active ? Object.keys(unit.processes ?? {}) : [];
-    this.sim.file(`/sys/fs/cgroup${cgroup}/cgroup.procs`, pids.join("\n"));
+    this.sim.file(`${this.unitsMount}${cgroup}/cgroup.procs`, pids.join("\n"));
     if (unit.active) for (const [pid, [comm, files]] of Object.entries(unit.processes ?? {})) this.process(Number(pid), comm, files, cgroup);
   }
 
@@ -501,7 +522,7 @@ export class GpuKernel {
   private userSystemctl(args: string[]): { status: number; stdout?: string; stderr?: string } {
     const user = /^--machine=(.+)@\.host$/.exec(args[1] ?? "")?.[1];
     const spec = user ? this.userManagers.get(user) : undefined;
-    if (!spec || !this.sim.readTrimmed(`/sys/fs/cgroup/user.slice/user-${spec.uid}.slice/user@${spec.uid}.service/init.scope/cgroup.procs`)) {
+    if (!spec || !this.sim.readTrimmed(`${this.unitsMount}/user.slice/user-${spec.uid}.slice/user@${spec.uid}.service/init.scope/cgroup.procs`)) {
       return { status: 1, stderr: "Failed to connect to bus: No such file or directory" };
     }
     const verb = args[2];
@@ -557,7 +578,7 @@ export class GpuKernel {
           unit.active = false;
           unit.startQueued = false;
           for (const pid of Object.keys(unit.processes ?? {})) this.sim.remove(`/proc/${pid}`);
-          this.sim.file(`/sys/fs/cgroup/system.slice/${name}/cgroup.procs`, "");
+          this.sim.file(`${this.unitsMount}/system.slice/${name}/cgroup.procs`, "");
           for (const manager of [...this.userManagers.values()].filter((candidate) => candidate.endsWith === name)) {
             for (const ended of manager.units.filter((candidate) => candidate.active)) this.userUnitDown(manager, ended);
             this.endDisplaySession(manager.user);
@@ -580,10 +601,11 @@ export class GpuKernel {
  * A desktop with one NVIDIA card (GPU 0000:01:00.0 + HDMI audio 0000:01:00.1
  * behind a root port), GDM on it, efifb and fbcon. `displayManager`: GDM's
  * unit as systemd knows it (display-manager.service, the alias that enabling
- * it makes; gdm.service when started without being enabled).
+ * it makes; gdm.service when started without being enabled). `cgroups`: how
+ * systemd mounted them.
  */
-export function nvidiaDesktop(displayManager = "display-manager.service"): GpuKernel {
-  return new GpuKernel()
+export function nvidiaDesktop(displayManager = "display-manager.service", cgroups: CgroupLayout = "unified"): GpuKernel {
+  return new GpuKernel({ cgroups })
     .module({ name: "nvidia", driver: "nvidia", loaded: true })
     .module({ name: "nvidia_modeset", uses: ["nvidia"], loaded: true })
     .module({ name: "nvidia_uvm", uses: ["nvidia"], loaded: true })

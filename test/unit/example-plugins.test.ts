@@ -110,8 +110,8 @@ test("looking-glass: a bad size, a size unlike <shmem>, or an unknown user fails
   fs.rmSync(root.dir, { recursive: true, force: true });
 });
 
-/** A systemctl that keeps unit states as files under the root and logs its calls. */
-function fakeSystemctl(root: Root, active: string[], failing: string[] = [], unanswered: string[] = []): void {
+/** A systemctl that keeps unit states as files under the root and logs its calls; `at`: where it is installed. */
+function fakeSystemctl(root: Root, active: string[], failing: string[] = [], unanswered: string[] = [], at = "/usr/bin/systemctl"): void {
   fs.mkdirSync(root.at("/units"));
   // "name=state" for a unit in another state than active (activating: in auto-restart; is-active exits 3 for it too).
   for (const entry of active) {
@@ -121,8 +121,9 @@ function fakeSystemctl(root: Root, active: string[], failing: string[] = [], una
   for (const unit of failing) fs.writeFileSync(root.at(`/units/${unit}.fails`), "");
   // is-active exits 1 for these, as when systemctl cannot reach PID 1.
   for (const unit of unanswered) fs.writeFileSync(root.at(`/units/${unit}.nobus`), "");
+  fs.mkdirSync(path.dirname(root.at(at)), { recursive: true });
   fs.writeFileSync(
-    root.at("/usr/bin/systemctl"),
+    root.at(at),
     `#!/bin/sh
 echo "$*" >> "$VMHOOK_ROOT/systemctl.log"
 units="$VMHOOK_ROOT/units"
@@ -184,6 +185,20 @@ test("stop-units: stops the active units (one in auto-restart too) at prepare an
     "start sync@alice.service",
   ]);
   fs.rmSync(root.dir, { recursive: true, force: true });
+});
+
+test("stop-units, the example and as docs/plugins.md prints it, on a host without merged /usr (Debian 11 and older upgraded), where systemctl is /bin/systemctl alone: it stops and starts the units, not refuses every start with is-active exit 127", () => {
+  for (const script of [stopUnitsAllowing("backup.timer"), printedPlugin("docs/plugins.md", "sh", "ALLOWED_UNITS=").replace(/^ALLOWED_UNITS=""/m, 'ALLOWED_UNITS="backup.timer"')]) {
+    const root = makeRoot();
+    fakeSystemctl(root, ["backup.timer"], [], [], "/bin/systemctl");
+    fs.writeFileSync(root.at("/etc/vmhook/plugins.d/stop-units"), script);
+    const xml = domain('<vmhook:plugin name="stop-units" units="backup.timer"/>');
+    const prepared = root.hook("prepare", "begin", xml);
+    assert.is(prepared.code, 0, prepared.stderr);
+    assert.is(root.hook("release", "end", xml).code, 0);
+    assert.equal(systemctlCalls(root), ["is-active backup.timer", "stop backup.timer", "start backup.timer"]);
+    fs.rmSync(root.dir, { recursive: true, force: true });
+  }
 });
 
 test("stop-units: a unit that will not stop fails prepare, and the ones already stopped are started again", () => {

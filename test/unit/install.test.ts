@@ -139,6 +139,23 @@ test("install writes its record readable by all and writable by root alone, what
   assert.is(host.stat("/etc/vmhook")!.mode & 0o777, 0o755);
 });
 
+test("install makes its directories and the launcher in the modes it documents under a umask of 077 too (hardened hosts): /etc/vmhook left to root alone refused every user's vmhook validate and plan reading the host policy", () => {
+  const fresh = setUp();
+  const kept = setUp();
+  kept.putPreviousHook();
+  const umask = process.umask(0o077);
+  try {
+    install(fresh.host, fresh.binary);
+    install(kept.host, kept.binary);
+  } finally {
+    process.umask(umask);
+  }
+  const mode = (host: RootedHost, hostPath: string) => `${hostPath} ${(host.stat(hostPath)!.mode & 0o777).toString(8)}`;
+  for (const dir of ["/etc/vmhook", "/etc/vmhook/plugins.d", "/etc/libvirt", "/etc/libvirt/hooks"]) assert.is(mode(fresh.host, dir), `${dir} 755`);
+  assert.is(mode(fresh.host, "/run/vmhook"), "/run/vmhook 700");
+  for (const made of ["/etc/libvirt/hooks/qemu.d", LAUNCHER]) assert.is(mode(kept.host, made), `${made} 755`);
+});
+
 test("install signals only the system's libvirt daemons, run by root: a user's session daemon of the same name (virt-manager's, GNOME Boxes') is neither signalled nor reported as reloaded", () => {
   const sim = new SimHost();
   const daemon = (pid: number, comm: string, uid: number) => sim.file(`/proc/${pid}/comm`, `${comm}\n`).file(`/proc/${pid}/status`, `Name:\t${comm}\nUid:\t${uid}\t${uid}\t${uid}\t${uid}\n`);

@@ -12,7 +12,7 @@ import { newJournal, readJournal, writeJournal } from "../../lib/journal.ts";
 import { paths } from "../../lib/paths.ts";
 import type { UndoRecord } from "../../lib/plugin.ts";
 import { cli } from "../helpers/cli.ts";
-import { GpuKernel, type SimSession, type SimUserUnit } from "../helpers/gpu-kernel.ts";
+import { GpuKernel, type CgroupLayout, type SimSession, type SimUserUnit } from "../helpers/gpu-kernel.ts";
 import { runHookEvent } from "../helpers/hook.ts";
 import { assertPlanIsPrepare, plannedSteps } from "../helpers/plan.ts";
 
@@ -36,8 +36,8 @@ const SESSION_UNITS: SimUserUnit[] = [
 const GDM_SESSION: SimSession & { id: number } = { id: 2, type: "wayland", seat: "seat0", service: "gdm-password" };
 
 /** One AMD card, GDM (pid 500) as display-manager.service. */
-function gdmHost(): GpuKernel {
-  const kernel = new GpuKernel()
+function gdmHost(cgroups?: CgroupLayout): GpuKernel {
+  const kernel = new GpuKernel({ cgroups })
     .module({ name: "amdgpu", driver: "amdgpu", loaded: true })
     .device({ address: "0000:00:01.0", classCode: "0x060400", vendor: "0x1022", group: 1 })
     .device({ address: GPU, classCode: "0x030000", vendor: "0x1002", nativeDriver: "amdgpu", group: 1, bootVga: true, nodes: ["card0", "renderD128"] })
@@ -49,8 +49,8 @@ function gdmHost(): GpuKernel {
 }
 
 /** GNOME 40+ on one AMD card: GDM, ana's desktop in her user manager. */
-const gnomeDesktop = (extra: SimUserUnit[] = [], sessionUnits: SimUserUnit[] = SESSION_UNITS, display = GDM_SESSION): GpuKernel =>
-  gdmHost().userManager({ uid: 1000, user: "ana", managerPid: 880, display, units: [...sessionUnits.map((unit) => ({ ...unit })), ...extra] });
+const gnomeDesktop = (extra: SimUserUnit[] = [], sessionUnits: SimUserUnit[] = SESSION_UNITS, display = GDM_SESSION, cgroups?: CgroupLayout): GpuKernel =>
+  gdmHost(cgroups).userManager({ uid: 1000, user: "ana", managerPid: 880, display, units: [...sessionUnits.map((unit) => ({ ...unit })), ...extra] });
 
 const running = (kernel: GpuKernel, pid: number) => kernel.sim.exists(`/proc/${pid}/comm`);
 const stops = (kernel: GpuKernel) =>
@@ -109,22 +109,26 @@ test("GDM's login screen (Debian 12, GDM 43): the greeter's shell runs in Debian
   assert.equal(kernel.sim.stateFiles(), []);
 });
 
-test("Plasma: plasma-kwin_wayland.service allows a manual stop and start: it stops through ana's manager and starts again in her session at release; the host is as before", async () => {
-  const KWIN = "plasma-kwin_wayland.service";
-  const kernel = gnomeDesktop([], [
-    { name: KWIN, slice: "session.slice", active: true, partOf: ["graphical-session.target"], processes: { 900: ["kwin_wayland", ["/dev/dri/card0"]] } },
-    { name: "pipewire.service", slice: "session.slice", active: true, processes: { 920: ["pipewire", ["/dev/snd/controlC0"]] } },
-  ]);
-  const before = kernel.sim.snapshot();
-  const planned = await plannedSteps(kernel.sim, XML);
-  assert.ok(planned.includes(`vfio: stop ${KWIN} of ana's graphical session (systemctl --user --machine=ana@.host stop ${KWIN})`), planned.join("\n"));
-  assert.is((await runHookEvent(kernel.sim, "prepare", "begin", XML, "win11")).code, 0);
-  assert.not.ok(running(kernel, 900));
-  const prepared = execCount(kernel);
-  assert.is((await runHookEvent(kernel.sim, "release", "end", XML, "win11")).code, 0);
-  assert.equal(stopsSince(kernel, prepared), ["systemctl start display-manager.service", `systemctl --user --machine=ana@.host start ${KWIN}`, "loginctl disable-linger ana"]);
-  assert.equal(kernel.sim.snapshot(), before);
-});
+for (const layout of ["unified", "hybrid", "legacy"] as const) {
+  test(`Plasma (${layout} cgroups): plasma-kwin_wayland.service allows a manual stop and start: it stops through ana's manager and starts again in her session at release; the host is as before`, async () => {
+    const KWIN = "plasma-kwin_wayland.service";
+    const kernel = gnomeDesktop([], [
+      { name: KWIN, slice: "session.slice", active: true, partOf: ["graphical-session.target"], processes: { 900: ["kwin_wayland", ["/dev/dri/card0"]] } },
+      { name: "pipewire.service", slice: "session.slice", active: true, processes: { 920: ["pipewire", ["/dev/snd/controlC0"]] } },
+    ], GDM_SESSION, layout);
+    const before = kernel.sim.snapshot();
+    const planned = await plannedSteps(kernel.sim, XML);
+    assert.ok(planned.includes(`vfio: stop ${KWIN} of ana's graphical session (systemctl --user --machine=ana@.host stop ${KWIN})`), planned.join("\n"));
+    const prepare = await runHookEvent(kernel.sim, "prepare", "begin", XML, "win11");
+    assert.is(prepare.code, 0, prepare.stderr);
+    assert.not.ok(running(kernel, 900));
+    const prepared = execCount(kernel);
+    const release = await runHookEvent(kernel.sim, "release", "end", XML, "win11");
+    assert.is(release.code, 0, release.stderr);
+    assert.equal(stopsSince(kernel, prepared), ["systemctl start display-manager.service", `systemctl --user --machine=ana@.host start ${KWIN}`, "loginctl disable-linger ana"]);
+    assert.equal(kernel.sim.snapshot(), before);
+  });
+}
 
 test("Hyprland under uwsm, logged in through greetd: the compositor unit's display session is logind type tty (greetd passes no XDG_SESSION_TYPE) but greetd opened it, so the unit stops through ana's manager, not refused; release leaves it to her next login", async () => {
   const HYPRLAND = "wayland-wm@hyprland.desktop.service";

@@ -13,7 +13,7 @@ import { paths } from "../../lib/paths.ts";
 import { DEFAULT_SETTINGS } from "../../lib/settings.ts";
 import { undoJournal } from "../../lib/transaction.ts";
 import { registry } from "../../plugins/index.ts";
-import { GpuKernel, nvidiaDesktop, type SimUnit } from "../helpers/gpu-kernel.ts";
+import { GpuKernel, nvidiaDesktop, CGROUP_MOUNTS, type CgroupLayout, type SimUnit } from "../helpers/gpu-kernel.ts";
 import { cli } from "../helpers/cli.ts";
 import { runHookEvent } from "../helpers/hook.ts";
 import { assertPlanIsPrepare, plannedSteps } from "../helpers/plan.ts";
@@ -1130,8 +1130,8 @@ test("a boot GPU already on vfio-pci (vfio-pci.ids) is left alone: no single-GPU
 });
 
 /** Two NVIDIA cards: the VM's (GPU + AUDIO, group 1) and the host's boot display at 02:00.0 (group 2). */
-function twoNvidiaCards(): GpuKernel {
-  return new GpuKernel()
+function twoNvidiaCards(cgroups: CgroupLayout = "unified"): GpuKernel {
+  return new GpuKernel({ cgroups })
     .module({ name: "nvidia", driver: "nvidia", loaded: true })
     .module({ name: "snd_hda_intel", driver: "snd_hda_intel", loaded: true })
     .device({ address: GPU, classCode: "0x030000", vendor: "0x10de", nativeDriver: "nvidia", group: 1, nodes: ["card1"] })
@@ -1273,5 +1273,52 @@ test("vmhook plan lists exactly the steps prepare runs (NVIDIA single GPU: every
     `vfio: bind ${AUDIO} to vfio-pci (from snd_hda_intel)`,
   ]);
 });
+
+
+// systemd keeps its units' cgroups in cgroup v2 at /sys/fs/cgroup (unified),
+// in v2 at /sys/fs/cgroup/unified beside the v1 controllers (hybrid: Debian
+// 10, Ubuntu 20.04, any host booted with systemd.unified_cgroup_hierarchy=0)
+// or in v1's name=systemd (legacy): what single-GPU mode reads of a unit's
+// processes and of a holder's place is read where this host's systemd keeps them.
+for (const layout of ["unified", "hybrid", "legacy"] as const satisfies readonly CgroupLayout[]) {
+  test(`${layout} cgroups: single GPU hands the NVIDIA card over and back; the host is as before`, async () => {
+    const kernel = nvidiaDesktop("display-manager.service", layout);
+    const before = kernel.sim.snapshot();
+    const xml = domainXml("<vmhook:vfio/>");
+    const prepare = await runHookEvent(kernel.sim, "prepare", "begin", xml);
+    assert.is(prepare.code, 0, prepare.stderr);
+    assert.is(kernel.driverOf(GPU), "vfio-pci");
+    assert.is((await runHookEvent(kernel.sim, "release", "end", xml)).code, 0);
+    assert.equal(kernel.sim.snapshot(), before);
+  });
+
+  test(`${layout} cgroups: a display manager process that outlives systemctl stop is waited for, and the start refused once stopTimeoutSeconds pass, not taken for gone`, async () => {
+    const kernel = nvidiaDesktop("display-manager.service", layout);
+    settings(kernel, { stopTimeoutSeconds: 1 });
+    const systemd = kernel.sim.execHandler("systemctl")!;
+    kernel.sim.onExec("systemctl", (args, sim, options) => {
+      const result = systemd(args, sim, options);
+      // gdm's own process exits only after its stop job ended (it ignores SIGTERM for a while)
+      if (args.join(" ") === "stop display-manager.service") kernel.process(501, "gdm", ["/dev/null"], "/system.slice/display-manager.service").sim.file(`${CGROUP_MOUNTS[layout]}/system.slice/display-manager.service/cgroup.procs`, "501");
+      return result;
+    });
+    const result = await runHookEvent(kernel.sim, "prepare", "begin", domainXml("<vmhook:vfio/>"));
+    assert.is(result.code, 1, result.stderr);
+    assert.match(firstLine(result.stderr), "vfio: display-manager.service did not stop within 1 s");
+    assert.is(kernel.driverOf(GPU), "nvidia", "the card stays with its driver");
+    assert.equal(kernel.sim.stateFiles(), []);
+  });
+
+  test(`${layout} cgroups: two NVIDIA cards, nvidia-persistenced holding the VM's is stopped for the handover and started again`, async () => {
+    const kernel = twoNvidiaCards(layout).unit({ name: "nvidia-persistenced.service", active: true, processes: { 600: ["nvidia-persiste", ["/dev/nvidiactl", "/dev/nvidia0", "/dev/nvidia1"]] } });
+    kernel.sim.file(`/proc/driver/nvidia/gpus/${GPU}/information`, "Device Minor: 0\n");
+    const xml = domainXml("<vmhook:vfio/>");
+    const prepare = await runHookEvent(kernel.sim, "prepare", "begin", xml);
+    assert.is(prepare.code, 0, prepare.stderr);
+    assert.not.ok(kernel.units.get("nvidia-persistenced.service")!.active);
+    assert.is((await runHookEvent(kernel.sim, "release", "end", xml)).code, 0);
+    assert.ok(kernel.units.get("nvidia-persistenced.service")!.active);
+  });
+}
 
 test.run();
