@@ -557,7 +557,7 @@ test("sudo vmhook validate/plan/doctor NAME in a directory others write reads li
 });
 
 
-test("a domain renamed (virsh domrename) after a crash left its journal: status names it as libvirt's definition does now, and recover by that name gives back what it holds", async () => {
+test("a domain renamed (virsh domrename) after a crash left its journal: status and doctor name it as libvirt's definition does now, and recover by that name gives back what it holds", async () => {
   const sim = new SimHost().dir("/var/log");
   try {
     new HugepageKernel(sim, { initial: { 2048: 0 } });
@@ -570,6 +570,8 @@ test("a domain renamed (virsh domrename) after a crash left its journal: status 
     const status = await cli(["status", "--root", sim.root]);
     assert.match(status.stdout, `win11 (${UUID}, vm when it started): not running, yet vmhook still holds for it (vmhook recover win11 gives it back)`, status.stdout);
     assert.equal(JSON.parse((await cli(["status", "--json", "--root", sim.root])).stdout).domains.map((d: { domain: { name: string }; nameWhenStarted?: string }) => [d.domain.name, d.nameWhenStarted]), [["win11", "vm"]]);
+    const leftovers = (await runDoctor(sim)).host.filter((finding) => finding.check === "leftovers");
+    assert.equal(leftovers.map((finding) => [finding.reason.split(" ")[0], finding.fix]), [["win11", "run vmhook recover win11"]]);
     assert.is((await cli(["recover", "other", "--root", sim.root])).stdout, "nothing to recover for other (no journal in /run/vmhook)\n");
     assert.ok(pool() > 0);
     const recovered = await cli(["recover", "win11", "--root", sim.root]);
