@@ -1,13 +1,17 @@
 // A VM's life beyond start and destroy under a real libvirtd: renamed while
-// a crash left its journal.
+// a crash left its journal; transient (virsh create), reset and suspended,
+// reconnected to, and stopped by its QEMU quitting as a guest's shutdown
+// ends it. Host state (the pool, a custom plugin's marker file, the journal)
+// is checked before and after each.
 import * as fs from "node:fs";
 import * as path from "node:path";
 import * as assert from "uvu/assert";
-import { binary, defineDomain, hugepages, journalExists, libvirtSuite, restartLibvirtd, run as runProgram, virshOk, waitUntil, type TestDomain } from "./fixture.ts";
+import { binary, defineDomain, hugepages, journalExists, libvirtSuite, logSince, logSize, markerEvents, restartLibvirtd, run as runProgram, scratchDir, virsh, virshOk, waitUntil, type TestDomain } from "./fixture.ts";
 
 const { test, run } = libvirtSuite("libvirt: life");
 
 const HUGEPAGES = '<vmhook:hugepages size="2M"/>';
+const PAGES_OF_64_MIB = 32;
 
 function expectReleased(domain: TestDomain, pool: number): void {
   assert.is(hugepages(), pool, "pages in the pool after the domain stopped");
@@ -43,6 +47,79 @@ test("renamed (virsh domrename) after a crash left its journal: vmhook status na
     expectReleased(renamed, pool);
   } finally {
     if (journalExists(domain.uuid)) await runProgram(binary(), ["recover", "--force", domain.uuid]);
+  }
+});
+
+/** A custom executable plugin that marks a file named by the domain's UUID at prepare and removes it at undo, logging every call. */
+function installMarkPlugin(): { marked: (domain: TestDomain) => boolean; calls: () => string[]; remove: () => void } {
+  const [marks, calls, file] = [path.join(scratchDir(), "marks"), path.join(scratchDir(), "mark-plugin.log"), "/etc/vmhook/plugins.d/mark"];
+  fs.mkdirSync(marks, { recursive: true });
+  const script = [
+    "#!/bin/sh",
+    `echo "$VMHOOK_EVENT" >> ${calls}`,
+    'case "$VMHOOK_EVENT" in',
+    `  prepare) : > ${marks}/"$VMHOOK_DOMAIN_UUID"; echo '{"undo":"'"$VMHOOK_DOMAIN_UUID"'"}' ;;`,
+    `  undo) rm -f ${marks}/"$VMHOOK_UNDO" ;;`,
+    "esac",
+    "",
+  ].join("\n");
+  fs.writeFileSync(file, script, { mode: 0o755 });
+  return {
+    marked: (domain) => fs.existsSync(path.join(marks, domain.uuid)),
+    calls: () => (fs.existsSync(calls) ? fs.readFileSync(calls, "utf8").trim().split("\n") : []),
+    // vmhook install made plugins.d (the suite's setup), and uninstall leaves it.
+    remove: () => fs.rmSync(file, { force: true }),
+  };
+}
+
+test("a transient domain (virsh create) with a custom plugin: reset, suspend and resume change nothing; a libvirtd restart only reconnects; its QEMU quitting (as at a guest's shutdown) runs stopped and release, which undo the plugin's mark and the pages, and nothing is left for vmhook", async () => {
+  const plugin = installMarkPlugin();
+  const domain = await defineDomain("transient", { hooks: `${HUGEPAGES}<vmhook:plugin name="mark"/>` });
+  const file = path.join(scratchDir(), `${domain.name}-transient.xml`);
+  fs.writeFileSync(file, await virshOk("dumpxml", domain.name));
+  await virshOk("undefine", domain.name);
+  const pool = hugepages();
+  try {
+    assert.not.ok(plugin.marked(domain));
+    await virshOk("create", file);
+    assert.ok(plugin.marked(domain), "the plugin marked the domain at prepare");
+    assert.is(hugepages(), pool + PAGES_OF_64_MIB);
+    assert.equal(plugin.calls(), ["prepare", "start", "started"]);
+    const journal = fs.readFileSync(`/run/vmhook/${domain.uuid}.json`, "utf8");
+
+    // No hook event: libvirt resets and pauses the guest inside its QEMU.
+    await virshOk("reset", domain.name);
+    await virshOk("suspend", domain.name);
+    await virshOk("resume", domain.name);
+    assert.equal(markerEvents(domain), ["prepare begin", "start begin", "started begin"]);
+    assert.is(fs.readFileSync(`/run/vmhook/${domain.uuid}.json`, "utf8"), journal, "the journal as it was");
+    assert.ok(plugin.marked(domain));
+    assert.is(hugepages(), pool + PAGES_OF_64_MIB);
+
+    let logOffset = logSize();
+    await restartLibvirtd();
+    // The kept hook runs after vmhook's has ended.
+    await waitUntil(`libvirtd reconnects to ${domain.name}`, () => markerEvents(domain).includes("reconnect begin"));
+    assert.match(logSince(logOffset), `[${domain.name} reconnect begin] reconnected: journal holds 2 change(s), phase running`);
+    assert.equal(plugin.calls(), ["prepare", "start", "started", "reconnect"]);
+    assert.ok(plugin.marked(domain));
+    assert.is(hugepages(), pool + PAGES_OF_64_MIB);
+
+    // QEMU exits by itself (the guest is gone): libvirt runs stopped and release from its event thread, after virsh has returned.
+    logOffset = logSize();
+    await virsh("qemu-monitor-command", domain.name, "--hmp", "quit"); // the monitor closes under virsh: it fails
+    await waitUntil(`vmhook releases ${domain.name}`, () => logSince(logOffset).includes(`[${domain.name} release end] released: 2 change(s) undone`));
+    assert.is((await virsh("domstate", domain.name)).code, 1, "the transient domain is gone");
+    assert.equal(plugin.calls(), ["prepare", "start", "started", "reconnect", "stopped", "undo"]);
+    assert.not.ok(plugin.marked(domain), "the mark is undone");
+    expectReleased(domain, pool);
+    const status = await runProgram(binary(), ["status"]);
+    assert.not.match(status.stdout, domain.uuid);
+    assert.not.match((await runProgram(binary(), ["recover"])).stdout, domain.name);
+  } finally {
+    await virsh("destroy", domain.name);
+    if (journalExists(domain.uuid)) await runProgram(binary(), ["recover", "--force", domain.uuid]);
+    plugin.remove();
   }
 });
 
