@@ -168,6 +168,9 @@ export class HookRun {
     const uuid = uuidFromXml(this.invocation.xml);
     const journal = uuid ? readJournal(this.host, uuid) : undefined;
     if (!journal) return;
+    // A journal a crash left, of a domain renamed since (libvirt renames only one shut off): named as libvirt and vmhook recover name it now, as at prepare.
+    const name = this.invocation.args[0];
+    if (name !== undefined && journal.domain.name !== name) journal.domain.name = name;
     keepWhileQemuRuns(this.host, journal);
     const { undone, failed } = await undoJournal(journal, this.env(), this.undoDeadline());
     if (failed.length > 0) {
