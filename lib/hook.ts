@@ -168,6 +168,9 @@ export class HookRun {
     const uuid = uuidFromXml(this.invocation.xml);
     const journal = uuid ? readJournal(this.host, uuid) : undefined;
     if (!journal) return;
+    // A journal a crash left, of a domain renamed since (libvirt renames only one shut off): named as libvirt and vmhook recover name it now, as at prepare.
+    const name = this.invocation.args[0];
+    if (name !== undefined && journal.domain.name !== name) journal.domain.name = name;
     keepWhileQemuRuns(this.host, journal);
     // Still "starting": QEMU failed to launch (or a later hook refused); the user saw the display go and come back, and asks why.
     if (journal.phase === "starting") {

@@ -25,4 +25,6 @@ export const paths = {
   backupsDir: "/var/lib/vmhook/backups",
   libvirtHooksDir: "/etc/libvirt/hooks",
   libvirtQemuRunDir: "/run/libvirt/qemu",
+  /** libvirt's definitions of persistent domains, one NAME.xml each (virsh domrename renames it). */
+  libvirtQemuConfigDir: "/etc/libvirt/qemu",
 };

@@ -21,6 +21,7 @@ import { domainBusy } from "../lock.ts";
 import { abandonedStart } from "./recover.ts";
 import { describeUnheldSharedView, unheldSharedNow } from "./recover-unheld.ts";
 import { runningOrWhyUnknown } from "./running.ts";
+import { renamedTo } from "./definitions.ts";
 import { adviceFor, describeStuckWrite, listStuckWrites } from "../stuck-writes.ts";
 import { journalsAndClaims, type HolderView } from "../claims.ts";
 import type { Json } from "../records.ts";
@@ -157,10 +158,14 @@ const plan: CommandModule<GlobalOptions, PlanArgs> = {
 };
 
 async function journalSummary(host: Host, journal: Journal) {
-  const running = runningOrWhyUnknown(host, journal.domain);
+  // Named as libvirt names it now: its pid file, and what vmhook recover is given, go by that name.
+  const renamed = renamedTo(host, journal.domain);
+  const domain = { name: renamed ?? journal.domain.name, uuid: journal.domain.uuid };
+  const running = runningOrWhyUnknown(host, domain);
   const abandoned = running === false ? abandonedStart(host, journal) : undefined;
   return {
-    domain: journal.domain,
+    domain,
+    ...(renamed ? { nameWhenStarted: journal.domain.name } : {}),
     phase: journal.phase,
     // null with the reason when its pid file cannot be read: neither "running" nor "not running".
     running: typeof running === "string" ? null : running,
@@ -226,7 +231,8 @@ const status: CommandModule<GlobalOptions, GlobalOptions> = {
     const nothing = summaries.length + broken.length + stuck.length + Object.keys(claimViews).length + unheldShared.length === 0 && !claimsError;
     if (nothing) print("no VM holds anything (no journals in /run/vmhook)");
     for (const summary of summaries) {
-      print(`${summary.domain.name} (${summary.domain.uuid}): ${describeState(summary)}:`);
+      const renamed = summary.nameWhenStarted === undefined ? "" : `, ${summary.nameWhenStarted} when it started`;
+      print(`${summary.domain.name} (${summary.domain.uuid}${renamed}): ${describeState(summary)}:`);
       for (const held of summary.holds) print(`  ${held.state === "applied" ? "-" : `[${held.state}]`} ${held.plugin}: ${held.description}${held.error ? `: ${held.error}` : ""}`);
     }
     for (const item of broken) print(`unreadable journal ${item.file}: ${item.error}`);

@@ -168,13 +168,17 @@ function reloadLibvirt(host: Host): string[] {
   return reloaded;
 }
 
-/** No record: nothing was saved. A record that cannot be read must not pass for that: it may name the hook to put back. */
+/**
+ * No record (none was written, or /etc/vmhook was removed by hand): the hook
+ * install saves, if it is there; nothing else was saved. A record that
+ * cannot be read must not pass for that: it may name the hook to put back.
+ */
 function readRecord(host: Host): InstallRecord {
   let text: string;
   try {
     text = host.read(INSTALL_RECORD);
   } catch (error) {
-    if ((error as NodeJS.ErrnoException).code === "ENOENT") return {};
+    if ((error as NodeJS.ErrnoException).code === "ENOENT") return present(host, SAVED_HOOK) ? { savedHook: SAVED_HOOK } : {};
     throw new VmhookError(`${INSTALL_RECORD} cannot be read (${(error as NodeJS.ErrnoException).code ?? (error as Error).message}); run vmhook as root`);
   }
   try {

@@ -14,6 +14,7 @@ import { createLogger } from "../log.ts";
 import { paths } from "../paths.ts";
 import { processInstance } from "../processes.ts";
 import { runningOrWhyUnknown } from "./running.ts";
+import { definedUuid, renamedTo } from "./definitions.ts";
 import { describeOrphanClaim, describeUnheldShared, giveBackOrphanClaims, giveBackUnheldShared, type Recovery } from "./recover-unheld.ts";
 import { loadSettings } from "../settings.ts";
 import { undoJournal } from "../transaction.ts";
@@ -88,10 +89,13 @@ export const recoverCommand: CommandModule<GlobalOptions, RecoverArgs> = {
       const uuid = file.slice(paths.stateDir.length + 1, -".json".length);
       if (PATTERNS.uuid.test(uuid) && (!args.name || args.name.toLowerCase() === uuid)) await ifDomainIdle(host, uuid, async () => removeStaleTemps(host, file));
     }
-    const chosen = journals.filter((j) => !args.name || j.domain.name === args.name || j.domain.uuid === args.name.toLowerCase());
+    // By name: the journal's, or libvirt's now (renamed since it started).
+    const named = args.name === undefined ? undefined : [args.name.toLowerCase(), definedUuid(host, args.name)];
+    const chosen = journals.filter((j) => !args.name || j.domain.name === args.name || named?.includes(j.domain.uuid));
     const results = [];
     for (const journal of chosen) {
-      const { name, uuid } = journal.domain;
+      const { uuid } = journal.domain;
+      const name = renamedTo(host, journal.domain) ?? journal.domain.name;
       // A hook of the domain holds its lock from start to end: undoing now
       // would take back what it is handing over, so nothing is decided
       // outside the lock, not even whether the domain runs (a started hook
@@ -112,12 +116,12 @@ export const recoverCommand: CommandModule<GlobalOptions, RecoverArgs> = {
         return undoJournal(current, { host, log, settings, registry }, new Deadline(host, settings.undoDeadlineSeconds * 1000, "undoDeadlineSeconds"));
       });
       if (outcome.busy) {
-        results.push({ domain: journal.domain, skipped: "hook-at-work" });
+        results.push({ domain: { name, uuid }, skipped: "hook-at-work" });
         if (!args.json) print(`${name}: a hook of this domain is at work right now; run vmhook recover again when it is done`);
         continue;
       }
       if (outcome.value === "starting") {
-        results.push({ domain: journal.domain, skipped: "starting" });
+        results.push({ domain: { name, uuid }, skipped: "starting" });
         if (!args.json) print(`${name}: ${BEING_STARTED}; nothing of it was undone: ${forceWhenShutOff(name)}`);
         process.exitCode = 1;
         continue;
@@ -126,11 +130,11 @@ export const recoverCommand: CommandModule<GlobalOptions, RecoverArgs> = {
         const { running } = outcome.value;
         if (typeof running === "string") {
           // Not knowing whether it runs is no licence to undo: this one waits, the others go on.
-          results.push({ domain: journal.domain, skipped: "state-unknown", error: running });
+          results.push({ domain: { name, uuid }, skipped: "state-unknown", error: running });
           if (!args.json) print(`${name}: cannot tell whether it still runs: ${running}; nothing of it was undone`);
           process.exitCode = 1;
         } else {
-          results.push({ domain: journal.domain, skipped: "running" });
+          results.push({ domain: { name, uuid }, skipped: "running" });
           if (!args.json) print(`${name}: still running; its changes are given back when it stops (use --force to undo now)`);
         }
         continue;

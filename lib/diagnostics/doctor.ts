@@ -26,6 +26,7 @@ import { loadSettings } from "../settings.ts";
 import { isVmhookBinary, SAVED_HOOK } from "../cli/install.ts";
 import { abandonedStart, BEING_STARTED, forceWhenShutOff } from "../cli/recover.ts";
 import { runningOrWhyUnknown } from "../cli/running.ts";
+import { renamedTo } from "../cli/definitions.ts";
 import { describeUnheldSharedView, unheldSharedNow } from "../cli/recover-unheld.ts";
 import { isLegacyPlugin } from "../plugin.ts";
 import { fail, ok, roundMiB, warn, type Finding } from "./findings.ts";
@@ -210,12 +211,14 @@ async function leftovers(host: Host): Promise<Finding[]> {
   const findings = [
     ...broken.map((item) => fail("leftovers", `unreadable journal ${item.file}: ${item.error}`, `inspect ${item.file}, undo what it lists by hand, then remove it`)),
     ...journals.flatMap((journal) => {
-      const { name } = journal.domain;
+      // Named as libvirt names it now (renamed since it started), as vmhook status and recover do.
+      const domain = { name: renamedTo(host, journal.domain) ?? journal.domain.name, uuid: journal.domain.uuid };
+      const { name } = domain;
       const failed = journal.entries.filter((entry) => entry.state === "undo-failed");
       if (failed.length > 0) {
         return [fail("leftovers", `${name}: ${failed.length} change(s) could not be undone (${failed[0]!.plugin}: ${failed[0]!.error})`, `fix the cause, then run ${recoverCommandLine(name)}`)];
       }
-      const running = runningOrWhyUnknown(host, journal.domain);
+      const running = runningOrWhyUnknown(host, domain);
       if (typeof running === "string") {
         return [fail("leftovers", `${name}: cannot tell whether it runs (${running}); its journal in ${paths.stateDir} holds ${journal.entries.length} change(s)`, `fix what the message names; then vmhook status shows whether it runs, and ${recoverCommandLine(name)} gives back what a stopped one holds`)];
       }

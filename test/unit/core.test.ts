@@ -573,6 +573,23 @@ test("crash: a prepare whose leftover journal's VM still runs in a QEMU libvirt 
   }
 });
 
+test("crash, then virsh domrename: the release libvirt runs after the refused prepare names the domain as libvirt does now, and the recover command it gives is for that name", async () => {
+  const { sim, kernel } = hugepageHost(612);
+  try {
+    crashedJournal(sim);
+    sim.file("/proc/4242/cmdline", `/usr/bin/qemu-system-x86_64\0-name\0guest=vm,debug-threads=on\0-uuid\0${UUID}\0`);
+    const renamed = XML.replace("<name>vm</name>", "<name>win11</name>");
+    assert.match((await runHookEvent(sim, "prepare", "begin", renamed, "win11")).stderr, "vmhook: prepare of win11 refused: a QEMU of this domain still runs (pid 4242");
+    const released = await runHookEvent(sim, "release", "end", renamed, "win11");
+    assert.match(firstLine(released.stderr), "vmhook: release of win11: a QEMU of this domain still runs (pid 4242");
+    assert.match(released.stderr, "run vmhook recover win11");
+    assert.not.match(released.stderr, /\bvm\b/);
+    assert.is(kernel.pool(2048), 612, "the lost guest's pages are still reserved");
+  } finally {
+    sim.cleanup();
+  }
+});
+
 test("crash: the stopped and release libvirt runs after that refused prepare keep the journal while the lost QEMU runs, saying why; once it is gone, release gives the changes back", async () => {
   const { sim, kernel } = hugepageHost(612);
   try {

@@ -307,6 +307,20 @@ test("install replaces a CLI link to an earlier vmhook binary but leaves a link 
   assert.is(host.readlink("/usr/local/bin/vmhook"), HOOK);
 });
 
+test("the install record removed by hand (rm -r /etc/vmhook): uninstall still puts back the hook install kept, which it used to leave unrun while saying it was gone; install again records it", () => {
+  for (const reinstall of [false, true]) {
+    const { host, binary, read, exists, putPreviousHook } = setUp();
+    putPreviousHook();
+    install(host, binary);
+    fs.rmSync(host.resolve("/etc/vmhook"), { recursive: true });
+    if (reinstall) install(host, binary);
+    const { notes } = uninstall(host, false);
+    assert.match(notes.join("\n"), `restored the previous hook from ${SAVED}`, `reinstalled: ${reinstall}`);
+    assert.is(read(HOOK), PREVIOUS);
+    for (const gone of [SAVED, LAUNCHER, "/etc/vmhook/install.json"]) assert.not.ok(exists(gone), `${gone} is still there`);
+  }
+});
+
 test("uninstall removes the launcher of a kept hook that was deleted by hand (it would fail every VM start)", () => {
   const { host, binary, exists, putPreviousHook } = setUp();
   putPreviousHook();

@@ -578,4 +578,31 @@ test("sudo vmhook validate/plan/doctor NAME in a directory others write reads li
   }
 });
 
+
+test("a domain renamed (virsh domrename) after a crash left its journal: status and doctor name it as libvirt's definition does now, and recover by that name gives back what it holds", async () => {
+  const sim = new SimHost().dir("/var/log");
+  try {
+    new HugepageKernel(sim, { initial: { 2048: 0 } });
+    const pool = () => Number(sim.read("/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages"));
+    assert.is((await runHookEvent(sim, "prepare", "begin", XML)).code, 0);
+    assert.is((await runHookEvent(sim, "started", "begin", XML)).code, 0);
+    // libvirt renames the definition's file with the domain; another domain's definition lies beside it.
+    sim.file("/etc/libvirt/qemu/other.xml", XML.replace("<name>vm</name>", "<name>other</name>").replace(UUID, "e1e1e1e1-0000-4000-8000-0000000000e2"));
+    sim.file("/etc/libvirt/qemu/win11.xml", `<!-- WARNING: THIS IS AN AUTO-GENERATED FILE. -->\n${XML.replace("<name>vm</name>", "<name>win11</name>")}`);
+    const status = await cli(["status", "--root", sim.root]);
+    assert.match(status.stdout, `win11 (${UUID}, vm when it started): not running, yet vmhook still holds for it (vmhook recover win11 gives it back)`, status.stdout);
+    assert.equal(JSON.parse((await cli(["status", "--json", "--root", sim.root])).stdout).domains.map((d: { domain: { name: string }; nameWhenStarted?: string }) => [d.domain.name, d.nameWhenStarted]), [["win11", "vm"]]);
+    const leftovers = (await runDoctor(sim)).host.filter((finding) => finding.check === "leftovers");
+    assert.equal(leftovers.map((finding) => [finding.reason.split(" ")[0], finding.fix]), [["win11", "run vmhook recover win11"]]);
+    assert.is((await cli(["recover", "other", "--root", sim.root])).stdout, "nothing to recover for other (no journal in /run/vmhook)\n");
+    assert.ok(pool() > 0);
+    const recovered = await cli(["recover", "win11", "--root", sim.root]);
+    assert.is(recovered.code, 0, recovered.stdout + recovered.stderr);
+    assert.match(recovered.stdout, /^win11: 1 change\(s\) undone\n/);
+    assert.is(pool(), 0);
+  } finally {
+    sim.cleanup();
+  }
+});
+
 test.run();
