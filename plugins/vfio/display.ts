@@ -143,8 +143,9 @@ function waitUntilGpuFree(record: WaitRecord, ctx: ApplyContext<unknown>): void 
 }
 
 function checkWait(record: UndoRecord): WaitRecord {
-  const { files, framebuffers, nvidia, timeoutMs } = record;
-  if (!Array.isArray(files) || !files.every((file) => typeof file === "string" && file.startsWith("/dev/")) || typeof framebuffers !== "boolean" || typeof nvidia !== "boolean" || !Number.isSafeInteger(timeoutMs)) {
+  const { files, framebuffers, keptFramebuffers = [], nvidia, timeoutMs } = record;
+  const devicePaths = (list: unknown) => Array.isArray(list) && list.every((file) => typeof file === "string" && file.startsWith("/dev/"));
+  if (!devicePaths(files) || !devicePaths(keptFramebuffers) || typeof framebuffers !== "boolean" || typeof nvidia !== "boolean" || !Number.isSafeInteger(timeoutMs)) {
     throw new VmhookError(`vfio: not a wait-gpu-free record: ${JSON.stringify(record).slice(0, 120)}`);
   }
   return record as WaitRecord;

@@ -94,10 +94,13 @@ it("the boot GPU to the VM, auto, while the second keeps a display: no single-GP
   assert.fixture(await guest!.ok(TWO_GPU_STATE), baseline!);
 });
 
-it('single-gpu="yes" for the second GPU while fbcon shows on the first: the display manager stops, the console on fb0 stays bound', async ({ guest, baseline }) => {
+it('single-gpu="yes" for the second GPU while fbcon shows on the first: the display manager stops, the console on fb0 and a program on fb0 stay', async ({ guest, baseline }) => {
   const xml = domainXml('single-gpu="yes"', SECOND_SLOT);
   await guest!.ok(": > /var/log/vmhook.log");
-  const prepare = await guest!.sh(hook(xml, "prepare begin"));
+  // A program on the kept GPU's framebuffer (fbterm, kmscon) does not hold the VM's GPU.
+  const prepare = await guest!.sh(`sleep 60 < /dev/fb0 & holder=$!
+${hook(xml, "prepare begin")}
+code=$?; kill $holder; wait $holder 2>/dev/null; exit $code`);
   assert.equal(prepare, { code: 0, stdout: "" });
   const during = await guest!.ok(TWO_GPU_STATE);
   assert.match(during, "second driver: vfio-pci");

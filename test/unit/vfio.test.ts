@@ -747,6 +747,22 @@ test('single-gpu="yes" for a second GPU while fbcon shows on the iGPU the host k
   assert.equal(kernel.sim.snapshot(), before);
 });
 
+test('single-gpu="yes" for a second GPU: a program on the framebuffer of the iGPU the host keeps (fbterm on fb0) does not hold the VM\'s GPU; one on the VM\'s fb1 refuses', async () => {
+  const kernel = twoFramebuffers().process(900, "fbterm", ["/dev/fb0"]);
+  const xml = domainXml('<vmhook:vfio single-gpu="yes"/>');
+  const prepare = await runHookEvent(kernel.sim, "prepare", "begin", xml);
+  assert.is(prepare.code, 0, prepare.stderr);
+  assert.is(kernel.driverOf(GPU), "vfio-pci");
+  assert.is((await runHookEvent(kernel.sim, "release", "end", xml)).code, 0);
+
+  const held = twoFramebuffers().process(900, "fbterm", ["/dev/fb1"]);
+  const before = held.sim.snapshot();
+  const refused = await runHookEvent(held.sim, "prepare", "begin", xml);
+  assert.is(refused.code, 1);
+  assert.match(firstLine(refused.stderr), "pid 900 (fbterm) holds /dev/fb1");
+  assert.equal(held.sim.snapshot(), before);
+});
+
 test('single-gpu="yes" for a second GPU that fbcon shows on (con2fbmap put it there): its console lets go first', async () => {
   const kernel = twoFramebuffers();
   await kernel.sim.ioctl("/dev/fb1", 0x4610, new Uint8Array(new Uint32Array([1, 1]).buffer));
