@@ -149,8 +149,9 @@ function waitUntilGpuFree(record: WaitRecord, ctx: ApplyContext<unknown>): void 
 }
 
 function checkWait(record: UndoRecord): WaitRecord {
-  const { files, framebuffers, nvidia, timeoutMs } = record;
-  if (!Array.isArray(files) || !files.every((file) => typeof file === "string" && file.startsWith("/dev/")) || typeof framebuffers !== "boolean" || typeof nvidia !== "boolean" || !Number.isSafeInteger(timeoutMs)) {
+  const { files, framebuffers, keptFramebuffers = [], nvidia, timeoutMs } = record;
+  const devicePaths = (list: unknown) => Array.isArray(list) && list.every((file) => typeof file === "string" && file.startsWith("/dev/"));
+  if (!devicePaths(files) || !devicePaths(keptFramebuffers) || typeof framebuffers !== "boolean" || typeof nvidia !== "boolean" || !Number.isSafeInteger(timeoutMs)) {
     throw new VmhookError(`vfio: not a wait-gpu-free record: ${JSON.stringify(record).slice(0, 120)}`);
   }
   return record as WaitRecord;
@@ -158,14 +159,24 @@ function checkWait(record: UndoRecord): WaitRecord {
 
 export const waitGpuFreeAction = defineAction<WaitRecord>({ check: checkWait, apply: waitUntilGpuFree, undo: () => {} });
 
-/** Unbinds the framebuffer consoles and the firmware framebuffers bound now, each bound again at release. */
-export function consoleSteps(ctx: BaseContext, found: Survey): Step[] {
+/**
+ * Unbinds the framebuffer consoles and the firmware framebuffers bound now,
+ * each bound again at release. A framebuffer console that shows only on
+ * another GPU's framebuffers (fbcon on the iGPU the host keeps, the dGPU to
+ * the VM) stays: it never holds the GPU that goes.
+ */
+export async function consoleSteps(ctx: BaseContext, found: Survey): Promise<Step[]> {
   const steps: Step[] = [];
   // The GPUs whose driver brings the console back at release (bindVtconsole).
   const gpus = found.devices.filter((device) => isDisplayClass(device.classCode)).map((device) => device.address);
   for (const vtconsole of ctx.host.list(VTCONSOLES)) {
     const name = ctx.host.readTrimmed(`${VTCONSOLES}/${vtconsole}/name`) ?? "";
     if (!/frame buffer/i.test(name) || ctx.host.readTrimmed(`${VTCONSOLES}/${vtconsole}/bind`) !== "1") continue;
+    const elsewhere = await consoleOnlyOnKeptGpus(ctx, found);
+    if (elsewhere) {
+      ctx.log.info(`vfio: console ${vtconsole} (${name}) stays: it shows on ${elsewhere}, which the host keeps`);
+      continue;
+    }
     steps.push({ action: "unbind-vtconsole", record: { action: "unbind-vtconsole", vtconsole, gpus }, description: `unbind console ${vtconsole} (${name})` });
   }
   for (const driver of FIRMWARE_FRAMEBUFFERS) {
@@ -175,6 +186,42 @@ export function consoleSteps(ctx: BaseContext, found: Survey): Step[] {
     }
   }
   return steps;
+}
+
+/** linux/fb.h: which framebuffer a console (1-based) shows on, -1 for none; MAX_NR_CONSOLES consoles. */
+const FBIOGET_CON2FBMAP = 0x460f;
+const MAX_NR_CONSOLES = 63;
+
+/**
+ * The framebuffers fbcon shows on (FBIOGET_CON2FBMAP of every console), when
+ * each is a framebuffer of a display device the host keeps on its driver;
+ * undefined when one is the VM's, or not a GPU's (a firmware framebuffer),
+ * or the map cannot be read: then the console lets go, as on a host with one GPU.
+ */
+async function consoleOnlyOnKeptGpus(ctx: BaseContext, found: Survey): Promise<string | undefined> {
+  const ours = new Set(found.devices.map((device) => device.address));
+  const kept = new Map<number, string>();
+  for (const device of listPciDevices(ctx.host).filter((device) => isDisplayClass(device.classCode) && !ours.has(device.address))) {
+    for (const framebuffer of ctx.host.list(`/sys/bus/pci/devices/${device.address}/graphics`).filter((name) => /^fb\d+$/.test(name))) {
+      kept.set(Number(framebuffer.slice(2)), `${device.address} (${device.driver ?? "no driver"})`);
+    }
+  }
+  if (kept.size === 0) return undefined;
+  const shown = new Set<number>();
+  const mapping = new Int32Array(2);
+  const device = `/dev/fb${[...kept.keys()][0]}`;
+  try {
+    for (let console = 1; console <= MAX_NR_CONSOLES; console++) {
+      mapping.set([console, -1]);
+      await ctx.host.ioctl(device, FBIOGET_CON2FBMAP, new Uint8Array(mapping.buffer));
+      if (mapping[1]! >= 0) shown.add(mapping[1]!);
+    }
+  } catch (error) {
+    ctx.log.info(`vfio: which framebuffer the console shows on is unknown (${(error as Error).message}): it lets go`);
+    return undefined;
+  }
+  if (shown.size === 0 || ![...shown].every((index) => kept.has(index))) return undefined;
+  return [...shown].map((index) => `fb${index} of ${kept.get(index)}`).join(", ");
 }
 
 function unbindVtconsole(record: UndoRecord, ctx: BaseContext): void {

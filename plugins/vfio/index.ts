@@ -32,7 +32,7 @@ import type { Finding } from "../../lib/diagnostics/findings.ts";
  * helper services stop, the GPU becomes free, consoles and firmware
  * framebuffers let go, modules go, devices move.
  */
-function planPrepare(ctx: PlanContext<VfioConfig>): Step[] {
+async function planPrepare(ctx: PlanContext<VfioConfig>): Promise<Step[]> {
   const settings = readVfioSettings(ctx.settings);
   // Before the survey reads them: a device whose driver is stuck in remove() is not handed anywhere.
   const addresses = handedOverAddresses(ctx.host, ctx.config);
@@ -56,7 +56,7 @@ function planPrepare(ctx: PlanContext<VfioConfig>): Step[] {
     ...helpers.map((unit) => stopUnitStep(unit, settings.stopTimeoutSeconds * 1000)),
     ...keepStoppedSteps(ctx, stoppedHelpers(ctx, found, settings, helpers)),
     ...(found.holders.length > 0 ? [{ ...waitGpuFreeStep(found, settings), ...(refused ? { refused } : {}) }] : []),
-    ...(found.singleGpu ? consoleSteps(ctx, found) : []),
+    ...(found.singleGpu ? await consoleSteps(ctx, found) : []),
     ...takeOverSteps(ctx, found, settings),
   ];
 }

@@ -208,8 +208,10 @@ function singleGpuMode(host: Host, config: VfioConfig, devices: Device[]): { sin
 export type Watched = {
   /** The GPUs' DRM and fbdev nodes and NVIDIA's /dev/nvidiaN. */
   files: string[];
-  /** Every framebuffer (single-GPU mode). */
+  /** Every framebuffer (single-GPU mode)... */
   framebuffers: boolean;
+  /** ...but these, of display devices the host keeps on their drivers (absent in journals of before). */
+  keptFramebuffers?: string[];
   /** Every /dev/nvidia* (the nvidia module is to go). */
   nvidia: boolean;
 };
@@ -225,13 +227,22 @@ function watchedFiles(host: Host, devices: Device[], singleGpu: boolean, nvidiaU
     const minor = /Device Minor:\s*(\d+)/.exec(host.readTrimmed(`/proc/driver/nvidia/gpus/${device.address}/information`) ?? "")?.[1];
     if (minor) nodes.add(`/dev/nvidia${minor}`);
   }
-  return { files: [...nodes].sort(), framebuffers: singleGpu, nvidia: nvidiaUnloads };
+  if (!singleGpu) return { files: [...nodes].sort(), framebuffers: false, nvidia: nvidiaUnloads };
+  // single-gpu="yes" beside a GPU the host keeps: a program on that GPU's framebuffer (fbterm, kmscon) does not hold the VM's.
+  const ours = new Set(devices.map((device) => device.address));
+  // Only the class: on the single-GPU path each sysfs read costs (docs/bench.md).
+  const kept = host
+    .list(PCI_DEVICES)
+    .filter((address) => !ours.has(address) && isDisplayClass(host.readTrimmed(pciPath(address, "class")) ?? ""))
+    .flatMap((address) => pciDeviceNodes(host, address).filter((node) => /^\/dev\/fb\d+$/.test(node)));
+  return { files: [...nodes].sort(), framebuffers: true, ...(kept.length > 0 ? { keptFramebuffers: kept.sort() } : {}), nvidia: nvidiaUnloads };
 }
 
 const watchesSomething = (watched: Watched) => watched.files.length > 0 || watched.framebuffers || watched.nvidia;
 
 export function isWatched(watched: Watched): (file: string) => boolean {
-  return (file) => watched.files.includes(file) || (watched.framebuffers && /^\/dev\/fb\d+$/.test(file)) || (watched.nvidia && file.startsWith("/dev/nvidia"));
+  const kept = watched.keptFramebuffers ?? [];
+  return (file) => watched.files.includes(file) || (watched.framebuffers && /^\/dev\/fb\d+$/.test(file) && !kept.includes(file)) || (watched.nvidia && file.startsWith("/dev/nvidia"));
 }
 
 /** Every process with one of the files open (from /proc/PID/fd), named by pid and command. A process whose files cannot be read refuses: it may hold one. */

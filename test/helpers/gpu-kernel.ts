@@ -113,6 +113,7 @@ export const CGROUP_MOUNTS: Record<CgroupLayout, string> = { unified: "/sys/fs/c
 
 const DEV = "/sys/bus/pci/devices";
 const RELEASE = "6.1.0-sim";
+const FBIOGET_CON2FBMAP = 0x460f;
 const FBIOPUT_CON2FBMAP = 0x4610;
 const DRIVERS = "/sys/bus/pci/drivers";
 
@@ -137,6 +138,8 @@ export class GpuKernel {
   readonly removed = new Set<string>();
   /** vfio-pci's probe fails for these devices. */
   readonly refuseVfio = new Set<string>();
+  /** The framebuffer fbcon shows every console on (FBIOGET_CON2FBMAP), -1 for none: the first one registered, as fbcon takes over. */
+  private consoleFramebuffer = -1;
   /** try_module_get() users that are no module (another VM's QEMU holding a vfio container): module → count. */
   private readonly gets = new Map<string, number>();
   /** The cgroup layout systemd mounted (see the constructor). */
@@ -188,11 +191,16 @@ export class GpuKernel {
     sim.onWrite(/^\/sys\/bus\/pci\/devices\/[^/]+\/reset_method$/, (value, file) => this.setResetMethod(file.split("/")[5]!, value, file));
     sim.onWrite(/^\/sys\/class\/vtconsole\/[^/]+\/bind$/, (value, file) => {
       if (value === "0" || builtinConsole) sim.file(file, value);
+      // fbcon let go of every console (fbcon_exit): none maps to a framebuffer any more.
+      if (value === "0" && /frame buffer/.test(sim.readTrimmed(file.replace(/bind$/, "name")) ?? "")) this.consoleFramebuffer = -1;
     });
     sim.onIoctl(/^\/dev\/fb\d+$/, (request, argument) => {
-      const [console, framebuffer] = new Uint32Array(argument.buffer, argument.byteOffset, 2);
+      const map = new Int32Array(argument.buffer, argument.byteOffset, 2);
+      const [console, framebuffer] = map;
+      if (request === FBIOGET_CON2FBMAP && console! >= 1 && console! <= 63) return void (map[1] = this.consoleFramebuffer);
       if (request !== FBIOPUT_CON2FBMAP || console! < 1 || !sim.exists(`/sys/class/graphics/fb${framebuffer}`)) throw Object.assign(new Error("EINVAL"), { code: "EINVAL" });
-      this.framebufferConsoleTakesOver();
+      this.consoleFramebuffer = framebuffer!;
+      this.framebufferConsoleTakesOver(framebuffer!);
     });
     sim.onWrite(/^\/sys\/bus\/platform\/drivers\/[^/]+\/(un)?bind$/, (device, file) => {
       const driverDir = file.slice(0, file.lastIndexOf("/"));
@@ -432,7 +440,7 @@ export class GpuKernel {
       for (const node of device.nodes ?? []) {
         if (node.startsWith("fb")) {
           this.sim.file(`${DEV}/${address}/graphics/${node}/dev`).file(`/dev/${node}`).link(`/sys/class/graphics/${node}`, `../../bus/pci/devices/${address}/graphics/${node}`);
-          this.framebufferConsoleTakesOver();
+          this.framebufferConsoleTakesOver(Number(node.slice(2)));
         } else this.sim.file(`${DEV}/${address}/drm/${node}/dev`).file(`/dev/dri/${node}`);
       }
     }
@@ -449,6 +457,7 @@ export class GpuKernel {
     for (const node of device.nodes ?? []) {
       this.sim.remove(node.startsWith("fb") ? `/dev/${node}` : `/dev/dri/${node}`);
       if (node.startsWith("fb")) this.sim.remove(`/sys/class/graphics/${node}`);
+      if (node === `fb${this.consoleFramebuffer}`) this.consoleFramebuffer = -1;
     }
     // vfio_pci_core_unregister_device() forbids runtime PM (pm_runtime_forbid), whatever power/control said before vfio-pci.
     if (driver === "vfio-pci") this.sim.file(`${DEV}/${address}/power/control`, "on");
@@ -456,8 +465,9 @@ export class GpuKernel {
     if (driver === "vfio-pci" && !groupStillUsed) this.sim.remove(`/dev/vfio/${device.group}`);
   }
 
-  /** fbcon binds every console again, as when a framebuffer registers. */
-  private framebufferConsoleTakesOver(): void {
+  /** fbcon binds every console again, as when a framebuffer registers; the consoles show on the first framebuffer it took. */
+  private framebufferConsoleTakesOver(framebuffer: number): void {
+    if (this.consoleFramebuffer === -1) this.consoleFramebuffer = framebuffer;
     for (const vtconsole of this.sim.list("/sys/class/vtconsole")) {
       if (/frame buffer/.test(this.sim.readTrimmed(`/sys/class/vtconsole/${vtconsole}/name`) ?? "")) this.sim.file(`/sys/class/vtconsole/${vtconsole}/bind`, 1);
     }

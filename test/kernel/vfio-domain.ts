@@ -5,8 +5,8 @@ import type { Guest } from "./guest.ts";
 export const GPU = "0000:00:01.0";
 export const UUID = "6b0e2a4c-6a4e-4c57-9a43-0d1a5b3c7e01";
 
-/** A domain with the GPU as a PCI hostdev and a <vmhook:vfio> with these attributes. */
-export function domainXml(vfioAttributes = ""): string {
+/** A domain with the GPU (slot 0x01 unless told: test/kernel/two-gpu.test.ts passes the second one) as a PCI hostdev and a <vmhook:vfio> with these attributes. */
+export function domainXml(vfioAttributes = "", slot = "0x01"): string {
   return `<domain type='kvm'>
   <name>gpu-vm</name>
   <uuid>${UUID}</uuid>
@@ -16,7 +16,7 @@ export function domainXml(vfioAttributes = ""): string {
   </metadata>
   <devices>
     <hostdev mode='subsystem' type='pci' managed='no'>
-      <source><address domain='0x0000' bus='0x00' slot='0x01' function='0x0'/></source>
+      <source><address domain='0x0000' bus='0x00' slot='${slot}' function='0x0'/></source>
     </hostdev>
   </devices>
 </domain>`;

@@ -738,6 +738,57 @@ test("two groups, a second GPU on the host: not single-GPU, amdgpu stays loaded,
   assert.equal(kernel.sim.snapshot(), before);
 });
 
+/** Two GPUs with fbdev: the iGPU the host keeps (boot VGA, fb0) and the VM's AMD GPU (fb1); fbcon shows on fb0, the first registered. */
+function twoFramebuffers(): GpuKernel {
+  return new GpuKernel()
+    .module({ name: "amdgpu", driver: "amdgpu", loaded: true })
+    .module({ name: "i915", driver: "i915", loaded: true })
+    .device({ address: "0000:00:02.0", classCode: "0x030000", vendor: "0x8086", nativeDriver: "i915", group: 0, bootVga: true, nodes: ["card0", "fb0"] })
+    .device({ address: GPU, classCode: "0x030000", vendor: "0x1002", nativeDriver: "amdgpu", group: 1, nodes: ["card1", "fb1"] })
+    .vtconsole("vtcon0", "(S) dummy device", false)
+    .vtconsole("vtcon1", "(M) frame buffer device", true)
+    .unit({ name: "display-manager.service", active: true, processes: { 500: ["Xorg", ["/dev/dri/card0"]] } });
+}
+
+test('single-gpu="yes" for a second GPU while fbcon shows on the iGPU the host keeps: the display manager stops, the console stays bound; all back at release', async () => {
+  const kernel = twoFramebuffers();
+  const before = kernel.sim.snapshot();
+  const xml = domainXml('<vmhook:vfio single-gpu="yes"/>');
+  const prepare = await runHookEvent(kernel.sim, "prepare", "begin", xml);
+  assert.is(prepare.code, 0, prepare.stderr);
+  assert.is(kernel.driverOf(GPU), "vfio-pci");
+  assert.not.ok(kernel.units.get("display-manager.service")!.active);
+  assert.is(kernel.sim.readTrimmed("/sys/class/vtconsole/vtcon1/bind"), "1");
+  assert.not.ok(kernel.sim.writes.some((write) => write.path.startsWith("/sys/class/vtconsole/")), "no console was unbound");
+  assert.match(kernel.sim.read(paths.log) ?? "", "vfio: console vtcon1 ((M) frame buffer device) stays: it shows on fb0 of 0000:00:02.0 (i915), which the host keeps");
+  const release = await runHookEvent(kernel.sim, "release", "end", xml);
+  assert.is(release.code, 0, release.stderr);
+  assert.equal(kernel.sim.snapshot(), before);
+});
+
+test('single-gpu="yes" for a second GPU: a program on the framebuffer of the iGPU the host keeps (fbterm on fb0) does not hold the VM\'s GPU; one on the VM\'s fb1 refuses', async () => {
+  const kernel = twoFramebuffers().process(900, "fbterm", ["/dev/fb0"]);
+  const xml = domainXml('<vmhook:vfio single-gpu="yes"/>');
+  const prepare = await runHookEvent(kernel.sim, "prepare", "begin", xml);
+  assert.is(prepare.code, 0, prepare.stderr);
+  assert.is(kernel.driverOf(GPU), "vfio-pci");
+  assert.is((await runHookEvent(kernel.sim, "release", "end", xml)).code, 0);
+
+  const held = twoFramebuffers().process(900, "fbterm", ["/dev/fb1"]);
+  const before = held.sim.snapshot();
+  const refused = await runHookEvent(held.sim, "prepare", "begin", xml);
+  assert.is(refused.code, 1);
+  assert.match(firstLine(refused.stderr), "pid 900 (fbterm) holds /dev/fb1");
+  assert.equal(held.sim.snapshot(), before);
+});
+
+test('single-gpu="yes" for a second GPU that fbcon shows on (con2fbmap put it there): its console lets go first', async () => {
+  const kernel = twoFramebuffers();
+  await kernel.sim.ioctl("/dev/fb1", 0x4610, new Uint8Array(new Uint32Array([1, 1]).buffer));
+  const steps = await plannedSteps(kernel.sim, domainXml('<vmhook:vfio single-gpu="yes"/>'));
+  assert.ok(steps.includes("vfio: unbind console vtcon1 ((M) frame buffer device)"), steps.join("\n"));
+});
+
 /** An Intel iGPU with SR-IOV (i915): the PF 00:02.0 shows the host's display, its VFs 00:02.1 and 00:02.2 share its slot, each in its own group. */
 function sriovIgpu(firstVfNodes?: string[]): GpuKernel {
   const vf = (address: string, group: number, nodes?: string[]) => ({ address, classCode: "0x030000", vendor: "0x8086", nativeDriver: "i915", group, physfn: "0000:00:02.0", nodes });
