@@ -169,12 +169,13 @@ export async function consoleSteps(ctx: BaseContext, found: Survey): Promise<Ste
   const steps: Step[] = [];
   // The GPUs whose driver brings the console back at release (bindVtconsole).
   const gpus = found.devices.filter((device) => isDisplayClass(device.classCode)).map((device) => device.address);
+  // Asked once, at the first bound framebuffer console: the map is fbcon's, the same for each.
+  let elsewhere: Promise<string | undefined> | undefined;
   for (const vtconsole of ctx.host.list(VTCONSOLES)) {
     const name = ctx.host.readTrimmed(`${VTCONSOLES}/${vtconsole}/name`) ?? "";
     if (!/frame buffer/i.test(name) || ctx.host.readTrimmed(`${VTCONSOLES}/${vtconsole}/bind`) !== "1") continue;
-    const elsewhere = await consoleOnlyOnKeptGpus(ctx, found);
-    if (elsewhere) {
-      ctx.log.info(`vfio: console ${vtconsole} (${name}) stays: it shows on ${elsewhere}, which the host keeps`);
+    if (await (elsewhere ??= consoleOnlyOnKeptGpus(ctx, found))) {
+      ctx.log.info(`vfio: console ${vtconsole} (${name}) stays: it shows on ${await elsewhere}, which the host keeps`);
       continue;
     }
     steps.push({ action: "unbind-vtconsole", record: { action: "unbind-vtconsole", vtconsole, gpus }, description: `unbind console ${vtconsole} (${name})` });
