@@ -126,5 +126,28 @@ export function moduleMissing(host: Host, module: string): boolean {
   return moduleDependencies(host, release, module) === undefined && !moduleList(host, release, "modules.builtin").some((file) => moduleName(file) === name);
 }
 
+/**
+ * Where modprobe finds `module`: "loaded" (a /sys/module directory: loaded, or
+ * built in with parameters, as the VFIO modules are), "available" (among
+ * `loads`, what a modprobe about to run loads, or in the running kernel's
+ * modules.dep or modules.builtin), else "missing", also when that module tree
+ * is not there (the running kernel's modules removed by an upgrade): modprobe
+ * finds nothing then. vmhook doctor and prepare judge the VFIO modules by it.
+ */
+export function moduleState(host: Host, module: string, loads: string[] = []): "loaded" | "available" | "missing" {
+  const name = moduleName(`${module}.ko`);
+  if (host.exists(`/sys/module/${name}`)) return "loaded";
+  if (loads.includes(name)) return "available";
+  const release = kernelRelease(host);
+  const inTree = moduleDependencies(host, release, name) !== undefined || moduleList(host, release, "modules.builtin").some((file) => moduleName(file) === name);
+  return inTree ? "available" : "missing";
+}
+
+/** moduleState of the VFIO IOMMU backend QEMU will get: the better of the two. */
+export function iommuBackendState(host: Host, loads: string[] = []): "loaded" | "available" | "missing" {
+  const states = VFIO_IOMMU_BACKENDS.map((module) => moduleState(host, module, loads));
+  return states.includes("loaded") ? "loaded" : states.includes("available") ? "available" : "missing";
+}
+
 /** A module's name as /proc/modules and /sys/module give it, from its file (kernel/drivers/vfio/pci/vfio-pci.ko.xz: vfio_pci); "" for anything else. */
 export const moduleName = (file: string) => (/([^/]+?)\.ko(\.\w+)?$/.exec(file.trim())?.[1] ?? "").replace(/-/g, "_");
