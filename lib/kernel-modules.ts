@@ -143,11 +143,15 @@ export function moduleState(host: Host, module: string, loads: string[] = []): "
   return inTree ? "available" : "missing";
 }
 
+type ModuleState = ReturnType<typeof moduleState>;
+
 /** moduleState of the VFIO IOMMU backend QEMU will get: the better of the two. */
-export function iommuBackendState(host: Host, loads: string[] = []): "loaded" | "available" | "missing" {
-  const states = VFIO_IOMMU_BACKENDS.map((module) => moduleState(host, module, loads));
-  return states.includes("loaded") ? "loaded" : states.includes("available") ? "available" : "missing";
+export function iommuBackendState(host: Host, loads: string[] = []): ModuleState {
+  return eitherBackend(VFIO_IOMMU_BACKENDS.map((module) => moduleState(host, module, loads)));
 }
+
+/** The better of the backends' states (VFIO_IOMMU_BACKENDS' order): either will do. */
+export const eitherBackend = (states: ModuleState[]): ModuleState => (states.includes("loaded") ? "loaded" : states.includes("available") ? "available" : "missing");
 
 /** A module's name as /proc/modules and /sys/module give it, from its file (kernel/drivers/vfio/pci/vfio-pci.ko.xz: vfio_pci); "" for anything else. */
 export const moduleName = (file: string) => (/([^/]+?)\.ko(\.\w+)?$/.exec(file.trim())?.[1] ?? "").replace(/-/g, "_");

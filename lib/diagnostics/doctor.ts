@@ -13,7 +13,7 @@ import { recoverCommandLine } from "../metadata-text.ts";
 import type { Host } from "../host.ts";
 import { howToGetCgroupV2 } from "../host-advice.ts";
 import { journalsAndClaims, type ClaimView } from "../claims.ts";
-import { iommuBackendState, kernelRelease, moduleState, VFIO_IOMMU_BACKENDS } from "../kernel-modules.ts";
+import { eitherBackend, kernelRelease, moduleState, VFIO_IOMMU_BACKENDS } from "../kernel-modules.ts";
 import { adviceFor, describeStuckWrite, listStuckWrites } from "../stuck-writes.ts";
 import { paths } from "../paths.ts";
 import { refuseUntrustedStateDir } from "../state-files.ts";
@@ -142,16 +142,18 @@ function hostSettings(host: Host): Finding {
 const VFIO_MODULES = ["vfio", "vfio_pci"];
 const BACKEND_WORDS = `a VFIO IOMMU backend (${VFIO_IOMMU_BACKENDS.join(" or ")})`;
 
-/** The rule prepare applies (plugins/vfio/driver.ts): vfio and vfio_pci, and either IOMMU backend, each loaded or in the module tree (moduleState). */
+/** The rule prepare applies (plugins/vfio/driver.ts): vfio and vfio_pci, and either IOMMU backend (iommuBackendState), each loaded or in the module tree (moduleState). */
 function vfioModules(host: Host, needed: boolean): Finding {
   const release = kernelRelease(host);
-  const backend = iommuBackendState(host);
-  const missing = [...VFIO_MODULES.filter((module) => moduleState(host, module) === "missing"), ...(backend === "missing" ? [BACKEND_WORDS] : [])];
+  // Each looked up once: one not loaded is searched for in modules.dep (500 KB on a distribution kernel).
+  const states = new Map(["vfio", ...VFIO_IOMMU_BACKENDS, "vfio_pci"].map((module) => [module, moduleState(host, module)]));
+  const backend = eitherBackend(VFIO_IOMMU_BACKENDS.map((module) => states.get(module)!));
+  const missing = [...VFIO_MODULES.filter((module) => states.get(module) === "missing"), ...(backend === "missing" ? [BACKEND_WORDS] : [])];
   if (missing.length > 0) {
     return lacking(needed)("vfio modules", `${missing.join(", ")} not found for kernel ${release || "?"} (neither loaded nor in /lib/modules/${release}/modules.dep or modules.builtin)`, "install the kernel's modules package (VFIO is in Debian's linux-image) or build the kernel with CONFIG_VFIO_PCI and CONFIG_VFIO_IOMMU_TYPE1 (or CONFIG_IOMMUFD)");
   }
-  const loaded = ["vfio", ...VFIO_IOMMU_BACKENDS, "vfio_pci"].filter((module) => moduleState(host, module) === "loaded");
-  const allLoaded = VFIO_MODULES.every((module) => loaded.includes(module)) && backend === "loaded";
+  const loaded = [...states.keys()].filter((module) => states.get(module) === "loaded");
+  const allLoaded = VFIO_MODULES.every((module) => states.get(module) === "loaded") && backend === "loaded";
   return ok("vfio modules", allLoaded ? `${loaded.slice(0, -1).join(", ")} and ${loaded.at(-1)} are loaded` : `available (loaded: ${loaded.join(", ") || "none yet"}; the rest load when a device is handed over)`);
 }
 
