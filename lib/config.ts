@@ -203,7 +203,9 @@ function pluginId(element: XmlElement, builtinNames: () => string[]): string {
   }
   const id = element.localName === CUSTOM_ELEMENT ? customId(element) : element.localName!;
   if (element.localName !== CUSTOM_ELEMENT && !builtinNames().includes(id)) {
-    throw new ConfigError(describeElement(element), `is not a vmhook element; use one of ${[...builtinNames(), CUSTOM_ELEMENT].map((name) => `<vmhook:${name}>`).join(", ")}`);
+    const elements = [...builtinNames(), CUSTOM_ELEMENT];
+    const meant = closest(id, elements);
+    throw new ConfigError(describeElement(element), `is not a vmhook element; ${meant ? `did you mean <vmhook:${meant}/>?` : `use one of ${elements.map((name) => `<vmhook:${name}>`).join(", ")}`}`);
   }
   return id;
 }

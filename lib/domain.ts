@@ -368,10 +368,11 @@ function parseHostdevs(document: XmlNode): Domain["hostdevs"] {
     if (type === "pci") {
       const address = first(hostdev, "source", "address");
       if (!address) throw new ConfigError("<hostdev type='pci'>", "has no <source><address>");
-      // As libvirt reads them (strtoul, base 0): 0x0a hexadecimal, 10 decimal, 012 octal; within its limits (virPCIDeviceAddressIsValid, a 32-bit domain).
+      // As libvirt reads them (strtoul, base 0, after white space and a + sign): 0x0a hexadecimal, 10 decimal, 012 octal; within its limits (virPCIDeviceAddressIsValid, a 32-bit domain).
       const addressPart = (name: keyof typeof PCI_ADDRESS_LIMITS, fallback?: string) => {
         const value = attr(address, name) ?? fallback;
-        const number = value === undefined ? undefined : /^0[xX][0-9a-fA-F]+$/.test(value) ? parseInt(value, 16) : /^0[0-7]*$/.test(value) ? parseInt(value, 8) : /^[1-9][0-9]*$/.test(value) ? parseInt(value, 10) : undefined;
+        const digits = value?.replace(/^[\t\n\v\f\r ]*\+?/, "");
+        const number = digits === undefined ? undefined : /^0[xX][0-9a-fA-F]+$/.test(digits) ? parseInt(digits, 16) : /^0[0-7]*$/.test(digits) ? parseInt(digits, 8) : /^[1-9][0-9]*$/.test(digits) ? parseInt(digits, 10) : undefined;
         if (number === undefined) {
           throw new ConfigError("<hostdev type='pci'><source><address>", `${name}="${value ?? ""}" is not a number like 0x01 (hexadecimal), 1 (decimal) or 01 (octal)`);
         }

@@ -209,11 +209,15 @@ export class RootedHost implements Host {
   }
 
   write(hostPath: string, data: string): void {
-    const fd = fs.openSync(this.resolve(hostPath), fs.constants.O_WRONLY | fs.constants.O_TRUNC);
     try {
-      fs.writeSync(fd, data);
-    } finally {
-      fs.closeSync(fd);
+      const fd = fs.openSync(this.resolve(hostPath), fs.constants.O_WRONLY | fs.constants.O_TRUNC);
+      try {
+        fs.writeSync(fd, data);
+      } finally {
+        fs.closeSync(fd);
+      }
+    } catch (error) {
+      throw unwritable(error, hostPath, data);
     }
   }
 
@@ -560,6 +564,20 @@ function unreadable(error: unknown, what: string, hostPath: string): VmhookError
   const code = (error as NodeJS.ErrnoException)?.code;
   const fix = code === "EACCES" || code === "EPERM" ? accessFix() : "vmhook does not act on what it cannot read; check why (ls -l, dmesg)";
   return Object.assign(new VmhookError(`cannot ${what} ${hostPath} (${code ?? describeError(error)}); ${fix}`), { code });
+}
+
+/**
+ * A write that failed, refused with the value, the host's path (not the
+ * root's) and the errno (kept as `code`): Node's own message names no file
+ * when write(2) fails ("EINVAL: invalid argument, write"), which is how sysfs
+ * refuses a value. A value longer than a line is left out; `cause` is the
+ * error as it came.
+ */
+export function unwritable(error: unknown, hostPath: string, data: string): VmhookError & { code?: string } {
+  const code = (error as NodeJS.ErrnoException)?.code;
+  const value = data.trim();
+  const what = value.length <= 40 && !value.includes("\n") ? `${JSON.stringify(value)} to ${hostPath}` : hostPath;
+  return Object.assign(new VmhookError(`cannot write ${what} (${describeError(error).replace(/, (open|write) ?.*$/, "")})`), { code, cause: error });
 }
 
 /** Root is denied only by a security module; anyone else is denied what is root's. */

@@ -126,5 +126,35 @@ export function moduleMissing(host: Host, module: string): boolean {
   return moduleDependencies(host, release, module) === undefined && !moduleList(host, release, "modules.builtin").some((file) => moduleName(file) === name);
 }
 
+/**
+ * Where modprobe finds `module`: "loaded" (a /sys/module directory: loaded, or
+ * built in with parameters, as the VFIO modules are), "available" (among
+ * `loads`, what a modprobe about to run loads, or in the running kernel's
+ * modules.dep or modules.builtin), else "missing", also when that module tree
+ * is not there (the running kernel's modules removed by an upgrade): modprobe
+ * finds nothing then. vmhook doctor and prepare judge the VFIO modules by it.
+ */
+export function moduleState(host: Host, module: string, loads: string[] = []): "loaded" | "available" | "missing" {
+  const name = moduleName(`${module}.ko`);
+  if (host.exists(`/sys/module/${name}`)) return "loaded";
+  if (loads.includes(name)) return "available";
+  const release = kernelRelease(host);
+  const inTree = moduleDependencies(host, release, name) !== undefined || moduleList(host, release, "modules.builtin").some((file) => moduleName(file) === name);
+  return inTree ? "available" : "missing";
+}
+
+type ModuleState = ReturnType<typeof moduleState>;
+
+/** moduleState of the VFIO IOMMU backend QEMU will get: the better of the two. */
+export function iommuBackendState(host: Host, loads: string[] = []): ModuleState {
+  // One loaded, or among what modprobe loads, is known without reading the module tree (500 KB), as each prepare would.
+  if (VFIO_IOMMU_BACKENDS.some((module) => host.exists(`/sys/module/${module}`))) return "loaded";
+  if (VFIO_IOMMU_BACKENDS.some((module) => loads.includes(module))) return "available";
+  return eitherBackend(VFIO_IOMMU_BACKENDS.map((module) => moduleState(host, module)));
+}
+
+/** The better of the backends' states (VFIO_IOMMU_BACKENDS' order): either will do. */
+export const eitherBackend = (states: ModuleState[]): ModuleState => (states.includes("loaded") ? "loaded" : states.includes("available") ? "available" : "missing");
+
 /** A module's name as /proc/modules and /sys/module give it, from its file (kernel/drivers/vfio/pci/vfio-pci.ko.xz: vfio_pci); "" for anything else. */
 export const moduleName = (file: string) => (/([^/]+?)\.ko(\.\w+)?$/.exec(file.trim())?.[1] ?? "").replace(/-/g, "_");

@@ -64,7 +64,8 @@ export function uuidRunningOrWhyUnknown(host: Host, uuid: string): boolean | str
  */
 export function runningOrWhyUnknown(host: Host, domain: { name: string; uuid: string | undefined }): boolean | string {
   try {
-    return domainRunning(host, domain.name) || lostTrackPids(host, domain).length > 0;
+    // The pid file is read once: lostTrackPids would read it again.
+    return domainRunning(host, domain.name) || (domain.uuid !== undefined && qemuProcessesOf(host, domain.uuid).length > 0);
   } catch (error) {
     return describeError(error);
   }

@@ -13,7 +13,7 @@ import { recoverCommandLine } from "../metadata-text.ts";
 import type { Host } from "../host.ts";
 import { howToGetCgroupV2 } from "../host-advice.ts";
 import { journalsAndClaims, type ClaimView } from "../claims.ts";
-import { kernelRelease, moduleList, moduleName, VFIO_IOMMU_BACKENDS } from "../kernel-modules.ts";
+import { eitherBackend, kernelRelease, moduleState, VFIO_IOMMU_BACKENDS } from "../kernel-modules.ts";
 import { adviceFor, describeStuckWrite, listStuckWrites } from "../stuck-writes.ts";
 import { paths } from "../paths.ts";
 import { refuseUntrustedStateDir } from "../state-files.ts";
@@ -143,19 +143,18 @@ function hostSettings(host: Host): Finding {
 const VFIO_MODULES = ["vfio", "vfio_pci"];
 const BACKEND_WORDS = `a VFIO IOMMU backend (${VFIO_IOMMU_BACKENDS.join(" or ")})`;
 
-/** The rule prepare applies (plugins/vfio/driver.ts, noIommuBackend): vfio and vfio_pci, and either IOMMU backend. */
+/** The rule prepare applies (plugins/vfio/driver.ts): vfio and vfio_pci, and either IOMMU backend (iommuBackendState), each loaded or in the module tree (moduleState). */
 function vfioModules(host: Host, needed: boolean): Finding {
   const release = kernelRelease(host);
-  // modules.dep lists loadable modules, modules.builtin the ones built into the kernel.
-  const known = new Set((["modules.dep", "modules.builtin"] as const).flatMap((list) => moduleList(host, release, list).map((line) => moduleName(line.split(":")[0]!))));
-  const isLoaded = (module: string) => host.exists(`/sys/module/${module}`);
-  const present = (module: string) => isLoaded(module) || known.has(module);
-  const missing = [...VFIO_MODULES.filter((module) => !present(module)), ...(VFIO_IOMMU_BACKENDS.some(present) ? [] : [BACKEND_WORDS])];
+  // Each looked up once: one not loaded is searched for in modules.dep (500 KB on a distribution kernel).
+  const states = new Map(["vfio", ...VFIO_IOMMU_BACKENDS, "vfio_pci"].map((module) => [module, moduleState(host, module)]));
+  const backend = eitherBackend(VFIO_IOMMU_BACKENDS.map((module) => states.get(module)!));
+  const missing = [...VFIO_MODULES.filter((module) => states.get(module) === "missing"), ...(backend === "missing" ? [BACKEND_WORDS] : [])];
   if (missing.length > 0) {
     return lacking(needed)("vfio modules", `${missing.join(", ")} not found for kernel ${release || "?"} (neither loaded nor in /lib/modules/${release}/modules.dep or modules.builtin)`, "install the kernel's modules package (VFIO is in Debian's linux-image) or build the kernel with CONFIG_VFIO_PCI and CONFIG_VFIO_IOMMU_TYPE1 (or CONFIG_IOMMUFD)");
   }
-  const loaded = ["vfio", ...VFIO_IOMMU_BACKENDS, "vfio_pci"].filter(isLoaded);
-  const allLoaded = VFIO_MODULES.every(isLoaded) && VFIO_IOMMU_BACKENDS.some(isLoaded);
+  const loaded = [...states.keys()].filter((module) => states.get(module) === "loaded");
+  const allLoaded = VFIO_MODULES.every((module) => states.get(module) === "loaded") && backend === "loaded";
   return ok("vfio modules", allLoaded ? `${loaded.slice(0, -1).join(", ")} and ${loaded.at(-1)} are loaded` : `available (loaded: ${loaded.join(", ") || "none yet"}; the rest load when a device is handed over)`);
 }
 

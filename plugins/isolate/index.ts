@@ -19,7 +19,7 @@ import { defineAction, definePlugin, type BaseContext, type CheckContext, type P
 import { fail, ok, warn, type Finding } from "../../lib/diagnostics/findings.ts";
 import { howToGetCgroupV2, isolationExample } from "../../lib/host-advice.ts";
 import { readForMessage, type Host } from "../../lib/host.ts";
-import { completeJournals } from "../../lib/journal.ts";
+import { completeJournals, sharedState } from "../../lib/journal.ts";
 import { allowHint, loadPolicy } from "../../lib/policy.ts";
 import { parseYesNo } from "../../lib/validate.ts";
 import { ACTIONS, checkClaim, claimsOf, otherVms, type Action, type Claim, type OtherVm } from "./claims.ts";
@@ -101,19 +101,18 @@ function checkCpusExist(ctx: BaseContext, cpus: number[], where: string, online:
 /** Refuses what the running VMs forbid; returns the CPUs the host keeps with them all. */
 function checkOthers(ctx: PlanContext<IsolateConfig>, isolated: number[], own: number[], online: number[]): number[] {
   const others = otherVms(ctx.journals(), ctx.domain.uuid);
-  const beside = besideOthers(ctx.host, others, { isolated, own, allowOverlap: ctx.config.allowOverlap, element: ctx.config.element }, online);
+  const beside = besideOthers(ctx.host, others, { isolated, own, allowOverlap: ctx.config.allowOverlap, element: ctx.config.element }, online, () => ctx.shared.read(checkOriginals));
   if ("refusal" in beside) throw new VmhookError(`CPU isolation: ${beside.refusal.reason}; ${beside.refusal.fix}`);
-  const { usable, kept } = beside;
-  checkPolicyWithOthers(ctx, isolated, usable, others, kept);
-  return kept;
+  return beside.kept;
 }
 
 /**
  * What the running VMs forbid this one (prepare refuses it, doctor fails it):
- * CPUs both isolate unless both allow overlap, or no CPU left for the host;
- * else the CPUs the host can use and those it keeps with them all.
+ * CPUs both isolate unless both allow overlap, no CPU left for the host, or
+ * less than the host policy keeps for it (policyWithOthers); else the CPUs
+ * the host keeps with them all. `originals`: isolate's shared state.
  */
-function besideOthers(host: Host, others: OtherVm[], vm: { isolated: number[]; own: number[]; allowOverlap: boolean; element: string }, online: number[]): { refusal: { reason: string; fix: string } } | { usable: number[]; kept: number[] } {
+function besideOthers(host: Host, others: OtherVm[], vm: { isolated: number[]; own: number[]; allowOverlap: boolean; element: string }, online: number[], originals: () => ReturnType<typeof checkOriginals> | undefined): { refusal: { reason: string; fix: string } } | { kept: number[] } {
   // An overlap needs every VM involved to allow it: one VM's author cannot take another's isolated CPUs.
   for (const other of others) {
     const overlap = intersect(vm.own, other.own);
@@ -133,27 +132,29 @@ function besideOthers(host: Host, others: OtherVm[], vm: { isolated: number[]; o
     const running = others.map((other) => `${other.name} ${formatCpuList(other.isolated)}`).join(", ");
     return { refusal: { reason: `starting it would leave the host no CPU${bootIsolatedNote(host, online)}: this VM isolates ${formatCpuList(vm.isolated)}${running ? `, running VMs ${running}` : ""} (online: ${formatCpuList(online)})`, fix: "keep at least one CPU for the host, or stop one of those VMs first" } };
   }
-  return { usable, kept };
+  const refusal = policyWithOthers(host, vm.isolated, usable, others, kept, originals);
+  return refusal ? { refusal } : { kept };
 }
 
 /**
  * The host policy's isolate rules, held against the host as this VM and every
- * running one leave it (`kept`). The policy rule checked this VM alone when
- * its config was authorized; each VM within the policy may still, with the
- * others, leave the host less than it keeps. At prepare this runs under the
- * host lock, with the journals the host set is computed from; the policy file
- * is read only when another VM isolates CPUs.
+ * running one leave it (`kept`): why they refuse it, or undefined. The policy
+ * rule checked this VM alone when its config was authorized; each VM within
+ * the policy may still, with the others, leave the host less than it keeps.
+ * At prepare this runs under the host lock, with the journals the host set is
+ * computed from; the policy file is read only when another VM isolates CPUs.
  */
-function checkPolicyWithOthers(ctx: PlanContext<IsolateConfig>, isolated: number[], usable: number[], others: OtherVm[], kept: number[]): void {
+function policyWithOthers(host: Host, isolated: number[], usable: number[], others: OtherVm[], kept: number[], originals: () => ReturnType<typeof checkOriginals> | undefined): { reason: string; fix: string } | undefined {
   const holding = others.filter((other) => other.isolated.length > 0);
-  if (holding.length === 0) return;
-  const policy = loadPolicy(ctx.host);
-  const shortfall = hostShortfall(policy.isolate, ctx.host, usable, kept, () => ctx.shared.read(checkOriginals));
-  if (!shortfall) return;
+  if (holding.length === 0) return undefined;
+  const policy = loadPolicy(host);
+  const shortfall = hostShortfall(policy.isolate, host, usable, kept, originals);
+  if (!shortfall) return undefined;
   const running = holding.map((other) => `${other.name} (${formatCpuList(other.isolated)})`).join(", ");
-  throw new VmhookError(
-    `CPU isolation: this VM (isolating ${formatCpuList(isolated)}) and running VM${holding.length > 1 ? "s" : ""} ${running} together leave the host only CPU ${formatCpuList(kept)}, ${shortfall.reason}; ${shortfall.remedy} or stop ${holding.length > 1 ? "one of those VMs" : holding[0]!.name} first, or ${allowHint(policy, shortfall.change)}`,
-  );
+  return {
+    reason: `this VM (isolating ${formatCpuList(isolated)}) and running VM${holding.length > 1 ? "s" : ""} ${running} together leave the host only CPU ${formatCpuList(kept)}, ${shortfall.reason}`,
+    fix: `${shortfall.remedy} or stop ${holding.length > 1 ? "one of those VMs" : holding[0]!.name} first, or ${allowHint(policy, shortfall.change)}`,
+  };
 }
 
 /**
@@ -303,7 +304,7 @@ function check({ host, domain, elements }: CheckContext): Finding[] {
   // As prepare judges it beside the VMs running now (their journals); the refusal says what to change.
   const others = otherVms(completeJournals(host), domain.uuid);
   const own = pinned.length > 0 ? pinned : isolated;
-  const beside = besideOthers(host, others, { isolated, own, allowOverlap, element: "<vmhook:isolate>" }, online);
+  const beside = besideOthers(host, others, { isolated, own, allowOverlap, element: "<vmhook:isolate>" }, online, () => sharedState.read(host, PLUGIN_ID, checkOriginals));
   if ("refusal" in beside) return [fail("isolate", `${beside.refusal.reason}: prepare refuses it while they run`, beside.refusal.fix)];
   const findings = [ok("isolate", `VM CPUs ${formatCpuList(pinned) || "(none pinned)"} are online; the host keeps ${formatCpuList(kept)}${atBoot}`)];
   const split = splitCoresWarning(host, isolated, kept, hostCpus !== undefined);

@@ -1,7 +1,6 @@
 // The host settings isolation changes, one backend per kind: each knows its
 // files or units, how to read them and what to write.
 import { formatCpuList } from "../../lib/cpuset.ts";
-import { VmhookError } from "../../lib/errors.ts";
 import type { BaseContext } from "../../lib/plugin.ts";
 import type { Action, Claim } from "./claims.ts";
 import { CPU_DIR, narrowedList, narrowedMask, type HostSet } from "./cpus.ts";
@@ -201,7 +200,7 @@ function writeOrRefuse(ctx: BaseContext, key: string, value: string, refusals: s
     return true;
   } catch (error) {
     const code = (error as NodeJS.ErrnoException).code ?? "";
-    if (!refusals.includes(code)) throw new VmhookError(`cannot write "${value}" to ${key}: ${(error as Error).message}`);
+    if (!refusals.includes(code)) throw error; // it names the value and the file
     ctx.log.info(`isolate: ${key} refused "${value}" (${code}); left as it is`);
     return false;
   }

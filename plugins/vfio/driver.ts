@@ -3,7 +3,7 @@
 // vfio-pci as it registers, or by drivers_probe); extra modules load last.
 // Each undo puts one thing back and checks that it is back.
 import { runThroughDriver, writeThroughDriver } from "../../lib/bounded-write.ts";
-import { kernelRelease, moduleClosure, moduleMissing, VFIO_IOMMU_BACKENDS } from "../../lib/kernel-modules.ts";
+import { iommuBackendState, kernelRelease, moduleClosure, moduleMissing } from "../../lib/kernel-modules.ts";
 import { claimOriginal, type Claim } from "../../lib/claims.ts";
 import { VmhookError } from "../../lib/errors.ts";
 import { readForMessage, type ExecResult, type Host } from "../../lib/host.ts";
@@ -63,13 +63,11 @@ export function loadVfioSteps(ctx: PlanContext<VfioConfig>, settings: VfioSettin
 /**
  * Why vfio-pci would leave QEMU no IOMMU backend: none is loaded (or built
  * in), none is among what modprobe vfio-pci loads (`loads`), and the
- * kernel's module tree has none either. undefined when one is there, or
- * when the module tree cannot tell.
+ * kernel's module tree has none either (iommuBackendState, as vmhook doctor
+ * judges it). undefined when one is there.
  */
 function noIommuBackend(host: Host, loads: string[]): string | undefined {
-  // A built-in module has a /sys/module directory (type1 and iommufd have parameters) but no refcnt.
-  if (VFIO_IOMMU_BACKENDS.some((module) => host.exists(`/sys/module/${module}`) || loads.includes(module))) return undefined;
-  if (!VFIO_IOMMU_BACKENDS.every((module) => moduleMissing(host, module))) return undefined;
+  if (iommuBackendState(host, loads) !== "missing") return undefined;
   const release = kernelRelease(host);
   return `vfio: no VFIO IOMMU backend for kernel ${release}: vfio_iommu_type1 (and iommufd) is neither loaded nor in this kernel's ${moduleTree(release)}, so QEMU could not map the VM's memory for the device; install the modules of kernel ${release} (its vfio_iommu_type1.ko), or boot a kernel built with CONFIG_VFIO_IOMMU_TYPE1`;
 }

@@ -4,7 +4,8 @@
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
-import { RootedHost, type ExecOptions, type ExecResult, type HelperRun, type HelperWrite } from "../../lib/host.ts";
+import { VmhookError } from "../../lib/errors.ts";
+import { RootedHost, unwritable, type ExecOptions, type ExecResult, type HelperRun, type HelperWrite } from "../../lib/host.ts";
 
 export type WriteHandler = (data: string, hostPath: string, sim: SimHost) => void;
 export type IoctlHandler = (request: number, argument: Uint8Array, hostPath: string, sim: SimHost) => void;
@@ -259,7 +260,14 @@ export class SimHost extends RootedHost {
   /** Writes as the kernel would take them: the file must exist (sysfs never creates files). */
   override write(hostPath: string, data: string): void {
     this.change(`write "${data.trim()}" to ${hostPath}`);
-    this.asKernel(() => this.kernelWrite(hostPath, data));
+    this.asKernel(() => {
+      try {
+        this.kernelWrite(hostPath, data);
+      } catch (error) {
+        // What the simulated kernel refuses comes out as RootedHost.write says a real refusal.
+        throw (error as NodeJS.ErrnoException).code && !(error instanceof VmhookError) ? unwritable(error, hostPath, data) : error;
+      }
+    });
   }
 
   private kernelWrite(hostPath: string, data: string): void {
@@ -273,9 +281,7 @@ export class SimHost extends RootedHost {
     const handler = this.writeHandlers.find((h) => matches(h.match, hostPath));
     if (handler) return handler.handler(data.trim(), hostPath, this);
     if (!fs.existsSync(this.resolve(hostPath))) {
-      const error = new Error(`ENOENT: no such file ${hostPath}`) as NodeJS.ErrnoException;
-      error.code = "ENOENT";
-      throw error;
+      throw Object.assign(new Error("ENOENT: no such file or directory"), { code: "ENOENT" });
     }
     super.write(hostPath, data);
   }
@@ -341,7 +347,8 @@ export class SimHost extends RootedHost {
       this.write(hostPath, data);
       return { done: true };
     } catch (error) {
-      return { done: true, error: (error as Error).message };
+      // A helper's dd reports the kernel's answer alone.
+      return { done: true, error: ((error as Error).cause instanceof Error ? (error as Error).cause as Error : (error as Error)).message };
     } finally {
       this.remove(`/proc/${pid}`);
     }

@@ -157,8 +157,9 @@ const MISTAKES: Record<string, Mistake[]> = {
     { hooks: `<vmhook:plugin name="backup"/><vmhook:plugin name="backup"/>`, says: "names plugin backup a second time", fix: "merge the two elements" },
   ],
   hooks: [
-    { hooks: `<vmhook:hugepage/>`, names: "<vmhook:hugepage>", says: "is not a vmhook element", fix: "use one of <vmhook:hugepages>" },
-    { hooks: `<vmhook:Hugepages/>`, names: "<vmhook:Hugepages>", says: "is not a vmhook element", fix: "use one of <vmhook:hugepages>" },
+    { hooks: `<vmhook:hugepage/>`, names: "<vmhook:hugepage>", says: "is not a vmhook element", fix: "did you mean <vmhook:hugepages/>?" },
+    { hooks: `<vmhook:Hugepages/>`, names: "<vmhook:Hugepages>", says: "is not a vmhook element", fix: "did you mean <vmhook:hugepages/>?" },
+    { hooks: `<vmhook:frobnicate/>`, names: "<vmhook:frobnicate>", says: "is not a vmhook element", fix: "use one of <vmhook:hugepages>, <vmhook:isolate>" },
     { hooks: `<hugepages/>`, says: `contains <hugepages> from namespace "none"`, fix: `xmlns:vmhook="urn:vmhook:1"` },
     { hooks: `some text`, says: `contains the text "some text"`, fix: "such as <vmhook:hugepages/>" },
   ],

@@ -839,6 +839,8 @@ test("defect 4, hook mode: VM A released while VM B keeps nvidia unloaded: A's c
     fs.writeFileSync(at("sys/bus/pci/drivers/vfio-pci/unbind"), "");
     fs.writeFileSync(at("sys/bus/pci/drivers_probe"), "");
     fs.symlinkSync("../../../bus/pci/drivers/vfio-pci", at(`sys/bus/pci/devices/${card}/driver`));
+    // vfio-pci loaded brings its IOMMU backend (this root has no module tree to load one from).
+    fs.mkdirSync(at("sys/module/vfio_iommu_type1"), { recursive: true });
     fs.mkdirSync(at("sys/kernel/iommu_groups/1/devices"), { recursive: true });
     fs.symlinkSync("../../../kernel/iommu_groups/1", at(`sys/bus/pci/devices/${card}/iommu_group`));
     fs.symlinkSync(`../../../../bus/pci/devices/${card}`, at(`sys/kernel/iommu_groups/1/devices/${card}`));

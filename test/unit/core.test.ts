@@ -855,7 +855,7 @@ test("malformed or wrong XML: prepare fails with the cause first; release and st
       [`<domain><name>vm</name><metadata><vmhook:hooks xmlns:vmhook="urn:vmhook:1">`, /^vmhook: the domain XML on stdin is not well-formed XML: /],
       [`<network xmlns:v="urn:vmhook:1"/>`, /^vmhook: the domain XML on stdin: the root element is <network>, expected <domain>$/],
       ["", /^vmhook: the domain XML on stdin is empty; expected a libvirt <domain> XML document$/],
-      [XML.replace("<vmhook:hugepages/>", "<vmhook:hugepage/>"), /^vmhook: <vmhook:hugepage>: is not a vmhook element; use one of <vmhook:hugepages>/],
+      [XML.replace("<vmhook:hugepages/>", "<vmhook:hugepage/>"), /^vmhook: <vmhook:hugepage>: is not a vmhook element; did you mean <vmhook:hugepages\/>\?$/],
     ];
     for (const [xml, expected] of cases) {
       const prepared = await runHookEvent(sim, "prepare", "begin", xml);

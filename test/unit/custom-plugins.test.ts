@@ -836,4 +836,18 @@ test("the wait for the domain's lock counts against the work deadline: a prepare
   }
 });
 
+test("module: ctx.host.write on a file that does not exist fails naming the plugin, the value, the host's path and the errno; nothing is left changed", async () => {
+  const sim = pluginHost();
+  install(sim, "fan.mjs", `export default { name: "fan", summary: "fan", parse: () => ({}),
+    plan: { prepare: () => [{ action: "set", record: { action: "set" }, description: "set the fan" }] },
+    actions: { set: { check: (record) => record, apply(record, ctx) { ctx.host.write("/sys/class/hwmon/hwmon9/pwm1", "255"); }, undo() {} } } };\n`, 0o644);
+  const before = sim.snapshot();
+  const outcome = await runHookEvent(sim, "prepare", "begin", domainXml('<vmhook:plugin name="fan"/>'));
+  assert.is(outcome.code, 1);
+  assert.is(outcome.stderr.split("\n")[0], 'vmhook: plugin:fan: cannot write "255" to /sys/class/hwmon/hwmon9/pwm1 (ENOENT: no such file or directory)');
+  assert.not.match(outcome.stderr, sim.root);
+  assert.equal(sim.snapshot(), before);
+  sim.cleanup();
+});
+
 test.run();

@@ -95,7 +95,9 @@ test("a PCI hostdev written by hand reads as libvirt reads it: no mode is subsys
   // libvirt parses these with strtoul base 0 (virXMLPropUInt) and writes them back as 0x0a, 0x08; vmhook plan on the file must mean the same device.
   assert.equal(hostdevs(`<hostdev type='pci' managed='yes'><source><address domain='0' bus='10' slot='010' function='1'/></source></hostdev>`), [{ type: "pci", address: "0000:0a:08.1", managed: true }]);
   assert.equal(hostdevs(`<hostdev mode='subsystem' type='pci'><source><address domain='0x0000' bus='0X1f' slot='0x00' function='0x7'/></source></hostdev>`), [{ type: "pci", address: "0000:1f:00.7", managed: false }]);
-  for (const bad of ["09", "0x", "-1", "1a"]) {
+  // strtoul skips leading white space and takes a + sign; virStrToLong_uip refuses a - sign and anything after the number.
+  assert.equal(hostdevs(`<hostdev type='pci'><source><address domain=' 0' bus='+0x0a' slot=' +010' function='&#9;1'/></source></hostdev>`), [{ type: "pci", address: "0000:0a:08.1", managed: false }]);
+  for (const bad of ["09", "0x", "-1", "1a", "-0", "1 ", "+", "+-1", "++1", "+ 1"]) {
     assert.throws(() => hostdevs(`<hostdev mode='subsystem' type='pci'><source><address bus='${bad}' slot='0'/></source></hostdev>`), (error: Error) => error.message === `<hostdev type='pci'><source><address>: bus="${bad}" is not a number like 0x01 (hexadecimal), 1 (decimal) or 01 (octal)`);
   }
 });

@@ -786,6 +786,11 @@ test("policy isolate.minHostCpus counts every running VM: B, within it alone, ma
   assert.match(outcome.stderr, `lower "isolate.minHostCpus" in ${paths.policy}`);
   assert.equal(sim.snapshot(), afterA);
   assert.equal(sim.stateFiles(), [`${vmA.uuid}.json`, "shared/isolate.json"]);
+  // vmhook doctor on B while A runs says what prepare says
+  const doctored = (await runDoctor(sim, { file: "vmB.xml", xml: domainXml(b) })).domain!.findings.find((found) => found.check === "isolate")!;
+  assert.equal([doctored.status, doctored.reason], ["fail", "this VM (isolating 4-6) and running VM vmA (2-3) together leave the host only CPU 0-1,7, but the host policy keeps at least 4 CPU(s) for the host: prepare refuses it while they run"]);
+  assert.match(doctored.fix!, `give the host more CPUs or stop vmA first, or to allow it, lower "isolate.minHostCpus" in ${paths.policy}`);
+  assert.equal(sim.snapshot(), afterA);
 
   assert.is((await release(sim, vmA)).code, 0);
   const alone = await prepare(sim, b);

@@ -7,7 +7,7 @@ import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { Deadline, waitFor, WaitTimedOut } from "../../lib/deadline.ts";
 import { runDoctor } from "../../lib/diagnostics/doctor.ts";
-import { readForMessage } from "../../lib/host.ts";
+import { readForMessage, RootedHost } from "../../lib/host.ts";
 import { readJournal } from "../../lib/journal.ts";
 import { DEFAULT_SETTINGS, loadSettings } from "../../lib/settings.ts";
 import { cli } from "../helpers/cli.ts";
@@ -50,6 +50,20 @@ test("RootedHost.readTrimmed on a real file system: undefined only when nothing 
   assert.is(readForMessage(host, "/missing", "?"), "?");
   assert.is(readForMessage(host, "/value", "?"), "42");
   });
+});
+
+test("RootedHost.write that fails, at open (ENOENT, EISDIR) or at write(2) itself (ENOSPC, where Node names no file), throws naming the value, the host's path (not the root's) and the errno, kept as code", () => {
+  withLoopTree((root, host) => {
+    fs.mkdirSync(path.join(root, "dir"));
+    const missing = threw(() => host.write("/sys/bus/pci/devices/0000:01:00.0/driver_override", "vfio-pci"));
+    assert.equal([missing.code, missing.message], ["ENOENT", 'cannot write "vfio-pci" to /sys/bus/pci/devices/0000:01:00.0/driver_override (ENOENT: no such file or directory)']);
+    const directory = threw(() => host.write("/dir", "1\n"));
+    assert.equal([directory.code, directory.message], ["EISDIR", 'cannot write "1" to /dir (EISDIR: illegal operation on a directory)']);
+    const long = threw(() => host.write("/dir", `${"x".repeat(100)}\n`));
+    assert.is(long.message, "cannot write /dir (EISDIR: illegal operation on a directory)", "a value too long to show is left out");
+  });
+  const full = threw(() => new RootedHost("/").write("/dev/full", "512\n"));
+  assert.equal([full.code, full.message], ["ENOSPC", 'cannot write "512" to /dev/full (ENOSPC: no space left on device)']);
 });
 
 test("SimHost.failRead: readTrimmed judges the injected errno as a real one, read throws it as it is, clearFailures ends it; ESRCH (a process gone while read) is nothing there", () => {

@@ -6,6 +6,7 @@ import * as fs from "node:fs";
 import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { Deadline } from "../../lib/deadline.ts";
+import { runDoctor } from "../../lib/diagnostics/doctor.ts";
 import { readJournal } from "../../lib/journal.ts";
 import { moduleClosure, moduleDependencies } from "../../lib/kernel-modules.ts";
 import { createLogger } from "../../lib/log.ts";
@@ -295,6 +296,21 @@ test("a kernel with vfio-pci but no IOMMU backend (vfio_iommu_type1 and iommufd 
     "vmhook: vfio: no VFIO IOMMU backend for kernel 6.1.0-sim: vfio_iommu_type1 (and iommufd) is neither loaded nor in this kernel's modules (/lib/modules/6.1.0-sim: modules.dep, modules.builtin), so QEMU could not map the VM's memory for the device; install the modules of kernel 6.1.0-sim (its vfio_iommu_type1.ko), or boot a kernel built with CONFIG_VFIO_IOMMU_TYPE1",
     "QEMU would fail to open the device (No available IOMMU models) once the display had let go",
   );
+});
+
+test("the running kernel's modules removed (an upgrade's autoremove) and no IOMMU backend loaded: prepare refuses before the display manager stops, as vmhook doctor's vfio modules check fails on the same host", async () => {
+  const kernel = nvidiaDesktop();
+  kernel.sim.file("/proc/sys/kernel/osrelease", "6.1.0-sim");
+  fs.rmSync(kernel.sim.resolve("/lib/modules"), { recursive: true, force: true });
+  const xml = domainXml("<vmhook:vfio/>");
+  const doctored = (await runDoctor(kernel.sim, { file: "vm.xml", xml })).host.find((finding) => finding.check === "vfio modules")!;
+  assert.equal([doctored.status, doctored.reason], ["fail", "vfio, vfio_pci, a VFIO IOMMU backend (vfio_iommu_type1 or iommufd) not found for kernel 6.1.0-sim (neither loaded nor in /lib/modules/6.1.0-sim/modules.dep or modules.builtin)"]);
+  const before = kernel.sim.snapshot();
+  const result = await runHookEvent(kernel.sim, "prepare", "begin", xml);
+  assert.is(result.code, 1, "prepare went ahead where doctor said the modules are missing");
+  assert.match(firstLine(result.stderr), /^vmhook: vfio: no VFIO IOMMU backend for kernel 6\.1\.0-sim: vfio_iommu_type1 \(and iommufd\) is neither loaded nor in this kernel's modules/);
+  assert.equal(kernel.sim.snapshot(), before);
+  assert.ok(kernel.units.get("display-manager.service")!.active, "the display manager was never stopped");
 });
 
 test("vfio_iommu_type1 built into the kernel (modules.builtin), or iommufd in its modules instead: no refusal", async () => {
