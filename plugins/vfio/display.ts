@@ -200,17 +200,12 @@ const MAX_NR_CONSOLES = 63;
  * or the map cannot be read: then the console lets go, as on a host with one GPU.
  */
 async function consoleOnlyOnKeptGpus(ctx: BaseContext, found: Survey): Promise<string | undefined> {
-  const ours = new Set(found.devices.map((device) => device.address));
-  const kept = new Map<number, string>();
-  for (const device of listPciDevices(ctx.host).filter((device) => isDisplayClass(device.classCode) && !ours.has(device.address))) {
-    for (const framebuffer of ctx.host.list(`/sys/bus/pci/devices/${device.address}/graphics`).filter((name) => /^fb\d+$/.test(name))) {
-      kept.set(Number(framebuffer.slice(2)), `${device.address} (${device.driver ?? "no driver"})`);
-    }
-  }
+  // The survey found the kept GPUs' framebuffers already (a program on one does not hold the VM's GPU).
+  const kept = new Set((found.watched.keptFramebuffers ?? []).map((node) => Number(node.slice("/dev/fb".length))));
   if (kept.size === 0) return undefined;
   const shown = new Set<number>();
   const mapping = new Int32Array(2);
-  const device = `/dev/fb${[...kept.keys()][0]}`;
+  const device = `/dev/fb${[...kept][0]}`;
   try {
     for (let console = 1; console <= MAX_NR_CONSOLES; console++) {
       mapping.set([console, -1]);
@@ -222,7 +217,15 @@ async function consoleOnlyOnKeptGpus(ctx: BaseContext, found: Survey): Promise<s
     return undefined;
   }
   if (shown.size === 0 || ![...shown].every((index) => kept.has(index))) return undefined;
-  return [...shown].map((index) => `fb${index} of ${kept.get(index)}`).join(", ");
+  // Only now, for the log line: which kept GPU each framebuffer is on.
+  const ours = new Set(found.devices.map((device) => device.address));
+  const owners = new Map<number, string>();
+  for (const device of listPciDevices(ctx.host).filter((device) => isDisplayClass(device.classCode) && !ours.has(device.address))) {
+    for (const framebuffer of ctx.host.list(`/sys/bus/pci/devices/${device.address}/graphics`).filter((name) => /^fb\d+$/.test(name))) {
+      owners.set(Number(framebuffer.slice(2)), `${device.address} (${device.driver ?? "no driver"})`);
+    }
+  }
+  return [...shown].map((index) => `fb${index} of ${owners.get(index)}`).join(", ");
 }
 
 function unbindVtconsole(record: UndoRecord, ctx: BaseContext): void {
