@@ -805,6 +805,13 @@ test('single-gpu="yes" for a second GPU that fbcon shows on (con2fbmap put it th
   assert.ok(steps.includes("vfio: unbind console vtcon1 ((M) frame buffer device)"), steps.join("\n"));
 });
 
+test('single-gpu="yes" for a second GPU when the kept iGPU\'s /dev/fb0 is missing (no udev node): which framebuffer fbcon shows on is unknown, so its console lets go', async () => {
+  const kernel = twoFramebuffers();
+  kernel.sim.remove("/dev/fb0");
+  const steps = await plannedSteps(kernel.sim, domainXml('<vmhook:vfio single-gpu="yes"/>'));
+  assert.ok(steps.includes("vfio: unbind console vtcon1 ((M) frame buffer device)"), steps.join("\n"));
+});
+
 /** An Intel iGPU with SR-IOV (i915): the PF 00:02.0 shows the host's display, its VFs 00:02.1 and 00:02.2 share its slot, each in its own group. */
 function sriovIgpu(firstVfNodes?: string[]): GpuKernel {
   const vf = (address: string, group: number, nodes?: string[]) => ({ address, classCode: "0x030000", vendor: "0x8086", nativeDriver: "i915", group, physfn: "0000:00:02.0", nodes });
