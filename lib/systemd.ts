@@ -16,27 +16,35 @@ export interface UnitHierarchy {
 const V2_ENTRY = /^0::(.*)$/m;
 
 /**
- * Where systemd keeps its units' cgroups, as it mounted them at boot (its
- * cg_unified_cached()): cgroup v2 at /sys/fs/cgroup (unified, systemd 247's
- * default); v2 at /sys/fs/cgroup/unified beside the v1 controllers (hybrid:
- * Debian 10, Ubuntu 20.04, and any host booted with
- * systemd.unified_cgroup_hierarchy=0); v1's name=systemd hierarchy at
- * /sys/fs/cgroup/systemd (legacy). A unit's cgroup path, as systemctl show's
- * ControlGroup= gives it, is the same in each. Undefined when none is mounted.
+ * The hierarchies systemd may keep its units' cgroups in: cgroup v2 at
+ * /sys/fs/cgroup (unified, systemd 247's default); v2 at
+ * /sys/fs/cgroup/unified beside the v1 controllers (hybrid: Debian 10, Ubuntu
+ * 20.04, and any host booted with systemd.unified_cgroup_hierarchy=0); v1's
+ * name=systemd hierarchy at /sys/fs/cgroup/systemd (legacy). A unit's cgroup
+ * path, as systemctl show's ControlGroup= gives it, is the same in each.
+ */
+const UNIT_HIERARCHIES: UnitHierarchy[] = [
+  { mount: "/sys/fs/cgroup", entry: V2_ENTRY },
+  { mount: "/sys/fs/cgroup/unified", entry: V2_ENTRY },
+  { mount: "/sys/fs/cgroup/systemd", entry: /^\d+:name=systemd:(.*)$/m },
+];
+
+/**
+ * The hierarchy systemd keeps its units in: the one holding its own
+ * init.scope (PID 1's cgroup since systemd 226). A cgroup v2 mounted at
+ * /sys/fs/cgroup/unified by hand or by another tool on a legacy host holds
+ * none of systemd's units, so being mounted does not tell. Undefined when none holds it.
  */
 export function unitHierarchy(host: Host): UnitHierarchy | undefined {
-  if (host.exists("/sys/fs/cgroup/cgroup.controllers")) return { mount: "/sys/fs/cgroup", entry: V2_ENTRY };
-  if (host.exists("/sys/fs/cgroup/unified/cgroup.controllers")) return { mount: "/sys/fs/cgroup/unified", entry: V2_ENTRY };
-  if (host.exists("/sys/fs/cgroup/systemd/cgroup.procs")) return { mount: "/sys/fs/cgroup/systemd", entry: /^\d+:name=systemd:(.*)$/m };
-  return undefined;
+  return UNIT_HIERARCHIES.find((hierarchy) => host.exists(`${hierarchy.mount}/init.scope/cgroup.procs`));
 }
 
-/** The processes in a unit's cgroup (none when it is gone); throws when no hierarchy of systemd's is mounted, as then no process could be seen. */
+/** The processes in a unit's cgroup (none when it is gone); throws when no hierarchy holds systemd's units, as then no process could be seen. */
 export function cgroupProcesses(host: Host, cgroup: string): string[] {
   const hierarchy = unitHierarchy(host);
   if (!hierarchy) {
     throw new VmhookError(
-      `vmhook cannot see the processes of ${cgroup}: neither cgroup v2 (/sys/fs/cgroup, or /sys/fs/cgroup/unified beside v1) nor systemd's v1 hierarchy (/sys/fs/cgroup/systemd) is mounted; mount them as systemd does at boot, or boot with systemd as init`,
+      `vmhook cannot see the processes of ${cgroup}: no cgroup hierarchy holds systemd's init.scope (cgroup v2 at /sys/fs/cgroup or /sys/fs/cgroup/unified, v1's name=systemd at /sys/fs/cgroup/systemd); mount them as systemd does at boot, or boot with systemd as init`,
     );
   }
   return (host.readTrimmed(`${hierarchy.mount}${cgroup}/cgroup.procs`) ?? "").split("\n").filter(Boolean);

@@ -161,6 +161,8 @@ export class GpuKernel {
     if (this.cgroups === "hybrid") sim.file("/sys/fs/cgroup/unified/cgroup.controllers", "");
     // name=systemd, the v1 hierarchy systemd keeps beside the controllers' in both (hybrid: for compatibility only)
     if (this.cgroups !== "unified") sim.file("/sys/fs/cgroup/systemd/cgroup.procs", "1").file("/sys/fs/cgroup/cpu,cpuacct/cgroup.procs", "1");
+    // PID 1 in its init.scope, in each hierarchy systemd keeps its units in
+    for (const layout of this.cgroups === "hybrid" ? (["hybrid", "legacy"] as const) : [this.cgroups]) sim.file(`${CGROUP_MOUNTS[layout]}/init.scope/cgroup.procs`, "1");
     const builtinConsole = options.builtinConsole ?? true;
     sim.dir("/var/log").dir("/run/vmhook").dir("/proc").dir("/dev/vfio").dir(DRIVERS).file("/proc/modules", "").file("/proc/sys/kernel/osrelease", RELEASE);
     if (options.systemd ?? true) sim.dir("/run/systemd/system");

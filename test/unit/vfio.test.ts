@@ -805,6 +805,13 @@ test('single-gpu="yes" for a second GPU that fbcon shows on (con2fbmap put it th
   assert.ok(steps.includes("vfio: unbind console vtcon1 ((M) frame buffer device)"), steps.join("\n"));
 });
 
+test('single-gpu="yes" for a second GPU when the kept iGPU\'s /dev/fb0 is missing (no udev node): which framebuffer fbcon shows on is unknown, so its console lets go', async () => {
+  const kernel = twoFramebuffers();
+  kernel.sim.remove("/dev/fb0");
+  const steps = await plannedSteps(kernel.sim, domainXml('<vmhook:vfio single-gpu="yes"/>'));
+  assert.ok(steps.includes("vfio: unbind console vtcon1 ((M) frame buffer device)"), steps.join("\n"));
+});
+
 /** An Intel iGPU with SR-IOV (i915): the PF 00:02.0 shows the host's display, its VFs 00:02.1 and 00:02.2 share its slot, each in its own group. */
 function sriovIgpu(firstVfNodes?: string[]): GpuKernel {
   const vf = (address: string, group: number, nodes?: string[]) => ({ address, classCode: "0x030000", vendor: "0x8086", nativeDriver: "i915", group, physfn: "0000:00:02.0", nodes });
@@ -1387,5 +1394,35 @@ for (const layout of ["unified", "hybrid", "legacy"] as const satisfies readonly
     assert.ok(kernel.units.get("nvidia-persistenced.service")!.active);
   });
 }
+
+// cgroup v2 mounted at /sys/fs/cgroup/unified by hand or by another tool on a
+// legacy host (systemd keeps its units in name=systemd, the v2 tree holds them
+// nowhere): systemd's own hierarchy is the one that holds its init.scope.
+test("legacy cgroups beside a cgroup2 mounted at /sys/fs/cgroup/unified: a display manager process that outlives systemctl stop is waited for, not taken for gone", async () => {
+  const kernel = nvidiaDesktop("display-manager.service", "legacy");
+  kernel.sim.file("/sys/fs/cgroup/unified/cgroup.controllers", "").file("/sys/fs/cgroup/unified/cgroup.procs", "1\n501");
+  settings(kernel, { stopTimeoutSeconds: 1 });
+  const systemd = kernel.sim.execHandler("systemctl")!;
+  kernel.sim.onExec("systemctl", (args, sim, options) => {
+    const result = systemd(args, sim, options);
+    if (args.join(" ") === "stop display-manager.service") kernel.process(501, "gdm", ["/dev/null"], "/system.slice/display-manager.service").sim.file("/sys/fs/cgroup/systemd/system.slice/display-manager.service/cgroup.procs", "501");
+    return result;
+  });
+  const result = await runHookEvent(kernel.sim, "prepare", "begin", domainXml("<vmhook:vfio/>"));
+  assert.is(result.code, 1, result.stderr);
+  assert.match(firstLine(result.stderr), "vfio: display-manager.service did not stop within 1 s");
+  assert.is(kernel.driverOf(GPU), "nvidia", "the card stays with its driver");
+});
+
+test("legacy cgroups beside a cgroup2 mounted at /sys/fs/cgroup/unified: single GPU hands the NVIDIA card over and back", async () => {
+  const kernel = nvidiaDesktop("display-manager.service", "legacy");
+  kernel.sim.file("/sys/fs/cgroup/unified/cgroup.controllers", "").file("/sys/fs/cgroup/unified/cgroup.procs", "1");
+  const xml = domainXml("<vmhook:vfio/>");
+  const prepare = await runHookEvent(kernel.sim, "prepare", "begin", xml);
+  assert.is(prepare.code, 0, prepare.stderr);
+  assert.is(kernel.driverOf(GPU), "vfio-pci");
+  assert.is((await runHookEvent(kernel.sim, "release", "end", xml)).code, 0);
+  assert.is(kernel.driverOf(GPU), "nvidia");
+});
 
 test.run();
