@@ -116,6 +116,11 @@ export const hookCommand = (hookMain: HookMain): CommandModule<GlobalOptions, Ho
       .check(({ name, op, subop }) => notAHookEvent(name, op, subop) ?? true),
   async handler(args) {
     requireRoot(`vmhook hook ${nameArgument(args.name)} ${args.op} ${args.subop}`, "libvirt runs the hook as root, and its steps change the host as root", args.root);
+    // Typed at a terminal with nothing piped in, the hook would wait silently for the XML libvirt passes.
+    if (process.stdin.isTTY) {
+      const command = `vmhook hook ${nameArgument(args.name)} ${args.op} ${args.subop}`;
+      process.stderr.write(terminalText(`vmhook hook: reading ${args.name}'s domain XML on stdin, as libvirt passes it (end it with Ctrl-D); to pass it: virsh dumpxml ${nameArgument(args.name)} | ${command}\n`));
+    }
     const offset = logSize(args.host);
     const event = `${args.op} ${args.subop} of ${args.name}`;
     // Checked on the XML the hook read, before it acts: its UUID finds a QEMU libvirt lost track of.

@@ -160,4 +160,24 @@ test("vmhook hook started (reconnect) of a running VM given another domain's XML
     sim.cleanup();
   }
 });
+test("vmhook hook typed at a terminal, nothing piped in, says on stderr what it waits for before it reads: the XML, as virsh dumpxml gives it", async () => {
+  const sim = new SimHost().dir("/var/log");
+  const wasTty = process.stdin.isTTY;
+  try {
+    for (const [terminal, said] of [[true, true], [false, false]] as const) {
+      Object.defineProperty(process.stdin, "isTTY", { value: terminal, configurable: true, writable: true });
+      const hookMain = async () => {
+        process.stderr.write("<the hook reads stdin>\n");
+        return 0;
+      };
+      const { stderr } = await cli(["hook", "vm", "prepare", "begin", "--root", sim.root], sim, hookMain);
+      const waiting = "vmhook hook: reading vm's domain XML on stdin, as libvirt passes it (end it with Ctrl-D); to pass it: virsh dumpxml vm | vmhook hook vm prepare begin\n<the hook reads stdin>\n";
+      assert.is(stderr.startsWith(waiting), said, stderr);
+      if (!said) assert.ok(stderr.startsWith("<the hook reads stdin>\n"), stderr);
+    }
+  } finally {
+    Object.defineProperty(process.stdin, "isTTY", { value: wasTty, configurable: true, writable: true });
+    sim.cleanup();
+  }
+});
 test.run();
