@@ -14,8 +14,9 @@ die() {
 
 [ "$(id -u)" -eq 0 ] || die "run as root (sudo ./install.sh): the hook goes to /etc/libvirt/hooks"
 
-# The sources the binary is built from: a build is needed when any is newer.
-SOURCES=(hooks lib plugins package.json package-lock.json tsconfig.json)
+# The sources the binary is built from, and the script that builds it: a build
+# is needed when any is newer.
+SOURCES=(hooks lib plugins packaging/build.ts package.json package-lock.json tsconfig.json)
 
 needs_build() {
   [ -x dist/vmhook ] || return 0

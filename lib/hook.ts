@@ -2,6 +2,7 @@
 // stdin. hooks/qemu.ts decides which of these runs for which event.
 import { loadDomainPlugins, loadReconnectPlugins, type PluginInstance } from "./config.ts";
 import { Deadline } from "./deadline.ts";
+import { definedUuid, uuidFromXml } from "./definitions.ts";
 import { parseDomain, type Domain } from "./domain.ts";
 import { ConfigError, describeError, StrayError, VmhookError } from "./errors.ts";
 import { RootedHost, type Host } from "./host.ts";
@@ -11,7 +12,6 @@ import { isLegacyPlugin, type HookEvent, type PlannedEvent, type PluginRegistry 
 import { registry as builtinRegistry } from "../plugins/index.ts";
 import { DEFAULT_SETTINGS, loadSettings, type HostSettings } from "./settings.ts";
 import { runPlugins, undoJournal, type RunEnvironment } from "./transaction.ts";
-import { PATTERNS } from "./validate.ts";
 import { paths } from "./paths.ts";
 import { nameArgument, recoverCommandLine } from "./metadata-text.ts";
 import { ancestorRunning, LIBVIRT_DAEMONS } from "./processes.ts";
@@ -37,12 +37,6 @@ export interface HookInvocation {
   ownProcess?: boolean;
   /** The process that ran the hook (libvirt's daemon); the parent unless a test passes another. */
   parentPid?: number;
-}
-
-/** The domain UUID found by a plain text search: enough to find a journal without parsing XML. */
-export function uuidFromXml(xml: string): string | undefined {
-  const uuid = /<uuid>\s*([0-9a-fA-F-]{36})\s*<\/uuid>/.exec(xml)?.[1]?.toLowerCase();
-  return uuid && PATTERNS.uuid.test(uuid) ? uuid : undefined;
 }
 
 export class HookRun {
@@ -325,9 +319,14 @@ function heldUnderName(host: Host, name: string): string[] {
   } catch (error) {
     return [`${paths.stateDir} cannot be read (${describeError(error)}), so what vmhook holds for ${name} is unknown: see vmhook status`];
   }
+  // A domain renamed (virsh domrename) since its journal was started is found by the UUID of libvirt's definition of it.
+  const uuid = definedUuid(host, name);
   const held = listed.journals
-    .filter((journal) => journal.domain.name === name)
-    .map((journal) => `its journal ${paths.journal(journal.domain.uuid)} holds ${journal.entries.length} change(s), kept: once ${name} is shut off, run ${recoverCommandLine(name)}`);
+    .filter((journal) => journal.domain.name === name || journal.domain.uuid === uuid)
+    .map((journal) => {
+      const startedAs = journal.domain.name === name ? "" : ` (started as ${journal.domain.name})`;
+      return `its journal ${paths.journal(journal.domain.uuid)}${startedAs} holds ${journal.entries.length} change(s), kept: once ${name} is shut off, run ${recoverCommandLine(name)}`;
+    });
   if (listed.broken.length > 0) held.push(`${listed.broken.length} journal(s) in ${paths.stateDir} cannot be read and may be ${name}'s: see vmhook status`);
   return held.length > 0 ? held : [`no journal in ${paths.stateDir} names ${name}: vmhook holds nothing for it`];
 }

@@ -6,6 +6,7 @@
 import * as fs from "node:fs";
 import { describeError, VmhookError } from "./errors.ts";
 import { ioctl } from "./libc.ts";
+import { rootsAloneProblem } from "./root-alone.ts";
 
 export interface ExecOptions {
   /** Kill the child after this long. Always set: libvirt has no timeout of its own. */
@@ -187,6 +188,20 @@ export function normalizePath(absolute: string): string {
   return `/${parts.join("/")}${trailing}`;
 }
 
+/**
+ * Why root must not run this file (its real path) of the tree at `root` as
+ * code, or undefined: a tree another user can write (sudo vmhook bundle
+ * --root ~/copy) would have its systemctl run as root. Root alone must be
+ * able to write the file and every directory on the way to it from the real
+ * /, as for plugins.d. The host's own files, and a user's own tree run by
+ * that user, are run as they are.
+ */
+export function untrustedTreeCode(root: string, real: string, because: string): string | undefined {
+  if (root === "/" || process.geteuid?.() !== 0) return undefined;
+  const host = new RootedHost("/");
+  return rootsAloneProblem((path) => host.stat(path), real, "file", because);
+}
+
 export class RootedHost implements Host {
   readonly root: string;
 
@@ -288,8 +303,10 @@ export class RootedHost implements Host {
   }
 
   exec(command: string, args: string[], options: ExecOptions): ExecResult {
-    const program = this.findProgram(command);
-    if (!program) return notStarted(`${command}: not found`);
+    const found = this.findProgram(command);
+    if (!found) return notStarted(`${command}: not found`);
+    if ("refused" in found) return notStarted(found.refused);
+    const program = found.program;
     // Never hand libvirt's stdout/stderr pipes to a child: a child that outlives
     // us while holding them would make libvirt wait forever. Bun.spawnSync,
     // not node:child_process: a spawn costs half as much under TCG (docs/bench.md).
@@ -325,8 +342,10 @@ export class RootedHost implements Host {
   }
 
   async execAsync(command: string, args: string[], options: ExecOptions): Promise<ExecResult> {
-    const program = this.findProgram(command);
-    if (!program) return notStarted(`${command}: not found`);
+    const found = this.findProgram(command);
+    if (!found) return notStarted(`${command}: not found`);
+    if ("refused" in found) return notStarted(found.refused);
+    const program = found.program;
     let child: BunSubprocess & { readonly stdin: BunFileSink };
     // With `started`, /bin/sh holds the program back until it reads
     // a line, then becomes it (exec keeps the pid `started` was given); its
@@ -418,8 +437,10 @@ export class RootedHost implements Host {
   }
 
   async runInHelper(command: string, args: string[], timeoutMs: number, started: (pid: number) => void): Promise<HelperRun> {
-    const program = this.findProgram(command);
-    if (!program) return { done: true, result: notStarted(`${command}: not found`) };
+    const found = this.findProgram(command);
+    if (!found) return { done: true, result: notStarted(`${command}: not found`) };
+    if ("refused" in found) return { done: true, result: notStarted(found.refused) };
+    const program = found.program;
     // The system's sh waits for a line before it becomes the program (exec
     // keeps the pid that `started` noted), and ends when its input ends first
     // (the hook died). It parses only this script: the program and its
@@ -482,8 +503,11 @@ export class RootedHost implements Host {
     }
   }
 
-  /** Programs are looked up under the root too, so a test tree can provide fake ones. */
-  private findProgram(command: string): string | undefined {
+  /**
+   * Programs are looked up under the root too, so a test tree can provide fake
+   * ones: the real path of the first executable one, or why it is not run.
+   */
+  private findProgram(command: string): { program: string } | { refused: string } | undefined {
     const candidates = command.includes("/") ? [command] : SEARCH_PATH.map((dir) => `${dir}/${command}`);
     for (const candidate of candidates) {
       const real = this.resolve(candidate);
@@ -491,10 +515,12 @@ export class RootedHost implements Host {
         // Most directories do not have it: asked without an exception, which costs several times more under TCG.
         if (!fs.statSync(real, { throwIfNoEntry: false })?.isFile()) continue;
         fs.accessSync(real, fs.constants.X_OK);
-        return real;
       } catch {
         // not executable, or not a directory on the way: try the next directory
+        continue;
       }
+      const untrusted = untrustedTreeCode(this.root, real, "vmhook runs a --root tree's programs as root");
+      return untrusted ? { refused: `${command}: ${real} of the --root tree not run: ${untrusted}` } : { program: real };
     }
     return undefined;
   }

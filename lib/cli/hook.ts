@@ -3,7 +3,7 @@
 // it then says what it did: the lines it logged, or why there were none.
 import type { CommandModule } from "yargs";
 import { describeError, VmhookError } from "../errors.ts";
-import { uuidFromXml } from "../hook.ts";
+import { definedUuid, uuidFromXml } from "../definitions.ts";
 import type { Host } from "../host.ts";
 import { readJournal } from "../journal.ts";
 import { readLogFrom, terminalText } from "../log.ts";
@@ -97,7 +97,8 @@ function refuseUnlessLibvirtWould(host: Host, { name, op, subop }: HookArgs, uui
 function refuseAnotherDomainsXml(host: Host, { name, op, subop }: HookArgs, xml: string): void {
   const uuid = uuidFromXml(xml);
   const owner = uuid === undefined ? undefined : readJournal(host, uuid)?.domain.name;
-  if (uuid === undefined || owner === undefined || owner === name) return;
+  // A journal under another name is this domain's all the same when libvirt's definition of `name` has its UUID: renamed (virsh domrename) since it started.
+  if (uuid === undefined || owner === undefined || owner === name || definedUuid(host, name) === uuid) return;
   const command = `vmhook hook ${nameArgument(name)} ${op} ${subop}`;
   throw new VmhookError(`${command} refused: the domain XML on stdin has the UUID of ${owner} (${uuid}), not ${name}'s: the hook would take ${owner}'s journal (${paths.journal(uuid)}) for ${name}'s and act on it`, [
     `pass ${name}'s own XML: virsh dumpxml ${nameArgument(name)} | ${command}`,
@@ -116,6 +117,11 @@ export const hookCommand = (hookMain: HookMain): CommandModule<GlobalOptions, Ho
       .check(({ name, op, subop }) => notAHookEvent(name, op, subop) ?? true),
   async handler(args) {
     requireRoot(`vmhook hook ${nameArgument(args.name)} ${args.op} ${args.subop}`, "libvirt runs the hook as root, and its steps change the host as root", args.root);
+    // Typed at a terminal with nothing piped in, the hook would wait silently for the XML libvirt passes.
+    if (process.stdin.isTTY) {
+      const command = `vmhook hook ${nameArgument(args.name)} ${args.op} ${args.subop}`;
+      process.stderr.write(terminalText(`vmhook hook: reading ${args.name}'s domain XML on stdin, as libvirt passes it (end it with Ctrl-D); to pass it: virsh dumpxml ${nameArgument(args.name)} | ${command}\n`));
+    }
     const offset = logSize(args.host);
     const event = `${args.op} ${args.subop} of ${args.name}`;
     // Checked on the XML the hook read, before it acts: its UUID finds a QEMU libvirt lost track of.

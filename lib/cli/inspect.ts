@@ -21,7 +21,7 @@ import { domainBusy } from "../lock.ts";
 import { abandonedStart } from "./recover.ts";
 import { describeUnheldSharedView, unheldSharedNow } from "./recover-unheld.ts";
 import { runningOrWhyUnknown } from "./running.ts";
-import { renamedTo } from "./definitions.ts";
+import { renamedTo } from "../definitions.ts";
 import { adviceFor, describeStuckWrite, listStuckWrites } from "../stuck-writes.ts";
 import { journalsAndClaims, type HolderView } from "../claims.ts";
 import type { Json } from "../records.ts";

@@ -14,7 +14,7 @@ import { createLogger } from "../log.ts";
 import { paths } from "../paths.ts";
 import { processInstance } from "../processes.ts";
 import { runningOrWhyUnknown } from "./running.ts";
-import { definedUuid, renamedTo } from "./definitions.ts";
+import { definedUuid, renamedTo } from "../definitions.ts";
 import { describeOrphanClaim, describeUnheldShared, giveBackOrphanClaims, giveBackUnheldShared, type Recovery } from "./recover-unheld.ts";
 import { loadSettings } from "../settings.ts";
 import { undoJournal } from "../transaction.ts";

@@ -6,9 +6,10 @@ import { builtinModules } from "node:module";
 import * as nodePath from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
 import { describeError, VmhookError } from "../errors.ts";
-import type { Host } from "../host.ts";
+import { untrustedTreeCode, type Host } from "../host.ts";
 import type { AnyPlugin } from "../plugin.ts";
-import { octal, ROOT_UID, rootsAloneProblem, type PluginFile } from "./trust.ts";
+import { octal, ROOT_UID } from "../root-alone.ts";
+import { rootsAloneProblem, type PluginFile } from "./trust.ts";
 
 /**
  * A module's default export: a Plugin (plan + actions), or a plugin of the
@@ -16,6 +17,8 @@ import { octal, ROOT_UID, rootsAloneProblem, type PluginFile } from "./trust.ts"
  * through the runner's adapter (docs/plugins.md, "Migrating").
  */
 export async function importModulePlugin(host: Host, file: PluginFile): Promise<AnyPlugin> {
+  const treeProblem = untrustedTreeCode(host.root, host.resolve(file.path), "vmhook loads a --root tree's plugins as root");
+  if (treeProblem) throw new VmhookError(`plugin ${file.name}: not loading ${host.resolve(file.path)} of the --root tree: ${treeProblem}`);
   const cacheProblem = transpilerCacheProblem();
   if (cacheProblem) throw new VmhookError(`plugin ${file.name}: not loading ${file.path}: ${cacheProblem}`);
   const importProblem = moduleImports(host, file.path).problem;

@@ -4,10 +4,8 @@
 import { VmhookError } from "../errors.ts";
 import type { Host } from "../host.ts";
 import { paths } from "../paths.ts";
+import { rootsAloneProblem as rootsAloneRule, unsafeReason } from "../root-alone.ts";
 import { PATTERNS, PLUGIN_NAME_RULE } from "../validate.ts";
-
-/** Plugins run as root: root must own them. */
-export const ROOT_UID = 0;
 
 export interface PluginFile {
   name: string;
@@ -26,45 +24,8 @@ function candidates(name: string): PluginFile[] {
   ];
 }
 
-export const octal = (mode: number) => `0${(mode & 0o7777).toString(8)}`;
-
-/**
- * Why vmhook refuses to trust this path, or undefined when it is safe: root
- * owns it, group and others cannot write it, and it is no symlink (whose
- * target would escape the check). `because` says what root trusts it for.
- */
-function unsafeReason(host: Host, hostPath: string, kind: "directory" | "file", because = "plugins run as root"): string | undefined {
-  const stat = host.stat(hostPath);
-  if (!stat) return `${hostPath} does not exist`;
-  if (stat.isSymlink) return `${hostPath} is a symlink; vmhook only trusts what it can check, so put the real ${kind} there`;
-  if (kind === "directory" ? !stat.isDirectory : !stat.isFile) return `${hostPath} is not a ${kind === "directory" ? "directory" : "regular file"}`;
-  if (stat.uid !== ROOT_UID) {
-    return `${hostPath} is owned by uid ${stat.uid}, not root; ${because}, so run chown root:root ${hostPath}`;
-  }
-  if ((stat.mode & 0o022) !== 0) {
-    return `${hostPath} has mode ${octal(stat.mode)}: group or others can write it, and ${because}; run chmod go-w ${hostPath}`;
-  }
-  return undefined;
-}
-
-/**
- * Why a directory above `hostPath` is unsafe (unsafeReason), or undefined:
- * whoever can write one of them can rename what is below and put their own
- * in its place.
- */
-function unsafeAbove(host: Host, hostPath: string, because?: string): string | undefined {
-  for (let dir = parentOf(hostPath); ; dir = parentOf(dir)) {
-    const problem = unsafeReason(host, dir, "directory", because);
-    if (problem || dir === "/") return problem;
-  }
-}
-
-const parentOf = (absolute: string) => absolute.slice(0, absolute.lastIndexOf("/")) || "/";
-
-/** Why root cannot trust `hostPath`, or undefined: it and every directory above it must pass unsafeReason. */
-export function rootsAloneProblem(host: Host, hostPath: string, kind: "directory" | "file", because?: string): string | undefined {
-  return unsafeReason(host, hostPath, kind, because) ?? unsafeAbove(host, hostPath, because);
-}
+/** Why root cannot trust `hostPath` of this host, or undefined: it and every directory above it must be root's alone (lib/root-alone.ts). */
+export const rootsAloneProblem = (host: Host, hostPath: string, kind: "directory" | "file", because?: string): string | undefined => rootsAloneRule((path) => host.stat(path), hostPath, kind, because);
 
 /** Why the plugins directory is unsafe, or undefined. */
 export const pluginsDirProblem = (host: Host): string | undefined => rootsAloneProblem(host, paths.pluginsDir, "directory");
@@ -100,7 +61,7 @@ export function findCustomPlugin(host: Host, name: string): PluginFile {
 export function fileRefusal(host: Host, file: PluginFile): string | undefined {
   const others = candidates(file.name).filter((other) => other.path !== file.path && host.stat(other.path) !== undefined);
   if (others.length > 0) return `${[file, ...others].map((each) => each.path).join(" and ")} both exist; keep one`;
-  const unsafe = unsafeReason(host, file.path, "file");
+  const unsafe = unsafeReason((path) => host.stat(path), file.path, "file");
   if (unsafe) return unsafe;
   if (file.kind === "executable" && (host.stat(file.path)!.mode & 0o100) === 0) {
     return `${file.path} is not executable; run chmod 755 ${file.path} (or rename a JavaScript module to ${file.name}.mjs)`;

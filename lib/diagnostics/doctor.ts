@@ -26,7 +26,7 @@ import { loadSettings } from "../settings.ts";
 import { isVmhookBinary, SAVED_HOOK } from "../cli/install.ts";
 import { abandonedStart, BEING_STARTED, forceWhenShutOff } from "../cli/recover.ts";
 import { runningOrWhyUnknown } from "../cli/running.ts";
-import { renamedTo } from "../cli/definitions.ts";
+import { renamedTo } from "../definitions.ts";
 import { describeUnheldSharedView, unheldSharedNow } from "../cli/recover-unheld.ts";
 import { isLegacyPlugin } from "../plugin.ts";
 import { fail, ok, roundMiB, warn, type Finding } from "./findings.ts";

@@ -160,4 +160,53 @@ test("vmhook hook started (reconnect) of a running VM given another domain's XML
     sim.cleanup();
   }
 });
+test("vmhook hook typed at a terminal, nothing piped in, says on stderr what it waits for before it reads: the XML, as virsh dumpxml gives it", async () => {
+  const sim = new SimHost().dir("/var/log");
+  const wasTty = process.stdin.isTTY;
+  try {
+    for (const [terminal, said] of [[true, true], [false, false]] as const) {
+      Object.defineProperty(process.stdin, "isTTY", { value: terminal, configurable: true, writable: true });
+      const hookMain = async () => {
+        process.stderr.write("<the hook reads stdin>\n");
+        return 0;
+      };
+      const { stderr } = await cli(["hook", "vm", "prepare", "begin", "--root", sim.root], sim, hookMain);
+      const waiting = "vmhook hook: reading vm's domain XML on stdin, as libvirt passes it (end it with Ctrl-D); to pass it: virsh dumpxml vm | vmhook hook vm prepare begin\n<the hook reads stdin>\n";
+      assert.is(stderr.startsWith(waiting), said, stderr);
+      if (!said) assert.ok(stderr.startsWith("<the hook reads stdin>\n"), stderr);
+    }
+  } finally {
+    Object.defineProperty(process.stdin, "isTTY", { value: wasTty, configurable: true, writable: true });
+    sim.cleanup();
+  }
+});
+
+test("a domain renamed (virsh domrename) while a crash left its journal under the old name: vmhook hook NEW with NEW's own XML runs, and stopped/release without XML name that journal", async () => {
+  const uuid = "d0d0d0d0-0000-4000-8000-0000000000a3";
+  const journal = JSON.stringify({ version: 1, domain: { name: "old", uuid }, phase: "running", pid: 1, entries: [{ plugin: "hugepages", kind: "pool", record: {} }] });
+  const sim = new SimHost().dir("/var/log").file(`/run/vmhook/${uuid}.json`, journal).file("/etc/libvirt/qemu/new.xml", `<domain type="kvm"><name>new</name><uuid>${uuid}</uuid></domain>`);
+  try {
+    let acted = false;
+    const hookMain = async (_args: string[], _root: string, checkXml?: (xml: string) => void) => {
+      checkXml?.(`<domain type="kvm"><name>new</name><uuid>${uuid}</uuid></domain>`);
+      acted = true;
+      return 0;
+    };
+    const byHand = await cli(["hook", "new", "release", "end", "--root", sim.root], sim, hookMain);
+    assert.equal([byHand.code, acted], [0, true], byHand.stderr);
+
+    const { runEvent, withoutDomainXml } = await import("../../lib/hook.ts");
+    const said: string[] = [];
+    const write = process.stderr.write;
+    process.stderr.write = ((chunk: string) => said.push(String(chunk)) > 0) as typeof process.stderr.write;
+    try {
+      await runEvent({ args: ["new", "release", "end", "-"], xml: "", root: sim.root, host: sim }, "release", withoutDomainXml("is empty", false), false);
+    } finally {
+      process.stderr.write = write;
+    }
+    assert.match(said.join(""), `its journal /run/vmhook/${uuid}.json (started as old) holds 1 change(s), kept: once new is shut off, run vmhook recover new`);
+  } finally {
+    sim.cleanup();
+  }
+});
 test.run();

@@ -2,10 +2,16 @@
 // /etc/libvirt/qemu (never by calling libvirt). A journal names the domain as
 // it was when it started: `virsh domrename` of a domain that a crash left
 // holding changes gives it another name, by which the user asks for it.
-import type { Host } from "../host.ts";
-import { uuidFromXml } from "../hook.ts";
-import { domainNameInText } from "../metadata-text.ts";
-import { paths } from "../paths.ts";
+import type { Host } from "./host.ts";
+import { domainNameInText } from "./metadata-text.ts";
+import { paths } from "./paths.ts";
+import { PATTERNS } from "./validate.ts";
+
+/** The domain UUID found by a plain text search: enough to find a journal without parsing XML. */
+export function uuidFromXml(xml: string): string | undefined {
+  const uuid = /<uuid>\s*([0-9a-fA-F-]{36})\s*<\/uuid>/.exec(xml)?.[1]?.toLowerCase();
+  return uuid && PATTERNS.uuid.test(uuid) ? uuid : undefined;
+}
 
 /** The UUID in the definition file of the domain called `name`, or undefined: none, unreadable, or a name that names no file (a slash: libvirt refuses one). */
 export function definedUuid(host: Host, name: string): string | undefined {
