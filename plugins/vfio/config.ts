@@ -6,7 +6,7 @@
 import type { XmlElement } from "../../lib/xml.ts";
 import { readAttributes, single } from "../../lib/element.ts";
 import { describeElement, type Domain } from "../../lib/domain.ts";
-import { ConfigError, jsonText, VmhookError } from "../../lib/errors.ts";
+import { attributeText, ConfigError, jsonText, VmhookError } from "../../lib/errors.ts";
 import { paths } from "../../lib/paths.ts";
 import { closest } from "../../lib/cli/usage.ts";
 import { checkPattern, parsePciAddress, parseYesNo, PATTERNS } from "../../lib/validate.ts";
@@ -35,7 +35,7 @@ function parseSingleGpu(value: string | undefined, where: string): VfioConfig["s
   try {
     return parseYesNo(value, where, "single-gpu", false) ? "yes" : "no";
   } catch {
-    throw new ConfigError(where, `single-gpu="${value}" must be auto, yes or no (auto: yes when the GPU shows the boot console and the host has no other GPU)`);
+    throw new ConfigError(where, `${attributeText("single-gpu", value)} must be auto, yes or no (auto: yes when the GPU shows the boot console and the host has no other GPU)`);
   }
 }
 

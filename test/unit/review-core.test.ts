@@ -257,10 +257,12 @@ test("a newline in an XML value cannot forge log lines or push the cause off std
     const forged = "2026-01-01T00:00:00.000Z [other release end] released: 9 change(s) undone";
     const outcome = await runHookEvent(sim, "prepare", "begin", XML.replace("<vmhook:hugepages/>", `<vmhook:hugepages size="2M&#10;${forged}"/>`));
     assert.is(outcome.code, 1);
-    assert.match(outcome.stderr.split("\n")[0]!, `size="2M\\n${forged}" is not a size`);
+    // The value is quoted by its start and length, its newline escaped.
+    const quotedValue = (separator: string) => `size="2M${separator}${forged.slice(0, 37)}…" (${3 + forged.length} characters)`;
+    assert.match(outcome.stderr.split("\n")[0]!, `${quotedValue("\\n")} is not a size`);
     const log = sim.read(paths.log).trim().split("\n");
     assert.is(log.length, 1);
-    assert.match(log[0]!, `[vm prepare begin] error: <vmhook:hugepages size="2M\\n${forged}">`);
+    assert.match(log[0]!, `[vm prepare begin] error: <vmhook:hugepages ${quotedValue("\\n")}>`);
   } finally {
     sim.cleanup();
   }
@@ -281,7 +283,7 @@ test("a domain name or XML value with a carriage return or a C1 control (NEL, CS
     const log = sim.read(paths.log);
     assert.not.match(log, controls);
     assert.is(log.trim().split("\n").length, 1);
-    assert.match(log, `[vm\\r${forged}\\u009b2J prepare begin] error: <vmhook:hugepages size="2M\\u0085${forged}">`);
+    assert.match(log, `[vm\\r${forged}\\u009b2J prepare begin] error: <vmhook:hugepages size="2M\\u0085${forged.slice(0, 37)}…" (${3 + forged.length} characters)>`);
   } finally {
     sim.cleanup();
   }

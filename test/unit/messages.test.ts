@@ -1,0 +1,47 @@
+// Messages that stay useful on any input: a huge value is quoted by its start
+// and length, a failed read names the file and the errno, an id from the
+// journal finds only a plugin, a limit's message says the range it checks,
+// and the CLI prints no "undefined" for a throw that is not an Error.
+import { test } from "uvu";
+import * as assert from "uvu/assert";
+import { quoted } from "../../lib/errors.ts";
+import { parseDomain } from "../../lib/domain.ts";
+import { loadDomainPlugins } from "../../lib/config.ts";
+import { registry } from "../../plugins/index.ts";
+import { SimHost } from "../helpers/simhost.ts";
+
+const UUID = "d0d0d0d0-0000-4000-8000-0000000000c1";
+
+test("quoted: a short value whole, in quotes; a long one by its start and its length; either on one line", () => {
+  assert.is(quoted("2M"), '"2M"');
+  assert.is(quoted("2M\n0000:01:00.0\r"), '"2M\\n0000:01:00.0\\r"');
+  const huge = "A".repeat(40_000);
+  const shown = quoted(huge);
+  assert.ok(shown.startsWith('"AAAA'), shown);
+  assert.match(shown, /…" \(40000 characters\)$/);
+  assert.ok(shown.length < 100, shown);
+});
+
+test("a 40 000-character attribute value is refused in a message of a line, not of 40 KB, still naming the element and the attribute", async () => {
+  const huge = "1".repeat(40_000);
+  const sim = new SimHost();
+  try {
+    for (const element of [`<vmhook:hugepages size="${huge}"/>`, `<vmhook:vfio devices="${huge}"/>`, `<vmhook:isolate host-cpus="0-${huge}"/>`, `<vmhook:forward ports="${huge}"/>`, `<vmhook:mdev parent="${huge}" type="i915-GVTg_V5_4"/>`]) {
+      const xml = `<domain type='kvm'><name>vm</name><uuid>${UUID}</uuid><memory unit='GiB'>1</memory><metadata><vmhook:hooks xmlns:vmhook="urn:vmhook:1">${element}</vmhook:hooks></metadata><devices/></domain>`;
+      try {
+        await loadDomainPlugins(parseDomain(xml), sim, registry);
+        assert.unreachable(`${element.slice(0, 40)} was accepted`);
+      } catch (error) {
+        if (error instanceof assert.Assertion) throw error;
+        const message = (error as Error).message;
+        assert.ok(message.length < 600, `${message.length} characters: ${message.slice(0, 300)}`);
+        assert.match(message, element.slice(0, element.indexOf(" ")));
+        assert.match(message, "characters)");
+      }
+    }
+  } finally {
+    sim.cleanup();
+  }
+});
+
+test.run();
