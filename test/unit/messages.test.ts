@@ -4,7 +4,7 @@
 // and the CLI prints no "undefined" for a throw that is not an Error.
 import { test } from "uvu";
 import * as assert from "uvu/assert";
-import { quoted } from "../../lib/errors.ts";
+import { quoted, VmhookError } from "../../lib/errors.ts";
 import { parseDomain } from "../../lib/domain.ts";
 import { loadDomainPlugins } from "../../lib/config.ts";
 import { registry } from "../../plugins/index.ts";
@@ -39,6 +39,25 @@ test("a 40 000-character attribute value is refused in a message of a line, not 
         assert.match(message, "characters)");
       }
     }
+  } finally {
+    sim.cleanup();
+  }
+});
+
+test("Host.read of a file that is not there names the host's path and the errno, keeps the code, and shows no test root", () => {
+  const sim = new SimHost();
+  try {
+    let caught: unknown;
+    try {
+      sim.read("/sys/devices/system/cpu/present");
+    } catch (error) {
+      caught = error;
+    }
+    assert.instance(caught, VmhookError);
+    const error = caught as VmhookError & { code?: string };
+    assert.is(error.code, "ENOENT");
+    assert.match(error.message, /^cannot read \/sys\/devices\/system\/cpu\/present \(ENOENT/);
+    assert.not.match(error.message, sim.root);
   } finally {
     sim.cleanup();
   }
