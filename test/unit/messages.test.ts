@@ -63,4 +63,22 @@ test("Host.read of a file that is not there names the host's path and the errno,
   }
 });
 
+test("a journal's plugin id that is an inherited member of an object (constructor, toString, __proto__) is no built-in plugin", async () => {
+  const sim = new SimHost();
+  try {
+    for (const id of ["constructor", "toString", "__proto__", "hasOwnProperty"]) {
+      try {
+        await registry.load(id, sim);
+        assert.unreachable(`${id} loaded`);
+      } catch (error) {
+        if (error instanceof assert.Assertion) throw error;
+        assert.instance(error, VmhookError, `${id}: ${String(error)}`);
+        assert.match((error as Error).message, `no built-in plugin "${id}"`);
+      }
+    }
+  } finally {
+    sim.cleanup();
+  }
+});
+
 test.run();
