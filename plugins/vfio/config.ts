@@ -112,7 +112,7 @@ export function readVfioSettings(raw: Record<string, unknown>): VfioSettings {
   };
   const seconds = (key: "stopTimeoutSeconds" | "bindTimeoutSeconds"): number => {
     const value = raw[key] ?? DEFAULT_SETTINGS[key];
-    if (typeof value !== "number" || !(value > 0 && value <= 600)) throw new VmhookError(`${where(key)} must be a number of seconds from 1 to 600; it is ${jsonText(value)}`);
+    if (typeof value !== "number" || !(value > 0 && value <= 600)) throw new VmhookError(`${where(key)} must be a number of seconds more than 0 and at most 600 (a fraction is taken: 0.5); it is ${jsonText(value)}`);
     return value;
   };
   // A longer name never equals a comm: prepare would refuse the display manager's own processes as outsiders, release wait for them in vain.

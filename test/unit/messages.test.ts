@@ -7,6 +7,8 @@ import * as assert from "uvu/assert";
 import { quoted, VmhookError } from "../../lib/errors.ts";
 import { parseDomain } from "../../lib/domain.ts";
 import { loadDomainPlugins } from "../../lib/config.ts";
+import { paths } from "../../lib/paths.ts";
+import { loadSettings } from "../../lib/settings.ts";
 import { registry } from "../../plugins/index.ts";
 import { SimHost } from "../helpers/simhost.ts";
 
@@ -75,6 +77,26 @@ test("a journal's plugin id that is an inherited member of an object (constructo
         assert.instance(error, VmhookError, `${id}: ${String(error)}`);
         assert.match((error as Error).message, `no built-in plugin "${id}"`);
       }
+    }
+  } finally {
+    sim.cleanup();
+  }
+});
+
+test("the host settings' time limits: what the refusal says is the range the check takes (a fraction of a second is taken)", () => {
+  const sim = new SimHost();
+  try {
+    const settings = [
+      (seconds: number) => ({ deadlineSeconds: seconds }),
+      (seconds: number) => ({ undoDeadlineSeconds: seconds }),
+      (seconds: number) => ({ plugins: { vfio: { stopTimeoutSeconds: seconds } } }),
+      (seconds: number) => ({ plugins: { vfio: { bindTimeoutSeconds: seconds } } }),
+    ];
+    for (const setting of settings) {
+      sim.file(paths.hostConfig, JSON.stringify(setting(0.5)));
+      loadSettings(sim);
+      sim.file(paths.hostConfig, JSON.stringify(setting(0)));
+      assert.throws(() => loadSettings(sim), (error: Error) => !/from 1 to/.test(error.message) && /more than 0/.test(error.message));
     }
   } finally {
     sim.cleanup();
