@@ -10,6 +10,7 @@ import { loadDomainPlugins } from "../../lib/config.ts";
 import { paths } from "../../lib/paths.ts";
 import { loadSettings } from "../../lib/settings.ts";
 import { registry } from "../../plugins/index.ts";
+import { cli } from "../helpers/cli.ts";
 import { SimHost } from "../helpers/simhost.ts";
 
 const UUID = "d0d0d0d0-0000-4000-8000-0000000000c1";
@@ -99,6 +100,25 @@ test("the host settings' time limits: what the refusal says is the range the che
       assert.throws(() => loadSettings(sim), (error: Error) => !/from 1 to/.test(error.message) && /more than 0/.test(error.message));
     }
   } finally {
+    sim.cleanup();
+  }
+});
+
+test("vmhook with VMHOOK_DEBUG, when something throws a value that is not an Error: the value, never an \"undefined\" stack", async () => {
+  const sim = new SimHost().dir("/var/log");
+  const debug = process.env.VMHOOK_DEBUG;
+  process.env.VMHOOK_DEBUG = "1";
+  try {
+    const throwsAString = async () => {
+      throw "the disk is gone";
+    };
+    const { code, stderr } = await cli(["hook", "vm", "prepare", "begin", "--root", sim.root], sim, throwsAString);
+    assert.is(code, 1);
+    assert.match(stderr, "vmhook: the disk is gone");
+    assert.not.match(stderr, "undefined");
+  } finally {
+    if (debug === undefined) delete process.env.VMHOOK_DEBUG;
+    else process.env.VMHOOK_DEBUG = debug;
     sim.cleanup();
   }
 });
