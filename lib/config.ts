@@ -4,7 +4,7 @@
 import { domElement } from "./dom-element.ts";
 import type { XmlElement } from "./xml.ts";
 import { attributes, describeElement, metadataChildren, type Domain } from "./domain.ts";
-import { ConfigError, describeError, VmhookError } from "./errors.ts";
+import { attributeText, ConfigError, describeError, VmhookError } from "./errors.ts";
 import type { Host } from "./host.ts";
 import { NAMESPACE_URI, paths, ROOT_ELEMENT } from "./paths.ts";
 import { closest } from "./cli/usage.ts";
@@ -228,7 +228,7 @@ function customId(element: XmlElement): string {
   if (!element.hasAttribute("name")) throw new ConfigError(describeElement(element), `has no name attribute; write <vmhook:plugin name="NAME"> with NAME a file in the plugins directory`);
   const name = element.getAttribute("name")!;
   if (!PATTERNS.pluginName.test(name)) {
-    throw new ConfigError(describeElement(element), `name="${name}" is not a plugin name: ${PLUGIN_NAME_RULE}`);
+    throw new ConfigError(describeElement(element), `${attributeText("name", name)} is not a plugin name: ${PLUGIN_NAME_RULE}`);
   }
   return `${CUSTOM_PREFIX}${name}`;
 }

@@ -1,5 +1,5 @@
 // CPU lists as libvirt and the kernel write them: "0-3,8,^2".
-import { ConfigError } from "./errors.ts";
+import { attributeText, ConfigError, excerpt } from "./errors.ts";
 
 /** What a list holds, for its messages: a node list must not be explained as CPUs. */
 interface ListKind {
@@ -32,7 +32,7 @@ function parseList(text: string, element: string, attribute: string, kind: ListK
   const { item } = kind;
   const set = new Set<number>();
   const fail = (why: string) =>
-    new ConfigError(element, `${attribute}="${text}" ${why}; write ${item}s as a list like ${kind.example}`);
+    new ConfigError(element, `${attributeText(attribute, text)} ${why}; write ${item}s as a list like ${kind.example}`);
   if (text.trim() === "") throw fail("is empty");
   for (const rawPart of text.replace(/,\s*$/, "").split(",")) {
     const part = rawPart.trim();
@@ -44,10 +44,10 @@ function parseList(text: string, element: string, attribute: string, kind: ListK
     } else if ((match = /^(\d+)\s*-\s*(\d+)$/.exec(part))) {
       const first = checkItem(Number(match[1]), kind, fail);
       const last = checkItem(Number(match[2]), kind, fail);
-      if (last < first) throw fail(`has a range ${part} that runs backwards`);
+      if (last < first) throw fail(`has a range ${excerpt(part)} that runs backwards`);
       for (let cpu = first; cpu <= last; cpu++) set.add(cpu);
     } else {
-      throw fail(`has "${part}", which is not a ${item}, a range or ^${item}`);
+      throw fail(`has "${excerpt(part)}", which is not a ${item}, a range or ^${item}`);
     }
   }
   const items = [...set].sort((a, b) => a - b);

@@ -1,7 +1,7 @@
 // The domain XML as vmhook needs it: identity, memory, NUMA, CPU pinning,
 // host devices, and the vmhook metadata element. Everything a plugin can
 // derive from standard libvirt XML is read here once.
-import { ConfigError, VmhookError } from "./errors.ts";
+import { attributeText, ConfigError, excerpt, VmhookError } from "./errors.ts";
 import { NAMESPACE_URI, ROOT_ELEMENT } from "./paths.ts";
 import { childElements, metadataNode, metadataNodes, prefixMistake, readableOthersPrefixes, refuseMisplacedNamespace, virshSetCommand, type MetadataNode } from "./metadata-text.ts";
 import { parseCpuset, parseNodeset } from "./cpuset.ts";
@@ -374,10 +374,10 @@ function parseHostdevs(document: XmlNode): Domain["hostdevs"] {
         const digits = value?.replace(/^[\t\n\v\f\r ]*\+?/, "");
         const number = digits === undefined ? undefined : /^0[xX][0-9a-fA-F]+$/.test(digits) ? parseInt(digits, 16) : /^0[0-7]*$/.test(digits) ? parseInt(digits, 8) : /^[1-9][0-9]*$/.test(digits) ? parseInt(digits, 10) : undefined;
         if (number === undefined) {
-          throw new ConfigError("<hostdev type='pci'><source><address>", `${name}="${value ?? ""}" is not a number like 0x01 (hexadecimal), 1 (decimal) or 01 (octal)`);
+          throw new ConfigError("<hostdev type='pci'><source><address>", `${attributeText(name, value ?? "")} is not a number like 0x01 (hexadecimal), 1 (decimal) or 01 (octal)`);
         }
         if (number > PCI_ADDRESS_LIMITS[name]) {
-          throw new ConfigError("<hostdev type='pci'><source><address>", `${name}="${value}" is above 0x${PCI_ADDRESS_LIMITS[name].toString(16)}, the largest PCI ${name}; lspci -D shows the device's address`);
+          throw new ConfigError("<hostdev type='pci'><source><address>", `${attributeText(name, value!)} is above 0x${PCI_ADDRESS_LIMITS[name].toString(16)}, the largest PCI ${name}; lspci -D shows the device's address`);
         }
         return number;
       };
@@ -405,7 +405,7 @@ const MAC = /^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/;
 function parseInterfaces(document: XmlNode): NetworkInterface[] {
   return nodes(document, "domain", "devices", "interface").map((nic) => {
     const mac = attr(first(nic, "mac"), "address")?.trim().toLowerCase();
-    if (mac !== undefined && !MAC.test(mac)) throw new ConfigError("<interface><mac>", `address="${mac}" is not a MAC address like 52:54:00:12:34:56`);
+    if (mac !== undefined && !MAC.test(mac)) throw new ConfigError("<interface><mac>", `${attributeText("address", mac)} is not a MAC address like 52:54:00:12:34:56`);
     const network = attr(first(nic, "source"), "network");
     return { type: attr(nic, "type") ?? "", ...(mac ? { mac } : {}), ...(network !== undefined ? { network } : {}) };
   });
@@ -425,10 +425,19 @@ export function attributes(element: XmlElement): Record<string, string> {
   return result;
 }
 
-/** How an element is named in messages: <vmhook:hugepages size="2M">. */
+/** How many characters of attributes describeElement shows before it leaves the rest out. */
+const DESCRIBED_ATTRIBUTES_LIMIT = 240;
+
+/** How an element is named in messages: <vmhook:hugepages size="2M">; an element of many attributes by its first ones and "…". */
 export function describeElement(element: XmlElement): string {
-  const attrs = Object.entries(attributes(element))
-    .map(([key, value]) => ` ${key}="${value}"`)
-    .join("");
-  return `<vmhook:${element.localName}${attrs}>`;
+  let attrs = "";
+  for (const [key, value] of Object.entries(attributes(element))) {
+    const attribute = ` ${attributeText(key, value)}`;
+    if (attrs.length + attribute.length > DESCRIBED_ATTRIBUTES_LIMIT) {
+      attrs += " …";
+      break;
+    }
+    attrs += attribute;
+  }
+  return `<vmhook:${excerpt(element.localName ?? element.tagName)}${attrs}>`;
 }

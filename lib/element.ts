@@ -4,7 +4,7 @@
 // silently and the plugin would act on its defaults.
 import type { XmlElement } from "./xml.ts";
 import { describeElement } from "./domain.ts";
-import { ConfigError } from "./errors.ts";
+import { attributeText, ConfigError, excerpt, quoted } from "./errors.ts";
 
 const ELEMENT_NODE = 1;
 const TEXT_NODE = 3;
@@ -23,11 +23,11 @@ export function readAttributes(element: XmlElement, allowed: readonly string[]):
     const attribute = element.attributes.item(i)!;
     if (attribute.name === "xmlns" || attribute.name.startsWith("xmlns:")) continue;
     if (attribute.prefix) {
-      throw new ConfigError(where, `has attribute ${attribute.name}="${attribute.value}" in namespace "${attribute.namespaceURI ?? "none"}"; vmhook reads only plain attributes: write ${attribute.localName}="..." without a prefix`);
+      throw new ConfigError(where, `has attribute ${attributeText(attribute.name, attribute.value)} in namespace ${quoted(attribute.namespaceURI ?? "none")}; vmhook reads only plain attributes: write ${attribute.localName}="..." without a prefix`);
     }
     const name = attribute.name;
     if (!allowed.includes(name)) {
-      throw new ConfigError(where, allowed.length > 0 ? `has unknown attribute ${name}; allowed: ${allowed.join(", ")}` : `has unknown attribute ${name}; it takes no attributes`);
+      throw new ConfigError(where, allowed.length > 0 ? `has unknown attribute ${excerpt(name)}; allowed: ${allowed.join(", ")}` : `has unknown attribute ${excerpt(name)}; it takes no attributes`);
     }
     found[name] = attribute.value;
   }

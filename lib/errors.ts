@@ -1,6 +1,7 @@
 // Errors that reach the user. The message's first line is what libvirt shows
 // ("Hook script execution failed: ... <first stderr line>"), so it says what
 // failed and what to do.
+import { oneLine } from "./control-text.ts";
 
 export class VmhookError extends Error {
   /** Lines shown after the first one: details, state of the host, remedies. (Not "details": uvu prints that as a string.) */
@@ -38,17 +39,45 @@ export class StrayError extends VmhookError {
   }
 }
 
+/** Past this many characters, a quoted value is shown by its start and its length. */
+const QUOTE_LIMIT = 64;
+/** How much of a longer value a message shows. */
+const QUOTE_START = 40;
+
+/** `text` on one line (controls escaped), cut to its start and its length when longer than QUOTE_LIMIT: the length after the closing mark. */
+function shortened(text: string, open: string, close: string): string {
+  if (text.length <= QUOTE_LIMIT) return `${open}${oneLine(text)}${close}`;
+  // Not between the two halves of a surrogate pair (an emoji): the message would hold half a character.
+  const end = /[\uD800-\uDBFF]/.test(text[QUOTE_START - 1]!) ? QUOTE_START - 1 : QUOTE_START;
+  return `${open}${oneLine(text.slice(0, end))}…${close} (${text.length} characters)`;
+}
+
+/**
+ * A value from untrusted input (an attribute of the domain XML, a word of the
+ * command line) as a message quotes it: in double quotes, whole when short,
+ * else its start and its length, so a 40 000-character attribute does not
+ * fill libvirt's error and the log.
+ */
+export const quoted = (value: string): string => shortened(value, '"', '"');
+
+/** A name or a part of a value from untrusted input as a message shows it bare (an attribute's name, a list's item): shortened as quoted(). */
+export const excerpt = (text: string): string => shortened(text, "", "");
+
+/** An attribute as a message quotes it: name="value", each shortened as quoted(). */
+export const attributeText = (name: string, value: string): string => `${excerpt(name)}=${quoted(value)}`;
+
 /** Stands in for a number JSON cannot write, inside jsonText. */
 const NOT_JSON_NUMBER = "\u0000";
 
 /**
  * A value read from a JSON file (root's settings, policy), as a message
  * quotes it: its JSON, but a number beyond a double's range (1e400, which
- * JSON.parse reads as Infinity) as what it is, not the null JSON.stringify writes.
+ * JSON.parse reads as Infinity) as what it is, not the null JSON.stringify writes;
+ * a long one by its start and its length, as quoted().
  */
 export function jsonText(value: unknown): string {
   const text = JSON.stringify(value, (_key, item: unknown) => (typeof item === "number" && !Number.isFinite(item) ? `${NOT_JSON_NUMBER}${item}` : item)) ?? "nothing";
-  return text.replace(/"\\u0000(-?)Infinity"/g, (_, minus: string) => (minus ? "-1.8e308 or less" : "1.8e308 or more"));
+  return excerpt(text.replace(/"\\u0000(-?)Infinity"/g, (_, minus: string) => (minus ? "-1.8e308 or less" : "1.8e308 or more")));
 }
 
 export function describeError(error: unknown): string {

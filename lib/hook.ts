@@ -438,7 +438,7 @@ async function runEventOnce(run: HookRun, event: HookEvent | undefined, action: 
   } catch (error) {
     const headline = describeError(error);
     run.log.error(headline);
-    const details = error instanceof VmhookError ? error.lines : [String((error as Error)?.stack ?? "")];
+    const details = error instanceof VmhookError ? error.lines : error instanceof Error && error.stack ? [error.stack] : [];
     for (const line of details) run.log.error(line);
     process.stderr.write(
       [`vmhook: ${oneLine(headline)}`, ...details.map((line) => `  ${oneLine(line)}`), `  (${event ?? "event"} of ${run.name}; log: /var/log/vmhook.log)`].join("\n") + "\n",

@@ -53,6 +53,7 @@ export interface Host {
   readonly root: string;
   /** The real path of an absolute host path under the root. */
   resolve(hostPath: string): string;
+  /** The file's content; a failure, "not there" (ENOENT) included, throws naming the path, with the errno as `code`. */
   read(hostPath: string): string;
   /**
    * The file's content without surrounding white space; undefined only when
@@ -215,8 +216,13 @@ export class RootedHost implements Host {
     return this.root === "/" ? normal : `${this.root}${normal}`;
   }
 
+  /** A file that is not there is refused as one that cannot be read is (its code ENOENT): a caller that expects it catches the code. */
   read(hostPath: string): string {
-    return this.readFile(hostPath);
+    try {
+      return this.readFile(hostPath);
+    } catch (error) {
+      throw unreadable(error, "read", hostPath);
+    }
   }
 
   readTrimmed(hostPath: string): string | undefined {
@@ -588,8 +594,13 @@ function unlessAbsent<T, A>(read: () => T, absent: A, absentCodes: string[], wha
 /** What exists but cannot be read: refused with the path and the errno (kept as `code`), never taken as empty. */
 function unreadable(error: unknown, what: string, hostPath: string): VmhookError & { code?: string } {
   const code = (error as NodeJS.ErrnoException)?.code;
-  const fix = code === "EACCES" || code === "EPERM" ? accessFix() : "vmhook does not act on what it cannot read; check why (ls -l, dmesg)";
-  return Object.assign(new VmhookError(`cannot ${what} ${hostPath} (${code ?? describeError(error)}); ${fix}`), { code });
+  const fix =
+    code === "EACCES" || code === "EPERM"
+      ? accessFix()
+      : code !== undefined && ABSENT.includes(code)
+        ? "it does not exist on this host"
+        : "vmhook does not act on what it cannot read; check why (ls -l, dmesg)";
+  return Object.assign(new VmhookError(`cannot ${what} ${hostPath} (${code ?? describeError(error)}); ${fix}`), { code, cause: error });
 }
 
 /**

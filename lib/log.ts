@@ -3,6 +3,7 @@
 // stderr or kept for the failure report (libvirt shows the first stderr
 // line to the user, so in hook mode the cause must come first).
 import * as fs from "node:fs";
+import { oneLine } from "./control-text.ts";
 import { VmhookError } from "./errors.ts";
 import type { Host } from "./host.ts";
 import { paths } from "./paths.ts";
@@ -30,20 +31,7 @@ export interface LoggerOptions {
   onFileBroken?: (error: unknown) => void;
 }
 
-/**
- * Control characters shown escaped ("\n", "\r", "\u009b"): one message is one
- * line, so a value from the domain XML (size="2M&#10;...", a domain name with
- * a carriage return, a C1 control such as NEL or CSI, a Unicode line
- * separator) cannot forge log lines, move a terminal's cursor or push the
- * cause off the first line of stderr; nor, with a bidirectional control
- * (RLO U+202E, an isolate, a mark), have the rest of the line drawn reordered.
- */
-export const oneLine = (text: string): string => text.replace(/[\u0000-\u001f\u007f-\u009f\u2028\u2029]|[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]/g, escapeControl);
-
-/** For the terminal (the CLI's output): line breaks and tabs stay, every other control is shown escaped, as oneLine does. */
-export const terminalText = (text: string): string => text.replace(/[\u0000-\u0008\u000b-\u001f\u007f-\u009f\u2028\u2029]|[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]/g, escapeControl);
-
-const escapeControl = (char: string): string => (char < " " ? JSON.stringify(char).slice(1, -1) : `\\u${char.charCodeAt(0).toString(16).padStart(4, "0")}`);
+export { oneLine, terminalText } from "./control-text.ts";
 
 /**
  * The log file, opened to append to or to read. /var/log may be writable by a

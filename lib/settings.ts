@@ -92,7 +92,7 @@ export function loadSettings(host: Host): HostSettings {
   const seconds = (key: "deadlineSeconds" | "undoDeadlineSeconds") => {
     const value = raw[key] ?? DEFAULT_SETTINGS[key];
     if (typeof value !== "number" || !(value > 0 && value <= 3600)) {
-      throw new VmhookError(`${paths.hostConfig}: "${key}" is ${jsonText(value)}; use a number of seconds from 1 to 3600`);
+      throw new VmhookError(`${paths.hostConfig}: "${key}" is ${jsonText(value)}; use a number of seconds more than 0 and at most 3600 (a fraction is taken: 0.5)`);
     }
     return value;
   };
@@ -115,7 +115,7 @@ export function pluginTimeLimitMs(pluginSettings: Record<string, unknown>, plugi
   if (!pluginId.startsWith("plugin:")) return Math.max(1, remainingMs);
   const seconds = pluginSettings.timeoutSeconds ?? DEFAULT_PLUGIN_TIMEOUT_SECONDS;
   if (typeof seconds !== "number" || !(seconds > 0 && seconds <= 3600)) {
-    throw new VmhookError(`${paths.hostConfig}: "plugins": {"${pluginId}": {"timeoutSeconds": ${jsonText(seconds)}}} must be a number of seconds from 1 to 3600`);
+    throw new VmhookError(`${paths.hostConfig}: "plugins": {"${pluginId}": {"timeoutSeconds": ${jsonText(seconds)}}} must be a number of seconds more than 0 and at most 3600 (a fraction is taken: 0.5)`);
   }
   return Math.max(1, Math.min(seconds * 1000, remainingMs));
 }

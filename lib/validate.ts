@@ -1,7 +1,7 @@
 // Strict patterns for every value that may become part of a host path.
 // The domain XML can be written by users less trusted than root, so nothing
 // from it reaches a path before passing one of these.
-import { ConfigError } from "./errors.ts";
+import { attributeText, ConfigError } from "./errors.ts";
 
 export const PATTERNS = {
   /** As the kernel names a device ("%04x:%02x:%02x.%d"): a 32-bit domain, 5 digits and more behind Intel VMD (10000:e1:00.0). */
@@ -26,7 +26,7 @@ export function parsePciAddress(value: string, element: string, attribute: strin
   const [, domain = "0", rest = ""] = /^(?:([0-9a-f]{4,8}):)?([0-9a-f]{2}:[0-9a-f]{2}\.[0-7])$/.exec(raw) ?? [];
   const full = rest ? `${parseInt(domain, 16).toString(16).padStart(4, "0")}:${rest}` : raw;
   if (!PATTERNS.pciAddress.test(full)) {
-    throw new ConfigError(element, `${attribute}="${value}" is not a PCI address; write it as DDDD:BB:SS.F, e.g. 0000:01:00.0 (see lspci -D)`);
+    throw new ConfigError(element, `${attributeText(attribute, value)} is not a PCI address; write it as DDDD:BB:SS.F, e.g. 0000:01:00.0 (see lspci -D)`);
   }
   return full;
 }
@@ -35,7 +35,7 @@ export function parsePciAddress(value: string, element: string, attribute: strin
 export function parseUuid(value: string, element: string, attribute: string): string {
   const lower = value.trim().toLowerCase();
   if (!/^(?:[- ]*[0-9a-f]{2}){16}$/.test(lower)) {
-    throw new ConfigError(element, `${attribute}="${value}" is not a UUID; write it as xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx (uuidgen makes one)`);
+    throw new ConfigError(element, `${attributeText(attribute, value)} is not a UUID; write it as xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx (uuidgen makes one)`);
   }
   const digits = lower.replace(/[- ]/g, "");
   return [digits.slice(0, 8), digits.slice(8, 12), digits.slice(12, 16), digits.slice(16, 20), digits.slice(20)].join("-");
@@ -44,7 +44,7 @@ export function parseUuid(value: string, element: string, attribute: string): st
 /** `what` names the kind of value with its article ("a kernel module name"); `fix` says where the valid ones are listed. */
 export function checkPattern(value: string, pattern: RegExp, element: string, attribute: string, what: string, fix: string): string {
   if (!pattern.test(value)) {
-    throw new ConfigError(element, `${attribute}="${value}" is not ${what}; ${fix}`);
+    throw new ConfigError(element, `${attributeText(attribute, value)} is not ${what}; ${fix}`);
   }
   return value;
 }
@@ -58,14 +58,14 @@ export function parseYesNo(value: string | undefined, element: string, attribute
   const lower = value.trim().toLowerCase();
   if (YES.has(lower)) return true;
   if (NO.has(lower)) return false;
-  throw new ConfigError(element, `${attribute}="${value}" must be yes or no`);
+  throw new ConfigError(element, `${attributeText(attribute, value)} must be yes or no`);
 }
 
 export function parseInteger(value: string, element: string, attribute: string, min: number, max: number): number {
   const trimmed = value.trim();
   const number = /^\d+$/.test(trimmed) ? Number(trimmed) : NaN;
   if (!Number.isSafeInteger(number) || number < min || number > max) {
-    throw new ConfigError(element, `${attribute}="${value}" must be a whole number from ${min} to ${max}`);
+    throw new ConfigError(element, `${attributeText(attribute, value)} must be a whole number from ${min} to ${max}`);
   }
   return number;
 }
@@ -90,11 +90,11 @@ export function sizeToKiB(value: string, unit: string | undefined, element: stri
   const factor = kibPerUnit((unit ?? "").trim());
   const number = Number(value.trim());
   if (factor === undefined || !/^\d+$/.test(value.trim()) || !Number.isSafeInteger(number)) {
-    throw new ConfigError(element, `${attribute}="${value}${unit ? ` ${unit}` : ""}" is not a size (a whole number with a unit libvirt takes: b, KiB or k, MiB or M, … EiB or E; KB … EB count in 1000s)`);
+    throw new ConfigError(element, `${attributeText(attribute, `${value}${unit ? ` ${unit}` : ""}`)} is not a size (a whole number with a unit libvirt takes: b, KiB or k, MiB or M, … EiB or E; KB … EB count in 1000s)`);
   }
   const kib = Math.ceil(number * factor);
   if (!Number.isSafeInteger(kib)) {
-    throw new ConfigError(element, `${attribute}="${value}${unit ? ` ${unit}` : ""}" is beyond 2^53 KiB (8 EiB), more than any host has; write the real size`);
+    throw new ConfigError(element, `${attributeText(attribute, `${value}${unit ? ` ${unit}` : ""}`)} is beyond 2^53 KiB (8 EiB), more than any host has; write the real size`);
   }
   return kib;
 }
@@ -102,7 +102,7 @@ export function sizeToKiB(value: string, unit: string | undefined, element: stri
 /** "2M", "1G", "2048k", "2MiB" → KiB. */
 export function parseSizeWithSuffix(value: string, element: string, attribute: string): number {
   const match = /^(\d+)\s*([a-zA-Z]*)$/.exec(value.trim());
-  if (!match) throw new ConfigError(element, `${attribute}="${value}" is not a size; write e.g. 2M or 1G`);
+  if (!match) throw new ConfigError(element, `${attributeText(attribute, value)} is not a size; write e.g. 2M or 1G`);
   return sizeToKiB(match[1]!, match[2] || "k", element, attribute);
 }
 

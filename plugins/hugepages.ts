@@ -16,7 +16,7 @@ import { boundedProduct, boundedSum } from "../lib/bounded.ts";
 import { readAttributes, single } from "../lib/element.ts";
 import { formatCpuList, MAX_NODE, parseNodeset } from "../lib/cpuset.ts";
 import { describeElement, type Domain } from "../lib/domain.ts";
-import { ConfigError, describeError, VmhookError } from "../lib/errors.ts";
+import { attributeText, ConfigError, describeError, VmhookError } from "../lib/errors.ts";
 import { recoverCommandLine } from "../lib/metadata-text.ts";
 import type { Host } from "../lib/host.ts";
 import { fail, ok, roundMiB, warn, type Finding } from "../lib/diagnostics/findings.ts";
@@ -91,7 +91,7 @@ function parseConfig(elements: XmlElement[], domain: Domain): HugepagesConfig {
   const element = single(elements);
   const where = describeElement(element);
   const attrs = readAttributes(element, ATTRIBUTES);
-  const size = attrs.size === undefined ? undefined : checkPageSize(parseSizeWithSuffix(attrs.size, where, "size"), where, `size="${attrs.size}"`);
+  const size = attrs.size === undefined ? undefined : checkPageSize(parseSizeWithSuffix(attrs.size, where, "size"), where, attributeText("size", attrs.size));
   const nodes = attrs.node === undefined ? undefined : parseNodeset(attrs.node, where, "node");
   const retrySeconds = attrs.timeout === undefined ? DEFAULT_RETRY_SECONDS : parseInteger(attrs.timeout, where, "timeout", 0, 3600);
   const backedByHugepages = domain.hugepages !== undefined;

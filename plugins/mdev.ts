@@ -14,7 +14,7 @@ import { fail, ok, type Finding } from "../lib/diagnostics/findings.ts";
 import { readPciNames } from "../lib/diagnostics/pciids.ts";
 import { completeJournals } from "../lib/journal.ts";
 import { isDisplayClass, listPciDevices, type PciDevice } from "../lib/pci.ts";
-import { ConfigError, describeError, VmhookError } from "../lib/errors.ts";
+import { attributeText, ConfigError, describeError, VmhookError } from "../lib/errors.ts";
 import type { Host } from "../lib/host.ts";
 import { defineAction, definePlugin, type ApplyContext, type BaseContext, type CheckContext, type PlanContext, type Refusal, type Step, type UndoRecord } from "../lib/plugin.ts";
 import { clearForWrite, refuseIfStuck, StuckWriteError } from "../lib/stuck-writes.ts";
@@ -134,7 +134,7 @@ export interface MdevDevice {
 function parseParent(value: string, element: string): string {
   if (LOOKS_LIKE_PCI.test(value.trim())) return parsePciAddress(value, element, "parent");
   if (PARENT_NAME.test(value)) return value;
-  throw new ConfigError(element, `parent="${value}" is neither a PCI address (like 0000:00:02.0) nor a device name (like mtty); see ls ${MDEV_BUS}`);
+  throw new ConfigError(element, `${attributeText("parent", value)} is neither a PCI address (like 0000:00:02.0) nor a device name (like mtty); see ls ${MDEV_BUS}`);
 }
 
 /** The mdev's UUID: the uuid attribute (validated), which must name one of the domain's mdev hostdevs, or the only one. */
@@ -147,7 +147,7 @@ function parseMdevUuid(uuid: string | undefined, element: string, domain: Domain
     throw new ConfigError(element, `has no uuid, but the domain has ${hostdevs.length} mdev <hostdev>s (${hostdevs.join(", ")}); add uuid="..." naming the one this element creates`);
   }
   if (!hostdevs.includes(uuid)) {
-    throw new ConfigError(element, `uuid="${uuid}" is not the UUID of any mdev <hostdev> of this domain${hostdevs.length ? ` (they are ${hostdevs.join(", ")})` : ""}; add ${example.replace("UUID", uuid)} or fix the uuid`);
+    throw new ConfigError(element, `${attributeText("uuid", uuid)} is not the UUID of any mdev <hostdev> of this domain${hostdevs.length ? ` (they are ${hostdevs.join(", ")})` : ""}; add ${example.replace("UUID", uuid)} or fix the uuid`);
   }
   return uuid;
 }

@@ -11,7 +11,7 @@ import type { XmlElement } from "../lib/xml.ts";
 import { kernelAnswer, writeThroughDriver } from "../lib/bounded-write.ts";
 import { describeElement, type Domain } from "../lib/domain.ts";
 import { readAttributes } from "../lib/element.ts";
-import { ConfigError, describeError, VmhookError } from "../lib/errors.ts";
+import { attributeText, ConfigError, describeError, VmhookError } from "../lib/errors.ts";
 import type { Host } from "../lib/host.ts";
 import { completeJournals, othersRecords } from "../lib/journal.ts";
 import { pciDriver, pciPath } from "../lib/pci.ts";
@@ -73,7 +73,7 @@ function parseVgpuElement(element: XmlElement, domain: Domain, count: number): V
   } else {
     vf = parsePciAddress(attrs.vf, where, "vf");
     if (!hostdevs.includes(vf)) {
-      throw new ConfigError(where, `vf="${attrs.vf}" is not a PCI <hostdev> of this domain; add <hostdev mode='subsystem' type='pci' managed='no'> with its <source><address> to <devices>, or fix vf`);
+      throw new ConfigError(where, `${attributeText("vf", attrs.vf!)} is not a PCI <hostdev> of this domain; add <hostdev mode='subsystem' type='pci' managed='no'> with its <source><address> to <devices>, or fix vf`);
     }
   }
   // The vGPU lives in NVIDIA's driver: a managed hostdev is moved to vfio-pci by libvirt after prepare, and the guest gets no vGPU.

@@ -115,7 +115,8 @@ export async function runCli(args: string[], hookMain: HookMain, hostAt: (root: 
     }
     process.stderr.write(`vmhook: ${terminalText(describeError(error))}\n`);
     if (error instanceof VmhookError) for (const line of error.lines) process.stderr.write(`  ${terminalText(line)}\n`);
-    else if (process.env.VMHOOK_DEBUG) process.stderr.write(`${(error as Error).stack}\n`);
+    // A thrown value that is not an Error has no stack: the line above showed all of it.
+    else if (process.env.VMHOOK_DEBUG && error instanceof Error) process.stderr.write(`${error.stack}\n`);
     return 1;
   }
   return Number(process.exitCode ?? 0);

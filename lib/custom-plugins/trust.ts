@@ -1,7 +1,7 @@
 // Where custom plugins are found and whether vmhook may run them: the hook
 // runs as root, so a plugin is only loaded from a directory and a file that
 // root owns and nobody else can write.
-import { VmhookError } from "../errors.ts";
+import { attributeText, quoted, VmhookError } from "../errors.ts";
 import type { Host } from "../host.ts";
 import { paths } from "../paths.ts";
 import { rootsAloneProblem as rootsAloneRule, unsafeReason } from "../root-alone.ts";
@@ -35,9 +35,9 @@ export const customPluginPresent = (host: Host, name: string): boolean => PATTER
 
 /** Finds plugin NAME's file and checks it. Throws naming what was searched, or what is unsafe and how to fix it. */
 export function findCustomPlugin(host: Host, name: string): PluginFile {
-  const element = `<vmhook:plugin name="${name}">`;
+  const element = `<vmhook:plugin ${attributeText("name", name)}>`;
   if (!PATTERNS.pluginName.test(name)) {
-    throw new VmhookError(`${element}: "${name}" is not a plugin name (${PLUGIN_NAME_RULE}); plugin names are never paths`);
+    throw new VmhookError(`${element}: ${quoted(name)} is not a plugin name (${PLUGIN_NAME_RULE}); plugin names are never paths`);
   }
   if (!host.stat(paths.pluginsDir)) {
     throw new VmhookError(`${element}: plugin ${name} is not installed: ${paths.pluginsDir} does not exist; create it (owned by root, mode 755) and install the plugin there`);

@@ -6,7 +6,7 @@
 import type { XmlElement } from "../../lib/xml.ts";
 import { readAttributes } from "../../lib/element.ts";
 import { describeElement } from "../../lib/domain.ts";
-import { ConfigError } from "../../lib/errors.ts";
+import { attributeText, ConfigError, quoted } from "../../lib/errors.ts";
 import { parseYesNo } from "../../lib/validate.ts";
 import { isLoopback, parseIp, type IpAddress } from "./address.ts";
 
@@ -59,11 +59,11 @@ function parseElement(element: XmlElement): ForwardSpec {
   const guest = attrs.guest === undefined ? undefined : parseAddress(attrs.guest, where, "guest");
   const hostAddress = attrs["host-address"] === undefined ? undefined : parseAddress(attrs["host-address"], where, "host-address");
   if (guest && hostAddress && guest.family !== hostAddress.family) {
-    throw new ConfigError(where, `guest="${attrs.guest}" and host-address="${attrs["host-address"]}" are of different IP versions; use two IPv4 or two IPv6 addresses`);
+    throw new ConfigError(where, `${attributeText("guest", attrs.guest!)} and ${attributeText("host-address", attrs["host-address"]!)} are of different IP versions; use two IPv4 or two IPv6 addresses`);
   }
   const name = attrs.interface?.trim();
   if (name !== undefined && (!INTERFACE_NAME.test(name) || name === "lo")) {
-    throw new ConfigError(where, `interface="${attrs.interface}" is not a network interface name (letters, digits, "_", "." and "-", at most 15, not lo); ip link lists them`);
+    throw new ConfigError(where, `${attributeText("interface", attrs.interface!)} is not a network interface name (letters, digits, "_", "." and "-", at most 15, not lo); ip link lists them`);
   }
   return {
     element: where,
@@ -77,9 +77,9 @@ function parseElement(element: XmlElement): ForwardSpec {
 
 function parseAddress(value: string, where: string, attribute: string): IpAddress {
   const address = parseIp(value);
-  if (!address) throw new ConfigError(where, `${attribute}="${value}" is not an IP address; write one IPv4 or IPv6 address, e.g. 192.168.122.10 or fd00:122::10`);
+  if (!address) throw new ConfigError(where, `${attributeText(attribute, value)} is not an IP address; write one IPv4 or IPv6 address, e.g. 192.168.122.10 or fd00:122::10`);
   const unusable = isLoopback(address) || address.bytes.every((byte) => byte === 0) || (address.family === 4 ? address.bytes[0]! >= 224 : address.bytes[0] === 0xff);
-  if (unusable) throw new ConfigError(where, `${attribute}="${value}" is a loopback, unspecified, multicast or broadcast address; use a unicast address`);
+  if (unusable) throw new ConfigError(where, `${attributeText(attribute, value)} is a loopback, unspecified, multicast or broadcast address; use a unicast address`);
   return address;
 }
 
@@ -88,7 +88,7 @@ export function parsePorts(value: string, where: string): PortForward[] {
   if (items.length > MAX_ITEMS) throw new ConfigError(where, `ports= lists ${items.length} items; at most ${MAX_ITEMS} per element (use ranges like 60000-60010)`);
   return items.map((item) => {
     const match = PORT_ITEM.exec(item);
-    const bad = (why: string) => new ConfigError(where, `ports= item "${item}" ${why}; write HOST[:GUEST][/tcp|/udp] with ports 1-65535, e.g. 2222:22, 8443:443/tcp or 60000-60010/udp`);
+    const bad = (why: string) => new ConfigError(where, `ports= item ${quoted(item)} ${why}; write HOST[:GUEST][/tcp|/udp] with ports 1-65535, e.g. 2222:22, 8443:443/tcp or 60000-60010/udp`);
     if (!match) throw bad("is not a port forward");
     const [, hostFirst, hostLast, guestFirst, guestLast, protocol] = match;
     const range = (first: string, last: string | undefined): PortRange => {

@@ -3,7 +3,7 @@ import type { XmlElement } from "../../lib/xml.ts";
 import { formatCpuList, parseCpuset } from "../../lib/cpuset.ts";
 import { describeElement, type Domain } from "../../lib/domain.ts";
 import { readAttributes, single } from "../../lib/element.ts";
-import { ConfigError } from "../../lib/errors.ts";
+import { attributeText, ConfigError } from "../../lib/errors.ts";
 import { parseYesNo } from "../../lib/validate.ts";
 import { intersect, union } from "./cpus.ts";
 
@@ -50,11 +50,11 @@ export function parse(elements: XmlElement[], domain: Domain): IsolateConfig {
   }
   const shared = hostCpus ? intersect(hostCpus, pinned) : [];
   if (shared.length > 0) {
-    throw new ConfigError(where, `host-cpus="${attrs["host-cpus"]}" includes CPU ${formatCpuList(shared)}, which the domain pins the VM to (${PINS}); keep the VM's CPUs out of host-cpus`);
+    throw new ConfigError(where, `${attributeText("host-cpus", attrs["host-cpus"]!)} includes CPU ${formatCpuList(shared)}, which the domain pins the VM to (${PINS}); keep the VM's CPUs out of host-cpus`);
   }
   const governor = attrs.governor?.trim();
   if (governor !== undefined && !/^[a-z][a-z0-9_]{0,31}$/.test(governor)) {
-    throw new ConfigError(where, `governor="${attrs.governor}" is not a cpufreq governor name; use one from /sys/devices/system/cpu/cpu0/cpufreq/scaling_available_governors, e.g. performance`);
+    throw new ConfigError(where, `${attributeText("governor", attrs.governor!)} is not a cpufreq governor name; use one from /sys/devices/system/cpu/cpu0/cpufreq/scaling_available_governors, e.g. performance`);
   }
   return {
     hostCpus,

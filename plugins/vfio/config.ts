@@ -6,7 +6,7 @@
 import type { XmlElement } from "../../lib/xml.ts";
 import { readAttributes, single } from "../../lib/element.ts";
 import { describeElement, type Domain } from "../../lib/domain.ts";
-import { ConfigError, jsonText, VmhookError } from "../../lib/errors.ts";
+import { attributeText, ConfigError, jsonText, VmhookError } from "../../lib/errors.ts";
 import { paths } from "../../lib/paths.ts";
 import { closest } from "../../lib/cli/usage.ts";
 import { checkPattern, parsePciAddress, parseYesNo, PATTERNS } from "../../lib/validate.ts";
@@ -35,7 +35,7 @@ function parseSingleGpu(value: string | undefined, where: string): VfioConfig["s
   try {
     return parseYesNo(value, where, "single-gpu", false) ? "yes" : "no";
   } catch {
-    throw new ConfigError(where, `single-gpu="${value}" must be auto, yes or no (auto: yes when the GPU shows the boot console and the host has no other GPU)`);
+    throw new ConfigError(where, `${attributeText("single-gpu", value)} must be auto, yes or no (auto: yes when the GPU shows the boot console and the host has no other GPU)`);
   }
 }
 
@@ -112,7 +112,7 @@ export function readVfioSettings(raw: Record<string, unknown>): VfioSettings {
   };
   const seconds = (key: "stopTimeoutSeconds" | "bindTimeoutSeconds"): number => {
     const value = raw[key] ?? DEFAULT_SETTINGS[key];
-    if (typeof value !== "number" || !(value > 0 && value <= 600)) throw new VmhookError(`${where(key)} must be a number of seconds from 1 to 600; it is ${jsonText(value)}`);
+    if (typeof value !== "number" || !(value > 0 && value <= 600)) throw new VmhookError(`${where(key)} must be a number of seconds more than 0 and at most 600 (a fraction is taken: 0.5); it is ${jsonText(value)}`);
     return value;
   };
   // A longer name never equals a comm: prepare would refuse the display manager's own processes as outsiders, release wait for them in vain.

@@ -162,15 +162,24 @@ export function mutateJson(random: Random, json: string): Mutation {
 const BUG_WORDS = ["undefined", "[object Object]", "NaN", "null"];
 
 /**
+ * The longest line a refusal may have: libvirt shows the first in its error,
+ * so a value of any length is quoted by its start and length (lib/errors.ts quoted).
+ */
+const LINE_LIMIT = 1000;
+
+/**
  * Why a refusal breaks the contract (vmhook's own error, a message that says
- * something, no stack, no undefined/[object Object]/NaN/null that the input
- * did not hold), or undefined when it keeps it.
+ * something, no stack, no line longer than LINE_LIMIT, no
+ * undefined/[object Object]/NaN/null that the input did not hold), or
+ * undefined when it keeps it.
  */
 export function refusalProblem(error: unknown, input: string): string | undefined {
   if (!(error instanceof VmhookError)) return `not a vmhook error but ${error instanceof Error ? `${error.constructor.name}: ${error.message}` : String(error)}`;
   const text = [error.message, ...error.lines].join("\n");
   if (error.message.trim() === "") return "an empty message";
   if (/\n\s+at /.test(text)) return `a stack trace: ${text}`;
+  const long = text.split("\n").find((line) => line.length > LINE_LIMIT);
+  if (long) return `a line of ${long.length} characters: ${long.slice(0, 300)}…`;
   const word = BUG_WORDS.find((bug) => text.includes(bug) && !input.includes(bug));
   if (word) return `"${word}" in the message: ${text}`;
   return undefined;

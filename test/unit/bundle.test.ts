@@ -144,8 +144,8 @@ test("a part that cannot be read says why inside the bundle; an unreadable user 
   const sim = identifiableHost();
   fs.rmSync(sim.resolve("/proc/cmdline"));
   const files = unpack(await bundleOf(sim));
-  assert.match(files.get("cmdline.txt")!, /^unavailable: ENOENT/);
-  assert.match(files.get("README.txt")!, "Could not be read (the file says why):\n  cmdline.txt: ENOENT");
+  assert.match(files.get("cmdline.txt")!, /^unavailable: cannot read \/proc\/cmdline \(ENOENT\)/);
+  assert.match(files.get("README.txt")!, "Could not be read (the file says why):\n  cmdline.txt: cannot read /proc/cmdline (ENOENT)");
 
   fs.rmSync(sim.resolve("/etc/passwd"));
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "vmhook-bundle-out-"));

@@ -208,9 +208,9 @@ test("a number in the host settings beyond what JSON.parse holds (1e400, read as
   const sim = new SimHost();
   try {
     const cases: [string, string][] = [
-      [`{"deadlineSeconds": 1e400}`, `/etc/vmhook/vmhook.json: "deadlineSeconds" is 1.8e308 or more; use a number of seconds from 1 to 3600`],
-      [`{"plugins": {"plugin:gate": {"timeoutSeconds": -1e400}}}`, `/etc/vmhook/vmhook.json: "plugins": {"plugin:gate": {"timeoutSeconds": -1.8e308 or less}} must be a number of seconds from 1 to 3600`],
-      [`{"plugins": {"vfio": {"stopTimeoutSeconds": 1e999}}}`, `/etc/vmhook/vmhook.json: plugins.vfio.stopTimeoutSeconds must be a number of seconds from 1 to 600; it is 1.8e308 or more`],
+      [`{"deadlineSeconds": 1e400}`, `/etc/vmhook/vmhook.json: "deadlineSeconds" is 1.8e308 or more; use a number of seconds more than 0 and at most 3600 (a fraction is taken: 0.5)`],
+      [`{"plugins": {"plugin:gate": {"timeoutSeconds": -1e400}}}`, `/etc/vmhook/vmhook.json: "plugins": {"plugin:gate": {"timeoutSeconds": -1.8e308 or less}} must be a number of seconds more than 0 and at most 3600 (a fraction is taken: 0.5)`],
+      [`{"plugins": {"vfio": {"stopTimeoutSeconds": 1e999}}}`, `/etc/vmhook/vmhook.json: plugins.vfio.stopTimeoutSeconds must be a number of seconds more than 0 and at most 600 (a fraction is taken: 0.5); it is 1.8e308 or more`],
       [`{"plugins": {"vfio": {"helperServices": [1e400]}}}`, `/etc/vmhook/vmhook.json: plugins.vfio.helperServices must be a list of names, e.g. ["gdm.service"]; it is [1.8e308 or more]`],
       [`{"plugins": {"hugepages": {"minFreeMiB": 1e400}}}`, `/etc/vmhook/vmhook.json: "plugins": {"hugepages": {"minFreeMiB": 1.8e308 or more}} is not a whole number of MiB from 0 to 4294967296; e.g. 2048 keeps 2 GiB free`],
     ];
@@ -232,7 +232,7 @@ test("a host setting this vmhook does not know (a typo, one a later or earlier v
       [`{"plugins": {"vfio": {"bindTimeoutSecond": 30}}}`, `/etc/vmhook/vmhook.json: plugins.vfio.bindTimeoutSecond is not a setting of the vfio plugin; did you mean "bindTimeoutSeconds"?`],
       [`{"plugins": {"hugepages": {"minFreeMB": 2048}}}`, `/etc/vmhook/vmhook.json: plugins.hugepages.minFreeMB is not a setting of the hugepages plugin; did you mean "minFreeMiB"?`],
       [`{"plugins": {"hugepages": {"reserve": 2048}}}`, `/etc/vmhook/vmhook.json: plugins.hugepages.reserve is not a setting of the hugepages plugin (it has minFreeMiB): remove it, or if a later vmhook has it, install that one again`],
-      [`{"plugins": {"vfio": {"bindTimeoutSeconds": "30"}}}`, `/etc/vmhook/vmhook.json: plugins.vfio.bindTimeoutSeconds must be a number of seconds from 1 to 600; it is "30"`],
+      [`{"plugins": {"vfio": {"bindTimeoutSeconds": "30"}}}`, `/etc/vmhook/vmhook.json: plugins.vfio.bindTimeoutSeconds must be a number of seconds more than 0 and at most 600 (a fraction is taken: 0.5); it is "30"`],
       [`{"plugins": {"hugepages": {"minFreeMiB": -1}}}`, `/etc/vmhook/vmhook.json: "plugins": {"hugepages": {"minFreeMiB": -1}} is not a whole number of MiB from 0 to 4294967296; e.g. 2048 keeps 2 GiB free`],
       [`{"plugins": {"vfio": {"displayManagerCommand": {"stop": ["rc-service", "sddm", "stop"], "start": ["rc-service", "sddm", "start"], "proceses": ["sddm"]}}}}`, `/etc/vmhook/vmhook.json: plugins.vfio.displayManagerCommand.proceses is not a setting of the vfio plugin; did you mean "processes"?`],
       [`{"plugins": {"vifo": {"bindTimeoutSeconds": 30}}}`, `/etc/vmhook/vmhook.json: "plugins": {"vifo": …}: no plugin of this vmhook has host settings by that name; did you mean "vfio"?`],
@@ -257,10 +257,12 @@ test("a newline in an XML value cannot forge log lines or push the cause off std
     const forged = "2026-01-01T00:00:00.000Z [other release end] released: 9 change(s) undone";
     const outcome = await runHookEvent(sim, "prepare", "begin", XML.replace("<vmhook:hugepages/>", `<vmhook:hugepages size="2M&#10;${forged}"/>`));
     assert.is(outcome.code, 1);
-    assert.match(outcome.stderr.split("\n")[0]!, `size="2M\\n${forged}" is not a size`);
+    // The value is quoted by its start and length, its newline escaped.
+    const quotedValue = (separator: string) => `size="2M${separator}${forged.slice(0, 37)}…" (${3 + forged.length} characters)`;
+    assert.match(outcome.stderr.split("\n")[0]!, `${quotedValue("\\n")} is not a size`);
     const log = sim.read(paths.log).trim().split("\n");
     assert.is(log.length, 1);
-    assert.match(log[0]!, `[vm prepare begin] error: <vmhook:hugepages size="2M\\n${forged}">`);
+    assert.match(log[0]!, `[vm prepare begin] error: <vmhook:hugepages ${quotedValue("\\n")}>`);
   } finally {
     sim.cleanup();
   }
@@ -281,7 +283,7 @@ test("a domain name or XML value with a carriage return or a C1 control (NEL, CS
     const log = sim.read(paths.log);
     assert.not.match(log, controls);
     assert.is(log.trim().split("\n").length, 1);
-    assert.match(log, `[vm\\r${forged}\\u009b2J prepare begin] error: <vmhook:hugepages size="2M\\u0085${forged}">`);
+    assert.match(log, `[vm\\r${forged}\\u009b2J prepare begin] error: <vmhook:hugepages size="2M\\u0085${forged.slice(0, 37)}…" (${3 + forged.length} characters)>`);
   } finally {
     sim.cleanup();
   }
