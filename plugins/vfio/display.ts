@@ -1,6 +1,6 @@
 // Single-GPU mode: the host's own display lets go of the GPU before it moves,
-// and gets it back after: the display manager, the framebuffer consoles and
-// the firmware framebuffers (efifb, simplefb, vesafb).
+// and gets it back after: the display manager and the framebuffer consoles.
+// The firmware framebuffers (efifb, simplefb, vesafb) follow the boot GPU.
 import { writeThroughDriver } from "../../lib/bounded-write.ts";
 import { WaitTimedOut } from "../../lib/deadline.ts";
 import { VmhookError } from "../../lib/errors.ts";
@@ -160,10 +160,10 @@ function checkWait(record: UndoRecord): WaitRecord {
 export const waitGpuFreeAction = defineAction<WaitRecord>({ check: checkWait, apply: waitUntilGpuFree, undo: () => {} });
 
 /**
- * Unbinds the framebuffer consoles and the firmware framebuffers bound now,
- * each bound again at release. A framebuffer console that shows only on
- * another GPU's framebuffers (fbcon on the iGPU the host keeps, the dGPU to
- * the VM) stays: it never holds the GPU that goes.
+ * Unbinds the framebuffer consoles bound now, each bound again at release. A
+ * framebuffer console that shows only on another GPU's framebuffers (fbcon on
+ * the iGPU the host keeps, the dGPU to the VM) stays: it never holds the GPU
+ * that goes.
  */
 export async function consoleSteps(ctx: BaseContext, found: Survey): Promise<Step[]> {
   const steps: Step[] = [];
@@ -180,13 +180,28 @@ export async function consoleSteps(ctx: BaseContext, found: Survey): Promise<Ste
     }
     steps.push({ action: "unbind-vtconsole", record: { action: "unbind-vtconsole", vtconsole, gpus }, description: `unbind console ${vtconsole} (${name})` });
   }
-  for (const driver of FIRMWARE_FRAMEBUFFERS) {
-    const driverDir = `/sys/bus/platform/drivers/${driver}`;
-    for (const device of ctx.host.list(driverDir).filter((entry) => entry.startsWith(`${driver}.`))) {
-      steps.push({ action: "unbind-framebuffer", record: { action: "unbind-framebuffer", driver, device }, description: `unbind ${device} from ${driver}` });
-    }
-  }
   return steps;
+}
+
+/**
+ * Unbinds the firmware framebuffers bound now (bound again at release) when
+ * they are the handed-over GPU's: the firmware set them up on the boot VGA
+ * device (the kernel's vga_default_device(), which boot_vga shows and whose
+ * framebuffer vfio-pci's aperture removal takes down, on Linux >= 6.0 only:
+ * before, one left bound holds the BARs and QEMU fails with "can't reserve").
+ * Whatever single-GPU mode says: the boot GPU the host keeps keeps them. With
+ * no boot VGA device at all, whose they are is unknown: single-GPU mode lets go.
+ */
+export function firmwareFramebufferSteps(ctx: BaseContext, found: Survey): Step[] {
+  const bootVga = (device: { classCode: string; bootVga: boolean }) => isDisplayClass(device.classCode) && device.bootVga;
+  const theirs = found.devices.some(bootVga) || (found.singleGpu && !listPciDevices(ctx.host).some(bootVga));
+  if (!theirs) return [];
+  return FIRMWARE_FRAMEBUFFERS.flatMap((driver) =>
+    ctx.host
+      .list(`/sys/bus/platform/drivers/${driver}`)
+      .filter((entry) => entry.startsWith(`${driver}.`))
+      .map((device) => ({ action: "unbind-framebuffer", record: { action: "unbind-framebuffer", driver, device }, description: `unbind ${device} from ${driver}` })),
+  );
 }
 
 /** linux/fb.h: which framebuffer a console (1-based) shows on, -1 for none; MAX_NR_CONSOLES consoles. */

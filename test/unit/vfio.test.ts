@@ -805,6 +805,33 @@ test('single-gpu="yes" for a second GPU that fbcon shows on (con2fbmap put it th
   assert.ok(steps.includes("vfio: unbind console vtcon1 ((M) frame buffer device)"), steps.join("\n"));
 });
 
+test('single-gpu="yes" for a second GPU while the host keeps the boot GPU: its firmware framebuffer (efifb, the boot GPU\'s) stays bound', async () => {
+  const kernel = twoFramebuffers().platformFramebuffer("efi-framebuffer", "efi-framebuffer.0");
+  const before = kernel.sim.snapshot();
+  const xml = domainXml('<vmhook:vfio single-gpu="yes"/>');
+  const prepare = await runHookEvent(kernel.sim, "prepare", "begin", xml);
+  assert.is(prepare.code, 0, prepare.stderr);
+  assert.is(kernel.driverOf(GPU), "vfio-pci");
+  assert.ok(kernel.sim.exists("/sys/bus/platform/drivers/efi-framebuffer/efi-framebuffer.0"), "the boot GPU's efifb stays");
+  assert.is((await runHookEvent(kernel.sim, "release", "end", xml)).code, 0);
+  assert.equal(kernel.sim.snapshot(), before);
+});
+
+test("the boot VGA GPU to the VM while the host keeps another display (single-GPU mode off): its firmware framebuffer lets go first (before Linux 6.0 vfio-pci leaves it holding the BARs: QEMU's \"can't reserve\"), and is bound again at release", async () => {
+  const kernel = nvidiaDesktop().module({ name: "i915", driver: "i915", loaded: true }).device({ address: "0000:00:02.0", classCode: "0x030000", vendor: "0x8086", nativeDriver: "i915", group: 2, nodes: ["card1"] });
+  for (const pid of [500, 501]) kernel.sim.remove(`/proc/${pid}`);
+  kernel.unit({ name: "display-manager.service", active: true, processes: { 500: ["Xorg", ["/dev/dri/card1"]] } });
+  const before = kernel.sim.snapshot();
+  const xml = domainXml("<vmhook:vfio/>");
+  assert.ok((await plannedSteps(kernel.sim, xml)).includes("vfio: unbind efi-framebuffer.0 from efi-framebuffer"));
+  const prepare = await runHookEvent(kernel.sim, "prepare", "begin", xml);
+  assert.is(prepare.code, 0, prepare.stderr);
+  assert.ok(kernel.units.get("display-manager.service")!.active, "single-GPU mode stays off");
+  assert.not.ok(kernel.sim.exists("/sys/bus/platform/drivers/efi-framebuffer/efi-framebuffer.0"));
+  assert.is((await runHookEvent(kernel.sim, "release", "end", xml)).code, 0);
+  assert.equal(kernel.sim.snapshot(), before);
+});
+
 /** An Intel iGPU with SR-IOV (i915): the PF 00:02.0 shows the host's display, its VFs 00:02.1 and 00:02.2 share its slot, each in its own group. */
 function sriovIgpu(firstVfNodes?: string[]): GpuKernel {
   const vf = (address: string, group: number, nodes?: string[]) => ({ address, classCode: "0x030000", vendor: "0x8086", nativeDriver: "i915", group, physfn: "0000:00:02.0", nodes });
