@@ -312,7 +312,7 @@ async function bindVtconsole(record: UndoRecord, ctx: BaseContext): Promise<void
   const bound = () => ctx.host.readTrimmed(bind) === "1";
   if (!bound()) ctx.host.write(bind, "1");
   if (bound()) return;
-  const framebuffer = ctx.host.list(GRAPHICS).find((name) => /^fb\d+$/.test(name));
+  const framebuffer = consoleFramebuffer(ctx, record.gpus);
   if (!framebuffer) throw new VmhookError(`vfio: console ${vtconsole} cannot bind: no framebuffer is registered; ${NO_FRAMEBUFFER_FIX}`);
   const index = Number(framebuffer.slice(2));
   const mapping = new Uint32Array([FIRST_CONSOLE, index]);
@@ -323,6 +323,18 @@ async function bindVtconsole(record: UndoRecord, ctx: BaseContext): Promise<void
   }
   if (!bound()) throw new VmhookError(`vfio: console ${vtconsole} did not bind again: writing 1 to ${bind} and mapping tty${FIRST_CONSOLE} to /dev/${framebuffer} did nothing; see dmesg, then run vmhook recover`);
   ctx.log.info(`vfio: console ${vtconsole} bound again by mapping tty${FIRST_CONSOLE} to /dev/${framebuffer} (its bind file does nothing while the only other console driver is modular)`);
+}
+
+/**
+ * The framebuffer to map the console back to: one of the VM's GPUs (the
+ * console let go because it showed there; on a host with two, the first one
+ * registered may be the other GPU's), else the first registered (a journal
+ * of before, or the console on a firmware framebuffer).
+ */
+function consoleFramebuffer(ctx: BaseContext, gpus: unknown): string | undefined {
+  const isFramebuffer = (name: string) => /^fb\d+$/.test(name);
+  const ours = Array.isArray(gpus) ? (gpus as string[]) : [];
+  return ours.flatMap((address) => ctx.host.list(`/sys/bus/pci/devices/${address}/graphics`).filter(isFramebuffer))[0] ?? ctx.host.list(GRAPHICS).find(isFramebuffer);
 }
 
 /**

@@ -755,8 +755,8 @@ test("two groups, a second GPU on the host: not single-GPU, amdgpu stays loaded,
 });
 
 /** Two GPUs with fbdev: the iGPU the host keeps (boot VGA, fb0) and the VM's AMD GPU (fb1); fbcon shows on fb0, the first registered. */
-function twoFramebuffers(): GpuKernel {
-  return new GpuKernel()
+function twoFramebuffers(options: { builtinConsole?: boolean } = {}): GpuKernel {
+  return new GpuKernel(options)
     .module({ name: "amdgpu", driver: "amdgpu", loaded: true })
     .module({ name: "i915", driver: "i915", loaded: true })
     .device({ address: "0000:00:02.0", classCode: "0x030000", vendor: "0x8086", nativeDriver: "i915", group: 0, bootVga: true, nodes: ["card0", "fb0"] })
@@ -830,6 +830,18 @@ test("the boot VGA GPU to the VM while the host keeps another display (single-GP
   assert.not.ok(kernel.sim.exists("/sys/bus/platform/drivers/efi-framebuffer/efi-framebuffer.0"));
   assert.is((await runHookEvent(kernel.sim, "release", "end", xml)).code, 0);
   assert.equal(kernel.sim.snapshot(), before);
+});
+
+test('single-gpu="yes" for a second GPU that fbcon shows on, a modular dummy console: prepare failing after the console let go maps tty1 back to that GPU\'s fb1, not to the first framebuffer (the iGPU\'s fb0)', async () => {
+  const kernel = twoFramebuffers({ builtinConsole: false });
+  await kernel.sim.ioctl("/dev/fb1", 0x4610, new Uint8Array(new Uint32Array([1, 1]).buffer));
+  kernel.sim.ioctls.length = 0;
+  kernel.sim.failWrite(`/sys/bus/pci/devices/${GPU}/driver/unbind`, "EBUSY");
+  const result = await runHookEvent(kernel.sim, "prepare", "begin", domainXml('<vmhook:vfio single-gpu="yes"/>'));
+  assert.is(result.code, 1);
+  assert.match(result.stderr, "the host was left as it was");
+  assert.equal(kernel.sim.ioctls.filter((call) => call.request === 0x4610), [{ path: "/dev/fb1", request: 0x4610, argument: [1, 0, 0, 0, 1, 0, 0, 0] }]);
+  assert.is(kernel.sim.readTrimmed("/sys/class/vtconsole/vtcon1/bind"), "1");
 });
 
 /** An Intel iGPU with SR-IOV (i915): the PF 00:02.0 shows the host's display, its VFs 00:02.1 and 00:02.2 share its slot, each in its own group. */
