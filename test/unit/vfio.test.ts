@@ -1196,6 +1196,19 @@ test("without systemd: the configured display manager commands stop it, vmhook w
   assert.equal(readJournal(kernel.sim, UUID)!.entries.map((entry) => entry.undo.action), ["stop-display-manager"]);
 });
 
+test("without systemd, displayManagerCommand naming no processes: the refusal of its holder says the display manager's stop command runs and that no process of it is named, never \"the display manager's  processes\"", async () => {
+  const kernel = withoutSystemd("sddm");
+  settings(kernel, { displayManagerCommand: { stop: ["rc-service", "sddm", "stop"], start: ["rc-service", "sddm", "start"], processes: [] } });
+  const before = kernel.sim.snapshot();
+  const result = await runHookEvent(kernel.sim, "prepare", "begin", domainXml("<vmhook:vfio/>"));
+  assert.is(result.code, 1);
+  assert.match(
+    firstLine(result.stderr),
+    'pid 900 (sddm) holds /dev/dri/card0 in cgroup /; vmhook stops only the display manager (rc-service sddm stop; "displayManagerCommand.processes" names none of its processes): close those programs',
+  );
+  assert.equal(kernel.sim.snapshot(), before);
+});
+
 test("without systemd: a displayManagerCommand process longer than the 15 characters the kernel keeps of a name (it never matches) is refused at prepare, naming it and the name to write", async () => {
   const kernel = withoutSystemd("lightdm-gtk-gre");
   const lightdm = (verb: string) => ["rc-service", "lightdm", verb];
