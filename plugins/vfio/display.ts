@@ -9,7 +9,7 @@ import { HARMLESS_DRIVERS, isDisplayClass, listPciDevices } from "../../lib/pci.
 import { processIds } from "../../lib/open-files.ts";
 import { PATTERNS } from "../../lib/validate.ts";
 import { readVfioSettings, type VfioConfig, type VfioSettings } from "./config.ts";
-import { describeHolders, isWatched, processesHolding, type Survey } from "./survey.ts";
+import { boundFirmwareFramebuffers, describeHolders, FIRMWARE_FRAMEBUFFERS, isWatched, processesHolding, type Survey } from "./survey.ts";
 import { systemdRuns, unitActive } from "../../lib/systemd.ts";
 import { paths } from "../../lib/paths.ts";
 import { DISPLAY_MANAGERS } from "../../lib/policy.ts";
@@ -57,7 +57,6 @@ export function noDisplayManagerFound(ctx: BaseContext, searched: string[]): str
 }
 
 const VTCONSOLES = "/sys/class/vtconsole";
-const FIRMWARE_FRAMEBUFFERS = ["efi-framebuffer", "simple-framebuffer", "vesa-framebuffer"];
 
 /** The steps that stop the display manager (started again at release); none when there is none to stop. */
 export function displayManagerSteps(ctx: BaseContext, displayManager: DisplayManager, settings: VfioSettings): Step[] {
@@ -183,25 +182,14 @@ export async function consoleSteps(ctx: BaseContext, found: Survey): Promise<Ste
   return steps;
 }
 
-/**
- * Unbinds the firmware framebuffers bound now (bound again at release) when
- * they are the handed-over GPU's: the firmware set them up on the boot VGA
- * device (the kernel's vga_default_device(), which boot_vga shows and whose
- * framebuffer vfio-pci's aperture removal takes down, on Linux >= 6.0 only:
- * before, one left bound holds the BARs and QEMU fails with "can't reserve").
- * Whatever single-GPU mode says: the boot GPU the host keeps keeps them. With
- * no boot VGA device at all, whose they are is unknown: single-GPU mode lets go.
- */
+/** Unbinds the firmware framebuffers bound now when they go with the devices (Survey.firmwareFramebuffers), each bound again at release. */
 export function firmwareFramebufferSteps(ctx: BaseContext, found: Survey): Step[] {
-  const bootVga = (device: { classCode: string; bootVga: boolean }) => isDisplayClass(device.classCode) && device.bootVga;
-  const theirs = found.devices.some(bootVga) || (found.singleGpu && !listPciDevices(ctx.host).some(bootVga));
-  if (!theirs) return [];
-  return FIRMWARE_FRAMEBUFFERS.flatMap((driver) =>
-    ctx.host
-      .list(`/sys/bus/platform/drivers/${driver}`)
-      .filter((entry) => entry.startsWith(`${driver}.`))
-      .map((device) => ({ action: "unbind-framebuffer", record: { action: "unbind-framebuffer", driver, device }, description: `unbind ${device} from ${driver}` })),
-  );
+  if (found.firmwareFramebuffers !== "go") return [];
+  return boundFirmwareFramebuffers(ctx.host).map(({ driver, device }) => ({
+    action: "unbind-framebuffer",
+    record: { action: "unbind-framebuffer", driver, device },
+    description: `unbind ${device} from ${driver}`,
+  }));
 }
 
 /** linux/fb.h: which framebuffer a console (1-based) shows on, -1 for none; MAX_NR_CONSOLES consoles. */
@@ -210,9 +198,10 @@ const MAX_NR_CONSOLES = 63;
 
 /**
  * The framebuffers fbcon shows on (FBIOGET_CON2FBMAP of every console), when
- * each is a framebuffer of a display device the host keeps on its driver;
- * undefined when one is the VM's, or not a GPU's (a firmware framebuffer),
- * or the map cannot be read: then the console lets go, as on a host with one GPU.
+ * each is a framebuffer of a display device the host keeps on its driver, or
+ * a firmware framebuffer of the boot VGA device the host keeps; undefined
+ * when one is the VM's, or a firmware framebuffer that goes, or the map
+ * cannot be read: then the console lets go, as on a host with one GPU.
  */
 async function consoleOnlyOnKeptGpus(ctx: BaseContext, found: Survey): Promise<string | undefined> {
   const ours = new Set(found.devices.map((device) => device.address));
@@ -220,6 +209,13 @@ async function consoleOnlyOnKeptGpus(ctx: BaseContext, found: Survey): Promise<s
   for (const device of listPciDevices(ctx.host).filter((device) => isDisplayClass(device.classCode) && !ours.has(device.address))) {
     for (const framebuffer of ctx.host.list(`/sys/bus/pci/devices/${device.address}/graphics`).filter((name) => /^fb\d+$/.test(name))) {
       kept.set(Number(framebuffer.slice(2)), `${device.address} (${device.driver ?? "no driver"})`);
+    }
+  }
+  // The firmware framebuffers of the boot GPU the host keeps (efifb, its driver registering no fbdev) show the host's console.
+  const { firmwareFramebuffers } = found;
+  if (typeof firmwareFramebuffers === "object") {
+    for (const { device, nodes } of boundFirmwareFramebuffers(ctx.host)) {
+      for (const node of nodes) kept.set(Number(node.slice(2)), `${device} (the firmware framebuffer of the boot VGA device ${firmwareFramebuffers.keptBy})`);
     }
   }
   if (kept.size === 0) return undefined;
