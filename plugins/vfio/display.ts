@@ -1,6 +1,6 @@
 // Single-GPU mode: the host's own display lets go of the GPU before it moves,
-// and gets it back after: the display manager, the framebuffer consoles and
-// the firmware framebuffers (efifb, simplefb, vesafb).
+// and gets it back after: the display manager and the framebuffer consoles.
+// The firmware framebuffers (efifb, simplefb, vesafb) follow the boot GPU.
 import { writeThroughDriver } from "../../lib/bounded-write.ts";
 import { WaitTimedOut } from "../../lib/deadline.ts";
 import { VmhookError } from "../../lib/errors.ts";
@@ -9,7 +9,7 @@ import { HARMLESS_DRIVERS, isDisplayClass, listPciDevices } from "../../lib/pci.
 import { processIds } from "../../lib/open-files.ts";
 import { PATTERNS } from "../../lib/validate.ts";
 import { readVfioSettings, type VfioConfig, type VfioSettings } from "./config.ts";
-import { describeHolders, isWatched, processesHolding, type Survey } from "./survey.ts";
+import { boundFirmwareFramebuffers, describeHolders, FIRMWARE_FRAMEBUFFERS, isWatched, processesHolding, type Survey } from "./survey.ts";
 import { systemdRuns, unitActive } from "../../lib/systemd.ts";
 import { paths } from "../../lib/paths.ts";
 import { DISPLAY_MANAGERS } from "../../lib/policy.ts";
@@ -57,7 +57,6 @@ export function noDisplayManagerFound(ctx: BaseContext, searched: string[]): str
 }
 
 const VTCONSOLES = "/sys/class/vtconsole";
-const FIRMWARE_FRAMEBUFFERS = ["efi-framebuffer", "simple-framebuffer", "vesa-framebuffer"];
 
 /** The steps that stop the display manager (started again at release); none when there is none to stop. */
 export function displayManagerSteps(ctx: BaseContext, displayManager: DisplayManager, settings: VfioSettings): Step[] {
@@ -160,10 +159,10 @@ function checkWait(record: UndoRecord): WaitRecord {
 export const waitGpuFreeAction = defineAction<WaitRecord>({ check: checkWait, apply: waitUntilGpuFree, undo: () => {} });
 
 /**
- * Unbinds the framebuffer consoles and the firmware framebuffers bound now,
- * each bound again at release. A framebuffer console that shows only on
- * another GPU's framebuffers (fbcon on the iGPU the host keeps, the dGPU to
- * the VM) stays: it never holds the GPU that goes.
+ * Unbinds the framebuffer consoles bound now, each bound again at release. A
+ * framebuffer console that shows only on another GPU's framebuffers (fbcon on
+ * the iGPU the host keeps, the dGPU to the VM) stays: it never holds the GPU
+ * that goes.
  */
 export async function consoleSteps(ctx: BaseContext, found: Survey): Promise<Step[]> {
   const steps: Step[] = [];
@@ -180,13 +179,17 @@ export async function consoleSteps(ctx: BaseContext, found: Survey): Promise<Ste
     }
     steps.push({ action: "unbind-vtconsole", record: { action: "unbind-vtconsole", vtconsole, gpus }, description: `unbind console ${vtconsole} (${name})` });
   }
-  for (const driver of FIRMWARE_FRAMEBUFFERS) {
-    const driverDir = `/sys/bus/platform/drivers/${driver}`;
-    for (const device of ctx.host.list(driverDir).filter((entry) => entry.startsWith(`${driver}.`))) {
-      steps.push({ action: "unbind-framebuffer", record: { action: "unbind-framebuffer", driver, device }, description: `unbind ${device} from ${driver}` });
-    }
-  }
   return steps;
+}
+
+/** Unbinds the firmware framebuffers bound now when they go with the devices (Survey.firmwareFramebuffers), each bound again at release. */
+export function firmwareFramebufferSteps(ctx: BaseContext, found: Survey): Step[] {
+  if (found.firmwareFramebuffers !== "go") return [];
+  return boundFirmwareFramebuffers(ctx.host).map(({ driver, device }) => ({
+    action: "unbind-framebuffer",
+    record: { action: "unbind-framebuffer", driver, device },
+    description: `unbind ${device} from ${driver}`,
+  }));
 }
 
 /** linux/fb.h: which framebuffer a console (1-based) shows on, -1 for none; MAX_NR_CONSOLES consoles. */
@@ -195,9 +198,10 @@ const MAX_NR_CONSOLES = 63;
 
 /**
  * The framebuffers fbcon shows on (FBIOGET_CON2FBMAP of every console), when
- * each is a framebuffer of a display device the host keeps on its driver;
- * undefined when one is the VM's, or not a GPU's (a firmware framebuffer),
- * or the map cannot be read: then the console lets go, as on a host with one GPU.
+ * each is a framebuffer of a display device the host keeps on its driver, or
+ * a firmware framebuffer of the boot VGA device the host keeps; undefined
+ * when one is the VM's, or a firmware framebuffer that goes, or the map
+ * cannot be read: then the console lets go, as on a host with one GPU.
  */
 async function consoleOnlyOnKeptGpus(ctx: BaseContext, found: Survey): Promise<string | undefined> {
   // The survey found the kept GPUs' framebuffers already (a program on one does not hold the VM's GPU).
@@ -223,6 +227,13 @@ async function consoleOnlyOnKeptGpus(ctx: BaseContext, found: Survey): Promise<s
   for (const device of listPciDevices(ctx.host).filter((device) => isDisplayClass(device.classCode) && !ours.has(device.address))) {
     for (const framebuffer of ctx.host.list(`/sys/bus/pci/devices/${device.address}/graphics`).filter((name) => /^fb\d+$/.test(name))) {
       owners.set(Number(framebuffer.slice(2)), `${device.address} (${device.driver ?? "no driver"})`);
+    }
+  }
+  // The firmware framebuffers of the boot GPU the host keeps (efifb, its driver registering no fbdev) show the host's console.
+  const { firmwareFramebuffers } = found;
+  if (typeof firmwareFramebuffers === "object") {
+    for (const { device, nodes } of boundFirmwareFramebuffers(ctx.host)) {
+      for (const node of nodes) owners.set(Number(node.slice(2)), `${device} (the firmware framebuffer of the boot VGA device ${firmwareFramebuffers.keptBy})`);
     }
   }
   return [...shown].map((index) => `fb${index} of ${owners.get(index)}`).join(", ");
@@ -300,7 +311,7 @@ async function bindVtconsole(record: UndoRecord, ctx: BaseContext): Promise<void
   const bound = () => ctx.host.readTrimmed(bind) === "1";
   if (!bound()) ctx.host.write(bind, "1");
   if (bound()) return;
-  const framebuffer = ctx.host.list(GRAPHICS).find((name) => /^fb\d+$/.test(name));
+  const framebuffer = consoleFramebuffer(ctx, record.gpus);
   if (!framebuffer) throw new VmhookError(`vfio: console ${vtconsole} cannot bind: no framebuffer is registered; ${NO_FRAMEBUFFER_FIX}`);
   const index = Number(framebuffer.slice(2));
   const mapping = new Uint32Array([FIRST_CONSOLE, index]);
@@ -311,6 +322,18 @@ async function bindVtconsole(record: UndoRecord, ctx: BaseContext): Promise<void
   }
   if (!bound()) throw new VmhookError(`vfio: console ${vtconsole} did not bind again: writing 1 to ${bind} and mapping tty${FIRST_CONSOLE} to /dev/${framebuffer} did nothing; see dmesg, then run vmhook recover`);
   ctx.log.info(`vfio: console ${vtconsole} bound again by mapping tty${FIRST_CONSOLE} to /dev/${framebuffer} (its bind file does nothing while the only other console driver is modular)`);
+}
+
+/**
+ * The framebuffer to map the console back to: one of the VM's GPUs (the
+ * console let go because it showed there; on a host with two, the first one
+ * registered may be the other GPU's), else the first registered (a journal
+ * of before, or the console on a firmware framebuffer).
+ */
+function consoleFramebuffer(ctx: BaseContext, gpus: unknown): string | undefined {
+  const isFramebuffer = (name: string) => /^fb\d+$/.test(name);
+  const ours = Array.isArray(gpus) ? (gpus as string[]) : [];
+  return ours.flatMap((address) => ctx.host.list(`/sys/bus/pci/devices/${address}/graphics`).filter(isFramebuffer))[0] ?? ctx.host.list(GRAPHICS).find(isFramebuffer);
 }
 
 /**

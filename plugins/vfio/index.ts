@@ -12,7 +12,7 @@
 // (virsh nodedev-reattach may have run).
 import { definePlugin, type CheckContext, type PlanContext, type Step } from "../../lib/plugin.ts";
 import { parseVfioConfig, readVfioSettings, type VfioConfig } from "./config.ts";
-import { consoleSteps, displayManagerSteps, displayManagerUnits, findDisplayManager, stopDisplayManagerAction, unbindFramebufferAction, unbindVtconsoleAction, waitGpuFreeAction, waitGpuFreeStep } from "./display.ts";
+import { consoleSteps, displayManagerSteps, firmwareFramebufferSteps, displayManagerUnits, findDisplayManager, stopDisplayManagerAction, unbindFramebufferAction, unbindVtconsoleAction, waitGpuFreeAction, waitGpuFreeStep } from "./display.ts";
 import { bindVfioAction, helperServices, loadModulesAction, loadVfioSteps, orphanedModuleClaim, refuseDevicesOfOtherVms, stoppedHelpers, takeOverSteps, unloadModuleAction } from "./driver.ts";
 import { gpuHolders } from "./refuse.ts";
 import { handedOverAddresses, handedOverByElements, survey, VFIO_DRIVER } from "./survey.ts";
@@ -57,6 +57,7 @@ async function planPrepare(ctx: PlanContext<VfioConfig>): Promise<Step[]> {
     ...keepStoppedSteps(ctx, stoppedHelpers(ctx, found, settings, helpers)),
     ...(found.holders.length > 0 ? [{ ...waitGpuFreeStep(found, settings), ...(refused ? { refused } : {}) }] : []),
     ...(found.singleGpu ? await consoleSteps(ctx, found) : []),
+    ...firmwareFramebufferSteps(ctx, found),
     ...takeOverSteps(ctx, found, settings),
   ];
 }

@@ -5,6 +5,7 @@
 import type { BaseContext, Refusal } from "../../lib/plugin.ts";
 import { systemdRuns } from "../../lib/systemd.ts";
 import { noDisplayManagerFound, type DisplayManager } from "./display.ts";
+import type { VfioSettings } from "./config.ts";
 import { classifyHolders, describeClassifiedHolder, type SessionUnit } from "./holders.ts";
 import type { Survey } from "./survey.ts";
 import { unitCgroup } from "./units.ts";
@@ -18,12 +19,18 @@ function whatStops(ctx: BaseContext, displayManager: DisplayManager, helpers: st
   const parts = [
     ...sessionUnits.map((unit) => `${unit.unit} of ${unit.user}`),
     ...(displayManager && "units" in displayManager ? [`${displayManager.units.join(", ")} with its graphical sessions`] : []),
-    ...(displayManager && "command" in displayManager ? [`the display manager's ${displayManager.command.processes.join("/")} processes`] : []),
+    ...(displayManager && "command" in displayManager ? [commandStops(displayManager.command)] : []),
     ...helpers,
   ];
   const stops = parts.length > 0 ? `vmhook stops only ${parts.join(", ")}` : "vmhook stops nothing here";
   if (singleGpuOff) return `${stops} (single-GPU mode is off: ${singleGpuOff}; with single-gpu="yes" vmhook stops the display manager too)`;
   return searched && !displayManager ? `${stops}; ${noDisplayManagerFound(ctx, searched)}` : stops;
+}
+
+/** Without systemd: the processes displayManagerCommand names, or, naming none, its stop command (which ends no holder vmhook knows). */
+function commandStops(command: NonNullable<VfioSettings["displayManagerCommand"]>): string {
+  if (command.processes.length > 0) return `the display manager's ${command.processes.join("/")} processes`;
+  return `the display manager (${command.stop.join(" ")}; "displayManagerCommand.processes" names none of its processes)`;
 }
 
 export interface GpuHolders {

@@ -58,6 +58,8 @@ export interface Survey {
   holders: Holder[];
   /** Loaded modules to unload, users before what they use. */
   unload: string[];
+  /** Whose the firmware framebuffers are (firmwareFramebuffersOwner). */
+  firmwareFramebuffers: FirmwareFramebuffers;
 }
 
 export function survey(host: Host, config: VfioConfig): Survey {
@@ -67,10 +69,45 @@ export function survey(host: Host, config: VfioConfig): Survey {
   refuseGroupsInUse(host, devices);
   const { singleGpu, singleGpuOff } = singleGpuMode(host, config, devices);
   const unload = unloadOrder(host, modulesToUnload(host, config, devices));
-  const watched = watchedFiles(host, devices, singleGpu, unload.includes("nvidia"));
+  const firmwareFramebuffers = firmwareFramebuffersOwner(host, devices, singleGpu);
+  const watched = watchedFiles(host, devices, singleGpu, unload.includes("nvidia"), firmwareFramebuffers);
   // Nothing to watch (a GPU without DRM or fbdev nodes, e.g. already on vfio-pci): no process can hold it, so no /proc scan.
   const holders = watchesSomething(watched) ? processesHolding(host, isWatched(watched)) : [];
-  return { devices, singleGpu, singleGpuOff, watched, holders, unload };
+  return { devices, singleGpu, singleGpuOff, watched, holders, unload, firmwareFramebuffers };
+}
+
+/** The firmware framebuffers' platform drivers: efifb, simplefb (and, on 6.x, simpledrm), vesafb. */
+export const FIRMWARE_FRAMEBUFFERS = ["efi-framebuffer", "simple-framebuffer", "vesa-framebuffer"];
+
+/** The firmware framebuffer platform devices bound now, with their driver and the fbdev nodes they registered (fb0). */
+export function boundFirmwareFramebuffers(host: Host): { driver: string; device: string; nodes: string[] }[] {
+  return FIRMWARE_FRAMEBUFFERS.flatMap((driver) =>
+    host
+      .list(`/sys/bus/platform/drivers/${driver}`)
+      .filter((entry) => entry.startsWith(`${driver}.`))
+      .map((device) => ({ driver, device, nodes: host.list(`/sys/bus/platform/devices/${device}/graphics`).filter((name) => /^fb\d+$/.test(name)) })),
+  );
+}
+
+/** "go": with the devices; "stay": the host keeps them (or none is bound); or the boot VGA device the host keeps, whose they are. */
+export type FirmwareFramebuffers = "go" | "stay" | { keptBy: string };
+
+/**
+ * The firmware set its framebuffer up on the boot VGA device (the kernel's
+ * vga_default_device(), which boot_vga shows and whose framebuffer vfio-pci's
+ * aperture removal takes down, on Linux >= 6.0 only: before, one left bound
+ * holds the BARs and QEMU fails with "can't reserve"). So the firmware
+ * framebuffers go when that device is handed over and stay when the host
+ * keeps it, whatever single-GPU mode says; with no boot VGA device at all,
+ * whose they are is unknown: single-GPU mode lets go of them.
+ */
+function firmwareFramebuffersOwner(host: Host, devices: Device[], singleGpu: boolean): FirmwareFramebuffers {
+  if (devices.some((device) => isDisplayClass(device.classCode) && device.bootVga)) return "go";
+  // Which device the host keeps is read only when it decides something: the other cards' sysfs reads cost (docs/bench.md).
+  if (!singleGpu || boundFirmwareFramebuffers(host).length === 0) return "stay";
+  const ours = new Set(devices.map((device) => device.address));
+  const kept = host.list(PCI_DEVICES).find((address) => !ours.has(address) && host.readTrimmed(pciPath(address, "boot_vga")) === "1" && isDisplayClass(host.readTrimmed(pciPath(address, "class")) ?? ""));
+  return kept ? { keptBy: kept } : "go";
 }
 
 function expandDevices(host: Host, config: VfioConfig): Device[] {
@@ -221,7 +258,7 @@ export type Watched = {
  * /proc/driver/nvidia); every framebuffer in single-GPU mode; every
  * /dev/nvidia* when the nvidia module is to go.
  */
-function watchedFiles(host: Host, devices: Device[], singleGpu: boolean, nvidiaUnloads: boolean): Watched {
+function watchedFiles(host: Host, devices: Device[], singleGpu: boolean, nvidiaUnloads: boolean, firmwareFramebuffers: FirmwareFramebuffers): Watched {
   const nodes = new Set(devices.flatMap((device) => pciDeviceNodes(host, device.address)));
   for (const device of devices.filter((device) => device.driver === "nvidia")) {
     const minor = /Device Minor:\s*(\d+)/.exec(host.readTrimmed(`/proc/driver/nvidia/gpus/${device.address}/information`) ?? "")?.[1];
@@ -235,6 +272,8 @@ function watchedFiles(host: Host, devices: Device[], singleGpu: boolean, nvidiaU
     .list(PCI_DEVICES)
     .filter((address) => !ours.has(address) && isDisplayClass(host.readTrimmed(pciPath(address, "class")) ?? ""))
     .flatMap((address) => pciDeviceNodes(host, address).filter((node) => /^\/dev\/fb\d+$/.test(node)));
+  // The firmware framebuffers of the boot GPU the host keeps (efifb under its driver without fbdev) are its too.
+  if (firmwareFramebuffers !== "go") kept.push(...boundFirmwareFramebuffers(host).flatMap(({ nodes }) => nodes.map((node) => `/dev/${node}`)));
   return { files: [...nodes].sort(), framebuffers: true, ...(kept.length > 0 ? { keptFramebuffers: kept.sort() } : {}), nvidia: nvidiaUnloads };
 }
 

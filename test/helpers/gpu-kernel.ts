@@ -140,6 +140,8 @@ export class GpuKernel {
   readonly refuseVfio = new Set<string>();
   /** The framebuffer fbcon shows every console on (FBIOGET_CON2FBMAP), -1 for none: the first one registered, as fbcon takes over. */
   private consoleFramebuffer = -1;
+  /** Firmware framebuffer platform device → the fbdev node it registers while bound. */
+  private readonly platformNodes = new Map<string, string>();
   /** try_module_get() users that are no module (another VM's QEMU holding a vfio container): module → count. */
   private readonly gets = new Map<string, number>();
   /** The cgroup layout systemd mounted (see the constructor). */
@@ -206,8 +208,13 @@ export class GpuKernel {
     });
     sim.onWrite(/^\/sys\/bus\/platform\/drivers\/[^/]+\/(un)?bind$/, (device, file) => {
       const driverDir = file.slice(0, file.lastIndexOf("/"));
-      if (file.endsWith("/unbind")) sim.remove(`${driverDir}/${device}`);
-      else sim.link(`${driverDir}/${device}`, `../../../../devices/platform/${device}`);
+      if (file.endsWith("/unbind")) {
+        sim.remove(`${driverDir}/${device}`);
+        this.unregisterPlatformNode(device);
+      } else {
+        sim.link(`${driverDir}/${device}`, `../../../../devices/platform/${device}`);
+        this.registerPlatformNode(device);
+      }
     });
     sim.onExec("modprobe", ([name]) => {
       const module = name!.replace(/-/g, "_");
@@ -281,14 +288,35 @@ export class GpuKernel {
     return this;
   }
 
-  platformFramebuffer(driver: string, device: string): this {
+  /** A firmware framebuffer's platform device, bound; `node` ("fb0"): the fbdev it registers while bound (fbcon takes it, as any). */
+  platformFramebuffer(driver: string, device: string, node?: string): this {
     this.sim
       .file(`/sys/bus/platform/drivers/${driver}/bind`)
       .file(`/sys/bus/platform/drivers/${driver}/unbind`)
       .dir(`/sys/devices/platform/${device}`)
       .link(`/sys/bus/platform/devices/${device}`, `../../../devices/platform/${device}`)
       .link(`/sys/bus/platform/drivers/${driver}/${device}`, `../../../../devices/platform/${device}`);
+    if (node) this.platformNodes.set(device, node);
+    this.registerPlatformNode(device);
     return this;
+  }
+
+  /** Its driver's probe registers the firmware framebuffer's fbdev. */
+  private registerPlatformNode(device: string): void {
+    const node = this.platformNodes.get(device);
+    if (!node) return;
+    this.sim.file(`/sys/devices/platform/${device}/graphics/${node}/dev`).file(`/dev/${node}`).link(`/sys/class/graphics/${node}`, `../../devices/platform/${device}/graphics/${node}`);
+    this.framebufferConsoleTakesOver(Number(node.slice(2)));
+  }
+
+  /** Its driver's remove() unregisters it: fbcon lets go of a console shown on it. */
+  private unregisterPlatformNode(device: string): void {
+    const node = this.platformNodes.get(device);
+    if (!node) return;
+    this.sim.remove(`/sys/devices/platform/${device}/graphics`);
+    this.sim.remove(`/dev/${node}`);
+    this.sim.remove(`/sys/class/graphics/${node}`);
+    if (node === `fb${this.consoleFramebuffer}`) this.consoleFramebuffer = -1;
   }
 
   /** A process with files open, in a cgroup v2 path ("/" by default). */

@@ -2,7 +2,7 @@
 // dGPU for the VM: the std VGA (0000:00:01.0, the boot VGA device, fb0, fbcon
 // on it) and a secondary-vga (0000:00:02.0, class 0x0380, fb1, its own IOMMU
 // group), both on bochs-drm. fbcon maps every console to fb0. One boot; every
-// scenario must leave the guest as it was.
+// scenario must leave the guest as it was, and starts from it as booted.
 import { suite } from "uvu";
 import * as assert from "uvu/assert";
 import { bootGuest, skipReason, type Guest } from "./guest.ts";
@@ -30,11 +30,26 @@ const SETTINGS = JSON.stringify({
   plugins: { vfio: { displayManagerCommand: { stop: ["/bin/sh", "-c", "echo stopped > /tmp/display-manager"], start: ["/bin/sh", "-c", "echo running > /tmp/display-manager"], processes: [] } } },
 });
 
+/** The settings, the display manager running and an empty log, as at boot. */
+const RESET = `mkdir -p /etc/vmhook && echo '${SETTINGS}' > /etc/vmhook/vmhook.json && echo running > /tmp/display-manager && : > /var/log/vmhook.log`;
+
 twoGpus.before(async (context) => {
   if (skip) return;
   context.guest = await bootGuest({ qemuArgs: ["-device", "secondary-vga,addr=0x2"] });
-  await context.guest.ok(`mkdir -p /etc/vmhook && echo '${SETTINGS}' > /etc/vmhook/vmhook.json && echo running > /tmp/display-manager`);
+  await context.guest.ok(RESET);
   context.baseline = await context.guest.ok(TWO_GPU_STATE);
+});
+/**
+ * Each scenario starts from the guest as booted, whatever one before it left
+ * on failing: a journal left behind is recovered (the GPUs back on bochs-drm,
+ * vfio-pci unloaded, the display manager started), the settings, the display
+ * manager's mark and the log are as at boot. So one failure is reported once,
+ * not again by every scenario after it.
+ */
+twoGpus.before.each(async ({ guest }) => {
+  if (!guest) return;
+  await guest.ok(`if ls /run/vmhook/*.json >/dev/null 2>&1; then vmhook recover > /dev/null 2>&1; fi
+${RESET}`, { timeoutMs: 120_000 });
 });
 twoGpus.after(async ({ guest }) => {
   await guest?.shutdown();
@@ -54,7 +69,6 @@ it("the bench: the boot GPU on bochs-drm with fb0 and fbcon, the second on bochs
 
 it("the second GPU to the VM, auto: no single-GPU steps; the console and fb0 stay, the display manager runs; release gives it back to bochs-drm", async ({ guest, baseline }) => {
   const xml = domainXml("", SECOND_SLOT);
-  await guest!.ok(": > /var/log/vmhook.log");
   const prepare = await guest!.sh(hook(xml, "prepare begin"));
   assert.equal(prepare, { code: 0, stdout: "" });
   const during = await guest!.ok(TWO_GPU_STATE);
@@ -77,7 +91,6 @@ it("the second GPU to the VM, auto: no single-GPU steps; the console and fb0 sta
 // (fbcon_fb_unbind): with every console on fb0, it lets go of them all when fb0 goes, and takes
 // them back when the boot GPU's framebuffer registers again as the primary one.
 it("the boot GPU to the VM, auto, while the second keeps a display: no single-GPU steps; the kernel puts the consoles on the dummy console, and back on fb0 after", async ({ guest, baseline }) => {
-  await guest!.ok(": > /var/log/vmhook.log");
   const prepare = await guest!.sh(hook(domainXml(), "prepare begin"));
   assert.equal(prepare, { code: 0, stdout: "" });
   const during = await guest!.ok(TWO_GPU_STATE);
@@ -96,7 +109,6 @@ it("the boot GPU to the VM, auto, while the second keeps a display: no single-GP
 
 it('single-gpu="yes" for the second GPU while fbcon shows on the first: the display manager stops, the console on fb0 and a program on fb0 stay', async ({ guest, baseline }) => {
   const xml = domainXml('single-gpu="yes"', SECOND_SLOT);
-  await guest!.ok(": > /var/log/vmhook.log");
   // A program on the kept GPU's framebuffer (fbterm, kmscon) does not hold the VM's GPU.
   const prepare = await guest!.sh(`sleep 60 < /dev/fb0 & holder=$!
 ${hook(xml, "prepare begin")}
@@ -117,7 +129,6 @@ code=$?; kill $holder; wait $holder 2>/dev/null; exit $code`);
 
 it('single-gpu="yes" for the boot GPU, which fbcon shows on: the console lets go before the GPU moves, and all comes back', async ({ guest, baseline }) => {
   const xml = domainXml('single-gpu="yes"');
-  await guest!.ok(": > /var/log/vmhook.log");
   const prepare = await guest!.sh(hook(xml, "prepare begin"));
   assert.equal(prepare, { code: 0, stdout: "" });
   const during = await guest!.ok(TWO_GPU_STATE);

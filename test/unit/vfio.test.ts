@@ -755,8 +755,8 @@ test("two groups, a second GPU on the host: not single-GPU, amdgpu stays loaded,
 });
 
 /** Two GPUs with fbdev: the iGPU the host keeps (boot VGA, fb0) and the VM's AMD GPU (fb1); fbcon shows on fb0, the first registered. */
-function twoFramebuffers(): GpuKernel {
-  return new GpuKernel()
+function twoFramebuffers(options: { builtinConsole?: boolean } = {}): GpuKernel {
+  return new GpuKernel(options)
     .module({ name: "amdgpu", driver: "amdgpu", loaded: true })
     .module({ name: "i915", driver: "i915", loaded: true })
     .device({ address: "0000:00:02.0", classCode: "0x030000", vendor: "0x8086", nativeDriver: "i915", group: 0, bootVga: true, nodes: ["card0", "fb0"] })
@@ -810,6 +810,68 @@ test('single-gpu="yes" for a second GPU when the kept iGPU\'s /dev/fb0 is missin
   kernel.sim.remove("/dev/fb0");
   const steps = await plannedSteps(kernel.sim, domainXml('<vmhook:vfio single-gpu="yes"/>'));
   assert.ok(steps.includes("vfio: unbind console vtcon1 ((M) frame buffer device)"), steps.join("\n"));
+});
+
+test('single-gpu="yes" for a second GPU while the host keeps the boot GPU: its firmware framebuffer (efifb, the boot GPU\'s) stays bound', async () => {
+  const kernel = twoFramebuffers().platformFramebuffer("efi-framebuffer", "efi-framebuffer.0");
+  const before = kernel.sim.snapshot();
+  const xml = domainXml('<vmhook:vfio single-gpu="yes"/>');
+  const prepare = await runHookEvent(kernel.sim, "prepare", "begin", xml);
+  assert.is(prepare.code, 0, prepare.stderr);
+  assert.is(kernel.driverOf(GPU), "vfio-pci");
+  assert.ok(kernel.sim.exists("/sys/bus/platform/drivers/efi-framebuffer/efi-framebuffer.0"), "the boot GPU's efifb stays");
+  assert.is((await runHookEvent(kernel.sim, "release", "end", xml)).code, 0);
+  assert.equal(kernel.sim.snapshot(), before);
+});
+
+test('single-gpu="yes" for a second GPU while fbcon shows on efifb of the boot GPU the host keeps (its driver registers no fbdev): the console and efifb stay, and a program on efifb\'s fb0 does not hold the VM\'s GPU', async () => {
+  const kernel = new GpuKernel()
+    .module({ name: "amdgpu", driver: "amdgpu", loaded: true })
+    .module({ name: "nvidia", driver: "nvidia", loaded: true })
+    .device({ address: "0000:02:00.0", classCode: "0x030000", vendor: "0x10de", nativeDriver: "nvidia", group: 0, bootVga: true, nodes: ["card0"] })
+    .platformFramebuffer("efi-framebuffer", "efi-framebuffer.0", "fb0")
+    .device({ address: GPU, classCode: "0x030000", vendor: "0x1002", nativeDriver: "amdgpu", group: 1, nodes: ["card1", "fb1"] })
+    .vtconsole("vtcon0", "(S) dummy device", false)
+    .vtconsole("vtcon1", "(M) frame buffer device", true)
+    .unit({ name: "display-manager.service", active: true, processes: { 500: ["Xorg", ["/dev/dri/card0"]] } })
+    .process(900, "fbterm", ["/dev/fb0"]);
+  const before = kernel.sim.snapshot();
+  const xml = domainXml('<vmhook:vfio single-gpu="yes"/>');
+  const prepare = await runHookEvent(kernel.sim, "prepare", "begin", xml);
+  assert.is(prepare.code, 0, prepare.stderr);
+  assert.is(kernel.driverOf(GPU), "vfio-pci");
+  assert.is(kernel.sim.readTrimmed("/sys/class/vtconsole/vtcon1/bind"), "1");
+  assert.ok(kernel.sim.exists("/dev/fb0"), "efifb stays registered");
+  assert.match(kernel.sim.read(paths.log) ?? "", "vfio: console vtcon1 ((M) frame buffer device) stays: it shows on fb0 of efi-framebuffer.0 (the firmware framebuffer of the boot VGA device 0000:02:00.0), which the host keeps");
+  assert.is((await runHookEvent(kernel.sim, "release", "end", xml)).code, 0);
+  assert.equal(kernel.sim.snapshot(), before);
+});
+
+test("the boot VGA GPU to the VM while the host keeps another display (single-GPU mode off): its firmware framebuffer lets go first (before Linux 6.0 vfio-pci leaves it holding the BARs: QEMU's \"can't reserve\"), and is bound again at release", async () => {
+  const kernel = nvidiaDesktop().module({ name: "i915", driver: "i915", loaded: true }).device({ address: "0000:00:02.0", classCode: "0x030000", vendor: "0x8086", nativeDriver: "i915", group: 2, nodes: ["card1"] });
+  for (const pid of [500, 501]) kernel.sim.remove(`/proc/${pid}`);
+  kernel.unit({ name: "display-manager.service", active: true, processes: { 500: ["Xorg", ["/dev/dri/card1"]] } });
+  const before = kernel.sim.snapshot();
+  const xml = domainXml("<vmhook:vfio/>");
+  assert.ok((await plannedSteps(kernel.sim, xml)).includes("vfio: unbind efi-framebuffer.0 from efi-framebuffer"));
+  const prepare = await runHookEvent(kernel.sim, "prepare", "begin", xml);
+  assert.is(prepare.code, 0, prepare.stderr);
+  assert.ok(kernel.units.get("display-manager.service")!.active, "single-GPU mode stays off");
+  assert.not.ok(kernel.sim.exists("/sys/bus/platform/drivers/efi-framebuffer/efi-framebuffer.0"));
+  assert.is((await runHookEvent(kernel.sim, "release", "end", xml)).code, 0);
+  assert.equal(kernel.sim.snapshot(), before);
+});
+
+test('single-gpu="yes" for a second GPU that fbcon shows on, a modular dummy console: prepare failing after the console let go maps tty1 back to that GPU\'s fb1, not to the first framebuffer (the iGPU\'s fb0)', async () => {
+  const kernel = twoFramebuffers({ builtinConsole: false });
+  await kernel.sim.ioctl("/dev/fb1", 0x4610, new Uint8Array(new Uint32Array([1, 1]).buffer));
+  kernel.sim.ioctls.length = 0;
+  kernel.sim.failWrite(`/sys/bus/pci/devices/${GPU}/driver/unbind`, "EBUSY");
+  const result = await runHookEvent(kernel.sim, "prepare", "begin", domainXml('<vmhook:vfio single-gpu="yes"/>'));
+  assert.is(result.code, 1);
+  assert.match(result.stderr, "the host was left as it was");
+  assert.equal(kernel.sim.ioctls.filter((call) => call.request === 0x4610), [{ path: "/dev/fb1", request: 0x4610, argument: [1, 0, 0, 0, 1, 0, 0, 0] }]);
+  assert.is(kernel.sim.readTrimmed("/sys/class/vtconsole/vtcon1/bind"), "1");
 });
 
 /** An Intel iGPU with SR-IOV (i915): the PF 00:02.0 shows the host's display, its VFs 00:02.1 and 00:02.2 share its slot, each in its own group. */
@@ -1162,6 +1224,19 @@ test("without systemd: the configured display manager commands stop it, vmhook w
   assert.match(unreadable.stderr, "cannot read /proc/900/comm (EIO)");
   assert.not.match(unreadable.stderr, "did not come back");
   assert.equal(readJournal(kernel.sim, UUID)!.entries.map((entry) => entry.undo.action), ["stop-display-manager"]);
+});
+
+test("without systemd, displayManagerCommand naming no processes: the refusal of its holder says the display manager's stop command runs and that no process of it is named, never \"the display manager's  processes\"", async () => {
+  const kernel = withoutSystemd("sddm");
+  settings(kernel, { displayManagerCommand: { stop: ["rc-service", "sddm", "stop"], start: ["rc-service", "sddm", "start"], processes: [] } });
+  const before = kernel.sim.snapshot();
+  const result = await runHookEvent(kernel.sim, "prepare", "begin", domainXml("<vmhook:vfio/>"));
+  assert.is(result.code, 1);
+  assert.match(
+    firstLine(result.stderr),
+    'pid 900 (sddm) holds /dev/dri/card0 in cgroup /; vmhook stops only the display manager (rc-service sddm stop; "displayManagerCommand.processes" names none of its processes): close those programs',
+  );
+  assert.equal(kernel.sim.snapshot(), before);
 });
 
 test("without systemd: a displayManagerCommand process longer than the 15 characters the kernel keeps of a name (it never matches) is refused at prepare, naming it and the name to write", async () => {
