@@ -200,7 +200,16 @@ export function normalizePath(absolute: string): string {
 export function untrustedTreeCode(root: string, real: string, because: string): string | undefined {
   if (root === "/" || process.geteuid?.() !== 0) return undefined;
   const host = new RootedHost("/");
-  return rootsAloneProblem((path) => host.stat(path), real, "file", because);
+  const statOf = (path: string) => host.stat(path);
+  if (!host.stat(real)?.isSymlink) return rootsAloneProblem(statOf, real, "file", because);
+  // A link to the host's own program (a test tree's /usr/sbin/nft): only who can write the link's directories could point it elsewhere, so they and its target must be root's alone.
+  let target: string;
+  try {
+    target = fs.realpathSync(real);
+  } catch (error) {
+    return `${real} is a symlink that leads nowhere (${(error as NodeJS.ErrnoException).code})`;
+  }
+  return rootsAloneProblem(statOf, real.slice(0, real.lastIndexOf("/")) || "/", "directory", because) ?? rootsAloneProblem(statOf, target, "file", because);
 }
 
 export class RootedHost implements Host {

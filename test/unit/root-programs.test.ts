@@ -52,6 +52,48 @@ test("as root, a --root tree's program in a directory another user owns is not r
   }
 });
 
+test("as root, a --root tree's program that is a symlink to the host's own (the net tests' /usr/sbin/nft) runs when the link's directories and its target are root's alone", () => {
+  const tree = treeWithSystemctl();
+  try {
+    const target = path.join(tree.parent, "real-systemctl");
+    fs.renameSync(path.join(tree.root, "usr/bin/systemctl"), target);
+    fs.symlinkSync(target, path.join(tree.root, "usr/bin/systemctl"));
+    const result = new RootedHost(tree.root).exec("systemctl", [], { timeoutMs: 5000 });
+    assert.equal([result.status, result.error], [0, undefined]);
+    assert.ok(fs.existsSync(tree.ran));
+  } finally {
+    fs.rmSync(tree.parent, { recursive: true, force: true });
+  }
+});
+
+test("as root, a --root tree's symlink to a program another user can write is not run, naming the target", () => {
+  const tree = treeWithSystemctl();
+  try {
+    const userDir = path.join(tree.parent, "user-bin");
+    fs.mkdirSync(userDir, { mode: 0o755 });
+    fs.chownSync(userDir, USER, USER);
+    const target = path.join(userDir, "systemctl");
+    fs.renameSync(path.join(tree.root, "usr/bin/systemctl"), target);
+    fs.symlinkSync(target, path.join(tree.root, "usr/bin/systemctl"));
+    refusedBy(tree, `${userDir} is owned by uid ${USER}, not root`);
+  } finally {
+    fs.rmSync(tree.parent, { recursive: true, force: true });
+  }
+});
+
+test("as root, a --root tree's symlink in a directory another user owns is not run (they could point it elsewhere)", () => {
+  const tree = treeWithSystemctl();
+  try {
+    const target = path.join(tree.parent, "real-systemctl");
+    fs.renameSync(path.join(tree.root, "usr/bin/systemctl"), target);
+    fs.symlinkSync(target, path.join(tree.root, "usr/bin/systemctl"));
+    fs.chownSync(path.join(tree.root, "usr/bin"), USER, USER);
+    refusedBy(tree, `${tree.root}/usr/bin is owned by uid ${USER}, not root`);
+  } finally {
+    fs.rmSync(tree.parent, { recursive: true, force: true });
+  }
+});
+
 test("as root, a --root tree's program that group or others can write is not run", () => {
   const tree = treeWithSystemctl();
   try {
