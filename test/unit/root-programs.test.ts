@@ -22,6 +22,13 @@ function treeWithSystemctl(): { parent: string; root: string; ran: string } {
   return { parent, root, ran: path.join(root, "ran") };
 }
 
+/** Moves the tree's systemctl into `dir` and leaves a symlink to it in its place. */
+function linkSystemctl(tree: { root: string }, dir: string): void {
+  const target = path.join(dir, "systemctl");
+  fs.renameSync(path.join(tree.root, "usr/bin/systemctl"), target);
+  fs.symlinkSync(target, path.join(tree.root, "usr/bin/systemctl"));
+}
+
 function refusedBy(tree: { root: string; ran: string }, fix: string): void {
   const host = new RootedHost(tree.root);
   const result = host.exec("systemctl", ["daemon-reload"], { timeoutMs: 5000 });
@@ -55,9 +62,7 @@ test("as root, a --root tree's program in a directory another user owns is not r
 test("as root, a --root tree's program that is a symlink to the host's own (the net tests' /usr/sbin/nft) runs when the link's directories and its target are root's alone", () => {
   const tree = treeWithSystemctl();
   try {
-    const target = path.join(tree.parent, "real-systemctl");
-    fs.renameSync(path.join(tree.root, "usr/bin/systemctl"), target);
-    fs.symlinkSync(target, path.join(tree.root, "usr/bin/systemctl"));
+    linkSystemctl(tree, tree.parent);
     const result = new RootedHost(tree.root).exec("systemctl", [], { timeoutMs: 5000 });
     assert.equal([result.status, result.error], [0, undefined]);
     assert.ok(fs.existsSync(tree.ran));
@@ -72,9 +77,7 @@ test("as root, a --root tree's symlink to a program another user can write is no
     const userDir = path.join(tree.parent, "user-bin");
     fs.mkdirSync(userDir, { mode: 0o755 });
     fs.chownSync(userDir, USER, USER);
-    const target = path.join(userDir, "systemctl");
-    fs.renameSync(path.join(tree.root, "usr/bin/systemctl"), target);
-    fs.symlinkSync(target, path.join(tree.root, "usr/bin/systemctl"));
+    linkSystemctl(tree, userDir);
     refusedBy(tree, `${userDir} is owned by uid ${USER}, not root`);
   } finally {
     fs.rmSync(tree.parent, { recursive: true, force: true });
@@ -84,9 +87,7 @@ test("as root, a --root tree's symlink to a program another user can write is no
 test("as root, a --root tree's symlink in a directory another user owns is not run (they could point it elsewhere)", () => {
   const tree = treeWithSystemctl();
   try {
-    const target = path.join(tree.parent, "real-systemctl");
-    fs.renameSync(path.join(tree.root, "usr/bin/systemctl"), target);
-    fs.symlinkSync(target, path.join(tree.root, "usr/bin/systemctl"));
+    linkSystemctl(tree, tree.parent);
     fs.chownSync(path.join(tree.root, "usr/bin"), USER, USER);
     refusedBy(tree, `${tree.root}/usr/bin is owned by uid ${USER}, not root`);
   } finally {
