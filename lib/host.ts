@@ -6,7 +6,7 @@
 import * as fs from "node:fs";
 import { describeError, VmhookError } from "./errors.ts";
 import { ioctl } from "./libc.ts";
-import { rootsAloneProblem } from "./root-alone.ts";
+import { pathLeadsToRootsAlone } from "./root-alone.ts";
 
 export interface ExecOptions {
   /** Kill the child after this long. Always set: libvirt has no timeout of its own. */
@@ -194,13 +194,14 @@ export function normalizePath(absolute: string): string {
  * code, or undefined: a tree another user can write (sudo vmhook bundle
  * --root ~/copy) would have its systemctl run as root. Root alone must be
  * able to write the file and every directory on the way to it from the real
- * /, as for plugins.d. The host's own files, and a user's own tree run by
- * that user, are run as they are.
+ * /, as for plugins.d, and own every symlink on the way (a copy of a host
+ * has many: usr/sbin -> bin, modprobe -> kmod). The host's own files, and a
+ * user's own tree run by that user, are run as they are.
  */
 export function untrustedTreeCode(root: string, real: string, because: string): string | undefined {
   if (root === "/" || process.geteuid?.() !== 0) return undefined;
   const host = new RootedHost("/");
-  return rootsAloneProblem((path) => host.stat(path), real, "file", because);
+  return pathLeadsToRootsAlone((path) => host.stat(path), (path) => fs.readlinkSync(path), real, because);
 }
 
 export class RootedHost implements Host {

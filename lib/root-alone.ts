@@ -6,6 +6,9 @@
 /** What the rule reads of a path (lstat(2)): a Host's stat, or the real file system's. */
 export type StatOf = (path: string) => { uid: number; mode: number; isFile: boolean; isDirectory: boolean; isSymlink: boolean } | undefined;
 
+/** What a symlink holds (readlink(2)). */
+export type LinkOf = (path: string) => string;
+
 /** Only root may own what root runs. */
 export const ROOT_UID = 0;
 
@@ -49,4 +52,47 @@ const parentOf = (absolute: string) => absolute.slice(0, absolute.lastIndexOf("/
 /** Why root cannot trust `hostPath`, or undefined: it and every directory above it must pass unsafeReason. */
 export function rootsAloneProblem(statOf: StatOf, hostPath: string, kind: "directory" | "file", because?: string): string | undefined {
   return unsafeReason(statOf, hostPath, kind, because) ?? unsafeAbove(statOf, hostPath, because);
+}
+
+/** The kernel's limit of symlinks in one lookup (ELOOP past it). */
+const MAX_SYMLINKS = 40;
+
+/**
+ * Why root cannot trust the file `path` leads to, or undefined: followed as
+ * the kernel looks it up, symlinks included (a copy of a usr-merged host:
+ * usr/sbin -> bin, modprobe -> kmod), every directory looked in must be
+ * root's alone (a sticky one passes), every symlink root's, and the file
+ * root's alone: then nobody else can change where the path leads, between
+ * this check and exec or ever.
+ */
+export function pathLeadsToRootsAlone(statOf: StatOf, linkOf: LinkOf, path: string, because: string): string | undefined {
+  const top = unsafeReason(statOf, "/", "directory", because, true);
+  if (top) return top;
+  let left = path.split("/").filter(Boolean);
+  let dir = "/";
+  let links = 0;
+  while (left.length > 0) {
+    const name = left.shift()!;
+    if (name === ".") continue;
+    // dir holds no symlink, so its parent is where ".." leads.
+    if (name === "..") {
+      dir = parentOf(dir);
+      continue;
+    }
+    const next = dir === "/" ? `/${name}` : `${dir}/${name}`;
+    const stat = statOf(next);
+    if (!stat) return `${next} does not exist`;
+    if (stat.isSymlink) {
+      if (stat.uid !== ROOT_UID) return `${next} is a symlink owned by uid ${stat.uid}, not root; ${because}, so run chown -h root:root ${next}`;
+      if (++links > MAX_SYMLINKS) return `${path} leads through more than ${MAX_SYMLINKS} symlinks`;
+      const target = linkOf(next);
+      if (target.startsWith("/")) dir = "/";
+      left = [...target.split("/").filter(Boolean), ...left];
+      continue;
+    }
+    const problem = left.length > 0 ? unsafeReason(statOf, next, "directory", because, true) : unsafeReason(statOf, next, "file", because);
+    if (problem) return problem;
+    dir = next;
+  }
+  return undefined;
 }
