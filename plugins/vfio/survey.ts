@@ -243,7 +243,7 @@ function singleGpuMode(host: Host, config: VfioConfig, devices: Device[]): { sin
 
 /** The device files whose users block the handover, as data: it is journaled with the steps that wait for them. */
 export type Watched = {
-  /** The GPUs' DRM and fbdev nodes and NVIDIA's /dev/nvidiaN. */
+  /** The GPUs' DRM and fbdev nodes, the firmware framebuffers' that go, and NVIDIA's /dev/nvidiaN. */
   files: string[];
   /** Every framebuffer (single-GPU mode)... */
   framebuffers: boolean;
@@ -255,11 +255,14 @@ export type Watched = {
 
 /**
  * The GPUs' DRM and fbdev nodes and NVIDIA's /dev/nvidiaN (its minor from
- * /proc/driver/nvidia); every framebuffer in single-GPU mode; every
+ * /proc/driver/nvidia), and the firmware framebuffers' that go with them;
+ * every framebuffer in single-GPU mode; every
  * /dev/nvidia* when the nvidia module is to go.
  */
 function watchedFiles(host: Host, devices: Device[], singleGpu: boolean, nvidiaUnloads: boolean, firmwareFramebuffers: FirmwareFramebuffers): Watched {
   const nodes = new Set(devices.flatMap((device) => pciDeviceNodes(host, device.address)));
+  // Firmware framebuffers that go with the devices, in any mode: an fbdev held open keeps efifb's hold on the BARs after the unbind (it lets go at the last close).
+  if (firmwareFramebuffers === "go") for (const { nodes: fbs } of boundFirmwareFramebuffers(host)) for (const node of fbs) nodes.add(`/dev/${node}`);
   for (const device of devices.filter((device) => device.driver === "nvidia")) {
     const minor = /Device Minor:\s*(\d+)/.exec(host.readTrimmed(`/proc/driver/nvidia/gpus/${device.address}/information`) ?? "")?.[1];
     if (minor) nodes.add(`/dev/nvidia${minor}`);

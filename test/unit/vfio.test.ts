@@ -862,6 +862,25 @@ test("the boot VGA GPU to the VM while the host keeps another display (single-GP
   assert.equal(kernel.sim.snapshot(), before);
 });
 
+test("the boot VGA GPU to the VM beside another display (single-GPU mode off): a program holding its firmware framebuffer's /dev/fb0 (its mapping keeps efifb's hold on the BARs after the unbind) is refused, the host left as it was", async () => {
+  const kernel = new GpuKernel()
+    .module({ name: "nvidia", driver: "nvidia", loaded: true })
+    .module({ name: "i915", driver: "i915", loaded: true })
+    .device({ address: "0000:00:02.0", classCode: "0x030000", vendor: "0x8086", nativeDriver: "i915", group: 0, nodes: ["card1"] })
+    .device({ address: GPU, classCode: "0x030000", vendor: "0x10de", nativeDriver: "nvidia", group: 1, bootVga: true, nodes: ["card0"] })
+    .platformFramebuffer("efi-framebuffer", "efi-framebuffer.0", "fb0")
+    .vtconsole("vtcon0", "(S) dummy device", false)
+    .vtconsole("vtcon1", "(M) frame buffer device", true)
+    .unit({ name: "display-manager.service", active: true, processes: { 500: ["Xorg", ["/dev/dri/card1"]] } })
+    .process(900, "fbterm", ["/dev/fb0"]);
+  const before = kernel.sim.snapshot();
+  const result = await runHookEvent(kernel.sim, "prepare", "begin", domainXml("<vmhook:vfio/>"));
+  assert.is(result.code, 1, result.stderr);
+  assert.match(firstLine(result.stderr), "pid 900 (fbterm) holds /dev/fb0");
+  assert.ok(kernel.sim.exists("/sys/bus/platform/drivers/efi-framebuffer/efi-framebuffer.0"), "efifb stays bound");
+  assert.equal(kernel.sim.snapshot(), before);
+});
+
 test('single-gpu="yes" for a second GPU that fbcon shows on, a modular dummy console: prepare failing after the console let go maps tty1 back to that GPU\'s fb1, not to the first framebuffer (the iGPU\'s fb0)', async () => {
   const kernel = twoFramebuffers({ builtinConsole: false });
   await kernel.sim.ioctl("/dev/fb1", 0x4610, new Uint8Array(new Uint32Array([1, 1]).buffer));
