@@ -201,7 +201,19 @@ export function normalizePath(absolute: string): string {
 export function untrustedTreeCode(root: string, real: string, because: string): string | undefined {
   if (root === "/" || process.geteuid?.() !== 0) return undefined;
   const host = new RootedHost("/");
-  return pathLeadsToRootsAlone((path) => host.stat(path), (path) => fs.readlinkSync(path), real, because);
+  // A directory above the tree (the user's home) is not the tree's to chown: the tree moves.
+  const tops = [root, realPathOr(root)];
+  const holdsTree = (dir: string) => (tops.some((top) => top.startsWith(`${dir}/`)) ? `move ${root} to a directory only root can write, such as /srv (${dir} holds it)` : undefined);
+  return pathLeadsToRootsAlone((path) => host.stat(path), (path) => fs.readlinkSync(path), real, because, holdsTree);
+}
+
+/** The path with its symlinks resolved (the walk above sees /var/home for /home), or itself when it cannot be. */
+function realPathOr(path: string): string {
+  try {
+    return fs.realpathSync(path);
+  } catch {
+    return path;
+  }
 }
 
 export class RootedHost implements Host {

@@ -77,6 +77,17 @@ test("as root, a --root tree in a user's home (its top or a directory above it t
   }
 });
 
+test("as root, a --root tree below a user's directory (sudo vmhook bundle --root ~/copy): the message says to move the tree, never to chown the user's home to root", () => {
+  const tree = treeWithSystemctl();
+  try {
+    fs.chownSync(tree.parent, USER, USER);
+    refusedBy(tree, `${tree.parent} is owned by uid ${USER}, not root; vmhook runs a --root tree's programs as root, so move ${tree.root} to a directory only root can write, such as /srv (${tree.parent} holds it)`);
+    assert.not.match(new RootedHost(tree.root).exec("systemctl", [], { timeoutMs: 5000 }).error ?? "", "chown");
+  } finally {
+    fs.rmSync(tree.parent, { recursive: true, force: true });
+  }
+});
+
 test("as root, a JavaScript plugin of a --root tree a user owns is not loaded (its top-level code would run as root)", async () => {
   const tree = treeWithSystemctl();
   try {
