@@ -6,7 +6,7 @@
 import * as fs from "node:fs";
 import { describeError, VmhookError } from "./errors.ts";
 import { ioctl } from "./libc.ts";
-import { rootsAloneProblem } from "./root-alone.ts";
+import { pathLeadsToRootsAlone } from "./root-alone.ts";
 
 export interface ExecOptions {
   /** Kill the child after this long. Always set: libvirt has no timeout of its own. */
@@ -194,22 +194,26 @@ export function normalizePath(absolute: string): string {
  * code, or undefined: a tree another user can write (sudo vmhook bundle
  * --root ~/copy) would have its systemctl run as root. Root alone must be
  * able to write the file and every directory on the way to it from the real
- * /, as for plugins.d. The host's own files, and a user's own tree run by
- * that user, are run as they are.
+ * /, as for plugins.d, and own every symlink on the way (a copy of a host
+ * has many: usr/sbin -> bin, modprobe -> kmod). The host's own files, and a
+ * user's own tree run by that user, are run as they are.
  */
 export function untrustedTreeCode(root: string, real: string, because: string): string | undefined {
   if (root === "/" || process.geteuid?.() !== 0) return undefined;
   const host = new RootedHost("/");
-  const statOf = (path: string) => host.stat(path);
-  if (!host.stat(real)?.isSymlink) return rootsAloneProblem(statOf, real, "file", because);
-  // A link to the host's own program (a test tree's /usr/sbin/nft): only who can write the link's directories could point it elsewhere, so they and its target must be root's alone.
-  let target: string;
+  // A directory above the tree (the user's home) is not the tree's to chown: the tree moves.
+  const tops = [root, realPathOr(root)];
+  const holdsTree = (dir: string) => (tops.some((top) => top.startsWith(`${dir}/`)) ? `move ${root} to a directory only root can write, such as /srv (${dir} holds it)` : undefined);
+  return pathLeadsToRootsAlone((path) => host.stat(path), (path) => fs.readlinkSync(path), real, because, holdsTree);
+}
+
+/** The path with its symlinks resolved (the walk above sees /var/home for /home), or itself when it cannot be. */
+function realPathOr(path: string): string {
   try {
-    target = fs.realpathSync(real);
-  } catch (error) {
-    return `${real} is a symlink that leads nowhere (${(error as NodeJS.ErrnoException).code})`;
+    return fs.realpathSync(path);
+  } catch {
+    return path;
   }
-  return rootsAloneProblem(statOf, real.slice(0, real.lastIndexOf("/")) || "/", "directory", because) ?? rootsAloneProblem(statOf, target, "file", because);
 }
 
 export class RootedHost implements Host {

@@ -199,7 +199,7 @@ const MAX_NR_CONSOLES = 63;
 /**
  * The framebuffers fbcon shows on (FBIOGET_CON2FBMAP of every console), when
  * each is a framebuffer of a display device the host keeps on its driver, or
- * a firmware framebuffer of the boot VGA device the host keeps; undefined
+ * a firmware framebuffer on a display device the host keeps; undefined
  * when one is the VM's, or a firmware framebuffer that goes, or the map
  * cannot be read: then the console lets go, as on a host with one GPU.
  */
@@ -229,11 +229,11 @@ async function consoleOnlyOnKeptGpus(ctx: BaseContext, found: Survey): Promise<s
       owners.set(Number(framebuffer.slice(2)), `${device.address} (${device.driver ?? "no driver"})`);
     }
   }
-  // The firmware framebuffers of the boot GPU the host keeps (efifb, its driver registering no fbdev) show the host's console.
+  // The firmware framebuffers on a GPU the host keeps (efifb, its driver registering no fbdev) show the host's console.
   const { firmwareFramebuffers } = found;
   if (typeof firmwareFramebuffers === "object") {
     for (const { device, nodes } of boundFirmwareFramebuffers(ctx.host)) {
-      for (const node of nodes) owners.set(Number(node.slice(2)), `${device} (the firmware framebuffer of the boot VGA device ${firmwareFramebuffers.keptBy})`);
+      for (const node of nodes) owners.set(Number(node.slice(2)), `${device} (the firmware framebuffer on ${firmwareFramebuffers.keptBy})`);
     }
   }
   return [...shown].map((index) => `fb${index} of ${owners.get(index)}`).join(", ");

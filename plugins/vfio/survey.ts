@@ -5,6 +5,7 @@ import { VmhookError } from "../../lib/errors.ts";
 import { iommuOffAdvice } from "../../lib/diagnostics/iommu.ts";
 import { kernelRelease } from "../../lib/kernel-modules.ts";
 import type { Host } from "../../lib/host.ts";
+import { PATTERNS } from "../../lib/validate.ts";
 import { openFiles, processIds, processName } from "../../lib/open-files.ts";
 import {
   freeBridge,
@@ -89,8 +90,18 @@ export function boundFirmwareFramebuffers(host: Host): { driver: string; device:
   );
 }
 
-/** "go": with the devices; "stay": the host keeps them (or none is bound); or the boot VGA device the host keeps, whose they are. */
+/** "go": with the devices; "stay": the host keeps them (or none is bound); or the display device the host keeps, whose they are. */
 export type FirmwareFramebuffers = "go" | "stay" | { keptBy: string };
+
+/**
+ * The display device the kernel found a firmware framebuffer on: Linux >= 6.9
+ * makes it the platform device's sysfs parent (sysfb_parent_dev: the device
+ * whose BAR holds the framebuffer, boot_vga or not); undefined before.
+ */
+function framebufferGpu(host: Host, device: string): string | undefined {
+  const parent = host.readlink(`/sys/bus/platform/devices/${device}`)?.split("/").at(-2);
+  return parent !== undefined && PATTERNS.pciAddress.test(parent) ? parent : undefined;
+}
 
 /**
  * The firmware set its framebuffer up on the boot VGA device (the kernel's
@@ -98,14 +109,23 @@ export type FirmwareFramebuffers = "go" | "stay" | { keptBy: string };
  * aperture removal takes down, on Linux >= 6.0 only: before, one left bound
  * holds the BARs and QEMU fails with "can't reserve"). So the firmware
  * framebuffers go when that device is handed over and stay when the host
- * keeps it, whatever single-GPU mode says; with no boot VGA device at all,
- * whose they are is unknown: single-GPU mode lets go of them.
+ * keeps it, whatever single-GPU mode says. In single-GPU mode beside a GPU
+ * the host keeps, the device Linux >= 6.9 names decides first (no boot_vga
+ * file: non-x86, a display controller of class 0380); with neither, whose
+ * they are is unknown: single-GPU mode lets go of them.
  */
 function firmwareFramebuffersOwner(host: Host, devices: Device[], singleGpu: boolean): FirmwareFramebuffers {
-  if (devices.some((device) => isDisplayClass(device.classCode) && device.bootVga)) return "go";
-  // Which device the host keeps is read only when it decides something: the other cards' sysfs reads cost (docs/bench.md).
-  if (!singleGpu || boundFirmwareFramebuffers(host).length === 0) return "stay";
   const ours = new Set(devices.map((device) => device.address));
+  const bootVgaOurs = devices.some((device) => isDisplayClass(device.classCode) && device.bootVga);
+  // Which device the host keeps is read only when it decides something: the other cards' sysfs reads cost (docs/bench.md).
+  if (!singleGpu) return bootVgaOurs ? "go" : "stay";
+  const bound = boundFirmwareFramebuffers(host);
+  if (bound.length === 0) return bootVgaOurs ? "go" : "stay";
+  const named = bound.map(({ device }) => framebufferGpu(host, device));
+  if (named.some((gpu) => gpu !== undefined && ours.has(gpu))) return "go";
+  const keptNamed = named.find((gpu) => gpu !== undefined);
+  if (keptNamed && named.every((gpu) => gpu !== undefined)) return { keptBy: keptNamed };
+  if (bootVgaOurs) return "go";
   const kept = host.list(PCI_DEVICES).find((address) => !ours.has(address) && host.readTrimmed(pciPath(address, "boot_vga")) === "1" && isDisplayClass(host.readTrimmed(pciPath(address, "class")) ?? ""));
   return kept ? { keptBy: kept } : "go";
 }
@@ -243,7 +263,7 @@ function singleGpuMode(host: Host, config: VfioConfig, devices: Device[]): { sin
 
 /** The device files whose users block the handover, as data: it is journaled with the steps that wait for them. */
 export type Watched = {
-  /** The GPUs' DRM and fbdev nodes and NVIDIA's /dev/nvidiaN. */
+  /** The GPUs' DRM and fbdev nodes, the firmware framebuffers' that go, and NVIDIA's /dev/nvidiaN. */
   files: string[];
   /** Every framebuffer (single-GPU mode)... */
   framebuffers: boolean;
@@ -255,11 +275,14 @@ export type Watched = {
 
 /**
  * The GPUs' DRM and fbdev nodes and NVIDIA's /dev/nvidiaN (its minor from
- * /proc/driver/nvidia); every framebuffer in single-GPU mode; every
+ * /proc/driver/nvidia), and the firmware framebuffers' that go with them;
+ * every framebuffer in single-GPU mode; every
  * /dev/nvidia* when the nvidia module is to go.
  */
 function watchedFiles(host: Host, devices: Device[], singleGpu: boolean, nvidiaUnloads: boolean, firmwareFramebuffers: FirmwareFramebuffers): Watched {
   const nodes = new Set(devices.flatMap((device) => pciDeviceNodes(host, device.address)));
+  // Firmware framebuffers that go with the devices, in any mode: an fbdev held open keeps efifb's hold on the BARs after the unbind (it lets go at the last close).
+  if (firmwareFramebuffers === "go") for (const { nodes: fbs } of boundFirmwareFramebuffers(host)) for (const node of fbs) nodes.add(`/dev/${node}`);
   for (const device of devices.filter((device) => device.driver === "nvidia")) {
     const minor = /Device Minor:\s*(\d+)/.exec(host.readTrimmed(`/proc/driver/nvidia/gpus/${device.address}/information`) ?? "")?.[1];
     if (minor) nodes.add(`/dev/nvidia${minor}`);

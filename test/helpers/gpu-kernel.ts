@@ -142,6 +142,8 @@ export class GpuKernel {
   private consoleFramebuffer = -1;
   /** Firmware framebuffer platform device → the fbdev node it registers while bound. */
   private readonly platformNodes = new Map<string, string>();
+  /** Each firmware framebuffer's directory under /sys/devices. */
+  private readonly platformDirs = new Map<string, string>();
   /** try_module_get() users that are no module (another VM's QEMU holding a vfio container): module → count. */
   private readonly gets = new Map<string, number>();
   /** The cgroup layout systemd mounted (see the constructor). */
@@ -212,7 +214,7 @@ export class GpuKernel {
         sim.remove(`${driverDir}/${device}`);
         this.unregisterPlatformNode(device);
       } else {
-        sim.link(`${driverDir}/${device}`, `../../../../devices/platform/${device}`);
+        sim.link(`${driverDir}/${device}`, `../../../../devices/${this.platformDirs.get(device) ?? `platform/${device}`}`);
         this.registerPlatformNode(device);
       }
     });
@@ -288,14 +290,20 @@ export class GpuKernel {
     return this;
   }
 
-  /** A firmware framebuffer's platform device, bound; `node` ("fb0"): the fbdev it registers while bound (fbcon takes it, as any). */
-  platformFramebuffer(driver: string, device: string, node?: string): this {
+  /**
+   * A firmware framebuffer's platform device, bound; `node` ("fb0"): the
+   * fbdev it registers while bound (fbcon takes it, as any). `gpu`: the PCI
+   * device Linux >= 6.9 found it on, its sysfs parent (sysfb_parent_dev).
+   */
+  platformFramebuffer(driver: string, device: string, node?: string, gpu?: string): this {
+    const dir = gpu ? `pci0000:00/${gpu}/${device}` : `platform/${device}`;
+    this.platformDirs.set(device, dir);
     this.sim
       .file(`/sys/bus/platform/drivers/${driver}/bind`)
       .file(`/sys/bus/platform/drivers/${driver}/unbind`)
-      .dir(`/sys/devices/platform/${device}`)
-      .link(`/sys/bus/platform/devices/${device}`, `../../../devices/platform/${device}`)
-      .link(`/sys/bus/platform/drivers/${driver}/${device}`, `../../../../devices/platform/${device}`);
+      .dir(`/sys/devices/${dir}`)
+      .link(`/sys/bus/platform/devices/${device}`, `../../../devices/${dir}`)
+      .link(`/sys/bus/platform/drivers/${driver}/${device}`, `../../../../devices/${dir}`);
     if (node) this.platformNodes.set(device, node);
     this.registerPlatformNode(device);
     return this;
@@ -305,7 +313,8 @@ export class GpuKernel {
   private registerPlatformNode(device: string): void {
     const node = this.platformNodes.get(device);
     if (!node) return;
-    this.sim.file(`/sys/devices/platform/${device}/graphics/${node}/dev`).file(`/dev/${node}`).link(`/sys/class/graphics/${node}`, `../../devices/platform/${device}/graphics/${node}`);
+    const dir = this.platformDirs.get(device);
+    this.sim.file(`/sys/devices/${dir}/graphics/${node}/dev`).file(`/dev/${node}`).link(`/sys/class/graphics/${node}`, `../../devices/${dir}/graphics/${node}`);
     this.framebufferConsoleTakesOver(Number(node.slice(2)));
   }
 
@@ -313,7 +322,7 @@ export class GpuKernel {
   private unregisterPlatformNode(device: string): void {
     const node = this.platformNodes.get(device);
     if (!node) return;
-    this.sim.remove(`/sys/devices/platform/${device}/graphics`);
+    this.sim.remove(`/sys/devices/${this.platformDirs.get(device)}/graphics`);
     this.sim.remove(`/dev/${node}`);
     this.sim.remove(`/sys/class/graphics/${node}`);
     if (node === `fb${this.consoleFramebuffer}`) this.consoleFramebuffer = -1;

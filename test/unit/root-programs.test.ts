@@ -71,19 +71,6 @@ test("as root, a --root tree's program that is a symlink to the host's own (the 
   }
 });
 
-test("as root, a --root tree's symlink to a program another user can write is not run, naming the target", () => {
-  const tree = treeWithSystemctl();
-  try {
-    const userDir = path.join(tree.parent, "user-bin");
-    fs.mkdirSync(userDir, { mode: 0o755 });
-    fs.chownSync(userDir, USER, USER);
-    linkSystemctl(tree, userDir);
-    refusedBy(tree, `${userDir} is owned by uid ${USER}, not root`);
-  } finally {
-    fs.rmSync(tree.parent, { recursive: true, force: true });
-  }
-});
-
 test("as root, a --root tree's symlink in a directory another user owns is not run (they could point it elsewhere)", () => {
   const tree = treeWithSystemctl();
   try {
@@ -120,6 +107,17 @@ test("as root, a --root tree in a user's home (its top or a directory above it t
   }
 });
 
+test("as root, a --root tree below a user's directory (sudo vmhook bundle --root ~/copy): the message says to move the tree, never to chown the user's home to root", () => {
+  const tree = treeWithSystemctl();
+  try {
+    fs.chownSync(tree.parent, USER, USER);
+    refusedBy(tree, `${tree.parent} is owned by uid ${USER}, not root; vmhook runs a --root tree's programs as root, so move ${tree.root} to a directory only root can write, such as /srv (${tree.parent} holds it)`);
+    assert.not.match(new RootedHost(tree.root).exec("systemctl", [], { timeoutMs: 5000 }).error ?? "", "chown");
+  } finally {
+    fs.rmSync(tree.parent, { recursive: true, force: true });
+  }
+});
+
 test("as root, a JavaScript plugin of a --root tree a user owns is not loaded (its top-level code would run as root)", async () => {
   const tree = treeWithSystemctl();
   try {
@@ -133,6 +131,61 @@ test("as root, a JavaScript plugin of a --root tree a user owns is not loaded (i
       (error: Error) => assert.is(error.message, `plugin notes: not loading ${tree.root}${plugin} of the --root tree: ${tree.root} is owned by uid ${USER}, not root; vmhook loads a --root tree's plugins as root, so run chown root:root ${tree.root}`),
     );
     assert.not.ok(fs.existsSync(tree.ran), "its code did not run");
+  } finally {
+    fs.rmSync(tree.parent, { recursive: true, force: true });
+  }
+});
+
+/** A copy of a usr-merged host (Arch, Fedora 42): /usr/sbin is a symlink to bin, modprobe one to kmod; kmod leaves the name it was run by in `ran`. */
+function mergedTree(): { parent: string; root: string; ran: string } {
+  const parent = fs.mkdtempSync(path.join(os.tmpdir(), "vmhook-tree-"));
+  const root = path.join(parent, "copy");
+  fs.mkdirSync(path.join(root, "usr/bin"), { recursive: true, mode: 0o755 });
+  fs.symlinkSync("bin", path.join(root, "usr/sbin"));
+  fs.symlinkSync("usr/bin", path.join(root, "bin"));
+  fs.writeFileSync(path.join(root, "usr/bin/kmod"), `#!/bin/sh\nbasename "$0" > ${root}/ran\n`, { mode: 0o755 });
+  fs.symlinkSync("kmod", path.join(root, "usr/bin/modprobe"));
+  return { parent, root, ran: path.join(root, "ran") };
+}
+
+test("as root, a copy of a usr-merged host runs its programs through its own symlinks (usr/sbin -> bin, modprobe -> kmod), by the name they were asked by", () => {
+  const tree = mergedTree();
+  try {
+    const result = new RootedHost(tree.root).exec("modprobe", ["vfio-pci"], { timeoutMs: 5000 });
+    assert.equal([result.status, result.error], [0, undefined]);
+    assert.is(fs.readFileSync(tree.ran, "utf8"), "modprobe\n");
+  } finally {
+    fs.rmSync(tree.parent, { recursive: true, force: true });
+  }
+});
+
+test("as root, a --root tree's symlink to a program another user can write is not run, naming where it leads", () => {
+  const tree = mergedTree();
+  const elsewhere = fs.mkdtempSync(path.join(os.tmpdir(), "vmhook-user-"));
+  try {
+    fs.writeFileSync(path.join(elsewhere, "kmod"), `#!/bin/sh\ntouch ${tree.ran}\n`, { mode: 0o755 });
+    fs.chownSync(path.join(elsewhere, "kmod"), USER, USER);
+    fs.rmSync(path.join(tree.root, "usr/bin/modprobe"));
+    fs.symlinkSync(path.join(elsewhere, "kmod"), path.join(tree.root, "usr/bin/modprobe"));
+    const result = new RootedHost(tree.root).exec("modprobe", [], { timeoutMs: 5000 });
+    assert.is(result.status, null);
+    assert.match(result.error ?? "", `modprobe: ${tree.root}/usr/sbin/modprobe of the --root tree not run: ${elsewhere}/kmod is owned by uid ${USER}, not root`);
+    assert.not.ok(fs.existsSync(tree.ran), "the program did not run");
+  } finally {
+    fs.rmSync(tree.parent, { recursive: true, force: true });
+    fs.rmSync(elsewhere, { recursive: true, force: true });
+  }
+});
+
+test("as root, a symlink another user owns in a sticky directory on the way (they may replace it) is not followed", () => {
+  const tree = mergedTree();
+  try {
+    fs.chmodSync(path.join(tree.root, "usr"), 0o1777);
+    fs.lchownSync(path.join(tree.root, "usr/sbin"), USER, USER);
+    const result = new RootedHost(tree.root).exec("modprobe", [], { timeoutMs: 5000 });
+    assert.is(result.status, null);
+    assert.match(result.error ?? "", `${tree.root}/usr/sbin is a symlink owned by uid ${USER}, not root`);
+    assert.not.ok(fs.existsSync(tree.ran), "the program did not run");
   } finally {
     fs.rmSync(tree.parent, { recursive: true, force: true });
   }

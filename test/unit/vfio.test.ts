@@ -842,9 +842,38 @@ test('single-gpu="yes" for a second GPU while fbcon shows on efifb of the boot G
   assert.is(kernel.driverOf(GPU), "vfio-pci");
   assert.is(kernel.sim.readTrimmed("/sys/class/vtconsole/vtcon1/bind"), "1");
   assert.ok(kernel.sim.exists("/dev/fb0"), "efifb stays registered");
-  assert.match(kernel.sim.read(paths.log) ?? "", "vfio: console vtcon1 ((M) frame buffer device) stays: it shows on fb0 of efi-framebuffer.0 (the firmware framebuffer of the boot VGA device 0000:02:00.0), which the host keeps");
+  assert.match(kernel.sim.read(paths.log) ?? "", "vfio: console vtcon1 ((M) frame buffer device) stays: it shows on fb0 of efi-framebuffer.0 (the firmware framebuffer on 0000:02:00.0), which the host keeps");
   assert.is((await runHookEvent(kernel.sim, "release", "end", xml)).code, 0);
   assert.equal(kernel.sim.snapshot(), before);
+});
+
+test('single-gpu="yes" for a second GPU on a host with no boot_vga (non-x86, a display controller of class 0380): Linux >= 6.9 names the kept GPU that efifb is on (its sysfs parent), so efifb, the console on it and a program on its fb0 stay', async () => {
+  const kernel = new GpuKernel()
+    .module({ name: "amdgpu", driver: "amdgpu", loaded: true })
+    .module({ name: "nvidia", driver: "nvidia", loaded: true })
+    .device({ address: "0000:02:00.0", classCode: "0x038000", vendor: "0x10de", nativeDriver: "nvidia", group: 0, nodes: ["card0"] })
+    .platformFramebuffer("efi-framebuffer", "efi-framebuffer.0", "fb0", "0000:02:00.0")
+    .device({ address: GPU, classCode: "0x030000", vendor: "0x1002", nativeDriver: "amdgpu", group: 1, nodes: ["card1", "fb1"] })
+    .vtconsole("vtcon0", "(S) dummy device", false)
+    .vtconsole("vtcon1", "(M) frame buffer device", true)
+    .unit({ name: "display-manager.service", active: true, processes: { 500: ["Xorg", ["/dev/dri/card0"]] } })
+    .process(900, "fbterm", ["/dev/fb0"]);
+  const before = kernel.sim.snapshot();
+  const xml = domainXml('<vmhook:vfio single-gpu="yes"/>');
+  const prepare = await runHookEvent(kernel.sim, "prepare", "begin", xml);
+  assert.is(prepare.code, 0, prepare.stderr);
+  assert.is(kernel.driverOf(GPU), "vfio-pci");
+  assert.ok(kernel.sim.exists("/sys/bus/platform/drivers/efi-framebuffer/efi-framebuffer.0"), "efifb stays bound");
+  assert.is(kernel.sim.readTrimmed("/sys/class/vtconsole/vtcon1/bind"), "1");
+  assert.match(kernel.sim.read(paths.log) ?? "", "vfio: console vtcon1 ((M) frame buffer device) stays: it shows on fb0 of efi-framebuffer.0 (the firmware framebuffer on 0000:02:00.0), which the host keeps");
+  assert.is((await runHookEvent(kernel.sim, "release", "end", xml)).code, 0);
+  assert.equal(kernel.sim.snapshot(), before);
+});
+
+test("Linux >= 6.9 names the VM's GPU as the one efifb is on while boot_vga names the GPU the host keeps: efifb lets go with the VM's GPU", async () => {
+  const kernel = twoFramebuffers().platformFramebuffer("efi-framebuffer", "efi-framebuffer.0", undefined, GPU);
+  const steps = await plannedSteps(kernel.sim, domainXml('<vmhook:vfio single-gpu="yes"/>'));
+  assert.ok(steps.includes("vfio: unbind efi-framebuffer.0 from efi-framebuffer"), steps.join("\n"));
 });
 
 test("the boot VGA GPU to the VM while the host keeps another display (single-GPU mode off): its firmware framebuffer lets go first (before Linux 6.0 vfio-pci leaves it holding the BARs: QEMU's \"can't reserve\"), and is bound again at release", async () => {
@@ -859,6 +888,25 @@ test("the boot VGA GPU to the VM while the host keeps another display (single-GP
   assert.ok(kernel.units.get("display-manager.service")!.active, "single-GPU mode stays off");
   assert.not.ok(kernel.sim.exists("/sys/bus/platform/drivers/efi-framebuffer/efi-framebuffer.0"));
   assert.is((await runHookEvent(kernel.sim, "release", "end", xml)).code, 0);
+  assert.equal(kernel.sim.snapshot(), before);
+});
+
+test("the boot VGA GPU to the VM beside another display (single-GPU mode off): a program holding its firmware framebuffer's /dev/fb0 (its mapping keeps efifb's hold on the BARs after the unbind) is refused, the host left as it was", async () => {
+  const kernel = new GpuKernel()
+    .module({ name: "nvidia", driver: "nvidia", loaded: true })
+    .module({ name: "i915", driver: "i915", loaded: true })
+    .device({ address: "0000:00:02.0", classCode: "0x030000", vendor: "0x8086", nativeDriver: "i915", group: 0, nodes: ["card1"] })
+    .device({ address: GPU, classCode: "0x030000", vendor: "0x10de", nativeDriver: "nvidia", group: 1, bootVga: true, nodes: ["card0"] })
+    .platformFramebuffer("efi-framebuffer", "efi-framebuffer.0", "fb0")
+    .vtconsole("vtcon0", "(S) dummy device", false)
+    .vtconsole("vtcon1", "(M) frame buffer device", true)
+    .unit({ name: "display-manager.service", active: true, processes: { 500: ["Xorg", ["/dev/dri/card1"]] } })
+    .process(900, "fbterm", ["/dev/fb0"]);
+  const before = kernel.sim.snapshot();
+  const result = await runHookEvent(kernel.sim, "prepare", "begin", domainXml("<vmhook:vfio/>"));
+  assert.is(result.code, 1, result.stderr);
+  assert.match(firstLine(result.stderr), "pid 900 (fbterm) holds /dev/fb0");
+  assert.ok(kernel.sim.exists("/sys/bus/platform/drivers/efi-framebuffer/efi-framebuffer.0"), "efifb stays bound");
   assert.equal(kernel.sim.snapshot(), before);
 });
 
