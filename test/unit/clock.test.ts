@@ -5,6 +5,7 @@
 // not stretch a wait (libvirt waits on the hook), nor a step forward end one
 // that was fine.
 import { spawnSync } from "node:child_process";
+import * as fs from "node:fs";
 import * as path from "node:path";
 import { test } from "uvu";
 import * as assert from "uvu/assert";
@@ -80,6 +81,27 @@ test("the host's sleep lasts what it was asked for when the wall clock is steppe
   assert.is(child.status, 0, child.stderr);
   const slept = Number(child.stdout.trim());
   assert.ok(slept >= 200 && slept < 2_000, `slept ${slept} ms`);
+});
+
+/** Reads of the wall clock, and waits that end at a wall time: only where the Host seam keeps them. */
+const WALL_CLOCK = /Date\.now\(|new Date\(\)|performance\.timeOrigin|Atomics\.wait\(/g;
+const WALL_CLOCK_ALLOWED: Record<string, string[]> = {
+  "lib/host.ts": ["Date.now("], // Host.wallClockMs
+  "lib/watchdog.ts": ["new Date()"], // the stamp of its log line
+};
+
+test("hooks/, lib/ and plugins/ read the wall clock only through Host.wallClockMs (and the watchdog's log stamp): every duration is on the monotonic clock", () => {
+  const repo = path.resolve(import.meta.dirname, "../..");
+  const found: Record<string, string[]> = {};
+  for (const layer of ["hooks", "lib", "plugins"]) {
+    for (const entry of fs.readdirSync(path.join(repo, layer), { recursive: true })) {
+      const file = path.join(layer, String(entry));
+      if (!file.endsWith(".ts")) continue;
+      const reads = [...fs.readFileSync(path.join(repo, file), "utf8").matchAll(WALL_CLOCK)].map((match) => match[0]);
+      if (reads.length > 0) found[file] = reads;
+    }
+  }
+  assert.equal(found, WALL_CLOCK_ALLOWED);
 });
 
 test.run();
