@@ -47,7 +47,7 @@ export async function writeThroughDriver(ctx: WriteContext, write: DriverWrite):
   clearForWrite(host, device);
   ctx.deadline.check(`writing ${file}`);
   const timeoutMs = ctx.deadline.clamp(write.timeoutMs);
-  const since = new Date(host.now()).toISOString();
+  const since = new Date(host.wallClockMs()).toISOString();
   const notes: StuckWrite[] = [];
   const noted = (pid: number) => notes.push(noteWrite(host, { pid, device, driver, file, value, ...(waitsFor?.length ? { waitsFor } : {}), since, domain: ctx.domain }));
   const result = await host.writeInHelper(file, value, timeoutMs, noted);
@@ -88,7 +88,7 @@ export async function runThroughDriver(ctx: WriteContext, run: ModuleRun): Promi
   const cmdline = [command, ...modules].join(" ");
   ctx.deadline.check(`starting ${cmdline}`);
   const timeoutMs = ctx.deadline.clamp(run.timeoutMs);
-  const since = new Date(host.now()).toISOString();
+  const since = new Date(host.wallClockMs()).toISOString();
   const notes: StuckWrite[] = [];
   const noted = (pid: number) => {
     for (const module of modules) notes.push(noteWrite(host, { pid, device: moduleSubject(module), driver: module, command: cmdline, since, domain: ctx.domain }));

@@ -58,6 +58,8 @@ declare const Bun: {
     command: string[],
     options: { stdin: Uint8Array; stdout: "ignore" | "pipe"; stderr: "pipe"; env: Record<string, string>; detached?: boolean },
   ): BunSubprocess;
+  /** Blocks the thread: clock_nanosleep(CLOCK_MONOTONIC) for `ms`. */
+  sleepSync(ms: number): void;
   spawnSync(
     command: string[],
     options: {

@@ -4,6 +4,7 @@ import { VmhookError } from "./errors.ts";
 import type { Host } from "./host.ts";
 
 export class Deadline {
+  /** When it runs out, on the monotonic clock (Host.monotonicMs): a wall-clock step does not move it. */
   readonly at: number;
   /** Why the work was given up before its time (abandon), once it was. */
   private abandonedBy: { cause: unknown } | undefined;
@@ -17,7 +18,7 @@ export class Deadline {
     /** The host setting that sets it, named when it runs out. */
     readonly setting: "deadlineSeconds" | "undoDeadlineSeconds" = "deadlineSeconds",
   ) {
-    this.at = host.now() + totalMs;
+    this.at = host.monotonicMs() + totalMs;
     this.abandoned.catch(() => {}); // a deadline nobody races is no unhandled rejection
   }
 
@@ -37,7 +38,7 @@ export class Deadline {
   }
 
   remainingMs(): number {
-    return Math.max(0, this.at - this.host.now());
+    return Math.max(0, this.at - this.host.monotonicMs());
   }
 
   /** A timeout no longer than what is left. */
@@ -69,14 +70,14 @@ export interface WaitOptions {
  */
 export function waitFor(host: Host, deadline: Deadline, what: string, ready: () => boolean, options: WaitOptions = {}): void {
   const timeoutMs = deadline.clamp(options.timeoutMs ?? 10_000);
-  const until = host.now() + timeoutMs;
+  const until = host.monotonicMs() + timeoutMs;
   let interval = options.intervalMs ?? 10;
   for (;;) {
     if (ready()) return;
-    if (host.now() >= until) {
+    if (host.monotonicMs() >= until) {
       throw new WaitTimedOut(`timed out after ${(timeoutMs / 1000).toFixed(1)} s waiting until ${what}`);
     }
-    host.sleep(Math.min(interval, Math.max(1, until - host.now())));
+    host.sleep(Math.min(interval, Math.max(1, until - host.monotonicMs())));
     interval = Math.min(interval * 2, 200);
   }
 }

@@ -423,7 +423,7 @@ async function runEventOnce(run: HookRun, event: HookEvent | undefined, action: 
       const uuid = uuidFromXml(invocation.xml);
       run.watchdog = startWatchdog({
         budgetMs: budgetSeconds * 1000,
-        startedAt: performance.timeOrigin,
+        spentMs: performance.now(), // Bun: ms since the process started, on the monotonic clock
         what: `${invocation.args.slice(1, 3).join(" ")} of ${run.name}`,
         budgetSource: `deadlineSeconds + undoDeadlineSeconds + 5 in ${paths.hostConfig}`,
         logFd: run.logFd,

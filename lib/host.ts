@@ -109,9 +109,17 @@ export interface Host {
   runInHelper(command: string, args: string[], timeoutMs: number, started: (pid: number) => void): Promise<HelperRun>;
   /** ioctl(2) on the file, opened for reading and writing, with `argument` as its in/out buffer; throws with the errno as `code`. */
   ioctl(hostPath: string, request: number, argument: Uint8Array): Promise<void>;
-  /** Blocks the whole process; hooks are sequential by design. */
+  /** Blocks the whole process; hooks are sequential by design. Measured on the monotonic clock: a wall-clock step neither stretches nor cuts it. */
   sleep(ms: number): void;
-  now(): number;
+  /**
+   * Milliseconds on the monotonic clock (CLOCK_MONOTONIC; its zero is
+   * arbitrary): what every duration, wait and limit is measured with. NTP
+   * steps the wall clock by hours at boot, just when VMs with <autostart>
+   * start, and `date -s` may step it any time; this clock does not move.
+   */
+  monotonicMs(): number;
+  /** The wall time, ms since the epoch: only for a time a person reads (a log line, a journal entry, a file name); never subtract two for a duration. */
+  wallClockMs(): number;
   /** Whether a process id is alive on this host. */
   processAlive(pid: number): boolean;
   /** SIGKILL to the process group `pid` leads (exec and execAsync start each program as the leader of its own). */
@@ -121,7 +129,6 @@ export interface Host {
 const SEARCH_PATH = ["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"];
 /** Where `program` is installed in SEARCH_PATH, or undefined when it is not. */
 export const installedProgram = (host: Host, program: string): string | undefined => SEARCH_PATH.map((dir) => `${dir}/${program}`).find((file) => host.exists(file));
-const sleepCell = new Int32Array(new SharedArrayBuffer(4));
 /** How long execAsync waits for a child it killed before leaving it behind. */
 const KILL_GRACE_MS = 1000;
 
@@ -544,11 +551,18 @@ export class RootedHost implements Host {
     return undefined;
   }
 
+  // Bun.sleepSync is a relative clock_nanosleep(CLOCK_MONOTONIC); Atomics.wait
+  // waits for an absolute CLOCK_REALTIME time, so a clock stepped back an hour
+  // would make a 200 ms sleep last an hour.
   sleep(ms: number): void {
-    if (ms > 0) Atomics.wait(sleepCell, 0, 0, ms);
+    if (ms > 0) Bun.sleepSync(ms);
   }
 
-  now(): number {
+  monotonicMs(): number {
+    return performance.now(); // Bun: ms since the process started, on a clock no wall-clock step moves
+  }
+
+  wallClockMs(): number {
     return Date.now();
   }
 

@@ -61,7 +61,7 @@ export interface Journal {
 }
 
 export function newJournal(host: Host, domain: { name: string; uuid: string }): Journal {
-  const now = new Date(host.now()).toISOString();
+  const now = new Date(host.wallClockMs()).toISOString();
   return { version: JOURNAL_VERSION, domain, phase: "preparing", pid: process.pid, createdAt: now, updatedAt: now, entries: [] };
 }
 
@@ -92,7 +92,7 @@ export function readJournal(host: Host, uuid: string): Journal | undefined {
 
 export function writeJournal(host: Host, journal: Journal): void {
   ensureStateDir(host);
-  journal.updatedAt = new Date(host.now()).toISOString();
+  journal.updatedAt = new Date(host.wallClockMs()).toISOString();
   journal.pid = process.pid;
   writeStateFile(host, paths.journal(journal.domain.uuid), `${JSON.stringify(journal, null, 2)}\n`);
 }

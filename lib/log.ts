@@ -100,7 +100,7 @@ export function createLogger(host: Host, options: LoggerOptions): Logger {
     if (options.echo === "stderr") process.stderr.write(`vmhook: ${line}\n`);
     if (fileBroken) return;
     try {
-      const entry = `${new Date(host.now()).toISOString()} ${context ? `[${context}] ` : ""}${line}\n`;
+      const entry = `${new Date(host.wallClockMs()).toISOString()} ${context ? `[${context}] ` : ""}${line}\n`;
       if (typeof options.file === "number") fs.writeSync(options.file, entry);
       else appendToLog(host, entry);
     } catch (error) {

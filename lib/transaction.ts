@@ -488,7 +488,7 @@ async function runLegacyHandler(env: RunEnvironment, journal: Journal, instance:
  */
 async function journaled(env: RunEnvironment, journal: Journal, planned: PlannedStep, apply: (handle: StepHandle) => void | Promise<void>): Promise<void> {
   const { plugin, event, description, record } = planned;
-  const entry: JournalEntry = { plugin, event, description, undo: record, state: "pending", at: new Date(env.host.now()).toISOString() };
+  const entry: JournalEntry = { plugin, event, description, undo: record, state: "pending", at: new Date(env.host.wallClockMs()).toISOString() };
   journal.entries.push(entry);
   writeJournal(env.host, journal);
   let changedNothing = false;

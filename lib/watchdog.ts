@@ -15,8 +15,12 @@ import type { LogLevel } from "./log.ts";
 
 export interface WatchdogOptions {
   budgetMs: number;
-  /** When the hook started, in ms since the epoch. */
-  startedAt: number;
+  /**
+   * How long the hook has run already, in ms on the monotonic clock: the
+   * budget and the time in the message never come from the wall clock, which
+   * NTP steps by hours at boot, just when VMs with <autostart> start.
+   */
+  spentMs: number;
   /** "prepare begin of vm". */
   what: string;
   /** Where the budget comes from, for the message. */
@@ -50,8 +54,9 @@ export function startWatchdog(options: WatchdogOptions): Watchdog {
         return error.code !== "ENOENT"; // unreadable: assume it holds something
       }
     }
+    const workerStarted = performance.now();
     setTimeout(() => {
-      const seconds = Math.round((Date.now() - options.startedAt) / 1000);
+      const seconds = Math.round((options.spentMs + performance.now() - workerStarted) / 1000);
       const killed = options.what + " was killed after " + seconds + " s (budget " + Math.round(options.budgetMs / 1000) + " s: " + options.budgetSource + ")";
       const lines = cause ? [cause, killed] : [killed, ...(step ? ["last step: " + step] : [])];
       lines.push(stillHeld() ? "once it is stopped, run " + options.recoverCommand + " to give back what it still holds" : "it holds nothing (its journal is empty): vmhook recover is not needed");
@@ -65,7 +70,7 @@ export function startWatchdog(options: WatchdogOptions): Watchdog {
       } finally {
         process.kill(process.pid, "SIGKILL");
       }
-    }, Math.max(1, Math.floor(options.budgetMs - (Date.now() - options.startedAt))));
+    }, Math.max(1, Math.floor(options.budgetMs - options.spentMs)));
   `;
   const worker = new Worker(URL.createObjectURL(new Blob([source], { type: "application/javascript" })));
   (worker as unknown as { unref(): void }).unref(); // Bun's Worker: never keeps a finished hook alive

@@ -581,7 +581,7 @@ function poolIo(ctx: ApplyContext<HugepagesConfig>, view: HostView, need: PoolNe
       }
     },
     memory: () => memoryFacts(host, node),
-    now: () => host.now(),
+    monotonicMs: () => host.monotonicMs(),
   };
 }
 

@@ -103,7 +103,7 @@ export function bundleName(time: Date): string {
 
 /** Writes the bundle to `output` (created, never overwritten, mode 0600) and returns its path. */
 export async function writeBundle(host: Host, output: string): Promise<string> {
-  const now = new Date(host.now());
+  const now = new Date(host.wallClockMs());
   const redactor = redactorFor(host);
   const top = bundleName(now);
   const missing: string[] = [];

@@ -16,7 +16,7 @@ export const bundleCommand: CommandModule<GlobalOptions, BundleArgs> = {
   builder: (y) => y.option("output", { alias: "o", type: "string", describe: "the file to write (never overwritten); default: vmhook-bundle-TIME.tar.gz in the temporary directory" }),
   async handler(args) {
     const host = args.host;
-    const output = path.resolve(args.output ?? path.join(os.tmpdir(), `${bundleName(new Date(host.now()))}.tar.gz`));
+    const output = path.resolve(args.output ?? path.join(os.tmpdir(), `${bundleName(new Date(host.wallClockMs()))}.tar.gz`));
     const written = await writeBundle(host, output);
     if (args.json) printJson({ bundle: written });
     else print(written);

@@ -34,7 +34,7 @@ export function runDoctorFix(host: Host, domain: DomainSource, options: FixOptio
     if (JSON.stringify(toDefine.fixes) !== JSON.stringify(fixed.fixes)) {
       throw new VmhookError(`${domain.libvirtName} changed while vmhook read it (the fixes differ between two reads); nothing was defined: run vmhook doctor --fix --apply ${domain.libvirtName} again`);
     }
-    backup = `${paths.backupsDir}/${domain.libvirtName.replace(/[^\w.-]/g, "_")}-${new Date(host.now()).toISOString().replace(/[:.]/g, "-")}.xml`;
+    backup = `${paths.backupsDir}/${domain.libvirtName.replace(/[^\w.-]/g, "_")}-${new Date(host.wallClockMs()).toISOString().replace(/[:.]/g, "-")}.xml`;
     fs.mkdirSync(host.resolve(paths.backupsDir), { recursive: true, mode: 0o700 });
     fs.writeFileSync(host.resolve(backup), stored, { mode: 0o600, flag: "wx" });
     new Virsh(options.connect).define(toDefine.after);

@@ -209,8 +209,8 @@ function endLeftRunning(ctx: BaseContext, file: PluginFile, run: RunRecord): voi
   if (processInstance(ctx.host, pid) !== run.process) return;
   ctx.log.warn(`plugin ${file.name}: its process pid ${pid}, left running by a vmhook that was killed, is killed (with what it started) before the undo`);
   ctx.host.killProcessGroup(pid);
-  const until = ctx.host.now() + ctx.deadline.clamp(KILLED_GONE_MS);
-  while (processInstance(ctx.host, pid) === run.process && ctx.host.now() < until) ctx.host.sleep(20);
+  const until = ctx.host.monotonicMs() + ctx.deadline.clamp(KILLED_GONE_MS);
+  while (processInstance(ctx.host, pid) === run.process && ctx.host.monotonicMs() < until) ctx.host.sleep(20);
   if (processInstance(ctx.host, pid) === run.process) {
     throw new VmhookError(`plugin ${file.name}: its process pid ${pid} (${file.path}), left running by a vmhook that was killed, is still there after SIGKILL (blocked in the kernel); its undo waits: once pid ${pid} is gone, run vmhook recover ${ctx.domain.name}`);
   }

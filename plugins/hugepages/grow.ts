@@ -69,7 +69,8 @@ export interface RetryIo extends PoolIo {
   reclaim(): void;
   /** MemAvailable and MemFree of the pool's scope, for the report. */
   memory(): { availableKiB: number; freeKiB: number };
-  now(): number;
+  /** The monotonic clock (Host.monotonicMs): how long the retries took. */
+  monotonicMs(): number;
 }
 
 export interface RetryPolicy {
@@ -88,7 +89,7 @@ export type GrowResult =
   | { ok: false; rounds: number; best: number; stop: Exclude<GrowStop, "done">; after: { availableKiB: number; freeKiB: number } };
 
 export function growWithRetries(io: RetryIo, pages: number, sizeKiB: number, policy: RetryPolicy): GrowResult {
-  const started = io.now();
+  const started = io.monotonicMs();
   let best = 0;
   for (let round = 1; ; round++) {
     let held = 0;
@@ -101,7 +102,7 @@ export function growWithRetries(io: RetryIo, pages: number, sizeKiB: number, pol
       io.holding(0);
     }
     const after = io.memory();
-    const elapsedMs = io.now() - started;
+    const elapsedMs = io.monotonicMs() - started;
     const outOfTime = round > 1 && elapsedMs >= policy.retryMs;
     if (round >= policy.maxRounds || outOfTime) return { ok: false, rounds: round, best, stop, after };
     io.reclaim();

@@ -9,6 +9,7 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { test } from "uvu";
 import * as assert from "uvu/assert";
+import { wallStepEnv } from "../helpers/wall-clock-shim.ts";
 
 const REPO = path.resolve(import.meta.dirname, "../..");
 const BINARY = path.join(REPO, "dist/vmhook");
@@ -542,6 +543,28 @@ test("hook mode, hard deadline: a plugin stuck in a busy loop (after printing) g
     assert.match(result.stderr, /^<domain\/>\nxvmhook: waiting for the frobnicator\n  prepare begin of vm was killed after 7 s \(budget 7 s: deadlineSeconds \+ undoDeadlineSeconds \+ 5 in \/etc\/vmhook\/vmhook.json\)\n  once it is stopped, run vmhook recover vm to give back what it still holds\n$/);
   } finally {
     t.cleanup();
+  }
+});
+
+test("hook mode, hard deadline: a wall clock stepped an hour either way while the hook runs (NTP at boot, date -s) neither ends it early nor late, and the message says the time it really ran", () => {
+  for (const stepMs of [3_600_000, -3_600_000]) {
+    const t = tree();
+    try {
+      installSpin(t.root, "{ name: 'spin', summary: 'spins', parse: () => ({}), async prepare(ctx) { await ctx.step('take', { action: 'take' }, () => {}); for (;;) {} }, undo() {} }", 1);
+      const started = performance.now();
+      const result = spawnSync(t.link("hooks/qemu"), ["vm", "prepare", "begin", "-"], {
+        input: domain('<vmhook:plugin name="spin"/>'),
+        encoding: "utf8",
+        timeout: 30_000,
+        env: { PATH: "/usr/sbin:/usr/bin:/sbin:/bin", LC_ALL: "C", VMHOOK_ROOT: t.root, ...wallStepEnv(1_000, stepMs) },
+      });
+      const seconds = (performance.now() - started) / 1000;
+      assert.is(result.status, 1, `the hook was not ended: ${result.stderr}`);
+      assert.ok(seconds >= 6 && seconds < 20, `stepped ${stepMs} ms: killed after ${seconds} s; the budget is 1 + 1 + 5 s`);
+      assert.match(result.stderr, /^vmhook: prepare begin of vm was killed after 7 s \(budget 7 s: /, `stepped ${stepMs} ms`);
+    } finally {
+      t.cleanup();
+    }
   }
 });
 

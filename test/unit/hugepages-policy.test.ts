@@ -43,7 +43,7 @@ function fakePool(options: { availableKiB: number; floorKiB?: number; grantable?
       round++;
     },
     memory: () => (calls.push("measure"), { availableKiB: available, freeKiB: available }),
-    now: () => clock.shift() ?? 0,
+    monotonicMs: () => clock.shift() ?? 0,
   };
   return { io, calls, pages: () => total };
 }
