@@ -1,0 +1,81 @@
+// The log's rotation with the real logrotate: the config install writes (and
+// the Debian package ships) parses, and a rotation by rename loses no line:
+// a hook that opened the log before ends its lines in vmhook.log.1, the next
+// one starts a new vmhook.log itself.
+import { spawnSync } from "node:child_process";
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import { test } from "uvu";
+import * as assert from "uvu/assert";
+import { LOGROTATE_TEXT } from "../../lib/cli/logrotate.ts";
+import { RootedHost } from "../../lib/host.ts";
+import { createLogger, openLog } from "../../lib/log.ts";
+import { paths } from "../../lib/paths.ts";
+
+const LOGROTATE = "/usr/sbin/logrotate";
+const roots: string[] = [];
+test.after(() => roots.forEach((root) => fs.rmSync(root, { recursive: true, force: true })));
+
+function scratch(): string {
+  const root = fs.mkdtempSync(path.join(os.tmpdir(), "vmhook-logrotate-"));
+  roots.push(root);
+  fs.mkdirSync(path.join(root, "var/log"), { recursive: true });
+  return root;
+}
+
+/** logrotate on the config with the log's path under `root`; its own state file there, never the host's. */
+function logrotate(root: string, config: string, ...flags: string[]) {
+  const file = path.join(root, "vmhook.logrotate");
+  fs.writeFileSync(file, config, { mode: 0o644 });
+  const result = spawnSync(LOGROTATE, [...flags, "--state", path.join(root, "logrotate.status"), file], { encoding: "utf8", stdio: ["ignore", "pipe", "pipe"], timeout: 30_000 });
+  return { status: result.status, output: `${result.stdout}${result.stderr}` };
+}
+
+test("the Debian package ships the config vmhook install writes", () => {
+  assert.is(fs.readFileSync(new URL("../../packaging/debian/logrotate", import.meta.url), "utf8"), LOGROTATE_TEXT);
+});
+
+test("logrotate -d reads the config without an error or a warning", () => {
+  assert.ok(fs.existsSync(LOGROTATE), `${LOGROTATE} is missing: apt-get install logrotate`);
+  const root = scratch();
+  const { status, output } = logrotate(root, LOGROTATE_TEXT, "-d");
+  assert.is(status, 0, output);
+  // -d itself warns that it only prints
+  const complaints = output.split("\n").filter((line) => /^(error|warning):/.test(line) && !line.includes("debug mode"));
+  assert.equal(complaints, []);
+  assert.match(output, `considering log ${paths.log}`);
+});
+
+test("a forced rotation loses no line: a hook that opened the log before ends its lines in vmhook.log.1 (kept uncompressed), the next one starts a new vmhook.log, mode 0640; the one after that is compressed", () => {
+  const root = scratch();
+  const host = new RootedHost(root);
+  const log = path.join(root, paths.log);
+  const config = LOGROTATE_TEXT.replace(paths.log, log);
+  const logLine = (message: string) => createLogger(host, { domain: "win11", event: "prepare begin", echo: "none", file: true }).info(message);
+  logLine("before the rotation");
+  const runningHook = openLog(host, "append");
+  try {
+    const first = logrotate(root, config, "-f");
+    assert.is(first.status, 0, first.output);
+    assert.not.ok(fs.existsSync(log), "nocreate: vmhook makes the new log");
+    fs.writeSync(runningHook, "a hook's line written during the rotation\n");
+  } finally {
+    fs.closeSync(runningHook);
+  }
+  const umask = process.umask(0);
+  try {
+    logLine("after the rotation");
+  } finally {
+    process.umask(umask);
+  }
+  assert.match(fs.readFileSync(`${log}.1`, "utf8"), /\[win11 prepare begin\] before the rotation\na hook's line written during the rotation\n$/);
+  assert.match(fs.readFileSync(log, "utf8"), /^\S+ \[win11 prepare begin\] after the rotation\n$/);
+  assert.is(fs.statSync(log).mode & 0o7777, 0o640);
+
+  const second = logrotate(root, config, "-f");
+  assert.is(second.status, 0, second.output);
+  assert.equal(fs.readdirSync(path.dirname(log)).sort(), ["vmhook.log.1", "vmhook.log.2.gz"]);
+});
+
+test.run();
