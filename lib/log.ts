@@ -42,13 +42,13 @@ export { oneLine, terminalText } from "./control-text.ts";
  * through a symlink, and only a regular file with one name, owned by the user
  * vmhook runs as; anything else (a FIFO too, opened without waiting) is refused.
  */
-export function openLog(host: Host, purpose: "append" | "read"): number {
+export function openLog(host: Host, purpose: "append" | "read", file = paths.log): number {
   const { O_APPEND, O_CREAT, O_NOFOLLOW, O_NONBLOCK, O_RDONLY, O_WRONLY } = fs.constants;
   const refuse = (what: string) =>
-    new VmhookError(`${paths.log} is ${what}, not the log vmhook writes; others may write /var/log, so vmhook neither writes nor reads through it: inspect it, then remove it (rm ${paths.log})`);
+    new VmhookError(`${file} is ${what}, not the log vmhook writes; others may write /var/log, so vmhook neither writes nor reads through it: inspect it, then remove it (rm ${file})`);
   let fd: number;
   try {
-    fd = fs.openSync(host.resolve(paths.log), (purpose === "append" ? O_WRONLY | O_APPEND | O_CREAT : O_RDONLY) | O_NOFOLLOW | O_NONBLOCK, 0o640);
+    fd = fs.openSync(host.resolve(file), (purpose === "append" ? O_WRONLY | O_APPEND | O_CREAT : O_RDONLY) | O_NOFOLLOW | O_NONBLOCK, 0o640);
   } catch (error) {
     if ((error as NodeJS.ErrnoException).code === "ELOOP") throw refuse("a symlink");
     throw error;
@@ -62,11 +62,12 @@ export function openLog(host: Host, purpose: "append" | "read"): number {
 }
 
 /**
- * The log from byte `from(size)` to its end, read as openLog allows (never
- * through a symlink or another user's file), with the size it had then.
+ * The log (or `file`, a rotated copy) from byte `from(size)` to its end, read
+ * as openLog allows (never through a symlink or another user's file), with
+ * the size it had then.
  */
-export function readLogFrom(host: Host, from: (size: number) => number): { text: string; size: number; start: number } {
-  const fd = openLog(host, "read");
+export function readLogFrom(host: Host, from: (size: number) => number, file = paths.log): { text: string; size: number; start: number } {
+  const fd = openLog(host, "read", file);
   try {
     const size = fs.fstatSync(fd).size;
     const start = Math.max(0, Math.min(size, from(size)));
