@@ -43,12 +43,12 @@ export { oneLine, terminalText } from "./control-text.ts";
  * vmhook runs as; anything else (a FIFO too, opened without waiting) is refused.
  */
 export function openLog(host: Host, purpose: "append" | "read", file = paths.log): number {
-  const { O_APPEND, O_CREAT, O_NOFOLLOW, O_NONBLOCK, O_RDONLY, O_WRONLY } = fs.constants;
+  const { O_APPEND, O_CREAT, O_NOFOLLOW, O_NONBLOCK, O_RDONLY, O_RDWR } = fs.constants;
   const refuse = (what: string) =>
     new VmhookError(`${file} is ${what}, not the log vmhook writes; others may write /var/log, so vmhook neither writes nor reads through it: inspect it, then remove it (rm ${file})`);
   let fd: number;
   try {
-    fd = fs.openSync(host.resolve(file), (purpose === "append" ? O_WRONLY | O_APPEND | O_CREAT : O_RDONLY) | O_NOFOLLOW | O_NONBLOCK, 0o640);
+    fd = fs.openSync(host.resolve(file), (purpose === "append" ? O_RDWR | O_APPEND | O_CREAT : O_RDONLY) | O_NOFOLLOW | O_NONBLOCK, 0o640);
   } catch (error) {
     if ((error as NodeJS.ErrnoException).code === "ELOOP") throw refuse("a symlink");
     throw error;
@@ -56,9 +56,35 @@ export function openLog(host: Host, purpose: "append" | "read", file = paths.log
   const stat = fs.fstatSync(fd);
   const uid = process.geteuid?.() ?? 0;
   const problem = !stat.isFile() ? "not a regular file" : stat.nlink !== 1 ? `a hard link (${stat.nlink} names)` : stat.uid !== uid ? `owned by uid ${stat.uid}` : undefined;
-  if (problem === undefined) return fd;
-  fs.closeSync(fd);
-  throw refuse(problem);
+  if (problem !== undefined) {
+    fs.closeSync(fd);
+    throw refuse(problem);
+  }
+  try {
+    if (purpose === "append") endCutLine(fd, stat.size);
+  } catch (error) {
+    fs.closeSync(fd);
+    throw error;
+  }
+  return fd;
+}
+
+/**
+ * A log ending inside a line (a full disk cut the last one short) gets its
+ * line ended first: this run's first line would otherwise be glued to it.
+ */
+function endCutLine(fd: number, size: number): void {
+  if (size === 0) return;
+  const last = Buffer.alloc(1);
+  fs.readSync(fd, last, 0, 1, size - 1);
+  if (last[0] !== 0x0a) writeEntry(fd, "\n");
+}
+
+/** One write(2) per line: with O_APPEND, lines of hooks running at once never interleave. A short write (the disk full) is an error. */
+function writeEntry(fd: number, entry: string): void {
+  const bytes = Buffer.from(entry);
+  const written = fs.writeSync(fd, bytes);
+  if (written < bytes.length) throw new Error(`a line was cut short after ${written} of ${bytes.length} bytes (the file system is full, or the file at a size limit)`);
 }
 
 /**
@@ -82,7 +108,7 @@ export function readLogFrom(host: Host, from: (size: number) => number, file = p
 function appendToLog(host: Host, entry: string): void {
   const fd = openLog(host, "append");
   try {
-    fs.writeSync(fd, entry);
+    writeEntry(fd, entry);
   } finally {
     fs.closeSync(fd);
   }
@@ -102,7 +128,7 @@ export function createLogger(host: Host, options: LoggerOptions): Logger {
     if (fileBroken) return;
     try {
       const entry = `${new Date(host.now()).toISOString()} ${context ? `[${context}] ` : ""}${line}\n`;
-      if (typeof options.file === "number") fs.writeSync(options.file, entry);
+      if (typeof options.file === "number") writeEntry(options.file, entry);
       else appendToLog(host, entry);
     } catch (error) {
       fileBroken = true; // a read-only /var/log must never fail a VM start
