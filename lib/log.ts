@@ -33,6 +33,9 @@ export interface LoggerOptions {
 
 export { oneLine, terminalText } from "./control-text.ts";
 
+/** The log's widest mode: root writes it, root's group may read it, nobody else. */
+const LOG_MODE = 0o640;
+
 /**
  * The log file, opened to append to or to read. /var/log may be writable by a
  * group (root:syslog 0775 on Ubuntu), and every line carries the domain name
@@ -48,7 +51,7 @@ export function openLog(host: Host, purpose: "append" | "read", file = paths.log
     new VmhookError(`${file} is ${what}, not the log vmhook writes; others may write /var/log, so vmhook neither writes nor reads through it: inspect it, then remove it (rm ${file})`);
   let fd: number;
   try {
-    fd = fs.openSync(host.resolve(file), (purpose === "append" ? O_RDWR | O_APPEND | O_CREAT : O_RDONLY) | O_NOFOLLOW | O_NONBLOCK, 0o640);
+    fd = fs.openSync(host.resolve(file), (purpose === "append" ? O_RDWR | O_APPEND | O_CREAT : O_RDONLY) | O_NOFOLLOW | O_NONBLOCK, LOG_MODE);
   } catch (error) {
     if ((error as NodeJS.ErrnoException).code === "ELOOP") throw refuse("a symlink");
     throw error;
@@ -61,7 +64,11 @@ export function openLog(host: Host, purpose: "append" | "read", file = paths.log
     throw refuse(problem);
   }
   try {
-    if (purpose === "append") endCutLine(fd, stat.size);
+    if (purpose === "append") {
+      // It names domains and PCI devices: root's to read, whoever made it (touch, : > under umask 022).
+      if ((stat.mode & ~LOG_MODE & 0o7777) !== 0) fs.fchmodSync(fd, stat.mode & LOG_MODE);
+      endCutLine(fd, stat.size);
+    }
   } catch (error) {
     fs.closeSync(fd);
     throw error;

@@ -1,7 +1,7 @@
-// The log's rotation with the real logrotate: the config install writes (and
-// the Debian package ships) parses, and a rotation by rename loses no line:
-// a hook that opened the log before ends its lines in vmhook.log.1, the next
-// one starts a new vmhook.log itself.
+// The log file: its rotation with the real logrotate (the config install
+// writes, and the Debian package ships, parses, and a rotation by rename loses
+// no line: a hook that opened the log before ends its lines in vmhook.log.1,
+// the next one starts a new vmhook.log itself), and who may read it.
 import { spawnSync } from "node:child_process";
 import * as fs from "node:fs";
 import * as os from "node:os";
@@ -76,6 +76,31 @@ test("a forced rotation loses no line: a hook that opened the log before ends it
   const second = logrotate(root, config, "-f");
   assert.is(second.status, 0, second.output);
   assert.equal(fs.readdirSync(path.dirname(log)).sort(), ["vmhook.log.1", "vmhook.log.2.gz"]);
+});
+
+test("the log names domains and PCI devices: it is root's to read, mode 0640 whatever the umask; a log others may read or write (made by hand: touch, : >) is narrowed to 0640 at the next line", () => {
+  const root = scratch();
+  const host = new RootedHost(root);
+  const log = path.join(root, paths.log);
+  const logLine = () => createLogger(host, { domain: "win11", event: "prepare begin", echo: "none", file: true }).info("a line");
+  for (const umask of [0o000, 0o022]) {
+    fs.rmSync(log, { force: true });
+    const before = process.umask(umask);
+    try {
+      logLine();
+    } finally {
+      process.umask(before);
+    }
+    assert.is(fs.statSync(log).mode & 0o7777, 0o640, `umask ${umask.toString(8)}`);
+  }
+  for (const wide of [0o644, 0o666, 0o775]) {
+    fs.chmodSync(log, wide);
+    logLine();
+    assert.is(fs.statSync(log).mode & 0o7777, 0o640, `was ${wide.toString(8)}`);
+  }
+  fs.chmodSync(log, 0o600);
+  logLine();
+  assert.is(fs.statSync(log).mode & 0o7777, 0o600, "a narrower mode is the administrator's choice");
 });
 
 test.run();
