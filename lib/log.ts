@@ -97,16 +97,17 @@ function writeEntry(fd: number, entry: string): void {
 /**
  * The log (or `file`, a rotated copy) from byte `from(size)` to its end, read
  * as openLog allows (never through a symlink or another user's file), with
- * the size it had then.
+ * the size it had then and its inode (a rotation renames it: another file is
+ * then at its place).
  */
-export function readLogFrom(host: Host, from: (size: number) => number, file = paths.log): { text: string; size: number; start: number } {
+export function readLogFrom(host: Host, from: (size: number) => number, file = paths.log): { text: string; size: number; start: number; inode: number } {
   const fd = openLog(host, "read", file);
   try {
-    const size = fs.fstatSync(fd).size;
+    const { size, ino } = fs.fstatSync(fd);
     const start = Math.max(0, Math.min(size, from(size)));
     const buffer = Buffer.alloc(size - start);
     fs.readSync(fd, buffer, 0, buffer.length, start);
-    return { text: buffer.toString("utf8"), size, start };
+    return { text: buffer.toString("utf8"), size, start, inode: ino };
   } finally {
     fs.closeSync(fd);
   }

@@ -18,8 +18,6 @@ import { tarGz, type TarEntry } from "./tar.ts";
 export const LOG_LINES = 500;
 /** Enough for 500 log lines; the log is never read whole (it grows for as long as the host runs). */
 const LOG_TAIL_BYTES = 4 * 1024 * 1024;
-/** The log's last rotated copy, uncompressed (logrotate's delaycompress). */
-const ROTATED_LOG = `${paths.log}.1`;
 const PROGRAM_TIMEOUT_MS = 5_000;
 const VERSION_PROGRAMS: [string, string[]][] = [
   ["libvirtd", ["--version"]],
@@ -78,7 +76,7 @@ function lastLines(host: Host, file: string): string[] {
  */
 function logTail(host: Host): string {
   const current = lastLines(host, paths.log);
-  const before = current.length < LOG_LINES ? lastLines(host, ROTATED_LOG) : [];
+  const before = current.length < LOG_LINES ? lastLines(host, paths.rotatedLog) : [];
   const lines = [...before, ...current];
   if (lines.length === 0 && !host.exists(paths.log)) return `(no log yet: ${paths.log} does not exist)\n`;
   return `${lines.slice(-LOG_LINES).join("\n")}\n`;
@@ -93,7 +91,7 @@ const PARTS: Part[] = [
   { file: "doctor.json", what: "the host checks of vmhook doctor (--json)", collect: async (host) => json(await runDoctor(host)) },
   { file: "hooks.txt", what: `what is in ${paths.libvirtHooksDir} and its qemu.d`, collect: (host) => [paths.libvirtHooksDir, `${paths.libvirtHooksDir}/qemu.d`].map((dir) => `${dir}: ${host.list(dir).join(" ") || "(empty or missing)"}`).join("\n") + "\n" },
   { file: "settings.json", what: `the host settings (${paths.hostConfig}); null when there are none`, collect: (host) => (host.exists(paths.hostConfig) ? host.read(paths.hostConfig) : "null\n") },
-  { file: "vmhook.log", what: `the last ${LOG_LINES} lines of ${paths.log}, after a rotation with ${ROTATED_LOG}'s before them`, collect: logTail },
+  { file: "vmhook.log", what: `the last ${LOG_LINES} lines of ${paths.log}, after a rotation with ${paths.rotatedLog}'s before them`, collect: logTail },
 ];
 
 function readme(missing: string[]): string {
