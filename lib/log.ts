@@ -4,7 +4,7 @@
 // line to the user, so in hook mode the cause must come first).
 import * as fs from "node:fs";
 import { oneLine } from "./control-text.ts";
-import { VmhookError } from "./errors.ts";
+import { describeError, VmhookError } from "./errors.ts";
 import type { Host } from "./host.ts";
 import { paths } from "./paths.ts";
 
@@ -113,6 +113,11 @@ export function readLogFrom(host: Host, from: (size: number) => number, file = p
   }
 }
 
+/** Why the log cannot be written, for stderr: a refusal says itself; a failure of the file system (ENOSPC, EROFS) names the log. */
+export function logProblem(error: unknown): string {
+  return error instanceof VmhookError ? error.message : `${paths.log} cannot be written (${describeError(error)})`;
+}
+
 function appendToLog(host: Host, entry: string): void {
   const fd = openLog(host, "append");
   try {
@@ -142,7 +147,7 @@ export function createLogger(host: Host, options: LoggerOptions): Logger {
       fileBroken = true; // a read-only /var/log must never fail a VM start
       options.onFileBroken?.(error);
       // The CLI says why once; in hook mode stderr's first line stays the cause.
-      if (options.echo === "stderr" && error instanceof VmhookError) process.stderr.write(`vmhook: warn: ${oneLine(error.message)}\n`);
+      if (options.echo === "stderr") process.stderr.write(`vmhook: warn: ${oneLine(logProblem(error))}\n`);
     }
   };
   return {

@@ -33,7 +33,7 @@ function listing(host: Host, dir: string): { entries: string[]; error?: string }
 }
 
 /** The log's rotated copies logrotate made (vmhook.log.1, vmhook.log.2.gz, ...), as paths. */
-export function rotatedLogs(host: Host): string[] {
+function rotatedLogs(host: Host): string[] {
   const dir = path.dirname(paths.log);
   return listing(host, dir).entries.filter((entry) => /^vmhook\.log\.\d+(\.gz)?$/.test(entry)).map((entry) => `${dir}/${entry}`);
 }

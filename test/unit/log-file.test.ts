@@ -103,4 +103,28 @@ test("the log names domains and PCI devices: it is root's to read, mode 0640 wha
   assert.is(fs.statSync(log).mode & 0o7777, 0o600, "a narrower mode is the administrator's choice");
 });
 
+test("the CLI (vmhook recover) with /var/log full (ENOSPC on a 4 KiB tmpfs) says once that the log misses its lines, not only for a refused log", () => {
+  const root = scratch();
+  const logDir = path.join(root, "var/log");
+  const mounted = spawnSync("mount", ["-t", "tmpfs", "-o", "size=4k,mode=0755", "tmpfs", logDir], { encoding: "utf8", timeout: 10_000 });
+  assert.is(mounted.status, 0, `mount tmpfs (the unit tests run as root): ${mounted.stderr}`);
+  const written: string[] = [];
+  const write = process.stderr.write;
+  try {
+    fs.writeFileSync(path.join(logDir, "filler"), "f".repeat(4096));
+    process.stderr.write = ((chunk: string) => written.push(String(chunk)) > 0) as typeof process.stderr.write;
+    const log = createLogger(new RootedHost(root), { domain: "win11", event: "recover", echo: "stderr", file: true });
+    log.info("gave back 0000:01:00.0");
+    log.info("gave back the 2M pages");
+  } finally {
+    process.stderr.write = write;
+    spawnSync("umount", [logDir], { timeout: 10_000 });
+  }
+  assert.equal(written, [
+    "vmhook: gave back 0000:01:00.0\n",
+    "vmhook: warn: /var/log/vmhook.log cannot be written (ENOSPC: no space left on device, write)\n",
+    "vmhook: gave back the 2M pages\n",
+  ]);
+});
+
 test.run();
