@@ -84,7 +84,8 @@ function endCutLine(fd: number, size: number): void {
   if (size === 0) return;
   const last = Buffer.alloc(1);
   fs.readSync(fd, last, 0, 1, size - 1);
-  if (last[0] !== 0x0a) writeEntry(fd, "\n");
+  // A line another hook is writing at this moment has not ended yet either, but its file grows meanwhile; a cut line stays as it is.
+  if (last[0] !== 0x0a && fs.fstatSync(fd).size === size) writeEntry(fd, "\n");
 }
 
 /** One write(2) per line: with O_APPEND, lines of hooks running at once never interleave. A short write (the disk full) is an error. */
