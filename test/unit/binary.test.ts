@@ -708,6 +708,28 @@ test("hook mode, /var/log full (ENOSPC: an 8 KiB tmpfs mounted over the test roo
   }
 });
 
+test("hook mode, /var/log read-only (a tmpfs remounted ro over the test root's /var/log): the VM starts and stops all the same, each run says once on stderr that it is missing from the log", () => {
+  const t = tree();
+  const logDir = path.join(t.root, "var/log");
+  const mount = (...args: string[]) => spawnSync("mount", args, { encoding: "utf8", timeout: 10_000 });
+  const mounted = mount("-t", "tmpfs", "-o", "size=64k,mode=0755", "tmpfs", logDir);
+  assert.is(mounted.status, 0, `mount tmpfs (the unit tests run as root): ${mounted.stderr}`);
+  try {
+    fs.writeFileSync(path.join(logDir, "vmhook.log"), "", { mode: 0o640 });
+    assert.is(mount("-o", "remount,ro", logDir).status, 0);
+    fs.writeFileSync(path.join(t.root, POOL), "8\n");
+    const qemu = t.link("hooks/qemu");
+    for (const [op, subop, pool] of [["prepare", "begin", 520], ["release", "end", 8]] as const) {
+      const outcome = run(qemu, ["vm", op, subop, "-"], domain(), t.root);
+      assert.equal([outcome.code, outcome.stdout, t.pool()], [0, "", pool], outcome.stderr);
+      assert.match(outcome.stderr, /^vmhook: warn: this run is missing from vmhook's log: \/var\/log\/vmhook\.log cannot be written \(EROFS[^\n]*\n$/);
+    }
+  } finally {
+    spawnSync("umount", [logDir], { timeout: 10_000 });
+    t.cleanup();
+  }
+});
+
 test("hook mode, a log vmhook refuses to open (a symlink planted at /var/log/vmhook.log): said once on stderr, after the cause; exit codes and stdout unchanged", () => {
   const t = tree();
   try {
