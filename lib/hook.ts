@@ -7,7 +7,7 @@ import { parseDomain, type Domain } from "./domain.ts";
 import { ConfigError, describeError, StrayError, VmhookError } from "./errors.ts";
 import { RootedHost, type Host } from "./host.ts";
 import { listJournals, newJournal, readJournal, writeJournal, type Journal, type JournalEntry } from "./journal.ts";
-import { createLogger, oneLine, openLog, type Logger } from "./log.ts";
+import { createLogger, logProblem, oneLine, openLog, type Logger } from "./log.ts";
 import { isLegacyPlugin, type HookEvent, type PlannedEvent, type PluginRegistry } from "./plugin.ts";
 import { registry as builtinRegistry } from "../plugins/index.ts";
 import { DEFAULT_SETTINGS, loadSettings, type HostSettings } from "./settings.ts";
@@ -58,7 +58,7 @@ export class HookRun {
     // For messages only: whoever defined the domain chose it, control characters and all.
     this.name = oneLine(invocation.args[0] ?? "?");
     // The hook's own process opens the log once, for every line and for the watchdog's last words.
-    const noteLogProblem = (error: unknown) => (this.logProblem ??= error instanceof VmhookError ? error.message : `${paths.log} cannot be written (${describeError(error)})`);
+    const noteLogProblem = (error: unknown) => (this.logProblem ??= logProblem(error));
     this.logFd = invocation.ownProcess ? openLogOnce(this.host, noteLogProblem) : undefined;
     this.log = createLogger(this.host, {
       domain: this.name,

@@ -4,7 +4,7 @@
 // line to the user, so in hook mode the cause must come first).
 import * as fs from "node:fs";
 import { oneLine } from "./control-text.ts";
-import { VmhookError } from "./errors.ts";
+import { describeError, VmhookError } from "./errors.ts";
 import type { Host } from "./host.ts";
 import { paths } from "./paths.ts";
 
@@ -33,6 +33,9 @@ export interface LoggerOptions {
 
 export { oneLine, terminalText } from "./control-text.ts";
 
+/** The log's widest mode: root writes it, root's group may read it, nobody else. */
+const LOG_MODE = 0o640;
+
 /**
  * The log file, opened to append to or to read. /var/log may be writable by a
  * group (root:syslog 0775 on Ubuntu), and every line carries the domain name
@@ -42,13 +45,13 @@ export { oneLine, terminalText } from "./control-text.ts";
  * through a symlink, and only a regular file with one name, owned by the user
  * vmhook runs as; anything else (a FIFO too, opened without waiting) is refused.
  */
-export function openLog(host: Host, purpose: "append" | "read"): number {
-  const { O_APPEND, O_CREAT, O_NOFOLLOW, O_NONBLOCK, O_RDONLY, O_WRONLY } = fs.constants;
+export function openLog(host: Host, purpose: "append" | "read", file = paths.log): number {
+  const { O_APPEND, O_CREAT, O_NOFOLLOW, O_NONBLOCK, O_RDONLY, O_RDWR } = fs.constants;
   const refuse = (what: string) =>
-    new VmhookError(`${paths.log} is ${what}, not the log vmhook writes; others may write /var/log, so vmhook neither writes nor reads through it: inspect it, then remove it (rm ${paths.log})`);
+    new VmhookError(`${file} is ${what}, not the log vmhook writes; others may write /var/log, so vmhook neither writes nor reads through it: inspect it, then remove it (rm ${file})`);
   let fd: number;
   try {
-    fd = fs.openSync(host.resolve(paths.log), (purpose === "append" ? O_WRONLY | O_APPEND | O_CREAT : O_RDONLY) | O_NOFOLLOW | O_NONBLOCK, 0o640);
+    fd = fs.openSync(host.resolve(file), (purpose === "append" ? O_RDWR | O_APPEND | O_CREAT : O_RDONLY) | O_NOFOLLOW | O_NONBLOCK, LOG_MODE);
   } catch (error) {
     if ((error as NodeJS.ErrnoException).code === "ELOOP") throw refuse("a symlink");
     throw error;
@@ -56,32 +59,70 @@ export function openLog(host: Host, purpose: "append" | "read"): number {
   const stat = fs.fstatSync(fd);
   const uid = process.geteuid?.() ?? 0;
   const problem = !stat.isFile() ? "not a regular file" : stat.nlink !== 1 ? `a hard link (${stat.nlink} names)` : stat.uid !== uid ? `owned by uid ${stat.uid}` : undefined;
-  if (problem === undefined) return fd;
-  fs.closeSync(fd);
-  throw refuse(problem);
+  if (problem !== undefined) {
+    fs.closeSync(fd);
+    throw refuse(problem);
+  }
+  try {
+    if (purpose === "append") {
+      // It names domains and PCI devices: root's to read, whoever made it (touch, : > under umask 022).
+      if ((stat.mode & ~LOG_MODE & 0o7777) !== 0) fs.fchmodSync(fd, stat.mode & LOG_MODE);
+      endCutLine(fd, stat.size);
+    }
+  } catch (error) {
+    fs.closeSync(fd);
+    throw error;
+  }
+  return fd;
 }
 
 /**
- * The log from byte `from(size)` to its end, read as openLog allows (never
- * through a symlink or another user's file), with the size it had then.
+ * A log ending inside a line (a full disk cut the last one short) gets its
+ * line ended first: this run's first line would otherwise be glued to it.
  */
-export function readLogFrom(host: Host, from: (size: number) => number): { text: string; size: number; start: number } {
-  const fd = openLog(host, "read");
+function endCutLine(fd: number, size: number): void {
+  if (size === 0) return;
+  const last = Buffer.alloc(1);
+  fs.readSync(fd, last, 0, 1, size - 1);
+  // A line another hook is writing at this moment has not ended yet either, but its file grows meanwhile; a cut line stays as it is.
+  if (last[0] !== 0x0a && fs.fstatSync(fd).size === size) writeEntry(fd, "\n");
+}
+
+/** One write(2) per line: with O_APPEND, lines of hooks running at once never interleave. A short write (the disk full) is an error. */
+function writeEntry(fd: number, entry: string): void {
+  const bytes = Buffer.from(entry);
+  const written = fs.writeSync(fd, bytes);
+  if (written < bytes.length) throw new Error(`a line was cut short after ${written} of ${bytes.length} bytes (the file system is full, or the file at a size limit)`);
+}
+
+/**
+ * The log (or `file`, a rotated copy) from byte `from(size)` to its end, read
+ * as openLog allows (never through a symlink or another user's file), with
+ * the size it had then and its inode (a rotation renames it: another file is
+ * then at its place).
+ */
+export function readLogFrom(host: Host, from: (size: number) => number, file = paths.log): { text: string; size: number; start: number; inode: number } {
+  const fd = openLog(host, "read", file);
   try {
-    const size = fs.fstatSync(fd).size;
+    const { size, ino } = fs.fstatSync(fd);
     const start = Math.max(0, Math.min(size, from(size)));
     const buffer = Buffer.alloc(size - start);
     fs.readSync(fd, buffer, 0, buffer.length, start);
-    return { text: buffer.toString("utf8"), size, start };
+    return { text: buffer.toString("utf8"), size, start, inode: ino };
   } finally {
     fs.closeSync(fd);
   }
 }
 
+/** Why the log cannot be written, for stderr: a refusal says itself; a failure of the file system (ENOSPC, EROFS) names the log. */
+export function logProblem(error: unknown): string {
+  return error instanceof VmhookError ? error.message : `${paths.log} cannot be written (${describeError(error)})`;
+}
+
 function appendToLog(host: Host, entry: string): void {
   const fd = openLog(host, "append");
   try {
-    fs.writeSync(fd, entry);
+    writeEntry(fd, entry);
   } finally {
     fs.closeSync(fd);
   }
@@ -101,13 +142,13 @@ export function createLogger(host: Host, options: LoggerOptions): Logger {
     if (fileBroken) return;
     try {
       const entry = `${new Date(host.wallClockMs()).toISOString()} ${context ? `[${context}] ` : ""}${line}\n`;
-      if (typeof options.file === "number") fs.writeSync(options.file, entry);
+      if (typeof options.file === "number") writeEntry(options.file, entry);
       else appendToLog(host, entry);
     } catch (error) {
       fileBroken = true; // a read-only /var/log must never fail a VM start
       options.onFileBroken?.(error);
       // The CLI says why once; in hook mode stderr's first line stays the cause.
-      if (options.echo === "stderr" && error instanceof VmhookError) process.stderr.write(`vmhook: warn: ${oneLine(error.message)}\n`);
+      if (options.echo === "stderr") process.stderr.write(`vmhook: warn: ${oneLine(logProblem(error))}\n`);
     }
   };
   return {

@@ -17,6 +17,8 @@ export const paths = {
   /** Held by every hook run of the domain and by vmhook recover. */
   domainLock: (uuid: string) => `/run/vmhook/${uuid}.lock`,
   log: "/var/log/vmhook.log",
+  /** The log's last rotated copy, uncompressed (logrotate's delaycompress; lib/cli/logrotate.ts). */
+  rotatedLog: "/var/log/vmhook.log.1",
   hostConfig: "/etc/vmhook/vmhook.json",
   /** What domain metadata may ask for (root-owned, checked like plugins.d). */
   policy: "/etc/vmhook/policy.json",

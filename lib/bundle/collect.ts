@@ -58,14 +58,27 @@ function drivers(host: Host): string {
   return ["PCI devices:", ...devices, "", "Loaded modules (name, size, users, used by):", ...(modules.length > 0 ? modules : ["(none)"])].join("\n") + "\n";
 }
 
-/** Reads the end of the log from its real path under the host's root: Host.read would load the whole file. */
-function logTail(host: Host): string {
-  if (!host.exists(paths.log)) return `(no log yet: ${paths.log} does not exist)\n`;
-  const { text, start } = readLogFrom(host, (size) => size - LOG_TAIL_BYTES);
+/** The last lines of a log file, from its real path under the host's root: Host.read would load the whole file; none when it does not exist. */
+function lastLines(host: Host, file: string): string[] {
+  if (!host.exists(file)) return [];
+  const { text, start } = readLogFrom(host, (size) => size - LOG_TAIL_BYTES, file);
   const lines = text.split("\n");
   if (lines.at(-1) === "") lines.pop();
   // A line cut by the start of what was read may begin inside a name or a UUID, which the redaction then misses.
   if (start > 0) lines.shift();
+  return lines;
+}
+
+/**
+ * The log's end. Just after a rotation the log holds few lines or none (it is
+ * made again at the next event), and the story of the failure being reported
+ * is in vmhook.log.1: the lines come from there first.
+ */
+function logTail(host: Host): string {
+  const current = lastLines(host, paths.log);
+  const before = current.length < LOG_LINES ? lastLines(host, paths.rotatedLog) : [];
+  const lines = [...before, ...current];
+  if (lines.length === 0 && !host.exists(paths.log)) return `(no log yet: ${paths.log} does not exist)\n`;
   return `${lines.slice(-LOG_LINES).join("\n")}\n`;
 }
 
@@ -78,7 +91,7 @@ const PARTS: Part[] = [
   { file: "doctor.json", what: "the host checks of vmhook doctor (--json)", collect: async (host) => json(await runDoctor(host)) },
   { file: "hooks.txt", what: `what is in ${paths.libvirtHooksDir} and its qemu.d`, collect: (host) => [paths.libvirtHooksDir, `${paths.libvirtHooksDir}/qemu.d`].map((dir) => `${dir}: ${host.list(dir).join(" ") || "(empty or missing)"}`).join("\n") + "\n" },
   { file: "settings.json", what: `the host settings (${paths.hostConfig}); null when there are none`, collect: (host) => (host.exists(paths.hostConfig) ? host.read(paths.hostConfig) : "null\n") },
-  { file: "vmhook.log", what: `the last ${LOG_LINES} lines of ${paths.log}`, collect: logTail },
+  { file: "vmhook.log", what: `the last ${LOG_LINES} lines of ${paths.log}, after a rotation with ${paths.rotatedLog}'s before them`, collect: logTail },
 ];
 
 function readme(missing: string[]): string {

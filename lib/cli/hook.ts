@@ -24,25 +24,42 @@ interface HookArgs extends GlobalOptions {
   extra?: string;
 }
 
-/** The log's size now; 0 when there is none, or none the hook writes to (readLogFrom says why, after the event). */
-function logSize(host: Host): number {
+/** Where the log ends now: its size and inode; size 0 when there is none, or none the hook writes to (readLogFrom says why, after the event). */
+function logEnd(host: Host): { size: number; inode?: number } {
   try {
-    return readLogFrom(host, (size) => size).size;
+    const { size, inode } = readLogFrom(host, (size) => size);
+    return { size, inode };
   } catch {
-    return 0;
+    return { size: 0 };
+  }
+}
+
+/** The file from byte `from` on, as readLogFrom reads it; undefined when it does not exist. */
+function readFrom(host: Host, file: string, from: number): { text: string; inode: number } | undefined {
+  try {
+    return readLogFrom(host, () => from, file);
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === "ENOENT") return undefined;
+    throw error;
   }
 }
 
 /**
- * What the event logged: the log past `offset`, read only as the hook writes
- * it. /var/log may be writable by a group: a symlink or another user's file
- * planted there, growing meanwhile, must not reach root's terminal.
+ * What the event logged: the log past where it ended, read only as the hook
+ * writes it. /var/log may be writable by a group: a symlink or another user's
+ * file planted there, growing meanwhile, must not reach root's terminal. A
+ * rotation meanwhile (another file at the log's place) put the event's first
+ * lines at the end of vmhook.log.1, and the rest from the new log's start.
  */
-function loggedSince(host: Host, offset: number): { logged: string } | { unread: string } {
+function loggedSince(host: Host, end: { size: number; inode?: number }): { logged: string } | { unread: string } {
   try {
-    return { logged: readLogFrom(host, () => offset).text };
+    const now = readFrom(host, paths.log, end.size);
+    if (end.inode === undefined || now?.inode === end.inode) return { logged: now?.text ?? "" };
+    const rotated = readFrom(host, paths.rotatedLog, end.size);
+    const before = rotated?.inode === end.inode ? rotated.text : "";
+    return { logged: before + (readFrom(host, paths.log, 0)?.text ?? "") };
   } catch (error) {
-    return (error as NodeJS.ErrnoException).code === "ENOENT" ? { logged: "" } : { unread: describeError(error) };
+    return { unread: describeError(error) };
   }
 }
 
@@ -122,7 +139,7 @@ export const hookCommand = (hookMain: HookMain): CommandModule<GlobalOptions, Ho
       const command = `vmhook hook ${nameArgument(args.name)} ${args.op} ${args.subop}`;
       process.stderr.write(terminalText(`vmhook hook: reading ${args.name}'s domain XML on stdin, as libvirt passes it (end it with Ctrl-D); to pass it: virsh dumpxml ${nameArgument(args.name)} | ${command}\n`));
     }
-    const offset = logSize(args.host);
+    const logEndBefore = logEnd(args.host);
     const event = `${args.op} ${args.subop} of ${args.name}`;
     // Checked on the XML the hook read, before it acts: its UUID finds a QEMU libvirt lost track of.
     const checkXml = (xml: string) => {
@@ -132,7 +149,7 @@ export const hookCommand = (hookMain: HookMain): CommandModule<GlobalOptions, Ho
     const code = await hookMain([args.name, args.op, args.subop, args.extra ?? "-"], args.root, checkXml);
     process.exitCode = code;
     // The hook keeps stdout empty (libvirt may read it as XML): the report goes to stderr.
-    const since = loggedSince(args.host, offset);
+    const since = loggedSince(args.host, logEndBefore);
     const what =
       "unread" in since
         ? `what it did is not shown: ${since.unread}\n`

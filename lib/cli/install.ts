@@ -21,6 +21,7 @@ import { LIBVIRT_DAEMONS } from "../processes.ts";
 import type { GlobalOptions } from "./options.ts";
 import { requireRoot } from "./as-root.ts";
 import { describeLeftovers, findLeftovers, purge } from "./leftovers.ts";
+import { installLogrotate, LOGROTATE_CONFIG, removeLogrotate } from "./logrotate.ts";
 import { print, printJson } from "./output.ts";
 
 /** Found in every vmhook binary: tells our hook from someone else's. */
@@ -33,6 +34,8 @@ const INSTALL_RECORD = "/etc/vmhook/install.json";
 
 interface InstallRecord {
   savedHook?: string;
+  /** install wrote the logrotate config (the Debian package's is dpkg's): uninstall removes it. */
+  logrotate?: true;
 }
 
 /**
@@ -184,7 +187,7 @@ function readRecord(host: Host): InstallRecord {
   try {
     const record = JSON.parse(text) as InstallRecord;
     // The one hook install saves: uninstall renames what the record names into the hook's place, for libvirt to run as root.
-    if (typeof record !== "object" || record === null || (record.savedHook !== undefined && record.savedHook !== SAVED_HOOK)) throw new Error("not an install record");
+    if (typeof record !== "object" || record === null || (record.savedHook !== undefined && record.savedHook !== SAVED_HOOK) || (record.logrotate !== undefined && record.logrotate !== true)) throw new Error("not an install record");
     return record;
   } catch (error) {
     throw new VmhookError(`${INSTALL_RECORD} is damaged (${(error as Error).message}); it records the hook vmhook replaced (${SAVED_HOOK}): fix it to {"savedHook": "${SAVED_HOOK}"} if that file exists, else to {}`);
@@ -247,6 +250,10 @@ export function install(host: Host, binary: string, { cliLink = true } = {}): In
           ? `kept the existing hook: moved ${HOOK} to ${SAVED_HOOK}, run by ${SAVED_HOOK_LAUNCHER} (libvirt runs both; vmhook uninstall puts it back)`
           : `kept the existing hook: moved ${HOOK} to ${SAVED_HOOK}; it is not executable, so libvirt did not run it and does not now (vmhook uninstall puts it back)`,
       );
+    }
+    if (installLogrotate(host, notes)) {
+      record.logrotate = true;
+      undos.push(() => fs.rmSync(host.resolve(LOGROTATE_CONFIG), { force: true }));
     }
     const recordText = `${JSON.stringify(record, null, 2)}\n`;
     if (host.readTrimmed(INSTALL_RECORD) !== recordText.trim()) {
@@ -363,6 +370,7 @@ function removeHook(host: Host): InstallResult {
     hooksChanged = true;
     notes.push(`removed ${SAVED_HOOK_LAUNCHER}: the hook it ran, ${SAVED_HOOK}, is gone`);
   }
+  if (record.logrotate) notes.push(...removeLogrotate(host));
   fs.rmSync(host.resolve(INSTALL_RECORD), { force: true });
   return { notes: [...notes, ...removeCliLink(host)], hooksChanged };
 }

@@ -4,6 +4,7 @@
 // must work without a running daemon. A domain backed by huge pages that
 // vmhook reserved at each start no longer starts once it is gone.
 import * as fs from "node:fs";
+import * as path from "node:path";
 import type { Host } from "../host.ts";
 import { listJournals } from "../journal.ts";
 import { NAMESPACE_URI, paths } from "../paths.ts";
@@ -31,7 +32,18 @@ function listing(host: Host, dir: string): { entries: string[]; error?: string }
   }
 }
 
+/** The log's rotated copies logrotate made (vmhook.log.1, vmhook.log.2.gz, ...), as paths. */
+function rotatedLogs(host: Host): string[] {
+  const dir = path.dirname(paths.log);
+  return listing(host, dir).entries.filter((entry) => /^vmhook\.log\.\d+(\.gz)?$/.test(entry)).map((entry) => `${dir}/${entry}`);
+}
+
 function describeFile(host: Host, file: string): string | undefined {
+  if (file === paths.log) {
+    const rotated = rotatedLogs(host).map((each) => path.basename(each));
+    const copies = rotated.length > 0 ? `${rotated.length} rotated copies (${rotated.join(", ")})` : "";
+    return host.stat(file) ? `the log${copies && `, and ${copies}`}` : copies ? `gone, but its ${copies} are there` : undefined;
+  }
   if (!host.stat(file)) return undefined;
   if (file === "/etc/vmhook") {
     const plugins = listing(host, paths.pluginsDir);
@@ -39,7 +51,6 @@ function describeFile(host: Host, file: string): string | undefined {
     if (plugins.error) return `${settings}${paths.pluginsDir}, which could not be listed (${plugins.error})`;
     return `${settings}${plugins.entries.length > 0 ? `${plugins.entries.length} custom plugin(s) in ${paths.pluginsDir}: ${plugins.entries.join(", ")}` : `the empty ${paths.pluginsDir}`}`;
   }
-  if (file === paths.log) return "the log";
   if (file === "/var/lib/vmhook") return "backups of domain XML made by vmhook doctor --fix --apply";
   const state = listing(host, file);
   if (state.error) return `journals and host state, maybe: it could not be listed (${state.error})`;
@@ -94,7 +105,7 @@ export function describeLeftovers({ files, domains, unreadable }: Leftovers, pur
 export function purge(host: Host): string[] {
   const notes: string[] = [];
   const { journals, broken } = listJournals(host);
-  for (const file of OWN_FILES) {
+  for (const file of [...OWN_FILES, ...rotatedLogs(host)]) {
     if (!host.stat(file)) continue;
     if (file === paths.stateDir && journals.length + broken.length > 0) {
       notes.push(`kept ${file}: journals there still hold changes (vmhook status lists them)`);

@@ -37,7 +37,7 @@ stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
 umask 022
 root=$stage/root
-install -d "$root/DEBIAN" "$root/usr/bin" "$root/usr/lib/vmhook" "$root/usr/share/doc/vmhook" "$root/usr/share/lintian/overrides" "$root/usr/share/man/man1"
+install -d "$root/DEBIAN" "$root/etc/logrotate.d" "$root/usr/bin" "$root/usr/lib/vmhook" "$root/usr/share/doc/vmhook" "$root/usr/share/lintian/overrides" "$root/usr/share/man/man1"
 # Not stripped: bun --compile appends the program to the executable, and strip would cut it off.
 install -m 0755 "$binary" "$root/usr/lib/vmhook/vmhook"
 ln -s ../lib/vmhook/vmhook "$root/usr/bin/vmhook"
@@ -47,6 +47,10 @@ gzip -9n <"$here/vmhook.1" >"$root/usr/share/man/man1/vmhook.1.gz"
 printf 'vmhook (%s) unstable; urgency=medium\n\n  * Release %s; changes: git log.\n\n -- %s  %s\n' \
   "$version" "$version" "$maintainer" "$(date -u -R -d "@$epoch")" | gzip -9n >"$root/usr/share/doc/vmhook/changelog.gz"
 for script in postinst prerm postrm; do install -m 0755 "$here/$script" "$root/DEBIAN/$script"; done
+# The log's rotation, dpkg's conffile: an administrator's edits survive upgrades,
+# purge removes it, and postinst's vmhook install finds it in place and leaves it.
+install -m 0644 "$here/logrotate" "$root/etc/logrotate.d/vmhook"
+echo /etc/logrotate.d/vmhook >"$root/DEBIAN/conffiles"
 
 # The highest glibc symbol version the binary needs is its libc6 dependency.
 glibc=$(grep -aoE 'GLIBC_2\.[0-9]+' "$binary" | sort -uV | tail -1)
@@ -73,7 +77,7 @@ Description: libvirt QEMU hook framework with an exact undo journal
  already there; removing it puts that hook back.
 CONTROL
 (cd "$root" && find usr -type f -print0 | sort -z | xargs -0 md5sum) >"$root/DEBIAN/md5sums"
-chmod 0644 "$root/DEBIAN/control" "$root/DEBIAN/md5sums"
+chmod 0644 "$root/DEBIAN/control" "$root/DEBIAN/md5sums" "$root/DEBIAN/conffiles"
 find "$root" -exec touch -h -d "@$epoch" {} +
 
 mkdir -p "$output"

@@ -11,6 +11,7 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { suite } from "uvu";
 import * as assert from "uvu/assert";
+import { LOGROTATE_CONFIG, LOGROTATE_TEXT } from "../../lib/cli/logrotate.ts";
 import {
   attemptCleanup,
   CLI_LINK,
@@ -146,6 +147,10 @@ test("dpkg -i installs the hook over the previous one, and libvirtd runs both fo
   assert.match(installed.stdout, "kept the existing hook");
   assert.is(await packageStatus(), `install ok installed ${VERSIONS[0]}`);
   expectInstalledOverMarker();
+  // The log's rotation is dpkg's conffile, left to dpkg by postinst's vmhook install.
+  assert.is(fs.readFileSync(LOGROTATE_CONFIG, "utf8"), LOGROTATE_TEXT);
+  assert.match((await run("dpkg-query", ["-W", "-f=${Conffiles}", "vmhook"])).stdout, ` ${LOGROTATE_CONFIG} `);
+  assert.not.match(installed.stdout, LOGROTATE_CONFIG);
   await waitForHooks();
   await expectHookRuns("pkg-first");
 });
@@ -234,12 +239,14 @@ test("dpkg -r puts the previous hook back; postrm and purge can run twice", asyn
   for (const gone of [SAVED_HOOK, SAVED_HOOK_LAUNCHER, "/usr/bin/vmhook", PACKAGED_BINARY, "/etc/vmhook/install.json"]) {
     assert.not.ok(fs.existsSync(gone), `${gone} is still there`);
   }
+  assert.is(fs.readFileSync(LOGROTATE_CONFIG, "utf8"), LOGROTATE_TEXT, "dpkg -r keeps conffiles: vmhook uninstall must not remove dpkg's");
+  fs.writeFileSync("/var/log/vmhook.log.1", "rotated\n");
   await runMaintainerScript("postrm", "remove");
   await runMaintainerScript("postrm", "purge");
   const purged = await dpkg("--purge", "vmhook");
   assert.is(purged.code, 0, `dpkg --purge failed: ${purged.stderr}`);
   assert.is(await packageStatus(), "");
-  assert.not.ok(fs.existsSync("/var/log/vmhook.log"), "purge left the log");
+  for (const gone of ["/var/log/vmhook.log", "/var/log/vmhook.log.1", LOGROTATE_CONFIG]) assert.not.ok(fs.existsSync(gone), `purge left ${gone}`);
   assert.is(fs.readFileSync(HOOK, "utf8"), markerScript());
 });
 

@@ -697,6 +697,62 @@ test("hook mode, hard deadline: the watchdog's message never goes through a syml
   }
 });
 
+test("hook mode, /var/log full (ENOSPC: an 8 KiB tmpfs mounted over the test root's /var/log): the VM starts and stops all the same, each run says once on stderr that it is missing from the log; the line the full disk cut short does not swallow the next run's first line", () => {
+  const t = tree();
+  const logDir = path.join(t.root, "var/log");
+  const log = path.join(logDir, "vmhook.log");
+  const mounted = spawnSync("mount", ["-t", "tmpfs", "-o", "size=8k,mode=0755", "tmpfs", logDir], { encoding: "utf8", timeout: 10_000 });
+  assert.is(mounted.status, 0, `mount tmpfs (the unit tests run as root): ${mounted.stderr}`);
+  try {
+    // Two pages: a filler, and the log with 40 bytes left in its page; the next line is cut short there.
+    fs.writeFileSync(path.join(logDir, "filler"), "f".repeat(4096));
+    fs.writeFileSync(log, `${"x".repeat(4096 - 40 - 1)}\n`, { mode: 0o640 });
+    fs.writeFileSync(path.join(t.root, POOL), "8\n");
+    const qemu = t.link("hooks/qemu");
+    const warning = "vmhook: warn: this run is missing from vmhook's log: /var/log/vmhook.log cannot be written (";
+    const prepared = run(qemu, ["vm", "prepare", "begin", "-"], domain(), t.root);
+    assert.equal([prepared.code, prepared.stdout, t.pool()], [0, "", 520], prepared.stderr);
+    assert.ok(prepared.stderr.startsWith(warning), prepared.stderr);
+    assert.is(prepared.stderr.split("\n").filter(Boolean).length, 1, prepared.stderr);
+    const released = run(qemu, ["vm", "release", "end", "-"], domain(), t.root);
+    assert.equal([released.code, released.stdout, t.pool()], [0, "", 8], released.stderr);
+    assert.match(released.stderr, /^vmhook: warn: this run is missing from vmhook's log: \/var\/log\/vmhook\.log cannot be written \(ENOSPC[^\n]*\n$/);
+
+    fs.rmSync(path.join(logDir, "filler"));
+    const again = run(qemu, ["vm", "prepare", "begin", "-"], domain(), t.root);
+    assert.equal([again.code, again.stderr], [0, ""]);
+    const lines = fs.readFileSync(log, "utf8").split("\n");
+    assert.equal(lines.filter((line) => /.\d{4}-\d\d-\d\dT\d\d:\d\d:/.test(line)), [], "a line holds the start of another");
+    assert.ok(lines.some((line) => /^\S+ \[vm prepare begin\] hugepages: /.test(line)), lines.join("\n"));
+    run(qemu, ["vm", "release", "end", "-"], domain(), t.root);
+  } finally {
+    spawnSync("umount", [logDir], { timeout: 10_000 });
+    t.cleanup();
+  }
+});
+
+test("hook mode, /var/log read-only (a tmpfs remounted ro over the test root's /var/log): the VM starts and stops all the same, each run says once on stderr that it is missing from the log", () => {
+  const t = tree();
+  const logDir = path.join(t.root, "var/log");
+  const mount = (...args: string[]) => spawnSync("mount", args, { encoding: "utf8", timeout: 10_000 });
+  const mounted = mount("-t", "tmpfs", "-o", "size=64k,mode=0755", "tmpfs", logDir);
+  assert.is(mounted.status, 0, `mount tmpfs (the unit tests run as root): ${mounted.stderr}`);
+  try {
+    fs.writeFileSync(path.join(logDir, "vmhook.log"), "", { mode: 0o640 });
+    assert.is(mount("-o", "remount,ro", logDir).status, 0);
+    fs.writeFileSync(path.join(t.root, POOL), "8\n");
+    const qemu = t.link("hooks/qemu");
+    for (const [op, subop, pool] of [["prepare", "begin", 520], ["release", "end", 8]] as const) {
+      const outcome = run(qemu, ["vm", op, subop, "-"], domain(), t.root);
+      assert.equal([outcome.code, outcome.stdout, t.pool()], [0, "", pool], outcome.stderr);
+      assert.match(outcome.stderr, /^vmhook: warn: this run is missing from vmhook's log: \/var\/log\/vmhook\.log cannot be written \(EROFS[^\n]*\n$/);
+    }
+  } finally {
+    spawnSync("umount", [logDir], { timeout: 10_000 });
+    t.cleanup();
+  }
+});
+
 test("hook mode, a log vmhook refuses to open (a symlink planted at /var/log/vmhook.log): said once on stderr, after the cause; exit codes and stdout unchanged", () => {
   const t = tree();
   try {

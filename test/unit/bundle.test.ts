@@ -115,6 +115,34 @@ test(`the log is cut to its last ${LOG_LINES} lines`, async () => {
   sim.cleanup();
 });
 
+test(`after a rotation the story goes on in vmhook.log.1: a log of few lines, or none yet (logrotate leaves it to vmhook to make it at the next event), is completed from there to ${LOG_LINES} lines`, async () => {
+  const sim = identifiableHost();
+  fs.renameSync(sim.resolve("/var/log/vmhook.log"), sim.resolve("/var/log/vmhook.log.1"));
+  sim.file("/var/log/vmhook.log.2.gz", "\x1f\x8b not read");
+  let lines = unpack(await bundleOf(sim)).get("vmhook.log")!.trimEnd().split("\n");
+  assert.is(lines.length, LOG_LINES, lines[0]);
+  assert.match(lines[0]!, "line 100 ");
+  assert.match(lines.at(-1)!, "line 599 ");
+  sim.file("/var/log/vmhook.log", "2026-12-01T00:00:00.000Z [win11-alice release end] after the rotation\n");
+  lines = unpack(await bundleOf(sim)).get("vmhook.log")!.trimEnd().split("\n");
+  assert.is(lines.length, LOG_LINES);
+  assert.match(lines[0]!, "line 101 ");
+  assert.match(lines.at(-2)!, "line 599 ");
+  assert.match(lines.at(-1)!, "after the rotation");
+  sim.cleanup();
+});
+
+test("a symlink planted at vmhook.log.1 is not followed either", async () => {
+  const sim = identifiableHost();
+  sim.file("/var/log/vmhook.log", "2026-12-01T00:00:00.000Z [win11-alice release end] after the rotation\n");
+  sim.file("/etc/shadow", "root:$6$secrethash:19000:0:99999:7:::");
+  fs.symlinkSync(sim.resolve("/etc/shadow"), sim.resolve("/var/log/vmhook.log.1"));
+  const log = unpack(await bundleOf(sim)).get("vmhook.log")!;
+  assert.not.match(log, "secrethash");
+  assert.match(log, "unavailable: /var/log/vmhook.log.1 is a symlink, not the log vmhook writes");
+  sim.cleanup();
+});
+
 test("a log line longer than the part of the log read is left out, never cut into a piece the redaction no longer recognizes", async () => {
   const sim = identifiableHost();
   // The part read is the log's last 4 MiB: here it starts inside the host name of a very long line.

@@ -2,6 +2,7 @@
 // prepare, start, stopped or release while the domain's QEMU runs, so the
 // hook takes a journal found at prepare for a crashed run's and undoes it.
 // By hand, on a running VM, that would take its GPU and pages from under it.
+import * as fs from "node:fs";
 import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { cli } from "../helpers/cli.ts";
@@ -134,6 +135,23 @@ test("vmhook hook whose event failed before it logged anything does not say the 
     };
     const { code, stderr } = await cli(["hook", "vm", "prepare", "begin", "--root", sim.root], sim, failing);
     assert.equal([code, stderr], [1, "vmhook: EIO reading the domain\nvmhook hook: prepare begin of vm exited 1; nothing logged: the error above says what failed\n"]);
+  } finally {
+    sim.cleanup();
+  }
+});
+
+test("vmhook hook across a rotation of the log (logrotate renamed it while the event ran): it shows what the event logged before, in vmhook.log.1, and after, in the new log; never a piece of a line", async () => {
+  const sim = new SimHost().dir("/var/log").file("/var/log/vmhook.log", "2026-11-30T23:59:00.000Z [other release end] an earlier line\n");
+  const log = sim.resolve("/var/log/vmhook.log");
+  try {
+    const rotatedMeanwhile = async () => {
+      fs.appendFileSync(log, "2026-12-01T00:00:00.000Z [vm prepare begin] hugepages: growing the pool\n");
+      fs.renameSync(log, `${log}.1`);
+      fs.writeFileSync(log, "2026-12-01T00:00:01.000Z [vm prepare begin] vfio: 0000:01:00.0 bound to vfio-pci\n", { mode: 0o640 });
+      return 0;
+    };
+    const { code, stderr } = await cli(["hook", "vm", "prepare", "begin", "--root", sim.root], sim, rotatedMeanwhile);
+    assert.equal([code, stderr], [0, "vmhook hook: prepare begin of vm exited 0; what it did (from /var/log/vmhook.log):\n  [vm prepare begin] hugepages: growing the pool\n  [vm prepare begin] vfio: 0000:01:00.0 bound to vfio-pci\n"]);
   } finally {
     sim.cleanup();
   }

@@ -7,6 +7,7 @@ import * as path from "node:path";
 import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { install, systemLibvirtDaemons, uninstall } from "../../lib/cli/install.ts";
+import { LOGROTATE_CONFIG, LOGROTATE_TEXT } from "../../lib/cli/logrotate.ts";
 import { RootedHost } from "../../lib/host.ts";
 import { runDoctor } from "../../lib/diagnostics/doctor.ts";
 import { newJournal, writeJournal } from "../../lib/journal.ts";
@@ -23,6 +24,8 @@ test.after(() => roots.forEach((root) => fs.rmSync(root, { recursive: true, forc
 /** `host`: a SimHost, for a test whose lookups must fail. */
 function setUp(host: RootedHost = new RootedHost(fs.mkdtempSync(path.join(os.tmpdir(), "vmhook-install-")))) {
   roots.push(host.root);
+  // logrotate is installed, as on Debian, Ubuntu and Fedora
+  fs.mkdirSync(host.resolve("/etc/logrotate.d"), { recursive: true });
   // Only the marker string makes a file "vmhook" for install.
   const binary = path.join(host.root, "vmhook-build");
   fs.writeFileSync(binary, "ELF... vmhook-binary-marker:c0ffee-1 ...");
@@ -280,6 +283,69 @@ for (const { name, spoil } of NOT_QUITE_INSTALLED) {
     assert.equal(install(host, binary), { notes: [`${HOOK} is already this vmhook`], hooksChanged: false });
   });
 }
+
+/** Every path under the root with its mode and content (what install and uninstall leave, compared whole). */
+function tree(root: string): string[] {
+  return (fs.readdirSync(root, { recursive: true }) as string[]).sort().map((entry) => {
+    const stat = fs.lstatSync(path.join(root, entry));
+    return `${entry} ${(stat.mode & 0o7777).toString(8)} ${stat.isFile() ? fs.readFileSync(path.join(root, entry), "utf8") : ""}`;
+  });
+}
+
+test("install puts a logrotate config for /var/log/vmhook.log in /etc/logrotate.d (0644 whatever the umask: logrotate skips one others may write); uninstall --purge leaves the tree as it was before install", () => {
+  const { host, binary, read } = setUp();
+  for (const dir of ["/etc/libvirt/hooks", "/run", "/usr/local/bin"]) fs.mkdirSync(host.resolve(dir), { recursive: true });
+  const before = tree(host.root);
+  const umask = process.umask(0o077);
+  try {
+    assert.ok(install(host, binary).notes.includes(`installed ${LOGROTATE_CONFIG}: /var/log/vmhook.log is rotated monthly (or past 10 MiB), the last 12 retained`));
+  } finally {
+    process.umask(umask);
+  }
+  assert.is(read(LOGROTATE_CONFIG), LOGROTATE_TEXT);
+  assert.is(host.stat(LOGROTATE_CONFIG)!.mode & 0o7777, 0o644);
+  assert.equal(install(host, binary).notes, [`${HOOK} is already this vmhook`], "installed again: nothing to say");
+  const { notes } = uninstall(host, false, true);
+  assert.ok(notes.includes(`removed ${LOGROTATE_CONFIG}`), notes.join("\n"));
+  assert.equal(tree(host.root), before);
+});
+
+test("the Debian package's logrotate conffile is dpkg's: install finds it in place and leaves it, uninstall keeps it; a config the administrator changed is kept and named", () => {
+  const packaged = setUp();
+  fs.writeFileSync(packaged.host.resolve(LOGROTATE_CONFIG), LOGROTATE_TEXT, { mode: 0o644 });
+  assert.not.match(install(packaged.host, packaged.binary, { cliLink: false }).notes.join("\n"), "logrotate");
+  assert.not.match(uninstall(packaged.host, false).notes.join("\n"), "logrotate");
+  assert.is(packaged.read(LOGROTATE_CONFIG), LOGROTATE_TEXT);
+
+  const edited = setUp();
+  install(edited.host, edited.binary);
+  const mine = LOGROTATE_TEXT.replace("rotate 12", "rotate 52");
+  fs.writeFileSync(edited.host.resolve(LOGROTATE_CONFIG), mine);
+  assert.ok(uninstall(edited.host, false).notes.includes(`left ${LOGROTATE_CONFIG}: it was changed since vmhook install wrote it; remove it by hand once /var/log/vmhook.log is gone`));
+  assert.is(edited.read(LOGROTATE_CONFIG), mine);
+  assert.match(install(edited.host, edited.binary).notes.join("\n"), `left ${LOGROTATE_CONFIG} alone: it is not the one vmhook writes`);
+  assert.is(edited.read(LOGROTATE_CONFIG), mine);
+});
+
+test("without logrotate (no /etc/logrotate.d: Arch without the package) install writes no config and says the log is not rotated", () => {
+  const { host, binary, exists } = setUp();
+  fs.rmdirSync(host.resolve("/etc/logrotate.d"));
+  assert.ok(install(host, binary).notes.includes("/var/log/vmhook.log is not rotated: logrotate is not installed (no /etc/logrotate.d); install it and run vmhook install again"));
+  assert.not.ok(exists("/etc/logrotate.d"));
+  assert.not.match(uninstall(host, false).notes.join("\n"), "logrotate");
+});
+
+test("uninstall --purge removes the rotated logs too (vmhook.log.1, vmhook.log.2.gz), and uninstall names them; other files in /var/log stay", () => {
+  const { host, binary, exists } = setUp();
+  install(host, binary);
+  fs.mkdirSync(host.resolve("/var/log"), { recursive: true });
+  for (const file of ["vmhook.log", "vmhook.log.1", "vmhook.log.2.gz", "vmhook.logger", "syslog"]) fs.writeFileSync(host.resolve(`/var/log/${file}`), "a line\n");
+  assert.ok(uninstall(host, false).notes.includes("left /var/log/vmhook.log: the log, and 2 rotated copies (vmhook.log.1, vmhook.log.2.gz) (vmhook uninstall --purge removes it)"));
+  install(host, binary);
+  const { notes } = uninstall(host, false, true);
+  for (const gone of ["/var/log/vmhook.log", "/var/log/vmhook.log.1", "/var/log/vmhook.log.2.gz"]) assert.not.ok(exists(gone), `${gone} is still there: ${notes.join("; ")}`);
+  assert.equal(fs.readdirSync(host.resolve("/var/log")).sort(), ["syslog", "vmhook.logger"]);
+});
 
 test("install without a previous hook saves nothing and uninstall leaves no hook", () => {
   const { host, binary, exists } = setUp();
