@@ -284,10 +284,12 @@ test("a domain named while libvirt's daemon is down: the error says to start it,
   const saved = { LIBVIRT_DEFAULT_URI: process.env.LIBVIRT_DEFAULT_URI, VIRSH_DEFAULT_CONNECT_URI: process.env.VIRSH_DEFAULT_CONNECT_URI };
   delete process.env.LIBVIRT_DEFAULT_URI;
   delete process.env.VIRSH_DEFAULT_CONNECT_URI;
+  const sim = new SimHost();
+  sim.file("/etc/libvirt/qemu/win11.xml", "<domain/>");
   try {
     await failingVirsh(down, async () => {
       for (const command of ["validate", "plan", "doctor"]) {
-        const { code, stdout, stderr } = await cli([command, "win11", "--root", os.tmpdir()]);
+        const { code, stdout, stderr } = await cli([command, "win11", "--root", sim.root]);
         assert.equal([code, stdout], [1, ""], command);
         assert.is(
           stderr,
@@ -299,11 +301,17 @@ test("a domain named while libvirt's daemon is down: the error says to start it,
       }
       // Named by its UUID: the file is named after the VM, not after that.
       const uuid = "6f1c2f0e-8a51-4a8e-9f7c-0d3b7c1e2a44";
-      const { stderr } = await cli(["validate", uuid, "--root", os.tmpdir()]);
+      const { stderr } = await cli(["validate", uuid, "--root", sim.root]);
       assert.match(stderr, `  or name its XML file in place of the UUID: the file in /etc/libvirt/qemu named after the VM holds its definition (readable by root; grep -l ${uuid} /etc/libvirt/qemu/*.xml finds it)\n`);
+      // A name libvirt defines no file for (a typo, a VM not defined yet): no file is promised that is not there.
+      const typo = await cli(["validate", "win12", "--root", sim.root]);
+      assert.is(typo.code, 1);
+      assert.not.match(typo.stderr, "holds its definition");
+      assert.match(typo.stderr, "  and no VM of that name is defined on this host (no /etc/libvirt/qemu/win12.xml): check the name (virsh list --all, once libvirt runs)\n");
     });
   } finally {
     for (const [key, value] of Object.entries(saved)) if (value !== undefined) process.env[key] = value;
+    sim.cleanup();
   }
 });
 
