@@ -243,14 +243,25 @@ test("the built binary as a user other than root: install, uninstall and hook sa
   assert.is(process.getuid?.(), 0, "the test runs the binary as nobody, which only root can");
   const asNobody = (args: string[], input = "") => spawnSync(BINARY, args, { uid: 65534, gid: 65534, cwd: "/", input, encoding: "utf8", timeout: 20_000, env: { PATH: process.env.PATH } });
   const domain = DOMAIN('<metadata><vmhook:hooks xmlns:vmhook="urn:vmhook:1"><vmhook:hugepages size="2M"/></vmhook:hooks></metadata>');
+  // Run by its path (dist/vmhook before any install), the command to repeat names that path: no vmhook is on PATH yet.
   const cases: [string[], string][] = [
-    [["install"], "vmhook: vmhook install must run as root (it writes /etc/libvirt/hooks/qemu and /etc/vmhook), not as uid 65534: run sudo vmhook install\n"],
-    [["uninstall"], "vmhook: vmhook uninstall must run as root (it removes /etc/libvirt/hooks/qemu and puts back the hook it replaced), not as uid 65534: run sudo vmhook uninstall\n"],
-    [["hook", "vm", "prepare", "begin"], "vmhook: vmhook hook vm prepare begin must run as root (libvirt runs the hook as root, and its steps change the host as root), not as uid 65534: run sudo vmhook hook vm prepare begin\n"],
+    [["install"], `vmhook: vmhook install must run as root (it writes /etc/libvirt/hooks/qemu and /etc/vmhook), not as uid 65534: run sudo ${BINARY} install\n`],
+    [["uninstall"], `vmhook: vmhook uninstall must run as root (it removes /etc/libvirt/hooks/qemu and puts back the hook it replaced), not as uid 65534: run sudo ${BINARY} uninstall\n`],
+    [["hook", "vm", "prepare", "begin"], `vmhook: vmhook hook vm prepare begin must run as root (libvirt runs the hook as root, and its steps change the host as root), not as uid 65534: run sudo ${BINARY} hook vm prepare begin\n`],
   ];
   for (const [args, stderr] of cases) {
     const result = asNobody(args, domain);
     assert.equal([result.status, result.stdout, result.stderr], [1, "", stderr], args.join(" "));
+  }
+  // Found on PATH as vmhook (the installed link), it is vmhook.
+  const bin = fs.mkdtempSync(path.join(os.tmpdir(), "vmhook-on-path-"));
+  try {
+    fs.chmodSync(bin, 0o755);
+    fs.symlinkSync(BINARY, path.join(bin, "vmhook"));
+    const onPath = spawnSync("vmhook", ["install"], { uid: 65534, gid: 65534, cwd: "/", encoding: "utf8", timeout: 20_000, env: { PATH: `${bin}:${process.env.PATH}` } });
+    assert.equal([onPath.status, onPath.stderr], [1, "vmhook: vmhook install must run as root (it writes /etc/libvirt/hooks/qemu and /etc/vmhook), not as uid 65534: run sudo vmhook install\n"]);
+  } finally {
+    fs.rmSync(bin, { recursive: true, force: true });
   }
   // a tree of the user's own under --root is theirs to change
   const tree = fs.mkdtempSync(path.join(os.tmpdir(), "vmhook-as-user-"));
