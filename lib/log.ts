@@ -4,7 +4,7 @@
 // line to the user, so in hook mode the cause must come first).
 import * as fs from "node:fs";
 import { oneLine } from "./control-text.ts";
-import { VmhookError } from "./errors.ts";
+import { describeError, VmhookError } from "./errors.ts";
 import type { Host } from "./host.ts";
 import { paths } from "./paths.ts";
 
@@ -59,6 +59,22 @@ export function openLog(host: Host, purpose: "append" | "read"): number {
   if (problem === undefined) return fd;
   fs.closeSync(fd);
   throw refuse(problem);
+}
+
+/**
+ * Why vmhook will not write its log (a symlink, a hard link or another user's
+ * file at its place), or undefined when it will (a missing log is created
+ * with the first line). For a command that may log nothing, and so would
+ * otherwise never say why the log stays empty.
+ */
+export function logRefusal(host: Host): string | undefined {
+  try {
+    fs.closeSync(openLog(host, "read"));
+    return undefined;
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === "ENOENT") return undefined;
+    return error instanceof VmhookError ? error.message : `cannot open ${paths.log}: ${describeError(error)}`;
+  }
 }
 
 /**
