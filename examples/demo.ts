@@ -36,7 +36,9 @@ function simulatedDesktop() {
   }
   sim.file("/proc/modules", stack.map(([module, holders]) => `${module} 1000 ${holders.length} ${holders.join(",") || "-"}, Live 0x0`).join("\n"));
   sim.file("/sys/kernel/mm/hugepages/hugepages-1048576kB/nr_hugepages", 0);
+  // 64 GB on one NUMA node: the node's meminfo says the same as the host's.
   sim.file("/proc/meminfo", "MemTotal:       65536000 kB\nMemFree:        40000000 kB\nMemAvailable:   52000000 kB\n");
+  sim.file("/sys/devices/system/node/node0/meminfo", "Node 0 MemTotal:       65536000 kB\nNode 0 MemFree:        40000000 kB\nNode 0 Inactive(file): 12000000 kB\n");
   return sim;
 }
 

@@ -77,6 +77,22 @@ export function openLog(host: Host, purpose: "append" | "read", file = paths.log
 }
 
 /**
+ * Why vmhook will not write its log (a symlink, a hard link or another user's
+ * file at its place), or undefined when it will (a missing log is created
+ * with the first line). For a command that may log nothing, and so would
+ * otherwise never say why the log stays empty.
+ */
+export function logRefusal(host: Host): string | undefined {
+  try {
+    fs.closeSync(openLog(host, "read"));
+    return undefined;
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === "ENOENT") return undefined;
+    return error instanceof VmhookError ? error.message : `cannot open ${paths.log}: ${describeError(error)}`;
+  }
+}
+
+/**
  * A log ending inside a line (a full disk cut the last one short) gets its
  * line ended first: this run's first line would otherwise be glued to it.
  */

@@ -3,10 +3,17 @@
 // permission denied, mkdir '/etc/vmhook'"). A --root tree is the user's own.
 import * as path from "node:path";
 import { VmhookError } from "../errors.ts";
+import { shellWord } from "../metadata-text.ts";
 
-/** `command`: the command line to repeat with sudo; `why`: what it changes that only root may. */
+/**
+ * `command`: the command line to repeat with sudo, after "vmhook"; `why`:
+ * what it changes that only root may. The line to repeat names the program as
+ * it was run: by its path (dist/vmhook, before any install puts vmhook on
+ * PATH) that path, found on PATH (the installed link) vmhook.
+ */
 export function requireRoot(command: string, why: string, root: string): void {
   const euid = process.geteuid?.();
   if (euid === undefined || euid === 0 || path.resolve(root) !== "/") return;
-  throw new VmhookError(`${command} must run as root (${why}), not as uid ${euid}: run sudo ${command}`);
+  const program = process.argv0.includes("/") ? shellWord(process.argv0) : "vmhook";
+  throw new VmhookError(`vmhook ${command} must run as root (${why}), not as uid ${euid}: run sudo ${program} ${command}`);
 }

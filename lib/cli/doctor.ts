@@ -43,7 +43,7 @@ export const doctorCommand: CommandModule<GlobalOptions, DoctorArgs> = {
       .check(({ domain, fix, apply }) => fixUsageProblem(domain, fix, apply) ?? true),
   async handler(args) {
     const host = args.host;
-    const domain = args.domain !== undefined ? readDomainSource(args.domain, args.connect) : undefined;
+    const domain = args.domain !== undefined ? readDomainSource(args.domain, host, args.connect) : undefined;
     if (domain && args.fix) {
       return runDoctorFix(host, domain, { apply: args.apply, json: args.json, connect: args.connect });
     }

@@ -2,6 +2,7 @@
 // libvirt domain (its persistent XML, read with virsh).
 import * as fs from "node:fs";
 import { VmhookError } from "../errors.ts";
+import type { Host } from "../host.ts";
 import { LibvirtUnreachable, libvirtClientConfig, Virsh, virshUri } from "../libvirt-client.ts";
 import { shellWord } from "../metadata-text.ts";
 import { PATTERNS } from "../validate.ts";
@@ -25,7 +26,7 @@ export interface DomainSource {
  * root runs vmhook in directories others write (/tmp), where a file named
  * like the domain would otherwise be read in its place.
  */
-export function readDomainSource(argument: string, connect?: string): DomainSource {
+export function readDomainSource(argument: string, host: Host, connect?: string): DomainSource {
   if (argument === "-" || argument.includes("/") || argument.endsWith(".xml")) {
     return { source: sourceName(argument), xml: readDomainFile(argument), onThisHost: false };
   }
@@ -37,11 +38,7 @@ export function readDomainSource(argument: string, connect?: string): DomainSour
     // Meant the file here? Said, never done: the file may be anyone's.
     if (error instanceof VmhookError && fs.existsSync(argument)) throw new VmhookError(error.message, [...error.lines, `to read the file ${argument} here instead, write ./${argument}`]);
     if (error instanceof LibvirtUnreachable && error.ownSystemDaemon) {
-      // libvirt names the file after the VM, never after its UUID (which virsh also takes).
-      const file = PATTERNS.uuid.test(argument.toLowerCase())
-        ? `or name its XML file in place of the UUID: the file in /etc/libvirt/qemu named after the VM holds its definition (readable by root; grep -l ${argument} /etc/libvirt/qemu/*.xml finds it)`
-        : `or name its XML file in place of the name: ${shellWord(`/etc/libvirt/qemu/${argument}.xml`)} holds its definition (readable by root)`;
-      throw new VmhookError(error.message, [...error.lines, file]);
+      throw new VmhookError(error.message, [...error.lines, definitionFileAdvice(argument, host)]);
     }
     throw error;
   }
@@ -52,6 +49,21 @@ export function readDomainSource(argument: string, connect?: string): DomainSour
     onThisHost: isThisHostsLibvirt(connect),
     readWithSecrets: () => virsh.dumpxml(argument, true, true),
   };
+}
+
+/**
+ * Where the definition of a VM named while its libvirt daemon is down is:
+ * libvirt names the file after the VM, never after its UUID (which virsh also
+ * takes). A name with no such file (a typo, a VM not defined yet) is said to
+ * be one, never sent to a file that is not there.
+ */
+function definitionFileAdvice(argument: string, host: Host): string {
+  if (PATTERNS.uuid.test(argument.toLowerCase())) {
+    return `or name its XML file in place of the UUID: the file in /etc/libvirt/qemu named after the VM holds its definition (readable by root; grep -l ${argument} /etc/libvirt/qemu/*.xml finds it)`;
+  }
+  const file = `/etc/libvirt/qemu/${argument}.xml`;
+  if (host.exists(file)) return `or name its XML file in place of the name: ${shellWord(file)} holds its definition (readable by root)`;
+  return `and no VM of that name is defined on this host (no ${shellWord(file)}): check the name (virsh list --all, once libvirt runs)`;
 }
 
 /**

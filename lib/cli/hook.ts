@@ -133,7 +133,7 @@ export const hookCommand = (hookMain: HookMain): CommandModule<GlobalOptions, Ho
       .positional("extra", { type: "string", default: "-", describe: "libvirt's fourth argument (it passes - at these events)" })
       .check(({ name, op, subop }) => notAHookEvent(name, op, subop) ?? true),
   async handler(args) {
-    requireRoot(`vmhook hook ${nameArgument(args.name)} ${args.op} ${args.subop}`, "libvirt runs the hook as root, and its steps change the host as root", args.root);
+    requireRoot(`hook ${nameArgument(args.name)} ${args.op} ${args.subop}`, "libvirt runs the hook as root, and its steps change the host as root", args.root);
     // Typed at a terminal with nothing piped in, the hook would wait silently for the XML libvirt passes.
     if (process.stdin.isTTY) {
       const command = `vmhook hook ${nameArgument(args.name)} ${args.op} ${args.subop}`;

@@ -41,7 +41,7 @@ const validate: CommandModule<GlobalOptions, DomainArgs> = {
       .option("connect", { alias: "c", type: "string", describe: "libvirt URI, as virsh --connect (for a domain name)" }),
   async handler(args) {
     const host = args.host;
-    const source = readDomainSource(args.domain, args.connect);
+    const source = readDomainSource(args.domain, host, args.connect);
     let domain: Domain | undefined;
     let instances: PluginInstance[];
     try {
@@ -114,7 +114,7 @@ const plan: CommandModule<GlobalOptions, PlanArgs> = {
       .option("connect", { alias: "c", type: "string", describe: "libvirt URI, as virsh --connect (for a domain name)" }),
   async handler(args) {
     const host = args.host;
-    const source = readDomainSource(args.domain, args.connect);
+    const source = readDomainSource(args.domain, host, args.connect);
     const event = args.event as (typeof PLANNABLE)[number];
     let domain: Domain | undefined;
     let instances: PluginInstance[];

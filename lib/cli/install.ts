@@ -408,7 +408,7 @@ const installCommand: CommandModule<GlobalOptions, InstallArgs> = {
   describe: `install this binary as ${HOOK} (keeping an existing hook) and ${CLI_LINK}; running it again changes nothing`,
   builder: (y) => y.option("cli-link", { type: "boolean", default: true, describe: `link ${CLI_LINK} to the hook (--no-cli-link: the Debian package has /usr/bin/vmhook)` }),
   handler(args) {
-    requireRoot("vmhook install", `it writes ${HOOK} and /etc/vmhook`, args.root);
+    requireRoot("install", `it writes ${HOOK} and /etc/vmhook`, args.root);
     const host = args.host;
     report(host, args, install(host, ownBinary(), { cliLink: args["cli-link"] }));
   },
@@ -422,7 +422,7 @@ const uninstallCommand: CommandModule<GlobalOptions, UninstallArgs> = {
       .option("force", { type: "boolean", default: false, describe: "even while domains hold changes" })
       .option("purge", { type: "boolean", default: false, describe: "also remove vmhook's own files: /etc/vmhook, the log, /var/lib/vmhook, /run/vmhook" }),
   handler(args) {
-    requireRoot("vmhook uninstall", `it removes ${HOOK} and puts back the hook it replaced`, args.root);
+    requireRoot("uninstall", `it removes ${HOOK} and puts back the hook it replaced`, args.root);
     const host = args.host;
     report(host, args, uninstall(host, args.force, args.purge));
   },

@@ -87,9 +87,18 @@ export function findLeftovers(host: Host): Leftovers {
   return { files, domains, unreadable };
 }
 
+/**
+ * How a leftover goes once vmhook is uninstalled: by no vmhook command, since
+ * the uninstall just removed the CLI link (and dpkg -r the binary); state in
+ * /run, which may hold journals, by no command at all.
+ */
+function removal(file: string): string {
+  return file === paths.stateDir ? "it goes at the next boot: /run is a tmpfs" : `rm -r ${file} removes it`;
+}
+
 /** One line per leftover, each with how to deal with it. */
 export function describeLeftovers({ files, domains, unreadable }: Leftovers, purged: boolean): string[] {
-  const lines = purged ? [] : files.map((file) => `left ${file.path}: ${file.what} (vmhook uninstall --purge removes it)`);
+  const lines = purged ? [] : files.map((file) => `left ${file.path}: ${file.what} (${removal(file.path)})`);
   for (const file of unreadable) lines.push(`could not read ${file.path} (${file.error}): check by hand whether ${file.path === LIBVIRT_DOMAINS_DIR ? "the domains there still carry" : "it still carries"} vmhook metadata or <hugepages/> backing`);
   for (const domain of domains) {
     const name = shellWord(domain.name);

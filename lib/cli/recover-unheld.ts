@@ -46,6 +46,8 @@ export interface Recovery {
   settings: HostSettings;
   registry: PluginRegistry;
   echo: "none" | "stderr";
+  /** false when vmhook will not write its log (recover said why once): the lines go to stderr only. */
+  logToFile: boolean;
 }
 
 async function builtins({ host, registry }: Pick<Recovery, "host" | "registry">): Promise<Builtin[]> {
@@ -56,8 +58,8 @@ async function builtins({ host, registry }: Pick<Recovery, "host" | "registry">)
 const undoDeadline = ({ host, settings }: Recovery) => new Deadline(host, settings.undoDeadlineSeconds * 1000, "undoDeadlineSeconds");
 
 function environment(recovery: Recovery, domain: string): RunEnvironment {
-  const { host, settings, registry, echo } = recovery;
-  return { host, settings, registry, log: createLogger(host, { domain, event: "recover", echo, file: true }) };
+  const { host, settings, registry, echo, logToFile } = recovery;
+  return { host, settings, registry, log: createLogger(host, { domain, event: "recover", echo, file: logToFile }) };
 }
 
 /**
@@ -190,7 +192,7 @@ export async function unheldSharedNow(host: Host, registry: PluginRegistry): Pro
   try {
     if (host.list(`${paths.stateDir}/shared`).length === 0) return [];
     const settings = loadSettings(host);
-    const deadline = undoDeadline({ host, settings, registry, echo: "none" });
+    const deadline = undoDeadline({ host, settings, registry, echo: "none", logToFile: false });
     const results: UnheldSharedView[] = [];
     for (const { id, plugin } of plugins) {
       const env: RunEnvironment = { host, settings, registry, log: createLogger(host, { domain: id, event: "status", echo: "none", file: false }) };

@@ -10,7 +10,7 @@ import type { Host } from "../host.ts";
 import { claimsLedgerError } from "../claims.ts";
 import { listJournals, readJournal, type Journal } from "../journal.ts";
 import { ifDomainIdle } from "../lock.ts";
-import { createLogger } from "../log.ts";
+import { createLogger, logRefusal, oneLine } from "../log.ts";
 import { paths } from "../paths.ts";
 import { processInstance } from "../processes.ts";
 import { runningOrWhyUnknown } from "./running.ts";
@@ -80,6 +80,10 @@ export const recoverCommand: CommandModule<GlobalOptions, RecoverArgs> = {
     const settings = loadSettings(host);
     // What others could have put there is not undone, nor any note there removed, as the hook would not.
     refuseUntrustedStateDir(host);
+    // README's advice when the hook seems never to run: a log vmhook will not write through is said here, once, even when nothing is recovered.
+    const logRefused = logRefusal(host);
+    if (logRefused) process.stderr.write(`vmhook: warn: ${oneLine(logRefused)}\n`);
+    const logToFile = logRefused === undefined;
     const { journals, broken } = listJournals(host);
     // Helpers that were blocked in a driver and have finished since: their notes go, so the undos below may write to those devices again.
     const finished = forgetFinishedWrites(host);
@@ -100,7 +104,7 @@ export const recoverCommand: CommandModule<GlobalOptions, RecoverArgs> = {
       // would take back what it is handing over, so nothing is decided
       // outside the lock, not even whether the domain runs (a started hook
       // may have marked it running since). --force does not override the lock.
-      const log = createLogger(host, { domain: name, event: "recover", echo: args.json ? "none" : "stderr", file: true });
+      const log = createLogger(host, { domain: name, event: "recover", echo: args.json ? "none" : "stderr", file: logToFile });
       const outcome = await ifDomainIdle(host, uuid, async () => {
         // Read again under the lock: the journal listed above may be gone or rewritten since.
         const current = readJournal(host, uuid);
@@ -145,7 +149,7 @@ export const recoverCommand: CommandModule<GlobalOptions, RecoverArgs> = {
       if (failed.length > 0) process.exitCode = 1;
     }
     // What no journal holds: claims of a domain whose journal is gone (recovering all, or its UUID), and shared state no claim needs (recovering all).
-    const recovery: Recovery = { host, settings, registry, echo: args.json ? "none" : "stderr" };
+    const recovery: Recovery = { host, settings, registry, echo: args.json ? "none" : "stderr", logToFile };
     const uuid = args.name?.toLowerCase();
     const orphanClaims = uuid === undefined || PATTERNS.uuid.test(uuid) ? await giveBackOrphanClaims(recovery, uuid) : [];
     const unheldShared = args.name ? [] : await giveBackUnheldShared(recovery);

@@ -106,6 +106,11 @@ test("npm run demo (README's first command): every step it shows is of the simul
   assert.match(demo.stdout, /win11-gpu\.xml: ok; win11 runs hugepages, isolate, vfio\n\n\$ vmhook iommu/);
   assert.match(demo.stdout, "prepare of win11 would take");
   assert.match(demo.stdout, "stop display-manager.service");
+  // One NUMA node: doctor's free memory of node 0 is the host's, as a reader of the demo expects.
+  const nodeFree = /free memory node 0 (\d+M)/.exec(demo.stdout)?.[1];
+  const hostFree = /fit in the free memory on the host \((\d+M)\)/.exec(demo.stdout)?.[1];
+  assert.ok(nodeFree && hostFree, demo.stdout);
+  assert.is(nodeFree, hostFree, "the simulated desktop's node 0 and /proc/meminfo disagree on its free memory");
 });
 
 test("hook mode, domain without metadata: every event exits 0 with empty stdout and stderr", () => {

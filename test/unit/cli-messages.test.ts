@@ -243,14 +243,25 @@ test("the built binary as a user other than root: install, uninstall and hook sa
   assert.is(process.getuid?.(), 0, "the test runs the binary as nobody, which only root can");
   const asNobody = (args: string[], input = "") => spawnSync(BINARY, args, { uid: 65534, gid: 65534, cwd: "/", input, encoding: "utf8", timeout: 20_000, env: { PATH: process.env.PATH } });
   const domain = DOMAIN('<metadata><vmhook:hooks xmlns:vmhook="urn:vmhook:1"><vmhook:hugepages size="2M"/></vmhook:hooks></metadata>');
+  // Run by its path (dist/vmhook before any install), the command to repeat names that path: no vmhook is on PATH yet.
   const cases: [string[], string][] = [
-    [["install"], "vmhook: vmhook install must run as root (it writes /etc/libvirt/hooks/qemu and /etc/vmhook), not as uid 65534: run sudo vmhook install\n"],
-    [["uninstall"], "vmhook: vmhook uninstall must run as root (it removes /etc/libvirt/hooks/qemu and puts back the hook it replaced), not as uid 65534: run sudo vmhook uninstall\n"],
-    [["hook", "vm", "prepare", "begin"], "vmhook: vmhook hook vm prepare begin must run as root (libvirt runs the hook as root, and its steps change the host as root), not as uid 65534: run sudo vmhook hook vm prepare begin\n"],
+    [["install"], `vmhook: vmhook install must run as root (it writes /etc/libvirt/hooks/qemu and /etc/vmhook), not as uid 65534: run sudo ${BINARY} install\n`],
+    [["uninstall"], `vmhook: vmhook uninstall must run as root (it removes /etc/libvirt/hooks/qemu and puts back the hook it replaced), not as uid 65534: run sudo ${BINARY} uninstall\n`],
+    [["hook", "vm", "prepare", "begin"], `vmhook: vmhook hook vm prepare begin must run as root (libvirt runs the hook as root, and its steps change the host as root), not as uid 65534: run sudo ${BINARY} hook vm prepare begin\n`],
   ];
   for (const [args, stderr] of cases) {
     const result = asNobody(args, domain);
     assert.equal([result.status, result.stdout, result.stderr], [1, "", stderr], args.join(" "));
+  }
+  // Found on PATH as vmhook (the installed link), it is vmhook.
+  const bin = fs.mkdtempSync(path.join(os.tmpdir(), "vmhook-on-path-"));
+  try {
+    fs.chmodSync(bin, 0o755);
+    fs.symlinkSync(BINARY, path.join(bin, "vmhook"));
+    const onPath = spawnSync("vmhook", ["install"], { uid: 65534, gid: 65534, cwd: "/", encoding: "utf8", timeout: 20_000, env: { PATH: `${bin}:${process.env.PATH}` } });
+    assert.equal([onPath.status, onPath.stderr], [1, "vmhook: vmhook install must run as root (it writes /etc/libvirt/hooks/qemu and /etc/vmhook), not as uid 65534: run sudo vmhook install\n"]);
+  } finally {
+    fs.rmSync(bin, { recursive: true, force: true });
   }
   // a tree of the user's own under --root is theirs to change
   const tree = fs.mkdtempSync(path.join(os.tmpdir(), "vmhook-as-user-"));
@@ -284,10 +295,12 @@ test("a domain named while libvirt's daemon is down: the error says to start it,
   const saved = { LIBVIRT_DEFAULT_URI: process.env.LIBVIRT_DEFAULT_URI, VIRSH_DEFAULT_CONNECT_URI: process.env.VIRSH_DEFAULT_CONNECT_URI };
   delete process.env.LIBVIRT_DEFAULT_URI;
   delete process.env.VIRSH_DEFAULT_CONNECT_URI;
+  const sim = new SimHost();
+  sim.file("/etc/libvirt/qemu/win11.xml", "<domain/>");
   try {
     await failingVirsh(down, async () => {
       for (const command of ["validate", "plan", "doctor"]) {
-        const { code, stdout, stderr } = await cli([command, "win11", "--root", os.tmpdir()]);
+        const { code, stdout, stderr } = await cli([command, "win11", "--root", sim.root]);
         assert.equal([code, stdout], [1, ""], command);
         assert.is(
           stderr,
@@ -299,11 +312,17 @@ test("a domain named while libvirt's daemon is down: the error says to start it,
       }
       // Named by its UUID: the file is named after the VM, not after that.
       const uuid = "6f1c2f0e-8a51-4a8e-9f7c-0d3b7c1e2a44";
-      const { stderr } = await cli(["validate", uuid, "--root", os.tmpdir()]);
+      const { stderr } = await cli(["validate", uuid, "--root", sim.root]);
       assert.match(stderr, `  or name its XML file in place of the UUID: the file in /etc/libvirt/qemu named after the VM holds its definition (readable by root; grep -l ${uuid} /etc/libvirt/qemu/*.xml finds it)\n`);
+      // A name libvirt defines no file for (a typo, a VM not defined yet): no file is promised that is not there.
+      const typo = await cli(["validate", "win12", "--root", sim.root]);
+      assert.is(typo.code, 1);
+      assert.not.match(typo.stderr, "holds its definition");
+      assert.match(typo.stderr, "  and no VM of that name is defined on this host (no /etc/libvirt/qemu/win12.xml): check the name (virsh list --all, once libvirt runs)\n");
     });
   } finally {
     for (const [key, value] of Object.entries(saved)) if (value !== undefined) process.env[key] = value;
+    sim.cleanup();
   }
 });
 

@@ -305,6 +305,22 @@ for (const page of ["docs/plugins.md", "README.md"]) {
     assert.not.ok(fs.existsSync(root.at("/run/marker")));
     fs.rmSync(root.dir, { recursive: true, force: true });
   });
+
+  test(`${page}'s marker.mjs, as printed: a second VM's start is refused while one VM holds /run/marker, and the first keeps it`, () => {
+    const root = makeRoot();
+    fs.writeFileSync(root.at("/etc/vmhook/plugins.d/marker.mjs"), printedPlugin(page, "js", 'name: "marker"'), { mode: 0o644 });
+    const first = domain('<vmhook:plugin name="marker" text="first"/>');
+    const second = domain('<vmhook:plugin name="marker" text="second"/>').replace(UUID, "7c9e1f44-2b1a-4d6e-8f3a-5a0b9c2d1e77").replace("<name>win</name>", "<name>other</name>");
+    assert.is(root.hook("prepare", "begin", first).code, 0);
+    const refused = root.hook("prepare", "begin", second);
+    assert.is(refused.code, 1, refused.stderr);
+    assert.match(refused.stderr, "vmhook: marker: /run/marker is VM win's");
+    assert.is(root.hook("release", "end", second).code, 0);
+    assert.is(fs.readFileSync(root.at("/run/marker"), "utf8"), "first", "the refused VM's release leaves the running VM's marker");
+    assert.is(root.hook("release", "end", first).code, 0);
+    assert.not.ok(fs.existsSync(root.at("/run/marker")));
+    fs.rmSync(root.dir, { recursive: true, force: true });
+  });
 }
 
 test.run();

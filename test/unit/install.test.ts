@@ -98,7 +98,7 @@ test("uninstall puts the previous hook back and removes the launcher, the link a
   assert.is(read(HOOK), PREVIOUS);
   for (const gone of [SAVED, LAUNCHER, "/usr/local/bin/vmhook", "/etc/vmhook/install.json"]) assert.not.ok(exists(gone), `${gone} is still there`);
   assert.equal(uninstall(host, false), {
-    notes: [`vmhook is not installed here: ${HOOK} is another program and there is no /etc/vmhook/install.json; nothing to remove`, "left /etc/vmhook: the empty /etc/vmhook/plugins.d (vmhook uninstall --purge removes it)"],
+    notes: [`vmhook is not installed here: ${HOOK} is another program and there is no /etc/vmhook/install.json; nothing to remove`, "left /etc/vmhook: the empty /etc/vmhook/plugins.d (rm -r /etc/vmhook removes it)"],
     hooksChanged: false,
   });
 });
@@ -436,8 +436,9 @@ test("uninstall lists what it leaves: the plugins, the log, and domains still as
 
   const { notes } = uninstall(host, false);
   assert.equal(notes.slice(notes.indexOf("removed /usr/local/bin/vmhook") + 1), [
-    "left /etc/vmhook: 1 custom plugin(s) in /etc/vmhook/plugins.d: looking-glass.mjs (vmhook uninstall --purge removes it)",
-    "left /var/log/vmhook.log: the log (vmhook uninstall --purge removes it)",
+    "left /etc/vmhook: 1 custom plugin(s) in /etc/vmhook/plugins.d: looking-glass.mjs (rm -r /etc/vmhook removes it)",
+    "left /var/log/vmhook.log: the log (rm -r /var/log/vmhook.log removes it)",
+    // Said after the hook and the CLI link are gone: the remedy is no vmhook command, which may no longer exist (dpkg -r, install.sh --uninstall).
     "left domain win11's vmhook metadata (harmless without vmhook; virsh metadata win11 --uri urn:vmhook:1 --config --remove drops it)",
     'domain win11 is backed by huge pages that vmhook reserved at each start: without vmhook it fails with "unable to map backing store for guest RAM"; remove <memoryBacking><hugepages/> (virsh edit win11) or reserve the pages at boot (hugepages=N on the kernel command line)',
     "left domain work vm's vmhook metadata (harmless without vmhook; virsh metadata 'work vm' --uri urn:vmhook:1 --config --remove drops it)",

@@ -317,6 +317,27 @@ test("a symlink, hard link or another user's file at /var/log/vmhook.log (a grou
   }
 });
 
+test("vmhook recover says when the log is one vmhook will not write through, also with nothing to recover (README: the hook never seems to run), and once with a journal to undo", async () => {
+  const sim = new SimHost().dir("/var/log");
+  try {
+    new HugepageKernel(sim, { initial: { 2048: 0 } });
+    const elsewhere = sim.file("/root/elsewhere", "").resolve("/root/elsewhere");
+    fs.symlinkSync(elsewhere, sim.resolve(paths.log));
+    const warning = "vmhook: warn: /var/log/vmhook.log is a symlink, not the log vmhook writes; others may write /var/log, so vmhook neither writes nor reads through it: inspect it, then remove it (rm /var/log/vmhook.log)\n";
+    const idle = await cli(["recover", "--root", sim.root]);
+    assert.equal([idle.code, idle.stdout, idle.stderr], [0, "nothing to recover\n", warning]);
+    // A journal of a domain that no longer runs: undone, the log's refusal said once, not per line or per domain.
+    assert.is((await runHookEvent(sim, "prepare", "begin", XML)).code, 0);
+    const undone = await cli(["recover", "--force", "--root", sim.root]);
+    assert.is(undone.code, 0, undone.stdout + undone.stderr);
+    assert.match(undone.stderr, "undo grow the 2M pool");
+    assert.is(undone.stderr.split(warning).length - 1, 1, undone.stderr);
+    assert.is(fs.readFileSync(elsewhere, "utf8"), "");
+  } finally {
+    sim.cleanup();
+  }
+});
+
 test("vmhook hook reads what the hook logged only from vmhook's own log: a symlink or another user's file at /var/log/vmhook.log, growing meanwhile, never reaches root's terminal", async () => {
   const root = fs.mkdtempSync(path.join(os.tmpdir(), "vmhook-hook-log-"));
   try {
