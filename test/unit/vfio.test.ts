@@ -18,6 +18,7 @@ import { GpuKernel, nvidiaDesktop, CGROUP_MOUNTS, type CgroupLayout, type SimUni
 import { cli } from "../helpers/cli.ts";
 import { runHookEvent } from "../helpers/hook.ts";
 import { assertPlanIsPrepare, plannedSteps } from "../helpers/plan.ts";
+import { addDisk, mountsAndSwaps } from "../helpers/storage.ts";
 
 const UUID = "0b5c64e3-55a1-4b84-9d2b-4e0a3e7d2f10";
 const GPU = "0000:01:00.0";
@@ -1339,6 +1340,45 @@ test("NVIDIA single GPU with nvidia-powerd (Dynamic Boost, enabled by NVIDIA's p
   assert.not.ok(kernel.loaded("nvidia"));
   assert.is((await runHookEvent(kernel.sim, "release", "end", xml)).code, 0);
   assert.ok(kernel.units.get("nvidia-powerd.service")!.active);
+  assert.equal(kernel.sim.snapshot(), before);
+});
+
+/**
+ * A Turing/Ampere consumer card with USB-C (RTX 2080, some 30-series): beside the GPU and its HDMI audio, a USB
+ * xHCI controller (xhci_hcd, of xhci_pci) and a "Serial bus controller" for its UCSI (nvidia-gpu, of
+ * i2c_nvidia_gpu, whose probe allows runtime PM), all four functions in one slot and IOMMU group.
+ */
+function usbCTuringDesktop(): GpuKernel {
+  return nvidiaDesktop()
+    .module({ name: "xhci_pci", driver: "xhci_hcd", loaded: true })
+    .module({ name: "i2c_nvidia_gpu", driver: "nvidia-gpu", loaded: true })
+    .device({ address: "0000:01:00.2", classCode: "0x0c0330", vendor: "0x10de", deviceId: "0x1ad8", nativeDriver: "xhci_hcd", group: 1 })
+    .device({ address: "0000:01:00.3", classCode: "0x0c8000", vendor: "0x10de", deviceId: "0x1ad9", nativeDriver: "nvidia-gpu", group: 1, driverAllowsRuntimePm: true });
+}
+
+test("a card with USB-C (VGA, audio, xHCI, UCSI in one group), the hostdev naming only the GPU: all four functions go to vfio-pci, their drivers stay loaded, and each function is back on its own driver, runtime PM as before, at release", async () => {
+  const kernel = usbCTuringDesktop();
+  const before = kernel.sim.snapshot();
+  const xml = domainXml("<vmhook:vfio/>");
+  const prepare = await runHookEvent(kernel.sim, "prepare", "begin", xml);
+  assert.is(prepare.code, 0, prepare.stderr);
+  for (const fn of [0, 1, 2, 3]) assert.is(kernel.driverOf(`0000:01:00.${fn}`), "vfio-pci", `function ${fn}`);
+  assert.ok(kernel.loaded("xhci_pci") && kernel.loaded("i2c_nvidia_gpu"), "the host's other USB controllers keep xhci_pci; unbinding suffices");
+  const release = await runHookEvent(kernel.sim, "release", "end", xml);
+  assert.is(release.code, 0, release.stderr);
+  assert.is(kernel.driverOf("0000:01:00.2"), "xhci_hcd");
+  assert.is(kernel.driverOf("0000:01:00.3"), "nvidia-gpu");
+  assert.equal(kernel.sim.snapshot(), before);
+});
+
+test("a card with USB-C whose port carries a mounted USB disk: refused before anything changes, naming the xHCI function and the mount", async () => {
+  const kernel = usbCTuringDesktop();
+  addDisk(kernel.sim, { controller: "0000:01:00.2", via: "usb3/3-1/3-1:1.0/host6/target6:0:0/6:0:0:0/block", disk: "sdb", major: 8, partitions: ["sdb1"] });
+  mountsAndSwaps(kernel.sim, [["259:2", "/dev/nvme0n1p2", "/"], ["8:17", "/dev/sdb1", "/mnt/usb"]]);
+  const before = kernel.sim.snapshot();
+  const prepare = await runHookEvent(kernel.sim, "prepare", "begin", domainXml("<vmhook:vfio/>"));
+  assert.is(prepare.code, 1);
+  assert.match(prepare.stderr, "0000:01:00.2 carries storage the host uses (disk sdb: sdb1 is mounted on /mnt/usb)");
   assert.equal(kernel.sim.snapshot(), before);
 });
 
