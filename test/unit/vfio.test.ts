@@ -976,6 +976,23 @@ test("a module used by one outside unload-modules is refused before anything cha
   assert.equal(kernel.sim.snapshot(), before);
 });
 
+test("unload-modules=\"auto\" with nvidia_peermem loaded (it uses nvidia): the refusal names the whole list to write, not \"add it to unload-modules\" (auto takes no additions), and that list works", async () => {
+  const kernel = nvidiaDesktop().module({ name: "nvidia_peermem", uses: ["nvidia"], loaded: true });
+  const before = kernel.sim.snapshot();
+  const result = await runHookEvent(kernel.sim, "prepare", "begin", domainXml("<vmhook:vfio/>"));
+  assert.is(result.code, 1);
+  const advised = 'unload-modules="nvidia_peermem,nvidia_drm,nvidia_modeset,nvidia_uvm,nvidia"';
+  assert.match(firstLine(result.stderr), `cannot unload module nvidia: module nvidia_peermem uses it; unload-modules="auto" unloads only nvidia_drm, nvidia_modeset, nvidia_uvm, nvidia: name them all, ${advised}, or leave them loaded (unload-modules="none")`);
+  assert.equal(kernel.sim.snapshot(), before);
+
+  const xml = domainXml(`<vmhook:vfio ${advised}/>`);
+  const prepare = await runHookEvent(kernel.sim, "prepare", "begin", xml);
+  assert.is(prepare.code, 0, prepare.stderr);
+  assert.not.ok(kernel.loaded("nvidia") || kernel.loaded("nvidia_peermem"));
+  assert.is((await runHookEvent(kernel.sim, "release", "end", xml)).code, 0);
+  assert.equal(kernel.sim.snapshot(), before);
+});
+
 test("unload-modules: a name neither loaded nor in the running kernel's module tree (a typo) is refused by validate and at prepare, naming it and the fix; a known module that is not loaded is skipped, in either spelling", async () => {
   const kernel = nvidiaDesktop().module({ name: "nvidia_peermem" });
   const file = kernel.sim.file("/vm.xml", domainXml('<vmhook:vfio unload-modules="nvidia_drm,nvidia_modeset,nvidia_uvm,nvidia,nvidia_drn"/>')).resolve("/vm.xml");
