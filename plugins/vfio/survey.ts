@@ -20,6 +20,7 @@ import {
   pciDriver,
   pciDriverOverride,
   pciExists,
+  pciIommuGroup,
   pciPath,
   readPciDevice,
   slotFunctions,
@@ -135,13 +136,21 @@ export function handedOverByElements(host: Host, elements: XmlElement[], domain:
   return handedOverAddresses(host, { ...config, devices: config.devices.filter((address) => pciExists(host, address)) });
 }
 
-/** What moves to vfio-pci: the configured devices and, for a GPU, the other functions of its slot; sorted. */
+/**
+ * What moves to vfio-pci: the configured devices and, for a GPU, the other
+ * functions of its slot in its IOMMU group (they must leave the host's
+ * drivers for the group anyway); sorted. A function of the slot in another
+ * group stays: an APU's iGPU shares its slot with the host's USB
+ * controllers, PSP and audio, each in its own group, which the VM does not
+ * get unless the domain names them.
+ */
 export function handedOverAddresses(host: Host, config: VfioConfig): string[] {
   const addresses = new Set(config.devices);
   for (const address of config.devices) {
     // Only the class: this runs three times a prepare (policy, stuck check, survey).
     if (config.includeSlot && isDisplayClass(host.readTrimmed(pciPath(address, "class")) ?? "")) {
-      for (const sibling of slotFunctions(host, address)) addresses.add(sibling);
+      const group = pciIommuGroup(host, address);
+      for (const sibling of slotFunctions(host, address)) if (pciIommuGroup(host, sibling) === group) addresses.add(sibling);
     }
   }
   return [...addresses].sort();

@@ -755,6 +755,45 @@ test("two groups, a second GPU on the host: not single-GPU, amdgpu stays loaded,
   assert.equal(kernel.sim.snapshot(), before);
 });
 
+/**
+ * A mini PC with an AMD Phoenix APU (Radeon 780M), the host headless but for the iGPU: the iGPU's slot holds, besides its HDMI
+ * audio (.1), the APU's own PSP (.2, ccp), the host's USB controllers (.3, .4), its audio coprocessor (.5) and HD audio (.6),
+ * each function in its own IOMMU group (the IOMMU isolates them).
+ */
+function phoenixMiniPc(): GpuKernel {
+  const apu = "0000:c5:00";
+  return new GpuKernel()
+    .module({ name: "amdgpu", driver: "amdgpu", loaded: true })
+    .module({ name: "snd_hda_intel", driver: "snd_hda_intel", loaded: true })
+    .module({ name: "ccp", driver: "ccp", loaded: true })
+    .module({ name: "xhci_pci", driver: "xhci_hcd", loaded: true })
+    .module({ name: "snd_pci_ps", driver: "snd_pci_ps", loaded: true })
+    .device({ address: `${apu}.0`, classCode: "0x030000", vendor: "0x1002", deviceId: "0x15bf", nativeDriver: "amdgpu", group: 20, bootVga: true, nodes: ["card0", "renderD128", "fb0"] })
+    .device({ address: `${apu}.1`, classCode: "0x040300", vendor: "0x1002", deviceId: "0x1640", nativeDriver: "snd_hda_intel", group: 21 })
+    .device({ address: `${apu}.2`, classCode: "0x108000", vendor: "0x1022", deviceId: "0x15c7", nativeDriver: "ccp", group: 22 })
+    .device({ address: `${apu}.3`, classCode: "0x0c0330", vendor: "0x1022", deviceId: "0x15b9", nativeDriver: "xhci_hcd", group: 23 })
+    .device({ address: `${apu}.4`, classCode: "0x0c0330", vendor: "0x1022", deviceId: "0x15ba", nativeDriver: "xhci_hcd", group: 24 })
+    .device({ address: `${apu}.5`, classCode: "0x048000", vendor: "0x1022", deviceId: "0x15e2", nativeDriver: "snd_pci_ps", group: 25 })
+    .device({ address: `${apu}.6`, classCode: "0x040300", vendor: "0x1022", deviceId: "0x15e3", nativeDriver: "snd_hda_intel", group: 26 })
+    .vtconsole("vtcon0", "(S) dummy device", false)
+    .vtconsole("vtcon1", "(M) frame buffer device", true)
+    .process(1, "systemd", ["/dev/null"]);
+}
+
+test("an APU's iGPU (AMD Phoenix) whose slot holds the host's USB controllers, PSP and audio, each in its own IOMMU group: only the iGPU and its HDMI audio (the hostdevs) go to vfio-pci; the host's USB ports, PSP and audio stay, and all is back at release", async () => {
+  const kernel = phoenixMiniPc();
+  const before = kernel.sim.snapshot();
+  const xml = domainXml("<vmhook:vfio/>", [{ address: "0000:c5:00.0" }, { address: "0000:c5:00.1" }]);
+  const prepare = await runHookEvent(kernel.sim, "prepare", "begin", xml);
+  assert.is(prepare.code, 0, prepare.stderr);
+  assert.is(kernel.driverOf("0000:c5:00.0"), "vfio-pci");
+  assert.is(kernel.driverOf("0000:c5:00.1"), "vfio-pci");
+  const kept = { "0000:c5:00.2": "ccp", "0000:c5:00.3": "xhci_hcd", "0000:c5:00.4": "xhci_hcd", "0000:c5:00.5": "snd_pci_ps", "0000:c5:00.6": "snd_hda_intel" };
+  for (const [address, driver] of Object.entries(kept)) assert.is(kernel.driverOf(address), driver, `${address} stays the host's`);
+  assert.is((await runHookEvent(kernel.sim, "release", "end", xml)).code, 0);
+  assert.equal(kernel.sim.snapshot(), before);
+});
+
 /** Two GPUs with fbdev: the iGPU the host keeps (boot VGA, fb0) and the VM's AMD GPU (fb1); fbcon shows on fb0, the first registered. */
 function twoFramebuffers(options: { builtinConsole?: boolean } = {}): GpuKernel {
   return new GpuKernel(options)
