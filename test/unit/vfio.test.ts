@@ -603,6 +603,31 @@ test("single GPU, NVIDIA without fbdev: the console that cannot come back (no fr
   assert.is(again.code, 0, again.stderr);
 });
 
+test("single GPU, nvidia-open 560+ with nvidia-drm.fbdev=1 (its default): fbcon on NVIDIA's own framebuffer (efifb removed at boot) lets go before the stack unloads, users first, and is back on it at release with the card's nodes", async () => {
+  const kernel = new GpuKernel()
+    .module({ name: "nvidia", driver: "nvidia", loaded: true })
+    .module({ name: "nvidia_modeset", uses: ["nvidia"], loaded: true })
+    .module({ name: "nvidia_uvm", uses: ["nvidia"], loaded: true })
+    .module({ name: "nvidia_drm", uses: ["nvidia_modeset", "nvidia"], loaded: true })
+    .module({ name: "snd_hda_intel", driver: "snd_hda_intel", loaded: true })
+    .device({ address: GPU, classCode: "0x030000", vendor: "0x10de", nativeDriver: "nvidia", group: 1, bootVga: true, nodes: ["card0", "renderD128", "fb0"] })
+    .device({ address: AUDIO, classCode: "0x040300", vendor: "0x10de", nativeDriver: "snd_hda_intel", group: 1, driverAllowsRuntimePm: true })
+    .vtconsole("vtcon0", "(S) dummy device", false)
+    .vtconsole("vtcon1", "(M) frame buffer device", true)
+    .unit({ name: "display-manager.service", active: true, processes: { 500: ["gnome-shell", ["/dev/nvidia0", "/dev/nvidia-modeset", "/dev/dri/card0"]] } })
+    .process(1, "systemd", ["/dev/null"]);
+  const before = kernel.sim.snapshot();
+  const xml = domainXml("<vmhook:vfio/>");
+  const prepare = await runHookEvent(kernel.sim, "prepare", "begin", xml);
+  assert.is(prepare.code, 0, prepare.stderr);
+  assert.equal(kernel.sim.execs.filter((e) => e.command === "rmmod").map((e) => e.args.join(" ")), ["nvidia_drm", "nvidia_modeset", "nvidia_uvm", "nvidia"]);
+  assert.is(kernel.sim.readTrimmed("/sys/class/vtconsole/vtcon1/bind"), "0");
+  const release = await runHookEvent(kernel.sim, "release", "end", xml);
+  assert.is(release.code, 0, release.stderr);
+  assert.match(kernel.sim.read(paths.log), `vfio: ${GPU} is back on nvidia with card, renderD, fb`);
+  assert.equal(kernel.sim.snapshot(), before);
+});
+
 test("single GPU: while the VM's GPU has not come home, another display device on a driver without framebuffer does not make the console's record go", async () => {
   // A server's BMC VGA on ast (no fbdev) beside the passed-through card.
   const kernel = nvidiaDesktop().module({ name: "ast", driver: "ast", loaded: true }).device({ address: "0000:05:00.0", classCode: "0x030000", vendor: "0x1a03", nativeDriver: "ast", group: 5, nodes: ["card1"] });
