@@ -168,13 +168,26 @@ export function fixDomainXml(host: Host, xml: string, what: string): FixedDomain
   const vfioElements = domain.metadata ? childElements(domain.metadata).filter((element) => element.namespaceURI === NAMESPACE_URI && element.localName === "vfio") : [];
   const handedOver = new Set(vfioElements.length > 0 ? (handedOverByElements(host, vfioElements, domain) ?? []) : []);
   for (const gpu of pci.filter((hostdev) => pciExists(host, hostdev.address) && isDisplayClass(readPciDevice(host, hostdev.address).classCode))) {
-    for (const sibling of slotFunctions(host, gpu.address).filter((address) => !present.has(address))) {
+    for (const sibling of cardFunctions(host, gpu.address, handedOver).filter((address) => !present.has(address))) {
       appendXml(document, devices, hostdevXml(sibling));
       present.add(sibling);
       fixes.push({ element: `<hostdev> ${sibling}`, reason: siblingReason(host, gpu.address, sibling, handedOver) });
     }
   }
   return { before, after: serialize(), fixes };
+}
+
+/**
+ * The other functions of a GPU's card: those of its slot that vfio hands over
+ * or that share its IOMMU group, and those of the GPU's vendor (a card's HDMI
+ * audio in a group of its own). An APU's iGPU shares its slot with the
+ * platform's functions, of another vendor (AMD's 1022 beside the GPU's 1002)
+ * and each in its own group: the host's USB controllers, PSP and audio.
+ */
+function cardFunctions(host: Host, gpu: string, handedOver: Set<string>): string[] {
+  const group = pciIommuGroup(host, gpu);
+  const vendor = readPciDevice(host, gpu).vendor;
+  return slotFunctions(host, gpu).filter((address) => handedOver.has(address) || pciIommuGroup(host, address) === group || readPciDevice(host, address).vendor === vendor);
 }
 
 /** Why the VM should have another function of its GPU's card: what takes it from the host anyway, if anything does. */

@@ -21,6 +21,7 @@ import {
   pciDriver,
   pciDriverOverride,
   pciExists,
+  pciIommuGroup,
   pciPath,
   readPciDevice,
   slotFunctions,
@@ -69,7 +70,7 @@ export function survey(host: Host, config: VfioConfig): Survey {
   checkIommuGroups(host, devices);
   refuseGroupsInUse(host, devices);
   const { singleGpu, singleGpuOff } = singleGpuMode(host, config, devices);
-  const unload = unloadOrder(host, modulesToUnload(host, config, devices));
+  const unload = unloadOrder(host, modulesToUnload(host, config, devices), config.unloadModules === "auto");
   const firmwareFramebuffers = firmwareFramebuffersOwner(host, devices, singleGpu);
   const watched = watchedFiles(host, devices, singleGpu, unload.includes("nvidia"), firmwareFramebuffers);
   // Nothing to watch (a GPU without DRM or fbdev nodes, e.g. already on vfio-pci): no process can hold it, so no /proc scan.
@@ -155,13 +156,21 @@ export function handedOverByElements(host: Host, elements: XmlElement[], domain:
   return handedOverAddresses(host, { ...config, devices: config.devices.filter((address) => pciExists(host, address)) });
 }
 
-/** What moves to vfio-pci: the configured devices and, for a GPU, the other functions of its slot; sorted. */
+/**
+ * What moves to vfio-pci: the configured devices and, for a GPU, the other
+ * functions of its slot in its IOMMU group (they must leave the host's
+ * drivers for the group anyway); sorted. A function of the slot in another
+ * group stays: an APU's iGPU shares its slot with the host's USB
+ * controllers, PSP and audio, each in its own group, which the VM does not
+ * get unless the domain names them.
+ */
 export function handedOverAddresses(host: Host, config: VfioConfig): string[] {
   const addresses = new Set(config.devices);
   for (const address of config.devices) {
     // Only the class: this runs three times a prepare (policy, stuck check, survey).
     if (config.includeSlot && isDisplayClass(host.readTrimmed(pciPath(address, "class")) ?? "")) {
-      for (const sibling of slotFunctions(host, address)) addresses.add(sibling);
+      const group = pciIommuGroup(host, address);
+      for (const sibling of slotFunctions(host, address)) if (pciIommuGroup(host, sibling) === group) addresses.add(sibling);
     }
   }
   return [...addresses].sort();
@@ -333,11 +342,20 @@ function modulesToUnload(host: Host, config: VfioConfig, devices: Device[]): str
 export const moduleLoaded = (host: Host, module: string) => host.exists(`/sys/module/${module}/refcnt`);
 const moduleHolders = (host: Host, module: string) => host.list(`/sys/module/${module}/holders`);
 
-/** The loaded ones of `wanted`, each after every module that uses it; a user outside the list is an error. */
-function unloadOrder(host: Host, wanted: string[]): string[] {
+/**
+ * The loaded ones of `wanted`, each after every module that uses it; a user
+ * outside the list is an error. `auto` (wanted is auto's list) takes no
+ * additions: the fix is the whole list, written out.
+ */
+function unloadOrder(host: Host, wanted: string[], auto: boolean): string[] {
   const remaining = wanted.map((module) => module.replace(/-/g, "_")).filter((module) => moduleLoaded(host, module));
   for (const module of remaining) {
     const outsider = moduleHolders(host, module).find((holder) => !remaining.includes(holder));
+    if (outsider && auto) {
+      throw new VmhookError(
+        `vfio: cannot unload module ${module}: module ${outsider} uses it; unload-modules="auto" unloads only ${remaining.join(", ")}: name them all, unload-modules="${[outsider, ...remaining].join(",")}", or leave them loaded (unload-modules="none")`,
+      );
+    }
     if (outsider) {
       throw new VmhookError(`vfio: cannot unload module ${module}: module ${outsider} uses it; add ${outsider} to unload-modules (before ${module}) or leave ${module} loaded`);
     }

@@ -17,7 +17,7 @@ import { moduleLoaded } from "./survey.ts";
 export const VENDOR_RESET_MODULE = "vendor-reset";
 const AMD = "0x1002";
 
-/** The device ids vendor-reset handles (its device table): Polaris 10/11/12, Vega 10/20, Navi 10/12/14, Arcturus. */
+/** The device ids vendor-reset handles (its device table, src/device-db.h): Polaris 10/11/12, Vega 10/20, Navi 10/12/14, Arcturus; no APU's iGPU. */
 const VENDOR_RESET_IDS = new Set(
   [
     "67c0 67c1 67c2 67c4 67c7 67c8 67c9 67ca 67cc 67cf 67d0 67df 6fdf", // Polaris 10
@@ -25,7 +25,7 @@ const VENDOR_RESET_IDS = new Set(
     "6980 6981 6985 6986 6987 6995 6997 699f", // Polaris 12
     "6860 6861 6862 6863 6864 6867 6868 6869 686a 686b 686c 686d 686e 686f 687f", // Vega 10
     "66a0 66a1 66a2 66a3 66a4 66a7 66af 738c", // Vega 20, Arcturus
-    "7310 7312 7318 7319 731a 731b 731e 731f 1681", // Navi 10
+    "7310 7312 7318 7319 731a 731b 731e 731f", // Navi 10
     "7340 7341 7347 734f 7360 7362", // Navi 14, Navi 12
   ].flatMap((line) => line.split(" ").map((id) => `0x${id}`)),
 );

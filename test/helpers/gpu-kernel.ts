@@ -28,6 +28,8 @@ export interface SimPciDevice {
   powerControl?: "on" | "auto";
   /** Its native driver's probe allows runtime PM (pm_runtime_allow: amdgpu, nouveau, snd_hda_intel), setting power/control to auto. */
   driverAllowsRuntimePm?: boolean;
+  /** false: vendor-reset's device table does not list it, so even while vendor_reset is loaded the kernel offers it no device_specific reset. */
+  vendorResetListed?: boolean;
 }
 
 export interface SimModule {
@@ -524,12 +526,13 @@ export class GpuKernel {
     this.refuseUntilReset.delete(address);
   }
 
-  /** device_specific is accepted only while vendor-reset is loaded (it supplies that reset); "default" puts back what the device supports. */
+  /** device_specific is accepted only while vendor-reset is loaded and lists the card (it supplies that reset); "default" puts back what the device supports. */
   private setResetMethod(address: string, value: string, file: string): void {
-    const supported = this.devices.get(address)!.resetMethod ?? "";
+    const device = this.devices.get(address)!;
+    const supported = device.resetMethod ?? "";
     if (value === "default") return void this.sim.file(file, supported);
     const wanted = value.split(/\s+/).filter(Boolean);
-    const offered = (method: string) => (method === "device_specific" ? this.loaded("vendor_reset") : supported.split(" ").includes(method));
+    const offered = (method: string) => (method === "device_specific" ? this.loaded("vendor_reset") && device.vendorResetListed !== false : supported.split(" ").includes(method));
     if (!wanted.every(offered)) throw Object.assign(new Error("EINVAL"), { code: "EINVAL" });
     this.sim.file(file, wanted.join(" "));
   }

@@ -66,6 +66,26 @@ test("the GPU's audio function added without vfio handing it over: the reason na
   }
 });
 
+test("an APU's iGPU (AMD Phoenix) whose slot holds the host's USB controllers, PSP and audio, each in its own IOMMU group: only its own HDMI audio is added, never the platform's functions (another vendor, AMD's 1022 beside the GPU's 1002)", () => {
+  const sim = new SimHost();
+  try {
+    const functions = [
+      ["0x030000", "0x1002", "0x15bf"], // Radeon 780M
+      ["0x040300", "0x1002", "0x1640"], // its HDMI audio
+      ["0x108000", "0x1022", "0x15c7"], // PSP/CCP
+      ["0x0c0330", "0x1022", "0x15b9"], // USB controllers: the host's ports
+      ["0x0c0330", "0x1022", "0x15ba"],
+      ["0x048000", "0x1022", "0x15e2"], // audio coprocessor
+      ["0x040300", "0x1022", "0x15e3"], // HD audio: the host's speakers
+    ];
+    functions.forEach(([classCode, vendor, device], fn) => addPciDevice(sim, { address: `0000:01:00.${fn}`, classCode: classCode!, vendor: vendor!, device: device!, group: 20 + fn }));
+    const added = fixDomainXml(sim, degradedWin11(), "win11.xml").fixes.filter((fix) => fix.element.startsWith("<hostdev>"));
+    assert.equal(added.map((fix) => fix.element), ["<hostdev> 0000:01:00.1"]);
+  } finally {
+    sim.cleanup();
+  }
+});
+
 test("vmhook doctor --fix FILE prints the diff, each change's reason, and how to apply it (golden)", async () => {
   const sim = nvidiaHost();
   try {

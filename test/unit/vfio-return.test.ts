@@ -367,6 +367,22 @@ test("a card vendor-reset does not handle (Navi 31) gets no reset_method change 
   assert.not.ok(report.domain!.findings.some((item) => item.check.startsWith("vendor-reset")));
 });
 
+test("a Rembrandt iGPU (Radeon 680M, 1002:1681), which vendor-reset does not list: reset_method left alone and no vendor-reset advice, whether the module is loaded or missing", async () => {
+  const rembrandt = { deviceId: "0x1681", vendorResetListed: false };
+  const loaded = amdWorkstation(rembrandt, { vendorReset: "loaded" });
+  const before = loaded.sim.snapshot();
+  await prepared(loaded);
+  assert.is(loaded.sim.readTrimmed(`/sys/bus/pci/devices/${GPU}/reset_method`), "flr bus");
+  assert.is((await runHookEvent(loaded.sim, "release", "end", xml)).code, 0);
+  assert.equal(loaded.sim.snapshot(), before);
+
+  const missing = amdWorkstation(rembrandt);
+  await prepared(missing);
+  assert.not.match(log(missing), "vendor-reset");
+  const report = await runDoctor(missing.sim, { file: "gaming.xml", xml });
+  assert.not.ok(report.domain!.findings.some((item) => item.check.startsWith("vendor-reset")));
+});
+
 test("a journaled reset method that is not a list of kernel reset methods is refused before any write", async () => {
   const action = registry.builtinNames().includes("vfio") ? (await registry.load("vfio", new GpuKernel().sim)) : undefined;
   const check = (action as { actions: Record<string, { check(record: object): unknown }> }).actions["set-reset-method"]!.check;

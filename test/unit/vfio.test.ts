@@ -18,6 +18,7 @@ import { GpuKernel, nvidiaDesktop, CGROUP_MOUNTS, type CgroupLayout, type SimUni
 import { cli } from "../helpers/cli.ts";
 import { runHookEvent } from "../helpers/hook.ts";
 import { assertPlanIsPrepare, plannedSteps } from "../helpers/plan.ts";
+import { addDisk, mountsAndSwaps } from "../helpers/storage.ts";
 
 const UUID = "0b5c64e3-55a1-4b84-9d2b-4e0a3e7d2f10";
 const GPU = "0000:01:00.0";
@@ -602,6 +603,31 @@ test("single GPU, NVIDIA without fbdev: the console that cannot come back (no fr
   assert.is(again.code, 0, again.stderr);
 });
 
+test("single GPU, nvidia-open 560+ with nvidia-drm.fbdev=1 (its default): fbcon on NVIDIA's own framebuffer (efifb removed at boot) lets go before the stack unloads, users first, and is back on it at release with the card's nodes", async () => {
+  const kernel = new GpuKernel()
+    .module({ name: "nvidia", driver: "nvidia", loaded: true })
+    .module({ name: "nvidia_modeset", uses: ["nvidia"], loaded: true })
+    .module({ name: "nvidia_uvm", uses: ["nvidia"], loaded: true })
+    .module({ name: "nvidia_drm", uses: ["nvidia_modeset", "nvidia"], loaded: true })
+    .module({ name: "snd_hda_intel", driver: "snd_hda_intel", loaded: true })
+    .device({ address: GPU, classCode: "0x030000", vendor: "0x10de", nativeDriver: "nvidia", group: 1, bootVga: true, nodes: ["card0", "renderD128", "fb0"] })
+    .device({ address: AUDIO, classCode: "0x040300", vendor: "0x10de", nativeDriver: "snd_hda_intel", group: 1, driverAllowsRuntimePm: true })
+    .vtconsole("vtcon0", "(S) dummy device", false)
+    .vtconsole("vtcon1", "(M) frame buffer device", true)
+    .unit({ name: "display-manager.service", active: true, processes: { 500: ["gnome-shell", ["/dev/nvidia0", "/dev/nvidia-modeset", "/dev/dri/card0"]] } })
+    .process(1, "systemd", ["/dev/null"]);
+  const before = kernel.sim.snapshot();
+  const xml = domainXml("<vmhook:vfio/>");
+  const prepare = await runHookEvent(kernel.sim, "prepare", "begin", xml);
+  assert.is(prepare.code, 0, prepare.stderr);
+  assert.equal(kernel.sim.execs.filter((e) => e.command === "rmmod").map((e) => e.args.join(" ")), ["nvidia_drm", "nvidia_modeset", "nvidia_uvm", "nvidia"]);
+  assert.is(kernel.sim.readTrimmed("/sys/class/vtconsole/vtcon1/bind"), "0");
+  const release = await runHookEvent(kernel.sim, "release", "end", xml);
+  assert.is(release.code, 0, release.stderr);
+  assert.match(kernel.sim.read(paths.log), `vfio: ${GPU} is back on nvidia with card, renderD, fb`);
+  assert.equal(kernel.sim.snapshot(), before);
+});
+
 test("single GPU: while the VM's GPU has not come home, another display device on a driver without framebuffer does not make the console's record go", async () => {
   // A server's BMC VGA on ast (no fbdev) beside the passed-through card.
   const kernel = nvidiaDesktop().module({ name: "ast", driver: "ast", loaded: true }).device({ address: "0000:05:00.0", classCode: "0x030000", vendor: "0x1a03", nativeDriver: "ast", group: 5, nodes: ["card1"] });
@@ -751,6 +777,45 @@ test("two groups, a second GPU on the host: not single-GPU, amdgpu stays loaded,
 
   const release = await runHookEvent(kernel.sim, "release", "end", xml);
   assert.is(release.code, 0, release.stderr);
+  assert.equal(kernel.sim.snapshot(), before);
+});
+
+/**
+ * A mini PC with an AMD Phoenix APU (Radeon 780M), the host headless but for the iGPU: the iGPU's slot holds, besides its HDMI
+ * audio (.1), the APU's own PSP (.2, ccp), the host's USB controllers (.3, .4), its audio coprocessor (.5) and HD audio (.6),
+ * each function in its own IOMMU group (the IOMMU isolates them).
+ */
+function phoenixMiniPc(): GpuKernel {
+  const apu = "0000:c5:00";
+  return new GpuKernel()
+    .module({ name: "amdgpu", driver: "amdgpu", loaded: true })
+    .module({ name: "snd_hda_intel", driver: "snd_hda_intel", loaded: true })
+    .module({ name: "ccp", driver: "ccp", loaded: true })
+    .module({ name: "xhci_pci", driver: "xhci_hcd", loaded: true })
+    .module({ name: "snd_pci_ps", driver: "snd_pci_ps", loaded: true })
+    .device({ address: `${apu}.0`, classCode: "0x030000", vendor: "0x1002", deviceId: "0x15bf", nativeDriver: "amdgpu", group: 20, bootVga: true, nodes: ["card0", "renderD128", "fb0"] })
+    .device({ address: `${apu}.1`, classCode: "0x040300", vendor: "0x1002", deviceId: "0x1640", nativeDriver: "snd_hda_intel", group: 21 })
+    .device({ address: `${apu}.2`, classCode: "0x108000", vendor: "0x1022", deviceId: "0x15c7", nativeDriver: "ccp", group: 22 })
+    .device({ address: `${apu}.3`, classCode: "0x0c0330", vendor: "0x1022", deviceId: "0x15b9", nativeDriver: "xhci_hcd", group: 23 })
+    .device({ address: `${apu}.4`, classCode: "0x0c0330", vendor: "0x1022", deviceId: "0x15ba", nativeDriver: "xhci_hcd", group: 24 })
+    .device({ address: `${apu}.5`, classCode: "0x048000", vendor: "0x1022", deviceId: "0x15e2", nativeDriver: "snd_pci_ps", group: 25 })
+    .device({ address: `${apu}.6`, classCode: "0x040300", vendor: "0x1022", deviceId: "0x15e3", nativeDriver: "snd_hda_intel", group: 26 })
+    .vtconsole("vtcon0", "(S) dummy device", false)
+    .vtconsole("vtcon1", "(M) frame buffer device", true)
+    .process(1, "systemd", ["/dev/null"]);
+}
+
+test("an APU's iGPU (AMD Phoenix) whose slot holds the host's USB controllers, PSP and audio, each in its own IOMMU group: only the iGPU and its HDMI audio (the hostdevs) go to vfio-pci; the host's USB ports, PSP and audio stay, and all is back at release", async () => {
+  const kernel = phoenixMiniPc();
+  const before = kernel.sim.snapshot();
+  const xml = domainXml("<vmhook:vfio/>", [{ address: "0000:c5:00.0" }, { address: "0000:c5:00.1" }]);
+  const prepare = await runHookEvent(kernel.sim, "prepare", "begin", xml);
+  assert.is(prepare.code, 0, prepare.stderr);
+  assert.is(kernel.driverOf("0000:c5:00.0"), "vfio-pci");
+  assert.is(kernel.driverOf("0000:c5:00.1"), "vfio-pci");
+  const kept = { "0000:c5:00.2": "ccp", "0000:c5:00.3": "xhci_hcd", "0000:c5:00.4": "xhci_hcd", "0000:c5:00.5": "snd_pci_ps", "0000:c5:00.6": "snd_hda_intel" };
+  for (const [address, driver] of Object.entries(kept)) assert.is(kernel.driverOf(address), driver, `${address} stays the host's`);
+  assert.is((await runHookEvent(kernel.sim, "release", "end", xml)).code, 0);
   assert.equal(kernel.sim.snapshot(), before);
 });
 
@@ -1020,6 +1085,23 @@ test("a module used by one outside unload-modules is refused before anything cha
   const result = await runHookEvent(kernel.sim, "prepare", "begin", domainXml('<vmhook:vfio unload-modules="nvidia_modeset,nvidia"/>'));
   assert.is(result.code, 1);
   assert.match(firstLine(result.stderr), "cannot unload module nvidia_modeset: module nvidia_drm uses it; add nvidia_drm to unload-modules");
+  assert.equal(kernel.sim.snapshot(), before);
+});
+
+test("unload-modules=\"auto\" with nvidia_peermem loaded (it uses nvidia): the refusal names the whole list to write, not \"add it to unload-modules\" (auto takes no additions), and that list works", async () => {
+  const kernel = nvidiaDesktop().module({ name: "nvidia_peermem", uses: ["nvidia"], loaded: true });
+  const before = kernel.sim.snapshot();
+  const result = await runHookEvent(kernel.sim, "prepare", "begin", domainXml("<vmhook:vfio/>"));
+  assert.is(result.code, 1);
+  const advised = 'unload-modules="nvidia_peermem,nvidia_drm,nvidia_modeset,nvidia_uvm,nvidia"';
+  assert.match(firstLine(result.stderr), `cannot unload module nvidia: module nvidia_peermem uses it; unload-modules="auto" unloads only nvidia_drm, nvidia_modeset, nvidia_uvm, nvidia: name them all, ${advised}, or leave them loaded (unload-modules="none")`);
+  assert.equal(kernel.sim.snapshot(), before);
+
+  const xml = domainXml(`<vmhook:vfio ${advised}/>`);
+  const prepare = await runHookEvent(kernel.sim, "prepare", "begin", xml);
+  assert.is(prepare.code, 0, prepare.stderr);
+  assert.not.ok(kernel.loaded("nvidia") || kernel.loaded("nvidia_peermem"));
+  assert.is((await runHookEvent(kernel.sim, "release", "end", xml)).code, 0);
   assert.equal(kernel.sim.snapshot(), before);
 });
 
@@ -1387,6 +1469,45 @@ test("NVIDIA single GPU with nvidia-powerd (Dynamic Boost, enabled by NVIDIA's p
   assert.not.ok(kernel.loaded("nvidia"));
   assert.is((await runHookEvent(kernel.sim, "release", "end", xml)).code, 0);
   assert.ok(kernel.units.get("nvidia-powerd.service")!.active);
+  assert.equal(kernel.sim.snapshot(), before);
+});
+
+/**
+ * A Turing/Ampere consumer card with USB-C (RTX 2080, some 30-series): beside the GPU and its HDMI audio, a USB
+ * xHCI controller (xhci_hcd, of xhci_pci) and a "Serial bus controller" for its UCSI (nvidia-gpu, of
+ * i2c_nvidia_gpu, whose probe allows runtime PM), all four functions in one slot and IOMMU group.
+ */
+function usbCTuringDesktop(): GpuKernel {
+  return nvidiaDesktop()
+    .module({ name: "xhci_pci", driver: "xhci_hcd", loaded: true })
+    .module({ name: "i2c_nvidia_gpu", driver: "nvidia-gpu", loaded: true })
+    .device({ address: "0000:01:00.2", classCode: "0x0c0330", vendor: "0x10de", deviceId: "0x1ad8", nativeDriver: "xhci_hcd", group: 1 })
+    .device({ address: "0000:01:00.3", classCode: "0x0c8000", vendor: "0x10de", deviceId: "0x1ad9", nativeDriver: "nvidia-gpu", group: 1, driverAllowsRuntimePm: true });
+}
+
+test("a card with USB-C (VGA, audio, xHCI, UCSI in one group), the hostdev naming only the GPU: all four functions go to vfio-pci, their drivers stay loaded, and each function is back on its own driver, runtime PM as before, at release", async () => {
+  const kernel = usbCTuringDesktop();
+  const before = kernel.sim.snapshot();
+  const xml = domainXml("<vmhook:vfio/>");
+  const prepare = await runHookEvent(kernel.sim, "prepare", "begin", xml);
+  assert.is(prepare.code, 0, prepare.stderr);
+  for (const fn of [0, 1, 2, 3]) assert.is(kernel.driverOf(`0000:01:00.${fn}`), "vfio-pci", `function ${fn}`);
+  assert.ok(kernel.loaded("xhci_pci") && kernel.loaded("i2c_nvidia_gpu"), "the host's other USB controllers keep xhci_pci; unbinding suffices");
+  const release = await runHookEvent(kernel.sim, "release", "end", xml);
+  assert.is(release.code, 0, release.stderr);
+  assert.is(kernel.driverOf("0000:01:00.2"), "xhci_hcd");
+  assert.is(kernel.driverOf("0000:01:00.3"), "nvidia-gpu");
+  assert.equal(kernel.sim.snapshot(), before);
+});
+
+test("a card with USB-C whose port carries a mounted USB disk: refused before anything changes, naming the xHCI function and the mount", async () => {
+  const kernel = usbCTuringDesktop();
+  addDisk(kernel.sim, { controller: "0000:01:00.2", via: "usb3/3-1/3-1:1.0/host6/target6:0:0/6:0:0:0/block", disk: "sdb", major: 8, partitions: ["sdb1"] });
+  mountsAndSwaps(kernel.sim, [["259:2", "/dev/nvme0n1p2", "/"], ["8:17", "/dev/sdb1", "/mnt/usb"]]);
+  const before = kernel.sim.snapshot();
+  const prepare = await runHookEvent(kernel.sim, "prepare", "begin", domainXml("<vmhook:vfio/>"));
+  assert.is(prepare.code, 1);
+  assert.match(prepare.stderr, "0000:01:00.2 carries storage the host uses (disk sdb: sdb1 is mounted on /mnt/usb)");
   assert.equal(kernel.sim.snapshot(), before);
 });
 
