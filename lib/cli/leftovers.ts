@@ -93,7 +93,9 @@ export function findLeftovers(host: Host): Leftovers {
  * /run, which may hold journals, by no command at all.
  */
 function removal(file: string): string {
-  return file === paths.stateDir ? "it goes at the next boot: /run is a tmpfs" : `rm -r ${file} removes it`;
+  if (file === paths.stateDir) return "it goes at the next boot: /run is a tmpfs";
+  // The log's rotated copies too (vmhook.log.1, vmhook.log.2.gz): the shell's pattern matches what is there.
+  return file === paths.log ? `rm -f ${file} ${file}.[0-9]* removes them` : `rm -r ${file} removes it`;
 }
 
 /** One line per leftover, each with how to deal with it. */

@@ -340,7 +340,7 @@ test("uninstall --purge removes the rotated logs too (vmhook.log.1, vmhook.log.2
   install(host, binary);
   fs.mkdirSync(host.resolve("/var/log"), { recursive: true });
   for (const file of ["vmhook.log", "vmhook.log.1", "vmhook.log.2.gz", "vmhook.logger", "syslog"]) fs.writeFileSync(host.resolve(`/var/log/${file}`), "a line\n");
-  assert.ok(uninstall(host, false).notes.includes("left /var/log/vmhook.log: the log, and 2 rotated copies (vmhook.log.1, vmhook.log.2.gz) (vmhook uninstall --purge removes it)"));
+  assert.ok(uninstall(host, false).notes.includes("left /var/log/vmhook.log: the log, and 2 rotated copies (vmhook.log.1, vmhook.log.2.gz) (rm -f /var/log/vmhook.log /var/log/vmhook.log.[0-9]* removes them)"));
   install(host, binary);
   const { notes } = uninstall(host, false, true);
   for (const gone of ["/var/log/vmhook.log", "/var/log/vmhook.log.1", "/var/log/vmhook.log.2.gz"]) assert.not.ok(exists(gone), `${gone} is still there: ${notes.join("; ")}`);
@@ -437,7 +437,7 @@ test("uninstall lists what it leaves: the plugins, the log, and domains still as
   const { notes } = uninstall(host, false);
   assert.equal(notes.slice(notes.indexOf("removed /usr/local/bin/vmhook") + 1), [
     "left /etc/vmhook: 1 custom plugin(s) in /etc/vmhook/plugins.d: looking-glass.mjs (rm -r /etc/vmhook removes it)",
-    "left /var/log/vmhook.log: the log (rm -r /var/log/vmhook.log removes it)",
+    "left /var/log/vmhook.log: the log (rm -f /var/log/vmhook.log /var/log/vmhook.log.[0-9]* removes them)",
     // Said after the hook and the CLI link are gone: the remedy is no vmhook command, which may no longer exist (dpkg -r, install.sh --uninstall).
     "left domain win11's vmhook metadata (harmless without vmhook; virsh metadata win11 --uri urn:vmhook:1 --config --remove drops it)",
     'domain win11 is backed by huge pages that vmhook reserved at each start: without vmhook it fails with "unable to map backing store for guest RAM"; remove <memoryBacking><hugepages/> (virsh edit win11) or reserve the pages at boot (hugepages=N on the kernel command line)',
