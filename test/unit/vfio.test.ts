@@ -889,50 +889,41 @@ test('single-gpu="yes" for a second GPU while the host keeps the boot GPU: its f
   assert.equal(kernel.sim.snapshot(), before);
 });
 
-test('single-gpu="yes" for a second GPU while fbcon shows on efifb of the boot GPU the host keeps (its driver registers no fbdev): the console and efifb stay, and a program on efifb\'s fb0 does not hold the VM\'s GPU', async () => {
-  const kernel = new GpuKernel()
+/** A kept NVIDIA card that efifb shows on (its driver registers no fbdev), a second GPU for the VM, fbcon on efifb's fb0 and fbterm using it. */
+function efifbOnKeptGpu(kept: { classCode: string; bootVga?: boolean }, parent?: string): GpuKernel {
+  return new GpuKernel()
     .module({ name: "amdgpu", driver: "amdgpu", loaded: true })
     .module({ name: "nvidia", driver: "nvidia", loaded: true })
-    .device({ address: "0000:02:00.0", classCode: "0x030000", vendor: "0x10de", nativeDriver: "nvidia", group: 0, bootVga: true, nodes: ["card0"] })
-    .platformFramebuffer("efi-framebuffer", "efi-framebuffer.0", "fb0")
+    .device({ address: "0000:02:00.0", vendor: "0x10de", nativeDriver: "nvidia", group: 0, nodes: ["card0"], ...kept })
+    .platformFramebuffer("efi-framebuffer", "efi-framebuffer.0", "fb0", parent)
     .device({ address: GPU, classCode: "0x030000", vendor: "0x1002", nativeDriver: "amdgpu", group: 1, nodes: ["card1", "fb1"] })
     .vtconsole("vtcon0", "(S) dummy device", false)
     .vtconsole("vtcon1", "(M) frame buffer device", true)
     .unit({ name: "display-manager.service", active: true, processes: { 500: ["Xorg", ["/dev/dri/card0"]] } })
     .process(900, "fbterm", ["/dev/fb0"]);
-  const before = kernel.sim.snapshot();
-  const xml = domainXml('<vmhook:vfio single-gpu="yes"/>');
-  const prepare = await runHookEvent(kernel.sim, "prepare", "begin", xml);
-  assert.is(prepare.code, 0, prepare.stderr);
-  assert.is(kernel.driverOf(GPU), "vfio-pci");
-  assert.is(kernel.sim.readTrimmed("/sys/class/vtconsole/vtcon1/bind"), "1");
-  assert.ok(kernel.sim.exists("/dev/fb0"), "efifb stays registered");
-  assert.match(kernel.sim.read(paths.log) ?? "", "vfio: console vtcon1 ((M) frame buffer device) stays: it shows on fb0 of efi-framebuffer.0 (the firmware framebuffer on 0000:02:00.0), which the host keeps");
-  assert.is((await runHookEvent(kernel.sim, "release", "end", xml)).code, 0);
-  assert.equal(kernel.sim.snapshot(), before);
-});
+}
 
-test('single-gpu="yes" for a second GPU on a host with no boot_vga (non-x86, a display controller of class 0380): Linux >= 6.9 names the kept GPU that efifb is on (its sysfs parent), so efifb, the console on it and a program on its fb0 stay', async () => {
-  const kernel = new GpuKernel()
-    .module({ name: "amdgpu", driver: "amdgpu", loaded: true })
-    .module({ name: "nvidia", driver: "nvidia", loaded: true })
-    .device({ address: "0000:02:00.0", classCode: "0x038000", vendor: "0x10de", nativeDriver: "nvidia", group: 0, nodes: ["card0"] })
-    .platformFramebuffer("efi-framebuffer", "efi-framebuffer.0", "fb0", "0000:02:00.0")
-    .device({ address: GPU, classCode: "0x030000", vendor: "0x1002", nativeDriver: "amdgpu", group: 1, nodes: ["card1", "fb1"] })
-    .vtconsole("vtcon0", "(S) dummy device", false)
-    .vtconsole("vtcon1", "(M) frame buffer device", true)
-    .unit({ name: "display-manager.service", active: true, processes: { 500: ["Xorg", ["/dev/dri/card0"]] } })
-    .process(900, "fbterm", ["/dev/fb0"]);
+/** single-gpu="yes" for the second GPU: it moves, efifb, its fb0 and the console on it stay, fbterm does not hold the VM's GPU; release puts back all. */
+async function efifbAndConsoleStay(kernel: GpuKernel): Promise<void> {
   const before = kernel.sim.snapshot();
   const xml = domainXml('<vmhook:vfio single-gpu="yes"/>');
   const prepare = await runHookEvent(kernel.sim, "prepare", "begin", xml);
   assert.is(prepare.code, 0, prepare.stderr);
   assert.is(kernel.driverOf(GPU), "vfio-pci");
   assert.ok(kernel.sim.exists("/sys/bus/platform/drivers/efi-framebuffer/efi-framebuffer.0"), "efifb stays bound");
+  assert.ok(kernel.sim.exists("/dev/fb0"), "efifb stays registered");
   assert.is(kernel.sim.readTrimmed("/sys/class/vtconsole/vtcon1/bind"), "1");
   assert.match(kernel.sim.read(paths.log) ?? "", "vfio: console vtcon1 ((M) frame buffer device) stays: it shows on fb0 of efi-framebuffer.0 (the firmware framebuffer on 0000:02:00.0), which the host keeps");
   assert.is((await runHookEvent(kernel.sim, "release", "end", xml)).code, 0);
   assert.equal(kernel.sim.snapshot(), before);
+}
+
+test('single-gpu="yes" for a second GPU while fbcon shows on efifb of the boot GPU the host keeps (its driver registers no fbdev): the console and efifb stay, and a program on efifb\'s fb0 does not hold the VM\'s GPU', async () => {
+  await efifbAndConsoleStay(efifbOnKeptGpu({ classCode: "0x030000", bootVga: true }));
+});
+
+test('single-gpu="yes" for a second GPU on a host with no boot_vga (non-x86, a display controller of class 0380): Linux >= 6.9 names the kept GPU that efifb is on (its sysfs parent), so efifb, the console on it and a program on its fb0 stay', async () => {
+  await efifbAndConsoleStay(efifbOnKeptGpu({ classCode: "0x038000" }, "0000:02:00.0"));
 });
 
 test("Linux >= 6.9 names the VM's GPU as the one efifb is on while boot_vga names the GPU the host keeps: efifb lets go with the VM's GPU", async () => {
