@@ -300,8 +300,9 @@ export type EventAction = (run: HookRun) => Promise<void>;
  */
 export function withoutDomainXml(problem: string, mayFail: boolean): EventAction {
   return async (run) => {
-    const [name = "?", op, subop] = run.invocation.args;
-    const passItOn = `whatever runs vmhook (a dispatcher script at /etc/libvirt/hooks/qemu?) must pass its stdin on; by hand: virsh dumpxml ${nameArgument(name)} | vmhook hook ${nameArgument(name)} ${op} ${subop}`;
+    const [name = "?", op] = run.invocation.args;
+    // A check that changes nothing: the hook run by hand would hand devices over and take pages at prepare with no VM starting.
+    const passItOn = `whatever runs vmhook (a dispatcher script at /etc/libvirt/hooks/qemu?) must pass its stdin on (exec or "$@", not < /dev/null); to check what vmhook makes of ${name}'s XML without changing the host: virsh dumpxml ${nameArgument(name)} | vmhook plan -`;
     if (mayFail) {
       throw new VmhookError(`${op} of ${run.name} refused: the domain XML on stdin ${problem}, so vmhook cannot tell whether ${run.name} asks for its plugins`, [
         `libvirt passes it at every ${op}: ${passItOn}`,

@@ -258,7 +258,7 @@ test("hook mode, stdin that cannot be read or is empty: prepare, start, started,
       assert.match(firstLine(unreadable.stderr), new RegExp(`^vmhook: ${op} of vm refused: the domain XML on stdin cannot be read \\(EISDIR.*\\), so vmhook cannot tell whether vm asks for its plugins$`));
       const empty = run(qemu, ["vm", op!, subop!, "-"], "", t.root);
       assert.equal([empty.code, empty.stdout, firstLine(empty.stderr)], [1, "", `vmhook: ${op} of vm refused: the domain XML on stdin is empty, so vmhook cannot tell whether vm asks for its plugins`]);
-      assert.match(empty.stderr, `must pass its stdin on; by hand: virsh dumpxml vm | vmhook hook vm ${op} ${subop}`);
+      assert.match(empty.stderr, `must pass its stdin on (exec or "$@", not < /dev/null); to check what vmhook makes of vm's XML without changing the host: virsh dumpxml vm | vmhook plan -`);
     }
     assert.match(fs.readFileSync(path.join(t.root, "var/log/vmhook.log"), "utf8"), "[vm prepare begin] error: prepare of vm refused: the domain XML on stdin cannot be read (EISDIR");
     assert.equal(run(qemu, ["vm", "attach", "begin", "-"], directory, t.root), { code: 0, stdout: "", stderr: "" }, "an event vmhook does not know");

@@ -227,4 +227,28 @@ test("a domain renamed (virsh domrename) while a crash left its journal under th
     sim.cleanup();
   }
 });
+test("the hook given no domain XML (a dispatcher that does not pass stdin on) names the dispatcher fix and a check that changes nothing, never the hook run by hand: at prepare it would hand devices over with no VM starting", async () => {
+  const sim = new SimHost().dir("/var/log");
+  try {
+    const { runEvent, withoutDomainXml } = await import("../../lib/hook.ts");
+    for (const [op, subop, mayFail] of [["prepare", "begin", true], ["start", "begin", true], ["release", "end", false]] as const) {
+      const said: string[] = [];
+      const write = process.stderr.write;
+      process.stderr.write = ((chunk: string) => said.push(String(chunk)) > 0) as typeof process.stderr.write;
+      let code: number;
+      try {
+        code = await runEvent({ args: ["my vm", op, subop, "-"], xml: "", root: sim.root, host: sim }, op, withoutDomainXml("is empty", mayFail), mayFail);
+      } finally {
+        process.stderr.write = write;
+      }
+      const stderr = said.join("");
+      assert.is(code, mayFail ? 1 : 0, `${op}: ${stderr}`);
+      assert.match(stderr, "whatever runs vmhook (a dispatcher script at /etc/libvirt/hooks/qemu?) must pass its stdin on (exec or \"$@\", not < /dev/null)", op);
+      assert.match(stderr, "to check what vmhook makes of my vm's XML without changing the host: virsh dumpxml 'my vm' | vmhook plan -", op);
+      assert.not.match(stderr, "vmhook hook", op);
+    }
+  } finally {
+    sim.cleanup();
+  }
+});
 test.run();
