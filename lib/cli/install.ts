@@ -21,7 +21,7 @@ import { LIBVIRT_DAEMONS } from "../processes.ts";
 import type { GlobalOptions } from "./options.ts";
 import { requireRoot } from "./as-root.ts";
 import { describeLeftovers, findLeftovers, purge } from "./leftovers.ts";
-import { installLogrotate, LOGROTATE_CONFIG, removeLogrotate } from "./logrotate.ts";
+import { installLogrotate, LOGROTATE_CONFIG, notePackagedLogrotate, removeLogrotate } from "./logrotate.ts";
 import { print, printJson } from "./output.ts";
 
 /** Found in every vmhook binary: tells our hook from someone else's. */
@@ -34,8 +34,14 @@ const INSTALL_RECORD = "/etc/vmhook/install.json";
 
 interface InstallRecord {
   savedHook?: string;
-  /** install wrote the logrotate config (the Debian package's is dpkg's): uninstall removes it. */
+  /** A hand install wrote the logrotate config: uninstall removes it. Never set beside debianPackage. */
   logrotate?: true;
+  /**
+   * The Debian package installed vmhook (its postinst): the logrotate config
+   * is then dpkg's conffile, also one a hand install wrote before the package
+   * came, and no install or uninstall writes or removes it.
+   */
+  debianPackage?: true;
 }
 
 /**
@@ -187,7 +193,7 @@ function readRecord(host: Host): InstallRecord {
   try {
     const record = JSON.parse(text) as InstallRecord;
     // The one hook install saves: uninstall renames what the record names into the hook's place, for libvirt to run as root.
-    if (typeof record !== "object" || record === null || (record.savedHook !== undefined && record.savedHook !== SAVED_HOOK) || (record.logrotate !== undefined && record.logrotate !== true)) throw new Error("not an install record");
+    if (typeof record !== "object" || record === null || (record.savedHook !== undefined && record.savedHook !== SAVED_HOOK) || (record.logrotate !== undefined && record.logrotate !== true) || (record.debianPackage !== undefined && record.debianPackage !== true)) throw new Error("not an install record");
     return record;
   } catch (error) {
     throw new VmhookError(`${INSTALL_RECORD} is damaged (${(error as Error).message}); it records the hook vmhook replaced (${SAVED_HOOK}): fix it to {"savedHook": "${SAVED_HOOK}"} if that file exists, else to {}`);
@@ -200,8 +206,12 @@ export interface InstallResult {
   hooksChanged: boolean;
 }
 
-/** cliLink false: the Debian package ships /usr/bin/vmhook itself, and packages never write to /usr/local. */
-export function install(host: Host, binary: string, { cliLink = true } = {}): InstallResult {
+/**
+ * cliLink false: no /usr/local/bin/vmhook. debianPackage: run by the Debian
+ * package's postinst, which ships /usr/bin/vmhook (and packages never write to
+ * /usr/local) and owns the logrotate config as its conffile.
+ */
+export function install(host: Host, binary: string, { cliLink = true, debianPackage = false } = {}): InstallResult {
   const notes: string[] = [];
   let hooksChanged = false;
   const hook = host.resolve(HOOK);
@@ -251,7 +261,12 @@ export function install(host: Host, binary: string, { cliLink = true } = {}): In
           : `kept the existing hook: moved ${HOOK} to ${SAVED_HOOK}; it is not executable, so libvirt did not run it and does not now (vmhook uninstall puts it back)`,
       );
     }
-    if (installLogrotate(host, notes)) {
+    if (debianPackage) record.debianPackage = true;
+    if (record.debianPackage) {
+      // dpkg's conffile now, whoever wrote it: uninstall removing it would make dpkg take it for deleted by the administrator
+      delete record.logrotate;
+      notePackagedLogrotate(host, notes);
+    } else if (installLogrotate(host, notes)) {
       record.logrotate = true;
       undos.push(() => fs.rmSync(host.resolve(LOGROTATE_CONFIG), { force: true }));
     }
@@ -284,7 +299,7 @@ export function install(host: Host, binary: string, { cliLink = true } = {}): In
 
   const link = host.resolve(CLI_LINK);
   const current = host.readlink(CLI_LINK);
-  if (!cliLink || current === HOOK) {
+  if (!cliLink || debianPackage || current === HOOK) {
     // not wanted, or already linked
   } else if (present(host, CLI_LINK) && !replaceableLink(link)) {
     notes.push(`left ${CLI_LINK} alone: it is not vmhook's link; run the CLI as ${HOOK} under another name`);
@@ -312,15 +327,18 @@ function makeDirectories(dir: string, mode: number): string | undefined {
   return made;
 }
 
-/** Removes the hook (putting back the one it replaced) and the CLI link; --purge also vmhook's own files. */
-export function uninstall(host: Host, force: boolean, purgeOwnFiles = false): InstallResult {
+/**
+ * Removes the hook (putting back the one it replaced) and the CLI link; --purge also vmhook's own files.
+ * debianPackage: run by the package's prerm, for which the logrotate config is dpkg's conffile, whatever the record says.
+ */
+export function uninstall(host: Host, force: boolean, { purgeOwnFiles = false, debianPackage = false } = {}): InstallResult {
   // an unreadable journal may hold changes too
   const { journals, broken } = listJournals(host);
   const held = [...journals.map((journal) => journal.domain.name), ...broken.map((item) => item.file)];
   if (held.length > 0 && !force) {
     throw new VmhookError(`${held.length} domain(s) still hold changes (${held.join(", ")}); stop them or run vmhook recover first, or pass --force`);
   }
-  const { notes, hooksChanged } = removeHook(host);
+  const { notes, hooksChanged } = removeHook(host, debianPackage);
   const purged = purgeOwnFiles ? purge(host) : [];
   return { notes: [...notes, ...purged, ...describeLeftovers(findLeftovers(host), purgeOwnFiles), ...describeUnreleased(journals, broken)], hooksChanged };
 }
@@ -333,7 +351,7 @@ function describeUnreleased(journals: Journal[], broken: { file: string }[]): st
   ];
 }
 
-function removeHook(host: Host): InstallResult {
+function removeHook(host: Host, debianPackage: boolean): InstallResult {
   const notes: string[] = [];
   // Read before anything is removed: a record that cannot be read stops the uninstall with the host as it was.
   const record = readRecord(host);
@@ -370,7 +388,7 @@ function removeHook(host: Host): InstallResult {
     hooksChanged = true;
     notes.push(`removed ${SAVED_HOOK_LAUNCHER}: the hook it ran, ${SAVED_HOOK}, is gone`);
   }
-  if (record.logrotate) notes.push(...removeLogrotate(host));
+  if (record.logrotate && !debianPackage) notes.push(...removeLogrotate(host));
   fs.rmSync(host.resolve(INSTALL_RECORD), { force: true });
   return { notes: [...notes, ...removeCliLink(host)], hooksChanged };
 }
@@ -383,12 +401,16 @@ function removeCliLink(host: Host): string[] {
 
 interface InstallArgs extends GlobalOptions {
   "cli-link": boolean;
+  "debian-package": boolean;
 }
 
 interface UninstallArgs extends GlobalOptions {
   force: boolean;
   purge: boolean;
+  "debian-package": boolean;
 }
+
+const DEBIAN_PACKAGE_OPTION = { type: "boolean", default: false } as const;
 
 /** Prints the notes; tells running daemons only when what libvirt runs changed. */
 function report(host: Host, args: GlobalOptions, { notes, hooksChanged }: InstallResult) {
@@ -406,11 +428,14 @@ function report(host: Host, args: GlobalOptions, { notes, hooksChanged }: Instal
 const installCommand: CommandModule<GlobalOptions, InstallArgs> = {
   command: "install",
   describe: `install this binary as ${HOOK} (keeping an existing hook) and ${CLI_LINK}; running it again changes nothing`,
-  builder: (y) => y.option("cli-link", { type: "boolean", default: true, describe: `link ${CLI_LINK} to the hook (--no-cli-link: the Debian package has /usr/bin/vmhook)` }),
+  builder: (y) =>
+    y
+      .option("cli-link", { type: "boolean", default: true, describe: `link ${CLI_LINK} to the hook (--no-cli-link: none)` })
+      .option("debian-package", { ...DEBIAN_PACKAGE_OPTION, describe: `run by the Debian package's postinst: no ${CLI_LINK} (it ships /usr/bin/vmhook), and ${LOGROTATE_CONFIG} is dpkg's conffile` }),
   handler(args) {
     requireRoot("install", `it writes ${HOOK} and /etc/vmhook`, args.root);
     const host = args.host;
-    report(host, args, install(host, ownBinary(), { cliLink: args["cli-link"] }));
+    report(host, args, install(host, ownBinary(), { cliLink: args["cli-link"], debianPackage: args["debian-package"] }));
   },
 };
 
@@ -420,11 +445,12 @@ const uninstallCommand: CommandModule<GlobalOptions, UninstallArgs> = {
   builder: (y) =>
     y
       .option("force", { type: "boolean", default: false, describe: "even while domains hold changes" })
-      .option("purge", { type: "boolean", default: false, describe: "also remove vmhook's own files: /etc/vmhook, the log, /var/lib/vmhook, /run/vmhook" }),
+      .option("purge", { type: "boolean", default: false, describe: "also remove vmhook's own files: /etc/vmhook, the log, /var/lib/vmhook, /run/vmhook" })
+      .option("debian-package", { ...DEBIAN_PACKAGE_OPTION, describe: `run by the Debian package's prerm: ${LOGROTATE_CONFIG} is dpkg's conffile` }),
   handler(args) {
     requireRoot("uninstall", `it removes ${HOOK} and puts back the hook it replaced`, args.root);
     const host = args.host;
-    report(host, args, uninstall(host, args.force, args.purge));
+    report(host, args, uninstall(host, args.force, { purgeOwnFiles: args.purge, debianPackage: args["debian-package"] }));
   },
 };
 

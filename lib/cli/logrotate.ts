@@ -3,8 +3,10 @@
 // `vmhook install` puts this logrotate config in place when logrotate is
 // there and nothing else is; uninstall takes it away only when install wrote
 // it and nobody changed it since. The Debian package ships the same text as a
-// conffile (packaging/debian/logrotate), which dpkg owns: install finds it
-// there and leaves it to dpkg.
+// conffile (packaging/debian/logrotate), which dpkg alone owns: its maintainer
+// scripts run install and uninstall with --debian-package, and from then on
+// neither writes nor removes it (lib/cli/install.ts), whatever the order of a
+// hand install and the package.
 import * as fs from "node:fs";
 import type { Host } from "../host.ts";
 import { paths } from "../paths.ts";
@@ -51,6 +53,15 @@ export function installLogrotate(host: Host, notes: string[]): boolean {
   fs.chmodSync(file, 0o644); // logrotate skips a config others may write; readable by all as its neighbours are
   notes.push(`installed ${LOGROTATE_CONFIG}: ${paths.log} is rotated monthly (or past 10 MiB), the last 12 retained`);
   return true;
+}
+
+/**
+ * The Debian package's conffile is dpkg's: never written here. One the
+ * administrator deleted stays deleted, as dpkg keeps it on upgrades; said,
+ * with the way back.
+ */
+export function notePackagedLogrotate(host: Host, notes: string[]): void {
+  if (!host.stat(LOGROTATE_CONFIG)) notes.push(`${paths.log} is not rotated: ${LOGROTATE_CONFIG}, the Debian package's conffile, was deleted, and dpkg keeps it deleted; to get it back, reinstall the package with dpkg's --force-confmiss`);
 }
 
 /** Removes the config install wrote, unless it was changed since: then it is the administrator's and stays, named. */

@@ -48,7 +48,8 @@ printf 'vmhook (%s) unstable; urgency=medium\n\n  * Release %s; changes: git log
   "$version" "$version" "$maintainer" "$(date -u -R -d "@$epoch")" | gzip -9n >"$root/usr/share/doc/vmhook/changelog.gz"
 for script in postinst prerm postrm; do install -m 0755 "$here/$script" "$root/DEBIAN/$script"; done
 # The log's rotation, dpkg's conffile: an administrator's edits survive upgrades,
-# purge removes it, and postinst's vmhook install finds it in place and leaves it.
+# purge removes it, and vmhook install/uninstall --debian-package (postinst, prerm)
+# never write or remove it, also one install.sh wrote before the package came.
 install -m 0644 "$here/logrotate" "$root/etc/logrotate.d/vmhook"
 echo /etc/logrotate.d/vmhook >"$root/DEBIAN/conffiles"
 

@@ -5,6 +5,10 @@
 // holds changes; an upgrade to the next built version keeps the install;
 // `vmhook bundle` from the package makes a tarball that unpacks, redacted;
 // removal puts the marker hook back, and purge leaves nothing of vmhook.
+// The logrotate config is dpkg's conffile alone whatever the order of a hand
+// install (install.sh) and the package: one written by hand first is taken
+// over, kept by dpkg -r and removed by purge; one the administrator deleted
+// stays deleted.
 // Two versions are built from dist/vmhook with packaging/debian/build.sh.
 import * as fs from "node:fs";
 import * as os from "node:os";
@@ -14,6 +18,7 @@ import * as assert from "uvu/assert";
 import { LOGROTATE_CONFIG, LOGROTATE_TEXT } from "../../lib/cli/logrotate.ts";
 import {
   attemptCleanup,
+  binary,
   CLI_LINK,
   defineDomain,
   HOOK,
@@ -37,6 +42,7 @@ import {
 } from "./fixture.ts";
 
 const SAVED_HOOK = "/etc/libvirt/hooks/qemu.vmhook-saved";
+const INSTALL_RECORD = "/etc/vmhook/install.json";
 const PACKAGED_BINARY = "/usr/lib/vmhook/vmhook";
 const MAINTAINER_SCRIPTS = "/var/lib/dpkg/info";
 const VERSIONS = ["0.0.1~test1", "0.0.1~test2"];
@@ -70,11 +76,13 @@ async function setUp(): Promise<void> {
     assert.is(built.code, 0, `packaging/debian/build.sh --version ${version} failed: ${built.stderr}`);
     debs.push(built.stdout.trim());
   }
+  // the hand install's binary (install.sh runs dist/vmhook install), kept apart from later builds of dist/vmhook
+  fs.copyFileSync(path.join(REPO, "dist/vmhook"), binary());
   await mountHugetlbfs();
   await startLibvirt();
   await removeTestDomains();
   await purgeLeftovers();
-  await run(path.join(REPO, "dist/vmhook"), ["uninstall", "--force"]);
+  await run(binary(), ["uninstall", "--force"]);
   ownHook = putMarkerHook();
 }
 
@@ -82,17 +90,19 @@ async function tearDown(): Promise<void> {
   const attempt = (what: string, action: () => unknown) => attemptCleanup("package test", what, action);
   await attempt("remove the test domains", removeTestDomains);
   await attempt("purge the package", purgeLeftovers);
+  await attempt("uninstall a hand install", () => fs.existsSync(binary()) && run(binary(), ["uninstall", "--force"]));
   await attempt("put the previous hook back", () => removeMarkerHook(ownHook));
   await attempt("remove the scratch directory", removeScratchDir);
 }
 
-/** The packaged vmhook is the hook, with the marker hook kept beside it and run from qemu.d/. */
-function expectInstalledOverMarker(): void {
+/** The packaged vmhook is the hook, with the marker hook kept beside it and run from qemu.d/; a hand install's CLI link stays (packages leave /usr/local alone). */
+function expectInstalledOverMarker({ handInstallLink = false } = {}): void {
   assert.ok(fs.readFileSync(HOOK).equals(fs.readFileSync(PACKAGED_BINARY)), `${HOOK} is not the packaged ${PACKAGED_BINARY}`);
   assert.is(fs.readFileSync(SAVED_HOOK, "utf8"), markerScript(), `${SAVED_HOOK} is not the marker hook`);
   assert.ok(fs.existsSync(SAVED_HOOK_LAUNCHER), `${SAVED_HOOK_LAUNCHER} is missing`);
   assert.is(fs.realpathSync("/usr/bin/vmhook"), PACKAGED_BINARY);
-  assert.not.ok(fs.existsSync(CLI_LINK), `the package wrote ${CLI_LINK}`);
+  if (handInstallLink) assert.is(fs.readlinkSync(CLI_LINK), HOOK);
+  else assert.not.ok(fs.existsSync(CLI_LINK), `the package wrote ${CLI_LINK}`);
 }
 
 /** vmhook runs for a hugepages domain under libvirtd: the pool and the journal follow the domain; the kept hook sees it too. */
@@ -106,6 +116,28 @@ async function expectHookRuns(name: string): Promise<void> {
   assert.is(hugepages(), pool, "pages in the pool after destroy");
   assert.not.ok(journalExists(domain.uuid), "the journal outlived the domain");
   assert.equal(markerEvents(domain), ["prepare begin", "start begin", "started begin", "stopped end", "release end"]);
+}
+
+/** The install record vmhook install keeps, or undefined when there is none. */
+function installRecord(): unknown {
+  return fs.existsSync(INSTALL_RECORD) ? JSON.parse(fs.readFileSync(INSTALL_RECORD, "utf8")) : undefined;
+}
+
+/** vmhook install by hand, as install.sh runs it. */
+async function handInstall() {
+  const installed = await run(binary(), ["install"]);
+  assert.is(installed.code, 0, `vmhook install (by hand) failed: ${installed.stderr}`);
+  return installed;
+}
+
+/** The logrotate config is the package's conffile as shipped: dpkg knows it, and finds nothing changed or missing. */
+async function expectConffileIntact(): Promise<void> {
+  assert.is(fs.readFileSync(LOGROTATE_CONFIG, "utf8"), LOGROTATE_TEXT);
+  assert.is((await run("dpkg-query", ["--control-show", "vmhook", "conffiles"])).stdout, `${LOGROTATE_CONFIG}\n`);
+  const conffiles = (await run("dpkg-query", ["-W", "-f=${Conffiles}", "vmhook"])).stdout;
+  assert.match(conffiles, new RegExp(`^ ${LOGROTATE_CONFIG} [0-9a-f]{32}$`, "m"), `dpkg's record of the conffile: ${conffiles}`);
+  const verify = await run("dpkg", ["--verify", "vmhook"]);
+  assert.equal([verify.code, verify.stdout, verify.stderr], [0, "", ""], "dpkg --verify vmhook");
 }
 
 const maintainerScript = (name: string) => path.join(MAINTAINER_SCRIPTS, `vmhook.${name}`);
@@ -247,6 +279,64 @@ test("dpkg -r puts the previous hook back; postrm and purge can run twice", asyn
   assert.is(purged.code, 0, `dpkg --purge failed: ${purged.stderr}`);
   assert.is(await packageStatus(), "");
   for (const gone of ["/var/log/vmhook.log", "/var/log/vmhook.log.1", LOGROTATE_CONFIG]) assert.not.ok(fs.existsSync(gone), `purge left ${gone}`);
+  assert.is(fs.readFileSync(HOOK, "utf8"), markerScript());
+});
+
+test("vmhook install by hand (install.sh) first, then dpkg -i: dpkg takes the logrotate config over as its conffile; dpkg -r keeps it, a reinstall finds it unchanged, purge removes it", async () => {
+  const hand = await handInstall();
+  assert.match(hand.stdout, `installed ${LOGROTATE_CONFIG}`);
+  assert.equal(installRecord(), { savedHook: SAVED_HOOK, logrotate: true });
+
+  const installed = await dpkg("-i", debs[0]!);
+  assert.is(installed.code, 0, `dpkg -i over the hand install failed: ${installed.stderr}`);
+  expectInstalledOverMarker({ handInstallLink: true });
+  await expectConffileIntact();
+
+  const removed = await dpkg("-r", "vmhook");
+  assert.is(removed.code, 0, `dpkg -r failed: ${removed.stderr}`);
+  assert.match(removed.stdout, "restored the previous hook");
+  assert.is(await packageStatus(), `deinstall ok config-files ${VERSIONS[0]}`);
+  assert.ok(fs.existsSync(LOGROTATE_CONFIG), `dpkg -r keeps its conffiles, but ${LOGROTATE_CONFIG} is gone: vmhook uninstall removed dpkg's file, which dpkg then takes for deleted by the administrator`);
+  assert.is(fs.readFileSync(LOGROTATE_CONFIG, "utf8"), LOGROTATE_TEXT);
+  assert.is(installRecord(), undefined);
+
+  const reinstalled = await dpkg("-i", debs[0]!);
+  assert.is(reinstalled.code, 0, `dpkg -i after dpkg -r failed: ${reinstalled.stderr}`);
+  await expectConffileIntact();
+
+  const purged = await dpkg("--purge", "vmhook");
+  assert.is(purged.code, 0, `dpkg --purge failed: ${purged.stderr}`);
+  assert.is(await packageStatus(), "");
+  assert.not.ok(fs.existsSync(LOGROTATE_CONFIG), `purge left ${LOGROTATE_CONFIG}`);
+  assert.is(fs.readFileSync(HOOK, "utf8"), markerScript());
+});
+
+test("dpkg -i, then vmhook install and uninstall by hand: the conffile stays dpkg's; one the administrator deleted stays deleted through a hand install and an upgrade", async () => {
+  const installed = await dpkg("-i", debs[0]!);
+  assert.is(installed.code, 0, `dpkg -i failed: ${installed.stderr}`);
+  const hand = await handInstall();
+  assert.not.match(hand.stdout, LOGROTATE_CONFIG);
+  assert.not.ok(JSON.stringify(installRecord()).includes("logrotate"), `the hand install claimed dpkg's conffile: ${JSON.stringify(installRecord())}`);
+  const handRemoved = await run(binary(), ["uninstall"]);
+  assert.is(handRemoved.code, 0, `vmhook uninstall (by hand) failed: ${handRemoved.stderr}`);
+  assert.is(fs.readFileSync(HOOK, "utf8"), markerScript());
+  await expectConffileIntact();
+
+  await runMaintainerScript("postinst", "configure", VERSIONS[0]!);
+  expectInstalledOverMarker();
+  fs.rmSync(LOGROTATE_CONFIG);
+  const handAgain = await handInstall();
+  assert.match(handAgain.stdout, `${LOGROTATE_CONFIG}, the Debian package's conffile, was deleted`);
+  assert.not.ok(fs.existsSync(LOGROTATE_CONFIG), "a hand install over the package wrote its deleted conffile back");
+  const upgraded = await dpkg("-i", debs[1]!);
+  assert.is(upgraded.code, 0, `dpkg -i (upgrade) failed: ${upgraded.stderr}`);
+  assert.not.ok(fs.existsSync(LOGROTATE_CONFIG), "the upgrade's postinst wrote the conffile the administrator deleted");
+  assert.match((await run("dpkg", ["--verify", "vmhook"])).stdout, new RegExp(`^missing +c ${LOGROTATE_CONFIG}$`, "m"));
+
+  const purged = await dpkg("--purge", "vmhook");
+  assert.is(purged.code, 0, `dpkg --purge failed: ${purged.stderr}`);
+  assert.is(await packageStatus(), "");
+  assert.is(installRecord(), undefined);
   assert.is(fs.readFileSync(HOOK, "utf8"), markerScript());
 });
 

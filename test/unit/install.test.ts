@@ -305,7 +305,7 @@ test("install puts a logrotate config for /var/log/vmhook.log in /etc/logrotate.
   assert.is(read(LOGROTATE_CONFIG), LOGROTATE_TEXT);
   assert.is(host.stat(LOGROTATE_CONFIG)!.mode & 0o7777, 0o644);
   assert.equal(install(host, binary).notes, [`${HOOK} is already this vmhook`], "installed again: nothing to say");
-  const { notes } = uninstall(host, false, true);
+  const { notes } = uninstall(host, false, { purgeOwnFiles: true });
   assert.ok(notes.includes(`removed ${LOGROTATE_CONFIG}`), notes.join("\n"));
   assert.equal(tree(host.root), before);
 });
@@ -313,8 +313,8 @@ test("install puts a logrotate config for /var/log/vmhook.log in /etc/logrotate.
 test("the Debian package's logrotate conffile is dpkg's: install finds it in place and leaves it, uninstall keeps it; a config the administrator changed is kept and named", () => {
   const packaged = setUp();
   fs.writeFileSync(packaged.host.resolve(LOGROTATE_CONFIG), LOGROTATE_TEXT, { mode: 0o644 });
-  assert.not.match(install(packaged.host, packaged.binary, { cliLink: false }).notes.join("\n"), "logrotate");
-  assert.not.match(uninstall(packaged.host, false).notes.join("\n"), "logrotate");
+  assert.not.match(install(packaged.host, packaged.binary, { debianPackage: true }).notes.join("\n"), "logrotate");
+  assert.not.match(uninstall(packaged.host, false, { debianPackage: true }).notes.join("\n"), "logrotate");
   assert.is(packaged.read(LOGROTATE_CONFIG), LOGROTATE_TEXT);
 
   const edited = setUp();
@@ -342,7 +342,7 @@ test("uninstall --purge removes the rotated logs too (vmhook.log.1, vmhook.log.2
   for (const file of ["vmhook.log", "vmhook.log.1", "vmhook.log.2.gz", "vmhook.logger", "syslog"]) fs.writeFileSync(host.resolve(`/var/log/${file}`), "a line\n");
   assert.ok(uninstall(host, false).notes.includes("left /var/log/vmhook.log: the log, and 2 rotated copies (vmhook.log.1, vmhook.log.2.gz) (rm -f /var/log/vmhook.log /var/log/vmhook.log.[0-9]* removes them)"));
   install(host, binary);
-  const { notes } = uninstall(host, false, true);
+  const { notes } = uninstall(host, false, { purgeOwnFiles: true });
   for (const gone of ["/var/log/vmhook.log", "/var/log/vmhook.log.1", "/var/log/vmhook.log.2.gz"]) assert.not.ok(exists(gone), `${gone} is still there: ${notes.join("; ")}`);
   assert.equal(fs.readdirSync(host.resolve("/var/log")).sort(), ["syslog", "vmhook.logger"]);
 });
@@ -417,7 +417,7 @@ test("uninstall --force while a domain holds changes says that its release no lo
   const notes = uninstall(host, true).notes.join("\n");
   assert.match(notes, `domain win11 still holds 1 change(s) (/run/vmhook/${uuid}.json): without the hook libvirt's release no longer undoes them; once win11 has stopped, install vmhook again and run vmhook recover win11`);
   assert.not.match(notes, "left /run/vmhook");
-  assert.match(uninstall(host, true, true).notes.join("\n"), "kept /run/vmhook: journals there still hold changes");
+  assert.match(uninstall(host, true, { purgeOwnFiles: true }).notes.join("\n"), "kept /run/vmhook: journals there still hold changes");
 });
 
 const domainXml = (name: string, body: string) => `<domain type='kvm'>\n  <name>${name}</name>\n${body}\n</domain>\n`;
@@ -474,7 +474,7 @@ test("uninstall --purge removes vmhook's own files; the domains are only listed,
   fs.mkdirSync(host.resolve("/etc/libvirt/qemu"), { recursive: true });
   const domain = domainXml("win11", '  <metadata><vmhook:hooks xmlns:vmhook="urn:vmhook:1"><vmhook:isolate/></vmhook:hooks></metadata>');
   fs.writeFileSync(host.resolve("/etc/libvirt/qemu/win11.xml"), domain);
-  const { notes } = uninstall(host, false, true);
+  const { notes } = uninstall(host, false, { purgeOwnFiles: true });
   for (const gone of ["/etc/vmhook", "/var/log/vmhook.log", "/var/lib/vmhook", "/run/vmhook"]) {
     assert.ok(notes.includes(`removed ${gone}`), `${gone}: ${notes.join("; ")}`);
     assert.not.ok(exists(gone), `${gone} is still there`);
@@ -497,11 +497,55 @@ test("uninstall where vmhook is not installed says so, naming what it looked at,
   assert.is(read(HOOK), PREVIOUS);
 });
 
-test.run();
-
-test("install without the CLI link (the Debian package's way) writes nothing to /usr/local", () => {
-  const { host, binary, exists } = setUp();
-  install(host, binary, { cliLink: false });
-  assert.ok(exists(HOOK));
-  assert.not.ok(exists("/usr/local"), "/usr/local was created");
+test("install without the CLI link, and the Debian package's install (it ships /usr/bin/vmhook), write nothing to /usr/local", () => {
+  for (const options of [{ cliLink: false }, { debianPackage: true }]) {
+    const { host, binary, exists } = setUp();
+    install(host, binary, options);
+    assert.ok(exists(HOOK));
+    assert.not.ok(exists("/usr/local"), `${JSON.stringify(options)}: /usr/local was created`);
+  }
 });
+
+const record = (read: (hostPath: string) => string) => JSON.parse(read("/etc/vmhook/install.json"));
+
+test("a hand install (install.sh) first, then the Debian package: the logrotate config the hand install wrote is dpkg's conffile from then on, and no uninstall removes it (dpkg would take it for deleted by the administrator, and never put it back)", () => {
+  for (const uninstallBy of ["the package's prerm", "hand"] as const) {
+    const { host, binary, read, putPreviousHook } = setUp();
+    putPreviousHook();
+    install(host, binary);
+    assert.equal(record(read), { savedHook: SAVED, logrotate: true });
+    // dpkg -i: dpkg finds the same text in place and keeps it as its conffile; postinst runs vmhook install --debian-package
+    const packaged = install(host, binary, { debianPackage: true });
+    assert.not.match(packaged.notes.join("\n"), "logrotate");
+    assert.equal(record(read), { savedHook: SAVED, debianPackage: true });
+    const removed = uninstall(host, false, { debianPackage: uninstallBy === "the package's prerm" });
+    assert.match(removed.notes.join("\n"), "restored the previous hook", uninstallBy);
+    assert.not.match(removed.notes.join("\n"), "logrotate", uninstallBy);
+    assert.is(read(LOGROTATE_CONFIG), LOGROTATE_TEXT, uninstallBy);
+  }
+});
+
+test("the Debian package first, then a hand install over it: the conffile is left to dpkg, also once the administrator deleted it (said, with the way back), and stays so through the next postinst", () => {
+  const { host, binary, read, exists } = setUp();
+  fs.writeFileSync(host.resolve(LOGROTATE_CONFIG), LOGROTATE_TEXT, { mode: 0o644 }); // dpkg unpacks it before postinst
+  install(host, binary, { debianPackage: true });
+  assert.not.match(install(host, binary).notes.join("\n"), "logrotate");
+  assert.equal(record(read), { debianPackage: true });
+  fs.rmSync(host.resolve(LOGROTATE_CONFIG));
+  const deleted = `/var/log/vmhook.log is not rotated: ${LOGROTATE_CONFIG}, the Debian package's conffile, was deleted, and dpkg keeps it deleted; to get it back, reinstall the package with dpkg's --force-confmiss`;
+  for (const options of [{}, { debianPackage: true }]) {
+    assert.ok(install(host, binary, options).notes.includes(deleted), JSON.stringify(options));
+    assert.not.ok(exists(LOGROTATE_CONFIG), `${JSON.stringify(options)}: install wrote dpkg's deleted conffile back`);
+    assert.equal(record(read), { debianPackage: true });
+  }
+});
+
+test("the package's prerm never removes its conffile, even when the record says a hand install wrote it (a hand uninstall and install while the package stayed)", () => {
+  const { host, binary, read } = setUp();
+  install(host, binary);
+  assert.equal(record(read), { logrotate: true });
+  assert.not.match(uninstall(host, false, { debianPackage: true }).notes.join("\n"), "logrotate");
+  assert.is(read(LOGROTATE_CONFIG), LOGROTATE_TEXT);
+});
+
+test.run();
