@@ -81,6 +81,8 @@ export interface Host {
   readlink(hostPath: string): string | undefined;
   /** The path's own metadata (lstat); undefined only when nothing is there (ENOENT, ENOTDIR). Any other failure throws, as list does. */
   stat(hostPath: string): FileStat | undefined;
+  /** statfs(2)'s f_type (linux/magic.h) of the file system that holds the path, links followed; any failure throws. */
+  fileSystemType(hostPath: string): number;
   mkdir(hostPath: string): void;
   remove(hostPath: string): void;
   /** Creates the file anew with `text` (mode 0600, never through a symlink; what is there is replaced) and fsyncs it: the first half of a state file's atomic write. */
@@ -211,7 +213,7 @@ export function untrustedTreeCode(root: string, real: string, because: string): 
   // A directory above the tree (the user's home) is not the tree's to chown: the tree moves.
   const tops = [root, realPathOr(root)];
   const holdsTree = (dir: string) => (tops.some((top) => top.startsWith(`${dir}/`)) ? `move ${root} to a directory only root can write, such as /srv (${dir} holds it)` : undefined);
-  return pathLeadsToRootsAlone((path) => host.stat(path), (path) => fs.readlinkSync(path), real, because, holdsTree);
+  return pathLeadsToRootsAlone(host, (path) => fs.readlinkSync(path), real, because, holdsTree);
 }
 
 /** The path with its symlinks resolved (the walk above sees /var/home for /home), or itself when it cannot be. */
@@ -274,7 +276,7 @@ export class RootedHost implements Host {
     return unlessAbsent(() => this.readLinkTarget(hostPath), undefined, [...ABSENT, "EINVAL"], "read the link", hostPath);
   }
 
-  /** read(2), readdir(2), readlink(2), lstat(2) and stat(2) themselves: a simulated host makes them fail; the public methods judge the errno. */
+  /** read(2), readdir(2), readlink(2), lstat(2), stat(2) and statfs(2) themselves: a simulated host makes them fail or fakes them; the public methods judge the errno. */
   protected readFile(hostPath: string): string {
     return fs.readFileSync(this.resolve(hostPath), "utf8");
   }
@@ -291,6 +293,10 @@ export class RootedHost implements Host {
     return fs.lstatSync(this.resolve(hostPath));
   }
 
+  protected statFileSystem(hostPath: string): number {
+    return fs.statfsSync(this.resolve(hostPath)).type;
+  }
+
   /** A missing path is false without an exception: exists() is asked on hot paths, where most answers are no. */
   protected lookUp(hostPath: string): boolean {
     return fs.statSync(this.resolve(hostPath), { throwIfNoEntry: false }) !== undefined;
@@ -299,6 +305,14 @@ export class RootedHost implements Host {
   stat(hostPath: string): FileStat | undefined {
     const s = unlessAbsent(() => this.statPath(hostPath), undefined, ABSENT, "stat", hostPath);
     return s && { uid: s.uid, mode: s.mode, isFile: s.isFile(), isDirectory: s.isDirectory(), isSymlink: s.isSymbolicLink() };
+  }
+
+  fileSystemType(hostPath: string): number {
+    try {
+      return this.statFileSystem(hostPath);
+    } catch (error) {
+      throw unreadable(error, "statfs", hostPath);
+    }
   }
 
   mkdir(hostPath: string): void {

@@ -1,10 +1,15 @@
 // What root trusts as its own: a path that root owns, that group and others
-// cannot write and that is no symlink, below directories alike. The hook
-// runs as root: plugins.d, /etc/vmhook and a --root tree's programs are held
-// to this rule.
+// cannot write and that is no symlink, below directories alike, all on file
+// systems whose owners this kernel keeps. The hook runs as root: plugins.d,
+// /etc/vmhook and a --root tree's programs are held to this rule.
 
-/** What the rule reads of a path (lstat(2)): a Host's stat, or the real file system's. */
-export type StatOf = (path: string) => { uid: number; mode: number; isFile: boolean; isDirectory: boolean; isSymlink: boolean } | undefined;
+/** What the rule reads of a path: a Host, or the real file system. */
+export interface FileFacts {
+  /** lstat(2); undefined when nothing is there. */
+  stat(path: string): { uid: number; mode: number; isFile: boolean; isDirectory: boolean; isSymlink: boolean } | undefined;
+  /** statfs(2)'s f_type: the kind of file system that holds the path. */
+  fileSystemType(path: string): number;
+}
 
 /** What a symlink holds (readlink(2)). */
 export type LinkOf = (path: string) => string;
@@ -15,15 +20,59 @@ export const ROOT_UID = 0;
 export const octal = (mode: number) => `0${(mode & 0o7777).toString(8)}`;
 
 /**
- * Why vmhook refuses to trust this path, or undefined when it is safe: root
- * owns it, group and others cannot write it, and it is no symlink (whose
- * target would escape the check). `because` says what root trusts it for.
+ * File systems where stat's owner and mode are another's word, not kept by
+ * this kernel, by statfs f_type (linux/magic.h): root cannot tell who may
+ * change what a path there holds or leads to.
+ *   fuse        fuse, fuseblk and virtiofs: the daemon answers stat as it
+ *               likes, and any user may mount one (sshfs, bindfs -u 0, a
+ *               daemon of their own) on a directory of theirs, in /tmp too
+ *   nfs         the server decides, for every client it lets write as root
+ *   cifs, smb3  the mount options (uid=, file_mode=) or the server decide;
+ *               whoever has the share's password writes
+ *   9p          the server decides (a VM host's, or a user's diod)
+ *   ceph, afs   the cluster or the server decides
+ *   coda        its cache manager, a daemon, answers
+ * Local file systems pass (ext4, xfs, btrfs, vfat: their owners are this
+ * kernel's, or mount options root chose), as do tmpfs and overlay (only root
+ * mounts one in this mount namespace, from layers it chose).
  */
-export function unsafeReason(statOf: StatOf, hostPath: string, kind: "directory" | "file", because = "plugins run as root", above = false, fix?: string): string | undefined {
-  const stat = statOf(hostPath);
+const FOREIGN_OWNERS = new Map<number, { name: string; whose: string }>([
+  [0x65735546, { name: "fuse", whose: "its daemon's word (any user may run one)" }],
+  [0x6969, { name: "nfs", whose: "the server's word" }],
+  [0xff534d42, { name: "cifs", whose: "the server's and the mount options' word" }],
+  [0xfe534d42, { name: "smb3", whose: "the server's and the mount options' word" }],
+  [0x01021997, { name: "9p", whose: "the server's word" }],
+  [0x00c36400, { name: "ceph", whose: "the cluster's word" }],
+  [0x6b414653, { name: "afs", whose: "the server's word" }],
+  [0x5346414f, { name: "afs", whose: "the server's word" }],
+  [0x73757245, { name: "coda", whose: "its cache manager's word (a daemon)" }],
+]);
+
+/** "on a file system of type fuse: …" when root cannot believe what stat says on a file system of this f_type (its owners are not this kernel's word), or undefined. */
+export function foreignFileSystem(type: number): string | undefined {
+  const foreign = FOREIGN_OWNERS.get(type);
+  return foreign && `on a file system of type ${foreign.name}: the owner and mode stat shows there are ${foreign.whose}, not this kernel's`;
+}
+
+function foreignOwners(facts: FileFacts, hostPath: string, because: string): string | undefined {
+  const foreign = foreignFileSystem(facts.fileSystemType(hostPath));
+  return foreign && `${hostPath} is ${foreign}; ${because}, so move it to a local file system that root owns (a disk, not a FUSE or network mount)`;
+}
+
+/**
+ * Why vmhook refuses to trust this path, or undefined when it is safe: root
+ * owns it, group and others cannot write it, it is no symlink (whose target
+ * would escape the check), and its file system is one whose owners this
+ * kernel keeps. `because` says what root trusts it for.
+ */
+export function unsafeReason(facts: FileFacts, hostPath: string, kind: "directory" | "file", because = "plugins run as root", above = false, fix?: string): string | undefined {
+  const stat = facts.stat(hostPath);
   if (!stat) return `${hostPath} does not exist`;
   if (stat.isSymlink) return `${hostPath} is a symlink; vmhook only trusts what it can check, so put the real ${kind} there`;
   if (kind === "directory" ? !stat.isDirectory : !stat.isFile) return `${hostPath} is not a ${kind === "directory" ? "directory" : "regular file"}`;
+  // Before the owner: there, a chown proves nothing.
+  const foreign = foreignOwners(facts, hostPath, because);
+  if (foreign) return foreign;
   if (stat.uid !== ROOT_UID) {
     return `${hostPath} is owned by uid ${stat.uid}, not root; ${because}, so ${fix ?? `run chown root:root ${hostPath}`}`;
   }
@@ -40,9 +89,9 @@ export function unsafeReason(statOf: StatOf, hostPath: string, kind: "directory"
  * whoever can write one of them can rename what is below and put their own
  * in its place.
  */
-function unsafeAbove(statOf: StatOf, hostPath: string, because?: string): string | undefined {
+function unsafeAbove(facts: FileFacts, hostPath: string, because?: string): string | undefined {
   for (let dir = parentOf(hostPath); ; dir = parentOf(dir)) {
-    const problem = unsafeReason(statOf, dir, "directory", because, true);
+    const problem = unsafeReason(facts, dir, "directory", because, true);
     if (problem || dir === "/") return problem;
   }
 }
@@ -50,8 +99,8 @@ function unsafeAbove(statOf: StatOf, hostPath: string, because?: string): string
 const parentOf = (absolute: string) => absolute.slice(0, absolute.lastIndexOf("/")) || "/";
 
 /** Why root cannot trust `hostPath`, or undefined: it and every directory above it must pass unsafeReason. */
-export function rootsAloneProblem(statOf: StatOf, hostPath: string, kind: "directory" | "file", because?: string): string | undefined {
-  return unsafeReason(statOf, hostPath, kind, because) ?? unsafeAbove(statOf, hostPath, because);
+export function rootsAloneProblem(facts: FileFacts, hostPath: string, kind: "directory" | "file", because?: string): string | undefined {
+  return unsafeReason(facts, hostPath, kind, because) ?? unsafeAbove(facts, hostPath, because);
 }
 
 /** The kernel's limit of symlinks in one lookup (ELOOP past it). */
@@ -67,8 +116,8 @@ const MAX_SYMLINKS = 40;
  * that is not root's to change (one holding a user's copy), undefined for
  * the usual chown or chmod.
  */
-export function pathLeadsToRootsAlone(statOf: StatOf, linkOf: LinkOf, path: string, because: string, fixOf: (dir: string) => string | undefined = () => undefined): string | undefined {
-  const top = unsafeReason(statOf, "/", "directory", because, true);
+export function pathLeadsToRootsAlone(facts: FileFacts, linkOf: LinkOf, path: string, because: string, fixOf: (dir: string) => string | undefined = () => undefined): string | undefined {
+  const top = unsafeReason(facts, "/", "directory", because, true);
   if (top) return top;
   let left = path.split("/").filter(Boolean);
   let dir = "/";
@@ -82,7 +131,7 @@ export function pathLeadsToRootsAlone(statOf: StatOf, linkOf: LinkOf, path: stri
       continue;
     }
     const next = dir === "/" ? `/${name}` : `${dir}/${name}`;
-    const stat = statOf(next);
+    const stat = facts.stat(next);
     if (!stat) return `${next} does not exist`;
     if (stat.isSymlink) {
       if (stat.uid !== ROOT_UID) return `${next} is a symlink owned by uid ${stat.uid}, not root; ${because}, so run chown -h root:root ${next}`;
@@ -92,7 +141,7 @@ export function pathLeadsToRootsAlone(statOf: StatOf, linkOf: LinkOf, path: stri
       left = [...target.split("/").filter(Boolean), ...left];
       continue;
     }
-    const problem = left.length > 0 ? unsafeReason(statOf, next, "directory", because, true, fixOf(next)) : unsafeReason(statOf, next, "file", because);
+    const problem = left.length > 0 ? unsafeReason(facts, next, "directory", because, true, fixOf(next)) : unsafeReason(facts, next, "file", because);
     if (problem) return problem;
     dir = next;
   }

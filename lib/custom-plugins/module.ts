@@ -8,7 +8,7 @@ import { fileURLToPath, pathToFileURL } from "node:url";
 import { describeError, VmhookError } from "../errors.ts";
 import { untrustedTreeCode, type Host } from "../host.ts";
 import type { AnyPlugin } from "../plugin.ts";
-import { octal, ROOT_UID } from "../root-alone.ts";
+import { foreignFileSystem, octal, ROOT_UID } from "../root-alone.ts";
 import { rootsAloneProblem, type PluginFile } from "./trust.ts";
 
 /**
@@ -159,9 +159,9 @@ function transpilerCacheProblem(): string | undefined {
 const MAX_SYMLINKS = 40;
 
 /**
- * "DIR is owned by uid N" (or "has mode M") for the first directory a lookup
- * of the absolute `dir` passes through that another user could change, or
- * undefined. The lookup is followed as the kernel does it, a component at a
+ * "DIR is owned by uid N" (or "has mode M", or "is on a file system of type
+ * fuse") for the first directory a lookup of the absolute `dir` passes
+ * through that another user could change, or undefined. The lookup is followed as the kernel does it, a component at a
  * time: a symlink is judged where it lies (whoever writes that directory can
  * point it elsewhere, after any check of its target), then its target is
  * walked too (an ostree host's /root -> var/roothome). Where the path stops
@@ -173,7 +173,8 @@ function untrustedOnTheWay(dir: string): string | undefined {
   let symlinks = 0;
   let stat = fs.statSync(current);
   for (;;) {
-    const unsafe = stat.uid !== ROOT_UID ? `is owned by uid ${stat.uid}` : (stat.mode & 0o022) !== 0 ? `has mode ${octal(stat.mode)}` : undefined;
+    const foreign = foreignFileSystem(fs.statfsSync(current).type);
+    const unsafe = foreign ? `is ${foreign}` : stat.uid !== ROOT_UID ? `is owned by uid ${stat.uid}` : (stat.mode & 0o022) !== 0 ? `has mode ${octal(stat.mode)}` : undefined;
     if (unsafe) return `${current} ${unsafe}`;
     const name = pending.shift();
     if (name === undefined) return undefined;

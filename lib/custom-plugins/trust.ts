@@ -25,7 +25,7 @@ function candidates(name: string): PluginFile[] {
 }
 
 /** Why root cannot trust `hostPath` of this host, or undefined: it and every directory above it must be root's alone (lib/root-alone.ts). */
-export const rootsAloneProblem = (host: Host, hostPath: string, kind: "directory" | "file", because?: string): string | undefined => rootsAloneRule((path) => host.stat(path), hostPath, kind, because);
+export const rootsAloneProblem = (host: Host, hostPath: string, kind: "directory" | "file", because?: string): string | undefined => rootsAloneRule(host, hostPath, kind, because);
 
 /** Why the plugins directory is unsafe, or undefined. */
 export const pluginsDirProblem = (host: Host): string | undefined => rootsAloneProblem(host, paths.pluginsDir, "directory");
@@ -61,7 +61,7 @@ export function findCustomPlugin(host: Host, name: string): PluginFile {
 export function fileRefusal(host: Host, file: PluginFile): string | undefined {
   const others = candidates(file.name).filter((other) => other.path !== file.path && host.stat(other.path) !== undefined);
   if (others.length > 0) return `${[file, ...others].map((each) => each.path).join(" and ")} both exist; keep one`;
-  const unsafe = unsafeReason((path) => host.stat(path), file.path, "file");
+  const unsafe = unsafeReason(host, file.path, "file");
   if (unsafe) return unsafe;
   if (file.kind === "executable" && (host.stat(file.path)!.mode & 0o100) === 0) {
     return `${file.path} is not executable; run chmod 755 ${file.path} (or rename a JavaScript module to ${file.name}.mjs)`;

@@ -38,6 +38,7 @@ export class SimHost extends RootedHost {
   /** Programs that hang in a driver (rmmod in a remove()): they run at finishHungWrites(). */
   readonly hungPrograms: { pid: number; command: string; args: string[] }[] = [];
   private nextPid = 4000;
+  private readonly mounts = new Map<string, number>();
   /**
    * Every state-changing operation of the hook, in order ("write PATH",
    * "run modprobe vfio-pci", "create /run/vmhook/UUID.json.tmp", ...). What
@@ -87,6 +88,12 @@ export class SimHost extends RootedHost {
     fs.mkdirSync(path.dirname(real), { recursive: true });
     fs.rmSync(real, { force: true });
     fs.symlinkSync(target, real);
+    return this;
+  }
+
+  /** Simulated mount: statfs(2) of `hostPath` and of what is below it gives this f_type (linux/magic.h), stat what the tree holds (a FUSE daemon's answer). */
+  mountFileSystem(hostPath: string, type: number): this {
+    this.mounts.set(hostPath, type);
     return this;
   }
 
@@ -244,6 +251,16 @@ export class SimHost extends RootedHost {
   protected override statPath(hostPath: string): fs.Stats {
     this.failIfAsked("stat", hostPath);
     return super.statPath(hostPath);
+  }
+
+  protected override statFileSystem(hostPath: string): number {
+    this.stillAlive();
+    // The deepest mount holding the path, as the kernel's lookup crosses them.
+    for (let dir = hostPath; ; dir = dir.slice(0, dir.lastIndexOf("/")) || "/") {
+      const type = this.mounts.get(dir);
+      if (type !== undefined) return type;
+      if (dir === "/") return super.statFileSystem(hostPath);
+    }
   }
 
   protected override lookUp(hostPath: string): boolean {

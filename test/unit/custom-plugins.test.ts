@@ -298,6 +298,92 @@ test("safety: a group-writable or non-root plugin file is refused, naming the pa
   sim.cleanup();
 });
 
+/** statfs(2) f_types (linux/magic.h): where stat is a daemon's or a server's word, and local ones. */
+const FUSE = 0x65735546;
+const FOREIGN = [
+  { name: "fuse", type: FUSE, whose: "its daemon's word (any user may run one)" },
+  { name: "nfs", type: 0x6969, whose: "the server's word" },
+  { name: "cifs", type: 0xff534d42, whose: "the server's and the mount options' word" },
+  { name: "smb3", type: 0xfe534d42, whose: "the server's and the mount options' word" },
+  { name: "9p", type: 0x01021997, whose: "the server's word" },
+  { name: "ceph", type: 0x00c36400, whose: "the cluster's word" },
+  { name: "afs", type: 0x6b414653, whose: "the server's word" },
+  { name: "coda", type: 0x73757245, whose: "its cache manager's word (a daemon)" },
+];
+const LOCAL = [
+  { name: "ext4", type: 0xef53 },
+  { name: "btrfs", type: 0x9123683e },
+  { name: "xfs", type: 0x58465342 },
+  { name: "tmpfs", type: 0x01021994 },
+  { name: "overlay", type: 0x794c7630 },
+];
+
+for (const { name, type, whose } of FOREIGN) {
+  test(`safety: a plugins directory on ${name}, where stat says root and 0755 at another's word (a user's bindfs -u 0, a server), is refused naming the path, the file system and the fix; nothing runs`, async () => {
+    const sim = pluginHost();
+    install(sim, "notes", shellPlugin("notes"));
+    sim.mountFileSystem(paths.pluginsDir, type);
+    const before = sim.snapshot();
+    const outcome = await runHookEvent(sim, "prepare", "begin", domainXml('<vmhook:plugin name="notes"/>'));
+    assert.is(outcome.code, 1);
+    assert.match(
+      outcome.stderr,
+      `refusing to load plugins: ${paths.pluginsDir} is on a file system of type ${name}: the owner and mode stat shows there are ${whose}, not this kernel's; plugins run as root, so move it to a local file system that root owns (a disk, not a FUSE or network mount)`,
+    );
+    assert.equal(calls(sim), []);
+    assert.equal(sim.snapshot(), before);
+    sim.cleanup();
+  });
+}
+
+test("safety: a FUSE mount anywhere on the way is refused: on /etc above the plugins directory, and on the plugin file alone", async () => {
+  const sim = pluginHost();
+  const file = install(sim, "notes", shellPlugin("notes"));
+  const xml = domainXml('<vmhook:plugin name="notes"/>');
+  sim.mountFileSystem("/etc", FUSE);
+  let outcome = await runHookEvent(sim, "prepare", "begin", xml);
+  assert.match(outcome.stderr, `refusing to load plugins: ${paths.pluginsDir} is on a file system of type fuse`);
+
+  const onFile = pluginHost();
+  install(onFile, "notes", shellPlugin("notes"));
+  onFile.mountFileSystem(file, FUSE);
+  outcome = await runHookEvent(onFile, "prepare", "begin", xml);
+  assert.is(outcome.code, 1);
+  assert.match(outcome.stderr, `refusing to run plugin notes: ${file} is on a file system of type fuse`);
+  assert.equal(calls(sim), []);
+  assert.equal(calls(onFile), []);
+  sim.cleanup();
+  onFile.cleanup();
+});
+
+test("safety: a plugin on a local file system (ext4, btrfs, xfs, tmpfs, overlay) runs: their owners are this kernel's", async () => {
+  for (const { name, type } of LOCAL) {
+    const sim = pluginHost();
+    install(sim, "notes", shellPlugin("notes"));
+    sim.mountFileSystem("/", type);
+    const outcome = await runHookEvent(sim, "prepare", "begin", domainXml('<vmhook:plugin name="notes"/>'));
+    assert.is(outcome.code, 0, `${name}: ${outcome.stderr}`);
+    assert.equal(calls(sim), ["notes prepare undo= interrupted="], name);
+    sim.cleanup();
+  }
+});
+
+test("safety: host settings and policy files on a FUSE mount are refused as their owner's files are: whoever answers stat there writes what root runs", async () => {
+  const sim = pluginHost();
+  sim.file(paths.hostConfig, '{"deadlineSeconds": 60}');
+  sim.mountFileSystem("/etc/vmhook", FUSE);
+  let outcome = await runHookEvent(sim, "prepare", "begin", domainXml("<vmhook:hugepages/>"));
+  assert.is(outcome.code, 1);
+  assert.match(outcome.stderr, `refusing the host settings: ${paths.hostConfig} is on a file system of type fuse`);
+
+  fs.rmSync(sim.resolve(paths.hostConfig));
+  sim.file(paths.policy, "{}");
+  outcome = await runHookEvent(sim, "prepare", "begin", domainXml('<vmhook:plugin name="notes"/>'));
+  assert.is(outcome.code, 1);
+  assert.match(outcome.stderr, `refusing the host policy: ${paths.policy} is on a file system of type fuse`);
+  sim.cleanup();
+});
+
 test("safety: a named plugin that is missing fails prepare naming the directory searched; names are never paths", async () => {
   const sim = pluginHost();
   const outcome = await runHookEvent(sim, "prepare", "begin", domainXml('<vmhook:plugin name="nowhere"/>'));

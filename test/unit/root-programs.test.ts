@@ -3,6 +3,7 @@
 // on a tree another user can write (sudo vmhook bundle --root ~/copy), that
 // would be their code run as root: root runs a tree's program only when root
 // alone can write it and every directory on the way to it.
+import { spawnSync } from "node:child_process";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
@@ -133,6 +134,67 @@ test("as root, a JavaScript plugin of a --root tree a user owns is not loaded (i
     assert.not.ok(fs.existsSync(tree.ran), "its code did not run");
   } finally {
     fs.rmSync(tree.parent, { recursive: true, force: true });
+  }
+});
+
+/** bindfs (.ci/run installs it): a FUSE mount that shows a user's directory as root's, mode 0755, as any user's own FUSE daemon may. */
+const BINDFS = ["/usr/bin/bindfs", "/bin/bindfs"].find((file) => fs.existsSync(file));
+
+/**
+ * What `check` (an ES module run by this Bun, with `env`) prints while
+ * `source` is mounted at `mountpoint` by bindfs -u 0 -g 0 -p 0755: in a
+ * mount and pid namespace of its own, so that the mount and its daemon end
+ * with the check, whatever becomes of it.
+ */
+function withRootClaimingFuse(source: string, mountpoint: string, check: string, env: Record<string, string> = {}): string {
+  const script = `${BINDFS} -u 0 -g 0 -p 0755 "$1" "$2" && exec "$3" -e "$4"`;
+  const args = ["--mount", "--propagation", "private", "--pid", "--fork", "--kill-child", "sh", "-c", script, "sh", source, mountpoint, process.execPath, check];
+  const run = spawnSync("unshare", args, { encoding: "utf8", timeout: 30_000, env: { PATH: process.env.PATH ?? "/usr/bin:/bin", ...env } });
+  assert.is(run.status, 0, run.stderr);
+  return run.stdout;
+}
+
+const imported = (file: string) => JSON.stringify(path.resolve(file));
+
+(BINDFS ? test : test.skip)("as root, a --root tree on a FUSE mount that says root owns it (bindfs -u 0 of a user's copy) is not run: the file system, not the owner, is refused", () => {
+  const tree = treeWithSystemctl();
+  const mounted = path.join(tree.parent, "mounted");
+  try {
+    fs.mkdirSync(mounted, { mode: 0o755 });
+    for (const each of ["copy", "copy/usr", "copy/usr/bin", "copy/usr/bin/systemctl"]) fs.chownSync(path.join(tree.parent, each), USER, USER);
+    const check = `import * as fs from "node:fs";
+import { RootedHost } from ${imported("lib/host.ts")};
+const result = new RootedHost(${JSON.stringify(mounted)}).exec("systemctl", [], { timeoutMs: 5000 });
+console.log(JSON.stringify({ owner: fs.statSync(${JSON.stringify(`${mounted}/usr/bin`)}).uid, status: result.status, error: result.error }));`;
+    const result = JSON.parse(withRootClaimingFuse(tree.root, mounted, check));
+    assert.is(result.owner, 0, "stat says root owns the user's copy");
+    assert.is(result.status, null);
+    assert.match(result.error, `systemctl: ${mounted}/usr/bin/systemctl of the --root tree not run: ${mounted} is on a file system of type fuse: the owner and mode stat shows there are its daemon's word (any user may run one), not this kernel's`);
+    assert.not.ok(fs.existsSync(tree.ran), "the program did not run");
+  } finally {
+    fs.rmSync(tree.parent, { recursive: true, force: true });
+  }
+});
+
+(BINDFS ? test : test.skip)("as root, a JavaScript plugin is not loaded while Bun's transpiler cache (HOME under sudo -E) is on a FUSE mount that says root owns it", () => {
+  // Below /run, root's alone (not a sticky /tmp, which the cache's walk refuses as it is), as /home is.
+  const parent = fs.mkdtempSync("/run/vmhook-fuse-home-");
+  const [root, home, mounted, ran] = ["copy", "home", "mounted", "ran"].map((name) => path.join(parent, name)) as [string, string, string, string];
+  try {
+    const plugin = "/etc/vmhook/plugins.d/notes.mjs";
+    fs.mkdirSync(path.join(root, "etc/vmhook/plugins.d"), { recursive: true });
+    fs.writeFileSync(path.join(root, plugin), `import * as fs from "node:fs";\nfs.writeFileSync(${JSON.stringify(ran)}, "");\nexport default { name: "notes", parse() {}, undo() {} };\n`, { mode: 0o644 });
+    for (const dir of [home, mounted]) fs.mkdirSync(dir, { mode: 0o755 });
+    fs.chownSync(home, USER, USER);
+    const check = `import { importModulePlugin } from ${imported("lib/custom-plugins/module.ts")};
+import { RootedHost } from ${imported("lib/host.ts")};
+const loading = importModulePlugin(new RootedHost(${JSON.stringify(root)}), { name: "notes", path: ${JSON.stringify(plugin)}, kind: "module" });
+console.log(await loading.then(() => "loaded", (error) => error.message));`;
+    const said = withRootClaimingFuse(home, mounted, check, { HOME: mounted });
+    assert.match(said, `plugin notes: not loading ${plugin}: Bun, which runs vmhook, keeps the modules it transpiles in ${mounted}/.bun/install/cache/@t@ (from HOME=${mounted}), and ${mounted} is on a file system of type fuse`);
+    assert.not.ok(fs.existsSync(ran), "its code did not run");
+  } finally {
+    fs.rmSync(parent, { recursive: true, force: true });
   }
 });
 
