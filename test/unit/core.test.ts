@@ -19,6 +19,7 @@ import { registry } from "../../plugins/index.ts";
 import { HugepageKernel } from "../helpers/hugepage-kernel.ts";
 import { cli } from "../helpers/cli.ts";
 import { runHookEvent } from "../helpers/hook.ts";
+import { mentionsVmhook } from "../../hooks/qemu.ts";
 import { SimHost } from "../helpers/simhost.ts";
 
 const UUID = "c0c0c0c0-0000-4000-8000-0000000000c0";
@@ -528,6 +529,19 @@ function crashedJournal(sim: SimHost): void {
 }
 
 const firstLine = (stderr: string) => stderr.split("\n")[0]!;
+
+test("the fast path's search for vmhook in a domain's XML takes time in proportion to it: a <description> of \"xmlns:\" repeated (600 KB, written by anyone who may edit the domain) took minutes of a hook libvirt waits for with no time limit", () => {
+  const domain = (inside: string) => `<domain type='kvm'><name>vm</name><uuid>${UUID}</uuid>${inside}</domain>`;
+  for (const text of ["xmlns:".repeat(100_000), "xmlns:p xmlns:".repeat(50_000), 'xmlns="'.repeat(100_000), `xmlns:v${" ".repeat(500_000)}`]) {
+    const started = performance.now();
+    assert.is(mentionsVmhook(domain(`<description>${text}</description>`)), false);
+    const seconds = (performance.now() - started) / 1000;
+    assert.ok(seconds < 1, `${text.slice(0, 14)}…: ${seconds.toFixed(1)} s`);
+  }
+  // What it finds is what it found: vmhook's prefix, or a declaration naming vmhook under any prefix, in any case.
+  for (const found of ["<metadata><vmhook:hooks/></metadata>", '<metadata><v:hooks xmlns:v="urn:vmhook:1"/></metadata>', "<metadata><hooks xmlns = 'URN:VMHOOK:2'/></metadata>"]) assert.ok(mentionsVmhook(domain(found)), found);
+  for (const notFound of ["<description>vmhook</description>", '<metadata><x:y xmlns:x="urn:other"/></metadata>']) assert.not.ok(mentionsVmhook(domain(notFound)), notFound);
+});
 
 test("crash: the next prepare undoes the leftover journal first, then allocates afresh", async () => {
   const { sim, kernel } = hugepageHost(612); // 100 of the admin's + 512 the crashed run added
