@@ -659,13 +659,18 @@ function simProcess(sim: SimHost, pid: number, start: number, argv: string[]): v
   sim.file(`/proc/${pid}/cmdline`, `${argv.join("\0")}\0`);
 }
 
+/** prepare, then libvirt's launch of QEMU (pid 4000, its pid file) and started, which notes it. */
+async function startedVm(sim: SimHost): Promise<void> {
+  assert.is((await runHookEvent(sim, "prepare", "begin", XML)).code, 0);
+  simProcess(sim, 4000, 777, ["/usr/bin/qemu-system-x86_64", "-name", "guest=vm,debug-threads=on", "-uuid", UUID]);
+  sim.file("/run/libvirt/qemu/vm.pid", "4000");
+  assert.is((await runHookEvent(sim, "started", "begin", XML)).code, 0);
+}
+
 test("a process of any user with a running VM's -uuid in its command line (ps shows it to all) keeps neither the VM's release from giving back what it holds nor its next start: the QEMU is the one libvirt's pid file named at started", async () => {
   const { sim, kernel } = hugepageHost(100);
   try {
-    assert.is((await runHookEvent(sim, "prepare", "begin", XML)).code, 0);
-    simProcess(sim, 4000, 777, ["/usr/bin/qemu-system-x86_64", "-name", "guest=vm,debug-threads=on", "-uuid", UUID]);
-    sim.file("/run/libvirt/qemu/vm.pid", "4000");
-    assert.is((await runHookEvent(sim, "started", "begin", XML)).code, 0);
+    await startedVm(sim);
     // A local user copies the UUID from ps while the VM runs.
     simProcess(sim, 5000, 9000, ["bash", "-c", "sleep infinity", "-uuid", UUID]);
     // The guest shuts down: its QEMU and pid file are gone; a new process may even take its pid.
@@ -684,10 +689,7 @@ test("a process of any user with a running VM's -uuid in its command line (ps sh
 test("vmhook recover and status, after a release that never ran: a process of another user with the VM's -uuid does not pass for its QEMU once the noted one is gone", async () => {
   const { sim, kernel } = hugepageHost(100);
   try {
-    assert.is((await runHookEvent(sim, "prepare", "begin", XML)).code, 0);
-    simProcess(sim, 4000, 777, ["/usr/bin/qemu-system-x86_64", "-uuid", UUID]);
-    sim.file("/run/libvirt/qemu/vm.pid", "4000");
-    assert.is((await runHookEvent(sim, "started", "begin", XML)).code, 0);
+    await startedVm(sim);
     simProcess(sim, 5000, 9000, ["python3", "-c", "import time; time.sleep(1e9)", "-uuid", UUID]);
     sim.remove("/proc/4000");
     sim.remove("/run/libvirt/qemu/vm.pid");
@@ -703,10 +705,7 @@ test("vmhook recover and status, after a release that never ran: a process of an
 test("the QEMU libvirt's pid file named at started, still there at release (stuck in the kernel after libvirt killed it): release keeps the journal, naming it", async () => {
   const { sim, kernel } = hugepageHost(100);
   try {
-    assert.is((await runHookEvent(sim, "prepare", "begin", XML)).code, 0);
-    simProcess(sim, 4000, 777, ["/usr/bin/qemu-system-x86_64", "-uuid", UUID]);
-    sim.file("/run/libvirt/qemu/vm.pid", "4000");
-    assert.is((await runHookEvent(sim, "started", "begin", XML)).code, 0);
+    await startedVm(sim);
     sim.remove("/run/libvirt/qemu/vm.pid");
     const released = await runHookEvent(sim, "release", "end", XML);
     assert.match(firstLine(released.stderr), `vmhook: release of vm: a QEMU of this domain still runs (pid 4000, -uuid ${UUID})`);
