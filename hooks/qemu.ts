@@ -42,8 +42,15 @@ export const EVENTS: Record<string, { event: HookEvent; mayFail: boolean; action
  * declaration naming vmhook in any case (urn:vmhook:1, and the wrong URIs the
  * hook refuses under any prefix: urn:vmhook, urn:vmhook:2, URN:VMHOOK:1).
  * Nothing here loads a module, so a domain without vmhook costs no import.
+ * Whoever may edit the domain writes its text (a <description>), and the fast
+ * path has no time limit: a prefix stops at the next ":" as a quoted value at
+ * the next quote, so no part of the text is searched from more than one place
+ * ("xmlns:xmlns:…" searched to its end from each "xmlns" took minutes).
  */
-const MENTIONS_VMHOOK = /<vmhook:|xmlns(?::[^\s=]*)?\s*=\s*["'][^"']*vmhook/i;
+const MENTIONS_VMHOOK = /<vmhook:|xmlns(?::[^\s=:]*)?\s*=\s*["'][^"']*vmhook/i;
+
+/** Whether the domain XML may ask for vmhook (MENTIONS_VMHOOK): what sends it past the fast path. */
+export const mentionsVmhook = (xml: string): boolean => MENTIONS_VMHOOK.test(xml);
 
 export async function hookMain(args: string[], root = process.env.VMHOOK_ROOT || "/", checkXml?: (xml: string) => void): Promise<number> {
   const known = EVENTS[`${args[1]} ${args[2]}`];
@@ -69,7 +76,7 @@ export async function hookMain(args: string[], root = process.env.VMHOOK_ROOT ||
   // The fast path: a domain that never mentions vmhook and holds no journal
   // costs one pattern search and one stat.
   // "<vmhook:" without the namespace, or a namespace close to vmhook's, is a mistake to report, never to skip.
-  if (!MENTIONS_VMHOOK.test(xml) && !(await holdsJournal(xml, root))) return 0;
+  if (!mentionsVmhook(xml) && !(await holdsJournal(xml, root))) return 0;
   const { runEvent } = await import("../lib/hook.ts");
   const invocation: HookInvocation = { args, xml, root, ownProcess: true };
   return runEvent(invocation, known?.event, known?.action, known?.mayFail ?? false);

@@ -19,6 +19,15 @@ import { PATTERNS, PLUGIN_NAME_RULE } from "./validate.ts";
 export const CUSTOM_ELEMENT = "plugin";
 export const CUSTOM_PREFIX = "plugin:";
 
+/**
+ * The most elements <vmhook:hooks> may hold. Plugins check elements against
+ * each other (forward every port against every other), so thousands of them
+ * would keep a hook busy for minutes, and libvirt runs every domain's stopped
+ * and release in one thread that waits for it. No VM needs more: one
+ * <vmhook:forward> takes 64 ports.
+ */
+const MAX_ELEMENTS = 64;
+
 export interface PluginInstance {
   /** Journal id: "hugepages", or "plugin:NAME" for custom plugins. */
   id: string;
@@ -40,6 +49,7 @@ export async function loadDomainPlugins(domain: Domain, host: Host, registry: Pl
   const metadata = domain.metadata;
   if (!metadata) return [];
   checkRoot(metadata);
+  refuseTooManyElements(metadata);
 
   const policy = loadPolicy(host);
   const groups = new Map<string, XmlElement[]>();
@@ -77,12 +87,18 @@ export interface ReconnectPlugins {
 export async function loadReconnectPlugins(domain: Domain, held: string[], host: Host, registry: PluginRegistry): Promise<ReconnectPlugins> {
   const problems: string[] = [];
   const groups = new Map<string, XmlElement[] | Error>();
-  const metadata = domain.metadata;
+  let metadata = domain.metadata;
   if (metadata) {
     try {
       checkRoot(metadata);
     } catch (error) {
       problems.push(describeError(error));
+    }
+    try {
+      refuseTooManyElements(metadata);
+    } catch (error) {
+      problems.push(`${describeError(error)}; none of them is read at this reconnect`);
+      metadata = undefined;
     }
   }
   for (const element of metadata ? metadataChildren(metadata) : []) {
@@ -194,6 +210,12 @@ function checkRoot(metadata: XmlElement): void {
   if (extra.length > 0) throw new ConfigError(rootName, `has attribute ${extra[0]}, but takes none; configure plugins in its child elements`);
   const text = [...metadataText(metadata)].join("").trim();
   if (text !== "") throw new ConfigError(rootName, `contains the text ${JSON.stringify(text.slice(0, 40))}; it holds only plugin elements such as <vmhook:hugepages/>`);
+}
+
+function refuseTooManyElements(metadata: XmlElement): void {
+  const count = metadataChildren(metadata).length;
+  if (count <= MAX_ELEMENTS) return;
+  throw new ConfigError(`<vmhook:${ROOT_ELEMENT}>`, `holds ${count} elements, more than the ${MAX_ELEMENTS} vmhook reads; merge them (one <vmhook:forward> takes up to 64 ports, ranges too)`);
 }
 
 /** The plugin id a child of <vmhook:hooks> names, or an error naming it when it names none. */

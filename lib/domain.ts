@@ -4,7 +4,7 @@
 import { attributeText, ConfigError, excerpt, VmhookError } from "./errors.ts";
 import { NAMESPACE_URI, ROOT_ELEMENT } from "./paths.ts";
 import { childElements, metadataNode, metadataNodes, prefixMistake, readableOthersPrefixes, refuseMisplacedNamespace, virshSetCommand, type MetadataNode } from "./metadata-text.ts";
-import { parseCpuset, parseNodeset } from "./cpuset.ts";
+import { parseCpuset, parseCpusetUnion, parseNodeset } from "./cpuset.ts";
 import { PATTERNS, parseInteger, parsePciAddress, parseUuid, sizeToKiB } from "./validate.ts";
 import { ELEMENT_NODE, xmldom, type XmlDocument, type XmlElement, type XmlNode } from "./xml.ts";
 import { readXml, XmlSyntaxError } from "./xml-reader.ts";
@@ -72,7 +72,8 @@ export interface Domain {
   /** <cpu><numa><cell>: guest NUMA cells. */
   numaCells: NumaCell[];
   memoryDevices: MemoryDevice[];
-  cputune: { vcpupins: number[][]; emulatorpin?: number[]; iothreadpins: number[][] };
+  /** <cputune>: every CPU its vcpupin, emulatorpin and iothreadpin cpusets name, together. */
+  cputune: { pinned: number[] };
   /**
    * <vcpu cpuset>: where libvirt runs every vCPU, the emulator and each I/O
    * thread that has no pin of its own; undefined with placement 'auto', where
@@ -206,15 +207,7 @@ export function parseDomain(xml: string, what = "domain XML"): Domain {
       memoryKiB: sizeToKiB(attr(cell, "memory") ?? "0", attr(cell, "unit"), "<cpu><numa><cell>", "memory"),
     })),
     memoryDevices: parseMemoryDevices(document),
-    cputune: {
-      vcpupins: nodes(document, "domain", "cputune", "vcpupin").map((pin) =>
-        parseCpuset(attr(pin, "cpuset") ?? "", "<cputune><vcpupin>", "cpuset"),
-      ),
-      emulatorpin: optionalCpuset(first(document, "domain", "cputune", "emulatorpin"), "<cputune><emulatorpin>"),
-      iothreadpins: nodes(document, "domain", "cputune", "iothreadpin").map((pin) =>
-        parseCpuset(attr(pin, "cpuset") ?? "", "<cputune><iothreadpin>", "cpuset"),
-      ),
-    },
+    cputune: { pinned: parseCputune(document) },
     ...(vcpuCpuset ? { vcpuCpuset } : {}),
     hostdevs: parseHostdevs(document),
     interfaces: parseInterfaces(document),
@@ -291,8 +284,10 @@ export function storedPlugins(xml: string, domainName: string): { nodes: Metadat
   return { nodes: pluginNodes(vmhooks), ...(stray ? { stray: `<${stray.tagName}>` } : {}) };
 }
 
-function optionalCpuset(element: XmlElement | undefined, where: string): number[] | undefined {
-  return element ? parseCpuset(attr(element, "cpuset") ?? "", where, "cpuset") : undefined;
+/** The CPUs of every pin in <cputune> (the first emulatorpin, as libvirt reads one), together: only their union is used. */
+function parseCputune(document: XmlNode): number[] {
+  const pins = (name: string) => nodes(document, "domain", "cputune", name).map((pin) => ({ text: attr(pin, "cpuset") ?? "", element: `<cputune><${name}>` }));
+  return parseCpusetUnion([...pins("vcpupin"), ...pins("emulatorpin").slice(0, 1), ...pins("iothreadpin")], "cpuset");
 }
 
 function parseMemoryBacking(document: XmlNode): Domain["hugepages"] {

@@ -14,7 +14,7 @@ import { DEFAULT_SETTINGS, loadSettings, type HostSettings } from "./settings.ts
 import { runPlugins, undoJournal, type RunEnvironment } from "./transaction.ts";
 import { paths } from "./paths.ts";
 import { nameArgument, recoverCommandLine } from "./metadata-text.ts";
-import { ancestorRunning, LIBVIRT_DAEMONS } from "./processes.ts";
+import { ancestorRunning, LIBVIRT_DAEMONS, pidFileQemu } from "./processes.ts";
 import { keepWhileQemuRuns, leftoverBeforePrepare } from "./leftover.ts";
 import { libc } from "./libc.ts";
 import { withDomainLock } from "./lock.ts";
@@ -221,15 +221,33 @@ export class HookRun {
     }
   }
 
-  /** QEMU runs (started, or reconnected to): from now on a missing pid file means it stopped (vmhook recover). */
+  /**
+   * QEMU runs (started, or reconnected to): from now on a missing pid file
+   * means it stopped (vmhook recover), and the QEMU in it is noted, the one
+   * process whose life keeps the journal from release (lib/leftover.ts).
+   */
   private markRunning(): Journal | undefined {
     const uuid = uuidFromXml(this.invocation.xml);
     const journal = uuid ? readJournal(this.host, uuid) : undefined;
-    if (journal?.phase === "starting") {
-      journal.phase = "running";
+    if (!journal) return journal;
+    const qemu = this.runningQemu(journal.domain.uuid);
+    if (journal.phase === "starting" || (qemu !== undefined && qemu !== journal.qemu)) {
+      if (journal.phase === "starting") journal.phase = "running";
+      if (qemu !== undefined) journal.qemu = qemu;
       writeJournal(this.host, journal);
     }
     return journal;
+  }
+
+  /** The QEMU libvirt's pid file names, or none (said when the file cannot be read): release then counts every process with the domain's -uuid. */
+  private runningQemu(uuid: string): string | undefined {
+    const name = this.invocation.args[0] ?? "";
+    try {
+      return pidFileQemu(this.host, name, uuid);
+    } catch (error) {
+      this.log.warn(`cannot note the QEMU of ${this.name} (${describeError(error)}); until its release, any process with its -uuid keeps what it holds`);
+      return undefined;
+    }
   }
 
   private async undoLeftovers(deadline: Deadline): Promise<void> {

@@ -55,6 +55,12 @@ export interface Journal {
    * resume a start, so a journal still "starting" once it is gone is left over.
    */
   starter?: { command: string; instance: string };
+  /**
+   * The domain's QEMU, "PID:STARTTIME", noted from libvirt's pid file at
+   * started (and reconnect): while it lives the journal is that guest's
+   * (lib/leftover.ts), and no other process with its -uuid counts.
+   */
+  qemu?: string;
   createdAt: string;
   updatedAt: string;
   entries: JournalEntry[];

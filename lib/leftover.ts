@@ -10,7 +10,7 @@ import type { Host } from "./host.ts";
 import { readJournal, type Journal } from "./journal.ts";
 import { recoverCommandLine } from "./metadata-text.ts";
 import { paths } from "./paths.ts";
-import { qemuProcessesOf } from "./processes.ts";
+import { domainQemus } from "./processes.ts";
 
 /** The leftover journal prepare gives back before it plans, if any; throws prepare's refusal while a QEMU of the domain runs. */
 export function leftoverBeforePrepare(host: Host, domain: Domain): Journal | undefined {
@@ -54,7 +54,7 @@ const keptChanges = (journal: Journal, whose: string) => `the ${journal.entries.
 /** The pids of every live QEMU of the journal's domain; when /proc cannot tell, `what` fails and the journal is kept. */
 function liveQemus(host: Host, journal: Journal, what: string, whose: string, remedies: string[]): number[] {
   try {
-    return qemuProcessesOf(host, journal.domain.uuid);
+    return domainQemus(host, journal.domain.uuid, journal.qemu);
   } catch (error) {
     throw new VmhookError(`${what}: whether a QEMU of this domain still runs cannot be told (${describeError(error)}), so ${keptChanges(journal, whose)}`, remedies);
   }

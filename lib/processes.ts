@@ -4,6 +4,7 @@
 // them, does not outlive it.
 import type { Host } from "./host.ts";
 import { processIds } from "./open-files.ts";
+import { paths } from "./paths.ts";
 
 /** libvirt's daemons that run the QEMU hook: the monolithic one and the modular QEMU driver's. */
 export const LIBVIRT_DAEMONS = ["libvirtd", "virtqemud"];
@@ -62,4 +63,31 @@ export function qemuProcessesOf(host: Host, uuid: string): number[] {
   return processIds(host)
     .map(Number)
     .filter((pid) => qemuUuid(host, pid) === uuid);
+}
+
+/**
+ * The domain's QEMU as libvirt's pid file names it now, "PID:STARTTIME", for
+ * its journal (the started and reconnect events): undefined when there is no
+ * pid file (yet), or the process in it is gone or runs no -uuid UUID. Throws
+ * when the pid file cannot be read.
+ */
+export function pidFileQemu(host: Host, name: string, uuid: string): string | undefined {
+  if (name.includes("/")) return undefined;
+  const pid = Number(host.readTrimmed(`${paths.libvirtQemuRunDir}/${name}.pid`));
+  if (!Number.isSafeInteger(pid) || pid <= 0 || qemuUuid(host, pid) !== uuid) return undefined;
+  return processInstance(host, pid);
+}
+
+/**
+ * The live QEMUs of the domain of this UUID. Any user can start a process
+ * with "-uuid UUID" in its command line (ps shows every VM's), so once the
+ * journal notes the QEMU libvirt started (`noted`, from pidFileQemu), that
+ * process alone counts, by its pid and start time. Without a note (libvirt
+ * had not reported started: a daemon that crashed while it launched QEMU, a
+ * journal of an older vmhook), every process with the UUID counts.
+ */
+export function domainQemus(host: Host, uuid: string, noted: string | undefined): number[] {
+  const pid = noted === undefined ? undefined : /^(\d+):\d+$/.exec(noted)?.[1];
+  if (pid === undefined) return qemuProcessesOf(host, uuid);
+  return processInstance(host, Number(pid)) === noted ? [Number(pid)] : [];
 }

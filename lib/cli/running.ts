@@ -4,7 +4,8 @@
 import { describeError, VmhookError } from "../errors.ts";
 import type { Host } from "../host.ts";
 import { paths } from "../paths.ts";
-import { qemuProcessesOf, qemuUuid } from "../processes.ts";
+import { readJournal } from "../journal.ts";
+import { domainQemus, qemuUuid } from "../processes.ts";
 
 /**
  * libvirt keeps /run/libvirt/qemu/NAME.pid while the domain's QEMU runs. "."
@@ -65,7 +66,7 @@ export function uuidRunningOrWhyUnknown(host: Host, uuid: string): boolean | str
 export function runningOrWhyUnknown(host: Host, domain: { name: string; uuid: string | undefined }): boolean | string {
   try {
     // The pid file is read once: lostTrackPids would read it again.
-    return domainRunning(host, domain.name) || (domain.uuid !== undefined && qemuProcessesOf(host, domain.uuid).length > 0);
+    return domainRunning(host, domain.name) || (domain.uuid !== undefined && lostQemus(host, domain.uuid).length > 0);
   } catch (error) {
     return describeError(error);
   }
@@ -73,5 +74,16 @@ export function runningOrWhyUnknown(host: Host, domain: { name: string; uuid: st
 
 /** The live QEMUs with the domain's -uuid when no live process is in its pid file: libvirt has lost track of them. Throws as runningOrWhyUnknown says. */
 export function lostTrackPids(host: Host, domain: { name: string; uuid: string | undefined }): number[] {
-  return domain.uuid === undefined || domainRunning(host, domain.name) ? [] : qemuProcessesOf(host, domain.uuid);
+  return domain.uuid === undefined || domainRunning(host, domain.name) ? [] : lostQemus(host, domain.uuid);
+}
+
+/** The QEMUs of the UUID, as the hook's release counts them (domainQemus): the one its journal notes, if any; a journal that cannot be read notes none. */
+function lostQemus(host: Host, uuid: string): number[] {
+  let noted: string | undefined;
+  try {
+    noted = readJournal(host, uuid)?.qemu;
+  } catch {
+    noted = undefined;
+  }
+  return domainQemus(host, uuid, noted);
 }

@@ -34,8 +34,7 @@ export const PINS = "<cputune> or <vcpu cpuset>";
  * of its own (the emulator's, an unpinned vCPU's or I/O thread's).
  */
 export function pinnedCpus(domain: Domain): number[] {
-  const { vcpupins, emulatorpin, iothreadpins } = domain.cputune;
-  return union([...vcpupins, emulatorpin ?? [], ...iothreadpins, domain.vcpuCpuset ?? []]);
+  return union([domain.cputune.pinned, domain.vcpuCpuset ?? []]);
 }
 
 export function parse(elements: XmlElement[], domain: Domain): IsolateConfig {

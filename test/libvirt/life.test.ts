@@ -86,6 +86,8 @@ test("a transient domain (virsh create) with a custom plugin: reset, suspend and
     assert.is(hugepages(), pool + PAGES_OF_64_MIB);
     assert.equal(plugin.calls(), ["prepare", "start", "started"]);
     const journal = fs.readFileSync(`/run/vmhook/${domain.uuid}.json`, "utf8");
+    const qemuPid = fs.readFileSync(`/run/libvirt/qemu/${domain.name}.pid`, "utf8").trim();
+    assert.match(JSON.parse(journal).qemu, new RegExp(`^${qemuPid}:\\d+$`), "started noted the QEMU libvirt's pid file names: only it keeps the journal");
 
     // No hook event: libvirt resets and pauses the guest inside its QEMU.
     await virshOk("reset", domain.name);

@@ -4,7 +4,7 @@
 // as it was. One simulated host carries what every plugin looks at.
 import { test } from "uvu";
 import * as assert from "uvu/assert";
-import { loadDomainPlugins } from "../../lib/config.ts";
+import { loadDomainPlugins, loadReconnectPlugins } from "../../lib/config.ts";
 import { parseDomain } from "../../lib/domain.ts";
 import { registry } from "../../plugins/index.ts";
 import { withCpus } from "../helpers/cpu-hosts.ts";
@@ -208,6 +208,26 @@ test("spellings a user may fear are mistakes (2m, 01:00.0, YES, spaces in a CPU 
     JSON.stringify((await loadDomainPlugins(parseDomain(domainXml(hooks, [...hostdevsFor("vfio"), VF])), sim, registry)).map((instance) => instance.config), (key, value) => (key === "element" ? undefined : value));
   try {
     for (const [written, canonical] of SPELLINGS) assert.is(await configOf(written), await configOf(canonical), written);
+  } finally {
+    sim.cleanup();
+  }
+});
+
+test("a metadata of more plugin elements than any VM needs (each element checked against the others: minutes of a hook libvirt's event thread waits for) is refused before any is read, naming the count and the limit; reconnect then checks the journal's records alone", async () => {
+  const sim = everythingHost();
+  const forwards = (count: number) => Array.from({ length: count }, (_, index) => `<vmhook:forward guest="192.168.122.10" ports="${2000 + index}"/>`).join("");
+  try {
+    assert.is((await loadDomainPlugins(parseDomain(domainXml(forwards(64), [])), sim, registry)).length, 1);
+    const tooMany = parseDomain(domainXml(`<vmhook:nosleep/>${forwards(64)}`, []));
+    try {
+      await loadDomainPlugins(tooMany, sim, registry);
+      assert.unreachable("65 elements are refused");
+    } catch (error) {
+      assert.is((error as Error).message, "<vmhook:hooks>: holds 65 elements, more than the 64 vmhook reads; merge them (one <vmhook:forward> takes up to 64 ports, ranges too)");
+    }
+    const reconnect = await loadReconnectPlugins(tooMany, ["nosleep"], sim, registry);
+    assert.equal(reconnect.instances.map((instance) => [instance.id, instance.config]), [["nosleep", undefined]]);
+    assert.match(reconnect.problems.join("\n"), "holds 65 elements, more than the 64 vmhook reads");
   } finally {
     sim.cleanup();
   }

@@ -19,6 +19,7 @@ import { registry } from "../../plugins/index.ts";
 import { HugepageKernel } from "../helpers/hugepage-kernel.ts";
 import { cli } from "../helpers/cli.ts";
 import { runHookEvent } from "../helpers/hook.ts";
+import { mentionsVmhook } from "../../hooks/qemu.ts";
 import { SimHost } from "../helpers/simhost.ts";
 
 const UUID = "c0c0c0c0-0000-4000-8000-0000000000c0";
@@ -529,6 +530,19 @@ function crashedJournal(sim: SimHost): void {
 
 const firstLine = (stderr: string) => stderr.split("\n")[0]!;
 
+test("the fast path's search for vmhook in a domain's XML takes time in proportion to it: a <description> of \"xmlns:\" repeated (600 KB, written by anyone who may edit the domain) took minutes of a hook libvirt waits for with no time limit", () => {
+  const domain = (inside: string) => `<domain type='kvm'><name>vm</name><uuid>${UUID}</uuid>${inside}</domain>`;
+  for (const text of ["xmlns:".repeat(100_000), "xmlns:p xmlns:".repeat(50_000), 'xmlns="'.repeat(100_000), `xmlns:v${" ".repeat(500_000)}`]) {
+    const started = performance.now();
+    assert.is(mentionsVmhook(domain(`<description>${text}</description>`)), false);
+    const seconds = (performance.now() - started) / 1000;
+    assert.ok(seconds < 1, `${text.slice(0, 14)}…: ${seconds.toFixed(1)} s`);
+  }
+  // What it finds is what it found: vmhook's prefix, or a declaration naming vmhook under any prefix, in any case.
+  for (const found of ["<metadata><vmhook:hooks/></metadata>", '<metadata><v:hooks xmlns:v="urn:vmhook:1"/></metadata>', "<metadata><hooks xmlns = 'URN:VMHOOK:2'/></metadata>"]) assert.ok(mentionsVmhook(domain(found)), found);
+  for (const notFound of ["<description>vmhook</description>", '<metadata><x:y xmlns:x="urn:other"/></metadata>']) assert.not.ok(mentionsVmhook(domain(notFound)), notFound);
+});
+
 test("crash: the next prepare undoes the leftover journal first, then allocates afresh", async () => {
   const { sim, kernel } = hugepageHost(612); // 100 of the admin's + 512 the crashed run added
   try {
@@ -633,6 +647,71 @@ test("crash: vmhook recover and status take a QEMU with the VM's -uuid that libv
     sim.remove("/proc/4242/cmdline");
     const recovered = await cli(["recover", "--root", sim.root], sim);
     assert.equal([recovered.code, recovered.stdout], [0, "vm: 1 change(s) undone\n"]);
+    assert.is(kernel.pool(2048), 100);
+  } finally {
+    sim.cleanup();
+  }
+});
+
+/** A process in the simulated /proc: its stat (start time `start`) and command line. */
+function simProcess(sim: SimHost, pid: number, start: number, argv: string[]): void {
+  sim.file(`/proc/${pid}/stat`, `${pid} (${argv[0]!.split("/").pop()!.slice(0, 15)}) S 1 ${pid} ${pid} 0 -1 4194304 0 0 0 0 0 0 0 0 20 0 1 0 ${start} 2314240 1`);
+  sim.file(`/proc/${pid}/cmdline`, `${argv.join("\0")}\0`);
+}
+
+/** prepare, then libvirt's launch of QEMU (pid 4000, its pid file) and started, which notes it. */
+async function startedVm(sim: SimHost): Promise<void> {
+  assert.is((await runHookEvent(sim, "prepare", "begin", XML)).code, 0);
+  simProcess(sim, 4000, 777, ["/usr/bin/qemu-system-x86_64", "-name", "guest=vm,debug-threads=on", "-uuid", UUID]);
+  sim.file("/run/libvirt/qemu/vm.pid", "4000");
+  assert.is((await runHookEvent(sim, "started", "begin", XML)).code, 0);
+}
+
+test("a process of any user with a running VM's -uuid in its command line (ps shows it to all) keeps neither the VM's release from giving back what it holds nor its next start: the QEMU is the one libvirt's pid file named at started", async () => {
+  const { sim, kernel } = hugepageHost(100);
+  try {
+    await startedVm(sim);
+    // A local user copies the UUID from ps while the VM runs.
+    simProcess(sim, 5000, 9000, ["bash", "-c", "sleep infinity", "-uuid", UUID]);
+    // The guest shuts down: its QEMU and pid file are gone; a new process may even take its pid.
+    sim.remove("/proc/4000");
+    sim.remove("/run/libvirt/qemu/vm.pid");
+    simProcess(sim, 4000, 9999, ["/usr/bin/qemu-system-x86_64", "-uuid", UUID]);
+    assert.equal(await runHookEvent(sim, "release", "end", XML), { code: 0, stderr: "" });
+    assert.is(kernel.pool(2048), 100, "the VM's pages went back");
+    assert.equal(sim.stateFiles(), []);
+    assert.is((await runHookEvent(sim, "prepare", "begin", XML)).code, 0, "the next start is not refused");
+  } finally {
+    sim.cleanup();
+  }
+});
+
+test("vmhook recover and status, after a release that never ran: a process of another user with the VM's -uuid does not pass for its QEMU once the noted one is gone", async () => {
+  const { sim, kernel } = hugepageHost(100);
+  try {
+    await startedVm(sim);
+    simProcess(sim, 5000, 9000, ["python3", "-c", "import time; time.sleep(1e9)", "-uuid", UUID]);
+    sim.remove("/proc/4000");
+    sim.remove("/run/libvirt/qemu/vm.pid");
+    assert.match((await cli(["status", "--root", sim.root], sim)).stdout, `vm (${UUID}): not running`);
+    const recovered = await cli(["recover", "--root", sim.root], sim);
+    assert.equal([recovered.code, recovered.stdout], [0, "vm: 1 change(s) undone\n"]);
+    assert.is(kernel.pool(2048), 100);
+  } finally {
+    sim.cleanup();
+  }
+});
+
+test("the QEMU libvirt's pid file named at started, still there at release (stuck in the kernel after libvirt killed it): release keeps the journal, naming it", async () => {
+  const { sim, kernel } = hugepageHost(100);
+  try {
+    await startedVm(sim);
+    sim.remove("/run/libvirt/qemu/vm.pid");
+    const released = await runHookEvent(sim, "release", "end", XML);
+    assert.match(firstLine(released.stderr), `vmhook: release of vm: a QEMU of this domain still runs (pid 4000, -uuid ${UUID})`);
+    assert.is(kernel.pool(2048), 612);
+    sim.remove("/proc/4000");
+    assert.equal(await runHookEvent(sim, "release", "end", XML), { code: 0, stderr: "" });
     assert.is(kernel.pool(2048), 100);
   } finally {
     sim.cleanup();
