@@ -354,10 +354,12 @@ const slotOf = (address: string) => address.replace(/\.[0-7]$/, "");
  */
 function hostdevChecks(host: Host, domain: Domain, iommu: IommuReport, handedOver: Set<string>, vfioDevices: string[]): { address: string; finding: Finding }[] {
   const addresses = new Set(domain.hostdevs.flatMap((hostdev) => (hostdev.type === "pci" ? [hostdev.address] : [])));
+  // The VM's own too, beside its hostdevs in a group: a NIC it gets as <interface type='hostdev'>.
+  const own = new Set([...addresses, ...domain.hostdevInterfaces.map((nic) => nic.address)]);
   const vfioOnly = vfioDevices.filter((address) => !addresses.has(address));
   return [
-    ...[...addresses].map((address) => ({ address, finding: hostdevCheck(host, iommu, address, addresses, handedOver, domain, `hostdev ${address}`) })),
-    ...vfioOnly.map((address) => ({ address, finding: hostdevCheck(host, iommu, address, addresses, handedOver, domain, `vfio device ${address}`) })),
+    ...[...addresses].map((address) => ({ address, finding: hostdevCheck(host, iommu, address, own, handedOver, domain, `hostdev ${address}`) })),
+    ...vfioOnly.map((address) => ({ address, finding: hostdevCheck(host, iommu, address, own, handedOver, domain, `vfio device ${address}`) })),
   ];
 }
 
