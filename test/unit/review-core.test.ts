@@ -628,4 +628,37 @@ test("a domain renamed (virsh domrename) after a crash left its journal: status 
   }
 });
 
+// virsh domrename writes NEW.xml, then removes OLD.xml (qemuDomainRenameCallback): cut short by a crash, both carry the
+// UUID. libvirtd's next start loads the definitions in readdir order and refuses the second one with the same UUID
+// ("domain 'X' is already defined with uuid", virDomainObjListAddLocked): which name it keeps, no file says.
+test("two definitions carry the domain's UUID (virsh domrename cut short): status, doctor and recover say both names and give the UUID to recover by, rather than guess", async () => {
+  const sim = new SimHost().dir("/var/log");
+  try {
+    new HugepageKernel(sim, { initial: { 2048: 0 } });
+    const pool = () => Number(sim.read("/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages"));
+    assert.is((await runHookEvent(sim, "prepare", "begin", XML)).code, 0);
+    assert.is((await runHookEvent(sim, "started", "begin", XML)).code, 0);
+    sim.file("/etc/libvirt/qemu/vm.xml", XML);
+    sim.file("/etc/libvirt/qemu/win11.xml", XML.replace("<name>vm</name>", "<name>win11</name>"));
+    const status = await cli(["status", "--root", sim.root]);
+    assert.match(
+      status.stdout,
+      `vm or win11 (${UUID}; two definitions carry its UUID, /etc/libvirt/qemu/vm.xml and /etc/libvirt/qemu/win11.xml: libvirt uses the one it read first, virsh domname ${UUID} says which): not running, yet vmhook still holds for it (vmhook recover ${UUID} gives it back)`,
+      status.stdout,
+    );
+    const json = JSON.parse((await cli(["status", "--json", "--root", sim.root])).stdout);
+    assert.equal(json.domains.map((d: { domain: { name: string }; definedAs?: unknown }) => [d.domain.name, d.definedAs]), [["vm", [{ name: "vm", file: "/etc/libvirt/qemu/vm.xml" }, { name: "win11", file: "/etc/libvirt/qemu/win11.xml" }]]]);
+    const leftovers = (await runDoctor(sim)).host.filter((finding) => finding.check === "leftovers");
+    assert.equal(leftovers.map((finding) => [finding.reason.split(" is not running")[0], finding.fix]), [["vm or win11", `run vmhook recover ${UUID}`]]);
+    assert.match(leftovers[0]!.reason, `; two definitions carry its UUID, /etc/libvirt/qemu/vm.xml and /etc/libvirt/qemu/win11.xml: libvirt uses the one it read first, virsh domname ${UUID} says which`);
+    assert.ok(pool() > 0);
+    const recovered = await cli(["recover", "win11", "--root", sim.root]);
+    assert.is(recovered.code, 0, recovered.stdout + recovered.stderr);
+    assert.match(recovered.stdout, /^vm or win11: 1 change\(s\) undone\n/);
+    assert.is(pool(), 0);
+  } finally {
+    sim.cleanup();
+  }
+});
+
 test.run();
