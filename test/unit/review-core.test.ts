@@ -601,14 +601,21 @@ test("sudo vmhook validate/plan/doctor NAME in a directory others write reads li
   }
 });
 
-
-test("a domain renamed (virsh domrename) after a crash left its journal: status and doctor name it as libvirt's definition does now, and recover by that name gives back what it holds", async () => {
+/** A domain "vm" that took hugepages and whose QEMU is gone without a release (a crash): `check` sees the host and its pool. */
+async function leftHolding(check: (sim: SimHost, pool: () => number) => Promise<void>): Promise<void> {
   const sim = new SimHost().dir("/var/log");
   try {
     new HugepageKernel(sim, { initial: { 2048: 0 } });
-    const pool = () => Number(sim.read("/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages"));
     assert.is((await runHookEvent(sim, "prepare", "begin", XML)).code, 0);
     assert.is((await runHookEvent(sim, "started", "begin", XML)).code, 0);
+    await check(sim, () => Number(sim.read("/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages")));
+  } finally {
+    sim.cleanup();
+  }
+}
+
+test("a domain renamed (virsh domrename) after a crash left its journal: status and doctor name it as libvirt's definition does now, and recover by that name gives back what it holds", async () => {
+  await leftHolding(async (sim, pool) => {
     // libvirt renames the definition's file with the domain; another domain's definition lies beside it.
     sim.file("/etc/libvirt/qemu/other.xml", XML.replace("<name>vm</name>", "<name>other</name>").replace(UUID, "e1e1e1e1-0000-4000-8000-0000000000e2"));
     sim.file("/etc/libvirt/qemu/win11.xml", `<!-- WARNING: THIS IS AN AUTO-GENERATED FILE. -->\n${XML.replace("<name>vm</name>", "<name>win11</name>")}`);
@@ -623,21 +630,14 @@ test("a domain renamed (virsh domrename) after a crash left its journal: status 
     assert.is(recovered.code, 0, recovered.stdout + recovered.stderr);
     assert.match(recovered.stdout, /^win11: 1 change\(s\) undone\n/);
     assert.is(pool(), 0);
-  } finally {
-    sim.cleanup();
-  }
+  });
 });
 
 // virsh domrename writes NEW.xml, then removes OLD.xml (qemuDomainRenameCallback): cut short by a crash, both carry the
 // UUID. libvirtd's next start loads the definitions in readdir order and refuses the second one with the same UUID
 // ("domain 'X' is already defined with uuid", virDomainObjListAddLocked): which name it keeps, no file says.
 test("two definitions carry the domain's UUID (virsh domrename cut short): status, doctor and recover say both names and give the UUID to recover by, rather than guess", async () => {
-  const sim = new SimHost().dir("/var/log");
-  try {
-    new HugepageKernel(sim, { initial: { 2048: 0 } });
-    const pool = () => Number(sim.read("/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages"));
-    assert.is((await runHookEvent(sim, "prepare", "begin", XML)).code, 0);
-    assert.is((await runHookEvent(sim, "started", "begin", XML)).code, 0);
+  await leftHolding(async (sim, pool) => {
     sim.file("/etc/libvirt/qemu/vm.xml", XML);
     sim.file("/etc/libvirt/qemu/win11.xml", XML.replace("<name>vm</name>", "<name>win11</name>"));
     const status = await cli(["status", "--root", sim.root]);
@@ -656,9 +656,7 @@ test("two definitions carry the domain's UUID (virsh domrename cut short): statu
     assert.is(recovered.code, 0, recovered.stdout + recovered.stderr);
     assert.match(recovered.stdout, /^vm or win11: 1 change\(s\) undone\n/);
     assert.is(pool(), 0);
-  } finally {
-    sim.cleanup();
-  }
+  });
 });
 
 test.run();
