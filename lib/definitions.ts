@@ -20,26 +20,53 @@ export function definedUuid(host: Host, name: string): string | undefined {
   return xml === undefined ? undefined : uuidFromXml(xml);
 }
 
+/** How the CLI names a journal's domain, as libvirt's definitions do now. */
+export interface DomainNaming {
+  /** libvirt's name for it when one definition carries its UUID; else the journal's (a transient domain, or a name libvirt has not settled). */
+  name: string;
+  /** The journal's name, when libvirt's one definition names it otherwise (renamed since it started). */
+  nameWhenStarted?: string;
+  /** The definitions that carry its UUID, when more than one does (a `virsh domrename` cut short): libvirt keeps one, no file says which. */
+  definedAs?: { name: string; file: string }[];
+}
+
 /**
- * The name libvirt's definition of this UUID has now, when it is not the
- * journal's (the domain was renamed since it started); undefined when it is
- * the same, or no readable definition has this UUID (a transient domain).
+ * The domain of a journal as libvirt names it now. `virsh domrename` writes
+ * NEW.xml, then removes OLD.xml (qemuDomainRenameCallback): a crash between
+ * leaves both carrying the UUID. libvirtd's next start loads definitions in
+ * the order readdir gives them and refuses one whose UUID another has taken
+ * ("already defined with uuid": virDomainObjListAddLocked), so which name it
+ * keeps depends on the directory, not on anything vmhook can read: then both
+ * are said, and the UUID is what commands are given.
  */
-export function renamedTo(host: Host, domain: { name: string; uuid: string }): string | undefined {
-  if (definedUuid(host, domain.name) === domain.uuid) return undefined;
+export function libvirtNaming(host: Host, domain: { name: string; uuid: string }): DomainNaming {
   let files: string[];
   try {
     files = host.list(paths.libvirtQemuConfigDir).filter((entry) => entry.endsWith(".xml"));
   } catch {
-    return undefined;
+    return { name: domain.name };
   }
-  for (const file of files) {
-    const xml = readOrNothing(host, `${paths.libvirtQemuConfigDir}/${file}`);
-    if (xml === undefined || uuidFromXml(xml) !== domain.uuid) continue;
-    const name = domainNameInText(xml) ?? file.slice(0, -".xml".length);
-    return name === domain.name ? undefined : name;
-  }
-  return undefined;
+  const definitions = files.sort().flatMap((entry) => {
+    const file = `${paths.libvirtQemuConfigDir}/${entry}`;
+    const xml = readOrNothing(host, file);
+    return xml === undefined || uuidFromXml(xml) !== domain.uuid ? [] : [{ name: domainNameInText(xml) ?? entry.slice(0, -".xml".length), file }];
+  });
+  if (definitions.length > 1) return { name: domain.name, definedAs: definitions };
+  const now = definitions[0]?.name;
+  return now === undefined || now === domain.name ? { name: domain.name } : { name: now, nameWhenStarted: domain.name };
+}
+
+/** The domain in words: its name, or each name its definitions give it ("vm or win11"). */
+export const namingText = (naming: DomainNaming): string => naming.definedAs?.map((definition) => definition.name).join(" or ") ?? naming.name;
+
+/** What a command (vmhook recover, virsh domstate) is given to find the domain: its name, or its UUID while two definitions name it. */
+export const namingArgument = (naming: DomainNaming, uuid: string): string => (naming.definedAs ? uuid : naming.name);
+
+/** Why it is named twice, for where the domain is listed ("two definitions carry its UUID, …"); "" when it is not. */
+export function twoDefinitionsText(naming: DomainNaming, uuid: string): string {
+  if (!naming.definedAs) return "";
+  const files = naming.definedAs.map((definition) => definition.file);
+  return `${files.length === 2 ? "two" : files.length} definitions carry its UUID, ${files.slice(0, -1).join(", ")} and ${files.at(-1)}: libvirt uses the one it read first, virsh domname ${uuid} says which`;
 }
 
 function readOrNothing(host: Host, file: string): string | undefined {

@@ -81,6 +81,12 @@ export interface Domain {
    */
   vcpuCpuset?: number[];
   hostdevs: (PciHostdev | MdevHostdev)[];
+  /**
+   * <interface type='hostdev'> with a PCI source: a NIC (an SR-IOV VF) the VM
+   * gets as a network interface; with managed='yes' libvirt moves it to
+   * vfio-pci itself, after prepare. libvirt keeps it out of the <hostdev>s.
+   */
+  hostdevInterfaces: PciHostdev[];
   interfaces: NetworkInterface[];
   /** The <vmhook:hooks> element, if the domain has one. */
   metadata?: XmlElement;
@@ -210,6 +216,7 @@ export function parseDomain(xml: string, what = "domain XML"): Domain {
     cputune: { pinned: parseCputune(document) },
     ...(vcpuCpuset ? { vcpuCpuset } : {}),
     hostdevs: parseHostdevs(document),
+    hostdevInterfaces: parseHostdevInterfaces(document),
     interfaces: parseInterfaces(document),
     metadata: parseMetadata(document, name),
   };
@@ -363,25 +370,7 @@ function parseHostdevs(document: XmlNode): Domain["hostdevs"] {
     if (type === "pci") {
       const address = first(hostdev, "source", "address");
       if (!address) throw new ConfigError("<hostdev type='pci'>", "has no <source><address>");
-      // As libvirt reads them (strtoul, base 0, after white space and a + sign): 0x0a hexadecimal, 10 decimal, 012 octal; within its limits (virPCIDeviceAddressIsValid, a 32-bit domain).
-      const addressPart = (name: keyof typeof PCI_ADDRESS_LIMITS, fallback?: string) => {
-        const value = attr(address, name) ?? fallback;
-        const digits = value?.replace(/^[\t\n\v\f\r ]*\+?/, "");
-        const number = digits === undefined ? undefined : /^0[xX][0-9a-fA-F]+$/.test(digits) ? parseInt(digits, 16) : /^0[0-7]*$/.test(digits) ? parseInt(digits, 8) : /^[1-9][0-9]*$/.test(digits) ? parseInt(digits, 10) : undefined;
-        if (number === undefined) {
-          throw new ConfigError("<hostdev type='pci'><source><address>", `${attributeText(name, value ?? "")} is not a number like 0x01 (hexadecimal), 1 (decimal) or 01 (octal)`);
-        }
-        if (number > PCI_ADDRESS_LIMITS[name]) {
-          throw new ConfigError("<hostdev type='pci'><source><address>", `${attributeText(name, value!)} is above 0x${PCI_ADDRESS_LIMITS[name].toString(16)}, the largest PCI ${name}; lspci -D shows the device's address`);
-        }
-        return number;
-      };
-      const pci = `${addressPart("domain", "0").toString(16).padStart(4, "0")}:${addressPart("bus").toString(16).padStart(2, "0")}:${addressPart("slot").toString(16).padStart(2, "0")}.${addressPart("function", "0").toString(16)}`;
-      hostdevs.push({
-        type: "pci",
-        address: parsePciAddress(pci, "<hostdev type='pci'><source><address>", "address"),
-        managed: attr(hostdev, "managed") === "yes",
-      });
+      hostdevs.push({ type: "pci", address: pciSourceAddress(address, "<hostdev type='pci'><source><address>"), managed: attr(hostdev, "managed") === "yes" });
     } else if (type === "mdev") {
       const address = first(hostdev, "source", "address");
       const model = attr(hostdev, "model") ?? "vfio-pci";
@@ -393,6 +382,39 @@ function parseHostdevs(document: XmlNode): Domain["hostdevs"] {
     }
   }
   return hostdevs;
+}
+
+/** The PCI ones: libvirt takes the source's kind from its address's type (a USB one has type='usb'), and managed from the <interface>. */
+function parseHostdevInterfaces(document: XmlNode): PciHostdev[] {
+  return nodes(document, "domain", "devices", "interface").flatMap((nic) => {
+    const address = first(nic, "source", "address");
+    if (attr(nic, "type") !== "hostdev" || attr(address, "type") !== "pci") return [];
+    return [{ type: "pci" as const, address: pciSourceAddress(address!, "<interface type='hostdev'><source><address type='pci'>"), managed: attr(nic, "managed") === "yes" }];
+  });
+}
+
+/** A <source><address domain bus slot function> as the kernel names the device (0000:01:00.0). */
+function pciSourceAddress(address: XmlElement, where: string): string {
+  // As libvirt reads them (strtoul, base 0, after white space and a + sign): 0x0a hexadecimal, 10 decimal, 012 octal; within its limits (virPCIDeviceAddressIsValid, a 32-bit domain).
+  const addressPart = (name: keyof typeof PCI_ADDRESS_LIMITS, fallback?: string) => {
+    const value = attr(address, name) ?? fallback;
+    const digits = value?.replace(/^[\t\n\v\f\r ]*\+?/, "");
+    const number = digits === undefined ? undefined : /^0[xX][0-9a-fA-F]+$/.test(digits) ? parseInt(digits, 16) : /^0[0-7]*$/.test(digits) ? parseInt(digits, 8) : /^[1-9][0-9]*$/.test(digits) ? parseInt(digits, 10) : undefined;
+    if (number === undefined) {
+      throw new ConfigError(where, `${attributeText(name, value ?? "")} is not a number like 0x01 (hexadecimal), 1 (decimal) or 01 (octal)`);
+    }
+    if (number > PCI_ADDRESS_LIMITS[name]) {
+      throw new ConfigError(where, `${attributeText(name, value!)} is above 0x${PCI_ADDRESS_LIMITS[name].toString(16)}, the largest PCI ${name}; lspci -D shows the device's address`);
+    }
+    return number;
+  };
+  const pci = `${addressPart("domain", "0").toString(16).padStart(4, "0")}:${addressPart("bus").toString(16).padStart(2, "0")}:${addressPart("slot").toString(16).padStart(2, "0")}.${addressPart("function", "0").toString(16)}`;
+  return parsePciAddress(pci, where, "address");
+}
+
+/** The domain's PCI devices that libvirt itself moves to vfio-pci as the VM starts: its managed='yes' <hostdev>s and <interface type='hostdev'>s. */
+export function libvirtManagedPci(domain: Domain): string[] {
+  return [...domain.hostdevs, ...domain.hostdevInterfaces].flatMap((device) => (device.type === "pci" && device.managed ? [device.address] : []));
 }
 
 const MAC = /^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/;

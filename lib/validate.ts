@@ -11,6 +11,13 @@ export const PATTERNS = {
   moduleName: /^[a-zA-Z0-9_][a-zA-Z0-9_-]{0,63}$/,
   /** mdev type ids (i915-GVTg_V5_4, nvidia-63, mtty-2). */
   mdevType: /^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$/,
+  /**
+   * NVIDIA vGPU types, by id (1433) or name as creatable_vgpu_types lists it
+   * (NVIDIA L40S-12Q, GRID A100-4C, NVIDIA A100-1-5CME, NVIDIA RTX PRO 6000
+   * Blackwell DC-4-24Q), with or without its first word: words of letters and
+   * digits, each joined to the next by one space or hyphen. Never "." or "/".
+   */
+  vgpuType: /^(?=.{1,64}$)[A-Za-z0-9]+(?:[ -][A-Za-z0-9]+)*$/,
   /** Custom plugin names: never a path, and NAME.mjs within a file name's 255 bytes (longer, stat fails with ENAMETOOLONG). */
   pluginName: /^[a-z0-9][a-z0-9._-]{0,250}$/,
   /** systemd unit names. Never starting with "-": they become arguments of systemctl. */

@@ -28,8 +28,6 @@ const vgpuFile = (vf: string, file: "creatable_vgpu_types" | "current_vgpu_type"
  */
 const VGPU_WRITE_TIMEOUT_MS = 30_000;
 
-/** A vGPU type as written in config: its numeric id or its name (NVIDIA L40S-12Q, or L40S-12Q). */
-const VGPU_TYPE = /^[A-Za-z0-9][A-Za-z0-9 _.:+-]{0,63}$/;
 /** Where a user finds the type to write. */
 const LIST_TYPES = 'name a vGPU type by id or name as cat /sys/bus/pci/devices/VF/nvidia/creatable_vgpu_types lists them, e.g. type="NVIDIA L40S-12Q"';
 
@@ -61,7 +59,7 @@ function parseVgpuElement(element: XmlElement, domain: Domain, count: number): V
   const where = describeElement(element);
   const attrs = readAttributes(element, ["vf", "type"]);
   if (attrs.type === undefined) throw new ConfigError(where, `has no type attribute; ${LIST_TYPES}`);
-  const type = checkPattern(attrs.type.trim(), VGPU_TYPE, where, "type", "a vGPU type id or name", LIST_TYPES);
+  const type = checkPattern(attrs.type.trim(), PATTERNS.vgpuType, where, "type", "a vGPU type id or name", LIST_TYPES);
   const pciHostdevs = domain.hostdevs.flatMap((hostdev) => (hostdev.type === "pci" ? [hostdev] : []));
   const hostdevs = pciHostdevs.map((hostdev) => hostdev.address);
   let vf: string;

@@ -21,7 +21,7 @@ import { domainBusy } from "../lock.ts";
 import { abandonedStart } from "./recover.ts";
 import { describeUnheldSharedView, unheldSharedNow } from "./recover-unheld.ts";
 import { runningOrWhyUnknown } from "./running.ts";
-import { renamedTo } from "../definitions.ts";
+import { libvirtNaming, namingArgument, namingText, twoDefinitionsText, type DomainNaming } from "../definitions.ts";
 import { adviceFor, describeStuckWrite, listStuckWrites } from "../stuck-writes.ts";
 import { journalsAndClaims, type HolderView } from "../claims.ts";
 import type { Json } from "../records.ts";
@@ -159,13 +159,14 @@ const plan: CommandModule<GlobalOptions, PlanArgs> = {
 
 async function journalSummary(host: Host, journal: Journal) {
   // Named as libvirt names it now: its pid file, and what vmhook recover is given, go by that name.
-  const renamed = renamedTo(host, journal.domain);
-  const domain = { name: renamed ?? journal.domain.name, uuid: journal.domain.uuid };
+  const { name, nameWhenStarted, definedAs } = libvirtNaming(host, journal.domain);
+  const domain = { name, uuid: journal.domain.uuid };
   const running = runningOrWhyUnknown(host, domain);
   const abandoned = running === false ? abandonedStart(host, journal) : undefined;
   return {
     domain,
-    ...(renamed ? { nameWhenStarted: journal.domain.name } : {}),
+    ...(nameWhenStarted ? { nameWhenStarted } : {}),
+    ...(definedAs ? { definedAs } : {}),
     phase: journal.phase,
     // null with the reason when its pid file cannot be read: neither "running" nor "not running".
     running: typeof running === "string" ? null : running,
@@ -183,15 +184,18 @@ async function journalSummary(host: Host, journal: Journal) {
 
 const PHASES: Record<string, string> = { preparing: "preparing", releasing: "releasing", "rolling-back": "undoing a start that failed", "release-failed": "its release failed", "rollback-failed": "its start failed, and undoing it did not finish" };
 
+const naming = (summary: Awaited<ReturnType<typeof journalSummary>>): DomainNaming => ({ name: summary.domain.name, definedAs: summary.definedAs });
+
 /** The VM's state and the journal's phase, said once each: "running", "not running, …". */
 function describeState(summary: Awaited<ReturnType<typeof journalSummary>>): string {
   const phase = PHASES[summary.phase];
   if (summary.hookAtWork) return `its hook is at work right now${phase ? ` (${phase})` : ""}; vmhook holds for it`;
   if (summary.running === null) return `cannot tell whether it runs (${summary.runningUnknown}); vmhook holds for it`;
   if (summary.running) return `running${phase ? `, ${phase}` : ""}; vmhook holds for it`;
-  if (summary.abandonedStart) return `its start was abandoned (${summary.abandonedStart}), yet vmhook still holds for it (${recoverCommandLine(summary.domain.name)} gives it back)`;
+  const recover = recoverCommandLine(namingArgument(naming(summary), summary.domain.uuid));
+  if (summary.abandonedStart) return `its start was abandoned (${summary.abandonedStart}), yet vmhook still holds for it (${recover} gives it back)`;
   if (summary.phase === "starting") return "being started (prepared; QEMU not launched yet); vmhook holds for it";
-  return `not running${phase ? ` (${phase})` : ""}, yet vmhook still holds for it (${recoverCommandLine(summary.domain.name)} gives it back)`;
+  return `not running${phase ? ` (${phase})` : ""}, yet vmhook still holds for it (${recover} gives it back)`;
 }
 
 const HOLDER_WITHOUT_JOURNAL = { unreadable: "its journal cannot be read", changing: "its journal is being written or removed right now" } as const;
@@ -232,7 +236,8 @@ const status: CommandModule<GlobalOptions, GlobalOptions> = {
     if (nothing) print("no VM holds anything (no journals in /run/vmhook)");
     for (const summary of summaries) {
       const renamed = summary.nameWhenStarted === undefined ? "" : `, ${summary.nameWhenStarted} when it started`;
-      print(`${summary.domain.name} (${summary.domain.uuid}${renamed}): ${describeState(summary)}:`);
+      const twice = twoDefinitionsText(naming(summary), summary.domain.uuid);
+      print(`${namingText(naming(summary))} (${summary.domain.uuid}${renamed}${twice ? `; ${twice}` : ""}): ${describeState(summary)}:`);
       for (const held of summary.holds) print(`  ${held.state === "applied" ? "-" : `[${held.state}]`} ${held.plugin}: ${held.description}${held.error ? `: ${held.error}` : ""}`);
     }
     for (const item of broken) print(`unreadable journal ${item.file}: ${item.error}`);

@@ -14,7 +14,7 @@ import { createLogger, logRefusal, oneLine } from "../log.ts";
 import { paths } from "../paths.ts";
 import { processInstance } from "../processes.ts";
 import { runningOrWhyUnknown } from "./running.ts";
-import { definedUuid, renamedTo } from "../definitions.ts";
+import { definedUuid, libvirtNaming, namingArgument, namingText } from "../definitions.ts";
 import { describeOrphanClaim, describeUnheldShared, giveBackOrphanClaims, giveBackUnheldShared, type Recovery } from "./recover-unheld.ts";
 import { loadSettings } from "../settings.ts";
 import { undoJournal } from "../transaction.ts";
@@ -99,7 +99,11 @@ export const recoverCommand: CommandModule<GlobalOptions, RecoverArgs> = {
     const results = [];
     for (const journal of chosen) {
       const { uuid } = journal.domain;
-      const name = renamedTo(host, journal.domain) ?? journal.domain.name;
+      const naming = libvirtNaming(host, journal.domain);
+      // name: what the pid file is looked for by; shown: both names while two definitions carry the UUID.
+      const { name } = naming;
+      const shown = namingText(naming);
+      const named = { domain: { name, uuid }, ...(naming.definedAs ? { definedAs: naming.definedAs } : {}) };
       // A hook of the domain holds its lock from start to end: undoing now
       // would take back what it is handing over, so nothing is decided
       // outside the lock, not even whether the domain runs (a started hook
@@ -115,18 +119,18 @@ export const recoverCommand: CommandModule<GlobalOptions, RecoverArgs> = {
           // No pid file yet says nothing while libvirt is starting the VM: only --force takes that back, or the end of the daemon that was starting it.
           const abandoned = abandonedStart(host, current);
           if (current.phase === "starting" && !abandoned) return "starting" as const;
-          if (abandoned && !args.json) print(`${name}: its start was abandoned: ${abandoned}`);
+          if (abandoned && !args.json) print(`${shown}: its start was abandoned: ${abandoned}`);
         }
         return undoJournal(current, { host, log, settings, registry }, new Deadline(host, settings.undoDeadlineSeconds * 1000, "undoDeadlineSeconds"));
       });
       if (outcome.busy) {
-        results.push({ domain: { name, uuid }, skipped: "hook-at-work" });
-        if (!args.json) print(`${name}: a hook of this domain is at work right now; run vmhook recover again when it is done`);
+        results.push({ ...named, skipped: "hook-at-work" });
+        if (!args.json) print(`${shown}: a hook of this domain is at work right now; run vmhook recover again when it is done`);
         continue;
       }
       if (outcome.value === "starting") {
-        results.push({ domain: { name, uuid }, skipped: "starting" });
-        if (!args.json) print(`${name}: ${BEING_STARTED}; nothing of it was undone: ${forceWhenShutOff(name)}`);
+        results.push({ ...named, skipped: "starting" });
+        if (!args.json) print(`${shown}: ${BEING_STARTED}; nothing of it was undone: ${forceWhenShutOff(namingArgument(naming, uuid))}`);
         process.exitCode = 1;
         continue;
       }
@@ -134,18 +138,18 @@ export const recoverCommand: CommandModule<GlobalOptions, RecoverArgs> = {
         const { running } = outcome.value;
         if (typeof running === "string") {
           // Not knowing whether it runs is no licence to undo: this one waits, the others go on.
-          results.push({ domain: { name, uuid }, skipped: "state-unknown", error: running });
-          if (!args.json) print(`${name}: cannot tell whether it still runs: ${running}; nothing of it was undone`);
+          results.push({ ...named, skipped: "state-unknown", error: running });
+          if (!args.json) print(`${shown}: cannot tell whether it still runs: ${running}; nothing of it was undone`);
           process.exitCode = 1;
         } else {
-          results.push({ domain: { name, uuid }, skipped: "running" });
-          if (!args.json) print(`${name}: still running; its changes are given back when it stops (use --force to undo now)`);
+          results.push({ ...named, skipped: "running" });
+          if (!args.json) print(`${shown}: still running; its changes are given back when it stops (use --force to undo now)`);
         }
         continue;
       }
       const { undone, failed } = outcome.value;
-      results.push({ domain: { name, uuid }, undone, failed: failed.map((e) => ({ plugin: e.plugin, description: e.description, error: e.error })) });
-      if (!args.json) print(failed.length === 0 ? `${name}: ${undone} change(s) undone` : `${name}: ${undone} undone, ${failed.length} still failing (see above); fix the cause and run vmhook recover again`);
+      results.push({ ...named, undone, failed: failed.map((e) => ({ plugin: e.plugin, description: e.description, error: e.error })) });
+      if (!args.json) print(failed.length === 0 ? `${shown}: ${undone} change(s) undone` : `${shown}: ${undone} undone, ${failed.length} still failing (see above); fix the cause and run vmhook recover again`);
       if (failed.length > 0) process.exitCode = 1;
     }
     // What no journal holds: claims of a domain whose journal is gone (recovering all, or its UUID), and shared state no claim needs (recovering all).

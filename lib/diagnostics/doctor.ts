@@ -26,7 +26,7 @@ import { loadSettings } from "../settings.ts";
 import { isVmhookBinary, SAVED_HOOK } from "../cli/install.ts";
 import { abandonedStart, BEING_STARTED, forceWhenShutOff } from "../cli/recover.ts";
 import { runningOrWhyUnknown } from "../cli/running.ts";
-import { renamedTo } from "../definitions.ts";
+import { libvirtNaming, namingArgument, namingText, twoDefinitionsText } from "../definitions.ts";
 import { describeUnheldSharedView, unheldSharedNow } from "../cli/recover-unheld.ts";
 import { isLegacyPlugin } from "../plugin.ts";
 import { fail, ok, roundMiB, warn, type Finding } from "./findings.ts";
@@ -210,26 +210,31 @@ async function leftovers(host: Host): Promise<Finding[]> {
   const findings = [
     ...broken.map((item) => fail("leftovers", `unreadable journal ${item.file}: ${item.error}`, `inspect ${item.file}, undo what it lists by hand, then remove it`)),
     ...journals.flatMap((journal) => {
-      // Named as libvirt names it now (renamed since it started), as vmhook status and recover do.
-      const domain = { name: renamedTo(host, journal.domain) ?? journal.domain.name, uuid: journal.domain.uuid };
-      const { name } = domain;
+      // Named as libvirt names it now (renamed since it started; both names while two definitions carry its UUID), as vmhook status and recover do.
+      const naming = libvirtNaming(host, journal.domain);
+      const domain = { name: naming.name, uuid: journal.domain.uuid };
+      // name: who it is in a reason; argument: what the commands in a fix are given.
+      const name = namingText(naming);
+      const argument = namingArgument(naming, domain.uuid);
+      const twice = twoDefinitionsText(naming, domain.uuid);
+      const reason = (text: string) => (twice ? `${text}; ${twice}` : text);
       const failed = journal.entries.filter((entry) => entry.state === "undo-failed");
       if (failed.length > 0) {
-        return [fail("leftovers", `${name}: ${failed.length} change(s) could not be undone (${failed[0]!.plugin}: ${failed[0]!.error})`, `fix the cause, then run ${recoverCommandLine(name)}`)];
+        return [fail("leftovers", reason(`${name}: ${failed.length} change(s) could not be undone (${failed[0]!.plugin}: ${failed[0]!.error})`), `fix the cause, then run ${recoverCommandLine(argument)}`)];
       }
       const running = runningOrWhyUnknown(host, domain);
       if (typeof running === "string") {
-        return [fail("leftovers", `${name}: cannot tell whether it runs (${running}); its journal in ${paths.stateDir} holds ${journal.entries.length} change(s)`, `fix what the message names; then vmhook status shows whether it runs, and ${recoverCommandLine(name)} gives back what a stopped one holds`)];
+        return [fail("leftovers", reason(`${name}: cannot tell whether it runs (${running}); its journal in ${paths.stateDir} holds ${journal.entries.length} change(s)`), `fix what the message names; then vmhook status shows whether it runs, and ${recoverCommandLine(argument)} gives back what a stopped one holds`)];
       }
       const abandoned = running ? undefined : abandonedStart(host, journal);
       if (abandoned) {
-        return [warn("leftovers", `${name}: its start was abandoned (${abandoned}), yet its journal in ${paths.stateDir} holds ${journal.entries.length} change(s)`, `run ${recoverCommandLine(name)}`)];
+        return [warn("leftovers", reason(`${name}: its start was abandoned (${abandoned}), yet its journal in ${paths.stateDir} holds ${journal.entries.length} change(s)`), `run ${recoverCommandLine(argument)}`)];
       }
       if (!running && journal.phase === "starting") {
-        return [warn("leftovers", `${name}: ${BEING_STARTED}; its journal in ${paths.stateDir} holds ${journal.entries.length} change(s)`, forceWhenShutOff(name))];
+        return [warn("leftovers", reason(`${name}: ${BEING_STARTED}; its journal in ${paths.stateDir} holds ${journal.entries.length} change(s)`), forceWhenShutOff(argument))];
       }
       if (!running) {
-        return [warn("leftovers", `${name} is not running but its journal in ${paths.stateDir} still holds ${journal.entries.length} change(s)`, `run ${recoverCommandLine(name)}`)];
+        return [warn("leftovers", reason(`${name} is not running but its journal in ${paths.stateDir} still holds ${journal.entries.length} change(s)`), `run ${recoverCommandLine(argument)}`)];
       }
       return [];
     }),
@@ -354,10 +359,12 @@ const slotOf = (address: string) => address.replace(/\.[0-7]$/, "");
  */
 function hostdevChecks(host: Host, domain: Domain, iommu: IommuReport, handedOver: Set<string>, vfioDevices: string[]): { address: string; finding: Finding }[] {
   const addresses = new Set(domain.hostdevs.flatMap((hostdev) => (hostdev.type === "pci" ? [hostdev.address] : [])));
+  // The VM's own too, beside its hostdevs in a group: a NIC it gets as <interface type='hostdev'>.
+  const own = new Set([...addresses, ...domain.hostdevInterfaces.map((nic) => nic.address)]);
   const vfioOnly = vfioDevices.filter((address) => !addresses.has(address));
   return [
-    ...[...addresses].map((address) => ({ address, finding: hostdevCheck(host, iommu, address, addresses, handedOver, domain, `hostdev ${address}`) })),
-    ...vfioOnly.map((address) => ({ address, finding: hostdevCheck(host, iommu, address, addresses, handedOver, domain, `vfio device ${address}`) })),
+    ...[...addresses].map((address) => ({ address, finding: hostdevCheck(host, iommu, address, own, handedOver, domain, `hostdev ${address}`) })),
+    ...vfioOnly.map((address) => ({ address, finding: hostdevCheck(host, iommu, address, own, handedOver, domain, `vfio device ${address}`) })),
   ];
 }
 

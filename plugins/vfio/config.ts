@@ -5,7 +5,7 @@
 //                unload-modules="auto|none|mod,..." load-modules="mod,..." display-manager="unit,..."/>
 import type { XmlElement } from "../../lib/xml.ts";
 import { readAttributes, single } from "../../lib/element.ts";
-import { describeElement, type Domain } from "../../lib/domain.ts";
+import { describeElement, libvirtManagedPci, type Domain } from "../../lib/domain.ts";
 import { attributeText, ConfigError, jsonText, VmhookError } from "../../lib/errors.ts";
 import { paths } from "../../lib/paths.ts";
 import { closest } from "../../lib/cli/usage.ts";
@@ -14,6 +14,8 @@ import { checkPattern, parsePciAddress, parseYesNo, PATTERNS } from "../../lib/v
 export interface VfioConfig {
   /** The devices to hand over, as configured or from the domain's PCI <hostdev>s; slot functions are added at prepare. */
   devices: string[];
+  /** The domain's PCI devices libvirt moves to vfio-pci itself (libvirtManagedPci): the VM's own in an IOMMU group, not vmhook's to move. */
+  libvirtManaged: string[];
   /** Add the other functions of each GPU's slot (HDMI audio, USB-C, serial). */
   includeSlot: boolean;
   singleGpu: "auto" | "yes" | "no";
@@ -58,6 +60,7 @@ export function parseVfioConfig(elements: XmlElement[], domain: Domain): VfioCon
   const unload = attrs["unload-modules"]?.trim();
   return {
     devices: [...new Set(devices)],
+    libvirtManaged: libvirtManagedPci(domain),
     includeSlot: parseYesNo(attrs["include-slot"], where, "include-slot", true),
     singleGpu,
     unloadModules: unload === undefined || unload === "auto" ? "auto" : unload === "none" ? [] : modules("unload-modules"),

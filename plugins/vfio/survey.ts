@@ -67,7 +67,7 @@ export interface Survey {
 export function survey(host: Host, config: VfioConfig): Survey {
   const devices = expandDevices(host, config);
   refusePhysicalFunctionsWithVfs(host, devices);
-  checkIommuGroups(host, devices);
+  checkIommuGroups(host, devices, config.libvirtManaged);
   refuseGroupsInUse(host, devices);
   const { singleGpu, singleGpuOff } = singleGpuMode(host, config, devices);
   const unload = unloadOrder(host, modulesToUnload(host, config, devices), config.unloadModules === "auto");
@@ -195,9 +195,13 @@ function describeDevice(device: PciDevice): string {
   return `${device.address} (class ${device.classCode}, ${device.driver ? `driver ${device.driver}` : "no driver"})`;
 }
 
-/** vfio hands over whole IOMMU groups: every other member must be free, or on a driver vfio accepts (viableBeside). */
-function checkIommuGroups(host: Host, devices: Device[]): void {
-  const ours = new Set(devices.map((device) => device.address));
+/**
+ * vfio hands over whole IOMMU groups: every other member must be free, or on a
+ * driver vfio accepts (viableBeside), or the VM's too, on its way to vfio-pci
+ * through libvirt (`libvirtManaged`: a VF given as <interface type='hostdev'>).
+ */
+function checkIommuGroups(host: Host, devices: Device[], libvirtManaged: string[]): void {
+  const ours = new Set([...devices.map((device) => device.address), ...libvirtManaged]);
   const release = kernelRelease(host);
   const problems: string[] = [];
   for (const device of devices) {

@@ -225,6 +225,20 @@ test("a device vfio hands over from devices= without a <hostdev> has its IOMMU g
   }
 });
 
+test("an SR-IOV VF in the GPU's IOMMU group given to the VM as <interface type='hostdev' managed='yes'>: the VM's own, not a member the VM does not get, as prepare counts it", async () => {
+  const sim = desktopHost();
+  try {
+    addPciDevice(sim, { address: "0000:03:02.1", classCode: "0x020000", vendor: "0x8086", device: "0x154c", driver: "iavf", group: 1 });
+    const nic = "<interface type='hostdev' managed='yes'><source><address type='pci' domain='0x0000' bus='0x03' slot='0x02' function='0x1'/></source></interface>";
+    const { domain } = await doctor(sim, domainXml({ metadata: "<vmhook:vfio/>", devices: GPU_AND_AUDIO + nic }));
+    const finding = domain("hostdev 0000:01:00.0");
+    assert.is(finding.status, "ok", finding.reason);
+    assert.is(finding.reason, "01:00.0 (VGA compatible controller) is in IOMMU group 1 with nothing the VM does not get; driver now: nvidia");
+  } finally {
+    sim.cleanup();
+  }
+});
+
 const STAYS_VIABLE = "nothing to do while it stays with no driver or on vfio-pci, pci-stub, pcieport or a vfio-pci variant driver (its module uses vfio_pci_core); any other driver that takes it before the VM starts makes prepare refuse";
 
 // The rule prepare uses (viableBeside): a device of the group the VM does not get is fine with no driver or on a

@@ -111,6 +111,31 @@ test("a PCI hostdev written by hand reads as libvirt reads it: no mode is subsys
   }
 });
 
+// An SR-IOV VF given to the VM as a NIC: libvirt keeps it as an <interface>, the PCI address in its <source>, and
+// (managed='yes') moves it to vfio-pci itself. Only <devices>' own children are libvirt's devices.
+test("an <interface type='hostdev'> with a PCI source reads as the domain's own PCI device; a <hostdev> or <interface> anywhere but straight in <devices> is not read", () => {
+  const domain = parseDomain(`<domain><name>vm</name><uuid>${UUID}</uuid>
+    <hostdev mode='subsystem' type='pci'><source><address bus='0x07' slot='0x00'/></source></hostdev>
+    <metadata><other xmlns='urn:other'><devices><hostdev mode='subsystem' type='pci'><source><address bus='0x08' slot='0x00'/></source></hostdev></devices></other></metadata>
+    <devices>
+      <interface type='hostdev' managed='yes'><mac address='52:54:00:6d:90:02'/><source><address type='pci' domain='0x0000' bus='0x03' slot='0x10' function='0x2'/></source></interface>
+      <interface type='hostdev'><source><address type='pci' domain='0' bus='4' slot='16' function='01'/></source></interface>
+      <interface type='hostdev'><source><address type='usb' bus='1' device='3'/></source></interface>
+      <interface type='network'><source network='default'/><address type='pci' domain='0x0000' bus='0x05' slot='0x00' function='0x0'/></interface>
+      <interface type='hostdev' managed='yes'><source><address type='pci' bus='0x06' slot='0x00'/></source><hostdev mode='subsystem' type='pci'><source><address bus='0x09' slot='0x00'/></source></hostdev></interface>
+    </devices></domain>`);
+  assert.equal(domain.hostdevInterfaces, [
+    { type: "pci", address: "0000:03:10.2", managed: true },
+    { type: "pci", address: "0000:04:10.1", managed: false },
+    { type: "pci", address: "0000:06:00.0", managed: true },
+  ]);
+  assert.equal(domain.hostdevs, []);
+  assert.throws(
+    () => parseDomain(`<domain><name>vm</name><uuid>${UUID}</uuid><devices><interface type='hostdev'><source><address type='pci' bus='0x100' slot='0'/></source></interface></devices></domain>`),
+    (error: Error) => error.message === `<interface type='hostdev'><source><address type='pci'>: bus="0x100" is above 0xff, the largest PCI bus; lspci -D shows the device's address`,
+  );
+});
+
 // libvirt's PCI domain is 32 bits (pciDomain: uint32), and the kernel names a device "%04x:%02x:%02x.%d": a device
 // behind Intel VMD is 10000:e1:00.0. vmhook reads the hostdev, and devices= in any case, as the kernel names it.
 test("a PCI domain above 0xffff (Intel VMD: 10000:e1:00.0) reads as the kernel names the device; beyond 32 bits it is refused", () => {

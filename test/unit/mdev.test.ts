@@ -463,6 +463,20 @@ test("vgpu: a type the kernel refuses because another tool set it after the plan
   sim.cleanup();
 });
 
+// NVIDIA's names (creatable_vgpu_types, NVIDIA's vGPU type tables): words of letters and digits joined by a space or
+// a hyphen; MIG-backed ones carry the slice count (A100-1-5CME), Blackwell's a model of several words. Nothing else.
+test("vgpu: every shape of NVIDIA's type names is read as a type (refused only as not creatable here); a '.', '/', '_' or ':' in it is not", async () => {
+  const sim = nvidiaHost();
+  const firstLine = async (type: string) => (await runHookEvent(sim, "prepare", "begin", domainXml({ pcis: ["41:00.4"], hooks: `<vmhook:vgpu type="${type}"/>` }))).stderr.split("\n")[0]!;
+  for (const type of ["GRID A100-4C", "NVIDIA A100-1-5CME", "NVIDIA A100D-3-40C", "GRID M60-0B", "NVIDIA RTX6000-Ada-4Q", "NVIDIA RTX PRO 6000 Blackwell DC-4-24Q", "DC-2-32C", "H100XM-1-10C", "9999"]) {
+    assert.match(await firstLine(type), `vGPU type "${type}" cannot be created on ${VF} now`, type);
+  }
+  for (const type of ["L40S..12Q", "NVIDIA/L40S-12Q", "NVIDIA_L40S-12Q", "NVIDIA:L40S-12Q", "NVIDIA  L40S-12Q", "-L40S-12Q", "L40S-12Q-"]) {
+    assert.match(await firstLine(type), `<vmhook:vgpu type="${type}">: type="${type}" is not a vGPU type id or name`, type);
+  }
+  sim.cleanup();
+});
+
 test("vgpu: vf defaults to the domain's only PCI hostdev; a type id works too", async () => {
   const sim = nvidiaHost();
   const xml = domainXml({ pcis: ["41:00.5"], hooks: `<vmhook:vgpu type="1435"/>` });

@@ -601,14 +601,21 @@ test("sudo vmhook validate/plan/doctor NAME in a directory others write reads li
   }
 });
 
-
-test("a domain renamed (virsh domrename) after a crash left its journal: status and doctor name it as libvirt's definition does now, and recover by that name gives back what it holds", async () => {
+/** A domain "vm" that took hugepages and whose QEMU is gone without a release (a crash): `check` sees the host and its pool. */
+async function leftHolding(check: (sim: SimHost, pool: () => number) => Promise<void>): Promise<void> {
   const sim = new SimHost().dir("/var/log");
   try {
     new HugepageKernel(sim, { initial: { 2048: 0 } });
-    const pool = () => Number(sim.read("/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages"));
     assert.is((await runHookEvent(sim, "prepare", "begin", XML)).code, 0);
     assert.is((await runHookEvent(sim, "started", "begin", XML)).code, 0);
+    await check(sim, () => Number(sim.read("/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages")));
+  } finally {
+    sim.cleanup();
+  }
+}
+
+test("a domain renamed (virsh domrename) after a crash left its journal: status and doctor name it as libvirt's definition does now, and recover by that name gives back what it holds", async () => {
+  await leftHolding(async (sim, pool) => {
     // libvirt renames the definition's file with the domain; another domain's definition lies beside it.
     sim.file("/etc/libvirt/qemu/other.xml", XML.replace("<name>vm</name>", "<name>other</name>").replace(UUID, "e1e1e1e1-0000-4000-8000-0000000000e2"));
     sim.file("/etc/libvirt/qemu/win11.xml", `<!-- WARNING: THIS IS AN AUTO-GENERATED FILE. -->\n${XML.replace("<name>vm</name>", "<name>win11</name>")}`);
@@ -623,9 +630,33 @@ test("a domain renamed (virsh domrename) after a crash left its journal: status 
     assert.is(recovered.code, 0, recovered.stdout + recovered.stderr);
     assert.match(recovered.stdout, /^win11: 1 change\(s\) undone\n/);
     assert.is(pool(), 0);
-  } finally {
-    sim.cleanup();
-  }
+  });
+});
+
+// virsh domrename writes NEW.xml, then removes OLD.xml (qemuDomainRenameCallback): cut short by a crash, both carry the
+// UUID. libvirtd's next start loads the definitions in readdir order and refuses the second one with the same UUID
+// ("domain 'X' is already defined with uuid", virDomainObjListAddLocked): which name it keeps, no file says.
+test("two definitions carry the domain's UUID (virsh domrename cut short): status, doctor and recover say both names and give the UUID to recover by, rather than guess", async () => {
+  await leftHolding(async (sim, pool) => {
+    sim.file("/etc/libvirt/qemu/vm.xml", XML);
+    sim.file("/etc/libvirt/qemu/win11.xml", XML.replace("<name>vm</name>", "<name>win11</name>"));
+    const status = await cli(["status", "--root", sim.root]);
+    assert.match(
+      status.stdout,
+      `vm or win11 (${UUID}; two definitions carry its UUID, /etc/libvirt/qemu/vm.xml and /etc/libvirt/qemu/win11.xml: libvirt uses the one it read first, virsh domname ${UUID} says which): not running, yet vmhook still holds for it (vmhook recover ${UUID} gives it back)`,
+      status.stdout,
+    );
+    const json = JSON.parse((await cli(["status", "--json", "--root", sim.root])).stdout);
+    assert.equal(json.domains.map((d: { domain: { name: string }; definedAs?: unknown }) => [d.domain.name, d.definedAs]), [["vm", [{ name: "vm", file: "/etc/libvirt/qemu/vm.xml" }, { name: "win11", file: "/etc/libvirt/qemu/win11.xml" }]]]);
+    const leftovers = (await runDoctor(sim)).host.filter((finding) => finding.check === "leftovers");
+    assert.equal(leftovers.map((finding) => [finding.reason.split(" is not running")[0], finding.fix]), [["vm or win11", `run vmhook recover ${UUID}`]]);
+    assert.match(leftovers[0]!.reason, `; two definitions carry its UUID, /etc/libvirt/qemu/vm.xml and /etc/libvirt/qemu/win11.xml: libvirt uses the one it read first, virsh domname ${UUID} says which`);
+    assert.ok(pool() > 0);
+    const recovered = await cli(["recover", "win11", "--root", sim.root]);
+    assert.is(recovered.code, 0, recovered.stdout + recovered.stderr);
+    assert.match(recovered.stdout, /^vm or win11: 1 change\(s\) undone\n/);
+    assert.is(pool(), 0);
+  });
 });
 
 test.run();

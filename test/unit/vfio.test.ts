@@ -738,6 +738,46 @@ for (const [module, driver, accepted] of [["mlx5_vfio_pci", "mlx5_vfio_pci", tru
   });
 }
 
+// An SR-IOV VF given to the VM as a NIC (<interface type='hostdev'>) is the VM's own: with managed='yes' libvirt moves
+// it to vfio-pci after prepare, so on its host driver now it does not block the GPU's group. Without managed='yes'
+// nothing moves it, and a group with a member on a host driver cannot open: refused as before.
+for (const managed of [true, false]) {
+  test(`a network VF in the GPU's IOMMU group given to the VM as <interface type='hostdev'${managed ? " managed='yes'" : ""}>: ${managed ? "the VM's own, left for libvirt to move, the handover goes on" : "refused before anything changes, as any member on a host driver"}`, async () => {
+    const VF = "0000:03:02.1";
+    const kernel = twoGpuWorkstation()
+      .module({ name: "iavf", driver: "iavf", loaded: true })
+      .device({ address: VF, classCode: "0x020000", vendor: "0x8086", nativeDriver: "iavf", group: 1 });
+    const nic = `<interface type='hostdev'${managed ? " managed='yes'" : ""}><mac address='52:54:00:6d:90:02'/><source><address type='pci' domain='0x0000' bus='0x03' slot='0x02' function='0x1'/></source></interface>`;
+    const xml = domainXml("<vmhook:vfio/>").replace("</devices>", `${nic}</devices>`);
+    const before = kernel.sim.snapshot();
+    const prepare = await runHookEvent(kernel.sim, "prepare", "begin", xml);
+    if (!managed) {
+      assert.is(prepare.code, 1);
+      assert.match(firstLine(prepare.stderr), `IOMMU group 1 holds 0000:01:00.0, 0000:01:00.1 and also ${VF} (class 0x020000, driver iavf)`);
+      assert.equal(kernel.sim.snapshot(), before);
+      return;
+    }
+    assert.is(prepare.code, 0, prepare.stderr);
+    assert.equal([kernel.driverOf(GPU), kernel.driverOf(AUDIO), kernel.driverOf(VF)], ["vfio-pci", "vfio-pci", "iavf"]);
+    const release = await runHookEvent(kernel.sim, "release", "end", xml);
+    assert.is(release.code, 0, release.stderr);
+    assert.equal([kernel.driverOf(GPU), kernel.driverOf(VF)], ["amdgpu", "iavf"]);
+  });
+}
+
+test("a managed='yes' <hostdev> in the GPU's IOMMU group that devices= leaves out: libvirt moves it after prepare, so on its host driver it does not block the group", async () => {
+  const USB = "0000:00:14.0";
+  const kernel = twoGpuWorkstation().device({ address: USB, classCode: "0x0c0330", vendor: "0x8086", nativeDriver: "xhci_hcd", group: 1 });
+  const xml = domainXml(`<vmhook:vfio devices="${GPU}"/>`, [{ address: GPU }, { address: USB, managed: true }]);
+  const prepare = await runHookEvent(kernel.sim, "prepare", "begin", xml);
+  assert.is(prepare.code, 0, prepare.stderr);
+  assert.equal([kernel.driverOf(GPU), kernel.driverOf(AUDIO), kernel.driverOf(USB)], ["vfio-pci", "vfio-pci", "xhci_hcd"]);
+  const unmanaged = twoGpuWorkstation().device({ address: USB, classCode: "0x0c0330", vendor: "0x8086", nativeDriver: "xhci_hcd", group: 1 });
+  const refused = await runHookEvent(unmanaged.sim, "prepare", "begin", domainXml(`<vmhook:vfio devices="${GPU}"/>`, [{ address: GPU }, { address: USB }]));
+  assert.is(refused.code, 1);
+  assert.match(firstLine(refused.stderr), `IOMMU group 1 holds 0000:01:00.0, 0000:01:00.1 and also ${USB} (class 0x0c0330, driver xhci_hcd)`);
+});
+
 test("an NVMe drive behind Intel VMD (PCI domain 10000, which libvirt accepts) goes to vfio-pci and back like any device", async () => {
   const DRIVE = "10000:e1:00.0";
   const kernel = twoGpuWorkstation().module({ name: "nvme", driver: "nvme", loaded: true }).device({ address: DRIVE, classCode: "0x010802", vendor: "0x144d", nativeDriver: "nvme", group: 12 });
