@@ -172,6 +172,11 @@ export const freeBridge = (address: string, driver: string) => `unbind it from $
 
 export const PCI_DRIVERS = "/sys/bus/pci/drivers";
 
+/** The module a PCI driver comes from (nvidia → nvidia, xhci_hcd → xhci_pci), when it is a loadable one. */
+export function pciDriverModule(host: Host, driver: string): string | undefined {
+  return host.readlink(`${PCI_DRIVERS}/${driver}/module`)?.split("/").pop();
+}
+
 /** Whether a PCI driver is registered (its module is loaded or built in). */
 export function pciDriverRegistered(host: Host, driver: string): boolean {
   return host.exists(`${PCI_DRIVERS}/${driver}`);

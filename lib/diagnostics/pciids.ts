@@ -2,6 +2,7 @@
 // file lspci reads), when the host has it. The file is about 1.3 MB; one pass
 // keeps only the entries asked for instead of building a table of all of it.
 import type { Host } from "../host.ts";
+import type { PciDevice } from "../pci.ts";
 
 const PCI_IDS_FILES = ["/usr/share/misc/pci.ids", "/usr/share/hwdata/pci.ids"];
 
@@ -50,6 +51,18 @@ export function readPciNames(host: Host, queries: PciIdQuery[]): PciNames {
     device: (vendor, device) => devices.get(`${vendor}:${device}`),
     className: (classCode) => classes.get(classCode) ?? COMMON_CLASSES[classCode] ?? classes.get(classCode.slice(0, 2)),
   };
+}
+
+/** Each device as "0000:01:00.0 (10de:2684 NVIDIA Corporation AD102 [GeForce RTX 4090])", as far as pci.ids names it; one pass over the file for all. */
+export function pciDeviceLabels(host: Host, devices: Pick<PciDevice, "address" | "vendor" | "device" | "classCode">[]): string[] {
+  const hex = (value: string) => value.replace(/^0x/, "").toLowerCase();
+  const ids = devices.map((device) => ({ vendor: hex(device.vendor), device: hex(device.device), classCode: hex(device.classCode).slice(0, 4) }));
+  const names = readPciNames(host, ids);
+  return devices.map((device, index) => {
+    const { vendor, device: id } = ids[index]!;
+    const name = [names.vendor(vendor), names.device(vendor, id)].filter(Boolean).join(" ");
+    return `${device.address} (${vendor}:${id}${name ? ` ${name}` : ""})`;
+  });
 }
 
 /**

@@ -9,21 +9,17 @@ import { VmhookError } from "../../lib/errors.ts";
 import { readForMessage, type ExecResult, type Host } from "../../lib/host.ts";
 import { othersRecords } from "../../lib/journal.ts";
 import { recoverCommandLine } from "../../lib/metadata-text.ts";
-import { checkSriovOrigin, goneFromBus, PCI_DRIVERS, pciDriver, pciDriverRegistered, pciExists, pciIommuGroup, pciPath, pciPowerControl, sriovOrigin, type SriovOrigin } from "../../lib/pci.ts";
+import { checkSriovOrigin, goneFromBus, PCI_DRIVERS, pciDriver, pciDriverModule, pciDriverRegistered, pciExists, pciIommuGroup, pciPath, pciPowerControl, sriovOrigin, type SriovOrigin } from "../../lib/pci.ts";
 import { defineAction, type ApplyContext, type BaseContext, type PlanContext, type Step, type UndoRecord } from "../../lib/plugin.ts";
 import { clearForWrite, listStuckWrites, moduleSubject, refuseIfStuck, SOUND_NODE, soundCardHolders, StuckWriteError } from "../../lib/stuck-writes.ts";
 import { PATTERNS } from "../../lib/validate.ts";
+import { pciDeviceLabels } from "../../lib/diagnostics/pciids.ts";
 import type { VfioConfig, VfioSettings } from "./config.ts";
 import { describeHolders, isWatched, moduleLoaded, processesHolding, VFIO_DRIVER, type Survey, type Watched } from "./survey.ts";
 import { systemdRuns, unitActive } from "../../lib/systemd.ts";
 import { activeOrStarting, unitProcesses } from "./units.ts";
 import { returnToDriver } from "./return-path.ts";
 import { missingAdvice, needsVendorReset, setResetMethodStep, VENDOR_RESET_FIX, VENDOR_RESET_MODULE, vendorResetState } from "./vendor-reset.ts";
-
-/** The module a PCI driver comes from (nvidia → nvidia), when it is a loadable one. */
-function driverModule(host: Host, driver: string): string | undefined {
-  return host.readlink(`${PCI_DRIVERS}/${driver}/module`)?.split("/").pop();
-}
 
 /**
  * Helper services that hold the driver's modules or the GPU (nvidia-persistenced
@@ -100,7 +96,8 @@ const moduleTree = (release: string) => `modules (/lib/modules/${release}: modul
  */
 function refusedUnknownUnloads(ctx: PlanContext<VfioConfig>, found: Survey): Step[] {
   if (ctx.config.unloadModules === "auto") return [];
-  const notLoaded = ctx.config.unloadModules.filter((module) => !found.unload.includes(module.replace(/-/g, "_")));
+  const loaded = [...found.unload, ...found.hostNeeds.modules];
+  const notLoaded = ctx.config.unloadModules.filter((module) => !loaded.includes(module.replace(/-/g, "_")));
   const release = kernelRelease(ctx.host);
   return notLoaded
     .filter((module) => moduleMissing(ctx.host, module))
@@ -111,16 +108,35 @@ function refusedUnknownUnloads(ctx: PlanContext<VfioConfig>, found: Survey): Ste
     });
 }
 
+/**
+ * An explicit unload-modules list naming modules that devices the host keeps
+ * need (survey's hostNeeds): amdgpu, i915, xe, radeon and nouveau drive every
+ * card of their make, so unloading one for the VM's card would unbind the
+ * host's too, or fail while its display uses it. One step, refused before
+ * anything changes.
+ */
+function refusedHostNeeds(ctx: PlanContext<VfioConfig>, found: Survey): Step[] {
+  const { modules, devices } = found.hostNeeds;
+  if (modules.length === 0 || ctx.config.unloadModules === "auto") return [];
+  const rest = ctx.config.unloadModules.filter((module) => !modules.includes(module.replace(/-/g, "_")));
+  const kept = pciDeviceLabels(ctx.host, devices).map((label, index) => `${label} on driver ${devices[index]!.driver}`);
+  const [needs, those] = kept.length === 1 ? ["a device the host keeps needs", "that device, and any display on it,"] : ["devices the host keeps need", "those devices, and any display on them,"];
+  const named = modules.join(", ");
+  const reason = `vfio: <vmhook:vfio> unload-modules names ${named}, which ${needs}: ${kept.join(", ")}; unloading ${modules.length === 1 ? "it" : "them"} would take ${those} from the host; remove ${named} from unload-modules (unload-modules="${rest.join(",") || "none"}"): unbinding alone hands the VM's devices over, which is all amdgpu, i915, xe, nouveau and radeon need`;
+  const record: UnloadRecord = { action: "unload-module", module: modules[0]!, devices: [], bindTimeoutMs: 0, watched: { ...found.watched } };
+  return [{ action: "unload-module", record, description: `unload module${modules.length === 1 ? "" : "s"} ${named}`, refused: { reason, remedies: [] } }];
+}
+
 /** The handover, as steps: modules go (users first), each device moves (once vfio-pci is there), extra modules load. */
 export function takeOverSteps(ctx: PlanContext<VfioConfig>, found: Survey, settings: VfioSettings): Step[] {
   const bindTimeoutMs = settings.bindTimeoutSeconds * 1000;
   const reloaded = new Set<string>();
-  const steps: Step[] = refusedUnknownUnloads(ctx, found);
+  const steps: Step[] = [...refusedUnknownUnloads(ctx, found), ...refusedHostNeeds(ctx, found)];
 
   for (const module of found.unload) {
     // After reloading the module, these devices must be back on its drivers.
     const devices = found.devices
-      .filter((device) => device.driver && driverModule(ctx.host, device.driver) === module)
+      .filter((device) => device.driver && pciDriverModule(ctx.host, device.driver) === module)
       .map((device) => ({ address: device.address, driver: device.driver! }));
     for (const device of devices) reloaded.add(device.address);
     const record: UnloadRecord = { action: "unload-module", module, devices, bindTimeoutMs, watched: { ...found.watched } };
@@ -231,7 +247,7 @@ const moduleClaim = (module: string) => `module:${module}`;
 
 /** The PCI drivers a loaded module registers. */
 function driversOf(host: Host, module: string): string[] {
-  return host.list(PCI_DRIVERS).filter((driver) => driverModule(host, driver) === module);
+  return host.list(PCI_DRIVERS).filter((driver) => pciDriverModule(host, driver) === module);
 }
 
 /**

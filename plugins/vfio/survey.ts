@@ -19,6 +19,7 @@ import {
   PCI_DEVICES,
   pciDeviceNodes,
   pciDriver,
+  pciDriverModule,
   pciDriverOverride,
   pciExists,
   pciIommuGroup,
@@ -60,6 +61,8 @@ export interface Survey {
   holders: Holder[];
   /** Loaded modules to unload, users before what they use. */
   unload: string[];
+  /** Loaded modules of an explicit unload-modules list that devices the host keeps need (modulesTheHostNeeds), and those devices: refused. */
+  hostNeeds: HostNeeds;
   /** Whose the firmware framebuffers are (firmwareFramebuffersOwner). */
   firmwareFramebuffers: FirmwareFramebuffers;
 }
@@ -70,12 +73,15 @@ export function survey(host: Host, config: VfioConfig): Survey {
   checkIommuGroups(host, devices, config.libvirtManaged);
   refuseGroupsInUse(host, devices);
   const { singleGpu, singleGpuOff } = singleGpuMode(host, config, devices);
-  const unload = unloadOrder(host, modulesToUnload(host, config, devices), config.unloadModules === "auto");
+  const wanted = modulesToUnload(host, config, devices);
+  // auto leaves out what the host needs; an explicit list's are refused (takeOverSteps), never unloaded.
+  const hostNeeds = config.unloadModules === "auto" ? { modules: [], devices: [] } : modulesTheHostNeeds(host, wanted, devices);
+  const unload = unloadOrder(host, wanted, config.unloadModules === "auto", hostNeeds.modules);
   const firmwareFramebuffers = firmwareFramebuffersOwner(host, devices, singleGpu);
   const watched = watchedFiles(host, devices, singleGpu, unload.includes("nvidia"), firmwareFramebuffers);
   // Nothing to watch (a GPU without DRM or fbdev nodes, e.g. already on vfio-pci): no process can hold it, so no /proc scan.
   const holders = watchesSomething(watched) ? processesHolding(host, isWatched(watched)) : [];
-  return { devices, singleGpu, singleGpuOff, watched, holders, unload, firmwareFramebuffers };
+  return { devices, singleGpu, singleGpuOff, watched, holders, unload, hostNeeds, firmwareFramebuffers };
 }
 
 /** The firmware framebuffers' platform drivers: efifb, simplefb (and, on 6.x, simpledrm), vesafb. */
@@ -333,28 +339,74 @@ export function describeHolders(holders: Holder[]): string {
   return holders.map((holder) => `pid ${holder.pid} (${holder.command}) holds ${holder.file}`).join(", ");
 }
 
-/** "auto": NVIDIA's stack when a device is on nvidia and no card left to the host is. */
+/** "auto": NVIDIA's stack when a device is on nvidia and no card left to the host needs it. */
 function modulesToUnload(host: Host, config: VfioConfig, devices: Device[]): string[] {
   if (config.unloadModules !== "auto") return config.unloadModules;
   // The rest of the bus is read only when it can matter: each sysfs read costs (docs/bench.md).
   if (!devices.some((device) => device.driver === "nvidia")) return [];
+  return modulesTheHostNeeds(host, NVIDIA_MODULES, devices).modules.length > 0 ? [] : NVIDIA_MODULES;
+}
+
+export type HostNeeds = { modules: string[]; devices: PciDevice[] };
+
+/**
+ * The loaded ones of `modules` (either spelling) that a device the host
+ * keeps (not one of `devices`) needs, with those devices: the module of its
+ * driver (amdgpu drives the host's iGPU and the VM's dGPU alike), one using
+ * it (nvidia_drm, the display of the host's NVIDIA card) or one it uses
+ * (drm_ttm_helper under amdgpu), as /sys/module/NAME/holders links them.
+ * Unloading one would unbind that device or take its display.
+ */
+export function modulesTheHostNeeds(host: Host, modules: string[], devices: Device[]): HostNeeds {
+  const loaded = modules.map((module) => module.replace(/-/g, "_")).filter((module) => moduleLoaded(host, module));
+  if (loaded.length === 0) return { modules: [], devices: [] };
   const ours = new Set(devices.map((device) => device.address));
-  const hostKeepsNvidia = host.list(PCI_DEVICES).some((address) => !ours.has(address) && pciDriver(host, address) === "nvidia");
-  return hostKeepsNvidia ? [] : NVIDIA_MODULES;
+  const moduleOf = new Map<string, string | undefined>();
+  const kept = host.list(PCI_DEVICES).flatMap((address) => {
+    const driver = ours.has(address) ? undefined : pciDriver(host, address);
+    if (driver === undefined) return [];
+    if (!moduleOf.has(driver)) moduleOf.set(driver, pciDriverModule(host, driver));
+    const module = moduleOf.get(driver);
+    return module === undefined ? [] : [{ address, module }];
+  });
+  const users = new Map<string, Set<string>>();
+  const usersOf = (module: string) => {
+    if (!users.has(module)) users.set(module, moduleUsers(host, module));
+    return users.get(module)!;
+  };
+  const related = (listed: string, module: string) => listed === module || usersOf(module).has(listed) || usersOf(listed).has(module);
+  const needed = loaded.filter((listed) => kept.some(({ module }) => related(listed, module)));
+  const needing = kept.filter(({ module }) => needed.some((listed) => related(listed, module)));
+  return { modules: needed, devices: needing.map(({ address }) => readPciDevice(host, address)) };
+}
+
+/** Every module that uses `module`, directly or through others. */
+function moduleUsers(host: Host, module: string): Set<string> {
+  const users = new Set<string>();
+  const pending = [module];
+  while (pending.length > 0) {
+    for (const user of moduleHolders(host, pending.pop()!)) {
+      if (!users.has(user)) pending.push(user);
+      users.add(user);
+    }
+  }
+  return users;
 }
 
 export const moduleLoaded = (host: Host, module: string) => host.exists(`/sys/module/${module}/refcnt`);
 const moduleHolders = (host: Host, module: string) => host.list(`/sys/module/${module}/holders`);
 
 /**
- * The loaded ones of `wanted`, each after every module that uses it; a user
- * outside the list is an error. `auto` (wanted is auto's list) takes no
- * additions: the fix is the whole list, written out.
+ * The loaded ones of `wanted` but `refused`, each after every module that
+ * uses it; a user outside the list is an error (a refused one has its own).
+ * `auto` (wanted is auto's list) takes no additions: the fix is the whole
+ * list, written out.
  */
-function unloadOrder(host: Host, wanted: string[], auto: boolean): string[] {
-  const remaining = wanted.map((module) => module.replace(/-/g, "_")).filter((module) => moduleLoaded(host, module));
+function unloadOrder(host: Host, wanted: string[], auto: boolean, refused: string[]): string[] {
+  const listed = wanted.map((module) => module.replace(/-/g, "_"));
+  const remaining = listed.filter((module) => !refused.includes(module) && moduleLoaded(host, module));
   for (const module of remaining) {
-    const outsider = moduleHolders(host, module).find((holder) => !remaining.includes(holder));
+    const outsider = moduleHolders(host, module).find((holder) => !listed.includes(holder));
     if (outsider && auto) {
       throw new VmhookError(
         `vfio: cannot unload module ${module}: module ${outsider} uses it; unload-modules="auto" unloads only ${remaining.join(", ")}: name them all, unload-modules="${[outsider, ...remaining].join(",")}", or leave them loaded (unload-modules="none")`,

@@ -1157,6 +1157,96 @@ test("unload-modules: a name neither loaded nor in the running kernel's module t
   assert.equal(kernel.sim.snapshot(), before);
 });
 
+/** The iGPU's display (0000:0c:00.0, boot VGA, fbcon on its fb0) stays the host's; the dGPU and its audio (group 1) go to the VM. Both GPUs on amdgpu, which uses drm_ttm_helper. */
+function amdIgpuAndDgpu(): GpuKernel {
+  const kernel = new GpuKernel()
+    .module({ name: "drm_ttm_helper", loaded: true })
+    .module({ name: "amdgpu", driver: "amdgpu", uses: ["drm_ttm_helper"], loaded: true })
+    .module({ name: "snd_hda_intel", driver: "snd_hda_intel", loaded: true })
+    .device({ address: "0000:0c:00.0", classCode: "0x030000", vendor: "0x1002", deviceId: "0x1638", nativeDriver: "amdgpu", group: 12, bootVga: true, nodes: ["card0", "renderD128", "fb0"] })
+    .device({ address: GPU, classCode: "0x030000", vendor: "0x1002", deviceId: "0x73bf", nativeDriver: "amdgpu", group: 1, nodes: ["card1", "renderD129"], resetMethod: "bus" })
+    .device({ address: AUDIO, classCode: "0x040300", vendor: "0x1002", nativeDriver: "snd_hda_intel", group: 1 })
+    .vtconsole("vtcon0", "(S) dummy device", false)
+    .vtconsole("vtcon1", "(M) frame buffer device", true)
+    .unit({ name: "display-manager.service", active: true, processes: { 501: ["gdm", ["/dev/null"]] } });
+  kernel.sim.file("/usr/share/misc/pci.ids", "1002  Advanced Micro Devices, Inc. [AMD/ATI]\n\t1638  Cezanne [Radeon Vega Series / Radeon Vega Mobile Series]\n\t73bf  Navi 21 [Radeon RX 6800/6800 XT / 6900 XT]\n");
+  return kernel;
+}
+
+const KEPT_IGPU = "0000:0c:00.0 (1002:1638 Advanced Micro Devices, Inc. [AMD/ATI] Cezanne [Radeon Vega Series / Radeon Vega Mobile Series]) on driver amdgpu";
+
+/** The refusal of an unload-modules list whose `named` modules `devices` the host keeps need; `rest`: the list without them. */
+function keptNeeds(named: string[], devices: string[], rest = "none"): string {
+  const [one, it] = devices.length === 1 ? ["a device the host keeps needs", "that device, and any display on it,"] : ["devices the host keeps need", "those devices, and any display on them,"];
+  return `vfio: <vmhook:vfio> unload-modules names ${named.join(", ")}, which ${one}: ${devices.join(", ")}; unloading ${named.length === 1 ? "it" : "them"} would take ${it} from the host; remove ${named.join(", ")} from unload-modules (unload-modules="${rest}"): unbinding alone hands the VM's devices over, which is all amdgpu, i915, xe, nouveau and radeon need`;
+}
+
+// amdgpu (i915, xe, radeon, nouveau, nvidia) drives every card of its make: unloading it for the VM's takes the host's too.
+test("explicit unload-modules naming the driver of a card the host keeps (an AMD iGPU with the host's display beside the VM's AMD dGPU): refused at prepare, by validate and plan, before anything changes; the advised list works", async () => {
+  const kernel = amdIgpuAndDgpu();
+  const file = kernel.sim.file("/vm.xml", domainXml('<vmhook:vfio unload-modules="amdgpu"/>')).resolve("/vm.xml");
+  const before = kernel.sim.snapshot();
+  const refusal = keptNeeds(["amdgpu"], [KEPT_IGPU]);
+  const validate = await cli(["validate", file, "--root", kernel.sim.root], kernel.sim);
+  assert.equal([validate.code, validate.stdout], [1, `${file}: valid, but prepare would refuse it on this host:\n  ${refusal}\n`]);
+  const plan = await cli(["plan", file, "--root", kernel.sim.root], kernel.sim);
+  assert.is(plan.code, 1);
+  assert.match(plan.stdout, `. vfio: unload module amdgpu\n     REFUSED: ${refusal}\n`);
+  assert.match(plan.stdout, "prepare of win11 would fail: vmhook refuses the marked step(s) before changing anything");
+  const prepare = await runHookEvent(kernel.sim, "prepare", "begin", kernel.sim.read("/vm.xml"));
+  assert.is(prepare.code, 1, "prepare went ahead and unloaded the host's display driver");
+  assert.is(firstLine(prepare.stderr), `vmhook: ${refusal}`);
+  assert.equal(kernel.sim.snapshot(), before);
+  assert.not.ok(kernel.sim.execs.some((e) => e.command === "rmmod" || e.command === "modprobe" || (e.command === "systemctl" && e.args[0] === "stop")));
+
+  const advised = domainXml('<vmhook:vfio unload-modules="none"/>');
+  assert.is((await runHookEvent(kernel.sim, "prepare", "begin", advised)).code, 0);
+  assert.equal([kernel.driverOf(GPU), kernel.driverOf("0000:0c:00.0")], ["vfio-pci", "amdgpu"]);
+  assert.is((await runHookEvent(kernel.sim, "release", "end", advised)).code, 0);
+  assert.equal(kernel.sim.snapshot(), before);
+});
+
+test("explicit unload-modules naming a module the kept card's driver uses (drm_ttm_helper under amdgpu): refused as the kept card's, not with \"add amdgpu to unload-modules\" (alone) or unloaded with amdgpu (with it)", async () => {
+  const kernel = amdIgpuAndDgpu();
+  kernel.sim.file(paths.policy, JSON.stringify({ vfio: { modules: ["drm_ttm_helper"] } }));
+  const before = kernel.sim.snapshot();
+  for (const named of [["drm_ttm_helper"], ["drm_ttm_helper", "amdgpu"]]) {
+    const prepare = await runHookEvent(kernel.sim, "prepare", "begin", domainXml(`<vmhook:vfio unload-modules="${named.join(",")}"/>`));
+    assert.is(prepare.code, 1, named.join(","));
+    assert.is(firstLine(prepare.stderr), `vmhook: ${keptNeeds(named, [KEPT_IGPU])}`);
+    assert.equal(kernel.sim.snapshot(), before);
+  }
+});
+
+test("explicit unload-modules naming modules that use the driver of a card the host keeps (nvidia_drm, the display of the host's NVIDIA card): refused, as is a list that would have been told to add nvidia_drm", async () => {
+  const kernel = twoNvidiaCards().module({ name: "nvidia_modeset", uses: ["nvidia"], loaded: true }).module({ name: "nvidia_drm", uses: ["nvidia_modeset"], loaded: true });
+  kernel.sim.file(paths.policy, JSON.stringify({ vfio: { modules: ["snd_hda_intel"] } }));
+  const before = kernel.sim.snapshot();
+  const kept = "0000:02:00.0 (10de:1234) on driver nvidia";
+  for (const [list, named, rest] of [
+    ["nvidia_drm,nvidia_modeset", ["nvidia_drm", "nvidia_modeset"], "none"],
+    ["nvidia_modeset,nvidia", ["nvidia_modeset", "nvidia"], "none"],
+    ["snd_hda_intel,nvidia-drm", ["nvidia_drm"], "snd_hda_intel"],
+  ] as const) {
+    const prepare = await runHookEvent(kernel.sim, "prepare", "begin", domainXml(`<vmhook:vfio unload-modules="${list}"/>`));
+    assert.is(prepare.code, 1, list);
+    assert.is(firstLine(prepare.stderr), `vmhook: ${keptNeeds([...named], [kept], rest)}`, list);
+    assert.equal(kernel.sim.snapshot(), before, list);
+  }
+});
+
+test("explicit unload-modules naming the driver of the VM's card only (amdgpu, while the host keeps its i915 iGPU): it is unloaded, and loaded again at release", async () => {
+  const kernel = twoGpuWorkstation();
+  const before = kernel.sim.snapshot();
+  const xml = domainXml('<vmhook:vfio unload-modules="amdgpu"/>');
+  const prepare = await runHookEvent(kernel.sim, "prepare", "begin", xml);
+  assert.is(prepare.code, 0, prepare.stderr);
+  assert.not.ok(kernel.loaded("amdgpu"));
+  assert.equal([kernel.driverOf(GPU), kernel.driverOf("0000:00:02.0")], ["vfio-pci", "i915"]);
+  assert.is((await runHookEvent(kernel.sim, "release", "end", xml)).code, 0);
+  assert.equal(kernel.sim.snapshot(), before);
+});
+
 test("a GPU that does not come back: release names what it tried and the remedy, keeps the journal; recovery retries it", async () => {
   const kernel = twoGpuWorkstation();
   const before = kernel.sim.snapshot();
