@@ -150,6 +150,17 @@ export function isVfioPciVariant(host: Host, driver: string): boolean {
 }
 
 /**
+ * Whether the device is on a VFIO driver, whose device QEMU opens as it is:
+ * vfio-pci, a vfio-pci variant (isVfioPciVariant), or any driver that
+ * registered it with vfio, which its vfio-dev/vfioN shows (Linux >= 6.6 with
+ * the vfio cdev: also where vfio_pci_core is built in and has no holders/).
+ */
+export function onVfioDriver(host: Host, address: string, driver: string | undefined): boolean {
+  if (driver === undefined) return false;
+  return driver === "vfio-pci" || isVfioPciVariant(host, driver) || host.list(pciPath(address, "vfio-dev")).some((name) => /^vfio\d+$/.test(name));
+}
+
+/**
  * Whether vfio lets a group be used while `other` (a member not handed over)
  * stays as it is: with no driver, one of GROUP_VIABLE_DRIVERS or a vfio-pci
  * variant. Kernels before 5.19 also took a PCI-to-PCI bridge (a header other

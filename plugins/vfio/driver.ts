@@ -45,9 +45,11 @@ export function stoppedHelpers(ctx: BaseContext, found: Survey, settings: VfioSe
 
 /**
  * vfio-pci loads, in the background: modprobe runs while the consoles and the
- * host's drivers let go of the devices, which the moves wait for.
+ * host's drivers let go of the devices, which the moves wait for. Not at all
+ * when every device is on a VFIO driver already: none moves.
  */
-export function loadVfioSteps(ctx: PlanContext<VfioConfig>, settings: VfioSettings): Step[] {
+export function loadVfioSteps(ctx: PlanContext<VfioConfig>, found: Survey, settings: VfioSettings): Step[] {
+  if (found.devices.every((device) => device.onVfio)) return [];
   // What modprobe loads is read (modules.dep) only when vfio-pci is to load.
   const step: Step<LoadRecord> | undefined = pciDriverRegistered(ctx.host, VFIO_DRIVER) ? undefined : { ...loadModulesStep(VFIO_DRIVER, settings.bindTimeoutSeconds * 1000, ctx.host), background: true };
   const load = step && refusedIfMissing(ctx.host, step, (release) => `install the modules of kernel ${release}, or boot a kernel built with CONFIG_VFIO_PCI`);
@@ -130,8 +132,8 @@ export function takeOverSteps(ctx: PlanContext<VfioConfig>, found: Survey, setti
   steps.push(...vendorResetSteps(ctx, found, bindTimeoutMs));
 
   for (const device of found.devices) {
-    if (device.driver === VFIO_DRIVER) {
-      ctx.log.info(`vfio: ${device.address} is already on vfio-pci`);
+    if (device.onVfio) {
+      ctx.log.info(`vfio: ${device.address} is already on ${device.driver}, a VFIO driver: left on it`);
       continue;
     }
     // No driver now may only mean that another VM keeps its driver's module unloaded: then its home is the driver it waits for.
@@ -170,7 +172,7 @@ export function takeOverSteps(ctx: PlanContext<VfioConfig>, found: Survey, setti
  * device_specific (both undone at release). Without the module: a warning.
  */
 function vendorResetSteps(ctx: BaseContext, found: Survey, bindTimeoutMs: number): Step[] {
-  const needing = found.devices.filter((device) => device.driver !== VFIO_DRIVER && needsVendorReset(device));
+  const needing = found.devices.filter((device) => !device.onVfio && needsVendorReset(device));
   if (needing.length === 0) return [];
   const state = vendorResetState(ctx.host, () => ctx.run("modinfo", ["-n", VENDOR_RESET_MODULE], { allowFailure: true, timeoutMs: 5_000 }).status === 0);
   if (state === "missing") {

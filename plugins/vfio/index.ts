@@ -48,7 +48,7 @@ async function planPrepare(ctx: PlanContext<VfioConfig>): Promise<Step[]> {
 
   return [
     // modprobe takes long and changes nothing the host shows: it runs while the display lets go.
-    ...loadVfioSteps(ctx, settings),
+    ...loadVfioSteps(ctx, found, settings),
     // Its undo runs once every other change but vfio-pci's load is undone: the display is checked then.
     ...verifyReturnStep(ctx.host, found.devices, settings.bindTimeoutSeconds * 1000),
     ...sessionUnitSteps(ctx, sessionUnits, settings.stopTimeoutSeconds * 1000),

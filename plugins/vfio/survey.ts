@@ -16,6 +16,7 @@ import {
   isDisplayClass,
   isVfioPciVariant,
   listPciDevices,
+  onVfioDriver,
   PCI_DEVICES,
   pciDeviceNodes,
   pciDriver,
@@ -40,6 +41,8 @@ const NVIDIA_MODULES = ["nvidia_drm", "nvidia_modeset", "nvidia_uvm", "nvidia"];
 export interface Device extends PciDevice {
   /** driver_override before vmhook, undefined when none. */
   override?: string;
+  /** On a VFIO driver already (vfio-pci or a variant of it: onVfioDriver): QEMU opens it as it is, so it stays there. */
+  onVfio: boolean;
 }
 
 export interface Holder {
@@ -138,7 +141,10 @@ function expandDevices(host: Host, config: VfioConfig): Device[] {
       `vfio: ${missing.map((address) => `PCI device ${address}`).join(", ")} ${missing.length === 1 ? "does" : "do"} not exist on this host; fix the <hostdev> address or devices= (lspci -D lists the devices)`,
     );
   }
-  return handedOverAddresses(host, config).map((address) => ({ ...readPciDevice(host, address), override: pciDriverOverride(host, address) }));
+  return handedOverAddresses(host, config).map((address) => {
+    const device = readPciDevice(host, address);
+    return { ...device, override: pciDriverOverride(host, address), onVfio: onVfioDriver(host, address, device.driver) };
+  });
 }
 
 /**
@@ -242,7 +248,7 @@ function refuseGroupsInUse(host: Host, devices: Device[]): void {
 export function groupInUse(host: Host, group: string, ours: string[]): { reason: string; fix: string } | undefined {
   const onVfio = iommuGroupMembers(host, group).flatMap((address) => {
     const driver = pciDriver(host, address);
-    return driver === VFIO_DRIVER || (driver !== undefined && isVfioPciVariant(host, driver)) ? [{ address, driver }] : [];
+    return onVfioDriver(host, address, driver) ? [{ address, driver: driver! }] : [];
   });
   if (onVfio.length === 0) return undefined;
   const cdevs = onVfio.flatMap(({ address }) => host.list(pciPath(address, "vfio-dev")).filter((name) => /^vfio\d+$/.test(name)).map((name) => `/dev/vfio/devices/${name}`));
@@ -260,11 +266,12 @@ export function groupInUse(host: Host, group: string, ours: string[]): { reason:
 function singleGpuMode(host: Host, config: VfioConfig, devices: Device[]): { singleGpu: boolean; singleGpuOff?: string } {
   if (config.singleGpu !== "auto") return config.singleGpu === "yes" ? { singleGpu: true } : { singleGpu: false, singleGpuOff: 'single-gpu="no"' };
   const ours = new Set(devices.map((device) => device.address));
-  // A boot GPU already on vfio-pci (vfio-pci.ids=...) shows no host display to release.
-  const bootGpu = devices.some((device) => isDisplayClass(device.classCode) && device.bootVga && device.driver !== VFIO_DRIVER);
-  // A GPU with no driver, on vfio-pci/pci-stub (another VM's), or compute-only shows nothing on the host.
+  // A boot GPU already on vfio-pci (vfio-pci.ids=...) or a variant shows no host display to release.
+  const bootGpu = devices.some((device) => isDisplayClass(device.classCode) && device.bootVga && !device.onVfio);
+  // A GPU with no driver, on vfio-pci/pci-stub or a vfio-pci variant (another VM's), or compute-only shows nothing on the host.
   const otherDisplays = listPciDevices(host).filter(
-    (device) => isDisplayClass(device.classCode) && !isComputeOnlyClass(device.classCode) && !ours.has(device.address) && device.driver !== undefined && !HARMLESS_DRIVERS.includes(device.driver),
+    (device) =>
+      isDisplayClass(device.classCode) && !isComputeOnlyClass(device.classCode) && !ours.has(device.address) && device.driver !== undefined && !HARMLESS_DRIVERS.includes(device.driver) && !isVfioPciVariant(host, device.driver),
   );
   if (otherDisplays.length > 0) return { singleGpu: false, singleGpuOff: `the host keeps a display on ${otherDisplays.map((device) => `${device.address} (${device.driver})`).join(", ")}` };
   return bootGpu ? { singleGpu: true } : { singleGpu: false, singleGpuOff: "no GPU handed over is the boot VGA device on a host driver" };

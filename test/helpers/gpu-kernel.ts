@@ -476,7 +476,8 @@ export class GpuKernel {
     this.sim.link(`${DEV}/${address}/driver`, `../../../bus/pci/drivers/${driver}`).link(`${DRIVERS}/${driver}/${address}`, `../../../../devices/${address}`);
     // vfio_pci_core_register_device() allows runtime PM (pm_runtime_allow), as a driver that manages it does in its probe.
     if (driver === "vfio-pci" || device.driverAllowsRuntimePm) this.sim.file(`${DEV}/${address}/power/control`, "auto");
-    if (driver === "vfio-pci") this.sim.file(`/dev/vfio/${device.group}`);
+    // vfio-pci or a variant built on vfio_pci_core: the device is vfio's (its group node, and with the vfio cdev its vfio-dev/vfioN).
+    if (this.vfioDriver(driver)) this.sim.file(`/dev/vfio/${device.group}`).dir(`${DEV}/${address}/vfio-dev/vfio${device.group}`);
     else {
       for (const node of device.nodes ?? []) {
         if (node.startsWith("fb")) {
@@ -502,8 +503,14 @@ export class GpuKernel {
     }
     // vfio_pci_core_unregister_device() forbids runtime PM (pm_runtime_forbid), whatever power/control said before vfio-pci.
     if (driver === "vfio-pci") this.sim.file(`${DEV}/${address}/power/control`, "on");
-    const groupStillUsed = [...this.devices.values()].some((d) => d.group === device.group && this.driverOf(d.address) === "vfio-pci");
-    if (driver === "vfio-pci" && !groupStillUsed) this.sim.remove(`/dev/vfio/${device.group}`);
+    this.sim.remove(`${DEV}/${address}/vfio-dev`);
+    const groupStillUsed = [...this.devices.values()].some((d) => d.group === device.group && this.vfioDriver(this.driverOf(d.address)));
+    if (this.vfioDriver(driver) && !groupStillUsed) this.sim.remove(`/dev/vfio/${device.group}`);
+  }
+
+  /** vfio-pci, or a variant of it (mlx5_vfio_pci, xe-vfio-pci): a driver whose module uses vfio_pci_core. */
+  private vfioDriver(driver: string | undefined): boolean {
+    return driver !== undefined && [...this.modules.values()].some((module) => module.driver === driver && (module.uses ?? []).includes("vfio_pci_core"));
   }
 
   /** fbcon binds every console again, as when a framebuffer registers; the consoles show on the first framebuffer it took. */

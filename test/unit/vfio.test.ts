@@ -738,6 +738,53 @@ for (const [module, driver, accepted] of [["mlx5_vfio_pci", "mlx5_vfio_pci", tru
   });
 }
 
+/**
+ * An Intel Arc B580 (Battlemage, xe) with SR-IOV: the PF 0000:03:00.0 shows the host's display on xe, its VF
+ * 0000:03:00.1 (group 11) was bound to xe-vfio-pci, xe's vfio-pci variant (built on vfio_pci_core), for a VM.
+ */
+function battlemageWithVfOnVariant(): GpuKernel {
+  const kernel = twoGpuWorkstation()
+    .module({ name: "xe", driver: "xe", loaded: true })
+    .module({ name: "xe_vfio_pci", driver: "xe-vfio-pci", uses: ["vfio_pci_core"], loaded: true })
+    .device({ address: "0000:03:00.0", classCode: "0x030000", vendor: "0x8086", deviceId: "0xe20b", nativeDriver: "xe", group: 10, nodes: ["card2", "renderD130"] });
+  kernel.sim.file("/sys/bus/pci/devices/0000:03:00.0/sriov_numvfs", "1");
+  return kernel.device({ address: BATTLEMAGE_VF, classCode: "0x030000", vendor: "0x8086", deviceId: "0xe20b", nativeDriver: "xe-vfio-pci", group: 11, physfn: "0000:03:00.0" });
+}
+const BATTLEMAGE_VF = "0000:03:00.1";
+
+// A vfio-pci variant driver already gives QEMU a VFIO device (with what plain vfio-pci lacks: migration state, the
+// device's own reset): a device on one is left on it at prepare, so release has nothing of it to give back.
+for (const vfioPciCore of ["a module (its holders name xe_vfio_pci)", "built in (the device's vfio-dev/vfioN tells)"]) {
+  test(`an xe SR-IOV VF already on xe-vfio-pci, vfio_pci_core ${vfioPciCore}: left on it at prepare (vfio-pci is not even loaded), the GPU beside it moves; release leaves it too`, async () => {
+    const kernel = battlemageWithVfOnVariant();
+    // Built in: no module, so no holders/ to show who uses it.
+    if (vfioPciCore.startsWith("built in")) kernel.sim.remove("/sys/module/vfio_pci_core/holders/xe_vfio_pci");
+    const before = kernel.sim.snapshot();
+    const xml = domainXml("<vmhook:vfio/>", [{ address: BATTLEMAGE_VF }]);
+    const prepare = await runHookEvent(kernel.sim, "prepare", "begin", xml);
+    assert.is(prepare.code, 0, prepare.stderr);
+    assert.equal(kernel.sim.snapshot(), before);
+    assert.equal(kernel.sim.execs.filter((e) => e.command === "modprobe" || e.command === "rmmod"), []);
+    assert.match(kernel.sim.read("/var/log/vmhook.log"), `vfio: ${BATTLEMAGE_VF} is already on xe-vfio-pci, a VFIO driver: left on it`);
+    const release = await runHookEvent(kernel.sim, "release", "end", xml);
+    assert.is(release.code, 0, release.stderr);
+    assert.equal(kernel.sim.snapshot(), before);
+  });
+}
+
+test("a GPU on amdgpu and an xe SR-IOV VF on xe-vfio-pci in one domain: the GPU goes to vfio-pci and back, the VF stays on xe-vfio-pci throughout", async () => {
+  const kernel = battlemageWithVfOnVariant();
+  const before = kernel.sim.snapshot();
+  const xml = domainXml("<vmhook:vfio/>", [{ address: GPU }, { address: BATTLEMAGE_VF }]);
+  const prepare = await runHookEvent(kernel.sim, "prepare", "begin", xml);
+  assert.is(prepare.code, 0, prepare.stderr);
+  assert.equal([kernel.driverOf(GPU), kernel.driverOf(AUDIO), kernel.driverOf(BATTLEMAGE_VF), kernel.driverOf("0000:03:00.0")], ["vfio-pci", "vfio-pci", "xe-vfio-pci", "xe"]);
+  assert.equal(readJournal(kernel.sim, UUID)!.entries.filter((entry) => entry.undo.action === "bind-vfio").map((entry) => entry.undo.address), [GPU, AUDIO]);
+  const release = await runHookEvent(kernel.sim, "release", "end", xml);
+  assert.is(release.code, 0, release.stderr);
+  assert.equal(kernel.sim.snapshot(), before);
+});
+
 test("an NVMe drive behind Intel VMD (PCI domain 10000, which libvirt accepts) goes to vfio-pci and back like any device", async () => {
   const DRIVE = "10000:e1:00.0";
   const kernel = twoGpuWorkstation().module({ name: "nvme", driver: "nvme", loaded: true }).device({ address: DRIVE, classCode: "0x010802", vendor: "0x144d", nativeDriver: "nvme", group: 12 });
