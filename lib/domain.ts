@@ -13,6 +13,8 @@ export interface PciHostdev {
   type: "pci";
   address: string;
   managed: boolean;
+  /** <driver model='…'/>: the VFIO driver libvirt (>= 10.0) binds instead of the one it would choose (vfio-pci, or a variant of it). */
+  driverModel?: string;
 }
 
 export interface MdevHostdev {
@@ -382,10 +384,16 @@ function parseHostdevs(document: XmlNode): Domain["hostdevs"] {
         return number;
       };
       const pci = `${addressPart("domain", "0").toString(16).padStart(4, "0")}:${addressPart("bus").toString(16).padStart(2, "0")}:${addressPart("slot").toString(16).padStart(2, "0")}.${addressPart("function", "0").toString(16)}`;
+      // A driver name: it becomes a path (/sys/bus/pci/drivers/NAME) and a module to load.
+      const driverModel = attr(first(hostdev, "driver"), "model");
+      if (driverModel !== undefined && !PATTERNS.moduleName.test(driverModel)) {
+        throw new ConfigError("<hostdev type='pci'><driver>", `${attributeText("model", driverModel)} is not a driver name like vfio-pci or mlx5_vfio_pci`);
+      }
       hostdevs.push({
         type: "pci",
         address: parsePciAddress(pci, "<hostdev type='pci'><source><address>", "address"),
         managed: attr(hostdev, "managed") === "yes",
+        ...(driverModel !== undefined ? { driverModel } : {}),
       });
     } else if (type === "mdev") {
       const address = first(hostdev, "source", "address");

@@ -145,8 +145,18 @@ const GROUP_VIABLE_DRIVERS = [...HARMLESS_DRIVERS, "pcieport"];
  * then not known, so not accepted).
  */
 export function isVfioPciVariant(host: Host, driver: string): boolean {
-  const module = host.readlink(`${PCI_DRIVERS}/${driver}/module`)?.split("/").pop();
+  const module = driverModule(host, driver);
   return module !== undefined && host.exists(`/sys/module/vfio_pci_core/holders/${module}`);
+}
+
+/** The module a PCI driver comes from (nvidia → nvidia, xe-vfio-pci → xe_vfio_pci), when it is a loadable one. */
+export function driverModule(host: Host, driver: string): string | undefined {
+  return host.readlink(`${PCI_DRIVERS}/${driver}/module`)?.split("/").pop();
+}
+
+/** The PCI drivers a loaded module registers. */
+export function moduleDrivers(host: Host, module: string): string[] {
+  return host.list(PCI_DRIVERS).filter((driver) => driverModule(host, driver) === module);
 }
 
 /**

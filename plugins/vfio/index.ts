@@ -22,6 +22,7 @@ import { lingerUserAction, orphanedLingerClaim, sessionUnitSteps, stopUserUnitAc
 import { verifyReturnAction, verifyReturnStep } from "./verify-return.ts";
 import { setResetMethodAction, VENDOR_RESET_MODULE, vendorResetFindings } from "./vendor-reset.ts";
 import { pciDriver, readPciDevice } from "../../lib/pci.ts";
+import { PATTERNS } from "../../lib/validate.ts";
 import type { Finding } from "../../lib/diagnostics/findings.ts";
 
 /**
@@ -62,11 +63,14 @@ async function planPrepare(ctx: PlanContext<VfioConfig>): Promise<Step[]> {
   ];
 }
 
-/** libvirtd restarted while the VM runs: the devices the journal moved must still be on vfio-pci. */
+/** libvirtd restarted while the VM runs: the devices the journal moved must still be on their VFIO driver. */
 function planReconnect(ctx: PlanContext<unknown>): Step[] {
   for (const record of ctx.records.filter((record) => record.action === "bind-vfio" || record.action === "rebind-device")) {
-    const driver = pciDriver(ctx.host, String(record.address));
-    if (driver !== VFIO_DRIVER) ctx.log.warn(`vfio: ${record.address} should be on vfio-pci while ${ctx.domain.name} runs, but is on ${driver ?? "no driver"}`);
+    // Only read: the record is checked when it is undone.
+    const address = String(record.address);
+    const driver = PATTERNS.pciAddress.test(address) ? pciDriver(ctx.host, address) : undefined;
+    const target = typeof record.target === "string" ? record.target : VFIO_DRIVER;
+    if (driver !== target) ctx.log.warn(`vfio: ${address} should be on ${target} while ${ctx.domain.name} runs, but is on ${driver ?? "no driver"}`);
   }
   return [];
 }

@@ -3,7 +3,7 @@
 // so a refusal leaves the host exactly as it was (and `vmhook plan` shows it).
 import { VmhookError } from "../../lib/errors.ts";
 import { iommuOffAdvice } from "../../lib/diagnostics/iommu.ts";
-import { kernelRelease } from "../../lib/kernel-modules.ts";
+import { kernelRelease, modulesAlias, vfioVariantModule } from "../../lib/kernel-modules.ts";
 import type { Host } from "../../lib/host.ts";
 import { PATTERNS } from "../../lib/validate.ts";
 import { openFiles, processIds, processName } from "../../lib/open-files.ts";
@@ -16,6 +16,7 @@ import {
   isDisplayClass,
   isVfioPciVariant,
   listPciDevices,
+  moduleDrivers,
   onVfioDriver,
   PCI_DEVICES,
   pciDeviceNodes,
@@ -43,6 +44,30 @@ export interface Device extends PciDevice {
   override?: string;
   /** On a VFIO driver already (vfio-pci or a variant of it: onVfioDriver): QEMU opens it as it is, so it stays there. */
   onVfio: boolean;
+  /** The VFIO driver it goes to; undefined when it is on one already. */
+  target?: VfioTarget;
+}
+
+/**
+ * The VFIO driver a device goes to, as libvirt (>= 10.0) binds a managed
+ * hostdev: the one its <hostdev><driver model='…'/> names, else the vfio-pci
+ * variant modules.alias matches best (vfioVariantModule), else vfio-pci.
+ */
+export interface VfioTarget {
+  /** What modprobe loads: vfio_pci, or the variant's module. */
+  module: string;
+  /** The PCI driver's name (vfio-pci, xe-vfio-pci); undefined: a variant's module not loaded yet, whose driver says it once it is. */
+  driver?: string;
+  /** Where the choice came from, for the plan's words. */
+  chosenBy: "default" | "modules.alias" | "driver model";
+}
+
+const VFIO_PCI_TARGET: VfioTarget = { module: "vfio_pci", driver: "vfio-pci", chosenBy: "default" };
+
+function vfioTarget(host: Host, address: string, model: string | undefined, aliases: () => string): VfioTarget {
+  if (model !== undefined) return { module: model.replace(/-/g, "_"), driver: model, chosenBy: "driver model" };
+  const variant = vfioVariantModule(aliases(), host.readTrimmed(pciPath(address, "modalias")));
+  return variant === undefined ? VFIO_PCI_TARGET : { module: variant, driver: moduleDrivers(host, variant)[0], chosenBy: "modules.alias" };
 }
 
 export interface Holder {
@@ -141,9 +166,12 @@ function expandDevices(host: Host, config: VfioConfig): Device[] {
       `vfio: ${missing.map((address) => `PCI device ${address}`).join(", ")} ${missing.length === 1 ? "does" : "do"} not exist on this host; fix the <hostdev> address or devices= (lspci -D lists the devices)`,
     );
   }
+  let aliases: string | undefined;
+  const modulesAliasText = () => (aliases ??= modulesAlias(host));
   return handedOverAddresses(host, config).map((address) => {
     const device = readPciDevice(host, address);
-    return { ...device, override: pciDriverOverride(host, address), onVfio: onVfioDriver(host, address, device.driver) };
+    const onVfio = onVfioDriver(host, address, device.driver);
+    return { ...device, override: pciDriverOverride(host, address), onVfio, ...(onVfio ? {} : { target: vfioTarget(host, address, config.driverModels[address], modulesAliasText) }) };
   });
 }
 
