@@ -6,9 +6,10 @@
 // recover` put back exactly what was taken. User docs: docs/vfio.md.
 //
 // libvirt's managed='yes' hostdevs: libvirt detaches them after prepare; a
-// device already on vfio-pci is left as it is and not marked as bound by
-// libvirt (virPCIDeviceBindToStub), so at shutdown libvirt skips its reattach
-// and release brings it back. Each undo still checks what is already back
+// device already on the VFIO driver libvirt chooses (vfio-pci, or the variant
+// modules.alias matches best: survey.ts's VfioTarget chooses the same) is left
+// as it is and not marked as bound by libvirt (virPCIDeviceBindToStub), so at
+// shutdown libvirt skips its reattach and release brings it back. Each undo still checks what is already back
 // (virsh nodedev-reattach may have run).
 import { definePlugin, type CheckContext, type PlanContext, type Step } from "../../lib/plugin.ts";
 import { parseVfioConfig, readVfioSettings, type VfioConfig } from "./config.ts";
