@@ -13,6 +13,8 @@ export interface PciHostdev {
   type: "pci";
   address: string;
   managed: boolean;
+  /** <driver model='…'/>: the VFIO driver libvirt (>= 10.0) binds instead of the one it would choose (vfio-pci, or a variant of it). */
+  driverModel?: string;
 }
 
 export interface MdevHostdev {
@@ -370,7 +372,17 @@ function parseHostdevs(document: XmlNode): Domain["hostdevs"] {
     if (type === "pci") {
       const address = first(hostdev, "source", "address");
       if (!address) throw new ConfigError("<hostdev type='pci'>", "has no <source><address>");
-      hostdevs.push({ type: "pci", address: pciSourceAddress(address, "<hostdev type='pci'><source><address>"), managed: attr(hostdev, "managed") === "yes" });
+      // A driver name: it becomes a path (/sys/bus/pci/drivers/NAME) and a module to load.
+      const driverModel = attr(first(hostdev, "driver"), "model");
+      if (driverModel !== undefined && !PATTERNS.moduleName.test(driverModel)) {
+        throw new ConfigError("<hostdev type='pci'><driver>", `${attributeText("model", driverModel)} is not a driver name like vfio-pci or mlx5_vfio_pci`);
+      }
+      hostdevs.push({
+        type: "pci",
+        address: pciSourceAddress(address, "<hostdev type='pci'><source><address>"),
+        managed: attr(hostdev, "managed") === "yes",
+        ...(driverModel !== undefined ? { driverModel } : {}),
+      });
     } else if (type === "mdev") {
       const address = first(hostdev, "source", "address");
       const model = attr(hostdev, "model") ?? "vfio-pci";

@@ -3,6 +3,7 @@
 // before or after one, e.g. vfio_iommu_type1 after vfio) and modules.builtin;
 // and the softdep lines of modprobe.d, which modprobe follows too.
 import type { Host } from "./host.ts";
+import { PATTERNS } from "./validate.ts";
 
 /** The running kernel's release, "" when it cannot be told. */
 export const kernelRelease = (host: Host) => host.readTrimmed("/proc/sys/kernel/osrelease") ?? "";
@@ -19,6 +20,43 @@ type ModuleTreeFile = "modules.dep" | "modules.builtin";
 function moduleTreeText(host: Host, release: string, file: ModuleTreeFile): string {
   return plainRelease(release) ? (host.readTrimmed(`/lib/modules/${release}/${file}`) ?? "") : "";
 }
+
+/**
+ * The vfio-pci variant module for a PCI device, chosen as libvirt (>= 10.0,
+ * virPCIDeviceFindBestVFIOVariant) chooses it: of the running kernel's
+ * modules.alias entries "alias vfio_pci:PATTERN MODULE" (a VFIO driver's ids,
+ * which only driver_override binds) that match "vfio_" and the device's
+ * modalias, the one with the fewest wildcards. undefined when that is
+ * vfio_pci's own catch-all, or none matches (no modules.alias, a kernel
+ * before 5.16). `aliases`: modulesAlias(), read once for all the devices (a
+ * distribution's is over 1 MB); its vfio_pci lines are found with indexOf,
+ * as modules.dep's are.
+ */
+export function vfioVariantModule(aliases: string, modalias: string | undefined): string | undefined {
+  if (modalias === undefined || !modalias.startsWith("pci:")) return undefined;
+  const text = aliases;
+  const wanted = `vfio_${modalias}`;
+  const marker = "alias vfio_pci:";
+  let best: { module: string; wildcards: number } | undefined;
+  for (let at = text.indexOf(marker); at !== -1; at = text.indexOf(marker, at + marker.length)) {
+    if (at > 0 && text[at - 1] !== "\n") continue;
+    const end = text.indexOf("\n", at);
+    const [, pattern, module] = text.slice(at, end === -1 ? undefined : end).trim().split(/\s+/);
+    if (pattern === undefined || module === undefined || !PATTERNS.moduleName.test(module) || !globMatches(pattern, wanted)) continue;
+    const wildcards = pattern.split("*").length - 1;
+    if (best === undefined || wildcards < best.wildcards) best = { module, wildcards };
+  }
+  return best?.module === "vfio_pci" ? undefined : best?.module;
+}
+
+/** The running kernel's modules.alias, for vfioVariantModule; "" when it has none. */
+export const modulesAlias = (host: Host) => {
+  const release = kernelRelease(host);
+  return plainRelease(release) ? (host.readTrimmed(`/lib/modules/${release}/modules.alias`) ?? "") : "";
+};
+
+/** A modules.alias pattern (only * is a wildcard in PCI aliases) against a modalias. */
+const globMatches = (pattern: string, text: string) => new RegExp(`^${pattern.split("*").map((part) => part.replace(/[.+?^${}()|[\]\\]/g, "\\$&")).join(".*")}$`).test(text);
 
 /** A list of the module tree (modules.dep, modules.builtin) as its lines; [] when the release is not a plain name. */
 export function moduleList(host: Host, release: string, list: ModuleTreeFile): string[] {

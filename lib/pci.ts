@@ -145,8 +145,29 @@ const GROUP_VIABLE_DRIVERS = [...HARMLESS_DRIVERS, "pcieport"];
  * then not known, so not accepted).
  */
 export function isVfioPciVariant(host: Host, driver: string): boolean {
-  const module = host.readlink(`${PCI_DRIVERS}/${driver}/module`)?.split("/").pop();
+  const module = driverModule(host, driver);
   return module !== undefined && host.exists(`/sys/module/vfio_pci_core/holders/${module}`);
+}
+
+/** The module a PCI driver comes from (nvidia → nvidia, xe-vfio-pci → xe_vfio_pci), when it is a loadable one. */
+export function driverModule(host: Host, driver: string): string | undefined {
+  return host.readlink(`${PCI_DRIVERS}/${driver}/module`)?.split("/").pop();
+}
+
+/** The PCI drivers a loaded module registers. */
+export function moduleDrivers(host: Host, module: string): string[] {
+  return host.list(PCI_DRIVERS).filter((driver) => driverModule(host, driver) === module);
+}
+
+/**
+ * Whether the device is on a VFIO driver, whose device QEMU opens as it is:
+ * vfio-pci, a vfio-pci variant (isVfioPciVariant), or any driver that
+ * registered it with vfio, which its vfio-dev/vfioN shows (Linux >= 6.6 with
+ * the vfio cdev: also where vfio_pci_core is built in and has no holders/).
+ */
+export function onVfioDriver(host: Host, address: string, driver: string | undefined): boolean {
+  if (driver === undefined) return false;
+  return driver === "vfio-pci" || isVfioPciVariant(host, driver) || host.list(pciPath(address, "vfio-dev")).some((name) => /^vfio\d+$/.test(name));
 }
 
 /**
@@ -171,11 +192,6 @@ export const VIABLE_BESIDE_WORDS = `with no driver or on ${GROUP_VIABLE_DRIVERS.
 export const freeBridge = (address: string, driver: string) => `unbind it from ${driver} (echo ${address} > ${PCI_DRIVERS}/${driver}/unbind) or let pcieport drive it`;
 
 export const PCI_DRIVERS = "/sys/bus/pci/drivers";
-
-/** The module a PCI driver comes from (nvidia → nvidia, xhci_hcd → xhci_pci), when it is a loadable one. */
-export function pciDriverModule(host: Host, driver: string): string | undefined {
-  return host.readlink(`${PCI_DRIVERS}/${driver}/module`)?.split("/").pop();
-}
 
 /** Whether a PCI driver is registered (its module is loaded or built in). */
 export function pciDriverRegistered(host: Host, driver: string): boolean {

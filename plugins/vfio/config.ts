@@ -25,6 +25,8 @@ export interface VfioConfig {
   loadModules: string[];
   /** systemd units of the display manager; undefined: the host setting or display-manager.service. */
   displayManagerUnits?: string[];
+  /** Per device, the VFIO driver its <hostdev><driver model='…'/> names: bound instead of the one modules.alias chooses. */
+  driverModels: Record<string, string>;
 }
 
 export const ATTRIBUTES = ["devices", "include-slot", "single-gpu", "unload-modules", "load-modules", "display-manager"] as const;
@@ -69,6 +71,7 @@ export function parseVfioConfig(elements: XmlElement[], domain: Domain): VfioCon
       attrs["display-manager"] === undefined
         ? undefined
         : list(attrs["display-manager"]).map((unit) => checkPattern(unit, PATTERNS.unitName, where, "display-manager", "a systemd unit name", "write names as systemctl list-units lists them, e.g. gdm.service")),
+    driverModels: Object.fromEntries(domain.hostdevs.flatMap((hostdev) => (hostdev.type === "pci" && hostdev.driverModel !== undefined ? [[hostdev.address, hostdev.driverModel]] : []))),
   };
 }
 

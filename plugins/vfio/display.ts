@@ -166,8 +166,8 @@ export const waitGpuFreeAction = defineAction<WaitRecord>({ check: checkWait, ap
  */
 export async function consoleSteps(ctx: BaseContext, found: Survey): Promise<Step[]> {
   const steps: Step[] = [];
-  // The GPUs whose driver brings the console back at release (bindVtconsole).
-  const gpus = found.devices.filter((device) => isDisplayClass(device.classCode)).map((device) => device.address);
+  // The GPUs whose driver brings the console back at release (bindVtconsole): not one left on a VFIO driver.
+  const gpus = found.devices.filter((device) => isDisplayClass(device.classCode) && !device.onVfio).map((device) => device.address);
   // Asked once, at the first bound framebuffer console: the map is fbcon's, the same for each.
   let elsewhere: Promise<string | undefined> | undefined;
   for (const vtconsole of ctx.host.list(VTCONSOLES)) {

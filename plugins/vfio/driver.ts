@@ -9,7 +9,7 @@ import { VmhookError } from "../../lib/errors.ts";
 import { readForMessage, type ExecResult, type Host } from "../../lib/host.ts";
 import { othersRecords } from "../../lib/journal.ts";
 import { recoverCommandLine } from "../../lib/metadata-text.ts";
-import { checkSriovOrigin, goneFromBus, PCI_DRIVERS, pciDriver, pciDriverModule, pciDriverRegistered, pciExists, pciIommuGroup, pciPath, pciPowerControl, sriovOrigin, type SriovOrigin } from "../../lib/pci.ts";
+import { checkSriovOrigin, driverModule, goneFromBus, moduleDrivers, onVfioDriver, PCI_DRIVERS, pciDriver, pciDriverRegistered, pciExists, pciIommuGroup, pciPath, pciPowerControl, sriovOrigin, type SriovOrigin } from "../../lib/pci.ts";
 import { defineAction, type ApplyContext, type BaseContext, type PlanContext, type Step, type UndoRecord } from "../../lib/plugin.ts";
 import { clearForWrite, listStuckWrites, moduleSubject, refuseIfStuck, SOUND_NODE, soundCardHolders, StuckWriteError } from "../../lib/stuck-writes.ts";
 import { PATTERNS } from "../../lib/validate.ts";
@@ -41,9 +41,12 @@ export function stoppedHelpers(ctx: BaseContext, found: Survey, settings: VfioSe
 
 /**
  * vfio-pci loads, in the background: modprobe runs while the consoles and the
- * host's drivers let go of the devices, which the moves wait for.
+ * host's drivers let go of the devices, which the moves wait for. Not at all
+ * when no device goes to it (each is on a VFIO driver already, or goes to a
+ * variant: variantLoadSteps).
  */
-export function loadVfioSteps(ctx: PlanContext<VfioConfig>, settings: VfioSettings): Step[] {
+export function loadVfioSteps(ctx: PlanContext<VfioConfig>, found: Survey, settings: VfioSettings): Step[] {
+  if (!found.devices.some((device) => device.target?.driver === VFIO_DRIVER)) return [];
   // What modprobe loads is read (modules.dep) only when vfio-pci is to load.
   const step: Step<LoadRecord> | undefined = pciDriverRegistered(ctx.host, VFIO_DRIVER) ? undefined : { ...loadModulesStep(VFIO_DRIVER, settings.bindTimeoutSeconds * 1000, ctx.host), background: true };
   const load = step && refusedIfMissing(ctx.host, step, (release) => `install the modules of kernel ${release}, or boot a kernel built with CONFIG_VFIO_PCI`);
@@ -136,7 +139,7 @@ export function takeOverSteps(ctx: PlanContext<VfioConfig>, found: Survey, setti
   for (const module of found.unload) {
     // After reloading the module, these devices must be back on its drivers.
     const devices = found.devices
-      .filter((device) => device.driver && pciDriverModule(ctx.host, device.driver) === module)
+      .filter((device) => device.driver && driverModule(ctx.host, device.driver) === module)
       .map((device) => ({ address: device.address, driver: device.driver! }));
     for (const device of devices) reloaded.add(device.address);
     const record: UnloadRecord = { action: "unload-module", module, devices, bindTimeoutMs, watched: { ...found.watched } };
@@ -144,10 +147,12 @@ export function takeOverSteps(ctx: PlanContext<VfioConfig>, found: Survey, setti
   }
 
   steps.push(...vendorResetSteps(ctx, found, bindTimeoutMs));
+  steps.push(...variantLoadSteps(ctx, found, bindTimeoutMs));
 
   for (const device of found.devices) {
-    if (device.driver === VFIO_DRIVER) {
-      ctx.log.info(`vfio: ${device.address} is already on vfio-pci`);
+    const target = device.target;
+    if (target === undefined) {
+      ctx.log.info(`vfio: ${device.address} is already on ${device.driver}, a VFIO driver: left on it`);
       continue;
     }
     // No driver now may only mean that another VM keeps its driver's module unloaded: then its home is the driver it waits for.
@@ -162,10 +167,13 @@ export function takeOverSteps(ctx: PlanContext<VfioConfig>, found: Survey, setti
       moduleReloaded: reloaded.has(device.address),
       homeClaim: home?.claim ?? null,
       sriov: sriovOrigin(ctx.host, device.address),
+      target: target.driver ?? null,
+      targetModule: target.module,
       bindTimeoutMs,
     };
     const from = device.driver ?? (home ? `no driver; its driver ${home.driver} waits for ${home.claim}` : "no driver");
-    steps.push({ action: "bind-vfio", record, description: `bind ${device.address} to vfio-pci (from ${from})` });
+    const why = { default: "", "modules.alias": "; the vfio-pci variant modules.alias matches best", "driver model": "; its <hostdev><driver model> names it" }[target.chosenBy];
+    steps.push({ action: "bind-vfio", record, description: `bind ${device.address} to ${target.driver ?? `module ${target.module}'s driver`} (from ${from}${why})` });
   }
 
   // A module an earlier step loads or keeps (vfio-pci, vendor-reset) is not planned again: the second
@@ -181,12 +189,26 @@ export function takeOverSteps(ctx: PlanContext<VfioConfig>, found: Survey, setti
 }
 
 /**
+ * The modules of the vfio-pci variants devices go to (xe_vfio_pci): loaded
+ * before the moves, which need their driver's name for driver_override (a
+ * module not loaded does not tell it); kept, when another VM loaded one.
+ */
+function variantLoadSteps(ctx: PlanContext<VfioConfig>, found: Survey, bindTimeoutMs: number): Step[] {
+  const variants = new Map(found.devices.flatMap((device) => (device.target && device.target.module !== "vfio_pci" ? [[device.target.module, device.target]] : [])));
+  return [...variants.values()].flatMap((target) =>
+    moduleLoaded(ctx.host, target.module) || (target.driver !== undefined && pciDriverRegistered(ctx.host, target.driver))
+      ? keepLoadedSteps(ctx, target.module)
+      : [refusedIfMissing(ctx.host, loadModulesStep(target.module, bindTimeoutMs, ctx.host), (release) => `install it for kernel ${release}, or have vfio-pci take the device: <driver model='vfio-pci'/> in its <hostdev>`)],
+  );
+}
+
+/**
  * AMD GPUs that reset only through vendor-reset: the module loads when it is
  * installed but not loaded, then each one's reset_method becomes
  * device_specific (both undone at release). Without the module: a warning.
  */
 function vendorResetSteps(ctx: BaseContext, found: Survey, bindTimeoutMs: number): Step[] {
-  const needing = found.devices.filter((device) => device.driver !== VFIO_DRIVER && needsVendorReset(device));
+  const needing = found.devices.filter((device) => !device.onVfio && needsVendorReset(device));
   if (needing.length === 0) return [];
   const state = vendorResetState(ctx.host, () => ctx.run("modinfo", ["-n", VENDOR_RESET_MODULE], { allowFailure: true, timeoutMs: 5_000 }).status === 0);
   if (state === "missing") {
@@ -232,7 +254,7 @@ async function unloadModule(record: UnloadRecord, ctx: BaseContext): Promise<voi
   const { module } = record;
   // rmmod runs remove() for each device still bound: one blocked there already, or an earlier rmmod of it, would block rmmod too.
   refuseIfStuck(ctx.host, [moduleSubject(module), ...record.devices.map((device) => device.address)]);
-  ctx.claims.take(moduleClaim(module), { drivers: driversOf(ctx.host, module) });
+  ctx.claims.take(moduleClaim(module), { drivers: moduleDrivers(ctx.host, module) });
   const result = await moduleChange(ctx, "rmmod", [module], record.devices, record.bindTimeoutMs);
   if (moduleLoaded(ctx.host, module)) {
     const users = [...ctx.host.list(`/sys/module/${module}/holders`).map((holder) => `module ${holder}`), describeHolders(processesHolding(ctx.host, isWatched(record.watched)))].filter(Boolean);
@@ -244,11 +266,6 @@ async function unloadModule(record: UnloadRecord, ctx: BaseContext): Promise<voi
 
 /** The ledger key of a module vmhook keeps unloaded (lib/claims.ts). */
 const moduleClaim = (module: string) => `module:${module}`;
-
-/** The PCI drivers a loaded module registers. */
-function driversOf(host: Host, module: string): string[] {
-  return host.list(PCI_DRIVERS).filter((driver) => pciDriverModule(host, driver) === module);
-}
 
 /**
  * The driver a device without one waits for in a module claim (released from
@@ -398,6 +415,9 @@ interface BindRecord extends UndoRecord {
   homeClaim: string | null;
   /** For an SR-IOV virtual function: what creates it again should it vanish (no rescan does). */
   sriov: SriovOrigin | null;
+  /** The VFIO driver it goes to (vfio-pci, a variant); null: the one targetModule registers, known once it is loaded. */
+  target: string | null;
+  targetModule: string;
   bindTimeoutMs: number;
 }
 
@@ -464,6 +484,13 @@ async function bindToVfio(record: BindRecord, ctx: ApplyContext<unknown>): Promi
     ctx.nothingToUndo();
     throw new VmhookError(`vfio: ${goneFromBus(host, address, record.sriov)}, or take it out of the domain; then start the VM again (it left the bus after the plan: nothing of it was changed)`);
   }
+  // A variant's module was loaded by an earlier step: its driver tells its name now.
+  const target = record.target ?? moduleDrivers(host, record.targetModule)[0];
+  if (target === undefined) {
+    ctx.nothingToUndo();
+    throw new VmhookError(`vfio: module ${record.targetModule}, the VFIO driver for ${address}, registers no PCI driver; have vfio-pci take the device instead: <driver model='vfio-pci'/> in its <hostdev>`);
+  }
+  if (record.target === null) ctx.update({ ...record, target });
   if (record.homeClaim !== null) {
     // Journaled with its home before this runs: from here on this VM's release brings it back, not the claim's last holder.
     ctx.claims.removeWaiting(record.homeClaim, (item) => (item as UndoRecord | null)?.address === address);
@@ -476,10 +503,10 @@ async function bindToVfio(record: BindRecord, ctx: ApplyContext<unknown>): Promi
   // override names, and a remove() that never returned would hold modprobe
   // too. From here on no other driver can take the device, and vfio-pci
   // binds it as it registers; only a driver already registered needs the probe.
-  host.write(pciPath(address, "driver_override"), VFIO_DRIVER);
+  host.write(pciPath(address, "driver_override"), target);
   await ctx.afterBackgroundSteps();
-  if (pciDriver(host, address) !== VFIO_DRIVER) await throughDriver(ctx, address, VFIO_DRIVER, "/sys/bus/pci/drivers_probe", timeoutMs);
-  ctx.waitFor(`${address} is bound to vfio-pci`, () => pciDriver(host, address) === VFIO_DRIVER, { timeoutMs });
+  if (pciDriver(host, address) !== target) await throughDriver(ctx, address, target, "/sys/bus/pci/drivers_probe", timeoutMs);
+  ctx.waitFor(`${address} is bound to ${target}`, () => pciDriver(host, address) === target, { timeoutMs });
   ctx.waitFor(`/dev/vfio/${group} exists`, () => host.exists(`/dev/vfio/${group}`), { timeoutMs });
 }
 
@@ -504,7 +531,9 @@ async function rebindDevice(record: BindRecord, ctx: BaseContext): Promise<void>
   if (!pciExists(host, address)) {
     throw new VmhookError(`vfio: ${goneFromBus(host, address, record.sriov)}, then run vmhook recover`);
   }
-  if (pciDriver(host, address) === VFIO_DRIVER) await throughDriver(ctx, address, VFIO_DRIVER, `${PCI_DRIVERS}/${VFIO_DRIVER}/unbind`, timeoutMs);
+  // Off the VFIO driver it went to (vfio-pci, a variant), whichever it is on now.
+  const current = pciDriver(host, address);
+  if (current !== undefined && current !== driver && onVfioDriver(host, address, current)) await throughDriver(ctx, address, current, `${PCI_DRIVERS}/${current}/unbind`, timeoutMs);
   // An empty write clears driver_override.
   host.write(pciPath(address, "driver_override"), override ?? "\n");
   if (driver !== null && pciDriver(host, address) !== driver) {
@@ -570,7 +599,7 @@ async function loadModule(record: UnloadRecord, ctx: BaseContext): Promise<void>
   const unreturned: string[] = [];
   for (const { address, driver } of returning) {
     if (!pciExists(ctx.host, address)) continue;
-    if (pciDriver(ctx.host, address) === VFIO_DRIVER) {
+    if (onVfioDriver(ctx.host, address, pciDriver(ctx.host, address))) {
       // This VM's own device: its own undo failed and says so; do not report it twice.
       if (own.has(address)) continue;
       // Another VM's now: it may leave the claim only for a journal that brings it back to its driver.
@@ -627,11 +656,13 @@ async function unloadUnused(ctx: BaseContext, modules: string[]): Promise<void> 
   // rmmod of a driver whose remove() is blocked would block as well (and vmhook with it): such a module stays.
   const stuckDrivers = new Set(listStuckWrites(ctx.host).flatMap((write) => (write.running ? [write.driver] : [])));
   // Which drivers a module registers takes a look at every PCI driver: only when some write is stuck.
-  const blocked = stuckDrivers.size === 0 ? [] : modules.filter((module) => driversOf(ctx.host, module).some((driver) => stuckDrivers.has(driver)));
+  const blocked = stuckDrivers.size === 0 ? [] : modules.filter((module) => moduleDrivers(ctx.host, module).some((driver) => stuckDrivers.has(driver)));
   let remaining = modules.filter((module) => !blocked.includes(module) && moduleLoaded(ctx.host, module));
-  const stillUsed = (module: string) =>
-    Number(ctx.host.readTrimmed(`/sys/module/${module}/refcnt`) ?? 0) > 0 ||
-    (module === "vfio_pci" && ctx.host.list(`${PCI_DRIVERS}/${VFIO_DRIVER}`).some((entry) => PATTERNS.pciAddress.test(entry)));
+  // vfio-pci or a variant with a device bound (another VM's, or one bound by hand): its rmmod would take the device away.
+  const bindsDevices = (module: string) =>
+    (module === "vfio_pci" || ctx.host.exists(`/sys/module/vfio_pci_core/holders/${module}`)) &&
+    registeredDrivers(ctx.host, module).some((driver) => ctx.host.list(`${PCI_DRIVERS}/${driver}`).some((entry) => PATTERNS.pciAddress.test(entry)));
+  const stillUsed = (module: string) => Number(ctx.host.readTrimmed(`/sys/module/${module}/refcnt`) ?? 0) > 0 || bindsDevices(module);
   // One rmmod for all, users first: each removal frees what it used, so the
   // usual chain (vfio_pci, vfio_pci_core, vfio_iommu_type1, vfio) costs one
   // process. Then each round unloads what nothing uses any more (busybox's
@@ -639,7 +670,7 @@ async function unloadUnused(ctx: BaseContext, modules: string[]): Promise<void> 
   // starting) just stays loaded. A module's exit that blocks leaves rmmod
   // behind, noted: the record stays for vmhook recover.
   const rmmod = (names: string[]) => moduleChange(ctx, "rmmod", names, [], 0);
-  const unused = remaining.filter((module) => !(module === "vfio_pci" && stillUsed(module)));
+  const unused = remaining.filter((module) => !bindsDevices(module));
   if (unused.length > 1) await rmmod(usersFirst(ctx.host, unused));
   remaining = remaining.filter((module) => moduleLoaded(ctx.host, module));
   for (let unloaded = true; unloaded && remaining.length > 0; ) {
@@ -652,6 +683,16 @@ async function unloadUnused(ctx: BaseContext, modules: string[]): Promise<void> 
   // Not undone yet: the record stays for vmhook recover, once the driver has let go.
   const kept = blocked.filter((module) => moduleLoaded(ctx.host, module));
   if (kept.length > 0) throw new VmhookError(`vfio: module(s) ${kept.join(", ")} stay loaded: a write into their driver has not returned (vmhook status); once it has, vmhook recover unloads them`);
+}
+
+/**
+ * The PCI drivers a loaded module registers, as its /sys/module/M/drivers/pci:NAME
+ * links name them (vfio-pci for vfio_pci also without them): no look at
+ * every driver's module link, which moduleDrivers takes.
+ */
+function registeredDrivers(host: Host, module: string): string[] {
+  const linked = host.list(`/sys/module/${module}/drivers`).flatMap((entry) => (entry.startsWith("pci:") && PATTERNS.moduleName.test(entry.slice(4)) ? [entry.slice(4)] : []));
+  return [...new Set([...(module === "vfio_pci" ? [VFIO_DRIVER] : []), ...linked])];
 }
 
 /** The modules ordered so that each comes after every module of the list that uses it. */
@@ -714,6 +755,9 @@ function checkBind(record: UndoRecord): BindRecord {
     moduleReloaded: record.moduleReloaded !== false,
     homeClaim,
     sriov: checkSriovOrigin(record.sriov),
+    // A record without them (a journal from before variants): vfio-pci.
+    target: record.target === undefined ? VFIO_DRIVER : checkedDriver(record.target),
+    targetModule: checkedDriver(record.targetModule) ?? "vfio_pci",
     bindTimeoutMs: timeout(record.bindTimeoutMs),
   };
 }

@@ -6,9 +6,10 @@
 // recover` put back exactly what was taken. User docs: docs/vfio.md.
 //
 // libvirt's managed='yes' hostdevs: libvirt detaches them after prepare; a
-// device already on vfio-pci is left as it is and not marked as bound by
-// libvirt (virPCIDeviceBindToStub), so at shutdown libvirt skips its reattach
-// and release brings it back. Each undo still checks what is already back
+// device already on the VFIO driver libvirt chooses (vfio-pci, or the variant
+// modules.alias matches best: survey.ts's VfioTarget chooses the same) is left
+// as it is and not marked as bound by libvirt (virPCIDeviceBindToStub), so at
+// shutdown libvirt skips its reattach and release brings it back. Each undo still checks what is already back
 // (virsh nodedev-reattach may have run).
 import { definePlugin, type CheckContext, type PlanContext, type Step } from "../../lib/plugin.ts";
 import { parseVfioConfig, readVfioSettings, type VfioConfig } from "./config.ts";
@@ -22,6 +23,7 @@ import { lingerUserAction, orphanedLingerClaim, sessionUnitSteps, stopUserUnitAc
 import { verifyReturnAction, verifyReturnStep } from "./verify-return.ts";
 import { setResetMethodAction, VENDOR_RESET_MODULE, vendorResetFindings } from "./vendor-reset.ts";
 import { pciDriver, readPciDevice } from "../../lib/pci.ts";
+import { PATTERNS } from "../../lib/validate.ts";
 import type { Finding } from "../../lib/diagnostics/findings.ts";
 
 /**
@@ -48,7 +50,7 @@ async function planPrepare(ctx: PlanContext<VfioConfig>): Promise<Step[]> {
 
   return [
     // modprobe takes long and changes nothing the host shows: it runs while the display lets go.
-    ...loadVfioSteps(ctx, settings),
+    ...loadVfioSteps(ctx, found, settings),
     // Its undo runs once every other change but vfio-pci's load is undone: the display is checked then.
     ...verifyReturnStep(ctx.host, found.devices, settings.bindTimeoutSeconds * 1000),
     ...sessionUnitSteps(ctx, sessionUnits, settings.stopTimeoutSeconds * 1000),
@@ -62,11 +64,14 @@ async function planPrepare(ctx: PlanContext<VfioConfig>): Promise<Step[]> {
   ];
 }
 
-/** libvirtd restarted while the VM runs: the devices the journal moved must still be on vfio-pci. */
+/** libvirtd restarted while the VM runs: the devices the journal moved must still be on their VFIO driver. */
 function planReconnect(ctx: PlanContext<unknown>): Step[] {
   for (const record of ctx.records.filter((record) => record.action === "bind-vfio" || record.action === "rebind-device")) {
-    const driver = pciDriver(ctx.host, String(record.address));
-    if (driver !== VFIO_DRIVER) ctx.log.warn(`vfio: ${record.address} should be on vfio-pci while ${ctx.domain.name} runs, but is on ${driver ?? "no driver"}`);
+    // Only read: the record is checked when it is undone.
+    const address = String(record.address);
+    const driver = PATTERNS.pciAddress.test(address) ? pciDriver(ctx.host, address) : undefined;
+    const target = typeof record.target === "string" ? record.target : VFIO_DRIVER;
+    if (driver !== target) ctx.log.warn(`vfio: ${address} should be on ${target} while ${ctx.domain.name} runs, but is on ${driver ?? "no driver"}`);
   }
   return [];
 }

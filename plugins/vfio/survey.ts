@@ -3,11 +3,12 @@
 // so a refusal leaves the host exactly as it was (and `vmhook plan` shows it).
 import { VmhookError } from "../../lib/errors.ts";
 import { iommuOffAdvice } from "../../lib/diagnostics/iommu.ts";
-import { kernelRelease } from "../../lib/kernel-modules.ts";
+import { kernelRelease, modulesAlias, vfioVariantModule } from "../../lib/kernel-modules.ts";
 import type { Host } from "../../lib/host.ts";
 import { PATTERNS } from "../../lib/validate.ts";
 import { openFiles, processIds, processName } from "../../lib/open-files.ts";
 import {
+  driverModule,
   freeBridge,
   HARMLESS_DRIVERS,
   iommuGroupMembers,
@@ -16,10 +17,11 @@ import {
   isDisplayClass,
   isVfioPciVariant,
   listPciDevices,
+  moduleDrivers,
+  onVfioDriver,
   PCI_DEVICES,
   pciDeviceNodes,
   pciDriver,
-  pciDriverModule,
   pciDriverOverride,
   pciExists,
   pciIommuGroup,
@@ -41,6 +43,32 @@ const NVIDIA_MODULES = ["nvidia_drm", "nvidia_modeset", "nvidia_uvm", "nvidia"];
 export interface Device extends PciDevice {
   /** driver_override before vmhook, undefined when none. */
   override?: string;
+  /** On a VFIO driver already (vfio-pci or a variant of it: onVfioDriver): QEMU opens it as it is, so it stays there. */
+  onVfio: boolean;
+  /** The VFIO driver it goes to; undefined when it is on one already. */
+  target?: VfioTarget;
+}
+
+/**
+ * The VFIO driver a device goes to, as libvirt (>= 10.0) binds a managed
+ * hostdev: the one its <hostdev><driver model='…'/> names, else the vfio-pci
+ * variant modules.alias matches best (vfioVariantModule), else vfio-pci.
+ */
+export interface VfioTarget {
+  /** What modprobe loads: vfio_pci, or the variant's module. */
+  module: string;
+  /** The PCI driver's name (vfio-pci, xe-vfio-pci); undefined: a variant's module not loaded yet, whose driver says it once it is. */
+  driver?: string;
+  /** Where the choice came from, for the plan's words. */
+  chosenBy: "default" | "modules.alias" | "driver model";
+}
+
+const VFIO_PCI_TARGET: VfioTarget = { module: "vfio_pci", driver: "vfio-pci", chosenBy: "default" };
+
+function vfioTarget(host: Host, address: string, model: string | undefined, aliases: () => string): VfioTarget {
+  if (model !== undefined) return { module: model.replace(/-/g, "_"), driver: model, chosenBy: "driver model" };
+  const variant = vfioVariantModule(aliases(), host.readTrimmed(pciPath(address, "modalias")));
+  return variant === undefined ? VFIO_PCI_TARGET : { module: variant, driver: moduleDrivers(host, variant)[0], chosenBy: "modules.alias" };
 }
 
 export interface Holder {
@@ -144,7 +172,13 @@ function expandDevices(host: Host, config: VfioConfig): Device[] {
       `vfio: ${missing.map((address) => `PCI device ${address}`).join(", ")} ${missing.length === 1 ? "does" : "do"} not exist on this host; fix the <hostdev> address or devices= (lspci -D lists the devices)`,
     );
   }
-  return handedOverAddresses(host, config).map((address) => ({ ...readPciDevice(host, address), override: pciDriverOverride(host, address) }));
+  let aliases: string | undefined;
+  const modulesAliasText = () => (aliases ??= modulesAlias(host));
+  return handedOverAddresses(host, config).map((address) => {
+    const device = readPciDevice(host, address);
+    const onVfio = onVfioDriver(host, address, device.driver);
+    return { ...device, override: pciDriverOverride(host, address), onVfio, ...(onVfio ? {} : { target: vfioTarget(host, address, config.driverModels[address], modulesAliasText) }) };
+  });
 }
 
 /**
@@ -252,7 +286,7 @@ function refuseGroupsInUse(host: Host, devices: Device[]): void {
 export function groupInUse(host: Host, group: string, ours: string[]): { reason: string; fix: string } | undefined {
   const onVfio = iommuGroupMembers(host, group).flatMap((address) => {
     const driver = pciDriver(host, address);
-    return driver === VFIO_DRIVER || (driver !== undefined && isVfioPciVariant(host, driver)) ? [{ address, driver }] : [];
+    return onVfioDriver(host, address, driver) ? [{ address, driver: driver! }] : [];
   });
   if (onVfio.length === 0) return undefined;
   const cdevs = onVfio.flatMap(({ address }) => host.list(pciPath(address, "vfio-dev")).filter((name) => /^vfio\d+$/.test(name)).map((name) => `/dev/vfio/devices/${name}`));
@@ -270,11 +304,12 @@ export function groupInUse(host: Host, group: string, ours: string[]): { reason:
 function singleGpuMode(host: Host, config: VfioConfig, devices: Device[]): { singleGpu: boolean; singleGpuOff?: string } {
   if (config.singleGpu !== "auto") return config.singleGpu === "yes" ? { singleGpu: true } : { singleGpu: false, singleGpuOff: 'single-gpu="no"' };
   const ours = new Set(devices.map((device) => device.address));
-  // A boot GPU already on vfio-pci (vfio-pci.ids=...) shows no host display to release.
-  const bootGpu = devices.some((device) => isDisplayClass(device.classCode) && device.bootVga && device.driver !== VFIO_DRIVER);
-  // A GPU with no driver, on vfio-pci/pci-stub (another VM's), or compute-only shows nothing on the host.
+  // A boot GPU already on vfio-pci (vfio-pci.ids=...) or a variant shows no host display to release.
+  const bootGpu = devices.some((device) => isDisplayClass(device.classCode) && device.bootVga && !device.onVfio);
+  // A GPU with no driver, on vfio-pci/pci-stub or a vfio-pci variant (another VM's), or compute-only shows nothing on the host.
   const otherDisplays = listPciDevices(host).filter(
-    (device) => isDisplayClass(device.classCode) && !isComputeOnlyClass(device.classCode) && !ours.has(device.address) && device.driver !== undefined && !HARMLESS_DRIVERS.includes(device.driver),
+    (device) =>
+      isDisplayClass(device.classCode) && !isComputeOnlyClass(device.classCode) && !ours.has(device.address) && device.driver !== undefined && !HARMLESS_DRIVERS.includes(device.driver) && !isVfioPciVariant(host, device.driver),
   );
   if (otherDisplays.length > 0) return { singleGpu: false, singleGpuOff: `the host keeps a display on ${otherDisplays.map((device) => `${device.address} (${device.driver})`).join(", ")}` };
   return bootGpu ? { singleGpu: true } : { singleGpu: false, singleGpuOff: "no GPU handed over is the boot VGA device on a host driver" };
@@ -365,7 +400,7 @@ export function modulesTheHostNeeds(host: Host, modules: string[], devices: Devi
   const kept = host.list(PCI_DEVICES).flatMap((address) => {
     const driver = ours.has(address) ? undefined : pciDriver(host, address);
     if (driver === undefined) return [];
-    if (!moduleOf.has(driver)) moduleOf.set(driver, pciDriverModule(host, driver));
+    if (!moduleOf.has(driver)) moduleOf.set(driver, driverModule(host, driver));
     const module = moduleOf.get(driver);
     return module === undefined ? [] : [{ address, module }];
   });

@@ -13,7 +13,7 @@ import { defineAction, type BaseContext, type Step, type UndoRecord } from "../.
 import { refuseIfStuck } from "../../lib/stuck-writes.ts";
 import { PATTERNS } from "../../lib/validate.ts";
 import { claimProviding } from "./driver.ts";
-import { VFIO_DRIVER, type Device } from "./survey.ts";
+import type { Device } from "./survey.ts";
 
 /** The kinds of node a GPU's driver makes: /dev/dri/cardN, /dev/dri/renderDN, /dev/fbN. */
 const NODE_KINDS = ["card", "renderD", "fb"] as const;
@@ -39,7 +39,7 @@ function nodeKinds(host: Host, address: string): NodeKind[] {
 /** The step, when a device that moves has display nodes now; none otherwise. */
 export function verifyReturnStep(host: Host, devices: Device[], bindTimeoutMs: number): Step<VerifyRecord>[] {
   const shown = devices
-    .filter((device) => device.driver !== undefined && device.driver !== VFIO_DRIVER)
+    .filter((device) => device.driver !== undefined && !device.onVfio)
     .map((device) => ({ address: device.address, driver: device.driver!, nodes: nodeKinds(host, device.address), sriov: sriovOrigin(host, device.address) }))
     .filter((device) => device.nodes.length > 0);
   if (shown.length === 0) return [];

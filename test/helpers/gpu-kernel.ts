@@ -41,6 +41,8 @@ export interface SimModule {
   /** Soft dependencies modprobe loads after it ("softdep post:", e.g. vfio → vfio_iommu_type1). */
   post?: string[];
   loaded?: boolean;
+  /** A VFIO driver's ids (its "alias vfio_pci:…" lines in modules.alias): "v00008086d0000E20Bsv*sd*bc*sc*i*". */
+  vfioAliases?: string[];
 }
 
 export interface SimUnit {
@@ -118,6 +120,13 @@ const RELEASE = "6.1.0-sim";
 const FBIOGET_CON2FBMAP = 0x460f;
 const FBIOPUT_CON2FBMAP = 0x4610;
 const DRIVERS = "/sys/bus/pci/drivers";
+
+/** The device's modalias as the kernel writes it (pci:v00001002d0000744Csv…sd…bc03sc00i00): ids and class in upper-case hex. */
+function modalias(spec: SimPciDevice): string {
+  const id = (value: string) => value.replace(/^0x/, "").toUpperCase().padStart(8, "0");
+  const cls = spec.classCode.replace(/^0x/, "").toUpperCase().padStart(6, "0");
+  return `pci:v${id(spec.vendor)}d${id(spec.deviceId ?? "0x1234")}sv00000000sd00000000bc${cls.slice(0, 2)}sc${cls.slice(2, 4)}i${cls.slice(4, 6)}`;
+}
 
 export class GpuKernel {
   readonly sim = new SimHost();
@@ -262,6 +271,9 @@ export class GpuKernel {
     const modules = [...this.modules.values()];
     this.sim.file(`/lib/modules/${RELEASE}/modules.dep`, modules.map((m) => `${file(m.name)}: ${[...new Set(uses(m.name))].map(file).join(" ")}`.trimEnd()).join("\n"));
     this.sim.file(`/lib/modules/${RELEASE}/modules.softdep`, modules.filter((m) => m.post).map((m) => `softdep ${m.name} post: ${m.post!.join(" ")}`).join("\n"));
+    // vfio-pci's own catch-all, which depmod writes for every kernel since 5.16, then the variants' ids.
+    const vfioAliases = [["v*d*sv*sd*bc*sc*i*", "vfio_pci"], ...modules.flatMap((m) => (m.vfioAliases ?? []).map((pattern) => [pattern, m.name]))];
+    this.sim.file(`/lib/modules/${RELEASE}/modules.alias`, vfioAliases.map(([pattern, name]) => `alias vfio_pci:${pattern} ${name}`).join("\n"));
   }
 
   device(spec: SimPciDevice): this {
@@ -273,6 +285,7 @@ export class GpuKernel {
       .file(`${dir}/device`, spec.deviceId ?? "0x1234")
       .file(`${dir}/boot_vga`, spec.bootVga ? 1 : 0)
       .file(`${dir}/driver_override`, "(null)")
+      .file(`${dir}/modalias`, modalias(spec))
       .file(`${dir}/power/control`, spec.powerControl ?? "on")
       .file(`${dir}/remove`)
       .file(`/sys/class/pci_bus/${spec.address.slice(0, 7)}/rescan`)
@@ -447,6 +460,7 @@ export class GpuKernel {
     for (const dep of module.uses ?? []) this.sim.link(`/sys/module/${dep}/holders/${name}`, `../../${name}`);
     if (module.driver) {
       this.sim.file(`${DRIVERS}/${module.driver}/bind`).file(`${DRIVERS}/${module.driver}/unbind`).link(`${DRIVERS}/${module.driver}/module`, `../../../../module/${name}`);
+      this.sim.link(`/sys/module/${name}/drivers/pci:${module.driver}`, `../../../bus/pci/drivers/${module.driver}`);
       // A new driver probes the unbound devices it matches (driver_override, when set, is the only match).
       for (const device of this.devices.values()) {
         const override = this.sim.readTrimmed(`${DEV}/${device.address}/driver_override`);
@@ -472,11 +486,12 @@ export class GpuKernel {
   private bind(address: string, driver: string): void {
     const device = this.devices.get(address)!;
     if (!this.sim.exists(`${DRIVERS}/${driver}`) || this.driverOf(address)) throw Object.assign(new Error("ENODEV"), { code: "ENODEV" });
-    if (driver !== "vfio-pci" && (this.refuses(address) || driver !== device.nativeDriver)) throw Object.assign(new Error("ENODEV"), { code: "ENODEV" });
+    if (!this.vfioDriver(driver) && (this.refuses(address) || driver !== device.nativeDriver)) throw Object.assign(new Error("ENODEV"), { code: "ENODEV" });
     this.sim.link(`${DEV}/${address}/driver`, `../../../bus/pci/drivers/${driver}`).link(`${DRIVERS}/${driver}/${address}`, `../../../../devices/${address}`);
     // vfio_pci_core_register_device() allows runtime PM (pm_runtime_allow), as a driver that manages it does in its probe.
-    if (driver === "vfio-pci" || device.driverAllowsRuntimePm) this.sim.file(`${DEV}/${address}/power/control`, "auto");
-    if (driver === "vfio-pci") this.sim.file(`/dev/vfio/${device.group}`);
+    if (this.vfioDriver(driver) || device.driverAllowsRuntimePm) this.sim.file(`${DEV}/${address}/power/control`, "auto");
+    // vfio-pci or a variant built on vfio_pci_core: the device is vfio's (its group node, and with the vfio cdev its vfio-dev/vfioN).
+    if (this.vfioDriver(driver)) this.sim.file(`/dev/vfio/${device.group}`).dir(`${DEV}/${address}/vfio-dev/vfio${device.group}`);
     else {
       for (const node of device.nodes ?? []) {
         if (node.startsWith("fb")) {
@@ -501,9 +516,15 @@ export class GpuKernel {
       if (node === `fb${this.consoleFramebuffer}`) this.consoleFramebuffer = -1;
     }
     // vfio_pci_core_unregister_device() forbids runtime PM (pm_runtime_forbid), whatever power/control said before vfio-pci.
-    if (driver === "vfio-pci") this.sim.file(`${DEV}/${address}/power/control`, "on");
-    const groupStillUsed = [...this.devices.values()].some((d) => d.group === device.group && this.driverOf(d.address) === "vfio-pci");
-    if (driver === "vfio-pci" && !groupStillUsed) this.sim.remove(`/dev/vfio/${device.group}`);
+    if (this.vfioDriver(driver)) this.sim.file(`${DEV}/${address}/power/control`, "on");
+    this.sim.remove(`${DEV}/${address}/vfio-dev`);
+    const groupStillUsed = [...this.devices.values()].some((d) => d.group === device.group && this.vfioDriver(this.driverOf(d.address)));
+    if (this.vfioDriver(driver) && !groupStillUsed) this.sim.remove(`/dev/vfio/${device.group}`);
+  }
+
+  /** vfio-pci, or a variant of it (mlx5_vfio_pci, xe-vfio-pci): a driver whose module uses vfio_pci_core. */
+  private vfioDriver(driver: string | undefined): boolean {
+    return driver !== undefined && [...this.modules.values()].some((module) => module.driver === driver && (module.uses ?? []).includes("vfio_pci_core"));
   }
 
   /** fbcon binds every console again, as when a framebuffer registers; the consoles show on the first framebuffer it took. */
@@ -565,7 +586,7 @@ export class GpuKernel {
     const override = this.sim.readTrimmed(`${DEV}/${address}/driver_override`);
     const driver = override && override !== "(null)" ? override : this.devices.get(address)?.nativeDriver;
     if (!driver || !this.sim.exists(`${DRIVERS}/${driver}`)) return;
-    if (driver !== "vfio-pci" && this.refuses(address)) return;
+    if (!this.vfioDriver(driver) && this.refuses(address)) return;
     if (driver === "vfio-pci" && this.refuseVfio.has(address)) return;
     this.bind(address, driver);
   }

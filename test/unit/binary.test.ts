@@ -945,6 +945,8 @@ test("defect 4, hook mode: VM A released while VM B keeps nvidia unloaded: A's c
     assert.equal(JSON.parse(fs.readFileSync(claims, "utf8")).claims["module:nvidia"], { holders: [uuidB], original: { drivers: ["nvidia"] }, waiting: [{ address: card, driver: "nvidia" }] });
     assert.is(fs.readFileSync(at(`sys/bus/pci/devices/${card}/driver_override`), "utf8"), "\n", "driver_override is cleared: nvidia takes the card when B's release loads it");
 
+    // vfio-pci's unbind, which these plain files do not act on: the card has no driver now (a card still on vfio-pci would stay there, no handover).
+    fs.unlinkSync(at(`sys/bus/pci/devices/${card}/driver`));
     fs.writeFileSync(claims, '{"version": 7, "claims": {}}');
     const refused = run(qemu, ["vm", "prepare", "begin", "-"], vfio, t.root);
     assert.is(refused.code, 1);

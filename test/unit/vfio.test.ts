@@ -8,7 +8,7 @@ import * as assert from "uvu/assert";
 import { Deadline } from "../../lib/deadline.ts";
 import { runDoctor } from "../../lib/diagnostics/doctor.ts";
 import { readJournal } from "../../lib/journal.ts";
-import { moduleClosure, moduleDependencies } from "../../lib/kernel-modules.ts";
+import { moduleClosure, moduleDependencies, vfioVariantModule } from "../../lib/kernel-modules.ts";
 import { createLogger } from "../../lib/log.ts";
 import { paths } from "../../lib/paths.ts";
 import { DEFAULT_SETTINGS } from "../../lib/settings.ts";
@@ -24,10 +24,11 @@ const UUID = "0b5c64e3-55a1-4b84-9d2b-4e0a3e7d2f10";
 const GPU = "0000:01:00.0";
 const AUDIO = "0000:01:00.1";
 
-function domainXml(vfio: string, hostdevs: { address: string; managed?: boolean }[] = [{ address: GPU }]): string {
-  const hostdev = ({ address, managed }: { address: string; managed?: boolean }) => {
+function domainXml(vfio: string, hostdevs: { address: string; managed?: boolean; model?: string }[] = [{ address: GPU }]): string {
+  const hostdev = ({ address, managed, model }: { address: string; managed?: boolean; model?: string }) => {
     const [, domain, bus, slot, fn] = /^(\w{4,8}):(\w\w):(\w\w)\.(\d)$/.exec(address)!;
-    return `<hostdev mode='subsystem' type='pci' managed='${managed ? "yes" : "no"}'><source><address domain='0x${domain}' bus='0x${bus}' slot='0x${slot}' function='0x${fn}'/></source></hostdev>`;
+    const driver = model === undefined ? "" : `<driver model='${model}'/>`;
+    return `<hostdev mode='subsystem' type='pci' managed='${managed ? "yes" : "no"}'>${driver}<source><address domain='0x${domain}' bus='0x${bus}' slot='0x${slot}' function='0x${fn}'/></source></hostdev>`;
   };
   return `<domain type='kvm'><name>win11</name><uuid>${UUID}</uuid><memory unit='GiB'>8</memory>
   <metadata><vmhook:hooks xmlns:vmhook="urn:vmhook:1">${vfio}</vmhook:hooks></metadata>
@@ -776,6 +777,152 @@ test("a managed='yes' <hostdev> in the GPU's IOMMU group that devices= leaves ou
   const refused = await runHookEvent(unmanaged.sim, "prepare", "begin", domainXml(`<vmhook:vfio devices="${GPU}"/>`, [{ address: GPU }, { address: USB }]));
   assert.is(refused.code, 1);
   assert.match(firstLine(refused.stderr), `IOMMU group 1 holds 0000:01:00.0, 0000:01:00.1 and also ${USB} (class 0x0c0330, driver xhci_hcd)`);
+});
+
+/**
+ * An Intel Arc B580 (Battlemage, xe) with SR-IOV: the PF 0000:03:00.0 shows the host's display on xe, its VF
+ * 0000:03:00.1 (group 11) was bound to xe-vfio-pci, xe's vfio-pci variant (built on vfio_pci_core), for a VM.
+ */
+function battlemageWithVfOnVariant(): GpuKernel {
+  const kernel = twoGpuWorkstation()
+    .module({ name: "xe", driver: "xe", loaded: true })
+    .module({ name: "xe_vfio_pci", driver: "xe-vfio-pci", uses: ["vfio_pci_core"], loaded: true })
+    .device({ address: "0000:03:00.0", classCode: "0x030000", vendor: "0x8086", deviceId: "0xe20b", nativeDriver: "xe", group: 10, nodes: ["card2", "renderD130"] });
+  kernel.sim.file("/sys/bus/pci/devices/0000:03:00.0/sriov_numvfs", "1");
+  return kernel.device({ address: BATTLEMAGE_VF, classCode: "0x030000", vendor: "0x8086", deviceId: "0xe20b", nativeDriver: "xe-vfio-pci", group: 11, physfn: "0000:03:00.0" });
+}
+const BATTLEMAGE_VF = "0000:03:00.1";
+
+// A vfio-pci variant driver already gives QEMU a VFIO device (with what plain vfio-pci lacks: migration state, the
+// device's own reset): a device on one is left on it at prepare, so release has nothing of it to give back.
+for (const vfioPciCore of ["a module (its holders name xe_vfio_pci)", "built in (the device's vfio-dev/vfioN tells)"]) {
+  test(`an xe SR-IOV VF already on xe-vfio-pci, vfio_pci_core ${vfioPciCore}: left on it at prepare (vfio-pci is not even loaded), the GPU beside it moves; release leaves it too`, async () => {
+    const kernel = battlemageWithVfOnVariant();
+    // Built in: no module, so no holders/ to show who uses it.
+    if (vfioPciCore.startsWith("built in")) kernel.sim.remove("/sys/module/vfio_pci_core/holders/xe_vfio_pci");
+    const before = kernel.sim.snapshot();
+    const xml = domainXml("<vmhook:vfio/>", [{ address: BATTLEMAGE_VF }]);
+    const prepare = await runHookEvent(kernel.sim, "prepare", "begin", xml);
+    assert.is(prepare.code, 0, prepare.stderr);
+    assert.equal(kernel.sim.snapshot(), before);
+    assert.equal(kernel.sim.execs.filter((e) => e.command === "modprobe" || e.command === "rmmod"), []);
+    assert.match(kernel.sim.read("/var/log/vmhook.log"), `vfio: ${BATTLEMAGE_VF} is already on xe-vfio-pci, a VFIO driver: left on it`);
+    const release = await runHookEvent(kernel.sim, "release", "end", xml);
+    assert.is(release.code, 0, release.stderr);
+    assert.equal(kernel.sim.snapshot(), before);
+  });
+}
+
+/** The Battlemage card with its VF on xe, the host's VF driver, and xe_vfio_pci in the kernel's modules, not loaded: modules.alias names it for the card's ids. */
+function battlemageWithVfOnXe(): GpuKernel {
+  const kernel = twoGpuWorkstation()
+    .module({ name: "xe", driver: "xe", loaded: true })
+    .module({ name: "xe_vfio_pci", driver: "xe-vfio-pci", uses: ["vfio_pci_core"], vfioAliases: ["v00008086d0000E20Bsv*sd*bc*sc*i*"] })
+    .device({ address: "0000:03:00.0", classCode: "0x030000", vendor: "0x8086", deviceId: "0xe20b", nativeDriver: "xe", group: 10, nodes: ["card2", "renderD130"] });
+  kernel.sim.file("/sys/bus/pci/devices/0000:03:00.0/sriov_numvfs", "1");
+  return kernel.device({ address: BATTLEMAGE_VF, classCode: "0x030000", vendor: "0x8086", deviceId: "0xe20b", nativeDriver: "xe", group: 11, physfn: "0000:03:00.0" });
+}
+
+// As libvirt (>= 10.0) binds a managed hostdev: the vfio-pci variant modules.alias matches best ("alias vfio_pci:…", fewest
+// wildcards), unless the <hostdev>'s <driver model='…'/> names the driver; vfio-pci when no variant matches.
+test("an xe SR-IOV VF on xe, xe_vfio_pci matching it in modules.alias: prepare loads xe_vfio_pci and binds the VF to xe-vfio-pci, not vfio-pci (not even loaded); release brings it back to xe and unloads xe_vfio_pci", async () => {
+  const kernel = battlemageWithVfOnXe();
+  const before = kernel.sim.snapshot();
+  const xml = domainXml("<vmhook:vfio/>", [{ address: BATTLEMAGE_VF }]);
+  const planned = await plannedSteps(kernel.sim, xml);
+  assert.equal(planned, ["vfio: load module xe_vfio_pci", `vfio: bind ${BATTLEMAGE_VF} to module xe_vfio_pci's driver (from xe; the vfio-pci variant modules.alias matches best)`]);
+  const prepare = await runHookEvent(kernel.sim, "prepare", "begin", xml);
+  assert.is(prepare.code, 0, prepare.stderr);
+  assert.equal([kernel.driverOf(BATTLEMAGE_VF), kernel.driverOf("0000:03:00.0")], ["xe-vfio-pci", "xe"]);
+  assert.ok(kernel.sim.exists("/dev/vfio/11"));
+  assert.not.ok(kernel.loaded("vfio_pci"));
+  assert.is(kernel.sim.readTrimmed(`/sys/bus/pci/devices/${BATTLEMAGE_VF}/driver_override`), "xe-vfio-pci");
+  const release = await runHookEvent(kernel.sim, "release", "end", xml);
+  assert.is(release.code, 0, release.stderr);
+  assert.equal(kernel.sim.snapshot(), before);
+});
+
+test("xe_vfio_pci loaded for the VM, and another VF bound to it by hand meanwhile: release brings the VM's VF back to xe and leaves xe_vfio_pci loaded (its rmmod would take that VF away)", async () => {
+  const kernel = battlemageWithVfOnXe();
+  kernel.sim.file("/sys/bus/pci/devices/0000:03:00.0/sriov_numvfs", "2");
+  kernel.device({ address: "0000:03:00.2", classCode: "0x030000", vendor: "0x8086", deviceId: "0xe20b", nativeDriver: "xe", group: 12, physfn: "0000:03:00.0" });
+  const xml = domainXml("<vmhook:vfio/>", [{ address: BATTLEMAGE_VF }]);
+  assert.is((await runHookEvent(kernel.sim, "prepare", "begin", xml)).code, 0);
+  kernel.sim.write("/sys/bus/pci/devices/0000:03:00.2/driver/unbind", "0000:03:00.2");
+  kernel.sim.write("/sys/bus/pci/devices/0000:03:00.2/driver_override", "xe-vfio-pci");
+  kernel.sim.write("/sys/bus/pci/drivers_probe", "0000:03:00.2");
+  assert.is(kernel.driverOf("0000:03:00.2"), "xe-vfio-pci");
+  const release = await runHookEvent(kernel.sim, "release", "end", xml);
+  assert.is(release.code, 0, release.stderr);
+  assert.equal([kernel.driverOf(BATTLEMAGE_VF), kernel.driverOf("0000:03:00.2")], ["xe", "xe-vfio-pci"]);
+  assert.ok(kernel.loaded("xe_vfio_pci"));
+});
+
+test("an xe SR-IOV VF whose <hostdev> says <driver model='vfio-pci'/> (libvirt's way round a variant): vfio-pci takes it, xe_vfio_pci stays unloaded; release brings it back to xe", async () => {
+  const kernel = battlemageWithVfOnXe();
+  const before = kernel.sim.snapshot();
+  const xml = domainXml("<vmhook:vfio/>", [{ address: BATTLEMAGE_VF, model: "vfio-pci" }]);
+  const prepare = await runHookEvent(kernel.sim, "prepare", "begin", xml);
+  assert.is(prepare.code, 0, prepare.stderr);
+  assert.is(kernel.driverOf(BATTLEMAGE_VF), "vfio-pci");
+  assert.not.ok(kernel.loaded("xe_vfio_pci"));
+  const release = await runHookEvent(kernel.sim, "release", "end", xml);
+  assert.is(release.code, 0, release.stderr);
+  assert.equal(kernel.sim.snapshot(), before);
+});
+
+test("the VF's variant loaded by someone else, not vmhook: prepare binds the VF to xe-vfio-pci without a modprobe; release brings it back to xe and leaves the module loaded", async () => {
+  const kernel = battlemageWithVfOnXe();
+  kernel.sim.exec("modprobe", ["xe_vfio_pci"], { timeoutMs: 1000 });
+  const before = kernel.sim.snapshot();
+  const xml = domainXml("<vmhook:vfio/>", [{ address: BATTLEMAGE_VF }]);
+  assert.equal(await plannedSteps(kernel.sim, xml), [`vfio: bind ${BATTLEMAGE_VF} to xe-vfio-pci (from xe; the vfio-pci variant modules.alias matches best)`]);
+  const prepare = await runHookEvent(kernel.sim, "prepare", "begin", xml);
+  assert.is(prepare.code, 0, prepare.stderr);
+  assert.is(kernel.driverOf(BATTLEMAGE_VF), "xe-vfio-pci");
+  const release = await runHookEvent(kernel.sim, "release", "end", xml);
+  assert.is(release.code, 0, release.stderr);
+  assert.equal(kernel.sim.snapshot(), before);
+  assert.equal(kernel.sim.execs.filter((e) => e.command === "rmmod" || (e.command === "modprobe" && e.args[0] !== "xe_vfio_pci")), []);
+});
+
+test("the vfio-pci variant for a modalias is libvirt's: the matching \"alias vfio_pci:\" line with the fewest wildcards; vfio_pci's catch-all or no match is none", () => {
+  const aliases = [
+    "alias pci:v000015B3d0000101Esv*sd*bc*sc*i* mlx5_core",
+    "alias vfio_pci:v*d*sv*sd*bc*sc*i* vfio_pci",
+    "alias vfio_pci:v000015B3d0000101Esv*sd*bc*sc*i* mlx5_vfio_pci",
+    "alias vfio_pci:v000015B3d*sv*sd*bc*sc*i* broad_vfio_pci",
+    "alias vfio_pci:v00001AF4d00001041sv*sd00000001bc02sc00i00 virtio_vfio_pci",
+  ].join("\n");
+  const cx7Vf = "pci:v000015B3d0000101Esv000015B3sd00000001bc02sc00i00";
+  assert.is(vfioVariantModule(aliases, cx7Vf), "mlx5_vfio_pci");
+  assert.is(vfioVariantModule(aliases, "pci:v000015B3d00001017sv000015B3sd00000001bc02sc00i00"), "broad_vfio_pci");
+  assert.is(vfioVariantModule(aliases, "pci:v00001AF4d00001041sv00001AF4sd00000001bc02sc00i00"), "virtio_vfio_pci");
+  assert.is(vfioVariantModule(aliases, "pci:v00001AF4d00001041sv00001AF4sd00000002bc02sc00i00"), undefined, "only vfio_pci's catch-all matches");
+  assert.is(vfioVariantModule("", cx7Vf), undefined, "no modules.alias");
+  assert.is(vfioVariantModule(aliases, undefined), undefined, "no modalias");
+});
+
+test("a <hostdev><driver model> that is no driver name is refused at parse, naming it (it would become a path and a module)", async () => {
+  const kernel = battlemageWithVfOnXe();
+  const before = kernel.sim.snapshot();
+  const result = await runHookEvent(kernel.sim, "prepare", "begin", domainXml("<vmhook:vfio/>", [{ address: BATTLEMAGE_VF, model: "../../evil" }]));
+  assert.is(result.code, 1);
+  assert.match(firstLine(result.stderr), `<hostdev type='pci'><driver>: model="../../evil" is not a driver name like vfio-pci or mlx5_vfio_pci`);
+  assert.equal(kernel.sim.snapshot(), before);
+});
+
+test("a GPU on amdgpu and an xe SR-IOV VF on xe-vfio-pci in one domain: the GPU goes to vfio-pci and back, the VF stays on xe-vfio-pci throughout", async () => {
+  const kernel = battlemageWithVfOnVariant();
+  const before = kernel.sim.snapshot();
+  const xml = domainXml("<vmhook:vfio/>", [{ address: GPU }, { address: BATTLEMAGE_VF }]);
+  const prepare = await runHookEvent(kernel.sim, "prepare", "begin", xml);
+  assert.is(prepare.code, 0, prepare.stderr);
+  assert.equal([kernel.driverOf(GPU), kernel.driverOf(AUDIO), kernel.driverOf(BATTLEMAGE_VF), kernel.driverOf("0000:03:00.0")], ["vfio-pci", "vfio-pci", "xe-vfio-pci", "xe"]);
+  assert.equal(readJournal(kernel.sim, UUID)!.entries.filter((entry) => entry.undo.action === "bind-vfio").map((entry) => entry.undo.address), [GPU, AUDIO]);
+  const release = await runHookEvent(kernel.sim, "release", "end", xml);
+  assert.is(release.code, 0, release.stderr);
+  assert.equal(kernel.sim.snapshot(), before);
 });
 
 test("an NVMe drive behind Intel VMD (PCI domain 10000, which libvirt accepts) goes to vfio-pci and back like any device", async () => {
