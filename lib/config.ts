@@ -19,15 +19,6 @@ import { PATTERNS, PLUGIN_NAME_RULE } from "./validate.ts";
 export const CUSTOM_ELEMENT = "plugin";
 export const CUSTOM_PREFIX = "plugin:";
 
-/**
- * The most elements <vmhook:hooks> may hold. Plugins check elements against
- * each other (forward every port against every other), so thousands of them
- * would keep a hook busy for minutes, and libvirt runs every domain's stopped
- * and release in one thread that waits for it. No VM needs more: one
- * <vmhook:forward> takes 64 ports.
- */
-const MAX_ELEMENTS = 64;
-
 export interface PluginInstance {
   /** Journal id: "hugepages", or "plugin:NAME" for custom plugins. */
   id: string;
@@ -49,11 +40,11 @@ export async function loadDomainPlugins(domain: Domain, host: Host, registry: Pl
   const metadata = domain.metadata;
   if (!metadata) return [];
   checkRoot(metadata);
-  refuseTooManyElements(metadata);
+  const elements = metadataChildren(metadata);
 
   const policy = loadPolicy(host);
   const groups = new Map<string, XmlElement[]>();
-  for (const element of metadataChildren(metadata)) {
+  for (const element of elements) {
     const id = pluginId(element, builtinNames);
     if (id.startsWith(CUSTOM_PREFIX) && groups.has(id)) throw secondCustomElement(element, id);
     if (id.startsWith(CUSTOM_PREFIX)) refuseBuiltinAsCustom(host, element, id.slice(CUSTOM_PREFIX.length), builtinNames());
@@ -87,7 +78,8 @@ export interface ReconnectPlugins {
 export async function loadReconnectPlugins(domain: Domain, held: string[], host: Host, registry: PluginRegistry): Promise<ReconnectPlugins> {
   const problems: string[] = [];
   const groups = new Map<string, XmlElement[] | Error>();
-  let metadata = domain.metadata;
+  const metadata = domain.metadata;
+  let elements: XmlElement[] = [];
   if (metadata) {
     try {
       checkRoot(metadata);
@@ -95,13 +87,12 @@ export async function loadReconnectPlugins(domain: Domain, held: string[], host:
       problems.push(describeError(error));
     }
     try {
-      refuseTooManyElements(metadata);
+      elements = metadataChildren(metadata);
     } catch (error) {
       problems.push(`${describeError(error)}; none of them is read at this reconnect`);
-      metadata = undefined;
     }
   }
-  for (const element of metadata ? metadataChildren(metadata) : []) {
+  for (const element of elements) {
     try {
       const id = pluginId(element, () => registry.builtinNames());
       const earlier = groups.get(id);
@@ -210,12 +201,6 @@ function checkRoot(metadata: XmlElement): void {
   if (extra.length > 0) throw new ConfigError(rootName, `has attribute ${extra[0]}, but takes none; configure plugins in its child elements`);
   const text = [...metadataText(metadata)].join("").trim();
   if (text !== "") throw new ConfigError(rootName, `contains the text ${JSON.stringify(text.slice(0, 40))}; it holds only plugin elements such as <vmhook:hugepages/>`);
-}
-
-function refuseTooManyElements(metadata: XmlElement): void {
-  const count = metadataChildren(metadata).length;
-  if (count <= MAX_ELEMENTS) return;
-  throw new ConfigError(`<vmhook:${ROOT_ELEMENT}>`, `holds ${count} elements, more than the ${MAX_ELEMENTS} vmhook reads; merge them (one <vmhook:forward> takes up to 64 ports, ranges too)`);
 }
 
 /** The plugin id a child of <vmhook:hooks> names, or an error naming it when it names none. */

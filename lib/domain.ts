@@ -440,8 +440,25 @@ function parseInterfaces(document: XmlNode): NetworkInterface[] {
   });
 }
 
-/** The child elements of <vmhook:hooks>, in document order. */
-export const metadataChildren = childElements;
+/**
+ * The most elements <vmhook:hooks> may hold. Plugins check elements against
+ * each other (forward every port against every other), so thousands of them
+ * would keep a hook busy for minutes, and libvirt runs every domain's stopped
+ * and release in one thread that waits for it. No VM needs more: one
+ * <vmhook:forward> takes 64 ports.
+ */
+const MAX_ELEMENTS = 64;
+
+/**
+ * The child elements of <vmhook:hooks>, in document order: the one way the
+ * hook, validate, plan and doctor read them, so more than MAX_ELEMENTS are
+ * refused before any is read, everywhere.
+ */
+export function metadataChildren(metadata: XmlElement): XmlElement[] {
+  const children = childElements(metadata);
+  if (children.length <= MAX_ELEMENTS) return children;
+  throw new ConfigError(`<vmhook:${ROOT_ELEMENT}>`, `holds ${children.length} elements, more than the ${MAX_ELEMENTS} vmhook reads; merge them (one <vmhook:forward> takes up to 64 ports, ranges too)`);
+}
 
 /** The attributes of an element as a plain object (for plugins' config parsers and JSON plugins). */
 export function attributes(element: XmlElement): Record<string, string> {

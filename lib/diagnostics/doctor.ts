@@ -292,8 +292,9 @@ async function domainChecks(host: Host, domain: Domain, xml: string, iommu: Iomm
   } catch (error) {
     findings.push(fail("config", describeError(error), "fix the metadata as the message says; vmhook validate FILE checks it again"));
   }
-  // The elements as written, so the checks run even when one element is invalid.
-  const elements = domain.metadata ? metadataChildren(domain.metadata) : [];
+  // The elements as written, so the checks run even when one element is invalid; none when there are more than
+  // the hook reads (the config finding says so): checking thousands against each other would hang doctor.
+  const elements = readableElements(domain);
   const used = new Set(elements.map((element) => element.localName!));
   // Each built-in plugin checks what it will need (custom plugins are not run by doctor).
   for (const name of used) {
@@ -315,6 +316,14 @@ async function domainChecks(host: Host, domain: Domain, xml: string, iommu: Iomm
   findings.push(...(await guarded("domain XML", () => xmlAdvice(host, domain, parseXmlDocument(xml, "domain XML"), used))));
   if (used.has("vfio")) findings.push(...(await guarded("hook scripts", () => guideScripts(host, domain.name))));
   return findings;
+}
+
+function readableElements(domain: Domain): XmlElement[] {
+  try {
+    return domain.metadata ? metadataChildren(domain.metadata) : [];
+  } catch {
+    return [];
+  }
 }
 
 /** The events a dispatcher of qemu.d/VM/OP/SUBOP (single-GPU guides' hook) runs scripts for. */

@@ -5,7 +5,7 @@
 // passed-through GPU's slot. Reads the host (sysfs) only to know the devices;
 // the XML is the only thing it changes, and the caller decides what to do with it.
 import { DOMParser, XMLSerializer, type Document, type Element } from "@xmldom/xmldom";
-import { parseDomain, parseXmlDocument, type PciHostdev } from "../domain.ts";
+import { metadataChildren, parseDomain, parseXmlDocument, type PciHostdev } from "../domain.ts";
 import type { Host } from "../host.ts";
 import { childElements } from "../metadata-text.ts";
 import { NAMESPACE_URI } from "../paths.ts";
@@ -148,7 +148,7 @@ export function fixDomainXml(host: Host, xml: string, what: string): FixedDomain
     }
   }
 
-  const hugepagesElement = domain.metadata && childElements(domain.metadata).find((element) => element.namespaceURI === NAMESPACE_URI && element.localName === "hugepages");
+  const hugepagesElement = domain.metadata && metadataChildren(domain.metadata).find((element) => element.namespaceURI === NAMESPACE_URI && element.localName === "hugepages");
   if (hugepagesElement && !domain.hugepages) {
     const size = hugepagesElement.getAttribute("size");
     const page = size ? `<page size="${parseSizeWithSuffix(size, "<vmhook:hugepages>", "size")}" unit="KiB"/>` : "";
@@ -165,7 +165,7 @@ export function fixDomainXml(host: Host, xml: string, what: string): FixedDomain
   }
 
   const present = new Set(pci.map((hostdev) => hostdev.address));
-  const vfioElements = domain.metadata ? childElements(domain.metadata).filter((element) => element.namespaceURI === NAMESPACE_URI && element.localName === "vfio") : [];
+  const vfioElements = domain.metadata ? metadataChildren(domain.metadata).filter((element) => element.namespaceURI === NAMESPACE_URI && element.localName === "vfio") : [];
   const handedOver = new Set(vfioElements.length > 0 ? (handedOverByElements(host, vfioElements, domain) ?? []) : []);
   for (const gpu of pci.filter((hostdev) => pciExists(host, hostdev.address) && isDisplayClass(readPciDevice(host, hostdev.address).classCode))) {
     for (const sibling of cardFunctions(host, gpu.address, handedOver).filter((address) => !present.has(address))) {

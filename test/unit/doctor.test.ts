@@ -516,6 +516,21 @@ test("an invalid vmhook element is a failed config finding naming it", async () 
   sim.cleanup();
 });
 
+test("a metadata of more elements than the hook reads (thousands of <vmhook:forward>, each checked against the others): doctor fails the config as the hook refuses it, runs no plugin's check over them, and answers at once", async () => {
+  const sim = desktopHost();
+  const forwards = Array.from({ length: 3000 }, (_, index) => `<vmhook:forward guest="192.168.122.10" ports="${2000 + index}"/>`).join("");
+  try {
+    const started = performance.now();
+    const { report, domain } = await doctor(sim, domainXml({ metadata: `<vmhook:vfio/>${forwards}`, devices: GPU_AND_AUDIO }));
+    const seconds = (performance.now() - started) / 1000;
+    assert.equal([domain("config").status, domain("config").reason], ["fail", "<vmhook:hooks>: holds 3001 elements, more than the 64 vmhook reads; merge them (one <vmhook:forward> takes up to 64 ports, ranges too)"]);
+    assert.equal(report.domain!.findings.filter((finding) => finding.plugin !== undefined), [], "no plugin's check ran over the elements");
+    assert.ok(seconds < 5, `doctor took ${seconds.toFixed(1)} s`);
+  } finally {
+    sim.cleanup();
+  }
+});
+
 test("the binary: vmhook doctor prints findings with fixes and exits 1 only when something fails", () => {
   const run = (sim: SimHost, ...args: string[]) => spawnSync(BINARY, ["doctor", "--root", sim.root, ...args], { encoding: "utf8", timeout: 30_000 });
   const desktop = desktopHost();
