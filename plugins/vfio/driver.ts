@@ -15,7 +15,7 @@ import { clearForWrite, listStuckWrites, moduleSubject, refuseIfStuck, SOUND_NOD
 import { PATTERNS } from "../../lib/validate.ts";
 import { pciDeviceLabels } from "../../lib/diagnostics/pciids.ts";
 import type { VfioConfig, VfioSettings } from "./config.ts";
-import { describeHolders, isWatched, moduleLoaded, processesHolding, VFIO_DRIVER, type Survey, type Watched } from "./survey.ts";
+import { describeHolders, isWatched, moduleLoaded, processesHolding, VFIO_DRIVER, type HostNeeds, type Survey, type Watched } from "./survey.ts";
 import { systemdRuns, unitActive } from "../../lib/systemd.ts";
 import { activeOrStarting, unitProcesses } from "./units.ts";
 import { returnToDriver } from "./return-path.ts";
@@ -92,49 +92,62 @@ function refusedIfMissing(host: Host, step: Step, remedy: (release: string) => s
 
 const moduleTree = (release: string) => `modules (/lib/modules/${release}: modules.dep, modules.builtin)`;
 
-/**
- * unload-modules names that are not loaded are skipped, but one the running
- * kernel's module tree does not have either is no module at all here: a typo
- * (nvidia_drn) that would leave the module meant loaded, refused before anything changes.
- */
-function refusedUnknownUnloads(ctx: PlanContext<VfioConfig>, found: Survey): Step[] {
-  if (ctx.config.unloadModules === "auto") return [];
-  const loaded = [...found.unload, ...found.hostNeeds.modules];
-  const notLoaded = ctx.config.unloadModules.filter((module) => !loaded.includes(module.replace(/-/g, "_")));
-  const release = kernelRelease(ctx.host);
-  return notLoaded
-    .filter((module) => moduleMissing(ctx.host, module))
-    .map((module) => {
-      const record: UnloadRecord = { action: "unload-module", module, devices: [], bindTimeoutMs: 0, watched: { ...found.watched } };
-      const reason = `vfio: <vmhook:vfio> unload-modules names ${module}, which is neither loaded nor in this kernel's ${moduleTree(release)}; check its spelling (lsmod lists the loaded modules), or, for an out-of-tree (DKMS) module not built for kernel ${release}, build it or remove it from unload-modules`;
-      return { action: "unload-module", record, description: `unload module ${module}`, refused: { reason, remedies: [] } };
-    });
+/** Why prepare refuses part of an explicit unload-modules list, and the fix: a refused step in the plan, a failing check in vmhook doctor. */
+export interface UnloadRefusal {
+  modules: string[];
+  reason: string;
+  fix: string;
 }
 
 /**
- * An explicit unload-modules list naming modules that devices the host keeps
- * need (survey's hostNeeds): amdgpu, i915, xe, radeon and nouveau drive every
- * card of their make, so unloading one for the VM's card would unbind the
- * host's too, or fail while its display uses it. One step, refused before
- * anything changes.
+ * What prepare refuses of an explicit unload-modules list, before anything
+ * changes. A name neither loaded nor in the running kernel's module tree is
+ * no module at all here: a typo (nvidia_drn) that would leave the module meant
+ * loaded (one that is merely not loaded is skipped). Loaded modules that
+ * devices the host keeps need (`hostNeeds`, hostNeedsOf): amdgpu, i915, xe,
+ * radeon and nouveau drive every card of their make, so unloading one for the
+ * VM's card would unbind the host's too, or fail while its display uses it.
  */
-function refusedHostNeeds(ctx: PlanContext<VfioConfig>, found: Survey): Step[] {
-  const { modules, devices } = found.hostNeeds;
-  if (modules.length === 0 || ctx.config.unloadModules === "auto") return [];
-  const rest = ctx.config.unloadModules.filter((module) => !modules.includes(module.replace(/-/g, "_")));
-  const kept = pciDeviceLabels(ctx.host, devices).map((label, index) => `${label} on driver ${devices[index]!.driver}`);
+export function unloadRefusals(host: Host, config: VfioConfig, hostNeeds: HostNeeds): UnloadRefusal[] {
+  if (config.unloadModules === "auto") return [];
+  const listed = config.unloadModules;
+  const release = kernelRelease(host);
+  const unknown = listed
+    .filter((module) => !moduleLoaded(host, module.replace(/-/g, "_")) && moduleMissing(host, module))
+    .map((module) => ({
+      modules: [module],
+      reason: `<vmhook:vfio> unload-modules names ${module}, which is neither loaded nor in this kernel's ${moduleTree(release)}`,
+      fix: `check its spelling (lsmod lists the loaded modules), or, for an out-of-tree (DKMS) module not built for kernel ${release}, build it or remove it from unload-modules`,
+    }));
+  const { modules, devices } = hostNeeds;
+  if (modules.length === 0) return unknown;
+  const rest = listed.filter((module) => !modules.includes(module.replace(/-/g, "_")));
+  const kept = pciDeviceLabels(host, devices).map((label, index) => `${label} on driver ${devices[index]!.driver}`);
   const [needs, those] = kept.length === 1 ? ["a device the host keeps needs", "that device, and any display on it,"] : ["devices the host keeps need", "those devices, and any display on them,"];
   const named = modules.join(", ");
-  const reason = `vfio: <vmhook:vfio> unload-modules names ${named}, which ${needs}: ${kept.join(", ")}; unloading ${modules.length === 1 ? "it" : "them"} would take ${those} from the host; remove ${named} from unload-modules (unload-modules="${rest.join(",") || "none"}"): unbinding alone hands the VM's devices over, which is all amdgpu, i915, xe, nouveau and radeon need`;
-  const record: UnloadRecord = { action: "unload-module", module: modules[0]!, devices: [], bindTimeoutMs: 0, watched: { ...found.watched } };
-  return [{ action: "unload-module", record, description: `unload module${modules.length === 1 ? "" : "s"} ${named}`, refused: { reason, remedies: [] } }];
+  return [
+    ...unknown,
+    {
+      modules,
+      reason: `<vmhook:vfio> unload-modules names ${named}, which ${needs}: ${kept.join(", ")}; unloading ${modules.length === 1 ? "it" : "them"} would take ${those} from the host`,
+      fix: `remove ${named} from unload-modules (unload-modules="${rest.join(",") || "none"}"): unbinding alone hands the VM's devices over, which is all amdgpu, i915, xe, nouveau and radeon need`,
+    },
+  ];
+}
+
+/** One refused unload step per refusal: prepare stops before any step acts. */
+function refusedUnloadSteps(ctx: PlanContext<VfioConfig>, found: Survey): Step[] {
+  return unloadRefusals(ctx.host, ctx.config, found.hostNeeds).map(({ modules, reason, fix }) => {
+    const record: UnloadRecord = { action: "unload-module", module: modules[0]!, devices: [], bindTimeoutMs: 0, watched: { ...found.watched } };
+    return { action: "unload-module", record, description: `unload module${modules.length === 1 ? "" : "s"} ${modules.join(", ")}`, refused: { reason: `vfio: ${reason}; ${fix}`, remedies: [] } };
+  });
 }
 
 /** The handover, as steps: modules go (users first), each device moves (once vfio-pci is there), extra modules load. */
 export function takeOverSteps(ctx: PlanContext<VfioConfig>, found: Survey, settings: VfioSettings): Step[] {
   const bindTimeoutMs = settings.bindTimeoutSeconds * 1000;
   const reloaded = new Set<string>();
-  const steps: Step[] = [...refusedUnknownUnloads(ctx, found), ...refusedHostNeeds(ctx, found)];
+  const steps: Step[] = refusedUnloadSteps(ctx, found);
 
   for (const module of found.unload) {
     // After reloading the module, these devices must be back on its drivers.

@@ -14,9 +14,9 @@
 import { definePlugin, type CheckContext, type PlanContext, type Step } from "../../lib/plugin.ts";
 import { parseVfioConfig, readVfioSettings, type VfioConfig } from "./config.ts";
 import { consoleSteps, displayManagerSteps, firmwareFramebufferSteps, displayManagerUnits, findDisplayManager, stopDisplayManagerAction, unbindFramebufferAction, unbindVtconsoleAction, waitGpuFreeAction, waitGpuFreeStep } from "./display.ts";
-import { bindVfioAction, helperServices, loadModulesAction, loadVfioSteps, orphanedModuleClaim, refuseDevicesOfOtherVms, stoppedHelpers, takeOverSteps, unloadModuleAction } from "./driver.ts";
+import { bindVfioAction, helperServices, loadModulesAction, loadVfioSteps, orphanedModuleClaim, refuseDevicesOfOtherVms, stoppedHelpers, takeOverSteps, unloadModuleAction, unloadRefusals } from "./driver.ts";
 import { gpuHolders } from "./refuse.ts";
-import { handedOverAddresses, handedOverByElements, survey, VFIO_DRIVER } from "./survey.ts";
+import { handedOverAddresses, handedOverHere, hostNeedsOf, readableVfioConfig, survey, VFIO_DRIVER } from "./survey.ts";
 import { refuseIfStuck } from "../../lib/stuck-writes.ts";
 import { keepStoppedSteps, orphanedUnitClaim, stopUnitAction, stopUnitStep } from "./units.ts";
 import { lingerUserAction, orphanedLingerClaim, sessionUnitSteps, stopUserUnitAction } from "./user-units.ts";
@@ -24,7 +24,7 @@ import { verifyReturnAction, verifyReturnStep } from "./verify-return.ts";
 import { setResetMethodAction, VENDOR_RESET_MODULE, vendorResetFindings } from "./vendor-reset.ts";
 import { pciDriver, readPciDevice } from "../../lib/pci.ts";
 import { PATTERNS } from "../../lib/validate.ts";
-import type { Finding } from "../../lib/diagnostics/findings.ts";
+import { fail, type Finding } from "../../lib/diagnostics/findings.ts";
 
 /**
  * Reads the host and refuses what cannot work (IOMMU groups, users of the GPU
@@ -76,11 +76,20 @@ function planReconnect(ctx: PlanContext<unknown>): Step[] {
   return [];
 }
 
-/** `vmhook doctor`: an AMD GPU of the domain that resets only through vendor-reset, and whether the host has the module. */
+/**
+ * `vmhook doctor`: what prepare refuses of an explicit unload-modules list, in
+ * its words (plan shows the refused step itself), and an AMD GPU of the domain
+ * that resets only through vendor-reset, and whether the host has the module.
+ */
 function checkVfio(ctx: CheckContext): Finding[] {
+  const config = readableVfioConfig(ctx.elements, ctx.domain);
   // undefined: doctor reports the config error itself
-  const devices = (handedOverByElements(ctx.host, ctx.elements, ctx.domain) ?? []).map((address) => readPciDevice(ctx.host, address));
-  return vendorResetFindings(ctx.host, devices, () => ctx.host.exec("modinfo", ["-n", VENDOR_RESET_MODULE], { timeoutMs: 5_000 }).status === 0);
+  if (!config) return [];
+  const devices = handedOverHere(ctx.host, config).map((address) => readPciDevice(ctx.host, address));
+  return [
+    ...unloadRefusals(ctx.host, config, hostNeedsOf(ctx.host, config, devices)).map((refusal) => fail("unload-modules", refusal.reason, refusal.fix)),
+    ...vendorResetFindings(ctx.host, devices, () => ctx.host.exec("modinfo", ["-n", VENDOR_RESET_MODULE], { timeoutMs: 5_000 }).status === 0),
+  ];
 }
 
 export default definePlugin<VfioConfig>({

@@ -102,8 +102,7 @@ export function survey(host: Host, config: VfioConfig): Survey {
   refuseGroupsInUse(host, devices);
   const { singleGpu, singleGpuOff } = singleGpuMode(host, config, devices);
   const wanted = modulesToUnload(host, config, devices);
-  // auto leaves out what the host needs; an explicit list's are refused (takeOverSteps), never unloaded.
-  const hostNeeds = config.unloadModules === "auto" ? { modules: [], devices: [] } : modulesTheHostNeeds(host, wanted, devices);
+  const hostNeeds = hostNeedsOf(host, config, devices);
   const unload = unloadOrder(host, wanted, config.unloadModules === "auto", hostNeeds.modules);
   const firmwareFramebuffers = firmwareFramebuffersOwner(host, devices, singleGpu);
   const watched = watchedFiles(host, devices, singleGpu, unload.includes("nvidia"), firmwareFramebuffers);
@@ -187,12 +186,21 @@ function expandDevices(host: Host, config: VfioConfig): Device[] {
  * when they do not parse (doctor reports that as the config's).
  */
 export function handedOverByElements(host: Host, elements: XmlElement[], domain: Domain): string[] | undefined {
-  let config: VfioConfig;
+  const config = readableVfioConfig(elements, domain);
+  return config && handedOverHere(host, config);
+}
+
+/** The config of `<vmhook:vfio>` elements; undefined when they do not parse (doctor reports that as the config's). */
+export function readableVfioConfig(elements: XmlElement[], domain: Domain): VfioConfig | undefined {
   try {
-    config = parseVfioConfig(elements, domain);
+    return parseVfioConfig(elements, domain);
   } catch {
     return undefined;
   }
+}
+
+/** What `config` would move to vfio-pci, of the devices this host has. */
+export function handedOverHere(host: Host, config: VfioConfig): string[] {
   return handedOverAddresses(host, { ...config, devices: config.devices.filter((address) => pciExists(host, address)) });
 }
 
@@ -384,6 +392,11 @@ function modulesToUnload(host: Host, config: VfioConfig, devices: Device[]): str
 
 export type HostNeeds = { modules: string[]; devices: PciDevice[] };
 
+/** What an explicit unload-modules list names that devices the host keeps need: refused (unloadRefusals), never unloaded; auto leaves those out itself. */
+export function hostNeedsOf(host: Host, config: VfioConfig, devices: { address: string }[]): HostNeeds {
+  return config.unloadModules === "auto" ? { modules: [], devices: [] } : modulesTheHostNeeds(host, config.unloadModules, devices);
+}
+
 /**
  * The loaded ones of `modules` (either spelling) that a device the host
  * keeps (not one of `devices`) needs, with those devices: the module of its
@@ -392,7 +405,7 @@ export type HostNeeds = { modules: string[]; devices: PciDevice[] };
  * (drm_ttm_helper under amdgpu), as /sys/module/NAME/holders links them.
  * Unloading one would unbind that device or take its display.
  */
-export function modulesTheHostNeeds(host: Host, modules: string[], devices: Device[]): HostNeeds {
+export function modulesTheHostNeeds(host: Host, modules: string[], devices: { address: string }[]): HostNeeds {
   const loaded = modules.map((module) => module.replace(/-/g, "_")).filter((module) => moduleLoaded(host, module));
   if (loaded.length === 0) return { modules: [], devices: [] };
   const ours = new Set(devices.map((device) => device.address));

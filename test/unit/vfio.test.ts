@@ -1353,6 +1353,33 @@ test("explicit unload-modules naming the driver of a card the host keeps (an AMD
   assert.equal(kernel.sim.snapshot(), before);
 });
 
+test("vmhook doctor fails an explicit unload-modules that prepare refuses (a typo, the driver of a card the host keeps) in prepare's words and fix, from the same check; plan marks the refused unload steps alone, not every vfio step", async () => {
+  const kernel = amdIgpuAndDgpu();
+  kernel.sim.file(paths.policy, JSON.stringify({ vfio: { modules: ["amdgpu_drn"] } }));
+  const xml = domainXml('<vmhook:vfio unload-modules="amdgpu,amdgpu_drn"/>');
+  const file = kernel.sim.file("/vm.xml", xml).resolve("/vm.xml");
+  const typo =
+    "vfio: <vmhook:vfio> unload-modules names amdgpu_drn, which is neither loaded nor in this kernel's modules (/lib/modules/6.1.0-sim: modules.dep, modules.builtin); check its spelling (lsmod lists the loaded modules), or, for an out-of-tree (DKMS) module not built for kernel 6.1.0-sim, build it or remove it from unload-modules";
+  const kept = keptNeeds(["amdgpu"], [KEPT_IGPU], "amdgpu_drn");
+  const prepare = await runHookEvent(kernel.sim, "prepare", "begin", xml);
+  assert.equal([prepare.code, firstLine(prepare.stderr)], [1, `vmhook: ${typo}`]);
+
+  const report = await runDoctor(kernel.sim, { file: "vm.xml", xml });
+  const findings = report.domain!.findings.filter((finding) => finding.check === "unload-modules");
+  assert.equal(
+    findings.map((finding) => [finding.status, finding.plugin, `vfio: ${finding.reason}; ${finding.fix}`]),
+    [["fail", "vfio", typo], ["fail", "vfio", kept]],
+  );
+
+  const plan = JSON.parse((await cli(["plan", "--json", file, "--root", kernel.sim.root], kernel.sim)).stdout);
+  const refused = plan.steps.filter((step: { refused?: unknown }) => step.refused);
+  assert.ok(plan.steps.length > refused.length, "the other vfio steps are planned");
+  assert.equal(refused.map((step: { description: string; refused: { reason: string } }) => [step.description, step.refused.reason]), [["unload module amdgpu_drn", typo], ["unload module amdgpu", kept]]);
+
+  const fine = domainXml('<vmhook:vfio unload-modules="none"/>');
+  assert.equal((await runDoctor(kernel.sim, { file: "vm.xml", xml: fine })).domain!.findings.filter((finding) => finding.check === "unload-modules"), []);
+});
+
 test("explicit unload-modules naming a module the kept card's driver uses (drm_ttm_helper under amdgpu): refused as the kept card's, not with \"add amdgpu to unload-modules\" (alone) or unloaded with amdgpu (with it)", async () => {
   const kernel = amdIgpuAndDgpu();
   kernel.sim.file(paths.policy, JSON.stringify({ vfio: { modules: ["drm_ttm_helper"] } }));
