@@ -429,6 +429,12 @@ export function libvirtManagedPci(domain: Domain): string[] {
   return [...domain.hostdevs, ...domain.hostdevInterfaces].flatMap((device) => (device.type === "pci" && device.managed ? [device.address] : []));
 }
 
+/** The domain's PCI devices libvirt leaves on their host drivers (no managed='yes'), by address, with the element that lists each: the VM gets one only once something else moves it to vfio-pci. */
+export function libvirtUnmanagedPci(domain: Domain): Record<string, "hostdev" | "interface"> {
+  const listed = (devices: Domain["hostdevs"], element: "hostdev" | "interface") => devices.flatMap((device) => (device.type === "pci" && !device.managed ? [[device.address, element] as const] : []));
+  return Object.fromEntries([...listed(domain.hostdevs, "hostdev"), ...listed(domain.hostdevInterfaces, "interface")]);
+}
+
 const MAC = /^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/;
 
 function parseInterfaces(document: XmlNode): NetworkInterface[] {

@@ -213,7 +213,7 @@ export function untrustedTreeCode(root: string, real: string, because: string): 
   // A directory above the tree (the user's home) is not the tree's to chown: the tree moves.
   const tops = [root, realPathOr(root)];
   const holdsTree = (dir: string) => (tops.some((top) => top.startsWith(`${dir}/`)) ? `move ${root} to a directory only root can write, such as /srv (${dir} holds it)` : undefined);
-  return pathLeadsToRootsAlone(host, (path) => fs.readlinkSync(path), real, because, holdsTree);
+  return pathLeadsToRootsAlone(host, (path) => fs.readlinkSync(path), real, because, { fixOf: holdsTree });
 }
 
 /** The path with its symlinks resolved (the walk above sees /var/home for /home), or itself when it cannot be. */

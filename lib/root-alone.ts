@@ -54,9 +54,9 @@ export function foreignFileSystem(type: number): string | undefined {
   return foreign && `on a file system of type ${foreign.name}: the owner and mode stat shows there are ${foreign.whose}, not this kernel's`;
 }
 
-function foreignOwners(facts: FileFacts, hostPath: string, because: string): string | undefined {
+function foreignOwners(facts: FileFacts, hostPath: string, because: string, fix?: string): string | undefined {
   const foreign = foreignFileSystem(facts.fileSystemType(hostPath));
-  return foreign && `${hostPath} is ${foreign}; ${because}, so move it to a local file system that root owns (a disk, not a FUSE or network mount)`;
+  return foreign && `${hostPath} is ${foreign}; ${because}, so ${fix ?? "move it to a local file system that root owns (a disk, not a FUSE or network mount)"}`;
 }
 
 /**
@@ -71,7 +71,7 @@ export function unsafeReason(facts: FileFacts, hostPath: string, kind: "director
   if (stat.isSymlink) return `${hostPath} is a symlink; vmhook only trusts what it can check, so put the real ${kind} there`;
   if (kind === "directory" ? !stat.isDirectory : !stat.isFile) return `${hostPath} is not a ${kind === "directory" ? "directory" : "regular file"}`;
   // Before the owner: there, a chown proves nothing.
-  const foreign = foreignOwners(facts, hostPath, because);
+  const foreign = foreignOwners(facts, hostPath, because, fix);
   if (foreign) return foreign;
   if (stat.uid !== ROOT_UID) {
     return `${hostPath} is owned by uid ${stat.uid}, not root; ${because}, so ${fix ?? `run chown root:root ${hostPath}`}`;
@@ -106,17 +106,33 @@ export function rootsAloneProblem(facts: FileFacts, hostPath: string, kind: "dir
 /** The kernel's limit of symlinks in one lookup (ELOOP past it). */
 const MAX_SYMLINKS = 40;
 
+/** How pathLeadsToRootsAlone judges where the path ends, and what it advises. */
+export interface WalkOptions {
+  /** What the path leads to: a "file" root runs (the default), or a "directory" root reads what it runs from (Bun's transpiler cache). */
+  kind?: "directory" | "file";
+  /**
+   * The path may stop existing: root creates the rest (Bun its transpiler
+   * cache, at its first write) in the directory where it stops, which must
+   * then be root's alone with no sticky pass, as anyone may create a name in
+   * /tmp before root does. A program root runs must be there.
+   */
+  rootCreatesTheRest?: boolean;
+  /** What to do about a path that is not root's to change (a directory holding a user's copy; a user's HOME under sudo -E), undefined for the usual chown or chmod. */
+  fixOf?: (path: string) => string | undefined;
+}
+
 /**
- * Why root cannot trust the file `path` leads to, or undefined: followed as
+ * Why root cannot trust what `path` leads to, or undefined: followed as
  * the kernel looks it up, symlinks included (a copy of a usr-merged host:
- * usr/sbin -> bin, modprobe -> kmod), every directory looked in must be
- * root's alone (a sticky one passes), every symlink root's, and the file
- * root's alone: then nobody else can change where the path leads, between
- * this check and exec or ever. `fixOf` says what to do about a directory
- * that is not root's to change (one holding a user's copy), undefined for
- * the usual chown or chmod.
+ * usr/sbin -> bin, modprobe -> kmod; an ostree host's /root -> var/roothome),
+ * every directory looked in must be root's alone (a sticky one passes: only
+ * root renames or removes root's entries there), every symlink root's (its
+ * owner may replace it in a sticky directory), and where it ends root's
+ * alone: then nobody else can change where the path leads, between this
+ * check and the use or ever.
  */
-export function pathLeadsToRootsAlone(facts: FileFacts, linkOf: LinkOf, path: string, because: string, fixOf: (dir: string) => string | undefined = () => undefined): string | undefined {
+export function pathLeadsToRootsAlone(facts: FileFacts, linkOf: LinkOf, path: string, because: string, options: WalkOptions = {}): string | undefined {
+  const { kind = "file", rootCreatesTheRest = false, fixOf = () => undefined } = options;
   const top = unsafeReason(facts, "/", "directory", because, true);
   if (top) return top;
   let left = path.split("/").filter(Boolean);
@@ -132,18 +148,19 @@ export function pathLeadsToRootsAlone(facts: FileFacts, linkOf: LinkOf, path: st
     }
     const next = dir === "/" ? `/${name}` : `${dir}/${name}`;
     const stat = facts.stat(next);
-    if (!stat) return `${next} does not exist`;
+    if (!stat) return rootCreatesTheRest ? unsafeReason(facts, dir, "directory", because, false, fixOf(dir)) : `${next} does not exist`;
     if (stat.isSymlink) {
-      if (stat.uid !== ROOT_UID) return `${next} is a symlink owned by uid ${stat.uid}, not root; ${because}, so run chown -h root:root ${next}`;
+      if (stat.uid !== ROOT_UID) return `${next} is a symlink owned by uid ${stat.uid}, not root; ${because}, so ${fixOf(next) ?? `run chown -h root:root ${next}`}`;
       if (++links > MAX_SYMLINKS) return `${path} leads through more than ${MAX_SYMLINKS} symlinks`;
       const target = linkOf(next);
       if (target.startsWith("/")) dir = "/";
       left = [...target.split("/").filter(Boolean), ...left];
       continue;
     }
-    const problem = left.length > 0 ? unsafeReason(facts, next, "directory", because, true, fixOf(next)) : unsafeReason(facts, next, "file", because);
-    if (problem) return problem;
     dir = next;
+    const problem = left.length > 0 && unsafeReason(facts, dir, "directory", because, true, fixOf(dir));
+    if (problem) return problem;
   }
-  return undefined;
+  // Judged again where the lookup ends (a link to "." ends at a directory looked in): no sticky pass there.
+  return unsafeReason(facts, dir, kind, because, false, fixOf(dir));
 }

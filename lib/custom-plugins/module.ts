@@ -6,9 +6,9 @@ import { builtinModules } from "node:module";
 import * as nodePath from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
 import { describeError, VmhookError } from "../errors.ts";
-import { untrustedTreeCode, type Host } from "../host.ts";
+import { RootedHost, untrustedTreeCode, type Host } from "../host.ts";
 import type { AnyPlugin } from "../plugin.ts";
-import { foreignFileSystem, octal, ROOT_UID } from "../root-alone.ts";
+import { pathLeadsToRootsAlone } from "../root-alone.ts";
 import { rootsAloneProblem, type PluginFile } from "./trust.ts";
 
 /**
@@ -142,68 +142,23 @@ function transpilerCache(env: NodeJS.ProcessEnv, cwd: string): { dir: string; va
 /**
  * Why a module plugin must not be imported in this process, or undefined.
  * Bun runs a transpiled copy from its cache when one is there for the file's
- * contents (found and checked by unkeyed hashes, no signature), so the cache
- * and every directory above it must be root's alone, as the plugin is; under
- * sudo -E (or a sudo that keeps HOME) it is the invoking user's.
+ * contents (found and checked by unkeyed hashes, no signature), so the way to
+ * the cache must be root's alone as a program's is (pathLeadsToRootsAlone),
+ * and the cache with it; under sudo -E (or a sudo that keeps HOME) it is the
+ * invoking user's. The cache may not be there yet: Bun makes it at its first
+ * write, as root.
  */
 function transpilerCacheProblem(): string | undefined {
   const env = process.env;
   const cache = transpilerCache(env, process.cwd());
   if (!cache) return undefined;
-  const unsafe = untrustedOnTheWay(cache.dir);
-  if (!unsafe) return undefined;
-  return `Bun, which runs vmhook, keeps the modules it transpiles in ${cache.dir} (from ${cache.variable}=${env[cache.variable]}), and ${unsafe}: whoever can write there could have their code run as root in place of the plugin's; run vmhook with root's own environment (sudo -i, or sudo without -E), or with BUN_RUNTIME_TRANSPILER_CACHE_PATH=0`;
-}
-
-/** Lookups through more symlinks than this fail (ELOOP, the kernel's MAXSYMLINKS). */
-const MAX_SYMLINKS = 40;
-
-/**
- * "DIR is owned by uid N" (or "has mode M", or "is on a file system of type
- * fuse") for the first directory a lookup of the absolute `dir` passes
- * through that another user could change, or undefined. The lookup is followed as the kernel does it, a component at a
- * time: a symlink is judged where it lies (whoever writes that directory can
- * point it elsewhere, after any check of its target), then its target is
- * walked too (an ostree host's /root -> var/roothome). Where the path stops
- * existing, Bun creates the rest, as root, in a directory already judged.
- */
-function untrustedOnTheWay(dir: string): string | undefined {
-  const pending = dir.split("/").filter(Boolean);
-  let current = "/";
-  let symlinks = 0;
-  let stat = fs.statSync(current);
-  for (;;) {
-    const foreign = foreignFileSystem(fs.statfsSync(current).type);
-    const unsafe = foreign ? `is ${foreign}` : stat.uid !== ROOT_UID ? `is owned by uid ${stat.uid}` : (stat.mode & 0o022) !== 0 ? `has mode ${octal(stat.mode)}` : undefined;
-    if (unsafe) return `${current} ${unsafe}`;
-    const name = pending.shift();
-    if (name === undefined) return undefined;
-    if (name === ".") continue;
-    // `current` has no symlink in it, so its parent is the one the lookup reaches.
-    if (name === "..") {
-      current = nodePath.dirname(current);
-      stat = fs.statSync(current);
-      continue;
-    }
-    const next = nodePath.join(current, name);
-    let entry: fs.Stats;
-    try {
-      entry = fs.lstatSync(next);
-    } catch (error) {
-      if ((error as NodeJS.ErrnoException).code === "ENOENT") return undefined;
-      return `${next} cannot be looked at (${(error as NodeJS.ErrnoException).code ?? describeError(error)})`;
-    }
-    if (entry.isSymbolicLink()) {
-      if (++symlinks > MAX_SYMLINKS) return `${dir} passes through more than ${MAX_SYMLINKS} symlinks`;
-      const target = fs.readlinkSync(next);
-      pending.unshift(...target.split("/").filter(Boolean));
-      if (target.startsWith("/")) {
-        current = "/";
-        stat = fs.statSync(current);
-      }
-      continue;
-    }
-    current = next;
-    stat = entry;
+  const fix = "run vmhook with root's own environment (sudo -i, or sudo without -E), or with BUN_RUNTIME_TRANSPILER_CACHE_PATH=0";
+  let unsafe: string | undefined;
+  try {
+    unsafe = pathLeadsToRootsAlone(new RootedHost("/"), (path) => fs.readlinkSync(path), cache.dir, "whoever can change the cache could have their code run as root in place of the plugin's", { kind: "directory", rootCreatesTheRest: true, fixOf: () => fix });
+  } catch (error) {
+    // A path root cannot even look at (a user's FUSE mount without allow_other): nothing to judge, so no cache to trust.
+    unsafe = describeError(error).split("\n")[0];
   }
+  return unsafe && `Bun, which runs vmhook, keeps the modules it transpiles in ${cache.dir} (from ${cache.variable}=${env[cache.variable]}), and ${unsafe}`;
 }

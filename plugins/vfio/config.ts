@@ -5,7 +5,7 @@
 //                unload-modules="auto|none|mod,..." load-modules="mod,..." display-manager="unit,..."/>
 import type { XmlElement } from "../../lib/xml.ts";
 import { readAttributes, single } from "../../lib/element.ts";
-import { describeElement, libvirtManagedPci, type Domain } from "../../lib/domain.ts";
+import { describeElement, libvirtManagedPci, libvirtUnmanagedPci, type Domain } from "../../lib/domain.ts";
 import { attributeText, ConfigError, jsonText, VmhookError } from "../../lib/errors.ts";
 import { paths } from "../../lib/paths.ts";
 import { closest } from "../../lib/cli/usage.ts";
@@ -16,6 +16,8 @@ export interface VfioConfig {
   devices: string[];
   /** The domain's PCI devices libvirt moves to vfio-pci itself (libvirtManagedPci): the VM's own in an IOMMU group, not vmhook's to move. */
   libvirtManaged: string[];
+  /** The domain's PCI devices without managed='yes', with the element that lists each (libvirtUnmanagedPci): in a GPU's group on a host driver, one is refused with the advice to set managed='yes'. */
+  libvirtUnmanaged: Record<string, "hostdev" | "interface">;
   /** Add the other functions of each GPU's slot (HDMI audio, USB-C, serial). */
   includeSlot: boolean;
   singleGpu: "auto" | "yes" | "no";
@@ -63,6 +65,7 @@ export function parseVfioConfig(elements: XmlElement[], domain: Domain): VfioCon
   return {
     devices: [...new Set(devices)],
     libvirtManaged: libvirtManagedPci(domain),
+    libvirtUnmanaged: libvirtUnmanagedPci(domain),
     includeSlot: parseYesNo(attrs["include-slot"], where, "include-slot", true),
     singleGpu,
     unloadModules: unload === undefined || unload === "auto" ? "auto" : unload === "none" ? [] : modules("unload-modules"),

@@ -98,7 +98,7 @@ export interface Survey {
 export function survey(host: Host, config: VfioConfig): Survey {
   const devices = expandDevices(host, config);
   refusePhysicalFunctionsWithVfs(host, devices);
-  checkIommuGroups(host, devices, config.libvirtManaged);
+  checkIommuGroups(host, devices, config);
   refuseGroupsInUse(host, devices);
   const { singleGpu, singleGpuOff } = singleGpuMode(host, config, devices);
   const wanted = modulesToUnload(host, config, devices);
@@ -247,8 +247,9 @@ function describeDevice(device: PciDevice): string {
  * vfio hands over whole IOMMU groups: every other member must be free, or on a
  * driver vfio accepts (viableBeside), or the VM's too, on its way to vfio-pci
  * through libvirt (`libvirtManaged`: a VF given as <interface type='hostdev'>).
+ * One the domain lists without managed='yes' is refused with that advice.
  */
-function checkIommuGroups(host: Host, devices: Device[], libvirtManaged: string[]): void {
+function checkIommuGroups(host: Host, devices: Device[], { libvirtManaged, libvirtUnmanaged }: VfioConfig): void {
   const ours = new Set([...devices.map((device) => device.address), ...libvirtManaged]);
   const release = kernelRelease(host);
   const problems: string[] = [];
@@ -267,7 +268,12 @@ function checkIommuGroups(host: Host, devices: Device[], libvirtManaged: string[
       const members = devices.filter((device) => device.iommuGroup === group).map((device) => device.address);
       // vfio-pci takes no bridge: one stays in the group, on no driver or one that vfio accepts.
       const bridges = blocking.filter((other) => isBridgeClass(other.classCode)).map((bridge) => `${bridge.address} is a bridge, which vfio-pci does not take: ${freeBridge(bridge.address, bridge.driver!)}`);
-      problems.push([`IOMMU group ${group} holds ${members.join(", ")} and also ${blocking.map(describeDevice).join(", ")}`, ...bridges].join("; "));
+      // The domain lists it, yet nothing moves it: libvirt would, told to.
+      const unmanaged = blocking.filter((other) => libvirtUnmanaged[other.address] !== undefined).map(({ address }) => {
+        const element = libvirtUnmanaged[address]!;
+        return `${address} is the domain's own ${element === "interface" ? "<interface type='hostdev'>" : "<hostdev>"} without managed='yes': set managed='yes' on that <${element}> so libvirt moves it to vfio-pci as the VM starts, or bind it to vfio-pci yourself`;
+      });
+      problems.push([`IOMMU group ${group} holds ${members.join(", ")} and also ${blocking.map(describeDevice).join(", ")}`, ...bridges, ...unmanaged].join("; "));
     }
   }
   if (problems.length > 0) {

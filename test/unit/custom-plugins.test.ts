@@ -631,6 +631,49 @@ test("module: a transpiler cache reached through a symlink in a directory anothe
   }
 });
 
+test("module: a transpiler cache below a sticky directory (/tmp) is walked as a --root tree's program is: root's own cache there is used; one still to be created in /tmp, one reached through another user's symlink there, and /tmp itself through root's link are refused", async () => {
+  const sim = pluginHost();
+  install(sim, "marker.mjs", MODULE_PLUGIN, 0o644);
+  const xml = domainXml('<vmhook:plugin name="marker" text="hi"/>');
+  // Root's alone, in /tmp: only root may rename or remove it there (the sticky bit).
+  const rootsCache = fs.mkdtempSync(path.join(os.tmpdir(), "vmhook-roots-cache-"));
+  const link = `${rootsCache}-link`;
+  fs.symlinkSync(rootsCache, link);
+  fs.lchownSync(link, 1000, 1000);
+  const notYet = `${rootsCache}-not-yet`;
+  const toTmp = `${rootsCache}-to-tmp`;
+  const saved = process.env.BUN_RUNTIME_TRANSPILER_CACHE_PATH;
+  try {
+    process.env.BUN_RUNTIME_TRANSPILER_CACHE_PATH = rootsCache;
+    const prepared = await runHookEvent(sim, "prepare", "begin", xml);
+    assert.is(prepared.code, 0, prepared.stderr);
+    assert.is((await runHookEvent(sim, "release", "end", xml)).code, 0);
+    // Anyone may create the name in /tmp before Bun does: where the cache is still to be made, the directory must be root's alone, sticky or not.
+    process.env.BUN_RUNTIME_TRANSPILER_CACHE_PATH = notYet;
+    const refused = await runHookEvent(sim, "prepare", "begin", xml);
+    assert.is(refused.code, 1, refused.stderr);
+    assert.match(refused.stderr, `keeps the modules it transpiles in ${notYet} (from BUN_RUNTIME_TRANSPILER_CACHE_PATH=${notYet}), and ${os.tmpdir()} has mode 01777: group or others can write it`);
+    assert.match(refused.stderr, "run vmhook with root's own environment (sudo -i, or sudo without -E), or with BUN_RUNTIME_TRANSPILER_CACHE_PATH=0");
+    // Its owner may replace a symlink in /tmp, whatever it points to.
+    process.env.BUN_RUNTIME_TRANSPILER_CACHE_PATH = link;
+    const throughLink = await runHookEvent(sim, "prepare", "begin", xml);
+    assert.is(throughLink.code, 1, throughLink.stderr);
+    assert.match(throughLink.stderr, `and ${link} is a symlink owned by uid 1000, not root`);
+    // A link of root's that ends in /tmp itself: there everyone could write the cache.
+    fs.symlinkSync(`${os.tmpdir()}/.`, toTmp);
+    process.env.BUN_RUNTIME_TRANSPILER_CACHE_PATH = toTmp;
+    const inTmp = await runHookEvent(sim, "prepare", "begin", xml);
+    assert.is(inTmp.code, 1, inTmp.stderr);
+    assert.match(inTmp.stderr, `and ${os.tmpdir()} has mode 01777: group or others can write it`);
+    assert.not.ok(fs.existsSync(sim.resolve("/marker")));
+  } finally {
+    if (saved === undefined) delete process.env.BUN_RUNTIME_TRANSPILER_CACHE_PATH;
+    else process.env.BUN_RUNTIME_TRANSPILER_CACHE_PATH = saved;
+    for (const each of [rootsCache, link, notYet, toTmp]) fs.rmSync(each, { recursive: true, force: true });
+    sim.cleanup();
+  }
+});
+
 /** A plugin that writes /marker with the text its helper module exports; the helper leaves helper-ran beside itself when it is evaluated. */
 const IMPORTING_PLUGIN = (specifier: string) => `import { text } from ${JSON.stringify(specifier)};
 export default { name: "marker", summary: "marks", parse: () => ({}),

@@ -177,7 +177,7 @@ console.log(JSON.stringify({ owner: fs.statSync(${JSON.stringify(`${mounted}/usr
 });
 
 (BINDFS ? test : test.skip)("as root, a JavaScript plugin is not loaded while Bun's transpiler cache (HOME under sudo -E) is on a FUSE mount that says root owns it", () => {
-  // Below /run, root's alone (not a sticky /tmp, which the cache's walk refuses as it is), as /home is.
+  // Below /run, root's alone, as /home is.
   const parent = fs.mkdtempSync("/run/vmhook-fuse-home-");
   const [root, home, mounted, ran] = ["copy", "home", "mounted", "ran"].map((name) => path.join(parent, name)) as [string, string, string, string];
   try {

@@ -688,6 +688,8 @@ test("a group shared with a device on a host driver (USB controller) refuses bef
   const result = await runHookEvent(kernel.sim, "prepare", "begin", domainXml("<vmhook:vfio/>"));
   assert.is(result.code, 1);
   assert.match(firstLine(result.stderr), "IOMMU group 1 holds 0000:01:00.0, 0000:01:00.1 and also 0000:00:14.0 (class 0x0c0330, driver xhci_hcd)");
+  // Not the domain's: no managed='yes' to set
+  assert.not.match(result.stderr, "managed='yes'");
   assert.equal(kernel.sim.snapshot(), before);
 });
 
@@ -743,7 +745,7 @@ for (const [module, driver, accepted] of [["mlx5_vfio_pci", "mlx5_vfio_pci", tru
 // it to vfio-pci after prepare, so on its host driver now it does not block the GPU's group. Without managed='yes'
 // nothing moves it, and a group with a member on a host driver cannot open: refused as before.
 for (const managed of [true, false]) {
-  test(`a network VF in the GPU's IOMMU group given to the VM as <interface type='hostdev'${managed ? " managed='yes'" : ""}>: ${managed ? "the VM's own, left for libvirt to move, the handover goes on" : "refused before anything changes, as any member on a host driver"}`, async () => {
+  test(`a network VF in the GPU's IOMMU group given to the VM as <interface type='hostdev'${managed ? " managed='yes'" : ""}>: ${managed ? "the VM's own, left for libvirt to move, the handover goes on" : "refused before anything changes, as any member on a host driver, advising managed='yes' on it"}`, async () => {
     const VF = "0000:03:02.1";
     const kernel = twoGpuWorkstation()
       .module({ name: "iavf", driver: "iavf", loaded: true })
@@ -754,7 +756,7 @@ for (const managed of [true, false]) {
     const prepare = await runHookEvent(kernel.sim, "prepare", "begin", xml);
     if (!managed) {
       assert.is(prepare.code, 1);
-      assert.match(firstLine(prepare.stderr), `IOMMU group 1 holds 0000:01:00.0, 0000:01:00.1 and also ${VF} (class 0x020000, driver iavf)`);
+      assert.match(firstLine(prepare.stderr), `IOMMU group 1 holds 0000:01:00.0, 0000:01:00.1 and also ${VF} (class 0x020000, driver iavf); ${VF} is the domain's own <interface type='hostdev'> without managed='yes': set managed='yes' on that <interface> so libvirt moves it to vfio-pci as the VM starts, or bind it to vfio-pci yourself; a group goes to the VM whole`);
       assert.equal(kernel.sim.snapshot(), before);
       return;
     }
@@ -766,7 +768,7 @@ for (const managed of [true, false]) {
   });
 }
 
-test("a managed='yes' <hostdev> in the GPU's IOMMU group that devices= leaves out: libvirt moves it after prepare, so on its host driver it does not block the group", async () => {
+test("a managed='yes' <hostdev> in the GPU's IOMMU group that devices= leaves out: libvirt moves it after prepare, so on its host driver it does not block the group; without managed='yes' it is refused, advising it", async () => {
   const USB = "0000:00:14.0";
   const kernel = twoGpuWorkstation().device({ address: USB, classCode: "0x0c0330", vendor: "0x8086", nativeDriver: "xhci_hcd", group: 1 });
   const xml = domainXml(`<vmhook:vfio devices="${GPU}"/>`, [{ address: GPU }, { address: USB, managed: true }]);
@@ -776,7 +778,7 @@ test("a managed='yes' <hostdev> in the GPU's IOMMU group that devices= leaves ou
   const unmanaged = twoGpuWorkstation().device({ address: USB, classCode: "0x0c0330", vendor: "0x8086", nativeDriver: "xhci_hcd", group: 1 });
   const refused = await runHookEvent(unmanaged.sim, "prepare", "begin", domainXml(`<vmhook:vfio devices="${GPU}"/>`, [{ address: GPU }, { address: USB }]));
   assert.is(refused.code, 1);
-  assert.match(firstLine(refused.stderr), `IOMMU group 1 holds 0000:01:00.0, 0000:01:00.1 and also ${USB} (class 0x0c0330, driver xhci_hcd)`);
+  assert.match(firstLine(refused.stderr), `IOMMU group 1 holds 0000:01:00.0, 0000:01:00.1 and also ${USB} (class 0x0c0330, driver xhci_hcd); ${USB} is the domain's own <hostdev> without managed='yes': set managed='yes' on that <hostdev> so libvirt moves it to vfio-pci as the VM starts, or bind it to vfio-pci yourself`);
 });
 
 /**
