@@ -14,7 +14,7 @@ export const VFIO_IOMMU_BACKENDS = ["vfio_iommu_type1", "iommufd"];
 /** A release that is safe in a path under /lib/modules. */
 const plainRelease = (release: string) => /^[\w+~-][\w.+~-]*$/.test(release);
 
-type ModuleTreeFile = "modules.dep" | "modules.builtin";
+type ModuleTreeFile = "modules.dep" | "modules.builtin" | "modules.alias";
 
 /** A file of the module tree as text; "" when the release is not a plain name or the file is missing. */
 function moduleTreeText(host: Host, release: string, file: ModuleTreeFile): string {
@@ -34,14 +34,13 @@ function moduleTreeText(host: Host, release: string, file: ModuleTreeFile): stri
  */
 export function vfioVariantModule(aliases: string, modalias: string | undefined): string | undefined {
   if (modalias === undefined || !modalias.startsWith("pci:")) return undefined;
-  const text = aliases;
   const wanted = `vfio_${modalias}`;
   const marker = "alias vfio_pci:";
   let best: { module: string; wildcards: number } | undefined;
-  for (let at = text.indexOf(marker); at !== -1; at = text.indexOf(marker, at + marker.length)) {
-    if (at > 0 && text[at - 1] !== "\n") continue;
-    const end = text.indexOf("\n", at);
-    const [, pattern, module] = text.slice(at, end === -1 ? undefined : end).trim().split(/\s+/);
+  for (let at = aliases.indexOf(marker); at !== -1; at = aliases.indexOf(marker, at + marker.length)) {
+    if (at > 0 && aliases[at - 1] !== "\n") continue;
+    const end = aliases.indexOf("\n", at);
+    const [, pattern, module] = aliases.slice(at, end === -1 ? undefined : end).trim().split(/\s+/);
     if (pattern === undefined || module === undefined || !PATTERNS.moduleName.test(module) || !globMatches(pattern, wanted)) continue;
     const wildcards = pattern.split("*").length - 1;
     if (best === undefined || wildcards < best.wildcards) best = { module, wildcards };
@@ -50,10 +49,7 @@ export function vfioVariantModule(aliases: string, modalias: string | undefined)
 }
 
 /** The running kernel's modules.alias, for vfioVariantModule; "" when it has none. */
-export const modulesAlias = (host: Host) => {
-  const release = kernelRelease(host);
-  return plainRelease(release) ? (host.readTrimmed(`/lib/modules/${release}/modules.alias`) ?? "") : "";
-};
+export const modulesAlias = (host: Host) => moduleTreeText(host, kernelRelease(host), "modules.alias");
 
 /** A modules.alias pattern (only * is a wildcard in PCI aliases) against a modalias. */
 const globMatches = (pattern: string, text: string) => new RegExp(`^${pattern.split("*").map((part) => part.replace(/[.+?^${}()|[\]\\]/g, "\\$&")).join(".*")}$`).test(text);
