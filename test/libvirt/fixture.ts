@@ -81,20 +81,25 @@ export async function waitUntil(what: string, ready: () => boolean | Promise<boo
   }
 }
 
-/** Live processes by name; a zombie (a daemon that exited, not yet reaped) does not count. */
+/**
+ * Live processes by name in this mount namespace: a zombie (a daemon that
+ * exited, not yet reaped) does not count, nor a daemon of another namespace
+ * (the net suite's private libvirtd, still exiting, serves its own /run and
+ * must neither stand in for the shared one nor be killed by a restart here).
+ */
 function pidsOf(comm: string): number[] {
+  const ownMounts = fs.readlinkSync("/proc/self/ns/mnt");
   return fs
     .readdirSync("/proc")
     .filter((entry) => /^\d+$/.test(entry))
     .filter((pid) => {
-      let stat: string;
       try {
-        stat = fs.readFileSync(`/proc/${pid}/stat`, "utf8"); // "PID (COMM) STATE ..."
+        const stat = fs.readFileSync(`/proc/${pid}/stat`, "utf8"); // "PID (COMM) STATE ..."
+        const prefix = `${pid} (${comm}) `;
+        return stat.startsWith(prefix) && stat[prefix.length] !== "Z" && fs.readlinkSync(`/proc/${pid}/ns/mnt`) === ownMounts;
       } catch {
         return false; // exited meanwhile
       }
-      const prefix = `${pid} (${comm}) `;
-      return stat.startsWith(prefix) && stat[prefix.length] !== "Z";
     })
     .map(Number);
 }
