@@ -668,13 +668,12 @@ async function unloadModules(record: LoadRecord, ctx: BaseContext): Promise<void
 async function unloadUnused(ctx: BaseContext, modules: string[]): Promise<void> {
   // rmmod of a driver whose remove() is blocked would block as well (and vmhook with it): such a module stays.
   const stuckDrivers = new Set(listStuckWrites(ctx.host).flatMap((write) => (write.running ? [write.driver] : [])));
-  // Which drivers a module registers takes a look at every PCI driver: only when some write is stuck.
-  const blocked = stuckDrivers.size === 0 ? [] : modules.filter((module) => moduleDrivers(ctx.host, module).some((driver) => stuckDrivers.has(driver)));
+  const blocked = modules.filter((module) => moduleDrivers(ctx.host, module).some((driver) => stuckDrivers.has(driver)));
   let remaining = modules.filter((module) => !blocked.includes(module) && moduleLoaded(ctx.host, module));
   // vfio-pci or a variant with a device bound (another VM's, or one bound by hand): its rmmod would take the device away.
   const bindsDevices = (module: string) =>
     (module === "vfio_pci" || ctx.host.exists(`/sys/module/vfio_pci_core/holders/${module}`)) &&
-    registeredDrivers(ctx.host, module).some((driver) => ctx.host.list(`${PCI_DRIVERS}/${driver}`).some((entry) => PATTERNS.pciAddress.test(entry)));
+    moduleDrivers(ctx.host, module).some((driver) => ctx.host.list(`${PCI_DRIVERS}/${driver}`).some((entry) => PATTERNS.pciAddress.test(entry)));
   const stillUsed = (module: string) => Number(ctx.host.readTrimmed(`/sys/module/${module}/refcnt`) ?? 0) > 0 || bindsDevices(module);
   // One rmmod for all, users first: each removal frees what it used, so the
   // usual chain (vfio_pci, vfio_pci_core, vfio_iommu_type1, vfio) costs one
@@ -696,16 +695,6 @@ async function unloadUnused(ctx: BaseContext, modules: string[]): Promise<void> 
   // Not undone yet: the record stays for vmhook recover, once the driver has let go.
   const kept = blocked.filter((module) => moduleLoaded(ctx.host, module));
   if (kept.length > 0) throw new VmhookError(`vfio: module(s) ${kept.join(", ")} stay loaded: a write into their driver has not returned (vmhook status); once it has, vmhook recover unloads them`);
-}
-
-/**
- * The PCI drivers a loaded module registers, as its /sys/module/M/drivers/pci:NAME
- * links name them (vfio-pci for vfio_pci also without them): no look at
- * every driver's module link, which moduleDrivers takes.
- */
-function registeredDrivers(host: Host, module: string): string[] {
-  const linked = host.list(`/sys/module/${module}/drivers`).flatMap((entry) => (entry.startsWith("pci:") && PATTERNS.moduleName.test(entry.slice(4)) ? [entry.slice(4)] : []));
-  return [...new Set([...(module === "vfio_pci" ? [VFIO_DRIVER] : []), ...linked])];
 }
 
 /** The modules ordered so that each comes after every module of the list that uses it. */
