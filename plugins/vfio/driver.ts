@@ -94,6 +94,8 @@ const moduleTree = (release: string) => `modules (/lib/modules/${release}: modul
 
 /** Why prepare refuses part of an explicit unload-modules list, and the fix: a refused step in the plan, a failing check in vmhook doctor. */
 export interface UnloadRefusal {
+  /** The same for the refused step and doctor's finding (Refusal.key, Finding.refusal): plan shows the refusal once. */
+  key: string;
   modules: string[];
   reason: string;
   fix: string;
@@ -115,6 +117,7 @@ export function unloadRefusals(host: Host, config: VfioConfig, hostNeeds: HostNe
   const unknown = listed
     .filter((module) => !moduleLoaded(host, module.replace(/-/g, "_")) && moduleMissing(host, module))
     .map((module) => ({
+      key: unloadRefusalKey([module]),
       modules: [module],
       reason: `<vmhook:vfio> unload-modules names ${module}, which is neither loaded nor in this kernel's ${moduleTree(release)}`,
       fix: `check its spelling (lsmod lists the loaded modules), or, for an out-of-tree (DKMS) module not built for kernel ${release}, build it or remove it from unload-modules`,
@@ -128,6 +131,7 @@ export function unloadRefusals(host: Host, config: VfioConfig, hostNeeds: HostNe
   return [
     ...unknown,
     {
+      key: unloadRefusalKey(modules),
       modules,
       reason: `<vmhook:vfio> unload-modules names ${named}, which ${needs}: ${kept.join(", ")}; unloading ${modules.length === 1 ? "it" : "them"} would take ${those} from the host`,
       fix: `remove ${named} from unload-modules (unload-modules="${rest.join(",") || "none"}"): unbinding alone hands the VM's devices over, which is all amdgpu, i915, xe, nouveau and radeon need`,
@@ -135,11 +139,13 @@ export function unloadRefusals(host: Host, config: VfioConfig, hostNeeds: HostNe
   ];
 }
 
+const unloadRefusalKey = (modules: string[]) => `unload-modules:${modules.join(",")}`;
+
 /** One refused unload step per refusal: prepare stops before any step acts. */
 function refusedUnloadSteps(ctx: PlanContext<VfioConfig>, found: Survey): Step[] {
-  return unloadRefusals(ctx.host, ctx.config, found.hostNeeds).map(({ modules, reason, fix }) => {
+  return unloadRefusals(ctx.host, ctx.config, found.hostNeeds).map(({ key, modules, reason, fix }) => {
     const record: UnloadRecord = { action: "unload-module", module: modules[0]!, devices: [], bindTimeoutMs: 0, watched: { ...found.watched } };
-    return { action: "unload-module", record, description: `unload module${modules.length === 1 ? "" : "s"} ${modules.join(", ")}`, refused: { reason: `vfio: ${reason}; ${fix}`, remedies: [] } };
+    return { action: "unload-module", record, description: `unload module${modules.length === 1 ? "" : "s"} ${modules.join(", ")}`, refused: { reason: `vfio: ${reason}; ${fix}`, remedies: [], key } };
   });
 }
 
