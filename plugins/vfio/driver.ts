@@ -15,7 +15,7 @@ import { clearForWrite, listStuckWrites, moduleSubject, refuseIfStuck, SOUND_NOD
 import { PATTERNS } from "../../lib/validate.ts";
 import { pciDeviceLabels } from "../../lib/diagnostics/pciids.ts";
 import type { VfioConfig, VfioSettings } from "./config.ts";
-import { describeHolders, isWatched, moduleLoaded, processesHolding, VFIO_DRIVER, type HostNeeds, type Survey, type Watched } from "./survey.ts";
+import { describeHolders, isWatched, moduleLoaded, processesHolding, targetWords, VFIO_DRIVER, type HostNeeds, type Survey, type Watched } from "./survey.ts";
 import { systemdRuns, unitActive } from "../../lib/systemd.ts";
 import { activeOrStarting, unitProcesses } from "./units.ts";
 import { returnToDriver } from "./return-path.ts";
@@ -191,8 +191,8 @@ export function takeOverSteps(ctx: PlanContext<VfioConfig>, found: Survey, setti
       bindTimeoutMs,
     };
     const from = device.driver ?? (home ? `no driver; its driver ${home.driver} waits for ${home.claim}` : "no driver");
-    const why = { default: "", "modules.alias": "; the vfio-pci variant modules.alias matches best", "driver model": "; its <hostdev><driver model> names it" }[target.chosenBy];
-    steps.push({ action: "bind-vfio", record, description: `bind ${device.address} to ${target.driver ?? `module ${target.module}'s driver`} (from ${from}${why})` });
+    const { driver, why } = targetWords(target);
+    steps.push({ action: "bind-vfio", record, description: `bind ${device.address} to ${driver} (from ${from}${why ? `; ${why}` : ""})` });
   }
 
   // A module an earlier step loads or keeps (vfio-pci, vendor-reset) is not planned again: the second
