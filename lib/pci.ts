@@ -154,9 +154,14 @@ export function driverModule(host: Host, driver: string): string | undefined {
   return host.readlink(`${PCI_DRIVERS}/${driver}/module`)?.split("/").pop();
 }
 
-/** The PCI drivers a loaded module registers. */
+/**
+ * The PCI drivers a module registers, as its /sys/module/M/drivers/pci:NAME
+ * links name them: the kernel links a built-in module's drivers there as a
+ * loaded one's, and the module's drivers of other buses (platform:NAME) are
+ * no PCI drivers. One directory, not every PCI driver's module link.
+ */
 export function moduleDrivers(host: Host, module: string): string[] {
-  return host.list(PCI_DRIVERS).filter((driver) => driverModule(host, driver) === module);
+  return host.list(`/sys/module/${module}/drivers`).flatMap((entry) => (entry.startsWith("pci:") && PATTERNS.moduleName.test(entry.slice(4)) ? [entry.slice(4)] : []));
 }
 
 /**

@@ -20,8 +20,8 @@ export function refusalOf(finding: Finding): Refusal {
 
 /** `planning`: the plugins that plan this event; a failing check of another (one acting at a later event) blocks nothing here. */
 export function markRefused(steps: PlannedStep[], findings: Finding[], planning: string[]): Refusals {
-  // A check that says, in its words, what a planner refuses on a step of its own (vfio's unload-modules) is that refusal: it marks no other step.
-  const plannerRefuses = (finding: Finding) => steps.some((step) => step.plugin === finding.plugin && step.refused?.reason.includes(finding.reason));
+  // A check that reports what a planner refuses on a step of its own (vfio's unload-modules) is that refusal, by the key both carry: it marks no other step.
+  const plannerRefuses = (finding: Finding) => finding.refusal !== undefined && steps.some((step) => step.plugin === finding.plugin && step.refused?.key === finding.refusal);
   const failing = findings.filter((finding) => finding.status === "fail" && finding.plugin !== undefined && !plannerRefuses(finding));
   const marked = steps.map((step) => {
     const problem = failing.find((finding) => finding.plugin === step.plugin);

@@ -106,6 +106,8 @@ export interface Refusal {
   /** Starts with the plugin's id ("hugepages: …") like every error a plugin throws: it is shown as is (the runner puts the id in front when it is missing). */
   reason: string;
   remedies: string[];
+  /** Names the refusal for the plugin's doctor check that reports it too (Finding.refusal): `vmhook plan` shows it once, on this step. */
+  key?: string;
 }
 
 /** What apply gets on top of the planner's context. */

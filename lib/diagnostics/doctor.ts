@@ -32,8 +32,7 @@ import { isLegacyPlugin } from "../plugin.ts";
 import { fail, ok, roundMiB, warn, type Finding } from "./findings.ts";
 import { describeBlockingBridge, readIommuGroups, type IommuReport } from "./iommu.ts";
 import { nvidiaGpus } from "./domain-fixes.ts";
-import { groupInUse, handedOverByElements } from "../../plugins/vfio/survey.ts";
-import { parseVfioConfig } from "../../plugins/vfio/config.ts";
+import { groupInUse, handedOverHere, readableVfioConfig, targetWords, vfioTargets, type VfioTarget } from "../../plugins/vfio/survey.ts";
 import type { XmlElement } from "../xml.ts";
 
 export type { Finding, Status } from "./findings.ts";
@@ -306,11 +305,13 @@ async function domainChecks(host: Host, domain: Domain, xml: string, iommu: Iomm
   }
   // What vfio hands over (a GPU's slot with include-slot) goes to vfio-pci with the hostdevs; the problems of
   // those it hands over are its problems (plan marks its steps), libvirt's managed='yes' takes the others.
-  const vfioElements = elements.filter((element) => element.localName === "vfio");
+  // An invalid <vmhook:vfio> hands nothing over here: the config finding says why.
+  const vfio = used.has("vfio") ? readableVfioConfig(elements.filter((element) => element.localName === "vfio"), domain) : undefined;
   findings.push(
     ...(await guarded("hostdevs", () => {
-      const handedOver = new Set(used.has("vfio") ? (handedOverByElements(host, vfioElements, domain) ?? []) : []);
-      return hostdevChecks(host, domain, iommuKnown(iommu), handedOver, used.has("vfio") ? configuredVfioDevices(vfioElements, domain) : []).map(({ address, finding }) => (handedOver.has(address) ? { ...finding, plugin: "vfio" } : finding));
+      const handedOver = new Set(vfio ? handedOverHere(host, vfio) : []);
+      const targetOf = vfio ? vfioTargets(host, vfio) : () => undefined;
+      return hostdevChecks(host, domain, iommuKnown(iommu), handedOver, targetOf, vfio?.devices ?? []).map(({ address, finding }) => (handedOver.has(address) ? { ...finding, plugin: "vfio" } : finding));
     })),
   );
   findings.push(...(await guarded("domain XML", () => xmlAdvice(host, domain, parseXmlDocument(xml, "domain XML"), used))));
@@ -364,29 +365,33 @@ const slotOf = (address: string) => address.replace(/\.[0-7]$/, "");
 
 /**
  * `handedOver`: what vfio moves to vfio-pci (with a GPU's other functions); a group member that is neither it nor a hostdev is judged as prepare judges it.
+ * `targetOf`: the VFIO driver vfio moves one of those to (vfioTargets).
  * `vfioDevices`: vfio's devices= list, whose members without a <hostdev> prepare checks the groups of too.
  */
-function hostdevChecks(host: Host, domain: Domain, iommu: IommuReport, handedOver: Set<string>, vfioDevices: string[]): { address: string; finding: Finding }[] {
+function hostdevChecks(host: Host, domain: Domain, iommu: IommuReport, handedOver: Set<string>, targetOf: TargetOf, vfioDevices: string[]): { address: string; finding: Finding }[] {
   const addresses = new Set(domain.hostdevs.flatMap((hostdev) => (hostdev.type === "pci" ? [hostdev.address] : [])));
   // The VM's own too, beside its hostdevs in a group: a NIC it gets as <interface type='hostdev'>.
   const own = new Set([...addresses, ...domain.hostdevInterfaces.map((nic) => nic.address)]);
   const vfioOnly = vfioDevices.filter((address) => !addresses.has(address));
   return [
-    ...[...addresses].map((address) => ({ address, finding: hostdevCheck(host, iommu, address, own, handedOver, domain, `hostdev ${address}`) })),
-    ...vfioOnly.map((address) => ({ address, finding: hostdevCheck(host, iommu, address, own, handedOver, domain, `vfio device ${address}`) })),
+    ...[...addresses].map((address) => ({ address, finding: hostdevCheck(host, iommu, address, own, handedOver, targetOf, domain, `hostdev ${address}`) })),
+    ...vfioOnly.map((address) => ({ address, finding: hostdevCheck(host, iommu, address, own, handedOver, targetOf, domain, `vfio device ${address}`) })),
   ];
 }
 
-/** The devices vfio's devices= names; none when it is invalid (the config check says why) or absent (the <hostdev>s). */
-function configuredVfioDevices(elements: XmlElement[], domain: Domain): string[] {
-  try {
-    return parseVfioConfig(elements, domain).devices;
-  } catch {
-    return [];
-  }
+type TargetOf = (address: string, driver: string | undefined) => VfioTarget | undefined;
+
+/** Where the device is, and for one vfio hands over, where prepare moves it: "on amdgpu now; prepare moves it to vfio-pci". */
+function whereItGoes(address: string, driver: string | undefined, handedOver: Set<string>, targetOf: TargetOf): string {
+  const now = driver ? `on ${driver} now` : "with no driver now";
+  if (!handedOver.has(address)) return now;
+  const target = targetOf(address, driver);
+  if (target === undefined) return `${now}, a VFIO driver: prepare leaves it there`;
+  const words = targetWords(target);
+  return `${now}; prepare moves it to ${words.driver}${words.why ? ` (${words.why})` : ""}`;
 }
 
-function hostdevCheck(host: Host, iommu: IommuReport, address: string, addresses: Set<string>, handedOver: Set<string>, domain: Domain, check: string): Finding {
+function hostdevCheck(host: Host, iommu: IommuReport, address: string, addresses: Set<string>, handedOver: Set<string>, targetOf: TargetOf, domain: Domain, check: string): Finding {
   if (!pciExists(host, address)) return fail(check, `${address} is not on this host`, check.startsWith("hostdev") ? "fix the <hostdev><source><address> (lspci -D lists this host's devices)" : "fix devices= of <vmhook:vfio> (lspci -D lists this host's devices)");
   const group = iommu.groups.find((candidate) => candidate.devices.some((device) => device.address === address));
   if (!group) return fail(check, `${address} has no IOMMU group: ${iommu.advice?.reason ?? "the IOMMU does not cover it"}`, iommu.advice?.fix ?? "enable the IOMMU (vmhook iommu)");
@@ -418,7 +423,7 @@ function hostdevCheck(host: Host, iommu: IommuReport, address: string, addresses
       : []),
   ];
   if (warnings.length > 0) return warn(check, warnings.map((warning) => warning.reason).join("; "), warnings.map((warning) => warning.fix).join("; "));
-  return ok(check, `${label(self)} is in IOMMU group ${group.id} with nothing the VM does not get; driver now: ${self.driver ?? "none"}`);
+  return ok(check, `${label(self)} is in IOMMU group ${group.id} with nothing the VM does not get; ${whereItGoes(address, self.driver, handedOver, targetOf)}`);
 }
 
 

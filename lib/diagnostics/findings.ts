@@ -9,6 +9,8 @@ export interface Finding {
   fix?: string;
   /** The plugin whose work the finding is about: a failing one marks that plugin's planned steps refused in `vmhook plan`. */
   plugin?: string;
+  /** The key of the refusal (Refusal.key) a step of the plugin's own plan carries for this same problem: `vmhook plan` shows it on that step alone. */
+  refusal?: string;
 }
 
 export const ok = (check: string, reason: string): Finding => ({ check, status: "ok", reason });

@@ -15,7 +15,7 @@ import { clearForWrite, listStuckWrites, moduleSubject, refuseIfStuck, SOUND_NOD
 import { PATTERNS } from "../../lib/validate.ts";
 import { pciDeviceLabels } from "../../lib/diagnostics/pciids.ts";
 import type { VfioConfig, VfioSettings } from "./config.ts";
-import { describeHolders, isWatched, moduleLoaded, processesHolding, VFIO_DRIVER, type HostNeeds, type Survey, type Watched } from "./survey.ts";
+import { describeHolders, isWatched, moduleLoaded, processesHolding, targetWords, VFIO_DRIVER, type HostNeeds, type Survey, type Watched } from "./survey.ts";
 import { systemdRuns, unitActive } from "../../lib/systemd.ts";
 import { activeOrStarting, unitProcesses } from "./units.ts";
 import { returnToDriver } from "./return-path.ts";
@@ -94,6 +94,8 @@ const moduleTree = (release: string) => `modules (/lib/modules/${release}: modul
 
 /** Why prepare refuses part of an explicit unload-modules list, and the fix: a refused step in the plan, a failing check in vmhook doctor. */
 export interface UnloadRefusal {
+  /** The same for the refused step and doctor's finding (Refusal.key, Finding.refusal): plan shows the refusal once. */
+  key: string;
   modules: string[];
   reason: string;
   fix: string;
@@ -115,6 +117,7 @@ export function unloadRefusals(host: Host, config: VfioConfig, hostNeeds: HostNe
   const unknown = listed
     .filter((module) => !moduleLoaded(host, module.replace(/-/g, "_")) && moduleMissing(host, module))
     .map((module) => ({
+      key: unloadRefusalKey([module]),
       modules: [module],
       reason: `<vmhook:vfio> unload-modules names ${module}, which is neither loaded nor in this kernel's ${moduleTree(release)}`,
       fix: `check its spelling (lsmod lists the loaded modules), or, for an out-of-tree (DKMS) module not built for kernel ${release}, build it or remove it from unload-modules`,
@@ -128,6 +131,7 @@ export function unloadRefusals(host: Host, config: VfioConfig, hostNeeds: HostNe
   return [
     ...unknown,
     {
+      key: unloadRefusalKey(modules),
       modules,
       reason: `<vmhook:vfio> unload-modules names ${named}, which ${needs}: ${kept.join(", ")}; unloading ${modules.length === 1 ? "it" : "them"} would take ${those} from the host`,
       fix: `remove ${named} from unload-modules (unload-modules="${rest.join(",") || "none"}"): unbinding alone hands the VM's devices over, which is all amdgpu, i915, xe, nouveau and radeon need`,
@@ -135,11 +139,13 @@ export function unloadRefusals(host: Host, config: VfioConfig, hostNeeds: HostNe
   ];
 }
 
+const unloadRefusalKey = (modules: string[]) => `unload-modules:${modules.join(",")}`;
+
 /** One refused unload step per refusal: prepare stops before any step acts. */
 function refusedUnloadSteps(ctx: PlanContext<VfioConfig>, found: Survey): Step[] {
-  return unloadRefusals(ctx.host, ctx.config, found.hostNeeds).map(({ modules, reason, fix }) => {
+  return unloadRefusals(ctx.host, ctx.config, found.hostNeeds).map(({ key, modules, reason, fix }) => {
     const record: UnloadRecord = { action: "unload-module", module: modules[0]!, devices: [], bindTimeoutMs: 0, watched: { ...found.watched } };
-    return { action: "unload-module", record, description: `unload module${modules.length === 1 ? "" : "s"} ${modules.join(", ")}`, refused: { reason: `vfio: ${reason}; ${fix}`, remedies: [] } };
+    return { action: "unload-module", record, description: `unload module${modules.length === 1 ? "" : "s"} ${modules.join(", ")}`, refused: { reason: `vfio: ${reason}; ${fix}`, remedies: [], key } };
   });
 }
 
@@ -185,8 +191,8 @@ export function takeOverSteps(ctx: PlanContext<VfioConfig>, found: Survey, setti
       bindTimeoutMs,
     };
     const from = device.driver ?? (home ? `no driver; its driver ${home.driver} waits for ${home.claim}` : "no driver");
-    const why = { default: "", "modules.alias": "; the vfio-pci variant modules.alias matches best", "driver model": "; its <hostdev><driver model> names it" }[target.chosenBy];
-    steps.push({ action: "bind-vfio", record, description: `bind ${device.address} to ${target.driver ?? `module ${target.module}'s driver`} (from ${from}${why})` });
+    const { driver, why } = targetWords(target);
+    steps.push({ action: "bind-vfio", record, description: `bind ${device.address} to ${driver} (from ${from}${why ? `; ${why}` : ""})` });
   }
 
   // A module an earlier step loads or keeps (vfio-pci, vendor-reset) is not planned again: the second
@@ -668,13 +674,12 @@ async function unloadModules(record: LoadRecord, ctx: BaseContext): Promise<void
 async function unloadUnused(ctx: BaseContext, modules: string[]): Promise<void> {
   // rmmod of a driver whose remove() is blocked would block as well (and vmhook with it): such a module stays.
   const stuckDrivers = new Set(listStuckWrites(ctx.host).flatMap((write) => (write.running ? [write.driver] : [])));
-  // Which drivers a module registers takes a look at every PCI driver: only when some write is stuck.
-  const blocked = stuckDrivers.size === 0 ? [] : modules.filter((module) => moduleDrivers(ctx.host, module).some((driver) => stuckDrivers.has(driver)));
+  const blocked = modules.filter((module) => moduleDrivers(ctx.host, module).some((driver) => stuckDrivers.has(driver)));
   let remaining = modules.filter((module) => !blocked.includes(module) && moduleLoaded(ctx.host, module));
   // vfio-pci or a variant with a device bound (another VM's, or one bound by hand): its rmmod would take the device away.
   const bindsDevices = (module: string) =>
     (module === "vfio_pci" || ctx.host.exists(`/sys/module/vfio_pci_core/holders/${module}`)) &&
-    registeredDrivers(ctx.host, module).some((driver) => ctx.host.list(`${PCI_DRIVERS}/${driver}`).some((entry) => PATTERNS.pciAddress.test(entry)));
+    moduleDrivers(ctx.host, module).some((driver) => ctx.host.list(`${PCI_DRIVERS}/${driver}`).some((entry) => PATTERNS.pciAddress.test(entry)));
   const stillUsed = (module: string) => Number(ctx.host.readTrimmed(`/sys/module/${module}/refcnt`) ?? 0) > 0 || bindsDevices(module);
   // One rmmod for all, users first: each removal frees what it used, so the
   // usual chain (vfio_pci, vfio_pci_core, vfio_iommu_type1, vfio) costs one
@@ -696,16 +701,6 @@ async function unloadUnused(ctx: BaseContext, modules: string[]): Promise<void> 
   // Not undone yet: the record stays for vmhook recover, once the driver has let go.
   const kept = blocked.filter((module) => moduleLoaded(ctx.host, module));
   if (kept.length > 0) throw new VmhookError(`vfio: module(s) ${kept.join(", ")} stay loaded: a write into their driver has not returned (vmhook status); once it has, vmhook recover unloads them`);
-}
-
-/**
- * The PCI drivers a loaded module registers, as its /sys/module/M/drivers/pci:NAME
- * links name them (vfio-pci for vfio_pci also without them): no look at
- * every driver's module link, which moduleDrivers takes.
- */
-function registeredDrivers(host: Host, module: string): string[] {
-  const linked = host.list(`/sys/module/${module}/drivers`).flatMap((entry) => (entry.startsWith("pci:") && PATTERNS.moduleName.test(entry.slice(4)) ? [entry.slice(4)] : []));
-  return [...new Set([...(module === "vfio_pci" ? [VFIO_DRIVER] : []), ...linked])];
 }
 
 /** The modules ordered so that each comes after every module of the list that uses it. */

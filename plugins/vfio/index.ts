@@ -87,7 +87,7 @@ function checkVfio(ctx: CheckContext): Finding[] {
   if (!config) return [];
   const devices = handedOverHere(ctx.host, config).map((address) => readPciDevice(ctx.host, address));
   return [
-    ...unloadRefusals(ctx.host, config, hostNeedsOf(ctx.host, config, devices)).map((refusal) => fail("unload-modules", refusal.reason, refusal.fix)),
+    ...unloadRefusals(ctx.host, config, hostNeedsOf(ctx.host, config, devices)).map((refusal) => ({ ...fail("unload-modules", refusal.reason, refusal.fix), refusal: refusal.key })),
     ...vendorResetFindings(ctx.host, devices, () => ctx.host.exec("modinfo", ["-n", VENDOR_RESET_MODULE], { timeoutMs: 5_000 }).status === 0),
   ];
 }

@@ -71,6 +71,23 @@ function vfioTarget(host: Host, address: string, model: string | undefined, alia
   return variant === undefined ? VFIO_PCI_TARGET : { module: variant, driver: moduleDrivers(host, variant)[0], chosenBy: "modules.alias" };
 }
 
+/**
+ * Where prepare moves a device of `config` on its driver now: its VfioTarget,
+ * or undefined when that is a VFIO driver already (onVfioDriver), where it
+ * stays. modules.alias (over 1 MB) is read once, when a device first needs it.
+ */
+export function vfioTargets(host: Host, config: VfioConfig): (address: string, driver: string | undefined) => VfioTarget | undefined {
+  let aliases: string | undefined;
+  const modulesAliasText = () => (aliases ??= modulesAlias(host));
+  return (address, driver) => (onVfioDriver(host, address, driver) ? undefined : vfioTarget(host, address, config.driverModels[address], modulesAliasText));
+}
+
+/** A target as plan and doctor name it: its driver ("module M's driver" while a variant's module is not loaded), and why that one unless by default. */
+export function targetWords(target: VfioTarget): { driver: string; why?: string } {
+  const why = { default: undefined, "modules.alias": "the vfio-pci variant modules.alias matches best", "driver model": "its <hostdev><driver model> names it" }[target.chosenBy];
+  return { driver: target.driver ?? `module ${target.module}'s driver`, ...(why ? { why } : {}) };
+}
+
 export interface Holder {
   pid: number;
   command: string;
@@ -171,12 +188,11 @@ function expandDevices(host: Host, config: VfioConfig): Device[] {
       `vfio: ${missing.map((address) => `PCI device ${address}`).join(", ")} ${missing.length === 1 ? "does" : "do"} not exist on this host; fix the <hostdev> address or devices= (lspci -D lists the devices)`,
     );
   }
-  let aliases: string | undefined;
-  const modulesAliasText = () => (aliases ??= modulesAlias(host));
+  const targetOf = vfioTargets(host, config);
   return handedOverAddresses(host, config).map((address) => {
     const device = readPciDevice(host, address);
-    const onVfio = onVfioDriver(host, address, device.driver);
-    return { ...device, override: pciDriverOverride(host, address), onVfio, ...(onVfio ? {} : { target: vfioTarget(host, address, config.driverModels[address], modulesAliasText) }) };
+    const target = targetOf(address, device.driver);
+    return { ...device, override: pciDriverOverride(host, address), onVfio: target === undefined, ...(target ? { target } : {}) };
   });
 }
 

@@ -74,9 +74,10 @@ export function addPciDevice(sim: SimHost, spec: PciSpec): void {
   }
 }
 
-/** The module that registers a PCI driver (its driver's module link) and the modules it uses (each lists it as a holder), as sysfs shows them. */
+/** The module that registers a PCI driver (its driver's module link, the module's drivers/pci:DRIVER link) and the modules it uses (each lists it as a holder), as sysfs shows them. */
 export function addDriverModule(sim: SimHost, driver: string, module: string, uses: string[]): void {
   sim.dir(`/sys/module/${module}/holders`).link(`/sys/bus/pci/drivers/${driver}/module`, `../../../../module/${module}`);
+  sim.link(`/sys/module/${module}/drivers/pci:${driver}`, `../../../bus/pci/drivers/${driver}`);
   for (const used of uses) sim.link(`/sys/module/${used}/holders/${module}`, `../../${module}`);
 }
 

@@ -141,7 +141,7 @@ test("desktop + GPU domain: isolated group; advice on memoryBacking, currentMemo
     disks: "warn",
     nics: "warn",
   });
-  assert.is(domain("hostdev 0000:01:00.0").reason, "01:00.0 (VGA compatible controller) is in IOMMU group 1 with nothing the VM does not get; driver now: nvidia");
+  assert.is(domain("hostdev 0000:01:00.0").reason, "01:00.0 (VGA compatible controller) is in IOMMU group 1 with nothing the VM does not get; on nvidia now");
   assert.is(domain("hugepages").reason, "4096 × 2M pages (8G) fit in the free memory on the host (19531M)");
   assert.match(domain("memoryBacking").fix!, "add <memoryBacking><hugepages/></memoryBacking>");
   assert.match(domain("currentMemory").reason, "<currentMemory> (4G) is below <memory> (8G) with a VFIO device");
@@ -233,7 +233,7 @@ test("an SR-IOV VF in the GPU's IOMMU group given to the VM as <interface type='
     const { domain } = await doctor(sim, domainXml({ metadata: "<vmhook:vfio/>", devices: GPU_AND_AUDIO + nic }));
     const finding = domain("hostdev 0000:01:00.0");
     assert.is(finding.status, "ok", finding.reason);
-    assert.is(finding.reason, "01:00.0 (VGA compatible controller) is in IOMMU group 1 with nothing the VM does not get; driver now: nvidia");
+    assert.is(finding.reason, "01:00.0 (VGA compatible controller) is in IOMMU group 1 with nothing the VM does not get; on nvidia now; prepare moves it to vfio-pci");
   } finally {
     sim.cleanup();
   }

@@ -78,6 +78,21 @@ test("a plugin's failing doctor check marks its steps refused with the fix; a pl
 });
 
 
+test("a check that reports what a planner refuses on a step of its own (vfio's unload-modules) is paired with that step by the key both carry, never by their words: shown once, on that step", () => {
+  const step = (description: string, refused?: PlannedStep["refused"]): PlannedStep => ({ plugin: "vfio", event: "prepare", action: "x", description, record: { action: "x" }, ...(refused ? { refused } : {}) });
+  const own = { reason: "vfio: the planner's words for it", remedies: [], key: "unload-modules:amdgpu" };
+  const reported = { ...fail("unload-modules", "the doctor's other words for it", "remove amdgpu"), plugin: "vfio", refusal: "unload-modules:amdgpu" };
+  const { steps, blocking } = markRefused([step("unload module amdgpu", own), step("bind 0000:01:00.0 to vfio-pci")], [reported], ["vfio"]);
+  assert.equal(steps.map((s) => s.refused), [own, undefined], "a rewording made plan show the refusal a second time, on the other step");
+  assert.equal(blocking, []);
+  // No step refusing it: it marks the plugin's steps, as any failing check does.
+  assert.equal(markRefused([step("bind 0000:01:00.0 to vfio-pci")], [reported], ["vfio"]).steps[0]!.refused?.reason, "unload-modules: the doctor's other words for it");
+  // Words alone pair nothing: a check that only reads like a planner's refusal is another problem, which marks the other steps.
+  const alike = { ...fail("iommu", "the planner's words", "turn it on"), plugin: "vfio" };
+  const marked = markRefused([step("unload module amdgpu", own), step("bind 0000:01:00.0 to vfio-pci")], [alike], ["vfio"]).steps;
+  assert.equal(marked.map((s) => s.refused?.reason), [own.reason, "iommu: the planner's words"], "a check was dropped because its words are in a planner's refusal");
+});
+
 // A journal an earlier run of the same domain left (libvirt gone between prepare and QEMU's launch, a
 // prepare killed): prepare refuses while a QEMU of it runs, and otherwise gives it back before it plans.
 const WIN11 = "0b5c64e3-55a1-4b84-9d2b-4e0a3e7d2f10";

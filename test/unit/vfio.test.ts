@@ -844,6 +844,28 @@ test("an xe SR-IOV VF on xe, xe_vfio_pci matching it in modules.alias: prepare l
   assert.equal(kernel.sim.snapshot(), before);
 });
 
+test("vmhook doctor names the driver prepare moves each device to, as plan does: the variant modules.alias matches, the one <driver model> names, vfio-pci; one on a VFIO driver stays", async () => {
+  const kernel = battlemageWithVfOnXe();
+  const moves = async (vfio: string, hostdevs: Parameters<typeof domainXml>[1]) => {
+    const { findings } = (await runDoctor(kernel.sim, { file: "vm.xml", xml: domainXml(vfio, hostdevs) })).domain!;
+    return findings.filter((finding) => finding.check.startsWith("hostdev ")).map((finding) => `${finding.check}: ${finding.status} ${finding.reason.replace(/^.* with nothing the VM does not get; /, "")}`);
+  };
+  assert.equal(await moves("<vmhook:vfio/>", [{ address: BATTLEMAGE_VF }, { address: GPU }, { address: AUDIO }]), [
+    `hostdev ${BATTLEMAGE_VF}: ok on xe now; prepare moves it to module xe_vfio_pci's driver (the vfio-pci variant modules.alias matches best)`,
+    `hostdev ${GPU}: ok on amdgpu now; prepare moves it to vfio-pci`,
+    `hostdev ${AUDIO}: ok on snd_hda_intel now; prepare moves it to vfio-pci`,
+  ]);
+  assert.equal(await moves("<vmhook:vfio/>", [{ address: BATTLEMAGE_VF, model: "vfio-pci" }]), [`hostdev ${BATTLEMAGE_VF}: ok on xe now; prepare moves it to vfio-pci (its <hostdev><driver model> names it)`]);
+  kernel.sim.exec("modprobe", ["xe_vfio_pci"], { timeoutMs: 1000 });
+  assert.equal(await moves("<vmhook:vfio/>", [{ address: BATTLEMAGE_VF }]), [`hostdev ${BATTLEMAGE_VF}: ok on xe now; prepare moves it to xe-vfio-pci (the vfio-pci variant modules.alias matches best)`]);
+  kernel.sim.write(`/sys/bus/pci/devices/${BATTLEMAGE_VF}/driver/unbind`, BATTLEMAGE_VF);
+  kernel.sim.write(`/sys/bus/pci/devices/${BATTLEMAGE_VF}/driver_override`, "xe-vfio-pci");
+  kernel.sim.write("/sys/bus/pci/drivers_probe", BATTLEMAGE_VF);
+  assert.equal(await moves("<vmhook:vfio/>", [{ address: BATTLEMAGE_VF }]), [`hostdev ${BATTLEMAGE_VF}: ok on xe-vfio-pci now, a VFIO driver: prepare leaves it there`]);
+  // Without <vmhook:vfio>, vmhook moves nothing: the line says where it is.
+  assert.equal(await moves("", [{ address: GPU, managed: true }, { address: AUDIO, managed: true }]), [`hostdev ${GPU}: ok on amdgpu now`, `hostdev ${AUDIO}: ok on snd_hda_intel now`]);
+});
+
 test("xe_vfio_pci loaded for the VM, and another VF bound to it by hand meanwhile: release brings the VM's VF back to xe and leaves xe_vfio_pci loaded (its rmmod would take that VF away)", async () => {
   const kernel = battlemageWithVfOnXe();
   kernel.sim.file("/sys/bus/pci/devices/0000:03:00.0/sriov_numvfs", "2");
