@@ -90,6 +90,12 @@ export interface Domain {
    */
   hostdevInterfaces: PciHostdev[];
   interfaces: NetworkInterface[];
+  /**
+   * The user of <seclabel model='dac'><label>USER:GROUP</label> (a name, or
+   * +UID): libvirt runs the domain's QEMU as that user in place of
+   * qemu.conf's. Undefined when the domain sets none.
+   */
+  dacUser?: string;
   /** The <vmhook:hooks> element, if the domain has one. */
   metadata?: XmlElement;
 }
@@ -201,6 +207,7 @@ export function parseDomain(xml: string, what = "domain XML"): Domain {
   const vcpuElement = first(document, "domain", "vcpu");
   const vcpuCpusetText = attr(vcpuElement, "placement") === "auto" ? undefined : attr(vcpuElement, "cpuset");
   const vcpuCpuset = vcpuCpusetText !== undefined ? parseCpuset(vcpuCpusetText, "<vcpu>", "cpuset") : undefined;
+  const dacUser = parseDacUser(document);
 
   return {
     name,
@@ -220,8 +227,16 @@ export function parseDomain(xml: string, what = "domain XML"): Domain {
     hostdevs: parseHostdevs(document),
     hostdevInterfaces: parseHostdevInterfaces(document),
     interfaces: parseInterfaces(document),
+    ...(dacUser ? { dacUser } : {}),
     metadata: parseMetadata(document, name),
   };
+}
+
+/** The USER of the domain's <seclabel model='dac'><label>USER:GROUP</label> (a device's own <seclabel> labels files, not QEMU); undefined when it has none. */
+function parseDacUser(document: XmlNode): string | undefined {
+  const dac = nodes(document, "domain", "seclabel").find((seclabel) => attr(seclabel, "model") === "dac");
+  const label = dac ? text(dac, "label") : undefined;
+  return label?.split(":")[0]?.trim() || undefined;
 }
 
 /** <vmhook:hooks> in <metadata>; any other element there in vmhook's namespace is refused. */

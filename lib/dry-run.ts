@@ -27,6 +27,6 @@ export async function dryRun(host: Host, domain: Domain, instances: PluginInstan
   const log = createLogger(host, { domain: domain.name, event, echo, file: false });
   const settings = loadSettings(host);
   // A prepare starts a journal of its own; the later events join the one it wrote.
-  const journal = (event !== "prepare" && readJournal(host, domain.uuid)) || newJournal(host, { name: domain.name, uuid: domain.uuid });
+  const journal = (event !== "prepare" && readJournal(host, domain.uuid)) || newJournal(host, domain);
   return planEvent(event, instances, domain, journal, { host, log, settings, registry }, new Deadline(host, settings.deadlineSeconds * 1000));
 }

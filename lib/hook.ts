@@ -129,7 +129,7 @@ export class HookRun {
     await this.undoLeftovers(deadline);
     const instances = await this.plugins();
     if (instances.length === 0) return;
-    const journal = newJournal(this.host, { name: this.domain.name, uuid: this.domain.uuid });
+    const journal = newJournal(this.host, this.domain);
     const starter = this.starter();
     if (starter) journal.starter = starter;
     writeJournal(this.host, journal);
@@ -153,7 +153,7 @@ export class HookRun {
       throw error;
     });
     if (!instances.some((instance) => handles(instance, event))) return;
-    const journal = readJournal(this.host, this.domain.uuid) ?? newJournal(this.host, { name: this.domain.name, uuid: this.domain.uuid });
+    const journal = readJournal(this.host, this.domain.uuid) ?? newJournal(this.host, this.domain);
     await runPlugins(event, instances, this.domain, journal, this.env(), this.workDeadline());
   }
 
@@ -239,13 +239,13 @@ export class HookRun {
     return journal;
   }
 
-  /** The QEMU libvirt's pid file names, or none (said when the file cannot be read): release then counts every process with the domain's -uuid. */
+  /** The QEMU libvirt's pid file names, or none (said when the file cannot be read): release then counts every process with the domain's -uuid that libvirt could have started (domainQemus). */
   private runningQemu(uuid: string): string | undefined {
     const name = this.invocation.args[0] ?? "";
     try {
       return pidFileQemu(this.host, name, uuid);
     } catch (error) {
-      this.log.warn(`cannot note the QEMU of ${this.name} (${describeError(error)}); until its release, any process with its -uuid keeps what it holds`);
+      this.log.warn(`cannot note the QEMU of ${this.name} (${describeError(error)}); until its release, any process of root or libvirt's QEMU user with its -uuid keeps what it holds`);
       return undefined;
     }
   }

@@ -61,14 +61,20 @@ export interface Journal {
    * (lib/leftover.ts), and no other process with its -uuid counts.
    */
   qemu?: string;
+  /**
+   * The user the domain's own <seclabel model='dac'> runs its QEMU as, as
+   * the XML prepare was given writes it (a name, or +UID); absent when it
+   * sets none. Until a QEMU is noted, processes of this user count too.
+   */
+  dacUser?: string;
   createdAt: string;
   updatedAt: string;
   entries: JournalEntry[];
 }
 
-export function newJournal(host: Host, domain: { name: string; uuid: string }): Journal {
+export function newJournal(host: Host, { name, uuid, dacUser }: { name: string; uuid: string; dacUser?: string }): Journal {
   const now = new Date(host.wallClockMs()).toISOString();
-  return { version: JOURNAL_VERSION, domain, phase: "preparing", pid: process.pid, createdAt: now, updatedAt: now, entries: [] };
+  return { version: JOURNAL_VERSION, domain: { name, uuid }, phase: "preparing", pid: process.pid, ...(dacUser === undefined ? {} : { dacUser }), createdAt: now, updatedAt: now, entries: [] };
 }
 
 export function readJournal(host: Host, uuid: string): Journal | undefined {

@@ -54,7 +54,7 @@ const keptChanges = (journal: Journal, whose: string) => `the ${journal.entries.
 /** The pids of every live QEMU of the journal's domain; when /proc cannot tell, `what` fails and the journal is kept. */
 function liveQemus(host: Host, journal: Journal, what: string, whose: string, remedies: string[]): number[] {
   try {
-    return domainQemus(host, journal.domain.uuid, journal.qemu);
+    return domainQemus(host, journal.domain.uuid, journal);
   } catch (error) {
     throw new VmhookError(`${what}: whether a QEMU of this domain still runs cannot be told (${describeError(error)}), so ${keptChanges(journal, whose)}`, remedies);
   }

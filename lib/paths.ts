@@ -29,4 +29,10 @@ export const paths = {
   libvirtQemuRunDir: "/run/libvirt/qemu",
   /** libvirt's definitions of persistent domains, one NAME.xml each (virsh domrename renames it). */
   libvirtQemuConfigDir: "/etc/libvirt/qemu",
+  /** libvirt's QEMU driver settings (lib/qemu-conf.ts reads the few vmhook must agree with). */
+  libvirtQemuConf: "/etc/libvirt/qemu.conf",
+  /** libvirt's QEMU directory, which its daemon gives the user it runs QEMU as at each start. */
+  libvirtQemuLibDir: "/var/lib/libvirt/qemu",
+  /** The host's users, by name and uid. */
+  passwd: "/etc/passwd",
 };

@@ -2,9 +2,12 @@
 // start time (field 22 of /proc/PID/stat, clock ticks since boot) names one
 // process for the life of the boot, and /run, where vmhook keeps what names
 // them, does not outlive it.
+import { VmhookError } from "./errors.ts";
 import type { Host } from "./host.ts";
+import type { Journal } from "./journal.ts";
 import { processIds } from "./open-files.ts";
 import { paths } from "./paths.ts";
+import { qemuOwners } from "./qemu-owners.ts";
 
 /** libvirt's daemons that run the QEMU hook: the monolithic one and the modular QEMU driver's. */
 export const LIBVIRT_DAEMONS = ["libvirtd", "virtqemud"];
@@ -65,29 +68,60 @@ export function qemuProcessesOf(host: Host, uuid: string): number[] {
     .filter((pid) => qemuUuid(host, pid) === uuid);
 }
 
+/** The real uid of the process (/proc/PID/status), undefined when it cannot be read. */
+function processOwner(host: Host, pid: number): number | undefined {
+  try {
+    const uids = /^Uid:\s+(\d+)\s/m.exec(host.readTrimmed(`/proc/${pid}/status`) ?? "");
+    return uids ? Number(uids[1]) : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * The live process named by libvirt's pid file of the domain, which libvirt
+ * keeps while its QEMU runs (/run/libvirt/qemu/NAME.pid; "." and ".." are
+ * names libvirt takes, "..pid" a file like any other); undefined when there
+ * is none, or its process is gone. Throws when the file cannot be read, and
+ * for a name with a slash, which names no pid file.
+ */
+export function pidFileProcess(host: Host, name: string): number | undefined {
+  if (name.includes("/")) throw new VmhookError(`the name ${JSON.stringify(name)} has a slash, which libvirt refuses in a domain's name: it names no pid file in ${paths.libvirtQemuRunDir}`);
+  const pid = Number(host.readTrimmed(`${paths.libvirtQemuRunDir}/${name}.pid`));
+  return Number.isSafeInteger(pid) && pid > 0 && host.processAlive(pid) ? pid : undefined;
+}
+
 /**
  * The domain's QEMU as libvirt's pid file names it now, "PID:STARTTIME", for
  * its journal (the started and reconnect events): undefined when there is no
  * pid file (yet), or the process in it is gone or runs no -uuid UUID. Throws
- * when the pid file cannot be read.
+ * as pidFileProcess does.
  */
 export function pidFileQemu(host: Host, name: string, uuid: string): string | undefined {
-  if (name.includes("/")) return undefined;
-  const pid = Number(host.readTrimmed(`${paths.libvirtQemuRunDir}/${name}.pid`));
-  if (!Number.isSafeInteger(pid) || pid <= 0 || qemuUuid(host, pid) !== uuid) return undefined;
-  return processInstance(host, pid);
+  const pid = pidFileProcess(host, name);
+  return pid !== undefined && qemuUuid(host, pid) === uuid ? processInstance(host, pid) : undefined;
 }
 
 /**
  * The live QEMUs of the domain of this UUID. Any user can start a process
  * with "-uuid UUID" in its command line (ps shows every VM's), so once the
- * journal notes the QEMU libvirt started (`noted`, from pidFileQemu), that
+ * journal notes the QEMU libvirt started (`qemu`, from pidFileQemu), that
  * process alone counts, by its pid and start time. Without a note (libvirt
- * had not reported started: a daemon that crashed while it launched QEMU, a
- * journal of an older vmhook), every process with the UUID counts.
+ * had not reported started: a start that failed after prepare, a daemon that
+ * crashed while it launched QEMU, a journal of an older vmhook), a process
+ * with the UUID counts unless its owner is one libvirt never runs the
+ * domain's QEMU as (qemuOwners); one whose owner, or those users, cannot be
+ * told counts.
  */
-export function domainQemus(host: Host, uuid: string, noted: string | undefined): number[] {
+export function domainQemus(host: Host, uuid: string, journal: Pick<Journal, "qemu" | "dacUser"> | undefined): number[] {
+  const noted = journal?.qemu;
   const pid = noted === undefined ? undefined : /^(\d+):\d+$/.exec(noted)?.[1];
-  if (pid === undefined) return qemuProcessesOf(host, uuid);
-  return processInstance(host, Number(pid)) === noted ? [Number(pid)] : [];
+  if (pid !== undefined) return processInstance(host, Number(pid)) === noted ? [Number(pid)] : [];
+  const found = qemuProcessesOf(host, uuid);
+  const owners = found.length === 0 ? undefined : qemuOwners(host, journal?.dacUser);
+  if (owners === undefined) return found;
+  return found.filter((qemu) => {
+    const owner = processOwner(host, qemu);
+    return owner === undefined || owners.has(owner);
+  });
 }

@@ -1,26 +1,15 @@
 // Whether a domain's QEMU runs, read from libvirt's own state directory
 // (/run/libvirt/qemu/NAME.pid), never by calling libvirt; or why that cannot
 // be told, which is never taken for "not running".
-import { describeError, VmhookError } from "../errors.ts";
+import { describeError } from "../errors.ts";
 import type { Host } from "../host.ts";
 import { paths } from "../paths.ts";
-import { readJournal } from "../journal.ts";
-import { domainQemus, qemuUuid } from "../processes.ts";
+import { readJournal, type Journal } from "../journal.ts";
+import { domainQemus, pidFileProcess, qemuUuid } from "../processes.ts";
 
-/**
- * libvirt keeps /run/libvirt/qemu/NAME.pid while the domain's QEMU runs. "."
- * and ".." are names libvirt takes ("..pid" is a file like any other); one
- * with a slash names no pid file, so whether it runs cannot be told.
- */
+/** Whether libvirt's pid file of the domain names a live process; a name with a slash names none, so whether it runs cannot be told (throws). */
 function domainRunning(host: Host, name: string): boolean {
-  return livePid(host, name) !== undefined;
-}
-
-/** The pid in the domain's pid file, when that process is alive. */
-function livePid(host: Host, name: string): number | undefined {
-  if (name.includes("/")) throw new VmhookError(`the name ${JSON.stringify(name)} has a slash, which libvirt refuses in a domain's name: it names no pid file in ${paths.libvirtQemuRunDir}`);
-  const pid = Number(host.readTrimmed(`${paths.libvirtQemuRunDir}/${name}.pid`));
-  return Number.isSafeInteger(pid) && pid > 0 && host.processAlive(pid) ? pid : undefined;
+  return pidFileProcess(host, name) !== undefined;
 }
 
 /**
@@ -36,7 +25,7 @@ export function runningDomains(host: Host): { name: string; uuid: string }[] {
     .filter((entry) => entry.endsWith(".pid"))
     .flatMap((entry) => {
       const name = entry.slice(0, -".pid".length);
-      const pid = livePid(host, name);
+      const pid = pidFileProcess(host, name);
       // One that has just exited has no command line left (undefined).
       const uuid = pid === undefined ? undefined : qemuUuid(host, pid);
       return uuid ? [{ name, uuid }] : [];
@@ -77,13 +66,13 @@ export function lostTrackPids(host: Host, domain: { name: string; uuid: string |
   return domain.uuid === undefined || domainRunning(host, domain.name) ? [] : lostQemus(host, domain.uuid);
 }
 
-/** The QEMUs of the UUID, as the hook's release counts them (domainQemus): the one its journal notes, if any; a journal that cannot be read notes none. */
+/** The QEMUs of the UUID, as the hook's release counts them (domainQemus), by what its journal notes; a journal that cannot be read notes nothing. */
 function lostQemus(host: Host, uuid: string): number[] {
-  let noted: string | undefined;
+  let journal: Journal | undefined;
   try {
-    noted = readJournal(host, uuid)?.qemu;
+    journal = readJournal(host, uuid);
   } catch {
-    noted = undefined;
+    journal = undefined;
   }
-  return domainQemus(host, uuid, noted);
+  return domainQemus(host, uuid, journal);
 }

@@ -39,6 +39,8 @@ export class SimHost extends RootedHost {
   readonly hungPrograms: { pid: number; command: string; args: string[] }[] = [];
   private nextPid = 4000;
   private readonly mounts = new Map<string, number>();
+  /** Owners stat(2) gives in place of the real ones (a test runs as one user and cannot make files of others). */
+  private readonly owners = new Map<string, number>();
   /**
    * Every state-changing operation of the hook, in order ("write PATH",
    * "run modprobe vfio-pci", "create /run/vmhook/UUID.json.tmp", ...). What
@@ -95,6 +97,27 @@ export class SimHost extends RootedHost {
   mountFileSystem(hostPath: string, type: number): this {
     this.mounts.set(hostPath, type);
     return this;
+  }
+
+  /** Simulated ownership: stat of `hostPath` gives this uid. */
+  own(hostPath: string, uid: number): this {
+    this.owners.set(hostPath, uid);
+    return this;
+  }
+
+  /**
+   * A process in the simulated /proc: its stat (start time `start`), command
+   * line and status (real, effective, saved and file system uid `uid`).
+   */
+  process(pid: number, argv: string[], { start = 1000, uid = 0 } = {}): this {
+    this.file(`/proc/${pid}/stat`, `${pid} (${argv[0]!.split("/").pop()!.slice(0, 15)}) S 1 ${pid} ${pid} 0 -1 4194304 0 0 0 0 0 0 0 0 20 0 1 0 ${start} 2314240 1`);
+    this.file(`/proc/${pid}/cmdline`, `${argv.join("\0")}\0`);
+    return this.file(`/proc/${pid}/status`, `Name:\t${argv[0]!.split("/").pop()!.slice(0, 15)}\nState:\tS (sleeping)\nUid:\t${uid}\t${uid}\t${uid}\t${uid}\n`);
+  }
+
+  /** A process is alive while the simulated /proc lists it, as kill(pid, 0) on a real host: no real process's pid passes for one of the simulated host's. */
+  override processAlive(pid: number): boolean {
+    return this.exists(`/proc/${pid}`);
   }
 
   /** Simulated kernel behaviour: instead of storing the value, run the handler. */
@@ -250,7 +273,9 @@ export class SimHost extends RootedHost {
 
   protected override statPath(hostPath: string): fs.Stats {
     this.failIfAsked("stat", hostPath);
-    return super.statPath(hostPath);
+    const stats = super.statPath(hostPath);
+    const owner = this.owners.get(hostPath);
+    return owner === undefined ? stats : Object.assign(stats, { uid: owner });
   }
 
   protected override statFileSystem(hostPath: string): number {

@@ -3,6 +3,7 @@
 // reconnected to, and stopped by its QEMU quitting as a guest's shutdown
 // ends it. Host state (the pool, a custom plugin's marker file, the journal)
 // is checked before and after each.
+import { spawn } from "node:child_process";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import * as assert from "uvu/assert";
@@ -122,6 +123,29 @@ test("a transient domain (virsh create) with a custom plugin: reset, suspend and
     await virsh("destroy", domain.name);
     if (journalExists(domain.uuid)) await runProgram(binary(), ["recover", "--force", domain.uuid]);
     plugin.remove();
+  }
+});
+
+test("a start that fails after prepare while a process of another user runs with the VM's -uuid (ps shows every VM's): the release libvirt runs gives back what prepare took, as that process is no QEMU libvirt started", async () => {
+  const plugin = "/etc/vmhook/plugins.d/fail-start";
+  fs.writeFileSync(plugin, '#!/bin/sh\nif [ "$VMHOOK_EVENT" = start ]; then echo "fail-start: this start fails on purpose" >&2; exit 1; fi\necho "{}"\n', { mode: 0o755 });
+  const domain = await defineDomain("fake-uuid", { hooks: `${HUGEPAGES}<vmhook:plugin name="fail-start"/>` });
+  const pool = hugepages();
+  const fake = spawn("setpriv", ["--reuid=nobody", "--regid=nogroup", "--clear-groups", "/usr/bin/python3", "-c", "import time; time.sleep(1e9)", "-uuid", domain.uuid], { stdio: "ignore" });
+  try {
+    await waitUntil("the other user's process runs with the -uuid", () => fs.existsSync(`/proc/${fake.pid}/cmdline`) && fs.readFileSync(`/proc/${fake.pid}/cmdline`, "utf8").includes(domain.uuid));
+    const logOffset = logSize();
+    const start = await virsh("start", domain.name);
+    assert.is(start.code, 1, "the start failed");
+    assert.match(start.stderr, "fail-start: this start fails on purpose");
+    await waitUntil(`vmhook releases ${domain.name}`, () => logSince(logOffset).includes(`[${domain.name} release end]`));
+    const log = logSince(logOffset);
+    assert.match(log, `[${domain.name} release end] released: 2 change(s) undone`, log);
+    expectReleased(domain, pool);
+  } finally {
+    fake.kill("SIGKILL");
+    if (journalExists(domain.uuid)) await runProgram(binary(), ["recover", "--force", domain.uuid]);
+    fs.rmSync(plugin, { force: true });
   }
 });
 

@@ -653,16 +653,10 @@ test("crash: vmhook recover and status take a QEMU with the VM's -uuid that libv
   }
 });
 
-/** A process in the simulated /proc: its stat (start time `start`) and command line. */
-function simProcess(sim: SimHost, pid: number, start: number, argv: string[]): void {
-  sim.file(`/proc/${pid}/stat`, `${pid} (${argv[0]!.split("/").pop()!.slice(0, 15)}) S 1 ${pid} ${pid} 0 -1 4194304 0 0 0 0 0 0 0 0 20 0 1 0 ${start} 2314240 1`);
-  sim.file(`/proc/${pid}/cmdline`, `${argv.join("\0")}\0`);
-}
-
 /** prepare, then libvirt's launch of QEMU (pid 4000, its pid file) and started, which notes it. */
 async function startedVm(sim: SimHost): Promise<void> {
   assert.is((await runHookEvent(sim, "prepare", "begin", XML)).code, 0);
-  simProcess(sim, 4000, 777, ["/usr/bin/qemu-system-x86_64", "-name", "guest=vm,debug-threads=on", "-uuid", UUID]);
+  sim.process(4000, ["/usr/bin/qemu-system-x86_64", "-name", "guest=vm,debug-threads=on", "-uuid", UUID], { start: 777 });
   sim.file("/run/libvirt/qemu/vm.pid", "4000");
   assert.is((await runHookEvent(sim, "started", "begin", XML)).code, 0);
 }
@@ -672,11 +666,11 @@ test("a process of any user with a running VM's -uuid in its command line (ps sh
   try {
     await startedVm(sim);
     // A local user copies the UUID from ps while the VM runs.
-    simProcess(sim, 5000, 9000, ["bash", "-c", "sleep infinity", "-uuid", UUID]);
+    sim.process(5000, ["bash", "-c", "sleep infinity", "-uuid", UUID], { start: 9000, uid: 1000 });
     // The guest shuts down: its QEMU and pid file are gone; a new process may even take its pid.
     sim.remove("/proc/4000");
     sim.remove("/run/libvirt/qemu/vm.pid");
-    simProcess(sim, 4000, 9999, ["/usr/bin/qemu-system-x86_64", "-uuid", UUID]);
+    sim.process(4000, ["/usr/bin/qemu-system-x86_64", "-uuid", UUID], { start: 9999, uid: 1000 });
     assert.equal(await runHookEvent(sim, "release", "end", XML), { code: 0, stderr: "" });
     assert.is(kernel.pool(2048), 100, "the VM's pages went back");
     assert.equal(sim.stateFiles(), []);
@@ -690,7 +684,7 @@ test("vmhook recover and status, after a release that never ran: a process of an
   const { sim, kernel } = hugepageHost(100);
   try {
     await startedVm(sim);
-    simProcess(sim, 5000, 9000, ["python3", "-c", "import time; time.sleep(1e9)", "-uuid", UUID]);
+    sim.process(5000, ["python3", "-c", "import time; time.sleep(1e9)", "-uuid", UUID], { start: 9000, uid: 1000 });
     sim.remove("/proc/4000");
     sim.remove("/run/libvirt/qemu/vm.pid");
     assert.match((await cli(["status", "--root", sim.root], sim)).stdout, `vm (${UUID}): not running`);
@@ -713,6 +707,89 @@ test("the QEMU libvirt's pid file named at started, still there at release (stuc
     sim.remove("/proc/4000");
     assert.equal(await runHookEvent(sim, "release", "end", XML), { code: 0, stderr: "" });
     assert.is(kernel.pool(2048), 100);
+  } finally {
+    sim.cleanup();
+  }
+});
+
+/** libvirt as Debian installs it: QEMU runs as libvirt-qemu, the build's default, which qemu.conf names only in a comment and libvirt's daemon shows by making it the owner of /var/lib/libvirt/qemu. */
+function debianLibvirt(sim: SimHost): void {
+  sim.file("/etc/passwd", "root:x:0:0:root:/root:/bin/bash\nlibvirt-qemu:x:64055:107:Libvirt Qemu,,,:/var/lib/libvirt:/usr/sbin/nologin\nalice:x:1000:1000:Alice,,,:/home/alice:/bin/bash\n");
+  sim.file("/etc/libvirt/qemu.conf", '#user = "libvirt-qemu"\n#group = "libvirt-qemu"\n');
+  sim.dir("/var/lib/libvirt/qemu").own("/var/lib/libvirt/qemu", 64055);
+}
+
+/** What an ordinary user can start with a VM's -uuid (ps shows it): a renamed sleep (bash -c 'exec -a x sleep infinity -uuid …'), or a QEMU of their own. */
+function fakeQemus(sim: SimHost, uid = 1000): void {
+  sim.process(5000, ["x", "infinity", "-uuid", UUID], { uid });
+  sim.process(5001, ["/usr/bin/qemu-system-x86_64", "-name", "guest=vm", "-uuid", UUID], { uid });
+}
+
+test("a start that failed after prepare (libvirt never reported started): processes of an ordinary user with the VM's -uuid keep neither its release from giving back what it holds nor its next start; a QEMU run as libvirt's QEMU user, or as root, still keeps the journal", async () => {
+  const { sim, kernel } = hugepageHost(100);
+  try {
+    debianLibvirt(sim);
+    assert.is((await runHookEvent(sim, "prepare", "begin", XML)).code, 0);
+    fakeQemus(sim);
+    for (const uid of [64055, 0]) {
+      sim.process(4000, ["/usr/bin/qemu-system-x86_64", "-uuid", UUID], { uid });
+      const released = await runHookEvent(sim, "release", "end", XML);
+      assert.match(firstLine(released.stderr), `vmhook: release of vm: a QEMU of this domain still runs (pid 4000, -uuid ${UUID})`, `uid ${uid}`);
+      assert.is(kernel.pool(2048), 612);
+      sim.remove("/proc/4000");
+    }
+    assert.is((await runHookEvent(sim, "release", "end", XML)).code, 0);
+    assert.is(kernel.pool(2048), 100, "the VM's pages went back");
+    assert.equal(sim.stateFiles(), []);
+    assert.is((await runHookEvent(sim, "prepare", "begin", XML)).code, 0, "the next start is not refused");
+  } finally {
+    sim.cleanup();
+  }
+});
+
+test("prepare after a crash left a journal with no QEMU noted: processes of an ordinary user with the VM's -uuid do not refuse it; it gives back what the earlier run holds and prepares", async () => {
+  const { sim, kernel } = hugepageHost(612);
+  try {
+    debianLibvirt(sim);
+    crashedJournal(sim);
+    fakeQemus(sim);
+    const prepared = await runHookEvent(sim, "prepare", "begin", XML);
+    assert.is(prepared.code, 0, prepared.stderr);
+    assert.is(kernel.pool(2048), 612, "the leftover's 512 pages given back, then taken again");
+    assert.is(readJournal(sim, UUID)?.entries.length, 1);
+  } finally {
+    sim.cleanup();
+  }
+});
+
+test("vmhook status and recover after libvirtd died while it launched QEMU (before started): processes of an ordinary user with the VM's -uuid do not pass for its QEMU", async () => {
+  const { sim, kernel } = hugepageHost(100);
+  try {
+    debianLibvirt(sim);
+    sim.process(300, ["/usr/sbin/libvirtd"], { start: 5000 });
+    assert.is((await runHookEvent(sim, "prepare", "begin", XML, "vm", 300)).code, 0);
+    sim.remove("/proc/300");
+    fakeQemus(sim);
+    const gone = "libvirtd (pid 300), which was starting it, is gone";
+    assert.match((await cli(["status", "--root", sim.root], sim)).stdout, `vm (${UUID}): its start was abandoned (${gone}), yet vmhook still holds for it`);
+    const recovered = await cli(["recover", "--root", sim.root], sim);
+    assert.equal([recovered.code, recovered.stdout], [0, `vm: its start was abandoned: ${gone}\nvm: 1 change(s) undone\n`]);
+    assert.is(kernel.pool(2048), 100);
+  } finally {
+    sim.cleanup();
+  }
+});
+
+test("a domain whose <seclabel model='dac'> runs its QEMU as another user: that user's process with its -uuid keeps the journal at release, as libvirt's QEMU user's would", async () => {
+  const { sim, kernel } = hugepageHost(100);
+  try {
+    debianLibvirt(sim);
+    const xml = XML.replace("</domain>", "<seclabel type='static' model='dac' relabel='yes'><label>alice:alice</label></seclabel></domain>");
+    assert.is((await runHookEvent(sim, "prepare", "begin", xml)).code, 0);
+    sim.process(4000, ["/usr/bin/qemu-system-x86_64", "-uuid", UUID], { uid: 1000 });
+    const released = await runHookEvent(sim, "release", "end", xml);
+    assert.match(firstLine(released.stderr), `vmhook: release of vm: a QEMU of this domain still runs (pid 4000, -uuid ${UUID})`);
+    assert.is(kernel.pool(2048), 612);
   } finally {
     sim.cleanup();
   }

@@ -25,7 +25,7 @@ async function byHand(sim: SimHost, op: string, subop: string): Promise<{ code: 
 const NOT_WHILE_RUNNING = [["prepare", "begin"], ["start", "begin"], ["stopped", "end"], ["release", "end"]] as const;
 
 test("vmhook hook prepare (start, stopped, release) on a running VM is refused, naming the VM and what to do: the hook would undo its live journal as a crashed run's", async () => {
-  const sim = new SimHost().dir("/var/log").file("/run/libvirt/qemu/vm.pid", process.pid);
+  const sim = new SimHost().dir("/var/log").process(4100, ["/usr/bin/qemu-system-x86_64", "-name", "guest=vm"]).file("/run/libvirt/qemu/vm.pid", 4100);
   try {
     for (const [op, subop] of NOT_WHILE_RUNNING) {
       const outcome = await byHand(sim, op, subop);
@@ -161,7 +161,7 @@ test("vmhook hook started (reconnect) of a running VM given another domain's XML
   const uuid = "d0d0d0d0-0000-4000-8000-0000000000a1";
   const journal = JSON.stringify({ version: 1, domain: { name: "vm", uuid }, phase: "starting", pid: 1, entries: [] });
   // vm2 runs; vm is shut off, with a journal a start of it left behind.
-  const sim = new SimHost().dir("/var/log").file("/run/libvirt/qemu/vm2.pid", process.pid).file(`/run/vmhook/${uuid}.json`, journal);
+  const sim = new SimHost().dir("/var/log").process(4100, ["/usr/bin/qemu-system-x86_64", "-name", "guest=vm2"]).file("/run/libvirt/qemu/vm2.pid", 4100).file(`/run/vmhook/${uuid}.json`, journal);
   try {
     for (const op of ["started", "reconnect"]) {
       let acted = false;

@@ -23,12 +23,12 @@ function noting(host: Host, reads: string[]): Host {
 }
 
 test("runningOrWhyUnknown reads the domain's pid file once whether it runs or not, and counts a QEMU of its UUID that libvirt lost track of", () => {
-  const sim = new SimHost().file(`${paths.libvirtQemuRunDir}/vm.pid`, String(process.pid));
+  const sim = new SimHost().process(4100, ["/usr/bin/qemu-system-x86_64", "-uuid", UUID]).file(`${paths.libvirtQemuRunDir}/vm.pid`, 4100);
   try {
     const pidFile = `${paths.libvirtQemuRunDir}/vm.pid`;
     for (const [shape, prepareHost, expected] of [
       ["running", () => {}, true],
-      ["its pid file's process gone", () => sim.file(pidFile, "999999999"), false],
+      ["its pid file's process gone", () => sim.remove("/proc/4100"), false],
       ["no pid file", () => sim.remove(pidFile), false],
       ["lost track of", () => sim.file("/proc/4242/cmdline", `/usr/bin/qemu-system-x86_64\0-uuid\0${UUID}\0`), true],
     ] as const) {
