@@ -82,10 +82,11 @@ export async function waitUntil(what: string, ready: () => boolean | Promise<boo
 }
 
 /**
- * Live processes by name in this mount namespace: a zombie (a daemon that
- * exited, not yet reaped) does not count, nor a daemon of another namespace
- * (the net suite's private libvirtd, still exiting, serves its own /run and
- * must neither stand in for the shared one nor be killed by a restart here).
+ * Live processes by name, root's, in this mount namespace: the system
+ * daemons. A zombie (a daemon that exited, not yet reaped) does not count,
+ * nor a user's session libvirtd, nor a daemon of another mount namespace (the
+ * net suite's private libvirtd, still exiting): each serves its own socket,
+ * and must neither stand in for the shared daemon nor be killed by a restart here.
  */
 function pidsOf(comm: string): number[] {
   const ownMounts = fs.readlinkSync("/proc/self/ns/mnt");
@@ -96,7 +97,7 @@ function pidsOf(comm: string): number[] {
       try {
         const stat = fs.readFileSync(`/proc/${pid}/stat`, "utf8"); // "PID (COMM) STATE ..."
         const prefix = `${pid} (${comm}) `;
-        return stat.startsWith(prefix) && stat[prefix.length] !== "Z" && fs.readlinkSync(`/proc/${pid}/ns/mnt`) === ownMounts;
+        return stat.startsWith(prefix) && stat[prefix.length] !== "Z" && fs.statSync(`/proc/${pid}`).uid === 0 && fs.readlinkSync(`/proc/${pid}/ns/mnt`) === ownMounts;
       } catch {
         return false; // exited meanwhile
       }
