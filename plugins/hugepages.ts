@@ -19,7 +19,7 @@ import { describeElement, type Domain } from "../lib/domain.ts";
 import { attributeText, ConfigError, describeError, VmhookError } from "../lib/errors.ts";
 import { recoverCommandLine } from "../lib/metadata-text.ts";
 import type { Host } from "../lib/host.ts";
-import { fail, ok, roundMiB, warn, type Finding } from "../lib/diagnostics/findings.ts";
+import { fail, ok, roundMiB, UNREADABLE_FIX, warn, type Finding } from "../lib/diagnostics/findings.ts";
 import { HUGEPAGE_DIR, hostNodes, hugepagePool, hugepageSizes, hugetlbfsMounts, meminfo, memoryFacts, NODE_DIR, nodeDir, nodesWithMemory } from "../lib/memory.ts";
 import { MOUNTINFO } from "../lib/mounts.ts";
 import { hugetlbfsMountSetting, QEMU_CONF } from "../lib/qemu-conf.ts";
@@ -705,7 +705,8 @@ function check({ host, domain, elements }: CheckContext): Finding[] {
   if (config.backedByHugepages) {
     for (const sizeKiB of new Set(pools.map((need) => need.sizeKiB))) {
       const missing = missingMount(host, sizeKiB);
-      if (missing) findings.push(fail("hugepages mount", missing.reason, missing.fixes.join("; ") || `vmhook needs ${MOUNTINFO} to check`));
+      // No fix: mountinfo or qemu.conf could not be read, as the reason says.
+      if (missing) findings.push(fail("hugepages mount", missing.reason, missing.fixes.join("; ") || UNREADABLE_FIX));
     }
   }
   const present = pools.filter(({ sizeKiB, node }) => {

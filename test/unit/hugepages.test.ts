@@ -696,6 +696,8 @@ test("with hugetlbfs_mount set in qemu.conf, libvirt takes pages only from the m
       const doctor = await runDoctor(sim, { file: "vm.xml", xml: domainXml(oneG) });
       const finding = doctor.domain!.findings.find((found) => found.check === "hugepages mount");
       assert.equal([finding?.status, finding?.reason], ["fail", reason]);
+      // The fix is the refusal's own, or, where qemu.conf cannot be read, to fix what the reason names (it is not /proc/self/mountinfo).
+      assert.is(finding?.fix, fix || "vmhook could not read what this check needs: fix what the message names, then run vmhook doctor again", conf);
     } finally {
       sim.cleanup();
     }
