@@ -339,7 +339,7 @@ function checkPoolExists(host: Host, need: PoolNeed): void {
     throw new VmhookError(
       sizes.length === 0
         ? "hugepages: this kernel has no huge page support (/sys/kernel/mm/hugepages is missing or empty); remove <vmhook:hugepages>"
-        : `hugepages: this host has no ${formatKiB(need.sizeKiB)} huge page pool${need.node === undefined ? "" : ` on node ${need.node}`}; it has ${sizes.map(formatKiB).join(", ")}: set size= on <vmhook:hugepages> to one of them`,
+        : `hugepages: this host has no ${formatKiB(need.sizeKiB)} huge page pool${need.node === undefined ? "" : ` on node ${need.node}`}; it has ${sizes.map(formatKiB).join(", ")}: use one of them, in size= on <vmhook:hugepages> and in <memoryBacking><hugepages><page size> where the domain gives one`,
       need.sizeKiB === 1024 * 1024 ? ["1G pages need a CPU with the pdpe1gb flag (grep pdpe1gb /proc/cpuinfo)"] : [],
     );
   }
