@@ -4,7 +4,7 @@
 import { domElement } from "./dom-element.ts";
 import type { XmlElement } from "./xml.ts";
 import { attributes, describeElement, metadataChildren, type Domain } from "./domain.ts";
-import { attributeText, ConfigError, describeError, VmhookError } from "./errors.ts";
+import { attributeText, ConfigError, CustomConfigError, describeError, VmhookError } from "./errors.ts";
 import type { Host } from "./host.ts";
 import { NAMESPACE_URI, paths, ROOT_ELEMENT } from "./paths.ts";
 import { closest } from "./cli/usage.ts";
@@ -151,7 +151,19 @@ async function loadInstance(id: string, elements: XmlElement[], domain: Domain, 
   const plugin = await registry.load(id, host);
   // Custom plugins may use any DOM method: they get xmldom's elements, read only for them.
   const given = id.startsWith(CUSTOM_PREFIX) ? elements.map(domElement) : elements;
-  return { id, plugin, config: namingCustomPlugin(id, () => plugin.parse(given, domain)), elements: given };
+  return { id, plugin, config: parsed(id, () => plugin.parse(given, domain)), elements: given };
+}
+
+/** A plugin's config; a custom plugin's refusal is its element's, naming the plugin (CustomConfigError), as a built-in's ConfigError is. */
+function parsed<T>(id: string, parse: () => T): T {
+  try {
+    return namingCustomPlugin(id, parse);
+  } catch (error) {
+    // A built-in's error comes out as it is; a custom plugin's, named, as a VmhookError.
+    if (!id.startsWith(CUSTOM_PREFIX)) throw error;
+    const named = error as VmhookError;
+    throw new CustomConfigError(named.message, named.lines);
+  }
 }
 
 /**

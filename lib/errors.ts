@@ -28,6 +28,9 @@ export class ConfigError extends VmhookError {
   }
 }
 
+/** A custom plugin's parse refusing its element, in the plugin's words: like a ConfigError, the domain XML's to fix. */
+export class CustomConfigError extends VmhookError {}
+
 /**
  * An error nothing caught in the hook's process (a promise nobody awaited, a
  * throw in a timer's callback): it fails the event it happens in. Its message

@@ -4,7 +4,7 @@ import { loadDomainPlugins, loadReconnectPlugins, type PluginInstance } from "./
 import { Deadline } from "./deadline.ts";
 import { definedUuid, uuidFromXml } from "./definitions.ts";
 import { parseDomain, type Domain } from "./domain.ts";
-import { ConfigError, describeError, StrayError, VmhookError } from "./errors.ts";
+import { ConfigError, CustomConfigError, describeError, StrayError, VmhookError } from "./errors.ts";
 import { RootedHost, type Host } from "./host.ts";
 import { listJournals, newJournal, readJournal, writeJournal, type Journal, type JournalEntry } from "./journal.ts";
 import { createLogger, logProblem, oneLine, openLog, type Logger } from "./log.ts";
@@ -190,8 +190,8 @@ export class HookRun {
     try {
       await this.plugins();
     } catch (error) {
-      // Only an element's refusal is the XML's to fix; an unreadable host file is this host's.
-      if (!(error instanceof ConfigError)) throw error;
+      // Only an element's refusal (a custom plugin's parse's too) is the XML's to fix; an unreadable host file is this host's.
+      if (!(error instanceof ConfigError || error instanceof CustomConfigError)) throw error;
       throw new VmhookError(error.message, [...error.lines, ...whereIncomingXmlIsFixed(source, this.name, nameArgument(this.invocation.args[0] ?? "?"))]);
     }
   }

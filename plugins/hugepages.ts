@@ -19,7 +19,7 @@ import { describeElement, type Domain } from "../lib/domain.ts";
 import { attributeText, ConfigError, describeError, VmhookError } from "../lib/errors.ts";
 import { recoverCommandLine } from "../lib/metadata-text.ts";
 import type { Host } from "../lib/host.ts";
-import { fail, ok, roundMiB, warn, type Finding } from "../lib/diagnostics/findings.ts";
+import { fail, ok, roundMiB, UNREADABLE_FIX, warn, type Finding } from "../lib/diagnostics/findings.ts";
 import { HUGEPAGE_DIR, hostNodes, hugepagePool, hugepageSizes, hugetlbfsMounts, meminfo, memoryFacts, NODE_DIR, nodeDir, nodesWithMemory } from "../lib/memory.ts";
 import { MOUNTINFO } from "../lib/mounts.ts";
 import { hugetlbfsMountSetting, QEMU_CONF } from "../lib/qemu-conf.ts";
@@ -339,7 +339,7 @@ function checkPoolExists(host: Host, need: PoolNeed): void {
     throw new VmhookError(
       sizes.length === 0
         ? "hugepages: this kernel has no huge page support (/sys/kernel/mm/hugepages is missing or empty); remove <vmhook:hugepages>"
-        : `hugepages: this host has no ${formatKiB(need.sizeKiB)} huge page pool${need.node === undefined ? "" : ` on node ${need.node}`}; it has ${sizes.map(formatKiB).join(", ")}: set size= on <vmhook:hugepages> to one of them`,
+        : `hugepages: this host has no ${formatKiB(need.sizeKiB)} huge page pool${need.node === undefined ? "" : ` on node ${need.node}`}; it has ${sizes.map(formatKiB).join(", ")}: use one of them, in size= on <vmhook:hugepages> and in <memoryBacking><hugepages><page size> where the domain gives one`,
       need.sizeKiB === 1024 * 1024 ? ["1G pages need a CPU with the pdpe1gb flag (grep pdpe1gb /proc/cpuinfo)"] : [],
     );
   }
@@ -705,7 +705,8 @@ function check({ host, domain, elements }: CheckContext): Finding[] {
   if (config.backedByHugepages) {
     for (const sizeKiB of new Set(pools.map((need) => need.sizeKiB))) {
       const missing = missingMount(host, sizeKiB);
-      if (missing) findings.push(fail("hugepages mount", missing.reason, missing.fixes.join("; ") || `vmhook needs ${MOUNTINFO} to check`));
+      // No fix: mountinfo or qemu.conf could not be read, as the reason says.
+      if (missing) findings.push(fail("hugepages mount", missing.reason, missing.fixes.join("; ") || UNREADABLE_FIX));
     }
   }
   const present = pools.filter(({ sizeKiB, node }) => {

@@ -13,7 +13,7 @@ interface BundleArgs extends GlobalOptions {
 export const bundleCommand: CommandModule<GlobalOptions, BundleArgs> = {
   command: "bundle",
   describe: "write a redacted tar.gz for a bug report (versions, IOMMU groups, drivers, journals, doctor, the log's end) and print its path",
-  builder: (y) => y.option("output", { alias: "o", type: "string", describe: "the file to write (never overwritten); default: vmhook-bundle-TIME.tar.gz in the temporary directory" }),
+  builder: (y) => y.option("output", { alias: "o", type: "string", requiresArg: true, describe: "the file to write (never overwritten); default: vmhook-bundle-TIME.tar.gz in the temporary directory" }),
   async handler(args) {
     const host = args.host;
     const output = path.resolve(args.output ?? path.join(os.tmpdir(), `${bundleName(new Date(host.wallClockMs()))}.tar.gz`));

@@ -35,7 +35,7 @@ interface LibvirtArgs extends GlobalOptions {
 /** The options of every command that talks to libvirt. */
 function libvirtOptions<T>(y: Argv<T>) {
   return y
-    .option("connect", { alias: "c", type: "string", describe: "libvirt URI, as virsh --connect (default, as virsh: $VIRSH_DEFAULT_CONNECT_URI, else $LIBVIRT_DEFAULT_URI, else uri_default in libvirt.conf)" })
+    .option("connect", { alias: "c", type: "string", requiresArg: true, describe: "libvirt URI, as virsh --connect (default, as virsh: $VIRSH_DEFAULT_CONNECT_URI, else $LIBVIRT_DEFAULT_URI, else uri_default in libvirt.conf)" })
     .option("live", { type: "boolean", default: false, describe: "the running domain, as virsh --live" })
     .option("config", { type: "boolean", default: false, describe: "the persistent definition (the next start), as virsh --config" });
 }
@@ -230,7 +230,7 @@ const configCommand: CommandModule<GlobalOptions, ConfigArgs> = {
   builder: (y) =>
     domainOptions(y)
       .option("edit", { type: "boolean", describe: "edit it in $VISUAL/$EDITOR; refused edits reopen the editor (on a terminal) or keep the old" })
-      .option("set", { type: "string", describe: "replace it with this file's content (- for stdin): prefixed or not, with or without <hooks>" })
+      .option("set", { type: "string", requiresArg: true, describe: "replace it with this file's content (- for stdin): prefixed or not, with or without <hooks>" })
       .conflicts("edit", "set"),
   async handler(args) {
     const { host, virsh, current } = open(args);

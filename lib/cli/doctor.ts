@@ -39,7 +39,7 @@ export const doctorCommand: CommandModule<GlobalOptions, DoctorArgs> = {
       .positional("domain", { type: "string", describe: "a libvirt domain's name, a domain XML file (with a / or ending in .xml: ./vm), or - for stdin" })
       .option("fix", { type: "boolean", default: false, describe: "print the advice on the domain XML as a unified diff" })
       .option("apply", { type: "boolean", default: false, describe: "with --fix: define the changed domain, keeping the old XML in /var/lib/vmhook/backups" })
-      .option("connect", { alias: "c", type: "string", describe: "libvirt URI, as virsh --connect" })
+      .option("connect", { alias: "c", type: "string", requiresArg: true, describe: "libvirt URI, as virsh --connect" })
       .check(({ domain, fix, apply }) => fixUsageProblem(domain, fix, apply) ?? true),
   async handler(args) {
     const host = args.host;

@@ -80,6 +80,8 @@ export async function runCli(args: string[], hookMain: HookMain, hostAt: (root: 
       .usage("$0 COMMAND\n\nlibvirt QEMU hook framework. Installed as /etc/libvirt/hooks/qemu it runs the plugins a domain's <metadata> asks for.")
       .option("root", {
         type: "string",
+        // A bare --root would be the default, this host's /: a usage error instead, as for every option with a value.
+        requiresArg: true,
         default: process.env.VMHOOK_ROOT || "/",
         defaultDescription: "$VMHOOK_ROOT or /",
         describe: "treat this directory as the host's / (test trees, dry runs)",
@@ -103,9 +105,9 @@ export async function runCli(args: string[], hookMain: HookMain, hostAt: (root: 
       .alias("h", "help")
       .version(VERSION)
       .wrap(Math.min(100, process.stdout.columns || 100))
-      // A command's .check() refusal comes as its string, a usage error too.
+      // A command's .check() refusal comes as its string, a usage error too; so does the parser's (YError: an option without its value).
       .fail((message, error: unknown) => {
-        throw error instanceof Error ? error : new UsageError(message);
+        throw error instanceof Error && error.name !== "YError" ? error : new UsageError(message);
       })
       .parseAsync();
   } catch (error) {

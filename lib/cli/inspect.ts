@@ -38,7 +38,7 @@ const validate: CommandModule<GlobalOptions, DomainArgs> = {
   builder: (y) =>
     y
       .positional("domain", { type: "string", demandOption: true, describe: DOMAIN_ARGUMENT })
-      .option("connect", { alias: "c", type: "string", describe: "libvirt URI, as virsh --connect (for a domain name)" }),
+      .option("connect", { alias: "c", type: "string", requiresArg: true, describe: "libvirt URI, as virsh --connect (for a domain name)" }),
   async handler(args) {
     const host = args.host;
     const source = readDomainSource(args.domain, host, args.connect);
@@ -110,8 +110,8 @@ const plan: CommandModule<GlobalOptions, PlanArgs> = {
   builder: (y) =>
     y
       .positional("domain", { type: "string", demandOption: true, describe: DOMAIN_ARGUMENT })
-      .option("event", { type: "string", choices: PLANNABLE, default: "prepare", describe: "the libvirt event to plan" })
-      .option("connect", { alias: "c", type: "string", describe: "libvirt URI, as virsh --connect (for a domain name)" }),
+      .option("event", { type: "string", requiresArg: true, choices: PLANNABLE, default: "prepare", describe: "the libvirt event to plan" })
+      .option("connect", { alias: "c", type: "string", requiresArg: true, describe: "libvirt URI, as virsh --connect (for a domain name)" }),
   async handler(args) {
     const host = args.host;
     const source = readDomainSource(args.domain, host, args.connect);

@@ -52,7 +52,7 @@ export function notAHookEvent(name: string, op: string, subop: string): string |
 }
 
 /** Options whose value is the next word: that word is not a command or an argument. */
-const OPTIONS_WITH_VALUE = ["--root", "--connect", "-c", "--set", "--event"];
+const OPTIONS_WITH_VALUE = ["--root", "--connect", "-c", "--set", "--event", "--output", "-o"];
 
 /**
  * The message for a usage error. `args` is the command line; `message` is
@@ -91,6 +91,8 @@ export function usageError(message: string, args: string[], commands: CommandUsa
     if (eater >= 0) return `vmhook ${command.name} has no option ${options[eater]}, which took ${options[eater + 1]} for its value; usage: ${usage} (vmhook ${command.name} --help lists the options)`;
     return `vmhook ${command.name} needs ${unnamed.join(" and ") || "more arguments"}; usage: ${usage}`;
   }
+  const bare = /^Not enough arguments following: (\S+)$/.exec(message)?.[1];
+  if (bare) return `${options.find((arg) => arg.replace(/^-+/, "") === bare) ?? `--${bare}`} needs a value; usage: ${usage}`;
   const exclusive = /^Arguments (\S+) and (\S+) are mutually exclusive/.exec(message);
   if (exclusive) return `--${exclusive[1]} and --${exclusive[2]} cannot be used together; usage: ${usage}`;
   const invalid = /Argument: (\S+), Given: ("[^"]*"), Choices: (.*)$/s.exec(message);

@@ -29,7 +29,7 @@ import { runningOrWhyUnknown } from "../cli/running.ts";
 import { libvirtNaming, namingArgument, namingText, twoDefinitionsText } from "../definitions.ts";
 import { describeUnheldSharedView, unheldSharedNow } from "../cli/recover-unheld.ts";
 import { isLegacyPlugin } from "../plugin.ts";
-import { fail, ok, roundMiB, warn, type Finding } from "./findings.ts";
+import { fail, ok, roundMiB, UNREADABLE_FIX, warn, type Finding } from "./findings.ts";
 import { describeBlockingBridge, readIommuGroups, type IommuReport } from "./iommu.ts";
 import { nvidiaGpus } from "./domain-fixes.ts";
 import { groupInUse, handedOverHere, readableVfioConfig, targetWords, vfioTargets, type VfioTarget } from "../../plugins/vfio/survey.ts";
@@ -82,7 +82,7 @@ async function guarded(check: string, run: () => Finding | Finding[] | Promise<F
   try {
     return [await run()].flat();
   } catch (error) {
-    return [fail(check, describeError(error), "vmhook could not read what this check needs: fix what the message names, then run vmhook doctor again")];
+    return [fail(check, describeError(error), UNREADABLE_FIX)];
   }
 }
 

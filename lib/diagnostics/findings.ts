@@ -17,5 +17,8 @@ export const ok = (check: string, reason: string): Finding => ({ check, status: 
 export const warn = (check: string, reason: string, fix: string): Finding => ({ check, status: "warn", reason, fix });
 export const fail = (check: string, reason: string, fix: string): Finding => ({ check, status: "fail", reason, fix });
 
+/** The fix of a check that could not read what it needs: its reason names the file and the errno. */
+export const UNREADABLE_FIX = "vmhook could not read what this check needs: fix what the message names, then run vmhook doctor again";
+
 /** KiB rounded down to whole MiB, for messages about free memory. */
 export const roundMiB = (kib: number) => Math.floor(kib / 1024) * 1024;

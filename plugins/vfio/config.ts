@@ -2,7 +2,7 @@
 // host-level settings (/etc/vmhook/vmhook.json, "plugins": {"vfio": {...}}).
 //
 //   <vmhook:vfio devices="0000:01:00.0,..." include-slot="yes" single-gpu="auto|yes|no"
-//                unload-modules="auto|none|mod,..." load-modules="mod,..." display-manager="unit,..."/>
+//                unload-modules="auto|none|mod,..." load-modules="none|mod,..." display-manager="unit,..."/>
 import type { XmlElement } from "../../lib/xml.ts";
 import { readAttributes, single } from "../../lib/element.ts";
 import { describeElement, libvirtManagedPci, libvirtUnmanagedPci, type Domain } from "../../lib/domain.ts";
@@ -69,7 +69,7 @@ export function parseVfioConfig(elements: XmlElement[], domain: Domain): VfioCon
     includeSlot: parseYesNo(attrs["include-slot"], where, "include-slot", true),
     singleGpu,
     unloadModules: unload === undefined || unload === "auto" ? "auto" : unload === "none" ? [] : modules("unload-modules"),
-    loadModules: modules("load-modules"),
+    loadModules: attrs["load-modules"]?.trim() === "none" ? [] : modules("load-modules"),
     displayManagerUnits:
       attrs["display-manager"] === undefined
         ? undefined

@@ -96,7 +96,7 @@ export default definePlugin<VfioConfig>({
   name: "vfio",
   summary: "hands PCI devices (a GPU and its slot's functions) to vfio-pci and back; single-GPU passthrough",
   usage:
-    '<vmhook:vfio devices="0000:01:00.0,..." include-slot="yes|no" single-gpu="auto|yes|no" unload-modules="auto|none|mod,..." load-modules="mod,..." display-manager="unit,..."/>',
+    '<vmhook:vfio devices="0000:01:00.0,..." include-slot="yes|no" single-gpu="auto|yes|no" unload-modules="auto|none|mod,..." load-modules="none|mod,..." display-manager="unit,..."/>',
   parse: parseVfioConfig,
   // vfio-pci, the display manager and the GPU drivers' modules are host-wide:
   // two VMs starting (or one starting while another releases) take turns, so

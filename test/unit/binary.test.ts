@@ -207,7 +207,7 @@ test("hook mode, bad input: prepare exits 1 with the cause on the first stderr l
     const cases: [string, string | RegExp][] = [
       [`<domain><metadata><vmhook:hooks xmlns:vmhook="urn:vmhook:1">`, /^vmhook: the domain XML on stdin is not well-formed XML: /],
       [domain("<vmhook:hugepages size='3M'/>"), `vmhook: <vmhook:hugepages size="3M">: size="3M" is not a huge page size; on x86-64 use 2M or 1G (ls /sys/kernel/mm/hugepages lists this host's sizes)`],
-      [domain("<vmhook:hugepages size='1G'/>"), "vmhook: hugepages: this host has no 1G huge page pool; it has 2M: set size= on <vmhook:hugepages> to one of them"],
+      [domain("<vmhook:hugepages size='1G'/>"), "vmhook: hugepages: this host has no 1G huge page pool; it has 2M: use one of them, in size= on <vmhook:hugepages> and in <memoryBacking><hugepages><page size> where the domain gives one"],
     ];
     for (const [xml, expected] of cases) {
       const prepared = run(qemu, ["vm", "prepare", "begin", "-"], xml, t.root);

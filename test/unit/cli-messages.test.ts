@@ -373,6 +373,36 @@ test("a --root (or VMHOOK_ROOT) that is no directory is refused naming it: statu
   }
 });
 
+test("an option that takes a value, given none, is a usage error naming it: never its default (a bare --root is not this host's /) nor an empty value (-o alone is not the current directory)", async () => {
+  const sim = new SimHost();
+  const hookRuns: string[][] = [];
+  try {
+    // The options as the built binary's --help lists them (yargs' --help ends the process, so not in-process).
+    const help = (...args: string[]) => spawnSync(BINARY, [...args, "--help"], { encoding: "utf8", timeout: 20_000 }).stdout;
+    const commands = [...help().matchAll(/^ {2}vmhook ([a-z]+)((?: [<[][^ ]+)*)/gm)].map((match) => ({ name: match[1]!, positionals: [...match[2]!.matchAll(/<[^>]+>/g)].map(() => "vm.xml") }));
+    assert.ok(commands.length >= 14, `vmhook --help lists ${commands.length} commands`);
+    let checked = 0;
+    for (const { name, positionals } of commands) {
+      // Each option's entry: from its name to the next option's, where yargs may have wrapped "[string]".
+      for (const entry of help(name).split(/\n(?= +(?:-[a-z], )?--[a-z])/).slice(1)) {
+        if (!entry.includes("[string]")) continue;
+        const option = `--${/--([a-z-]+)/.exec(entry)![1]}`;
+        const args = [name, ...positionals, option];
+        const { code, stdout, stderr } = await cli(args, sim, async (argv) => {
+          hookRuns.push(argv);
+          return 0;
+        });
+        assert.equal([code, stdout, stderr.split(";")[0]], [2, "", `vmhook: ${option} needs a value`], args.join(" "));
+        checked++;
+      }
+    }
+    assert.ok(checked >= 14, `only ${checked} options checked`);
+    assert.equal(hookRuns, [], "nothing ran");
+  } finally {
+    sim.cleanup();
+  }
+});
+
 test("doctor --apply without --fix, and --fix without a domain, are usage errors (exit 2) naming the command that works; nothing is read or defined", async () => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "vmhook-doctor-usage-"));
   try {

@@ -426,6 +426,22 @@ test("undo order: custom plugins are undone in reverse order of their steps", as
   sim.cleanup();
 });
 
+test("a custom plugin's parse refusing its element at migrate or restore says where that XML is fixed, as a built-in's refusal does", async () => {
+  const sim = pluginHost();
+  // README's marker: its parse throws a plain Error naming the element and the fix.
+  install(sim, "marker.mjs", `export default { name: "marker", summary: "x", parse(elements) { if (!elements[0].getAttribute("text")) throw new Error('<vmhook:plugin name="marker">: give text="…"'); return {}; }, plan: {}, actions: {} };\n`, 0o644);
+  const xml = domainXml('<vmhook:plugin name="marker"/>');
+  const migrate = await runHookEvent(sim, "migrate", "begin", xml);
+  assert.is(migrate.code, 1);
+  assert.is(migrate.stderr.split("\n")[0], 'vmhook: <vmhook:plugin name="marker">: give text="…"');
+  assert.match(migrate.stderr, "the XML checked is vm's as it runs on the source host: fix it there");
+  const restore = await runHookEvent(sim, "restore", "begin", xml);
+  assert.is(restore.code, 1);
+  assert.match(restore.stderr, "the XML checked is the one saved with vm's state (virsh managedsave, virsh save), not vm's definition");
+  assert.equal(sim.stateFiles(), []);
+  sim.cleanup();
+});
+
 test("stopped: a plugin whose stopped planner throws or whose stopped run fails keeps no other plugin from its stopped call; the failure is still reported", async () => {
   const sim = pluginHost();
   install(sim, "broken.mjs", `export default { name: "broken", summary: "x", parse: () => ({}), plan: { stopped: () => { throw new Error("cannot tell"); } }, actions: {} };\n`, 0o644);

@@ -569,6 +569,9 @@ test("sizes past 2^53 are errors naming them, at parse, never a page count that 
   const message = await configError({ memory: "<memory unit='KiB'>9007199254740000</memory>", extra: cells(huge, huge.replace("id='0' cpus='0'", "id='1' cpus='1'")) });
   assert.match(message, /^the guest memory to back with 2M pages \(KiB\) comes to 18,014,398,509,481,984, beyond what vmhook can count exactly \(2\^53\); check the sizes it is made of$/);
 });
+/** The fix for a page size the host has no pool of: the domain may give the size in two places, which must agree. */
+const USE_A_SIZE_IT_HAS = "use one of them, in size= on <vmhook:hugepages> and in <memoryBacking><hugepages><page size> where the domain gives one";
+
 test("a missing node or pool size fails before any step, naming what the host has", async () => {
   const { sim } = host({ nodes: 2, sizes: [2048] });
   try {
@@ -578,8 +581,13 @@ test("a missing node or pool size fails before any step, naming what the host ha
     assert.is(firstLine(noNode.stderr), "vmhook: hugepages: host NUMA node 3 does not exist (this host has node(s) 0-1); fix node= on <vmhook:hugepages> or the nodeset in <numatune>");
     const noSize = await runHookEvent(sim, "prepare", "begin", domainXml({ element: "<vmhook:hugepages size='1G'/>" }));
     assert.is(noSize.code, 1);
-    assert.is(firstLine(noSize.stderr), "vmhook: hugepages: this host has no 1G huge page pool; it has 2M: set size= on <vmhook:hugepages> to one of them");
+    assert.is(firstLine(noSize.stderr), `vmhook: hugepages: this host has no 1G huge page pool; it has 2M: ${USE_A_SIZE_IT_HAS}`);
     assert.match(noSize.stderr, "pdpe1gb");
+    // The size comes from <memoryBacking>: a size= of another size alone would disagree with it, so the fix names both.
+    const fromBacking = await runHookEvent(sim, "prepare", "begin", domainXml({ extra: ONE_G_BACKING }));
+    assert.is(fromBacking.code, 1);
+    assert.is(firstLine(fromBacking.stderr), `vmhook: hugepages: this host has no 1G huge page pool; it has 2M: ${USE_A_SIZE_IT_HAS}`);
+    assert.match(await configError({ element: "<vmhook:hugepages size='2M'/>", extra: ONE_G_BACKING }), "disagrees with <memoryBacking><hugepages><page size=");
     assert.equal(sim.writes, []);
     assert.equal(sim.snapshot(), before);
     assert.equal(sim.stateFiles(), []);
@@ -696,6 +704,8 @@ test("with hugetlbfs_mount set in qemu.conf, libvirt takes pages only from the m
       const doctor = await runDoctor(sim, { file: "vm.xml", xml: domainXml(oneG) });
       const finding = doctor.domain!.findings.find((found) => found.check === "hugepages mount");
       assert.equal([finding?.status, finding?.reason], ["fail", reason]);
+      // The fix is the refusal's own, or, where qemu.conf cannot be read, to fix what the reason names (it is not /proc/self/mountinfo).
+      assert.is(finding?.fix, fix || "vmhook could not read what this check needs: fix what the message names, then run vmhook doctor again", conf);
     } finally {
       sim.cleanup();
     }

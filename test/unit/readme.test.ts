@@ -143,6 +143,42 @@ test("README's CLI table shows exactly the binary's commands, each with options 
   }
 });
 
+test("every option of every command's --help is in README's CLI section (a default-on switch as its --no- form, -o as its short name)", () => {
+  const cli = section(README, "##", "CLI");
+  const commands = [...vmhook("--help").matchAll(/^ {2}vmhook ([a-z]+)/gm)].map((match) => match[1]!);
+  let checked = 0;
+  for (const command of commands) {
+    for (const [line, short, long] of vmhook(command, "--help").matchAll(/^ +(?:-([a-z]), )?--([a-z][a-z-]*) .*(?:\n {20,}.*)*/gm)) {
+      if (long === "help") continue;
+      const forms = [`--${long}`, ...(short ? [`-${short} `] : []), ...(/\[default: true\]/.test(line!) ? [`--no-${long}`] : [])];
+      assert.ok(
+        forms.some((form) => new RegExp(`\`[^\`]*${form.replace(/[-]/g, "\\-")}(?![a-z-])`).test(cli)),
+        `vmhook ${command} --help has --${long}; README's CLI section names none of ${forms.map((form) => form.trim()).join(", ")}`,
+      );
+      checked++;
+    }
+  }
+  assert.ok(checked >= 40, `only ${checked} options checked`);
+});
+
+test("every example domain in examples/domains validates, as README's quick start and demo use them", () => {
+  // A host with the CPUs isolate reads; anything else missing is another host's, which validate says and exits 0 on.
+  const sim = new SimHost().file("/sys/devices/system/cpu/online", "0-15").file("/sys/devices/system/cpu/present", "0-15");
+  const root = sim.root;
+  try {
+    const examples = fs.readdirSync(path.join(REPO, "examples/domains")).filter((name) => name.endsWith(".xml"));
+    assert.ok(examples.includes("win11-gpu.xml"), "README's quick start and demo show examples/domains/win11-gpu.xml");
+    for (const name of examples) {
+      const file = path.join(REPO, "examples/domains", name);
+      const result = spawnSync(path.join(REPO, "dist/vmhook"), ["validate", file, "--root", root], { encoding: "utf8", timeout: 30_000, env: { PATH: "/usr/bin:/bin", LC_ALL: "C" } });
+      assert.is(result.status, 0, `vmhook validate examples/domains/${name}: ${result.stderr}`);
+      assert.match(result.stdout, new RegExp(`^${file}: ok; `), `vmhook validate examples/domains/${name}: ${result.stdout}`);
+    }
+  } finally {
+    sim.cleanup();
+  }
+});
+
 test("README's Development lists the source of every built-in plugin, as a file or directory that exists", () => {
   const listed = /^plugins\/ +built-in plugins: (.*)$/m.exec(section(README, "##", "Development"))?.[1]?.split(", ") ?? [];
   for (const name of registry.builtinNames()) {
