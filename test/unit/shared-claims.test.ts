@@ -460,6 +460,31 @@ test("VM A's hook killed while modprobe vfio-pci runs, VM B prepared meanwhile: 
   }
 });
 
+test("VM A's hook killed after it noted rmmod nvidia's helper and before that helper acted, VM B running: A's rollback leaves no note of that helper, which has ended; it used to stay in /run/vmhook/stuck for good", async () => {
+  const kernel = twoCardHost();
+  try {
+    const before = kernel.sim.snapshot();
+    const a = passthrough("vmA", UUID_A, CARD_A);
+    const b = passthrough("vmB", UUID_B, CARD_B);
+    assert.is((await runHookEvent(kernel.sim, "prepare", "begin", b, "vmB")).code, 0);
+    // rmmod's helper is noted for the module, then for each device it drives: killed before the device's, the helper never acts.
+    kernel.sim.killAtChange(`create /run/vmhook/stuck/${CARD_A}.json.tmp`);
+    await runHookEvent(kernel.sim, "prepare", "begin", a, "vmA");
+    assert.ok(kernel.sim.revive(), "A's hook was killed");
+    assert.ok(kernel.loaded("nvidia"), "rmmod never acted");
+    assert.equal(kernel.sim.list("/run/vmhook/stuck"), ["module:nvidia.json"]);
+    // libvirt ends the start that failed.
+    for (const [op, subop] of [["stopped", "end"], ["release", "end"]]) await runHookEvent(kernel.sim, op, subop, a, "vmA");
+    assert.equal(kernel.sim.list("/run/vmhook/stuck"), []);
+    assert.equal(kernel.sim.stateFiles(), [`${UUID_B}.json`, "claims.json"]);
+    await releaseCleanly(kernel, b, "vmB");
+    assert.equal(kernel.sim.snapshot(), before);
+    assert.equal(kernel.sim.stateFiles(), []);
+  } finally {
+    kernel.sim.cleanup();
+  }
+});
+
 // ---- a VM whose modprobe vfio-pci another VM left blocked
 
 test("VM B's modprobe vfio-pci left blocked in the kernel: VM A's prepare is refused naming it, and leaves nothing of A's (no journal entry to recover, no claim)", async () => {
