@@ -18,6 +18,7 @@ import { attributeText, ConfigError, describeError, VmhookError } from "../lib/e
 import type { Host } from "../lib/host.ts";
 import { defineAction, definePlugin, type ApplyContext, type BaseContext, type CheckContext, type PlanContext, type Refusal, type Step, type UndoRecord } from "../lib/plugin.ts";
 import { describeMdevsOn, existingMdev, MDEV_DEVICES, mdevCreators, mdevPath } from "../lib/mdevs.ts";
+import { refuseDevicesOfOtherVms } from "./vfio/driver.ts";
 import { clearForWrite, refuseIfStuck, StuckWriteError } from "../lib/stuck-writes.ts";
 import { checkPattern, parsePciAddress, parseUuid, PATTERNS } from "../lib/validate.ts";
 
@@ -265,6 +266,8 @@ function planMdev(ctx: PlanView, device: MdevDevice): MdevPlan {
   // An earlier create or remove of this UUID still blocked in its driver: reading the parent's files could block too.
   refuseIfStuck(host, [device.uuid]);
   const parent = device.parent ?? findParent(host, device);
+  // A PCI parent another VM's vfio holds is no mdev parent until that VM gives it back: say so, not that it has none.
+  if (PATTERNS.pciAddress.test(parent)) refuseDevicesOfOtherVms(ctx, [parent]);
   if (!host.exists(`${MDEV_BUS}/${parent}`)) {
     const parents = host.list(MDEV_BUS);
     if (parents.length === 0) throw noParents(host, device.element);

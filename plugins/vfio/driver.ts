@@ -441,7 +441,7 @@ interface BindRecord extends UndoRecord {
  * and vfio hands a group to one VM. Refused before anything changes, naming
  * the VM; a journal that cannot be read refuses too (ctx.journals).
  */
-export function refuseDevicesOfOtherVms(ctx: BaseContext, addresses: string[]): void {
+export function refuseDevicesOfOtherVms(ctx: Pick<BaseContext, "host" | "domain" | "journals">, addresses: string[]): void {
   const held = othersRecords(ctx.journals(), ctx.domain.uuid, "vfio", (record) => (isBindRecord(record) ? checkBind(record) : undefined)).flatMap(({ domain, record }) => (record ? [{ vm: domain.name, ...record }] : []));
   const remedy = (vm: string) => `shut ${vm} down first, or, if it is not running, run ${recoverCommandLine(vm)} (it gives ${vm}'s devices back)`;
   for (const address of addresses) {

@@ -1245,6 +1245,24 @@ test("a GPU whose driver holds mdevs (GVT-g) is refused before anything changes,
   assert.equal(kernel.sim.snapshot(), before, "the refused VM's release changes nothing");
 });
 
+test("an mdev on a GPU another VM holds on vfio-pci is refused at prepare, naming that VM, not as a host without mdev parents; nothing changes", async () => {
+  const kernel = gvtBesideNvidia();
+  const xml = domainXml("<vmhook:vfio/>", [{ address: IGPU }]);
+  const prepared = await runHookEvent(kernel.sim, "prepare", "begin", xml);
+  assert.is(prepared.code, 0, prepared.stderr);
+  // As i915's remove() does: the GPU is no mdev parent while it is off i915.
+  kernel.sim.remove(`/sys/class/mdev_bus/${IGPU}`);
+  const before = kernel.sim.snapshot();
+  const vmA = `<domain type='kvm'><name>vmA</name><uuid>aaaaaaaa-1111-4111-8111-111111111111</uuid><memory unit='GiB'>2</memory>
+  <metadata><vmhook:hooks xmlns:vmhook="urn:vmhook:1"><vmhook:mdev parent="${IGPU}" type="i915-GVTg_V5_4"/></vmhook:hooks></metadata>
+  <devices>${mdevHostdevXml(MDEV)}</devices></domain>`;
+  const result = await runHookEvent(kernel.sim, "prepare", "begin", vmA, "vmA");
+  assert.is(result.code, 1, result.stderr);
+  assert.match(firstLine(result.stderr), `${IGPU} is held by VM win11 (vmhook moved it to vfio-pci for it)`);
+  assert.equal(kernel.sim.snapshot(), before);
+  assert.equal(kernel.sim.stateFiles(), [`${UUID}.json`, "claims.json"]);
+});
+
 test("an SR-IOV VF gone while the VM ran (its PF's sriov_numvfs set to 0): release says to create it again through sriov_numvfs, which a rescan never does, and keeps the journal", async () => {
   const kernel = sriovIgpu(["card1", "renderD129"]);
   const xml = domainXml("<vmhook:vfio/>", [{ address: "0000:00:02.1" }]);
