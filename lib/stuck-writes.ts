@@ -230,10 +230,14 @@ function stillBlocked(write: StuckWriteStatus, device: string): StuckWriteError 
   return new StuckWriteError(`${describeStuckWrite(write)}; ${refused} until it has returned`, [STUCK_ADVICE]);
 }
 
-/** Removes the notes whose helper is gone; returns them. Those taken aside go first: a note is not taken aside over another. */
-export function forgetFinishedWrites(host: Host): StuckWriteStatus[] {
-  settleUnrenamedNotes(host);
-  const finished = listStuckWrites(host).filter((write) => !write.running);
+/**
+ * Removes the notes whose helper is gone (`domainUuid`: that domain's only,
+ * as its undo ends); returns them. Those taken aside go first: a note is not
+ * taken aside over another.
+ */
+export function forgetFinishedWrites(host: Host, domainUuid?: string): StuckWriteStatus[] {
+  settleUnrenamedNotes(host, domainUuid);
+  const finished = listStuckWrites(host).filter((write) => !write.running && (domainUuid === undefined || write.domain.uuid === domainUuid));
   const aside = (write: StuckWriteStatus) => write.note.endsWith(ASIDE);
   for (const write of [...finished.filter(aside), ...finished.filter((write) => !aside(write))]) forgetNoteRead(host, write, write.note);
   return finished;

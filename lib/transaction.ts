@@ -35,7 +35,7 @@ import {
   type UndoRecord,
 } from "./plugin.ts";
 import { pluginTimeLimitMs, settingToRaise, type HostSettings } from "./settings.ts";
-import { settleUnrenamedNotes } from "./stuck-writes.ts";
+import { forgetFinishedWrites } from "./stuck-writes.ts";
 
 export interface RunEnvironment {
   host: Host;
@@ -645,8 +645,9 @@ export async function undoJournal(journal: Journal, env: RunEnvironment, deadlin
     } else log.error(`${entry.plugin}: undo ${entry.description}: ${entry.error}`);
   }
   try {
-    // A note copy of a hook killed before it renamed it: its helper never acted, and no write of the undo took its place.
-    settleUnrenamedNotes(host, journal.domain.uuid);
+    // This domain's notes whose helper has ended (a hook killed before its helper acted, or before it forgot the note;
+    // a note copy it never renamed): no later write may come to forget them, as a write into the same driver would.
+    forgetFinishedWrites(host, journal.domain.uuid);
   } catch (error) {
     log.warn(`the stuck-write notes in ${paths.stuckWrites} cannot be looked at (${describeError(error)}); vmhook recover settles them`);
   }

@@ -17,6 +17,8 @@ import { isDisplayClass, listPciDevices, type PciDevice } from "../lib/pci.ts";
 import { attributeText, ConfigError, describeError, VmhookError } from "../lib/errors.ts";
 import type { Host } from "../lib/host.ts";
 import { defineAction, definePlugin, type ApplyContext, type BaseContext, type CheckContext, type PlanContext, type Refusal, type Step, type UndoRecord } from "../lib/plugin.ts";
+import { describeMdevsOn, existingMdev, MDEV_DEVICES, mdevCreators, mdevPath } from "../lib/mdevs.ts";
+import { refuseDevicesOfOtherVms } from "./vfio/driver.ts";
 import { clearForWrite, refuseIfStuck, StuckWriteError } from "../lib/stuck-writes.ts";
 import { checkPattern, parsePciAddress, parseUuid, PATTERNS } from "../lib/validate.ts";
 
@@ -24,11 +26,8 @@ import { checkPattern, parsePciAddress, parseUuid, PATTERNS } from "../lib/valid
 
 /** One entry per device that can parent mdevs (a link named after the device). */
 const MDEV_BUS = "/sys/class/mdev_bus";
-/** One link per existing mdev, named by its UUID, into its parent's directory. */
-const MDEV_DEVICES = "/sys/bus/mdev/devices";
 
 const typePath = (parent: string, type: string, file = "") => `${MDEV_BUS}/${parent}/mdev_supported_types/${type}${file && `/${file}`}`;
-const mdevPath = (uuid: string, file = "") => `${MDEV_DEVICES}/${uuid}${file && `/${file}`}`;
 
 /**
  * An mdev's create runs its parent driver's code, its remove the mdev
@@ -75,13 +74,6 @@ function describeType(type: MdevType): string {
   return `${type.id}: ${about ? `${about}; ` : ""}${typeof type.available === "number" ? type.available : "?"} available`;
 }
 
-/** An existing mdev's parent (the directory it lives in) and type (its mdev_type link), or undefined. */
-function existingMdev(host: Host, uuid: string): { parent: string; type: string } | undefined {
-  const target = host.readlink(mdevPath(uuid));
-  if (!target) return undefined;
-  return { parent: target.split("/").at(-2) ?? "?", type: host.readlink(mdevPath(uuid, "mdev_type"))?.split("/").pop() ?? "?" };
-}
-
 /** The driver a device directory is bound to (the name its driver link points to), if any. */
 function driverOf(host: Host, deviceDir: string): string | undefined {
   return host.readlink(`${deviceDir}/driver`)?.split("/").pop();
@@ -97,28 +89,6 @@ function throughDriver(ctx: BaseContext, uuid: string, driver: string, file: str
 
 /** What planning reads: the host, this domain, every domain's journal (prepare's context, or doctor's view of the host). */
 type PlanView = Pick<BaseContext, "host" | "domain" | "journals">;
-
-/** The domain each mdev in a journal was created for, by UUID: that domain's release removes it. */
-function mdevCreators(ctx: PlanView): Map<string, { name: string; uuid: string }> {
-  const creators = new Map<string, { name: string; uuid: string }>();
-  for (const journal of ctx.journals()) {
-    for (const entry of journal.entries) {
-      if (entry.plugin === "mdev" && (entry.undo.action === "create-mdev" || entry.undo.action === "remove-mdev")) creators.set(String(entry.undo.uuid), journal.domain);
-    }
-  }
-  return creators;
-}
-
-/** The mdevs on a parent, each with the domain vmhook made it for, if any: who holds the instances. */
-function mdevsOn(ctx: PlanView, parent: string): string[] {
-  const creators = mdevCreators(ctx);
-  return ctx.host.list(MDEV_DEVICES).flatMap((uuid) => {
-    const mdev = existingMdev(ctx.host, uuid);
-    if (mdev?.parent !== parent) return [];
-    const creator = creators.get(uuid);
-    return [`${uuid} (${mdev.type}, ${creator ? `created by vmhook for domain ${creator.name}` : "not created by vmhook: mdevctl or by hand"})`];
-  });
-}
 
 // ---- mdev: config --------------------------------------------------------------
 
@@ -296,6 +266,8 @@ function planMdev(ctx: PlanView, device: MdevDevice): MdevPlan {
   // An earlier create or remove of this UUID still blocked in its driver: reading the parent's files could block too.
   refuseIfStuck(host, [device.uuid]);
   const parent = device.parent ?? findParent(host, device);
+  // A PCI parent another VM's vfio holds is no mdev parent until that VM gives it back: say so, not that it has none.
+  if (PATTERNS.pciAddress.test(parent)) refuseDevicesOfOtherVms(ctx, [parent]);
   if (!host.exists(`${MDEV_BUS}/${parent}`)) {
     const parents = host.list(MDEV_BUS);
     if (parents.length === 0) throw noParents(host, device.element);
@@ -318,7 +290,7 @@ function planMdev(ctx: PlanView, device: MdevDevice): MdevPlan {
     return { ...device, parent, offered, create: true };
   }
   // Another domain's release removes it, whoever uses it by then; once that domain has stopped, this one creates its own.
-  const creator = mdevCreators(ctx).get(device.uuid);
+  const creator = mdevCreators(ctx.journals()).get(device.uuid);
   if (creator && creator.uuid !== ctx.domain.uuid) {
     const reason = `${device.element}: mdev ${device.uuid} is the one vmhook created for domain ${creator.name}, which removes it at its release; start this domain once ${creator.name} has stopped, or give it an mdev <hostdev> with its own UUID (uuidgen)`;
     return { ...device, parent, offered, create: true, refused: { reason, remedies: [] } };
@@ -352,7 +324,7 @@ function instanceShortage(ctx: PlanView, plans: MdevPlan[], plan: MdevPlan): Ref
 
 /** What holds a parent's instances: its mdevs, each with the domain vmhook made it for. */
 function holders(ctx: PlanView, parent: string): string[] {
-  const held = mdevsOn(ctx, parent);
+  const held = describeMdevsOn(ctx.host, ctx.journals, parent);
   return held.length > 0 ? [`mdevs on ${parent}:`, ...held.map((line) => `  ${line}`)] : [`${parent} has no mdev now; its types' resources are in use elsewhere`];
 }
 

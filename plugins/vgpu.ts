@@ -19,6 +19,7 @@ import { defineAction, definePlugin, type ApplyContext, type BaseContext, type C
 import { fail, ok, type Finding } from "../lib/diagnostics/findings.ts";
 import { clearForWrite, refuseIfStuck, StuckWriteError } from "../lib/stuck-writes.ts";
 import { checkPattern, parsePciAddress, PATTERNS } from "../lib/validate.ts";
+import { refuseDevicesOfOtherVms } from "./vfio/driver.ts";
 
 const vgpuFile = (vf: string, file: "creatable_vgpu_types" | "current_vgpu_type") => pciPath(vf, `nvidia/${file}`);
 /**
@@ -155,6 +156,8 @@ function unlessAnotherDomains(ctx: Pick<BaseContext, "domain" | "journals">, pla
 }
 
 function planPrepare(ctx: PlanContext<VgpuDevice[]>): Step<SetRecord>[] {
+  // A VF another VM's vfio holds is off NVIDIA's driver, without its vGPU files: say whose it is, not that it has none.
+  refuseDevicesOfOtherVms(ctx, ctx.config.map((device) => device.vf));
   const plans = ctx.config.map((device) => unlessAnotherDomains(ctx, planVgpu(ctx.host, device)));
   for (const plan of plans.filter((each) => !each.create)) ctx.log.info(`${plan.vf} carries vGPU type ${plan.id} already: using it, and keeping it at release`);
   return plans

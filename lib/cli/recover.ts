@@ -19,7 +19,7 @@ import { describeOrphanClaim, describeUnheldShared, giveBackOrphanClaims, giveBa
 import { loadSettings } from "../settings.ts";
 import { undoJournal } from "../transaction.ts";
 import { describeFinishedWrite, forgetFinishedWrites } from "../stuck-writes.ts";
-import { lonelyTemps, refuseUntrustedStateDir, removeStaleTemps } from "../state-files.ts";
+import { lonelyTemps, readStateFile, refuseUntrustedStateDir, removeStaleTemps } from "../state-files.ts";
 import { registry } from "../../plugins/index.ts";
 import type { GlobalOptions } from "./options.ts";
 import { print, printJson } from "./output.ts";
@@ -63,6 +63,16 @@ export function abandonedStart(host: Host, journal: Journal): string | undefined
   return `${starter.command} (pid ${pid}), which was starting it, is gone`;
 }
 
+/** The domain name in a journal's temp copy; undefined when the copy cannot be read (cut off as it was written): then only its UUID names it. */
+function nameInTemp(host: Host, temp: string): string | undefined {
+  try {
+    const name = (JSON.parse(readStateFile(host, temp, "journal copy") ?? "null") as Partial<Journal> | null)?.domain?.name;
+    return typeof name === "string" ? name : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
 interface RecoverArgs extends GlobalOptions {
   name?: string;
   force: boolean;
@@ -88,14 +98,15 @@ export const recoverCommand: CommandModule<GlobalOptions, RecoverArgs> = {
     // Helpers that were blocked in a driver and have finished since: their notes go, so the undos below may write to those devices again.
     const finished = forgetFinishedWrites(host);
     if (!args.json) for (const write of finished) print(describeFinishedWrite(write));
-    // A hook killed writing its domain's first journal left only the temp copy: nothing to undo; it goes under the domain's lock, as the next hook's would.
-    for (const { file } of lonelyTemps(host, paths.stateDir)) {
-      const uuid = file.slice(paths.stateDir.length + 1, -".json".length);
-      if (PATTERNS.uuid.test(uuid) && (!args.name || args.name.toLowerCase() === uuid)) await ifDomainIdle(host, uuid, async () => removeStaleTemps(host, file));
-    }
-    // By name: the journal's, or libvirt's now (renamed since it started).
+    // By name: the journal's, or libvirt's now (renamed since it started); or by UUID.
     const named = args.name === undefined ? undefined : [args.name.toLowerCase(), definedUuid(host, args.name)];
-    const chosen = journals.filter((j) => !args.name || j.domain.name === args.name || named?.includes(j.domain.uuid));
+    const isChosen = (domain: { name?: string; uuid: string }) => !args.name || domain.name === args.name || named!.includes(domain.uuid);
+    // A hook killed writing its domain's first journal left only the temp copy: nothing to undo; it goes under the domain's lock, as the next hook's would.
+    for (const { file, temp } of lonelyTemps(host, paths.stateDir)) {
+      const uuid = file.slice(paths.stateDir.length + 1, -".json".length);
+      if (PATTERNS.uuid.test(uuid) && isChosen({ uuid, name: nameInTemp(host, temp) })) await ifDomainIdle(host, uuid, async () => removeStaleTemps(host, file));
+    }
+    const chosen = journals.filter((j) => isChosen(j.domain));
     const results = [];
     for (const journal of chosen) {
       const { uuid } = journal.domain;

@@ -8,6 +8,7 @@ import { claimOriginal, type Claim } from "../../lib/claims.ts";
 import { VmhookError } from "../../lib/errors.ts";
 import { readForMessage, type ExecResult, type Host } from "../../lib/host.ts";
 import { othersRecords } from "../../lib/journal.ts";
+import { describeMdevsOn, mdevPath } from "../../lib/mdevs.ts";
 import { recoverCommandLine } from "../../lib/metadata-text.ts";
 import { checkSriovOrigin, driverModule, goneFromBus, moduleDrivers, onVfioDriver, PCI_DRIVERS, pciDriver, pciDriverRegistered, pciExists, pciIommuGroup, pciPath, pciPowerControl, sriovOrigin, type SriovOrigin } from "../../lib/pci.ts";
 import { defineAction, type ApplyContext, type BaseContext, type PlanContext, type Step, type UndoRecord } from "../../lib/plugin.ts";
@@ -446,7 +447,7 @@ interface BindRecord extends UndoRecord {
  * and vfio hands a group to one VM. Refused before anything changes, naming
  * the VM; a journal that cannot be read refuses too (ctx.journals).
  */
-export function refuseDevicesOfOtherVms(ctx: BaseContext, addresses: string[]): void {
+export function refuseDevicesOfOtherVms(ctx: Pick<BaseContext, "host" | "domain" | "journals">, addresses: string[]): void {
   const held = othersRecords(ctx.journals(), ctx.domain.uuid, "vfio", (record) => (isBindRecord(record) ? checkBind(record) : undefined)).flatMap(({ domain, record }) => (record ? [{ vm: domain.name, ...record }] : []));
   const remedy = (vm: string) => `shut ${vm} down first, or, if it is not running, run ${recoverCommandLine(vm)} (it gives ${vm}'s devices back)`;
   for (const address of addresses) {
@@ -455,6 +456,22 @@ export function refuseDevicesOfOtherVms(ctx: BaseContext, addresses: string[]): 
     const group = pciIommuGroup(ctx.host, address);
     const member = held.find((record) => record.group !== "" && record.group === group);
     if (member) throw new VmhookError(`vfio: ${address} is in IOMMU group ${group}, held by VM ${member.vm} (vmhook moved ${member.address} to vfio-pci for it); a group goes to one VM at a time: ${remedy(member.vm)}`);
+  }
+}
+
+/**
+ * A device that parents mdevs (GVT-g's iGPU, an NVIDIA card under a vGPU
+ * manager before 17): its driver's remove() removes every one of them, and
+ * blocks while a VM uses one, so it goes to no VM while it has any. Refused
+ * before anything changes, naming each and the VM vmhook made it for.
+ */
+export function refuseMdevParents(ctx: BaseContext, addresses: string[]): void {
+  for (const address of addresses) {
+    const mdevs = describeMdevsOn(ctx.host, ctx.journals, address);
+    if (mdevs.length === 0) continue;
+    throw new VmhookError(
+      `vfio: ${address} is the parent of mdev ${mdevs.join(", ")}: unbinding its driver removes its mdevs, and blocks while a VM uses one; stop the VMs that use them (the release of a VM vmhook made one for removes it), remove the others (mdevctl stop --uuid UUID, or echo 1 > ${mdevPath("UUID", "remove")}), then start this VM again`,
+    );
   }
 }
 

@@ -14,7 +14,7 @@
 import { definePlugin, type CheckContext, type PlanContext, type Step } from "../../lib/plugin.ts";
 import { parseVfioConfig, readVfioSettings, type VfioConfig } from "./config.ts";
 import { consoleSteps, displayManagerSteps, firmwareFramebufferSteps, displayManagerUnits, findDisplayManager, stopDisplayManagerAction, unbindFramebufferAction, unbindVtconsoleAction, waitGpuFreeAction, waitGpuFreeStep } from "./display.ts";
-import { bindVfioAction, helperServices, loadModulesAction, loadVfioSteps, orphanedModuleClaim, refuseDevicesOfOtherVms, stoppedHelpers, takeOverSteps, unloadModuleAction, unloadRefusals } from "./driver.ts";
+import { bindVfioAction, helperServices, loadModulesAction, loadVfioSteps, orphanedModuleClaim, refuseDevicesOfOtherVms, refuseMdevParents, stoppedHelpers, takeOverSteps, unloadModuleAction, unloadRefusals } from "./driver.ts";
 import { gpuHolders } from "./refuse.ts";
 import { handedOverAddresses, handedOverHere, hostNeedsOf, readableVfioConfig, survey, VFIO_DRIVER } from "./survey.ts";
 import { refuseIfStuck } from "../../lib/stuck-writes.ts";
@@ -41,6 +41,7 @@ async function planPrepare(ctx: PlanContext<VfioConfig>): Promise<Step[]> {
   refuseIfStuck(ctx.host, addresses);
   // A device another VM holds: refused naming that VM, before libvirt would refuse in its own words.
   refuseDevicesOfOtherVms(ctx, addresses);
+  refuseMdevParents(ctx, addresses);
   const found = survey(ctx.host, ctx.config);
   const displayManager = found.singleGpu ? findDisplayManager(ctx, ctx.config, settings) : undefined;
   const helpers = helperServices(ctx, found, settings);

@@ -695,3 +695,24 @@ export function nvidiaDesktop(displayManager = "display-manager.service", cgroup
     .unit({ name: "nvidia-persistenced.service", active: true, processes: { 600: ["nvidia-persiste", ["/dev/nvidiactl"]] } })
     .process(1, "systemd", ["/dev/null"]);
 }
+
+/** The two NVIDIA cards of twoNvidiaCards(), one for each VM. */
+export const NVIDIA_CARDS = ["0000:01:00.0", "0000:02:00.0"] as const;
+
+/**
+ * An Intel iGPU shows the host's display; two NVIDIA cards (NVIDIA_CARDS) in
+ * their own IOMMU groups, one for each VM; nvidia-persistenced holds both
+ * (/dev/nvidia0, /dev/nvidia1).
+ */
+export function twoNvidiaCards(): GpuKernel {
+  const [first, second] = NVIDIA_CARDS;
+  const kernel = new GpuKernel()
+    .module({ name: "i915", driver: "i915", loaded: true })
+    .module({ name: "nvidia", driver: "nvidia", loaded: true })
+    .device({ address: "0000:00:02.0", classCode: "0x030000", vendor: "0x8086", nativeDriver: "i915", group: 0, bootVga: true, nodes: ["card0"] })
+    .device({ address: first, classCode: "0x030000", vendor: "0x10de", nativeDriver: "nvidia", group: 1, nodes: ["card1"] })
+    .device({ address: second, classCode: "0x030000", vendor: "0x10de", nativeDriver: "nvidia", group: 2, nodes: ["card2"] })
+    .unit({ name: "nvidia-persistenced.service", active: true, processes: { 600: ["nvidia-persiste", ["/dev/nvidiactl", "/dev/nvidia0", "/dev/nvidia1"]] } });
+  kernel.sim.file(`/proc/driver/nvidia/gpus/${first}/information`, "Device Minor: 0\n").file(`/proc/driver/nvidia/gpus/${second}/information`, "Device Minor: 1\n");
+  return kernel;
+}

@@ -51,6 +51,30 @@ test("renamed (virsh domrename) after a crash left its journal: vmhook status na
   }
 });
 
+test("a hook of A killed as it renamed its first journal into place leaves the copy alone: vmhook recover A, run while B runs, removes it and leaves B's journal and pages", async () => {
+  const a = await defineDomain("killed-first-write", { hooks: HUGEPAGES });
+  const b = await defineDomain("running-beside", { hooks: HUGEPAGES });
+  const pool = hugepages();
+  const copy = `/run/vmhook/${a.uuid}.json.tmp`;
+  try {
+    await virshOk("start", b.name);
+    assert.is(hugepages(), pool + PAGES_OF_64_MIB);
+    // What the killed hook left: its domain's first journal, written in full and never renamed.
+    const now = new Date().toISOString();
+    fs.writeFileSync(copy, `${JSON.stringify({ version: 1, domain: { name: a.name, uuid: a.uuid }, phase: "preparing", pid: 1, createdAt: now, updatedAt: now, entries: [] }, null, 2)}\n`, { mode: 0o600 });
+    const recover = await runProgram(binary(), ["recover", a.name]);
+    assert.is(recover.code, 0, recover.stdout + recover.stderr);
+    assert.not.ok(fs.existsSync(copy), `${copy} is still there`);
+    assert.ok(journalExists(b.uuid), "B's journal stays");
+    assert.is(hugepages(), pool + PAGES_OF_64_MIB, "B keeps its pages");
+    await virshOk("destroy", b.name);
+    expectReleased(b, pool);
+  } finally {
+    fs.rmSync(copy, { force: true });
+    if ((await virsh("domstate", b.name)).stdout.trim() === "running") await virshOk("destroy", b.name);
+  }
+});
+
 /** A custom executable plugin that marks a file named by the domain's UUID at prepare and removes it at undo, logging every call. */
 function installMarkPlugin(): { marked: (domain: TestDomain) => boolean; calls: () => string[]; remove: () => void } {
   const [marks, calls, file] = [path.join(scratchDir(), "marks"), path.join(scratchDir(), "mark-plugin.log"), "/etc/vmhook/plugins.d/mark"];

@@ -865,6 +865,26 @@ test("a domain renamed since its leftover journal (virsh domrename keeps the UUI
   }
 });
 
+test("a hook of vm killed as it renamed its first journal into place leaves only the temp copy: vmhook recover vm removes it, as recover by UUID does, and leaves another domain's; it used to keep it and say there was nothing to recover for vm", async () => {
+  const { sim } = hugepageHost(100);
+  try {
+    const OTHER = "d0d0d0d0-0000-4000-8000-0000000000d0";
+    sim.killAtChange(`rename ${paths.journal(UUID)}.tmp to ${paths.journal(UUID)}`);
+    await runHookEvent(sim, "prepare", "begin", XML);
+    assert.ok(sim.revive(), "killed at the rename");
+    sim.killAtChange(`rename ${paths.journal(OTHER)}.tmp to ${paths.journal(OTHER)}`);
+    await runHookEvent(sim, "prepare", "begin", XML.replace(UUID, OTHER).replace("<name>vm</name>", "<name>other</name>"), "other");
+    assert.ok(sim.revive(), "killed at the rename");
+    assert.equal(sim.stateFiles(), [`${UUID}.json.tmp`, `${OTHER}.json.tmp`]);
+
+    const recover = await cli(["recover", "vm", "--root", sim.root], sim);
+    assert.is(recover.code, 0, recover.stdout + recover.stderr);
+    assert.equal(sim.stateFiles(), [`${OTHER}.json.tmp`]);
+  } finally {
+    sim.cleanup();
+  }
+});
+
 test("/run full (ENOSPC) once the pool has grown: the prepare fails saying what filled up and what to do, and that the pages stay journaled for vmhook recover, which gives them back once there is room", async () => {
   const { sim, kernel } = hugepageHost(100);
   try {

@@ -7,7 +7,7 @@ import { cli } from "../helpers/cli.ts";
 import { fakeLibvirt } from "../helpers/fake-virsh.ts";
 import { runHookEvent } from "../helpers/hook.ts";
 import { runDoctor } from "../../lib/diagnostics/doctor.ts";
-import { readJournal } from "../../lib/journal.ts";
+import { newJournal, readJournal, writeJournal } from "../../lib/journal.ts";
 import { paths } from "../../lib/paths.ts";
 import { SimHost } from "../helpers/simhost.ts";
 import { assertPlanIsPrepare } from "../helpers/plan.ts";
@@ -440,6 +440,25 @@ test("vgpu: the type is set on the VF by name at prepare and cleared at release;
   ]);
   assert.equal(sim.snapshot(), before);
   assert.equal(sim.stateFiles(), []);
+  sim.cleanup();
+});
+
+test("vgpu: a VF another VM runs with on vfio-pci (vmhook's vfio moved it there) is refused at prepare naming that VM, not as a VF without NVIDIA's vGPU manager; nothing changes", async () => {
+  const sim = nvidiaHost();
+  // win10's journal holds the VF's move to vfio-pci; off nvidia, the VF has no nvidia/ directory.
+  const journal = newJournal(sim, WIN10);
+  journal.phase = "running";
+  journal.entries.push({ plugin: "vfio", event: "prepare", description: `bind ${VF} to vfio-pci (from nvidia)`, undo: { action: "bind-vfio", address: VF, group: "", driver: "nvidia" }, state: "applied", at: new Date().toISOString() });
+  writeJournal(sim, journal);
+  sim.remove(`/sys/devices/pci0000:40/${VF}/nvidia`);
+  sim.remove(`/sys/devices/pci0000:40/${VF}/driver`);
+  sim.link(`/sys/devices/pci0000:40/${VF}/driver`, "../../../bus/pci/drivers/vfio-pci");
+  const before = sim.snapshot();
+  const prepare = await runHookEvent(sim, "prepare", "begin", domainXml({ pcis: ["41:00.4"], hooks: `<vmhook:vgpu vf="${VF}" type="L40S-12Q"/>` }));
+  assert.is(prepare.code, 1, prepare.stderr);
+  assert.match(prepare.stderr.split("\n")[0]!, `${VF} is held by VM win10 (vmhook moved it to vfio-pci for it)`);
+  assert.equal(sim.snapshot(), before);
+  assert.equal(sim.stateFiles(), [`${WIN10.uuid}.json`]);
   sim.cleanup();
 });
 

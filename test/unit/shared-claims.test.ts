@@ -18,7 +18,7 @@ import { paths } from "../../lib/paths.ts";
 import { DEFAULT_SETTINGS } from "../../lib/settings.ts";
 import { undoJournal } from "../../lib/transaction.ts";
 import { registry } from "../../plugins/index.ts";
-import { GpuKernel } from "../helpers/gpu-kernel.ts";
+import { GpuKernel, NVIDIA_CARDS, twoNvidiaCards } from "../helpers/gpu-kernel.ts";
 import { runHookEvent } from "../helpers/hook.ts";
 import { SimHost } from "../helpers/simhost.ts";
 
@@ -114,8 +114,7 @@ test("defect 3: an unreadable shared state (the host's original CPU sets) is nev
 
 // ---- defect 4: two NVIDIA cards, one per VM
 
-const CARD_A = "0000:01:00.0";
-const CARD_B = "0000:02:00.0";
+const [CARD_A, CARD_B] = NVIDIA_CARDS;
 
 const passthrough = (name: string, uuid: string, card: string) => {
   const [, bus, slot, fn] = /^0000:(\w\w):(\w\w)\.(\d)$/.exec(card)!;
@@ -124,26 +123,11 @@ const passthrough = (name: string, uuid: string, card: string) => {
   <devices><hostdev mode='subsystem' type='pci' managed='no'><source><address domain='0x0000' bus='0x${bus}' slot='0x${slot}' function='0x${fn}'/></source></hostdev></devices></domain>`;
 };
 
-/**
- * An Intel iGPU shows the host's display; two NVIDIA cards in their own IOMMU
- * groups, one for each VM; nvidia-persistenced holds A's card (/dev/nvidia0).
- */
-function twoCardHost(): GpuKernel {
-  const kernel = new GpuKernel()
-    .module({ name: "i915", driver: "i915", loaded: true })
-    .module({ name: "nvidia", driver: "nvidia", loaded: true })
-    .device({ address: "0000:00:02.0", classCode: "0x030000", vendor: "0x8086", nativeDriver: "i915", group: 0, bootVga: true, nodes: ["card0"] })
-    .device({ address: CARD_A, classCode: "0x030000", vendor: "0x10de", nativeDriver: "nvidia", group: 1, nodes: ["card1"] })
-    .device({ address: CARD_B, classCode: "0x030000", vendor: "0x10de", nativeDriver: "nvidia", group: 2, nodes: ["card2"] })
-    .unit({ name: "nvidia-persistenced.service", active: true, processes: { 600: ["nvidia-persiste", ["/dev/nvidiactl", "/dev/nvidia0", "/dev/nvidia1"]] } });
-  kernel.sim.file(`/proc/driver/nvidia/gpus/${CARD_A}/information`, "Device Minor: 0\n").file(`/proc/driver/nvidia/gpus/${CARD_B}/information`, "Device Minor: 1\n");
-  return kernel;
-}
 const persistenced = (kernel: GpuKernel) => kernel.units.get("nvidia-persistenced.service")!.active;
 
 for (const order of [["A", "B"], ["B", "A"]] as const) {
   test(`defect 4: two NVIDIA cards, one per VM, released ${order.join(" then ")}: every card back on nvidia, no journal or claim left`, async () => {
-    const kernel = twoCardHost();
+    const kernel = twoNvidiaCards();
     try {
       const before = kernel.sim.snapshot();
       const vms = { A: passthrough("vmA", UUID_A, CARD_A), B: passthrough("vmB", UUID_B, CARD_B) };
@@ -176,7 +160,7 @@ for (const order of [["A", "B"], ["B", "A"]] as const) {
 }
 
 test("defect 4: a claims ledger that cannot be read stops the module handover (prepare names the file) and keeps the release's entry", async () => {
-  const kernel = twoCardHost();
+  const kernel = twoNvidiaCards();
   try {
     const vmB4 = passthrough("vmB", UUID_B, CARD_B);
     assert.is((await runHookEvent(kernel.sim, "prepare", "begin", passthrough("vmA", UUID_A, CARD_A), "vmA")).code, 0);
@@ -216,11 +200,11 @@ async function secondVmRefused(kernel: GpuKernel, card: string, message: string)
 }
 
 test("a second VM naming the card another VM runs with is refused at prepare, naming the card and that VM; its release leaves the card to the first", () =>
-  secondVmRefused(twoCardHost(), CARD_A, `vfio: ${CARD_A} is held by VM vmA (vmhook moved it to vfio-pci for it); a device goes to one VM at a time: shut vmA down first, or, if it is not running, run vmhook recover vmA (it gives vmA's devices back)`));
+  secondVmRefused(twoNvidiaCards(), CARD_A, `vfio: ${CARD_A} is held by VM vmA (vmhook moved it to vfio-pci for it); a device goes to one VM at a time: shut vmA down first, or, if it is not running, run vmhook recover vmA (it gives vmA's devices back)`));
 
 test("a second VM naming a device of the IOMMU group another VM runs with is refused at prepare: the group goes to one VM", () =>
   secondVmRefused(
-    twoCardHost().device({ address: "0000:01:01.0", classCode: "0x0c8000", vendor: "0x10de", group: 1 }),
+    twoNvidiaCards().device({ address: "0000:01:01.0", classCode: "0x0c8000", vendor: "0x10de", group: 1 }),
     "0000:01:01.0",
     `vfio: 0000:01:01.0 is in IOMMU group 1, held by VM vmA (vmhook moved ${CARD_A} to vfio-pci for it); a group goes to one VM at a time: shut vmA down first`,
   ));
@@ -233,7 +217,7 @@ const BAD_CLAIMS: [string, (claim: Record<string, unknown>) => void, string][] =
 
 for (const [what, corrupt, field] of BAD_CLAIMS) {
   test(`a claim in the ledger with ${what} is not taken for "no other VM holds it": releasing B refuses (naming the file, the claim and "${field}"), nvidia stays unloaded for A`, async () => {
-    const kernel = twoCardHost();
+    const kernel = twoNvidiaCards();
     try {
       assert.is((await runHookEvent(kernel.sim, "prepare", "begin", passthrough("vmA", UUID_A, CARD_A), "vmA")).code, 0);
       assert.is((await runHookEvent(kernel.sim, "prepare", "begin", passthrough("vmB", UUID_B, CARD_B), "vmB")).code, 0);
@@ -429,7 +413,7 @@ for (const [what, resource, original, released] of BAD_ORIGINALS) {
 test("VM A's hook killed while modprobe vfio-pci runs, VM B prepared meanwhile: the modules A loaded go once the last of them is released (recover A, then release B)", async () => {
   const a = passthrough("vmA", UUID_A, CARD_A);
   const b = passthrough("vmB", UUID_B, CARD_B);
-  const clean = twoCardHost();
+  const clean = twoNvidiaCards();
   let changes: string[];
   try {
     assert.is((await runHookEvent(clean.sim, "prepare", "begin", a, "vmA")).code, 0);
@@ -437,7 +421,7 @@ test("VM A's hook killed while modprobe vfio-pci runs, VM B prepared meanwhile: 
   } finally {
     clean.sim.cleanup();
   }
-  const kernel = twoCardHost();
+  const kernel = twoNvidiaCards();
   try {
     const before = kernel.sim.snapshot();
     // Killed at the change right after modprobe's helper was noted (it acts only then): modprobe goes on and loads vfio-pci.
@@ -460,10 +444,35 @@ test("VM A's hook killed while modprobe vfio-pci runs, VM B prepared meanwhile: 
   }
 });
 
+test("VM A's hook killed after it noted rmmod nvidia's helper and before that helper acted, VM B running: A's rollback leaves no note of that helper, which has ended; it used to stay in /run/vmhook/stuck for good", async () => {
+  const kernel = twoNvidiaCards();
+  try {
+    const before = kernel.sim.snapshot();
+    const a = passthrough("vmA", UUID_A, CARD_A);
+    const b = passthrough("vmB", UUID_B, CARD_B);
+    assert.is((await runHookEvent(kernel.sim, "prepare", "begin", b, "vmB")).code, 0);
+    // rmmod's helper is noted for the module, then for each device it drives: killed before the device's, the helper never acts.
+    kernel.sim.killAtChange(`create /run/vmhook/stuck/${CARD_A}.json.tmp`);
+    await runHookEvent(kernel.sim, "prepare", "begin", a, "vmA");
+    assert.ok(kernel.sim.revive(), "A's hook was killed");
+    assert.ok(kernel.loaded("nvidia"), "rmmod never acted");
+    assert.equal(kernel.sim.list("/run/vmhook/stuck"), ["module:nvidia.json"]);
+    // libvirt ends the start that failed.
+    for (const [op, subop] of [["stopped", "end"], ["release", "end"]]) await runHookEvent(kernel.sim, op, subop, a, "vmA");
+    assert.equal(kernel.sim.list("/run/vmhook/stuck"), []);
+    assert.equal(kernel.sim.stateFiles(), [`${UUID_B}.json`, "claims.json"]);
+    await releaseCleanly(kernel, b, "vmB");
+    assert.equal(kernel.sim.snapshot(), before);
+    assert.equal(kernel.sim.stateFiles(), []);
+  } finally {
+    kernel.sim.cleanup();
+  }
+});
+
 // ---- a VM whose modprobe vfio-pci another VM left blocked
 
 test("VM B's modprobe vfio-pci left blocked in the kernel: VM A's prepare is refused naming it, and leaves nothing of A's (no journal entry to recover, no claim)", async () => {
-  const kernel = twoCardHost();
+  const kernel = twoNvidiaCards();
   try {
     kernel.sim.hangProgram("modprobe", ["vfio-pci"]);
     assert.is((await runHookEvent(kernel.sim, "prepare", "begin", passthrough("vmB", UUID_B, CARD_B), "vmB")).code, 1);
@@ -588,7 +597,7 @@ function orphanLedger(claims: Record<string, { original: unknown }>): { sim: Sim
 const qemuRunning = (sim: SimHost, name: string, cmdline: string[]) => sim.file(`/run/libvirt/qemu/${name}.pid`, process.pid).file(`/proc/${process.pid}/cmdline`, `${cmdline.join("\0")}\0`);
 
 test("recover gives back the claims of a VM whose journal is gone and that does not run: nvidia loaded again, the card waiting for it back on it, nvidia-persistenced started; it used to say \"nothing to recover\"", async () => {
-  const kernel = twoCardHost();
+  const kernel = twoNvidiaCards();
   try {
     const vms = { A: passthrough("vmA", UUID_A, CARD_A), B: passthrough("vmB", UUID_B, CARD_B) };
     assert.is((await runHookEvent(kernel.sim, "prepare", "begin", vms.A, "vmA")).code, 0);

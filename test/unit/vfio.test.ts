@@ -19,6 +19,7 @@ import { cli } from "../helpers/cli.ts";
 import { runHookEvent } from "../helpers/hook.ts";
 import { assertPlanIsPrepare, plannedSteps } from "../helpers/plan.ts";
 import { addDisk, mountsAndSwaps } from "../helpers/storage.ts";
+import { GVT_TYPES, mdevHostdevXml, simulateMdevKernel } from "../helpers/mdev-kernel.ts";
 
 const UUID = "0b5c64e3-55a1-4b84-9d2b-4e0a3e7d2f10";
 const GPU = "0000:01:00.0";
@@ -1227,6 +1228,61 @@ test("an SR-IOV PF with VFs is refused before anything changes (single-GPU would
     "vfio: 0000:00:02.0 is an SR-IOV physical function with 2 virtual functions (0000:00:02.1, 0000:00:02.2): unbinding its driver destroys them; echo 0 > /sys/bus/pci/devices/0000:00:02.0/sriov_numvfs first",
   );
   assert.equal(kernel.sim.snapshot(), before);
+});
+
+/** The desktop's NVIDIA card keeps the host's display; an Intel iGPU beside it is a GVT-g mdev parent (as i915.enable_gvt=1 makes it). */
+function gvtBesideNvidia(): GpuKernel {
+  const kernel = nvidiaDesktop()
+    .module({ name: "i915", driver: "i915", loaded: true })
+    .device({ address: IGPU, classCode: "0x030000", vendor: "0x8086", nativeDriver: "i915", group: 2, nodes: ["card1"] });
+  simulateMdevKernel(kernel.sim);
+  kernel.sim.link(`/sys/class/mdev_bus/${IGPU}`, `../../bus/pci/devices/${IGPU}`);
+  for (const type of GVT_TYPES) {
+    const dir = `/sys/bus/pci/devices/${IGPU}/mdev_supported_types/${type.id}`;
+    kernel.sim.file(`${dir}/name`, type.id).file(`${dir}/available_instances`, type.available).file(`${dir}/device_api`, "vfio-pci").file(`${dir}/create`).dir(`${dir}/devices`);
+  }
+  return kernel;
+}
+
+const IGPU = "0000:00:02.0";
+const MDEV = "4b20d080-1b54-4048-85b3-a6a62d165c01";
+
+test("a GPU whose driver holds mdevs (GVT-g) is refused before anything changes, naming them and the VM vmhook made one for: unbinding the driver removes every mdev, and blocks while a VM uses one", async () => {
+  const kernel = gvtBesideNvidia();
+  const vmA = `<domain type='kvm'><name>vmA</name><uuid>aaaaaaaa-1111-4111-8111-111111111111</uuid><memory unit='GiB'>2</memory>
+  <metadata><vmhook:hooks xmlns:vmhook="urn:vmhook:1"><vmhook:mdev parent="${IGPU}" type="i915-GVTg_V5_4"/></vmhook:hooks></metadata>
+  <devices>${mdevHostdevXml(MDEV)}</devices></domain>`;
+  const prepared = await runHookEvent(kernel.sim, "prepare", "begin", vmA, "vmA");
+  assert.is(prepared.code, 0, prepared.stderr);
+  const before = kernel.sim.snapshot();
+
+  const xml = domainXml("<vmhook:vfio/>", [{ address: IGPU }]);
+  const result = await runHookEvent(kernel.sim, "prepare", "begin", xml);
+  assert.is(result.code, 1, result.stderr);
+  assert.match(firstLine(result.stderr), `vfio: ${IGPU} is the parent of mdev ${MDEV} (i915-GVTg_V5_4, created by vmhook for domain vmA): unbinding its driver removes its mdevs, and blocks while a VM uses one`);
+  assert.equal(kernel.sim.snapshot(), before);
+  assert.is(kernel.driverOf(IGPU), "i915");
+  assert.equal(kernel.sim.stateFiles(), ["aaaaaaaa-1111-4111-8111-111111111111.json"]);
+  assert.is((await runHookEvent(kernel.sim, "release", "end", xml)).code, 0);
+  assert.equal(kernel.sim.snapshot(), before, "the refused VM's release changes nothing");
+});
+
+test("an mdev on a GPU another VM holds on vfio-pci is refused at prepare, naming that VM, not as a host without mdev parents; nothing changes", async () => {
+  const kernel = gvtBesideNvidia();
+  const xml = domainXml("<vmhook:vfio/>", [{ address: IGPU }]);
+  const prepared = await runHookEvent(kernel.sim, "prepare", "begin", xml);
+  assert.is(prepared.code, 0, prepared.stderr);
+  // As i915's remove() does: the GPU is no mdev parent while it is off i915.
+  kernel.sim.remove(`/sys/class/mdev_bus/${IGPU}`);
+  const before = kernel.sim.snapshot();
+  const vmA = `<domain type='kvm'><name>vmA</name><uuid>aaaaaaaa-1111-4111-8111-111111111111</uuid><memory unit='GiB'>2</memory>
+  <metadata><vmhook:hooks xmlns:vmhook="urn:vmhook:1"><vmhook:mdev parent="${IGPU}" type="i915-GVTg_V5_4"/></vmhook:hooks></metadata>
+  <devices>${mdevHostdevXml(MDEV)}</devices></domain>`;
+  const result = await runHookEvent(kernel.sim, "prepare", "begin", vmA, "vmA");
+  assert.is(result.code, 1, result.stderr);
+  assert.match(firstLine(result.stderr), `${IGPU} is held by VM win11 (vmhook moved it to vfio-pci for it)`);
+  assert.equal(kernel.sim.snapshot(), before);
+  assert.equal(kernel.sim.stateFiles(), [`${UUID}.json`, "claims.json"]);
 });
 
 test("an SR-IOV VF gone while the VM ran (its PF's sriov_numvfs set to 0): release says to create it again through sriov_numvfs, which a rescan never does, and keeps the journal", async () => {
