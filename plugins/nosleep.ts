@@ -41,10 +41,19 @@ function parseConfig(elements: XmlElement[], domain: Domain): NosleepConfig {
 }
 
 
-/** Does logind list a lock of ours for this unit's why? (`systemd-inhibit --list`: WHO UID USER PID COMM WHAT WHY MODE) */
-function lockHeld(ctx: BaseContext, why: string): boolean {
+/**
+ * Does logind list a sleep lock of ours taken by this unit's process? By its
+ * pid (`systemd-inhibit --list`: WHO UID USER PID COMM WHAT WHY MODE): a
+ * reason names the VM, and another VM's name can contain this one's.
+ */
+function lockHeld(ctx: BaseContext, unit: string): boolean {
+  const pid = ctx.run("systemctl", ["show", "--property=MainPID", "--value", unit], { allowFailure: true }).stdout.trim();
+  if (!/^[1-9]\d*$/.test(pid)) return false;
   const list = ctx.run("systemd-inhibit", ["--list", "--no-pager", "--no-legend"], { allowFailure: true }).stdout;
-  return list.split("\n").some((line) => line.trimStart().startsWith(`${WHO} `) && line.includes(why) && /\bsleep\b/.test(line));
+  return list.split("\n").some((line) => {
+    const [who, , , lockPid, , what] = line.trim().split(/\s+/);
+    return who === WHO && lockPid === pid && what !== undefined && what.split(":").includes("sleep");
+  });
 }
 
 /** One step, marked refused when the lock cannot be taken here (so `vmhook plan` shows it and prepare changes nothing). */
@@ -73,7 +82,7 @@ function holdInhibitor(record: HoldRecord, ctx: ApplyContext<NosleepConfig>): vo
     // systemd expands "${NAME}" and "$$" in the command it runs (as in ExecStart=), and the domain name is anyone's text: every "$" goes as "$$".
     "systemd-inhibit", `--what=${WHAT}`, `--who=${WHO}`, `--why=${why.replace(/\$/g, "$$$$")}`, "--mode=block", "sleep", "infinity",
   ], { timeoutMs: 30_000 });
-  ctx.waitFor(`logind lists the sleep inhibitor of ${record.unit}`, () => lockHeld(ctx, why), { timeoutMs: 5_000 });
+  ctx.waitFor(`logind lists the sleep inhibitor of ${record.unit}`, () => lockHeld(ctx, record.unit), { timeoutMs: 5_000 });
 }
 
 function stopInhibitor(record: HoldRecord, ctx: BaseContext): void {

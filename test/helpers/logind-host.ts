@@ -37,8 +37,8 @@ export function logindHost(options: { lockFails?: boolean; sim?: SimHost } = {})
     sim.file(`${UNITS}/${unit}/cgroup.procs`, pid).file(`/proc/${pid}/cmdline`, `systemd-inhibit\0--what=${what}\0--why=${why}\0`);
   };
   const lockArgument = (unit: string, name: string) => new RegExp(`--${name}=([^\\0]*)`).exec(sim.read(`/proc/${pidOf(unit)}/cmdline`))![1]!;
-  /** logind's locks: [what, why] of each unit whose lock logind lists. */
-  const locks = () => units().map((unit) => [lockArgument(unit, "what"), lockArgument(unit, "why")] as const).filter(([, why]) => why);
+  /** logind's locks: [what, why, pid] of each unit whose lock logind lists. */
+  const locks = () => units().map((unit) => [lockArgument(unit, "what"), lockArgument(unit, "why"), pidOf(unit)] as const).filter(([, why]) => why);
   sim.onExec("systemd-run", (args) => {
     const unit = args.find((arg) => arg.startsWith("--unit="))!.slice("--unit=".length);
     // The service manager expands the command line as in ExecStart= (no variables set here): "${NAME}" in a word, "$NAME" as a word, "$$" is "$".
@@ -52,6 +52,8 @@ export function logindHost(options: { lockFails?: boolean; sim?: SimHost } = {})
     if (!bus.up) return { status: 1, stderr: "Failed to connect to bus: Connection timed out\n" };
     // Exit 3: inactive or failed; 4: no such unit (a transient unit once it is gone).
     if (args[0] === "is-active") return running(unit) ? { status: 0, stdout: "active\n" } : { status: unit.startsWith("vmhook-nosleep-") ? 4 : 3, stdout: "inactive\n" };
+    // A unit that does not run has MainPID 0.
+    if (args[0] === "show" && args[1] === "--property=MainPID") return { status: 0, stdout: `${running(unit) ? pidOf(unit) : 0}\n` };
     if (args[0] === "stop" && running(unit)) {
       sim.remove(`/proc/${pidOf(unit)}`);
       sim.remove(`${UNITS}/${unit}`);
@@ -59,7 +61,7 @@ export function logindHost(options: { lockFails?: boolean; sim?: SimHost } = {})
   });
   sim.onExec("systemd-inhibit", () => ({
     stdout: locks()
-      .map(([what, why]) => `vmhook 0 root 812 systemd-inhibit ${what} ${why} block\n`)
+      .map(([what, why, pid]) => `vmhook 0 root ${pid} systemd-inhibit ${what} ${why} block\n`)
       .join(""),
   }));
   const closeLid = () => (locks().some(([what]) => what.split(":").includes("handle-lid-switch")) ? "ignored" : "suspend");

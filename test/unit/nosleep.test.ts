@@ -76,6 +76,16 @@ test("a lock logind never lists fails prepare and stops the unit again", async (
   assert.equal(sim.stateFiles(), []);
 });
 
+test("another VM's lock whose reason contains this VM's (a VM named \"old VM gaming\") does not stand in for a lock logind never lists: prepare fails and stops the unit again", async () => {
+  const { sim, units, startUnit } = logindHost({ lockFails: true });
+  const other = "vmhook-nosleep-0d4c2b1a-7e6f-4a5b-9c8d-1e2f3a4b5c6d.service";
+  startUnit(other, "VM old VM gaming runs with devices passed through");
+  const result = await runHookEvent(sim, "prepare", "begin", xml());
+  assert.is(result.code, 1, "gaming's own lock is not listed");
+  assert.match(result.stderr.split("\n")[0]!, `logind lists the sleep inhibitor of ${UNIT}`);
+  assert.equal(units(), [other], "rolled back; the other VM's unit left alone");
+});
+
 test("release while systemctl cannot reach systemd keeps the entry for vmhook recover: the lock still holds", async () => {
   const { sim, units, bus } = logindHost();
   assert.is((await runHookEvent(sim, "prepare", "begin", xml())).code, 0);
