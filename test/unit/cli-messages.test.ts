@@ -239,9 +239,11 @@ test("vmhook hook run by hand says what it did, or why it did nothing, on stderr
   }
 });
 
+/** The built binary run as nobody (which only root can do). */
+const asNobody = (args: string[], input = "") => spawnSync(BINARY, args, { uid: 65534, gid: 65534, cwd: "/", input, encoding: "utf8", timeout: 20_000, env: { PATH: process.env.PATH } });
+
 test("the built binary as a user other than root: install, uninstall and hook say up front that they need root and the command to run, never a bare EACCES or a stack trace", () => {
   assert.is(process.getuid?.(), 0, "the test runs the binary as nobody, which only root can");
-  const asNobody = (args: string[], input = "") => spawnSync(BINARY, args, { uid: 65534, gid: 65534, cwd: "/", input, encoding: "utf8", timeout: 20_000, env: { PATH: process.env.PATH } });
   const domain = DOMAIN('<metadata><vmhook:hooks xmlns:vmhook="urn:vmhook:1"><vmhook:hugepages size="2M"/></vmhook:hooks></metadata>');
   // Run by its path (dist/vmhook before any install), the command to repeat names that path: no vmhook is on PATH yet.
   const cases: [string[], string][] = [
@@ -269,6 +271,40 @@ test("the built binary as a user other than root: install, uninstall and hook sa
     fs.chownSync(tree, 65534, 65534);
     const result = asNobody(["uninstall", "--root", tree]);
     assert.equal([result.status, result.stderr], [0, ""]);
+  } finally {
+    fs.rmSync(tree, { recursive: true, force: true });
+  }
+});
+
+test("the built binary as a user other than root, where only root may read: doctor gives the reason without the advice and the advice as the fix; validate FILE says to run sudo vmhook plan FILE on the host that runs the VM", () => {
+  assert.is(process.getuid?.(), 0, "the test runs the binary as nobody, which only root can");
+  const tree = fs.mkdtempSync(path.join(os.tmpdir(), "vmhook-root-only-"));
+  const put = (file: string, text: string, mode = 0o644) => {
+    fs.mkdirSync(path.dirname(path.join(tree, file)), { recursive: true, mode: 0o755 });
+    fs.writeFileSync(path.join(tree, file), text, { mode });
+  };
+  try {
+    fs.chmodSync(tree, 0o755);
+    // As a host keeps them: the journals' directory and qemu.conf are root's alone.
+    fs.mkdirSync(path.join(tree, "run"), { mode: 0o755 });
+    fs.mkdirSync(path.join(tree, "run/vmhook"), { mode: 0o700 });
+    put("/etc/libvirt/qemu.conf", 'hugetlbfs_mount = "/dev/hugepages"\n', 0o600);
+    for (const file of ["nr_hugepages", "free_hugepages", "resv_hugepages", "surplus_hugepages", "nr_overcommit_hugepages"]) put(`/sys/kernel/mm/hugepages/hugepages-2048kB/${file}`, "0\n");
+    put("/proc/meminfo", "MemTotal: 8000000 kB\nMemFree: 4000000 kB\nMemAvailable: 4000000 kB\nHugepagesize: 2048 kB\n");
+    put("/proc/self/mountinfo", "30 1 0:30 / /dev/hugepages rw,relatime shared:10 - hugetlbfs hugetlbfs rw,pagesize=2M\n");
+    put("/vm.xml", DOMAIN('<memoryBacking><hugepages/></memoryBacking>\n  <metadata><vmhook:hooks xmlns:vmhook="urn:vmhook:1"><vmhook:hugepages size="2M"/></vmhook:hooks></metadata>'));
+    const file = path.join(tree, "vm.xml");
+
+    const doctor = asNobody(["doctor", file, "--root", tree]);
+    assert.match(doctor.stdout, "  fail  leftovers: cannot list /run/vmhook (EACCES)\n        fix: run vmhook as root\n");
+    assert.match(doctor.stdout, "  fail  hugepages mount: cannot read /etc/libvirt/qemu.conf (EACCES), so vmhook cannot tell which hugetlbfs mounts libvirt takes 2M pages from\n        fix: run vmhook as root\n");
+    assert.not.match(doctor.stdout, /\(EACCES\); /, "no reason carries the advice");
+
+    const validate = asNobody(["validate", file, "--root", tree]);
+    assert.equal(
+      [validate.status, validate.stdout, validate.stderr],
+      [0, `${file}: ok; win 11 runs hugepages\n  the config is valid, but it was NOT checked against this host: journal /run/vmhook/e0e0e0e0-0000-4000-8000-0000000000e0.json cannot be read (EACCES); run sudo ${BINARY} plan ${file} on the host that runs the VM to check it there\n`, ""],
+    );
   } finally {
     fs.rmSync(tree, { recursive: true, force: true });
   }
