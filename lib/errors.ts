@@ -13,6 +13,40 @@ export class VmhookError extends Error {
   }
 }
 
+/**
+ * A failure with its fix kept apart. The message joins them ("REASON; FIX"):
+ * the first line libvirt shows says what to do. A message that says more
+ * about the failure (doctor's reason, validate's "NOT checked") takes
+ * `reason` and gives `fix` on its own (reasonAndFix), never its own words
+ * spliced after the fix.
+ */
+export class FixableError extends VmhookError {
+  constructor(
+    readonly reason: string,
+    readonly fix: string,
+    lines: string[] = [],
+  ) {
+    super(`${reason}; ${fix}`, lines);
+  }
+}
+
+/** What only root may read, denied to another user: the fix is to run vmhook as root. */
+export class DeniedToUser extends FixableError {
+  constructor(reason: string) {
+    super(reason, "run vmhook as root");
+  }
+}
+
+/** An access denied (EACCES, EPERM): root is denied only by a security module; anyone else is denied what is root's. */
+export function denied(reason: string): FixableError {
+  return process.geteuid?.() === 0 ? new FixableError(reason, "vmhook runs as root, so a security module (AppArmor, SELinux) denies it: look for the denial in journalctl -k") : new DeniedToUser(reason);
+}
+
+/** An error's reason, without the fix it carries apart (a FixableError's), and that fix. */
+export function reasonAndFix(error: unknown): { reason: string; fix?: string } {
+  return error instanceof FixableError ? { reason: error.reason, fix: error.fix } : { reason: describeError(error) };
+}
+
 /** A program that outlived its timeout and was killed: apart from one that failed, for a message naming the setting that bounds it. */
 export class CommandTimedOut extends VmhookError {}
 

@@ -4,7 +4,7 @@
 // (and SimHost adds simulated kernel behaviour on top), the way mdevctl's
 // environment root makes its sysfs code testable.
 import * as fs from "node:fs";
-import { describeError, VmhookError } from "./errors.ts";
+import { denied, describeError, FixableError, VmhookError } from "./errors.ts";
 import { ioctl } from "./libc.ts";
 import { pathLeadsToRootsAlone } from "./root-alone.ts";
 
@@ -633,15 +633,14 @@ function unlessAbsent<T, A>(read: () => T, absent: A, absentCodes: string[], wha
 }
 
 /** What exists but cannot be read: refused with the path and the errno (kept as `code`), never taken as empty. */
-function unreadable(error: unknown, what: string, hostPath: string): VmhookError & { code?: string } {
+function unreadable(error: unknown, what: string, hostPath: string): FixableError & { code?: string } {
   const code = (error as NodeJS.ErrnoException)?.code;
-  const fix =
+  const reason = `cannot ${what} ${hostPath} (${code ?? describeError(error)})`;
+  const refused =
     code === "EACCES" || code === "EPERM"
-      ? accessFix()
-      : code !== undefined && ABSENT.includes(code)
-        ? "it does not exist on this host"
-        : "vmhook does not act on what it cannot read; check why (ls -l, dmesg)";
-  return Object.assign(new VmhookError(`cannot ${what} ${hostPath} (${code ?? describeError(error)}); ${fix}`), { code, cause: error });
+      ? denied(reason)
+      : new FixableError(reason, code !== undefined && ABSENT.includes(code) ? "it does not exist on this host" : "vmhook does not act on what it cannot read; check why (ls -l, dmesg)");
+  return Object.assign(refused, { code, cause: error });
 }
 
 /**
@@ -656,11 +655,6 @@ export function unwritable(error: unknown, hostPath: string, data: string): Vmho
   const value = data.trim();
   const what = value.length <= 40 && !value.includes("\n") ? `${JSON.stringify(value)} to ${hostPath}` : hostPath;
   return Object.assign(new VmhookError(`cannot write ${what} (${describeError(error).replace(/, (open|write) ?.*$/, "")})`), { code, cause: error });
-}
-
-/** Root is denied only by a security module; anyone else is denied what is root's. */
-function accessFix(): string {
-  return process.geteuid?.() === 0 ? "vmhook runs as root, so a security module (AppArmor, SELinux) denies it: look for the denial in journalctl -k" : "run vmhook as root";
 }
 
 /** Why a program printing past OUTPUT_LIMIT was killed; ENOBUFS, as node:child_process names it, so callers tell this failure apart. */

@@ -4,7 +4,7 @@
 // following symlinks, and a write is a new file renamed into place: a
 // symlink planted where a journal goes is replaced, never written through.
 import * as fs from "node:fs";
-import { VmhookError } from "./errors.ts";
+import { denied, VmhookError } from "./errors.ts";
 import type { Host } from "./host.ts";
 import { paths } from "./paths.ts";
 
@@ -68,7 +68,8 @@ export function readStateFile(host: Host, file: string, what: string): string | 
     const code = (error as NodeJS.ErrnoException).code;
     if (code === "ENOENT") return undefined;
     if (code === "ELOOP") throw new VmhookError(`${what} ${file} is a symlink, not a file vmhook wrote; inspect it and remove it (rm ${file})`);
-    throw new VmhookError(`${what} ${file} cannot be read (${code ?? (error as Error).message})${code === "EACCES" ? "; run vmhook as root" : ""}`);
+    const reason = `${what} ${file} cannot be read (${code ?? (error as Error).message})`;
+    throw code === "EACCES" ? denied(reason) : new VmhookError(reason);
   } finally {
     if (fd !== undefined) fs.closeSync(fd);
   }

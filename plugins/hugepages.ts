@@ -16,10 +16,10 @@ import { boundedProduct, boundedSum } from "../lib/bounded.ts";
 import { readAttributes, single } from "../lib/element.ts";
 import { formatCpuList, MAX_NODE, parseNodeset } from "../lib/cpuset.ts";
 import { describeElement, type Domain } from "../lib/domain.ts";
-import { attributeText, ConfigError, describeError, VmhookError } from "../lib/errors.ts";
+import { attributeText, ConfigError, reasonAndFix, VmhookError } from "../lib/errors.ts";
 import { recoverCommandLine } from "../lib/metadata-text.ts";
 import type { Host } from "../lib/host.ts";
-import { fail, ok, roundMiB, UNREADABLE_FIX, warn, type Finding } from "../lib/diagnostics/findings.ts";
+import { fail, failedWith, ok, roundMiB, UNREADABLE_FIX, warn, type Finding } from "../lib/diagnostics/findings.ts";
 import { HUGEPAGE_DIR, hostNodes, hugepagePool, hugepageSizes, hugetlbfsMounts, meminfo, memoryFacts, NODE_DIR, nodeDir, nodesWithMemory } from "../lib/memory.ts";
 import { MOUNTINFO } from "../lib/mounts.ts";
 import { hugetlbfsMountSetting, QEMU_CONF } from "../lib/qemu-conf.ts";
@@ -433,7 +433,8 @@ function missingMount(host: Host, sizeKiB: number): { reason: string; fixes: str
   try {
     named = hugetlbfsMountSetting(host);
   } catch (error) {
-    return { reason: `${describeError(error)}, so vmhook cannot tell which hugetlbfs mounts libvirt takes ${size} pages from`, fixes: [] };
+    const { reason, fix } = reasonAndFix(error);
+    return { reason: `${reason}, so vmhook cannot tell which hugetlbfs mounts libvirt takes ${size} pages from`, fixes: fix ? [fix] : [] };
   }
   const describe = (list: { mountPoint: string; sizeKiB: number }[]) => list.map((mount) => `${mount.mountPoint} of ${formatKiB(mount.sizeKiB)} pages`).join(", ");
   const usable = named === undefined ? mounts : named.flatMap((path) => mountHolding(mounts, path) ?? []);
@@ -725,7 +726,7 @@ function check({ host, domain, elements }: CheckContext): Finding[] {
   try {
     view = readHostView(host, present, hugepagesSettings(host));
   } catch (error) {
-    return [...findings, fail("hugepages", describeError(error), "vmhook needs /proc/meminfo (and the nodes' meminfo) to size huge page pools")];
+    return [...findings, failedWith("hugepages", error, "vmhook needs /proc/meminfo (and the nodes' meminfo) to size huge page pools")];
   }
   for (const { need, refused, remedies } of checkFit(present, view)) {
     const { sizeKiB, node, pages } = need;

@@ -10,7 +10,7 @@ import type { XmlElement } from "../lib/xml.ts";
 import { kernelAnswer, writeThroughDriver } from "../lib/bounded-write.ts";
 import { readAttributes } from "../lib/element.ts";
 import { attributes, describeElement, type Domain } from "../lib/domain.ts";
-import { fail, ok, type Finding } from "../lib/diagnostics/findings.ts";
+import { fail, failedWith, ok, type Finding } from "../lib/diagnostics/findings.ts";
 import { readPciNames } from "../lib/diagnostics/pciids.ts";
 import { completeJournals } from "../lib/journal.ts";
 import { isDisplayClass, listPciDevices, type PciDevice } from "../lib/pci.ts";
@@ -450,7 +450,7 @@ function check({ host, domain, elements }: CheckContext): Finding[] {
     const check = `mdev ${attributes(elements[index]!).type ?? "?"}`;
     if (!("plan" in each)) {
       const fix = host.list(MDEV_BUS).length === 0 ? noParentAdvice(host) : "fix the element or the host as the message says";
-      return fail(check, describeError(each.error), fix);
+      return failedWith(check, each.error, fix);
     }
     const { plan } = each;
     if (!plan.create) return ok(check, `mdev ${plan.uuid} exists already as ${plan.type} on ${plan.parent}: vmhook uses it and leaves it at release`);

@@ -11,12 +11,12 @@ import type { XmlElement } from "../lib/xml.ts";
 import { kernelAnswer, writeThroughDriver } from "../lib/bounded-write.ts";
 import { describeElement, type Domain } from "../lib/domain.ts";
 import { readAttributes } from "../lib/element.ts";
-import { attributeText, ConfigError, describeError, VmhookError } from "../lib/errors.ts";
+import { attributeText, ConfigError, VmhookError } from "../lib/errors.ts";
 import type { Host } from "../lib/host.ts";
 import { completeJournals, othersRecords } from "../lib/journal.ts";
 import { pciDriver, pciPath } from "../lib/pci.ts";
 import { defineAction, definePlugin, type ApplyContext, type BaseContext, type CheckContext, type PlanContext, type Refusal, type Step, type UndoRecord } from "../lib/plugin.ts";
-import { fail, ok, type Finding } from "../lib/diagnostics/findings.ts";
+import { fail, failedWith, ok, type Finding } from "../lib/diagnostics/findings.ts";
 import { clearForWrite, refuseIfStuck, StuckWriteError } from "../lib/stuck-writes.ts";
 import { checkPattern, parsePciAddress, PATTERNS } from "../lib/validate.ts";
 import { refuseDevicesOfOtherVms } from "./vfio/driver.ts";
@@ -236,7 +236,7 @@ function check({ host, domain, elements }: CheckContext): Finding[] {
       if (plan.refused) return fail(check, plan.refused.reason, "stop the VM whose vGPU holds the VF or the GPU, or pick another type or VF");
       return ok(check, plan.create ? `${device.vf} can carry vGPU type ${plan.id} (${plan.name})` : `${device.vf} carries vGPU type ${plan.id} already; vmhook uses it and leaves it at release`);
     } catch (error) {
-      return fail(check, describeError(error), "fix the element or the host as the message says");
+      return failedWith(check, error, "fix the element or the host as the message says");
     }
   });
 }

@@ -6,14 +6,17 @@ import { VmhookError } from "../errors.ts";
 import { shellWord } from "../metadata-text.ts";
 
 /**
- * `command`: the command line to repeat with sudo, after "vmhook"; `why`:
- * what it changes that only root may. The line to repeat names the program as
- * it was run: by its path (dist/vmhook, before any install puts vmhook on
- * PATH) that path, found on PATH (the installed link) vmhook.
+ * `command` (after "vmhook") as root: sudo and the program as it was run, by
+ * its path (dist/vmhook, before any install puts vmhook on PATH) that path,
+ * found on PATH (the installed link) vmhook.
  */
+export function withSudo(command: string): string {
+  return `sudo ${process.argv0.includes("/") ? shellWord(process.argv0) : "vmhook"} ${command}`;
+}
+
+/** `command`: the command line to repeat with sudo, after "vmhook"; `why`: what it changes that only root may. */
 export function requireRoot(command: string, why: string, root: string): void {
   const euid = process.geteuid?.();
   if (euid === undefined || euid === 0 || path.resolve(root) !== "/") return;
-  const program = process.argv0.includes("/") ? shellWord(process.argv0) : "vmhook";
-  throw new VmhookError(`vmhook ${command} must run as root (${why}), not as uid ${euid}: run sudo ${program} ${command}`);
+  throw new VmhookError(`vmhook ${command} must run as root (${why}), not as uid ${euid}: run ${withSudo(command)}`);
 }

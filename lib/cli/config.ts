@@ -131,7 +131,7 @@ async function checkCandidate(host: Host, current: Current, hooks: Element, name
   } catch (error) {
     if (error instanceof LeftoverUnplanned) return { domain, refusedHere: [], notChecked: error.notChecked };
     if (current.onThisHost) throw error;
-    return { domain, refusedHere: [], notChecked: notCheckedHere(describeError(error).split("\n")[0]!, name) };
+    return { domain, refusedHere: [], notChecked: notCheckedHere(error, name) };
   }
   const refusedHere = steps.flatMap(({ refused }) => (refused ? [`${refused.reason}${refused.remedies.map((remedy) => `; ${remedy}`).join("")}`] : []));
   return { domain, refusedHere };

@@ -34,9 +34,10 @@ export function runDoctorFix(host: Host, domain: DomainSource, options: FixOptio
     if (JSON.stringify(toDefine.fixes) !== JSON.stringify(fixed.fixes)) {
       throw new VmhookError(`${domain.libvirtName} changed while vmhook read it (the fixes differ between two reads); nothing was defined: run vmhook doctor --fix --apply ${domain.libvirtName} again`);
     }
-    backup = `${paths.backupsDir}/${domain.libvirtName.replace(/[^\w.-]/g, "_")}-${new Date(host.wallClockMs()).toISOString().replace(/[:.]/g, "-")}.xml`;
+    // Named where it is (under --root, the root joined): the virsh define printed with it must work as printed.
+    backup = host.resolve(`${paths.backupsDir}/${domain.libvirtName.replace(/[^\w.-]/g, "_")}-${new Date(host.wallClockMs()).toISOString().replace(/[:.]/g, "-")}.xml`);
     fs.mkdirSync(host.resolve(paths.backupsDir), { recursive: true, mode: 0o700 });
-    fs.writeFileSync(host.resolve(backup), stored, { mode: 0o600, flag: "wx" });
+    fs.writeFileSync(backup, stored, { mode: 0o600, flag: "wx" });
     new Virsh(options.connect).define(toDefine.after);
   }
   if (options.json) {

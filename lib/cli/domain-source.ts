@@ -1,12 +1,13 @@
 // Where a command's domain comes from: a file, - for stdin, or the name of a
 // libvirt domain (its persistent XML, read with virsh).
 import * as fs from "node:fs";
-import { VmhookError } from "../errors.ts";
+import { DeniedToUser, reasonAndFix, VmhookError } from "../errors.ts";
 import type { Host } from "../host.ts";
 import { LibvirtUnreachable, libvirtClientConfig, Virsh, virshUri } from "../libvirt-client.ts";
 import { shellWord } from "../metadata-text.ts";
 import { PATTERNS } from "../validate.ts";
 import { readDomainFile, sourceName } from "./output.ts";
+import { withSudo } from "./as-root.ts";
 
 export interface DomainSource {
   /** How messages name it: "win11.xml", "stdin", "domain win11". */
@@ -78,7 +79,14 @@ export function isThisHostsLibvirt(connect: string | undefined, clientConfig = l
   return uri === undefined || /^qemu(\+unix)?:\/\/\/(system|session)(\?.*)?$/.test(uri);
 }
 
-/** What validate and enable say when this host cannot plan another machine's VM: its config is valid, the host unchecked. */
-export function notCheckedHere(reason: string, domainArgument: string): string {
-  return `NOT checked against this host: ${reason}; run vmhook plan ${shellWord(domainArgument)} on the host that runs the VM to check it there`;
+/**
+ * What validate and enable say when this host cannot plan another machine's
+ * VM: its config is valid, the host unchecked. `error` is why: its reason,
+ * not its fix for this host, which plan on the VM's host gives in full; what
+ * only root may read needs the plan run as root there, this host or another.
+ */
+export function notCheckedHere(error: unknown, domainArgument: string): string {
+  const plan = `plan ${shellWord(domainArgument)}`;
+  const reason = reasonAndFix(error).reason.split("\n")[0]!;
+  return `NOT checked against this host: ${reason}; run ${error instanceof DeniedToUser ? withSudo(plan) : `vmhook ${plan}`} on the host that runs the VM to check it there`;
 }

@@ -2,7 +2,7 @@
 // the hook's fast path.
 import * as fs from "node:fs";
 import yargs from "yargs";
-import type { CommandModule } from "yargs";
+import type { Argv, CommandModule } from "yargs";
 import { describeError, VmhookError } from "../errors.ts";
 import { terminalText } from "../log.ts";
 import { RootedHost, type Host } from "../host.ts";
@@ -14,13 +14,56 @@ import { pluginsCommand } from "./plugins.ts";
 import { iommuCommand } from "./iommu.ts";
 import { doctorCommand } from "./doctor.ts";
 import { configCommands } from "./config.ts";
-import { usageError } from "./usage.ts";
+import { usageError, type OptionUsage } from "./usage.ts";
 import { VERSION } from "../version.ts";
 import type { GlobalOptions } from "./options.ts";
 import { bundleCommand } from "./bundle.ts";
 
-/** Wrong words on the command line: exit 2, as is usual for usage errors. */
-class UsageError extends Error {}
+/** Wrong words on the command line: exit 2, as is usual for usage errors. `options`: the command's own, for its usage line. */
+class UsageError extends Error {
+  constructor(
+    message: string,
+    readonly options: OptionUsage[],
+  ) {
+    super(message);
+  }
+}
+
+/** What yargs holds of the options it parses with: its getOptions(), which @types/yargs leaves out. */
+interface ParserOptions {
+  key: Record<string, boolean>;
+  string: string[];
+  alias: Record<string, string[]>;
+}
+
+const optionsOf = (parser: Argv<any>) => (parser as unknown as { getOptions(): ParserOptions }).getOptions();
+
+/** The options yargs holds while it parses a command: the command's own are those not in `everyCommands`, nor another's alias. */
+function ownOptions(parser: Argv<any>, everyCommands: Set<string>): OptionUsage[] {
+  const options = optionsOf(parser);
+  const aliases = new Set(Object.values(options.alias).flat());
+  return Object.keys(options.key)
+    .filter((key) => !everyCommands.has(key) && !aliases.has(key))
+    .map((name) => ({ name, value: options.string.includes(name) }));
+}
+
+/**
+ * The option of `args` given an empty value (--output '', -o '', --output=),
+ * which yargs takes as any other: an empty --output would name the current
+ * directory, an empty --connect the default URI. Its long name, or undefined.
+ */
+function emptyValued(args: string[], parser: Argv<any>): string | undefined {
+  const options = optionsOf(parser);
+  const end = args.indexOf("--");
+  for (const [index, arg] of (end < 0 ? args : args.slice(0, end)).entries()) {
+    const [, name, equals] = /^--?([^=]+)(=?)/.exec(arg) ?? [];
+    if (!name || !options.string.includes(name)) continue;
+    if (equals ? arg.endsWith(`${name}=`) : args[index + 1] === "") {
+      return `--${Object.keys(options.alias).find((key) => options.alias[key]!.includes(name)) ?? name}`;
+    }
+  }
+  return undefined;
+}
 
 export type { GlobalOptions } from "./options.ts";
 
@@ -75,7 +118,7 @@ export async function runCli(args: string[], hookMain: HookMain, hostAt: (root: 
   try {
     // yargs takes the "-" after an option for an option of its own: join them
     const joined = args.map((arg, index) => (arg === "--set" && args[index + 1] === "-" ? "--set=-" : arg)).filter((arg, index) => !(arg === "-" && args[index - 1] === "--set"));
-    await yargs(afterDoubleDashAsArguments(joined))
+    const parser = yargs(afterDoubleDashAsArguments(joined))
       .scriptName("vmhook")
       .usage("$0 COMMAND\n\nlibvirt QEMU hook framework. Installed as /etc/libvirt/hooks/qemu it runs the plugins a domain's <metadata> asks for.")
       .option("root", {
@@ -88,10 +131,21 @@ export async function runCli(args: string[], hookMain: HookMain, hostAt: (root: 
         global: true,
       })
       .option("json", { type: "boolean", default: false, describe: "print data as JSON", global: true })
+      .help()
+      .alias("h", "help")
+      .version(VERSION);
+    // Every command has these: its usage line names its own.
+    const everyCommands = new Set(Object.keys(optionsOf(parser).key));
+    await parser
       // yargs hands a lone "-" positional over as "" (it takes it for an option); "-" means stdin.
       .middleware((argv) => {
         for (const key of Object.keys(argv)) argv[key] = withoutLiteralMark(argv[key]);
         if (argv.domain === "") argv.domain = "-";
+      }, true)
+      // An empty value (-o '') is refused as a missing one is (requiresArg), before yargs checks it against its choices.
+      .middleware(() => {
+        const empty = emptyValued(joined, parser);
+        if (empty) throw new UsageError(`${empty} needs a value`, ownOptions(parser, everyCommands));
       }, true)
       .middleware((argv) => {
         refuseMissingRoot(argv.root, args);
@@ -101,18 +155,16 @@ export async function runCli(args: string[], hookMain: HookMain, hostAt: (root: 
       .command(commands as CommandModule<{ root: string; json: boolean }, any>[])
       .demandCommand(1, "name a command")
       .strict()
-      .help()
-      .alias("h", "help")
-      .version(VERSION)
       .wrap(Math.min(100, process.stdout.columns || 100))
       // A command's .check() refusal comes as its string, a usage error too; so does the parser's (YError: an option without its value).
       .fail((message, error: unknown) => {
-        throw error instanceof Error && error.name !== "YError" ? error : new UsageError(message);
+        if (error instanceof UsageError) throw error;
+        throw error instanceof Error && error.name !== "YError" ? error : new UsageError(message, ownOptions(parser, everyCommands));
       })
       .parseAsync();
   } catch (error) {
     if (error instanceof UsageError) {
-      process.stderr.write(`vmhook: ${usageError(error.message, args, usages)}\n`);
+      process.stderr.write(`vmhook: ${usageError(error.message, args, usages, error.options)}\n`);
       return 2;
     }
     process.stderr.write(`vmhook: ${terminalText(describeError(error))}\n`);

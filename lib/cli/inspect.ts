@@ -90,8 +90,7 @@ async function checkHere(host: Host, domain: Domain, instances: PluginInstance[]
   } catch (error) {
     // The domain's changes in place (it runs, or an earlier run left them): not a refusal, but no plan of this host either.
     if (error instanceof LeftoverUnplanned) return { unchecked: error.notChecked };
-    const reason = describeError(error).split("\n")[0]!;
-    return onThisHost ? { refused: [reason] } : { unchecked: notCheckedHere(reason, domainArgument) };
+    return onThisHost ? { refused: [describeError(error).split("\n")[0]!] } : { unchecked: notCheckedHere(error, domainArgument) };
   }
 }
 

@@ -188,7 +188,8 @@ function readRecord(host: Host): InstallRecord {
     text = host.read(INSTALL_RECORD);
   } catch (error) {
     if ((error as NodeJS.ErrnoException).code === "ENOENT") return present(host, SAVED_HOOK) ? { savedHook: SAVED_HOOK } : {};
-    throw new VmhookError(`${INSTALL_RECORD} cannot be read (${(error as NodeJS.ErrnoException).code ?? (error as Error).message}); run vmhook as root`);
+    // The host's refusal names the file, the errno and its fix (root is told of a security module, not to run as root).
+    throw error;
   }
   try {
     const record = JSON.parse(text) as InstallRecord;

@@ -33,6 +33,21 @@ export function closest(word: string, known: string[]): string | undefined {
 
 const upper = (usage: string) => usage.replace(/<(\w+)>/g, (_, name: string) => name.toUpperCase()).replace(/\[(\w+)(\.\.)?\]/g, (_, name: string, many?: string) => `[${name.toUpperCase()}${many ? " …" : ""}]`);
 
+/** An option of a command, for its usage line: its name, and whether it takes a value. */
+export interface OptionUsage {
+  name: string;
+  value: boolean;
+}
+
+/** The options of a usage line, as --help lists them (not the arguments, which yargs keeps among the options). */
+function optionsText(usage: string, options: OptionUsage[]): string {
+  const positionals = [...usage.matchAll(/[<[](\w+)/g)].map((match) => match[1]!);
+  return options
+    .filter((option) => !positionals.includes(option.name))
+    .map((option) => ` [--${option.name}${option.value ? ` ${option.name.toUpperCase()}` : ""}]`)
+    .join("");
+}
+
 /** What libvirt runs its qemu hook with, OP SUBOP (qemu_process.c, qemu_migration.c, qemu_saveimage.c; attach is never sent any more). */
 export const LIBVIRT_HOOK_EVENTS = ["prepare begin", "start begin", "started begin", "stopped end", "release end", "migrate begin", "restore begin", "reconnect begin", "attach begin"];
 
@@ -56,9 +71,10 @@ const OPTIONS_WITH_VALUE = ["--root", "--connect", "-c", "--set", "--event", "--
 
 /**
  * The message for a usage error. `args` is the command line; `message` is
- * what yargs said, used to tell the kind of mistake apart.
+ * what yargs said, used to tell the kind of mistake apart; `commandOptions`
+ * are the options of the command yargs parsed.
  */
-export function usageError(message: string, args: string[], commands: CommandUsage[]): string {
+export function usageError(message: string, args: string[], commands: CommandUsage[], commandOptions: OptionUsage[] = []): string {
   // After "--" every word is an argument (a domain named -lab).
   const end = args.indexOf("--");
   const options = end < 0 ? args : args.slice(0, end);
@@ -73,7 +89,7 @@ export function usageError(message: string, args: string[], commands: CommandUsa
     const guess = closest(words[0]!, names);
     return `${words[0]} is not a vmhook command${guess ? `; did you mean vmhook ${guess}?` : `; the commands are ${names.join(", ")}`}`;
   }
-  const usage = `vmhook ${upper(command.usage)}`;
+  const usage = `vmhook ${upper(command.usage)}${optionsText(command.usage, commandOptions)}`;
   const unknown = /^Unknown arguments?: (.*)$/.exec(message)?.[1];
   if (unknown) {
     const items = unknown.split(", ");

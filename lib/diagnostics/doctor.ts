@@ -29,7 +29,7 @@ import { runningOrWhyUnknown } from "../cli/running.ts";
 import { libvirtNaming, namingArgument, namingText, twoDefinitionsText } from "../definitions.ts";
 import { describeUnheldSharedView, unheldSharedNow } from "../cli/recover-unheld.ts";
 import { isLegacyPlugin } from "../plugin.ts";
-import { fail, ok, roundMiB, UNREADABLE_FIX, warn, type Finding } from "./findings.ts";
+import { fail, failedWith, ok, roundMiB, UNREADABLE_FIX, warn, type Finding } from "./findings.ts";
 import { describeBlockingBridge, readIommuGroups, type IommuReport } from "./iommu.ts";
 import { nvidiaGpus } from "./domain-fixes.ts";
 import { groupInUse, handedOverHere, readableVfioConfig, targetWords, vfioTargets, type VfioTarget } from "../../plugins/vfio/survey.ts";
@@ -82,7 +82,7 @@ async function guarded(check: string, run: () => Finding | Finding[] | Promise<F
   try {
     return [await run()].flat();
   } catch (error) {
-    return [fail(check, describeError(error), UNREADABLE_FIX)];
+    return [failedWith(check, error, UNREADABLE_FIX)];
   }
 }
 
@@ -124,7 +124,7 @@ function hostPolicy(host: Host): Finding {
   try {
     return ok("host policy", describePolicy(loadPolicy(host)));
   } catch (error) {
-    return fail("host policy", describeError(error), `fix ${paths.policy} as the message says (docs/security.md); until then every VM with vmhook metadata is refused`);
+    return failedWith("host policy", error, `fix ${paths.policy} as the message says (docs/security.md); until then every VM with vmhook metadata is refused`);
   }
 }
 
@@ -135,7 +135,7 @@ function hostSettings(host: Host): Finding {
     loadSettings(host);
     return ok("host settings", `${paths.hostConfig}: root's alone, valid`);
   } catch (error) {
-    return fail("host settings", describeError(error), `fix ${paths.hostConfig} as the message says (docs/security.md); until then every VM with vmhook metadata is refused`);
+    return failedWith("host settings", error, `fix ${paths.hostConfig} as the message says (docs/security.md); until then every VM with vmhook metadata is refused`);
   }
 }
 
@@ -191,7 +191,7 @@ function libvirtHook(host: Host): Finding {
   try {
     isVmhook = isVmhookBinary(host.resolve(hook));
   } catch (error) {
-    return fail("libvirt hook", describeError(error), "until then vmhook install and uninstall refuse too");
+    return failedWith("libvirt hook", error, "until then vmhook install and uninstall refuse too");
   }
   if (!isVmhook) return warn("libvirt hook", `${hook} is another program, not vmhook`, "run vmhook install (it keeps the existing hook running from qemu.d/)");
   if ((stat.mode & 0o100) === 0) return fail("libvirt hook", `${hook} is vmhook but not executable: libvirt skips it`, `chmod 755 ${hook}`);
@@ -203,7 +203,7 @@ async function leftovers(host: Host): Promise<Finding[]> {
     refuseUntrustedStateDir(host);
   } catch (error) {
     // What others could have written there is no journal of vmhook's: it is not listed.
-    return [fail("leftovers", describeError(error), `do as the message says; until then every prepare of a VM with vmhook metadata, and vmhook recover, refuse ${paths.stateDir}`)];
+    return [failedWith("leftovers", error, `do as the message says; until then every prepare of a VM with vmhook metadata, and vmhook recover, refuse ${paths.stateDir}`)];
   }
   const { journals, broken, claims, claimsError } = journalsAndClaims(host);
   const findings = [
@@ -289,7 +289,7 @@ async function domainChecks(host: Host, domain: Domain, xml: string, iommu: Iomm
     const instances: PluginInstance[] = await loadDomainPlugins(domain, host, registry);
     findings.push(ok("config", instances.length > 0 ? `vmhook metadata is valid: ${instances.map((instance) => instance.id).join(", ")}` : "no vmhook metadata: the hook leaves this VM alone"));
   } catch (error) {
-    findings.push(fail("config", describeError(error), "fix the metadata as the message says; vmhook validate FILE checks it again"));
+    findings.push(failedWith("config", error, "fix the metadata as the message says; vmhook validate FILE checks it again"));
   }
   // The elements as written, so the checks run even when one element is invalid; none when there are more than
   // the hook reads (the config finding says so): checking thousands against each other would hang doctor.

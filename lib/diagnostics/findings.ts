@@ -1,5 +1,7 @@
 // What `vmhook doctor` reports: one finding per check, ok / warn / fail, with
 // a one-line reason and the fix. Plugins produce them too (Plugin.check).
+import { reasonAndFix } from "../errors.ts";
+
 export type Status = "ok" | "warn" | "fail";
 
 export interface Finding {
@@ -16,6 +18,16 @@ export interface Finding {
 export const ok = (check: string, reason: string): Finding => ({ check, status: "ok", reason });
 export const warn = (check: string, reason: string, fix: string): Finding => ({ check, status: "warn", reason, fix });
 export const fail = (check: string, reason: string, fix: string): Finding => ({ check, status: "fail", reason, fix });
+
+/**
+ * A check that failed with `error`: the reason is the error's without the fix
+ * it carries (run vmhook as root), which is the finding's fix; else `fix`.
+ * `reason` adds words to the error's reason.
+ */
+export function failedWith(check: string, error: unknown, fix: string, reason = (text: string) => text): Finding {
+  const own = reasonAndFix(error);
+  return fail(check, reason(own.reason), own.fix ?? fix);
+}
 
 /** The fix of a check that could not read what it needs: its reason names the file and the errno. */
 export const UNREADABLE_FIX = "vmhook could not read what this check needs: fix what the message names, then run vmhook doctor again";

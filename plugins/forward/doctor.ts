@@ -2,8 +2,7 @@
 // guest's network is NAT and gives an address, and the host ports are free
 // (the host policy decides which are allowed, before this runs). The same
 // readings and checks as start, reported instead of thrown.
-import { fail, ok, warn, type Finding } from "../../lib/diagnostics/findings.ts";
-import { describeError } from "../../lib/errors.ts";
+import { fail, failedWith, ok, warn, type Finding } from "../../lib/diagnostics/findings.ts";
 import { installedProgram } from "../../lib/host.ts";
 import type { CheckContext } from "../../lib/plugin.ts";
 import { parseForwardConfig } from "./config.ts";
@@ -26,7 +25,7 @@ export function forwardChecks({ host, domain, elements }: CheckContext): Finding
     checkListeners(host, forwards);
     findings.push(ok("forward", `NAT network, ports free: ${describeForwards(forwards)}`));
   } catch (error) {
-    findings.push(fail("forward", describeError(error).replace(/^forward: /, ""), "fix the element, the network or the host as the message says"));
+    findings.push(failedWith("forward", error, "fix the element, the network or the host as the message says", (reason) => reason.replace(/^forward: /, "")));
   }
   return findings;
 }

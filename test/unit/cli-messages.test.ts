@@ -239,9 +239,11 @@ test("vmhook hook run by hand says what it did, or why it did nothing, on stderr
   }
 });
 
+/** The built binary run as nobody (which only root can do). */
+const asNobody = (args: string[], input = "") => spawnSync(BINARY, args, { uid: 65534, gid: 65534, cwd: "/", input, encoding: "utf8", timeout: 20_000, env: { PATH: process.env.PATH } });
+
 test("the built binary as a user other than root: install, uninstall and hook say up front that they need root and the command to run, never a bare EACCES or a stack trace", () => {
   assert.is(process.getuid?.(), 0, "the test runs the binary as nobody, which only root can");
-  const asNobody = (args: string[], input = "") => spawnSync(BINARY, args, { uid: 65534, gid: 65534, cwd: "/", input, encoding: "utf8", timeout: 20_000, env: { PATH: process.env.PATH } });
   const domain = DOMAIN('<metadata><vmhook:hooks xmlns:vmhook="urn:vmhook:1"><vmhook:hugepages size="2M"/></vmhook:hooks></metadata>');
   // Run by its path (dist/vmhook before any install), the command to repeat names that path: no vmhook is on PATH yet.
   const cases: [string[], string][] = [
@@ -269,6 +271,40 @@ test("the built binary as a user other than root: install, uninstall and hook sa
     fs.chownSync(tree, 65534, 65534);
     const result = asNobody(["uninstall", "--root", tree]);
     assert.equal([result.status, result.stderr], [0, ""]);
+  } finally {
+    fs.rmSync(tree, { recursive: true, force: true });
+  }
+});
+
+test("the built binary as a user other than root, where only root may read: doctor gives the reason without the advice and the advice as the fix; validate FILE says to run sudo vmhook plan FILE on the host that runs the VM", () => {
+  assert.is(process.getuid?.(), 0, "the test runs the binary as nobody, which only root can");
+  const tree = fs.mkdtempSync(path.join(os.tmpdir(), "vmhook-root-only-"));
+  const put = (file: string, text: string, mode = 0o644) => {
+    fs.mkdirSync(path.dirname(path.join(tree, file)), { recursive: true, mode: 0o755 });
+    fs.writeFileSync(path.join(tree, file), text, { mode });
+  };
+  try {
+    fs.chmodSync(tree, 0o755);
+    // As a host keeps them: the journals' directory and qemu.conf are root's alone.
+    fs.mkdirSync(path.join(tree, "run"), { mode: 0o755 });
+    fs.mkdirSync(path.join(tree, "run/vmhook"), { mode: 0o700 });
+    put("/etc/libvirt/qemu.conf", 'hugetlbfs_mount = "/dev/hugepages"\n', 0o600);
+    for (const file of ["nr_hugepages", "free_hugepages", "resv_hugepages", "surplus_hugepages", "nr_overcommit_hugepages"]) put(`/sys/kernel/mm/hugepages/hugepages-2048kB/${file}`, "0\n");
+    put("/proc/meminfo", "MemTotal: 8000000 kB\nMemFree: 4000000 kB\nMemAvailable: 4000000 kB\nHugepagesize: 2048 kB\n");
+    put("/proc/self/mountinfo", "30 1 0:30 / /dev/hugepages rw,relatime shared:10 - hugetlbfs hugetlbfs rw,pagesize=2M\n");
+    put("/vm.xml", DOMAIN('<memoryBacking><hugepages/></memoryBacking>\n  <metadata><vmhook:hooks xmlns:vmhook="urn:vmhook:1"><vmhook:hugepages size="2M"/></vmhook:hooks></metadata>'));
+    const file = path.join(tree, "vm.xml");
+
+    const doctor = asNobody(["doctor", file, "--root", tree]);
+    assert.match(doctor.stdout, "  fail  leftovers: cannot list /run/vmhook (EACCES)\n        fix: run vmhook as root\n");
+    assert.match(doctor.stdout, "  fail  hugepages mount: cannot read /etc/libvirt/qemu.conf (EACCES), so vmhook cannot tell which hugetlbfs mounts libvirt takes 2M pages from\n        fix: run vmhook as root\n");
+    assert.not.match(doctor.stdout, /\(EACCES\); /, "no reason carries the advice");
+
+    const validate = asNobody(["validate", file, "--root", tree]);
+    assert.equal(
+      [validate.status, validate.stdout, validate.stderr],
+      [0, `${file}: ok; win 11 runs hugepages\n  the config is valid, but it was NOT checked against this host: journal /run/vmhook/e0e0e0e0-0000-4000-8000-0000000000e0.json cannot be read (EACCES); run sudo ${BINARY} plan ${file} on the host that runs the VM to check it there\n`, ""],
+    );
   } finally {
     fs.rmSync(tree, { recursive: true, force: true });
   }
@@ -373,26 +409,41 @@ test("a --root (or VMHOOK_ROOT) that is no directory is refused naming it: statu
   }
 });
 
-test("an option that takes a value, given none, is a usage error naming it: never its default (a bare --root is not this host's /) nor an empty value (-o alone is not the current directory)", async () => {
+/** The built binary's --help (yargs' --help ends the process, so not in-process). */
+const helpText = (...args: string[]) => spawnSync(BINARY, [...args, "--help"], { encoding: "utf8", timeout: 20_000 }).stdout;
+
+/** The commands vmhook --help lists, each with its arguments as written there ("<domain>", "[settings..]"). */
+function commandsInHelp(): { name: string; positionals: string[] }[] {
+  const commands = [...helpText().matchAll(/^ {2}vmhook ([a-z]+)((?: [<[][^ ]+)*)/gm)].map((match) => ({ name: match[1]!, positionals: match[2]!.trim().split(" ").filter(Boolean) }));
+  assert.ok(commands.length >= 14, `vmhook --help lists ${commands.length} commands`);
+  return commands;
+}
+
+/** A command's options as its --help lists them: each entry from its name to the next option's, where yargs may have wrapped "[string]". */
+function optionsInHelp(command: string): { name: string; value: boolean; choices: boolean }[] {
+  return helpText(command)
+    .split(/\n(?= +(?:-[a-z], )?--[a-z])/)
+    .slice(1)
+    .map((entry) => ({ name: `--${/--([a-z-]+)/.exec(entry)![1]}`, value: entry.includes("[string]"), choices: entry.includes("[choices:") }));
+}
+
+test("an option that takes a value, given none or an empty one, is a usage error naming it: never its default (a bare --root is not this host's /) nor an empty value (-o '' is not the current directory)", async () => {
   const sim = new SimHost();
   const hookRuns: string[][] = [];
   try {
-    // The options as the built binary's --help lists them (yargs' --help ends the process, so not in-process).
-    const help = (...args: string[]) => spawnSync(BINARY, [...args, "--help"], { encoding: "utf8", timeout: 20_000 }).stdout;
-    const commands = [...help().matchAll(/^ {2}vmhook ([a-z]+)((?: [<[][^ ]+)*)/gm)].map((match) => ({ name: match[1]!, positionals: [...match[2]!.matchAll(/<[^>]+>/g)].map(() => "vm.xml") }));
-    assert.ok(commands.length >= 14, `vmhook --help lists ${commands.length} commands`);
     let checked = 0;
-    for (const { name, positionals } of commands) {
-      // Each option's entry: from its name to the next option's, where yargs may have wrapped "[string]".
-      for (const entry of help(name).split(/\n(?= +(?:-[a-z], )?--[a-z])/).slice(1)) {
-        if (!entry.includes("[string]")) continue;
-        const option = `--${/--([a-z-]+)/.exec(entry)![1]}`;
-        const args = [name, ...positionals, option];
-        const { code, stdout, stderr } = await cli(args, sim, async (argv) => {
-          hookRuns.push(argv);
-          return 0;
-        });
-        assert.equal([code, stdout, stderr.split(";")[0]], [2, "", `vmhook: ${option} needs a value`], args.join(" "));
+    for (const { name, positionals } of commandsInHelp()) {
+      const given = positionals.filter((word) => word.startsWith("<")).map(() => "vm.xml");
+      for (const { name: option, value } of optionsInHelp(name)) {
+        if (!value) continue;
+        for (const forms of [[option], [option, ""], [`${option}=`]]) {
+          const args = [name, ...given, ...forms];
+          const { code, stdout, stderr } = await cli(args, sim, async (argv) => {
+            hookRuns.push(argv);
+            return 0;
+          });
+          assert.equal([code, stdout, stderr.split(";")[0]], [2, "", `vmhook: ${option} needs a value`], JSON.stringify(args));
+        }
         checked++;
       }
     }
@@ -403,13 +454,50 @@ test("an option that takes a value, given none, is a usage error naming it: neve
   }
 });
 
+test("every kind of usage error ends in the command's usage as its --help lists it: its arguments and its own options (plan: [--event EVENT] [--connect CONNECT])", async () => {
+  const sim = new SimHost();
+  const hookRuns: string[][] = [];
+  try {
+    let checked = 0;
+    for (const { name, positionals } of commandsInHelp()) {
+      const options = optionsInHelp(name).filter((option) => !["--root", "--json", "--version", "--help"].includes(option.name));
+      const usage = [
+        `vmhook ${name}`,
+        ...positionals.map((word) => word.replace(/^<(\w+)>$/, (_, arg: string) => arg.toUpperCase()).replace(/^\[(\w+)(\.\.)?\]$/, (_, arg: string, many?: string) => `[${arg.toUpperCase()}${many ? " …" : ""}]`)),
+        ...options.map((option) => `[${option.name}${option.value ? ` ${option.name.slice(2).toUpperCase()}` : ""}]`),
+      ].join(" ");
+      const required = positionals.filter((word) => word.startsWith("<")).map(() => "vm.xml");
+      const mistakes = [
+        [name, ...required, "--bogus"],
+        ...(required.length > 0 ? [[name]] : []),
+        ...(positionals.some((word) => word.endsWith("..]")) ? [] : [[name, ...positionals.map(() => "vm.xml"), "extra"]]),
+        ...options.filter((option) => option.value).map((option) => [name, ...required, option.name]),
+        ...options.filter((option) => option.choices).map((option) => [name, ...required, option.name, "bogus"]),
+      ];
+      for (const args of mistakes) {
+        const { code, stderr } = await cli(args, sim, async (argv) => {
+          hookRuns.push(argv);
+          return 0;
+        });
+        assert.is(code, 2, JSON.stringify(args));
+        assert.is(/; usage: (.*?)(?: \(vmhook [a-z]+ --help lists the options\))?\n$/.exec(stderr)?.[1], usage, `${JSON.stringify(args)}: ${stderr}`);
+        checked++;
+      }
+    }
+    assert.ok(checked >= 40, `only ${checked} usage errors checked`);
+    assert.equal(hookRuns, [], "nothing ran");
+  } finally {
+    sim.cleanup();
+  }
+});
+
 test("doctor --apply without --fix, and --fix without a domain, are usage errors (exit 2) naming the command that works; nothing is read or defined", async () => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "vmhook-doctor-usage-"));
   try {
     const cases: [string[], string][] = [
-      [["doctor", "win11", "--apply"], "--apply defines the change --fix shows, so it needs --fix: vmhook doctor win11 --fix --apply; usage: vmhook doctor [DOMAIN]"],
-      [["doctor", "--apply"], "--apply defines the change --fix shows, so it needs --fix: vmhook doctor VM --fix --apply; usage: vmhook doctor [DOMAIN]"],
-      [["doctor", "--fix"], "--fix needs a domain: vmhook doctor VM --fix; usage: vmhook doctor [DOMAIN]"],
+      [["doctor", "win11", "--apply"], "--apply defines the change --fix shows, so it needs --fix: vmhook doctor win11 --fix --apply; usage: vmhook doctor [DOMAIN] [--fix] [--apply] [--connect CONNECT]"],
+      [["doctor", "--apply"], "--apply defines the change --fix shows, so it needs --fix: vmhook doctor VM --fix --apply; usage: vmhook doctor [DOMAIN] [--fix] [--apply] [--connect CONNECT]"],
+      [["doctor", "--fix"], "--fix needs a domain: vmhook doctor VM --fix; usage: vmhook doctor [DOMAIN] [--fix] [--apply] [--connect CONNECT]"],
     ];
     for (const [args, message] of cases) {
       const { code, stdout, stderr } = await cli([...args, "--root", dir]);

@@ -185,13 +185,23 @@ async function applyWithFakeVirsh(
 
 test("doctor --fix --apply VM keeps the domain's graphics password, in the defined domain and in the backup, and never prints it", async () => {
   const stored = degradedWin11().replace("</devices>", "<graphics type='vnc' port='-1' autoport='yes' passwd='s3cret'/></devices>");
-  await applyWithFakeVirsh(stored, (applied, defined, sim) => {
+  await applyWithFakeVirsh(stored, (applied, defined) => {
     assert.is(applied.code, 0, applied.stderr);
     assert.not.match(applied.stdout, "s3cret");
     assert.match(defined, /<memballoon model=["']none["']/, "the fixes were defined");
     assert.match(defined, /passwd=["']s3cret["']/, "the VNC password stays");
     const backup = /the old XML is in (\S+) /.exec(applied.stdout)?.[1];
-    assert.is(fs.readFileSync(sim.resolve(backup!), "utf8"), stored, "the backup is the domain as it was, password included");
+    assert.is(fs.readFileSync(backup!, "utf8"), stored, "the backup is the domain as it was, password included");
+  });
+});
+
+test("doctor --fix --apply VM --root DIR: the backup message names the file where it is, so its virsh define command works as printed", async () => {
+  await applyWithFakeVirsh(degradedWin11(), (applied, _, sim) => {
+    assert.is(applied.code, 0, applied.stderr);
+    const [, kept, putBack] = /the old XML is in (\S+) \(virsh define (\S+) puts it back\)/.exec(applied.stdout) ?? [];
+    assert.is(putBack, kept);
+    assert.ok(kept?.startsWith(`${sim.root}/var/lib/vmhook/backups/`), `${kept} is the backup's path under --root`);
+    assert.is(fs.readFileSync(kept!, "utf8"), degradedWin11(), "the file named is the backup");
   });
 });
 
