@@ -43,7 +43,7 @@ export class Virsh {
     if (result.status !== 0) {
       const why = result.stderr.replace(/^error:\s*/gm, "").trim().split("\n").filter(Boolean).join("; ") || `exit status ${result.status}`;
       const unconnected = /failed to connect to the hypervisor/.test(result.stderr);
-      const session = this.readsSessionUnasked();
+      const session = sessionUnasked(this.uri);
       if (session !== undefined && (unconnected || /failed to get domain/.test(result.stderr))) {
         throw new VmhookError(`${command} failed: ${why}`, [`as uid ${session}, virsh without --connect reads qemu:///session, this user's own VMs: for a VM of the system (virt-manager's), add --connect qemu:///system`]);
       }
@@ -52,12 +52,6 @@ export class Virsh {
       throw new VmhookError(`${command} failed: ${why}`);
     }
     return result.stdout;
-  }
-
-  /** The uid of a user other than root whose virsh, given no URI at all, connects to their own qemu:///session; undefined otherwise. */
-  private readsSessionUnasked(): number | undefined {
-    const euid = process.geteuid?.();
-    return euid !== undefined && euid !== 0 && noUriSet(this.uri) ? euid : undefined;
   }
 
   /**
@@ -115,6 +109,40 @@ export class LibvirtUnreachable extends VmhookError {
  */
 export function virshUri(connect: string | undefined, clientConfig = libvirtClientConfig()): string | undefined {
   return connect || process.env.VIRSH_DEFAULT_CONNECT_URI || process.env.LIBVIRT_DEFAULT_URI || configuredDefaultUri(clientConfig);
+}
+
+/** The uid of a user other than root whose virsh, given no URI at all, connects to their own qemu:///session; undefined otherwise. */
+function sessionUnasked(connect: string | undefined): number | undefined {
+  const euid = process.geteuid?.();
+  return euid !== undefined && euid !== 0 && noUriSet(connect) ? euid : undefined;
+}
+
+/** A session daemon's URI: its path is /session, whatever the driver and transport (qemu:///session, qemu+unix:///session?socket=…, qemu+ssh://host/session). */
+const SESSION_URI = /^[a-z][\w+.-]*:\/\/[^/?#]*\/session\/?(?:[?#].*)?$/i;
+
+/** Why vmhook cannot act for the domains of the libvirt daemon virsh reaches, and what to do instead. */
+export interface SessionDaemon {
+  reason: string;
+  fix: string;
+}
+
+/**
+ * A session daemon, when virsh with this --connect reaches one (a URI with
+ * the path /session; none set, as a user other than root): libvirt runs its
+ * hooks, vmhook's /etc/libvirt/hooks/qemu too, as the user who started it,
+ * never as root, so vmhook cannot act for its domains and a start with
+ * vmhook metadata fails. undefined for any other daemon.
+ */
+export function sessionDaemon(connect: string | undefined): SessionDaemon | undefined {
+  const uid = sessionUnasked(connect);
+  // Throws, naming it, for a client config it cannot read: which daemon virsh reaches is unknown then.
+  const uri = virshUri(connect);
+  const named = uid !== undefined ? `qemu:///session (virsh's default for uid ${uid}, no URI set)` : uri !== undefined && SESSION_URI.test(uri) ? uri : undefined;
+  if (named === undefined) return undefined;
+  return {
+    reason: `${named} is a session daemon: libvirt runs its hooks as the user who started it, never as root, so vmhook cannot act for its domains (a start with vmhook metadata fails)`,
+    fix: "vmhook acts for the system daemon's domains: define the VM there (virsh --connect qemu:///system define VM.xml) and name it with --connect qemu:///system",
+  };
 }
 
 /** Whether virsh connects without any URI set (libvirt probes this host); false too when its client config cannot be read, as that is unknown. */

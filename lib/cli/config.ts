@@ -14,7 +14,7 @@ import type { PlannedStep } from "../transaction.ts";
 import { describeError, VmhookError } from "../errors.ts";
 import { terminalText } from "../log.ts";
 import type { Host } from "../host.ts";
-import { Virsh, type Scope } from "../libvirt-client.ts";
+import { sessionDaemon, Virsh, type Scope, type SessionDaemon } from "../libvirt-client.ts";
 import { childElements, metadataNodes, repairDoubledPrefixes, shellWord } from "../metadata-text.ts";
 import { appendPlugin, emptyHooks, hooksText, pastedHooks, storedHooks, withVmhookMetadata } from "../metadata-in-domain.ts";
 import { paths } from "../paths.ts";
@@ -55,6 +55,8 @@ interface Current {
   describeScope: string;
   /** Read from this host's own libvirt: this host is the one whose prepare runs the VM. */
   onThisHost: boolean;
+  /** Read from a session daemon, for whose domains vmhook cannot act: why, and the fix. */
+  session?: SessionDaemon;
 }
 
 /** The metadata in one definition: the persistent one (inactive) or the running one. */
@@ -79,7 +81,8 @@ function readCurrent(virsh: Virsh, name: string, flags: Scope): Current {
   const scope = running === undefined ? { live: flags.live, config: flags.config } : { live: running, config: !running };
   // With both flags the persistent definition is the base: it is what stays.
   const describeScope = scope.live && scope.config ? "the running domain and its persistent definition" : scope.live ? `the running domain only ${liveOnlyAdvice(virsh, name)}` : "the persistent definition";
-  return { ...readStored(virsh, name, scope.config), scope, describeScope, onThisHost: isThisHostsLibvirt(virsh.uri) };
+  const session = sessionDaemon(virsh.uri);
+  return { ...readStored(virsh, name, scope.config), scope, describeScope, onThisHost: isThisHostsLibvirt(virsh.uri), ...(session ? { session } : {}) };
 }
 
 /** How a change to the running domain alone reaches the next start: --config, which libvirt refuses for a transient VM. */
@@ -125,6 +128,8 @@ function repairs(current: Current): boolean {
 async function checkCandidate(host: Host, current: Current, hooks: Element, name: string): Promise<Candidate> {
   const domain = parseDomain(withVmhookMetadata(current.xml, elementText(hooks) ? hooks : undefined), `domain ${name}`);
   const instances = await loadDomainPlugins(domain, host, registry);
+  // No prepare of a session daemon's domain runs as root: the config alone is checked (save says why).
+  if (current.session) return { domain, refusedHere: [] };
   let steps: PlannedStep[];
   try {
     steps = await dryRun(host, domain, instances, "prepare", "none", registry);
@@ -161,9 +166,11 @@ function save(virsh: Virsh, name: string, current: Current, hooks: Element, { do
     ...advice(hooks, domain, name),
   ];
   if (args.json) {
-    printJson({ domain: name, changed: true, metadata: after, notes, refusedHere, ...(notChecked ? { notChecked } : {}) });
+    printJson({ domain: name, changed: true, metadata: after, notes, refusedHere, ...(notChecked ? { notChecked } : {}), ...(current.session ? { session: current.session } : {}) });
     return;
   }
+  // Metadata removed asks nothing of vmhook: only what stays needs the warning.
+  if (current.session && after) process.stderr.write(`vmhook: warning: the metadata of ${name} is stored, but the hook will not act on it: ${terminalText(current.session.reason)}\n  fix: ${terminalText(current.session.fix)}\n`);
   if (notChecked) process.stderr.write(`vmhook: warning: ${terminalText(notChecked)}\n`);
   for (const refusal of refusedHere) process.stderr.write(`vmhook: warning: a start of ${name} on this host now would be refused: ${terminalText(refusal)}\n`);
   const diff = unifiedDiff(before, after, `${name} (before)`, `${name} (after)`);

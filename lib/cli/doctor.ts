@@ -47,7 +47,7 @@ export const doctorCommand: CommandModule<GlobalOptions, DoctorArgs> = {
     if (domain && args.fix) {
       return runDoctorFix(host, domain, { apply: args.apply, json: args.json, connect: args.connect });
     }
-    const report = await runDoctor(host, domain && { file: domain.source, xml: domain.xml });
+    const report = await runDoctor(host, domain && { file: domain.source, xml: domain.xml, ...(domain.session ? { session: domain.session } : {}) });
     const all = [...report.host, ...(report.domain?.findings ?? [])];
     const count = (status: Finding["status"]) => all.filter((finding) => finding.status === status).length;
     if (args.json) {

@@ -3,7 +3,7 @@
 import * as fs from "node:fs";
 import { DeniedToUser, reasonAndFix, VmhookError } from "../errors.ts";
 import type { Host } from "../host.ts";
-import { LibvirtUnreachable, libvirtClientConfig, Virsh, virshUri } from "../libvirt-client.ts";
+import { LibvirtUnreachable, libvirtClientConfig, sessionDaemon, Virsh, virshUri, type SessionDaemon } from "../libvirt-client.ts";
 import { shellWord } from "../metadata-text.ts";
 import { PATTERNS } from "../validate.ts";
 import { readDomainFile, sourceName } from "./output.ts";
@@ -17,6 +17,8 @@ export interface DomainSource {
   libvirtName?: string;
   /** Read from this host's own libvirt: this host is the one whose prepare runs the VM. */
   onThisHost: boolean;
+  /** Read from a session daemon, for whose domains vmhook cannot act: why, and the fix. */
+  session?: SessionDaemon;
   /** From libvirt: the same XML with its secrets (graphics passwords), read only to define the domain again. */
   readWithSecrets?: () => string;
 }
@@ -43,11 +45,13 @@ export function readDomainSource(argument: string, host: Host, connect?: string)
     }
     throw error;
   }
+  const session = sessionDaemon(connect);
   return {
     source: `domain ${argument}`,
     xml,
     libvirtName: argument,
     onThisHost: isThisHostsLibvirt(connect),
+    ...(session ? { session } : {}),
     readWithSecrets: () => virsh.dumpxml(argument, true, true),
   };
 }

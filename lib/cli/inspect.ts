@@ -21,6 +21,7 @@ import { domainBusy } from "../lock.ts";
 import { abandonedStart } from "./recover.ts";
 import { describeUnheldSharedView, unheldSharedNow } from "./recover-unheld.ts";
 import { runningOrWhyUnknown } from "./running.ts";
+import type { SessionDaemon } from "../libvirt-client.ts";
 import { libvirtNaming, namingArgument, namingText, twoDefinitionsText, type DomainNaming } from "../definitions.ts";
 import { adviceFor, describeStuckWrite, listStuckWrites } from "../stuck-writes.ts";
 import { journalsAndClaims, type HolderView } from "../claims.ts";
@@ -52,6 +53,7 @@ const validate: CommandModule<GlobalOptions, DomainArgs> = {
       if (args.json) printJson({ ok: false, ...(domain ? { domain: { name: domain.name, uuid: domain.uuid } } : {}), ...errorFields("invalid", error) });
       throw error;
     }
+    if (source.session) return validSessionDomain(source.source, domain, instances, source.session, args.json);
     const hostCheck = await checkHere(host, domain, instances, source.onThisHost, args.domain);
     if ("refused" in hostCheck && hostCheck.refused.length > 0) {
       process.exitCode = 1;
@@ -70,6 +72,21 @@ const validate: CommandModule<GlobalOptions, DomainArgs> = {
     }
   },
 };
+
+/**
+ * validate's answer for a session daemon's domain: its config, never this
+ * host's check (no prepare of it runs as root), and why vmhook cannot act for
+ * it; exit 1 when it has vmhook metadata, as a start of it then fails.
+ */
+function validSessionDomain(source: string, domain: Domain, instances: PluginInstance[], session: SessionDaemon, json: boolean): void {
+  if (instances.length > 0) process.exitCode = 1;
+  if (json) {
+    printJson({ ok: instances.length === 0, domain: { name: domain.name, uuid: domain.uuid }, plugins: instances.map((i) => ({ id: i.id, config: i.config })), hostChecked: false, session });
+    return;
+  }
+  const verdict = instances.length > 0 ? `valid, but vmhook cannot run ${instances.map((i) => i.id).join(", ")} for ${domain.name}` : `ok; ${domain.name} has no vmhook metadata, so the hook leaves it alone, and could do nothing for it`;
+  print(`${source}: ${verdict}: ${session.reason}\n  fix: ${session.fix}`);
+}
 
 /** An error as --json reports it: its message under `key`, and its further lines (the fix) as details when it has any. */
 function errorFields(key: string, error: unknown): Record<string, string | string[]> {
@@ -121,6 +138,8 @@ const plan: CommandModule<GlobalOptions, PlanArgs> = {
     try {
       domain = parseDomain(source.xml, source.source);
       instances = await loadDomainPlugins(domain, host, registry);
+      // No step of a plan would be what happens: the system's state (its networks, its journals) says nothing of this domain.
+      if (source.session) return sessionPlan(domain, event, instances, source.session, args.json);
       if (event === "release") {
         const journal = readJournal(host, domain.uuid);
         planned = (journal?.entries ?? []).reverse().map((entry) => ({ plugin: entry.plugin, event: "release" as HookEvent, action: entry.undo.action, description: `undo: ${entry.description}`, record: entry.undo }));
@@ -155,6 +174,14 @@ const plan: CommandModule<GlobalOptions, PlanArgs> = {
     else if (refused > 0) print(`${event} of ${domain.name} cannot succeed on this host: ${refused} refused step(s) or check(s) above`);
   },
 };
+
+/** plan's answer for a session daemon's domain: no plan, and why; exit 1 when it has vmhook metadata, as a start of it then fails. */
+function sessionPlan(domain: Domain, event: string, instances: PluginInstance[], session: SessionDaemon, json: boolean): void {
+  const possible = instances.length === 0;
+  if (!possible) process.exitCode = 1;
+  if (json) printJson({ domain: { name: domain.name, uuid: domain.uuid }, event, steps: [], blocking: [], possible, session });
+  else print(`${event} of ${domain.name}: ${possible ? "nothing to do (no vmhook metadata), and " : ""}vmhook cannot act for it: ${session.reason}\n  fix: ${session.fix}`);
+}
 
 async function journalSummary(host: Host, journal: Journal) {
   // Named as libvirt names it now: its pid file, and what vmhook recover is given, go by that name.

@@ -34,6 +34,7 @@ import { describeBlockingBridge, readIommuGroups, type IommuReport } from "./iom
 import { nvidiaGpus } from "./domain-fixes.ts";
 import { groupInUse, handedOverHere, readableVfioConfig, targetWords, vfioTargets, type VfioTarget } from "../../plugins/vfio/survey.ts";
 import type { XmlElement } from "../xml.ts";
+import type { SessionDaemon } from "../libvirt-client.ts";
 
 export type { Finding, Status } from "./findings.ts";
 
@@ -45,7 +46,8 @@ export interface DoctorReport {
 /** Missing passthrough support is a warning in general and a failure when the domain passes a PCI device through. */
 const lacking = (needed: boolean) => (needed ? fail : warn);
 
-export async function runDoctor(host: Host, domainFile?: { file: string; xml: string }): Promise<DoctorReport> {
+/** `session`: the domain was read from a session daemon, for whose domains vmhook cannot act. */
+export async function runDoctor(host: Host, domainFile?: { file: string; xml: string; session?: SessionDaemon }): Promise<DoctorReport> {
   const iommu = readIommu(host);
   if (!domainFile) return { host: await hostChecks(host, iommu, false) };
   let domain: Domain;
@@ -61,7 +63,7 @@ export async function runDoctor(host: Host, domainFile?: { file: string; xml: st
   const passthrough = domain.hostdevs.some((hostdev) => hostdev.type === "pci");
   return {
     host: await hostChecks(host, iommu, passthrough),
-    domain: { name: domain.name, file: domainFile.file, findings: await domainChecks(host, domain, domainFile.xml, iommu) },
+    domain: { name: domain.name, file: domainFile.file, findings: await domainChecks(host, domain, domainFile.xml, iommu, domainFile.session) },
   };
 }
 
@@ -283,8 +285,9 @@ async function customPlugins(host: Host): Promise<Finding[]> {
 // ---------------------------------------------------------------------------
 // Domain
 
-async function domainChecks(host: Host, domain: Domain, xml: string, iommu: IommuReport | Error): Promise<Finding[]> {
-  const findings: Finding[] = [];
+async function domainChecks(host: Host, domain: Domain, xml: string, iommu: IommuReport | Error, session: SessionDaemon | undefined): Promise<Finding[]> {
+  // Whatever else holds, vmhook never acts for a session daemon's domain: a failure, first.
+  const findings: Finding[] = session ? [fail("libvirt daemon", session.reason, session.fix)] : [];
   try {
     const instances: PluginInstance[] = await loadDomainPlugins(domain, host, registry);
     findings.push(ok("config", instances.length > 0 ? `vmhook metadata is valid: ${instances.map((instance) => instance.id).join(", ")}` : "no vmhook metadata: the hook leaves this VM alone"));
@@ -301,7 +304,7 @@ async function domainChecks(host: Host, domain: Domain, xml: string, iommu: Iomm
     const plugin = await registry.load(name, host);
     if (isLegacyPlugin(plugin) || !plugin.check) continue;
     const check = plugin.check;
-    findings.push(...(await guarded(name, () => check({ host, domain, elements: elements.filter((element) => element.localName === name) }))).map((finding) => ({ ...finding, plugin: name })));
+    findings.push(...(await guarded(name, () => check({ host, domain, elements: elements.filter((element) => element.localName === name), ...(session ? { session } : {}) }))).map((finding) => ({ ...finding, plugin: name })));
   }
   // What vfio hands over (a GPU's slot with include-slot) goes to vfio-pci with the hostdevs; the problems of
   // those it hands over are its problems (plan marks its steps), libvirt's managed='yes' takes the others.
