@@ -5,7 +5,7 @@
 // symlink planted where a journal goes is replaced, never written through.
 import * as fs from "node:fs";
 import { denied, VmhookError } from "./errors.ts";
-import type { Host } from "./host.ts";
+import type { FileStat, Host } from "./host.ts";
 import { paths } from "./paths.ts";
 
 const { O_NOFOLLOW, O_RDONLY } = fs.constants;
@@ -23,23 +23,35 @@ const octal = (mode: number) => `0${(mode & 0o777).toString(8)}`;
 export function ensureStateDir(host: Host, dir = paths.stateDir): void {
   let stat = refuseUntrustedStateDir(host, dir);
   if (!stat) {
-    fs.mkdirSync(host.resolve(dir), { recursive: true, mode: 0o700 });
+    changing(dir, "create", () => fs.mkdirSync(host.resolve(dir), { recursive: true, mode: 0o700 }));
     stat = refuseUntrustedStateDir(host, dir)!;
   }
-  if ((stat.mode & 0o077) !== 0) fs.chmodSync(host.resolve(dir), 0o700);
+  if ((stat.mode & 0o077) !== 0) changing(dir, "chmod 0700", () => fs.chmodSync(host.resolve(dir), 0o700));
+}
+
+/** Runs `change` on the state directory; a failure is refused naming the directory and the errno, never Node's message with the real path. */
+function changing(dir: string, what: string, change: () => void): void {
+  try {
+    change();
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code;
+    const reason = `cannot ${what} ${dir} (${code ?? (error as Error).message})`;
+    throw code === "EACCES" || code === "EPERM" ? denied(reason) : new VmhookError(`${reason}; vmhook keeps its journals there before it changes anything: check why (ls -ld ${dir}, df -h ${dir}, dmesg)`);
+  }
 }
 
 /**
  * Throws unless the state directory there is one vmhook may trust (see
  * ensureStateDir); changes nothing, so `vmhook doctor` says what the hook
  * would refuse. Nothing there passes: there is nothing to trust yet.
- * Returns what it checked (lstat), undefined when nothing is there.
+ * Returns what it checked (lstat), undefined when nothing is there; one that
+ * cannot be looked at is refused as the host refuses what it cannot read.
  */
-export function refuseUntrustedStateDir(host: Host, dir = paths.stateDir): fs.Stats | undefined {
-  const stat = lstat(host.resolve(dir));
+export function refuseUntrustedStateDir(host: Host, dir = paths.stateDir): FileStat | undefined {
+  const stat = host.stat(dir);
   if (!stat) return undefined;
-  if (stat.isSymbolicLink()) throw new VmhookError(`${dir} is a symlink; vmhook keeps its journals only in a directory it owns: remove it (rm ${dir}) and let vmhook create it`);
-  if (!stat.isDirectory()) throw new VmhookError(`${dir} is not a directory; remove it (rm ${dir}) and let vmhook create it`);
+  if (stat.isSymlink) throw new VmhookError(`${dir} is a symlink; vmhook keeps its journals only in a directory it owns: remove it (rm ${dir}) and let vmhook create it`);
+  if (!stat.isDirectory) throw new VmhookError(`${dir} is not a directory; remove it (rm ${dir}) and let vmhook create it`);
   const uid = process.geteuid?.() ?? 0;
   // chown or chmod would keep whatever others put there: what vmhook then reads cannot be trusted.
   const remove = `whoever could write it may have put files there that vmhook would act on as root: inspect it (ls -la ${dir}) and, once no VM with vmhook metadata runs, remove it (rm -r ${dir}) for vmhook to create anew (a reboot empties /run too)`;
@@ -47,15 +59,6 @@ export function refuseUntrustedStateDir(host: Host, dir = paths.stateDir): fs.St
   if (stat.uid !== uid && stat.uid !== 0) throw new VmhookError(`${dir} is owned by uid ${stat.uid}, not ${uid === 0 ? "root" : `uid ${uid}`}; ${remove}`);
   if ((stat.mode & 0o022) !== 0) throw new VmhookError(`${dir} has mode ${octal(stat.mode)}; ${remove}`);
   return stat;
-}
-
-function lstat(real: string): fs.Stats | undefined {
-  try {
-    return fs.lstatSync(real);
-  } catch (error) {
-    if ((error as NodeJS.ErrnoException).code === "ENOENT") return undefined;
-    throw error;
-  }
 }
 
 /** A state file's text, or undefined when it does not exist. A symlink or any other failure throws, naming the file. */

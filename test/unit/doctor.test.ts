@@ -573,6 +573,20 @@ test("doctor with parts of the host unreadable: each check that cannot read what
   }
 });
 
+test("doctor where the state directory cannot be looked at (its parent denied): leftovers names the path and errno, with the fix apart, never Node's raw error", async () => {
+  const sim = desktopHost();
+  try {
+    sim.failStat("/run/vmhook", "EACCES");
+    const { host } = await doctor(sim, domainXml({ devices: GPU_AND_AUDIO, metadata: "<vmhook:vfio/>" }));
+    assert.equal(
+      [host("leftovers").status, host("leftovers").reason, host("leftovers").fix],
+      ["fail", "cannot stat /run/vmhook (EACCES)", "vmhook runs as root, so a security module (AppArmor, SELinux) denies it: look for the denial in journalctl -k"],
+    );
+  } finally {
+    sim.cleanup();
+  }
+});
+
 /** The check names of docs/diagnostics.md's tables, as patterns: `hostdev ADDRESS` matches "hostdev 0000:01:00.0". */
 function documentedChecks(): RegExp[] {
   const page = fs.readFileSync(path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../../docs/diagnostics.md"), "utf8");
