@@ -4,7 +4,7 @@
 // following symlinks, and a write is a new file renamed into place: a
 // symlink planted where a journal goes is replaced, never written through.
 import * as fs from "node:fs";
-import { denied, VmhookError } from "./errors.ts";
+import { denied, describeError, FixableError, VmhookError } from "./errors.ts";
 import type { FileStat, Host } from "./host.ts";
 import { paths } from "./paths.ts";
 
@@ -23,21 +23,30 @@ const octal = (mode: number) => `0${(mode & 0o777).toString(8)}`;
 export function ensureStateDir(host: Host, dir = paths.stateDir): void {
   let stat = refuseUntrustedStateDir(host, dir);
   if (!stat) {
-    changing(dir, "create", () => fs.mkdirSync(host.resolve(dir), { recursive: true, mode: 0o700 }));
+    try {
+      fs.mkdirSync(host.resolve(dir), { recursive: true, mode: 0o700 });
+    } catch (error) {
+      throw unchangeable(error, "create", dir);
+    }
     stat = refuseUntrustedStateDir(host, dir)!;
   }
-  if ((stat.mode & 0o077) !== 0) changing(dir, "chmod 0700", () => fs.chmodSync(host.resolve(dir), 0o700));
+  if ((stat.mode & 0o077) === 0) return;
+  try {
+    fs.chmodSync(host.resolve(dir), 0o700);
+  } catch (error) {
+    throw unchangeable(error, "chmod 0700", dir);
+  }
 }
 
-/** Runs `change` on the state directory; a failure is refused naming the directory and the errno, never Node's message with the real path. */
-function changing(dir: string, what: string, change: () => void): void {
-  try {
-    change();
-  } catch (error) {
-    const code = (error as NodeJS.ErrnoException).code;
-    const reason = `cannot ${what} ${dir} (${code ?? (error as Error).message})`;
-    throw code === "EACCES" || code === "EPERM" ? denied(reason) : new VmhookError(`${reason}; vmhook keeps its journals there before it changes anything: check why (ls -ld ${dir}, df -h ${dir}, dmesg)`);
-  }
+/** A change to vmhook's state that failed: refused naming the host's path and the errno (kept as `code`), never Node's message with the real path. */
+function unchangeable(error: unknown, what: string, hostPath: string): FixableError & { code?: string } {
+  const code = (error as NodeJS.ErrnoException)?.code;
+  const reason = `cannot ${what} ${hostPath} (${code ?? describeError(error)})`;
+  const refused =
+    code === "EACCES" || code === "EPERM"
+      ? denied(reason)
+      : new FixableError(reason, `vmhook records every change in ${paths.stateDir} before it makes it: check why (ls -ld ${paths.stateDir}, df -h ${paths.stateDir}, dmesg)`);
+  return Object.assign(refused, { code, cause: error });
 }
 
 /**
@@ -90,7 +99,7 @@ export function writeStateFile(host: Host, file: string, text: string): void {
     host.rename(temp, file);
   } catch (error) {
     const code = (error as NodeJS.ErrnoException).code;
-    if (code !== "ENOSPC") throw error;
+    if (code !== "ENOSPC") throw unchangeable(error, "write", file);
     // The temp copy the file system had no room for holds what room is left; FILE is as it was.
     host.remove(temp);
     throw new VmhookError(`cannot write ${file} (ENOSPC: the file system is full): vmhook records every change there before it makes it; free space in /run (df -h ${paths.stateDir}), then run vmhook recover`);
