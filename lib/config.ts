@@ -4,7 +4,7 @@
 import { domElement } from "./dom-element.ts";
 import type { XmlElement } from "./xml.ts";
 import { attributes, describeElement, metadataChildren, type Domain } from "./domain.ts";
-import { attributeText, ConfigError, CustomConfigError, describeError, VmhookError } from "./errors.ts";
+import { attributeText, ConfigError, CustomConfigError, describeError, FixableError, VmhookError } from "./errors.ts";
 import type { Host } from "./host.ts";
 import { NAMESPACE_URI, paths, ROOT_ELEMENT } from "./paths.ts";
 import { closest } from "./cli/usage.ts";
@@ -191,6 +191,8 @@ export function namingCustomPlugin<T>(pluginId: string, work: () => T): T {
  */
 export function customPluginError(pluginId: string, error: unknown): unknown {
   if (!pluginId.startsWith(CUSTOM_PREFIX)) return error;
+  // Its fix stays apart: doctor's reason and validate's "NOT checked" take the reason alone.
+  if (error instanceof FixableError) return error.retold(withPluginName(pluginId, error.reason));
   return new VmhookError(withPluginName(pluginId, describeError(error)), error instanceof VmhookError ? error.lines : []);
 }
 

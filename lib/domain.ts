@@ -232,6 +232,19 @@ export function parseDomain(xml: string, what = "domain XML"): Domain {
   };
 }
 
+/**
+ * The domain's seclabel user (Domain.dacUser) from XML the hook has not
+ * parsed yet (vmhook hook's check before it acts); undefined when it sets
+ * none or is not well-formed: the hook then refuses the XML itself.
+ */
+export function dacUserFromXml(xml: string): string | undefined {
+  try {
+    return parseDacUser(readXmlDocument(xml, "domain XML"));
+  } catch {
+    return undefined;
+  }
+}
+
 /** The USER of the domain's <seclabel model='dac'><label>USER:GROUP</label> (a device's own <seclabel> labels files, not QEMU); undefined when it has none. */
 function parseDacUser(document: XmlNode): string | undefined {
   const dac = nodes(document, "domain", "seclabel").find((seclabel) => attr(seclabel, "model") === "dac");

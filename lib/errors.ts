@@ -28,12 +28,21 @@ export class FixableError extends VmhookError {
   ) {
     super(`${reason}; ${fix}`, lines);
   }
+
+  /** The same failure told with `reason` (a plugin's name in front of its own): the fix still apart, the kind kept. */
+  retold(reason: string): FixableError {
+    return new FixableError(reason, this.fix, this.lines);
+  }
 }
 
 /** What only root may read, denied to another user: the fix is to run vmhook as root. */
 export class DeniedToUser extends FixableError {
   constructor(reason: string) {
     super(reason, "run vmhook as root");
+  }
+
+  override retold(reason: string): DeniedToUser {
+    return new DeniedToUser(reason);
   }
 }
 

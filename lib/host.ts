@@ -632,8 +632,8 @@ function unlessAbsent<T, A>(read: () => T, absent: A, absentCodes: string[], wha
   }
 }
 
-/** What exists but cannot be read: refused with the path and the errno (kept as `code`), never taken as empty. */
-function unreadable(error: unknown, what: string, hostPath: string): FixableError & { code?: string } {
+/** What exists but cannot be read: refused with the path and the errno (kept as `code`), never taken as empty. For a read outside the Host's methods too (the log, opened without following a symlink). */
+export function unreadable(error: unknown, what: string, hostPath: string): FixableError & { code?: string } {
   const code = (error as NodeJS.ErrnoException)?.code;
   const reason = `cannot ${what} ${hostPath} (${code ?? describeError(error)})`;
   const refused =

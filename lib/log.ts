@@ -5,7 +5,7 @@
 import * as fs from "node:fs";
 import { oneLine } from "./control-text.ts";
 import { describeError, VmhookError } from "./errors.ts";
-import type { Host } from "./host.ts";
+import { unreadable, type Host } from "./host.ts";
 import { paths } from "./paths.ts";
 
 export type LogLevel = "info" | "warn" | "error";
@@ -53,8 +53,11 @@ export function openLog(host: Host, purpose: "append" | "read", file = paths.log
   try {
     fd = fs.openSync(host.resolve(file), (purpose === "append" ? O_RDWR | O_APPEND | O_CREAT : O_RDONLY) | O_NOFOLLOW | O_NONBLOCK, LOG_MODE);
   } catch (error) {
-    if ((error as NodeJS.ErrnoException).code === "ELOOP") throw refuse("a symlink");
-    throw error;
+    const code = (error as NodeJS.ErrnoException).code;
+    if (code === "ELOOP") throw refuse("a symlink");
+    // Named as the host names it (not the real path under --root), the errno kept as `code`: "not there" is ENOENT to callers.
+    if (purpose === "read") throw unreadable(error, "read", file);
+    throw Object.assign(new VmhookError(`${file} cannot be written (${code ?? describeError(error)})`), { code, cause: error });
   }
   const stat = fs.fstatSync(fd);
   const uid = process.geteuid?.() ?? 0;

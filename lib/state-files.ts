@@ -4,8 +4,8 @@
 // following symlinks, and a write is a new file renamed into place: a
 // symlink planted where a journal goes is replaced, never written through.
 import * as fs from "node:fs";
-import { denied, VmhookError } from "./errors.ts";
-import type { Host } from "./host.ts";
+import { denied, describeError, FixableError, VmhookError } from "./errors.ts";
+import type { FileStat, Host } from "./host.ts";
 import { paths } from "./paths.ts";
 
 const { O_NOFOLLOW, O_RDONLY } = fs.constants;
@@ -23,23 +23,44 @@ const octal = (mode: number) => `0${(mode & 0o777).toString(8)}`;
 export function ensureStateDir(host: Host, dir = paths.stateDir): void {
   let stat = refuseUntrustedStateDir(host, dir);
   if (!stat) {
-    fs.mkdirSync(host.resolve(dir), { recursive: true, mode: 0o700 });
+    try {
+      fs.mkdirSync(host.resolve(dir), { recursive: true, mode: 0o700 });
+    } catch (error) {
+      throw unchangeable(error, "create", dir);
+    }
     stat = refuseUntrustedStateDir(host, dir)!;
   }
-  if ((stat.mode & 0o077) !== 0) fs.chmodSync(host.resolve(dir), 0o700);
+  if ((stat.mode & 0o077) === 0) return;
+  try {
+    fs.chmodSync(host.resolve(dir), 0o700);
+  } catch (error) {
+    throw unchangeable(error, "chmod 0700", dir);
+  }
+}
+
+/** A change to vmhook's state that failed: refused naming the host's path and the errno (kept as `code`), never Node's message with the real path. */
+function unchangeable(error: unknown, what: string, hostPath: string): FixableError & { code?: string } {
+  const code = (error as NodeJS.ErrnoException)?.code;
+  const reason = `cannot ${what} ${hostPath} (${code ?? describeError(error)})`;
+  const refused =
+    code === "EACCES" || code === "EPERM"
+      ? denied(reason)
+      : new FixableError(reason, `vmhook records every change in ${paths.stateDir} before it makes it: check why (ls -ld ${paths.stateDir}, df -h ${paths.stateDir}, dmesg)`);
+  return Object.assign(refused, { code, cause: error });
 }
 
 /**
  * Throws unless the state directory there is one vmhook may trust (see
  * ensureStateDir); changes nothing, so `vmhook doctor` says what the hook
  * would refuse. Nothing there passes: there is nothing to trust yet.
- * Returns what it checked (lstat), undefined when nothing is there.
+ * Returns what it checked (lstat), undefined when nothing is there; one that
+ * cannot be looked at is refused as the host refuses what it cannot read.
  */
-export function refuseUntrustedStateDir(host: Host, dir = paths.stateDir): fs.Stats | undefined {
-  const stat = lstat(host.resolve(dir));
+export function refuseUntrustedStateDir(host: Host, dir = paths.stateDir): FileStat | undefined {
+  const stat = host.stat(dir);
   if (!stat) return undefined;
-  if (stat.isSymbolicLink()) throw new VmhookError(`${dir} is a symlink; vmhook keeps its journals only in a directory it owns: remove it (rm ${dir}) and let vmhook create it`);
-  if (!stat.isDirectory()) throw new VmhookError(`${dir} is not a directory; remove it (rm ${dir}) and let vmhook create it`);
+  if (stat.isSymlink) throw new VmhookError(`${dir} is a symlink; vmhook keeps its journals only in a directory it owns: remove it (rm ${dir}) and let vmhook create it`);
+  if (!stat.isDirectory) throw new VmhookError(`${dir} is not a directory; remove it (rm ${dir}) and let vmhook create it`);
   const uid = process.geteuid?.() ?? 0;
   // chown or chmod would keep whatever others put there: what vmhook then reads cannot be trusted.
   const remove = `whoever could write it may have put files there that vmhook would act on as root: inspect it (ls -la ${dir}) and, once no VM with vmhook metadata runs, remove it (rm -r ${dir}) for vmhook to create anew (a reboot empties /run too)`;
@@ -47,15 +68,6 @@ export function refuseUntrustedStateDir(host: Host, dir = paths.stateDir): fs.St
   if (stat.uid !== uid && stat.uid !== 0) throw new VmhookError(`${dir} is owned by uid ${stat.uid}, not ${uid === 0 ? "root" : `uid ${uid}`}; ${remove}`);
   if ((stat.mode & 0o022) !== 0) throw new VmhookError(`${dir} has mode ${octal(stat.mode)}; ${remove}`);
   return stat;
-}
-
-function lstat(real: string): fs.Stats | undefined {
-  try {
-    return fs.lstatSync(real);
-  } catch (error) {
-    if ((error as NodeJS.ErrnoException).code === "ENOENT") return undefined;
-    throw error;
-  }
 }
 
 /** A state file's text, or undefined when it does not exist. A symlink or any other failure throws, naming the file. */
@@ -87,7 +99,7 @@ export function writeStateFile(host: Host, file: string, text: string): void {
     host.rename(temp, file);
   } catch (error) {
     const code = (error as NodeJS.ErrnoException).code;
-    if (code !== "ENOSPC") throw error;
+    if (code !== "ENOSPC") throw unchangeable(error, "write", file);
     // The temp copy the file system had no room for holds what room is left; FILE is as it was.
     host.remove(temp);
     throw new VmhookError(`cannot write ${file} (ENOSPC: the file system is full): vmhook records every change there before it makes it; free space in /run (df -h ${paths.stateDir}), then run vmhook recover`);

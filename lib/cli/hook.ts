@@ -4,6 +4,7 @@
 import type { CommandModule } from "yargs";
 import { describeError, VmhookError } from "../errors.ts";
 import { definedUuid, uuidFromXml } from "../definitions.ts";
+import { dacUserFromXml } from "../domain.ts";
 import type { Host } from "../host.ts";
 import { readJournal } from "../journal.ts";
 import { readLogFrom, terminalText } from "../log.ts";
@@ -81,13 +82,16 @@ const ONLY_WHILE_RUNNING = ["started", "reconnect"];
 
 /**
  * Refuses an event libvirt runs only while the domain runs (or only while it
- * does not) when it does not (or does), or when that cannot be told. `uuid`:
- * the one in the domain XML on stdin, for a QEMU of it libvirt lost track of.
+ * does not) when it does not (or does), or when that cannot be told. `xml`:
+ * the domain XML on stdin, whose UUID finds a QEMU of it libvirt lost track of.
  */
-function refuseUnlessLibvirtWould(host: Host, { name, op, subop }: HookArgs, uuid: string | undefined): void {
+function refuseUnlessLibvirtWould(host: Host, { name, op, subop }: HookArgs, xml: string): void {
   const runningWanted = ONLY_WHILE_RUNNING.includes(op) ? true : NOT_WHILE_RUNNING.includes(op) ? false : undefined;
   if (runningWanted === undefined) return;
-  const running = runningOrWhyUnknown(host, { name, uuid });
+  // Its seclabel user runs its QEMU when libvirt's user does not: the hook's release counts that one's too (journal.dacUser).
+  const uuid = uuidFromXml(xml);
+  const domain = { name, uuid, dacUser: dacUserFromXml(xml) };
+  const running = runningOrWhyUnknown(host, domain);
   if (running === runningWanted) return;
   const command = `vmhook hook ${nameArgument(name)} ${op} ${subop}`;
   if (typeof running === "string") throw new VmhookError(`${command} refused: cannot tell whether ${name} runs (${running})`, [`fix what that names, then run it again`]);
@@ -97,7 +101,7 @@ function refuseUnlessLibvirtWould(host: Host, { name, op, subop }: HookArgs, uui
       `start ${name} first (virsh start ${nameArgument(name)}); prepare, start, stopped and release are the events of a VM that is not running`,
     ]);
   }
-  const lostTrack = lostTrackPids(host, { name, uuid });
+  const lostTrack = lostTrackPids(host, domain);
   const how = lostTrack.length > 0 ? `a QEMU with its UUID ${uuid} runs, pid ${lostTrack.join(", ")}, with no live process in ${pidFile}: libvirt has lost track of it` : `${pidFile} names a live process`;
   throw new VmhookError(`${command} refused: ${name} is running (${how}), and libvirt runs ${op} only while it is not: it would take back what the running VM uses`, [
     `shut ${name} down first (virsh shutdown ${nameArgument(name)}); started and reconnect are the events of a running VM`,
@@ -143,7 +147,7 @@ export const hookCommand = (hookMain: HookMain): CommandModule<GlobalOptions, Ho
     const event = `${args.op} ${args.subop} of ${args.name}`;
     // Checked on the XML the hook read, before it acts: its UUID finds a QEMU libvirt lost track of.
     const checkXml = (xml: string) => {
-      refuseUnlessLibvirtWould(args.host, args, uuidFromXml(xml));
+      refuseUnlessLibvirtWould(args.host, args, xml);
       refuseAnotherDomainsXml(args.host, args, xml);
     };
     const code = await hookMain([args.name, args.op, args.subop, args.extra ?? "-"], args.root, checkXml);

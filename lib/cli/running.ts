@@ -46,33 +46,49 @@ export function uuidRunningOrWhyUnknown(host: Host, uuid: string): boolean | str
 }
 
 /**
+ * A domain as whether it runs is asked: its name (libvirt's pid file), its
+ * UUID (undefined only when nothing names it), and, where its XML is known,
+ * the user of its <seclabel model='dac'> (Domain.dacUser): a QEMU of its UUID
+ * run as that user is its own, as the journal's note makes it at release.
+ */
+export interface DomainToFind {
+  name: string;
+  uuid: string | undefined;
+  dacUser?: string;
+}
+
+/**
  * Whether the domain runs, or why that cannot be told (its pid file, or /proc,
  * cannot be read). A QEMU of its UUID that libvirt lost track of (a libvirtd
  * that crashed: no pid file) runs too: what its journal holds is that guest's.
  * The UUID is asked for everywhere (undefined only when nothing names it), so
  * no command counts such a guest shut off where another counts it running.
  */
-export function runningOrWhyUnknown(host: Host, domain: { name: string; uuid: string | undefined }): boolean | string {
+export function runningOrWhyUnknown(host: Host, domain: DomainToFind): boolean | string {
   try {
     // The pid file is read once: lostTrackPids would read it again.
-    return domainRunning(host, domain.name) || (domain.uuid !== undefined && lostQemus(host, domain.uuid).length > 0);
+    return domainRunning(host, domain.name) || (domain.uuid !== undefined && lostQemus(host, domain.uuid, domain.dacUser).length > 0);
   } catch (error) {
     return describeError(error);
   }
 }
 
 /** The live QEMUs with the domain's -uuid when no live process is in its pid file: libvirt has lost track of them. Throws as runningOrWhyUnknown says. */
-export function lostTrackPids(host: Host, domain: { name: string; uuid: string | undefined }): number[] {
-  return domain.uuid === undefined || domainRunning(host, domain.name) ? [] : lostQemus(host, domain.uuid);
+export function lostTrackPids(host: Host, domain: DomainToFind): number[] {
+  return domain.uuid === undefined || domainRunning(host, domain.name) ? [] : lostQemus(host, domain.uuid, domain.dacUser);
 }
 
-/** The QEMUs of the UUID, as the hook's release counts them (domainQemus), by what its journal notes; a journal that cannot be read notes nothing. */
-function lostQemus(host: Host, uuid: string): number[] {
+/**
+ * The QEMUs of the UUID, as the hook's release counts them (domainQemus), by
+ * what its journal notes; a journal that cannot be read notes nothing. The
+ * seclabel user of the XML at hand stands in where no journal names one.
+ */
+function lostQemus(host: Host, uuid: string, dacUser: string | undefined): number[] {
   let journal: Journal | undefined;
   try {
     journal = readJournal(host, uuid);
   } catch {
     journal = undefined;
   }
-  return domainQemus(host, uuid, journal);
+  return domainQemus(host, uuid, { qemu: journal?.qemu, dacUser: journal?.dacUser ?? dacUser });
 }

@@ -302,6 +302,22 @@ for (const holder of ["another VM", "this VM", "this VM (libvirt lost track of i
   });
 }
 
+test("the GPU's group held by this VM's QEMU run as its <seclabel model='dac'> user, libvirt having lost track of it: the hostdev check takes it for the VM's own, as release does, not another VM's", async () => {
+  const sim = desktopHost();
+  try {
+    addPciDevice(sim, { address: "0000:00:14.0", classCode: "0x0c0330", vendor: "0x8086", device: "0xa36d", driver: "vfio-pci", group: 1 });
+    sim.file("/etc/passwd", "root:x:0:0:root:/root:/bin/bash\nqemu:x:107:107::/:/sbin/nologin\nalice:x:1000:1000::/home/alice:/bin/bash\n").file("/etc/libvirt/qemu.conf", 'user = "qemu"\n');
+    sim.process(900, ["/usr/bin/qemu-system-x86_64", "-name", "guest=win", "-uuid", UUID], { uid: 1000 }).file("/proc/900/comm", "qemu-system-x86").link("/proc/900/fd/0", "/dev/vfio/1");
+    const xml = domainXml({ devices: GPU_AND_AUDIO }).replace("</domain>", "<seclabel type='static' model='dac' relabel='yes'><label>alice:alice</label></seclabel></domain>");
+    const finding = (await doctor(sim, xml)).domain("hostdev 0000:01:00.0");
+    assert.equal([finding.status, finding.reason.includes("in use by another VM")], ["warn", false], finding.reason);
+    // Without that seclabel, alice's process with the VM's -uuid is no QEMU libvirt runs for it: another VM's, as prepare counts it.
+    assert.is((await doctor(sim, domainXml({ devices: GPU_AND_AUDIO }))).domain("hostdev 0000:01:00.0").status, "fail");
+  } finally {
+    sim.cleanup();
+  }
+});
+
 test("a root port on shpchp in the GPU's group: the hostdev fails on kernel 6.1, as prepare refuses it, naming the bridge, its driver and how to free it; ok before 5.19", async () => {
   const sim = desktopHost("shpchp");
   const { domain } = await doctor(sim, domainXml({ devices: GPU_AND_AUDIO }));
@@ -568,6 +584,20 @@ test("doctor with parts of the host unreadable: each check that cannot read what
     assert.is(domain("hostdevs").status, "fail", "the hostdev checks need the IOMMU groups");
     assert.match(domain("hostdevs").reason, "cannot list /sys/kernel/iommu_groups (EIO)");
     assert.is(domain("config").status, "ok");
+  } finally {
+    sim.cleanup();
+  }
+});
+
+test("doctor where the state directory cannot be looked at (its parent denied): leftovers names the path and errno, with the fix apart, never Node's raw error", async () => {
+  const sim = desktopHost();
+  try {
+    sim.failStat("/run/vmhook", "EACCES");
+    const { host } = await doctor(sim, domainXml({ devices: GPU_AND_AUDIO, metadata: "<vmhook:vfio/>" }));
+    assert.equal(
+      [host("leftovers").status, host("leftovers").reason, host("leftovers").fix],
+      ["fail", "cannot stat /run/vmhook (EACCES)", "vmhook runs as root, so a security module (AppArmor, SELinux) denies it: look for the denial in journalctl -k"],
+    );
   } finally {
     sim.cleanup();
   }

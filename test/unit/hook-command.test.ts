@@ -66,6 +66,33 @@ test("vmhook hook prepare (start, stopped, release) on a VM whose QEMU libvirt l
   }
 });
 
+test("vmhook hook prepare on a VM whose <seclabel model='dac'> runs its QEMU as another user, with no journal: that user's QEMU with its -uuid (libvirt lost track of it) is counted running, as release counts it", async () => {
+  const uuid = "d0d0d0d0-0000-4000-8000-0000000000a3";
+  const sim = new SimHost()
+    .dir("/var/log")
+    .file("/etc/passwd", "root:x:0:0:root:/root:/bin/bash\nqemu:x:107:107::/:/sbin/nologin\nalice:x:1000:1000::/home/alice:/bin/bash\n")
+    .file("/etc/libvirt/qemu.conf", 'user = "qemu"\n')
+    .process(4242, ["/usr/bin/qemu-system-x86_64", "-name", "guest=vm", "-uuid", uuid], { uid: 1000 });
+  try {
+    for (const [label, expected] of [["<label>alice:alice</label>", false], ["", true]] as const) {
+      let acted = false;
+      const hookMain = async (_args: string[], _root: string, checkXml?: (xml: string) => void) => {
+        checkXml?.(`<domain type="kvm"><name>vm</name><uuid>${uuid}</uuid><seclabel type="static" model="dac" relabel="yes">${label}</seclabel></domain>`);
+        acted = true;
+        return 0;
+      };
+      const { code, stderr } = await cli(["hook", "vm", "prepare", "begin", "--root", sim.root], sim, hookMain);
+      assert.is(acted, expected, `seclabel ${label || "without a label"}: ${stderr}`);
+      if (!expected) {
+        assert.is(code, 1);
+        assert.match(stderr, `vmhook: vmhook hook vm prepare begin refused: vm is running (a QEMU with its UUID ${uuid} runs, pid 4242, with no live process in /run/libvirt/qemu/vm.pid: libvirt has lost track of it)`);
+      }
+    }
+  } finally {
+    sim.cleanup();
+  }
+});
+
 test("vmhook hook prepare when whether the VM runs cannot be told (its pid file unreadable) is refused too, naming the file", async () => {
   const sim = new SimHost().dir("/var/log").dir("/run/libvirt/qemu/vm.pid");
   try {

@@ -4,9 +4,10 @@
 // and the CLI prints no "undefined" for a throw that is not an Error.
 import { test } from "uvu";
 import * as assert from "uvu/assert";
-import { quoted, VmhookError } from "../../lib/errors.ts";
+import { DeniedToUser, FixableError, quoted, VmhookError } from "../../lib/errors.ts";
 import { parseDomain } from "../../lib/domain.ts";
-import { loadDomainPlugins } from "../../lib/config.ts";
+import { loadDomainPlugins, namingCustomPlugin } from "../../lib/config.ts";
+import { failedWith } from "../../lib/diagnostics/findings.ts";
 import { paths } from "../../lib/paths.ts";
 import { loadSettings } from "../../lib/settings.ts";
 import { registry } from "../../plugins/index.ts";
@@ -119,6 +120,33 @@ test("vmhook with VMHOOK_DEBUG, when something throws a value that is not an Err
   } finally {
     if (debug === undefined) delete process.env.VMHOOK_DEBUG;
     else process.env.VMHOOK_DEBUG = debug;
+    sim.cleanup();
+  }
+});
+
+test("a custom plugin's error that carries its fix keeps it apart once named: the plugin's name goes before the reason, never the fix into doctor's reason", () => {
+  const sim = new SimHost();
+  try {
+    sim.file("/etc/gate.conf", "x").failRead("/etc/gate.conf", "EIO");
+    const named = (() => {
+      try {
+        return namingCustomPlugin("plugin:gate", () => sim.read("/etc/gate.conf"));
+      } catch (error) {
+        return error;
+      }
+    })();
+    assert.instance(named, FixableError);
+    const { reason, fix } = named as FixableError;
+    assert.equal([reason, fix], ["plugin:gate: cannot read /etc/gate.conf (EIO)", "vmhook does not act on what it cannot read; check why (ls -l, dmesg)"]);
+    assert.is((named as Error).message, `${reason}; ${fix}`, "libvirt's line still says what to do");
+    const finding = failedWith("config", named, "fix the metadata as the message says");
+    assert.equal([finding.reason, finding.fix], [reason, fix]);
+    // What only root may read stays so: validate then says to run plan with sudo.
+    assert.throws(
+      () => namingCustomPlugin("plugin:gate", () => { throw new DeniedToUser("cannot read /etc/gate.conf (EACCES)"); }),
+      (error: Error) => error instanceof DeniedToUser && error.reason === "plugin:gate: cannot read /etc/gate.conf (EACCES)" && error.fix === "run vmhook as root",
+    );
+  } finally {
     sim.cleanup();
   }
 });

@@ -42,4 +42,18 @@ test("runningOrWhyUnknown reads the domain's pid file once whether it runs or no
   }
 });
 
+test("runningOrWhyUnknown with no journal counts a QEMU of the UUID run as the domain's <seclabel model='dac'> user, as release does, and not another user's", () => {
+  const sim = new SimHost()
+    .file("/etc/passwd", "root:x:0:0:root:/root:/bin/bash\nqemu:x:107:107::/:/sbin/nologin\nalice:x:1000:1000::/home/alice:/bin/bash\n")
+    .file("/etc/libvirt/qemu.conf", 'user = "qemu"\n')
+    .process(4242, ["/usr/bin/qemu-system-x86_64", "-uuid", UUID], { uid: 1000 });
+  try {
+    assert.is(runningOrWhyUnknown(sim, { name: "vm", uuid: UUID, dacUser: "alice" }), true);
+    assert.is(runningOrWhyUnknown(sim, { name: "vm", uuid: UUID }), false, "alice's process is no QEMU of a domain libvirt runs as qemu");
+    assert.is(runningOrWhyUnknown(sim, { name: "vm", uuid: UUID, dacUser: "qemu" }), false);
+  } finally {
+    sim.cleanup();
+  }
+});
+
 test.run();

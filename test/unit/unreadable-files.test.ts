@@ -2,13 +2,17 @@
 // Host.readTrimmed is undefined only for what does not exist and throws for
 // any other errno; text only shown to a person goes through readForMessage.
 import * as fs from "node:fs";
+import * as os from "node:os";
 import * as path from "node:path";
 import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { Deadline, waitFor, WaitTimedOut } from "../../lib/deadline.ts";
+import { FixableError } from "../../lib/errors.ts";
 import { runDoctor } from "../../lib/diagnostics/doctor.ts";
 import { readForMessage, RootedHost } from "../../lib/host.ts";
 import { readJournal } from "../../lib/journal.ts";
+import { paths } from "../../lib/paths.ts";
+import { ensureStateDir, writeStateFile } from "../../lib/state-files.ts";
 import { DEFAULT_SETTINGS, loadSettings } from "../../lib/settings.ts";
 import { cli } from "../helpers/cli.ts";
 import { runHookEvent } from "../helpers/hook.ts";
@@ -286,6 +290,24 @@ test("waitFor: only its own timeout is a WaitTimedOut; a read that fails inside 
     assert.not.instance(failed, WaitTimedOut);
     assert.is(failed.code, "EIO");
   } finally {
+    sim.cleanup();
+  }
+});
+
+test("vmhook's state that cannot be made or written is refused naming the host's path and the errno, with the fix apart, never Node's message with the real path under --root", () => {
+  const root = fs.mkdtempSync(path.join(os.tmpdir(), "vmhook-state-"));
+  const sim = new SimHost();
+  try {
+    // /run a file: no state directory can be made there.
+    fs.writeFileSync(path.join(root, "run"), "");
+    const fix = `vmhook records every change in ${paths.stateDir} before it makes it: check why (ls -ld ${paths.stateDir}, df -h ${paths.stateDir}, dmesg)`;
+    assert.throws(() => ensureStateDir(new RootedHost(root)), (error: FixableError) => error instanceof FixableError && error.reason === `cannot create ${paths.stateDir} (ENOTDIR)` && error.fix === fix);
+    const file = `${paths.stateDir}/claims.json`;
+    ensureStateDir(sim);
+    sim.failWrite(`${file}.tmp`, "EROFS");
+    assert.throws(() => writeStateFile(sim, file, "{}"), (error: FixableError & { code?: string }) => error instanceof FixableError && error.reason === `cannot write ${file} (EROFS)` && error.fix === fix && error.code === "EROFS");
+  } finally {
+    fs.rmSync(root, { recursive: true, force: true });
     sim.cleanup();
   }
 });
