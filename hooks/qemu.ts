@@ -77,6 +77,12 @@ export async function hookMain(args: string[], root = process.env.VMHOOK_ROOT ||
   // costs one pattern search and one stat.
   // "<vmhook:" without the namespace, or a namespace close to vmhook's, is a mistake to report, never to skip.
   if (!mentionsVmhook(xml) && !(await holdsJournal(xml, root))) return 0;
+  // libvirt's session daemon runs this same hook as its own user, and nothing vmhook does can be done as one.
+  const uid = process.geteuid?.();
+  if (known && root === "/" && uid !== undefined && uid !== 0) {
+    process.stderr.write(`vmhook: the hook runs as uid ${uid}, not as root: libvirt's session daemon (qemu:///session) runs hooks as its own user, and vmhook acts only for the system daemon's domains (qemu:///system); define ${args[0]} there, or remove its vmhook metadata\n`);
+    return known.mayFail ? 1 : 0;
+  }
   const { runEvent } = await import("../lib/hook.ts");
   const invocation: HookInvocation = { args, xml, root, ownProcess: true };
   return runEvent(invocation, known?.event, known?.action, known?.mayFail ?? false);

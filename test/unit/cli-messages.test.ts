@@ -242,6 +242,27 @@ test("vmhook hook run by hand says what it did, or why it did nothing, on stderr
 /** The built binary run as nobody (which only root can do). */
 const asNobody = (args: string[], input = "") => spawnSync(BINARY, args, { uid: 65534, gid: 65534, cwd: "/", input, encoding: "utf8", timeout: 20_000, env: { PATH: process.env.PATH } });
 
+test("the hook run by libvirt's session daemon (as its user, not root): a domain with vmhook metadata fails prepare saying why and what to do, never a bare EACCES; release exits 0; a domain without metadata passes in silence", () => {
+  assert.is(process.getuid?.(), 0, "the test runs the binary as nobody, which only root can");
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "vmhook-session-hook-"));
+  try {
+    fs.chmodSync(dir, 0o755);
+    const qemu = path.join(dir, "qemu");
+    fs.symlinkSync(BINARY, qemu);
+    const asSessionDaemon = (event: string[], input: string) => spawnSync(qemu, ["vm", ...event, "-"], { uid: 65534, gid: 65534, cwd: "/", input, encoding: "utf8", timeout: 20_000, env: { PATH: process.env.PATH } });
+    const withMetadata = DOMAIN('<metadata><vmhook:hooks xmlns:vmhook="urn:vmhook:1"><vmhook:hugepages size="2M"/></vmhook:hooks></metadata>');
+    const why = "vmhook: the hook runs as uid 65534, not as root: libvirt's session daemon (qemu:///session) runs hooks as its own user, and vmhook acts only for the system daemon's domains (qemu:///system); define vm there, or remove its vmhook metadata\n";
+    const prepare = asSessionDaemon(["prepare", "begin"], withMetadata);
+    assert.equal([prepare.status, prepare.stdout, prepare.stderr], [1, "", why], "prepare");
+    const release = asSessionDaemon(["release", "end"], withMetadata);
+    assert.equal([release.status, release.stdout, release.stderr], [0, "", why], "release");
+    const plain = asSessionDaemon(["prepare", "begin"], DOMAIN(""));
+    assert.equal([plain.status, plain.stdout, plain.stderr], [0, "", ""], "a domain without metadata");
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
 test("the built binary as a user other than root: install, uninstall and hook say up front that they need root and the command to run, never a bare EACCES or a stack trace", () => {
   assert.is(process.getuid?.(), 0, "the test runs the binary as nobody, which only root can");
   const domain = DOMAIN('<metadata><vmhook:hooks xmlns:vmhook="urn:vmhook:1"><vmhook:hugepages size="2M"/></vmhook:hooks></metadata>');
