@@ -83,10 +83,16 @@ export interface Host {
   stat(hostPath: string): FileStat | undefined;
   /** statfs(2)'s f_type (linux/magic.h) of the file system that holds the path, links followed; any failure throws. */
   fileSystemType(hostPath: string): number;
-  mkdir(hostPath: string): void;
+  /** mkdir -p; with `mode`, every directory it makes gets that mode whatever the umask. Returns the first directory made, if any. */
+  mkdir(hostPath: string, mode?: number): string | undefined;
+  /** rm -rf: nothing there is no failure. */
   remove(hostPath: string): void;
+  chmod(hostPath: string, mode: number): void;
+  /** Copies a file from outside the host's tree (the vmhook binary being installed) to `hostPath`, which it replaces. */
+  copyIn(source: string, hostPath: string): void;
+  symlink(target: string, hostPath: string): void;
   /** Creates the file anew with `text` (mode 0600, never through a symlink; what is there is replaced) and fsyncs it: the first half of a state file's atomic write. */
-  createFile(hostPath: string, text: string): void;
+  createFile(hostPath: string, text: string, mode?: number): void;
   /** rename(2): `to` is replaced at once, never half written. */
   rename(from: string, to: string): void;
   exec(command: string, args: string[], options: ExecOptions): ExecResult;
@@ -315,22 +321,47 @@ export class RootedHost implements Host {
     }
   }
 
-  mkdir(hostPath: string): void {
-    fs.mkdirSync(this.resolve(hostPath), { recursive: true });
+  mkdir(hostPath: string, mode?: number): string | undefined {
+    return this.changing("mkdir", hostPath, (real) => {
+      const made = fs.mkdirSync(real, { recursive: true, mode });
+      if (made === undefined) return undefined;
+      // mkdir(2) takes the umask off: a 077 one (hardened hosts) would leave the directories to root alone.
+      for (let each = real; mode !== undefined; each = each.slice(0, each.lastIndexOf("/"))) {
+        fs.chmodSync(each, mode);
+        if (each === made) break;
+      }
+      return this.root === "/" ? made : made.slice(this.root.length);
+    });
   }
 
   remove(hostPath: string): void {
-    fs.rmSync(this.resolve(hostPath), { recursive: true, force: true });
+    this.changing("remove", hostPath, (real) => fs.rmSync(real, { recursive: true, force: true }));
   }
 
-  createFile(hostPath: string, text: string): void {
-    const fd = createFresh(this.resolve(hostPath));
-    try {
-      fs.writeSync(fd, text);
-      this.flush(fd);
-    } finally {
-      fs.closeSync(fd);
-    }
+  chmod(hostPath: string, mode: number): void {
+    this.changing(`chmod 0${mode.toString(8)}`, hostPath, (real) => fs.chmodSync(real, mode));
+  }
+
+  copyIn(source: string, hostPath: string): void {
+    this.changing(`copy ${source} to`, hostPath, (real) => fs.copyFileSync(source, real));
+  }
+
+  symlink(target: string, hostPath: string): void {
+    this.changing(`link ${target} at`, hostPath, (real) => fs.symlinkSync(target, real));
+  }
+
+  /** Created fresh (mode 0600 unless `mode` is given, whatever the umask), never through a symlink, and fsynced. */
+  createFile(hostPath: string, text: string, mode?: number): void {
+    this.changing("write", hostPath, (real) => {
+      const fd = createFresh(real);
+      try {
+        if (mode !== undefined) fs.fchmodSync(fd, mode);
+        fs.writeSync(fd, text);
+        this.flush(fd);
+      } finally {
+        fs.closeSync(fd);
+      }
+    });
   }
 
   /** fsync(2): what createFile wrote survives a power loss once renamed into place. */
@@ -339,7 +370,22 @@ export class RootedHost implements Host {
   }
 
   rename(from: string, to: string): void {
-    fs.renameSync(this.resolve(from), this.resolve(to));
+    this.changing(`rename ${this.resolve(from)} to`, to, (real) => fs.renameSync(this.resolve(from), real));
+  }
+
+  /** Makes a change to `hostPath` (`action` says which); a failure is refused by unchangeable(), naming the path where it is. */
+  private changing<T>(action: string, hostPath: string, change: (real: string) => T): T {
+    const real = this.resolve(hostPath);
+    try {
+      return this.systemCalls(action, hostPath, () => change(real));
+    } catch (error) {
+      throw unchangeable(error, `${action} ${real}`, real);
+    }
+  }
+
+  /** The system calls of a change themselves: a simulated host makes them fail; the public methods judge the errno. */
+  protected systemCalls<T>(_action: string, _hostPath: string, calls: () => T): T {
+    return calls();
   }
 
   exec(command: string, args: string[], options: ExecOptions): ExecResult {
@@ -640,6 +686,29 @@ export function unreadable(error: unknown, what: string, hostPath: string): Fixa
     code === "EACCES" || code === "EPERM"
       ? denied(reason)
       : new FixableError(reason, code !== undefined && ABSENT.includes(code) ? "it does not exist on this host" : "vmhook does not act on what it cannot read; check why (ls -l, dmesg)");
+  return Object.assign(refused, { code, cause: error });
+}
+
+/**
+ * A change to the host that failed (`action`: "mkdir /etc/vmhook", the path
+ * where it is, the root joined, as the user must fix it there): refused with
+ * the errno (kept as `code`) and a fix for that errno, never Node's message.
+ */
+export function unchangeable(error: unknown, action: string, real: string): FixableError & { code?: string } {
+  const code = (error as NodeJS.ErrnoException)?.code;
+  const reason = `cannot ${action} (${code ?? describeError(error)})`;
+  const dir = real.slice(0, real.lastIndexOf("/")) || "/";
+  const fixes: Record<string, string> = {
+    EROFS: `its file system is mounted read-only (findmnt -T ${dir}): remount it read-write, then try again`,
+    ENOSPC: `its file system is full (df -h ${dir}): free space there, then try again`,
+    EDQUOT: `the disk quota there is used up (quota): free space there, then try again`,
+    ENOTDIR: `a directory on the way to it is missing or is a file: check each part of the path (namei -l ${real})`,
+    EISDIR: `a directory is in its place: see what it is (ls -ld ${real}) and move it away`,
+    EEXIST: `something is in its place: see what it is (ls -ld ${real}) and move it away`,
+  };
+  fixes.ENOENT = fixes.ENOTDIR!;
+  fixes.ENOTEMPTY = fixes.EEXIST!;
+  const refused = code === "EACCES" || code === "EPERM" ? denied(reason) : new FixableError(reason, (code && fixes[code]) ?? `check why (ls -ld ${dir}, dmesg)`);
   return Object.assign(refused, { code, cause: error });
 }
 

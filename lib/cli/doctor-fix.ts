@@ -1,7 +1,6 @@
 // `vmhook doctor --fix VM [--apply]`: doctor's advice on the domain XML as a
 // unified diff; --apply defines the changed domain (CLI only, through virsh)
 // after keeping the old XML in /var/lib/vmhook/backups.
-import * as fs from "node:fs";
 import { fixDomainXml } from "../diagnostics/domain-fixes.ts";
 import { VmhookError } from "../errors.ts";
 import type { Host } from "../host.ts";
@@ -35,9 +34,10 @@ export function runDoctorFix(host: Host, domain: DomainSource, options: FixOptio
       throw new VmhookError(`${domain.libvirtName} changed while vmhook read it (the fixes differ between two reads); nothing was defined: run vmhook doctor --fix --apply ${domain.libvirtName} again`);
     }
     // Named where it is (under --root, the root joined): the virsh define printed with it must work as printed.
-    backup = host.resolve(`${paths.backupsDir}/${domain.libvirtName.replace(/[^\w.-]/g, "_")}-${new Date(host.wallClockMs()).toISOString().replace(/[:.]/g, "-")}.xml`);
-    fs.mkdirSync(host.resolve(paths.backupsDir), { recursive: true, mode: 0o700 });
-    fs.writeFileSync(backup, stored, { mode: 0o600, flag: "wx" });
+    const backupFile = `${paths.backupsDir}/${domain.libvirtName.replace(/[^\w.-]/g, "_")}-${new Date(host.wallClockMs()).toISOString().replace(/[:.]/g, "-")}.xml`;
+    host.mkdir(paths.backupsDir, 0o700);
+    host.createFile(backupFile, stored);
+    backup = host.resolve(backupFile);
     new Virsh(options.connect).define(toDefine.after);
   }
   if (options.json) {

@@ -219,7 +219,6 @@ export function install(host: Host, binary: string, { cliLink = true, debianPack
   // Every refusal comes before the first change, a directory made included.
   const record = readRecord(host);
   const keepForeignHook = present(host, HOOK) && !isVmhookBinary(hook);
-  const saved = host.resolve(SAVED_HOOK);
   if (keepForeignHook && present(host, SAVED_HOOK)) throw new VmhookError(`${HOOK} is not vmhook and ${SAVED_HOOK} exists already; move one of them away by hand`);
   if (keepForeignHook && libvirtRuns(hook)) refuseWithoutHooksDir(host);
 
@@ -229,30 +228,28 @@ export function install(host: Host, binary: string, { cliLink = true, debianPack
   try {
     for (const [dir, mode] of [[path.dirname(HOOK), 0o755], [paths.pluginsDir, 0o755], [paths.stateDir, 0o700]] as const) {
       // the first directory it made, holding only what this install puts there
-      const made = makeDirectories(host.resolve(dir), mode);
-      if (made) undos.push(() => fs.rmSync(made, { recursive: true, force: true }));
+      const made = host.mkdir(dir, mode);
+      if (made) undos.push(() => host.remove(made));
     }
-    const temporary = installedAsIs(binary, hook) ? undefined : `${hook}.vmhook-new`;
+    const temporary = installedAsIs(binary, hook) ? undefined : `${HOOK}.vmhook-new`;
     if (temporary) {
       // Copied before the existing hook is touched: the copy is the step most likely to fail.
       // A new file, root's: a killed install's leftover is not written through.
-      undos.push(() => fs.rmSync(temporary, { force: true }));
-      fs.rmSync(temporary, { force: true });
-      fs.copyFileSync(binary, temporary);
-      fs.chmodSync(temporary, 0o755);
+      undos.push(() => host.remove(temporary));
+      host.remove(temporary);
+      host.copyIn(binary, temporary);
+      host.chmod(temporary, 0o755);
     }
     if (keepForeignHook) {
       // One libvirt skips (not executable, a dangling link) gets no launcher: exec would fail every VM start.
       const libvirtRanIt = libvirtRuns(hook);
-      fs.renameSync(hook, saved);
-      undos.push(() => fs.renameSync(saved, hook));
+      host.rename(HOOK, SAVED_HOOK);
+      undos.push(() => host.rename(SAVED_HOOK, HOOK));
       if (libvirtRanIt) {
-        const launcher = host.resolve(SAVED_HOOK_LAUNCHER);
-        makeDirectories(path.dirname(launcher), 0o755);
-        undos.push(() => fs.rmSync(launcher, { force: true }));
+        host.mkdir(path.dirname(SAVED_HOOK_LAUNCHER), 0o755);
+        undos.push(() => host.remove(SAVED_HOOK_LAUNCHER));
         // stdin (the domain XML) and stdout (replacement XML on migrate/restore) pass straight through exec
-        fs.writeFileSync(launcher, `#!/bin/sh\n# the hook that was ${HOOK} before vmhook install; vmhook uninstall puts it back\nexec ${SAVED_HOOK} "$@"\n`, { mode: 0o755 });
-        fs.chmodSync(launcher, 0o755);
+        host.createFile(SAVED_HOOK_LAUNCHER, `#!/bin/sh\n# the hook that was ${HOOK} before vmhook install; vmhook uninstall puts it back\nexec ${SAVED_HOOK} "$@"\n`, 0o755);
       }
       record.savedHook = SAVED_HOOK;
       hooksChanged = true;
@@ -269,17 +266,16 @@ export function install(host: Host, binary: string, { cliLink = true, debianPack
       notePackagedLogrotate(host, notes);
     } else if (installLogrotate(host, notes)) {
       record.logrotate = true;
-      undos.push(() => fs.rmSync(host.resolve(LOGROTATE_CONFIG), { force: true }));
+      undos.push(() => host.remove(LOGROTATE_CONFIG));
     }
     const recordText = `${JSON.stringify(record, null, 2)}\n`;
     if (host.readTrimmed(INSTALL_RECORD) !== recordText.trim()) {
       // Root's alone whatever the umask: it names the hook uninstall puts back.
-      fs.writeFileSync(host.resolve(INSTALL_RECORD), recordText, { mode: 0o644 });
-      fs.chmodSync(host.resolve(INSTALL_RECORD), 0o644);
+      host.createFile(INSTALL_RECORD, recordText, 0o644);
     }
 
     if (temporary) {
-      fs.renameSync(temporary, hook); // atomic: libvirt never runs half a binary
+      host.rename(temporary, HOOK); // atomic: libvirt never runs half a binary
       hooksChanged = true;
       notes.push(`installed ${HOOK}`);
     } else {
@@ -305,27 +301,12 @@ export function install(host: Host, binary: string, { cliLink = true, debianPack
   } else if (present(host, CLI_LINK) && !replaceableLink(link)) {
     notes.push(`left ${CLI_LINK} alone: it is not vmhook's link; run the CLI as ${HOOK} under another name`);
   } else {
-    makeDirectories(path.dirname(link), 0o755);
-    fs.rmSync(link, { force: true });
-    fs.symlinkSync(HOOK, link); // invoked as "vmhook", the same binary is the CLI
+    host.mkdir(path.dirname(CLI_LINK), 0o755);
+    host.remove(CLI_LINK);
+    host.symlink(HOOK, CLI_LINK); // invoked as "vmhook", the same binary is the CLI
     notes.push(`linked ${CLI_LINK} -> ${HOOK}`);
   }
   return { notes, hooksChanged };
-}
-
-/**
- * mkdir -p with `mode` on every directory it makes, whatever the umask: mkdir
- * takes the umask off, and a 077 one (hardened hosts) left /etc/vmhook to root
- * alone, so every user's vmhook validate and plan failed reading its policy.
- * Returns the first directory made, as fs.mkdirSync does.
- */
-function makeDirectories(dir: string, mode: number): string | undefined {
-  const made = fs.mkdirSync(dir, { recursive: true, mode });
-  for (let each = dir; made !== undefined; each = path.dirname(each)) {
-    fs.chmodSync(each, mode);
-    if (each === made) break;
-  }
-  return made;
 }
 
 /**
@@ -367,7 +348,7 @@ function removeHook(host: Host, debianPackage: boolean): InstallResult {
   }
   let hooksChanged = false;
   if (hookIsVmhook) {
-    fs.rmSync(hook);
+    host.remove(HOOK);
     hooksChanged = true;
     notes.push(`removed ${HOOK}`);
   } else if (present(host, HOOK)) {
@@ -379,24 +360,24 @@ function removeHook(host: Host, debianPackage: boolean): InstallResult {
       notes.push(`kept ${saved} (the hook vmhook replaced) and its launcher: ${HOOK} is taken; sort them out by hand`);
       return { notes: [...notes, ...removeCliLink(host)], hooksChanged };
     }
-    fs.renameSync(host.resolve(saved), hook);
-    fs.rmSync(host.resolve(SAVED_HOOK_LAUNCHER), { force: true });
+    host.rename(saved, HOOK);
+    host.remove(SAVED_HOOK_LAUNCHER);
     hooksChanged = true;
     notes.push(`restored the previous hook from ${saved}`);
   } else if (launcherThere) {
     // the kept hook was deleted by hand: its launcher would fail every hook call, and so every VM start
-    fs.rmSync(host.resolve(SAVED_HOOK_LAUNCHER));
+    host.remove(SAVED_HOOK_LAUNCHER);
     hooksChanged = true;
     notes.push(`removed ${SAVED_HOOK_LAUNCHER}: the hook it ran, ${SAVED_HOOK}, is gone`);
   }
   if (record.logrotate && !debianPackage) notes.push(...removeLogrotate(host));
-  fs.rmSync(host.resolve(INSTALL_RECORD), { force: true });
+  host.remove(INSTALL_RECORD);
   return { notes: [...notes, ...removeCliLink(host)], hooksChanged };
 }
 
 function removeCliLink(host: Host): string[] {
   if (host.readlink(CLI_LINK) !== HOOK) return [];
-  fs.rmSync(host.resolve(CLI_LINK));
+  host.remove(CLI_LINK);
   return [`removed ${CLI_LINK}`];
 }
 

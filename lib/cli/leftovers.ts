@@ -3,7 +3,6 @@
 // read from libvirt's own files, /etc/libvirt/qemu/*.xml, since uninstall
 // must work without a running daemon. A domain backed by huge pages that
 // vmhook reserved at each start no longer starts once it is gone.
-import * as fs from "node:fs";
 import * as path from "node:path";
 import type { Host } from "../host.ts";
 import { listJournals } from "../journal.ts";
@@ -122,7 +121,7 @@ export function purge(host: Host): string[] {
       notes.push(`kept ${file}: journals there still hold changes (vmhook status lists them)`);
       continue;
     }
-    fs.rmSync(host.resolve(file), { recursive: true, force: true });
+    host.remove(file);
     notes.push(`removed ${file}`);
   }
   return notes;

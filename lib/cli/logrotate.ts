@@ -7,7 +7,6 @@
 // scripts run install and uninstall with --debian-package, and from then on
 // neither writes nor removes it (lib/cli/install.ts), whatever the order of a
 // hand install and the package.
-import * as fs from "node:fs";
 import type { Host } from "../host.ts";
 import { paths } from "../paths.ts";
 
@@ -48,9 +47,8 @@ export function installLogrotate(host: Host, notes: string[]): boolean {
     if (host.readTrimmed(LOGROTATE_CONFIG) !== LOGROTATE_TEXT.trim()) notes.push(`left ${LOGROTATE_CONFIG} alone: it is not the one vmhook writes (yours, or an older vmhook's)`);
     return false;
   }
-  const file = host.resolve(LOGROTATE_CONFIG);
-  fs.writeFileSync(file, LOGROTATE_TEXT, { mode: 0o644, flag: "wx" });
-  fs.chmodSync(file, 0o644); // logrotate skips a config others may write; readable by all as its neighbours are
+  // logrotate skips a config others may write; readable by all as its neighbours are
+  host.createFile(LOGROTATE_CONFIG, LOGROTATE_TEXT, 0o644);
   notes.push(`installed ${LOGROTATE_CONFIG}: ${paths.log} is rotated monthly (or past 10 MiB), the last 12 retained`);
   return true;
 }
@@ -68,6 +66,6 @@ export function notePackagedLogrotate(host: Host, notes: string[]): void {
 export function removeLogrotate(host: Host): string[] {
   if (!host.stat(LOGROTATE_CONFIG)) return [];
   if (host.readTrimmed(LOGROTATE_CONFIG) !== LOGROTATE_TEXT.trim()) return [`left ${LOGROTATE_CONFIG}: it was changed since vmhook install wrote it; remove it by hand once ${paths.log} is gone`];
-  fs.rmSync(host.resolve(LOGROTATE_CONFIG));
+  host.remove(LOGROTATE_CONFIG);
   return [`removed ${LOGROTATE_CONFIG}`];
 }

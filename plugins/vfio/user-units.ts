@@ -12,7 +12,7 @@
 // that refuses a manual start, or whose session vmhook ended, comes back at
 // the user's next login.
 // User docs: docs/vfio.md, "Desktop sessions".
-import { describeError, VmhookError } from "../../lib/errors.ts";
+import { reasonAndFix, VmhookError } from "../../lib/errors.ts";
 import { defineAction, type BaseContext, type Refusal, type Step, type UndoRecord } from "../../lib/plugin.ts";
 import { cgroupProcesses } from "../../lib/systemd.ts";
 import { processInstance } from "../../lib/processes.ts";
@@ -195,7 +195,7 @@ function enableLinger(record: LingerRecord, ctx: BaseContext): void {
     );
   } catch (error) {
     // /etc read-only (NixOS links it into its store): the VM still starts, as the linger only outlasts it after a crash of the host.
-    ctx.log.warn(`vfio: cannot write ${cleanup} (${describeError(error)}): should the host go down while the VM runs, ${record.user} lingers on after the boot; then run loginctl disable-linger ${record.user}`);
+    ctx.log.warn(`vfio: ${reasonAndFix(error).reason}: should the host go down while the VM runs, ${record.user} lingers on after the boot; then run loginctl disable-linger ${record.user}`);
   }
   ctx.run("loginctl", ["enable-linger", record.user], { timeoutMs: 10_000 });
   if (!ctx.host.exists(lingerFile(record.user))) throw new VmhookError(`vfio: loginctl enable-linger ${record.user} left no ${lingerFile(record.user)}`);

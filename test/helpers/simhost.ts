@@ -30,6 +30,7 @@ export class SimHost extends RootedHost {
   /** Every ioctl, in order. */
   readonly ioctls: { path: string; request: number; argument: number[] }[] = [];
   private readonly failures: { match: string | RegExp; error: string }[] = [];
+  private readonly changeFailures: { match: string | RegExp; error: string }[] = [];
   private readonly readFailures: { call: ReadCall; match: string | RegExp; code: string }[] = [];
   private readonly hangs: { match: string | RegExp; data?: string }[] = [];
   /** Writes whose helper hangs in a driver: they take effect at finishHungWrites(). */
@@ -150,6 +151,12 @@ export class SimHost extends RootedHost {
     return this;
   }
 
+  /** Makes every other change to matching paths (mkdir, remove, rename to, chmod, copyIn, symlink) fail with this errno (e.g. "EROFS": a read-only /etc). */
+  failChange(match: string | RegExp, error: string): this {
+    this.changeFailures.push({ match, error });
+    return this;
+  }
+
   /** Makes listing matching directories fail with this errno (e.g. "EACCES" for a /proc/PID/fd of another user, "EIO"). */
   failList(match: string | RegExp, code: string): this {
     this.readFailures.push({ call: "list", match, code });
@@ -252,6 +259,7 @@ export class SimHost extends RootedHost {
 
   clearFailures(): void {
     this.failures.length = 0;
+    this.changeFailures.length = 0;
     this.readFailures.length = 0;
   }
 
@@ -460,9 +468,9 @@ export class SimHost extends RootedHost {
     });
   }
 
-  override mkdir(hostPath: string): void {
+  override mkdir(hostPath: string, mode?: number): string | undefined {
     this.change(`mkdir ${hostPath}`);
-    super.mkdir(hostPath);
+    return super.mkdir(hostPath, mode);
   }
 
   override remove(hostPath: string): void {
@@ -470,15 +478,17 @@ export class SimHost extends RootedHost {
     super.remove(hostPath);
   }
 
-  override createFile(hostPath: string, text: string): void {
+  override createFile(hostPath: string, text: string, mode?: number): void {
     this.change(`create ${hostPath}`);
-    const failure = this.failures.find((f) => matches(f.match, hostPath));
-    if (failure) {
-      // On a full file system open(2) creates the file and write(2) fails; otherwise (EROFS, EACCES) open(2) fails.
-      if (failure.error === "ENOSPC") super.createFile(hostPath, "");
-      throw Object.assign(new Error(`${failure.error}: simulated failure writing ${hostPath}`), { code: failure.error });
-    }
-    super.createFile(hostPath, text);
+    super.createFile(hostPath, text, mode);
+  }
+
+  /** A failWrite fails createFile (on a full file system open(2) creates the file and write(2) fails; otherwise, EROFS or EACCES, open(2) fails); a failChange fails any other change. */
+  protected override systemCalls<T>(action: string, hostPath: string, calls: () => T): T {
+    const failure = (action === "write" ? this.failures : this.changeFailures).find((f) => matches(f.match, hostPath));
+    if (!failure) return calls();
+    if (failure.error === "ENOSPC") calls();
+    throw Object.assign(new Error(`${failure.error}: simulated failure writing ${hostPath}`), { code: failure.error });
   }
 
   /** A simulated host never outlives a power loss: no fsync, which costs milliseconds on a disk. */

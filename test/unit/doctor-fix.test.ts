@@ -161,9 +161,10 @@ esac
 async function applyWithFakeVirsh(
   stored: string,
   check: (applied: { code: number; stdout: string; stderr: string }, defined: string, sim: SimHost) => void,
-  { secureRead, transient = false }: { secureRead?: string; transient?: boolean } = {},
+  { secureRead, transient = false, prepare }: { secureRead?: string; transient?: boolean; prepare?: (sim: SimHost) => void } = {},
 ): Promise<void> {
   const sim = nvidiaHost();
+  prepare?.(sim);
   const bin = fs.mkdtempSync(path.join(os.tmpdir(), "vmhook-fake-virsh-"));
   const oldPath = process.env.PATH;
   try {
@@ -234,6 +235,19 @@ test("doctor --fix --apply of a transient VM (virsh create): refused with the di
       assert.not.ok(fs.existsSync(sim.resolve("/var/lib/vmhook/backups")), "no backup was written");
     },
     { transient: true },
+  );
+});
+
+test("doctor --fix --apply VM that cannot write its backup (/var/lib/vmhook a file) names the backup's directory where it is, the errno and a fix, and defines nothing", async () => {
+  const stored = degradedWin11();
+  await applyWithFakeVirsh(
+    stored,
+    (applied, defined, sim) => {
+      assert.is(applied.code, 1, applied.stdout);
+      assert.match(applied.stderr, `cannot mkdir ${sim.root}/var/lib/vmhook/backups (ENOTDIR); a directory on the way to it is missing or is a file: check each part of the path (namei -l ${sim.root}/var/lib/vmhook/backups)`);
+      assert.is(defined, stored, "nothing was defined");
+    },
+    { prepare: (sim) => sim.file("/var/lib/vmhook", "") },
   );
 });
 

@@ -8,6 +8,7 @@ import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { install, systemLibvirtDaemons, uninstall } from "../../lib/cli/install.ts";
 import { LOGROTATE_CONFIG, LOGROTATE_TEXT } from "../../lib/cli/logrotate.ts";
+import { FixableError } from "../../lib/errors.ts";
 import { RootedHost } from "../../lib/host.ts";
 import { runDoctor } from "../../lib/diagnostics/doctor.ts";
 import { newJournal, writeJournal } from "../../lib/journal.ts";
@@ -193,6 +194,35 @@ test("an install that cannot copy the binary leaves the previous hook where it w
   assert.throws(() => install(host, path.join(host.root, "no-such-build")), /ENOENT/);
   assert.is(read(HOOK), PREVIOUS);
   for (const absent of [SAVED, LAUNCHER, `${HOOK}.vmhook-new`, "/etc/vmhook", "/run/vmhook"]) assert.not.ok(exists(absent), `${absent} is there`);
+});
+
+test("install and uninstall --purge that cannot change a file (/etc/libvirt a file, a read-only /etc, /var/log) name its real path, the errno and a fix, never Node's bare message; a failed install undoes what it did", () => {
+  const blocked = setUp();
+  fs.writeFileSync(blocked.host.resolve("/etc/libvirt"), "");
+  assert.throws(
+    () => install(blocked.host, blocked.binary),
+    (error: FixableError) => error instanceof FixableError && error.reason === `cannot mkdir ${blocked.host.root}/etc/libvirt/hooks (ENOTDIR)` && error.fix === `a directory on the way to it is missing or is a file: check each part of the path (namei -l ${blocked.host.root}/etc/libvirt/hooks)`,
+  );
+
+  const sim = new SimHost();
+  try {
+    const { host, binary, read, exists, putPreviousHook } = setUp(sim);
+    putPreviousHook();
+    sim.failWrite(LOGROTATE_CONFIG, "EROFS");
+    assert.throws(
+      () => install(host, binary),
+      (error: FixableError) => error instanceof FixableError && error.reason === `cannot write ${host.root}${LOGROTATE_CONFIG} (EROFS)` && error.fix === `its file system is mounted read-only (findmnt -T ${host.root}/etc/logrotate.d): remount it read-write, then try again`,
+    );
+    assert.is(read(HOOK), PREVIOUS, "the previous hook is back in place");
+    for (const absent of [SAVED, LAUNCHER, `${HOOK}.vmhook-new`, LOGROTATE_CONFIG]) assert.not.ok(exists(absent), `${absent} is there`);
+
+    sim.clearFailures();
+    install(host, binary);
+    sim.file("/var/log/vmhook.log", "a line\n").failChange("/var/log/vmhook.log", "EROFS");
+    assert.throws(() => uninstall(host, false, { purgeOwnFiles: true }), (error: FixableError) => error instanceof FixableError && error.reason === `cannot remove ${host.root}/var/log/vmhook.log (EROFS)`);
+  } finally {
+    sim.cleanup();
+  }
 });
 
 test("uninstall with another hook in vmhook's place since keeps that one and the saved hook", () => {

@@ -70,6 +70,31 @@ test("RootedHost.write that fails, at open (ENOENT, EISDIR) or at write(2) itsel
   assert.equal([full.code, full.message], ["ENOSPC", 'cannot write "512" to /dev/full (ENOSPC: no space left on device)']);
 });
 
+test("RootedHost's changes (mkdir, createFile, rename, remove) that fail name the real path the user must fix, the errno (kept as code) and a fix for it, never Node's bare message", () => {
+  const root = fs.mkdtempSync(path.join(os.tmpdir(), "vmhook-changes-"));
+  const sim = new SimHost();
+  try {
+    // /etc a file: nothing can be made below it.
+    fs.writeFileSync(path.join(root, "etc"), "");
+    fs.writeFileSync(path.join(root, "new"), "");
+    const host = new RootedHost(root);
+    const onTheWay = `a directory on the way to it is missing or is a file: check each part of the path (namei -l ${root}/etc/vmhook)`;
+    const refused = (change: () => void, reason: string, fix: string, code: string) =>
+      assert.throws(change, (error: FixableError & { code?: string }) => error instanceof FixableError && error.reason === reason && error.fix === fix && error.code === code);
+    refused(() => host.mkdir("/etc/vmhook"), `cannot mkdir ${root}/etc/vmhook (ENOTDIR)`, onTheWay, "ENOTDIR");
+    refused(() => host.createFile("/etc/vmhook", "{}"), `cannot write ${root}/etc/vmhook (ENOTDIR)`, onTheWay, "ENOTDIR");
+    refused(() => host.rename("/new", "/etc/vmhook"), `cannot rename ${root}/new to ${root}/etc/vmhook (ENOTDIR)`, onTheWay, "ENOTDIR");
+    // What the simulated host makes fail (a read-only /etc, a full /var) is refused the same way.
+    sim.dir("/etc/vmhook").failChange("/etc/vmhook", "EROFS").failWrite("/var/lib/vmhook/x", "ENOSPC");
+    refused(() => sim.remove("/etc/vmhook"), `cannot remove ${sim.root}/etc/vmhook (EROFS)`, `its file system is mounted read-only (findmnt -T ${sim.root}/etc): remount it read-write, then try again`, "EROFS");
+    sim.mkdir("/var/lib/vmhook");
+    refused(() => sim.createFile("/var/lib/vmhook/x", "1"), `cannot write ${sim.root}/var/lib/vmhook/x (ENOSPC)`, `its file system is full (df -h ${sim.root}/var/lib/vmhook): free space there, then try again`, "ENOSPC");
+  } finally {
+    fs.rmSync(root, { recursive: true, force: true });
+    sim.cleanup();
+  }
+});
+
 test("SimHost.failRead: readTrimmed judges the injected errno as a real one, read throws it as it is, clearFailures ends it; ESRCH (a process gone while read) is nothing there", () => {
   const sim = new SimHost().file("/sys/bus/pci/devices/0000:01:00.0/reset_method", "flr bus").file("/proc/77/comm", "qemu");
   try {
