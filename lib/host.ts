@@ -91,7 +91,7 @@ export interface Host {
   /** Copies a file from outside the host's tree (the vmhook binary being installed) to `hostPath`, which it replaces. */
   copyIn(source: string, hostPath: string): void;
   symlink(target: string, hostPath: string): void;
-  /** Creates the file anew with `text` (mode 0600, never through a symlink; what is there is replaced) and fsyncs it: the first half of a state file's atomic write. */
+  /** Creates the file anew with `text` (mode 0600, or `mode` whatever the umask; never through a symlink; what is there is replaced) and fsyncs it: the first half of a state file's atomic write. */
   createFile(hostPath: string, text: string, mode?: number): void;
   /** rename(2): `to` is replaced at once, never half written. */
   rename(from: string, to: string): void;
@@ -350,7 +350,6 @@ export class RootedHost implements Host {
     this.changing(`link ${target} at`, hostPath, (real) => fs.symlinkSync(target, real));
   }
 
-  /** Created fresh (mode 0600 unless `mode` is given, whatever the umask), never through a symlink, and fsynced. */
   createFile(hostPath: string, text: string, mode?: number): void {
     this.changing("write", hostPath, (real) => {
       const fd = createFresh(real);

@@ -144,7 +144,6 @@ export class SimHost extends RootedHost {
     return this;
   }
 
-  /** Makes writes to matching paths fail with this error (e.g. "EBUSY"). */
   /** Makes writes to matching paths fail with this errno: write(2) of a sysfs file, or a state file's createFile (e.g. "ENOSPC": /run is full). */
   failWrite(match: string | RegExp, error: string): this {
     this.failures.push({ match, error });
@@ -483,7 +482,7 @@ export class SimHost extends RootedHost {
     super.createFile(hostPath, text, mode);
   }
 
-  /** A failWrite fails createFile (on a full file system open(2) creates the file and write(2) fails; otherwise, EROFS or EACCES, open(2) fails); a failChange fails any other change. */
+  /** A failWrite fails createFile (ENOSPC: a full file system leaves the file it created behind; EROFS, EACCES: nothing is created); a failChange fails any other change. */
   protected override systemCalls<T>(action: string, hostPath: string, calls: () => T): T {
     const failure = (action === "write" ? this.failures : this.changeFailures).find((f) => matches(f.match, hostPath));
     if (!failure) return calls();
