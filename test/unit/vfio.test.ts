@@ -1299,6 +1299,24 @@ test("an mdev whose parent's driver let go while the VM ran (the kernel removed 
   assert.is(kernel.sim.readTrimmed(`/sys/bus/pci/devices/${IGPU}/mdev_supported_types/i915-GVTg_V5_4/available_instances`), "1");
 });
 
+test("a domain given both the whole GVT-g GPU and an mdev of it is refused before anything changes, in either order: moving the GPU to vfio-pci would remove the mdev it just made", async () => {
+  const mdev = `<vmhook:mdev parent="${IGPU}" type="i915-GVTg_V5_4"/>`;
+  for (const hooks of [`${mdev}<vmhook:vfio/>`, `<vmhook:vfio/>${mdev}`]) {
+    const kernel = gvtBesideNvidia();
+    const before = kernel.sim.snapshot();
+    const xml = domainXml(hooks, [{ address: IGPU }]).replace("</devices>", `${mdevHostdevXml(MDEV)}</devices>`);
+    const result = await runHookEvent(kernel.sim, "prepare", "begin", xml);
+    const refusal = `<vmhook:mdev parent="${IGPU}" type="i915-GVTg_V5_4">: parent ${IGPU} is also passed whole to this domain (its <hostdev> of ${IGPU}): moving it to vfio-pci removes every mdev on it; give the VM either the whole device (take out this element and its mdev <hostdev>) or an mdev of it (take out that <hostdev>)`;
+    assert.is(result.code, 1, hooks);
+    assert.match(firstLine(result.stderr), refusal);
+    const { findings } = (await runDoctor(kernel.sim, { file: "vm.xml", xml })).domain!;
+    const doctored = findings.find((finding) => finding.check === "mdev i915-GVTg_V5_4")!;
+    assert.equal([doctored.status, doctored.reason], ["fail", refusal], "doctor says what prepare refuses");
+    assert.equal(kernel.sim.snapshot(), before, hooks);
+    assert.is(kernel.driverOf(IGPU), "i915");
+  }
+});
+
 test("an SR-IOV VF gone while the VM ran (its PF's sriov_numvfs set to 0): release says to create it again through sriov_numvfs, which a rescan never does, and keeps the journal", async () => {
   const kernel = sriovIgpu(["card1", "renderD129"]);
   const xml = domainXml("<vmhook:vfio/>", [{ address: "0000:00:02.1" }]);
