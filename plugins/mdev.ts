@@ -87,8 +87,8 @@ function throughDriver(ctx: BaseContext, uuid: string, driver: string, file: str
   return writeThroughDriver(ctx, { device: uuid, driver, file, value, timeoutMs: MDEV_WRITE_TIMEOUT_MS });
 }
 
-/** What planning reads: the host, this domain, every domain's journal (prepare's context, or doctor's view of the host). */
-type PlanView = Pick<BaseContext, "host" | "domain" | "journals">;
+/** What planning reads: the host, this domain (and its XML), every domain's journal (prepare's context, or doctor's view of the host). */
+type PlanView = Pick<PlanContext<unknown>, "host" | "domain" | "domainXml" | "journals">;
 
 // ---- mdev: config --------------------------------------------------------------
 
@@ -260,12 +260,26 @@ function refuseMdevctlConflict(host: Host, device: MdevDevice, parent: string): 
   );
 }
 
-/** Everything checked before anything changes: parent, type, an existing mdev with this UUID. */
+/**
+ * A parent the same domain also gets whole (a PCI <hostdev> of it): its move
+ * to vfio-pci, by vmhook's vfio or by libvirt, unbinds the driver that
+ * parents the mdevs, and the kernel removes every one of them with it.
+ */
+function refuseParentPassedWhole(domain: Domain, device: MdevDevice, parent: string): void {
+  if (!domain.hostdevs.some((hostdev) => hostdev.type === "pci" && hostdev.address === parent)) return;
+  throw new ConfigError(
+    device.element,
+    `parent ${parent} is also passed whole to this domain (its <hostdev> of ${parent}): moving it to vfio-pci removes every mdev on it; give the VM either the whole device (take out this element and its mdev <hostdev>) or an mdev of it (take out that <hostdev>)`,
+  );
+}
+
+/** Everything checked before anything changes: parent, type, an existing mdev with this UUID, the parent not also passed whole. */
 function planMdev(ctx: PlanView, device: MdevDevice): MdevPlan {
   const { host } = ctx;
   // An earlier create or remove of this UUID still blocked in its driver: reading the parent's files could block too.
   refuseIfStuck(host, [device.uuid]);
   const parent = device.parent ?? findParent(host, device);
+  refuseParentPassedWhole(ctx.domainXml, device, parent);
   // A PCI parent another VM's vfio holds is no mdev parent until that VM gives it back: say so, not that it has none.
   if (PATTERNS.pciAddress.test(parent)) refuseDevicesOfOtherVms(ctx, [parent]);
   if (!host.exists(`${MDEV_BUS}/${parent}`)) {
@@ -437,7 +451,7 @@ function planPrepare(ctx: PlanContext<MdevDevice[]>): Step<CreateRecord>[] {
  * so it fails exactly where prepare would refuse, with prepare's reason.
  */
 function check({ host, domain, elements }: CheckContext): Finding[] {
-  const view: PlanView = { host, domain, journals: () => completeJournals(host) };
+  const view: PlanView = { host, domain, domainXml: domain, journals: () => completeJournals(host) };
   const planned = elements.map((element): { plan: MdevPlan } | { error: unknown } => {
     try {
       return { plan: planMdev(view, parseMdevElement(element, domain)) };

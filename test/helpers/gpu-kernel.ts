@@ -4,6 +4,7 @@
 // loadable modules with holders (modprobe, rmmod), vtconsoles, firmware
 // framebuffers, /proc fds, and systemd units (systemctl) whose processes hold
 // the GPU. Behaves as the real sysfs files do for what the vfio plugin uses.
+import { registerMdevParent, simulateMdevKernel, unregisterMdevParent, type SimType } from "./mdev-kernel.ts";
 import { SimHost } from "./simhost.ts";
 
 export interface SimPciDevice {
@@ -30,6 +31,8 @@ export interface SimPciDevice {
   driverAllowsRuntimePm?: boolean;
   /** false: vendor-reset's device table does not list it, so even while vendor_reset is loaded the kernel offers it no device_specific reset. */
   vendorResetListed?: boolean;
+  /** The mdev types its native driver offers while bound (i915 with GVT-g): that driver makes it an mdev parent in its probe and takes that back, with every mdev on it, in its remove(). */
+  mdevTypes?: SimType[];
 }
 
 export interface SimModule {
@@ -296,6 +299,7 @@ export class GpuKernel {
       const index = [...this.devices.values()].filter((other) => other.physfn === spec.physfn).indexOf(spec);
       this.sim.link(`${dir}/physfn`, `../${spec.physfn}`).link(`${DEV}/${spec.physfn}/virtfn${index}`, `../${spec.address}`);
     }
+    if (spec.mdevTypes && !this.sim.exists("/sys/bus/mdev/devices")) simulateMdevKernel(this.sim);
     if (spec.nativeDriver && (spec.bound ?? true) && this.sim.exists(`${DRIVERS}/${spec.nativeDriver}`)) this.bind(spec.address, spec.nativeDriver);
     return this;
   }
@@ -493,6 +497,7 @@ export class GpuKernel {
     // vfio-pci or a variant built on vfio_pci_core: the device is vfio's (its group node, and with the vfio cdev its vfio-dev/vfioN).
     if (this.vfioDriver(driver)) this.sim.file(`/dev/vfio/${device.group}`).dir(`${DEV}/${address}/vfio-dev/vfio${device.group}`);
     else {
+      if (device.mdevTypes) registerMdevParent(this.sim, address, `${DEV}/${address}`, device.mdevTypes);
       for (const node of device.nodes ?? []) {
         if (node.startsWith("fb")) {
           this.sim.file(`${DEV}/${address}/graphics/${node}/dev`).file(`/dev/${node}`).link(`/sys/class/graphics/${node}`, `../../bus/pci/devices/${address}/graphics/${node}`);
@@ -506,6 +511,7 @@ export class GpuKernel {
     const driver = this.driverOf(address);
     if (!driver) return;
     const device = this.devices.get(address)!;
+    if (this.sim.exists(`/sys/class/mdev_bus/${address}`)) unregisterMdevParent(this.sim, address);
     this.sim.remove(`${DEV}/${address}/driver`);
     this.sim.remove(`${DRIVERS}/${driver}/${address}`);
     this.sim.remove(`${DEV}/${address}/drm`);

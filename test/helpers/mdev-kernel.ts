@@ -22,13 +22,31 @@ export const GVT_TYPES: SimType[] = [
 
 /** An mdev parent as the kernel shows it: a device directory on its driver (i915 for GVT-g), its mdev_bus link and its types. */
 export function addParent(sim: SimHost, name: string, deviceDir: string, types: SimType[], driver = "i915"): void {
-  sim.link(`/sys/class/mdev_bus/${name}`, path.posix.relative("/sys/class/mdev_bus", deviceDir));
   sim.link(`${deviceDir}/driver`, path.posix.relative(deviceDir, `/sys/bus/pci/drivers/${driver}`));
+  registerMdevParent(sim, name, deviceDir, types);
+}
+
+/** mdev_register_parent(), which the parent's driver calls in its probe (i915's GVT-g, nvidia's vGPU manager): the mdev_bus link and the types. */
+export function registerMdevParent(sim: SimHost, name: string, deviceDir: string, types: SimType[]): void {
+  sim.link(`/sys/class/mdev_bus/${name}`, path.posix.relative("/sys/class/mdev_bus", deviceDir));
   for (const type of types) {
     const dir = `${deviceDir}/mdev_supported_types/${type.id}`;
     sim.file(`${dir}/name`, type.id.split("-").pop()!).file(`${dir}/available_instances`, type.available).file(`${dir}/device_api`, "vfio-pci").file(`${dir}/create`).dir(`${dir}/devices`);
     if (type.description) sim.file(`${dir}/description`, type.description);
   }
+}
+
+/** mdev_unregister_parent(), which the parent's driver calls in its remove(): every mdev on the parent goes, then its types and its mdev_bus link. */
+export function unregisterMdevParent(sim: SimHost, name: string): void {
+  const deviceDir = path.posix.resolve("/sys/class/mdev_bus", sim.readlink(`/sys/class/mdev_bus/${name}`)!);
+  for (const uuid of sim.list("/sys/bus/mdev/devices")) {
+    if (path.posix.resolve("/sys/bus/mdev/devices", sim.readlink(`/sys/bus/mdev/devices/${uuid}`)!) === `${deviceDir}/${uuid}`) {
+      sim.remove(`/sys/bus/mdev/devices/${uuid}`);
+      sim.remove(`${deviceDir}/${uuid}`);
+    }
+  }
+  sim.remove(`${deviceDir}/mdev_supported_types`);
+  sim.remove(`/sys/class/mdev_bus/${name}`);
 }
 
 export function errno(code: string, what: string): Error {
@@ -40,7 +58,10 @@ export function simulateMdevKernel(sim: SimHost): void {
   sim.dir("/sys/bus/mdev/devices");
   sim.onWrite(/^\/sys\/class\/mdev_bus\/[^/]+\/mdev_supported_types\/[^/]+\/create$/, (uuid, file) => {
     const [, , , , parent, , type] = file.split("/");
-    const deviceDir = path.posix.resolve("/sys/class/mdev_bus", sim.readlink(`/sys/class/mdev_bus/${parent}`)!);
+    // The parent's driver let go of it (mdev_unregister_parent): the path leads nowhere.
+    const parentLink = sim.readlink(`/sys/class/mdev_bus/${parent}`);
+    if (!parentLink) throw errno("ENOENT", file);
+    const deviceDir = path.posix.resolve("/sys/class/mdev_bus", parentLink);
     const typeDir = `${deviceDir}/mdev_supported_types/${type}`;
     if (!/^[0-9a-f-]{36}$/.test(uuid)) throw errno("EINVAL", "not a UUID");
     if (sim.exists(`/sys/bus/mdev/devices/${uuid}`)) throw errno("EEXIST", uuid);

@@ -19,7 +19,7 @@ import { cli } from "../helpers/cli.ts";
 import { runHookEvent } from "../helpers/hook.ts";
 import { assertPlanIsPrepare, plannedSteps } from "../helpers/plan.ts";
 import { addDisk, mountsAndSwaps } from "../helpers/storage.ts";
-import { GVT_TYPES, mdevHostdevXml, simulateMdevKernel } from "../helpers/mdev-kernel.ts";
+import { GVT_TYPES, mdevHostdevXml } from "../helpers/mdev-kernel.ts";
 
 const UUID = "0b5c64e3-55a1-4b84-9d2b-4e0a3e7d2f10";
 const GPU = "0000:01:00.0";
@@ -1232,16 +1232,9 @@ test("an SR-IOV PF with VFs is refused before anything changes (single-GPU would
 
 /** The desktop's NVIDIA card keeps the host's display; an Intel iGPU beside it is a GVT-g mdev parent (as i915.enable_gvt=1 makes it). */
 function gvtBesideNvidia(): GpuKernel {
-  const kernel = nvidiaDesktop()
+  return nvidiaDesktop()
     .module({ name: "i915", driver: "i915", loaded: true })
-    .device({ address: IGPU, classCode: "0x030000", vendor: "0x8086", nativeDriver: "i915", group: 2, nodes: ["card1"] });
-  simulateMdevKernel(kernel.sim);
-  kernel.sim.link(`/sys/class/mdev_bus/${IGPU}`, `../../bus/pci/devices/${IGPU}`);
-  for (const type of GVT_TYPES) {
-    const dir = `/sys/bus/pci/devices/${IGPU}/mdev_supported_types/${type.id}`;
-    kernel.sim.file(`${dir}/name`, type.id).file(`${dir}/available_instances`, type.available).file(`${dir}/device_api`, "vfio-pci").file(`${dir}/create`).dir(`${dir}/devices`);
-  }
-  return kernel;
+    .device({ address: IGPU, classCode: "0x030000", vendor: "0x8086", nativeDriver: "i915", group: 2, nodes: ["card1"], mdevTypes: GVT_TYPES });
 }
 
 const IGPU = "0000:00:02.0";
@@ -1272,8 +1265,6 @@ test("an mdev on a GPU another VM holds on vfio-pci is refused at prepare, namin
   const xml = domainXml("<vmhook:vfio/>", [{ address: IGPU }]);
   const prepared = await runHookEvent(kernel.sim, "prepare", "begin", xml);
   assert.is(prepared.code, 0, prepared.stderr);
-  // As i915's remove() does: the GPU is no mdev parent while it is off i915.
-  kernel.sim.remove(`/sys/class/mdev_bus/${IGPU}`);
   const before = kernel.sim.snapshot();
   const vmA = `<domain type='kvm'><name>vmA</name><uuid>aaaaaaaa-1111-4111-8111-111111111111</uuid><memory unit='GiB'>2</memory>
   <metadata><vmhook:hooks xmlns:vmhook="urn:vmhook:1"><vmhook:mdev parent="${IGPU}" type="i915-GVTg_V5_4"/></vmhook:hooks></metadata>
@@ -1283,6 +1274,47 @@ test("an mdev on a GPU another VM holds on vfio-pci is refused at prepare, namin
   assert.match(firstLine(result.stderr), `${IGPU} is held by VM win11 (vmhook moved it to vfio-pci for it)`);
   assert.equal(kernel.sim.snapshot(), before);
   assert.equal(kernel.sim.stateFiles(), [`${UUID}.json`, "claims.json"]);
+  // win11's release gives the GPU back to i915, which makes it an mdev parent again.
+  assert.is((await runHookEvent(kernel.sim, "release", "end", xml)).code, 0);
+  const again = await runHookEvent(kernel.sim, "prepare", "begin", vmA, "vmA");
+  assert.is(again.code, 0, again.stderr);
+  assert.ok(kernel.sim.exists(`/sys/bus/pci/devices/${IGPU}/${MDEV}/mdev_type`));
+});
+
+test("an mdev whose parent's driver let go while the VM ran (the kernel removed it with the parent): release exits 0 with a clean journal, and once i915 is back the next start creates it again", async () => {
+  const kernel = gvtBesideNvidia();
+  const vmA = `<domain type='kvm'><name>vmA</name><uuid>aaaaaaaa-1111-4111-8111-111111111111</uuid><memory unit='GiB'>2</memory>
+  <metadata><vmhook:hooks xmlns:vmhook="urn:vmhook:1"><vmhook:mdev parent="${IGPU}" type="i915-GVTg_V5_4"/></vmhook:hooks></metadata>
+  <devices>${mdevHostdevXml(MDEV)}</devices></domain>`;
+  assert.is((await runHookEvent(kernel.sim, "prepare", "begin", vmA, "vmA")).code, 0);
+  kernel.sim.write("/sys/bus/pci/drivers/i915/unbind", IGPU);
+  assert.not.ok(kernel.sim.exists(`/sys/bus/mdev/devices/${MDEV}`));
+  const release = await runHookEvent(kernel.sim, "release", "end", vmA, "vmA");
+  assert.is(release.code, 0, release.stderr);
+  assert.is(release.stderr, "");
+  assert.equal(kernel.sim.stateFiles(), []);
+  kernel.sim.write("/sys/bus/pci/drivers_probe", IGPU);
+  const again = await runHookEvent(kernel.sim, "prepare", "begin", vmA, "vmA");
+  assert.is(again.code, 0, again.stderr);
+  assert.is(kernel.sim.readTrimmed(`/sys/bus/pci/devices/${IGPU}/mdev_supported_types/i915-GVTg_V5_4/available_instances`), "1");
+});
+
+test("a domain given both the whole GVT-g GPU and an mdev of it is refused before anything changes, in either order: moving the GPU to vfio-pci would remove the mdev it just made", async () => {
+  const mdev = `<vmhook:mdev parent="${IGPU}" type="i915-GVTg_V5_4"/>`;
+  for (const hooks of [`${mdev}<vmhook:vfio/>`, `<vmhook:vfio/>${mdev}`]) {
+    const kernel = gvtBesideNvidia();
+    const before = kernel.sim.snapshot();
+    const xml = domainXml(hooks, [{ address: IGPU }]).replace("</devices>", `${mdevHostdevXml(MDEV)}</devices>`);
+    const result = await runHookEvent(kernel.sim, "prepare", "begin", xml);
+    const refusal = `<vmhook:mdev parent="${IGPU}" type="i915-GVTg_V5_4">: parent ${IGPU} is also passed whole to this domain (its <hostdev> of ${IGPU}): moving it to vfio-pci removes every mdev on it; give the VM either the whole device (take out this element and its mdev <hostdev>) or an mdev of it (take out that <hostdev>)`;
+    assert.is(result.code, 1, hooks);
+    assert.match(firstLine(result.stderr), refusal);
+    const { findings } = (await runDoctor(kernel.sim, { file: "vm.xml", xml })).domain!;
+    const doctored = findings.find((finding) => finding.check === "mdev i915-GVTg_V5_4")!;
+    assert.equal([doctored.status, doctored.reason], ["fail", refusal], "doctor says what prepare refuses");
+    assert.equal(kernel.sim.snapshot(), before, hooks);
+    assert.is(kernel.driverOf(IGPU), "i915");
+  }
 });
 
 test("an SR-IOV VF gone while the VM ran (its PF's sriov_numvfs set to 0): release says to create it again through sriov_numvfs, which a rescan never does, and keeps the journal", async () => {
