@@ -68,11 +68,16 @@ export function qemuProcessesOf(host: Host, uuid: string): number[] {
     .filter((pid) => qemuUuid(host, pid) === uuid);
 }
 
-/** The real uid of the process (/proc/PID/status), undefined when it cannot be read. */
+/** The process's real and effective uid (/proc/PID/status "Uid:" real, effective, saved, filesystem); undefined once it is gone. Throws when it cannot be read. */
+export function processUids(host: Host, pid: number | string): { real: number; effective: number } | undefined {
+  const uids = /^Uid:\s+(\d+)\s+(\d+)/m.exec(host.readTrimmed(`/proc/${pid}/status`) ?? "");
+  return uids ? { real: Number(uids[1]), effective: Number(uids[2]) } : undefined;
+}
+
+/** The real uid of the process, undefined when it cannot be read. */
 function processOwner(host: Host, pid: number): number | undefined {
   try {
-    const uids = /^Uid:\s+(\d+)\s/m.exec(host.readTrimmed(`/proc/${pid}/status`) ?? "");
-    return uids ? Number(uids[1]) : undefined;
+    return processUids(host, pid)?.real;
   } catch {
     return undefined;
   }

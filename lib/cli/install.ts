@@ -17,7 +17,7 @@ import { recoverCommandLine } from "../metadata-text.ts";
 import { serviceCommand } from "../host-advice.ts";
 import { paths } from "../paths.ts";
 import { processIds } from "../open-files.ts";
-import { LIBVIRT_DAEMONS } from "../processes.ts";
+import { LIBVIRT_DAEMONS, processUids } from "../processes.ts";
 import type { GlobalOptions } from "./options.ts";
 import { requireRoot } from "./as-root.ts";
 import { describeLeftovers, findLeftovers, purge } from "./leftovers.ts";
@@ -156,9 +156,9 @@ export function systemLibvirtDaemons(host: Host): { pid: number; command: string
     .flatMap((pid) => {
       const command = host.readTrimmed(`/proc/${pid}/comm`);
       if (!command || !LIBVIRT_DAEMONS.includes(command)) return [];
-      // Uid: real, effective, saved, filesystem; gone in the meantime: not running.
-      const uids = /^Uid:\s+(\d+)\s+(\d+)/m.exec(host.readTrimmed(`/proc/${pid}/status`) ?? "");
-      return uids && uids[1] === "0" && uids[2] === "0" ? [{ pid: Number(pid), command }] : [];
+      // Gone in the meantime: not running.
+      const uids = processUids(host, pid);
+      return uids && uids.real === 0 && uids.effective === 0 ? [{ pid: Number(pid), command }] : [];
     });
 }
 
