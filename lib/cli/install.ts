@@ -149,8 +149,12 @@ function ownBinary(): string {
  * The system's libvirt daemons: those running as root. A user's session
  * daemon (qemu:///session: virt-manager's, GNOME Boxes') has the same name
  * but runs the hooks as that user; signalling it reloads nothing of root's.
+ * seesTheseHooks: the daemon shares this process's mount namespace, so its
+ * /etc/libvirt/hooks is the directory install changed; one in another (a
+ * container's, a test's private libvirtd) has hooks of its own.
  */
-export function systemLibvirtDaemons(host: Host): { pid: number; command: string }[] {
+export function systemLibvirtDaemons(host: Host): { pid: number; command: string; seesTheseHooks: boolean }[] {
+  const ownMounts = host.readlink("/proc/self/ns/mnt");
   return processIds(host)
     .sort((a, b) => Number(a) - Number(b))
     .flatMap((pid) => {
@@ -158,23 +162,34 @@ export function systemLibvirtDaemons(host: Host): { pid: number; command: string
       if (!command || !LIBVIRT_DAEMONS.includes(command)) return [];
       // Gone in the meantime: not running.
       const uids = processUids(host, pid);
-      return uids && uids.real === 0 && uids.effective === 0 ? [{ pid: Number(pid), command }] : [];
+      if (!uids || uids.real !== 0 || uids.effective !== 0) return [];
+      const mounts = host.readlink(`/proc/${pid}/ns/mnt`);
+      return mounts === undefined ? [] : [{ pid: Number(pid), command, seesTheseHooks: ownMounts !== undefined && mounts === ownMounts }];
     });
 }
 
-/** Makes running libvirt daemons re-read the hooks directory: SIGHUP resets libvirt's cache of hook scripts. */
-function reloadLibvirt(host: Host): string[] {
-  if (host.root !== "/") return [];
+/**
+ * Makes the running libvirt daemons that see these hooks re-read them:
+ * SIGHUP resets libvirt's cache of hook scripts. Those of other mount
+ * namespaces are left alone: a reload there would restart another
+ * libvirt's work (its firewall rules) for nothing of vmhook's.
+ */
+export function reloadLibvirt(host: Host, hangUp: (pid: number) => void = (pid) => process.kill(pid, "SIGHUP")): { reloaded: string[]; left: string[] } {
   const reloaded: string[] = [];
-  for (const { pid, command } of systemLibvirtDaemons(host)) {
+  const left: string[] = [];
+  for (const { pid, command, seesTheseHooks } of systemLibvirtDaemons(host)) {
+    if (!seesTheseHooks) {
+      left.push(`${command} (pid ${pid})`);
+      continue;
+    }
     try {
-      process.kill(pid, "SIGHUP");
+      hangUp(pid);
       reloaded.push(`${command} (pid ${pid})`);
     } catch {
       // gone in the meantime
     }
   }
-  return reloaded;
+  return { reloaded, left };
 }
 
 /**
@@ -396,13 +411,15 @@ const DEBIAN_PACKAGE_OPTION = { type: "boolean", default: false } as const;
 
 /** Prints the notes; tells running daemons only when what libvirt runs changed. */
 function report(host: Host, args: GlobalOptions, { notes, hooksChanged }: InstallResult) {
-  const reloaded = hooksChanged ? reloadLibvirt(host) : [];
+  // A --root run changed another tree: no running daemon reads it.
+  const { reloaded, left } = hooksChanged && host.root === "/" ? reloadLibvirt(host) : { reloaded: [], left: [] };
   const reload = !hooksChanged
     ? "the hooks are unchanged: libvirt was not signalled"
     : reloaded.length > 0
       ? `reloaded ${reloaded.join(", ")}`
       : `no libvirt daemon running here; it finds the hook when it starts (${serviceCommand(host, "libvirtd", "start")}, or virtqemud on hosts with modular daemons)`;
-  const all = [...notes, reload];
+  const otherNamespaces = left.length > 0 ? [`left ${left.join(", ")} alone: it runs in another mount namespace (a container's, a private test daemon's), whose /etc/libvirt/hooks is not the one install changed`] : [];
+  const all = [...notes, reload, ...otherNamespaces];
   if (args.json) printJson({ notes: all });
   else all.forEach((note) => print(note));
 }

@@ -6,7 +6,7 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { test } from "uvu";
 import * as assert from "uvu/assert";
-import { install, systemLibvirtDaemons, uninstall } from "../../lib/cli/install.ts";
+import { install, reloadLibvirt, systemLibvirtDaemons, uninstall } from "../../lib/cli/install.ts";
 import { LOGROTATE_CONFIG, LOGROTATE_TEXT } from "../../lib/cli/logrotate.ts";
 import { FixableError } from "../../lib/errors.ts";
 import { RootedHost } from "../../lib/host.ts";
@@ -160,18 +160,31 @@ test("install makes its directories and the launcher in the modes it documents u
   for (const made of ["/etc/libvirt/hooks/qemu.d", LAUNCHER]) assert.is(mode(kept.host, made), `${made} 755`);
 });
 
-test("install signals only the system's libvirt daemons, run by root: a user's session daemon of the same name (virt-manager's, GNOME Boxes') is neither signalled nor reported as reloaded", () => {
+test("install signals only the system's libvirt daemons that see the hooks it wrote: a user's session daemon (virt-manager's, GNOME Boxes') is passed over, a root daemon of another mount namespace (a container's, a test's private one) is left alone and named", () => {
   const sim = new SimHost();
-  const daemon = (pid: number, comm: string, uid: number) => sim.file(`/proc/${pid}/comm`, `${comm}\n`).file(`/proc/${pid}/status`, `Name:\t${comm}\nUid:\t${uid}\t${uid}\t${uid}\t${uid}\n`);
+  const OWN_MOUNTS = "mnt:[4026531841]";
+  sim.link("/proc/self/ns/mnt", OWN_MOUNTS);
+  const daemon = (pid: number, comm: string, uid: number, mounts = OWN_MOUNTS) =>
+    sim.file(`/proc/${pid}/comm`, `${comm}\n`).file(`/proc/${pid}/status`, `Name:\t${comm}\nUid:\t${uid}\t${uid}\t${uid}\t${uid}\n`).link(`/proc/${pid}/ns/mnt`, mounts);
   daemon(812, "libvirtd", 0);
   daemon(4051, "libvirtd", 1000);
   daemon(4052, "virtqemud", 1000);
   daemon(990, "virtqemud", 0);
   daemon(5000, "bash", 0);
+  daemon(7000, "libvirtd", 0, "mnt:[4026532999]");
+  // gone between the listing and the look at its namespace
+  sim.file("/proc/7100/comm", "virtqemud\n").file("/proc/7100/status", "Name:\tvirtqemud\nUid:\t0\t0\t0\t0\n");
   assert.equal(systemLibvirtDaemons(sim), [
-    { pid: 812, command: "libvirtd" },
-    { pid: 990, command: "virtqemud" },
+    { pid: 812, command: "libvirtd", seesTheseHooks: true },
+    { pid: 990, command: "virtqemud", seesTheseHooks: true },
+    { pid: 7000, command: "libvirtd", seesTheseHooks: false },
   ]);
+  const signalled: number[] = [];
+  assert.equal(reloadLibvirt(sim, (pid) => signalled.push(pid)), {
+    reloaded: ["libvirtd (pid 812)", "virtqemud (pid 990)"],
+    left: ["libvirtd (pid 7000)"],
+  });
+  assert.equal(signalled, [812, 990]);
   sim.cleanup();
 });
 
