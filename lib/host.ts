@@ -343,7 +343,7 @@ export class RootedHost implements Host {
   }
 
   copyIn(source: string, hostPath: string): void {
-    this.changing(`copy ${source} to`, hostPath, (real) => fs.copyFileSync(source, real));
+    this.changing(`copy ${source} to`, hostPath, (real) => fs.copyFileSync(source, real), source);
   }
 
   symlink(target: string, hostPath: string): void {
@@ -369,15 +369,25 @@ export class RootedHost implements Host {
   }
 
   rename(from: string, to: string): void {
-    this.changing(`rename ${this.resolve(from)} to`, to, (real) => fs.renameSync(this.resolve(from), real));
+    const source = this.resolve(from);
+    this.changing(`rename ${source} to`, to, (real) => fs.renameSync(source, real), source);
   }
 
-  /** Makes a change to `hostPath` (`action` says which); a failure is refused by unchangeable(), naming the path where it is. */
-  private changing<T>(action: string, hostPath: string, change: (real: string) => T): T {
+  /**
+   * Makes a change to `hostPath` (`action` says which); a failure is refused
+   * by unchangeable(), naming the path where it is. `source` (a real path):
+   * what a copy or rename takes from; ENOENT or ENOTDIR may be about it, and
+   * then its fix names it.
+   */
+  private changing<T>(action: string, hostPath: string, change: (real: string) => T, source?: string): T {
     const real = this.resolve(hostPath);
     try {
       return this.systemCalls(action, hostPath, () => change(real));
     } catch (error) {
+      const code = (error as NodeJS.ErrnoException)?.code ?? "";
+      if (source !== undefined && ABSENT.includes(code) && !presentAt(source)) {
+        throw Object.assign(new FixableError(`cannot ${action} ${real} (${code})`, `${source} is not there: check each part of the path (namei -l ${source}); a directory on the way to it may be missing or a file`), { code, cause: error });
+      }
       throw unchangeable(error, `${action} ${real}`, real);
     }
   }
@@ -662,6 +672,16 @@ function createFresh(real: string): number {
   }
   fs.rmSync(real, { force: true });
   return create();
+}
+
+/** Whether anything is at the real path, a dangling symlink included; one that cannot be looked at counts as there (its own errno tells). */
+function presentAt(real: string): boolean {
+  try {
+    fs.lstatSync(real);
+    return true;
+  } catch (error) {
+    return !ABSENT.includes((error as NodeJS.ErrnoException)?.code ?? "");
+  }
 }
 
 /** The errnos that mean "nothing there": the path, or a directory on the way to it, does not exist. */

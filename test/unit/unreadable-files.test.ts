@@ -84,6 +84,13 @@ test("RootedHost's changes (mkdir, createFile, rename, remove) that fail name th
     refused(() => host.mkdir("/etc/vmhook"), `cannot mkdir ${root}/etc/vmhook (ENOTDIR)`, onTheWay, "ENOTDIR");
     refused(() => host.createFile("/etc/vmhook", "{}"), `cannot write ${root}/etc/vmhook (ENOTDIR)`, onTheWay, "ENOTDIR");
     refused(() => host.rename("/new", "/etc/vmhook"), `cannot rename ${root}/new to ${root}/etc/vmhook (ENOTDIR)`, onTheWay, "ENOTDIR");
+    // The source missing: the fix names it, not the destination, whose directory is there.
+    const sourceGone = (source: string) => `${source} is not there: check each part of the path (namei -l ${source}); a directory on the way to it may be missing or a file`;
+    refused(() => host.rename("/gone", "/new2"), `cannot rename ${root}/gone to ${root}/new2 (ENOENT)`, sourceGone(`${root}/gone`), "ENOENT");
+    refused(() => host.copyIn(`${root}/no-build`, "/new2"), `cannot copy ${root}/no-build to ${root}/new2 (ENOENT)`, sourceGone(`${root}/no-build`), "ENOENT");
+    refused(() => host.copyIn(`${root}/new/x`, "/new2"), `cannot copy ${root}/new/x to ${root}/new2 (ENOTDIR)`, sourceGone(`${root}/new/x`), "ENOTDIR");
+    // The source there, the destination's directory not: the destination is named.
+    refused(() => host.copyIn(`${root}/new`, "/etc/vmhook"), `cannot copy ${root}/new to ${root}/etc/vmhook (ENOTDIR)`, onTheWay, "ENOTDIR");
     // What the simulated host makes fail (a read-only /etc, a full /var) is refused the same way.
     sim.dir("/etc/vmhook").failChange("/etc/vmhook", "EROFS").failWrite("/var/lib/vmhook/x", "ENOSPC");
     refused(() => sim.remove("/etc/vmhook"), `cannot remove ${sim.root}/etc/vmhook (EROFS)`, `its file system is mounted read-only (findmnt -T ${sim.root}/etc): remount it read-write, then try again`, "EROFS");
