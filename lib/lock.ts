@@ -71,13 +71,16 @@ async function release<T>(host: Host, file: string, fd: number, work: () => Prom
   try {
     return await work();
   } finally {
-    if (removeAfter()) fs.rmSync(host.resolve(file), { force: true });
-    fs.closeSync(fd); // closing the descriptor releases the flock
+    try {
+      if (removeAfter()) host.remove(file);
+    } finally {
+      fs.closeSync(fd); // closing the descriptor releases the flock
+    }
   }
 }
 
 /** A domain's lock file goes when its journal has gone: /run/vmhook keeps nothing for a domain that holds nothing. */
-const holdsNothing = (host: Host, uuid: string) => () => !fs.existsSync(host.resolve(paths.journal(uuid)));
+const holdsNothing = (host: Host, uuid: string) => () => !host.exists(paths.journal(uuid));
 
 /** The host lock while it is held: work that needs no lock (a slow reclaim) can let go of it for a while. */
 export interface HeldLock {

@@ -263,4 +263,25 @@ test("defect 6: while a hook holds the domain's lock, recover --force leaves its
   }
 });
 
+test("a domain's lock file that cannot be removed once the domain holds nothing is refused through the host seam: the error names the lock file, the errno and the fix, and --root's tree is where it is removed", async () => {
+  const sim = new SimHost();
+  try {
+    const lock = paths.domainLock(UUID);
+    sim.failChange(lock, "EROFS");
+    const deadline = new Deadline(sim, 5000);
+    try {
+      await withDomainLock(sim, UUID, deadline, async () => {});
+      assert.unreachable("the lock file was removed past a read-only /run");
+    } catch (error) {
+      assert.is((error as Error).message, `cannot remove ${sim.root}${lock} (EROFS); its file system is mounted read-only (findmnt -T ${sim.root}${paths.stateDir}): remount it read-write, then try again`);
+    }
+    sim.clearFailures();
+    await withDomainLock(sim, UUID, deadline, async () => {});
+    assert.not.ok(sim.exists(lock), "the lock file of a domain that holds nothing stayed");
+    assert.ok(sim.changes.includes(`remove ${lock}`), "the lock file was removed past the host seam");
+  } finally {
+    sim.cleanup();
+  }
+});
+
 test.run();
