@@ -4,16 +4,15 @@ import { spawnSync } from "node:child_process";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
-import { VmhookError } from "../errors.ts";
+import { describeError, FixableError, VmhookError } from "../errors.ts";
+import { shellWord } from "../metadata-text.ts";
 
 const EDITOR_TIMEOUT_MS = 24 * 3600 * 1000; // a person at the keyboard; the limit only guards against a lost editor
 
 /** Opens the editor on the text; returns what was saved. */
 export function runEditor(text: string, name: string): string {
-  const directory = fs.mkdtempSync(path.join(os.tmpdir(), "vmhook-config-"));
-  const file = path.join(directory, `${name.replace(/[^\w.-]/g, "_")}-vmhook.xml`);
+  const { directory, file } = fileForEditor(text, name);
   try {
-    fs.writeFileSync(file, text, { mode: 0o600 });
     const editor = process.env.VISUAL || process.env.EDITOR || "vi";
     // As git does: the variable is a shell command line, the file its last argument.
     const result = whileTheEditorHasTheTerminal(() => spawnSync("sh", ["-c", `${editor} "$1"`, "sh", file], { stdio: "inherit", timeout: EDITOR_TIMEOUT_MS }));
@@ -21,6 +20,26 @@ export function runEditor(text: string, name: string): string {
     return fs.readFileSync(file, "utf8");
   } finally {
     fs.rmSync(directory, { recursive: true, force: true });
+  }
+}
+
+/**
+ * A file of the user's own for the editor, in their temporary directory (not
+ * under --root: the editor runs here, for the person at the keyboard). A
+ * failure names the directory, the errno and the fix, not Node's message.
+ */
+function fileForEditor(text: string, name: string): { directory: string; file: string } {
+  const parent = os.tmpdir();
+  let directory: string | undefined;
+  try {
+    directory = fs.mkdtempSync(path.join(parent, "vmhook-config-"));
+    const file = path.join(directory, `${name.replace(/[^\w.-]/g, "_")}-vmhook.xml`);
+    fs.writeFileSync(file, text, { mode: 0o600 });
+    return { directory, file };
+  } catch (error) {
+    if (directory) fs.rmSync(directory, { recursive: true, force: true });
+    const code = (error as NodeJS.ErrnoException).code ?? describeError(error);
+    throw new FixableError(`cannot make a file for the editor in ${parent} (${code})`, `set TMPDIR to a directory you may write, or give the metadata with vmhook config ${shellWord(name)} --set FILE`);
   }
 }
 

@@ -58,6 +58,22 @@ test("enable on a shut-off domain stores the element in its persistent definitio
     assert.equal(elements(libvirt.xml("config")), ["nosleep", "hugepages"]);
   }));
 
+test("config --edit where no file for the editor can be made (TMPDIR missing): the error names the directory, the errno and the fix, never Node's bare message; nothing is stored", () =>
+  withDomain(async (sim, libvirt) => {
+    process.env.EDITOR = editor(libvirt, "<hooks><nosleep/><hugepages/></hooks>", "");
+    const savedTmp = process.env.TMPDIR;
+    process.env.TMPDIR = `${libvirt.dir}/no-such-dir`;
+    try {
+      const edited = await cli(["config", "win11", "--edit", "--root", sim.root]);
+      assert.is(edited.code, 1);
+      assert.match(edited.stderr, `cannot make a file for the editor in ${libvirt.dir}/no-such-dir (ENOENT); set TMPDIR to a directory you may write, or give the metadata with vmhook config win11 --set FILE`);
+    } finally {
+      if (savedTmp === undefined) delete process.env.TMPDIR;
+      else process.env.TMPDIR = savedTmp;
+    }
+    assert.equal(elements(libvirt.xml("config")), ["nosleep"]);
+  }));
+
 test("config --edit of a shut-off domain started while the editor is open: the edit goes to the persistent definition it was read from, as said", () =>
   withDomain(async (sim, libvirt) => {
     // the user starts the VM in another terminal while editing
