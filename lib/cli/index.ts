@@ -50,7 +50,7 @@ function ownOptions(parser: Argv<any>, everyCommands: Set<string>): OptionUsage[
 /**
  * The option of `args` given an empty value (--output '', -o '', --output=),
  * which yargs takes as any other: an empty --output would name the current
- * directory, an empty --connect the default URI. Its long name, or undefined.
+ * directory, an empty --connect the default URI. The option as typed, or undefined.
  */
 function emptyValued(args: string[], parser: Argv<any>): string | undefined {
   const options = optionsOf(parser);
@@ -58,11 +58,20 @@ function emptyValued(args: string[], parser: Argv<any>): string | undefined {
   for (const [index, arg] of (end < 0 ? args : args.slice(0, end)).entries()) {
     const [, name, equals] = /^--?([^=]+)(=?)/.exec(arg) ?? [];
     if (!name || !options.string.includes(name)) continue;
-    if (equals ? arg.endsWith(`${name}=`) : args[index + 1] === "") {
-      return `--${Object.keys(options.alias).find((key) => options.alias[key]!.includes(name)) ?? name}`;
-    }
+    if (equals ? arg.endsWith(`${name}=`) : args[index + 1] === "") return arg.replace(/=$/, "");
   }
   return undefined;
+}
+
+/**
+ * A short option with an empty value (-c=) as two words (-c ''): yargs reads
+ * "-c=" as -c and an option "=" that takes the next word (-c= vm: the domain
+ * gone), where "--connect=" is --connect with an empty value. Either way the
+ * empty value is then refused (emptyValued).
+ */
+function shortOptionsSplit(args: string[]): string[] {
+  const end = args.indexOf("--");
+  return args.flatMap((arg, index) => ((end < 0 || index < end) && /^-[^-=]=$/.test(arg) ? [arg.slice(0, 2), ""] : [arg]));
 }
 
 export type { GlobalOptions } from "./options.ts";
@@ -117,7 +126,8 @@ export async function runCli(args: string[], hookMain: HookMain, hostAt: (root: 
   process.exitCode = 0;
   try {
     // yargs takes the "-" after an option for an option of its own: join them
-    const joined = args.map((arg, index) => (arg === "--set" && args[index + 1] === "-" ? "--set=-" : arg)).filter((arg, index) => !(arg === "-" && args[index - 1] === "--set"));
+    const split = shortOptionsSplit(args);
+    const joined = split.map((arg, index) => (arg === "--set" && split[index + 1] === "-" ? "--set=-" : arg)).filter((arg, index) => !(arg === "-" && split[index - 1] === "--set"));
     const parser = yargs(afterDoubleDashAsArguments(joined))
       .scriptName("vmhook")
       .usage("$0 COMMAND\n\nlibvirt QEMU hook framework. Installed as /etc/libvirt/hooks/qemu it runs the plugins a domain's <metadata> asks for.")

@@ -441,11 +441,11 @@ function commandsInHelp(): { name: string; positionals: string[] }[] {
 }
 
 /** A command's options as its --help lists them: each entry from its name to the next option's, where yargs may have wrapped "[string]". */
-function optionsInHelp(command: string): { name: string; value: boolean; choices: boolean }[] {
+function optionsInHelp(command: string): { name: string; alias?: string; value: boolean; choices: boolean }[] {
   return helpText(command)
     .split(/\n(?= +(?:-[a-z], )?--[a-z])/)
     .slice(1)
-    .map((entry) => ({ name: `--${/--([a-z-]+)/.exec(entry)![1]}`, value: entry.includes("[string]"), choices: entry.includes("[choices:") }));
+    .map((entry) => ({ name: `--${/--([a-z-]+)/.exec(entry)![1]}`, alias: /^ +(-[a-z]), --/.exec(entry)?.[1], value: entry.includes("[string]"), choices: entry.includes("[choices:") }));
 }
 
 test("an option that takes a value, given none or an empty one, is a usage error naming it: never its default (a bare --root is not this host's /) nor an empty value (-o '' is not the current directory)", async () => {
@@ -455,15 +455,23 @@ test("an option that takes a value, given none or an empty one, is a usage error
     let checked = 0;
     for (const { name, positionals } of commandsInHelp()) {
       const given = positionals.filter((word) => word.startsWith("<")).map(() => "vm.xml");
-      for (const { name: option, value } of optionsInHelp(name)) {
+      for (const { name: option, alias, value } of optionsInHelp(name)) {
         if (!value) continue;
-        for (const forms of [[option], [option, ""], [`${option}=`]]) {
-          const args = [name, ...given, ...forms];
-          const { code, stdout, stderr } = await cli(args, sim, async (argv) => {
-            hookRuns.push(argv);
-            return 0;
-          });
-          assert.equal([code, stdout, stderr.split(";")[0]], [2, "", `vmhook: ${option} needs a value`], JSON.stringify(args));
+        const spellings = alias ? [option, alias] : [option];
+        // Before the arguments too: "-c= vm.xml" must not take vm.xml for the URI, nor say an argument is missing.
+        for (const spelling of spellings) {
+          for (const form of [[spelling], [spelling, ""], [`${spelling}=`]]) {
+            // A bare option last only: before the arguments it takes the next one for its value.
+            const placements = given.length > 0 && form.join("") !== spelling ? [[name, ...given, ...form], [name, ...form, ...given]] : [[name, ...given, ...form]];
+            for (const args of placements) {
+              const { code, stdout, stderr } = await cli(args, sim, async (argv) => {
+                hookRuns.push(argv);
+                return 0;
+              });
+              // named as typed
+              assert.equal([code, stdout, stderr.split(";")[0]], [2, "", `vmhook: ${spelling} needs a value`], JSON.stringify(args));
+            }
+          }
         }
         checked++;
       }
