@@ -20,7 +20,6 @@ import type { Domain } from "./domain.ts";
 import type { ExecResult, Host } from "./host.ts";
 import type { Journal } from "./journal.ts";
 import type { Finding } from "./diagnostics/findings.ts";
-import type { SessionDaemon } from "./libvirt-client.ts";
 import type { Logger } from "./log.ts";
 
 export type { Json, UndoRecord } from "./records.ts";
@@ -157,8 +156,6 @@ export interface CheckContext {
   host: Host;
   domain: Domain;
   elements: XmlElement[];
-  /** The domain is a session daemon's: the system's files (its networks) say nothing of it. */
-  session?: SessionDaemon;
 }
 
 export type Planner<Config> = (ctx: PlanContext<Config>) => Step[] | Promise<Step[]>;

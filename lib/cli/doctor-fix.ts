@@ -4,7 +4,7 @@
 import { fixDomainXml } from "../diagnostics/domain-fixes.ts";
 import { VmhookError } from "../errors.ts";
 import type { Host } from "../host.ts";
-import { Virsh } from "../libvirt-client.ts";
+import { Virsh, type SessionDaemon } from "../libvirt-client.ts";
 import { paths } from "../paths.ts";
 import { unifiedDiff } from "../text-diff.ts";
 import type { DomainSource } from "./domain-source.ts";
@@ -17,6 +17,7 @@ export interface FixOptions {
 }
 
 export function runDoctorFix(host: Host, domain: DomainSource, options: FixOptions): void {
+  if (domain.session) return refuseSessionDomain(domain.libvirtName ?? domain.source, domain.session, options.json);
   const fixed = fixDomainXml(host, domain.xml, domain.source);
   const name = domain.libvirtName ?? domain.source;
   const diff = unifiedDiff(fixed.before, fixed.after, `${name} (now)`, `${name} (fixed)`);
@@ -55,4 +56,15 @@ export function runDoctorFix(host: Host, domain: DomainSource, options: FixOptio
   else if (transient) print(`${name} is a transient VM (made by virsh create): ${makeThemThere}; make them there`);
   else if (domain.libvirtName) print(`vmhook doctor --fix --apply ${name} makes them (keeping a backup of the old XML); or virsh edit ${name}`);
   else print(`apply them with virsh edit, or name the libvirt domain: vmhook doctor --fix --apply VM`);
+}
+
+/**
+ * A session daemon's domain: its XML is advised for what vmhook does, which
+ * it never does for such a domain; no change is proposed, none defined, and
+ * the exit status is doctor's for it (1).
+ */
+function refuseSessionDomain(name: string, session: SessionDaemon, json: boolean): void {
+  if (json) printJson({ domain: name, fixes: [], diff: "", applied: false, session });
+  else print(`${name}: no change proposed: vmhook cannot act for it: ${session.reason}\n  fix: ${session.fix}`);
+  process.exitCode = 1;
 }

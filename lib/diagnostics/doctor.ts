@@ -298,13 +298,15 @@ async function domainChecks(host: Host, domain: Domain, xml: string, iommu: Iomm
   // the hook reads (the config finding says so): checking thousands against each other would hang doctor.
   const elements = readableElements(domain);
   const used = new Set(elements.map((element) => element.localName!));
+  // What a plugin needs of this host (a pool, nft, a free device) matters only for a domain vmhook acts for: none is proposed for a session daemon's.
+  if (session) return [...findings, ...uncheckedForSession(used, session)];
   // Each built-in plugin checks what it will need (custom plugins are not run by doctor).
   for (const name of used) {
     if (!registry.builtinNames().includes(name)) continue;
     const plugin = await registry.load(name, host);
     if (isLegacyPlugin(plugin) || !plugin.check) continue;
     const check = plugin.check;
-    findings.push(...(await guarded(name, () => check({ host, domain, elements: elements.filter((element) => element.localName === name), ...(session ? { session } : {}) }))).map((finding) => ({ ...finding, plugin: name })));
+    findings.push(...(await guarded(name, () => check({ host, domain, elements: elements.filter((element) => element.localName === name) }))).map((finding) => ({ ...finding, plugin: name })));
   }
   // What vfio hands over (a GPU's slot with include-slot) goes to vfio-pci with the hostdevs; the problems of
   // those it hands over are its problems (plan marks its steps), libvirt's managed='yes' takes the others.
@@ -320,6 +322,14 @@ async function domainChecks(host: Host, domain: Domain, xml: string, iommu: Iomm
   findings.push(...(await guarded("domain XML", () => xmlAdvice(host, domain, parseXmlDocument(xml, "domain XML"), used))));
   if (used.has("vfio")) findings.push(...(await guarded("hook scripts", () => guideScripts(host, domain.name))));
   return findings;
+}
+
+/** A session daemon's domain: the plugins' checks, the hostdevs' and the advice on the XML are not run, and a finding says so. */
+function uncheckedForSession(used: Set<string>, session: SessionDaemon): Finding[] {
+  const plugins = [...used].filter((name) => registry.builtinNames().includes(name));
+  if (plugins.length === 0) return [];
+  const named = plugins.length > 1 ? `${plugins.slice(0, -1).join(", ")} and ${plugins.at(-1)}` : plugins[0];
+  return [warn("plugin checks", `not run: vmhook cannot act for this domain (libvirt daemon, above), so what ${named} would need of this host is not checked`, session.fix)];
 }
 
 function readableElements(domain: Domain): XmlElement[] {

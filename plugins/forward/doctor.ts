@@ -11,7 +11,7 @@ import { checkListeners, resolveForwards } from "./plan.ts";
 import { describeForwards } from "./record.ts";
 
 /** Plugin.check: doctor's findings for the domain's <vmhook:forward> elements. */
-export function forwardChecks({ host, domain, elements, session }: CheckContext): Finding[] {
+export function forwardChecks({ host, domain, elements }: CheckContext): Finding[] {
   const nft = installedProgram(host, "nft");
   const conntrack = installedProgram(host, "conntrack");
   const findings: Finding[] = [
@@ -20,11 +20,6 @@ export function forwardChecks({ host, domain, elements, session }: CheckContext)
       ? ok("forward conntrack", `${conntrack} is installed`)
       : warn("forward conntrack", "conntrack is not installed: a peer already sending to a forwarded port keeps reaching the host after start, and flows the forward made keep reaching the guest's address after release, until they end", CONNTRACK_PACKAGE),
   ];
-  // A session daemon's networks are the user's own, never those in the system's files read here.
-  if (session) {
-    findings.push(warn("forward", `network and ports not checked: ${session.reason}`, session.fix));
-    return findings;
-  }
   try {
     const forwards = resolveForwards(host, domain, parseForwardConfig(elements));
     checkListeners(host, forwards);

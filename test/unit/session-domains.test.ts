@@ -1,8 +1,9 @@
 // A domain read from libvirt's session daemon (qemu:///session, any
 // transport): libvirt runs its hooks as the user who started it, never as
 // root, so vmhook cannot act for it. validate, plan and doctor say so, the
-// config commands store the metadata with a warning, and forward's check never
-// judges it by the system's networks.
+// config commands store the metadata with a warning, and doctor runs no
+// plugin's host checks for it (the system's networks, pools and programs say
+// nothing of it) nor proposes changes to its XML.
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
@@ -120,15 +121,37 @@ test("doctor of a session domain fails it as a domain finding, with the fix", ()
     assert.not.ok(report.domain.findings.some((finding: { check: string }) => finding.check === "libvirt daemon"));
   }));
 
-test("forward's doctor check of a session domain judges nothing by the system's networks: skipped, saying why", () =>
-  withDomain(FORWARD, async (sim) => {
-    const forward = async (uri: string) => {
-      const report = JSON.parse((await cli(["doctor", "--json", "win11", "--connect", uri, "--root", sim.root], sim)).stdout);
-      return report.domain.findings.find((finding: { check: string }) => finding.check === "forward");
-    };
-    // No network "default" in the system's files: the system daemon's domain fails on it.
-    assert.match((await forward("qemu:///system")).reason, 'network "default" is unknown');
-    assert.equal(await forward("qemu:///session"), { check: "forward", status: "warn", reason: `network and ports not checked: ${SESSION}`, fix: FIX, plugin: "forward" });
+const HUGEPAGES_FORWARD = domainXml(`<vmhook:hooks xmlns:vmhook="urn:vmhook:1"><vmhook:hugepages size="2M"/><vmhook:forward guest="192.168.122.10" ports="2222:22"/></vmhook:hooks>`);
+
+test("doctor of a session domain runs no plugin's host checks (hugepages' pool, forward's nft and networks): no host change is proposed for a domain vmhook cannot act for, and it says they were not run", () =>
+  withDomain(HUGEPAGES_FORWARD, async (sim) => {
+    const findings = async (uri: string) => JSON.parse((await cli(["doctor", "--json", "win11", "--connect", uri, "--root", sim.root], sim)).stdout).domain.findings as { check: string; status: string; reason: string; fix?: string }[];
+    // The system daemon's domain: each plugin checks what it needs of this host (no network "default" in the system's files: forward fails on it).
+    const system = await findings("qemu:///system");
+    assert.match(system.find((finding) => finding.check === "forward")!.reason, 'network "default" is unknown');
+    assert.ok(system.some((finding) => finding.check.startsWith("hugepages")), JSON.stringify(system));
+    assert.equal(await findings("qemu:///session"), [
+      { check: "libvirt daemon", status: "fail", reason: SESSION, fix: FIX },
+      { check: "config", status: "ok", reason: "vmhook metadata is valid: hugepages, forward" },
+      { check: "plugin checks", status: "warn", reason: "not run: vmhook cannot act for this domain (libvirt daemon, above), so what hugepages and forward would need of this host is not checked", fix: FIX },
+    ]);
+  }));
+
+test("doctor --fix of a session domain proposes no change and --apply defines nothing: vmhook cannot act for it, why and the fix; exit 1", () =>
+  withDomain(HUGEPAGES_FORWARD, async (sim, libvirt) => {
+    // For the system daemon's domain, --fix proposes <memoryBacking><hugepages/> for <vmhook:hugepages>.
+    assert.match((await cli(["doctor", "win11", "--fix", "--connect", "qemu:///system", "--root", sim.root], sim)).stdout, "<hugepages/>");
+    const before = libvirt.xml("config");
+    for (const apply of [[], ["--apply"]]) {
+      const run = await cli(["doctor", "win11", "--fix", ...apply, "--connect", "qemu:///session", "--root", sim.root], sim);
+      assert.equal([run.code, run.stderr], [1, ""]);
+      assert.is(run.stdout, `win11: no change proposed: vmhook cannot act for it: ${SESSION}\n  fix: ${FIX}\n`);
+    }
+    const json = JSON.parse((await cli(["doctor", "--json", "win11", "--fix", "--connect", "qemu:///session", "--root", sim.root], sim)).stdout);
+    assert.equal(json, { domain: "win11", fixes: [], diff: "", applied: false, session: { reason: SESSION, fix: FIX } });
+    assert.is(libvirt.xml("config"), before);
+    assert.not.ok(libvirt.calls().some((call) => call.includes("define")), "a session domain was defined");
+    assert.not.ok(sim.exists("/var/lib/vmhook/backups"), "a backup was written");
   }));
 
 test("enable on a session domain stores the metadata and warns that the hook will not act on it; disable removing the last plugin does not warn", () =>
