@@ -63,10 +63,12 @@ export interface Journal {
   qemu?: string;
   /**
    * The user the domain's own <seclabel model='dac'> runs its QEMU as, as
-   * the XML prepare was given writes it (a name, or +UID); absent when it
-   * sets none. Until a QEMU is noted, processes of this user count too.
+   * the XML prepare was given writes it (a name, or +UID); null when it sets
+   * none. Until a QEMU is noted, processes of this user count too. Absent
+   * in a journal of a vmhook that did not keep it: whom that domain's QEMU
+   * runs as cannot be told, so every process with its -uuid counts.
    */
-  dacUser?: string;
+  dacUser?: string | null;
   createdAt: string;
   updatedAt: string;
   entries: JournalEntry[];
@@ -74,7 +76,7 @@ export interface Journal {
 
 export function newJournal(host: Host, { name, uuid, dacUser }: { name: string; uuid: string; dacUser?: string }): Journal {
   const now = new Date(host.wallClockMs()).toISOString();
-  return { version: JOURNAL_VERSION, domain: { name, uuid }, phase: "preparing", pid: process.pid, ...(dacUser === undefined ? {} : { dacUser }), createdAt: now, updatedAt: now, entries: [] };
+  return { version: JOURNAL_VERSION, domain: { name, uuid }, phase: "preparing", pid: process.pid, dacUser: dacUser ?? null, createdAt: now, updatedAt: now, entries: [] };
 }
 
 export function readJournal(host: Host, uuid: string): Journal | undefined {
@@ -94,6 +96,8 @@ export function readJournal(host: Host, uuid: string): Journal | undefined {
     const domain = journal.domain as Partial<Journal["domain"]> | undefined;
     if (typeof domain?.name !== "string" || typeof domain.uuid !== "string") throw new Error("it names no domain");
     if (domain.uuid !== uuid) throw new Error(`it names domain ${domain.name} (${domain.uuid}), not ${uuid}`);
+    const { dacUser } = journal as { dacUser?: unknown };
+    if (dacUser !== undefined && dacUser !== null && typeof dacUser !== "string") throw new Error(`its dacUser is ${JSON.stringify(dacUser)}, not a user's name`);
     // vmhook 0.1 wrote "failed" for an undo that failed.
     for (const entry of journal.entries) if ((entry.state as string) === "failed") entry.state = "undo-failed";
     return journal;

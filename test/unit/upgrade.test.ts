@@ -95,6 +95,51 @@ for (const { name, fixture, pool } of STOPPED) {
   });
 }
 
+// A journal of a vmhook before it kept the domain's <seclabel model='dac'>
+// user (Journal.dacUser) cannot tell whom libvirt ran that domain's QEMU as:
+// with no QEMU noted, every process with its -uuid counts, as that vmhook
+// counted them, so a guest run as its seclabel user that libvirt lost track
+// of keeps what it holds.
+test("a version 1 journal that predates the seclabel user, of a guest run as its seclabel user that libvirt lost track of: prepare, release and recover keep what it holds", async () => {
+  const { sim, kernel } = hugepagesHost(612, "hugepages-running");
+  try {
+    sim.file("/etc/passwd", "root:x:0:0::/root:/bin/sh\nqemu:x:107:107::/:/sbin/nologin\nalice:x:1000:1000::/home/alice:/bin/sh\n").file("/etc/libvirt/qemu.conf", 'user = "qemu"\n');
+    sim.process(4242, ["/usr/bin/qemu-system-x86_64", "-uuid", HUGEPAGES_UUID], { uid: 1000 });
+    const xml = hugepagesXml.replace("</metadata>", "</metadata><seclabel type='static' model='dac' relabel='yes'><label>alice:alice</label></seclabel>");
+    const journalBefore = sim.read(paths.journal(HUGEPAGES_UUID));
+    const prepared = await runHookEvent(sim, "prepare", "begin", xml);
+    assert.is(prepared.code, 1);
+    assert.match(prepared.stderr, "a QEMU of this domain still runs (pid 4242");
+    const released = await runHookEvent(sim, "release", "end", xml);
+    assert.match(released.stderr, "a QEMU of this domain still runs (pid 4242");
+    const recovered = await cli(["recover", "vm", "--root", sim.root], sim);
+    assert.match(recovered.stdout, "vm: still running; its changes are given back when it stops");
+    assert.is(kernel.pool(2048), 612, "the guest's pages are still reserved");
+    assert.is(sim.read(paths.journal(HUGEPAGES_UUID)), journalBefore);
+
+    sim.remove("/proc/4242");
+    assert.is((await runHookEvent(sim, "release", "end", xml)).code, 0);
+    assert.is(kernel.pool(2048), 100, "once it is gone, release gives the pages back");
+  } finally {
+    sim.cleanup();
+  }
+});
+
+test("a journal written now says whether the domain sets a seclabel user: a name, or null for none", async () => {
+  const { sim } = hugepagesHost(100, "hugepages-running");
+  try {
+    fs.rmSync(sim.resolve(paths.journal(HUGEPAGES_UUID)));
+    assert.is((await runHookEvent(sim, "prepare", "begin", hugepagesXml)).code, 0);
+    assert.is(readJournal(sim, HUGEPAGES_UUID)!.dacUser, null);
+    await runHookEvent(sim, "release", "end", hugepagesXml);
+    const xml = hugepagesXml.replace("</metadata>", "</metadata><seclabel type='static' model='dac'><label>+1000:+1000</label></seclabel>");
+    assert.is((await runHookEvent(sim, "prepare", "begin", xml)).code, 0);
+    assert.is(readJournal(sim, HUGEPAGES_UUID)!.dacUser, "+1000");
+  } finally {
+    sim.cleanup();
+  }
+});
+
 test("journals are written in this version's format; one of a later version is refused, naming the file", async () => {
   const { sim } = hugepagesHost(612, "hugepages-running");
   try {
