@@ -155,6 +155,41 @@ test("journals are written in this version's format; one of a later version is r
   }
 });
 
+// Going back to an older vmhook while VMs run: a record of an action a later
+// one added (same journal version: its own "action" field shows it) cannot be
+// undone here. The plugin's other records were made around it; undoing them
+// alone would leave that plugin's changes half given back.
+test("a record of an action this vmhook does not know (a later vmhook's) keeps every change of its plugin, naming the journal and the fix; the other plugins' changes are given back", async () => {
+  const kernel = nvidiaDesktop();
+  const sim = kernel.sim;
+  try {
+    const pages = new HugepageKernel(sim, { initial: { 2048: 100 } });
+    const xml = `<domain type='kvm'><name>win11</name><uuid>${GPU_UUID}</uuid><memory unit='GiB'>1</memory><memoryBacking><hugepages/></memoryBacking>
+      <metadata><vmhook:hooks xmlns:vmhook="urn:vmhook:1"><vmhook:hugepages/><vmhook:vfio/></vmhook:hooks></metadata>
+      <devices><hostdev mode='subsystem' type='pci' managed='no'><source><address domain='0x0000' bus='0x01' slot='0x00' function='0x0'/></source></hostdev></devices></domain>`;
+    assert.is((await runHookEvent(sim, "prepare", "begin", xml, "win11")).code, 0);
+    const file = sim.resolve(paths.journal(GPU_UUID));
+    const journal = JSON.parse(fs.readFileSync(file, "utf8"));
+    const vfioEntries = journal.entries.filter((entry: { plugin: string }) => entry.plugin === "vfio").length;
+    journal.entries.push({ plugin: "vfio", event: "prepare", description: "a later vmhook's step", undo: { action: "later-step" }, state: "applied", at: journal.createdAt });
+    fs.writeFileSync(file, JSON.stringify(journal));
+    const held = kernel.sim.snapshot();
+
+    const released = await runHookEvent(sim, "release", "end", xml, "win11");
+    assert.match(released.stderr, `vfio: "a later vmhook's step" in ${paths.journal(GPU_UUID)} cannot be read by this vmhook`);
+    assert.match(released.stderr, "install the vmhook that wrote it again");
+    const kept = readJournal(sim, GPU_UUID)!;
+    assert.equal(kept.entries.map((entry) => [entry.plugin, entry.state]), Array(vfioEntries + 1).fill(["vfio", "undo-failed"]));
+    const after = sim.snapshot();
+    const changed = Object.keys({ ...held, ...after }).filter((key) => held[key] !== after[key] && !key.startsWith("/run/vmhook") && key !== paths.log);
+    assert.ok(changed.length > 0 && changed.every((key) => /hugepages|meminfo/.test(key)), `only the pages were given back: ${changed.join(", ")}`);
+    assert.is(pages.pool(2048), 100);
+    assert.is(sim.readTrimmed("/sys/bus/pci/devices/0000:01:00.0/driver_override"), "vfio-pci", "the GPU stays on vfio-pci");
+  } finally {
+    sim.cleanup();
+  }
+});
+
 // The settings file is read anew by every hook: one edited while the VM
 // runs (a stray comma, a value this vmhook refuses, written for a later
 // one) must not keep release from giving the host back what the VM took.
