@@ -190,6 +190,37 @@ test("a record of an action this vmhook does not know (a later vmhook's) keeps e
   }
 });
 
+// A later vmhook may add a phase or an entry state without raising the
+// journal's version (the field itself shows it): what it means is unknown
+// here, so the journal is refused as one of a later version is, not undone
+// by a guess (recover gives back a journal "starting" only once abandoned).
+const LATER_VALUES: { what: string; edit: (journal: { phase: string; entries: { state: string }[] }) => void; problem: string }[] = [
+  { what: "a phase", edit: (journal) => (journal.phase = "launching"), problem: `phase "launching" is not one this vmhook knows` },
+  { what: "an entry state", edit: (journal) => (journal.entries[0]!.state = "half-applied"), problem: `entry 1 has state "half-applied", which this vmhook does not know` },
+];
+
+for (const { what, edit, problem } of LATER_VALUES) {
+  test(`a journal with ${what} this vmhook does not know is refused by status, release and recover, naming the file; nothing is undone`, async () => {
+    const { sim, kernel } = hugepagesHost(612, "hugepages-running");
+    try {
+      const file = sim.resolve(paths.journal(HUGEPAGES_UUID));
+      const journal = JSON.parse(fs.readFileSync(file, "utf8"));
+      edit(journal);
+      fs.writeFileSync(file, JSON.stringify(journal));
+      const text = fs.readFileSync(file, "utf8");
+      const expected = `journal ${paths.journal(HUGEPAGES_UUID)} cannot be read (${problem}: a later vmhook wrote it, and that one undoes it: install it again)`;
+      const status = await cli(["status", "--root", sim.root], sim);
+      assert.match(`${status.stdout}${status.stderr}`, expected);
+      assert.match((await runHookEvent(sim, "release", "end", hugepagesXml)).stderr, expected);
+      assert.is.not((await cli(["recover", "--force", "--root", sim.root], sim)).code, 0);
+      assert.is(kernel.pool(2048), 612);
+      assert.is(fs.readFileSync(file, "utf8"), text);
+    } finally {
+      sim.cleanup();
+    }
+  });
+}
+
 // The settings file is read anew by every hook: one edited while the VM
 // runs (a stray comma, a value this vmhook refuses, written for a later
 // one) must not keep release from giving the host back what the VM took.
