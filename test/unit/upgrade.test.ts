@@ -12,6 +12,7 @@ import { cli } from "../helpers/cli.ts";
 import { nvidiaDesktop } from "../helpers/gpu-kernel.ts";
 import { runHookEvent } from "../helpers/hook.ts";
 import { HugepageKernel } from "../helpers/hugepage-kernel.ts";
+import { cgroupHost } from "../helpers/cpu-hosts.ts";
 import { SimHost } from "../helpers/simhost.ts";
 
 const HUGEPAGES_UUID = "0a0a0a0a-0000-4000-8000-00000000000a";
@@ -215,6 +216,56 @@ for (const { what, edit, problem } of LATER_VALUES) {
       assert.is.not((await cli(["recover", "--force", "--root", sim.root], sim)).code, 0);
       assert.is(kernel.pool(2048), 612);
       assert.is(fs.readFileSync(file, "utf8"), text);
+    } finally {
+      sim.cleanup();
+    }
+  });
+}
+
+// Everything vmhook 0.1 (31ffcde) leaves in /run/vmhook while a VM runs
+// (test/fixtures/state-0.1: its journal, claims ledger and isolate's saved
+// originals, written by its prepare and started on these simulated hosts,
+// which leave the host exactly as this version's do) is released by this one.
+const STATE_01: { fixture: string; build: () => SimHost; xml: string; name: string }[] = [
+  {
+    fixture: "gpu-hugepages",
+    build: () => {
+      const sim = nvidiaDesktop().sim;
+      new HugepageKernel(sim, { initial: { 2048: 100 } });
+      return sim;
+    },
+    xml: `<domain type='kvm'><name>win11</name><uuid>${GPU_UUID}</uuid><memory unit='GiB'>1</memory><memoryBacking><hugepages/></memoryBacking>
+      <metadata><vmhook:hooks xmlns:vmhook="urn:vmhook:1"><vmhook:hugepages/><vmhook:vfio/></vmhook:hooks></metadata>
+      <devices><hostdev mode='subsystem' type='pci' managed='no'><source><address domain='0x0000' bus='0x01' slot='0x00' function='0x0'/></source></hostdev></devices></domain>`,
+    name: "win11",
+  },
+  {
+    fixture: "isolate-irqs",
+    build: cgroupHost,
+    xml: `<domain type="kvm"><name>vmA</name><uuid>11111111-1111-4111-8111-111111111111</uuid><memory unit="MiB">512</memory><vcpu>2</vcpu>
+      <cputune><vcpupin vcpu="0" cpuset="2"/><vcpupin vcpu="1" cpuset="3"/><emulatorpin cpuset="2-3"/></cputune>
+      <metadata><vmhook:hooks xmlns:vmhook="urn:vmhook:1"><vmhook:isolate irqs="yes"/></vmhook:hooks></metadata></domain>`,
+    name: "vmA",
+  },
+];
+
+for (const { fixture, build, xml, name } of STATE_01) {
+  test(`vmhook 0.1's state of a running VM (${fixture}: journal, claims, saved originals) is shown by status and released by this vmhook: the host is as before the VM`, async () => {
+    const sim = build();
+    try {
+      const before = sim.snapshot();
+      for (const [op, subop] of [["prepare", "begin"], ["started", "begin"]] as const) assert.is((await runHookEvent(sim, op, subop, xml, name)).code, 0);
+      // The host as 0.1 left it while the VM ran; /run/vmhook as it wrote it.
+      for (const file of sim.stateFiles()) fs.rmSync(sim.resolve(`${paths.stateDir}/${file}`));
+      fs.cpSync(new URL(`../fixtures/state-0.1/${fixture}`, import.meta.url), sim.resolve(paths.stateDir), { recursive: true });
+      const status = await cli(["status", "--root", sim.root], sim);
+      assert.is(status.code, 0, status.stderr);
+      assert.not.match(`${status.stdout}${status.stderr}`, /cannot|unreadable/);
+      const released = await runHookEvent(sim, "release", "end", xml, name);
+      assert.is(released.code, 0, released.stderr);
+      assert.is(released.stderr, "");
+      assert.equal(sim.snapshot(), before);
+      assert.equal(sim.stateFiles(), []);
     } finally {
       sim.cleanup();
     }
