@@ -88,7 +88,7 @@ export interface Host {
   /** rm -rf: nothing there is no failure. */
   remove(hostPath: string): void;
   chmod(hostPath: string, mode: number): void;
-  /** Copies a file from outside the host's tree (the vmhook binary being installed) to `hostPath`, which it replaces. */
+  /** Copies a file from outside the host's tree (the vmhook binary being installed) to `hostPath`, which it replaces, and fsyncs it: renamed into place then, a power loss leaves the whole copy, never a short one. */
   copyIn(source: string, hostPath: string): void;
   symlink(target: string, hostPath: string): void;
   /** Creates the file anew with `text` (mode 0600, or `mode` whatever the umask; never through a symlink; what is there is replaced) and fsyncs it: the first half of a state file's atomic write. */
@@ -343,7 +343,20 @@ export class RootedHost implements Host {
   }
 
   copyIn(source: string, hostPath: string): void {
-    this.changing(`copy ${source} to`, hostPath, (real) => fs.copyFileSync(source, real), source);
+    this.changing(
+      `copy ${source} to`,
+      hostPath,
+      (real) => {
+        fs.copyFileSync(source, real);
+        const fd = fs.openSync(real, "r");
+        try {
+          this.flush(fd);
+        } finally {
+          fs.closeSync(fd);
+        }
+      },
+      source,
+    );
   }
 
   symlink(target: string, hostPath: string): void {

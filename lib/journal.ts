@@ -19,7 +19,8 @@ import type { UndoRecord } from "./records.ts";
 export const JOURNAL_VERSION = 1;
 
 /** pending: journaled, its change may or may not have happened; applied: done; undo-failed: its undo failed (kept for vmhook recover). Undone entries leave the journal. */
-export type EntryState = "pending" | "applied" | "undo-failed";
+const ENTRY_STATES = ["pending", "applied", "undo-failed"] as const;
+export type EntryState = (typeof ENTRY_STATES)[number];
 
 export interface JournalEntry {
   /** Plugin id: a built-in name ("hugepages") or "plugin:NAME" for a custom one. */
@@ -40,7 +41,11 @@ export interface JournalEntry {
  * releasing, rolling-back: being undone, a release, or a prepare that failed
  * (or was killed); release-failed, rollback-failed: an undo of either left changes.
  */
-export type JournalPhase = "preparing" | "starting" | "running" | "releasing" | "rolling-back" | "release-failed" | "rollback-failed";
+const PHASES = ["preparing", "starting", "running", "releasing", "rolling-back", "release-failed", "rollback-failed"] as const;
+export type JournalPhase = (typeof PHASES)[number];
+
+/** Why a journal with a version, phase or entry state this vmhook does not know is refused: what it means is known only to the later vmhook. */
+const LATER = ": a later vmhook wrote it, and that one undoes it: install it again";
 
 export interface Journal {
   /** The format its records were written in (JOURNAL_VERSION). */
@@ -63,10 +68,12 @@ export interface Journal {
   qemu?: string;
   /**
    * The user the domain's own <seclabel model='dac'> runs its QEMU as, as
-   * the XML prepare was given writes it (a name, or +UID); absent when it
-   * sets none. Until a QEMU is noted, processes of this user count too.
+   * the XML prepare was given writes it (a name, or +UID); null when it sets
+   * none. Until a QEMU is noted, processes of this user count too. Absent
+   * in a journal of a vmhook that did not keep it: whom that domain's QEMU
+   * runs as cannot be told, so every process with its -uuid counts.
    */
-  dacUser?: string;
+  dacUser?: string | null;
   createdAt: string;
   updatedAt: string;
   entries: JournalEntry[];
@@ -74,7 +81,7 @@ export interface Journal {
 
 export function newJournal(host: Host, { name, uuid, dacUser }: { name: string; uuid: string; dacUser?: string }): Journal {
   const now = new Date(host.wallClockMs()).toISOString();
-  return { version: JOURNAL_VERSION, domain: { name, uuid }, phase: "preparing", pid: process.pid, ...(dacUser === undefined ? {} : { dacUser }), createdAt: now, updatedAt: now, entries: [] };
+  return { version: JOURNAL_VERSION, domain: { name, uuid }, phase: "preparing", pid: process.pid, dacUser: dacUser ?? null, createdAt: now, updatedAt: now, entries: [] };
 }
 
 export function readJournal(host: Host, uuid: string): Journal | undefined {
@@ -87,15 +94,23 @@ export function readJournal(host: Host, uuid: string): Journal | undefined {
     const journal = JSON.parse(text) as Journal;
     const { version } = journal;
     if (version !== JOURNAL_VERSION || !Array.isArray(journal.entries)) {
-      const later = Number.isSafeInteger(version) && version > JOURNAL_VERSION ? ": a later vmhook wrote it, and that one undoes it: install it again" : "";
+      const later = Number.isSafeInteger(version) && version > JOURNAL_VERSION ? LATER : "";
       throw new Error(`unsupported version ${JSON.stringify(version)}; this vmhook reads version ${JOURNAL_VERSION}${later}`);
     }
     // Its writes and its removal go to the file its domain names: one copied or edited under another name would leave this one behind, undone again.
     const domain = journal.domain as Partial<Journal["domain"]> | undefined;
     if (typeof domain?.name !== "string" || typeof domain.uuid !== "string") throw new Error("it names no domain");
     if (domain.uuid !== uuid) throw new Error(`it names domain ${domain.name} (${domain.uuid}), not ${uuid}`);
-    // vmhook 0.1 wrote "failed" for an undo that failed.
-    for (const entry of journal.entries) if ((entry.state as string) === "failed") entry.state = "undo-failed";
+    const { dacUser } = journal as { dacUser?: unknown };
+    if (dacUser !== undefined && dacUser !== null && typeof dacUser !== "string") throw new Error(`its dacUser is ${JSON.stringify(dacUser)}, not a user's name`);
+    // A phase or an entry state a later vmhook added (its version unchanged: the field shows it) means what only that one knows.
+    if (!PHASES.includes(journal.phase)) throw new Error(`phase ${JSON.stringify(journal.phase)} is not one this vmhook knows${LATER}`);
+    for (const [index, entry] of journal.entries.entries()) {
+      // vmhook 0.1 wrote "failed" for an undo that failed.
+      if ((entry.state as string) === "failed") entry.state = "undo-failed";
+      if (typeof entry.state !== "string") throw new Error(`entry ${index + 1} has no state`);
+      if (!ENTRY_STATES.includes(entry.state)) throw new Error(`entry ${index + 1} has state ${JSON.stringify(entry.state)}, which this vmhook does not know${LATER}`);
+    }
     return journal;
   } catch (error) {
     throw new VmhookError(`journal ${file} cannot be read (${(error as Error).message}); inspect it, then remove it by hand`);

@@ -116,14 +116,15 @@ export function pidFileQemu(host: Host, name: string, uuid: string): string | un
  * crashed while it launched QEMU, a journal of an older vmhook), a process
  * with the UUID counts unless its owner is one libvirt never runs the
  * domain's QEMU as (qemuOwners); one whose owner, or those users, cannot be
- * told counts.
+ * told counts, and so does every one when `dacUser` is absent (a journal of
+ * a vmhook that did not keep the domain's seclabel user).
  */
-export function domainQemus(host: Host, uuid: string, journal: Pick<Journal, "qemu" | "dacUser"> | undefined): number[] {
-  const noted = journal?.qemu;
+export function domainQemus(host: Host, uuid: string, journal: Pick<Journal, "qemu" | "dacUser">): number[] {
+  const noted = journal.qemu;
   const pid = noted === undefined ? undefined : /^(\d+):\d+$/.exec(noted)?.[1];
   if (pid !== undefined) return processInstance(host, Number(pid)) === noted ? [Number(pid)] : [];
   const found = qemuProcessesOf(host, uuid);
-  const owners = found.length === 0 ? undefined : qemuOwners(host, journal?.dacUser);
+  const owners = found.length === 0 || journal.dacUser === undefined ? undefined : qemuOwners(host, journal.dacUser);
   if (owners === undefined) return found;
   return found.filter((qemu) => {
     const owner = processOwner(host, qemu);

@@ -27,12 +27,12 @@ function userId(host: Host, user: string): number | undefined {
  * (qemu.conf, /etc/passwd or that directory cannot be read, a user names
  * nobody, no user is set and the directory is missing).
  */
-export function qemuOwners(host: Host, dacUser: string | undefined): Set<number> | undefined {
+export function qemuOwners(host: Host, dacUser: string | null): Set<number> | undefined {
   try {
     const configured = qemuUserSetting(host);
     const libDirOwner = host.stat(paths.libvirtQemuLibDir)?.uid;
     if (configured === undefined && libDirOwner === undefined) return undefined;
-    const users = [configured, dacUser].filter((user) => user !== undefined).map((user) => userId(host, user));
+    const users = [configured, dacUser ?? undefined].filter((user) => user !== undefined).map((user) => userId(host, user));
     if (users.includes(undefined)) return undefined;
     return new Set([0, ...(users as number[]), ...(libDirOwner === undefined ? [] : [libDirOwner])]);
   } catch {

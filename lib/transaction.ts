@@ -594,6 +594,40 @@ function journalOutcome(host: Host, journal: Journal, entry: JournalEntry, outco
 }
 
 /**
+ * The plugins of the journal with a record this vmhook cannot read (an action
+ * a later vmhook added, a record its action's check refuses), each with why:
+ * their records were made around it, so none of them is undone, rather than
+ * that plugin's changes half given back. A plugin that cannot be loaded is
+ * not here: each of its records fails to load at its undo, all alike.
+ */
+async function unreadablePlugins(journal: Journal, env: RunEnvironment, loaded: PluginInstance[]): Promise<Map<string, VmhookError>> {
+  const unreadable = new Map<string, VmhookError>();
+  for (const pluginId of new Set(journal.entries.map((entry) => entry.plugin))) {
+    let plugin: AnyPlugin;
+    try {
+      plugin = loaded.find((instance) => instance.id === pluginId)?.plugin ?? (await env.registry.load(pluginId, env.host));
+    } catch {
+      continue;
+    }
+    if (isLegacyPlugin(plugin)) continue;
+    for (const entry of journal.entries.filter((each) => each.plugin === pluginId)) {
+      try {
+        actionOf(plugin, pluginId, entry.undo).check(entry.undo);
+      } catch (error) {
+        unreadable.set(
+          pluginId,
+          new VmhookError(
+            `${pluginId}: "${entry.description}" in ${paths.journal(journal.domain.uuid)} cannot be read by this vmhook (${describeError(error)}), so every change of ${pluginId} there is kept, not half given back: install the vmhook that wrote it again (a later one) and run vmhook recover ${journal.domain.name}, or restore what its records name by hand and remove them`,
+          ),
+        );
+        break;
+      }
+    }
+  }
+  return unreadable;
+}
+
+/**
  * Undoes a journal's entries in reverse order, best effort: each success is
  * removed from the journal at once (so a crash here resumes where it stopped),
  * each failure is logged and kept for `vmhook recover`. The journal file is
@@ -615,10 +649,18 @@ export async function undoJournal(journal: Journal, env: RunEnvironment, deadlin
     log.warn(`the journal could not be marked as ${journal.phase} (${describeError(error)}); undoing its changes all the same`);
   }
   let undone = 0;
+  const unreadable = await unreadablePlugins(journal, env, loaded);
   for (const entry of [...journal.entries].reverse()) {
     // Set when the undo itself has ended: a failure after it is the journal write's.
     let finished = undefined as UndoOutcome | undefined;
     let outcome: UndoOutcome;
+    const keptWhole = unreadable.get(entry.plugin);
+    if (keptWhole) {
+      outcome = { done: false, cause: keptWhole };
+      journalOutcome(host, journal, entry, outcome);
+      log.error(`${entry.plugin}: undo ${entry.description}: ${entry.error}`);
+      continue;
+    }
     try {
       const plugin = loaded.find((instance) => instance.id === entry.plugin)?.plugin ?? (await env.registry.load(entry.plugin, host));
       // A shared plugin's entry leaves the journal (or is marked undo-failed)

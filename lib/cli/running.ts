@@ -81,7 +81,9 @@ export function lostTrackPids(host: Host, domain: DomainToFind): number[] {
 /**
  * The QEMUs of the UUID, as the hook's release counts them (domainQemus), by
  * what its journal notes; a journal that cannot be read notes nothing. The
- * seclabel user of the XML at hand stands in where no journal names one.
+ * seclabel user of the XML at hand stands in where no journal names one; a
+ * journal that cannot tell it (written before vmhook kept it) has every
+ * process of the UUID count, as its release does.
  */
 function lostQemus(host: Host, uuid: string, dacUser: string | undefined): number[] {
   let journal: Journal | undefined;
@@ -90,5 +92,6 @@ function lostQemus(host: Host, uuid: string, dacUser: string | undefined): numbe
   } catch {
     journal = undefined;
   }
-  return domainQemus(host, uuid, { qemu: journal?.qemu, dacUser: journal?.dacUser ?? dacUser });
+  const seclabelUser = journal === undefined ? (dacUser ?? null) : journal.dacUser === undefined ? undefined : (journal.dacUser ?? dacUser ?? null);
+  return domainQemus(host, uuid, { qemu: journal?.qemu, dacUser: seclabelUser });
 }

@@ -228,7 +228,7 @@ test("vmhook hook typed at a terminal, nothing piped in, says on stderr what it 
 
 test("a domain renamed (virsh domrename) while a crash left its journal under the old name: vmhook hook NEW with NEW's own XML runs, and stopped/release without XML name that journal", async () => {
   const uuid = "d0d0d0d0-0000-4000-8000-0000000000a3";
-  const journal = JSON.stringify({ version: 1, domain: { name: "old", uuid }, phase: "running", pid: 1, entries: [{ plugin: "hugepages", kind: "pool", record: {} }] });
+  const journal = JSON.stringify({ version: 1, domain: { name: "old", uuid }, phase: "running", pid: 1, entries: [{ plugin: "hugepages", event: "prepare", description: "grow the 2M pool by 512 pages", undo: { action: "grow-pool", sizeKiB: 2048, node: null, added: 512, returned: 0 }, state: "applied", at: "2026-11-22T10:00:01.000Z" }] });
   const sim = new SimHost().dir("/var/log").file(`/run/vmhook/${uuid}.json`, journal).file("/etc/libvirt/qemu/new.xml", `<domain type="kvm"><name>new</name><uuid>${uuid}</uuid></domain>`);
   try {
     let acted = false;

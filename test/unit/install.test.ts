@@ -50,6 +50,36 @@ function setUp(host: RootedHost = new RootedHost(fs.mkdtempSync(path.join(os.tmp
   return { host, binary, read, exists, putPreviousHook, putLibvirt };
 }
 
+/** A host that notes, in order, each file fsynced (by the path its descriptor names) and each rename. */
+class SyncNotingHost extends RootedHost {
+  readonly events: string[] = [];
+  protected override flush(fd: number): void {
+    this.events.push(`fsync ${fs.readlinkSync(`/proc/self/fd/${fd}`).slice(this.root.length)}`);
+  }
+  override rename(from: string, to: string): void {
+    this.events.push(`rename ${from} to ${to}`);
+    super.rename(from, to);
+  }
+}
+
+// libvirt runs the hook at every VM start: an upgrade followed by a power
+// loss must leave the old binary or the whole new one under its name, never
+// an empty or short file (which install would then keep as "another
+// program's hook", and every start would fail on).
+test("install (and an upgrade over an earlier vmhook) puts the new binary on disk before it renames it over the hook", () => {
+  const { host, binary } = setUp(new SyncNotingHost(fs.mkdtempSync(path.join(os.tmpdir(), "vmhook-install-"))));
+  const noting = host as SyncNotingHost;
+  for (const build of ["ELF... vmhook-binary-marker:c0ffee-1 ...", "ELF... vmhook-binary-marker:c0ffee-2 ..."]) {
+    fs.writeFileSync(binary, build);
+    noting.events.length = 0;
+    install(host, binary);
+    const renamed = noting.events.indexOf(`rename ${HOOK}.vmhook-new to ${HOOK}`);
+    assert.ok(renamed > 0, noting.events.join("; "));
+    assert.ok(noting.events.slice(0, renamed).includes(`fsync ${HOOK}.vmhook-new`), noting.events.join("; "));
+    assert.is(fs.readFileSync(host.resolve(HOOK), "utf8"), build);
+  }
+});
+
 test("install keeps the previous hook beside it, run from qemu.d/ by a launcher; installing again changes nothing", () => {
   const { host, binary, read, putPreviousHook } = setUp();
   putPreviousHook();

@@ -15,7 +15,7 @@ function host(uids: number[]): SimHost {
 }
 
 /** The uids of the processes domainQemus counts, with no QEMU noted. */
-const countedOwners = (sim: SimHost, uids: number[], dacUser?: string) => domainQemus(sim, UUID, dacUser === undefined ? {} : { dacUser }).map((pid) => uids[pid - 5000]);
+const countedOwners = (sim: SimHost, uids: number[], dacUser?: string) => domainQemus(sim, UUID, { dacUser: dacUser ?? null }).map((pid) => uids[pid - 5000]);
 
 test("with no QEMU noted, a process with the domain's -uuid counts when root, or a user libvirt runs QEMU as, owns it: qemu.conf's user (a name, +UID, or digits naming no user), the owner libvirt gives /var/lib/libvirt/qemu, the domain's <seclabel model='dac'> user", () => {
   const uids = [0, 107, 1000, 100, 1234, 64055];
