@@ -587,10 +587,22 @@ async function undoOutcome(env: RunEnvironment, plugin: AnyPlugin, entry: Journa
   }
 }
 
-function journalOutcome(host: Host, journal: Journal, entry: JournalEntry, outcome: UndoOutcome): void {
+/**
+ * Notes how an entry's undo ended and writes the journal. A write that fails
+ * (/run full, read-only, out of file descriptors) is logged, never thrown: the
+ * file as last written still holds the entry, whose undo checks what it gives
+ * back, and the undo goes on to the other entries. False: it failed.
+ */
+function journalOutcome({ host, log }: RunEnvironment, journal: Journal, entry: JournalEntry, outcome: UndoOutcome): boolean {
   if (outcome.done) journal.entries.splice(journal.entries.indexOf(entry), 1);
   else Object.assign(entry, { state: "undo-failed", error: describeError(outcome.cause) });
-  writeJournal(host, journal);
+  try {
+    writeJournal(host, journal);
+    return true;
+  } catch (error) {
+    log.error(`${entry.plugin}: undo ${entry.description}: the journal could not be written after it: ${describeError(error)}`);
+    return false;
+  }
 }
 
 /**
@@ -616,33 +628,29 @@ export async function undoJournal(journal: Journal, env: RunEnvironment, deadlin
   }
   let undone = 0;
   for (const entry of [...journal.entries].reverse()) {
-    // Set when the undo itself has ended: a failure after it is the journal write's.
-    let finished = undefined as UndoOutcome | undefined;
-    let outcome: UndoOutcome;
+    let settled: { outcome: UndoOutcome; written: boolean };
     try {
       const plugin = loaded.find((instance) => instance.id === entry.plugin)?.plugin ?? (await env.registry.load(entry.plugin, host));
       // A shared plugin's entry leaves the journal (or is marked undo-failed)
       // under the same host lock as its undo: other VMs' prepares compute the
       // shared resources from the journals, and one that took the lock between
       // the undo and the journal write would count a claim already given back.
-      outcome = await underLockIf(plugin.shared === true, env, deadline, async () => {
-        finished = await undoOutcome(env, plugin, entry, journal, deadline);
-        journalOutcome(host, journal, entry, finished);
-        return finished;
+      settled = await underLockIf(plugin.shared === true, env, deadline, async () => {
+        const outcome = await undoOutcome(env, plugin, entry, journal, deadline);
+        return { outcome, written: journalOutcome(env, journal, entry, outcome) };
       });
     } catch (error) {
-      if (finished) {
-        log.error(`${entry.plugin}: undo ${entry.description}: the journal could not be written after it: ${describeError(error)}`);
-        continue;
-      }
       // Loading the plugin or taking the lock failed: nothing was undone.
-      outcome = { done: false, cause: error };
-      journalOutcome(host, journal, entry, outcome);
+      const outcome: UndoOutcome = { done: false, cause: error };
+      settled = { outcome, written: journalOutcome(env, journal, entry, outcome) };
     }
-    if (outcome.done) {
+    const { outcome, written } = settled;
+    if (!outcome.done) log.error(`${entry.plugin}: undo ${entry.description}: ${entry.error}`);
+    // One the journal did not take was logged as that: the file still holds it.
+    else if (written) {
       undone++;
       log.info(`${entry.plugin}: undo ${entry.description}: done`);
-    } else log.error(`${entry.plugin}: undo ${entry.description}: ${entry.error}`);
+    }
   }
   try {
     // This domain's notes whose helper has ended (a hook killed before its helper acted, or before it forgot the note;

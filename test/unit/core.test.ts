@@ -139,6 +139,26 @@ test("/run full (ENOSPC) in the middle of a prepare: the journal cannot take the
   }
 });
 
+test("/run full (ENOSPC) during a release whose plugin cannot be loaded: the entries of the others are still undone, and the journal as last written keeps every change for vmhook recover; the first such entry used to end the whole undo", async () => {
+  const { sim, env, journal } = setup();
+  try {
+    const before = sim.snapshot();
+    const [a] = twoPlugins();
+    await runPlugins("prepare", twoPlugins(), DOMAIN, journal, env, deadline(sim));
+    const held = readJournal(sim, UUID)!.entries;
+    sim.failWrite(`${paths.journal(UUID)}.tmp`, "ENOSPC");
+    // "b" is in no registry (a custom plugin removed since the start): its undo cannot even begin.
+    const result = await undoJournal(journal, env, deadline(sim), [a!]);
+    assert.equal(undone, ["a:/a2", "a:/a1"], "a's changes are given back all the same");
+    assert.equal(result.failed.map((entry) => entry.undo.file), ["/b1", "/b2"]);
+    assert.equal(sim.snapshot(), { ...before, "/b1": "changed\n", "/b2": "changed\n" }, "only b's files stay changed");
+    assert.equal(readJournal(sim, UUID)!.entries, held, "no record of a change was lost");
+    assert.equal(sim.stateFiles(), [`${UUID}.json`], "no temp copy is left");
+  } finally {
+    sim.cleanup();
+  }
+});
+
 test("a prepare that fails at any step, before or after acting, leaves the host as it was and no journal", async () => {
   for (const file of ["/a1", "/a2", "/b1", "/b2"]) {
     for (const when of ["before", "after"] as const) {
