@@ -677,6 +677,17 @@ function unlessAbsent<T, A>(read: () => T, absent: A, absentCodes: string[], wha
   }
 }
 
+/**
+ * The fix for a failure that is not the file's but the process's or the
+ * system's: out of file descriptors (EMFILE, ENFILE) on the way to any file.
+ * Undefined for any other errno.
+ */
+export function openFilesFix(code: string | undefined): string | undefined {
+  if (code === "EMFILE") return "vmhook reached its limit of open files, which the hook inherits from libvirt's daemon: raise LimitNOFILE= of its service (systemctl edit virtqemud.service, or libvirtd.service; then restart it), or ulimit -n in the shell that runs vmhook, then try again";
+  if (code === "ENFILE") return "the system's table of open files is full (cat /proc/sys/fs/file-nr): stop what holds so many, or raise fs.file-max (sysctl), then try again";
+  return undefined;
+}
+
 /** What exists but cannot be read: refused with the path and the errno (kept as `code`), never taken as empty. For a read outside the Host's methods too (the log, opened without following a symlink). */
 export function unreadable(error: unknown, what: string, hostPath: string): FixableError & { code?: string } {
   const code = (error as NodeJS.ErrnoException)?.code;
@@ -684,7 +695,7 @@ export function unreadable(error: unknown, what: string, hostPath: string): Fixa
   const refused =
     code === "EACCES" || code === "EPERM"
       ? denied(reason)
-      : new FixableError(reason, code !== undefined && ABSENT.includes(code) ? "it does not exist on this host" : "vmhook does not act on what it cannot read; check why (ls -l, dmesg)");
+      : new FixableError(reason, code !== undefined && ABSENT.includes(code) ? "it does not exist on this host" : (openFilesFix(code) ?? "vmhook does not act on what it cannot read; check why (ls -l, dmesg)"));
   return Object.assign(refused, { code, cause: error });
 }
 
@@ -707,7 +718,7 @@ export function unchangeable(error: unknown, action: string, real: string): Fixa
   };
   fixes.ENOENT = fixes.ENOTDIR!;
   fixes.ENOTEMPTY = fixes.EEXIST!;
-  const refused = code === "EACCES" || code === "EPERM" ? denied(reason) : new FixableError(reason, (code && fixes[code]) ?? `check why (ls -ld ${dir}, dmesg)`);
+  const refused = code === "EACCES" || code === "EPERM" ? denied(reason) : new FixableError(reason, (code && fixes[code]) ?? openFilesFix(code) ?? `check why (ls -ld ${dir}, dmesg)`);
   return Object.assign(refused, { code, cause: error });
 }
 

@@ -916,7 +916,7 @@ test("/run full (ENOSPC) once the pool has grown: the prepare fails saying what 
     };
     const outcome = await runHookEvent(sim, "prepare", "begin", XML);
     assert.is(outcome.code, 1);
-    assert.is(firstLine(outcome.stderr), `vmhook: cannot write ${paths.journal(UUID)} (ENOSPC: the file system is full): vmhook records every change there before it makes it; free space in /run (df -h /run/vmhook), then run vmhook recover`);
+    assert.is(firstLine(outcome.stderr), `vmhook: cannot write ${paths.journal(UUID)} (ENOSPC: the file system is full); vmhook records every change there before it makes it; free space in /run (df -h /run/vmhook, df -i /run/vmhook), then run vmhook recover`);
     assert.match(outcome.stderr, "1 of 1 change(s) could not be undone: run vmhook recover");
     assert.not.match(outcome.stderr, /\n\s+at /, "no stack trace");
     assert.is(kernel.pool(2048), 612, "the shrink is journaled before it is made: with no room for that, the pages stay");
@@ -924,6 +924,34 @@ test("/run full (ENOSPC) once the pool has grown: the prepare fails saying what 
     sim.clearFailures();
     const recover = await cli(["recover", "--root", sim.root], sim);
     assert.is(recover.code, 0, recover.stdout + recover.stderr);
+    assert.is(kernel.pool(2048), 100);
+    assert.equal(sim.stateFiles(), []);
+  } finally {
+    sim.cleanup();
+  }
+});
+
+test("out of file descriptors (EMFILE) once the pool has grown: the prepare fails naming the file, the errno and the limit to raise, and gives the pages back, leaving no state file", async () => {
+  const { sim, kernel } = hugepageHost(100);
+  try {
+    // The first read after the pool grew meets the limit; the descriptors come back once the hook's own are closed, as they do.
+    let hit = false;
+    const readTrimmed = sim.readTrimmed.bind(sim);
+    sim.readTrimmed = (file: string) => {
+      if (hit || kernel.pool(2048) <= 100) return readTrimmed(file);
+      hit = true;
+      sim.failRead(file, "EMFILE");
+      try {
+        return readTrimmed(file);
+      } finally {
+        sim.clearFailures();
+      }
+    };
+    const outcome = await runHookEvent(sim, "prepare", "begin", XML);
+    assert.ok(hit, "a read after the pool grew");
+    assert.is(outcome.code, 1);
+    assert.match(firstLine(outcome.stderr), /^vmhook: (hugepages: )?cannot read \/\S+ \(EMFILE\); vmhook reached its limit of open files, which the hook inherits from libvirt's daemon: raise LimitNOFILE= /);
+    assert.match(outcome.stderr, "the host was left as it was (1 change(s) undone)");
     assert.is(kernel.pool(2048), 100);
     assert.equal(sim.stateFiles(), []);
   } finally {
