@@ -107,8 +107,14 @@ export function writeStateFile(host: Host, file: string, text: string): void {
     host.createFile(temp, text);
     host.rename(temp, file);
   } catch (error) {
-    // The temp copy the file system had no room for holds what room is left; FILE is as it was.
-    if ((error as NodeJS.ErrnoException).code === "ENOSPC") host.remove(temp);
+    // FILE is as it was. The temp copy goes whatever failed: on a full file
+    // system it holds what room is left, and one left behind would pass for a
+    // killed writer's (lonelyTemps). Its removal failing says nothing the first failure does not.
+    try {
+      host.remove(temp);
+    } catch {
+      // the refusal below names the cause
+    }
     throw unchangeableState(error, "write", file);
   }
 }

@@ -482,11 +482,11 @@ export class SimHost extends RootedHost {
     super.createFile(hostPath, text, mode);
   }
 
-  /** A failWrite fails createFile (ENOSPC: a full file system leaves the file it created behind; EROFS, EACCES: nothing is created); a failChange fails any other change. */
+  /** A failWrite fails createFile (ENOSPC, EDQUOT, EIO, EFBIG: write(2) or fsync(2) fails once open(2) made the file, which is left behind; EROFS, EACCES: nothing is created); a failChange fails any other change. */
   protected override systemCalls<T>(action: string, hostPath: string, calls: () => T): T {
     const failure = (action === "write" ? this.failures : this.changeFailures).find((f) => matches(f.match, hostPath));
     if (!failure) return calls();
-    if (failure.error === "ENOSPC") calls();
+    if (action === "write" && FAILS_ONCE_CREATED.includes(failure.error)) calls();
     throw Object.assign(new Error(`${failure.error}: simulated failure writing ${hostPath}`), { code: failure.error });
   }
 
@@ -545,5 +545,8 @@ const leftAtExit = new Set<string>();
 process.once("exit", () => {
   for (const root of leftAtExit) fs.rmSync(root, { recursive: true, force: true });
 });
+
+/** The errnos of a write(2) or fsync(2) into a file open(2) has made. */
+const FAILS_ONCE_CREATED = ["ENOSPC", "EDQUOT", "EIO", "EFBIG"];
 
 const matches = (match: string | RegExp, hostPath: string) => (typeof match === "string" ? match === hostPath : match.test(hostPath));

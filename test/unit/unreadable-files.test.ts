@@ -337,4 +337,23 @@ test("vmhook's state that cannot be made or written is refused naming the host's
   }
 });
 
+test("a state file's write that fails once its temp copy is made (EIO, EDQUOT, EFBIG from write(2) or fsync(2)), or whose rename fails: the file stays as it was, and no temp copy is left for lonelyTemps to take for a killed writer", () => {
+  const sim = new SimHost();
+  try {
+    const file = `${paths.stateDir}/claims.json`;
+    ensureStateDir(sim);
+    writeStateFile(sim, file, "{}");
+    for (const [fail, errno] of [["write", "EIO"], ["write", "EDQUOT"], ["write", "EFBIG"], ["write", "ENOSPC"], ["rename", "EIO"], ["rename", "EROFS"]] as const) {
+      if (fail === "write") sim.failWrite(`${file}.tmp`, errno);
+      else sim.failChange(file, errno);
+      assert.throws(() => writeStateFile(sim, file, '{"new": 1}'), (error: FixableError & { code?: string }) => error instanceof FixableError && error.code === errno && error.reason.startsWith(`cannot write ${file} (${errno}`));
+      sim.clearFailures();
+      assert.is(sim.read(file), "{}", `${fail} ${errno}`);
+      assert.equal(sim.stateFiles(), ["claims.json"], `${fail} ${errno}`);
+    }
+  } finally {
+    sim.cleanup();
+  }
+});
+
 test.run();
