@@ -29,7 +29,9 @@ async function acquire(host: Host, file: string, deadline: Deadline | undefined)
   ensureStateDir(host);
   let fd: number;
   try {
-    fd = fs.openSync(host.resolve(file), fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_NOFOLLOW, 0o600);
+    // Read-only: flock(2) needs no more, and a lock file already there opens on a /run
+    // gone read-only, where vmhook status must still tell what is held.
+    fd = fs.openSync(host.resolve(file), fs.constants.O_RDONLY | fs.constants.O_CREAT | fs.constants.O_NOFOLLOW, 0o600);
   } catch (error) {
     const code = (error as NodeJS.ErrnoException).code;
     throw code === "ELOOP" ? new VmhookError(`lock file ${file} is a symlink; remove it (rm ${file})`) : unchangeableState(error, "open lock file", file);

@@ -52,7 +52,9 @@ export function unchangeableState(error: unknown, what: string, hostPath: string
   const reason = `cannot ${what} ${hostPath} (${full ? "ENOSPC: the file system is full" : (code ?? describeError(error))})`;
   const fix = full
     ? `vmhook records every change there before it makes it; free space in /run (df -h ${paths.stateDir}, df -i ${paths.stateDir}), then run vmhook recover`
-    : (openFilesFix(code) ?? `vmhook records every change in ${paths.stateDir} before it makes it: check why (ls -ld ${paths.stateDir}, df -h ${paths.stateDir}, dmesg)`);
+    : code === "EROFS"
+      ? `its file system is mounted read-only (findmnt -T ${paths.stateDir}): remount it read-write, then run vmhook recover`
+      : (openFilesFix(code) ?? `vmhook records every change in ${paths.stateDir} before it makes it: check why (ls -ld ${paths.stateDir}, df -h ${paths.stateDir}, dmesg)`);
   const refused = code === "EACCES" || code === "EPERM" ? denied(reason) : new FixableError(reason, fix);
   return Object.assign(refused, { code, cause: error });
 }

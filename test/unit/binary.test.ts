@@ -766,6 +766,9 @@ function smallRun(root: string, options: string): { dir: string; fill: () => voi
   };
 }
 
+/** libvirt's events up to a running VM. */
+const STARTS = [["prepare", "begin"], ["start", "begin"], ["started", "begin"]];
+
 const RUN_FULL_FIX = "vmhook records every change there before it makes it; free space in /run (df -h /run/vmhook, df -i /run/vmhook), then run vmhook recover";
 
 for (const [what, options] of [
@@ -797,7 +800,7 @@ test("hook mode, /run full while the VM runs (a 16 KiB tmpfs filled after prepar
   try {
     const qemu = t.link("hooks/qemu");
     const vmhook = t.link("bin/vmhook");
-    for (const [op, subop] of [["prepare", "begin"], ["start", "begin"], ["started", "begin"]]) assert.is(run(qemu, ["vm", op!, subop!, "-"], domain(), t.root).code, 0);
+    for (const [op, subop] of STARTS) assert.is(run(qemu, ["vm", op!, subop!, "-"], domain(), t.root).code, 0);
     assert.is(t.pool(), 512);
     run_.fill();
     const released = run(qemu, ["vm", "release", "end", "-"], domain(), t.root);
@@ -808,6 +811,33 @@ test("hook mode, /run full while the VM runs (a 16 KiB tmpfs filled after prepar
     const status = run(vmhook, ["status"], "", t.root);
     assert.match(status.stdout, "hugepages: grow the 2M pool by 512 pages");
     run_.free();
+    const recovered = run(vmhook, ["recover", "vm"], "", t.root);
+    assert.equal([recovered.code, recovered.stdout], [0, "vm: 1 change(s) undone\n"], recovered.stderr);
+    assert.is(t.pool(), 0);
+    assert.equal(fs.readdirSync(run_.dir).filter((name) => name.endsWith(".json") || name.endsWith(".tmp")), []);
+  } finally {
+    run_.unmount();
+    t.cleanup();
+  }
+});
+
+test("hook mode, /run/vmhook read-only while the VM runs (its tmpfs remounted ro): release keeps what it cannot journal the undo of and says how to fix it; status still lists what is held; recover gives it back once /run is read-write again", () => {
+  const t = tree();
+  const run_ = smallRun(t.root, "size=1m");
+  const remount = (mode: string) => assert.is(spawnSync("mount", ["-o", `remount,${mode}`, run_.dir], { timeout: 10_000 }).status, 0);
+  try {
+    const qemu = t.link("hooks/qemu");
+    const vmhook = t.link("bin/vmhook");
+    for (const [op, subop] of STARTS) assert.is(run(qemu, ["vm", op!, subop!, "-"], domain(), t.root).code, 0);
+    remount("ro");
+    const released = run(qemu, ["vm", "release", "end", "-"], domain(), t.root);
+    assert.equal([released.code, released.stdout], [0, ""]);
+    assert.match(firstLine(released.stderr), "release of vm: 1 change(s) could not be undone; see /var/log/vmhook.log, then run vmhook recover vm");
+    assert.match(released.stderr, `cannot write ${t.journal.slice(t.root.length)} (EROFS); its file system is mounted read-only (findmnt -T /run/vmhook): remount it read-write, then run vmhook recover`);
+    assert.is(t.pool(), 512);
+    const status = run(vmhook, ["status"], "", t.root);
+    assert.equal([status.code, status.stdout], [0, `vm (${UUID}): not running, yet vmhook still holds for it (vmhook recover vm gives it back):\n  - hugepages: grow the 2M pool by 512 pages\n`], status.stderr);
+    remount("rw");
     const recovered = run(vmhook, ["recover", "vm"], "", t.root);
     assert.equal([recovered.code, recovered.stdout], [0, "vm: 1 change(s) undone\n"], recovered.stderr);
     assert.is(t.pool(), 0);

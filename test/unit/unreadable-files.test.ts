@@ -329,8 +329,12 @@ test("vmhook's state that cannot be made or written is refused naming the host's
     assert.throws(() => ensureStateDir(new RootedHost(root)), (error: FixableError) => error instanceof FixableError && error.reason === `cannot create ${paths.stateDir} (ENOTDIR)` && error.fix === fix);
     const file = `${paths.stateDir}/claims.json`;
     ensureStateDir(sim);
+    sim.failWrite(`${file}.tmp`, "EIO");
+    assert.throws(() => writeStateFile(sim, file, "{}"), (error: FixableError & { code?: string }) => error instanceof FixableError && error.reason === `cannot write ${file} (EIO)` && error.fix === fix && error.code === "EIO");
+    sim.clearFailures();
     sim.failWrite(`${file}.tmp`, "EROFS");
-    assert.throws(() => writeStateFile(sim, file, "{}"), (error: FixableError & { code?: string }) => error instanceof FixableError && error.reason === `cannot write ${file} (EROFS)` && error.fix === fix && error.code === "EROFS");
+    const readOnly = `its file system is mounted read-only (findmnt -T ${paths.stateDir}): remount it read-write, then run vmhook recover`;
+    assert.throws(() => writeStateFile(sim, file, "{}"), (error: FixableError & { code?: string }) => error instanceof FixableError && error.reason === `cannot write ${file} (EROFS)` && error.fix === readOnly && error.code === "EROFS");
   } finally {
     fs.rmSync(root, { recursive: true, force: true });
     sim.cleanup();
