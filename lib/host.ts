@@ -91,7 +91,7 @@ export interface Host {
   /** Copies a file from outside the host's tree (the vmhook binary being installed) to `hostPath`, which it replaces. */
   copyIn(source: string, hostPath: string): void;
   symlink(target: string, hostPath: string): void;
-  /** Creates the file anew with `text` (mode 0600, or `mode` whatever the umask; never through a symlink; what is there is replaced) and fsyncs it: the first half of a state file's atomic write. */
+  /** Creates the file anew with the whole of `text` (mode 0600, or `mode` whatever the umask; never through a symlink; what is there is replaced) and fsyncs it: the first half of a state file's atomic write. A failure once the file was made (ENOSPC after a short write, EIO from fsync) removes it. */
   createFile(hostPath: string, text: string, mode?: number): void;
   /** rename(2): `to` is replaced at once, never half written. */
   rename(from: string, to: string): void;
@@ -354,17 +354,23 @@ export class RootedHost implements Host {
     this.changing("write", hostPath, (real) => {
       const fd = createFresh(real);
       try {
-        if (mode !== undefined) fs.fchmodSync(fd, mode);
-        fs.writeSync(fd, text);
-        this.flush(fd);
-      } finally {
-        fs.closeSync(fd);
+        try {
+          if (mode !== undefined) fs.fchmodSync(fd, mode);
+          writeWhole(fd, text);
+          this.flush(fd, hostPath);
+        } finally {
+          fs.closeSync(fd);
+        }
+      } catch (error) {
+        // What a full file system (or a failing disk) cut short is never left to be read, or renamed into place, as the whole.
+        fs.rmSync(real, { force: true });
+        throw error;
       }
     });
   }
 
-  /** fsync(2): what createFile wrote survives a power loss once renamed into place. */
-  protected flush(fd: number): void {
+  /** fsync(2) of `hostPath`, open as `fd`: what createFile wrote survives a power loss once renamed into place. */
+  protected flush(fd: number, _hostPath: string): void {
     fs.fsyncSync(fd);
   }
 
@@ -662,6 +668,21 @@ function createFresh(real: string): number {
   }
   fs.rmSync(real, { force: true });
   return create();
+}
+
+/**
+ * write(2) until the whole text is written. A file system with less room
+ * left than the text takes what fits and returns that count (a short write,
+ * no error); the next write(2) then fails with ENOSPC.
+ */
+function writeWhole(fd: number, text: string): void {
+  const bytes = Buffer.from(text);
+  for (let written = 0; written < bytes.length; ) {
+    const count = fs.writeSync(fd, bytes, written);
+    // write(2) of a regular file returns 0 only for nothing to write: never loop on it.
+    if (count <= 0) throw Object.assign(new Error(`EIO: write(2) wrote nothing at byte ${written} of ${bytes.length}`), { code: "EIO" });
+    written += count;
+  }
 }
 
 /** The errnos that mean "nothing there": the path, or a directory on the way to it, does not exist. */

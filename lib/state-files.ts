@@ -105,13 +105,17 @@ export function readStateFile(host: Host, file: string, what: string): string | 
  */
 export function writeStateFile(host: Host, file: string, text: string): void {
   const temp = `${file}${TEMP_SUFFIX}`;
+  // FILE stays as it was on any failure, and no temp copy of ours stays to
+  // pass for a killed writer's (lonelyTemps): createFile removes a copy it
+  // could not write whole, and a copy that cannot be renamed goes here.
   try {
     host.createFile(temp, text);
+  } catch (error) {
+    throw unchangeableState(error, "write", file);
+  }
+  try {
     host.rename(temp, file);
   } catch (error) {
-    // FILE is as it was. The temp copy goes whatever failed: on a full file
-    // system it holds what room is left, and one left behind would pass for a
-    // killed writer's (lonelyTemps). Its removal failing says nothing the first failure does not.
     try {
       host.remove(temp);
     } catch {

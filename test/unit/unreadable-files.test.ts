@@ -4,6 +4,7 @@
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
+import { spawnSync } from "node:child_process";
 import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { Deadline, waitFor, WaitTimedOut } from "../../lib/deadline.ts";
@@ -357,6 +358,27 @@ test("a state file's write that fails once its temp copy is made (EIO, EDQUOT, E
     }
   } finally {
     sim.cleanup();
+  }
+});
+
+test("a journal larger than the room left on /run (a real 8 KiB tmpfs, one page free): the write fails with ENOSPC and the journal stays as it was; the full file system's short write used to be renamed over it, a journal cut off mid-JSON", () => {
+  const root = fs.mkdtempSync(path.join(os.tmpdir(), "vmhook-state-"));
+  const dir = path.join(root, "run/vmhook");
+  fs.mkdirSync(dir, { recursive: true });
+  const mounted = spawnSync("mount", ["-t", "tmpfs", "-o", "size=8k,mode=0700", "tmpfs", dir], { encoding: "utf8", timeout: 10_000 });
+  assert.is(mounted.status, 0, `mount tmpfs (the unit tests run as root): ${mounted.stderr}`);
+  try {
+    const host = new RootedHost(root);
+    const file = `${paths.stateDir}/claims.json`;
+    writeStateFile(host, file, "{}\n");
+    // The journal takes one page; one page is left, which 6000 bytes do not fit.
+    const large = `${JSON.stringify({ padding: "x".repeat(6000) })}\n`;
+    assert.throws(() => writeStateFile(host, file, large), (error: FixableError & { code?: string }) => error instanceof FixableError && error.code === "ENOSPC" && error.reason === `cannot write ${file} (ENOSPC: the file system is full)`);
+    assert.is(fs.readFileSync(path.join(dir, "claims.json"), "utf8"), "{}\n");
+    assert.equal(fs.readdirSync(dir), ["claims.json"], "no temp copy is left");
+  } finally {
+    spawnSync("umount", [dir], { timeout: 10_000 });
+    fs.rmSync(root, { recursive: true, force: true });
   }
 });
 
