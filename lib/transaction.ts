@@ -661,7 +661,12 @@ export async function undoJournal(journal: Journal, env: RunEnvironment, deadlin
   }
   const failed = journal.entries.filter((entry) => entry.state === "undo-failed");
   if (journal.entries.length === 0) {
-    removeJournal(host, journal.domain.uuid);
+    try {
+      removeJournal(host, journal.domain.uuid);
+    } catch (error) {
+      // /run gone read-only: what the undo did stands, and the prepare that rolled back keeps its own cause.
+      log.error(`the journal could not be removed (${describeError(error)}); it lists changes already given back, which vmhook recover (or the next start) undoes again, each undo checking what it gives back, and removes`);
+    }
   } else {
     journal.phase = rollback ? "rollback-failed" : "release-failed";
     try {

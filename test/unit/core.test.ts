@@ -159,6 +159,39 @@ test("/run full (ENOSPC) during a release whose plugin cannot be loaded: the ent
   }
 });
 
+test("/run gone read-only (EROFS) during a prepare's rollback: every change is given back, and the prepare still fails with its own cause; the journal it cannot remove is left listing changes already given back, which vmhook recover then removes", async () => {
+  const { sim, env, journal } = setup();
+  try {
+    const before = sim.snapshot();
+    let remounted = false;
+    sim.onWrite("/b1", (data, file, host) => {
+      fs.writeFileSync(host.resolve(file), `${data}\n`);
+      if (remounted) return;
+      remounted = true;
+      host.failWrite(`${paths.journal(UUID)}.tmp`, "EROFS").failChange(paths.journal(UUID), "EROFS");
+    });
+    const instances = twoPlugins();
+    const failure = await runPlugins("prepare", instances, DOMAIN, journal, env, deadline(sim)).then(
+      () => undefined,
+      (error: Error) => error,
+    );
+    assert.match(failure?.message ?? "", `cannot write ${paths.journal(UUID)} (EROFS)`);
+    const result = await undoJournal(journal, env, deadline(sim), instances);
+    assert.equal([result.undone, result.failed], [0, []], "undone, though the journal took none of it");
+    assert.equal(undone, ["b:/b2", "b:/b1", "a:/a2", "a:/a1"], "b2 too: its pending record is what the journal could not take");
+    assert.equal(sim.snapshot(), before);
+    assert.match(sim.read(paths.log), `error: the journal could not be removed (cannot remove ${sim.resolve(paths.journal(UUID))} (EROFS)`);
+    sim.clearFailures();
+    // What vmhook recover runs: the journal as the file has it.
+    const again = await undoJournal(readJournal(sim, UUID)!, env, deadline(sim), instances);
+    assert.equal([again.undone, again.failed], [3, []]);
+    assert.equal(sim.snapshot(), before);
+    assert.equal(sim.stateFiles(), []);
+  } finally {
+    sim.cleanup();
+  }
+});
+
 test("a prepare that fails at any step, before or after acting, leaves the host as it was and no journal", async () => {
   for (const file of ["/a1", "/a2", "/b1", "/b2"]) {
     for (const when of ["before", "after"] as const) {
