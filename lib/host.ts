@@ -91,7 +91,7 @@ export interface Host {
   /** Copies a file from outside the host's tree (the vmhook binary being installed) to `hostPath`, which it replaces, and fsyncs it: renamed into place then, a power loss leaves the whole copy, never a short one. */
   copyIn(source: string, hostPath: string): void;
   symlink(target: string, hostPath: string): void;
-  /** Creates the file anew with `text` (mode 0600, or `mode` whatever the umask; never through a symlink; what is there is replaced) and fsyncs it: the first half of a state file's atomic write. */
+  /** Creates the file anew with the whole of `text` (mode 0600, or `mode` whatever the umask; never through a symlink; what is there is replaced) and fsyncs it: the first half of a state file's atomic write. A failure once the file was made (ENOSPC after a short write, EIO from fsync) removes it. */
   createFile(hostPath: string, text: string, mode?: number): void;
   /** rename(2): `to` is replaced at once, never half written. */
   rename(from: string, to: string): void;
@@ -350,7 +350,7 @@ export class RootedHost implements Host {
         fs.copyFileSync(source, real);
         const fd = fs.openSync(real, "r");
         try {
-          this.flush(fd);
+          this.flush(fd, hostPath);
         } finally {
           fs.closeSync(fd);
         }
@@ -367,17 +367,23 @@ export class RootedHost implements Host {
     this.changing("write", hostPath, (real) => {
       const fd = createFresh(real);
       try {
-        if (mode !== undefined) fs.fchmodSync(fd, mode);
-        fs.writeSync(fd, text);
-        this.flush(fd);
-      } finally {
-        fs.closeSync(fd);
+        try {
+          if (mode !== undefined) fs.fchmodSync(fd, mode);
+          writeWhole(fd, text);
+          this.flush(fd, hostPath);
+        } finally {
+          fs.closeSync(fd);
+        }
+      } catch (error) {
+        // What a full file system (or a failing disk) cut short is never left to be read, or renamed into place, as the whole.
+        fs.rmSync(real, { force: true });
+        throw error;
       }
     });
   }
 
-  /** fsync(2): what createFile wrote survives a power loss once renamed into place. */
-  protected flush(fd: number): void {
+  /** fsync(2) of `hostPath`, open as `fd`: what createFile wrote survives a power loss once renamed into place. */
+  protected flush(fd: number, _hostPath: string): void {
     fs.fsyncSync(fd);
   }
 
@@ -697,6 +703,21 @@ function presentAt(real: string): boolean {
   }
 }
 
+/**
+ * write(2) until the whole text is written. A file system with less room
+ * left than the text takes what fits and returns that count (a short write,
+ * no error); the next write(2) then fails with ENOSPC.
+ */
+function writeWhole(fd: number, text: string): void {
+  const bytes = Buffer.from(text);
+  for (let written = 0; written < bytes.length; ) {
+    const count = fs.writeSync(fd, bytes, written);
+    // write(2) of a regular file returns 0 only for nothing to write: never loop on it.
+    if (count <= 0) throw Object.assign(new Error(`EIO: write(2) wrote nothing at byte ${written} of ${bytes.length}`), { code: "EIO" });
+    written += count;
+  }
+}
+
 /** The errnos that mean "nothing there": the path, or a directory on the way to it, does not exist. */
 const ABSENT = ["ENOENT", "ENOTDIR"];
 
@@ -710,6 +731,17 @@ function unlessAbsent<T, A>(read: () => T, absent: A, absentCodes: string[], wha
   }
 }
 
+/**
+ * The fix for a failure that is not the file's but the process's or the
+ * system's: out of file descriptors (EMFILE, ENFILE) on the way to any file.
+ * Undefined for any other errno.
+ */
+export function openFilesFix(code: string | undefined): string | undefined {
+  if (code === "EMFILE") return "vmhook reached its limit of open files, which the hook inherits from libvirt's daemon: raise LimitNOFILE= of its service (systemctl edit virtqemud.service, or libvirtd.service; then restart it), or ulimit -n in the shell that runs vmhook, then try again";
+  if (code === "ENFILE") return "the system's table of open files is full (cat /proc/sys/fs/file-nr): stop what holds so many, or raise fs.file-max (sysctl), then try again";
+  return undefined;
+}
+
 /** What exists but cannot be read: refused with the path and the errno (kept as `code`), never taken as empty. For a read outside the Host's methods too (the log, opened without following a symlink). */
 export function unreadable(error: unknown, what: string, hostPath: string): FixableError & { code?: string } {
   const code = (error as NodeJS.ErrnoException)?.code;
@@ -717,7 +749,7 @@ export function unreadable(error: unknown, what: string, hostPath: string): Fixa
   const refused =
     code === "EACCES" || code === "EPERM"
       ? denied(reason)
-      : new FixableError(reason, code !== undefined && ABSENT.includes(code) ? "it does not exist on this host" : "vmhook does not act on what it cannot read; check why (ls -l, dmesg)");
+      : new FixableError(reason, code !== undefined && ABSENT.includes(code) ? "it does not exist on this host" : (openFilesFix(code) ?? "vmhook does not act on what it cannot read; check why (ls -l, dmesg)"));
   return Object.assign(refused, { code, cause: error });
 }
 
@@ -740,7 +772,7 @@ export function unchangeable(error: unknown, action: string, real: string): Fixa
   };
   fixes.ENOENT = fixes.ENOTDIR!;
   fixes.ENOTEMPTY = fixes.EEXIST!;
-  const refused = code === "EACCES" || code === "EPERM" ? denied(reason) : new FixableError(reason, (code && fixes[code]) ?? `check why (ls -ld ${dir}, dmesg)`);
+  const refused = code === "EACCES" || code === "EPERM" ? denied(reason) : new FixableError(reason, (code && fixes[code]) ?? openFilesFix(code) ?? `check why (ls -ld ${dir}, dmesg)`);
   return Object.assign(refused, { code, cause: error });
 }
 

@@ -8,7 +8,7 @@ import type { Deadline } from "./deadline.ts";
 import { VmhookError } from "./errors.ts";
 import type { Host } from "./host.ts";
 import { paths } from "./paths.ts";
-import { ensureStateDir } from "./state-files.ts";
+import { ensureStateDir, unchangeableState } from "./state-files.ts";
 import { libc } from "./libc.ts";
 
 const LOCK_EX = 2;
@@ -29,10 +29,12 @@ async function acquire(host: Host, file: string, deadline: Deadline | undefined)
   ensureStateDir(host);
   let fd: number;
   try {
-    fd = fs.openSync(host.resolve(file), fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_NOFOLLOW, 0o600);
+    // Read-only: flock(2) needs no more, and a lock file already there opens on a /run
+    // gone read-only, where vmhook status must still tell what is held.
+    fd = fs.openSync(host.resolve(file), fs.constants.O_RDONLY | fs.constants.O_CREAT | fs.constants.O_NOFOLLOW, 0o600);
   } catch (error) {
     const code = (error as NodeJS.ErrnoException).code;
-    throw new VmhookError(code === "ELOOP" ? `lock file ${file} is a symlink; remove it (rm ${file})` : `cannot open lock file ${file} (${code ?? (error as Error).message})`);
+    throw code === "ELOOP" ? new VmhookError(`lock file ${file} is a symlink; remove it (rm ${file})`) : unchangeableState(error, "open lock file", file);
   }
   let interval = 5;
   while (lock(fd, LOCK_EX | LOCK_NB) !== 0) {

@@ -5,7 +5,7 @@
 // symlink planted where a journal goes is replaced, never written through.
 import * as fs from "node:fs";
 import { denied, describeError, FixableError, VmhookError } from "./errors.ts";
-import type { FileStat, Host } from "./host.ts";
+import { openFilesFix, type FileStat, type Host } from "./host.ts";
 import { paths } from "./paths.ts";
 
 const { O_NOFOLLOW, O_RDONLY } = fs.constants;
@@ -26,7 +26,7 @@ export function ensureStateDir(host: Host, dir = paths.stateDir): void {
     try {
       fs.mkdirSync(host.resolve(dir), { recursive: true, mode: 0o700 });
     } catch (error) {
-      throw unchangeable(error, "create", dir);
+      throw unchangeableState(error, "create", dir);
     }
     stat = refuseUntrustedStateDir(host, dir)!;
   }
@@ -34,18 +34,28 @@ export function ensureStateDir(host: Host, dir = paths.stateDir): void {
   try {
     fs.chmodSync(host.resolve(dir), 0o700);
   } catch (error) {
-    throw unchangeable(error, "chmod 0700", dir);
+    throw unchangeableState(error, "chmod 0700", dir);
   }
 }
 
-/** A change to vmhook's state that failed: refused naming the host's path and the errno (kept as `code`), never Node's message with the real path. */
-function unchangeable(error: unknown, what: string, hostPath: string): FixableError & { code?: string } {
+/**
+ * A change to vmhook's state that failed (`what`: "write", "create", "open
+ * lock file"): refused naming the host's path and the errno (kept as `code`),
+ * never Node's message with the real path, with the fix for that errno. The
+ * one refusal of every state file, the journals, the claims ledger, shared
+ * state, stuck-write notes and locks alike: /run full (of pages or of inodes)
+ * reads the same whichever of them met it first.
+ */
+export function unchangeableState(error: unknown, what: string, hostPath: string): FixableError & { code?: string } {
   const code = (error as NodeJS.ErrnoException)?.code;
-  const reason = `cannot ${what} ${hostPath} (${code ?? describeError(error)})`;
-  const refused =
-    code === "EACCES" || code === "EPERM"
-      ? denied(reason)
-      : new FixableError(reason, `vmhook records every change in ${paths.stateDir} before it makes it: check why (ls -ld ${paths.stateDir}, df -h ${paths.stateDir}, dmesg)`);
+  const full = code === "ENOSPC";
+  const reason = `cannot ${what} ${hostPath} (${full ? "ENOSPC: the file system is full" : (code ?? describeError(error))})`;
+  const fix = full
+    ? `vmhook records every change there before it makes it; free space in /run (df -h ${paths.stateDir}, df -i ${paths.stateDir}), then run vmhook recover`
+    : code === "EROFS"
+      ? `its file system is mounted read-only (findmnt -T ${paths.stateDir}): remount it read-write, then run vmhook recover`
+      : (openFilesFix(code) ?? `vmhook records every change in ${paths.stateDir} before it makes it: check why (ls -ld ${paths.stateDir}, df -h ${paths.stateDir}, dmesg)`);
+  const refused = code === "EACCES" || code === "EPERM" ? denied(reason) : new FixableError(reason, fix);
   return Object.assign(refused, { code, cause: error });
 }
 
@@ -81,7 +91,8 @@ export function readStateFile(host: Host, file: string, what: string): string | 
     if (code === "ENOENT") return undefined;
     if (code === "ELOOP") throw new VmhookError(`${what} ${file} is a symlink, not a file vmhook wrote; inspect it and remove it (rm ${file})`);
     const reason = `${what} ${file} cannot be read (${code ?? (error as Error).message})`;
-    throw code === "EACCES" ? denied(reason) : new VmhookError(reason);
+    const outOfFiles = openFilesFix(code);
+    throw code === "EACCES" ? denied(reason) : outOfFiles ? new FixableError(reason, outOfFiles) : new VmhookError(reason);
   } finally {
     if (fd !== undefined) fs.closeSync(fd);
   }
@@ -94,15 +105,23 @@ export function readStateFile(host: Host, file: string, what: string): string | 
  */
 export function writeStateFile(host: Host, file: string, text: string): void {
   const temp = `${file}${TEMP_SUFFIX}`;
+  // FILE stays as it was on any failure, and no temp copy of ours stays to
+  // pass for a killed writer's (lonelyTemps): createFile removes a copy it
+  // could not write whole, and a copy that cannot be renamed goes here.
   try {
     host.createFile(temp, text);
+  } catch (error) {
+    throw unchangeableState(error, "write", file);
+  }
+  try {
     host.rename(temp, file);
   } catch (error) {
-    const code = (error as NodeJS.ErrnoException).code;
-    if (code !== "ENOSPC") throw unchangeable(error, "write", file);
-    // The temp copy the file system had no room for holds what room is left; FILE is as it was.
-    host.remove(temp);
-    throw new VmhookError(`cannot write ${file} (ENOSPC: the file system is full): vmhook records every change there before it makes it; free space in /run (df -h ${paths.stateDir}), then run vmhook recover`);
+    try {
+      host.remove(temp);
+    } catch {
+      // the refusal below names the cause
+    }
+    throw unchangeableState(error, "write", file);
   }
 }
 

@@ -587,10 +587,22 @@ async function undoOutcome(env: RunEnvironment, plugin: AnyPlugin, entry: Journa
   }
 }
 
-function journalOutcome(host: Host, journal: Journal, entry: JournalEntry, outcome: UndoOutcome): void {
+/**
+ * Notes how an entry's undo ended and writes the journal. A write that fails
+ * (/run full, read-only, out of file descriptors) is logged, never thrown: the
+ * file as last written still holds the entry, whose undo checks what it gives
+ * back, and the undo goes on to the other entries. False: it failed.
+ */
+function journalOutcome({ host, log }: RunEnvironment, journal: Journal, entry: JournalEntry, outcome: UndoOutcome): boolean {
   if (outcome.done) journal.entries.splice(journal.entries.indexOf(entry), 1);
   else Object.assign(entry, { state: "undo-failed", error: describeError(outcome.cause) });
-  writeJournal(host, journal);
+  try {
+    writeJournal(host, journal);
+    return true;
+  } catch (error) {
+    log.error(`${entry.plugin}: undo ${entry.description}: the journal could not be written after it: ${describeError(error)}`);
+    return false;
+  }
 }
 
 /**
@@ -651,40 +663,35 @@ export async function undoJournal(journal: Journal, env: RunEnvironment, deadlin
   let undone = 0;
   const unreadable = await unreadablePlugins(journal, env, loaded);
   for (const entry of [...journal.entries].reverse()) {
-    // Set when the undo itself has ended: a failure after it is the journal write's.
-    let finished = undefined as UndoOutcome | undefined;
-    let outcome: UndoOutcome;
     const keptWhole = unreadable.get(entry.plugin);
     if (keptWhole) {
-      outcome = { done: false, cause: keptWhole };
-      journalOutcome(host, journal, entry, outcome);
+      journalOutcome(env, journal, entry, { done: false, cause: keptWhole });
       log.error(`${entry.plugin}: undo ${entry.description}: ${entry.error}`);
       continue;
     }
+    let settled: { outcome: UndoOutcome; written: boolean };
     try {
       const plugin = loaded.find((instance) => instance.id === entry.plugin)?.plugin ?? (await env.registry.load(entry.plugin, host));
       // A shared plugin's entry leaves the journal (or is marked undo-failed)
       // under the same host lock as its undo: other VMs' prepares compute the
       // shared resources from the journals, and one that took the lock between
       // the undo and the journal write would count a claim already given back.
-      outcome = await underLockIf(plugin.shared === true, env, deadline, async () => {
-        finished = await undoOutcome(env, plugin, entry, journal, deadline);
-        journalOutcome(host, journal, entry, finished);
-        return finished;
+      settled = await underLockIf(plugin.shared === true, env, deadline, async () => {
+        const outcome = await undoOutcome(env, plugin, entry, journal, deadline);
+        return { outcome, written: journalOutcome(env, journal, entry, outcome) };
       });
     } catch (error) {
-      if (finished) {
-        log.error(`${entry.plugin}: undo ${entry.description}: the journal could not be written after it: ${describeError(error)}`);
-        continue;
-      }
       // Loading the plugin or taking the lock failed: nothing was undone.
-      outcome = { done: false, cause: error };
-      journalOutcome(host, journal, entry, outcome);
+      const outcome: UndoOutcome = { done: false, cause: error };
+      settled = { outcome, written: journalOutcome(env, journal, entry, outcome) };
     }
-    if (outcome.done) {
+    const { outcome, written } = settled;
+    if (!outcome.done) log.error(`${entry.plugin}: undo ${entry.description}: ${entry.error}`);
+    // One the journal did not take was logged as that: the file still holds it.
+    else if (written) {
       undone++;
       log.info(`${entry.plugin}: undo ${entry.description}: done`);
-    } else log.error(`${entry.plugin}: undo ${entry.description}: ${entry.error}`);
+    }
   }
   try {
     // This domain's notes whose helper has ended (a hook killed before its helper acted, or before it forgot the note;
@@ -695,7 +702,12 @@ export async function undoJournal(journal: Journal, env: RunEnvironment, deadlin
   }
   const failed = journal.entries.filter((entry) => entry.state === "undo-failed");
   if (journal.entries.length === 0) {
-    removeJournal(host, journal.domain.uuid);
+    try {
+      removeJournal(host, journal.domain.uuid);
+    } catch (error) {
+      // /run gone read-only: what the undo did stands, and the prepare that rolled back keeps its own cause.
+      log.error(`the journal could not be removed (${describeError(error)}); it lists changes already given back, which vmhook recover (or the next start) undoes again, each undo checking what it gives back, and removes`);
+    }
   } else {
     journal.phase = rollback ? "rollback-failed" : "release-failed";
     try {

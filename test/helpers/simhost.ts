@@ -482,16 +482,18 @@ export class SimHost extends RootedHost {
     super.createFile(hostPath, text, mode);
   }
 
-  /** A failWrite fails createFile (ENOSPC: a full file system leaves the file it created behind; EROFS, EACCES: nothing is created); a failChange fails any other change. */
+  /** A failWrite fails createFile: at open(2) (EROFS, EACCES: nothing is made), or at its flush (ENOSPC, EDQUOT, EIO, EFBIG: write(2) or fsync(2) of the file open(2) made); a failChange fails any other change. */
   protected override systemCalls<T>(action: string, hostPath: string, calls: () => T): T {
     const failure = (action === "write" ? this.failures : this.changeFailures).find((f) => matches(f.match, hostPath));
-    if (!failure) return calls();
-    if (failure.error === "ENOSPC") calls();
+    if (!failure || (action === "write" && FAILS_ONCE_CREATED.includes(failure.error))) return calls();
     throw Object.assign(new Error(`${failure.error}: simulated failure writing ${hostPath}`), { code: failure.error });
   }
 
-  /** A simulated host never outlives a power loss: no fsync, which costs milliseconds on a disk. */
-  protected override flush(): void {}
+  /** A simulated host never outlives a power loss: no fsync, which costs milliseconds on a disk. A failWrite of a file made (ENOSPC …) fails here, as write(2) or fsync(2) would. */
+  protected override flush(_fd: number, hostPath: string): void {
+    const failure = this.failures.find((f) => matches(f.match, hostPath) && FAILS_ONCE_CREATED.includes(f.error));
+    if (failure) throw Object.assign(new Error(`${failure.error}: simulated failure writing ${hostPath}`), { code: failure.error });
+  }
 
   override rename(from: string, to: string): void {
     this.change(`rename ${from} to ${to}`);
@@ -545,5 +547,8 @@ const leftAtExit = new Set<string>();
 process.once("exit", () => {
   for (const root of leftAtExit) fs.rmSync(root, { recursive: true, force: true });
 });
+
+/** The errnos of a write(2) or fsync(2) into a file open(2) has made. */
+const FAILS_ONCE_CREATED = ["ENOSPC", "EDQUOT", "EIO", "EFBIG"];
 
 const matches = (match: string | RegExp, hostPath: string) => (typeof match === "string" ? match === hostPath : match.test(hostPath));

@@ -736,6 +736,118 @@ test("hook mode, /var/log full (ENOSPC: an 8 KiB tmpfs mounted over the test roo
   }
 });
 
+/** A tmpfs mounted over the test root's /run/vmhook (vmhook's state directory), with `options` (size=, nr_inodes=); `fill` takes up what it holds. */
+function smallRun(root: string, options: string): { dir: string; fill: () => void; free: () => void; unmount: () => void } {
+  const dir = path.join(root, "run/vmhook");
+  fs.mkdirSync(dir, { recursive: true });
+  const mounted = spawnSync("mount", ["-t", "tmpfs", "-o", `${options},mode=0700`, "tmpfs", dir], { encoding: "utf8", timeout: 10_000 });
+  assert.is(mounted.status, 0, `mount tmpfs (the unit tests run as root): ${mounted.stderr}`);
+  const filler = (n: number) => path.join(dir, `filler-${n}`);
+  let made = 0;
+  return {
+    dir,
+    // One file a page until neither a page nor an inode is left.
+    fill() {
+      for (;;) {
+        try {
+          fs.writeFileSync(filler(made), "f".repeat(4096));
+          made++;
+        } catch (error) {
+          if ((error as NodeJS.ErrnoException).code === "ENOSPC") return;
+          throw error;
+        }
+      }
+    },
+    free: () => {
+      for (; made >= 0; made--) fs.rmSync(filler(made), { force: true });
+      made = 0;
+    },
+    unmount: () => void spawnSync("umount", [dir], { timeout: 10_000 }),
+  };
+}
+
+/** libvirt's events up to a running VM. */
+const STARTS = [["prepare", "begin"], ["start", "begin"], ["started", "begin"]];
+
+const RUN_FULL_FIX = "vmhook records every change there before it makes it; free space in /run (df -h /run/vmhook, df -i /run/vmhook), then run vmhook recover";
+
+for (const [what, options] of [
+  ["no inode left (tmpfs nr_inodes): the domain's lock file cannot be made", "size=1m,nr_inodes=4"],
+  ["no page left: the journal cannot be written", "size=16k"],
+] as const) {
+  test(`hook mode, /run full before prepare's first step, ${what}: the start is refused naming the file, the errno and the fix, and nothing is changed or left behind`, () => {
+    const t = tree();
+    const run_ = smallRun(t.root, options);
+    try {
+      run_.fill();
+      const left = fs.readdirSync(run_.dir).sort();
+      const prepared = run(t.link("hooks/qemu"), ["vm", "prepare", "begin", "-"], domain(), t.root);
+      assert.is(prepared.code, 1);
+      assert.match(firstLine(prepared.stderr), new RegExp(`^vmhook: cannot (open lock file|write) /run/vmhook/${UUID}\\.(lock|json) \\(ENOSPC: the file system is full\\); `));
+      assert.ok(firstLine(prepared.stderr).endsWith(`; ${RUN_FULL_FIX}`), prepared.stderr);
+      assert.is(t.pool(), 0);
+      assert.equal(fs.readdirSync(run_.dir).sort(), left, "no journal, no temp copy, no lock file");
+    } finally {
+      run_.unmount();
+      t.cleanup();
+    }
+  });
+}
+
+test("hook mode, /run full while the VM runs (a 16 KiB tmpfs filled after prepare): release keeps the pages it cannot journal the shrink of, says so, and exits 0; status still shows them; recover gives them back once there is room, leaving nothing", () => {
+  const t = tree();
+  const run_ = smallRun(t.root, "size=16k");
+  try {
+    const qemu = t.link("hooks/qemu");
+    const vmhook = t.link("bin/vmhook");
+    for (const [op, subop] of STARTS) assert.is(run(qemu, ["vm", op!, subop!, "-"], domain(), t.root).code, 0);
+    assert.is(t.pool(), 512);
+    run_.fill();
+    const released = run(qemu, ["vm", "release", "end", "-"], domain(), t.root);
+    assert.equal([released.code, released.stdout], [0, ""]);
+    assert.match(firstLine(released.stderr), "release of vm: 1 change(s) could not be undone; see /var/log/vmhook.log, then run vmhook recover vm");
+    assert.match(released.stderr, "(ENOSPC: the file system is full)");
+    assert.is(t.pool(), 512, "the shrink is journaled before it is made: with no room for that, the pages stay");
+    const status = run(vmhook, ["status"], "", t.root);
+    assert.match(status.stdout, "hugepages: grow the 2M pool by 512 pages");
+    run_.free();
+    const recovered = run(vmhook, ["recover", "vm"], "", t.root);
+    assert.equal([recovered.code, recovered.stdout], [0, "vm: 1 change(s) undone\n"], recovered.stderr);
+    assert.is(t.pool(), 0);
+    assert.equal(fs.readdirSync(run_.dir).filter((name) => name.endsWith(".json") || name.endsWith(".tmp")), []);
+  } finally {
+    run_.unmount();
+    t.cleanup();
+  }
+});
+
+test("hook mode, /run/vmhook read-only while the VM runs (its tmpfs remounted ro): release keeps what it cannot journal the undo of and says how to fix it; status still lists what is held; recover gives it back once /run is read-write again", () => {
+  const t = tree();
+  const run_ = smallRun(t.root, "size=1m");
+  const remount = (mode: string) => assert.is(spawnSync("mount", ["-o", `remount,${mode}`, run_.dir], { timeout: 10_000 }).status, 0);
+  try {
+    const qemu = t.link("hooks/qemu");
+    const vmhook = t.link("bin/vmhook");
+    for (const [op, subop] of STARTS) assert.is(run(qemu, ["vm", op!, subop!, "-"], domain(), t.root).code, 0);
+    remount("ro");
+    const released = run(qemu, ["vm", "release", "end", "-"], domain(), t.root);
+    assert.equal([released.code, released.stdout], [0, ""]);
+    assert.match(firstLine(released.stderr), "release of vm: 1 change(s) could not be undone; see /var/log/vmhook.log, then run vmhook recover vm");
+    assert.match(released.stderr, `cannot write ${t.journal.slice(t.root.length)} (EROFS); its file system is mounted read-only (findmnt -T /run/vmhook): remount it read-write, then run vmhook recover`);
+    assert.is(t.pool(), 512);
+    const status = run(vmhook, ["status"], "", t.root);
+    assert.equal([status.code, status.stdout], [0, `vm (${UUID}): not running, yet vmhook still holds for it (vmhook recover vm gives it back):\n  - hugepages: grow the 2M pool by 512 pages\n`], status.stderr);
+    remount("rw");
+    const recovered = run(vmhook, ["recover", "vm"], "", t.root);
+    assert.equal([recovered.code, recovered.stdout], [0, "vm: 1 change(s) undone\n"], recovered.stderr);
+    assert.is(t.pool(), 0);
+    assert.equal(fs.readdirSync(run_.dir).filter((name) => name.endsWith(".json") || name.endsWith(".tmp")), []);
+  } finally {
+    run_.unmount();
+    t.cleanup();
+  }
+});
+
 test("hook mode, /var/log read-only (a tmpfs remounted ro over the test root's /var/log): the VM starts and stops all the same, each run says once on stderr that it is missing from the log", () => {
   const t = tree();
   const logDir = path.join(t.root, "var/log");

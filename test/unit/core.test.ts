@@ -139,6 +139,59 @@ test("/run full (ENOSPC) in the middle of a prepare: the journal cannot take the
   }
 });
 
+test("/run full (ENOSPC) during a release whose plugin cannot be loaded: the entries of the others are still undone, and the journal as last written keeps every change for vmhook recover; the first such entry used to end the whole undo", async () => {
+  const { sim, env, journal } = setup();
+  try {
+    const before = sim.snapshot();
+    const [a] = twoPlugins();
+    await runPlugins("prepare", twoPlugins(), DOMAIN, journal, env, deadline(sim));
+    const held = readJournal(sim, UUID)!.entries;
+    sim.failWrite(`${paths.journal(UUID)}.tmp`, "ENOSPC");
+    // "b" is in no registry (a custom plugin removed since the start): its undo cannot even begin.
+    const result = await undoJournal(journal, env, deadline(sim), [a!]);
+    assert.equal(undone, ["a:/a2", "a:/a1"], "a's changes are given back all the same");
+    assert.equal(result.failed.map((entry) => entry.undo.file), ["/b1", "/b2"]);
+    assert.equal(sim.snapshot(), { ...before, "/b1": "changed\n", "/b2": "changed\n" }, "only b's files stay changed");
+    assert.equal(readJournal(sim, UUID)!.entries, held, "no record of a change was lost");
+    assert.equal(sim.stateFiles(), [`${UUID}.json`], "no temp copy is left");
+  } finally {
+    sim.cleanup();
+  }
+});
+
+test("/run gone read-only (EROFS) during a prepare's rollback: every change is given back, and the prepare still fails with its own cause; the journal it cannot remove is left listing changes already given back, which vmhook recover then removes", async () => {
+  const { sim, env, journal } = setup();
+  try {
+    const before = sim.snapshot();
+    let remounted = false;
+    sim.onWrite("/b1", (data, file, host) => {
+      fs.writeFileSync(host.resolve(file), `${data}\n`);
+      if (remounted) return;
+      remounted = true;
+      host.failWrite(`${paths.journal(UUID)}.tmp`, "EROFS").failChange(paths.journal(UUID), "EROFS");
+    });
+    const instances = twoPlugins();
+    const failure = await runPlugins("prepare", instances, DOMAIN, journal, env, deadline(sim)).then(
+      () => undefined,
+      (error: Error) => error,
+    );
+    assert.match(failure?.message ?? "", `cannot write ${paths.journal(UUID)} (EROFS)`);
+    const result = await undoJournal(journal, env, deadline(sim), instances);
+    assert.equal([result.undone, result.failed], [0, []], "undone, though the journal took none of it");
+    assert.equal(undone, ["b:/b2", "b:/b1", "a:/a2", "a:/a1"], "b2 too: its pending record is what the journal could not take");
+    assert.equal(sim.snapshot(), before);
+    assert.match(sim.read(paths.log), `error: the journal could not be removed (cannot remove ${sim.resolve(paths.journal(UUID))} (EROFS)`);
+    sim.clearFailures();
+    // What vmhook recover runs: the journal as the file has it.
+    const again = await undoJournal(readJournal(sim, UUID)!, env, deadline(sim), instances);
+    assert.equal([again.undone, again.failed], [3, []]);
+    assert.equal(sim.snapshot(), before);
+    assert.equal(sim.stateFiles(), []);
+  } finally {
+    sim.cleanup();
+  }
+});
+
 test("a prepare that fails at any step, before or after acting, leaves the host as it was and no journal", async () => {
   for (const file of ["/a1", "/a2", "/b1", "/b2"]) {
     for (const when of ["before", "after"] as const) {
@@ -896,7 +949,7 @@ test("/run full (ENOSPC) once the pool has grown: the prepare fails saying what 
     };
     const outcome = await runHookEvent(sim, "prepare", "begin", XML);
     assert.is(outcome.code, 1);
-    assert.is(firstLine(outcome.stderr), `vmhook: cannot write ${paths.journal(UUID)} (ENOSPC: the file system is full): vmhook records every change there before it makes it; free space in /run (df -h /run/vmhook), then run vmhook recover`);
+    assert.is(firstLine(outcome.stderr), `vmhook: cannot write ${paths.journal(UUID)} (ENOSPC: the file system is full); vmhook records every change there before it makes it; free space in /run (df -h /run/vmhook, df -i /run/vmhook), then run vmhook recover`);
     assert.match(outcome.stderr, "1 of 1 change(s) could not be undone: run vmhook recover");
     assert.not.match(outcome.stderr, /\n\s+at /, "no stack trace");
     assert.is(kernel.pool(2048), 612, "the shrink is journaled before it is made: with no room for that, the pages stay");
@@ -904,6 +957,34 @@ test("/run full (ENOSPC) once the pool has grown: the prepare fails saying what 
     sim.clearFailures();
     const recover = await cli(["recover", "--root", sim.root], sim);
     assert.is(recover.code, 0, recover.stdout + recover.stderr);
+    assert.is(kernel.pool(2048), 100);
+    assert.equal(sim.stateFiles(), []);
+  } finally {
+    sim.cleanup();
+  }
+});
+
+test("out of file descriptors (EMFILE) once the pool has grown: the prepare fails naming the file, the errno and the limit to raise, and gives the pages back, leaving no state file", async () => {
+  const { sim, kernel } = hugepageHost(100);
+  try {
+    // The first read after the pool grew meets the limit; the descriptors come back once the hook's own are closed, as they do.
+    let hit = false;
+    const readTrimmed = sim.readTrimmed.bind(sim);
+    sim.readTrimmed = (file: string) => {
+      if (hit || kernel.pool(2048) <= 100) return readTrimmed(file);
+      hit = true;
+      sim.failRead(file, "EMFILE");
+      try {
+        return readTrimmed(file);
+      } finally {
+        sim.clearFailures();
+      }
+    };
+    const outcome = await runHookEvent(sim, "prepare", "begin", XML);
+    assert.ok(hit, "a read after the pool grew");
+    assert.is(outcome.code, 1);
+    assert.match(firstLine(outcome.stderr), /^vmhook: (hugepages: )?cannot read \/\S+ \(EMFILE\); vmhook reached its limit of open files, which the hook inherits from libvirt's daemon: raise LimitNOFILE= /);
+    assert.match(outcome.stderr, "the host was left as it was (1 change(s) undone)");
     assert.is(kernel.pool(2048), 100);
     assert.equal(sim.stateFiles(), []);
   } finally {

@@ -4,6 +4,7 @@
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
+import { spawnSync } from "node:child_process";
 import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { Deadline, waitFor, WaitTimedOut } from "../../lib/deadline.ts";
@@ -336,11 +337,55 @@ test("vmhook's state that cannot be made or written is refused naming the host's
     assert.throws(() => ensureStateDir(new RootedHost(root)), (error: FixableError) => error instanceof FixableError && error.reason === `cannot create ${paths.stateDir} (ENOTDIR)` && error.fix === fix);
     const file = `${paths.stateDir}/claims.json`;
     ensureStateDir(sim);
+    sim.failWrite(`${file}.tmp`, "EIO");
+    assert.throws(() => writeStateFile(sim, file, "{}"), (error: FixableError & { code?: string }) => error instanceof FixableError && error.reason === `cannot write ${file} (EIO)` && error.fix === fix && error.code === "EIO");
+    sim.clearFailures();
     sim.failWrite(`${file}.tmp`, "EROFS");
-    assert.throws(() => writeStateFile(sim, file, "{}"), (error: FixableError & { code?: string }) => error instanceof FixableError && error.reason === `cannot write ${file} (EROFS)` && error.fix === fix && error.code === "EROFS");
+    const readOnly = `its file system is mounted read-only (findmnt -T ${paths.stateDir}): remount it read-write, then run vmhook recover`;
+    assert.throws(() => writeStateFile(sim, file, "{}"), (error: FixableError & { code?: string }) => error instanceof FixableError && error.reason === `cannot write ${file} (EROFS)` && error.fix === readOnly && error.code === "EROFS");
   } finally {
     fs.rmSync(root, { recursive: true, force: true });
     sim.cleanup();
+  }
+});
+
+test("a state file's write that fails once its temp copy is made (EIO, EDQUOT, EFBIG from write(2) or fsync(2)), or whose rename fails: the file stays as it was, and no temp copy is left for lonelyTemps to take for a killed writer", () => {
+  const sim = new SimHost();
+  try {
+    const file = `${paths.stateDir}/claims.json`;
+    ensureStateDir(sim);
+    writeStateFile(sim, file, "{}");
+    for (const [fail, errno] of [["write", "EIO"], ["write", "EDQUOT"], ["write", "EFBIG"], ["write", "ENOSPC"], ["rename", "EIO"], ["rename", "EROFS"]] as const) {
+      if (fail === "write") sim.failWrite(`${file}.tmp`, errno);
+      else sim.failChange(file, errno);
+      assert.throws(() => writeStateFile(sim, file, '{"new": 1}'), (error: FixableError & { code?: string }) => error instanceof FixableError && error.code === errno && error.reason.startsWith(`cannot write ${file} (${errno}`));
+      sim.clearFailures();
+      assert.is(sim.read(file), "{}", `${fail} ${errno}`);
+      assert.equal(sim.stateFiles(), ["claims.json"], `${fail} ${errno}`);
+    }
+  } finally {
+    sim.cleanup();
+  }
+});
+
+test("a journal larger than the room left on /run (a real 8 KiB tmpfs, one page free): the write fails with ENOSPC and the journal stays as it was; the full file system's short write used to be renamed over it, a journal cut off mid-JSON", () => {
+  const root = fs.mkdtempSync(path.join(os.tmpdir(), "vmhook-state-"));
+  const dir = path.join(root, "run/vmhook");
+  fs.mkdirSync(dir, { recursive: true });
+  const mounted = spawnSync("mount", ["-t", "tmpfs", "-o", "size=8k,mode=0700", "tmpfs", dir], { encoding: "utf8", timeout: 10_000 });
+  assert.is(mounted.status, 0, `mount tmpfs (the unit tests run as root): ${mounted.stderr}`);
+  try {
+    const host = new RootedHost(root);
+    const file = `${paths.stateDir}/claims.json`;
+    writeStateFile(host, file, "{}\n");
+    // The journal takes one page; one page is left, which 6000 bytes do not fit.
+    const large = `${JSON.stringify({ padding: "x".repeat(6000) })}\n`;
+    assert.throws(() => writeStateFile(host, file, large), (error: FixableError & { code?: string }) => error instanceof FixableError && error.code === "ENOSPC" && error.reason === `cannot write ${file} (ENOSPC: the file system is full)`);
+    assert.is(fs.readFileSync(path.join(dir, "claims.json"), "utf8"), "{}\n");
+    assert.equal(fs.readdirSync(dir), ["claims.json"], "no temp copy is left");
+  } finally {
+    spawnSync("umount", [dir], { timeout: 10_000 });
+    fs.rmSync(root, { recursive: true, force: true });
   }
 });
 
