@@ -77,7 +77,7 @@ test("NVIDIA single GPU: display manager, console, efifb, persistenced and modul
 
   const order = kernel.sim.execs.filter((e) => e.command !== "systemctl" || e.args[0] === "stop").map((e) => `${e.command} ${e.args.join(" ")}`);
   assert.equal(order, [
-    "modprobe vfio-pci",
+    "modprobe vfio-pci ids=",
     "systemctl stop display-manager.service",
     "systemctl stop nvidia-persistenced.service",
     "rmmod nvidia_drm",
