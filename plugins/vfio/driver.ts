@@ -10,7 +10,7 @@ import { readForMessage, type ExecResult, type Host } from "../../lib/host.ts";
 import { othersRecords } from "../../lib/journal.ts";
 import { describeMdevsOn, mdevPath } from "../../lib/mdevs.ts";
 import { recoverCommandLine } from "../../lib/metadata-text.ts";
-import { checkSriovOrigin, driverModule, goneFromBus, listPciDevices, moduleDrivers, onVfioDriver, PCI_DRIVERS, pciDriver, pciDriverRegistered, pciExists, pciIommuGroup, pciPath, pciPowerControl, sriovOrigin, type PciDevice, type SriovOrigin } from "../../lib/pci.ts";
+import { checkSriovOrigin, driverModule, goneFromBus, iommuGroupMembers, listPciDevices, moduleDrivers, onVfioDriver, PCI_DRIVERS, pciDriver, pciDriverRegistered, pciExists, pciIommuGroup, pciPath, pciPowerControl, sriovOrigin, type PciDevice, type SriovOrigin } from "../../lib/pci.ts";
 import { defineAction, type ApplyContext, type BaseContext, type PlanContext, type Step, type UndoRecord } from "../../lib/plugin.ts";
 import { clearForWrite, listStuckWrites, moduleSubject, refuseIfStuck, SOUND_NODE, soundCardHolders, StuckWriteError } from "../../lib/stuck-writes.ts";
 import { PATTERNS } from "../../lib/validate.ts";
@@ -487,16 +487,27 @@ export function refuseDevicesOfOtherVms(ctx: Pick<BaseContext, "host" | "domain"
 /**
  * A device that parents mdevs (GVT-g's iGPU, an NVIDIA card under a vGPU
  * manager before 17): its driver's remove() removes every one of them, and
- * blocks while a VM uses one, so it goes to no VM while it has any. Refused
- * before anything changes, naming each and the VM vmhook made it for.
+ * blocks while a VM uses one, so it goes to no VM while it has any, nor does
+ * a device of its IOMMU group (vfio takes the group whole). Refused before
+ * anything changes, naming each and the VM vmhook made it for.
  */
 export function refuseMdevParents(ctx: BaseContext, addresses: string[]): void {
+  const remedy = `stop the VMs that use them (the release of a VM vmhook made one for removes it), remove the others (mdevctl stop --uuid UUID, or echo 1 > ${mdevPath("UUID", "remove")}), then start this VM again`;
   for (const address of addresses) {
     const mdevs = describeMdevsOn(ctx.host, ctx.journals, address);
-    if (mdevs.length === 0) continue;
-    throw new VmhookError(
-      `vfio: ${address} is the parent of mdev ${mdevs.join(", ")}: unbinding its driver removes its mdevs, and blocks while a VM uses one; stop the VMs that use them (the release of a VM vmhook made one for removes it), remove the others (mdevctl stop --uuid UUID, or echo 1 > ${mdevPath("UUID", "remove")}), then start this VM again`,
-    );
+    if (mdevs.length > 0) throw new VmhookError(`vfio: ${address} is the parent of mdev ${mdevs.join(", ")}: unbinding its driver removes its mdevs, and blocks while a VM uses one; ${remedy}`);
+  }
+  // vfio takes an IOMMU group whole: a member that parents mdevs would have to leave its driver too, whichever device the domain names.
+  for (const address of addresses) {
+    const group = pciIommuGroup(ctx.host, address);
+    for (const member of group === undefined ? [] : iommuGroupMembers(ctx.host, group)) {
+      if (addresses.includes(member)) continue;
+      const mdevs = describeMdevsOn(ctx.host, ctx.journals, member);
+      if (mdevs.length === 0) continue;
+      throw new VmhookError(
+        `vfio: ${member} shares IOMMU group ${group} with ${address}, which goes to the VM, and is the parent of mdev ${mdevs.join(", ")}: vfio takes a group whole, and unbinding its driver removes its mdevs (and blocks while a VM uses one); give the VM a device of another IOMMU group, or stop the VMs that use the mdevs and remove them (mdevctl stop --uuid UUID), then add ${member} to devices=`,
+      );
+    }
   }
 }
 
