@@ -66,7 +66,7 @@ test("the same through remove + rescan (the rescan's probe, without driver_overr
   assert.is(release.code, 0, release.stderr);
   assert.is(kernel.driverOf(GPU), "amdgpu");
   const log = kernel.sim.read(paths.log);
-  assert.match(log, `vfio: ${GPU}: the rescan's probe gave it to vfio-pci (its ids match), which lets go of it now`);
+  assert.match(log, `vfio: ${GPU}: the rescan's probe gave it to vfio-pci (its ids match too), which lets go of it now`);
   assert.match(log, `vfio: ${GPU} return attempt 3/3 remove + rescan: bound to amdgpu`);
   assert.equal(kernel.sim.snapshot(), before);
 });
