@@ -70,6 +70,8 @@ export interface ModuleRun {
   setting?: string;
   /** For modprobe: what it may load, when the caller knows it already (read from modules.dep at planning: 500 KB not read twice). */
   loads?: string[];
+  /** For modprobe: module options after the name (they win over modprobe.d's). */
+  options?: string[];
 }
 
 /**
@@ -85,7 +87,8 @@ export async function runThroughDriver(ctx: WriteContext, run: ModuleRun): Promi
   const waitsFor = command === "modprobe" ? (run.loads ?? moduleClosure(host, modules[0]!)) : modules;
   const subjects = [...modules.map(moduleSubject), ...devices.map((device) => device.address)];
   for (const subject of new Set([...waitsFor.map(moduleSubject), ...subjects])) clearForWrite(host, subject);
-  const cmdline = [command, ...modules].join(" ");
+  const args = [...modules, ...(command === "modprobe" ? (run.options ?? []) : [])];
+  const cmdline = [command, ...args].join(" ");
   ctx.deadline.check(`starting ${cmdline}`);
   const timeoutMs = ctx.deadline.clamp(run.timeoutMs);
   const since = new Date(host.wallClockMs()).toISOString();
@@ -94,7 +97,7 @@ export async function runThroughDriver(ctx: WriteContext, run: ModuleRun): Promi
     for (const module of modules) notes.push(noteWrite(host, { pid, device: moduleSubject(module), driver: module, command: cmdline, since, domain: ctx.domain }));
     for (const { address, driver } of devices) notes.push(noteWrite(host, { pid, device: address, driver, command: cmdline, since, domain: ctx.domain }));
   };
-  const result = await host.runInHelper(command, modules, timeoutMs, noted);
+  const result = await host.runInHelper(command, args, timeoutMs, noted);
   if (result.done) {
     for (const note of notes) forgetWrite(host, note);
     return result.result;

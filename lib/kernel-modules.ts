@@ -115,6 +115,43 @@ export function moduleClosure(host: Host, module: string): string[] {
 /** modprobe's configuration directories, in kmod's order: a file in one hides a file of the same name in those after it (modprobe.d(5)). */
 const MODPROBE_D = ["/etc/modprobe.d", "/run/modprobe.d", "/usr/local/lib/modprobe.d", "/usr/lib/modprobe.d", "/lib/modprobe.d"];
 
+/** The *.conf files of the modprobe.d directories modprobe reads, by file name (one in an earlier directory hides one of the same name after it), sorted. */
+function modprobeConfFiles(host: Host): Map<string, string> {
+  const files = new Map<string, string>();
+  for (const dir of MODPROBE_D) {
+    for (const name of host.list(dir)) if (/^[^.].*\.conf$/.test(name) && !files.has(name)) files.set(name, `${dir}/${name}`);
+  }
+  return new Map([...files.entries()].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)));
+}
+
+/** Ids the host's configuration gives vfio-pci's ids= option, and where: a modprobe.d file, or "the kernel command line". */
+export interface VfioIdsSource {
+  /** "VVVV:DDDD" (lower-case), as ids= lists them (subvendor and class fields dropped). */
+  ids: string[];
+  source: string;
+}
+
+/**
+ * Where the host binds PCI ids to vfio-pci: `options vfio-pci ids=…` (or
+ * vfio_pci) in modprobe.d, `vfio-pci.ids=` on the kernel command line.
+ * vfio-pci then takes every device of those ids that has no driver, as it
+ * loads or on any later probe, before the device's own driver when it
+ * registered first.
+ */
+export function vfioIdsConfig(host: Host): VfioIdsSource[] {
+  const ids = (value: string) => value.split(",").map((id) => id.split(":").slice(0, 2).join(":").toLowerCase()).filter((id) => /^[0-9a-f]{1,8}:[0-9a-f]{1,8}$/.test(id));
+  const found: VfioIdsSource[] = [];
+  const cmdline = (host.readTrimmed("/proc/cmdline") ?? "").split(/\s+/).flatMap((word) => (/^vfio[-_]pci\.ids=/.test(word) ? ids(word.slice(word.indexOf("=") + 1)) : []));
+  for (const [, file] of modprobeConfFiles(host)) {
+    const lines = (host.readTrimmed(file) ?? "").replace(/\\\n/g, " ").split("\n");
+    const options = lines.flatMap((line) => (/^\s*options\s+vfio[-_]pci\s/.test(line) ? line.trim().split(/\s+/).slice(2) : []));
+    const listed = options.flatMap((option) => (option.startsWith("ids=") ? ids(option.slice("ids=".length)) : []));
+    if (listed.length > 0) found.push({ ids: listed, source: file });
+  }
+  if (cmdline.length > 0) found.push({ ids: cmdline, source: "the kernel command line" });
+  return found;
+}
+
 interface SoftdepLine {
   /** Whether the line's module (a glob: softdep nvidia* pre: ...) names this module. */
   matches: (module: string) => boolean;
@@ -132,9 +169,7 @@ interface SoftdepLine {
 function softdepLines(host: Host, release: string): SoftdepLine[] {
   const files = new Map<string, string>();
   if (plainRelease(release)) files.set("modules.softdep", `/lib/modules/${release}/modules.softdep`);
-  for (const dir of MODPROBE_D) {
-    for (const name of host.list(dir)) if (/^[^.].*\.conf$/.test(name) && !files.has(name)) files.set(name, `${dir}/${name}`);
-  }
+  for (const [name, file] of modprobeConfFiles(host)) if (!files.has(name)) files.set(name, file);
   // A line ending in a backslash goes on in the next one.
   const lines = [...files.keys()].sort().flatMap((name) => (host.readTrimmed(files.get(name)!) ?? "").replace(/\\\n/g, " ").split("\n"));
   return lines.flatMap((line) => {

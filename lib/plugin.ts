@@ -31,6 +31,12 @@ export interface RunOptions {
   timeoutMs?: number;
   input?: string;
   allowFailure?: boolean;
+  /**
+   * runAsync: called with the program's pid before it runs (Host.execAsync's
+   * `started`): journal it there ("PID:STARTTIME", processInstance), so that
+   * the undo after a hook killed meanwhile ends it first (endLeftRunning).
+   */
+  started?: (pid: number) => void;
 }
 
 /** What every handler and every undo gets. */

@@ -2,6 +2,7 @@
 // start time (field 22 of /proc/PID/stat, clock ticks since boot) names one
 // process for the life of the boot, and /run, where vmhook keeps what names
 // them, does not outlive it.
+import type { Deadline } from "./deadline.ts";
 import { VmhookError } from "./errors.ts";
 import type { Host } from "./host.ts";
 import type { Journal } from "./journal.ts";
@@ -32,6 +33,27 @@ function instanceOf(pid: number, fields: string[]): string | undefined {
 export function processInstance(host: Host, pid: number): string | undefined {
   const fields = procStat(host, pid);
   return fields && instanceOf(pid, fields);
+}
+
+/** How long an undo waits for a left-over process it killed to be gone. */
+const KILLED_GONE_MS = 2000;
+
+/**
+ * Ends a process that a hook killed (kill -9, OOM) left running: `instance`
+ * ("PID:STARTTIME") was journaled before it could act, and what it still does
+ * would land after the undo, for good. SIGKILL to its process group (it leads
+ * one: Host.exec, execAsync), then a bounded wait. Returns whether it was
+ * still running; throws `stillThere(pid)` when it outlives SIGKILL (blocked
+ * in the kernel).
+ */
+export function endLeftRunning(ctx: { host: Host; deadline: Deadline }, instance: string, stillThere: (pid: number) => string): boolean {
+  const pid = Number(instance.split(":")[0]);
+  if (!Number.isSafeInteger(pid) || pid <= 0 || processInstance(ctx.host, pid) !== instance) return false;
+  ctx.host.killProcessGroup(pid);
+  const until = ctx.host.monotonicMs() + ctx.deadline.clamp(KILLED_GONE_MS);
+  while (processInstance(ctx.host, pid) === instance && ctx.host.monotonicMs() < until) ctx.host.sleep(20);
+  if (processInstance(ctx.host, pid) === instance) throw new VmhookError(stillThere(pid));
+  return true;
 }
 
 /**

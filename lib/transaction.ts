@@ -91,7 +91,7 @@ function baseContext(env: RunEnvironment, lease: CallLease, pluginId: string, ev
       return checkedRun(command, args, options, host.exec(command, args, bounded(command, options)));
     },
     async runAsync(command, args, options = {}) {
-      return checkedRun(command, args, options, await host.execAsync(command, args, bounded(command, options)));
+      return checkedRun(command, args, options, await host.execAsync(command, args, { ...bounded(command, options), ...(options.started ? { started: options.started } : {}) }));
     },
     journals: () => completeJournals(host),
     claims: claimsFor(host, domain.uuid),

@@ -6,7 +6,7 @@ import { domElement } from "../dom-element.ts";
 import { xmldom, type XmlElement } from "../xml.ts";
 import { ConfigError, VmhookError } from "../errors.ts";
 import { defineAction, type BaseContext, type Json, type PlanContext, type Plugin, type Step, type UndoRecord } from "../plugin.ts";
-import { processInstance } from "../processes.ts";
+import { endLeftRunning, processInstance } from "../processes.ts";
 import { pluginTimeLimitMs, settingToRaise } from "../settings.ts";
 import type { PluginFile } from "./trust.ts";
 
@@ -42,9 +42,6 @@ interface RunRecord extends UndoRecord {
    */
   process: Json;
 }
-
-/** How long an undo waits for a plugin's process it killed to be gone. */
-const KILLED_GONE_MS = 2000;
 
 /** Longest part of an undo value `vmhook status` prints. */
 const SHOWN_UNDO_CHARS = 200;
@@ -203,17 +200,14 @@ function checkRunRecord(record: UndoRecord): RunRecord {
  * hook was killed, and it went on): its change would land after the undo,
  * for good. Throws, naming it, when it outlives SIGKILL (blocked in the kernel).
  */
-function endLeftRunning(ctx: BaseContext, file: PluginFile, run: RunRecord): void {
+function endLeftRunningPlugin(ctx: BaseContext, file: PluginFile, run: RunRecord): void {
   if (typeof run.process !== "string") return;
-  const pid = Number(run.process.split(":")[0]);
-  if (processInstance(ctx.host, pid) !== run.process) return;
-  ctx.log.warn(`plugin ${file.name}: its process pid ${pid}, left running by a vmhook that was killed, is killed (with what it started) before the undo`);
-  ctx.host.killProcessGroup(pid);
-  const until = ctx.host.monotonicMs() + ctx.deadline.clamp(KILLED_GONE_MS);
-  while (processInstance(ctx.host, pid) === run.process && ctx.host.monotonicMs() < until) ctx.host.sleep(20);
-  if (processInstance(ctx.host, pid) === run.process) {
-    throw new VmhookError(`plugin ${file.name}: its process pid ${pid} (${file.path}), left running by a vmhook that was killed, is still there after SIGKILL (blocked in the kernel); its undo waits: once pid ${pid} is gone, run vmhook recover ${ctx.domain.name}`);
-  }
+  const ended = endLeftRunning(
+    ctx,
+    run.process,
+    (pid) => `plugin ${file.name}: its process pid ${pid} (${file.path}), left running by a vmhook that was killed, is still there after SIGKILL (blocked in the kernel); its undo waits: once pid ${pid} is gone, run vmhook recover ${ctx.domain.name}`,
+  );
+  if (ended) ctx.log.warn(`plugin ${file.name}: its process pid ${run.process.split(":")[0]}, left running by a vmhook that was killed, is killed (with what it started) before the undo`);
 }
 
 /**
@@ -256,7 +250,7 @@ export function executablePlugin(file: PluginFile): Plugin<ExecutableConfig> {
           if (reply.error !== undefined) throw new VmhookError(`plugin ${file.name} failed at ${pending.event}: ${reply.error}`);
         },
         async undo(run, ctx) {
-          endLeftRunning(ctx, file, run);
+          endLeftRunningPlugin(ctx, file, run);
           if (run.finished && run.undo === null) return; // it said it changed nothing
           const journalProcess = (process: string) => ctx.update({ ...run, process });
           const reply = await invoke(ctx, file, request(ctx, "undo", { undo: run.undo, interrupted: !run.finished, of: run.event }), journalProcess);

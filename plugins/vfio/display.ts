@@ -4,9 +4,10 @@
 import { writeThroughDriver } from "../../lib/bounded-write.ts";
 import { WaitTimedOut } from "../../lib/deadline.ts";
 import { VmhookError } from "../../lib/errors.ts";
-import { defineAction, type ApplyContext, type BaseContext, type Step, type UndoRecord } from "../../lib/plugin.ts";
+import { defineAction, type ApplyContext, type BaseContext, type Step, type UndoContext, type UndoRecord } from "../../lib/plugin.ts";
 import { HARMLESS_DRIVERS, isDisplayClass, listPciDevices } from "../../lib/pci.ts";
 import { processIds } from "../../lib/open-files.ts";
+import { endLeftRunning, processInstance } from "../../lib/processes.ts";
 import { PATTERNS } from "../../lib/validate.ts";
 import { readVfioSettings, type VfioConfig, type VfioSettings } from "./config.ts";
 import { boundFirmwareFramebuffers, describeHolders, FIRMWARE_FRAMEBUFFERS, isWatched, processesHolding, type Survey } from "./survey.ts";
@@ -64,7 +65,7 @@ export function displayManagerSteps(ctx: BaseContext, displayManager: DisplayMan
   if (displayManager && "units" in displayManager) return displayManager.units.map((unit) => stopUnitStep(unit, timeoutMs));
   if (displayManager) {
     const { command } = displayManager;
-    return [{ action: "stop-display-manager", record: { action: "stop-display-manager", command: command.start }, description: `stop the display manager: ${command.stop.join(" ")}` }];
+    return [{ action: "stop-display-manager", record: { action: "stop-display-manager", command: command.start, process: null }, description: `stop the display manager: ${command.stop.join(" ")}` }];
   }
   ctx.log.info("vfio: single-GPU mode, no display manager to stop (no running display-manager unit, no displayManagerCommand)");
   return [];
@@ -74,13 +75,41 @@ interface StopCommandRecord extends UndoRecord {
   action: "stop-display-manager";
   /** The start command, as displayManagerCommand.start said at prepare. */
   command: string[];
+  /**
+   * The stop or start command running now, "PID:STARTTIME", journaled before
+   * it acts: a hook killed meanwhile leaves it running (an init script's stop
+   * may take seconds), and the undo ends it before it starts the display
+   * manager, which it would otherwise stop again after. null once it returned.
+   */
+  process: string | null;
+}
+
+/**
+ * A display manager command through runAsync, its process journaled while it
+ * runs (StopCommandRecord.process); one a killed hook left running is ended
+ * first, with what it started.
+ */
+async function runCommand(ctx: UndoContext, record: StopCommandRecord, command: string[], timeoutMs: number): Promise<void> {
+  if (record.process !== null) {
+    const ended = endLeftRunning(ctx, record.process, (pid) => `vfio: the display manager command pid ${pid}, left running by a vmhook that was killed, is still there after SIGKILL (blocked in the kernel); once it is gone, run vmhook recover ${ctx.domain.name}`);
+    if (ended) ctx.log.warn(`vfio: the display manager command pid ${record.process.split(":")[0]}, left running by a vmhook that was killed, is killed (with what it started) before ${command.join(" ")} runs`);
+  }
+  const started = (pid: number) => {
+    const instance = processInstance(ctx.host, pid);
+    if (instance) ctx.update({ ...record, process: instance });
+  };
+  try {
+    await ctx.runAsync(command[0]!, command.slice(1), { timeoutMs, started });
+  } finally {
+    ctx.update({ ...record, process: null });
+  }
 }
 
 /** Without systemd: the configured stop command, then wait until its processes are gone. */
-function stopByCommand(_record: StopCommandRecord, ctx: BaseContext): void {
+async function stopByCommand(record: StopCommandRecord, ctx: ApplyContext<unknown>): Promise<void> {
   const { command, stopTimeoutSeconds } = configuredCommand(ctx);
   const timeoutMs = stopTimeoutSeconds * 1000;
-  ctx.run(command.stop[0]!, command.stop.slice(1), { timeoutMs });
+  await runCommand(ctx, record, command.stop, timeoutMs);
   ctx.waitFor(`no ${command.processes.join("/")} process runs`, () => runningCommands(ctx).every((name) => !command.processes.includes(name)), { timeoutMs });
 }
 
@@ -96,17 +125,19 @@ function checkStopCommand(record: UndoRecord): StopCommandRecord {
   if ((record.action !== "stop-display-manager" && record.action !== "run-start-command") || !Array.isArray(command) || !command.every((word) => typeof word === "string")) {
     throw new VmhookError(`vfio: the journal holds a display manager record that is not one vmhook writes: ${JSON.stringify(record).slice(0, 120)}`);
   }
-  return { action: "stop-display-manager", command: command as string[] };
+  const process = record.process === undefined || record.process === null ? null : record.process;
+  if (process !== null && (typeof process !== "string" || !/^[1-9]\d*:\d+$/.test(process))) throw new VmhookError(`vfio: the journal names display manager process ${JSON.stringify(process).slice(0, 40)}, which is not PID:STARTTIME`);
+  return { action: "stop-display-manager", command: command as string[], process };
 }
 
 /** Runs the start command, then waits until one of the display manager's processes runs again: started is not assumed. */
-function runStartCommand(record: StopCommandRecord, ctx: BaseContext): void {
+async function runStartCommand(record: StopCommandRecord, ctx: UndoContext): Promise<void> {
   const settings = readVfioSettings(ctx.settings);
   const configured = settings.displayManagerCommand?.start;
   if (!configured || JSON.stringify(record.command) !== JSON.stringify(configured)) {
     throw new VmhookError(`vfio: the journal asks to run ${JSON.stringify(record.command)}, which is not the displayManagerCommand.start of /etc/vmhook/vmhook.json; start the display manager by hand`);
   }
-  ctx.run(configured[0]!, configured.slice(1), { timeoutMs: 60_000 });
+  await runCommand(ctx, record, configured, 60_000);
   const processes = settings.displayManagerCommand!.processes;
   if (processes.length === 0) return;
   try {

@@ -3,14 +3,14 @@
 // vfio-pci as it registers, or by drivers_probe); extra modules load last.
 // Each undo puts one thing back and checks that it is back.
 import { runThroughDriver, writeThroughDriver } from "../../lib/bounded-write.ts";
-import { iommuBackendState, kernelRelease, moduleClosure, moduleMissing } from "../../lib/kernel-modules.ts";
+import { iommuBackendState, kernelRelease, moduleClosure, moduleMissing, vfioIdsConfig, type VfioIdsSource } from "../../lib/kernel-modules.ts";
 import { claimOriginal, type Claim } from "../../lib/claims.ts";
 import { VmhookError } from "../../lib/errors.ts";
 import { readForMessage, type ExecResult, type Host } from "../../lib/host.ts";
 import { othersRecords } from "../../lib/journal.ts";
 import { describeMdevsOn, mdevPath } from "../../lib/mdevs.ts";
 import { recoverCommandLine } from "../../lib/metadata-text.ts";
-import { checkSriovOrigin, driverModule, goneFromBus, moduleDrivers, onVfioDriver, PCI_DRIVERS, pciDriver, pciDriverRegistered, pciExists, pciIommuGroup, pciPath, pciPowerControl, sriovOrigin, type SriovOrigin } from "../../lib/pci.ts";
+import { checkSriovOrigin, driverModule, goneFromBus, iommuGroupMembers, listPciDevices, moduleDrivers, onVfioDriver, PCI_DRIVERS, pciDriver, pciDriverRegistered, pciExists, pciIommuGroup, pciPath, pciPowerControl, sriovOrigin, type PciDevice, type SriovOrigin } from "../../lib/pci.ts";
 import { defineAction, type ApplyContext, type BaseContext, type PlanContext, type Step, type UndoRecord } from "../../lib/plugin.ts";
 import { clearForWrite, listStuckWrites, moduleSubject, refuseIfStuck, SOUND_NODE, soundCardHolders, StuckWriteError } from "../../lib/stuck-writes.ts";
 import { PATTERNS } from "../../lib/validate.ts";
@@ -50,7 +50,7 @@ export function loadVfioSteps(ctx: PlanContext<VfioConfig>, found: Survey, setti
   if (!found.devices.some((device) => device.target?.driver === VFIO_DRIVER)) return [];
   // What modprobe loads is read (modules.dep) only when vfio-pci is to load.
   const step: Step<LoadRecord> | undefined = pciDriverRegistered(ctx.host, VFIO_DRIVER) ? undefined : { ...loadModulesStep(VFIO_DRIVER, settings.bindTimeoutSeconds * 1000, ctx.host), background: true };
-  const load = step && refusedIfMissing(ctx.host, step, (release) => `install the modules of kernel ${release}, or boot a kernel built with CONFIG_VFIO_PCI`);
+  const load = step && refusedIfMissing(ctx.host, vfioLoadStep(ctx.host, step, found.devices.map((device) => device.address)), (release) => `install the modules of kernel ${release}, or boot a kernel built with CONFIG_VFIO_PCI`);
   if (load?.refused) return [load];
   const noBackend = noIommuBackend(ctx.host, step?.record.modules ?? []);
   if (noBackend) {
@@ -59,6 +59,22 @@ export function loadVfioSteps(ctx: PlanContext<VfioConfig>, found: Survey, setti
   }
   return load ? [load] : keepLoadedSteps(ctx, VFIO_DRIVER);
 }
+
+/** Its description, saying what the host's ids= for vfio-pci would have taken (loadModules sets them aside). */
+function vfioLoadStep(host: Host, step: Step<LoadRecord>, handed: string[]): Step<LoadRecord> {
+  const configured = vfioIdsConfig(host);
+  if (configured.length === 0) return step;
+  const ids = new Set(configured.flatMap((source) => source.ids));
+  const taken = listPciDevices(host).filter((device) => device.driver === undefined && !handed.includes(device.address) && ids.has(pciId(device)));
+  const would = taken.length > 0 ? `, which would take ${taken.map((device) => `${device.address} (${pciId(device)}, no driver)`).join(", ")} too` : "";
+  return { ...step, description: `${step.description} (with ids= empty: the host binds ${describeVfioIds(configured)} to vfio-pci${would})` };
+}
+
+/** "1002:744c (/etc/modprobe.d/vfio.conf), 10de:2204 (the kernel command line)" */
+export const describeVfioIds = (configured: VfioIdsSource[]) => configured.map((source) => `${source.ids.join(", ")} (${source.source})`).join(", ");
+
+/** A device's "vendor:device" as ids= lists it. */
+export const pciId = (device: Pick<PciDevice, "vendor" | "device">) => `${device.vendor.replace(/^0x/, "")}:${device.device.replace(/^0x/, "")}`.toLowerCase();
 
 /**
  * Why vfio-pci would leave QEMU no IOMMU backend: none is loaded (or built
@@ -257,15 +273,24 @@ interface UnloadRecord extends UndoRecord {
  * (a driver's probe may load firmware for seconds: NVIDIA's GSP), or
  * bindTimeoutSeconds when that is longer.
  */
-function moduleChange(ctx: BaseContext, command: "rmmod" | "modprobe", modules: string[], devices: { address: string; driver: string }[], bindTimeoutMs: number, loads?: string[]): Promise<ExecResult> {
+function moduleChange(ctx: BaseContext, command: "rmmod" | "modprobe", modules: string[], devices: { address: string; driver: string }[], bindTimeoutMs: number, loads?: string[], options?: string[]): Promise<ExecResult> {
   const usual = command === "rmmod" ? 30_000 : 60_000;
   const bound = devices.length > 0 ? { timeoutMs: Math.max(usual, bindTimeoutMs), setting: "plugins.vfio.bindTimeoutSeconds" } : { timeoutMs: usual };
-  return runThroughDriver(ctx, { command, modules, devices, ...bound, ...(loads ? { loads } : {}) });
+  return runThroughDriver(ctx, { command, modules, devices, ...bound, ...(loads ? { loads } : {}), ...(options ? { options } : {}) });
 }
+
+/**
+ * vfio-pci's options as vmhook loads it: ids= empty, whatever the host's
+ * modprobe.d or kernel command line says (the last value wins), so that its
+ * load binds only the devices whose driver_override names it: not a device
+ * of those ids that the host leaves without a driver (a second identical
+ * GPU), which nothing would give back.
+ */
+export const VFIO_LOAD_OPTIONS = ["ids="];
 
 /** modprobe through moduleChange, or an error naming the module and modprobe's first line. */
 async function modprobe(ctx: BaseContext, module: string, devices: { address: string; driver: string }[], bindTimeoutMs: number, loads?: string[]): Promise<void> {
-  const result = await moduleChange(ctx, "modprobe", [module], devices, bindTimeoutMs, loads);
+  const result = await moduleChange(ctx, "modprobe", [module], devices, bindTimeoutMs, loads, module === VFIO_DRIVER ? VFIO_LOAD_OPTIONS : undefined);
   if (result.error || result.status !== 0) throw new VmhookError(`modprobe ${module} failed: ${(result.error || result.stderr).trim().split("\n")[0] || `exit status ${result.status ?? result.signal}`}`);
 }
 
@@ -462,16 +487,27 @@ export function refuseDevicesOfOtherVms(ctx: Pick<BaseContext, "host" | "domain"
 /**
  * A device that parents mdevs (GVT-g's iGPU, an NVIDIA card under a vGPU
  * manager before 17): its driver's remove() removes every one of them, and
- * blocks while a VM uses one, so it goes to no VM while it has any. Refused
- * before anything changes, naming each and the VM vmhook made it for.
+ * blocks while a VM uses one, so it goes to no VM while it has any, nor does
+ * a device of its IOMMU group (vfio takes the group whole). Refused before
+ * anything changes, naming each and the VM vmhook made it for.
  */
 export function refuseMdevParents(ctx: BaseContext, addresses: string[]): void {
+  const remedy = `stop the VMs that use them (the release of a VM vmhook made one for removes it), remove the others (mdevctl stop --uuid UUID, or echo 1 > ${mdevPath("UUID", "remove")}), then start this VM again`;
   for (const address of addresses) {
     const mdevs = describeMdevsOn(ctx.host, ctx.journals, address);
-    if (mdevs.length === 0) continue;
-    throw new VmhookError(
-      `vfio: ${address} is the parent of mdev ${mdevs.join(", ")}: unbinding its driver removes its mdevs, and blocks while a VM uses one; stop the VMs that use them (the release of a VM vmhook made one for removes it), remove the others (mdevctl stop --uuid UUID, or echo 1 > ${mdevPath("UUID", "remove")}), then start this VM again`,
-    );
+    if (mdevs.length > 0) throw new VmhookError(`vfio: ${address} is the parent of mdev ${mdevs.join(", ")}: unbinding its driver removes its mdevs, and blocks while a VM uses one; ${remedy}`);
+  }
+  // vfio takes an IOMMU group whole: a member that parents mdevs would have to leave its driver too, whichever device the domain names.
+  for (const address of addresses) {
+    const group = pciIommuGroup(ctx.host, address);
+    for (const member of group === undefined ? [] : iommuGroupMembers(ctx.host, group)) {
+      if (addresses.includes(member)) continue;
+      const mdevs = describeMdevsOn(ctx.host, ctx.journals, member);
+      if (mdevs.length === 0) continue;
+      throw new VmhookError(
+        `vfio: ${member} shares IOMMU group ${group} with ${address}, which goes to the VM, and is the parent of mdev ${mdevs.join(", ")}: vfio takes a group whole, and unbinding its driver removes its mdevs (and blocks while a VM uses one); give the VM a device of another IOMMU group, or stop the VMs that use the mdevs and remove them (mdevctl stop --uuid UUID), then add ${member} to devices=`,
+      );
+    }
   }
 }
 

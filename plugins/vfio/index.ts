@@ -14,7 +14,7 @@
 import { definePlugin, type CheckContext, type PlanContext, type Step } from "../../lib/plugin.ts";
 import { parseVfioConfig, readVfioSettings, type VfioConfig } from "./config.ts";
 import { consoleSteps, displayManagerSteps, firmwareFramebufferSteps, displayManagerUnits, findDisplayManager, stopDisplayManagerAction, unbindFramebufferAction, unbindVtconsoleAction, waitGpuFreeAction, waitGpuFreeStep } from "./display.ts";
-import { bindVfioAction, helperServices, loadModulesAction, loadVfioSteps, orphanedModuleClaim, refuseDevicesOfOtherVms, refuseMdevParents, stoppedHelpers, takeOverSteps, unloadModuleAction, unloadRefusals } from "./driver.ts";
+import { bindVfioAction, describeVfioIds, helperServices, pciId, loadModulesAction, loadVfioSteps, orphanedModuleClaim, refuseDevicesOfOtherVms, refuseMdevParents, stoppedHelpers, takeOverSteps, unloadModuleAction, unloadRefusals } from "./driver.ts";
 import { gpuHolders } from "./refuse.ts";
 import { handedOverAddresses, handedOverHere, hostNeedsOf, readableVfioConfig, survey, VFIO_DRIVER } from "./survey.ts";
 import { refuseIfStuck } from "../../lib/stuck-writes.ts";
@@ -22,9 +22,11 @@ import { keepStoppedSteps, orphanedUnitClaim, stopUnitAction, stopUnitStep } fro
 import { lingerUserAction, orphanedLingerClaim, sessionUnitSteps, stopUserUnitAction } from "./user-units.ts";
 import { verifyReturnAction, verifyReturnStep } from "./verify-return.ts";
 import { setResetMethodAction, VENDOR_RESET_MODULE, vendorResetFindings } from "./vendor-reset.ts";
-import { pciDriver, readPciDevice } from "../../lib/pci.ts";
+import { pciDriver, readPciDevice, type PciDevice } from "../../lib/pci.ts";
 import { PATTERNS } from "../../lib/validate.ts";
-import { fail, type Finding } from "../../lib/diagnostics/findings.ts";
+import { fail, ok, type Finding } from "../../lib/diagnostics/findings.ts";
+import type { Host } from "../../lib/host.ts";
+import { vfioIdsConfig } from "../../lib/kernel-modules.ts";
 
 /**
  * Reads the host and refuses what cannot work (IOMMU groups, users of the GPU
@@ -90,7 +92,18 @@ function checkVfio(ctx: CheckContext): Finding[] {
   return [
     ...unloadRefusals(ctx.host, config, hostNeedsOf(ctx.host, config, devices)).map((refusal) => ({ ...fail("unload-modules", refusal.reason, refusal.fix), refusal: refusal.key })),
     ...vendorResetFindings(ctx.host, devices, () => ctx.host.exec("modinfo", ["-n", VENDOR_RESET_MODULE], { timeoutMs: 5_000 }).status === 0),
+    ...vfioIdsFindings(ctx.host, devices),
   ];
+}
+
+/** The host's ids= for vfio-pci, and that they change nothing vmhook does with this domain's devices. */
+function vfioIdsFindings(host: Host, devices: PciDevice[]): Finding[] {
+  const configured = vfioIdsConfig(host);
+  if (configured.length === 0) return [];
+  const ids = new Set(configured.flatMap((source) => source.ids));
+  const matching = devices.filter((device) => ids.has(pciId(device))).map((device) => `${device.address} (${pciId(device)}) goes to vfio-pci and back to its driver by driver_override, whichever driver registered first`);
+  const reason = `the host binds ${describeVfioIds(configured)} to vfio-pci; vmhook loads vfio-pci with ids= empty (its load takes only the devices handed over) and names the driver in driver_override for every move${matching.length > 0 ? `: ${matching.join("; ")}` : ""}`;
+  return [ok("vfio-pci ids", reason)];
 }
 
 export default definePlugin<VfioConfig>({

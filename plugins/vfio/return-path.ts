@@ -42,6 +42,27 @@ const ATTEMPTS: Attempt[] = [
  * is left alone: resetting or removing it would take it from that driver.
  */
 export async function returnToDriver(ctx: BaseContext, target: ReturnTarget): Promise<void> {
+  const { host } = ctx;
+  const { address } = target;
+  // Each probe names the driver in driver_override, so that no other driver whose ids match (vfio-pci's ids=, which may
+  // have registered before it) takes the device; then driver_override is as it was, once the probes are over.
+  const override = pciDriverOverride(host, address);
+  try {
+    await attemptReturn(ctx, target);
+  } catch (error) {
+    // A write still blocked holds the device's lock, which a write of driver_override would wait for too.
+    if (error instanceof StuckWriteError) throw error;
+    restoreOverride(ctx, address, override);
+    throw error;
+  }
+  restoreOverride(ctx, address, override);
+}
+
+function restoreOverride(ctx: BaseContext, address: string, override: string | undefined): void {
+  if (pciExists(ctx.host, address) && pciDriverOverride(ctx.host, address) !== override) ctx.host.write(pciPath(address, "driver_override"), override ?? "\n");
+}
+
+async function attemptReturn(ctx: BaseContext, target: ReturnTarget): Promise<void> {
   const { address, driver } = target;
   const tried: string[] = [];
   for (const [index, attempt] of ATTEMPTS.entries()) {
@@ -83,6 +104,7 @@ async function probe(ctx: BaseContext, target: ReturnTarget): Promise<string | u
   const { address, driver, timeoutMs } = target;
   if (pciDriver(host, address) === driver) return undefined;
   if (pciDriver(host, address) !== undefined) return `it is on ${pciDriver(host, address)}`;
+  if (pciDriverOverride(host, address) !== driver) host.write(pciPath(address, "driver_override"), driver);
   await deviceWrite(ctx, target, "/sys/bus/pci/drivers_probe", address);
   if (pciDriver(host, address) === undefined) {
     try {
@@ -115,8 +137,11 @@ async function resetDevice(ctx: BaseContext, target: ReturnTarget): Promise<stri
 
 /**
  * Removes the device from the PCI bus and rescans the bus: the kernel reads it
- * afresh and its driver probes it. driver_override does not survive the
- * removal, so a value set before is written again. Only the device's own bus
+ * afresh and probes it. driver_override does not survive the removal: the
+ * rescan's probe may give the device to another driver whose ids match
+ * (vfio-pci by its ids=, radeon for a card amdgpu drives too) registered
+ * before its own, which then lets go of it; the probe after this attempt
+ * names the driver in driver_override again. Only the device's own bus
  * is rescanned: the whole tree's rescan would bring back every device a user
  * removed on purpose. A kernel without the bus's rescan file gets that one.
  * Skipped for an SR-IOV virtual function.
@@ -126,7 +151,6 @@ async function removeAndRescan(ctx: BaseContext, target: ReturnTarget): Promise<
   const { address, timeoutMs } = target;
   // A scan finds only what config space shows; a VF exists while its PF's driver keeps sriov_numvfs: removed, it would be gone for good.
   if (isVirtualFunction(host, address)) return "it is an SR-IOV virtual function, which no rescan finds again (only its physical function's driver creates it)";
-  const override = pciDriverOverride(host, address);
   const bus = address.slice(0, address.lastIndexOf(":"));
   const busRescan = `/sys/class/pci_bus/${bus}/rescan`;
   const rescan = host.exists(busRescan)
@@ -136,7 +160,11 @@ async function removeAndRescan(ctx: BaseContext, target: ReturnTarget): Promise<
   if (pciExists(host, address)) await deviceWrite(ctx, target, pciPath(address, "remove"), "1");
   await deviceWrite(ctx, target, rescan.file, "1");
   ctx.waitFor(`${address} is back on the PCI bus`, () => pciExists(host, address), { timeoutMs });
-  if (override) host.write(pciPath(address, "driver_override"), override);
+  const taken = pciDriver(host, address);
+  if (taken !== undefined && taken !== target.driver) {
+    ctx.log.info(`vfio: ${address}: the rescan's probe gave it to ${taken} (its ids match too), which lets go of it now`);
+    await deviceWrite(ctx, target, `${PCI_DRIVERS}/${taken}/unbind`, address);
+  }
   return undefined;
 }
 

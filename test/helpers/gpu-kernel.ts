@@ -15,6 +15,8 @@ export interface SimPciDevice {
   deviceId?: string;
   /** The driver that claims it on a probe (without driver_override). */
   nativeDriver?: string;
+  /** Other drivers whose id tables match it too (radeon beside amdgpu): a probe without driver_override offers it to each, in the order they registered. */
+  alsoMatches?: string[];
   /** Bound now (default: nativeDriver when its module is loaded). */
   bound?: boolean;
   group: number;
@@ -152,6 +154,10 @@ export class GpuKernel {
   readonly removed = new Set<string>();
   /** vfio-pci's probe fails for these devices. */
   readonly refuseVfio = new Set<string>();
+  /** vfio-pci's dynamic ids ("1234:1111"), from its ids= option as it loaded (vfio_pci_fill_ids): it claims such devices on a probe, as their own driver does. */
+  readonly vfioIds = new Set<string>();
+  /** The registered PCI drivers in the order they registered: a probe without driver_override offers the device to each in turn (bus_for_each_drv). */
+  private readonly driverOrder: string[] = [];
   /** The framebuffer fbcon shows every console on (FBIOGET_CON2FBMAP), -1 for none: the first one registered, as fbcon takes over. */
   private consoleFramebuffer = -1;
   /** Firmware framebuffer platform device → the fbdev node it registers while bound. */
@@ -232,10 +238,10 @@ export class GpuKernel {
         this.registerPlatformNode(device);
       }
     });
-    sim.onExec("modprobe", ([name]) => {
+    sim.onExec("modprobe", ([name, ...params]) => {
       const module = name!.replace(/-/g, "_");
       if (this.brokenModules.has(module) || !this.modules.has(module)) return { status: 1, stderr: `modprobe: FATAL: Module ${name} not found in directory /lib/modules/${RELEASE}` };
-      this.load(module);
+      this.load(module, params);
     });
     // kmod's rmmod: each name in order; one that fails is reported and the rest still go.
     sim.onExec("rmmod", (names) => {
@@ -456,20 +462,22 @@ export class GpuKernel {
     this.sim.file("/proc/modules", lines.join("\n"));
   }
 
-  private load(name: string): void {
+  private load(name: string, params: string[] = []): void {
     const module = this.modules.get(name)!;
     for (const dep of module.uses ?? []) if (!this.loaded(dep)) this.load(dep);
     module.loaded = true;
+    if (name === "vfio_pci") for (const id of this.vfioIdsOption(params)) this.vfioIds.add(id);
     this.sim.dir(`/sys/module/${name}/holders`);
     for (const dep of module.uses ?? []) this.sim.link(`/sys/module/${dep}/holders/${name}`, `../../${name}`);
     if (module.driver) {
       this.sim.file(`${DRIVERS}/${module.driver}/bind`).file(`${DRIVERS}/${module.driver}/unbind`).link(`${DRIVERS}/${module.driver}/module`, `../../../../module/${name}`);
       this.sim.link(`/sys/module/${name}/drivers/pci:${module.driver}`, `../../../bus/pci/drivers/${module.driver}`);
+      this.driverOrder.push(module.driver);
       // A new driver probes the unbound devices it matches (driver_override, when set, is the only match).
       for (const device of this.devices.values()) {
         const override = this.sim.readTrimmed(`${DEV}/${device.address}/driver_override`);
-        const matches = override && override !== "(null)" ? override === module.driver : device.nativeDriver === module.driver;
-        if (this.driverOf(device.address) === undefined && matches) this.probe(device.address);
+        const matches = override && override !== "(null)" ? override === module.driver : this.matches(device, module.driver);
+        if (this.driverOf(device.address) === undefined && matches) this.probeWith(device.address, module.driver);
       }
     }
     this.writeProcModules();
@@ -480,6 +488,8 @@ export class GpuKernel {
     if (module.driver) {
       for (const device of this.devices.values()) if (this.driverOf(device.address) === module.driver) this.unbind(device.address);
       this.sim.remove(`${DRIVERS}/${module.driver}`);
+      this.driverOrder.splice(this.driverOrder.indexOf(module.driver), 1);
+      if (module.name === "vfio_pci") this.vfioIds.clear();
     }
     for (const dep of module.uses ?? []) this.sim.remove(`/sys/module/${dep}/holders/${module.name}`);
     this.sim.remove(`/sys/module/${module.name}`);
@@ -490,7 +500,9 @@ export class GpuKernel {
   private bind(address: string, driver: string): void {
     const device = this.devices.get(address)!;
     if (!this.sim.exists(`${DRIVERS}/${driver}`) || this.driverOf(address)) throw Object.assign(new Error("ENODEV"), { code: "ENODEV" });
-    if (!this.vfioDriver(driver) && (this.refuses(address) || driver !== device.nativeDriver)) throw Object.assign(new Error("ENODEV"), { code: "ENODEV" });
+    // pci_match_device(): a driver that driver_override names matches the device whatever its id table.
+    const named = this.sim.readTrimmed(`${DEV}/${address}/driver_override`) === driver;
+    if (!this.vfioDriver(driver) && (this.refuses(address) || !(named || this.matches(device, driver)))) throw Object.assign(new Error("ENODEV"), { code: "ENODEV" });
     this.sim.link(`${DEV}/${address}/driver`, `../../../bus/pci/drivers/${driver}`).link(`${DRIVERS}/${driver}/${address}`, `../../../../devices/${address}`);
     // vfio_pci_core_register_device() allows runtime PM (pm_runtime_allow), as a driver that manages it does in its probe.
     if (this.vfioDriver(driver) || device.driverAllowsRuntimePm) this.sim.file(`${DEV}/${address}/power/control`, "auto");
@@ -586,12 +598,36 @@ export class GpuKernel {
     }
   }
 
-  /** drivers_probe: driver_override wins, else the native driver, if registered. */
+  /** Whether a driver's id table matches the device: its native driver's, those it also matches, or vfio-pci's dynamic ids. */
+  private matches(device: SimPciDevice, driver: string): boolean {
+    const id = `${device.vendor.replace(/^0x/, "")}:${(device.deviceId ?? "0x1234").replace(/^0x/, "")}`.toLowerCase();
+    return device.nativeDriver === driver || (device.alsoMatches ?? []).includes(driver) || (driver === "vfio-pci" && this.vfioIds.has(id));
+  }
+
+  /**
+   * vfio-pci's ids= as the kernel gets it: the kernel command line's
+   * vfio-pci.ids=, then options lines of /etc/modprobe.d, then modprobe's own
+   * arguments; the last one wins (an empty one sets none).
+   */
+  private vfioIdsOption(params: string[]): string[] {
+    const cmdline = (this.sim.readTrimmed("/proc/cmdline") ?? "").split(/\s+/).filter((word) => /^vfio[-_]pci\.ids=/.test(word)).map((word) => word.slice(word.indexOf(".") + 1));
+    const options = this.sim.list("/etc/modprobe.d").flatMap((name) => (this.sim.readTrimmed(`/etc/modprobe.d/${name}`) ?? "").split("\n")).flatMap((line) => (/^options\s+vfio[-_]pci\s/.test(line) ? line.trim().split(/\s+/).slice(2) : []));
+    const ids = [...cmdline, ...options, ...params].filter((param) => param.startsWith("ids=")).pop();
+    return (ids?.slice("ids=".length) ?? "").split(",").filter(Boolean).map((id) => id.toLowerCase());
+  }
+
+  /** drivers_probe: driver_override wins, else each registered driver whose ids match, in the order they registered, until one takes it. */
   private probe(address: string): void {
     if (this.driverOf(address)) return;
     const override = this.sim.readTrimmed(`${DEV}/${address}/driver_override`);
-    const driver = override && override !== "(null)" ? override : this.devices.get(address)?.nativeDriver;
-    if (!driver || !this.sim.exists(`${DRIVERS}/${driver}`)) return;
+    const device = this.devices.get(address)!;
+    const drivers = override && override !== "(null)" ? [override] : this.driverOrder.filter((each) => this.matches(device, each));
+    for (const driver of drivers) if (!this.driverOf(address)) this.probeWith(address, driver);
+  }
+
+  /** One driver's probe of the device: nothing when that driver is not registered or refuses it. */
+  private probeWith(address: string, driver: string): void {
+    if (!this.sim.exists(`${DRIVERS}/${driver}`)) return;
     if (!this.vfioDriver(driver) && this.refuses(address)) return;
     if (driver === "vfio-pci" && this.refuseVfio.has(address)) return;
     this.bind(address, driver);

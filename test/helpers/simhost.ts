@@ -36,6 +36,8 @@ export class SimHost extends RootedHost {
   /** Writes whose helper hangs in a driver: they take effect at finishHungWrites(). */
   readonly hung: { pid: number; path: string; data: string }[] = [];
   private readonly hangingPrograms: { command: string; args?: string[] }[] = [];
+  /** Programs the hook is killed during (outliveHook). */
+  private readonly outliving: { command: string; args: string[] }[] = [];
   /** Programs that hang in a driver (rmmod in a remove()): they run at finishHungWrites(). */
   readonly hungPrograms: { pid: number; command: string; args: string[] }[] = [];
   private nextPid = 4000;
@@ -196,6 +198,31 @@ export class SimHost extends RootedHost {
   hangProgram(command: string, args?: string[]): this {
     this.hangingPrograms.push({ command, args });
     return this;
+  }
+
+  /**
+   * The hook is killed (kill -9) while a run of `command` (with exactly these
+   * args) goes on: the program outlives it, in /proc, and acts only at
+   * finishHungWrites(), after whatever the next hooks did meanwhile.
+   */
+  outliveHook(command: string, args: string[]): this {
+    this.outliving.push({ command, args });
+    return this;
+  }
+
+  /** A run the hook is killed during (outliveHook): the program stays, in /proc, with the hook's pid noted by `started` if given; the hook dies. */
+  private orphan(command: string, args: string[], started: (pid: number) => void): never {
+    const index = this.outliving.findIndex((run) => run.command === command && run.args.join(" ") === args.join(" "));
+    this.outliving.splice(index, 1);
+    const pid = this.startHelper(command, false, started);
+    this.execs.push({ command, args });
+    this.hungPrograms.push({ pid, command, args });
+    this.killedAt = `waiting for ${[command, ...args].join(" ")}`;
+    throw new ProcessKilled(`the hook was killed at: ${this.killedAt}`);
+  }
+
+  private outlives(command: string, args: string[]): boolean {
+    return this.outliving.some((run) => run.command === command && run.args.join(" ") === args.join(" "));
   }
 
   /** The hanging drivers return: their writes take effect, their programs run, and their helpers exit. */
@@ -423,6 +450,7 @@ export class SimHost extends RootedHost {
    */
   override exec(command: string, args: string[], options: ExecOptions): ExecResult {
     this.change(`run ${[command, ...args].join(" ")}`);
+    if (!this.inKernel && this.outlives(command, args)) this.orphan(command, args, () => {});
     if (this.programHangs(command, args)) throw new HookHung(`the hook hangs: exec waits forever for ${[command, ...args].join(" ")}, blocked in the kernel (run it through runInHelper)`);
     return this.asKernel(() => this.runProgram(command, args, options));
   }
@@ -441,6 +469,7 @@ export class SimHost extends RootedHost {
   /** The program is recorded when it starts and runs a macrotask later, so that what the caller does meanwhile comes first, as with a real child. */
   override async execAsync(command: string, args: string[], options: ExecOptions): Promise<ExecResult> {
     this.change(`start ${[command, ...args].join(" ")}`);
+    if (this.outlives(command, args)) this.orphan(command, args, options.started ?? (() => {}));
     const started = this.execs.length;
     // With `started`: a process in /proc while it runs, as startHelper's.
     const pid = options.started ? this.startHelper(command, false, options.started) : undefined;
@@ -456,7 +485,11 @@ export class SimHost extends RootedHost {
 
   override killProcessGroup(pid: number): void {
     this.killedGroups.push(pid);
-    if (!/^\d+ \(.*\) D /.test(this.readTrimmed(`/proc/${pid}/stat`) ?? "")) this.endProcess(pid);
+    if (/^\d+ \(.*\) D /.test(this.readTrimmed(`/proc/${pid}/stat`) ?? "")) return;
+    this.endProcess(pid);
+    // A program killed before it acted (one that outlived its hook) acts no more.
+    const killed = this.hungPrograms.findIndex((run) => run.pid === pid);
+    if (killed !== -1) this.hungPrograms.splice(killed, 1);
   }
 
   /** The process leaves /proc; so does /proc once empty (a host tree without one gets it only while a process runs). */

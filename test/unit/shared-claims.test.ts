@@ -426,7 +426,7 @@ test("VM A's hook killed while modprobe vfio-pci runs, VM B prepared meanwhile: 
     const before = kernel.sim.snapshot();
     // Killed at the change right after modprobe's helper was noted (it acts only then): modprobe goes on and loads vfio-pci.
     const noted = changes.indexOf("rename /run/vmhook/stuck/module:vfio_pci.json.tmp to /run/vmhook/stuck/module:vfio_pci.json");
-    assert.is(changes[noted - 2], "start a helper running modprobe vfio-pci");
+    assert.is(changes[noted - 2], "start a helper running modprobe vfio-pci ids=");
     kernel.sim.killAtChange(noted + 2);
     await runHookEvent(kernel.sim, "prepare", "begin", a, "vmA");
     assert.ok(kernel.sim.revive(), "A's hook was killed");
@@ -474,12 +474,12 @@ test("VM A's hook killed after it noted rmmod nvidia's helper and before that he
 test("VM B's modprobe vfio-pci left blocked in the kernel: VM A's prepare is refused naming it, and leaves nothing of A's (no journal entry to recover, no claim)", async () => {
   const kernel = twoNvidiaCards();
   try {
-    kernel.sim.hangProgram("modprobe", ["vfio-pci"]);
+    kernel.sim.hangProgram("modprobe", ["vfio-pci", "ids="]);
     assert.is((await runHookEvent(kernel.sim, "prepare", "begin", passthrough("vmB", UUID_B, CARD_B), "vmB")).code, 1);
     const claimsBefore = readClaims(kernel);
     const prepared = await runHookEvent(kernel.sim, "prepare", "begin", passthrough("vmA", UUID_A, CARD_A), "vmA");
     assert.is(prepared.code, 1);
-    assert.match(firstLine(prepared.stderr), "module vfio_pci: modprobe vfio-pci did not return");
+    assert.match(firstLine(prepared.stderr), "module vfio_pci: modprobe vfio-pci ids= did not return");
     assert.match(firstLine(prepared.stderr), "for vmB");
     assert.not.match(prepared.stderr, "could not be undone", prepared.stderr);
     assert.is(readJournal(kernel.sim, UUID_A), undefined, "A changed nothing that needs vmhook recover");

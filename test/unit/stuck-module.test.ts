@@ -182,17 +182,17 @@ test("rmmod of the vfio modules vmhook loaded never returns at release (a module
 test("modprobe vfio-pci never returns at prepare (vfio-pci's probe blocks on a device): prepare fails naming it; status and doctor show it; its load stays in the journal until it has returned", async () => {
   const kernel = workstation();
   const before = kernel.sim.snapshot();
-  kernel.sim.hangProgram("modprobe", ["vfio-pci"]);
+  kernel.sim.hangProgram("modprobe", ["vfio-pci", "ids="]);
   const prepare = await runHookEvent(kernel.sim, "prepare", "begin", XML, "win11");
   assert.is(prepare.code, 1);
   const [pid] = kernel.sim.hungPrograms.map((run) => run.pid);
-  assert.match(prepare.stderr, `modprobe vfio-pci did not return within 60 s; vmhook left modprobe (pid ${pid}) blocked in the kernel and gave up`);
+  assert.match(prepare.stderr, `modprobe vfio-pci ids= did not return within 60 s; vmhook left modprobe (pid ${pid}) blocked in the kernel and gave up`);
   const note = JSON.parse(kernel.sim.read(paths.stuckWrite("module:vfio_pci")));
-  assert.equal({ ...note, since: "" }, { pid, startTime: String(pid * 10), device: "module:vfio_pci", driver: "vfio-pci", command: "modprobe vfio-pci", since: "", domain: { name: "win11", uuid: UUID } });
-  assert.match((await cliOn(kernel, "status")).stdout, `stuck driver: module vfio_pci: modprobe vfio-pci did not return (since `);
+  assert.equal({ ...note, since: "" }, { pid, startTime: String(pid * 10), device: "module:vfio_pci", driver: "vfio-pci", command: "modprobe vfio-pci ids=", since: "", domain: { name: "win11", uuid: UUID } });
+  assert.match((await cliOn(kernel, "status")).stdout, `stuck driver: module vfio_pci: modprobe vfio-pci ids= did not return (since `);
   const doctor = await cliOn(kernel, "doctor");
   assert.is(doctor.code, 1);
-  assert.match(doctor.stdout, "fail  stuck driver: module vfio_pci: modprobe vfio-pci did not return");
+  assert.match(doctor.stdout, "fail  stuck driver: module vfio_pci: modprobe vfio-pci ids= did not return");
   // What it loads once it returns is this VM's to unload: the record stays while it may still load.
   assert.ok(entries(kernel).includes("undo-failed load module vfio-pci"), entries(kernel).join("\n"));
   assert.is((await recover(kernel)).failed.length > 0, true);
@@ -200,7 +200,7 @@ test("modprobe vfio-pci never returns at prepare (vfio-pci's probe blocks on a d
   kernel.sim.finishHungWrites();
   const recovered = await cli(["recover", "--force", "--root", kernel.sim.root], kernel.sim);
   assert.is(recovered.code, 0, recovered.stderr);
-  assert.match(recovered.stdout, `module vfio_pci: modprobe vfio-pci, which did not return, has finished since (pid ${pid} is gone)`);
+  assert.match(recovered.stdout, `module vfio_pci: modprobe vfio-pci ids=, which did not return, has finished since (pid ${pid} is gone)`);
   assertAsBefore(kernel, before);
 });
 

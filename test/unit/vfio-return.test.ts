@@ -227,15 +227,30 @@ test("the GPU is back on its driver but its card node is not: release keeps the 
   assert.equal(kernel.sim.snapshot(), before);
 });
 
-test("a device that went to another driver is neither reset nor removed: the error names that driver", async () => {
+test("a driver whose ids match too (radeon, beside amdgpu) does not get the device at the return, though amdgpu refuses the first probe: driver_override names amdgpu at each attempt; the reset brings it back to amdgpu, nothing removed", async () => {
   const kernel = amdWorkstation();
   await prepared(kernel);
   kernel.refuseUntilReset.add(GPU);
   kernel.module({ name: "radeon", driver: "radeon", loaded: true });
-  kernel.devices.get(GPU)!.nativeDriver = "radeon"; // radeon probes it the moment vfio-pci lets go
+  kernel.devices.get(GPU)!.alsoMatches = ["radeon"]; // radeon registered after amdgpu: the first probe without driver_override would give the card to radeon, amdgpu refusing it
   const release = await runHookEvent(kernel.sim, "release", "end", xml);
-  assert.match(release.stderr, `${GPU} went to radeon, not back to amdgpu`);
+  assert.is(release.code, 0, release.stderr);
+  assert.is(kernel.driverOf(GPU), "amdgpu");
+  assert.match(log(kernel), `vfio: ${GPU} return attempt 2/3 reset: bound to amdgpu`);
   assert.is(writesTo(kernel, `${GPU}/remove`), 0);
+  assert.is(kernel.sim.readTrimmed(`/sys/bus/pci/devices/${GPU}/driver_override`), "(null)", "driver_override as before the VM");
+});
+
+test("remove + rescan, with radeon registered before amdgpu and matching the card too: the rescan's probe gives it to radeon, which lets go of it; amdgpu takes it; the host as before", async () => {
+  const kernel = new GpuKernel().module({ name: "i915", driver: "i915", loaded: true }).module({ name: "radeon", driver: "radeon", loaded: true }).module({ name: "amdgpu", driver: "amdgpu", loaded: true });
+  kernel.sim.file(paths.hostConfig, JSON.stringify({ plugins: { vfio: { bindTimeoutSeconds: 1 } } }));
+  kernel
+    .device({ address: "0000:00:02.0", classCode: "0x030000", vendor: "0x8086", nativeDriver: "i915", group: 0, bootVga: true, nodes: ["card0", "fb0"] })
+    .device({ address: GPU, classCode: "0x030000", vendor: "0x1002", deviceId: "0x6798", nativeDriver: "amdgpu", alsoMatches: ["radeon"], group: 3, nodes: ["card1"] });
+  const before = await releaseRefused(kernel, kernel.refuseUntilRescan);
+  assert.match(log(kernel), `vfio: ${GPU}: the rescan's probe gave it to radeon (its ids match too), which lets go of it now`);
+  assert.match(log(kernel), `vfio: ${GPU} return attempt 3/3 remove + rescan: bound to amdgpu`);
+  assert.equal(kernel.sim.snapshot(), before);
 });
 
 test("NVIDIA's module reloaded at release: a GPU nvidia refuses comes back through remove + rescan", async () => {

@@ -77,7 +77,7 @@ test("NVIDIA single GPU: display manager, console, efifb, persistenced and modul
 
   const order = kernel.sim.execs.filter((e) => e.command !== "systemctl" || e.args[0] === "stop").map((e) => `${e.command} ${e.args.join(" ")}`);
   assert.equal(order, [
-    "modprobe vfio-pci",
+    "modprobe vfio-pci ids=",
     "systemctl stop display-manager.service",
     "systemctl stop nvidia-persistenced.service",
     "rmmod nvidia_drm",
@@ -1258,6 +1258,27 @@ test("a GPU whose driver holds mdevs (GVT-g) is refused before anything changes,
   assert.equal(kernel.sim.stateFiles(), ["aaaaaaaa-1111-4111-8111-111111111111.json"]);
   assert.is((await runHookEvent(kernel.sim, "release", "end", xml)).code, 0);
   assert.equal(kernel.sim.snapshot(), before, "the refused VM's release changes nothing");
+});
+
+test("a device that shares its IOMMU group with a GVT-g parent: refused as the parent would be (vfio takes the group whole), naming the mdev, its type and its VM, not with advice to add the parent to devices=", async () => {
+  const AUDIO = "0000:00:1f.3";
+  const kernel = gvtBesideNvidia().device({ address: AUDIO, classCode: "0x040300", vendor: "0x8086", group: 2 });
+  const vmA = `<domain type='kvm'><name>vmA</name><uuid>aaaaaaaa-1111-4111-8111-111111111111</uuid><memory unit='GiB'>2</memory>
+  <metadata><vmhook:hooks xmlns:vmhook="urn:vmhook:1"><vmhook:mdev parent="${IGPU}" type="i915-GVTg_V5_4"/></vmhook:hooks></metadata>
+  <devices>${mdevHostdevXml(MDEV)}</devices></domain>`;
+  assert.is((await runHookEvent(kernel.sim, "prepare", "begin", vmA, "vmA")).code, 0);
+  const before = kernel.sim.snapshot();
+
+  const xml = domainXml("<vmhook:vfio/>", [{ address: AUDIO }]);
+  const result = await runHookEvent(kernel.sim, "prepare", "begin", xml);
+  assert.is(result.code, 1, result.stderr);
+  assert.match(
+    firstLine(result.stderr),
+    `vfio: ${IGPU} shares IOMMU group 2 with ${AUDIO}, which goes to the VM, and is the parent of mdev ${MDEV} (i915-GVTg_V5_4, created by vmhook for domain vmA): vfio takes a group whole, and unbinding its driver removes its mdevs`,
+  );
+  assert.not.match(result.stderr, "add those devices to devices=");
+  assert.equal(kernel.sim.snapshot(), before);
+  assert.is(kernel.driverOf(IGPU), "i915");
 });
 
 test("an mdev on a GPU another VM holds on vfio-pci is refused at prepare, naming that VM, not as a host without mdev parents; nothing changes", async () => {

@@ -1,0 +1,83 @@
+// Programs vmhook runs that outlive a hook killed (kill -9) while they run:
+// the next hook of the domain must not undo what such a program is still
+// doing, only to have it act after (a display manager's stop command,
+// orphaned, stopping the display manager recover just started again).
+import { test } from "uvu";
+import * as assert from "uvu/assert";
+import { GpuKernel } from "../helpers/gpu-kernel.ts";
+import { cli } from "../helpers/cli.ts";
+import { runHookEvent } from "../helpers/hook.ts";
+
+const UUID = "3f1c2a4e-8b7d-4c1e-9a2b-5d6e7f8a9b0c";
+const GPU = "0000:01:00.0";
+
+const domainXml = () => `<domain type='kvm'><name>win11</name><uuid>${UUID}</uuid><memory unit='GiB'>8</memory>
+  <metadata><vmhook:hooks xmlns:vmhook="urn:vmhook:1"><vmhook:vfio/></vmhook:hooks></metadata>
+  <devices><hostdev mode='subsystem' type='pci' managed='no'><source><address domain='0x0000' bus='0x01' slot='0x00' function='0x0'/></source></hostdev></devices></domain>`;
+
+function settings(kernel: GpuKernel, vfio: Record<string, unknown>): void {
+  kernel.sim.file("/etc/vmhook/vmhook.json", JSON.stringify({ plugins: { vfio } }));
+}
+
+/** A host without systemd (OpenRC) whose display manager's process `comm` holds the only GPU. */
+function withoutSystemd(comm: string): GpuKernel {
+  return new GpuKernel({ systemd: false })
+    .module({ name: "bochs", driver: "bochs-drm", loaded: true })
+    .device({ address: GPU, classCode: "0x030000", vendor: "0x1234", nativeDriver: "bochs-drm", group: 1, bootVga: true, nodes: ["card0", "fb0"] })
+    .vtconsole("vtcon0", "(M) frame buffer device", true)
+    .process(900, comm, ["/dev/dri/card0"]);
+}
+
+test("without systemd, the hook killed while the display manager's stop command runs: that command goes on; the undo ends it before it starts the display manager, which it would stop again after", async () => {
+  const kernel = withoutSystemd("sddm");
+  settings(kernel, { displayManagerCommand: { stop: ["rc-service", "sddm", "stop"], start: ["rc-service", "sddm", "start"], processes: ["sddm"] } });
+  kernel.sim.onExec("rc-service", ([, verb]) => {
+    if (verb === "stop") kernel.sim.remove("/proc/900");
+    else kernel.process(900, "sddm", ["/dev/dri/card0"]);
+  });
+  const before = kernel.sim.snapshot();
+  const xml = domainXml();
+  kernel.sim.outliveHook("rc-service", ["sddm", "stop"]);
+  await runHookEvent(kernel.sim, "prepare", "begin", xml);
+  assert.is(kernel.sim.revive(), "waiting for rc-service sddm stop", "the hook was killed while rc-service sddm stop ran");
+  const [orphan] = kernel.sim.hungPrograms.map((run) => run.pid);
+  assert.ok(kernel.sim.exists(`/proc/${orphan}`), "the stop command outlives the hook");
+
+  const recovered = await cli(["recover", "--force", "--root", kernel.sim.root], kernel.sim);
+  assert.is(recovered.code, 0, recovered.stdout + recovered.stderr);
+  assert.match(recovered.stdout + recovered.stderr, `vfio: the display manager command pid ${orphan}, left running by a vmhook that was killed, is killed (with what it started) before rc-service sddm start runs`);
+  assert.ok(kernel.sim.killedGroups.includes(orphan!));
+  kernel.sim.finishHungWrites(); // whatever was left of the hung programs
+  assert.ok(kernel.sim.exists("/proc/900"), "the display manager runs, and stays running");
+  assert.equal(kernel.sim.snapshot(), before);
+  assert.equal(kernel.sim.stateFiles(), []);
+});
+
+test("the stop command left running is blocked in the kernel (SIGKILL does not end it): the undo starts nothing, naming it; once it is gone, recover starts the display manager", async () => {
+  const kernel = withoutSystemd("sddm");
+  settings(kernel, { displayManagerCommand: { stop: ["rc-service", "sddm", "stop"], start: ["rc-service", "sddm", "start"], processes: ["sddm"] } });
+  kernel.sim.onExec("rc-service", ([, verb]) => {
+    if (verb === "stop") kernel.sim.remove("/proc/900");
+    else kernel.process(900, "sddm", ["/dev/dri/card0"]);
+  });
+  const before = kernel.sim.snapshot();
+  kernel.sim.outliveHook("rc-service", ["sddm", "stop"]);
+  await runHookEvent(kernel.sim, "prepare", "begin", domainXml());
+  kernel.sim.revive();
+  const [orphan] = kernel.sim.hungPrograms.map((run) => run.pid);
+  const stat = kernel.sim.read(`/proc/${orphan}/stat`);
+  kernel.sim.file(`/proc/${orphan}/stat`, stat.replace(") R ", ") D "));
+
+  const early = await cli(["recover", "--force", "--root", kernel.sim.root], kernel.sim);
+  assert.is.not(early.code, 0);
+  assert.match(early.stdout + early.stderr, `vfio: the display manager command pid ${orphan}, left running by a vmhook that was killed, is still there after SIGKILL (blocked in the kernel); once it is gone, run vmhook recover win11`);
+  assert.not.ok(kernel.sim.execs.some((exec) => exec.command === "rc-service" && exec.args[1] === "start"), "nothing started under the running stop");
+
+  kernel.sim.finishHungWrites(); // the stop returns: sddm stopped, the command gone
+  const recovered = await cli(["recover", "--force", "--root", kernel.sim.root], kernel.sim);
+  assert.is(recovered.code, 0, recovered.stdout + recovered.stderr);
+  assert.ok(kernel.sim.exists("/proc/900"));
+  assert.equal(kernel.sim.snapshot(), before);
+});
+
+test.run();
