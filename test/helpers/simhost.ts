@@ -50,7 +50,9 @@ export class SimHost extends RootedHost {
    * the simulated kernel and programs do on their behalf is not the hook's.
    */
   readonly changes: string[] = [];
-  /** The change the hook is killed at: its number, or (where a background helper makes the order vary) the change itself. */
+  /** Wall-clock time every program the hook runs takes (slowDown). */
+  private programMs = 0;
+  /** The change the hook is killed at: its number, or the change itself. */
   private killAt: number | string | undefined;
   /** The operation the hook was killed at; from then on every operation throws ProcessKilled. */
   private killedAt: string | undefined;
@@ -239,6 +241,12 @@ export class SimHost extends RootedHost {
     }
   }
 
+  /** A slow or loaded host: every program the hook runs takes `ms` of wall-clock time more. */
+  slowDown(ms: number): this {
+    this.programMs = ms;
+    return this;
+  }
+
   /** The hook is killed (kill -9) at its `n`-th state-changing operation from now: that one and everything after it throw ProcessKilled. */
   killAtChange(n: number | string): void {
     this.changes.length = 0;
@@ -381,7 +389,7 @@ export class SimHost extends RootedHost {
       return { done: false, pid };
     }
     // It runs a macrotask later, as execAsync's program: what the caller does meanwhile (a background modprobe's next steps) comes first.
-    await new Promise((resolve) => setTimeout(resolve, 0));
+    await nextMacrotask();
     return this.asKernel(() => {
       try {
         return { done: true, result: this.programResult(command, args, { timeoutMs }) };
@@ -450,6 +458,7 @@ export class SimHost extends RootedHost {
    */
   override exec(command: string, args: string[], options: ExecOptions): ExecResult {
     this.change(`run ${[command, ...args].join(" ")}`);
+    super.sleep(this.programMs);
     if (!this.inKernel && this.outlives(command, args)) this.orphan(command, args, () => {});
     if (this.programHangs(command, args)) throw new HookHung(`the hook hangs: exec waits forever for ${[command, ...args].join(" ")}, blocked in the kernel (run it through runInHelper)`);
     return this.asKernel(() => this.runProgram(command, args, options));
@@ -474,7 +483,8 @@ export class SimHost extends RootedHost {
     // With `started`: a process in /proc while it runs, as startHelper's.
     const pid = options.started ? this.startHelper(command, false, options.started) : undefined;
     // Once started, the program runs to its end whatever becomes of the hook.
-    const result = await new Promise<ExecResult>((resolve) => setTimeout(() => resolve(this.asKernel(() => this.exec(command, args, options))), 0));
+    await nextMacrotask();
+    const result = this.asKernel(() => this.exec(command, args, options));
     if (pid !== undefined) this.endProcess(pid);
     this.execs.splice(started, 0, this.execs.pop()!);
     return result;
@@ -585,3 +595,12 @@ process.once("exit", () => {
 const FAILS_ONCE_CREATED = ["ENOSPC", "EDQUOT", "EIO", "EFBIG"];
 
 const matches = (match: string | RegExp, hostPath: string) => (typeof match === "string" ? match === hostPath : match.test(hostPath));
+
+/**
+ * A simulated program's end: the next turn of the event loop, after what the
+ * caller does meanwhile. setImmediate, never setTimeout(0): a timer fires once
+ * 1 ms has passed, so how many of the hook's own setImmediate turns
+ * (transaction.ts's settleWithin) came first would depend on the machine's
+ * speed and load, and a clean run would make its changes in another order.
+ */
+const nextMacrotask = () => new Promise<void>((resolve) => setImmediate(resolve));

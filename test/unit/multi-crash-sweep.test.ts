@@ -118,9 +118,10 @@ async function leadUp(sim: SimHost, scenario: Scenario, event: Event, bFirst: bo
   if (bFirst) await run(sim, scenario.b, B, START);
 }
 
-/** The state-changing operations of A's clean `event` after the lead-up: one kill point each. */
-const changesOf = (scenario: Scenario, event: Event, bFirst: boolean) =>
+/** The state-changing operations of A's clean `event` after the lead-up: one kill point each; `slow`: on a slow or loaded host (SimHost.slowDown). */
+const changesOf = (scenario: Scenario, event: Event, bFirst: boolean, slow = false) =>
   onHost(scenario, async (sim) => {
+    sim.slowDown(slow ? 3 : 0);
     await leadUp(sim, scenario, event, bFirst);
     sim.changes.length = 0;
     assert.is((await hook(sim, scenario.a, A, KILLED[event])).code, 0);
@@ -209,6 +210,10 @@ const AFTERMATHS: Aftermath[] = ["recover A", "libvirt"];
 
 for (const scenario of SCENARIOS) {
   for (const event of ["prepare", "release"] as const) {
+    // Each kill point below is found by its number in a clean run: were the order time-dependent, a sweep would kill at other changes, or at none.
+    test(`${scenario.name}: A's clean ${event} makes the same changes in the same order on a slow host`, async () => {
+      for (const bFirst of [true, false]) assert.equal(await changesOf(scenario, event, bFirst, true), await changesOf(scenario, event, bFirst), bFirst ? "B first" : "A first");
+    });
     test(`${scenario.name}: A's ${event} killed at each change while B runs; A given back, B's host as B alone's, then as before both`, async () => {
       const withB = await bAlone(scenario);
       const changes = await changesOf(scenario, event, true);
