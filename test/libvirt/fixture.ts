@@ -83,8 +83,11 @@ export async function waitUntil(what: string, ready: () => boolean | Promise<boo
 
 /**
  * Live processes by name, root's, in this mount namespace: the system
- * daemons. A zombie (a daemon that exited, not yet reaped) does not count,
- * nor a user's session libvirtd, nor a daemon of another mount namespace (the
+ * daemons. A zombie (a daemon that exited, not yet reaped) does not count
+ * once all its threads have exited: a killed daemon's main thread can show Z
+ * while another thread still holds its files (the pid file's lock, which the
+ * next daemon then cannot take); nor a user's session libvirtd, nor a daemon
+ * of another mount namespace (the
  * net suite's private libvirtd, still exiting): each serves its own socket,
  * and must neither stand in for the shared daemon nor be killed by a restart here.
  */
@@ -97,12 +100,24 @@ function pidsOf(comm: string): number[] {
       try {
         const stat = fs.readFileSync(`/proc/${pid}/stat`, "utf8"); // "PID (COMM) STATE ..."
         const prefix = `${pid} (${comm}) `;
-        return stat.startsWith(prefix) && stat[prefix.length] !== "Z" && fs.statSync(`/proc/${pid}`).uid === 0 && fs.readlinkSync(`/proc/${pid}/ns/mnt`) === ownMounts;
+        return stat.startsWith(prefix) && threadsLive(pid) && fs.statSync(`/proc/${pid}`).uid === 0 && fs.readlinkSync(`/proc/${pid}/ns/mnt`) === ownMounts;
       } catch {
         return false; // exited meanwhile
       }
     })
     .map(Number);
+}
+
+/** Whether a thread of the process has not exited (state Z or X): its files are held until the last one has. */
+function threadsLive(pid: string): boolean {
+  return fs.readdirSync(`/proc/${pid}/task`).some((tid) => {
+    try {
+      const stat = fs.readFileSync(`/proc/${pid}/task/${tid}/stat`, "utf8");
+      return !/^[ZX]$/.test(stat.slice(stat.lastIndexOf(")") + 2, stat.lastIndexOf(")") + 3));
+    } catch {
+      return false; // exited meanwhile
+    }
+  });
 }
 
 /** The program's path: daemons live in sbin, which a root shell's PATH may lack. */
