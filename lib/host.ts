@@ -91,6 +91,8 @@ export interface Host {
   /** Copies a file from outside the host's tree (the vmhook binary being installed) to `hostPath`, which it replaces, and fsyncs it: renamed into place then, a power loss leaves the whole copy, never a short one. */
   copyIn(source: string, hostPath: string): void;
   symlink(target: string, hostPath: string): void;
+  /** link(2): `hostPath` becomes a second name of the file at `existing` (a symlink there is linked itself, not followed); nothing may be at `hostPath`. */
+  hardLink(existing: string, hostPath: string): void;
   /** Creates the file anew with the whole of `text` (mode 0600, or `mode` whatever the umask; never through a symlink; what is there is replaced) and fsyncs it: the first half of a state file's atomic write. A failure once the file was made (ENOSPC after a short write, EIO from fsync) removes it. */
   createFile(hostPath: string, text: string, mode?: number): void;
   /** rename(2): `to` is replaced at once, never half written. */
@@ -361,6 +363,11 @@ export class RootedHost implements Host {
 
   symlink(target: string, hostPath: string): void {
     this.changing(`link ${target} at`, hostPath, (real) => fs.symlinkSync(target, real));
+  }
+
+  hardLink(existing: string, hostPath: string): void {
+    const source = this.resolve(existing);
+    this.changing(`link ${source} as`, hostPath, (real) => fs.linkSync(source, real), source);
   }
 
   createFile(hostPath: string, text: string, mode?: number): void {

@@ -3,10 +3,15 @@
 // uninstall. Idempotent.
 //
 // The kept hook stays in /etc/libvirt/hooks (renamed qemu.vmhook-saved) and a
-// two-line launcher in qemu.d/ (which libvirt also runs) executes it: the
+// short launcher in qemu.d/ (which libvirt also runs) executes it: the
 // common dispatcher hooks find their per-VM scripts relative to their own
 // path ($(dirname $0)/qemu.d/VM/...), which moving the file itself into
 // qemu.d/ would break.
+//
+// libvirt may run the hooks at any moment of an install, so every file it
+// runs arrives whole and executable by rename(2), and the kept hook gets its
+// second name (a hard link) before the binary replaces its first: at every
+// moment libvirt runs either the old hook alone or vmhook and the old hook.
 import * as fs from "node:fs";
 import * as path from "node:path";
 import type { CommandModule } from "yargs";
@@ -21,7 +26,7 @@ import { LIBVIRT_DAEMONS, processUids } from "../processes.ts";
 import type { GlobalOptions } from "./options.ts";
 import { requireRoot } from "./as-root.ts";
 import { describeLeftovers, findLeftovers, purge } from "./leftovers.ts";
-import { installLogrotate, LOGROTATE_CONFIG, notePackagedLogrotate, removeLogrotate } from "./logrotate.ts";
+import { installLogrotate, logrotateWanted, LOGROTATE_CONFIG, notePackagedLogrotate, removeLogrotate } from "./logrotate.ts";
 import { print, printJson } from "./output.ts";
 
 /** Found in every vmhook binary: tells our hook from someone else's. */
@@ -29,8 +34,18 @@ const BINARY_MARKER = "vmhook-binary-marker:c0ffee-1";
 const HOOK = `${paths.libvirtHooksDir}/qemu`;
 export const SAVED_HOOK = `${paths.libvirtHooksDir}/qemu.vmhook-saved`;
 const SAVED_HOOK_LAUNCHER = `${paths.libvirtHooksDir}/qemu.d/vmhook-saved-qemu-hook`;
+/** The launcher while it is written: beside the hook, where libvirt runs nothing of that name. */
+const NEW_LAUNCHER = `${paths.libvirtHooksDir}/qemu.vmhook-launcher-new`;
+/**
+ * Execs the kept hook with libvirt's arguments, stdin (the domain XML) and
+ * stdout (replacement XML on migrate/restore). While the hook is still both
+ * qemu and the kept hook (install has linked it, not yet replaced it), libvirt
+ * runs it as qemu: the launcher then does nothing, or it would run twice.
+ */
+const LAUNCHER_TEXT = `#!/bin/sh\n# the hook that was ${HOOK} before vmhook install; vmhook uninstall puts it back\n[ ${SAVED_HOOK} -ef ${HOOK} ] && exit 0\nexec ${SAVED_HOOK} "$@"\n`;
 const CLI_LINK = "/usr/local/bin/vmhook";
 const INSTALL_RECORD = "/etc/vmhook/install.json";
+const NEW_INSTALL_RECORD = `${INSTALL_RECORD}.tmp`;
 
 interface InstallRecord {
   savedHook?: string;
@@ -70,6 +85,32 @@ export function isVmhookBinary(file: string): boolean {
  */
 function present(host: Host, hostPath: string): boolean {
   return host.stat(hostPath) !== undefined;
+}
+
+/** Whether both paths name one file (lstat: a symlink itself, not what it leads to). */
+function sameFile(host: Host, one: string, other: string): boolean {
+  const [a, b] = [one, other].map((hostPath) => fs.lstatSync(host.resolve(hostPath)));
+  return a!.dev === b!.dev && a!.ino === b!.ino;
+}
+
+/**
+ * The record, new and fsynced, renamed over the old one: a crash, a power
+ * loss or a full disk leaves the old record or the whole new one, never
+ * none (which would lose the --debian-package mark, or a saved hook).
+ * Root's alone whatever the umask: it names the hook uninstall puts back.
+ */
+function writeRecord(host: Host, text: string): void {
+  try {
+    host.createFile(NEW_INSTALL_RECORD, text, 0o644);
+    host.rename(NEW_INSTALL_RECORD, INSTALL_RECORD);
+  } catch (error) {
+    try {
+      host.remove(NEW_INSTALL_RECORD);
+    } catch {
+      // the error below names the cause
+    }
+    throw error;
+  }
 }
 
 /** A symlink vmhook may replace: one to a vmhook binary (an earlier install, a build) or to nothing. */
@@ -234,7 +275,9 @@ export function install(host: Host, binary: string, { cliLink = true, debianPack
   // Every refusal comes before the first change, a directory made included.
   const record = readRecord(host);
   const keepForeignHook = present(host, HOOK) && !isVmhookBinary(hook);
-  if (keepForeignHook && present(host, SAVED_HOOK)) throw new VmhookError(`${HOOK} is not vmhook and ${SAVED_HOOK} exists already; move one of them away by hand`);
+  // The same file under both names: an install killed after linking it, whose second name this one reuses.
+  const linkedAlready = keepForeignHook && present(host, SAVED_HOOK) && sameFile(host, HOOK, SAVED_HOOK);
+  if (keepForeignHook && !linkedAlready && present(host, SAVED_HOOK)) throw new VmhookError(`${HOOK} is not vmhook and ${SAVED_HOOK} exists already; move one of them away by hand`);
   if (keepForeignHook && libvirtRuns(hook)) refuseWithoutHooksDir(host);
 
   // Each change registers how to take it back: an install that fails halfway
@@ -258,13 +301,15 @@ export function install(host: Host, binary: string, { cliLink = true, debianPack
     if (keepForeignHook) {
       // One libvirt skips (not executable, a dangling link) gets no launcher: exec would fail every VM start.
       const libvirtRanIt = libvirtRuns(hook);
-      host.rename(HOOK, SAVED_HOOK);
-      undos.push(() => host.rename(SAVED_HOOK, HOOK));
+      // A second name, not a rename: the hook stays at its place until the binary replaces it.
+      if (!linkedAlready) host.hardLink(HOOK, SAVED_HOOK);
+      undos.push(() => host.remove(SAVED_HOOK));
       if (libvirtRanIt) {
         host.mkdir(path.dirname(SAVED_HOOK_LAUNCHER), 0o755);
+        host.createFile(NEW_LAUNCHER, LAUNCHER_TEXT, 0o755);
+        undos.push(() => host.remove(NEW_LAUNCHER));
+        host.rename(NEW_LAUNCHER, SAVED_HOOK_LAUNCHER);
         undos.push(() => host.remove(SAVED_HOOK_LAUNCHER));
-        // stdin (the domain XML) and stdout (replacement XML on migrate/restore) pass straight through exec
-        host.createFile(SAVED_HOOK_LAUNCHER, `#!/bin/sh\n# the hook that was ${HOOK} before vmhook install; vmhook uninstall puts it back\nexec ${SAVED_HOOK} "$@"\n`, 0o755);
       }
       record.savedHook = SAVED_HOOK;
       hooksChanged = true;
@@ -275,22 +320,24 @@ export function install(host: Host, binary: string, { cliLink = true, debianPack
       );
     }
     if (debianPackage) record.debianPackage = true;
+    let writeLogrotate = false;
     if (record.debianPackage) {
       // dpkg's conffile now, whoever wrote it: uninstall removing it would make dpkg take it for deleted by the administrator
       delete record.logrotate;
       notePackagedLogrotate(host, notes);
-    } else if (installLogrotate(host, notes)) {
-      record.logrotate = true;
-      undos.push(() => host.remove(LOGROTATE_CONFIG));
+    } else if (logrotateWanted(host, notes)) {
+      writeLogrotate = record.logrotate = true;
     }
     const recordText = `${JSON.stringify(record, null, 2)}\n`;
-    if (host.readTrimmed(INSTALL_RECORD) !== recordText.trim()) {
-      // Root's alone whatever the umask: it names the hook uninstall puts back.
-      host.createFile(INSTALL_RECORD, recordText, 0o644);
+    if (host.readTrimmed(INSTALL_RECORD) !== recordText.trim()) writeRecord(host, recordText);
+    if (writeLogrotate) {
+      // Recorded first: an install killed before this leaves a record naming a config that is not there, which the next one writes.
+      undos.push(() => host.remove(LOGROTATE_CONFIG));
+      installLogrotate(host, notes);
     }
 
     if (temporary) {
-      host.rename(temporary, HOOK); // atomic: libvirt never runs half a binary
+      host.rename(temporary, HOOK); // atomic: libvirt never runs half a binary, and the old hook goes as vmhook comes
       hooksChanged = true;
       notes.push(`installed ${HOOK}`);
     } else {

@@ -37,8 +37,8 @@ ${paths.log} {
 }
 `;
 
-/** Writes the config when logrotate is installed (its directory exists) and nothing is at its place; true when it did. */
-export function installLogrotate(host: Host, notes: string[]): boolean {
+/** Whether install is to write the config: logrotate is installed (its directory exists) and nothing is at its place. Says why not. */
+export function logrotateWanted(host: Host, notes: string[]): boolean {
   if (!host.stat("/etc/logrotate.d")?.isDirectory) {
     notes.push(`${paths.log} is not rotated: logrotate is not installed (no /etc/logrotate.d); install it and run vmhook install again`);
     return false;
@@ -47,10 +47,14 @@ export function installLogrotate(host: Host, notes: string[]): boolean {
     if (host.readTrimmed(LOGROTATE_CONFIG) !== LOGROTATE_TEXT.trim()) notes.push(`left ${LOGROTATE_CONFIG} alone: it is not the one vmhook writes (yours, or an older vmhook's)`);
     return false;
   }
+  return true;
+}
+
+/** Writes the config; install records that it does before it does, so a crash between leaves none it did not record. */
+export function installLogrotate(host: Host, notes: string[]): void {
   // logrotate skips a config others may write; readable by all as its neighbours are
   host.createFile(LOGROTATE_CONFIG, LOGROTATE_TEXT, 0o644);
   notes.push(`installed ${LOGROTATE_CONFIG}: ${paths.log} is rotated monthly (or past 10 MiB), the last 12 retained`);
-  return true;
 }
 
 /**

@@ -154,7 +154,7 @@ export class SimHost extends RootedHost {
     return this;
   }
 
-  /** Makes every other change to matching paths (mkdir, remove, rename to, chmod, copyIn, symlink) fail with this errno (e.g. "EROFS": a read-only /etc). */
+  /** Makes every other change to matching paths (mkdir, remove, rename to, chmod, copyIn, symlink, hardLink) fail with this errno (e.g. "EROFS": a read-only /etc). */
   failChange(match: string | RegExp, error: string): this {
     this.changeFailures.push({ match, error });
     return this;
@@ -541,6 +541,11 @@ export class SimHost extends RootedHost {
   override rename(from: string, to: string): void {
     this.change(`rename ${from} to ${to}`);
     super.rename(from, to);
+  }
+
+  override hardLink(existing: string, hostPath: string): void {
+    this.change(`link ${existing} as ${hostPath}`);
+    super.hardLink(existing, hostPath);
   }
 
   override sleep(ms: number): void {

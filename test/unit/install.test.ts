@@ -12,7 +12,7 @@ import { FixableError } from "../../lib/errors.ts";
 import { RootedHost } from "../../lib/host.ts";
 import { runDoctor } from "../../lib/diagnostics/doctor.ts";
 import { newJournal, writeJournal } from "../../lib/journal.ts";
-import { SimHost } from "../helpers/simhost.ts";
+import { ProcessKilled, SimHost } from "../helpers/simhost.ts";
 
 const HOOK = "/etc/libvirt/hooks/qemu";
 const SAVED = "/etc/libvirt/hooks/qemu.vmhook-saved";
@@ -78,6 +78,113 @@ test("install (and an upgrade over an earlier vmhook) puts the new binary on dis
     assert.ok(noting.events.slice(0, renamed).includes(`fsync ${HOOK}.vmhook-new`), noting.events.join("; "));
     assert.is(fs.readFileSync(host.resolve(HOOK), "utf8"), build);
   }
+});
+
+/**
+ * What libvirt runs for a qemu event, as the contents of the programs it
+ * ends up executing: the hook when it is an executable regular file, then
+ * each executable in qemu.d/; the launcher is followed to what it execs, and
+ * one that is not whole (no exec line) runs as itself, failing the event.
+ */
+function whatLibvirtRuns(host: RootedHost): string[] {
+  const executable = (hostPath: string) => {
+    const stat = fs.statSync(host.resolve(hostPath), { throwIfNoEntry: false });
+    return stat?.isFile() && (stat.mode & 0o111) !== 0 ? fs.readFileSync(host.resolve(hostPath), "utf8") : undefined;
+  };
+  const sameFile = (a: string, b: string) => {
+    const [one, other] = [a, b].map((hostPath) => fs.statSync(host.resolve(hostPath), { throwIfNoEntry: false }));
+    return !!one && !!other && one.dev === other.dev && one.ino === other.ino;
+  };
+  const programs: string[] = [];
+  const hook = executable(HOOK);
+  if (hook !== undefined) programs.push(hook);
+  const dir = `${HOOK}.d`;
+  for (const name of fs.existsSync(host.resolve(dir)) ? fs.readdirSync(host.resolve(dir)).sort() : []) {
+    const text = executable(`${dir}/${name}`);
+    if (text === undefined) continue;
+    const exec = /^exec (\S+) "\$@"$/m.exec(text);
+    const guard = /^\[ (\S+) -ef (\S+) \] && exit 0$/m.exec(text);
+    if (!exec) programs.push(`${name}, not whole: ${JSON.stringify(text)}`);
+    else if (guard && sameFile(guard[1]!, guard[2]!)) continue;
+    else programs.push(executable(exec[1]!) ?? `${name} execs ${exec[1]}, which libvirt cannot run`);
+  }
+  return programs;
+}
+
+// libvirt runs the hooks at any moment: while install puts vmhook in front of
+// a dispatcher hook, a VM event used to find no qemu hook at all (between
+// its rename away and the binary's rename in) or an executable, still empty
+// launcher in qemu.d/; either failed the event or skipped the old hook.
+test("install over another program's hook: at every change it makes, libvirt runs the old hook alone or vmhook and the old hook, each whole; a kill at any of them, then install again, ends installed, and uninstall leaves the host as a clean install and uninstall does", () => {
+  const reference = SimHost.inMemory(() => new SimHost());
+  const clean = setUp(reference);
+  clean.putPreviousHook();
+  install(clean.host, clean.binary);
+  const binaryText = clean.read(HOOK);
+  const fileFreshAtItsPlace = reference.changes.filter((change) => /^create \/etc\/libvirt\/hooks\/qemu(\.d\/.*)?$/.test(change));
+  assert.equal(fileFreshAtItsPlace, [], "a file libvirt runs was written at its place, not renamed there whole");
+  uninstall(clean.host, false);
+  const after = reference.snapshot();
+  reference.cleanup();
+
+  let completed = false;
+  for (let change = 1; !completed; change++) {
+    const sim = SimHost.inMemory(() => new SimHost());
+    try {
+      const { host, binary, read, putPreviousHook } = setUp(sim);
+      putPreviousHook();
+      sim.killAtChange(change);
+      let failure: unknown;
+      try {
+        install(host, binary);
+        completed = true;
+      } catch (error) {
+        failure = error;
+      }
+      // A killed install's undo is killed too: its error says so, wrapping ProcessKilled.
+      const killedAt = sim.revive() ?? "none: install completed";
+      if (failure !== undefined && !(failure instanceof ProcessKilled) && !/the hook was killed at/.test(String(failure))) throw failure;
+      const runs = whatLibvirtRuns(host);
+      assert.ok([[PREVIOUS], [binaryText, PREVIOUS]].some((whole) => JSON.stringify(whole) === JSON.stringify(runs)), `killed at ${killedAt}: libvirt runs ${JSON.stringify(runs)}`);
+      install(host, binary);
+      assert.equal(whatLibvirtRuns(host), [binaryText, PREVIOUS], `installed again after a kill at ${killedAt}`);
+      uninstall(host, false);
+      assert.is(read(HOOK), PREVIOUS, `killed at ${killedAt}`);
+      assert.equal(sim.snapshot(), after, `killed at ${killedAt}: left behind`);
+    } finally {
+      sim.cleanup();
+    }
+  }
+});
+
+test("an install whose record cannot be written whole (ENOSPC) keeps the record it had: it used to delete it first, and the next install and uninstall then lost what it said (the logrotate config to remove, the Debian package's mark)", () => {
+  const sim = new SimHost();
+  try {
+    const { host, binary, read, exists, putPreviousHook } = setUp(sim);
+    putPreviousHook();
+    install(host, binary);
+    assert.equal(record(read), { savedHook: SAVED, logrotate: true });
+    // the package's postinst over a hand install rewrites the record
+    sim.failWrite(/^\/etc\/vmhook\/install\.json/, "ENOSPC");
+    assert.throws(() => install(host, binary, { debianPackage: true }), /ENOSPC/);
+    sim.clearFailures();
+    assert.equal(record(read), { savedHook: SAVED, logrotate: true });
+    assert.equal(fs.readdirSync(host.resolve("/etc/vmhook")).sort(), ["install.json", "plugins.d"], "a temporary copy of the record was left");
+    assert.ok(uninstall(host, false).notes.includes(`removed ${LOGROTATE_CONFIG}`));
+    assert.not.ok(exists(LOGROTATE_CONFIG));
+    assert.is(read(HOOK), PREVIOUS);
+  } finally {
+    sim.cleanup();
+  }
+});
+
+test("install fsyncs its record under another name before renaming it into place: a power loss leaves the old record or the whole new one", () => {
+  const { host, binary, putPreviousHook } = setUp(new SyncNotingHost(fs.mkdtempSync(path.join(os.tmpdir(), "vmhook-install-"))));
+  const noting = host as SyncNotingHost;
+  putPreviousHook();
+  install(host, binary);
+  const renamed = noting.events.indexOf("rename /etc/vmhook/install.json.tmp to /etc/vmhook/install.json");
+  assert.ok(renamed > 0 && noting.events.slice(0, renamed).includes("fsync /etc/vmhook/install.json.tmp"), noting.events.join("; "));
 });
 
 test("install keeps the previous hook beside it, run from qemu.d/ by a launcher; installing again changes nothing", () => {
