@@ -35,6 +35,31 @@ export class FixableError extends VmhookError {
   }
 }
 
+/**
+ * A failure whose fix ends in vmhook recover: right only when vmhook holds
+ * changes to give back. A hook run that holds none (a start refused before
+ * its first step) tells it with nothingHeld().
+ */
+export class FixThenRecover extends FixableError {
+  constructor(
+    reason: string,
+    readonly remedy: string,
+    lines: string[] = [],
+  ) {
+    super(reason, `${remedy}, then run vmhook recover`, lines);
+  }
+
+  /** The same failure, where nothing was changed: no vmhook recover to run. The errno (code) and cause kept. */
+  nothingHeld(): FixableError {
+    const { code, cause } = this as { code?: string; cause?: unknown };
+    return Object.assign(new FixableError(this.reason, `${this.remedy}; nothing was changed, so there is nothing to recover`, this.lines), { code, cause });
+  }
+
+  override retold(reason: string): FixThenRecover {
+    return new FixThenRecover(reason, this.remedy, this.lines);
+  }
+}
+
 /** What only root may read, denied to another user: the fix is to run vmhook as root. */
 export class DeniedToUser extends FixableError {
   constructor(reason: string) {

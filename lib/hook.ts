@@ -4,7 +4,7 @@ import { loadDomainPlugins, loadReconnectPlugins, type PluginInstance } from "./
 import { Deadline } from "./deadline.ts";
 import { definedUuid, uuidFromXml } from "./definitions.ts";
 import { parseDomain, type Domain } from "./domain.ts";
-import { ConfigError, CustomConfigError, describeError, StrayError, VmhookError } from "./errors.ts";
+import { ConfigError, CustomConfigError, describeError, FixThenRecover, StrayError, VmhookError } from "./errors.ts";
 import { RootedHost, type Host } from "./host.ts";
 import { listJournals, newJournal, readJournal, writeJournal, type Journal, type JournalEntry } from "./journal.ts";
 import { createLogger, logProblem, oneLine, openLog, type Logger } from "./log.ts";
@@ -412,6 +412,21 @@ function openLogOnce(host: Host, onFailure: (error: unknown) => void): number | 
 }
 
 /**
+ * Whether vmhook holds changes of the run's domain for vmhook recover to give
+ * back: its journal is there (a start refused before its first step left
+ * none). Held, when that cannot be told.
+ */
+function holdsChanges(run: HookRun): boolean {
+  const uuid = uuidFromXml(run.invocation.xml);
+  if (!uuid) return false;
+  try {
+    return run.host.exists(paths.journal(uuid));
+  } catch {
+    return true;
+  }
+}
+
+/**
  * Runs one event and turns the outcome into libvirt's terms: the exit code,
  * and on failure a stderr whose first line says what failed and what to do.
  * `mayFail`: whether a failure should abort what libvirt is doing (prepare,
@@ -454,7 +469,8 @@ async function runEventOnce(run: HookRun, event: HookEvent | undefined, action: 
     await settleOrDrain(runUnderDomainLock(run, action), invocation);
     run.workDeadline().throwIfAbandoned();
     return 0;
-  } catch (error) {
+  } catch (caught) {
+    const error = caught instanceof FixThenRecover && !holdsChanges(run) ? caught.nothingHeld() : caught;
     const headline = describeError(error);
     run.log.error(headline);
     const details = error instanceof VmhookError ? error.lines : error instanceof Error && error.stack ? [error.stack] : [];

@@ -4,7 +4,7 @@
 // following symlinks, and a write is a new file renamed into place: a
 // symlink planted where a journal goes is replaced, never written through.
 import * as fs from "node:fs";
-import { denied, describeError, FixableError, VmhookError } from "./errors.ts";
+import { denied, describeError, FixableError, FixThenRecover, VmhookError } from "./errors.ts";
 import { openFilesFix, type FileStat, type Host } from "./host.ts";
 import { paths } from "./paths.ts";
 
@@ -50,12 +50,14 @@ export function unchangeableState(error: unknown, what: string, hostPath: string
   const code = (error as NodeJS.ErrnoException)?.code;
   const full = code === "ENOSPC";
   const reason = `cannot ${what} ${hostPath} (${full ? "ENOSPC: the file system is full" : (code ?? describeError(error))})`;
-  const fix = full
-    ? `vmhook records every change there before it makes it; free space in /run (df -h ${paths.stateDir}, df -i ${paths.stateDir}), then run vmhook recover`
+  // Room again, or read-write again: what vmhook holds (if anything: FixThenRecover) is given back by vmhook recover.
+  const remedy = full
+    ? `vmhook records every change there before it makes it; free space in /run (df -h ${paths.stateDir}, df -i ${paths.stateDir})`
     : code === "EROFS"
-      ? `its file system is mounted read-only (findmnt -T ${paths.stateDir}): remount it read-write, then run vmhook recover`
-      : (openFilesFix(code) ?? `vmhook records every change in ${paths.stateDir} before it makes it: check why (ls -ld ${paths.stateDir}, df -h ${paths.stateDir}, dmesg)`);
-  const refused = code === "EACCES" || code === "EPERM" ? denied(reason) : new FixableError(reason, fix);
+      ? `its file system is mounted read-only (findmnt -T ${paths.stateDir}): remount it read-write`
+      : undefined;
+  const fix = openFilesFix(code) ?? `vmhook records every change in ${paths.stateDir} before it makes it: check why (ls -ld ${paths.stateDir}, df -h ${paths.stateDir}, dmesg)`;
+  const refused = code === "EACCES" || code === "EPERM" ? denied(reason) : remedy ? new FixThenRecover(reason, remedy) : new FixableError(reason, fix);
   return Object.assign(refused, { code, cause: error });
 }
 

@@ -758,3 +758,13 @@ export function twoNvidiaCards(): GpuKernel {
   kernel.sim.file(`/proc/driver/nvidia/gpus/${first}/information`, "Device Minor: 0\n").file(`/proc/driver/nvidia/gpus/${second}/information`, "Device Minor: 1\n");
   return kernel;
 }
+
+/**
+ * The other order of vfio's background `modprobe vfio-pci ids=`: it ends only
+ * once the hook has written vfio-pci into a device's driver_override, so
+ * vfio-pci's load binds that device (no drivers_probe). Without this it ends
+ * at the next event-loop turn, before any device moves, and each move probes.
+ */
+export function vfioLoadsAfterOverride(sim: SimHost): SimHost {
+  return sim.endLater("modprobe", ["vfio-pci", "ids="], /^write "vfio-pci" to \/sys\/bus\/pci\/devices\/[^/]+\/driver_override$/);
+}

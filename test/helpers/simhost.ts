@@ -50,6 +50,8 @@ export class SimHost extends RootedHost {
    * the simulated kernel and programs do on their behalf is not the hook's.
    */
   readonly changes: string[] = [];
+  /** Programs the hook runs in the background that end later than the next event-loop turn (endLater). */
+  private readonly lateEnds: { command: string; args: string; after: string | RegExp }[] = [];
   /** Wall-clock time every program the hook runs takes (slowDown). */
   private programMs = 0;
   /** The change the hook is killed at: its number, or the change itself. */
@@ -247,6 +249,33 @@ export class SimHost extends RootedHost {
     return this;
   }
 
+  /**
+   * Every background run (runInHelper, execAsync) of `command` with exactly
+   * these args ends once the hook has made a change `after` matches since the
+   * run started (or was killed: it makes no more), in place of the next
+   * event-loop turn: the other order of a background program and the hook's
+   * own steps, as deterministic as the first (it follows from the hook's
+   * changes, never from time).
+   */
+  endLater(command: string, args: string[], after: string | RegExp): this {
+    this.lateEnds.push({ command, args: args.join(" "), after });
+    return this;
+  }
+
+  /** A background program's end: the next event-loop turn, or as endLater says. */
+  private async programEnds(command: string, args: string[]): Promise<void> {
+    const late = this.lateEnds.find((run) => run.command === command && run.args === args.join(" "));
+    if (!late) return nextMacrotask();
+    const from = this.changes.length;
+    const ended = () => this.changes.slice(from).some((change) => matches(late.after, change)) || this.killedAt !== undefined;
+    for (let turns = 0; !ended(); turns++) {
+      // A hook that waits for the program before it makes the change would wait for good: the test is wrong, not the hook.
+      if (turns === LATE_END_TURNS) throw new Error(`${[command, ...args].join(" ")} was to end once the hook had made a change matching ${String(late.after)}, which it did not in ${LATE_END_TURNS} event-loop turns`);
+      await nextMacrotask();
+    }
+    await nextMacrotask();
+  }
+
   /** The hook is killed (kill -9) at its `n`-th state-changing operation from now: that one and everything after it throw ProcessKilled. */
   killAtChange(n: number | string): void {
     this.changes.length = 0;
@@ -388,8 +417,8 @@ export class SimHost extends RootedHost {
       this.hungPrograms.push({ pid, command, args });
       return { done: false, pid };
     }
-    // It runs a macrotask later, as execAsync's program: what the caller does meanwhile (a background modprobe's next steps) comes first.
-    await nextMacrotask();
+    // It runs a macrotask later (or as endLater says), as execAsync's program: what the caller does meanwhile (a background modprobe's next steps) comes first.
+    await this.programEnds(command, args);
     return this.asKernel(() => {
       try {
         return { done: true, result: this.programResult(command, args, { timeoutMs }) };
@@ -483,7 +512,7 @@ export class SimHost extends RootedHost {
     // With `started`: a process in /proc while it runs, as startHelper's.
     const pid = options.started ? this.startHelper(command, false, options.started) : undefined;
     // Once started, the program runs to its end whatever becomes of the hook.
-    await nextMacrotask();
+    await this.programEnds(command, args);
     const result = this.asKernel(() => this.exec(command, args, options));
     if (pid !== undefined) this.endProcess(pid);
     this.execs.splice(started, 0, this.execs.pop()!);
@@ -609,3 +638,6 @@ const matches = (match: string | RegExp, hostPath: string) => (typeof match === 
  * speed and load, and a clean run would make its changes in another order.
  */
 const nextMacrotask = () => new Promise<void>((resolve) => setImmediate(resolve));
+
+/** How long a program endLater holds for a change waits at most: far more turns than any hook takes to make it. */
+const LATE_END_TURNS = 100_000;

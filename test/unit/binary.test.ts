@@ -769,7 +769,8 @@ function smallRun(root: string, options: string): { dir: string; fill: () => voi
 /** libvirt's events up to a running VM. */
 const STARTS = [["prepare", "begin"], ["start", "begin"], ["started", "begin"]];
 
-const RUN_FULL_FIX = "vmhook records every change there before it makes it; free space in /run (df -h /run/vmhook, df -i /run/vmhook), then run vmhook recover";
+/** The fix of a start refused before its first step: nothing to recover. */
+const RUN_FULL_FIX = "vmhook records every change there before it makes it; free space in /run (df -h /run/vmhook, df -i /run/vmhook); nothing was changed, so there is nothing to recover";
 
 for (const [what, options] of [
   ["no inode left (tmpfs nr_inodes): the domain's lock file cannot be made", "size=1m,nr_inodes=4"],

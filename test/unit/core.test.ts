@@ -938,6 +938,20 @@ test("a hook of vm killed as it renamed its first journal into place leaves only
   }
 });
 
+test("/run full (ENOSPC) at prepare's first journal write: the start is refused having changed nothing, and its fix says there is nothing to recover; it used to end in \"then run vmhook recover\" as if something were held", async () => {
+  const { sim, kernel } = hugepageHost(100);
+  try {
+    sim.failWrite(`${paths.journal(UUID)}.tmp`, "ENOSPC");
+    const outcome = await runHookEvent(sim, "prepare", "begin", XML);
+    assert.is(outcome.code, 1);
+    assert.is(firstLine(outcome.stderr), `vmhook: cannot write ${paths.journal(UUID)} (ENOSPC: the file system is full); vmhook records every change there before it makes it; free space in /run (df -h /run/vmhook, df -i /run/vmhook); nothing was changed, so there is nothing to recover`);
+    assert.is(kernel.pool(2048), 100);
+    assert.equal(sim.stateFiles(), []);
+  } finally {
+    sim.cleanup();
+  }
+});
+
 test("/run full (ENOSPC) once the pool has grown: the prepare fails saying what filled up and what to do, and that the pages stay journaled for vmhook recover, which gives them back once there is room", async () => {
   const { sim, kernel } = hugepageHost(100);
   try {

@@ -16,7 +16,7 @@ import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { cli } from "../helpers/cli.ts";
 import { systemdAllowedCpus, cgroupHost, systemdHost, withCpus } from "../helpers/cpu-hosts.ts";
-import { nvidiaDesktop } from "../helpers/gpu-kernel.ts";
+import { nvidiaDesktop, vfioLoadsAfterOverride } from "../helpers/gpu-kernel.ts";
 import { runHookEvent } from "../helpers/hook.ts";
 import { HugepageKernel } from "../helpers/hugepage-kernel.ts";
 import { logindHost } from "../helpers/logind-host.ts";
@@ -40,9 +40,16 @@ interface Scenario {
   devices?: string;
   /** The event that changes the host, prepare unless said. */
   applies?: "prepare" | "start";
+  /** The host of the other order of a background program and the hook's steps (SimHost.endLater), swept too for the event that applies. */
+  otherOrder?: { name: string; build: () => SimHost };
 }
 
 const HUGEPAGES = "<memoryBacking><hugepages/></memoryBacking>";
+/** The single-GPU desktops' GPU, GPU_HOSTDEV's. */
+const DESKTOP_GPU = "0000:01:00.0";
+
+/** The order the sweep otherwise misses: modprobe vfio-pci (started in the background) ends once the GPU's driver_override names vfio-pci, whose load then binds it. */
+const loadsAfterOverride = (build: () => SimHost) => ({ name: "modprobe vfio-pci ends after the GPU's driver_override", build: () => vfioLoadsAfterOverride(build()) });
 const PINNED = "<vcpu>2</vcpu><cputune><vcpupin vcpu='0' cpuset='2'/><vcpupin vcpu='1' cpuset='3'/><emulatorpin cpuset='2-3'/></cputune>";
 const GPU_HOSTDEV = "<devices><hostdev mode='subsystem' type='pci' managed='no'><source><address domain='0x0000' bus='0x01' slot='0x00' function='0x0'/></source></hostdev></devices>";
 
@@ -188,8 +195,14 @@ const SCENARIOS: Scenario[] = [
     devices: PINNED,
   },
   { name: "isolate (cgroup v2 cpuset)", build: cgroupHost, hooks: "<vmhook:isolate/>", devices: PINNED },
-  { name: "vfio single GPU", build: () => nvidiaDesktop().sim, hooks: "<vmhook:vfio/>", devices: GPU_HOSTDEV },
-  { name: "vfio + hugepages + isolate", build: everythingHost, hooks: "<vmhook:hugepages/><vmhook:isolate/><vmhook:vfio/>", devices: HUGEPAGES + PINNED + GPU_HOSTDEV },
+  { name: "vfio single GPU", build: () => nvidiaDesktop().sim, hooks: "<vmhook:vfio/>", devices: GPU_HOSTDEV, otherOrder: loadsAfterOverride(() => nvidiaDesktop().sim) },
+  {
+    name: "vfio + hugepages + isolate",
+    build: everythingHost,
+    hooks: "<vmhook:hugepages/><vmhook:isolate/><vmhook:vfio/>",
+    devices: HUGEPAGES + PINNED + GPU_HOSTDEV,
+    otherOrder: loadsAfterOverride(everythingHost),
+  },
   {
     name: "mdev (GVT-g)",
     build: () => gvtHost().dir("/var/log"),
@@ -310,8 +323,26 @@ async function killAt(scenario: Scenario, event: Event, n: number, aftermath: Af
 // Each kill point is given back one way, the two ways in turn: every kill point twice would take twice as long.
 const AFTERMATHS: Aftermath[] = ["recover --force", "libvirt"];
 
-for (const scenario of SCENARIOS) {
-  for (const event of [scenario.applies ?? "prepare", "release"] as const) {
+/** Each scenario, and the other order of those that have one (for the event that applies only: releases run no background program). */
+const SWEPT = SCENARIOS.flatMap((scenario) => {
+  const { otherOrder, ...first } = scenario;
+  const applies = scenario.applies ?? "prepare";
+  const events = (only?: Event) => (only ? [only] : [applies, "release" as const]);
+  return [
+    { scenario: first, events: events() },
+    ...(otherOrder ? [{ scenario: { ...first, name: `${scenario.name}, ${otherOrder.name}`, build: otherOrder.build }, events: events(applies), firstOrder: first }] : []),
+  ];
+});
+
+for (const { scenario, events, firstOrder } of SWEPT) {
+  if (firstOrder) {
+    test(`${scenario.name}: a clean ${events[0]} binds the GPU by vfio-pci's load, where the first order probes it (the other order is really swept)`, async () => {
+      const probesGpu = (changes: string[]) => changes.includes(`start a helper writing "${DESKTOP_GPU}" to /sys/bus/pci/drivers_probe`);
+      const [first, other] = [await cleanRunChanges(firstOrder, events[0]!), await cleanRunChanges(scenario, events[0]!)];
+      assert.equal([probesGpu(first), probesGpu(other)], [true, false]);
+    });
+  }
+  for (const event of events) {
     // Each kill point below is found by its number in a clean run: were the order time-dependent, a sweep would kill at other changes, or at none.
     test(`${scenario.name}: a clean ${event} makes the same changes in the same order on a slow host`, async () => {
       assert.equal(await cleanRunChanges(scenario, event, true), await cleanRunChanges(scenario, event));

@@ -9,7 +9,7 @@ import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { cli } from "../helpers/cli.ts";
 import { cgroupHost, systemdAllowedCpus, systemdHost, withCpus } from "../helpers/cpu-hosts.ts";
-import { NVIDIA_CARDS, nvidiaDesktop, twoNvidiaCards } from "../helpers/gpu-kernel.ts";
+import { NVIDIA_CARDS, nvidiaDesktop, twoNvidiaCards, vfioLoadsAfterOverride } from "../helpers/gpu-kernel.ts";
 import { runHookEvent } from "../helpers/hook.ts";
 import { HugepageKernel } from "../helpers/hugepage-kernel.ts";
 import { SimHost } from "../helpers/simhost.ts";
@@ -24,6 +24,12 @@ interface Scenario {
   build: () => SimHost;
   a: string;
   b: string;
+  /**
+   * A's prepare starts modprobe vfio-pci in the background: its other order
+   * (vfioLoadsAfterOverride) is swept too, with A alone first, and after B's
+   * start when `bFirst` (B's own start may have loaded vfio-pci already).
+   */
+  otherOrder?: { bFirst: boolean };
 }
 
 const HUGEPAGES = "<memoryBacking><hugepages/></memoryBacking>";
@@ -45,7 +51,14 @@ const hostdev = (card: string) => {
 };
 
 const SCENARIOS: Scenario[] = [
-  { name: "two NVIDIA cards, one per VM", sharesWithA: true, build: () => twoNvidiaCards().sim, a: domainXml(A, "<vmhook:vfio/>", hostdev(CARD_A)), b: domainXml(B, "<vmhook:vfio/>", hostdev(CARD_B)) },
+  {
+    name: "two NVIDIA cards, one per VM",
+    sharesWithA: true,
+    build: () => twoNvidiaCards().sim,
+    a: domainXml(A, "<vmhook:vfio/>", hostdev(CARD_A)),
+    b: domainXml(B, "<vmhook:vfio/>", hostdev(CARD_B)),
+    otherOrder: { bFirst: false },
+  },
   { name: "hugepages", build: () => hugepageHost(), a: domainXml(A, "<vmhook:hugepages/>", HUGEPAGES), b: domainXml(B, "<vmhook:hugepages/>", HUGEPAGES, "2") },
   {
     name: "isolate (systemd)",
@@ -68,6 +81,7 @@ const SCENARIOS: Scenario[] = [
     },
     a: domainXml(A, '<vmhook:hugepages/><vmhook:isolate irqs="yes"/><vmhook:vfio/>', HUGEPAGES + pinned([2, 3]) + hostdev(CARD_A)),
     b: domainXml(B, '<vmhook:hugepages/><vmhook:isolate irqs="yes"/>', HUGEPAGES + pinned([4, 5]), "2"),
+    otherOrder: { bFirst: true },
   },
 ];
 
@@ -208,19 +222,42 @@ const bStartsOverKilledA = (scenario: Scenario, event: Event, n: number, withB: 
 
 const AFTERMATHS: Aftermath[] = ["recover A", "libvirt"];
 
-for (const scenario of SCENARIOS) {
-  for (const event of ["prepare", "release"] as const) {
+/** Whether A's clean changes probe A's card: vfio-pci's load binds it in the other order, where it ends after the card's driver_override. */
+const probesCardA = (changes: string[]) => changes.includes(`start a helper writing "${CARD_A}" to /sys/bus/pci/drivers_probe`);
+
+/** Each scenario, and the other order of those that have one: A's prepare only (a release runs no background program). */
+const SWEPT = SCENARIOS.flatMap((scenario) => {
+  const { otherOrder, ...first } = scenario;
+  return [
+    { scenario: first, events: ["prepare", "release"] as Event[], bFirst: true },
+    ...(otherOrder ? [{ scenario: { ...first, name: `${scenario.name}, modprobe vfio-pci ends after a driver_override`, build: () => vfioLoadsAfterOverride(first.build()) }, events: ["prepare"] as Event[], bFirst: otherOrder.bFirst, firstOrder: first }] : []),
+  ];
+});
+
+for (const { scenario, events, bFirst: sweepBFirst, firstOrder } of SWEPT) {
+  if (firstOrder) {
+    test(`${scenario.name}: A's clean prepare binds A's card by vfio-pci's load, where the first order probes it (the other order is really swept)`, async () => {
+      for (const bFirst of sweepBFirst ? [true, false] : [false]) {
+        const [first, other] = [await changesOf(firstOrder, "prepare", bFirst), await changesOf(scenario, "prepare", bFirst)];
+        assert.equal([probesCardA(first), probesCardA(other)], [true, false], bFirst ? "B first" : "A first");
+      }
+    });
+  }
+  for (const event of events) {
     // Each kill point below is found by its number in a clean run: were the order time-dependent, a sweep would kill at other changes, or at none.
     test(`${scenario.name}: A's clean ${event} makes the same changes in the same order on a slow host`, async () => {
       for (const bFirst of [true, false]) assert.equal(await changesOf(scenario, event, bFirst, true), await changesOf(scenario, event, bFirst), bFirst ? "B first" : "A first");
     });
-    test(`${scenario.name}: A's ${event} killed at each change while B runs; A given back, B's host as B alone's, then as before both`, async () => {
-      const withB = await bAlone(scenario);
-      const changes = await changesOf(scenario, event, true);
-      const problems: string[] = [];
-      for (let n = 1; n <= changes.length; n++) problems.push(...(await killedBesideB(scenario, event, n, AFTERMATHS[n % AFTERMATHS.length]!, withB)));
-      assert.equal(problems, []);
-    });
+    // B's start loads vfio-pci in one scenario's other order: A's prepare after it is the first order's, swept there.
+    if (sweepBFirst) {
+      test(`${scenario.name}: A's ${event} killed at each change while B runs; A given back, B's host as B alone's, then as before both`, async () => {
+        const withB = await bAlone(scenario);
+        const changes = await changesOf(scenario, event, true);
+        const problems: string[] = [];
+        for (let n = 1; n <= changes.length; n++) problems.push(...(await killedBesideB(scenario, event, n, AFTERMATHS[n % AFTERMATHS.length]!, withB)));
+        assert.equal(problems, []);
+      });
+    }
     test(`${scenario.name}: A's ${event} killed at each change, B starts over A's journal, recover A: B's host as B alone's, then as before both`, async () => {
       const withB = await bAlone(scenario);
       const changes = await changesOf(scenario, event, false);
