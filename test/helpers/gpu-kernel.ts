@@ -739,6 +739,24 @@ export function nvidiaDesktop(displayManager = "display-manager.service", cgroup
 }
 
 /** The two NVIDIA cards of twoNvidiaCards(), one for each VM. */
+/** A host without systemd (OpenRC) whose display manager's process `comm` (pid 900) holds the only GPU, 0000:01:00.0 on bochs-drm. */
+export function withoutSystemd(comm: string): GpuKernel {
+  return new GpuKernel({ systemd: false })
+    .module({ name: "bochs", driver: "bochs-drm", loaded: true })
+    .device({ address: "0000:01:00.0", classCode: "0x030000", vendor: "0x1234", nativeDriver: "bochs-drm", group: 1, bootVga: true, nodes: ["card0", "fb0"] })
+    .vtconsole("vtcon0", "(M) frame buffer device", true)
+    .process(900, comm, ["/dev/dri/card0"]);
+}
+
+/** vfio's displayManagerCommand set to `rc-service sddm stop|start` (processes: sddm), which end and start withoutSystemd("sddm")'s pid 900. */
+export function rcServiceSddm(kernel: GpuKernel): void {
+  kernel.sim.file("/etc/vmhook/vmhook.json", JSON.stringify({ plugins: { vfio: { displayManagerCommand: { stop: ["rc-service", "sddm", "stop"], start: ["rc-service", "sddm", "start"], processes: ["sddm"] } } } }));
+  kernel.sim.onExec("rc-service", ([, verb]) => {
+    if (verb === "stop") kernel.sim.remove("/proc/900");
+    else kernel.process(900, "sddm", ["/dev/dri/card0"]);
+  });
+}
+
 export const NVIDIA_CARDS = ["0000:01:00.0", "0000:02:00.0"] as const;
 
 /**

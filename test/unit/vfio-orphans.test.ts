@@ -4,37 +4,19 @@
 // orphaned, stopping the display manager recover just started again).
 import { test } from "uvu";
 import * as assert from "uvu/assert";
-import { GpuKernel } from "../helpers/gpu-kernel.ts";
+import { rcServiceSddm, withoutSystemd } from "../helpers/gpu-kernel.ts";
 import { cli } from "../helpers/cli.ts";
 import { runHookEvent } from "../helpers/hook.ts";
 
 const UUID = "3f1c2a4e-8b7d-4c1e-9a2b-5d6e7f8a9b0c";
-const GPU = "0000:01:00.0";
 
 const domainXml = () => `<domain type='kvm'><name>win11</name><uuid>${UUID}</uuid><memory unit='GiB'>8</memory>
   <metadata><vmhook:hooks xmlns:vmhook="urn:vmhook:1"><vmhook:vfio/></vmhook:hooks></metadata>
   <devices><hostdev mode='subsystem' type='pci' managed='no'><source><address domain='0x0000' bus='0x01' slot='0x00' function='0x0'/></source></hostdev></devices></domain>`;
 
-function settings(kernel: GpuKernel, vfio: Record<string, unknown>): void {
-  kernel.sim.file("/etc/vmhook/vmhook.json", JSON.stringify({ plugins: { vfio } }));
-}
-
-/** A host without systemd (OpenRC) whose display manager's process `comm` holds the only GPU. */
-function withoutSystemd(comm: string): GpuKernel {
-  return new GpuKernel({ systemd: false })
-    .module({ name: "bochs", driver: "bochs-drm", loaded: true })
-    .device({ address: GPU, classCode: "0x030000", vendor: "0x1234", nativeDriver: "bochs-drm", group: 1, bootVga: true, nodes: ["card0", "fb0"] })
-    .vtconsole("vtcon0", "(M) frame buffer device", true)
-    .process(900, comm, ["/dev/dri/card0"]);
-}
-
 test("without systemd, the hook killed while the display manager's stop command runs: that command goes on; the undo ends it before it starts the display manager, which it would stop again after", async () => {
   const kernel = withoutSystemd("sddm");
-  settings(kernel, { displayManagerCommand: { stop: ["rc-service", "sddm", "stop"], start: ["rc-service", "sddm", "start"], processes: ["sddm"] } });
-  kernel.sim.onExec("rc-service", ([, verb]) => {
-    if (verb === "stop") kernel.sim.remove("/proc/900");
-    else kernel.process(900, "sddm", ["/dev/dri/card0"]);
-  });
+  rcServiceSddm(kernel);
   const before = kernel.sim.snapshot();
   const xml = domainXml();
   kernel.sim.outliveHook("rc-service", ["sddm", "stop"]);
@@ -55,11 +37,7 @@ test("without systemd, the hook killed while the display manager's stop command 
 
 test("the stop command left running is blocked in the kernel (SIGKILL does not end it): the undo starts nothing, naming it; once it is gone, recover starts the display manager", async () => {
   const kernel = withoutSystemd("sddm");
-  settings(kernel, { displayManagerCommand: { stop: ["rc-service", "sddm", "stop"], start: ["rc-service", "sddm", "start"], processes: ["sddm"] } });
-  kernel.sim.onExec("rc-service", ([, verb]) => {
-    if (verb === "stop") kernel.sim.remove("/proc/900");
-    else kernel.process(900, "sddm", ["/dev/dri/card0"]);
-  });
+  rcServiceSddm(kernel);
   const before = kernel.sim.snapshot();
   kernel.sim.outliveHook("rc-service", ["sddm", "stop"]);
   await runHookEvent(kernel.sim, "prepare", "begin", domainXml());

@@ -14,7 +14,7 @@ import { paths } from "../../lib/paths.ts";
 import { DEFAULT_SETTINGS } from "../../lib/settings.ts";
 import { undoJournal } from "../../lib/transaction.ts";
 import { registry } from "../../plugins/index.ts";
-import { GpuKernel, nvidiaDesktop, CGROUP_MOUNTS, type CgroupLayout, type SimUnit } from "../helpers/gpu-kernel.ts";
+import { GpuKernel, nvidiaDesktop, CGROUP_MOUNTS, rcServiceSddm, withoutSystemd, type CgroupLayout, type SimUnit } from "../helpers/gpu-kernel.ts";
 import { cli } from "../helpers/cli.ts";
 import { runHookEvent } from "../helpers/hook.ts";
 import { assertPlanIsPrepare, plannedSteps } from "../helpers/plan.ts";
@@ -1741,22 +1741,9 @@ test("reconnect: a journaled device address that is not a PCI address is refused
   assert.match(log, `vfio: reconnect check failed: vfio: the journal names "../../../../../run/elsewhere", which is not a PCI address`);
 });
 
-/** A host without systemd (OpenRC) whose display manager's process `comm` holds the only GPU. */
-function withoutSystemd(comm: string): GpuKernel {
-  return new GpuKernel({ systemd: false })
-    .module({ name: "bochs", driver: "bochs-drm", loaded: true })
-    .device({ address: GPU, classCode: "0x030000", vendor: "0x1234", nativeDriver: "bochs-drm", group: 1, bootVga: true, nodes: ["card0", "fb0"] })
-    .vtconsole("vtcon0", "(M) frame buffer device", true)
-    .process(900, comm, ["/dev/dri/card0"]);
-}
-
 test("without systemd: the configured display manager commands stop it, vmhook waits for its processes, and start it again", async () => {
   const kernel = withoutSystemd("sddm");
-  settings(kernel, { displayManagerCommand: { stop: ["rc-service", "sddm", "stop"], start: ["rc-service", "sddm", "start"], processes: ["sddm"] } });
-  kernel.sim.onExec("rc-service", ([, verb]) => {
-    if (verb === "stop") kernel.sim.remove("/proc/900");
-    else kernel.process(900, "sddm", ["/dev/dri/card0"]);
-  });
+  rcServiceSddm(kernel);
   const before = kernel.sim.snapshot();
   const xml = domainXml("<vmhook:vfio/>");
   const prepare = await runHookEvent(kernel.sim, "prepare", "begin", xml);
