@@ -50,12 +50,16 @@ build() {
 
 if [ "${1:-}" = "--uninstall" ]; then
   shift
-  # The installed hook uninstalls itself (through vmhook's link only: install
-  # leaves another program of that name alone); a checkout without a build still can.
-  if [ "$(readlink /usr/local/bin/vmhook)" = /etc/libvirt/hooks/qemu ] && [ -x /etc/libvirt/hooks/qemu ]; then
-    exec /usr/local/bin/vmhook uninstall "$@"
+  # The installed hook uninstalls itself, run as the CLI (any name but qemu):
+  # found by its marker, not by /usr/local/bin/vmhook, which an uninstall
+  # killed on the way may have removed already. A checkout without a build
+  # still can; one stopped after the hook was put back needs a build to finish.
+  if grep -qa vmhook-binary-marker: /etc/libvirt/hooks/qemu 2>/dev/null; then
+    exec -a vmhook /etc/libvirt/hooks/qemu uninstall "$@"
   elif [ -x dist/vmhook ]; then
     exec dist/vmhook uninstall "$@"
+  elif [ -e /etc/vmhook/install.json ]; then
+    die "an uninstall stopped on the way left /etc/vmhook/install.json, and no vmhook binary is here to finish it; run ./install.sh to build and install, then ./install.sh --uninstall"
   fi
   echo "install.sh: vmhook is not installed; nothing to do" >&2
   exit 0

@@ -87,6 +87,8 @@ export interface Host {
   mkdir(hostPath: string, mode?: number): string | undefined;
   /** rm -rf: nothing there is no failure. */
   remove(hostPath: string): void;
+  /** rmdir(2): whether the directory was there, empty, and is now gone; one that holds anything (or is no directory, or is not there) stays. */
+  removeIfEmpty(hostPath: string): boolean;
   chmod(hostPath: string, mode: number): void;
   /** Copies a file from outside the host's tree (the vmhook binary being installed) to `hostPath`, which it replaces, and fsyncs it: renamed into place then, a power loss leaves the whole copy, never a short one. */
   copyIn(source: string, hostPath: string): void;
@@ -338,6 +340,16 @@ export class RootedHost implements Host {
 
   remove(hostPath: string): void {
     this.changing("remove", hostPath, (real) => fs.rmSync(real, { recursive: true, force: true }));
+  }
+
+  removeIfEmpty(hostPath: string): boolean {
+    try {
+      this.changing("rmdir", hostPath, (real) => fs.rmdirSync(real));
+      return true;
+    } catch (error) {
+      if (["ENOTEMPTY", "EEXIST", "ENOTDIR", ...ABSENT].includes((error as NodeJS.ErrnoException).code ?? "")) return false;
+      throw error;
+    }
   }
 
   chmod(hostPath: string, mode: number): void {

@@ -12,6 +12,7 @@
 // runs arrives whole and executable by rename(2), and the kept hook gets its
 // second name (a hard link) before the binary replaces its first: at every
 // moment libvirt runs either the old hook alone or vmhook and the old hook.
+// Uninstall takes the same steps back (removeHook).
 import * as fs from "node:fs";
 import * as path from "node:path";
 import type { CommandModule } from "yargs";
@@ -43,6 +44,10 @@ const NEW_LAUNCHER = `${paths.libvirtHooksDir}/qemu.vmhook-launcher-new`;
  * runs it as qemu: the launcher then does nothing, or it would run twice.
  */
 const LAUNCHER_TEXT = `#!/bin/sh\n# the hook that was ${HOOK} before vmhook install; vmhook uninstall puts it back\n[ ${SAVED_HOOK} -ef ${HOOK} ] && exit 0\nexec ${SAVED_HOOK} "$@"\n`;
+/** The kept hook's name while uninstall puts it back: beside the hook, where libvirt runs nothing of that name. */
+const RESTORING_HOOK = `${HOOK}.vmhook-restore`;
+/** link(2)'s errnos for a file system (or a file) that takes no second name: vfat, some FUSE and network ones, a bind-mounted file. */
+const NO_HARD_LINKS = ["EPERM", "EXDEV", "ENOTSUP", "EOPNOTSUPP"];
 const CLI_LINK = "/usr/local/bin/vmhook";
 const INSTALL_RECORD = "/etc/vmhook/install.json";
 const NEW_INSTALL_RECORD = `${INSTALL_RECORD}.tmp`;
@@ -110,6 +115,24 @@ function writeRecord(host: Host, text: string): void {
       // the error below names the cause
     }
     throw error;
+  }
+}
+
+/**
+ * link(2) of the kept hook, whose second name keeps every step of install and
+ * uninstall safe for libvirt to run the hooks in: where link(2) cannot make
+ * one, vmhook refuses (before it has changed anything), naming the directory,
+ * the errno and `fix`.
+ */
+function linkKeptHook(host: Host, existing: string, second: string, fix: string): void {
+  try {
+    host.hardLink(existing, second);
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code;
+    if (code === undefined || !NO_HARD_LINKS.includes(code)) throw error;
+    throw new VmhookError(
+      `cannot give ${existing} a second name, ${second} (link: ${code}): ${paths.libvirtHooksDir} is on a file system without hard links (findmnt -T ${paths.libvirtHooksDir}), or a security module or the immutable attribute (lsattr ${existing}) refuses it; vmhook needs one to swap the hooks while libvirt may run them, and changed nothing; ${fix}`,
+    );
   }
 }
 
@@ -284,6 +307,12 @@ export function install(host: Host, binary: string, { cliLink = true, debianPack
   // (the disk filling up while the binary is copied) leaves the hooks as they were.
   const undos: (() => void)[] = [];
   try {
+    // The first change: a file system that takes no hard link is refused before anything else changed.
+    if (keepForeignHook) {
+      // A second name, not a rename: the hook stays at its place until the binary replaces it.
+      if (!linkedAlready) linkKeptHook(host, HOOK, SAVED_HOOK, `move ${HOOK} away by hand (what it does then no longer runs), or put ${paths.libvirtHooksDir} on a file system with hard links, then run vmhook install again`);
+      undos.push(() => host.remove(SAVED_HOOK));
+    }
     for (const [dir, mode] of [[path.dirname(HOOK), 0o755], [paths.pluginsDir, 0o755], [paths.stateDir, 0o700]] as const) {
       // the first directory it made, holding only what this install puts there
       const made = host.mkdir(dir, mode);
@@ -301,9 +330,6 @@ export function install(host: Host, binary: string, { cliLink = true, debianPack
     if (keepForeignHook) {
       // One libvirt skips (not executable, a dangling link) gets no launcher: exec would fail every VM start.
       const libvirtRanIt = libvirtRuns(hook);
-      // A second name, not a rename: the hook stays at its place until the binary replaces it.
-      if (!linkedAlready) host.hardLink(HOOK, SAVED_HOOK);
-      undos.push(() => host.remove(SAVED_HOOK));
       if (libvirtRanIt) {
         host.mkdir(path.dirname(SAVED_HOOK_LAUNCHER), 0o755);
         host.createFile(NEW_LAUNCHER, LAUNCHER_TEXT, 0o755);
@@ -395,6 +421,19 @@ function describeUnreleased(journals: Journal[], broken: { file: string }[]): st
   ];
 }
 
+/**
+ * The mirror of install, safe to be killed at any step (libvirt may run the
+ * hooks between any two), and to run again from where it stopped:
+ *   1. the kept hook gets a second name beside the hook, renamed over vmhook:
+ *      qemu and the kept hook are one file, so its launcher exits 0 and
+ *      libvirt runs the kept hook once, as qemu (before this: vmhook as qemu
+ *      and the kept hook through the launcher);
+ *   2. the launcher goes, then the kept hook's second name: it never execs
+ *      a name that is gone;
+ *   3. the record goes last, so a run killed before still finds what to do.
+ * The CLI link goes before step 1's rename: from then on it would run the
+ * kept hook as "vmhook".
+ */
 function removeHook(host: Host, debianPackage: boolean): InstallResult {
   const notes: string[] = [];
   // Read before anything is removed: a record that cannot be read stops the uninstall with the host as it was.
@@ -405,36 +444,49 @@ function removeHook(host: Host, debianPackage: boolean): InstallResult {
   const savedThere = !!saved && present(host, saved);
   const launcherThere = present(host, SAVED_HOOK_LAUNCHER);
   const hookIsVmhook = isVmhookBinary(hook);
+  const hookThere = present(host, HOOK);
   if (!hookIsVmhook && !present(host, INSTALL_RECORD) && !savedThere && !launcherThere && host.readlink(CLI_LINK) !== HOOK) {
-    return { notes: [`vmhook is not installed here: ${HOOK} ${present(host, HOOK) ? "is another program" : "does not exist"} and there is no ${INSTALL_RECORD}; nothing to remove`], hooksChanged: false };
+    return { notes: [`vmhook is not installed here: ${HOOK} ${hookThere ? "is another program" : "does not exist"} and there is no ${INSTALL_RECORD}; nothing to remove`], hooksChanged: false };
+  }
+  // The kept hook at its place under both names: an uninstall killed after step 1.
+  const putBackAlready = savedThere && hookThere && sameFile(host, HOOK, saved);
+  if (savedThere && hookThere && !hookIsVmhook && !putBackAlready) {
+    // someone put another hook in place since: keep both and the record, say so
+    return { notes: [`left ${HOOK} alone: it is not vmhook`, `kept ${saved} (the hook vmhook replaced) and its launcher: ${HOOK} is taken; sort them out by hand`, ...removeCliLink(host)], hooksChanged: false };
   }
   let hooksChanged = false;
-  if (hookIsVmhook) {
-    host.remove(HOOK);
-    hooksChanged = true;
-    notes.push(`removed ${HOOK}`);
-  } else if (present(host, HOOK)) {
-    notes.push(`left ${HOOK} alone: it is not vmhook`);
+  if (savedThere && !putBackAlready) {
+    // What a run killed here left, then the first change: a file system without hard links is refused with the host as it was.
+    if (present(host, RESTORING_HOOK)) host.remove(RESTORING_HOOK);
+    linkKeptHook(host, saved, RESTORING_HOOK, `put it back by hand: rm ${SAVED_HOOK_LAUNCHER}, then mv ${saved} ${HOOK} (in this order: the launcher runs ${saved}), then run vmhook uninstall again`);
   }
+  const cliNotes = removeCliLink(host);
   if (savedThere) {
-    if (present(host, HOOK)) {
-      // someone put another hook in place since: keep both and the record, say so
-      notes.push(`kept ${saved} (the hook vmhook replaced) and its launcher: ${HOOK} is taken; sort them out by hand`);
-      return { notes: [...notes, ...removeCliLink(host)], hooksChanged };
-    }
-    host.rename(saved, HOOK);
-    host.remove(SAVED_HOOK_LAUNCHER);
+    if (!putBackAlready) host.rename(RESTORING_HOOK, HOOK);
+    if (launcherThere) host.remove(SAVED_HOOK_LAUNCHER);
+    host.remove(saved);
     hooksChanged = true;
     notes.push(`restored the previous hook from ${saved}`);
-  } else if (launcherThere) {
-    // the kept hook was deleted by hand: its launcher would fail every hook call, and so every VM start
-    host.remove(SAVED_HOOK_LAUNCHER);
-    hooksChanged = true;
-    notes.push(`removed ${SAVED_HOOK_LAUNCHER}: the hook it ran, ${SAVED_HOOK}, is gone`);
+  } else {
+    if (launcherThere) {
+      // the kept hook was deleted by hand: its launcher fails every hook call, and so every VM start
+      host.remove(SAVED_HOOK_LAUNCHER);
+      hooksChanged = true;
+      notes.push(`removed ${SAVED_HOOK_LAUNCHER}: the hook it ran, ${SAVED_HOOK}, is gone`);
+    }
+    if (hookIsVmhook) {
+      host.remove(HOOK);
+      hooksChanged = true;
+      notes.push(`removed ${HOOK}`);
+    } else if (hookThere) {
+      notes.push(`left ${HOOK} alone: it is not vmhook`);
+    }
   }
+  // install made it for the launcher; empty, it runs nothing (rmdir(2): anything put there stays)
+  host.removeIfEmpty(path.dirname(SAVED_HOOK_LAUNCHER));
   if (record.logrotate && !debianPackage) notes.push(...removeLogrotate(host));
   host.remove(INSTALL_RECORD);
-  return { notes: [...notes, ...removeCliLink(host)], hooksChanged };
+  return { notes: [...notes, ...cliNotes], hooksChanged };
 }
 
 function removeCliLink(host: Host): string[] {

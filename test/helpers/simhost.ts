@@ -156,7 +156,7 @@ export class SimHost extends RootedHost {
     return this;
   }
 
-  /** Makes every other change to matching paths (mkdir, remove, rename to, chmod, copyIn, symlink, hardLink) fail with this errno (e.g. "EROFS": a read-only /etc). */
+  /** Makes every other change to matching paths (mkdir, remove, rmdir, rename to, chmod, copyIn, symlink, hardLink) fail with this errno (e.g. "EROFS": a read-only /etc). */
   failChange(match: string | RegExp, error: string): this {
     this.changeFailures.push({ match, error });
     return this;
@@ -547,6 +547,11 @@ export class SimHost extends RootedHost {
   override remove(hostPath: string): void {
     this.change(`remove ${hostPath}`);
     super.remove(hostPath);
+  }
+
+  override removeIfEmpty(hostPath: string): boolean {
+    this.change(`rmdir ${hostPath}`);
+    return super.removeIfEmpty(hostPath);
   }
 
   override createFile(hostPath: string, text: string, mode?: number): void {

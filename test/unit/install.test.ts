@@ -157,6 +157,93 @@ test("install over another program's hook: at every change it makes, libvirt run
   }
 });
 
+// uninstall used to remove the hook, rename the kept one back, then remove
+// its launcher: a kill between the last two left a launcher exec'ing a file
+// that was gone, failing every VM start, and one after the first left no
+// /usr/local/bin/vmhook pointing at the admin's own hook.
+test("uninstall killed at any change it makes (kill -9, a power loss; a failed change stops it there too): libvirt runs the kept hook exactly once, with or without vmhook, never a launcher whose hook is gone; uninstall again, or install and uninstall, leaves the tree as it was before install", () => {
+  for (const previous of ["an executable hook", "a hook libvirt skips (no execute bit)", "no hook"] as const) {
+    for (const next of ["uninstall", "install"] as const) {
+      let completed = false;
+      for (let change = 1; !completed; change++) {
+        const sim = SimHost.inMemory(() => new SimHost());
+        try {
+          const { host, binary, putPreviousHook, putLibvirt } = setUp(sim);
+          for (const dir of ["/etc/libvirt/hooks", "/run", "/usr/local/bin"]) sim.dir(dir);
+          putLibvirt("10.0.0");
+          if (previous !== "no hook") putPreviousHook();
+          if (previous === "a hook libvirt skips (no execute bit)") fs.chmodSync(host.resolve(HOOK), 0o644);
+          const before = tree(host.root);
+          install(host, binary);
+          const vmhook = fs.readFileSync(binary, "utf8");
+          const kept = previous === "an executable hook" ? [PREVIOUS] : [];
+          sim.killAtChange(change);
+          let failure: unknown;
+          try {
+            uninstall(host, false, { purgeOwnFiles: true });
+            completed = true;
+          } catch (error) {
+            failure = error;
+          }
+          const killedAt = sim.revive() ?? "none: uninstall completed";
+          const at = `${previous}, then ${next}; killed at ${killedAt}`;
+          if (failure !== undefined && !(failure instanceof ProcessKilled)) throw failure;
+          const runs = whatLibvirtRuns(host);
+          assert.ok([kept, [vmhook, ...kept]].some((whole) => JSON.stringify(whole) === JSON.stringify(runs)), `${at}: libvirt runs ${JSON.stringify(runs)}`);
+          // The CLI link leads to vmhook or nowhere: never to the admin's hook, run as "vmhook uninstall" (by hand, or by install.sh --uninstall).
+          const cli = host.readlink("/usr/local/bin/vmhook");
+          if (cli !== undefined && fs.existsSync(host.resolve(cli))) assert.is(fs.readFileSync(host.resolve(cli), "utf8"), vmhook, `${at}: /usr/local/bin/vmhook leads to another program`);
+          if (next === "install") {
+            install(host, binary);
+            assert.equal(whatLibvirtRuns(host), [vmhook, ...kept], `${at}: installed again`);
+          }
+          uninstall(host, false, { purgeOwnFiles: true });
+          assert.equal(tree(host.root), before, `${at}: left behind`);
+        } finally {
+          sim.cleanup();
+        }
+      }
+    }
+  }
+});
+
+// install keeps the old hook by a hard link (and uninstall puts it back by
+// one): where /etc/libvirt/hooks takes none (vfat, some FUSE or network file
+// systems, a bind-mounted hook), link(2) failed halfway with the bare EPERM of
+// a permission problem.
+test("install and uninstall where /etc/libvirt/hooks takes no hard link (link(2): EPERM, EXDEV, ENOTSUP) refuse before any change, naming the directory, the errno and the fix; uninstall's fix, done by hand, lets it finish", () => {
+  for (const code of ["EPERM", "EXDEV", "ENOTSUP"]) {
+    const sim = new SimHost();
+    try {
+      const { host, binary, read, exists, putPreviousHook } = setUp(sim);
+      putPreviousHook();
+      const before = tree(host.root);
+      sim.failChange(SAVED, code);
+      assert.throws(
+        () => install(host, binary),
+        (error: Error) => error.message === `cannot give ${HOOK} a second name, ${SAVED} (link: ${code}): /etc/libvirt/hooks is on a file system without hard links (findmnt -T /etc/libvirt/hooks), or a security module or the immutable attribute (lsattr ${HOOK}) refuses it; vmhook needs one to swap the hooks while libvirt may run them, and changed nothing; move ${HOOK} away by hand (what it does then no longer runs), or put /etc/libvirt/hooks on a file system with hard links, then run vmhook install again`,
+        code,
+      );
+      assert.equal(tree(host.root), before, `${code}: install changed the host`);
+
+      sim.clearFailures();
+      install(host, binary);
+      // the hooks moved to such a file system since
+      sim.failChange(`${HOOK}.vmhook-restore`, code);
+      const installed = tree(host.root);
+      assert.throws(() => uninstall(host, false), (error: Error) => error.message.startsWith(`cannot give ${SAVED} a second name, ${HOOK}.vmhook-restore (link: ${code}): /etc/libvirt/hooks is on a file system without hard links`) && error.message.endsWith(`put it back by hand: rm ${LAUNCHER}, then mv ${SAVED} ${HOOK} (in this order: the launcher runs ${SAVED}), then run vmhook uninstall again`), code);
+      assert.equal(tree(host.root), installed, `${code}: uninstall changed the host`);
+      fs.rmSync(host.resolve(LAUNCHER));
+      fs.renameSync(host.resolve(SAVED), host.resolve(HOOK));
+      uninstall(host, false);
+      assert.is(read(HOOK), PREVIOUS, code);
+      for (const gone of [SAVED, LAUNCHER, `${HOOK}.vmhook-restore`, "/etc/vmhook/install.json", "/usr/local/bin/vmhook"]) assert.not.ok(exists(gone), `${code}: ${gone} is still there`);
+    } finally {
+      sim.cleanup();
+    }
+  }
+});
+
 test("an install whose record cannot be written whole (ENOSPC) keeps the record it had: it used to delete it first, and the next install and uninstall then lost what it said (the logrotate config to remove, the Debian package's mark)", () => {
   const sim = new SimHost();
   try {
