@@ -60,14 +60,22 @@ export function loadVfioSteps(ctx: PlanContext<VfioConfig>, found: Survey, setti
   return load ? [load] : keepLoadedSteps(ctx, VFIO_DRIVER);
 }
 
-/** Its description, saying what the host's ids= for vfio-pci would have taken (loadModules sets them aside). */
+/**
+ * In `vmhook plan`, its description says what the host's ids= for vfio-pci
+ * would have taken (loadModules sets them aside): read there only, a run
+ * does not need them.
+ */
 function vfioLoadStep(host: Host, step: Step<LoadRecord>, handed: string[]): Step<LoadRecord> {
+  return { ...step, planNote: () => vfioIdsNote(host, handed) };
+}
+
+function vfioIdsNote(host: Host, handed: string[]): string {
   const configured = vfioIdsConfig(host);
-  if (configured.length === 0) return step;
+  if (configured.length === 0) return "";
   const ids = new Set(configured.flatMap((source) => source.ids));
   const taken = listPciDevices(host).filter((device) => device.driver === undefined && !handed.includes(device.address) && ids.has(pciId(device)));
   const would = taken.length > 0 ? `, which would take ${taken.map((device) => `${device.address} (${pciId(device)}, no driver)`).join(", ")} too` : "";
-  return { ...step, description: `${step.description} (with ids= empty: the host binds ${describeVfioIds(configured)} to vfio-pci${would})` };
+  return ` (with ids= empty: the host binds ${describeVfioIds(configured)} to vfio-pci${would})`;
 }
 
 /** "1002:744c (/etc/modprobe.d/vfio.conf), 10de:2204 (the kernel command line)" */
