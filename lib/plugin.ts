@@ -105,6 +105,12 @@ export interface Step<Record extends UndoRecord = UndoRecord> {
    * step once it failed.
    */
   background?: boolean;
+  /**
+   * What `vmhook plan` adds to the description, and nothing else: computed
+   * only there, as it may read what a run of the step does not need (vfio:
+   * the host's ids= for vfio-pci, from modprobe.d and the kernel command line).
+   */
+  planNote?: () => string;
 }
 
 /** Why a planned step cannot succeed on this host (the error's first line), and what to do about it. */

@@ -239,8 +239,11 @@ class CarryOn {
   }
 }
 
-/** Each plugin's planned steps for `event`, checked against the plugin's actions. Changes nothing. `carryOn`: a planner that fails is left out, the others still planned. */
-async function planUnits(event: PlannedEvent, instances: PluginInstance[], domain: Domain, journal: Journal, env: RunEnvironment, deadline: Deadline, carryOn?: CarryOn): Promise<Unit[]> {
+/**
+ * Each plugin's planned steps for `event`, checked against the plugin's actions. Changes nothing. `carryOn`: a planner that fails is left out, the others still planned.
+ * `forPlan` (`vmhook plan`): each step's planNote joins its description, within the planner's call; a run never asks for one.
+ */
+async function planUnits(event: PlannedEvent, instances: PluginInstance[], domain: Domain, journal: Journal, env: RunEnvironment, deadline: Deadline, carryOn?: CarryOn, forPlan = false): Promise<Unit[]> {
   const units: Unit[] = [];
   for (const instance of instances) {
     const plugin = instance.plugin;
@@ -253,7 +256,10 @@ async function planUnits(event: PlannedEvent, instances: PluginInstance[], domai
     deadline.check(`planning ${instance.id}`);
     try {
       const steps = await namingCustomPlugin(instance.id, () =>
-        settleWithin(env, instance.id, `planning ${event}`, deadline, () => "its planner", (lease) => planner(planContext(env, lease, instance, event, domain, journal, deadline, {}))),
+        settleWithin(env, instance.id, `planning ${event}`, deadline, () => "its planner", (lease) => {
+          const planned = planner(planContext(env, lease, instance, event, domain, journal, deadline, {}));
+          return forPlan ? Promise.resolve(planned).then(withPlanNotes) : planned;
+        }),
       );
       // Checked before any is kept: a plugin left out (carryOn) is left out whole.
       units.push(...steps.map((step) => plannedUnit(instance, event, step)));
@@ -264,6 +270,9 @@ async function planUnits(event: PlannedEvent, instances: PluginInstance[], domai
   }
   return units;
 }
+
+/** The steps as `vmhook plan` shows them: each one's planNote in its description. */
+const withPlanNotes = (steps: Step[]): Step[] => steps.map(({ planNote, ...step }) => (planNote ? { ...step, description: `${step.description}${planNote()}` } : step));
 
 /** One planned step, checked against its plugin's actions. */
 function plannedUnit(instance: PluginInstance, event: PlannedEvent, step: Step): Unit {
@@ -292,7 +301,7 @@ function namedRefusal(pluginId: string, refusal: Refusal): Refusal {
  * custom plugins are asked by running their handlers with dryRun set.
  */
 export async function planEvent(event: PlannedEvent, instances: PluginInstance[], domain: Domain, journal: Journal, env: RunEnvironment, deadline: Deadline): Promise<PlannedStep[]> {
-  const units = await planUnits(event, instances, domain, journal, env, deadline);
+  const units = await planUnits(event, instances, domain, journal, env, deadline, undefined, true);
   const steps: PlannedStep[] = [];
   for (const unit of units) {
     if ("step" in unit) {

@@ -19,7 +19,7 @@ import type { VfioConfig, VfioSettings } from "./config.ts";
 import { describeHolders, isWatched, moduleLoaded, processesHolding, targetWords, VFIO_DRIVER, type HostNeeds, type Survey, type Watched } from "./survey.ts";
 import { systemdRuns, unitActive } from "../../lib/systemd.ts";
 import { activeOrStarting, unitProcesses } from "./units.ts";
-import { returnToDriver } from "./return-path.ts";
+import { nameHomeDriver, returnToDriver } from "./return-path.ts";
 import { missingAdvice, needsVendorReset, setResetMethodStep, VENDOR_RESET_FIX, VENDOR_RESET_MODULE, vendorResetState } from "./vendor-reset.ts";
 
 /**
@@ -60,14 +60,22 @@ export function loadVfioSteps(ctx: PlanContext<VfioConfig>, found: Survey, setti
   return load ? [load] : keepLoadedSteps(ctx, VFIO_DRIVER);
 }
 
-/** Its description, saying what the host's ids= for vfio-pci would have taken (loadModules sets them aside). */
+/**
+ * In `vmhook plan`, its description says what the host's ids= for vfio-pci
+ * would have taken (loadModules sets them aside): read there only, a run
+ * does not need them.
+ */
 function vfioLoadStep(host: Host, step: Step<LoadRecord>, handed: string[]): Step<LoadRecord> {
+  return { ...step, planNote: () => vfioIdsNote(host, handed) };
+}
+
+function vfioIdsNote(host: Host, handed: string[]): string {
   const configured = vfioIdsConfig(host);
-  if (configured.length === 0) return step;
+  if (configured.length === 0) return "";
   const ids = new Set(configured.flatMap((source) => source.ids));
   const taken = listPciDevices(host).filter((device) => device.driver === undefined && !handed.includes(device.address) && ids.has(pciId(device)));
   const would = taken.length > 0 ? `, which would take ${taken.map((device) => `${device.address} (${pciId(device)}, no driver)`).join(", ")} too` : "";
-  return { ...step, description: `${step.description} (with ids= empty: the host binds ${describeVfioIds(configured)} to vfio-pci${would})` };
+  return ` (with ids= empty: the host binds ${describeVfioIds(configured)} to vfio-pci${would})`;
 }
 
 /** "1002:744c (/etc/modprobe.d/vfio.conf), 10de:2204 (the kernel command line)" */
@@ -176,7 +184,7 @@ export function takeOverSteps(ctx: PlanContext<VfioConfig>, found: Survey, setti
     // After reloading the module, these devices must be back on its drivers.
     const devices = found.devices
       .filter((device) => device.driver && driverModule(ctx.host, device.driver) === module)
-      .map((device) => ({ address: device.address, driver: device.driver! }));
+      .map((device) => ({ address: device.address, driver: device.driver!, override: device.override ?? null }));
     for (const device of devices) reloaded.add(device.address);
     const record: UnloadRecord = { action: "unload-module", module, devices, bindTimeoutMs, watched: { ...found.watched } };
     steps.push({ action: "unload-module", record, description: `unload module ${module}` });
@@ -198,7 +206,8 @@ export function takeOverSteps(ctx: PlanContext<VfioConfig>, found: Survey, setti
       address: device.address,
       group: device.iommuGroup!,
       driver: device.driver ?? home?.driver ?? null,
-      override: device.override ?? null,
+      // A device waiting for its driver has that driver in driver_override (park): its own is the one its entry kept.
+      override: (home?.override !== undefined ? home.override : device.override) ?? null,
       powerControl: pciPowerControl(ctx.host, device.address) ?? null,
       moduleReloaded: reloaded.has(device.address),
       homeClaim: home?.claim ?? null,
@@ -259,7 +268,7 @@ interface UnloadRecord extends UndoRecord {
   action: "unload-module";
   module: string;
   /** This VM's devices on the module's drivers: they must be back once it is loaded again. */
-  devices: { address: string; driver: string }[];
+  devices: Waiting[];
   bindTimeoutMs: number;
   /** Whose users to name when the module will not go. */
   watched: Watched;
@@ -317,16 +326,51 @@ const moduleClaim = (module: string) => `module:${module}`;
  * a VM while another VM keeps the module unloaded), and that claim; undefined
  * when it waits nowhere (it had no driver before vmhook).
  */
-function waitingHome(ctx: BaseContext, address: string): { driver: string; claim: string } | undefined {
+function waitingHome(ctx: BaseContext, address: string): { driver: string; claim: string; override?: string | null } | undefined {
   for (const [claim, { waiting }] of Object.entries(ctx.claims.list("module:"))) {
     for (const item of Array.isArray(waiting) ? waiting : []) {
       const entry = (item ?? {}) as UndoRecord;
       if (entry.address !== address) continue;
       const driver = checkedDriver(entry.driver);
-      if (driver !== null) return { driver, claim };
+      if (driver !== null) return { driver, claim, ...("override" in entry ? { override: checkedOverride(entry.override) } : {}) };
     }
   }
   return undefined;
+}
+
+/**
+ * A device that goes back to `driver` once a module claim's last holder
+ * loads the module again, as that claim keeps it. `override`: its
+ * driver_override before vmhook (null: none), put back once it is home;
+ * absent in an entry of an earlier vmhook, which left the device under it.
+ */
+type Waiting = {
+  address: string;
+  driver: string;
+  override?: string | null;
+};
+
+/** The devices waiting in `claim`, checked. */
+function waitingIn(ctx: BaseContext, claim: string): Waiting[] {
+  return (ctx.claims.get(claim)?.waiting ?? []).map((item) => {
+    const entry = (item ?? {}) as UndoRecord;
+    return { address: checkedAddress(entry), driver: checkedDriver(entry.driver)!, ...("override" in entry ? { override: checkedOverride(entry.override) } : {}) };
+  });
+}
+
+/**
+ * A device waits in `claim` for its driver, without one until the module is
+ * loaded again: driver_override names the driver meanwhile, as on every
+ * probe of the return path (nameHomeDriver), so that no other driver whose
+ * ids match takes it first; the entry keeps the override to put back once
+ * it is home. A device whose own override is not known (a journal of an
+ * earlier vmhook) waits under the one it has. One already waiting keeps its
+ * entry: the first one made, from its bind record.
+ */
+function park(ctx: BaseContext, claim: string, device: Waiting): void {
+  const { host } = ctx;
+  if (!waitingIn(ctx, claim).some((entry) => entry.address === device.address)) ctx.claims.addWaiting(claim, device);
+  if (device.override !== undefined && pciExists(host, device.address)) nameHomeDriver(host, device.address, device.driver);
 }
 
 /** The claim of the unloaded module that registers `driver`, if any VM holds one. */
@@ -588,13 +632,20 @@ function checkedAddress(record: { [key: string]: unknown }): string {
   return address;
 }
 
+/** A driver_override as journaled: null for none. */
+function checkedOverride(value: unknown): string | null {
+  const override = value === null || value === undefined ? null : String(value);
+  if (override !== null && !PATTERNS.moduleName.test(override)) throw new VmhookError(`vfio: the journal names driver_override "${override}", which is not a driver name`);
+  return override;
+}
+
 function checkedDriver(value: unknown): string | null {
   if (value === null || value === undefined) return null;
   if (typeof value !== "string" || !PATTERNS.moduleName.test(value)) throw new VmhookError(`vfio: the journal names driver "${String(value)}", which is not a driver name`);
   return value;
 }
 
-/** Back from vfio-pci: unbind, restore driver_override, reprobe (or bind the recorded driver), verify. */
+/** Back from vfio-pci: unbind, reprobe (or bind the recorded driver) named in driver_override, verify, restore driver_override; or wait for the driver's module. */
 async function rebindDevice(record: BindRecord, ctx: BaseContext): Promise<void> {
   const { host } = ctx;
   const { address, driver, override, bindTimeoutMs: timeoutMs } = record;
@@ -606,29 +657,38 @@ async function rebindDevice(record: BindRecord, ctx: BaseContext): Promise<void>
   // Off the VFIO driver it went to (vfio-pci, a variant), whichever it is on now.
   const current = pciDriver(host, address);
   if (current !== undefined && current !== driver && onVfioDriver(host, address, current)) await throughDriver(ctx, address, current, `${PCI_DRIVERS}/${current}/unbind`, timeoutMs);
-  // An empty write clears driver_override.
-  host.write(pciPath(address, "driver_override"), override ?? "\n");
-  if (driver !== null && pciDriver(host, address) !== driver) {
-    if (!pciDriverRegistered(host, driver)) {
-      // Its module is unloaded for a VM (this one or another): the last of them brings the device back with it.
-      const claim = (record.homeClaim !== null && ctx.claims.get(record.homeClaim) ? record.homeClaim : undefined) ?? claimProviding(ctx, driver);
-      if (claim) {
-        ctx.claims.addWaiting(claim, { address, driver });
-        ctx.log.info(`vfio: ${address} waits for driver ${driver}: ${claim} is loaded again when the last VM that needs it unloaded is released`);
-        // A driver that manages runtime PM may change power/control again as it probes the device then.
-        return restorePowerControl(ctx, record);
-      }
-      // A record without moduleReloaded (a journal from before the claims ledger): a later undo reloads the module.
-      if (record.moduleReloaded !== false) {
-        ctx.log.info(`vfio: ${address} waits for driver ${driver}, whose module is loaded again later`);
-        return restorePowerControl(ctx, record);
-      }
-      // Unloaded by someone else and reloaded by no later undo: returning would drop the record, leaving the device on no driver.
-      throw new VmhookError(`vfio: ${address} cannot go back to ${driver}: that driver is no longer registered (its module was unloaded); load it (modprobe), then run vmhook recover`);
-    }
-    await returnToDriver(ctx, { address, driver, timeoutMs });
+  if (driver === null || pciDriver(host, address) === driver) {
+    putBackOverride(host, address, override);
+    return restorePowerControl(ctx, record);
   }
+  if (!pciDriverRegistered(host, driver)) {
+    // Its module is unloaded for a VM (this one or another): the last of them brings the device back with it.
+    const claim = (record.homeClaim !== null && ctx.claims.get(record.homeClaim) ? record.homeClaim : undefined) ?? claimProviding(ctx, driver);
+    if (claim) {
+      park(ctx, claim, { address, driver, override });
+      ctx.log.info(`vfio: ${address} waits for driver ${driver}: ${claim} is loaded again when the last VM that needs it unloaded is released`);
+      // A driver that manages runtime PM may change power/control again as it probes the device then.
+      return restorePowerControl(ctx, record);
+    }
+    // A record without moduleReloaded (a journal from before the claims ledger): a later undo reloads the module.
+    // Its unload record does not keep driver_override, so the device waits under its own.
+    if (record.moduleReloaded !== false) {
+      putBackOverride(host, address, override);
+      ctx.log.info(`vfio: ${address} waits for driver ${driver}, whose module is loaded again later`);
+      return restorePowerControl(ctx, record);
+    }
+    // Unloaded by someone else and reloaded by no later undo: returning would drop the record, leaving the device on no driver.
+    // Named for its driver meanwhile, the modprobe asked for gives it the device; recover puts driver_override back.
+    nameHomeDriver(host, address, driver);
+    throw new VmhookError(`vfio: ${address} cannot go back to ${driver}: that driver is no longer registered (its module was unloaded); load it (modprobe), then run vmhook recover`);
+  }
+  await returnToDriver(ctx, { address, driver, timeoutMs, override });
   await restorePowerControl(ctx, record);
+}
+
+/** driver_override as before vmhook (an empty write clears it). */
+function putBackOverride(host: Host, address: string, override: string | null): void {
+  host.write(pciPath(address, "driver_override"), override ?? "\n");
 }
 
 /**
@@ -656,20 +716,20 @@ async function loadModule(record: UnloadRecord, ctx: BaseContext): Promise<void>
   const claim = moduleClaim(module);
   const others = ctx.claims.others(claim);
   if (others.length > 0) {
-    for (const device of ownDevices) ctx.claims.addWaiting(claim, device);
+    for (const device of ownDevices) park(ctx, claim, device);
     ctx.claims.drop(claim);
     ctx.log.info(`vfio: module ${module} stays unloaded: ${others.length} other VM(s) need it so`);
     return;
   }
-  const waiting = (ctx.claims.get(claim)?.waiting ?? []).map((device) => ({ address: checkedAddress(device as UndoRecord), driver: checkedDriver((device as UndoRecord).driver)! }));
-  // This VM's own devices wait in the claim too once their own undo ran.
-  const returning = [...ownDevices, ...waiting.filter((device) => !ownDevices.some((own) => own.address === device.address))];
+  const waiting = waitingIn(ctx, claim);
+  // This VM's own devices wait in the claim too once their own undo ran (their entry keeps driver_override, which a journal of an earlier vmhook did not).
+  const returning = [...ownDevices.map((own) => waiting.find((device) => device.address === own.address) ?? own), ...waiting.filter((device) => !ownDevices.some((own) => own.address === device.address))];
   // A module whose rmmod is still blocked is loaded only in name: refused, as is a device held by a write into its driver.
   refuseIfStuck(ctx.host, [moduleSubject(module), ...returning.map((device) => device.address)]);
   if (!moduleLoaded(ctx.host, module)) await modprobe(ctx, module, returning, record.bindTimeoutMs);
   const own = new Set(ownDevices.map((device) => device.address));
   const unreturned: string[] = [];
-  for (const { address, driver } of returning) {
+  for (const { address, driver, override } of returning) {
     if (!pciExists(ctx.host, address)) continue;
     if (onVfioDriver(ctx.host, address, pciDriver(ctx.host, address))) {
       // This VM's own device: its own undo failed and says so; do not report it twice.
@@ -680,7 +740,7 @@ async function loadModule(record: UnloadRecord, ctx: BaseContext): Promise<void>
       else unreturned.push(address);
       continue;
     }
-    await returnToDriver(ctx, { address, driver, timeoutMs: record.bindTimeoutMs });
+    await returnToDriver(ctx, { address, driver, timeoutMs: record.bindTimeoutMs, ...(override !== undefined ? { override } : {}) });
   }
   if (unreturned.length > 0) {
     // The claim stays (with this record) holding only what is still owed: vmhook recover returns it once it has left vfio-pci.
@@ -778,7 +838,11 @@ function checkUnload(record: UndoRecord): UnloadRecord {
   return {
     action: "unload-module",
     module: checkedDriver(record.module) ?? "",
-    devices: devices.map((device) => ({ address: checkedAddress(device as UndoRecord), driver: checkedDriver((device as UndoRecord).driver)! })),
+    devices: devices.map((device) => {
+      const entry = device as UndoRecord;
+      // Absent in a journal of an earlier vmhook.
+      return { address: checkedAddress(entry), driver: checkedDriver(entry.driver)!, ...("override" in entry ? { override: checkedOverride(entry.override) } : {}) };
+    }),
     bindTimeoutMs: timeout(record.bindTimeoutMs),
     watched,
   };
@@ -797,8 +861,7 @@ const isBindRecord = (record: UndoRecord) => record.action === "bind-vfio" || re
 
 function checkBind(record: UndoRecord): BindRecord {
   if (!isBindRecord(record)) throw new VmhookError(`vfio: not a bind-vfio record: ${record.action}`);
-  const override = record.override === null || record.override === undefined ? null : String(record.override);
-  if (override !== null && !PATTERNS.moduleName.test(override)) throw new VmhookError(`vfio: the journal names driver_override "${override}", which is not a driver name`);
+  const override = checkedOverride(record.override);
   const group = record.group === undefined ? "" : String(record.group);
   if (!/^\d{0,6}$/.test(group)) throw new VmhookError(`vfio: the journal names IOMMU group "${group}", which is not a group number`);
   const powerControl = record.powerControl === null || record.powerControl === undefined ? null : record.powerControl;

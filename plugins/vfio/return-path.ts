@@ -10,6 +10,7 @@ import { DriverWriteError, writeThroughDriver } from "../../lib/bounded-write.ts
 import { WaitTimedOut } from "../../lib/deadline.ts";
 import { describeError, VmhookError } from "../../lib/errors.ts";
 import { isVirtualFunction, PCI_DRIVERS, pciDriver, pciDriverOverride, pciExists, pciPath, pciResetMethod, readPciDevice } from "../../lib/pci.ts";
+import type { Host } from "../../lib/host.ts";
 import type { BaseContext } from "../../lib/plugin.ts";
 import { StuckWriteError } from "../../lib/stuck-writes.ts";
 import { VFIO_DRIVER } from "./survey.ts";
@@ -21,6 +22,8 @@ export interface ReturnTarget {
   driver: string;
   /** The bound of each attempt (bindTimeoutSeconds). */
   timeoutMs: number;
+  /** driver_override once it is home: the one it had before vmhook (null: none); absent: the one it has now (it waited under that one). */
+  override?: string | null;
 }
 
 /** One step of the escalation: what it does to the device before the driver is asked again. */
@@ -44,9 +47,8 @@ const ATTEMPTS: Attempt[] = [
 export async function returnToDriver(ctx: BaseContext, target: ReturnTarget): Promise<void> {
   const { host } = ctx;
   const { address } = target;
-  // Each probe names the driver in driver_override, so that no other driver whose ids match (vfio-pci's ids=, which may
-  // have registered before it) takes the device; then driver_override is as it was, once the probes are over.
-  const override = pciDriverOverride(host, address);
+  // Each probe names the driver in driver_override (nameHomeDriver); then driver_override is as it was, once the probes are over.
+  const override = target.override === undefined ? pciDriverOverride(host, address) : (target.override ?? undefined);
   try {
     await attemptReturn(ctx, target);
   } catch (error) {
@@ -56,6 +58,17 @@ export async function returnToDriver(ctx: BaseContext, target: ReturnTarget): Pr
     throw error;
   }
   restoreOverride(ctx, address, override);
+}
+
+/**
+ * driver_override names `driver`, the device's own, while the device has no
+ * driver and is on its way back to it (each probe here, and the wait for its
+ * module: driver.ts's park): no other driver whose ids match (vfio-pci's ids=,
+ * which may have registered before it; nouveau beside nvidia) takes it on a
+ * probe, a rescan or a module's load meanwhile.
+ */
+export function nameHomeDriver(host: Host, address: string, driver: string): void {
+  if (pciDriverOverride(host, address) !== driver) host.write(pciPath(address, "driver_override"), driver);
 }
 
 function restoreOverride(ctx: BaseContext, address: string, override: string | undefined): void {
@@ -104,7 +117,7 @@ async function probe(ctx: BaseContext, target: ReturnTarget): Promise<string | u
   const { address, driver, timeoutMs } = target;
   if (pciDriver(host, address) === driver) return undefined;
   if (pciDriver(host, address) !== undefined) return `it is on ${pciDriver(host, address)}`;
-  if (pciDriverOverride(host, address) !== driver) host.write(pciPath(address, "driver_override"), driver);
+  nameHomeDriver(host, address, driver);
   await deviceWrite(ctx, target, "/sys/bus/pci/drivers_probe", address);
   if (pciDriver(host, address) === undefined) {
     try {

@@ -7,7 +7,7 @@
 import { suite } from "uvu";
 import * as assert from "uvu/assert";
 import { bootGuest, skipReason, type Guest } from "./guest.ts";
-import { domainXml, GPU, hook, STATE } from "./vfio-domain.ts";
+import { domainXml, GPU, hook, STATE, writeDomain } from "./vfio-domain.ts";
 
 const SECOND_GPU = "0000:00:02.0";
 const CONF = "/etc/modprobe.d/vfio.conf";
@@ -88,6 +88,33 @@ echo ${SECOND_GPU} > /sys/bus/pci/drivers/vfio-pci/unbind; echo ${SECOND_GPU} > 
   assert.equal(release, { code: 0, stdout: "" });
   assert.fixture(await guest!.ok(TWO_GPU_STATE), before);
   assert.match(await guest!.ok("cat /var/log/vmhook.log"), `vfio: ${SECOND_GPU} return attempt 1/3 probe: bound to bochs-drm`);
+});
+
+it("a GPU waiting for its module (another VM keeps bochs unloaded) has driver_override naming bochs-drm: a probe meanwhile does not give it to vfio-pci's ids=, and the last release brings it home; the guest as before", async ({ guest }) => {
+  await guest!.ok(`echo 'options vfio-pci ids=1234:1111' > ${CONF}; modprobe vfio-pci && rmmod bochs && modprobe bochs`);
+  const before = await guest!.ok(TWO_GPU_STATE);
+  // VM "other" (the second GPU) starts first; VM gpu-vm (the first) unloads bochs; "other" stops: its GPU waits for bochs.
+  const other = domainXml("", "0x02").replace("<name>gpu-vm</name>", "<name>other</name>").replace(/<uuid>[^<]+<\/uuid>/, "<uuid>6b0e2a4c-6a4e-4c57-9a43-0d1a5b3c7e02</uuid>");
+  const otherHook = (event: string) => `${writeDomain(other)}\n/etc/libvirt/hooks/qemu other ${event} - < /tmp/domain.xml`;
+  const vm = domainXml('unload-modules="bochs"');
+  // bochs is no GPU driver the default host policy lets metadata unload.
+  await guest!.ok(`mkdir -p /etc/vmhook && echo '{"vfio": {"modules": ["bochs"]}}' > /etc/vmhook/policy.json`);
+  try {
+    assert.equal(await guest!.sh(otherHook("prepare begin")), { code: 0, stdout: "" });
+    assert.equal(await guest!.sh(hook(vm, "prepare begin")), { code: 0, stdout: "" });
+    assert.equal(await guest!.sh(otherHook("release end")), { code: 0, stdout: "" });
+    const waiting = await guest!.ok(TWO_GPU_STATE);
+    assert.match(waiting, "second driver: \n");
+    assert.match(waiting, "second override: bochs-drm\n");
+
+    await guest!.ok(`echo ${SECOND_GPU} > /sys/bus/pci/drivers_probe; true`);
+    assert.match(await guest!.ok(TWO_GPU_STATE), "second driver: \n", "vfio-pci's ids= match it, but driver_override names bochs-drm");
+
+    assert.equal(await guest!.sh(hook(vm, "release end")), { code: 0, stdout: "" });
+    assert.fixture(await guest!.ok(TWO_GPU_STATE), before);
+  } finally {
+    await guest!.ok("rm -f /etc/vmhook/policy.json");
+  }
 });
 
 ids.run();

@@ -1055,8 +1055,8 @@ test("defect 4, hook mode: VM A released while VM B keeps nvidia unloaded: A's c
     const released = run(qemu, ["vm", "release", "end", "-"], vfio, t.root);
     assert.equal(released, { code: 0, stdout: "", stderr: "" });
     assert.not.ok(fs.existsSync(t.journal), "nothing stale is kept in A's journal");
-    assert.equal(JSON.parse(fs.readFileSync(claims, "utf8")).claims["module:nvidia"], { holders: [uuidB], original: { drivers: ["nvidia"] }, waiting: [{ address: card, driver: "nvidia" }] });
-    assert.is(fs.readFileSync(at(`sys/bus/pci/devices/${card}/driver_override`), "utf8"), "\n", "driver_override is cleared: nvidia takes the card when B's release loads it");
+    assert.equal(JSON.parse(fs.readFileSync(claims, "utf8")).claims["module:nvidia"], { holders: [uuidB], original: { drivers: ["nvidia"] }, waiting: [{ address: card, driver: "nvidia", override: null }] });
+    assert.is(fs.readFileSync(at(`sys/bus/pci/devices/${card}/driver_override`), "utf8"), "nvidia", "driver_override names nvidia while the card waits: nvidia, and no other driver, takes it when B's release loads it");
 
     // vfio-pci's unbind, which these plain files do not act on: the card has no driver now (a card still on vfio-pci would stay there, no handover).
     fs.unlinkSync(at(`sys/bus/pci/devices/${card}/driver`));

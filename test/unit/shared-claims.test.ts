@@ -289,7 +289,7 @@ async function bRestartedWhileAKeepsNvidiaUnloaded(releases: (kernel: GpuKernel,
     assert.not.ok(kernel.loaded("nvidia"));
     assert.is((await runHookEvent(kernel.sim, "release", "end", b, "b")).code, 0);
     assert.is(kernel.driverOf(CARD_B), undefined);
-    assert.equal(readClaims(kernel)["module:nvidia"]?.waiting, [{ address: CARD_B, driver: "nvidia" }], "B's card waits in A's claim");
+    assert.equal(readClaims(kernel)["module:nvidia"]?.waiting, [{ address: CARD_B, driver: "nvidia", override: null }], "B's card waits in A's claim");
     const again = await runHookEvent(kernel.sim, "prepare", "begin", b, "b");
     assert.is(again.code, 0, again.stderr);
     assert.is(kernel.driverOf(CARD_B), "vfio-pci");
@@ -332,7 +332,7 @@ test("VM B restarted while VM A keeps nvidia unloaded, released first again: its
   bRestartedWhileAKeepsNvidiaUnloaded(async (kernel, a, b) => {
     await releaseCleanly(kernel, b, "b");
     assert.is(kernel.driverOf(CARD_B), undefined);
-    assert.equal(readClaims(kernel)["module:nvidia"]?.waiting, [{ address: CARD_B, driver: "nvidia" }], "it waits in A's claim again");
+    assert.equal(readClaims(kernel)["module:nvidia"]?.waiting, [{ address: CARD_B, driver: "nvidia", override: null }], "it waits in A's claim again");
     assert.equal(readJournal(kernel.sim, UUID_B), undefined);
 
     await releaseCleanly(kernel, a, "a");
@@ -358,7 +358,7 @@ test("a card waiting in a module claim that something else put on vfio-pci (no V
     assert.match(released.stderr, `vfio: ${CARD_B} waits for module nvidia but is on vfio-pci, and no VM's journal brings it back; once it has left vfio-pci`);
     assert.ok(kernel.loaded("nvidia"));
     assert.is(kernel.driverOf(CARD_A), "nvidia");
-    assert.equal(readClaims(kernel)["module:nvidia"]?.waiting, [{ address: CARD_B, driver: "nvidia" }], "the entry is not dropped");
+    assert.equal(readClaims(kernel)["module:nvidia"]?.waiting, [{ address: CARD_B, driver: "nvidia", override: null }], "the entry is not dropped");
     const journal = readJournal(kernel.sim, UUID_A)!;
     assert.equal(journal.entries.map((entry) => `${entry.state} ${entry.description}`), ["undo-failed unload module nvidia"]);
 
@@ -603,7 +603,7 @@ test("recover gives back the claims of a VM whose journal is gone and that does 
     assert.is((await runHookEvent(kernel.sim, "prepare", "begin", vms.A, "vmA")).code, 0);
     assert.is((await runHookEvent(kernel.sim, "prepare", "begin", vms.B, "vmB")).code, 0);
     await releaseCleanly(kernel, vms.A, "vmA");
-    assert.equal(readClaims(kernel)["module:nvidia"]?.waiting, [{ address: CARD_A, driver: "nvidia" }], "A's card waits in B's claim");
+    assert.equal(readClaims(kernel)["module:nvidia"]?.waiting, [{ address: CARD_A, driver: "nvidia", override: null }], "A's card waits in B's claim");
     journalLost(kernel.sim, UUID_B);
 
     const { code, stdout } = await cli(["recover", "--root", kernel.sim.root], kernel.sim);

@@ -13,6 +13,7 @@ import { runHookEvent } from "../helpers/hook.ts";
 import { plannedSteps } from "../helpers/plan.ts";
 
 const UUID = "3f1c2a4e-8b7d-4c1e-9a2b-5d6e7f8a9b0c";
+const UUID_B = "3f1c2a4e-8b7d-4c1e-9a2b-5d6e7f8a9b0d";
 const GPU = "0000:03:00.0";
 const TWIN = "0000:04:00.0";
 const IDS = "options vfio-pci ids=1002:744c disable_vga=1\n";
@@ -103,6 +104,37 @@ test("the same with vfio-pci.ids= on the kernel command line", async () => {
   assert.is(kernel.driverOf(TWIN), undefined);
   assert.is((await runHookEvent(kernel.sim, "release", "end", xml())).code, 0);
   assert.equal(kernel.sim.snapshot(), before);
+});
+
+// A card released while another VM keeps its driver's module unloaded waits,
+// without a driver, for that module: A passes GPU through with
+// unload-modules="amdgpu", B (started first) passes TWIN through. Its
+// driver_override names amdgpu while it waits, as on every probe of the return
+// path: a probe meanwhile (a udev rule, driverctl, a script) does not give it
+// to vfio-pci by its ids=, and A's release brings it home with amdgpu.
+test("a card waiting for its driver's module (another VM keeps amdgpu unloaded) is named for amdgpu in driver_override while it waits: a probe meanwhile does not give it to vfio-pci's ids=; the last release brings it home, driver_override as before", async () => {
+  const kernel = host({ vfioFirst: true });
+  kernel.device({ address: TWIN, classCode: "0x030000", vendor: "0x1002", deviceId: "0x744c", nativeDriver: "amdgpu", group: 4, nodes: ["card2"] });
+  const vmA = xml('unload-modules="amdgpu"');
+  const vmB = xml().replace(UUID, UUID_B).replace("<name>gaming</name>", "<name>other</name>").replace("bus='0x03'", "bus='0x04'");
+  const before = kernel.sim.snapshot();
+  assert.is((await runHookEvent(kernel.sim, "prepare", "begin", vmB, "other")).code, 0);
+  const prepared = await runHookEvent(kernel.sim, "prepare", "begin", vmA, "gaming");
+  assert.is(prepared.code, 0, prepared.stderr);
+  assert.not.ok(kernel.loaded("amdgpu"));
+  const released = await runHookEvent(kernel.sim, "release", "end", vmB, "other");
+  assert.equal([released.code, released.stderr], [0, ""]);
+  assert.is(kernel.driverOf(TWIN), undefined, "it waits for amdgpu");
+  assert.is(kernel.sim.readTrimmed(`/sys/bus/pci/devices/${TWIN}/driver_override`), "amdgpu");
+
+  kernel.sim.write("/sys/bus/pci/drivers_probe", TWIN);
+  assert.is(kernel.driverOf(TWIN), undefined, "vfio-pci's ids= match it, but driver_override names amdgpu");
+
+  const last = await runHookEvent(kernel.sim, "release", "end", vmA, "gaming");
+  assert.equal([last.code, last.stderr], [0, ""]);
+  assert.equal([kernel.driverOf(GPU), kernel.driverOf(TWIN)], ["amdgpu", "amdgpu"]);
+  assert.equal(kernel.sim.snapshot(), before);
+  assert.equal(kernel.sim.stateFiles(), []);
 });
 
 test("plan names the host's ids= for vfio-pci in its load step; doctor says where they are and what vmhook does about them", async () => {

@@ -108,4 +108,15 @@ test("prepare reads modules.dep once (500 KB on a distribution kernel): the clos
   assert.is(reads.length, 1);
 });
 
+test("prepare does not read the host's ids= for vfio-pci (the kernel command line, modprobe.d's options), which only plan and doctor report: each modprobe.d file is read once, for what modprobe vfio-pci loads (softdep lines)", async () => {
+  const kernel = workstation(["card1"]);
+  kernel.sim.file("/etc/modprobe.d/vfio.conf", "options vfio-pci ids=1002:744c\n").file("/proc/cmdline", "root=/dev/sda1 vfio-pci.ids=10de:2204");
+  // The simulated kernel's modprobe reads them too: not the hook's reads.
+  const reads = watch(kernel, "readTrimmed", (hostPath) => !kernel.sim.inKernel && (hostPath === "/proc/cmdline" || hostPath.startsWith("/etc/modprobe.d/")));
+  const prepare = await runHookEvent(kernel.sim, "prepare", "begin", DOMAIN);
+  assert.is(prepare.code, 0, prepare.stderr);
+  assert.is(kernel.driverOf(GPU), "vfio-pci");
+  assert.equal(reads, ["/etc/modprobe.d/vfio.conf"]);
+});
+
 test.run();

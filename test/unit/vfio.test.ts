@@ -1159,24 +1159,59 @@ test("the boot VGA GPU to the VM while the host keeps another display (single-GP
   assert.equal(kernel.sim.snapshot(), before);
 });
 
-test("the boot VGA GPU to the VM beside another display (single-GPU mode off): a program holding its firmware framebuffer's /dev/fb0 (its mapping keeps efifb's hold on the BARs after the unbind) is refused, the host left as it was", async () => {
-  const kernel = new GpuKernel()
+// simpledrm (CONFIG_DRM_SIMPLEDRM, Fedora and Arch kernels) drives the
+// firmware framebuffer in efifb's place: its platform driver is
+// "simple-framebuffer", like simplefb's, and its fbdev emulation registers
+// /dev/fb0 under that platform device, where fbcon shows the consoles.
+/** An NVIDIA single-GPU desktop (its driver registers no fbdev) whose firmware framebuffer is simpledrm's simple-framebuffer.0, fbcon on its fb0. */
+function simpledrmDesktop(): GpuKernel {
+  return new GpuKernel()
     .module({ name: "nvidia", driver: "nvidia", loaded: true })
-    .module({ name: "i915", driver: "i915", loaded: true })
-    .device({ address: "0000:00:02.0", classCode: "0x030000", vendor: "0x8086", nativeDriver: "i915", group: 0, nodes: ["card1"] })
-    .device({ address: GPU, classCode: "0x030000", vendor: "0x10de", nativeDriver: "nvidia", group: 1, bootVga: true, nodes: ["card0"] })
-    .platformFramebuffer("efi-framebuffer", "efi-framebuffer.0", "fb0")
+    .device({ address: GPU, classCode: "0x030000", vendor: "0x10de", nativeDriver: "nvidia", group: 1, bootVga: true, nodes: ["card1"] })
     .vtconsole("vtcon0", "(S) dummy device", false)
     .vtconsole("vtcon1", "(M) frame buffer device", true)
-    .unit({ name: "display-manager.service", active: true, processes: { 500: ["Xorg", ["/dev/dri/card1"]] } })
-    .process(900, "fbterm", ["/dev/fb0"]);
+    .platformFramebuffer("simple-framebuffer", "simple-framebuffer.0", "fb0")
+    .unit({ name: "display-manager.service", active: true, processes: { 500: ["Xorg", ["/dev/dri/card1", "/dev/nvidiactl"]] } });
+}
+
+test("single GPU with simpledrm as the firmware framebuffer (not efifb): the console lets go of its fb0 and simple-framebuffer.0 is unbound at prepare; release binds it again, and fbcon is back on its fb0", async () => {
+  const kernel = simpledrmDesktop();
   const before = kernel.sim.snapshot();
-  const result = await runHookEvent(kernel.sim, "prepare", "begin", domainXml("<vmhook:vfio/>"));
-  assert.is(result.code, 1, result.stderr);
-  assert.match(firstLine(result.stderr), "pid 900 (fbterm) holds /dev/fb0");
-  assert.ok(kernel.sim.exists("/sys/bus/platform/drivers/efi-framebuffer/efi-framebuffer.0"), "efifb stays bound");
+  const xml = domainXml("<vmhook:vfio/>");
+  const prepare = await runHookEvent(kernel.sim, "prepare", "begin", xml);
+  assert.is(prepare.code, 0, prepare.stderr);
+  assert.is(kernel.driverOf(GPU), "vfio-pci");
+  assert.is(kernel.sim.readTrimmed("/sys/class/vtconsole/vtcon1/bind"), "0");
+  assert.not.ok(kernel.sim.exists("/sys/bus/platform/drivers/simple-framebuffer/simple-framebuffer.0"));
+  assert.not.ok(kernel.sim.exists("/dev/fb0"));
+  assert.match(kernel.sim.read(paths.log), "vfio: unbind simple-framebuffer.0 from simple-framebuffer: done");
+  const release = await runHookEvent(kernel.sim, "release", "end", xml);
+  assert.is(release.code, 0, release.stderr);
+  assert.is(kernel.sim.readTrimmed("/sys/class/vtconsole/vtcon1/bind"), "1");
   assert.equal(kernel.sim.snapshot(), before);
 });
+
+// efifb: its mapping keeps efifb's hold on the BARs after the unbind; simpledrm's fbdev emulation is held as efifb's is.
+for (const [name, driver] of [["efifb", "efi-framebuffer"], ["simpledrm", "simple-framebuffer"]]) {
+  test(`the boot VGA GPU to the VM beside another display (single-GPU mode off): a program holding its firmware framebuffer's /dev/fb0 (${name}) is refused, the host left as it was`, async () => {
+    const kernel = new GpuKernel()
+      .module({ name: "nvidia", driver: "nvidia", loaded: true })
+      .module({ name: "i915", driver: "i915", loaded: true })
+      .device({ address: "0000:00:02.0", classCode: "0x030000", vendor: "0x8086", nativeDriver: "i915", group: 0, nodes: ["card1"] })
+      .device({ address: GPU, classCode: "0x030000", vendor: "0x10de", nativeDriver: "nvidia", group: 1, bootVga: true, nodes: ["card0"] })
+      .platformFramebuffer(driver, `${driver}.0`, "fb0")
+      .vtconsole("vtcon0", "(S) dummy device", false)
+      .vtconsole("vtcon1", "(M) frame buffer device", true)
+      .unit({ name: "display-manager.service", active: true, processes: { 500: ["Xorg", ["/dev/dri/card1"]] } })
+      .process(900, "fbterm", ["/dev/fb0"]);
+    const before = kernel.sim.snapshot();
+    const result = await runHookEvent(kernel.sim, "prepare", "begin", domainXml("<vmhook:vfio/>"));
+    assert.is(result.code, 1, result.stderr);
+    assert.match(firstLine(result.stderr), "pid 900 (fbterm) holds /dev/fb0");
+    assert.ok(kernel.sim.exists(`/sys/bus/platform/drivers/${driver}/${driver}.0`), `${name} stays bound`);
+    assert.equal(kernel.sim.snapshot(), before);
+  });
+}
 
 test('single-gpu="yes" for a second GPU that fbcon shows on, a modular dummy console: prepare failing after the console let go maps tty1 back to that GPU\'s fb1, not to the first framebuffer (the iGPU\'s fb0)', async () => {
   const kernel = twoFramebuffers({ builtinConsole: false });
