@@ -51,8 +51,17 @@ export class FixThenRecover extends FixableError {
 
   /** The same failure, where nothing was changed: no vmhook recover to run. The errno (code) and cause kept. */
   nothingHeld(): FixableError {
+    return this.withFix(`${this.remedy}; nothing was changed, so there is nothing to recover`);
+  }
+
+  /** The same failure, its remedy alone: for a message that says itself that nothing is held (a rollback that undid every change). */
+  remedyAlone(): FixableError {
+    return this.withFix(this.remedy);
+  }
+
+  private withFix(fix: string): FixableError {
     const { code, cause } = this as { code?: string; cause?: unknown };
-    return Object.assign(new FixableError(this.reason, `${this.remedy}; nothing was changed, so there is nothing to recover`, this.lines), { code, cause });
+    return Object.assign(new FixableError(this.reason, fix, this.lines), { code, cause });
   }
 
   override retold(reason: string): FixThenRecover {

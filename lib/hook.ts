@@ -6,12 +6,12 @@ import { definedUuid, uuidFromXml } from "./definitions.ts";
 import { parseDomain, type Domain } from "./domain.ts";
 import { ConfigError, CustomConfigError, describeError, FixThenRecover, StrayError, VmhookError } from "./errors.ts";
 import { RootedHost, type Host } from "./host.ts";
-import { listJournals, newJournal, readJournal, writeJournal, type Journal, type JournalEntry } from "./journal.ts";
+import { listJournals, newJournal, readJournal, writeJournal, type Journal } from "./journal.ts";
 import { createLogger, logProblem, oneLine, openLog, type Logger } from "./log.ts";
 import { isLegacyPlugin, type HookEvent, type PlannedEvent, type PluginRegistry } from "./plugin.ts";
 import { registry as builtinRegistry } from "../plugins/index.ts";
 import { DEFAULT_SETTINGS, loadSettings, type HostSettings } from "./settings.ts";
-import { runPlugins, undoJournal, type RunEnvironment } from "./transaction.ts";
+import { runPlugins, undoJournal, type RunEnvironment, type UndoResult } from "./transaction.ts";
 import { paths } from "./paths.ts";
 import { nameArgument, recoverCommandLine } from "./metadata-text.ts";
 import { ancestorRunning, LIBVIRT_DAEMONS, pidFileQemu } from "./processes.ts";
@@ -138,8 +138,7 @@ export class HookRun {
       deadline.throwIfAbandoned();
     } catch (error) {
       const steps = journal.entries.length;
-      const { failed } = await undoJournal(journal, this.env(), this.undoDeadline());
-      throw withRollbackNote(error, steps, failed);
+      throw withRollbackNote(error, steps, await undoJournal(journal, this.env(), this.undoDeadline()), this.domain.name);
     }
   }
 
@@ -172,12 +171,15 @@ export class HookRun {
         `${this.name} stopped before it ran: libvirt ended its start after prepare (it never reported started), so vmhook gives back what prepare took; why the start failed is in /var/log/libvirt/qemu/${this.name}.log and in the error virsh start printed`,
       );
     }
-    const { undone, failed } = await undoJournal(journal, this.env(), this.undoDeadline());
+    const { undone, failed, stale } = await undoJournal(journal, this.env(), this.undoDeadline());
+    const staleLines = stale ? [staleJournalNote(stale, journal.domain.name)] : [];
     if (failed.length > 0) {
       throw new VmhookError(`release of ${journal.domain.name}: ${failed.length} change(s) could not be undone; see /var/log/vmhook.log, then run ${recoverCommandLine(journal.domain.name)}`, [
         ...failed.map((entry) => `${entry.plugin}: ${entry.description}: ${entry.error}`),
+        ...staleLines,
       ]);
     }
+    if (stale) throw new VmhookError(`release of ${journal.domain.name}: ${undone} change(s) undone, but the journal does not say so yet`, staleLines);
     this.log.info(`released: ${undone} change(s) undone`);
   }
 
@@ -288,14 +290,31 @@ function whereIncomingXmlIsFixed(source: "migrate" | "restore", name: string, co
   ];
 }
 
-/** The cause, then what the rollback did: each change it could not undo, with why, is what `virsh start` shows. */
-function withRollbackNote(error: unknown, steps: number, failed: JournalEntry[]): VmhookError {
-  const note =
-    failed.length === 0
-      ? [`the host was left as it was (${steps} change(s) undone)`]
-      : [`${failed.length} of ${steps} change(s) could not be undone: run vmhook recover and see vmhook status`, ...failed.map((entry) => `not undone: ${entry.plugin}: ${entry.description}: ${entry.error}`)];
+/**
+ * The cause, then what the rollback did: each change it could not undo, with
+ * why, is what `virsh start` shows. vmhook recover is advised only while
+ * something is left for it, a change or a journal listing one: a cause whose
+ * fix ends in it (FixThenRecover) loses that part when nothing is.
+ */
+function withRollbackNote(error: unknown, steps: number, { failed, stale }: UndoResult, name: string): VmhookError {
   const lines = error instanceof VmhookError ? error.lines : [];
-  return new VmhookError(describeError(error), [...lines, ...note]);
+  if (failed.length > 0) {
+    return new VmhookError(describeError(error), [
+      ...lines,
+      `${failed.length} of ${steps} change(s) could not be undone: run ${recoverCommandLine(name)} and see vmhook status`,
+      ...failed.map((entry) => `not undone: ${entry.plugin}: ${entry.description}: ${entry.error}`),
+      ...(stale ? [staleJournalNote(stale, name)] : []),
+    ]);
+  }
+  const undone = `the host was left as it was (${steps} change(s) undone)`;
+  if (stale) return new VmhookError(describeError(error), [...lines, `${undone}, but ${staleJournalNote(stale, name)}`]);
+  const cause = error instanceof FixThenRecover ? error.remedyAlone() : error;
+  return new VmhookError(describeError(cause), [...lines, `${undone}, so there is nothing to recover`]);
+}
+
+/** What an undo whose journal file could not be brought up to date (UndoResult.stale) leaves: a journal listing changes already given back. */
+function staleJournalNote(stale: string, name: string): string {
+  return `its journal still lists changes already given back: ${stale}, with ${recoverCommandLine(name)} (the next start does it too): it checks each against the host, gives nothing back twice, and removes them`;
 }
 
 /**

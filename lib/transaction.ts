@@ -529,8 +529,17 @@ async function journaled(env: RunEnvironment, journal: Journal, planned: Planned
 }
 
 export interface UndoResult {
+  /** Changes given back on the host, the journal's record of it aside (stale). */
   undone: number;
   failed: JournalEntry[];
+  /**
+   * Why the journal file does not say what the undo did (its last write, or
+   * its removal, failed): it still lists changes given back, and no other
+   * changed. Each undo checks what it gives back, so the next one (release,
+   * vmhook recover, the next prepare's leftovers) gives nothing back twice
+   * and removes them. Absent when the file says what was done.
+   */
+  stale?: string;
 }
 
 /**
@@ -600,7 +609,8 @@ async function undoOutcome(env: RunEnvironment, plugin: AnyPlugin, entry: Journa
  * Notes how an entry's undo ended and writes the journal. A write that fails
  * (/run full, read-only, out of file descriptors) is logged, never thrown: the
  * file as last written still holds the entry, whose undo checks what it gives
- * back, and the undo goes on to the other entries. False: it failed.
+ * back, and the undo goes on to the other entries. The next write that goes
+ * through (at the latest undoJournal's last) catches the file up. False: it failed.
  */
 function journalOutcome({ host, log }: RunEnvironment, journal: Journal, entry: JournalEntry, outcome: UndoOutcome): boolean {
   if (outcome.done) journal.entries.splice(journal.entries.indexOf(entry), 1);
@@ -670,34 +680,37 @@ export async function undoJournal(journal: Journal, env: RunEnvironment, deadlin
     log.warn(`the journal could not be marked as ${journal.phase} (${describeError(error)}); undoing its changes all the same`);
   }
   let undone = 0;
+  // Whether the file still lists a change given back: a write after its undo failed, and none went through since.
+  let behind = false;
+  const noteWrite = (done: boolean, written: boolean) => void (behind = written ? false : behind || done);
   const unreadable = await unreadablePlugins(journal, env, loaded);
   for (const entry of [...journal.entries].reverse()) {
     const keptWhole = unreadable.get(entry.plugin);
     if (keptWhole) {
-      journalOutcome(env, journal, entry, { done: false, cause: keptWhole });
+      noteWrite(false, journalOutcome(env, journal, entry, { done: false, cause: keptWhole }));
       log.error(`${entry.plugin}: undo ${entry.description}: ${entry.error}`);
       continue;
     }
-    let settled: { outcome: UndoOutcome; written: boolean };
+    let outcome: UndoOutcome;
     try {
       const plugin = loaded.find((instance) => instance.id === entry.plugin)?.plugin ?? (await env.registry.load(entry.plugin, host));
       // A shared plugin's entry leaves the journal (or is marked undo-failed)
       // under the same host lock as its undo: other VMs' prepares compute the
       // shared resources from the journals, and one that took the lock between
       // the undo and the journal write would count a claim already given back.
-      settled = await underLockIf(plugin.shared === true, env, deadline, async () => {
-        const outcome = await undoOutcome(env, plugin, entry, journal, deadline);
-        return { outcome, written: journalOutcome(env, journal, entry, outcome) };
+      outcome = await underLockIf(plugin.shared === true, env, deadline, async () => {
+        const settled = await undoOutcome(env, plugin, entry, journal, deadline);
+        noteWrite(settled.done, journalOutcome(env, journal, entry, settled));
+        return settled;
       });
     } catch (error) {
       // Loading the plugin or taking the lock failed: nothing was undone.
-      const outcome: UndoOutcome = { done: false, cause: error };
-      settled = { outcome, written: journalOutcome(env, journal, entry, outcome) };
+      outcome = { done: false, cause: error };
+      noteWrite(false, journalOutcome(env, journal, entry, outcome));
     }
-    const { outcome, written } = settled;
     if (!outcome.done) log.error(`${entry.plugin}: undo ${entry.description}: ${entry.error}`);
-    // One the journal did not take was logged as that: the file still holds it.
-    else if (written) {
+    else {
+      // Given back, whether or not the journal took it: the result says when the file never did (stale).
       undone++;
       log.info(`${entry.plugin}: undo ${entry.description}: done`);
     }
@@ -710,11 +723,14 @@ export async function undoJournal(journal: Journal, env: RunEnvironment, deadlin
     log.warn(`the stuck-write notes in ${paths.stuckWrites} cannot be looked at (${describeError(error)}); vmhook recover settles them`);
   }
   const failed = journal.entries.filter((entry) => entry.state === "undo-failed");
+  // The file catches up here with every outcome its writes above missed, or stays as last written.
+  let stale: string | undefined;
   if (journal.entries.length === 0) {
     try {
       removeJournal(host, journal.domain.uuid);
     } catch (error) {
       // /run gone read-only: what the undo did stands, and the prepare that rolled back keeps its own cause.
+      if (behind) stale = describeError(error);
       log.error(`the journal could not be removed (${describeError(error)}); it lists changes already given back, which vmhook recover (or the next start) undoes again, each undo checking what it gives back, and removes`);
     }
   } else {
@@ -723,8 +739,9 @@ export async function undoJournal(journal: Journal, env: RunEnvironment, deadlin
       writeJournal(host, journal);
     } catch (error) {
       // What failed is reported all the same; the journal as last written still holds it, and each undo checks what it gives back.
+      if (behind) stale = describeError(error);
       log.error(`the journal could not be written after the undo (${describeError(error)}); it holds what vmhook recover gives back`);
     }
   }
-  return { undone, failed };
+  return stale === undefined ? { undone, failed } : { undone, failed, stale };
 }

@@ -158,10 +158,12 @@ export const recoverCommand: CommandModule<GlobalOptions, RecoverArgs> = {
         }
         continue;
       }
-      const { undone, failed } = outcome.value;
-      results.push({ ...named, undone, failed: failed.map((e) => ({ plugin: e.plugin, description: e.description, error: e.error })) });
+      const { undone, failed, stale } = outcome.value;
+      results.push({ ...named, undone, failed: failed.map((e) => ({ plugin: e.plugin, description: e.description, error: e.error })), ...(stale ? { stale } : {}) });
       if (!args.json) print(failed.length === 0 ? `${shown}: ${undone} change(s) undone` : `${shown}: ${undone} undone, ${failed.length} still failing (see above); fix the cause and run vmhook recover again`);
-      if (failed.length > 0) process.exitCode = 1;
+      // Each undo checks what it gives back: the next recover removes what the journal still lists, giving nothing back twice.
+      if (stale && !args.json) print(`${shown}: its journal still lists changes already given back: ${stale}, with vmhook recover`);
+      if (failed.length > 0 || stale) process.exitCode = 1;
     }
     // What no journal holds: claims of a domain whose journal is gone (recovering all, or its UUID), and shared state no claim needs (recovering all).
     const recovery: Recovery = { host, settings, registry, echo: args.json ? "none" : "stderr", logToFile };

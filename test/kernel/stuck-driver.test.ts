@@ -126,7 +126,7 @@ it("remove() blocks: prepare gives up after bindTimeoutSeconds, naming device, d
   const lines = prepare.stdout.split("\n");
   const pid = /vmhook left its helper \(pid (\d+)\)/.exec(lines[0]!)?.[1];
   assert.is(lines[0], `vmhook: ${edu}: driver vmhook_stuck did not return within 2 s from writing "${edu}" to /sys/bus/pci/devices/${edu}/driver/unbind; vmhook left its helper (pid ${pid}) blocked in the kernel and gave up`);
-  assert.match(prepare.stdout, "1 of 2 change(s) could not be undone: run vmhook recover and see vmhook status");
+  assert.match(prepare.stdout, "1 of 2 change(s) could not be undone: run vmhook recover edu-vm and see vmhook status");
   console.log(`  prepare with a blocked unbind: ${lines.find((line) => line.startsWith("took "))}`);
 
   // The hook returned while its helper is still blocked in remove().

@@ -177,7 +177,8 @@ test("/run gone read-only (EROFS) during a prepare's rollback: every change is g
     );
     assert.match(failure?.message ?? "", `cannot write ${paths.journal(UUID)} (EROFS)`);
     const result = await undoJournal(journal, env, deadline(sim), instances);
-    assert.equal([result.undone, result.failed], [0, []], "undone, though the journal took none of it");
+    assert.equal([result.undone, result.failed], [4, []], "undone, though the journal took none of it");
+    assert.match(result.stale ?? "", "EROFS", "and the result says the journal still lists them");
     assert.equal(undone, ["b:/b2", "b:/b1", "a:/a2", "a:/a1"], "b2 too: its pending record is what the journal could not take");
     assert.equal(sim.snapshot(), before);
     assert.match(sim.read(paths.log), `error: the journal could not be removed (cannot remove ${sim.resolve(paths.journal(UUID))} (EROFS)`);
@@ -473,12 +474,14 @@ test("a journal write that fails after an undo: the change counts as undone and 
     await runPlugins("prepare", instances, DOMAIN, journal, env, deadline(sim));
     const result = await undoJournal(journal, env, deadline(sim), instances);
     assert.equal(undone, ["b:/b2", "b:/b1", "a:/a2", "a:/a1"]);
-    assert.is(result.undone, 3, "b:/b2 was undone; its journal write is what failed");
+    assert.is(result.undone, 4, "b:/b2 was undone; its journal write is what failed, and the next one took it (it used to count 3)");
     assert.equal(result.failed, []);
+    assert.is(result.stale, undefined, "the journal says what was done: it is gone");
     assert.not.ok(sim.exists(`/run/vmhook/${UUID}.json`), "nothing is left to undo");
     const log = sim.read(paths.log);
     assert.match(log, "b: undo set /b2: the journal could not be written after it:");
-    assert.not.match(log, /undo set \/b2: (?!the journal could not be written)/);
+    assert.match(log, "b: undo set /b2: done");
+    assert.not.match(log, /undo set \/b2: (?!the journal could not be written|done)/);
   } finally {
     sim.cleanup();
   }
@@ -879,6 +882,37 @@ test("release with a failing undo exits 0, keeps the failed entry and says to ru
     sim.clearFailures();
     assert.equal(await runHookEvent(sim, "release", "end", XML), { code: 0, stderr: "" });
     assert.is(kernel.pool(2048), 100);
+    assert.equal(sim.stateFiles(), []);
+  } finally {
+    sim.cleanup();
+  }
+});
+
+test("/run gone read-only (EROFS) right after a release gave the pages back: the release says they were given back and that the journal still lists them; vmhook recover (which says the same while /run stays read-only) then gives nothing back twice and removes it; the release used to log \"released: 0 change(s) undone\" and say nothing", async () => {
+  const { sim, kernel } = hugepageHost();
+  try {
+    assert.is((await runHookEvent(sim, "prepare", "begin", XML)).code, 0);
+    const createFile = sim.createFile.bind(sim);
+    sim.createFile = (file: string, text: string, mode?: number) => {
+      if (kernel.pool(2048) === 100) sim.failWrite(`${paths.journal(UUID)}.tmp`, "EROFS").failChange(paths.journal(UUID), "EROFS");
+      createFile(file, text, mode);
+    };
+    const outcome = await runHookEvent(sim, "release", "end", XML);
+    sim.createFile = createFile;
+    assert.is(outcome.code, 0);
+    assert.is(firstLine(outcome.stderr), "vmhook: release of vm: 1 change(s) undone, but the journal does not say so yet", outcome.stderr);
+    assert.match(outcome.stderr, /its journal still lists changes already given back: cannot remove \S+ \(EROFS\); its file system is mounted read-only \(findmnt -T \S+\): remount it read-write, then try again, with vmhook recover vm \(the next start does it too\): it checks each against the host, gives nothing back twice, and removes them/);
+    assert.is(kernel.pool(2048), 100, "given back");
+    assert.is(readJournal(sim, UUID)!.entries.length, 1, "and still listed");
+    // --force: the journal still says "starting" (no started came, and the release could not mark it releasing).
+    const stuck = await cli(["recover", "vm", "--force", "--root", sim.root], sim);
+    assert.is(stuck.code, 1, "recover says so too while /run stays read-only");
+    assert.match(stuck.stdout, /^vm: 1 change\(s\) undone\nvm: its journal still lists changes already given back: cannot remove \S+ \(EROFS\); .*: remount it read-write, then try again, with vmhook recover\n/);
+    assert.is(kernel.pool(2048), 100);
+    sim.clearFailures();
+    const recover = await cli(["recover", "vm", "--force", "--root", sim.root], sim);
+    assert.is(recover.code, 0, recover.stdout + recover.stderr);
+    assert.is(kernel.pool(2048), 100, "the admin's 100 pages stay: nothing is given back twice");
     assert.equal(sim.stateFiles(), []);
   } finally {
     sim.cleanup();

@@ -106,4 +106,67 @@ for (const [what, scenario] of [["two passed-through cards", cards], ["two isola
   }
 }
 
+/**
+ * The words of a prepare of b that failed: vmhook recover advised exactly when
+ * something is left for it (a change not undone, a journal listing any), and
+ * that named. What was left: nothing (rolled back, or nothing done), a change, or a journal listing changes given back.
+ */
+function assertRollbackWords(s: Scenario, stderr: string, withA: unknown, at: string): "nothing" | "rolled back" | "change" | "journal" {
+  const kept = s.sim.stateFiles().includes(`${UUID_B}.json`);
+  if (kept) {
+    assert.match(stderr, /(run|with) vmhook recover b/, `${at}: ${stderr}`);
+    assert.match(stderr, /not undone: |still lists changes already given back/, `${at}: names what is held: ${stderr}`);
+    return stderr.includes("not undone: ") ? "change" : "journal";
+  }
+  assert.equal(state(s), withA, `${at}: no journal, so nothing of b may be left`);
+  assert.not.match(stderr, "vmhook recover", `${at}: ${stderr}`);
+  // Refused at its first journal write, it changed nothing and rolls nothing back; a rollback says what it did.
+  if (!stderr.includes("the host was left as it was")) return "nothing";
+  assert.match(stderr, /the host was left as it was \(\d+ change\(s\) undone\), so there is nothing to recover/, `${at}: ${stderr}`);
+  return "rolled back";
+}
+
+for (const [what, scenario] of [["two passed-through cards", cards], ["two isolating VMs", cpus]] as const) {
+  for (const mode of ["from", "only", "journal"] as const) {
+    const how = { from: "/run full from it on", only: "that write alone", journal: "b's journal alone unwritable and unremovable from it on" }[mode];
+    test(`a prepare of the second VM failing at each state write in turn (${how}), ${what}: the error advises vmhook recover exactly when something is still held, and names it; a start rolled back whole says the host is as it was and there is nothing to recover`, async () => {
+      let reached = true;
+      const left: string[] = [];
+      for (let failAt = 1; reached; failAt++) {
+        const s = scenario();
+        const { sim, a, b } = s;
+        try {
+          await lifecycle(sim, a, "a", STARTS);
+          const withA = state(s);
+          let writes = 0;
+          const createFile = sim.createFile.bind(sim);
+          sim.createFile = (file: string, text: string, mode_?: number) => {
+            if (file.startsWith(paths.stateDir)) {
+              ++writes;
+              if (mode === "journal" && writes >= failAt) sim.failWrite(`${paths.journal(UUID_B)}.tmp`, "EIO").failChange(paths.journal(UUID_B), "EIO");
+              else if (mode === "only" ? writes === failAt : writes >= failAt) sim.failWrite(file, "ENOSPC");
+              else if (mode === "only") sim.clearFailures();
+            }
+            createFile(file, text, mode_);
+          };
+          const outcome = await runHookEvent(sim, "prepare", "begin", b, "b");
+          sim.createFile = createFile;
+          sim.clearFailures();
+          reached = writes >= failAt;
+          if (!reached) continue;
+          const at = `failing ${mode} write ${failAt} of ${writes}`;
+          assert.is(outcome.code, 1, `${at}: ${outcome.stderr}`);
+          left.push(assertRollbackWords(s, outcome.stderr, withA, at));
+        } finally {
+          sim.cleanup();
+        }
+      }
+      // Each kind of words was checked: a single failed write leaves nothing (the rollback's own writes go through); /run full
+      // keeps a change whose undo needs a write; a journal the rollback could neither write nor remove, that journal.
+      if (mode === "only") assert.ok(left.includes("rolled back") && left.every((kept) => kept === "nothing" || kept === "rolled back"), `every start rolled back whole: ${left}`);
+      else assert.ok(left.includes(mode === "from" ? "change" : "journal"), `${left}`);
+    });
+  }
+}
+
 test.run();

@@ -66,7 +66,7 @@ test("an unbind that never returns: prepare fails naming device, driver and file
   assert.is(prepare.stderr.split("\n")[0], `vmhook: ${GPU}: driver amdgpu did not return within 2 s from writing "${GPU}" to ${UNBIND}; vmhook left its helper (pid ${pid}) blocked in the kernel and gave up`);
   assert.match(prepare.stderr, "do not use the device, and do not unload its driver; wait until the driver lets go (vmhook status shows it), or reboot the host");
   assert.match(prepare.stderr, "raise plugins.vfio.bindTimeoutSeconds in /etc/vmhook/vmhook.json");
-  assert.match(prepare.stderr, "2 of 3 change(s) could not be undone: run vmhook recover and see vmhook status");
+  assert.match(prepare.stderr, "2 of 3 change(s) could not be undone: run vmhook recover win11 and see vmhook status");
 
   // Nothing was written to the GPU after the unbind, by the step or the rollback (a write would block on the device's lock);
   // its driver_override was never set: that comes after the unbind.

@@ -1,12 +1,15 @@
 // Programs vmhook runs that outlive a hook killed (kill -9) while they run:
 // the next hook of the domain must not undo what such a program is still
 // doing, only to have it act after (a display manager's stop command,
-// orphaned, stopping the display manager recover just started again).
+// orphaned, stopping the display manager recover just started again). With
+// systemd the stop is the manager's job, not the client's: what the undo
+// needs is only that the stop was journaled before systemctl ran.
 import { test } from "uvu";
 import * as assert from "uvu/assert";
-import { rcServiceSddm, withoutSystemd } from "../helpers/gpu-kernel.ts";
+import { nvidiaDesktop, rcServiceSddm, withoutSystemd } from "../helpers/gpu-kernel.ts";
 import { cli } from "../helpers/cli.ts";
 import { runHookEvent } from "../helpers/hook.ts";
+import { readJournal } from "../../lib/journal.ts";
 
 const UUID = "3f1c2a4e-8b7d-4c1e-9a2b-5d6e7f8a9b0c";
 
@@ -57,5 +60,34 @@ test("the stop command left running is blocked in the kernel (SIGKILL does not e
   assert.ok(kernel.sim.exists("/proc/900"));
   assert.equal(kernel.sim.snapshot(), before);
 });
+
+for (const aftermath of ["libvirt's stopped and release", "vmhook recover --force"] as const) {
+  test(`with systemd, the hook killed while systemctl stop display-manager.service runs (the stop is systemd's job, and ends in systemd all the same): the stop was journaled before systemctl ran, so ${aftermath} starts the display manager again and the host is as before`, async () => {
+    const kernel = nvidiaDesktop();
+    const before = kernel.sim.snapshot();
+    const xml = domainXml();
+    kernel.sim.outliveHook("systemctl", ["stop", "display-manager.service"]);
+    await runHookEvent(kernel.sim, "prepare", "begin", xml, "win11");
+    assert.is(kernel.sim.revive(), "waiting for systemctl stop display-manager.service");
+    const held = readJournal(kernel.sim, UUID)!.entries.find((entry) => entry.undo.action === "stop-unit");
+    assert.equal([held?.description, held?.state], ["stop display-manager.service", "pending"], "journaled before systemctl ran");
+    kernel.sim.finishHungWrites(); // systemd's stop job ends: the display manager is down
+    const isActive = () => kernel.sim.exec("systemctl", ["is-active", "display-manager.service"], { timeoutMs: 1000 }).stdout.trim();
+    assert.is(isActive(), "inactive", "the display manager is down");
+    if (aftermath === "vmhook recover --force") {
+      const recovered = await cli(["recover", "--force", "--root", kernel.sim.root], kernel.sim);
+      assert.is(recovered.code, 0, recovered.stdout + recovered.stderr);
+    } else {
+      // The hook's exit (kill -9) fails the start: libvirt runs stopped and release.
+      assert.is((await runHookEvent(kernel.sim, "stopped", "end", xml, "win11")).code, 0);
+      const release = await runHookEvent(kernel.sim, "release", "end", xml, "win11");
+      assert.equal([release.code, release.stderr.split("\n")[0]], [0, ""]);
+    }
+    assert.ok(kernel.sim.execs.some((exec) => exec.command === "systemctl" && exec.args.join(" ") === "start display-manager.service"), "the display manager is started again");
+    assert.is(isActive(), "active");
+    assert.equal(kernel.sim.snapshot(), before);
+    assert.equal(kernel.sim.stateFiles(), []);
+  });
+}
 
 test.run();
