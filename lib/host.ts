@@ -5,7 +5,7 @@
 // environment root makes its sysfs code testable.
 import * as fs from "node:fs";
 import { denied, describeError, FixableError, VmhookError } from "./errors.ts";
-import { ioctl } from "./libc.ts";
+import { ioctl, libc } from "./libc.ts";
 import { pathLeadsToRootsAlone } from "./root-alone.ts";
 
 export interface ExecOptions {
@@ -46,6 +46,17 @@ export interface FileStat {
   isFile: boolean;
   isDirectory: boolean;
   isSymlink: boolean;
+}
+
+/** A lock file open for flock(2) (Host.openLock); closing it lets go of the lock. */
+export interface LockFile {
+  /** flock(2) LOCK_EX without waiting: whether this holds the lock now. */
+  tryLock(): boolean;
+  /** flock(2) LOCK_UN: lets go of the lock, the file kept open to take it again. */
+  unlock(): void;
+  /** Whether the lock file's path still names the file open here: a holder before may have removed it, and a lock on a removed file guards nothing. */
+  stillAtPath(): boolean;
+  close(): void;
 }
 
 export interface Host {
@@ -99,6 +110,20 @@ export interface Host {
   createFile(hostPath: string, text: string, mode?: number): void;
   /** rename(2): `to` is replaced at once, never half written. */
   rename(from: string, to: string): void;
+  /**
+   * Opens the lock file (made, mode 0600, when missing; never through a
+   * symlink: ELOOP) read-only, which flock(2) needs no more than: one already
+   * there opens on a /run gone read-only. A failure throws as a change's
+   * does, with the errno as `code`.
+   */
+  openLock(hostPath: string): Promise<LockFile>;
+  /**
+   * Opens the file, never through a symlink (ELOOP) and never waiting for a
+   * FIFO's writer: to "read" (a failure throws as read's does), or to
+   * "append" to, read-write (made with `mode` when missing; a failure throws
+   * as a change's does). The caller checks what it opened (fstat) and closes it.
+   */
+  openFile(hostPath: string, access: "read" | "append", mode?: number): number;
   exec(command: string, args: string[], options: ExecOptions): ExecResult;
   /** exec, without blocking: the process goes on (a step in the background, Step.background) while the child runs. */
   execAsync(command: string, args: string[], options: ExecOptions): Promise<ExecResult>;
@@ -137,6 +162,11 @@ export interface Host {
   /** SIGKILL to the process group `pid` leads (exec and execAsync start each program as the leader of its own). */
   killProcessGroup(pid: number): void;
 }
+
+/** flock(2)'s operations (sys/file.h). */
+const LOCK_EX = 2;
+const LOCK_NB = 4;
+const LOCK_UN = 8;
 
 const SEARCH_PATH = ["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"];
 /** Where `program` is installed in SEARCH_PATH, or undefined when it is not. */
@@ -286,7 +316,7 @@ export class RootedHost implements Host {
     return unlessAbsent(() => this.readLinkTarget(hostPath), undefined, [...ABSENT, "EINVAL"], "read the link", hostPath);
   }
 
-  /** read(2), readdir(2), readlink(2), lstat(2), stat(2) and statfs(2) themselves: a simulated host makes them fail or fakes them; the public methods judge the errno. */
+  /** read(2), open(2) to read, readdir(2), readlink(2), lstat(2), stat(2) and statfs(2) themselves: a simulated host makes them fail or fakes them; the public methods judge the errno. */
   protected readFile(hostPath: string): string {
     return fs.readFileSync(this.resolve(hostPath), "utf8");
   }
@@ -301,6 +331,10 @@ export class RootedHost implements Host {
 
   protected statPath(hostPath: string): fs.Stats {
     return fs.lstatSync(this.resolve(hostPath));
+  }
+
+  protected openToRead(hostPath: string): number {
+    return fs.openSync(this.resolve(hostPath), fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW | fs.constants.O_NONBLOCK);
   }
 
   protected statFileSystem(hostPath: string): number {
@@ -409,6 +443,37 @@ export class RootedHost implements Host {
   rename(from: string, to: string): void {
     const source = this.resolve(from);
     this.changing(`rename ${source} to`, to, (real) => fs.renameSync(source, real), source);
+  }
+
+  async openLock(hostPath: string): Promise<LockFile> {
+    const { flock } = await libc();
+    const { O_CREAT, O_NOFOLLOW, O_RDONLY } = fs.constants;
+    const fd = this.changing("open lock file", hostPath, (real) => fs.openSync(real, O_RDONLY | O_CREAT | O_NOFOLLOW, 0o600));
+    const real = this.resolve(hostPath);
+    return {
+      tryLock: () => flock(fd, LOCK_EX | LOCK_NB) === 0,
+      unlock: () => void flock(fd, LOCK_UN),
+      stillAtPath: () => {
+        try {
+          return fs.lstatSync(real).ino === fs.fstatSync(fd).ino;
+        } catch {
+          return false;
+        }
+      },
+      close: () => fs.closeSync(fd),
+    };
+  }
+
+  openFile(hostPath: string, access: "read" | "append", mode = 0o600): number {
+    if (access === "read") {
+      try {
+        return this.openToRead(hostPath);
+      } catch (error) {
+        throw unreadable(error, "read", hostPath);
+      }
+    }
+    const { O_APPEND, O_CREAT, O_NOFOLLOW, O_NONBLOCK, O_RDWR } = fs.constants;
+    return this.changing("open to append to", hostPath, (real) => fs.openSync(real, O_RDWR | O_APPEND | O_CREAT | O_NOFOLLOW | O_NONBLOCK, mode));
   }
 
   /**

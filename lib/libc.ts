@@ -2,7 +2,7 @@
 // trampolines with TinyCC, which costs tens of ms under TCG (docs/bench.md),
 // so the two every hook may need are bound in one go:
 //   dup2   stdout becomes a copy of stderr in hook mode (lib/hook.ts)
-//   flock  vmhook's locks (lib/lock.ts)
+//   flock  vmhook's locks (lib/lock.ts, through Host.openLock)
 // and ioctl, needed only to give a console back (plugins/vfio/display.ts),
 // apart, when it is first called.
 

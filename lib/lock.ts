@@ -3,43 +3,26 @@
 //   host lock    /run/vmhook/host.lock   resources all VMs share (the claims ledger)
 //   domain lock  /run/vmhook/UUID.lock   one domain's journal: every hook run and recover
 // Lock order: domain lock first, then the host lock; never the other way.
-import * as fs from "node:fs";
 import type { Deadline } from "./deadline.ts";
 import { VmhookError } from "./errors.ts";
-import type { Host } from "./host.ts";
+import type { Host, LockFile } from "./host.ts";
 import { paths } from "./paths.ts";
 import { ensureStateDir, unchangeableState } from "./state-files.ts";
-import { libc } from "./libc.ts";
-
-const LOCK_EX = 2;
-const LOCK_NB = 4;
-const LOCK_UN = 8;
-
-type Flock = (fd: number, operation: number) => number;
-let flock: Flock | undefined;
-
-async function loadFlock(): Promise<Flock> {
-  flock ??= (await libc()).flock;
-  return flock;
-}
 
 /** Opens (never through a symlink) and locks `file`; waits until `deadline`, or not at all without one. Undefined: held by another. */
-async function acquire(host: Host, file: string, deadline: Deadline | undefined): Promise<number | undefined> {
-  const lock = await loadFlock();
+async function acquire(host: Host, file: string, deadline: Deadline | undefined): Promise<LockFile | undefined> {
   ensureStateDir(host);
-  let fd: number;
+  let lock: LockFile;
   try {
-    // Read-only: flock(2) needs no more, and a lock file already there opens on a /run
-    // gone read-only, where vmhook status must still tell what is held.
-    fd = fs.openSync(host.resolve(file), fs.constants.O_RDONLY | fs.constants.O_CREAT | fs.constants.O_NOFOLLOW, 0o600);
+    lock = await host.openLock(file);
   } catch (error) {
     const code = (error as NodeJS.ErrnoException).code;
     throw code === "ELOOP" ? new VmhookError(`lock file ${file} is a symlink; remove it (rm ${file})`) : unchangeableState(error, "open lock file", file);
   }
   let interval = 5;
-  while (lock(fd, LOCK_EX | LOCK_NB) !== 0) {
+  while (!lock.tryLock()) {
     if (!deadline || deadline.remainingMs() <= 0) {
-      fs.closeSync(fd);
+      lock.close();
       return undefined;
     }
     host.sleep(Math.min(interval, deadline.remainingMs()));
@@ -47,36 +30,28 @@ async function acquire(host: Host, file: string, deadline: Deadline | undefined)
   }
   // The holder before us may have removed the file (a domain lock goes with
   // its journal): a lock on a removed file guards nothing, so start over.
-  if (!samePath(host, file, fd)) {
-    fs.closeSync(fd);
+  if (!lock.stillAtPath()) {
+    lock.close();
     return acquire(host, file, deadline);
   }
-  return fd;
-}
-
-function samePath(host: Host, file: string, fd: number): boolean {
-  try {
-    return fs.lstatSync(host.resolve(file)).ino === fs.fstatSync(fd).ino;
-  } catch {
-    return false;
-  }
+  return lock;
 }
 
 async function withLock<T>(host: Host, file: string, deadline: Deadline, busy: string, work: () => Promise<T>, removeAfter = () => false): Promise<T> {
-  const fd = await acquire(host, file, deadline);
-  if (fd === undefined) throw new VmhookError(busy);
-  return release(host, file, fd, work, removeAfter);
+  const lock = await acquire(host, file, deadline);
+  if (lock === undefined) throw new VmhookError(busy);
+  return release(host, file, lock, work, removeAfter);
 }
 
-/** Runs `work` holding the lock on `fd`; removes the lock file first when `removeAfter` says so (still holding it). */
-async function release<T>(host: Host, file: string, fd: number, work: () => Promise<T>, removeAfter: () => boolean): Promise<T> {
+/** Runs `work` holding `lock`; removes the lock file first when `removeAfter` says so (still holding it). */
+async function release<T>(host: Host, file: string, lock: LockFile, work: () => Promise<T>, removeAfter: () => boolean): Promise<T> {
   try {
     return await work();
   } finally {
     try {
       if (removeAfter()) host.remove(file);
     } finally {
-      fs.closeSync(fd); // closing the descriptor releases the flock
+      lock.close(); // closing the descriptor releases the flock
     }
   }
 }
@@ -94,10 +69,10 @@ export interface HeldLock {
 
 const hostLockBusy = `another vmhook held the host-wide lock ${paths.hostLock} until the deadline; see vmhook status`;
 
-/** Takes the lock on an open descriptor again, waiting until `deadline` (flock is loaded: the lock was held before). */
-function relock(host: Host, fd: number, deadline: Deadline): void {
+/** Takes the lock on its open file again, waiting until `deadline`. */
+function relock(host: Host, lock: LockFile, deadline: Deadline): void {
   let interval = 5;
-  while (flock!(fd, LOCK_EX | LOCK_NB) !== 0) {
+  while (!lock.tryLock()) {
     if (deadline.remainingMs() <= 0) throw new VmhookError(hostLockBusy);
     host.sleep(Math.min(interval, deadline.remainingMs()));
     interval = Math.min(interval * 2, 100);
@@ -106,8 +81,8 @@ function relock(host: Host, fd: number, deadline: Deadline): void {
 
 /** Runs `work` while holding the host-wide lock. Not re-entrant: the runner takes it, plugins never do (they may step outside it: HeldLock). */
 export async function withHostLock<T>(host: Host, deadline: Deadline, work: (held: HeldLock) => Promise<T>): Promise<T> {
-  const fd = await acquire(host, paths.hostLock, deadline);
-  if (fd === undefined) throw new VmhookError(hostLockBusy);
+  const lock = await acquire(host, paths.hostLock, deadline);
+  if (lock === undefined) throw new VmhookError(hostLockBusy);
   let timesLetGo = 0;
   const held: HeldLock = {
     get timesLetGo() {
@@ -115,15 +90,15 @@ export async function withHostLock<T>(host: Host, deadline: Deadline, work: (hel
     },
     released(inner) {
       timesLetGo++;
-      flock!(fd, LOCK_UN);
+      lock.unlock();
       try {
         return inner();
       } finally {
-        relock(host, fd, deadline);
+        relock(host, lock, deadline);
       }
     },
   };
-  return release(host, paths.hostLock, fd, () => work(held), () => false);
+  return release(host, paths.hostLock, lock, () => work(held), () => false);
 }
 
 /** Runs `work` while holding the domain's lock: no other hook run or recover of this domain runs meanwhile. */
@@ -134,9 +109,9 @@ export function withDomainLock<T>(host: Host, uuid: string, deadline: Deadline, 
 
 /** `work` under the domain's lock if nobody holds it now; `busy` when a hook of the domain is at work. */
 export async function ifDomainIdle<T>(host: Host, uuid: string, work: () => Promise<T>): Promise<{ busy: true } | { busy: false; value: T }> {
-  const fd = await acquire(host, paths.domainLock(uuid), undefined);
-  if (fd === undefined) return { busy: true };
-  return { busy: false, value: await release(host, paths.domainLock(uuid), fd, work, holdsNothing(host, uuid)) };
+  const lock = await acquire(host, paths.domainLock(uuid), undefined);
+  if (lock === undefined) return { busy: true };
+  return { busy: false, value: await release(host, paths.domainLock(uuid), lock, work, holdsNothing(host, uuid)) };
 }
 
 /** Whether a hook run or recover of the domain holds its lock right now (for vmhook status). */

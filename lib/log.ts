@@ -4,8 +4,8 @@
 // line to the user, so in hook mode the cause must come first).
 import * as fs from "node:fs";
 import { oneLine } from "./control-text.ts";
-import { describeError, VmhookError } from "./errors.ts";
-import { unreadable, type Host } from "./host.ts";
+import { describeError, FixableError, VmhookError } from "./errors.ts";
+import { unchangeable, type Host } from "./host.ts";
 import { paths } from "./paths.ts";
 
 export type LogLevel = "info" | "warn" | "error";
@@ -46,18 +46,19 @@ const LOG_MODE = 0o640;
  * vmhook runs as; anything else (a FIFO too, opened without waiting) is refused.
  */
 export function openLog(host: Host, purpose: "append" | "read", file = paths.log): number {
-  const { O_APPEND, O_CREAT, O_NOFOLLOW, O_NONBLOCK, O_RDONLY, O_RDWR } = fs.constants;
   const refuse = (what: string) =>
     new VmhookError(`${file} is ${what}, not the log vmhook writes; others may write /var/log, so vmhook neither writes nor reads through it: inspect it, then remove it (rm ${file})`);
   let fd: number;
   try {
-    fd = fs.openSync(host.resolve(file), (purpose === "append" ? O_RDWR | O_APPEND | O_CREAT : O_RDONLY) | O_NOFOLLOW | O_NONBLOCK, LOG_MODE);
+    fd = host.openFile(file, purpose, LOG_MODE);
   } catch (error) {
     const code = (error as NodeJS.ErrnoException).code;
     if (code === "ELOOP") throw refuse("a symlink");
-    // Named as the host names it (not the real path under --root), the errno kept as `code`: "not there" is ENOENT to callers.
-    if (purpose === "read") throw unreadable(error, "read", file);
-    throw Object.assign(new VmhookError(`${file} cannot be written (${code ?? describeError(error)})`), { code, cause: error });
+    // A read is refused as Host.read refuses one ("not there" is ENOENT to callers); a write names the
+    // log as the host names it (not the real path under --root), with the fix for its errno.
+    if (purpose === "read") throw error;
+    const reason = `${file} cannot be written (${code ?? describeError(error)})`;
+    throw Object.assign(new FixableError(reason, unchangeable(error, `write ${file}`, file).fix), { code, cause: error });
   }
   const stat = fs.fstatSync(fd);
   const uid = process.geteuid?.() ?? 0;

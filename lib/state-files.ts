@@ -8,7 +8,6 @@ import { denied, describeError, FixableError, FixThenRecover, VmhookError } from
 import { openFilesFix, type FileStat, type Host } from "./host.ts";
 import { paths } from "./paths.ts";
 
-const { O_NOFOLLOW, O_RDONLY } = fs.constants;
 const TEMP_SUFFIX = ".tmp";
 /** write-file-atomic's temp names (vmhook before 0.2): FILE.json.HASH */
 const LEGACY_TEMP = /\.json\.[0-9a-f]{6,}$/;
@@ -24,7 +23,7 @@ export function ensureStateDir(host: Host, dir = paths.stateDir): void {
   let stat = refuseUntrustedStateDir(host, dir);
   if (!stat) {
     try {
-      fs.mkdirSync(host.resolve(dir), { recursive: true, mode: 0o700 });
+      host.mkdir(dir, 0o700);
     } catch (error) {
       throw unchangeableState(error, "create", dir);
     }
@@ -32,7 +31,7 @@ export function ensureStateDir(host: Host, dir = paths.stateDir): void {
   }
   if ((stat.mode & 0o077) === 0) return;
   try {
-    fs.chmodSync(host.resolve(dir), 0o700);
+    host.chmod(dir, 0o700);
   } catch (error) {
     throw unchangeableState(error, "chmod 0700", dir);
   }
@@ -86,7 +85,7 @@ export function refuseUntrustedStateDir(host: Host, dir = paths.stateDir): FileS
 export function readStateFile(host: Host, file: string, what: string): string | undefined {
   let fd: number | undefined;
   try {
-    fd = fs.openSync(host.resolve(file), O_RDONLY | O_NOFOLLOW);
+    fd = host.openFile(file, "read");
     return fs.readFileSync(fd, "utf8");
   } catch (error) {
     const code = (error as NodeJS.ErrnoException).code;

@@ -156,7 +156,13 @@ export class SimHost extends RootedHost {
     return this;
   }
 
-  /** Makes every other change to matching paths (mkdir, remove, rmdir, rename to, chmod, copyIn, symlink, hardLink) fail with this errno (e.g. "EROFS": a read-only /etc). */
+  /**
+   * Makes every other change to matching paths (mkdir, remove, rmdir, rename to,
+   * chmod, copyIn, symlink, hardLink, opening a lock file or opening a file
+   * to append to) fail with this errno (e.g. "EROFS": a read-only /etc). A
+   * lock file already there opens whatever a failure of making one says
+   * (EROFS, ENOSPC, EDQUOT): it is opened read-only.
+   */
   failChange(match: string | RegExp, error: string): this {
     this.changeFailures.push({ match, error });
     return this;
@@ -168,7 +174,7 @@ export class SimHost extends RootedHost {
     return this;
   }
 
-  /** Makes reading matching files (read, readTrimmed) fail with this errno (e.g. "EIO", "EACCES", "ENODEV" as a sysfs attribute may). */
+  /** Makes reading matching files (read, readTrimmed, openFile to read) fail with this errno (e.g. "EIO", "EACCES", "ENODEV" as a sysfs attribute may). */
   failRead(match: string | RegExp, code: string): this {
     this.readFailures.push({ call: "read", match, code });
     return this;
@@ -330,6 +336,11 @@ export class SimHost extends RootedHost {
   protected override readFile(hostPath: string): string {
     this.failIfAsked("read", hostPath);
     return super.readFile(hostPath);
+  }
+
+  protected override openToRead(hostPath: string): number {
+    this.failIfAsked("read", hostPath);
+    return super.openToRead(hostPath);
   }
 
   protected override readDirectory(hostPath: string): string[] {
@@ -563,6 +574,7 @@ export class SimHost extends RootedHost {
   protected override systemCalls<T>(action: string, hostPath: string, calls: () => T): T {
     const failure = (action === "write" ? this.failures : this.changeFailures).find((f) => matches(f.match, hostPath));
     if (!failure || (action === "write" && FAILS_ONCE_CREATED.includes(failure.error))) return calls();
+    if (action === "open lock file" && FAILS_TO_CREATE.includes(failure.error) && fs.existsSync(this.resolve(hostPath))) return calls();
     throw Object.assign(new Error(`${failure.error}: simulated failure writing ${hostPath}`), { code: failure.error });
   }
 
@@ -632,6 +644,9 @@ process.once("exit", () => {
 
 /** The errnos of a write(2) or fsync(2) into a file open(2) has made. */
 const FAILS_ONCE_CREATED = ["ENOSPC", "EDQUOT", "EIO", "EFBIG"];
+
+/** The errnos of an open(2) that would make the file: one already there opens read-only without them. */
+const FAILS_TO_CREATE = ["EROFS", "ENOSPC", "EDQUOT"];
 
 const matches = (match: string | RegExp, hostPath: string) => (typeof match === "string" ? match === hostPath : match.test(hostPath));
 

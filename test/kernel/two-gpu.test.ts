@@ -5,10 +5,9 @@
 // scenario must leave the guest as it was, and starts from it as booted.
 import { suite } from "uvu";
 import * as assert from "uvu/assert";
-import { bootGuest, skipReason, type Guest } from "./guest.ts";
-import { domainXml, GPU, hook, STATE, UUID } from "./vfio-domain.ts";
+import { skipReason, type Guest } from "./guest.ts";
+import { bootTwoGpus, domainXml, GPU, hook, RECOVER_LEFTOVERS, SECOND_GPU, TWO_GPU_STATE, UUID } from "./vfio-domain.ts";
 
-const SECOND_GPU = "0000:00:02.0";
 const SECOND_SLOT = "0x02";
 
 const twoGpus = suite<{ guest?: Guest; baseline?: string }>("two GPUs on a real kernel");
@@ -16,12 +15,8 @@ const skip = skipReason();
 if (skip) console.log(`two-GPU kernel tests: skipped: ${skip}`);
 const it = skip ? twoGpus.skip : twoGpus;
 
-const TWO_GPU_STATE = `${STATE}
-d=/sys/bus/pci/devices/${SECOND_GPU}
-echo "second driver: $(basename "$(readlink $d/driver)")"
-echo "second override: $(cat $d/driver_override)"
-echo "second power: $(cat $d/power/control)"
-for fb in /sys/class/graphics/fb*; do echo "$(basename $fb): $(basename "$(readlink $fb/device)")"; done
+/** TWO_GPU_STATE, the frame buffers' devices and the display manager's mark. */
+const DESKTOP_STATE = `${TWO_GPU_STATE}for fb in /sys/class/graphics/fb*; do echo "$(basename $fb): $(basename "$(readlink $fb/device)")"; done
 echo "display manager: $(cat /tmp/display-manager 2>/dev/null)"
 `;
 
@@ -35,9 +30,9 @@ const RESET = `mkdir -p /etc/vmhook && echo '${SETTINGS}' > /etc/vmhook/vmhook.j
 
 twoGpus.before(async (context) => {
   if (skip) return;
-  context.guest = await bootGuest({ qemuArgs: ["-device", "secondary-vga,addr=0x2"] });
+  context.guest = await bootTwoGpus();
   await context.guest.ok(RESET);
-  context.baseline = await context.guest.ok(TWO_GPU_STATE);
+  context.baseline = await context.guest.ok(DESKTOP_STATE);
 });
 /**
  * Each scenario starts from the guest as booted, whatever one before it left
@@ -48,7 +43,7 @@ twoGpus.before(async (context) => {
  */
 twoGpus.before.each(async ({ guest }) => {
   if (!guest) return;
-  await guest.ok(`if ls /run/vmhook/*.json >/dev/null 2>&1; then vmhook recover > /dev/null 2>&1; fi
+  await guest.ok(`${RECOVER_LEFTOVERS}
 ${RESET}`, { timeoutMs: 120_000 });
 });
 twoGpus.after(async ({ guest }) => {
@@ -71,7 +66,7 @@ it("the second GPU to the VM, auto: no single-GPU steps; the console and fb0 sta
   const xml = domainXml("", SECOND_SLOT);
   const prepare = await guest!.sh(hook(xml, "prepare begin"));
   assert.equal(prepare, { code: 0, stdout: "" });
-  const during = await guest!.ok(TWO_GPU_STATE);
+  const during = await guest!.ok(DESKTOP_STATE);
   assert.match(during, "second driver: vfio-pci");
   assert.match(during, "driver: bochs-drm\n");
   assert.match(during, "vtcon0: (M) frame buffer device bind=1");
@@ -84,7 +79,7 @@ it("the second GPU to the VM, auto: no single-GPU steps; the console and fb0 sta
   assert.not.match(log, "unbind console");
 
   assert.equal(await guest!.sh(hook(xml, "release end")), { code: 0, stdout: "" });
-  assert.fixture(await guest!.ok(TWO_GPU_STATE), baseline!);
+  assert.fixture(await guest!.ok(DESKTOP_STATE), baseline!);
 });
 
 // Kernel 6.1's fbcon moves consoles only to a framebuffer that some console already shows on
@@ -93,7 +88,7 @@ it("the second GPU to the VM, auto: no single-GPU steps; the console and fb0 sta
 it("the boot GPU to the VM, auto, while the second keeps a display: no single-GPU steps; the kernel puts the consoles on the dummy console, and back on fb0 after", async ({ guest, baseline }) => {
   const prepare = await guest!.sh(hook(domainXml(), "prepare begin"));
   assert.equal(prepare, { code: 0, stdout: "" });
-  const during = await guest!.ok(TWO_GPU_STATE);
+  const during = await guest!.ok(DESKTOP_STATE);
   assert.match(during, "driver: vfio-pci");
   assert.match(during, "second driver: bochs-drm");
   assert.match(during, `fb1: ${SECOND_GPU}`);
@@ -104,7 +99,7 @@ it("the boot GPU to the VM, auto, while the second keeps a display: no single-GP
   assert.not.match(log, "unbind console");
 
   assert.equal(await guest!.sh(hook(domainXml(), "release end")), { code: 0, stdout: "" });
-  assert.fixture(await guest!.ok(TWO_GPU_STATE), baseline!);
+  assert.fixture(await guest!.ok(DESKTOP_STATE), baseline!);
 });
 
 it('single-gpu="yes" for the second GPU while fbcon shows on the first: the display manager stops, the console on fb0 and a program on fb0 stay', async ({ guest, baseline }) => {
@@ -114,7 +109,7 @@ it('single-gpu="yes" for the second GPU while fbcon shows on the first: the disp
 ${hook(xml, "prepare begin")}
 code=$?; kill $holder; wait $holder 2>/dev/null; exit $code`);
   assert.equal(prepare, { code: 0, stdout: "" });
-  const during = await guest!.ok(TWO_GPU_STATE);
+  const during = await guest!.ok(DESKTOP_STATE);
   assert.match(during, "second driver: vfio-pci");
   assert.match(during, "display manager: stopped");
   assert.match(during, "vtcon0: (M) frame buffer device bind=1");
@@ -124,21 +119,21 @@ code=$?; kill $holder; wait $holder 2>/dev/null; exit $code`);
   assert.match(log, `vfio: console vtcon0 ((M) frame buffer device) stays: it shows on fb0 of ${GPU} (bochs-drm), which the host keeps`);
 
   assert.equal(await guest!.sh(hook(xml, "release end")), { code: 0, stdout: "" });
-  assert.fixture(await guest!.ok(TWO_GPU_STATE), baseline!);
+  assert.fixture(await guest!.ok(DESKTOP_STATE), baseline!);
 });
 
 it('single-gpu="yes" for the boot GPU, which fbcon shows on: the console lets go before the GPU moves, and all comes back', async ({ guest, baseline }) => {
   const xml = domainXml('single-gpu="yes"');
   const prepare = await guest!.sh(hook(xml, "prepare begin"));
   assert.equal(prepare, { code: 0, stdout: "" });
-  const during = await guest!.ok(TWO_GPU_STATE);
+  const during = await guest!.ok(DESKTOP_STATE);
   assert.match(during, "driver: vfio-pci");
   assert.match(during, "second driver: bochs-drm");
   assert.match(during, "display manager: stopped");
   assert.match(await guest!.ok("cat /var/log/vmhook.log"), /vfio: unbind console vtcon0 \(.*frame buffer device\): done/);
 
   assert.equal(await guest!.sh(hook(xml, "release end")), { code: 0, stdout: "" });
-  assert.fixture(await guest!.ok(TWO_GPU_STATE), baseline!);
+  assert.fixture(await guest!.ok(DESKTOP_STATE), baseline!);
 });
 
 twoGpus.run();

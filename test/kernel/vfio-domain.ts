@@ -1,6 +1,6 @@
-// The guest's GPU as a libvirt domain for the vfio plugin: shared by test/kernel/vfio*.test.ts and bench/vfio-guest.ts.
+// The guest's GPU as a libvirt domain for the vfio plugin: shared by test/kernel/vfio*.test.ts, two-gpu.test.ts and bench/vfio-guest.ts.
 import * as assert from "uvu/assert";
-import type { Guest } from "./guest.ts";
+import { bootGuest, type Guest } from "./guest.ts";
 
 export const GPU = "0000:00:01.0";
 export const UUID = "6b0e2a4c-6a4e-4c57-9a43-0d1a5b3c7e01";
@@ -45,6 +45,23 @@ echo "vfio: $(ls /dev/vfio 2>/dev/null | tr '\\n' ' ')"
 echo "modules: $(cut -d' ' -f1 /proc/modules | sort | tr '\\n' ' ')"
 echo "journals: $(ls /run/vmhook 2>/dev/null | grep json | tr '\\n' ' ')"
 `;
+
+/** The second GPU of bootTwoGpus' guest: a secondary-vga (1234:1111, class 0x0380) on bochs-drm, in its own IOMMU group. */
+export const SECOND_GPU = "0000:00:02.0";
+
+/** The guest with a second GPU beside the std VGA. */
+export const bootTwoGpus = (): Promise<Guest> => bootGuest({ qemuArgs: ["-device", "secondary-vga,addr=0x2"] });
+
+/** STATE, and the second GPU's driver, override and power. */
+export const TWO_GPU_STATE = `${STATE}
+d=/sys/bus/pci/devices/${SECOND_GPU}
+echo "second driver: $(basename "$(readlink $d/driver)")"
+echo "second override: $(cat $d/driver_override)"
+echo "second power: $(cat $d/power/control)"
+`;
+
+/** Shell lines that give back what a scenario that failed left in a journal, so that the next starts from the guest as booted. */
+export const RECOVER_LEFTOVERS = "if ls /run/vmhook/*.json >/dev/null 2>&1; then vmhook recover > /dev/null 2>&1; fi";
 
 /**
  * The GPU's driver unloaded while the VM ran (prepared already): release

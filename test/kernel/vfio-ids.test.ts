@@ -6,10 +6,9 @@
 // registered. One boot; each scenario puts the guest back as booted.
 import { suite } from "uvu";
 import * as assert from "uvu/assert";
-import { bootGuest, skipReason, type Guest } from "./guest.ts";
-import { domainXml, GPU, hook, STATE, writeDomain } from "./vfio-domain.ts";
+import { skipReason, type Guest } from "./guest.ts";
+import { bootTwoGpus, domainXml, GPU, hook, RECOVER_LEFTOVERS, SECOND_GPU, TWO_GPU_STATE, writeDomain } from "./vfio-domain.ts";
 
-const SECOND_GPU = "0000:00:02.0";
 const CONF = "/etc/modprobe.d/vfio.conf";
 
 /** The VFIO modules that are loaded, users first (busybox's modprobe loads no softdep: vfio_iommu_type1 may be missing). */
@@ -20,22 +19,15 @@ const skip = skipReason();
 if (skip) console.log(`vfio-pci ids= kernel tests: skipped: ${skip}`);
 const it = skip ? ids.skip : ids;
 
-const TWO_GPU_STATE = `${STATE}
-d=/sys/bus/pci/devices/${SECOND_GPU}
-echo "second driver: $(basename "$(readlink $d/driver)")"
-echo "second override: $(cat $d/driver_override)"
-echo "second power: $(cat $d/power/control)"
-`;
-
 ids.before(async (context) => {
   if (skip) return;
-  context.guest = await bootGuest({ qemuArgs: ["-device", "secondary-vga,addr=0x2"] });
+  context.guest = await bootTwoGpus();
   context.booted = await context.guest.ok(TWO_GPU_STATE);
 });
 /** Each scenario starts from the guest as booted, whatever one before it left on failing. */
 ids.before.each(async ({ guest }) => {
   if (!guest) return;
-  await guest.ok(`if ls /run/vmhook/*.json >/dev/null 2>&1; then vmhook recover > /dev/null 2>&1; fi
+  await guest.ok(`${RECOVER_LEFTOVERS}
 rm -f ${CONF}; mkdir -p /etc/modprobe.d; : > /var/log/vmhook.log
 for d in ${GPU} ${SECOND_GPU}; do
   echo > /sys/bus/pci/devices/$d/driver_override

@@ -704,10 +704,8 @@ test("hook mode, hard deadline: the watchdog's message never goes through a syml
 
 test("hook mode, /var/log full (ENOSPC: an 8 KiB tmpfs mounted over the test root's /var/log): the VM starts and stops all the same, each run says once on stderr that it is missing from the log; the line the full disk cut short does not swallow the next run's first line", () => {
   const t = tree();
-  const logDir = path.join(t.root, "var/log");
+  const { dir: logDir, unmount } = tmpfsAt(t.root, "var/log", "size=8k,mode=0755");
   const log = path.join(logDir, "vmhook.log");
-  const mounted = spawnSync("mount", ["-t", "tmpfs", "-o", "size=8k,mode=0755", "tmpfs", logDir], { encoding: "utf8", timeout: 10_000 });
-  assert.is(mounted.status, 0, `mount tmpfs (the unit tests run as root): ${mounted.stderr}`);
   try {
     // Two pages: a filler, and the log with 40 bytes left in its page; the next line is cut short there.
     fs.writeFileSync(path.join(logDir, "filler"), "f".repeat(4096));
@@ -731,21 +729,32 @@ test("hook mode, /var/log full (ENOSPC: an 8 KiB tmpfs mounted over the test roo
     assert.ok(lines.some((line) => /^\S+ \[vm prepare begin\] hugepages: /.test(line)), lines.join("\n"));
     run(qemu, ["vm", "release", "end", "-"], domain(), t.root);
   } finally {
-    spawnSync("umount", [logDir], { timeout: 10_000 });
+    unmount();
     t.cleanup();
   }
 });
 
-/** A tmpfs mounted over the test root's /run/vmhook (vmhook's state directory), with `options` (size=, nr_inodes=); `fill` takes up what it holds. */
-function smallRun(root: string, options: string): { dir: string; fill: () => void; free: () => void; unmount: () => void } {
-  const dir = path.join(root, "run/vmhook");
-  fs.mkdirSync(dir, { recursive: true });
-  const mounted = spawnSync("mount", ["-t", "tmpfs", "-o", `${options},mode=0700`, "tmpfs", dir], { encoding: "utf8", timeout: 10_000 });
+/** A tmpfs mounted over `dir` of the test root (the unit tests run as root), with `options` (size=, nr_inodes=, mode=); it can be remounted read-only and back. */
+function tmpfsAt(root: string, dir: string, options: string): { dir: string; remount: (mode: "ro" | "rw") => void; unmount: () => void } {
+  const real = path.join(root, dir);
+  fs.mkdirSync(real, { recursive: true });
+  const mounted = spawnSync("mount", ["-t", "tmpfs", "-o", options, "tmpfs", real], { encoding: "utf8", timeout: 10_000 });
   assert.is(mounted.status, 0, `mount tmpfs (the unit tests run as root): ${mounted.stderr}`);
+  return {
+    dir: real,
+    remount: (mode) => assert.is(spawnSync("mount", ["-o", `remount,${mode}`, real], { timeout: 10_000 }).status, 0),
+    unmount: () => void spawnSync("umount", [real], { timeout: 10_000 }),
+  };
+}
+
+/** A tmpfs mounted over the test root's /run/vmhook (vmhook's state directory), with `options` (size=, nr_inodes=); `fill` takes up what it holds. */
+function smallRun(root: string, options: string): ReturnType<typeof tmpfsAt> & { fill: () => void; free: () => void } {
+  const mounted = tmpfsAt(root, "run/vmhook", `${options},mode=0700`);
+  const { dir } = mounted;
   const filler = (n: number) => path.join(dir, `filler-${n}`);
   let made = 0;
   return {
-    dir,
+    ...mounted,
     // One file a page until neither a page nor an inode is left.
     fill() {
       for (;;) {
@@ -762,7 +771,6 @@ function smallRun(root: string, options: string): { dir: string; fill: () => voi
       for (; made >= 0; made--) fs.rmSync(filler(made), { force: true });
       made = 0;
     },
-    unmount: () => void spawnSync("umount", [dir], { timeout: 10_000 }),
   };
 }
 
@@ -795,23 +803,28 @@ for (const [what, options] of [
   });
 }
 
-test("hook mode, /run full while the VM runs (a 16 KiB tmpfs filled after prepare): release keeps the pages it cannot journal the shrink of, says so, and exits 0; status still shows them; recover gives them back once there is room, leaving nothing", () => {
+/**
+ * The VM started, then its state directory spoilt (`spoil`: the tmpfs filled,
+ * or remounted read-only): release keeps the pages it cannot journal the
+ * shrink of and exits 0, `check` seeing what it said and what vmhook status
+ * says then; once `mend` has run, vmhook recover gives them back, leaving no
+ * state file.
+ */
+function releaseKeptUntilRecovered(options: string, spoil: (run_: ReturnType<typeof smallRun>) => void, mend: (run_: ReturnType<typeof smallRun>) => void, check: (t: ReturnType<typeof tree>, released: Run, status: Run) => void): void {
   const t = tree();
-  const run_ = smallRun(t.root, "size=16k");
+  const run_ = smallRun(t.root, options);
   try {
     const qemu = t.link("hooks/qemu");
     const vmhook = t.link("bin/vmhook");
     for (const [op, subop] of STARTS) assert.is(run(qemu, ["vm", op!, subop!, "-"], domain(), t.root).code, 0);
     assert.is(t.pool(), 512);
-    run_.fill();
+    spoil(run_);
     const released = run(qemu, ["vm", "release", "end", "-"], domain(), t.root);
     assert.equal([released.code, released.stdout], [0, ""]);
     assert.match(firstLine(released.stderr), "release of vm: 1 change(s) could not be undone; see /var/log/vmhook.log, then run vmhook recover vm");
-    assert.match(released.stderr, "(ENOSPC: the file system is full)");
-    assert.is(t.pool(), 512, "the shrink is journaled before it is made: with no room for that, the pages stay");
-    const status = run(vmhook, ["status"], "", t.root);
-    assert.match(status.stdout, "hugepages: grow the 2M pool by 512 pages");
-    run_.free();
+    assert.is(t.pool(), 512, "the shrink is journaled before it is made: while that cannot be, the pages stay");
+    check(t, released, run(vmhook, ["status"], "", t.root));
+    mend(run_);
     const recovered = run(vmhook, ["recover", "vm"], "", t.root);
     assert.equal([recovered.code, recovered.stdout], [0, "vm: 1 change(s) undone\n"], recovered.stderr);
     assert.is(t.pool(), 0);
@@ -820,44 +833,38 @@ test("hook mode, /run full while the VM runs (a 16 KiB tmpfs filled after prepar
     run_.unmount();
     t.cleanup();
   }
+}
+
+test("hook mode, /run full while the VM runs (a 16 KiB tmpfs filled after prepare): release keeps the pages it cannot journal the shrink of, says so, and exits 0; status still shows them; recover gives them back once there is room, leaving nothing", () => {
+  releaseKeptUntilRecovered(
+    "size=16k",
+    (run_) => run_.fill(),
+    (run_) => run_.free(),
+    (_, released, status) => {
+      assert.match(released.stderr, "(ENOSPC: the file system is full)");
+      assert.match(status.stdout, "hugepages: grow the 2M pool by 512 pages");
+    },
+  );
 });
 
 test("hook mode, /run/vmhook read-only while the VM runs (its tmpfs remounted ro): release keeps what it cannot journal the undo of and says how to fix it; status still lists what is held; recover gives it back once /run is read-write again", () => {
-  const t = tree();
-  const run_ = smallRun(t.root, "size=1m");
-  const remount = (mode: string) => assert.is(spawnSync("mount", ["-o", `remount,${mode}`, run_.dir], { timeout: 10_000 }).status, 0);
-  try {
-    const qemu = t.link("hooks/qemu");
-    const vmhook = t.link("bin/vmhook");
-    for (const [op, subop] of STARTS) assert.is(run(qemu, ["vm", op!, subop!, "-"], domain(), t.root).code, 0);
-    remount("ro");
-    const released = run(qemu, ["vm", "release", "end", "-"], domain(), t.root);
-    assert.equal([released.code, released.stdout], [0, ""]);
-    assert.match(firstLine(released.stderr), "release of vm: 1 change(s) could not be undone; see /var/log/vmhook.log, then run vmhook recover vm");
-    assert.match(released.stderr, `cannot write ${t.journal.slice(t.root.length)} (EROFS); its file system is mounted read-only (findmnt -T /run/vmhook): remount it read-write, then run vmhook recover`);
-    assert.is(t.pool(), 512);
-    const status = run(vmhook, ["status"], "", t.root);
-    assert.equal([status.code, status.stdout], [0, `vm (${UUID}): not running, yet vmhook still holds for it (vmhook recover vm gives it back):\n  - hugepages: grow the 2M pool by 512 pages\n`], status.stderr);
-    remount("rw");
-    const recovered = run(vmhook, ["recover", "vm"], "", t.root);
-    assert.equal([recovered.code, recovered.stdout], [0, "vm: 1 change(s) undone\n"], recovered.stderr);
-    assert.is(t.pool(), 0);
-    assert.equal(fs.readdirSync(run_.dir).filter((name) => name.endsWith(".json") || name.endsWith(".tmp")), []);
-  } finally {
-    run_.unmount();
-    t.cleanup();
-  }
+  releaseKeptUntilRecovered(
+    "size=1m",
+    (run_) => run_.remount("ro"),
+    (run_) => run_.remount("rw"),
+    (t, released, status) => {
+      assert.match(released.stderr, `cannot write ${t.journal.slice(t.root.length)} (EROFS); its file system is mounted read-only (findmnt -T /run/vmhook): remount it read-write, then run vmhook recover`);
+      assert.equal([status.code, status.stdout], [0, `vm (${UUID}): not running, yet vmhook still holds for it (vmhook recover vm gives it back):\n  - hugepages: grow the 2M pool by 512 pages\n`], status.stderr);
+    },
+  );
 });
 
 test("hook mode, /var/log read-only (a tmpfs remounted ro over the test root's /var/log): the VM starts and stops all the same, each run says once on stderr that it is missing from the log", () => {
   const t = tree();
-  const logDir = path.join(t.root, "var/log");
-  const mount = (...args: string[]) => spawnSync("mount", args, { encoding: "utf8", timeout: 10_000 });
-  const mounted = mount("-t", "tmpfs", "-o", "size=64k,mode=0755", "tmpfs", logDir);
-  assert.is(mounted.status, 0, `mount tmpfs (the unit tests run as root): ${mounted.stderr}`);
+  const { dir: logDir, remount, unmount } = tmpfsAt(t.root, "var/log", "size=64k,mode=0755");
   try {
     fs.writeFileSync(path.join(logDir, "vmhook.log"), "", { mode: 0o640 });
-    assert.is(mount("-o", "remount,ro", logDir).status, 0);
+    remount("ro");
     fs.writeFileSync(path.join(t.root, POOL), "8\n");
     const qemu = t.link("hooks/qemu");
     for (const [op, subop, pool] of [["prepare", "begin", 520], ["release", "end", 8]] as const) {
@@ -866,7 +873,7 @@ test("hook mode, /var/log read-only (a tmpfs remounted ro over the test root's /
       assert.match(outcome.stderr, /^vmhook: warn: this run is missing from vmhook's log: \/var\/log\/vmhook\.log cannot be written \(EROFS[^\n]*\n$/);
     }
   } finally {
-    spawnSync("umount", [logDir], { timeout: 10_000 });
+    unmount();
     t.cleanup();
   }
 });

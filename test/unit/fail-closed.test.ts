@@ -267,7 +267,8 @@ test("a domain's lock file that cannot be removed once the domain holds nothing 
   const sim = new SimHost();
   try {
     const lock = paths.domainLock(UUID);
-    sim.failChange(lock, "EROFS");
+    // Already there, it opens read-only on a read-only /run: the removal is what fails.
+    sim.file(lock).failChange(lock, "EROFS");
     const deadline = new Deadline(sim, 5000);
     try {
       await withDomainLock(sim, UUID, deadline, async () => {});

@@ -128,7 +128,7 @@ test("the CLI (vmhook recover) with /var/log full (ENOSPC on a 4 KiB tmpfs) says
 });
 
 
-test("a log that cannot be opened is refused naming the host's path and the errno, never Node's message with the real path under --root", () => {
+test("a log that cannot be opened is refused naming the host's path, the errno and the fix, never Node's message with the real path under --root", () => {
   const root = scratch();
   const host = new RootedHost(root);
   // /var/log a file: no log can be there (ENOTDIR); a directory at the log's place cannot be appended to (EISDIR).
@@ -137,7 +137,7 @@ test("a log that cannot be opened is refused naming the host's path and the errn
   assert.throws(() => openLog(host, "read"), (error: Error & { code?: string }) => error.message === `cannot read ${paths.log} (ENOTDIR); it does not exist on this host` && error.code === "ENOTDIR");
   fs.rmSync(path.join(root, "var/log"));
   fs.mkdirSync(path.join(root, paths.log), { recursive: true });
-  assert.throws(() => openLog(host, "append"), (error: Error) => error.message === `${paths.log} cannot be written (EISDIR)`);
+  assert.throws(() => openLog(host, "append"), (error: Error) => error.message === `${paths.log} cannot be written (EISDIR); a directory is in its place: see what it is (ls -ld ${paths.log}) and move it away`);
 });
 
 test.run();

@@ -9,6 +9,7 @@ import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { paths } from "../../lib/paths.ts";
 import { cli } from "../helpers/cli.ts";
+import { systemdHost } from "../helpers/cpu-hosts.ts";
 import { NVIDIA_CARDS, twoNvidiaCards } from "../helpers/gpu-kernel.ts";
 import { runHookEvent } from "../helpers/hook.ts";
 import { SimHost } from "../helpers/simhost.ts";
@@ -27,32 +28,26 @@ const isolated = (name: string, uuid: string, cpus: string[]) => `<domain type="
   <vcpu>${cpus.length}</vcpu><cputune>${cpus.map((cpu, vcpu) => `<vcpupin vcpu="${vcpu}" cpuset="${cpu}"/>`).join("")}</cputune>
   <metadata><vmhook:hooks xmlns:vmhook="urn:vmhook:1"><vmhook:isolate/></vmhook:hooks></metadata></domain>`;
 
-/** A host, the two VMs' XML, and what of it a snapshot leaves out (systemd's AllowedCPUs, kept by the fake systemctl). */
+/** A host, the two VMs' XML, what of it a snapshot leaves out (systemd's AllowedCPUs, kept by the fake systemctl), and the state directory below /run/vmhook the first VM's prepare makes. */
 interface Scenario {
   sim: SimHost;
   a: string;
   b: string;
   extra: () => unknown;
+  stateSubdir: string;
 }
 
 /** Two NVIDIA cards, one a VM: the nvidia module is claimed in the ledger, rmmod and unbinds are noted as stuck writes while they run. */
 function cards(): Scenario {
   const kernel = twoNvidiaCards();
   const [first, second] = NVIDIA_CARDS;
-  return { sim: kernel.sim, a: passthrough("a", UUID_A, first), b: passthrough("b", UUID_B, second), extra: () => ({}) };
+  return { sim: kernel.sim, a: passthrough("a", UUID_A, first), b: passthrough("b", UUID_B, second), extra: () => ({}), stateSubdir: paths.stuckWrites };
 }
 
 /** An 8-CPU systemd host: the first isolating VM saves the host's originals in /run/vmhook/shared/isolate.json. */
 function cpus(): Scenario {
-  const units: Record<string, string> = { "system.slice": "", "user.slice": "", "init.scope": "" };
-  const sim = new SimHost().dir("/var/log").file("/proc/1/comm", "systemd");
-  sim.file("/sys/devices/system/cpu/present", "0-7").file("/sys/devices/system/cpu/online", "0-7").file("/sys/fs/cgroup/cgroup.controllers", "cpuset cpu memory");
-  sim.onExec("systemctl", (args) => {
-    if (args[0] === "show") return { stdout: `AllowedCPUs=${units[args[3]!] ?? ""}\n` };
-    if (args[0] === "set-property") units[args[2]!] = args[3]!.replace(/^AllowedCPUs=/, "");
-    return {};
-  });
-  return { sim, a: isolated("a", UUID_A, ["2", "3"]), b: isolated("b", UUID_B, ["4", "5"]), extra: () => ({ ...units }) };
+  const { sim, units } = systemdHost();
+  return { sim, a: isolated("a", UUID_A, ["2", "3"]), b: isolated("b", UUID_B, ["4", "5"]), extra: () => ({ ...units }), stateSubdir: `${paths.stateDir}/shared` };
 }
 
 /** The host and vmhook's state files (their content, the ledger's and originals' included; journals by their entries). */
@@ -167,6 +162,99 @@ for (const [what, scenario] of [["two passed-through cards", cards], ["two isola
       else assert.ok(left.includes(mode === "from" ? "change" : "journal"), `${left}`);
     });
   }
+}
+
+/** The host and which state files there are, whatever they say. */
+const held = (st: unknown) => {
+  const { host, extra, files } = st as { host: unknown; extra: unknown; files: Record<string, unknown> };
+  return { host, extra, files: Object.keys(files) };
+};
+
+/** What the first line of a refusal says to do for each errno injected below. */
+const FIXES: Record<string, string> = {
+  ENOSPC: "(ENOSPC: the file system is full); vmhook records every change there before it makes it; free space in /run (df -h /run/vmhook, df -i /run/vmhook)",
+  EROFS: "(EROFS); its file system is mounted read-only (findmnt -T /run/vmhook): remount it read-write",
+  EMFILE: "(EMFILE); vmhook reached its limit of open files, which the hook inherits from libvirt's daemon: raise LimitNOFILE= of its service",
+};
+
+/**
+ * Where open(2) or mkdir(2) of vmhook's own files fails: the VM whose event
+ * meets it (the first on a host vmhook has not been used on, or the second
+ * beside the first, running), the file, and its errno. A lock file already
+ * there opens read-only whatever a full or read-only /run says (EMFILE alone
+ * fails it), so those errnos meet a lock file where it is made.
+ */
+const OPEN_FAILURES: { vm: "first" | "second"; event: "prepare" | "release"; file: (s: Scenario) => string; codes: string[] }[] = [
+  { vm: "first", event: "prepare", file: () => paths.stateDir, codes: ["ENOSPC"] },
+  { vm: "first", event: "prepare", file: (s) => s.stateSubdir, codes: ["ENOSPC"] },
+  { vm: "first", event: "prepare", file: () => paths.hostLock, codes: ["ENOSPC", "EMFILE", "EROFS"] },
+  { vm: "second", event: "prepare", file: () => paths.domainLock(UUID_B), codes: ["ENOSPC", "EMFILE", "EROFS"] },
+  { vm: "second", event: "prepare", file: () => paths.hostLock, codes: ["EMFILE"] },
+  { vm: "second", event: "release", file: () => paths.domainLock(UUID_B), codes: ["EMFILE"] },
+  { vm: "second", event: "release", file: () => paths.hostLock, codes: ["EMFILE"] },
+];
+
+for (const [what, scenario] of [["two passed-through cards", cards], ["two isolating VMs", cpus]] as const) {
+  for (const { vm, event, file, codes } of OPEN_FAILURES) {
+    for (const code of codes) {
+      test(`${file(scenario())} cannot be made or opened (${code}) at the ${vm} VM's ${event}, ${what}: the event is refused naming the file, the errno and the fix; vmhook recover, with the file system as it should be, leaves the host as before the VM started`, async () => {
+        const s = scenario();
+        const { sim } = s;
+        try {
+          // The host as the event finds it; a host vmhook has not been used on has no /run/vmhook yet.
+          if (vm === "first") sim.remove(paths.stateDir);
+          const before = state(s);
+          const [xml, name, uuid] = vm === "first" ? [s.a, "a", UUID_A] : [s.b, "b", UUID_B];
+          if (vm === "second") await lifecycle(sim, s.a, "a", STARTS);
+          const beforeVm = state(s);
+          if (event === "release") await lifecycle(sim, xml, name, STARTS);
+          const beforeEvent = state(s);
+          sim.failChange(file(s), code);
+          const outcome = await runHookEvent(sim, event, event === "prepare" ? "begin" : "end", xml, name);
+          sim.clearFailures();
+          assert.is(outcome.code, event === "prepare" ? 1 : 0, outcome.stderr);
+          const said = event === "prepare" ? outcome.stderr.split("\n")[0]! : outcome.stderr;
+          assert.match(said, `${file(s)} ${FIXES[code]}`);
+          // A prepare refused leaves the host as it found it; a release refused keeps all it holds for vmhook recover (its journal says what it could not undo).
+          if (event === "prepare") assert.equal(state(s), beforeVm);
+          else assert.equal(held(state(s)), held(beforeEvent));
+          const recovered = await cli(["recover", uuid, "--root", sim.root], sim);
+          assert.is(recovered.code, 0, `${recovered.stdout}${recovered.stderr}`);
+          assert.equal(state(s), beforeVm);
+          if (vm === "second") await lifecycle(sim, s.a, "a", [["release", "end"]]);
+          assert.equal(state(s), before);
+        } finally {
+          sim.cleanup();
+        }
+      });
+    }
+  }
+
+  test(`the log cannot be opened (EROFS) at every event of the second VM, ${what}: each event does its work all the same and says once, last, that it is missing from the log, with the fix`, async () => {
+    const s = scenario();
+    const { sim } = s;
+    try {
+      const before = state(s);
+      await lifecycle(sim, s.a, "a", STARTS);
+      const withA = state(s);
+      const logged = sim.read(paths.log);
+      sim.failChange(paths.log, "EROFS");
+      const warning = `vmhook: warn: this run is missing from vmhook's log: ${paths.log} cannot be written (EROFS); its file system is mounted read-only (findmnt -T /var/log): remount it read-write, then try again\n`;
+      for (const [op, subop] of [...STARTS, ["release", "end"] as [string, string]]) {
+        const outcome = await runHookEvent(sim, op, subop, s.b, "b");
+        // An event that logs nothing (start, started of some plugins) has nothing missing from the log.
+        assert.equal(outcome, { code: 0, stderr: op === "prepare" || op === "release" || outcome.stderr ? warning : "" }, `${op} ${subop}`);
+        if (op === "prepare") assert.ok(sim.stateFiles().includes(`${UUID_B}.json`), "prepare did its work: the second VM's journal is there");
+      }
+      assert.is(sim.read(paths.log), logged, "no line reached the log");
+      assert.equal(state(s), withA, "release gave back what prepare took");
+      sim.clearFailures();
+      await lifecycle(sim, s.a, "a", [["release", "end"]]);
+      assert.equal(state(s), before);
+    } finally {
+      sim.cleanup();
+    }
+  });
 }
 
 test.run();
