@@ -3,12 +3,14 @@
 // its parser accepts, and a default written there as one value is what the
 // parser takes when the attribute is left out, and it says so of a plugin
 // whose parser takes several elements; the CLI table names exactly
-// the binary's commands, with options and choices its --help has; Development
-// names each plugin's source.
+// the binary's commands, with options and choices its --help has; every XML
+// example of README.md and docs/*.md validates; Development names each
+// plugin's source.
 import { spawnSync } from "node:child_process";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { fileURLToPath } from "node:url";
+import { DOMParser, type Element } from "@xmldom/xmldom";
 import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { metadataChildren, parseDomain } from "../../lib/domain.ts";
@@ -122,9 +124,12 @@ test("README's metadata reference says which plugins take one element per device
   }
 });
 
-/** `vmhook ARGS` of the built binary (npm test builds it before the unit tests). */
+/** `vmhook ARGS` of the built binary (npm test builds it before the unit tests), whatever its exit code. */
+const run = (...args: string[]) => spawnSync(path.join(REPO, "dist/vmhook"), args, { encoding: "utf8", timeout: 30_000, env: { PATH: "/usr/bin:/bin", LC_ALL: "C" } });
+
+/** The output of `vmhook ARGS`, which must succeed. */
 function vmhook(...args: string[]): string {
-  const result = spawnSync(path.join(REPO, "dist/vmhook"), args, { encoding: "utf8", timeout: 30_000, env: { PATH: "/usr/bin:/bin", LC_ALL: "C" } });
+  const result = run(...args);
   assert.is(result.status, 0, `vmhook ${args.join(" ")}: ${result.stderr}`);
   return result.stdout;
 }
@@ -170,9 +175,113 @@ test("every example domain in examples/domains validates, as README's quick star
     assert.ok(examples.includes("win11-gpu.xml"), "README's quick start and demo show examples/domains/win11-gpu.xml");
     for (const name of examples) {
       const file = path.join(REPO, "examples/domains", name);
-      const result = spawnSync(path.join(REPO, "dist/vmhook"), ["validate", file, "--root", root], { encoding: "utf8", timeout: 30_000, env: { PATH: "/usr/bin:/bin", LC_ALL: "C" } });
+      const result = run("validate", file, "--root", root);
       assert.is(result.status, 0, `vmhook validate examples/domains/${name}: ${result.stderr}`);
       assert.match(result.stdout, new RegExp(`^${file}: ok; `), `vmhook validate examples/domains/${name}: ${result.stdout}`);
+    }
+  } finally {
+    sim.cleanup();
+  }
+});
+
+/** README.md and every page of docs/, by their path in the repository. */
+const DOCS = ["README.md", ...fs.readdirSync(path.join(REPO, "docs")).filter((name) => name.endsWith(".md")).map((name) => `docs/${name}`)];
+const NS = "urn:vmhook:1";
+
+/**
+ * The XML examples of README.md and docs/*.md: each ```xml block (its "..."
+ * lines, which stand for the rest of a domain, left out), each vmhook element
+ * written whole in inline code (`<vmhook:NAME a="v"/>`, not one with "…"),
+ * and each `vmhook enable VM PLUGIN ATTR=VALUE` as the element it adds.
+ */
+function xmlExamples(): { where: string; xml: string }[] {
+  const examples: { where: string; xml: string }[] = [];
+  for (const doc of DOCS) {
+    const lines = fs.readFileSync(path.join(REPO, doc), "utf8").split("\n");
+    for (let i = 0; i < lines.length; i++) {
+      const where = `${doc}:${i + 1}`;
+      if (/^ *```xml\s*$/.test(lines[i]!)) {
+        const end = lines.findIndex((line, index) => index > i && /^ *```\s*$/.test(line));
+        examples.push({ where, xml: lines.slice(i + 1, end).filter((line) => line.trim() !== "...").join("\n") });
+        i = end;
+        continue;
+      }
+      for (const [, element] of lines[i]!.matchAll(/`(<vmhook:[a-z]+(?: [a-z-]+="[^"…]*")*\/>)`/g)) examples.push({ where, xml: element! });
+      for (const [, plugin, settings] of lines[i]!.matchAll(/vmhook enable \S+ ([a-z][a-z0-9._-]*)((?: [a-z-]+=[^\s`]+)*)/g)) {
+        if (settings!.includes("…")) continue;
+        const attributes = [...settings!.matchAll(/ ([a-z-]+)=([^\s`]+)/g)].map(([, name, value]) => ` ${name}="${value}"`).join("");
+        examples.push({ where, xml: registry.builtinNames().includes(plugin!) ? `<vmhook:${plugin}${attributes}/>` : `<vmhook:plugin name="${plugin}"${attributes}/>` });
+      }
+    }
+  }
+  return examples;
+}
+
+/** A PCI address (0000:41:00.4) as libvirt writes it in a <hostdev>'s <source>. */
+function sourceAddress(address: string): string {
+  const [domain, bus, slot, fn] = address.split(/[:.]/);
+  return `<address domain='0x${domain}' bus='0x${bus}' slot='0x${slot}' function='0x${fn}'/>`;
+}
+const pciHostdev = (address: string, managed: string) => `<hostdev mode='subsystem' type='pci' managed='${managed}'><source>${sourceAddress(address)}</source></hostdev>`;
+
+/**
+ * A domain holding the example: its vmhook elements in <vmhook:hooks>, its
+ * <hostdev>s, and what its <domain> says beside <devices> and <metadata>;
+ * where the example leaves them out, what the page around it takes for
+ * granted: 16 GiB backed by huge pages, 4 vCPUs pinned to CPU 2-3,6-7, the
+ * GPU at 0000:01:00.0, one mdev, a NIC on libvirt's default network, and the
+ * managed='no' <hostdev> of a vgpu's vf=. The plugins it runs, as validate
+ * names them, come with it.
+ */
+function exampleDomain(xml: string): { domain: string; plugins: string[] } {
+  const children = (element: Element) => [...(element.childNodes as unknown as Element[])].filter((node) => node.nodeType === 1);
+  const root = new DOMParser({ onError: (level, message) => { if (level !== "warning") throw new Error(message); } }).parseFromString(`<doc xmlns:vmhook="${NS}">${xml}</doc>`, "text/xml").documentElement!;
+  const all = [...(root.getElementsByTagName("*") as unknown as Element[])];
+  // The plugins' elements: in vmhook's namespace, in <vmhook:hooks> or standing alone, not inside another plugin's.
+  const isPlugin = (element: Element) => element.namespaceURI === NS && element.localName !== "hooks";
+  const elements = all.filter((element) => isPlugin(element) && !isPlugin(element.parentNode as Element));
+  const given = all.find((element) => element.localName === "domain");
+  const parts = given ? children(given).filter((child) => !["metadata", "devices", "name", "uuid"].includes(child.localName!)).map(String) : [];
+  const has = (name: string) => given !== undefined && children(given).some((child) => child.localName === name);
+  if (!has("memory")) parts.push("<memory unit='GiB'>16</memory>");
+  if (!has("memoryBacking")) parts.push("<memoryBacking><hugepages/></memoryBacking>");
+  if (!has("vcpu")) parts.push("<vcpu>4</vcpu><cputune><vcpupin vcpu='0' cpuset='2'/><vcpupin vcpu='1' cpuset='3'/><vcpupin vcpu='2' cpuset='6'/><vcpupin vcpu='3' cpuset='7'/></cputune>");
+  // With libvirt's single quotes, as sourceAddress writes an address.
+  const hostdevs = all.filter((element) => element.localName === "hostdev").map((element) => String(element).replaceAll('"', "'"));
+  for (const element of elements) {
+    const vf = element.localName === "vgpu" ? element.getAttribute("vf") : null;
+    if (vf && !hostdevs.some((hostdev) => hostdev.includes(sourceAddress(vf)))) hostdevs.push(pciHostdev(vf, "no"));
+  }
+  if (!hostdevs.some((hostdev) => /type=.pci/.test(hostdev))) hostdevs.push(pciHostdev("0000:01:00.0", "yes"));
+  if (!hostdevs.some((hostdev) => /type=.mdev/.test(hostdev))) hostdevs.push("<hostdev mode='subsystem' type='mdev' model='vfio-pci'><source><address uuid='4b20d080-1b54-4048-85b3-a6a62d165c01'/></source></hostdev>");
+  const nic = "<interface type='network'><mac address='52:54:00:6b:3c:58'/><source network='default'/></interface>";
+  const plugins = [...new Set(elements.map((element) => (element.localName === "plugin" ? `plugin:${element.getAttribute("name")}` : element.localName!)))];
+  return {
+    domain: `<domain type='kvm'><name>doc</name><uuid>0b1d6a52-3c7e-4d55-a0a4-8f2a61f0c9d3</uuid>${parts.join("")}<devices>${hostdevs.join("")}${nic}</devices><metadata><vmhook:hooks xmlns:vmhook="${NS}">${elements.map(String).join("")}</vmhook:hooks></metadata></domain>`,
+    plugins,
+  };
+}
+
+test("every XML example of README.md and docs/*.md validates, running the plugins it shows", () => {
+  // The example plugins installed as the docs install them; a systemd host with the CPUs the examples pin.
+  const sim = new SimHost().file("/sys/devices/system/cpu/online", "0-15").file("/sys/devices/system/cpu/present", "0-15").dir("/etc/vmhook/plugins.d");
+  sim.file("/proc/1/comm", "systemd").dir("/run/systemd/system");
+  try {
+    fs.chmodSync(sim.resolve("/etc/vmhook/plugins.d"), 0o755);
+    fs.copyFileSync(path.join(REPO, "examples/plugins/looking-glass.mjs"), sim.resolve("/etc/vmhook/plugins.d/looking-glass.mjs"));
+    fs.copyFileSync(path.join(REPO, "examples/plugins/stop-units"), sim.resolve("/etc/vmhook/plugins.d/stop-units"));
+    fs.chmodSync(sim.resolve("/etc/vmhook/plugins.d/stop-units"), 0o755);
+    const examples = xmlExamples();
+    assert.ok(examples.length >= 20, `only ${examples.length} XML examples found`);
+    for (const { where, xml } of examples) {
+      const { domain, plugins } = exampleDomain(xml);
+      const file = sim.resolve("/doc.xml");
+      fs.writeFileSync(file, domain);
+      // Checked as another machine's VM: the config, and this simulated host only as far as it goes (validate says what it could not check, and exits 0).
+      const result = run("validate", file, "--root", sim.root);
+      assert.is(result.status, 0, `the example at ${where} does not validate: ${result.stderr}${result.stdout}\n${xml}`);
+      const runs = plugins.length > 0 ? `runs ${plugins.join(", ")}` : "has no vmhook metadata";
+      assert.ok(result.stdout.startsWith(`${file}: ok; doc ${runs}`), `the example at ${where}: ${result.stdout}`);
     }
   } finally {
     sim.cleanup();
