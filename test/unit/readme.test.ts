@@ -1,6 +1,6 @@
 // README.md against the built-in plugins: in the metadata reference each
-// plugin has its section, the section's table names exactly the attributes
-// its parser accepts, and a default written there as one value is what the
+// plugin has its section, the section's table (and the one on the page in
+// docs/ it links to) names exactly the attributes its parser accepts, and a default written there as one value is what the
 // parser takes when the attribute is left out, and it says so of a plugin
 // whose parser takes several elements; the CLI table names exactly
 // the binary's commands, with options and choices its --help has; every XML
@@ -37,10 +37,31 @@ interface Row {
   default: string;
 }
 
-/** The rows of the attribute tables (| `attr` | default | meaning |) in a plugin's section. */
-function documentedRows(name: string): Row[] {
-  const reference = section(README, "##", "Metadata reference");
-  return [...section(reference, "###", `\`<vmhook:${name}>\``).matchAll(/^\| `([a-z-]+)` \| ([^|]*) \|/gm)].map((match) => ({ attribute: match[1]!, default: match[2]!.trim() }));
+/** The rows of each attribute table in `text` (| attribute | … |, its columns in any order): the attribute and its "default" cell. */
+function attributeTables(text: string): Row[][] {
+  return [...text.matchAll(/^\| attribute \|.*\n\|[-| ]+\|\n(?:\|.*(?:\n|$))*/gm)].map(([table]) => {
+    const [header, , ...rows] = table.trim().split("\n").map((line) => line.split(/(?<!\\)\|/).slice(1, -1).map((cell) => cell.trim()));
+    const column = header!.indexOf("default");
+    return rows.map((cells) => ({ attribute: /^`([a-z-]+)`$/.exec(cells[0]!)?.[1] ?? cells[0]!, default: cells[column] ?? "" }));
+  });
+}
+
+/**
+ * The attribute table of a plugin's section in README's metadata reference,
+ * and of the page in docs/ its heading links to (the table there naming most
+ * of the attributes README's does: docs/mdev.md holds mdev's and vgpu's).
+ */
+function documentedRows(name: string): { where: string; rows: Row[] }[] {
+  const heading = `\`<vmhook:${name}>\``;
+  const readme = attributeTables(section(section(README, "##", "Metadata reference"), "###", heading)).flat();
+  const page = new RegExp(`^### ${heading} — \\[(docs/[a-z-]+\\.md)\\]`, "m").exec(README)?.[1];
+  if (!page) throw new Error(`README.md's heading ### ${heading} links to no page in docs/`);
+  const named = (rows: Row[]) => rows.filter((row) => readme.some((other) => other.attribute === row.attribute)).length;
+  const tables = attributeTables(fs.readFileSync(path.join(REPO, page), "utf8")).sort((a, b) => named(b) - named(a));
+  return [
+    { where: "README.md", rows: readme },
+    { where: page, rows: tables[0] ?? [] },
+  ];
 }
 
 /** A domain every built-in parser accepts: pinned CPUs, one unmanaged PCI hostdev, one mdev hostdev, memory. */
@@ -79,27 +100,29 @@ async function acceptedAttributes(name: string): Promise<string[]> {
   throw new Error(`${name} accepted an unknown attribute`);
 }
 
-test("README's metadata reference and vmhook plugins document every built-in plugin's attributes, and only those", async () => {
+test("README's metadata reference, each plugin's page in docs/ and vmhook plugins document every built-in plugin's attributes, and only those", async () => {
   for (const name of registry.builtinNames()) {
     const accepted = (await acceptedAttributes(name)).sort();
-    assert.equal(documentedRows(name).map((row) => row.attribute).sort(), accepted, `<vmhook:${name}> in README.md`);
+    for (const { where, rows } of documentedRows(name)) assert.equal(rows.map((row) => row.attribute).sort(), accepted, `<vmhook:${name}>'s attribute table in ${where}`);
     const usage = (await registry.load(name, host)).usage ?? "";
     assert.equal([...usage.matchAll(/ ([a-z-]+)="/g)].map((match) => match[1]).sort(), accepted, `${name}'s usage in vmhook plugins: ${usage}`);
   }
 });
 
-test("a default README's tables give as one value is the parser's: leaving the attribute out is writing it", async () => {
+test("a default the tables of README and docs/ give as one value is the parser's: leaving the attribute out is writing it", async () => {
   let compared = 0;
   for (const name of registry.builtinNames()) {
-    for (const row of documentedRows(name)) {
-      const value = /^`([^`]+)`$/.exec(row.default)?.[1];
-      if (value === undefined) continue;
-      const required = REQUIRED[name] ?? "";
-      assert.equal(await parse(name, `${required} ${row.attribute}="${value}"`), await parse(name, required), `<vmhook:${name} ${row.attribute}="${value}"> in README.md`);
-      compared++;
+    for (const { where, rows } of documentedRows(name)) {
+      for (const row of rows) {
+        const value = /^`([^`]+)`$/.exec(row.default)?.[1];
+        if (value === undefined) continue;
+        const required = REQUIRED[name] ?? "";
+        assert.equal(await parse(name, `${required} ${row.attribute}="${value}"`), await parse(name, required), `<vmhook:${name} ${row.attribute}="${value}"> in ${where}`);
+        compared++;
+      }
     }
   }
-  assert.ok(compared >= 8, `only ${compared} defaults compared`);
+  assert.ok(compared >= 16, `only ${compared} defaults compared`);
 });
 
 /** Whether the parser takes a second <vmhook:NAME> in one domain, or refuses it as a repeat. */
