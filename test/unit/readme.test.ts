@@ -4,8 +4,8 @@
 // parser takes when the attribute is left out, and it says so of a plugin
 // whose parser takes several elements; the CLI table names exactly
 // the binary's commands, with options and choices its --help has; every XML
-// example of README.md and docs/*.md validates; Development names each
-// plugin's source.
+// example of README.md and docs/*.md validates, and every link there leads
+// somewhere; Development names each plugin's source.
 import { spawnSync } from "node:child_process";
 import * as fs from "node:fs";
 import * as path from "node:path";
@@ -309,6 +309,28 @@ test("every XML example of README.md and docs/*.md validates, running the plugin
   } finally {
     sim.cleanup();
   }
+});
+
+/** The anchor GitHub gives a heading: lower case, punctuation other than "-" and "_" dropped, spaces as "-". */
+const anchor = (heading: string) => heading.trim().toLowerCase().replace(/[^\p{L}\p{N}_\- ]/gu, "").replace(/ /g, "-");
+
+test("every relative link of README.md and docs/*.md names a file that exists, and a heading of it", () => {
+  let checked = 0;
+  for (const doc of DOCS) {
+    for (const [, link] of fs.readFileSync(path.join(REPO, doc), "utf8").matchAll(/\]\(([^)\s]+)\)/g)) {
+      if (/^[a-z]+:/.test(link!)) continue;
+      const [file, fragment] = link!.split("#");
+      const target = file ? path.join(path.dirname(doc), file) : doc;
+      assert.ok(fs.existsSync(path.join(REPO, target)), `${doc} links to ${link}: there is no ${target}`);
+      if (fragment && target.endsWith(".md")) {
+        const text = fs.readFileSync(path.join(REPO, target), "utf8").replace(/```[\s\S]*?```/g, "");
+        const anchors = [...text.matchAll(/^#+ (.*)$/gm)].map((heading) => anchor(heading[1]!));
+        assert.ok(anchors.includes(fragment), `${doc} links to ${link}: ${target} has no heading whose anchor is #${fragment}`);
+      }
+      checked++;
+    }
+  }
+  assert.ok(checked >= 30, `only ${checked} links checked`);
 });
 
 test("README's Development lists the source of every built-in plugin, as a file or directory that exists", () => {
