@@ -4,8 +4,8 @@
 // parser takes when the attribute is left out, and it says so of a plugin
 // whose parser takes several elements; the CLI table names exactly
 // the binary's commands, with options and choices its --help has; every XML
-// example of README.md and docs/*.md validates, and every link there leads
-// somewhere; Development names each plugin's source.
+// example of README.md and docs/*.md validates, every JSON example is a
+// settings or policy file vmhook takes, and every link there leads somewhere; Development names each plugin's source.
 import { spawnSync } from "node:child_process";
 import * as fs from "node:fs";
 import * as path from "node:path";
@@ -15,6 +15,9 @@ import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { metadataChildren, parseDomain } from "../../lib/domain.ts";
 import { ConfigError } from "../../lib/errors.ts";
+import { paths } from "../../lib/paths.ts";
+import { loadPolicy } from "../../lib/policy.ts";
+import { loadSettings } from "../../lib/settings.ts";
 import { registry } from "../../plugins/index.ts";
 import { SimHost } from "../helpers/simhost.ts";
 
@@ -309,6 +312,28 @@ test("every XML example of README.md and docs/*.md validates, running the plugin
   } finally {
     sim.cleanup();
   }
+});
+
+test("every JSON example of README.md and docs/*.md but the plugin protocol's is a host settings file or host policy this vmhook takes", () => {
+  let checked = 0;
+  for (const doc of DOCS) {
+    for (const [, block] of fs.readFileSync(path.join(REPO, doc), "utf8").matchAll(/^ *```json\n([\s\S]*?)^ *```$/gm)) {
+      if (/"(?:protocol|summary)":/.test(block!)) continue;
+      const sim = new SimHost().file(paths.hostConfig, block!).file(paths.policy, block!);
+      const refusals: string[] = [];
+      for (const [file, load] of [[paths.hostConfig, loadSettings], [paths.policy, loadPolicy]] as const) {
+        try {
+          load(sim);
+        } catch (error) {
+          refusals.push(`as ${file}: ${(error as Error).message}`);
+        }
+      }
+      sim.cleanup();
+      assert.ok(refusals.length < 2, `the JSON example in ${doc} is refused ${refusals.join("; ")}:\n${block}`);
+      checked++;
+    }
+  }
+  assert.ok(checked >= 6, `only ${checked} JSON examples checked`);
 });
 
 /** The anchor GitHub gives a heading: lower case, punctuation other than "-" and "_" dropped, spaces as "-". */
