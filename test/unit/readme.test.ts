@@ -1,11 +1,13 @@
-// README.md against the built-in plugins: in the metadata reference each
-// plugin has its section, the section's table (and the one on the page in
-// docs/ it links to) names exactly the attributes its parser accepts, and a default written there as one value is what the
-// parser takes when the attribute is left out, and it says so of a plugin
-// whose parser takes several elements; the CLI table names exactly
-// the binary's commands, with options and choices its --help has; every XML
-// example of README.md and docs/*.md validates, every JSON example is a
-// settings or policy file vmhook takes, and every link there leads somewhere; Development names each plugin's source.
+// README.md and docs/ against the code: in the metadata reference each
+// plugin has its section, whose table (and the one on the page in docs/ it
+// links to) names exactly the attributes its parser accepts, a default
+// written there as one value is what the parser takes when the attribute is
+// left out, and it says so of a plugin whose parser takes several elements;
+// the CLI table names exactly the binary's commands, with options and choices
+// its --help has, and no page gives a command an option its --help lacks;
+// every XML example validates, every JSON example is a settings or policy
+// file vmhook takes, every link leads somewhere; Development names each
+// plugin's source.
 import { spawnSync } from "node:child_process";
 import * as fs from "node:fs";
 import * as path from "node:path";
@@ -190,6 +192,31 @@ test("every option of every command's --help is in README's CLI section (a defau
     }
   }
   assert.ok(checked >= 40, `only ${checked} options checked`);
+});
+
+test("every option README.md and docs/*.md give a vmhook command is one its --help lists", () => {
+  const commands = [...vmhook("--help").matchAll(/^ {2}vmhook ([a-z]+)/gm)].map((match) => match[1]!);
+  const helps = new Map(commands.map((command) => [command, vmhook(command, "--help")]));
+  let checked = 0;
+  for (const doc of DOCS) {
+    const text = fs.readFileSync(path.join(REPO, doc), "utf8");
+    // A command as written in code (inline, or a line of a block), up to the end of its code, a pipe, a comment or a ";".
+    for (const [written, command, rest] of text.matchAll(/\bvmhook ([a-z]+)((?: [^`|#;\n]*)?)/g)) {
+      const help = helps.get(command!);
+      if (!help) continue;
+      const words = rest!.trim().split(/\s+/);
+      const end = words.indexOf("--");
+      for (const word of end < 0 ? words : words.slice(0, end)) {
+        const option = /^(--?[a-z][a-z-]*)(?:=.*)?$/.exec(word)?.[1];
+        if (!option) continue;
+        // A default-on switch is written as its --no- form.
+        const listed = [option, option.replace(/^--no-/, "--")].some((form) => new RegExp(`(?:^|[\\s,])${form}(?![a-z-])`, "m").test(help));
+        assert.ok(listed, `${doc} writes "${written.trim()}"; vmhook ${command} --help has no ${option}`);
+        checked++;
+      }
+    }
+  }
+  assert.ok(checked >= 25, `only ${checked} options checked`);
 });
 
 test("every example domain in examples/domains validates, as README's quick start and demo use them", () => {
