@@ -6,8 +6,8 @@
 // the CLI table names exactly the binary's commands, with options and choices
 // its --help has, and no page gives a command an option its --help lacks;
 // every XML example validates, every JSON example is a settings or policy
-// file vmhook takes, every link leads somewhere; Development names each
-// plugin's source.
+// file vmhook takes, every link leads somewhere; docs/diagnostics.md has a
+// row for every doctor check; Development names each plugin's source.
 import { spawnSync } from "node:child_process";
 import * as fs from "node:fs";
 import * as path from "node:path";
@@ -361,6 +361,24 @@ test("every JSON example of README.md and docs/*.md but the plugin protocol's is
     }
   }
   assert.ok(checked >= 6, `only ${checked} JSON examples checked`);
+});
+
+/** The TypeScript files under `dir` of the repository. */
+function sources(dir: string): string[] {
+  return fs.readdirSync(path.join(REPO, dir), { recursive: true, encoding: "utf8" }).filter((file) => file.endsWith(".ts")).map((file) => path.join(REPO, dir, file));
+}
+
+test("every check vmhook doctor reports by a name of its own is in docs/diagnostics.md's tables", () => {
+  const diagnostics = fs.readFileSync(path.join(REPO, "docs/diagnostics.md"), "utf8");
+  const names = new Set<string>();
+  for (const file of [...sources("lib"), ...sources("plugins")]) {
+    const text = fs.readFileSync(file, "utf8");
+    // The findings' makers, not a logger's warn or another module's fail.
+    if (!/import \{[^}]*\b(?:ok|warn|fail)\b[^}]*\} from "[./a-z]*diagnostics\/findings\.ts"|from "\.\/findings\.ts"/.test(text)) continue;
+    for (const [, name] of text.matchAll(/(?<![.\w])(?:ok|warn|fail|failedWith)\("([^"]+)"/g)) names.add(name!);
+  }
+  assert.ok(names.size >= 25, `only ${names.size} check names found`);
+  for (const name of names) assert.ok(diagnostics.includes(`| \`${name}\``) || diagnostics.includes(`, \`${name}\``), `vmhook doctor reports a check "${name}"; docs/diagnostics.md's tables have no row for it`);
 });
 
 /** The anchor GitHub gives a heading: lower case, punctuation other than "-" and "_" dropped, spaces as "-". */
