@@ -466,8 +466,10 @@ esac
     const hookEnded = new Promise((resolve) => hook.on("exit", resolve));
     hook.stdin.end(xml);
     const started = path.join(root, "started");
-    for (let tries = 0; !fs.existsSync(started) && tries < 400; tries++) await new Promise((resolve) => setTimeout(resolve, 25));
-    pluginPid = Number(fs.readFileSync(started, "utf8"));
+    // The shell creates the file before it writes the pid: wait for the pid itself (read too early, it was 0, never alive).
+    const writtenPid = () => (fs.existsSync(started) ? Number(fs.readFileSync(started, "utf8")) : 0);
+    for (let tries = 0; !writtenPid() && tries < 400; tries++) await new Promise((resolve) => setTimeout(resolve, 25));
+    pluginPid = writtenPid();
     hook.kill("SIGKILL");
     await hookEnded;
     assert.ok(alive(pluginPid), "the plugin outlived its hook");
