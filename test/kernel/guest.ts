@@ -53,6 +53,8 @@ export interface GuestOptions {
   firmware?: "seabios" | "ovmf";
   /** false: bochs-drm is not loaded at boot (it stays available to modprobe), so efifb keeps the std VGA under OVMF. */
   gpuDriver?: boolean;
+  /** false: no `-vga std`; qemuArgs bring the GPU (a multifunction slot: test/kernel/vfio-slot.test.ts). */
+  stdVga?: boolean;
 }
 
 export interface Guest {
@@ -326,7 +328,7 @@ export async function bootGuest(options: GuestOptions = {}): Promise<Guest> {
   const qemu: ChildProcess = spawn(
     QEMU,
     [
-      "-accel", "tcg", "-machine", "q35", "-cpu", "max", "-device", "intel-iommu", "-vga", "std",
+      "-accel", "tcg", "-machine", "q35", "-cpu", "max", "-device", "intel-iommu", "-vga", options.stdVga === false ? "none" : "std",
       "-m", `${options.memoryMiB ?? (rootImage ? 1536 : 1024)}M`, "-smp", `${options.smp ?? 2}`, ...desktopArgs,
       "-display", "none", "-monitor", "none", "-nic", "none", "-no-reboot",
       "-kernel", kernel.vmlinuz, "-initrd", initramfs,

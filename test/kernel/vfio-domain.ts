@@ -22,6 +22,22 @@ export function domainXml(vfioAttributes = "", slot = "0x01"): string {
 </domain>`;
 }
 
+/** BAR 2 of the std VGA as the device decodes it now. */
+export const BAR2 = `hexdump -s 24 -n 4 -e '1/4 "%08x\\n"' /sys/bus/pci/devices/${GPU}/config`;
+
+/**
+ * While the GPU sits on vfio-pci: BAR 2 set to 0 with the device awake, then
+ * runtime PM lets it sleep, which saves that config space; it is what the
+ * kernel restores when vfio-pci lets go. The kernel's resources still say
+ * where BAR 2 was, so bochs-drm's probe fails (ID mismatch) until a remove +
+ * rescan assigns it again: test/kernel/vfio-return.test.ts, vfio-slot.test.ts.
+ */
+export const LOSE_BAR2 = `d=/sys/bus/pci/devices/${GPU}
+echo on > $d/power/control
+printf '\\000\\000\\000\\000' | dd of=$d/config bs=4 seek=6 count=1 conv=notrunc 2>/dev/null
+echo auto > $d/power/control
+echo "bar2: $(${BAR2})"`;
+
 /** Shell lines that write the domain XML to /tmp/domain.xml in the guest. */
 export function writeDomain(xml: string): string {
   return `cat > /tmp/domain.xml <<'XML'\n${xml}\nXML`;

@@ -8,7 +8,7 @@
 import { suite } from "uvu";
 import * as assert from "uvu/assert";
 import { bootGuest, skipReason, type Guest } from "./guest.ts";
-import { domainXml, GPU, hook, releaseWithDriverUnloaded, STATE } from "./vfio-domain.ts";
+import { BAR2, domainXml, GPU, hook, LOSE_BAR2, releaseWithDriverUnloaded, STATE } from "./vfio-domain.ts";
 
 const back = suite<{ guest?: Guest; baseline?: string }>("vfio return path on a real kernel");
 const skip = skipReason();
@@ -16,19 +16,6 @@ if (skip) console.log(`vfio return path kernel tests: skipped: ${skip}`);
 const it = skip ? back.skip : back;
 
 const DEVICE = `/sys/bus/pci/devices/${GPU}`;
-/** BAR 2 of the std VGA as the device decodes it now. */
-const BAR2 = `hexdump -s 24 -n 4 -e '1/4 "%08x\\n"' ${DEVICE}/config`;
-
-/**
- * While the GPU sits on vfio-pci: BAR 2 set to 0 with the device awake, then
- * runtime PM lets it sleep, which saves that config space; it is what the
- * kernel restores when vfio-pci lets go. The kernel's resources still say
- * where BAR 2 was.
- */
-const LOSE_BAR2 = `echo on > ${DEVICE}/power/control
-printf '\\000\\000\\000\\000' | dd of=${DEVICE}/config bs=4 seek=6 count=1 conv=notrunc 2>/dev/null
-echo auto > ${DEVICE}/power/control
-echo "bar2: $(${BAR2})"`;
 
 back.before(async (context) => {
   if (skip) return;
