@@ -499,7 +499,13 @@ async function journaled(env: RunEnvironment, journal: Journal, planned: Planned
   const { plugin, event, description, record } = planned;
   const entry: JournalEntry = { plugin, event, description, undo: record, state: "pending", at: new Date(env.host.wallClockMs()).toISOString() };
   journal.entries.push(entry);
-  writeJournal(env.host, journal);
+  try {
+    writeJournal(env.host, journal);
+  } catch (error) {
+    // The file stays as it was (writeStateFile), and apply never runs: no change of it to undo, nor to count as undone.
+    journal.entries.pop();
+    throw error;
+  }
   let changedNothing = false;
   const settle = () => {
     if (!changedNothing) {
