@@ -493,13 +493,20 @@ async function runLegacyHandler(env: RunEnvironment, journal: Journal, instance:
  * dropped when it changed nothing). "applied" reaches the file with the next
  * write (the next step's, or runPlugins' last): a pending entry is undone
  * like an applied one, so a crash in between loses nothing. Dropping an
- * entry is written at once: its undo would change what vmhook never did.
+ * entry is written at once: its undo would change what vmhook never did. A
+ * step whose pending write fails never runs, and leaves no entry.
  */
 async function journaled(env: RunEnvironment, journal: Journal, planned: PlannedStep, apply: (handle: StepHandle) => void | Promise<void>): Promise<void> {
   const { plugin, event, description, record } = planned;
   const entry: JournalEntry = { plugin, event, description, undo: record, state: "pending", at: new Date(env.host.wallClockMs()).toISOString() };
   journal.entries.push(entry);
-  writeJournal(env.host, journal);
+  try {
+    writeJournal(env.host, journal);
+  } catch (error) {
+    // The file stays as it was (writeStateFile): nothing of this step to undo, nor to count as undone.
+    journal.entries.splice(journal.entries.indexOf(entry), 1);
+    throw error;
+  }
   let changedNothing = false;
   const settle = () => {
     if (!changedNothing) {

@@ -19,7 +19,7 @@ import { defineAction, definePlugin, type BaseContext, type CheckContext, type P
 import { fail, ok, warn, type Finding } from "../../lib/diagnostics/findings.ts";
 import { howToGetCgroupV2, isolationExample } from "../../lib/host-advice.ts";
 import { readForMessage, type Host } from "../../lib/host.ts";
-import { completeJournals, sharedState } from "../../lib/journal.ts";
+import { completeJournals, othersRecords, sharedState, type Journal } from "../../lib/journal.ts";
 import { allowHint, loadPolicy } from "../../lib/policy.ts";
 import { parseYesNo } from "../../lib/validate.ts";
 import { ACTIONS, checkClaim, claimsOf, otherVms, type Action, type Claim, type OtherVm } from "./claims.ts";
@@ -28,7 +28,7 @@ import { bootIsolatedNote, CPU_DIR, hostUsableCpus, intersect, onlineCpus, parse
 import { hostShortfall } from "./host-minimum.ts";
 import { irqbalanceProblem } from "./irqbalance.ts";
 import { checkOriginals, retune } from "./retune.ts";
-import { CGROUP, RUNTIME_DROP_IN, runtimeDropIn, SETTINGS, SYSTEMD_UNITS, WORKQUEUE_MASK } from "./settings.ts";
+import { CGROUP, DEFAULT_IRQ_MASK, RUNTIME_DROP_IN, runtimeDropIn, SETTINGS, SYSTEMD_UNITS, WORKQUEUE_MASK } from "./settings.ts";
 
 // ---- prepare: checks that change nothing, then one step per kind of setting --------
 
@@ -302,7 +302,8 @@ function check({ host, domain, elements }: CheckContext): Finding[] {
   const atBoot = bootIsolatedNote(host, online);
   if (kept.length === 0) return [fail("isolate", `no CPU would be left for the host (online: ${formatCpuList(online)})${atBoot}`, "leave at least one CPU out of the VM's pinning, or set host-cpus")];
   // As prepare judges it beside the VMs running now (their journals); the refusal says what to change.
-  const others = otherVms(completeJournals(host), domain.uuid);
+  const journals = completeJournals(host);
+  const others = otherVms(journals, domain.uuid);
   const own = pinned.length > 0 ? pinned : isolated;
   const beside = besideOthers(host, others, { isolated, own, allowOverlap, element: "<vmhook:isolate>" }, online, () => sharedState.read(host, PLUGIN_ID, checkOriginals));
   if ("refusal" in beside) return [fail("isolate", `${beside.refusal.reason}: prepare refuses it while they run`, beside.refusal.fix)];
@@ -314,7 +315,37 @@ function check({ host, domain, elements }: CheckContext): Finding[] {
   if (irqbalance) findings.push((required ? fail : warn)("isolate irqbalance", irqbalance.reason, irqbalance.fix));
   const slices = host.readTrimmed("/proc/1/comm") === "systemd" ? otherSlices(host, isolated, kept, online) : undefined;
   if (slices) findings.push(warn("isolate slices", slices.reason, slices.fix));
+  const back = irqsBack(host, journals, domain.uuid, beside.kept);
+  if (back) findings.push(fail("isolate IRQs", back.reason, back.fix));
   return findings;
+}
+
+/**
+ * While the VM runs with irqs="yes": the IRQs vmhook moved off its CPUs (those
+ * it keeps the originals of) that are back on them. prepare refuses only an
+ * irqbalance that runs then; one started (or restarted) since, its --oneshot,
+ * or a hand's write can move them back. The IRQs the kernel would not move
+ * keep no original, and are not named. `kept`: the host's CPUs with every VM.
+ */
+function irqsBack(host: Host, journals: Journal[], uuid: string, kept: number[]): { reason: string; fix: string } | undefined {
+  const held = othersRecords(journals, "", PLUGIN_ID, checkClaim).find(({ domain, record }) => domain.uuid === uuid && record.action === "irq-affinity");
+  if (!held) return undefined;
+  const { isolated } = held.record;
+  const moved = Object.keys(sharedState.read(host, PLUGIN_ID, checkOriginals)?.["irq-affinity"] ?? {}).filter((key) => key !== DEFAULT_IRQ_MASK);
+  // A freed IRQ reads as no CPU.
+  const back = moved.map((key) => ({ key, on: intersect(isolated, parseCpuText(readForMessage(host, key, ""))) })).filter(({ on }) => on.length > 0);
+  if (back.length === 0) return undefined;
+  const irqs = back.map(({ key }) => key.split("/")[3]!);
+  const on = union(back.map((irq) => irq.on));
+  const [it, is] = back.length === 1 ? ["it", "is"] : ["them", "are"];
+  const irqbalance = irqbalanceProblem(host, isolated);
+  const cause = irqbalance
+    ? `irqbalance (pid ${irqbalance.pid}) runs now and does not ban CPU ${formatCpuList(irqbalance.exposed)}: its rebalances put IRQs there`
+    : `something moved ${it} back since (irqbalance --oneshot, or a write to ${back.length === 1 ? "its" : "their"} smp_affinity_list)`;
+  return {
+    reason: `IRQ ${irqs.join(", ")} ${is} on CPU ${formatCpuList(on)} again, which running VM ${held.domain.name} isolates: its irqs="yes" moved ${it} off at the start, and ${cause}`,
+    fix: `${irqbalance ? "ban those CPUs from irqbalance as the isolate irqbalance finding says, or stop it; then " : ""}move ${it} off: ${back.map(({ key }) => `echo ${formatCpuList(kept)} > ${key}`).join("; ")}`,
+  };
 }
 
 /**
@@ -325,7 +356,7 @@ function check({ host, domain, elements }: CheckContext): Finding[] {
 const claimAction = (action: Action) =>
   defineAction<Claim, IsolateConfig>({
     check: checkClaim,
-    apply: (_claim, ctx) => retune(ctx, action, claimsOf(ctx, action)),
+    apply: (_claim, ctx) => retune(ctx, action, claimsOf(ctx, action), () => ctx.nothingToUndo()),
     undo: (_claim, ctx) => retune(ctx, action, claimsOf(ctx, action, ctx.domain.uuid)),
   });
 

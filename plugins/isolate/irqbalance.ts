@@ -35,8 +35,8 @@ function banLine(banned: { cpus: number[]; variable?: string }, cpus: number[]):
   return banned.variable === BANNED_MASK ? `${BANNED_MASK}=${formatHexMask(all)}` : `${BANNED_LIST}=${formatCpuList(all)}`;
 }
 
-/** Why irqs="yes" cannot hold, and the fix: an irqbalance that may put IRQs on `isolated`; undefined when none runs or each bans them all. */
-export function irqbalanceProblem(host: Host, isolated: number[]): { reason: string; fix: string } | undefined {
+/** Why irqs="yes" cannot hold, and the fix: an irqbalance (`pid`) that may put IRQs on `exposed` of `isolated`; undefined when none runs or each bans them all. */
+export function irqbalanceProblem(host: Host, isolated: number[]): { reason: string; fix: string; pid: string; exposed: number[] } | undefined {
   for (const pid of processIds(host)) {
     if (host.readTrimmed(`/proc/${pid}/comm`) !== "irqbalance") continue;
     // An environment that cannot be read bans nothing vmhook knows of.
@@ -47,6 +47,8 @@ export function irqbalanceProblem(host: Host, isolated: number[]): { reason: str
     return {
       reason: `irqs="yes", but irqbalance (pid ${pid}) runs and moves IRQs back onto CPU ${formatCpuList(exposed)} when it rebalances, as it keeps off ${keepsOff}${banned.cpus.length > 0 ? ` (CPU ${formatCpuList(banned.cpus)})` : ""}`,
       fix: `ban them: ${banLine(banned, isolated)} in its environment file (/etc/default/irqbalance, /etc/sysconfig/irqbalance), then restart irqbalance; or stop irqbalance, or leave out irqs="yes"`,
+      pid,
+      exposed,
     };
   }
   return undefined;

@@ -14,9 +14,11 @@ export type Originals = Partial<Record<Action, Record<string, string>>> & { [BOO
 /**
  * Writes what the current claims ask for. Settings no claim wants any more get
  * their original back; with no claims left, all of them do and the originals
- * are forgotten. Originals are saved before anything is written.
+ * are forgotten. Originals are saved before anything is written. A write that
+ * fails before any other was made, on a key no earlier claim changed, calls
+ * `changedNothing` before it throws: the host is as it was.
  */
-export function retune(ctx: BaseContext, action: Action, claims: Claim[]): void {
+export function retune(ctx: BaseContext, action: Action, claims: Claim[], changedNothing: () => void = () => {}): void {
   const setting = SETTINGS[action];
   const state = ctx.shared.read(checkOriginals) ?? {};
   const originals = (state[action] ??= {});
@@ -32,11 +34,13 @@ export function retune(ctx: BaseContext, action: Action, claims: Claim[]): void 
   // Best effort, each one: what cannot be restored keeps its original for the next try.
   // A crash here is harmless too: the originals are still saved.
   const failures: string[] = [];
+  let wrote = false;
   for (const key of Object.keys(originals).reverse()) {
     if (wanted.has(key)) continue;
     try {
       (setting.restore ?? setting.write)(ctx, key, originals[key]!);
       delete originals[key];
+      wrote = true;
     } catch (error) {
       failures.push(describeError(error));
     }
@@ -52,12 +56,17 @@ export function retune(ctx: BaseContext, action: Action, claims: Claim[]): void 
   if (action === "irq-affinity" && keptEarlier.size === 0 && present.length > 0) state[BOOT_CONSOLE] = bootConsoleCpus(ctx.host);
   save();
   if (failures.length > 0) throw new VmhookError(`isolate: could not restore ${failures.length} setting(s): ${failures[0]}`, failures.slice(1));
-  for (const target of present) {
+  for (const [index, target] of present.entries()) {
     try {
-      if (!setting.write(ctx, target.key, target.want(originals[target.key]!)) && !keptEarlier.has(target.key)) delete originals[target.key];
+      if (setting.write(ctx, target.key, target.want(originals[target.key]!))) wrote = true;
+      else if (!keptEarlier.has(target.key)) delete originals[target.key];
     } catch (error) {
-      if (stillOriginal(ctx, setting, target.key, originals[target.key]!)) delete originals[target.key];
+      // The keys after it were never written: restoring them would be a change of its own (a set-property leaves systemd wanting a daemon-reload).
+      for (const later of present.slice(index + 1)) if (!keptEarlier.has(later.key)) delete originals[later.key];
+      const unchanged = stillOriginal(ctx, setting, target.key, originals[target.key]!);
+      if (unchanged) delete originals[target.key];
       save();
+      if (unchanged && !wrote && !keptEarlier.has(target.key)) changedNothing();
       throw error;
     }
   }

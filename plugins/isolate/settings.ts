@@ -42,7 +42,7 @@ const isVmGroup = (name: string) => name === "machine.slice" || name === "machin
 export const CGROUP = "/sys/fs/cgroup";
 export const WORKQUEUE_MASK = "/sys/devices/virtual/workqueue/cpumask";
 // The mask IRQs get when they are set up later, e.g. those of the devices QEMU opens (kernel IRQ-affinity docs).
-const DEFAULT_IRQ_MASK = "/proc/irq/default_smp_affinity";
+export const DEFAULT_IRQ_MASK = "/proc/irq/default_smp_affinity";
 // Per-CPU timers and managed IRQs refuse to move (EIO, EINVAL); an IRQ freed meanwhile is gone (ENOENT).
 const IRQ_REFUSALS = ["EIO", "EINVAL", "ENOENT"];
 

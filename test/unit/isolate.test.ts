@@ -186,6 +186,21 @@ test("systemd: a failing systemctl aborts the start and the units get their valu
   assertClean(sim, before);
 });
 
+test("systemd: a set-property refused at the first unit changed nothing: the start fails saying 0 changes were undone, and the rollback runs no set-property on the units it never touched (each would leave systemd wanting a daemon-reload); it used to count 1 and set user.slice and init.scope", async () => {
+  const { sim } = systemdHost();
+  const systemctl = sim.execHandler("systemctl")!;
+  sim.onExec("systemctl", (args, host, options) =>
+    args[0] === "set-property" && args[2] === "system.slice" ? { status: 1, stderr: "Failed to set unit properties on system.slice: Access denied\n" } : systemctl(args, host, options),
+  );
+  const before = sim.snapshot();
+  const outcome = await prepare(sim, vmA);
+  assert.is(outcome.code, 1);
+  assert.match(outcome.stderr.split("\n")[0]!, /systemctl set-property --runtime system.slice AllowedCPUs=0-1,4-7 failed: Failed to set unit properties on system.slice: Access denied/);
+  assert.match(outcome.stderr, "the host was left as it was (0 change(s) undone), so there is nothing to recover");
+  assert.equal(systemctlCalls(sim).filter((call) => call.startsWith("set-property")), ["set-property --runtime system.slice AllowedCPUs=0-1,4-7"]);
+  assertClean(sim, before);
+});
+
 // libvirt runs every vCPU, the emulator and I/O threads without a pin of their own on <vcpu cpuset> (qemuProcessSetupPid).
 test("<vcpu cpuset> without <cputune>: the VM's CPUs are that cpuset, kept from the host", async () => {
   const { sim, units } = systemdHost();
@@ -389,6 +404,25 @@ test('irqs="yes" required="no" with irqbalance running: a warning, the VM starts
   assert.is(read(sim, "/proc/irq/17/smp_affinity_list"), "3");
   assert.is(read(sim, "/sys/fs/cgroup/system.slice/cpuset.cpus"), "0-1,4-7");
 });
+
+for (const [what, startIrqbalance, cause] of [
+  ["irqbalance started after the VM", true, "irqbalance (pid 905) runs now and does not ban CPU 2-3: its rebalances put IRQs there"],
+  ["a hand's write, no irqbalance", false, "something moved it back since (irqbalance --oneshot, or a write to its smp_affinity_list)"],
+] as const) {
+  test(`irqs="yes": an IRQ moved back onto the running VM's CPUs (${what}) is named by vmhook doctor with the fix; the IRQ the kernel would not move is not; it used to say nothing of it`, async () => {
+    const sim = cgroupHost();
+    const a = { ...vmA, isolate: 'irqs="yes"' };
+    assert.is((await prepare(sim, a)).code, 0);
+    const irqFinding = async () => (await runDoctor(sim, { file: "vmA.xml", xml: domainXml(a) })).domain!.findings.find((found) => found.check === "isolate IRQs");
+    assert.is(await irqFinding(), undefined, "none while they stay off");
+    if (startIrqbalance) withIrqbalance(sim);
+    sim.file("/proc/irq/16/smp_affinity_list", "2");
+    const finding = await irqFinding();
+    assert.is(finding?.status, "fail");
+    assert.is(finding!.reason, `IRQ 16 is on CPU 2 again, which running VM vmA isolates: its irqs="yes" moved it off at the start, and ${cause}`);
+    assert.is(finding!.fix, `${startIrqbalance ? "ban those CPUs from irqbalance as the isolate irqbalance finding says, or stop it; then " : ""}move it off: echo 0-1,4-7 > /proc/irq/16/smp_affinity_list`);
+  });
+}
 
 test("governor, IRQs (one refusing) and the workqueue mask, with host-cpus", async () => {
   const sim = cgroupHost();
@@ -688,8 +722,31 @@ test("a failure in a later step rolls back the earlier ones: nothing left behind
   const outcome = await prepare(sim, { ...vmA, isolate: 'workqueues="yes" irqs="yes"' });
   assert.is(outcome.code, 1);
   assert.match(outcome.stderr.split("\n")[0]!, /cannot write "f3" to \/sys\/devices\/virtual\/workqueue\/cpumask/);
-  assert.match(outcome.stderr, /the host was left as it was/);
+  // The workqueue step wrote nothing: one change was made, and undone. It used to count 2.
+  assert.match(outcome.stderr, "the host was left as it was (1 change(s) undone), so there is nothing to recover");
   assert.ok(sim.writes.some((w) => w.path === "/sys/fs/cgroup/system.slice/cpuset.cpus" && w.data === "0-1,4-7\n"), "the cgroup step ran before the failure");
+  assertClean(sim, before);
+});
+
+test("/run full (ENOSPC) as the second step is journaled: its apply never ran, so the rollback says 1 change undone, not 2 as it used to", async () => {
+  const sim = cgroupHost();
+  const before = sim.snapshot();
+  const createFile = sim.createFile.bind(sim);
+  let refused = false;
+  sim.createFile = (file: string, text: string, mode?: number) => {
+    // The first journal write naming the workqueue step: the one before its apply.
+    if (!refused && file === `${paths.journal(vmA.uuid)}.tmp` && text.includes('"workqueue-mask"')) {
+      refused = true;
+      throw Object.assign(new Error("ENOSPC: no space left on device"), { code: "ENOSPC" });
+    }
+    createFile(file, text, mode);
+  };
+  const outcome = await prepare(sim, { ...vmA, isolate: 'workqueues="yes"' });
+  assert.ok(refused);
+  assert.is(outcome.code, 1);
+  assert.match(outcome.stderr.split("\n")[0]!, "ENOSPC");
+  assert.match(outcome.stderr, "the host was left as it was (1 change(s) undone), so there is nothing to recover");
+  assert.not.ok(sim.writes.some((w) => w.path === "/sys/devices/virtual/workqueue/cpumask"), "the workqueue step never ran");
   assertClean(sim, before);
 });
 

@@ -107,13 +107,14 @@ for (const [what, scenario] of [["two passed-through cards", cards], ["two isola
  * that named. What was left: nothing (rolled back, or nothing done), a change, or a journal listing changes given back.
  */
 function assertRollbackWords(s: Scenario, stderr: string, withA: unknown, at: string): "nothing" | "rolled back" | "change" | "journal" {
-  const kept = s.sim.stateFiles().includes(`${UUID_B}.json`);
+  const kept = listsAny(state(s), `${UUID_B}.json`);
   if (kept) {
     assert.match(stderr, /(run|with) vmhook recover b/, `${at}: ${stderr}`);
     assert.match(stderr, /not undone: |still lists changes already given back/, `${at}: names what is held: ${stderr}`);
     return stderr.includes("not undone: ") ? "change" : "journal";
   }
-  assert.equal(state(s), withA, `${at}: no journal, so nothing of b may be left`);
+  // A journal of b that /run would not let go of, listing no change (its first step's was never written, nor applied), holds nothing.
+  assert.equal(withoutEmptyJournals(state(s)), withA, `${at}: no journal listing a change, so nothing of b may be left`);
   assert.not.match(stderr, "vmhook recover", `${at}: ${stderr}`);
   // Refused at its first journal write, it changed nothing and rolls nothing back; a rollback says what it did.
   if (!stderr.includes("the host was left as it was")) return "nothing";
@@ -164,9 +165,20 @@ for (const [what, scenario] of [["two passed-through cards", cards], ["two isola
   }
 }
 
+type State = { host: unknown; extra: unknown; files: Record<string, unknown> };
+/** Whether the state file is a journal listing a change. */
+const listsAny = (st: unknown, file: string) => {
+  const entries = (st as State).files[file];
+  return Array.isArray(entries) && entries.length > 0;
+};
+const withoutEmptyJournals = (st: unknown) => {
+  const { files, ...rest } = st as State;
+  return { ...rest, files: Object.fromEntries(Object.entries(files).filter(([, entries]) => !(Array.isArray(entries) && entries.length === 0))) };
+};
+
 /** The host and which state files there are, whatever they say. */
 const held = (st: unknown) => {
-  const { host, extra, files } = st as { host: unknown; extra: unknown; files: Record<string, unknown> };
+  const { host, extra, files } = st as State;
   return { host, extra, files: Object.keys(files) };
 };
 
