@@ -201,6 +201,36 @@ test("systemd: a set-property refused at the first unit changed nothing: the sta
   assertClean(sim, before);
 });
 
+test("systemd: a set-property refused at the first unit, and /run full (ENOSPC) as the journal drops that step: the start fails naming the set-property failure, not the journal write, which the log names; the failure used to be the ENOSPC alone", async () => {
+  const { sim } = systemdHost();
+  const systemctl = sim.execHandler("systemctl")!;
+  let refusedAt = false;
+  sim.onExec("systemctl", (args, host, options) => {
+    if (args[0] !== "set-property" || args[2] !== "system.slice") return systemctl(args, host, options);
+    refusedAt = true;
+    return { status: 1, stderr: "Failed to set unit properties on system.slice: Access denied\n" };
+  });
+  const createFile = sim.createFile.bind(sim);
+  let full = false;
+  sim.createFile = (file: string, text: string, mode?: number) => {
+    // The journal's write that drops the step, the first one after the refusal.
+    if (refusedAt && !full && file === `${paths.journal(vmA.uuid)}.tmp`) {
+      full = true;
+      throw Object.assign(new Error("ENOSPC: no space left on device"), { code: "ENOSPC" });
+    }
+    createFile(file, text, mode);
+  };
+  const before = sim.snapshot();
+  const outcome = await prepare(sim, vmA);
+  sim.createFile = createFile;
+  assert.ok(full);
+  assert.is(outcome.code, 1);
+  assert.match(outcome.stderr.split("\n")[0]!, /systemctl set-property --runtime system.slice AllowedCPUs=0-1,4-7 failed: Failed to set unit properties on system.slice: Access denied/, outcome.stderr);
+  assert.match(outcome.stderr, "the host was left as it was (0 change(s) undone), so there is nothing to recover");
+  assert.match(sim.read(paths.log), /isolate: .*: the journal could not drop it \(it changed nothing\): cannot write \S+ \(ENOSPC/);
+  assertClean(sim, before);
+});
+
 // libvirt runs every vCPU, the emulator and I/O threads without a pin of their own on <vcpu cpuset> (qemuProcessSetupPid).
 test("<vcpu cpuset> without <cputune>: the VM's CPUs are that cpuset, kept from the host", async () => {
   const { sim, units } = systemdHost();
