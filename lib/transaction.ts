@@ -527,7 +527,15 @@ async function journaled(env: RunEnvironment, journal: Journal, planned: Planned
       },
     });
   } catch (error) {
-    if (changedNothing) settle();
+    if (changedNothing) {
+      try {
+        settle();
+      } catch (writeError) {
+        // The step's failure stays the cause. Dropped here all the same: the rollback's writes catch the file up,
+        // and an undo run from the file as it is checks what it gives back, finding nothing.
+        env.log.error(`${plugin}: ${description}: the journal could not drop it (it changed nothing): ${describeError(writeError)}`);
+      }
+    }
     env.log.error(`${plugin}: ${description}: ${describeError(error)}`);
     throw error;
   }
