@@ -454,6 +454,17 @@ for (const [what, startIrqbalance, cause] of [
   });
 }
 
+test(`irqs="yes": the echo vmhook doctor gives for an IRQ back on the running VM's CPUs keeps it off the CPUs the VM runs on, also when its definition was edited since to pin others (for its next start); it used to give the CPUs the edited definition leaves, the running VM's among them`, async () => {
+  const sim = cgroupHost();
+  const a = { ...vmA, isolate: 'irqs="yes"' };
+  assert.is((await prepare(sim, a)).code, 0);
+  const edited = { ...a, pins: ["4", "5"], emulatorpin: "4-5" };
+  sim.file("/proc/irq/16/smp_affinity_list", "2");
+  const finding = (await runDoctor(sim, { file: "vmA.xml", xml: domainXml(edited) })).domain!.findings.find((found) => found.check === "isolate IRQs");
+  assert.is(finding?.reason, `IRQ 16 is on CPU 2 again, which running VM vmA isolates: its irqs="yes" moved it off at the start, and something moved it back since (irqbalance --oneshot, or a write to its smp_affinity_list)`);
+  assert.is(finding!.fix, "move it off: echo 0-1,4-7 > /proc/irq/16/smp_affinity_list");
+});
+
 test("governor, IRQs (one refusing) and the workqueue mask, with host-cpus", async () => {
   const sim = cgroupHost();
   const before = sim.snapshot();
