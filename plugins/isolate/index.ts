@@ -315,7 +315,7 @@ function check({ host, domain, elements }: CheckContext): Finding[] {
   if (irqbalance) findings.push((required ? fail : warn)("isolate irqbalance", irqbalance.reason, irqbalance.fix));
   const slices = host.readTrimmed("/proc/1/comm") === "systemd" ? otherSlices(host, isolated, kept, online) : undefined;
   if (slices) findings.push(warn("isolate slices", slices.reason, slices.fix));
-  const back = irqsBack(host, journals, domain.uuid, beside.kept);
+  const back = irqsBack(host, journals, domain.uuid, others, online);
   if (back) findings.push(fail("isolate IRQs", back.reason, back.fix));
   return findings;
 }
@@ -325,12 +325,16 @@ function check({ host, domain, elements }: CheckContext): Finding[] {
  * it keeps the originals of) that are back on them. prepare refuses only an
  * irqbalance that runs then; one started (or restarted) since, its --oneshot,
  * or a hand's write can move them back. The IRQs the kernel would not move
- * keep no original, and are not named. `kept`: the host's CPUs with every VM.
+ * keep no original, and are not named. `others`: the other running VMs.
  */
-function irqsBack(host: Host, journals: Journal[], uuid: string, kept: number[]): { reason: string; fix: string } | undefined {
+function irqsBack(host: Host, journals: Journal[], uuid: string, others: OtherVm[], online: number[]): { reason: string; fix: string } | undefined {
+  // No journal left out (""): this VM's own record is the one wanted.
   const held = othersRecords(journals, "", PLUGIN_ID, checkClaim).find(({ domain, record }) => domain.uuid === uuid && record.action === "irq-affinity");
   if (!held) return undefined;
   const { isolated } = held.record;
+  // Where the IRQs go: the host's CPUs beside the VMs as they run, not as the definition (edited since, for the next start) would isolate.
+  const running = new Set(union([isolated, ...others.map((other) => other.isolated)]));
+  const kept = hostUsableCpus(host, online).filter((cpu) => !running.has(cpu));
   const moved = Object.keys(sharedState.read(host, PLUGIN_ID, checkOriginals)?.["irq-affinity"] ?? {}).filter((key) => key !== DEFAULT_IRQ_MASK);
   // A freed IRQ reads as no CPU.
   const back = moved.map((key) => ({ key, on: intersect(isolated, parseCpuText(readForMessage(host, key, ""))) })).filter(({ on }) => on.length > 0);
