@@ -482,7 +482,7 @@ function removeHook(host: Host, debianPackage: boolean): InstallResult {
       notes.push(`left ${HOOK} alone: it is not vmhook`);
     }
   }
-  // install made it for the launcher; empty, it runs nothing (rmdir(2): anything put there stays)
+  // install makes it for the launcher when missing; empty, whoever made it, it runs nothing (rmdir(2): anything put there stays)
   host.removeIfEmpty(path.dirname(SAVED_HOOK_LAUNCHER));
   if (record.logrotate && !debianPackage) notes.push(...removeLogrotate(host));
   host.remove(INSTALL_RECORD);

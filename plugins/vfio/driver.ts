@@ -323,8 +323,9 @@ const moduleClaim = (module: string) => `module:${module}`;
 
 /**
  * The driver a device without one waits for in a module claim (released from
- * a VM while another VM keeps the module unloaded), and that claim; undefined
- * when it waits nowhere (it had no driver before vmhook).
+ * a VM while another VM keeps the module unloaded), that claim, and the
+ * driver_override its entry keeps (Waiting.override); undefined when it waits
+ * nowhere (it had no driver before vmhook).
  */
 function waitingHome(ctx: BaseContext, address: string): { driver: string; claim: string; override?: string | null } | undefined {
   for (const [claim, { waiting }] of Object.entries(ctx.claims.list("module:"))) {
