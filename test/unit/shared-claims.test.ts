@@ -340,6 +340,43 @@ test("VM B restarted while VM A keeps nvidia unloaded, released first again: its
     assert.equal([kernel.driverOf(CARD_A), kernel.driverOf(CARD_B)], ["nvidia", "nvidia"]);
   }));
 
+// A released VM's own card waits in the module claim another VM holds too,
+// named for its driver in driver_override. One whose unbind from vfio-pci
+// still hangs holds the device's lock, which a read or write of
+// driver_override waits for: the release used to write it, hanging in D state.
+test("both VMs hold nvidia's claims (NVIDIA's stack loaded by hand in between): vfio-pci's unbind of A's card hangs at A's release; the release writes nothing more to the card, and once the driver returns, recover parks it and B's release brings both cards home", async () => {
+  const kernel = nvidiaStackHost();
+  kernel.sim.file("/etc/vmhook/vmhook.json", JSON.stringify({ plugins: { vfio: { bindTimeoutSeconds: 2 } } }));
+  try {
+    const a = managedPassthrough("a", UUID_A, CARD_A);
+    const b = managedPassthrough("b", UUID_B, CARD_B);
+    assert.is((await runHookEvent(kernel.sim, "prepare", "begin", b, "b")).code, 0);
+    assert.is((await runHookEvent(kernel.sim, "prepare", "begin", a, "a")).code, 0);
+    await releaseCleanly(kernel, b, "b");
+    for (const module of ["nvidia_drm", "nvidia_uvm"]) kernel.sim.exec("modprobe", [module], { timeoutMs: 10_000 });
+    assert.is(kernel.driverOf(CARD_B), "nvidia", "the waiting card went to nvidia, named in its driver_override");
+    assert.is((await runHookEvent(kernel.sim, "prepare", "begin", b, "b")).code, 0);
+    assert.equal(readClaims(kernel)["module:nvidia"]?.holders, [UUID_A, UUID_B]);
+
+    kernel.sim.hangWrite("/sys/bus/pci/drivers/vfio-pci/unbind", CARD_A);
+    const from = kernel.sim.writes.length;
+    const released = await runHookEvent(kernel.sim, "release", "end", a, "a");
+    assert.is(released.code, 0);
+    assert.match(released.stderr, `${CARD_A}: driver vfio-pci did not return within 2 s`);
+    assert.equal(kernel.sim.writes.slice(from).filter((write) => write.path.includes(CARD_A) && write.path !== "/sys/bus/pci/drivers/vfio-pci/unbind"), [], "nothing more is written to the card");
+
+    kernel.sim.finishHungWrites();
+    const recovered = await cli(["recover", "a", "--root", kernel.sim.root], kernel.sim);
+    assert.is(recovered.code, 0, recovered.stdout + recovered.stderr);
+    assert.is(kernel.sim.readTrimmed(`/sys/bus/pci/devices/${CARD_A}/driver_override`), "nvidia", "it waits named for its driver");
+    await releaseCleanly(kernel, b, "b");
+    assert.equal([kernel.driverOf(CARD_A), kernel.driverOf(CARD_B)], ["nvidia", "nvidia"]);
+    assert.equal(kernel.sim.stateFiles(), []);
+  } finally {
+    kernel.sim.cleanup();
+  }
+});
+
 test("a card waiting in a module claim that something else put on vfio-pci (no VM's journal brings it back): the last release keeps the claim and says so; recover returns the card once it left vfio-pci", async () => {
   const kernel = nvidiaStackHost();
   try {
