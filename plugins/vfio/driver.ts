@@ -12,7 +12,7 @@ import { describeMdevsOn, mdevPath } from "../../lib/mdevs.ts";
 import { recoverCommandLine } from "../../lib/metadata-text.ts";
 import { checkSriovOrigin, driverModule, goneFromBus, iommuGroupMembers, listPciDevices, moduleDrivers, onVfioDriver, PCI_DRIVERS, pciDriver, pciDriverRegistered, pciExists, pciIommuGroup, pciPath, pciPowerControl, sriovOrigin, type PciDevice, type SriovOrigin } from "../../lib/pci.ts";
 import { defineAction, type ApplyContext, type BaseContext, type PlanContext, type Step, type UndoRecord } from "../../lib/plugin.ts";
-import { clearForWrite, listStuckWrites, moduleSubject, refuseIfStuck, SOUND_NODE, soundCardHolders, StuckWriteError } from "../../lib/stuck-writes.ts";
+import { clearForWrite, listStuckWrites, moduleSubject, refuseIfStuck, SOUND_NODE, soundCardHolders, stuckWriteFor, StuckWriteError } from "../../lib/stuck-writes.ts";
 import { PATTERNS } from "../../lib/validate.ts";
 import { pciDeviceLabels } from "../../lib/diagnostics/pciids.ts";
 import type { VfioConfig, VfioSettings } from "./config.ts";
@@ -366,12 +366,15 @@ function waitingIn(ctx: BaseContext, claim: string): Waiting[] {
  * ids match takes it first; the entry keeps the override to put back once
  * it is home. A device whose own override is not known (a journal of an
  * earlier vmhook) waits under the one it has. One already waiting keeps its
- * entry: the first one made, from its bind record.
+ * entry: the first one made, from its bind record. One whose unbind from
+ * vfio-pci is still blocked (its bind's undo failed on it) is not named: that
+ * write holds the device's lock, which driver_override waits for; the retry
+ * of that undo (rebindDevice) names it.
  */
 function park(ctx: BaseContext, claim: string, device: Waiting): void {
   const { host } = ctx;
   if (!waitingIn(ctx, claim).some((entry) => entry.address === device.address)) ctx.claims.addWaiting(claim, device);
-  if (device.override !== undefined && pciExists(host, device.address)) nameHomeDriver(host, device.address, device.driver);
+  if (device.override !== undefined && pciExists(host, device.address) && !stuckWriteFor(host, device.address)?.running) nameHomeDriver(host, device.address, device.driver);
 }
 
 /** The claim of the unloaded module that registers `driver`, if any VM holds one. */
