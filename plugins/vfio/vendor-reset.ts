@@ -10,7 +10,7 @@ import type { Host } from "../../lib/host.ts";
 import type { Finding } from "../../lib/diagnostics/findings.ts";
 import { warn, ok } from "../../lib/diagnostics/findings.ts";
 import { pciPath, pciResetMethod, type PciDevice } from "../../lib/pci.ts";
-import { defineAction, type BaseContext, type Step, type UndoRecord } from "../../lib/plugin.ts";
+import { defineAction, type ApplyContext, type BaseContext, type Step, type UndoRecord } from "../../lib/plugin.ts";
 import { PATTERNS } from "../../lib/validate.ts";
 import { moduleLoaded } from "./survey.ts";
 
@@ -66,17 +66,27 @@ export function setResetMethodStep(host: Host, address: string): Step<ResetMetho
 }
 
 /** The kernel accepts device_specific only when a device-specific reset exists for the card: vendor-reset must handle it. */
-function setResetMethod(record: ResetMethodRecord, ctx: BaseContext): void {
+function setResetMethod(record: ResetMethodRecord, ctx: ApplyContext<unknown>): void {
   const file = pciPath(record.address, "reset_method");
   const refused = (why: string) =>
     new VmhookError(`vfio: the kernel did not take reset_method device_specific for ${record.address} (${why}): the loaded vendor-reset does not handle this card; update vendor-reset, or unload it (rmmod vendor_reset) to start without it`);
   try {
     ctx.host.write(file, "device_specific");
   } catch (error) {
+    // Refused, and the order reads as before: nothing to restore. One that changed it, or cannot be read, keeps the record.
+    if (readsOriginal(ctx, file, record.original)) ctx.nothingToUndo();
     throw refused((error as NodeJS.ErrnoException).code ?? String(error));
   }
   const now = ctx.host.readTrimmed(file);
   if (now !== "device_specific") throw refused(`it reads "${now}"`);
+}
+
+function readsOriginal(ctx: BaseContext, file: string, original: string): boolean {
+  try {
+    return (ctx.host.readTrimmed(file) ?? "") === original;
+  } catch {
+    return false;
+  }
 }
 
 /** Writes the original order back; an empty list is written as a newline, which the kernel reads as "none". */
