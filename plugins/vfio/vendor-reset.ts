@@ -6,7 +6,7 @@
 // back at release), and warns (log and doctor) when an AMD GPU that needs it
 // has no vendor-reset on the host.
 import { VmhookError } from "../../lib/errors.ts";
-import type { Host } from "../../lib/host.ts";
+import { readsAs, type Host } from "../../lib/host.ts";
 import type { Finding } from "../../lib/diagnostics/findings.ts";
 import { warn, ok } from "../../lib/diagnostics/findings.ts";
 import { pciPath, pciResetMethod, type PciDevice } from "../../lib/pci.ts";
@@ -74,19 +74,11 @@ function setResetMethod(record: ResetMethodRecord, ctx: ApplyContext<unknown>): 
     ctx.host.write(file, "device_specific");
   } catch (error) {
     // Refused, and the order reads as before: nothing to restore. One that changed it, or cannot be read, keeps the record.
-    if (readsOriginal(ctx, file, record.original)) ctx.nothingToUndo();
+    if (readsAs(ctx.host, file, record.original)) ctx.nothingToUndo();
     throw refused((error as NodeJS.ErrnoException).code ?? String(error));
   }
   const now = ctx.host.readTrimmed(file);
   if (now !== "device_specific") throw refused(`it reads "${now}"`);
-}
-
-function readsOriginal(ctx: BaseContext, file: string, original: string): boolean {
-  try {
-    return (ctx.host.readTrimmed(file) ?? "") === original;
-  } catch {
-    return false;
-  }
 }
 
 /** Writes the original order back; an empty list is written as a newline, which the kernel reads as "none". */
