@@ -765,6 +765,15 @@ export function readForMessage(host: Host, hostPath: string, fallback: string): 
   }
 }
 
+/** Whether the file reads `value` (trimmed; absent reads ""): false when it cannot be read. A write refused is known to have changed nothing only by this. */
+export function readsAs(host: Host, hostPath: string, value: string): boolean {
+  try {
+    return (host.readTrimmed(hostPath) ?? "") === value;
+  } catch {
+    return false;
+  }
+}
+
 /** Opens `real` as a new file; a leftover there (a file, a symlink) is removed first. Tried first without the removal: there is rarely one, and each syscall counts under TCG. */
 function createFresh(real: string): number {
   const create = () => fs.openSync(real, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL | fs.constants.O_NOFOLLOW, 0o600);

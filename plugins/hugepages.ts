@@ -556,13 +556,21 @@ function poolIo(ctx: ApplyContext<HugepagesConfig>, view: HostView, need: PoolNe
   const { sizeKiB, node } = need;
   const nodeFloor = node === undefined ? 0 : nodeFloorKiB(view.floorKiB, view.host, view.nodes.get(node)!);
   const journal = (writing: PoolWrite) => ctx.update({ ...record, writing });
+  let wrote = false;
   return {
     read: () => readPool(host, sizeKiB, node),
     write(count, before) {
       // Checked before every write: while reclaiming, the lock was let go.
       refuseWhileCutOff(ctx, sizeKiB, START_AGAIN);
       journal({ from: before.persistent, to: count });
-      writeCount(host, poolFile(sizeKiB, node), count);
+      try {
+        writeCount(host, poolFile(sizeKiB, node), count);
+      } catch (error) {
+        // The step's first write, refused with the pool as it was: nothing to give back. Read otherwise (or not at all), the undo settles it.
+        if (!wrote && persistentIs(host, need, before.persistent)) ctx.nothingToUndo();
+        throw error;
+      }
+      wrote = true;
     },
     headroomKiB() {
       const hostRoom = memoryFacts(host).availableKiB - view.floorKiB;
@@ -584,6 +592,14 @@ function poolIo(ctx: ApplyContext<HugepagesConfig>, view: HostView, need: PoolNe
     memory: () => memoryFacts(host, node),
     monotonicMs: () => host.monotonicMs(),
   };
+}
+
+function persistentIs(host: Host, { sizeKiB, node }: PoolNeed, count: number): boolean {
+  try {
+    return readPool(host, sizeKiB, node).persistent === count;
+  } catch {
+    return false;
+  }
 }
 
 /** The apply of grow-pool: in steps above the floor, giving back before each reclaim, in bounded rounds. */

@@ -24,10 +24,12 @@ export function readRuleset(ctx: Runner): RulesetView {
   }
 }
 
-function runNft(ctx: Runner, script: string): void {
+/** `changedNothing`: called before it throws when nft provably committed nothing (it exited non-zero, or never started); not when killed: the kernel may have taken the transaction already. */
+function runNft(ctx: Runner, script: string, changedNothing: () => void = () => {}): void {
   if (script === "") return;
   const result = ctx.run("nft", ["-f", "-"], { timeoutMs: NFT_TIMEOUT_MS, input: script, allowFailure: true });
   if (result.status !== 0 || result.error) {
+    if (!result.timedOut && result.signal === null && result.status !== 0) changedNothing();
     const why = result.error ?? (result.stderr.trim().split("\n").slice(0, 3).join(" / ") || `exit ${result.status}`);
     throw new VmhookError(`forward: nft refused the transaction, nothing was changed: ${why}`, script.trimEnd().split("\n"));
   }
@@ -96,11 +98,12 @@ export function listForApply(ctx: Runner, record: CheckedRecord, when: "start" |
 /**
  * Puts exactly the record's forwards in place (replacing whatever the domain
  * had), from what listForApply read, then deletes the conntrack entries of the
- * host ports that bypass them. What conntrack could not delete is a warning:
+ * host ports that bypass them (`changedNothing`: as runNft's, for its nft
+ * transaction, the first change). What conntrack could not delete is a warning:
  * the rules are right, and only peers that were sending already wait longer.
  */
-export function applyRecord(ctx: Changer, record: CheckedRecord, { view, listings }: Listed): void {
-  runNft(ctx, applyScript(view, record.uuid, record.forwards));
+export function applyRecord(ctx: Changer, record: CheckedRecord, { view, listings }: Listed, changedNothing?: () => void): void {
+  runNft(ctx, applyScript(view, record.uuid, record.forwards), changedNothing);
   for (const { tool, listing } of listings) restore(ctx, tool, iptablesApplyInput(listing, record.forwards, iptablesFamily(tool), record.uuid));
   for (const failure of deleteStaleEntries(ctx, record.forwards, "apply")) ctx.log.warn(`forward: ${failure}; a peer already sending to a forwarded port may keep reaching the host until it pauses`);
 }

@@ -89,7 +89,7 @@ export default definePlugin<ForwardConfig>({
           ctx.nothingToUndo(); // nothing was changed: the rollback has nothing to list or take out
           throw error;
         }
-        applyRecord(ctx, checkedRecord, listed);
+        applyRecord(ctx, checkedRecord, listed, () => ctx.nothingToUndo());
       },
       undo: (record, ctx) => undoRecord(ctx, checkRecord(record)),
     }),

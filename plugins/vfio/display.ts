@@ -3,6 +3,8 @@
 // The firmware framebuffers (efifb, simplefb, vesafb) follow the boot GPU.
 import { writeThroughDriver } from "../../lib/bounded-write.ts";
 import { WaitTimedOut } from "../../lib/deadline.ts";
+import { readsAs } from "../../lib/host.ts";
+import { StuckWriteError } from "../../lib/stuck-writes.ts";
 import { VmhookError } from "../../lib/errors.ts";
 import { defineAction, type ApplyContext, type BaseContext, type Step, type UndoContext, type UndoRecord } from "../../lib/plugin.ts";
 import { HARMLESS_DRIVERS, isDisplayClass, listPciDevices } from "../../lib/pci.ts";
@@ -270,10 +272,20 @@ async function consoleOnlyOnKeptGpus(ctx: BaseContext, found: Survey): Promise<s
   return [...shown].map((index) => `fb${index} of ${owners.get(index)}`).join(", ");
 }
 
-function unbindVtconsole(record: UndoRecord, ctx: BaseContext): void {
-  const { vtconsole } = record;
-  ctx.host.write(`${VTCONSOLES}/${vtconsole}/bind`, "0");
-  if (ctx.host.readTrimmed(`${VTCONSOLES}/${vtconsole}/bind`) === "1") throw new VmhookError(`vfio: console ${vtconsole} stays bound to the framebuffer`);
+/** A console that still reads bound, as it was planned, changed nothing: nothing to bind again. */
+function unbindVtconsole(record: UndoRecord, ctx: ApplyContext<unknown>): void {
+  const bind = `${VTCONSOLES}/${record.vtconsole}/bind`;
+  const stillBound = () => readsAs(ctx.host, bind, "1");
+  try {
+    ctx.host.write(bind, "0");
+  } catch (error) {
+    if (stillBound()) ctx.nothingToUndo();
+    throw error;
+  }
+  if (stillBound()) {
+    ctx.nothingToUndo();
+    throw new VmhookError(`vfio: console ${record.vtconsole} stays bound to the framebuffer`);
+  }
 }
 
 /** A firmware framebuffer's unbind or bind runs the driver's remove() or probe(): in a helper bounded by bindTimeoutSeconds (lib/bounded-write.ts). */
@@ -282,11 +294,20 @@ function throughFramebufferDriver(ctx: BaseContext, driver: string, device: stri
   return writeThroughDriver(ctx, { device, driver, file: `/sys/bus/platform/drivers/${driver}/${file}`, value: device, timeoutMs, setting: "plugins.vfio.bindTimeoutSeconds" });
 }
 
-async function unbindFramebuffer(record: UndoRecord, ctx: BaseContext): Promise<void> {
+/** A framebuffer still bound after its unbind returned (refused, or did nothing) changed nothing; one whose unbind has not returned may yet let go: kept. */
+async function unbindFramebuffer(record: UndoRecord, ctx: ApplyContext<unknown>): Promise<void> {
   const [driver, device] = [String(record.driver), String(record.device)];
-  const driverDir = `/sys/bus/platform/drivers/${driver}`;
-  await throughFramebufferDriver(ctx, driver, device, "unbind");
-  if (ctx.host.exists(`${driverDir}/${device}`)) throw new VmhookError(`vfio: ${device} stays bound to ${driver}`);
+  const stillBound = () => ctx.host.exists(`/sys/bus/platform/drivers/${driver}/${device}`);
+  try {
+    await throughFramebufferDriver(ctx, driver, device, "unbind");
+  } catch (error) {
+    if (!(error instanceof StuckWriteError) && stillBound()) ctx.nothingToUndo();
+    throw error;
+  }
+  if (stillBound()) {
+    ctx.nothingToUndo();
+    throw new VmhookError(`vfio: ${device} stays bound to ${driver}`);
+  }
 }
 
 function checkVtconsole(record: UndoRecord): UndoRecord {

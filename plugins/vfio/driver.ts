@@ -304,10 +304,16 @@ async function modprobe(ctx: BaseContext, module: string, devices: { address: st
 }
 
 /** Claimed before it goes: a device of another VM that needs it back waits for the last holder. */
-async function unloadModule(record: UnloadRecord, ctx: BaseContext): Promise<void> {
+async function unloadModule(record: UnloadRecord, ctx: ApplyContext<unknown>): Promise<void> {
   const { module } = record;
   // rmmod runs remove() for each device still bound: one blocked there already, or an earlier rmmod of it, would block rmmod too.
-  refuseIfStuck(ctx.host, [moduleSubject(module), ...record.devices.map((device) => device.address)]);
+  // Refused so, nothing changed: no claim, and no entry whose undo would wait for that helper too.
+  try {
+    refuseIfStuck(ctx.host, [moduleSubject(module), ...record.devices.map((device) => device.address)]);
+  } catch (error) {
+    ctx.nothingToUndo();
+    throw error;
+  }
   ctx.claims.take(moduleClaim(module), { drivers: moduleDrivers(ctx.host, module) });
   const result = await moduleChange(ctx, "rmmod", [module], record.devices, record.bindTimeoutMs);
   if (moduleLoaded(ctx.host, module)) {

@@ -6,11 +6,11 @@
 // back at release), and warns (log and doctor) when an AMD GPU that needs it
 // has no vendor-reset on the host.
 import { VmhookError } from "../../lib/errors.ts";
-import type { Host } from "../../lib/host.ts";
+import { readsAs, type Host } from "../../lib/host.ts";
 import type { Finding } from "../../lib/diagnostics/findings.ts";
 import { warn, ok } from "../../lib/diagnostics/findings.ts";
 import { pciPath, pciResetMethod, type PciDevice } from "../../lib/pci.ts";
-import { defineAction, type BaseContext, type Step, type UndoRecord } from "../../lib/plugin.ts";
+import { defineAction, type ApplyContext, type BaseContext, type Step, type UndoRecord } from "../../lib/plugin.ts";
 import { PATTERNS } from "../../lib/validate.ts";
 import { moduleLoaded } from "./survey.ts";
 
@@ -66,13 +66,15 @@ export function setResetMethodStep(host: Host, address: string): Step<ResetMetho
 }
 
 /** The kernel accepts device_specific only when a device-specific reset exists for the card: vendor-reset must handle it. */
-function setResetMethod(record: ResetMethodRecord, ctx: BaseContext): void {
+function setResetMethod(record: ResetMethodRecord, ctx: ApplyContext<unknown>): void {
   const file = pciPath(record.address, "reset_method");
   const refused = (why: string) =>
     new VmhookError(`vfio: the kernel did not take reset_method device_specific for ${record.address} (${why}): the loaded vendor-reset does not handle this card; update vendor-reset, or unload it (rmmod vendor_reset) to start without it`);
   try {
     ctx.host.write(file, "device_specific");
   } catch (error) {
+    // Refused, and the order reads as before: nothing to restore. One that changed it, or cannot be read, keeps the record.
+    if (readsAs(ctx.host, file, record.original)) ctx.nothingToUndo();
     throw refused((error as NodeJS.ErrnoException).code ?? String(error));
   }
   const now = ctx.host.readTrimmed(file);

@@ -10,7 +10,7 @@ import { SimHost } from "../helpers/simhost.ts";
 import { loadDomainPlugins } from "../../lib/config.ts";
 import { parseDomain } from "../../lib/domain.ts";
 import { RootedHost } from "../../lib/host.ts";
-import type { Journal } from "../../lib/journal.ts";
+import { readJournal, type Journal } from "../../lib/journal.ts";
 import { parseIp } from "../../plugins/forward/address.ts";
 import { registry } from "../../plugins/index.ts";
 import type { ForwardConfig } from "../../plugins/forward/config.ts";
@@ -491,6 +491,28 @@ test("reconnect: an element that no longer reads (a live metadata edit, a plugin
     assert.is(nftScripts.length, 2, `${what}: the rules went in again`);
     assert.match(sim.read("/var/log/vmhook.log"), logged, what);
   }
+});
+
+
+test("start: a transaction nft refuses (it exits non-zero: the kernel took none of it) changed nothing, so it leaves the journal: release neither lists nor removes rules nor deletes conntrack entries, and says 0 changes undone; it used to keep the entry and undo it (nft, conntrack) as 1 change", async () => {
+  const { sim } = nftHost(UUID);
+  const { calls } = conntrackOn(sim, []);
+  const nft = sim.execHandler("nft")!;
+  sim.onExec("nft", (args, host, options) => (args.join(" ") === "-f -" ? { status: 1, stderr: "Error: Could not process rule: No such file or directory\n" } : nft(args, host, options)));
+  const xml = domain(`<vmhook:forward ports="2222:22"/>`);
+  const before = sim.snapshot();
+  const outcome = await runHookEvent(sim, "start", "begin", xml);
+  assert.is(outcome.code, 1);
+  assert.match(outcome.stderr.split("\n")[0]!, "forward: nft refused the transaction, nothing was changed: Error: Could not process rule: No such file or directory");
+  assert.equal(readJournal(sim, UUID)?.entries ?? [], [], "no entry for release to undo");
+  const nftRuns = () => sim.execs.filter((call) => call.command === "nft").map((call) => call.args.join(" "));
+  const atStart = nftRuns();
+  assert.equal(atStart.filter((args) => args === "-f -").length, 1);
+  assert.is((await runHookEvent(sim, "release", "end", xml)).code, 0);
+  assert.equal(nftRuns(), atStart, "release ran no nft");
+  assert.equal(calls, [], "no conntrack run");
+  assert.not.match(sim.read("/var/log/vmhook.log"), /released: [1-9]/);
+  assert.equal(sim.snapshot(), before);
 });
 
 test.run();

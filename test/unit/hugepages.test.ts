@@ -387,6 +387,24 @@ test("grows in steps of at most 1 GiB, reading MemAvailable between them", async
   }
 });
 
+test("a first pool write the kernel refuses, the pool as it was, changed nothing: the start says 0 changes undone and the rollback writes no pool; it used to count 1", async () => {
+  const { sim, kernel } = host();
+  try {
+    sim.failWrite("/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages", "EBUSY");
+    const before = sim.snapshot();
+    const outcome = await runHookEvent(sim, "prepare", "begin", domainXml());
+    assert.is(outcome.code, 1);
+    assert.match(firstLine(outcome.stderr), /hugepages: the kernel refused 512 in \/sys\/kernel\/mm\/hugepages\/hugepages-2048kB\/nr_hugepages \(EBUSY\)/);
+    assert.match(outcome.stderr, "the host was left as it was (0 change(s) undone), so there is nothing to recover");
+    assert.equal(poolFiles(sim).length, 0, "no pool write but the refused one");
+    assert.is(kernel.pool(2048), 0);
+    assert.equal(sim.snapshot(), before);
+    assert.equal(sim.stateFiles(), []);
+  } finally {
+    sim.cleanup();
+  }
+});
+
 test("fragmented memory: compaction lets the second round succeed", async () => {
   const { sim, kernel } = host({ freeKiB: 4 * GiB, fragmentedKiB: 3584 * MiB });
   try {

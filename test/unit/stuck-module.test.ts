@@ -113,6 +113,26 @@ test("rmmod nvidia never returns (its remove() blocks on the GPU): prepare gives
   kernel.sim.cleanup();
 });
 
+test("another VM's modprobe of nvidia_drm left blocked in the kernel: this VM's unload of it is refused before anything changed, so the rollback neither counts it nor leaves it undo-failed for recover (it used to: its undo was refused the same way)", async () => {
+  const kernel = workstation();
+  const before = kernel.sim.snapshot();
+  const pid = 4242;
+  kernel.sim.file(`/proc/${pid}/stat`, `${pid} (modprobe) D 1 ${pid} ${pid} 0 -1 4194304 0 0 0 0 0 0 0 0 20 0 1 0 ${pid * 10} 2314240 1`);
+  const note = { pid, startTime: String(pid * 10), device: "module:nvidia_drm", driver: "nvidia_drm", command: "modprobe nvidia_drm", since: "2026-01-01T00:00:00.000Z", domain: { name: "other", uuid: "11111111-2222-4333-8444-555555555555" } };
+  kernel.sim.file(paths.stuckWrite("module:nvidia_drm"), JSON.stringify(note));
+  const prepare = await runHookEvent(kernel.sim, "prepare", "begin", XML, "win11");
+  assert.is(prepare.code, 1);
+  assert.match(prepare.stderr.split("\n")[0]!, `modprobe nvidia_drm did not return`);
+  assert.match(prepare.stderr, "vmhook loads or unloads nothing that needs module nvidia_drm until it has returned");
+  // The load of vfio-pci and the display check were made and undone; it used to say "1 of 3 change(s) could not be undone: run vmhook recover win11".
+  assert.match(prepare.stderr, "the host was left as it was (2 change(s) undone), so there is nothing to recover");
+  assert.equal(readJournal(kernel.sim, UUID), undefined, "no journal left for recover");
+  assert.equal(nvidiaStack(kernel), [], "no rmmod or modprobe of the stack");
+  kernel.sim.remove(paths.stuckWrite("module:nvidia_drm"));
+  kernel.sim.remove(`/proc/${pid}`);
+  assertAsBefore(kernel, before);
+});
+
 test("once rmmod has returned: vmhook recover says so, forgets the notes, loads the stack again and brings the GPU back", async () => {
   const kernel = workstation();
   const before = kernel.sim.snapshot();

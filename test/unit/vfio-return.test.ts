@@ -313,13 +313,16 @@ test("vendor-reset loaded, a Navi 10 card: reset_method becomes device_specific 
   assert.equal(kernel.sim.snapshot(), before);
 });
 
-test("a loaded vendor-reset that does not handle the card (the kernel refuses device_specific): prepare fails naming it and the host is as before", async () => {
+test("a loaded vendor-reset that does not handle the card (the kernel refuses device_specific): prepare fails naming it, the refused write is no change to undo or count, and the host is as before", async () => {
   const kernel = amdWorkstation({ deviceId: "0x731f" }, { vendorReset: "loaded" });
   kernel.sim.failWrite(`/sys/bus/pci/devices/${GPU}/reset_method`, "EINVAL");
   const before = kernel.sim.snapshot();
   const prepare = await runHookEvent(kernel.sim, "prepare", "begin", xml);
   assert.is(prepare.code, 1);
   assert.match(prepare.stderr, `the kernel did not take reset_method device_specific for ${GPU} (EINVAL): the loaded vendor-reset does not handle this card; update vendor-reset, or unload it`);
+  // The refused write changed nothing: the rollback neither undoes nor counts it (the load of vfio-pci and the display check are). It used to count 3.
+  assert.match(prepare.stderr, "the host was left as it was (2 change(s) undone), so there is nothing to recover");
+  assert.not.match(log(kernel), "undo set the reset method");
   assert.equal(kernel.sim.snapshot(), before);
   assert.equal(kernel.sim.stateFiles(), []);
 });
