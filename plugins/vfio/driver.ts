@@ -19,7 +19,7 @@ import type { VfioConfig, VfioSettings } from "./config.ts";
 import { describeHolders, isWatched, moduleLoaded, processesHolding, targetWords, VFIO_DRIVER, type HostNeeds, type Survey, type Watched } from "./survey.ts";
 import { systemdRuns, unitActive } from "../../lib/systemd.ts";
 import { activeOrStarting, unitProcesses } from "./units.ts";
-import { nameHomeDriver, returnToDriver } from "./return-path.ts";
+import { nameHomeDriver, restoreOverride, returnToDriver } from "./return-path.ts";
 import { missingAdvice, needsVendorReset, setResetMethodStep, VENDOR_RESET_FIX, VENDOR_RESET_MODULE, vendorResetState } from "./vendor-reset.ts";
 
 /**
@@ -668,7 +668,7 @@ async function rebindDevice(record: BindRecord, ctx: BaseContext): Promise<void>
   const current = pciDriver(host, address);
   if (current !== undefined && current !== driver && onVfioDriver(host, address, current)) await throughDriver(ctx, address, current, `${PCI_DRIVERS}/${current}/unbind`, timeoutMs);
   if (driver === null || pciDriver(host, address) === driver) {
-    putBackOverride(host, address, override);
+    restoreOverride(ctx, address, override);
     return restorePowerControl(ctx, record);
   }
   if (!pciDriverRegistered(host, driver)) {
@@ -683,7 +683,7 @@ async function rebindDevice(record: BindRecord, ctx: BaseContext): Promise<void>
     // A record without moduleReloaded (a journal from before the claims ledger): a later undo reloads the module.
     // Its unload record does not keep driver_override, so the device waits under its own.
     if (record.moduleReloaded !== false) {
-      putBackOverride(host, address, override);
+      restoreOverride(ctx, address, override);
       ctx.log.info(`vfio: ${address} waits for driver ${driver}, whose module is loaded again later`);
       return restorePowerControl(ctx, record);
     }
@@ -694,11 +694,6 @@ async function rebindDevice(record: BindRecord, ctx: BaseContext): Promise<void>
   }
   await returnToDriver(ctx, { address, driver, timeoutMs, override });
   await restorePowerControl(ctx, record);
-}
-
-/** driver_override as before vmhook (an empty write clears it). */
-function putBackOverride(host: Host, address: string, override: string | null): void {
-  host.write(pciPath(address, "driver_override"), override ?? "\n");
 }
 
 /**

@@ -71,8 +71,9 @@ export function nameHomeDriver(host: Host, address: string, driver: string): voi
   if (pciDriverOverride(host, address) !== driver) host.write(pciPath(address, "driver_override"), driver);
 }
 
-function restoreOverride(ctx: BaseContext, address: string, override: string | undefined): void {
-  if (pciExists(ctx.host, address) && pciDriverOverride(ctx.host, address) !== override) ctx.host.write(pciPath(address, "driver_override"), override ?? "\n");
+/** driver_override as it was before vmhook (null or undefined: none; an empty write clears it), on a device still there. */
+export function restoreOverride(ctx: BaseContext, address: string, override: string | null | undefined): void {
+  if (pciExists(ctx.host, address) && pciDriverOverride(ctx.host, address) !== (override ?? undefined)) ctx.host.write(pciPath(address, "driver_override"), override ?? "\n");
 }
 
 async function attemptReturn(ctx: BaseContext, target: ReturnTarget): Promise<void> {
