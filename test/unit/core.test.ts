@@ -11,7 +11,7 @@ import { parseDomain } from "../../lib/domain.ts";
 import { VmhookError } from "../../lib/errors.ts";
 import { newJournal, readJournal, writeJournal, type Journal } from "../../lib/journal.ts";
 import { createLogger } from "../../lib/log.ts";
-import { defineAction, definePlugin, type ApplyContext, type LegacyPlugin, type Plugin, type UndoContext, type UndoRecord } from "../../lib/plugin.ts";
+import { defineAction, definePlugin, type ApplyContext, type BaseContext, type LegacyPlugin, type Plugin, type UndoContext, type UndoRecord } from "../../lib/plugin.ts";
 import { DEFAULT_SETTINGS } from "../../lib/settings.ts";
 import { planEvent, runPlugins, undoJournal, type RunEnvironment } from "../../lib/transaction.ts";
 import { paths } from "../../lib/paths.ts";
@@ -21,6 +21,7 @@ import { cli } from "../helpers/cli.ts";
 import { runHookEvent } from "../helpers/hook.ts";
 import { mentionsVmhook } from "../../hooks/qemu.ts";
 import { SimHost } from "../helpers/simhost.ts";
+import { StuckWriteError } from "../../lib/stuck-writes.ts";
 
 const UUID = "c0c0c0c0-0000-4000-8000-0000000000c0";
 const DOMAIN = parseDomain(`<domain><name>vm</name><uuid>${UUID}</uuid><memory unit='GiB'>1</memory></domain>`);
@@ -514,6 +515,121 @@ test("an undo abandoned at its time limit that calls ctx.update later changes no
   } finally {
     sim.cleanup();
   }
+});
+
+// ---- a failed apply that left the host as it was (Action.unchangedAfterFailure)
+
+interface TouchRecord extends UndoRecord {
+  action: "touch";
+  file: string;
+  old: string;
+}
+
+type Answer = (record: TouchRecord, ctx: BaseContext) => boolean;
+
+/** The read-back a plugin would make: the file reads as before the step. */
+const readsAsBefore: Answer = (record, ctx) => ctx.host.read(record.file) === record.old;
+
+/**
+ * One step that sets /a1 and fails: `failure` says how (before writing, after
+ * writing, a helper still blocked, or taking longer than its time limit),
+ * `unchanged` what its unchangedAfterFailure answers. `asked` counts the questions.
+ */
+function failingTouch(failure: "before" | "after" | "stuck" | "late", unchanged: Answer, asked: { count: number }): Plugin<null> {
+  return definePlugin<null>({
+    name: "touch",
+    summary: "test: a step that fails",
+    parse: () => null,
+    plan: { prepare: (ctx) => [{ action: "touch", record: { action: "touch", file: "/a1", old: ctx.host.read("/a1") }, description: "set /a1" }] },
+    actions: {
+      touch: defineAction<TouchRecord, null>({
+        check: (record) => record as TouchRecord,
+        async apply(record, ctx) {
+          if (failure === "stuck") throw new StuckWriteError("a helper writing /a1 did not return; it may still write it");
+          if (failure === "late") await macrotask(600);
+          if (failure === "after") ctx.host.write(record.file, "changed\n");
+          throw new Error(`cannot set ${record.file}`);
+        },
+        unchangedAfterFailure(record, ctx) {
+          asked.count++;
+          return unchanged(record, ctx);
+        },
+        undo(record, ctx) {
+          ctx.host.write(record.file, record.old);
+          undone.push(`touch:${record.file}`);
+        },
+      }),
+    },
+  });
+}
+
+/** Runs prepare with failingTouch, then its rollback: the journal as the file had it after the failure, the rollback's result, and the questions asked. */
+async function failAndRollBack(failure: Parameters<typeof failingTouch>[0], unchanged: Answer, id = "touch") {
+  const { sim, env, journal } = setup();
+  try {
+    env.settings = { ...DEFAULT_SETTINGS, plugins: { [id]: { timeoutSeconds: 0.3 } } };
+    const asked = { count: 0 };
+    const instances = [instanceOf(id, failingTouch(failure, unchanged, asked), null)];
+    const error = await runPlugins("prepare", instances, DOMAIN, journal, env, deadline(sim)).then(
+      () => undefined,
+      (error: Error) => error,
+    );
+    const afterFailure = readJournal(sim, UUID)?.entries.map((entry) => entry.description) ?? [];
+    const result = await undoJournal(journal, env, deadline(sim), instances);
+    // An apply abandoned at its time limit has ended by now: what it would still do is refused (CallLease).
+    await macrotask(600);
+    return { error, afterFailure, result, asked: asked.count, a1: sim.read("/a1"), log: sim.read(paths.log), stateFiles: sim.stateFiles() };
+  } finally {
+    sim.cleanup();
+  }
+}
+
+test("a failed apply whose unchangedAfterFailure reads the host as before leaves no journal entry: the rollback undoes and counts nothing", async () => {
+  const run = await failAndRollBack("before", readsAsBefore);
+  assert.match(run.error?.message ?? "", "cannot set /a1");
+  assert.equal(run.afterFailure, [], "the entry left the journal file at once");
+  assert.equal([run.result.undone, run.result.failed, undone], [0, [], []]);
+  assert.is(run.asked, 1);
+  assert.is(run.a1, "original\n");
+  assert.equal(run.stateFiles, []);
+});
+
+test("a failed apply whose unchangedAfterFailure finds the host changed is counted and undone", async () => {
+  const run = await failAndRollBack("after", readsAsBefore);
+  assert.equal(run.afterFailure, ["set /a1"]);
+  assert.equal([run.result.undone, undone], [1, ["touch:/a1"]]);
+  assert.is(run.asked, 1);
+  assert.is(run.a1, "original\n");
+});
+
+test("a failed apply whose unchangedAfterFailure throws is counted and undone (unknown is changed), and the log says why", async () => {
+  const run = await failAndRollBack("before", () => {
+    throw new Error("cannot read /a1 (EIO)");
+  });
+  assert.equal(run.afterFailure, ["set /a1"]);
+  assert.equal([run.result.undone, undone], [1, ["touch:/a1"]]);
+  assert.match(run.log, "touch: set /a1: whether its failed apply changed anything cannot be told (cannot read /a1 (EIO)); it stays in the journal");
+});
+
+test("a failed apply that answers anything but true (a promise, 1) is counted and undone", async () => {
+  const run = await failAndRollBack("before", () => Promise.resolve(true) as unknown as boolean);
+  assert.equal([run.result.undone, undone], [1, ["touch:/a1"]]);
+});
+
+test("a failed apply with a helper still blocked (StuckWriteError) is counted, whatever the host reads: unchangedAfterFailure is not asked", async () => {
+  const run = await failAndRollBack("stuck", readsAsBefore);
+  assert.instance(run.error, StuckWriteError);
+  assert.equal(run.afterFailure, ["set /a1"]);
+  assert.equal([run.result.undone, undone], [1, ["touch:/a1"]]);
+  assert.is(run.asked, 0);
+});
+
+test("an apply abandoned at its time limit is counted, though the host reads as before: it may still be changing it, so unchangedAfterFailure is not asked", async () => {
+  const run = await failAndRollBack("late", readsAsBefore, "plugin:touch");
+  assert.match(run.error?.message ?? "", "plugin:touch did not finish prepare within 0.3 s");
+  assert.equal(run.afterFailure, ["set /a1"]);
+  assert.equal([run.result.undone, undone], [1, ["touch:/a1"]]);
+  assert.is(run.asked, 0);
 });
 
 test("planning lists the steps and changes nothing", async () => {

@@ -442,6 +442,34 @@ test("a custom plugin's parse refusing its element at migrate or restore says wh
   sim.cleanup();
 });
 
+test("a JS plugin's apply that fails having changed nothing, as its unchangedAfterFailure reads the host: the start says the host was left as it was (0 change(s) undone) and nothing is undone; one that finds a change is undone", async () => {
+  const sim = pluginHost();
+  // Opens a gate file, and fails: before opening it while /blocked exists, after opening it otherwise.
+  const gate = `export default { name: "gate", summary: "x", parse: () => ({}),
+    plan: { prepare: () => [{ action: "open", record: { action: "open" }, description: "open the gate" }] },
+    actions: { open: {
+      check: (record) => record,
+      apply(record, ctx) { if (!ctx.host.exists("/blocked")) ctx.host.createFile("/gate", "open"); throw new Error("the gate did not answer"); },
+      unchangedAfterFailure: (record, ctx) => !ctx.host.exists("/gate"),
+      undo(record, ctx) { ctx.host.remove("/gate"); ctx.host.createFile("/undone", "yes"); },
+    } } };\n`;
+  install(sim, "gate.mjs", gate, 0o644);
+  const xml = domainXml('<vmhook:plugin name="gate"/>');
+  sim.file("/blocked", "");
+  const blocked = await runHookEvent(sim, "prepare", "begin", xml);
+  assert.is(blocked.code, 1);
+  assert.is(blocked.stderr.split("\n")[0], "vmhook: plugin:gate: the gate did not answer");
+  assert.match(blocked.stderr, "the host was left as it was (0 change(s) undone), so there is nothing to recover");
+  assert.not.ok(sim.exists("/undone"), "nothing was undone");
+  assert.equal(sim.stateFiles(), []);
+  sim.remove("/blocked");
+  const opened = await runHookEvent(sim, "prepare", "begin", xml);
+  assert.match(opened.stderr, "the host was left as it was (1 change(s) undone), so there is nothing to recover");
+  assert.equal([sim.exists("/gate"), sim.exists("/undone")], [false, true]);
+  assert.equal(sim.stateFiles(), []);
+  sim.cleanup();
+});
+
 test("stopped: a plugin whose stopped planner throws or whose stopped run fails keeps no other plugin from its stopped call; the failure is still reported", async () => {
   const sim = pluginHost();
   install(sim, "broken.mjs", `export default { name: "broken", summary: "x", parse: () => ({}), plan: { stopped: () => { throw new Error("cannot tell"); } }, actions: {} };\n`, 0o644);
