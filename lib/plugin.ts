@@ -7,6 +7,7 @@
 //   parse(elements, domain)   metadata → typed config, no host access
 //   plan.prepare(ctx)         reads the host, changes nothing, returns steps
 //   actions[kind].apply       one step's change; the runner journals it first
+//   actions[kind].unchangedAfterFailure  after apply threw: does the host read as before?
 //   actions[kind].check       validates a journaled record before any undo
 //   actions[kind].undo        gives one change back; idempotent
 //
@@ -126,7 +127,12 @@ export interface Refusal {
 export interface ApplyContext<Config> extends PlanContext<Config> {
   /** Replaces the journaled record at once, e.g. with how many pages were really added so far. */
   update(record: UndoRecord): void;
-  /** The change turned out to be nothing: the entry leaves the journal. */
+  /**
+   * The change turned out to be nothing, as apply knows by itself (a refusal
+   * before the first change, a program that exited non-zero): the entry leaves
+   * the journal, also when apply throws next. What only a read-back of the
+   * host tells belongs in Action.unchangedAfterFailure.
+   */
   nothingToUndo(): void;
   /**
    * Runs `work` without the host-wide lock the runner holds around a shared
@@ -159,6 +165,18 @@ export interface Action<Record extends UndoRecord, Config> {
   check(record: UndoRecord): Record;
   /** Makes the change, waiting inside for what it needs (a device bound, a unit stopped). May return the record updated. */
   apply(record: Record, ctx: ApplyContext<Config>): void | Record | Promise<void | Record>;
+  /**
+   * Asked by the runner once apply has thrown (and not called nothingToUndo),
+   * with the record as last journaled: true when the host reads as it did
+   * before the step (a refused write whose file reads as before, a device
+   * still bound), so the entry leaves the journal and the rollback neither
+   * undoes nor counts it. Reads only. Unknown means changed: an answer that
+   * throws or is not `true` keeps the entry, and the runner never asks while
+   * something of the step may still act (a helper blocked in the kernel,
+   * StuckWriteError; an apply abandoned at its time limit). Absent: every
+   * failed apply is undone.
+   */
+  unchangedAfterFailure?(record: Record, ctx: BaseContext): boolean;
   /** Gives the change back. Idempotent: it may run after a crash halfway, or twice. */
   undo(record: Record, ctx: UndoContext): void | Promise<void>;
 }

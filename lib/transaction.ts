@@ -35,7 +35,7 @@ import {
   type UndoRecord,
 } from "./plugin.ts";
 import { pluginTimeLimitMs, settingToRaise, type HostSettings } from "./settings.ts";
-import { forgetFinishedWrites } from "./stuck-writes.ts";
+import { forgetFinishedWrites, StuckWriteError } from "./stuck-writes.ts";
 
 export interface RunEnvironment {
   host: Host;
@@ -450,24 +450,50 @@ function refuseIfAnyRefused(units: Unit[]): void {
 async function applyStep(env: RunEnvironment, journal: Journal, instance: PluginInstance, planned: PlannedStep, domain: Domain, deadline: Deadline, held: HeldLock | undefined, background: BackgroundSteps): Promise<void> {
   const action = (instance.plugin as Plugin<unknown>).actions[planned.action]!;
   const afterBackgroundSteps = background.startedSoFar();
-  await journaled(env, journal, planned, (handle) =>
-    namingCustomPlugin(instance.id, async () => {
-      const apply = (lease: CallLease) => {
-        const ctx: ApplyContext<unknown> = planContext(env, lease, instance, planned.event as PlannedEvent, domain, journal, deadline, {
-          update: handle.update,
-          nothingToUndo: handle.nothingToUndo,
-          outsideHostLock<T>(work: () => T): T {
-            // A step in the background may write what the lock guards (the claims ledger).
-            if (background.anyRunning) throw new VmhookError(`internal: ${instance.id} steps outside the host lock while a step runs in the background`);
-            return held ? held.released(work) : work();
-          },
-          afterBackgroundSteps,
-        });
-        return action.apply(planned.record, ctx);
-      };
-      const updated = await settleWithin(env, instance.id, planned.event, deadline, () => `step "${planned.description}"`, apply);
-      if (updated) handle.update(updated);
-    }),
+  // Asked only once apply has returned or thrown: one abandoned at its time limit may still be changing the host.
+  let applyEnded = false;
+  const { unchangedAfterFailure } = action;
+  const unchanged =
+    unchangedAfterFailure &&
+    ((record: UndoRecord): unknown => {
+      if (!applyEnded) return false;
+      const lease = new CallLease(instance.id, env.log);
+      try {
+        const answer: unknown = unchangedAfterFailure(action.check(record), lease.context(baseContext(env, lease, instance.id, planned.event, journal.domain, deadline)));
+        // A JS plugin's promise is no answer, and its rejection no stray error of the run.
+        if (answer instanceof Promise) answer.catch(() => {});
+        return answer;
+      } finally {
+        lease.end("ended");
+      }
+    });
+  await journaled(
+    env,
+    journal,
+    planned,
+    (handle) =>
+      namingCustomPlugin(instance.id, async () => {
+        const apply = async (lease: CallLease) => {
+          const ctx: ApplyContext<unknown> = planContext(env, lease, instance, planned.event as PlannedEvent, domain, journal, deadline, {
+            update: handle.update,
+            nothingToUndo: handle.nothingToUndo,
+            outsideHostLock<T>(work: () => T): T {
+              // A step in the background may write what the lock guards (the claims ledger).
+              if (background.anyRunning) throw new VmhookError(`internal: ${instance.id} steps outside the host lock while a step runs in the background`);
+              return held ? held.released(work) : work();
+            },
+            afterBackgroundSteps,
+          });
+          try {
+            return await action.apply(planned.record, ctx);
+          } finally {
+            applyEnded = true;
+          }
+        };
+        const updated = await settleWithin(env, instance.id, planned.event, deadline, () => `step "${planned.description}"`, apply);
+        if (updated) handle.update(updated);
+      }),
+    unchanged,
   );
 }
 
@@ -490,13 +516,15 @@ async function runLegacyHandler(env: RunEnvironment, journal: Journal, instance:
 
 /**
  * One step: journaled as pending before `apply` runs, then applied (or
- * dropped when it changed nothing). "applied" reaches the file with the next
- * write (the next step's, or runPlugins' last): a pending entry is undone
- * like an applied one, so a crash in between loses nothing. Dropping an
- * entry is written at once: its undo would change what vmhook never did. A
- * step whose pending write fails never runs, and leaves no entry.
+ * dropped when it changed nothing: handle.nothingToUndo, or a failed apply
+ * that `unchanged` finds left the host as it was, changedNothingAfter).
+ * "applied" reaches the file with the next write (the next step's, or
+ * runPlugins' last): a pending entry is undone like an applied one, so a
+ * crash in between loses nothing. Dropping an entry is written at once: its
+ * undo would change what vmhook never did. A step whose pending write fails
+ * never runs, and leaves no entry.
  */
-async function journaled(env: RunEnvironment, journal: Journal, planned: PlannedStep, apply: (handle: StepHandle) => void | Promise<void>): Promise<void> {
+async function journaled(env: RunEnvironment, journal: Journal, planned: PlannedStep, apply: (handle: StepHandle) => void | Promise<void>, unchanged?: (record: UndoRecord) => unknown): Promise<void> {
   const { plugin, event, description, record } = planned;
   const entry: JournalEntry = { plugin, event, description, undo: record, state: "pending", at: new Date(env.host.wallClockMs()).toISOString() };
   journal.entries.push(entry);
@@ -527,6 +555,7 @@ async function journaled(env: RunEnvironment, journal: Journal, planned: Planned
       },
     });
   } catch (error) {
+    changedNothing ||= changedNothingAfter(env, planned, entry.undo, error, unchanged);
     if (changedNothing) {
       try {
         settle();
@@ -541,6 +570,23 @@ async function journaled(env: RunEnvironment, journal: Journal, planned: Planned
   }
   settle();
   env.log.info(`${plugin}: ${description}: ${changedNothing ? "nothing to undo" : "done"}`);
+}
+
+/**
+ * After a failed apply: whether the step left the host as it was, as its
+ * action reads it (Action.unchangedAfterFailure). Unknown means changed: a
+ * helper still blocked in the kernel (StuckWriteError) may change the host
+ * yet, so it is never asked then; an answer that throws, or is not true, keeps
+ * the entry, whose undo checks what it gives back.
+ */
+function changedNothingAfter(env: RunEnvironment, { plugin, description }: PlannedStep, record: UndoRecord, error: unknown, unchanged?: (record: UndoRecord) => unknown): boolean {
+  if (!unchanged || error instanceof StuckWriteError) return false;
+  try {
+    return unchanged(record) === true;
+  } catch (readError) {
+    env.log.warn(`${plugin}: ${description}: whether its failed apply changed anything cannot be told (${describeError(readError)}); it stays in the journal`);
+    return false;
+  }
 }
 
 export interface UndoResult {

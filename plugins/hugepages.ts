@@ -556,21 +556,13 @@ function poolIo(ctx: ApplyContext<HugepagesConfig>, view: HostView, need: PoolNe
   const { sizeKiB, node } = need;
   const nodeFloor = node === undefined ? 0 : nodeFloorKiB(view.floorKiB, view.host, view.nodes.get(node)!);
   const journal = (writing: PoolWrite) => ctx.update({ ...record, writing });
-  let wrote = false;
   return {
     read: () => readPool(host, sizeKiB, node),
     write(count, before) {
       // Checked before every write: while reclaiming, the lock was let go.
       refuseWhileCutOff(ctx, sizeKiB, START_AGAIN);
       journal({ from: before.persistent, to: count });
-      try {
-        writeCount(host, poolFile(sizeKiB, node), count);
-      } catch (error) {
-        // The step's first write, refused with the pool as it was: nothing to give back. Read otherwise (or not at all), the undo settles it.
-        if (!wrote && persistentIs(host, need, before.persistent)) ctx.nothingToUndo();
-        throw error;
-      }
-      wrote = true;
+      writeCount(host, poolFile(sizeKiB, node), count);
     },
     headroomKiB() {
       const hostRoom = memoryFacts(host).availableKiB - view.floorKiB;
@@ -594,12 +586,15 @@ function poolIo(ctx: ApplyContext<HugepagesConfig>, view: HostView, need: PoolNe
   };
 }
 
-function persistentIs(host: Host, { sizeKiB, node }: PoolNeed, count: number): boolean {
-  try {
-    return readPool(host, sizeKiB, node).persistent === count;
-  } catch {
-    return false;
-  }
+/**
+ * After a failed grow: the write it failed on (still in flight in the record)
+ * left the pool as it was, and the step holds no page (every earlier write's
+ * pages given back): nothing to give back. A pool that reads otherwise, or
+ * cannot be read (the runner takes that for a change), is settled by the undo.
+ */
+function poolAsBefore(record: GrowRecord, ctx: BaseContext): boolean {
+  const write = inFlight(record);
+  return write !== undefined && record.added === 0 && record.returned === 0 && readPool(ctx.host, record.sizeKiB, record.node ?? undefined).persistent === write.from;
 }
 
 /** The apply of grow-pool: in steps above the floor, giving back before each reclaim, in bounded rounds. */
@@ -783,6 +778,6 @@ export default definePlugin<HugepagesConfig>({
   plan: { prepare: planPrepare, reconnect },
   check,
   actions: {
-    "grow-pool": defineAction<GrowRecord, HugepagesConfig>({ check: checkRecord, apply: (record, ctx) => grow(ctx, record), undo }),
+    "grow-pool": defineAction<GrowRecord, HugepagesConfig>({ check: checkRecord, apply: (record, ctx) => grow(ctx, record), unchangedAfterFailure: poolAsBefore, undo }),
   },
 });

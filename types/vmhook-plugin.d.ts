@@ -7,7 +7,7 @@
 //
 // A plugin: parse(elements, domain) → config; plan.EVENT(ctx) → steps (reads
 // the host, changes nothing); actions[kind] = { check, apply, undo } per kind
-// of step. The first interface (handlers calling ctx.step, one undo) is
+// of step, with unchangedAfterFailure when a failed apply may leave the host as it was. The first interface (handlers calling ctx.step, one undo) is
 // LegacyPlugin: still run for custom JavaScript plugins, see docs/plugins.md.
 export type {
   Action,

@@ -4,7 +4,6 @@
 import { writeThroughDriver } from "../../lib/bounded-write.ts";
 import { WaitTimedOut } from "../../lib/deadline.ts";
 import { readsAs } from "../../lib/host.ts";
-import { StuckWriteError } from "../../lib/stuck-writes.ts";
 import { VmhookError } from "../../lib/errors.ts";
 import { defineAction, type ApplyContext, type BaseContext, type Step, type UndoContext, type UndoRecord } from "../../lib/plugin.ts";
 import { HARMLESS_DRIVERS, isDisplayClass, listPciDevices } from "../../lib/pci.ts";
@@ -272,20 +271,14 @@ async function consoleOnlyOnKeptGpus(ctx: BaseContext, found: Survey): Promise<s
   return [...shown].map((index) => `fb${index} of ${owners.get(index)}`).join(", ");
 }
 
-/** A console that still reads bound, as it was planned, changed nothing: nothing to bind again. */
+const vtconsoleBind = (record: UndoRecord) => `${VTCONSOLES}/${record.vtconsole}/bind`;
+
+/** A console that still reads bound, as it was planned. */
+const vtconsoleBound = (record: UndoRecord, ctx: BaseContext) => readsAs(ctx.host, vtconsoleBind(record), "1");
+
 function unbindVtconsole(record: UndoRecord, ctx: ApplyContext<unknown>): void {
-  const bind = `${VTCONSOLES}/${record.vtconsole}/bind`;
-  const stillBound = () => readsAs(ctx.host, bind, "1");
-  try {
-    ctx.host.write(bind, "0");
-  } catch (error) {
-    if (stillBound()) ctx.nothingToUndo();
-    throw error;
-  }
-  if (stillBound()) {
-    ctx.nothingToUndo();
-    throw new VmhookError(`vfio: console ${record.vtconsole} stays bound to the framebuffer`);
-  }
+  ctx.host.write(vtconsoleBind(record), "0");
+  if (vtconsoleBound(record, ctx)) throw new VmhookError(`vfio: console ${record.vtconsole} stays bound to the framebuffer`);
 }
 
 /** A firmware framebuffer's unbind or bind runs the driver's remove() or probe(): in a helper bounded by bindTimeoutSeconds (lib/bounded-write.ts). */
@@ -294,20 +287,13 @@ function throughFramebufferDriver(ctx: BaseContext, driver: string, device: stri
   return writeThroughDriver(ctx, { device, driver, file: `/sys/bus/platform/drivers/${driver}/${file}`, value: device, timeoutMs, setting: "plugins.vfio.bindTimeoutSeconds" });
 }
 
-/** A framebuffer still bound after its unbind returned (refused, or did nothing) changed nothing; one whose unbind has not returned may yet let go: kept. */
+/** A framebuffer still bound to its driver. */
+const framebufferBound = (record: UndoRecord, ctx: BaseContext) => ctx.host.exists(`/sys/bus/platform/drivers/${record.driver}/${record.device}`);
+
 async function unbindFramebuffer(record: UndoRecord, ctx: ApplyContext<unknown>): Promise<void> {
   const [driver, device] = [String(record.driver), String(record.device)];
-  const stillBound = () => ctx.host.exists(`/sys/bus/platform/drivers/${driver}/${device}`);
-  try {
-    await throughFramebufferDriver(ctx, driver, device, "unbind");
-  } catch (error) {
-    if (!(error instanceof StuckWriteError) && stillBound()) ctx.nothingToUndo();
-    throw error;
-  }
-  if (stillBound()) {
-    ctx.nothingToUndo();
-    throw new VmhookError(`vfio: ${device} stays bound to ${driver}`);
-  }
+  await throughFramebufferDriver(ctx, driver, device, "unbind");
+  if (framebufferBound(record, ctx)) throw new VmhookError(`vfio: ${device} stays bound to ${driver}`);
 }
 
 function checkVtconsole(record: UndoRecord): UndoRecord {
@@ -432,5 +418,7 @@ async function bindFramebuffer(record: UndoRecord, ctx: BaseContext): Promise<vo
   if (!ctx.host.exists(`${driverDir}/${device}`)) throw new VmhookError(`vfio: ${device} did not bind to ${driver} again`);
 }
 
-export const unbindVtconsoleAction = defineAction({ check: checkVtconsole, apply: unbindVtconsole, undo: bindVtconsole });
-export const unbindFramebufferAction = defineAction({ check: checkFramebuffer, apply: unbindFramebuffer, undo: bindFramebuffer });
+// Still bound after a failed unbind (refused, or it did nothing): nothing changed, nothing to bind again.
+// An unbind whose helper has not returned may yet let go: the runner keeps its entry (StuckWriteError).
+export const unbindVtconsoleAction = defineAction({ check: checkVtconsole, apply: unbindVtconsole, unchangedAfterFailure: vtconsoleBound, undo: bindVtconsole });
+export const unbindFramebufferAction = defineAction({ check: checkFramebuffer, apply: unbindFramebuffer, unchangedAfterFailure: framebufferBound, undo: bindFramebuffer });

@@ -73,8 +73,6 @@ function setResetMethod(record: ResetMethodRecord, ctx: ApplyContext<unknown>): 
   try {
     ctx.host.write(file, "device_specific");
   } catch (error) {
-    // Refused, and the order reads as before: nothing to restore. One that changed it, or cannot be read, keeps the record.
-    if (readsAs(ctx.host, file, record.original)) ctx.nothingToUndo();
     throw refused((error as NodeJS.ErrnoException).code ?? String(error));
   }
   const now = ctx.host.readTrimmed(file);
@@ -101,7 +99,10 @@ function checkResetMethod(record: UndoRecord): ResetMethodRecord {
   return { action: "set-reset-method", address, original };
 }
 
-export const setResetMethodAction = defineAction<ResetMethodRecord>({ check: checkResetMethod, apply: setResetMethod, undo: restoreResetMethod });
+/** Refused, and the order reads as before: nothing to restore. One that changed it, or cannot be read, keeps the record. */
+const resetMethodAsBefore = (record: ResetMethodRecord, ctx: BaseContext) => readsAs(ctx.host, pciPath(record.address, "reset_method"), record.original);
+
+export const setResetMethodAction = defineAction<ResetMethodRecord>({ check: checkResetMethod, apply: setResetMethod, unchangedAfterFailure: resetMethodAsBefore, undo: restoreResetMethod });
 
 /** `vmhook doctor`: each AMD GPU of the VM that needs vendor-reset, and whether the host has it. */
 export function vendorResetFindings(host: Host, devices: PciDevice[], modinfo: () => boolean): Finding[] {
