@@ -11,7 +11,7 @@ import { createLogger, logProblem, oneLine, openLog, type Logger } from "./log.t
 import { isLegacyPlugin, type HookEvent, type PlannedEvent, type PluginRegistry } from "./plugin.ts";
 import { registry as builtinRegistry } from "../plugins/index.ts";
 import { DEFAULT_SETTINGS, loadSettings, type HostSettings } from "./settings.ts";
-import { runPlugins, undoJournal, type RunEnvironment, type UndoResult } from "./transaction.ts";
+import { runPlugins, staleJournalNote, undoJournal, type RunEnvironment, type UndoResult } from "./transaction.ts";
 import { paths } from "./paths.ts";
 import { nameArgument, recoverCommandLine } from "./metadata-text.ts";
 import { ancestorRunning, LIBVIRT_DAEMONS, pidFileQemu } from "./processes.ts";
@@ -310,11 +310,6 @@ function withRollbackNote(error: unknown, steps: number, { failed, stale }: Undo
   if (stale) return new VmhookError(describeError(error), [...lines, `${undone}, but ${staleJournalNote(stale, name)}`]);
   const cause = error instanceof FixThenRecover ? error.remedyAlone() : error;
   return new VmhookError(describeError(cause), [...lines, `${undone}, so there is nothing to recover`]);
-}
-
-/** What an undo whose journal file could not be brought up to date (UndoResult.stale) leaves: a journal listing changes already given back. */
-function staleJournalNote(stale: string, name: string): string {
-  return `its journal still lists changes already given back: ${stale}, with ${recoverCommandLine(name)} (the next start does it too): it checks each against the host, gives nothing back twice, and removes them`;
 }
 
 /**

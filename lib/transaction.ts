@@ -12,6 +12,7 @@ import { CommandTimedOut, describeError, StrayError, VmhookError } from "./error
 import type { ExecResult, Host } from "./host.ts";
 import { completeJournals, removeJournal, sharedState, writeJournal, type Journal, type JournalEntry, type JournalPhase } from "./journal.ts";
 import { withHostLock, type HeldLock } from "./lock.ts";
+import { recoverCommandLine } from "./metadata-text.ts";
 import type { Logger } from "./log.ts";
 import { paths } from "./paths.ts";
 import {
@@ -601,6 +602,16 @@ export interface UndoResult {
    * and removes them. Absent when the file says what was done.
    */
   stale?: string;
+}
+
+/**
+ * What an undo whose journal file could not be brought up to date
+ * (UndoResult.stale) leaves, as the rollback, the release and vmhook recover
+ * say it: a journal listing changes already given back, and what removes
+ * them. `name`: the domain as vmhook recover takes it.
+ */
+export function staleJournalNote(stale: string, name: string): string {
+  return `its journal still lists changes already given back: ${stale}, with ${recoverCommandLine(name)} (the next start does it too): it checks each against the host, gives nothing back twice, and removes them`;
 }
 
 /**

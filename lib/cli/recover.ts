@@ -17,7 +17,7 @@ import { runningOrWhyUnknown } from "./running.ts";
 import { definedUuid, libvirtNaming, namingArgument, namingText } from "../definitions.ts";
 import { describeOrphanClaim, describeUnheldShared, giveBackOrphanClaims, giveBackUnheldShared, type Recovery } from "./recover-unheld.ts";
 import { loadSettings } from "../settings.ts";
-import { undoJournal } from "../transaction.ts";
+import { staleJournalNote, undoJournal } from "../transaction.ts";
 import { describeFinishedWrite, forgetFinishedWrites } from "../stuck-writes.ts";
 import { lonelyTemps, readStateFile, refuseUntrustedStateDir, removeStaleTemps } from "../state-files.ts";
 import { registry } from "../../plugins/index.ts";
@@ -161,8 +161,7 @@ export const recoverCommand: CommandModule<GlobalOptions, RecoverArgs> = {
       const { undone, failed, stale } = outcome.value;
       results.push({ ...named, undone, failed: failed.map((e) => ({ plugin: e.plugin, description: e.description, error: e.error })), ...(stale ? { stale } : {}) });
       if (!args.json) print(failed.length === 0 ? `${shown}: ${undone} change(s) undone` : `${shown}: ${undone} undone, ${failed.length} still failing (see above); fix the cause and run vmhook recover again`);
-      // Each undo checks what it gives back: the next recover removes what the journal still lists, giving nothing back twice.
-      if (stale && !args.json) print(`${shown}: its journal still lists changes already given back: ${stale}, with vmhook recover`);
+      if (stale && !args.json) print(`${shown}: ${staleJournalNote(stale, namingArgument(naming, uuid))}`);
       if (failed.length > 0 || stale) process.exitCode = 1;
     }
     // What no journal holds: claims of a domain whose journal is gone (recovering all, or its UUID), and shared state no claim needs (recovering all).
