@@ -405,6 +405,29 @@ test("a first pool write the kernel refuses, the pool as it was, changed nothing
   }
 });
 
+test("a pool write refused in a later round, after the round before gave its pages back and the pool reads as it was: the step holds nothing, so the start says 0 changes undone (unchangedAfterFailure); it used to count 1 for any write but the step's first", async () => {
+  const { sim, kernel } = host({ freeKiB: 4 * GiB, fragmentedKiB: 3584 * MiB, compactionHelps: false });
+  try {
+    const before = sim.snapshot();
+    // The reclaim between rounds 1 and 2: from then on the kernel refuses the pool write.
+    const write = sim.write.bind(sim);
+    sim.write = (file: string, data: string) => {
+      write(file, data);
+      if (file === "/proc/sys/vm/drop_caches") sim.failWrite("/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages", "EBUSY");
+    };
+    const outcome = await runHookEvent(sim, "prepare", "begin", domainXml());
+    assert.is(outcome.code, 1);
+    assert.match(firstLine(outcome.stderr), /hugepages: the kernel refused 512 in \/sys\/kernel\/mm\/hugepages\/hugepages-2048kB\/nr_hugepages \(EBUSY\)/);
+    assert.match(outcome.stderr, "the host was left as it was (0 change(s) undone), so there is nothing to recover");
+    assert.equal(poolFiles(sim).map((w) => Number(w.data)), [512, 0], "round 1 grew and gave back; round 2's write was refused");
+    assert.is(kernel.pool(2048), 0);
+    assert.equal(sim.snapshot(), before);
+    assert.equal(sim.stateFiles(), []);
+  } finally {
+    sim.cleanup();
+  }
+});
+
 test("fragmented memory: compaction lets the second round succeed", async () => {
   const { sim, kernel } = host({ freeKiB: 4 * GiB, fragmentedKiB: 3584 * MiB });
   try {

@@ -327,6 +327,23 @@ test("a loaded vendor-reset that does not handle the card (the kernel refuses de
   assert.equal(kernel.sim.stateFiles(), []);
 });
 
+test("a reset_method write the kernel takes but that leaves the order as it was: prepare fails naming what it reads, and the write is no change to undo or count, as a refused one (unchangedAfterFailure); it used to count 3", async () => {
+  const kernel = amdWorkstation({ deviceId: "0x731f" }, { vendorReset: "loaded" });
+  // The write returns, and the kernel's list stays as it was.
+  const write = kernel.sim.write.bind(kernel.sim);
+  kernel.sim.write = (file: string, data: string) => {
+    if (file !== `/sys/bus/pci/devices/${GPU}/reset_method`) write(file, data);
+  };
+  const before = kernel.sim.snapshot();
+  const prepare = await runHookEvent(kernel.sim, "prepare", "begin", xml);
+  assert.is(prepare.code, 1);
+  assert.match(prepare.stderr, `the kernel did not take reset_method device_specific for ${GPU} (it reads "flr bus")`);
+  assert.match(prepare.stderr, "the host was left as it was (2 change(s) undone), so there is nothing to recover");
+  assert.not.match(log(kernel), "undo set the reset method");
+  assert.equal(kernel.sim.snapshot(), before);
+  assert.equal(kernel.sim.stateFiles(), []);
+});
+
 test("vendor-reset installed but not loaded: prepare loads it before setting reset_method; release restores both", async () => {
   const kernel = amdWorkstation({ deviceId: "0x67df" }, { vendorReset: "installed" });
   const before = kernel.sim.snapshot();
