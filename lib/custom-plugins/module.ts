@@ -45,6 +45,11 @@ function moduleProblem(value: unknown, name: string): string | undefined {
   if (typeof plugin.plan !== "object" || plugin.plan === null || typeof plugin.actions !== "object" || plugin.actions === null) return "must export plan: { prepare(ctx) {...} } and actions: { KIND: { check, apply, undo } }";
   const incomplete = Object.entries(plugin.actions as Record<string, Record<string, unknown>>).find(([, action]) => ["check", "apply", "undo"].some((hook) => typeof action?.[hook] !== "function"));
   if (incomplete) return `action ${incomplete[0]} must have the functions check(record), apply(record, ctx) and undo(record, ctx)`;
+  // Optional; anything else there would be taken for "changed" at every failure, silently.
+  const unsure = Object.entries(plugin.actions as Record<string, Record<string, unknown>>).find(([, action]) => action.unchangedAfterFailure !== undefined && typeof action.unchangedAfterFailure !== "function");
+  if (unsure) {
+    return `action ${unsure[0]} has unchangedAfterFailure ${JSON.stringify(unsure[1].unchangedAfterFailure)?.slice(0, 40)}; make it a function(record, ctx) that returns true only when the host reads as before the step, or leave it out`;
+  }
   return undefined;
 }
 

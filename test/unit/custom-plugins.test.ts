@@ -815,6 +815,16 @@ test("module: a module without a Plugin default export is refused with what to e
   sim.cleanup();
 });
 
+test("module: an action whose unchangedAfterFailure is not a function is refused at load, naming the action and what it must be, before anything runs", async () => {
+  const sim = pluginHost();
+  install(sim, "sure.mjs", `export default { name: "sure", summary: "x", parse: () => ({}), plan: {}, actions: { open: { check: (r) => r, apply() {}, undo() {}, unchangedAfterFailure: true } } };\n`, 0o644);
+  const outcome = await runHookEvent(sim, "prepare", "begin", domainXml('<vmhook:plugin name="sure"/>'));
+  assert.is(outcome.code, 1);
+  assert.match(outcome.stderr, "plugin sure: /etc/vmhook/plugins.d/sure.mjs action open has unchangedAfterFailure true; make it a function(record, ctx) that returns true only when the host reads as before the step, or leave it out");
+  assert.equal(sim.stateFiles(), []);
+  sim.cleanup();
+});
+
 /** A module plugin whose prepare planner says `message`: as a refused step's reason, or as an error it throws. */
 const failingPlugin = (name: string, message: string, how: "refuses" | "throws") =>
   `export default { name: "${name}", summary: "${how}", parse: () => ({}),
