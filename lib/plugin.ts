@@ -7,9 +7,11 @@
 //   parse(elements, domain)   metadata → typed config, no host access
 //   plan.prepare(ctx)         reads the host, changes nothing, returns steps
 //   actions[kind].apply       one step's change; the runner journals it first
-//   actions[kind].unchangedAfterFailure  after apply threw: does the host read as before?
 //   actions[kind].check       validates a journaled record before any undo
 //   actions[kind].undo        gives one change back; idempotent
+//   actions[kind].unchangedAfterFailure
+//                             optional: after apply threw, whether the host
+//                             reads as before (then nothing is undone)
 //
 // `vmhook plan` prints exactly what plan.* returns, and prepare runs exactly
 // that: no plugin branches on a dry run.
