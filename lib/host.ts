@@ -46,6 +46,8 @@ export interface FileStat {
   isFile: boolean;
   isDirectory: boolean;
   isSymlink: boolean;
+  /** Last change of the content, ms since the epoch (wall clock). */
+  mtimeMs: number;
 }
 
 /** A lock file open for flock(2) (Host.openLock); closing it lets go of the lock. */
@@ -348,7 +350,7 @@ export class RootedHost implements Host {
 
   stat(hostPath: string): FileStat | undefined {
     const s = unlessAbsent(() => this.statPath(hostPath), undefined, ABSENT, "stat", hostPath);
-    return s && { uid: s.uid, mode: s.mode, isFile: s.isFile(), isDirectory: s.isDirectory(), isSymlink: s.isSymbolicLink() };
+    return s && { uid: s.uid, mode: s.mode, isFile: s.isFile(), isDirectory: s.isDirectory(), isSymlink: s.isSymbolicLink(), mtimeMs: s.mtimeMs };
   }
 
   fileSystemType(hostPath: string): number {

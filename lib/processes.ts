@@ -35,6 +35,24 @@ export function processInstance(host: Host, pid: number): string | undefined {
   return fields && instanceOf(pid, fields);
 }
 
+/** USER_HZ, the unit of the start time in /proc/PID/stat: 100 on every architecture libvirt runs on (alpha and ia64 alone had 1024). */
+const TICKS_PER_SECOND = 100;
+
+/**
+ * When the process started, in ms since the epoch: its start time against
+ * /proc/uptime read now (both on the boot clock, to a tick; /proc/stat's
+ * btime is whole seconds). Undefined when no such process, or only its
+ * zombie; throws when /proc/uptime cannot be read.
+ */
+export function processStartedAtMs(host: Host, pid: number): number | undefined {
+  const fields = procStat(host, pid);
+  const ticks = fields && instanceOf(pid, fields)?.split(":")[1];
+  if (ticks === undefined) return undefined;
+  const uptime = /^(\d+(?:\.\d+)?)(?:\s|$)/.exec(host.readTrimmed("/proc/uptime") ?? "");
+  if (!uptime) throw new VmhookError("cannot read the time since boot from /proc/uptime (missing, or not \"SECONDS IDLE\"): is /proc mounted?");
+  return host.wallClockMs() - (Number(uptime[1]) * 1000 - (Number(ticks) * 1000) / TICKS_PER_SECOND);
+}
+
 /** How long an undo waits for a left-over process it killed to be gone. */
 const KILLED_GONE_MS = 2000;
 

@@ -34,7 +34,8 @@ import { print, printJson } from "./output.ts";
 const BINARY_MARKER = "vmhook-binary-marker:c0ffee-1";
 const HOOK = `${paths.libvirtHooksDir}/qemu`;
 export const SAVED_HOOK = `${paths.libvirtHooksDir}/qemu.vmhook-saved`;
-const SAVED_HOOK_LAUNCHER = `${paths.libvirtHooksDir}/qemu.d/vmhook-saved-qemu-hook`;
+const QEMU_DIR = `${paths.libvirtHooksDir}/qemu.d`;
+const SAVED_HOOK_LAUNCHER = `${QEMU_DIR}/vmhook-saved-qemu-hook`;
 /** The launcher while it is written: beside the hook, where libvirt runs nothing of that name. */
 const NEW_LAUNCHER = `${paths.libvirtHooksDir}/qemu.vmhook-launcher-new`;
 /**
@@ -62,6 +63,13 @@ interface InstallRecord {
    * came, and no install or uninstall writes or removes it.
    */
   debianPackage?: true;
+  /**
+   * Whether install made qemu.d (for the launcher): uninstall removes it,
+   * when empty, only then; one that was there before is the admin's.
+   * Absent from the records of earlier vmhooks: their uninstall removes an
+   * empty qemu.d, as those vmhooks did.
+   */
+  madeQemuDir?: boolean;
 }
 
 /**
@@ -273,7 +281,7 @@ function readRecord(host: Host): InstallRecord {
   try {
     const record = JSON.parse(text) as InstallRecord;
     // The one hook install saves: uninstall renames what the record names into the hook's place, for libvirt to run as root.
-    if (typeof record !== "object" || record === null || (record.savedHook !== undefined && record.savedHook !== SAVED_HOOK) || (record.logrotate !== undefined && record.logrotate !== true) || (record.debianPackage !== undefined && record.debianPackage !== true)) throw new Error("not an install record");
+    if (typeof record !== "object" || record === null || (record.savedHook !== undefined && record.savedHook !== SAVED_HOOK) || (record.logrotate !== undefined && record.logrotate !== true) || (record.debianPackage !== undefined && record.debianPackage !== true) || (record.madeQemuDir !== undefined && typeof record.madeQemuDir !== "boolean")) throw new Error("not an install record");
     return record;
   } catch (error) {
     throw new VmhookError(`${INSTALL_RECORD} is damaged (${(error as Error).message}); it records the hook vmhook replaced (${SAVED_HOOK}): fix it to {"savedHook": "${SAVED_HOOK}"} if that file exists, else to {}`);
@@ -301,7 +309,10 @@ export function install(host: Host, binary: string, { cliLink = true, debianPack
   // The same file under both names: an install killed after linking it, whose second name this one reuses.
   const linkedAlready = keepForeignHook && present(host, SAVED_HOOK) && sameFile(host, HOOK, SAVED_HOOK);
   if (keepForeignHook && !linkedAlready && present(host, SAVED_HOOK)) throw new VmhookError(`${HOOK} is not vmhook and ${SAVED_HOOK} exists already; move one of them away by hand`);
-  if (keepForeignHook && libvirtRuns(hook)) refuseWithoutHooksDir(host);
+  // One libvirt skips (not executable, a dangling link) gets no launcher: exec would fail every VM start.
+  const launcher = keepForeignHook && libvirtRuns(hook);
+  if (launcher) refuseWithoutHooksDir(host);
+  const makeQemuDir = launcher && !present(host, QEMU_DIR);
 
   // Each change registers how to take it back: an install that fails halfway
   // (the disk filling up while the binary is copied) leaves the hooks as they were.
@@ -327,20 +338,14 @@ export function install(host: Host, binary: string, { cliLink = true, debianPack
       host.copyIn(binary, temporary);
       host.chmod(temporary, 0o755);
     }
+    if (makeQemuDir) record.madeQemuDir = true;
+    // A record (as read) without a saved hook had no launcher, so its install made no qemu.d; one with a saved hook and no field is an earlier vmhook's, which did not say.
+    else if (record.madeQemuDir === undefined && record.savedHook === undefined) record.madeQemuDir = false;
     if (keepForeignHook) {
-      // One libvirt skips (not executable, a dangling link) gets no launcher: exec would fail every VM start.
-      const libvirtRanIt = libvirtRuns(hook);
-      if (libvirtRanIt) {
-        host.mkdir(path.dirname(SAVED_HOOK_LAUNCHER), 0o755);
-        host.createFile(NEW_LAUNCHER, LAUNCHER_TEXT, 0o755);
-        undos.push(() => host.remove(NEW_LAUNCHER));
-        host.rename(NEW_LAUNCHER, SAVED_HOOK_LAUNCHER);
-        undos.push(() => host.remove(SAVED_HOOK_LAUNCHER));
-      }
       record.savedHook = SAVED_HOOK;
       hooksChanged = true;
       notes.push(
-        libvirtRanIt
+        launcher
           ? `kept the existing hook: moved ${HOOK} to ${SAVED_HOOK}, run by ${SAVED_HOOK_LAUNCHER} (libvirt runs both; vmhook uninstall puts it back)`
           : `kept the existing hook: moved ${HOOK} to ${SAVED_HOOK}; it is not executable, so libvirt did not run it and does not now (vmhook uninstall puts it back)`,
       );
@@ -355,7 +360,18 @@ export function install(host: Host, binary: string, { cliLink = true, debianPack
       writeLogrotate = record.logrotate = true;
     }
     const recordText = `${JSON.stringify(record, null, 2)}\n`;
+    // Written before qemu.d is made: an install killed between the two leaves a record saying install made it, never a qemu.d the next install takes for the admin's.
     if (host.readTrimmed(INSTALL_RECORD) !== recordText.trim()) writeRecord(host, recordText);
+    if (launcher) {
+      if (makeQemuDir) {
+        host.mkdir(QEMU_DIR, 0o755);
+        undos.push(() => host.removeIfEmpty(QEMU_DIR));
+      }
+      host.createFile(NEW_LAUNCHER, LAUNCHER_TEXT, 0o755);
+      undos.push(() => host.remove(NEW_LAUNCHER));
+      host.rename(NEW_LAUNCHER, SAVED_HOOK_LAUNCHER);
+      undos.push(() => host.remove(SAVED_HOOK_LAUNCHER));
+    }
     if (writeLogrotate) {
       // Recorded first: an install killed before this leaves a record naming a config that is not there, which the next one writes.
       undos.push(() => host.remove(LOGROTATE_CONFIG));
@@ -482,8 +498,8 @@ function removeHook(host: Host, debianPackage: boolean): InstallResult {
       notes.push(`left ${HOOK} alone: it is not vmhook`);
     }
   }
-  // install makes it for the launcher when missing; empty, whoever made it, it runs nothing (rmdir(2): anything put there stays)
-  host.removeIfEmpty(path.dirname(SAVED_HOOK_LAUNCHER));
+  // rmdir(2): anything put there since stays. An earlier vmhook's record does not say who made it: removed when empty, as that vmhook did.
+  if (record.madeQemuDir !== false) host.removeIfEmpty(QEMU_DIR);
   if (record.logrotate && !debianPackage) notes.push(...removeLogrotate(host));
   host.remove(INSTALL_RECORD);
   return { notes: [...notes, ...cliNotes], hooksChanged };

@@ -31,6 +31,7 @@ import { describeUnheldSharedView, unheldSharedNow } from "../cli/recover-unheld
 import { isLegacyPlugin } from "../plugin.ts";
 import { fail, failedWith, ok, roundMiB, UNREADABLE_FIX, warn, type Finding } from "./findings.ts";
 import { describeBlockingBridge, readIommuGroups, type IommuReport } from "./iommu.ts";
+import { qemuConfAge } from "./qemu-conf-age.ts";
 import { nvidiaGpus } from "./domain-fixes.ts";
 import { groupInUse, handedOverHere, readableVfioConfig, targetWords, vfioTargets, type VfioTarget } from "../../plugins/vfio/survey.ts";
 import type { XmlElement } from "../xml.ts";
@@ -112,6 +113,7 @@ async function hostChecks(host: Host, iommu: IommuReport | Error, passthrough: b
     ["hugepages", () => hugepagePools(host)],
     ["cgroup v2 cpuset", () => cgroupCpuset(host)],
     ["libvirt hook", () => libvirtHook(host)],
+    ["qemu.conf", () => qemuConfAge(host)],
     ["leftovers", () => leftovers(host)],
     ["stuck driver", () => stuckDrivers(host)],
     ["custom plugins", () => customPlugins(host)],

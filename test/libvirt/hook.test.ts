@@ -63,4 +63,28 @@ test("a running domain is told by its QEMU's -uuid: recover leaves a claim of it
   }
 });
 
+// libvirtd reads qemu.conf only when it starts; doctor places the running
+// daemon's start from /proc (its start in ticks against /proc/uptime) and
+// compares it with the file's mtime.
+test("doctor's qemu.conf check against the running libvirtd: ok while it started after qemu.conf last changed; a warning naming its pid and the restart once the file's mtime is after that (put back afterwards)", async () => {
+  const conf = "/etc/libvirt/qemu.conf";
+  const finding = async () => {
+    const doctor = await runProgram(binary(), ["doctor", "--json"]);
+    return (JSON.parse(doctor.stdout) as { host: { check: string; status: string; reason: string; fix?: string }[] }).host.find((found) => found.check === "qemu.conf");
+  };
+  const before = fs.statSync(conf);
+  const current = await finding();
+  assert.is(current?.status, "ok", JSON.stringify(current));
+  assert.match(current!.reason, /^libvirtd \(pid \d+\) started at \S+, after \/etc\/libvirt\/qemu\.conf last changed/);
+  try {
+    fs.utimesSync(conf, before.atime, new Date(Date.now() + 10_000));
+    const edited = await finding();
+    assert.is(edited?.status, "warn", JSON.stringify(edited));
+    assert.match(edited!.reason, /^\/etc\/libvirt\/qemu\.conf changed at \S+, after libvirtd \(pid \d+\) started at \S+, which reads it only when it starts/);
+    assert.match(edited!.fix ?? "", "when no VM runs, ");
+  } finally {
+    fs.utimesSync(conf, before.atime, before.mtime);
+  }
+});
+
 run();

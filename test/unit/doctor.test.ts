@@ -52,7 +52,7 @@ async function doctor(sim: SimHost, xml?: string) {
 test("host checks on a healthy desktop: all ok", async () => {
   const sim = desktopHost();
   const { report, statuses, host } = await doctor(sim);
-  assert.equal(statuses(report.host), { iommu: "ok", "vfio modules": "ok", hugepages: "ok", "cgroup v2 cpuset": "ok", "libvirt hook": "ok", leftovers: "ok", "host policy": "ok", "host settings": "ok" });
+  assert.equal(statuses(report.host), { iommu: "ok", "vfio modules": "ok", hugepages: "ok", "cgroup v2 cpuset": "ok", "libvirt hook": "ok", "qemu.conf": "ok", leftovers: "ok", "host policy": "ok", "host settings": "ok" });
   assert.is(host("iommu").reason, "enabled: 3 IOMMU groups (vmhook iommu lists them)");
   assert.match(host("vfio modules").reason, "available (loaded: vfio; the rest load when a device is handed over)");
   assert.match(host("hugepages").reason, "pools 2M: 0 reserved, 0 free; 1G: 0 reserved, 0 free; free memory node 0");
@@ -553,7 +553,7 @@ test("the binary: vmhook doctor prints findings with fixes and exits 1 only when
   const clean = run(desktop);
   assert.is(clean.status, 0, clean.stdout + clean.stderr);
   assert.match(clean.stdout, "Host:\n  ok    iommu: enabled: 3 IOMMU groups");
-  assert.match(clean.stdout, "8 ok, 0 warning(s), 0 failure(s)");
+  assert.match(clean.stdout, "9 ok, 0 warning(s), 0 failure(s)");
   desktop.cleanup();
 
   const shared = sharedGroupHost();
@@ -574,7 +574,7 @@ test("doctor with parts of the host unreadable: each check that cannot read what
   try {
     sim.failList("/sys/kernel/iommu_groups", "EIO").failRead("/sys/fs/cgroup/cgroup.controllers", "EACCES");
     const { report, statuses, host, domain } = await doctor(sim, domainXml({ devices: GPU_AND_AUDIO, metadata: "<vmhook:vfio/>" }));
-    assert.equal(statuses(report.host), { iommu: "fail", "vfio modules": "ok", hugepages: "ok", "cgroup v2 cpuset": "fail", "libvirt hook": "ok", leftovers: "ok", "host policy": "ok", "host settings": "ok" });
+    assert.equal(statuses(report.host), { iommu: "fail", "vfio modules": "ok", hugepages: "ok", "cgroup v2 cpuset": "fail", "libvirt hook": "ok", "qemu.conf": "ok", leftovers: "ok", "host policy": "ok", "host settings": "ok" });
     // The reason names the path and errno, the fix is the error's own: never spliced into the reason.
     assert.equal([host("iommu").reason, host("iommu").fix], ["cannot list /sys/kernel/iommu_groups (EIO)", "vmhook does not act on what it cannot read; check why (ls -l, dmesg)"]);
     assert.equal(
@@ -598,6 +598,99 @@ test("doctor where the state directory cannot be looked at (its parent denied): 
       [host("leftovers").status, host("leftovers").reason, host("leftovers").fix],
       ["fail", "cannot stat /run/vmhook (EACCES)", "vmhook runs as root, so a security module (AppArmor, SELinux) denies it: look for the denial in journalctl -k"],
     );
+  } finally {
+    sim.cleanup();
+  }
+});
+
+// libvirtd and virtqemud read qemu.conf only when they start, and vmhook reads
+// user and hugetlbfs_mount there at every event: an edit without a restart
+// had vmhook check one user or mount list while libvirt went by another,
+// and nothing said so.
+test("qemu.conf: a warning when it changed after the running daemon that runs QEMU (virtqemud, else libvirtd) started, naming the file, both times, the settings vmhook reads and the restart; ok when the daemon is newer, none runs, or there is no qemu.conf", async () => {
+  const NOW = Date.parse("2026-12-03T12:00:00Z");
+  const OWN_MOUNTS = "mnt:[4026531841]";
+  /** A host up for a day whose qemu.conf changed `changedAgoS` seconds ago (none: no qemu.conf), and root daemons started `agoS` seconds ago. */
+  const host = (changedAgoS: number | undefined, daemons: { pid: number; comm: string; agoS: number; uid?: number; mounts?: string }[]) => {
+    const sim = desktopHost();
+    Object.assign(sim, { wallClockMs: () => NOW });
+    sim.dir("/run/systemd/system").file("/proc/uptime", "86400.00 170000.00").link("/proc/self/ns/mnt", OWN_MOUNTS);
+    for (const { pid, comm, agoS, uid = 0, mounts = OWN_MOUNTS } of daemons) {
+      sim.process(pid, [`/usr/sbin/${comm}`, "--timeout", "120"], { start: (86400 - agoS) * 100, uid }).file(`/proc/${pid}/comm`, comm).link(`/proc/${pid}/ns/mnt`, mounts);
+    }
+    if (changedAgoS !== undefined) {
+      sim.file("/etc/libvirt/qemu.conf", 'user = "libvirt-qemu"\n');
+      const changed = new Date(NOW - changedAgoS * 1000);
+      fs.utimesSync(sim.resolve("/etc/libvirt/qemu.conf"), changed, changed);
+    }
+    return sim;
+  };
+  const cases: { name: string; changedAgoS?: number; daemons: Parameters<typeof host>[1]; status: string; reason: string; fix?: string }[] = [
+    {
+      name: "edited after libvirtd started",
+      changedAgoS: 600,
+      daemons: [{ pid: 812, comm: "libvirtd", agoS: 3600 }],
+      status: "warn",
+      reason: "/etc/libvirt/qemu.conf changed at 2026-12-03T11:50:00Z, after libvirtd (pid 812) started at 2026-12-03T11:00:00Z, which reads it only when it starts: vmhook reads user and hugetlbfs_mount as they are now (who runs QEMU, for the ownership checks; the hugetlbfs mounts libvirt takes huge pages from, for hugepages), libvirt may still go by those of before",
+      fix: "when no VM runs, systemctl restart libvirtd: it then reads the file as vmhook does (if the change touched neither setting, nothing differs meanwhile)",
+    },
+    {
+      name: "edited after virtqemud started; a libvirtd started since is not the daemon that runs QEMU",
+      changedAgoS: 600,
+      daemons: [{ pid: 812, comm: "libvirtd", agoS: 60 }, { pid: 990, comm: "virtqemud", agoS: 3600 }],
+      status: "warn",
+      reason: "/etc/libvirt/qemu.conf changed at 2026-12-03T11:50:00Z, after virtqemud (pid 990) started at 2026-12-03T11:00:00Z, which reads it only",
+      fix: "when no VM runs, systemctl restart virtqemud:",
+    },
+    {
+      name: "virtqemud started after the edit; an older libvirtd beside it does not run QEMU",
+      changedAgoS: 600,
+      daemons: [{ pid: 812, comm: "libvirtd", agoS: 3600 }, { pid: 990, comm: "virtqemud", agoS: 60 }],
+      status: "ok",
+      reason: "virtqemud (pid 990) started at 2026-12-03T11:59:00Z, after /etc/libvirt/qemu.conf last changed (2026-12-03T11:50:00Z): libvirt and vmhook go by the same user and hugetlbfs_mount",
+    },
+    {
+      name: "libvirtd restarted in the same second as the edit (sed -i …; systemctl restart libvirtd)",
+      changedAgoS: 60.5,
+      daemons: [{ pid: 812, comm: "libvirtd", agoS: 61 }],
+      status: "ok",
+      reason: "libvirtd (pid 812) started at 2026-12-03T11:58:59Z, after /etc/libvirt/qemu.conf last changed (2026-12-03T11:58:59Z)",
+    },
+    {
+      name: "no daemon runs (virtqemud exits when idle); a user's session daemon and one of another mount namespace read other files",
+      changedAgoS: 600,
+      daemons: [{ pid: 4051, comm: "virtqemud", agoS: 3600, uid: 1000 }, { pid: 7000, comm: "libvirtd", agoS: 3600, mounts: "mnt:[4026532999]" }],
+      status: "ok",
+      reason: "no libvirt daemon (libvirtd or virtqemud) runs here: the next one reads /etc/libvirt/qemu.conf as it is when it starts",
+    },
+    {
+      name: "no qemu.conf",
+      daemons: [{ pid: 812, comm: "libvirtd", agoS: 3600 }],
+      status: "ok",
+      reason: "no /etc/libvirt/qemu.conf: libvirt and vmhook both go by libvirt's defaults",
+    },
+  ];
+  for (const { name, changedAgoS, daemons, status, reason, fix } of cases) {
+    const sim = host(changedAgoS, daemons);
+    try {
+      const finding = (await doctor(sim)).host("qemu.conf");
+      assert.is(finding.status, status, `${name}: ${finding.reason}`);
+      assert.ok(finding.reason.startsWith(reason), `${name}: ${finding.reason}`);
+      if (fix) assert.ok(finding.fix?.startsWith(fix), `${name}: ${finding.fix}`);
+    } finally {
+      sim.cleanup();
+    }
+  }
+});
+
+test("qemu.conf: a daemon's start that cannot be placed (no /proc/uptime) fails the check naming /proc/uptime, the others still run", async () => {
+  const sim = desktopHost();
+  try {
+    sim.file("/etc/libvirt/qemu.conf", "").link("/proc/self/ns/mnt", "mnt:[1]").process(812, ["/usr/sbin/libvirtd"]).file("/proc/812/comm", "libvirtd").link("/proc/812/ns/mnt", "mnt:[1]");
+    const { host, report } = await doctor(sim);
+    assert.is(host("qemu.conf").status, "fail");
+    assert.match(host("qemu.conf").reason, "/proc/uptime");
+    assert.is(host("iommu").status, "ok", JSON.stringify(report.host));
   } finally {
     sim.cleanup();
   }

@@ -16,7 +16,8 @@ import { ProcessKilled, SimHost } from "../helpers/simhost.ts";
 
 const HOOK = "/etc/libvirt/hooks/qemu";
 const SAVED = "/etc/libvirt/hooks/qemu.vmhook-saved";
-const LAUNCHER = "/etc/libvirt/hooks/qemu.d/vmhook-saved-qemu-hook";
+const QEMU_D = "/etc/libvirt/hooks/qemu.d";
+const LAUNCHER = `${QEMU_D}/vmhook-saved-qemu-hook`;
 const PREVIOUS = "#!/bin/sh\n# the admin's own hook, finding its scripts from $(dirname $0)\n";
 
 const roots: string[] = [];
@@ -161,50 +162,96 @@ test("install over another program's hook: at every change it makes, libvirt run
 // its launcher: a kill between the last two left a launcher exec'ing a file
 // that was gone, failing every VM start, and one after the first left no
 // /usr/local/bin/vmhook pointing at the admin's own hook.
-test("uninstall killed at any change it makes (kill -9, a power loss; a failed change stops it there too): libvirt runs the kept hook exactly once, with or without vmhook, never a launcher whose hook is gone; uninstall again, or install and uninstall, leaves the tree as it was before install", () => {
-  for (const previous of ["an executable hook", "a hook libvirt skips (no execute bit)", "no hook"] as const) {
-    for (const next of ["uninstall", "install"] as const) {
-      let completed = false;
-      for (let change = 1; !completed; change++) {
-        const sim = SimHost.inMemory(() => new SimHost());
-        try {
-          const { host, binary, putPreviousHook, putLibvirt } = setUp(sim);
-          for (const dir of ["/etc/libvirt/hooks", "/run", "/usr/local/bin"]) sim.dir(dir);
-          putLibvirt("10.0.0");
-          if (previous !== "no hook") putPreviousHook();
-          if (previous === "a hook libvirt skips (no execute bit)") fs.chmodSync(host.resolve(HOOK), 0o644);
-          const before = tree(host.root);
-          install(host, binary);
-          const vmhook = fs.readFileSync(binary, "utf8");
-          const kept = previous === "an executable hook" ? [PREVIOUS] : [];
-          sim.killAtChange(change);
-          let failure: unknown;
+test("uninstall killed at any change it makes (kill -9, a power loss; a failed change stops it there too): libvirt runs the kept hook exactly once, with or without vmhook, never a launcher whose hook is gone; uninstall again, or install and uninstall, leaves the tree as it was before install, an empty qemu.d the admin had (of any mode) included", () => {
+  for (const qemuDir of [undefined, 0o755, 0o700]) {
+    for (const previous of ["an executable hook", "a hook libvirt skips (no execute bit)", "no hook"] as const) {
+      for (const next of ["uninstall", "install"] as const) {
+        let completed = false;
+        for (let change = 1; !completed; change++) {
+          const sim = SimHost.inMemory(() => new SimHost());
           try {
-            uninstall(host, false, { purgeOwnFiles: true });
-            completed = true;
-          } catch (error) {
-            failure = error;
-          }
-          const killedAt = sim.revive() ?? "none: uninstall completed";
-          const at = `${previous}, then ${next}; killed at ${killedAt}`;
-          if (failure !== undefined && !(failure instanceof ProcessKilled)) throw failure;
-          const runs = whatLibvirtRuns(host);
-          assert.ok([kept, [vmhook, ...kept]].some((whole) => JSON.stringify(whole) === JSON.stringify(runs)), `${at}: libvirt runs ${JSON.stringify(runs)}`);
-          // The CLI link leads to vmhook or nowhere: never to the admin's hook, run as "vmhook uninstall" (by hand, or by install.sh --uninstall).
-          const cli = host.readlink("/usr/local/bin/vmhook");
-          if (cli !== undefined && fs.existsSync(host.resolve(cli))) assert.is(fs.readFileSync(host.resolve(cli), "utf8"), vmhook, `${at}: /usr/local/bin/vmhook leads to another program`);
-          if (next === "install") {
+            const { host, binary, putPreviousHook, putLibvirt } = setUp(sim);
+            for (const dir of ["/etc/libvirt/hooks", "/run", "/usr/local/bin"]) sim.dir(dir);
+            if (qemuDir !== undefined) fs.mkdirSync(host.resolve(QEMU_D), { mode: qemuDir });
+            putLibvirt("10.0.0");
+            if (previous !== "no hook") putPreviousHook();
+            if (previous === "a hook libvirt skips (no execute bit)") fs.chmodSync(host.resolve(HOOK), 0o644);
+            const before = tree(host.root);
             install(host, binary);
-            assert.equal(whatLibvirtRuns(host), [vmhook, ...kept], `${at}: installed again`);
+            const vmhook = fs.readFileSync(binary, "utf8");
+            const kept = previous === "an executable hook" ? [PREVIOUS] : [];
+            sim.killAtChange(change);
+            let failure: unknown;
+            try {
+              uninstall(host, false, { purgeOwnFiles: true });
+              completed = true;
+            } catch (error) {
+              failure = error;
+            }
+            const killedAt = sim.revive() ?? "none: uninstall completed";
+            const at = `${qemuDir === undefined ? "no qemu.d" : `qemu.d ${qemuDir.toString(8)}`}, ${previous}, then ${next}; killed at ${killedAt}`;
+            if (failure !== undefined && !(failure instanceof ProcessKilled)) throw failure;
+            const runs = whatLibvirtRuns(host);
+            assert.ok([kept, [vmhook, ...kept]].some((whole) => JSON.stringify(whole) === JSON.stringify(runs)), `${at}: libvirt runs ${JSON.stringify(runs)}`);
+            // The CLI link leads to vmhook or nowhere: never to the admin's hook, run as "vmhook uninstall" (by hand, or by install.sh --uninstall).
+            const cli = host.readlink("/usr/local/bin/vmhook");
+            if (cli !== undefined && fs.existsSync(host.resolve(cli))) assert.is(fs.readFileSync(host.resolve(cli), "utf8"), vmhook, `${at}: /usr/local/bin/vmhook leads to another program`);
+            if (next === "install") {
+              install(host, binary);
+              assert.equal(whatLibvirtRuns(host), [vmhook, ...kept], `${at}: installed again`);
+            }
+            uninstall(host, false, { purgeOwnFiles: true });
+            assert.equal(tree(host.root), before, `${at}: left behind`);
+          } finally {
+            sim.cleanup();
           }
-          uninstall(host, false, { purgeOwnFiles: true });
-          assert.equal(tree(host.root), before, `${at}: left behind`);
-        } finally {
-          sim.cleanup();
         }
       }
     }
   }
+});
+
+// uninstall removed /etc/libvirt/hooks/qemu.d whenever it was empty, whoever
+// made it: an admin's own (a dispatcher's, emptied; one of mode 0700) was gone
+// after install and uninstall, although install makes it only when missing.
+// (The kill sweep above runs uninstall --purge over such a qemu.d too.)
+test("a qemu.d that was there before install (empty; mode 0755 or 0700) stays, with its mode, through install and uninstall", () => {
+  for (const mode of [0o755, 0o700]) {
+    for (const previous of ["an executable hook", "no hook"] as const) {
+      const { host, binary, exists, putPreviousHook } = setUp();
+      if (previous !== "no hook") putPreviousHook();
+      fs.mkdirSync(host.resolve(QEMU_D), { recursive: true });
+      fs.chmodSync(host.resolve(QEMU_D), mode);
+      install(host, binary);
+      assert.is(exists(LAUNCHER), previous !== "no hook", `qemu.d ${mode.toString(8)}, ${previous}: launcher`);
+      uninstall(host, false);
+      const qemuD = host.stat(QEMU_D);
+      assert.is(qemuD?.isDirectory && (qemuD.mode & 0o7777).toString(8), mode.toString(8), `qemu.d ${mode.toString(8)}, ${previous}`);
+      assert.equal(fs.readdirSync(host.resolve(QEMU_D)), [], `qemu.d ${mode.toString(8)}, ${previous}: left in qemu.d`);
+    }
+  }
+});
+
+// Records of an earlier vmhook do not say whether install made qemu.d: their
+// uninstall removes it when empty, as that vmhook's did.
+test("an install record without madeQemuDir (an earlier vmhook's): uninstall removes an empty qemu.d as before, also after an upgrade; one that names no saved hook had no launcher, so made no qemu.d, and the upgrade records that", () => {
+  const kept = setUp();
+  kept.putPreviousHook();
+  install(kept.host, kept.binary);
+  fs.writeFileSync(kept.host.resolve("/etc/vmhook/install.json"), JSON.stringify({ savedHook: SAVED, logrotate: true }));
+  install(kept.host, kept.binary);
+  assert.equal(record(kept.read), { savedHook: SAVED, logrotate: true });
+  uninstall(kept.host, false);
+  assert.not.ok(kept.exists(QEMU_D), "the qemu.d an earlier install made for its launcher stays");
+
+  const plain = setUp();
+  fs.mkdirSync(plain.host.resolve(QEMU_D), { recursive: true });
+  install(plain.host, plain.binary);
+  fs.writeFileSync(plain.host.resolve("/etc/vmhook/install.json"), JSON.stringify({ logrotate: true }));
+  install(plain.host, plain.binary);
+  assert.equal(record(plain.read), { logrotate: true, madeQemuDir: false });
+  uninstall(plain.host, false);
+  assert.ok(plain.exists(QEMU_D), "the admin's qemu.d is gone");
 });
 
 // install keeps the old hook by a hard link (and uninstall puts it back by
@@ -250,12 +297,12 @@ test("an install whose record cannot be written whole (ENOSPC) keeps the record 
     const { host, binary, read, exists, putPreviousHook } = setUp(sim);
     putPreviousHook();
     install(host, binary);
-    assert.equal(record(read), { savedHook: SAVED, logrotate: true });
+    assert.equal(record(read), { savedHook: SAVED, logrotate: true, madeQemuDir: true });
     // the package's postinst over a hand install rewrites the record
     sim.failWrite(/^\/etc\/vmhook\/install\.json/, "ENOSPC");
     assert.throws(() => install(host, binary, { debianPackage: true }), /ENOSPC/);
     sim.clearFailures();
-    assert.equal(record(read), { savedHook: SAVED, logrotate: true });
+    assert.equal(record(read), { savedHook: SAVED, logrotate: true, madeQemuDir: true });
     assert.equal(fs.readdirSync(host.resolve("/etc/vmhook")).sort(), ["install.json", "plugins.d"], "a temporary copy of the record was left");
     assert.ok(uninstall(host, false).notes.includes(`removed ${LOGROTATE_CONFIG}`));
     assert.not.ok(exists(LOGROTATE_CONFIG));
@@ -780,11 +827,11 @@ test("a hand install (install.sh) first, then the Debian package: the logrotate 
     const { host, binary, read, putPreviousHook } = setUp();
     putPreviousHook();
     install(host, binary);
-    assert.equal(record(read), { savedHook: SAVED, logrotate: true });
+    assert.equal(record(read), { savedHook: SAVED, logrotate: true, madeQemuDir: true });
     // dpkg -i: dpkg finds the same text in place and keeps it as its conffile; postinst runs vmhook install --debian-package
     const packaged = install(host, binary, { debianPackage: true });
     assert.not.match(packaged.notes.join("\n"), "logrotate");
-    assert.equal(record(read), { savedHook: SAVED, debianPackage: true });
+    assert.equal(record(read), { savedHook: SAVED, debianPackage: true, madeQemuDir: true });
     const removed = uninstall(host, false, { debianPackage: uninstallBy === "the package's prerm" });
     assert.match(removed.notes.join("\n"), "restored the previous hook", uninstallBy);
     assert.not.match(removed.notes.join("\n"), "logrotate", uninstallBy);
@@ -797,20 +844,20 @@ test("the Debian package first, then a hand install over it: the conffile is lef
   fs.writeFileSync(host.resolve(LOGROTATE_CONFIG), LOGROTATE_TEXT, { mode: 0o644 }); // dpkg unpacks it before postinst
   install(host, binary, { debianPackage: true });
   assert.not.match(install(host, binary).notes.join("\n"), "logrotate");
-  assert.equal(record(read), { debianPackage: true });
+  assert.equal(record(read), { debianPackage: true, madeQemuDir: false });
   fs.rmSync(host.resolve(LOGROTATE_CONFIG));
   const deleted = `/var/log/vmhook.log is not rotated: ${LOGROTATE_CONFIG}, the Debian package's conffile, was deleted, and dpkg keeps it deleted; to get it back, reinstall the package with dpkg's --force-confmiss`;
   for (const options of [{}, { debianPackage: true }]) {
     assert.ok(install(host, binary, options).notes.includes(deleted), JSON.stringify(options));
     assert.not.ok(exists(LOGROTATE_CONFIG), `${JSON.stringify(options)}: install wrote dpkg's deleted conffile back`);
-    assert.equal(record(read), { debianPackage: true });
+    assert.equal(record(read), { debianPackage: true, madeQemuDir: false });
   }
 });
 
 test("the package's prerm never removes its conffile, even when the record says a hand install wrote it (a hand uninstall and install while the package stayed)", () => {
   const { host, binary, read } = setUp();
   install(host, binary);
-  assert.equal(record(read), { logrotate: true });
+  assert.equal(record(read), { logrotate: true, madeQemuDir: false });
   assert.not.match(uninstall(host, false, { debianPackage: true }).notes.join("\n"), "logrotate");
   assert.is(read(LOGROTATE_CONFIG), LOGROTATE_TEXT);
 });
