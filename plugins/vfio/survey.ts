@@ -365,7 +365,7 @@ export type Watched = {
  */
 function watchedFiles(host: Host, devices: Device[], singleGpu: boolean, nvidiaUnloads: boolean, firmwareFramebuffers: FirmwareFramebuffers): Watched {
   const nodes = new Set(devices.flatMap((device) => pciDeviceNodes(host, device.address)));
-  // Firmware framebuffers that go with the devices, in any mode: an fbdev held open keeps efifb's hold on the BARs after the unbind (it lets go at the last close).
+  // Firmware framebuffers that go with the devices, in any mode: an fbdev held open keeps efifb's hold on the BARs after the unbind (it lets go at the last close; measured on 6.1: test/kernel/efifb-holder.test.ts).
   if (firmwareFramebuffers === "go") for (const { nodes: fbs } of boundFirmwareFramebuffers(host)) for (const node of fbs) nodes.add(`/dev/${node}`);
   for (const device of devices.filter((device) => device.driver === "nvidia")) {
     const minor = /Device Minor:\s*(\d+)/.exec(host.readTrimmed(`/proc/driver/nvidia/gpus/${device.address}/information`) ?? "")?.[1];

@@ -34,6 +34,21 @@ it("OVMF's framebuffer drives the GPU: efifb bound, fbcon on it, no PCI driver",
   assert.match(baseline!, /vtcon1: \(M\) frame buffer device bind=1/);
 });
 
+// A program holding efifb's /dev/fb0 keeps the GPU's BAR 0 busy after efifb's unbind, so QEMU
+// could not use it (measured in efifb-holder.test.ts): vmhook refuses it before changing anything.
+// single-gpu="no": only the firmware framebuffer's /dev/fb0 is watched (it goes with the boot VGA device), not every framebuffer.
+for (const singleGpu of ["yes", "no"]) {
+  it(`single-gpu="${singleGpu}", a program holding efifb's /dev/fb0: prepare refuses, naming it, before anything changes`, async ({ guest, baseline }) => {
+    const prepare = await guest!.sh(`sleep 600 < /dev/fb0 & holder=$!
+${hook(domainXml(`single-gpu="${singleGpu}"`), "prepare begin")}
+code=$?; echo "holder: $holder"; kill $holder; wait $holder 2>/dev/null; exit $code`);
+    assert.is(prepare.code, 1, prepare.stdout);
+    const holder = /holder: (\d+)/.exec(prepare.stdout)![1];
+    assert.match(prepare.stdout, `vfio: the GPU is in use: pid ${holder} (sleep) holds /dev/fb0`);
+    assert.fixture(await guest!.ok(FIRMWARE_STATE), baseline!);
+  });
+}
+
 it("single GPU: console and efifb let go before the GPU goes to vfio-pci", async ({ guest }) => {
   const prepare = await guest!.sh(hook(domainXml('single-gpu="yes"'), "prepare begin"));
   assert.equal(prepare, { code: 0, stdout: "" }, prepare.stdout);

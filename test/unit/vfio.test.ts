@@ -1193,7 +1193,7 @@ test("single GPU with simpledrm as the firmware framebuffer (not efifb): the con
   assert.equal(kernel.sim.snapshot(), before);
 });
 
-// efifb: its mapping keeps efifb's hold on the BARs after the unbind; simpledrm's fbdev emulation is held as efifb's is.
+// efifb: /dev/fb0 held open keeps efifb's hold on BAR 0 after the unbind (test/kernel/efifb-holder.test.ts); simpledrm's fbdev emulation, unmeasured, is refused the same.
 for (const [name, driver] of [["efifb", "efi-framebuffer"], ["simpledrm", "simple-framebuffer"]]) {
   test(`the boot VGA GPU to the VM beside another display (single-GPU mode off): a program holding its firmware framebuffer's /dev/fb0 (${name}) is refused, the host left as it was`, async () => {
     const kernel = new GpuKernel()
