@@ -299,15 +299,19 @@ function planMdev(ctx: PlanView, device: MdevDevice): MdevPlan {
       `mdev ${device.uuid} already exists as ${existing.type} on ${existing.parent}; remove it (mdevctl stop --uuid ${device.uuid}, or echo 1 > ${mdevPath(device.uuid, "remove")}) or give this domain another UUID`,
     );
   }
+  // Another domain's journal names the UUID: its release removes an mdev with it, whoever made it and uses it by then, also one
+  // that does not exist now (a create that failed or was cut off); once that domain has stopped, this one creates its own.
+  const creator = mdevCreators(ctx.journals()).get(device.uuid);
+  if (creator && creator.uuid !== ctx.domain.uuid) {
+    const fix = `or give it an mdev <hostdev> with its own UUID (uuidgen)`;
+    const reason = existing
+      ? `${device.element}: mdev ${device.uuid} is the one vmhook created for domain ${creator.name}, which removes it at its release; start this domain once ${creator.name} has stopped, ${fix}`
+      : `${device.element}: mdev ${device.uuid} does not exist, but the journal of domain ${creator.name} holds a create of it (failed or cut off): ${creator.name}'s release or vmhook recover removes an mdev ${device.uuid}, whoever made it; start this domain once ${creator.name} has stopped and vmhook status shows nothing of it, ${fix}`;
+    return { ...device, parent, offered, create: true, refused: { reason, remedies: [] } };
+  }
   if (!existing) {
     refuseMdevctlConflict(host, device, parent);
     return { ...device, parent, offered, create: true };
-  }
-  // Another domain's release removes it, whoever uses it by then; once that domain has stopped, this one creates its own.
-  const creator = mdevCreators(ctx.journals()).get(device.uuid);
-  if (creator && creator.uuid !== ctx.domain.uuid) {
-    const reason = `${device.element}: mdev ${device.uuid} is the one vmhook created for domain ${creator.name}, which removes it at its release; start this domain once ${creator.name} has stopped, or give it an mdev <hostdev> with its own UUID (uuidgen)`;
-    return { ...device, parent, offered, create: true, refused: { reason, remedies: [] } };
   }
   return { ...device, parent, offered, create: false };
 }
@@ -344,9 +348,9 @@ function holders(ctx: PlanView, parent: string): string[] {
 
 /**
  * Why a create the kernel refused found no instance, when none is left now:
- * the plan saw one, and another domain's start (planned at the same time) or
- * mdevctl (starting its auto-start mdevs when the parent appears) took it
- * since. Says what holds them, as the plan's refusal would have.
+ * the plan saw one, and mdevctl (starting its auto-start mdevs when the parent
+ * appears) or a person took it since; vmhook's own starts take turns under the
+ * host lock. Says what holds them, as the plan's refusal would have.
  */
 function whyCreateFailed(ctx: PlanView, record: CreateRecord): { advice: string; lines: string[] } {
   let left: string | undefined;
@@ -489,6 +493,10 @@ export default definePlugin<MdevDevice[]>({
     });
     return devices;
   },
+
+  // Instances of a parent's types, UUIDs and the parents that vfio hands over are shared by every domain: planned, made and
+  // removed under the host lock, a second start sees the first one's mdev and journal, not what both read before either wrote.
+  shared: true,
 
   plan: { prepare: planPrepare },
   check,

@@ -739,6 +739,58 @@ test("while an mdev's create is blocked, another domain's start with that UUID i
   sim.cleanup();
 });
 
+test("an mdev's create that never returned, then failed, leaves its UUID in the journal: another domain naming that UUID is refused until recover has settled it, as that record's undo would remove the other domain's mdev", async () => {
+  const sim = gvtHost();
+  sim.hangWrite(GVT_CREATE);
+  assert.is((await runHookEvent(sim, "prepare", "begin", GVT_XML)).code, 1);
+  // The driver's create fails: its helper ends and nothing was made; the record stays (undo-failed) for vmhook recover.
+  const [{ pid }] = sim.hung.splice(0);
+  sim.remove(`/proc/${pid}`);
+  sim.finishHungWrites(); // none is left: the driver returns from every later write
+  const before = sim.snapshot();
+  const writesBefore = sim.writes.length;
+  const other = { uuid: "11111111-2222-4333-8444-555555555555", name: "other" };
+  const hooks = `<vmhook:mdev parent="${GPU}" type="i915-GVTg_V5_4"/>`;
+  const otherXml = domainXml({ mdevs: [UUID_A], hooks, ...other });
+
+  const refused = await runHookEvent(sim, "prepare", "begin", otherXml, other.name);
+  assert.is(refused.code, 1, "other created the mdev that vm's recover would then remove");
+  assert.match(
+    refused.stderr.split("\n")[0]!,
+    `${hooks.replace("/>", ">")}: mdev ${UUID_A} does not exist, but the journal of domain vm holds a create of it (failed or cut off): vm's release or vmhook recover removes an mdev ${UUID_A}, whoever made it; start this domain once vm has stopped and vmhook status shows nothing of it, or give it an mdev <hostdev> with its own UUID (uuidgen)`,
+  );
+  assert.equal(sim.writes.slice(writesBefore), []);
+  assert.equal(sim.snapshot(), before);
+
+  assert.is((await cli(["recover", "--force", "--root", sim.root], sim)).code, 0);
+  assert.is((await runHookEvent(sim, "prepare", "begin", otherXml, other.name)).code, 0);
+  assert.is(mdevType(sim, UUID_A), "i915-GVTg_V5_4");
+  sim.cleanup();
+});
+
+test("mdevs are planned and made under the host-wide lock: while another vmhook holds it (a VM starting or releasing), prepare waits and changes nothing; two starts take turns, so neither plans from the other's half-done create", async () => {
+  const sim = gvtHost();
+  sim.file("/etc/vmhook/vmhook.json", JSON.stringify({ deadlineSeconds: 1 }));
+  const before = sim.snapshot();
+  const { dlopen, FFIType } = await import("bun:ffi");
+  const libc = dlopen("libc.so.6", { flock: { args: [FFIType.i32, FFIType.i32], returns: FFIType.i32 } });
+  sim.dir(paths.stateDir);
+  const fd = fs.openSync(sim.resolve(paths.hostLock), "a");
+  try {
+    assert.is(libc.symbols.flock(fd, 2 /* LOCK_EX */), 0);
+    const result = await runHookEvent(sim, "prepare", "begin", GVT_XML);
+    assert.is(result.code, 1, "the mdev was created while another vmhook held the host lock");
+    assert.match(result.stderr.split("\n")[0]!, "another vmhook held the host-wide lock");
+    assert.equal(sim.snapshot(), before);
+  } finally {
+    fs.closeSync(fd);
+    libc.close();
+  }
+  assert.is((await runHookEvent(sim, "prepare", "begin", GVT_XML)).code, 0);
+  assert.is(mdevType(sim, UUID_A), "i915-GVTg_V5_4");
+  sim.cleanup();
+});
+
 test("vmhook plan lists exactly the steps prepare runs (mdev and vgpu)", async () => {
   const sim = gvtHost();
   const xml = domainXml({ mdevs: [UUID_A, UUID_B], hooks: `<vmhook:mdev parent="${GPU}" type="i915-GVTg_V5_4" uuid="${UUID_A}"/><vmhook:mdev type="i915-GVTg_V5_8" uuid="${UUID_B}"/>` });
