@@ -19,6 +19,7 @@ import type { Host } from "../lib/host.ts";
 import { defineAction, definePlugin, type ApplyContext, type BaseContext, type CheckContext, type PlanContext, type Refusal, type Step, type UndoRecord } from "../lib/plugin.ts";
 import { describeMdevsOn, existingMdev, MDEV_DEVICES, mdevCreators, mdevPath } from "../lib/mdevs.ts";
 import { refuseDevicesOfOtherVms } from "./vfio/driver.ts";
+import { vgpuFunctions } from "./vgpu.ts";
 import { clearForWrite, refuseIfStuck, StuckWriteError } from "../lib/stuck-writes.ts";
 import { checkPattern, parsePciAddress, parseUuid, PATTERNS } from "../lib/validate.ts";
 
@@ -180,7 +181,11 @@ const GVT_G_DEVICE_IDS = /^0x(?:(?:16|19|59|9b)[0-9a-f]{2}|3e[9a][0-9a-f]|87c[0a
 
 /** How this host could get an mdev parent: only the GVT-g steps still missing, and only on a GPU that has GVT-g. */
 function noParentAdvice(host: Host): string {
-  const vgpu = "for NVIDIA vGPU install its host driver";
+  // NVIDIA's vGPU 17+ manager sets types on VFs and makes no mdev: the driver is there, the element is the wrong one.
+  const vfs = vgpuFunctions(host);
+  const vgpu = vfs.length
+    ? `NVIDIA's vGPU manager here makes no mdevs: it sets a vGPU type on a virtual function (${vfs.join(", ")} have nvidia/current_vgpu_type): give the domain a VF as a PCI <hostdev managed='no'> and write <vmhook:vgpu vf="${vfs[0]}" type="..."/> instead (docs/mdev.md)`
+    : "for NVIDIA vGPU install its host driver";
   const intelGpus = listPciDevices(host).filter((device) => device.vendor === "0x8086" && isDisplayClass(device.classCode));
   if (intelGpus.length === 0) return `GVT-g needs an Intel GPU of Broadwell to Comet Lake, and this host has no Intel GPU; ${vgpu}`;
   const names = readPciNames(host, intelGpus.map((gpu) => ({ vendor: "8086", device: gpu.device.replace(/^0x/, "").toLowerCase(), classCode: "0300" })));

@@ -124,6 +124,19 @@ test("a parent that is not in /sys/class/mdev_bus fails naming the parents there
   bare.cleanup();
 });
 
+test("NVIDIA's vGPU manager without mdevs (vGPU 17+ on SR-IOV virtual functions): an mdev element is refused pointing at <vmhook:vgpu> and the VFs, not at installing the driver it has", async () => {
+  const sim = nvidiaHost();
+  const before = sim.snapshot();
+  const result = await runHookEvent(sim, "prepare", "begin", domainXml({ mdevs: [UUID_A], hooks: `<vmhook:mdev type="nvidia-558"/>` }));
+  assert.is(result.code, 1);
+  assert.match(
+    result.stderr.split("\n")[0]!,
+    `this host has no mdev parent device (/sys/class/mdev_bus is empty); GVT-g needs an Intel GPU of Broadwell to Comet Lake, and this host has no Intel GPU; NVIDIA's vGPU manager here makes no mdevs: it sets a vGPU type on a virtual function (${VF}, ${VF2} have nvidia/current_vgpu_type): give the domain a VF as a PCI <hostdev managed='no'> and write <vmhook:vgpu vf="${VF}" type="..."/> instead (docs/mdev.md)`,
+  );
+  assert.equal(sim.snapshot(), before);
+  sim.cleanup();
+});
+
 test("no instance left: fails naming the mdevs on the parent and who made them; host untouched", async () => {
   const sim = gvtHost();
   // One V5_1 instance in all: another VM started by vmhook holds it...
