@@ -719,6 +719,32 @@ for (const stuck of STUCK_CASES) {
   });
 }
 
+test("an mdev's remove refused (EBUSY, older kernels) or never returning while a process holds its vfio device: the error names the process and /dev/vfio/N, not lsof on sysfs", async () => {
+  for (const how of ["refused", "never returns"] as const) {
+    const sim = gvtHost();
+    const remove = `/sys/bus/mdev/devices/${UUID_A}/remove`;
+    assert.is((await runHookEvent(sim, "prepare", "begin", GVT_XML)).code, 0);
+    // The mdev's vfio group (vfio_register_emulated_iommu_dev gives it one) and its cdev (iommufd), held by a process the VM left.
+    sim.link(`${GPU_DIR}/${UUID_A}/iommu_group`, "../../../kernel/iommu_groups/12").dir(`${GPU_DIR}/${UUID_A}/vfio-dev/vfio3`);
+    sim.file("/proc/777/comm", "qemu-system-x86").dir("/proc/777/fd").link("/proc/777/fd/0", "/dev/null").link("/proc/777/fd/9", "/dev/vfio/12");
+    if (how === "refused") sim.failWrite(remove, "EBUSY");
+    else sim.hangWrite(remove, "1");
+    const release = await runHookEvent(sim, "release", "end", GVT_XML);
+    assert.is(release.code, 0, release.stderr);
+    const error = release.stderr.split("\n").find((line) => line.includes(`mdev ${UUID_A}`) || line.includes(`${UUID_A}: driver`)) ?? release.stderr;
+    if (how === "refused") {
+      assert.match(error, `could not remove mdev ${UUID_A}: `);
+      assert.match(error, `pid 777 (qemu-system-x86) holds /dev/vfio/12, the mdev's vfio device: end it, then run vmhook recover`);
+    } else {
+      assert.match(error, `${UUID_A}: driver intel_vgpu_mdev did not return within 30 s`);
+      assert.match(error, `the remove waits until the mdev's vfio device is closed, and pid 777 (qemu-system-x86) holds /dev/vfio/12: end it and the remove finishes`);
+    }
+    assert.not.match(release.stderr, "lsof");
+    assert.equal(readJournal(sim, DOMAIN_UUID)?.entries.map((entry) => entry.state), ["undo-failed"]);
+    sim.cleanup();
+  }
+});
+
 test("an mdev's create that never returned, then failed: an mdev of another type that mdevctl made with that UUID since is not vmhook's, and recover leaves it", async () => {
   const sim = gvtHost();
   sim.hangWrite(GVT_CREATE);
