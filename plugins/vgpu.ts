@@ -147,15 +147,24 @@ interface SetRecord extends UndoRecord {
   name: string;
 }
 
-/** A VF that carries its type already is used and kept, unless vmhook set it for another domain: that domain's release clears it, whoever uses it by then. */
+/**
+ * A VF another domain's journal names is that domain's until its release,
+ * which clears the type it set, whoever set it or uses it by then: also on a
+ * VF that carries no type now (a set that failed or was cut off, kept for
+ * vmhook recover). A VF carrying its type already is used and kept otherwise.
+ */
 function unlessAnotherDomains(ctx: Pick<BaseContext, "domain" | "journals">, plan: VgpuPlan): VgpuPlan {
-  if (plan.create) return plan;
+  if (plan.refused) return plan;
   const setter = othersRecords(ctx.journals(), ctx.domain.uuid, "vgpu", checkSetRecord).find(({ record }) => record.vf === plan.vf);
-  if (setter) {
-    const { name } = setter.domain;
-    return refusedPlan(plan, `${plan.vf} carries the vGPU type ${plan.id} vmhook set for domain ${name}, which clears it at its release; start this domain once ${name} has stopped, or give it another VF`);
-  }
-  return plan;
+  if (!setter) return plan;
+  const { name } = setter.domain;
+  const fix = `start this domain once ${name} has stopped`;
+  return refusedPlan(
+    plan,
+    plan.create
+      ? `${plan.vf} carries no vGPU type, but the journal of domain ${name} holds a set of type ${setter.record.id} on it (failed or cut off): ${name}'s release or vmhook recover clears type ${setter.record.id} on ${plan.vf}, whoever set it; ${fix} and vmhook status shows nothing of it, or give it another VF`
+      : `${plan.vf} carries the vGPU type ${plan.id} vmhook set for domain ${name}, which clears it at its release; ${fix}, or give it another VF`,
+  );
 }
 
 function planPrepare(ctx: PlanContext<VgpuDevice[]>): Step<SetRecord>[] {

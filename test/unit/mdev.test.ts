@@ -567,6 +567,35 @@ test("vgpu: a VF carrying the vGPU vmhook set for another domain is refused, not
   sim.cleanup();
 });
 
+test("vgpu: a type set that never returned, then failed, leaves the VF in the journal: another domain naming that VF is refused until recover has settled it, as that record's undo would clear the other domain's vGPU", async () => {
+  const sim = nvidiaHost();
+  sim.hangWrite(VGPU_FILE, "1433");
+  assert.is((await runHookEvent(sim, "prepare", "begin", VGPU_XML)).code, 1);
+  // NVIDIA's driver refuses the set after all: its helper ends, the VF carries no type; the record stays (undo-failed) for vmhook recover.
+  const [{ pid }] = sim.hung.splice(0);
+  sim.remove(`/proc/${pid}`);
+  sim.finishHungWrites();
+  const before = sim.snapshot();
+  const writesBefore = sim.writes.length;
+  const other = { uuid: "11111111-2222-4333-8444-555555555555", name: "other" };
+  const hooks = `<vmhook:vgpu vf="${VF}" type="L40S-12Q"/>`;
+  const otherXml = domainXml({ pcis: ["41:00.4"], hooks, ...other });
+
+  const refused = await runHookEvent(sim, "prepare", "begin", otherXml, other.name);
+  assert.is(refused.code, 1, "other set the vGPU type that vm's recover would then clear");
+  assert.match(
+    refused.stderr.split("\n")[0]!,
+    `${hooks.replace("/>", ">")}: ${VF} carries no vGPU type, but the journal of domain vm holds a set of type 1433 on it (failed or cut off): vm's release or vmhook recover clears type 1433 on ${VF}, whoever set it; start this domain once vm has stopped and vmhook status shows nothing of it, or give it another VF`,
+  );
+  assert.equal(sim.writes.slice(writesBefore), []);
+  assert.equal(sim.snapshot(), before);
+
+  assert.is((await cli(["recover", "--force", "--root", sim.root], sim)).code, 0);
+  assert.is((await runHookEvent(sim, "prepare", "begin", otherXml, other.name)).code, 0);
+  assert.is(sim.readTrimmed(VGPU_FILE), "1433");
+  sim.cleanup();
+});
+
 test("vgpu: a type not creatable now (the GPU's other vGPUs) is a refusal of this host: validate exits 1, plan marks it REFUSED, enable stores it with a warning, prepare changes nothing", async () => {
   const sim = nvidiaHost();
   // Another VM's L40S-24Q on the first VF leaves only 24Q creatable on the second (one time-sliced type per GPU).
