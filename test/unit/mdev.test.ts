@@ -567,35 +567,6 @@ test("vgpu: a VF carrying the vGPU vmhook set for another domain is refused, not
   sim.cleanup();
 });
 
-test("vgpu: a type set that never returned, then failed, leaves the VF in the journal: another domain naming that VF is refused until recover has settled it, as that record's undo would clear the other domain's vGPU", async () => {
-  const sim = nvidiaHost();
-  sim.hangWrite(VGPU_FILE, "1433");
-  assert.is((await runHookEvent(sim, "prepare", "begin", VGPU_XML)).code, 1);
-  // NVIDIA's driver refuses the set after all: its helper ends, the VF carries no type; the record stays (undo-failed) for vmhook recover.
-  const [{ pid }] = sim.hung.splice(0);
-  sim.remove(`/proc/${pid}`);
-  sim.finishHungWrites();
-  const before = sim.snapshot();
-  const writesBefore = sim.writes.length;
-  const other = { uuid: "11111111-2222-4333-8444-555555555555", name: "other" };
-  const hooks = `<vmhook:vgpu vf="${VF}" type="L40S-12Q"/>`;
-  const otherXml = domainXml({ pcis: ["41:00.4"], hooks, ...other });
-
-  const refused = await runHookEvent(sim, "prepare", "begin", otherXml, other.name);
-  assert.is(refused.code, 1, "other set the vGPU type that vm's recover would then clear");
-  assert.match(
-    refused.stderr.split("\n")[0]!,
-    `${hooks.replace("/>", ">")}: ${VF} carries no vGPU type, but the journal of domain vm holds a set of type 1433 on it (failed or cut off): vm's release or vmhook recover clears type 1433 on ${VF}, whoever set it; start this domain once vm has stopped and vmhook status shows nothing of it, or give it another VF`,
-  );
-  assert.equal(sim.writes.slice(writesBefore), []);
-  assert.equal(sim.snapshot(), before);
-
-  assert.is((await cli(["recover", "--force", "--root", sim.root], sim)).code, 0);
-  assert.is((await runHookEvent(sim, "prepare", "begin", otherXml, other.name)).code, 0);
-  assert.is(sim.readTrimmed(VGPU_FILE), "1433");
-  sim.cleanup();
-});
-
 test("vgpu: a type not creatable now (the GPU's other vGPUs) is a refusal of this host: validate exits 1, plan marks it REFUSED, enable stores it with a warning, prepare changes nothing", async () => {
   const sim = nvidiaHost();
   // Another VM's L40S-24Q on the first VF leaves only 24Q creatable on the second (one time-sliced type per GPU).
@@ -774,13 +745,19 @@ test("an mdev's remove refused (EBUSY, older kernels) or never returning while a
   }
 });
 
-test("an mdev's create that never returned, then failed: an mdev of another type that mdevctl made with that UUID since is not vmhook's, and recover leaves it", async () => {
-  const sim = gvtHost();
-  sim.hangWrite(GVT_CREATE);
-  assert.is((await runHookEvent(sim, "prepare", "begin", GVT_XML)).code, 1);
-  // The driver's create fails: its helper ends, nothing was made (the kernel gave the UUID back). Then mdevctl takes that UUID for another type.
+/** A prepare whose write into `file` never returns, then fails after all: its helper ends having made nothing, and the record stays (undo-failed) for vmhook recover. */
+async function prepareWhoseWriteFailsLate(sim: SimHost, file: string, xml: string): Promise<void> {
+  sim.hangWrite(file);
+  assert.is((await runHookEvent(sim, "prepare", "begin", xml)).code, 1);
   const [{ pid }] = sim.hung.splice(0);
   sim.remove(`/proc/${pid}`);
+  sim.finishHungWrites(); // no hang is left: the driver returns from every later write
+}
+
+test("an mdev's create that never returned, then failed: an mdev of another type that mdevctl made with that UUID since is not vmhook's, and recover leaves it", async () => {
+  const sim = gvtHost();
+  // The driver's create fails: nothing was made (the kernel gave the UUID back). Then mdevctl takes that UUID for another type.
+  await prepareWhoseWriteFailsLate(sim, GVT_CREATE, GVT_XML);
   sim.write(`/sys/class/mdev_bus/${GPU}/mdev_supported_types/i915-GVTg_V5_8/create`, UUID_A);
   const writesBefore = sim.writes.length;
 
@@ -807,34 +784,52 @@ test("while an mdev's create is blocked, another domain's start with that UUID i
   sim.cleanup();
 });
 
-test("an mdev's create that never returned, then failed, leaves its UUID in the journal: another domain naming that UUID is refused until recover has settled it, as that record's undo would remove the other domain's mdev", async () => {
-  const sim = gvtHost();
-  sim.hangWrite(GVT_CREATE);
-  assert.is((await runHookEvent(sim, "prepare", "begin", GVT_XML)).code, 1);
-  // The driver's create fails: its helper ends and nothing was made; the record stays (undo-failed) for vmhook recover.
-  const [{ pid }] = sim.hung.splice(0);
-  sim.remove(`/proc/${pid}`);
-  sim.finishHungWrites(); // none is left: the driver returns from every later write
-  const before = sim.snapshot();
-  const writesBefore = sim.writes.length;
-  const other = { uuid: "11111111-2222-4333-8444-555555555555", name: "other" };
-  const hooks = `<vmhook:mdev parent="${GPU}" type="i915-GVTg_V5_4"/>`;
-  const otherXml = domainXml({ mdevs: [UUID_A], hooks, ...other });
+/** Another domain naming the same mdev or VF as the domain "vm" of GVT_XML and VGPU_XML. */
+const OTHER = { uuid: "11111111-2222-4333-8444-555555555555", name: "other" };
+const LEFT_IN_JOURNAL = [
+  {
+    what: "an mdev's create that never returned, then failed, leaves its UUID in the journal: another domain naming that UUID is refused until recover has settled it, as that record's undo would remove the other domain's mdev",
+    host: gvtHost,
+    file: GVT_CREATE,
+    xml: GVT_XML,
+    hooks: `<vmhook:mdev parent="${GPU}" type="i915-GVTg_V5_4"/>`,
+    parts: { mdevs: [UUID_A] },
+    refusal: `mdev ${UUID_A} does not exist, but the journal of domain vm holds a create of it (failed or cut off): vm's release or vmhook recover removes an mdev ${UUID_A}, whoever made it; start this domain once vm has stopped and vmhook status shows nothing of it, or give it an mdev <hostdev> with its own UUID (uuidgen)`,
+    made: (sim: SimHost) => mdevType(sim, UUID_A) === "i915-GVTg_V5_4",
+  },
+  {
+    // NVIDIA's driver refuses the set after all: the VF carries no type.
+    what: "vgpu: a type set that never returned, then failed, leaves the VF in the journal: another domain naming that VF is refused until recover has settled it, as that record's undo would clear the other domain's vGPU",
+    host: nvidiaHost,
+    file: VGPU_FILE,
+    xml: VGPU_XML,
+    hooks: `<vmhook:vgpu vf="${VF}" type="L40S-12Q"/>`,
+    parts: { pcis: ["41:00.4"] },
+    refusal: `${VF} carries no vGPU type, but the journal of domain vm holds a set of type 1433 on it (failed or cut off): vm's release or vmhook recover clears type 1433 on ${VF}, whoever set it; start this domain once vm has stopped and vmhook status shows nothing of it, or give it another VF`,
+    made: (sim: SimHost) => sim.readTrimmed(VGPU_FILE) === "1433",
+  },
+];
 
-  const refused = await runHookEvent(sim, "prepare", "begin", otherXml, other.name);
-  assert.is(refused.code, 1, "other created the mdev that vm's recover would then remove");
-  assert.match(
-    refused.stderr.split("\n")[0]!,
-    `${hooks.replace("/>", ">")}: mdev ${UUID_A} does not exist, but the journal of domain vm holds a create of it (failed or cut off): vm's release or vmhook recover removes an mdev ${UUID_A}, whoever made it; start this domain once vm has stopped and vmhook status shows nothing of it, or give it an mdev <hostdev> with its own UUID (uuidgen)`,
-  );
-  assert.equal(sim.writes.slice(writesBefore), []);
-  assert.equal(sim.snapshot(), before);
+for (const left of LEFT_IN_JOURNAL) {
+  test(left.what, async () => {
+    const sim = left.host();
+    await prepareWhoseWriteFailsLate(sim, left.file, left.xml);
+    const before = sim.snapshot();
+    const writesBefore = sim.writes.length;
+    const otherXml = domainXml({ ...left.parts, hooks: left.hooks, ...OTHER });
 
-  assert.is((await cli(["recover", "--force", "--root", sim.root], sim)).code, 0);
-  assert.is((await runHookEvent(sim, "prepare", "begin", otherXml, other.name)).code, 0);
-  assert.is(mdevType(sim, UUID_A), "i915-GVTg_V5_4");
-  sim.cleanup();
-});
+    const refused = await runHookEvent(sim, "prepare", "begin", otherXml, OTHER.name);
+    assert.is(refused.code, 1, "other made what vm's recover would then undo");
+    assert.match(refused.stderr.split("\n")[0]!, `${left.hooks.replace("/>", ">")}: ${left.refusal}`);
+    assert.equal(sim.writes.slice(writesBefore), []);
+    assert.equal(sim.snapshot(), before);
+
+    assert.is((await cli(["recover", "--force", "--root", sim.root], sim)).code, 0);
+    assert.is((await runHookEvent(sim, "prepare", "begin", otherXml, OTHER.name)).code, 0);
+    assert.ok(left.made(sim));
+    sim.cleanup();
+  });
+}
 
 test("mdevs are planned and made under the host-wide lock: while another vmhook holds it (a VM starting or releasing), prepare waits and changes nothing; two starts take turns, so neither plans from the other's half-done create", async () => {
   const sim = gvtHost();
