@@ -184,8 +184,9 @@ const GVT_G_DEVICE_IDS = /^0x(?:(?:16|19|59|9b)[0-9a-f]{2}|3e[9a][0-9a-f]|87c[0a
 function noParentAdvice(host: Host): string {
   // NVIDIA's vGPU 17+ manager sets types on VFs and makes no mdev: the driver is there, the element is the wrong one.
   const vfs = vgpuFunctions(host);
+  const named = vfs.length > 4 ? `${vfs.slice(0, 3).join(", ")} and ${vfs.length - 3} more` : vfs.join(", ");
   const vgpu = vfs.length
-    ? `NVIDIA's vGPU manager here makes no mdevs: it sets a vGPU type on a virtual function (${vfs.join(", ")} have nvidia/current_vgpu_type): give the domain a VF as a PCI <hostdev managed='no'> and write <vmhook:vgpu vf="${vfs[0]}" type="..."/> instead (docs/mdev.md)`
+    ? `NVIDIA's vGPU manager here makes no mdevs: it sets a vGPU type on a virtual function (${named} ${vfs.length === 1 ? "has" : "have"} nvidia/current_vgpu_type): give the domain a VF as a PCI <hostdev managed='no'> and write <vmhook:vgpu vf="${vfs[0]}" type="..."/> instead (docs/mdev.md)`
     : "for NVIDIA vGPU install its host driver";
   const intelGpus = listPciDevices(host).filter((device) => device.vendor === "0x8086" && isDisplayClass(device.classCode));
   if (intelGpus.length === 0) return `GVT-g needs an Intel GPU of Broadwell to Comet Lake, and this host has no Intel GPU; ${vgpu}`;

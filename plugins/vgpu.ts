@@ -25,6 +25,7 @@ const vgpuFile = (vf: string, file: "creatable_vgpu_types" | "current_vgpu_type"
 
 /** The PCI functions that carry a vGPU type (NVIDIA's VFs under its vGPU 17+ manager): where a host's vGPUs are, when it has no mdevs. */
 export const vgpuFunctions = (host: Host): string[] => host.list("/sys/bus/pci/devices").filter((address) => host.exists(vgpuFile(address, "current_vgpu_type")));
+
 /**
  * Setting or clearing a VF's vGPU type runs NVIDIA's driver code for the VF:
  * in a helper noted under the VF's address and waited for this long
