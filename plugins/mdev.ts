@@ -431,13 +431,15 @@ async function removeMdev(record: CreateRecord, ctx: BaseContext): Promise<void>
 
 /**
  * An mdev's vfio device files: its group's /dev/vfio/N (vfio gives an mdev an
- * emulated IOMMU group) and, with iommufd, /dev/vfio/devices/vfioN. Its
- * driver's remove() waits until every one of them is closed.
+ * emulated IOMMU group) and, with iommufd (6.6+), /dev/vfio/devices/vfioN
+ * (6.1 has the vfio-dev/vfioN directory but no such node). Its driver's
+ * remove() waits until the device opened through them is closed.
  */
 function vfioFiles(host: Host, uuid: string): string[] {
   const group = host.readlink(mdevPath(uuid, "iommu_group"))?.split("/").pop();
   const cdevs = host.list(mdevPath(uuid, "vfio-dev")).filter((name) => /^vfio\d+$/.test(name));
-  return [...(group && /^\d+$/.test(group) ? [`/dev/vfio/${group}`] : []), ...cdevs.map((name) => `/dev/vfio/devices/${name}`)];
+  const files = [...(group && /^\d+$/.test(group) ? [`/dev/vfio/${group}`] : []), ...cdevs.map((name) => `/dev/vfio/devices/${name}`)];
+  return files.filter((file) => host.exists(file));
 }
 
 /** "pid 777 (qemu-system-x86) holds /dev/vfio/12", or undefined when none holds them or that cannot be told (the write's error says enough then). */

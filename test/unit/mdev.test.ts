@@ -725,7 +725,7 @@ test("an mdev's remove refused (EBUSY, older kernels) or never returning while a
     const remove = `/sys/bus/mdev/devices/${UUID_A}/remove`;
     assert.is((await runHookEvent(sim, "prepare", "begin", GVT_XML)).code, 0);
     // The mdev's vfio group (vfio_register_emulated_iommu_dev gives it one) and its cdev (iommufd), held by a process the VM left.
-    sim.link(`${GPU_DIR}/${UUID_A}/iommu_group`, "../../../kernel/iommu_groups/12").dir(`${GPU_DIR}/${UUID_A}/vfio-dev/vfio3`);
+    sim.link(`${GPU_DIR}/${UUID_A}/iommu_group`, "../../../kernel/iommu_groups/12").dir(`${GPU_DIR}/${UUID_A}/vfio-dev/vfio3`).file("/dev/vfio/12").file("/dev/vfio/devices/vfio3");
     sim.file("/proc/777/comm", "qemu-system-x86").dir("/proc/777/fd").link("/proc/777/fd/0", "/dev/null").link("/proc/777/fd/9", "/dev/vfio/12");
     if (how === "refused") sim.failWrite(remove, "EBUSY");
     else sim.hangWrite(remove, "1");
