@@ -19,7 +19,7 @@ import type { Host } from "../lib/host.ts";
 import { defineAction, definePlugin, type ApplyContext, type BaseContext, type CheckContext, type PlanContext, type Refusal, type Step, type UndoRecord } from "../lib/plugin.ts";
 import { describeMdevsOn, existingMdev, MDEV_DEVICES, mdevCreators, mdevPath } from "../lib/mdevs.ts";
 import { refuseDevicesOfOtherVms } from "./vfio/driver.ts";
-import { describeHolders, processesHolding } from "./vfio/survey.ts";
+import { vfioDeviceFiles, vfioHoldersAdvice } from "./vfio/survey.ts";
 import { vgpuFunctions } from "./vgpu.ts";
 import { clearForWrite, refuseIfStuck, StuckWriteError } from "../lib/stuck-writes.ts";
 import { checkPattern, parsePciAddress, parseUuid, PATTERNS } from "../lib/validate.ts";
@@ -413,44 +413,18 @@ async function removeMdev(record: CreateRecord, ctx: BaseContext): Promise<void>
   }
   // The mdev's driver runs its remove(); an mdev on none, only the parent's code.
   const driver = driverOf(host, mdevPath(uuid)) ?? parentDriver(host, record.parent);
-  // Read before the remove, which takes them away once it goes on.
-  const files = vfioFiles(host, uuid);
+  const files = vfioDeviceFiles(host, mdevPath(uuid));
   try {
     await throughDriver(ctx, uuid, driver, mdevPath(uuid, "remove"), "1");
   } catch (error) {
-    const holders = holdersOf(host, files);
+    const { holders, fix } = vfioHoldersAdvice(host, files, "the mdev");
     if (error instanceof StuckWriteError) {
       if (!holders) throw error;
       throw new StuckWriteError(`${error.message}; the remove waits until the mdev's vfio device is closed, and ${holders}: end it and the remove finishes`, error.lines);
     }
-    const fix = holders ? `${holders}, the mdev's vfio device: end it` : `if a process still holds the mdev's vfio device (${files.join(", ") || "/dev/vfio/N"}; fuser -v names it), end it`;
     throw new VmhookError(`could not remove mdev ${uuid}: ${kernelAnswer(error)}; ${fix}, then run vmhook recover`);
   }
   ctx.waitFor(`mdev ${uuid} is gone from ${MDEV_DEVICES}`, () => !ctx.host.exists(mdevPath(uuid)));
-}
-
-/**
- * An mdev's vfio device files: its group's /dev/vfio/N (vfio gives an mdev an
- * emulated IOMMU group) and, with iommufd (6.6+), /dev/vfio/devices/vfioN
- * (6.1 has the vfio-dev/vfioN directory but no such node). Its driver's
- * remove() waits until the device opened through them is closed.
- */
-function vfioFiles(host: Host, uuid: string): string[] {
-  const group = host.readlink(mdevPath(uuid, "iommu_group"))?.split("/").pop();
-  const cdevs = host.list(mdevPath(uuid, "vfio-dev")).filter((name) => /^vfio\d+$/.test(name));
-  const files = [...(group && /^\d+$/.test(group) ? [`/dev/vfio/${group}`] : []), ...cdevs.map((name) => `/dev/vfio/devices/${name}`)];
-  return files.filter((file) => host.exists(file));
-}
-
-/** "pid 777 (qemu-system-x86) holds /dev/vfio/12", or undefined when none holds them or that cannot be told (the write's error says enough then). */
-function holdersOf(host: Host, files: string[]): string | undefined {
-  if (files.length === 0) return undefined;
-  try {
-    const holders = processesHolding(host, (file) => files.includes(file.replace(/ \(deleted\)$/, "")));
-    return holders.length > 0 ? describeHolders(holders) : undefined;
-  } catch {
-    return undefined;
-  }
 }
 
 /** A journaled mdev; vmhook 0.1 named the record by its undo (remove-mdev). */

@@ -20,6 +20,7 @@ import { fail, failedWith, ok, type Finding } from "../lib/diagnostics/findings.
 import { clearForWrite, refuseIfStuck, StuckWriteError } from "../lib/stuck-writes.ts";
 import { checkPattern, parsePciAddress, PATTERNS } from "../lib/validate.ts";
 import { refuseDevicesOfOtherVms } from "./vfio/driver.ts";
+import { vfioDeviceFiles, vfioHoldersAdvice } from "./vfio/survey.ts";
 
 const vgpuFile = (vf: string, file: "creatable_vgpu_types" | "current_vgpu_type") => pciPath(vf, `nvidia/${file}`);
 
@@ -215,11 +216,12 @@ async function clearVgpu(record: SetRecord, ctx: BaseContext): Promise<void> {
     ctx.log.warn(`${vf} carries vGPU type ${current}, not the ${record.id} vmhook set; leaving it`);
     return;
   }
+  const files = vfioDeviceFiles(ctx.host, pciPath(vf));
   try {
     await writeType(ctx, vf, "0");
   } catch (error) {
     if (error instanceof StuckWriteError) throw error;
-    throw new VmhookError(`could not clear the vGPU on ${vf}: ${kernelAnswer(error)}; if a process still uses the VF, stop it, then run vmhook recover`);
+    throw new VmhookError(`could not clear the vGPU on ${vf}: ${kernelAnswer(error)}; ${vfioHoldersAdvice(ctx.host, files, "the VF").fix}, then run vmhook recover`);
   }
   ctx.waitFor(`${file} reads 0`, () => ctx.host.readTrimmed(file) === "0");
 }

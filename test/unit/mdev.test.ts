@@ -745,6 +745,20 @@ test("an mdev's remove refused (EBUSY, older kernels) or never returning while a
   }
 });
 
+test("vgpu: a clear NVIDIA's driver refuses while a process holds the VF's vfio device: the error names the process and /dev/vfio/N", async () => {
+  const sim = nvidiaHost();
+  assert.is((await runHookEvent(sim, "prepare", "begin", VGPU_XML)).code, 0);
+  sim.link(`/sys/devices/pci0000:40/${VF}/iommu_group`, "../../../kernel/iommu_groups/40").file("/dev/vfio/40");
+  sim.file("/proc/777/comm", "qemu-system-x86").dir("/proc/777/fd").link("/proc/777/fd/9", "/dev/vfio/40");
+  sim.failWrite(VGPU_FILE, "EBUSY");
+  const release = await runHookEvent(sim, "release", "end", VGPU_XML);
+  assert.is(release.code, 0, release.stderr);
+  assert.match(release.stderr, `could not clear the vGPU on ${VF}: `);
+  assert.match(release.stderr, `pid 777 (qemu-system-x86) holds /dev/vfio/40, the VF's vfio device: end it, then run vmhook recover`);
+  assert.equal(readJournal(sim, DOMAIN_UUID)?.entries.map((entry) => entry.state), ["undo-failed"]);
+  sim.cleanup();
+});
+
 /** A prepare whose write into `file` never returns, then fails after all: its helper ends having made nothing, and the record stays (undo-failed) for vmhook recover. */
 async function prepareWhoseWriteFailsLate(sim: SimHost, file: string, xml: string): Promise<void> {
   sim.hangWrite(file);
