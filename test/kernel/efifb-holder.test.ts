@@ -5,39 +5,23 @@
 // vfio-pci's probe removes efifb's platform device for good, so this takes a
 // boot of its own. simpledrm is not measured: this kernel has no simpledrm
 // (CONFIG_DRM_SIMPLEDRM and CONFIG_SYSFB_SIMPLEFB are not set).
-import { spawnSync } from "node:child_process";
-import * as fs from "node:fs";
-import * as os from "node:os";
-import * as path from "node:path";
-import { fileURLToPath } from "node:url";
 import { suite } from "uvu";
 import * as assert from "uvu/assert";
 import { bootGuest, skipReason, type Guest } from "./guest.ts";
 import { GPU } from "./vfio-domain.ts";
+import { buildVfioUser } from "./vfio-user.ts";
 
-const holder = suite<{ guest?: Guest; build?: string }>("a holder of efifb's /dev/fb0 on a real kernel");
+const holder = suite<{ guest?: Guest }>("a holder of efifb's /dev/fb0 on a real kernel");
 const skip = skipReason({ desktop: true });
 if (skip) console.log(`efifb holder kernel tests: skipped: ${skip}`);
 const it = skip ? holder.skip : holder;
 
-const SOURCE = path.join(path.dirname(fileURLToPath(import.meta.url)), "vfio-bar/vfio-bar.c");
-
-/** vfio-bar.c, linked statically for the busybox guest, in `build`. */
-function buildVfioBar(build: string): string {
-  const binary = path.join(build, "vfio-bar");
-  const result = spawnSync("gcc", ["-static", "-O2", "-Wall", "-o", binary, SOURCE], { encoding: "utf8" });
-  if (result.status !== 0) throw new Error(`gcc -static ${SOURCE} failed (${result.error?.message ?? `exit ${result.status}`}): ${result.stderr}`);
-  return binary;
-}
-
 holder.before(async (context) => {
   if (skip) return;
-  context.build = fs.mkdtempSync(path.join(os.tmpdir(), "vmhook-vfio-bar-"));
-  context.guest = await bootGuest({ firmware: "ovmf", gpuDriver: false, files: { "/usr/bin/vfio-bar": buildVfioBar(context.build) } });
+  context.guest = await bootGuest({ firmware: "ovmf", gpuDriver: false, files: { "/usr/bin/vfio-user": buildVfioUser() } });
 });
-holder.after(async ({ guest, build }) => {
+holder.after(async ({ guest }) => {
   await guest?.shutdown();
-  if (build) fs.rmSync(build, { recursive: true, force: true });
 });
 
 // efifb (6.1) reserves the framebuffer's memory inside the GPU's BAR 0 at probe and gives it back
@@ -59,11 +43,11 @@ echo vfio-pci > ${d}/driver_override; echo ${GPU} > /sys/bus/pci/drivers_probe
 echo "driver: $(basename "$(readlink ${d}/driver)")"
 echo "efi-framebuffer.0: $(ls /sys/bus/platform/devices | grep -c '^efi-framebuffer\\.0$')"
 group=/dev/vfio/$(basename "$(readlink ${d}/iommu_group)")
-echo "held: $(vfio-bar $group ${GPU} 0)"
+echo "held: $(vfio-user read-bar $group ${GPU} 0)"
 dmesg | grep "can't reserve" | tail -1
 kill $holder; wait $holder 2>/dev/null
 echo "reserved after close: $(grep -c efifb /proc/iomem)"
-echo "closed: $(vfio-bar $group ${GPU} 0)"`);
+echo "closed: $(vfio-user read-bar $group ${GPU} 0)"`);
   for (const expected of [
     "before: 1",
     "unbind: 0",

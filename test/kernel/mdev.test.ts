@@ -6,7 +6,7 @@ import { suite } from "uvu";
 import * as assert from "uvu/assert";
 import { bootGuest, skipReason, type Guest, type ShResult } from "./guest.ts";
 import { buildMtty } from "./mtty.ts";
-import { buildVfioHolder } from "./vfio-holder.ts";
+import { buildVfioUser } from "./vfio-user.ts";
 
 const MTTY = "/sys/class/mdev_bus/mtty/mdev_supported_types";
 const UUID_A = "83b8f4f2-509f-382f-3c1e-e6bfe0fa1001";
@@ -19,7 +19,7 @@ if (skip) console.log(`mdev kernel tests: skipped: ${skip}`);
 
 bench.before(async (context) => {
   if (skip) return;
-  context.guest = await bootGuest({ extraModules: [buildMtty()], availableModules: ["vfio_iommu_type1"], files: { "/usr/bin/vfio-holder": buildVfioHolder() } });
+  context.guest = await bootGuest({ extraModules: [buildMtty()], availableModules: ["vfio_iommu_type1"], files: { "/usr/bin/vfio-user": buildVfioUser() } });
 });
 bench.after(async (context) => {
   await context.guest?.shutdown();
@@ -112,14 +112,14 @@ it("a release while a process holds the mdev's vfio device (a QEMU left over): t
   assert.equal(await hook(guest!, "prepare begin", domainXml([UUID_A], `<vmhook:mdev type="mtty-2"/>`)), { code: 0, stdout: "" });
   const group = (await guest!.ok(`basename $(readlink /sys/bus/mdev/devices/${UUID_A}/iommu_group)`)).trim();
   // A container, the group and the device's fd, as QEMU opens them: the mdev driver's remove() waits until that fd is closed.
-  await guest!.ok(`modprobe vfio_iommu_type1; vfio-holder ${group} ${UUID_A} > /tmp/holder.out 2>&1 & echo $! > /tmp/holder.pid
+  await guest!.ok(`modprobe vfio_iommu_type1; vfio-user hold /dev/vfio/${group} ${UUID_A} > /tmp/holder.out 2>&1 & echo $! > /tmp/holder.pid
 for i in $(seq 100); do grep -q holding /tmp/holder.out && break; sleep 0.1; done; grep -q holding /tmp/holder.out || { cat /tmp/holder.out; exit 1; }`);
   const holder = (await guest!.ok("cat /tmp/holder.pid")).trim();
 
   const release = await guest!.sh("/etc/libvirt/hooks/qemu vm release end - < /tmp/domain.xml", { timeoutMs: 120_000 });
   assert.is(release.code, 0, release.stdout);
   assert.match(release.stdout, `${UUID_A}: driver mtty did not return within 30 s from writing "1" to /sys/bus/mdev/devices/${UUID_A}/remove`);
-  assert.match(release.stdout, `the remove waits until the mdev's vfio device is closed, and pid ${holder} (vfio-holder) holds /dev/vfio/${group}: end it and the remove finishes`);
+  assert.match(release.stdout, `the remove waits until the mdev's vfio device is closed, and pid ${holder} (vfio-user) holds /dev/vfio/${group}: end it and the remove finishes`);
   assert.match(await guest!.ok("vmhook status"), `${UUID_A}: driver mtty did not return`);
 
   await guest!.ok(`kill ${holder}; for i in $(seq 100); do [ -e /sys/bus/mdev/devices/${UUID_A} ] || break; sleep 0.1; done`);
