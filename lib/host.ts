@@ -208,14 +208,23 @@ function endWithRunningGroups(signal: EndingSignal): void {
   process.exit(128 + ENDING_SIGNALS[signal]);
 }
 
-function trackGroup(pid: number): void {
-  if (runningGroups.size === 0) for (const signal of Object.keys(ENDING_SIGNALS)) process.on(signal, endWithRunningGroups);
-  runningGroups.add(pid);
+/** The execAsync calls from just before their spawn to their program's end: the handlers stay while there is one. */
+let spawning = 0;
+
+/**
+ * Before a spawn: with the handlers already in place, a signal that comes
+ * as the spawn returns runs endWithRunningGroups once the caller has added
+ * the group (handlers run between turns of the event loop); the default
+ * action would end vmhook at once, leaving the program running.
+ */
+function armEndingSignals(): void {
+  if (spawning++ === 0) for (const signal of Object.keys(ENDING_SIGNALS)) process.on(signal, endWithRunningGroups);
 }
 
-function untrackGroup(pid: number): void {
-  runningGroups.delete(pid);
-  if (runningGroups.size === 0) for (const signal of Object.keys(ENDING_SIGNALS)) process.off(signal, endWithRunningGroups);
+/** After the program's end (or a spawn that failed): its group, if any, is no longer killed on a signal. */
+function disarmEndingSignals(pid?: number): void {
+  if (pid !== undefined) runningGroups.delete(pid);
+  if (--spawning === 0) for (const signal of Object.keys(ENDING_SIGNALS)) process.off(signal, endWithRunningGroups);
 }
 
 /** What a child may print on each of stdout and stderr; past that it is killed. */
@@ -551,21 +560,24 @@ export class RootedHost implements Host {
     // a line, then becomes it (exec keeps the pid `started` was given); its
     // input follows that line. It parses only this script.
     const argv = options.started ? ["/bin/sh", "-c", 'read -r go && exec "$@"', "sh", program, ...args] : [program, ...args];
+    armEndingSignals();
     try {
       child = Bun.spawn(argv, { stdin: "pipe", stdout: "pipe", stderr: "pipe", env: this.childEnv(options), detached: true });
     } catch (error) {
+      disarmEndingSignals();
       return notStarted(`${command}: ${(error as Error).message}`);
     }
+    runningGroups.add(child.pid);
     try {
       options.started?.(child.pid);
     } catch (error) {
       killGroup(child.pid);
       feed(child.stdin, "");
       child.unref();
+      disarmEndingSignals(child.pid);
       throw error;
     }
     feed(child.stdin, `${options.started ? "go\n" : ""}${options.input ?? ""}`);
-    trackGroup(child.pid);
     const stdout = child.stdout.getReader();
     const stderr = child.stderr.getReader();
     let timedOut = false;
@@ -608,7 +620,7 @@ export class RootedHost implements Host {
       clearTimeout(timer);
       clearTimeout(grace);
       options.signal?.removeEventListener("abort", stop);
-      untrackGroup(child.pid);
+      disarmEndingSignals(child.pid);
     }
   }
 

@@ -164,7 +164,9 @@ export async function startLibvirt(): Promise<void> {
  */
 export async function restartLibvirtd(signal: "SIGTERM" | "SIGKILL" = "SIGTERM", whileDown: () => unknown = () => {}): Promise<void> {
   for (const pid of pidsOf(LIBVIRTD.name)) process.kill(pid, signal);
-  await waitUntil("libvirtd exits", () => pidsOf(LIBVIRTD.name).length === 0);
+  // libvirtd gives its workers 30 s after SIGTERM, then exits all the same ("Make forcefull daemon
+  // shutdown", seen once on a loaded CI machine): wait past that.
+  await waitUntil("libvirtd exits", () => pidsOf(LIBVIRTD.name).length === 0, 45_000);
   await whileDown();
   await startLibvirt();
 }

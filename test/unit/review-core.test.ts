@@ -509,6 +509,32 @@ test("execAsync: as exec, without blocking the process; the status, the output, 
   assert.match((await host.execAsync("vmhook-no-such-program", [], { timeoutMs: 1000 })).error!, "not found");
 });
 
+test("execAsync: a Ctrl-C that comes the moment the program has been spawned, before vmhook has noted its process group, still ends the program (the handler is in place before the spawn)", async () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "vmhook-interrupt-"));
+  try {
+    const script = path.join(dir, "run.ts");
+    // The SIGINT arrives as Bun.spawn returns: without a handler already in place, the default action
+    // ends vmhook there, and the program, in a session of its own, goes on.
+    fs.writeFileSync(
+      script,
+      `import { RootedHost } from ${JSON.stringify(path.resolve("lib/host.ts"))};
+const spawn = Bun.spawn;
+(Bun as { spawn: unknown }).spawn = (...args: Parameters<typeof spawn>) => {
+  const child = spawn(...args);
+  process.kill(process.pid, "SIGINT");
+  return child;
+};
+await new RootedHost("/").execAsync("/bin/sh", ["-c", "sleep 1; touch ${dir}/changed"], { timeoutMs: 5000 });`,
+    );
+    const vmhook = Bun.spawn([process.execPath, script], { stdin: new Uint8Array(), stdout: "ignore", stderr: "pipe", env: process.env as Record<string, string> });
+    assert.is(await vmhook.exited, 130, "vmhook ended as interrupted");
+    await new Promise((resolve) => setTimeout(resolve, 1500));
+    assert.not.ok(fs.existsSync(path.join(dir, "changed")), "the program was killed with it");
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
 test("execAsync: vmhook run by hand and stopped with Ctrl-C ends the program it runs (in a session of its own, out of the terminal's reach), which would otherwise change the host after vmhook is gone", async () => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "vmhook-interrupt-"));
   try {
