@@ -34,8 +34,13 @@ function runNft(ctx: Runner, script: string, changedNothing: () => void = () => 
   if (script === "") return;
   const result = ctx.run("nft", ["-f", "-"], { timeoutMs: NFT_TIMEOUT_MS, input: script, allowFailure: true });
   if (result.status !== 0 || result.error) {
-    if (!result.timedOut && result.signal === null && result.status !== 0) changedNothing();
-    throw new VmhookError(`forward: nft refused the transaction, nothing was changed: ${nftWhy(result)}`, script.trimEnd().split("\n"));
+    const lines = script.trimEnd().split("\n");
+    if (result.timedOut || result.signal !== null) {
+      const how = result.timedOut ? "did not finish in time and was killed" : `was killed (${result.signal})`;
+      throw new VmhookError(`forward: nft ${how}: the kernel may have taken the transaction, so the domain's entry stays for release to take out`, lines);
+    }
+    changedNothing();
+    throw new VmhookError(`forward: nft refused the transaction, nothing was changed: ${nftWhy(result)}`, lines);
   }
 }
 

@@ -540,4 +540,22 @@ test("start: a transaction nft refuses (it exits non-zero: the kernel took none 
   assert.equal(sim.snapshot(), before);
 });
 
+test("start: an nft killed at its timeout may have committed: the message says so, not that nothing was changed, and the entry stays for release, which reads the ruleset to take out what went in", async () => {
+  const { sim } = nftHost(UUID);
+  const nft = sim.execHandler("nft")!;
+  sim.onExec("nft", (args, host, options) => (args.join(" ") === "-f -" ? { status: null, signal: "SIGKILL", timedOut: true } : nft(args, host, options)));
+  const xml = domain(`<vmhook:forward ports="2222:22"/>`);
+  const outcome = await runHookEvent(sim, "start", "begin", xml);
+  assert.is(outcome.code, 1);
+  const first = outcome.stderr.split("\n")[0]!;
+  assert.match(first, "forward: nft did not finish in time and was killed: the kernel may have taken the transaction, so the domain's entry stays for release to take out");
+  assert.not.match(first, "nothing was changed");
+  assert.is(readJournal(sim, UUID)?.entries.length, 1, "the entry stays");
+  const listings = () => sim.execs.filter((call) => call.command === "nft" && call.args.join(" ") === "-j list ruleset").length;
+  const before = listings();
+  assert.is((await runHookEvent(sim, "release", "end", xml)).code, 0);
+  assert.is(listings(), before + 1, "release read the ruleset to take out what went in");
+  assert.not.ok(sim.exists(`/run/vmhook/${UUID}.json`));
+});
+
 test.run();
