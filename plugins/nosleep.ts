@@ -8,6 +8,7 @@
 import type { XmlElement } from "../lib/xml.ts";
 import type { Domain } from "../lib/domain.ts";
 import { readAttributes, single } from "../lib/element.ts";
+import { WaitTimedOut } from "../lib/deadline.ts";
 import { VmhookError } from "../lib/errors.ts";
 import { defineAction, definePlugin, type ApplyContext, type BaseContext, type CheckContext, type PlanContext, type Step, type UndoRecord } from "../lib/plugin.ts";
 import { fail, ok, type Finding } from "../lib/diagnostics/findings.ts";
@@ -32,6 +33,7 @@ const WHO = "vmhook";
  */
 const WHAT = "sleep:handle-lid-switch";
 const UNIT = /^vmhook-nosleep-[0-9a-f-]{36}\.service$/;
+const LOCK_WAIT_MS = 5_000;
 const NO_SYSTEMD = "the host does not run systemd, so there is no logind to hold a sleep inhibitor lock";
 
 function parseConfig(elements: XmlElement[], domain: Domain): NosleepConfig {
@@ -82,7 +84,16 @@ function holdInhibitor(record: HoldRecord, ctx: ApplyContext<NosleepConfig>): vo
     // systemd expands "${NAME}" and "$$" in the command it runs (as in ExecStart=), and the domain name is anyone's text: every "$" goes as "$$".
     "systemd-inhibit", `--what=${WHAT}`, `--who=${WHO}`, `--why=${why.replace(/\$/g, "$$$$")}`, "--mode=block", "sleep", "infinity",
   ], { timeoutMs: 30_000 });
-  ctx.waitFor(`logind lists the sleep inhibitor of ${record.unit}`, () => lockHeld(ctx, record.unit), { timeoutMs: 5_000 });
+  try {
+    ctx.waitFor(`logind lists the sleep inhibitor of ${record.unit}`, () => lockHeld(ctx, record.unit), { timeoutMs: LOCK_WAIT_MS });
+  } catch (error) {
+    if (!(error instanceof WaitTimedOut)) throw error;
+    // systemd-inhibit's own error went to the unit's journal, not to the hook.
+    const state = unitActive(ctx, record.unit) ? "still runs" : "has ended";
+    throw new VmhookError(
+      `nosleep: logind does not list the sleep inhibitor lock of ${record.unit} (the unit ${state}): journalctl -u ${record.unit} shows what systemd-inhibit said; is systemd-logind running? (systemctl status systemd-logind)`,
+    );
+  }
 }
 
 function stopInhibitor(record: HoldRecord, ctx: BaseContext): void {

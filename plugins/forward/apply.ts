@@ -2,10 +2,12 @@
 // transaction each (plus iptables-restore where libvirt uses iptables), both
 // computed from what the ruleset holds right now, so both are idempotent.
 import { VmhookError } from "../../lib/errors.ts";
+import type { ExecResult } from "../../lib/host.ts";
+import { kernelRelease } from "../../lib/kernel-modules.ts";
 import type { BaseContext } from "../../lib/plugin.ts";
 import { deleteStaleEntries } from "./conntrack.ts";
 import { iptablesFamily, type CheckedRecord, type IptablesTool } from "./record.ts";
-import { applyScript, domainChains, domainTag, inFrontOfReject, iptablesApplyInput, iptablesNftChain, iptablesRemovalInput, libvirtNftChain, LIBVIRT_IPTABLES_CHAIN, parseRuleset, removalScript, TABLE, type RulesetView } from "./rules.ts";
+import { applyScript, domainChains, domainTag, inFrontOfReject, iptablesApplyInput, iptablesNftChain, iptablesRemovalInput, libvirtNftChain, LIBVIRT_IPTABLES_CHAIN, parseRuleset, removalScript, TABLE, type ResolvedForward, type RulesetView } from "./rules.ts";
 
 type Runner = Pick<BaseContext, "run">;
 type Changer = Pick<BaseContext, "host" | "log" | "run">;
@@ -24,15 +26,40 @@ export function readRuleset(ctx: Runner): RulesetView {
   }
 }
 
+/** nft's own words for a transaction it did not take: its first lines of stderr. */
+const nftWhy = (result: ExecResult) => result.error ?? (result.timedOut ? "it did not finish in time and was killed" : result.stderr.trim().split("\n").slice(0, 3).join(" / ") || `exit ${result.status ?? result.signal}`);
+
 /** `changedNothing`: called before it throws when nft provably committed nothing (it exited non-zero, or never started); not when killed: the kernel may have taken the transaction already. */
 function runNft(ctx: Runner, script: string, changedNothing: () => void = () => {}): void {
   if (script === "") return;
   const result = ctx.run("nft", ["-f", "-"], { timeoutMs: NFT_TIMEOUT_MS, input: script, allowFailure: true });
   if (result.status !== 0 || result.error) {
-    if (!result.timedOut && result.signal === null && result.status !== 0) changedNothing();
-    const why = result.error ?? (result.stderr.trim().split("\n").slice(0, 3).join(" / ") || `exit ${result.status}`);
-    throw new VmhookError(`forward: nft refused the transaction, nothing was changed: ${why}`, script.trimEnd().split("\n"));
+    const lines = script.trimEnd().split("\n");
+    if (result.timedOut || result.signal !== null) {
+      const how = result.timedOut ? "did not finish in time and was killed" : `was killed (${result.signal})`;
+      throw new VmhookError(`forward: nft ${how}: the kernel may have taken the transaction, so the domain's entry stays for release to take out`, lines);
+    }
+    changedNothing();
+    throw new VmhookError(`forward: nft refused the transaction, nothing was changed: ${nftWhy(result)}`, lines);
   }
+}
+
+/**
+ * Refuses, at prepare, the domain's transaction when nft or the kernel would
+ * not take it (an nft too old for its expressions, a kernel without the inet
+ * family's nat): `nft --check` runs it through the kernel and commits nothing.
+ * Found at start instead, the domain's other plugins would have acted first (a
+ * GPU taken from the desktop, and handed back).
+ */
+export function checkApply(ctx: Changer, view: RulesetView, uuid: string, forwards: ResolvedForward[]): void {
+  const script = applyScript(view, uuid, forwards);
+  const result = ctx.run("nft", ["--check", "-f", "-"], { timeoutMs: NFT_TIMEOUT_MS, input: script, allowFailure: true });
+  if (result.status === 0 && !result.error) return;
+  const version = /\bv[\d.]+/.exec(ctx.run("nft", ["--version"], { timeoutMs: NFT_TIMEOUT_MS, allowFailure: true }).stdout)?.[0];
+  throw new VmhookError(
+    `forward: nft${version ? ` (nftables ${version})` : ""} with Linux ${kernelRelease(ctx.host) || "(release unknown)"} would refuse the domain's rules: ${nftWhy(result)}; nothing was changed; update nftables and the kernel: vmhook's rules need nat in nft's inet family (Linux 5.2 or later) and its fib, ct and th expressions`,
+    script.trimEnd().split("\n"),
+  );
 }
 
 const LIST_TIMEOUT_MS = 15_000;

@@ -11,7 +11,7 @@
 // plans a step that puts back what went missing while libvirtd was away.
 import type { Domain } from "../../lib/domain.ts";
 import { defineAction, definePlugin, type BaseContext, type PlanContext, type Step, type UndoRecord } from "../../lib/plugin.ts";
-import { applyRecord, iptablesListing, listForApply, missingRules, readRuleset, undoRecord, type Listed } from "./apply.ts";
+import { applyRecord, checkApply, iptablesListing, listForApply, missingRules, readRuleset, undoRecord, type Listed } from "./apply.ts";
 import { parseForwardConfig, type ForwardConfig } from "./config.ts";
 import { forwardChecks } from "./doctor.ts";
 import { buildRecord, checkListeners, checkOtherVms, resolveForwards } from "./plan.ts";
@@ -29,11 +29,13 @@ function checkedForwards(ctx: PlanContext<ForwardConfig>): { forwards: ResolvedF
 /**
  * prepare: start's checks, so what start would refuse (nft missing, a port
  * another VM forwards or a service holds) is refused before the domain's
- * other plugins change the host (a GPU taken from the desktop, hugepages).
- * No step: the rules go in at start, which checks again.
+ * other plugins change the host (a GPU taken from the desktop, hugepages),
+ * and so is a transaction nft or the kernel would not take. No step: the
+ * rules go in at start, which checks again.
  */
 function planPrepare(ctx: PlanContext<ForwardConfig>): Step<ForwardRecord>[] {
-  checkedForwards(ctx);
+  const { forwards, view } = checkedForwards(ctx);
+  checkApply(ctx, view, ctx.domain.uuid, forwards);
   return [];
 }
 

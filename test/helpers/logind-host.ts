@@ -24,8 +24,8 @@ export interface LogindHost {
   bus: { up: boolean };
 }
 
-/** `lockFails`: logind never lists the lock the unit asks for. */
-export function logindHost(options: { lockFails?: boolean; sim?: SimHost } = {}): LogindHost {
+/** `lockFails`: logind never lists the lock the unit asks for; "exits": systemd-inhibit ends at once (logind not running, access denied), and so does its unit. */
+export function logindHost(options: { lockFails?: boolean | "exits"; sim?: SimHost } = {}): LogindHost {
   const sim = (options.sim ?? new SimHost()).dir("/run/systemd/system").dir(UNITS).dir("/proc");
   const bus = { up: true };
   let nextPid = 812;
@@ -44,6 +44,7 @@ export function logindHost(options: { lockFails?: boolean; sim?: SimHost } = {})
     // The service manager expands the command line as in ExecStart= (no variables set here): "${NAME}" in a word, "$NAME" as a word, "$$" is "$".
     const command = args.slice(args.findIndex((arg) => !arg.startsWith("--"))).flatMap((arg) => (/^\$\w+$/.test(arg) ? [] : [arg.replace(/\$(\$|\{\w*\})/g, (_, what: string) => (what === "$" ? "$" : ""))]));
     const argument = (name: string) => command.find((arg) => arg.startsWith(`--${name}=`))!.slice(`--${name}=`.length);
+    if (options.lockFails === "exits") return; // --collect: the failed unit is gone at once
     startUnit(unit, options.lockFails ? "" : argument("why"), argument("what"));
   });
   sim.onExec("systemctl", (args) => {

@@ -47,6 +47,7 @@ export function nftHost(uuid: string, sim = new SimHost().dir("/var/log").dir("/
   const dropWhere = (gone: (object: NftObject) => boolean) => sim.file(RULESET, JSON.stringify({ nftables: listed().filter((object) => !gone(object)) }));
   sim.onExec("nft", (args, _sim, options) => {
     if (args.join(" ") === "-j list ruleset") return { status: 0, stdout: JSON.stringify({ nftables: [{ metainfo: { version: "1.0.6" } }, ...listed()] }) };
+    if (args.join(" ") === "--check -f -") return { status: 0 }; // prepare's check: the simulated kernel takes every transaction
     if (args.join(" ") !== "-f -") return { status: 1, stderr: `unexpected nft ${args.join(" ")}` };
     nftScripts.push(options.input ?? "");
     if ((options.input ?? "").includes(`add chain inet vmhook vm-${uuid}`)) sim.file(RULESET, JSON.stringify({ nftables: addedObjects(options.input ?? "") }));

@@ -171,6 +171,40 @@ test("a host port another running VM forwards is refused, naming that VM; the re
   });
 });
 
+/** The host namespace's UDP conntrack entries as their tuples, without the timers that count down. */
+const udpFlows = () =>
+  lab
+    .inOk("host", "conntrack", ["-L", "-p", "udp"])
+    .split("\n")
+    .map((line) => [...line.matchAll(/\b(?:src|dst|sport|dport)=\S+/g)].join(" "))
+    .filter(Boolean)
+    .sort()
+    .join("\n");
+
+(skip || withoutConntrack ? forward.skip : forward)("a refused start, and a prepare (nft --check runs start's transaction through the kernel), leave the ruleset and conntrack as they were: a UDP flow that start would cut stays", () => {
+  requireTools(["conntrack"], "apt install conntrack");
+  withDomain("first", `<vmhook:forward ports="2222/udp"/>`, () => {
+    // Peers sending to host ports the refused start and the prepare ask for: what an apply would delete.
+    for (const port of [2100, 3050]) {
+      lab.inOk("host", "conntrack", ["-I", "-p", "udp", "-s", ADDRESSES.clientV4, "-d", ADDRESSES.hostV4, "--sport", "40100", "--dport", `${port}`, "-r", ADDRESSES.hostV4, "-q", ADDRESSES.clientV4, "--reply-port-src", `${port}`, "--reply-port-dst", "40100", "-t", "120"]);
+    }
+    const [ruleset, flows] = [lab.ruleset(), udpFlows()];
+    assert.match(flows, /dport=2100/);
+    const second = domainXml("second", `<vmhook:forward ports="2000-2300/udp"/>`);
+    const refused = lab.startDomain("second", second);
+    lab.stopDomain("second", second);
+    assert.is(refused.code, 1);
+    assert.match(refused.stderr, /host port udp 2000-2300 is forwarded to VM "first" already/);
+    const third = domainXml("third", `<vmhook:forward ports="3000-3100/udp"/>`);
+    const prepared = lab.hookEvent("third", "prepare", "begin", third);
+    assert.is(prepared.code, 0, prepared.stderr);
+    lab.stopDomain("third", third);
+    assert.is(lab.ruleset(), ruleset);
+    assert.is(udpFlows(), flows);
+    lab.inOk("host", "conntrack", ["-D", "-p", "udp", "-s", ADDRESSES.clientV4, "--sport", "40100"]);
+  });
+});
+
 test("a host port a host process listens on is refused, naming the process", async () => {
   const server = await lab.echo("host", [3333], []);
   try {

@@ -56,6 +56,7 @@ function iptablesHost(backend: Backend = "iptables-nft") {
       const theirs = backend === "iptables-nft" && !chainGone ? [{ table: { family: "ip", name: "filter" } }, { chain: { family: "ip", table: "filter", name: "LIBVIRT_FWI" } }] : [];
       return { stdout: JSON.stringify({ nftables: [{ metainfo: {} }, ...theirs, ...ourObjects] }) };
     }
+    if (args.join(" ") === "--check -f -") return { status: 0 }; // prepare's check: the simulated kernel takes every transaction
     if (args.join(" ") !== "-f -") return { status: 1, stderr: `unexpected nft ${args.join(" ")}` };
     nftScripts.push(options.input ?? "");
     ourObjects = addedObjects(options.input ?? "");

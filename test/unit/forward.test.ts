@@ -305,6 +305,31 @@ test("prepare refuses what start would (nft not installed, a host port another V
   assert.is(nftScripts.length, 1, "only db's rules went in");
 });
 
+test("prepare refuses rules nft or the kernel would not take (an old nft, a kernel without the inet family's nat), naming nft's words, its version and the kernel, before any plugin of the domain changes the host", async () => {
+  const { sim, nftScripts } = nftHost(UUID);
+  sim.file("/proc/sys/kernel/osrelease", "4.19.0-27-amd64");
+  const nft = sim.execHandler("nft")!;
+  const checked: string[] = [];
+  sim.onExec("nft", (args, host, options) => {
+    if (args.join(" ") === "--check -f -") checked.push(options.input ?? "");
+    if (args.join(" ") === "--version") return { status: 0, stdout: "nftables v0.9.0 (Fearless Fosdick)\n" };
+    if (args.join(" ") === "--check -f -") return { status: 1, stderr: "Error: Could not process rule: No such file or directory\nadd chain inet vmhook prerouting { type nat hook prerouting priority -100; policy accept; }\n" };
+    return nft(args, host, options);
+  });
+  const xml = domain(`<vmhook:forward ports="2222:22"/>`);
+  const before = sim.snapshot();
+  const refused = await runHookEvent(sim, "prepare", "begin", xml);
+  assert.is(refused.code, 1, "refused at prepare, not at start after the other plugins acted");
+  assert.match(
+    refused.stderr.split("\n")[0]!,
+    "forward: nft (nftables v0.9.0) with Linux 4.19.0-27-amd64 would refuse the domain's rules: Error: Could not process rule: No such file or directory / add chain inet vmhook prerouting",
+  );
+  assert.match(refused.stderr.split("\n")[0]!, "nothing was changed; update nftables and the kernel: vmhook's rules need nat in nft's inet family (Linux 5.2 or later)");
+  assert.match(checked.join(""), /add rule inet vmhook vm-11111111-2222-4333-8444-555555555555 .*dnat ip to 192\.168\.122\.10:22/, "the check ran start's transaction");
+  assert.equal(nftScripts, [], "nothing applied");
+  assert.equal(sim.snapshot(), before, "the host is as it was");
+});
+
 test("an unreadable listening-socket table refuses the forward at start, naming the file and the errno: no listeners seen is not no listeners", async () => {
   const { sim, nftScripts } = nftHost(UUID);
   sim.file("/proc/net/tcp", "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode").failRead("/proc/net/tcp", "EIO");
@@ -513,6 +538,24 @@ test("start: a transaction nft refuses (it exits non-zero: the kernel took none 
   assert.equal(calls, [], "no conntrack run");
   assert.not.match(sim.read("/var/log/vmhook.log"), /released: [1-9]/);
   assert.equal(sim.snapshot(), before);
+});
+
+test("start: an nft killed at its timeout may have committed: the message says so, not that nothing was changed, and the entry stays for release, which reads the ruleset to take out what went in", async () => {
+  const { sim } = nftHost(UUID);
+  const nft = sim.execHandler("nft")!;
+  sim.onExec("nft", (args, host, options) => (args.join(" ") === "-f -" ? { status: null, signal: "SIGKILL", timedOut: true } : nft(args, host, options)));
+  const xml = domain(`<vmhook:forward ports="2222:22"/>`);
+  const outcome = await runHookEvent(sim, "start", "begin", xml);
+  assert.is(outcome.code, 1);
+  const first = outcome.stderr.split("\n")[0]!;
+  assert.match(first, "forward: nft did not finish in time and was killed: the kernel may have taken the transaction, so the domain's entry stays for release to take out");
+  assert.not.match(first, "nothing was changed");
+  assert.is(readJournal(sim, UUID)?.entries.length, 1, "the entry stays");
+  const listings = () => sim.execs.filter((call) => call.command === "nft" && call.args.join(" ") === "-j list ruleset").length;
+  const before = listings();
+  assert.is((await runHookEvent(sim, "release", "end", xml)).code, 0);
+  assert.is(listings(), before + 1, "release read the ruleset to take out what went in");
+  assert.not.ok(sim.exists(`/run/vmhook/${UUID}.json`));
 });
 
 test.run();

@@ -31,6 +31,21 @@ test("prepare holds the lock in a transient unit, without pipes to the hook; rel
   assert.equal(sim.stateFiles(), []);
 });
 
+test("two VMs with nosleep: each holds its own unit, and the one that stops first leaves the other's lock in place", async () => {
+  const { sim, units, closeLid } = logindHost();
+  const OTHER = "0d4c2b1a-7e6f-4a5b-9c8d-1e2f3a4b5c6d";
+  const other = xml().replace(UUID, OTHER).replace("<name>gaming</name>", "<name>work</name>");
+  assert.is((await runHookEvent(sim, "prepare", "begin", xml())).code, 0);
+  assert.is((await runHookEvent(sim, "prepare", "begin", other, "work")).code, 0);
+  assert.equal(units().sort(), [UNIT, `vmhook-nosleep-${OTHER}.service`].sort());
+  assert.is((await runHookEvent(sim, "release", "end", xml())).code, 0);
+  assert.equal(units(), [`vmhook-nosleep-${OTHER}.service`], "work's unit still runs");
+  assert.is(closeLid(), "ignored", "work's lock still holds");
+  assert.is((await runHookEvent(sim, "release", "end", other, "work")).code, 0);
+  assert.equal(units(), []);
+  assert.is(closeLid(), "suspend");
+});
+
 test("closing a laptop's lid while the VM runs does not suspend the host: logind ignores sleep locks for the lid by default (LidSwitchIgnoreInhibited=yes)", async () => {
   const { sim, closeLid } = logindHost();
   assert.is(closeLid(), "suspend", "before the VM starts");
@@ -67,13 +82,18 @@ test("a second start while the unit still runs is refused before any step", asyn
   assert.equal(units(), [UNIT], "the running unit is left alone");
 });
 
-test("a lock logind never lists fails prepare and stops the unit again", async () => {
-  const { sim, units } = logindHost({ lockFails: true });
-  const result = await runHookEvent(sim, "prepare", "begin", xml());
-  assert.is(result.code, 1);
-  assert.match(result.stderr.split("\n")[0]!, `logind lists the sleep inhibitor of ${UNIT}`);
-  assert.equal(units(), [], "rolled back");
-  assert.equal(sim.stateFiles(), []);
+test("a lock logind never lists fails prepare and stops the unit again, saying where systemd-inhibit's error is and what to check", async () => {
+  for (const [lockFails, state] of [[true, "still runs"], ["exits", "has ended"]] as const) {
+    const { sim, units } = logindHost({ lockFails });
+    const result = await runHookEvent(sim, "prepare", "begin", xml());
+    assert.is(result.code, 1);
+    assert.match(
+      result.stderr.split("\n")[0]!,
+      `nosleep: logind does not list the sleep inhibitor lock of ${UNIT} (the unit ${state}): journalctl -u ${UNIT} shows what systemd-inhibit said; is systemd-logind running? (systemctl status systemd-logind)`,
+    );
+    assert.equal(units(), [], "rolled back");
+    assert.equal(sim.stateFiles(), []);
+  }
 });
 
 test("another VM's lock whose reason contains this VM's (a VM named \"old VM gaming\") does not stand in for a lock logind never lists: prepare fails and stops the unit again", async () => {
@@ -82,7 +102,7 @@ test("another VM's lock whose reason contains this VM's (a VM named \"old VM gam
   startUnit(other, "VM old VM gaming runs with devices passed through");
   const result = await runHookEvent(sim, "prepare", "begin", xml());
   assert.is(result.code, 1, "gaming's own lock is not listed");
-  assert.match(result.stderr.split("\n")[0]!, `logind lists the sleep inhibitor of ${UNIT}`);
+  assert.match(result.stderr.split("\n")[0]!, `logind does not list the sleep inhibitor lock of ${UNIT}`);
   assert.equal(units(), [other], "rolled back; the other VM's unit left alone");
 });
 
