@@ -939,6 +939,24 @@ test("a <hostdev><driver model> that is no driver name is refused at parse, nami
   assert.equal(kernel.sim.snapshot(), before);
 });
 
+test("a <hostdev><driver model> must name a VFIO driver: a variant modules.alias lists passes by default, another module is refused before modprobe runs (the host policy's vfio.modules may allow it)", async () => {
+  // A module of the host that registers no VFIO driver: prepare would load it and write its name to the VF's driver_override.
+  const kernel = battlemageWithVfOnXe().module({ name: "n_hdlc" });
+  const before = kernel.sim.snapshot();
+  const refused = await runHookEvent(kernel.sim, "prepare", "begin", domainXml("<vmhook:vfio/>", [{ address: BATTLEMAGE_VF, model: "n_hdlc" }]));
+  assert.is(refused.code, 1);
+  assert.match(firstLine(refused.stderr), `${BATTLEMAGE_VF}'s <hostdev><driver model='n_hdlc'>: n_hdlc is not a VFIO driver`);
+  assert.match(firstLine(refused.stderr), `add "n_hdlc" to "vfio.modules" in /etc/vmhook/policy.json`);
+  assert.equal(kernel.sim.execs.filter((e) => e.command === "modprobe"), []);
+  assert.equal(kernel.sim.snapshot(), before);
+  const xml = domainXml("<vmhook:vfio/>", [{ address: BATTLEMAGE_VF, model: "xe-vfio-pci" }]);
+  const prepare = await runHookEvent(kernel.sim, "prepare", "begin", xml);
+  assert.is(prepare.code, 0, prepare.stderr);
+  assert.is(kernel.driverOf(BATTLEMAGE_VF), "xe-vfio-pci");
+  assert.is((await runHookEvent(kernel.sim, "release", "end", xml)).code, 0);
+  assert.equal(kernel.sim.snapshot(), before);
+});
+
 test("a GPU on amdgpu and an xe SR-IOV VF on xe-vfio-pci in one domain: the GPU goes to vfio-pci and back, the VF stays on xe-vfio-pci throughout", async () => {
   const kernel = battlemageWithVfOnVariant();
   const before = kernel.sim.snapshot();
