@@ -407,6 +407,20 @@ test("safety: a named plugin that is missing fails prepare naming the directory 
   sim.cleanup();
 });
 
+test("safety: NAME.js and NAME.mjs are plugin NAME's module, as vmhook plugins lists them: a domain cannot name the file itself and have it run as an executable, past a module's checks (what it imports, Bun's cache)", async () => {
+  const sim = pluginHost();
+  // A module installed 0755 (as the not-installed message advises) that also starts with a #! line.
+  install(sim, "notes.mjs", `${shellPlugin("notes.mjs")}\nexport default {};\n`);
+  for (const name of ["notes.mjs", "notes.js"]) {
+    const outcome = await runHookEvent(sim, "prepare", "begin", domainXml(`<vmhook:plugin name="${name}"/>`));
+    assert.is(outcome.code, 1, name);
+    assert.match(outcome.stderr.split("\n")[0]!, `name="${name}" is not a plugin name: at most 251 lower-case letters, digits, ".", "_" and "-", starting with a letter or digit, not ending in .js or .mjs`);
+  }
+  assert.throws(() => findCustomPlugin(sim, "notes.mjs"), /is not a plugin name .*not ending in \.js or \.mjs.*never paths/);
+  assert.equal(calls(sim), []);
+  sim.cleanup();
+});
+
 test("safety: a plugin name too long to be a file name (NAME.mjs over 255 bytes) is refused as a name, not as a file vmhook cannot stat", async () => {
   const sim = pluginHost();
   const longest = "a".repeat(251);
