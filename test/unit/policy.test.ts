@@ -150,7 +150,7 @@ const CASES: Case[] = [
   {
     name: "vfio: a unit named without its suffix",
     element: `<vmhook:vfio display-manager="systemd-journald"/>`,
-    refused: ["display-manager: systemd-journald is not", `add "systemd-journald.service" to "${hint("vfio.units")}`],
+    refused: ["display-manager: systemd-journald.service is not", `add "systemd-journald.service" to "${hint("vfio.units")}`],
     allow: { vfio: { units: ["systemd-journald.service"] } },
   },
   {

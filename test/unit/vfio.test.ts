@@ -1927,6 +1927,28 @@ test("two NVIDIA cards, the host keeps one: nvidia-persistenced, which holds eve
   assert.equal(kernel.sim.snapshot(), before);
 });
 
+test("a name listed again in unload-modules, load-modules or display-manager (the same, or its other spelling: nvidia-drm, display-manager) is acted on once: a list of thousands of repeats does not keep prepare running rmmod and systemctl", async () => {
+  const kernel = nvidiaDesktop();
+  const before = kernel.sim.snapshot();
+  const repeats = (names: string[]) => Array.from({ length: 50 }, () => names).flat().join(",");
+  const xml = domainXml(`<vmhook:vfio unload-modules="${repeats(["nvidia_drm", "nvidia-drm", "nvidia_modeset", "nvidia_uvm", "nvidia"])}" display-manager="${repeats(["display-manager", "display-manager.service"])}" load-modules="${repeats(["vfio_pci", "vfio-pci"])}"/>`);
+  const prepare = await runHookEvent(kernel.sim, "prepare", "begin", xml);
+  assert.is(prepare.code, 0, prepare.stderr);
+  const order = kernel.sim.execs.filter((e) => e.command !== "systemctl" || e.args[0] === "stop").map((e) => `${e.command} ${e.args.join(" ")}`);
+  assert.equal(order, [
+    "modprobe vfio-pci ids=",
+    "systemctl stop display-manager.service",
+    "systemctl stop nvidia-persistenced.service",
+    "rmmod nvidia_drm",
+    "rmmod nvidia_modeset",
+    "rmmod nvidia_uvm",
+    "rmmod nvidia",
+  ]);
+  assert.ok(kernel.sim.execs.length < 30, `${kernel.sim.execs.length} programs run`);
+  assert.is((await runHookEvent(kernel.sim, "release", "end", xml)).code, 0);
+  assert.equal(kernel.sim.snapshot(), before);
+});
+
 test("NVIDIA single GPU with nvidia-powerd (Dynamic Boost, enabled by NVIDIA's packages) holding /dev/nvidiactl: it is stopped with the helpers before the modules go and started at release; it used to refuse the start, naming it", async () => {
   const kernel = nvidiaDesktop().unit({ name: "nvidia-powerd.service", active: true, processes: { 610: ["nvidia-powerd", ["/dev/nvidiactl", "/dev/nvidia0"]] } });
   kernel.sim.file(`/proc/driver/nvidia/gpus/${GPU}/information`, "Device Minor: 0\n");
