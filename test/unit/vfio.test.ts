@@ -56,6 +56,17 @@ function twoGpuWorkstation(): GpuKernel {
 
 const firstLine = (stderr: string) => stderr.split("\n")[0]!;
 
+/** What prepare runs for the NVIDIA desktop's single-GPU handover, in order (systemctl's queries left out). */
+const NVIDIA_SINGLE_GPU_PREPARE = [
+  "modprobe vfio-pci ids=",
+  "systemctl stop display-manager.service",
+  "systemctl stop nvidia-persistenced.service",
+  "rmmod nvidia_drm",
+  "rmmod nvidia_modeset",
+  "rmmod nvidia_uvm",
+  "rmmod nvidia",
+];
+
 test("NVIDIA single GPU: display manager, console, efifb, persistenced and modules go first; both functions reach vfio-pci; release puts all back", async () => {
   const kernel = nvidiaDesktop();
   const before = kernel.sim.snapshot();
@@ -76,15 +87,7 @@ test("NVIDIA single GPU: display manager, console, efifb, persistenced and modul
   assert.ok(kernel.loaded("snd_hda_intel"), "the audio driver stays: unbinding suffices");
 
   const order = kernel.sim.execs.filter((e) => e.command !== "systemctl" || e.args[0] === "stop").map((e) => `${e.command} ${e.args.join(" ")}`);
-  assert.equal(order, [
-    "modprobe vfio-pci ids=",
-    "systemctl stop display-manager.service",
-    "systemctl stop nvidia-persistenced.service",
-    "rmmod nvidia_drm",
-    "rmmod nvidia_modeset",
-    "rmmod nvidia_uvm",
-    "rmmod nvidia",
-  ]);
+  assert.equal(order, NVIDIA_SINGLE_GPU_PREPARE);
 
   const preparedExecs = kernel.sim.execs.length;
   const release = await runHookEvent(kernel.sim, "release", "end", xml);
@@ -1935,15 +1938,7 @@ test("a name listed again in unload-modules, load-modules or display-manager (th
   const prepare = await runHookEvent(kernel.sim, "prepare", "begin", xml);
   assert.is(prepare.code, 0, prepare.stderr);
   const order = kernel.sim.execs.filter((e) => e.command !== "systemctl" || e.args[0] === "stop").map((e) => `${e.command} ${e.args.join(" ")}`);
-  assert.equal(order, [
-    "modprobe vfio-pci ids=",
-    "systemctl stop display-manager.service",
-    "systemctl stop nvidia-persistenced.service",
-    "rmmod nvidia_drm",
-    "rmmod nvidia_modeset",
-    "rmmod nvidia_uvm",
-    "rmmod nvidia",
-  ]);
+  assert.equal(order, NVIDIA_SINGLE_GPU_PREPARE);
   assert.ok(kernel.sim.execs.length < 30, `${kernel.sim.execs.length} programs run`);
   assert.is((await runHookEvent(kernel.sim, "release", "end", xml)).code, 0);
   assert.equal(kernel.sim.snapshot(), before);
