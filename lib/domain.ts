@@ -6,7 +6,7 @@ import { NAMESPACE_URI, ROOT_ELEMENT } from "./paths.ts";
 import { childElements, metadataNode, metadataNodes, prefixMistake, readableOthersPrefixes, refuseMisplacedNamespace, virshSetCommand, type MetadataNode } from "./metadata-text.ts";
 import { parseCpuset, parseCpusetUnion, parseNodeset } from "./cpuset.ts";
 import { PATTERNS, parseInteger, parsePciAddress, parseUuid, sizeToKiB } from "./validate.ts";
-import { ELEMENT_NODE, xmldom, type XmlDocument, type XmlElement, type XmlNode } from "./xml.ts";
+import { declaresNamespace, ELEMENT_NODE, xmldom, type XmlDocument, type XmlElement, type XmlNode } from "./xml.ts";
 import { readXml, XmlSyntaxError } from "./xml-reader.ts";
 
 export interface PciHostdev {
@@ -499,7 +499,7 @@ export function attributes(element: XmlElement): Record<string, string> {
   const result: Record<string, string> = {};
   for (let i = 0; i < element.attributes.length; i++) {
     const attribute = element.attributes.item(i)!;
-    if (attribute.name.startsWith("xmlns")) continue;
+    if (declaresNamespace(attribute)) continue;
     result[attribute.localName ?? attribute.name] = attribute.value;
   }
   return result;

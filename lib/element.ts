@@ -2,7 +2,7 @@
 // understand is an error, never ignored. A child element, text, or an
 // attribute of another namespace (x:size="1G") would otherwise be skipped
 // silently and the plugin would act on its defaults.
-import type { XmlElement } from "./xml.ts";
+import { declaresNamespace, type XmlElement } from "./xml.ts";
 import { describeElement } from "./domain.ts";
 import { attributeText, ConfigError, excerpt, quoted } from "./errors.ts";
 
@@ -21,7 +21,7 @@ export function readAttributes(element: XmlElement, allowed: readonly string[]):
   const found: Record<string, string> = {};
   for (let i = 0; i < element.attributes.length; i++) {
     const attribute = element.attributes.item(i)!;
-    if (attribute.name === "xmlns" || attribute.name.startsWith("xmlns:")) continue;
+    if (declaresNamespace(attribute)) continue;
     if (attribute.prefix) {
       throw new ConfigError(where, `has attribute ${attributeText(attribute.name, attribute.value)} in namespace ${quoted(attribute.namespaceURI ?? "none")}; vmhook reads only plain attributes: write ${attribute.localName}="..." without a prefix`);
     }

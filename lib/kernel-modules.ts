@@ -35,17 +35,35 @@ function moduleTreeText(host: Host, release: string, file: ModuleTreeFile): stri
 export function vfioVariantModule(aliases: string, modalias: string | undefined): string | undefined {
   if (modalias === undefined || !modalias.startsWith("pci:")) return undefined;
   const wanted = `vfio_${modalias}`;
-  const marker = "alias vfio_pci:";
   let best: { module: string; wildcards: number } | undefined;
-  for (let at = aliases.indexOf(marker); at !== -1; at = aliases.indexOf(marker, at + marker.length)) {
-    if (at > 0 && aliases[at - 1] !== "\n") continue;
-    const end = aliases.indexOf("\n", at);
-    const [, pattern, module] = aliases.slice(at, end === -1 ? undefined : end).trim().split(/\s+/);
-    if (pattern === undefined || module === undefined || !PATTERNS.moduleName.test(module) || !globMatches(pattern, wanted)) continue;
+  for (const { pattern, module } of vfioAliases(aliases)) {
+    if (!globMatches(pattern, wanted)) continue;
     const wildcards = pattern.split("*").length - 1;
     if (best === undefined || wildcards < best.wildcards) best = { module, wildcards };
   }
   return best?.module === "vfio_pci" ? undefined : best?.module;
+}
+
+/**
+ * Whether the running kernel's modules.alias lists `module` (- and _ alike)
+ * as a VFIO driver: vfio_pci, or a variant of it, by an "alias vfio_pci:…"
+ * line, which only VFIO drivers carry.
+ */
+export function isVfioDriverModule(aliases: string, module: string): boolean {
+  const name = module.replace(/-/g, "_");
+  for (const listed of vfioAliases(aliases)) if (listed.module.replace(/-/g, "_") === name) return true;
+  return false;
+}
+
+/** The "alias vfio_pci:PATTERN MODULE" lines of modules.alias, found with indexOf. */
+function* vfioAliases(aliases: string): Generator<{ pattern: string; module: string }> {
+  const marker = "alias vfio_pci:";
+  for (let at = aliases.indexOf(marker); at !== -1; at = aliases.indexOf(marker, at + marker.length)) {
+    if (at > 0 && aliases[at - 1] !== "\n") continue;
+    const end = aliases.indexOf("\n", at);
+    const [, pattern, module] = aliases.slice(at, end === -1 ? undefined : end).trim().split(/\s+/);
+    if (pattern !== undefined && module !== undefined && PATTERNS.moduleName.test(module)) yield { pattern, module };
+  }
 }
 
 /** The running kernel's modules.alias, for vfioVariantModule; "" when it has none. */

@@ -6,7 +6,7 @@
 // accepts).
 import { ConfigError, VmhookError } from "./errors.ts";
 import { NAMESPACE_URI, ROOT_ELEMENT } from "./paths.ts";
-import { ELEMENT_NODE, xmldom, type XmlElement, type XmlNode } from "./xml.ts";
+import { declaresNamespace, ELEMENT_NODE, xmldom, type XmlElement, type XmlNode } from "./xml.ts";
 
 /** The --key of `virsh metadata`: libvirt writes it as the element's prefix. */
 export const METADATA_KEY = "vmhook";
@@ -233,7 +233,7 @@ function toNode(element: XmlElement, where: string): MetadataNode {
   const attributes: [string, string][] = [];
   for (let i = 0; i < element.attributes.length; i++) {
     const attribute = element.attributes.item(i)!;
-    if (attribute.name === "xmlns" || attribute.name.startsWith("xmlns:")) continue;
+    if (declaresNamespace(attribute)) continue;
     attributes.push([attribute.localName ?? attribute.name, attribute.value]);
   }
   const children = childElements(element).map((child) => toNode(child, where));

@@ -8,7 +8,7 @@
 import { jsonText, VmhookError } from "./errors.ts";
 import type { Host } from "./host.ts";
 import { paths } from "./paths.ts";
-import { rootsAloneProblem } from "./custom-plugins/trust.ts";
+import { rootsFileProblem } from "./root-alone.ts";
 import { PATTERNS } from "./validate.ts";
 
 export interface HostPolicy {
@@ -67,16 +67,11 @@ const DEFAULT_POLICY: HostPolicy = {
 
 const POLICY_FILE_REASON = "it decides what VMs may take from the host";
 
-/** Why the policy file cannot be trusted: it, or a directory above it, is not root's alone. */
-function policyFileProblem(host: Host): string | undefined {
-  return rootsAloneProblem(host, paths.policy, "file", POLICY_FILE_REASON);
-}
-
-/** The policy in force: the file's, checked, or the defaults when there is none. Throws naming the file and the fix. */
+/** The policy in force: the file's, checked, or the defaults when there is none (and nobody but root could have removed it). Throws naming the file and the fix. */
 export function loadPolicy(host: Host): HostPolicy {
-  if (!host.stat(paths.policy)) return DEFAULT_POLICY;
-  const problem = policyFileProblem(host);
+  const problem = rootsFileProblem(host, paths.policy, POLICY_FILE_REASON);
   if (problem) throw new VmhookError(`refusing the host policy: ${problem}`);
+  if (!host.stat(paths.policy)) return DEFAULT_POLICY;
   let raw: unknown;
   try {
     raw = JSON.parse(host.read(paths.policy));

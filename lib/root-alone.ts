@@ -103,6 +103,22 @@ export function rootsAloneProblem(facts: FileFacts, hostPath: string, kind: "dir
   return unsafeReason(facts, hostPath, kind, because) ?? unsafeAbove(facts, hostPath, because);
 }
 
+/**
+ * Why root cannot trust what is at `hostPath`, a file of root's that may be
+ * missing (vmhook.json, policy.json, whose defaults apply without them), or
+ * undefined. There, rootsAloneProblem; missing, the directory that would hold
+ * it (the nearest one that exists) and every one above must be root's alone:
+ * whoever can write one could have removed the file, and the defaults would
+ * stand in for what root wrote.
+ */
+export function rootsFileProblem(facts: FileFacts, hostPath: string, because: string): string | undefined {
+  if (facts.stat(hostPath)) return rootsAloneProblem(facts, hostPath, "file", because);
+  let dir = parentOf(hostPath);
+  while (dir !== "/" && !facts.stat(dir)) dir = parentOf(dir);
+  const problem = rootsAloneProblem(facts, dir, "directory", because);
+  return problem && `there is no ${hostPath} (its defaults apply, so nobody but root may be able to remove it), and ${problem}`;
+}
+
 /** The kernel's limit of symlinks in one lookup (ELOOP past it). */
 const MAX_SYMLINKS = 40;
 

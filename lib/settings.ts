@@ -4,7 +4,7 @@
 import { jsonText, VmhookError } from "./errors.ts";
 import type { Host } from "./host.ts";
 import { paths } from "./paths.ts";
-import { rootsAloneProblem } from "./custom-plugins/trust.ts";
+import { rootsFileProblem } from "./root-alone.ts";
 import { closest } from "./cli/usage.ts";
 import { readVfioSettings, VFIO_SETTING_KEYS } from "../plugins/vfio/config.ts";
 import { FLOOR_SETTING, floorSetting } from "../plugins/hugepages/fit.ts";
@@ -71,11 +71,11 @@ function checkPluginSettings(name: string, settings: Record<string, unknown>): v
 }
 
 export function loadSettings(host: Host): HostSettings {
+  // Held to the policy file's rules (lib/policy.ts): whoever could write it could have root run their command.
+  const problem = rootsFileProblem(host, paths.hostConfig, SETTINGS_FILE_REASON);
+  if (problem) throw new VmhookError(`refusing the host settings: ${problem}`);
   // No file means the defaults; one that cannot be read must not: it may set what the defaults do not.
   if (!host.stat(paths.hostConfig)) return DEFAULT_SETTINGS;
-  // Held to the policy file's rules (lib/policy.ts): whoever could write it could have root run their command.
-  const problem = rootsAloneProblem(host, paths.hostConfig, "file", SETTINGS_FILE_REASON);
-  if (problem) throw new VmhookError(`refusing the host settings: ${problem}`);
   const text = host.readTrimmed(paths.hostConfig);
   if (text === undefined) return DEFAULT_SETTINGS;
   let raw: Partial<HostSettings>;

@@ -18,14 +18,19 @@ export const PATTERNS = {
    * digits, each joined to the next by one space or hyphen. Never "." or "/".
    */
   vgpuType: /^(?=.{1,64}$)[A-Za-z0-9]+(?:[ -][A-Za-z0-9]+)*$/,
-  /** Custom plugin names: never a path, and NAME.mjs within a file name's 255 bytes (longer, stat fails with ENAMETOOLONG). */
-  pluginName: /^[a-z0-9][a-z0-9._-]{0,250}$/,
+  /**
+   * Custom plugin names: never a path, and NAME.mjs within a file name's 255
+   * bytes (longer, stat fails with ENAMETOOLONG). Never NAME.js or NAME.mjs:
+   * that file is plugin NAME's module, and named itself it would run as an
+   * executable, past the checks of a module.
+   */
+  pluginName: /^(?!.*\.m?js$)[a-z0-9][a-z0-9._-]{0,250}$/,
   /** systemd unit names. Never starting with "-": they become arguments of systemctl. */
   unitName: /^[A-Za-z0-9:_.@\\][A-Za-z0-9:_.@\\-]{0,254}$/,
 };
 
 /** PATTERNS.pluginName in words, for the messages that refuse a name. */
-export const PLUGIN_NAME_RULE = 'at most 251 lower-case letters, digits, ".", "_" and "-", starting with a letter or digit';
+export const PLUGIN_NAME_RULE = 'at most 251 lower-case letters, digits, ".", "_" and "-", starting with a letter or digit, not ending in .js or .mjs';
 
 /** Accepts 0000:01:00.0, 10000:e1:00.0, 01:00.0 (domain 0000) in any case; returns the kernel's name of the device (lower case, the domain in 4 digits or more). */
 export function parsePciAddress(value: string, element: string, attribute: string): string {

@@ -54,6 +54,9 @@ export interface XmlDocument extends XmlNode {
   readonly documentElement: XmlElement | null;
 }
 
+/** A namespace declaration, xmlns="…" or xmlns:p="…"; an attribute merely named like one (xmlnsfoo) declares nothing and is read as any other. */
+export const declaresNamespace = (attribute: Pick<XmlAttribute, "name">): boolean => attribute.name === "xmlns" || attribute.name.startsWith("xmlns:");
+
 export function xmldom(): typeof Xmldom {
   return require("@xmldom/xmldom") as typeof Xmldom;
 }

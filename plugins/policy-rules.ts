@@ -9,6 +9,7 @@ import { ConfigError, describeError } from "../lib/errors.ts";
 import type { Host } from "../lib/host.ts";
 import { networkInUse, type NetworkUse } from "../lib/netdev.ts";
 import { sharedState } from "../lib/journal.ts";
+import { isVfioDriverModule, modulesAlias } from "../lib/kernel-modules.ts";
 import { iommuGroupMembers, pciIommuGroup, slotFunctions } from "../lib/pci.ts";
 import { allowHint, DEFAULT_UNITS, formatSpan, moduleAllowed, normalUnit, type PortSpan } from "../lib/policy.ts";
 import type { ForwardConfig } from "./forward/config.ts";
@@ -93,6 +94,17 @@ async function authorizeVfio(config: VfioConfig, { policy, domain, host, setting
     if (module) {
       throw new ConfigError(element, `${attribute}: ${module} is not a GPU, VFIO or passthrough helper module the host policy allows; ${allowHint(policy, `add "${module}" to "vfio.modules"`)}`);
     }
+  }
+
+  // prepare loads the module a handed-over device's <driver model> names and binds the device to it: a VFIO driver, or one the policy allows.
+  let aliases: string | undefined;
+  for (const address of addresses) {
+    const model = config.driverModels[address];
+    if (model === undefined || moduleAllowed(policy, model) || isVfioDriverModule((aliases ??= modulesAlias(host)), model)) continue;
+    throw new ConfigError(
+      element,
+      `${address}'s <hostdev><driver model='${model}'>: ${model} is not a VFIO driver (no "alias vfio_pci:" line of the running kernel's modules.alias names it), and prepare would load it and bind the device to it; name vfio-pci or a variant of it, or ${allowHint(policy, `add "${model}" to "vfio.modules"`)}`,
+    );
   }
 }
 

@@ -3,7 +3,7 @@
 // same facts in VMHOOK_* environment variables); docs/plugins.md.
 import { attributes, describeElement } from "../domain.ts";
 import { domElement } from "../dom-element.ts";
-import { xmldom, type XmlElement } from "../xml.ts";
+import { declaresNamespace, xmldom, type XmlElement } from "../xml.ts";
 import { ConfigError, VmhookError } from "../errors.ts";
 import { defineAction, type BaseContext, type Json, type PlanContext, type Plugin, type Step, type UndoRecord } from "../plugin.ts";
 import { endLeftRunning, processInstance } from "../processes.ts";
@@ -84,7 +84,7 @@ function refuseSharedVariables(element: XmlElement): void {
   const owners = new Map<string, string>();
   for (let i = 0; i < element.attributes.length; i++) {
     const attribute = element.attributes.item(i)!;
-    if (attribute.name.startsWith("xmlns")) continue;
+    if (declaresNamespace(attribute)) continue;
     const variable = attributeVariable(attribute.localName ?? attribute.name);
     const other = owners.get(variable);
     if (other !== undefined) throw new ConfigError(describeElement(element), `attributes ${other} and ${attribute.name} would both reach the plugin as ${variable}; rename one of them`);

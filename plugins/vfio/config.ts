@@ -8,6 +8,7 @@ import { readAttributes, single } from "../../lib/element.ts";
 import { describeElement, libvirtManagedPci, libvirtUnmanagedPci, type Domain } from "../../lib/domain.ts";
 import { attributeText, ConfigError, jsonText, VmhookError } from "../../lib/errors.ts";
 import { paths } from "../../lib/paths.ts";
+import { normalUnit } from "../../lib/policy.ts";
 import { closest } from "../../lib/cli/usage.ts";
 import { checkPattern, parsePciAddress, parseYesNo, PATTERNS } from "../../lib/validate.ts";
 
@@ -35,6 +36,18 @@ export const ATTRIBUTES = ["devices", "include-slot", "single-gpu", "unload-modu
 
 const list = (value: string) => value.split(/[\s,]+/).filter(Boolean);
 
+/** Each name once, by the name the kernel or systemd acts on (nvidia-drm is nvidia_drm): a repeat would only be acted on again. */
+function distinct(names: string[], actedOn: (name: string) => string): string[] {
+  const seen = new Set<string>();
+  return names.filter((name) => {
+    const key = actedOn(name);
+    if (seen.has(key)) return false;
+    seen.add(key);
+    return true;
+  });
+}
+const moduleActedOn = (name: string) => name.replace(/-/g, "_");
+
 /** auto, or yes/no in any spelling a yes/no attribute takes. */
 function parseSingleGpu(value: string | undefined, where: string): VfioConfig["singleGpu"] {
   if (value === undefined || value.trim().toLowerCase() === "auto") return "auto";
@@ -60,7 +73,11 @@ export function parseVfioConfig(elements: XmlElement[], domain: Domain): VfioCon
 
   const singleGpu = parseSingleGpu(attrs["single-gpu"], where);
 
-  const modules = (attribute: string) => list(attrs[attribute] ?? "").map((name) => checkPattern(name, PATTERNS.moduleName, where, attribute, "a kernel module name", "write names as lsmod lists the loaded ones, e.g. nvidia_drm"));
+  const modules = (attribute: string) =>
+    distinct(
+      list(attrs[attribute] ?? "").map((name) => checkPattern(name, PATTERNS.moduleName, where, attribute, "a kernel module name", "write names as lsmod lists the loaded ones, e.g. nvidia_drm")),
+      moduleActedOn,
+    );
   const unload = attrs["unload-modules"]?.trim();
   return {
     devices: [...new Set(devices)],
@@ -73,7 +90,11 @@ export function parseVfioConfig(elements: XmlElement[], domain: Domain): VfioCon
     displayManagerUnits:
       attrs["display-manager"] === undefined
         ? undefined
-        : list(attrs["display-manager"]).map((unit) => checkPattern(unit, PATTERNS.unitName, where, "display-manager", "a systemd unit name", "write names as systemctl list-units lists them, e.g. gdm.service")),
+        : // As systemctl reads them (gdm is gdm.service), each once.
+          distinct(
+            list(attrs["display-manager"]).map((unit) => normalUnit(checkPattern(unit, PATTERNS.unitName, where, "display-manager", "a systemd unit name", "write names as systemctl list-units lists them, e.g. gdm.service"))),
+            (unit) => unit,
+          ),
     driverModels: Object.fromEntries(domain.hostdevs.flatMap((hostdev) => (hostdev.type === "pci" && hostdev.driverModel !== undefined ? [[hostdev.address, hostdev.driverModel]] : []))),
   };
 }

@@ -204,6 +204,22 @@ for (const [element, mistakes] of Object.entries(MISTAKES)) {
   });
 }
 
+test("<vmhook:hooks> takes no attribute, one named like a namespace declaration (xmlnsfoo=, which declares nothing) included: refused naming it; the host stays as it was", async () => {
+  const sim = everythingHost();
+  try {
+    const before = sim.snapshot();
+    for (const attribute of ['xmlnsfoo="1"', 'xmlns-x="1"', 'size="2M"']) {
+      const xml = domainXml("<vmhook:nosleep/>", []).replace('<vmhook:hooks xmlns:vmhook="urn:vmhook:1">', `<vmhook:hooks xmlns:vmhook="urn:vmhook:1" ${attribute}>`);
+      const { code, stderr } = await runHookEvent(sim, "prepare", "begin", xml);
+      assert.is(code, 1, attribute);
+      assert.match(firstLine(stderr), `<vmhook:hooks>: has attribute ${attribute.split("=")[0]}, but takes none`);
+      assert.equal(sim.snapshot(), before);
+    }
+  } finally {
+    sim.cleanup();
+  }
+});
+
 test("spellings a user may fear are mistakes (2m, 01:00.0, YES, spaces in a CPU list) read as the canonical form", async () => {
   const sim = everythingHost();
   // The element as written is kept for messages; everything else must be the same.

@@ -269,7 +269,9 @@ test("safety: a writable or symlinked /etc/vmhook is refused too: whoever writes
   fs.chmodSync(sim.resolve("/etc/vmhook"), 0o777);
   let outcome = await runHookEvent(sim, "prepare", "begin", xml);
   assert.is(outcome.code, 1);
-  assert.match(outcome.stderr, "refusing to load plugins: /etc/vmhook has mode 0777: group or others can write it, and plugins run as root; run chmod go-w /etc/vmhook");
+  // The hook first finds the host settings missing there, which anyone could have removed; the plugins directory is refused as well.
+  assert.match(outcome.stderr, `refusing the host settings: there is no ${paths.hostConfig} (its defaults apply, so nobody but root may be able to remove it), and /etc/vmhook has mode 0777`);
+  assert.throws(() => findCustomPlugin(sim, "notes"), (error: Error) => error.message.includes("refusing to load plugins: /etc/vmhook has mode 0777: group or others can write it, and plugins run as root; run chmod go-w /etc/vmhook"));
 
   // /etc/vmhook as a link to a directory someone else controls
   fs.chmodSync(sim.resolve("/etc/vmhook"), 0o755);
@@ -277,7 +279,8 @@ test("safety: a writable or symlinked /etc/vmhook is refused too: whoever writes
   fs.symlinkSync(sim.resolve("/elsewhere"), sim.resolve("/etc/vmhook"));
   outcome = await runHookEvent(sim, "prepare", "begin", xml);
   assert.is(outcome.code, 1);
-  assert.match(outcome.stderr, "refusing to load plugins: /etc/vmhook is a symlink");
+  assert.match(outcome.stderr, `refusing the host settings: there is no ${paths.hostConfig} (its defaults apply, so nobody but root may be able to remove it), and /etc/vmhook is a symlink`);
+  assert.throws(() => findCustomPlugin(sim, "notes"), (error: Error) => error.message.includes("refusing to load plugins: /etc/vmhook is a symlink"));
   assert.equal(calls(sim), []);
   sim.cleanup();
 });
@@ -342,7 +345,8 @@ test("safety: a FUSE mount anywhere on the way is refused: on /etc above the plu
   const xml = domainXml('<vmhook:plugin name="notes"/>');
   sim.mountFileSystem("/etc", FUSE);
   let outcome = await runHookEvent(sim, "prepare", "begin", xml);
-  assert.match(outcome.stderr, `refusing to load plugins: ${paths.pluginsDir} is on a file system of type fuse`);
+  assert.match(outcome.stderr, `refusing the host settings: there is no ${paths.hostConfig} (its defaults apply, so nobody but root may be able to remove it), and /etc/vmhook is on a file system of type fuse`);
+  assert.throws(() => findCustomPlugin(sim, "notes"), (error: Error) => error.message.includes(`refusing to load plugins: ${paths.pluginsDir} is on a file system of type fuse`));
 
   const onFile = pluginHost();
   install(onFile, "notes", shellPlugin("notes"));
@@ -376,12 +380,19 @@ test("safety: host settings and policy files on a FUSE mount are refused as thei
   assert.is(outcome.code, 1);
   assert.match(outcome.stderr, `refusing the host settings: ${paths.hostConfig} is on a file system of type fuse`);
 
+  // Missing there, it is refused as well: the daemon may hide root's file as readily as fake its owner.
   fs.rmSync(sim.resolve(paths.hostConfig));
-  sim.file(paths.policy, "{}");
-  outcome = await runHookEvent(sim, "prepare", "begin", domainXml('<vmhook:plugin name="notes"/>'));
+  outcome = await runHookEvent(sim, "prepare", "begin", domainXml("<vmhook:hugepages/>"));
+  assert.is(outcome.code, 1);
+  assert.match(outcome.stderr, `refusing the host settings: there is no ${paths.hostConfig} (its defaults apply, so nobody but root may be able to remove it), and /etc/vmhook is on a file system of type fuse`);
+
+  const policyOnFuse = pluginHost();
+  policyOnFuse.file(paths.policy, "{}").mountFileSystem(paths.policy, FUSE);
+  outcome = await runHookEvent(policyOnFuse, "prepare", "begin", domainXml('<vmhook:plugin name="notes"/>'));
   assert.is(outcome.code, 1);
   assert.match(outcome.stderr, `refusing the host policy: ${paths.policy} is on a file system of type fuse`);
   sim.cleanup();
+  policyOnFuse.cleanup();
 });
 
 test("safety: a named plugin that is missing fails prepare naming the directory searched; names are never paths", async () => {
@@ -393,6 +404,20 @@ test("safety: a named plugin that is missing fails prepare naming the directory 
   const pathName = await runHookEvent(sim, "prepare", "begin", domainXml('<vmhook:plugin name="/bin/sh"/>'));
   assert.is(pathName.code, 1);
   assert.match(pathName.stderr, 'name="/bin/sh" is not a plugin name');
+  sim.cleanup();
+});
+
+test("safety: NAME.js and NAME.mjs are plugin NAME's module, as vmhook plugins lists them: a domain cannot name the file itself and have it run as an executable, past a module's checks (what it imports, Bun's cache)", async () => {
+  const sim = pluginHost();
+  // A module installed 0755 (as the not-installed message advises) that also starts with a #! line.
+  install(sim, "notes.mjs", `${shellPlugin("notes.mjs")}\nexport default {};\n`);
+  for (const name of ["notes.mjs", "notes.js"]) {
+    const outcome = await runHookEvent(sim, "prepare", "begin", domainXml(`<vmhook:plugin name="${name}"/>`));
+    assert.is(outcome.code, 1, name);
+    assert.match(outcome.stderr.split("\n")[0]!, `name="${name}" is not a plugin name: at most 251 lower-case letters, digits, ".", "_" and "-", starting with a letter or digit, not ending in .js or .mjs`);
+  }
+  assert.throws(() => findCustomPlugin(sim, "notes.mjs"), /is not a plugin name .*not ending in \.js or \.mjs.*never paths/);
+  assert.equal(calls(sim), []);
   sim.cleanup();
 });
 

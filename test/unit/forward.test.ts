@@ -9,7 +9,6 @@ import { conntrackOn, NAT_NETWORK, nftHost, type NftObject } from "../helpers/nf
 import { SimHost } from "../helpers/simhost.ts";
 import { loadDomainPlugins } from "../../lib/config.ts";
 import { parseDomain } from "../../lib/domain.ts";
-import { RootedHost } from "../../lib/host.ts";
 import { readJournal, type Journal } from "../../lib/journal.ts";
 import { parseIp } from "../../plugins/forward/address.ts";
 import { registry } from "../../plugins/index.ts";
@@ -30,8 +29,11 @@ function domain(elements: string): string {
   <metadata><vmhook:hooks xmlns:vmhook="urn:vmhook:1">${elements}</vmhook:hooks></metadata></domain>`;
 }
 
+/** A host with nothing on it but its root, root's alone: the defaults of the settings and the policy apply. */
+const EMPTY_HOST = new SimHost();
+
 async function parse(elements: string): Promise<ForwardConfig> {
-  const [instance] = await loadDomainPlugins(parseDomain(domain(elements)), new RootedHost("/nonexistent"), registry);
+  const [instance] = await loadDomainPlugins(parseDomain(domain(elements)), EMPTY_HOST, registry);
   return instance!.config as ForwardConfig;
 }
 

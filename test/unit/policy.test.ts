@@ -11,6 +11,8 @@ import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { storageInUse } from "../../lib/blockdev.ts";
 import { networkInUse } from "../../lib/netdev.ts";
+import { loadPolicy } from "../../lib/policy.ts";
+import { loadSettings } from "../../lib/settings.ts";
 import { bootConsoleCpus } from "../../plugins/isolate/host-minimum.ts";
 import { GpuKernel } from "../helpers/gpu-kernel.ts";
 import { runHookEvent } from "../helpers/hook.ts";
@@ -34,15 +36,24 @@ if (!fs.existsSync(BINARY)) {
   if (build.status !== 0) throw new Error("npm run build failed");
 }
 
-function hostdev(address: string): string {
+/** A PCI <hostdev>; `model`: the driver its <driver model> names. */
+function hostdev(address: string, model?: string): string {
   const [, bus, slot, fn] = /^0000:(\w\w):(\w\w)\.(\d)$/.exec(address)!;
-  return `<hostdev mode='subsystem' type='pci' managed='no'><source><address domain='0x0000' bus='0x${bus}' slot='0x${slot}' function='0x${fn}'/></source></hostdev>`;
+  const driver = model === undefined ? "" : `<driver model='${model}'/>`;
+  return `<hostdev mode='subsystem' type='pci' managed='no'>${driver}<source><address domain='0x0000' bus='0x${bus}' slot='0x${slot}' function='0x${fn}'/></source></hostdev>`;
 }
 
-function domainXml(element: string, options: { hostdevs?: string[]; memoryGiB?: number } = {}): string {
+interface DomainOptions {
+  hostdevs?: string[];
+  memoryGiB?: number;
+  /** <driver model> of a hostdev, by its address. */
+  driverModels?: Record<string, string>;
+}
+
+function domainXml(element: string, options: DomainOptions = {}): string {
   return `<domain type='kvm'><name>vm</name><uuid>${UUID}</uuid><memory unit='GiB'>${options.memoryGiB ?? 4}</memory>
   <metadata><vmhook:hooks xmlns:vmhook="urn:vmhook:1">${element}</vmhook:hooks></metadata>
-  <devices>${(options.hostdevs ?? [GPU]).map(hostdev).join("")}</devices></domain>`;
+  <devices>${(options.hostdevs ?? [GPU]).map((address) => hostdev(address, options.driverModels?.[address])).join("")}</devices></domain>`;
 }
 
 /** The desktop (GPU 01:00.0 + audio in group 1, NVMe 02:00.0 in group 2), CPUs 0-7 on two NUMA nodes. */
@@ -103,7 +114,7 @@ const hint = (key: string) => `${key}" in ${POLICY}`;
 interface Case {
   name: string;
   element: string;
-  options?: { hostdevs?: string[]; memoryGiB?: number };
+  options?: DomainOptions;
   /** A policy that tightens the defaults for this case. */
   policy?: object;
   refused: string[];
@@ -139,7 +150,7 @@ const CASES: Case[] = [
   {
     name: "vfio: a unit named without its suffix",
     element: `<vmhook:vfio display-manager="systemd-journald"/>`,
-    refused: ["display-manager: systemd-journald is not", `add "systemd-journald.service" to "${hint("vfio.units")}`],
+    refused: ["display-manager: systemd-journald.service is not", `add "systemd-journald.service" to "${hint("vfio.units")}`],
     allow: { vfio: { units: ["systemd-journald.service"] } },
   },
   {
@@ -153,6 +164,15 @@ const CASES: Case[] = [
     element: `<vmhook:vfio unload-modules="nvidia_drm,n_hdlc"/>`,
     refused: ["unload-modules: n_hdlc is not", `add "n_hdlc" to "${hint("vfio.modules")}`],
     allow: { vfio: { modules: ["n_hdl*"] } },
+  },
+  {
+    // prepare would load the module <driver model> names and bind the device to its driver, as for load-modules=.
+    name: "vfio: a <hostdev><driver model> that is no VFIO driver",
+    element: `<vmhook:vfio/>`,
+    options: { driverModels: { [GPU]: "dccp" } },
+    refused: [`${GPU}'s <hostdev><driver model='dccp'>: dccp is not a VFIO driver`, `add "dccp" to "${hint("vfio.modules")}`],
+    allow: { vfio: { modules: ["dccp"] } },
+    allowedIn: ["validate"],
   },
   {
     name: "isolate: the host squeezed onto the boot console's CPU",
@@ -262,6 +282,12 @@ function assertHeldToRootsRules(sim: SimHost, file: string, what: string, becaus
   fs.chmodSync(real, 0o644);
   fs.chmodSync(sim.resolve("/etc/vmhook"), 0o777);
   assertRefusedEverywhere(sim, xml, ["/etc/vmhook has mode 0777", "run chmod go-w /etc/vmhook"]);
+  // Nor taken away from there: the defaults would apply in its place, whoever removed it.
+  fs.renameSync(real, sim.resolve("/moved-away"));
+  // The hook reads the settings first, validate and plan the policy: whichever they read first is refused, the other is missing too.
+  assertRefusedEverywhere(sim, xml, [".json (its defaults apply, so nobody but root may be able to remove it), and /etc/vmhook has mode 0777", "run chmod go-w /etc/vmhook"]);
+  assert.throws(() => (file === POLICY ? loadPolicy : loadSettings)(sim), (error: Error) => error.message.startsWith(`refusing ${what}: there is no ${file} (`));
+  fs.renameSync(sim.resolve("/moved-away"), real);
   fs.chmodSync(sim.resolve("/etc/vmhook"), 0o755);
   fs.renameSync(real, `${real}.real`);
   fs.symlinkSync(`${real}.real`, real);
@@ -291,6 +317,26 @@ asRoot("the host settings file (it names commands and units root runs) is held t
     assert.equal([finding.status, finding.reason.split(":").slice(0, 2).join(":")], ["fail", "refusing the host settings: /etc/vmhook/vmhook.json has mode 0666"]);
     fs.chmodSync(sim.resolve("/etc/vmhook/vmhook.json"), 0o644);
     assertHeldToRootsRules(sim, "/etc/vmhook/vmhook.json", "the host settings", "it names commands and units root runs", domainXml(`<vmhook:vfio/>`));
+  } finally {
+    sim.cleanup();
+  }
+});
+
+asRoot("without a policy file the defaults apply only where nobody but root could have removed it: /etc/vmhook, or /etc while it is missing", () => {
+  const sim = host();
+  try {
+    const xml = domainXml(`<vmhook:vfio/>`);
+    fs.rmSync(sim.resolve("/etc/vmhook"), { recursive: true, force: true });
+    assertAllowed(sim, xml);
+    fs.chmodSync(sim.resolve("/etc"), 0o775);
+    assertRefusedEverywhere(sim, xml, ["(its defaults apply, so nobody but root may be able to remove it), and /etc has mode 0775", "run chmod go-w /etc"]);
+    assert.throws(() => loadPolicy(sim), (error: Error) => error.message.startsWith(`refusing the host policy: there is no ${POLICY} (`));
+    fs.chmodSync(sim.resolve("/etc"), 0o755);
+    sim.dir("/etc/vmhook");
+    fs.chownSync(sim.resolve("/etc/vmhook"), 1000, 1000);
+    assertRefusedEverywhere(sim, xml, ["(its defaults apply, so nobody but root may be able to remove it), and /etc/vmhook is owned by uid 1000, not root", "run chown root:root /etc/vmhook"]);
+    fs.chownSync(sim.resolve("/etc/vmhook"), 0, 0);
+    assertAllowed(sim, xml);
   } finally {
     sim.cleanup();
   }

@@ -56,6 +56,17 @@ function twoGpuWorkstation(): GpuKernel {
 
 const firstLine = (stderr: string) => stderr.split("\n")[0]!;
 
+/** What prepare runs for the NVIDIA desktop's single-GPU handover, in order (systemctl's queries left out). */
+const NVIDIA_SINGLE_GPU_PREPARE = [
+  "modprobe vfio-pci ids=",
+  "systemctl stop display-manager.service",
+  "systemctl stop nvidia-persistenced.service",
+  "rmmod nvidia_drm",
+  "rmmod nvidia_modeset",
+  "rmmod nvidia_uvm",
+  "rmmod nvidia",
+];
+
 test("NVIDIA single GPU: display manager, console, efifb, persistenced and modules go first; both functions reach vfio-pci; release puts all back", async () => {
   const kernel = nvidiaDesktop();
   const before = kernel.sim.snapshot();
@@ -76,15 +87,7 @@ test("NVIDIA single GPU: display manager, console, efifb, persistenced and modul
   assert.ok(kernel.loaded("snd_hda_intel"), "the audio driver stays: unbinding suffices");
 
   const order = kernel.sim.execs.filter((e) => e.command !== "systemctl" || e.args[0] === "stop").map((e) => `${e.command} ${e.args.join(" ")}`);
-  assert.equal(order, [
-    "modprobe vfio-pci ids=",
-    "systemctl stop display-manager.service",
-    "systemctl stop nvidia-persistenced.service",
-    "rmmod nvidia_drm",
-    "rmmod nvidia_modeset",
-    "rmmod nvidia_uvm",
-    "rmmod nvidia",
-  ]);
+  assert.equal(order, NVIDIA_SINGLE_GPU_PREPARE);
 
   const preparedExecs = kernel.sim.execs.length;
   const release = await runHookEvent(kernel.sim, "release", "end", xml);
@@ -936,6 +939,24 @@ test("a <hostdev><driver model> that is no driver name is refused at parse, nami
   const result = await runHookEvent(kernel.sim, "prepare", "begin", domainXml("<vmhook:vfio/>", [{ address: BATTLEMAGE_VF, model: "../../evil" }]));
   assert.is(result.code, 1);
   assert.match(firstLine(result.stderr), `<hostdev type='pci'><driver>: model="../../evil" is not a driver name like vfio-pci or mlx5_vfio_pci`);
+  assert.equal(kernel.sim.snapshot(), before);
+});
+
+test("a <hostdev><driver model> must name a VFIO driver: a variant modules.alias lists passes by default, another module is refused before modprobe runs (the host policy's vfio.modules may allow it)", async () => {
+  // A module of the host that registers no VFIO driver: prepare would load it and write its name to the VF's driver_override.
+  const kernel = battlemageWithVfOnXe().module({ name: "n_hdlc" });
+  const before = kernel.sim.snapshot();
+  const refused = await runHookEvent(kernel.sim, "prepare", "begin", domainXml("<vmhook:vfio/>", [{ address: BATTLEMAGE_VF, model: "n_hdlc" }]));
+  assert.is(refused.code, 1);
+  assert.match(firstLine(refused.stderr), `${BATTLEMAGE_VF}'s <hostdev><driver model='n_hdlc'>: n_hdlc is not a VFIO driver`);
+  assert.match(firstLine(refused.stderr), `add "n_hdlc" to "vfio.modules" in /etc/vmhook/policy.json`);
+  assert.equal(kernel.sim.execs.filter((e) => e.command === "modprobe"), []);
+  assert.equal(kernel.sim.snapshot(), before);
+  const xml = domainXml("<vmhook:vfio/>", [{ address: BATTLEMAGE_VF, model: "xe-vfio-pci" }]);
+  const prepare = await runHookEvent(kernel.sim, "prepare", "begin", xml);
+  assert.is(prepare.code, 0, prepare.stderr);
+  assert.is(kernel.driverOf(BATTLEMAGE_VF), "xe-vfio-pci");
+  assert.is((await runHookEvent(kernel.sim, "release", "end", xml)).code, 0);
   assert.equal(kernel.sim.snapshot(), before);
 });
 
@@ -1906,6 +1927,20 @@ test("two NVIDIA cards, the host keeps one: nvidia-persistenced, which holds eve
   assert.ok(kernel.loaded("nvidia"), "the host's card keeps its driver");
   assert.is((await runHookEvent(kernel.sim, "release", "end", xml)).code, 0);
   assert.ok(kernel.units.get("nvidia-persistenced.service")!.active);
+  assert.equal(kernel.sim.snapshot(), before);
+});
+
+test("a name listed again in unload-modules, load-modules or display-manager (the same, or its other spelling: nvidia-drm, display-manager) is acted on once: a list of thousands of repeats does not keep prepare running rmmod and systemctl", async () => {
+  const kernel = nvidiaDesktop();
+  const before = kernel.sim.snapshot();
+  const repeats = (names: string[]) => Array.from({ length: 50 }, () => names).flat().join(",");
+  const xml = domainXml(`<vmhook:vfio unload-modules="${repeats(["nvidia_drm", "nvidia-drm", "nvidia_modeset", "nvidia_uvm", "nvidia"])}" display-manager="${repeats(["display-manager", "display-manager.service"])}" load-modules="${repeats(["vfio_pci", "vfio-pci"])}"/>`);
+  const prepare = await runHookEvent(kernel.sim, "prepare", "begin", xml);
+  assert.is(prepare.code, 0, prepare.stderr);
+  const order = kernel.sim.execs.filter((e) => e.command !== "systemctl" || e.args[0] === "stop").map((e) => `${e.command} ${e.args.join(" ")}`);
+  assert.equal(order, NVIDIA_SINGLE_GPU_PREPARE);
+  assert.ok(kernel.sim.execs.length < 30, `${kernel.sim.execs.length} programs run`);
+  assert.is((await runHookEvent(kernel.sim, "release", "end", xml)).code, 0);
   assert.equal(kernel.sim.snapshot(), before);
 });
 
