@@ -509,52 +509,55 @@ test("execAsync: as exec, without blocking the process; the status, the output, 
   assert.match((await host.execAsync("vmhook-no-such-program", [], { timeoutMs: 1000 })).error!, "not found");
 });
 
-test("execAsync: a Ctrl-C that comes the moment the program has been spawned, before vmhook has noted its process group, still ends the program (the handler is in place before the spawn)", async () => {
+/**
+ * Runs `sh -c PROGRAM` through execAsync in a vmhook of its own (bun running
+ * `prelude` first; DIR in both is a fresh directory), interrupts it with
+ * `interrupt`, checks that vmhook ended as SIGINT ends it, waits `waitMs` past
+ * that, and says whether the program touched DIR/changed after vmhook was gone.
+ */
+async function programOutlivedInterrupt(prelude: string, program: string, interrupt: (vmhook: BunSubprocess, dir: string) => Promise<void>, waitMs: number): Promise<boolean> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "vmhook-interrupt-"));
   try {
     const script = path.join(dir, "run.ts");
-    // The SIGINT arrives as Bun.spawn returns: without a handler already in place, the default action
-    // ends vmhook there, and the program, in a session of its own, goes on.
+    const inDir = (text: string) => text.replaceAll("DIR", dir);
     fs.writeFileSync(
       script,
       `import { RootedHost } from ${JSON.stringify(path.resolve("lib/host.ts"))};
-const spawn = Bun.spawn;
+${inDir(prelude)}
+await new RootedHost("/").execAsync("/bin/sh", ["-c", ${JSON.stringify(inDir(program))}], { timeoutMs: 5000 });`,
+    );
+    const vmhook = Bun.spawn([process.execPath, script], { stdin: new Uint8Array(), stdout: "ignore", stderr: "pipe", env: process.env as Record<string, string> });
+    await interrupt(vmhook, dir);
+    assert.is(await vmhook.exited, 130, "vmhook ended as interrupted");
+    await new Promise((resolve) => setTimeout(resolve, waitMs));
+    return fs.existsSync(path.join(dir, "changed"));
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+test("execAsync: a Ctrl-C that comes the moment the program has been spawned, before vmhook has noted its process group, still ends the program (the handler is in place before the spawn)", async () => {
+  // The SIGINT arrives as Bun.spawn returns: without a handler already in place, the default action
+  // ends vmhook there, and the program, in a session of its own, goes on.
+  const interruptedAtSpawn = `const spawn = Bun.spawn;
 (Bun as { spawn: unknown }).spawn = (...args: Parameters<typeof spawn>) => {
   const child = spawn(...args);
   process.kill(process.pid, "SIGINT");
   return child;
-};
-await new RootedHost("/").execAsync("/bin/sh", ["-c", "sleep 1; touch ${dir}/changed"], { timeoutMs: 5000 });`,
-    );
-    const vmhook = Bun.spawn([process.execPath, script], { stdin: new Uint8Array(), stdout: "ignore", stderr: "pipe", env: process.env as Record<string, string> });
-    assert.is(await vmhook.exited, 130, "vmhook ended as interrupted");
-    await new Promise((resolve) => setTimeout(resolve, 1500));
-    assert.not.ok(fs.existsSync(path.join(dir, "changed")), "the program was killed with it");
-  } finally {
-    fs.rmSync(dir, { recursive: true, force: true });
-  }
+};`;
+  const outlived = await programOutlivedInterrupt(interruptedAtSpawn, "sleep 1; touch DIR/changed", async () => {}, 1500);
+  assert.not.ok(outlived, "the program was killed with it");
 });
 
 test("execAsync: vmhook run by hand and stopped with Ctrl-C ends the program it runs (in a session of its own, out of the terminal's reach), which would otherwise change the host after vmhook is gone", async () => {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "vmhook-interrupt-"));
-  try {
-    const script = path.join(dir, "run.ts");
-    fs.writeFileSync(
-      script,
-      `import { RootedHost } from ${JSON.stringify(path.resolve("lib/host.ts"))};
-await new RootedHost("/").execAsync("/bin/sh", ["-c", "touch ${dir}/started; sleep 2; touch ${dir}/changed"], { timeoutMs: 5000 });`,
-    );
-    const vmhook = Bun.spawn([process.execPath, script], { stdin: new Uint8Array(), stdout: "ignore", stderr: "pipe", env: process.env as Record<string, string> });
+  const ctrlC = async (vmhook: BunSubprocess, dir: string) => {
     while (!fs.existsSync(path.join(dir, "started"))) await new Promise((resolve) => setTimeout(resolve, 20));
     // What the terminal does on Ctrl-C: SIGINT to its foreground process group, which the program is not in.
     vmhook.kill("SIGINT");
-    assert.is(await vmhook.exited, 130, "vmhook ended as interrupted");
-    // Past the program's own sleep: a loaded machine may take long to deliver the SIGINT.
-    await new Promise((resolve) => setTimeout(resolve, 2300));
-    assert.not.ok(fs.existsSync(path.join(dir, "changed")), "the program was killed with it");
-  } finally {
-    fs.rmSync(dir, { recursive: true, force: true });
-  }
+  };
+  // Past the program's own sleep: a loaded machine may take long to deliver the SIGINT.
+  const outlived = await programOutlivedInterrupt("", "touch DIR/started; sleep 2; touch DIR/changed", ctrlC, 2300);
+  assert.not.ok(outlived, "the program was killed with it");
 });
 
 test("a state file is written through a fresh temp file: a leftover temp, or a symlink planted there, is replaced, never followed", () => {
