@@ -19,6 +19,8 @@ import type { Host } from "../lib/host.ts";
 import { defineAction, definePlugin, type ApplyContext, type BaseContext, type CheckContext, type PlanContext, type Refusal, type Step, type UndoRecord } from "../lib/plugin.ts";
 import { describeMdevsOn, existingMdev, MDEV_DEVICES, mdevCreators, mdevPath } from "../lib/mdevs.ts";
 import { refuseDevicesOfOtherVms } from "./vfio/driver.ts";
+import { vfioDeviceFiles, vfioHoldersAdvice } from "./vfio/survey.ts";
+import { vgpuFunctions } from "./vgpu.ts";
 import { clearForWrite, refuseIfStuck, StuckWriteError } from "../lib/stuck-writes.ts";
 import { checkPattern, parsePciAddress, parseUuid, PATTERNS } from "../lib/validate.ts";
 
@@ -180,7 +182,12 @@ const GVT_G_DEVICE_IDS = /^0x(?:(?:16|19|59|9b)[0-9a-f]{2}|3e[9a][0-9a-f]|87c[0a
 
 /** How this host could get an mdev parent: only the GVT-g steps still missing, and only on a GPU that has GVT-g. */
 function noParentAdvice(host: Host): string {
-  const vgpu = "for NVIDIA vGPU install its host driver";
+  // NVIDIA's vGPU 17+ manager sets types on VFs and makes no mdev: the driver is there, the element is the wrong one.
+  const vfs = vgpuFunctions(host);
+  const named = vfs.length > 4 ? `${vfs.slice(0, 3).join(", ")} and ${vfs.length - 3} more` : vfs.join(", ");
+  const vgpu = vfs.length
+    ? `NVIDIA's vGPU manager here makes no mdevs: it sets a vGPU type on a virtual function (${named} ${vfs.length === 1 ? "has" : "have"} nvidia/current_vgpu_type): give the domain a VF as a PCI <hostdev managed='no'> and write <vmhook:vgpu vf="${vfs[0]}" type="..."/> instead (docs/mdev.md)`
+    : "for NVIDIA vGPU install its host driver";
   const intelGpus = listPciDevices(host).filter((device) => device.vendor === "0x8086" && isDisplayClass(device.classCode));
   if (intelGpus.length === 0) return `GVT-g needs an Intel GPU of Broadwell to Comet Lake, and this host has no Intel GPU; ${vgpu}`;
   const names = readPciNames(host, intelGpus.map((gpu) => ({ vendor: "8086", device: gpu.device.replace(/^0x/, "").toLowerCase(), classCode: "0300" })));
@@ -299,15 +306,19 @@ function planMdev(ctx: PlanView, device: MdevDevice): MdevPlan {
       `mdev ${device.uuid} already exists as ${existing.type} on ${existing.parent}; remove it (mdevctl stop --uuid ${device.uuid}, or echo 1 > ${mdevPath(device.uuid, "remove")}) or give this domain another UUID`,
     );
   }
+  // Another domain's journal names the UUID: its release removes an mdev with it, whoever made it and uses it by then, also one
+  // that does not exist now (a create that failed or was cut off); once that domain has stopped, this one creates its own.
+  const creator = mdevCreators(ctx.journals()).get(device.uuid);
+  if (creator && creator.uuid !== ctx.domain.uuid) {
+    const fix = `or give it an mdev <hostdev> with its own UUID (uuidgen)`;
+    const reason = existing
+      ? `${device.element}: mdev ${device.uuid} is the one vmhook created for domain ${creator.name}, which removes it at its release; start this domain once ${creator.name} has stopped, ${fix}`
+      : `${device.element}: mdev ${device.uuid} does not exist, but the journal of domain ${creator.name} holds a create of it (failed or cut off): ${creator.name}'s release or vmhook recover removes an mdev ${device.uuid}, whoever made it; start this domain once ${creator.name} has stopped and vmhook status shows nothing of it, ${fix}`;
+    return { ...device, parent, offered, create: true, refused: { reason, remedies: [] } };
+  }
   if (!existing) {
     refuseMdevctlConflict(host, device, parent);
     return { ...device, parent, offered, create: true };
-  }
-  // Another domain's release removes it, whoever uses it by then; once that domain has stopped, this one creates its own.
-  const creator = mdevCreators(ctx.journals()).get(device.uuid);
-  if (creator && creator.uuid !== ctx.domain.uuid) {
-    const reason = `${device.element}: mdev ${device.uuid} is the one vmhook created for domain ${creator.name}, which removes it at its release; start this domain once ${creator.name} has stopped, or give it an mdev <hostdev> with its own UUID (uuidgen)`;
-    return { ...device, parent, offered, create: true, refused: { reason, remedies: [] } };
   }
   return { ...device, parent, offered, create: false };
 }
@@ -344,9 +355,9 @@ function holders(ctx: PlanView, parent: string): string[] {
 
 /**
  * Why a create the kernel refused found no instance, when none is left now:
- * the plan saw one, and another domain's start (planned at the same time) or
- * mdevctl (starting its auto-start mdevs when the parent appears) took it
- * since. Says what holds them, as the plan's refusal would have.
+ * the plan saw one, and mdevctl (starting its auto-start mdevs when the parent
+ * appears) or a person took it since; vmhook's own starts take turns under the
+ * host lock. Says what holds them, as the plan's refusal would have.
  */
 function whyCreateFailed(ctx: PlanView, record: CreateRecord): { advice: string; lines: string[] } {
   let left: string | undefined;
@@ -402,11 +413,16 @@ async function removeMdev(record: CreateRecord, ctx: BaseContext): Promise<void>
   }
   // The mdev's driver runs its remove(); an mdev on none, only the parent's code.
   const driver = driverOf(host, mdevPath(uuid)) ?? parentDriver(host, record.parent);
+  const files = vfioDeviceFiles(host, mdevPath(uuid));
   try {
     await throughDriver(ctx, uuid, driver, mdevPath(uuid, "remove"), "1");
   } catch (error) {
-    if (error instanceof StuckWriteError) throw error;
-    throw new VmhookError(`could not remove mdev ${uuid}: ${kernelAnswer(error)}; if a process still uses it (lsof ${mdevPath(uuid)}), stop it, then run vmhook recover`);
+    const { holders, fix } = vfioHoldersAdvice(host, files, "the mdev");
+    if (error instanceof StuckWriteError) {
+      if (!holders) throw error;
+      throw new StuckWriteError(`${error.message}; the remove waits until the mdev's vfio device is closed, and ${holders}: end it and the remove finishes`, error.lines);
+    }
+    throw new VmhookError(`could not remove mdev ${uuid}: ${kernelAnswer(error)}; ${fix}, then run vmhook recover`);
   }
   ctx.waitFor(`mdev ${uuid} is gone from ${MDEV_DEVICES}`, () => !ctx.host.exists(mdevPath(uuid)));
 }
@@ -489,6 +505,10 @@ export default definePlugin<MdevDevice[]>({
     });
     return devices;
   },
+
+  // Instances of a parent's types, UUIDs and the parents that vfio hands over are shared by every domain: planned, made and
+  // removed under the host lock, a second start sees the first one's mdev and journal, not what both read before either wrote.
+  shared: true,
 
   plan: { prepare: planPrepare },
   check,

@@ -20,8 +20,13 @@ import { fail, failedWith, ok, type Finding } from "../lib/diagnostics/findings.
 import { clearForWrite, refuseIfStuck, StuckWriteError } from "../lib/stuck-writes.ts";
 import { checkPattern, parsePciAddress, PATTERNS } from "../lib/validate.ts";
 import { refuseDevicesOfOtherVms } from "./vfio/driver.ts";
+import { vfioDeviceFiles, vfioHoldersAdvice } from "./vfio/survey.ts";
 
 const vgpuFile = (vf: string, file: "creatable_vgpu_types" | "current_vgpu_type") => pciPath(vf, `nvidia/${file}`);
+
+/** The PCI functions that carry a vGPU type (NVIDIA's VFs under its vGPU 17+ manager): where a host's vGPUs are, when it has no mdevs. */
+export const vgpuFunctions = (host: Host): string[] => host.list("/sys/bus/pci/devices").filter((address) => host.exists(vgpuFile(address, "current_vgpu_type")));
+
 /**
  * Setting or clearing a VF's vGPU type runs NVIDIA's driver code for the VF:
  * in a helper noted under the VF's address and waited for this long
@@ -144,15 +149,24 @@ interface SetRecord extends UndoRecord {
   name: string;
 }
 
-/** A VF that carries its type already is used and kept, unless vmhook set it for another domain: that domain's release clears it, whoever uses it by then. */
+/**
+ * A VF another domain's journal names is that domain's until its release,
+ * which clears the type it set, whoever set it or uses it by then: also on a
+ * VF that carries no type now (a set that failed or was cut off, kept for
+ * vmhook recover). A VF carrying its type already is used and kept otherwise.
+ */
 function unlessAnotherDomains(ctx: Pick<BaseContext, "domain" | "journals">, plan: VgpuPlan): VgpuPlan {
-  if (plan.create) return plan;
+  if (plan.refused) return plan;
   const setter = othersRecords(ctx.journals(), ctx.domain.uuid, "vgpu", checkSetRecord).find(({ record }) => record.vf === plan.vf);
-  if (setter) {
-    const { name } = setter.domain;
-    return refusedPlan(plan, `${plan.vf} carries the vGPU type ${plan.id} vmhook set for domain ${name}, which clears it at its release; start this domain once ${name} has stopped, or give it another VF`);
-  }
-  return plan;
+  if (!setter) return plan;
+  const { name } = setter.domain;
+  const fix = `start this domain once ${name} has stopped`;
+  return refusedPlan(
+    plan,
+    plan.create
+      ? `${plan.vf} carries no vGPU type, but the journal of domain ${name} holds a set of type ${setter.record.id} on it (failed or cut off): ${name}'s release or vmhook recover clears type ${setter.record.id} on ${plan.vf}, whoever set it; ${fix} and vmhook status shows nothing of it, or give it another VF`
+      : `${plan.vf} carries the vGPU type ${plan.id} vmhook set for domain ${name}, which clears it at its release; ${fix}, or give it another VF`,
+  );
 }
 
 function planPrepare(ctx: PlanContext<VgpuDevice[]>): Step<SetRecord>[] {
@@ -202,11 +216,12 @@ async function clearVgpu(record: SetRecord, ctx: BaseContext): Promise<void> {
     ctx.log.warn(`${vf} carries vGPU type ${current}, not the ${record.id} vmhook set; leaving it`);
     return;
   }
+  const files = vfioDeviceFiles(ctx.host, pciPath(vf));
   try {
     await writeType(ctx, vf, "0");
   } catch (error) {
     if (error instanceof StuckWriteError) throw error;
-    throw new VmhookError(`could not clear the vGPU on ${vf}: ${kernelAnswer(error)}; if a process still uses the VF, stop it, then run vmhook recover`);
+    throw new VmhookError(`could not clear the vGPU on ${vf}: ${kernelAnswer(error)}; ${vfioHoldersAdvice(ctx.host, files, "the VF").fix}, then run vmhook recover`);
   }
   ctx.waitFor(`${file} reads 0`, () => ctx.host.readTrimmed(file) === "0");
 }

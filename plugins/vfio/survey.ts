@@ -404,6 +404,39 @@ export function describeHolders(holders: Holder[]): string {
   return holders.map((holder) => `pid ${holder.pid} (${holder.command}) holds ${holder.file}`).join(", ");
 }
 
+/**
+ * The vfio files of a device (its sysfs directory: a PCI function's, an
+ * mdev's) that exist: its group's /dev/vfio/N (an mdev's group is an emulated
+ * one) and, with iommufd (6.6+), /dev/vfio/devices/vfioN (6.1 has the
+ * vfio-dev/vfioN directory but no such node). Read them before a remove,
+ * which takes them away.
+ */
+export function vfioDeviceFiles(host: Host, deviceDir: string): string[] {
+  const group = host.readlink(`${deviceDir}/iommu_group`)?.split("/").pop();
+  const cdevs = host.list(`${deviceDir}/vfio-dev`).filter((name) => /^vfio\d+$/.test(name));
+  const files = [...(group && /^\d+$/.test(group) ? [`/dev/vfio/${group}`] : []), ...cdevs.map((name) => `/dev/vfio/devices/${name}`)];
+  return files.filter((file) => host.exists(file));
+}
+
+/**
+ * What to do about a driver write into a device (an mdev's remove, a VF's
+ * vGPU type) that failed or waits while processes hold its vfio device
+ * (`files`, from vfioDeviceFiles): "pid 777 (qemu-system-x86) holds
+ * /dev/vfio/12, the mdev's vfio device: end it", or, when none can be named,
+ * where to look. `what`: "the mdev", "the VF".
+ */
+export function vfioHoldersAdvice(host: Host, files: string[], what: string): { holders?: string; fix: string } {
+  let holders: string | undefined;
+  try {
+    const held = files.length > 0 ? processesHolding(host, (file) => files.includes(file.replace(/ \(deleted\)$/, ""))) : [];
+    holders = held.length > 0 ? describeHolders(held) : undefined;
+  } catch {
+    holders = undefined; // a process whose files cannot be read: the write's own error says what happened
+  }
+  const fix = holders ? `${holders}, ${what}'s vfio device: end it` : `if a process still holds ${what}'s vfio device (${files.join(", ") || "/dev/vfio/N"}; fuser -v names it), end it`;
+  return { ...(holders ? { holders } : {}), fix };
+}
+
 /** "auto": NVIDIA's stack when a device is on nvidia and no card left to the host needs it. */
 function modulesToUnload(host: Host, config: VfioConfig, devices: Device[]): string[] {
   if (config.unloadModules !== "auto") return config.unloadModules;

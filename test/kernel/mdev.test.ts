@@ -6,6 +6,7 @@ import { suite } from "uvu";
 import * as assert from "uvu/assert";
 import { bootGuest, skipReason, type Guest, type ShResult } from "./guest.ts";
 import { buildMtty } from "./mtty.ts";
+import { buildVfioHolder } from "./vfio-holder.ts";
 
 const MTTY = "/sys/class/mdev_bus/mtty/mdev_supported_types";
 const UUID_A = "83b8f4f2-509f-382f-3c1e-e6bfe0fa1001";
@@ -18,7 +19,7 @@ if (skip) console.log(`mdev kernel tests: skipped: ${skip}`);
 
 bench.before(async (context) => {
   if (skip) return;
-  context.guest = await bootGuest({ extraModules: [buildMtty()] });
+  context.guest = await bootGuest({ extraModules: [buildMtty()], availableModules: ["vfio_iommu_type1"], files: { "/usr/bin/vfio-holder": buildVfioHolder() } });
 });
 bench.after(async (context) => {
   await context.guest?.shutdown();
@@ -104,6 +105,29 @@ it("a later plugin that cannot work refuses the start before any mdev is created
   assert.is(await mdevs(guest!), "");
   assert.is(await available(guest!), start);
   assert.is((await guest!.sh(`test -e /run/vmhook/${DOMAIN_UUID}.json`)).code, 1, "no journal left");
+});
+
+it("a release while a process holds the mdev's vfio device (a QEMU left over): the remove waits for it, the error names that process and /dev/vfio/N; once it has ended, recover settles the record", async ({ guest }) => {
+  const start = await available(guest!);
+  assert.equal(await hook(guest!, "prepare begin", domainXml([UUID_A], `<vmhook:mdev type="mtty-2"/>`)), { code: 0, stdout: "" });
+  const group = (await guest!.ok(`basename $(readlink /sys/bus/mdev/devices/${UUID_A}/iommu_group)`)).trim();
+  // A container, the group and the device's fd, as QEMU opens them: the mdev driver's remove() waits until that fd is closed.
+  await guest!.ok(`modprobe vfio_iommu_type1; vfio-holder ${group} ${UUID_A} > /tmp/holder.out 2>&1 & echo $! > /tmp/holder.pid
+for i in $(seq 100); do grep -q holding /tmp/holder.out && break; sleep 0.1; done; grep -q holding /tmp/holder.out || { cat /tmp/holder.out; exit 1; }`);
+  const holder = (await guest!.ok("cat /tmp/holder.pid")).trim();
+
+  const release = await guest!.sh("/etc/libvirt/hooks/qemu vm release end - < /tmp/domain.xml", { timeoutMs: 120_000 });
+  assert.is(release.code, 0, release.stdout);
+  assert.match(release.stdout, `${UUID_A}: driver mtty did not return within 30 s from writing "1" to /sys/bus/mdev/devices/${UUID_A}/remove`);
+  assert.match(release.stdout, `the remove waits until the mdev's vfio device is closed, and pid ${holder} (vfio-holder) holds /dev/vfio/${group}: end it and the remove finishes`);
+  assert.match(await guest!.ok("vmhook status"), `${UUID_A}: driver mtty did not return`);
+
+  await guest!.ok(`kill ${holder}; for i in $(seq 100); do [ -e /sys/bus/mdev/devices/${UUID_A} ] || break; sleep 0.1; done`);
+  const recover = await guest!.sh("vmhook recover");
+  assert.is(recover.code, 0, recover.stdout);
+  assert.is(await mdevs(guest!), "");
+  assert.is(await available(guest!), start);
+  assert.is((await guest!.sh(`test -e /run/vmhook/${DOMAIN_UUID}.json`)).code, 1, "journal removed");
 });
 
 bench.run();

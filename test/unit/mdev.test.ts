@@ -124,6 +124,19 @@ test("a parent that is not in /sys/class/mdev_bus fails naming the parents there
   bare.cleanup();
 });
 
+test("NVIDIA's vGPU manager without mdevs (vGPU 17+ on SR-IOV virtual functions): an mdev element is refused pointing at <vmhook:vgpu> and the VFs, not at installing the driver it has", async () => {
+  const sim = nvidiaHost();
+  const before = sim.snapshot();
+  const result = await runHookEvent(sim, "prepare", "begin", domainXml({ mdevs: [UUID_A], hooks: `<vmhook:mdev type="nvidia-558"/>` }));
+  assert.is(result.code, 1);
+  assert.match(
+    result.stderr.split("\n")[0]!,
+    `this host has no mdev parent device (/sys/class/mdev_bus is empty); GVT-g needs an Intel GPU of Broadwell to Comet Lake, and this host has no Intel GPU; NVIDIA's vGPU manager here makes no mdevs: it sets a vGPU type on a virtual function (${VF}, ${VF2} have nvidia/current_vgpu_type): give the domain a VF as a PCI <hostdev managed='no'> and write <vmhook:vgpu vf="${VF}" type="..."/> instead (docs/mdev.md)`,
+  );
+  assert.equal(sim.snapshot(), before);
+  sim.cleanup();
+});
+
 test("no instance left: fails naming the mdevs on the parent and who made them; host untouched", async () => {
   const sim = gvtHost();
   // One V5_1 instance in all: another VM started by vmhook holds it...
@@ -706,13 +719,59 @@ for (const stuck of STUCK_CASES) {
   });
 }
 
-test("an mdev's create that never returned, then failed: an mdev of another type that mdevctl made with that UUID since is not vmhook's, and recover leaves it", async () => {
-  const sim = gvtHost();
-  sim.hangWrite(GVT_CREATE);
-  assert.is((await runHookEvent(sim, "prepare", "begin", GVT_XML)).code, 1);
-  // The driver's create fails: its helper ends, nothing was made (the kernel gave the UUID back). Then mdevctl takes that UUID for another type.
+test("an mdev's remove refused (EBUSY, older kernels) or never returning while a process holds its vfio device: the error names the process and /dev/vfio/N, not lsof on sysfs", async () => {
+  for (const how of ["refused", "never returns"] as const) {
+    const sim = gvtHost();
+    const remove = `/sys/bus/mdev/devices/${UUID_A}/remove`;
+    assert.is((await runHookEvent(sim, "prepare", "begin", GVT_XML)).code, 0);
+    // The mdev's vfio group (vfio_register_emulated_iommu_dev gives it one) and its cdev (iommufd), held by a process the VM left.
+    sim.link(`${GPU_DIR}/${UUID_A}/iommu_group`, "../../../kernel/iommu_groups/12").dir(`${GPU_DIR}/${UUID_A}/vfio-dev/vfio3`).file("/dev/vfio/12").file("/dev/vfio/devices/vfio3");
+    sim.file("/proc/777/comm", "qemu-system-x86").dir("/proc/777/fd").link("/proc/777/fd/0", "/dev/null").link("/proc/777/fd/9", "/dev/vfio/12");
+    if (how === "refused") sim.failWrite(remove, "EBUSY");
+    else sim.hangWrite(remove, "1");
+    const release = await runHookEvent(sim, "release", "end", GVT_XML);
+    assert.is(release.code, 0, release.stderr);
+    const error = release.stderr.split("\n").find((line) => line.includes(`mdev ${UUID_A}`) || line.includes(`${UUID_A}: driver`)) ?? release.stderr;
+    if (how === "refused") {
+      assert.match(error, `could not remove mdev ${UUID_A}: `);
+      assert.match(error, `pid 777 (qemu-system-x86) holds /dev/vfio/12, the mdev's vfio device: end it, then run vmhook recover`);
+    } else {
+      assert.match(error, `${UUID_A}: driver intel_vgpu_mdev did not return within 30 s`);
+      assert.match(error, `the remove waits until the mdev's vfio device is closed, and pid 777 (qemu-system-x86) holds /dev/vfio/12: end it and the remove finishes`);
+    }
+    assert.not.match(release.stderr, "lsof");
+    assert.equal(readJournal(sim, DOMAIN_UUID)?.entries.map((entry) => entry.state), ["undo-failed"]);
+    sim.cleanup();
+  }
+});
+
+test("vgpu: a clear NVIDIA's driver refuses while a process holds the VF's vfio device: the error names the process and /dev/vfio/N", async () => {
+  const sim = nvidiaHost();
+  assert.is((await runHookEvent(sim, "prepare", "begin", VGPU_XML)).code, 0);
+  sim.link(`/sys/devices/pci0000:40/${VF}/iommu_group`, "../../../kernel/iommu_groups/40").file("/dev/vfio/40");
+  sim.file("/proc/777/comm", "qemu-system-x86").dir("/proc/777/fd").link("/proc/777/fd/9", "/dev/vfio/40");
+  sim.failWrite(VGPU_FILE, "EBUSY");
+  const release = await runHookEvent(sim, "release", "end", VGPU_XML);
+  assert.is(release.code, 0, release.stderr);
+  assert.match(release.stderr, `could not clear the vGPU on ${VF}: `);
+  assert.match(release.stderr, `pid 777 (qemu-system-x86) holds /dev/vfio/40, the VF's vfio device: end it, then run vmhook recover`);
+  assert.equal(readJournal(sim, DOMAIN_UUID)?.entries.map((entry) => entry.state), ["undo-failed"]);
+  sim.cleanup();
+});
+
+/** A prepare whose write into `file` never returns, then fails after all: its helper ends having made nothing, and the record stays (undo-failed) for vmhook recover. */
+async function prepareWhoseWriteFailsLate(sim: SimHost, file: string, xml: string): Promise<void> {
+  sim.hangWrite(file);
+  assert.is((await runHookEvent(sim, "prepare", "begin", xml)).code, 1);
   const [{ pid }] = sim.hung.splice(0);
   sim.remove(`/proc/${pid}`);
+  sim.finishHungWrites(); // no hang is left: the driver returns from every later write
+}
+
+test("an mdev's create that never returned, then failed: an mdev of another type that mdevctl made with that UUID since is not vmhook's, and recover leaves it", async () => {
+  const sim = gvtHost();
+  // The driver's create fails: nothing was made (the kernel gave the UUID back). Then mdevctl takes that UUID for another type.
+  await prepareWhoseWriteFailsLate(sim, GVT_CREATE, GVT_XML);
   sim.write(`/sys/class/mdev_bus/${GPU}/mdev_supported_types/i915-GVTg_V5_8/create`, UUID_A);
   const writesBefore = sim.writes.length;
 
@@ -736,6 +795,76 @@ test("while an mdev's create is blocked, another domain's start with that UUID i
   assert.match(other.stderr, `vmhook writes nothing to ${UUID_A} until it has returned`);
   assert.match(other.stderr, "the host was left as it was (0 change(s) undone)");
   assert.equal(sim.writes.slice(writesBefore), []);
+  sim.cleanup();
+});
+
+/** Another domain naming the same mdev or VF as the domain "vm" of GVT_XML and VGPU_XML. */
+const OTHER = { uuid: "11111111-2222-4333-8444-555555555555", name: "other" };
+const LEFT_IN_JOURNAL = [
+  {
+    what: "an mdev's create that never returned, then failed, leaves its UUID in the journal: another domain naming that UUID is refused until recover has settled it, as that record's undo would remove the other domain's mdev",
+    host: gvtHost,
+    file: GVT_CREATE,
+    xml: GVT_XML,
+    hooks: `<vmhook:mdev parent="${GPU}" type="i915-GVTg_V5_4"/>`,
+    parts: { mdevs: [UUID_A] },
+    refusal: `mdev ${UUID_A} does not exist, but the journal of domain vm holds a create of it (failed or cut off): vm's release or vmhook recover removes an mdev ${UUID_A}, whoever made it; start this domain once vm has stopped and vmhook status shows nothing of it, or give it an mdev <hostdev> with its own UUID (uuidgen)`,
+    made: (sim: SimHost) => mdevType(sim, UUID_A) === "i915-GVTg_V5_4",
+  },
+  {
+    // NVIDIA's driver refuses the set after all: the VF carries no type.
+    what: "vgpu: a type set that never returned, then failed, leaves the VF in the journal: another domain naming that VF is refused until recover has settled it, as that record's undo would clear the other domain's vGPU",
+    host: nvidiaHost,
+    file: VGPU_FILE,
+    xml: VGPU_XML,
+    hooks: `<vmhook:vgpu vf="${VF}" type="L40S-12Q"/>`,
+    parts: { pcis: ["41:00.4"] },
+    refusal: `${VF} carries no vGPU type, but the journal of domain vm holds a set of type 1433 on it (failed or cut off): vm's release or vmhook recover clears type 1433 on ${VF}, whoever set it; start this domain once vm has stopped and vmhook status shows nothing of it, or give it another VF`,
+    made: (sim: SimHost) => sim.readTrimmed(VGPU_FILE) === "1433",
+  },
+];
+
+for (const left of LEFT_IN_JOURNAL) {
+  test(left.what, async () => {
+    const sim = left.host();
+    await prepareWhoseWriteFailsLate(sim, left.file, left.xml);
+    const before = sim.snapshot();
+    const writesBefore = sim.writes.length;
+    const otherXml = domainXml({ ...left.parts, hooks: left.hooks, ...OTHER });
+
+    const refused = await runHookEvent(sim, "prepare", "begin", otherXml, OTHER.name);
+    assert.is(refused.code, 1, "other made what vm's recover would then undo");
+    assert.match(refused.stderr.split("\n")[0]!, `${left.hooks.replace("/>", ">")}: ${left.refusal}`);
+    assert.equal(sim.writes.slice(writesBefore), []);
+    assert.equal(sim.snapshot(), before);
+
+    assert.is((await cli(["recover", "--force", "--root", sim.root], sim)).code, 0);
+    assert.is((await runHookEvent(sim, "prepare", "begin", otherXml, OTHER.name)).code, 0);
+    assert.ok(left.made(sim));
+    sim.cleanup();
+  });
+}
+
+test("mdevs are planned and made under the host-wide lock: while another vmhook holds it (a VM starting or releasing), prepare waits and changes nothing; two starts take turns, so neither plans from the other's half-done create", async () => {
+  const sim = gvtHost();
+  sim.file("/etc/vmhook/vmhook.json", JSON.stringify({ deadlineSeconds: 1 }));
+  const before = sim.snapshot();
+  const { dlopen, FFIType } = await import("bun:ffi");
+  const libc = dlopen("libc.so.6", { flock: { args: [FFIType.i32, FFIType.i32], returns: FFIType.i32 } });
+  sim.dir(paths.stateDir);
+  const fd = fs.openSync(sim.resolve(paths.hostLock), "a");
+  try {
+    assert.is(libc.symbols.flock(fd, 2 /* LOCK_EX */), 0);
+    const result = await runHookEvent(sim, "prepare", "begin", GVT_XML);
+    assert.is(result.code, 1, "the mdev was created while another vmhook held the host lock");
+    assert.match(result.stderr.split("\n")[0]!, "another vmhook held the host-wide lock");
+    assert.equal(sim.snapshot(), before);
+  } finally {
+    fs.closeSync(fd);
+    libc.close();
+  }
+  assert.is((await runHookEvent(sim, "prepare", "begin", GVT_XML)).code, 0);
+  assert.is(mdevType(sim, UUID_A), "i915-GVTg_V5_4");
   sim.cleanup();
 });
 
