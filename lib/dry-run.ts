@@ -22,7 +22,8 @@ export async function dryRun(host: Host, domain: Domain, instances: PluginInstan
     // Only one libvirt runs (its pid file): for a QEMU libvirt lost track of it runs no release, and prepare's own refusal (leftoverBeforePrepare) names it.
     const running = runningOrWhyUnknown(host, { name: domain.name, uuid: undefined }) === true;
     const held = running ? readJournal(host, domain.uuid) : leftoverBeforePrepare(host, domain);
-    if (held) throw new LeftoverUnplanned(domain, held, running);
+    // A leftover listing no change (a release that could not remove it) gives nothing back: prepare plans on the host as it is.
+    if (held && (running || held.entries.length > 0)) throw new LeftoverUnplanned(domain, held, running);
   }
   const log = createLogger(host, { domain: domain.name, event, echo, file: false });
   const settings = loadSettings(host);

@@ -46,8 +46,8 @@ export interface FileStat {
   isFile: boolean;
   isDirectory: boolean;
   isSymlink: boolean;
-  /** Last change of the content, ms since the epoch (wall clock). */
-  mtimeMs: number;
+  /** Last change of the content or the metadata (ctime), ms since the epoch (wall clock): unlike mtime, nothing sets it back (cp -p, rsync -a, tar x). */
+  ctimeMs: number;
 }
 
 /** A lock file open for flock(2) (Host.openLock); closing it lets go of the lock. */
@@ -359,7 +359,7 @@ export class RootedHost implements Host {
 
   stat(hostPath: string): FileStat | undefined {
     const s = unlessAbsent(() => this.statPath(hostPath), undefined, ABSENT, "stat", hostPath);
-    return s && { uid: s.uid, mode: s.mode, isFile: s.isFile(), isDirectory: s.isDirectory(), isSymlink: s.isSymbolicLink(), mtimeMs: s.mtimeMs };
+    return s && { uid: s.uid, mode: s.mode, isFile: s.isFile(), isDirectory: s.isDirectory(), isSymlink: s.isSymbolicLink(), ctimeMs: s.ctimeMs };
   }
 
   fileSystemType(hostPath: string): number {

@@ -803,7 +803,13 @@ export async function undoJournal(journal: Journal, env: RunEnvironment, deadlin
     } catch (error) {
       // /run gone read-only: what the undo did stands, and the prepare that rolled back keeps its own cause.
       if (behind) stale = describeError(error);
-      log.error(`the journal could not be removed (${describeError(error)}); it lists changes already given back, which vmhook recover (or the next start) undoes again, each undo checking what it gives back, and removes`);
+      const { name, uuid } = journal.domain;
+      // Not behind: the file as last written lists no change; a journal read with none is undone as any other, giving nothing back.
+      log.error(
+        stale !== undefined
+          ? staleJournalNote(stale, name)
+          : `the journal ${paths.journal(uuid)} could not be removed (${describeError(error)}); it lists no change, so nothing is undone again: the next start of ${name}, or ${recoverCommandLine(name)}, removes it`,
+      );
     }
   } else {
     journal.phase = rollback ? "rollback-failed" : "release-failed";

@@ -409,13 +409,18 @@ export function describeHolders(holders: Holder[]): string {
  * mdev's) that exist: its group's /dev/vfio/N (an mdev's group is an emulated
  * one) and, with iommufd (6.6+), /dev/vfio/devices/vfioN (6.1 has the
  * vfio-dev/vfioN directory but no such node). Read them before a remove,
- * which takes them away.
+ * which takes them away. Only to name who holds the device: none when they
+ * cannot be read, and the remove goes ahead all the same.
  */
 export function vfioDeviceFiles(host: Host, deviceDir: string): string[] {
-  const group = host.readlink(`${deviceDir}/iommu_group`)?.split("/").pop();
-  const cdevs = host.list(`${deviceDir}/vfio-dev`).filter((name) => /^vfio\d+$/.test(name));
-  const files = [...(group && /^\d+$/.test(group) ? [`/dev/vfio/${group}`] : []), ...cdevs.map((name) => `/dev/vfio/devices/${name}`)];
-  return files.filter((file) => host.exists(file));
+  try {
+    const group = host.readlink(`${deviceDir}/iommu_group`)?.split("/").pop();
+    const cdevs = host.list(`${deviceDir}/vfio-dev`).filter((name) => /^vfio\d+$/.test(name));
+    const files = [...(group && /^\d+$/.test(group) ? [`/dev/vfio/${group}`] : []), ...cdevs.map((name) => `/dev/vfio/devices/${name}`)];
+    return files.filter((file) => host.exists(file));
+  } catch {
+    return [];
+  }
 }
 
 /**

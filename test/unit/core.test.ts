@@ -13,7 +13,7 @@ import { newJournal, readJournal, writeJournal, type Journal } from "../../lib/j
 import { createLogger } from "../../lib/log.ts";
 import { defineAction, definePlugin, type ApplyContext, type BaseContext, type LegacyPlugin, type Plugin, type UndoContext, type UndoRecord } from "../../lib/plugin.ts";
 import { DEFAULT_SETTINGS } from "../../lib/settings.ts";
-import { planEvent, runPlugins, undoJournal, type RunEnvironment } from "../../lib/transaction.ts";
+import { planEvent, runPlugins, staleJournalNote, undoJournal, type RunEnvironment } from "../../lib/transaction.ts";
 import { paths } from "../../lib/paths.ts";
 import { registry } from "../../plugins/index.ts";
 import { HugepageKernel } from "../helpers/hugepage-kernel.ts";
@@ -184,11 +184,49 @@ test("/run gone read-only (EROFS) during a prepare's rollback: every change is g
     // Not b2: its record is what the journal could not take, so its apply never ran (it used to be undone and counted).
     assert.equal(undone, ["b:/b1", "a:/a2", "a:/a1"]);
     assert.equal(sim.snapshot(), before);
-    assert.match(sim.read(paths.log), `error: the journal could not be removed (cannot remove ${sim.resolve(paths.journal(UUID))} (EROFS)`);
+    // Worded as the rollback, the release and vmhook recover say it (staleJournalNote), naming the domain.
+    assert.match(sim.read(paths.log), `error: ${staleJournalNote(result.stale!, "vm")}\n`);
+    assert.match(result.stale!, `cannot remove ${sim.resolve(paths.journal(UUID))} (EROFS)`);
     sim.clearFailures();
     // What vmhook recover runs: the journal as the file has it.
     const again = await undoJournal(readJournal(sim, UUID)!, env, deadline(sim), instances);
     assert.equal([again.undone, again.failed], [3, []]);
+    assert.equal(sim.snapshot(), before);
+    assert.equal(sim.stateFiles(), []);
+  } finally {
+    sim.cleanup();
+  }
+});
+
+test("a release whose every undo the journal took, but whose journal cannot be removed: the log says the file lists no change and what it means for the next start and vmhook recover; it used to say the file lists changes already given back", async () => {
+  const { sim, env, journal } = setup();
+  try {
+    const before = sim.snapshot();
+    const instances = twoPlugins();
+    await runPlugins("prepare", instances, DOMAIN, journal, env, deadline(sim), "starting");
+    // /run goes read-only once the last undo's write went through: only the removal fails.
+    const remove = sim.remove.bind(sim);
+    sim.remove = (file: string) => {
+      if (file === paths.journal(UUID)) sim.failChange(file, "EROFS");
+      remove(file);
+    };
+    const result = await undoJournal(journal, env, deadline(sim), instances);
+    sim.remove = remove;
+    assert.equal([result.undone, result.failed, result.stale], [4, [], undefined], "nothing listed is stale");
+    assert.equal(sim.snapshot(), before);
+    const left = readJournal(sim, UUID)!;
+    assert.equal([left.phase, left.entries], ["releasing", []], "the file lists no change");
+    const log = sim.read(paths.log);
+    assert.not.match(log, "already given back");
+    assert.match(
+      log,
+      `error: the journal ${paths.journal(UUID)} could not be removed (cannot remove ${sim.resolve(paths.journal(UUID))} (EROFS); its file system is mounted read-only`,
+    );
+    assert.match(log, /\); it lists no change, so nothing is undone again: the next start of vm, or vmhook recover vm, removes it\n/);
+    sim.clearFailures();
+    // What the next start (and vmhook recover) runs: the journal as the file has it.
+    const again = await undoJournal(readJournal(sim, UUID)!, env, deadline(sim), instances);
+    assert.equal([again.undone, again.failed, again.stale], [0, [], undefined]);
     assert.equal(sim.snapshot(), before);
     assert.equal(sim.stateFiles(), []);
   } finally {

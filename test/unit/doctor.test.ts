@@ -608,30 +608,54 @@ test("doctor where the state directory cannot be looked at (its parent denied): 
 // had vmhook check one user or mount list while libvirt went by another,
 // and nothing said so.
 test("qemu.conf: a warning when it changed after the running daemon that runs QEMU (virtqemud, else libvirtd) started, naming the file, both times, the settings vmhook reads and the restart; ok when the daemon is newer, none runs, or there is no qemu.conf", async () => {
-  const NOW = Date.parse("2026-12-03T12:00:00Z");
   const OWN_MOUNTS = "mnt:[4026531841]";
-  /** A host up for a day whose qemu.conf changed `changedAgoS` seconds ago (none: no qemu.conf), and root daemons started `agoS` seconds ago. */
-  const host = (changedAgoS: number | undefined, daemons: { pid: number; comm: string; agoS: number; uid?: number; mounts?: string }[]) => {
+  const CONF = "/etc/libvirt/qemu.conf";
+  const when = (ms: number) => new Date(ms).toISOString().replace(/\.\d+Z$/, "Z");
+  type PutConf = (sim: SimHost) => string[];
+  /** An edit in place. */
+  const edited: PutConf = (sim) => {
+    sim.file(CONF, 'user = "libvirt-qemu"\n');
+    return [CONF];
+  };
+  /** A copy that keeps the original's older mtime (cp -p, rsync -a, tar x): put there now, its mtime two hours back. */
+  const keptMtime: PutConf = (sim) => {
+    sim.file(CONF, 'user = "root"\n');
+    const old = new Date(Date.now() - 7200_000);
+    fs.utimesSync(sim.resolve(CONF), old, old);
+    return [CONF];
+  };
+  /** A symlink, as configuration managers make it: its target changed now, the link itself (its own mtime) two hours back. */
+  const linked: PutConf = (sim) => {
+    sim.file("/etc/static/libvirt/qemu.conf", 'user = "root"\n').link(CONF, "/etc/static/libvirt/qemu.conf");
+    const old = new Date(Date.now() - 7200_000);
+    fs.lutimesSync(sim.resolve(CONF), old, old);
+    return [CONF, "/etc/static/libvirt/qemu.conf"];
+  };
+  /**
+   * A host up for a day whose qemu.conf changed `changedAgoS` seconds ago (none: no qemu.conf), and root daemons started `agoS` seconds ago.
+   * The change is the file's real one (its ctime, which nothing sets back): the host's clock is placed after it. `conf`: how the file is put there, returning the files whose ctime is its change.
+   */
+  const host = (changedAgoS: number | undefined, daemons: { pid: number; comm: string; agoS: number; uid?: number; mounts?: string }[], conf: PutConf = edited) => {
     const sim = desktopHost();
-    Object.assign(sim, { wallClockMs: () => NOW });
+    let now = Date.now();
+    if (changedAgoS !== undefined) {
+      now = Math.max(...conf(sim).map((file) => fs.lstatSync(sim.resolve(file)).ctimeMs)) + changedAgoS * 1000;
+    }
+    Object.assign(sim, { wallClockMs: () => now });
     sim.dir("/run/systemd/system").file("/proc/uptime", "86400.00 170000.00").link("/proc/self/ns/mnt", OWN_MOUNTS);
     for (const { pid, comm, agoS, uid = 0, mounts = OWN_MOUNTS } of daemons) {
       sim.process(pid, [`/usr/sbin/${comm}`, "--timeout", "120"], { start: (86400 - agoS) * 100, uid }).file(`/proc/${pid}/comm`, comm).link(`/proc/${pid}/ns/mnt`, mounts);
     }
-    if (changedAgoS !== undefined) {
-      sim.file("/etc/libvirt/qemu.conf", 'user = "libvirt-qemu"\n');
-      const changed = new Date(NOW - changedAgoS * 1000);
-      fs.utimesSync(sim.resolve("/etc/libvirt/qemu.conf"), changed, changed);
-    }
-    return sim;
+    return { sim, at: (agoS: number) => when(now - agoS * 1000) };
   };
-  const cases: { name: string; changedAgoS?: number; daemons: Parameters<typeof host>[1]; status: string; reason: string; fix?: string }[] = [
+  const cases: { name: string; changedAgoS?: number; daemons: Parameters<typeof host>[1]; conf?: PutConf; status: string; reason: (at: (agoS: number) => string) => string; fix?: string }[] = [
     {
       name: "edited after libvirtd started",
       changedAgoS: 600,
       daemons: [{ pid: 812, comm: "libvirtd", agoS: 3600 }],
       status: "warn",
-      reason: "/etc/libvirt/qemu.conf changed at 2026-12-03T11:50:00Z, after libvirtd (pid 812) started at 2026-12-03T11:00:00Z, which reads it only when it starts: vmhook reads user and hugetlbfs_mount as they are now (who runs QEMU, for the ownership checks; the hugetlbfs mounts libvirt takes huge pages from, for hugepages), libvirt may still go by those of before",
+      reason: (at) =>
+        `${CONF} changed at ${at(600)}, after libvirtd (pid 812) started at ${at(3600)}, which reads it only when it starts: vmhook reads user and hugetlbfs_mount as they are now (who runs QEMU, for the ownership checks; the hugetlbfs mounts libvirt takes huge pages from, for hugepages), libvirt may still go by those of before`,
       fix: "when no VM runs, systemctl restart libvirtd: it then reads the file as vmhook does (if the change touched neither setting, nothing differs meanwhile)",
     },
     {
@@ -639,43 +663,57 @@ test("qemu.conf: a warning when it changed after the running daemon that runs QE
       changedAgoS: 600,
       daemons: [{ pid: 812, comm: "libvirtd", agoS: 60 }, { pid: 990, comm: "virtqemud", agoS: 3600 }],
       status: "warn",
-      reason: "/etc/libvirt/qemu.conf changed at 2026-12-03T11:50:00Z, after virtqemud (pid 990) started at 2026-12-03T11:00:00Z, which reads it only",
+      reason: (at) => `${CONF} changed at ${at(600)}, after virtqemud (pid 990) started at ${at(3600)}, which reads it only`,
       fix: "when no VM runs, systemctl restart virtqemud:",
     },
+    // Both used to read as older than the daemon (the mtime; the link's own), ok.
+    ...(
+      [
+        ["replaced after libvirtd started by a copy that keeps an older mtime (cp -p, rsync -a)", keptMtime],
+        ["a symlink whose target changed after libvirtd started, the link older", linked],
+      ] as const
+    ).map(([name, conf]) => ({
+      name,
+      changedAgoS: 600,
+      daemons: [{ pid: 812, comm: "libvirtd", agoS: 3600 }],
+      conf,
+      status: "warn",
+      reason: (at: (agoS: number) => string) => `${CONF} changed at ${at(600)}, after libvirtd (pid 812) started at ${at(3600)}`,
+    })),
     {
       name: "virtqemud started after the edit; an older libvirtd beside it does not run QEMU",
       changedAgoS: 600,
       daemons: [{ pid: 812, comm: "libvirtd", agoS: 3600 }, { pid: 990, comm: "virtqemud", agoS: 60 }],
       status: "ok",
-      reason: "virtqemud (pid 990) started at 2026-12-03T11:59:00Z, after /etc/libvirt/qemu.conf last changed (2026-12-03T11:50:00Z): libvirt and vmhook go by the same user and hugetlbfs_mount",
+      reason: (at) => `virtqemud (pid 990) started at ${at(60)}, after ${CONF} last changed (${at(600)}): libvirt and vmhook go by the same user and hugetlbfs_mount`,
     },
     {
       name: "libvirtd restarted in the same second as the edit (sed -i …; systemctl restart libvirtd)",
       changedAgoS: 60.5,
       daemons: [{ pid: 812, comm: "libvirtd", agoS: 61 }],
       status: "ok",
-      reason: "libvirtd (pid 812) started at 2026-12-03T11:58:59Z, after /etc/libvirt/qemu.conf last changed (2026-12-03T11:58:59Z)",
+      reason: (at) => `libvirtd (pid 812) started at ${at(61)}, after ${CONF} last changed (${at(60.5)})`,
     },
     {
       name: "no daemon runs (virtqemud exits when idle); a user's session daemon and one of another mount namespace read other files",
       changedAgoS: 600,
       daemons: [{ pid: 4051, comm: "virtqemud", agoS: 3600, uid: 1000 }, { pid: 7000, comm: "libvirtd", agoS: 3600, mounts: "mnt:[4026532999]" }],
       status: "ok",
-      reason: "no libvirt daemon (libvirtd or virtqemud) runs here: the next one reads /etc/libvirt/qemu.conf as it is when it starts",
+      reason: () => `no libvirt daemon (libvirtd or virtqemud) runs here: the next one reads ${CONF} as it is when it starts`,
     },
     {
       name: "no qemu.conf",
       daemons: [{ pid: 812, comm: "libvirtd", agoS: 3600 }],
       status: "ok",
-      reason: "no /etc/libvirt/qemu.conf: libvirt and vmhook both go by libvirt's defaults",
+      reason: () => `no ${CONF}: libvirt and vmhook both go by libvirt's defaults`,
     },
   ];
-  for (const { name, changedAgoS, daemons, status, reason, fix } of cases) {
-    const sim = host(changedAgoS, daemons);
+  for (const { name, changedAgoS, daemons, conf, status, reason, fix } of cases) {
+    const { sim, at } = host(changedAgoS, daemons, conf);
     try {
       const finding = (await doctor(sim)).host("qemu.conf");
       assert.is(finding.status, status, `${name}: ${finding.reason}`);
-      assert.ok(finding.reason.startsWith(reason), `${name}: ${finding.reason}`);
+      assert.ok(finding.reason.startsWith(reason(at)), `${name}: ${finding.reason}\n  expected: ${reason(at)}`);
       if (fix) assert.ok(finding.fix?.startsWith(fix), `${name}: ${finding.fix}`);
     } finally {
       sim.cleanup();
@@ -691,6 +729,17 @@ test("qemu.conf: a daemon's start that cannot be placed (no /proc/uptime) fails 
     assert.is(host("qemu.conf").status, "fail");
     assert.match(host("qemu.conf").reason, "/proc/uptime");
     assert.is(host("iommu").status, "ok", JSON.stringify(report.host));
+  } finally {
+    sim.cleanup();
+  }
+});
+
+test("qemu.conf: a symlink loop fails the check naming the file, as libvirt cannot read it either", async () => {
+  const sim = desktopHost();
+  try {
+    sim.link("/etc/libvirt/qemu.conf", "qemu.conf.d").link("/etc/libvirt/qemu.conf.d", "/etc/libvirt/qemu.conf");
+    const { host } = await doctor(sim);
+    assert.equal([host("qemu.conf").status, host("qemu.conf").reason], ["fail", "/etc/libvirt/qemu.conf leads through more than 40 symbolic links (a loop?): libvirt cannot read it either; make it a file, or a link to one"]);
   } finally {
     sim.cleanup();
   }

@@ -759,6 +759,24 @@ test("vgpu: a clear NVIDIA's driver refuses while a process holds the VF's vfio 
   sim.cleanup();
 });
 
+test("an mdev's remove and a vGPU's clear go ahead when the device's vfio files cannot be looked at (sysfs answering EIO): those only name who holds the device in an error; the release used to fail on that read, the mdev and the type left in place", async () => {
+  for (const [name, host, xml, device] of [
+    ["mdev", gvtHost, GVT_XML, `/sys/bus/mdev/devices/${UUID_A}`],
+    ["vgpu", nvidiaHost, VGPU_XML, `/sys/bus/pci/devices/${VF}`],
+  ] as const) {
+    const sim = host();
+    const before = sim.snapshot();
+    assert.is((await runHookEvent(sim, "prepare", "begin", xml)).code, 0);
+    sim.failReadlink(`${device}/iommu_group`, "EIO").failList(`${device}/vfio-dev`, "EIO");
+    const release = await runHookEvent(sim, "release", "end", xml);
+    assert.is(release.code, 0);
+    assert.not.match(release.stderr, "could not be undone", `${name}: ${release.stderr}`);
+    assert.equal(sim.snapshot(), before, name);
+    assert.equal(sim.stateFiles(), [], name);
+    sim.cleanup();
+  }
+});
+
 /** A prepare whose write into `file` never returns, then fails after all: its helper ends having made nothing, and the record stays (undo-failed) for vmhook recover. */
 async function prepareWhoseWriteFailsLate(sim: SimHost, file: string, xml: string): Promise<void> {
   sim.hangWrite(file);

@@ -9,11 +9,11 @@ import { SimHost } from "../helpers/simhost.ts";
 import { fail, ok } from "../../lib/diagnostics/findings.ts";
 import { markRefused } from "../../lib/plan-feasibility.ts";
 import type { PlannedStep } from "../../lib/transaction.ts";
-import { readJournal } from "../../lib/journal.ts";
+import { newJournal, readJournal, writeJournal } from "../../lib/journal.ts";
 import { paths } from "../../lib/paths.ts";
 import { nvidiaDesktop } from "../helpers/gpu-kernel.ts";
 import { runHookEvent } from "../helpers/hook.ts";
-import { plannedSteps } from "../helpers/plan.ts";
+import { assertPlanIsPrepare, plannedSteps } from "../helpers/plan.ts";
 
 /** 4 GB of RAM, about 1.5 GB of it free or reclaimable, an empty 2M pool, GRUB. */
 function smallHost(): SimHost {
@@ -125,6 +125,25 @@ test("plan of a domain an earlier prepare left changes for lists what prepare gi
   // What the plan named: prepare gives the leftover back, then takes every step of a first start.
   assert.is((await cli(["recover", "win11", "--force"], sim)).code, 0);
   assert.is((await plannedSteps(sim, win11)).length, 13);
+});
+
+test("plan of a domain whose leftover journal lists no change (a release whose every undo it took, but that could not remove it): the steps, planned on this host, as prepare, which gives nothing back first, will take them; it used to refuse, naming 0 change(s) to give back first", async () => {
+  const kernel = nvidiaDesktop();
+  const sim = kernel.sim;
+  fs.writeFileSync(sim.resolve("/win11.xml"), win11);
+  const fresh = await cli(["plan", sim.resolve("/win11.xml")], sim);
+  assert.is(fresh.code, 0, fresh.stderr);
+  writeJournal(sim, { ...newJournal(sim, { name: "win11", uuid: WIN11 }), phase: "releasing" });
+  const before = sim.snapshot();
+  const planned = await cli(["plan", sim.resolve("/win11.xml")], sim);
+  assert.is(planned.code, 0, planned.stderr);
+  assert.is(planned.stdout, fresh.stdout);
+  const validated = await cli(["validate", sim.resolve("/win11.xml")], sim);
+  assert.not.match(validated.stdout, "NOT checked against this host");
+  assert.equal(sim.snapshot(), before, "plan and validate change nothing");
+  // What the plan showed: prepare removes the journal, gives nothing back, and takes every step planned.
+  await assertPlanIsPrepare(sim, win11, "win11");
+  assert.match(fs.readFileSync(sim.resolve(paths.log), "utf8"), "found a journal from an earlier run (phase releasing, 0 change(s)); undoing it first");
 });
 
 test("plan of a domain whose leftover journal's QEMU still runs (libvirt lost track of it): prepare's refusal, word for word", async () => {
