@@ -583,7 +583,9 @@ async function journaled(env: RunEnvironment, journal: Journal, planned: Planned
 function changedNothingAfter(env: RunEnvironment, { plugin, description }: PlannedStep, record: UndoRecord, error: unknown, unchanged?: (record: UndoRecord) => unknown): boolean {
   if (!unchanged || error instanceof StuckWriteError) return false;
   try {
-    return unchanged(record) === true;
+    const answer = unchanged(record);
+    if (answer instanceof Promise) env.log.warn(`${plugin}: ${description}: its unchangedAfterFailure answered with a promise (an async function), which is no answer: it must return true or false at once, so the step stays in the journal`);
+    return answer === true;
   } catch (readError) {
     env.log.warn(`${plugin}: ${description}: whether its failed apply changed anything cannot be told (${describeError(readError)}); it stays in the journal`);
     return false;

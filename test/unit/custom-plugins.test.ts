@@ -495,6 +495,25 @@ test("a JS plugin's apply that fails having changed nothing, as its unchangedAft
   sim.cleanup();
 });
 
+test("a JS plugin's unchangedAfterFailure written as an async function is no answer: the change is counted and undone, and the log says why", async () => {
+  const sim = pluginHost();
+  const gate = `export default { name: "gate", summary: "x", parse: () => ({}),
+    plan: { prepare: () => [{ action: "open", record: { action: "open" }, description: "open the gate" }] },
+    actions: { open: {
+      check: (record) => record,
+      apply() { throw new Error("the gate did not answer"); },
+      unchangedAfterFailure: async () => true,
+      undo(record, ctx) { ctx.host.createFile("/undone", "yes"); },
+    } } };\n`;
+  install(sim, "gate.mjs", gate, 0o644);
+  const failed = await runHookEvent(sim, "prepare", "begin", domainXml('<vmhook:plugin name="gate"/>'));
+  assert.match(failed.stderr, "the host was left as it was (1 change(s) undone), so there is nothing to recover");
+  assert.ok(sim.exists("/undone"), "undone");
+  assert.match(sim.read("/var/log/vmhook.log"), "plugin:gate: open the gate: its unchangedAfterFailure answered with a promise (an async function), which is no answer: it must return true or false at once, so the step stays in the journal");
+  assert.equal(sim.stateFiles(), []);
+  sim.cleanup();
+});
+
 test("stopped: a plugin whose stopped planner throws or whose stopped run fails keeps no other plugin from its stopped call; the failure is still reported", async () => {
   const sim = pluginHost();
   install(sim, "broken.mjs", `export default { name: "broken", summary: "x", parse: () => ({}), plan: { stopped: () => { throw new Error("cannot tell"); } }, actions: {} };\n`, 0o644);
