@@ -5,6 +5,9 @@
 import type { Host } from "./host.ts";
 import { PATTERNS } from "./validate.ts";
 
+/** The kernel treats "-" and "_" in module names alike: the name it acts on. */
+export const normalModule = (module: string) => module.replace(/-/g, "_");
+
 /** The running kernel's release, "" when it cannot be told. */
 export const kernelRelease = (host: Host) => host.readTrimmed("/proc/sys/kernel/osrelease") ?? "";
 
@@ -50,8 +53,8 @@ export function vfioVariantModule(aliases: string, modalias: string | undefined)
  * line, which only VFIO drivers carry.
  */
 export function isVfioDriverModule(aliases: string, module: string): boolean {
-  const name = module.replace(/-/g, "_");
-  for (const listed of vfioAliases(aliases)) if (listed.module.replace(/-/g, "_") === name) return true;
+  const name = normalModule(module);
+  for (const listed of vfioAliases(aliases)) if (normalModule(listed.module) === name) return true;
   return false;
 }
 
@@ -244,4 +247,4 @@ export function iommuBackendState(host: Host, loads: string[] = []): ModuleState
 export const eitherBackend = (states: ModuleState[]): ModuleState => (states.includes("loaded") ? "loaded" : states.includes("available") ? "available" : "missing");
 
 /** A module's name as /proc/modules and /sys/module give it, from its file (kernel/drivers/vfio/pci/vfio-pci.ko.xz: vfio_pci); "" for anything else. */
-export const moduleName = (file: string) => (/([^/]+?)\.ko(\.\w+)?$/.exec(file.trim())?.[1] ?? "").replace(/-/g, "_");
+export const moduleName = (file: string) => normalModule(/([^/]+?)\.ko(\.\w+)?$/.exec(file.trim())?.[1] ?? "");

@@ -7,6 +7,7 @@
 // checked like plugins.d); without it the defaults below apply.
 import { jsonText, VmhookError } from "./errors.ts";
 import type { Host } from "./host.ts";
+import { normalModule } from "./kernel-modules.ts";
 import { paths } from "./paths.ts";
 import { rootsFileProblem } from "./root-alone.ts";
 import { PATTERNS } from "./validate.ts";
@@ -162,8 +163,6 @@ function readPolicy(raw: unknown): HostPolicy {
 
 /** systemctl reads "gdm" as "gdm.service": compare the full names. */
 export const normalUnit = (unit: string) => (unit.includes(".") ? unit : `${unit}.service`);
-/** The kernel treats "-" and "_" in module names alike. */
-const normalModule = (module: string) => module.replace(/-/g, "_");
 
 export function moduleAllowed(policy: HostPolicy, module: string): boolean {
   const name = normalModule(module);

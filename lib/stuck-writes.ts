@@ -9,6 +9,7 @@
 // every later rmmod or modprobe of the module. Once the helper is gone, the
 // note is stale: the next write to the device, or vmhook recover, removes it.
 import { VmhookError } from "./errors.ts";
+import { normalModule } from "./kernel-modules.ts";
 import type { Host } from "./host.ts";
 import { openFiles, processIds, processName } from "./open-files.ts";
 import { paths } from "./paths.ts";
@@ -79,7 +80,7 @@ export function adviceFor(host: Host, write: StuckWriteStatus): string {
 
 const MODULE = "module:";
 /** What a module's note is filed under: no device name starts with "module:". Named as /proc/modules names it: modprobe vfio-pci and rmmod vfio_pci act on one module. */
-export const moduleSubject = (module: string) => `${MODULE}${module.replace(/-/g, "_")}`;
+export const moduleSubject = (module: string) => `${MODULE}${normalModule(module)}`;
 /** The module a note is filed for; undefined for a device's. */
 const noteModule = (subject: string) => (subject.startsWith(MODULE) ? subject.slice(MODULE.length) : undefined);
 

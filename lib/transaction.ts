@@ -460,10 +460,7 @@ async function applyStep(env: RunEnvironment, journal: Journal, instance: Plugin
       if (!applyEnded) return false;
       const lease = new CallLease(instance.id, env.log);
       try {
-        const answer: unknown = unchangedAfterFailure(action.check(record), lease.context(baseContext(env, lease, instance.id, planned.event, journal.domain, deadline)));
-        // A JS plugin's promise is no answer, and its rejection no stray error of the run.
-        if (answer instanceof Promise) answer.catch(() => {});
-        return answer;
+        return unchangedAfterFailure(action.check(record), lease.context(baseContext(env, lease, instance.id, planned.event, journal.domain, deadline)));
       } finally {
         lease.end("ended");
       }
@@ -584,7 +581,11 @@ function changedNothingAfter(env: RunEnvironment, { plugin, description }: Plann
   if (!unchanged || error instanceof StuckWriteError) return false;
   try {
     const answer = unchanged(record);
-    if (answer instanceof Promise) env.log.warn(`${plugin}: ${description}: its unchangedAfterFailure answered with a promise (an async function), which is no answer: it must return true or false at once, so the step stays in the journal`);
+    if (answer instanceof Promise) {
+      // A JS plugin's promise is no answer, and its rejection no stray error of the run.
+      answer.catch(() => {});
+      env.log.warn(`${plugin}: ${description}: its unchangedAfterFailure answered with a promise (an async function), which is no answer: it must return true or false at once, so the step stays in the journal`);
+    }
     return answer === true;
   } catch (readError) {
     env.log.warn(`${plugin}: ${description}: whether its failed apply changed anything cannot be told (${describeError(readError)}); it stays in the journal`);

@@ -8,6 +8,7 @@ import { readAttributes, single } from "../../lib/element.ts";
 import { describeElement, libvirtManagedPci, libvirtUnmanagedPci, type Domain } from "../../lib/domain.ts";
 import { attributeText, ConfigError, jsonText, VmhookError } from "../../lib/errors.ts";
 import { paths } from "../../lib/paths.ts";
+import { normalModule } from "../../lib/kernel-modules.ts";
 import { normalUnit } from "../../lib/policy.ts";
 import { closest } from "../../lib/cli/usage.ts";
 import { checkPattern, parsePciAddress, parseYesNo, PATTERNS } from "../../lib/validate.ts";
@@ -46,7 +47,6 @@ function distinct(names: string[], actedOn: (name: string) => string): string[] 
     return true;
   });
 }
-const moduleActedOn = (name: string) => name.replace(/-/g, "_");
 
 /** auto, or yes/no in any spelling a yes/no attribute takes. */
 function parseSingleGpu(value: string | undefined, where: string): VfioConfig["singleGpu"] {
@@ -76,7 +76,7 @@ export function parseVfioConfig(elements: XmlElement[], domain: Domain): VfioCon
   const modules = (attribute: string) =>
     distinct(
       list(attrs[attribute] ?? "").map((name) => checkPattern(name, PATTERNS.moduleName, where, attribute, "a kernel module name", "write names as lsmod lists the loaded ones, e.g. nvidia_drm")),
-      moduleActedOn,
+      normalModule,
     );
   const unload = attrs["unload-modules"]?.trim();
   return {
@@ -91,10 +91,7 @@ export function parseVfioConfig(elements: XmlElement[], domain: Domain): VfioCon
       attrs["display-manager"] === undefined
         ? undefined
         : // As systemctl reads them (gdm is gdm.service), each once.
-          distinct(
-            list(attrs["display-manager"]).map((unit) => normalUnit(checkPattern(unit, PATTERNS.unitName, where, "display-manager", "a systemd unit name", "write names as systemctl list-units lists them, e.g. gdm.service"))),
-            (unit) => unit,
-          ),
+          [...new Set(list(attrs["display-manager"]).map((unit) => normalUnit(checkPattern(unit, PATTERNS.unitName, where, "display-manager", "a systemd unit name", "write names as systemctl list-units lists them, e.g. gdm.service"))))],
     driverModels: Object.fromEntries(domain.hostdevs.flatMap((hostdev) => (hostdev.type === "pci" && hostdev.driverModel !== undefined ? [[hostdev.address, hostdev.driverModel]] : []))),
   };
 }

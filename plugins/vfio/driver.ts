@@ -3,7 +3,7 @@
 // vfio-pci as it registers, or by drivers_probe); extra modules load last.
 // Each undo puts one thing back and checks that it is back.
 import { runThroughDriver, writeThroughDriver } from "../../lib/bounded-write.ts";
-import { iommuBackendState, kernelRelease, moduleClosure, moduleMissing, vfioIdsConfig, type VfioIdsSource } from "../../lib/kernel-modules.ts";
+import { iommuBackendState, kernelRelease, moduleClosure, moduleMissing, normalModule, vfioIdsConfig, type VfioIdsSource } from "../../lib/kernel-modules.ts";
 import { claimOriginal, type Claim } from "../../lib/claims.ts";
 import { VmhookError } from "../../lib/errors.ts";
 import { readForMessage, type ExecResult, type Host } from "../../lib/host.ts";
@@ -140,7 +140,7 @@ export function unloadRefusals(host: Host, config: VfioConfig, hostNeeds: HostNe
   const listed = config.unloadModules;
   const release = kernelRelease(host);
   const unknown = listed
-    .filter((module) => !moduleLoaded(host, module.replace(/-/g, "_")) && moduleMissing(host, module))
+    .filter((module) => !moduleLoaded(host, normalModule(module)) && moduleMissing(host, module))
     .map((module) => ({
       key: unloadRefusalKey([module]),
       modules: [module],
@@ -149,7 +149,7 @@ export function unloadRefusals(host: Host, config: VfioConfig, hostNeeds: HostNe
     }));
   const { modules, devices } = hostNeeds;
   if (modules.length === 0) return unknown;
-  const rest = listed.filter((module) => !modules.includes(module.replace(/-/g, "_")));
+  const rest = listed.filter((module) => !modules.includes(normalModule(module)));
   const kept = pciDeviceLabels(host, devices).map((label, index) => `${label} on driver ${devices[index]!.driver}`);
   const [needs, those] = kept.length === 1 ? ["a device the host keeps needs", "that device, and any display on it,"] : ["devices the host keeps need", "those devices, and any display on them,"];
   const named = modules.join(", ");
@@ -227,7 +227,7 @@ export function takeOverSteps(ctx: PlanContext<VfioConfig>, found: Survey, setti
   for (const module of ctx.config.loadModules) {
     if (handled.has(loadedClaim(module))) continue;
     handled.add(loadedClaim(module));
-    if (moduleLoaded(ctx.host, module.replace(/-/g, "_"))) steps.push(...keepLoadedSteps(ctx, module));
+    if (moduleLoaded(ctx.host, normalModule(module))) steps.push(...keepLoadedSteps(ctx, module));
     else steps.push(refusedIfMissing(ctx.host, loadModulesStep(module, bindTimeoutMs, ctx.host), (release) => `install ${module} for kernel ${release} (its DKMS package builds it for each kernel), or remove it from load-modules`));
   }
   return steps;
@@ -418,7 +418,7 @@ interface LoadRecord extends UndoRecord {
 }
 
 /** The ledger key of a module vmhook loaded and VMs share (lib/claims.ts). */
-const loadedClaim = (module: string) => `loaded:${module.replace(/-/g, "_")}`;
+const loadedClaim = (module: string) => `loaded:${normalModule(module)}`;
 
 /**
  * What `modprobe module` may load that is not loaded yet (lib/kernel-modules.ts:

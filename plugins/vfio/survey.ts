@@ -3,7 +3,7 @@
 // so a refusal leaves the host exactly as it was (and `vmhook plan` shows it).
 import { VmhookError } from "../../lib/errors.ts";
 import { iommuOffAdvice } from "../../lib/diagnostics/iommu.ts";
-import { kernelRelease, modulesAlias, vfioVariantModule } from "../../lib/kernel-modules.ts";
+import { kernelRelease, modulesAlias, normalModule, vfioVariantModule } from "../../lib/kernel-modules.ts";
 import type { Host } from "../../lib/host.ts";
 import { PATTERNS } from "../../lib/validate.ts";
 import { openFiles, processIds, processName } from "../../lib/open-files.ts";
@@ -66,7 +66,7 @@ export interface VfioTarget {
 const VFIO_PCI_TARGET: VfioTarget = { module: "vfio_pci", driver: "vfio-pci", chosenBy: "default" };
 
 function vfioTarget(host: Host, address: string, model: string | undefined, aliases: () => string): VfioTarget {
-  if (model !== undefined) return { module: model.replace(/-/g, "_"), driver: model, chosenBy: "driver model" };
+  if (model !== undefined) return { module: normalModule(model), driver: model, chosenBy: "driver model" };
   const variant = vfioVariantModule(aliases(), host.readTrimmed(pciPath(address, "modalias")));
   return variant === undefined ? VFIO_PCI_TARGET : { module: variant, driver: moduleDrivers(host, variant)[0], chosenBy: "modules.alias" };
 }
@@ -466,7 +466,7 @@ export function hostNeedsOf(host: Host, config: VfioConfig, devices: { address: 
  * Unloading one would unbind that device or take its display.
  */
 export function modulesTheHostNeeds(host: Host, modules: string[], devices: { address: string }[]): HostNeeds {
-  const loaded = modules.map((module) => module.replace(/-/g, "_")).filter((module) => moduleLoaded(host, module));
+  const loaded = modules.map(normalModule).filter((module) => moduleLoaded(host, module));
   if (loaded.length === 0) return { modules: [], devices: [] };
   const ours = new Set(devices.map((device) => device.address));
   const moduleOf = new Map<string, string | undefined>();
@@ -511,7 +511,7 @@ const moduleHolders = (host: Host, module: string) => host.list(`/sys/module/${m
  * list, written out.
  */
 function unloadOrder(host: Host, wanted: string[], auto: boolean, refused: string[]): string[] {
-  const listed = wanted.map((module) => module.replace(/-/g, "_"));
+  const listed = wanted.map(normalModule);
   const remaining = listed.filter((module) => !refused.includes(module) && moduleLoaded(host, module));
   for (const module of remaining) {
     const outsider = moduleHolders(host, module).find((holder) => !listed.includes(holder));
