@@ -10,7 +10,7 @@ import { Deadline, waitFor } from "./deadline.ts";
 import type { Domain } from "./domain.ts";
 import { CommandTimedOut, describeError, StrayError, VmhookError } from "./errors.ts";
 import type { ExecResult, Host } from "./host.ts";
-import { completeJournals, removeJournal, sharedState, writeJournal, type Journal, type JournalEntry, type JournalPhase } from "./journal.ts";
+import { completeJournals, readJournal, removeJournal, sharedState, writeJournal, type Journal, type JournalEntry, type JournalPhase } from "./journal.ts";
 import { withHostLock, type HeldLock } from "./lock.ts";
 import { recoverCommandLine } from "./metadata-text.ts";
 import type { Logger } from "./log.ts";
@@ -599,22 +599,59 @@ export interface UndoResult {
   failed: JournalEntry[];
   /**
    * Why the journal file does not say what the undo did (its last write, or
-   * its removal, failed): it still lists changes given back, and no other
-   * changed. Each undo checks what it gives back, so the next one (release,
-   * vmhook recover, the next prepare's leftovers) gives nothing back twice
-   * and removes them. Absent when the file says what was done.
+   * its removal, failed): it still lists changes given back, or never made
+   * (a failed step whose drop it did not take), and no other changed. Each
+   * undo checks what it gives back, so the next one (release, vmhook
+   * recover, the next prepare's leftovers) gives nothing back twice and
+   * removes them. Absent when the file says what was done.
    */
   stale?: string;
+  /** Why the journal file, listing no change, is still there (its removal failed): a recover that leaves it has not finished. */
+  unremoved?: string;
 }
 
 /**
  * What an undo whose journal file could not be brought up to date
  * (UndoResult.stale) leaves, as the rollback, the release and vmhook recover
- * say it: a journal listing changes already given back, and what removes
- * them. `name`: the domain as vmhook recover takes it.
+ * say it: a journal listing changes already given back or never made, and
+ * what removes them. `name`: the domain as vmhook recover takes it.
  */
 export function staleJournalNote(stale: string, name: string): string {
-  return `its journal still lists changes already given back: ${stale}, with ${recoverCommandLine(name)} (the next start does it too): it checks each against the host, gives nothing back twice, and removes them`;
+  return `its journal still lists changes already given back or never made: ${stale}, with ${recoverCommandLine(name)} (the next start does it too): it checks each against the host, gives nothing back twice, and removes them`;
+}
+
+/** What an undo whose journal, listing no change, could not be removed (UndoResult.unremoved) leaves, as the undo's log and vmhook recover say it. */
+export function unremovedJournalNote(unremoved: string, { name, uuid }: DomainId): string {
+  return `the journal ${paths.journal(uuid)} could not be removed (${unremoved}); it lists no change, so nothing is undone again: the next start of ${name}, or ${recoverCommandLine(name)}, removes it`;
+}
+
+/**
+ * What the journal file an undo could not bring up to date says, read back
+ * from it: whether it lists a change `journal` no longer holds (given back,
+ * or dropped as never made, with a write that failed), and whether it lists
+ * none. The words of the undo follow the file, not what its writes were
+ * meant to leave there. A file that cannot be read back is taken as stale:
+ * it may list anything.
+ */
+function leftFile(host: Host, journal: Journal, error: unknown): Pick<UndoResult, "stale" | "unremoved"> {
+  const cause = describeError(error);
+  let onDisk: Journal | undefined;
+  try {
+    onDisk = readJournal(host, journal.domain.uuid);
+  } catch (readError) {
+    return { stale: `${cause}; nor can it be read back (${describeError(readError)})` };
+  }
+  if (!onDisk) return {};
+  const key = (entry: JournalEntry) => JSON.stringify([entry.plugin, entry.event, entry.description, entry.at]);
+  const held = journal.entries.map(key);
+  const more = onDisk.entries.filter((entry) => {
+    const index = held.indexOf(key(entry));
+    if (index === -1) return true;
+    held.splice(index, 1);
+    return false;
+  });
+  if (more.length > 0) return { stale: cause };
+  return onDisk.entries.length === 0 ? { unremoved: cause } : {};
 }
 
 /**
@@ -685,17 +722,16 @@ async function undoOutcome(env: RunEnvironment, plugin: AnyPlugin, entry: Journa
  * (/run full, read-only, out of file descriptors) is logged, never thrown: the
  * file as last written still holds the entry, whose undo checks what it gives
  * back, and the undo goes on to the other entries. The next write that goes
- * through (at the latest undoJournal's last) catches the file up. False: it failed.
+ * through (at the latest undoJournal's last) catches the file up; if none
+ * does, undoJournal reads back what the file lists.
  */
-function journalOutcome({ host, log }: RunEnvironment, journal: Journal, entry: JournalEntry, outcome: UndoOutcome): boolean {
+function journalOutcome({ host, log }: RunEnvironment, journal: Journal, entry: JournalEntry, outcome: UndoOutcome): void {
   if (outcome.done) journal.entries.splice(journal.entries.indexOf(entry), 1);
   else Object.assign(entry, { state: "undo-failed", error: describeError(outcome.cause) });
   try {
     writeJournal(host, journal);
-    return true;
   } catch (error) {
     log.error(`${entry.plugin}: undo ${entry.description}: the journal could not be written after it: ${describeError(error)}`);
-    return false;
   }
 }
 
@@ -755,14 +791,11 @@ export async function undoJournal(journal: Journal, env: RunEnvironment, deadlin
     log.warn(`the journal could not be marked as ${journal.phase} (${describeError(error)}); undoing its changes all the same`);
   }
   let undone = 0;
-  // Whether the file still lists a change given back: a write after its undo failed, and none went through since.
-  let behind = false;
-  const noteWrite = (done: boolean, written: boolean) => void (behind = written ? false : behind || done);
   const unreadable = await unreadablePlugins(journal, env, loaded);
   for (const entry of [...journal.entries].reverse()) {
     const keptWhole = unreadable.get(entry.plugin);
     if (keptWhole) {
-      noteWrite(false, journalOutcome(env, journal, entry, { done: false, cause: keptWhole }));
+      journalOutcome(env, journal, entry, { done: false, cause: keptWhole });
       log.error(`${entry.plugin}: undo ${entry.description}: ${entry.error}`);
       continue;
     }
@@ -775,13 +808,13 @@ export async function undoJournal(journal: Journal, env: RunEnvironment, deadlin
       // the undo and the journal write would count a claim already given back.
       outcome = await underLockIf(plugin.shared === true, env, deadline, async () => {
         const settled = await undoOutcome(env, plugin, entry, journal, deadline);
-        noteWrite(settled.done, journalOutcome(env, journal, entry, settled));
+        journalOutcome(env, journal, entry, settled);
         return settled;
       });
     } catch (error) {
       // Loading the plugin or taking the lock failed: nothing was undone.
       outcome = { done: false, cause: error };
-      noteWrite(false, journalOutcome(env, journal, entry, outcome));
+      journalOutcome(env, journal, entry, outcome);
     }
     if (!outcome.done) log.error(`${entry.plugin}: undo ${entry.description}: ${entry.error}`);
     else {
@@ -798,21 +831,17 @@ export async function undoJournal(journal: Journal, env: RunEnvironment, deadlin
     log.warn(`the stuck-write notes in ${paths.stuckWrites} cannot be looked at (${describeError(error)}); vmhook recover settles them`);
   }
   const failed = journal.entries.filter((entry) => entry.state === "undo-failed");
-  // The file catches up here with every outcome its writes above missed, or stays as last written.
-  let stale: string | undefined;
+  // The file catches up here with every outcome its writes above missed, or stays as last written: what it then lists is read back.
   if (journal.entries.length === 0) {
     try {
       removeJournal(host, journal.domain.uuid);
     } catch (error) {
       // /run gone read-only: what the undo did stands, and the prepare that rolled back keeps its own cause.
-      if (behind) stale = describeError(error);
-      const { name, uuid } = journal.domain;
-      // Not behind: the file as last written lists no change; a journal read with none is undone as any other, giving nothing back.
-      log.error(
-        stale !== undefined
-          ? staleJournalNote(stale, name)
-          : `the journal ${paths.journal(uuid)} could not be removed (${describeError(error)}); it lists no change, so nothing is undone again: the next start of ${name}, or ${recoverCommandLine(name)}, removes it`,
-      );
+      const left = leftFile(host, journal, error);
+      // A file that lists no change is undone as any other, giving nothing back.
+      if (left.stale !== undefined) log.error(staleJournalNote(left.stale, journal.domain.name));
+      else if (left.unremoved !== undefined) log.error(unremovedJournalNote(left.unremoved, journal.domain));
+      return { undone, failed, ...left };
     }
   } else {
     journal.phase = rollback ? "rollback-failed" : "release-failed";
@@ -820,9 +849,10 @@ export async function undoJournal(journal: Journal, env: RunEnvironment, deadlin
       writeJournal(host, journal);
     } catch (error) {
       // What failed is reported all the same; the journal as last written still holds it, and each undo checks what it gives back.
-      if (behind) stale = describeError(error);
       log.error(`the journal could not be written after the undo (${describeError(error)}); it holds what vmhook recover gives back`);
+      const { stale } = leftFile(host, journal, error);
+      if (stale !== undefined) return { undone, failed, stale };
     }
   }
-  return stale === undefined ? { undone, failed } : { undone, failed, stale };
+  return { undone, failed };
 }

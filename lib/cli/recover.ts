@@ -17,7 +17,7 @@ import { runningOrWhyUnknown } from "./running.ts";
 import { definedUuid, libvirtNaming, namingArgument, namingText } from "../definitions.ts";
 import { describeOrphanClaim, describeUnheldShared, giveBackOrphanClaims, giveBackUnheldShared, type Recovery } from "./recover-unheld.ts";
 import { loadSettings } from "../settings.ts";
-import { staleJournalNote, undoJournal } from "../transaction.ts";
+import { staleJournalNote, undoJournal, unremovedJournalNote } from "../transaction.ts";
 import { describeFinishedWrite, forgetFinishedWrites } from "../stuck-writes.ts";
 import { lonelyTemps, readStateFile, refuseUntrustedStateDir, removeStaleTemps } from "../state-files.ts";
 import { registry } from "../../plugins/index.ts";
@@ -158,11 +158,17 @@ export const recoverCommand: CommandModule<GlobalOptions, RecoverArgs> = {
         }
         continue;
       }
-      const { undone, failed, stale } = outcome.value;
-      results.push({ ...named, undone, failed: failed.map((e) => ({ plugin: e.plugin, description: e.description, error: e.error })), ...(stale ? { stale } : {}) });
-      if (!args.json) print(failed.length === 0 ? `${shown}: ${undone} change(s) undone` : `${shown}: ${undone} undone, ${failed.length} still failing (see above); fix the cause and run vmhook recover again`);
-      if (stale && !args.json) print(`${shown}: ${staleJournalNote(stale, namingArgument(naming, uuid))}`);
-      if (failed.length > 0 || stale) process.exitCode = 1;
+      const { undone, failed, stale, unremoved } = outcome.value;
+      results.push({ ...named, undone, failed: failed.map((e) => ({ plugin: e.plugin, description: e.description, error: e.error })), ...(stale ? { stale } : {}), ...(unremoved ? { unremoved } : {}) });
+      const argument = namingArgument(naming, uuid);
+      // A journal left behind, listing a change or none, is a recover that has not finished: said on stdout, and the exit says it too.
+      const left = stale ? [staleJournalNote(stale, argument)] : unremoved ? [unremovedJournalNote(unremoved, { name: argument, uuid })] : [];
+      if (!args.json) {
+        if (failed.length > 0) print(`${shown}: ${undone} undone, ${failed.length} still failing (see above); fix the cause and run vmhook recover again`);
+        else print(`${shown}: ${undone} change(s) undone${left.length > 0 ? `, but ${left[0]}` : ""}`);
+        if (failed.length > 0 && left.length > 0) print(`${shown}: ${left[0]}`);
+      }
+      if (failed.length > 0 || left.length > 0) process.exitCode = 1;
     }
     // What no journal holds: claims of a domain whose journal is gone (recovering all, or its UUID), and shared state no claim needs (recovering all).
     const recovery: Recovery = { host, settings, registry, echo: args.json ? "none" : "stderr", logToFile };

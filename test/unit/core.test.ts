@@ -234,6 +234,28 @@ test("a release whose every undo the journal took, but whose journal cannot be r
   }
 });
 
+test("vmhook recover of a journal listing no change that it cannot remove (/run read-only) exits 1, saying the file is left, that it lists no change and how it goes; it used to exit 0 saying 0 change(s) undone, the error on stderr only", async () => {
+  const { sim } = setup();
+  try {
+    const journal = newJournal(sim, { name: "vm", uuid: UUID });
+    journal.phase = "releasing";
+    writeJournal(sim, journal);
+    sim.failChange(paths.journal(UUID), "EROFS");
+    const recovered = await cli(["recover", "--root", sim.root, "--", "vm"], sim);
+    assert.is(recovered.code, 1, "a recover that could not finish fails");
+    assert.match(recovered.stdout, `vm: 0 change(s) undone, but the journal ${paths.journal(UUID)} could not be removed (cannot remove ${sim.resolve(paths.journal(UUID))} (EROFS)`);
+    assert.match(recovered.stdout, /\); it lists no change, so nothing is undone again: the next start of vm, or vmhook recover vm, removes it\n$/);
+    const json = await cli(["recover", "--json", "--root", sim.root, "--", "vm"], sim);
+    assert.is(json.code, 1);
+    assert.match(JSON.parse(json.stdout).recovered[0].unremoved, "EROFS");
+    sim.clearFailures();
+    assert.equal(await cli(["recover", "--root", sim.root, "--", "vm"], sim), { code: 0, stdout: "vm: 0 change(s) undone\n", stderr: "" });
+    assert.equal(sim.stateFiles(), []);
+  } finally {
+    sim.cleanup();
+  }
+});
+
 test("a prepare that fails at any step, before or after acting, leaves the host as it was and no journal", async () => {
   for (const file of ["/a1", "/a2", "/b1", "/b2"]) {
     for (const when of ["before", "after"] as const) {
@@ -670,6 +692,38 @@ test("an apply abandoned at its time limit is counted, though the host reads as 
   assert.is(run.asked, 0);
 });
 
+test("/run gone read-only as a failed apply that changed nothing is dropped: the drop, the rollback's phase write and the removal all fail, and the log says the file still lists a change never made, as it does; it used to say the file lists no change", async () => {
+  const { sim, env, journal } = setup();
+  try {
+    const readOnly: Answer = (record, ctx) => {
+      sim.failWrite(`${paths.journal(UUID)}.tmp`, "EROFS").failChange(paths.journal(UUID), "EROFS");
+      return readsAsBefore(record, ctx);
+    };
+    const instances = [instanceOf("touch", failingTouch("before", readOnly, { count: 0 }), null)];
+    const error = await runPlugins("prepare", instances, DOMAIN, journal, env, deadline(sim)).then(
+      () => undefined,
+      (error: Error) => error,
+    );
+    assert.match(error?.message ?? "", "cannot set /a1");
+    assert.equal(journal.entries, [], "dropped: it changed nothing");
+    const result = await undoJournal(journal, env, deadline(sim), instances);
+    assert.equal([result.undone, result.failed, undone], [0, [], []]);
+    const left = readJournal(sim, UUID)!;
+    assert.equal(left.entries.map((entry) => entry.description), ["set /a1"], "the file lists the step it could not drop");
+    assert.match(result.stale ?? "", "EROFS", "the result says the file lists more than the undo left");
+    const log = sim.read(paths.log);
+    assert.not.match(log, "it lists no change");
+    assert.match(log, `error: ${staleJournalNote(result.stale!, "vm")}\n`);
+    sim.clearFailures();
+    const again = await undoJournal(readJournal(sim, UUID)!, env, deadline(sim), instances);
+    assert.equal([again.failed, again.stale, again.unremoved], [[], undefined, undefined]);
+    assert.is(sim.read("/a1"), "original\n");
+    assert.equal(sim.stateFiles(), []);
+  } finally {
+    sim.cleanup();
+  }
+});
+
 test("planning lists the steps and changes nothing", async () => {
   const { sim, env, journal } = setup();
   try {
@@ -1057,14 +1111,14 @@ test("/run gone read-only (EROFS) right after a release gave the pages back: the
     sim.createFile = createFile;
     assert.is(outcome.code, 0);
     assert.is(firstLine(outcome.stderr), "vmhook: release of vm: 1 change(s) undone, but the journal does not say so yet", outcome.stderr);
-    assert.match(outcome.stderr, /its journal still lists changes already given back: cannot remove \S+ \(EROFS\); its file system is mounted read-only \(findmnt -T \S+\): remount it read-write, then try again, with vmhook recover vm \(the next start does it too\): it checks each against the host, gives nothing back twice, and removes them/);
+    assert.match(outcome.stderr, /its journal still lists changes already given back or never made: cannot remove \S+ \(EROFS\); its file system is mounted read-only \(findmnt -T \S+\): remount it read-write, then try again, with vmhook recover vm \(the next start does it too\): it checks each against the host, gives nothing back twice, and removes them/);
     assert.is(kernel.pool(2048), 100, "given back");
     assert.is(readJournal(sim, UUID)!.entries.length, 1, "and still listed");
     // --force: the journal still says "starting" (no started came, and the release could not mark it releasing).
     const stuck = await cli(["recover", "vm", "--force", "--root", sim.root], sim);
     assert.is(stuck.code, 1, "recover says so too while /run stays read-only");
     // Worded as the release says it (staleJournalNote), naming the domain.
-    assert.match(stuck.stdout, /^vm: 1 change\(s\) undone\nvm: its journal still lists changes already given back: cannot remove \S+ \(EROFS\); .*: remount it read-write, then try again, with vmhook recover vm \(the next start does it too\): it checks each against the host, gives nothing back twice, and removes them\n/);
+    assert.match(stuck.stdout, /^vm: 1 change\(s\) undone, but its journal still lists changes already given back or never made: cannot remove \S+ \(EROFS\); .*: remount it read-write, then try again, with vmhook recover vm \(the next start does it too\): it checks each against the host, gives nothing back twice, and removes them\n/);
     assert.is(kernel.pool(2048), 100);
     sim.clearFailures();
     const recover = await cli(["recover", "vm", "--force", "--root", sim.root], sim);
