@@ -9,7 +9,7 @@ import { jsonText, VmhookError } from "./errors.ts";
 import type { Host } from "./host.ts";
 import { normalModule } from "./kernel-modules.ts";
 import { paths } from "./paths.ts";
-import { rootsFileProblem } from "./root-alone.ts";
+import { rootsFile } from "./root-alone.ts";
 import { PATTERNS } from "./validate.ts";
 
 export interface HostPolicy {
@@ -70,9 +70,9 @@ const POLICY_FILE_REASON = "it decides what VMs may take from the host";
 
 /** The policy in force: the file's, checked, or the defaults when there is none (and nobody but root could have removed it). Throws naming the file and the fix. */
 export function loadPolicy(host: Host): HostPolicy {
-  const problem = rootsFileProblem(host, paths.policy, POLICY_FILE_REASON);
-  if (problem) throw new VmhookError(`refusing the host policy: ${problem}`);
-  if (!host.stat(paths.policy)) return DEFAULT_POLICY;
+  const file = rootsFile(host, paths.policy, POLICY_FILE_REASON);
+  if ("problem" in file) throw new VmhookError(`refusing the host policy: ${file.problem}`);
+  if (!file.there) return DEFAULT_POLICY;
   let raw: unknown;
   try {
     raw = JSON.parse(host.read(paths.policy));

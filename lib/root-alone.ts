@@ -66,7 +66,11 @@ function foreignOwners(facts: FileFacts, hostPath: string, because: string, fix?
  * kernel keeps. `because` says what root trusts it for.
  */
 export function unsafeReason(facts: FileFacts, hostPath: string, kind: "directory" | "file", because = "plugins run as root", above = false, fix?: string): string | undefined {
-  const stat = facts.stat(hostPath);
+  return unsafeStat(facts, hostPath, facts.stat(hostPath), kind, because, above, fix);
+}
+
+/** unsafeReason of what lstat(2) said of `hostPath` (`stat`), for a walk that has it already. */
+function unsafeStat(facts: FileFacts, hostPath: string, stat: ReturnType<FileFacts["stat"]>, kind: "directory" | "file", because: string, above: boolean, fix?: string): string | undefined {
   if (!stat) return `${hostPath} does not exist`;
   if (stat.isSymlink) return `${hostPath} is a symlink; vmhook only trusts what it can check, so put the real ${kind} there`;
   if (kind === "directory" ? !stat.isDirectory : !stat.isFile) return `${hostPath} is not a ${kind === "directory" ? "directory" : "regular file"}`;
@@ -104,20 +108,34 @@ export function rootsAloneProblem(facts: FileFacts, hostPath: string, kind: "dir
 }
 
 /**
- * Why root cannot trust what is at `hostPath`, a file of root's that may be
- * missing (vmhook.json, policy.json, whose defaults apply without them), or
- * undefined. There, rootsAloneProblem; missing, the directory that would hold
- * it (the nearest one that exists) and every one above must be root's alone:
- * whoever can write one could have removed the file, and the defaults would
- * stand in for what root wrote.
+ * Whether root can trust what is at `hostPath`, a file of root's that may be
+ * missing (vmhook.json, policy.json, whose defaults apply without them):
+ * whether it is there, or why not trusted. The one walk of
+ * pathLeadsToRootsAlone, with no symlink on the way (nor the file one):
+ * there, the file and every directory above it root's alone; missing, the
+ * directory where the path stops (the nearest that exists) and every one
+ * above it, with no sticky pass at that one: whoever can write one could
+ * have removed the file, and the defaults would stand in for what root wrote.
  */
-export function rootsFileProblem(facts: FileFacts, hostPath: string, because: string): string | undefined {
-  if (facts.stat(hostPath)) return rootsAloneProblem(facts, hostPath, "file", because);
-  let dir = parentOf(hostPath);
-  while (dir !== "/" && !facts.stat(dir)) dir = parentOf(dir);
-  const problem = rootsAloneProblem(facts, dir, "directory", because);
-  return problem && `there is no ${hostPath} (its defaults apply, so nobody but root may be able to remove it), and ${problem}`;
+export function rootsFile(facts: FileFacts, hostPath: string, because: string): { problem: string } | { there: boolean } {
+  const walked = walk(facts, NO_LINKS, hostPath, because, { rootCreatesTheRest: true, symlinks: "refuse" });
+  if (!("problem" in walked)) return { there: walked.there ?? true };
+  // Refused above it: whether the file is there is asked only to word the refusal.
+  return { problem: (walked.there ?? thereOrUnknown(facts, hostPath)) === false ? `there is no ${hostPath} (its defaults apply, so nobody but root may be able to remove it), and ${walked.problem}` : walked.problem };
 }
+
+function thereOrUnknown(facts: FileFacts, hostPath: string): boolean | undefined {
+  try {
+    return facts.stat(hostPath) !== undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** What a walk that refuses symlinks never asks. */
+const NO_LINKS: LinkOf = (path) => {
+  throw new Error(`internal: ${path} was followed by a walk that refuses symlinks`);
+};
 
 /** The kernel's limit of symlinks in one lookup (ELOOP past it). */
 const MAX_SYMLINKS = 40;
@@ -135,6 +153,12 @@ export interface WalkOptions {
   rootCreatesTheRest?: boolean;
   /** What to do about a path that is not root's to change (a directory holding a user's copy; a user's HOME under sudo -E), undefined for the usual chown or chmod. */
   fixOf?: (path: string) => string | undefined;
+  /**
+   * "follow" (the default): a symlink of root's is followed, as the kernel
+   * does. "refuse": any symlink on the way is refused, as root's own files
+   * (/etc/vmhook and below) must hold none: what is there is what was checked.
+   */
+  symlinks?: "follow" | "refuse";
 }
 
 /**
@@ -148,11 +172,20 @@ export interface WalkOptions {
  * check and the use or ever.
  */
 export function pathLeadsToRootsAlone(facts: FileFacts, linkOf: LinkOf, path: string, because: string, options: WalkOptions = {}): string | undefined {
-  const { kind = "file", rootCreatesTheRest = false, fixOf = () => undefined } = options;
+  const walked = walk(facts, linkOf, path, because, options);
+  return "problem" in walked ? walked.problem : undefined;
+}
+
+/** pathLeadsToRootsAlone's walk, saying too whether the path is there: false where it stopped at a missing name, undefined where it stopped before its end at a refusal. */
+function walk(facts: FileFacts, linkOf: LinkOf, path: string, because: string, options: WalkOptions): { problem: string; there?: boolean } | { there: boolean } {
+  const { kind = "file", rootCreatesTheRest = false, fixOf = () => undefined, symlinks = "follow" } = options;
+  const verdict = (problem: string | undefined, there: boolean) => (problem === undefined ? { there } : { problem, there });
   const top = unsafeReason(facts, "/", "directory", because, true);
-  if (top) return top;
+  if (top) return { problem: top };
   let left = path.split("/").filter(Boolean);
   let dir = "/";
+  // What lstat(2) said of dir, when the walk stepped into it by name (not by ".." or a link's leading "/"): each name is looked at once.
+  let dirStat: ReturnType<FileFacts["stat"]>;
   let links = 0;
   while (left.length > 0) {
     const name = left.shift()!;
@@ -160,23 +193,27 @@ export function pathLeadsToRootsAlone(facts: FileFacts, linkOf: LinkOf, path: st
     // dir holds no symlink, so its parent is where ".." leads.
     if (name === "..") {
       dir = parentOf(dir);
+      dirStat = undefined;
       continue;
     }
     const next = dir === "/" ? `/${name}` : `${dir}/${name}`;
     const stat = facts.stat(next);
-    if (!stat) return rootCreatesTheRest ? unsafeReason(facts, dir, "directory", because, false, fixOf(dir)) : `${next} does not exist`;
+    if (!stat) return rootCreatesTheRest ? verdict(unsafeStat(facts, dir, dirStat ?? facts.stat(dir), "directory", because, false, fixOf(dir)), false) : { problem: `${next} does not exist`, there: false };
     if (stat.isSymlink) {
-      if (stat.uid !== ROOT_UID) return `${next} is a symlink owned by uid ${stat.uid}, not root; ${because}, so ${fixOf(next) ?? `run chown -h root:root ${next}`}`;
-      if (++links > MAX_SYMLINKS) return `${path} leads through more than ${MAX_SYMLINKS} symlinks`;
+      // The path's own last name, a symlink, is there: a dangling one too.
+      const there = left.length === 0 ? true : undefined;
+      if (symlinks === "refuse") return { problem: `${next} is a symlink; vmhook only trusts what it can check, so put the real ${left.length > 0 ? "directory" : kind} there`, there };
+      if (stat.uid !== ROOT_UID) return { problem: `${next} is a symlink owned by uid ${stat.uid}, not root; ${because}, so ${fixOf(next) ?? `run chown -h root:root ${next}`}` };
+      if (++links > MAX_SYMLINKS) return { problem: `${path} leads through more than ${MAX_SYMLINKS} symlinks` };
       const target = linkOf(next);
-      if (target.startsWith("/")) dir = "/";
+      if (target.startsWith("/")) [dir, dirStat] = ["/", undefined];
       left = [...target.split("/").filter(Boolean), ...left];
       continue;
     }
-    dir = next;
-    const problem = left.length > 0 && unsafeReason(facts, dir, "directory", because, true, fixOf(dir));
-    if (problem) return problem;
+    [dir, dirStat] = [next, stat];
+    const problem = left.length > 0 && unsafeStat(facts, dir, stat, "directory", because, true, fixOf(dir));
+    if (problem) return { problem };
   }
   // Judged again where the lookup ends (a link to "." ends at a directory looked in): no sticky pass there.
-  return unsafeReason(facts, dir, kind, because, false, fixOf(dir));
+  return verdict(unsafeStat(facts, dir, dirStat ?? facts.stat(dir), kind, because, false, fixOf(dir)), true);
 }

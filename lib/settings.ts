@@ -4,7 +4,7 @@
 import { jsonText, VmhookError } from "./errors.ts";
 import type { Host } from "./host.ts";
 import { paths } from "./paths.ts";
-import { rootsFileProblem } from "./root-alone.ts";
+import { rootsFile } from "./root-alone.ts";
 import { closest } from "./cli/usage.ts";
 import { readVfioSettings, VFIO_SETTING_KEYS } from "../plugins/vfio/config.ts";
 import { FLOOR_SETTING, floorSetting } from "../plugins/hugepages/fit.ts";
@@ -72,10 +72,10 @@ function checkPluginSettings(name: string, settings: Record<string, unknown>): v
 
 export function loadSettings(host: Host): HostSettings {
   // Held to the policy file's rules (lib/policy.ts): whoever could write it could have root run their command.
-  const problem = rootsFileProblem(host, paths.hostConfig, SETTINGS_FILE_REASON);
-  if (problem) throw new VmhookError(`refusing the host settings: ${problem}`);
+  const file = rootsFile(host, paths.hostConfig, SETTINGS_FILE_REASON);
+  if ("problem" in file) throw new VmhookError(`refusing the host settings: ${file.problem}`);
   // No file means the defaults; one that cannot be read must not: it may set what the defaults do not.
-  if (!host.stat(paths.hostConfig)) return DEFAULT_SETTINGS;
+  if (!file.there) return DEFAULT_SETTINGS;
   const text = host.readTrimmed(paths.hostConfig);
   if (text === undefined) return DEFAULT_SETTINGS;
   let raw: Partial<HostSettings>;
