@@ -11,7 +11,7 @@ import { createLogger, logProblem, oneLine, openLog, type Logger } from "./log.t
 import { isLegacyPlugin, type HookEvent, type PlannedEvent, type PluginRegistry } from "./plugin.ts";
 import { registry as builtinRegistry } from "../plugins/index.ts";
 import { DEFAULT_SETTINGS, loadSettings, type HostSettings } from "./settings.ts";
-import { runPlugins, staleJournalNote, undoJournal, type RunEnvironment, type UndoResult } from "./transaction.ts";
+import { runPlugins, staleJournalNote, undoJournal, undoneText, type RunEnvironment, type UndoResult } from "./transaction.ts";
 import { paths } from "./paths.ts";
 import { nameArgument, recoverCommandLine } from "./metadata-text.ts";
 import { ancestorRunning, LIBVIRT_DAEMONS, pidFileQemu } from "./processes.ts";
@@ -171,7 +171,8 @@ export class HookRun {
         `${this.name} stopped before it ran: libvirt ended its start after prepare (it never reported started), so vmhook gives back what prepare took; why the start failed is in /var/log/libvirt/qemu/${this.name}.log and in the error virsh start printed`,
       );
     }
-    const { undone, failed, stale } = await undoJournal(journal, this.env(), this.undoDeadline());
+    const result = await undoJournal(journal, this.env(), this.undoDeadline());
+    const { failed, stale } = result;
     const staleLines = stale ? [staleJournalNote(stale, journal.domain.name)] : [];
     if (failed.length > 0) {
       throw new VmhookError(`release of ${journal.domain.name}: ${failed.length} change(s) could not be undone; see /var/log/vmhook.log, then run ${recoverCommandLine(journal.domain.name)}`, [
@@ -179,8 +180,8 @@ export class HookRun {
         ...staleLines,
       ]);
     }
-    if (stale) throw new VmhookError(`release of ${journal.domain.name}: ${undone} change(s) undone, but the journal does not say so yet`, staleLines);
-    this.log.info(`released: ${undone} change(s) undone`);
+    if (stale) throw new VmhookError(`release of ${journal.domain.name}: ${undoneText(result)}, but the journal does not say so yet`, staleLines);
+    this.log.info(`released: ${undoneText(result)}`);
   }
 
   /**
@@ -296,7 +297,8 @@ function whereIncomingXmlIsFixed(source: "migrate" | "restore", name: string, co
  * something is left for it, a change or a journal listing one: a cause whose
  * fix ends in it (FixThenRecover) loses that part when nothing is.
  */
-function withRollbackNote(error: unknown, steps: number, { failed, stale }: UndoResult, name: string): VmhookError {
+function withRollbackNote(error: unknown, steps: number, result: UndoResult, name: string): VmhookError {
+  const { failed, stale } = result;
   const lines = error instanceof VmhookError ? error.lines : [];
   if (failed.length > 0) {
     return new VmhookError(describeError(error), [
@@ -306,7 +308,7 @@ function withRollbackNote(error: unknown, steps: number, { failed, stale }: Undo
       ...(stale ? [staleJournalNote(stale, name)] : []),
     ]);
   }
-  const undone = `the host was left as it was (${steps} change(s) undone)`;
+  const undone = `the host was left as it was (${undoneText(result)})`;
   if (stale) return new VmhookError(describeError(error), [...lines, `${undone}, but ${staleJournalNote(stale, name)}`]);
   const cause = error instanceof FixThenRecover ? error.remedyAlone() : error;
   return new VmhookError(describeError(cause), [...lines, `${undone}, so there is nothing to recover`]);

@@ -594,8 +594,15 @@ function changedNothingAfter(env: RunEnvironment, { plugin, description }: Plann
 }
 
 export interface UndoResult {
-  /** Changes given back on the host, the journal's record of it aside (stale). */
+  /** Changes of finished steps given back on the host, the journal's record of it aside (stale). */
   undone: number;
+  /**
+   * Steps still pending, whose apply had not returned (the hook killed or the
+   * step cut off mid-way, or failed): their change may never have been made,
+   * so it is not counted as one; their undo checked the host and gave back
+   * what of it was there. undoneText says both.
+   */
+  unfinished: number;
   failed: JournalEntry[];
   /**
    * Why the journal file does not say what the undo did (its last write, or
@@ -608,6 +615,12 @@ export interface UndoResult {
   stale?: string;
   /** Why the journal file, listing no change, is still there (its removal failed): a recover that leaves it has not finished. */
   unremoved?: string;
+}
+
+/** What an undo gave back, as the rollback, the release and vmhook recover say it: a pending step is not counted as a change made (UndoResult.unfinished). */
+export function undoneText({ undone, unfinished }: Pick<UndoResult, "undone" | "unfinished">): string {
+  const changes = `${undone} change(s) undone`;
+  return unfinished === 0 ? changes : `${changes}, and ${unfinished} unfinished step(s), cut off or failed before they returned and so perhaps never made, checked against the host and given back as far as made`;
 }
 
 /**
@@ -791,6 +804,7 @@ export async function undoJournal(journal: Journal, env: RunEnvironment, deadlin
     log.warn(`the journal could not be marked as ${journal.phase} (${describeError(error)}); undoing its changes all the same`);
   }
   let undone = 0;
+  let unfinished = 0;
   const unreadable = await unreadablePlugins(journal, env, loaded);
   for (const entry of [...journal.entries].reverse()) {
     const keptWhole = unreadable.get(entry.plugin);
@@ -819,7 +833,8 @@ export async function undoJournal(journal: Journal, env: RunEnvironment, deadlin
     if (!outcome.done) log.error(`${entry.plugin}: undo ${entry.description}: ${entry.error}`);
     else {
       // Given back, whether or not the journal took it: the result says when the file never did (stale).
-      undone++;
+      if (entry.state === "pending") unfinished++;
+      else undone++;
       log.info(`${entry.plugin}: undo ${entry.description}: done`);
     }
   }
@@ -841,7 +856,7 @@ export async function undoJournal(journal: Journal, env: RunEnvironment, deadlin
       // A file that lists no change is undone as any other, giving nothing back.
       if (left.stale !== undefined) log.error(staleJournalNote(left.stale, journal.domain.name));
       else if (left.unremoved !== undefined) log.error(unremovedJournalNote(left.unremoved, journal.domain));
-      return { undone, failed, ...left };
+      return { undone, unfinished, failed, ...left };
     }
   } else {
     journal.phase = rollback ? "rollback-failed" : "release-failed";
@@ -851,8 +866,8 @@ export async function undoJournal(journal: Journal, env: RunEnvironment, deadlin
       // What failed is reported all the same; the journal as last written still holds it, and each undo checks what it gives back.
       log.error(`the journal could not be written after the undo (${describeError(error)}); it holds what vmhook recover gives back`);
       const { stale } = leftFile(host, journal, error);
-      if (stale !== undefined) return { undone, failed, stale };
+      if (stale !== undefined) return { undone, unfinished, failed, stale };
     }
   }
-  return { undone, failed };
+  return { undone, unfinished, failed };
 }

@@ -17,7 +17,7 @@ import { runningOrWhyUnknown } from "./running.ts";
 import { definedUuid, libvirtNaming, namingArgument, namingText } from "../definitions.ts";
 import { describeOrphanClaim, describeUnheldShared, giveBackOrphanClaims, giveBackUnheldShared, type Recovery } from "./recover-unheld.ts";
 import { loadSettings } from "../settings.ts";
-import { staleJournalNote, undoJournal, unremovedJournalNote } from "../transaction.ts";
+import { staleJournalNote, undoJournal, undoneText, unremovedJournalNote } from "../transaction.ts";
 import { describeFinishedWrite, forgetFinishedWrites } from "../stuck-writes.ts";
 import { lonelyTemps, readStateFile, refuseUntrustedStateDir, removeStaleTemps } from "../state-files.ts";
 import { registry } from "../../plugins/index.ts";
@@ -123,7 +123,7 @@ export const recoverCommand: CommandModule<GlobalOptions, RecoverArgs> = {
       const outcome = await ifDomainIdle(host, uuid, async () => {
         // Read again under the lock: the journal listed above may be gone or rewritten since.
         const current = readJournal(host, uuid);
-        if (!current) return { undone: 0, failed: [] };
+        if (!current) return { undone: 0, unfinished: 0, failed: [] };
         if (!args.force) {
           const running = runningOrWhyUnknown(host, { name, uuid });
           if (running !== false) return { running };
@@ -158,14 +158,15 @@ export const recoverCommand: CommandModule<GlobalOptions, RecoverArgs> = {
         }
         continue;
       }
-      const { undone, failed, stale, unremoved } = outcome.value;
-      results.push({ ...named, undone, failed: failed.map((e) => ({ plugin: e.plugin, description: e.description, error: e.error })), ...(stale ? { stale } : {}), ...(unremoved ? { unremoved } : {}) });
+      const { undone, unfinished, failed, stale, unremoved } = outcome.value;
+      results.push({ ...named, undone, unfinished, failed: failed.map((e) => ({ plugin: e.plugin, description: e.description, error: e.error })), ...(stale ? { stale } : {}), ...(unremoved ? { unremoved } : {}) });
       const argument = namingArgument(naming, uuid);
       // A journal left behind, listing a change or none, is a recover that has not finished: said on stdout, and the exit says it too.
       const left = stale ? [staleJournalNote(stale, argument)] : unremoved ? [unremovedJournalNote(unremoved, { name: argument, uuid })] : [];
       if (!args.json) {
-        if (failed.length > 0) print(`${shown}: ${undone} undone, ${failed.length} still failing (see above); fix the cause and run vmhook recover again`);
-        else print(`${shown}: ${undone} change(s) undone${left.length > 0 ? `, but ${left[0]}` : ""}`);
+        const given = undoneText(outcome.value);
+        if (failed.length > 0) print(`${shown}: ${given}; ${failed.length} still failing (see above): fix the cause and run vmhook recover again`);
+        else print(`${shown}: ${given}${left.length > 0 ? `, but ${left[0]}` : ""}`);
         if (failed.length > 0 && left.length > 0) print(`${shown}: ${left[0]}`);
       }
       if (failed.length > 0 || left.length > 0) process.exitCode = 1;

@@ -190,7 +190,8 @@ test("/run gone read-only (EROFS) during a prepare's rollback: every change is g
     sim.clearFailures();
     // What vmhook recover runs: the journal as the file has it.
     const again = await undoJournal(readJournal(sim, UUID)!, env, deadline(sim), instances);
-    assert.equal([again.undone, again.failed], [3, []]);
+    // b1 is pending in the file: its "applied" was left to the next write, which failed.
+    assert.equal([again.undone, again.unfinished, again.failed], [2, 1, []]);
     assert.equal(sim.snapshot(), before);
     assert.equal(sim.stateFiles(), []);
   } finally {
@@ -657,7 +658,7 @@ test("a failed apply whose unchangedAfterFailure reads the host as before leaves
 test("a failed apply whose unchangedAfterFailure finds the host changed is counted and undone", async () => {
   const run = await failAndRollBack("after", readsAsBefore);
   assert.equal(run.afterFailure, ["set /a1"]);
-  assert.equal([run.result.undone, undone], [1, ["touch:/a1"]]);
+  assert.equal([run.result.undone, run.result.unfinished, undone], [0, 1, ["touch:/a1"]]);
   assert.is(run.asked, 1);
   assert.is(run.a1, "original\n");
 });
@@ -667,20 +668,20 @@ test("a failed apply whose unchangedAfterFailure throws is counted and undone (u
     throw new Error("cannot read /a1 (EIO)");
   });
   assert.equal(run.afterFailure, ["set /a1"]);
-  assert.equal([run.result.undone, undone], [1, ["touch:/a1"]]);
+  assert.equal([run.result.undone, run.result.unfinished, undone], [0, 1, ["touch:/a1"]]);
   assert.match(run.log, "touch: set /a1: whether its failed apply changed anything cannot be told (cannot read /a1 (EIO)); it stays in the journal");
 });
 
 test("a failed apply that answers anything but true (a promise, 1) is counted and undone", async () => {
   const run = await failAndRollBack("before", () => Promise.resolve(true) as unknown as boolean);
-  assert.equal([run.result.undone, undone], [1, ["touch:/a1"]]);
+  assert.equal([run.result.undone, run.result.unfinished, undone], [0, 1, ["touch:/a1"]]);
 });
 
 test("a failed apply with a helper still blocked (StuckWriteError) is counted, whatever the host reads: unchangedAfterFailure is not asked", async () => {
   const run = await failAndRollBack("stuck", readsAsBefore);
   assert.instance(run.error, StuckWriteError);
   assert.equal(run.afterFailure, ["set /a1"]);
-  assert.equal([run.result.undone, undone], [1, ["touch:/a1"]]);
+  assert.equal([run.result.undone, run.result.unfinished, undone], [0, 1, ["touch:/a1"]]);
   assert.is(run.asked, 0);
 });
 
@@ -688,7 +689,7 @@ test("an apply abandoned at its time limit is counted, though the host reads as 
   const run = await failAndRollBack("late", readsAsBefore, "plugin:touch");
   assert.match(run.error?.message ?? "", "plugin:touch did not finish prepare within 0.3 s");
   assert.equal(run.afterFailure, ["set /a1"]);
-  assert.equal([run.result.undone, undone], [1, ["touch:/a1"]]);
+  assert.equal([run.result.undone, run.result.unfinished, undone], [0, 1, ["touch:/a1"]]);
   assert.is(run.asked, 0);
 });
 
@@ -793,6 +794,9 @@ function crashedJournal(sim: SimHost): void {
   });
   writeJournal(sim, journal);
 }
+
+/** What the undo of crashedJournal's step says: it may not have been made, so it is no change counted. */
+const ONE_UNFINISHED = "0 change(s) undone, and 1 unfinished step(s), cut off or failed before they returned and so perhaps never made, checked against the host and given back as far as made";
 
 const firstLine = (stderr: string) => stderr.split("\n")[0]!;
 
@@ -912,10 +916,30 @@ test("crash: vmhook recover and status take a QEMU with the VM's -uuid that libv
 
     sim.remove("/proc/4242/cmdline");
     const recovered = await cli(["recover", "--root", sim.root], sim);
-    assert.equal([recovered.code, recovered.stdout], [0, "vm: 1 change(s) undone\n"]);
+    assert.equal([recovered.code, recovered.stdout], [0, `vm: ${ONE_UNFINISHED}\n`]);
     assert.is(kernel.pool(2048), 100);
   } finally {
     sim.cleanup();
+  }
+});
+
+test("a hook killed mid-step leaves its step pending: vmhook recover and the release say it was checked and given back as far as it was made, not counted as a change undone; they used to say \"1 change(s) undone\" of a step that may never have been made", async () => {
+  for (const by of ["recover", "release"] as const) {
+    const { sim, kernel } = hugepageHost(612);
+    try {
+      crashedJournal(sim);
+      if (by === "recover") {
+        const recovered = await cli(["recover", "--root", sim.root], sim);
+        assert.equal([recovered.code, recovered.stdout], [0, `vm: ${ONE_UNFINISHED}\n`]);
+        assert.equal(JSON.parse((await cli(["recover", "--json", "--root", sim.root], sim)).stdout).recovered, [], "nothing left");
+      } else {
+        assert.equal(await runHookEvent(sim, "release", "end", XML), { code: 0, stderr: "" });
+        assert.match(sim.read(paths.log), `released: ${ONE_UNFINISHED}\n`);
+      }
+      assert.is(kernel.pool(2048), 100, by);
+    } finally {
+      sim.cleanup();
+    }
   }
 });
 
@@ -1243,7 +1267,7 @@ test("out of file descriptors (EMFILE) once the pool has grown: the prepare fail
     assert.ok(hit, "a read after the pool grew");
     assert.is(outcome.code, 1);
     assert.match(firstLine(outcome.stderr), /^vmhook: (hugepages: )?cannot read \/\S+ \(EMFILE\); vmhook reached its limit of open files, which the hook inherits from libvirt's daemon: raise LimitNOFILE= /);
-    assert.match(outcome.stderr, "the host was left as it was (1 change(s) undone)");
+    assert.match(outcome.stderr, `the host was left as it was (${ONE_UNFINISHED})`);
     assert.is(kernel.pool(2048), 100);
     assert.equal(sim.stateFiles(), []);
   } finally {

@@ -16,6 +16,7 @@ import { runHookEvent } from "../helpers/hook.ts";
 import { HugepageKernel } from "../helpers/hugepage-kernel.ts";
 import { assertPlanIsPrepare, plannedSteps } from "../helpers/plan.ts";
 import { SimHost } from "../helpers/simhost.ts";
+import { undoneText } from "../../lib/transaction.ts";
 
 /** What decides where Bun keeps transpiled modules (lib/custom-plugins/trust.ts). */
 const CACHE_VARIABLES = ["HOME", "XDG_CACHE_HOME", "BUN_RUNTIME_TRANSPILER_CACHE_PATH"];
@@ -490,7 +491,7 @@ test("a JS plugin's apply that fails having changed nothing, as its unchangedAft
   assert.equal(sim.stateFiles(), []);
   sim.remove("/blocked");
   const opened = await runHookEvent(sim, "prepare", "begin", xml);
-  assert.match(opened.stderr, "the host was left as it was (1 change(s) undone), so there is nothing to recover");
+  assert.match(opened.stderr, `the host was left as it was (${undoneText({ undone: 0, unfinished: 1 })}), so there is nothing to recover`);
   assert.equal([sim.exists("/gate"), sim.exists("/undone")], [false, true]);
   assert.equal(sim.stateFiles(), []);
   sim.cleanup();
@@ -508,7 +509,7 @@ test("a JS plugin's unchangedAfterFailure written as an async function is no ans
     } } };\n`;
   install(sim, "gate.mjs", gate, 0o644);
   const failed = await runHookEvent(sim, "prepare", "begin", domainXml('<vmhook:plugin name="gate"/>'));
-  assert.match(failed.stderr, "the host was left as it was (1 change(s) undone), so there is nothing to recover");
+  assert.match(failed.stderr, `the host was left as it was (${undoneText({ undone: 0, unfinished: 1 })}), so there is nothing to recover`);
   assert.ok(sim.exists("/undone"), "undone");
   assert.match(sim.read("/var/log/vmhook.log"), "plugin:gate: open the gate: its unchangedAfterFailure answered with a promise (an async function), which is no answer: it must return true or false at once, so the step stays in the journal");
   assert.equal(sim.stateFiles(), []);
