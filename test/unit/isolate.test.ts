@@ -306,6 +306,53 @@ test("cgroup v2 without systemd: cpuset already enabled and a group's own cpuset
   assertClean(sim, before);
 });
 
+/** An admin's cpuset partition rt holding CPU 6, cpuset enabled in the root: the root's effective CPUs leave 6 out. */
+function withPartition(sim: SimHost, group: string): SimHost {
+  sim.file("/sys/fs/cgroup/cpuset.cpus.effective", "0-5,7");
+  sim.file(`/sys/fs/cgroup/${group}/cgroup.procs`, "321").file(`/sys/fs/cgroup/${group}/cpuset.cpus`, "6").file(`/sys/fs/cgroup/${group}/cpuset.cpus.partition`, "root");
+  return sim;
+}
+
+test("cgroup v2 without systemd: a cpuset partition (cpuset.cpus.partition root) keeps its CPU and stays valid; the host groups get the root's CPUs less the VM's; it used to give them the partition's CPU too, which made the kernel invalidate the partition", async () => {
+  const sim = withPartition(cgroupHost(), "rt");
+  sim.file("/sys/fs/cgroup/cgroup.subtree_control", "cpuset cpu");
+  for (const group of ["system.slice", "user", "machine"]) sim.file(`/sys/fs/cgroup/${group}/cpuset.cpus`, "\n");
+  const before = sim.snapshot();
+  const outcome = await prepare(sim, vmA);
+  assert.is(outcome.code, 0, outcome.stderr);
+  assert.is(read(sim, "/sys/fs/cgroup/rt/cpuset.cpus.partition"), "root");
+  assert.is(read(sim, "/sys/fs/cgroup/system.slice/cpuset.cpus"), "0-1,4-5,7");
+  assert.is(read(sim, "/sys/fs/cgroup/user/cpuset.cpus"), "0-1,4-5,7");
+  assert.not.ok(sim.writes.some((w) => w.path.startsWith("/sys/fs/cgroup/rt/")), "the partition is never written");
+  assert.is((await release(sim, vmA)).code, 0);
+  assert.is(read(sim, "/sys/fs/cgroup/rt/cpuset.cpus.partition"), "root");
+  // system.slice has a process: the kernel refuses "" there (ENOSPC), so it gets the root's CPUs, which means the same.
+  assert.is(read(sim, "/sys/fs/cgroup/system.slice/cpuset.cpus"), "0-5,7");
+  sim.file("/sys/fs/cgroup/system.slice/cpuset.cpus", "\n");
+  assertClean(sim, before);
+});
+
+test("systemd: a cpuset partition beside the slices keeps its CPU: AllowedCPUs leaves it out (systemd would only log the kernel's refusal, or the partition be invalidated)", async () => {
+  const { sim, units } = systemdHost();
+  withPartition(sim, "rt.slice");
+  const before = sim.snapshot();
+  assert.is((await prepare(sim, vmA)).code, 0);
+  assert.equal(units, { "system.slice": "0-1,4-5,7", "user.slice": "0-1,4-5,7", "init.scope": "0-1,4-5,7" });
+  assert.is((await release(sim, vmA)).code, 0);
+  assertClean(sim, before);
+});
+
+test("a VM that would leave the host's groups only CPUs a cpuset partition holds is refused, naming the partition; nothing changed", async () => {
+  const sim = withPartition(cgroupHost(), "rt");
+  sim.file("/sys/fs/cgroup/cpuset.cpus.effective", "0-5");
+  sim.file("/sys/fs/cgroup/rt/cpuset.cpus", "6-7");
+  const before = sim.snapshot();
+  const outcome = await prepare(sim, { ...vmA, pins: ["0-5"], emulatorpin: undefined });
+  assert.is(outcome.code, 1);
+  assert.match(outcome.stderr.split("\n")[0]!, /the host keeps only CPU 6-7, and the cpuset partition \/sys\/fs\/cgroup\/rt \(CPU 6-7\) holds them, .*keep a CPU outside the partitions for the host/);
+  assertClean(sim, before);
+});
+
 test("cgroup v2 without systemd: a group's cpuset.cpus that cannot be read refuses at prepare; it was taken as empty and \"restored\" to empty", async () => {
   const sim = cgroupHost();
   sim.file("/sys/fs/cgroup/cgroup.subtree_control", "cpuset cpu");
