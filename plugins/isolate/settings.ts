@@ -4,7 +4,7 @@ import { formatCpuList } from "../../lib/cpuset.ts";
 import { VmhookError } from "../../lib/errors.ts";
 import type { BaseContext } from "../../lib/plugin.ts";
 import type { Action, Claim } from "./claims.ts";
-import { CPU_DIR, narrowedList, narrowedMask, parseCpuText, type HostSet } from "./cpus.ts";
+import { CPU_DIR, narrowedList, narrowedMask, onlineCpus, parseCpuText, type HostSet } from "./cpus.ts";
 
 export interface Target {
   key: string;
@@ -26,6 +26,8 @@ export interface Setting {
   restore?(ctx: BaseContext, key: string, original: string): boolean;
   /** Whether a kept original is one `read` returns (default: SETTING_VALUE): it is written back as root. */
   validOriginal?(original: string): boolean;
+  /** Why `key` cannot be written now (its CPU is offline), or undefined: its original is then kept for a later restore. */
+  unavailable?(ctx: BaseContext, key: string): string | undefined;
 }
 
 /** A value as the kernel and systemd show these settings: a CPU list or mask, "cpuset" or nothing, a governor name. */
@@ -129,11 +131,19 @@ export const SETTINGS: Record<Action, Setting> = {
   },
   governor: {
     describe: (claim) => `set the cpufreq governor of CPUs ${formatCpuList(claim.own)} to ${claim.governor}`,
-    targets: (_ctx, claims) =>
-      claims.flatMap((claim) => claim.own.map((cpu) => ({ key: `${CPU_DIR}/cpu${cpu}/cpufreq/scaling_governor`, want: () => claim.governor! }))),
+    // A CPU taken offline while a VM runs: its cpufreq answers EBUSY, and the kernel gives it the governor it had
+    // (the VM's) when it comes online again (cpufreq_online, last_governor).
+    targets(ctx, claims) {
+      const online = onlineCpus(ctx);
+      return claims.flatMap((claim) => claim.own.filter((cpu) => online.includes(cpu)).map((cpu) => ({ key: governorFile(cpu), want: () => claim.governor! })));
+    },
     read: (ctx, key) => ctx.host.read(key).trim(),
-    owns: (key) => new RegExp(`^${CPU_DIR}/cpu\\d+/cpufreq/scaling_governor$`).test(key),
+    owns: (key) => GOVERNOR_FILE.test(key),
     write: (ctx, key, value) => writeOrRefuse(ctx, key, value, []),
+    unavailable(ctx, key) {
+      const cpu = Number(GOVERNOR_FILE.exec(key)![1]);
+      return onlineCpus(ctx).includes(cpu) ? undefined : `CPU ${cpu} is offline`;
+    },
   },
 };
 
@@ -166,6 +176,9 @@ function groupHostSet(ctx: BaseContext, hostSet: HostSet): HostSet {
   }
   return { free: hostSet.free.filter((cpu) => !held.has(cpu)), host };
 }
+
+const governorFile = (cpu: number) => `${CPU_DIR}/cpu${cpu}/cpufreq/scaling_governor`;
+const GOVERNOR_FILE = new RegExp(`^${CPU_DIR}/cpu(\\d+)/cpufreq/scaling_governor$`);
 
 function setAllowedCpus(ctx: BaseContext, unit: string, value: string): boolean {
   // An empty value is systemd's "no restriction": exactly what a unit had before if it showed nothing.

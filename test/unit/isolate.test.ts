@@ -22,6 +22,7 @@ import type { SimHost } from "../helpers/simhost.ts";
 import { baseHost, cgroupHost, systemdHost } from "../helpers/cpu-hosts.ts";
 import { HugepageKernel, MiB } from "../helpers/hugepage-kernel.ts";
 import { assertPlanIsPrepare } from "../helpers/plan.ts";
+import { cli } from "../helpers/cli.ts";
 
 const UUIDS = ["11111111-1111-4111-8111-111111111111", "22222222-2222-4222-8222-222222222222", "33333333-3333-4333-8333-333333333333"];
 
@@ -606,6 +607,45 @@ for (const [what, makeHost, warning] of UNFENCEABLE) {
     assertClean(sim, before);
   });
 }
+
+// Linux keeps an offline CPU's cpufreq policy: its files answer EBUSY, and coming online it gets the governor it had (last_governor).
+test("a VM's CPU taken offline while it runs: its release puts back every governor it can and keeps that CPU's with a warning; another VM with a governor starts and stops; once the CPU is online, vmhook recover puts it back; the release used to fail, and every later start with a governor with it", async () => {
+  const sim = cgroupHost();
+  const before = sim.snapshot();
+  const governor = (cpu: number) => `/sys/devices/system/cpu/cpu${cpu}/cpufreq/scaling_governor`;
+  let offline = false;
+  sim.onWrite(governor(3), (data, hostPath, host) => {
+    if (offline) throw Object.assign(new Error(`EBUSY: ${hostPath}`), { code: "EBUSY" });
+    fs.writeFileSync(host.resolve(hostPath), `${data}\n`);
+  });
+  const a = { ...vmA, isolate: 'governor="performance"' };
+  const b = { ...vmB, isolate: 'governor="performance"', pins: ["5"] };
+  assert.is((await prepare(sim, a)).code, 0);
+  offline = true;
+  sim.file("/sys/devices/system/cpu/online", "0-2,4-7");
+
+  const released = await release(sim, a);
+  assert.is(released.code, 0, released.stderr);
+  assert.not.match(released.stderr, "could not be undone");
+  assert.is(read(sim, governor(2)), "schedutil");
+  assert.match(fs.readFileSync(sim.resolve("/var/log/vmhook.log"), "utf8"), /isolate: cannot write back "schedutil" to \/sys\/devices\/system\/cpu\/cpu3\/cpufreq\/scaling_governor \(CPU 3 is offline\) now; vmhook keeps it/);
+  assert.equal(sim.stateFiles(), ["shared/isolate.json"]);
+  assert.match((await cli(["status"], sim)).stdout, "vmhook recover would put back the governor values saved before the first VM (1: /sys/devices/system/cpu/cpu3/cpufreq/scaling_governor)");
+
+  const started = await prepare(sim, b);
+  assert.is(started.code, 0, started.stderr);
+  assert.is(read(sim, governor(5)), "performance");
+  assert.is((await release(sim, b)).code, 0);
+  assert.equal(sim.stateFiles(), ["shared/isolate.json"]);
+
+  // Online again with the governor it had when it went offline.
+  offline = false;
+  sim.file("/sys/devices/system/cpu/online", "0-7");
+  const recovered = await cli(["recover"], sim);
+  assert.is(recovered.code, 0, recovered.stderr);
+  sim.remove("/var/log/vmhook.log");
+  assertClean(sim, before);
+});
 
 test("a governor the CPUs do not offer is an error naming the available ones", async () => {
   const sim = cgroupHost();
