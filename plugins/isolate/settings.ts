@@ -183,7 +183,13 @@ const GOVERNOR_FILE = new RegExp(`^${CPU_DIR}/cpu(\\d+)/cpufreq/scaling_governor
 function setAllowedCpus(ctx: BaseContext, unit: string, value: string): boolean {
   // An empty value is systemd's "no restriction": exactly what a unit had before if it showed nothing.
   ctx.run("systemctl", ["set-property", "--runtime", unit, `AllowedCPUs=${value}`]);
-  return true;
+  // systemd writes the unit's cgroup before set-property answers (unit_realize_cgroup), and only logs a write that fails.
+  const cgroup = `${CGROUP}/${unit}/cpuset.cpus`;
+  const shown = value === "" ? "" : ctx.host.readTrimmed(cgroup);
+  if (shown !== undefined && formatCpuList(parseCpuText(shown)) === formatCpuList(parseCpuText(value))) return true;
+  throw new VmhookError(
+    `isolate: systemd took AllowedCPUs=${value} for ${unit}, but ${cgroup} is ${shown === undefined ? "missing" : `"${shown}"`}: systemd could not write it (journalctl -b _PID=1 says why: "Failed to set 'cpuset.cpus' attribute …"), so ${unit} would still run on the VM's CPUs; fix that cause`,
+  );
 }
 
 /**
