@@ -159,8 +159,7 @@ const isPartition = (ctx: BaseContext, name: string) => partitionOf(ctx, name) !
  * The host set for the host's top-level groups: without the CPUs a valid
  * cpuset partition holds (an admin's real-time group). Linux 6.1 takes a
  * sibling's cpuset.cpus that overlaps them and invalidates the partition,
- * its CPUs shared again; newer kernels refuse it (EINVAL), which systemd,
- * setting AllowedCPUs, only logs.
+ * its CPUs shared again (test/kernel/isolate.test.ts).
  */
 function groupHostSet(ctx: BaseContext, hostSet: HostSet): HostSet {
   const partitions = ctx.host
