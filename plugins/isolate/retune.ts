@@ -34,9 +34,15 @@ export function retune(ctx: BaseContext, action: Action, claims: Claim[], change
   // Best effort, each one: what cannot be restored keeps its original for the next try.
   // A crash here is harmless too: the originals are still saved.
   const failures: string[] = [];
+  const waiting: string[] = [];
   let wrote = false;
   for (const key of Object.keys(originals).reverse()) {
     if (wanted.has(key)) continue;
+    const unavailable = setting.unavailable?.(ctx, key);
+    if (unavailable) {
+      waiting.push(`"${originals[key]}" to ${key} (${unavailable})`);
+      continue;
+    }
     try {
       (setting.restore ?? setting.write)(ctx, key, originals[key]!);
       delete originals[key];
@@ -55,6 +61,10 @@ export function retune(ctx: BaseContext, action: Action, claims: Claim[], change
   // No IRQ holds a VM's placement yet: where the console's IRQs go now is the host's own.
   if (action === "irq-affinity" && keptEarlier.size === 0 && present.length > 0) state[BOOT_CONSOLE] = bootConsoleCpus(ctx.host);
   save();
+  // Not a failure of this VM, nor of the next one: the original stays saved until it can be written.
+  if (waiting.length > 0) {
+    ctx.log.warn(`isolate: cannot write back ${waiting.join(", ")} now; vmhook keeps it and writes it back once the CPU is online, at the next start or stop of a VM that sets a governor, or by vmhook recover (vmhook status lists it meanwhile)`);
+  }
   if (failures.length > 0) throw new VmhookError(`isolate: could not restore ${failures.length} setting(s): ${failures[0]}`, failures.slice(1));
   for (const [index, target] of present.entries()) {
     try {

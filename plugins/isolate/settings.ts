@@ -1,9 +1,10 @@
 // The host settings isolation changes, one backend per kind: each knows its
 // files or units, how to read them and what to write.
 import { formatCpuList } from "../../lib/cpuset.ts";
+import { VmhookError } from "../../lib/errors.ts";
 import type { BaseContext } from "../../lib/plugin.ts";
 import type { Action, Claim } from "./claims.ts";
-import { CPU_DIR, narrowedList, narrowedMask, type HostSet } from "./cpus.ts";
+import { CPU_DIR, narrowedList, narrowedMask, onlineCpus, parseCpuText, type HostSet } from "./cpus.ts";
 
 export interface Target {
   key: string;
@@ -25,6 +26,8 @@ export interface Setting {
   restore?(ctx: BaseContext, key: string, original: string): boolean;
   /** Whether a kept original is one `read` returns (default: SETTING_VALUE): it is written back as root. */
   validOriginal?(original: string): boolean;
+  /** Why `key` cannot be written now (its CPU is offline), or undefined: its original is then kept for a later restore. */
+  unavailable?(ctx: BaseContext, key: string): string | undefined;
 }
 
 /** A value as the kernel and systemd show these settings: a CPU list or mask, "cpuset" or nothing, a governor name. */
@@ -50,7 +53,10 @@ export const SETTINGS: Record<Action, Setting> = {
   "systemd-allowed-cpus": {
     describe: (claim) => `keep systemd's ${SYSTEMD_UNITS.join(", ")} off CPUs ${formatCpuList(claim.isolated)}`,
     // A unit's original is its AllowedCPUs, then on the next lines its runtime drop-in as it was (RuntimeDropIn).
-    targets: (_ctx, _claims, hostSet) => SYSTEMD_UNITS.map((unit) => ({ key: unit, want: (original) => narrowedList(hostSet)(original.split("\n")[0]!) })),
+    targets(ctx, _claims, hostSet) {
+      const groups = groupHostSet(ctx, hostSet);
+      return SYSTEMD_UNITS.map((unit) => ({ key: unit, want: (original) => narrowedList(groups)(original.split("\n")[0]!) }));
+    },
     read(ctx, unit) {
       const shown = ctx.run("systemctl", ["show", "-p", "AllowedCPUs", unit]).stdout.trim();
       return `${shown.replace(/^AllowedCPUs=/, "")}\n${runtimeDropInState(ctx, unit)}`;
@@ -76,11 +82,13 @@ export const SETTINGS: Record<Action, Setting> = {
   "cgroup-cpuset": {
     describe: (claim) => `keep the host's top-level cgroups off CPUs ${formatCpuList(claim.isolated)}`,
     targets(ctx, _claims, hostSet) {
-      const groups = ctx.host.list(CGROUP).filter((name) => !isVmGroup(name) && ctx.host.stat(`${CGROUP}/${name}`)?.isDirectory);
+      // A partition holds its CPUs itself: narrowing it would take them from the work it was made for.
+      const groups = ctx.host.list(CGROUP).filter((name) => !isVmGroup(name) && ctx.host.stat(`${CGROUP}/${name}`)?.isDirectory && !isPartition(ctx, name));
+      const want = narrowedList(groupHostSet(ctx, hostSet));
       return [
         // cpuset.cpus exists in the top-level groups only once the root hands the controller down.
         { key: `${CGROUP}/cgroup.subtree_control`, want: () => "cpuset" },
-        ...groups.map((name) => ({ key: `${CGROUP}/${name}/cpuset.cpus`, want: narrowedList(hostSet) })),
+        ...groups.map((name) => ({ key: `${CGROUP}/${name}/cpuset.cpus`, want })),
       ];
     },
     read(ctx, key) {
@@ -123,18 +131,64 @@ export const SETTINGS: Record<Action, Setting> = {
   },
   governor: {
     describe: (claim) => `set the cpufreq governor of CPUs ${formatCpuList(claim.own)} to ${claim.governor}`,
-    targets: (_ctx, claims) =>
-      claims.flatMap((claim) => claim.own.map((cpu) => ({ key: `${CPU_DIR}/cpu${cpu}/cpufreq/scaling_governor`, want: () => claim.governor! }))),
+    // A CPU taken offline while a VM runs: its cpufreq answers EBUSY, and the kernel gives it the governor it had
+    // (the VM's) when it comes online again (cpufreq_online, last_governor).
+    targets(ctx, claims) {
+      const online = onlineCpus(ctx);
+      return claims.flatMap((claim) => claim.own.filter((cpu) => online.includes(cpu)).map((cpu) => ({ key: governorFile(cpu), want: () => claim.governor! })));
+    },
     read: (ctx, key) => ctx.host.read(key).trim(),
-    owns: (key) => new RegExp(`^${CPU_DIR}/cpu\\d+/cpufreq/scaling_governor$`).test(key),
+    owns: (key) => GOVERNOR_FILE.test(key),
     write: (ctx, key, value) => writeOrRefuse(ctx, key, value, []),
+    unavailable(ctx, key) {
+      const cpu = Number(GOVERNOR_FILE.exec(key)![1]);
+      return onlineCpus(ctx).includes(cpu) ? undefined : `CPU ${cpu} is offline`;
+    },
   },
 };
+
+/** A top-level group's cpuset.cpus.partition when it is a partition ("root", "isolated", or one the kernel marks invalid), not a "member". */
+function partitionOf(ctx: BaseContext, name: string): string | undefined {
+  const partition = ctx.host.readTrimmed(`${CGROUP}/${name}/cpuset.cpus.partition`);
+  return partition === undefined || partition === "member" ? undefined : partition;
+}
+
+const isPartition = (ctx: BaseContext, name: string) => partitionOf(ctx, name) !== undefined;
+
+/**
+ * The host set for the host's top-level groups: without the CPUs a valid
+ * cpuset partition holds (an admin's real-time group). Linux 6.1 takes a
+ * sibling's cpuset.cpus that overlaps them and invalidates the partition,
+ * its CPUs shared again (test/kernel/isolate.test.ts).
+ */
+function groupHostSet(ctx: BaseContext, hostSet: HostSet): HostSet {
+  const partitions = ctx.host
+    .list(CGROUP)
+    .filter((name) => ["root", "isolated"].includes(partitionOf(ctx, name) ?? "") && ctx.host.stat(`${CGROUP}/${name}`)?.isDirectory)
+    .map((name) => ({ name, cpus: parseCpuText(ctx.host.read(`${CGROUP}/${name}/cpuset.cpus`)) }));
+  if (partitions.length === 0) return hostSet;
+  const held = new Set(partitions.flatMap((partition) => partition.cpus));
+  const host = hostSet.host.filter((cpu) => !held.has(cpu));
+  if (host.length === 0) {
+    const named = partitions.map(({ name, cpus }) => `${CGROUP}/${name} (CPU ${formatCpuList(cpus)})`).join(", ");
+    throw new VmhookError(`CPU isolation: the host keeps only CPU ${formatCpuList(hostSet.host)}, and the cpuset partition ${named} holds them, so the host's groups would have no CPU; keep a CPU outside the partitions for the host`);
+  }
+  return { free: hostSet.free.filter((cpu) => !held.has(cpu)), host };
+}
+
+const governorFile = (cpu: number) => `${CPU_DIR}/cpu${cpu}/cpufreq/scaling_governor`;
+const GOVERNOR_FILE = new RegExp(`^${CPU_DIR}/cpu(\\d+)/cpufreq/scaling_governor$`);
 
 function setAllowedCpus(ctx: BaseContext, unit: string, value: string): boolean {
   // An empty value is systemd's "no restriction": exactly what a unit had before if it showed nothing.
   ctx.run("systemctl", ["set-property", "--runtime", unit, `AllowedCPUs=${value}`]);
-  return true;
+  // systemd writes the unit's cgroup before set-property answers (unit_realize_cgroup), and only logs a write that fails.
+  const cgroup = `${CGROUP}/${unit}/cpuset.cpus`;
+  const shown = value === "" ? "" : ctx.host.readTrimmed(cgroup);
+  if (shown !== undefined && formatCpuList(parseCpuText(shown)) === formatCpuList(parseCpuText(value))) return true;
+  throw new VmhookError(
+    `isolate: systemd took AllowedCPUs=${value} for ${unit}, but ${cgroup} is ${shown === undefined ? "missing" : `"${shown}"`}: systemd could not write it (journalctl -b _PID=1 says why: "Failed to set 'cpuset.cpus' attribute …"), so ${unit} would still run on the VM's CPUs; fix that cause`,
+  );
 }
 
 /**

@@ -3,6 +3,7 @@
 // per unit), or busybox init with a cgroup tree whose files behave as the
 // kernel's.
 import * as fs from "node:fs";
+import { parseKernelCpuList } from "../../lib/cpuset.ts";
 import { SimHost } from "./simhost.ts";
 
 /** An 8-CPU host with cgroup v2, cpufreq, a workqueue mask and three IRQs (IRQ 0 refuses to move). */
@@ -103,6 +104,13 @@ export function cgroupHost(): SimHost {
     const populated = host.read(hostPath.replace(/cpuset\.cpus$/, "cgroup.procs")).trim() !== "";
     if (data === "" && populated && host.read(hostPath).trim() !== "") throw Object.assign(new Error("ENOSPC: no space left on device"), { code: "ENOSPC" });
     fs.writeFileSync(host.resolve(hostPath), `${data}\n`);
+    // As Linux 6.1 (measured, test/kernel/isolate.test.ts): a sibling's cpuset.cpus overlapping a partition's CPUs is taken, and the partition is invalid from then on.
+    for (const sibling of host.list("/sys/fs/cgroup")) {
+      const partition = `/sys/fs/cgroup/${sibling}/cpuset.cpus.partition`;
+      if (hostPath.startsWith(`/sys/fs/cgroup/${sibling}/`) || !["root", "isolated"].includes(host.readTrimmed(partition) ?? "")) continue;
+      const held = parseKernelCpuList(host.read(`/sys/fs/cgroup/${sibling}/cpuset.cpus`).trim());
+      if (parseKernelCpuList(data).some((cpu) => held.includes(cpu))) fs.writeFileSync(host.resolve(partition), `${host.readTrimmed(partition)} invalid (Cpu list in cpuset.cpus not exclusive)\n`);
+    }
   });
   // The kernel's subtree_control: +cpuset makes cpuset.cpus appear (empty) in every child, -cpuset removes them.
   sim.onWrite("/sys/fs/cgroup/cgroup.subtree_control", (data, hostPath, host) => {

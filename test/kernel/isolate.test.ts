@@ -188,6 +188,31 @@ it("the VM gone (libvirt removes its group), releasing vmA leaves no cpuset and 
   assert.is((await guest!.ok("find /run/vmhook -name '*.json'")).trim(), "");
 });
 
+// An admin's cpuset partition (Documentation/admin-guide/cgroup-v2.rst, cpuset.cpus.partition): its CPUs are its
+// own, the kernel refuses any sibling a cpuset.cpus that overlaps them (EINVAL), and the root's effective CPUs leave them out.
+it("a top-level cpuset partition holding CPU 3: vmA (CPU 2) starts, the host groups keep 0-1, the partition is untouched, and release gives the groups their CPUs back", async ({ guest }) => {
+  await guest!.ok("cd /sys/fs/cgroup && echo +cpuset > cgroup.subtree_control && mkdir rt && echo 3 > rt/cpuset.cpus && echo root > rt/cpuset.cpus.partition");
+  try {
+    const partition = "cat /sys/fs/cgroup/rt/cpuset.cpus /sys/fs/cgroup/rt/cpuset.cpus.partition /sys/fs/cgroup/rt/cpuset.cpus.effective | tr '\\n' ' '";
+    assert.is((await guest!.ok(partition)).trim(), "3 root 3");
+    const before = await state(guest!);
+    assert.is(before.get("system.slice/cpuset.cpus.effective"), "0-2", "the partition's CPU is not the host groups'");
+    const prepared = await hook(guest!, "vmA", "prepare begin");
+    assert.equal(prepared, { code: 0, stdout: "" }, prepared.stdout);
+    assert.is((await guest!.ok(partition)).trim(), "3 root 3", "the partition keeps its CPU");
+    const now = await state(guest!);
+    for (const group of ["system.slice", "user"]) assert.is(now.get(`${group}/cpuset.cpus.effective`), "0-1", group);
+    assert.is(now.get("host-process"), "0-1");
+    assert.equal(await hook(guest!, "vmA", "release end"), { code: 0, stdout: "" });
+    const after = await state(guest!);
+    for (const group of ["system.slice", "user", "machine.slice"]) assert.is(after.get(`${group}/cpuset.cpus.effective`), "0-2", group);
+    assert.is((await guest!.ok(partition)).trim(), "3 root 3");
+    assert.is((await guest!.ok("find /run/vmhook -name '*.json'")).trim(), "");
+  } finally {
+    await guest!.ok("cd /sys/fs/cgroup && echo member > rt/cpuset.cpus.partition; rmdir rt");
+  }
+});
+
 bench.run();
 
 // ---- a kernel booted with isolcpus=3: CPU 3 is never the host's ----

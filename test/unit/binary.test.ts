@@ -992,8 +992,9 @@ test("defect 3, hook mode: releasing one of two isolating VMs while the other's 
     file("sys/devices/system/cpu/present", "0-7\n");
     file("sys/devices/system/cpu/online", "0-7\n");
     file("sys/fs/cgroup/cgroup.controllers", "cpuset cpu memory\n");
-    // systemctl as the hook finds it under its root: keeps AllowedCPUs per unit in $VMHOOK_ROOT/units.
-    file("usr/bin/systemctl", `#!/bin/sh\nmkdir -p "$VMHOOK_ROOT/units"\ncase "$1" in\n  show) printf 'AllowedCPUs=%s\\n' "$(cat "$VMHOOK_ROOT/units/$4" 2>/dev/null)" ;;\n  set-property) printf '%s' "\${4#AllowedCPUs=}" > "$VMHOOK_ROOT/units/$3" ;;\nesac\n`, 0o755);
+    // systemctl as the hook finds it under its root: keeps AllowedCPUs per unit in $VMHOOK_ROOT/units, and, as systemd, in the unit's cgroup.
+    for (const unit of ["system.slice", "user.slice", "init.scope"]) file(`sys/fs/cgroup/${unit}/cpuset.cpus`, "\n");
+    file("usr/bin/systemctl", `#!/bin/sh\nmkdir -p "$VMHOOK_ROOT/units"\ncase "$1" in\n  show) printf 'AllowedCPUs=%s\\n' "$(cat "$VMHOOK_ROOT/units/$4" 2>/dev/null)" ;;\n  set-property) printf '%s' "\${4#AllowedCPUs=}" > "$VMHOOK_ROOT/units/$3"; printf '%s\\n' "\${4#AllowedCPUs=}" > "$VMHOOK_ROOT/sys/fs/cgroup/$3/cpuset.cpus" ;;\nesac\n`, 0o755);
     const allowed = () => ["system.slice", "user.slice", "init.scope"].map((unit) => fs.readFileSync(path.join(t.root, "units", unit), "utf8"));
     const vm = (name: string, uuid: string, cpus: string) => `<domain type='kvm'><name>${name}</name><uuid>${uuid}</uuid><memory unit='MiB'>512</memory>
       <cputune><vcpupin vcpu='0' cpuset='${cpus}'/></cputune>

@@ -39,9 +39,12 @@ function isolateHost(): { sim: SimHost; units: Record<string, string> } {
   const units: Record<string, string> = { "system.slice": "", "user.slice": "", "init.scope": "" };
   const sim = new SimHost().dir("/var/log").file("/proc/1/comm", "systemd");
   sim.file("/sys/devices/system/cpu/present", "0-7").file("/sys/devices/system/cpu/online", "0-7").file("/sys/fs/cgroup/cgroup.controllers", "cpuset cpu memory");
+  // As systemd: a unit's AllowedCPUs is its cgroup's cpuset.cpus, written before set-property answers.
+  const cgroup = (unit: string) => `/sys/fs/cgroup/${unit}/cpuset.cpus`;
+  for (const unit of Object.keys(units)) sim.file(cgroup(unit), "");
   sim.onExec("systemctl", (args) => {
     if (args[0] === "show") return { stdout: `AllowedCPUs=${units[args[3]!] ?? ""}\n` };
-    if (args[0] === "set-property") units[args[2]!] = args[3]!.replace(/^AllowedCPUs=/, "");
+    if (args[0] === "set-property") sim.file(cgroup(args[2]!), (units[args[2]!] = args[3]!.replace(/^AllowedCPUs=/, "")));
     return {};
   });
   return { sim, units };
