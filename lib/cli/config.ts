@@ -190,8 +190,22 @@ interface DomainArgs extends LibvirtArgs {
   domain: string;
 }
 
+/**
+ * Why `domain` cannot be a domain these commands store to, or undefined: with
+ * a "/" it is a file, as validate, plan and doctor read one, and never a name
+ * (libvirt's QEMU driver refuses one with a "/"), while they store through libvirt.
+ */
+export function fileForDomainName(domain: string, command: string): string | undefined {
+  if (!domain.includes("/")) return undefined;
+  const file = shellWord(domain);
+  return `${file} is a file, not a libvirt domain's name (a name holds no "/"): vmhook ${command} stores the metadata through libvirt, so it takes the name of a defined VM; define one from the file (virsh define ${file}), then name it; vmhook validate ${file} checks the file as it is`;
+}
+
 /** The options and the domain argument of these commands. */
-const domainOptions = <T>(y: Argv<T>) => libvirtOptions(y).positional("domain", { type: "string", demandOption: true, describe: "libvirt domain name" });
+const domainOptions = <T>(y: Argv<T>) =>
+  libvirtOptions(y)
+    .positional("domain", { type: "string", demandOption: true, describe: "libvirt domain name" })
+    .check((args) => fileForDomainName(String(args.domain), String(args._[0])) ?? true);
 
 /** This host, libvirt, and the domain's metadata as libvirt has it now. */
 function open(args: DomainArgs) {

@@ -134,7 +134,7 @@ export const hookCommand = (hookMain: HookMain): CommandModule<GlobalOptions, Ho
       .positional("name", { type: "string", demandOption: true, describe: "the domain's name, as libvirt passes it" })
       .positional("op", { type: "string", demandOption: true, describe: `with subop, an event libvirt runs: ${LIBVIRT_HOOK_EVENTS.join(", ")}` })
       .positional("subop", { type: "string", demandOption: true, describe: "begin or end, as the event above has it" })
-      .positional("extra", { type: "string", default: "-", describe: "libvirt's fourth argument (it passes - at these events)" })
+      .positional("extra", { type: "string", default: "-", describe: "libvirt's fourth argument: - at every event but release end, where libvirt 10.5 and later pass the shutoff reason (shutdown, destroyed, failed, ...); vmhook acts alike whatever it is" })
       .check(({ name, op, subop }) => notAHookEvent(name, op, subop) ?? true),
   async handler(args) {
     requireRoot(`hook ${nameArgument(args.name)} ${args.op} ${args.subop}`, "libvirt runs the hook as root, and its steps change the host as root", args.root);

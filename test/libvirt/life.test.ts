@@ -76,13 +76,16 @@ test("a hook of A killed as it renamed its first journal into place leaves the c
 });
 
 /** A custom executable plugin that marks a file named by the domain's UUID at prepare and removes it at undo, logging every call. */
-function installMarkPlugin(): { marked: (domain: TestDomain) => boolean; calls: () => string[]; remove: () => void } {
+/** `failAt`: an event at which the plugin replies with an error naming it. */
+function installMarkPlugin(failAt?: string): { marked: (domain: TestDomain) => boolean; calls: () => string[]; remove: () => void } {
   const [marks, calls, file] = [path.join(scratchDir(), "marks"), path.join(scratchDir(), "mark-plugin.log"), "/etc/vmhook/plugins.d/mark"];
   fs.mkdirSync(marks, { recursive: true });
+  fs.rmSync(calls, { force: true });
   const script = [
     "#!/bin/sh",
     `echo "$VMHOOK_EVENT" >> ${calls}`,
     'case "$VMHOOK_EVENT" in',
+    ...(failAt ? [`  ${failAt}) echo '{"error":"mark: refused at ${failAt} on purpose"}' ;;`] : []),
     `  prepare) : > ${marks}/"$VMHOOK_DOMAIN_UUID"; echo '{"undo":"'"$VMHOOK_DOMAIN_UUID"'"}' ;;`,
     `  undo) rm -f ${marks}/"$VMHOOK_UNDO" ;;`,
     "esac",
@@ -96,6 +99,26 @@ function installMarkPlugin(): { marked: (domain: TestDomain) => boolean; calls: 
     remove: () => fs.rmSync(file, { force: true }),
   };
 }
+
+test("a plugin that fails at started (QEMU already runs): virsh start fails with its message, libvirt stops the domain and runs stopped and release, which give back what prepare took", async () => {
+  const plugin = installMarkPlugin("started");
+  const domain = await defineDomain("fails-started", { hooks: `${HUGEPAGES}<vmhook:plugin name="mark"/>` });
+  const pool = hugepages();
+  try {
+    const started = await virsh("start", domain.name);
+    assert.is.not(started.code, 0, "virsh start succeeded though the started hook failed");
+    assert.match(started.stderr, /Hook script execution failed.*exit status 1: vmhook: plugin mark failed at started: mark: refused at started on purpose/);
+    assert.is((await virshOk("domstate", domain.name)).trim(), "shut off");
+    assert.equal(markerEvents(domain), ["prepare begin", "start begin", "started begin", "stopped end", "release end"]);
+    assert.equal(plugin.calls(), ["prepare", "start", "started", "stopped", "undo"]);
+    assert.not.ok(plugin.marked(domain), "release undid the plugin's prepare");
+    expectReleased(domain, pool);
+  } finally {
+    await virsh("destroy", domain.name);
+    if (journalExists(domain.uuid)) await runProgram(binary(), ["recover", "--force", domain.uuid]);
+    plugin.remove();
+  }
+});
 
 test("a transient domain (virsh create) with a custom plugin: reset, suspend and resume change nothing; a libvirtd restart only reconnects; its QEMU quitting (as at a guest's shutdown) runs stopped and release, which undo the plugin's mark and the pages, and nothing is left for vmhook", async () => {
   const plugin = installMarkPlugin();

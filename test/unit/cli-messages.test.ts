@@ -537,4 +537,25 @@ test("doctor --apply without --fix, and --fix without a domain, are usage errors
   }
 });
 
+test("config, enable and disable given a file (a path with a /, which no libvirt domain name holds) are usage errors (exit 2) saying they take the domain's name and how to get one from the file; virsh is never asked", async () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "vmhook-config-usage-"));
+  try {
+    const advice = (file: string, command: string) =>
+      `${file} is a file, not a libvirt domain's name (a name holds no "/"): vmhook ${command} stores the metadata through libvirt, so it takes the name of a defined VM; define one from the file (virsh define ${file}), then name it; vmhook validate ${file} checks the file as it is`;
+    const cases: [string[], string, string][] = [
+      [["config", "./win11.xml"], advice("./win11.xml", "config"), "vmhook config DOMAIN"],
+      [["enable", "/tmp/vm.xml", "hugepages", "size=2M", "--config"], advice("/tmp/vm.xml", "enable"), "vmhook enable DOMAIN PLUGIN [SETTINGS …]"],
+      [["disable", "vms/win11", "hugepages"], advice("vms/win11", "disable"), "vmhook disable DOMAIN PLUGIN"],
+    ];
+    for (const [args, message, usage] of cases) {
+      const { code, stdout, stderr } = await cli([...args, "--root", dir, "--connect", "test:///nonexistent"]);
+      assert.is(code, 2, `${args.join(" ")}: ${stderr}`);
+      assert.is(stdout, "");
+      assert.ok(stderr.startsWith(`vmhook: ${message}; usage: ${usage}`), `${args.join(" ")}: ${stderr}`);
+    }
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
 test.run();

@@ -110,6 +110,29 @@ test("looking-glass: a bad size, a size unlike <shmem>, or an unknown user fails
   fs.rmSync(root.dir, { recursive: true, force: true });
 });
 
+test("an executable plugin gets the environment docs/plugins.md gives: vmhook's own PATH and LC_ALL, its VMHOOK_ variables, nothing of the caller's", () => {
+  const root = makeRoot();
+  fs.writeFileSync(root.at("/etc/vmhook/plugins.d/show-env"), '#!/bin/sh\ncat >/dev/null\n[ "$1" = prepare ] && env > "$VMHOOK_ROOT/plugin.env"\nexit 0\n', { mode: 0o755 });
+  // vmhook hook run from a user's shell: its HOME, its PATH and its own variables must not reach the plugin.
+  const env = { PATH: "/home/alice/bin:/usr/bin:/bin", HOME: "/home/alice", LC_ALL: "de_DE.UTF-8", EDITOR: "vi", VMHOOK_ROOT: root.dir };
+  const xml = domain('<vmhook:plugin name="show-env" mode="a b"/>');
+  const prepared = spawnSync(root.at("/etc/libvirt/hooks/qemu"), ["win", "prepare", "begin", "-"], { input: xml, env, encoding: "utf8", timeout: 30_000 });
+  assert.is(prepared.status, 0, prepared.stderr);
+  const seen = fs.readFileSync(root.at("/plugin.env"), "utf8").trim().split("\n").filter((line) => !line.startsWith("PWD=") && !line.startsWith("SHLVL=") && !line.startsWith("_="));
+  assert.equal(seen.sort(), [
+    "LC_ALL=C",
+    "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "VMHOOK_ATTR_MODE=a b",
+    "VMHOOK_ATTR_NAME=show-env",
+    `VMHOOK_DOMAIN_NAME=win`,
+    `VMHOOK_DOMAIN_UUID=${UUID}`,
+    "VMHOOK_EVENT=prepare",
+    "VMHOOK_PROTOCOL=1",
+    `VMHOOK_ROOT=${root.dir}`,
+  ]);
+  fs.rmSync(root.dir, { recursive: true, force: true });
+});
+
 /** A systemctl that keeps unit states as files under the root and logs its calls; `at`: where it is installed. */
 function fakeSystemctl(root: Root, active: string[], failing: string[] = [], unanswered: string[] = [], at = "/usr/bin/systemctl"): void {
   fs.mkdirSync(root.at("/units"));
