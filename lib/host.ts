@@ -340,8 +340,9 @@ export class RootedHost implements Host {
     return fs.readlinkSync(this.resolve(hostPath));
   }
 
-  protected statPath(hostPath: string): fs.Stats {
-    return fs.lstatSync(this.resolve(hostPath));
+  /** Nothing there is undefined, not an exception: most state files looked for are not there, and under TCG each exception costs (docs/bench.md). */
+  protected statPath(hostPath: string): fs.Stats | undefined {
+    return fs.lstatSync(this.resolve(hostPath), { throwIfNoEntry: false });
   }
 
   protected openToRead(hostPath: string): number {

@@ -228,10 +228,12 @@ export function moduleState(host: Host, module: string, loads: string[] = []): "
   const name = moduleName(`${module}.ko`);
   if (host.exists(`/sys/module/${name}`)) return "loaded";
   if (loads.includes(name)) return "available";
-  const release = kernelRelease(host);
-  const inTree = moduleDependencies(host, release, name) !== undefined || moduleList(host, release, "modules.builtin").some((file) => moduleName(file) === name);
-  return inTree ? "available" : "missing";
+  return inModuleTree(host, kernelRelease(host), name) ? "available" : "missing";
 }
+
+/** Whether the running kernel's modules.dep or modules.builtin names the module (by name): modprobe finds it. */
+const inModuleTree = (host: Host, release: string, name: string) =>
+  moduleDependencies(host, release, name) !== undefined || moduleList(host, release, "modules.builtin").some((file) => moduleName(file) === name);
 
 type ModuleState = ReturnType<typeof moduleState>;
 
@@ -240,7 +242,9 @@ export function iommuBackendState(host: Host, loads: string[] = []): ModuleState
   // One loaded, or among what modprobe loads, is known without reading the module tree (500 KB), as each prepare would.
   if (VFIO_IOMMU_BACKENDS.some((module) => host.exists(`/sys/module/${module}`))) return "loaded";
   if (VFIO_IOMMU_BACKENDS.some((module) => loads.includes(module))) return "available";
-  return eitherBackend(VFIO_IOMMU_BACKENDS.map((module) => moduleState(host, module)));
+  // Neither is loaded: the first the module tree names will do, and the other is not looked up (a read of modules.dep each).
+  const release = kernelRelease(host);
+  return VFIO_IOMMU_BACKENDS.some((module) => inModuleTree(host, release, module)) ? "available" : "missing";
 }
 
 /** The better of the backends' states (VFIO_IOMMU_BACKENDS' order): either will do. */

@@ -85,6 +85,9 @@ export function refuseUntrustedStateDir(host: Host, dir = paths.stateDir): FileS
 export function readStateFile(host: Host, file: string, what: string): string | undefined {
   let fd: number | undefined;
   try {
+    // Looked at first (lstat): most notes and ledgers looked for are not there, and a failed open costs an exception, several per prepare (docs/bench.md).
+    // Not there is Host.stat's: ENOENT, or ENOTDIR (a path through a file holds no file either); a symlink is there, and the open refuses it.
+    if (host.stat(file) === undefined) return undefined;
     fd = host.openFile(file, "read");
     return fs.readFileSync(fd, "utf8");
   } catch (error) {

@@ -353,11 +353,11 @@ export class SimHost extends RootedHost {
     return super.readLinkTarget(hostPath);
   }
 
-  protected override statPath(hostPath: string): fs.Stats {
+  protected override statPath(hostPath: string): fs.Stats | undefined {
     this.failIfAsked("stat", hostPath);
     const stats = super.statPath(hostPath);
     const owner = this.owners.get(hostPath);
-    return owner === undefined ? stats : Object.assign(stats, { uid: owner });
+    return stats === undefined || owner === undefined ? stats : Object.assign(stats, { uid: owner });
   }
 
   protected override statFileSystem(hostPath: string): number {

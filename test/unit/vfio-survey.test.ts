@@ -2,7 +2,9 @@
 // something could hold the GPU: a device without DRM or fbdev nodes (a second
 // GPU already on vfio-pci, say) cannot be held, so prepare skips the scan.
 // Likewise the rest of the PCI bus is read for NVIDIA's modules only when a
-// device that goes is on nvidia. The host settings are read once per run.
+// device that goes is on nvidia. The host settings are read once per run,
+// modules.dep no more often than what it answers needs, and no state file is
+// opened that is not there (a failed open throws: docs/bench.md, stop 47).
 import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { paths } from "../../lib/paths.ts";
@@ -106,6 +108,36 @@ test("prepare reads modules.dep once (500 KB on a distribution kernel): the clos
   assert.is(prepare.code, 0, prepare.stderr);
   assert.is(kernel.driverOf(GPU), "vfio-pci");
   assert.is(reads.length, 1);
+});
+
+test("without modules.softdep (busybox's depmod writes none, as in the kernel bench), prepare reads modules.dep twice, for the load and the IOMMU backend, and looks no further once vfio_iommu_type1 is there: not for iommufd, not in modules.builtin", async () => {
+  const kernel = workstation(["card1"]);
+  kernel.sim.remove(`/lib/modules/${kernel.sim.readTrimmed("/proc/sys/kernel/osrelease")}/modules.softdep`);
+  const reads = watch(kernel, "readTrimmed", (hostPath) => !kernel.sim.inKernel && /\/modules\.(dep|builtin)$/.test(hostPath));
+  const prepare = await runHookEvent(kernel.sim, "prepare", "begin", DOMAIN);
+  assert.is(prepare.code, 0, prepare.stderr);
+  assert.is(kernel.driverOf(GPU), "vfio-pci");
+  assert.equal(reads.map((hostPath) => hostPath.split("/").pop()), ["modules.dep", "modules.dep"]);
+});
+
+test("prepare and release try to open no state file that is not there (stuck-write notes, the journal, the claims ledger): each is looked at first, as an open that fails costs an exception", async () => {
+  const kernel = workstation(["card1"]);
+  const missed: string[] = [];
+  const { openFile } = kernel.sim;
+  kernel.sim.openFile = (hostPath, ...rest) => {
+    try {
+      return openFile.call(kernel.sim, hostPath, ...rest);
+    } catch (error) {
+      if (hostPath.startsWith("/run/vmhook/")) missed.push(hostPath);
+      throw error;
+    }
+  };
+  const prepare = await runHookEvent(kernel.sim, "prepare", "begin", DOMAIN);
+  assert.is(prepare.code, 0, prepare.stderr);
+  const release = await runHookEvent(kernel.sim, "release", "end", DOMAIN);
+  assert.is(release.code, 0, release.stderr);
+  assert.is(kernel.driverOf(GPU), "amdgpu");
+  assert.equal(missed, []);
 });
 
 test("prepare does not read the host's ids= for vfio-pci (the kernel command line, modprobe.d's options), which only plan and doctor report: each modprobe.d file is read once, for what modprobe vfio-pci loads (softdep lines)", async () => {
