@@ -187,7 +187,7 @@ test("a start that fails after prepare while a process of another user runs with
     assert.match(start.stderr, "fail-start: this start fails on purpose");
     await waitUntil(`vmhook releases ${domain.name}`, () => logSince(logOffset).includes(`[${domain.name} release end]`));
     const log = logSince(logOffset);
-    assert.match(log, `[${domain.name} release end] released: 2 change(s) undone`, log);
+    assert.match(log, `[${domain.name} release end] released: 1 change(s) undone, and 1 unfinished step(s)`, log);
     expectReleased(domain, pool);
   } finally {
     fake.kill("SIGKILL");
